@@ -1,0 +1,91 @@
+"""Build-time configuration of the PSC gateware: one frozen dataclass that validates itself."""
+
+from dataclasses import dataclass, asdict, replace
+
+__all__ = ["PSCConfig", "required_acc_width"]
+
+
+def required_acc_width(act_width, weight_width, max_reduction):
+    """Smallest signed accumulator width that holds any sum of ``max_reduction`` products.
+
+    The largest product magnitude is ``2**(act_width-1) * 2**(weight_width-1)``
+    (most negative times most negative, which is positive), so the sum of
+    ``n`` of them needs ``n * 2**(a+w-2) <= 2**(acc-1) - 1``.
+    """
+    peak = max_reduction << (act_width + weight_width - 2)
+    return peak.bit_length() + 1
+
+
+def _check_range(name, value, lo, hi):
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
+
+
+@dataclass(frozen=True)
+class PSCConfig:
+    """Widths and array size of the PSC datapath.
+
+    Parameters
+    ----------
+    act_width : int
+        Bits of a signed activation (2..32). The sign is the MSB.
+    weight_width : int
+        Bits of a signed weight (2..32). A PSC weight word holds two.
+    acc_width : int
+        Bits of the signed accumulator (8..64); must hold ``max_reduction``
+        products of the most negative activation and weight (checked).
+    mult_width : int
+        Bits of the unsigned requantisation multiplier (1..32).
+    lanes : int
+        Activations consumed per beat, ``Tn`` (1..64).
+    rows : int
+        Output channels (accumulators) per beat, ``Tm`` (1..64).
+    max_reduction : int
+        Largest number of products summed into one output,
+        ``Cin // groups * K * K``, that the build supports (1..2**24).
+    psc : bool
+        ``True`` builds PSC (parified weight words, sign mask and a 2:1 mux
+        per weight); ``False`` the plain convolution from the same source.
+    """
+    act_width: int = 8
+    weight_width: int = 8
+    acc_width: int = 32
+    mult_width: int = 16
+    lanes: int = 8
+    rows: int = 8
+    max_reduction: int = 1 << 14
+    psc: bool = True
+
+    def __post_init__(self):
+        _check_range("act_width", self.act_width, 2, 32)
+        _check_range("weight_width", self.weight_width, 2, 32)
+        _check_range("acc_width", self.acc_width, 8, 64)
+        _check_range("mult_width", self.mult_width, 1, 32)
+        _check_range("lanes", self.lanes, 1, 64)
+        _check_range("rows", self.rows, 1, 64)
+        _check_range("max_reduction", self.max_reduction, 1, 1 << 24)
+        if not isinstance(self.psc, bool):
+            raise ValueError(f"psc must be a bool, not {self.psc!r}")
+        need = required_acc_width(self.act_width, self.weight_width, self.max_reduction)
+        if self.acc_width < need:
+            raise ValueError(
+                f"acc_width must be at least {need} to hold {self.max_reduction} products of "
+                f"{self.act_width}-bit activations and {self.weight_width}-bit weights "
+                f"(max_reduction={self.max_reduction}), not {self.acc_width}")
+
+    @property
+    def word_width(self):
+        """Bits of one weight memory word: ``2 * weight_width`` for PSC, ``weight_width`` plain."""
+        return 2 * self.weight_width if self.psc else self.weight_width
+
+    @property
+    def product_width(self):
+        """Bits of a signed ``act_width x weight_width`` product."""
+        return self.act_width + self.weight_width
+
+    def replace(self, **changes):
+        """A copy with ``changes`` applied (and validated)."""
+        return replace(self, **changes)
+
+    def as_dict(self):
+        return asdict(self)

@@ -1,0 +1,111 @@
+"""Host-side packing: the only code that knows how tensors become stream words.
+
+Lane words
+    A vector of ``n`` signed ``width``-bit values travels as one unsigned
+    integer of ``n * width`` bits. Element ``i`` occupies bits
+    ``[i * width, (i + 1) * width)`` in two's complement, so element 0 is in
+    the least significant bits. This is how Amaranth lays out an
+    ``ArrayLayout(signed(width), n)``, so a lane word can be assigned to such a
+    port as it is.
+
+Parified weights (DESIGN.md)
+    One memory word holds the pair ``{W-, W+}``: ``W+`` in the low
+    ``weight_width`` bits, ``W-`` in the high ones. One read of the word feeds
+    one weight-selection mux. A plain (``psc=False``) build stores ``W+``
+    alone.
+
+Activation streams (channels-last lanes)
+    A feature map ``(C, H, W)`` is sent as ``H * W * G`` beats, ``G =
+    ceil(C / lanes)``, in the order ``h``, then ``w``, then channel group
+    ``g`` (innermost). Beat ``(h, w, g)`` is the lane word of channels
+    ``g * lanes ... g * lanes + lanes - 1`` at pixel ``(h, w)``; channels
+    beyond ``C`` in the last group are zero.
+"""
+
+import numpy as np
+
+from .golden import check_signed
+
+__all__ = ["pack_lanes", "unpack_lanes", "parify", "unparify",
+           "pack_activations", "unpack_activations", "channel_groups"]
+
+
+def _check_positive(name, value):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    return int(value)
+
+
+def channel_groups(channels, lanes):
+    """Number of lane words needed for ``channels`` channels: ``ceil(channels / lanes)``."""
+    return -(-int(channels) // int(lanes))
+
+
+def pack_lanes(values, width):
+    """Pack the last axis of ``values`` (signed, ``width`` bits each) into lane words.
+
+    Returns an array of Python ints (dtype object) with the last axis removed.
+    """
+    width = _check_positive("width", width)
+    values = check_signed("values", values, width)
+    mask = (1 << width) - 1
+    words = np.zeros(values.shape[:-1], dtype=object)
+    for i in range(values.shape[-1]):
+        words = words + ((values[..., i].astype(object) & mask) << (i * width))
+    return words
+
+
+def unpack_lanes(words, lanes, width, *, signed=True):
+    """Inverse of :func:`pack_lanes`: lane words to an int64 array with a last axis of ``lanes``."""
+    lanes = _check_positive("lanes", lanes)
+    width = _check_positive("width", width)
+    words = np.asarray(words, dtype=object)
+    mask = (1 << width) - 1
+    out = np.empty(words.shape + (lanes,), dtype=np.int64)
+    for i in range(lanes):
+        v = (words >> (i * width)) & mask
+        if signed:
+            v = np.where(v >= 1 << (width - 1), v - (1 << width), v)
+        out[..., i] = v.astype(np.int64)
+    return out
+
+
+def parify(w_pos, w_neg, weight_width=8):
+    """Pair ``W+`` and ``W-`` into memory words ``{W-, W+}`` (``W+`` low), same shape."""
+    w_pos = check_signed("w_pos", w_pos, weight_width)
+    w_neg = check_signed("w_neg", w_neg, weight_width)
+    if w_pos.shape != w_neg.shape:
+        raise ValueError(f"w_neg must have the shape of w_pos {w_pos.shape}, not {w_neg.shape}")
+    return pack_lanes(np.stack([w_pos, w_neg], axis=-1), weight_width)
+
+
+def unparify(words, weight_width=8):
+    """Inverse of :func:`parify`: returns ``(w_pos, w_neg)``."""
+    pair = unpack_lanes(words, 2, weight_width)
+    return pair[..., 0], pair[..., 1]
+
+
+def pack_activations(x, lanes, act_width=8):
+    """Pack ``(C, H, W)`` activations into channels-last lane words, shape ``(H, W, G)``."""
+    lanes = _check_positive("lanes", lanes)
+    x = check_signed("x", x, act_width)
+    if x.ndim != 3:
+        raise ValueError(f"x must have shape (C, H, W), not {x.shape}")
+    c, h, w = x.shape
+    g = channel_groups(c, lanes)
+    hwc = np.zeros((h, w, g * lanes), dtype=np.int64)
+    hwc[:, :, :c] = x.transpose(1, 2, 0)
+    return pack_lanes(hwc.reshape(h, w, g, lanes), act_width)
+
+
+def unpack_activations(words, channels, lanes, act_width=8):
+    """Inverse of :func:`pack_activations`: ``(H, W, G)`` lane words to ``(C, H, W)``."""
+    words = np.asarray(words, dtype=object)
+    if words.ndim != 3:
+        raise ValueError(f"words must have shape (H, W, G), not {words.shape}")
+    h, w, g = words.shape
+    if g != channel_groups(channels, lanes):
+        raise ValueError(f"words hold {g} channel groups; {channels} channels over {lanes} lanes "
+                         f"need {channel_groups(channels, lanes)}")
+    lanes_ = unpack_lanes(words, lanes, act_width)            # H, W, G, lanes
+    return lanes_.reshape(h, w, g * lanes)[:, :, :channels].transpose(2, 0, 1).copy()
