@@ -1,0 +1,88 @@
+"""The packer (the only code that knows the stream formats) and the configuration's validation."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from psc.config import PSCConfig, required_acc_width
+from psc.packing import (pack_lanes, unpack_lanes, parify, unparify, pack_activations,
+                         unpack_activations, channel_groups)
+
+
+def test_lane_word_layout_is_lsb_first_twos_complement():
+    assert pack_lanes(np.array([1, -1, -128, 127]), 8) == 0x7F80FF01
+    np.testing.assert_array_equal(unpack_lanes(0x7F80FF01, 4, 8), [1, -1, -128, 127])
+
+
+def test_parified_word_has_w_pos_low():
+    assert parify(np.array(5), np.array(-2)) == (0xFE << 8) | 0x05
+    assert parify(np.array(-128), np.array(127), 8) == (0x7F << 8) | 0x80
+
+
+def test_activation_beat_order_and_zero_fill():
+    x = np.arange(2 * 2 * 5).reshape(5, 2, 2) - 10      # C=5, H=W=2
+    words = pack_activations(x, 4)
+    assert words.shape == (2, 2, 2)                      # H, W, ceil(5/4)
+    np.testing.assert_array_equal(unpack_lanes(words[1, 0, 0], 4, 8), x[0:4, 1, 0])
+    np.testing.assert_array_equal(unpack_lanes(words[1, 0, 1], 4, 8), [x[4, 1, 0], 0, 0, 0])
+
+
+@settings(max_examples=50, deadline=None)
+@given(c=st.integers(1, 20), h=st.integers(1, 5), w=st.integers(1, 5), lanes=st.integers(1, 9),
+       width=st.sampled_from([4, 8, 16]), seed=st.integers(0, 2**31))
+def test_activation_round_trip(c, h, w, lanes, width, seed):
+    x = np.random.default_rng(seed).integers(-(1 << (width - 1)), 1 << (width - 1), size=(c, h, w))
+    words = pack_activations(x, lanes, width)
+    assert words.shape == (h, w, channel_groups(c, lanes))
+    assert all(0 <= int(v) < 1 << (lanes * width) for v in words.flat)
+    np.testing.assert_array_equal(unpack_activations(words, c, lanes, width), x)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**31), width=st.sampled_from([2, 8, 13]))
+def test_parify_round_trip(seed, width):
+    rng = np.random.default_rng(seed)
+    wp, wn = (rng.integers(-(1 << (width - 1)), 1 << (width - 1), size=(3, 2, 3, 3)) for _ in range(2))
+    a, b = unparify(parify(wp, wn, width), width)
+    np.testing.assert_array_equal(a, wp)
+    np.testing.assert_array_equal(b, wn)
+
+
+def test_packing_refuses_bad_input():
+    with pytest.raises(ValueError, match=r"x must be within the signed 8-bit range"):
+        pack_activations(np.full((1, 1, 1), 128), 4)
+    with pytest.raises(ValueError, match=r"lanes must be a positive integer, not 0"):
+        pack_activations(np.zeros((1, 1, 1), dtype=int), 0)
+    with pytest.raises(ValueError, match=r"x must have shape \(C, H, W\)"):
+        pack_activations(np.zeros((1, 1), dtype=int), 4)
+    with pytest.raises(ValueError, match=r"5 channels over 4 lanes need 2"):
+        unpack_activations(np.zeros((1, 1, 1), dtype=object), 5, 4)
+    with pytest.raises(ValueError, match=r"w_neg must have the shape of w_pos"):
+        parify(np.zeros(3, dtype=int), np.zeros(2, dtype=int))
+
+
+def test_config_defaults_and_derived_widths():
+    c = PSCConfig()
+    assert (c.word_width, c.product_width) == (16, 16)
+    assert c.replace(psc=False).word_width == 8
+    assert required_acc_width(8, 8, 1) == 16           # 128 * 128 = 2**14 needs 16 signed bits
+    assert required_acc_width(8, 8, 1 << 14) == 30
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(lanes=0), r"lanes must be an integer in \[1, 64\], not 0"),
+    (dict(rows=65), r"rows must be an integer in \[1, 64\], not 65"),
+    (dict(act_width=1), r"act_width must be an integer in \[2, 32\], not 1"),
+    (dict(weight_width=8.0), r"weight_width must be an integer in \[2, 32\], not 8.0"),
+    (dict(psc=1), r"psc must be a bool, not 1"),
+    (dict(acc_width=24), r"acc_width must be at least 30 to hold 16384 products.*not 24"),
+    (dict(max_reduction=0), r"max_reduction must be an integer in \[1, 16777216\], not 0"),
+])
+def test_config_refuses_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PSCConfig(**kwargs)
+
+
+def test_config_is_frozen():
+    with pytest.raises(Exception):
+        PSCConfig().lanes = 4
