@@ -86,3 +86,8 @@ def test_config_refuses_bad_values(kwargs, match):
 def test_config_is_frozen():
     with pytest.raises(Exception):
         PSCConfig().lanes = 4
+
+
+def test_unpack_lanes_accepts_a_plain_int():
+    np.testing.assert_array_equal(unpack_lanes(0xFF01, 2, 8, signed=False), [1, 255])
+    np.testing.assert_array_equal(unpack_lanes(0xFF01, 2, 8), [1, -1])

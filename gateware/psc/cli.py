@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from . import golden
+from . import generate, golden
 
 
 def _demo(args):
@@ -28,12 +28,52 @@ def _demo(args):
     return 0 if np.array_equal(acc, ref) and np.array_equal(ini_acc, relu_base) else 1
 
 
+def _generate(args):
+    """Write Verilog for the chosen tops and configuration."""
+    config = generate.PRESETS[args.preset]
+    changes = {field: getattr(args, field) for field in
+               ("lanes", "rows", "act_width", "weight_width", "acc_width", "mult_width",
+                "max_reduction") if getattr(args, field) is not None}
+    if args.no_psc:
+        changes["psc"] = False
+    try:
+        config = config.replace(**changes)
+    except ValueError as e:
+        print(f"psc generate: {e}", file=sys.stderr)
+        return 2
+    tops = generate.TOPS if args.top == "all" else (args.top,)
+    if not config.psc and all(top in generate.PSC_ONLY for top in tops):
+        print(f"psc generate: --top {args.top} exists only for PSC; drop --no-psc", file=sys.stderr)
+        return 2
+    for path in generate.write_rtl(args.output, config, tops):
+        print(path)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="psc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="run a PSC layer and check it against the golden model")
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser(
+        "generate", help="write Verilog of the components (default: every top of the default preset into rtl/)",
+        description="Write one Verilog file per top, with the configuration in its header. "
+                    "With a PSC configuration, pe and dot_product also get a psc=False "
+                    "_baseline twin.")
+    p.add_argument("--top", default="all", choices=[*generate.TOPS, "all"],
+                   help="component to export (default: all)")
+    p.add_argument("--preset", default="default", choices=list(generate.PRESETS),
+                   help="base configuration; the options below override it (default: default)")
+    for flag, what in (("--lanes", "activations per beat (Tn)"), ("--rows", "outputs per beat (Tm)"),
+                       ("--act-width", "activation bits"), ("--weight-width", "weight bits"),
+                       ("--acc-width", "accumulator bits"), ("--mult-width", "requantisation multiplier bits"),
+                       ("--max-reduction", "largest reduction length the accumulator must hold")):
+        p.add_argument(flag, type=int, metavar="N", help=what)
+    p.add_argument("--no-psc", action="store_true", help="plain convolution (psc=False) only")
+    p.add_argument("-o", "--output", default="rtl", metavar="DIR", help="output directory (default: rtl/)")
+    p.set_defaults(func=_generate)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -14,6 +14,12 @@ Parified weights (DESIGN.md)
     one weight-selection mux. A plain (``psc=False``) build stores ``W+``
     alone.
 
+Stream payloads (:func:`pack_payload`)
+    A component's stream payload is an Amaranth ``data`` layout (for
+    example :func:`psc.dot_product.input_layout`); its bit placement is
+    Amaranth's (struct fields LSB first in declaration order, array elements
+    LSB first), so the packer asks the layout rather than restating it.
+
 Activation streams (channels-last lanes)
     A feature map ``(C, H, W)`` is sent as ``H * W * G`` beats, ``G =
     ceil(C / lanes)``, in the order ``h``, then ``w``, then channel group
@@ -27,7 +33,7 @@ import numpy as np
 from .golden import check_signed
 
 __all__ = ["pack_lanes", "unpack_lanes", "parify", "unparify",
-           "pack_activations", "unpack_activations", "channel_groups"]
+           "pack_activations", "unpack_activations", "channel_groups", "pack_payload"]
 
 
 def _check_positive(name, value):
@@ -63,7 +69,7 @@ def unpack_lanes(words, lanes, width, *, signed=True):
     mask = (1 << width) - 1
     out = np.empty(words.shape + (lanes,), dtype=np.int64)
     for i in range(lanes):
-        v = (words >> (i * width)) & mask
+        v = np.asarray((words >> (i * width)) & mask, dtype=object)
         if signed:
             v = np.where(v >= 1 << (width - 1), v - (1 << width), v)
         out[..., i] = v.astype(np.int64)
@@ -109,3 +115,63 @@ def unpack_activations(words, channels, lanes, act_width=8):
                          f"need {channel_groups(channels, lanes)}")
     lanes_ = unpack_lanes(words, lanes, act_width)            # H, W, G, lanes
     return lanes_.reshape(h, w, g * lanes)[:, :, :channels].transpose(2, 0, 1).copy()
+
+
+def _to_python(value):
+    """Nested numpy arrays/scalars to nested lists/ints, which Amaranth's ``const`` accepts."""
+    if isinstance(value, dict):
+        return {k: _to_python(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return _to_python(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [_to_python(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _check_fits(layout, value, path):
+    """Raise naming ``path`` if ``value`` does not match ``layout``; Amaranth's ``const`` would
+    silently truncate an out-of-range field or zero a missing one."""
+    from amaranth.hdl import Shape
+    from amaranth.lib import data
+
+    if isinstance(layout, data.StructLayout):
+        names = [name for name, _ in layout]
+        if not isinstance(value, dict) or set(value) != set(names):
+            raise ValueError(f"{path} must be a dict with exactly the fields {names}, not {value!r}")
+        for name, field in layout:
+            _check_fits(field.shape, value[name], f"{path}.{name}")
+    elif isinstance(layout, data.ArrayLayout):
+        if not isinstance(value, list) or len(value) != layout.length:
+            raise ValueError(f"{path} must be a sequence of {layout.length} elements, not {value!r}")
+        for i, v in enumerate(value):
+            _check_fits(layout.elem_shape, v, f"{path}[{i}]")
+    else:
+        shape = Shape.cast(layout)
+        if shape.signed:
+            lo, hi = -(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1
+        else:
+            lo, hi = 0, (1 << shape.width) - 1
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ValueError(f"{path} must be an integer in [{lo}, {hi}], not {value!r}")
+
+
+def pack_payload(layout, values):
+    """Pack ``values`` into the bits of an Amaranth ``data`` ``layout``; returns an int.
+
+    ``values`` is nested as the layout is: a dict with every field of a
+    ``StructLayout``, a sequence for an ``ArrayLayout``; numpy arrays and
+    integers are accepted; signed fields take signed values. Amaranth does
+    the bit placement (``layout.const(values).as_value().value``); this
+    function adds the checks ``const`` does not make, so a value that does not
+    fit its field, or a missing field, raises an error naming it. Example::
+
+        from psc.dot_product import input_layout
+        word = pack_payload(input_layout(config), {
+            "x": x, "w": parify(w_pos, w_neg, config.weight_width),
+            "bias": bias, "first": 1, "last": 1})
+    """
+    values = _to_python(values)
+    _check_fits(layout, values, "values")
+    return layout.const(values).as_value().value
