@@ -1,0 +1,50 @@
+"""Shared pytest fixtures: the repository root on sys.path (for the ``tb`` package), and
+Verilog generation of Amaranth components into build/rtl, once per session."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    # tb/ is not an installed package; the cocotb runner also hands this sys.path
+    # to the simulator's Python, which imports the benches from tb/.
+    sys.path.insert(0, str(ROOT))
+
+_generated = {}
+
+
+def _export(component, name, path):
+    from amaranth.back import verilog
+    text = verilog.convert(component, name=name, emit_src=False)
+    write_if_changed(path, text)
+    return path
+
+
+def write_if_changed(path, text):
+    """Write atomically, and only when the text changed (keeps the mtime, so builds are reused;
+    safe when pytest-xdist workers write the same file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.read_text() == text:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@pytest.fixture(scope="session")
+def export_verilog():
+    """``export_verilog(make_component, name, tag)`` -> path of build/rtl/<tag>/<name>.v.
+
+    ``make_component`` is called (and converted) only the first time a (name, tag)
+    is asked for in the session.
+    """
+    def export(make_component, name, tag):
+        key = (name, tag)
+        if key not in _generated:
+            _generated[key] = _export(make_component(), name, ROOT / "build" / "rtl" / tag / f"{name}.v")
+        return _generated[key]
+    return export
