@@ -25,7 +25,24 @@ def _demo(args):
     print(f"  integer model == float64 dynamic-kernel reference: {bool(np.array_equal(acc, ref))}")
     print(f"  INI (W- = 0) == ReLU-then-conv:                   {bool(np.array_equal(ini_acc, relu_base))}")
     print(f"  output activations: min {y.min()}, max {y.max()}, PAR(y) = {golden.par(y):.3f}")
-    return 0 if np.array_equal(acc, ref) and np.array_equal(ini_acc, relu_base) else 1
+    model_ok = np.array_equal(acc, ref) and np.array_equal(ini_acc, relu_base)
+    # The same layer through the simulated PSCConvCore (psc.host.run_layer).
+    from . import host
+    print(f"Running the layer on the simulated core ({args.target}; the first run compiles it)...")
+    y_hw, counters = host.run_layer(x, w_pos, w_neg, bias, 1 << 8, 16, padding=1,
+                                    target=args.target)
+    hw_ok = np.array_equal(y_hw, y)
+    print(f"  core output == golden model, all {y.size} activations: {hw_ok}")
+    print(f"  cycles: total {counters['total']}, compute {counters['compute']}, "
+          f"stalled {counters['stall']}; ideal MACs/(Tm*Tn) = {counters['ideal']:.0f}; "
+          f"utilisation {100 * counters['utilisation']:.1f}%")
+    return 0 if model_ok and hw_ok else 1
+
+
+def _bench(args):
+    """Cycles per layer on the simulated core, PSC and plain builds (psc.bench)."""
+    from . import bench
+    return bench.main(args)
 
 
 def _generate(args):
@@ -55,7 +72,18 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="run a PSC layer and check it against the golden model")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--target", default="verilator", choices=["verilator", "icarus"],
+                   help="simulator running the core (default: verilator)")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("bench", help="cycles and utilisation per layer on the simulated core, "
+                                     "PSC vs plain build")
+    p.add_argument("layers", nargs="*", metavar="LAYER",
+                   help="bench layers to run (default: all of psc.bench.BENCH_LAYERS)")
+    p.add_argument("--lanes", type=int, default=8, help="lanes Tn (default 8)")
+    p.add_argument("--rows", type=int, default=8, help="rows Tm (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser(
         "generate", help="write Verilog of the components (default: every top of the default preset into rtl/)",
@@ -74,6 +102,16 @@ def main(argv=None):
     p.add_argument("--no-psc", action="store_true", help="plain convolution (psc=False) only")
     p.add_argument("-o", "--output", default="rtl", metavar="DIR", help="output directory (default: rtl/)")
     p.set_defaults(func=_generate)
+
+    from . import synth
+    p = sub.add_parser("synth", help="synthesise, place and route a shipped configuration; resource/Fmax table",
+                       description=synth.SYNTH_DESCRIPTION)
+    synth.add_arguments(p, variant=True)
+    p.set_defaults(func=synth.main_synth)
+    p = sub.add_parser("compare", help="PSC against the plain (baseline) and naive datapaths on one target",
+                       description=synth.COMPARE_DESCRIPTION)
+    synth.add_arguments(p, variant=False)
+    p.set_defaults(func=synth.main_compare)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,568 @@
+"""Tiled PSC convolution core: one layer (or one host-scheduled tile of a layer) per command.
+
+See :class:`PSCConvCore` for the interfaces, the command format and the
+timing; :mod:`psc.host` for the host-side scheduler that drives it.
+"""
+
+from dataclasses import dataclass, field, replace
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .config import PSCConfig
+from .dot_product import DotProduct
+from .requantize import SHIFT_WIDTH, Requantizer
+
+__all__ = [
+    "CoreConfig", "PSCConvCore", "KIND_STANDARD", "KIND_DEPTHWISE", "KIND_POINTWISE",
+    "KIND_FC", "KERNELS", "STRIDES", "FIELD_WIDTH", "COUNTER_WIDTH",
+    "config_layout", "weight_layout", "param_layout", "act_in_layout", "act_out_layout",
+]
+
+KIND_STANDARD, KIND_DEPTHWISE, KIND_POINTWISE, KIND_FC = 0, 1, 2, 3
+KERNELS = (1, 3, 5, 7)
+STRIDES = (1, 2)
+#: Width of the size fields of a layer command (heights, widths, channel groups).
+FIELD_WIDTH = 16
+#: Width of the cycle counters.
+COUNTER_WIDTH = 32
+
+
+def _check_int(name, value, lo, hi):
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Build-time parameters of :class:`PSCConvCore`.
+
+    Parameters
+    ----------
+    pe : psc.config.PSCConfig
+        Datapath widths, ``lanes`` (Tn, input channels per beat), ``rows``
+        (Tm, output channels per beat), ``max_reduction`` and ``psc``.
+    fmap_depth : int
+        Input buffer depth in lane words (``lanes`` activations each). A tile
+        of ``H x W`` pixels and ``ceil(Cin / lanes)`` channel groups needs
+        ``H * W * ceil(Cin / lanes)`` words.
+    weight_depth : int
+        Weight buffer depth in blocks of ``rows x lanes`` weight words.
+    param_depth : int
+        Per-channel parameter buffer depth in groups of ``rows`` output
+        channels (bias, multiplier, shift).
+    """
+    pe: PSCConfig = field(default_factory=PSCConfig)
+    fmap_depth: int = 2048
+    weight_depth: int = 256
+    param_depth: int = 32
+
+    def __post_init__(self):
+        if not isinstance(self.pe, PSCConfig):
+            raise TypeError(f"pe must be a psc.config.PSCConfig, not {self.pe!r}")
+        _check_int("fmap_depth", self.fmap_depth, 2, 1 << 20)
+        _check_int("weight_depth", self.weight_depth, 2, 1 << 20)
+        _check_int("param_depth", self.param_depth, 2, 1 << 16)
+
+    @property
+    def lanes(self):
+        return self.pe.lanes
+
+    @property
+    def rows(self):
+        return self.pe.rows
+
+    def replace(self, **changes):
+        pe_changes = {k: changes.pop(k) for k in list(changes) if k in PSCConfig.__dataclass_fields__}
+        cfg = self
+        if pe_changes:
+            cfg = replace(cfg, pe=cfg.pe.replace(**pe_changes))
+        return replace(cfg, **changes)
+
+    def key(self):
+        """Short stable text naming this build (used for build directories)."""
+        p = self.pe
+        return (f"a{p.act_width}w{p.weight_width}acc{p.acc_width}m{p.mult_width}"
+                f"n{p.lanes}m{p.rows}r{p.max_reduction}{'psc' if p.psc else 'plain'}"
+                f"_f{self.fmap_depth}w{self.weight_depth}p{self.param_depth}")
+
+
+def config_layout(config=None):
+    """Payload of :attr:`PSCConvCore.cfg`, one beat per layer (or tile).
+
+    Fields (LSB first): ``in_h``, ``in_w`` (input tile size), ``out_h``,
+    ``out_w`` (output tile size), ``gin``, ``gout`` (input and output channel
+    groups: ``ceil(Cin / lanes)``, ``ceil(Cout / rows)``), ``k`` (kernel),
+    ``stride``, ``pad_top``, ``pad_left`` (zero rows/columns before the tile;
+    rows/columns after it are implied by ``out_h``/``out_w``), ``kind``
+    (``KIND_*``), ``relu``, ``keep`` (reuse the weights and parameters of the
+    previous command instead of loading new ones).
+    """
+    return data.StructLayout({
+        "in_h": FIELD_WIDTH, "in_w": FIELD_WIDTH, "out_h": FIELD_WIDTH, "out_w": FIELD_WIDTH,
+        "gin": FIELD_WIDTH, "gout": FIELD_WIDTH,
+        "k": 4, "stride": 2, "pad_top": 3, "pad_left": 3, "kind": 2, "relu": 1, "keep": 1,
+    })
+
+
+def weight_layout(config):
+    """Payload of :attr:`PSCConvCore.weights`: one ``rows x lanes`` block of weight words.
+
+    Row ``r`` lane ``l`` is word ``r * lanes + l``: parified ``{W-, W+}``
+    (``W+`` low, :func:`psc.packing.parify`) when ``psc``, else the signed
+    weight. Same bits as the ``w`` field of :func:`psc.dot_product.input_layout`.
+    """
+    p = config.pe if isinstance(config, CoreConfig) else config
+    elem = unsigned(2 * p.weight_width) if p.psc else signed(p.weight_width)
+    return data.ArrayLayout(data.ArrayLayout(elem, p.lanes), p.rows)
+
+
+def param_layout(config):
+    """Payload of :attr:`PSCConvCore.params`: ``bias``, ``mult``, ``shift`` of ``rows`` channels."""
+    p = config.pe if isinstance(config, CoreConfig) else config
+    return data.StructLayout({
+        "bias": data.ArrayLayout(signed(p.acc_width), p.rows),
+        "mult": data.ArrayLayout(unsigned(p.mult_width), p.rows),
+        "shift": data.ArrayLayout(unsigned(SHIFT_WIDTH), p.rows),
+    })
+
+
+def act_in_layout(config):
+    """Payload of :attr:`PSCConvCore.act_in`: ``lanes`` signed activations (a lane word)."""
+    p = config.pe if isinstance(config, CoreConfig) else config
+    return data.ArrayLayout(signed(p.act_width), p.lanes)
+
+
+def act_out_layout(config):
+    """Payload of :attr:`PSCConvCore.act_out`: ``rows`` signed activations."""
+    p = config.pe if isinstance(config, CoreConfig) else config
+    return data.ArrayLayout(signed(p.act_width), p.rows)
+
+
+def _bits(n):
+    return max(1, int(n).bit_length())
+
+
+class PSCConvCore(wiring.Component):
+    """Output-stationary PSC convolution core over on-chip buffers.
+
+    One command (a :attr:`cfg` beat) runs one layer, or one tile of a layer
+    cut by the host scheduler (:mod:`psc.host`). After the command the core
+    takes, concurrently, ``gout * K*K * gin'`` weight blocks (``gin' = 1`` for
+    depthwise, else ``gin``), ``gout`` parameter beats (both skipped when
+    ``keep``) and ``in_h * in_w * gin`` activation lane words, and produces
+    ``out_h * out_w * gout`` output beats. Channels travel channels-last:
+    input beat order ``(y, x, g)``, output order ``(oy, ox, j)``.
+
+    Command checks (``error`` and no output when one fails): ``k`` in
+    {1, 3, 5, 7}; ``stride`` in {1, 2}; ``pad_top``, ``pad_left`` < ``k``;
+    every size >= 1; ``kind`` pointwise/FC need ``k = 1`` (FC also a 1x1
+    map); depthwise needs ``gin = gout`` and a build with ``lanes = rows``;
+    input words <= ``fmap_depth``; weight blocks <= ``weight_depth``;
+    ``gout`` <= ``param_depth``; ``gin' * lanes * k * k`` <= ``max_reduction``
+    (the accumulator is sized for it).
+
+    Computation. For each output pixel ``(oy, ox)`` (row-major) and output
+    group ``j`` the sequencer issues ``K*K*gin'`` beats to a
+    :class:`~psc.dot_product.DotProduct`, in the order ``ky, kx, g``: the
+    input word of pixel ``(oy*s - pad_top + ky, ox*s - pad_left + kx)``,
+    group ``g`` (zero when that falls outside the tile: padding is made by
+    the address logic, never stored; depthwise uses ``g = j``) and the
+    weight block at address ``j * K*K*gin' + (ky*K + kx) * gin' + g``, with
+    ``first``/``last`` on the first/last beat and the bias of group ``j``.
+    Weight block ``(j, ky, kx, g)`` therefore holds
+    ``W[j*rows + r, g*lanes + l, ky, kx]`` at row ``r``, lane ``l``; a
+    depthwise block is diagonal. Results go through the
+    :class:`~psc.requantize.Requantizer` with the multiplier/shift of group
+    ``j`` and leave as one ``rows``-channel beat, so the output is
+    channels-last with no reordering.
+
+    Pipeline: sequencer counters -> buffer reads (synchronous, 1 cycle) ->
+    DotProduct (3) -> parameter read (1) -> Requantizer (3) -> ``act_out``.
+    A ``last`` beat's result is on ``act_out`` 8 cycles after its address
+    left the sequencer. The sequencer issues one beat per cycle from the
+    moment the weights and parameters are loaded and the input rows its
+    output row needs have arrived (so loading the input overlaps the
+    computation), unless ``act_out`` stalls. A command costs about
+    ``12 + weights + params + first input rows + out_h*out_w*gout*K*K*gin'
+    + 8`` cycles.
+
+    Status: ``busy`` from a command's acceptance to its end; ``done`` is a
+    one-cycle pulse at the end of every command (refused ones too), with
+    ``error`` (held until the next command) telling which; the counters
+    hold their values until the next command: ``cycles_total`` (cycles the
+    command was busy), ``cycles_compute`` (beats that entered the MAC
+    array), ``cycles_stall`` (cycles with weights loaded and beats left in
+    which no beat entered: waiting for input rows or for ``act_out``).
+
+    ``rst`` (synchronous) abandons a command at any point; the buffers are
+    not cleared, so the command after a reset must not use ``keep``.
+
+    Parameters
+    ----------
+    config : CoreConfig
+
+    Attributes
+    ----------
+    cfg : In(stream.Signature(config_layout()))
+    weights : In(stream.Signature(weight_layout(config)))
+    params : In(stream.Signature(param_layout(config)))
+    act_in : In(stream.Signature(act_in_layout(config)))
+    act_out : Out(stream.Signature(act_out_layout(config)))
+    busy, done, error : Out(1)
+    cycles_total, cycles_compute, cycles_stall : Out(COUNTER_WIDTH)
+    """
+
+    def __init__(self, config=None):
+        if config is None:
+            config = CoreConfig()
+        if not isinstance(config, CoreConfig):
+            raise TypeError(f"config must be a psc.core.CoreConfig, not {config!r}")
+        self._config = config
+        super().__init__({
+            "cfg": In(stream.Signature(config_layout(config))),
+            "weights": In(stream.Signature(weight_layout(config))),
+            "params": In(stream.Signature(param_layout(config))),
+            "act_in": In(stream.Signature(act_in_layout(config))),
+            "act_out": Out(stream.Signature(act_out_layout(config))),
+            "busy": Out(1),
+            "done": Out(1),
+            "error": Out(1),
+            "cycles_total": Out(COUNTER_WIDTH),
+            "cycles_compute": Out(COUNTER_WIDTH),
+            "cycles_stall": Out(COUNTER_WIDTH),
+        })
+
+    @property
+    def config(self):
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cc = self._config
+        pe = cc.pe
+        FW = FIELD_WIDTH
+        WIDE = 3 * FW                        # setup products (checked before use)
+        abits = _bits(cc.fmap_depth)         # real addresses are < fmap_depth
+        sa = signed(abits + 5)               # address registers (padding goes negative)
+        sd = signed(FW + 2)                  # tap coordinates
+
+        # --- buffers -------------------------------------------------------
+        m.submodules.inbuf = inbuf = Memory(shape=act_in_layout(cc), depth=cc.fmap_depth, init=[])
+        m.submodules.wbuf = wbuf = Memory(shape=weight_layout(cc), depth=cc.weight_depth, init=[])
+        m.submodules.pbuf = pbuf = Memory(shape=param_layout(cc), depth=cc.param_depth, init=[])
+        in_w_port = inbuf.write_port()
+        in_r_port = inbuf.read_port()
+        w_w_port = wbuf.write_port()
+        w_r_port = wbuf.read_port()
+        p_w_port = pbuf.write_port()
+        p_r_bias = pbuf.read_port()          # bias, for the sequencer's first beats
+        p_r_req = pbuf.read_port()           # multiplier/shift, for the requantiser
+
+        m.submodules.dp = dp = DotProduct(pe)
+        m.submodules.rq = rq = Requantizer(pe)
+
+        # --- command registers -----------------------------------------------
+        cmd = Signal(config_layout(cc))
+        dw = Signal()                        # depthwise
+        gin_e = Signal(FW)                   # input groups per reduction
+        wg = Signal(WIDE)                    # words per input row
+        n_in = Signal(WIDE)
+        ow = Signal(WIDE)
+        n_out = Signal(WIDE)
+        kk = Signal(WIDE)
+        red = Signal(WIDE)                   # beats per reduction
+        n_w = Signal(WIDE)
+        pt_wg = Signal(WIDE)
+        pl_g = Signal(WIDE)
+        m.d.comb += [self.busy.eq(0)]
+
+        # One shared multiplier computes the command's derived sizes, one per
+        # setup step, so the core spends no DSP on them.
+        mul_a = Signal(FW)
+        mul_b = Signal(WIDE)
+        prod = Signal(WIDE)
+        m.d.comb += prod.eq(mul_a * mul_b)
+        steps = [
+            (wg, cmd.in_w, cmd.gin),
+            (n_in, cmd.in_h, wg),
+            (ow, cmd.out_w, cmd.gout),
+            (n_out, cmd.out_h, ow),
+            (kk, cmd.k, cmd.k),
+            (red, gin_e, kk),
+            (n_w, cmd.gout, red),
+            (pt_wg, cmd.pad_top, wg),
+            (pl_g, cmd.pad_left, cmd.gin),
+        ]
+        step = Signal(range(len(steps) + 1))
+
+        # --- sequencer state -------------------------------------------------
+        seq_busy = Signal()
+        gi = Signal(FW)
+        kx = Signal(4)
+        ky = Signal(4)
+        j = Signal(FW)
+        ox = Signal(FW)
+        oy = Signal(FW)
+        ix = Signal(sd)
+        iy = Signal(sd)
+        ix0 = Signal(sd)
+        iy0 = Signal(sd)
+        need = Signal(sd)                    # input rows the current output row needs
+        goff = Signal(FW)                    # depthwise: input group = output group
+        tapbase = Signal(sa)
+        rowbase = Signal(sa)
+        pixbase = Signal(sa)
+        linebase = Signal(sa)
+        waddr = Signal(_bits(cc.weight_depth) + 1)
+        g_step = Signal(sa)                  # words per input pixel
+        sg = Signal(sa)                      # words per output column step
+        swg = Signal(sa)                     # words per output row step
+
+        # loaders
+        in_cnt = Signal(WIDE)
+        col_cnt = Signal(WIDE)
+        rows_in = Signal(FW + 1)
+        w_cnt = Signal(WIDE)
+        p_cnt = Signal(FW + 1)
+        out_cnt = Signal(WIDE)
+
+        keep = cmd.keep
+        loaded = Signal()
+        m.d.comb += loaded.eq(keep | ((w_cnt == n_w) & (p_cnt == cmd.gout)))
+
+        # --- pipeline stage 1: buffer reads ----------------------------------
+        v1 = Signal()
+        pad1 = Signal()
+        first1 = Signal()
+        last1 = Signal()
+        adv1 = Signal()
+        m.d.comb += adv1.eq(~v1 | dp.i.ready)
+
+        rows_ok = Signal()
+        m.d.comb += rows_ok.eq((rows_in >= need) | (rows_in == cmd.in_h))
+        valid0 = Signal()
+        issue = Signal()
+        m.d.comb += [
+            valid0.eq(seq_busy & loaded & rows_ok),
+            issue.eq(valid0 & adv1),
+        ]
+        pad0 = (iy < 0) | (iy >= cmd.in_h) | (ix < 0) | (ix >= cmd.in_w)
+        last_gi = gi == gin_e - 1
+        last_kx = kx == cmd.k - 1
+        last_ky = ky == cmd.k - 1
+        last_j = j == cmd.gout - 1
+        last_ox = ox == cmd.out_w - 1
+        last_oy = oy == cmd.out_h - 1
+
+        m.d.comb += [
+            in_r_port.addr.eq(tapbase + gi + goff),
+            in_r_port.en.eq(adv1),
+            w_r_port.addr.eq(waddr),
+            w_r_port.en.eq(adv1),
+            p_r_bias.addr.eq(j),
+            p_r_bias.en.eq(adv1),
+        ]
+        with m.If(adv1):
+            m.d.sync += [
+                v1.eq(issue),
+                pad1.eq(pad0),
+                first1.eq((gi == 0) & (kx == 0) & (ky == 0)),
+                last1.eq(last_gi & last_kx & last_ky),
+            ]
+        m.d.comb += [
+            dp.i.valid.eq(v1),
+            dp.i.payload.x.eq(Mux(pad1, 0, in_r_port.data.as_value())),
+            dp.i.payload.w.eq(w_r_port.data),
+            dp.i.payload.bias.eq(p_r_bias.data.bias),
+            dp.i.payload.first.eq(first1),
+            dp.i.payload.last.eq(last1),
+        ]
+
+        with m.If(issue):
+            m.d.sync += waddr.eq(waddr + 1)
+            with m.If(~last_gi):
+                m.d.sync += gi.eq(gi + 1)
+            with m.Else():
+                m.d.sync += gi.eq(0)
+                with m.If(~last_kx):
+                    m.d.sync += [kx.eq(kx + 1), ix.eq(ix + 1), tapbase.eq(tapbase + g_step)]
+                with m.Else():
+                    m.d.sync += [kx.eq(0), ix.eq(ix0)]
+                    with m.If(~last_ky):
+                        m.d.sync += [ky.eq(ky + 1), iy.eq(iy + 1),
+                                     rowbase.eq(rowbase + wg), tapbase.eq(rowbase + wg)]
+                    with m.Else():
+                        m.d.sync += [ky.eq(0), iy.eq(iy0)]
+                        with m.If(~last_j):
+                            m.d.sync += [j.eq(j + 1), goff.eq(goff + dw),
+                                         rowbase.eq(pixbase), tapbase.eq(pixbase)]
+                        with m.Else():
+                            m.d.sync += [j.eq(0), goff.eq(0), waddr.eq(0)]
+                            with m.If(~last_ox):
+                                m.d.sync += [
+                                    ox.eq(ox + 1), ix0.eq(ix0 + cmd.stride), ix.eq(ix0 + cmd.stride),
+                                    pixbase.eq(pixbase + sg), rowbase.eq(pixbase + sg),
+                                    tapbase.eq(pixbase + sg),
+                                ]
+                            with m.Else():
+                                m.d.sync += [ox.eq(0), ix0.eq(-cmd.pad_left), ix.eq(-cmd.pad_left)]
+                                with m.If(~last_oy):
+                                    m.d.sync += [
+                                        oy.eq(oy + 1), iy0.eq(iy0 + cmd.stride),
+                                        iy.eq(iy0 + cmd.stride), need.eq(need + cmd.stride),
+                                        linebase.eq(linebase + swg), pixbase.eq(linebase + swg),
+                                        rowbase.eq(linebase + swg), tapbase.eq(linebase + swg),
+                                    ]
+                                with m.Else():
+                                    m.d.sync += seq_busy.eq(0)
+
+        # --- output side: parameter read, requantiser ------------------------
+        jo = Signal(FW)
+        vj = Signal()
+        accj = Signal.like(dp.o.payload)
+        en_j = Signal()
+        m.d.comb += [
+            en_j.eq(~vj | rq.i.ready),
+            dp.o.ready.eq(en_j),
+            p_r_req.addr.eq(jo),
+            p_r_req.en.eq(en_j),
+            rq.i.valid.eq(vj),
+            rq.i.payload.acc.eq(accj),
+            rq.i.payload.mult.eq(p_r_req.data.mult),
+            rq.i.payload.shift.eq(p_r_req.data.shift),
+            rq.relu.eq(cmd.relu),
+            self.act_out.valid.eq(rq.o.valid),
+            self.act_out.payload.eq(rq.o.payload),
+            rq.o.ready.eq(self.act_out.ready),
+        ]
+        with m.If(en_j):
+            m.d.sync += [vj.eq(dp.o.valid), accj.eq(dp.o.payload)]
+            with m.If(dp.o.valid):
+                m.d.sync += jo.eq(Mux(jo == cmd.gout - 1, 0, jo + 1))
+
+        # --- loaders -----------------------------------------------------------
+        m.d.comb += [
+            in_w_port.addr.eq(in_cnt),
+            in_w_port.data.eq(self.act_in.payload),
+            w_w_port.addr.eq(w_cnt),
+            w_w_port.data.eq(self.weights.payload),
+            p_w_port.addr.eq(p_cnt),
+            p_w_port.data.eq(self.params.payload),
+        ]
+
+        # --- counters ----------------------------------------------------------
+        tot = Signal(COUNTER_WIDTH)
+        comp = Signal(COUNTER_WIDTH)
+        stall = Signal(COUNTER_WIDTH)
+        m.d.comb += [self.cycles_total.eq(tot), self.cycles_compute.eq(comp),
+                     self.cycles_stall.eq(stall)]
+        err = Signal()
+        m.d.comb += self.error.eq(err)
+        m.d.sync += self.done.eq(0)
+
+        # --- command checks -----------------------------------------------------
+        k = cmd.k
+        bad = Signal()
+        m.d.comb += bad.eq(
+            ~((k == 1) | (k == 3) | (k == 5) | (k == 7))
+            | ~((cmd.stride == 1) | (cmd.stride == 2))
+            | (cmd.pad_top >= k) | (cmd.pad_left >= k)
+            | (cmd.in_h == 0) | (cmd.in_w == 0) | (cmd.out_h == 0) | (cmd.out_w == 0)
+            | (cmd.gin == 0) | (cmd.gout == 0)
+            | (((cmd.kind == KIND_POINTWISE) | (cmd.kind == KIND_FC)) & (k != 1))
+            | ((cmd.kind == KIND_FC) & ((cmd.in_h != 1) | (cmd.in_w != 1)
+                                        | (cmd.out_h != 1) | (cmd.out_w != 1)))
+            | ((cmd.kind == KIND_DEPTHWISE) & ((cmd.gin != cmd.gout) | (pe.lanes != pe.rows)))
+            | (n_in > cc.fmap_depth)
+            | (~keep & (n_w > cc.weight_depth))
+            | (cmd.gout > cc.param_depth)
+            | (red * pe.lanes > pe.max_reduction)
+        )
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cfg.ready.eq(1)
+                with m.If(self.cfg.valid):
+                    m.d.sync += [
+                        cmd.eq(self.cfg.payload), step.eq(0), err.eq(0),
+                        dw.eq(self.cfg.payload.kind == KIND_DEPTHWISE),
+                        gin_e.eq(Mux(self.cfg.payload.kind == KIND_DEPTHWISE, 1,
+                                     self.cfg.payload.gin)),
+                        tot.eq(0), comp.eq(0), stall.eq(0),
+                    ]
+                    m.next = "SETUP"
+            with m.State("SETUP"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [tot.eq(tot + 1), step.eq(step + 1)]
+                with m.Switch(step):
+                    for i, (dst, a, b) in enumerate(steps):
+                        with m.Case(i):
+                            m.d.comb += [mul_a.eq(a), mul_b.eq(b)]
+                            m.d.sync += dst.eq(prod)
+                    with m.Default():
+                        m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += tot.eq(tot + 1)
+                with m.If(bad):
+                    m.d.sync += [err.eq(1), self.done.eq(1)]
+                    m.next = "IDLE"
+                with m.Else():
+                    base = -pt_wg - pl_g
+                    m.d.sync += [
+                        seq_busy.eq(1),
+                        gi.eq(0), kx.eq(0), ky.eq(0), j.eq(0), ox.eq(0), oy.eq(0),
+                        goff.eq(0), waddr.eq(0),
+                        ix.eq(-cmd.pad_left), ix0.eq(-cmd.pad_left),
+                        iy.eq(-cmd.pad_top), iy0.eq(-cmd.pad_top),
+                        need.eq(cmd.k - cmd.pad_top),
+                        tapbase.eq(base), rowbase.eq(base), pixbase.eq(base), linebase.eq(base),
+                        g_step.eq(cmd.gin),
+                        sg.eq(Mux(cmd.stride == 2, cmd.gin << 1, cmd.gin)),
+                        swg.eq(Mux(cmd.stride == 2, wg << 1, wg)),
+                        in_cnt.eq(0), col_cnt.eq(0), rows_in.eq(0),
+                        out_cnt.eq(0), jo.eq(0),
+                    ]
+                    with m.If(~keep):
+                        m.d.sync += [w_cnt.eq(0), p_cnt.eq(0)]
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += tot.eq(tot + 1)
+                with m.If(dp.i.valid & dp.i.ready):
+                    m.d.sync += comp.eq(comp + 1)
+                with m.If(seq_busy & loaded & ~issue):
+                    m.d.sync += stall.eq(stall + 1)
+                # loaders
+                m.d.comb += [
+                    self.act_in.ready.eq(in_cnt != n_in),
+                    self.weights.ready.eq(~keep & (w_cnt != n_w)),
+                    self.params.ready.eq(~keep & (p_cnt != cmd.gout)),
+                    in_w_port.en.eq(self.act_in.valid & self.act_in.ready),
+                    w_w_port.en.eq(self.weights.valid & self.weights.ready),
+                    p_w_port.en.eq(self.params.valid & self.params.ready),
+                ]
+                with m.If(self.act_in.valid & self.act_in.ready):
+                    m.d.sync += in_cnt.eq(in_cnt + 1)
+                    with m.If(col_cnt == wg - 1):
+                        m.d.sync += [col_cnt.eq(0), rows_in.eq(rows_in + 1)]
+                    with m.Else():
+                        m.d.sync += col_cnt.eq(col_cnt + 1)
+                with m.If(self.weights.valid & self.weights.ready):
+                    m.d.sync += w_cnt.eq(w_cnt + 1)
+                with m.If(self.params.valid & self.params.ready):
+                    m.d.sync += p_cnt.eq(p_cnt + 1)
+                out_fire = self.act_out.valid & self.act_out.ready
+                with m.If(out_fire):
+                    m.d.sync += out_cnt.eq(out_cnt + 1)
+                outs_done = (out_cnt == n_out) | ((out_cnt == n_out - 1) & out_fire)
+                # A layer ends when every output has left and every input word
+                # has arrived (a stride-2 layer may not read its last rows, but
+                # they are part of this command's stream).
+                with m.If(outs_done & (in_cnt == n_in) & loaded):
+                    m.d.sync += self.done.eq(1)
+                    m.next = "IDLE"
+        return m

@@ -1,0 +1,117 @@
+"""Per-channel requantisation of accumulators to activations (DESIGN.md), as a stream stage."""
+
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import PSCConfig
+
+__all__ = ["Requantizer", "SHIFT_WIDTH", "requant_input_layout"]
+
+#: Bits of the per-channel right shift; the host allows 0..62 (psc.golden.requantize).
+SHIFT_WIDTH = 6
+
+
+def requant_input_layout(config):
+    """Payload of :attr:`Requantizer.i`: ``rows`` accumulators with their channel's ``M`` and ``S``."""
+    return data.StructLayout({
+        "acc": data.ArrayLayout(signed(config.acc_width), config.rows),
+        "mult": data.ArrayLayout(unsigned(config.mult_width), config.rows),
+        "shift": data.ArrayLayout(unsigned(SHIFT_WIDTH), config.rows),
+    })
+
+
+class Requantizer(wiring.Component):
+    """``rows`` parallel requantisers, bit-exact with :func:`psc.golden.requantize`.
+
+    Per row::
+
+        v = acc * M
+        if S > 0: v = (v + 2**(S-1)) >> S      (arithmetic shift: round half up)
+        y = clamp(v, -2**(act_width-1), 2**(act_width-1) - 1)
+        if relu: y = max(y, 0)
+
+    ``acc * M`` is kept at full width (``acc_width + mult_width + 1`` bits,
+    signed), so nothing wraps; a shift at least that wide gives 0, as the
+    model does.
+
+    Pipeline (one register per stage, one global enable
+    ``en = ~o.valid | o.ready``, ``i.ready = en``):
+
+    ====== ==========================================================
+    stage  registers
+    ====== ==========================================================
+    1      product ``acc * M``, ``S``
+    2      product plus the rounding term, ``S``
+    3      shifted, saturated and (optionally) rectified result (``o``)
+    ====== ==========================================================
+
+    The variable shift and the saturation share stage 3; the multiply has a
+    stage of its own so a DSP can keep its output register.
+
+    Latency: 3 cycles from an accepted input beat to ``o.valid`` when ``o`` is
+    not stalled. Throughput: one beat per cycle. ``o.valid`` is a register and
+    does not depend on ``o.ready``.
+
+    Parameters
+    ----------
+    config : psc.config.PSCConfig
+        ``act_width``, ``acc_width``, ``mult_width`` and ``rows`` are used.
+
+    Attributes
+    ----------
+    i : In(stream.Signature(requant_input_layout(config)))
+    o : Out(stream.Signature(data.ArrayLayout(signed(act_width), rows)))
+    relu : In(1)
+        Rectify the outputs (held constant during a layer).
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, PSCConfig):
+            raise TypeError(f"config must be a psc.config.PSCConfig, not {config!r}")
+        self._config = config
+        super().__init__({
+            "i": In(stream.Signature(requant_input_layout(config))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(config.act_width), config.rows))),
+            "relu": In(1),
+        })
+
+    @property
+    def latency(self):
+        return 3
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self._config
+        pw = c.acc_width + c.mult_width + 1          # width of the signed product
+        lo, hi = -(1 << (c.act_width - 1)), (1 << (c.act_width - 1)) - 1
+
+        en = Signal()
+        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+        v1, v2 = Signal(), Signal()
+        with m.If(en):
+            m.d.sync += [v1.eq(self.i.valid), v2.eq(v1), self.o.valid.eq(v2)]
+
+        for r in range(c.rows):
+            prod = Signal(signed(pw), reset_less=True, name=f"prod_{r}")
+            s1 = Signal(SHIFT_WIDTH, reset_less=True, name=f"s1_{r}")
+            summ = Signal(signed(pw + 1), reset_less=True, name=f"sum_{r}")
+            s2 = Signal(SHIFT_WIDTH, reset_less=True, name=f"s2_{r}")
+            big = Signal(reset_less=True, name=f"big_{r}")
+            # 2**(S-1) for 0 < S < pw; larger shifts are handled by `big`.
+            rnd = Signal(unsigned(pw), name=f"rnd_{r}")
+            m.d.comb += rnd.eq(Mux(s1 == 0, 0, (Const(1, unsigned(pw)) << s1) >> 1))
+            shifted = Signal(signed(pw + 1), name=f"shifted_{r}")
+            m.d.comb += shifted.eq(summ >> s2)
+            sat = Mux(shifted < lo, lo, Mux(shifted > hi, hi, shifted))
+            y = Mux(big, 0, sat)
+            with m.If(en):
+                m.d.sync += [
+                    prod.eq(self.i.payload.acc[r] * self.i.payload.mult[r]),
+                    s1.eq(self.i.payload.shift[r]),
+                    summ.eq(prod + rnd),
+                    s2.eq(s1),
+                    big.eq(s1 >= pw),
+                    self.o.payload[r].eq(Mux(self.relu & (y < 0), 0, y)),
+                ]
+        return m

@@ -1,0 +1,130 @@
+"""psc.host without a simulator: the checks that refuse a layer before anything is sent,
+the scheduler's tiling, and the requantiser in the Amaranth simulator against psc.golden."""
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+import core_cases
+from psc import golden, host
+from psc.config import PSCConfig
+from psc.core import CoreConfig, PSCConvCore
+from psc.packing import pack_payload
+from psc.requantize import Requantizer, requant_input_layout
+
+TINY = CoreConfig(pe=PSCConfig(lanes=4, rows=4), fmap_depth=64, weight_depth=64, param_depth=4)
+
+
+@pytest.fixture
+def no_send(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("run_plans called: something was sent")
+    monkeypatch.setattr(host, "run_plans", refuse)
+
+
+def _base(**changes):
+    layer = core_cases.make("std_k3_s1_p1")
+    layer.update(changes)
+    return layer
+
+
+def _w(cout, cin, k):
+    return np.zeros((cout, cin, k, k), dtype=np.int64)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(w_pos=_w(8, 8, 2), w_neg=_w(8, 8, 2)), "kernel size must be one of"),
+    (dict(w_pos=_w(8, 8, 9), w_neg=_w(8, 8, 9), padding=4), "kernel size must be one of"),
+    (dict(stride=3), "stride must be one of"),
+    (dict(padding=3), "padding must be less than the kernel size"),
+    (dict(groups=2, w_pos=_w(8, 4, 3), w_neg=_w(8, 4, 3)), "only groups=1 and depthwise"),
+    (dict(bias=np.full(8, 2**31 - 10)), "can leave the 32-bit accumulator"),
+    (dict(mult=1 << 16), "mult must be within"),
+    (dict(shift=63), "shift must be within"),
+    (dict(x=np.full((8, 6, 6), 128)), "signed 8-bit range"),
+])
+def test_host_refuses_before_sending(no_send, changes, message):
+    with pytest.raises(host.LayerError, match=message):
+        host.run_layer(**_base(**changes))
+
+
+def test_host_refuses_what_the_buffers_cannot_tile(no_send):
+    # one output group of a 3x3 layer over 16 input groups needs 144 weight blocks > 64
+    layer = _base(x=np.zeros((64, 4, 4), dtype=np.int64), w_pos=_w(8, 64, 3), w_neg=_w(8, 64, 3))
+    with pytest.raises(host.LayerError, match="weight buffer holds 64"):
+        host.run_layer(**layer, config=TINY)
+    # one 7x7 window of 2 groups needs 98 input words > 64
+    layer = _base(x=np.zeros((8, 9, 9), dtype=np.int64), w_pos=_w(4, 8, 7), w_neg=_w(4, 8, 7),
+                  bias=np.zeros(4, dtype=np.int64), mult=1, shift=0)
+    with pytest.raises(host.LayerError, match="input buffer holds 64"):
+        host.run_layer(**layer, config=TINY.replace(weight_depth=256))
+
+
+def test_host_refuses_psc_weights_on_plain_build(no_send):
+    plain = CoreConfig(pe=PSCConfig(psc=False))
+    with pytest.raises(host.LayerError, match="psc=False"):
+        host.run_layer(**_base(), config=plain)
+
+
+def test_plan_covers_output_once():
+    layer = core_cases._layer(np.random.default_rng(0), 6, 22, 9, 11, 3, 2, 1)
+    plan = host.plan_layer(**layer, config=TINY)
+    hits = np.zeros(plan.out_shape, dtype=int)
+    for t in plan.tiles:
+        c0, c1, oy0, oy1, ox0, ox1 = t.place
+        hits[c0:c1, oy0:oy1, ox0:ox1] += 1
+        assert t.fields["in_h"] * t.fields["in_w"] * t.fields["gin"] <= TINY.fmap_depth
+        assert len(t.acts) == t.fields["in_h"] * t.fields["in_w"] * t.fields["gin"]
+    assert (hits == 1).all()
+
+
+def test_core_elaborates_for_other_builds():
+    from amaranth.back import rtlil
+    for cc in (TINY, CoreConfig(pe=PSCConfig(lanes=2, rows=3, psc=False)),
+               CoreConfig(pe=PSCConfig(act_width=4, weight_width=4, acc_width=20,
+                                       max_reduction=1024))):
+        rtlil.convert(PSCConvCore(cc))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_requantizer_matches_golden(relu):
+    cfg = PSCConfig(rows=4)
+    rng = np.random.default_rng(3)
+    n = 96
+    acc = rng.integers(-(1 << 31), 1 << 31, size=(n, 4))
+    acc[:8] = [-(1 << 31), (1 << 31) - 1, 0, -1]
+    acc[8:24] = rng.integers(-3000, 3000, size=(16, 4))
+    mult = rng.integers(0, 1 << 16, size=(n, 4))
+    mult[:4] = (1 << 16) - 1
+    shift = rng.integers(0, 63, size=(n, 4))
+    shift[::5] = 0
+    shift[1::7] = 62
+    shift[8:24] = rng.integers(8, 14, size=(16, 4))
+    dut = Requantizer(cfg)
+    layout = requant_input_layout(cfg)
+    got = []
+
+    async def bench(ctx):
+        ctx.set(dut.relu, int(relu))
+        i = cycle = 0
+        while len(got) < n and cycle < 20 * n:
+            if i < n:
+                ctx.set(dut.i.payload, layout.const(
+                    {"acc": acc[i].tolist(), "mult": mult[i].tolist(), "shift": shift[i].tolist()}))
+            ctx.set(dut.i.valid, int(i < n))
+            ctx.set(dut.o.ready, int(cycle % 3 != 1))      # some backpressure
+            _, _, i_ready, o_valid, payload = await ctx.tick().sample(
+                dut.i.ready, dut.o.valid, dut.o.payload)
+            if o_valid and cycle % 3 != 1:
+                got.append([int(v) for v in payload])
+            if i < n and i_ready:
+                i += 1
+            cycle += 1
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    ref = np.stack([golden.requantize(acc[i].reshape(4, 1, 1), mult[i], shift[i], relu=relu)[:, 0, 0]
+                    for i in range(n)])
+    assert np.array_equal(np.array(got[:n]), ref)

@@ -1,0 +1,125 @@
+"""PSCConvCore through psc.host.run_layer on Icarus and Verilator, against psc.golden.
+
+Every output activation of every case is compared with the golden model.
+Streams pause at random (``STALL``) on every input and on the output.
+"""
+
+import numpy as np
+import pytest
+
+import core_cases
+from psc import golden, host
+from psc.config import PSCConfig
+from psc.core import CoreConfig, KIND_DEPTHWISE, KIND_POINTWISE, KIND_STANDARD
+
+TARGETS = ["verilator", "icarus"]
+STALL = 0.25
+DEFAULT = CoreConfig()
+# Small buffers and 4x4 lanes/rows: every layer below needs several tiles.
+TINY = CoreConfig(pe=PSCConfig(lanes=4, rows=4), fmap_depth=64, weight_depth=64, param_depth=4)
+
+
+def _check(layer, y, label):
+    ref = core_cases.expected(layer)
+    assert y.shape == ref.shape, f"{label}: shape {y.shape}, golden {ref.shape}"
+    bad = np.argwhere(y != ref)
+    assert not len(bad), (f"{label}: {len(bad)} of {ref.size} outputs differ; first at "
+                          f"{tuple(bad[0])}: core {y[tuple(bad[0])]}, golden {ref[tuple(bad[0])]}")
+
+
+@pytest.fixture(scope="module", params=TARGETS)
+def named(request):
+    """Run every named case in one simulation per target; name -> (layer, y, counters)."""
+    names = sorted(core_cases.CASES)
+    layers = [core_cases.make(n) for n in names]
+    results = host.run_layers(layers, config=DEFAULT, target=request.param, stall=STALL, seed=7)
+    return request.param, {n: (l, y, c) for n, l, (y, c) in zip(names, layers, results)}
+
+
+@pytest.mark.parametrize("name", sorted(core_cases.CASES))
+def test_named_case(named, name):
+    target, res = named
+    layer, y, counters = res[name]
+    _check(layer, y, f"{name} on {target}")
+    # Every beat of the reduction entered the MAC array exactly once.
+    k = layer["w_pos"].shape[-1]
+    cin, cout = layer["x"].shape[0], layer["w_pos"].shape[0]
+    ho, wo = y.shape[1:]
+    gin = -(-cin // DEFAULT.lanes) if layer["groups"] == 1 else 1
+    assert counters["compute"] == ho * wo * -(-cout // DEFAULT.rows) * k * k * gin
+
+
+def _tiled_layers():
+    r = np.random.default_rng(11)
+    return [
+        core_cases._layer(r, 6, 22, 9, 11, 3, 1, 1),                  # channel chunks + bands
+        core_cases._layer(r, 20, 20, 12, 12, 3, 2, 1, groups=20),     # depthwise, chunks
+        core_cases._layer(r, 8, 8, 10, 10, 1, relu=True),              # pointwise, bands
+        core_cases._layer(r, 5, 6, 11, 9, 5, 2, 2, weights="ili"),    # 5x5 s2, column split
+    ]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_tiled_larger_than_buffers(target):
+    layers = _tiled_layers()
+    for layer in layers:
+        plan = host.plan_layer(**layer, config=TINY)
+        assert len(plan.tiles) > 1
+        assert any(t.fields["keep"] for t in plan.tiles)
+    results = host.run_layers(layers, config=TINY, target=target, stall=STALL, seed=5)
+    for i, (layer, (y, counters)) in enumerate(zip(layers, results)):
+        _check(layer, y, f"tiled layer {i} on {target}")
+        assert counters["tiles"] > 1
+
+
+def _refused_commands():
+    c = DEFAULT
+    base = dict(in_h=4, in_w=4, out_h=4, out_w=4, gin=1, gout=1, k=3, pad_top=1, pad_left=1)
+    bad = {
+        "kernel 2": dict(base, k=2, pad_top=0, pad_left=0),
+        "kernel 4": dict(base, k=4),
+        "kernel 9": dict(base, k=9),
+        "stride 3": dict(base, stride=3),
+        "stride 0": dict(base, stride=0),
+        "padding >= k": dict(base, pad_top=3),
+        "zero height": dict(base, out_h=0),
+        "zero groups": dict(base, gin=0),
+        "input buffer": dict(base, in_h=64, in_w=64, out_h=64, out_w=64),
+        "weight buffer": dict(base, gin=8, gout=4),
+        "param buffer": dict(base, k=1, pad_top=0, pad_left=0, gout=c.param_depth + 1),
+        "pointwise k=3": dict(base, kind=KIND_POINTWISE),
+        "depthwise gin != gout": dict(base, kind=KIND_DEPTHWISE, gin=2, gout=1),
+    }
+    return {name: host.encode_command(c, **f) for name, f in bad.items()}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_refused_commands_then_clean_layer(target):
+    """A command the build cannot hold raises ``error``, takes no data, makes no output."""
+    refused = _refused_commands()
+    junk = dict(weights=[1, 2], params=[3], acts=[4, 5, 6])
+    tiles = [host.Tile(cfg=word, n_out=0, fields={"name": name}, **junk)
+             for name, word in refused.items()]
+    layer = core_cases.make("std_k3_s2_p1_odd")
+    plan = host.plan_layer(**layer, config=DEFAULT)
+    res = host.run_plans([tiles, plan.tiles], config=DEFAULT, target=target, stall=STALL, seed=2)
+    for tile, r in zip(tiles, res[0]):
+        name = tile.fields["name"]
+        assert r["done"] and r["error"] == 1, f"{name}: {r}"
+        assert r["outputs"] == [], f"{name}: produced output"
+        assert r["accepted"] == {"cfg": 1, "weights": 0, "params": 0, "act_in": 0}, (name, r)
+    assert all(r["error"] == 0 for r in res[1])
+    _check(layer, plan.assemble(res[1]), f"layer after refusals on {target}")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_reset_mid_layer_then_clean_layer(target):
+    first = core_cases.make("std_k5_s2_p0")
+    second = core_cases.make("dw_k3_s1_p1")
+    p1 = host.plan_layer(**first, config=DEFAULT)
+    p2 = host.plan_layer(**second, config=DEFAULT)
+    p1.tiles[0].reset_after = 150          # mid-computation: outputs have started
+    res = host.run_plans([p1.tiles, p2.tiles], config=DEFAULT, target=target, stall=STALL, seed=4)
+    assert res[0][0]["reset"] and not res[0][0]["done"]
+    assert 0 < len(res[0][0]["outputs"]) < p1.tiles[0].n_out
+    _check(second, p2.assemble(res[1]), f"layer after reset on {target}")
