@@ -13,6 +13,8 @@
 //   rows = 8
 //   max_reduction = 16384
 //   psc = True
+//   multiplier = 'generic'
+//   tree_stages = 0
 //
 // Latency: 3 cycles (see the component's docstring).
 //
@@ -786,35 +788,32 @@ module \dot_product.pe_0 (bias, \port$0$1346 , valid, clk, rst, en, mask, acc_va
   wire [15:0] \$13 ;
   wire [15:0] \$14 ;
   wire [15:0] \$15 ;
-  wire [15:0] \$16 ;
+  wire \$16 ;
   wire \$17 ;
   wire \$18 ;
-  wire [32:0] \$19 ;
+  wire \$19 ;
   wire [16:0] \$2 ;
-  reg [63:0] \$20 ;
+  wire [32:0] \$20 ;
   reg [63:0] \$21 ;
-  reg \$22 ;
-  reg \$23 ;
+  reg [63:0] \$22 ;
+  reg [127:0] \$23 ;
   reg \$24 ;
   reg \$25 ;
   reg \$26 ;
-  reg \$27 ;
+  reg [31:0] \$27 ;
   reg \$28 ;
-  reg [127:0] \$29 ;
+  reg \$29 ;
   wire [17:0] \$3 ;
-  reg [31:0] \$30 ;
+  reg \$30 ;
   reg [31:0] \$31 ;
-  reg [31:0] \$32 ;
+  reg \$32 ;
+  reg [31:0] \$33 ;
   wire [16:0] \$4 ;
   wire [16:0] \$5 ;
   wire [17:0] \$6 ;
   wire [18:0] \$7 ;
-  wire \$8 ;
+  wire [15:0] \$8 ;
   wire [15:0] \$9 ;
-  reg \$signal  = 1'h0;
-  reg \$signal$18  = 1'h0;
-  reg \$signal$20  = 1'h0;
-  reg \$signal$24  = 1'h0;
   output [31:0] acc;
   reg [31:0] acc = 32'd0;
   (* init = 32'd0 *)
@@ -829,6 +828,8 @@ module \dot_product.pe_0 (bias, \port$0$1346 , valid, clk, rst, en, mask, acc_va
   wire clk;
   input en;
   wire en;
+  reg f1 = 1'h0;
+  reg f2 = 1'h0;
   wire first;
   reg l1 = 1'h0;
   reg l2 = 1'h0;
@@ -836,23 +837,25 @@ module \dot_product.pe_0 (bias, \port$0$1346 , valid, clk, rst, en, mask, acc_va
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  reg [127:0] p2 = 128'h00000000000000000000000000000000;
-  wire [15:0] \p2[0] ;
-  wire [15:0] \p2[1] ;
-  wire [15:0] \p2[2] ;
-  wire [15:0] \p2[3] ;
-  wire [15:0] \p2[4] ;
-  wire [15:0] \p2[5] ;
-  wire [15:0] \p2[6] ;
-  wire [15:0] \p2[7] ;
   input [1:0] \port$0$1346 ;
   wire [1:0] \port$0$1346 ;
   input [191:0] \port$0$2 ;
   wire [191:0] \port$0$2 ;
+  reg [127:0] products = 128'h00000000000000000000000000000000;
+  wire [15:0] \products[0] ;
+  wire [15:0] \products[1] ;
+  wire [15:0] \products[2] ;
+  wire [15:0] \products[3] ;
+  wire [15:0] \products[4] ;
+  wire [15:0] \products[5] ;
+  wire [15:0] \products[6] ;
+  wire [15:0] \products[7] ;
   input rst;
   wire rst;
   wire [31:0] start;
   wire [31:0] tree;
+  reg v1 = 1'h0;
+  reg v2 = 1'h0;
   input valid;
   wire valid;
   wire [63:0] w;
@@ -909,52 +912,53 @@ module \dot_product.pe_0 (bias, \port$0$1346 , valid, clk, rst, en, mask, acc_va
   wire [7:0] \x[5] ;
   wire [7:0] \x[6] ;
   wire [7:0] \x[7] ;
-  assign \$1  = $signed(p2[15:0]) + $signed(p2[31:16]);
-  assign \$2  = $signed(p2[47:32]) + $signed(p2[63:48]);
+  assign \$1  = $signed(products[15:0]) + $signed(products[31:16]);
+  assign \$2  = $signed(products[47:32]) + $signed(products[63:48]);
   assign \$3  = $signed(\$1 ) + $signed(\$2 );
-  assign \$4  = $signed(p2[79:64]) + $signed(p2[95:80]);
-  assign \$5  = $signed(p2[111:96]) + $signed(p2[127:112]);
+  assign \$4  = $signed(products[79:64]) + $signed(products[95:80]);
+  assign \$5  = $signed(products[111:96]) + $signed(products[127:112]);
   assign \$6  = $signed(\$4 ) + $signed(\$5 );
   assign \$7  = $signed(\$3 ) + $signed(\$6 );
-  assign start = \$signal  ? b2 : acc;
-  assign \$8  = \$signal$24  & l2;
-  assign \$9  = $signed(x1[7:0]) * $signed(w1[7:0]);
-  assign \$10  = $signed(x1[15:8]) * $signed(w1[15:8]);
-  assign \$11  = $signed(x1[23:16]) * $signed(w1[23:16]);
-  assign \$12  = $signed(x1[31:24]) * $signed(w1[31:24]);
-  assign \$13  = $signed(x1[39:32]) * $signed(w1[39:32]);
-  assign \$14  = $signed(x1[47:40]) * $signed(w1[47:40]);
-  assign \$15  = $signed(x1[55:48]) * $signed(w1[55:48]);
-  assign \$16  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$17  = valid & \port$0$1346 [0];
-  assign \$18  = \$signal$18  & \$signal$20 ;
-  assign \$19  = $signed(start) + $signed(\$7 );
+  assign start = f2 ? b2 : acc;
+  assign \$8  = $signed(x1[7:0]) * $signed(w1[7:0]);
+  assign \$9  = $signed(x1[15:8]) * $signed(w1[15:8]);
+  assign \$10  = $signed(x1[23:16]) * $signed(w1[23:16]);
+  assign \$11  = $signed(x1[31:24]) * $signed(w1[31:24]);
+  assign \$12  = $signed(x1[39:32]) * $signed(w1[39:32]);
+  assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
+  assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
+  assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
+  assign \$16  = valid & \port$0$1346 [0];
+  assign \$17  = v1 & f1;
+  assign \$18  = v2 & l2;
+  assign \$19  = en & v2;
+  assign \$20  = $signed(start) + $signed(\$7 );
   always @(posedge clk)
-    x1 <= \$20 ;
+    x1 <= \$21 ;
   always @(posedge clk)
-    w1 <= \$21 ;
+    w1 <= \$22 ;
   always @(posedge clk)
-    \$signal$18  <= \$22 ;
+    products <= \$23 ;
   always @(posedge clk)
-    \$signal$20  <= \$23 ;
+    v1 <= \$24 ;
   always @(posedge clk)
-    l1 <= \$24 ;
+    f1 <= \$25 ;
   always @(posedge clk)
-    \$signal$24  <= \$25 ;
+    l1 <= \$26 ;
   always @(posedge clk)
-    \$signal  <= \$26 ;
+    b1 <= \$27 ;
   always @(posedge clk)
-    l2 <= \$27 ;
+    v2 <= \$28 ;
   always @(posedge clk)
-    acc_valid <= \$28 ;
+    f2 <= \$29 ;
   always @(posedge clk)
-    p2 <= \$29 ;
-  always @(posedge clk)
-    b1 <= \$30 ;
+    l2 <= \$30 ;
   always @(posedge clk)
     b2 <= \$31 ;
   always @(posedge clk)
-    acc <= \$32 ;
+    acc_valid <= \$32 ;
+  always @(posedge clk)
+    acc <= \$33 ;
   \dot_product.pe_0.wsu  wsu (
     .mask(mask),
     .w(w),
@@ -962,43 +966,37 @@ module \dot_product.pe_0 (bias, \port$0$1346 , valid, clk, rst, en, mask, acc_va
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = x1;
+    \$21  = x1;
     if (en) begin
-      \$20  = \port$0$2 [63:0];
+      \$21  = \port$0$2 [63:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = w1;
+    \$22  = w1;
     if (en) begin
-      \$21  = w;
+      \$22  = w;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = \$signal$18 ;
+    \$23  = products;
     if (en) begin
-      \$22  = valid;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
+      \$23 [15:0] = \$8 ;
+      \$23 [31:16] = \$9 ;
+      \$23 [47:32] = \$10 ;
+      \$23 [63:48] = \$11 ;
+      \$23 [79:64] = \$12 ;
+      \$23 [95:80] = \$13 ;
+      \$23 [111:96] = \$14 ;
+      \$23 [127:112] = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = \$signal$20 ;
+    \$24  = v1;
     if (en) begin
-      \$23  = \port$0$1346 [0];
-    end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = l1;
-    if (en) begin
-      \$24  = \port$0$1346 [1];
+      \$24  = valid;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -1006,9 +1004,9 @@ module \dot_product.pe_0 (bias, \port$0$1346 , valid, clk, rst, en, mask, acc_va
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = \$signal$24 ;
+    \$25  = f1;
     if (en) begin
-      \$25  = \$signal$18 ;
+      \$25  = \port$0$1346 [0];
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -1016,9 +1014,9 @@ module \dot_product.pe_0 (bias, \port$0$1346 , valid, clk, rst, en, mask, acc_va
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = \$signal ;
+    \$26  = l1;
     if (en) begin
-      \$26  = \$signal$20 ;
+      \$26  = \port$0$1346 [1];
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -1026,19 +1024,18 @@ module \dot_product.pe_0 (bias, \port$0$1346 , valid, clk, rst, en, mask, acc_va
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = l2;
+    \$27  = b1;
     if (en) begin
-      \$27  = l1;
-    end
-    if (rst) begin
-      \$27  = 1'h0;
+      if (\$16 ) begin
+        \$27  = bias;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = acc_valid;
+    \$28  = v2;
     if (en) begin
-      \$28  = \$8 ;
+      \$28  = v1;
     end
     if (rst) begin
       \$28  = 1'h0;
@@ -1046,43 +1043,48 @@ module \dot_product.pe_0 (bias, \port$0$1346 , valid, clk, rst, en, mask, acc_va
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = p2;
+    \$29  = f2;
     if (en) begin
-      \$29 [15:0] = \$9 ;
-      \$29 [31:16] = \$10 ;
-      \$29 [47:32] = \$11 ;
-      \$29 [63:48] = \$12 ;
-      \$29 [79:64] = \$13 ;
-      \$29 [95:80] = \$14 ;
-      \$29 [111:96] = \$15 ;
-      \$29 [127:112] = \$16 ;
+      \$29  = f1;
+    end
+    if (rst) begin
+      \$29  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = b1;
+    \$30  = l2;
     if (en) begin
-      if (\$17 ) begin
-        \$30  = bias;
-      end
+      \$30  = l1;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
     \$31  = b2;
     if (en) begin
-      if (\$18 ) begin
+      if (\$17 ) begin
         \$31  = b1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = acc;
+    \$32  = acc_valid;
     if (en) begin
-      if (\$signal$24 ) begin
-        \$32  = \$19 [31:0];
-      end
+      \$32  = \$18 ;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$33  = acc;
+    if (\$19 ) begin
+      \$33  = \$20 [31:0];
     end
   end
   assign words = \port$0$2 [191:64];
@@ -1109,14 +1111,14 @@ module \dot_product.pe_0 (bias, \port$0$1346 , valid, clk, rst, en, mask, acc_va
   assign \words$1[5]  = \port$0$2 [159:144];
   assign \words$1[6]  = \port$0$2 [175:160];
   assign \words$1[7]  = \port$0$2 [191:176];
-  assign \p2[0]  = p2[15:0];
-  assign \p2[1]  = p2[31:16];
-  assign \p2[2]  = p2[47:32];
-  assign \p2[3]  = p2[63:48];
-  assign \p2[4]  = p2[79:64];
-  assign \p2[5]  = p2[95:80];
-  assign \p2[6]  = p2[111:96];
-  assign \p2[7]  = p2[127:112];
+  assign \products[0]  = products[15:0];
+  assign \products[1]  = products[31:16];
+  assign \products[2]  = products[47:32];
+  assign \products[3]  = products[63:48];
+  assign \products[4]  = products[79:64];
+  assign \products[5]  = products[95:80];
+  assign \products[6]  = products[111:96];
+  assign \products[7]  = products[127:112];
   assign \x1[0]  = x1[7:0];
   assign \x1[1]  = x1[15:8];
   assign \x1[2]  = x1[23:16];
@@ -1227,35 +1229,32 @@ module \dot_product.pe_1 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   wire [15:0] \$13 ;
   wire [15:0] \$14 ;
   wire [15:0] \$15 ;
-  wire [15:0] \$16 ;
+  wire \$16 ;
   wire \$17 ;
   wire \$18 ;
-  wire [32:0] \$19 ;
+  wire \$19 ;
   wire [16:0] \$2 ;
-  reg [63:0] \$20 ;
+  wire [32:0] \$20 ;
   reg [63:0] \$21 ;
-  reg \$22 ;
-  reg \$23 ;
+  reg [63:0] \$22 ;
+  reg [127:0] \$23 ;
   reg \$24 ;
   reg \$25 ;
   reg \$26 ;
-  reg \$27 ;
+  reg [31:0] \$27 ;
   reg \$28 ;
-  reg [127:0] \$29 ;
+  reg \$29 ;
   wire [17:0] \$3 ;
-  reg [31:0] \$30 ;
+  reg \$30 ;
   reg [31:0] \$31 ;
-  reg [31:0] \$32 ;
+  reg \$32 ;
+  reg [31:0] \$33 ;
   wire [16:0] \$4 ;
   wire [16:0] \$5 ;
   wire [17:0] \$6 ;
   wire [18:0] \$7 ;
-  wire \$8 ;
+  wire [15:0] \$8 ;
   wire [15:0] \$9 ;
-  reg \$signal  = 1'h0;
-  reg \$signal$18  = 1'h0;
-  reg \$signal$20  = 1'h0;
-  reg \$signal$24  = 1'h0;
   output [31:0] acc;
   reg [31:0] acc = 32'd0;
   (* init = 32'd0 *)
@@ -1269,6 +1268,8 @@ module \dot_product.pe_1 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   wire clk;
   input en;
   wire en;
+  reg f1 = 1'h0;
+  reg f2 = 1'h0;
   wire first;
   reg l1 = 1'h0;
   reg l2 = 1'h0;
@@ -1276,21 +1277,23 @@ module \dot_product.pe_1 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  reg [127:0] p2 = 128'h00000000000000000000000000000000;
-  wire [15:0] \p2[0] ;
-  wire [15:0] \p2[1] ;
-  wire [15:0] \p2[2] ;
-  wire [15:0] \p2[3] ;
-  wire [15:0] \p2[4] ;
-  wire [15:0] \p2[5] ;
-  wire [15:0] \p2[6] ;
-  wire [15:0] \p2[7] ;
   input [1:0] \port$0$1346 ;
   wire [1:0] \port$0$1346 ;
+  reg [127:0] products = 128'h00000000000000000000000000000000;
+  wire [15:0] \products[0] ;
+  wire [15:0] \products[1] ;
+  wire [15:0] \products[2] ;
+  wire [15:0] \products[3] ;
+  wire [15:0] \products[4] ;
+  wire [15:0] \products[5] ;
+  wire [15:0] \products[6] ;
+  wire [15:0] \products[7] ;
   input rst;
   wire rst;
   wire [31:0] start;
   wire [31:0] tree;
+  reg v1 = 1'h0;
+  reg v2 = 1'h0;
   input valid;
   wire valid;
   wire [63:0] w;
@@ -1349,52 +1352,53 @@ module \dot_product.pe_1 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   wire [7:0] \x[5] ;
   wire [7:0] \x[6] ;
   wire [7:0] \x[7] ;
-  assign \$1  = $signed(p2[15:0]) + $signed(p2[31:16]);
-  assign \$2  = $signed(p2[47:32]) + $signed(p2[63:48]);
+  assign \$1  = $signed(products[15:0]) + $signed(products[31:16]);
+  assign \$2  = $signed(products[47:32]) + $signed(products[63:48]);
   assign \$3  = $signed(\$1 ) + $signed(\$2 );
-  assign \$4  = $signed(p2[79:64]) + $signed(p2[95:80]);
-  assign \$5  = $signed(p2[111:96]) + $signed(p2[127:112]);
+  assign \$4  = $signed(products[79:64]) + $signed(products[95:80]);
+  assign \$5  = $signed(products[111:96]) + $signed(products[127:112]);
   assign \$6  = $signed(\$4 ) + $signed(\$5 );
   assign \$7  = $signed(\$3 ) + $signed(\$6 );
-  assign start = \$signal  ? b2 : acc;
-  assign \$8  = \$signal$24  & l2;
-  assign \$9  = $signed(x1[7:0]) * $signed(w1[7:0]);
-  assign \$10  = $signed(x1[15:8]) * $signed(w1[15:8]);
-  assign \$11  = $signed(x1[23:16]) * $signed(w1[23:16]);
-  assign \$12  = $signed(x1[31:24]) * $signed(w1[31:24]);
-  assign \$13  = $signed(x1[39:32]) * $signed(w1[39:32]);
-  assign \$14  = $signed(x1[47:40]) * $signed(w1[47:40]);
-  assign \$15  = $signed(x1[55:48]) * $signed(w1[55:48]);
-  assign \$16  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$17  = valid & \port$0$1346 [0];
-  assign \$18  = \$signal$18  & \$signal$20 ;
-  assign \$19  = $signed(start) + $signed(\$7 );
+  assign start = f2 ? b2 : acc;
+  assign \$8  = $signed(x1[7:0]) * $signed(w1[7:0]);
+  assign \$9  = $signed(x1[15:8]) * $signed(w1[15:8]);
+  assign \$10  = $signed(x1[23:16]) * $signed(w1[23:16]);
+  assign \$11  = $signed(x1[31:24]) * $signed(w1[31:24]);
+  assign \$12  = $signed(x1[39:32]) * $signed(w1[39:32]);
+  assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
+  assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
+  assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
+  assign \$16  = valid & \port$0$1346 [0];
+  assign \$17  = v1 & f1;
+  assign \$18  = v2 & l2;
+  assign \$19  = en & v2;
+  assign \$20  = $signed(start) + $signed(\$7 );
   always @(posedge clk)
-    x1 <= \$20 ;
+    x1 <= \$21 ;
   always @(posedge clk)
-    w1 <= \$21 ;
+    w1 <= \$22 ;
   always @(posedge clk)
-    \$signal$18  <= \$22 ;
+    products <= \$23 ;
   always @(posedge clk)
-    \$signal$20  <= \$23 ;
+    v1 <= \$24 ;
   always @(posedge clk)
-    l1 <= \$24 ;
+    f1 <= \$25 ;
   always @(posedge clk)
-    \$signal$24  <= \$25 ;
+    l1 <= \$26 ;
   always @(posedge clk)
-    \$signal  <= \$26 ;
+    b1 <= \$27 ;
   always @(posedge clk)
-    l2 <= \$27 ;
+    v2 <= \$28 ;
   always @(posedge clk)
-    acc_valid <= \$28 ;
+    f2 <= \$29 ;
   always @(posedge clk)
-    p2 <= \$29 ;
-  always @(posedge clk)
-    b1 <= \$30 ;
+    l2 <= \$30 ;
   always @(posedge clk)
     b2 <= \$31 ;
   always @(posedge clk)
-    acc <= \$32 ;
+    acc_valid <= \$32 ;
+  always @(posedge clk)
+    acc <= \$33 ;
   \dot_product.pe_1.wsu  wsu (
     .mask(mask),
     .w(w),
@@ -1402,43 +1406,37 @@ module \dot_product.pe_1 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$20  = x1;
+    \$21  = x1;
     if (en) begin
-      \$20  = x;
+      \$21  = x;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$21  = w1;
+    \$22  = w1;
     if (en) begin
-      \$21  = w;
+      \$22  = w;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$22  = \$signal$18 ;
+    \$23  = products;
     if (en) begin
-      \$22  = valid;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
+      \$23 [15:0] = \$8 ;
+      \$23 [31:16] = \$9 ;
+      \$23 [47:32] = \$10 ;
+      \$23 [63:48] = \$11 ;
+      \$23 [79:64] = \$12 ;
+      \$23 [95:80] = \$13 ;
+      \$23 [111:96] = \$14 ;
+      \$23 [127:112] = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$23  = \$signal$20 ;
+    \$24  = v1;
     if (en) begin
-      \$23  = \port$0$1346 [0];
-    end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$24  = l1;
-    if (en) begin
-      \$24  = \port$0$1346 [1];
+      \$24  = valid;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -1446,9 +1444,9 @@ module \dot_product.pe_1 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$25  = \$signal$24 ;
+    \$25  = f1;
     if (en) begin
-      \$25  = \$signal$18 ;
+      \$25  = \port$0$1346 [0];
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -1456,9 +1454,9 @@ module \dot_product.pe_1 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$26  = \$signal ;
+    \$26  = l1;
     if (en) begin
-      \$26  = \$signal$20 ;
+      \$26  = \port$0$1346 [1];
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -1466,19 +1464,18 @@ module \dot_product.pe_1 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$27  = l2;
+    \$27  = b1;
     if (en) begin
-      \$27  = l1;
-    end
-    if (rst) begin
-      \$27  = 1'h0;
+      if (\$16 ) begin
+        \$27  = bias;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$28  = acc_valid;
+    \$28  = v2;
     if (en) begin
-      \$28  = \$8 ;
+      \$28  = v1;
     end
     if (rst) begin
       \$28  = 1'h0;
@@ -1486,43 +1483,48 @@ module \dot_product.pe_1 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$29  = p2;
+    \$29  = f2;
     if (en) begin
-      \$29 [15:0] = \$9 ;
-      \$29 [31:16] = \$10 ;
-      \$29 [47:32] = \$11 ;
-      \$29 [63:48] = \$12 ;
-      \$29 [79:64] = \$13 ;
-      \$29 [95:80] = \$14 ;
-      \$29 [111:96] = \$15 ;
-      \$29 [127:112] = \$16 ;
+      \$29  = f1;
+    end
+    if (rst) begin
+      \$29  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$30  = b1;
+    \$30  = l2;
     if (en) begin
-      if (\$17 ) begin
-        \$30  = bias;
-      end
+      \$30  = l1;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$31  = b2;
     if (en) begin
-      if (\$18 ) begin
+      if (\$17 ) begin
         \$31  = b1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$32  = acc;
+    \$32  = acc_valid;
     if (en) begin
-      if (\$signal$24 ) begin
-        \$32  = \$19 [31:0];
-      end
+      \$32  = \$18 ;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$33  = acc;
+    if (\$19 ) begin
+      \$33  = \$20 [31:0];
     end
   end
   assign \words$1  = words;
@@ -1547,14 +1549,14 @@ module \dot_product.pe_1 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   assign \words$1[5]  = words[95:80];
   assign \words$1[6]  = words[111:96];
   assign \words$1[7]  = words[127:112];
-  assign \p2[0]  = p2[15:0];
-  assign \p2[1]  = p2[31:16];
-  assign \p2[2]  = p2[47:32];
-  assign \p2[3]  = p2[63:48];
-  assign \p2[4]  = p2[79:64];
-  assign \p2[5]  = p2[95:80];
-  assign \p2[6]  = p2[111:96];
-  assign \p2[7]  = p2[127:112];
+  assign \products[0]  = products[15:0];
+  assign \products[1]  = products[31:16];
+  assign \products[2]  = products[47:32];
+  assign \products[3]  = products[63:48];
+  assign \products[4]  = products[79:64];
+  assign \products[5]  = products[95:80];
+  assign \products[6]  = products[111:96];
+  assign \products[7]  = products[127:112];
   assign \x1[0]  = x1[7:0];
   assign \x1[1]  = x1[15:8];
   assign \x1[2]  = x1[23:16];
@@ -1665,35 +1667,32 @@ module \dot_product.pe_2 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   wire [15:0] \$13 ;
   wire [15:0] \$14 ;
   wire [15:0] \$15 ;
-  wire [15:0] \$16 ;
+  wire \$16 ;
   wire \$17 ;
   wire \$18 ;
-  wire [32:0] \$19 ;
+  wire \$19 ;
   wire [16:0] \$2 ;
-  reg [63:0] \$20 ;
+  wire [32:0] \$20 ;
   reg [63:0] \$21 ;
-  reg \$22 ;
-  reg \$23 ;
+  reg [63:0] \$22 ;
+  reg [127:0] \$23 ;
   reg \$24 ;
   reg \$25 ;
   reg \$26 ;
-  reg \$27 ;
+  reg [31:0] \$27 ;
   reg \$28 ;
-  reg [127:0] \$29 ;
+  reg \$29 ;
   wire [17:0] \$3 ;
-  reg [31:0] \$30 ;
+  reg \$30 ;
   reg [31:0] \$31 ;
-  reg [31:0] \$32 ;
+  reg \$32 ;
+  reg [31:0] \$33 ;
   wire [16:0] \$4 ;
   wire [16:0] \$5 ;
   wire [17:0] \$6 ;
   wire [18:0] \$7 ;
-  wire \$8 ;
+  wire [15:0] \$8 ;
   wire [15:0] \$9 ;
-  reg \$signal  = 1'h0;
-  reg \$signal$18  = 1'h0;
-  reg \$signal$20  = 1'h0;
-  reg \$signal$24  = 1'h0;
   output [31:0] acc;
   reg [31:0] acc = 32'd0;
   (* init = 32'd0 *)
@@ -1707,6 +1706,8 @@ module \dot_product.pe_2 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   wire clk;
   input en;
   wire en;
+  reg f1 = 1'h0;
+  reg f2 = 1'h0;
   wire first;
   reg l1 = 1'h0;
   reg l2 = 1'h0;
@@ -1714,21 +1715,23 @@ module \dot_product.pe_2 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  reg [127:0] p2 = 128'h00000000000000000000000000000000;
-  wire [15:0] \p2[0] ;
-  wire [15:0] \p2[1] ;
-  wire [15:0] \p2[2] ;
-  wire [15:0] \p2[3] ;
-  wire [15:0] \p2[4] ;
-  wire [15:0] \p2[5] ;
-  wire [15:0] \p2[6] ;
-  wire [15:0] \p2[7] ;
   input [1:0] \port$0$1346 ;
   wire [1:0] \port$0$1346 ;
+  reg [127:0] products = 128'h00000000000000000000000000000000;
+  wire [15:0] \products[0] ;
+  wire [15:0] \products[1] ;
+  wire [15:0] \products[2] ;
+  wire [15:0] \products[3] ;
+  wire [15:0] \products[4] ;
+  wire [15:0] \products[5] ;
+  wire [15:0] \products[6] ;
+  wire [15:0] \products[7] ;
   input rst;
   wire rst;
   wire [31:0] start;
   wire [31:0] tree;
+  reg v1 = 1'h0;
+  reg v2 = 1'h0;
   input valid;
   wire valid;
   wire [63:0] w;
@@ -1787,52 +1790,53 @@ module \dot_product.pe_2 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   wire [7:0] \x[5] ;
   wire [7:0] \x[6] ;
   wire [7:0] \x[7] ;
-  assign \$1  = $signed(p2[15:0]) + $signed(p2[31:16]);
-  assign \$2  = $signed(p2[47:32]) + $signed(p2[63:48]);
+  assign \$1  = $signed(products[15:0]) + $signed(products[31:16]);
+  assign \$2  = $signed(products[47:32]) + $signed(products[63:48]);
   assign \$3  = $signed(\$1 ) + $signed(\$2 );
-  assign \$4  = $signed(p2[79:64]) + $signed(p2[95:80]);
-  assign \$5  = $signed(p2[111:96]) + $signed(p2[127:112]);
+  assign \$4  = $signed(products[79:64]) + $signed(products[95:80]);
+  assign \$5  = $signed(products[111:96]) + $signed(products[127:112]);
   assign \$6  = $signed(\$4 ) + $signed(\$5 );
   assign \$7  = $signed(\$3 ) + $signed(\$6 );
-  assign start = \$signal  ? b2 : acc;
-  assign \$8  = \$signal$24  & l2;
-  assign \$9  = $signed(x1[7:0]) * $signed(w1[7:0]);
-  assign \$10  = $signed(x1[15:8]) * $signed(w1[15:8]);
-  assign \$11  = $signed(x1[23:16]) * $signed(w1[23:16]);
-  assign \$12  = $signed(x1[31:24]) * $signed(w1[31:24]);
-  assign \$13  = $signed(x1[39:32]) * $signed(w1[39:32]);
-  assign \$14  = $signed(x1[47:40]) * $signed(w1[47:40]);
-  assign \$15  = $signed(x1[55:48]) * $signed(w1[55:48]);
-  assign \$16  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$17  = valid & \port$0$1346 [0];
-  assign \$18  = \$signal$18  & \$signal$20 ;
-  assign \$19  = $signed(start) + $signed(\$7 );
+  assign start = f2 ? b2 : acc;
+  assign \$8  = $signed(x1[7:0]) * $signed(w1[7:0]);
+  assign \$9  = $signed(x1[15:8]) * $signed(w1[15:8]);
+  assign \$10  = $signed(x1[23:16]) * $signed(w1[23:16]);
+  assign \$11  = $signed(x1[31:24]) * $signed(w1[31:24]);
+  assign \$12  = $signed(x1[39:32]) * $signed(w1[39:32]);
+  assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
+  assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
+  assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
+  assign \$16  = valid & \port$0$1346 [0];
+  assign \$17  = v1 & f1;
+  assign \$18  = v2 & l2;
+  assign \$19  = en & v2;
+  assign \$20  = $signed(start) + $signed(\$7 );
   always @(posedge clk)
-    x1 <= \$20 ;
+    x1 <= \$21 ;
   always @(posedge clk)
-    w1 <= \$21 ;
+    w1 <= \$22 ;
   always @(posedge clk)
-    \$signal$18  <= \$22 ;
+    products <= \$23 ;
   always @(posedge clk)
-    \$signal$20  <= \$23 ;
+    v1 <= \$24 ;
   always @(posedge clk)
-    l1 <= \$24 ;
+    f1 <= \$25 ;
   always @(posedge clk)
-    \$signal$24  <= \$25 ;
+    l1 <= \$26 ;
   always @(posedge clk)
-    \$signal  <= \$26 ;
+    b1 <= \$27 ;
   always @(posedge clk)
-    l2 <= \$27 ;
+    v2 <= \$28 ;
   always @(posedge clk)
-    acc_valid <= \$28 ;
+    f2 <= \$29 ;
   always @(posedge clk)
-    p2 <= \$29 ;
-  always @(posedge clk)
-    b1 <= \$30 ;
+    l2 <= \$30 ;
   always @(posedge clk)
     b2 <= \$31 ;
   always @(posedge clk)
-    acc <= \$32 ;
+    acc_valid <= \$32 ;
+  always @(posedge clk)
+    acc <= \$33 ;
   \dot_product.pe_2.wsu  wsu (
     .mask(mask),
     .w(w),
@@ -1840,43 +1844,37 @@ module \dot_product.pe_2 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$20  = x1;
+    \$21  = x1;
     if (en) begin
-      \$20  = x;
+      \$21  = x;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$21  = w1;
+    \$22  = w1;
     if (en) begin
-      \$21  = w;
+      \$22  = w;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$22  = \$signal$18 ;
+    \$23  = products;
     if (en) begin
-      \$22  = valid;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
+      \$23 [15:0] = \$8 ;
+      \$23 [31:16] = \$9 ;
+      \$23 [47:32] = \$10 ;
+      \$23 [63:48] = \$11 ;
+      \$23 [79:64] = \$12 ;
+      \$23 [95:80] = \$13 ;
+      \$23 [111:96] = \$14 ;
+      \$23 [127:112] = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$23  = \$signal$20 ;
+    \$24  = v1;
     if (en) begin
-      \$23  = \port$0$1346 [0];
-    end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$24  = l1;
-    if (en) begin
-      \$24  = \port$0$1346 [1];
+      \$24  = valid;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -1884,9 +1882,9 @@ module \dot_product.pe_2 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$25  = \$signal$24 ;
+    \$25  = f1;
     if (en) begin
-      \$25  = \$signal$18 ;
+      \$25  = \port$0$1346 [0];
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -1894,9 +1892,9 @@ module \dot_product.pe_2 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$26  = \$signal ;
+    \$26  = l1;
     if (en) begin
-      \$26  = \$signal$20 ;
+      \$26  = \port$0$1346 [1];
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -1904,19 +1902,18 @@ module \dot_product.pe_2 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$27  = l2;
+    \$27  = b1;
     if (en) begin
-      \$27  = l1;
-    end
-    if (rst) begin
-      \$27  = 1'h0;
+      if (\$16 ) begin
+        \$27  = bias;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$28  = acc_valid;
+    \$28  = v2;
     if (en) begin
-      \$28  = \$8 ;
+      \$28  = v1;
     end
     if (rst) begin
       \$28  = 1'h0;
@@ -1924,43 +1921,48 @@ module \dot_product.pe_2 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$29  = p2;
+    \$29  = f2;
     if (en) begin
-      \$29 [15:0] = \$9 ;
-      \$29 [31:16] = \$10 ;
-      \$29 [47:32] = \$11 ;
-      \$29 [63:48] = \$12 ;
-      \$29 [79:64] = \$13 ;
-      \$29 [95:80] = \$14 ;
-      \$29 [111:96] = \$15 ;
-      \$29 [127:112] = \$16 ;
+      \$29  = f1;
+    end
+    if (rst) begin
+      \$29  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$30  = b1;
+    \$30  = l2;
     if (en) begin
-      if (\$17 ) begin
-        \$30  = bias;
-      end
+      \$30  = l1;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$31  = b2;
     if (en) begin
-      if (\$18 ) begin
+      if (\$17 ) begin
         \$31  = b1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$32  = acc;
+    \$32  = acc_valid;
     if (en) begin
-      if (\$signal$24 ) begin
-        \$32  = \$19 [31:0];
-      end
+      \$32  = \$18 ;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$33  = acc;
+    if (\$19 ) begin
+      \$33  = \$20 [31:0];
     end
   end
   assign \words$1  = words;
@@ -1985,14 +1987,14 @@ module \dot_product.pe_2 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   assign \words$1[5]  = words[95:80];
   assign \words$1[6]  = words[111:96];
   assign \words$1[7]  = words[127:112];
-  assign \p2[0]  = p2[15:0];
-  assign \p2[1]  = p2[31:16];
-  assign \p2[2]  = p2[47:32];
-  assign \p2[3]  = p2[63:48];
-  assign \p2[4]  = p2[79:64];
-  assign \p2[5]  = p2[95:80];
-  assign \p2[6]  = p2[111:96];
-  assign \p2[7]  = p2[127:112];
+  assign \products[0]  = products[15:0];
+  assign \products[1]  = products[31:16];
+  assign \products[2]  = products[47:32];
+  assign \products[3]  = products[63:48];
+  assign \products[4]  = products[79:64];
+  assign \products[5]  = products[95:80];
+  assign \products[6]  = products[111:96];
+  assign \products[7]  = products[127:112];
   assign \x1[0]  = x1[7:0];
   assign \x1[1]  = x1[15:8];
   assign \x1[2]  = x1[23:16];
@@ -2103,35 +2105,32 @@ module \dot_product.pe_3 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   wire [15:0] \$13 ;
   wire [15:0] \$14 ;
   wire [15:0] \$15 ;
-  wire [15:0] \$16 ;
+  wire \$16 ;
   wire \$17 ;
   wire \$18 ;
-  wire [32:0] \$19 ;
+  wire \$19 ;
   wire [16:0] \$2 ;
-  reg [63:0] \$20 ;
+  wire [32:0] \$20 ;
   reg [63:0] \$21 ;
-  reg \$22 ;
-  reg \$23 ;
+  reg [63:0] \$22 ;
+  reg [127:0] \$23 ;
   reg \$24 ;
   reg \$25 ;
   reg \$26 ;
-  reg \$27 ;
+  reg [31:0] \$27 ;
   reg \$28 ;
-  reg [127:0] \$29 ;
+  reg \$29 ;
   wire [17:0] \$3 ;
-  reg [31:0] \$30 ;
+  reg \$30 ;
   reg [31:0] \$31 ;
-  reg [31:0] \$32 ;
+  reg \$32 ;
+  reg [31:0] \$33 ;
   wire [16:0] \$4 ;
   wire [16:0] \$5 ;
   wire [17:0] \$6 ;
   wire [18:0] \$7 ;
-  wire \$8 ;
+  wire [15:0] \$8 ;
   wire [15:0] \$9 ;
-  reg \$signal  = 1'h0;
-  reg \$signal$18  = 1'h0;
-  reg \$signal$20  = 1'h0;
-  reg \$signal$24  = 1'h0;
   output [31:0] acc;
   reg [31:0] acc = 32'd0;
   (* init = 32'd0 *)
@@ -2145,6 +2144,8 @@ module \dot_product.pe_3 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   wire clk;
   input en;
   wire en;
+  reg f1 = 1'h0;
+  reg f2 = 1'h0;
   wire first;
   reg l1 = 1'h0;
   reg l2 = 1'h0;
@@ -2152,21 +2153,23 @@ module \dot_product.pe_3 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  reg [127:0] p2 = 128'h00000000000000000000000000000000;
-  wire [15:0] \p2[0] ;
-  wire [15:0] \p2[1] ;
-  wire [15:0] \p2[2] ;
-  wire [15:0] \p2[3] ;
-  wire [15:0] \p2[4] ;
-  wire [15:0] \p2[5] ;
-  wire [15:0] \p2[6] ;
-  wire [15:0] \p2[7] ;
   input [1:0] \port$0$1346 ;
   wire [1:0] \port$0$1346 ;
+  reg [127:0] products = 128'h00000000000000000000000000000000;
+  wire [15:0] \products[0] ;
+  wire [15:0] \products[1] ;
+  wire [15:0] \products[2] ;
+  wire [15:0] \products[3] ;
+  wire [15:0] \products[4] ;
+  wire [15:0] \products[5] ;
+  wire [15:0] \products[6] ;
+  wire [15:0] \products[7] ;
   input rst;
   wire rst;
   wire [31:0] start;
   wire [31:0] tree;
+  reg v1 = 1'h0;
+  reg v2 = 1'h0;
   input valid;
   wire valid;
   wire [63:0] w;
@@ -2225,52 +2228,53 @@ module \dot_product.pe_3 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   wire [7:0] \x[5] ;
   wire [7:0] \x[6] ;
   wire [7:0] \x[7] ;
-  assign \$1  = $signed(p2[15:0]) + $signed(p2[31:16]);
-  assign \$2  = $signed(p2[47:32]) + $signed(p2[63:48]);
+  assign \$1  = $signed(products[15:0]) + $signed(products[31:16]);
+  assign \$2  = $signed(products[47:32]) + $signed(products[63:48]);
   assign \$3  = $signed(\$1 ) + $signed(\$2 );
-  assign \$4  = $signed(p2[79:64]) + $signed(p2[95:80]);
-  assign \$5  = $signed(p2[111:96]) + $signed(p2[127:112]);
+  assign \$4  = $signed(products[79:64]) + $signed(products[95:80]);
+  assign \$5  = $signed(products[111:96]) + $signed(products[127:112]);
   assign \$6  = $signed(\$4 ) + $signed(\$5 );
   assign \$7  = $signed(\$3 ) + $signed(\$6 );
-  assign start = \$signal  ? b2 : acc;
-  assign \$8  = \$signal$24  & l2;
-  assign \$9  = $signed(x1[7:0]) * $signed(w1[7:0]);
-  assign \$10  = $signed(x1[15:8]) * $signed(w1[15:8]);
-  assign \$11  = $signed(x1[23:16]) * $signed(w1[23:16]);
-  assign \$12  = $signed(x1[31:24]) * $signed(w1[31:24]);
-  assign \$13  = $signed(x1[39:32]) * $signed(w1[39:32]);
-  assign \$14  = $signed(x1[47:40]) * $signed(w1[47:40]);
-  assign \$15  = $signed(x1[55:48]) * $signed(w1[55:48]);
-  assign \$16  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$17  = valid & \port$0$1346 [0];
-  assign \$18  = \$signal$18  & \$signal$20 ;
-  assign \$19  = $signed(start) + $signed(\$7 );
+  assign start = f2 ? b2 : acc;
+  assign \$8  = $signed(x1[7:0]) * $signed(w1[7:0]);
+  assign \$9  = $signed(x1[15:8]) * $signed(w1[15:8]);
+  assign \$10  = $signed(x1[23:16]) * $signed(w1[23:16]);
+  assign \$11  = $signed(x1[31:24]) * $signed(w1[31:24]);
+  assign \$12  = $signed(x1[39:32]) * $signed(w1[39:32]);
+  assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
+  assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
+  assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
+  assign \$16  = valid & \port$0$1346 [0];
+  assign \$17  = v1 & f1;
+  assign \$18  = v2 & l2;
+  assign \$19  = en & v2;
+  assign \$20  = $signed(start) + $signed(\$7 );
   always @(posedge clk)
-    x1 <= \$20 ;
+    x1 <= \$21 ;
   always @(posedge clk)
-    w1 <= \$21 ;
+    w1 <= \$22 ;
   always @(posedge clk)
-    \$signal$18  <= \$22 ;
+    products <= \$23 ;
   always @(posedge clk)
-    \$signal$20  <= \$23 ;
+    v1 <= \$24 ;
   always @(posedge clk)
-    l1 <= \$24 ;
+    f1 <= \$25 ;
   always @(posedge clk)
-    \$signal$24  <= \$25 ;
+    l1 <= \$26 ;
   always @(posedge clk)
-    \$signal  <= \$26 ;
+    b1 <= \$27 ;
   always @(posedge clk)
-    l2 <= \$27 ;
+    v2 <= \$28 ;
   always @(posedge clk)
-    acc_valid <= \$28 ;
+    f2 <= \$29 ;
   always @(posedge clk)
-    p2 <= \$29 ;
-  always @(posedge clk)
-    b1 <= \$30 ;
+    l2 <= \$30 ;
   always @(posedge clk)
     b2 <= \$31 ;
   always @(posedge clk)
-    acc <= \$32 ;
+    acc_valid <= \$32 ;
+  always @(posedge clk)
+    acc <= \$33 ;
   \dot_product.pe_3.wsu  wsu (
     .mask(mask),
     .w(w),
@@ -2278,43 +2282,37 @@ module \dot_product.pe_3 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$20  = x1;
+    \$21  = x1;
     if (en) begin
-      \$20  = x;
+      \$21  = x;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$21  = w1;
+    \$22  = w1;
     if (en) begin
-      \$21  = w;
+      \$22  = w;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$22  = \$signal$18 ;
+    \$23  = products;
     if (en) begin
-      \$22  = valid;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
+      \$23 [15:0] = \$8 ;
+      \$23 [31:16] = \$9 ;
+      \$23 [47:32] = \$10 ;
+      \$23 [63:48] = \$11 ;
+      \$23 [79:64] = \$12 ;
+      \$23 [95:80] = \$13 ;
+      \$23 [111:96] = \$14 ;
+      \$23 [127:112] = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$23  = \$signal$20 ;
+    \$24  = v1;
     if (en) begin
-      \$23  = \port$0$1346 [0];
-    end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$24  = l1;
-    if (en) begin
-      \$24  = \port$0$1346 [1];
+      \$24  = valid;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -2322,9 +2320,9 @@ module \dot_product.pe_3 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25  = \$signal$24 ;
+    \$25  = f1;
     if (en) begin
-      \$25  = \$signal$18 ;
+      \$25  = \port$0$1346 [0];
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -2332,9 +2330,9 @@ module \dot_product.pe_3 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$26  = \$signal ;
+    \$26  = l1;
     if (en) begin
-      \$26  = \$signal$20 ;
+      \$26  = \port$0$1346 [1];
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -2342,19 +2340,18 @@ module \dot_product.pe_3 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$27  = l2;
+    \$27  = b1;
     if (en) begin
-      \$27  = l1;
-    end
-    if (rst) begin
-      \$27  = 1'h0;
+      if (\$16 ) begin
+        \$27  = bias;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$28  = acc_valid;
+    \$28  = v2;
     if (en) begin
-      \$28  = \$8 ;
+      \$28  = v1;
     end
     if (rst) begin
       \$28  = 1'h0;
@@ -2362,43 +2359,48 @@ module \dot_product.pe_3 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$29  = p2;
+    \$29  = f2;
     if (en) begin
-      \$29 [15:0] = \$9 ;
-      \$29 [31:16] = \$10 ;
-      \$29 [47:32] = \$11 ;
-      \$29 [63:48] = \$12 ;
-      \$29 [79:64] = \$13 ;
-      \$29 [95:80] = \$14 ;
-      \$29 [111:96] = \$15 ;
-      \$29 [127:112] = \$16 ;
+      \$29  = f1;
+    end
+    if (rst) begin
+      \$29  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$30  = b1;
+    \$30  = l2;
     if (en) begin
-      if (\$17 ) begin
-        \$30  = bias;
-      end
+      \$30  = l1;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$31  = b2;
     if (en) begin
-      if (\$18 ) begin
+      if (\$17 ) begin
         \$31  = b1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$32  = acc;
+    \$32  = acc_valid;
     if (en) begin
-      if (\$signal$24 ) begin
-        \$32  = \$19 [31:0];
-      end
+      \$32  = \$18 ;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$33  = acc;
+    if (\$19 ) begin
+      \$33  = \$20 [31:0];
     end
   end
   assign \words$1  = words;
@@ -2423,14 +2425,14 @@ module \dot_product.pe_3 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   assign \words$1[5]  = words[95:80];
   assign \words$1[6]  = words[111:96];
   assign \words$1[7]  = words[127:112];
-  assign \p2[0]  = p2[15:0];
-  assign \p2[1]  = p2[31:16];
-  assign \p2[2]  = p2[47:32];
-  assign \p2[3]  = p2[63:48];
-  assign \p2[4]  = p2[79:64];
-  assign \p2[5]  = p2[95:80];
-  assign \p2[6]  = p2[111:96];
-  assign \p2[7]  = p2[127:112];
+  assign \products[0]  = products[15:0];
+  assign \products[1]  = products[31:16];
+  assign \products[2]  = products[47:32];
+  assign \products[3]  = products[63:48];
+  assign \products[4]  = products[79:64];
+  assign \products[5]  = products[95:80];
+  assign \products[6]  = products[111:96];
+  assign \products[7]  = products[127:112];
   assign \x1[0]  = x1[7:0];
   assign \x1[1]  = x1[15:8];
   assign \x1[2]  = x1[23:16];
@@ -2541,35 +2543,32 @@ module \dot_product.pe_4 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   wire [15:0] \$13 ;
   wire [15:0] \$14 ;
   wire [15:0] \$15 ;
-  wire [15:0] \$16 ;
+  wire \$16 ;
   wire \$17 ;
   wire \$18 ;
-  wire [32:0] \$19 ;
+  wire \$19 ;
   wire [16:0] \$2 ;
-  reg [63:0] \$20 ;
+  wire [32:0] \$20 ;
   reg [63:0] \$21 ;
-  reg \$22 ;
-  reg \$23 ;
+  reg [63:0] \$22 ;
+  reg [127:0] \$23 ;
   reg \$24 ;
   reg \$25 ;
   reg \$26 ;
-  reg \$27 ;
+  reg [31:0] \$27 ;
   reg \$28 ;
-  reg [127:0] \$29 ;
+  reg \$29 ;
   wire [17:0] \$3 ;
-  reg [31:0] \$30 ;
+  reg \$30 ;
   reg [31:0] \$31 ;
-  reg [31:0] \$32 ;
+  reg \$32 ;
+  reg [31:0] \$33 ;
   wire [16:0] \$4 ;
   wire [16:0] \$5 ;
   wire [17:0] \$6 ;
   wire [18:0] \$7 ;
-  wire \$8 ;
+  wire [15:0] \$8 ;
   wire [15:0] \$9 ;
-  reg \$signal  = 1'h0;
-  reg \$signal$18  = 1'h0;
-  reg \$signal$20  = 1'h0;
-  reg \$signal$24  = 1'h0;
   output [31:0] acc;
   reg [31:0] acc = 32'd0;
   (* init = 32'd0 *)
@@ -2583,6 +2582,8 @@ module \dot_product.pe_4 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   wire clk;
   input en;
   wire en;
+  reg f1 = 1'h0;
+  reg f2 = 1'h0;
   wire first;
   reg l1 = 1'h0;
   reg l2 = 1'h0;
@@ -2590,21 +2591,23 @@ module \dot_product.pe_4 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  reg [127:0] p2 = 128'h00000000000000000000000000000000;
-  wire [15:0] \p2[0] ;
-  wire [15:0] \p2[1] ;
-  wire [15:0] \p2[2] ;
-  wire [15:0] \p2[3] ;
-  wire [15:0] \p2[4] ;
-  wire [15:0] \p2[5] ;
-  wire [15:0] \p2[6] ;
-  wire [15:0] \p2[7] ;
   input [1:0] \port$0$1346 ;
   wire [1:0] \port$0$1346 ;
+  reg [127:0] products = 128'h00000000000000000000000000000000;
+  wire [15:0] \products[0] ;
+  wire [15:0] \products[1] ;
+  wire [15:0] \products[2] ;
+  wire [15:0] \products[3] ;
+  wire [15:0] \products[4] ;
+  wire [15:0] \products[5] ;
+  wire [15:0] \products[6] ;
+  wire [15:0] \products[7] ;
   input rst;
   wire rst;
   wire [31:0] start;
   wire [31:0] tree;
+  reg v1 = 1'h0;
+  reg v2 = 1'h0;
   input valid;
   wire valid;
   wire [63:0] w;
@@ -2663,52 +2666,53 @@ module \dot_product.pe_4 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   wire [7:0] \x[5] ;
   wire [7:0] \x[6] ;
   wire [7:0] \x[7] ;
-  assign \$1  = $signed(p2[15:0]) + $signed(p2[31:16]);
-  assign \$2  = $signed(p2[47:32]) + $signed(p2[63:48]);
+  assign \$1  = $signed(products[15:0]) + $signed(products[31:16]);
+  assign \$2  = $signed(products[47:32]) + $signed(products[63:48]);
   assign \$3  = $signed(\$1 ) + $signed(\$2 );
-  assign \$4  = $signed(p2[79:64]) + $signed(p2[95:80]);
-  assign \$5  = $signed(p2[111:96]) + $signed(p2[127:112]);
+  assign \$4  = $signed(products[79:64]) + $signed(products[95:80]);
+  assign \$5  = $signed(products[111:96]) + $signed(products[127:112]);
   assign \$6  = $signed(\$4 ) + $signed(\$5 );
   assign \$7  = $signed(\$3 ) + $signed(\$6 );
-  assign start = \$signal  ? b2 : acc;
-  assign \$8  = \$signal$24  & l2;
-  assign \$9  = $signed(x1[7:0]) * $signed(w1[7:0]);
-  assign \$10  = $signed(x1[15:8]) * $signed(w1[15:8]);
-  assign \$11  = $signed(x1[23:16]) * $signed(w1[23:16]);
-  assign \$12  = $signed(x1[31:24]) * $signed(w1[31:24]);
-  assign \$13  = $signed(x1[39:32]) * $signed(w1[39:32]);
-  assign \$14  = $signed(x1[47:40]) * $signed(w1[47:40]);
-  assign \$15  = $signed(x1[55:48]) * $signed(w1[55:48]);
-  assign \$16  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$17  = valid & \port$0$1346 [0];
-  assign \$18  = \$signal$18  & \$signal$20 ;
-  assign \$19  = $signed(start) + $signed(\$7 );
+  assign start = f2 ? b2 : acc;
+  assign \$8  = $signed(x1[7:0]) * $signed(w1[7:0]);
+  assign \$9  = $signed(x1[15:8]) * $signed(w1[15:8]);
+  assign \$10  = $signed(x1[23:16]) * $signed(w1[23:16]);
+  assign \$11  = $signed(x1[31:24]) * $signed(w1[31:24]);
+  assign \$12  = $signed(x1[39:32]) * $signed(w1[39:32]);
+  assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
+  assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
+  assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
+  assign \$16  = valid & \port$0$1346 [0];
+  assign \$17  = v1 & f1;
+  assign \$18  = v2 & l2;
+  assign \$19  = en & v2;
+  assign \$20  = $signed(start) + $signed(\$7 );
   always @(posedge clk)
-    x1 <= \$20 ;
+    x1 <= \$21 ;
   always @(posedge clk)
-    w1 <= \$21 ;
+    w1 <= \$22 ;
   always @(posedge clk)
-    \$signal$18  <= \$22 ;
+    products <= \$23 ;
   always @(posedge clk)
-    \$signal$20  <= \$23 ;
+    v1 <= \$24 ;
   always @(posedge clk)
-    l1 <= \$24 ;
+    f1 <= \$25 ;
   always @(posedge clk)
-    \$signal$24  <= \$25 ;
+    l1 <= \$26 ;
   always @(posedge clk)
-    \$signal  <= \$26 ;
+    b1 <= \$27 ;
   always @(posedge clk)
-    l2 <= \$27 ;
+    v2 <= \$28 ;
   always @(posedge clk)
-    acc_valid <= \$28 ;
+    f2 <= \$29 ;
   always @(posedge clk)
-    p2 <= \$29 ;
-  always @(posedge clk)
-    b1 <= \$30 ;
+    l2 <= \$30 ;
   always @(posedge clk)
     b2 <= \$31 ;
   always @(posedge clk)
-    acc <= \$32 ;
+    acc_valid <= \$32 ;
+  always @(posedge clk)
+    acc <= \$33 ;
   \dot_product.pe_4.wsu  wsu (
     .mask(mask),
     .w(w),
@@ -2716,43 +2720,37 @@ module \dot_product.pe_4 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$20  = x1;
+    \$21  = x1;
     if (en) begin
-      \$20  = x;
+      \$21  = x;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$21  = w1;
+    \$22  = w1;
     if (en) begin
-      \$21  = w;
+      \$22  = w;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$22  = \$signal$18 ;
+    \$23  = products;
     if (en) begin
-      \$22  = valid;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
+      \$23 [15:0] = \$8 ;
+      \$23 [31:16] = \$9 ;
+      \$23 [47:32] = \$10 ;
+      \$23 [63:48] = \$11 ;
+      \$23 [79:64] = \$12 ;
+      \$23 [95:80] = \$13 ;
+      \$23 [111:96] = \$14 ;
+      \$23 [127:112] = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$23  = \$signal$20 ;
+    \$24  = v1;
     if (en) begin
-      \$23  = \port$0$1346 [0];
-    end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$24  = l1;
-    if (en) begin
-      \$24  = \port$0$1346 [1];
+      \$24  = valid;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -2760,9 +2758,9 @@ module \dot_product.pe_4 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$25  = \$signal$24 ;
+    \$25  = f1;
     if (en) begin
-      \$25  = \$signal$18 ;
+      \$25  = \port$0$1346 [0];
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -2770,9 +2768,9 @@ module \dot_product.pe_4 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$26  = \$signal ;
+    \$26  = l1;
     if (en) begin
-      \$26  = \$signal$20 ;
+      \$26  = \port$0$1346 [1];
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -2780,19 +2778,18 @@ module \dot_product.pe_4 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$27  = l2;
+    \$27  = b1;
     if (en) begin
-      \$27  = l1;
-    end
-    if (rst) begin
-      \$27  = 1'h0;
+      if (\$16 ) begin
+        \$27  = bias;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$28  = acc_valid;
+    \$28  = v2;
     if (en) begin
-      \$28  = \$8 ;
+      \$28  = v1;
     end
     if (rst) begin
       \$28  = 1'h0;
@@ -2800,43 +2797,48 @@ module \dot_product.pe_4 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$29  = p2;
+    \$29  = f2;
     if (en) begin
-      \$29 [15:0] = \$9 ;
-      \$29 [31:16] = \$10 ;
-      \$29 [47:32] = \$11 ;
-      \$29 [63:48] = \$12 ;
-      \$29 [79:64] = \$13 ;
-      \$29 [95:80] = \$14 ;
-      \$29 [111:96] = \$15 ;
-      \$29 [127:112] = \$16 ;
+      \$29  = f1;
+    end
+    if (rst) begin
+      \$29  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$30  = b1;
+    \$30  = l2;
     if (en) begin
-      if (\$17 ) begin
-        \$30  = bias;
-      end
+      \$30  = l1;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$31  = b2;
     if (en) begin
-      if (\$18 ) begin
+      if (\$17 ) begin
         \$31  = b1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
-    \$32  = acc;
+    \$32  = acc_valid;
     if (en) begin
-      if (\$signal$24 ) begin
-        \$32  = \$19 [31:0];
-      end
+      \$32  = \$18 ;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$33  = acc;
+    if (\$19 ) begin
+      \$33  = \$20 [31:0];
     end
   end
   assign \words$1  = words;
@@ -2861,14 +2863,14 @@ module \dot_product.pe_4 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   assign \words$1[5]  = words[95:80];
   assign \words$1[6]  = words[111:96];
   assign \words$1[7]  = words[127:112];
-  assign \p2[0]  = p2[15:0];
-  assign \p2[1]  = p2[31:16];
-  assign \p2[2]  = p2[47:32];
-  assign \p2[3]  = p2[63:48];
-  assign \p2[4]  = p2[79:64];
-  assign \p2[5]  = p2[95:80];
-  assign \p2[6]  = p2[111:96];
-  assign \p2[7]  = p2[127:112];
+  assign \products[0]  = products[15:0];
+  assign \products[1]  = products[31:16];
+  assign \products[2]  = products[47:32];
+  assign \products[3]  = products[63:48];
+  assign \products[4]  = products[79:64];
+  assign \products[5]  = products[95:80];
+  assign \products[6]  = products[111:96];
+  assign \products[7]  = products[127:112];
   assign \x1[0]  = x1[7:0];
   assign \x1[1]  = x1[15:8];
   assign \x1[2]  = x1[23:16];
@@ -2979,35 +2981,32 @@ module \dot_product.pe_5 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   wire [15:0] \$13 ;
   wire [15:0] \$14 ;
   wire [15:0] \$15 ;
-  wire [15:0] \$16 ;
+  wire \$16 ;
   wire \$17 ;
   wire \$18 ;
-  wire [32:0] \$19 ;
+  wire \$19 ;
   wire [16:0] \$2 ;
-  reg [63:0] \$20 ;
+  wire [32:0] \$20 ;
   reg [63:0] \$21 ;
-  reg \$22 ;
-  reg \$23 ;
+  reg [63:0] \$22 ;
+  reg [127:0] \$23 ;
   reg \$24 ;
   reg \$25 ;
   reg \$26 ;
-  reg \$27 ;
+  reg [31:0] \$27 ;
   reg \$28 ;
-  reg [127:0] \$29 ;
+  reg \$29 ;
   wire [17:0] \$3 ;
-  reg [31:0] \$30 ;
+  reg \$30 ;
   reg [31:0] \$31 ;
-  reg [31:0] \$32 ;
+  reg \$32 ;
+  reg [31:0] \$33 ;
   wire [16:0] \$4 ;
   wire [16:0] \$5 ;
   wire [17:0] \$6 ;
   wire [18:0] \$7 ;
-  wire \$8 ;
+  wire [15:0] \$8 ;
   wire [15:0] \$9 ;
-  reg \$signal  = 1'h0;
-  reg \$signal$18  = 1'h0;
-  reg \$signal$20  = 1'h0;
-  reg \$signal$24  = 1'h0;
   output [31:0] acc;
   reg [31:0] acc = 32'd0;
   (* init = 32'd0 *)
@@ -3021,6 +3020,8 @@ module \dot_product.pe_5 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   wire clk;
   input en;
   wire en;
+  reg f1 = 1'h0;
+  reg f2 = 1'h0;
   wire first;
   reg l1 = 1'h0;
   reg l2 = 1'h0;
@@ -3028,21 +3029,23 @@ module \dot_product.pe_5 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  reg [127:0] p2 = 128'h00000000000000000000000000000000;
-  wire [15:0] \p2[0] ;
-  wire [15:0] \p2[1] ;
-  wire [15:0] \p2[2] ;
-  wire [15:0] \p2[3] ;
-  wire [15:0] \p2[4] ;
-  wire [15:0] \p2[5] ;
-  wire [15:0] \p2[6] ;
-  wire [15:0] \p2[7] ;
   input [1:0] \port$0$1346 ;
   wire [1:0] \port$0$1346 ;
+  reg [127:0] products = 128'h00000000000000000000000000000000;
+  wire [15:0] \products[0] ;
+  wire [15:0] \products[1] ;
+  wire [15:0] \products[2] ;
+  wire [15:0] \products[3] ;
+  wire [15:0] \products[4] ;
+  wire [15:0] \products[5] ;
+  wire [15:0] \products[6] ;
+  wire [15:0] \products[7] ;
   input rst;
   wire rst;
   wire [31:0] start;
   wire [31:0] tree;
+  reg v1 = 1'h0;
+  reg v2 = 1'h0;
   input valid;
   wire valid;
   wire [63:0] w;
@@ -3101,52 +3104,53 @@ module \dot_product.pe_5 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   wire [7:0] \x[5] ;
   wire [7:0] \x[6] ;
   wire [7:0] \x[7] ;
-  assign \$1  = $signed(p2[15:0]) + $signed(p2[31:16]);
-  assign \$2  = $signed(p2[47:32]) + $signed(p2[63:48]);
+  assign \$1  = $signed(products[15:0]) + $signed(products[31:16]);
+  assign \$2  = $signed(products[47:32]) + $signed(products[63:48]);
   assign \$3  = $signed(\$1 ) + $signed(\$2 );
-  assign \$4  = $signed(p2[79:64]) + $signed(p2[95:80]);
-  assign \$5  = $signed(p2[111:96]) + $signed(p2[127:112]);
+  assign \$4  = $signed(products[79:64]) + $signed(products[95:80]);
+  assign \$5  = $signed(products[111:96]) + $signed(products[127:112]);
   assign \$6  = $signed(\$4 ) + $signed(\$5 );
   assign \$7  = $signed(\$3 ) + $signed(\$6 );
-  assign start = \$signal  ? b2 : acc;
-  assign \$8  = \$signal$24  & l2;
-  assign \$9  = $signed(x1[7:0]) * $signed(w1[7:0]);
-  assign \$10  = $signed(x1[15:8]) * $signed(w1[15:8]);
-  assign \$11  = $signed(x1[23:16]) * $signed(w1[23:16]);
-  assign \$12  = $signed(x1[31:24]) * $signed(w1[31:24]);
-  assign \$13  = $signed(x1[39:32]) * $signed(w1[39:32]);
-  assign \$14  = $signed(x1[47:40]) * $signed(w1[47:40]);
-  assign \$15  = $signed(x1[55:48]) * $signed(w1[55:48]);
-  assign \$16  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$17  = valid & \port$0$1346 [0];
-  assign \$18  = \$signal$18  & \$signal$20 ;
-  assign \$19  = $signed(start) + $signed(\$7 );
+  assign start = f2 ? b2 : acc;
+  assign \$8  = $signed(x1[7:0]) * $signed(w1[7:0]);
+  assign \$9  = $signed(x1[15:8]) * $signed(w1[15:8]);
+  assign \$10  = $signed(x1[23:16]) * $signed(w1[23:16]);
+  assign \$11  = $signed(x1[31:24]) * $signed(w1[31:24]);
+  assign \$12  = $signed(x1[39:32]) * $signed(w1[39:32]);
+  assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
+  assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
+  assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
+  assign \$16  = valid & \port$0$1346 [0];
+  assign \$17  = v1 & f1;
+  assign \$18  = v2 & l2;
+  assign \$19  = en & v2;
+  assign \$20  = $signed(start) + $signed(\$7 );
   always @(posedge clk)
-    x1 <= \$20 ;
+    x1 <= \$21 ;
   always @(posedge clk)
-    w1 <= \$21 ;
+    w1 <= \$22 ;
   always @(posedge clk)
-    \$signal$18  <= \$22 ;
+    products <= \$23 ;
   always @(posedge clk)
-    \$signal$20  <= \$23 ;
+    v1 <= \$24 ;
   always @(posedge clk)
-    l1 <= \$24 ;
+    f1 <= \$25 ;
   always @(posedge clk)
-    \$signal$24  <= \$25 ;
+    l1 <= \$26 ;
   always @(posedge clk)
-    \$signal  <= \$26 ;
+    b1 <= \$27 ;
   always @(posedge clk)
-    l2 <= \$27 ;
+    v2 <= \$28 ;
   always @(posedge clk)
-    acc_valid <= \$28 ;
+    f2 <= \$29 ;
   always @(posedge clk)
-    p2 <= \$29 ;
-  always @(posedge clk)
-    b1 <= \$30 ;
+    l2 <= \$30 ;
   always @(posedge clk)
     b2 <= \$31 ;
   always @(posedge clk)
-    acc <= \$32 ;
+    acc_valid <= \$32 ;
+  always @(posedge clk)
+    acc <= \$33 ;
   \dot_product.pe_5.wsu  wsu (
     .mask(mask),
     .w(w),
@@ -3154,43 +3158,37 @@ module \dot_product.pe_5 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$20  = x1;
+    \$21  = x1;
     if (en) begin
-      \$20  = x;
+      \$21  = x;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$21  = w1;
+    \$22  = w1;
     if (en) begin
-      \$21  = w;
+      \$22  = w;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$22  = \$signal$18 ;
+    \$23  = products;
     if (en) begin
-      \$22  = valid;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
+      \$23 [15:0] = \$8 ;
+      \$23 [31:16] = \$9 ;
+      \$23 [47:32] = \$10 ;
+      \$23 [63:48] = \$11 ;
+      \$23 [79:64] = \$12 ;
+      \$23 [95:80] = \$13 ;
+      \$23 [111:96] = \$14 ;
+      \$23 [127:112] = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$23  = \$signal$20 ;
+    \$24  = v1;
     if (en) begin
-      \$23  = \port$0$1346 [0];
-    end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$24  = l1;
-    if (en) begin
-      \$24  = \port$0$1346 [1];
+      \$24  = valid;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -3198,9 +3196,9 @@ module \dot_product.pe_5 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$25  = \$signal$24 ;
+    \$25  = f1;
     if (en) begin
-      \$25  = \$signal$18 ;
+      \$25  = \port$0$1346 [0];
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -3208,9 +3206,9 @@ module \dot_product.pe_5 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$26  = \$signal ;
+    \$26  = l1;
     if (en) begin
-      \$26  = \$signal$20 ;
+      \$26  = \port$0$1346 [1];
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -3218,19 +3216,18 @@ module \dot_product.pe_5 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$27  = l2;
+    \$27  = b1;
     if (en) begin
-      \$27  = l1;
-    end
-    if (rst) begin
-      \$27  = 1'h0;
+      if (\$16 ) begin
+        \$27  = bias;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$28  = acc_valid;
+    \$28  = v2;
     if (en) begin
-      \$28  = \$8 ;
+      \$28  = v1;
     end
     if (rst) begin
       \$28  = 1'h0;
@@ -3238,43 +3235,48 @@ module \dot_product.pe_5 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$29  = p2;
+    \$29  = f2;
     if (en) begin
-      \$29 [15:0] = \$9 ;
-      \$29 [31:16] = \$10 ;
-      \$29 [47:32] = \$11 ;
-      \$29 [63:48] = \$12 ;
-      \$29 [79:64] = \$13 ;
-      \$29 [95:80] = \$14 ;
-      \$29 [111:96] = \$15 ;
-      \$29 [127:112] = \$16 ;
+      \$29  = f1;
+    end
+    if (rst) begin
+      \$29  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$30  = b1;
+    \$30  = l2;
     if (en) begin
-      if (\$17 ) begin
-        \$30  = bias;
-      end
+      \$30  = l1;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$31  = b2;
     if (en) begin
-      if (\$18 ) begin
+      if (\$17 ) begin
         \$31  = b1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
-    \$32  = acc;
+    \$32  = acc_valid;
     if (en) begin
-      if (\$signal$24 ) begin
-        \$32  = \$19 [31:0];
-      end
+      \$32  = \$18 ;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$33  = acc;
+    if (\$19 ) begin
+      \$33  = \$20 [31:0];
     end
   end
   assign \words$1  = words;
@@ -3299,14 +3301,14 @@ module \dot_product.pe_5 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   assign \words$1[5]  = words[95:80];
   assign \words$1[6]  = words[111:96];
   assign \words$1[7]  = words[127:112];
-  assign \p2[0]  = p2[15:0];
-  assign \p2[1]  = p2[31:16];
-  assign \p2[2]  = p2[47:32];
-  assign \p2[3]  = p2[63:48];
-  assign \p2[4]  = p2[79:64];
-  assign \p2[5]  = p2[95:80];
-  assign \p2[6]  = p2[111:96];
-  assign \p2[7]  = p2[127:112];
+  assign \products[0]  = products[15:0];
+  assign \products[1]  = products[31:16];
+  assign \products[2]  = products[47:32];
+  assign \products[3]  = products[63:48];
+  assign \products[4]  = products[79:64];
+  assign \products[5]  = products[95:80];
+  assign \products[6]  = products[111:96];
+  assign \products[7]  = products[127:112];
   assign \x1[0]  = x1[7:0];
   assign \x1[1]  = x1[15:8];
   assign \x1[2]  = x1[23:16];
@@ -3417,35 +3419,32 @@ module \dot_product.pe_6 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   wire [15:0] \$13 ;
   wire [15:0] \$14 ;
   wire [15:0] \$15 ;
-  wire [15:0] \$16 ;
+  wire \$16 ;
   wire \$17 ;
   wire \$18 ;
-  wire [32:0] \$19 ;
+  wire \$19 ;
   wire [16:0] \$2 ;
-  reg [63:0] \$20 ;
+  wire [32:0] \$20 ;
   reg [63:0] \$21 ;
-  reg \$22 ;
-  reg \$23 ;
+  reg [63:0] \$22 ;
+  reg [127:0] \$23 ;
   reg \$24 ;
   reg \$25 ;
   reg \$26 ;
-  reg \$27 ;
+  reg [31:0] \$27 ;
   reg \$28 ;
-  reg [127:0] \$29 ;
+  reg \$29 ;
   wire [17:0] \$3 ;
-  reg [31:0] \$30 ;
+  reg \$30 ;
   reg [31:0] \$31 ;
-  reg [31:0] \$32 ;
+  reg \$32 ;
+  reg [31:0] \$33 ;
   wire [16:0] \$4 ;
   wire [16:0] \$5 ;
   wire [17:0] \$6 ;
   wire [18:0] \$7 ;
-  wire \$8 ;
+  wire [15:0] \$8 ;
   wire [15:0] \$9 ;
-  reg \$signal  = 1'h0;
-  reg \$signal$18  = 1'h0;
-  reg \$signal$20  = 1'h0;
-  reg \$signal$24  = 1'h0;
   output [31:0] acc;
   reg [31:0] acc = 32'd0;
   (* init = 32'd0 *)
@@ -3459,6 +3458,8 @@ module \dot_product.pe_6 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   wire clk;
   input en;
   wire en;
+  reg f1 = 1'h0;
+  reg f2 = 1'h0;
   wire first;
   reg l1 = 1'h0;
   reg l2 = 1'h0;
@@ -3466,21 +3467,23 @@ module \dot_product.pe_6 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  reg [127:0] p2 = 128'h00000000000000000000000000000000;
-  wire [15:0] \p2[0] ;
-  wire [15:0] \p2[1] ;
-  wire [15:0] \p2[2] ;
-  wire [15:0] \p2[3] ;
-  wire [15:0] \p2[4] ;
-  wire [15:0] \p2[5] ;
-  wire [15:0] \p2[6] ;
-  wire [15:0] \p2[7] ;
   input [1:0] \port$0$1346 ;
   wire [1:0] \port$0$1346 ;
+  reg [127:0] products = 128'h00000000000000000000000000000000;
+  wire [15:0] \products[0] ;
+  wire [15:0] \products[1] ;
+  wire [15:0] \products[2] ;
+  wire [15:0] \products[3] ;
+  wire [15:0] \products[4] ;
+  wire [15:0] \products[5] ;
+  wire [15:0] \products[6] ;
+  wire [15:0] \products[7] ;
   input rst;
   wire rst;
   wire [31:0] start;
   wire [31:0] tree;
+  reg v1 = 1'h0;
+  reg v2 = 1'h0;
   input valid;
   wire valid;
   wire [63:0] w;
@@ -3539,52 +3542,53 @@ module \dot_product.pe_6 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   wire [7:0] \x[5] ;
   wire [7:0] \x[6] ;
   wire [7:0] \x[7] ;
-  assign \$1  = $signed(p2[15:0]) + $signed(p2[31:16]);
-  assign \$2  = $signed(p2[47:32]) + $signed(p2[63:48]);
+  assign \$1  = $signed(products[15:0]) + $signed(products[31:16]);
+  assign \$2  = $signed(products[47:32]) + $signed(products[63:48]);
   assign \$3  = $signed(\$1 ) + $signed(\$2 );
-  assign \$4  = $signed(p2[79:64]) + $signed(p2[95:80]);
-  assign \$5  = $signed(p2[111:96]) + $signed(p2[127:112]);
+  assign \$4  = $signed(products[79:64]) + $signed(products[95:80]);
+  assign \$5  = $signed(products[111:96]) + $signed(products[127:112]);
   assign \$6  = $signed(\$4 ) + $signed(\$5 );
   assign \$7  = $signed(\$3 ) + $signed(\$6 );
-  assign start = \$signal  ? b2 : acc;
-  assign \$8  = \$signal$24  & l2;
-  assign \$9  = $signed(x1[7:0]) * $signed(w1[7:0]);
-  assign \$10  = $signed(x1[15:8]) * $signed(w1[15:8]);
-  assign \$11  = $signed(x1[23:16]) * $signed(w1[23:16]);
-  assign \$12  = $signed(x1[31:24]) * $signed(w1[31:24]);
-  assign \$13  = $signed(x1[39:32]) * $signed(w1[39:32]);
-  assign \$14  = $signed(x1[47:40]) * $signed(w1[47:40]);
-  assign \$15  = $signed(x1[55:48]) * $signed(w1[55:48]);
-  assign \$16  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$17  = valid & \port$0$1346 [0];
-  assign \$18  = \$signal$18  & \$signal$20 ;
-  assign \$19  = $signed(start) + $signed(\$7 );
+  assign start = f2 ? b2 : acc;
+  assign \$8  = $signed(x1[7:0]) * $signed(w1[7:0]);
+  assign \$9  = $signed(x1[15:8]) * $signed(w1[15:8]);
+  assign \$10  = $signed(x1[23:16]) * $signed(w1[23:16]);
+  assign \$11  = $signed(x1[31:24]) * $signed(w1[31:24]);
+  assign \$12  = $signed(x1[39:32]) * $signed(w1[39:32]);
+  assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
+  assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
+  assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
+  assign \$16  = valid & \port$0$1346 [0];
+  assign \$17  = v1 & f1;
+  assign \$18  = v2 & l2;
+  assign \$19  = en & v2;
+  assign \$20  = $signed(start) + $signed(\$7 );
   always @(posedge clk)
-    x1 <= \$20 ;
+    x1 <= \$21 ;
   always @(posedge clk)
-    w1 <= \$21 ;
+    w1 <= \$22 ;
   always @(posedge clk)
-    \$signal$18  <= \$22 ;
+    products <= \$23 ;
   always @(posedge clk)
-    \$signal$20  <= \$23 ;
+    v1 <= \$24 ;
   always @(posedge clk)
-    l1 <= \$24 ;
+    f1 <= \$25 ;
   always @(posedge clk)
-    \$signal$24  <= \$25 ;
+    l1 <= \$26 ;
   always @(posedge clk)
-    \$signal  <= \$26 ;
+    b1 <= \$27 ;
   always @(posedge clk)
-    l2 <= \$27 ;
+    v2 <= \$28 ;
   always @(posedge clk)
-    acc_valid <= \$28 ;
+    f2 <= \$29 ;
   always @(posedge clk)
-    p2 <= \$29 ;
-  always @(posedge clk)
-    b1 <= \$30 ;
+    l2 <= \$30 ;
   always @(posedge clk)
     b2 <= \$31 ;
   always @(posedge clk)
-    acc <= \$32 ;
+    acc_valid <= \$32 ;
+  always @(posedge clk)
+    acc <= \$33 ;
   \dot_product.pe_6.wsu  wsu (
     .mask(mask),
     .w(w),
@@ -3592,43 +3596,37 @@ module \dot_product.pe_6 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$20  = x1;
+    \$21  = x1;
     if (en) begin
-      \$20  = x;
+      \$21  = x;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$21  = w1;
+    \$22  = w1;
     if (en) begin
-      \$21  = w;
+      \$22  = w;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$22  = \$signal$18 ;
+    \$23  = products;
     if (en) begin
-      \$22  = valid;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
+      \$23 [15:0] = \$8 ;
+      \$23 [31:16] = \$9 ;
+      \$23 [47:32] = \$10 ;
+      \$23 [63:48] = \$11 ;
+      \$23 [79:64] = \$12 ;
+      \$23 [95:80] = \$13 ;
+      \$23 [111:96] = \$14 ;
+      \$23 [127:112] = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$23  = \$signal$20 ;
+    \$24  = v1;
     if (en) begin
-      \$23  = \port$0$1346 [0];
-    end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$24  = l1;
-    if (en) begin
-      \$24  = \port$0$1346 [1];
+      \$24  = valid;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -3636,9 +3634,9 @@ module \dot_product.pe_6 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$25  = \$signal$24 ;
+    \$25  = f1;
     if (en) begin
-      \$25  = \$signal$18 ;
+      \$25  = \port$0$1346 [0];
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -3646,9 +3644,9 @@ module \dot_product.pe_6 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$26  = \$signal ;
+    \$26  = l1;
     if (en) begin
-      \$26  = \$signal$20 ;
+      \$26  = \port$0$1346 [1];
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -3656,19 +3654,18 @@ module \dot_product.pe_6 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$27  = l2;
+    \$27  = b1;
     if (en) begin
-      \$27  = l1;
-    end
-    if (rst) begin
-      \$27  = 1'h0;
+      if (\$16 ) begin
+        \$27  = bias;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$28  = acc_valid;
+    \$28  = v2;
     if (en) begin
-      \$28  = \$8 ;
+      \$28  = v1;
     end
     if (rst) begin
       \$28  = 1'h0;
@@ -3676,43 +3673,48 @@ module \dot_product.pe_6 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$29  = p2;
+    \$29  = f2;
     if (en) begin
-      \$29 [15:0] = \$9 ;
-      \$29 [31:16] = \$10 ;
-      \$29 [47:32] = \$11 ;
-      \$29 [63:48] = \$12 ;
-      \$29 [79:64] = \$13 ;
-      \$29 [95:80] = \$14 ;
-      \$29 [111:96] = \$15 ;
-      \$29 [127:112] = \$16 ;
+      \$29  = f1;
+    end
+    if (rst) begin
+      \$29  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$30  = b1;
+    \$30  = l2;
     if (en) begin
-      if (\$17 ) begin
-        \$30  = bias;
-      end
+      \$30  = l1;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$31  = b2;
     if (en) begin
-      if (\$18 ) begin
+      if (\$17 ) begin
         \$31  = b1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$32  = acc;
+    \$32  = acc_valid;
     if (en) begin
-      if (\$signal$24 ) begin
-        \$32  = \$19 [31:0];
-      end
+      \$32  = \$18 ;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$33  = acc;
+    if (\$19 ) begin
+      \$33  = \$20 [31:0];
     end
   end
   assign \words$1  = words;
@@ -3737,14 +3739,14 @@ module \dot_product.pe_6 (words, bias, \port$0$1346 , valid, clk, rst, en, mask,
   assign \words$1[5]  = words[95:80];
   assign \words$1[6]  = words[111:96];
   assign \words$1[7]  = words[127:112];
-  assign \p2[0]  = p2[15:0];
-  assign \p2[1]  = p2[31:16];
-  assign \p2[2]  = p2[47:32];
-  assign \p2[3]  = p2[63:48];
-  assign \p2[4]  = p2[79:64];
-  assign \p2[5]  = p2[95:80];
-  assign \p2[6]  = p2[111:96];
-  assign \p2[7]  = p2[127:112];
+  assign \products[0]  = products[15:0];
+  assign \products[1]  = products[31:16];
+  assign \products[2]  = products[47:32];
+  assign \products[3]  = products[63:48];
+  assign \products[4]  = products[79:64];
+  assign \products[5]  = products[95:80];
+  assign \products[6]  = products[111:96];
+  assign \products[7]  = products[127:112];
   assign \x1[0]  = x1[7:0];
   assign \x1[1]  = x1[15:8];
   assign \x1[2]  = x1[23:16];
@@ -3855,35 +3857,32 @@ module \dot_product.pe_7 (words, \port$0$1314 , valid, clk, rst, en, mask, acc, 
   wire [15:0] \$13 ;
   wire [15:0] \$14 ;
   wire [15:0] \$15 ;
-  wire [15:0] \$16 ;
+  wire \$16 ;
   wire \$17 ;
   wire \$18 ;
-  wire [32:0] \$19 ;
+  wire \$19 ;
   wire [16:0] \$2 ;
-  reg [63:0] \$20 ;
+  wire [32:0] \$20 ;
   reg [63:0] \$21 ;
-  reg \$22 ;
-  reg \$23 ;
+  reg [63:0] \$22 ;
+  reg [127:0] \$23 ;
   reg \$24 ;
   reg \$25 ;
   reg \$26 ;
-  reg \$27 ;
+  reg [31:0] \$27 ;
   reg \$28 ;
-  reg [127:0] \$29 ;
+  reg \$29 ;
   wire [17:0] \$3 ;
-  reg [31:0] \$30 ;
+  reg \$30 ;
   reg [31:0] \$31 ;
-  reg [31:0] \$32 ;
+  reg \$32 ;
+  reg [31:0] \$33 ;
   wire [16:0] \$4 ;
   wire [16:0] \$5 ;
   wire [17:0] \$6 ;
   wire [18:0] \$7 ;
-  wire \$8 ;
+  wire [15:0] \$8 ;
   wire [15:0] \$9 ;
-  reg \$signal  = 1'h0;
-  reg \$signal$18  = 1'h0;
-  reg \$signal$20  = 1'h0;
-  reg \$signal$24  = 1'h0;
   output [31:0] acc;
   reg [31:0] acc = 32'd0;
   (* init = 32'd0 *)
@@ -3896,6 +3895,8 @@ module \dot_product.pe_7 (words, \port$0$1314 , valid, clk, rst, en, mask, acc, 
   wire clk;
   input en;
   wire en;
+  reg f1 = 1'h0;
+  reg f2 = 1'h0;
   wire first;
   reg l1 = 1'h0;
   reg l2 = 1'h0;
@@ -3903,21 +3904,23 @@ module \dot_product.pe_7 (words, \port$0$1314 , valid, clk, rst, en, mask, acc, 
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  reg [127:0] p2 = 128'h00000000000000000000000000000000;
-  wire [15:0] \p2[0] ;
-  wire [15:0] \p2[1] ;
-  wire [15:0] \p2[2] ;
-  wire [15:0] \p2[3] ;
-  wire [15:0] \p2[4] ;
-  wire [15:0] \p2[5] ;
-  wire [15:0] \p2[6] ;
-  wire [15:0] \p2[7] ;
   input [33:0] \port$0$1314 ;
   wire [33:0] \port$0$1314 ;
+  reg [127:0] products = 128'h00000000000000000000000000000000;
+  wire [15:0] \products[0] ;
+  wire [15:0] \products[1] ;
+  wire [15:0] \products[2] ;
+  wire [15:0] \products[3] ;
+  wire [15:0] \products[4] ;
+  wire [15:0] \products[5] ;
+  wire [15:0] \products[6] ;
+  wire [15:0] \products[7] ;
   input rst;
   wire rst;
   wire [31:0] start;
   wire [31:0] tree;
+  reg v1 = 1'h0;
+  reg v2 = 1'h0;
   input valid;
   wire valid;
   wire [63:0] w;
@@ -3976,52 +3979,53 @@ module \dot_product.pe_7 (words, \port$0$1314 , valid, clk, rst, en, mask, acc, 
   wire [7:0] \x[5] ;
   wire [7:0] \x[6] ;
   wire [7:0] \x[7] ;
-  assign \$1  = $signed(p2[15:0]) + $signed(p2[31:16]);
-  assign \$2  = $signed(p2[47:32]) + $signed(p2[63:48]);
+  assign \$1  = $signed(products[15:0]) + $signed(products[31:16]);
+  assign \$2  = $signed(products[47:32]) + $signed(products[63:48]);
   assign \$3  = $signed(\$1 ) + $signed(\$2 );
-  assign \$4  = $signed(p2[79:64]) + $signed(p2[95:80]);
-  assign \$5  = $signed(p2[111:96]) + $signed(p2[127:112]);
+  assign \$4  = $signed(products[79:64]) + $signed(products[95:80]);
+  assign \$5  = $signed(products[111:96]) + $signed(products[127:112]);
   assign \$6  = $signed(\$4 ) + $signed(\$5 );
   assign \$7  = $signed(\$3 ) + $signed(\$6 );
-  assign start = \$signal  ? b2 : acc;
-  assign \$8  = \$signal$24  & l2;
-  assign \$9  = $signed(x1[7:0]) * $signed(w1[7:0]);
-  assign \$10  = $signed(x1[15:8]) * $signed(w1[15:8]);
-  assign \$11  = $signed(x1[23:16]) * $signed(w1[23:16]);
-  assign \$12  = $signed(x1[31:24]) * $signed(w1[31:24]);
-  assign \$13  = $signed(x1[39:32]) * $signed(w1[39:32]);
-  assign \$14  = $signed(x1[47:40]) * $signed(w1[47:40]);
-  assign \$15  = $signed(x1[55:48]) * $signed(w1[55:48]);
-  assign \$16  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$17  = valid & \port$0$1314 [32];
-  assign \$18  = \$signal$18  & \$signal$20 ;
-  assign \$19  = $signed(start) + $signed(\$7 );
+  assign start = f2 ? b2 : acc;
+  assign \$8  = $signed(x1[7:0]) * $signed(w1[7:0]);
+  assign \$9  = $signed(x1[15:8]) * $signed(w1[15:8]);
+  assign \$10  = $signed(x1[23:16]) * $signed(w1[23:16]);
+  assign \$11  = $signed(x1[31:24]) * $signed(w1[31:24]);
+  assign \$12  = $signed(x1[39:32]) * $signed(w1[39:32]);
+  assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
+  assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
+  assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
+  assign \$16  = valid & \port$0$1314 [32];
+  assign \$17  = v1 & f1;
+  assign \$18  = v2 & l2;
+  assign \$19  = en & v2;
+  assign \$20  = $signed(start) + $signed(\$7 );
   always @(posedge clk)
-    x1 <= \$20 ;
+    x1 <= \$21 ;
   always @(posedge clk)
-    w1 <= \$21 ;
+    w1 <= \$22 ;
   always @(posedge clk)
-    \$signal$18  <= \$22 ;
+    products <= \$23 ;
   always @(posedge clk)
-    \$signal$20  <= \$23 ;
+    v1 <= \$24 ;
   always @(posedge clk)
-    l1 <= \$24 ;
+    f1 <= \$25 ;
   always @(posedge clk)
-    \$signal$24  <= \$25 ;
+    l1 <= \$26 ;
   always @(posedge clk)
-    \$signal  <= \$26 ;
+    b1 <= \$27 ;
   always @(posedge clk)
-    l2 <= \$27 ;
+    v2 <= \$28 ;
   always @(posedge clk)
-    acc_valid <= \$28 ;
+    f2 <= \$29 ;
   always @(posedge clk)
-    p2 <= \$29 ;
-  always @(posedge clk)
-    b1 <= \$30 ;
+    l2 <= \$30 ;
   always @(posedge clk)
     b2 <= \$31 ;
   always @(posedge clk)
-    acc <= \$32 ;
+    acc_valid <= \$32 ;
+  always @(posedge clk)
+    acc <= \$33 ;
   \dot_product.pe_7.wsu  wsu (
     .mask(mask),
     .w(w),
@@ -4029,43 +4033,37 @@ module \dot_product.pe_7 (words, \port$0$1314 , valid, clk, rst, en, mask, acc, 
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$20  = x1;
+    \$21  = x1;
     if (en) begin
-      \$20  = x;
+      \$21  = x;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$21  = w1;
+    \$22  = w1;
     if (en) begin
-      \$21  = w;
+      \$22  = w;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$22  = \$signal$18 ;
+    \$23  = products;
     if (en) begin
-      \$22  = valid;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
+      \$23 [15:0] = \$8 ;
+      \$23 [31:16] = \$9 ;
+      \$23 [47:32] = \$10 ;
+      \$23 [63:48] = \$11 ;
+      \$23 [79:64] = \$12 ;
+      \$23 [95:80] = \$13 ;
+      \$23 [111:96] = \$14 ;
+      \$23 [127:112] = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$23  = \$signal$20 ;
+    \$24  = v1;
     if (en) begin
-      \$23  = \port$0$1314 [32];
-    end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$24  = l1;
-    if (en) begin
-      \$24  = \port$0$1314 [33];
+      \$24  = valid;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -4073,9 +4071,9 @@ module \dot_product.pe_7 (words, \port$0$1314 , valid, clk, rst, en, mask, acc, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$25  = \$signal$24 ;
+    \$25  = f1;
     if (en) begin
-      \$25  = \$signal$18 ;
+      \$25  = \port$0$1314 [32];
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -4083,9 +4081,9 @@ module \dot_product.pe_7 (words, \port$0$1314 , valid, clk, rst, en, mask, acc, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$26  = \$signal ;
+    \$26  = l1;
     if (en) begin
-      \$26  = \$signal$20 ;
+      \$26  = \port$0$1314 [33];
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -4093,19 +4091,18 @@ module \dot_product.pe_7 (words, \port$0$1314 , valid, clk, rst, en, mask, acc, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$27  = l2;
+    \$27  = b1;
     if (en) begin
-      \$27  = l1;
-    end
-    if (rst) begin
-      \$27  = 1'h0;
+      if (\$16 ) begin
+        \$27  = \port$0$1314 [31:0];
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$28  = acc_valid;
+    \$28  = v2;
     if (en) begin
-      \$28  = \$8 ;
+      \$28  = v1;
     end
     if (rst) begin
       \$28  = 1'h0;
@@ -4113,43 +4110,48 @@ module \dot_product.pe_7 (words, \port$0$1314 , valid, clk, rst, en, mask, acc, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$29  = p2;
+    \$29  = f2;
     if (en) begin
-      \$29 [15:0] = \$9 ;
-      \$29 [31:16] = \$10 ;
-      \$29 [47:32] = \$11 ;
-      \$29 [63:48] = \$12 ;
-      \$29 [79:64] = \$13 ;
-      \$29 [95:80] = \$14 ;
-      \$29 [111:96] = \$15 ;
-      \$29 [127:112] = \$16 ;
+      \$29  = f1;
+    end
+    if (rst) begin
+      \$29  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$30  = b1;
+    \$30  = l2;
     if (en) begin
-      if (\$17 ) begin
-        \$30  = \port$0$1314 [31:0];
-      end
+      \$30  = l1;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$31  = b2;
     if (en) begin
-      if (\$18 ) begin
+      if (\$17 ) begin
         \$31  = b1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$32  = acc;
+    \$32  = acc_valid;
     if (en) begin
-      if (\$signal$24 ) begin
-        \$32  = \$19 [31:0];
-      end
+      \$32  = \$18 ;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    \$33  = acc;
+    if (\$19 ) begin
+      \$33  = \$20 [31:0];
     end
   end
   assign \words$1  = words;
@@ -4175,14 +4177,14 @@ module \dot_product.pe_7 (words, \port$0$1314 , valid, clk, rst, en, mask, acc, 
   assign \words$1[5]  = words[95:80];
   assign \words$1[6]  = words[111:96];
   assign \words$1[7]  = words[127:112];
-  assign \p2[0]  = p2[15:0];
-  assign \p2[1]  = p2[31:16];
-  assign \p2[2]  = p2[47:32];
-  assign \p2[3]  = p2[63:48];
-  assign \p2[4]  = p2[79:64];
-  assign \p2[5]  = p2[95:80];
-  assign \p2[6]  = p2[111:96];
-  assign \p2[7]  = p2[127:112];
+  assign \products[0]  = products[15:0];
+  assign \products[1]  = products[31:16];
+  assign \products[2]  = products[47:32];
+  assign \products[3]  = products[63:48];
+  assign \products[4]  = products[79:64];
+  assign \products[5]  = products[95:80];
+  assign \products[6]  = products[111:96];
+  assign \products[7]  = products[127:112];
   assign \x1[0]  = x1[7:0];
   assign \x1[1]  = x1[15:8];
   assign \x1[2]  = x1[23:16];

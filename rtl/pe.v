@@ -13,6 +13,8 @@
 //   rows = 8
 //   max_reduction = 16384
 //   psc = True
+//   multiplier = 'generic'
+//   tree_stages = 0
 //
 // Latency: 3 cycles (see the component's docstring).
 // Ports as psc.pe.PSCMac; clk rising edge; rst synchronous, active high.
@@ -30,35 +32,32 @@ module pe(mask, words, bias, valid, first, last, en, clk, rst, acc, acc_valid, x
   wire [15:0] \$13 ;
   wire [15:0] \$14 ;
   wire [15:0] \$15 ;
-  wire [15:0] \$16 ;
+  wire \$16 ;
   wire \$17 ;
   wire \$18 ;
-  wire [32:0] \$19 ;
+  wire \$19 ;
   wire [16:0] \$2 ;
-  reg [63:0] \$20 ;
+  wire [32:0] \$20 ;
   reg [63:0] \$21 ;
-  reg \$22 ;
-  reg \$23 ;
+  reg [63:0] \$22 ;
+  reg [127:0] \$23 ;
   reg \$24 ;
   reg \$25 ;
   reg \$26 ;
-  reg \$27 ;
+  reg [31:0] \$27 ;
   reg \$28 ;
-  reg [127:0] \$29 ;
+  reg \$29 ;
   wire [17:0] \$3 ;
-  reg [31:0] \$30 ;
+  reg \$30 ;
   reg [31:0] \$31 ;
-  reg [31:0] \$32 ;
+  reg \$32 ;
+  reg [31:0] \$33 ;
   wire [16:0] \$4 ;
   wire [16:0] \$5 ;
   wire [17:0] \$6 ;
   wire [18:0] \$7 ;
-  wire \$8 ;
+  wire [15:0] \$8 ;
   wire [15:0] \$9 ;
-  reg \$signal  = 1'h0;
-  reg \$signal$23  = 1'h0;
-  reg \$signal$24  = 1'h0;
-  reg \$signal$26  = 1'h0;
   output [31:0] acc;
   reg [31:0] acc = 32'd0;
   (* init = 32'd0 *)
@@ -73,6 +72,8 @@ module pe(mask, words, bias, valid, first, last, en, clk, rst, acc, acc_valid, x
   wire clk;
   input en;
   wire en;
+  reg f1 = 1'h0;
+  reg f2 = 1'h0;
   input first;
   wire first;
   reg l1 = 1'h0;
@@ -82,19 +83,21 @@ module pe(mask, words, bias, valid, first, last, en, clk, rst, acc, acc_valid, x
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$13 ;
-  reg [127:0] p2 = 128'h00000000000000000000000000000000;
-  wire [15:0] \p2[0] ;
-  wire [15:0] \p2[1] ;
-  wire [15:0] \p2[2] ;
-  wire [15:0] \p2[3] ;
-  wire [15:0] \p2[4] ;
-  wire [15:0] \p2[5] ;
-  wire [15:0] \p2[6] ;
-  wire [15:0] \p2[7] ;
+  reg [127:0] products = 128'h00000000000000000000000000000000;
+  wire [15:0] \products[0] ;
+  wire [15:0] \products[1] ;
+  wire [15:0] \products[2] ;
+  wire [15:0] \products[3] ;
+  wire [15:0] \products[4] ;
+  wire [15:0] \products[5] ;
+  wire [15:0] \products[6] ;
+  wire [15:0] \products[7] ;
   input rst;
   wire rst;
   wire [31:0] start;
   wire [31:0] tree;
+  reg v1 = 1'h0;
+  reg v2 = 1'h0;
   input valid;
   wire valid;
   wire [63:0] w;
@@ -153,52 +156,53 @@ module pe(mask, words, bias, valid, first, last, en, clk, rst, acc, acc_valid, x
   wire [7:0] \x[5] ;
   wire [7:0] \x[6] ;
   wire [7:0] \x[7] ;
-  assign \$1  = $signed(p2[15:0]) + $signed(p2[31:16]);
-  assign \$2  = $signed(p2[47:32]) + $signed(p2[63:48]);
+  assign \$1  = $signed(products[15:0]) + $signed(products[31:16]);
+  assign \$2  = $signed(products[47:32]) + $signed(products[63:48]);
   assign \$3  = $signed(\$1 ) + $signed(\$2 );
-  assign \$4  = $signed(p2[79:64]) + $signed(p2[95:80]);
-  assign \$5  = $signed(p2[111:96]) + $signed(p2[127:112]);
+  assign \$4  = $signed(products[79:64]) + $signed(products[95:80]);
+  assign \$5  = $signed(products[111:96]) + $signed(products[127:112]);
   assign \$6  = $signed(\$4 ) + $signed(\$5 );
   assign \$7  = $signed(\$3 ) + $signed(\$6 );
-  assign start = \$signal  ? b2 : acc;
-  assign \$8  = \$signal$26  & l2;
-  assign \$9  = $signed(x1[7:0]) * $signed(w1[7:0]);
-  assign \$10  = $signed(x1[15:8]) * $signed(w1[15:8]);
-  assign \$11  = $signed(x1[23:16]) * $signed(w1[23:16]);
-  assign \$12  = $signed(x1[31:24]) * $signed(w1[31:24]);
-  assign \$13  = $signed(x1[39:32]) * $signed(w1[39:32]);
-  assign \$14  = $signed(x1[47:40]) * $signed(w1[47:40]);
-  assign \$15  = $signed(x1[55:48]) * $signed(w1[55:48]);
-  assign \$16  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$17  = valid & first;
-  assign \$18  = \$signal$23  & \$signal$24 ;
-  assign \$19  = $signed(start) + $signed(\$7 );
+  assign start = f2 ? b2 : acc;
+  assign \$8  = $signed(x1[7:0]) * $signed(w1[7:0]);
+  assign \$9  = $signed(x1[15:8]) * $signed(w1[15:8]);
+  assign \$10  = $signed(x1[23:16]) * $signed(w1[23:16]);
+  assign \$11  = $signed(x1[31:24]) * $signed(w1[31:24]);
+  assign \$12  = $signed(x1[39:32]) * $signed(w1[39:32]);
+  assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
+  assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
+  assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
+  assign \$16  = valid & first;
+  assign \$17  = v1 & f1;
+  assign \$18  = v2 & l2;
+  assign \$19  = en & v2;
+  assign \$20  = $signed(start) + $signed(\$7 );
   always @(posedge clk)
-    x1 <= \$20 ;
+    x1 <= \$21 ;
   always @(posedge clk)
-    w1 <= \$21 ;
+    w1 <= \$22 ;
   always @(posedge clk)
-    \$signal$23  <= \$22 ;
+    products <= \$23 ;
   always @(posedge clk)
-    \$signal$24  <= \$23 ;
+    v1 <= \$24 ;
   always @(posedge clk)
-    l1 <= \$24 ;
+    f1 <= \$25 ;
   always @(posedge clk)
-    \$signal$26  <= \$25 ;
+    l1 <= \$26 ;
   always @(posedge clk)
-    \$signal  <= \$26 ;
+    b1 <= \$27 ;
   always @(posedge clk)
-    l2 <= \$27 ;
+    v2 <= \$28 ;
   always @(posedge clk)
-    acc_valid <= \$28 ;
+    f2 <= \$29 ;
   always @(posedge clk)
-    p2 <= \$29 ;
-  always @(posedge clk)
-    b1 <= \$30 ;
+    l2 <= \$30 ;
   always @(posedge clk)
     b2 <= \$31 ;
   always @(posedge clk)
-    acc <= \$32 ;
+    acc_valid <= \$32 ;
+  always @(posedge clk)
+    acc <= \$33 ;
   \pe.wsu  wsu (
     .mask(mask),
     .w(w),
@@ -206,43 +210,37 @@ module pe(mask, words, bias, valid, first, last, en, clk, rst, acc, acc_valid, x
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = x1;
+    \$21  = x1;
     if (en) begin
-      \$20  = x;
+      \$21  = x;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = w1;
+    \$22  = w1;
     if (en) begin
-      \$21  = w;
+      \$22  = w;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = \$signal$23 ;
+    \$23  = products;
     if (en) begin
-      \$22  = valid;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
+      \$23 [15:0] = \$8 ;
+      \$23 [31:16] = \$9 ;
+      \$23 [47:32] = \$10 ;
+      \$23 [63:48] = \$11 ;
+      \$23 [79:64] = \$12 ;
+      \$23 [95:80] = \$13 ;
+      \$23 [111:96] = \$14 ;
+      \$23 [127:112] = \$15 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = \$signal$24 ;
+    \$24  = v1;
     if (en) begin
-      \$23  = first;
-    end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = l1;
-    if (en) begin
-      \$24  = last;
+      \$24  = valid;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -250,9 +248,9 @@ module pe(mask, words, bias, valid, first, last, en, clk, rst, acc, acc_valid, x
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = \$signal$26 ;
+    \$25  = f1;
     if (en) begin
-      \$25  = \$signal$23 ;
+      \$25  = first;
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -260,9 +258,9 @@ module pe(mask, words, bias, valid, first, last, en, clk, rst, acc, acc_valid, x
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = \$signal ;
+    \$26  = l1;
     if (en) begin
-      \$26  = \$signal$24 ;
+      \$26  = last;
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -270,19 +268,18 @@ module pe(mask, words, bias, valid, first, last, en, clk, rst, acc, acc_valid, x
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = l2;
+    \$27  = b1;
     if (en) begin
-      \$27  = l1;
-    end
-    if (rst) begin
-      \$27  = 1'h0;
+      if (\$16 ) begin
+        \$27  = bias;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = acc_valid;
+    \$28  = v2;
     if (en) begin
-      \$28  = \$8 ;
+      \$28  = v1;
     end
     if (rst) begin
       \$28  = 1'h0;
@@ -290,43 +287,48 @@ module pe(mask, words, bias, valid, first, last, en, clk, rst, acc, acc_valid, x
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = p2;
+    \$29  = f2;
     if (en) begin
-      \$29 [15:0] = \$9 ;
-      \$29 [31:16] = \$10 ;
-      \$29 [47:32] = \$11 ;
-      \$29 [63:48] = \$12 ;
-      \$29 [79:64] = \$13 ;
-      \$29 [95:80] = \$14 ;
-      \$29 [111:96] = \$15 ;
-      \$29 [127:112] = \$16 ;
+      \$29  = f1;
+    end
+    if (rst) begin
+      \$29  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = b1;
+    \$30  = l2;
     if (en) begin
-      if (\$17 ) begin
-        \$30  = bias;
-      end
+      \$30  = l1;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
     \$31  = b2;
     if (en) begin
-      if (\$18 ) begin
+      if (\$17 ) begin
         \$31  = b1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = acc;
+    \$32  = acc_valid;
     if (en) begin
-      if (\$signal$26 ) begin
-        \$32  = \$19 [31:0];
-      end
+      \$32  = \$18 ;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$33  = acc;
+    if (\$19 ) begin
+      \$33  = \$20 [31:0];
     end
   end
   assign \words$12  = words;
@@ -357,14 +359,14 @@ module pe(mask, words, bias, valid, first, last, en, clk, rst, acc, acc_valid, x
   assign \words$12[5]  = words[95:80];
   assign \words$12[6]  = words[111:96];
   assign \words$12[7]  = words[127:112];
-  assign \p2[0]  = p2[15:0];
-  assign \p2[1]  = p2[31:16];
-  assign \p2[2]  = p2[47:32];
-  assign \p2[3]  = p2[63:48];
-  assign \p2[4]  = p2[79:64];
-  assign \p2[5]  = p2[95:80];
-  assign \p2[6]  = p2[111:96];
-  assign \p2[7]  = p2[127:112];
+  assign \products[0]  = products[15:0];
+  assign \products[1]  = products[31:16];
+  assign \products[2]  = products[47:32];
+  assign \products[3]  = products[63:48];
+  assign \products[4]  = products[79:64];
+  assign \products[5]  = products[95:80];
+  assign \products[6]  = products[111:96];
+  assign \products[7]  = products[127:112];
   assign \x1[0]  = x1[7:0];
   assign \x1[1]  = x1[15:8];
   assign \x1[2]  = x1[23:16];

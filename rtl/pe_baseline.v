@@ -13,6 +13,8 @@
 //   rows = 8
 //   max_reduction = 16384
 //   psc = False
+//   multiplier = 'generic'
+//   tree_stages = 0
 //
 // Latency: 3 cycles (see the component's docstring).
 // Ports as psc.pe.PSCMac; clk rising edge; rst synchronous, active high.
@@ -23,46 +25,43 @@
 (* generator = "Amaranth" *)
 module pe_baseline(mask, words, bias, valid, first, last, en, clk, rst, acc, acc_valid, x);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
-  wire [16:0] \$1 ;
-  wire [15:0] \$10 ;
-  wire [15:0] \$11 ;
-  wire [15:0] \$12 ;
-  wire [15:0] \$13 ;
-  wire [15:0] \$14 ;
-  wire [15:0] \$15 ;
-  wire [15:0] \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire [32:0] \$19 ;
-  wire [16:0] \$2 ;
-  reg [63:0] \$20 ;
+  wire [15:0] \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire [32:0] \$13 ;
+  wire [16:0] \$14 ;
+  wire [16:0] \$15 ;
+  wire [17:0] \$16 ;
+  wire [16:0] \$17 ;
+  wire [16:0] \$18 ;
+  wire [17:0] \$19 ;
+  wire [15:0] \$2 ;
+  wire [18:0] \$20 ;
   reg [63:0] \$21 ;
-  reg \$22 ;
-  reg \$23 ;
+  reg [63:0] \$22 ;
+  reg [127:0] \$23 ;
   reg \$24 ;
   reg \$25 ;
   reg \$26 ;
-  reg \$27 ;
+  reg [31:0] \$27 ;
   reg \$28 ;
-  reg [127:0] \$29 ;
-  wire [17:0] \$3 ;
-  reg [31:0] \$30 ;
+  reg \$29 ;
+  wire [15:0] \$3 ;
+  reg \$30 ;
   reg [31:0] \$31 ;
-  reg [31:0] \$32 ;
-  wire [16:0] \$4 ;
-  wire [16:0] \$5 ;
-  wire [17:0] \$6 ;
-  wire [18:0] \$7 ;
-  wire \$8 ;
-  wire [15:0] \$9 ;
-  reg \$signal  = 1'h0;
-  reg \$signal$20  = 1'h0;
-  reg \$signal$21  = 1'h0;
-  reg \$signal$23  = 1'h0;
+  reg \$32 ;
+  reg [31:0] \$33 ;
+  wire [15:0] \$4 ;
+  wire [15:0] \$5 ;
+  wire [15:0] \$6 ;
+  wire [15:0] \$7 ;
+  wire [15:0] \$8 ;
+  wire \$9 ;
   output [31:0] acc;
   reg [31:0] acc = 32'd0;
   (* init = 32'd0 *)
-  wire [31:0] \acc$12 ;
+  wire [31:0] \acc$23 ;
   output acc_valid;
   reg acc_valid = 1'h0;
   reg [31:0] b1 = 32'd0;
@@ -73,6 +72,8 @@ module pe_baseline(mask, words, bias, valid, first, last, en, clk, rst, acc, acc
   wire clk;
   input en;
   wire en;
+  reg f1 = 1'h0;
+  reg f2 = 1'h0;
   input first;
   wire first;
   reg l1 = 1'h0;
@@ -81,19 +82,21 @@ module pe_baseline(mask, words, bias, valid, first, last, en, clk, rst, acc, acc
   wire last;
   input [7:0] mask;
   wire [7:0] mask;
-  reg [127:0] p2 = 128'h00000000000000000000000000000000;
-  wire [15:0] \p2[0] ;
-  wire [15:0] \p2[1] ;
-  wire [15:0] \p2[2] ;
-  wire [15:0] \p2[3] ;
-  wire [15:0] \p2[4] ;
-  wire [15:0] \p2[5] ;
-  wire [15:0] \p2[6] ;
-  wire [15:0] \p2[7] ;
+  reg [127:0] products = 128'h00000000000000000000000000000000;
+  wire [15:0] \products[0] ;
+  wire [15:0] \products[1] ;
+  wire [15:0] \products[2] ;
+  wire [15:0] \products[3] ;
+  wire [15:0] \products[4] ;
+  wire [15:0] \products[5] ;
+  wire [15:0] \products[6] ;
+  wire [15:0] \products[7] ;
   input rst;
   wire rst;
   wire [31:0] start;
   wire [31:0] tree;
+  reg v1 = 1'h0;
+  reg v2 = 1'h0;
   input valid;
   wire valid;
   reg [63:0] w1 = 64'h0000000000000000;
@@ -134,91 +137,86 @@ module pe_baseline(mask, words, bias, valid, first, last, en, clk, rst, acc, acc
   wire [7:0] \x[5] ;
   wire [7:0] \x[6] ;
   wire [7:0] \x[7] ;
-  assign \$1  = $signed(p2[15:0]) + $signed(p2[31:16]);
-  assign \$2  = $signed(p2[47:32]) + $signed(p2[63:48]);
-  assign \$3  = $signed(\$1 ) + $signed(\$2 );
-  assign \$4  = $signed(p2[79:64]) + $signed(p2[95:80]);
-  assign \$5  = $signed(p2[111:96]) + $signed(p2[127:112]);
-  assign \$6  = $signed(\$4 ) + $signed(\$5 );
-  assign \$7  = $signed(\$3 ) + $signed(\$6 );
-  assign start = \$signal  ? b2 : acc;
-  assign \$8  = \$signal$23  & l2;
-  assign \$9  = $signed(x1[7:0]) * $signed(w1[7:0]);
-  assign \$10  = $signed(x1[15:8]) * $signed(w1[15:8]);
-  assign \$11  = $signed(x1[23:16]) * $signed(w1[23:16]);
-  assign \$12  = $signed(x1[31:24]) * $signed(w1[31:24]);
-  assign \$13  = $signed(x1[39:32]) * $signed(w1[39:32]);
-  assign \$14  = $signed(x1[47:40]) * $signed(w1[47:40]);
-  assign \$15  = $signed(x1[55:48]) * $signed(w1[55:48]);
-  assign \$16  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$17  = valid & first;
-  assign \$18  = \$signal$20  & \$signal$21 ;
-  assign \$19  = $signed(start) + $signed(\$7 );
+  assign \$1  = $signed(x1[7:0]) * $signed(w1[7:0]);
+  assign \$2  = $signed(x1[15:8]) * $signed(w1[15:8]);
+  assign \$3  = $signed(x1[23:16]) * $signed(w1[23:16]);
+  assign \$4  = $signed(x1[31:24]) * $signed(w1[31:24]);
+  assign \$5  = $signed(x1[39:32]) * $signed(w1[39:32]);
+  assign \$6  = $signed(x1[47:40]) * $signed(w1[47:40]);
+  assign \$7  = $signed(x1[55:48]) * $signed(w1[55:48]);
+  assign \$8  = $signed(x1[63:56]) * $signed(w1[63:56]);
+  assign \$9  = valid & first;
+  assign \$10  = v1 & f1;
+  assign \$11  = v2 & l2;
+  assign \$12  = en & v2;
+  assign \$13  = $signed(start) + $signed(\$20 );
+  assign \$14  = $signed(products[15:0]) + $signed(products[31:16]);
+  assign \$15  = $signed(products[47:32]) + $signed(products[63:48]);
+  assign \$16  = $signed(\$14 ) + $signed(\$15 );
+  assign \$17  = $signed(products[79:64]) + $signed(products[95:80]);
+  assign \$18  = $signed(products[111:96]) + $signed(products[127:112]);
+  assign \$19  = $signed(\$17 ) + $signed(\$18 );
+  assign \$20  = $signed(\$16 ) + $signed(\$19 );
+  assign start = f2 ? b2 : acc;
   always @(posedge clk)
-    x1 <= \$20 ;
+    x1 <= \$21 ;
   always @(posedge clk)
-    w1 <= \$21 ;
+    w1 <= \$22 ;
   always @(posedge clk)
-    \$signal$20  <= \$22 ;
+    products <= \$23 ;
   always @(posedge clk)
-    \$signal$21  <= \$23 ;
+    v1 <= \$24 ;
   always @(posedge clk)
-    l1 <= \$24 ;
+    f1 <= \$25 ;
   always @(posedge clk)
-    \$signal$23  <= \$25 ;
+    l1 <= \$26 ;
   always @(posedge clk)
-    \$signal  <= \$26 ;
+    b1 <= \$27 ;
   always @(posedge clk)
-    l2 <= \$27 ;
+    v2 <= \$28 ;
   always @(posedge clk)
-    acc_valid <= \$28 ;
+    f2 <= \$29 ;
   always @(posedge clk)
-    p2 <= \$29 ;
-  always @(posedge clk)
-    b1 <= \$30 ;
+    l2 <= \$30 ;
   always @(posedge clk)
     b2 <= \$31 ;
   always @(posedge clk)
-    acc <= \$32 ;
+    acc_valid <= \$32 ;
+  always @(posedge clk)
+    acc <= \$33 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = x1;
+    \$21  = x1;
     if (en) begin
-      \$20  = x;
+      \$21  = x;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = w1;
+    \$22  = w1;
     if (en) begin
-      \$21  = words;
+      \$22  = words;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = \$signal$20 ;
+    \$23  = products;
     if (en) begin
-      \$22  = valid;
-    end
-    if (rst) begin
-      \$22  = 1'h0;
+      \$23 [15:0] = \$1 ;
+      \$23 [31:16] = \$2 ;
+      \$23 [47:32] = \$3 ;
+      \$23 [63:48] = \$4 ;
+      \$23 [79:64] = \$5 ;
+      \$23 [95:80] = \$6 ;
+      \$23 [111:96] = \$7 ;
+      \$23 [127:112] = \$8 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = \$signal$21 ;
+    \$24  = v1;
     if (en) begin
-      \$23  = first;
-    end
-    if (rst) begin
-      \$23  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = l1;
-    if (en) begin
-      \$24  = last;
+      \$24  = valid;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -226,9 +224,9 @@ module pe_baseline(mask, words, bias, valid, first, last, en, clk, rst, acc, acc
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = \$signal$23 ;
+    \$25  = f1;
     if (en) begin
-      \$25  = \$signal$20 ;
+      \$25  = first;
     end
     if (rst) begin
       \$25  = 1'h0;
@@ -236,9 +234,9 @@ module pe_baseline(mask, words, bias, valid, first, last, en, clk, rst, acc, acc
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = \$signal ;
+    \$26  = l1;
     if (en) begin
-      \$26  = \$signal$21 ;
+      \$26  = last;
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -246,19 +244,18 @@ module pe_baseline(mask, words, bias, valid, first, last, en, clk, rst, acc, acc
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = l2;
+    \$27  = b1;
     if (en) begin
-      \$27  = l1;
-    end
-    if (rst) begin
-      \$27  = 1'h0;
+      if (\$9 ) begin
+        \$27  = bias;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = acc_valid;
+    \$28  = v2;
     if (en) begin
-      \$28  = \$8 ;
+      \$28  = v1;
     end
     if (rst) begin
       \$28  = 1'h0;
@@ -266,47 +263,52 @@ module pe_baseline(mask, words, bias, valid, first, last, en, clk, rst, acc, acc
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = p2;
+    \$29  = f2;
     if (en) begin
-      \$29 [15:0] = \$9 ;
-      \$29 [31:16] = \$10 ;
-      \$29 [47:32] = \$11 ;
-      \$29 [63:48] = \$12 ;
-      \$29 [79:64] = \$13 ;
-      \$29 [95:80] = \$14 ;
-      \$29 [111:96] = \$15 ;
-      \$29 [127:112] = \$16 ;
+      \$29  = f1;
+    end
+    if (rst) begin
+      \$29  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = b1;
+    \$30  = l2;
     if (en) begin
-      if (\$17 ) begin
-        \$30  = bias;
-      end
+      \$30  = l1;
+    end
+    if (rst) begin
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
     \$31  = b2;
     if (en) begin
-      if (\$18 ) begin
+      if (\$10 ) begin
         \$31  = b1;
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = acc;
+    \$32  = acc_valid;
     if (en) begin
-      if (\$signal$23 ) begin
-        \$32  = \$19 [31:0];
-      end
+      \$32  = \$11 ;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
     end
   end
-  assign \acc$12  = acc;
-  assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$33  = acc;
+    if (\$12 ) begin
+      \$33  = \$13 [31:0];
+    end
+  end
+  assign \acc$23  = acc;
+  assign tree = { \$20 [18], \$20 [18], \$20 [18], \$20 [18], \$20 [18], \$20 [18], \$20 [18], \$20 [18], \$20 [18], \$20 [18], \$20 [18], \$20 [18], \$20 [18], \$20  };
   assign \x[0]  = x[7:0];
   assign \x[1]  = x[15:8];
   assign \x[2]  = x[23:16];
@@ -323,14 +325,6 @@ module pe_baseline(mask, words, bias, valid, first, last, en, clk, rst, acc, acc
   assign \words[5]  = words[47:40];
   assign \words[6]  = words[55:48];
   assign \words[7]  = words[63:56];
-  assign \p2[0]  = p2[15:0];
-  assign \p2[1]  = p2[31:16];
-  assign \p2[2]  = p2[47:32];
-  assign \p2[3]  = p2[63:48];
-  assign \p2[4]  = p2[79:64];
-  assign \p2[5]  = p2[95:80];
-  assign \p2[6]  = p2[111:96];
-  assign \p2[7]  = p2[127:112];
   assign \x1[0]  = x1[7:0];
   assign \x1[1]  = x1[15:8];
   assign \x1[2]  = x1[23:16];
@@ -347,4 +341,12 @@ module pe_baseline(mask, words, bias, valid, first, last, en, clk, rst, acc, acc
   assign \w1[5]  = w1[47:40];
   assign \w1[6]  = w1[55:48];
   assign \w1[7]  = w1[63:56];
+  assign \products[0]  = products[15:0];
+  assign \products[1]  = products[31:16];
+  assign \products[2]  = products[47:32];
+  assign \products[3]  = products[63:48];
+  assign \products[4]  = products[79:64];
+  assign \products[5]  = products[95:80];
+  assign \products[6]  = products[111:96];
+  assign \products[7]  = products[127:112];
 endmodule

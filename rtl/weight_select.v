@@ -13,6 +13,8 @@
 //   rows = 8
 //   max_reduction = 16384
 //   psc = True
+//   multiplier = 'generic'
+//   tree_stages = 0
 //
 // Latency: 0 cycles (see the component's docstring).
 //

@@ -28,6 +28,8 @@ CONFIGS = {
     "tiny": PSCConfig(lanes=2, rows=2),
     "narrow": PSCConfig(act_width=4, weight_width=5, acc_width=14, lanes=4, rows=3, max_reduction=16),
     "l1r1": PSCConfig(lanes=1, rows=1, max_reduction=64, acc_width=22),
+    # Registers inside the adder tree (5 lanes: an unpaired branch crosses them).
+    "l5r2t2": PSCConfig(lanes=5, rows=2, tree_stages=2),
 }
 
 
@@ -330,7 +332,7 @@ def run_pe(config, reductions, *, seed=0, p_gap=0.0, p_stall=0.0):
     return np.array(got)
 
 
-@pytest.mark.parametrize("name", ["l3r2", "narrow", "l1r1"])
+@pytest.mark.parametrize("name", ["l3r2", "narrow", "l1r1", "l5r2t2"])
 @pytest.mark.parametrize("psc", [True, False])
 def test_pe_random_with_stalls(name, psc):
     config = CONFIGS[name].replace(psc=psc, rows=1)
@@ -345,9 +347,11 @@ def test_pe_ignores_rows():
 
 
 @pytest.mark.parametrize("psc", [True, False])
-def test_pe_latency(psc):
+@pytest.mark.parametrize("tree_stages", [0, 1, 2])
+def test_pe_latency(psc, tree_stages):
     """A beat presented with en in cycle t shows on acc in cycle t + latency (en always high)."""
-    config = CONFIGS["l3r2"].replace(psc=psc)
+    config = CONFIGS["l3r2"].replace(psc=psc, tree_stages=tree_stages)
+    assert PSCMac(config).latency == 3 + tree_stages
     m, pe = pe_harness(config)
     red = random_reduction(np.random.default_rng(1), config, 1)
     seen = []
@@ -409,10 +413,11 @@ def test_dot_product_corners_at_accumulator_edges():
     assert exp.max() == hi and exp.min() == lo  # the corners really are the corners
 
 
-def test_dot_product_latency_and_throughput():
+@pytest.mark.parametrize("name", ["l3r2", "l5r2t2"])
+def test_dot_product_latency_and_throughput(name):
     """o.ready high: a last beat accepted in cycle t is on o in cycle t + latency, and
     back-to-back one-beat reductions give one output per cycle with i.ready never low."""
-    config = CONFIGS["l3r2"]
+    config = CONFIGS[name]
     dut = DotProduct(config)
     rng = np.random.default_rng(4)
     reductions = [random_reduction(rng, config, 1) for _ in range(10)]

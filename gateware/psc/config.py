@@ -2,7 +2,10 @@
 
 from dataclasses import dataclass, asdict, replace
 
-__all__ = ["PSCConfig", "required_acc_width"]
+__all__ = ["PSCConfig", "required_acc_width", "MULTIPLIERS"]
+
+#: Multiplier implementations :attr:`PSCConfig.multiplier` accepts.
+MULTIPLIERS = ("generic", "ice40_dual8x8")
 
 
 def required_acc_width(act_width, weight_width, max_reduction):
@@ -46,6 +49,23 @@ class PSCConfig:
     psc : bool
         ``True`` builds PSC (parified weight words, sign mask and a 2:1 mux
         per weight); ``False`` the plain convolution from the same source.
+    multiplier : str
+        How :class:`~psc.pe.PSCMac` builds its products. ``"generic"`` (the
+        default) writes ``x * w`` and lets synthesis map it (Yosys puts one
+        iCE40 SB_MAC16 or ECP5 MULT18X18D per product). ``"ice40_dual8x8"``
+        hand-instantiates one iCE40 ``SB_MAC16`` per pair of lanes in its
+        signed dual 8x8 mode, fully registered
+        (:class:`~psc.ice40_mul.Ice40DualMul`): two products per DSP, so the
+        UP5K's 8 DSPs give 16 MACs per cycle. It needs ``act_width <= 8``,
+        ``weight_width <= 8`` and an even ``lanes``, adds one cycle of
+        latency (the DSP's output register), and builds only for iCE40 (and
+        simulators given Yosys's ``cells_sim.v``); the Amaranth simulator
+        cannot run it.
+    tree_stages : int
+        Pipeline registers in the adder tree that sums a PE's products
+        (0..2, default 0), for a higher clock at one cycle of latency each
+        (throughput unchanged). They split the tree's levels plus the
+        accumulator add into equal runs (:func:`psc.pe.pipelined_tree_sum`).
     """
     act_width: int = 8
     weight_width: int = 8
@@ -55,6 +75,8 @@ class PSCConfig:
     rows: int = 8
     max_reduction: int = 1 << 14
     psc: bool = True
+    multiplier: str = "generic"
+    tree_stages: int = 0
 
     def __post_init__(self):
         _check_range("act_width", self.act_width, 2, 32)
@@ -66,6 +88,19 @@ class PSCConfig:
         _check_range("max_reduction", self.max_reduction, 1, 1 << 24)
         if not isinstance(self.psc, bool):
             raise ValueError(f"psc must be a bool, not {self.psc!r}")
+        if self.multiplier not in MULTIPLIERS:
+            raise ValueError(f"multiplier must be one of {', '.join(map(repr, MULTIPLIERS))}, "
+                             f"not {self.multiplier!r}")
+        if self.multiplier == "ice40_dual8x8":
+            for name in ("act_width", "weight_width"):
+                value = getattr(self, name)
+                if value > 8:
+                    raise ValueError(f"{name} must be at most 8 with multiplier='ice40_dual8x8' "
+                                     f"(the SB_MAC16's 8x8 mode), not {value!r}")
+            if self.lanes % 2:
+                raise ValueError(f"lanes must be even with multiplier='ice40_dual8x8' (one "
+                                 f"SB_MAC16 computes two lanes), not {self.lanes!r}")
+        _check_range("tree_stages", self.tree_stages, 0, 2)
         need = required_acc_width(self.act_width, self.weight_width, self.max_reduction)
         if self.acc_width < need:
             raise ValueError(

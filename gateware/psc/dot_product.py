@@ -4,7 +4,7 @@ from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .pe import PSCMac, _check_config
+from .pe import PSCMac, _check_config, pe_latency
 from .sign_mask import SignMask
 
 __all__ = ["DotProduct", "input_layout", "output_layout"]
@@ -57,11 +57,13 @@ class DotProduct(wiring.Component):
     ``i.ready = en``. ``o.valid`` is a register (the PEs' ``acc_valid``) and
     never depends on ``o.ready`` combinationally; ``i.ready`` does (one gate).
 
-    Latency: :attr:`latency` = 3 (that of :class:`~psc.pe.PSCMac`): a ``last``
-    beat accepted in cycle ``t`` is on ``o`` from cycle ``t + 3`` when ``o`` is
-    not stalled. Throughput: one input beat per cycle while ``o.ready`` is
-    high or ``o.valid`` low; a reduction of ``n`` beats takes ``n`` cycles, so
-    back-to-back one-beat reductions produce one output per cycle.
+    Latency: :attr:`latency` (that of :class:`~psc.pe.PSCMac`: 3 by default,
+    one more with ``multiplier="ice40_dual8x8"`` and one more per
+    ``tree_stages``): a ``last`` beat accepted in cycle ``t`` is on ``o`` from
+    cycle ``t + latency`` when ``o`` is not stalled. Throughput: one input
+    beat per cycle while ``o.ready`` is high or ``o.valid`` low; a reduction
+    of ``n`` beats takes ``n`` cycles, so back-to-back one-beat reductions
+    produce one output per cycle.
 
     Parameters
     ----------
@@ -90,8 +92,12 @@ class DotProduct(wiring.Component):
 
     @property
     def latency(self):
-        """Cycles from accepting a ``last`` beat to ``o.valid`` (no output stall): 3."""
-        return PSCMac.LATENCY
+        """Cycles from accepting a ``last`` beat to ``o.valid`` (no output stall).
+
+        That of :class:`~psc.pe.PSCMac`: 3, plus 1 with
+        ``multiplier="ice40_dual8x8"``, plus ``tree_stages``.
+        """
+        return pe_latency(self._config)
 
     def elaborate(self, platform):
         m = Module()

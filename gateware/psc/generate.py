@@ -33,6 +33,11 @@ PRESETS = {
     "default": PSCConfig(),
     # Small enough for fast simulation and lint in tests.
     "tiny": PSCConfig(lanes=2, rows=2),
+    # iCE40 UP5K: 16 int8 MACs on its 8 SB_MAC16 (two signed 8x8 products
+    # each, hand-instantiated), two registers in the adder tree (the fastest
+    # and smallest of tree_stages 0..2 there). Synthesise without -dsp and
+    # simulate with psc.ice40_mul.sb_mac16_sim_model(); not in rtl/.
+    "up5k": PSCConfig(lanes=8, rows=2, multiplier="ice40_dual8x8", tree_stages=2),
 }
 
 #: Tops ``psc generate --top`` knows, in the order ``all`` writes them.
@@ -130,7 +135,8 @@ def _preset_of(config):
 
 _FLAGS = (("lanes", "--lanes"), ("rows", "--rows"), ("act_width", "--act-width"),
           ("weight_width", "--weight-width"), ("acc_width", "--acc-width"),
-          ("mult_width", "--mult-width"), ("max_reduction", "--max-reduction"))
+          ("mult_width", "--mult-width"), ("max_reduction", "--max-reduction"),
+          ("multiplier", "--multiplier"), ("tree_stages", "--tree-stages"))
 
 
 def regenerate_command(top, config):

@@ -7,10 +7,11 @@ it, so it needs two multipliers per weight instead of one mux per weight.
 """
 
 from amaranth.hdl import Module, Mux, Signal, signed
-from amaranth.lib import data, wiring
+from amaranth.lib import data
 
 from .dot_product import DotProduct
-from .pe import PSCMac, _check_config, tree_sum
+from .ice40_mul import Ice40DualMul
+from .pe import PSCMac, _check_config, pipelined_tree_sum
 
 __all__ = ["NaiveMac", "NaiveDotProduct"]
 
@@ -30,14 +31,17 @@ class NaiveMac(PSCMac):
     a lane is always 0 and the sum equals PSC's ``Wsel * x``
     (:func:`psc.golden.psc_conv2d`). Both products are nonetheless computed:
     ``2 * lanes`` multipliers per row against ``lanes`` for
-    :class:`~psc.pe.PSCMac`. ``mask`` is not used; ``x+``/``x-`` come from
-    the sign of ``x`` itself.
+    :class:`~psc.pe.PSCMac` (with ``multiplier="ice40_dual8x8"``: one
+    SB_MAC16 per lane, computing both of its products, against one per two
+    lanes). ``mask`` is not used; ``x+``/``x-`` come from the sign of ``x``.
 
-    Ports, protocol, latency (:attr:`latency` = 3) and throughput are those
-    of :class:`~psc.pe.PSCMac` with ``psc=True``; the pipeline is the same
-    (stage 1: ``x+``, ``x-``, ``W+``, ``W-`` registered; stage 2: the
-    ``2 * lanes`` products registered; stage 3: a ``2 * lanes`` input adder
-    tree into the accumulator), so the multipliers are timed the same way.
+    Ports, protocol, latency (:attr:`latency`, that of
+    :class:`~psc.pe.PSCMac` for the same configuration) and throughput are
+    those of :class:`~psc.pe.PSCMac` with ``psc=True``, and so is the
+    pipeline: ``x+``, ``x-``, ``W+``, ``W-`` registered at the multipliers'
+    inputs (the ``x+``/``x-`` mux sits where PSC's weight mux does), the
+    products registered, ``tree_stages`` registers in a ``2 * lanes`` input
+    adder tree, then the accumulator; so the multipliers are timed the same way.
 
     Parameters
     ----------
@@ -54,51 +58,76 @@ class NaiveMac(PSCMac):
         ww, lanes = c.weight_width, c.lanes
         xlayout = data.ArrayLayout(signed(c.act_width), lanes)
         wlayout = data.ArrayLayout(signed(ww), lanes)
+        players = data.ArrayLayout(signed(c.product_width), lanes)
 
-        xp1 = Signal(xlayout, reset_less=True)
-        xn1 = Signal(xlayout, reset_less=True)
-        wp1 = Signal(wlayout, reset_less=True)
-        wn1 = Signal(wlayout, reset_less=True)
-        b1 = Signal(signed(c.acc_width), reset_less=True)
-        v1, f1, l1 = Signal(), Signal(), Signal()
-        pp2 = Signal(data.ArrayLayout(signed(c.product_width), lanes), reset_less=True)
-        pn2 = Signal(data.ArrayLayout(signed(c.product_width), lanes), reset_less=True)
-        b2 = Signal(signed(c.acc_width), reset_less=True)
-        v2, f2, l2 = Signal(), Signal(), Signal()
+        # x+, x- and the two weights of every lane, before the multipliers' input registers.
+        xp, xn = Signal(xlayout), Signal(xlayout)
+        wp, wn = Signal(wlayout), Signal(wlayout)
+        for lane in range(lanes):
+            x, word = self.x[lane], self.words[lane]
+            # An AND with the (inverted) sign rather than a mux to 0: Yosys would
+            # turn a mux to a constant in front of a register into a synchronous
+            # reset, which the SB_MAC16 input register cannot absorb, and leave
+            # the multiply untimed.
+            neg = x[-1].replicate(c.act_width)
+            m.d.comb += [
+                xp[lane].eq(x & ~neg),
+                xn[lane].eq(x & neg),
+                wp[lane].eq(word[:ww]),
+                wn[lane].eq(word[ww:]),
+            ]
+
+        if c.multiplier == "ice40_dual8x8":
+            # One SB_MAC16 per lane, its two 8x8 halves computing x+ * W+ and x- * W-.
+            pp, pn = Signal(players), Signal(players)
+            for lane in range(lanes):
+                mul = Ice40DualMul(c.act_width, c.weight_width)
+                m.submodules[f"mul_{lane}"] = mul
+                m.d.comb += [
+                    mul.en.eq(self.en),
+                    mul.a[0].eq(xp[lane]), mul.b[0].eq(wp[lane]),
+                    mul.a[1].eq(xn[lane]), mul.b[1].eq(wn[lane]),
+                    pp[lane].eq(mul.p[0]), pn[lane].eq(mul.p[1]),
+                ]
+            mul_stages = Ice40DualMul.LATENCY
+        else:
+            xp1, xn1 = Signal(xlayout, reset_less=True), Signal(xlayout, reset_less=True)
+            wp1, wn1 = Signal(wlayout, reset_less=True), Signal(wlayout, reset_less=True)
+            pp, pn = Signal(players, reset_less=True), Signal(players, reset_less=True)
+            with m.If(self.en):
+                m.d.sync += [xp1.eq(xp), xn1.eq(xn), wp1.eq(wp), wn1.eq(wn)]
+                for lane in range(lanes):
+                    m.d.sync += [pp[lane].eq(xp1[lane] * wp1[lane]),
+                                 pn[lane].eq(xn1[lane] * wn1[lane])]
+            mul_stages = 2
+
+        # Control and bias beside the data, exactly as in PSCMac.
+        depth = mul_stages + c.tree_stages
+        valid = [self.valid] + [Signal(name=f"v{i}") for i in range(1, depth + 1)]
+        first = [self.first] + [Signal(name=f"f{i}") for i in range(1, depth + 1)]
+        last = [self.last] + [Signal(name=f"l{i}") for i in range(1, depth + 1)]
+        bias = [self.bias] + [Signal(signed(c.acc_width), name=f"b{i}", reset_less=True)
+                              for i in range(1, depth + 1)]
+        with m.If(self.en):
+            for i in range(1, depth + 1):
+                m.d.sync += [valid[i].eq(valid[i - 1]), first[i].eq(first[i - 1]),
+                             last[i].eq(last[i - 1])]
+                with m.If(valid[i - 1] & first[i - 1]):
+                    m.d.sync += bias[i].eq(bias[i - 1])
+            m.d.sync += self.acc_valid.eq(valid[depth] & last[depth])
+
         acc = Signal(signed(c.acc_width), reset_less=True)
         m.d.comb += self.acc.eq(acc)
-
         tree = Signal(signed(c.acc_width))
         start = Signal(signed(c.acc_width))
         m.d.comb += [
-            tree.eq(tree_sum([pp2[lane] for lane in range(lanes)] +
-                             [pn2[lane] for lane in range(lanes)])),
-            start.eq(Mux(f2, b2, acc)),
+            tree.eq(pipelined_tree_sum(m, [pp[lane] for lane in range(lanes)] +
+                                       [pn[lane] for lane in range(lanes)],
+                                       c.tree_stages, self.en)),
+            start.eq(Mux(first[depth], bias[depth], acc)),
         ]
-
-        with m.If(self.en):
-            m.d.sync += [
-                v1.eq(self.valid), f1.eq(self.first), l1.eq(self.last),
-                v2.eq(v1), f2.eq(f1), l2.eq(l1),
-                self.acc_valid.eq(v2 & l2),
-            ]
-            for lane in range(lanes):
-                x, word = self.x[lane], self.words[lane]
-                neg = x[-1]
-                m.d.sync += [
-                    xp1[lane].eq(Mux(neg, 0, x)),
-                    xn1[lane].eq(Mux(neg, x, 0)),
-                    wp1[lane].eq(word[:ww]),
-                    wn1[lane].eq(word[ww:]),
-                    pp2[lane].eq(xp1[lane] * wp1[lane]),
-                    pn2[lane].eq(xn1[lane] * wn1[lane]),
-                ]
-            with m.If(self.valid & self.first):
-                m.d.sync += b1.eq(self.bias)
-            with m.If(v1 & f1):
-                m.d.sync += b2.eq(b1)
-            with m.If(v2):
-                m.d.sync += acc.eq(start + tree)
+        with m.If(self.en & valid[depth]):
+            m.d.sync += acc.eq(start + tree)
         return m
 
 
@@ -107,7 +136,7 @@ class NaiveDotProduct(DotProduct):
 
     Same ports, protocol, latency and results; ``2 * lanes * rows``
     multipliers. No sign mask is shared (each row derives ``x+``/``x-``
-    itself; Yosys merges the identical registers).
+    itself; Yosys merges the identical logic).
 
     Parameters
     ----------
@@ -143,4 +172,3 @@ class NaiveDotProduct(DotProduct):
             if row == 0:
                 m.d.comb += self.o.valid.eq(pe.acc_valid)
         return m
-

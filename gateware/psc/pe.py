@@ -5,9 +5,10 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import PSCConfig
+from .ice40_mul import Ice40DualMul
 from .weight_select import WeightSelect
 
-__all__ = ["PSCMac"]
+__all__ = ["PSCMac", "pe_latency", "tree_sum", "pipelined_tree_sum"]
 
 
 def _check_config(config):
@@ -20,9 +21,42 @@ def tree_sum(values):
     """Balanced adder tree; each level widens by one bit, so no sum wraps."""
     values = list(values)
     while len(values) > 1:
-        pairs = [values[i] + values[i + 1] for i in range(0, len(values) - 1, 2)]
-        values = pairs + values[len(values) - len(values) % 2:]
+        values = _tree_level(values)
     return values[0]
+
+
+def _tree_level(values):
+    pairs = [values[i] + values[i + 1] for i in range(0, len(values) - 1, 2)]
+    return pairs + values[len(values) - len(values) % 2:]
+
+
+def pipelined_tree_sum(m, values, stages, en):
+    """:func:`tree_sum` with ``stages`` registers (advancing on ``en``) inside it.
+
+    The tree's levels and the accumulator add that follows it are split into
+    ``stages + 1`` runs of (nearly) equal depth, with a register of the
+    partial sums between runs. The accumulator add counts as one level:
+    registering the whole tree's sum instead puts all the tree's levels
+    behind the DSP outputs, whose routing is slow (UP5K, 8 lanes, one stage:
+    39 MHz that way against 44 MHz balanced). A tree of one value still gets
+    its registers. Returns the (combinational) sum of the last run; its value
+    is that of the inputs ``stages`` enabled cycles earlier.
+    """
+    values = list(values)
+    levels = (len(values) - 1).bit_length()         # ceil(log2(len))
+    # Level after which each register goes, out of levels + 1 (the accumulator's add).
+    cuts = [min(levels, round((levels + 1) * (k + 1) / (stages + 1))) for k in range(stages)]
+    level = 0
+    for k, cut in enumerate(cuts):
+        while level < cut:
+            values = _tree_level(values)
+            level += 1
+        regs = [Signal(signed(len(v)), name=f"tree{k}_{i}", reset_less=True)
+                for i, v in enumerate(values)]
+        with m.If(en):
+            m.d.sync += [r.eq(v) for r, v in zip(regs, values)]
+        values = regs
+    return tree_sum(values)
 
 
 class PSCMac(wiring.Component):
@@ -33,7 +67,8 @@ class PSCMac(wiring.Component):
     only), multiplies, sums the products in an adder tree and accumulates into
     an ``acc_width``-bit register. ``config.rows`` is ignored.
 
-    Pipeline (each stage a register, all advancing together on ``en``):
+    Pipeline (each stage a register, all advancing together on ``en``),
+    with ``multiplier="generic"`` (the default):
 
     ====== ============================================================
     stage  registers
@@ -44,16 +79,26 @@ class PSCMac(wiring.Component):
     3      accumulator ``acc`` (adder tree in front), ``acc_valid``
     ====== ============================================================
 
+    With ``multiplier="ice40_dual8x8"`` each pair of lanes is one
+    :class:`~psc.ice40_mul.Ice40DualMul` (one SB_MAC16): stage 1 is the DSP's
+    A/B input registers, stage 2 its product registers and a new stage 3 its
+    output registers; the accumulator is stage 4. ``tree_stages`` registers
+    of partial sums (:func:`pipelined_tree_sum`) go between the products and
+    the accumulator, one stage each. The control bits and the bias advance
+    beside the data through every stage.
+
     Registering the selected weight keeps the mux off the multiply path and
     lets the multiply use a DSP's input and output registers, so a PSC build
     meets the clock of the plain one (DESIGN.md timing rule). The bias goes
-    only as far as the accumulator (two registers, loaded on ``first`` beats
-    only); a later ``first`` cannot overwrite it before use because both
-    registers advance with the beat.
+    only as far as the accumulator (one register per stage, loaded on
+    ``first`` beats only); a later ``first`` cannot overwrite it before use
+    because all the registers advance with the beat.
 
-    Latency: :attr:`latency` = 3 enabled cycles: a beat presented with ``en``
-    in cycle ``t`` is in ``acc`` from cycle ``t + 3`` (counting enabled
-    cycles only). Throughput: one beat per enabled cycle.
+    Latency: :attr:`latency` enabled cycles (:func:`pe_latency`: 3, plus 1
+    with ``multiplier="ice40_dual8x8"``, plus ``tree_stages``): a beat
+    presented with ``en`` in cycle ``t`` is in ``acc`` from cycle
+    ``t + latency`` (counting enabled cycles only). Throughput: one beat per
+    enabled cycle.
 
     Protocol: a reduction is a run of ``valid`` beats, the first with
     ``first``, the last with ``last`` (both on one beat for a reduction of
@@ -68,7 +113,8 @@ class PSCMac(wiring.Component):
     Parameters
     ----------
     config : psc.config.PSCConfig
-        Widths; ``lanes`` and ``psc`` are used, ``rows`` ignored. With
+        Widths; ``lanes``, ``psc``, ``multiplier`` and ``tree_stages`` are
+        used, ``rows`` ignored. With
         ``psc=False`` there is no mux: words are ``weight_width`` bits, used
         as the weight, and ``mask`` is ignored.
 
@@ -92,7 +138,8 @@ class PSCMac(wiring.Component):
         ``acc`` holds a finished reduction (a register).
     """
 
-    #: Pipeline depth; :class:`~psc.dot_product.DotProduct` reads it without building a PE.
+    #: Pipeline depth of the default build (generic multiplier, no tree stage);
+    #: use :attr:`latency`, which accounts for the configuration.
     LATENCY = 3
 
     def __init__(self, config):
@@ -116,13 +163,17 @@ class PSCMac(wiring.Component):
 
     @property
     def latency(self):
-        """Enabled cycles from a beat at the inputs to its effect on ``acc``: 3."""
-        return self.LATENCY
+        """Enabled cycles from a beat at the inputs to its effect on ``acc``.
+
+        3, plus 1 with ``multiplier="ice40_dual8x8"``, plus ``tree_stages``.
+        """
+        return pe_latency(self._config)
 
     def elaborate(self, platform):
         m = Module()
         c = self._config
         wlayout = data.ArrayLayout(signed(c.weight_width), c.lanes)
+        players = data.ArrayLayout(signed(c.product_width), c.lanes)
 
         if c.psc:
             m.submodules.wsu = wsu = WeightSelect(c.lanes, c.weight_width)
@@ -131,15 +182,49 @@ class PSCMac(wiring.Component):
         else:
             w_sel = wlayout(self.words.as_value())
 
+        # The products, ``mul_stages`` enabled cycles after the inputs.
         # Data registers carry no reset: only the valid bits need one, which
         # saves the reset logic on several hundred flip-flops per row.
-        x1 = Signal(data.ArrayLayout(signed(c.act_width), c.lanes), reset_less=True)
-        w1 = Signal(wlayout, reset_less=True)
-        b1 = Signal(signed(c.acc_width), reset_less=True)
-        v1, f1, l1 = Signal(), Signal(), Signal()
-        p2 = Signal(data.ArrayLayout(signed(c.product_width), c.lanes), reset_less=True)
-        b2 = Signal(signed(c.acc_width), reset_less=True)
-        v2, f2, l2 = Signal(), Signal(), Signal()
+        if c.multiplier == "ice40_dual8x8":
+            products = Signal(players)
+            for pair in range(c.lanes // 2):
+                mul = Ice40DualMul(c.act_width, c.weight_width)
+                m.submodules[f"mul_{pair}"] = mul
+                lanes = (2 * pair, 2 * pair + 1)
+                # The selected weight goes straight into the DSP's B input
+                # register, the activation into A: the mux ends at a register.
+                m.d.comb += [mul.en.eq(self.en)]
+                m.d.comb += [mul.a[i].eq(self.x[lane]) for i, lane in enumerate(lanes)]
+                m.d.comb += [mul.b[i].eq(w_sel[lane]) for i, lane in enumerate(lanes)]
+                m.d.comb += [products[lane].eq(mul.p[i]) for i, lane in enumerate(lanes)]
+            mul_stages = Ice40DualMul.LATENCY
+        else:
+            x1 = Signal(data.ArrayLayout(signed(c.act_width), c.lanes), reset_less=True)
+            w1 = Signal(wlayout, reset_less=True)
+            products = Signal(players, reset_less=True)
+            with m.If(self.en):
+                m.d.sync += [x1.eq(self.x), w1.eq(w_sel)]
+                m.d.sync += [products[lane].eq(x1[lane] * w1[lane]) for lane in range(c.lanes)]
+            mul_stages = 2
+
+        # Control and bias travel beside the data, one register per stage up to
+        # the accumulator. The bias registers load on ``first`` beats only; a
+        # later ``first`` cannot overwrite one before use because all of them
+        # advance with the beat.
+        depth = mul_stages + c.tree_stages
+        valid = [self.valid] + [Signal(name=f"v{i}") for i in range(1, depth + 1)]
+        first = [self.first] + [Signal(name=f"f{i}") for i in range(1, depth + 1)]
+        last = [self.last] + [Signal(name=f"l{i}") for i in range(1, depth + 1)]
+        bias = [self.bias] + [Signal(signed(c.acc_width), name=f"b{i}", reset_less=True)
+                              for i in range(1, depth + 1)]
+        with m.If(self.en):
+            for i in range(1, depth + 1):
+                m.d.sync += [valid[i].eq(valid[i - 1]), first[i].eq(first[i - 1]),
+                             last[i].eq(last[i - 1])]
+                with m.If(valid[i - 1] & first[i - 1]):
+                    m.d.sync += bias[i].eq(bias[i - 1])
+            m.d.sync += self.acc_valid.eq(valid[depth] & last[depth])
+
         acc = Signal(signed(c.acc_width), reset_less=True)
         m.d.comb += self.acc.eq(acc)
 
@@ -148,22 +233,17 @@ class PSCMac(wiring.Component):
         tree = Signal(signed(c.acc_width))
         start = Signal(signed(c.acc_width))
         m.d.comb += [
-            tree.eq(tree_sum(p2[lane] for lane in range(c.lanes))),
-            start.eq(Mux(f2, b2, acc)),
+            tree.eq(pipelined_tree_sum(m, [products[lane] for lane in range(c.lanes)],
+                                       c.tree_stages, self.en)),
+            start.eq(Mux(first[depth], bias[depth], acc)),
         ]
-
-        with m.If(self.en):
-            m.d.sync += [
-                x1.eq(self.x), w1.eq(w_sel),
-                v1.eq(self.valid), f1.eq(self.first), l1.eq(self.last),
-                v2.eq(v1), f2.eq(f1), l2.eq(l1),
-                self.acc_valid.eq(v2 & l2),
-            ]
-            m.d.sync += [p2[lane].eq(x1[lane] * w1[lane]) for lane in range(c.lanes)]
-            with m.If(self.valid & self.first):
-                m.d.sync += b1.eq(self.bias)
-            with m.If(v1 & f1):
-                m.d.sync += b2.eq(b1)
-            with m.If(v2):
-                m.d.sync += acc.eq(start + tree)
+        with m.If(self.en & valid[depth]):
+            m.d.sync += acc.eq(start + tree)
         return m
+
+
+def pe_latency(config):
+    """Latency of :class:`PSCMac` (and :class:`~psc.dot_product.DotProduct`) for ``config``."""
+    c = _check_config(config)
+    mul = Ice40DualMul.LATENCY if c.multiplier == "ice40_dual8x8" else 2
+    return mul + c.tree_stages + 1

