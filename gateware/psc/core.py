@@ -180,14 +180,18 @@ class PSCConvCore(wiring.Component):
     channels-last with no reordering.
 
     Pipeline: sequencer counters -> buffer reads (synchronous, 1 cycle) ->
-    DotProduct (3) -> parameter read (1) -> Requantizer (3) -> ``act_out``.
-    A ``last`` beat's result is on ``act_out`` 8 cycles after its address
-    left the sequencer. The sequencer issues one beat per cycle from the
-    moment the weights and parameters are loaded and the input rows its
-    output row needs have arrived (so loading the input overlaps the
-    computation), unless ``act_out`` stalls. A command costs about
-    ``12 + weights + params + first input rows + out_h*out_w*gout*K*K*gin'
-    + 8`` cycles.
+    DotProduct (``dp.latency``: 3 for the generic multiplier, more with
+    ``multiplier="ice40_dual8x8"`` or ``tree_stages``) -> parameter read (1)
+    -> Requantizer (3) -> ``act_out``: a ``last`` beat's result is on
+    ``act_out`` ``dp.latency + 5`` cycles after its address left the
+    sequencer. The sequencer issues one beat per cycle from the moment the
+    weights and parameters are loaded and the input rows its output row
+    needs have arrived (so loading the input overlaps the computation),
+    unless ``act_out`` stalls. Setup computes the command's derived sizes
+    with a shift-and-add multiplier (one cycle per significant bit of each
+    factor, a few tens of cycles). A command costs about
+    ``setup + weights + params + first input rows
+    + out_h*out_w*gout*K*K*gin' + latency`` cycles.
 
     Status: ``busy`` from a command's acceptance to its end; ``done`` is a
     one-cycle pulse at the end of every command (refused ones too), with
@@ -279,12 +283,15 @@ class PSCConvCore(wiring.Component):
         pl_g = Signal(WIDE)
         m.d.comb += [self.busy.eq(0)]
 
-        # One shared multiplier computes the command's derived sizes, one per
-        # setup step, so the core spends no DSP on them.
-        mul_a = Signal(FW)
-        mul_b = Signal(WIDE)
+        # The command's derived sizes are products of its fields. They are
+        # computed once per command by one shift-and-add multiplier (one bit
+        # of the 16-bit factor per cycle, stopping when the rest is zero), so
+        # setup costs a 48-bit adder instead of a 16x48 array multiplier in
+        # LUTs (or a DSP) and a few tens of cycles per command.
+        mul_a = Signal(FW)                   # factor, consumed LSB first
+        mul_b = Signal(WIDE)                 # multiplicand, shifted left
         prod = Signal(WIDE)
-        m.d.comb += prod.eq(mul_a * mul_b)
+        mul_run = Signal()
         steps = [
             (wg, cmd.in_w, cmd.gin),
             (n_in, cmd.in_h, wg),
@@ -487,7 +494,7 @@ class PSCConvCore(wiring.Component):
                 m.d.comb += self.cfg.ready.eq(1)
                 with m.If(self.cfg.valid):
                     m.d.sync += [
-                        cmd.eq(self.cfg.payload), step.eq(0), err.eq(0),
+                        cmd.eq(self.cfg.payload), step.eq(0), mul_run.eq(0), err.eq(0),
                         dw.eq(self.cfg.payload.kind == KIND_DEPTHWISE),
                         gin_e.eq(Mux(self.cfg.payload.kind == KIND_DEPTHWISE, 1,
                                      self.cfg.payload.gin)),
@@ -496,14 +503,24 @@ class PSCConvCore(wiring.Component):
                     m.next = "SETUP"
             with m.State("SETUP"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [tot.eq(tot + 1), step.eq(step + 1)]
-                with m.Switch(step):
-                    for i, (dst, a, b) in enumerate(steps):
-                        with m.Case(i):
-                            m.d.comb += [mul_a.eq(a), mul_b.eq(b)]
-                            m.d.sync += dst.eq(prod)
-                    with m.Default():
-                        m.next = "CHECK"
+                m.d.sync += tot.eq(tot + 1)
+                with m.If(~mul_run):
+                    with m.Switch(step):
+                        for i, (dst, a, b) in enumerate(steps):
+                            with m.Case(i):
+                                m.d.sync += [mul_a.eq(a), mul_b.eq(b), prod.eq(0), mul_run.eq(1)]
+                        with m.Default():
+                            m.next = "CHECK"
+                with m.Elif(mul_a == 0):
+                    m.d.sync += [step.eq(step + 1), mul_run.eq(0)]
+                    with m.Switch(step):
+                        for i, (dst, a, b) in enumerate(steps):
+                            with m.Case(i):
+                                m.d.sync += dst.eq(prod)
+                with m.Else():
+                    m.d.sync += [mul_a.eq(mul_a >> 1), mul_b.eq(mul_b << 1)]
+                    with m.If(mul_a[0]):
+                        m.d.sync += prod.eq(prod + mul_b)
             with m.State("CHECK"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += tot.eq(tot + 1)
