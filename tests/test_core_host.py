@@ -86,9 +86,9 @@ def test_core_elaborates_for_other_builds():
         rtlil.convert(PSCConvCore(cc))
 
 
-@pytest.mark.parametrize("relu", [False, True])
-def test_requantizer_matches_golden(relu):
-    cfg = PSCConfig(rows=4)
+@pytest.mark.parametrize("relu,requantizers", [(False, None), (True, None), (False, 1), (True, 2)])
+def test_requantizer_matches_golden(relu, requantizers):
+    cfg = PSCConfig(rows=4, requantizers=requantizers)
     rng = np.random.default_rng(3)
     n = 96
     acc = rng.integers(-(1 << 31), 1 << 31, size=(n, 4))

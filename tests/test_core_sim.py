@@ -123,3 +123,15 @@ def test_reset_mid_layer_then_clean_layer(target):
     assert res[0][0]["reset"] and not res[0][0]["done"]
     assert 0 < len(res[0][0]["outputs"]) < p1.tiles[0].n_out
     _check(second, p2.assemble(res[1]), f"layer after reset on {target}")
+
+
+def test_shared_requantizer_build():
+    """One requantiser for all rows: outputs unchanged; pointwise layers (reduction shorter
+    than ``rows``) are throttled by it, not corrupted."""
+    cc = CoreConfig(pe=PSCConfig(lanes=4, rows=4, requantizers=1), fmap_depth=256,
+                    weight_depth=64, param_depth=8)
+    layers = [core_cases.make("pw_odd"), core_cases.make("std_k3_s2_p1_odd"),
+              core_cases.make("dw_k3_s1_p1")]
+    results = host.run_layers(layers, config=cc, target="verilator", stall=STALL, seed=9)
+    for i, (layer, (y, _)) in enumerate(zip(layers, results)):
+        _check(layer, y, f"shared-requantiser layer {i}")

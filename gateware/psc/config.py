@@ -66,6 +66,14 @@ class PSCConfig:
         (0..2, default 0), for a higher clock at one cycle of latency each
         (throughput unchanged). They split the tree's levels plus the
         accumulator add into equal runs (:func:`psc.pe.pipelined_tree_sum`).
+    requantizers : int or None
+        Requantisers working in parallel in the core
+        (:class:`~psc.requantize.Requantizer`), a divisor of ``rows``;
+        ``None`` (the default) means one per row. With fewer, one output beat
+        of ``rows`` channels takes ``rows / requantizers`` cycles to
+        requantise, which costs no cycles when a layer's reduction is at least
+        that many beats long (``K*K*ceil(Cin/lanes)``) and saves one
+        ``acc_width x mult_width`` multiplier and one shifter per row removed.
     """
     act_width: int = 8
     weight_width: int = 8
@@ -77,6 +85,7 @@ class PSCConfig:
     psc: bool = True
     multiplier: str = "generic"
     tree_stages: int = 0
+    requantizers: int | None = None
 
     def __post_init__(self):
         _check_range("act_width", self.act_width, 2, 32)
@@ -101,6 +110,11 @@ class PSCConfig:
                 raise ValueError(f"lanes must be even with multiplier='ice40_dual8x8' (one "
                                  f"SB_MAC16 computes two lanes), not {self.lanes!r}")
         _check_range("tree_stages", self.tree_stages, 0, 2)
+        if self.requantizers is not None:
+            _check_range("requantizers", self.requantizers, 1, self.rows)
+            if self.rows % self.requantizers:
+                raise ValueError(f"requantizers must divide rows ({self.rows}), "
+                                 f"not {self.requantizers!r}")
         need = required_acc_width(self.act_width, self.weight_width, self.max_reduction)
         if self.acc_width < need:
             raise ValueError(
@@ -112,6 +126,11 @@ class PSCConfig:
     def word_width(self):
         """Bits of one weight memory word: ``2 * weight_width`` for PSC, ``weight_width`` plain."""
         return 2 * self.weight_width if self.psc else self.weight_width
+
+    @property
+    def requant_parallel(self):
+        """Requantisers in parallel: :attr:`requantizers`, or ``rows`` when it is ``None``."""
+        return self.rows if self.requantizers is None else self.requantizers
 
     @property
     def product_width(self):

@@ -4,6 +4,7 @@ See :class:`PSCConvCore` for the interfaces, the command format and the
 timing; :mod:`psc.host` for the host-side scheduler that drives it.
 """
 
+import hashlib
 from dataclasses import dataclass, field, replace
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
@@ -84,9 +85,10 @@ class CoreConfig:
     def key(self):
         """Short stable text naming this build (used for build directories)."""
         p = self.pe
-        return (f"a{p.act_width}w{p.weight_width}acc{p.acc_width}m{p.mult_width}"
-                f"n{p.lanes}m{p.rows}r{p.max_reduction}{'psc' if p.psc else 'plain'}"
-                f"_f{self.fmap_depth}w{self.weight_depth}p{self.param_depth}")
+        # the readable part names the usual knobs; the digest covers every field
+        digest = hashlib.sha1(repr(self).encode()).hexdigest()[:8]
+        return (f"n{p.lanes}m{p.rows}{'psc' if p.psc else 'plain'}"
+                f"_f{self.fmap_depth}w{self.weight_depth}p{self.param_depth}_{digest}")
 
 
 def config_layout(config=None):

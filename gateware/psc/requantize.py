@@ -53,6 +53,13 @@ class Requantizer(wiring.Component):
     not stalled. Throughput: one beat per cycle. ``o.valid`` is a register and
     does not depend on ``o.ready``.
 
+    With ``config.requantizers = q < rows`` (time-shared requantisers) the
+    beat is held in a register and fed, ``q`` rows at a time, to a
+    ``q``-row Requantizer as above; the results are collected into one
+    ``rows``-wide output beat. Throughput is then one beat per
+    ``n = rows / q`` cycles and the latency ``n + 4``; the arithmetic is the
+    same, with ``q`` multipliers and shifters instead of ``rows``.
+
     Parameters
     ----------
     config : psc.config.PSCConfig
@@ -78,9 +85,12 @@ class Requantizer(wiring.Component):
 
     @property
     def latency(self):
-        return 3
+        n = self._config.rows // self._config.requant_parallel
+        return 3 if n == 1 else n + 4
 
     def elaborate(self, platform):
+        if self._config.requant_parallel < self._config.rows:
+            return self._elaborate_shared()
         m = Module()
         c = self._config
         pw = c.acc_width + c.mult_width + 1          # width of the signed product
@@ -114,4 +124,53 @@ class Requantizer(wiring.Component):
                     big.eq(s1 >= pw),
                     self.o.payload[r].eq(Mux(self.relu & (y < 0), 0, y)),
                 ]
+        return m
+
+    def _elaborate_shared(self):
+        m = Module()
+        c = self._config
+        q = c.requant_parallel
+        n = c.rows // q
+        m.submodules.inner = inner = Requantizer(c.replace(rows=q, requantizers=None))
+        m.d.comb += inner.relu.eq(self.relu)
+
+        # Serialiser: hold the whole beat, hand out q rows per accepted sub-beat.
+        held = Signal(requant_input_layout(c))
+        busy = Signal()
+        phase_i = Signal(range(n))
+        last_in = busy & (phase_i == n - 1) & inner.i.ready
+        m.d.comb += [
+            self.i.ready.eq(~busy | last_in),
+            inner.i.valid.eq(busy),
+        ]
+        with m.Switch(phase_i):
+            for k in range(n):
+                with m.Case(k):
+                    for r in range(q):
+                        m.d.comb += [
+                            inner.i.payload.acc[r].eq(held.acc[k * q + r]),
+                            inner.i.payload.mult[r].eq(held.mult[k * q + r]),
+                            inner.i.payload.shift[r].eq(held.shift[k * q + r]),
+                        ]
+        with m.If(inner.i.valid & inner.i.ready):
+            m.d.sync += phase_i.eq(Mux(phase_i == n - 1, 0, phase_i + 1))
+            with m.If(phase_i == n - 1):
+                m.d.sync += busy.eq(0)
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [held.eq(self.i.payload), busy.eq(1)]
+
+        # Deserialiser: collect n sub-beats into o; o holds until taken.
+        phase_o = Signal(range(n))
+        m.d.comb += inner.o.ready.eq(~self.o.valid | self.o.ready)
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(inner.o.valid & inner.o.ready):
+            with m.Switch(phase_o):
+                for k in range(n):
+                    with m.Case(k):
+                        m.d.sync += [self.o.payload[k * q + r].eq(inner.o.payload[r])
+                                     for r in range(q)]
+            m.d.sync += phase_o.eq(Mux(phase_o == n - 1, 0, phase_o + 1))
+            with m.If(phase_o == n - 1):
+                m.d.sync += self.o.valid.eq(1)
         return m
