@@ -45,6 +45,12 @@ def _bench(args):
     return bench.main(args)
 
 
+def _build(args):
+    """Build a board's bitstream (psc.board)."""
+    from . import board
+    return board.main(args)
+
+
 def _generate(args):
     """Write Verilog for the chosen tops and configuration."""
     config = generate.PRESETS[args.preset]
@@ -112,6 +118,19 @@ def main(argv=None):
                        description=synth.COMPARE_DESCRIPTION)
     synth.add_arguments(p, variant=False)
     p.set_defaults(func=synth.main_compare)
+    p = sub.add_parser("build", help="build the bitstream of a board top (UART bridge + core)",
+                       description="Build the UART bridge and the core (psc.board) into a bitstream "
+                                   "with amaranth-boards and YoWASP; prints utilisation, the Fmax "
+                                   "nextpnr reports against the board clock, and the bitstream path.")
+    p.add_argument("--board", required=True, choices=["icebreaker", "ulx3s"])
+    p.add_argument("--baud", type=int, default=1_000_000, help="UART baud rate (default 1000000)")
+    p.add_argument("--build-dir", metavar="DIR",
+                   help="build directory, not under /tmp (default build/board/<board>)")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr placer seed (default 1)")
+    p.add_argument("--lanes", type=int, metavar="N", help="override the board's lanes (Tn)")
+    p.add_argument("--rows", type=int, metavar="N", help="override the board's rows (Tm)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_build)
     args = parser.parse_args(argv)
     return args.func(args)
 

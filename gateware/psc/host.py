@@ -7,7 +7,9 @@ one command of the core with its weight blocks, parameter beats and input
 lane words, the number of output beats it produces and where they go in
 the output tensor. The same plan feeds the simulators (``target`` =
 ``"verilator"`` or ``"icarus"``, through the cocotb module
-``tb/test_core.py``) and, later, a board.
+``tb/test_core.py``) and a board behind the UART bridge (``target`` =
+``"serial:/dev/ttyUSB1"`` or ``"serial:/dev/ttyUSB1@BAUD"``, through
+:mod:`psc.serial_link`).
 
 Tiling. A layer is cut, when it does not fit the build's buffers, into
 output-channel chunks (whole groups of ``rows`` channels whose weights and
@@ -41,6 +43,8 @@ __all__ = ["LayerError", "Tile", "LayerPlan", "plan_layer", "run_plans", "run_la
            "run_layers", "build_simulation", "TARGETS", "TOPLEVEL"]
 
 TARGETS = ("verilator", "icarus")
+#: Prefix of a board target: ``"serial:PORT[@BAUD]"`` (:mod:`psc.serial_link`).
+SERIAL_PREFIX = "serial:"
 TOPLEVEL = "psc_core"
 MAX_SHIFT = 62
 KIND_NAMES = {KIND_STANDARD: "standard", KIND_DEPTHWISE: "depthwise",
@@ -469,16 +473,31 @@ def _counters(plan, results):
 def run_layers(layers, *, config=None, target="verilator", stall=0.0, seed=0, waves=False):
     """Run several layers (dicts of :func:`run_layer` arguments) in one simulation.
 
-    Returns a list of ``(y, counters)``.
+    Returns a list of ``(y, counters)``. With a ``"serial:..."`` target the
+    board's build is checked against ``config`` (or, when ``config`` is None,
+    taken from the board) and ``stall``/``seed``/``waves`` are ignored.
     """
-    cc = config or CoreConfig()
-    plans = []
-    for layer in layers:
-        layer = dict(layer)
-        args = [layer.pop(n) for n in ("x", "w_pos", "w_neg", "bias", "mult", "shift")]
-        plans.append(plan_layer(*args, config=cc, **layer))
-    results = run_plans([p.tiles for p in plans], config=cc, target=target, stall=stall,
-                        seed=seed, waves=waves)
+    link = None
+    if isinstance(target, str) and target.startswith(SERIAL_PREFIX):
+        from .serial_link import SerialLink
+        link = SerialLink.open(target, config)
+        cc = link.config
+    else:
+        cc = config or CoreConfig()
+    try:
+        plans = []
+        for layer in layers:
+            layer = dict(layer)
+            args = [layer.pop(n) for n in ("x", "w_pos", "w_neg", "bias", "mult", "shift")]
+            plans.append(plan_layer(*args, config=cc, **layer))
+        if link is not None:
+            results = link.run_plans([p.tiles for p in plans])
+        else:
+            results = run_plans([p.tiles for p in plans], config=cc, target=target, stall=stall,
+                                seed=seed, waves=waves)
+    finally:
+        if link is not None:
+            link.close()
     out = []
     for plan, res in zip(plans, results):
         for r in res:
@@ -503,8 +522,10 @@ def run_layer(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, groups
         As in :func:`psc.golden.psc_conv2d` / :func:`psc.golden.requantize`;
         ``groups`` is 1 or ``Cin`` (depthwise, ``Cout == Cin``).
     config : psc.core.CoreConfig
-        The build (default ``CoreConfig()``).
-    target : ``"verilator"`` or ``"icarus"``
+        The build (default ``CoreConfig()``; for a board, the board's own).
+    target : ``"verilator"``, ``"icarus"`` or ``"serial:PORT[@BAUD]"``
+        A simulator, or a board running the UART bridge (:mod:`psc.board`,
+        ``psc build``) on serial port ``PORT`` (default baud 1000000).
     stall : float
         Probability of a random pause on every stream, every beat (tests).
     seed : int
@@ -523,8 +544,10 @@ def run_layer(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, groups
     LayerError
         When the build cannot run the layer (before anything is sent).
     """
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
+    if target not in TARGETS and not (isinstance(target, str)
+                                      and target.startswith(SERIAL_PREFIX)):
+        raise ValueError(f"target must be one of {TARGETS} or 'serial:PORT[@BAUD]', "
+                         f"not {target!r}")
     layer = dict(x=x, w_pos=w_pos, w_neg=w_neg, bias=bias, mult=mult, shift=shift,
                  stride=stride, padding=padding, groups=groups, relu=relu)
     return run_layers([layer], config=config, target=target, stall=stall, seed=seed,

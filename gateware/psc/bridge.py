@@ -1,0 +1,394 @@
+"""UART bridge: a framed byte protocol around :class:`psc.core.PSCConvCore`.
+
+The bridge lets a host drive the core's five streams over one serial line
+(8N1, :mod:`psc.uart`). The host side is :mod:`psc.serial_link`; the board
+tops are in :mod:`psc.board`.
+
+Protocol (version 1)
+--------------------
+
+All multi-byte fields are little-endian. A *beat* is one payload of a core
+stream, the same packed integer :func:`psc.host.plan_layer` puts in a
+:class:`~psc.host.Tile`, sent in ``ceil(width / 8)`` bytes (``width`` the
+stream's payload width for the build). Host to board, one opcode byte then
+its fields:
+
+=========  =======  ============================================  ==========================
+command    opcode   fields after the opcode                       reply
+=========  =======  ============================================  ==========================
+PING       ``P``    none                                          ID frame
+CFG        ``C``    ``n_out`` (u32), one command beat             none
+WEIGHTS    ``W``    ``n`` (u16), ``n`` weight-block beats         none
+PARAMS     ``K``    ``n`` (u16), ``n`` parameter beats            none
+ACTS       ``A``    ``n`` (u16), ``n`` activation lane words      none
+STATUS     ``S``    none                                          status frame
+=========  =======  ============================================  ==========================
+
+(``P`` = 0x50, ``C`` = 0x43, ``W`` = 0x57, ``K`` = 0x4B, ``A`` = 0x41,
+``S`` = 0x53.) Board to host:
+
+* Output beats: after a CFG with ``n_out``, the core's ``act_out`` beats
+  (``ceil(rows * act_width / 8)`` bytes each) are sent back as they come, with
+  no header, up to ``n_out`` of them. Extra beats are discarded (flag
+  ``EXTRA``); if the command ends with fewer (a refused command), STATUS
+  pads with zero beats up to ``n_out`` (flag ``SHORT``), so the host always
+  reads exactly ``n_out`` beats before the status frame.
+* Status frame, 18 bytes, sent once the core is idle and all ``n_out`` beats
+  have left: ``S``, flags (u8), real output beats (u32), the core's
+  ``cycles_total``, ``cycles_compute``, ``cycles_stall`` (u32 each) of the
+  last command. Flags (:data:`FLAGS`): bit 0 ``BUSY``, 1 ``ERROR`` (the core
+  refused the command), 2 ``DONE`` (the command ended), 3 ``DROPPED`` (data
+  beats discarded because the core was idle: they belonged to a refused
+  command), 4 ``SHORT``, 5 ``EXTRA``, 6 ``RX_ERROR`` (framing error, receiver
+  overrun or receive FIFO overflow), 7 ``BAD_OPCODE``. CFG clears all flags;
+  STATUS clears ``RX_ERROR`` and ``BAD_OPCODE`` after reporting them.
+  ``RX_ERROR`` is also set when a frame was abandoned after
+  ``frame_timeout`` bit times of silence in its middle
+  (:class:`BridgeConfig`).
+* ID frame (:func:`id_frame`), 32 bytes: ``P``, ``PSC``, protocol version
+  (u8), ``act_width``, ``weight_width``, ``acc_width``, ``mult_width``,
+  ``lanes``, ``rows``, ``psc`` (u8 each), ``max_reduction``, ``fmap_depth``,
+  ``weight_depth``, ``param_depth``, UART ``divisor`` (u32 each). The host
+  checks it against the configuration it plans for.
+
+Data beats go to the core as it accepts them; the core accepts weights,
+parameters and a whole tile's activations into its buffers without waiting
+for its outputs, so a tile's frames can be sent back to back. Flow control is
+the host's: send one tile (CFG, WEIGHTS, PARAMS, ACTS, STATUS), then read its
+``n_out`` output beats and the status frame before sending the next. The
+only bytes that then arrive while the bridge is busy are the STATUS opcode
+(held in a 16-byte receive FIFO while output beats drain). Output beats leave
+at the UART rate; the core stalls behind the transmitter, which its stream
+contract allows, so no byte is lost. A frame whose count is 0 carries no
+beats. Unknown opcodes are skipped (flag ``BAD_OPCODE``).
+
+Timing: the bridge forwards a beat to the core in the cycle after its last
+byte leaves the receive FIFO; the UART, not the bridge, sets the throughput
+(``10 * divisor`` cycles per byte each way).
+"""
+
+from dataclasses import dataclass, field
+
+from amaranth.hdl import Cat, Const, Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from .core import (COUNTER_WIDTH, CoreConfig, PSCConvCore, act_in_layout, act_out_layout,
+                   config_layout, param_layout, weight_layout)
+from .uart import UARTConfig, UARTReceiver, UARTTransmitter
+
+__all__ = ["BridgeConfig", "Bridge", "OP", "FLAGS", "PROTOCOL_VERSION", "ID_MAGIC",
+           "beat_bytes", "id_frame", "STATUS_BYTES", "ID_BYTES", "RX_FIFO_DEPTH"]
+
+PROTOCOL_VERSION = 1
+ID_MAGIC = b"PSC"
+OP = {"PING": ord("P"), "CFG": ord("C"), "WEIGHTS": ord("W"), "PARAMS": ord("K"),
+      "ACTS": ord("A"), "STATUS": ord("S")}
+FLAGS = {"BUSY": 0, "ERROR": 1, "DONE": 2, "DROPPED": 3, "SHORT": 4, "EXTRA": 5,
+         "RX_ERROR": 6, "BAD_OPCODE": 7}
+STATUS_BYTES = 18
+ID_BYTES = 32
+RX_FIFO_DEPTH = 16
+#: Largest beat count of one WEIGHTS/PARAMS/ACTS frame.
+MAX_FRAME_BEATS = 0xFFFF
+
+
+def _nbytes(bits):
+    return (bits + 7) // 8
+
+
+def beat_bytes(config):
+    """Bytes per beat of each stream for ``config``: dict ``cfg, weights, params, acts, out``."""
+    return {"cfg": _nbytes(config_layout(config).size),
+            "weights": _nbytes(weight_layout(config).size),
+            "params": _nbytes(param_layout(config).size),
+            "acts": _nbytes(act_in_layout(config).size),
+            "out": _nbytes(act_out_layout(config).size)}
+
+
+def id_frame(config, divisor):
+    """The ID frame a bridge built for ``config`` and ``divisor`` sends in answer to PING."""
+    p = config.pe
+    out = bytes([OP["PING"]]) + ID_MAGIC + bytes([PROTOCOL_VERSION])
+    out += bytes([p.act_width, p.weight_width, p.acc_width, p.mult_width, p.lanes, p.rows,
+                  int(p.psc)])
+    for v in (p.max_reduction, config.fmap_depth, config.weight_depth, config.param_depth,
+              divisor):
+        out += int(v).to_bytes(4, "little")
+    assert len(out) == ID_BYTES
+    return out
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """Build-time parameters of :class:`Bridge`.
+
+    Parameters
+    ----------
+    core : psc.core.CoreConfig
+        The core behind the bridge.
+    divisor : int
+        UART clock cycles per bit (:class:`psc.uart.UARTConfig`), ``>= 4``.
+    frame_timeout : int
+        Bit times (``divisor`` cycles each) without a byte, in the middle of
+        a frame, after which the bridge abandons the frame and waits for an
+        opcode again (flag ``RX_ERROR``), so a host that died mid-frame
+        cannot leave it out of step: after that much silence a PING is
+        always understood. 0 disables it. Default 50000 (50 ms at 1 Mbaud).
+    """
+    core: CoreConfig = field(default_factory=CoreConfig)
+    divisor: int = 104
+    frame_timeout: int = 50_000
+
+    def __post_init__(self):
+        if not isinstance(self.core, CoreConfig):
+            raise TypeError(f"core must be a psc.core.CoreConfig, not {self.core!r}")
+        UARTConfig(self.divisor)   # validates divisor with its own message
+        if not isinstance(self.frame_timeout, int) or isinstance(self.frame_timeout, bool) \
+                or not (self.frame_timeout == 0 or 20 <= self.frame_timeout <= 1 << 24):
+            raise ValueError(f"frame_timeout must be 0 or an integer in [20, {1 << 24}] bit "
+                             f"times, not {self.frame_timeout!r}")
+
+
+class Bridge(wiring.Component):
+    """The core behind a UART speaking the protocol of this module.
+
+    Latency/throughput: bounded by the UART (``10 * divisor`` cycles per
+    byte); see the module docstring for the protocol and its flow control.
+
+    Parameters
+    ----------
+    config : BridgeConfig
+
+    Attributes
+    ----------
+    rx : In(1)
+        UART receive pin (idle high).
+    tx : Out(1)
+        UART transmit pin (idle high).
+    busy, error : Out(1)
+        The core's ``busy`` and ``error`` (for LEDs).
+    """
+
+    def __init__(self, config=None):
+        if config is None:
+            config = BridgeConfig()
+        if not isinstance(config, BridgeConfig):
+            raise TypeError(f"config must be a psc.bridge.BridgeConfig, not {config!r}")
+        self._config = config
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1),
+                          "busy": Out(1), "error": Out(1)})
+
+    @property
+    def config(self):
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cc = self._config.core
+        div = self._config.divisor
+        nb = beat_bytes(cc)
+        m.submodules.core = core = PSCConvCore(cc)
+        m.submodules.uart_rx = urx = UARTReceiver(div)
+        m.submodules.uart_tx = utx = UARTTransmitter(div)
+        m.submodules.rx_fifo = fifo = SyncFIFOBuffered(width=8, depth=RX_FIFO_DEPTH)
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx),
+                     self.busy.eq(core.busy), self.error.eq(core.error)]
+
+        # --- flags -------------------------------------------------------------
+        f_dropped, f_short, f_extra, f_rx, f_badop, f_done = (Signal(name=n) for n in (
+            "f_dropped", "f_short", "f_extra", "f_rx", "f_badop", "f_done"))
+        with m.If(core.done):
+            m.d.sync += f_done.eq(1)
+
+        # --- receive: UART -> FIFO -------------------------------------------------
+        m.d.comb += [fifo.w_data.eq(urx.o.payload), fifo.w_en.eq(urx.o.valid),
+                     urx.o.ready.eq(1)]
+        with m.If((urx.o.valid & ~fifo.w_rdy) | urx.overrun | urx.framing_error):
+            m.d.sync += f_rx.eq(1)
+
+        # --- parser: bytes are shifted in at the top of `sh`, so after a field of
+        # n bytes it sits, little-endian, in the top n bytes (a static slice).
+        maxb = max(nb["cfg"] + 4, nb["weights"], nb["params"], nb["acts"], 2)
+        sh = Signal(8 * maxb)
+        byte = fifo.r_data
+
+        def top(nbytes):
+            return sh[8 * (maxb - nbytes):]
+
+        op = Signal(8)
+        left = Signal(range(maxb + 1))      # bytes still to read in this field
+        count = Signal(16)                   # beats still to forward in this frame
+        expected = Signal(COUNTER_WIDTH)     # output beats the host waits for
+        sent = Signal(COUNTER_WIDTH)         # output beats sent (real and padding)
+        real = Signal(COUNTER_WIDTH)         # output beats the core produced
+        reply = Signal(2)                    # 0 none, 1 ID, 2 status: request to the TX engine
+        reply_ack = Signal()
+        pad = Signal()                       # STATUS may pad missing output beats
+
+        streams = {OP["WEIGHTS"]: (core.weights, nb["weights"]),
+                   OP["PARAMS"]: (core.params, nb["params"]),
+                   OP["ACTS"]: (core.act_in, nb["acts"])}
+        for s, n in streams.values():
+            m.d.comb += s.payload.as_value().eq(top(n))
+        m.d.comb += core.cfg.payload.as_value().eq(top(nb["cfg"]))
+
+        # Frame timeout: silence while a frame is incomplete abandons it.
+        reading = Signal()
+        timed_out = Signal()
+        limit = self._config.frame_timeout * div
+        if limit:
+            idle = Signal(range(limit))
+            with m.If(reading & ~fifo.r_rdy):
+                m.d.sync += idle.eq(idle + 1)
+                m.d.comb += timed_out.eq(idle == limit - 1)
+            with m.Else():
+                m.d.sync += idle.eq(0)
+
+        def read_byte(nxt):
+            """In a state reading a field: shift a byte in; go to ``nxt`` after the last."""
+            m.d.comb += [fifo.r_en.eq(1), reading.eq(1)]
+            with m.If(fifo.r_rdy):
+                m.d.sync += [sh.eq(Cat(sh[8:], byte)), left.eq(left - 1)]
+                with m.If(left == 1):
+                    m.next = nxt
+            with m.Elif(timed_out):
+                m.d.sync += f_rx.eq(1)
+                m.next = "OP"
+
+        with m.FSM():
+            with m.State("OP"):
+                m.d.comb += fifo.r_en.eq(1)
+                with m.If(fifo.r_rdy):
+                    m.d.sync += op.eq(byte)
+                    with m.Switch(byte):
+                        with m.Case(OP["PING"]):
+                            m.next = "PING"
+                        with m.Case(OP["STATUS"]):
+                            m.next = "SYNC"
+                        with m.Case(OP["CFG"]):
+                            m.d.sync += left.eq(nb["cfg"] + 4)
+                            m.next = "CFG_READ"
+                        with m.Case(*streams):
+                            m.d.sync += left.eq(2)
+                            m.next = "COUNT"
+                        with m.Default():
+                            m.d.sync += f_badop.eq(1)
+            with m.State("PING"):
+                m.d.comb += reply.eq(1)
+                with m.If(reply_ack):
+                    m.next = "OP"
+            with m.State("SYNC"):
+                # The status frame follows the last output beat: wait for the core
+                # to end the command and for every expected beat to be sent.
+                with m.If(~core.busy & ~core.act_out.valid):
+                    with m.If(sent == expected):
+                        m.d.comb += reply.eq(2)
+                        with m.If(reply_ack):
+                            m.d.sync += [f_rx.eq(0), f_badop.eq(0)]
+                            m.next = "OP"
+                    with m.Else():
+                        m.d.comb += pad.eq(1)
+            with m.State("CFG_READ"):
+                read_byte("CFG_SEND")
+            with m.State("CFG_SEND"):
+                m.d.comb += core.cfg.valid.eq(1)
+                with m.If(core.cfg.ready):
+                    m.d.sync += [
+                        expected.eq(top(nb["cfg"] + 4)[:32]), sent.eq(0), real.eq(0),
+                        f_dropped.eq(0), f_short.eq(0), f_extra.eq(0), f_done.eq(0),
+                    ]
+                    m.next = "OP"
+            with m.State("COUNT"):
+                read_byte("COUNT_DONE")
+            with m.State("COUNT_DONE"):
+                m.d.sync += count.eq(top(2)[:16])
+                with m.If(top(2)[:16] == 0):
+                    m.next = "OP"
+                with m.Else():
+                    m.next = "BEAT_START"
+            with m.State("BEAT_START"):
+                with m.Switch(op):
+                    for code, (_, n) in streams.items():
+                        with m.Case(code):
+                            m.d.sync += left.eq(n)
+                m.next = "BEAT_READ"
+            with m.State("BEAT_READ"):
+                read_byte("BEAT_SEND")
+            with m.State("BEAT_SEND"):
+                taken = Signal()
+                with m.Switch(op):
+                    for code, (s, _) in streams.items():
+                        with m.Case(code):
+                            m.d.comb += [s.valid.eq(1), taken.eq(s.ready)]
+                            # An idle core takes no data: the beat belongs to a
+                            # refused command; drop it rather than hang.
+                            with m.If(~s.ready & ~core.busy):
+                                m.d.comb += taken.eq(1)
+                                m.d.sync += f_dropped.eq(1)
+                with m.If(taken):
+                    m.d.sync += count.eq(count - 1)
+                    with m.If(count == 1):
+                        m.next = "OP"
+                    with m.Else():
+                        m.next = "BEAT_START"
+
+        # --- transmit engine: output beats, padding and replies, one frame at a time.
+        # Only an output beat is held in a shift register; the ID frame (a
+        # constant) and the status frame (live signals that hold still while it
+        # is sent: the core is idle and every output has left) are picked byte by
+        # byte, which is cheaper than loading them into a 32-byte register.
+        tsh = Signal(8 * nb["out"])
+        tmode = Signal(2)                   # 0 output beat, 1 ID frame, 2 status frame
+        tmax = max(nb["out"], STATUS_BYTES, ID_BYTES)
+        tidx = Signal(range(tmax + 1))      # byte of the frame being sent
+        tleft = Signal(range(tmax + 1))     # bytes left in the frame
+        tflags = Signal(8)                  # flags as they were when STATUS was answered
+
+        status = Cat(Const(OP["STATUS"], 8), tflags, real, core.cycles_total,
+                     core.cycles_compute, core.cycles_stall)
+        assert len(status) == 8 * STATUS_BYTES
+        ident = id_frame(cc, div)
+        with m.Switch(tmode):
+            with m.Case(0):
+                m.d.comb += utx.i.payload.eq(tsh[:8])
+            with m.Case(1):
+                with m.Switch(tidx):
+                    for i, b in enumerate(ident):
+                        with m.Case(i):
+                            m.d.comb += utx.i.payload.eq(b)
+            with m.Default():
+                with m.Switch(tidx):
+                    for i in range(STATUS_BYTES):
+                        with m.Case(i):
+                            m.d.comb += utx.i.payload.eq(status[8 * i:8 * i + 8])
+        m.d.comb += utx.i.valid.eq(tleft != 0)
+        with m.If(utx.i.valid & utx.i.ready):
+            m.d.sync += [tsh.eq(tsh >> 8), tidx.eq(tidx + 1), tleft.eq(tleft - 1)]
+
+        flags = Signal(8)
+        m.d.comb += flags.eq(Cat(core.busy, core.error, f_done, f_dropped, f_short, f_extra,
+                                 f_rx, f_badop))
+
+        with m.If(sent == expected):
+            # Outputs beyond what the host waits for would desynchronise it: discard.
+            m.d.comb += core.act_out.ready.eq(1)
+            with m.If(core.act_out.valid):
+                m.d.sync += f_extra.eq(1)
+        with m.Elif(tleft == 0):
+            m.d.comb += core.act_out.ready.eq(1)
+            with m.If(core.act_out.valid):
+                m.d.sync += [tsh.eq(core.act_out.payload.as_value()), tmode.eq(0), tidx.eq(0),
+                             tleft.eq(nb["out"]), sent.eq(sent + 1), real.eq(real + 1)]
+            with m.Elif(pad):
+                m.d.sync += [tsh.eq(0), tmode.eq(0), tidx.eq(0), tleft.eq(nb["out"]),
+                             sent.eq(sent + 1), f_short.eq(1)]
+        with m.If((tleft == 0) & ~core.act_out.valid & (reply != 0)):
+            m.d.comb += reply_ack.eq(1)
+            m.d.sync += [tmode.eq(reply), tidx.eq(0), tflags.eq(flags)]
+            with m.If(reply == 1):
+                m.d.sync += tleft.eq(ID_BYTES)
+            with m.Else():
+                m.d.sync += tleft.eq(STATUS_BYTES)
+        return m

@@ -1,0 +1,284 @@
+"""Host driver of the UART bridge (:mod:`psc.bridge`): runs :func:`psc.host.plan_layer` tiles on a board.
+
+The protocol logic is written once, *sans I/O*, as generators
+(:func:`ping_exchange`, :func:`tile_exchange`, :func:`run_tiles`,
+:func:`session`) that yield
+:class:`Write` and :class:`Read` requests and receive the bytes read. Two
+drivers run them:
+
+* :func:`drive` over any blocking transport with ``write(bytes)`` and
+  ``read(n)`` (pyserial's ``Serial``, or a fake in tests);
+* the cocotb bench ``tb/test_bridge.py`` drives the same generators over the
+  simulated UART pins of the board top.
+
+So the simulated and the real link run the very same framing, ID check and
+result parsing. The tiles are the ones :func:`psc.host.plan_layer` makes
+(its packed ints are the beats); the outputs are reassembled by
+:meth:`psc.host.LayerPlan.assemble`, as for the simulators.
+
+Flow control (see :mod:`psc.bridge`): one tile at a time; the frames of a
+tile (CFG, WEIGHTS, PARAMS, ACTS, STATUS) are written in one go, then its
+``n_out`` output beats and the status frame are read before the next tile.
+"""
+
+from dataclasses import dataclass
+
+from .bridge import (FLAGS, ID_BYTES, ID_MAGIC, MAX_FRAME_BEATS, OP, PROTOCOL_VERSION,
+                     STATUS_BYTES, beat_bytes)
+from .config import PSCConfig
+from .core import CoreConfig
+
+__all__ = ["LinkError", "Write", "Read", "parse_id", "config_from_id", "check_id",
+           "encode_tile", "parse_status", "ping_exchange", "tile_exchange", "run_tiles", "session", "drive",
+           "SerialLink", "parse_target", "open_transport", "DEFAULT_BAUD", "DEFAULT_TIMEOUT"]
+
+DEFAULT_BAUD = 1_000_000
+DEFAULT_TIMEOUT = 10.0
+
+
+class LinkError(RuntimeError):
+    """The board did not answer as the protocol says (timeout, wrong ID, bad frame)."""
+
+
+@dataclass(frozen=True)
+class Write:
+    """Request: send ``data`` to the board."""
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Read:
+    """Request: read exactly ``n`` bytes from the board (``what`` names them for errors)."""
+    n: int
+    what: str = ""
+
+
+# --- frames -------------------------------------------------------------------------------------
+
+def _u(value, nbytes):
+    return int(value).to_bytes(nbytes, "little")
+
+
+def parse_id(data):
+    """Fields of an ID frame (:func:`psc.bridge.id_frame`) as a dict; raises :class:`LinkError`."""
+    data = bytes(data)
+    if len(data) != ID_BYTES or data[0] != OP["PING"] or data[1:4] != ID_MAGIC:
+        raise LinkError(f"no PSC bridge answered PING: got {data[:8].hex()}... "
+                        f"({len(data)} bytes), expected 'P' 'PSC' ...")
+    if data[4] != PROTOCOL_VERSION:
+        raise LinkError(f"the board speaks protocol version {data[4]}, this host "
+                        f"{PROTOCOL_VERSION}: rebuild the bitstream (psc build)")
+    names = ("act_width", "weight_width", "acc_width", "mult_width", "lanes", "rows", "psc")
+    out = {n: data[5 + i] for i, n in enumerate(names)}
+    out["psc"] = bool(out["psc"])
+    for i, n in enumerate(("max_reduction", "fmap_depth", "weight_depth", "param_depth",
+                           "divisor")):
+        out[n] = int.from_bytes(data[12 + 4 * i:16 + 4 * i], "little")
+    return out
+
+
+def config_from_id(ident):
+    """The :class:`~psc.core.CoreConfig` a board reported in its ID frame."""
+    pe = PSCConfig(**{k: ident[k] for k in ("act_width", "weight_width", "acc_width",
+                                             "mult_width", "lanes", "rows", "max_reduction",
+                                             "psc")})
+    return CoreConfig(pe=pe, fmap_depth=ident["fmap_depth"], weight_depth=ident["weight_depth"],
+                      param_depth=ident["param_depth"])
+
+
+def check_id(ident, config):
+    """Raise :class:`LinkError` naming every field where the board differs from ``config``."""
+    board = config_from_id(ident)
+    want = {**{k: getattr(config.pe, k) for k in ("act_width", "weight_width", "acc_width",
+                                                   "mult_width", "lanes", "rows",
+                                                   "max_reduction", "psc")},
+            "fmap_depth": config.fmap_depth, "weight_depth": config.weight_depth,
+            "param_depth": config.param_depth}
+    diff = [f"{k}: board {ident[k]!r}, host {v!r}" for k, v in want.items() if ident[k] != v]
+    if diff:
+        raise LinkError("the board's build does not match the host's configuration: "
+                        + "; ".join(diff))
+    return board
+
+
+def encode_tile(tile, config):
+    """The bytes of one tile: CFG (with ``n_out``), WEIGHTS, PARAMS, ACTS frames, then STATUS."""
+    nb = beat_bytes(config)
+    out = bytearray([OP["CFG"]])
+    out += _u(tile.n_out, 4) + _u(tile.cfg, nb["cfg"])
+    for op, key, beats in (("WEIGHTS", "weights", tile.weights), ("PARAMS", "params", tile.params),
+                           ("ACTS", "acts", tile.acts)):
+        for i in range(0, len(beats), MAX_FRAME_BEATS):
+            chunk = beats[i:i + MAX_FRAME_BEATS]
+            out.append(OP[op])
+            out += _u(len(chunk), 2)
+            for beat in chunk:
+                out += _u(beat, nb[key])
+    out.append(OP["STATUS"])
+    return bytes(out)
+
+
+def parse_status(data):
+    """A status frame as a dict: ``flags`` (names set), ``outputs``, ``total``, ``compute``, ``stall``."""
+    data = bytes(data)
+    if len(data) != STATUS_BYTES or data[0] != OP["STATUS"]:
+        raise LinkError(f"bad status frame {data.hex()} (expected {STATUS_BYTES} bytes "
+                        f"starting with 'S'): the link lost bytes")
+    flags = {n for n, bit in FLAGS.items() if data[1] >> bit & 1}
+    vals = [int.from_bytes(data[2 + 4 * i:6 + 4 * i], "little") for i in range(4)]
+    return {"flags": flags, "outputs": vals[0], "total": vals[1], "compute": vals[2],
+            "stall": vals[3]}
+
+
+# --- protocol generators ------------------------------------------------------------------------
+
+def ping_exchange():
+    """Generator: PING, returns the parsed ID frame."""
+    yield Write(bytes([OP["PING"]]))
+    data = yield Read(ID_BYTES, "ID frame")
+    return parse_id(data)
+
+
+def tile_exchange(tile, config):
+    """Generator: run one tile; returns a result dict like :func:`psc.host.run_plans` gives.
+
+    Keys: ``outputs`` (ints), ``error``, ``done``, ``total``, ``compute``,
+    ``stall``, ``flags``, ``outputs_real``.
+    """
+    if getattr(tile, "reset_after", None) is not None:
+        raise ValueError("reset_after (a simulation-only test hook) cannot run over the link")
+    ob = beat_bytes(config)["out"]
+    yield Write(encode_tile(tile, config))
+    raw = yield Read(tile.n_out * ob, f"{tile.n_out} output beats")
+    status = parse_status((yield Read(STATUS_BYTES, "status frame")))
+    outs = [int.from_bytes(raw[i * ob:(i + 1) * ob], "little") for i in range(tile.n_out)]
+    flags = status["flags"]
+    if flags & {"RX_ERROR", "BAD_OPCODE"}:
+        raise LinkError(f"the board saw a corrupted byte stream (flags {sorted(flags)})")
+    return {"outputs": outs, "error": int("ERROR" in flags), "done": "DONE" in flags,
+            "total": status["total"], "compute": status["compute"], "stall": status["stall"],
+            "flags": sorted(flags), "outputs_real": status["outputs"]}
+
+
+def run_tiles(plans, config):
+    """Generator: every tile of ``plans`` (a list of lists of tiles, as
+    :func:`psc.host.run_plans`); returns the per-plan lists of tile results."""
+    out = []
+    for tiles in plans:
+        res = []
+        for tile in tiles:
+            res.append((yield from tile_exchange(tile, config)))
+        out.append(res)
+    return out
+
+
+def session(plans, config):
+    """Generator: PING, check the ID against ``config``, then :func:`run_tiles`."""
+    ident = yield from ping_exchange()
+    check_id(ident, config)
+    return (yield from run_tiles(plans, config))
+
+
+def drive(gen, transport, *, chunk=512):
+    """Run a protocol generator over a blocking ``transport`` (``write(bytes)``, ``read(n)``).
+
+    Writes go out in ``chunk``-byte pieces; when the transport tells how much
+    it has received (pyserial's ``in_waiting``), that is read in between, so
+    output beats that arrive while a long tile is being sent never pile up in
+    the operating system's or the USB bridge's buffers (the link has no
+    hardware flow control).
+    """
+    rx = bytearray()
+
+    def poll():
+        waiting = getattr(transport, "in_waiting", 0)
+        if waiting:
+            rx.extend(transport.read(waiting))
+
+    try:
+        req = next(gen)
+        while True:
+            if isinstance(req, Write):
+                for i in range(0, len(req.data), chunk):
+                    transport.write(req.data[i:i + chunk])
+                    poll()
+                if hasattr(transport, "flush"):
+                    transport.flush()
+                req = gen.send(None)
+            else:
+                while len(rx) < req.n:
+                    got = transport.read(req.n - len(rx))
+                    if not got:
+                        raise LinkError(f"timeout reading the {req.what or 'reply'}: got "
+                                        f"{len(rx)} of {req.n} bytes")
+                    rx.extend(got)
+                data = bytes(rx[:req.n])
+                del rx[:req.n]
+                req = gen.send(data)
+    except StopIteration as stop:
+        return stop.value
+
+
+# --- ports --------------------------------------------------------------------------------------
+
+def parse_target(target):
+    """``"serial:PORT[@BAUD]"`` -> ``(PORT, BAUD)``."""
+    if not isinstance(target, str) or not target.startswith("serial:") or len(target) <= 7:
+        raise ValueError(f"a serial target must look like 'serial:/dev/ttyUSB1' or "
+                         f"'serial:/dev/ttyUSB1@1000000', not {target!r}")
+    port, _, baud = target[7:].partition("@")
+    if baud:
+        if not baud.isdigit() or int(baud) <= 0:
+            raise ValueError(f"the baud rate in {target!r} must be a positive integer, not {baud!r}")
+        return port, int(baud)
+    return port, DEFAULT_BAUD
+
+
+def open_transport(port, baud, timeout=DEFAULT_TIMEOUT):
+    """Open a serial port with pyserial (8N1, no flow control); the object is the transport."""
+    import serial
+    return serial.Serial(port, baudrate=baud, bytesize=8, parity="N", stopbits=1,
+                         timeout=timeout, rtscts=False, xonxoff=False)
+
+
+class SerialLink:
+    """A board behind the bridge, over ``transport`` (blocking ``write``/``read``).
+
+    Parameters
+    ----------
+    transport
+        Object with ``write(bytes)`` and ``read(n)`` (returns ``b""`` on timeout).
+    config : psc.core.CoreConfig or None
+        The build the host plans for; ``None`` takes it from the board's ID.
+    """
+
+    def __init__(self, transport, config=None, *, settle=0.2):
+        self.transport = transport
+        if hasattr(transport, "reset_input_buffer"):
+            # A bridge left mid-frame by a previous session abandons the frame after
+            # its frame timeout (50 ms at 1 Mbaud); then forget what it sent.
+            import time
+            time.sleep(settle)
+            transport.reset_input_buffer()
+        try:
+            self.ident = drive(ping_exchange(), transport)
+            self.config = check_id(self.ident, config) if config is not None else \
+                config_from_id(self.ident)
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def open(cls, target, config=None):
+        """Open ``"serial:PORT[@BAUD]"`` with :func:`open_transport`."""
+        port, baud = parse_target(target)
+        return cls(open_transport(port, baud), config)
+
+    def run_plans(self, plans):
+        """Run a list of lists of tiles; per-plan lists of results (as :func:`psc.host.run_plans`)."""
+        return drive(run_tiles(plans, self.config), self.transport)
+
+    def close(self):
+        close = getattr(self.transport, "close", None)
+        if close:
+            close()

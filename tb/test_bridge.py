@@ -1,0 +1,156 @@
+"""cocotb bench of the UART bridge top (psc.bridge.Bridge: UART + bridge + core), through its pins.
+
+The host side is the real driver: the protocol generators of
+:mod:`psc.serial_link` (``session``, ``tile_exchange``), the same code that
+runs a board over pyserial, here driven by :class:`UartPins`, which plays
+the serial port: it shifts the driver's bytes onto ``rx`` (8N1, ``divisor``
+clocks per bit) and decodes ``tx`` back into bytes.
+
+Job (``PSC_JOB``, JSON, written by tests/test_bridge.py): the core
+configuration, the UART divisor, the plans (tiles from psc.host.plan_layer)
+and optionally a ``refused`` tile (a command the core rejects). Result
+(``PSC_RESULT``): per plan the per-tile results of serial_link, and the
+refused tile's result. Judging the outputs against psc.golden is the test's.
+"""
+
+import json
+import os
+import traceback
+from collections import deque
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.simtime import get_sim_time
+from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge
+
+from psc.config import PSCConfig
+from psc.core import CoreConfig
+from psc.host import Tile
+from psc import serial_link
+
+
+class UartPins:
+    """The board's serial port, simulated: ``write`` drives ``rx``, ``read`` returns bytes decoded from ``tx``.
+
+    ``read`` gives up (``LinkError``, as a real port's timeout would) when no
+    byte arrives for ``idle_limit`` clock cycles.
+    """
+
+    def __init__(self, dut, divisor, idle_limit=200_000):
+        self.dut = dut
+        self.div = divisor
+        self.idle_limit = idle_limit
+        self.rx_bytes = deque()
+        self.framing_errors = 0
+        dut.rx.value = 1
+        self._monitor = cocotb.start_soon(self._decode())
+
+    async def _decode(self):
+        dut, div = self.dut, self.div
+        while True:
+            await FallingEdge(dut.tx)
+            await ClockCycles(dut.clk, div // 2)
+            if int(dut.tx.value):
+                continue                       # glitch
+            byte = 0
+            for i in range(8):
+                await ClockCycles(dut.clk, div)
+                byte |= int(dut.tx.value) << i
+            await ClockCycles(dut.clk, div)
+            if not int(dut.tx.value):
+                self.framing_errors += 1
+            self.rx_bytes.append(byte)
+
+    async def write(self, data):
+        dut, div = self.dut, self.div
+        for byte in data:
+            for bit in [0] + [(byte >> i) & 1 for i in range(8)] + [1]:
+                dut.rx.value = bit
+                await ClockCycles(dut.clk, div)
+
+    async def read(self, n, what=""):
+        idle = 0
+        have = len(self.rx_bytes)
+        while len(self.rx_bytes) < n:
+            await ClockCycles(self.dut.clk, 10 * self.div)
+            if len(self.rx_bytes) == have:
+                idle += 10 * self.div
+                if idle > self.idle_limit:
+                    raise serial_link.LinkError(
+                        f"timeout reading the {what or 'reply'}: got {len(self.rx_bytes)} of {n} bytes")
+            else:
+                have, idle = len(self.rx_bytes), 0
+        return bytes(self.rx_bytes.popleft() for _ in range(n))
+
+
+async def drive_async(gen, pins):
+    """:func:`psc.serial_link.drive` for the simulated pins: the same requests, awaited."""
+    try:
+        req = next(gen)
+        while True:
+            if isinstance(req, serial_link.Write):
+                await pins.write(req.data)
+                req = gen.send(None)
+            else:
+                req = gen.send(await pins.read(req.n, req.what))
+    except StopIteration as stop:
+        return stop.value
+
+
+def _config(d):
+    return CoreConfig(pe=PSCConfig(**d["pe"]), fmap_depth=d["fmap_depth"],
+                      weight_depth=d["weight_depth"], param_depth=d["param_depth"])
+
+
+def _tile(d):
+    return Tile(cfg=d["cfg"], weights=d["weights"], params=d["params"], acts=d["acts"],
+                n_out=d["n_out"], fields={})
+
+
+def _status():
+    """A bare STATUS exchange (the serial_link generators' requests and parser)."""
+    yield serial_link.Write(bytes([serial_link.OP["STATUS"]]))
+    status = serial_link.parse_status((yield serial_link.Read(serial_link.STATUS_BYTES, "status")))
+    return dict(status, flags=sorted(status["flags"]))
+
+
+@cocotb.test()
+async def run_job(dut):
+    job = json.loads(open(os.environ["PSC_JOB"]).read())
+    result_path = os.environ["PSC_RESULT"]
+    out = {}
+    try:
+        await _run(dut, job, out)
+    except BaseException as e:
+        with open(result_path, "w") as f:
+            json.dump({"failure": f"{type(e).__name__}: {e}\n{traceback.format_exc()}", **out}, f)
+        raise
+    with open(result_path, "w") as f:
+        json.dump(out, f)
+
+
+async def _run(dut, job, out):
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    config = _config(job["config"])
+    dut.rst.value = 1
+    pins = UartPins(dut, job["divisor"])
+    await ClockCycles(dut.clk, 3)
+    dut.rst.value = 0
+    await RisingEdge(dut.clk)
+
+    plans = [[_tile(t) for t in tiles] for tiles in job["plans"]]
+    start = get_sim_time("ns")
+    out["results"] = await drive_async(serial_link.session(plans, config), pins)
+    if job.get("refused"):
+        out["refused"] = await drive_async(
+            serial_link.tile_exchange(_tile(job["refused"]), config), pins)
+        # the link must still work after a refused command
+        out["ident_after"] = await drive_async(serial_link.ping_exchange(), pins)
+    if job.get("partial"):
+        # a host that dies mid-frame: after frame_timeout bit times the bridge listens again
+        await pins.write(bytes.fromhex(job["partial"]))
+        await ClockCycles(dut.clk, (job["frame_timeout"] + 20) * job["divisor"])
+        out["ident_after_partial"] = await drive_async(serial_link.ping_exchange(), pins)
+        out["status_after_partial"] = await drive_async(_status(), pins)
+    out["framing_errors"] = pins.framing_errors
+    out["cycles"] = (get_sim_time("ns") - start) // 10
