@@ -6,6 +6,7 @@ import sys
 import numpy as np
 
 from . import generate, golden
+from .config import MULTIPLIERS
 
 
 def _demo(args):
@@ -28,7 +29,7 @@ def _demo(args):
     model_ok = np.array_equal(acc, ref) and np.array_equal(ini_acc, relu_base)
     # The same layer through the simulated PSCConvCore (psc.host.run_layer).
     from . import host
-    print(f"Running the layer on the simulated core ({args.target}; the first run compiles it)...")
+    print(f"Running the layer on the core ({args.target}; a simulator compiles it on the first run)...")
     y_hw, counters = host.run_layer(x, w_pos, w_neg, bias, 1 << 8, 16, padding=1,
                                     target=args.target)
     hw_ok = np.array_equal(y_hw, y)
@@ -56,7 +57,7 @@ def _generate(args):
     config = generate.PRESETS[args.preset]
     changes = {field: getattr(args, field) for field in
                ("lanes", "rows", "act_width", "weight_width", "acc_width", "mult_width",
-                "max_reduction") if getattr(args, field) is not None}
+                "max_reduction", "multiplier", "tree_stages") if getattr(args, field) is not None}
     if args.no_psc:
         changes["psc"] = False
     try:
@@ -73,13 +74,21 @@ def _generate(args):
     return 0
 
 
+def _demo_target(text):
+    if text in ("verilator", "icarus") or text.startswith("serial:"):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"must be verilator, icarus or serial:PORT[@BAUD], not {text!r}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="psc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="run a PSC layer and check it against the golden model")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--target", default="verilator", choices=["verilator", "icarus"],
-                   help="simulator running the core (default: verilator)")
+    p.add_argument("--target", default="verilator", type=_demo_target,
+                   help="verilator (default), icarus, or serial:PORT[@BAUD] for a board "
+                        "built with psc build")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("bench", help="cycles and utilisation per layer on the simulated core, "
@@ -105,6 +114,10 @@ def main(argv=None):
                        ("--acc-width", "accumulator bits"), ("--mult-width", "requantisation multiplier bits"),
                        ("--max-reduction", "largest reduction length the accumulator must hold")):
         p.add_argument(flag, type=int, metavar="N", help=what)
+    p.add_argument("--multiplier", choices=list(MULTIPLIERS),
+                   help="how products are built (psc.config.PSCConfig.multiplier)")
+    p.add_argument("--tree-stages", type=int, metavar="N",
+                   help="pipeline registers in each PE's adder tree (0..2)")
     p.add_argument("--no-psc", action="store_true", help="plain convolution (psc=False) only")
     p.add_argument("-o", "--output", default="rtl", metavar="DIR", help="output directory (default: rtl/)")
     p.set_defaults(func=_generate)
