@@ -209,6 +209,10 @@ class PSCConvCore(wiring.Component):
     Parameters
     ----------
     config : CoreConfig
+    dot_product : type
+        The MAC array's class, :class:`~psc.dot_product.DotProduct` or a
+        subclass with its ports (``psc compare`` builds the paper's naive
+        datapath, :class:`~psc.naive.NaiveDotProduct`, into the same core).
 
     Attributes
     ----------
@@ -221,12 +225,16 @@ class PSCConvCore(wiring.Component):
     cycles_total, cycles_compute, cycles_stall : Out(COUNTER_WIDTH)
     """
 
-    def __init__(self, config=None):
+    def __init__(self, config=None, *, dot_product=DotProduct):
         if config is None:
             config = CoreConfig()
         if not isinstance(config, CoreConfig):
             raise TypeError(f"config must be a psc.core.CoreConfig, not {config!r}")
+        if not (isinstance(dot_product, type) and issubclass(dot_product, DotProduct)):
+            raise TypeError(f"dot_product must be psc.dot_product.DotProduct or a subclass, "
+                            f"not {dot_product!r}")
         self._config = config
+        self._dot_product = dot_product
         super().__init__({
             "cfg": In(stream.Signature(config_layout(config))),
             "weights": In(stream.Signature(weight_layout(config))),
@@ -267,7 +275,7 @@ class PSCConvCore(wiring.Component):
         p_r_bias = pbuf.read_port()          # bias, for the sequencer's first beats
         p_r_req = pbuf.read_port()           # multiplier/shift, for the requantiser
 
-        m.submodules.dp = dp = DotProduct(pe)
+        m.submodules.dp = dp = self._dot_product(pe)
         m.submodules.rq = rq = Requantizer(pe)
 
         # --- command registers -----------------------------------------------
@@ -383,7 +391,11 @@ class PSCConvCore(wiring.Component):
             ]
         m.d.comb += [
             dp.i.valid.eq(v1),
-            dp.i.payload.x.eq(Mux(pad1, 0, in_r_port.data.as_value())),
+            # An AND, not a mux to 0: Yosys would turn the mux into a synchronous
+            # reset of the PE's input register, which an SB_MAC16 input register
+            # cannot absorb, leaving the multiply outside nextpnr's timing.
+            dp.i.payload.x.eq(in_r_port.data.as_value()
+                              & ~pad1.replicate(pe.lanes * pe.act_width)),
             dp.i.payload.w.eq(w_r_port.data),
             dp.i.payload.bias.eq(p_r_bias.data.bias),
             dp.i.payload.first.eq(first1),

