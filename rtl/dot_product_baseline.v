@@ -15,6 +15,7 @@
 //   psc = False
 //   multiplier = 'generic'
 //   tree_stages = 0
+//   requantizers = None
 //
 // Latency: 3 cycles (see the component's docstring).
 //

@@ -15,6 +15,7 @@
 //   psc = True
 //   multiplier = 'generic'
 //   tree_stages = 0
+//   requantizers = None
 //
 // Latency: 0 cycles (see the component's docstring).
 //
