@@ -12,7 +12,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .config import PSCConfig
+from .config import PSCConfig, _check_range
 from .dot_product import DotProduct
 from .requantize import SHIFT_WIDTH, Requantizer
 
@@ -29,11 +29,6 @@ STRIDES = (1, 2)
 FIELD_WIDTH = 16
 #: Width of the cycle counters.
 COUNTER_WIDTH = 32
-
-
-def _check_int(name, value, lo, hi):
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -63,9 +58,9 @@ class CoreConfig:
     def __post_init__(self):
         if not isinstance(self.pe, PSCConfig):
             raise TypeError(f"pe must be a psc.config.PSCConfig, not {self.pe!r}")
-        _check_int("fmap_depth", self.fmap_depth, 2, 1 << 20)
-        _check_int("weight_depth", self.weight_depth, 2, 1 << 20)
-        _check_int("param_depth", self.param_depth, 2, 1 << 16)
+        _check_range("fmap_depth", self.fmap_depth, 2, 1 << 20)
+        _check_range("weight_depth", self.weight_depth, 2, 1 << 20)
+        _check_range("param_depth", self.param_depth, 2, 1 << 16)
 
     @property
     def lanes(self):

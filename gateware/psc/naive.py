@@ -6,12 +6,12 @@ compute, but the way PSC is written down rather than the way the paper builds
 it, so it needs two multipliers per weight instead of one mux per weight.
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data
 
 from .dot_product import DotProduct
 from .ice40_mul import Ice40DualMul
-from .pe import PSCMac, _check_config, pipelined_tree_sum
+from .pe import PSCMac, _check_config
 
 __all__ = ["NaiveMac", "NaiveDotProduct"]
 
@@ -101,33 +101,8 @@ class NaiveMac(PSCMac):
                                  pn[lane].eq(xn1[lane] * wn1[lane])]
             mul_stages = 2
 
-        # Control and bias beside the data, exactly as in PSCMac.
-        depth = mul_stages + c.tree_stages
-        valid = [self.valid] + [Signal(name=f"v{i}") for i in range(1, depth + 1)]
-        first = [self.first] + [Signal(name=f"f{i}") for i in range(1, depth + 1)]
-        last = [self.last] + [Signal(name=f"l{i}") for i in range(1, depth + 1)]
-        bias = [self.bias] + [Signal(signed(c.acc_width), name=f"b{i}", reset_less=True)
-                              for i in range(1, depth + 1)]
-        with m.If(self.en):
-            for i in range(1, depth + 1):
-                m.d.sync += [valid[i].eq(valid[i - 1]), first[i].eq(first[i - 1]),
-                             last[i].eq(last[i - 1])]
-                with m.If(valid[i - 1] & first[i - 1]):
-                    m.d.sync += bias[i].eq(bias[i - 1])
-            m.d.sync += self.acc_valid.eq(valid[depth] & last[depth])
-
-        acc = Signal(signed(c.acc_width), reset_less=True)
-        m.d.comb += self.acc.eq(acc)
-        tree = Signal(signed(c.acc_width))
-        start = Signal(signed(c.acc_width))
-        m.d.comb += [
-            tree.eq(pipelined_tree_sum(m, [pp[lane] for lane in range(lanes)] +
-                                       [pn[lane] for lane in range(lanes)],
-                                       c.tree_stages, self.en)),
-            start.eq(Mux(first[depth], bias[depth], acc)),
-        ]
-        with m.If(self.en & valid[depth]):
-            m.d.sync += acc.eq(start + tree)
+        self._accumulate(m, [pp[lane] for lane in range(lanes)] +
+                         [pn[lane] for lane in range(lanes)], mul_stages)
         return m
 
 

@@ -207,6 +207,15 @@ class PSCMac(wiring.Component):
                 m.d.sync += [products[lane].eq(x1[lane] * w1[lane]) for lane in range(c.lanes)]
             mul_stages = 2
 
+        self._accumulate(m, [products[lane] for lane in range(c.lanes)], mul_stages)
+        return m
+
+    def _accumulate(self, m, products, mul_stages):
+        """Adder tree over ``products`` (registered ``mul_stages`` after the inputs) into ``acc``.
+
+        Shared with :class:`~psc.naive.NaiveMac`, which sums twice as many products.
+        """
+        c = self._config
         # Control and bias travel beside the data, one register per stage up to
         # the accumulator. The bias registers load on ``first`` beats only; a
         # later ``first`` cannot overwrite one before use because all of them
@@ -233,13 +242,11 @@ class PSCMac(wiring.Component):
         tree = Signal(signed(c.acc_width))
         start = Signal(signed(c.acc_width))
         m.d.comb += [
-            tree.eq(pipelined_tree_sum(m, [products[lane] for lane in range(c.lanes)],
-                                       c.tree_stages, self.en)),
+            tree.eq(pipelined_tree_sum(m, products, c.tree_stages, self.en)),
             start.eq(Mux(first[depth], bias[depth], acc)),
         ]
         with m.If(self.en & valid[depth]):
             m.d.sync += acc.eq(start + tree)
-        return m
 
 
 def pe_latency(config):
