@@ -99,6 +99,17 @@ class DotProduct(wiring.Component):
         """
         return pe_latency(self._config)
 
+    #: The row's multiply-accumulate unit (:class:`~psc.naive.NaiveDotProduct` swaps it).
+    _mac = PSCMac
+
+    def _sign_mask(self, m):
+        """The sign bits of ``i.payload.x``, computed once and shared by every row."""
+        if not self._config.psc:
+            return 0
+        m.submodules.sign_mask = sign_mask = SignMask(self._config.lanes, self._config.act_width)
+        m.d.comb += sign_mask.x.eq(self.i.payload.x)
+        return sign_mask.mask
+
     def elaborate(self, platform):
         m = Module()
         c = self._config
@@ -107,15 +118,9 @@ class DotProduct(wiring.Component):
         en = Signal()
         m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
 
-        if c.psc:
-            m.submodules.sign_mask = sign_mask = SignMask(c.lanes, c.act_width)
-            m.d.comb += sign_mask.x.eq(p.x)
-            mask = sign_mask.mask
-        else:
-            mask = 0
-
+        mask = self._sign_mask(m)
         for row in range(c.rows):
-            pe = PSCMac(c)
+            pe = self._mac(c)
             m.submodules[f"pe_{row}"] = pe
             m.d.comb += [
                 pe.x.eq(p.x),

@@ -122,28 +122,7 @@ class NaiveDotProduct(DotProduct):
     def __init__(self, config):
         super().__init__(_check_psc(config))
 
-    def elaborate(self, platform):
-        m = Module()
-        c = self._config
-        p = self.i.payload
+    _mac = NaiveMac
 
-        en = Signal()
-        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
-
-        for row in range(c.rows):
-            pe = NaiveMac(c)
-            m.submodules[f"pe_{row}"] = pe
-            m.d.comb += [
-                pe.x.eq(p.x),
-                pe.mask.eq(0),
-                pe.words.eq(p.w[row]),
-                pe.bias.eq(p.bias[row]),
-                pe.valid.eq(self.i.valid),
-                pe.first.eq(p.first),
-                pe.last.eq(p.last),
-                pe.en.eq(en),
-                self.o.payload[row].eq(pe.acc),
-            ]
-            if row == 0:
-                m.d.comb += self.o.valid.eq(pe.acc_valid)
-        return m
+    def _sign_mask(self, m):
+        return 0          # each NaiveMac splits x into x+ and x- itself
