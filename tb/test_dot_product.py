@@ -9,7 +9,6 @@ so a test can show that the bench fails, and how the failure reads.
 import os
 
 import cocotb
-import numpy as np
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from psc import packing

@@ -9,7 +9,6 @@ import core_cases
 from psc import golden, host
 from psc.config import PSCConfig
 from psc.core import CoreConfig, PSCConvCore
-from psc.packing import pack_payload
 from psc.requantize import Requantizer, requant_input_layout
 
 TINY = CoreConfig(pe=PSCConfig(lanes=4, rows=4), fmap_depth=64, weight_depth=64, param_depth=4)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import core_cases
-from psc import golden, host
+from psc import host
 from psc.config import PSCConfig
-from psc.core import CoreConfig, KIND_DEPTHWISE, KIND_POINTWISE, KIND_STANDARD
+from psc.core import CoreConfig, KIND_DEPTHWISE, KIND_POINTWISE
 
 TARGETS = ["verilator", "icarus"]
 STALL = 0.25

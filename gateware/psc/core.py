@@ -7,7 +7,7 @@ timing; :mod:`psc.host` for the host-side scheduler that drives it.
 import hashlib
 from dataclasses import dataclass, field, replace
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out

@@ -37,7 +37,6 @@ from . import golden
 from .core import (KERNELS, STRIDES, FIELD_WIDTH, KIND_STANDARD, KIND_DEPTHWISE, KIND_POINTWISE,
                    KIND_FC, CoreConfig, config_layout, param_layout, weight_layout)
 from .packing import channel_groups, pack_activations, pack_payload, parify, unpack_activations
-from .requantize import SHIFT_WIDTH
 
 __all__ = ["LayerError", "Tile", "LayerPlan", "plan_layer", "run_plans", "run_layer",
            "run_layers", "build_simulation", "TARGETS", "TOPLEVEL"]
@@ -419,7 +418,6 @@ def run_plans(plans, *, config=None, target="verilator", stall=0.0, seed=0, wave
     words), ``error``, ``done``, ``total``, ``compute``, ``stall`` and the
     number of beats each input stream accepted.
     """
-    from cocotb_tools.runner import get_runner
     cc = config or CoreConfig()
     runner, base = build_simulation(cc, target, waves=waves)
     run_dir = base / "runs" / uuid.uuid4().hex[:12]

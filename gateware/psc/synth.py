@@ -786,7 +786,7 @@ def compare(target, *, config=None, seeds=3, build_root=None, pnr=True, log=None
     where it was built, the naive multiplier ratio on the lowest level that
     has a naive build.
     """
-    t = _check_target(target)
+    _check_target(target)
     say = log or (lambda msg: None)
     out = {"target": target, "seeds": seeds, "levels": {}}
     for level in levels:
