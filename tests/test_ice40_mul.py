@@ -69,7 +69,7 @@ def _run(sim, config, tag, *, top="dot_product", make=None, **kw):
 # --- configuration and structure (fast, no simulator) ---------------------------
 
 @pytest.mark.parametrize("changes,match", [
-    (dict(multiplier="dsp"), r"multiplier must be one of 'generic', 'ice40_dual8x8', not 'dsp'"),
+    (dict(multiplier="dsp"), r"multiplier must be one of 'generic', 'ice40_dual8x8', 'ecp5_mult18', not 'dsp'"),
     (dict(multiplier=DUAL, act_width=9, acc_width=40),
      r"act_width must be at most 8 with multiplier='ice40_dual8x8' .*, not 9"),
     (dict(multiplier=DUAL, weight_width=12, acc_width=40),

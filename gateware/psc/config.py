@@ -5,7 +5,7 @@ from dataclasses import dataclass, asdict, replace
 __all__ = ["PSCConfig", "required_acc_width", "MULTIPLIERS"]
 
 #: Multiplier implementations :attr:`PSCConfig.multiplier` accepts.
-MULTIPLIERS = ("generic", "ice40_dual8x8")
+MULTIPLIERS = ("generic", "ice40_dual8x8", "ecp5_mult18")
 
 
 def required_acc_width(act_width, weight_width, max_reduction):
@@ -60,7 +60,13 @@ class PSCConfig:
         ``weight_width <= 8`` and an even ``lanes``, adds one cycle of
         latency (the DSP's output register), and builds only for iCE40 (and
         simulators given Yosys's ``cells_sim.v``); the Amaranth simulator
-        cannot run it.
+        cannot run it. ``"ecp5_mult18"`` hand-instantiates one ECP5
+        ``MULT18X18D`` per lane with its input, pipeline and output
+        registers in use (:class:`~psc.ecp5_mul.Ecp5Mult18`), so no fabric
+        path crosses the multiplier (Yosys's own mapping leaves them
+        unused). It needs ``act_width <= 18`` and ``weight_width <= 18``,
+        adds one cycle of latency, and builds only for ECP5 (and simulators
+        given the stand-in ``tb/mult18x18d_sim.v``).
     tree_stages : int
         Pipeline registers in the adder tree that sums a PE's products
         (0..2, default 0), for a higher clock at one cycle of latency each
@@ -74,6 +80,17 @@ class PSCConfig:
         requantise, which costs no cycles when a layer's reduction is at least
         that many beats long (``K*K*ceil(Cin/lanes)``) and saves one
         ``acc_width x mult_width`` multiplier and one shifter per row removed.
+    requant_mult_bits : int or None
+        Bits of the requantisation multiplier ``M`` each requantiser
+        multiplies per cycle (1..``mult_width``); ``None`` (the default) means
+        all of them: a fully pipelined ``acc_width x mult_width`` multiply, one
+        value per cycle. With ``k`` bits the multiply is digit-serial (an
+        ``acc_width x k`` product and an accumulator, about ``k / mult_width``
+        of the multiplier's LUTs) and each requantiser takes
+        ``ceil(mult_width / k)`` cycles per value, so one output beat takes
+        ``rows / requantizers * ceil(mult_width / k)`` cycles; that costs no
+        cycles when a layer's reduction (``K*K*ceil(Cin/lanes)`` beats) is at
+        least that long (:attr:`psc.requantize.Requantizer.cycles_per_beat`).
     """
     act_width: int = 8
     weight_width: int = 8
@@ -86,6 +103,7 @@ class PSCConfig:
     multiplier: str = "generic"
     tree_stages: int = 0
     requantizers: int | None = None
+    requant_mult_bits: int | None = None
 
     def __post_init__(self):
         _check_range("act_width", self.act_width, 2, 32)
@@ -109,12 +127,20 @@ class PSCConfig:
             if self.lanes % 2:
                 raise ValueError(f"lanes must be even with multiplier='ice40_dual8x8' (one "
                                  f"SB_MAC16 computes two lanes), not {self.lanes!r}")
+        if self.multiplier == "ecp5_mult18":
+            for name in ("act_width", "weight_width"):
+                value = getattr(self, name)
+                if value > 18:
+                    raise ValueError(f"{name} must be at most 18 with multiplier='ecp5_mult18' "
+                                     f"(the MULT18X18D's 18x18 operands), not {value!r}")
         _check_range("tree_stages", self.tree_stages, 0, 2)
         if self.requantizers is not None:
             _check_range("requantizers", self.requantizers, 1, self.rows)
             if self.rows % self.requantizers:
                 raise ValueError(f"requantizers must divide rows ({self.rows}), "
                                  f"not {self.requantizers!r}")
+        if self.requant_mult_bits is not None:
+            _check_range("requant_mult_bits", self.requant_mult_bits, 1, self.mult_width)
         need = required_acc_width(self.act_width, self.weight_width, self.max_reduction)
         if self.acc_width < need:
             raise ValueError(

@@ -58,7 +58,7 @@ class DotProduct(wiring.Component):
     never depends on ``o.ready`` combinationally; ``i.ready`` does (one gate).
 
     Latency: :attr:`latency` (that of :class:`~psc.pe.PSCMac`: 3 by default,
-    one more with ``multiplier="ice40_dual8x8"`` and one more per
+    one more with ``multiplier="ice40_dual8x8"`` or ``"ecp5_mult18"`` and one more per
     ``tree_stages``): a ``last`` beat accepted in cycle ``t`` is on ``o`` from
     cycle ``t + latency`` when ``o`` is not stalled. Throughput: one input
     beat per cycle while ``o.ready`` is high or ``o.valid`` low; a reduction
@@ -95,7 +95,7 @@ class DotProduct(wiring.Component):
         """Cycles from accepting a ``last`` beat to ``o.valid`` (no output stall).
 
         That of :class:`~psc.pe.PSCMac`: 3, plus 1 with
-        ``multiplier="ice40_dual8x8"``, plus ``tree_stages``.
+        ``multiplier="ice40_dual8x8"`` or ``"ecp5_mult18"``, plus ``tree_stages``.
         """
         return pe_latency(self._config)
 

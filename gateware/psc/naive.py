@@ -21,6 +21,10 @@ def _check_psc(config):
     if not c.psc:
         raise ValueError("the naive datapath needs a PSC configuration (psc=True): it reads "
                          "parified {W-, W+} weight words")
+    if c.multiplier == "ecp5_mult18":
+        raise ValueError("the naive datapath has no hand-instantiated MULT18X18D (it would need "
+                         "two per weight: 56 on a 4x7 array, the ECP5-25F has 28): use "
+                         "multiplier='generic', not 'ecp5_mult18'")
     return c
 
 

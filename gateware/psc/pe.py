@@ -5,6 +5,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import PSCConfig
+from .ecp5_mul import Ecp5Mult18
 from .ice40_mul import Ice40DualMul
 from .weight_select import WeightSelect
 
@@ -95,7 +96,7 @@ class PSCMac(wiring.Component):
     because all the registers advance with the beat.
 
     Latency: :attr:`latency` enabled cycles (:func:`pe_latency`: 3, plus 1
-    with ``multiplier="ice40_dual8x8"``, plus ``tree_stages``): a beat
+    with ``multiplier="ice40_dual8x8"`` or ``"ecp5_mult18"``, plus ``tree_stages``): a beat
     presented with ``en`` in cycle ``t`` is in ``acc`` from cycle
     ``t + latency`` (counting enabled cycles only). Throughput: one beat per
     enabled cycle.
@@ -165,7 +166,7 @@ class PSCMac(wiring.Component):
     def latency(self):
         """Enabled cycles from a beat at the inputs to its effect on ``acc``.
 
-        3, plus 1 with ``multiplier="ice40_dual8x8"``, plus ``tree_stages``.
+        3, plus 1 with ``multiplier="ice40_dual8x8"`` or ``"ecp5_mult18"``, plus ``tree_stages``.
         """
         return pe_latency(self._config)
 
@@ -198,6 +199,17 @@ class PSCMac(wiring.Component):
                 m.d.comb += [mul.b[i].eq(w_sel[lane]) for i, lane in enumerate(lanes)]
                 m.d.comb += [products[lane].eq(mul.p[i]) for i, lane in enumerate(lanes)]
             mul_stages = Ice40DualMul.LATENCY
+        elif c.multiplier == "ecp5_mult18":
+            products = Signal(players)
+            for lane in range(c.lanes):
+                mul = Ecp5Mult18(c.act_width, c.weight_width)
+                m.submodules[f"mul_{lane}"] = mul
+                # As above: the selected weight ends at the DSP's B input
+                # register, the activation at A; the DSP's output register
+                # drives the adder tree.
+                m.d.comb += [mul.en.eq(self.en), mul.a.eq(self.x[lane]), mul.b.eq(w_sel[lane]),
+                             products[lane].eq(mul.p)]
+            mul_stages = Ecp5Mult18.LATENCY
         else:
             x1 = Signal(data.ArrayLayout(signed(c.act_width), c.lanes), reset_less=True)
             w1 = Signal(wlayout, reset_less=True)
@@ -250,7 +262,13 @@ class PSCMac(wiring.Component):
 
 
 def pe_latency(config):
-    """Latency of :class:`PSCMac` (and :class:`~psc.dot_product.DotProduct`) for ``config``."""
+    """Latency of :class:`PSCMac` (and :class:`~psc.dot_product.DotProduct`) for ``config``.
+
+    Multiplier stages (2 generic: operand and product registers; 3 for
+    ``"ice40_dual8x8"`` and ``"ecp5_mult18"``: the DSP's input, product/pipeline
+    and output registers), plus ``tree_stages``, plus the accumulator.
+    """
     c = _check_config(config)
-    mul = Ice40DualMul.LATENCY if c.multiplier == "ice40_dual8x8" else 2
+    mul = {"ice40_dual8x8": Ice40DualMul.LATENCY,
+           "ecp5_mult18": Ecp5Mult18.LATENCY}.get(c.multiplier, 2)
     return mul + c.tree_stages + 1

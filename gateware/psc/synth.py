@@ -64,7 +64,7 @@ from dataclasses import dataclass
 
 from amaranth.back import rtlil
 
-from .config import PSCConfig
+from .config import MULTIPLIERS, PSCConfig
 from .core import CoreConfig, PSCConvCore
 from .dot_product import DotProduct
 from .naive import NaiveDotProduct
@@ -472,7 +472,7 @@ def check_dsp(target, build_dir):
         return True, (f"{n}/{n} SB_MAC16 fully registered (A_REG=B_REG=1, output register "
                       f"used): every multiply path is timed")
     ff = set(t.cells["ff"])
-    in_ff = out_ff = 0
+    in_ff = out_ff = inside = 0
     for name, cell in dsps:
         conns = cell["connections"]
         ins = [b for p, bits in conns.items() if p[0] in "AB" and p[1:].isdigit()
@@ -481,9 +481,13 @@ def check_dsp(target, build_dir):
                 for b in bits if not isinstance(b, str)]
         in_ff += all(drivers.get(b, ("?",))[0] in ff for b in ins)
         out_ff += all(all(l[0] in ff for l in loads.get(b, [])) for b in outs)
+        # a missing REG_* parameter means "NONE" (Yosys's own mapping sets none)
+        inside += all(str(cell.get("parameters", {}).get(p, "NONE")).strip() not in ("NONE", "")
+                      for p in ("REG_INPUTA_CLK", "REG_INPUTB_CLK", "REG_OUTPUT_CLK"))
     n = len(dsps)
-    return True, (f"{n} {t.mult_cell}, timed through by nextpnr-ecp5; inputs from fabric FFs: "
-                  f"{in_ff}/{n}, outputs into fabric FFs only: {out_ff}/{n}")
+    return True, (f"{n} {t.mult_cell}, timed through by nextpnr-ecp5; registered inside the "
+                  f"DSP: {inside}/{n}; inputs from fabric FFs: {in_ff}/{n}, outputs into fabric "
+                  f"FFs only: {out_ff}/{n}")
 
 
 # -- nextpnr ------------------------------------------------------------------------------------
@@ -1013,7 +1017,7 @@ def add_arguments(parser, *, variant):
     parser.add_argument("--no-pnr", action="store_true", help="Yosys only: resources, no Fmax")
     parser.add_argument("--lanes", type=int, metavar="N", help="override the target's lanes")
     parser.add_argument("--rows", type=int, metavar="N", help="override the target's rows")
-    parser.add_argument("--multiplier", choices=["generic", "ice40_dual8x8"],
+    parser.add_argument("--multiplier", choices=list(MULTIPLIERS),
                         help="override the target's PSCConfig.multiplier")
     parser.add_argument("--tree-stages", type=int, metavar="N",
                         help="override the target's PSCConfig.tree_stages")
