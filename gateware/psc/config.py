@@ -2,10 +2,14 @@
 
 from dataclasses import dataclass, asdict, replace
 
-__all__ = ["PSCConfig", "required_acc_width", "MULTIPLIERS"]
+__all__ = ["PSCConfig", "required_acc_width", "MULTIPLIERS", "DEPTHWISE_MODES", "DW_MAX_REDUCTION"]
 
 #: Multiplier implementations :attr:`PSCConfig.multiplier` accepts.
 MULTIPLIERS = ("generic", "ice40_dual8x8")
+#: Depthwise mappings :attr:`PSCConfig.depthwise` accepts.
+DEPTHWISE_MODES = ("diagonal", "pixels")
+#: Largest depthwise reduction (one 7x7 window of one channel); sizes the per-lane accumulators.
+DW_MAX_REDUCTION = 49
 
 
 def required_acc_width(act_width, weight_width, max_reduction):
@@ -74,6 +78,17 @@ class PSCConfig:
         requantise, which costs no cycles when a layer's reduction is at least
         that many beats long (``K*K*ceil(Cin/lanes)``) and saves one
         ``acc_width x mult_width`` multiplier and one shifter per row removed.
+    depthwise : str
+        How the core maps a depthwise layer on the array. ``"diagonal"``
+        (the default, no extra hardware): as a convolution with
+        block-diagonal weights, so one multiplier per row works (``1/rows``
+        of the array). ``"pixels"``: lanes are channels, rows are ``rows``
+        neighbouring output pixels, and every multiplier keeps its own
+        accumulator, so the whole array works. It costs ``rows * lanes``
+        lane accumulators and as many drain registers
+        (:class:`~psc.dot_product.DotProduct`), one activation word per row
+        per beat (the core banks its input buffer by column) and needs
+        ``lanes == rows``, a power of two.
     """
     act_width: int = 8
     weight_width: int = 8
@@ -86,6 +101,7 @@ class PSCConfig:
     multiplier: str = "generic"
     tree_stages: int = 0
     requantizers: int | None = None
+    depthwise: str = "diagonal"
 
     def __post_init__(self):
         _check_range("act_width", self.act_width, 2, 32)
@@ -115,6 +131,13 @@ class PSCConfig:
             if self.rows % self.requantizers:
                 raise ValueError(f"requantizers must divide rows ({self.rows}), "
                                  f"not {self.requantizers!r}")
+        if self.depthwise not in DEPTHWISE_MODES:
+            raise ValueError(f"depthwise must be one of {', '.join(map(repr, DEPTHWISE_MODES))}, "
+                             f"not {self.depthwise!r}")
+        if self.depthwise == "pixels" and (self.lanes != self.rows or self.rows < 2
+                                           or self.rows & (self.rows - 1)):
+            raise ValueError(f"depthwise='pixels' needs lanes == rows, a power of two >= 2, "
+                             f"not lanes={self.lanes!r}, rows={self.rows!r}")
         need = required_acc_width(self.act_width, self.weight_width, self.max_reduction)
         if self.acc_width < need:
             raise ValueError(
@@ -131,6 +154,11 @@ class PSCConfig:
     def requant_parallel(self):
         """Requantisers in parallel: :attr:`requantizers`, or ``rows`` when it is ``None``."""
         return self.rows if self.requantizers is None else self.requantizers
+
+    @property
+    def dw_acc_width(self):
+        """Bits of a per-lane accumulator (``depthwise="pixels"``): one 7x7 window, no bias."""
+        return required_acc_width(self.act_width, self.weight_width, DW_MAX_REDUCTION)
 
     @property
     def product_width(self):

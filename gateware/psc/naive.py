@@ -21,6 +21,9 @@ def _check_psc(config):
     if not c.psc:
         raise ValueError("the naive datapath needs a PSC configuration (psc=True): it reads "
                          "parified {W-, W+} weight words")
+    if c.depthwise != "diagonal":
+        raise ValueError(f"the naive datapath has no per-lane accumulators: it needs "
+                         f"depthwise='diagonal', not {c.depthwise!r}")
     return c
 
 
