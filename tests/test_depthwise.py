@@ -11,7 +11,7 @@ from psc import golden, packing
 from psc.config import PSCConfig
 from psc.dot_product import DotProduct, input_layout
 
-from test_primitives_sim import lo_hi, random_stream, run
+from test_primitives_sim import lo_hi, random_stream, run, stream_dot_product
 
 CONFIGS = {
     "p4": PSCConfig(lanes=4, rows=4, depthwise="pixels"),
@@ -70,47 +70,6 @@ def random_dw(rng, config, beats, corner=None):
     return DwReduction(x, wp, wn)
 
 
-def run_stream(config, payloads, n_out, *, dw, seed=0, p_gap=0.0, p_stall=0.0, timeout=20000):
-    """Drive ``payloads`` into a DotProduct with gaps, take ``n_out`` beats with stalls."""
-    dut = DotProduct(config)
-    rng = np.random.default_rng(seed)
-    got = []
-
-    async def driver(ctx):
-        ctx.set(dut.dw, dw)
-        for word in payloads:
-            while rng.random() < p_gap:
-                ctx.set(dut.i.valid, 0)
-                await ctx.tick()
-            ctx.set(dut.i.payload.as_value(), word)
-            ctx.set(dut.i.valid, 1)
-            await ctx.tick().until(dut.i.ready)
-        ctx.set(dut.i.valid, 0)
-
-    async def monitor(ctx):
-        held = None
-        for _ in range(timeout):
-            if len(got) == n_out:
-                break
-            ready = bool(rng.random() >= p_stall)
-            ctx.set(dut.o.ready, ready)
-            _, _, valid, word = await ctx.tick().sample(dut.o.valid, dut.o.payload.as_value())
-            if held is not None:
-                assert valid and word == held, "o dropped or changed a beat while stalled"
-            held = word if valid and not ready else None
-            if valid and ready:
-                got.append(packing.unpack_lanes(word, config.rows, config.acc_width))
-        else:
-            raise AssertionError(f"timeout: {len(got)} of {n_out} outputs")
-        ctx.set(dut.o.ready, 1)
-        for _ in range(dut.latency + config.rows + 2):
-            _, _, valid = await ctx.tick().sample(dut.o.valid)
-            assert not valid, "extra output beat"
-
-    run(dut, driver, monitor)
-    return np.array(got)
-
-
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 @pytest.mark.parametrize("p_gap,p_stall", [(0.0, 0.0), (0.3, 0.4)])
 def test_depthwise_mode_matches_golden(name, p_gap, p_stall):
@@ -121,7 +80,7 @@ def test_depthwise_mode_matches_golden(name, p_gap, p_stall):
     reds = [random_dw(rng, config, int(rng.integers(1, 13))) for _ in range(12)]
     reds.append(random_dw(rng, config, 49, corner="min"))
     payloads = [p for r in reds for p in r.payloads(config)]
-    got = run_stream(config, payloads, len(reds) * config.rows, dw=1, seed=1,
+    got = stream_dot_product(config, payloads, len(reds) * config.rows, dw=1, seed=1,
                      p_gap=p_gap, p_stall=p_stall)
     exp = np.concatenate([r.expected(config) for r in reds])
     bad = np.argwhere(got != exp)
@@ -143,7 +102,7 @@ def test_other_layers_unchanged(name):
                 "x": np.broadcast_to(r.x[b], (config.rows, config.lanes)),
                 "w": r.words(config, b), "bias": r.bias,
                 "first": int(b == 0), "last": int(b == r.beats - 1)}))
-    got = run_stream(config, payloads, len(reds), dw=0, seed=2, p_gap=0.2, p_stall=0.3)
+    got = stream_dot_product(config, payloads, len(reds), dw=0, seed=2, p_gap=0.2, p_stall=0.3)
     assert np.array_equal(got, np.array([r.expected(config) for r in reds]))
 
 
