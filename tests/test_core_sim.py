@@ -46,6 +46,11 @@ def test_named_case(named, name):
     cin, cout = layer["x"].shape[0], layer["w_pos"].shape[0]
     ho, wo = y.shape[1:]
     gin = -(-cin // DEFAULT.lanes) if layer["groups"] == 1 else 1
+    if layer["groups"] > 1:
+        # depthwise='pixels' (the default build): one beat per kernel tap per
+        # block of rows neighbouring output pixels
+        assert DEFAULT.pe.depthwise == "pixels"
+        wo = -(-wo // DEFAULT.rows)
     assert counters["compute"] == ho * wo * -(-cout // DEFAULT.rows) * k * k * gin
 
 
@@ -89,6 +94,9 @@ def _refused_commands():
         "param buffer": dict(base, k=1, pad_top=0, pad_left=0, gout=c.param_depth + 1),
         "pointwise k=3": dict(base, kind=KIND_POINTWISE),
         "depthwise gin != gout": dict(base, kind=KIND_DEPTHWISE, gin=2, gout=1),
+        # 1350 words fit fmap_depth linearly, but banked by column (9 columns
+        # -> 2 per bank of 256) a depthwise tile needs 8 * 150 * 2 = 2400
+        "depthwise banks": dict(base, kind=KIND_DEPTHWISE, in_h=150, in_w=9, out_h=150, out_w=9),
     }
     return {name: host.encode_command(c, **f) for name, f in bad.items()}
 
@@ -135,3 +143,31 @@ def test_shared_requantizer_build():
     results = host.run_layers(layers, config=cc, target="verilator", stall=STALL, seed=9)
     for i, (layer, (y, _)) in enumerate(zip(layers, results)):
         _check(layer, y, f"shared-requantiser layer {i}")
+
+
+# depthwise='pixels' on 4x4 with small buffers: banked input, tiles, stride 2,
+# odd channels, columns that do not fill the last block of rows pixels
+TINY_PIX = CoreConfig(pe=PSCConfig(lanes=4, rows=4, depthwise="pixels"), fmap_depth=128,
+                      weight_depth=64, param_depth=4)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_depthwise_pixels_build(target):
+    r = np.random.default_rng(12)
+    layers = [
+        core_cases._layer(r, 10, 10, 9, 11, 3, 1, 1, groups=10, relu=True),  # chunks + bands
+        core_cases._layer(r, 5, 7, 6, 7, 3, 1, 1),                            # standard between
+        core_cases._layer(r, 7, 7, 11, 13, 3, 2, 1, groups=7),                # stride 2
+        core_cases._layer(r, 4, 4, 7, 6, 5, 1, 2, groups=4, weights="ini"),   # 5x5, 1 block + 2
+        core_cases._layer(r, 3, 3, 5, 5, 1, 1, 0, groups=3),                  # 1x1: drain holds
+    ]
+    plans = [host.plan_layer(**layer, config=TINY_PIX) for layer in layers]
+    assert len(plans[0].tiles) > 1 and len(plans[2].tiles) > 1
+    # reset in the middle of a depthwise tile, then the layers from a clean start
+    reset_plan = host.plan_layer(**layers[2], config=TINY_PIX)
+    reset_plan.tiles[0].reset_after = 60
+    res = host.run_plans([reset_plan.tiles[:1]] + [p.tiles for p in plans], config=TINY_PIX,
+                         target=target, stall=STALL, seed=6)
+    assert res[0][0]["reset"] and not res[0][0]["done"]
+    for i, (layer, plan, r_) in enumerate(zip(layers, plans, res[1:])):
+        _check(layer, plan.assemble(r_), f"pixels layer {i} on {target}")

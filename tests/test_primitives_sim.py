@@ -150,16 +150,28 @@ def random_stream(rng, config, count, max_beats):
 # --- DotProduct harness -----------------------------------------------------
 
 def run_dot_product(config, reductions, *, seed=0, p_gap=0.0, p_stall=0.0, timeout=100000):
-    """Stream ``reductions`` through a DotProduct with random gaps and stalls; returns results.
+    """Stream ``reductions`` through a DotProduct with random gaps and stalls; returns results."""
+    payloads = [p for r in reductions for p in r.payloads(config)]
+    got = stream_dot_product(config, payloads, len(reductions), seed=seed, p_gap=p_gap,
+                             p_stall=p_stall, timeout=timeout)
+    return got.reshape(len(got), config.rows)
 
-    Also checks the stream rules on ``o``: once valid, the payload holds until taken.
+
+def stream_dot_product(config, payloads, n_out, *, dw=None, seed=0, p_gap=0.0, p_stall=0.0,
+                       timeout=100000):
+    """Drive input ``payloads`` into a DotProduct with random gaps, take ``n_out`` output beats
+    with random stalls (``dw``: the depthwise-mode input of a ``depthwise="pixels"`` build).
+
+    Also checks the stream rules on ``o``: once valid, the payload holds until taken, and
+    nothing comes after the last expected beat.
     """
     dut = DotProduct(config)
     rng = np.random.default_rng(seed)
-    payloads = [p for r in reductions for p in r.payloads(config)]
     got = []
 
     async def driver(ctx):
+        if dw is not None:
+            ctx.set(dut.dw, dw)
         for word in payloads:
             while rng.random() < p_gap:
                 ctx.set(dut.i.valid, 0)
@@ -172,7 +184,7 @@ def run_dot_product(config, reductions, *, seed=0, p_gap=0.0, p_stall=0.0, timeo
     async def monitor(ctx):
         held = None
         for _ in range(timeout):
-            if len(got) == len(reductions):
+            if len(got) == n_out:
                 break
             ready = bool(rng.random() >= p_stall)
             ctx.set(dut.o.ready, ready)
@@ -183,15 +195,15 @@ def run_dot_product(config, reductions, *, seed=0, p_gap=0.0, p_stall=0.0, timeo
             if valid and ready:
                 got.append(packing.unpack_lanes(word, config.rows, config.acc_width))
         else:
-            raise AssertionError(f"timeout: {len(got)} of {len(reductions)} outputs")
+            raise AssertionError(f"timeout: {len(got)} of {n_out} outputs")
         # Nothing more may come out.
         ctx.set(dut.o.ready, 1)
-        for _ in range(dut.latency + 2):
+        for _ in range(dut.latency + config.rows + 2):
             _, _, valid = await ctx.tick().sample(dut.o.valid)
             assert not valid, "extra output beat"
 
     run(dut, driver, monitor)
-    return np.array(got).reshape(len(got), config.rows)
+    return np.array(got)
 
 
 def expected_stream(config, reductions):

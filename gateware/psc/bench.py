@@ -73,8 +73,8 @@ def format_table(rows, config=None):
     cc = config or CoreConfig()
     lines = [
         f"Core: lanes (Tn) = {cc.lanes}, rows (Tm) = {cc.rows}, input buffer {cc.fmap_depth} words, "
-        f"weight buffer {cc.weight_depth} blocks, parameter buffer {cc.param_depth} groups; "
-        "Verilator, no stalls.",
+        f"weight buffer {cc.weight_depth} blocks, parameter buffer {cc.param_depth} groups, "
+        f"depthwise={cc.pe.depthwise!r}; Verilator, no stalls.",
         "",
         "| layer | MACs | ideal cycles | total (PSC) | compute | stall | tiles | utilisation (PSC) "
         "| total (plain) | utilisation (plain) | output check |",
@@ -89,7 +89,7 @@ def format_table(rows, config=None):
 
 
 def main(args):
-    cc = CoreConfig(pe=PSCConfig(lanes=args.lanes, rows=args.rows))
+    cc = CoreConfig(pe=PSCConfig(lanes=args.lanes, rows=args.rows, depthwise=args.depthwise))
     rows = bench(args.layers or None, config=cc, seed=args.seed)
     print(format_table(rows, cc))
     same = all(r["total"] == r["total_plain"] for r in rows)

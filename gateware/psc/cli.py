@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 from . import generate, golden
-from .config import MULTIPLIERS
+from .config import DEPTHWISE_MODES, MULTIPLIERS
 
 
 def _demo(args):
@@ -97,6 +97,9 @@ def main(argv=None):
                    help="bench layers to run (default: all of psc.bench.BENCH_LAYERS)")
     p.add_argument("--lanes", type=int, default=8, help="lanes Tn (default 8)")
     p.add_argument("--rows", type=int, default=8, help="rows Tm (default 8)")
+    p.add_argument("--depthwise", choices=DEPTHWISE_MODES, default="pixels",
+                   help="depthwise mapping (default pixels: rows are neighbouring output "
+                        "pixels; it needs lanes == rows, a power of two)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_bench)
 

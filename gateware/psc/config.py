@@ -2,10 +2,15 @@
 
 from dataclasses import dataclass, asdict, replace
 
-__all__ = ["PSCConfig", "required_acc_width", "MULTIPLIERS"]
+__all__ = ["PSCConfig", "required_acc_width", "MULTIPLIERS", "DEPTHWISE_MODES", "DW_MAX_REDUCTION"]
 
 #: Multiplier implementations :attr:`PSCConfig.multiplier` accepts.
 MULTIPLIERS = ("generic", "ice40_dual8x8", "ecp5_mult18")
+
+#: Depthwise mappings :attr:`PSCConfig.depthwise` accepts.
+DEPTHWISE_MODES = ("diagonal", "pixels")
+#: Largest depthwise reduction (one 7x7 window of one channel); sizes the per-lane accumulators.
+DW_MAX_REDUCTION = 49
 
 
 def required_acc_width(act_width, weight_width, max_reduction):
@@ -91,6 +96,17 @@ class PSCConfig:
         ``rows / requantizers * ceil(mult_width / k)`` cycles; that costs no
         cycles when a layer's reduction (``K*K*ceil(Cin/lanes)`` beats) is at
         least that long (:attr:`psc.requantize.Requantizer.cycles_per_beat`).
+    depthwise : str
+        How the core maps a depthwise layer on the array. ``"diagonal"``
+        (the default, no extra hardware): as a convolution with
+        block-diagonal weights, so one multiplier per row works (``1/rows``
+        of the array). ``"pixels"``: lanes are channels, rows are ``rows``
+        neighbouring output pixels, and every multiplier keeps its own
+        accumulator, so the whole array works. It costs ``rows * lanes``
+        lane accumulators and as many drain registers
+        (:class:`~psc.dot_product.DotProduct`), one activation word per row
+        per beat (the core banks its input buffer by column) and needs
+        ``lanes == rows``, a power of two.
     """
     act_width: int = 8
     weight_width: int = 8
@@ -104,6 +120,7 @@ class PSCConfig:
     tree_stages: int = 0
     requantizers: int | None = None
     requant_mult_bits: int | None = None
+    depthwise: str = "diagonal"
 
     def __post_init__(self):
         _check_range("act_width", self.act_width, 2, 32)
@@ -141,6 +158,13 @@ class PSCConfig:
                                  f"not {self.requantizers!r}")
         if self.requant_mult_bits is not None:
             _check_range("requant_mult_bits", self.requant_mult_bits, 1, self.mult_width)
+        if self.depthwise not in DEPTHWISE_MODES:
+            raise ValueError(f"depthwise must be one of {', '.join(map(repr, DEPTHWISE_MODES))}, "
+                             f"not {self.depthwise!r}")
+        if self.depthwise == "pixels" and (self.lanes != self.rows or self.rows < 2
+                                           or self.rows & (self.rows - 1)):
+            raise ValueError(f"depthwise='pixels' needs lanes == rows, a power of two >= 2, "
+                             f"not lanes={self.lanes!r}, rows={self.rows!r}")
         need = required_acc_width(self.act_width, self.weight_width, self.max_reduction)
         if self.acc_width < need:
             raise ValueError(
@@ -157,6 +181,11 @@ class PSCConfig:
     def requant_parallel(self):
         """Requantisers in parallel: :attr:`requantizers`, or ``rows`` when it is ``None``."""
         return self.rows if self.requantizers is None else self.requantizers
+
+    @property
+    def dw_acc_width(self):
+        """Bits of a per-lane accumulator (``depthwise="pixels"``): one 7x7 window, no bias."""
+        return required_acc_width(self.act_width, self.weight_width, DW_MAX_REDUCTION)
 
     @property
     def product_width(self):

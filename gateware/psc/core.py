@@ -7,7 +7,7 @@ timing; :mod:`psc.host` for the host-side scheduler that drives it.
 import hashlib
 from dataclasses import dataclass, field, replace
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -39,7 +39,9 @@ class CoreConfig:
     ----------
     pe : psc.config.PSCConfig
         Datapath widths, ``lanes`` (Tn, input channels per beat), ``rows``
-        (Tm, output channels per beat), ``max_reduction`` and ``psc``.
+        (Tm, output channels per beat), ``max_reduction``, ``psc`` and the
+        depthwise mapping. The default is ``PSCConfig(depthwise="pixels")``
+        (8 x 8, depthwise layers on the whole array).
     fmap_depth : int
         Input buffer depth in lane words (``lanes`` activations each). A tile
         of ``H x W`` pixels and ``ceil(Cin / lanes)`` channel groups needs
@@ -50,7 +52,7 @@ class CoreConfig:
         Per-channel parameter buffer depth in groups of ``rows`` output
         channels (bias, multiplier, shift).
     """
-    pe: PSCConfig = field(default_factory=PSCConfig)
+    pe: PSCConfig = field(default_factory=lambda: PSCConfig(depthwise="pixels"))
     fmap_depth: int = 2048
     weight_depth: int = 256
     param_depth: int = 32
@@ -61,6 +63,9 @@ class CoreConfig:
         _check_range("fmap_depth", self.fmap_depth, 2, 1 << 20)
         _check_range("weight_depth", self.weight_depth, 2, 1 << 20)
         _check_range("param_depth", self.param_depth, 2, 1 << 16)
+        if self.pe.depthwise == "pixels" and self.fmap_depth % self.pe.rows:
+            raise ValueError(f"fmap_depth must be a multiple of rows ({self.pe.rows}) with "
+                             f"depthwise='pixels' (one input bank per row), not {self.fmap_depth!r}")
 
     @property
     def lanes(self):
@@ -176,12 +181,30 @@ class PSCConvCore(wiring.Component):
     ``j`` and leave as one ``rows``-channel beat, so the output is
     channels-last with no reordering.
 
+    Depthwise layers on a ``depthwise="pixels"`` build (the default
+    :class:`CoreConfig`) use the whole array instead of a diagonal block:
+    lanes are channels, row ``r`` computes output pixel ``ox + r`` and every
+    multiplier keeps its own accumulator (:class:`~psc.dot_product.DotProduct`
+    depthwise mode). The sequencer steps ``ox`` by ``rows`` and issues
+    ``K*K`` beats per block of ``rows`` pixels and group ``j``; weight block
+    ``(j, ky, kx)`` holds the group's ``lanes`` weights in every row. The
+    input buffer is ``rows`` banks; a depthwise layer stores column ``x`` in
+    bank ``(x // stride) % rows``, so the ``rows`` pixels of a beat read
+    ``rows`` different banks (other layers interleave the banks word by
+    word and read one). Such a tile needs
+    ``rows * in_h * ceil(in_w / (stride*rows)) * stride * gin`` words of
+    ``fmap_depth``. The output comes in blocks: order
+    ``(oy, ox // rows, j, ox % rows)``, pixels past ``out_w`` dropped, and
+    the bias is added after the drain (the lane accumulators start at 0).
+
     Pipeline: sequencer counters -> buffer reads (synchronous, 1 cycle) ->
     DotProduct (``dp.latency``: 3 for the generic multiplier, more with
-    ``multiplier="ice40_dual8x8"`` or ``tree_stages``) -> parameter read (1)
-    -> Requantizer (3) -> ``act_out``: a ``last`` beat's result is on
-    ``act_out`` ``dp.latency + 5`` cycles after its address left the
-    sequencer. The sequencer issues one beat per cycle from the moment the
+    a DSP multiplier or ``tree_stages``; depthwise pixels mode
+    ``dp.dw_latency``) -> parameter read (1) -> Requantizer (``rq.latency``:
+    8 at the default widths, more when time-shared or digit-serial) ->
+    ``act_out``: a ``last`` beat's result is on ``act_out``
+    ``dp.latency + 2 + rq.latency`` cycles after its address left the
+    sequencer when nothing stalls. The sequencer issues one beat per cycle from the moment the
     weights and parameters are loaded and the input rows its output row
     needs have arrived (so loading the input overlaps the computation),
     unless ``act_out`` stalls. Setup computes the command's derived sizes
@@ -259,11 +282,17 @@ class PSCConvCore(wiring.Component):
         sd = signed(FW + 2)                  # tap coordinates
 
         # --- buffers -------------------------------------------------------
-        m.submodules.inbuf = inbuf = Memory(shape=act_in_layout(cc), depth=cc.fmap_depth, init=[])
+        pix = pe.depthwise == "pixels"
+        R = pe.rows
+        lgr = R.bit_length() - 1                # log2(rows) when pix
+        nbanks = R if pix else 1
+        banks = []
+        for b in range(nbanks):
+            mem = Memory(shape=act_in_layout(cc), depth=cc.fmap_depth // nbanks, init=[])
+            m.submodules["inbuf" if not pix else f"inbuf_{b}"] = mem
+            banks.append((mem.write_port(), mem.read_port()))
         m.submodules.wbuf = wbuf = Memory(shape=weight_layout(cc), depth=cc.weight_depth, init=[])
         m.submodules.pbuf = pbuf = Memory(shape=param_layout(cc), depth=cc.param_depth, init=[])
-        in_w_port = inbuf.write_port()
-        in_r_port = inbuf.read_port()
         w_w_port = wbuf.write_port()
         w_r_port = wbuf.read_port()
         p_w_port = pbuf.write_port()
@@ -286,6 +315,18 @@ class PSCConvCore(wiring.Component):
         n_w = Signal(WIDE)
         pt_wg = Signal(WIDE)
         pl_g = Signal(WIDE)
+        # depthwise='pixels' builds: a depthwise layer's input words go to bank
+        # (x // s) % rows at (g * plane + y * ws + (x // s // rows) * s + x % s),
+        # so the rows (output pixels ox..ox+rows-1) read rows different banks.
+        dwp = Signal()                       # depthwise layer on a pixels build
+        ws = Signal(WIDE)                    # bank words per input row and group
+        plane = Signal(WIDE)                 # bank words per group
+        n_dw = Signal(WIDE)                  # bank words of the whole tile
+        pt_ws = Signal(WIDE)
+        if pix:
+            sh = Mux(cmd.stride == 2, lgr + 1, lgr)
+            blocks = (cmd.in_w + (Mux(cmd.stride == 2, 2 * R, R) - 1)) >> sh
+            m.d.comb += ws.eq(Mux(cmd.stride == 2, blocks << 1, blocks))
         m.d.comb += [self.busy.eq(0)]
 
         # The command's derived sizes are products of its fields. They are
@@ -308,6 +349,8 @@ class PSCConvCore(wiring.Component):
             (pt_wg, cmd.pad_top, wg),
             (pl_g, cmd.pad_left, cmd.gin),
         ]
+        if pix:
+            steps += [(plane, cmd.in_h, ws), (n_dw, plane, cmd.gin), (pt_ws, cmd.pad_top, ws)]
         step = Signal(range(len(steps) + 1))
 
         # --- sequencer state -------------------------------------------------
@@ -323,7 +366,9 @@ class PSCConvCore(wiring.Component):
         ix0 = Signal(sd)
         iy0 = Signal(sd)
         need = Signal(sd)                    # input rows the current output row needs
-        goff = Signal(FW)                    # depthwise: input group = output group
+        goff = Signal(sa)                    # depthwise: input group = output group
+        goff_step = Signal(sa)
+        row_step = Signal(sa)                # address step per kernel row
         tapbase = Signal(sa)
         rowbase = Signal(sa)
         pixbase = Signal(sa)
@@ -332,6 +377,8 @@ class PSCConvCore(wiring.Component):
         g_step = Signal(sa)                  # words per input pixel
         sg = Signal(sa)                      # words per output column step
         swg = Signal(sa)                     # words per output row step
+        ox_step = Signal(range(R + 1))       # output columns per step (rows for dw pixels)
+        ix_step = Signal(range(2 * R + 1))
 
         # loaders
         in_cnt = Signal(WIDE)
@@ -353,6 +400,10 @@ class PSCConvCore(wiring.Component):
         adv1 = Signal()
         m.d.comb += adv1.eq(~v1 | dp.i.ready)
 
+        sel1 = Signal(range(nbanks))         # pixels builds: bank of the shared word
+        rot1 = Signal(range(nbanks))         # pixels builds, dw: bank of row 0
+        padr1 = Signal(R)                    # pixels builds, dw: padding per row
+
         rows_ok = Signal()
         m.d.comb += rows_ok.eq((rows_in >= need) | (rows_in == cmd.in_h))
         valid0 = Signal()
@@ -366,12 +417,33 @@ class PSCConvCore(wiring.Component):
         last_kx = kx == cmd.k - 1
         last_ky = ky == cmd.k - 1
         last_j = j == cmd.gout - 1
-        last_ox = ox == cmd.out_w - 1
+        last_ox = Mux(dwp, ox + R >= cmd.out_w, ox == cmd.out_w - 1) if pix else ox == cmd.out_w - 1
         last_oy = oy == cmd.out_h - 1
 
+        lin = Signal(sa)                     # linear word address of the beat
+        m.d.comb += lin.eq(tapbase + gi + goff)
+        for b, (_, rp) in enumerate(banks):
+            m.d.comb += rp.en.eq(adv1)
+            if not pix:
+                m.d.comb += rp.addr.eq(lin)
+        if pix:
+            # depthwise: column ix = c0 of row 0; q0 = c0 // s, row r reads column
+            # c0 + s*r, in bank (q0 + r) % R at lin + (q0 // R + (b < q0 % R)) * s + c0 % s
+            q0 = Signal(sd)
+            m.d.comb += q0.eq(Mux(cmd.stride == 2, ix >> 1, ix))
+            qm = q0[:lgr]
+            qd = q0 >> lgr
+            odd = Mux(cmd.stride == 2, ix[0], 0)
+            for b, (_, rp) in enumerate(banks):
+                col = Mux(cmd.stride == 2, (qd + (b < qm)) << 1, qd + (b < qm))
+                m.d.comb += rp.addr.eq(Mux(dwp, lin + col + odd, lin >> lgr))
+            padr = Cat(
+                (iy < 0) | (iy >= cmd.in_h) | (ix + Mux(cmd.stride == 2, 2 * r, r) < 0)
+                | (ix + Mux(cmd.stride == 2, 2 * r, r) >= cmd.in_w) for r in range(R))
+            with m.If(adv1):
+                m.d.sync += [sel1.eq(lin[:lgr]), rot1.eq(qm),
+                             padr1.eq(Mux(dwp, padr, pad0.replicate(R)))]
         m.d.comb += [
-            in_r_port.addr.eq(tapbase + gi + goff),
-            in_r_port.en.eq(adv1),
             w_r_port.addr.eq(waddr),
             w_r_port.en.eq(adv1),
             p_r_bias.addr.eq(j),
@@ -384,13 +456,20 @@ class PSCConvCore(wiring.Component):
                 first1.eq((gi == 0) & (kx == 0) & (ky == 0)),
                 last1.eq(last_gi & last_kx & last_ky),
             ]
+        # An AND, not a mux to 0: Yosys would turn the mux into a synchronous
+        # reset of the PE's input register, which an SB_MAC16 input register
+        # cannot absorb, leaving the multiply outside nextpnr's timing.
+        word_bits = pe.lanes * pe.act_width
+        if pix:
+            bank_data = Array(rp.data.as_value() for _, rp in banks)
+            for r in range(R):
+                pick = Mux(dwp, (rot1 + r)[:lgr], sel1)
+                m.d.comb += dp.i.payload.x[r].eq(bank_data[pick] & ~padr1[r].replicate(word_bits))
+            m.d.comb += dp.dw.eq(dwp)
+        else:
+            m.d.comb += dp.i.payload.x.eq(banks[0][1].data.as_value() & ~pad1.replicate(word_bits))
         m.d.comb += [
             dp.i.valid.eq(v1),
-            # An AND, not a mux to 0: Yosys would turn the mux into a synchronous
-            # reset of the PE's input register, which an SB_MAC16 input register
-            # cannot absorb, leaving the multiply outside nextpnr's timing.
-            dp.i.payload.x.eq(in_r_port.data.as_value()
-                              & ~pad1.replicate(pe.lanes * pe.act_width)),
             dp.i.payload.w.eq(w_r_port.data),
             dp.i.payload.bias.eq(p_r_bias.data.bias),
             dp.i.payload.first.eq(first1),
@@ -409,17 +488,17 @@ class PSCConvCore(wiring.Component):
                     m.d.sync += [kx.eq(0), ix.eq(ix0)]
                     with m.If(~last_ky):
                         m.d.sync += [ky.eq(ky + 1), iy.eq(iy + 1),
-                                     rowbase.eq(rowbase + wg), tapbase.eq(rowbase + wg)]
+                                     rowbase.eq(rowbase + row_step), tapbase.eq(rowbase + row_step)]
                     with m.Else():
                         m.d.sync += [ky.eq(0), iy.eq(iy0)]
                         with m.If(~last_j):
-                            m.d.sync += [j.eq(j + 1), goff.eq(goff + dw),
+                            m.d.sync += [j.eq(j + 1), goff.eq(goff + goff_step),
                                          rowbase.eq(pixbase), tapbase.eq(pixbase)]
                         with m.Else():
                             m.d.sync += [j.eq(0), goff.eq(0), waddr.eq(0)]
                             with m.If(~last_ox):
                                 m.d.sync += [
-                                    ox.eq(ox + 1), ix0.eq(ix0 + cmd.stride), ix.eq(ix0 + cmd.stride),
+                                    ox.eq(ox + ox_step), ix0.eq(ix0 + ix_step), ix.eq(ix0 + ix_step),
                                     pixbase.eq(pixbase + sg), rowbase.eq(pixbase + sg),
                                     tapbase.eq(pixbase + sg),
                                 ]
@@ -440,13 +519,23 @@ class PSCConvCore(wiring.Component):
         vj = Signal()
         accj = Signal.like(dp.o.payload)
         en_j = Signal()
+        keep_o = Signal()                    # dw pixels: the beat's pixel is inside out_w
+        ro = Signal(range(R))                # dw pixels: row (pixel) of the beat
+        oxo = Signal(FW)                     # dw pixels: first pixel of the beat's block
+        last_jo = jo == cmd.gout - 1
+        if pix:
+            m.d.comb += keep_o.eq(~dwp | (oxo + ro < cmd.out_w))
+            # depthwise lane accumulators start from zero: the bias joins here
+            m.d.comb += [rq.i.payload.acc[r].eq(accj[r] + Mux(dwp, p_r_req.data.bias[r], 0))
+                         for r in range(R)]
+        else:
+            m.d.comb += [keep_o.eq(1), rq.i.payload.acc.eq(accj)]
         m.d.comb += [
             en_j.eq(~vj | rq.i.ready),
             dp.o.ready.eq(en_j),
             p_r_req.addr.eq(jo),
             p_r_req.en.eq(en_j),
             rq.i.valid.eq(vj),
-            rq.i.payload.acc.eq(accj),
             rq.i.payload.mult.eq(p_r_req.data.mult),
             rq.i.payload.shift.eq(p_r_req.data.shift),
             rq.relu.eq(cmd.relu),
@@ -455,14 +544,44 @@ class PSCConvCore(wiring.Component):
             rq.o.ready.eq(self.act_out.ready),
         ]
         with m.If(en_j):
-            m.d.sync += [vj.eq(dp.o.valid), accj.eq(dp.o.payload)]
-            with m.If(dp.o.valid):
-                m.d.sync += jo.eq(Mux(jo == cmd.gout - 1, 0, jo + 1))
+            m.d.sync += [vj.eq(dp.o.valid & keep_o), accj.eq(dp.o.payload)]
+            with m.If(dp.o.valid & (~dwp | (ro == R - 1))):
+                m.d.sync += jo.eq(Mux(last_jo, 0, jo + 1))
+            if pix:
+                with m.If(dp.o.valid & dwp):
+                    m.d.sync += ro.eq(ro + 1)
+                    with m.If((ro == R - 1) & last_jo):
+                        m.d.sync += oxo.eq(Mux(oxo + R >= cmd.out_w, 0, oxo + R))
 
         # --- loaders -----------------------------------------------------------
+        in_fire = Signal()
+        m.d.comb += in_fire.eq(self.act_in.valid & self.act_in.ready)
+        lx = Signal(FW)                      # dw pixels: column of the incoming word
+        lgi = Signal(FW)                     # dw pixels: group of the incoming word
+        lrow = Signal(WIDE)                  # dw pixels: y * ws
+        lgoff = Signal(WIDE)                 # dw pixels: g * plane
+        for b, (wp, _) in enumerate(banks):
+            m.d.comb += wp.data.eq(self.act_in.payload)
+            if not pix:
+                m.d.comb += [wp.addr.eq(in_cnt), wp.en.eq(in_fire)]
+                continue
+            lq = Mux(cmd.stride == 2, lx >> 1, lx)
+            lcol = Mux(cmd.stride == 2, ((lq >> lgr) << 1) | lx[0], lq >> lgr)
+            m.d.comb += [
+                wp.addr.eq(Mux(dwp, lgoff + lrow + lcol, in_cnt >> lgr)),
+                wp.en.eq(in_fire & Mux(dwp, lq[:lgr] == b, in_cnt[:lgr] == b)),
+            ]
+        if pix:
+            with m.If(in_fire):
+                with m.If(lgi == cmd.gin - 1):
+                    m.d.sync += [lgi.eq(0), lgoff.eq(0)]
+                    with m.If(col_cnt == wg - 1):
+                        m.d.sync += [lx.eq(0), lrow.eq(lrow + ws)]
+                    with m.Else():
+                        m.d.sync += lx.eq(lx + 1)
+                with m.Else():
+                    m.d.sync += [lgi.eq(lgi + 1), lgoff.eq(lgoff + plane)]
         m.d.comb += [
-            in_w_port.addr.eq(in_cnt),
-            in_w_port.data.eq(self.act_in.payload),
             w_w_port.addr.eq(w_cnt),
             w_w_port.data.eq(self.weights.payload),
             p_w_port.addr.eq(p_cnt),
@@ -493,6 +612,7 @@ class PSCConvCore(wiring.Component):
                                         | (cmd.out_h != 1) | (cmd.out_w != 1)))
             | ((cmd.kind == KIND_DEPTHWISE) & ((cmd.gin != cmd.gout) | (pe.lanes != pe.rows)))
             | (n_in > cc.fmap_depth)
+            | (dwp & (n_dw > cc.fmap_depth // R))
             | (~keep & (n_w > cc.weight_depth))
             | (cmd.gout > cc.param_depth)
             | (red * pe.lanes > pe.max_reduction)
@@ -505,6 +625,7 @@ class PSCConvCore(wiring.Component):
                     m.d.sync += [
                         cmd.eq(self.cfg.payload), step.eq(0), mul_run.eq(0), err.eq(0),
                         dw.eq(self.cfg.payload.kind == KIND_DEPTHWISE),
+                        dwp.eq(pix & (self.cfg.payload.kind == KIND_DEPTHWISE)),
                         gin_e.eq(Mux(self.cfg.payload.kind == KIND_DEPTHWISE, 1,
                                      self.cfg.payload.gin)),
                         tot.eq(0), comp.eq(0), stall.eq(0),
@@ -537,7 +658,7 @@ class PSCConvCore(wiring.Component):
                     m.d.sync += [err.eq(1), self.done.eq(1)]
                     m.next = "IDLE"
                 with m.Else():
-                    base = -pt_wg - pl_g
+                    base = Mux(dwp, -pt_ws, -pt_wg - pl_g)
                     m.d.sync += [
                         seq_busy.eq(1),
                         gi.eq(0), kx.eq(0), ky.eq(0), j.eq(0), ox.eq(0), oy.eq(0),
@@ -546,10 +667,16 @@ class PSCConvCore(wiring.Component):
                         iy.eq(-cmd.pad_top), iy0.eq(-cmd.pad_top),
                         need.eq(cmd.k - cmd.pad_top),
                         tapbase.eq(base), rowbase.eq(base), pixbase.eq(base), linebase.eq(base),
-                        g_step.eq(cmd.gin),
-                        sg.eq(Mux(cmd.stride == 2, cmd.gin << 1, cmd.gin)),
-                        swg.eq(Mux(cmd.stride == 2, wg << 1, wg)),
+                        g_step.eq(Mux(dwp, 0, cmd.gin)),
+                        sg.eq(Mux(dwp, 0, Mux(cmd.stride == 2, cmd.gin << 1, cmd.gin))),
+                        swg.eq(Mux(dwp, Mux(cmd.stride == 2, ws << 1, ws),
+                                   Mux(cmd.stride == 2, wg << 1, wg))),
+                        row_step.eq(Mux(dwp, ws, wg)),
+                        goff_step.eq(Mux(dwp, plane, dw)),
+                        ox_step.eq(Mux(dwp, R, 1)),
+                        ix_step.eq(Mux(dwp, cmd.stride << lgr, cmd.stride)),
                         in_cnt.eq(0), col_cnt.eq(0), rows_in.eq(0),
+                        lx.eq(0), lgi.eq(0), lrow.eq(0), lgoff.eq(0), ro.eq(0), oxo.eq(0),
                         out_cnt.eq(0), jo.eq(0),
                     ]
                     with m.If(~keep):
@@ -567,7 +694,6 @@ class PSCConvCore(wiring.Component):
                     self.act_in.ready.eq(in_cnt != n_in),
                     self.weights.ready.eq(~keep & (w_cnt != n_w)),
                     self.params.ready.eq(~keep & (p_cnt != cmd.gout)),
-                    in_w_port.en.eq(self.act_in.valid & self.act_in.ready),
                     w_w_port.en.eq(self.weights.valid & self.weights.ready),
                     p_w_port.en.eq(self.params.valid & self.params.ready),
                 ]
@@ -588,7 +714,9 @@ class PSCConvCore(wiring.Component):
                 # A layer ends when every output has left and every input word
                 # has arrived (a stride-2 layer may not read its last rows, but
                 # they are part of this command's stream).
-                with m.If(outs_done & (in_cnt == n_in) & loaded):
+                # (depthwise pixels: the beats of columns past out_w still in the
+                # DotProduct's drain are dropped first, so the next command starts clean)
+                with m.If(outs_done & (in_cnt == n_in) & loaded & ~(dwp & dp.o.valid)):
                     m.d.sync += self.done.eq(1)
                     m.next = "IDLE"
         return m

@@ -1,6 +1,6 @@
 """``rows`` PEs sharing one activation vector and its sign mask, behind valid/ready streams."""
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -14,13 +14,15 @@ def input_layout(config):
     """Payload layout of :attr:`DotProduct.i` for ``config``.
 
     Fields, packed LSB first in this order: ``x`` (``lanes`` signed
-    activations), ``w`` (``rows`` x ``lanes`` weight words, row-major: row
+    activations; with ``depthwise="pixels"`` one such lane word per row,
+    row 0 lowest), ``w`` (``rows`` x ``lanes`` weight words, row-major: row
     ``r`` lane ``l`` at word index ``r * lanes + l``), ``bias`` (``rows``
     signed accumulators), ``first``, ``last``.
     """
     c = _check_config(config)
+    x = data.ArrayLayout(signed(c.act_width), c.lanes)
     return data.StructLayout({
-        "x": data.ArrayLayout(signed(c.act_width), c.lanes),
+        "x": data.ArrayLayout(x, c.rows) if c.depthwise == "pixels" else x,
         "w": data.ArrayLayout(data.ArrayLayout(unsigned(c.word_width), c.lanes), c.rows),
         "bias": data.ArrayLayout(signed(c.acc_width), c.rows),
         "first": 1,
@@ -65,18 +67,37 @@ class DotProduct(wiring.Component):
     of ``n`` beats takes ``n`` cycles, so back-to-back one-beat reductions
     produce one output per cycle.
 
+    Depthwise mode (builds with ``depthwise="pixels"``, while ``dw`` is
+    high): every row gets its own lane word ``x[r]`` (in other layers the
+    core gives every row the same word), each multiplier accumulates alone
+    (:attr:`~psc.pe.PSCMac.lane_acc`, no bias) and a reduction gives
+    ``rows`` output beats, beat ``r`` holding row ``r``'s ``lanes``
+    accumulators (sign-extended; ``lanes == rows``)::
+
+        o[r][l] = sum over beats b of Wsel[r][l] * x[r][l]
+
+    A finished reduction is copied into a drain register bank that sends
+    one beat per cycle, so the next reductions go on while it drains; the
+    pipeline stops only when a reduction finishes before the previous one
+    has drained (reductions shorter than ``rows`` beats). Latency to the
+    first beat :attr:`dw_latency`. ``dw`` may change only while the
+    pipeline and the drain are empty (between layers).
+
     Parameters
     ----------
     config : psc.config.PSCConfig
         Widths, ``lanes`` (activations per beat), ``rows`` (outputs per
-        beat) and ``psc``.
+        beat), ``psc`` and ``depthwise``.
 
     Attributes
     ----------
     i : In(stream.Signature(input_layout(config)))
         Input beats; see :func:`input_layout` for the payload.
     o : Out(stream.Signature(output_layout(config)))
-        One beat of ``rows`` signed ``acc_width``-bit results per reduction.
+        One beat of ``rows`` signed ``acc_width``-bit results per reduction
+        (``rows`` beats in depthwise mode).
+    dw : In(1)
+        Only with ``depthwise="pixels"``: depthwise mode.
     """
 
     def __init__(self, config):
@@ -84,6 +105,7 @@ class DotProduct(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(input_layout(c))),
             "o": Out(stream.Signature(output_layout(c))),
+            **({"dw": In(1)} if c.depthwise == "pixels" else {}),
         })
 
     @property
@@ -98,6 +120,15 @@ class DotProduct(wiring.Component):
         ``multiplier="ice40_dual8x8"`` or ``"ecp5_mult18"``, plus ``tree_stages``.
         """
         return pe_latency(self._config)
+
+    @property
+    def dw_latency(self):
+        """Depthwise mode: cycles from accepting a ``last`` beat to the first of its ``rows`` beats.
+
+        One more than the lane accumulators' (:attr:`~psc.pe.PSCMac.lane_latency`):
+        the copy into the drain bank.
+        """
+        return pe_latency(self._config) - self._config.tree_stages + 1
 
     #: The row's multiply-accumulate unit (:class:`~psc.naive.NaiveDotProduct` swaps it).
     _mac = PSCMac
@@ -114,26 +145,69 @@ class DotProduct(wiring.Component):
         m = Module()
         c = self._config
         p = self.i.payload
+        pixels = c.depthwise == "pixels"
 
         en = Signal()
-        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+        m.d.comb += self.i.ready.eq(en)
 
-        mask = self._sign_mask(m)
+        mask = None if pixels else self._sign_mask(m)
+        pes = []
         for row in range(c.rows):
             pe = self._mac(c)
             m.submodules[f"pe_{row}"] = pe
+            pes.append(pe)
+            if pixels:
+                # One sign mask per row: the rows see different pixels in depthwise layers.
+                m.d.comb += pe.x.eq(p.x[row])
+                if c.psc:
+                    m.submodules[f"sign_mask_{row}"] = sm = SignMask(c.lanes, c.act_width)
+                    m.d.comb += [sm.x.eq(p.x[row]), pe.mask.eq(sm.mask)]
+            else:
+                m.d.comb += [pe.x.eq(p.x), pe.mask.eq(mask)]
             m.d.comb += [
-                pe.x.eq(p.x),
-                pe.mask.eq(mask),
                 pe.words.eq(p.w[row]),
                 pe.bias.eq(p.bias[row]),
                 pe.valid.eq(self.i.valid),
                 pe.first.eq(p.first),
                 pe.last.eq(p.last),
                 pe.en.eq(en),
-                self.o.payload[row].eq(pe.acc),
             ]
-            if row == 0:
-                # Every PE sees the same control, so their acc_valid are equal.
-                m.d.comb += self.o.valid.eq(pe.acc_valid)
+
+        # Every PE sees the same control, so their acc_valid (lane_valid) are equal.
+        if not pixels:
+            m.d.comb += [
+                en.eq(~self.o.valid | self.o.ready),
+                self.o.valid.eq(pes[0].acc_valid),
+                self.o.payload.eq(Cat(pe.acc for pe in pes)),
+            ]
+            return m
+
+        # Depthwise-capable build. Other layers: o is the PEs' acc as above.
+        # Depthwise layers: a finished reduction (lane_valid) is copied into a
+        # bank of rows registers that shifts one beat out per accepted o; the
+        # PEs wait (en low) only when a finished reduction finds the bank
+        # still draining.
+        bank = [Signal(output_layout(c), reset_less=True, name=f"drain_{r}") for r in range(c.rows)]
+        left = Signal(range(c.rows + 1))            # beats still in the bank
+        free = Signal()
+        m.d.comb += free.eq((left == 0) | ((left == 1) & self.o.ready))
+        with m.If(self.dw):
+            m.d.comb += [
+                en.eq(~pes[0].lane_valid | free),
+                self.o.valid.eq(left != 0),
+                self.o.payload.eq(bank[0]),
+            ]
+            with m.If(self.o.valid & self.o.ready):
+                m.d.sync += left.eq(left - 1)
+                m.d.sync += [bank[r].eq(bank[r + 1]) for r in range(c.rows - 1)]
+            with m.If(pes[0].lane_valid & free):
+                m.d.sync += left.eq(c.rows)
+                m.d.sync += [bank[r][lane].eq(pes[r].lane_acc[lane])
+                             for r in range(c.rows) for lane in range(c.lanes)]
+        with m.Else():
+            m.d.comb += [
+                en.eq(~self.o.valid | self.o.ready),
+                self.o.valid.eq(pes[0].acc_valid),
+                self.o.payload.eq(Cat(pe.acc for pe in pes)),
+            ]
         return m

@@ -93,10 +93,27 @@ class LayerPlan:
                 raise RuntimeError(f"tile {tile.fields} produced {len(words)} output beats, "
                                    f"expected {tile.n_out}")
             gc = channel_groups(c1 - c0, rows)
+            if self.kind == KIND_DEPTHWISE and self.config.pe.depthwise == "pixels":
+                words = words[_pixel_block_order(oy1 - oy0, ox1 - ox0, gc, rows)]
             words = words.reshape(oy1 - oy0, ox1 - ox0, gc)
             y[c0:c1, oy0:oy1, ox0:ox1] = unpack_activations(
                 words, c1 - c0, rows, self.config.pe.act_width)
         return y
+
+
+def _pixel_block_order(oh, ow, gc, rows):
+    """Beat index of each channels-last output word ``(oy, ox, j)`` of a depthwise tile on a
+    ``depthwise="pixels"`` build, which sends blocks of ``rows`` neighbouring pixels:
+    ``(oy, ox // rows, j, ox % rows)``, without the pixels past ``ow``."""
+    idx = np.zeros((oh, ow, gc), dtype=np.int64)
+    beat = 0
+    for oy in range(oh):
+        for ox0 in range(0, ow, rows):
+            n = min(rows, ow - ox0)
+            for j in range(gc):
+                idx[oy, ox0:ox0 + n, j] = np.arange(beat, beat + n)
+                beat += n
+    return idx.reshape(-1)
 
 
 def _int(name, value, lo, hi=None):
@@ -213,8 +230,14 @@ def plan_layer(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, group
                          f"buffer holds {cc.weight_depth} (input-channel splitting is not supported)")
     gc_max = min(gout, cc.param_depth, cc.weight_depth // blocks_per_group)
 
+    pixels = depthwise and pe.depthwise == "pixels"
+
     def footprint(bh, bw, g):
-        return min(h, (bh - 1) * stride + k) * min(w, (bw - 1) * stride + k) * g
+        ih, iw = min(h, (bh - 1) * stride + k), min(w, (bw - 1) * stride + k)
+        if pixels:
+            # input bank b holds the columns with (x // stride) % rows == b (psc.core)
+            return rows * ih * -(-iw // (stride * rows)) * stride * g
+        return ih * iw * g
 
     # zero-padded weights as (gout, K, K, gin, rows, lanes) blocks
     wp = np.zeros((gout * rows, gin * lanes, k, k), dtype=np.int64)
@@ -240,6 +263,10 @@ def plan_layer(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, group
                     gs = [j * rows // lanes] if depthwise else range(gin)
                     for g in gs:
                         bp, bn = bw_pos[j, ky, kx, g], bw_neg[j, ky, kx, g]
+                        if pixels:
+                            # every row (output pixel) uses the group's lane weights
+                            bp = np.broadcast_to(np.diagonal(bp), (rows, lanes))
+                            bn = np.broadcast_to(np.diagonal(bn), (rows, lanes))
                         vals = parify(bp, bn, pe.weight_width) if pe.psc else bp
                         out.append(pack_payload(wl, vals))
         return out

@@ -25,6 +25,9 @@ def _check_psc(config):
         raise ValueError("the naive datapath has no hand-instantiated MULT18X18D (it would need "
                          "two per weight: 56 on a 4x7 array, the ECP5-25F has 28): use "
                          "multiplier='generic', not 'ecp5_mult18'")
+    if c.depthwise != "diagonal":
+        raise ValueError(f"the naive datapath has no per-lane accumulators: it needs "
+                         f"depthwise='diagonal', not {c.depthwise!r}")
     return c
 
 

@@ -137,6 +137,14 @@ class PSCMac(wiring.Component):
         Accumulator (a register).
     acc_valid : Signal(1), out
         ``acc`` holds a finished reduction (a register).
+    lane_acc : View of ArrayLayout(signed(dw_acc_width), lanes), out
+        Only with ``depthwise="pixels"``: one accumulator per lane (no adder
+        tree, no bias), for depthwise layers where each lane is a channel.
+        Loaded like ``acc`` but ``tree_stages`` cycles earlier: latency
+        :attr:`lane_latency`.
+    lane_valid : Signal(1), out
+        Only with ``depthwise="pixels"``: ``lane_acc`` holds a finished
+        reduction (a register), for one enabled cycle.
     """
 
     #: Pipeline depth of the default build (generic multiplier, no tree stage);
@@ -156,6 +164,8 @@ class PSCMac(wiring.Component):
             "en": In(1),
             "acc": Out(signed(c.acc_width)),
             "acc_valid": Out(1),
+            **({"lane_acc": Out(data.ArrayLayout(signed(c.dw_acc_width), c.lanes)),
+                "lane_valid": Out(1)} if c.depthwise == "pixels" else {}),
         })
 
     @property
@@ -169,6 +179,11 @@ class PSCMac(wiring.Component):
         3, plus 1 with ``multiplier="ice40_dual8x8"`` or ``"ecp5_mult18"``, plus ``tree_stages``.
         """
         return pe_latency(self._config)
+
+    @property
+    def lane_latency(self):
+        """Enabled cycles from a beat at the inputs to its effect on ``lane_acc``."""
+        return pe_latency(self._config) - self._config.tree_stages
 
     def elaborate(self, platform):
         m = Module()
@@ -219,8 +234,29 @@ class PSCMac(wiring.Component):
                 m.d.sync += [products[lane].eq(x1[lane] * w1[lane]) for lane in range(c.lanes)]
             mul_stages = 2
 
-        self._accumulate(m, [products[lane] for lane in range(c.lanes)], mul_stages)
+        ctl = self._accumulate(m, [products[lane] for lane in range(c.lanes)], mul_stages)
+        if c.depthwise == "pixels":
+            self._lane_accumulate(m, products, ctl, mul_stages)
         return m
+
+    def _lane_accumulate(self, m, products, ctl, stage):
+        """One accumulator per lane, fed by the products (registered ``stage`` after the inputs).
+
+        Depthwise layers make every lane a different channel, so the adder
+        tree (which mixes lanes) is bypassed. They start from zero: the core
+        adds the bias after the drain, where it reads the channel's other
+        parameters anyway. ``dw_acc_width`` holds one 7x7 window; in other
+        layers these registers run on and wrap, unread.
+        """
+        c = self._config
+        valid, first, last = (x[stage] for x in ctl)
+        for lane in range(c.lanes):
+            acc = Signal(signed(c.dw_acc_width), reset_less=True, name=f"lane_acc_{lane}")
+            m.d.comb += self.lane_acc[lane].eq(acc)
+            with m.If(self.en & valid):
+                m.d.sync += acc.eq(Mux(first, 0, acc) + products[lane])
+        with m.If(self.en):
+            m.d.sync += self.lane_valid.eq(valid & last)
 
     def _accumulate(self, m, products, mul_stages):
         """Adder tree over ``products`` (registered ``mul_stages`` after the inputs) into ``acc``.
@@ -259,6 +295,7 @@ class PSCMac(wiring.Component):
         ]
         with m.If(self.en & valid[depth]):
             m.d.sync += acc.eq(start + tree)
+        return valid, first, last
 
 
 def pe_latency(config):

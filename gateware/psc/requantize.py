@@ -357,7 +357,8 @@ class Requantizer(wiring.Component):
         c = self._config
         q = c.requant_parallel
         n = c.rows // q
-        m.submodules.inner = inner = Requantizer(c.replace(rows=q, requantizers=None))
+        inner_config = c.replace(rows=q, requantizers=None, depthwise="diagonal")
+        m.submodules.inner = inner = Requantizer(inner_config)
         m.d.comb += inner.relu.eq(self.relu)
 
         # Serialiser: hold the whole beat, hand out q rows per accepted sub-beat.
