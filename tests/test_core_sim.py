@@ -171,3 +171,72 @@ def test_depthwise_pixels_build(target):
     assert res[0][0]["reset"] and not res[0][0]["done"]
     for i, (layer, plan, r_) in enumerate(zip(layers, plans, res[1:])):
         _check(layer, plan.assemble(r_), f"pixels layer {i} on {target}")
+
+
+def _overflowing_commands():
+    """Commands whose derived sizes overflow the core's registers (DEFAULT: 12-bit input-word
+    and reduction sizes, 9-bit weight-block count, 25-bit output count, 25-bit setup adder).
+    Each one would pass the checks if its product wrapped; the comment says to what."""
+    c = DEFAULT
+    one = dict(in_h=1, in_w=1, out_h=1, out_w=1, gin=1, gout=1, k=1)
+    bad = {
+        # MAX_OUTPUTS + 1 output beats: exact in the 25-bit product, only the
+        # output-count check refuses it
+        "outputs 2**24": dict(one, in_h=4, in_w=4, out_h=4096, out_w=4096, k=3,
+                              pad_top=1, pad_left=1),
+        # 1024 * 1024 * 32 = 2**25: wraps to 0 in 25 bits
+        "outputs 2**25": dict(one, in_h=4, in_w=4, out_h=1024, out_w=1024, gout=32),
+        # 0x8001 * 1024 = 2**25 + 1024: the shifted multiplicand leaves the adder's
+        # 25 bits while a factor bit is still to come; wraps to 1024
+        "outputs, multiplicand out of the adder": dict(one, in_h=4, in_w=4, out_h=0x8001,
+                                                       out_w=1024),
+        # in_w * gin = 4096 = 2**12 wraps to 0 in the 12-bit words-per-row register
+        "input words per row wrap": dict(one, in_w=4096),
+        # 64 * 64 * 1 = 2**12 wraps to 0 in the 12-bit input-word count
+        "input words wrap": dict(one, in_h=64, in_w=64),
+        # 32 groups x 16 blocks = 512 = 2**9 wraps to 0 in the 9-bit weight-block count
+        "weight blocks wrap": dict(one, gin=16, gout=32),
+        # 42 groups x 7x7 = 2058 beats > max_reduction / lanes = 2048; with keep, so
+        # no weight-block check can refuse it first
+        "reduction (keep)": dict(one, gin=42, k=7, keep=1),
+        "all fields at their maximum": dict(in_h=0xFFFF, in_w=0xFFFF, out_h=0xFFFF,
+                                            out_w=0xFFFF, gin=0xFFFF, gout=0xFFFF, k=7),
+    }
+    return {name: host.encode_command(c, **f) for name, f in bad.items()}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_refused_overflowing_commands_then_clean_layer(target):
+    """Products of a command's fields that overflow the core's size registers saturate: the
+    command is refused (``error``, no data taken, no output), never wrapped into a small one."""
+    refused = _overflowing_commands()
+    junk = dict(weights=[1, 2], params=[3], acts=[4, 5, 6])
+    tiles = [host.Tile(cfg=word, n_out=0, fields={"name": name}, **junk)
+             for name, word in refused.items()]
+    layer = core_cases.make("pw_odd")
+    plan = host.plan_layer(**layer, config=DEFAULT)
+    res = host.run_plans([tiles, plan.tiles], config=DEFAULT, target=target, stall=STALL, seed=3)
+    for tile, r in zip(tiles, res[0]):
+        name = tile.fields["name"]
+        assert r["done"] and r["error"] == 1, f"{name}: {r}"
+        assert r["outputs"] == [], f"{name}: produced output"
+        assert r["accepted"] == {"cfg": 1, "weights": 0, "params": 0, "act_in": 0}, (name, r)
+    assert all(r["error"] == 0 for r in res[1])
+    _check(layer, plan.assemble(res[1]), f"layer after overflowing commands on {target}")
+
+
+def test_host_never_plans_more_outputs_than_the_core_counts():
+    """A build whose buffers admit a tile of more than MAX_OUTPUTS output beats: 1x1 conv,
+    1024 output groups of one channel over a 128x128 map = 2**24 beats in one tile."""
+    from psc.core import MAX_OUTPUTS
+    cc = CoreConfig(pe=PSCConfig(lanes=1, rows=1), fmap_depth=1 << 14, weight_depth=1024,
+                    param_depth=1024)
+    r = np.random.default_rng(1)
+    w = r.integers(-128, 128, size=(1024, 1, 1, 1))
+    try:
+        plan = host.plan_layer(r.integers(-128, 128, size=(1, 128, 128)), w, w, None, 1, 0,
+                               config=cc)
+    except host.LayerError:
+        return                         # refusing the layer is acceptable too
+    assert max(t.n_out for t in plan.tiles) <= MAX_OUTPUTS
+    assert sum(t.n_out for t in plan.tiles) == 1024 * 128 * 128

@@ -18,7 +18,8 @@ from .requantize import SHIFT_WIDTH, Requantizer
 
 __all__ = [
     "CoreConfig", "PSCConvCore", "KIND_STANDARD", "KIND_DEPTHWISE", "KIND_POINTWISE",
-    "KIND_FC", "KERNELS", "STRIDES", "FIELD_WIDTH", "COUNTER_WIDTH",
+    "KIND_FC", "KERNELS", "STRIDES", "FIELD_WIDTH", "COUNTER_WIDTH", "OUTPUT_COUNT_WIDTH",
+    "MAX_OUTPUTS",
     "config_layout", "weight_layout", "param_layout", "act_in_layout", "act_out_layout",
 ]
 
@@ -29,6 +30,16 @@ STRIDES = (1, 2)
 FIELD_WIDTH = 16
 #: Width of the cycle counters.
 COUNTER_WIDTH = 32
+#: Width of the core's count of a command's output beats (``out_h * out_w * gout``),
+#: which are streamed, not stored, so no buffer bounds them. 24 bits hold every tile
+#: :func:`psc.host.plan_layer` makes for the shipped builds: a tile's input holds at
+#: most ``fmap_depth`` words, one input pixel (``k = 7``, padding 6) makes at most
+#: 7 x 7 output pixels and a tile has at most ``param_depth`` output groups, so
+#: ``49 * fmap_depth * param_depth`` outputs: 3.2M for the default and UP5K builds,
+#: 12.8M for the ECP5 one, below 2**24 (16.7M, over 0.5 s of output at 30 MHz).
+OUTPUT_COUNT_WIDTH = 24
+#: Most output beats one command may make; the core refuses a larger one (``error``).
+MAX_OUTPUTS = (1 << OUTPUT_COUNT_WIDTH) - 1
 
 
 @dataclass(frozen=True)
@@ -164,7 +175,8 @@ class PSCConvCore(wiring.Component):
     map); depthwise needs ``gin = gout`` and a build with ``lanes = rows``;
     input words <= ``fmap_depth``; weight blocks <= ``weight_depth``;
     ``gout`` <= ``param_depth``; ``gin' * lanes * k * k`` <= ``max_reduction``
-    (the accumulator is sized for it).
+    (the accumulator is sized for it); output beats ``out_h * out_w * gout``
+    <= :data:`MAX_OUTPUTS`.
 
     Computation. For each output pixel ``(oy, ox)`` (row-major) and output
     group ``j`` the sequencer issues ``K*K*gin'`` beats to a
@@ -209,7 +221,11 @@ class PSCConvCore(wiring.Component):
     needs have arrived (so loading the input overlaps the computation),
     unless ``act_out`` stalls. Setup computes the command's derived sizes
     with a shift-and-add multiplier (one cycle per significant bit of each
-    factor, a few tens of cycles). A command costs about
+    factor, a few tens of cycles) into registers sized by what the build can
+    hold; a product too big for its register saturates to the register's
+    largest value, which is above the limit it is checked against, so a
+    command with huge fields is refused, never wrapped into one that passes.
+    A command costs about
     ``setup + weights + params + first input rows
     + out_h*out_w*gout*K*K*gin' + latency`` cycles.
 
@@ -276,10 +292,17 @@ class PSCConvCore(wiring.Component):
         cc = self._config
         pe = cc.pe
         FW = FIELD_WIDTH
-        WIDE = 3 * FW                        # setup products (checked before use)
         abits = _bits(cc.fmap_depth)         # real addresses are < fmap_depth
         sa = signed(abits + 5)               # address registers (padding goes negative)
         sd = signed(FW + 2)                  # tap coordinates
+        # Limits of the derived sizes of an accepted command (the checks in
+        # `bad` refuse anything above them).
+        red_max = pe.max_reduction // pe.lanes   # beats per reduction
+        pad_max = (1 << 3) - 1                   # pad_top/pad_left fields (3 bits)
+
+        def sized(limit, name):
+            # One more value than `limit`: a saturated product (all ones) is > limit.
+            return Signal(_bits(limit + 1), name=name)
 
         # --- buffers -------------------------------------------------------
         pix = pe.depthwise == "pixels"
@@ -306,23 +329,27 @@ class PSCConvCore(wiring.Component):
         cmd = Signal(config_layout(cc))
         dw = Signal()                        # depthwise
         gin_e = Signal(FW)                   # input groups per reduction
-        wg = Signal(WIDE)                    # words per input row
-        n_in = Signal(WIDE)
-        ow = Signal(WIDE)
-        n_out = Signal(WIDE)
-        kk = Signal(WIDE)
-        red = Signal(WIDE)                   # beats per reduction
-        n_w = Signal(WIDE)
-        pt_wg = Signal(WIDE)
-        pl_g = Signal(WIDE)
+        # Each derived size is sized by its bound in an accepted command:
+        # words per input row <= input words (in_h >= 1), and so on.
+        wg = sized(cc.fmap_depth, "wg")      # words per input row
+        n_in = sized(cc.fmap_depth, "n_in")
+        ow = sized(MAX_OUTPUTS, "ow")        # output beats per output row
+        n_out = sized(MAX_OUTPUTS, "n_out")
+        kk = sized(red_max, "kk")            # kk <= red (gin' >= 1)
+        red = sized(red_max, "red")          # beats per reduction
+        n_w = sized(cc.weight_depth, "n_w")
+        # Used only by an accepted command (wg, gin <= fmap_depth), never checked.
+        pt_wg = sized(pad_max * cc.fmap_depth, "pt_wg")
+        pl_g = sized(pad_max * cc.fmap_depth, "pl_g")
         # depthwise='pixels' builds: a depthwise layer's input words go to bank
         # (x // s) % rows at (g * plane + y * ws + (x // s // rows) * s + x % s),
         # so the rows (output pixels ox..ox+rows-1) read rows different banks.
         dwp = Signal()                       # depthwise layer on a pixels build
-        ws = Signal(WIDE)                    # bank words per input row and group
-        plane = Signal(WIDE)                 # bank words per group
-        n_dw = Signal(WIDE)                  # bank words of the whole tile
-        pt_ws = Signal(WIDE)
+        bank_depth = cc.fmap_depth // (R if pix else 1)
+        ws = Signal(FW + 1)                  # bank words per input row and group
+        plane = sized(bank_depth, "plane")   # bank words per group
+        n_dw = sized(bank_depth, "n_dw")     # bank words of the whole tile (checked)
+        pt_ws = sized(pad_max * bank_depth, "pt_ws")
         if pix:
             sh = Mux(cmd.stride == 2, lgr + 1, lgr)
             blocks = (cmd.in_w + (Mux(cmd.stride == 2, 2 * R, R) - 1)) >> sh
@@ -332,12 +359,13 @@ class PSCConvCore(wiring.Component):
         # The command's derived sizes are products of its fields. They are
         # computed once per command by one shift-and-add multiplier (one bit
         # of the 16-bit factor per cycle, stopping when the rest is zero), so
-        # setup costs a 48-bit adder instead of a 16x48 array multiplier in
-        # LUTs (or a DSP) and a few tens of cycles per command.
-        mul_a = Signal(FW)                   # factor, consumed LSB first
-        mul_b = Signal(WIDE)                 # multiplicand, shifted left
-        prod = Signal(WIDE)
-        mul_run = Signal()
+        # setup costs one adder as wide as the widest derived size instead of
+        # an array multiplier in LUTs (or a DSP) and a few tens of cycles per
+        # command. The multiplier saturates: `ovf` is set when a partial sum
+        # or the shifted multiplicand leaves its PW bits, and a product that
+        # overflows (or does not fit its destination) is stored as the
+        # destination's all-ones value, above every limit it is checked
+        # against, so no product of huge fields wraps into a small one.
         steps = [
             (wg, cmd.in_w, cmd.gin),
             (n_in, cmd.in_h, wg),
@@ -350,15 +378,24 @@ class PSCConvCore(wiring.Component):
             (pl_g, cmd.pad_left, cmd.gin),
         ]
         if pix:
-            steps += [(plane, cmd.in_h, ws), (n_dw, plane, cmd.gin), (pt_ws, cmd.pad_top, ws)]
+            steps += [(plane, cmd.in_h, ws), (n_dw, cmd.gin, plane), (pt_ws, cmd.pad_top, ws)]
+        PW = max(len(dst) for dst, _, _ in steps)
+        mul_a = Signal(FW)                   # factor, consumed LSB first
+        mul_b = Signal(PW)                   # multiplicand, shifted left
+        b_big = Signal()                     # the multiplicand has left its PW bits
+        prod = Signal(PW)
+        ovf = Signal()                       # sticky: the product has left its PW bits
+        mul_sum = Signal(PW + 1)
+        mul_run = Signal()
+        m.d.comb += mul_sum.eq(prod + mul_b)
         step = Signal(range(len(steps) + 1))
 
         # --- sequencer state -------------------------------------------------
         seq_busy = Signal()
-        gi = Signal(FW)
+        gi = Signal(range(max(1, red_max)))  # < gin' <= red (accepted command)
         kx = Signal(4)
         ky = Signal(4)
-        j = Signal(FW)
+        j = Signal(range(cc.param_depth))    # < gout <= param_depth
         ox = Signal(FW)
         oy = Signal(FW)
         ix = Signal(sd)
@@ -366,8 +403,9 @@ class PSCConvCore(wiring.Component):
         ix0 = Signal(sd)
         iy0 = Signal(sd)
         need = Signal(sd)                    # input rows the current output row needs
-        goff = Signal(sa)                    # depthwise: input group = output group
-        goff_step = Signal(sa)
+        # depthwise: input group = output group (diagonal: j; pixels: j * plane)
+        goff = Signal(range(max(cc.param_depth, bank_depth) + 1))
+        goff_step = Signal.like(goff)
         row_step = Signal(sa)                # address step per kernel row
         tapbase = Signal(sa)
         rowbase = Signal(sa)
@@ -381,12 +419,14 @@ class PSCConvCore(wiring.Component):
         ix_step = Signal(range(2 * R + 1))
 
         # loaders
-        in_cnt = Signal(WIDE)
-        col_cnt = Signal(WIDE)
-        rows_in = Signal(FW + 1)
-        w_cnt = Signal(WIDE)
-        p_cnt = Signal(FW + 1)
-        out_cnt = Signal(WIDE)
+        # (each counts up to a size checked against the build: input words,
+        # words per row, rows <= input words, weight blocks, groups, outputs)
+        in_cnt = Signal(range(cc.fmap_depth + 1))
+        col_cnt = Signal(range(cc.fmap_depth))
+        rows_in = Signal(range(cc.fmap_depth + 1))
+        w_cnt = Signal(range(cc.weight_depth + 1))
+        p_cnt = Signal(range(cc.param_depth + 1))
+        out_cnt = Signal(OUTPUT_COUNT_WIDTH)
 
         keep = cmd.keep
         loaded = Signal()
@@ -515,7 +555,7 @@ class PSCConvCore(wiring.Component):
                                     m.d.sync += seq_busy.eq(0)
 
         # --- output side: parameter read, requantiser ------------------------
-        jo = Signal(FW)
+        jo = Signal(range(cc.param_depth))   # < gout <= param_depth
         vj = Signal()
         accj = Signal.like(dp.o.payload)
         en_j = Signal()
@@ -558,8 +598,8 @@ class PSCConvCore(wiring.Component):
         m.d.comb += in_fire.eq(self.act_in.valid & self.act_in.ready)
         lx = Signal(FW)                      # dw pixels: column of the incoming word
         lgi = Signal(FW)                     # dw pixels: group of the incoming word
-        lrow = Signal(WIDE)                  # dw pixels: y * ws
-        lgoff = Signal(WIDE)                 # dw pixels: g * plane
+        lrow = Signal(range(bank_depth + 1))  # dw pixels: y * ws
+        lgoff = Signal(range(bank_depth + 1))  # dw pixels: g * plane
         for b, (wp, _) in enumerate(banks):
             m.d.comb += wp.data.eq(self.act_in.payload)
             if not pix:
@@ -615,7 +655,9 @@ class PSCConvCore(wiring.Component):
             | (dwp & (n_dw > cc.fmap_depth // R))
             | (~keep & (n_w > cc.weight_depth))
             | (cmd.gout > cc.param_depth)
-            | (red * pe.lanes > pe.max_reduction)
+            # red * lanes > max_reduction, without the multiply
+            | (red > red_max)
+            | (n_out > MAX_OUTPUTS)
         )
 
         with m.FSM():
@@ -638,7 +680,9 @@ class PSCConvCore(wiring.Component):
                     with m.Switch(step):
                         for i, (dst, a, b) in enumerate(steps):
                             with m.Case(i):
-                                m.d.sync += [mul_a.eq(a), mul_b.eq(b), prod.eq(0), mul_run.eq(1)]
+                                m.d.sync += [mul_a.eq(a), mul_b.eq(b), prod.eq(0), ovf.eq(0),
+                                             b_big.eq(b[PW:] != 0 if len(b) > PW else 0),
+                                             mul_run.eq(1)]
                         with m.Default():
                             m.next = "CHECK"
                 with m.Elif(mul_a == 0):
@@ -646,11 +690,16 @@ class PSCConvCore(wiring.Component):
                     with m.Switch(step):
                         for i, (dst, a, b) in enumerate(steps):
                             with m.Case(i):
-                                m.d.sync += dst.eq(prod)
+                                w = len(dst)
+                                big = ovf | (prod[w:] != 0) if w < PW else ovf
+                                m.d.sync += dst.eq(Mux(big, (1 << w) - 1, prod[:w]))
                 with m.Else():
-                    m.d.sync += [mul_a.eq(mul_a >> 1), mul_b.eq(mul_b << 1)]
+                    m.d.sync += [mul_a.eq(mul_a >> 1), mul_b.eq(mul_b << 1),
+                                 b_big.eq(b_big | mul_b[PW - 1])]
                     with m.If(mul_a[0]):
-                        m.d.sync += prod.eq(prod + mul_b)
+                        m.d.sync += prod.eq(mul_sum[:PW])
+                        with m.If(b_big | mul_sum[PW]):
+                            m.d.sync += ovf.eq(1)
             with m.State("CHECK"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += tot.eq(tot + 1)

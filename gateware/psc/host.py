@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from . import golden
-from .core import (KERNELS, STRIDES, FIELD_WIDTH, KIND_STANDARD, KIND_DEPTHWISE, KIND_POINTWISE,
-                   KIND_FC, CoreConfig, config_layout, param_layout, weight_layout)
+from .core import (KERNELS, STRIDES, FIELD_WIDTH, MAX_OUTPUTS, KIND_STANDARD, KIND_DEPTHWISE,
+                   KIND_POINTWISE, KIND_FC, CoreConfig, config_layout, param_layout,
+                   weight_layout)
 from .packing import channel_groups, pack_activations, pack_payload, parify, unpack_activations
 
 __all__ = ["LayerError", "Tile", "LayerPlan", "plan_layer", "run_plans", "run_layer",
@@ -296,11 +297,12 @@ def plan_layer(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, group
             raise LayerError(f"one {k}x{k} window of {g_t} channel groups needs "
                              f"{footprint(1, 1, g_t)} input words; the input buffer holds "
                              f"{cc.fmap_depth}")
+        # bands whose input fits the buffer and whose output beats the core can count
         bw_ = wo
-        while footprint(1, bw_, g_t) > cc.fmap_depth:
+        while footprint(1, bw_, g_t) > cc.fmap_depth or bw_ * gc > MAX_OUTPUTS:
             bw_ -= 1
         bh_ = ho
-        while footprint(bh_, bw_, g_t) > cc.fmap_depth:
+        while footprint(bh_, bw_, g_t) > cc.fmap_depth or bh_ * bw_ * gc > MAX_OUTPUTS:
             bh_ -= 1
         wwords = weight_words(j0, j1)
         pwords = param_words(j0, j1)
