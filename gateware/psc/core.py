@@ -185,7 +185,10 @@ class PSCConvCore(wiring.Component):
     group ``g`` (zero when that falls outside the tile: padding is made by
     the address logic, never stored; depthwise uses ``g = j``) and the
     weight block at address ``j * K*K*gin' + (ky*K + kx) * gin' + g``, with
-    ``first``/``last`` on the first/last beat and the bias of group ``j``.
+    ``first``/``last`` on the first/last beat. The accumulators start from
+    zero; the bias of group ``j`` is added after the array, where the
+    requantiser's parameters of the group are read anyway (one parameter
+    read port, no bias registers along the MAC pipeline).
     Weight block ``(j, ky, kx, g)`` therefore holds
     ``W[j*rows + r, g*lanes + l, ky, kx]`` at row ``r``, lane ``l``; a
     depthwise block is diagonal. Results go through the
@@ -206,8 +209,7 @@ class PSCConvCore(wiring.Component):
     word and read one). Such a tile needs
     ``rows * in_h * ceil(in_w / (stride*rows)) * stride * gin`` words of
     ``fmap_depth``. The output comes in blocks: order
-    ``(oy, ox // rows, j, ox % rows)``, pixels past ``out_w`` dropped, and
-    the bias is added after the drain (the lane accumulators start at 0).
+    ``(oy, ox // rows, j, ox % rows)``, pixels past ``out_w`` dropped.
 
     Pipeline: sequencer counters -> buffer reads (synchronous, 1 cycle) ->
     DotProduct (``dp.latency``: 3 for the generic multiplier, more with
@@ -319,8 +321,7 @@ class PSCConvCore(wiring.Component):
         w_w_port = wbuf.write_port()
         w_r_port = wbuf.read_port()
         p_w_port = pbuf.write_port()
-        p_r_bias = pbuf.read_port()          # bias, for the sequencer's first beats
-        p_r_req = pbuf.read_port()           # multiplier/shift, for the requantiser
+        p_r_req = pbuf.read_port()           # bias/multiplier/shift, for the requantiser
 
         m.submodules.dp = dp = self._dot_product(pe)
         m.submodules.rq = rq = Requantizer(pe)
@@ -486,8 +487,6 @@ class PSCConvCore(wiring.Component):
         m.d.comb += [
             w_r_port.addr.eq(waddr),
             w_r_port.en.eq(adv1),
-            p_r_bias.addr.eq(j),
-            p_r_bias.en.eq(adv1),
         ]
         with m.If(adv1):
             m.d.sync += [
@@ -511,7 +510,7 @@ class PSCConvCore(wiring.Component):
         m.d.comb += [
             dp.i.valid.eq(v1),
             dp.i.payload.w.eq(w_r_port.data),
-            dp.i.payload.bias.eq(p_r_bias.data.bias),
+            dp.i.payload.bias.eq(0),
             dp.i.payload.first.eq(first1),
             dp.i.payload.last.eq(last1),
         ]
@@ -563,13 +562,9 @@ class PSCConvCore(wiring.Component):
         ro = Signal(range(R))                # dw pixels: row (pixel) of the beat
         oxo = Signal(FW)                     # dw pixels: first pixel of the beat's block
         last_jo = jo == cmd.gout - 1
-        if pix:
-            m.d.comb += keep_o.eq(~dwp | (oxo + ro < cmd.out_w))
-            # depthwise lane accumulators start from zero: the bias joins here
-            m.d.comb += [rq.i.payload.acc[r].eq(accj[r] + Mux(dwp, p_r_req.data.bias[r], 0))
-                         for r in range(R)]
-        else:
-            m.d.comb += [keep_o.eq(1), rq.i.payload.acc.eq(accj)]
+        m.d.comb += keep_o.eq(~dwp | (oxo + ro < cmd.out_w) if pix else 1)
+        # The host keeps bias + any reduction inside acc_width, so the sum cannot wrap.
+        m.d.comb += [rq.i.payload.acc[r].eq(accj[r] + p_r_req.data.bias[r]) for r in range(R)]
         m.d.comb += [
             en_j.eq(~vj | rq.i.ready),
             dp.o.ready.eq(en_j),
