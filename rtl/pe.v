@@ -16,6 +16,8 @@
 //   multiplier = 'generic'
 //   tree_stages = 0
 //   requantizers = None
+//   requant_mult_bits = None
+//   depthwise = 'diagonal'
 //
 // Latency: 3 cycles (see the component's docstring).
 // Ports as psc.pe.PSCMac; clk rising edge; rst synchronous, active high.

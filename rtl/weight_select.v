@@ -16,6 +16,8 @@
 //   multiplier = 'generic'
 //   tree_stages = 0
 //   requantizers = None
+//   requant_mult_bits = None
+//   depthwise = 'diagonal'
 //
 // Latency: 0 cycles (see the component's docstring).
 //

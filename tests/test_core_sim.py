@@ -126,7 +126,7 @@ def test_reset_mid_layer_then_clean_layer(target):
     second = core_cases.make("dw_k3_s1_p1")
     p1 = host.plan_layer(**first, config=DEFAULT)
     p2 = host.plan_layer(**second, config=DEFAULT)
-    p1.tiles[0].reset_after = 150          # mid-computation: outputs have started
+    p1.tiles[0].reset_after = 250          # mid-computation: outputs have started
     res = host.run_plans([p1.tiles, p2.tiles], config=DEFAULT, target=target, stall=STALL, seed=4)
     assert res[0][0]["reset"] and not res[0][0]["done"]
     assert 0 < len(res[0][0]["outputs"]) < p1.tiles[0].n_out

@@ -165,10 +165,11 @@ TARGETS = {
 #: * ECP5-25F: lanes=4, rows=7 uses all 28 MULT18X18D; depthwise is refused
 #:   on this 4 x 7 build (lanes != rows).
 TARGET_CONFIGS = {
-    "ice40-up5k": CoreConfig(pe=PSCConfig(lanes=4, rows=2, requantizers=1), fmap_depth=1024,
-                             weight_depth=256, param_depth=64),
-    "ecp5-25k": CoreConfig(pe=PSCConfig(lanes=4, rows=7), fmap_depth=4096, weight_depth=512,
-                           param_depth=64),
+    "ice40-up5k": CoreConfig(pe=PSCConfig(lanes=8, rows=2, multiplier="ice40_dual8x8",
+                                          tree_stages=2, requantizers=1, requant_mult_bits=4),
+                             fmap_depth=256, weight_depth=256, param_depth=64),
+    "ecp5-25k": CoreConfig(pe=PSCConfig(lanes=4, rows=7, multiplier="ecp5_mult18", tree_stages=1),
+                           fmap_depth=4096, weight_depth=512, param_depth=64),
 }
 
 #: Keys of one ``psc synth --json`` report (and of each report in ``psc compare --json``).
