@@ -62,11 +62,18 @@ class CoreConfig:
     param_depth : int
         Per-channel parameter buffer depth in groups of ``rows`` output
         channels (bias, multiplier, shift).
+    read_register : bool
+        A register stage between the buffers' read data and the MAC array
+        (one cycle more latency, same throughput): the block RAM outputs then
+        do not route straight into the multipliers' input registers, which
+        limits the clock on ECP5 (``False`` by default: it costs a lane word
+        per row and a weight block of flip-flops).
     """
     pe: PSCConfig = field(default_factory=lambda: PSCConfig(depthwise="pixels"))
     fmap_depth: int = 2048
     weight_depth: int = 256
     param_depth: int = 32
+    read_register: bool = False
 
     def __post_init__(self):
         if not isinstance(self.pe, PSCConfig):
@@ -74,6 +81,8 @@ class CoreConfig:
         _check_range("fmap_depth", self.fmap_depth, 2, 1 << 20)
         _check_range("weight_depth", self.weight_depth, 2, 1 << 20)
         _check_range("param_depth", self.param_depth, 2, 1 << 16)
+        if not isinstance(self.read_register, bool):
+            raise ValueError(f"read_register must be a bool, not {self.read_register!r}")
         if self.pe.depthwise == "pixels" and self.fmap_depth % self.pe.rows:
             raise ValueError(f"fmap_depth must be a multiple of rows ({self.pe.rows}) with "
                              f"depthwise='pixels' (one input bank per row), not {self.fmap_depth!r}")
@@ -211,7 +220,8 @@ class PSCConvCore(wiring.Component):
     ``fmap_depth``. The output comes in blocks: order
     ``(oy, ox // rows, j, ox % rows)``, pixels past ``out_w`` dropped.
 
-    Pipeline: sequencer counters -> buffer reads (synchronous, 1 cycle) ->
+    Pipeline: sequencer counters -> buffer reads (synchronous, 1 cycle; one
+    more with ``read_register``) ->
     DotProduct (``dp.latency``: 3 for the generic multiplier, more with
     a DSP multiplier or ``tree_stages``; depthwise pixels mode
     ``dp.dw_latency``) -> parameter read (1) -> Requantizer (``rq.latency``:
@@ -439,7 +449,16 @@ class PSCConvCore(wiring.Component):
         first1 = Signal()
         last1 = Signal()
         adv1 = Signal()
-        m.d.comb += adv1.eq(~v1 | dp.i.ready)
+        beat = Signal.like(dp.i.payload)     # what stage 1 presents to the MAC array
+        if cc.read_register:
+            v2 = Signal()
+            beat2 = Signal.like(dp.i.payload, reset_less=True)
+            adv2 = ~v2 | dp.i.ready
+            m.d.comb += [adv1.eq(~v1 | adv2), dp.i.valid.eq(v2), dp.i.payload.eq(beat2)]
+            with m.If(adv2):
+                m.d.sync += [v2.eq(v1), beat2.eq(beat)]
+        else:
+            m.d.comb += [adv1.eq(~v1 | dp.i.ready), dp.i.valid.eq(v1), dp.i.payload.eq(beat)]
 
         sel1 = Signal(range(nbanks))         # pixels builds: bank of the shared word
         rot1 = Signal(range(nbanks))         # pixels builds, dw: bank of row 0
@@ -503,16 +522,15 @@ class PSCConvCore(wiring.Component):
             bank_data = Array(rp.data.as_value() for _, rp in banks)
             for r in range(R):
                 pick = Mux(dwp, (rot1 + r)[:lgr], sel1)
-                m.d.comb += dp.i.payload.x[r].eq(bank_data[pick] & ~padr1[r].replicate(word_bits))
+                m.d.comb += beat.x[r].eq(bank_data[pick] & ~padr1[r].replicate(word_bits))
             m.d.comb += dp.dw.eq(dwp)
         else:
-            m.d.comb += dp.i.payload.x.eq(banks[0][1].data.as_value() & ~pad1.replicate(word_bits))
+            m.d.comb += beat.x.eq(banks[0][1].data.as_value() & ~pad1.replicate(word_bits))
         m.d.comb += [
-            dp.i.valid.eq(v1),
-            dp.i.payload.w.eq(w_r_port.data),
-            dp.i.payload.bias.eq(0),
-            dp.i.payload.first.eq(first1),
-            dp.i.payload.last.eq(last1),
+            beat.w.eq(w_r_port.data),
+            beat.bias.eq(0),
+            beat.first.eq(first1),
+            beat.last.eq(last1),
         ]
 
         with m.If(issue):

@@ -169,7 +169,7 @@ TARGET_CONFIGS = {
                                           tree_stages=2, requantizers=1, requant_mult_bits=4),
                              fmap_depth=256, weight_depth=256, param_depth=64),
     "ecp5-25k": CoreConfig(pe=PSCConfig(lanes=4, rows=7, multiplier="ecp5_mult18", tree_stages=1),
-                           fmap_depth=4096, weight_depth=512, param_depth=64),
+                           fmap_depth=4096, weight_depth=512, param_depth=64, read_register=True),
 }
 
 #: Keys of one ``psc synth --json`` report (and of each report in ``psc compare --json``).
