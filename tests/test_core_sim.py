@@ -146,9 +146,10 @@ def test_shared_requantizer_build():
 
 
 # depthwise='pixels' on 4x4 with small buffers: banked input, tiles, stride 2,
-# odd channels, columns that do not fill the last block of rows pixels
+# odd channels, columns that do not fill the last block of rows pixels; with the
+# read register stage (the ECP5 target's) in front of the MAC array
 TINY_PIX = CoreConfig(pe=PSCConfig(lanes=4, rows=4, depthwise="pixels"), fmap_depth=128,
-                      weight_depth=64, param_depth=4)
+                      weight_depth=64, param_depth=4, read_register=True)
 
 
 @pytest.mark.parametrize("target", TARGETS)
