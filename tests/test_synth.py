@@ -116,7 +116,8 @@ def test_cli_json_round_trip():
     out = io.StringIO()
     with redirect_stdout(out):
         code = psc_main(["synth", "--target", "ice40-up5k", "--level", "datapath",
-                         "--variant", "baseline", "--lanes", "2", "--rows", "1", "--no-pnr",
+                         "--variant", "baseline", "--lanes", "2", "--rows", "1",
+                         "--multiplier", "generic", "--no-pnr",
                          "--json", "--build-dir", _build_root("cli")])
     assert code == 0
     rep = json.loads(out.getvalue())

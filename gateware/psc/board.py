@@ -48,15 +48,13 @@ NAME = "psc_bridge"
 
 #: Core configuration per board: tune lanes x rows here (one line per board).
 BOARD_CONFIGS = {
-    # LC-bound: the core's control, requantiser and the bridge fill the UP5K's 5280 LCs
-    # (lanes=4: 5100 LC, 6 of 8 SB_MAC16: 4 products + 2 for the 32x16 requantiser).
-    # The dual 8x8 multiplier (no -dsp, so the requantiser goes to LUTs) needs 7199 LC
-    # at lanes=4, rows=2 and 8024 LC at lanes=8, rows=2: it does not fit with this core.
+    # LC-bound: 8 products on the 8 SB_MAC16 (Yosys-inferred, fully registered) and one
+    # digit-serial requantiser in LUTs: 4768/5280 LC with the bridge. The 16-MAC dual 8x8
+    # core (psc.synth.TARGET_CONFIGS["ice40-up5k"]) needs 5674 LC with the bridge.
     "icebreaker": CoreConfig(pe=PSCConfig(lanes=8, rows=1, requant_mult_bits=4),
                              fmap_depth=1024, weight_depth=256, param_depth=16),
-    # 24 products + 1 shared requantiser (2 MULT18X18D) = 26 of the 28 MULT18X18D; a
-    # requantiser per row would need 30. One requantiser costs nothing on any layer whose
-    # reduction is >= 3 beats (every 3x3 layer).
+    # All 28 MULT18X18D multiply activations (registered inside, ecp5_mult18); the
+    # requantisers (one per row) are built from LUTs.
     "ulx3s": CoreConfig(pe=PSCConfig(lanes=4, rows=7, multiplier="ecp5_mult18", tree_stages=1),
                         fmap_depth=2048, weight_depth=256, param_depth=32),
 }

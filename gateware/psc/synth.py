@@ -155,15 +155,15 @@ TARGETS = {
 #: number of DSPs the MAC array takes. The buffers are sized so that the core
 #: leaves ``Target.bridge_bram`` block RAMs for the UART bridge.
 #:
-#: * UP5K: 8 MACs on the 8 SB_MAC16 (one product each). lanes=4, rows=2
-#:   (8 = 4 x 2 has no square shape, so depthwise, which needs lanes == rows,
-#:   is refused by this build); one time-shared requantiser (its 32x16
-#:   multiply is built from LUTs, ~1.8K LUT4 each). 16 MACs on the 8 DSPs is
-#:   this one line: ``pe=PSCConfig(lanes=8, rows=2, multiplier="ice40_dual8x8",
-#:   tree_stages=2, requantizers=1)`` (the ``up5k`` preset's array; the flow
-#:   then drops ``-dsp``, see :func:`yosys_script`), once the core fits.
-#: * ECP5-25F: lanes=4, rows=7 uses all 28 MULT18X18D; depthwise is refused
-#:   on this 4 x 7 build (lanes != rows).
+#: * UP5K: 16 MACs on the 8 SB_MAC16 (two signed 8x8 products each,
+#:   hand-instantiated; the flow then drops ``-dsp``, see :func:`yosys_script`),
+#:   two registers in the adder tree, one time-shared digit-serial requantiser
+#:   (4 bits of M per cycle, in LUTs) and buffers small enough for 27 of the 30
+#:   block RAMs (weight blocks are 256 bits wide). 8 x 2 has no square shape,
+#:   so depthwise layers run block-diagonal.
+#: * ECP5-25F: lanes=4, rows=7 on all 28 MULT18X18D, hand-instantiated with
+#:   their registers (``ecp5_mult18``), one tree stage, a register stage after
+#:   the buffers, a pipelined requantiser per row.
 TARGET_CONFIGS = {
     "ice40-up5k": CoreConfig(pe=PSCConfig(lanes=8, rows=2, multiplier="ice40_dual8x8",
                                           tree_stages=2, requantizers=1, requant_mult_bits=4),
@@ -674,15 +674,17 @@ def _config_text(config, level="core"):
     pe = config["pe"]
     text = (f"lanes={pe['lanes']} rows={pe['rows']} act={pe['act_width']}b "
             f"weight={pe['weight_width']}b acc={pe['acc_width']}b")
-    for key, default in (("multiplier", "generic"), ("tree_stages", 0), ("requantizers", None)):
-        if key == "requantizers" and level != "core":
+    for key, default in (("multiplier", "generic"), ("tree_stages", 0), ("requantizers", None),
+                         ("requant_mult_bits", None), ("depthwise", "diagonal")):
+        if key.startswith("requant") and level != "core":
             continue                    # not part of the MAC array
         if pe.get(key, default) != default:
             text += f" {key}={pe[key]}"
     if level != "core":
         return text
     return text + (f", buffers fmap={config['fmap_depth']} weight={config['weight_depth']} "
-                   f"param={config['param_depth']}")
+                   f"param={config['param_depth']}"
+                   + (", read_register" if config.get("read_register") else ""))
 
 
 def _dsp_text(rep):
