@@ -101,23 +101,29 @@ def _refused_commands():
     return {name: host.encode_command(c, **f) for name, f in bad.items()}
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_refused_commands_then_clean_layer(target):
-    """A command the build cannot hold raises ``error``, takes no data, makes no output."""
-    refused = _refused_commands()
+def _refused_then_clean(refused, case, target, seed):
+    """Send the raw ``refused`` commands (with junk data), then the named case: every refused
+    command raises ``error``, takes no data, makes no output; the case after them is clean."""
     junk = dict(weights=[1, 2], params=[3], acts=[4, 5, 6])
     tiles = [host.Tile(cfg=word, n_out=0, fields={"name": name}, **junk)
              for name, word in refused.items()]
-    layer = core_cases.make("std_k3_s2_p1_odd")
+    layer = core_cases.make(case)
     plan = host.plan_layer(**layer, config=DEFAULT)
-    res = host.run_plans([tiles, plan.tiles], config=DEFAULT, target=target, stall=STALL, seed=2)
+    res = host.run_plans([tiles, plan.tiles], config=DEFAULT, target=target, stall=STALL,
+                         seed=seed)
     for tile, r in zip(tiles, res[0]):
         name = tile.fields["name"]
         assert r["done"] and r["error"] == 1, f"{name}: {r}"
         assert r["outputs"] == [], f"{name}: produced output"
         assert r["accepted"] == {"cfg": 1, "weights": 0, "params": 0, "act_in": 0}, (name, r)
     assert all(r["error"] == 0 for r in res[1])
-    _check(layer, plan.assemble(res[1]), f"layer after refusals on {target}")
+    _check(layer, plan.assemble(res[1]), f"{case} after refused commands on {target}")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_refused_commands_then_clean_layer(target):
+    """A command the build cannot hold raises ``error``, takes no data, makes no output."""
+    _refused_then_clean(_refused_commands(), "std_k3_s2_p1_odd", target, seed=2)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -210,20 +216,7 @@ def _overflowing_commands():
 def test_refused_overflowing_commands_then_clean_layer(target):
     """Products of a command's fields that overflow the core's size registers saturate: the
     command is refused (``error``, no data taken, no output), never wrapped into a small one."""
-    refused = _overflowing_commands()
-    junk = dict(weights=[1, 2], params=[3], acts=[4, 5, 6])
-    tiles = [host.Tile(cfg=word, n_out=0, fields={"name": name}, **junk)
-             for name, word in refused.items()]
-    layer = core_cases.make("pw_odd")
-    plan = host.plan_layer(**layer, config=DEFAULT)
-    res = host.run_plans([tiles, plan.tiles], config=DEFAULT, target=target, stall=STALL, seed=3)
-    for tile, r in zip(tiles, res[0]):
-        name = tile.fields["name"]
-        assert r["done"] and r["error"] == 1, f"{name}: {r}"
-        assert r["outputs"] == [], f"{name}: produced output"
-        assert r["accepted"] == {"cfg": 1, "weights": 0, "params": 0, "act_in": 0}, (name, r)
-    assert all(r["error"] == 0 for r in res[1])
-    _check(layer, plan.assemble(res[1]), f"layer after overflowing commands on {target}")
+    _refused_then_clean(_overflowing_commands(), "pw_odd", target, seed=3)
 
 
 def test_host_never_plans_more_outputs_than_the_core_counts():
