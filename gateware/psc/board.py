@@ -222,20 +222,22 @@ def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, config=None, log=
         raise ValueError(f"build_dir must not be under /tmp (YoWASP tools cannot see it), "
                          f"not {str(build_dir)!r}")
     build_dir.mkdir(parents=True, exist_ok=True)
-    for k, v in TOOL_ENV.items():
-        os.environ.setdefault(k, v)
+    # The tools' environment goes to the build script only: set in os.environ it
+    # would also redirect Amaranth's own Verilog backend (YOSYS) in this process.
+    env = {**TOOL_ENV, **os.environ}
     # the YoWASP console scripts live beside this Python
     bindir = os.path.dirname(sys.executable)
-    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    if bindir not in env.get("PATH", "").split(os.pathsep):
+        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     platform = _platform(b)
     if log:
         log(f"building {board} ({b.device}): {bc.core!r}, baud {baud} (divisor {bc.divisor}) "
             f"in {build_dir}")
     start = time.monotonic()
-    platform.build(BoardTop(bc), name=NAME, build_dir=str(build_dir), do_program=False,
-                   synth_opts=synth_opts(board, bc.core),
-                   nextpnr_opts=f"--timing-allow-fail --seed {int(seed)}")
+    plan = platform.build(BoardTop(bc), name=NAME, build_dir=str(build_dir), do_build=False,
+                          synth_opts=synth_opts(board, bc.core),
+                          nextpnr_opts=f"--timing-allow-fail --seed {int(seed)}")
+    plan.execute_local(str(build_dir), env=env)
     seconds = time.monotonic() - start
     parsed = parse_nextpnr_log((build_dir / f"{NAME}.tim").read_text())
     ext = "bin" if b.family == "ice40" else "bit"
