@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -440,12 +441,46 @@ class PSCConvCore(wiring.Component):
         out_cnt = Signal(OUTPUT_COUNT_WIDTH)
 
         keep = cmd.keep
+        # Registered: the sequencer's issue condition is a few flip-flops, not
+        # the comparators behind them (they set the clock on ECP5 and iCE40).
         loaded = Signal()
-        m.d.comb += loaded.eq(keep | ((w_cnt == n_w) & (p_cnt == cmd.gout)))
+        rows_ok = Signal()
+
+        # The last value of each sequencer counter, set when a command starts,
+        # and one flag per counter, registered, telling that it holds its last
+        # value: the carry into the next counter is then an AND of flip-flops
+        # (no subtract-and-compare against the command's fields in that path).
+        lim_gi = Signal.like(gi)
+        lim_k = Signal(4)
+        lim_j = Signal.like(j)
+        lim_ox = Signal(FW)
+        lim_oy = Signal(FW)
+        l_gi, l_kx, l_ky, l_j, l_ox, l_oy = (Signal(name=f"last_{n}") for n in
+                                              ("gi", "kx", "ky", "j", "ox", "oy"))
+        last_gi, last_kx, last_ky, last_j, last_ox, last_oy = l_gi, l_kx, l_ky, l_j, l_ox, l_oy
+
+        # --- stage 0 -> stage 1: a two-entry FIFO of buffer addresses --------
+        # The sequencer writes the addresses of a beat into this FIFO; the
+        # buffer reads take them when the MAC array can take a beat. The
+        # array's ready (which comes back combinationally from act_out through
+        # the requantiser and the DotProduct) then ends at the FIFO's read side
+        # instead of fanning out into every sequencer register.
+        bank_abits = _bits(cc.fmap_depth // nbanks - 1)
+        addr_fields = {
+            "addr": data.ArrayLayout(unsigned(bank_abits), nbanks),
+            "waddr": unsigned(len(waddr)),
+            "pad": unsigned(R if pix else 1),  # per row (pixels builds) or shared
+            "first": 1, "last": 1,
+        }
+        if pix:
+            addr_fields.update(sel=unsigned(max(1, lgr)), rot=unsigned(max(1, lgr)))
+        addr_layout = data.StructLayout(addr_fields)
+        m.submodules.addr_fifo = addr_fifo = SyncFIFO(width=addr_layout.size, depth=2)
+        a0 = Signal(addr_layout)              # what the sequencer writes
+        a1 = data.View(addr_layout, addr_fifo.r_data)
 
         # --- pipeline stage 1: buffer reads ----------------------------------
         v1 = Signal()
-        pad1 = Signal()
         first1 = Signal()
         last1 = Signal()
         adv1 = Signal()
@@ -462,31 +497,25 @@ class PSCConvCore(wiring.Component):
 
         sel1 = Signal(range(nbanks))         # pixels builds: bank of the shared word
         rot1 = Signal(range(nbanks))         # pixels builds, dw: bank of row 0
-        padr1 = Signal(R)                    # pixels builds, dw: padding per row
+        padr1 = Signal(R if pix else 1)      # padding per row (pixels builds) or shared
 
-        rows_ok = Signal()
-        m.d.comb += rows_ok.eq((rows_in >= need) | (rows_in == cmd.in_h))
-        valid0 = Signal()
         issue = Signal()
-        m.d.comb += [
-            valid0.eq(seq_busy & loaded & rows_ok),
-            issue.eq(valid0 & adv1),
-        ]
+        m.d.comb += issue.eq(seq_busy & loaded & rows_ok & addr_fifo.w_rdy)
+        m.d.comb += [addr_fifo.w_en.eq(issue), addr_fifo.w_data.eq(a0), addr_fifo.r_en.eq(adv1)]
         pad0 = (iy < 0) | (iy >= cmd.in_h) | (ix < 0) | (ix >= cmd.in_w)
-        last_gi = gi == gin_e - 1
-        last_kx = kx == cmd.k - 1
-        last_ky = ky == cmd.k - 1
-        last_j = j == cmd.gout - 1
-        last_ox = Mux(dwp, ox + R >= cmd.out_w, ox == cmd.out_w - 1) if pix else ox == cmd.out_w - 1
-        last_oy = oy == cmd.out_h - 1
 
         lin = Signal(sa)                     # linear word address of the beat
         m.d.comb += lin.eq(tapbase + gi + goff)
+        m.d.comb += [
+            a0.waddr.eq(waddr),
+            a0.first.eq((gi == 0) & (kx == 0) & (ky == 0)),
+            a0.last.eq(l_gi & l_kx & l_ky),
+        ]
         for b, (_, rp) in enumerate(banks):
-            m.d.comb += rp.en.eq(adv1)
-            if not pix:
-                m.d.comb += rp.addr.eq(lin)
-        if pix:
+            m.d.comb += [rp.en.eq(adv1), rp.addr.eq(a1.addr[b])]
+        if not pix:
+            m.d.comb += [a0.addr[0].eq(lin), a0.pad.eq(pad0)]
+        else:
             # depthwise: column ix = c0 of row 0; q0 = c0 // s, row r reads column
             # c0 + s*r, in bank (q0 + r) % R at lin + (q0 // R + (b < q0 % R)) * s + c0 % s
             q0 = Signal(sd)
@@ -494,26 +523,27 @@ class PSCConvCore(wiring.Component):
             qm = q0[:lgr]
             qd = q0 >> lgr
             odd = Mux(cmd.stride == 2, ix[0], 0)
-            for b, (_, rp) in enumerate(banks):
+            for b in range(nbanks):
                 col = Mux(cmd.stride == 2, (qd + (b < qm)) << 1, qd + (b < qm))
-                m.d.comb += rp.addr.eq(Mux(dwp, lin + col + odd, lin >> lgr))
+                m.d.comb += a0.addr[b].eq(Mux(dwp, lin + col + odd, lin >> lgr))
             padr = Cat(
                 (iy < 0) | (iy >= cmd.in_h) | (ix + Mux(cmd.stride == 2, 2 * r, r) < 0)
                 | (ix + Mux(cmd.stride == 2, 2 * r, r) >= cmd.in_w) for r in range(R))
-            with m.If(adv1):
-                m.d.sync += [sel1.eq(lin[:lgr]), rot1.eq(qm),
-                             padr1.eq(Mux(dwp, padr, pad0.replicate(R)))]
+            m.d.comb += [a0.sel.eq(lin[:lgr]), a0.rot.eq(qm),
+                         a0.pad.eq(Mux(dwp, padr, pad0.replicate(R)))]
         m.d.comb += [
-            w_r_port.addr.eq(waddr),
+            w_r_port.addr.eq(a1.waddr),
             w_r_port.en.eq(adv1),
         ]
         with m.If(adv1):
             m.d.sync += [
-                v1.eq(issue),
-                pad1.eq(pad0),
-                first1.eq((gi == 0) & (kx == 0) & (ky == 0)),
-                last1.eq(last_gi & last_kx & last_ky),
+                v1.eq(addr_fifo.r_rdy),
+                padr1.eq(a1.pad),
+                first1.eq(a1.first),
+                last1.eq(a1.last),
             ]
+            if pix:
+                m.d.sync += [sel1.eq(a1.sel), rot1.eq(a1.rot)]
         # An AND, not a mux to 0: Yosys would turn the mux into a synchronous
         # reset of the PE's input register, which an SB_MAC16 input register
         # cannot absorb, leaving the multiply outside nextpnr's timing.
@@ -525,7 +555,7 @@ class PSCConvCore(wiring.Component):
                 m.d.comb += beat.x[r].eq(bank_data[pick] & ~padr1[r].replicate(word_bits))
             m.d.comb += dp.dw.eq(dwp)
         else:
-            m.d.comb += beat.x.eq(banks[0][1].data.as_value() & ~pad1.replicate(word_bits))
+            m.d.comb += beat.x.eq(banks[0][1].data.as_value() & ~padr1[0].replicate(word_bits))
         m.d.comb += [
             beat.w.eq(w_r_port.data),
             beat.bias.eq(0),
@@ -533,37 +563,53 @@ class PSCConvCore(wiring.Component):
             beat.last.eq(last1),
         ]
 
+        # Each counter: on a carry into it, it wraps to 0 after its last value
+        # (its flag then tells whether 0 is also the last: a limit of 0) or
+        # steps, its flag comparing the stepped value with the limit. The
+        # compares read registers only, beside the carry chain of flags.
+        def count(ctr, flag, lim, inc):
+            nxt = ctr + inc
+            with m.If(flag):
+                m.d.sync += [ctr.eq(0), flag.eq(lim == 0)]
+            with m.Else():
+                m.d.sync += [ctr.eq(nxt), flag.eq(nxt == lim)]
+
+        carry = issue
+        for ctr, flag, lim, inc in ((gi, l_gi, lim_gi, 1), (kx, l_kx, lim_k, 1),
+                                    (ky, l_ky, lim_k, 1), (j, l_j, lim_j, 1),
+                                    (ox, l_ox, lim_ox, ox_step), (oy, l_oy, lim_oy, 1)):
+            with m.If(carry):
+                count(ctr, flag, lim, inc)
+            carry = carry & flag
+
         with m.If(issue):
             m.d.sync += waddr.eq(waddr + 1)
-            with m.If(~last_gi):
-                m.d.sync += gi.eq(gi + 1)
-            with m.Else():
-                m.d.sync += gi.eq(0)
+            with m.If(last_gi):
                 with m.If(~last_kx):
-                    m.d.sync += [kx.eq(kx + 1), ix.eq(ix + 1), tapbase.eq(tapbase + g_step)]
+                    m.d.sync += [ix.eq(ix + 1), tapbase.eq(tapbase + g_step)]
                 with m.Else():
-                    m.d.sync += [kx.eq(0), ix.eq(ix0)]
+                    m.d.sync += ix.eq(ix0)
                     with m.If(~last_ky):
-                        m.d.sync += [ky.eq(ky + 1), iy.eq(iy + 1),
+                        m.d.sync += [iy.eq(iy + 1),
                                      rowbase.eq(rowbase + row_step), tapbase.eq(rowbase + row_step)]
                     with m.Else():
-                        m.d.sync += [ky.eq(0), iy.eq(iy0)]
+                        m.d.sync += iy.eq(iy0)
                         with m.If(~last_j):
-                            m.d.sync += [j.eq(j + 1), goff.eq(goff + goff_step),
+                            m.d.sync += [goff.eq(goff + goff_step),
                                          rowbase.eq(pixbase), tapbase.eq(pixbase)]
                         with m.Else():
-                            m.d.sync += [j.eq(0), goff.eq(0), waddr.eq(0)]
+                            m.d.sync += [goff.eq(0), waddr.eq(0)]
                             with m.If(~last_ox):
                                 m.d.sync += [
-                                    ox.eq(ox + ox_step), ix0.eq(ix0 + ix_step), ix.eq(ix0 + ix_step),
+                                    ix0.eq(ix0 + ix_step), ix.eq(ix0 + ix_step),
                                     pixbase.eq(pixbase + sg), rowbase.eq(pixbase + sg),
                                     tapbase.eq(pixbase + sg),
                                 ]
                             with m.Else():
-                                m.d.sync += [ox.eq(0), ix0.eq(-cmd.pad_left), ix.eq(-cmd.pad_left)]
+                                m.d.sync += [ix0.eq(-cmd.pad_left), ix.eq(-cmd.pad_left)]
                                 with m.If(~last_oy):
                                     m.d.sync += [
-                                        oy.eq(oy + 1), iy0.eq(iy0 + cmd.stride),
+                                        iy0.eq(iy0 + cmd.stride),
                                         iy.eq(iy0 + cmd.stride), need.eq(need + cmd.stride),
                                         linebase.eq(linebase + swg), pixbase.eq(linebase + swg),
                                         rowbase.eq(linebase + swg), tapbase.eq(linebase + swg),
@@ -579,7 +625,7 @@ class PSCConvCore(wiring.Component):
         keep_o = Signal()                    # dw pixels: the beat's pixel is inside out_w
         ro = Signal(range(R))                # dw pixels: row (pixel) of the beat
         oxo = Signal(FW)                     # dw pixels: first pixel of the beat's block
-        last_jo = jo == cmd.gout - 1
+        last_jo = jo == lim_j
         m.d.comb += keep_o.eq(~dwp | (oxo + ro < cmd.out_w) if pix else 1)
         # The host keeps bias + any reduction inside acc_width, so the sum cannot wrap.
         m.d.comb += [rq.i.payload.acc[r].eq(accj[r] + p_r_req.data.bias[r]) for r in range(R)]
@@ -654,6 +700,7 @@ class PSCConvCore(wiring.Component):
         # --- command checks -----------------------------------------------------
         k = cmd.k
         bad = Signal()
+        bad_r = Signal()
         m.d.comb += bad.eq(
             ~((k == 1) | (k == 3) | (k == 5) | (k == 7))
             | ~((cmd.stride == 1) | (cmd.stride == 2))
@@ -714,14 +761,29 @@ class PSCConvCore(wiring.Component):
                         with m.If(b_big | mul_sum[PW]):
                             m.d.sync += ovf.eq(1)
             with m.State("CHECK"):
+                # `bad` (a wide OR of comparisons) goes through a register before
+                # it decides which of the many start values below get written.
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [tot.eq(tot + 1), bad_r.eq(bad)]
+                m.next = "START"
+            with m.State("START"):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += tot.eq(tot + 1)
-                with m.If(bad):
+                with m.If(bad_r):
                     m.d.sync += [err.eq(1), self.done.eq(1)]
                     m.next = "IDLE"
                 with m.Else():
                     base = Mux(dwp, -pt_ws, -pt_wg - pl_g)
+                    last_ox_blk = (cmd.out_w - 1) & ~(R - 1) if pix else cmd.out_w - 1
                     m.d.sync += [
+                        lim_gi.eq(gin_e - 1), lim_k.eq(cmd.k - 1), lim_j.eq(cmd.gout - 1),
+                        lim_ox.eq(Mux(dwp, last_ox_blk, cmd.out_w - 1)),
+                        lim_oy.eq(cmd.out_h - 1),
+                        l_gi.eq(gin_e == 1), l_kx.eq(cmd.k == 1), l_ky.eq(cmd.k == 1),
+                        l_j.eq(cmd.gout == 1),
+                        l_ox.eq(Mux(dwp, cmd.out_w <= R, cmd.out_w == 1)),
+                        l_oy.eq(cmd.out_h == 1),
+                        loaded.eq(0), rows_ok.eq(0),
                         seq_busy.eq(1),
                         gi.eq(0), kx.eq(0), ky.eq(0), j.eq(0), ox.eq(0), oy.eq(0),
                         goff.eq(0), waddr.eq(0),
@@ -749,6 +811,15 @@ class PSCConvCore(wiring.Component):
                 m.d.sync += tot.eq(tot + 1)
                 with m.If(dp.i.valid & dp.i.ready):
                     m.d.sync += comp.eq(comp + 1)
+                # Both a cycle late, which only delays (never hastens) an issue:
+                # rows_in only grows, and `need` grows only on the beat that ends
+                # an output row, for which the next row's need is checked ahead.
+                row_end = l_gi & l_kx & l_ky & l_j & l_ox
+                m.d.sync += [
+                    loaded.eq(keep | ((w_cnt == n_w) & (p_cnt == cmd.gout))),
+                    rows_ok.eq((rows_in >= Mux(row_end, need + cmd.stride, need))
+                               | (rows_in == cmd.in_h)),
+                ]
                 with m.If(seq_busy & loaded & ~issue):
                     m.d.sync += stall.eq(stall + 1)
                 # loaders
