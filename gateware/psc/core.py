@@ -64,11 +64,13 @@ class CoreConfig:
         Per-channel parameter buffer depth in groups of ``rows`` output
         channels (bias, multiplier, shift).
     read_register : bool
-        A register stage between the buffers' read data and the MAC array
-        (one cycle more latency, same throughput): the block RAM outputs then
-        do not route straight into the multipliers' input registers, which
+        A register stage after the buffers' read data (one cycle more
+        latency on each side of the MAC array, same throughput): the block
+        RAM outputs then route neither straight into the multipliers' input
+        registers nor into the bias add in front of the requantiser, which
         limits the clock on ECP5 (``False`` by default: it costs a lane word
-        per row and a weight block of flip-flops).
+        per row, a weight block and a parameter word plus ``rows`` sums of
+        flip-flops).
     """
     pe: PSCConfig = field(default_factory=lambda: PSCConfig(depthwise="pixels"))
     fmap_depth: int = 2048
@@ -221,17 +223,20 @@ class PSCConvCore(wiring.Component):
     ``fmap_depth``. The output comes in blocks: order
     ``(oy, ox // rows, j, ox % rows)``, pixels past ``out_w`` dropped.
 
-    Pipeline: sequencer counters -> buffer reads (synchronous, 1 cycle; one
+    Pipeline: sequencer counters -> a two-entry FIFO of buffer addresses (1
+    cycle; it lets the sequencer's issue condition be a few registers, not
+    the MAC array's ready) -> buffer reads (synchronous, 1 cycle; one
     more with ``read_register``) ->
     DotProduct (``dp.latency``: 3 for the generic multiplier, more with
     a DSP multiplier or ``tree_stages``; depthwise pixels mode
     ``dp.dw_latency``) -> parameter read (1) -> Requantizer (``rq.latency``:
     8 at the default widths, more when time-shared or digit-serial) ->
     ``act_out``: a ``last`` beat's result is on ``act_out``
-    ``dp.latency + 2 + rq.latency`` cycles after its address left the
-    sequencer when nothing stalls. The sequencer issues one beat per cycle from the moment the
-    weights and parameters are loaded and the input rows its output row
-    needs have arrived (so loading the input overlaps the computation),
+    ``dp.latency + 3 + rq.latency`` cycles after its address left the
+    sequencer when nothing stalls (two more with ``read_register``). The
+    sequencer issues one beat per cycle from a cycle after the weights and
+    parameters are loaded and the input rows its output row needs have
+    arrived (so loading the input overlaps the computation),
     unless ``act_out`` stalls. Setup computes the command's derived sizes
     with a shift-and-add multiplier (one cycle per significant bit of each
     factor, a few tens of cycles) into registers sized by what the build can
@@ -627,16 +632,29 @@ class PSCConvCore(wiring.Component):
         oxo = Signal(FW)                     # dw pixels: first pixel of the beat's block
         last_jo = jo == lim_j
         m.d.comb += keep_o.eq(~dwp | (oxo + ro < cmd.out_w) if pix else 1)
+        if cc.read_register:
+            # The parameters and the sums registered once more before the bias
+            # add: a block RAM's clock-to-out plus a 32-bit add in one cycle is
+            # what limits an ECP5 build otherwise.
+            vb = Signal()
+            accb = Signal.like(accj, reset_less=True)
+            pb = Signal.like(p_r_req.data, reset_less=True)
+            en_b = ~vb | rq.i.ready
+            m.d.comb += en_j.eq(~vj | en_b)
+            with m.If(en_b):
+                m.d.sync += [vb.eq(vj), accb.eq(accj), pb.eq(p_r_req.data)]
+        else:
+            vb, accb, pb = vj, accj, p_r_req.data
+            m.d.comb += en_j.eq(~vj | rq.i.ready)
         # The host keeps bias + any reduction inside acc_width, so the sum cannot wrap.
-        m.d.comb += [rq.i.payload.acc[r].eq(accj[r] + p_r_req.data.bias[r]) for r in range(R)]
+        m.d.comb += [rq.i.payload.acc[r].eq(accb[r] + pb.bias[r]) for r in range(R)]
         m.d.comb += [
-            en_j.eq(~vj | rq.i.ready),
             dp.o.ready.eq(en_j),
             p_r_req.addr.eq(jo),
             p_r_req.en.eq(en_j),
-            rq.i.valid.eq(vj),
-            rq.i.payload.mult.eq(p_r_req.data.mult),
-            rq.i.payload.shift.eq(p_r_req.data.shift),
+            rq.i.valid.eq(vb),
+            rq.i.payload.mult.eq(pb.mult),
+            rq.i.payload.shift.eq(pb.shift),
             rq.relu.eq(cmd.relu),
             self.act_out.valid.eq(rq.o.valid),
             self.act_out.payload.eq(rq.o.payload),

@@ -3,10 +3,8 @@
 from pathlib import Path
 
 from amaranth.hdl import ClockSignal, Instance, Module, Signal, signed
-from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out
 
-from .config import _check_range
+from .hard_mul import HardMultiplier
 
 __all__ = ["Ecp5Mult18", "MULT18X18D_PARAMS", "mult18x18d_sim_model"]
 
@@ -38,7 +36,7 @@ MULT18X18D_PARAMS = {
 }
 
 
-class Ecp5Mult18(wiring.Component):
+class Ecp5Mult18(HardMultiplier):
     """Signed product ``p = a * b`` in one hand-instantiated, fully registered MULT18X18D.
 
     Why: Yosys's ``synth_ecp5`` maps a ``$mul`` to a MULT18X18D with every
@@ -89,33 +87,7 @@ class Ecp5Mult18(wiring.Component):
         Product, from the output register (the low bits of P[35:0]).
     """
 
-    #: Registers from the operands to ``p``.
-    LATENCY = 3
-
-    def __init__(self, a_width=8, b_width=8):
-        _check_range("a_width", a_width, 2, 18)
-        _check_range("b_width", b_width, 2, 18)
-        self._a_width = a_width
-        self._b_width = b_width
-        super().__init__({
-            "a": In(signed(a_width)),
-            "b": In(signed(b_width)),
-            "en": In(1),
-            "p": Out(signed(a_width + b_width)),
-        })
-
-    @property
-    def a_width(self):
-        return self._a_width
-
-    @property
-    def b_width(self):
-        return self._b_width
-
-    @property
-    def latency(self):
-        """Enabled cycles from ``a``/``b`` to ``p``: 3."""
-        return self.LATENCY
+    MAX_WIDTH = 18
 
     def elaborate(self, platform):
         m = Module()

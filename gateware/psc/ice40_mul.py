@@ -4,10 +4,8 @@ import importlib.resources
 import re
 
 from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal, signed
-from amaranth.lib import data, wiring
-from amaranth.lib.wiring import In, Out
 
-from .config import _check_range
+from .hard_mul import HardMultiplier
 
 __all__ = ["Ice40DualMul", "SB_MAC16_PARAMS", "sb_mac16_sim_model"]
 
@@ -36,7 +34,7 @@ SB_MAC16_PARAMS = {
 }
 
 
-class Ice40DualMul(wiring.Component):
+class Ice40DualMul(HardMultiplier):
     """Two signed products ``p[i] = a[i] * b[i]`` in one hand-instantiated SB_MAC16.
 
     The SB_MAC16 runs in its dual 8x8 mode (``MODE_8x8``, ``A_SIGNED``,
@@ -83,33 +81,8 @@ class Ice40DualMul(wiring.Component):
         Products, from the output registers.
     """
 
-    #: Registers from the operands to ``p``.
-    LATENCY = 3
-
-    def __init__(self, a_width=8, b_width=8):
-        _check_range("a_width", a_width, 2, 8)
-        _check_range("b_width", b_width, 2, 8)
-        self._a_width = a_width
-        self._b_width = b_width
-        super().__init__({
-            "a": In(data.ArrayLayout(signed(a_width), 2)),
-            "b": In(data.ArrayLayout(signed(b_width), 2)),
-            "en": In(1),
-            "p": Out(data.ArrayLayout(signed(a_width + b_width), 2)),
-        })
-
-    @property
-    def a_width(self):
-        return self._a_width
-
-    @property
-    def b_width(self):
-        return self._b_width
-
-    @property
-    def latency(self):
-        """Enabled cycles from ``a``/``b`` to ``p``: 3."""
-        return self.LATENCY
+    MAX_WIDTH = 8
+    PRODUCTS = 2
 
     def elaborate(self, platform):
         m = Module()

@@ -1,0 +1,63 @@
+"""What the hand-instantiated DSP multipliers share: operand widths, ports and latency."""
+
+from amaranth.hdl import signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import _check_range
+
+__all__ = ["HardMultiplier"]
+
+
+class HardMultiplier(wiring.Component):
+    """Base of :class:`~psc.ecp5_mul.Ecp5Mult18` and :class:`~psc.ice40_mul.Ice40DualMul`.
+
+    ``PRODUCTS`` signed products ``p = a * b`` (``a``, ``b`` and ``p`` are
+    plain signed signals when it is 1, ``ArrayLayout`` views otherwise) of
+    operands up to ``MAX_WIDTH`` bits, with ``en`` the clock enable of every
+    register and :attr:`latency` = ``LATENCY`` enabled cycles. Subclasses set
+    the three class attributes and instantiate the DSP in ``elaborate``.
+
+    Parameters
+    ----------
+    a_width : int
+        Bits of the signed ``a`` operand(s) (activations), 2..``MAX_WIDTH``.
+    b_width : int
+        Bits of the signed ``b`` operand(s) (weights), 2..``MAX_WIDTH``.
+    """
+
+    #: Registers from the operands to ``p``.
+    LATENCY = 3
+    #: Widest operand the DSP takes.
+    MAX_WIDTH = None
+    #: Products per DSP.
+    PRODUCTS = 1
+
+    def __init__(self, a_width=8, b_width=8):
+        _check_range("a_width", a_width, 2, self.MAX_WIDTH)
+        _check_range("b_width", b_width, 2, self.MAX_WIDTH)
+        self._a_width = a_width
+        self._b_width = b_width
+
+        def shape(width):
+            s = signed(width)
+            return s if self.PRODUCTS == 1 else data.ArrayLayout(s, self.PRODUCTS)
+        super().__init__({
+            "a": In(shape(a_width)),
+            "b": In(shape(b_width)),
+            "en": In(1),
+            "p": Out(shape(a_width + b_width)),
+        })
+
+    @property
+    def a_width(self):
+        return self._a_width
+
+    @property
+    def b_width(self):
+        return self._b_width
+
+    @property
+    def latency(self):
+        """Enabled cycles from ``a``/``b`` to ``p``: ``LATENCY`` (3)."""
+        return self.LATENCY
