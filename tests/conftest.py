@@ -48,3 +48,19 @@ def export_verilog():
             _generated[key] = _export(make_component(), name, ROOT / "build" / "rtl" / tag / f"{name}.v")
         return _generated[key]
     return export
+
+
+def run_mac_bench(sim, config, tag, model, *, top="dot_product", make=None, env=None, **kw):
+    """Run the cocotb bench of the DotProduct (``top="dot_product"``) or PSCMac
+    (``top="pe"``) of ``config`` on ``sim``, with the Verilog simulation model
+    ``model`` (path) of a hand-instantiated DSP; ``make`` replaces the class
+    (a broken-on-purpose subclass). Returns what :func:`tb.runner.run_cocotb` does."""
+    from psc.dot_product import DotProduct
+    from psc.pe import PSCMac
+    from tb.psc_model import config_env
+    from tb.runner import run_cocotb
+    cls, bench = (DotProduct, "tb.test_dot_product") if top == "dot_product" else (PSCMac, "tb.test_pe")
+    component = (make or cls)(config)
+    src = _export(component, top, ROOT / "build" / "rtl" / tag / f"{top}.v")
+    env = config_env(config, f"psc.{top}:{cls.__name__}", latency=component.latency, **(env or {}))
+    return run_cocotb(top, [src, model], bench, sim, env=env, tag=tag, **kw)

@@ -27,13 +27,12 @@ from amaranth.back import rtlil, verilog
 from amaranth.hdl import Const
 
 import psc.pe
-from conftest import write_if_changed
+from conftest import run_mac_bench, write_if_changed
 from psc.config import PSCConfig
 from psc.dot_product import DotProduct
 from psc.ecp5_mul import MULT18X18D_PARAMS, Ecp5Mult18, mult18x18d_sim_model
 from psc.pe import PSCMac
-from tb.psc_model import config_env
-from tb.runner import ROOT, run_cocotb
+from tb.runner import ROOT
 
 MULT18 = "ecp5_mult18"
 
@@ -60,18 +59,8 @@ def _model_path():
     return path
 
 
-def _export(component, name, tag):
-    path = ROOT / "build" / "rtl" / tag / f"{name}.v"
-    write_if_changed(path, verilog.convert(component, name=name, emit_src=False))
-    return path
-
-
-def _run(sim, config, tag, *, top="dot_product", **kw):
-    cls, bench = (DotProduct, "tb.test_dot_product") if top == "dot_product" else (PSCMac, "tb.test_pe")
-    component = cls(config)
-    src = _export(component, top, tag)
-    env = config_env(config, f"psc.{top}:{cls.__name__}", latency=component.latency)
-    return run_cocotb(top, [src, _model_path()], bench, sim, env=env, tag=tag, **kw)
+def _run(sim, config, tag, **kw):
+    return run_mac_bench(sim, config, tag, _model_path(), **kw)
 
 
 def _params(text):

@@ -21,13 +21,12 @@ from amaranth.back import verilog
 from amaranth.hdl import Cat
 
 import psc.pe
-from conftest import write_if_changed
+from conftest import run_mac_bench, write_if_changed
 from psc.config import PSCConfig
 from psc.dot_product import DotProduct
 from psc.ice40_mul import SB_MAC16_PARAMS, Ice40DualMul, sb_mac16_sim_model
 from psc.pe import PSCMac
-from tb.psc_model import config_env
-from tb.runner import ROOT, SIMULATORS, run_cocotb
+from tb.runner import ROOT, SIMULATORS
 
 DUAL = "ice40_dual8x8"
 
@@ -51,19 +50,8 @@ def _model_path():
     return path
 
 
-def _export(component, name, tag):
-    path = ROOT / "build" / "rtl" / tag / f"{name}.v"
-    write_if_changed(path, verilog.convert(component, name=name, emit_src=False))
-    return path
-
-
-def _run(sim, config, tag, *, top="dot_product", make=None, **kw):
-    cls, bench = (DotProduct, "tb.test_dot_product") if top == "dot_product" else (PSCMac, "tb.test_pe")
-    component = (make or cls)(config)
-    latency = component.latency
-    src = _export(component, top, tag)
-    env = config_env(config, f"psc.{top}:{cls.__name__}", latency=latency, **kw.pop("env", {}))
-    return run_cocotb(top, [src, _model_path()], bench, sim, env=env, tag=tag, **kw)
+def _run(sim, config, tag, **kw):
+    return run_mac_bench(sim, config, tag, _model_path(), **kw)
 
 
 # --- configuration and structure (fast, no simulator) ---------------------------
