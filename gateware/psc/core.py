@@ -719,6 +719,7 @@ class PSCConvCore(wiring.Component):
         k = cmd.k
         bad = Signal()
         bad_r = Signal()
+        fin = Signal()                       # every output sent, every input word taken
         m.d.comb += bad.eq(
             ~((k == 1) | (k == 3) | (k == 5) | (k == 7))
             | ~((cmd.stride == 1) | (cmd.stride == 2))
@@ -801,7 +802,7 @@ class PSCConvCore(wiring.Component):
                         l_j.eq(cmd.gout == 1),
                         l_ox.eq(Mux(dwp, cmd.out_w <= R, cmd.out_w == 1)),
                         l_oy.eq(cmd.out_h == 1),
-                        loaded.eq(0), rows_ok.eq(0),
+                        loaded.eq(0), rows_ok.eq(0), fin.eq(0),
                         seq_busy.eq(1),
                         gi.eq(0), kx.eq(0), ky.eq(0), j.eq(0), ox.eq(0), oy.eq(0),
                         goff.eq(0), waddr.eq(0),
@@ -861,13 +862,14 @@ class PSCConvCore(wiring.Component):
                 out_fire = self.act_out.valid & self.act_out.ready
                 with m.If(out_fire):
                     m.d.sync += out_cnt.eq(out_cnt + 1)
-                outs_done = (out_cnt == n_out) | ((out_cnt == n_out - 1) & out_fire)
                 # A layer ends when every output has left and every input word
                 # has arrived (a stride-2 layer may not read its last rows, but
-                # they are part of this command's stream).
+                # they are part of this command's stream); registered, so the
+                # comparators do not lead into the state register.
                 # (depthwise pixels: the beats of columns past out_w still in the
                 # DotProduct's drain are dropped first, so the next command starts clean)
-                with m.If(outs_done & (in_cnt == n_in) & loaded & ~(dwp & dp.o.valid)):
+                m.d.sync += fin.eq((out_cnt == n_out) & (in_cnt == n_in))
+                with m.If(fin & loaded & ~(dwp & dp.o.valid)):
                     m.d.sync += self.done.eq(1)
                     m.next = "IDLE"
         return m
