@@ -489,20 +489,26 @@ class PSCConvCore(wiring.Component):
         first1 = Signal()
         last1 = Signal()
         adv1 = Signal()
-        beat = Signal.like(dp.i.payload)     # what stage 1 presents to the MAC array
-        if cc.read_register:
-            v2 = Signal()
-            beat2 = Signal.like(dp.i.payload, reset_less=True)
-            adv2 = ~v2 | dp.i.ready
-            m.d.comb += [adv1.eq(~v1 | adv2), dp.i.valid.eq(v2), dp.i.payload.eq(beat2)]
-            with m.If(adv2):
-                m.d.sync += [v2.eq(v1), beat2.eq(beat)]
-        else:
-            m.d.comb += [adv1.eq(~v1 | dp.i.ready), dp.i.valid.eq(v1), dp.i.payload.eq(beat)]
-
         sel1 = Signal(range(nbanks))         # pixels builds: bank of the shared word
         rot1 = Signal(range(nbanks))         # pixels builds, dw: bank of row 0
         padr1 = Signal(R if pix else 1)      # padding per row (pixels builds) or shared
+
+        # What stage 1 presents to the MAC array, padding not yet masked: with
+        # read_register the mask comes after the register, so the block RAM's
+        # clock-to-out ends at a flip-flop.
+        beat = Signal.like(dp.i.payload)
+        if cc.read_register:
+            v2 = Signal()
+            beat2 = Signal.like(dp.i.payload, reset_less=True)
+            pad2 = Signal.like(padr1, reset_less=True)
+            adv2 = ~v2 | dp.i.ready
+            m.d.comb += [adv1.eq(~v1 | adv2), dp.i.valid.eq(v2)]
+            with m.If(adv2):
+                m.d.sync += [v2.eq(v1), beat2.eq(beat), pad2.eq(padr1)]
+            beat_o, pad_o = beat2, pad2
+        else:
+            m.d.comb += [adv1.eq(~v1 | dp.i.ready), dp.i.valid.eq(v1)]
+            beat_o, pad_o = beat, padr1
 
         issue = Signal()
         m.d.comb += issue.eq(seq_busy & loaded & rows_ok & addr_fifo.w_rdy)
@@ -557,15 +563,25 @@ class PSCConvCore(wiring.Component):
             bank_data = Array(rp.data.as_value() for _, rp in banks)
             for r in range(R):
                 pick = Mux(dwp, (rot1 + r)[:lgr], sel1)
-                m.d.comb += beat.x[r].eq(bank_data[pick] & ~padr1[r].replicate(word_bits))
+                m.d.comb += [
+                    beat.x[r].eq(bank_data[pick]),
+                    dp.i.payload.x[r].eq(beat_o.x[r].as_value() & ~pad_o[r].replicate(word_bits)),
+                ]
             m.d.comb += dp.dw.eq(dwp)
         else:
-            m.d.comb += beat.x.eq(banks[0][1].data.as_value() & ~padr1[0].replicate(word_bits))
+            m.d.comb += [
+                beat.x.eq(banks[0][1].data.as_value()),
+                dp.i.payload.x.eq(beat_o.x.as_value() & ~pad_o[0].replicate(word_bits)),
+            ]
         m.d.comb += [
             beat.w.eq(w_r_port.data),
             beat.bias.eq(0),
             beat.first.eq(first1),
             beat.last.eq(last1),
+            dp.i.payload.w.eq(beat_o.w),
+            dp.i.payload.bias.eq(beat_o.bias),
+            dp.i.payload.first.eq(beat_o.first),
+            dp.i.payload.last.eq(beat_o.last),
         ]
 
         # Each counter: on a carry into it, it wraps to 0 after its last value
