@@ -29,13 +29,15 @@ STATUS     ``S``    none                                          status frame
 
 * Output beats: after a CFG with ``n_out``, the core's ``act_out`` beats
   (``ceil(rows * act_width / 8)`` bytes each) are sent back as they come, with
-  no header, up to ``n_out`` of them. Extra beats are discarded (flag
-  ``EXTRA``); if the command ends with fewer (a refused command), STATUS
-  pads with zero beats up to ``n_out`` (flag ``SHORT``), so the host always
-  reads exactly ``n_out`` beats before the status frame.
+  no header, up to ``n_out`` of them (taken modulo ``2**24``: the core
+  refuses a command of more than :data:`psc.core.MAX_OUTPUTS` beats).
+  Extra beats are discarded (flag ``EXTRA``); if the command ends with
+  fewer (a refused command), STATUS pads with zero beats up to ``n_out``
+  (flag ``SHORT``), so the host always reads exactly ``n_out`` beats before
+  the status frame.
 * Status frame, 18 bytes, sent once the core is idle and all ``n_out`` beats
-  have left: ``S``, flags (u8), real output beats (u32), the core's
-  ``cycles_total``, ``cycles_compute``, ``cycles_stall`` (u32 each) of the
+  have left: ``S``, flags (u8), real output beats (u32, below ``2**24``),
+  the core's ``cycles_total``, ``cycles_compute``, ``cycles_stall`` (u32 each) of the
   last command. Flags (:data:`FLAGS`): bit 0 ``BUSY``, 1 ``ERROR`` (the core
   refused the command), 2 ``DONE`` (the command ended), 3 ``DROPPED`` (data
   beats discarded because the core was idle: they belonged to a refused
@@ -64,7 +66,9 @@ beats. Unknown opcodes are skipped (flag ``BAD_OPCODE``).
 
 Timing: the bridge forwards a beat to the core in the cycle after its last
 byte leaves the receive FIFO; the UART, not the bridge, sets the throughput
-(``10 * divisor`` cycles per byte each way).
+(``10 * divisor`` cycles per byte each way). The core's ``act_out.ready``
+comes from registers (a registered "no beat owed" flag and the transmitter's
+byte count), not from a wide compare.
 """
 
 from dataclasses import dataclass, field
@@ -74,8 +78,8 @@ from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from .core import (COUNTER_WIDTH, CoreConfig, PSCConvCore, act_in_layout, act_out_layout,
-                   config_layout, param_layout, weight_layout)
+from .core import (OUTPUT_COUNT_WIDTH, CoreConfig, PSCConvCore, act_in_layout,
+                   act_out_layout, config_layout, param_layout, weight_layout)
 from .uart import UARTConfig, UARTReceiver, UARTTransmitter
 
 __all__ = ["BridgeConfig", "Bridge", "OP", "FLAGS", "PROTOCOL_VERSION", "ID_MAGIC",
@@ -220,9 +224,12 @@ class Bridge(wiring.Component):
         op = Signal(8)
         left = Signal(range(maxb + 1))      # bytes still to read in this field
         count = Signal(16)                   # beats still to forward in this frame
-        expected = Signal(COUNTER_WIDTH)     # output beats the host waits for
-        sent = Signal(COUNTER_WIDTH)         # output beats sent (real and padding)
-        real = Signal(COUNTER_WIDTH)         # output beats the core produced
+        # Output beats: a command makes at most MAX_OUTPUTS (OUTPUT_COUNT_WIDTH bits),
+        # so the counters are that wide (n_out is taken modulo 2**OUTPUT_COUNT_WIDTH;
+        # the status frame zero-extends `real` to u32).
+        owed = Signal(OUTPUT_COUNT_WIDTH)    # output beats the host still waits for
+        owed_none = Signal(init=1)           # owed == 0, registered: drives act_out.ready
+        real = Signal(OUTPUT_COUNT_WIDTH)    # output beats the core produced
         reply = Signal(2)                    # 0 none, 1 ID, 2 status: request to the TX engine
         reply_ack = Signal()
         pad = Signal()                       # STATUS may pad missing output beats
@@ -283,7 +290,7 @@ class Bridge(wiring.Component):
                 # The status frame follows the last output beat: wait for the core
                 # to end the command and for every expected beat to be sent.
                 with m.If(~core.busy & ~core.act_out.valid):
-                    with m.If(sent == expected):
+                    with m.If(owed_none):
                         m.d.comb += reply.eq(2)
                         with m.If(reply_ack):
                             m.d.sync += [f_rx.eq(0), f_badop.eq(0)]
@@ -295,8 +302,9 @@ class Bridge(wiring.Component):
             with m.State("CFG_SEND"):
                 m.d.comb += core.cfg.valid.eq(1)
                 with m.If(core.cfg.ready):
+                    n_out = top(nb["cfg"] + 4)[:OUTPUT_COUNT_WIDTH]
                     m.d.sync += [
-                        expected.eq(top(nb["cfg"] + 4)[:32]), sent.eq(0), real.eq(0),
+                        owed.eq(n_out), owed_none.eq(n_out == 0), real.eq(0),
                         f_dropped.eq(0), f_short.eq(0), f_extra.eq(0), f_done.eq(0),
                     ]
                     m.next = "OP"
@@ -346,7 +354,8 @@ class Bridge(wiring.Component):
         tleft = Signal(range(tmax + 1))     # bytes left in the frame
         tflags = Signal(8)                  # flags as they were when STATUS was answered
 
-        status = Cat(Const(OP["STATUS"], 8), tflags, real, core.cycles_total,
+        status = Cat(Const(OP["STATUS"], 8), tflags, real, Const(0, 32 - len(real)),
+                     core.cycles_total,
                      core.cycles_compute, core.cycles_stall)
         assert len(status) == 8 * STATUS_BYTES
         ident = id_frame(cc, div)
@@ -371,7 +380,7 @@ class Bridge(wiring.Component):
         m.d.comb += flags.eq(Cat(core.busy, core.error, f_done, f_dropped, f_short, f_extra,
                                  f_rx, f_badop))
 
-        with m.If(sent == expected):
+        with m.If(owed_none):
             # Outputs beyond what the host waits for would desynchronise it: discard.
             m.d.comb += core.act_out.ready.eq(1)
             with m.If(core.act_out.valid):
@@ -380,10 +389,12 @@ class Bridge(wiring.Component):
             m.d.comb += core.act_out.ready.eq(1)
             with m.If(core.act_out.valid):
                 m.d.sync += [tsh.eq(core.act_out.payload.as_value()), tmode.eq(0), tidx.eq(0),
-                             tleft.eq(nb["out"]), sent.eq(sent + 1), real.eq(real + 1)]
+                             tleft.eq(nb["out"]), real.eq(real + 1)]
+                m.d.sync += [owed.eq(owed - 1), owed_none.eq(owed == 1)]
             with m.Elif(pad):
                 m.d.sync += [tsh.eq(0), tmode.eq(0), tidx.eq(0), tleft.eq(nb["out"]),
-                             sent.eq(sent + 1), f_short.eq(1)]
+                             f_short.eq(1)]
+                m.d.sync += [owed.eq(owed - 1), owed_none.eq(owed == 1)]
         with m.If((tleft == 0) & ~core.act_out.valid & (reply != 0)):
             m.d.comb += reply_ack.eq(1)
             m.d.sync += [tmode.eq(reply), tidx.eq(0), tflags.eq(flags)]

@@ -51,14 +51,20 @@ def _add_shifted(x, y, k):
     return total.as_signed() if high.shape().signed else total
 
 
+def _tree_level(terms):
+    """One level of an adder tree over ``[(weight, value)]`` (``value << weight``):
+    neighbours by weight summed in pairs by :func:`_add_shifted`, an odd one passed on."""
+    terms = sorted(terms, key=lambda t: t[0])
+    nxt = [(terms[k][0], _add_shifted(terms[k][1], terms[k + 1][1],
+                                      terms[k + 1][0] - terms[k][0]))
+           for k in range(0, len(terms) - 1, 2)]
+    return nxt + terms[len(terms) - len(terms) % 2:]
+
+
 def _sum_tree(terms):
     """Sum ``[(weight, value)]`` (``value << weight``): a balanced tree of :func:`_add_shifted`."""
     while len(terms) > 1:
-        terms = sorted(terms, key=lambda t: t[0])
-        nxt = [(terms[k][0], _add_shifted(terms[k][1], terms[k + 1][1],
-                                          terms[k + 1][0] - terms[k][0]))
-               for k in range(0, len(terms) - 1, 2)]
-        terms = nxt + terms[len(terms) - len(terms) % 2:]
+        terms = _tree_level(terms)
     return terms[0]
 
 
@@ -120,8 +126,11 @@ class Requantizer(wiring.Component):
     3      four sums of two partial products, ``S``
     4      two sums of those, ``S``
     5      product ``acc * M``, ``S``
-    6      ``2 * acc * M`` shifted right by ``S & ~7``, ``S & 7``
-    7      ``t``: the rest of the shift
+    6      ``2 * acc * M`` shifted right by ``S & ~7`` (only the bits
+           that can still reach the result, and a flag for those
+           that cannot), its sign, ``S & 7``
+    7      ``t``: the rest of the shift (low ``act_width + 1`` bits,
+           sign, flag)
     8      rounded, saturated and (optionally) rectified result (``o``)
     ====== ==========================================================
 
@@ -135,25 +144,36 @@ class Requantizer(wiring.Component):
 
     Digit-serial multiply (``config.requant_mult_bits = k``): each row
     multiplies ``acc`` by ``k`` bits of ``M`` per cycle, least significant
-    first (an ``acc_width x k`` partial product, registered, then added into
-    an accumulator whose low ``k`` bits are shifted out), so a value takes
-    ``d = ceil(mult_width / k)`` cycles and the unit accepts one beat per
-    ``d`` cycles. Stages: input (1), ``d`` partial products, the last
-    accumulate (1), then the same shift/saturate stages 6-8: latency
-    ``d + 5``. Same results, about ``k / mult_width`` of the multiplier: on
-    the UP5K a ``rows=2, requantizers=1`` unit takes ~730 LUT4 at ~35 MHz with
-    ``k=4`` (8 cycles per beat), ~990 LUT4 at ~28 MHz with ``k=8`` (its
-    ``32 x 8`` partial product is the critical path), against ~1490 LUT4
-    fully pipelined.
+    first (an ``acc_width x k`` partial product: ``k`` conditional copies of
+    ``acc`` summed by a tree with a register after each of its
+    ``p = max(1, ceil(log2(k)))`` levels, so one carry chain per cycle; then
+    added into an accumulator whose low ``k`` bits are shifted out), so a
+    value takes ``d = ceil(mult_width / k)`` cycles and the unit accepts one
+    beat per ``d`` cycles. Stages: input (1), ``d`` partial products (the
+    last one ``p`` stages deep), the last accumulate (1), then the same
+    shift/saturate stages 6-8: latency ``d + 4 + p``. Same results, about
+    ``k / mult_width`` of the multiplier: on the UP5K a ``rows=2,
+    requantizers=1`` unit with ``k=4`` (8 cycles per beat) takes ~540 LUT4
+    and ~310 FF at 32 x 16 bits, ~485 LUT4 and ~280 FF at 27 x 16 (the
+    UP5K build), ~47 MHz (nextpnr, 2 seeds; icetime ~44 MHz) stand-alone;
+    it took ~730 LUT4 at ~35 MHz with a full-width shifter, a copy of the
+    input beat and a one-cycle partial product. With ``k=8`` it was ~990
+    LUT4 at ~28 MHz, fully pipelined ~1490 LUT4.
 
     With ``config.requantizers = q < rows`` (time-shared requantisers) the
-    beat is held in a register and fed, ``q`` rows at a time, to a
-    ``q``-row Requantizer as above; the results are collected into one
-    ``rows``-wide output beat. Throughput is then one beat per
-    ``n * d`` cycles (``n = rows / q``; ``d = 1`` unless digit-serial) and
-    the latency ``1 + (n - 1) * d + L + 1``, ``L`` that of the ``q``-row
-    unit (``n + 9`` at the default widths); the arithmetic is the same,
-    with ``q`` multipliers and shifters instead of ``rows``.
+    beat's rows are fed, ``q`` at a time, straight from ``i.payload`` to a
+    ``q``-row Requantizer as above (no copy of the beat: the stream
+    contract holds the payload still while ``i.valid`` and not
+    ``i.ready``), and the beat is accepted with its last ``q`` rows; the
+    results of the first ``n - 1`` groups wait in a register and go into
+    ``o`` with the last. Throughput is then one beat per ``n * d`` cycles
+    (``n = rows / q``; ``d = 1`` unless digit-serial); the latency, from the
+    accepted beat (whose first rows went in ``(n - 1) * d`` cycles
+    earlier), is ``L + 1``, ``L`` that of the ``q``-row unit (9 in all at
+    the default widths); the arithmetic is the same, with ``q`` multipliers and
+    shifters instead of ``rows``. ``i.ready`` then depends on registers
+    only, not on ``o.ready``, so a consumer's ready (the UART bridge's, on
+    a board) does not reach back through the requantiser into the core.
 
     Parameters
     ----------
@@ -197,19 +217,41 @@ class Requantizer(wiring.Component):
         c = self._config
         return c.rows // c.requant_parallel * self._digits_serial(c)
 
+    @staticmethod
+    def _pp_stages(config):
+        """Digit-serial: registered levels of the ``acc_width x k`` partial product (one per
+        adder level of its ``k`` conditional copies of ``acc``, at least one)."""
+        return max(1, (config.requant_mult_bits - 1).bit_length())
+
     @property
     def latency(self):
         """Cycles from an accepted input beat to ``o.valid`` (``o`` not stalled)."""
         c = self._config
         d = self._digits_serial(c)
         if d > 1:
-            # input, d partial products, last accumulate, two shift stages, saturation
-            unit = 1 + d + 1 + 2 + 1
+            # input, d partial products (the last one through every level of the
+            # partial product's adder tree), last accumulate, two shift stages, saturation
+            unit = 1 + d + (self._pp_stages(c) - 1) + 1 + 2 + 1
         else:
             # input, partial products, adder levels, two shift stages, saturation
             unit = 1 + 1 + self._tree_levels(c) + 2 + 1
         n = c.rows // c.requant_parallel
-        return unit if n == 1 else 1 + (n - 1) * d + unit + 1
+        # time-shared: the beat is accepted with its last rows, which leave the inner
+        # unit `unit` cycles later, and are collected in o one cycle after that
+        return unit if n == 1 else unit + 1
+
+    def _stall_enable(self, m):
+        """``(en, reg)``: the pipeline's global enable ``en = ~o.valid | o.ready`` and
+        ``reg(value, name, shape=None)``, a reset-less register of ``value`` loaded when ``en``."""
+        en = Signal()
+        m.d.comb += en.eq(~self.o.valid | self.o.ready)
+
+        def reg(value, name, shape=None):
+            r = Signal(shape if shape is not None else value.shape(), reset_less=True, name=name)
+            with m.If(en):
+                m.d.sync += r.eq(value)
+            return r
+        return en, reg
 
     def elaborate(self, platform):
         if self._config.requant_parallel < self._config.rows:
@@ -221,17 +263,11 @@ class Requantizer(wiring.Component):
         pw = c.acc_width + c.mult_width + 1          # width of the signed product
         stages = self.latency
 
-        en = Signal()
-        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+        en, reg = self._stall_enable(m)
+        m.d.comb += self.i.ready.eq(en)
         valid = [self.i.valid] + [Signal(name=f"v{k}") for k in range(1, stages)] + [self.o.valid]
         with m.If(en):
             m.d.sync += [valid[k + 1].eq(valid[k]) for k in range(stages)]
-
-        def reg(value, name, shape=None):
-            r = Signal(shape if shape is not None else value.shape(), reset_less=True, name=name)
-            with m.If(en):
-                m.d.sync += r.eq(value)
-            return r
 
         for r in range(c.rows):
             # stage 1: inputs as received
@@ -248,15 +284,7 @@ class Requantizer(wiring.Component):
             # adder tree, a register after each level; neighbours by weight
             level = 0
             while len(terms) > 1:
-                terms.sort(key=lambda t: t[0])
-                nxt = []
-                for k in range(0, len(terms) - 1, 2):
-                    (k0, x), (k1, y) = terms[k], terms[k + 1]
-                    nxt.append((k0, reg(_add_shifted(x, y, k1 - k0), f"sum{level}_{k0}_{r}")))
-                if len(terms) % 2:
-                    k0, x = terms[-1]
-                    nxt.append((k0, reg(x, f"sum{level}_{k0}_{r}")))
-                terms = nxt
+                terms = [(w, reg(v, f"sum{level}_{w}_{r}")) for w, v in _tree_level(terms)]
                 s = reg(s, f"s{3 + level}_{r}")
                 level += 1
             (k0, prod), = terms
@@ -265,23 +293,54 @@ class Requantizer(wiring.Component):
         return m
 
     def _tail(self, m, en, reg, prod, s, r):
-        """Shift, round, saturate and rectify ``prod`` by ``s`` into ``o.payload[r]`` (3 stages)."""
+        """Shift, round, saturate and rectify ``prod`` by ``s`` into ``o.payload[r]`` (3 stages).
+
+        ``t = (2 * prod) >> s`` by a logarithmic shifter, largest step first, that keeps
+        only the bits that can still reach ``t[:act_width + 1]`` (``act_width + 1 + R``
+        bits while ``R`` is the largest shift still to come) and folds the bits that
+        leave that range into one flag, ``wide``: some bit of ``t`` above ``act_width``
+        differs from the sign. That is ~120 LUT4 at 27 x 16 bits where a full-width
+        shifter of the product took ~260; the saturation needs no more than the low
+        ``act_width + 1`` bits, the sign and the flag. Registers after the
+        ``s[3:]`` steps and after the ``s[:3]`` steps (stages 6 and 7).
+        """
         c = self._config
-        pw, a = c.acc_width + c.mult_width + 1, c.act_width
+        a = c.act_width
         lo, hi = -(1 << (a - 1)), (1 << (a - 1)) - 1
-        # 2v, shifted right by S in two steps (multiples of 8, then 0..7)
-        v2 = Cat(Const(0, 1), prod).as_signed()
-        coarse = reg(v2 >> Cat(Const(0, 3), s[3:]), f"coarse_{r}", signed(pw + 1))
-        s_fine = reg(s[:3], f"sfine_{r}")
-        t = reg(coarse >> s_fine, f"t_{r}", signed(pw + 1))
-        # saturation on t: in [2lo-1, 2hi] the result is (t + 1) >> 1, an
-        # (a+2)-bit add; outside it, t's top bits are not a sign extension
-        # of bit a+1, or the narrow compare decides.
-        tl = t[:a + 2].as_signed()
-        top = t[a + 1:]
-        fits = (top == 0) | (top == (1 << top.shape().width) - 1)
-        below = Mux(fits, tl < 2 * lo - 1, t[-1])
-        above = Mux(fits, tl > 2 * hi, ~t[-1])
+        x = Cat(Const(0, 1), prod).as_signed()         # 2v
+        sign = x[-1]
+        keep = a + 1
+        bits = [x[i] for i in range(len(x) - 1)]       # below the sign bit; above it: sign
+        wide = Const(0, 1)
+        rest = (1 << SHIFT_WIDTH) - 1                   # largest shift still to come
+        for j in reversed(range(SHIFT_WIDTH)):
+            step = 1 << j
+            rest -= step
+
+            def bit(i):
+                return bits[i] if i < len(bits) else sign
+            # unshifted, bits keep+rest .. keep+rest+step-1 now lie above the window for good
+            gone = [bits[i] for i in range(keep + rest, min(keep + rest + step, len(bits)))]
+            if gone:
+                wide = wide | (~s[j] & (Cat(*gone) != Cat(*[sign] * len(gone))))
+            # (bits past the list are the sign: they need no multiplexer)
+            bits = [Mux(s[j], bit(i + step), bits[i]) for i in range(min(keep + rest, len(bits)))]
+            if j == 3:
+                # stage 6: the coarse steps done
+                bits = list(reg(Cat(*bits), f"coarse_{r}"))
+                sign = reg(sign, f"csign_{r}")
+                wide = reg(wide, f"cwide_{r}")
+                s = Cat(reg(s[:3], f"sfine_{r}"), Const(0, SHIFT_WIDTH - 3))
+        # stage 7: t's low keep bits, its sign and the flag
+        t = reg(Cat(*bits[:keep], *[sign] * max(0, keep - len(bits))), f"t_{r}")
+        sign = reg(sign, f"tsign_{r}")
+        wide = reg(wide, f"twide_{r}")
+        # saturation: when t fits act_width + 2 bits (not wide) the result is
+        # (t + 1) >> 1, an (a+2)-bit add, and the narrow compares decide the bounds;
+        # otherwise the sign does.
+        tl = Cat(t, sign).as_signed()
+        below = Mux(wide, sign, tl < 2 * lo - 1)
+        above = Mux(wide, ~sign, tl > 2 * hi)
         y = Signal(signed(a), name=f"y_{r}")
         m.d.comb += y.eq(Mux(below, lo, Mux(above, hi, ((tl + 1) >> 1)[:a].as_signed())))
         with m.If(en):
@@ -293,21 +352,20 @@ class Requantizer(wiring.Component):
         k, d = c.requant_mult_bits, self._digits_serial(c)
         pw = c.acc_width + c.mult_width + 1
 
-        en = Signal()
+        en, reg = self._stall_enable(m)
         step = Signal(range(d))
         busy = Signal()
         last = Signal()
         m.d.comb += [
-            en.eq(~self.o.valid | self.o.ready),
             last.eq(step == d - 1),
             self.i.ready.eq(en & (~busy | last)),
         ]
         take = self.i.valid & self.i.ready
         # control, stepping with the data: pp_v/pp_first/pp_last go with the
-        # registered partial product, p_v marks a finished product, then the
-        # three tail stages (coarse, t, o)
-        pp_v, pp_first, pp_last, p_v, v5, v6 = (Signal(name=n) for n in
-                                                 ("pp_v", "pp_first", "pp_last", "p_v", "v5", "v6"))
+        # registered partial product (after its last level), p_v marks a finished
+        # product, then the three tail stages (coarse, t, o)
+        p_v, v5, v6 = (Signal(name=n) for n in ("p_v", "v5", "v6"))
+        pp_v, pp_first, pp_last = busy, step == 0, last
         with m.If(en):
             with m.If(take):
                 m.d.sync += [busy.eq(1), step.eq(0)]
@@ -315,16 +373,11 @@ class Requantizer(wiring.Component):
                 m.d.sync += step.eq(step + 1)
                 with m.If(last):
                     m.d.sync += busy.eq(0)
-            m.d.sync += [
-                pp_v.eq(busy), pp_first.eq(step == 0), pp_last.eq(last),
-                p_v.eq(pp_v & pp_last), v5.eq(p_v), v6.eq(v5), self.o.valid.eq(v6),
-            ]
-
-        def reg(value, name, shape=None):
-            r = Signal(shape if shape is not None else value.shape(), reset_less=True, name=name)
-            with m.If(en):
-                m.d.sync += r.eq(value)
-            return r
+            for level in range(self._pp_stages(c)):
+                nxt = [Signal(name=f"{n}{level}") for n in ("pp_v", "pp_first", "pp_last")]
+                m.d.sync += [n.eq(v) for n, v in zip(nxt, (pp_v, pp_first, pp_last))]
+                pp_v, pp_first, pp_last = nxt
+            m.d.sync += [p_v.eq(pp_v & pp_last), v5.eq(p_v), v6.eq(v5), self.o.valid.eq(v6)]
 
         for r in range(c.rows):
             acc = Signal(signed(c.acc_width), reset_less=True, name=f"acc_{r}")
@@ -336,9 +389,18 @@ class Requantizer(wiring.Component):
                                  s_in.eq(self.i.payload.shift[r])]
                 with m.Elif(busy):
                     m.d.sync += mult.eq(mult >> k)
-            # one acc_width x k partial product per cycle, least significant digit first
-            pp = reg(_mul_digit(acc, mult[:k]), f"pp_{r}", signed(c.acc_width + k + 1))
-            s_pp = reg(s_in, f"s2_{r}")
+            # one acc_width x k partial product per cycle, least significant digit
+            # first: k conditional copies of acc, summed by a tree with a register
+            # after each level (one carry chain per cycle, throughput unchanged)
+            terms = [(j, Mux(mult[j], acc, 0)) for j in range(k)]
+            s_pp = s_in
+            for level in range(self._pp_stages(c)):
+                if len(terms) > 1:
+                    terms = _tree_level(terms)
+                terms = [(w, reg(v, f"pp{level}_{w}_{r}")) for w, v in terms]
+                s_pp = reg(s_pp, f"s2_{level}_{r}")
+            (w, pp), = terms
+            assert w == 0
             # accumulate: the sum's low k bits are final, shift them out
             hi_w = c.acc_width + k + 1
             p_hi = Signal(signed(hi_w), reset_less=True, name=f"p_hi_{r}")
@@ -361,43 +423,45 @@ class Requantizer(wiring.Component):
         m.submodules.inner = inner = Requantizer(inner_config)
         m.d.comb += inner.relu.eq(self.relu)
 
-        # Serialiser: hold the whole beat, hand out q rows per accepted sub-beat.
-        held = Signal(requant_input_layout(c))
-        busy = Signal()
+        # Serialiser: q rows at a time straight from the input beat, which the
+        # stream contract holds still until i.ready (no copy of the beat); the beat
+        # is taken with its last q rows.
         phase_i = Signal(range(n))
-        last_in = busy & (phase_i == n - 1) & inner.i.ready
         m.d.comb += [
-            self.i.ready.eq(~busy | last_in),
-            inner.i.valid.eq(busy),
+            inner.i.valid.eq(self.i.valid),
+            self.i.ready.eq(inner.i.ready & (phase_i == n - 1)),
         ]
         with m.Switch(phase_i):
             for k in range(n):
                 with m.Case(k):
                     for r in range(q):
                         m.d.comb += [
-                            inner.i.payload.acc[r].eq(held.acc[k * q + r]),
-                            inner.i.payload.mult[r].eq(held.mult[k * q + r]),
-                            inner.i.payload.shift[r].eq(held.shift[k * q + r]),
+                            inner.i.payload.acc[r].eq(self.i.payload.acc[k * q + r]),
+                            inner.i.payload.mult[r].eq(self.i.payload.mult[k * q + r]),
+                            inner.i.payload.shift[r].eq(self.i.payload.shift[k * q + r]),
                         ]
         with m.If(inner.i.valid & inner.i.ready):
             m.d.sync += phase_i.eq(Mux(phase_i == n - 1, 0, phase_i + 1))
-            with m.If(phase_i == n - 1):
-                m.d.sync += busy.eq(0)
-        with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [held.eq(self.i.payload), busy.eq(1)]
 
-        # Deserialiser: collect n sub-beats into o; o holds until taken.
+        # Deserialiser: the first n - 1 sub-beats into `part`, the last one with
+        # them into o, which holds until taken. inner.o.ready depends on registers
+        # only, so o.ready (from the consumer, in the core from the UART bridge)
+        # does not reach back through the requantiser to i.ready.
         phase_o = Signal(range(n))
-        m.d.comb += inner.o.ready.eq(~self.o.valid | self.o.ready)
+        part = Signal(data.ArrayLayout(signed(c.act_width), (n - 1) * q))
+        last_o = phase_o == n - 1
+        m.d.comb += inner.o.ready.eq(~last_o | ~self.o.valid)
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += self.o.valid.eq(0)
         with m.If(inner.o.valid & inner.o.ready):
             with m.Switch(phase_o):
-                for k in range(n):
+                for k in range(n - 1):
                     with m.Case(k):
-                        m.d.sync += [self.o.payload[k * q + r].eq(inner.o.payload[r])
-                                     for r in range(q)]
-            m.d.sync += phase_o.eq(Mux(phase_o == n - 1, 0, phase_o + 1))
-            with m.If(phase_o == n - 1):
+                        m.d.sync += [part[k * q + r].eq(inner.o.payload[r]) for r in range(q)]
+            with m.If(last_o):
+                m.d.sync += [self.o.payload[k].eq(part[k]) for k in range((n - 1) * q)]
+                m.d.sync += [self.o.payload[(n - 1) * q + r].eq(inner.o.payload[r])
+                             for r in range(q)]
                 m.d.sync += self.o.valid.eq(1)
+            m.d.sync += phase_o.eq(Mux(last_o, 0, phase_o + 1))
         return m

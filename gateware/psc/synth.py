@@ -71,7 +71,8 @@ from .naive import NaiveDotProduct
 from .synth_harness import HARNESS_COST, SynthHarness
 
 __all__ = [
-    "Target", "TARGETS", "TARGET_CONFIGS", "VARIANTS", "LEVELS", "REPORT_KEYS", "CORE_HOOK",
+    "Target", "TARGETS", "TARGET_CONFIGS", "ICE40_NO_RW_CHECK", "VARIANTS", "LEVELS",
+    "REPORT_KEYS", "CORE_HOOK",
     "build_dut", "synth_top", "yosys_script", "run_yosys", "check_dsp", "run_nextpnr",
     "synthesize", "compare", "goals", "merge_compare", "cycles_per_layer", "format_report",
     "format_compare", "NotBuildable", "core_has_hook",
@@ -160,17 +161,34 @@ TARGETS = {
 #:   two registers in the adder tree, one time-shared digit-serial requantiser
 #:   (4 bits of M per cycle, in LUTs) and buffers small enough for 27 of the 30
 #:   block RAMs (weight blocks are 256 bits wide). 8 x 2 has no square shape,
-#:   so depthwise layers run block-diagonal.
+#:   so depthwise layers run block-diagonal. The 256 weight blocks bound a
+#:   reduction to 256 * 8 = 2048 products, so ``max_reduction=2048`` and the
+#:   27-bit accumulator that holds them (``required_acc_width(8, 8, 2048)``):
+#:   narrower sums, bias, parameter words and requantiser product than 32 bits.
 #: * ECP5-25F: lanes=4, rows=7 on all 28 MULT18X18D, hand-instantiated with
 #:   their registers (``ecp5_mult18``), one tree stage, a register stage after
 #:   the buffers, a pipelined requantiser per row.
 TARGET_CONFIGS = {
     "ice40-up5k": CoreConfig(pe=PSCConfig(lanes=8, rows=2, multiplier="ice40_dual8x8",
-                                          tree_stages=2, requantizers=1, requant_mult_bits=4),
+                                          tree_stages=2, requantizers=1, requant_mult_bits=4,
+                                          max_reduction=2048, acc_width=27),
                              fmap_depth=256, weight_depth=256, param_depth=64),
     "ecp5-25k": CoreConfig(pe=PSCConfig(lanes=4, rows=7, multiplier="ecp5_mult18", tree_stages=1),
                            fmap_depth=4096, weight_depth=512, param_depth=64, read_register=True),
 }
+
+#: Yosys command run after reading the design (iCE40): every synchronous block RAM
+#: read port returns don't-care on a same-address read/write collision. Amaranth
+#: writes its read ports as synchronous ``$memrd_v2`` cells with
+#: ``COLLISION_X_MASK=0``; ``synth_ice40 -no-rw-check`` only marks the ports that
+#: ``memory_dff`` builds, so it does not reach them, and ``memory_libmap`` then
+#: emulates read-first behaviour (a register stage on every write data bit and a
+#: LUT on every mask bit): ~980 LCs on the 16-MAC UP5K build. No memory here uses
+#: a word read in the cycle it is written: the core reads weights and parameters
+#: once they are all loaded and input rows once complete (a padding tap may read
+#: any word, but its data is masked to zero), and the receive FIFO never reads
+#: the slot it writes. ECP5 block RAMs read before writing natively.
+ICE40_NO_RW_CHECK = "setparam -set COLLISION_X_MASK 1 t:$memrd_v2 r:CLK_ENABLE=1 %i"
 
 #: Keys of one ``psc synth --json`` report (and of each report in ``psc compare --json``).
 REPORT_KEYS = (
@@ -299,6 +317,7 @@ def yosys_script(target, array_width, infer_dsp=True):
     """
     t = _check_target(target)
     synth_cmd = t.synth if infer_dsp else t.synth.replace(" -dsp", "")
+    no_rw = [ICE40_NO_RW_CHECK] if t.family == "ice40" else []
     wide = f"t:$mul r:A_WIDTH>{array_width} r:B_WIDTH>{array_width} %u %i"
     return "\n".join([
         "read_rtlil top.il",
@@ -306,6 +325,7 @@ def yosys_script(target, array_width, infer_dsp=True):
         # Own module for the design under test: counted apart from the harness,
         # and no optimisation across its ports.
         "setattr -mod -set keep_hierarchy 1 top.dut",
+        *no_rw,
         # Folds multiplies by constants into shifts first, so that only real
         # multipliers are listed below.
         "opt_expr",
