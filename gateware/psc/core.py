@@ -7,7 +7,7 @@ timing; :mod:`psc.host` for the host-side scheduler that drives it.
 import hashlib
 from dataclasses import dataclass, field, replace
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -462,7 +462,6 @@ class PSCConvCore(wiring.Component):
         lim_oy = Signal(FW)
         l_gi, l_kx, l_ky, l_j, l_ox, l_oy = (Signal(name=f"last_{n}") for n in
                                               ("gi", "kx", "ky", "j", "ox", "oy"))
-        last_gi, last_kx, last_ky, last_j, last_ox, last_oy = l_gi, l_kx, l_ky, l_j, l_ox, l_oy
 
         # --- stage 0 -> stage 1: a two-entry FIFO of buffer addresses --------
         # The sequencer writes the addresses of a beat into this FIFO; the
@@ -587,56 +586,54 @@ class PSCConvCore(wiring.Component):
         # Each counter: on a carry into it, it wraps to 0 after its last value
         # (its flag then tells whether 0 is also the last: a limit of 0) or
         # steps, its flag comparing the stepped value with the limit. The
-        # compares read registers only, beside the carry chain of flags.
-        def count(ctr, flag, lim, inc):
+        # compares read registers only. `below[i]` is the AND of the flags of
+        # the counters below counter i, registered too, so the carry into any
+        # counter is `issue` and one flip-flop, not a chain of flags.
+        levels = ((gi, l_gi, lim_gi, 1), (kx, l_kx, lim_k, 1), (ky, l_ky, lim_k, 1),
+                  (j, l_j, lim_j, 1), (ox, l_ox, lim_ox, ox_step), (oy, l_oy, lim_oy, 1))
+        below = [Const(1)] + [Signal(name=f"below_{n}") for n in ("kx", "ky", "j", "ox", "oy")]
+        carry = [issue & b for b in below]
+        flag_next = []
+        for (ctr, flag, lim, inc), c in zip(levels, carry):
             nxt = ctr + inc
-            with m.If(flag):
-                m.d.sync += [ctr.eq(0), flag.eq(lim == 0)]
-            with m.Else():
-                m.d.sync += [ctr.eq(nxt), flag.eq(nxt == lim)]
+            with m.If(c):
+                m.d.sync += ctr.eq(Mux(flag, 0, nxt))
+            flag_next.append(Mux(c, Mux(flag, lim == 0, nxt == lim), flag))
+        for i, flag in enumerate((l_gi, l_kx, l_ky, l_j, l_ox, l_oy)):
+            m.d.sync += flag.eq(flag_next[i])
+            if i < len(below) - 1:
+                m.d.sync += below[i + 1].eq(Cat(*flag_next[:i + 1]).all())
 
-        carry = issue
-        for ctr, flag, lim, inc in ((gi, l_gi, lim_gi, 1), (kx, l_kx, lim_k, 1),
-                                    (ky, l_ky, lim_k, 1), (j, l_j, lim_j, 1),
-                                    (ox, l_ox, lim_ox, ox_step), (oy, l_oy, lim_oy, 1)):
-            with m.If(carry):
-                count(ctr, flag, lim, inc)
-            carry = carry & flag
-
+        # The addresses follow the same carries; a deeper carry's assignment
+        # comes later and wins.
+        c_kx, c_ky, c_j, c_ox, c_oy = carry[1:]
         with m.If(issue):
             m.d.sync += waddr.eq(waddr + 1)
-            with m.If(last_gi):
-                with m.If(~last_kx):
-                    m.d.sync += [ix.eq(ix + 1), tapbase.eq(tapbase + g_step)]
-                with m.Else():
-                    m.d.sync += ix.eq(ix0)
-                    with m.If(~last_ky):
-                        m.d.sync += [iy.eq(iy + 1),
-                                     rowbase.eq(rowbase + row_step), tapbase.eq(rowbase + row_step)]
-                    with m.Else():
-                        m.d.sync += iy.eq(iy0)
-                        with m.If(~last_j):
-                            m.d.sync += [goff.eq(goff + goff_step),
-                                         rowbase.eq(pixbase), tapbase.eq(pixbase)]
-                        with m.Else():
-                            m.d.sync += [goff.eq(0), waddr.eq(0)]
-                            with m.If(~last_ox):
-                                m.d.sync += [
-                                    ix0.eq(ix0 + ix_step), ix.eq(ix0 + ix_step),
-                                    pixbase.eq(pixbase + sg), rowbase.eq(pixbase + sg),
-                                    tapbase.eq(pixbase + sg),
-                                ]
-                            with m.Else():
-                                m.d.sync += [ix0.eq(-cmd.pad_left), ix.eq(-cmd.pad_left)]
-                                with m.If(~last_oy):
-                                    m.d.sync += [
-                                        iy0.eq(iy0 + cmd.stride),
-                                        iy.eq(iy0 + cmd.stride), need.eq(need + cmd.stride),
-                                        linebase.eq(linebase + swg), pixbase.eq(linebase + swg),
-                                        rowbase.eq(linebase + swg), tapbase.eq(linebase + swg),
-                                    ]
-                                with m.Else():
-                                    m.d.sync += seq_busy.eq(0)
+        with m.If(c_kx & ~l_kx):
+            m.d.sync += [ix.eq(ix + 1), tapbase.eq(tapbase + g_step)]
+        with m.If(c_ky):
+            m.d.sync += ix.eq(ix0)
+        with m.If(c_ky & ~l_ky):
+            m.d.sync += [iy.eq(iy + 1), rowbase.eq(rowbase + row_step),
+                         tapbase.eq(rowbase + row_step)]
+        with m.If(c_j):
+            m.d.sync += iy.eq(iy0)
+        with m.If(c_j & ~l_j):
+            m.d.sync += [goff.eq(goff + goff_step), rowbase.eq(pixbase), tapbase.eq(pixbase)]
+        with m.If(c_ox):
+            m.d.sync += [goff.eq(0), waddr.eq(0)]
+        with m.If(c_ox & ~l_ox):
+            m.d.sync += [ix0.eq(ix0 + ix_step), ix.eq(ix0 + ix_step), pixbase.eq(pixbase + sg),
+                         rowbase.eq(pixbase + sg), tapbase.eq(pixbase + sg)]
+        with m.If(c_oy):
+            m.d.sync += [ix0.eq(-cmd.pad_left), ix.eq(-cmd.pad_left)]
+        with m.If(c_oy & ~l_oy):
+            m.d.sync += [iy0.eq(iy0 + cmd.stride), iy.eq(iy0 + cmd.stride),
+                         need.eq(need + cmd.stride), linebase.eq(linebase + swg),
+                         pixbase.eq(linebase + swg), rowbase.eq(linebase + swg),
+                         tapbase.eq(linebase + swg)]
+        with m.If(c_oy & l_oy):
+            m.d.sync += seq_busy.eq(0)
 
         # --- output side: parameter read, requantiser ------------------------
         jo = Signal(range(cc.param_depth))   # < gout <= param_depth
@@ -810,14 +807,15 @@ class PSCConvCore(wiring.Component):
                 with m.Else():
                     base = Mux(dwp, -pt_ws, -pt_wg - pl_g)
                     last_ox_blk = (cmd.out_w - 1) & ~(R - 1) if pix else cmd.out_w - 1
+                    # each counter starts at 0: last when its limit is 0
+                    first_flags = (gin_e == 1, cmd.k == 1, cmd.k == 1, cmd.gout == 1,
+                                   Mux(dwp, cmd.out_w <= R, cmd.out_w == 1), cmd.out_h == 1)
                     m.d.sync += [
                         lim_gi.eq(gin_e - 1), lim_k.eq(cmd.k - 1), lim_j.eq(cmd.gout - 1),
                         lim_ox.eq(Mux(dwp, last_ox_blk, cmd.out_w - 1)),
                         lim_oy.eq(cmd.out_h - 1),
-                        l_gi.eq(gin_e == 1), l_kx.eq(cmd.k == 1), l_ky.eq(cmd.k == 1),
-                        l_j.eq(cmd.gout == 1),
-                        l_ox.eq(Mux(dwp, cmd.out_w <= R, cmd.out_w == 1)),
-                        l_oy.eq(cmd.out_h == 1),
+                        *(f.eq(v) for f, v in zip((l_gi, l_kx, l_ky, l_j, l_ox, l_oy), first_flags)),
+                        *(below[i + 1].eq(Cat(*first_flags[:i + 1]).all()) for i in range(5)),
                         loaded.eq(0), rows_ok.eq(0), fin.eq(0),
                         seq_busy.eq(1),
                         gi.eq(0), kx.eq(0), ky.eq(0), j.eq(0), ox.eq(0), oy.eq(0),
@@ -849,7 +847,7 @@ class PSCConvCore(wiring.Component):
                 # Both a cycle late, which only delays (never hastens) an issue:
                 # rows_in only grows, and `need` grows only on the beat that ends
                 # an output row, for which the next row's need is checked ahead.
-                row_end = l_gi & l_kx & l_ky & l_j & l_ox
+                row_end = below[5]                # the beat ends an output row
                 m.d.sync += [
                     loaded.eq(keep | ((w_cnt == n_w) & (p_cnt == cmd.gout))),
                     rows_ok.eq((rows_in >= Mux(row_end, need + cmd.stride, need))
