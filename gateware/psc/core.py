@@ -444,6 +444,9 @@ class PSCConvCore(wiring.Component):
         w_cnt = Signal(range(cc.weight_depth + 1))
         p_cnt = Signal(range(cc.param_depth + 1))
         out_cnt = Signal(OUTPUT_COUNT_WIDTH)
+        # Registered "stream complete" flags: the loaders' ready signals are
+        # flip-flops, not comparators (the bridge's logic hangs off them).
+        in_done, w_done, p_done = Signal(), Signal(), Signal()
 
         keep = cmd.keep
         # Registered: the sequencer's issue condition is a few flip-flops, not
@@ -832,12 +835,12 @@ class PSCConvCore(wiring.Component):
                         goff_step.eq(Mux(dwp, plane, dw)),
                         ox_step.eq(Mux(dwp, R, 1)),
                         ix_step.eq(Mux(dwp, cmd.stride << lgr, cmd.stride)),
-                        in_cnt.eq(0), col_cnt.eq(0), rows_in.eq(0),
+                        in_cnt.eq(0), col_cnt.eq(0), rows_in.eq(0), in_done.eq(0),
                         lx.eq(0), lgi.eq(0), lrow.eq(0), lgoff.eq(0), ro.eq(0), oxo.eq(0),
                         out_cnt.eq(0), jo.eq(0),
                     ]
                     with m.If(~keep):
-                        m.d.sync += [w_cnt.eq(0), p_cnt.eq(0)]
+                        m.d.sync += [w_cnt.eq(0), p_cnt.eq(0), w_done.eq(0), p_done.eq(0)]
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
@@ -849,7 +852,7 @@ class PSCConvCore(wiring.Component):
                 # an output row, for which the next row's need is checked ahead.
                 row_end = below[5]                # the beat ends an output row
                 m.d.sync += [
-                    loaded.eq(keep | ((w_cnt == n_w) & (p_cnt == cmd.gout))),
+                    loaded.eq(keep | (w_done & p_done)),
                     rows_ok.eq((rows_in >= Mux(row_end, need + cmd.stride, need))
                                | (rows_in == cmd.in_h)),
                 ]
@@ -857,22 +860,22 @@ class PSCConvCore(wiring.Component):
                     m.d.sync += stall.eq(stall + 1)
                 # loaders
                 m.d.comb += [
-                    self.act_in.ready.eq(in_cnt != n_in),
-                    self.weights.ready.eq(~keep & (w_cnt != n_w)),
-                    self.params.ready.eq(~keep & (p_cnt != cmd.gout)),
+                    self.act_in.ready.eq(~in_done),
+                    self.weights.ready.eq(~keep & ~w_done),
+                    self.params.ready.eq(~keep & ~p_done),
                     w_w_port.en.eq(self.weights.valid & self.weights.ready),
                     p_w_port.en.eq(self.params.valid & self.params.ready),
                 ]
                 with m.If(self.act_in.valid & self.act_in.ready):
-                    m.d.sync += in_cnt.eq(in_cnt + 1)
+                    m.d.sync += [in_cnt.eq(in_cnt + 1), in_done.eq(in_cnt + 1 == n_in)]
                     with m.If(col_cnt == wg - 1):
                         m.d.sync += [col_cnt.eq(0), rows_in.eq(rows_in + 1)]
                     with m.Else():
                         m.d.sync += col_cnt.eq(col_cnt + 1)
                 with m.If(self.weights.valid & self.weights.ready):
-                    m.d.sync += w_cnt.eq(w_cnt + 1)
+                    m.d.sync += [w_cnt.eq(w_cnt + 1), w_done.eq(w_cnt + 1 == n_w)]
                 with m.If(self.params.valid & self.params.ready):
-                    m.d.sync += p_cnt.eq(p_cnt + 1)
+                    m.d.sync += [p_cnt.eq(p_cnt + 1), p_done.eq(p_cnt + 1 == cmd.gout)]
                 out_fire = self.act_out.valid & self.act_out.ready
                 with m.If(out_fire):
                     m.d.sync += out_cnt.eq(out_cnt + 1)
@@ -882,7 +885,7 @@ class PSCConvCore(wiring.Component):
                 # comparators do not lead into the state register.
                 # (depthwise pixels: the beats of columns past out_w still in the
                 # DotProduct's drain are dropped first, so the next command starts clean)
-                m.d.sync += fin.eq((out_cnt == n_out) & (in_cnt == n_in))
+                m.d.sync += fin.eq((out_cnt == n_out) & in_done)
                 with m.If(fin & loaded & ~(dwp & dp.o.valid)):
                     m.d.sync += self.done.eq(1)
                     m.next = "IDLE"
