@@ -11,6 +11,7 @@ import core_cases
 from psc import host
 from psc.config import PSCConfig
 from psc.core import CoreConfig, KIND_DEPTHWISE, KIND_POINTWISE
+from psc.synth import TARGET_CONFIGS
 
 TARGETS = ["verilator", "icarus"]
 STALL = 0.25
@@ -234,3 +235,19 @@ def test_host_never_plans_more_outputs_than_the_core_counts():
         return                         # refusing the layer is acceptable too
     assert max(t.n_out for t in plan.tiles) <= MAX_OUTPUTS
     assert sum(t.n_out for t in plan.tiles) == 1024 * 128 * 128
+
+
+@pytest.mark.parametrize("name", sorted(TARGET_CONFIGS))
+def test_shipped_target_core(name):
+    """The synthesis targets' own cores, as synthesised: hand-instantiated DSP cells
+    (with their simulation models), 27-bit sums on the UP5K, ``read_register`` on
+    ECP5; standard, strided depthwise (block-diagonal on these builds) and pointwise
+    layers with stalls, bit-exact on Verilator."""
+    cc = TARGET_CONFIGS[name]
+    r = np.random.default_rng(21)
+    layers = [core_cases._layer(r, 10, 9, 7, 6, 3, 1, 1, relu=True),
+              core_cases._layer(r, 9, 9, 5, 5, 3, 2, 1, groups=9),
+              core_cases.make("pw_odd")]
+    results = host.run_layers(layers, config=cc, target="verilator", stall=STALL, seed=8)
+    for i, (layer, (y, _)) in enumerate(zip(layers, results)):
+        _check(layer, y, f"{name} layer {i}")

@@ -386,9 +386,28 @@ def _icarus_time_zero(src):
     return "".join(out)
 
 
-def _build_kwargs(base, target, waves):
-    kwargs = dict(sources=[base / f"{TOPLEVEL}.v"], hdl_toplevel=TOPLEVEL, build_dir=base / "sim",
-                  always=False, waves=waves, log_file=base / "build.log")
+def _dsp_models(cc, base):
+    """Simulation models of the DSP cells a build instantiates by hand, written
+    into ``base`` (only when changed); a list of paths."""
+    models = {}
+    if cc.pe.multiplier == "ice40_dual8x8":
+        from .ice40_mul import sb_mac16_sim_model
+        models["sb_mac16_sim.v"] = sb_mac16_sim_model()
+    elif cc.pe.multiplier == "ecp5_mult18":
+        from .ecp5_mul import mult18x18d_sim_model
+        models["mult18x18d_sim.v"] = mult18x18d_sim_model()
+    paths = []
+    for name, text in models.items():
+        path = base / name
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+        paths.append(path)
+    return paths
+
+
+def _build_kwargs(base, target, waves, models=()):
+    kwargs = dict(sources=[base / f"{TOPLEVEL}.v", *models], hdl_toplevel=TOPLEVEL,
+                  build_dir=base / "sim", always=False, waves=waves, log_file=base / "build.log")
     if target == "icarus":
         kwargs["timescale"] = ("1ns", "1ps")
     else:
@@ -435,7 +454,7 @@ def build_simulation(config=None, target="verilator", *, waves=False):
         if not vfile.exists() or vfile.read_text() != src:
             vfile.write_text(src)
         runner = get_runner(target)
-        _runner_build(runner, _build_kwargs(base, target, waves))
+        _runner_build(runner, _build_kwargs(base, target, waves, _dsp_models(cc, base)))
     return runner, base
 
 
