@@ -242,13 +242,18 @@ def build_dut(variant, config, level="core"):
     ``config`` is a :class:`~psc.core.CoreConfig` (a bare
     :class:`~psc.config.PSCConfig` gets the default buffers). ``baseline`` is
     ``psc=False``; ``naive`` reads PSC's parified weight words
-    (``psc=True``) through :class:`~psc.naive.NaiveDotProduct`. Raises
+    (``psc=True``) through :class:`~psc.naive.NaiveDotProduct` (with the
+    generic multiplier where the build hand-instantiates MULT18X18D). Raises
     :class:`NotBuildable` for a naive core when the core has no
     :data:`CORE_HOOK` argument.
     """
     _check_variant(variant)
     _check_level(level)
     cc = _core_config(config).replace(psc=variant != "baseline")
+    if variant == "naive" and cc.pe.multiplier == "ecp5_mult18":
+        # The naive datapath has no hand-instantiated MULT18X18D (one product
+        # per cell, two per weight): Yosys infers its 2 * lanes * rows cells.
+        cc = cc.replace(multiplier="generic")
     dp_class = NaiveDotProduct if variant == "naive" else DotProduct
     if level == "datapath":
         return dp_class(cc.pe)
