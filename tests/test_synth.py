@@ -159,6 +159,10 @@ def test_build_dut_and_validation():
         assert isinstance(cc, CoreConfig)
         per_dsp = 2 if cc.pe.multiplier == "ice40_dual8x8" else 1
         assert cc.lanes * cc.rows == per_dsp * synth.TARGETS[name].capacity["mult"]
+        # every variant of every shipped configuration builds at both levels
+        for variant in synth.VARIANTS:
+            for level in synth.LEVELS:
+                _built(variant, cc, level)
 
 
 def test_naive_datapath_matches_golden(monkeypatch):
