@@ -154,30 +154,19 @@ def test_latency_and_throughput(name):
     assert np.array_equal(got, _reference(cfg, acc, mult, shift, True))
 
 
-def _up5k_like():
-    """``psc.synth.TARGET_CONFIGS["ice40-up5k"]`` with the generic multiplier (the dual
-    8x8 SB_MAC16 needs Yosys's simulation model): one requantiser for 2 rows, 27 bits."""
-    from psc.synth import TARGET_CONFIGS
-    cc = TARGET_CONFIGS["ice40-up5k"]
-    return cc.replace(multiplier="generic")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("build", ["shared2x2", "up5k"])
-def test_core_with_digit_serial_requantizer(build):
+def test_core_with_digit_serial_requantizer():
     """The whole core (Verilator, random stalls) with digit-serial requantisers
     (``requant_mult_bits=4``: 2 rows per requantiser x 4 digits = 8 cycles per output
     beat): outputs equal the golden model, including a pointwise layer that the
-    requantiser throttles; also in the UP5K's shape (one requantiser, 27-bit sums)."""
+    requantiser throttles. (The UP5K target's core, one requantiser with 27-bit sums,
+    runs in tests/test_core_sim.py::test_shipped_target_core.)"""
     import core_cases
     from psc import host
     from psc.core import CoreConfig
 
-    if build == "up5k":
-        cc = _up5k_like()
-    else:
-        cc = CoreConfig(pe=PSCConfig(lanes=4, rows=4, requantizers=2, requant_mult_bits=4),
-                        fmap_depth=256, weight_depth=64, param_depth=8)
+    cc = CoreConfig(pe=PSCConfig(lanes=4, rows=4, requantizers=2, requant_mult_bits=4),
+                    fmap_depth=256, weight_depth=64, param_depth=8)
     layers = [core_cases.make("pw_odd"), core_cases.make("std_k3_s2_p1_odd")]
     results = host.run_layers(layers, config=cc, target="verilator", stall=0.25, seed=11)
     for i, (layer, (y, _)) in enumerate(zip(layers, results)):

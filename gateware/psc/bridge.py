@@ -390,10 +390,10 @@ class Bridge(wiring.Component):
             with m.If(core.act_out.valid):
                 m.d.sync += [tsh.eq(core.act_out.payload.as_value()), tmode.eq(0), tidx.eq(0),
                              tleft.eq(nb["out"]), real.eq(real + 1)]
-                m.d.sync += [owed.eq(owed - 1), owed_none.eq(owed == 1)]
             with m.Elif(pad):
                 m.d.sync += [tsh.eq(0), tmode.eq(0), tidx.eq(0), tleft.eq(nb["out"]),
                              f_short.eq(1)]
+            with m.If(core.act_out.valid | pad):
                 m.d.sync += [owed.eq(owed - 1), owed_none.eq(owed == 1)]
         with m.If((tleft == 0) & ~core.act_out.valid & (reply != 0)):
             m.d.comb += reply_ack.eq(1)

@@ -396,13 +396,15 @@ def _dsp_models(cc, base):
     elif cc.pe.multiplier == "ecp5_mult18":
         from .ecp5_mul import mult18x18d_sim_model
         models["mult18x18d_sim.v"] = mult18x18d_sim_model()
-    paths = []
     for name, text in models.items():
-        path = base / name
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
-        paths.append(path)
-    return paths
+        _write_if_changed(base / name, text)
+    return [base / name for name in models]
+
+
+def _write_if_changed(path, text):
+    # an unchanged file keeps its mtime, so the simulators' builds are reused
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
 
 
 def _build_kwargs(base, target, waves, models=()):
@@ -450,9 +452,7 @@ def build_simulation(config=None, target="verilator", *, waves=False):
         src = generate_verilog(cc)
         if target == "icarus":
             src = _icarus_time_zero(src)
-        vfile = base / f"{TOPLEVEL}.v"
-        if not vfile.exists() or vfile.read_text() != src:
-            vfile.write_text(src)
+        _write_if_changed(base / f"{TOPLEVEL}.v", src)
         runner = get_runner(target)
         _runner_build(runner, _build_kwargs(base, target, waves, _dsp_models(cc, base)))
     return runner, base
