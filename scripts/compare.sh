@@ -18,7 +18,7 @@ for t in "${targets[@]}"; do
     bash scripts/env.sh psc compare --target "$t" --seeds "$seeds" --json > "build/synth/compare-$t.json"
     bash scripts/env.sh python -c '
 import json, sys
-from psc.synth import format_compare
+from psc.flow.synth import format_compare
 print(f"`psc compare --target {sys.argv[2]} --seeds {sys.argv[3]}`\n")
 print(format_compare(json.load(open(sys.argv[1]))))' \
         "build/synth/compare-$t.json" "$t" "$seeds" > "build/synth/compare-$t.md"

@@ -1,8 +1,8 @@
 """Shared bench scaffolding: clock, reset, stall generators, end-of-test checks.
 
 A DUT's ``TB`` (in the style of the verilog-axis tests) subclasses
-:class:`BaseTB`, creates ``self.source`` (a :class:`~tb.stream.StreamDriver`),
-``self.sink`` (a :class:`~tb.stream.StreamMonitor`) and ``self.scoreboard``,
+:class:`BaseTB`, creates ``self.source`` (a :class:`~psc.host.cocotb_stream.StreamDriver`),
+``self.sink`` (a :class:`~psc.host.cocotb_stream.StreamMonitor`) and ``self.scoreboard``,
 and routes the sink's beats into the scoreboard.
 """
 

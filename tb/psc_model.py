@@ -3,9 +3,9 @@
 A :class:`Reduction` is one output of a dot-product unit: ``beats`` input beats
 of ``lanes`` activations, with one ``{W-, W+}`` pair per lane and output row,
 and a bias per row. Its expected accumulators come from
-:func:`psc.golden.psc_conv2d` on a 1x1 problem (``Cin = beats * lanes``
+:func:`psc.model.golden.psc_conv2d` on a 1x1 problem (``Cin = beats * lanes``
 channels, beat-major), never from arithmetic written here; its beats are packed
-with :mod:`psc.packing` and the component's own Amaranth layouts.
+with :mod:`psc.model.packing` and the component's own Amaranth layouts.
 """
 
 import importlib
@@ -14,8 +14,9 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from psc import golden, packing
-from psc.packing import pack_payload
+from psc import golden
+from psc.model import packing
+from psc.model.packing import pack_payload
 from psc.config import PSCConfig
 
 __all__ = ["Reduction", "Stimulus", "weight_words", "config_from_env",
@@ -41,7 +42,7 @@ def config_env(config, component, *, latency=None, seed=None, **extra):
     ``component`` is ``"module:Class"``; the bench instantiates it with the
     configuration to learn its port layouts.
     """
-    env = {"PSC_CONFIG": json.dumps(config.as_dict()), "PSC_COMPONENT": component}
+    env = {"PSC_CONFIG": json.dumps(config.to_dict()), "PSC_COMPONENT": component}
     if latency is not None:
         env["PSC_LATENCY"] = str(int(latency))
     if seed is not None:
@@ -51,7 +52,7 @@ def config_env(config, component, *, latency=None, seed=None, **extra):
 
 
 def config_from_env():
-    return PSCConfig(**json.loads(os.environ["PSC_CONFIG"]))
+    return PSCConfig.from_dict(json.loads(os.environ["PSC_CONFIG"]))
 
 
 def component_from_env(config):
@@ -125,7 +126,7 @@ class Reduction:
     # --- packing into the DUT's input beats -------------------------------
 
     def dot_product_beats(self, config, layout, rng=None, break_weights=False):
-        """Packed ``i.payload`` words for :class:`psc.dot_product.DotProduct`.
+        """Packed ``i.payload`` words for :class:`psc.hw.dot_product.DotProduct`.
 
         Bias on beats other than the first is random (``rng``) to show it is
         ignored there. ``break_weights`` swaps ``W+`` and ``W-`` (a deliberate
@@ -147,7 +148,7 @@ class Reduction:
         return out
 
     def pe_beats(self, config, layouts, rng=None):
-        """Per-port values (dict of ints) for :class:`psc.pe.PSCMac` (row 0 of this reduction).
+        """Per-port values (dict of ints) for :class:`psc.hw.pe.PSCMac` (row 0 of this reduction).
 
         ``layouts`` maps port name to its shape, from the component's signature.
         """

@@ -1,6 +1,6 @@
 """In-order scoreboard: every output beat against the next expected one.
 
-Expected values come from ``psc.golden`` (via :mod:`tb.psc_model`); the
+Expected values come from ``psc.model.golden`` (via :mod:`tb.psc_model`); the
 scoreboard only compares. On the first mismatch it raises with the output, the
 expected value, the differing lanes and a description of the INPUTS that
 produced the expected value, so a failure can be reproduced without a waveform.
@@ -79,7 +79,7 @@ class Scoreboard:
             diff = [f"{self.element} {i}: got {g}, expected {e} (diff {g - e:+d})"
                     for i, (g, e) in enumerate(zip(got, exp)) if g != e]
             raise ScoreboardError(
-                f"{self.name}: output beat #{index} differs from psc.golden "
+                f"{self.name}: output beat #{index} differs from psc.model.golden "
                 f"({self.matched} beats matched before it)\n"
                 f"  got      {list(got)}\n  expected {list(exp)}\n  " + "\n  ".join(diff) +
                 f"\n  inputs that produced the expected value:\n{_describe(inputs)}")

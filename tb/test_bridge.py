@@ -1,7 +1,7 @@
-"""cocotb bench of the UART bridge top (psc.bridge.Bridge: UART + bridge + core), through its pins.
+"""cocotb bench of the UART bridge top (psc.hw.link.bridge.Bridge: UART + bridge + core), through its pins.
 
 The host side is the real driver: the protocol generators of
-:mod:`psc.serial_link` (``session``, ``tile_exchange``), the same code that
+:mod:`psc.host.serial_link` (``session``, ``tile_exchange``), the same code that
 runs a board over pyserial, here driven by :class:`UartPins`, which plays
 the serial port: it shifts the driver's bytes onto ``rx`` (8N1, ``divisor``
 clocks per bit) and decodes ``tx`` back into bytes.
@@ -10,7 +10,7 @@ Job (``PSC_JOB``, JSON, written by tests/test_bridge.py): the core
 configuration, the UART divisor, the plans (tiles from psc.host.plan_layer)
 and optionally a ``refused`` tile (a command the core rejects). Result
 (``PSC_RESULT``): per plan the per-tile results of serial_link, and the
-refused tile's result. Judging the outputs against psc.golden is the test's.
+refused tile's result. Judging the outputs against psc.model.golden is the test's.
 """
 
 import json
@@ -24,9 +24,9 @@ from cocotb.simtime import get_sim_time
 from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge
 
 from psc.config import PSCConfig
-from psc.core import CoreConfig
+from psc.hw.core import CoreConfig
 from psc.host import Tile
-from psc import serial_link
+from psc.host import serial_link
 
 
 class UartPins:
@@ -84,7 +84,7 @@ class UartPins:
 
 
 async def drive_async(gen, pins):
-    """:func:`psc.serial_link.drive` for the simulated pins: the same requests, awaited."""
+    """:func:`psc.host.serial_link.drive` for the simulated pins: the same requests, awaited."""
     try:
         req = next(gen)
         while True:

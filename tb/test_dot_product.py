@@ -1,4 +1,4 @@
-"""cocotb bench of psc.dot_product.DotProduct (rtl/dot_product.v and friends).
+"""cocotb bench of psc.hw.dot_product.DotProduct (rtl/dot_product.v and friends).
 
 Configuration from the environment (tb.psc_model.config_env): PSC_CONFIG,
 PSC_COMPONENT (the class whose layouts describe the ports), PSC_LATENCY.
@@ -11,11 +11,11 @@ import os
 import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from psc import packing
+from psc.model import packing
 from tb.bench import BaseTB, bench_rng, first_in_out
 from tb.psc_model import Stimulus, component_from_env, config_from_env
 from tb.scoreboard import Scoreboard
-from tb.stream import StreamDriver, StreamMonitor, cycle_pause, random_pause
+from psc.host.cocotb_stream import StreamDriver, StreamMonitor, cycle_pause, random_pause
 
 
 class TB(BaseTB):

@@ -1,4 +1,4 @@
-"""cocotb bench of psc.pe.PSCMac, the PE of one output row (rtl/pe.v).
+"""cocotb bench of psc.hw.pe.PSCMac, the PE of one output row (rtl/pe.v).
 
 The PE has no stream ports: ``valid`` marks a beat, ``en`` advances the whole
 pipeline (every register holds while it is low), and ``acc``/``acc_valid`` is
@@ -13,11 +13,11 @@ import os
 import cocotb
 from cocotb.triggers import RisingEdge
 
-from psc import packing
+from psc.model import packing
 from tb.bench import BaseTB, bench_rng, first_in_out
 from tb.psc_model import Stimulus, component_from_env, config_from_env
 from tb.scoreboard import Scoreboard
-from tb.stream import StreamDriver, StreamMonitor, cycle_pause, random_pause
+from psc.host.cocotb_stream import StreamDriver, StreamMonitor, cycle_pause, random_pause
 
 PORTS = ("x", "mask", "words", "bias", "first", "last")
 

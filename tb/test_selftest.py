@@ -10,10 +10,10 @@ import cocotb
 from cocotb.triggers import RisingEdge
 
 from tb.bench import BaseTB, bench_rng
-from psc.packing import pack_payload
+from psc.model.packing import pack_payload
 from tb.scoreboard import Scoreboard
 from tb.standins import PAYLOAD
-from tb.stream import StreamDriver, StreamMonitor, cycle_pause, random_pause
+from psc.host.cocotb_stream import StreamDriver, StreamMonitor, cycle_pause, random_pause
 
 
 class TB(BaseTB):

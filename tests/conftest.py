@@ -55,8 +55,8 @@ def run_mac_bench(sim, config, tag, model, *, top="dot_product", make=None, env=
     (``top="pe"``) of ``config`` on ``sim``, with the Verilog simulation model
     ``model`` (path) of a hand-instantiated DSP; ``make`` replaces the class
     (a broken-on-purpose subclass). Returns what :func:`tb.runner.run_cocotb` does."""
-    from psc.dot_product import DotProduct
-    from psc.pe import PSCMac
+    from psc.hw.dot_product import DotProduct
+    from psc.hw.pe import PSCMac
     from tb.psc_model import config_env
     from tb.runner import run_cocotb
     cls, bench = (DotProduct, "tb.test_dot_product") if top == "dot_product" else (PSCMac, "tb.test_pe")

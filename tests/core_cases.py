@@ -2,7 +2,7 @@
 
 Each case is a function of a numpy Generator returning the keyword arguments
 of :func:`psc.host.run_layer` (without config/target). Expected outputs come
-from psc.golden only (see :func:`expected`).
+from psc.model.golden only (see :func:`expected`).
 """
 
 import numpy as np

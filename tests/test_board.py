@@ -1,4 +1,4 @@
-"""Board tops and ``psc build`` (psc.board).
+"""Board tops and ``psc build`` (psc.flow.board).
 
 Fast: both board tops elaborate with amaranth-boards (pins, UART resource,
 build script with the options TOOLCHAIN.md asks for), the nextpnr log parser,
@@ -9,9 +9,10 @@ and meet the board clock.
 
 import pytest
 
-from psc import board
-from psc.bridge import id_frame
-from psc.uart import divisor_for
+from psc.flow import board
+from psc.hw.link.board_top import BoardTop
+from psc.hw.link.bridge import id_frame
+from psc.hw.link.uart import divisor_for
 
 LOG = """
 Info: Device utilisation:
@@ -44,7 +45,7 @@ def test_board_top_elaborates(name):
     # -dsp infers SB_MAC16, but would rewrite the hand-instantiated dual 8x8 ones
     assert ("-dsp" in opts.split()) == (b.family == "ice40"
                                         and bc.core.pe.multiplier != "ice40_dual8x8")
-    plan = platform.prepare(board.BoardTop(bc), name=board.NAME, synth_opts=opts,
+    plan = platform.prepare(BoardTop(bc), name=board.NAME, synth_opts=opts,
                             nextpnr_opts="--timing-allow-fail")
     files = plan.files
     ys = files[f"{board.NAME}.ys"]

@@ -3,10 +3,10 @@
 
 * The UART: random bytes through the transmitter into the receiver over a
   wire, and a bit-level check of both against a Python model of 8N1.
-* :mod:`psc.serial_link` against a fake transport: the PING check, the
+* :mod:`psc.host.serial_link` against a fake transport: the PING check, the
   frames it writes for a plan, and ``run_layer(target="serial:...")``.
 * ``tb/test_bridge.py``: the bridge + core + UART top driven through its
-  pins by the same serial_link code, a whole layer against psc.golden.
+  pins by the same serial_link code, a whole layer against psc.model.golden.
 """
 
 import json
@@ -22,12 +22,14 @@ from amaranth.hdl import Module
 from amaranth.sim import Simulator
 
 import core_cases
-from psc import golden, host, serial_link
-from psc.bridge import (Bridge, BridgeConfig, FLAGS, ID_BYTES, OP, beat_bytes,
+from psc import golden
+from psc import host
+from psc.host import serial_link
+from psc.hw.link.bridge import (Bridge, BridgeConfig, FLAGS, ID_BYTES, OP, beat_bytes,
                         id_frame)
 from psc.config import PSCConfig
-from psc.core import CoreConfig
-from psc.uart import UARTConfig, UARTReceiver, UARTTransmitter, divisor_for
+from psc.hw.core import CoreConfig
+from psc.hw.link.uart import UARTConfig, UARTReceiver, UARTTransmitter, divisor_for
 
 DIV = 5   # odd, so the receiver's half-bit wait is rounded
 
@@ -361,15 +363,15 @@ def _run_bench(target, plans, refused=None):
 @pytest.mark.parametrize("target", ["icarus", "verilator"])
 def test_bridge_layer_through_uart_pins(target):
     """A whole layer (8 channels, 6x6, 3x3, several tiles) through the UART pins of the
-    bridge top, driven by psc.serial_link, equals psc.golden; a refused command is
+    bridge top, driven by psc.host.serial_link, equals psc.model.golden; a refused command is
     reported (ERROR, DROPPED, SHORT) and padded, and the link still answers afterwards;
     so it does after a frame cut short (frame timeout)."""
     layer = _small_layer()
     plan = host.plan_layer(**layer, config=SIM_CONFIG)
     assert len(plan.tiles) > 1 and any(t.fields["keep"] for t in plan.tiles)
     bad_fields = dict(plan.tiles[0].fields, k=2, pad_top=0, pad_left=0)   # kernel 2: refused
-    from psc.core import config_layout
-    from psc.packing import pack_payload
+    from psc.hw.core import config_layout
+    from psc.model.packing import pack_payload
     refused = host.Tile(cfg=pack_payload(config_layout(SIM_CONFIG), bad_fields),
                         weights=plan.tiles[0].weights[:3], params=plan.tiles[0].params[:1],
                         acts=plan.tiles[0].acts[:2], n_out=3, fields=bad_fields)

@@ -22,8 +22,8 @@ RTL = ROOT / "rtl"
 
 
 def tiny_config(**changes):
-    """The tiny preset of psc.generate (2 lanes x 2 rows)."""
-    from psc.generate import PRESETS
+    """The tiny preset of psc.flow.generate (2 lanes x 2 rows)."""
+    from psc.flow.generate import PRESETS
     return PRESETS["tiny"].replace(**changes)
 
 
@@ -73,8 +73,8 @@ def test_benches_accept_standin(export_verilog, kind):
 # --- the gateware ---------------------------------------------------------------
 
 def _generated(export_verilog, top, config, tag):
-    """rtl-style Verilog of ``top`` for a non-shipped ``config``, written by psc.generate."""
-    from psc.generate import generate_verilog, module_name
+    """rtl-style Verilog of ``top`` for a non-shipped ``config``, written by psc.flow.generate."""
+    from psc.flow.generate import generate_verilog, module_name
 
     path = ROOT / "build" / "rtl" / tag / f"{module_name(top, config)}.v"
     write_if_changed(path, generate_verilog(top, config))
@@ -83,12 +83,12 @@ def _generated(export_verilog, top, config, tag):
 
 @pytest.mark.parametrize("sim", SIMULATORS)
 def test_pe(export_verilog, sim):
-    _run(export_verilog, sim, "psc.pe:PSCMac", PSCConfig(), "pe", "default", rtl=RTL / "pe.v",
+    _run(export_verilog, sim, "psc.hw.pe:PSCMac", PSCConfig(), "pe", "default", rtl=RTL / "pe.v",
          bench="tb.test_pe")
 
 
 def test_pe_baseline(export_verilog):
-    _run(export_verilog, "icarus", "psc.pe:PSCMac", PSCConfig(psc=False), "pe_baseline", "default",
+    _run(export_verilog, "icarus", "psc.hw.pe:PSCMac", PSCConfig(psc=False), "pe_baseline", "default",
          rtl=RTL / "pe_baseline.v", bench="tb.test_pe")
 
 
@@ -102,7 +102,7 @@ def test_dot_product(export_verilog, sim, preset):
     else:
         cfg = tiny_config()
         top, rtl = _generated(export_verilog, "dot_product", cfg, "tiny")
-    _run(export_verilog, sim, "psc.dot_product:DotProduct", cfg, top, preset, rtl=rtl,
+    _run(export_verilog, sim, "psc.hw.dot_product:DotProduct", cfg, top, preset, rtl=rtl,
          bench="tb.test_dot_product")
 
 
@@ -111,8 +111,8 @@ def test_bench_detects_swapped_weights(export_verilog):
     cfg = tiny_config()
     top, rtl = _generated(export_verilog, "dot_product", cfg, "tiny")
     with pytest.raises(AssertionError) as info:
-        _run(export_verilog, "icarus", "psc.dot_product:DotProduct", cfg, top, "tiny", rtl=rtl,
+        _run(export_verilog, "icarus", "psc.hw.dot_product:DotProduct", cfg, top, "tiny", rtl=rtl,
              bench="tb.test_dot_product", testcase="dot_random", env={"PSC_BREAK": "swap_weights"})
     msg = str(info.value)
-    assert "differs from psc.golden" in msg and "inputs that produced the expected value" in msg, msg
+    assert "differs from psc.model.golden" in msg and "inputs that produced the expected value" in msg, msg
     assert "W+" in msg and "W-" in msg, msg

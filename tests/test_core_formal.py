@@ -20,7 +20,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In
 
 from psc.config import PSCConfig
-from psc.core import CoreConfig, PSCConvCore
+from psc.hw.core import CoreConfig, PSCConvCore
 from tb.formal import FormalError, _past_domain, _workdir, _yosys, check_no_comb_path
 
 TINY = CoreConfig(pe=PSCConfig(act_width=2, weight_width=2, acc_width=8, mult_width=2,

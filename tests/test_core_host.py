@@ -7,7 +7,7 @@ import pytest
 import core_cases
 from psc import host
 from psc.config import PSCConfig
-from psc.core import CoreConfig, PSCConvCore
+from psc.hw.core import CoreConfig, PSCConvCore
 
 TINY = CoreConfig(pe=PSCConfig(lanes=4, rows=4), fmap_depth=64, weight_depth=64, param_depth=4)
 

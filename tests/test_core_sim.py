@@ -1,4 +1,4 @@
-"""PSCConvCore through psc.host.run_layer on Icarus and Verilator, against psc.golden.
+"""PSCConvCore through psc.host.run_layer on Icarus and Verilator, against psc.model.golden.
 
 Every output activation of every case is compared with the golden model.
 Streams pause at random (``STALL``) on every input and on the output.
@@ -10,8 +10,8 @@ import pytest
 import core_cases
 from psc import host
 from psc.config import PSCConfig
-from psc.core import CoreConfig, KIND_DEPTHWISE, KIND_POINTWISE
-from psc.synth import TARGET_CONFIGS
+from psc.hw.core import CoreConfig, KIND_DEPTHWISE, KIND_POINTWISE
+from psc.presets import PRESETS, TARGETS as TARGET_PRESETS
 
 TARGETS = ["verilator", "icarus"]
 STALL = 0.25
@@ -223,7 +223,7 @@ def test_refused_overflowing_commands_then_clean_layer(target):
 def test_host_never_plans_more_outputs_than_the_core_counts():
     """A build whose buffers admit a tile of more than MAX_OUTPUTS output beats: 1x1 conv,
     1024 output groups of one channel over a 128x128 map = 2**24 beats in one tile."""
-    from psc.core import MAX_OUTPUTS
+    from psc.hw.core import MAX_OUTPUTS
     cc = CoreConfig(pe=PSCConfig(lanes=1, rows=1), fmap_depth=1 << 14, weight_depth=1024,
                     param_depth=1024)
     r = np.random.default_rng(1)
@@ -237,13 +237,13 @@ def test_host_never_plans_more_outputs_than_the_core_counts():
     assert sum(t.n_out for t in plan.tiles) == 1024 * 128 * 128
 
 
-@pytest.mark.parametrize("name", sorted(TARGET_CONFIGS))
+@pytest.mark.parametrize("name", sorted(TARGET_PRESETS))
 def test_shipped_target_core(name):
     """The synthesis targets' own cores, as synthesised: hand-instantiated DSP cells
     (with their simulation models), 27-bit sums on the UP5K, ``read_register`` on
     ECP5; standard, strided depthwise (block-diagonal on these builds) and pointwise
     layers with stalls, bit-exact on Verilator."""
-    cc = TARGET_CONFIGS[name]
+    cc = PRESETS[TARGET_PRESETS[name]]
     r = np.random.default_rng(21)
     layers = [core_cases._layer(r, 10, 9, 7, 6, 3, 1, 1, relu=True),
               core_cases._layer(r, 9, 9, 5, 5, 3, 2, 1, groups=9),

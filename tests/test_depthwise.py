@@ -1,15 +1,16 @@
 # amaranth: UnusedElaboratable=no
 """The ``depthwise="pixels"`` datapath: per-lane accumulators and the drain of
-:class:`psc.dot_product.DotProduct`, in the Amaranth simulator against
-:func:`psc.golden.psc_conv2d` (every lane of every row is its own 1x1 problem).
+:class:`psc.hw.dot_product.DotProduct`, in the Amaranth simulator against
+:func:`psc.model.golden.psc_conv2d` (every lane of every row is its own 1x1 problem).
 """
 
 import numpy as np
 import pytest
 
-from psc import golden, packing
+from psc import golden
+from psc.model import packing
 from psc.config import PSCConfig
-from psc.dot_product import DotProduct, input_layout
+from psc.hw.dot_product import DotProduct, input_layout
 
 from test_primitives_sim import lo_hi, random_stream, run, stream_dot_product
 

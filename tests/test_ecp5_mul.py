@@ -4,9 +4,9 @@
 Yosys ships only a black box of MULT18X18D, so the DotProduct and PSCMac built
 with it are exported to Verilog and simulated on Icarus and Verilator together
 with the project's behavioural stand-in (``tb/mult18x18d_sim.v``,
-:func:`psc.ecp5_mul.mult18x18d_sim_model`), under the same cocotb benches as
+:func:`psc.hw.ecp5_mul.mult18x18d_sim_model`), under the same cocotb benches as
 the generic build (tb/test_dot_product.py, tb/test_pe.py): every output
-compared with psc.golden, corner cases, random stalls. The stand-in itself is
+compared with psc.model.golden, corner cases, random stalls. The stand-in itself is
 checked on its own (register stages as parameters say, signed and unsigned
 operands, clock enable) by a plain Verilog bench on Icarus. Deliberately broken
 multipliers (activation zero-extended; pipeline register bypassed, so the
@@ -26,12 +26,12 @@ import pytest
 from amaranth.back import rtlil, verilog
 from amaranth.hdl import Const
 
-import psc.pe
+import psc.hw.pe
 from conftest import run_mac_bench, write_if_changed
 from psc.config import PSCConfig
-from psc.dot_product import DotProduct
-from psc.ecp5_mul import MULT18X18D_PARAMS, Ecp5Mult18, mult18x18d_sim_model
-from psc.pe import PSCMac
+from psc.hw.dot_product import DotProduct
+from psc.hw.ecp5_mul import MULT18X18D_PARAMS, Ecp5Mult18, mult18x18d_sim_model
+from psc.hw.pe import PSCMac
 from tb.runner import ROOT
 
 MULT18 = "ecp5_mult18"
@@ -263,8 +263,8 @@ class _NoPipelineRegister(Ecp5Mult18):
 
 @pytest.mark.parametrize("broken", [_ZeroExtendedActivation, _NoPipelineRegister])
 def test_bench_catches_broken_multiplier(monkeypatch, broken):
-    monkeypatch.setattr(psc.pe, "Ecp5Mult18", broken)
-    with pytest.raises(AssertionError, match="differs from psc.golden"):
+    monkeypatch.setattr(psc.hw.pe, "Ecp5Mult18", broken)
+    with pytest.raises(AssertionError, match="differs from psc.model.golden"):
         _run("icarus", CONFIGS["narrow"], f"ecp5-broken-{broken.__name__.lower()}",
              testcase="dot_corners")
 
@@ -281,7 +281,7 @@ def _synth_cells():
     work = ROOT / "build" / "ecp5_mul_synth"
     work.mkdir(parents=True, exist_ok=True)
     write_if_changed(work / "top.il", rtlil.convert(Ecp5Mult18(), name="top"))
-    # The same flow as psc.synth (DSP inference is on by default in synth_ecp5).
+    # The same flow as psc.flow.synth (DSP inference is on by default in synth_ecp5).
     script = ("read_rtlil top.il; synth_ecp5 -no-rw-check -top top -run :map_luts; splitnets; "
               "synth_ecp5 -no-rw-check -top top -run map_luts: -json top.json")
     proc = subprocess.run([exe, "-q", "-p", script], cwd=work, capture_output=True, text=True, timeout=300)
@@ -303,7 +303,7 @@ def test_synthesis_keeps_registers():
 def test_verilator_lint_with_model(tmp_path):
     """The ecp5_mult18 Verilog lints clean under -Wall with the project's waivers; only the
     stand-in itself is exempt."""
-    from psc import generate
+    from psc.flow import generate
 
     exe = shutil.which("verilator")
     if exe is None:

@@ -13,10 +13,10 @@ Work directories: build/formal/<name>/ (yosys.log, cex.vcd on failure).
 
 import pytest
 
-from psc.dot_product import DotProduct
-from psc.generate import PRESETS
-from psc.sign_mask import SignMask
-from psc.weight_select import WeightSelect
+from psc.hw.dot_product import DotProduct
+from psc.flow.generate import PRESETS
+from psc.hw.sign_mask import SignMask
+from psc.hw.weight_select import WeightSelect
 from tb.formal import (FormalError, SignSelectMiter, StreamContract, check_no_comb_path, prove,
                        run_sby, smt_solver)
 from tb.standins import BrokenStreamRegister, StandinWeightSelect, StreamRegister

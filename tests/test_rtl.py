@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from psc import cli, generate
+from psc import cli
+from psc.flow import generate
 from psc.config import PSCConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def test_dot_product_ports():
         ["clk", "rst", "i__payload", "i__valid", "i__ready", "o__payload", "o__valid", "o__ready"])
     assert re.search(r"^\s*input \[1345:0\] i__payload;", text, flags=re.M)
     assert re.search(r"^\s*output \[255:0\] o__payload;", text, flags=re.M)
-    for key, value in PSCConfig().as_dict().items():
+    for key, value in PSCConfig().to_dict().items():
         assert f"//   {key} = {value!r}\n" in text
 
 

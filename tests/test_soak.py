@@ -1,4 +1,4 @@
-"""Long random soak of PSCConvCore against psc.golden (opt-in: ``pytest -m soak`` or ``scripts/soak.sh``).
+"""Long random soak of PSCConvCore against psc.model.golden (opt-in: ``pytest -m soak`` or ``scripts/soak.sh``).
 
 Random layer kinds, kernels, strides, paddings, channel counts and sizes, on
 the default build and on a small build that forces tiling, with random stalls
@@ -15,7 +15,7 @@ import pytest
 import core_cases
 from psc import host
 from psc.config import PSCConfig
-from psc.core import CoreConfig
+from psc.hw.core import CoreConfig
 
 pytestmark = pytest.mark.soak
 

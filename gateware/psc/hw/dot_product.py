@@ -4,8 +4,8 @@ from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .pe import PSCMac, _check_config, pe_latency
-from .sign_mask import SignMask
+from psc.hw.pe import PSCMac, _check_config, pe_latency
+from psc.hw.sign_mask import SignMask
 
 __all__ = ["DotProduct", "input_layout", "output_layout"]
 
@@ -39,15 +39,15 @@ def output_layout(config):
 class DotProduct(wiring.Component):
     """``rows`` dot products of one activation vector, with accumulation over beats.
 
-    One :class:`~psc.sign_mask.SignMask` feeds ``rows``
-    :class:`~psc.pe.PSCMac` (the sign bits are computed once per lane and
+    One :class:`~psc.hw.sign_mask.SignMask` feeds ``rows``
+    :class:`~psc.hw.pe.PSCMac` (the sign bits are computed once per lane and
     shared, as in the paper's section 3.4). For a reduction made of the input
     beats ``first`` .. ``last``, output row ``r`` is::
 
         bias[r] (of the first beat) + sum over beats b and lanes l of Wsel[r][l] * x[l]
 
     with ``Wsel = W+`` where ``x >= 0`` and ``W-`` where ``x < 0`` (``W`` as is
-    when ``psc=False``), i.e. :func:`psc.golden.psc_conv2d` of a 1x1 problem.
+    when ``psc=False``), i.e. :func:`psc.model.golden.psc_conv2d` of a 1x1 problem.
 
     Protocol: :mod:`amaranth.lib.stream` valid/ready on both sides. Every
     reduction starts with a ``first`` beat; ``first`` and ``last`` may share a
@@ -59,7 +59,7 @@ class DotProduct(wiring.Component):
     ``i.ready = en``. ``o.valid`` is a register (the PEs' ``acc_valid``) and
     never depends on ``o.ready`` combinationally; ``i.ready`` does (one gate).
 
-    Latency: :attr:`latency` (that of :class:`~psc.pe.PSCMac`: 3 by default,
+    Latency: :attr:`latency` (that of :class:`~psc.hw.pe.PSCMac`: 3 by default,
     one more with ``multiplier="ice40_dual8x8"`` or ``"ecp5_mult18"`` and one more per
     ``tree_stages``): a ``last`` beat accepted in cycle ``t`` is on ``o`` from
     cycle ``t + latency`` when ``o`` is not stalled. Throughput: one input
@@ -70,7 +70,7 @@ class DotProduct(wiring.Component):
     Depthwise mode (builds with ``depthwise="pixels"``, while ``dw`` is
     high): every row gets its own lane word ``x[r]`` (in other layers the
     core gives every row the same word), each multiplier accumulates alone
-    (:attr:`~psc.pe.PSCMac.lane_acc`, no bias) and a reduction gives
+    (:attr:`~psc.hw.pe.PSCMac.lane_acc`, no bias) and a reduction gives
     ``rows`` output beats, beat ``r`` holding row ``r``'s ``lanes``
     accumulators (sign-extended; ``lanes == rows``)::
 
@@ -116,7 +116,7 @@ class DotProduct(wiring.Component):
     def latency(self):
         """Cycles from accepting a ``last`` beat to ``o.valid`` (no output stall).
 
-        That of :class:`~psc.pe.PSCMac`: 3, plus 1 with
+        That of :class:`~psc.hw.pe.PSCMac`: 3, plus 1 with
         ``multiplier="ice40_dual8x8"`` or ``"ecp5_mult18"``, plus ``tree_stages``.
         """
         return pe_latency(self._config)
@@ -125,12 +125,12 @@ class DotProduct(wiring.Component):
     def dw_latency(self):
         """Depthwise mode: cycles from accepting a ``last`` beat to the first of its ``rows`` beats.
 
-        One more than the lane accumulators' (:attr:`~psc.pe.PSCMac.lane_latency`):
+        One more than the lane accumulators' (:attr:`~psc.hw.pe.PSCMac.lane_latency`):
         the copy into the drain bank.
         """
         return pe_latency(self._config) - self._config.tree_stages + 1
 
-    #: The row's multiply-accumulate unit (:class:`~psc.naive.NaiveDotProduct` swaps it).
+    #: The row's multiply-accumulate unit (:class:`~psc.hw.naive.NaiveDotProduct` swaps it).
     _mac = PSCMac
 
     def _sign_mask(self, m):

@@ -16,7 +16,7 @@ Parified weights (DESIGN.md)
 
 Stream payloads (:func:`pack_payload`)
     A component's stream payload is an Amaranth ``data`` layout (for
-    example :func:`psc.dot_product.input_layout`); its bit placement is
+    example :func:`psc.hw.dot_product.input_layout`); its bit placement is
     Amaranth's (struct fields LSB first in declaration order, array elements
     LSB first), so the packer asks the layout rather than restating it.
 
@@ -30,7 +30,7 @@ Activation streams (channels-last lanes)
 
 import numpy as np
 
-from .golden import check_signed
+from psc.model.golden import check_signed
 
 __all__ = ["pack_lanes", "unpack_lanes", "parify", "unparify",
            "pack_activations", "unpack_activations", "channel_groups", "pack_payload"]
@@ -167,7 +167,7 @@ def pack_payload(layout, values):
     function adds the checks ``const`` does not make, so a value that does not
     fit its field, or a missing field, raises an error naming it. Example::
 
-        from psc.dot_product import input_layout
+        from psc.hw.dot_product import input_layout
         word = pack_payload(input_layout(config), {
             "x": x, "w": parify(w_pos, w_neg, config.weight_width),
             "bias": bias, "first": 1, "last": 1})

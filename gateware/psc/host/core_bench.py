@@ -1,4 +1,4 @@
-"""cocotb bench of psc.core.PSCConvCore, driven by psc.host (``run_layer``/``run_plans``).
+"""cocotb bench of psc.hw.core.PSCConvCore, driven by psc.host (``run_layer``/``run_plans``).
 
 This module knows nothing of convolution: it plays a job written by the
 host scheduler (``PSC_JOB``, JSON: a list of tiles, each a command word, its
@@ -8,7 +8,7 @@ probability ``stall`` on every stream (sources withhold ``valid``, the output
 sink withholds ``ready``), checks the stream contract on ``act_out``, and
 writes per tile the output words, the ``error`` flag, the cycle counters and
 how many beats each input accepted to ``PSC_RESULT``. Judging the outputs is
-the host's and the tests' job (against psc.golden).
+the host's and the tests' job (against psc.model.golden).
 """
 
 import json
@@ -20,7 +20,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from tb.stream import StreamDriver, StreamMonitor, random_pause, read_int
+from psc.host.cocotb_stream import StreamDriver, StreamMonitor, random_pause, read_int
 
 
 @cocotb.test()

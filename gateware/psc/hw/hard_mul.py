@@ -4,13 +4,13 @@ from amaranth.hdl import signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .config import _check_range
+from psc.config import _check_range
 
 __all__ = ["HardMultiplier"]
 
 
 class HardMultiplier(wiring.Component):
-    """Base of :class:`~psc.ecp5_mul.Ecp5Mult18` and :class:`~psc.ice40_mul.Ice40DualMul`.
+    """Base of :class:`~psc.hw.ecp5_mul.Ecp5Mult18` and :class:`~psc.hw.ice40_mul.Ice40DualMul`.
 
     ``PRODUCTS`` signed products ``p = a * b`` (``a``, ``b`` and ``p`` are
     plain signed signals when it is 1, ``ArrayLayout`` views otherwise) of

@@ -3,7 +3,7 @@
 Every layer runs on the PSC build and on the plain (``psc=False``) build of
 the same size, with the same layer (``W- = W+`` so the plain build can run
 it too), no stalls, on Verilator; each output is checked against
-psc.golden. ``total`` is the core's busy cycles summed over tiles (command
+psc.model.golden. ``total`` is the core's busy cycles summed over tiles (command
 setup, weight/parameter loading, input rows the first outputs wait for,
 computation, pipeline drain); utilisation is ``ideal / total``.
 """
@@ -12,10 +12,10 @@ import time
 
 import numpy as np
 
-from . import golden
-from .config import PSCConfig
-from .core import CoreConfig
-from .host import run_layers
+from psc.model import golden
+from psc.config import PSCConfig
+from psc.hw.core import CoreConfig
+from psc.host import run_layers
 
 __all__ = ["BENCH_LAYERS", "bench", "format_table"]
 

@@ -4,11 +4,11 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .config import PSCConfig
+from psc.config import PSCConfig
 
 __all__ = ["Requantizer", "SHIFT_WIDTH", "requant_input_layout"]
 
-#: Bits of the per-channel right shift; the host allows 0..62 (psc.golden.requantize).
+#: Bits of the per-channel right shift; the host allows 0..62 (psc.model.golden.requantize).
 SHIFT_WIDTH = 6
 
 
@@ -79,7 +79,7 @@ def _mul_digit(a, d):
 
 
 class Requantizer(wiring.Component):
-    """``rows`` parallel requantisers, bit-exact with :func:`psc.golden.requantize`.
+    """``rows`` parallel requantisers, bit-exact with :func:`psc.model.golden.requantize`.
 
     Per row::
 
@@ -108,7 +108,7 @@ class Requantizer(wiring.Component):
     conditional adds (2 adders deep for 4 bits of ``M``; Yosys' generic LUT
     multiplier would chain 3), which is also no ``$mul`` cell, so no flow
     maps it to a DSP the MAC array needs. Stand-alone (in
-    :class:`~psc.synth_harness.SynthHarness`, nextpnr median of 2 seeds) this
+    :class:`~psc.flow.harness.SynthHarness`, nextpnr median of 2 seeds) this
     reaches ~142 MHz on ECP5-25F (was ~81 with the one-cycle multiply) in
     ~840 LUT4 + ~310 CCU2C + ~570 FF (was ~2000 + ~100 + ~120), and a
     time-shared ``rows=2, requantizers=1`` unit ~44 MHz on the UP5K in ~1490

@@ -39,7 +39,7 @@ class SynthHarness(wiring.Component):
     ----------
     dut : amaranth.lib.wiring.Component
         Any component; its ports are found through its signature, so
-        :func:`psc.synth.synth_top` can swap in a larger top unchanged.
+        :func:`psc.flow.synth.synth_top` can swap in a larger top unchanged.
     """
 
     GROUP = 16

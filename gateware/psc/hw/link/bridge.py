@@ -1,8 +1,8 @@
-"""UART bridge: a framed byte protocol around :class:`psc.core.PSCConvCore`.
+"""UART bridge: a framed byte protocol around :class:`psc.hw.core.PSCConvCore`.
 
 The bridge lets a host drive the core's five streams over one serial line
-(8N1, :mod:`psc.uart`). The host side is :mod:`psc.serial_link`; the board
-tops are in :mod:`psc.board`.
+(8N1, :mod:`psc.hw.link.uart`). The host side is :mod:`psc.host.serial_link`; the board
+tops are in :mod:`psc.flow.board`.
 
 Protocol (version 1)
 --------------------
@@ -30,7 +30,7 @@ STATUS     ``S``    none                                          status frame
 * Output beats: after a CFG with ``n_out``, the core's ``act_out`` beats
   (``ceil(rows * act_width / 8)`` bytes each) are sent back as they come, with
   no header, up to ``n_out`` of them (taken modulo ``2**24``: the core
-  refuses a command of more than :data:`psc.core.MAX_OUTPUTS` beats).
+  refuses a command of more than :data:`psc.hw.core.MAX_OUTPUTS` beats).
   Extra beats are discarded (flag ``EXTRA``); if the command ends with
   fewer (a refused command), STATUS pads with zero beats up to ``n_out``
   (flag ``SHORT``), so the host always reads exactly ``n_out`` beats before
@@ -78,9 +78,9 @@ from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from .core import (OUTPUT_COUNT_WIDTH, CoreConfig, PSCConvCore, act_in_layout,
+from psc.hw.core import (OUTPUT_COUNT_WIDTH, CoreConfig, PSCConvCore, act_in_layout,
                    act_out_layout, config_layout, param_layout, weight_layout)
-from .uart import UARTConfig, UARTReceiver, UARTTransmitter
+from psc.hw.link.uart import UARTConfig, UARTReceiver, UARTTransmitter
 
 __all__ = ["BridgeConfig", "Bridge", "OP", "FLAGS", "PROTOCOL_VERSION", "ID_MAGIC",
            "beat_bytes", "id_frame", "STATUS_BYTES", "ID_BYTES", "RX_FIFO_DEPTH"]
@@ -130,10 +130,10 @@ class BridgeConfig:
 
     Parameters
     ----------
-    core : psc.core.CoreConfig
+    core : psc.hw.core.CoreConfig
         The core behind the bridge.
     divisor : int
-        UART clock cycles per bit (:class:`psc.uart.UARTConfig`), ``>= 4``.
+        UART clock cycles per bit (:class:`psc.hw.link.uart.UARTConfig`), ``>= 4``.
     frame_timeout : int
         Bit times (``divisor`` cycles each) without a byte, in the middle of
         a frame, after which the bridge abandons the frame and waits for an
@@ -147,7 +147,7 @@ class BridgeConfig:
 
     def __post_init__(self):
         if not isinstance(self.core, CoreConfig):
-            raise TypeError(f"core must be a psc.core.CoreConfig, not {self.core!r}")
+            raise TypeError(f"core must be a psc.hw.core.CoreConfig, not {self.core!r}")
         UARTConfig(self.divisor)   # validates divisor with its own message
         if not isinstance(self.frame_timeout, int) or isinstance(self.frame_timeout, bool) \
                 or not (self.frame_timeout == 0 or 20 <= self.frame_timeout <= 1 << 24):
@@ -179,7 +179,7 @@ class Bridge(wiring.Component):
         if config is None:
             config = BridgeConfig()
         if not isinstance(config, BridgeConfig):
-            raise TypeError(f"config must be a psc.bridge.BridgeConfig, not {config!r}")
+            raise TypeError(f"config must be a psc.hw.link.bridge.BridgeConfig, not {config!r}")
         self._config = config
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1),
                           "busy": Out(1), "error": Out(1)})

@@ -4,10 +4,10 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .config import PSCConfig
-from .ecp5_mul import Ecp5Mult18
-from .ice40_mul import Ice40DualMul
-from .weight_select import WeightSelect
+from psc.config import PSCConfig
+from psc.hw.ecp5_mul import Ecp5Mult18
+from psc.hw.ice40_mul import Ice40DualMul
+from psc.hw.weight_select import WeightSelect
 
 __all__ = ["PSCMac", "pe_latency", "tree_sum", "pipelined_tree_sum"]
 
@@ -81,7 +81,7 @@ class PSCMac(wiring.Component):
     ====== ============================================================
 
     With ``multiplier="ice40_dual8x8"`` each pair of lanes is one
-    :class:`~psc.ice40_mul.Ice40DualMul` (one SB_MAC16): stage 1 is the DSP's
+    :class:`~psc.hw.ice40_mul.Ice40DualMul` (one SB_MAC16): stage 1 is the DSP's
     A/B input registers, stage 2 its product registers and a new stage 3 its
     output registers; the accumulator is stage 4. ``tree_stages`` registers
     of partial sums (:func:`pipelined_tree_sum`) go between the products and
@@ -124,7 +124,7 @@ class PSCMac(wiring.Component):
     x : View of ArrayLayout(signed(act_width), lanes), in
         Activations.
     mask : Signal(lanes), in
-        Sign mask of ``x`` from a shared :class:`~psc.sign_mask.SignMask`.
+        Sign mask of ``x`` from a shared :class:`~psc.hw.sign_mask.SignMask`.
     words : View of ArrayLayout(unsigned(word_width), lanes), in
         Weight words, ``{W-, W+}`` (``W+`` low) when ``psc``, else ``W``.
     bias : Signal(signed(acc_width)), in
@@ -261,7 +261,7 @@ class PSCMac(wiring.Component):
     def _accumulate(self, m, products, mul_stages):
         """Adder tree over ``products`` (registered ``mul_stages`` after the inputs) into ``acc``.
 
-        Shared with :class:`~psc.naive.NaiveMac`, which sums twice as many products.
+        Shared with :class:`~psc.hw.naive.NaiveMac`, which sums twice as many products.
         """
         c = self._config
         # Control and bias travel beside the data, one register per stage up to
@@ -299,7 +299,7 @@ class PSCMac(wiring.Component):
 
 
 def pe_latency(config):
-    """Latency of :class:`PSCMac` (and :class:`~psc.dot_product.DotProduct`) for ``config``.
+    """Latency of :class:`PSCMac` (and :class:`~psc.hw.dot_product.DotProduct`) for ``config``.
 
     Multiplier stages (2 generic: operand and product registers; 3 for
     ``"ice40_dual8x8"`` and ``"ecp5_mult18"``: the DSP's input, product/pipeline

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from amaranth.hdl import ClockSignal, Instance, Module, Signal, signed
 
-from .hard_mul import HardMultiplier
+from psc.hw.hard_mul import HardMultiplier
 
 __all__ = ["Ecp5Mult18", "MULT18X18D_PARAMS", "mult18x18d_sim_model"]
 
@@ -117,23 +117,19 @@ class Ecp5Mult18(HardMultiplier):
         return m
 
 
-#: The behavioural stand-in for simulation (Yosys has only a black box of MULT18X18D).
-SIM_MODEL_PATH = Path(__file__).resolve().parents[2] / "tb" / "mult18x18d_sim.v"
+#: The behavioural stand-in for simulation (Yosys has only a black box of MULT18X18D),
+#: shipped inside the package.
+SIM_MODEL_PATH = Path(__file__).resolve().parent / "sim_models" / "mult18x18d_sim.v"
 
 
 def mult18x18d_sim_model():
-    """Verilog text of the project's behavioural MULT18X18D stand-in (``tb/mult18x18d_sim.v``).
+    """Verilog text of the project's behavioural MULT18X18D stand-in (``psc/hw/sim_models/mult18x18d_sim.v``).
 
     Yosys ships only a black box of MULT18X18D (``share/ecp5/cells_bb.v``),
     so the benches use this model, written from Lattice's documentation of
     the cell (TN1267): input, pipeline and output registers on ``CLK0`` with
     a selectable clock enable and synchronous reset, signed or unsigned
     operands. It supports the subset :class:`Ecp5Mult18` uses and stops the
-    simulation on anything else. Raises ``RuntimeError`` if the file is
-    missing (an installed package without the source tree).
+    simulation on anything else.
     """
-    try:
-        return SIM_MODEL_PATH.read_text()
-    except FileNotFoundError:
-        raise RuntimeError(f"the MULT18X18D simulation stand-in {SIM_MODEL_PATH} is missing "
-                           "(it lives in the source tree's tb/ directory)") from None
+    return SIM_MODEL_PATH.read_text()

@@ -4,7 +4,7 @@ from amaranth.hdl import Module, Mux, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .config import _check_range
+from psc.config import _check_range
 
 __all__ = ["WeightSelect"]
 
@@ -13,12 +13,12 @@ class WeightSelect(wiring.Component):
     """Pick ``W+`` or ``W-`` from each parified weight word by the sign mask.
 
     A parified word holds ``{W-, W+}`` with ``W+`` in the low ``weight_width``
-    bits (DESIGN.md, :func:`psc.packing.parify`). Lane ``l`` outputs ``W+`` when
+    bits (DESIGN.md, :func:`psc.model.packing.parify`). Lane ``l`` outputs ``W+`` when
     ``mask[l]`` is 0 (activation ``>= 0``) and ``W-`` when it is 1. The cost is
     one LUT per weight bit; the multiplier count is unchanged.
 
     Combinational: latency 0, one vector per cycle, no clock or reset. The
-    consumer (:class:`psc.pe.PSCMac`) registers ``w`` before its multiplier
+    consumer (:class:`psc.hw.pe.PSCMac`) registers ``w`` before its multiplier
     (DESIGN.md timing rule).
 
     Parameters
@@ -33,7 +33,7 @@ class WeightSelect(wiring.Component):
     words : View of ArrayLayout(unsigned(2 * weight_width), lanes), in
         Parified weight words.
     mask : Signal(lanes), in
-        Sign mask from :class:`psc.sign_mask.SignMask`; bit ``l`` set means
+        Sign mask from :class:`psc.hw.sign_mask.SignMask`; bit ``l`` set means
         the activation of lane ``l`` is negative.
     w : View of ArrayLayout(signed(weight_width), lanes), out
         Selected weights.

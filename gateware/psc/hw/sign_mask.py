@@ -4,7 +4,7 @@ from amaranth.hdl import Module, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .config import _check_range
+from psc.config import _check_range
 
 __all__ = ["SignMask"]
 

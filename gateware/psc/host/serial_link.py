@@ -1,4 +1,4 @@
-"""Host driver of the UART bridge (:mod:`psc.bridge`): runs :func:`psc.host.plan_layer` tiles on a board.
+"""Host driver of the UART bridge (:mod:`psc.hw.link.bridge`): runs :func:`psc.host.plan_layer` tiles on a board.
 
 The protocol logic is written once, *sans I/O*, as generators
 (:func:`ping_exchange`, :func:`tile_exchange`, :func:`run_tiles`,
@@ -16,17 +16,17 @@ result parsing. The tiles are the ones :func:`psc.host.plan_layer` makes
 (its packed ints are the beats); the outputs are reassembled by
 :meth:`psc.host.LayerPlan.assemble`, as for the simulators.
 
-Flow control (see :mod:`psc.bridge`): one tile at a time; the frames of a
+Flow control (see :mod:`psc.hw.link.bridge`): one tile at a time; the frames of a
 tile (CFG, WEIGHTS, PARAMS, ACTS, STATUS) are written in one go, then its
 ``n_out`` output beats and the status frame are read before the next tile.
 """
 
 from dataclasses import dataclass
 
-from .bridge import (FLAGS, ID_BYTES, ID_MAGIC, MAX_FRAME_BEATS, OP, PROTOCOL_VERSION,
+from psc.hw.link.bridge import (FLAGS, ID_BYTES, ID_MAGIC, MAX_FRAME_BEATS, OP, PROTOCOL_VERSION,
                      STATUS_BYTES, beat_bytes)
-from .config import PSCConfig
-from .core import CoreConfig
+from psc.config import PSCConfig
+from psc.hw.core import CoreConfig
 
 __all__ = ["LinkError", "Write", "Read", "parse_id", "config_from_id", "check_id",
            "encode_tile", "parse_status", "ping_exchange", "tile_exchange", "run_tiles", "session", "drive",
@@ -60,7 +60,7 @@ def _u(value, nbytes):
 
 
 def parse_id(data):
-    """Fields of an ID frame (:func:`psc.bridge.id_frame`) as a dict; raises :class:`LinkError`."""
+    """Fields of an ID frame (:func:`psc.hw.link.bridge.id_frame`) as a dict; raises :class:`LinkError`."""
     data = bytes(data)
     if len(data) != ID_BYTES or data[0] != OP["PING"] or data[1:4] != ID_MAGIC:
         raise LinkError(f"no PSC bridge answered PING: got {data[:8].hex()}... "
@@ -78,7 +78,7 @@ def parse_id(data):
 
 
 def config_from_id(ident):
-    """The :class:`~psc.core.CoreConfig` a board reported in its ID frame."""
+    """The :class:`~psc.hw.core.CoreConfig` a board reported in its ID frame."""
     pe = PSCConfig(**{k: ident[k] for k in ("act_width", "weight_width", "acc_width",
                                              "mult_width", "lanes", "rows", "max_reduction",
                                              "psc")})
@@ -248,7 +248,7 @@ class SerialLink:
     ----------
     transport
         Object with ``write(bytes)`` and ``read(n)`` (returns ``b""`` on timeout).
-    config : psc.core.CoreConfig or None
+    config : psc.hw.core.CoreConfig or None
         The build the host plans for; ``None`` takes it from the board's ID.
     """
 

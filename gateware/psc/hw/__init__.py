@@ -1,0 +1,1 @@
+"""Amaranth gateware: arithmetic parts (sign mask, weight select, multipliers, PE, dot product, requantiser), the core, the link."""

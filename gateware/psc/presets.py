@@ -1,0 +1,61 @@
+"""Every build configuration the project ships, in one table.
+
+A *preset* is a named :class:`~psc.config.CoreConfig`: the MAC array's
+:class:`~psc.config.PSCConfig` (``preset.pe``, which the primitive tops of
+``psc generate`` use) and the core's buffers. Synthesis targets and boards
+name a preset; nothing else spells out a configuration, so a board always
+runs exactly the core its target's figures were measured on.
+
+* ``default``: 8 lanes x 8 rows, 8-bit activations and weights, 32-bit
+  accumulators, depthwise layers on the whole array (``depthwise="pixels"``).
+  ``rtl/`` holds its primitives; ``psc demo`` and ``psc bench`` use it.
+* ``tiny``: 4 x 4 with small buffers, so that the host scheduler cuts even
+  small layers into several tiles; the test build for tiling.
+* ``ice40-up5k``: 16 MACs per cycle on the UP5K's 8 SB_MAC16 (two signed
+  8x8 products each, hand-instantiated, fully registered), two registers in
+  the adder tree, one time-shared digit-serial requantiser (4 bits of the
+  multiplier per cycle, in LUTs) and buffers that leave 4 of the 30 block
+  RAMs for the UART bridge (a weight block is 256 bits wide). The 256 weight
+  blocks bound a reduction to 256 * 8 = 2048 products, so
+  ``max_reduction=2048`` and the 27-bit accumulator that holds them
+  (``required_acc_width(8, 8, 2048)``). 8 x 2 has no square shape, so
+  depthwise layers run block-diagonal.
+* ``ecp5-25k``: 4 x 7 on all 28 MULT18X18D of the LFE5U-25F, hand-instantiated
+  with their registers (``ecp5_mult18``), one adder-tree stage, a register
+  stage after the buffers, a pipelined requantiser per row.
+"""
+
+from psc.config import CoreConfig, PSCConfig
+
+__all__ = ["PRESETS", "TARGETS", "BOARDS", "DEFAULT_BAUD", "preset"]
+
+PRESETS = {
+    "default": CoreConfig(),
+    "tiny": CoreConfig(pe=PSCConfig(lanes=4, rows=4), fmap_depth=64, weight_depth=64, param_depth=4),
+    "ice40-up5k": CoreConfig(pe=PSCConfig(lanes=8, rows=2, multiplier="ice40_dual8x8",
+                                          tree_stages=2, requantizers=1, requant_mult_bits=4,
+                                          max_reduction=2048, acc_width=27),
+                             fmap_depth=256, weight_depth=256, param_depth=64),
+    "ecp5-25k": CoreConfig(pe=PSCConfig(lanes=4, rows=7, multiplier="ecp5_mult18", tree_stages=1),
+                           fmap_depth=4096, weight_depth=512, param_depth=64, read_register=True),
+}
+
+#: Synthesis target -> the preset it ships (``psc synth``/``psc compare --target``).
+TARGETS = {"ice40-up5k": "ice40-up5k", "ecp5-25k": "ecp5-25k"}
+
+#: Board -> the synthesis target whose preset it runs (``psc build --board``).
+BOARDS = {"icebreaker": "ice40-up5k", "ulx3s": "ecp5-25k"}
+
+#: UART baud rate of the board builds and the serial driver.
+DEFAULT_BAUD = 1_000_000
+
+
+def preset(name):
+    """The :class:`~psc.config.CoreConfig` of preset, target or board ``name``."""
+    if name in BOARDS:
+        name = BOARDS[name]
+    if name in TARGETS:
+        name = TARGETS[name]
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS) + sorted(BOARDS)}, not {name!r}")
+    return PRESETS[name]
