@@ -8,5 +8,5 @@
 - :mod:`tb.formal`: SymbiYosys (YoWASP) runs of Amaranth formal harnesses;
 - ``tb.test_*``: the cocotb benches (run by ``tests/test_cocotb_primitives.py``).
 
-See tb/README.md.
+Waveforms: ``PSC_WAVES=1`` (see :mod:`tb.runner`).
 """

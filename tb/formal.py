@@ -256,7 +256,7 @@ class SignSelectMiter(wiring.Component):
 
     Asserts, per lane: ``mask == (x < 0)``, ``w == (W+ if x >= 0 else W-)`` and
     ``w * x == (W+ * x if x >= 0 else W- * x)``, where ``{W-, W+}`` is the
-    lane's word with ``W+`` in the low half (DESIGN.md). ``x`` and the words
+    lane's word with ``W+`` in the low half. ``x`` and the words
     are free inputs; the design is combinational, so a pass covers every value.
     ``products=False`` leaves out the product assertion: the select assertions
     alone are easy for plain SAT, while the product one needs :func:`prove`'s

@@ -160,7 +160,7 @@ class Reduction:
             bias = int(self.bias[0]) if b == 0 or rng is None else int(rng.integers(lo, hi, endpoint=True))
             out.append({
                 "x": pack_payload(layouts["x"], x),
-                # The SignMask's function by definition (DESIGN.md): bit l = sign of lane l.
+                # The SignMask's function by definition: bit l = sign of lane l (1 = negative).
                 "mask": sum(1 << i for i, v in enumerate(x) if v < 0),
                 "words": pack_payload(layouts["words"], [int(w) for w in words[b]]),
                 "bias": int(packing.pack_lanes([bias], config.acc_width)),

@@ -3,7 +3,7 @@
 ``StreamRegister`` is a correct one-deep stream register; ``BrokenStreamRegister``
 withdraws ``valid`` under backpressure, which the monitor must catch.
 ``StandinDotProduct`` and ``StandinPSCMac`` are deliberately naive models with
-the ports of :mod:`psc.hw.dot_product` and :mod:`psc.hw.pe` (SPEC.md), used to bring
+the ports of :mod:`psc.hw.dot_product` and :mod:`psc.hw.pe`, used to bring
 the benches up before the real gateware existed and to show that the benches
 accept a different, correct implementation. The arithmetic in them is the
 hardware under test, not a reference: expected values still come from

@@ -96,7 +96,7 @@ class Reduction:
 
 
 def bias_range(config):
-    """Biases the host accepts: bias + any reduction of max_reduction products fits (DESIGN.md)."""
+    """Biases the host accepts: bias + any reduction of max_reduction products fits the accumulator."""
     alo, ahi = lo_hi(config.act_width)
     wlo, whi = lo_hi(config.weight_width)
     pos_peak = config.max_reduction * alo * wlo
@@ -284,7 +284,7 @@ def test_sign_mask_feeds_weight_select_like_golden():
                                         w_neg[i].reshape(1, 1, 1, 1))[0, 0, 0]
                 got = golden.conv2d(x[i:i + 1].reshape(1, 1, 1), np.array(sel[i]).reshape(1, 1, 1, 1))
                 assert got[0, 0, 0] == ref
-                if x[i] == 0:      # DESIGN.md: x == 0 selects W+
+                if x[i] == 0:      # x == 0 selects W+ (the product is 0 either way)
                     assert sel[i] == w_pos[i]
 
     run(m, tb)

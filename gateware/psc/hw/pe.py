@@ -90,7 +90,7 @@ class PSCMac(wiring.Component):
 
     Registering the selected weight keeps the mux off the multiply path and
     lets the multiply use a DSP's input and output registers, so a PSC build
-    meets the clock of the plain one (DESIGN.md timing rule). The bias goes
+    meets the clock of the plain one. The bias goes
     only as far as the accumulator (one register per stage, loaded on
     ``first`` beats only); a later ``first`` cannot overwrite it before use
     because all the registers advance with the beat.

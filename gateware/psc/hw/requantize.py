@@ -1,4 +1,4 @@
-"""Per-channel requantisation of accumulators to activations (DESIGN.md), as a stream stage."""
+"""Per-channel requantisation of accumulators to activations (:func:`psc.golden.requantize`), as a stream stage."""
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring

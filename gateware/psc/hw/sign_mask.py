@@ -12,8 +12,8 @@ __all__ = ["SignMask"]
 class SignMask(wiring.Component):
     """Sign bits of a vector of signed activations (the paper's ``sign_ext``).
 
-    Activations are symmetric two's complement with no zero point
-    (DESIGN.md), so the sign is the MSB and no comparator is needed. ``x == 0``
+    Activations are symmetric two's complement with no zero point,
+    so the sign is the MSB and no comparator is needed. ``x == 0``
     gives 0, which selects ``W+`` (the product is 0 either way).
 
     Combinational: latency 0, one vector per cycle, no clock or reset.

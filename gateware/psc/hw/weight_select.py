@@ -13,13 +13,13 @@ class WeightSelect(wiring.Component):
     """Pick ``W+`` or ``W-`` from each parified weight word by the sign mask.
 
     A parified word holds ``{W-, W+}`` with ``W+`` in the low ``weight_width``
-    bits (DESIGN.md, :func:`psc.model.packing.parify`). Lane ``l`` outputs ``W+`` when
+    bits (:func:`psc.model.packing.parify`). Lane ``l`` outputs ``W+`` when
     ``mask[l]`` is 0 (activation ``>= 0``) and ``W-`` when it is 1. The cost is
     one LUT per weight bit; the multiplier count is unchanged.
 
     Combinational: latency 0, one vector per cycle, no clock or reset. The
     consumer (:class:`psc.hw.pe.PSCMac`) registers ``w`` before its multiplier
-    (DESIGN.md timing rule).
+    (so the PSC datapath meets the plain one's clock).
 
     Parameters
     ----------

@@ -17,7 +17,7 @@ concatenated reduction ``[x+, x-]``. The float reference
 (:func:`psc_conv2d_float`) computes the dynamic-kernel form directly, with a
 per-element weight selection, so tests compare two independent formulations.
 
-Conventions (``../shared/DESIGN.md``):
+Conventions (the hardware follows them bit for bit):
 
 - activations ``(C, H, W)`` or ``(N, C, H, W)``, weights
   ``(Cout, Cin // groups, K, K)`` (PyTorch layouts);

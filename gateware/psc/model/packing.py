@@ -8,7 +8,7 @@ Lane words
     ``ArrayLayout(signed(width), n)``, so a lane word can be assigned to such a
     port as it is.
 
-Parified weights (DESIGN.md)
+Parified weights
     One memory word holds the pair ``{W-, W+}``: ``W+`` in the low
     ``weight_width`` bits, ``W-`` in the high ones. One read of the word feeds
     one weight-selection mux. A plain (``psc=False``) build stores ``W+``
