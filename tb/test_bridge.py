@@ -7,10 +7,15 @@ the serial port: it shifts the driver's bytes onto ``rx`` (8N1, ``divisor``
 clocks per bit) and decodes ``tx`` back into bytes.
 
 Job (``PSC_JOB``, JSON, written by tests/test_bridge.py): the core
-configuration, the UART divisor, the plans (tiles from psc.host.plan_layer)
-and optionally a ``refused`` tile (a command the core rejects). Result
-(``PSC_RESULT``): per plan the per-tile results of serial_link, and the
-refused tile's result. Judging the outputs against psc.model.golden is the test's.
+configuration (``CoreConfig.to_dict``), the UART divisor, the plans (tiles
+from psc.host.plan_layer), optionally ``wrong_configs`` (configurations a
+host plans for that the board was not built with: each session must be
+refused after its PING), and optionally a ``refused`` tile (a command the
+core rejects). Result (``PSC_RESULT``): per wrong configuration the driver's
+error and the bytes the host had written; per plan the per-tile results of
+serial_link (the session names no configuration: the board's digest picks
+the preset), and the refused tile's result. Judging the outputs against
+psc.model.golden is the test's.
 """
 
 import json
@@ -23,8 +28,7 @@ from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge
 
-from psc.config import PSCConfig
-from psc.hw.core import CoreConfig
+from psc.config import CoreConfig
 from psc.host import Tile
 from psc.host import serial_link
 
@@ -41,6 +45,7 @@ class UartPins:
         self.div = divisor
         self.idle_limit = idle_limit
         self.rx_bytes = deque()
+        self.written = 0                       # bytes the host has sent
         self.framing_errors = 0
         dut.rx.value = 1
         self._monitor = cocotb.start_soon(self._decode())
@@ -63,6 +68,7 @@ class UartPins:
 
     async def write(self, data):
         dut, div = self.dut, self.div
+        self.written += len(data)
         for byte in data:
             for bit in [0] + [(byte >> i) & 1 for i in range(8)] + [1]:
                 dut.rx.value = bit
@@ -97,11 +103,6 @@ async def drive_async(gen, pins):
         return stop.value
 
 
-def _config(d):
-    return CoreConfig(pe=PSCConfig(**d["pe"]), fmap_depth=d["fmap_depth"],
-                      weight_depth=d["weight_depth"], param_depth=d["param_depth"])
-
-
 def _tile(d):
     return Tile(cfg=d["cfg"], weights=d["weights"], params=d["params"], acts=d["acts"],
                 n_out=d["n_out"], fields={})
@@ -131,7 +132,7 @@ async def run_job(dut):
 
 async def _run(dut, job, out):
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    config = _config(job["config"])
+    config = CoreConfig.from_dict(job["config"])
     dut.rst.value = 1
     pins = UartPins(dut, job["divisor"])
     await ClockCycles(dut.clk, 3)
@@ -139,8 +140,17 @@ async def _run(dut, job, out):
     await RisingEdge(dut.clk)
 
     plans = [[_tile(t) for t in tiles] for tiles in job["plans"]]
+    out["wrong"] = []
+    for d in job.get("wrong_configs", ()):
+        sent = pins.written
+        try:
+            await drive_async(serial_link.session(plans, CoreConfig.from_dict(d)), pins)
+            error = None
+        except serial_link.LinkError as e:
+            error = str(e)
+        out["wrong"].append({"error": error, "written": pins.written - sent})
     start = get_sim_time("ns")
-    out["results"] = await drive_async(serial_link.session(plans, config), pins)
+    out["results"] = await drive_async(serial_link.session(plans), pins)
     if job.get("refused"):
         out["refused"] = await drive_async(
             serial_link.tile_exchange(_tile(job["refused"]), config), pins)

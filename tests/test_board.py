@@ -11,7 +11,7 @@ import pytest
 
 from psc.flow import board
 from psc.hw.link.board_top import BoardTop
-from psc.hw.link.bridge import id_frame
+from psc.hw.link.bridge import ID_BYTES, id_frame
 from psc.hw.link.uart import divisor_for
 
 LOG = """
@@ -54,7 +54,7 @@ def test_board_top_elaborates(name):
     constraints = files[f"{board.NAME}.pcf" if b.family == "ice40" else f"{board.NAME}.lpf"]
     assert "uart_0__rx" in constraints and "uart_0__tx" in constraints
     # the ID frame the bridge answers PING with fits its fields (u8 widths, u32 depths)
-    assert len(id_frame(bc.core, bc.divisor)) == 32
+    assert len(id_frame(bc.core, bc.divisor)) == ID_BYTES
 
 
 def test_board_checks():

@@ -3,17 +3,19 @@
 
 * The UART: random bytes through the transmitter into the receiver over a
   wire, and a bit-level check of both against a Python model of 8N1.
-* :mod:`psc.host.serial_link` against a fake transport: the PING check, the
-  frames it writes for a plan, and ``run_layer(target="serial:...")``.
+* :mod:`psc.host.serial_link` against a fake transport: the ID frame and its
+  digest check (a host planning for another build is refused, a host naming
+  no build gets the shipped preset with the board's digest), the frames it
+  writes for a plan, and ``run_layer(target="serial:...")``.
 * ``tb/test_bridge.py``: the bridge + core + UART top driven through its
-  pins by the same serial_link code, a whole layer against psc.model.golden.
+  pins by the same serial_link code: hosts configured for other builds are
+  refused before any tile is sent, then a whole layer against psc.model.golden.
 """
 
 import json
 import random
 import shutil
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +27,9 @@ import core_cases
 from psc import golden
 from psc import host
 from psc.host import serial_link
-from psc.hw.link.bridge import (Bridge, BridgeConfig, FLAGS, ID_BYTES, OP, beat_bytes,
-                        id_frame)
-from psc.config import PSCConfig
-from psc.hw.core import CoreConfig
+from psc.hw.link.bridge import (Bridge, BridgeConfig, FLAGS, ID_BYTES, OP, PROTOCOL_VERSION,
+                                beat_bytes, id_frame)
+from psc.presets import PRESETS
 from psc.hw.link.uart import UARTConfig, UARTReceiver, UARTTransmitter, divisor_for
 
 DIV = 5   # odd, so the receiver's half-bit wait is rounded
@@ -161,9 +162,12 @@ def test_uart_config_checks():
 
 # --- serial_link framing and run_layer dispatch (fake transport, no simulator) --------------------
 
-#: The simulated board: small buffers so the layer needs several tiles (and ``keep``).
-SIM_CONFIG = CoreConfig(pe=PSCConfig(lanes=4, rows=4), fmap_depth=64, weight_depth=64,
-                        param_depth=4)
+#: The simulated board: the ``tiny`` preset, whose small buffers make the layer need
+#: several tiles (and ``keep``); a preset, so a host that names no build finds it.
+SIM_CONFIG = PRESETS["tiny"]
+#: Builds a host may wrongly plan for: they differ from SIM_CONFIG in the packing
+#: (depthwise mapping) or the latency (read register), not in the array's size.
+WRONG_CONFIGS = (SIM_CONFIG.replace(depthwise="pixels"), SIM_CONFIG.replace(read_register=True))
 SIM_DIVISOR = 4
 SIM_FRAME_TIMEOUT = 100    # bit times
 TOPLEVEL = "psc_bridge_sim"
@@ -247,9 +251,58 @@ def test_id_check_names_the_difference():
     ident = serial_link.parse_id(id_frame(other, 4))
     with pytest.raises(serial_link.LinkError, match=r"rows: board 2, host 4; fmap_depth: board 128, host 64"):
         serial_link.check_id(ident, SIM_CONFIG)
-    assert serial_link.config_from_id(serial_link.parse_id(id_frame(SIM_CONFIG, 4))) == SIM_CONFIG
+    assert serial_link.check_id(serial_link.parse_id(id_frame(SIM_CONFIG, 4)), SIM_CONFIG) is SIM_CONFIG
     with pytest.raises(serial_link.LinkError, match="no PSC bridge"):
         serial_link.parse_id(b"\0" * ID_BYTES)
+    old = bytearray(id_frame(SIM_CONFIG, 4))
+    old[4] = PROTOCOL_VERSION - 1
+    with pytest.raises(serial_link.LinkError, match=f"protocol version {PROTOCOL_VERSION - 1}"):
+        serial_link.parse_id(bytes(old))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_id_frame_carries_every_field(name):
+    """The ID frame's readable fields spell the whole configuration, and its digest is the
+    configuration's; the digest finds the preset, itself."""
+    config = PRESETS[name]
+    ident = serial_link.parse_id(id_frame(config, 12))
+    assert ident.pop("digest") == config.digest() and ident.pop("divisor") == 12
+    assert ident == {**config.pe.to_dict(),
+                     **{k: v for k, v in config.to_dict().items() if k != "pe"}}
+    assert serial_link.preset_for_digest(config.digest()) == (name, config)
+    assert serial_link.board_config(serial_link.parse_id(id_frame(config, 12))) is config
+
+
+@pytest.mark.parametrize("other", WRONG_CONFIGS, ids=["depthwise", "read_register"])
+def test_id_check_refuses_fields_beyond_the_array_size(other):
+    """A board built with another depthwise mapping or read register is refused, naming the
+    field and the preset the board runs, though lanes, rows, widths and depths all agree."""
+    ident = serial_link.parse_id(id_frame(SIM_CONFIG, 4))
+    field = "depthwise" if other.pe.depthwise != SIM_CONFIG.pe.depthwise else "read_register"
+    board, host_value = ((SIM_CONFIG.pe.depthwise, other.pe.depthwise) if field == "depthwise"
+                         else (SIM_CONFIG.read_register, other.read_register))
+    with pytest.raises(serial_link.LinkError,
+                       match=rf"{field}: board {board!r}, host {host_value!r}; the board runs "
+                             rf"preset 'tiny'"):
+        serial_link.board_config(ident, other)
+
+
+def test_digest_lookup_refuses_an_unknown_build():
+    """With no configuration, a board whose digest is no preset's is refused (never a
+    configuration guessed from the readable fields), before any tile is sent."""
+    unknown = SIM_CONFIG.replace(requant_mult_bits=4)
+    assert all(unknown.digest() != c.digest() for c in PRESETS.values())
+    msg = rf"board reports build digest {unknown.digest():#010x}, which matches no preset.*pass config="
+    with pytest.raises(serial_link.LinkError, match=msg):
+        serial_link.preset_for_digest(unknown.digest())
+    fake = FakeBoard(unknown, ident=id_frame(unknown, 4))
+    layer = _small_layer()
+    plan = host.plan_layer(**layer, config=SIM_CONFIG)
+    with pytest.raises(serial_link.LinkError, match=msg):
+        serial_link.drive(serial_link.session([plan.tiles]), fake)
+    assert bytes(fake.written) == bytes([OP["PING"]])
+    # given the configuration it was built with, the same board is driven
+    assert serial_link.SerialLink(FakeBoard(unknown), unknown).config is unknown
 
 
 def test_run_layer_serial_target_uses_serial_link(monkeypatch):
@@ -295,7 +348,7 @@ def test_drive_times_out_on_silence():
 
         def read(self, n):
             return b""
-    with pytest.raises(serial_link.LinkError, match="timeout reading the ID frame: got 0 of 32"):
+    with pytest.raises(serial_link.LinkError, match="timeout reading the ID frame: got 0 of 5"):
         serial_link.drive(serial_link.ping_exchange(), Silent())
 
 
@@ -329,12 +382,11 @@ def _build_sim(target):
     return runner, base
 
 
-def _run_bench(target, plans, refused=None):
+def _run_bench(target, plans, refused=None, wrong_configs=()):
     runner, base = _build_sim(target)
     run_dir = base / "runs" / uuid.uuid4().hex[:12]
     run_dir.mkdir(parents=True)
-    job = {"config": {"pe": asdict(SIM_CONFIG.pe), "fmap_depth": SIM_CONFIG.fmap_depth,
-                      "weight_depth": SIM_CONFIG.weight_depth, "param_depth": SIM_CONFIG.param_depth},
+    job = {"config": SIM_CONFIG.to_dict(), "wrong_configs": [c.to_dict() for c in wrong_configs],
            "divisor": SIM_DIVISOR, "plans": [[t.as_json() for t in tiles] for tiles in plans],
            "refused": refused.as_json() if refused else None,
            "frame_timeout": SIM_FRAME_TIMEOUT,
@@ -362,8 +414,10 @@ def _run_bench(target, plans, refused=None):
 
 @pytest.mark.parametrize("target", ["icarus", "verilator"])
 def test_bridge_layer_through_uart_pins(target):
-    """A whole layer (8 channels, 6x6, 3x3, several tiles) through the UART pins of the
-    bridge top, driven by psc.host.serial_link, equals psc.model.golden; a refused command is
+    """Hosts planning for another build (depthwise mapping, read register) are refused after
+    their PING, before any tile is sent. Then a whole layer (8 channels, 6x6, 3x3, several
+    tiles) through the UART pins of the bridge top, driven by psc.host.serial_link with the
+    board's preset found by its digest, equals psc.model.golden; a refused command is
     reported (ERROR, DROPPED, SHORT) and padded, and the link still answers afterwards;
     so it does after a frame cut short (frame timeout)."""
     layer = _small_layer()
@@ -375,7 +429,11 @@ def test_bridge_layer_through_uart_pins(target):
     refused = host.Tile(cfg=pack_payload(config_layout(SIM_CONFIG), bad_fields),
                         weights=plan.tiles[0].weights[:3], params=plan.tiles[0].params[:1],
                         acts=plan.tiles[0].acts[:2], n_out=3, fields=bad_fields)
-    res = _run_bench(target, [plan.tiles], refused)
+    res = _run_bench(target, [plan.tiles], refused, WRONG_CONFIGS)
+    for wrong, field in zip(res["wrong"], ("depthwise", "read_register")):
+        assert wrong["written"] == 1, wrong          # the PING, no tile
+        assert wrong["error"] and f"{field}: board" in wrong["error"] \
+            and "the board runs preset 'tiny'" in wrong["error"], wrong["error"]
     tiles = res["results"][0]
     for r in tiles:
         assert r["done"] and not r["error"] and r["flags"] == ["DONE"], r["flags"]
@@ -393,9 +451,9 @@ def test_bridge_layer_through_uart_pins(target):
     rf = res["refused"]
     assert rf["error"] and set(rf["flags"]) == {"ERROR", "DONE", "DROPPED", "SHORT"}
     assert rf["outputs"] == [0, 0, 0] and rf["outputs_real"] == 0
-    assert serial_link.config_from_id(res["ident_after"]) == SIM_CONFIG
+    assert serial_link.check_id(res["ident_after"], SIM_CONFIG) is SIM_CONFIG
     assert res["framing_errors"] == 0
     # a frame cut short is abandoned after the frame timeout; the next PING is understood
-    assert serial_link.config_from_id(res["ident_after_partial"]) == SIM_CONFIG
+    assert serial_link.board_config(res["ident_after_partial"]) is SIM_CONFIG
     flags = set(res["status_after_partial"]["flags"])
     assert "RX_ERROR" in flags and "BAD_OPCODE" not in flags

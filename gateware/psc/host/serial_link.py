@@ -16,6 +16,16 @@ result parsing. The tiles are the ones :func:`psc.host.plan_layer` makes
 (its packed ints are the beats); the outputs are reassembled by
 :meth:`psc.host.LayerPlan.assemble`, as for the simulators.
 
+The ID check (:func:`board_config`): the board reports the digest of its
+whole core configuration (:meth:`psc.config.CoreConfig.digest`). A host
+that plans for a configuration must have the same digest, or it is refused
+before any tile is sent (the readable fields of the ID name what differs);
+a host that names none runs the shipped preset (:data:`psc.presets.PRESETS`)
+with the board's digest, and refuses a board that runs none of them. The
+host never builds a configuration from the readable fields: a build that
+differs in something they do not carry would be driven with the wrong
+packing.
+
 Flow control (see :mod:`psc.hw.link.bridge`): one tile at a time; the frames of a
 tile (CFG, WEIGHTS, PARAMS, ACTS, STATUS) are written in one go, then its
 ``n_out`` output beats and the status frame are read before the next tile.
@@ -23,16 +33,17 @@ tile (CFG, WEIGHTS, PARAMS, ACTS, STATUS) are written in one go, then its
 
 from dataclasses import dataclass
 
-from psc.hw.link.bridge import (FLAGS, ID_BYTES, ID_MAGIC, MAX_FRAME_BEATS, OP, PROTOCOL_VERSION,
-                     STATUS_BYTES, beat_bytes)
-from psc.config import PSCConfig
-from psc.hw.core import CoreConfig
+from psc.config import DEPTHWISE_MODES, MULTIPLIERS
+from psc.hw.link.bridge import (FLAGS, ID_BYTES, ID_FIELDS, ID_HEADER_BYTES, ID_MAGIC,
+                                MAX_FRAME_BEATS, OP, PROTOCOL_VERSION, STATUS_BYTES, beat_bytes,
+                                id_frame)
+from psc.presets import DEFAULT_BAUD, PRESETS
 
-__all__ = ["LinkError", "Write", "Read", "parse_id", "config_from_id", "check_id",
-           "encode_tile", "parse_status", "ping_exchange", "tile_exchange", "run_tiles", "session", "drive",
-           "SerialLink", "parse_target", "open_transport", "DEFAULT_BAUD", "DEFAULT_TIMEOUT"]
+__all__ = ["LinkError", "Write", "Read", "parse_id", "preset_for_digest", "check_id",
+           "board_config", "encode_tile", "parse_status", "ping_exchange", "tile_exchange",
+           "run_tiles", "session", "drive", "SerialLink", "parse_target", "open_transport",
+           "DEFAULT_BAUD", "DEFAULT_TIMEOUT"]
 
-DEFAULT_BAUD = 1_000_000
 DEFAULT_TIMEOUT = 10.0
 
 
@@ -59,46 +70,84 @@ def _u(value, nbytes):
     return int(value).to_bytes(nbytes, "little")
 
 
-def parse_id(data):
-    """Fields of an ID frame (:func:`psc.hw.link.bridge.id_frame`) as a dict; raises :class:`LinkError`."""
+def _check_header(data):
     data = bytes(data)
-    if len(data) != ID_BYTES or data[0] != OP["PING"] or data[1:4] != ID_MAGIC:
+    if len(data) < ID_HEADER_BYTES or data[0] != OP["PING"] or data[1:4] != ID_MAGIC:
         raise LinkError(f"no PSC bridge answered PING: got {data[:8].hex()}... "
                         f"({len(data)} bytes), expected 'P' 'PSC' ...")
     if data[4] != PROTOCOL_VERSION:
         raise LinkError(f"the board speaks protocol version {data[4]}, this host "
                         f"{PROTOCOL_VERSION}: rebuild the bitstream (psc build)")
-    names = ("act_width", "weight_width", "acc_width", "mult_width", "lanes", "rows", "psc")
-    out = {n: data[5 + i] for i, n in enumerate(names)}
-    out["psc"] = bool(out["psc"])
-    for i, n in enumerate(("max_reduction", "fmap_depth", "weight_depth", "param_depth",
-                           "divisor")):
-        out[n] = int.from_bytes(data[12 + 4 * i:16 + 4 * i], "little")
+
+
+def _decode(name, value):
+    """A readable ID field as the configuration spells it (see :func:`psc.hw.link.bridge.id_values`)."""
+    if name in ("psc", "read_register"):
+        return bool(value)
+    if name in ("requantizers", "requant_mult_bits"):
+        return value or None
+    for key, names in (("multiplier", MULTIPLIERS), ("depthwise", DEPTHWISE_MODES)):
+        if name == key:
+            return names[value] if value < len(names) else f"<unknown {key} #{value}>"
+    return value
+
+
+def parse_id(data):
+    """Fields of an ID frame (:func:`psc.hw.link.bridge.id_frame`) as a dict; raises :class:`LinkError`.
+
+    Keys are the names of :data:`psc.hw.link.bridge.ID_FIELDS`, valued as the
+    configuration spells them (``multiplier="generic"``, ``requantizers=None``, ...);
+    ``digest`` and ``divisor`` are integers.
+    """
+    data = bytes(data)
+    _check_header(data)
+    if len(data) != ID_BYTES:
+        raise LinkError(f"ID frame of {len(data)} bytes, expected {ID_BYTES}: the link lost bytes")
+    out, at = {}, ID_HEADER_BYTES
+    for name, nbytes in ID_FIELDS:
+        out[name] = _decode(name, int.from_bytes(data[at:at + nbytes], "little"))
+        at += nbytes
     return out
 
 
-def config_from_id(ident):
-    """The :class:`~psc.hw.core.CoreConfig` a board reported in its ID frame."""
-    pe = PSCConfig(**{k: ident[k] for k in ("act_width", "weight_width", "acc_width",
-                                             "mult_width", "lanes", "rows", "max_reduction",
-                                             "psc")})
-    return CoreConfig(pe=pe, fmap_depth=ident["fmap_depth"], weight_depth=ident["weight_depth"],
-                      param_depth=ident["param_depth"])
+def _readable(config):
+    """The readable ID fields of ``config`` (the digest and divisor left out)."""
+    ident = parse_id(id_frame(config, 4))
+    del ident["digest"], ident["divisor"]
+    return ident
+
+
+def preset_for_digest(digest):
+    """``(name, config)`` of the shipped preset (:data:`psc.presets.PRESETS`) with build
+    digest ``digest``; raises :class:`LinkError` when none has it."""
+    for name, config in PRESETS.items():
+        if config.digest() == digest:
+            return name, config
+    raise LinkError(f"board reports build digest {digest:#010x}, which matches no preset "
+                    f"({', '.join(PRESETS)}); pass config= (the configuration it was built with)")
 
 
 def check_id(ident, config):
-    """Raise :class:`LinkError` naming every field where the board differs from ``config``."""
-    board = config_from_id(ident)
-    want = {**{k: getattr(config.pe, k) for k in ("act_width", "weight_width", "acc_width",
-                                                   "mult_width", "lanes", "rows",
-                                                   "max_reduction", "psc")},
-            "fmap_depth": config.fmap_depth, "weight_depth": config.weight_depth,
-            "param_depth": config.param_depth}
-    diff = [f"{k}: board {ident[k]!r}, host {v!r}" for k, v in want.items() if ident[k] != v]
-    if diff:
-        raise LinkError("the board's build does not match the host's configuration: "
-                        + "; ".join(diff))
-    return board
+    """``config`` when the board's digest is its own; else :class:`LinkError` naming every
+    readable field where they differ (and the board's preset when it runs one)."""
+    want = config.digest()
+    if ident["digest"] == want:
+        return config
+    host = _readable(config)
+    diff = [f"{k}: board {ident[k]!r}, host {v!r}" for k, v in host.items() if ident[k] != v]
+    what = "; ".join(diff) if diff else "no readable field differs"
+    shipped = next((name for name, c in PRESETS.items() if c.digest() == ident["digest"]), None)
+    runs = f"; the board runs preset {shipped!r}" if shipped else ""
+    raise LinkError(f"the board's build (digest {ident['digest']:#010x}) is not the host's "
+                    f"configuration (digest {want:#010x}): {what}{runs}")
+
+
+def board_config(ident, config=None):
+    """The configuration to drive the board of ``ident`` with: ``config`` checked against it
+    (:func:`check_id`), or with ``config=None`` the preset it runs (:func:`preset_for_digest`)."""
+    if config is not None:
+        return check_id(ident, config)
+    return preset_for_digest(ident["digest"])[1]
 
 
 def encode_tile(tile, config):
@@ -133,10 +182,16 @@ def parse_status(data):
 # --- protocol generators ------------------------------------------------------------------------
 
 def ping_exchange():
-    """Generator: PING, returns the parsed ID frame."""
+    """Generator: PING, returns the parsed ID frame.
+
+    The header is read first, so a board of another protocol version is
+    refused by name rather than by a timeout on a frame of another length.
+    """
     yield Write(bytes([OP["PING"]]))
-    data = yield Read(ID_BYTES, "ID frame")
-    return parse_id(data)
+    head = yield Read(ID_HEADER_BYTES, "ID frame")
+    _check_header(head)
+    rest = yield Read(ID_BYTES - ID_HEADER_BYTES, "ID frame")
+    return parse_id(head + rest)
 
 
 def tile_exchange(tile, config):
@@ -172,11 +227,11 @@ def run_tiles(plans, config):
     return out
 
 
-def session(plans, config):
-    """Generator: PING, check the ID against ``config``, then :func:`run_tiles`."""
+def session(plans, config=None):
+    """Generator: PING, the configuration from :func:`board_config` (``config`` checked, or
+    the board's preset), then :func:`run_tiles`; nothing is sent when the ID is refused."""
     ident = yield from ping_exchange()
-    check_id(ident, config)
-    return (yield from run_tiles(plans, config))
+    return (yield from run_tiles(plans, board_config(ident, config)))
 
 
 def drive(gen, transport, *, chunk=512):
@@ -248,8 +303,10 @@ class SerialLink:
     ----------
     transport
         Object with ``write(bytes)`` and ``read(n)`` (returns ``b""`` on timeout).
-    config : psc.hw.core.CoreConfig or None
-        The build the host plans for; ``None`` takes it from the board's ID.
+    config : psc.config.CoreConfig or None
+        The build the host plans for, refused unless the board's digest is its
+        own; ``None`` runs the shipped preset whose digest the board reports
+        (:func:`board_config`).
     """
 
     def __init__(self, transport, config=None, *, settle=0.2):
@@ -262,8 +319,7 @@ class SerialLink:
             transport.reset_input_buffer()
         try:
             self.ident = drive(ping_exchange(), transport)
-            self.config = check_id(self.ident, config) if config is not None else \
-                config_from_id(self.ident)
+            self.config = board_config(self.ident, config)
         except BaseException:
             self.close()
             raise

@@ -4,7 +4,7 @@ The bridge lets a host drive the core's five streams over one serial line
 (8N1, :mod:`psc.hw.link.uart`). The host side is :mod:`psc.host.serial_link`; the board
 tops are in :mod:`psc.flow.board`.
 
-Protocol (version 1)
+Protocol (version 2)
 --------------------
 
 All multi-byte fields are little-endian. A *beat* is one payload of a core
@@ -47,11 +47,20 @@ STATUS     ``S``    none                                          status frame
   ``RX_ERROR`` is also set when a frame was abandoned after
   ``frame_timeout`` bit times of silence in its middle
   (:class:`BridgeConfig`).
-* ID frame (:func:`id_frame`), 32 bytes: ``P``, ``PSC``, protocol version
-  (u8), ``act_width``, ``weight_width``, ``acc_width``, ``mult_width``,
-  ``lanes``, ``rows``, ``psc`` (u8 each), ``max_reduction``, ``fmap_depth``,
-  ``weight_depth``, ``param_depth``, UART ``divisor`` (u32 each). The host
-  checks it against the configuration it plans for.
+* ID frame (:func:`id_frame`), :data:`ID_BYTES` bytes: ``P``, ``PSC``,
+  protocol version (u8), then the fields of :data:`ID_FIELDS` in order:
+  the build digest (u32, :meth:`psc.config.CoreConfig.digest`, covering
+  every field of the core's configuration), ``act_width``,
+  ``weight_width``, ``acc_width``, ``mult_width``, ``lanes``, ``rows``,
+  ``psc`` (u8 each), ``max_reduction``, ``fmap_depth``, ``weight_depth``,
+  ``param_depth``, UART ``divisor`` (u32 each), ``multiplier`` and
+  ``depthwise`` (u8, the index in :data:`psc.config.MULTIPLIERS` and
+  :data:`psc.config.DEPTHWISE_MODES`), ``tree_stages``, ``requantizers``,
+  ``requant_mult_bits`` (u8, 0 for ``None``) and ``read_register`` (u8).
+  The host compares the digest with its own configuration's (the readable
+  fields name what differs) or, given none, looks it up among the shipped
+  presets. Version 1 boards sent 32 bytes without the digest; the version
+  byte comes first so that a host can refuse them before reading on.
 
 Data beats go to the core as it accepts them; the core accepts weights,
 parameters and a whole tile's activations into its buffers without waiting
@@ -78,21 +87,33 @@ from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from psc.config import DEPTHWISE_MODES, MULTIPLIERS
 from psc.hw.core import (OUTPUT_COUNT_WIDTH, CoreConfig, PSCConvCore, act_in_layout,
-                   act_out_layout, config_layout, param_layout, weight_layout)
+                         act_out_layout, config_layout, param_layout, weight_layout)
 from psc.hw.link.uart import UARTConfig, UARTReceiver, UARTTransmitter
 
 __all__ = ["BridgeConfig", "Bridge", "OP", "FLAGS", "PROTOCOL_VERSION", "ID_MAGIC",
-           "beat_bytes", "id_frame", "STATUS_BYTES", "ID_BYTES", "RX_FIFO_DEPTH"]
+           "ID_FIELDS", "ID_HEADER_BYTES", "beat_bytes", "id_values", "id_frame", "STATUS_BYTES",
+           "ID_BYTES", "RX_FIFO_DEPTH"]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 ID_MAGIC = b"PSC"
 OP = {"PING": ord("P"), "CFG": ord("C"), "WEIGHTS": ord("W"), "PARAMS": ord("K"),
       "ACTS": ord("A"), "STATUS": ord("S")}
 FLAGS = {"BUSY": 0, "ERROR": 1, "DONE": 2, "DROPPED": 3, "SHORT": 4, "EXTRA": 5,
          "RX_ERROR": 6, "BAD_OPCODE": 7}
 STATUS_BYTES = 18
-ID_BYTES = 32
+#: The fields of the ID frame after its header, in order: (name, bytes).
+ID_FIELDS = (("digest", 4),
+             ("act_width", 1), ("weight_width", 1), ("acc_width", 1), ("mult_width", 1),
+             ("lanes", 1), ("rows", 1), ("psc", 1),
+             ("max_reduction", 4), ("fmap_depth", 4), ("weight_depth", 4), ("param_depth", 4),
+             ("divisor", 4),
+             ("multiplier", 1), ("depthwise", 1), ("tree_stages", 1), ("requantizers", 1),
+             ("requant_mult_bits", 1), ("read_register", 1))
+#: ``P``, ``PSC`` and the protocol version: what a host reads before it knows the frame's length.
+ID_HEADER_BYTES = 1 + len(ID_MAGIC) + 1
+ID_BYTES = ID_HEADER_BYTES + sum(n for _, n in ID_FIELDS)
 RX_FIFO_DEPTH = 16
 #: Largest beat count of one WEIGHTS/PARAMS/ACTS frame.
 MAX_FRAME_BEATS = 0xFFFF
@@ -111,15 +132,34 @@ def beat_bytes(config):
             "out": _nbytes(act_out_layout(config).size)}
 
 
+def id_values(config, divisor):
+    """The fields of the ID frame of a bridge built for ``config`` and ``divisor``, as integers.
+
+    Keys are the names of :data:`ID_FIELDS`. Enumerations are their index in
+    :data:`psc.config.MULTIPLIERS` / :data:`psc.config.DEPTHWISE_MODES`,
+    booleans 0 or 1, and an optional count that is ``None`` is 0 (none of
+    them can be 0 otherwise).
+    """
+    p = config.pe
+    return {"digest": config.digest(),
+            "act_width": p.act_width, "weight_width": p.weight_width, "acc_width": p.acc_width,
+            "mult_width": p.mult_width, "lanes": p.lanes, "rows": p.rows, "psc": int(p.psc),
+            "max_reduction": p.max_reduction, "fmap_depth": config.fmap_depth,
+            "weight_depth": config.weight_depth, "param_depth": config.param_depth,
+            "divisor": divisor,
+            "multiplier": MULTIPLIERS.index(p.multiplier),
+            "depthwise": DEPTHWISE_MODES.index(p.depthwise),
+            "tree_stages": p.tree_stages, "requantizers": p.requantizers or 0,
+            "requant_mult_bits": p.requant_mult_bits or 0,
+            "read_register": int(config.read_register)}
+
+
 def id_frame(config, divisor):
     """The ID frame a bridge built for ``config`` and ``divisor`` sends in answer to PING."""
-    p = config.pe
+    values = id_values(config, divisor)
     out = bytes([OP["PING"]]) + ID_MAGIC + bytes([PROTOCOL_VERSION])
-    out += bytes([p.act_width, p.weight_width, p.acc_width, p.mult_width, p.lanes, p.rows,
-                  int(p.psc)])
-    for v in (p.max_reduction, config.fmap_depth, config.weight_depth, config.param_depth,
-              divisor):
-        out += int(v).to_bytes(4, "little")
+    for name, nbytes in ID_FIELDS:
+        out += int(values[name]).to_bytes(nbytes, "little")
     assert len(out) == ID_BYTES
     return out
 
@@ -346,7 +386,7 @@ class Bridge(wiring.Component):
         # Only an output beat is held in a shift register; the ID frame (a
         # constant) and the status frame (live signals that hold still while it
         # is sent: the core is idle and every output has left) are picked byte by
-        # byte, which is cheaper than loading them into a 32-byte register.
+        # byte, which is cheaper than loading them into a register as wide as the frame.
         tsh = Signal(8 * nb["out"])
         tmode = Signal(2)                   # 0 output beat, 1 ID frame, 2 status frame
         tmax = max(nb["out"], STATUS_BYTES, ID_BYTES)
