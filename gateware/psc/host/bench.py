@@ -13,7 +13,6 @@ import time
 import numpy as np
 
 from psc.model import golden
-from psc.config import PSCConfig
 from psc.hw.core import CoreConfig
 from psc.host import run_layers
 
@@ -88,9 +87,12 @@ def format_table(rows, config=None):
     return "\n".join(lines)
 
 
-def main(args):
-    cc = CoreConfig(pe=PSCConfig(lanes=args.lanes, rows=args.rows, depthwise=args.depthwise))
-    rows = bench(args.layers or None, config=cc, seed=args.seed)
+def main(layers=None, config=None, *, seed=0):
+    """``psc bench`` (parser in :mod:`psc.cli`): print the table for ``layers`` (default all)
+    on ``config`` (default ``CoreConfig()``); exit status 0 when every output is bit-exact and
+    the PSC and plain builds take the same cycles."""
+    cc = config or CoreConfig()
+    rows = bench(layers or None, config=cc, seed=seed)
     print(format_table(rows, cc))
     same = all(r["total"] == r["total_plain"] for r in rows)
     print()
