@@ -1,0 +1,86 @@
+"""The ``psc`` command line (psc.cli): options reach the handlers as parsed values and a
+configuration built from the preset; a bad option or value is one line and exit status 2.
+
+Fast: the handlers are replaced by recorders, nothing is built or simulated.
+"""
+
+import pytest
+
+from psc import cli, presets
+from psc.flow import board, synth
+from psc.host import bench
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Replace the handlers behind ``psc build/synth/compare/bench`` by recorders."""
+    seen = []
+
+    def recorder(name):
+        def handler(*args, **kwargs):
+            seen.append((name, args, kwargs))
+            return 0
+        return handler
+
+    monkeypatch.setattr(board, "main", recorder("build"))
+    monkeypatch.setattr(synth, "main_synth", recorder("synth"))
+    monkeypatch.setattr(synth, "main_compare", recorder("compare"))
+    monkeypatch.setattr(bench, "main", recorder("bench"))
+    return seen
+
+
+def _one_line_error(capsys, *words):
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    for word in words:
+        assert word in err, err
+    return err
+
+
+def test_handlers_get_parsed_values_and_the_preset(calls):
+    assert cli.main(["build", "--board", "icebreaker", "--rows", "1", "--seed", "4", "--json"]) == 0
+    assert cli.main(["synth", "--target", "ecp5-25k", "--level", "datapath", "--no-pnr",
+                     "--tree-stages", "2"]) == 0
+    assert cli.main(["compare", "--target", "ice40-up5k", "--level", "core",
+                     "--cycles", "fc_256x64,pw_32x32_16"]) == 0
+    assert cli.main(["bench", "fc_256x64", "--lanes", "4", "--rows", "4"]) == 0
+    (_, b_args, b_kw), (_, s_args, s_kw), (_, c_args, c_kw), (_, n_args, n_kw) = calls
+    assert b_args == ("icebreaker", presets.preset("icebreaker").replace(rows=1))
+    assert b_kw == dict(baud=presets.DEFAULT_BAUD, build_dir=None, seed=4, as_json=True)
+    assert s_args == ("ecp5-25k", presets.preset("ecp5-25k").replace(tree_stages=2))
+    assert s_kw["level"] == "datapath" and s_kw["variant"] == "psc" and s_kw["pnr"] is False
+    assert c_args == ("ice40-up5k", presets.preset("ice40-up5k"))
+    assert c_kw["levels"] == ("core",) and c_kw["cycles_layers"] == ("fc_256x64", "pw_32x32_16")
+    assert n_args == (["fc_256x64"], presets.preset("default").replace(lanes=4, rows=4))
+    assert n_kw == {"seed": 0}
+    cli.main(["compare", "--target", "ecp5-25k", "--cycles", "none"])
+    assert calls[-1][2]["levels"] == synth.LEVELS and calls[-1][2]["cycles_layers"] == ()
+
+
+@pytest.mark.parametrize("argv, words", [
+    # an override the configuration refuses is not silently dropped
+    (["build", "--board", "icebreaker", "--lanes", "0"], ["psc build", "lanes", "not 0"]),
+    (["build", "--board", "arty"], ["psc build", "--board", "'arty'", "icebreaker"]),
+    (["build", "--board", "ulx3s", "--rows", "x"], ["psc build", "--rows", "'x'"]),
+    (["synth", "--target", "ice40-up5k", "--lanes", "3"], ["psc synth", "lanes must be even"]),
+    (["synth", "--level", "core"], ["psc synth", "--target"]),
+    (["compare", "--target", "ecp5-25k", "--cycles", "pw_32x32_16,huge"],
+     ["psc compare", "--cycles", "'huge'"]),
+    (["bench", "nosuch"], ["psc bench", "'nosuch'", "fc_256x64"]),
+    (["bench", "--lanes", "4"], ["psc bench", "depthwise='pixels' needs lanes == rows"]),
+    (["demo", "--target", "spi:/dev/x"], ["psc demo", "--target", "serial:PORT"]),
+    (["nosuch"], ["psc:", "'nosuch'"]),
+])
+def test_bad_options_are_one_line_and_exit_2(calls, capsys, argv, words):
+    assert cli.main(argv) == 2
+    _one_line_error(capsys, *words)
+    assert calls == []          # refused before any handler ran
+
+
+def test_help_exits_zero(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["build", "--help"])
+    assert stop.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())     # argparse wraps to the terminal
+    for name, target in presets.BOARDS.items():
+        assert f"{name}: {target}" in out
