@@ -138,8 +138,11 @@ class Reduction:
         out = []
         for b in range(self.beats):
             bias = self.bias if b == 0 or rng is None else rng.integers(lo, hi, self.rows, endpoint=True)
+            x = [int(v) for v in self.x[b]]
             out.append(pack_payload(layout, {
-                "x": [int(v) for v in self.x[b]],
+                # a depthwise="pixels" build takes a lane word per row; outside
+                # depthwise layers every row gets the same one
+                "x": [x] * config.rows if config.depthwise == "pixels" else x,
                 "w": [[int(v) for v in row] for row in words[b]],
                 "bias": [int(v) for v in bias],
                 "first": int(b == 0),

@@ -1,9 +1,10 @@
 """Run the cocotb benches of the PSC primitives on Icarus and Verilator.
 
 - tb.test_selftest: the bench library against a stream register (and a broken one);
-- tb.test_pe: PSCMac from rtl/pe.v (default preset);
-- tb.test_dot_product: DotProduct from rtl/dot_product.v (default preset),
-  rtl/dot_product_baseline.v (psc=False) and the tiny preset.
+- tb.test_pe: PSCMac from rtl/pe.v (the default preset's datapath);
+- tb.test_dot_product: DotProduct from rtl/dot_product.v (the default preset's
+  datapath, the MAC array of the default core), rtl/dot_product_baseline.v
+  (psc=False) and a 2 x 2 datapath.
 
 Each simulator model is built once per session (tb.runner caches builds).
 ``PSC_WAVES=1`` dumps waveforms (see tb/README.md).
@@ -14,17 +15,19 @@ import importlib
 import pytest
 
 from psc.config import PSCConfig
+from psc.presets import PRESETS
 from tb.psc_model import config_env
 from conftest import write_if_changed
 from tb.runner import ROOT, SIMULATORS, run_cocotb
 
 RTL = ROOT / "rtl"
+#: What rtl/pe.v and rtl/dot_product.v are built for.
+DEFAULT = PRESETS["default"].pe
 
 
 def tiny_config(**changes):
-    """The tiny preset of psc.flow.generate (2 lanes x 2 rows)."""
-    from psc.flow.generate import PRESETS
-    return PRESETS["tiny"].replace(**changes)
+    """A 2 lanes x 2 rows datapath: small enough to simulate quickly."""
+    return PSCConfig(lanes=2, rows=2, **changes)
 
 
 def _component(path, config):
@@ -83,12 +86,12 @@ def _generated(export_verilog, top, config, tag):
 
 @pytest.mark.parametrize("sim", SIMULATORS)
 def test_pe(export_verilog, sim):
-    _run(export_verilog, sim, "psc.hw.pe:PSCMac", PSCConfig(), "pe", "default", rtl=RTL / "pe.v",
+    _run(export_verilog, sim, "psc.hw.pe:PSCMac", DEFAULT, "pe", "default", rtl=RTL / "pe.v",
          bench="tb.test_pe")
 
 
 def test_pe_baseline(export_verilog):
-    _run(export_verilog, "icarus", "psc.hw.pe:PSCMac", PSCConfig(psc=False), "pe_baseline", "default",
+    _run(export_verilog, "icarus", "psc.hw.pe:PSCMac", DEFAULT.replace(psc=False), "pe_baseline", "default",
          rtl=RTL / "pe_baseline.v", bench="tb.test_pe")
 
 
@@ -96,9 +99,9 @@ def test_pe_baseline(export_verilog):
 @pytest.mark.parametrize("preset", ["default", "baseline", "tiny"])
 def test_dot_product(export_verilog, sim, preset):
     if preset == "default":
-        cfg, top, rtl = PSCConfig(), "dot_product", RTL / "dot_product.v"
+        cfg, top, rtl = DEFAULT, "dot_product", RTL / "dot_product.v"
     elif preset == "baseline":
-        cfg, top, rtl = PSCConfig(psc=False), "dot_product_baseline", RTL / "dot_product_baseline.v"
+        cfg, top, rtl = DEFAULT.replace(psc=False), "dot_product_baseline", RTL / "dot_product_baseline.v"
     else:
         cfg = tiny_config()
         top, rtl = _generated(export_verilog, "dot_product", cfg, "tiny")

@@ -1,6 +1,6 @@
 """Formal proofs of the PSC primitives (tb.formal; Yosys's SAT solver from the YoWASP wheel).
 
-(a) DotProduct (tiny preset) keeps the stream contract: assumed on ``i``,
+(a) DotProduct (a 2 x 2 datapath) keeps the stream contract: assumed on ``i``,
     proven on ``o`` for every reachable state (k-induction); and ``o.valid``
     has no combinational path from ``o.ready``.
 (b) SignMask + WeightSelect + multiply equals ``W+ * x if x >= 0 else W- * x``
@@ -13,15 +13,17 @@ Work directories: build/formal/<name>/ (yosys.log, cex.vcd on failure).
 
 import pytest
 
+from psc.config import PSCConfig
 from psc.hw.dot_product import DotProduct
-from psc.flow.generate import PRESETS
+from psc.presets import PRESETS
 from psc.hw.sign_mask import SignMask
 from psc.hw.weight_select import WeightSelect
 from tb.formal import (FormalError, SignSelectMiter, StreamContract, check_no_comb_path, prove,
                        run_sby, smt_solver)
 from tb.standins import BrokenStreamRegister, StandinWeightSelect, StreamRegister
 
-TINY = PRESETS["tiny"]
+# small enough for quick proofs
+TINY = PSCConfig(lanes=2, rows=2)
 
 
 # --- (a) stream contract -----------------------------------------------------
@@ -45,9 +47,9 @@ def test_contract_harness_catches_broken_stream():
     prove("stream_register_contract", StreamContract(StreamRegister()))
 
 
-@pytest.mark.parametrize("preset", ["tiny", "default"])
-def test_dot_product_valid_not_combinational_on_ready(preset):
-    check_no_comb_path(f"dot_product_comb_{preset}", DotProduct(PRESETS[preset]), "o__ready", "o__valid")
+@pytest.mark.parametrize("name, config", [("2x2", TINY), ("default", PRESETS["default"].pe)])
+def test_dot_product_valid_not_combinational_on_ready(name, config):
+    check_no_comb_path(f"dot_product_comb_{name}", DotProduct(config), "o__ready", "o__valid")
 
 
 def test_comb_path_check_finds_a_path():

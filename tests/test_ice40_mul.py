@@ -191,17 +191,18 @@ def test_yosys_dsp_pass_clobbers_hand_instantiated_cells():
 
 
 def test_verilator_lint_with_model(tmp_path):
-    """The dual-mode Verilog (``psc generate --preset up5k``) lints clean under -Wall with
+    """The dual-mode Verilog (``psc generate --target ice40-up5k``) lints clean under -Wall with
     the project's waivers; only Yosys's model itself is exempt."""
     import shutil
     import subprocess
 
     from psc.flow import generate
+    from psc.presets import PRESETS
 
     exe = shutil.which("verilator")
     if exe is None:
         pytest.skip("verilator is not on PATH; run through `bash scripts/env.sh pytest`")
-    paths = generate.write_rtl(tmp_path, generate.PRESETS["up5k"], ("pe", "dot_product"))
+    paths = generate.write_rtl(tmp_path, PRESETS["ice40-up5k"].pe, ("pe", "dot_product"))
     model = tmp_path / "sb_mac16_sim.v"
     model.write_text(sb_mac16_sim_model())
     for path in paths:

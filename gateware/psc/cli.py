@@ -220,23 +220,44 @@ def _add_build(sub):
 
 
 def _generate(args):
-    """Write Verilog for the chosen tops and configuration."""
-    config = generate.PRESETS[args.preset]
-    changes = {field: getattr(args, field) for field in
-               ("lanes", "rows", "act_width", "weight_width", "acc_width", "mult_width",
-                "max_reduction", "multiplier", "tree_stages") if getattr(args, field) is not None}
+    """Write Verilog for the chosen tops and configuration (psc.flow.generate)."""
+    import os
+    changes = {field: getattr(args, field) for field, _, _ in generate.OVERRIDES
+               if getattr(args, field) is not None}
+    if args.read_register is not None:
+        changes["read_register"] = args.read_register
     if args.no_psc:
         changes["psc"] = False
+    if args.top is None and args.preset is None and not changes:
+        # the bare command: everything rtl/ ships
+        for path in generate.write_shipped(args.output or "rtl"):
+            print(path)
+        return 0
+    name = args.preset or "default"
     try:
-        config = config.replace(**changes)
+        config = preset(name).replace(**changes)
+    except (ValueError, TypeError) as e:
+        raise _BadOption(f"psc generate: {e}") from None
+    tops = generate.TOPS if args.top in (None, "all") else (args.top,)
+    if args.top in (None, "all") and generate.board_of(name) is None:
+        tops = tuple(top for top in tops if top != "bridge")   # no board clock to build it for
+    if not config.pe.psc and all(top in generate.PSC_ONLY for top in tops):
+        raise _BadOption(f"psc generate: --top {args.top} exists only for PSC; drop --no-psc")
+    out = args.output
+    if out is None:
+        wanted = {n for _, _, n in generate.file_names(tops, config)}
+        ship = {n for _, _, n in generate.file_names(dict(generate.SHIPPED).get(name, ()),
+                                                     PRESETS[name])}
+        if changes or not wanted <= ship:
+            raise _BadOption(f"psc generate: rtl/ holds only what it ships (a bare `psc generate`); "
+                             f"give -o DIR for --top {args.top or 'all'} of preset {name!r}"
+                             + (" with overrides" if changes else ""))
+        out = os.path.join("rtl", generate.shipped_dir(name))
+    try:
+        paths = generate.write_rtl(out, config, tops, preset_name=name)
     except ValueError as e:
-        print(f"psc generate: {e}", file=sys.stderr)
-        return 2
-    tops = generate.TOPS if args.top == "all" else (args.top,)
-    if not config.psc and all(top in generate.PSC_ONLY for top in tops):
-        print(f"psc generate: --top {args.top} exists only for PSC; drop --no-psc", file=sys.stderr)
-        return 2
-    for path in generate.write_rtl(args.output, config, tops):
+        raise _BadOption(f"psc generate: {e}") from None
+    for path in paths:
         print(path)
     return 0
 
@@ -261,25 +282,47 @@ def main(argv=None):
     _add_bench(sub)
 
     p = sub.add_parser(
-        "generate", help="write Verilog of the components (default: every top of the default preset into rtl/)",
-        description="Write one Verilog file per top, with the configuration in its header. "
-                    "With a PSC configuration, pe and dot_product also get a psc=False "
-                    "_baseline twin.")
-    p.add_argument("--top", default="all", choices=[*generate.TOPS, "all"],
-                   help="component to export (default: all)")
-    p.add_argument("--preset", default="default", choices=list(generate.PRESETS),
-                   help="base configuration; the options below override it (default: default)")
-    for flag, what in (("--lanes", "activations per beat (Tn)"), ("--rows", "outputs per beat (Tm)"),
-                       ("--act-width", "activation bits"), ("--weight-width", "weight bits"),
-                       ("--acc-width", "accumulator bits"), ("--mult-width", "requantisation multiplier bits"),
-                       ("--max-reduction", "largest reduction length the accumulator must hold")):
-        p.add_argument(flag, type=int, metavar="N", help=what)
-    p.add_argument("--multiplier", choices=list(MULTIPLIERS),
-                   help="how products are built (psc.config.PSCConfig.multiplier)")
-    p.add_argument("--tree-stages", type=int, metavar="N",
-                   help="pipeline registers in each PE's adder tree (0..2)")
+        "generate", help="write Verilog of the components (default: everything rtl/ ships)",
+        description="Write one Verilog file per top, with the configuration, ports and the "
+                    "command that regenerates it in its header. Without options: everything "
+                    "rtl/ ships (the default preset's primitives and core in rtl/, each "
+                    "target's core in rtl/<target>/). With a PSC configuration, pe and "
+                    "dot_product also get a psc=False _baseline twin. See psc.flow.generate.")
+    p.add_argument("--top", choices=[*generate.TOPS, "all"],
+                   help="component to export (default: all; bridge only for a preset a board runs)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--preset", choices=list(PRESETS),
+                       help="base configuration (psc.presets); the options below override it "
+                            "(default: default)")
+    which.add_argument("--target", dest="preset", choices=list(TARGETS),
+                       help="the preset of a synthesis target (same as --preset of that name)")
+    helps = {"lanes": "activations per beat (Tn)", "rows": "outputs per beat (Tm)",
+             "act_width": "activation bits", "weight_width": "weight bits",
+             "acc_width": "accumulator bits", "mult_width": "requantisation multiplier bits",
+             "max_reduction": "largest reduction length the accumulator must hold",
+             "tree_stages": "pipeline registers in each PE's adder tree (0..2)",
+             "requantizers": "requantisers in parallel (a divisor of rows)",
+             "requant_mult_bits": "requantisation multiplier bits per cycle",
+             "fmap_depth": "core input buffer depth (lane words)",
+             "weight_depth": "core weight buffer depth (blocks)",
+             "param_depth": "core parameter buffer depth (groups of rows channels)"}
+    for field, flag, kind in generate.OVERRIDES:
+        if field == "multiplier":
+            p.add_argument(flag, choices=list(MULTIPLIERS),
+                           help="how products are built (psc.config.PSCConfig.multiplier)")
+        elif field == "depthwise":
+            p.add_argument(flag, choices=list(DEPTHWISE_MODES),
+                           help="depthwise mapping (psc.config.PSCConfig.depthwise)")
+        else:
+            p.add_argument(flag, type=kind, metavar="N", help=helps[field])
+    p.add_argument("--read-register", action="store_const", const=True,
+                   help="register stage after the core's buffers")
+    p.add_argument("--no-read-register", dest="read_register", action="store_const", const=False,
+                   help="no register stage after the core's buffers")
     p.add_argument("--no-psc", action="store_true", help="plain convolution (psc=False) only")
-    p.add_argument("-o", "--output", default="rtl", metavar="DIR", help="output directory (default: rtl/)")
+    p.add_argument("-o", "--output", metavar="DIR",
+                   help="output directory (default: rtl/, or rtl/<preset>/ for a target's files; "
+                        "required for anything rtl/ does not ship)")
     p.set_defaults(func=_generate)
 
     _add_synth(sub)
