@@ -33,7 +33,8 @@ def regenerated(tmp_path_factory):
 
 def test_rtl_ships_the_default_primitives_and_every_core(regenerated):
     _, names = regenerated
-    cores = sorted(f"{generate.shipped_dir(name)}/psc_core.v".lstrip("/") for name, _ in generate.SHIPPED)
+    cores = sorted(Path(generate.shipped_dir(name, ""), "psc_core.v").as_posix()
+                   for name, _ in generate.SHIPPED)
     assert cores == ["ecp5-25k/psc_core.v", "ice40-up5k/psc_core.v", "psc_core.v"]
     for name in ["sign_mask.v", "weight_select.v", "pe.v", "dot_product.v", "pe_baseline.v",
                  "dot_product_baseline.v", "lint_waivers.vlt", *cores]:
@@ -74,8 +75,8 @@ def _id(path):
 
 def _preset_of_dir(path):
     """The preset whose files are in ``path``'s directory of rtl/."""
-    sub = path.parent.relative_to(RTL).as_posix()
-    return next(name for name, _ in generate.SHIPPED if generate.shipped_dir(name) == (sub if sub != "." else ""))
+    sub = path.parent.relative_to(RTL)
+    return next(name for name, _ in generate.SHIPPED if Path(generate.shipped_dir(name, "")) == sub)
 
 
 def _verilator():
@@ -147,8 +148,8 @@ def test_waivers_live_in_one_place():
 
 @pytest.mark.parametrize("path", _rtl_files(), ids=_id)
 def test_header_command_regenerates_the_file(tmp_path, path):
-    """The command in each file's header, run with -o, writes that file byte for byte;
-    without -o it writes into the file's own directory of rtl/."""
+    """The command in each file's header, run with -o, writes that file byte for byte,
+    and names the file's preset."""
     text = path.read_text()
     match = re.search(r"^//   (psc generate.*)$", text, flags=re.M)
     assert match, f"{path.name} has no regeneration command in its header"
@@ -245,7 +246,16 @@ def test_cli_generate_rejects_bad_requests(tmp_path, capsys, monkeypatch):
     # without -o only what rtl/ ships may be written (into rtl/ of the current directory)
     monkeypatch.chdir(tmp_path)
     for argv in (["--preset", "tiny"], ["--top", "pe", "--target", "ice40-up5k"],
-                 ["--top", "core", "--target", "ice40-up5k", "--fmap-depth", "512"]):
+                 ["--top", "core", "--target", "ice40-up5k", "--fmap-depth", "512"],
+                 ["--top", "pe", "--lanes", "4", "--rows", "4"]):
         assert cli.main(["generate", *argv]) == 2
         assert "give -o DIR" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_cli_generate_writes_a_shipped_file_into_rtl(tmp_path, monkeypatch):
+    """Without -o, a header's command writes its file where rtl/ has it."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["generate", "--top", "pe", "--no-psc"]) == 0
+    assert _tree(tmp_path) == ["rtl/lint_waivers.vlt", "rtl/pe_baseline.v"]
+    assert (tmp_path / "rtl" / "pe_baseline.v").read_bytes() == (RTL / "pe_baseline.v").read_bytes()

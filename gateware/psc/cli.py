@@ -221,7 +221,6 @@ def _add_build(sub):
 
 def _generate(args):
     """Write Verilog for the chosen tops and configuration (psc.flow.generate)."""
-    import os
     changes = {field: getattr(args, field) for field, _, _ in generate.OVERRIDES
                if getattr(args, field) is not None}
     if args.read_register is not None:
@@ -245,14 +244,14 @@ def _generate(args):
         raise _BadOption(f"psc generate: --top {args.top} exists only for PSC; drop --no-psc")
     out = args.output
     if out is None:
-        wanted = {n for _, _, n in generate.file_names(tops, config)}
-        ship = {n for _, _, n in generate.file_names(dict(generate.SHIPPED).get(name, ()),
-                                                     PRESETS[name])}
-        if changes or not wanted <= ship:
+        wanted = {(n, c) for _, c, n in generate.file_names(tops, config)}
+        ship = {(n, c) for _, c, n in generate.file_names(dict(generate.SHIPPED).get(name, ()),
+                                                          PRESETS[name])}
+        if not wanted <= ship:
             raise _BadOption(f"psc generate: rtl/ holds only what it ships (a bare `psc generate`); "
                              f"give -o DIR for --top {args.top or 'all'} of preset {name!r}"
                              + (" with overrides" if changes else ""))
-        out = os.path.join("rtl", generate.shipped_dir(name))
+        out = generate.shipped_dir(name)
     try:
         paths = generate.write_rtl(out, config, tops, preset_name=name)
     except ValueError as e:

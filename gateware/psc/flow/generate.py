@@ -41,7 +41,6 @@ core of each synthesis target in ``rtl/<target>/psc_core.v``. Every
 directory ``psc generate`` writes gets its own ``lint_waivers.vlt``.
 """
 
-import dataclasses
 import os
 
 from amaranth.back import verilog
@@ -166,12 +165,8 @@ def _core_config(config):
     if isinstance(config, CoreConfig):
         return config
     if isinstance(config, PSCConfig):
-        return _replace(PRESETS["default"], pe=config)
+        return PRESETS["default"].replace(pe=config)
     raise TypeError(f"config must be a psc.config.CoreConfig or PSCConfig, not {config!r}")
-
-
-def _replace(core, **changes):
-    return dataclasses.replace(core, **changes)   # validated like a new CoreConfig
 
 
 def _check_top(top):
@@ -241,15 +236,9 @@ def file_names(tops, config, *, baseline=True):
             continue
         out.append((top, config, module_name(top, config)))
     if baseline and cc.pe.psc:
-        plain = _plain(config)
+        plain = config.replace(psc=False)   # CoreConfig.replace passes it to pe
         out += [(top, plain, module_name(top, plain)) for top in tops if top in _BASELINE_TWINS]
     return out
-
-
-def _plain(config):
-    if isinstance(config, PSCConfig):
-        return config.replace(psc=False)
-    return _replace(config, pe=config.pe.replace(psc=False))
 
 
 def _fields(top):
@@ -265,7 +254,7 @@ def _value(cc, field):
 def _preset_of(config, top):
     """Name of the preset ``config`` is (for ``top``: datapath only for the primitives)."""
     cc = _core_config(config)
-    cc = _replace(cc, pe=cc.pe.replace(psc=True))
+    cc = cc.replace(psc=True)
     for name, preset in PRESETS.items():
         if all(_value(cc, f) == _value(preset, f) for f in _fields(top)):
             return name
@@ -305,9 +294,10 @@ def regenerate_command(top, config, preset_name=None, *, output=None):
     return " ".join(args)
 
 
-def shipped_dir(preset_name):
-    """Directory of ``preset_name``'s files in ``rtl/`` (relative): ``""`` for default."""
-    return "" if preset_name == "default" else preset_name
+def shipped_dir(preset_name, rtl_dir="rtl"):
+    """Directory of ``preset_name``'s files under ``rtl_dir``: ``rtl_dir`` itself for
+    the default preset, else ``rtl_dir/<preset_name>``."""
+    return os.path.join(rtl_dir, "" if preset_name == "default" else preset_name)
 
 
 def sim_models(config):
@@ -411,12 +401,12 @@ def _header(top, config, name, component, preset_name):
     ]
     if top in PRIMITIVES:
         pe = cc.pe
-        lines += [f"Configuration (psc.config.PSCConfig, the datapath of preset "
-                  f"{preset_name or _preset_of(cc, top) or 'default'!r} with the overrides above):"]
+        lines += [f"Configuration (psc.config.PSCConfig): the datapath of preset "
+                  f"{preset_name or _preset_of(cc, top) or 'default'!r} and the command's overrides"]
         lines += [f"  {k} = {v!r}" for k, v in pe.to_dict().items()]
     else:
         base = preset_name or _preset_of(cc, top) or "default"
-        lines += [f"Configuration (psc.config.CoreConfig, preset {base!r} with the overrides above):"]
+        lines += [f"Configuration (psc.config.CoreConfig): preset {base!r} and the command's overrides"]
         for k, v in cc.to_dict().items():
             if k == "pe":
                 lines += [f"  pe.{pk} = {pv!r}" for pk, pv in v.items()]
@@ -499,6 +489,6 @@ def write_shipped(rtl_dir="rtl"):
     """Write everything ``rtl/`` ships (:data:`SHIPPED`) under ``rtl_dir``; the written paths."""
     paths = []
     for name, tops in SHIPPED:
-        paths += write_rtl(os.path.join(rtl_dir, shipped_dir(name)), PRESETS[name], tops,
+        paths += write_rtl(shipped_dir(name, rtl_dir), PRESETS[name], tops,
                            preset_name=name)
     return paths
