@@ -4,7 +4,7 @@
 //   psc generate --top dot_product
 // (without -o it writes only what rtl/ ships, into rtl/ or rtl/<preset>/; -o DIR writes into DIR)
 //
-// Configuration (psc.config.PSCConfig, the datapath of preset 'default' with the overrides above):
+// Configuration (psc.config.PSCConfig): the datapath of preset 'default' and the command's overrides
 //   act_width = 8
 //   weight_width = 8
 //   acc_width = 32

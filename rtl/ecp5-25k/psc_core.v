@@ -4,7 +4,7 @@
 //   psc generate --top core --target ecp5-25k
 // (without -o it writes only what rtl/ ships, into rtl/ or rtl/<preset>/; -o DIR writes into DIR)
 //
-// Configuration (psc.config.CoreConfig, preset 'ecp5-25k' with the overrides above):
+// Configuration (psc.config.CoreConfig): preset 'ecp5-25k' and the command's overrides
 //   pe.act_width = 8
 //   pe.weight_width = 8
 //   pe.acc_width = 32
