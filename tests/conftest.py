@@ -1,11 +1,13 @@
 """Shared pytest fixtures: the repository root on sys.path (for the ``tb`` package), and
-Verilog generation of Amaranth components into build/rtl, once per session."""
+Verilog generation of Amaranth components into <build root>/rtl, once per session."""
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
+
+from psc.build_dir import build_root
+from psc.host.sim import write_if_changed  # noqa: F401 (the tests' import of it)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -23,21 +25,9 @@ def _export(component, name, path):
     return path
 
 
-def write_if_changed(path, text):
-    """Write atomically, and only when the text changed (keeps the mtime, so builds are reused;
-    safe when pytest-xdist workers write the same file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and path.read_text() == text:
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 @pytest.fixture(scope="session")
 def export_verilog():
-    """``export_verilog(make_component, name, tag)`` -> path of build/rtl/<tag>/<name>.v.
+    """``export_verilog(make_component, name, tag)`` -> path of <build root>/rtl/<tag>/<name>.v.
 
     ``make_component`` is called (and converted) only the first time a (name, tag)
     is asked for in the session.
@@ -45,7 +35,7 @@ def export_verilog():
     def export(make_component, name, tag):
         key = (name, tag)
         if key not in _generated:
-            _generated[key] = _export(make_component(), name, ROOT / "build" / "rtl" / tag / f"{name}.v")
+            _generated[key] = _export(make_component(), name, build_root() / "rtl" / tag / f"{name}.v")
         return _generated[key]
     return export
 
@@ -61,6 +51,6 @@ def run_mac_bench(sim, config, tag, model, *, top="dot_product", make=None, env=
     from tb.runner import run_cocotb
     cls, bench = (DotProduct, "tb.test_dot_product") if top == "dot_product" else (PSCMac, "tb.test_pe")
     component = (make or cls)(config)
-    src = _export(component, top, ROOT / "build" / "rtl" / tag / f"{top}.v")
+    src = _export(component, top, build_root() / "rtl" / tag / f"{top}.v")
     env = config_env(config, f"psc.{top}:{cls.__name__}", latency=component.latency, **(env or {}))
     return run_cocotb(top, [src, model], bench, sim, env=env, tag=tag, **kw)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import core_cases
+import psc.host.api
 from psc import host
 from psc.config import PSCConfig
 from psc.hw.core import CoreConfig, PSCConvCore
@@ -16,7 +17,7 @@ TINY = CoreConfig(pe=PSCConfig(lanes=4, rows=4), fmap_depth=64, weight_depth=64,
 def no_send(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("run_plans called: something was sent")
-    monkeypatch.setattr(host, "run_plans", refuse)
+    monkeypatch.setattr(psc.host.api, "run_plans", refuse)
 
 
 def _base(**changes):

@@ -32,6 +32,8 @@ Conventions (the hardware follows them bit for bit):
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from psc.model.checks import check_int, check_signed, check_width, per_channel, signed_range
+
 __all__ = [
     "check_signed", "psc_conv2d", "conv2d", "requantize",
     "ini", "ili", "spsc", "lrelu_weights", "par",
@@ -42,44 +44,6 @@ __all__ = [
 # float64 represents every integer below 2**53 exactly: a matrix product whose
 # partial sums provably stay below that bound is bit-exact through BLAS.
 _FLOAT_EXACT = 1 << 53
-
-
-def _signed_range(width):
-    return -(1 << (width - 1)), (1 << (width - 1)) - 1
-
-
-def _check_width(name, width, *, maximum=62):
-    if not isinstance(width, (int, np.integer)) or isinstance(width, bool) or not 2 <= width <= maximum:
-        raise ValueError(f"{name} must be an integer in [2, {maximum}], not {width!r}")
-    return int(width)
-
-
-def check_signed(name, value, width):
-    """Return ``value`` as an int64 array, checking it fits ``width`` signed bits.
-
-    Raises ``TypeError`` for non-integer data and ``ValueError`` naming
-    ``name``, the offending value and the allowed range otherwise.
-    """
-    width = _check_width(f"{name} width", width)
-    arr = np.asarray(value)
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"{name} must hold integers, not dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
-    lo, hi = _signed_range(width)
-    if arr.size:
-        bad = (arr < lo) | (arr > hi)
-        if bad.any():
-            first = arr[bad].flat[0]
-            raise ValueError(
-                f"{name} must be within the signed {width}-bit range [{lo}, {hi}]; "
-                f"found {first} at index {tuple(int(i) for i in np.argwhere(bad)[0])}")
-    return arr
-
-
-def _check_int_param(name, value, minimum):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, not {value!r}")
-    return int(value)
 
 
 def _prepare(x, w_pos, w_neg, bias, stride, padding, groups, act_width, weight_width, acc_width,
@@ -101,9 +65,9 @@ def _prepare(x, w_pos, w_neg, bias, stride, padding, groups, act_width, weight_w
     cout, cin_g, kh, kw = w_pos.shape
     if kh != kw:
         raise ValueError(f"kernels must be square (K, K), not {(kh, kw)}")
-    stride = _check_int_param("stride", stride, 1)
-    padding = _check_int_param("padding", padding, 0)
-    groups = _check_int_param("groups", groups, 1)
+    stride = check_int("stride", stride, 1)
+    padding = check_int("padding", padding, 0)
+    groups = check_int("groups", groups, 1)
     n, cin, h, w = x.shape
     if cin % groups:
         raise ValueError(f"input channels ({cin}) must be divisible by groups ({groups})")
@@ -186,22 +150,6 @@ def conv2d(x, w, bias=None, **kwargs):
     return psc_conv2d(x, w, w, bias, **kwargs)
 
 
-def _per_channel(name, value, channels, *, minimum, maximum):
-    arr = np.asarray(value)
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"{name} must hold integers, not dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
-    if arr.ndim == 0:
-        arr = np.full(channels, int(arr), dtype=np.int64)
-    if arr.shape != (channels,):
-        raise ValueError(f"{name} must be a scalar or have shape ({channels},), not {arr.shape}")
-    bad = (arr < minimum) | (arr > maximum)
-    if bad.any():
-        raise ValueError(f"{name} must be within [{minimum}, {maximum}]; "
-                         f"found {arr[bad][0]} for channel {int(np.argmax(bad))}")
-    return arr
-
-
 def requantize(acc, mult, shift, *, act_width=8, relu=False, mult_width=16):
     """Requantise int accumulators to signed ``act_width``-bit activations.
 
@@ -220,8 +168,8 @@ def requantize(acc, mult, shift, *, act_width=8, relu=False, mult_width=16):
     shift : int or array of int, shape ``(C,)``
         Right shift in ``[0, 62]``.
     """
-    act_width = _check_width("act_width", act_width)
-    mult_width = _check_width("mult_width", mult_width, maximum=62)
+    act_width = check_width("act_width", act_width)
+    mult_width = check_width("mult_width", mult_width, maximum=62)
     acc = np.asarray(acc)
     if acc.dtype.kind not in "iu":
         raise TypeError(f"acc must hold integers, not dtype {acc.dtype}")
@@ -229,8 +177,8 @@ def requantize(acc, mult, shift, *, act_width=8, relu=False, mult_width=16):
     if acc.ndim not in (3, 4):
         raise ValueError(f"acc must have shape (C, H, W) or (N, C, H, W), not {acc.shape}")
     channels = acc.shape[-3]
-    mult = _per_channel("mult", mult, channels, minimum=0, maximum=(1 << mult_width) - 1)
-    shift = _per_channel("shift", shift, channels, minimum=0, maximum=62)
+    mult = per_channel("mult", mult, channels, 0, (1 << mult_width) - 1)
+    shift = per_channel("shift", shift, channels, 0, 62)
     # acc * mult (plus the rounding term) must not leave int64.
     peak = int(np.abs(acc).max(initial=0)) * int(mult.max(initial=0))
     if peak + (1 << max(int(shift.max(initial=0)) - 1, 0)) >= 1 << 63:
@@ -241,7 +189,7 @@ def requantize(acc, mult, shift, *, act_width=8, relu=False, mult_width=16):
     s = shift.reshape(bshape)
     rnd = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0)
     v = np.right_shift(v + rnd, s)
-    lo, hi = _signed_range(act_width)
+    lo, hi = signed_range(act_width)
     y = np.clip(v, lo, hi)
     if relu:
         y = np.maximum(y, 0)
@@ -348,6 +296,6 @@ def requantize_float(acc, mult, shift, *, act_width=8, relu=False):
     s = np.broadcast_to(np.asarray(shift, dtype=np.float64), (c,)).reshape(c, 1, 1)
     v = acc * m / 2.0 ** s
     v = np.where(s > 0, np.floor(v + 0.5), v)
-    lo, hi = _signed_range(act_width)
+    lo, hi = signed_range(act_width)
     y = np.clip(v, lo, hi)
     return np.maximum(y, 0) if relu else y

@@ -1,0 +1,413 @@
+"""The tiling scheduler of :class:`psc.hw.core.PSCConvCore`: a layer becomes a list of :class:`Tile`.
+
+This is the only code that knows the order of the core's command and data
+streams; tensors become stream words only through :mod:`psc.model.packing`.
+Each tile is one command of the core with its weight blocks, parameter beats
+and input lane words, the number of output beats it produces and where they
+go in the output tensor.
+
+:func:`plan_layer` runs five steps, each its own function:
+
+1. :func:`validate` checks the layer against the build and normalises it
+   (:class:`LayerError` names the limit, before anything is sent);
+2. :func:`choose_kind` picks the core's command kind (standard, depthwise,
+   pointwise, fully connected); a depthwise layer on a build with
+   ``lanes != rows`` runs as a standard convolution with block-diagonal
+   weights (correct, slower);
+3. :func:`pack` turns weights and parameters into stream words per output
+   group;
+4. :func:`cut_bands` chooses the output-channel chunks and, inside a chunk,
+   the band of output rows and columns whose input footprint fits the input
+   buffer and whose output beats the command can count;
+5. :func:`emit_tiles` makes the tiles: each carries its own zero padding
+   (``pad_top``/``pad_left`` and its output size); the first tile of a chunk
+   loads the chunk's weights and parameters, the following ones reuse them
+   (``keep``).
+
+Splitting the input channels of one output group is not supported: a layer
+whose single output group's weights or single window does not fit is refused.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from psc.hw.core import (KERNELS, STRIDES, FIELD_WIDTH, MAX_OUTPUTS, KIND_STANDARD, KIND_DEPTHWISE,
+                         KIND_POINTWISE, KIND_FC, CoreConfig, config_layout, param_layout,
+                         weight_layout)
+from psc.model.checks import check_int, check_signed, per_channel, signed_range
+from psc.model.packing import (channel_groups, pack_activations, pack_payload, parify,
+                               unpack_activations)
+
+__all__ = ["LayerError", "Tile", "LayerPlan", "Layer", "plan_layer", "validate", "choose_kind",
+           "pack", "cut_bands", "emit_tiles", "encode_command", "KIND_NAMES", "MAX_SHIFT"]
+
+#: Largest requantisation shift the core takes.
+MAX_SHIFT = 62
+KIND_NAMES = {KIND_STANDARD: "standard", KIND_DEPTHWISE: "depthwise",
+              KIND_POINTWISE: "pointwise", KIND_FC: "fully connected"}
+
+
+class LayerError(ValueError):
+    """A layer the build cannot run; raised before anything is sent to the core."""
+
+
+@dataclass
+class Tile:
+    """One command of the core and its data, in stream order."""
+    cfg: int
+    weights: list
+    params: list
+    acts: list
+    n_out: int
+    fields: dict
+    # where the tile's output goes: channels [c0, c1), rows [oy0, oy1), cols [ox0, ox1)
+    place: tuple = (0, 0, 0, 0, 0, 0)
+    reset_after: int | None = None   # tests: assert rst this many cycles into the tile
+
+    def as_json(self):
+        return {"cfg": self.cfg, "weights": self.weights, "params": self.params,
+                "acts": self.acts, "n_out": self.n_out, "reset_after": self.reset_after}
+
+
+@dataclass
+class LayerPlan:
+    """Tiles of one layer and what is needed to reassemble and judge the result."""
+    tiles: list
+    out_shape: tuple
+    kind: int
+    macs: int
+    config: CoreConfig
+    meta: dict = field(default_factory=dict)
+
+    def assemble(self, results):
+        """Place the tiles' output words into ``(Cout, Ho, Wo)``; returns the array."""
+        rows = self.config.rows
+        y = np.zeros(self.out_shape, dtype=np.int64)
+        for tile, res in zip(self.tiles, results):
+            c0, c1, oy0, oy1, ox0, ox1 = tile.place
+            words = np.array(res["outputs"], dtype=object)
+            if len(words) != tile.n_out:
+                raise RuntimeError(f"tile {tile.fields} produced {len(words)} output beats, "
+                                   f"expected {tile.n_out}")
+            gc = channel_groups(c1 - c0, rows)
+            if self.kind == KIND_DEPTHWISE and self.config.pe.depthwise == "pixels":
+                words = words[_pixel_block_order(oy1 - oy0, ox1 - ox0, gc, rows)]
+            words = words.reshape(oy1 - oy0, ox1 - ox0, gc)
+            y[c0:c1, oy0:oy1, ox0:ox1] = unpack_activations(
+                words, c1 - c0, rows, self.config.pe.act_width)
+        return y
+
+
+def _pixel_block_order(oh, ow, gc, rows):
+    """Beat index of each channels-last output word ``(oy, ox, j)`` of a depthwise tile on a
+    ``depthwise="pixels"`` build, which sends blocks of ``rows`` neighbouring pixels:
+    ``(oy, ox // rows, j, ox % rows)``, without the pixels past ``ow``."""
+    idx = np.zeros((oh, ow, gc), dtype=np.int64)
+    beat = 0
+    for oy in range(oh):
+        for ox0 in range(0, ow, rows):
+            n = min(rows, ow - ox0)
+            for j in range(gc):
+                idx[oy, ox0:ox0 + n, j] = np.arange(beat, beat + n)
+                beat += n
+    return idx.reshape(-1)
+
+
+@dataclass
+class Layer:
+    """A layer checked against a build (:func:`validate`); arrays are int64."""
+    config: CoreConfig
+    x: np.ndarray
+    w_pos: np.ndarray
+    w_neg: np.ndarray
+    bias: np.ndarray
+    mult: np.ndarray
+    shift: np.ndarray
+    stride: int
+    padding: int
+    groups: int
+    relu: bool
+    depthwise: bool
+
+    @property
+    def k(self):
+        return self.w_pos.shape[-1]
+
+    @property
+    def out_hw(self):
+        _, h, w = self.x.shape
+        return ((h + 2 * self.padding - self.k) // self.stride + 1,
+                (w + 2 * self.padding - self.k) // self.stride + 1)
+
+
+def validate(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, groups=1, relu=False,
+             config=None):
+    """Step 1: check a layer against the build; returns a :class:`Layer`.
+
+    Raises :class:`LayerError` naming the parameter, its value and what the
+    build allows.
+    """
+    cc = CoreConfig() if config is None else config
+    if not isinstance(cc, CoreConfig):
+        raise TypeError(f"config must be a psc.config.CoreConfig, not {cc!r}")
+    pe = cc.pe
+    try:
+        x = check_signed("x", x, pe.act_width)
+        w_pos = check_signed("w_pos", w_pos, pe.weight_width)
+        w_neg = check_signed("w_neg", w_neg, pe.weight_width)
+        stride = check_int("stride", stride, 1)
+        padding = check_int("padding", padding, 0)
+        groups = check_int("groups", groups, 1)
+    except (TypeError, ValueError) as e:
+        raise LayerError(str(e)) from None
+    if x.ndim != 3:
+        raise LayerError(f"x must have shape (Cin, H, W), not {x.shape}")
+    if w_pos.ndim != 4 or w_pos.shape[2] != w_pos.shape[3]:
+        raise LayerError(f"w_pos must have shape (Cout, Cin // groups, K, K), not {w_pos.shape}")
+    if w_neg.shape != w_pos.shape:
+        raise LayerError(f"w_neg must have the shape of w_pos {w_pos.shape}, not {w_neg.shape}")
+    if not pe.psc and not np.array_equal(w_pos, w_neg):
+        raise LayerError("this build has psc=False: it needs w_neg == w_pos")
+    cin, h, w = x.shape
+    cout, cin_g, k, _ = w_pos.shape
+    if k not in KERNELS:
+        raise LayerError(f"kernel size must be one of {KERNELS}, not {k}")
+    if stride not in STRIDES:
+        raise LayerError(f"stride must be one of {STRIDES}, not {stride}")
+    if padding >= k:
+        raise LayerError(f"padding must be less than the kernel size {k}, not {padding}")
+    if groups == 1:
+        depthwise = False
+        if cin_g != cin:
+            raise LayerError(f"w_pos has {cin_g} input channels, x has {cin}")
+    elif groups == cin and cout == cin and cin_g == 1:
+        depthwise = True
+    else:
+        raise LayerError(f"only groups=1 and depthwise (groups == Cin == Cout) are supported, "
+                         f"not groups={groups} with Cin={cin}, Cout={cout}")
+    if h + 2 * padding < k or w + 2 * padding < k:
+        raise LayerError(f"kernel {k}x{k} does not fit the padded input "
+                         f"{h + 2 * padding}x{w + 2 * padding}")
+    acc_lo, acc_hi = signed_range(pe.acc_width)
+    try:
+        bias = per_channel("bias", np.zeros(cout, dtype=np.int64) if bias is None else bias,
+                           cout, acc_lo, acc_hi)
+        mult = per_channel("mult", mult, cout, 0, (1 << pe.mult_width) - 1)
+        shift = per_channel("shift", shift, cout, 0, MAX_SHIFT)
+    except (TypeError, ValueError) as e:
+        raise LayerError(str(e)) from None
+    red = cin_g * k * k
+    peak = red << (pe.act_width + pe.weight_width - 2)
+    if int(np.abs(bias).max(initial=0)) + peak > acc_hi:
+        raise LayerError(f"bias up to {int(np.abs(bias).max())} plus the largest reduction of "
+                         f"{red} products ({peak}) can leave the {pe.acc_width}-bit accumulator")
+    return Layer(config=cc, x=x, w_pos=w_pos, w_neg=w_neg, bias=bias, mult=mult, shift=shift,
+                 stride=stride, padding=padding, groups=groups, relu=bool(relu),
+                 depthwise=depthwise)
+
+
+def choose_kind(layer):
+    """Step 2: the command kind of ``layer``; returns ``(kind, layer)``, where a depthwise
+    layer the build cannot map (``lanes != rows``) comes back as a standard one with
+    block-diagonal weights."""
+    pe = layer.config.pe
+    if layer.depthwise and pe.lanes != pe.rows:
+        eye = np.eye(layer.x.shape[0], dtype=np.int64)[:, :, None, None]
+        layer = Layer(**{**layer.__dict__, "w_pos": layer.w_pos * eye,
+                         "w_neg": layer.w_neg * eye, "depthwise": False})
+    _, h, w = layer.x.shape
+    if layer.depthwise:
+        kind = KIND_DEPTHWISE
+    elif layer.k == 1 and h == 1 and w == 1:
+        kind = KIND_FC
+    elif layer.k == 1:
+        kind = KIND_POINTWISE
+    else:
+        kind = KIND_STANDARD
+    return kind, layer
+
+
+def _pixels(layer):
+    return layer.depthwise and layer.config.pe.depthwise == "pixels"
+
+
+def pack(layer):
+    """Step 3: stream words of the weights and parameters, per output group.
+
+    Returns ``(weights, params)``: ``weights[j]`` is the list of weight-block
+    words of output group ``j`` (kernel taps in raster order, input groups
+    inside), ``params[j]`` its parameter word. Checks that one output group's
+    reduction and weights fit the build.
+    """
+    cc = layer.config
+    pe = cc.pe
+    lanes, rows, k = pe.lanes, pe.rows, layer.k
+    cin = layer.x.shape[0]
+    cout = layer.w_pos.shape[0]
+    gin, gout = channel_groups(cin, lanes), channel_groups(cout, rows)
+    gin_e = 1 if layer.depthwise else gin
+    if gin_e * lanes * k * k > pe.max_reduction:
+        raise LayerError(f"a reduction of {gin_e} channel groups x {lanes} lanes x {k}x{k} "
+                         f"exceeds the build's max_reduction={pe.max_reduction}")
+    if k * k * gin_e > cc.weight_depth:
+        raise LayerError(f"one output group needs {k * k * gin_e} weight blocks; the weight "
+                         f"buffer holds {cc.weight_depth} (input-channel splitting is not "
+                         f"supported)")
+    # zero-padded weights as (gout, K, K, gin, rows, lanes) blocks
+    wp = np.zeros((gout * rows, gin * lanes, k, k), dtype=np.int64)
+    wn = np.zeros_like(wp)
+    if layer.depthwise:
+        for c in range(cin):
+            wp[c, c] = layer.w_pos[c, 0]
+            wn[c, c] = layer.w_neg[c, 0]
+    else:
+        wp[:cout, :cin] = layer.w_pos
+        wn[:cout, :cin] = layer.w_neg
+    blocks_pos = wp.reshape(gout, rows, gin, lanes, k, k).transpose(0, 4, 5, 2, 1, 3)
+    blocks_neg = wn.reshape(gout, rows, gin, lanes, k, k).transpose(0, 4, 5, 2, 1, 3)
+    wl, pl = weight_layout(cc), param_layout(cc)
+    pixels = _pixels(layer)
+    weights = []
+    for j in range(gout):
+        words = []
+        for ky in range(k):
+            for kx in range(k):
+                for g in ([j * rows // lanes] if layer.depthwise else range(gin)):
+                    bp, bn = blocks_pos[j, ky, kx, g], blocks_neg[j, ky, kx, g]
+                    if pixels:
+                        # every row (output pixel) uses the group's lane weights
+                        bp = np.broadcast_to(np.diagonal(bp), (rows, lanes))
+                        bn = np.broadcast_to(np.diagonal(bn), (rows, lanes))
+                    words.append(pack_payload(wl, parify(bp, bn, pe.weight_width)
+                                              if pe.psc else bp))
+        weights.append(words)
+    params = []
+    for j in range(gout):
+        sl = slice(j * rows, (j + 1) * rows)
+        pad = rows - len(layer.bias[sl])
+        params.append(pack_payload(pl, {name: np.pad(getattr(layer, name)[sl], (0, pad))
+                                        for name in ("bias", "mult", "shift")}))
+    return weights, params
+
+
+def _footprint(layer, band_h, band_w, groups):
+    """Input words of an output band ``band_h x band_w`` over ``groups`` channel groups."""
+    _, h, w = layer.x.shape
+    k, stride, rows = layer.k, layer.stride, layer.config.rows
+    ih, iw = min(h, (band_h - 1) * stride + k), min(w, (band_w - 1) * stride + k)
+    if _pixels(layer):
+        # input bank b holds the columns with (x // stride) % rows == b (psc.hw.core)
+        return rows * ih * -(-iw // (stride * rows)) * stride * groups
+    return ih * iw * groups
+
+
+def cut_bands(layer):
+    """Step 4: the chunks of output groups and their output bands.
+
+    Returns a list of ``(j0, j1, in_groups, band_h, band_w)``: output groups
+    ``[j0, j1)`` (their weights and parameters fit the buffers), the channel
+    groups of their input, and the largest output band whose input fits the
+    input buffer and whose beats the command can count.
+    """
+    cc = layer.config
+    lanes, rows, k = cc.lanes, cc.rows, layer.k
+    gin = 1 if layer.depthwise else channel_groups(layer.x.shape[0], lanes)
+    gout = channel_groups(layer.w_pos.shape[0], rows)
+    ho, wo = layer.out_hw
+    per_group = k * k * gin
+    chunk = min(gout, cc.param_depth, cc.weight_depth // per_group)
+    out = []
+    for j0 in range(0, gout, chunk):
+        j1 = min(gout, j0 + chunk)
+        gc = j1 - j0
+        g_t = gc if layer.depthwise else gin
+        if _footprint(layer, 1, 1, g_t) > cc.fmap_depth:
+            raise LayerError(f"one {k}x{k} window of {g_t} channel groups needs "
+                             f"{_footprint(layer, 1, 1, g_t)} input words; the input buffer "
+                             f"holds {cc.fmap_depth}")
+        band_w = wo
+        while _footprint(layer, 1, band_w, g_t) > cc.fmap_depth or band_w * gc > MAX_OUTPUTS:
+            band_w -= 1
+        band_h = ho
+        while (_footprint(layer, band_h, band_w, g_t) > cc.fmap_depth
+               or band_h * band_w * gc > MAX_OUTPUTS):
+            band_h -= 1
+        out.append((j0, j1, g_t, band_h, band_w))
+    return out
+
+
+def emit_tiles(layer, kind, weights, params, bands):
+    """Step 5: one :class:`Tile` per output band of every chunk, in stream order."""
+    cc = layer.config
+    lanes, rows, k, stride, padding = cc.lanes, cc.rows, layer.k, layer.stride, layer.padding
+    _, h, w = layer.x.shape
+    cout = layer.w_pos.shape[0]
+    ho, wo = layer.out_hw
+    cl = config_layout(cc)
+    tiles = []
+    for j0, j1, g_t, band_h, band_w in bands:
+        c0, c1 = j0 * rows, min(cout, j1 * rows)
+        xc = layer.x[c0:c1] if layer.depthwise else layer.x
+        wwords = [word for j in range(j0, j1) for word in weights[j]]
+        pwords = params[j0:j1]
+        first = True
+        for oy0 in range(0, ho, band_h):
+            oy1 = min(ho, oy0 + band_h)
+            for ox0 in range(0, wo, band_w):
+                ox1 = min(wo, ox0 + band_w)
+                top, left = oy0 * stride - padding, ox0 * stride - padding
+                r0, r1 = max(0, top), min(h, (oy1 - 1) * stride - padding + k)
+                q0, q1 = max(0, left), min(w, (ox1 - 1) * stride - padding + k)
+                fields = {
+                    "in_h": r1 - r0, "in_w": q1 - q0, "out_h": oy1 - oy0, "out_w": ox1 - ox0,
+                    "gin": g_t, "gout": j1 - j0, "k": k, "stride": stride,
+                    "pad_top": r0 - top, "pad_left": q0 - left, "kind": kind,
+                    "relu": int(layer.relu), "keep": int(not first),
+                }
+                for name in ("in_h", "in_w", "out_h", "out_w", "gin", "gout"):
+                    if fields[name] >= 1 << FIELD_WIDTH:
+                        raise LayerError(f"{name}={fields[name]} does not fit the command's "
+                                         f"{FIELD_WIDTH}-bit field")
+                acts = pack_activations(xc[:, r0:r1, q0:q1], lanes, cc.pe.act_width)
+                tiles.append(Tile(
+                    cfg=pack_payload(cl, fields),
+                    weights=wwords if first else [], params=pwords if first else [],
+                    acts=[int(v) for v in acts.reshape(-1)],
+                    n_out=(oy1 - oy0) * (ox1 - ox0) * (j1 - j0), fields=fields,
+                    place=(c0, c1, oy0, oy1, ox0, ox1)))
+                first = False
+    return tiles
+
+
+def plan_layer(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, groups=1, relu=False,
+               config=None):
+    """Check a layer against the build and cut it into :class:`Tile` commands.
+
+    Arguments as :func:`psc.host.run_layer`. Returns a :class:`LayerPlan`.
+    Raises :class:`LayerError` naming the limit for anything the build cannot
+    run, before anything is sent.
+    """
+    layer = validate(x, w_pos, w_neg, bias, mult, shift, stride=stride, padding=padding,
+                     groups=groups, relu=relu, config=config)
+    kind, mapped = choose_kind(layer)
+    weights, params = pack(mapped)
+    tiles = emit_tiles(mapped, kind, weights, params, cut_bands(mapped))
+    cin, h, w = layer.x.shape
+    cout, cin_g, k, _ = layer.w_pos.shape
+    ho, wo = layer.out_hw
+    return LayerPlan(tiles=tiles, out_shape=(cout, ho, wo), kind=kind,
+                     macs=ho * wo * cout * cin_g * k * k, config=layer.config,
+                     meta={"shape": (cin, h, w), "cout": cout, "k": k, "stride": layer.stride,
+                           "padding": layer.padding, "groups": layer.groups,
+                           "relu": layer.relu})
+
+
+def encode_command(config=None, **fields):
+    """A raw command word (for tests of the core's own checks; the scheduler uses its own)."""
+    cc = CoreConfig() if config is None else config
+    defaults = {"in_h": 1, "in_w": 1, "out_h": 1, "out_w": 1, "gin": 1, "gout": 1, "k": 1,
+                "stride": 1, "pad_top": 0, "pad_left": 0, "kind": KIND_STANDARD, "relu": 0,
+                "keep": 0}
+    defaults.update(fields)
+    return pack_payload(config_layout(cc), defaults)
