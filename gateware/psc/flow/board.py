@@ -122,6 +122,8 @@ def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, config=None, log=
         raise RuntimeError(f"no bitstream {bitstream} after the build")
     clk_mhz = b.clk_hz / 1e6
     fmax = toolchain.design_fmax(parsed["fmax"])
+    # nextpnr's log prints two decimals; the report's extra digits are noise
+    fmax = round(fmax, 2) if fmax is not None else None
     dsp = icetime = None
     if b.family == "ice40":
         check = toolchain.check_dsp(
