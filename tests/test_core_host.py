@@ -1,5 +1,6 @@
-"""psc.host without a simulator: the checks that refuse a layer before anything is sent,
-and the scheduler's tiling (the requantiser's own bench is tests/test_requantize.py)."""
+"""psc.host: the checks that refuse a layer before anything is sent, the scheduler's tiling
+(without a simulator), and the cycles of the PSC build against the plain build (Verilator).
+The requantiser's own bench is tests/test_requantize.py."""
 
 import numpy as np
 import pytest
@@ -82,3 +83,47 @@ def test_core_elaborates_for_other_builds():
                CoreConfig(pe=PSCConfig(act_width=4, weight_width=4, acc_width=20,
                                        max_reduction=1024))):
         rtlil.convert(PSCConvCore(cc))
+
+
+def _random_shapes(rng, n, config):
+    """``n`` layer shapes of every kind that ``config`` can run."""
+    out = []
+    while len(out) < n:
+        kind = ("standard", "depthwise", "pointwise", "fc")[len(out) % 4]
+        k = 1 if kind in ("pointwise", "fc") else int(rng.choice([3, 5]))
+        stride = 1 if kind == "fc" else int(rng.integers(1, 3))
+        padding = 0 if kind == "fc" else int(rng.integers(0, k // 2 + 1))
+        cin = int(rng.integers(1, 14))
+        cout = cin if kind == "depthwise" else int(rng.integers(1, 14))
+        lo = max(1, k - 2 * padding)
+        h, w = (1, 1) if kind == "fc" else (int(rng.integers(lo, lo + 6)),
+                                            int(rng.integers(lo, lo + 6)))
+        shape = dict(cin=cin, cout=cout, h=h, w=w, k=k, stride=stride, padding=padding,
+                     groups=cin if kind == "depthwise" else 1, relu=bool(rng.integers(0, 2)))
+        try:
+            host.plan_layer(**core_cases._layer(rng, **shape), config=config)
+        except host.LayerError:
+            continue
+        out.append(shape)
+    return out
+
+
+def test_psc_build_takes_the_cycles_of_the_plain_build():
+    """The same shapes, with W+ != W- on the PSC build and W+ = W- on the plain build, take
+    the same cycles tile by tile; each build's outputs equal the golden model's."""
+    rng = np.random.default_rng(2021)
+    shapes = _random_shapes(rng, 8, TINY)
+    psc_layers = [core_cases._layer(rng, **s, weights="psc") for s in shapes]
+    plain_layers = [core_cases._layer(rng, **s, weights="ili") for s in shapes]
+    for layer in psc_layers:
+        assert (layer["w_pos"] != layer["w_neg"]).any()
+    plain = TINY.replace(psc=False)
+    got = {"psc": host.run_layers(psc_layers, config=TINY, target="verilator"),
+           "plain": host.run_layers(plain_layers, config=plain, target="verilator")}
+    for build, layers in (("psc", psc_layers), ("plain", plain_layers)):
+        for i, (layer, (y, _)) in enumerate(zip(layers, got[build])):
+            np.testing.assert_array_equal(y, core_cases.expected(layer),
+                                          err_msg=f"{build} build, layer {i} {shapes[i]}")
+    for i, ((_, c_psc), (_, c_plain)) in enumerate(zip(got["psc"], got["plain"])):
+        assert c_psc["tiles"] > 0
+        assert c_psc["per_tile"] == c_plain["per_tile"], f"layer {i} {shapes[i]}"
