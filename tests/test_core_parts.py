@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """Unit tests of the parts of PSCConvCore (psc.hw.core.*), each on the Amaranth simulator.
 
 Every part runs alone, its neighbours replaced by the testbench (or by a
@@ -28,6 +29,7 @@ from psc.hw.core.input_buffer import InputAddressMap, InputBuffer
 from psc.hw.core.layouts import fetch_layout, sizes_layout
 from psc.hw.core.output import OutputStage
 from psc.hw.core.sequencer import Sequencer
+from psc.hw.requantize import Requantizer
 from psc.hw.core.setup import CommandSetup, CycleCounters, DerivedSizes
 from psc.model import golden
 from psc.model.packing import pack_payload
@@ -561,7 +563,7 @@ def _output_case(cc, f, beats, *, seed=6):
     dut = _OutputBench(cc, params)
     out = dut.out
     sizes, _ = _sizes(cc, f)
-    got = []
+    got, times = [], {}
 
     async def bench(ctx):
         _set_command(ctx, out, cc, f)
@@ -572,20 +574,25 @@ def _output_case(cc, f, beats, *, seed=6):
         ctx.set(out.start, 0)
         ctx.set(out.run, 1)
         sent = 0
-        for _ in range(40 * len(beats) + 100):
-            ctx.set(out.o.ready, rng.random() < 0.7)
-            ctx.set(out.i.valid, sent < len(beats) and rng.random() < 0.7)
+        for cyc in range(40 * len(beats) + 100):
+            steady = cyc < 30                # first: no gaps, no stalls, to see the latency
+            ctx.set(out.o.ready, steady or rng.random() < 0.7)
+            ctx.set(out.i.valid, sent < len(beats) and (steady or rng.random() < 0.7))
             if sent < len(beats):
                 ctx.set(out.i.payload, beats[sent])
             if ctx.get(out.o.valid) and ctx.get(out.o.ready):
                 assert not ctx.get(out.all_sent)
                 got.append(list(ctx.get(out.o.payload)))
+                times.setdefault("first_out", cyc)
             if ctx.get(out.i.valid) and ctx.get(out.i.ready):
+                times.setdefault("first_in", cyc)
                 sent += 1
             await ctx.tick()
         assert ctx.get(out.all_sent)
 
     _run(dut, bench)
+    # one register (sum and parameters), then the requantiser
+    assert times["first_out"] - times["first_in"] == 1 + Requantizer(cc.pe).latency
     return got, params
 
 
