@@ -10,8 +10,9 @@ import psc.host.api
 from psc import host
 from psc.config import PSCConfig
 from psc.hw.core import CoreConfig, PSCConvCore
+from psc.presets import PRESETS
 
-TINY = CoreConfig(pe=PSCConfig(lanes=4, rows=4), fmap_depth=64, weight_depth=64, param_depth=4)
+TINY = PRESETS["tiny"]
 
 
 @pytest.fixture

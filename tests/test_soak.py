@@ -1,7 +1,7 @@
 """Long random soak of PSCConvCore against psc.model.golden (opt-in: ``pytest -m soak`` or ``scripts/soak.sh``).
 
 Random layer kinds, kernels, strides, paddings, channel counts and sizes, on
-the default build and on a small build that forces tiling, with random stalls
+the ``default`` preset and the ``tiny`` one that forces tiling (:mod:`psc.presets`), with random stalls
 on every stream. ``PSC_SOAK_LAYERS`` (default 40) sets the number of layers
 per build and simulator, ``PSC_SOAK_SEED`` the seed; a failure names the layer
 index and its parameters so it can be replayed with the same seed.
@@ -14,15 +14,22 @@ import pytest
 
 import core_cases
 from psc import host
-from psc.config import PSCConfig
-from psc.hw.core import CoreConfig
+from psc.presets import PRESETS
 
 pytestmark = pytest.mark.soak
 
-BUILDS = {
-    "default": CoreConfig(),
-    "tiny": CoreConfig(pe=PSCConfig(lanes=4, rows=4), fmap_depth=64, weight_depth=64, param_depth=4),
-}
+BUILDS = {name: PRESETS[name] for name in ("default", "tiny")}
+
+
+def _env_int(name, default, lo):
+    text = os.environ.get(name, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, not {text!r}")
+    return value
 
 
 def random_layer(rng):
@@ -43,8 +50,8 @@ def random_layer(rng):
 @pytest.mark.parametrize("build", sorted(BUILDS))
 @pytest.mark.parametrize("target", ["verilator", "icarus"])
 def test_random_layers(build, target):
-    n = int(os.environ.get("PSC_SOAK_LAYERS", "40"))
-    seed = int(os.environ.get("PSC_SOAK_SEED", "1"))
+    n = _env_int("PSC_SOAK_LAYERS", 40, 1)
+    seed = _env_int("PSC_SOAK_SEED", 1, 0)
     rng = np.random.default_rng([seed, sorted(BUILDS).index(build)])
     drawn = [random_layer(rng) for _ in range(n)]
     results = host.run_layers([layer for _, layer in drawn], config=BUILDS[build], target=target,
