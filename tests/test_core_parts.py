@@ -265,9 +265,9 @@ def _collect_taps(cc, f, *, p_ready=1.0, seed=0):
     async def bench(ctx):
         rng = random.Random(seed)
         _set_command(ctx, dut, cc, f)
-        ctx.set(dut.start, 1)
+        ctx.set(dut.starting, 1)
         await ctx.tick()
-        ctx.set(dut.start, 0)
+        ctx.set(dut.starting, 0)
         ctx.set(dut.run, 1)
         ctx.set(dut.rows_in, f["in_h"])
         ctx.set(dut.weights_done, 1)

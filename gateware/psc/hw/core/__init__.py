@@ -229,8 +229,10 @@ class PSCConvCore(wiring.Component):
         if bank_count(cc) > 1:
             m.d.comb += dp.dw.eq(setup.dwp)
         # Start and run.
-        for part in (seq, ibuf, wbuf, pbuf, out):
+        for part in (ibuf, wbuf, pbuf, out):
             m.d.comb += [part.start.eq(setup.start), part.run.eq(setup.run)]
+        m.d.comb += [seq.starting.eq(setup.starting), seq.refused.eq(setup.refused),
+                     seq.run.eq(setup.run)]
         # Progress, for the start of the sequencer and the end of the command.
         m.d.comb += [
             seq.rows_in.eq(ibuf.rows_in),

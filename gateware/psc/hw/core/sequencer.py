@@ -23,12 +23,13 @@ class Sequencer(wiring.Component):
     downstream, from them), the weight block address and ``first``/``last``
     of a reduction.
 
-    Each counter has a last value set at ``start`` and a registered flag
+    Each counter has a last value set at the start and a registered flag
     telling that it holds it; ``below`` (the AND of the flags under a
     counter) is registered too, so the carry into any counter is the
     handshake AND one flip-flop, and the addresses follow the same carries.
 
-    Protocol: ``start`` (one cycle) loads the command's start values;
+    Protocol: a cycle with ``starting`` and not ``refused`` loads the
+    command's start values;
     while ``run``, ``loaded`` follows ``keep | (weights_done &
     params_done)`` and ``rows_ok`` whether the input rows the current
     output row needs have arrived (``rows_in``), both one cycle late (which
@@ -43,7 +44,9 @@ class Sequencer(wiring.Component):
 
     Attributes
     ----------
-    start, run : In(1)
+    starting, refused : In(1)
+        A command's start cycle; its checks failed (nothing to load).
+    run : In(1)
     cmd : In(config_layout())
     dw, dwp : In(1)
         Depthwise; depthwise on a ``depthwise="pixels"`` build.
@@ -66,7 +69,8 @@ class Sequencer(wiring.Component):
             raise TypeError(f"config must be a psc.hw.core.CoreConfig, not {config!r}")
         self._config = config
         super().__init__({
-            "start": In(1),
+            "starting": In(1),
+            "refused": In(1),
             "run": In(1),
             "cmd": In(config_layout(config)),
             "dw": In(1),
@@ -152,8 +156,13 @@ class Sequencer(wiring.Component):
                                                      s["need"]))
                                 | (self.rows_in == self.cmd.in_h)),
             ]
-        with m.If(self.start):
-            self._start(m, s)
+        # Two nested conditions, not their AND: each register's hold value then
+        # appears under both, so Yosys leaves the hold in the registers' logic
+        # instead of making the carries clock enables of every sequencer
+        # register (whose issue -> enable nets place and route slower on iCE40).
+        with m.If(self.starting):
+            with m.If(~self.refused):
+                self._start(m, s)
         return m
 
     def _counters(self, m, s, issue):
@@ -232,7 +241,7 @@ class Sequencer(wiring.Component):
             m.d.sync += s["busy"].eq(0)
 
     def _start(self, m, s):
-        """Start values of a command (in the ``start`` cycle)."""
+        """Start values of a command."""
         cmd, sz, dwp, ws = self.cmd, self.sizes, self.dwp, self.ws
         R = self._config.pe.rows
         pix = bank_count(self._config) > 1

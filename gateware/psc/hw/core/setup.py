@@ -180,6 +180,9 @@ class CommandSetup(wiring.Component):
     sizes_ready : In(1)
     start : Out(1)
         One cycle: an accepted command starts (every part loads its start values).
+    starting, refused : Out(1)
+        The start cycle of a command, and the registered checks (``start`` is
+        ``starting & ~refused``), for a part that decides on both itself.
     run : Out(1)
         The command runs (loaders and sequencer on).
     loaded, inputs_done, outputs_done, mac_valid : In(1)
@@ -199,6 +202,8 @@ class CommandSetup(wiring.Component):
             "sizes": In(sizes_layout(config)),
             "sizes_ready": In(1),
             "start": Out(1),
+            "starting": Out(1),
+            "refused": Out(1),
             "run": Out(1),
             "loaded": In(1),
             "inputs_done": In(1),
@@ -238,7 +243,6 @@ class CommandSetup(wiring.Component):
         m = Module()
         pix = bank_count(self._config) > 1
         bad = Signal()
-        bad_r = Signal()
         fin = Signal()                       # every output sent, every input word taken
         m.d.comb += bad.eq(self._bad())
         m.d.sync += self.done.eq(0)
@@ -262,11 +266,11 @@ class CommandSetup(wiring.Component):
                 # `bad` (a wide OR of comparisons) goes through a register before
                 # it decides which of the many start values get written.
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += bad_r.eq(bad)
+                m.d.sync += self.refused.eq(bad)
                 m.next = "START"
             with m.State("START"):
-                m.d.comb += self.busy.eq(1)
-                with m.If(bad_r):
+                m.d.comb += [self.busy.eq(1), self.starting.eq(1)]
+                with m.If(self.refused):
                     m.d.sync += [self.error.eq(1), self.done.eq(1)]
                     m.next = "IDLE"
                 with m.Else():
