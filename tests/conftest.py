@@ -52,5 +52,5 @@ def run_mac_bench(sim, config, tag, model, *, top="dot_product", make=None, env=
     cls, bench = (DotProduct, "tb.test_dot_product") if top == "dot_product" else (PSCMac, "tb.test_pe")
     component = (make or cls)(config)
     src = _export(component, top, build_root() / "rtl" / tag / f"{top}.v")
-    env = config_env(config, f"psc.{top}:{cls.__name__}", latency=component.latency, **(env or {}))
+    env = config_env(config, f"{cls.__module__}:{cls.__name__}", latency=component.latency, **(env or {}))
     return run_cocotb(top, [src, model], bench, sim, env=env, tag=tag, **kw)
