@@ -282,3 +282,14 @@ def test_requantize_tflite_style_32bit_multiplier():
 def test_bad_input_is_refused_with_a_clear_message(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_widths_the_int64_model_cannot_hold_are_refused():
+    """36 products of (-2**31) * (-2**31) would wrap int64 (to 0): refused, naming the widths."""
+    x = np.full((4, 3, 3), -2**31, dtype=np.int64)
+    w = np.full((1, 4, 3, 3), -2**31, dtype=np.int64)
+    with pytest.raises(ValueError, match=r"act_width=32, weight_width=32 .* reduction of 36 products"):
+        psc_conv2d(x, w, w, act_width=32, weight_width=32)
+    # one such product fits, and is exact
+    one = psc_conv2d(x[:1, :1, :1], w[:, :1, :1, :1], w[:, :1, :1, :1], act_width=32, weight_width=32)
+    assert one.item() == 2**62

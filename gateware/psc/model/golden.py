@@ -80,6 +80,15 @@ def _prepare(x, w_pos, w_neg, bias, stride, padding, groups, act_width, weight_w
     if h + 2 * padding < kh or w + 2 * padding < kw:
         raise ValueError(
             f"kernel {kh}x{kw} does not fit the padded input {h + 2 * padding}x{w + 2 * padding}")
+    if to_int:
+        # The model sums in int64: refuse widths whose largest possible sum
+        # (every product at its peak, plus the largest bias) would wrap there.
+        peak = (cin_g * kh * kw << (act_width + weight_width - 2)) + (1 << (acc_width - 1))
+        if peak >= 1 << 63:
+            raise ValueError(
+                f"act_width={act_width}, weight_width={weight_width} and acc_width={acc_width} "
+                f"over a reduction of {cin_g * kh * kw} products can reach {peak}, beyond the "
+                f"int64 the model computes in (at most {(1 << 63) - 1}); use narrower widths")
     if bias is None:
         bias = np.zeros(cout, dtype=np.int64 if to_int else np.float64)
     else:
