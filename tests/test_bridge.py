@@ -16,7 +16,6 @@ import json
 import random
 import shutil
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +24,9 @@ from amaranth.sim import Simulator
 
 import core_cases
 from psc import golden
+from psc.build_dir import build_root
 from psc import host
+from psc.host import sim
 from psc.host import serial_link
 from psc.hw.link.bridge import (Bridge, BridgeConfig, FLAGS, ID_BYTES, OP, PROTOCOL_VERSION,
                                 beat_bytes, id_frame)
@@ -171,7 +172,6 @@ WRONG_CONFIGS = (SIM_CONFIG.replace(depthwise="pixels"), SIM_CONFIG.replace(read
 SIM_DIVISOR = 4
 SIM_FRAME_TIMEOUT = 100    # bit times
 TOPLEVEL = "psc_bridge_sim"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class FakeBoard:
@@ -355,31 +355,16 @@ def test_drive_times_out_on_silence():
 # --- the bridge top on Icarus and Verilator, through its UART pins --------------------------------
 
 def _build_sim(target):
-    """Verilog of Bridge(SIM_CONFIG, divisor 4) and its simulator build, in build/bridge/<target>/."""
-    import fcntl
+    """Verilog of Bridge(SIM_CONFIG, divisor 4) and its simulator build, in <build>/bridge/<target>/."""
     from amaranth.back import verilog
-    from cocotb_tools.runner import get_runner
-    base = ROOT / "build" / "bridge" / SIM_CONFIG.key() / target
-    base.mkdir(parents=True, exist_ok=True)
-    with open(base / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        bc = BridgeConfig(core=SIM_CONFIG, divisor=SIM_DIVISOR, frame_timeout=SIM_FRAME_TIMEOUT)
-        src = verilog.convert(Bridge(bc),
-                              name=TOPLEVEL, emit_src=False)
-        if target == "icarus":
-            src = host._icarus_time_zero(src)
-        vfile = base / f"{TOPLEVEL}.v"
-        if not vfile.exists() or vfile.read_text() != src:
-            vfile.write_text(src)
-        runner = get_runner(target)
-        kwargs = dict(sources=[vfile], hdl_toplevel=TOPLEVEL, build_dir=base / "sim", always=False,
-                      log_file=base / "build.log")
-        if target == "icarus":
-            kwargs["timescale"] = ("1ns", "1ps")
-        else:
-            kwargs["build_args"] = ["-Wno-fatal"]
-        host._runner_build(runner, kwargs)
-    return runner, base
+    base = build_root() / "bridge" / SIM_CONFIG.key() / target
+    bc = BridgeConfig(core=SIM_CONFIG, divisor=SIM_DIVISOR, frame_timeout=SIM_FRAME_TIMEOUT)
+    src = verilog.convert(Bridge(bc), name=TOPLEVEL, emit_src=False)
+    if target == "icarus":
+        src = sim.icarus_time_zero(src)
+    vfile = base / f"{TOPLEVEL}.v"
+    sim.write_if_changed(vfile, src)
+    return sim.build(target, [vfile], TOPLEVEL, base / "sim", log_file=base / "build.log"), base
 
 
 def _run_bench(target, plans, refused=None, wrong_configs=()):
@@ -394,17 +379,12 @@ def _run_bench(target, plans, refused=None, wrong_configs=()):
            "partial": bytes([OP["WEIGHTS"], 5, 0, 1, 2, 3]).hex()}
     (run_dir / "job.json").write_text(json.dumps(job))
     result = run_dir / "result.json"
-    kwargs = dict(test_module="tb.test_bridge", hdl_toplevel=TOPLEVEL, build_dir=base / "sim",
-                  test_dir=run_dir, results_xml=str(run_dir / "results.xml"),
-                  log_file=run_dir / "sim.log",
-                  extra_env={"PSC_JOB": str(run_dir / "job.json"), "PSC_RESULT": str(result)})
-    if target == "icarus":
-        kwargs["timescale"] = ("1ns", "1ps")
     try:
-        runner.test(**kwargs)
-    except (Exception, SystemExit) as e:
+        sim.run(runner, target, TOPLEVEL, "tb.test_bridge", run_dir, log_file=run_dir / "sim.log",
+                env={"PSC_JOB": run_dir / "job.json", "PSC_RESULT": result})
+    except sim.SimulationFailed:
         if not result.exists():
-            raise RuntimeError(f"simulation failed ({e}); log: {run_dir / 'sim.log'}") from e
+            raise
     res = json.loads(result.read_text())
     if res.get("failure"):
         raise AssertionError(f"bench failure: {res['failure']}; log: {run_dir / 'sim.log'}")

@@ -20,15 +20,3 @@ __all__ = ["LayerError", "Tile", "LayerPlan", "plan_layer", "encode_command", "r
            "run_layer", "run_layers", "build_simulation", "generate_verilog", "TARGETS",
            "TOPLEVEL", "SERIAL_PREFIX"]
 
-
-# Names of the simulator work-arounds before psc.host.sim existed; callers
-# that build their own benches should use psc.host.sim.build and run.
-def _icarus_time_zero(src):
-    from psc.host.sim import icarus_time_zero
-    return icarus_time_zero(src)
-
-
-def _runner_build(runner, kwargs):
-    from psc.host.sim import _verilator_make_flags
-    with _verilator_make_flags():
-        runner.build(**kwargs)
