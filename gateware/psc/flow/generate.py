@@ -49,6 +49,7 @@ from amaranth.lib import data
 
 from psc.config import CoreConfig, PSCConfig
 from psc.hw import core as hw_core
+from psc.hw import hard_mul
 from psc.hw.dot_product import DotProduct, input_layout, output_layout
 from psc.hw.pe import PSCMac
 from psc.hw.requantize import Requantizer
@@ -302,14 +303,7 @@ def shipped_dir(preset_name, rtl_dir="rtl"):
 
 def sim_models(config):
     """``{file name: Verilog text}`` of the DSP cell models ``config``'s core instantiates."""
-    multiplier = _core_config(config).pe.multiplier
-    if multiplier == "ice40_dual8x8":
-        from psc.hw.ice40_mul import sb_mac16_sim_model
-        return {"sb_mac16_sim.v": sb_mac16_sim_model()}
-    if multiplier == "ecp5_mult18":
-        from psc.hw.ecp5_mul import mult18x18d_sim_model
-        return {"mult18x18d_sim.v": mult18x18d_sim_model()}
-    return {}
+    return hard_mul.sim_models(_core_config(config).pe)
 
 
 _MODEL_SOURCES = {"sb_mac16_sim.v": "psc.hw.ice40_mul.sb_mac16_sim_model() (Yosys's "

@@ -25,7 +25,6 @@ import fcntl
 import json
 import os
 import re
-import sys
 import uuid
 from pathlib import Path
 from xml.etree import ElementTree
@@ -261,13 +260,8 @@ def generate_verilog(config):
 def dsp_models(config, directory):
     """Simulation models of the DSP cells ``config`` instantiates by hand, written into
     ``directory`` (only when changed); a list of paths."""
-    models = {}
-    if config.pe.multiplier == "ice40_dual8x8":
-        from psc.hw.ice40_mul import sb_mac16_sim_model
-        models["sb_mac16_sim.v"] = sb_mac16_sim_model()
-    elif config.pe.multiplier == "ecp5_mult18":
-        from psc.hw.ecp5_mul import mult18x18d_sim_model
-        models["mult18x18d_sim.v"] = mult18x18d_sim_model()
+    from psc.hw.hard_mul import sim_models
+    models = sim_models(config.pe)
     return [write_if_changed(Path(directory) / name, text) for name, text in models.items()]
 
 

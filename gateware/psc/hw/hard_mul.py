@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from psc.config import _check_range
 
-__all__ = ["HardMultiplier"]
+__all__ = ["HardMultiplier", "sim_models"]
 
 
 class HardMultiplier(wiring.Component):
@@ -61,3 +61,15 @@ class HardMultiplier(wiring.Component):
     def latency(self):
         """Enabled cycles from ``a``/``b`` to ``p``: ``LATENCY`` (3)."""
         return self.LATENCY
+
+
+def sim_models(pe_config):
+    """``{file name: Verilog text}`` of the simulation models of the DSP cells that
+    ``pe_config``'s multiplier instantiates by hand (empty for ``"generic"``)."""
+    if pe_config.multiplier == "ice40_dual8x8":
+        from psc.hw.ice40_mul import sb_mac16_sim_model
+        return {"sb_mac16_sim.v": sb_mac16_sim_model()}
+    if pe_config.multiplier == "ecp5_mult18":
+        from psc.hw.ecp5_mul import mult18x18d_sim_model
+        return {"mult18x18d_sim.v": mult18x18d_sim_model()}
+    return {}
