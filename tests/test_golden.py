@@ -271,7 +271,7 @@ def test_requantize_tflite_style_32bit_multiplier():
     (lambda: psc_conv2d(rand((4, 4, 4)), rand((2, 4, 1, 1)), rand((2, 4, 1, 1)), padding=-1), ValueError, r"padding must be an integer >= 0, not -1"),
     (lambda: psc_conv2d(rand((4, 2, 2)), rand((2, 4, 5, 5)), rand((2, 4, 5, 5))), ValueError, r"kernel 5x5 does not fit the padded input 2x2"),
     (lambda: psc_conv2d(rand((4, 4, 4)), rand((2, 4, 3, 1)), rand((2, 4, 3, 1))), ValueError, r"kernels must be square"),
-    (lambda: psc_conv2d(rand((4, 4, 4)), rand((2, 4, 1, 1)), rand((2, 4, 1, 1)), act_width=1), ValueError, r"x width must be an integer in \[2, 62\], not 1"),
+    (lambda: psc_conv2d(rand((4, 4, 4)), rand((2, 4, 1, 1)), rand((2, 4, 1, 1)), act_width=1), ValueError, r"act_width must be an integer in \[2, 62\], not 1"),
     (lambda: requantize(np.zeros((2, 1, 1), dtype=int), 1, -1), ValueError, r"shift must be within \[0, 62\]; found -1 for channel 0"),
     (lambda: requantize(np.zeros((2, 1, 1), dtype=int), [1, 1 << 16], 1), ValueError, r"mult must be within \[0, 65535\]; found 65536 for channel 1"),
     (lambda: requantize(np.zeros((2, 1, 1), dtype=int), [1, 2, 3], 1), ValueError, r"mult must be a scalar or have shape \(2,\)"),

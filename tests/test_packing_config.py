@@ -51,7 +51,7 @@ def test_parify_round_trip(seed, width):
 def test_packing_refuses_bad_input():
     with pytest.raises(ValueError, match=r"x must be within the signed 8-bit range"):
         pack_activations(np.full((1, 1, 1), 128), 4)
-    with pytest.raises(ValueError, match=r"lanes must be a positive integer, not 0"):
+    with pytest.raises(ValueError, match=r"lanes must be an integer >= 1, not 0"):
         pack_activations(np.zeros((1, 1, 1), dtype=int), 0)
     with pytest.raises(ValueError, match=r"x must have shape \(C, H, W\)"):
         pack_activations(np.zeros((1, 1), dtype=int), 4)
@@ -74,7 +74,7 @@ def test_config_defaults_and_derived_widths():
     (dict(rows=65), r"rows must be an integer in \[1, 64\], not 65"),
     (dict(act_width=1), r"act_width must be an integer in \[2, 32\], not 1"),
     (dict(weight_width=8.0), r"weight_width must be an integer in \[2, 32\], not 8.0"),
-    (dict(psc=1), r"psc must be a bool, not 1"),
+    (dict(psc=1), r"psc must be True or False, not 1"),
     (dict(acc_width=24), r"acc_width must be at least 30 to hold 16384 products.*not 24"),
     (dict(max_reduction=0), r"max_reduction must be an integer in \[1, 16777216\], not 0"),
 ])

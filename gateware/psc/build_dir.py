@@ -10,7 +10,7 @@ directory over it), so tool flows check their directory with
 import os
 from pathlib import Path
 
-__all__ = ["build_root", "check_not_tmp"]
+__all__ = ["build_root", "check_not_tmp", "check_dir"]
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -26,9 +26,27 @@ def build_root():
     return Path.home() / ".cache" / "psc"
 
 
+def check_dir(name, path):
+    """``path`` (argument ``name``) as a resolved :class:`~pathlib.Path`, checking it can be
+    a directory: it is one, or it does not exist yet and its nearest existing ancestor is
+    one (so that creating it will not fail half-way, after work has started)."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes) or not str(path):
+        raise ValueError(f"{name} must be a directory path, not {path!r}")
+    resolved = Path(path).expanduser().resolve()
+    for at in (resolved, *resolved.parents):
+        if at.exists():
+            if not at.is_dir():
+                what = "is" if at == resolved else f"is inside {str(at)!r}, which is"
+                raise ValueError(f"{name} must be a directory, not {str(path)!r}: it {what} a "
+                                 f"file")
+            break
+    return resolved
+
+
 def check_not_tmp(name, path):
     """Refuse ``path`` (argument ``name``) when it lies under ``/tmp``, where YoWASP tools
-    cannot see it; compares path components, not a string prefix."""
+    cannot see it; compares path components, not a string prefix. Also :func:`check_dir`."""
+    check_dir(name, path)
     parts = Path(path).resolve().parts
     if len(parts) > 1 and parts[1] == "tmp":
         raise ValueError(f"{name} must not be under /tmp (the YoWASP tools cannot see it there), "

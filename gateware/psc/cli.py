@@ -6,8 +6,17 @@ functions of the modules that own it (:func:`psc.host.bench.main`,
 :func:`psc.flow.board.main`), given parsed values and a configuration. The
 choices (presets, targets, boards, variants, levels, multipliers, depthwise
 mappings, bench layers) and defaults come from those modules and
-:mod:`psc.presets`. A bad option or value ends in one line on stderr and exit
-status 2.
+:mod:`psc.presets`.
+
+Every option is checked here, before a handler starts any work (a
+synthesis, a simulator build, a file written, a byte sent): its type and
+range, the configuration it makes (:class:`psc.config.CoreConfig` refuses
+what the generator cannot build), directories (an existing file or a path
+under ``/tmp`` is refused), the serial port of a board target, and the bench
+layers against the build. A bad option or value ends in one line on stderr
+and exit status 2; a failure while working (a tool, a board that does not
+answer) in one line and exit status 1. ``psc --debug ...`` shows the
+traceback instead.
 """
 
 import argparse
@@ -15,14 +24,16 @@ import sys
 
 import numpy as np
 
+from psc.build_dir import check_dir, check_not_tmp
 from psc.flow import board, generate, synth
 from psc.host import SERIAL_PREFIX, TARGETS as SIMULATORS, bench
+from psc.host.serial_link import check_port, parse_target
 from psc.model import golden
 from psc.config import DEPTHWISE_MODES, MULTIPLIERS
 from psc.presets import BOARDS, DEFAULT_BAUD, PRESETS, TARGETS, preset
 
 
-class _BadOption(Exception):
+class _BadOption(ValueError):
     """A bad option or value, said in one line (exit status 2)."""
 
 
@@ -38,6 +49,7 @@ class _Parser(argparse.ArgumentParser):
 _OVERRIDES = {
     "lanes": dict(type=int, metavar="N", help="lanes (Tn, activations per beat)"),
     "rows": dict(type=int, metavar="N", help="rows (Tm, output channels per beat)"),
+    # the ranges of these are the configuration's, checked by it with its own message
     "depthwise": dict(choices=DEPTHWISE_MODES, help="depthwise mapping (PSCConfig.depthwise)"),
     "multiplier": dict(choices=MULTIPLIERS, help="PSCConfig.multiplier"),
     "tree-stages": dict(type=int, metavar="N", help="PSCConfig.tree_stages"),
@@ -45,6 +57,46 @@ _OVERRIDES = {
     "weight-depth": dict(type=int, metavar="N", help="weight_depth"),
     "param-depth": dict(type=int, metavar="N", help="param_depth"),
 }
+
+
+def _int_at_least(lo):
+    """An argparse type: an integer ``>= lo`` (argparse names the option in its message)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, not {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, not {text!r}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def _directory(text):
+    """An argparse type: a path that is, or can become, a directory."""
+    try:
+        check_dir("the path", text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("the path ")) from None
+    return text
+
+
+def _tool_directory(text):
+    """A build directory the YoWASP tools can use: :func:`_directory`, not under /tmp."""
+    try:
+        check_not_tmp("the path", text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("the path ")) from None
+    return text
+
+
+def _checked(command, check, *args, **kwargs):
+    """``check(*args, **kwargs)``, a ``ValueError`` turned into the command's one line."""
+    try:
+        return check(*args, **kwargs)
+    except ValueError as e:
+        raise _BadOption(f"psc {command}: {e}") from e
 
 
 def _add_overrides(p, names, whose):
@@ -60,8 +112,8 @@ def _configured(args, base):
     changes = {k: getattr(args, k) for k in args.overrides if getattr(args, k) is not None}
     try:
         return preset(base).replace(**changes)
-    except (ValueError, TypeError) as e:
-        raise _BadOption(f"psc {args.command}: {e}") from None
+    except ValueError as e:
+        raise _BadOption(f"psc {args.command}: {e}") from e
 
 
 def _demo(args):
@@ -97,7 +149,10 @@ def _demo(args):
 
 def _bench(args):
     """Cycles per layer on the simulated core, PSC and plain builds (psc.host.bench)."""
-    return bench.main(args.layers, _configured(args, "default"), seed=args.seed)
+    config = _configured(args, "default")
+    # every layer against both builds before the simulator is built
+    _checked("bench", bench.check, args.layers or None, config, seed=args.seed)
+    return bench.main(args.layers, config, seed=args.seed)
 
 
 def _bench_layer(text):
@@ -115,7 +170,7 @@ def _add_bench(sub):
     p.add_argument("layers", nargs="*", metavar="LAYER", type=_bench_layer,
                    help=f"bench layers to run (default: all of {', '.join(bench.BENCH_LAYERS)})")
     _add_overrides(p, ("lanes", "rows", "depthwise"), "the default preset's")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.set_defaults(func=_bench)
 
 
@@ -123,14 +178,14 @@ def _add_synth_options(p, name):
     """The options ``psc synth`` and ``psc compare`` share."""
     p.add_argument("--target", required=True, choices=list(TARGETS),
                    help="synthesis target; its preset is the configuration built")
-    p.add_argument("--seeds", type=int, default=3, metavar="N",
+    p.add_argument("--seeds", type=_int_at_least(0), default=3, metavar="N",
                    help="place-and-route seeds; Fmax is their median (default 3)")
     p.add_argument("--no-pnr", action="store_true", help="Yosys only: resources, no Fmax")
     _add_overrides(p, ("lanes", "rows", "multiplier", "tree-stages", "fmap-depth",
                        "weight-depth", "param-depth"), "the target's")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object instead of the table")
-    p.add_argument("--build-dir", metavar="DIR",
+    p.add_argument("--build-dir", metavar="DIR", type=_tool_directory,
                    help=f"build root (default: build/{name}; not under /tmp: YoWASP cannot see it)")
 
 
@@ -171,7 +226,11 @@ def _cycles_layers(text):
 
 def _compare(args):
     levels = synth.LEVELS if args.level == "both" else (args.level,)
-    return synth.main_compare(args.target, _configured(args, args.target), levels=levels,
+    config = _configured(args, args.target)
+    if args.cycles:
+        # the layers must run on this build: refused now, not after the synthesis
+        _checked("compare", bench.check, list(args.cycles), config)
+    return synth.main_compare(args.target, config, levels=levels,
                               cycles_layers=args.cycles, seeds=args.seeds,
                               build_dir=args.build_dir, pnr=not args.no_pnr, as_json=args.json)
 
@@ -196,7 +255,9 @@ def _add_compare(sub):
 
 def _build(args):
     """Build a board's bitstream (psc.flow.board)."""
-    return board.main(args.board, _configured(args, args.board), baud=args.baud,
+    config = _configured(args, args.board)
+    _checked("build", board.bridge_config, args.board, args.baud, config)
+    return board.main(args.board, config, baud=args.baud,
                       build_dir=args.build_dir, seed=args.seed, as_json=args.json)
 
 
@@ -209,11 +270,12 @@ def _add_build(sub):
     p.add_argument("--board", required=True, choices=list(BOARDS),
                    help="board; it runs the preset of its synthesis target ("
                         + ", ".join(f"{b}: {t}" for b, t in BOARDS.items()) + ")")
-    p.add_argument("--baud", type=int, default=DEFAULT_BAUD,
+    p.add_argument("--baud", type=_int_at_least(1), default=DEFAULT_BAUD,
                    help=f"UART baud rate (default {DEFAULT_BAUD})")
-    p.add_argument("--build-dir", metavar="DIR",
+    p.add_argument("--build-dir", metavar="DIR", type=_tool_directory,
                    help="build directory, not under /tmp (default build/board/<board>)")
-    p.add_argument("--seed", type=int, default=1, help="nextpnr placer seed (default 1)")
+    p.add_argument("--seed", type=_int_at_least(0), default=1,
+                   help="nextpnr placer seed (default 1)")
     _add_overrides(p, ("lanes", "rows"), "the board's")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_build)
@@ -262,17 +324,25 @@ def _generate(args):
 
 
 def _demo_target(text):
-    if text in SIMULATORS or text.startswith(SERIAL_PREFIX):
+    if text in SIMULATORS:
         return text
-    raise argparse.ArgumentTypeError(
-        f"must be {', '.join(SIMULATORS)} or {SERIAL_PREFIX}PORT[@BAUD], not {text!r}")
+    if not text.startswith(SERIAL_PREFIX):
+        raise argparse.ArgumentTypeError(
+            f"must be {', '.join(SIMULATORS)} or {SERIAL_PREFIX}PORT[@BAUD], not {text!r}")
+    try:
+        check_port(parse_target(text)[0])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def main(argv=None):
     parser = _Parser(prog="psc", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of its one line")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="run a PSC layer and check it against the golden model")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=_int_at_least(0), default=1)
     p.add_argument("--target", default=SIMULATORS[0], type=_demo_target,
                    help=f"{SIMULATORS[0]} (default), {', '.join(SIMULATORS[1:])}, or "
                         f"{SERIAL_PREFIX}PORT[@BAUD] for a board built with psc build")
@@ -319,7 +389,7 @@ def main(argv=None):
     p.add_argument("--no-read-register", dest="read_register", action="store_const", const=False,
                    help="no register stage after the core's buffers")
     p.add_argument("--no-psc", action="store_true", help="plain convolution (psc=False) only")
-    p.add_argument("-o", "--output", metavar="DIR",
+    p.add_argument("-o", "--output", metavar="DIR", type=_directory,
                    help="output directory (default: rtl/, or rtl/<preset>/ for a target's files; "
                         "required for anything rtl/ does not ship)")
     p.set_defaults(func=_generate)
@@ -329,10 +399,31 @@ def main(argv=None):
     _add_build(sub)
     try:
         args = parser.parse_args(argv)
-        return args.func(args)
     except _BadOption as e:
         print(e, file=sys.stderr)
         return 2
+    try:
+        return args.func(args)
+    except _BadOption as e:
+        if args.debug:
+            raise
+        print(e, file=sys.stderr)
+        return 2
+    except ValueError as e:     # bad input found by the API under the command
+        if args.debug:
+            raise
+        print(f"psc {args.command}: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except (RuntimeError, OSError) as e:    # a tool or a board failed while working
+        if args.debug:
+            raise
+        print(f"psc {args.command}: {type(e).__name__}: {_one_line(e)} (psc --debug "
+              f"{args.command} ... shows the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(error):
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ import hashlib
 import json
 from dataclasses import dataclass, field, fields, replace
 
-__all__ = ["PSCConfig", "CoreConfig", "required_acc_width", "MULTIPLIERS", "DEPTHWISE_MODES", "DW_MAX_REDUCTION"]
+from psc.model.checks import BadTypeError, check_bool, check_choice, check_int, show
+
+__all__ = ["PSCConfig", "CoreConfig", "required_acc_width", "MULTIPLIERS", "DEPTHWISE_MODES",
+           "DW_MAX_REDUCTION", "MAX_VALUE_WIDTH"]
 
 #: Multiplier implementations :attr:`PSCConfig.multiplier` accepts.
 MULTIPLIERS = ("generic", "ice40_dual8x8", "ecp5_mult18")
@@ -13,6 +16,13 @@ MULTIPLIERS = ("generic", "ice40_dual8x8", "ecp5_mult18")
 DEPTHWISE_MODES = ("diagonal", "pixels")
 #: Largest depthwise reduction (one 7x7 window of one channel); sizes the per-lane accumulators.
 DW_MAX_REDUCTION = 49
+#: Widest value (signal, port, stream payload) Amaranth can build, in bits: its netlist
+#: numbers the bits of a cell's output with 16 bits, and fails on an assertion beyond.
+MAX_VALUE_WIDTH = 1 << 16
+# Bits of a requantisation shift (0..62) and a margin for a top's command word (about
+# 112 bits), stream handshakes, clock and reset, in PSCConfig.input_bits.
+_SHIFT_BITS = 6
+_CONTROL_BITS = 256
 
 
 def required_acc_width(act_width, weight_width, max_reduction):
@@ -27,8 +37,17 @@ def required_acc_width(act_width, weight_width, max_reduction):
 
 
 def _check_range(name, value, lo, hi):
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
+    """``value`` as an int in ``[lo, hi]`` (kept for the components' own parameter checks)."""
+    return check_int(name, value, lo, hi)
+
+
+def _check_field(config, name, lo, hi):
+    # A numpy integer is accepted and stored as an int, so to_dict stays plain JSON.
+    object.__setattr__(config, name, check_int(name, getattr(config, name), lo, hi))
+
+
+def _check_flag(config, name):
+    object.__setattr__(config, name, check_bool(name, getattr(config, name)))
 
 
 @dataclass(frozen=True)
@@ -49,7 +68,10 @@ class PSCConfig:
     lanes : int
         Activations consumed per beat, ``Tn`` (1..64).
     rows : int
-        Output channels (accumulators) per beat, ``Tm`` (1..64).
+        Output channels (accumulators) per beat, ``Tm`` (1..64). A top's inputs
+        (:attr:`input_bits`, mostly ``rows x lanes`` weight words) must fit
+        :data:`MAX_VALUE_WIDTH` bits (checked), so the largest arrays need narrower
+        weights.
     max_reduction : int
         Largest number of products summed into one output,
         ``Cin // groups * K * K``, that the build supports (1..2**24).
@@ -125,18 +147,15 @@ class PSCConfig:
     depthwise: str = "diagonal"
 
     def __post_init__(self):
-        _check_range("act_width", self.act_width, 2, 32)
-        _check_range("weight_width", self.weight_width, 2, 32)
-        _check_range("acc_width", self.acc_width, 8, 64)
-        _check_range("mult_width", self.mult_width, 1, 32)
-        _check_range("lanes", self.lanes, 1, 64)
-        _check_range("rows", self.rows, 1, 64)
-        _check_range("max_reduction", self.max_reduction, 1, 1 << 24)
-        if not isinstance(self.psc, bool):
-            raise ValueError(f"psc must be a bool, not {self.psc!r}")
-        if self.multiplier not in MULTIPLIERS:
-            raise ValueError(f"multiplier must be one of {', '.join(map(repr, MULTIPLIERS))}, "
-                             f"not {self.multiplier!r}")
+        _check_field(self, "act_width", 2, 32)
+        _check_field(self, "weight_width", 2, 32)
+        _check_field(self, "acc_width", 8, 64)
+        _check_field(self, "mult_width", 1, 32)
+        _check_field(self, "lanes", 1, 64)
+        _check_field(self, "rows", 1, 64)
+        _check_field(self, "max_reduction", 1, 1 << 24)
+        _check_flag(self, "psc")
+        check_choice("multiplier", self.multiplier, MULTIPLIERS)
         if self.multiplier == "ice40_dual8x8":
             for name in ("act_width", "weight_width"):
                 value = getattr(self, name)
@@ -152,17 +171,15 @@ class PSCConfig:
                 if value > 18:
                     raise ValueError(f"{name} must be at most 18 with multiplier='ecp5_mult18' "
                                      f"(the MULT18X18D's 18x18 operands), not {value!r}")
-        _check_range("tree_stages", self.tree_stages, 0, 2)
+        _check_field(self, "tree_stages", 0, 2)
         if self.requantizers is not None:
-            _check_range("requantizers", self.requantizers, 1, self.rows)
+            _check_field(self, "requantizers", 1, self.rows)
             if self.rows % self.requantizers:
                 raise ValueError(f"requantizers must divide rows ({self.rows}), "
                                  f"not {self.requantizers!r}")
         if self.requant_mult_bits is not None:
-            _check_range("requant_mult_bits", self.requant_mult_bits, 1, self.mult_width)
-        if self.depthwise not in DEPTHWISE_MODES:
-            raise ValueError(f"depthwise must be one of {', '.join(map(repr, DEPTHWISE_MODES))}, "
-                             f"not {self.depthwise!r}")
+            _check_field(self, "requant_mult_bits", 1, self.mult_width)
+        check_choice("depthwise", self.depthwise, DEPTHWISE_MODES)
         if self.depthwise == "pixels" and (self.lanes != self.rows or self.rows < 2
                                            or self.rows & (self.rows - 1)):
             raise ValueError(f"depthwise='pixels' needs lanes == rows, a power of two >= 2, "
@@ -173,6 +190,30 @@ class PSCConfig:
                 f"acc_width must be at least {need} to hold {self.max_reduction} products of "
                 f"{self.act_width}-bit activations and {self.weight_width}-bit weights "
                 f"(max_reduction={self.max_reduction}), not {self.acc_width}")
+        if self.input_bits > MAX_VALUE_WIDTH:
+            raise ValueError(
+                f"lanes={self.lanes}, rows={self.rows} with {self.act_width}-bit activations, "
+                f"{self.word_width}-bit weight words, {self.acc_width}-bit accumulators and "
+                f"{self.mult_width}-bit multipliers need up to {self.input_bits} input bits on "
+                f"one top; Amaranth builds at most {MAX_VALUE_WIDTH}: use fewer lanes or rows, "
+                f"or narrower widths")
+
+    @property
+    def input_bits(self):
+        """Bound on the input port bits of any top built from this configuration.
+
+        Amaranth numbers all of a top's input bits together, up to
+        :data:`MAX_VALUE_WIDTH`. The widest inputs are the MAC array's beat
+        (:func:`psc.hw.dot_product.input_layout`: activations, one lane word or
+        one per row with ``depthwise="pixels"``, ``rows x lanes`` weight words,
+        ``rows`` biases) and the core's streams (a weight block, ``rows``
+        biases, multipliers and shifts, a lane word, the command); the bound
+        adds both's parts and a margin for the command word, stream handshakes,
+        clock and reset. Tests check it against every top's ports.
+        """
+        x_words = self.rows if self.depthwise == "pixels" else 1
+        return (x_words * self.lanes * self.act_width + self.rows * self.lanes * self.word_width
+                + self.rows * (self.acc_width + self.mult_width + _SHIFT_BITS) + _CONTROL_BITS)
 
     @property
     def word_width(self):
@@ -196,6 +237,7 @@ class PSCConfig:
 
     def replace(self, **changes):
         """A copy with ``changes`` applied (and validated)."""
+        _check_names(type(self), changes)
         return replace(self, **changes)
 
     def to_dict(self):
@@ -208,9 +250,16 @@ class PSCConfig:
         return _from_dict(cls, d)
 
 
+def _check_names(cls, changes, *others):
+    names = [f.name for c in (cls, *others) for f in fields(c)]
+    unknown = sorted(set(changes) - set(names))
+    if unknown:
+        raise ValueError(f"{cls.__name__}.replace: unknown field(s) {unknown}; fields are {names}")
+
+
 def _from_dict(cls, d, convert=None):
     if not isinstance(d, dict):
-        raise TypeError(f"{cls.__name__}.from_dict needs a dict, not {d!r}")
+        raise BadTypeError(f"{cls.__name__}.from_dict needs a dict, not {show(d)}")
     names = [f.name for f in fields(cls)]
     unknown = sorted(set(d) - set(names))
     if unknown:
@@ -261,12 +310,15 @@ class CoreConfig:
 
     def __post_init__(self):
         if not isinstance(self.pe, PSCConfig):
-            raise TypeError(f"pe must be a psc.config.PSCConfig, not {self.pe!r}")
-        _check_range("fmap_depth", self.fmap_depth, 2, 1 << 20)
-        _check_range("weight_depth", self.weight_depth, 2, 1 << 20)
-        _check_range("param_depth", self.param_depth, 2, 1 << 16)
-        if not isinstance(self.read_register, bool):
-            raise ValueError(f"read_register must be a bool, not {self.read_register!r}")
+            raise BadTypeError(f"pe must be a psc.config.PSCConfig, not {show(self.pe)}")
+        _check_field(self, "fmap_depth", 2, 1 << 20)
+        _check_field(self, "weight_depth", 2, 1 << 20)
+        _check_field(self, "param_depth", 2, 1 << 16)
+        _check_flag(self, "read_register")
+        if self.pe.max_reduction < self.pe.lanes:
+            # the core counts a reduction in beats of `lanes` products
+            raise ValueError(f"max_reduction must be at least lanes ({self.pe.lanes}) in a core "
+                             f"(one beat of products), not {self.pe.max_reduction}")
         if self.pe.depthwise == "pixels" and self.fmap_depth % self.pe.rows:
             raise ValueError(f"fmap_depth must be a multiple of rows ({self.pe.rows}) with "
                              f"depthwise='pixels' (one input bank per row), not {self.fmap_depth!r}")
@@ -280,6 +332,9 @@ class CoreConfig:
         return self.pe.rows
 
     def replace(self, **changes):
+        """A copy with ``changes`` applied (and validated); a field of :class:`PSCConfig`
+        changes ``pe``."""
+        _check_names(type(self), changes, PSCConfig)
         pe_changes = {k: changes.pop(k) for k in list(changes) if k in PSCConfig.__dataclass_fields__}
         cfg = self
         if pe_changes:

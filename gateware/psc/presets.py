@@ -52,6 +52,9 @@ DEFAULT_BAUD = 1_000_000
 
 def preset(name):
     """The :class:`~psc.config.CoreConfig` of preset, target or board ``name``."""
+    if not isinstance(name, str):
+        raise ValueError(f"preset must be one of {sorted(PRESETS) + sorted(BOARDS)}, "
+                         f"not {name!r}")
     if name in BOARDS:
         name = BOARDS[name]
     if name in TARGETS:

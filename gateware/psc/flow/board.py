@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from psc.hw.link.board_top import BoardTop
 from psc.hw.link.bridge import BridgeConfig
 from psc.build_dir import build_root, check_not_tmp
+from psc.config import CoreConfig
+from psc.model.checks import BadTypeError, show
 from psc.flow import toolchain
 from psc.presets import DEFAULT_BAUD, preset
 from psc.hw.link.uart import divisor_for
@@ -62,15 +64,18 @@ BOARDS = {
 
 
 def _check_board(board):
-    if board not in BOARDS:
-        raise ValueError(f"board must be one of {', '.join(BOARDS)}, not {board!r}")
+    if not isinstance(board, str) or board not in BOARDS:
+        raise ValueError(f"board must be one of {', '.join(BOARDS)}, not {show(board)}")
     return BOARDS[board]
 
 
 def bridge_config(board, baud=DEFAULT_BAUD, config=None):
     """The :class:`~psc.hw.link.bridge.BridgeConfig` of ``board`` at ``baud`` (core from the board's preset)."""
     b = _check_board(board)
-    return BridgeConfig(core=config or preset(board), divisor=divisor_for(b.clk_hz, baud))
+    if config is not None and not isinstance(config, CoreConfig):
+        raise BadTypeError(f"config must be a psc.config.CoreConfig or None, not {show(config)}")
+    return BridgeConfig(core=preset(board) if config is None else config,
+                        divisor=divisor_for(b.clk_hz, baud))
 
 
 def _platform(board):

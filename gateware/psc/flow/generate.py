@@ -47,6 +47,7 @@ from amaranth.back import verilog
 from amaranth.hdl import Shape
 from amaranth.lib import data
 
+from psc.build_dir import check_dir
 from psc.config import CoreConfig, PSCConfig
 from psc.hw import core as hw_core
 from psc.hw import hard_mul
@@ -171,7 +172,7 @@ def _core_config(config):
 
 
 def _check_top(top):
-    if top not in TOPS:
+    if not isinstance(top, str) or top not in TOPS:
         raise ValueError(f"top must be one of {', '.join(TOPS)}, not {top!r}")
 
 
@@ -463,24 +464,27 @@ def write_rtl(out_dir, config=None, tops=PRIMITIVES, *, baseline=True, preset_na
     ``PRESETS["default"]``; see :func:`file_names` for what ``baseline`` adds
     and :func:`generate_verilog` for ``preset_name``.
     """
+    check_dir("out_dir", out_dir)
     config = PRESETS["default"] if config is None else config
+    if isinstance(tops, str) or not isinstance(tops, (list, tuple)):
+        raise ValueError(f"tops must be a list of {', '.join(TOPS)}, not {tops!r}")
     names = file_names(tops, config, baseline=baseline)
     if "bridge" in tops:   # refuse before anything is written
         _bridge_config(_core_config(config), preset_name or _preset_of(config, "bridge") or "default")
+    # Every file is generated before the first is written, so a failure leaves no
+    # directory half updated.
+    texts = [(os.path.join(out_dir, f"{name}.v"), generate_verilog(top, cfg, preset_name))
+             for top, cfg, name in names]
+    texts.append((os.path.join(out_dir, "lint_waivers.vlt"), lint_waivers_vlt()))
     os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    for top, cfg, name in names:
-        path = os.path.join(out_dir, f"{name}.v")
-        _write(path, generate_verilog(top, cfg, preset_name))
-        paths.append(path)
-    path = os.path.join(out_dir, "lint_waivers.vlt")
-    _write(path, lint_waivers_vlt())
-    paths.append(path)
-    return paths
+    for path, text in texts:
+        _write(path, text)
+    return [path for path, _ in texts]
 
 
 def write_shipped(rtl_dir="rtl"):
     """Write everything ``rtl/`` ships (:data:`SHIPPED`) under ``rtl_dir``; the written paths."""
+    check_dir("rtl_dir", rtl_dir)
     paths = []
     for name, tops in SHIPPED:
         paths += write_rtl(shipped_dir(name, rtl_dir), PRESETS[name], tops,

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from amaranth.back import rtlil
 
 from psc.build_dir import build_root as _build_root, check_not_tmp
+from psc.model.checks import check_bool, check_int
 from psc.config import CoreConfig, PSCConfig
 from psc.presets import preset
 from psc.hw.core import PSCConvCore
@@ -118,7 +119,7 @@ REPORT_KEYS = (
 
 
 def _check_target(target):
-    if target not in TARGETS:
+    if not isinstance(target, str) or target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
     return TARGETS[target]
 
@@ -143,6 +144,17 @@ def _core_config(config):
         raise TypeError(f"config must be a psc.config.CoreConfig or psc.config.PSCConfig, "
                         f"not {config!r}")
     return config
+
+
+def _check_run(target, config, seeds, build_root, pnr):
+    """The arguments :func:`synthesize` and :func:`compare` share, checked before any tool
+    runs; returns the core configuration and the build root."""
+    check_int("seeds", seeds, 0)
+    check_bool("pnr", pnr)
+    config = _core_config(preset(target) if config is None else config)
+    if build_root is not None:
+        return config, check_not_tmp("build_root", build_root)
+    return config, _build_root() / "synth"
 
 
 def build_dut(variant, config, level="core"):
@@ -282,10 +294,7 @@ def synthesize(target, variant="psc", *, level="core", config=None, seeds=3, bui
     t = _check_target(target)
     _check_variant(variant)
     _check_level(level)
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 0:
-        raise ValueError(f"seeds must be a non-negative integer, not {seeds!r}")
-    config = _core_config(preset(target) if config is None else config)
-    root = check_not_tmp("build_root", build_root) if build_root else _build_root() / "synth"
+    config, root = _check_run(target, config, seeds, build_root, pnr)
     build_dir = str(root / f"{target}-{level}-{variant}")
     say = log or (lambda msg: None)
     top = synth_top(target, variant, config, level)
@@ -437,13 +446,21 @@ def cycles_per_layer(target, layers, config=None):
     """
     from psc.host import bench
     config = _core_config(preset(target) if config is None else config)
-    unknown = [n for n in layers if n not in bench.BENCH_LAYERS]
-    if unknown:
-        raise ValueError(f"cycles layers must be names of psc.host.bench.BENCH_LAYERS "
-                         f"({', '.join(bench.BENCH_LAYERS)}), not {unknown!r}")
+    _check_cycles_layers(layers, config)
     rows = bench.bench(list(layers), config=config)
     return {r["name"]: {"psc": r["total"], "baseline": r["total_plain"], "ok": r["ok"],
                         "what": r["what"]} for r in rows}
+
+
+def _check_cycles_layers(layers, config):
+    from psc.host import bench
+    if isinstance(layers, str) or not isinstance(layers, (list, tuple)):
+        raise ValueError(f"cycles layers must be a list of names of psc.host.bench.BENCH_LAYERS, "
+                         f"not {layers!r}")
+    try:
+        bench.check(layers, config)
+    except ValueError as e:
+        raise ValueError(f"cycles layers: {e}") from None
 
 
 def _overhead(psc, other):
@@ -468,10 +485,17 @@ def compare(target, *, config=None, seeds=3, build_root=None, pnr=True, log=None
     judged on the core level where it was built.
     """
     _check_target(target)
+    config, _ = _check_run(target, config, seeds, build_root, pnr)
+    if isinstance(levels, str) or not isinstance(levels, (list, tuple)) or not levels:
+        raise ValueError(f"levels must be a non-empty list of {', '.join(LEVELS)}, not {levels!r}")
+    for level in levels:
+        _check_level(level)
+    if cycles_layers:
+        # checked against the build before the first synthesis, not after the last
+        _check_cycles_layers(cycles_layers, config)
     say = log or (lambda msg: None)
     out = {"target": target, "seeds": seeds, "levels": {}}
     for level in levels:
-        _check_level(level)
         reps = {v: synthesize(target, v, level=level, config=config, seeds=seeds,
                               build_root=build_root, pnr=pnr, log=log) for v in VARIANTS}
         out["levels"][level] = {

@@ -13,10 +13,12 @@ import time
 import numpy as np
 
 from psc.model import golden
+from psc.model.checks import BadTypeError, check_int, show
 from psc.hw.core import CoreConfig
-from psc.host import run_layers
+from psc.host import plan_layer, run_layers
+from psc.host.scheduler import LayerError
 
-__all__ = ["BENCH_LAYERS", "bench", "format_table"]
+__all__ = ["BENCH_LAYERS", "check", "bench", "format_table"]
 
 
 def _layer(rng, cin, cout, hw, k, stride=1, padding=0, groups=1):
@@ -40,12 +42,47 @@ BENCH_LAYERS = {
 }
 
 
-def bench(names=None, *, config=None, seed=0, target="verilator"):
-    """Run the bench layers on the PSC and the plain build; returns a list of row dicts."""
-    cc = config or CoreConfig()
-    names = list(names or BENCH_LAYERS)
+def _layers(names, seed):
     rng = np.random.default_rng(seed)
-    layers = [BENCH_LAYERS[n][1](rng) for n in names]
+    return [BENCH_LAYERS[n][1](rng) for n in names]
+
+
+def check(names, config=None, *, seed=0):
+    """Check bench layer ``names`` (default all) and that the PSC and plain builds of
+    ``config`` (default ``CoreConfig()``) can run each of them (:func:`psc.host.plan_layer`),
+    before any simulator is built; returns the names as a list. ``ValueError``
+    (:class:`~psc.host.scheduler.LayerError` for a layer the build cannot run) names the
+    layer and the limit."""
+    if config is not None and not isinstance(config, CoreConfig):
+        raise BadTypeError(f"config must be a psc.config.CoreConfig or None, not {show(config)}")
+    check_int("seed", seed, 0)
+    if names is None:
+        names = list(BENCH_LAYERS)
+    if isinstance(names, (str, bytes)) or not hasattr(names, "__iter__"):
+        raise ValueError(f"names must be a list of bench layers, not {show(names)}")
+    names = list(names)
+    for name in names:
+        if not isinstance(name, str) or name not in BENCH_LAYERS:
+            raise ValueError(f"bench layer must be one of {', '.join(BENCH_LAYERS)}, "
+                             f"not {show(name)}")
+    cc = config or CoreConfig()
+    for name, layer in zip(names, _layers(names, seed)):
+        for psc in (True, False):
+            try:
+                plan_layer(**layer, config=cc.replace(psc=psc))
+            except LayerError as e:
+                raise LayerError(f"bench layer {name} on the {'PSC' if psc else 'plain'} "
+                                 f"build: {e}") from None
+    return names
+
+
+def bench(names=None, *, config=None, seed=0, target="verilator"):
+    """Run the bench layers on the PSC and the plain build; returns a list of row dicts.
+
+    Every layer is checked against both builds first (:func:`check`)."""
+    cc = config or CoreConfig()
+    names = check(names or None, cc, seed=seed)
+    layers = _layers(names, seed)
     rows = []
     results = {}
     for psc in (True, False):

@@ -35,7 +35,8 @@ import numpy as np
 from psc.hw.core import (KERNELS, STRIDES, FIELD_WIDTH, MAX_OUTPUTS, KIND_STANDARD, KIND_DEPTHWISE,
                          KIND_POINTWISE, KIND_FC, CoreConfig, config_layout, param_layout,
                          weight_layout)
-from psc.model.checks import check_int, check_signed, per_channel, signed_range
+from psc.model.checks import (check_bool, check_dims, check_int, check_signed, per_channel, show,
+                              signed_range)
 from psc.model.packing import (channel_groups, pack_activations, pack_payload, parify,
                                unpack_activations)
 
@@ -146,25 +147,29 @@ def validate(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, groups=
     """Step 1: check a layer against the build; returns a :class:`Layer`.
 
     Raises :class:`LayerError` naming the parameter, its value and what the
-    build allows.
+    build allows: a wrong type (a float, bool or object array where integers
+    belong, a string where a bool does, a config that is not a
+    :class:`~psc.config.CoreConfig`), an empty dimension, a value out of its
+    range, or a layer the build cannot run.
     """
     cc = CoreConfig() if config is None else config
     if not isinstance(cc, CoreConfig):
-        raise TypeError(f"config must be a psc.config.CoreConfig, not {cc!r}")
+        raise LayerError(f"config must be a psc.config.CoreConfig, not {show(cc)}")
     pe = cc.pe
     try:
-        x = check_signed("x", x, pe.act_width)
-        w_pos = check_signed("w_pos", w_pos, pe.weight_width)
+        x = check_dims("x", check_signed("x", x, pe.act_width), ("Cin", "H", "W"))
+        w_pos = check_dims("w_pos", check_signed("w_pos", w_pos, pe.weight_width),
+                           ("Cout", "Cin // groups", "K", "K"))
         w_neg = check_signed("w_neg", w_neg, pe.weight_width)
         stride = check_int("stride", stride, 1)
         padding = check_int("padding", padding, 0)
         groups = check_int("groups", groups, 1)
-    except (TypeError, ValueError) as e:
+        relu = check_bool("relu", relu)
+    except ValueError as e:     # BadTypeError included
         raise LayerError(str(e)) from None
-    if x.ndim != 3:
-        raise LayerError(f"x must have shape (Cin, H, W), not {x.shape}")
-    if w_pos.ndim != 4 or w_pos.shape[2] != w_pos.shape[3]:
-        raise LayerError(f"w_pos must have shape (Cout, Cin // groups, K, K), not {w_pos.shape}")
+    if w_pos.shape[2] != w_pos.shape[3]:
+        raise LayerError(f"w_pos must have square kernels (Cout, Cin // groups, K, K), "
+                         f"not {w_pos.shape}")
     if w_neg.shape != w_pos.shape:
         raise LayerError(f"w_neg must have the shape of w_pos {w_pos.shape}, not {w_neg.shape}")
     if not pe.psc and not np.array_equal(w_pos, w_neg):
@@ -195,7 +200,7 @@ def validate(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, groups=
                            cout, acc_lo, acc_hi)
         mult = per_channel("mult", mult, cout, 0, (1 << pe.mult_width) - 1)
         shift = per_channel("shift", shift, cout, 0, MAX_SHIFT)
-    except (TypeError, ValueError) as e:
+    except ValueError as e:
         raise LayerError(str(e)) from None
     red = cin_g * k * k
     peak = red << (pe.act_width + pe.weight_width - 2)
@@ -203,7 +208,7 @@ def validate(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, groups=
         raise LayerError(f"bias up to {int(np.abs(bias).max())} plus the largest reduction of "
                          f"{red} products ({peak}) can leave the {pe.acc_width}-bit accumulator")
     return Layer(config=cc, x=x, w_pos=w_pos, w_neg=w_neg, bias=bias, mult=mult, shift=shift,
-                 stride=stride, padding=padding, groups=groups, relu=bool(relu),
+                 stride=stride, padding=padding, groups=groups, relu=relu,
                  depthwise=depthwise)
 
 

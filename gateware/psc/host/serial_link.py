@@ -31,17 +31,20 @@ tile (CFG, WEIGHTS, PARAMS, ACTS, STATUS) are written in one go, then its
 ``n_out`` output beats and the status frame are read before the next tile.
 """
 
+import os
 from dataclasses import dataclass
 
-from psc.config import DEPTHWISE_MODES, MULTIPLIERS
+from psc.config import DEPTHWISE_MODES, MULTIPLIERS, CoreConfig
 from psc.hw.link.bridge import (FLAGS, ID_BYTES, ID_FIELDS, ID_HEADER_BYTES, ID_MAGIC,
                                 MAX_FRAME_BEATS, OP, PROTOCOL_VERSION, STATUS_BYTES, beat_bytes,
                                 id_frame)
+from psc.model.checks import BadTypeError, check_int, check_real, show
 from psc.presets import DEFAULT_BAUD, PRESETS
 
 __all__ = ["LinkError", "Write", "Read", "parse_id", "preset_for_digest", "check_id",
            "board_config", "encode_tile", "parse_status", "ping_exchange", "tile_exchange",
-           "run_tiles", "session", "drive", "SerialLink", "parse_target", "open_transport",
+           "run_tiles", "session", "drive", "SerialLink", "parse_target", "check_port",
+           "open_transport",
            "DEFAULT_BAUD", "DEFAULT_TIMEOUT"]
 
 DEFAULT_TIMEOUT = 10.0
@@ -150,9 +153,20 @@ def board_config(ident, config=None):
     return preset_for_digest(ident["digest"])[1]
 
 
+def _check_beat(name, value, nbytes):
+    check_int(f"tile {name}", value, 0, (1 << (8 * nbytes)) - 1)
+
+
 def encode_tile(tile, config):
     """The bytes of one tile: CFG (with ``n_out``), WEIGHTS, PARAMS, ACTS frames, then STATUS."""
     nb = beat_bytes(config)
+    # A beat that does not fit its bytes was packed for another build: refuse it whole,
+    # before the first byte goes out, rather than fail half-way through the tile.
+    _check_beat("n_out", tile.n_out, 4)
+    _check_beat("cfg", tile.cfg, nb["cfg"])
+    for key in ("weights", "params", "acts"):
+        for i, beat in enumerate(getattr(tile, key)):
+            _check_beat(f"{key}[{i}]", beat, nb[key])
     out = bytearray([OP["CFG"]])
     out += _u(tile.n_out, 4) + _u(tile.cfg, nb["cfg"])
     for op, key, beats in (("WEIGHTS", "weights", tile.weights), ("PARAMS", "params", tile.params),
@@ -243,6 +257,7 @@ def drive(gen, transport, *, chunk=512):
     the operating system's or the USB bridge's buffers (the link has no
     hardware flow control).
     """
+    chunk = check_int("chunk", chunk, 1)
     rx = bytearray()
 
     def poll():
@@ -277,23 +292,51 @@ def drive(gen, transport, *, chunk=512):
 # --- ports --------------------------------------------------------------------------------------
 
 def parse_target(target):
-    """``"serial:PORT[@BAUD]"`` -> ``(PORT, BAUD)``."""
+    """``"serial:PORT[@BAUD]"`` -> ``(PORT, BAUD)``; ``ValueError`` naming the part that is wrong."""
+    form = "'serial:/dev/ttyUSB1' or 'serial:/dev/ttyUSB1@1000000'"
     if not isinstance(target, str) or not target.startswith("serial:") or len(target) <= 7:
-        raise ValueError(f"a serial target must look like 'serial:/dev/ttyUSB1' or "
-                         f"'serial:/dev/ttyUSB1@1000000', not {target!r}")
-    port, _, baud = target[7:].partition("@")
-    if baud:
+        raise ValueError(f"a serial target must look like {form}, not {show(target)}")
+    port, at, baud = target[7:].partition("@")
+    if not port:
+        raise ValueError(f"a serial target must name a port, as {form}, not {target!r}")
+    if at:
         if not baud.isdigit() or int(baud) <= 0:
-            raise ValueError(f"the baud rate in {target!r} must be a positive integer, not {baud!r}")
+            raise ValueError(f"the baud rate of serial target {target!r} must be a positive "
+                             f"integer, not {baud!r}")
         return port, int(baud)
     return port, DEFAULT_BAUD
 
 
+def check_port(port):
+    """Refuse a port that is a path to nothing (``ValueError``): the user mistyped it, or
+    the board is not plugged in. Ports pyserial opens by URL (``socket://``, ``rfc2217://``)
+    or by name (``COM3``) are left to it."""
+    if not isinstance(port, str) or not port:
+        raise ValueError(f"port must be a serial device such as '/dev/ttyUSB1', "
+                         f"not {show(port)}")
+    if os.path.isabs(port) and not os.path.exists(port):
+        raise ValueError(f"serial port {port!r} does not exist (is the board plugged in? "
+                         f"see `ls /dev/tty*`)")
+    return port
+
+
 def open_transport(port, baud, timeout=DEFAULT_TIMEOUT):
-    """Open a serial port with pyserial (8N1, no flow control); the object is the transport."""
+    """Open a serial port with pyserial (8N1, no flow control); the object is the transport.
+
+    A port that does not exist is a ``ValueError`` (:func:`check_port`); one that
+    exists but cannot be opened (busy, no permission) a :class:`LinkError`.
+    """
     import serial
-    return serial.Serial(port, baudrate=baud, bytesize=8, parity="N", stopbits=1,
-                         timeout=timeout, rtscts=False, xonxoff=False)
+    check_port(port)
+    check_int("baud", baud, 1)
+    if timeout is not None:
+        check_real("timeout", timeout, 0.0, float("inf"))
+    try:
+        return serial.Serial(port, baudrate=baud, bytesize=8, parity="N", stopbits=1,
+                             timeout=timeout, rtscts=False, xonxoff=False)
+    except (serial.SerialException, OSError) as e:
+        raise LinkError(f"could not open serial port {port!r}: "
+                        f"{' '.join(str(e).split())}") from None
 
 
 class SerialLink:
@@ -310,6 +353,13 @@ class SerialLink:
     """
 
     def __init__(self, transport, config=None, *, settle=0.2):
+        if config is not None and not isinstance(config, CoreConfig):
+            raise BadTypeError(f"config must be a psc.config.CoreConfig or None, "
+                               f"not {show(config)}")
+        for method in ("write", "read"):
+            if not callable(getattr(transport, method, None)):
+                raise BadTypeError(f"transport must have write(bytes) and read(n), "
+                                   f"not {show(transport)}")
         self.transport = transport
         if hasattr(transport, "reset_input_buffer"):
             # A bridge left mid-frame by a previous session abandons the frame after

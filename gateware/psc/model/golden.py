@@ -32,7 +32,8 @@ Conventions (the hardware follows them bit for bit):
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from psc.model.checks import check_int, check_signed, check_width, per_channel, signed_range
+from psc.model.checks import (BadTypeError, check_bool, check_dims, check_int, check_signed,
+                              check_width, int_array, per_channel, signed_range)
 
 __all__ = [
     "check_signed", "psc_conv2d", "conv2d", "requantize",
@@ -46,20 +47,29 @@ __all__ = [
 _FLOAT_EXACT = 1 << 53
 
 
+def _real_array(name, value, width):
+    """The float path's conversion: a real (integer or float) array, nothing else."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iuf" or isinstance(value, (bool, np.bool_)):
+        raise BadTypeError(f"{name} must hold real numbers, not dtype {arr.dtype}")
+    return arr.astype(np.float64)
+
+
 def _prepare(x, w_pos, w_neg, bias, stride, padding, groups, act_width, weight_width, acc_width,
              *, to_int=True):
     """Validate the arguments of a convolution; return normalised arrays and shape info."""
-    conv = check_signed if to_int else (lambda name, v, width: np.asarray(v, dtype=np.float64))
-    x = conv("x", x, act_width)
-    if x.ndim not in (3, 4):
-        raise ValueError(f"x must have shape (Cin, H, W) or (N, Cin, H, W), not {x.shape}")
+    if to_int:
+        act_width = check_width("act_width", act_width)
+        weight_width = check_width("weight_width", weight_width)
+        acc_width = check_width("acc_width", acc_width, maximum=64)
+    conv = check_signed if to_int else _real_array
+    x = check_dims("x", conv("x", x, act_width), ("Cin", "H", "W"), batch=True)
     batched = x.ndim == 4
     if not batched:
         x = x[None]
-    w_pos = conv("w_pos", w_pos, weight_width)
+    w_pos = check_dims("w_pos", conv("w_pos", w_pos, weight_width),
+                       ("Cout", "Cin // groups", "K", "K"))
     w_neg = conv("w_neg", w_neg, weight_width)
-    if w_pos.ndim != 4:
-        raise ValueError(f"w_pos must have shape (Cout, Cin // groups, K, K), not {w_pos.shape}")
     if w_neg.shape != w_pos.shape:
         raise ValueError(f"w_neg must have the shape of w_pos {w_pos.shape}, not {w_neg.shape}")
     cout, cin_g, kh, kw = w_pos.shape
@@ -179,12 +189,8 @@ def requantize(acc, mult, shift, *, act_width=8, relu=False, mult_width=16):
     """
     act_width = check_width("act_width", act_width)
     mult_width = check_width("mult_width", mult_width, maximum=62)
-    acc = np.asarray(acc)
-    if acc.dtype.kind not in "iu":
-        raise TypeError(f"acc must hold integers, not dtype {acc.dtype}")
-    acc = acc.astype(np.int64)
-    if acc.ndim not in (3, 4):
-        raise ValueError(f"acc must have shape (C, H, W) or (N, C, H, W), not {acc.shape}")
+    relu = check_bool("relu", relu)
+    acc = check_dims("acc", int_array("acc", acc), ("C", "H", "W"), batch=True)
     channels = acc.shape[-3]
     mult = per_channel("mult", mult, channels, 0, (1 << mult_width) - 1)
     shift = per_channel("shift", shift, channels, 0, 62)
@@ -233,7 +239,10 @@ def spsc(w, positive):
     (CReLU generalised to an arbitrary split).
     """
     w = np.asarray(w)
-    positive = np.asarray(positive, dtype=bool)
+    positive = np.asarray(positive)
+    if positive.dtype.kind != "b":
+        # np.asarray(..., dtype=bool) would read "no" and 2 as True
+        raise BadTypeError(f"positive must hold bools, not dtype {positive.dtype}")
     if positive.shape != (w.shape[0],):
         raise ValueError(f"positive must have shape ({w.shape[0]},), not {positive.shape}")
     sel = positive.reshape((-1,) + (1,) * (w.ndim - 1))

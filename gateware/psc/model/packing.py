@@ -30,21 +30,33 @@ Activation streams (channels-last lanes)
 
 import numpy as np
 
-from psc.model.golden import check_signed
+from psc.model.checks import (BadTypeError, check_bool, check_dims, check_int, check_signed,
+                              check_width, show)
 
 __all__ = ["pack_lanes", "unpack_lanes", "parify", "unparify",
            "pack_activations", "unpack_activations", "channel_groups", "pack_payload"]
 
 
 def _check_positive(name, value):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, not {value!r}")
-    return int(value)
+    return check_int(name, value, 1)
+
+
+def _check_words(words, bits):
+    """``words`` as an object array of Python ints in ``[0, 2**bits)``: lane words are
+    unsigned, and a word with more bits than its lanes hold was packed for another build."""
+    arr = np.asarray(words, dtype=object)
+    for index, word in np.ndenumerate(arr):
+        if not isinstance(word, (int, np.integer)) or isinstance(word, (bool, np.bool_)):
+            raise BadTypeError(f"words must hold integers, not {show(word)} at index {index}")
+        if not 0 <= word < 1 << bits:
+            raise ValueError(f"words must be integers in [0, 2**{bits}), not {show(word)} at "
+                             f"index {index}")
+    return np.vectorize(int, otypes=[object])(arr) if arr.size else arr
 
 
 def channel_groups(channels, lanes):
     """Number of lane words needed for ``channels`` channels: ``ceil(channels / lanes)``."""
-    return -(-int(channels) // int(lanes))
+    return -(-check_int("channels", channels, 0) // _check_positive("lanes", lanes))
 
 
 def pack_lanes(values, width):
@@ -52,8 +64,11 @@ def pack_lanes(values, width):
 
     Returns an array of Python ints (dtype object) with the last axis removed.
     """
-    width = _check_positive("width", width)
+    width = check_width("width", width)
     values = check_signed("values", values, width)
+    if values.ndim == 0 or values.shape[-1] == 0:
+        raise ValueError(f"values must have a last axis of at least one lane, not shape "
+                         f"{values.shape}")
     mask = (1 << width) - 1
     words = np.zeros(values.shape[:-1], dtype=object)
     for i in range(values.shape[-1]):
@@ -64,8 +79,9 @@ def pack_lanes(values, width):
 def unpack_lanes(words, lanes, width, *, signed=True):
     """Inverse of :func:`pack_lanes`: lane words to an int64 array with a last axis of ``lanes``."""
     lanes = _check_positive("lanes", lanes)
-    width = _check_positive("width", width)
-    words = np.asarray(words, dtype=object)
+    width = check_width("width", width)
+    signed = check_bool("signed", signed)
+    words = _check_words(words, lanes * width)
     mask = (1 << width) - 1
     out = np.empty(words.shape + (lanes,), dtype=np.int64)
     for i in range(lanes):
@@ -94,9 +110,7 @@ def unparify(words, weight_width=8):
 def pack_activations(x, lanes, act_width=8):
     """Pack ``(C, H, W)`` activations into channels-last lane words, shape ``(H, W, G)``."""
     lanes = _check_positive("lanes", lanes)
-    x = check_signed("x", x, act_width)
-    if x.ndim != 3:
-        raise ValueError(f"x must have shape (C, H, W), not {x.shape}")
+    x = check_dims("x", check_signed("x", x, act_width), ("C", "H", "W"))
     c, h, w = x.shape
     g = channel_groups(c, lanes)
     hwc = np.zeros((h, w, g * lanes), dtype=np.int64)
@@ -106,6 +120,8 @@ def pack_activations(x, lanes, act_width=8):
 
 def unpack_activations(words, channels, lanes, act_width=8):
     """Inverse of :func:`pack_activations`: ``(H, W, G)`` lane words to ``(C, H, W)``."""
+    channels = _check_positive("channels", channels)
+    lanes = _check_positive("lanes", lanes)
     words = np.asarray(words, dtype=object)
     if words.ndim != 3:
         raise ValueError(f"words must have shape (H, W, G), not {words.shape}")
@@ -139,12 +155,12 @@ def _check_fits(layout, value, path):
     if isinstance(layout, data.StructLayout):
         names = [name for name, _ in layout]
         if not isinstance(value, dict) or set(value) != set(names):
-            raise ValueError(f"{path} must be a dict with exactly the fields {names}, not {value!r}")
+            raise ValueError(f"{path} must be a dict with exactly the fields {names}, not {show(value)}")
         for name, field in layout:
             _check_fits(field.shape, value[name], f"{path}.{name}")
     elif isinstance(layout, data.ArrayLayout):
         if not isinstance(value, list) or len(value) != layout.length:
-            raise ValueError(f"{path} must be a sequence of {layout.length} elements, not {value!r}")
+            raise ValueError(f"{path} must be a sequence of {layout.length} elements, not {show(value)}")
         for i, v in enumerate(value):
             _check_fits(layout.elem_shape, v, f"{path}[{i}]")
     else:
@@ -154,7 +170,7 @@ def _check_fits(layout, value, path):
         else:
             lo, hi = 0, (1 << shape.width) - 1
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-            raise ValueError(f"{path} must be an integer in [{lo}, {hi}], not {value!r}")
+            raise ValueError(f"{path} must be an integer in [{lo}, {hi}], not {show(value)}")
 
 
 def pack_payload(layout, values):
