@@ -14,7 +14,7 @@ option the build cannot take). The property, per call:
   simulated, sent, synthesised or written.
 
 Bounded by default (a few seconds per test); ``PSC_FUZZ_EXAMPLES=N`` runs N
-examples per test (``scripts/fuzz.sh``), the simulated core's share a tenth
+examples per test (``scripts/fuzz.sh``), the simulated core a twenty-fifth
 of that.
 """
 
@@ -348,7 +348,7 @@ def sends(monkeypatch):
 
 
 @pytest.mark.slow
-@_settings(6, share=0.1)
+@_settings(6, share=0.04)
 @given(layers=st.lists(core_layer(max_hw=5), min_size=1, max_size=3), defect=st.booleans(),
        data=st.data())
 def test_run_layers_on_the_simulated_core(sends, layers, defect, data):
