@@ -482,7 +482,7 @@ def cli_case(draw, out_dir, a_file):
                 "--seed": draw(st.integers(0, 9)), "--build-dir": _board_dir()}
         bad = [({"--board": "arty"}, ["--board"]), ({"--lanes": 0}, ["lanes"]),
                ({"--rows": "x"}, ["--rows"]), ({"--baud": 0}, ["--baud"]),
-               ({"--baud": 4_000_000}, ["baud must be at most"]), ({"--seed": -1}, ["--seed"]),
+               ({"--baud": 4_000_000}, ["psc build: baud"]), ({"--seed": -1}, ["--seed"]),
                ({"--build-dir": a_file}, ["--build-dir", "file"]),
                ({"--build-dir": "/tmp/psc-fuzz"}, ["--build-dir", "/tmp"])]
     elif cmd == "bench":
