@@ -9,12 +9,11 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-from onnxruntime.quantization import (CalibrationDataReader, QuantFormat,  # noqa: E402
-                                      QuantType, quantize_static)
 
 from psc.model.checks import BadTypeError  # noqa: E402
 from psc.network import run  # noqa: E402
-from psc.onnx_import import OnnxImportError, import_onnx, onnxruntime_run  # noqa: E402
+from psc.onnx_import import (OnnxImportError, import_onnx, onnxruntime_run,  # noqa: E402
+                             psc_pattern, psc_weights, quantize)
 
 C, HW, CLASSES = 4, 6, 5
 
@@ -23,30 +22,11 @@ def _init(name, a, dtype=np.float32):
     return numpy_helper.from_array(np.asarray(a, dtype), name)
 
 
-def _psc_nodes(prefix, x, shape):
-    """The documented PSC pattern from tensor ``x``: returns its nodes, initializers and the
-    name of the interleaved tensor, and the names of the nodes to keep float."""
-    names = [f"{prefix}_{s}" for s in ("pos", "neg", "pu", "nu", "cat", "reshape")]
-    nodes = [
-        helper.make_node("Relu", [x], [f"{prefix}_p"], name=names[0]),
-        helper.make_node("Min", [x, "zero"], [f"{prefix}_n"], name=names[1]),
-        helper.make_node("Unsqueeze", [f"{prefix}_p", "axis2"], [f"{prefix}_pu"], name=names[2]),
-        helper.make_node("Unsqueeze", [f"{prefix}_n", "axis2"], [f"{prefix}_nu"], name=names[3]),
-        helper.make_node("Concat", [f"{prefix}_pu", f"{prefix}_nu"], [f"{prefix}_cat"],
-                         name=names[4], axis=2),
-        helper.make_node("Reshape", [f"{prefix}_cat", f"{prefix}_shape"], [f"{prefix}_x"],
-                         name=names[5]),
-    ]
-    inits = [_init(f"{prefix}_shape", shape, np.int64)]
-    return nodes, inits, f"{prefix}_x", names
-
-
 def float_model(rng, *, extra=None, gemm_psc=True, clip=None):
     """A small residual network in float: stem conv + ReLU (or Clip), a depthwise PSC conv, a
     plain pointwise conv, a residual add, global average pooling, flatten and a Gemm
     classifier (PSC or not). ``extra`` is a node put after the stem's activation."""
     nodes, inits, float_nodes = [], [], []
-    inits += [_init("zero", 0.0), _init("axis2", [2], np.int64)]
     inits += [_init("w_stem", rng.normal(0, 0.6, (C, 1, 3, 3))), _init("b_stem", rng.normal(0, .1, C))]
     nodes.append(helper.make_node("Conv", ["x", "w_stem", "b_stem"], ["c1"], name="stem",
                                   pads=[1, 1, 1, 1], kernel_shape=[3, 3]))
@@ -60,11 +40,12 @@ def float_model(rng, *, extra=None, gemm_psc=True, clip=None):
     if extra is not None:
         nodes.append(extra)
         a = extra.output[0]
-    pn, pi, px, names = _psc_nodes("dw", a, [0, -1, HW, HW])
+    pn, pi, px, names = psc_pattern("dw", a, [0, -1, HW, HW])
     nodes += pn
     inits += pi
     float_nodes += names
-    inits += [_init("w_dw", rng.normal(0, 0.4, (C, 2, 3, 3))), _init("b_dw", rng.normal(0, .1, C))]
+    w_dw = psc_weights(rng.normal(0, 0.4, (C, 1, 3, 3)), rng.normal(0, 0.4, (C, 1, 3, 3)))
+    inits += [_init("w_dw", w_dw), _init("b_dw", rng.normal(0, .1, C))]
     nodes.append(helper.make_node("Conv", [px, "w_dw", "b_dw"], ["c2"], name="dw",
                                   pads=[1, 1, 1, 1], kernel_shape=[3, 3], group=C))
     inits += [_init("w_pw", rng.normal(0, 0.4, (C, C, 1, 1))), _init("b_pw", rng.normal(0, .1, C))]
@@ -75,7 +56,7 @@ def float_model(rng, *, extra=None, gemm_psc=True, clip=None):
     fin = "f"
     cin = C
     if gemm_psc:
-        pn, pi, fin, names = _psc_nodes("fc", "f", [0, -1])
+        pn, pi, fin, names = psc_pattern("fc", "f", [0, -1])
         nodes += pn
         inits += pi
         float_nodes += names
@@ -92,24 +73,11 @@ def float_model(rng, *, extra=None, gemm_psc=True, clip=None):
     return model, float_nodes
 
 
-class _Reader(CalibrationDataReader):
-    def __init__(self, images):
-        self.it = iter([{"x": img[None]} for img in images])
-
-    def get_next(self):
-        return next(self.it, None)
-
-
 def quantized(tmp_path, rng, name="q", **kw):
     """Quantise ``float_model(**kw)`` as the project's exporter does; returns the path."""
     model, float_nodes = float_model(rng, **kw)
-    src, dst = tmp_path / f"{name}_f.onnx", tmp_path / f"{name}.onnx"
-    onnx.save(model, src)
-    calib = rng.normal(0, 1, (32, 1, HW, HW)).astype(np.float32)
-    quantize_static(str(src), str(dst), _Reader(calib), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, nodes_to_exclude=float_nodes,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    dst = tmp_path / f"{name}.onnx"
+    quantize(model, dst, rng.normal(0, 1, (32, 1, HW, HW)), keep_float=float_nodes)
     return dst
 
 
@@ -207,9 +175,9 @@ def test_unsupported_operator_is_refused(tmp_path):
     ("dilation", r"node 'pw' \(Conv\): dilations must be 1"),
     ("pads", r"node 'stem' \(Conv\): pads must be equal on all sides"),
     ("bias_scale", r"node 'stem' \(Conv\): bias scale must be input scale x weight scale"),
-    ("concat_order", r"node 'dw_cat' \(Concat\): only Concat\(axis=2\) of the unsqueezed"),
-    ("min_const", r"node 'dw_neg' \(Min\): only Min\(x, 0\)"),
-    ("psc_scale", r"node 'dw_x_QuantizeLinear' \(QuantizeLinear\): requantises a tensor"),
+    ("concat_order", r"node 'dw_psc_concat' \(Concat\): only Concat\(axis=2\) of the unsqueezed"),
+    ("min_const", r"node 'dw_psc_min' \(Min\): only Min\(x, 0\)"),
+    ("psc_scale", r"node 'dw_psc_QuantizeLinear' \(QuantizeLinear\): requantises a tensor"),
     ("clip", r"node 'stem_clip' \(Clip\): only Clip with min 0"),
     ("output", r"output 'y' must be the DequantizeLinear of a quantised layer output"),
     ("weight_axis", r"node 'pw' \(Conv\): weight scales must be per tensor or per output"),
@@ -240,15 +208,15 @@ def test_bad_graphs_are_refused(qmodel, tmp_path, case, match):
                       2 * numpy_helper.to_array(next(i for i in m.graph.initializer
                                                      if i.name == "b_stem_quantized_scale")))
         elif case == "concat_order":
-            n = _node(m, "dw_cat")
+            n = _node(m, "dw_psc_concat")
             n.input[:] = [n.input[1], n.input[0]]
         elif case == "min_const":
             m.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), "one"))
-            _node(m, "dw_neg").input[1] = "one"
+            _node(m, "dw_psc_min").input[1] = "one"
         elif case == "psc_scale":
             m.graph.initializer.append(numpy_helper.from_array(np.array(0.5, np.float32), "s3"))
-            _node(m, "dw_x_QuantizeLinear").input[1] = "s3"
-            _node(m, "dw_x_DequantizeLinear").input[1] = "s3"
+            _node(m, "dw_psc_QuantizeLinear").input[1] = "s3"
+            _node(m, "dw_psc_DequantizeLinear").input[1] = "s3"
         elif case == "clip":
             n = _node(m, "stem_relu")
             n.op_type = "Clip"

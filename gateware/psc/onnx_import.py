@@ -42,7 +42,9 @@ import numpy as np
 from psc.model.checks import BadTypeError, show
 from psc.model.network import Layer, Network, quantize_multiplier
 
-__all__ = ["OnnxImportError", "import_onnx", "onnxruntime_run", "SUPPORTED_OPS"]
+__all__ = ["OnnxImportError", "import_onnx", "onnxruntime_run", "psc_pattern", "psc_weights",
+           "quantize",
+           "SUPPORTED_OPS"]
 
 #: Operators the importer maps (with QuantizeLinear and DequantizeLinear).
 SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Relu", "Clip", "Add", "GlobalAveragePool", "Flatten",
@@ -580,3 +582,89 @@ def onnxruntime_run(model, images):
     name = sess.get_inputs()[0].name
     x = np.asarray(images, dtype=np.float32)
     return np.concatenate([sess.run(None, {name: img[None]})[0] for img in x])
+
+
+# --- the writing side: what an exporter emits for the importer ---------------------------
+
+def psc_pattern(prefix, x, shape):
+    """The nodes of the PSC input pattern over float tensor ``x`` (the exporter's side of the
+    representation in this module's docstring).
+
+    Parameters
+    ----------
+    prefix : str
+        Prefix of the new nodes' and tensors' names.
+    x : str
+        The tensor whose phases the PSC convolution reads.
+    shape : list of int
+        The Reshape's target: ``[0, -1, H, W]`` before a ``Conv``, ``[0, -1]`` before a
+        ``Gemm``.
+
+    Returns
+    -------
+    nodes : list of onnx.NodeProto
+    initializers : list of onnx.TensorProto
+    output : str
+        The interleaved tensor ``(N, 2C, ...)``, the convolution's input.
+    keep_float : list of str
+        Names of the six nodes, for the quantiser's ``nodes_to_exclude`` (:func:`quantize`).
+    """
+    from onnx import helper, numpy_helper
+    t = {k: f"{prefix}_{k}" for k in ("pos", "neg", "pos_u", "neg_u", "stack", "psc",
+                                      "zero", "axes", "shape")}
+    names = [f"{prefix}_psc_{k}" for k in ("relu", "min", "unsqueeze_pos", "unsqueeze_neg",
+                                           "concat", "reshape")]
+    nodes = [
+        helper.make_node("Relu", [x], [t["pos"]], name=names[0]),
+        helper.make_node("Min", [x, t["zero"]], [t["neg"]], name=names[1]),
+        helper.make_node("Unsqueeze", [t["pos"], t["axes"]], [t["pos_u"]], name=names[2]),
+        helper.make_node("Unsqueeze", [t["neg"], t["axes"]], [t["neg_u"]], name=names[3]),
+        helper.make_node("Concat", [t["pos_u"], t["neg_u"]], [t["stack"]], name=names[4], axis=2),
+        helper.make_node("Reshape", [t["stack"], t["shape"]], [t["psc"]], name=names[5]),
+    ]
+    inits = [numpy_helper.from_array(np.zeros((), np.float32), t["zero"]),
+             numpy_helper.from_array(np.array([2], np.int64), t["axes"]),
+             numpy_helper.from_array(np.array(shape, np.int64), t["shape"])]
+    return nodes, inits, t["psc"], names
+
+
+def psc_weights(w_pos, w_neg):
+    """The interleaved weight tensor of the PSC representation: ``W[:, 2j] = W+[:, j]`` and
+    ``W[:, 2j+1] = W-[:, j]`` (any array type with ``shape``, numpy or float)."""
+    w_pos, w_neg = np.asarray(w_pos), np.asarray(w_neg)
+    if w_pos.shape != w_neg.shape:
+        raise ValueError(f"w_neg must have the shape of w_pos {w_pos.shape}, not {w_neg.shape}")
+    w = np.empty((w_pos.shape[0], 2 * w_pos.shape[1]) + w_pos.shape[2:], dtype=w_pos.dtype)
+    w[:, 0::2], w[:, 1::2] = w_pos, w_neg
+    return w
+
+
+def quantize(float_model, out_path, calibration, *, keep_float=()):
+    """Quantise a float ONNX model the way :func:`import_onnx` reads it: onnxruntime's static
+    quantiser, QDQ, per-channel symmetric int8 weights, symmetric int8 activations, calibrated
+    (min/max) on the real-valued ``calibration`` images ``(N, C, H, W)`` fed one at a time;
+    ``keep_float`` lists the nodes of the PSC patterns (:func:`psc_pattern`)."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+    m = _load(float_model)
+    name = m.graph.input[0].name
+    images = np.asarray(calibration, dtype=np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{name: img[None]} for img in images])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    src = str(out_path) + ".float.onnx"
+    import onnx
+    onnx.save(m, src)
+    try:
+        quantize_static(src, str(out_path), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=list(keep_float),
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    finally:
+        import os
+        os.remove(src)
