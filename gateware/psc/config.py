@@ -294,13 +294,16 @@ class CoreConfig:
         Per-channel parameter buffer depth in groups of ``rows`` output
         channels (bias, multiplier, shift).
     read_register : bool
-        A register stage after the buffers' read data (one cycle more
-        latency on each side of the MAC array, same throughput): the block
-        RAM outputs then route neither straight into the multipliers' input
-        registers nor into the bias add in front of the requantiser, which
-        limits the clock on ECP5 (``False`` by default: it costs a lane word
-        per row, a weight block and a parameter word plus ``rows`` sums of
-        flip-flops).
+        Pipelining for a fast target: a register stage after the buffers'
+        read data (one cycle more latency on each side of the MAC array, same
+        throughput), so the block RAM outputs route neither straight into the
+        multipliers' input registers nor into the bias add in front of the
+        requantiser, and a two-entry FIFO of sums after the MAC array (one
+        cycle more), so the output port's ready does not reach the buffers'
+        read enables through the whole pipeline. Both limit the clock on
+        ECP5. ``False`` by default: it costs a lane word per row, a weight
+        block and a parameter word plus three times ``rows`` sums of
+        flip-flops.
     """
     pe: PSCConfig = field(default_factory=lambda: PSCConfig(depthwise="pixels"))
     fmap_depth: int = 2048

@@ -66,589 +66,10 @@
 (* generator = "Amaranth" *)
 module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, params__valid, act_in__payload, act_in__valid, act_out__ready, clk, rst, cfg__ready, weights__ready, params__ready, act_in__ready, act_out__payload, act_out__valid, busy, done, error, cycles_total, cycles_compute
 , cycles_stall, cfg__payload);
-  reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
-  wire \$1 ;
-  wire \$10 ;
-  wire \$100 ;
-  wire \$101 ;
-  wire \$102 ;
-  wire \$103 ;
-  wire [8:0] \$104 ;
-  wire [8:0] \$105 ;
-  wire \$106 ;
-  wire [4:0] \$107 ;
-  wire [4:0] \$108 ;
-  wire \$109 ;
-  wire \$11 ;
-  wire [4:0] \$110 ;
-  wire [4:0] \$111 ;
-  wire \$112 ;
-  wire [6:0] \$113 ;
-  wire [6:0] \$114 ;
-  wire \$115 ;
-  wire [16:0] \$116 ;
-  wire [16:0] \$117 ;
-  wire \$118 ;
-  wire [16:0] \$119 ;
-  wire \$12 ;
-  wire [16:0] \$120 ;
-  wire \$121 ;
-  wire \$122 ;
-  wire [8:0] \$123 ;
-  wire \$124 ;
-  wire \$125 ;
-  wire \$126 ;
-  wire \$127 ;
-  wire \$128 ;
-  wire [8:0] \$129 ;
-  wire \$13 ;
-  wire \$130 ;
-  wire \$131 ;
-  wire \$132 ;
-  wire \$133 ;
-  wire \$134 ;
-  wire \$135 ;
-  wire [4:0] \$136 ;
-  wire \$137 ;
-  wire \$138 ;
-  wire \$139 ;
-  wire \$14 ;
-  wire \$140 ;
-  wire \$141 ;
-  wire [8:0] \$142 ;
-  wire \$143 ;
-  wire \$144 ;
-  wire \$145 ;
-  wire \$146 ;
-  wire \$147 ;
-  wire [4:0] \$148 ;
-  wire \$149 ;
-  wire \$15 ;
-  wire \$150 ;
-  wire \$151 ;
-  wire \$152 ;
-  wire \$153 ;
-  wire \$154 ;
-  wire [4:0] \$155 ;
-  wire \$156 ;
-  wire \$157 ;
-  wire \$158 ;
-  wire \$159 ;
-  wire \$16 ;
-  wire \$160 ;
-  wire [8:0] \$161 ;
-  wire \$162 ;
-  wire \$163 ;
-  wire \$164 ;
-  wire \$165 ;
-  wire \$166 ;
-  wire [4:0] \$167 ;
-  wire \$168 ;
-  wire \$169 ;
-  wire \$17 ;
-  wire \$170 ;
-  wire \$171 ;
-  wire \$172 ;
-  wire [4:0] \$173 ;
-  wire \$174 ;
-  wire \$175 ;
-  wire \$176 ;
-  wire \$177 ;
-  wire \$178 ;
-  wire \$179 ;
-  wire \$18 ;
-  wire [6:0] \$180 ;
-  wire \$181 ;
-  wire \$182 ;
-  wire \$183 ;
-  wire \$184 ;
-  wire \$185 ;
-  wire [8:0] \$186 ;
-  wire \$187 ;
-  wire \$188 ;
-  wire \$189 ;
-  wire \$19 ;
-  wire \$190 ;
-  wire \$191 ;
-  wire [4:0] \$192 ;
-  wire \$193 ;
-  wire \$194 ;
-  wire \$195 ;
-  wire \$196 ;
-  wire \$197 ;
-  wire [4:0] \$198 ;
-  wire \$199 ;
-  wire \$2 ;
-  wire [63:0] \$20 ;
-  wire \$200 ;
-  wire \$201 ;
-  wire \$202 ;
-  wire \$203 ;
-  wire [6:0] \$204 ;
-  wire \$205 ;
-  wire \$206 ;
-  wire \$207 ;
-  wire \$208 ;
-  wire \$209 ;
-  wire [63:0] \$21 ;
-  wire \$210 ;
-  wire [16:0] \$211 ;
-  wire \$212 ;
-  wire \$213 ;
-  wire \$214 ;
-  wire \$215 ;
-  wire \$216 ;
-  wire [8:0] \$217 ;
-  wire \$218 ;
-  wire \$219 ;
-  wire \$22 ;
-  wire \$220 ;
-  wire \$221 ;
-  wire \$222 ;
-  wire [4:0] \$223 ;
-  wire \$224 ;
-  wire \$225 ;
-  wire \$226 ;
-  wire \$227 ;
-  wire \$228 ;
-  wire [4:0] \$229 ;
-  wire [27:0] \$23 ;
-  wire \$230 ;
-  wire \$231 ;
-  wire \$232 ;
-  wire \$233 ;
-  wire \$234 ;
-  wire [6:0] \$235 ;
-  wire \$236 ;
-  wire \$237 ;
-  wire \$238 ;
-  wire \$239 ;
-  wire [27:0] \$24 ;
-  wire \$240 ;
-  wire [16:0] \$241 ;
-  wire \$242 ;
-  wire \$243 ;
-  wire \$244 ;
-  wire \$245 ;
-  wire \$246 ;
-  wire \$247 ;
-  wire [16:0] \$248 ;
-  wire \$249 ;
-  wire \$25 ;
-  wire \$250 ;
-  wire \$251 ;
-  wire [10:0] \$252 ;
-  wire \$253 ;
-  wire \$254 ;
-  wire \$255 ;
-  wire [18:0] \$256 ;
-  wire [14:0] \$257 ;
-  wire \$258 ;
-  wire \$259 ;
-  wire \$26 ;
-  wire \$260 ;
-  wire \$261 ;
-  wire [18:0] \$262 ;
-  wire [14:0] \$263 ;
-  wire [14:0] \$264 ;
-  wire \$265 ;
-  wire \$266 ;
-  wire \$267 ;
-  wire \$268 ;
-  wire [9:0] \$269 ;
-  wire \$27 ;
-  wire \$270 ;
-  wire \$271 ;
-  wire \$272 ;
-  wire \$273 ;
-  wire [18:0] \$274 ;
-  wire [18:0] \$275 ;
-  wire [14:0] \$276 ;
-  wire [14:0] \$277 ;
-  wire [14:0] \$278 ;
-  wire \$279 ;
-  wire \$28 ;
-  wire [3:0] \$280 ;
-  wire [3:0] \$281 ;
-  wire \$282 ;
-  wire \$283 ;
-  wire \$284 ;
-  wire [18:0] \$285 ;
-  wire [18:0] \$286 ;
-  wire [18:0] \$287 ;
-  wire [14:0] \$288 ;
-  wire [14:0] \$289 ;
-  wire \$29 ;
-  wire [14:0] \$290 ;
-  wire [14:0] \$291 ;
-  wire \$292 ;
-  wire \$293 ;
-  wire \$294 ;
-  wire \$295 ;
-  wire \$296 ;
-  wire \$297 ;
-  wire \$298 ;
-  wire \$299 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire [6:0] \$300 ;
-  wire [6:0] \$301 ;
-  wire \$302 ;
-  wire \$303 ;
-  wire \$304 ;
-  wire \$305 ;
-  wire [15:0] \$306 ;
-  wire [32:0] \$307 ;
-  wire \$308 ;
-  wire \$309 ;
-  wire \$31 ;
-  wire [4:0] \$310 ;
-  wire \$311 ;
-  wire \$312 ;
-  wire [8:0] \$313 ;
-  wire \$314 ;
-  wire \$315 ;
-  wire [8:0] \$316 ;
-  wire [24:0] \$317 ;
-  wire [24:0] \$318 ;
-  wire \$319 ;
-  wire \$32 ;
-  wire \$320 ;
-  wire [8:0] \$321 ;
-  wire \$322 ;
-  wire \$323 ;
-  wire [8:0] \$324 ;
-  wire \$325 ;
-  wire \$326 ;
-  wire [8:0] \$327 ;
-  wire \$328 ;
-  wire \$329 ;
-  wire \$33 ;
-  wire [10:0] \$330 ;
-  wire \$331 ;
-  wire \$332 ;
-  wire [10:0] \$333 ;
-  wire [15:0] \$334 ;
-  wire [25:0] \$335 ;
-  wire \$336 ;
-  wire \$337 ;
-  wire [32:0] \$338 ;
-  wire [32:0] \$339 ;
-  wire \$34 ;
-  wire [16:0] \$340 ;
-  wire [4:0] \$341 ;
-  wire [16:0] \$342 ;
-  wire [16:0] \$343 ;
-  wire [16:0] \$344 ;
-  wire [16:0] \$345 ;
-  wire [16:0] \$346 ;
-  wire \$347 ;
-  wire \$348 ;
-  wire \$349 ;
-  wire \$35 ;
-  wire \$350 ;
-  wire \$351 ;
-  wire \$352 ;
-  wire \$353 ;
-  wire \$354 ;
-  wire \$355 ;
-  wire \$356 ;
-  wire \$357 ;
-  wire \$358 ;
-  wire \$359 ;
-  wire \$36 ;
-  wire \$360 ;
-  wire \$361 ;
-  wire \$362 ;
-  wire \$363 ;
-  wire \$364 ;
-  wire \$365 ;
-  wire \$366 ;
-  wire \$367 ;
-  wire \$368 ;
-  wire \$369 ;
-  wire \$37 ;
-  wire \$370 ;
-  wire \$371 ;
-  wire \$372 ;
-  wire \$373 ;
-  wire \$374 ;
-  wire \$375 ;
-  wire \$376 ;
-  wire [3:0] \$377 ;
-  wire [3:0] \$378 ;
-  wire [3:0] \$379 ;
-  wire \$38 ;
-  wire [3:0] \$380 ;
-  wire [4:0] \$381 ;
-  wire [11:0] \$382 ;
-  wire [11:0] \$383 ;
-  wire [12:0] \$384 ;
-  wire [12:0] \$385 ;
-  wire [11:0] \$386 ;
-  wire [11:0] \$387 ;
-  wire [12:0] \$388 ;
-  wire [12:0] \$389 ;
-  wire \$39 ;
-  wire [11:0] \$390 ;
-  wire [11:0] \$391 ;
-  wire [12:0] \$392 ;
-  wire [12:0] \$393 ;
-  wire [11:0] \$394 ;
-  wire [11:0] \$395 ;
-  wire [12:0] \$396 ;
-  wire [12:0] \$397 ;
-  wire [15:0] \$398 ;
-  wire \$399 ;
-  wire [14:0] \$4 ;
-  wire \$40 ;
-  wire [16:0] \$400 ;
-  wire [16:0] \$401 ;
-  wire [16:0] \$402 ;
-  wire \$403 ;
-  wire [17:0] \$404 ;
-  wire [17:0] \$405 ;
-  wire \$406 ;
-  wire [9:0] \$407 ;
-  wire [9:0] \$408 ;
-  wire [17:0] \$409 ;
-  wire \$41 ;
-  wire [16:0] \$410 ;
-  wire [8:0] \$411 ;
-  wire [1:0] \$412 ;
-  wire [2:0] \$413 ;
-  wire [2:0] \$414 ;
-  wire \$415 ;
-  wire [32:0] \$416 ;
-  wire \$417 ;
-  wire [32:0] \$418 ;
-  wire \$419 ;
-  wire \$42 ;
-  wire \$420 ;
-  wire [18:0] \$421 ;
-  wire [18:0] \$422 ;
-  wire \$423 ;
-  wire \$424 ;
-  wire \$425 ;
-  wire \$426 ;
-  wire \$427 ;
-  wire \$428 ;
-  wire [32:0] \$429 ;
-  wire \$43 ;
-  wire \$430 ;
-  wire [9:0] \$431 ;
-  wire [9:0] \$432 ;
-  wire \$433 ;
-  wire [9:0] \$434 ;
-  wire \$435 ;
-  wire [9:0] \$436 ;
-  wire [8:0] \$437 ;
-  wire \$438 ;
-  wire [9:0] \$439 ;
-  wire \$44 ;
-  wire [9:0] \$440 ;
-  wire \$441 ;
-  wire \$442 ;
-  wire [7:0] \$443 ;
-  wire [7:0] \$444 ;
-  wire \$445 ;
-  wire \$446 ;
-  wire [24:0] \$447 ;
-  wire \$448 ;
-  wire \$449 ;
-  wire \$45 ;
-  wire \$450 ;
-  wire \$451 ;
-  wire \$452 ;
-  wire \$453 ;
-  reg \$454 ;
-  reg \$455 ;
-  reg \$456 ;
-  reg \$457 ;
-  reg [7:0] \$458 ;
-  reg [3:0] \$459 ;
-  wire \$46 ;
-  reg [3:0] \$460 ;
-  reg [5:0] \$461 ;
-  reg [15:0] \$462 ;
-  reg [15:0] \$463 ;
-  reg \$464 ;
-  reg \$465 ;
-  reg \$466 ;
-  reg \$467 ;
-  reg \$468 ;
-  reg \$469 ;
-  wire \$47 ;
-  reg \$470 ;
-  reg \$471 ;
-  reg \$472 ;
-  reg \$473 ;
-  reg \$474 ;
-  reg [9:0] \$475 ;
-  reg [17:0] \$476 ;
-  reg [13:0] \$477 ;
-  reg [17:0] \$478 ;
-  reg [13:0] \$479 ;
-  wire \$48 ;
-  reg [8:0] \$480 ;
-  reg [17:0] \$481 ;
-  reg [13:0] \$482 ;
-  reg [17:0] \$483 ;
-  reg [17:0] \$484 ;
-  reg [13:0] \$485 ;
-  reg \$486 ;
-  reg \$487 ;
-  reg [53:0] \$488 ;
-  reg [5:0] \$489 ;
-  wire \$49 ;
-  reg \$490 ;
-  reg [111:0] \$491 ;
-  reg [3:0] \$492 ;
-  reg \$493 ;
-  reg \$494 ;
-  reg \$495 ;
-  reg \$496 ;
-  reg [15:0] \$497 ;
-  reg [31:0] \$498 ;
-  reg [31:0] \$499 ;
-  wire [15:0] \$5 ;
-  wire \$50 ;
-  reg [31:0] \$500 ;
-  reg [2:0] \$501 ;
-  reg [15:0] \$502 ;
-  reg [24:0] \$503 ;
-  reg [24:0] \$504 ;
-  reg \$505 ;
-  reg \$506 ;
-  reg [8:0] \$507 ;
-  reg [8:0] \$508 ;
-  reg [24:0] \$509 ;
-  wire \$51 ;
-  reg [24:0] \$510 ;
-  reg [8:0] \$511 ;
-  reg [8:0] \$512 ;
-  reg [8:0] \$513 ;
-  reg [10:0] \$514 ;
-  reg [10:0] \$515 ;
-  reg \$516 ;
-  reg [7:0] \$517 ;
-  reg [3:0] \$518 ;
-  reg [5:0] \$519 ;
-  wire \$52 ;
-  reg [15:0] \$520 ;
-  reg [15:0] \$521 ;
-  reg \$522 ;
-  reg \$523 ;
-  reg \$524 ;
-  reg [13:0] \$525 ;
-  reg [13:0] \$526 ;
-  reg [13:0] \$527 ;
-  reg [13:0] \$528 ;
-  reg [8:0] \$529 ;
-  wire \$53 ;
-  reg [1:0] \$530 ;
-  reg [2:0] \$531 ;
-  reg [8:0] \$532 ;
-  reg [7:0] \$533 ;
-  reg [8:0] \$534 ;
-  reg \$535 ;
-  reg [15:0] \$536 ;
-  reg [15:0] \$537 ;
-  reg [8:0] \$538 ;
-  reg [8:0] \$539 ;
-  wire \$54 ;
-  reg \$540 ;
-  reg [15:0] \$541 ;
-  reg [23:0] \$542 ;
-  reg [8:0] \$543 ;
-  reg [6:0] \$544 ;
-  reg \$545 ;
-  reg \$546 ;
-  wire [26:0] \$547 ;
-  wire [26:0] \$548 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire \$57 ;
-  wire \$58 ;
-  wire \$59 ;
-  wire \$6 ;
-  wire \$60 ;
-  wire \$61 ;
-  wire \$62 ;
-  wire \$63 ;
-  wire \$64 ;
-  wire \$65 ;
-  wire \$66 ;
-  wire \$67 ;
-  wire \$68 ;
-  wire \$69 ;
-  wire \$7 ;
-  wire \$70 ;
-  wire \$71 ;
-  wire \$72 ;
-  wire \$73 ;
-  wire \$74 ;
-  wire \$75 ;
-  wire \$76 ;
-  wire \$77 ;
-  wire \$78 ;
-  wire \$79 ;
-  wire \$8 ;
-  wire \$80 ;
-  wire \$81 ;
-  wire \$82 ;
-  wire \$83 ;
-  wire \$84 ;
-  wire \$85 ;
-  wire \$86 ;
-  wire \$87 ;
-  wire \$88 ;
-  wire \$89 ;
-  wire \$9 ;
-  wire \$90 ;
-  wire \$91 ;
-  wire \$92 ;
-  wire \$93 ;
-  wire \$94 ;
-  wire \$95 ;
-  wire \$96 ;
-  wire \$97 ;
-  wire \$98 ;
-  wire \$99 ;
-  reg \$signal  = 1'h0;
-  reg \$signal$104  = 1'h0;
-  wire [7:0] \$signature__addr ;
-  wire [7:0] \$signature__addr$82 ;
-  wire [63:0] \$signature__data ;
-  wire [63:0] \$signature__data$81 ;
-  wire [7:0] \$signature__data$81[0] ;
-  wire [7:0] \$signature__data$81[1] ;
-  wire [7:0] \$signature__data$81[2] ;
-  wire [7:0] \$signature__data$81[3] ;
-  wire [7:0] \$signature__data$81[4] ;
-  wire [7:0] \$signature__data$81[5] ;
-  wire [7:0] \$signature__data$81[6] ;
-  wire [7:0] \$signature__data$81[7] ;
-  wire [7:0] \$signature__data[0] ;
-  wire [7:0] \$signature__data[1] ;
-  wire [7:0] \$signature__data[2] ;
-  wire [7:0] \$signature__data[3] ;
-  wire [7:0] \$signature__data[4] ;
-  wire [7:0] \$signature__data[5] ;
-  wire [7:0] \$signature__data[6] ;
-  wire [7:0] \$signature__data[7] ;
-  wire \$signature__en ;
-  wire \$signature__en$84 ;
-  wire [20:0] a0;
-  wire [7:0] \a0.addr ;
-  wire [7:0] \a0.addr[0] ;
-  wire \a0.first ;
-  wire \a0.last ;
-  wire \a0.pad ;
-  wire [9:0] \a0.waddr ;
-  reg [53:0] accj = 54'h00000000000000;
-  wire [26:0] \accj[0] ;
-  wire [26:0] \accj[1] ;
+  wire [17:0] \$1 ;
+  wire [26:0] \$2 ;
+  wire [26:0] \$3 ;
+  wire accept;
   input [63:0] act_in__payload;
   wire [63:0] act_in__payload;
   wire [7:0] \act_in__payload[0] ;
@@ -660,7 +81,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [7:0] \act_in__payload[6] ;
   wire [7:0] \act_in__payload[7] ;
   output act_in__ready;
-  reg act_in__ready;
+  wire act_in__ready;
   input act_in__valid;
   wire act_in__valid;
   output [15:0] act_out__payload;
@@ -671,59 +92,45 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire act_out__ready;
   output act_out__valid;
   wire act_out__valid;
-  wire adv1;
-  reg b_big = 1'h0;
-  wire bad;
-  reg bad_r = 1'h0;
-  wire [375:0] beat;
-  wire [53:0] \beat.bias ;
-  wire [26:0] \beat.bias[0] ;
-  wire [26:0] \beat.bias[1] ;
-  wire \beat.first ;
-  wire \beat.last ;
-  wire [255:0] \beat.w ;
-  wire [127:0] \beat.w[0] ;
-  wire [15:0] \beat.w[0][0] ;
-  wire [15:0] \beat.w[0][1] ;
-  wire [15:0] \beat.w[0][2] ;
-  wire [15:0] \beat.w[0][3] ;
-  wire [15:0] \beat.w[0][4] ;
-  wire [15:0] \beat.w[0][5] ;
-  wire [15:0] \beat.w[0][6] ;
-  wire [15:0] \beat.w[0][7] ;
-  wire [127:0] \beat.w[1] ;
-  wire [15:0] \beat.w[1][0] ;
-  wire [15:0] \beat.w[1][1] ;
-  wire [15:0] \beat.w[1][2] ;
-  wire [15:0] \beat.w[1][3] ;
-  wire [15:0] \beat.w[1][4] ;
-  wire [15:0] \beat.w[1][5] ;
-  wire [15:0] \beat.w[1][6] ;
-  wire [15:0] \beat.w[1][7] ;
-  wire [63:0] \beat.x ;
-  wire [7:0] \beat.x[0] ;
-  wire [7:0] \beat.x[1] ;
-  wire [7:0] \beat.x[2] ;
-  wire [7:0] \beat.x[3] ;
-  wire [7:0] \beat.x[4] ;
-  wire [7:0] \beat.x[5] ;
-  wire [7:0] \beat.x[6] ;
-  wire [7:0] \beat.x[7] ;
-  reg below_j = 1'h0;
-  reg below_kx = 1'h0;
-  reg below_ky = 1'h0;
-  reg below_ox = 1'h0;
-  reg below_oy = 1'h0;
+  wire all_sent;
+  wire beat;
+  wire \beat$149 ;
   output busy;
-  reg busy;
+  wire busy;
+  wire \busy$145 ;
+  wire \busy$146 ;
   input [111:0] cfg__payload;
   wire [111:0] cfg__payload;
+  wire [111:0] \cfg__payload$23 ;
+  wire [15:0] \cfg__payload$23.gin ;
+  wire [15:0] \cfg__payload$23.gout ;
+  wire [15:0] \cfg__payload$23.in_h ;
+  wire [15:0] \cfg__payload$23.in_w ;
+  wire [3:0] \cfg__payload$23.k ;
+  wire \cfg__payload$23.keep ;
+  (* enum_base_type = "LayerKind" *)
+  (* enum_value_00 = "STANDARD" *)
+  (* enum_value_01 = "DEPTHWISE" *)
+  (* enum_value_10 = "POINTWISE" *)
+  (* enum_value_11 = "FC" *)
+  wire [1:0] \cfg__payload$23.kind ;
+  wire [15:0] \cfg__payload$23.out_h ;
+  wire [15:0] \cfg__payload$23.out_w ;
+  wire [2:0] \cfg__payload$23.pad_left ;
+  wire [2:0] \cfg__payload$23.pad_top ;
+  wire \cfg__payload$23.relu ;
+  wire [1:0] \cfg__payload$23.stride ;
   wire [15:0] \cfg__payload.gin ;
   wire [15:0] \cfg__payload.gout ;
   wire [15:0] \cfg__payload.in_h ;
   wire [15:0] \cfg__payload.in_w ;
   wire [3:0] \cfg__payload.k ;
   wire \cfg__payload.keep ;
+  (* enum_base_type = "LayerKind" *)
+  (* enum_value_00 = "STANDARD" *)
+  (* enum_value_01 = "DEPTHWISE" *)
+  (* enum_value_10 = "POINTWISE" *)
+  (* enum_value_11 = "FC" *)
   wire [1:0] \cfg__payload.kind ;
   wire [15:0] \cfg__payload.out_h ;
   wire [15:0] \cfg__payload.out_w ;
@@ -732,18 +139,122 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \cfg__payload.relu ;
   wire [1:0] \cfg__payload.stride ;
   output cfg__ready;
-  reg cfg__ready;
+  wire cfg__ready;
+  wire \cfg__ready$24 ;
   input cfg__valid;
   wire cfg__valid;
+  wire \cfg__valid$25 ;
+  wire clear;
+  wire \clear$144 ;
   input clk;
   wire clk;
-  reg [111:0] cmd = 112'h0000000000000000000000000000;
+  wire [111:0] cmd;
+  wire [111:0] \cmd$101 ;
+  wire [15:0] \cmd$101.gin ;
+  wire [15:0] \cmd$101.gout ;
+  wire [15:0] \cmd$101.in_h ;
+  wire [15:0] \cmd$101.in_w ;
+  wire [3:0] \cmd$101.k ;
+  wire \cmd$101.keep ;
+  (* enum_base_type = "LayerKind" *)
+  (* enum_value_00 = "STANDARD" *)
+  (* enum_value_01 = "DEPTHWISE" *)
+  (* enum_value_10 = "POINTWISE" *)
+  (* enum_value_11 = "FC" *)
+  wire [1:0] \cmd$101.kind ;
+  wire [15:0] \cmd$101.out_h ;
+  wire [15:0] \cmd$101.out_w ;
+  wire [2:0] \cmd$101.pad_left ;
+  wire [2:0] \cmd$101.pad_top ;
+  wire \cmd$101.relu ;
+  wire [1:0] \cmd$101.stride ;
+  wire [111:0] \cmd$103 ;
+  wire [15:0] \cmd$103.gin ;
+  wire [15:0] \cmd$103.gout ;
+  wire [15:0] \cmd$103.in_h ;
+  wire [15:0] \cmd$103.in_w ;
+  wire [3:0] \cmd$103.k ;
+  wire \cmd$103.keep ;
+  (* enum_base_type = "LayerKind" *)
+  (* enum_value_00 = "STANDARD" *)
+  (* enum_value_01 = "DEPTHWISE" *)
+  (* enum_value_10 = "POINTWISE" *)
+  (* enum_value_11 = "FC" *)
+  wire [1:0] \cmd$103.kind ;
+  wire [15:0] \cmd$103.out_h ;
+  wire [15:0] \cmd$103.out_w ;
+  wire [2:0] \cmd$103.pad_left ;
+  wire [2:0] \cmd$103.pad_top ;
+  wire \cmd$103.relu ;
+  wire [1:0] \cmd$103.stride ;
+  wire [111:0] \cmd$111 ;
+  wire [15:0] \cmd$111.gin ;
+  wire [15:0] \cmd$111.gout ;
+  wire [15:0] \cmd$111.in_h ;
+  wire [15:0] \cmd$111.in_w ;
+  wire [3:0] \cmd$111.k ;
+  wire \cmd$111.keep ;
+  (* enum_base_type = "LayerKind" *)
+  (* enum_value_00 = "STANDARD" *)
+  (* enum_value_01 = "DEPTHWISE" *)
+  (* enum_value_10 = "POINTWISE" *)
+  (* enum_value_11 = "FC" *)
+  wire [1:0] \cmd$111.kind ;
+  wire [15:0] \cmd$111.out_h ;
+  wire [15:0] \cmd$111.out_w ;
+  wire [2:0] \cmd$111.pad_left ;
+  wire [2:0] \cmd$111.pad_top ;
+  wire \cmd$111.relu ;
+  wire [1:0] \cmd$111.stride ;
+  wire [111:0] \cmd$81 ;
+  wire [15:0] \cmd$81.gin ;
+  wire [15:0] \cmd$81.gout ;
+  wire [15:0] \cmd$81.in_h ;
+  wire [15:0] \cmd$81.in_w ;
+  wire [3:0] \cmd$81.k ;
+  wire \cmd$81.keep ;
+  (* enum_base_type = "LayerKind" *)
+  (* enum_value_00 = "STANDARD" *)
+  (* enum_value_01 = "DEPTHWISE" *)
+  (* enum_value_10 = "POINTWISE" *)
+  (* enum_value_11 = "FC" *)
+  wire [1:0] \cmd$81.kind ;
+  wire [15:0] \cmd$81.out_h ;
+  wire [15:0] \cmd$81.out_w ;
+  wire [2:0] \cmd$81.pad_left ;
+  wire [2:0] \cmd$81.pad_top ;
+  wire \cmd$81.relu ;
+  wire [1:0] \cmd$81.stride ;
+  wire [111:0] \cmd$92 ;
+  wire [15:0] \cmd$92.gin ;
+  wire [15:0] \cmd$92.gout ;
+  wire [15:0] \cmd$92.in_h ;
+  wire [15:0] \cmd$92.in_w ;
+  wire [3:0] \cmd$92.k ;
+  wire \cmd$92.keep ;
+  (* enum_base_type = "LayerKind" *)
+  (* enum_value_00 = "STANDARD" *)
+  (* enum_value_01 = "DEPTHWISE" *)
+  (* enum_value_10 = "POINTWISE" *)
+  (* enum_value_11 = "FC" *)
+  wire [1:0] \cmd$92.kind ;
+  wire [15:0] \cmd$92.out_h ;
+  wire [15:0] \cmd$92.out_w ;
+  wire [2:0] \cmd$92.pad_left ;
+  wire [2:0] \cmd$92.pad_top ;
+  wire \cmd$92.relu ;
+  wire [1:0] \cmd$92.stride ;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
   wire [15:0] \cmd.in_w ;
   wire [3:0] \cmd.k ;
   wire \cmd.keep ;
+  (* enum_base_type = "LayerKind" *)
+  (* enum_value_00 = "STANDARD" *)
+  (* enum_value_01 = "DEPTHWISE" *)
+  (* enum_value_10 = "POINTWISE" *)
+  (* enum_value_11 = "FC" *)
   wire [1:0] \cmd.kind ;
   wire [15:0] \cmd.out_h ;
   wire [15:0] \cmd.out_w ;
@@ -751,169 +262,228 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [2:0] \cmd.pad_top ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
-  reg [7:0] col_cnt = 8'h00;
-  (* init = 32'd0 *)
-  wire [31:0] comp;
+  wire [31:0] compute;
+  wire [8:0] count;
+  wire [15:0] \count$110 ;
   output [31:0] cycles_compute;
-  reg [31:0] cycles_compute = 32'd0;
+  wire [31:0] cycles_compute;
   output [31:0] cycles_stall;
-  reg [31:0] cycles_stall = 32'd0;
+  wire [31:0] cycles_stall;
   output [31:0] cycles_total;
-  reg [31:0] cycles_total = 32'd0;
+  wire [31:0] cycles_total;
   output done;
-  reg done = 1'h0;
-  reg dw = 1'h0;
-  reg dwp = 1'h0;
-  wire en_j;
-  (* init = 1'h0 *)
-  wire err;
+  wire done;
+  wire \done$134 ;
+  wire \done$136 ;
+  wire \done$140 ;
+  wire \done$152 ;
+  wire dw;
+  wire \dw$94 ;
+  wire dwp;
+  wire \dwp$102 ;
+  wire \dwp$104 ;
+  wire \dwp$112 ;
+  wire \dwp$96 ;
+  wire enable;
   output error;
-  reg error = 1'h0;
-  reg fin = 1'h0;
-  reg first1 = 1'h0;
-  reg [2:0] fsm_state = 3'h0;
-  reg [13:0] g_step = 14'h0000;
-  reg [7:0] gi = 8'h00;
-  reg [15:0] gin_e = 16'h0000;
-  reg [8:0] goff = 9'h000;
-  reg [8:0] goff_step = 9'h000;
-  wire [375:0] i__payload;
-  wire [97:0] \i__payload$68 ;
-  wire [53:0] \i__payload$68.acc ;
-  wire [26:0] \i__payload$68.acc[0] ;
-  wire [26:0] \i__payload$68.acc[1] ;
-  wire [31:0] \i__payload$68.mult ;
-  wire [15:0] \i__payload$68.mult[0] ;
-  wire [15:0] \i__payload$68.mult[1] ;
-  wire [11:0] \i__payload$68.shift ;
-  wire [5:0] \i__payload$68.shift[0] ;
-  wire [5:0] \i__payload$68.shift[1] ;
-  wire [53:0] \i__payload.bias ;
-  wire [26:0] \i__payload.bias[0] ;
-  wire [26:0] \i__payload.bias[1] ;
-  wire \i__payload.first ;
-  wire \i__payload.last ;
-  wire [255:0] \i__payload.w ;
-  wire [127:0] \i__payload.w[0] ;
-  wire [15:0] \i__payload.w[0][0] ;
-  wire [15:0] \i__payload.w[0][1] ;
-  wire [15:0] \i__payload.w[0][2] ;
-  wire [15:0] \i__payload.w[0][3] ;
-  wire [15:0] \i__payload.w[0][4] ;
-  wire [15:0] \i__payload.w[0][5] ;
-  wire [15:0] \i__payload.w[0][6] ;
-  wire [15:0] \i__payload.w[0][7] ;
-  wire [127:0] \i__payload.w[1] ;
-  wire [15:0] \i__payload.w[1][0] ;
-  wire [15:0] \i__payload.w[1][1] ;
-  wire [15:0] \i__payload.w[1][2] ;
-  wire [15:0] \i__payload.w[1][3] ;
-  wire [15:0] \i__payload.w[1][4] ;
-  wire [15:0] \i__payload.w[1][5] ;
-  wire [15:0] \i__payload.w[1][6] ;
-  wire [15:0] \i__payload.w[1][7] ;
-  wire [63:0] \i__payload.x ;
-  wire [7:0] \i__payload.x[0] ;
-  wire [7:0] \i__payload.x[1] ;
-  wire [7:0] \i__payload.x[2] ;
-  wire [7:0] \i__payload.x[3] ;
-  wire [7:0] \i__payload.x[4] ;
-  wire [7:0] \i__payload.x[5] ;
-  wire [7:0] \i__payload.x[6] ;
-  wire [7:0] \i__payload.x[7] ;
+  wire error;
+  wire \error$153 ;
+  wire [15:0] gin_e;
+  wire [15:0] \gin_e$83 ;
+  wire [15:0] \gin_e$97 ;
+  wire [63:0] i__payload;
+  wire [255:0] \i__payload$29 ;
+  wire [127:0] \i__payload$29[0] ;
+  wire [15:0] \i__payload$29[0][0] ;
+  wire [15:0] \i__payload$29[0][1] ;
+  wire [15:0] \i__payload$29[0][2] ;
+  wire [15:0] \i__payload$29[0][3] ;
+  wire [15:0] \i__payload$29[0][4] ;
+  wire [15:0] \i__payload$29[0][5] ;
+  wire [15:0] \i__payload$29[0][6] ;
+  wire [15:0] \i__payload$29[0][7] ;
+  wire [127:0] \i__payload$29[1] ;
+  wire [15:0] \i__payload$29[1][0] ;
+  wire [15:0] \i__payload$29[1][1] ;
+  wire [15:0] \i__payload$29[1][2] ;
+  wire [15:0] \i__payload$29[1][3] ;
+  wire [15:0] \i__payload$29[1][4] ;
+  wire [15:0] \i__payload$29[1][5] ;
+  wire [15:0] \i__payload$29[1][6] ;
+  wire [15:0] \i__payload$29[1][7] ;
+  wire [97:0] \i__payload$32 ;
+  wire [53:0] \i__payload$32.bias ;
+  wire [26:0] \i__payload$32.bias[0] ;
+  wire [26:0] \i__payload$32.bias[1] ;
+  wire [31:0] \i__payload$32.mult ;
+  wire [15:0] \i__payload$32.mult[0] ;
+  wire [15:0] \i__payload$32.mult[1] ;
+  wire [11:0] \i__payload$32.shift ;
+  wire [5:0] \i__payload$32.shift[0] ;
+  wire [5:0] \i__payload$32.shift[1] ;
+  wire [61:0] \i__payload$35 ;
+  wire \i__payload$35.first ;
+  wire [17:0] \i__payload$35.ix ;
+  wire [17:0] \i__payload$35.iy ;
+  wire \i__payload$35.last ;
+  wire [13:0] \i__payload$35.lin ;
+  wire [9:0] \i__payload$35.waddr ;
+  wire [20:0] \i__payload$41 ;
+  wire [7:0] \i__payload$41.addr ;
+  wire [7:0] \i__payload$41.addr[0] ;
+  wire \i__payload$41.first ;
+  wire \i__payload$41.last ;
+  wire \i__payload$41.pad ;
+  wire [9:0] \i__payload$41.waddr ;
+  wire [375:0] \i__payload$47 ;
+  wire [53:0] \i__payload$47.bias ;
+  wire [26:0] \i__payload$47.bias[0] ;
+  wire [26:0] \i__payload$47.bias[1] ;
+  wire \i__payload$47.first ;
+  wire \i__payload$47.last ;
+  wire [255:0] \i__payload$47.w ;
+  wire [127:0] \i__payload$47.w[0] ;
+  wire [15:0] \i__payload$47.w[0][0] ;
+  wire [15:0] \i__payload$47.w[0][1] ;
+  wire [15:0] \i__payload$47.w[0][2] ;
+  wire [15:0] \i__payload$47.w[0][3] ;
+  wire [15:0] \i__payload$47.w[0][4] ;
+  wire [15:0] \i__payload$47.w[0][5] ;
+  wire [15:0] \i__payload$47.w[0][6] ;
+  wire [15:0] \i__payload$47.w[0][7] ;
+  wire [127:0] \i__payload$47.w[1] ;
+  wire [15:0] \i__payload$47.w[1][0] ;
+  wire [15:0] \i__payload$47.w[1][1] ;
+  wire [15:0] \i__payload$47.w[1][2] ;
+  wire [15:0] \i__payload$47.w[1][3] ;
+  wire [15:0] \i__payload$47.w[1][4] ;
+  wire [15:0] \i__payload$47.w[1][5] ;
+  wire [15:0] \i__payload$47.w[1][6] ;
+  wire [15:0] \i__payload$47.w[1][7] ;
+  wire [63:0] \i__payload$47.x ;
+  wire [7:0] \i__payload$47.x[0] ;
+  wire [7:0] \i__payload$47.x[1] ;
+  wire [7:0] \i__payload$47.x[2] ;
+  wire [7:0] \i__payload$47.x[3] ;
+  wire [7:0] \i__payload$47.x[4] ;
+  wire [7:0] \i__payload$47.x[5] ;
+  wire [7:0] \i__payload$47.x[6] ;
+  wire [7:0] \i__payload$47.x[7] ;
+  wire [53:0] \i__payload$53 ;
+  wire [26:0] \i__payload$53[0] ;
+  wire [26:0] \i__payload$53[1] ;
+  wire [7:0] \i__payload[0] ;
+  wire [7:0] \i__payload[1] ;
+  wire [7:0] \i__payload[2] ;
+  wire [7:0] \i__payload[3] ;
+  wire [7:0] \i__payload[4] ;
+  wire [7:0] \i__payload[5] ;
+  wire [7:0] \i__payload[6] ;
+  wire [7:0] \i__payload[7] ;
   wire i__ready;
-  wire \i__ready$67 ;
-  (* init = 1'h0 *)
+  wire \i__ready$30 ;
+  wire \i__ready$33 ;
+  wire \i__ready$38 ;
+  wire \i__ready$44 ;
+  wire \i__ready$50 ;
+  wire \i__ready$56 ;
   wire i__valid;
-  (* init = 1'h0 *)
-  wire \i__valid$75 ;
-  reg [8:0] in_cnt = 9'h000;
-  wire in_fire;
-  wire issue;
-  reg [17:0] ix = 18'h00000;
-  reg [17:0] ix0 = 18'h00000;
-  reg [2:0] ix_step = 3'h0;
-  reg [17:0] iy = 18'h00000;
-  reg [17:0] iy0 = 18'h00000;
-  reg [5:0] j = 6'h00;
-  (* init = 6'h00 *)
-  wire [5:0] jo;
-  wire keep_o;
-  reg [8:0] kk = 9'h000;
-  reg [3:0] kx = 4'h0;
-  reg [3:0] ky = 4'h0;
-  reg last1 = 1'h0;
-  reg last_gi = 1'h0;
-  reg last_j = 1'h0;
-  reg last_kx = 1'h0;
-  reg last_ky = 1'h0;
-  reg last_ox = 1'h0;
-  reg last_oy = 1'h0;
-  reg [15:0] lgi = 16'h0000;
-  reg [8:0] lgoff = 9'h000;
-  reg [7:0] lim_gi = 8'h00;
-  reg [5:0] lim_j = 6'h00;
-  reg [3:0] lim_k = 4'h0;
-  reg [15:0] lim_ox = 16'h0000;
-  reg [15:0] lim_oy = 16'h0000;
-  wire [13:0] lin;
-  reg [13:0] linebase = 14'h0000;
-  reg loaded = 1'h0;
-  reg [8:0] lrow = 9'h000;
-  reg [15:0] lx = 16'h0000;
-  reg [15:0] mul_a = 16'h0000;
-  reg [24:0] mul_b = 25'h0000000;
-  reg mul_run = 1'h0;
-  wire [25:0] mul_sum;
-  wire [8:0] n_dw;
-  reg [8:0] n_in = 9'h000;
-  reg [24:0] n_out = 25'h0000000;
-  reg [8:0] n_w = 9'h000;
-  reg [17:0] need = 18'h00000;
-  wire [15:0] o__payload;
-  wire [53:0] \o__payload$139 ;
-  wire [26:0] \o__payload$139[0] ;
-  wire [26:0] \o__payload$139[1] ;
-  wire [7:0] \o__payload[0] ;
-  wire [7:0] \o__payload[1] ;
+  wire \i__valid$31 ;
+  wire \i__valid$34 ;
+  wire \i__valid$39 ;
+  wire \i__valid$45 ;
+  wire \i__valid$51 ;
+  wire \i__valid$57 ;
+  wire [7:0] inputs__addr;
+  wire [7:0] \inputs__addr.addr ;
+  wire [7:0] \inputs__addr.addr[0] ;
+  wire [63:0] inputs__data;
+  wire [7:0] \inputs__data[0] ;
+  wire [7:0] \inputs__data[1] ;
+  wire [7:0] \inputs__data[2] ;
+  wire [7:0] \inputs__data[3] ;
+  wire [7:0] \inputs__data[4] ;
+  wire [7:0] \inputs__data[5] ;
+  wire [7:0] \inputs__data[6] ;
+  wire [7:0] \inputs__data[7] ;
+  wire inputs__en;
+  wire inputs_done;
+  wire keep;
+  wire \keep$109 ;
+  wire [5:0] last_group;
+  wire [5:0] \last_group$115 ;
+  wire loaded;
+  wire \loaded$138 ;
+  wire mac_valid;
+  wire [24:0] n_out;
+  wire [20:0] o__payload;
+  wire [375:0] \o__payload$48 ;
+  wire [53:0] \o__payload$48.bias ;
+  wire [26:0] \o__payload$48.bias[0] ;
+  wire [26:0] \o__payload$48.bias[1] ;
+  wire \o__payload$48.first ;
+  wire \o__payload$48.last ;
+  wire [255:0] \o__payload$48.w ;
+  wire [127:0] \o__payload$48.w[0] ;
+  wire [15:0] \o__payload$48.w[0][0] ;
+  wire [15:0] \o__payload$48.w[0][1] ;
+  wire [15:0] \o__payload$48.w[0][2] ;
+  wire [15:0] \o__payload$48.w[0][3] ;
+  wire [15:0] \o__payload$48.w[0][4] ;
+  wire [15:0] \o__payload$48.w[0][5] ;
+  wire [15:0] \o__payload$48.w[0][6] ;
+  wire [15:0] \o__payload$48.w[0][7] ;
+  wire [127:0] \o__payload$48.w[1] ;
+  wire [15:0] \o__payload$48.w[1][0] ;
+  wire [15:0] \o__payload$48.w[1][1] ;
+  wire [15:0] \o__payload$48.w[1][2] ;
+  wire [15:0] \o__payload$48.w[1][3] ;
+  wire [15:0] \o__payload$48.w[1][4] ;
+  wire [15:0] \o__payload$48.w[1][5] ;
+  wire [15:0] \o__payload$48.w[1][6] ;
+  wire [15:0] \o__payload$48.w[1][7] ;
+  wire [63:0] \o__payload$48.x ;
+  wire [7:0] \o__payload$48.x[0] ;
+  wire [7:0] \o__payload$48.x[1] ;
+  wire [7:0] \o__payload$48.x[2] ;
+  wire [7:0] \o__payload$48.x[3] ;
+  wire [7:0] \o__payload$48.x[4] ;
+  wire [7:0] \o__payload$48.x[5] ;
+  wire [7:0] \o__payload$48.x[6] ;
+  wire [7:0] \o__payload$48.x[7] ;
+  wire [53:0] \o__payload$54 ;
+  wire [26:0] \o__payload$54[0] ;
+  wire [26:0] \o__payload$54[1] ;
+  wire [15:0] \o__payload$59 ;
+  wire [7:0] \o__payload$59[0] ;
+  wire [7:0] \o__payload$59[1] ;
+  wire [7:0] \o__payload.addr ;
+  wire [7:0] \o__payload.addr[0] ;
+  wire \o__payload.first ;
+  wire \o__payload.last ;
+  wire \o__payload.pad ;
+  wire [9:0] \o__payload.waddr ;
   wire o__ready;
-  wire \o__ready$79 ;
+  wire \o__ready$49 ;
+  wire \o__ready$55 ;
+  wire \o__ready$60 ;
   wire o__valid;
-  wire \o__valid$138 ;
-  reg [23:0] out_cnt = 24'h000000;
-  reg ovf = 1'h0;
-  reg [24:0] ow = 25'h0000000;
-  reg [15:0] ox = 16'h0000;
-  reg [1:0] ox_step = 2'h0;
-  reg [15:0] oxo = 16'h0000;
-  reg [15:0] oy = 16'h0000;
-  reg [6:0] p_cnt = 7'h00;
-  reg p_done = 1'h0;
-  reg [5:0] p_r_req__addr = 6'h00;
-  wire [97:0] p_r_req__data;
-  wire [53:0] \p_r_req__data.bias ;
-  wire [26:0] \p_r_req__data.bias[0] ;
-  wire [26:0] \p_r_req__data.bias[1] ;
-  wire [31:0] \p_r_req__data.mult ;
-  wire [15:0] \p_r_req__data.mult[0] ;
-  wire [15:0] \p_r_req__data.mult[1] ;
-  wire [11:0] \p_r_req__data.shift ;
-  wire [5:0] \p_r_req__data.shift[0] ;
-  wire [5:0] \p_r_req__data.shift[1] ;
-  wire p_r_req__en;
-  wire [5:0] p_w_port__addr;
-  wire [97:0] p_w_port__data;
-  wire [53:0] \p_w_port__data.bias ;
-  wire [26:0] \p_w_port__data.bias[0] ;
-  wire [26:0] \p_w_port__data.bias[1] ;
-  wire [31:0] \p_w_port__data.mult ;
-  wire [15:0] \p_w_port__data.mult[0] ;
-  wire [15:0] \p_w_port__data.mult[1] ;
-  wire [11:0] \p_w_port__data.shift ;
-  wire [5:0] \p_w_port__data.shift[0] ;
-  wire [5:0] \p_w_port__data.shift[1] ;
-  reg p_w_port__en;
-  reg padr1 = 1'h0;
+  wire \o__valid$52 ;
+  wire \o__valid$58 ;
+  wire \o__valid$61 ;
+  wire outputs_done;
+  wire [5:0] params__addr;
+  wire [97:0] params__data;
+  wire [53:0] \params__data.bias ;
+  wire [26:0] \params__data.bias[0] ;
+  wire [26:0] \params__data.bias[1] ;
+  wire [31:0] \params__data.mult ;
+  wire [15:0] \params__data.mult[0] ;
+  wire [15:0] \params__data.mult[1] ;
+  wire [11:0] \params__data.shift ;
+  wire [5:0] \params__data.shift[0] ;
+  wire [5:0] \params__data.shift[1] ;
+  wire params__en;
   input [97:0] params__payload;
   wire [97:0] params__payload;
   wire [53:0] \params__payload.bias ;
@@ -926,85 +496,165 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [5:0] \params__payload.shift[0] ;
   wire [5:0] \params__payload.shift[1] ;
   output params__ready;
-  reg params__ready;
+  wire params__ready;
   input params__valid;
   wire params__valid;
-  reg [13:0] pixbase = 14'h0000;
-  reg [10:0] pl_g = 11'h000;
-  wire [8:0] plane;
-  reg [24:0] prod = 25'h0000000;
-  reg [10:0] pt_wg = 11'h000;
-  wire [10:0] pt_ws;
-  wire [20:0] r_data;
-  wire r_en;
-  wire r_rdy;
-  reg [8:0] red = 9'h000;
-  wire relu;
-  reg ro = 1'h0;
-  reg [13:0] row_step = 14'h0000;
-  reg [13:0] rowbase = 14'h0000;
-  reg [8:0] rows_in = 9'h000;
-  reg rows_ok = 1'h0;
+  wire params_done;
+  wire [7:0] read__addr;
+  wire [9:0] \read__addr$68 ;
+  wire [5:0] \read__addr$74 ;
+  wire [7:0] \read__addr.addr ;
+  wire [7:0] \read__addr.addr[0] ;
+  wire [63:0] read__data;
+  wire [255:0] \read__data$71 ;
+  wire [127:0] \read__data$71[0] ;
+  wire [15:0] \read__data$71[0][0] ;
+  wire [15:0] \read__data$71[0][1] ;
+  wire [15:0] \read__data$71[0][2] ;
+  wire [15:0] \read__data$71[0][3] ;
+  wire [15:0] \read__data$71[0][4] ;
+  wire [15:0] \read__data$71[0][5] ;
+  wire [15:0] \read__data$71[0][6] ;
+  wire [15:0] \read__data$71[0][7] ;
+  wire [127:0] \read__data$71[1] ;
+  wire [15:0] \read__data$71[1][0] ;
+  wire [15:0] \read__data$71[1][1] ;
+  wire [15:0] \read__data$71[1][2] ;
+  wire [15:0] \read__data$71[1][3] ;
+  wire [15:0] \read__data$71[1][4] ;
+  wire [15:0] \read__data$71[1][5] ;
+  wire [15:0] \read__data$71[1][6] ;
+  wire [15:0] \read__data$71[1][7] ;
+  wire [97:0] \read__data$77 ;
+  wire [53:0] \read__data$77.bias ;
+  wire [26:0] \read__data$77.bias[0] ;
+  wire [26:0] \read__data$77.bias[1] ;
+  wire [31:0] \read__data$77.mult ;
+  wire [15:0] \read__data$77.mult[0] ;
+  wire [15:0] \read__data$77.mult[1] ;
+  wire [11:0] \read__data$77.shift ;
+  wire [5:0] \read__data$77.shift[0] ;
+  wire [5:0] \read__data$77.shift[1] ;
+  wire [7:0] \read__data[0] ;
+  wire [7:0] \read__data[1] ;
+  wire [7:0] \read__data[2] ;
+  wire [7:0] \read__data[3] ;
+  wire [7:0] \read__data[4] ;
+  wire [7:0] \read__data[5] ;
+  wire [7:0] \read__data[6] ;
+  wire [7:0] \read__data[7] ;
+  wire read__en;
+  wire \read__en$72 ;
+  wire \read__en$78 ;
+  wire ready;
+  wire refused;
+  wire \refused$129 ;
+  wire [8:0] rows_in;
+  wire [8:0] \rows_in$132 ;
   input rst;
   wire rst;
-  reg seq_busy = 1'h0;
-  reg [13:0] sg = 14'h0000;
-  (* init = 32'd0 *)
+  wire run;
+  wire \run$119 ;
+  wire \run$121 ;
+  wire \run$123 ;
+  wire \run$125 ;
+  wire \run$130 ;
+  wire \run$147 ;
+  wire [145:0] sizes;
+  wire [145:0] \sizes$105 ;
+  wire [8:0] \sizes$105.kk ;
+  wire [8:0] \sizes$105.n_dw ;
+  wire [8:0] \sizes$105.n_in ;
+  wire [24:0] \sizes$105.n_out ;
+  wire [8:0] \sizes$105.n_w ;
+  wire [24:0] \sizes$105.ow ;
+  wire [10:0] \sizes$105.pl_g ;
+  wire [8:0] \sizes$105.plane ;
+  wire [10:0] \sizes$105.pt_wg ;
+  wire [10:0] \sizes$105.pt_ws ;
+  wire [8:0] \sizes$105.red ;
+  wire [8:0] \sizes$105.wg ;
+  wire [145:0] \sizes$89 ;
+  wire [8:0] \sizes$89.kk ;
+  wire [8:0] \sizes$89.n_dw ;
+  wire [8:0] \sizes$89.n_in ;
+  wire [24:0] \sizes$89.n_out ;
+  wire [8:0] \sizes$89.n_w ;
+  wire [24:0] \sizes$89.ow ;
+  wire [10:0] \sizes$89.pl_g ;
+  wire [8:0] \sizes$89.plane ;
+  wire [10:0] \sizes$89.pt_wg ;
+  wire [10:0] \sizes$89.pt_ws ;
+  wire [8:0] \sizes$89.red ;
+  wire [8:0] \sizes$89.wg ;
+  wire [145:0] \sizes$98 ;
+  wire [8:0] \sizes$98.kk ;
+  wire [8:0] \sizes$98.n_dw ;
+  wire [8:0] \sizes$98.n_in ;
+  wire [24:0] \sizes$98.n_out ;
+  wire [8:0] \sizes$98.n_w ;
+  wire [24:0] \sizes$98.ow ;
+  wire [10:0] \sizes$98.pl_g ;
+  wire [8:0] \sizes$98.plane ;
+  wire [10:0] \sizes$98.pt_wg ;
+  wire [10:0] \sizes$98.pt_ws ;
+  wire [8:0] \sizes$98.red ;
+  wire [8:0] \sizes$98.wg ;
+  wire [8:0] \sizes.kk ;
+  wire [8:0] \sizes.n_dw ;
+  wire [8:0] \sizes.n_in ;
+  wire [24:0] \sizes.n_out ;
+  wire [8:0] \sizes.n_w ;
+  wire [24:0] \sizes.ow ;
+  wire [10:0] \sizes.pl_g ;
+  wire [8:0] \sizes.plane ;
+  wire [10:0] \sizes.pt_wg ;
+  wire [10:0] \sizes.pt_ws ;
+  wire [8:0] \sizes.red ;
+  wire [8:0] \sizes.wg ;
+  wire sizes_ready;
+  wire sizing;
   wire [31:0] stall;
-  reg [3:0] step = 4'h0;
-  reg [13:0] swg = 14'h0000;
-  reg [13:0] tapbase = 14'h0000;
-  (* init = 32'd0 *)
-  wire [31:0] tot;
-  reg v1 = 1'h0;
-  reg vj = 1'h0;
-  reg [8:0] w_cnt = 9'h000;
-  wire [20:0] w_data;
-  wire w_en;
-  wire [7:0] w_r_port__addr;
-  wire [255:0] w_r_port__data;
-  wire [127:0] \w_r_port__data[0] ;
-  wire [15:0] \w_r_port__data[0][0] ;
-  wire [15:0] \w_r_port__data[0][1] ;
-  wire [15:0] \w_r_port__data[0][2] ;
-  wire [15:0] \w_r_port__data[0][3] ;
-  wire [15:0] \w_r_port__data[0][4] ;
-  wire [15:0] \w_r_port__data[0][5] ;
-  wire [15:0] \w_r_port__data[0][6] ;
-  wire [15:0] \w_r_port__data[0][7] ;
-  wire [127:0] \w_r_port__data[1] ;
-  wire [15:0] \w_r_port__data[1][0] ;
-  wire [15:0] \w_r_port__data[1][1] ;
-  wire [15:0] \w_r_port__data[1][2] ;
-  wire [15:0] \w_r_port__data[1][3] ;
-  wire [15:0] \w_r_port__data[1][4] ;
-  wire [15:0] \w_r_port__data[1][5] ;
-  wire [15:0] \w_r_port__data[1][6] ;
-  wire [15:0] \w_r_port__data[1][7] ;
-  wire w_r_port__en;
-  wire w_rdy;
-  wire [7:0] w_w_port__addr;
-  wire [255:0] w_w_port__data;
-  wire [127:0] \w_w_port__data[0] ;
-  wire [15:0] \w_w_port__data[0][0] ;
-  wire [15:0] \w_w_port__data[0][1] ;
-  wire [15:0] \w_w_port__data[0][2] ;
-  wire [15:0] \w_w_port__data[0][3] ;
-  wire [15:0] \w_w_port__data[0][4] ;
-  wire [15:0] \w_w_port__data[0][5] ;
-  wire [15:0] \w_w_port__data[0][6] ;
-  wire [15:0] \w_w_port__data[0][7] ;
-  wire [127:0] \w_w_port__data[1] ;
-  wire [15:0] \w_w_port__data[1][0] ;
-  wire [15:0] \w_w_port__data[1][1] ;
-  wire [15:0] \w_w_port__data[1][2] ;
-  wire [15:0] \w_w_port__data[1][3] ;
-  wire [15:0] \w_w_port__data[1][4] ;
-  wire [15:0] \w_w_port__data[1][5] ;
-  wire [15:0] \w_w_port__data[1][6] ;
-  wire [15:0] \w_w_port__data[1][7] ;
-  reg w_w_port__en;
-  reg [9:0] waddr = 10'h000;
+  wire start;
+  wire \start$117 ;
+  wire \start$120 ;
+  wire \start$122 ;
+  wire \start$124 ;
+  wire starting;
+  wire \starting$127 ;
+  wire [61:0] taps__payload;
+  wire \taps__payload.first ;
+  wire [17:0] \taps__payload.ix ;
+  wire [17:0] \taps__payload.iy ;
+  wire \taps__payload.last ;
+  wire [13:0] \taps__payload.lin ;
+  wire [9:0] \taps__payload.waddr ;
+  wire taps__ready;
+  wire taps__valid;
+  wire [31:0] total;
+  wire waiting;
+  wire \waiting$151 ;
+  wire [9:0] weights__addr;
+  wire [255:0] weights__data;
+  wire [127:0] \weights__data[0] ;
+  wire [15:0] \weights__data[0][0] ;
+  wire [15:0] \weights__data[0][1] ;
+  wire [15:0] \weights__data[0][2] ;
+  wire [15:0] \weights__data[0][3] ;
+  wire [15:0] \weights__data[0][4] ;
+  wire [15:0] \weights__data[0][5] ;
+  wire [15:0] \weights__data[0][6] ;
+  wire [15:0] \weights__data[0][7] ;
+  wire [127:0] \weights__data[1] ;
+  wire [15:0] \weights__data[1][0] ;
+  wire [15:0] \weights__data[1][1] ;
+  wire [15:0] \weights__data[1][2] ;
+  wire [15:0] \weights__data[1][3] ;
+  wire [15:0] \weights__data[1][4] ;
+  wire [15:0] \weights__data[1][5] ;
+  wire [15:0] \weights__data[1][6] ;
+  wire [15:0] \weights__data[1][7] ;
+  wire weights__en;
   input [255:0] weights__payload;
   wire [255:0] weights__payload;
   wire [127:0] \weights__payload[0] ;
@@ -1026,3625 +676,279 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \weights__payload[1][6] ;
   wire [15:0] \weights__payload[1][7] ;
   output weights__ready;
-  reg weights__ready;
+  wire weights__ready;
   input weights__valid;
   wire weights__valid;
-  reg [8:0] wg = 9'h000;
+  wire weights_done;
   wire [16:0] ws;
-  reg [63:0] inbuf [255:0];
-  initial begin
-    inbuf[0] = 64'h0000000000000000;
-    inbuf[1] = 64'h0000000000000000;
-    inbuf[2] = 64'h0000000000000000;
-    inbuf[3] = 64'h0000000000000000;
-    inbuf[4] = 64'h0000000000000000;
-    inbuf[5] = 64'h0000000000000000;
-    inbuf[6] = 64'h0000000000000000;
-    inbuf[7] = 64'h0000000000000000;
-    inbuf[8] = 64'h0000000000000000;
-    inbuf[9] = 64'h0000000000000000;
-    inbuf[10] = 64'h0000000000000000;
-    inbuf[11] = 64'h0000000000000000;
-    inbuf[12] = 64'h0000000000000000;
-    inbuf[13] = 64'h0000000000000000;
-    inbuf[14] = 64'h0000000000000000;
-    inbuf[15] = 64'h0000000000000000;
-    inbuf[16] = 64'h0000000000000000;
-    inbuf[17] = 64'h0000000000000000;
-    inbuf[18] = 64'h0000000000000000;
-    inbuf[19] = 64'h0000000000000000;
-    inbuf[20] = 64'h0000000000000000;
-    inbuf[21] = 64'h0000000000000000;
-    inbuf[22] = 64'h0000000000000000;
-    inbuf[23] = 64'h0000000000000000;
-    inbuf[24] = 64'h0000000000000000;
-    inbuf[25] = 64'h0000000000000000;
-    inbuf[26] = 64'h0000000000000000;
-    inbuf[27] = 64'h0000000000000000;
-    inbuf[28] = 64'h0000000000000000;
-    inbuf[29] = 64'h0000000000000000;
-    inbuf[30] = 64'h0000000000000000;
-    inbuf[31] = 64'h0000000000000000;
-    inbuf[32] = 64'h0000000000000000;
-    inbuf[33] = 64'h0000000000000000;
-    inbuf[34] = 64'h0000000000000000;
-    inbuf[35] = 64'h0000000000000000;
-    inbuf[36] = 64'h0000000000000000;
-    inbuf[37] = 64'h0000000000000000;
-    inbuf[38] = 64'h0000000000000000;
-    inbuf[39] = 64'h0000000000000000;
-    inbuf[40] = 64'h0000000000000000;
-    inbuf[41] = 64'h0000000000000000;
-    inbuf[42] = 64'h0000000000000000;
-    inbuf[43] = 64'h0000000000000000;
-    inbuf[44] = 64'h0000000000000000;
-    inbuf[45] = 64'h0000000000000000;
-    inbuf[46] = 64'h0000000000000000;
-    inbuf[47] = 64'h0000000000000000;
-    inbuf[48] = 64'h0000000000000000;
-    inbuf[49] = 64'h0000000000000000;
-    inbuf[50] = 64'h0000000000000000;
-    inbuf[51] = 64'h0000000000000000;
-    inbuf[52] = 64'h0000000000000000;
-    inbuf[53] = 64'h0000000000000000;
-    inbuf[54] = 64'h0000000000000000;
-    inbuf[55] = 64'h0000000000000000;
-    inbuf[56] = 64'h0000000000000000;
-    inbuf[57] = 64'h0000000000000000;
-    inbuf[58] = 64'h0000000000000000;
-    inbuf[59] = 64'h0000000000000000;
-    inbuf[60] = 64'h0000000000000000;
-    inbuf[61] = 64'h0000000000000000;
-    inbuf[62] = 64'h0000000000000000;
-    inbuf[63] = 64'h0000000000000000;
-    inbuf[64] = 64'h0000000000000000;
-    inbuf[65] = 64'h0000000000000000;
-    inbuf[66] = 64'h0000000000000000;
-    inbuf[67] = 64'h0000000000000000;
-    inbuf[68] = 64'h0000000000000000;
-    inbuf[69] = 64'h0000000000000000;
-    inbuf[70] = 64'h0000000000000000;
-    inbuf[71] = 64'h0000000000000000;
-    inbuf[72] = 64'h0000000000000000;
-    inbuf[73] = 64'h0000000000000000;
-    inbuf[74] = 64'h0000000000000000;
-    inbuf[75] = 64'h0000000000000000;
-    inbuf[76] = 64'h0000000000000000;
-    inbuf[77] = 64'h0000000000000000;
-    inbuf[78] = 64'h0000000000000000;
-    inbuf[79] = 64'h0000000000000000;
-    inbuf[80] = 64'h0000000000000000;
-    inbuf[81] = 64'h0000000000000000;
-    inbuf[82] = 64'h0000000000000000;
-    inbuf[83] = 64'h0000000000000000;
-    inbuf[84] = 64'h0000000000000000;
-    inbuf[85] = 64'h0000000000000000;
-    inbuf[86] = 64'h0000000000000000;
-    inbuf[87] = 64'h0000000000000000;
-    inbuf[88] = 64'h0000000000000000;
-    inbuf[89] = 64'h0000000000000000;
-    inbuf[90] = 64'h0000000000000000;
-    inbuf[91] = 64'h0000000000000000;
-    inbuf[92] = 64'h0000000000000000;
-    inbuf[93] = 64'h0000000000000000;
-    inbuf[94] = 64'h0000000000000000;
-    inbuf[95] = 64'h0000000000000000;
-    inbuf[96] = 64'h0000000000000000;
-    inbuf[97] = 64'h0000000000000000;
-    inbuf[98] = 64'h0000000000000000;
-    inbuf[99] = 64'h0000000000000000;
-    inbuf[100] = 64'h0000000000000000;
-    inbuf[101] = 64'h0000000000000000;
-    inbuf[102] = 64'h0000000000000000;
-    inbuf[103] = 64'h0000000000000000;
-    inbuf[104] = 64'h0000000000000000;
-    inbuf[105] = 64'h0000000000000000;
-    inbuf[106] = 64'h0000000000000000;
-    inbuf[107] = 64'h0000000000000000;
-    inbuf[108] = 64'h0000000000000000;
-    inbuf[109] = 64'h0000000000000000;
-    inbuf[110] = 64'h0000000000000000;
-    inbuf[111] = 64'h0000000000000000;
-    inbuf[112] = 64'h0000000000000000;
-    inbuf[113] = 64'h0000000000000000;
-    inbuf[114] = 64'h0000000000000000;
-    inbuf[115] = 64'h0000000000000000;
-    inbuf[116] = 64'h0000000000000000;
-    inbuf[117] = 64'h0000000000000000;
-    inbuf[118] = 64'h0000000000000000;
-    inbuf[119] = 64'h0000000000000000;
-    inbuf[120] = 64'h0000000000000000;
-    inbuf[121] = 64'h0000000000000000;
-    inbuf[122] = 64'h0000000000000000;
-    inbuf[123] = 64'h0000000000000000;
-    inbuf[124] = 64'h0000000000000000;
-    inbuf[125] = 64'h0000000000000000;
-    inbuf[126] = 64'h0000000000000000;
-    inbuf[127] = 64'h0000000000000000;
-    inbuf[128] = 64'h0000000000000000;
-    inbuf[129] = 64'h0000000000000000;
-    inbuf[130] = 64'h0000000000000000;
-    inbuf[131] = 64'h0000000000000000;
-    inbuf[132] = 64'h0000000000000000;
-    inbuf[133] = 64'h0000000000000000;
-    inbuf[134] = 64'h0000000000000000;
-    inbuf[135] = 64'h0000000000000000;
-    inbuf[136] = 64'h0000000000000000;
-    inbuf[137] = 64'h0000000000000000;
-    inbuf[138] = 64'h0000000000000000;
-    inbuf[139] = 64'h0000000000000000;
-    inbuf[140] = 64'h0000000000000000;
-    inbuf[141] = 64'h0000000000000000;
-    inbuf[142] = 64'h0000000000000000;
-    inbuf[143] = 64'h0000000000000000;
-    inbuf[144] = 64'h0000000000000000;
-    inbuf[145] = 64'h0000000000000000;
-    inbuf[146] = 64'h0000000000000000;
-    inbuf[147] = 64'h0000000000000000;
-    inbuf[148] = 64'h0000000000000000;
-    inbuf[149] = 64'h0000000000000000;
-    inbuf[150] = 64'h0000000000000000;
-    inbuf[151] = 64'h0000000000000000;
-    inbuf[152] = 64'h0000000000000000;
-    inbuf[153] = 64'h0000000000000000;
-    inbuf[154] = 64'h0000000000000000;
-    inbuf[155] = 64'h0000000000000000;
-    inbuf[156] = 64'h0000000000000000;
-    inbuf[157] = 64'h0000000000000000;
-    inbuf[158] = 64'h0000000000000000;
-    inbuf[159] = 64'h0000000000000000;
-    inbuf[160] = 64'h0000000000000000;
-    inbuf[161] = 64'h0000000000000000;
-    inbuf[162] = 64'h0000000000000000;
-    inbuf[163] = 64'h0000000000000000;
-    inbuf[164] = 64'h0000000000000000;
-    inbuf[165] = 64'h0000000000000000;
-    inbuf[166] = 64'h0000000000000000;
-    inbuf[167] = 64'h0000000000000000;
-    inbuf[168] = 64'h0000000000000000;
-    inbuf[169] = 64'h0000000000000000;
-    inbuf[170] = 64'h0000000000000000;
-    inbuf[171] = 64'h0000000000000000;
-    inbuf[172] = 64'h0000000000000000;
-    inbuf[173] = 64'h0000000000000000;
-    inbuf[174] = 64'h0000000000000000;
-    inbuf[175] = 64'h0000000000000000;
-    inbuf[176] = 64'h0000000000000000;
-    inbuf[177] = 64'h0000000000000000;
-    inbuf[178] = 64'h0000000000000000;
-    inbuf[179] = 64'h0000000000000000;
-    inbuf[180] = 64'h0000000000000000;
-    inbuf[181] = 64'h0000000000000000;
-    inbuf[182] = 64'h0000000000000000;
-    inbuf[183] = 64'h0000000000000000;
-    inbuf[184] = 64'h0000000000000000;
-    inbuf[185] = 64'h0000000000000000;
-    inbuf[186] = 64'h0000000000000000;
-    inbuf[187] = 64'h0000000000000000;
-    inbuf[188] = 64'h0000000000000000;
-    inbuf[189] = 64'h0000000000000000;
-    inbuf[190] = 64'h0000000000000000;
-    inbuf[191] = 64'h0000000000000000;
-    inbuf[192] = 64'h0000000000000000;
-    inbuf[193] = 64'h0000000000000000;
-    inbuf[194] = 64'h0000000000000000;
-    inbuf[195] = 64'h0000000000000000;
-    inbuf[196] = 64'h0000000000000000;
-    inbuf[197] = 64'h0000000000000000;
-    inbuf[198] = 64'h0000000000000000;
-    inbuf[199] = 64'h0000000000000000;
-    inbuf[200] = 64'h0000000000000000;
-    inbuf[201] = 64'h0000000000000000;
-    inbuf[202] = 64'h0000000000000000;
-    inbuf[203] = 64'h0000000000000000;
-    inbuf[204] = 64'h0000000000000000;
-    inbuf[205] = 64'h0000000000000000;
-    inbuf[206] = 64'h0000000000000000;
-    inbuf[207] = 64'h0000000000000000;
-    inbuf[208] = 64'h0000000000000000;
-    inbuf[209] = 64'h0000000000000000;
-    inbuf[210] = 64'h0000000000000000;
-    inbuf[211] = 64'h0000000000000000;
-    inbuf[212] = 64'h0000000000000000;
-    inbuf[213] = 64'h0000000000000000;
-    inbuf[214] = 64'h0000000000000000;
-    inbuf[215] = 64'h0000000000000000;
-    inbuf[216] = 64'h0000000000000000;
-    inbuf[217] = 64'h0000000000000000;
-    inbuf[218] = 64'h0000000000000000;
-    inbuf[219] = 64'h0000000000000000;
-    inbuf[220] = 64'h0000000000000000;
-    inbuf[221] = 64'h0000000000000000;
-    inbuf[222] = 64'h0000000000000000;
-    inbuf[223] = 64'h0000000000000000;
-    inbuf[224] = 64'h0000000000000000;
-    inbuf[225] = 64'h0000000000000000;
-    inbuf[226] = 64'h0000000000000000;
-    inbuf[227] = 64'h0000000000000000;
-    inbuf[228] = 64'h0000000000000000;
-    inbuf[229] = 64'h0000000000000000;
-    inbuf[230] = 64'h0000000000000000;
-    inbuf[231] = 64'h0000000000000000;
-    inbuf[232] = 64'h0000000000000000;
-    inbuf[233] = 64'h0000000000000000;
-    inbuf[234] = 64'h0000000000000000;
-    inbuf[235] = 64'h0000000000000000;
-    inbuf[236] = 64'h0000000000000000;
-    inbuf[237] = 64'h0000000000000000;
-    inbuf[238] = 64'h0000000000000000;
-    inbuf[239] = 64'h0000000000000000;
-    inbuf[240] = 64'h0000000000000000;
-    inbuf[241] = 64'h0000000000000000;
-    inbuf[242] = 64'h0000000000000000;
-    inbuf[243] = 64'h0000000000000000;
-    inbuf[244] = 64'h0000000000000000;
-    inbuf[245] = 64'h0000000000000000;
-    inbuf[246] = 64'h0000000000000000;
-    inbuf[247] = 64'h0000000000000000;
-    inbuf[248] = 64'h0000000000000000;
-    inbuf[249] = 64'h0000000000000000;
-    inbuf[250] = 64'h0000000000000000;
-    inbuf[251] = 64'h0000000000000000;
-    inbuf[252] = 64'h0000000000000000;
-    inbuf[253] = 64'h0000000000000000;
-    inbuf[254] = 64'h0000000000000000;
-    inbuf[255] = 64'h0000000000000000;
-  end
-  always @(posedge clk) begin
-    if (in_fire)
-      inbuf[in_cnt[7:0]] <= act_in__payload;
-  end
-  reg [63:0] _0_;
-  always @(posedge clk) begin
-    if (adv1) begin
-      _0_ <= inbuf[r_data[7:0]];
-    end
-  end
-  assign \$signature__data  = _0_;
-  reg [97:0] pbuf [63:0];
-  initial begin
-    pbuf[0] = 98'h0000000000000000000000000;
-    pbuf[1] = 98'h0000000000000000000000000;
-    pbuf[2] = 98'h0000000000000000000000000;
-    pbuf[3] = 98'h0000000000000000000000000;
-    pbuf[4] = 98'h0000000000000000000000000;
-    pbuf[5] = 98'h0000000000000000000000000;
-    pbuf[6] = 98'h0000000000000000000000000;
-    pbuf[7] = 98'h0000000000000000000000000;
-    pbuf[8] = 98'h0000000000000000000000000;
-    pbuf[9] = 98'h0000000000000000000000000;
-    pbuf[10] = 98'h0000000000000000000000000;
-    pbuf[11] = 98'h0000000000000000000000000;
-    pbuf[12] = 98'h0000000000000000000000000;
-    pbuf[13] = 98'h0000000000000000000000000;
-    pbuf[14] = 98'h0000000000000000000000000;
-    pbuf[15] = 98'h0000000000000000000000000;
-    pbuf[16] = 98'h0000000000000000000000000;
-    pbuf[17] = 98'h0000000000000000000000000;
-    pbuf[18] = 98'h0000000000000000000000000;
-    pbuf[19] = 98'h0000000000000000000000000;
-    pbuf[20] = 98'h0000000000000000000000000;
-    pbuf[21] = 98'h0000000000000000000000000;
-    pbuf[22] = 98'h0000000000000000000000000;
-    pbuf[23] = 98'h0000000000000000000000000;
-    pbuf[24] = 98'h0000000000000000000000000;
-    pbuf[25] = 98'h0000000000000000000000000;
-    pbuf[26] = 98'h0000000000000000000000000;
-    pbuf[27] = 98'h0000000000000000000000000;
-    pbuf[28] = 98'h0000000000000000000000000;
-    pbuf[29] = 98'h0000000000000000000000000;
-    pbuf[30] = 98'h0000000000000000000000000;
-    pbuf[31] = 98'h0000000000000000000000000;
-    pbuf[32] = 98'h0000000000000000000000000;
-    pbuf[33] = 98'h0000000000000000000000000;
-    pbuf[34] = 98'h0000000000000000000000000;
-    pbuf[35] = 98'h0000000000000000000000000;
-    pbuf[36] = 98'h0000000000000000000000000;
-    pbuf[37] = 98'h0000000000000000000000000;
-    pbuf[38] = 98'h0000000000000000000000000;
-    pbuf[39] = 98'h0000000000000000000000000;
-    pbuf[40] = 98'h0000000000000000000000000;
-    pbuf[41] = 98'h0000000000000000000000000;
-    pbuf[42] = 98'h0000000000000000000000000;
-    pbuf[43] = 98'h0000000000000000000000000;
-    pbuf[44] = 98'h0000000000000000000000000;
-    pbuf[45] = 98'h0000000000000000000000000;
-    pbuf[46] = 98'h0000000000000000000000000;
-    pbuf[47] = 98'h0000000000000000000000000;
-    pbuf[48] = 98'h0000000000000000000000000;
-    pbuf[49] = 98'h0000000000000000000000000;
-    pbuf[50] = 98'h0000000000000000000000000;
-    pbuf[51] = 98'h0000000000000000000000000;
-    pbuf[52] = 98'h0000000000000000000000000;
-    pbuf[53] = 98'h0000000000000000000000000;
-    pbuf[54] = 98'h0000000000000000000000000;
-    pbuf[55] = 98'h0000000000000000000000000;
-    pbuf[56] = 98'h0000000000000000000000000;
-    pbuf[57] = 98'h0000000000000000000000000;
-    pbuf[58] = 98'h0000000000000000000000000;
-    pbuf[59] = 98'h0000000000000000000000000;
-    pbuf[60] = 98'h0000000000000000000000000;
-    pbuf[61] = 98'h0000000000000000000000000;
-    pbuf[62] = 98'h0000000000000000000000000;
-    pbuf[63] = 98'h0000000000000000000000000;
-  end
-  always @(posedge clk) begin
-    if (p_w_port__en)
-      pbuf[p_cnt[5:0]] <= params__payload;
-  end
-  reg [97:0] _1_;
-  always @(posedge clk) begin
-    if (en_j) begin
-      _1_ <= pbuf[p_r_req__addr];
-    end
-  end
-  assign p_r_req__data = _1_;
-  reg [255:0] wbuf [255:0];
-  initial begin
-    wbuf[0] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[1] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[2] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[3] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[4] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[5] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[6] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[7] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[8] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[9] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[10] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[11] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[12] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[13] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[14] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[15] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[16] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[17] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[18] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[19] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[20] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[21] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[22] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[23] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[24] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[25] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[26] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[27] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[28] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[29] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[30] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[31] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[32] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[33] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[34] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[35] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[36] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[37] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[38] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[39] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[40] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[41] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[42] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[43] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[44] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[45] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[46] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[47] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[48] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[49] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[50] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[51] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[52] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[53] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[54] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[55] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[56] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[57] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[58] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[59] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[60] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[61] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[62] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[63] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[64] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[65] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[66] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[67] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[68] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[69] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[70] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[71] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[72] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[73] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[74] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[75] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[76] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[77] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[78] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[79] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[80] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[81] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[82] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[83] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[84] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[85] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[86] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[87] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[88] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[89] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[90] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[91] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[92] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[93] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[94] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[95] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[96] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[97] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[98] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[99] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[100] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[101] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[102] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[103] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[104] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[105] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[106] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[107] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[108] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[109] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[110] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[111] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[112] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[113] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[114] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[115] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[116] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[117] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[118] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[119] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[120] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[121] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[122] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[123] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[124] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[125] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[126] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[127] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[128] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[129] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[130] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[131] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[132] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[133] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[134] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[135] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[136] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[137] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[138] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[139] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[140] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[141] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[142] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[143] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[144] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[145] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[146] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[147] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[148] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[149] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[150] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[151] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[152] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[153] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[154] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[155] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[156] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[157] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[158] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[159] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[160] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[161] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[162] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[163] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[164] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[165] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[166] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[167] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[168] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[169] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[170] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[171] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[172] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[173] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[174] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[175] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[176] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[177] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[178] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[179] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[180] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[181] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[182] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[183] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[184] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[185] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[186] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[187] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[188] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[189] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[190] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[191] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[192] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[193] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[194] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[195] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[196] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[197] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[198] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[199] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[200] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[201] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[202] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[203] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[204] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[205] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[206] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[207] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[208] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[209] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[210] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[211] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[212] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[213] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[214] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[215] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[216] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[217] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[218] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[219] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[220] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[221] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[222] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[223] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[224] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[225] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[226] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[227] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[228] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[229] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[230] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[231] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[232] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[233] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[234] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[235] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[236] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[237] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[238] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[239] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[240] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[241] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[242] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[243] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[244] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[245] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[246] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[247] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[248] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[249] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[250] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[251] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[252] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[253] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[254] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    wbuf[255] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  end
-  always @(posedge clk) begin
-    if (w_w_port__en)
-      wbuf[w_cnt[7:0]] <= weights__payload;
-  end
-  reg [255:0] _2_;
-  always @(posedge clk) begin
-    if (adv1) begin
-      _2_ <= wbuf[r_data[15:8]];
-    end
-  end
-  assign w_r_port__data = _2_;
-  assign \$446  = act_out__valid & act_out__ready;
-  assign \$447  = out_cnt + 1'h1;
-  assign \$448  = out_cnt == n_out;
-  assign \$449  = \$448  & \$signal ;
-  assign \$450  = fin & loaded;
-  assign \$451  = dwp & \o__valid$138 ;
-  assign \$452  = ~ \$451 ;
-  assign \$453  = \$450  & \$452 ;
-  always @(posedge clk)
-    v1 <= \$454 ;
-  always @(posedge clk)
-    padr1 <= \$455 ;
-  always @(posedge clk)
-    first1 <= \$456 ;
-  always @(posedge clk)
-    last1 <= \$457 ;
-  always @(posedge clk)
-    gi <= \$458 ;
-  always @(posedge clk)
-    kx <= \$459 ;
-  always @(posedge clk)
-    ky <= \$460 ;
-  always @(posedge clk)
-    j <= \$461 ;
-  always @(posedge clk)
-    ox <= \$462 ;
-  always @(posedge clk)
-    oy <= \$463 ;
-  always @(posedge clk)
-    last_gi <= \$464 ;
-  always @(posedge clk)
-    below_kx <= \$465 ;
-  always @(posedge clk)
-    last_kx <= \$466 ;
-  always @(posedge clk)
-    below_ky <= \$467 ;
-  always @(posedge clk)
-    last_ky <= \$468 ;
-  always @(posedge clk)
-    below_j <= \$469 ;
-  always @(posedge clk)
-    last_j <= \$470 ;
-  always @(posedge clk)
-    below_ox <= \$471 ;
-  always @(posedge clk)
-    last_ox <= \$472 ;
-  always @(posedge clk)
-    below_oy <= \$473 ;
-  always @(posedge clk)
-    last_oy <= \$474 ;
-  always @(posedge clk)
-    waddr <= \$475 ;
-  always @(posedge clk)
-    ix <= \$476 ;
-  always @(posedge clk)
-    tapbase <= \$477 ;
-  always @(posedge clk)
-    iy <= \$478 ;
-  always @(posedge clk)
-    rowbase <= \$479 ;
-  always @(posedge clk)
-    goff <= \$480 ;
-  always @(posedge clk)
-    ix0 <= \$481 ;
-  always @(posedge clk)
-    pixbase <= \$482 ;
-  always @(posedge clk)
-    iy0 <= \$483 ;
-  always @(posedge clk)
-    need <= \$484 ;
-  always @(posedge clk)
-    linebase <= \$485 ;
-  always @(posedge clk)
-    seq_busy <= \$486 ;
-  always @(posedge clk)
-    vj <= \$487 ;
-  always @(posedge clk)
-    accj <= \$488 ;
-  always @(posedge clk)
-    p_r_req__addr <= \$489 ;
-  always @(posedge clk)
-    done <= \$490 ;
-  always @(posedge clk)
-    cmd <= \$491 ;
-  always @(posedge clk)
-    step <= \$492 ;
-  always @(posedge clk)
-    mul_run <= \$493 ;
-  always @(posedge clk)
-    error <= \$494 ;
-  always @(posedge clk)
-    dw <= \$495 ;
-  always @(posedge clk)
-    dwp <= \$496 ;
-  always @(posedge clk)
-    gin_e <= \$497 ;
-  always @(posedge clk)
-    cycles_total <= \$498 ;
-  always @(posedge clk)
-    cycles_compute <= \$499 ;
-  always @(posedge clk)
-    cycles_stall <= \$500 ;
-  always @(posedge clk)
-    fsm_state <= \$501 ;
-  always @(posedge clk)
-    mul_a <= \$502 ;
-  always @(posedge clk)
-    mul_b <= \$503 ;
-  always @(posedge clk)
-    prod <= \$504 ;
-  always @(posedge clk)
-    ovf <= \$505 ;
-  always @(posedge clk)
-    b_big <= \$506 ;
-  always @(posedge clk)
-    wg <= \$507 ;
-  always @(posedge clk)
-    n_in <= \$508 ;
-  always @(posedge clk)
-    ow <= \$509 ;
-  always @(posedge clk)
-    n_out <= \$510 ;
-  always @(posedge clk)
-    kk <= \$511 ;
-  always @(posedge clk)
-    red <= \$512 ;
-  always @(posedge clk)
-    n_w <= \$513 ;
-  always @(posedge clk)
-    pt_wg <= \$514 ;
-  always @(posedge clk)
-    pl_g <= \$515 ;
-  always @(posedge clk)
-    bad_r <= \$516 ;
-  always @(posedge clk)
-    lim_gi <= \$517 ;
-  always @(posedge clk)
-    lim_k <= \$518 ;
-  always @(posedge clk)
-    lim_j <= \$519 ;
-  always @(posedge clk)
-    lim_ox <= \$520 ;
-  always @(posedge clk)
-    lim_oy <= \$521 ;
-  always @(posedge clk)
-    loaded <= \$522 ;
-  always @(posedge clk)
-    rows_ok <= \$523 ;
-  always @(posedge clk)
-    fin <= \$524 ;
-  always @(posedge clk)
-    g_step <= \$525 ;
-  always @(posedge clk)
-    sg <= \$526 ;
-  always @(posedge clk)
-    swg <= \$527 ;
-  always @(posedge clk)
-    row_step <= \$528 ;
-  always @(posedge clk)
-    goff_step <= \$529 ;
-  always @(posedge clk)
-    ox_step <= \$530 ;
-  always @(posedge clk)
-    ix_step <= \$531 ;
-  always @(posedge clk)
-    in_cnt <= \$532 ;
-  always @(posedge clk)
-    col_cnt <= \$533 ;
-  always @(posedge clk)
-    rows_in <= \$534 ;
-  always @(posedge clk)
-    \$signal  <= \$535 ;
-  always @(posedge clk)
-    lx <= \$536 ;
-  always @(posedge clk)
-    lgi <= \$537 ;
-  always @(posedge clk)
-    lrow <= \$538 ;
-  always @(posedge clk)
-    lgoff <= \$539 ;
-  always @(posedge clk)
-    ro <= \$540 ;
-  always @(posedge clk)
-    oxo <= \$541 ;
-  always @(posedge clk)
-    out_cnt <= \$542 ;
-  always @(posedge clk)
-    w_cnt <= \$543 ;
-  always @(posedge clk)
-    p_cnt <= \$544 ;
-  always @(posedge clk)
-    \$signal$104  <= \$545 ;
-  always @(posedge clk)
-    p_done <= \$546 ;
-  assign mul_sum = prod + mul_b;
-  assign \$1  = ~ v1;
-  assign adv1 = \$1  | i__ready;
-  assign \$2  = seq_busy & loaded;
-  assign \$3  = \$2  & rows_ok;
-  assign issue = \$3  & w_rdy;
-  assign \$4  = $signed(tapbase) + $signed({ 1'h0, gi });
-  assign \$5  = $signed(\$4 ) + $signed({ 1'h0, goff });
-  assign \$6  = ! gi;
-  assign \$7  = ! kx;
-  assign \$8  = \$6  & \$7 ;
-  assign \$9  = ! ky;
-  assign \$10  = \$8  & \$9 ;
-  assign \$11  = last_gi & last_kx;
-  assign \$12  = \$11  & last_ky;
-  assign \$13  = $signed(iy) < $signed(1'h0);
-  assign \$14  = $signed(iy) >= $signed({ 1'h0, cmd[15:0] });
-  assign \$15  = \$13  | \$14 ;
-  assign \$16  = $signed(ix) < $signed(1'h0);
-  assign \$17  = \$15  | \$16 ;
-  assign \$18  = $signed(ix) >= $signed({ 1'h0, cmd[31:16] });
-  assign \$19  = \$17  | \$18 ;
-  assign \$20  = ~ { padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1 };
-  assign \$21  = beat[63:0] & \$20 ;
-  assign \$22  = ~ vj;
-  assign en_j = \$22  | \i__ready$67 ;
-  assign \$23  = $signed(accj[26:0]) + $signed(p_r_req__data[26:0]);
-  assign \$24  = $signed(accj[53:27]) + $signed(p_r_req__data[53:27]);
-  assign in_fire = act_in__valid & act_in__ready;
-  assign \$25  = cmd[99:96] == 1'h1;
-  assign \$26  = cmd[99:96] == 2'h3;
-  assign \$27  = \$25  | \$26 ;
-  assign \$28  = cmd[99:96] == 3'h5;
-  assign \$29  = \$27  | \$28 ;
-  assign \$30  = cmd[99:96] == 3'h7;
-  assign \$31  = \$29  | \$30 ;
-  assign \$32  = ~ \$31 ;
-  assign \$33  = cmd[101:100] == 1'h1;
-  assign \$34  = cmd[101:100] == 2'h2;
-  assign \$35  = \$33  | \$34 ;
-  assign \$36  = ~ \$35 ;
-  assign \$37  = \$32  | \$36 ;
-  assign \$38  = cmd[104:102] >= cmd[99:96];
-  assign \$39  = \$37  | \$38 ;
-  assign \$40  = cmd[107:105] >= cmd[99:96];
-  assign \$41  = \$39  | \$40 ;
-  assign \$42  = ! cmd[15:0];
-  assign \$43  = \$41  | \$42 ;
-  assign \$44  = ! cmd[31:16];
-  assign \$45  = \$43  | \$44 ;
-  assign \$46  = ! cmd[47:32];
-  assign \$47  = \$45  | \$46 ;
-  assign \$48  = ! cmd[63:48];
-  assign \$49  = \$47  | \$48 ;
-  assign \$50  = ! cmd[79:64];
-  assign \$51  = \$49  | \$50 ;
-  assign \$52  = ! cmd[95:80];
-  assign \$53  = \$51  | \$52 ;
-  assign \$54  = cmd[109:108] == 2'h2;
-  assign \$55  = cmd[109:108] == 2'h3;
-  assign \$56  = \$54  | \$55 ;
-  assign \$57  = cmd[99:96] != 1'h1;
-  assign \$58  = \$56  & \$57 ;
-  assign \$59  = \$53  | \$58 ;
-  assign \$60  = cmd[109:108] == 2'h3;
-  assign \$61  = cmd[15:0] != 1'h1;
-  assign \$62  = cmd[31:16] != 1'h1;
-  assign \$63  = \$61  | \$62 ;
-  assign \$64  = cmd[47:32] != 1'h1;
-  assign \$65  = \$63  | \$64 ;
-  assign \$66  = cmd[63:48] != 1'h1;
-  assign \$67  = \$65  | \$66 ;
-  assign \$68  = \$60  & \$67 ;
-  assign \$69  = \$59  | \$68 ;
-  assign \$70  = cmd[109:108] == 1'h1;
-  assign \$71  = cmd[79:64] != cmd[95:80];
-  assign \$74  = \$69  | \$73 ;
-  assign \$75  = n_in > 9'h100;
-  assign \$76  = \$74  | \$75 ;
-  assign \$80  = ~ cmd[111];
-  assign \$81  = n_w > 9'h100;
-  assign \$82  = \$80  & \$81 ;
-  assign \$83  = \$79  | \$82 ;
-  assign \$84  = cmd[95:80] > 7'h40;
-  assign \$85  = \$83  | \$84 ;
-  assign \$86  = red > 9'h100;
-  assign \$87  = \$85  | \$86 ;
-  assign \$88  = n_out > 24'hffffff;
-  assign bad = \$87  | \$88 ;
-  assign \$89  = ~ \$signal ;
-  assign \$90  = ~ cmd[111];
-  assign \$91  = ~ \$signal$104 ;
-  assign \$92  = \$90  & \$91 ;
-  assign \$93  = ~ cmd[111];
-  assign \$94  = ~ p_done;
-  assign \$95  = \$93  & \$94 ;
-  assign \$96  = weights__valid & weights__ready;
-  assign \$97  = params__valid & params__ready;
-  assign \$98  = ! fsm_state;
-  assign \$99  = fsm_state == 1'h1;
-  assign \$100  = fsm_state == 2'h2;
-  assign \$101  = fsm_state == 2'h3;
-  assign \$102  = fsm_state == 3'h4;
-  assign \$104  = gi + 1'h1;
-  assign \$105  = last_gi ? 9'h000 : \$104 ;
-  assign \$106  = issue & below_kx;
-  assign \$107  = kx + 1'h1;
-  assign \$108  = last_kx ? 5'h00 : \$107 ;
-  assign \$109  = issue & below_ky;
-  assign \$110  = ky + 1'h1;
-  assign \$111  = last_ky ? 5'h00 : \$110 ;
-  assign \$112  = issue & below_j;
-  assign \$113  = j + 1'h1;
-  assign \$114  = last_j ? 7'h00 : \$113 ;
-  assign \$115  = issue & below_ox;
-  assign \$116  = ox + ox_step;
-  assign \$117  = last_ox ? 17'h00000 : \$116 ;
-  assign \$118  = issue & below_oy;
-  assign \$119  = oy + 1'h1;
-  assign \$120  = last_oy ? 17'h00000 : \$119 ;
-  assign \$122  = ! lim_gi;
-  assign \$123  = gi + 1'h1;
-  assign \$124  = \$123  == lim_gi;
-  assign \$125  = last_gi ? \$122  : \$124 ;
-  assign \$126  = \$121  ? \$125  : last_gi;
-  assign \$128  = ! lim_gi;
-  assign \$129  = gi + 1'h1;
-  assign \$130  = \$129  == lim_gi;
-  assign \$131  = last_gi ? \$128  : \$130 ;
-  assign \$132  = \$127  ? \$131  : last_gi;
-  assign \$134  = issue & below_kx;
-  assign \$135  = ! lim_k;
-  assign \$136  = kx + 1'h1;
-  assign \$137  = \$136  == lim_k;
-  assign \$138  = last_kx ? \$135  : \$137 ;
-  assign \$139  = \$134  ? \$138  : last_kx;
-  assign \$141  = ! lim_gi;
-  assign \$142  = gi + 1'h1;
-  assign \$143  = \$142  == lim_gi;
-  assign \$144  = last_gi ? \$141  : \$143 ;
-  assign \$145  = \$140  ? \$144  : last_gi;
-  assign \$146  = issue & below_kx;
-  assign \$147  = ! lim_k;
-  assign \$148  = kx + 1'h1;
-  assign \$149  = \$148  == lim_k;
-  assign \$150  = last_kx ? \$147  : \$149 ;
-  assign \$151  = \$146  ? \$150  : last_kx;
-  assign \$152  = & { \$151 , \$145  };
-  assign \$153  = issue & below_ky;
-  assign \$154  = ! lim_k;
-  assign \$155  = ky + 1'h1;
-  assign \$156  = \$155  == lim_k;
-  assign \$157  = last_ky ? \$154  : \$156 ;
-  assign \$158  = \$153  ? \$157  : last_ky;
-  assign \$160  = ! lim_gi;
-  assign \$161  = gi + 1'h1;
-  assign \$162  = \$161  == lim_gi;
-  assign \$163  = last_gi ? \$160  : \$162 ;
-  assign \$164  = \$159  ? \$163  : last_gi;
-  assign \$165  = issue & below_kx;
-  assign \$166  = ! lim_k;
-  assign \$167  = kx + 1'h1;
-  assign \$168  = \$167  == lim_k;
-  assign \$169  = last_kx ? \$166  : \$168 ;
-  assign \$170  = \$165  ? \$169  : last_kx;
-  assign \$171  = issue & below_ky;
-  assign \$172  = ! lim_k;
-  assign \$173  = ky + 1'h1;
-  assign \$174  = \$173  == lim_k;
-  assign \$175  = last_ky ? \$172  : \$174 ;
-  assign \$176  = \$171  ? \$175  : last_ky;
-  assign \$177  = & { \$176 , \$170 , \$164  };
-  assign \$178  = issue & below_j;
-  assign \$179  = ! lim_j;
-  assign \$180  = j + 1'h1;
-  assign \$181  = \$180  == lim_j;
-  assign \$182  = last_j ? \$179  : \$181 ;
-  assign \$183  = \$178  ? \$182  : last_j;
-  assign \$185  = ! lim_gi;
-  assign \$186  = gi + 1'h1;
-  assign \$187  = \$186  == lim_gi;
-  assign \$188  = last_gi ? \$185  : \$187 ;
-  assign \$189  = \$184  ? \$188  : last_gi;
-  assign \$190  = issue & below_kx;
-  assign \$191  = ! lim_k;
-  assign \$192  = kx + 1'h1;
-  assign \$193  = \$192  == lim_k;
-  assign \$194  = last_kx ? \$191  : \$193 ;
-  assign \$195  = \$190  ? \$194  : last_kx;
-  assign \$196  = issue & below_ky;
-  assign \$197  = ! lim_k;
-  assign \$198  = ky + 1'h1;
-  assign \$199  = \$198  == lim_k;
-  assign \$200  = last_ky ? \$197  : \$199 ;
-  assign \$201  = \$196  ? \$200  : last_ky;
-  assign \$202  = issue & below_j;
-  assign \$203  = ! lim_j;
-  assign \$204  = j + 1'h1;
-  assign \$205  = \$204  == lim_j;
-  assign \$206  = last_j ? \$203  : \$205 ;
-  assign \$207  = \$202  ? \$206  : last_j;
-  assign \$208  = & { \$207 , \$201 , \$195 , \$189  };
-  assign \$209  = issue & below_ox;
-  assign \$210  = ! lim_ox;
-  assign \$211  = ox + ox_step;
-  assign \$212  = \$211  == lim_ox;
-  assign \$213  = last_ox ? \$210  : \$212 ;
-  assign \$214  = \$209  ? \$213  : last_ox;
-  assign \$216  = ! lim_gi;
-  assign \$217  = gi + 1'h1;
-  assign \$218  = \$217  == lim_gi;
-  assign \$219  = last_gi ? \$216  : \$218 ;
-  assign \$220  = \$215  ? \$219  : last_gi;
-  assign \$221  = issue & below_kx;
-  assign \$222  = ! lim_k;
-  assign \$223  = kx + 1'h1;
-  assign \$224  = \$223  == lim_k;
-  assign \$225  = last_kx ? \$222  : \$224 ;
-  assign \$226  = \$221  ? \$225  : last_kx;
-  assign \$227  = issue & below_ky;
-  assign \$228  = ! lim_k;
-  assign \$229  = ky + 1'h1;
-  assign \$230  = \$229  == lim_k;
-  assign \$231  = last_ky ? \$228  : \$230 ;
-  assign \$232  = \$227  ? \$231  : last_ky;
-  assign \$233  = issue & below_j;
-  assign \$234  = ! lim_j;
-  assign \$235  = j + 1'h1;
-  assign \$236  = \$235  == lim_j;
-  assign \$237  = last_j ? \$234  : \$236 ;
-  assign \$238  = \$233  ? \$237  : last_j;
-  assign \$239  = issue & below_ox;
-  assign \$240  = ! lim_ox;
-  assign \$241  = ox + ox_step;
-  assign \$242  = \$241  == lim_ox;
-  assign \$243  = last_ox ? \$240  : \$242 ;
-  assign \$244  = \$239  ? \$243  : last_ox;
-  assign \$245  = & { \$244 , \$238 , \$232 , \$226 , \$220  };
-  assign \$246  = issue & below_oy;
-  assign \$247  = ! lim_oy;
-  assign \$248  = oy + 1'h1;
-  assign \$249  = \$248  == lim_oy;
-  assign \$250  = last_oy ? \$247  : \$249 ;
-  assign \$251  = \$246  ? \$250  : last_oy;
-  assign \$252  = waddr + 1'h1;
-  assign \$253  = issue & below_kx;
-  assign \$254  = ~ last_kx;
-  assign \$255  = \$253  & \$254 ;
-  assign \$256  = $signed(ix) + $signed(2'h1);
-  assign \$257  = $signed(tapbase) + $signed(g_step);
-  assign \$258  = issue & below_ky;
-  assign \$259  = issue & below_ky;
-  assign \$260  = ~ last_ky;
-  assign \$261  = \$259  & \$260 ;
-  assign \$262  = $signed(iy) + $signed(2'h1);
-  assign \$263  = $signed(rowbase) + $signed(row_step);
-  assign \$264  = $signed(rowbase) + $signed(row_step);
-  assign \$265  = issue & below_j;
-  assign \$266  = issue & below_j;
-  assign \$267  = ~ last_j;
-  assign \$268  = \$266  & \$267 ;
-  assign \$269  = goff + goff_step;
-  assign \$270  = issue & below_ox;
-  assign \$271  = issue & below_ox;
-  assign \$272  = ~ last_ox;
-  assign \$273  = \$271  & \$272 ;
-  assign \$274  = $signed(ix0) + $signed({ 1'h0, ix_step });
-  assign \$275  = $signed(ix0) + $signed({ 1'h0, ix_step });
-  assign \$276  = $signed(pixbase) + $signed(sg);
-  assign \$277  = $signed(pixbase) + $signed(sg);
-  assign \$278  = $signed(pixbase) + $signed(sg);
-  assign \$279  = issue & below_oy;
-  assign \$280  = - cmd[107:105];
-  assign \$281  = - cmd[107:105];
-  assign \$282  = issue & below_oy;
-  assign \$283  = ~ last_oy;
-  assign \$284  = \$282  & \$283 ;
-  assign \$285  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
-  assign \$286  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
-  assign \$287  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
-  assign \$288  = $signed(linebase) + $signed(swg);
-  assign \$289  = $signed(linebase) + $signed(swg);
-  assign \$290  = $signed(linebase) + $signed(swg);
-  assign \$291  = $signed(linebase) + $signed(swg);
-  assign \$292  = issue & below_oy;
-  assign \$293  = \$292  & last_oy;
-  assign \$295  = ~ dwp;
-  assign \$297  = \$295  | \$296 ;
-  assign \$298  = \o__valid$138  & \$297 ;
-  assign \$299  = p_r_req__addr == lim_j;
-  assign \$300  = p_r_req__addr + 1'h1;
-  assign \$301  = \$299  ? 7'h00 : \$300 ;
-  assign \$302  = cfg__payload[109:108] == 1'h1;
-  assign \$303  = cfg__payload[109:108] == 1'h1;
-  assign \$305  = cfg__payload[109:108] == 1'h1;
-  assign \$306  = \$305  ? 16'h0001 : cfg__payload[79:64];
-  assign \$307  = cycles_total + 1'h1;
-  assign \$308  = ~ mul_run;
-  assign \$309  = ! mul_a;
-  assign \$310  = step + 1'h1;
-  assign \$311  = | prod[24:9];
-  assign \$312  = ovf | \$311 ;
-  assign \$313  = \$312  ? 9'h1ff : prod[8:0];
-  assign \$314  = | prod[24:9];
-  assign \$315  = ovf | \$314 ;
-  assign \$316  = \$315  ? 9'h1ff : prod[8:0];
-  assign \$317  = ovf ? 25'h1ffffff : prod;
-  assign \$318  = ovf ? 25'h1ffffff : prod;
-  assign \$319  = | prod[24:9];
-  assign \$320  = ovf | \$319 ;
-  assign \$321  = \$320  ? 9'h1ff : prod[8:0];
-  assign \$322  = | prod[24:9];
-  assign \$323  = ovf | \$322 ;
-  assign \$324  = \$323  ? 9'h1ff : prod[8:0];
-  assign \$325  = | prod[24:9];
-  assign \$326  = ovf | \$325 ;
-  assign \$327  = \$326  ? 9'h1ff : prod[8:0];
-  assign \$328  = | prod[24:11];
-  assign \$329  = ovf | \$328 ;
-  assign \$330  = \$329  ? 11'h7ff : prod[10:0];
-  assign \$331  = | prod[24:11];
-  assign \$332  = ovf | \$331 ;
-  assign \$333  = \$332  ? 11'h7ff : prod[10:0];
-  assign \$336  = b_big | mul_b[24];
-  assign \$337  = b_big | mul_sum[25];
-  assign \$338  = cycles_total + 1'h1;
-  assign \$339  = cycles_total + 1'h1;
-  assign \$340  = gin_e - 1'h1;
-  assign \$341  = cmd[99:96] - 1'h1;
-  assign \$342  = cmd[95:80] - 1'h1;
-  assign \$343  = cmd[63:48] - 1'h1;
-  assign \$344  = cmd[63:48] - 1'h1;
-  assign \$345  = dwp ? \$343  : \$344 ;
-  assign \$346  = cmd[47:32] - 1'h1;
-  assign \$347  = gin_e == 1'h1;
-  assign \$348  = cmd[99:96] == 1'h1;
-  assign \$349  = cmd[99:96] == 1'h1;
-  assign \$350  = cmd[95:80] == 1'h1;
-  assign \$351  = cmd[63:48] <= 2'h2;
-  assign \$352  = cmd[63:48] == 1'h1;
-  assign \$353  = dwp ? \$351  : \$352 ;
-  assign \$354  = cmd[47:32] == 1'h1;
-  assign \$355  = gin_e == 1'h1;
-  assign \$357  = gin_e == 1'h1;
-  assign \$358  = cmd[99:96] == 1'h1;
-  assign \$359  = & { \$358 , \$357  };
-  assign \$360  = gin_e == 1'h1;
-  assign \$361  = cmd[99:96] == 1'h1;
-  assign \$362  = cmd[99:96] == 1'h1;
-  assign \$363  = & { \$362 , \$361 , \$360  };
-  assign \$364  = gin_e == 1'h1;
-  assign \$365  = cmd[99:96] == 1'h1;
-  assign \$366  = cmd[99:96] == 1'h1;
-  assign \$367  = cmd[95:80] == 1'h1;
-  assign \$368  = & { \$367 , \$366 , \$365 , \$364  };
-  assign \$369  = gin_e == 1'h1;
-  assign \$370  = cmd[99:96] == 1'h1;
-  assign \$371  = cmd[99:96] == 1'h1;
-  assign \$372  = cmd[95:80] == 1'h1;
-  assign \$373  = cmd[63:48] <= 2'h2;
-  assign \$374  = cmd[63:48] == 1'h1;
-  assign \$375  = dwp ? \$373  : \$374 ;
-  assign \$376  = & { \$375 , \$372 , \$371 , \$370 , \$369  };
-  assign \$377  = - cmd[107:105];
-  assign \$378  = - cmd[107:105];
-  assign \$379  = - cmd[104:102];
-  assign \$380  = - cmd[104:102];
-  assign \$381  = cmd[99:96] - cmd[104:102];
-  assign \$383  = - pt_wg;
-  assign \$384  = $signed(\$383 ) - $signed({ 1'h0, pl_g });
-  assign \$385  = dwp ? 13'h0000 : \$384 ;
-  assign \$387  = - pt_wg;
-  assign \$388  = $signed(\$387 ) - $signed({ 1'h0, pl_g });
-  assign \$389  = dwp ? 13'h0000 : \$388 ;
-  assign \$391  = - pt_wg;
-  assign \$392  = $signed(\$391 ) - $signed({ 1'h0, pl_g });
-  assign \$393  = dwp ? 13'h0000 : \$392 ;
-  assign \$395  = - pt_wg;
-  assign \$396  = $signed(\$395 ) - $signed({ 1'h0, pl_g });
-  assign \$397  = dwp ? 13'h0000 : \$396 ;
-  assign \$398  = dwp ? 16'h0000 : cmd[79:64];
-  assign \$399  = cmd[101:100] == 2'h2;
-  assign \$401  = \$399  ? \$400  : { 1'h0, cmd[79:64] };
-  assign \$402  = dwp ? 17'h00000 : \$401 ;
-  assign \$403  = cmd[101:100] == 2'h2;
-  assign \$406  = cmd[101:100] == 2'h2;
-  assign \$408  = \$406  ? \$407  : { 1'h0, wg };
-  assign \$409  = dwp ? 18'h00000 : { 8'h00, \$408  };
-  assign \$410  = dwp ? 17'h00000 : { 8'h00, wg };
-  assign \$411  = dwp ? 9'h000 : { 8'h00, dw };
-  assign \$412  = dwp ? 2'h2 : 2'h1;
-  assign \$414  = dwp ? \$413  : { 1'h0, cmd[101:100] };
-  assign \$415  = ~ cmd[111];
-  assign \$416  = cycles_total + 1'h1;
-  assign \$417  = v1 & i__ready;
-  assign \$418  = cycles_compute + 1'h1;
-  assign \$419  = \$signal$104  & p_done;
-  assign \$420  = cmd[111] | \$419 ;
-  assign \$421  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
-  assign \$422  = below_oy ? \$421  : { need[17], need };
-  assign \$423  = $signed({ 1'h0, rows_in }) >= $signed(\$422 );
-  assign \$424  = rows_in == cmd[15:0];
-  assign \$425  = \$423  | \$424 ;
-  assign \$426  = seq_busy & loaded;
-  assign \$427  = ~ issue;
-  assign \$428  = \$426  & \$427 ;
-  assign \$429  = cycles_stall + 1'h1;
-  assign \$430  = act_in__valid & act_in__ready;
-  assign \$431  = in_cnt + 1'h1;
-  assign \$432  = in_cnt + 1'h1;
-  assign \$433  = \$432  == n_in;
-  assign \$434  = wg - 1'h1;
-  assign \$435  = col_cnt == \$434 ;
-  assign \$436  = rows_in + 1'h1;
-  assign \$437  = col_cnt + 1'h1;
-  assign \$438  = weights__valid & weights__ready;
-  assign \$439  = w_cnt + 1'h1;
-  assign \$440  = w_cnt + 1'h1;
-  assign \$441  = \$440  == n_w;
-  assign \$442  = params__valid & params__ready;
-  assign \$443  = p_cnt + 1'h1;
-  assign \$444  = p_cnt + 1'h1;
-  assign \$445  = \$444  == cmd[95:80];
-  \psc_core.addr_fifo  addr_fifo (
+  wire [16:0] \ws$100 ;
+  wire [16:0] \ws$106 ;
+  \psc_core.amap  amap (
+    .cmd(cmd),
+    .i__payload(\i__payload$35 ),
+    .i__ready(taps__ready),
+    .o__payload(\i__payload$41 ),
+    .o__valid(\i__valid$39 )
+  );
+  \psc_core.counters  counters (
+    .beat(beat),
+    .busy(busy),
+    .clear(clear),
     .clk(clk),
-    .r_data(r_data),
-    .r_en(adv1),
-    .r_rdy(r_rdy),
+    .compute(cycles_compute),
     .rst(rst),
-    .w_en(issue),
-    .w_port__data(w_data),
-    .w_rdy(w_rdy)
+    .run(run),
+    .stall(cycles_stall),
+    .total(cycles_total),
+    .waiting(waiting)
   );
   \psc_core.dp  dp (
-    .acc(\$547 ),
-    .\acc$27 (\$548 ),
+    .acc(\$2 ),
+    .\acc$27 (\$3 ),
     .clk(clk),
-    .i__payload(i__payload),
-    .i__ready(i__ready),
-    .o__ready(en_j),
-    .o__valid(\o__valid$138 ),
+    .i__payload(\i__payload$47 ),
+    .i__ready(\o__ready$49 ),
+    .o__ready(\o__ready$55 ),
+    .o__valid(\i__valid$57 ),
     .rst(rst),
-    .valid(v1)
+    .valid(\i__valid$51 )
   );
-  \psc_core.rq  rq (
+  \psc_core.fetch  fetch (
+    .adv1(read__en),
+    .beat(beat),
     .clk(clk),
-    .\i__payload$8 (\i__payload$68 ),
-    .i__ready(\i__ready$67 ),
-    .i__valid(vj),
-    .\o__payload$18 (act_out__payload),
-    .\o__ready$14 (act_out__ready),
-    .o__valid(act_out__valid),
-    .relu(cmd[110]),
-    .rst(rst)
+    .i__ready(taps__ready),
+    .inputs__data(inputs__data),
+    .o__payload(\i__payload$47 ),
+    .o__ready(\o__ready$49 ),
+    .\port$506$0 (\$1 ),
+    .rst(rst),
+    .v1(\i__valid$51 ),
+    .w_data(\i__payload$41 ),
+    .w_en(\i__valid$39 ),
+    .weights__data(weights__data)
   );
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    busy = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          busy = 1'h1;
-      3'h2:
-          busy = 1'h1;
-      3'h3:
-          busy = 1'h1;
-      3'h4:
-          busy = 1'h1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    cfg__ready = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          cfg__ready = 1'h1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    act_in__ready = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          act_in__ready = \$89 ;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    weights__ready = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          weights__ready = \$92 ;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    params__ready = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          params__ready = \$95 ;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    w_w_port__en = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          w_w_port__en = \$96 ;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    p_w_port__en = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          p_w_port__en = \$97 ;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$454  = v1;
-    if (adv1) begin
-      \$454  = r_rdy;
-    end
-    if (rst) begin
-      \$454  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$455  = padr1;
-    if (adv1) begin
-      \$455  = r_data[18];
-    end
-    if (rst) begin
-      \$455  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$456  = first1;
-    if (adv1) begin
-      \$456  = r_data[19];
-    end
-    if (rst) begin
-      \$456  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$457  = last1;
-    if (adv1) begin
-      \$457  = r_data[20];
-    end
-    if (rst) begin
-      \$457  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$458  = gi;
-    if (\$103 ) begin
-      \$458  = \$105 [7:0];
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$458  = 8'h00;
-          end
-    endcase
-    if (rst) begin
-      \$458  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$459  = kx;
-    if (\$106 ) begin
-      \$459  = \$108 [3:0];
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$459  = 4'h0;
-          end
-    endcase
-    if (rst) begin
-      \$459  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$460  = ky;
-    if (\$109 ) begin
-      \$460  = \$111 [3:0];
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$460  = 4'h0;
-          end
-    endcase
-    if (rst) begin
-      \$460  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$461  = j;
-    if (\$112 ) begin
-      \$461  = \$114 [5:0];
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$461  = 6'h00;
-          end
-    endcase
-    if (rst) begin
-      \$461  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$462  = ox;
-    if (\$115 ) begin
-      \$462  = \$117 [15:0];
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$462  = 16'h0000;
-          end
-    endcase
-    if (rst) begin
-      \$462  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$463  = oy;
-    if (\$118 ) begin
-      \$463  = \$120 [15:0];
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$463  = 16'h0000;
-          end
-    endcase
-    if (rst) begin
-      \$463  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$464  = \$126 ;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$464  = \$347 ;
-          end
-    endcase
-    if (rst) begin
-      \$464  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$465  = \$133 ;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$465  = \$356 ;
-          end
-    endcase
-    if (rst) begin
-      \$465  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$466  = \$139 ;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$466  = \$348 ;
-          end
-    endcase
-    if (rst) begin
-      \$466  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$467  = \$152 ;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$467  = \$359 ;
-          end
-    endcase
-    if (rst) begin
-      \$467  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$468  = \$158 ;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$468  = \$349 ;
-          end
-    endcase
-    if (rst) begin
-      \$468  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$469  = \$177 ;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$469  = \$363 ;
-          end
-    endcase
-    if (rst) begin
-      \$469  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$470  = \$183 ;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$470  = \$350 ;
-          end
-    endcase
-    if (rst) begin
-      \$470  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$471  = \$208 ;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$471  = \$368 ;
-          end
-    endcase
-    if (rst) begin
-      \$471  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$472  = \$214 ;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$472  = \$353 ;
-          end
-    endcase
-    if (rst) begin
-      \$472  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$473  = \$245 ;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$473  = \$376 ;
-          end
-    endcase
-    if (rst) begin
-      \$473  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$474  = \$251 ;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$474  = \$354 ;
-          end
-    endcase
-    if (rst) begin
-      \$474  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$475  = waddr;
-    if (issue) begin
-      \$475  = \$252 [9:0];
-    end
-    if (\$270 ) begin
-      \$475  = 10'h000;
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$475  = 10'h000;
-          end
-    endcase
-    if (rst) begin
-      \$475  = 10'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$476  = ix;
-    if (\$255 ) begin
-      \$476  = \$256 [17:0];
-    end
-    if (\$258 ) begin
-      \$476  = ix0;
-    end
-    if (\$273 ) begin
-      \$476  = \$275 [17:0];
-    end
-    if (\$279 ) begin
-      \$476  = { \$281 [3], \$281 [3], \$281 [3], \$281 [3], \$281 [3], \$281 [3], \$281 [3], \$281 [3], \$281 [3], \$281 [3], \$281 [3], \$281 [3], \$281 [3], \$281 [3], \$281  };
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$476  = { \$377 [3], \$377 [3], \$377 [3], \$377 [3], \$377 [3], \$377 [3], \$377 [3], \$377 [3], \$377 [3], \$377 [3], \$377 [3], \$377 [3], \$377 [3], \$377 [3], \$377  };
-          end
-    endcase
-    if (rst) begin
-      \$476  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$477  = tapbase;
-    if (\$255 ) begin
-      \$477  = \$257 [13:0];
-    end
-    if (\$261 ) begin
-      \$477  = \$264 [13:0];
-    end
-    if (\$268 ) begin
-      \$477  = pixbase;
-    end
-    if (\$273 ) begin
-      \$477  = \$278 [13:0];
-    end
-    if (\$284 ) begin
-      \$477  = \$291 [13:0];
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$477  = { \$385 [12], \$385  };
-          end
-    endcase
-    if (rst) begin
-      \$477  = 14'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$478  = iy;
-    if (\$261 ) begin
-      \$478  = \$262 [17:0];
-    end
-    if (\$265 ) begin
-      \$478  = iy0;
-    end
-    if (\$284 ) begin
-      \$478  = \$286 [17:0];
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$478  = { \$379 [3], \$379 [3], \$379 [3], \$379 [3], \$379 [3], \$379 [3], \$379 [3], \$379 [3], \$379 [3], \$379 [3], \$379 [3], \$379 [3], \$379 [3], \$379 [3], \$379  };
-          end
-    endcase
-    if (rst) begin
-      \$478  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$479  = rowbase;
-    if (\$261 ) begin
-      \$479  = \$263 [13:0];
-    end
-    if (\$268 ) begin
-      \$479  = pixbase;
-    end
-    if (\$273 ) begin
-      \$479  = \$277 [13:0];
-    end
-    if (\$284 ) begin
-      \$479  = \$290 [13:0];
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$479  = { \$389 [12], \$389  };
-          end
-    endcase
-    if (rst) begin
-      \$479  = 14'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$480  = goff;
-    if (\$268 ) begin
-      \$480  = \$269 [8:0];
-    end
-    if (\$270 ) begin
-      \$480  = 9'h000;
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$480  = 9'h000;
-          end
-    endcase
-    if (rst) begin
-      \$480  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$481  = ix0;
-    if (\$273 ) begin
-      \$481  = \$274 [17:0];
-    end
-    if (\$279 ) begin
-      \$481  = { \$280 [3], \$280 [3], \$280 [3], \$280 [3], \$280 [3], \$280 [3], \$280 [3], \$280 [3], \$280 [3], \$280 [3], \$280 [3], \$280 [3], \$280 [3], \$280 [3], \$280  };
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$481  = { \$378 [3], \$378 [3], \$378 [3], \$378 [3], \$378 [3], \$378 [3], \$378 [3], \$378 [3], \$378 [3], \$378 [3], \$378 [3], \$378 [3], \$378 [3], \$378 [3], \$378  };
-          end
-    endcase
-    if (rst) begin
-      \$481  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$482  = pixbase;
-    if (\$273 ) begin
-      \$482  = \$276 [13:0];
-    end
-    if (\$284 ) begin
-      \$482  = \$289 [13:0];
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$482  = { \$393 [12], \$393  };
-          end
-    endcase
-    if (rst) begin
-      \$482  = 14'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$483  = iy0;
-    if (\$284 ) begin
-      \$483  = \$285 [17:0];
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$483  = { \$380 [3], \$380 [3], \$380 [3], \$380 [3], \$380 [3], \$380 [3], \$380 [3], \$380 [3], \$380 [3], \$380 [3], \$380 [3], \$380 [3], \$380 [3], \$380 [3], \$380  };
-          end
-    endcase
-    if (rst) begin
-      \$483  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$484  = need;
-    if (\$284 ) begin
-      \$484  = \$287 [17:0];
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$484  = { \$381 [4], \$381 [4], \$381 [4], \$381 [4], \$381 [4], \$381 [4], \$381 [4], \$381 [4], \$381 [4], \$381 [4], \$381 [4], \$381 [4], \$381 [4], \$381  };
-          end
-    endcase
-    if (rst) begin
-      \$484  = 18'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$485  = linebase;
-    if (\$284 ) begin
-      \$485  = \$288 [13:0];
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$485  = { \$397 [12], \$397  };
-          end
-    endcase
-    if (rst) begin
-      \$485  = 14'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$486  = seq_busy;
-    if (\$293 ) begin
-      \$486  = 1'h0;
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$486  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$486  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$487  = vj;
-    if (en_j) begin
-      \$487  = \$294 ;
-    end
-    if (rst) begin
-      \$487  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$488  = accj;
-    if (en_j) begin
-      \$488  = { \$548 , \$547  };
-    end
-    if (rst) begin
-      \$488  = 54'h00000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$489  = p_r_req__addr;
-    if (en_j) begin
-      if (\$298 ) begin
-        \$489  = \$301 [5:0];
-      end
-    end
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$489  = 6'h00;
-          end
-    endcase
-    if (rst) begin
-      \$489  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$490  = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (bad_r) begin
-            \$490  = 1'h1;
-          end
-      3'h4:
-          if (\$453 ) begin
-            \$490  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$490  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$491  = cmd;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$491  = cfg__payload;
-          end
-    endcase
-    if (rst) begin
-      \$491  = 112'h0000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$492  = step;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$492  = 4'h0;
-          end
-      3'h1:
-          if (\$308 ) begin
-          end else if (\$309 ) begin
-            \$492  = \$310 [3:0];
-          end
-    endcase
-    if (rst) begin
-      \$492  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$493  = mul_run;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$493  = 1'h0;
-          end
-      3'h1:
-          if (\$308 ) begin
-            casez (step)
-              4'h0:
-                  \$493  = 1'h1;
-              4'h1:
-                  \$493  = 1'h1;
-              4'h2:
-                  \$493  = 1'h1;
-              4'h3:
-                  \$493  = 1'h1;
-              4'h4:
-                  \$493  = 1'h1;
-              4'h5:
-                  \$493  = 1'h1;
-              4'h6:
-                  \$493  = 1'h1;
-              4'h7:
-                  \$493  = 1'h1;
-              4'h8:
-                  \$493  = 1'h1;
-            endcase
-          end else if (\$309 ) begin
-            \$493  = 1'h0;
-          end
-    endcase
-    if (rst) begin
-      \$493  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$494  = error;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$494  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (bad_r) begin
-            \$494  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$494  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$495  = dw;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$495  = \$302 ;
-          end
-    endcase
-    if (rst) begin
-      \$495  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$496  = dwp;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$496  = \$304 ;
-          end
-    endcase
-    if (rst) begin
-      \$496  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$497  = gin_e;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$497  = \$306 ;
-          end
-    endcase
-    if (rst) begin
-      \$497  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$498  = cycles_total;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$498  = 32'd0;
-          end
-      3'h1:
-          \$498  = \$307 [31:0];
-      3'h2:
-          \$498  = \$338 [31:0];
-      3'h3:
-          \$498  = \$339 [31:0];
-      3'h4:
-          \$498  = \$416 [31:0];
-    endcase
-    if (rst) begin
-      \$498  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$499  = cycles_compute;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$499  = 32'd0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          if (\$417 ) begin
-            \$499  = \$418 [31:0];
-          end
-    endcase
-    if (rst) begin
-      \$499  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$500  = cycles_stall;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$500  = 32'd0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          if (\$428 ) begin
-            \$500  = \$429 [31:0];
-          end
-    endcase
-    if (rst) begin
-      \$500  = 32'd0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$501  = fsm_state;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$501  = 3'h1;
-          end
-      3'h1:
-          if (\$308 ) begin
-            (* full_case = 32'd1 *)
-            casez (step)
-              4'h0:
-                  /* empty */;
-              4'h1:
-                  /* empty */;
-              4'h2:
-                  /* empty */;
-              4'h3:
-                  /* empty */;
-              4'h4:
-                  /* empty */;
-              4'h5:
-                  /* empty */;
-              4'h6:
-                  /* empty */;
-              4'h7:
-                  /* empty */;
-              4'h8:
-                  /* empty */;
-              default:
-                  \$501  = 3'h2;
-            endcase
-          end
-      3'h2:
-          \$501  = 3'h3;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-            \$501  = 3'h0;
-          end else begin
-            \$501  = 3'h4;
-          end
-      3'h4:
-          if (\$453 ) begin
-            \$501  = 3'h0;
-          end
-    endcase
-    if (rst) begin
-      \$501  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$502  = mul_a;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          (* full_case = 32'd1 *)
-          if (\$308 ) begin
-            casez (step)
-              4'h0:
-                  \$502  = cmd[31:16];
-              4'h1:
-                  \$502  = cmd[15:0];
-              4'h2:
-                  \$502  = cmd[63:48];
-              4'h3:
-                  \$502  = cmd[47:32];
-              4'h4:
-                  \$502  = { 12'h000, cmd[99:96] };
-              4'h5:
-                  \$502  = gin_e;
-              4'h6:
-                  \$502  = cmd[95:80];
-              4'h7:
-                  \$502  = { 13'h0000, cmd[104:102] };
-              4'h8:
-                  \$502  = { 13'h0000, cmd[107:105] };
-            endcase
-          end else if (\$309 ) begin
-          end else begin
-            \$502  = \$334 ;
-          end
-    endcase
-    if (rst) begin
-      \$502  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$503  = mul_b;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          (* full_case = 32'd1 *)
-          if (\$308 ) begin
-            casez (step)
-              4'h0:
-                  \$503  = { 9'h000, cmd[79:64] };
-              4'h1:
-                  \$503  = { 16'h0000, wg };
-              4'h2:
-                  \$503  = { 9'h000, cmd[95:80] };
-              4'h3:
-                  \$503  = ow;
-              4'h4:
-                  \$503  = { 21'h000000, cmd[99:96] };
-              4'h5:
-                  \$503  = { 16'h0000, kk };
-              4'h6:
-                  \$503  = { 16'h0000, red };
-              4'h7:
-                  \$503  = { 16'h0000, wg };
-              4'h8:
-                  \$503  = { 9'h000, cmd[79:64] };
-            endcase
-          end else if (\$309 ) begin
-          end else begin
-            \$503  = \$335 [24:0];
-          end
-    endcase
-    if (rst) begin
-      \$503  = 25'h0000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$504  = prod;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          (* full_case = 32'd1 *)
-          if (\$308 ) begin
-            casez (step)
-              4'h0:
-                  \$504  = 25'h0000000;
-              4'h1:
-                  \$504  = 25'h0000000;
-              4'h2:
-                  \$504  = 25'h0000000;
-              4'h3:
-                  \$504  = 25'h0000000;
-              4'h4:
-                  \$504  = 25'h0000000;
-              4'h5:
-                  \$504  = 25'h0000000;
-              4'h6:
-                  \$504  = 25'h0000000;
-              4'h7:
-                  \$504  = 25'h0000000;
-              4'h8:
-                  \$504  = 25'h0000000;
-            endcase
-          end else if (\$309 ) begin
-          end else begin
-            if (mul_a[0]) begin
-              \$504  = mul_sum[24:0];
-            end
-          end
-    endcase
-    if (rst) begin
-      \$504  = 25'h0000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$505  = ovf;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          (* full_case = 32'd1 *)
-          if (\$308 ) begin
-            casez (step)
-              4'h0:
-                  \$505  = 1'h0;
-              4'h1:
-                  \$505  = 1'h0;
-              4'h2:
-                  \$505  = 1'h0;
-              4'h3:
-                  \$505  = 1'h0;
-              4'h4:
-                  \$505  = 1'h0;
-              4'h5:
-                  \$505  = 1'h0;
-              4'h6:
-                  \$505  = 1'h0;
-              4'h7:
-                  \$505  = 1'h0;
-              4'h8:
-                  \$505  = 1'h0;
-            endcase
-          end else if (\$309 ) begin
-          end else begin
-            if (mul_a[0]) begin
-              if (\$337 ) begin
-                \$505  = 1'h1;
-              end
-            end
-          end
-    endcase
-    if (rst) begin
-      \$505  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$506  = b_big;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          (* full_case = 32'd1 *)
-          if (\$308 ) begin
-            casez (step)
-              4'h0:
-                  \$506  = 1'h0;
-              4'h1:
-                  \$506  = 1'h0;
-              4'h2:
-                  \$506  = 1'h0;
-              4'h3:
-                  \$506  = 1'h0;
-              4'h4:
-                  \$506  = 1'h0;
-              4'h5:
-                  \$506  = 1'h0;
-              4'h6:
-                  \$506  = 1'h0;
-              4'h7:
-                  \$506  = 1'h0;
-              4'h8:
-                  \$506  = 1'h0;
-            endcase
-          end else if (\$309 ) begin
-          end else begin
-            \$506  = \$336 ;
-          end
-    endcase
-    if (rst) begin
-      \$506  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$507  = wg;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (\$308 ) begin
-          end else if (\$309 ) begin
-            casez (step)
-              4'h0:
-                  \$507  = \$313 ;
-            endcase
-          end
-    endcase
-    if (rst) begin
-      \$507  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$508  = n_in;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (\$308 ) begin
-          end else if (\$309 ) begin
-            casez (step)
-              4'h0:
-                  /* empty */;
-              4'h1:
-                  \$508  = \$316 ;
-            endcase
-          end
-    endcase
-    if (rst) begin
-      \$508  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$509  = ow;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (\$308 ) begin
-          end else if (\$309 ) begin
-            casez (step)
-              4'h0:
-                  /* empty */;
-              4'h1:
-                  /* empty */;
-              4'h2:
-                  \$509  = \$317 ;
-            endcase
-          end
-    endcase
-    if (rst) begin
-      \$509  = 25'h0000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$510  = n_out;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (\$308 ) begin
-          end else if (\$309 ) begin
-            casez (step)
-              4'h0:
-                  /* empty */;
-              4'h1:
-                  /* empty */;
-              4'h2:
-                  /* empty */;
-              4'h3:
-                  \$510  = \$318 ;
-            endcase
-          end
-    endcase
-    if (rst) begin
-      \$510  = 25'h0000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$511  = kk;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (\$308 ) begin
-          end else if (\$309 ) begin
-            casez (step)
-              4'h0:
-                  /* empty */;
-              4'h1:
-                  /* empty */;
-              4'h2:
-                  /* empty */;
-              4'h3:
-                  /* empty */;
-              4'h4:
-                  \$511  = \$321 ;
-            endcase
-          end
-    endcase
-    if (rst) begin
-      \$511  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$512  = red;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (\$308 ) begin
-          end else if (\$309 ) begin
-            casez (step)
-              4'h0:
-                  /* empty */;
-              4'h1:
-                  /* empty */;
-              4'h2:
-                  /* empty */;
-              4'h3:
-                  /* empty */;
-              4'h4:
-                  /* empty */;
-              4'h5:
-                  \$512  = \$324 ;
-            endcase
-          end
-    endcase
-    if (rst) begin
-      \$512  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$513  = n_w;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (\$308 ) begin
-          end else if (\$309 ) begin
-            casez (step)
-              4'h0:
-                  /* empty */;
-              4'h1:
-                  /* empty */;
-              4'h2:
-                  /* empty */;
-              4'h3:
-                  /* empty */;
-              4'h4:
-                  /* empty */;
-              4'h5:
-                  /* empty */;
-              4'h6:
-                  \$513  = \$327 ;
-            endcase
-          end
-    endcase
-    if (rst) begin
-      \$513  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$514  = pt_wg;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (\$308 ) begin
-          end else if (\$309 ) begin
-            casez (step)
-              4'h0:
-                  /* empty */;
-              4'h1:
-                  /* empty */;
-              4'h2:
-                  /* empty */;
-              4'h3:
-                  /* empty */;
-              4'h4:
-                  /* empty */;
-              4'h5:
-                  /* empty */;
-              4'h6:
-                  /* empty */;
-              4'h7:
-                  \$514  = \$330 ;
-            endcase
-          end
-    endcase
-    if (rst) begin
-      \$514  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$515  = pl_g;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          if (\$308 ) begin
-          end else if (\$309 ) begin
-            casez (step)
-              4'h0:
-                  /* empty */;
-              4'h1:
-                  /* empty */;
-              4'h2:
-                  /* empty */;
-              4'h3:
-                  /* empty */;
-              4'h4:
-                  /* empty */;
-              4'h5:
-                  /* empty */;
-              4'h6:
-                  /* empty */;
-              4'h7:
-                  /* empty */;
-              4'h8:
-                  \$515  = \$333 ;
-            endcase
-          end
-    endcase
-    if (rst) begin
-      \$515  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$516  = bad_r;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$516  = bad;
-    endcase
-    if (rst) begin
-      \$516  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$517  = lim_gi;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$517  = \$340 [7:0];
-          end
-    endcase
-    if (rst) begin
-      \$517  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$518  = lim_k;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$518  = \$341 [3:0];
-          end
-    endcase
-    if (rst) begin
-      \$518  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$519  = lim_j;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$519  = \$342 [5:0];
-          end
-    endcase
-    if (rst) begin
-      \$519  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$520  = lim_ox;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$520  = \$345 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$520  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$521  = lim_oy;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$521  = \$346 [15:0];
-          end
-    endcase
-    if (rst) begin
-      \$521  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$522  = loaded;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$522  = 1'h0;
-          end
-      3'h4:
-          \$522  = \$420 ;
-    endcase
-    if (rst) begin
-      \$522  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$523  = rows_ok;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$523  = 1'h0;
-          end
-      3'h4:
-          \$523  = \$425 ;
-    endcase
-    if (rst) begin
-      \$523  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$524  = fin;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$524  = 1'h0;
-          end
-      3'h4:
-          \$524  = \$449 ;
-    endcase
-    if (rst) begin
-      \$524  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$525  = g_step;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$525  = \$398 [13:0];
-          end
-    endcase
-    if (rst) begin
-      \$525  = 14'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$526  = sg;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$526  = \$402 [13:0];
-          end
-    endcase
-    if (rst) begin
-      \$526  = 14'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$527  = swg;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$527  = \$409 [13:0];
-          end
-    endcase
-    if (rst) begin
-      \$527  = 14'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$528  = row_step;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$528  = \$410 [13:0];
-          end
-    endcase
-    if (rst) begin
-      \$528  = 14'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$529  = goff_step;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$529  = \$411 ;
-          end
-    endcase
-    if (rst) begin
-      \$529  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$530  = ox_step;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$530  = \$412 ;
-          end
-    endcase
-    if (rst) begin
-      \$530  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$531  = ix_step;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$531  = \$414 ;
-          end
-    endcase
-    if (rst) begin
-      \$531  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$532  = in_cnt;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$532  = 9'h000;
-          end
-      3'h4:
-          if (\$430 ) begin
-            \$532  = \$431 [8:0];
-          end
-    endcase
-    if (rst) begin
-      \$532  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$533  = col_cnt;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$533  = 8'h00;
-          end
-      3'h4:
-          if (\$430 ) begin
-            (* full_case = 32'd1 *)
-            if (\$435 ) begin
-              \$533  = 8'h00;
-            end else begin
-              \$533  = \$437 [7:0];
-            end
-          end
-    endcase
-    if (rst) begin
-      \$533  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$534  = rows_in;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$534  = 9'h000;
-          end
-      3'h4:
-          if (\$430 ) begin
-            if (\$435 ) begin
-              \$534  = \$436 [8:0];
-            end
-          end
-    endcase
-    if (rst) begin
-      \$534  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$535  = \$signal ;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$535  = 1'h0;
-          end
-      3'h4:
-          if (\$430 ) begin
-            \$535  = \$433 ;
-          end
-    endcase
-    if (rst) begin
-      \$535  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$536  = lx;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$536  = 16'h0000;
-          end
-    endcase
-    if (rst) begin
-      \$536  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$537  = lgi;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$537  = 16'h0000;
-          end
-    endcase
-    if (rst) begin
-      \$537  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$538  = lrow;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$538  = 9'h000;
-          end
-    endcase
-    if (rst) begin
-      \$538  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$539  = lgoff;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$539  = 9'h000;
-          end
-    endcase
-    if (rst) begin
-      \$539  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$540  = ro;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$540  = 1'h0;
-          end
-    endcase
-    if (rst) begin
-      \$540  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$541  = oxo;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$541  = 16'h0000;
-          end
-    endcase
-    if (rst) begin
-      \$541  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$542  = out_cnt;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            \$542  = 24'h000000;
-          end
-      3'h4:
-          if (\$446 ) begin
-            \$542  = \$447 [23:0];
-          end
-    endcase
-    if (rst) begin
-      \$542  = 24'h000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$543  = w_cnt;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            if (\$415 ) begin
-              \$543  = 9'h000;
-            end
-          end
-      3'h4:
-          if (\$438 ) begin
-            \$543  = \$439 [8:0];
-          end
-    endcase
-    if (rst) begin
-      \$543  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$544  = p_cnt;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            if (\$415 ) begin
-              \$544  = 7'h00;
-            end
-          end
-      3'h4:
-          if (\$442 ) begin
-            \$544  = \$443 [6:0];
-          end
-    endcase
-    if (rst) begin
-      \$544  = 7'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$545  = \$signal$104 ;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            if (\$415 ) begin
-              \$545  = 1'h0;
-            end
-          end
-      3'h4:
-          if (\$438 ) begin
-            \$545  = \$441 ;
-          end
-    endcase
-    if (rst) begin
-      \$545  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$546  = p_done;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (bad_r) begin
-          end else begin
-            if (\$415 ) begin
-              \$546  = 1'h0;
-            end
-          end
-      3'h4:
-          if (\$442 ) begin
-            \$546  = \$445 ;
-          end
-    endcase
-    if (rst) begin
-      \$546  = 1'h0;
-    end
-  end
-  assign i__valid = v1;
-  assign w_en = issue;
-  assign a0 = w_data;
-  assign r_en = adv1;
-  assign lin = \$5 [13:0];
-  assign \$signature__en  = adv1;
-  assign \$signature__addr  = r_data[7:0];
-  assign w_r_port__addr = r_data[15:8];
-  assign w_r_port__en = adv1;
-  assign keep_o = 1'h1;
-  assign o__ready = en_j;
-  assign jo = p_r_req__addr;
-  assign p_r_req__en = en_j;
-  assign \i__valid$75  = vj;
-  assign relu = cmd[110];
-  assign o__valid = act_out__valid;
-  assign o__payload = act_out__payload;
-  assign \o__ready$79  = act_out__ready;
-  assign \$signature__data$81  = act_in__payload;
-  assign \$signature__addr$82  = in_cnt[7:0];
-  assign \$signature__en$84  = in_fire;
-  assign w_w_port__addr = w_cnt[7:0];
-  assign w_w_port__data = weights__payload;
-  assign p_w_port__addr = p_cnt[5:0];
-  assign p_w_port__data = params__payload;
-  assign tot = cycles_total;
-  assign comp = cycles_compute;
-  assign stall = cycles_stall;
-  assign err = error;
-  assign n_dw = 9'h000;
-  assign \o__payload$139  = { \$548 , \$547  };
-  assign pt_ws = 11'h000;
+  \psc_core.ibuf  ibuf (
+    .clk(clk),
+    .done(inputs_done),
+    .i__payload(act_in__payload),
+    .i__ready(act_in__ready),
+    .i__valid(act_in__valid),
+    .read__addr(\$1 [7:0]),
+    .read__data(inputs__data),
+    .read__en(read__en),
+    .rows_in(rows_in),
+    .rst(rst),
+    .run(run),
+    .sizes(sizes),
+    .start(start)
+  );
+  \psc_core.out  out (
+    .all_sent(outputs_done),
+    .clk(clk),
+    .cmd(cmd),
+    .dwp(dwp),
+    .en_j(\o__ready$55 ),
+    .\i__valid$25 (\i__valid$57 ),
+    .last_group(last_group),
+    .n_out(sizes[67:43]),
+    .o__payload(act_out__payload),
+    .o__ready(act_out__ready),
+    .o__valid(act_out__valid),
+    .params__addr(\read__addr$74 ),
+    .params__data(params__data),
+    .\port$1280$0 (\$2 ),
+    .\port$1350$0 (\$3 ),
+    .rst(rst),
+    .run(run),
+    .start(start)
+  );
+  \psc_core.pbuf  pbuf (
+    .clk(clk),
+    .count(cmd[95:80]),
+    .done(params_done),
+    .i__ready(params__ready),
+    .i__valid(params__valid),
+    .keep(cmd[111]),
+    .read__data(params__data),
+    .rp__addr(\read__addr$74 ),
+    .rp__en(\o__ready$55 ),
+    .rst(rst),
+    .run(run),
+    .start(start),
+    .wp__data(params__payload)
+  );
+  \psc_core.seq  seq (
+    .clk(clk),
+    .cmd(cmd),
+    .dw(dw),
+    .dwp(dwp),
+    .gin_e(gin_e),
+    .last_group(last_group),
+    .loaded(loaded),
+    .params_done(params_done),
+    .refused(refused),
+    .rows_in(rows_in),
+    .rst(rst),
+    .run(run),
+    .sizes(sizes),
+    .starting(starting),
+    .taps__payload(\i__payload$35 ),
+    .taps__ready(taps__ready),
+    .taps__valid(\i__valid$39 ),
+    .waiting(waiting),
+    .weights_done(weights_done)
+  );
+  \psc_core.setup  setup (
+    .accept(clear),
+    .busy(busy),
+    .cfg__payload(cfg__payload),
+    .cfg__ready(cfg__ready),
+    .cfg__valid(cfg__valid),
+    .clk(clk),
+    .cmd(cmd),
+    .done(done),
+    .dw(dw),
+    .dwp(dwp),
+    .error(error),
+    .gin_e(gin_e),
+    .inputs_done(inputs_done),
+    .loaded(loaded),
+    .mac_valid(\i__valid$57 ),
+    .outputs_done(outputs_done),
+    .refused(refused),
+    .rst(rst),
+    .run(run),
+    .sizes(sizes),
+    .sizes_ready(sizes_ready),
+    .sizing(enable),
+    .start(start),
+    .starting(starting)
+  );
+  \psc_core.sizes$158  \sizes$158  (
+    .clear(clear),
+    .clk(clk),
+    .cmd(cmd),
+    .enable(enable),
+    .gin_e(gin_e),
+    .ready(sizes_ready),
+    .rst(rst),
+    .sizes(sizes)
+  );
+  \psc_core.wbuf  wbuf (
+    .clk(clk),
+    .count(sizes[94:86]),
+    .done(weights_done),
+    .i__ready(weights__ready),
+    .i__valid(weights__valid),
+    .keep(cmd[111]),
+    .read__addr(\$1 [17:8]),
+    .read__data(weights__data),
+    .rp__en(read__en),
+    .rst(rst),
+    .run(run),
+    .start(start),
+    .wp__data(weights__payload)
+  );
+  assign \cfg__payload$23  = cfg__payload;
+  assign \cfg__ready$24  = cfg__ready;
+  assign \cfg__valid$25  = cfg__valid;
+  assign i__payload = act_in__payload;
+  assign i__ready = act_in__ready;
+  assign i__valid = act_in__valid;
+  assign \i__payload$29  = weights__payload;
+  assign \i__ready$30  = weights__ready;
+  assign \i__valid$31  = weights__valid;
+  assign \i__payload$32  = params__payload;
+  assign \i__ready$33  = params__ready;
+  assign \i__valid$34  = params__valid;
+  assign taps__payload = \i__payload$35 ;
+  assign \i__ready$38  = taps__ready;
+  assign taps__valid = \i__valid$39 ;
+  assign o__payload = \i__payload$41 ;
+  assign o__ready = taps__ready;
+  assign \i__ready$44  = taps__ready;
+  assign \i__valid$45  = \i__valid$39 ;
+  assign o__valid = \i__valid$39 ;
+  assign \o__payload$48  = \i__payload$47 ;
+  assign \i__ready$50  = \o__ready$49 ;
+  assign \o__valid$52  = \i__valid$51 ;
+  assign \i__payload$53  = { \$3 , \$2  };
+  assign \o__payload$54  = { \$3 , \$2  };
+  assign \i__ready$56  = \o__ready$55 ;
+  assign \o__valid$58  = \i__valid$57 ;
+  assign \o__payload$59  = act_out__payload;
+  assign \o__ready$60  = act_out__ready;
+  assign \o__valid$61  = act_out__valid;
+  assign read__addr = \$1 [7:0];
+  assign inputs__addr = \$1 [7:0];
+  assign read__data = inputs__data;
+  assign inputs__en = read__en;
+  assign \read__addr$68  = \$1 [17:8];
+  assign weights__addr = \$1 [17:8];
+  assign \read__data$71  = weights__data;
+  assign \read__en$72  = read__en;
+  assign weights__en = read__en;
+  assign params__addr = \read__addr$74 ;
+  assign \read__data$77  = params__data;
+  assign \read__en$78  = \o__ready$55 ;
+  assign params__en = \o__ready$55 ;
+  assign \cmd$81  = cmd;
+  assign \gin_e$83  = gin_e;
+  assign accept = clear;
+  assign sizing = enable;
+  assign \sizes$89  = sizes;
+  assign ready = sizes_ready;
+  assign \cmd$92  = cmd;
+  assign \dw$94  = dw;
+  assign \dwp$96  = dwp;
+  assign \gin_e$97  = gin_e;
+  assign \sizes$98  = sizes;
   assign ws = 17'h00000;
-  assign plane = 9'h000;
+  assign \ws$100  = 17'h00000;
+  assign \cmd$101  = cmd;
+  assign \dwp$102  = dwp;
+  assign \cmd$103  = cmd;
+  assign \dwp$104  = dwp;
+  assign \sizes$105  = sizes;
+  assign \ws$106  = 17'h00000;
+  assign keep = cmd[111];
+  assign count = sizes[94:86];
+  assign \keep$109  = cmd[111];
+  assign \count$110  = cmd[95:80];
+  assign \cmd$111  = cmd;
+  assign \dwp$112  = dwp;
+  assign n_out = sizes[67:43];
+  assign \last_group$115  = last_group;
+  assign \start$117  = start;
+  assign \run$119  = run;
+  assign \start$120  = start;
+  assign \run$121  = run;
+  assign \start$122  = start;
+  assign \run$123  = run;
+  assign \start$124  = start;
+  assign \run$125  = run;
+  assign \starting$127  = starting;
+  assign \refused$129  = refused;
+  assign \run$130  = run;
+  assign \rows_in$132  = rows_in;
+  assign \done$134  = weights_done;
+  assign \done$136  = params_done;
+  assign \loaded$138  = loaded;
+  assign \done$140  = inputs_done;
+  assign all_sent = outputs_done;
+  assign mac_valid = \i__valid$57 ;
+  assign \clear$144  = clear;
+  assign \busy$145  = busy;
+  assign \busy$146  = busy;
+  assign \run$147  = run;
+  assign \beat$149  = beat;
+  assign \waiting$151  = waiting;
+  assign \done$152  = done;
+  assign \error$153  = error;
+  assign total = cycles_total;
+  assign compute = cycles_compute;
+  assign stall = cycles_stall;
   assign \cfg__payload.in_h  = cfg__payload[15:0];
   assign \cfg__payload.in_w  = cfg__payload[31:16];
   assign \cfg__payload.out_h  = cfg__payload[47:32];
@@ -4695,12 +999,224 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \act_in__payload[7]  = act_in__payload[63:56];
   assign \act_out__payload[0]  = act_out__payload[7:0];
   assign \act_out__payload[1]  = act_out__payload[15:8];
-  assign \a0.addr  = w_data[7:0];
-  assign \a0.addr[0]  = w_data[7:0];
-  assign \a0.waddr  = w_data[17:8];
-  assign \a0.pad  = w_data[18];
-  assign \a0.first  = w_data[19];
-  assign \a0.last  = w_data[20];
+  assign \cfg__payload$23.in_h  = cfg__payload[15:0];
+  assign \cfg__payload$23.in_w  = cfg__payload[31:16];
+  assign \cfg__payload$23.out_h  = cfg__payload[47:32];
+  assign \cfg__payload$23.out_w  = cfg__payload[63:48];
+  assign \cfg__payload$23.gin  = cfg__payload[79:64];
+  assign \cfg__payload$23.gout  = cfg__payload[95:80];
+  assign \cfg__payload$23.k  = cfg__payload[99:96];
+  assign \cfg__payload$23.stride  = cfg__payload[101:100];
+  assign \cfg__payload$23.pad_top  = cfg__payload[104:102];
+  assign \cfg__payload$23.pad_left  = cfg__payload[107:105];
+  assign \cfg__payload$23.kind  = cfg__payload[109:108];
+  assign \cfg__payload$23.relu  = cfg__payload[110];
+  assign \cfg__payload$23.keep  = cfg__payload[111];
+  assign \i__payload[0]  = act_in__payload[7:0];
+  assign \i__payload[1]  = act_in__payload[15:8];
+  assign \i__payload[2]  = act_in__payload[23:16];
+  assign \i__payload[3]  = act_in__payload[31:24];
+  assign \i__payload[4]  = act_in__payload[39:32];
+  assign \i__payload[5]  = act_in__payload[47:40];
+  assign \i__payload[6]  = act_in__payload[55:48];
+  assign \i__payload[7]  = act_in__payload[63:56];
+  assign \i__payload$29[0]  = weights__payload[127:0];
+  assign \i__payload$29[0][0]  = weights__payload[15:0];
+  assign \i__payload$29[0][1]  = weights__payload[31:16];
+  assign \i__payload$29[0][2]  = weights__payload[47:32];
+  assign \i__payload$29[0][3]  = weights__payload[63:48];
+  assign \i__payload$29[0][4]  = weights__payload[79:64];
+  assign \i__payload$29[0][5]  = weights__payload[95:80];
+  assign \i__payload$29[0][6]  = weights__payload[111:96];
+  assign \i__payload$29[0][7]  = weights__payload[127:112];
+  assign \i__payload$29[1]  = weights__payload[255:128];
+  assign \i__payload$29[1][0]  = weights__payload[143:128];
+  assign \i__payload$29[1][1]  = weights__payload[159:144];
+  assign \i__payload$29[1][2]  = weights__payload[175:160];
+  assign \i__payload$29[1][3]  = weights__payload[191:176];
+  assign \i__payload$29[1][4]  = weights__payload[207:192];
+  assign \i__payload$29[1][5]  = weights__payload[223:208];
+  assign \i__payload$29[1][6]  = weights__payload[239:224];
+  assign \i__payload$29[1][7]  = weights__payload[255:240];
+  assign \i__payload$32.bias  = params__payload[53:0];
+  assign \i__payload$32.bias[0]  = params__payload[26:0];
+  assign \i__payload$32.bias[1]  = params__payload[53:27];
+  assign \i__payload$32.mult  = params__payload[85:54];
+  assign \i__payload$32.mult[0]  = params__payload[69:54];
+  assign \i__payload$32.mult[1]  = params__payload[85:70];
+  assign \i__payload$32.shift  = params__payload[97:86];
+  assign \i__payload$32.shift[0]  = params__payload[91:86];
+  assign \i__payload$32.shift[1]  = params__payload[97:92];
+  assign \i__payload$35.lin  = \i__payload$35 [13:0];
+  assign \i__payload$35.ix  = \i__payload$35 [31:14];
+  assign \i__payload$35.iy  = \i__payload$35 [49:32];
+  assign \i__payload$35.waddr  = \i__payload$35 [59:50];
+  assign \i__payload$35.first  = \i__payload$35 [60];
+  assign \i__payload$35.last  = \i__payload$35 [61];
+  assign \taps__payload.lin  = \i__payload$35 [13:0];
+  assign \taps__payload.ix  = \i__payload$35 [31:14];
+  assign \taps__payload.iy  = \i__payload$35 [49:32];
+  assign \taps__payload.waddr  = \i__payload$35 [59:50];
+  assign \taps__payload.first  = \i__payload$35 [60];
+  assign \taps__payload.last  = \i__payload$35 [61];
+  assign \i__payload$41.addr  = \i__payload$41 [7:0];
+  assign \i__payload$41.addr[0]  = \i__payload$41 [7:0];
+  assign \i__payload$41.waddr  = \i__payload$41 [17:8];
+  assign \i__payload$41.pad  = \i__payload$41 [18];
+  assign \i__payload$41.first  = \i__payload$41 [19];
+  assign \i__payload$41.last  = \i__payload$41 [20];
+  assign \o__payload.addr  = \i__payload$41 [7:0];
+  assign \o__payload.addr[0]  = \i__payload$41 [7:0];
+  assign \o__payload.waddr  = \i__payload$41 [17:8];
+  assign \o__payload.pad  = \i__payload$41 [18];
+  assign \o__payload.first  = \i__payload$41 [19];
+  assign \o__payload.last  = \i__payload$41 [20];
+  assign \i__payload$47.x  = \i__payload$47 [63:0];
+  assign \i__payload$47.x[0]  = \i__payload$47 [7:0];
+  assign \i__payload$47.x[1]  = \i__payload$47 [15:8];
+  assign \i__payload$47.x[2]  = \i__payload$47 [23:16];
+  assign \i__payload$47.x[3]  = \i__payload$47 [31:24];
+  assign \i__payload$47.x[4]  = \i__payload$47 [39:32];
+  assign \i__payload$47.x[5]  = \i__payload$47 [47:40];
+  assign \i__payload$47.x[6]  = \i__payload$47 [55:48];
+  assign \i__payload$47.x[7]  = \i__payload$47 [63:56];
+  assign \i__payload$47.w  = \i__payload$47 [319:64];
+  assign \i__payload$47.w[0]  = \i__payload$47 [191:64];
+  assign \i__payload$47.w[0][0]  = \i__payload$47 [79:64];
+  assign \i__payload$47.w[0][1]  = \i__payload$47 [95:80];
+  assign \i__payload$47.w[0][2]  = \i__payload$47 [111:96];
+  assign \i__payload$47.w[0][3]  = \i__payload$47 [127:112];
+  assign \i__payload$47.w[0][4]  = \i__payload$47 [143:128];
+  assign \i__payload$47.w[0][5]  = \i__payload$47 [159:144];
+  assign \i__payload$47.w[0][6]  = \i__payload$47 [175:160];
+  assign \i__payload$47.w[0][7]  = \i__payload$47 [191:176];
+  assign \i__payload$47.w[1]  = \i__payload$47 [319:192];
+  assign \i__payload$47.w[1][0]  = \i__payload$47 [207:192];
+  assign \i__payload$47.w[1][1]  = \i__payload$47 [223:208];
+  assign \i__payload$47.w[1][2]  = \i__payload$47 [239:224];
+  assign \i__payload$47.w[1][3]  = \i__payload$47 [255:240];
+  assign \i__payload$47.w[1][4]  = \i__payload$47 [271:256];
+  assign \i__payload$47.w[1][5]  = \i__payload$47 [287:272];
+  assign \i__payload$47.w[1][6]  = \i__payload$47 [303:288];
+  assign \i__payload$47.w[1][7]  = \i__payload$47 [319:304];
+  assign \i__payload$47.bias  = \i__payload$47 [373:320];
+  assign \i__payload$47.bias[0]  = \i__payload$47 [346:320];
+  assign \i__payload$47.bias[1]  = \i__payload$47 [373:347];
+  assign \i__payload$47.first  = \i__payload$47 [374];
+  assign \i__payload$47.last  = \i__payload$47 [375];
+  assign \o__payload$48.x  = \i__payload$47 [63:0];
+  assign \o__payload$48.x[0]  = \i__payload$47 [7:0];
+  assign \o__payload$48.x[1]  = \i__payload$47 [15:8];
+  assign \o__payload$48.x[2]  = \i__payload$47 [23:16];
+  assign \o__payload$48.x[3]  = \i__payload$47 [31:24];
+  assign \o__payload$48.x[4]  = \i__payload$47 [39:32];
+  assign \o__payload$48.x[5]  = \i__payload$47 [47:40];
+  assign \o__payload$48.x[6]  = \i__payload$47 [55:48];
+  assign \o__payload$48.x[7]  = \i__payload$47 [63:56];
+  assign \o__payload$48.w  = \i__payload$47 [319:64];
+  assign \o__payload$48.w[0]  = \i__payload$47 [191:64];
+  assign \o__payload$48.w[0][0]  = \i__payload$47 [79:64];
+  assign \o__payload$48.w[0][1]  = \i__payload$47 [95:80];
+  assign \o__payload$48.w[0][2]  = \i__payload$47 [111:96];
+  assign \o__payload$48.w[0][3]  = \i__payload$47 [127:112];
+  assign \o__payload$48.w[0][4]  = \i__payload$47 [143:128];
+  assign \o__payload$48.w[0][5]  = \i__payload$47 [159:144];
+  assign \o__payload$48.w[0][6]  = \i__payload$47 [175:160];
+  assign \o__payload$48.w[0][7]  = \i__payload$47 [191:176];
+  assign \o__payload$48.w[1]  = \i__payload$47 [319:192];
+  assign \o__payload$48.w[1][0]  = \i__payload$47 [207:192];
+  assign \o__payload$48.w[1][1]  = \i__payload$47 [223:208];
+  assign \o__payload$48.w[1][2]  = \i__payload$47 [239:224];
+  assign \o__payload$48.w[1][3]  = \i__payload$47 [255:240];
+  assign \o__payload$48.w[1][4]  = \i__payload$47 [271:256];
+  assign \o__payload$48.w[1][5]  = \i__payload$47 [287:272];
+  assign \o__payload$48.w[1][6]  = \i__payload$47 [303:288];
+  assign \o__payload$48.w[1][7]  = \i__payload$47 [319:304];
+  assign \o__payload$48.bias  = \i__payload$47 [373:320];
+  assign \o__payload$48.bias[0]  = \i__payload$47 [346:320];
+  assign \o__payload$48.bias[1]  = \i__payload$47 [373:347];
+  assign \o__payload$48.first  = \i__payload$47 [374];
+  assign \o__payload$48.last  = \i__payload$47 [375];
+  assign \i__payload$53[0]  = \$2 ;
+  assign \i__payload$53[1]  = \$3 ;
+  assign \o__payload$54[0]  = \$2 ;
+  assign \o__payload$54[1]  = \$3 ;
+  assign \o__payload$59[0]  = act_out__payload[7:0];
+  assign \o__payload$59[1]  = act_out__payload[15:8];
+  assign \read__addr.addr  = \$1 [7:0];
+  assign \read__addr.addr[0]  = \$1 [7:0];
+  assign \inputs__addr.addr  = \$1 [7:0];
+  assign \inputs__addr.addr[0]  = \$1 [7:0];
+  assign \inputs__data[0]  = inputs__data[7:0];
+  assign \inputs__data[1]  = inputs__data[15:8];
+  assign \inputs__data[2]  = inputs__data[23:16];
+  assign \inputs__data[3]  = inputs__data[31:24];
+  assign \inputs__data[4]  = inputs__data[39:32];
+  assign \inputs__data[5]  = inputs__data[47:40];
+  assign \inputs__data[6]  = inputs__data[55:48];
+  assign \inputs__data[7]  = inputs__data[63:56];
+  assign \read__data[0]  = inputs__data[7:0];
+  assign \read__data[1]  = inputs__data[15:8];
+  assign \read__data[2]  = inputs__data[23:16];
+  assign \read__data[3]  = inputs__data[31:24];
+  assign \read__data[4]  = inputs__data[39:32];
+  assign \read__data[5]  = inputs__data[47:40];
+  assign \read__data[6]  = inputs__data[55:48];
+  assign \read__data[7]  = inputs__data[63:56];
+  assign \weights__data[0]  = weights__data[127:0];
+  assign \weights__data[0][0]  = weights__data[15:0];
+  assign \weights__data[0][1]  = weights__data[31:16];
+  assign \weights__data[0][2]  = weights__data[47:32];
+  assign \weights__data[0][3]  = weights__data[63:48];
+  assign \weights__data[0][4]  = weights__data[79:64];
+  assign \weights__data[0][5]  = weights__data[95:80];
+  assign \weights__data[0][6]  = weights__data[111:96];
+  assign \weights__data[0][7]  = weights__data[127:112];
+  assign \weights__data[1]  = weights__data[255:128];
+  assign \weights__data[1][0]  = weights__data[143:128];
+  assign \weights__data[1][1]  = weights__data[159:144];
+  assign \weights__data[1][2]  = weights__data[175:160];
+  assign \weights__data[1][3]  = weights__data[191:176];
+  assign \weights__data[1][4]  = weights__data[207:192];
+  assign \weights__data[1][5]  = weights__data[223:208];
+  assign \weights__data[1][6]  = weights__data[239:224];
+  assign \weights__data[1][7]  = weights__data[255:240];
+  assign \read__data$71[0]  = weights__data[127:0];
+  assign \read__data$71[0][0]  = weights__data[15:0];
+  assign \read__data$71[0][1]  = weights__data[31:16];
+  assign \read__data$71[0][2]  = weights__data[47:32];
+  assign \read__data$71[0][3]  = weights__data[63:48];
+  assign \read__data$71[0][4]  = weights__data[79:64];
+  assign \read__data$71[0][5]  = weights__data[95:80];
+  assign \read__data$71[0][6]  = weights__data[111:96];
+  assign \read__data$71[0][7]  = weights__data[127:112];
+  assign \read__data$71[1]  = weights__data[255:128];
+  assign \read__data$71[1][0]  = weights__data[143:128];
+  assign \read__data$71[1][1]  = weights__data[159:144];
+  assign \read__data$71[1][2]  = weights__data[175:160];
+  assign \read__data$71[1][3]  = weights__data[191:176];
+  assign \read__data$71[1][4]  = weights__data[207:192];
+  assign \read__data$71[1][5]  = weights__data[223:208];
+  assign \read__data$71[1][6]  = weights__data[239:224];
+  assign \read__data$71[1][7]  = weights__data[255:240];
+  assign \params__data.bias  = params__data[53:0];
+  assign \params__data.bias[0]  = params__data[26:0];
+  assign \params__data.bias[1]  = params__data[53:27];
+  assign \params__data.mult  = params__data[85:54];
+  assign \params__data.mult[0]  = params__data[69:54];
+  assign \params__data.mult[1]  = params__data[85:70];
+  assign \params__data.shift  = params__data[97:86];
+  assign \params__data.shift[0]  = params__data[91:86];
+  assign \params__data.shift[1]  = params__data[97:92];
+  assign \read__data$77.bias  = params__data[53:0];
+  assign \read__data$77.bias[0]  = params__data[26:0];
+  assign \read__data$77.bias[1]  = params__data[53:27];
+  assign \read__data$77.mult  = params__data[85:54];
+  assign \read__data$77.mult[0]  = params__data[69:54];
+  assign \read__data$77.mult[1]  = params__data[85:70];
+  assign \read__data$77.shift  = params__data[97:86];
+  assign \read__data$77.shift[0]  = params__data[91:86];
+  assign \read__data$77.shift[1]  = params__data[97:92];
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -4714,332 +1230,298 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
-  assign \beat.x  = beat[63:0];
-  assign \beat.x[0]  = beat[7:0];
-  assign \beat.x[1]  = beat[15:8];
-  assign \beat.x[2]  = beat[23:16];
-  assign \beat.x[3]  = beat[31:24];
-  assign \beat.x[4]  = beat[39:32];
-  assign \beat.x[5]  = beat[47:40];
-  assign \beat.x[6]  = beat[55:48];
-  assign \beat.x[7]  = beat[63:56];
-  assign \beat.w  = beat[319:64];
-  assign \beat.w[0]  = beat[191:64];
-  assign \beat.w[0][0]  = beat[79:64];
-  assign \beat.w[0][1]  = beat[95:80];
-  assign \beat.w[0][2]  = beat[111:96];
-  assign \beat.w[0][3]  = beat[127:112];
-  assign \beat.w[0][4]  = beat[143:128];
-  assign \beat.w[0][5]  = beat[159:144];
-  assign \beat.w[0][6]  = beat[175:160];
-  assign \beat.w[0][7]  = beat[191:176];
-  assign \beat.w[1]  = beat[319:192];
-  assign \beat.w[1][0]  = beat[207:192];
-  assign \beat.w[1][1]  = beat[223:208];
-  assign \beat.w[1][2]  = beat[239:224];
-  assign \beat.w[1][3]  = beat[255:240];
-  assign \beat.w[1][4]  = beat[271:256];
-  assign \beat.w[1][5]  = beat[287:272];
-  assign \beat.w[1][6]  = beat[303:288];
-  assign \beat.w[1][7]  = beat[319:304];
-  assign \beat.bias  = beat[373:320];
-  assign \beat.bias[0]  = beat[346:320];
-  assign \beat.bias[1]  = beat[373:347];
-  assign \beat.first  = beat[374];
-  assign \beat.last  = beat[375];
-  assign \$signature__data[0]  = \$signature__data [7:0];
-  assign \$signature__data[1]  = \$signature__data [15:8];
-  assign \$signature__data[2]  = \$signature__data [23:16];
-  assign \$signature__data[3]  = \$signature__data [31:24];
-  assign \$signature__data[4]  = \$signature__data [39:32];
-  assign \$signature__data[5]  = \$signature__data [47:40];
-  assign \$signature__data[6]  = \$signature__data [55:48];
-  assign \$signature__data[7]  = \$signature__data [63:56];
-  assign \i__payload.x  = i__payload[63:0];
-  assign \i__payload.x[0]  = i__payload[7:0];
-  assign \i__payload.x[1]  = i__payload[15:8];
-  assign \i__payload.x[2]  = i__payload[23:16];
-  assign \i__payload.x[3]  = i__payload[31:24];
-  assign \i__payload.x[4]  = i__payload[39:32];
-  assign \i__payload.x[5]  = i__payload[47:40];
-  assign \i__payload.x[6]  = i__payload[55:48];
-  assign \i__payload.x[7]  = i__payload[63:56];
-  assign \i__payload.w  = i__payload[319:64];
-  assign \i__payload.w[0]  = i__payload[191:64];
-  assign \i__payload.w[0][0]  = i__payload[79:64];
-  assign \i__payload.w[0][1]  = i__payload[95:80];
-  assign \i__payload.w[0][2]  = i__payload[111:96];
-  assign \i__payload.w[0][3]  = i__payload[127:112];
-  assign \i__payload.w[0][4]  = i__payload[143:128];
-  assign \i__payload.w[0][5]  = i__payload[159:144];
-  assign \i__payload.w[0][6]  = i__payload[175:160];
-  assign \i__payload.w[0][7]  = i__payload[191:176];
-  assign \i__payload.w[1]  = i__payload[319:192];
-  assign \i__payload.w[1][0]  = i__payload[207:192];
-  assign \i__payload.w[1][1]  = i__payload[223:208];
-  assign \i__payload.w[1][2]  = i__payload[239:224];
-  assign \i__payload.w[1][3]  = i__payload[255:240];
-  assign \i__payload.w[1][4]  = i__payload[271:256];
-  assign \i__payload.w[1][5]  = i__payload[287:272];
-  assign \i__payload.w[1][6]  = i__payload[303:288];
-  assign \i__payload.w[1][7]  = i__payload[319:304];
-  assign \i__payload.bias  = i__payload[373:320];
-  assign \i__payload.bias[0]  = i__payload[346:320];
-  assign \i__payload.bias[1]  = i__payload[373:347];
-  assign \i__payload.first  = i__payload[374];
-  assign \i__payload.last  = i__payload[375];
-  assign \w_r_port__data[0]  = w_r_port__data[127:0];
-  assign \w_r_port__data[0][0]  = w_r_port__data[15:0];
-  assign \w_r_port__data[0][1]  = w_r_port__data[31:16];
-  assign \w_r_port__data[0][2]  = w_r_port__data[47:32];
-  assign \w_r_port__data[0][3]  = w_r_port__data[63:48];
-  assign \w_r_port__data[0][4]  = w_r_port__data[79:64];
-  assign \w_r_port__data[0][5]  = w_r_port__data[95:80];
-  assign \w_r_port__data[0][6]  = w_r_port__data[111:96];
-  assign \w_r_port__data[0][7]  = w_r_port__data[127:112];
-  assign \w_r_port__data[1]  = w_r_port__data[255:128];
-  assign \w_r_port__data[1][0]  = w_r_port__data[143:128];
-  assign \w_r_port__data[1][1]  = w_r_port__data[159:144];
-  assign \w_r_port__data[1][2]  = w_r_port__data[175:160];
-  assign \w_r_port__data[1][3]  = w_r_port__data[191:176];
-  assign \w_r_port__data[1][4]  = w_r_port__data[207:192];
-  assign \w_r_port__data[1][5]  = w_r_port__data[223:208];
-  assign \w_r_port__data[1][6]  = w_r_port__data[239:224];
-  assign \w_r_port__data[1][7]  = w_r_port__data[255:240];
-  assign \i__payload$68.acc  = \i__payload$68 [53:0];
-  assign \i__payload$68.acc[0]  = \i__payload$68 [26:0];
-  assign \i__payload$68.acc[1]  = \i__payload$68 [53:27];
-  assign \i__payload$68.mult  = \i__payload$68 [85:54];
-  assign \i__payload$68.mult[0]  = \i__payload$68 [69:54];
-  assign \i__payload$68.mult[1]  = \i__payload$68 [85:70];
-  assign \i__payload$68.shift  = \i__payload$68 [97:86];
-  assign \i__payload$68.shift[0]  = \i__payload$68 [91:86];
-  assign \i__payload$68.shift[1]  = \i__payload$68 [97:92];
-  assign \accj[0]  = accj[26:0];
-  assign \accj[1]  = accj[53:27];
-  assign \p_r_req__data.bias  = p_r_req__data[53:0];
-  assign \p_r_req__data.bias[0]  = p_r_req__data[26:0];
-  assign \p_r_req__data.bias[1]  = p_r_req__data[53:27];
-  assign \p_r_req__data.mult  = p_r_req__data[85:54];
-  assign \p_r_req__data.mult[0]  = p_r_req__data[69:54];
-  assign \p_r_req__data.mult[1]  = p_r_req__data[85:70];
-  assign \p_r_req__data.shift  = p_r_req__data[97:86];
-  assign \p_r_req__data.shift[0]  = p_r_req__data[91:86];
-  assign \p_r_req__data.shift[1]  = p_r_req__data[97:92];
-  assign \o__payload[0]  = act_out__payload[7:0];
-  assign \o__payload[1]  = act_out__payload[15:8];
-  assign \$signature__data$81[0]  = act_in__payload[7:0];
-  assign \$signature__data$81[1]  = act_in__payload[15:8];
-  assign \$signature__data$81[2]  = act_in__payload[23:16];
-  assign \$signature__data$81[3]  = act_in__payload[31:24];
-  assign \$signature__data$81[4]  = act_in__payload[39:32];
-  assign \$signature__data$81[5]  = act_in__payload[47:40];
-  assign \$signature__data$81[6]  = act_in__payload[55:48];
-  assign \$signature__data$81[7]  = act_in__payload[63:56];
-  assign \w_w_port__data[0]  = weights__payload[127:0];
-  assign \w_w_port__data[0][0]  = weights__payload[15:0];
-  assign \w_w_port__data[0][1]  = weights__payload[31:16];
-  assign \w_w_port__data[0][2]  = weights__payload[47:32];
-  assign \w_w_port__data[0][3]  = weights__payload[63:48];
-  assign \w_w_port__data[0][4]  = weights__payload[79:64];
-  assign \w_w_port__data[0][5]  = weights__payload[95:80];
-  assign \w_w_port__data[0][6]  = weights__payload[111:96];
-  assign \w_w_port__data[0][7]  = weights__payload[127:112];
-  assign \w_w_port__data[1]  = weights__payload[255:128];
-  assign \w_w_port__data[1][0]  = weights__payload[143:128];
-  assign \w_w_port__data[1][1]  = weights__payload[159:144];
-  assign \w_w_port__data[1][2]  = weights__payload[175:160];
-  assign \w_w_port__data[1][3]  = weights__payload[191:176];
-  assign \w_w_port__data[1][4]  = weights__payload[207:192];
-  assign \w_w_port__data[1][5]  = weights__payload[223:208];
-  assign \w_w_port__data[1][6]  = weights__payload[239:224];
-  assign \w_w_port__data[1][7]  = weights__payload[255:240];
-  assign \p_w_port__data.bias  = params__payload[53:0];
-  assign \p_w_port__data.bias[0]  = params__payload[26:0];
-  assign \p_w_port__data.bias[1]  = params__payload[53:27];
-  assign \p_w_port__data.mult  = params__payload[85:54];
-  assign \p_w_port__data.mult[0]  = params__payload[69:54];
-  assign \p_w_port__data.mult[1]  = params__payload[85:70];
-  assign \p_w_port__data.shift  = params__payload[97:86];
-  assign \p_w_port__data.shift[0]  = params__payload[91:86];
-  assign \p_w_port__data.shift[1]  = params__payload[97:92];
-  assign \o__payload$139[0]  = \$547 ;
-  assign \o__payload$139[1]  = \$548 ;
-  assign \i__payload$68 [97:86] = p_r_req__data[97:86];
-  assign \i__payload$68 [85:54] = p_r_req__data[85:54];
-  assign \i__payload$68 [53:27] = \$24 [26:0];
-  assign \i__payload$68 [26:0] = \$23 [26:0];
-  assign i__payload[375] = beat[375];
-  assign i__payload[374] = beat[374];
-  assign i__payload[373:320] = beat[373:320];
-  assign i__payload[319:64] = beat[319:64];
-  assign i__payload[63:0] = \$21 ;
-  assign beat[375] = last1;
-  assign beat[374] = first1;
-  assign beat[373:320] = 54'h00000000000000;
-  assign beat[319:64] = w_r_port__data;
-  assign beat[63:0] = \$signature__data ;
-  assign w_data[18] = \$19 ;
-  assign w_data[7:0] = \$5 [7:0];
-  assign w_data[20] = \$12 ;
-  assign w_data[19] = \$10 ;
-  assign w_data[17:8] = waddr;
-  assign \$72  = 1'h1;
-  assign \$73  = \$70 ;
-  assign \$77  = 1'h0;
-  assign \$78  = 1'h0;
-  assign \$79  = \$76 ;
-  assign \$103  = issue;
-  assign \$121  = issue;
-  assign \$127  = issue;
-  assign \$133  = \$132 ;
-  assign \$140  = issue;
-  assign \$159  = issue;
-  assign \$184  = issue;
-  assign \$215  = issue;
-  assign \$294  = \o__valid$138 ;
-  assign \$296  = ro;
-  assign \$304  = 1'h0;
-  assign \$334  = { 1'h0, mul_a[15:1] };
-  assign \$335  = { mul_b, 1'h0 };
-  assign \$356  = \$355 ;
-  assign \$382  = 12'h000;
-  assign \$386  = 12'h000;
-  assign \$390  = 12'h000;
-  assign \$394  = 12'h000;
-  assign \$400  = { cmd[79:64], 1'h0 };
-  assign \$404  = 18'h00000;
-  assign \$407  = { wg, 1'h0 };
-  assign \$413  = { cmd[101:100], 1'h0 };
-  assign \$405  = 18'h00000;
+  assign \cmd$81.in_h  = cmd[15:0];
+  assign \cmd$81.in_w  = cmd[31:16];
+  assign \cmd$81.out_h  = cmd[47:32];
+  assign \cmd$81.out_w  = cmd[63:48];
+  assign \cmd$81.gin  = cmd[79:64];
+  assign \cmd$81.gout  = cmd[95:80];
+  assign \cmd$81.k  = cmd[99:96];
+  assign \cmd$81.stride  = cmd[101:100];
+  assign \cmd$81.pad_top  = cmd[104:102];
+  assign \cmd$81.pad_left  = cmd[107:105];
+  assign \cmd$81.kind  = cmd[109:108];
+  assign \cmd$81.relu  = cmd[110];
+  assign \cmd$81.keep  = cmd[111];
+  assign \sizes.wg  = sizes[8:0];
+  assign \sizes.n_in  = sizes[17:9];
+  assign \sizes.ow  = sizes[42:18];
+  assign \sizes.n_out  = sizes[67:43];
+  assign \sizes.kk  = sizes[76:68];
+  assign \sizes.red  = sizes[85:77];
+  assign \sizes.n_w  = sizes[94:86];
+  assign \sizes.pt_wg  = sizes[105:95];
+  assign \sizes.pl_g  = sizes[116:106];
+  assign \sizes.plane  = sizes[125:117];
+  assign \sizes.n_dw  = sizes[134:126];
+  assign \sizes.pt_ws  = sizes[145:135];
+  assign \sizes$89.wg  = sizes[8:0];
+  assign \sizes$89.n_in  = sizes[17:9];
+  assign \sizes$89.ow  = sizes[42:18];
+  assign \sizes$89.n_out  = sizes[67:43];
+  assign \sizes$89.kk  = sizes[76:68];
+  assign \sizes$89.red  = sizes[85:77];
+  assign \sizes$89.n_w  = sizes[94:86];
+  assign \sizes$89.pt_wg  = sizes[105:95];
+  assign \sizes$89.pl_g  = sizes[116:106];
+  assign \sizes$89.plane  = sizes[125:117];
+  assign \sizes$89.n_dw  = sizes[134:126];
+  assign \sizes$89.pt_ws  = sizes[145:135];
+  assign \cmd$92.in_h  = cmd[15:0];
+  assign \cmd$92.in_w  = cmd[31:16];
+  assign \cmd$92.out_h  = cmd[47:32];
+  assign \cmd$92.out_w  = cmd[63:48];
+  assign \cmd$92.gin  = cmd[79:64];
+  assign \cmd$92.gout  = cmd[95:80];
+  assign \cmd$92.k  = cmd[99:96];
+  assign \cmd$92.stride  = cmd[101:100];
+  assign \cmd$92.pad_top  = cmd[104:102];
+  assign \cmd$92.pad_left  = cmd[107:105];
+  assign \cmd$92.kind  = cmd[109:108];
+  assign \cmd$92.relu  = cmd[110];
+  assign \cmd$92.keep  = cmd[111];
+  assign \sizes$98.wg  = sizes[8:0];
+  assign \sizes$98.n_in  = sizes[17:9];
+  assign \sizes$98.ow  = sizes[42:18];
+  assign \sizes$98.n_out  = sizes[67:43];
+  assign \sizes$98.kk  = sizes[76:68];
+  assign \sizes$98.red  = sizes[85:77];
+  assign \sizes$98.n_w  = sizes[94:86];
+  assign \sizes$98.pt_wg  = sizes[105:95];
+  assign \sizes$98.pl_g  = sizes[116:106];
+  assign \sizes$98.plane  = sizes[125:117];
+  assign \sizes$98.n_dw  = sizes[134:126];
+  assign \sizes$98.pt_ws  = sizes[145:135];
+  assign \cmd$101.in_h  = cmd[15:0];
+  assign \cmd$101.in_w  = cmd[31:16];
+  assign \cmd$101.out_h  = cmd[47:32];
+  assign \cmd$101.out_w  = cmd[63:48];
+  assign \cmd$101.gin  = cmd[79:64];
+  assign \cmd$101.gout  = cmd[95:80];
+  assign \cmd$101.k  = cmd[99:96];
+  assign \cmd$101.stride  = cmd[101:100];
+  assign \cmd$101.pad_top  = cmd[104:102];
+  assign \cmd$101.pad_left  = cmd[107:105];
+  assign \cmd$101.kind  = cmd[109:108];
+  assign \cmd$101.relu  = cmd[110];
+  assign \cmd$101.keep  = cmd[111];
+  assign \cmd$103.in_h  = cmd[15:0];
+  assign \cmd$103.in_w  = cmd[31:16];
+  assign \cmd$103.out_h  = cmd[47:32];
+  assign \cmd$103.out_w  = cmd[63:48];
+  assign \cmd$103.gin  = cmd[79:64];
+  assign \cmd$103.gout  = cmd[95:80];
+  assign \cmd$103.k  = cmd[99:96];
+  assign \cmd$103.stride  = cmd[101:100];
+  assign \cmd$103.pad_top  = cmd[104:102];
+  assign \cmd$103.pad_left  = cmd[107:105];
+  assign \cmd$103.kind  = cmd[109:108];
+  assign \cmd$103.relu  = cmd[110];
+  assign \cmd$103.keep  = cmd[111];
+  assign \sizes$105.wg  = sizes[8:0];
+  assign \sizes$105.n_in  = sizes[17:9];
+  assign \sizes$105.ow  = sizes[42:18];
+  assign \sizes$105.n_out  = sizes[67:43];
+  assign \sizes$105.kk  = sizes[76:68];
+  assign \sizes$105.red  = sizes[85:77];
+  assign \sizes$105.n_w  = sizes[94:86];
+  assign \sizes$105.pt_wg  = sizes[105:95];
+  assign \sizes$105.pl_g  = sizes[116:106];
+  assign \sizes$105.plane  = sizes[125:117];
+  assign \sizes$105.n_dw  = sizes[134:126];
+  assign \sizes$105.pt_ws  = sizes[145:135];
+  assign \cmd$111.in_h  = cmd[15:0];
+  assign \cmd$111.in_w  = cmd[31:16];
+  assign \cmd$111.out_h  = cmd[47:32];
+  assign \cmd$111.out_w  = cmd[63:48];
+  assign \cmd$111.gin  = cmd[79:64];
+  assign \cmd$111.gout  = cmd[95:80];
+  assign \cmd$111.k  = cmd[99:96];
+  assign \cmd$111.stride  = cmd[101:100];
+  assign \cmd$111.pad_top  = cmd[104:102];
+  assign \cmd$111.pad_left  = cmd[107:105];
+  assign \cmd$111.kind  = cmd[109:108];
+  assign \cmd$111.relu  = cmd[110];
+  assign \cmd$111.keep  = cmd[111];
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.addr_fifo (rst, r_en, w_en, w_rdy, r_rdy, r_data, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
+module \psc_core.amap (i__ready, cmd, i__payload, o__payload, o__valid);
   wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire [2:0] \$14 ;
-  reg \$15 ;
-  reg \$16 ;
-  reg [1:0] \$17 ;
-  wire [1:0] \$2 ;
+  wire \$2 ;
   wire \$3 ;
-  wire [1:0] \$4 ;
+  wire \$4 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
-  wire \$8 ;
-  wire [2:0] \$9 ;
-  input clk;
-  wire clk;
-  (* init = 1'h0 *)
-  wire consume;
-  reg [1:0] level = 2'h0;
-  (* init = 1'h0 *)
-  wire produce;
-  output [20:0] r_data;
-  wire [20:0] r_data;
-  input r_en;
-  wire r_en;
-  (* init = 2'h0 *)
-  wire [1:0] r_level;
-  reg r_port__addr = 1'h0;
-  wire [20:0] r_port__data;
-  output r_rdy;
-  wire r_rdy;
-  input rst;
-  wire rst;
-  wire [20:0] w_data;
-  input w_en;
-  wire w_en;
-  (* init = 2'h0 *)
-  wire [1:0] w_level;
-  reg w_port__addr = 1'h0;
-  input [20:0] w_port__data;
-  wire [20:0] w_port__data;
-  wire w_port__en;
-  output w_rdy;
-  wire w_rdy;
-  reg [20:0] storage [1:0];
-  initial begin
-    storage[0] = 21'h000000;
-    storage[1] = 21'h000000;
-  end
-  always @(posedge clk) begin
-    if (w_port__en)
-      storage[w_port__addr] <= w_port__data;
-  end
-  assign r_data = storage[r_port__addr];
-  assign w_rdy = level != 2'h2;
-  assign r_rdy = | level;
-  assign w_port__en = w_en & w_rdy;
-  assign \$1  = w_rdy & w_en;
-  assign \$2  = w_port__addr + 1'h1;
-  assign \$3  = r_rdy & r_en;
-  assign \$4  = r_port__addr + 1'h1;
-  assign \$5  = w_rdy & w_en;
-  assign \$6  = r_rdy & r_en;
-  assign \$7  = ~ \$6 ;
-  assign \$8  = \$5  & \$7 ;
-  assign \$9  = level + 1'h1;
-  assign \$10  = r_rdy & r_en;
-  assign \$11  = w_rdy & w_en;
-  assign \$12  = ~ \$11 ;
-  assign \$13  = \$10  & \$12 ;
-  assign \$14  = level - 1'h1;
-  always @(posedge clk)
-    w_port__addr <= \$15 ;
-  always @(posedge clk)
-    r_port__addr <= \$16 ;
-  always @(posedge clk)
-    level <= \$17 ;
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$15  = w_port__addr;
-    if (\$1 ) begin
-      \$15  = \$2 [0];
-    end
-    if (rst) begin
-      \$15  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$16  = r_port__addr;
-    if (\$3 ) begin
-      \$16  = \$4 [0];
-    end
-    if (rst) begin
-      \$16  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$17  = level;
-    if (\$8 ) begin
-      \$17  = \$9 [1:0];
-    end
-    if (\$13 ) begin
-      \$17  = \$14 [1:0];
-    end
-    if (rst) begin
-      \$17  = 2'h0;
-    end
-  end
-  assign w_level = level;
-  assign r_level = level;
-  assign produce = w_port__addr;
-  assign w_data = w_port__data;
-  assign consume = r_port__addr;
-  assign r_port__data = r_data;
+  input [111:0] cmd;
+  wire [111:0] cmd;
+  wire [15:0] \cmd.gin ;
+  wire [15:0] \cmd.gout ;
+  wire [15:0] \cmd.in_h ;
+  wire [15:0] \cmd.in_w ;
+  wire [3:0] \cmd.k ;
+  wire \cmd.keep ;
+  (* enum_base_type = "LayerKind" *)
+  (* enum_value_00 = "STANDARD" *)
+  (* enum_value_01 = "DEPTHWISE" *)
+  (* enum_value_10 = "POINTWISE" *)
+  (* enum_value_11 = "FC" *)
+  wire [1:0] \cmd.kind ;
+  wire [15:0] \cmd.out_h ;
+  wire [15:0] \cmd.out_w ;
+  wire [2:0] \cmd.pad_left ;
+  wire [2:0] \cmd.pad_top ;
+  wire \cmd.relu ;
+  wire [1:0] \cmd.stride ;
+  input [61:0] i__payload;
+  wire [61:0] i__payload;
+  wire \i__payload.first ;
+  wire [17:0] \i__payload.ix ;
+  wire [17:0] \i__payload.iy ;
+  wire \i__payload.last ;
+  wire [13:0] \i__payload.lin ;
+  wire [9:0] \i__payload.waddr ;
+  input i__ready;
+  wire i__ready;
+  wire i__valid;
+  output [20:0] o__payload;
+  wire [20:0] o__payload;
+  wire [7:0] \o__payload.addr ;
+  wire [7:0] \o__payload.addr[0] ;
+  wire \o__payload.first ;
+  wire \o__payload.last ;
+  wire \o__payload.pad ;
+  wire [9:0] \o__payload.waddr ;
+  wire o__ready;
+  input o__valid;
+  wire o__valid;
+  assign \$3  = \$1  | \$2 ;
+  assign \$4  = $signed(i__payload[31:14]) < $signed(1'h0);
+  assign \$5  = \$3  | \$4 ;
+  assign \$6  = $signed(i__payload[31:14]) >= $signed({ 1'h0, cmd[31:16] });
+  assign \$7  = \$5  | \$6 ;
+  assign \$1  = $signed(i__payload[49:32]) < $signed(1'h0);
+  assign \$2  = $signed(i__payload[49:32]) >= $signed({ 1'h0, cmd[15:0] });
+  assign i__valid = o__valid;
+  assign o__ready = i__ready;
+  assign \o__payload.addr  = o__payload[7:0];
+  assign \o__payload.addr[0]  = o__payload[7:0];
+  assign \o__payload.waddr  = o__payload[17:8];
+  assign \o__payload.pad  = o__payload[18];
+  assign \o__payload.first  = o__payload[19];
+  assign \o__payload.last  = o__payload[20];
+  assign \i__payload.lin  = i__payload[13:0];
+  assign \i__payload.ix  = i__payload[31:14];
+  assign \i__payload.iy  = i__payload[49:32];
+  assign \i__payload.waddr  = i__payload[59:50];
+  assign \i__payload.first  = i__payload[60];
+  assign \i__payload.last  = i__payload[61];
+  assign \cmd.in_h  = cmd[15:0];
+  assign \cmd.in_w  = cmd[31:16];
+  assign \cmd.out_h  = cmd[47:32];
+  assign \cmd.out_w  = cmd[63:48];
+  assign \cmd.gin  = cmd[79:64];
+  assign \cmd.gout  = cmd[95:80];
+  assign \cmd.k  = cmd[99:96];
+  assign \cmd.stride  = cmd[101:100];
+  assign \cmd.pad_top  = cmd[104:102];
+  assign \cmd.pad_left  = cmd[107:105];
+  assign \cmd.kind  = cmd[109:108];
+  assign \cmd.relu  = cmd[110];
+  assign \cmd.keep  = cmd[111];
+  assign o__payload[18] = \$7 ;
+  assign o__payload[7:0] = i__payload[7:0];
+  assign o__payload[20] = i__payload[61];
+  assign o__payload[19] = i__payload[60];
+  assign o__payload[17:8] = i__payload[59:50];
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp (rst, o__ready, i__ready, i__payload, valid, o__valid, acc, \acc$27 , clk);
+module \psc_core.counters (rst, waiting, beat, clear, busy, run, total, compute, stall, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
+  wire [32:0] \$1 ;
+  wire \$2 ;
+  wire [32:0] \$3 ;
+  wire \$4 ;
+  wire [32:0] \$5 ;
+  reg [31:0] \$6 ;
+  reg [31:0] \$7 ;
+  reg [31:0] \$8 ;
+  input beat;
+  wire beat;
+  input busy;
+  wire busy;
+  input clear;
+  wire clear;
+  input clk;
+  wire clk;
+  output [31:0] compute;
+  reg [31:0] compute = 32'd0;
+  input rst;
+  wire rst;
+  input run;
+  wire run;
+  output [31:0] stall;
+  reg [31:0] stall = 32'd0;
+  output [31:0] total;
+  reg [31:0] total = 32'd0;
+  input waiting;
+  wire waiting;
+  assign \$2  = run & beat;
+  assign \$3  = compute + 1'h1;
+  assign \$4  = run & waiting;
+  assign \$5  = stall + 1'h1;
+  always @(posedge clk)
+    total <= \$6 ;
+  always @(posedge clk)
+    compute <= \$7 ;
+  always @(posedge clk)
+    stall <= \$8 ;
+  assign \$1  = total + 1'h1;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$6  = total;
+    if (busy) begin
+      \$6  = \$1 [31:0];
+    end
+    if (clear) begin
+      \$6  = 32'd0;
+    end
+    if (rst) begin
+      \$6  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$7  = compute;
+    if (\$2 ) begin
+      \$7  = \$3 [31:0];
+    end
+    if (clear) begin
+      \$7  = 32'd0;
+    end
+    if (rst) begin
+      \$7  = 32'd0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$8  = stall;
+    if (\$4 ) begin
+      \$8  = \$5 [31:0];
+    end
+    if (clear) begin
+      \$8  = 32'd0;
+    end
+    if (rst) begin
+      \$8  = 32'd0;
+    end
+  end
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, \acc$27 , clk);
   wire \$1 ;
   output [26:0] acc;
   wire [26:0] acc;
@@ -5164,8 +1646,8 @@ module \psc_core.dp (rst, o__ready, i__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1015$0 (i__payload[191:0]),
-    .\port$1015$374 (i__payload[375:374]),
+    .\port$1160$0 (i__payload[191:0]),
+    .\port$1160$374 (i__payload[375:374]),
     .rst(rst),
     .valid(valid)
   );
@@ -5174,7 +1656,7 @@ module \psc_core.dp (rst, o__ready, i__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1015$347 (i__payload[375:347]),
+    .\port$1160$347 (i__payload[375:347]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[319:192]),
@@ -5282,8 +1764,8 @@ module \psc_core.dp (rst, o__ready, i__ready, i__payload, valid, o__valid, acc, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, mask, acc_valid, acc, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
+module \psc_core.dp.pe_0 (rst, en, \port$1160$0 , bias, \port$1160$374 , valid, mask, acc_valid, acc, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
   wire [17:0] \$11 ;
@@ -5398,10 +1880,10 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [191:0] \port$1015$0 ;
-  wire [191:0] \port$1015$0 ;
-  input [1:0] \port$1015$374 ;
-  wire [1:0] \port$1015$374 ;
+  input [191:0] \port$1160$0 ;
+  wire [191:0] \port$1160$0 ;
+  input [1:0] \port$1160$374 ;
+  wire [1:0] \port$1160$374 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -5486,7 +1968,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1015$374 [0];
+  assign \$1  = valid & \port$1160$374 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -5564,10 +2046,10 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
     .w(w),
-    .words(\port$1015$0 [191:64])
+    .words(\port$1160$0 [191:64])
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$32  = v5;
     if (en) begin
       \$32  = v4;
@@ -5577,7 +2059,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$33  = f5;
     if (en) begin
       \$33  = f4;
@@ -5587,7 +2069,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$34  = l5;
     if (en) begin
       \$34  = l4;
@@ -5597,7 +2079,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$35  = b5;
     if (en) begin
       if (\$5 ) begin
@@ -5606,7 +2088,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$36  = acc_valid;
     if (en) begin
       \$36  = \$6 ;
@@ -5616,49 +2098,49 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$37  = tree0_0;
     if (en) begin
       \$37  = \$7 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$38  = tree0_1;
     if (en) begin
       \$38  = \$8 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$39  = tree0_2;
     if (en) begin
       \$39  = \$9 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$40  = tree0_3;
     if (en) begin
       \$40  = \$10 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$41  = tree1_0;
     if (en) begin
       \$41  = \$13 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$42  = acc;
     if (\$14 ) begin
       \$42  = \$15 [26:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$16  = v1;
     if (en) begin
       \$16  = valid;
@@ -5668,27 +2150,27 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1015$374 [0];
+      \$17  = \port$1160$374 [0];
     end
     if (rst) begin
       \$17  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1015$374 [1];
+      \$18  = \port$1160$374 [1];
     end
     if (rst) begin
       \$18  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$19  = b1;
     if (en) begin
       if (\$1 ) begin
@@ -5697,7 +2179,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$20  = v2;
     if (en) begin
       \$20  = v1;
@@ -5707,7 +2189,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$21  = f2;
     if (en) begin
       \$21  = f1;
@@ -5717,7 +2199,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$22  = l2;
     if (en) begin
       \$22  = l1;
@@ -5727,7 +2209,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$23  = b2;
     if (en) begin
       if (\$2 ) begin
@@ -5736,7 +2218,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$24  = v3;
     if (en) begin
       \$24  = v2;
@@ -5746,7 +2228,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$25  = f3;
     if (en) begin
       \$25  = f2;
@@ -5756,7 +2238,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$26  = l3;
     if (en) begin
       \$26  = l2;
@@ -5766,7 +2248,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$27  = b3;
     if (en) begin
       if (\$3 ) begin
@@ -5775,7 +2257,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$28  = v4;
     if (en) begin
       \$28  = v3;
@@ -5785,7 +2267,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$29  = f4;
     if (en) begin
       \$29  = f3;
@@ -5795,7 +2277,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$30  = l4;
     if (en) begin
       \$30  = l3;
@@ -5805,7 +2287,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$31  = b4;
     if (en) begin
       if (\$4 ) begin
@@ -5813,44 +2295,44 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
       end
     end
   end
-  assign words = \port$1015$0 [191:64];
-  assign \words$1  = \port$1015$0 [191:64];
+  assign words = \port$1160$0 [191:64];
+  assign \words$1  = \port$1160$0 [191:64];
   assign \mask$3  = mask;
   assign \en$5  = en;
-  assign x = \port$1015$0 [63:0];
+  assign x = \port$1160$0 [63:0];
   assign \en$12  = en;
   assign \en$16  = en;
   assign \en$20  = en;
   assign \acc$25  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1015$374 [0];
-  assign last = \port$1015$374 [1];
-  assign \words[0]  = \port$1015$0 [79:64];
-  assign \words[1]  = \port$1015$0 [95:80];
-  assign \words[2]  = \port$1015$0 [111:96];
-  assign \words[3]  = \port$1015$0 [127:112];
-  assign \words[4]  = \port$1015$0 [143:128];
-  assign \words[5]  = \port$1015$0 [159:144];
-  assign \words[6]  = \port$1015$0 [175:160];
-  assign \words[7]  = \port$1015$0 [191:176];
-  assign \words$1[0]  = \port$1015$0 [79:64];
-  assign \words$1[1]  = \port$1015$0 [95:80];
-  assign \words$1[2]  = \port$1015$0 [111:96];
-  assign \words$1[3]  = \port$1015$0 [127:112];
-  assign \words$1[4]  = \port$1015$0 [143:128];
-  assign \words$1[5]  = \port$1015$0 [159:144];
-  assign \words$1[6]  = \port$1015$0 [175:160];
-  assign \words$1[7]  = \port$1015$0 [191:176];
+  assign first = \port$1160$374 [0];
+  assign last = \port$1160$374 [1];
+  assign \words[0]  = \port$1160$0 [79:64];
+  assign \words[1]  = \port$1160$0 [95:80];
+  assign \words[2]  = \port$1160$0 [111:96];
+  assign \words[3]  = \port$1160$0 [127:112];
+  assign \words[4]  = \port$1160$0 [143:128];
+  assign \words[5]  = \port$1160$0 [159:144];
+  assign \words[6]  = \port$1160$0 [175:160];
+  assign \words[7]  = \port$1160$0 [191:176];
+  assign \words$1[0]  = \port$1160$0 [79:64];
+  assign \words$1[1]  = \port$1160$0 [95:80];
+  assign \words$1[2]  = \port$1160$0 [111:96];
+  assign \words$1[3]  = \port$1160$0 [127:112];
+  assign \words$1[4]  = \port$1160$0 [143:128];
+  assign \words$1[5]  = \port$1160$0 [159:144];
+  assign \words$1[6]  = \port$1160$0 [175:160];
+  assign \words$1[7]  = \port$1160$0 [191:176];
   assign \a[0]  = a[7:0];
   assign \a[1]  = a[15:8];
-  assign \x[0]  = \port$1015$0 [7:0];
-  assign \x[1]  = \port$1015$0 [15:8];
-  assign \x[2]  = \port$1015$0 [23:16];
-  assign \x[3]  = \port$1015$0 [31:24];
-  assign \x[4]  = \port$1015$0 [39:32];
-  assign \x[5]  = \port$1015$0 [47:40];
-  assign \x[6]  = \port$1015$0 [55:48];
-  assign \x[7]  = \port$1015$0 [63:56];
+  assign \x[0]  = \port$1160$0 [7:0];
+  assign \x[1]  = \port$1160$0 [15:8];
+  assign \x[2]  = \port$1160$0 [23:16];
+  assign \x[3]  = \port$1160$0 [31:24];
+  assign \x[4]  = \port$1160$0 [39:32];
+  assign \x[5]  = \port$1160$0 [47:40];
+  assign \x[6]  = \port$1160$0 [55:48];
+  assign \x[7]  = \port$1160$0 [63:56];
   assign \b[0]  = b[7:0];
   assign \b[1]  = b[15:8];
   assign \w[0]  = w[7:0];
@@ -5891,16 +2373,16 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
   assign \p$23[1]  = \p$23 [31:16];
   assign \b$22 [15:8] = w[63:56];
   assign \b$22 [7:0] = w[55:48];
-  assign \a$21 [15:8] = \port$1015$0 [63:56];
-  assign \a$21 [7:0] = \port$1015$0 [55:48];
+  assign \a$21 [15:8] = \port$1160$0 [63:56];
+  assign \a$21 [7:0] = \port$1160$0 [55:48];
   assign \b$18 [15:8] = w[47:40];
   assign \b$18 [7:0] = w[39:32];
-  assign \a$17 [15:8] = \port$1015$0 [47:40];
-  assign \a$17 [7:0] = \port$1015$0 [39:32];
+  assign \a$17 [15:8] = \port$1160$0 [47:40];
+  assign \a$17 [7:0] = \port$1160$0 [39:32];
   assign \b$14 [15:8] = w[31:24];
   assign \b$14 [7:0] = w[23:16];
-  assign \a$13 [15:8] = \port$1015$0 [31:24];
-  assign \a$13 [7:0] = \port$1015$0 [23:16];
+  assign \a$13 [15:8] = \port$1160$0 [31:24];
+  assign \a$13 [7:0] = \port$1160$0 [23:16];
   assign products[127:112] = \p$23 [31:16];
   assign products[111:96] = \p$23 [15:0];
   assign products[95:80] = \p$19 [31:16];
@@ -5911,8 +2393,8 @@ module \psc_core.dp.pe_0 (rst, en, \port$1015$0 , bias, \port$1015$374 , valid, 
   assign products[15:0] = p[15:0];
   assign b[15:8] = w[15:8];
   assign b[7:0] = w[7:0];
-  assign a[15:8] = \port$1015$0 [15:8];
-  assign a[7:0] = \port$1015$0 [7:0];
+  assign a[15:8] = \port$1160$0 [15:8];
+  assign a[7:0] = \port$1160$0 [7:0];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -6358,8 +2840,8 @@ module \psc_core.dp.pe_0.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
+module \psc_core.dp.pe_1 (rst, en, x, words, \port$1160$347 , valid, mask, acc, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
   wire [17:0] \$11 ;
@@ -6472,8 +2954,8 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [28:0] \port$1015$347 ;
-  wire [28:0] \port$1015$347 ;
+  input [28:0] \port$1160$347 ;
+  wire [28:0] \port$1160$347 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6560,7 +3042,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1015$347 [27];
+  assign \$1  = valid & \port$1160$347 [27];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -6641,7 +3123,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
     .words(words)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$32  = v5;
     if (en) begin
       \$32  = v4;
@@ -6651,7 +3133,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$33  = f5;
     if (en) begin
       \$33  = f4;
@@ -6661,7 +3143,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$34  = l5;
     if (en) begin
       \$34  = l4;
@@ -6671,7 +3153,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$35  = b5;
     if (en) begin
       if (\$5 ) begin
@@ -6680,7 +3162,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$36  = acc_valid;
     if (en) begin
       \$36  = \$6 ;
@@ -6690,49 +3172,49 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$37  = tree0_0;
     if (en) begin
       \$37  = \$7 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$38  = tree0_1;
     if (en) begin
       \$38  = \$8 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$39  = tree0_2;
     if (en) begin
       \$39  = \$9 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$40  = tree0_3;
     if (en) begin
       \$40  = \$10 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$41  = tree1_0;
     if (en) begin
       \$41  = \$13 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$42  = acc;
     if (\$14 ) begin
       \$42  = \$15 [26:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$16  = v1;
     if (en) begin
       \$16  = valid;
@@ -6742,36 +3224,36 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1015$347 [27];
+      \$17  = \port$1160$347 [27];
     end
     if (rst) begin
       \$17  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1015$347 [28];
+      \$18  = \port$1160$347 [28];
     end
     if (rst) begin
       \$18  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$19  = b1;
     if (en) begin
       if (\$1 ) begin
-        \$19  = \port$1015$347 [26:0];
+        \$19  = \port$1160$347 [26:0];
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$20  = v2;
     if (en) begin
       \$20  = v1;
@@ -6781,7 +3263,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$21  = f2;
     if (en) begin
       \$21  = f1;
@@ -6791,7 +3273,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$22  = l2;
     if (en) begin
       \$22  = l1;
@@ -6801,7 +3283,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$23  = b2;
     if (en) begin
       if (\$2 ) begin
@@ -6810,7 +3292,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$24  = v3;
     if (en) begin
       \$24  = v2;
@@ -6820,7 +3302,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$25  = f3;
     if (en) begin
       \$25  = f2;
@@ -6830,7 +3312,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$26  = l3;
     if (en) begin
       \$26  = l2;
@@ -6840,7 +3322,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$27  = b3;
     if (en) begin
       if (\$3 ) begin
@@ -6849,7 +3331,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$28  = v4;
     if (en) begin
       \$28  = v3;
@@ -6859,7 +3341,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$29  = f4;
     if (en) begin
       \$29  = f3;
@@ -6869,7 +3351,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$30  = l4;
     if (en) begin
       \$30  = l3;
@@ -6879,7 +3361,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$31  = b4;
     if (en) begin
       if (\$4 ) begin
@@ -6895,9 +3377,9 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1015$347 , valid, mask, acc, 
   assign \en$20  = en;
   assign \acc$25  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1015$347 [27];
-  assign last = \port$1015$347 [28];
-  assign bias = \port$1015$347 [26:0];
+  assign first = \port$1160$347 [27];
+  assign last = \port$1160$347 [28];
+  assign bias = \port$1160$347 [26:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7463,8 +3945,1320 @@ module \psc_core.dp.sign_mask (mask, x);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.rq (clk, rst, i__ready, \i__payload$8 , i__valid, relu, o__valid, \o__payload$18 , \o__ready$14 );
+module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$506$0 , inputs__data, weights__data, o__ready, w_data, o__payload, v1, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
+  wire \$1 ;
+  wire [63:0] \$2 ;
+  wire [63:0] \$3 ;
+  reg \$4 ;
+  reg \$5 ;
+  reg \$6 ;
+  reg \$7 ;
+  output adv1;
+  wire adv1;
+  output beat;
+  wire beat;
+  wire [375:0] \beat$18 ;
+  wire [53:0] \beat$18.bias ;
+  wire [26:0] \beat$18.bias[0] ;
+  wire [26:0] \beat$18.bias[1] ;
+  wire \beat$18.first ;
+  wire \beat$18.last ;
+  wire [255:0] \beat$18.w ;
+  wire [127:0] \beat$18.w[0] ;
+  wire [15:0] \beat$18.w[0][0] ;
+  wire [15:0] \beat$18.w[0][1] ;
+  wire [15:0] \beat$18.w[0][2] ;
+  wire [15:0] \beat$18.w[0][3] ;
+  wire [15:0] \beat$18.w[0][4] ;
+  wire [15:0] \beat$18.w[0][5] ;
+  wire [15:0] \beat$18.w[0][6] ;
+  wire [15:0] \beat$18.w[0][7] ;
+  wire [127:0] \beat$18.w[1] ;
+  wire [15:0] \beat$18.w[1][0] ;
+  wire [15:0] \beat$18.w[1][1] ;
+  wire [15:0] \beat$18.w[1][2] ;
+  wire [15:0] \beat$18.w[1][3] ;
+  wire [15:0] \beat$18.w[1][4] ;
+  wire [15:0] \beat$18.w[1][5] ;
+  wire [15:0] \beat$18.w[1][6] ;
+  wire [15:0] \beat$18.w[1][7] ;
+  wire [63:0] \beat$18.x ;
+  wire [7:0] \beat$18.x[0] ;
+  wire [7:0] \beat$18.x[1] ;
+  wire [7:0] \beat$18.x[2] ;
+  wire [7:0] \beat$18.x[3] ;
+  wire [7:0] \beat$18.x[4] ;
+  wire [7:0] \beat$18.x[5] ;
+  wire [7:0] \beat$18.x[6] ;
+  wire [7:0] \beat$18.x[7] ;
+  input clk;
+  wire clk;
+  reg first1 = 1'h0;
+  wire [20:0] i__payload;
+  wire [7:0] \i__payload.addr ;
+  wire [7:0] \i__payload.addr[0] ;
+  wire \i__payload.first ;
+  wire \i__payload.last ;
+  wire \i__payload.pad ;
+  wire [9:0] \i__payload.waddr ;
+  output i__ready;
+  wire i__ready;
+  wire i__valid;
+  wire [7:0] inputs__addr;
+  wire [7:0] \inputs__addr.addr ;
+  wire [7:0] \inputs__addr.addr[0] ;
+  input [63:0] inputs__data;
+  wire [63:0] inputs__data;
+  wire [7:0] \inputs__data[0] ;
+  wire [7:0] \inputs__data[1] ;
+  wire [7:0] \inputs__data[2] ;
+  wire [7:0] \inputs__data[3] ;
+  wire [7:0] \inputs__data[4] ;
+  wire [7:0] \inputs__data[5] ;
+  wire [7:0] \inputs__data[6] ;
+  wire [7:0] \inputs__data[7] ;
+  wire inputs__en;
+  reg last1 = 1'h0;
+  output [375:0] o__payload;
+  wire [375:0] o__payload;
+  wire [53:0] \o__payload.bias ;
+  wire [26:0] \o__payload.bias[0] ;
+  wire [26:0] \o__payload.bias[1] ;
+  wire \o__payload.first ;
+  wire \o__payload.last ;
+  wire [255:0] \o__payload.w ;
+  wire [127:0] \o__payload.w[0] ;
+  wire [15:0] \o__payload.w[0][0] ;
+  wire [15:0] \o__payload.w[0][1] ;
+  wire [15:0] \o__payload.w[0][2] ;
+  wire [15:0] \o__payload.w[0][3] ;
+  wire [15:0] \o__payload.w[0][4] ;
+  wire [15:0] \o__payload.w[0][5] ;
+  wire [15:0] \o__payload.w[0][6] ;
+  wire [15:0] \o__payload.w[0][7] ;
+  wire [127:0] \o__payload.w[1] ;
+  wire [15:0] \o__payload.w[1][0] ;
+  wire [15:0] \o__payload.w[1][1] ;
+  wire [15:0] \o__payload.w[1][2] ;
+  wire [15:0] \o__payload.w[1][3] ;
+  wire [15:0] \o__payload.w[1][4] ;
+  wire [15:0] \o__payload.w[1][5] ;
+  wire [15:0] \o__payload.w[1][6] ;
+  wire [15:0] \o__payload.w[1][7] ;
+  wire [63:0] \o__payload.x ;
+  wire [7:0] \o__payload.x[0] ;
+  wire [7:0] \o__payload.x[1] ;
+  wire [7:0] \o__payload.x[2] ;
+  wire [7:0] \o__payload.x[3] ;
+  wire [7:0] \o__payload.x[4] ;
+  wire [7:0] \o__payload.x[5] ;
+  wire [7:0] \o__payload.x[6] ;
+  wire [7:0] \o__payload.x[7] ;
+  input o__ready;
+  wire o__ready;
+  (* init = 1'h0 *)
+  wire o__valid;
+  reg padr1 = 1'h0;
+  output [17:0] \port$506$0 ;
+  wire [17:0] \port$506$0 ;
+  wire [20:0] r_data;
+  wire r_en;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  output v1;
+  reg v1 = 1'h0;
+  input [20:0] w_data;
+  wire [20:0] w_data;
+  input w_en;
+  wire w_en;
+  wire w_rdy;
+  wire [9:0] weights__addr;
+  input [255:0] weights__data;
+  wire [255:0] weights__data;
+  wire [127:0] \weights__data[0] ;
+  wire [15:0] \weights__data[0][0] ;
+  wire [15:0] \weights__data[0][1] ;
+  wire [15:0] \weights__data[0][2] ;
+  wire [15:0] \weights__data[0][3] ;
+  wire [15:0] \weights__data[0][4] ;
+  wire [15:0] \weights__data[0][5] ;
+  wire [15:0] \weights__data[0][6] ;
+  wire [15:0] \weights__data[0][7] ;
+  wire [127:0] \weights__data[1] ;
+  wire [15:0] \weights__data[1][0] ;
+  wire [15:0] \weights__data[1][1] ;
+  wire [15:0] \weights__data[1][2] ;
+  wire [15:0] \weights__data[1][3] ;
+  wire [15:0] \weights__data[1][4] ;
+  wire [15:0] \weights__data[1][5] ;
+  wire [15:0] \weights__data[1][6] ;
+  wire [15:0] \weights__data[1][7] ;
+  wire weights__en;
+  assign beat = v1 & o__ready;
+  assign \$2  = ~ { padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1 };
+  assign \$3  = \beat$18 [63:0] & \$2 ;
+  always @(posedge clk)
+    v1 <= \$4 ;
+  always @(posedge clk)
+    padr1 <= \$5 ;
+  always @(posedge clk)
+    first1 <= \$6 ;
+  always @(posedge clk)
+    last1 <= \$7 ;
+  assign \$1  = ~ v1;
+  assign adv1 = \$1  | o__ready;
+  \psc_core.fetch.addr_fifo  addr_fifo (
+    .clk(clk),
+    .r_data(r_data),
+    .r_en(adv1),
+    .r_rdy(r_rdy),
+    .rst(rst),
+    .w_en(w_en),
+    .w_port__data(w_data),
+    .w_rdy(i__ready)
+  );
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$4  = v1;
+    if (adv1) begin
+      \$4  = r_rdy;
+    end
+    if (rst) begin
+      \$4  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$5  = padr1;
+    if (adv1) begin
+      \$5  = r_data[18];
+    end
+    if (rst) begin
+      \$5  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$6  = first1;
+    if (adv1) begin
+      \$6  = r_data[19];
+    end
+    if (rst) begin
+      \$6  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$7  = last1;
+    if (adv1) begin
+      \$7  = r_data[20];
+    end
+    if (rst) begin
+      \$7  = 1'h0;
+    end
+  end
+  assign o__valid = v1;
+  assign i__valid = w_en;
+  assign w_rdy = i__ready;
+  assign i__payload = w_data;
+  assign r_en = adv1;
+  assign inputs__addr = r_data[7:0];
+  assign inputs__en = adv1;
+  assign weights__addr = r_data[17:8];
+  assign weights__en = adv1;
+  assign \port$506$0  = r_data[17:0];
+  assign \i__payload.addr  = w_data[7:0];
+  assign \i__payload.addr[0]  = w_data[7:0];
+  assign \i__payload.waddr  = w_data[17:8];
+  assign \i__payload.pad  = w_data[18];
+  assign \i__payload.first  = w_data[19];
+  assign \i__payload.last  = w_data[20];
+  assign \inputs__addr.addr  = r_data[7:0];
+  assign \inputs__addr.addr[0]  = r_data[7:0];
+  assign \o__payload.x  = o__payload[63:0];
+  assign \o__payload.x[0]  = o__payload[7:0];
+  assign \o__payload.x[1]  = o__payload[15:8];
+  assign \o__payload.x[2]  = o__payload[23:16];
+  assign \o__payload.x[3]  = o__payload[31:24];
+  assign \o__payload.x[4]  = o__payload[39:32];
+  assign \o__payload.x[5]  = o__payload[47:40];
+  assign \o__payload.x[6]  = o__payload[55:48];
+  assign \o__payload.x[7]  = o__payload[63:56];
+  assign \o__payload.w  = o__payload[319:64];
+  assign \o__payload.w[0]  = o__payload[191:64];
+  assign \o__payload.w[0][0]  = o__payload[79:64];
+  assign \o__payload.w[0][1]  = o__payload[95:80];
+  assign \o__payload.w[0][2]  = o__payload[111:96];
+  assign \o__payload.w[0][3]  = o__payload[127:112];
+  assign \o__payload.w[0][4]  = o__payload[143:128];
+  assign \o__payload.w[0][5]  = o__payload[159:144];
+  assign \o__payload.w[0][6]  = o__payload[175:160];
+  assign \o__payload.w[0][7]  = o__payload[191:176];
+  assign \o__payload.w[1]  = o__payload[319:192];
+  assign \o__payload.w[1][0]  = o__payload[207:192];
+  assign \o__payload.w[1][1]  = o__payload[223:208];
+  assign \o__payload.w[1][2]  = o__payload[239:224];
+  assign \o__payload.w[1][3]  = o__payload[255:240];
+  assign \o__payload.w[1][4]  = o__payload[271:256];
+  assign \o__payload.w[1][5]  = o__payload[287:272];
+  assign \o__payload.w[1][6]  = o__payload[303:288];
+  assign \o__payload.w[1][7]  = o__payload[319:304];
+  assign \o__payload.bias  = o__payload[373:320];
+  assign \o__payload.bias[0]  = o__payload[346:320];
+  assign \o__payload.bias[1]  = o__payload[373:347];
+  assign \o__payload.first  = o__payload[374];
+  assign \o__payload.last  = o__payload[375];
+  assign \beat$18.x  = \beat$18 [63:0];
+  assign \beat$18.x[0]  = \beat$18 [7:0];
+  assign \beat$18.x[1]  = \beat$18 [15:8];
+  assign \beat$18.x[2]  = \beat$18 [23:16];
+  assign \beat$18.x[3]  = \beat$18 [31:24];
+  assign \beat$18.x[4]  = \beat$18 [39:32];
+  assign \beat$18.x[5]  = \beat$18 [47:40];
+  assign \beat$18.x[6]  = \beat$18 [55:48];
+  assign \beat$18.x[7]  = \beat$18 [63:56];
+  assign \beat$18.w  = \beat$18 [319:64];
+  assign \beat$18.w[0]  = \beat$18 [191:64];
+  assign \beat$18.w[0][0]  = \beat$18 [79:64];
+  assign \beat$18.w[0][1]  = \beat$18 [95:80];
+  assign \beat$18.w[0][2]  = \beat$18 [111:96];
+  assign \beat$18.w[0][3]  = \beat$18 [127:112];
+  assign \beat$18.w[0][4]  = \beat$18 [143:128];
+  assign \beat$18.w[0][5]  = \beat$18 [159:144];
+  assign \beat$18.w[0][6]  = \beat$18 [175:160];
+  assign \beat$18.w[0][7]  = \beat$18 [191:176];
+  assign \beat$18.w[1]  = \beat$18 [319:192];
+  assign \beat$18.w[1][0]  = \beat$18 [207:192];
+  assign \beat$18.w[1][1]  = \beat$18 [223:208];
+  assign \beat$18.w[1][2]  = \beat$18 [239:224];
+  assign \beat$18.w[1][3]  = \beat$18 [255:240];
+  assign \beat$18.w[1][4]  = \beat$18 [271:256];
+  assign \beat$18.w[1][5]  = \beat$18 [287:272];
+  assign \beat$18.w[1][6]  = \beat$18 [303:288];
+  assign \beat$18.w[1][7]  = \beat$18 [319:304];
+  assign \beat$18.bias  = \beat$18 [373:320];
+  assign \beat$18.bias[0]  = \beat$18 [346:320];
+  assign \beat$18.bias[1]  = \beat$18 [373:347];
+  assign \beat$18.first  = \beat$18 [374];
+  assign \beat$18.last  = \beat$18 [375];
+  assign \inputs__data[0]  = inputs__data[7:0];
+  assign \inputs__data[1]  = inputs__data[15:8];
+  assign \inputs__data[2]  = inputs__data[23:16];
+  assign \inputs__data[3]  = inputs__data[31:24];
+  assign \inputs__data[4]  = inputs__data[39:32];
+  assign \inputs__data[5]  = inputs__data[47:40];
+  assign \inputs__data[6]  = inputs__data[55:48];
+  assign \inputs__data[7]  = inputs__data[63:56];
+  assign \weights__data[0]  = weights__data[127:0];
+  assign \weights__data[0][0]  = weights__data[15:0];
+  assign \weights__data[0][1]  = weights__data[31:16];
+  assign \weights__data[0][2]  = weights__data[47:32];
+  assign \weights__data[0][3]  = weights__data[63:48];
+  assign \weights__data[0][4]  = weights__data[79:64];
+  assign \weights__data[0][5]  = weights__data[95:80];
+  assign \weights__data[0][6]  = weights__data[111:96];
+  assign \weights__data[0][7]  = weights__data[127:112];
+  assign \weights__data[1]  = weights__data[255:128];
+  assign \weights__data[1][0]  = weights__data[143:128];
+  assign \weights__data[1][1]  = weights__data[159:144];
+  assign \weights__data[1][2]  = weights__data[175:160];
+  assign \weights__data[1][3]  = weights__data[191:176];
+  assign \weights__data[1][4]  = weights__data[207:192];
+  assign \weights__data[1][5]  = weights__data[223:208];
+  assign \weights__data[1][6]  = weights__data[239:224];
+  assign \weights__data[1][7]  = weights__data[255:240];
+  assign \beat$18 [375] = last1;
+  assign \beat$18 [374] = first1;
+  assign \beat$18 [373:320] = 54'h00000000000000;
+  assign \beat$18 [319:64] = weights__data;
+  assign \beat$18 [63:0] = inputs__data;
+  assign o__payload[375] = \beat$18 [375];
+  assign o__payload[374] = \beat$18 [374];
+  assign o__payload[373:320] = \beat$18 [373:320];
+  assign o__payload[319:64] = \beat$18 [319:64];
+  assign o__payload[63:0] = \$3 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port__data, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [2:0] \$14 ;
+  reg \$15 ;
+  reg \$16 ;
+  reg [1:0] \$17 ;
+  wire [1:0] \$2 ;
+  wire \$3 ;
+  wire [1:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire [2:0] \$9 ;
+  input clk;
+  wire clk;
+  (* init = 1'h0 *)
+  wire consume;
+  reg [1:0] level = 2'h0;
+  (* init = 1'h0 *)
+  wire produce;
+  output [20:0] r_data;
+  wire [20:0] r_data;
+  input r_en;
+  wire r_en;
+  (* init = 2'h0 *)
+  wire [1:0] r_level;
+  reg r_port__addr = 1'h0;
+  wire [20:0] r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  wire [20:0] w_data;
+  input w_en;
+  wire w_en;
+  (* init = 2'h0 *)
+  wire [1:0] w_level;
+  reg w_port__addr = 1'h0;
+  input [20:0] w_port__data;
+  wire [20:0] w_port__data;
+  wire w_port__en;
+  output w_rdy;
+  wire w_rdy;
+  reg [20:0] storage [1:0];
+  initial begin
+    storage[0] = 21'h000000;
+    storage[1] = 21'h000000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= w_port__data;
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 2'h2;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr + 1'h1;
+  assign \$3  = r_rdy & r_en;
+  assign \$4  = r_port__addr + 1'h1;
+  assign \$5  = w_rdy & w_en;
+  assign \$6  = r_rdy & r_en;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$5  & \$7 ;
+  assign \$9  = level + 1'h1;
+  assign \$10  = r_rdy & r_en;
+  assign \$11  = w_rdy & w_en;
+  assign \$12  = ~ \$11 ;
+  assign \$13  = \$10  & \$12 ;
+  assign \$14  = level - 1'h1;
+  always @(posedge clk)
+    w_port__addr <= \$15 ;
+  always @(posedge clk)
+    r_port__addr <= \$16 ;
+  always @(posedge clk)
+    level <= \$17 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$15  = w_port__addr;
+    if (\$1 ) begin
+      \$15  = \$2 [0];
+    end
+    if (rst) begin
+      \$15  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$16  = r_port__addr;
+    if (\$3 ) begin
+      \$16  = \$4 [0];
+    end
+    if (rst) begin
+      \$16  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$17  = level;
+    if (\$8 ) begin
+      \$17  = \$9 [1:0];
+    end
+    if (\$13 ) begin
+      \$17  = \$14 [1:0];
+    end
+    if (rst) begin
+      \$17  = 2'h0;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_data = w_port__data;
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, read__data, start, run, sizes, i__ready, done, rows_in, i__payload);
+  reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
+  wire \$1 ;
+  reg \$10 ;
+  reg [7:0] \$11 ;
+  reg [8:0] \$12 ;
+  reg [15:0] \$13 ;
+  reg [15:0] \$14 ;
+  reg [8:0] \$15 ;
+  reg [8:0] \$16 ;
+  wire [9:0] \$2 ;
+  wire [9:0] \$3 ;
+  wire \$4 ;
+  wire [9:0] \$5 ;
+  wire \$6 ;
+  wire [9:0] \$7 ;
+  wire [8:0] \$8 ;
+  reg [8:0] \$9 ;
+  wire [7:0] \$signature__addr ;
+  wire [7:0] \$signature__addr$12 ;
+  wire [63:0] \$signature__data ;
+  wire [63:0] \$signature__data$15 ;
+  wire [7:0] \$signature__data$15[0] ;
+  wire [7:0] \$signature__data$15[1] ;
+  wire [7:0] \$signature__data$15[2] ;
+  wire [7:0] \$signature__data$15[3] ;
+  wire [7:0] \$signature__data$15[4] ;
+  wire [7:0] \$signature__data$15[5] ;
+  wire [7:0] \$signature__data$15[6] ;
+  wire [7:0] \$signature__data$15[7] ;
+  wire [7:0] \$signature__data[0] ;
+  wire [7:0] \$signature__data[1] ;
+  wire [7:0] \$signature__data[2] ;
+  wire [7:0] \$signature__data[3] ;
+  wire [7:0] \$signature__data[4] ;
+  wire [7:0] \$signature__data[5] ;
+  wire [7:0] \$signature__data[6] ;
+  wire [7:0] \$signature__data[7] ;
+  wire \$signature__en ;
+  wire \$signature__en$10 ;
+  input clk;
+  wire clk;
+  reg [7:0] col_cnt = 8'h00;
+  output done;
+  reg done = 1'h0;
+  wire fire;
+  input [63:0] i__payload;
+  wire [63:0] i__payload;
+  wire [7:0] \i__payload[0] ;
+  wire [7:0] \i__payload[1] ;
+  wire [7:0] \i__payload[2] ;
+  wire [7:0] \i__payload[3] ;
+  wire [7:0] \i__payload[4] ;
+  wire [7:0] \i__payload[5] ;
+  wire [7:0] \i__payload[6] ;
+  wire [7:0] \i__payload[7] ;
+  output i__ready;
+  reg i__ready;
+  input i__valid;
+  wire i__valid;
+  reg [8:0] in_cnt = 9'h000;
+  reg [15:0] lgi = 16'h0000;
+  reg [8:0] lgoff = 9'h000;
+  reg [8:0] lrow = 9'h000;
+  reg [15:0] lx = 16'h0000;
+  input [7:0] read__addr;
+  wire [7:0] read__addr;
+  wire [7:0] \read__addr.addr ;
+  wire [7:0] \read__addr.addr[0] ;
+  output [63:0] read__data;
+  wire [63:0] read__data;
+  wire [7:0] \read__data[0] ;
+  wire [7:0] \read__data[1] ;
+  wire [7:0] \read__data[2] ;
+  wire [7:0] \read__data[3] ;
+  wire [7:0] \read__data[4] ;
+  wire [7:0] \read__data[5] ;
+  wire [7:0] \read__data[6] ;
+  wire [7:0] \read__data[7] ;
+  input read__en;
+  wire read__en;
+  output [8:0] rows_in;
+  reg [8:0] rows_in = 9'h000;
+  input rst;
+  wire rst;
+  input run;
+  wire run;
+  input [145:0] sizes;
+  wire [145:0] sizes;
+  wire [8:0] \sizes.kk ;
+  wire [8:0] \sizes.n_dw ;
+  wire [8:0] \sizes.n_in ;
+  wire [24:0] \sizes.n_out ;
+  wire [8:0] \sizes.n_w ;
+  wire [24:0] \sizes.ow ;
+  wire [10:0] \sizes.pl_g ;
+  wire [8:0] \sizes.plane ;
+  wire [10:0] \sizes.pt_wg ;
+  wire [10:0] \sizes.pt_ws ;
+  wire [8:0] \sizes.red ;
+  wire [8:0] \sizes.wg ;
+  input start;
+  wire start;
+  reg [63:0] inbuf [255:0];
+  initial begin
+    inbuf[0] = 64'h0000000000000000;
+    inbuf[1] = 64'h0000000000000000;
+    inbuf[2] = 64'h0000000000000000;
+    inbuf[3] = 64'h0000000000000000;
+    inbuf[4] = 64'h0000000000000000;
+    inbuf[5] = 64'h0000000000000000;
+    inbuf[6] = 64'h0000000000000000;
+    inbuf[7] = 64'h0000000000000000;
+    inbuf[8] = 64'h0000000000000000;
+    inbuf[9] = 64'h0000000000000000;
+    inbuf[10] = 64'h0000000000000000;
+    inbuf[11] = 64'h0000000000000000;
+    inbuf[12] = 64'h0000000000000000;
+    inbuf[13] = 64'h0000000000000000;
+    inbuf[14] = 64'h0000000000000000;
+    inbuf[15] = 64'h0000000000000000;
+    inbuf[16] = 64'h0000000000000000;
+    inbuf[17] = 64'h0000000000000000;
+    inbuf[18] = 64'h0000000000000000;
+    inbuf[19] = 64'h0000000000000000;
+    inbuf[20] = 64'h0000000000000000;
+    inbuf[21] = 64'h0000000000000000;
+    inbuf[22] = 64'h0000000000000000;
+    inbuf[23] = 64'h0000000000000000;
+    inbuf[24] = 64'h0000000000000000;
+    inbuf[25] = 64'h0000000000000000;
+    inbuf[26] = 64'h0000000000000000;
+    inbuf[27] = 64'h0000000000000000;
+    inbuf[28] = 64'h0000000000000000;
+    inbuf[29] = 64'h0000000000000000;
+    inbuf[30] = 64'h0000000000000000;
+    inbuf[31] = 64'h0000000000000000;
+    inbuf[32] = 64'h0000000000000000;
+    inbuf[33] = 64'h0000000000000000;
+    inbuf[34] = 64'h0000000000000000;
+    inbuf[35] = 64'h0000000000000000;
+    inbuf[36] = 64'h0000000000000000;
+    inbuf[37] = 64'h0000000000000000;
+    inbuf[38] = 64'h0000000000000000;
+    inbuf[39] = 64'h0000000000000000;
+    inbuf[40] = 64'h0000000000000000;
+    inbuf[41] = 64'h0000000000000000;
+    inbuf[42] = 64'h0000000000000000;
+    inbuf[43] = 64'h0000000000000000;
+    inbuf[44] = 64'h0000000000000000;
+    inbuf[45] = 64'h0000000000000000;
+    inbuf[46] = 64'h0000000000000000;
+    inbuf[47] = 64'h0000000000000000;
+    inbuf[48] = 64'h0000000000000000;
+    inbuf[49] = 64'h0000000000000000;
+    inbuf[50] = 64'h0000000000000000;
+    inbuf[51] = 64'h0000000000000000;
+    inbuf[52] = 64'h0000000000000000;
+    inbuf[53] = 64'h0000000000000000;
+    inbuf[54] = 64'h0000000000000000;
+    inbuf[55] = 64'h0000000000000000;
+    inbuf[56] = 64'h0000000000000000;
+    inbuf[57] = 64'h0000000000000000;
+    inbuf[58] = 64'h0000000000000000;
+    inbuf[59] = 64'h0000000000000000;
+    inbuf[60] = 64'h0000000000000000;
+    inbuf[61] = 64'h0000000000000000;
+    inbuf[62] = 64'h0000000000000000;
+    inbuf[63] = 64'h0000000000000000;
+    inbuf[64] = 64'h0000000000000000;
+    inbuf[65] = 64'h0000000000000000;
+    inbuf[66] = 64'h0000000000000000;
+    inbuf[67] = 64'h0000000000000000;
+    inbuf[68] = 64'h0000000000000000;
+    inbuf[69] = 64'h0000000000000000;
+    inbuf[70] = 64'h0000000000000000;
+    inbuf[71] = 64'h0000000000000000;
+    inbuf[72] = 64'h0000000000000000;
+    inbuf[73] = 64'h0000000000000000;
+    inbuf[74] = 64'h0000000000000000;
+    inbuf[75] = 64'h0000000000000000;
+    inbuf[76] = 64'h0000000000000000;
+    inbuf[77] = 64'h0000000000000000;
+    inbuf[78] = 64'h0000000000000000;
+    inbuf[79] = 64'h0000000000000000;
+    inbuf[80] = 64'h0000000000000000;
+    inbuf[81] = 64'h0000000000000000;
+    inbuf[82] = 64'h0000000000000000;
+    inbuf[83] = 64'h0000000000000000;
+    inbuf[84] = 64'h0000000000000000;
+    inbuf[85] = 64'h0000000000000000;
+    inbuf[86] = 64'h0000000000000000;
+    inbuf[87] = 64'h0000000000000000;
+    inbuf[88] = 64'h0000000000000000;
+    inbuf[89] = 64'h0000000000000000;
+    inbuf[90] = 64'h0000000000000000;
+    inbuf[91] = 64'h0000000000000000;
+    inbuf[92] = 64'h0000000000000000;
+    inbuf[93] = 64'h0000000000000000;
+    inbuf[94] = 64'h0000000000000000;
+    inbuf[95] = 64'h0000000000000000;
+    inbuf[96] = 64'h0000000000000000;
+    inbuf[97] = 64'h0000000000000000;
+    inbuf[98] = 64'h0000000000000000;
+    inbuf[99] = 64'h0000000000000000;
+    inbuf[100] = 64'h0000000000000000;
+    inbuf[101] = 64'h0000000000000000;
+    inbuf[102] = 64'h0000000000000000;
+    inbuf[103] = 64'h0000000000000000;
+    inbuf[104] = 64'h0000000000000000;
+    inbuf[105] = 64'h0000000000000000;
+    inbuf[106] = 64'h0000000000000000;
+    inbuf[107] = 64'h0000000000000000;
+    inbuf[108] = 64'h0000000000000000;
+    inbuf[109] = 64'h0000000000000000;
+    inbuf[110] = 64'h0000000000000000;
+    inbuf[111] = 64'h0000000000000000;
+    inbuf[112] = 64'h0000000000000000;
+    inbuf[113] = 64'h0000000000000000;
+    inbuf[114] = 64'h0000000000000000;
+    inbuf[115] = 64'h0000000000000000;
+    inbuf[116] = 64'h0000000000000000;
+    inbuf[117] = 64'h0000000000000000;
+    inbuf[118] = 64'h0000000000000000;
+    inbuf[119] = 64'h0000000000000000;
+    inbuf[120] = 64'h0000000000000000;
+    inbuf[121] = 64'h0000000000000000;
+    inbuf[122] = 64'h0000000000000000;
+    inbuf[123] = 64'h0000000000000000;
+    inbuf[124] = 64'h0000000000000000;
+    inbuf[125] = 64'h0000000000000000;
+    inbuf[126] = 64'h0000000000000000;
+    inbuf[127] = 64'h0000000000000000;
+    inbuf[128] = 64'h0000000000000000;
+    inbuf[129] = 64'h0000000000000000;
+    inbuf[130] = 64'h0000000000000000;
+    inbuf[131] = 64'h0000000000000000;
+    inbuf[132] = 64'h0000000000000000;
+    inbuf[133] = 64'h0000000000000000;
+    inbuf[134] = 64'h0000000000000000;
+    inbuf[135] = 64'h0000000000000000;
+    inbuf[136] = 64'h0000000000000000;
+    inbuf[137] = 64'h0000000000000000;
+    inbuf[138] = 64'h0000000000000000;
+    inbuf[139] = 64'h0000000000000000;
+    inbuf[140] = 64'h0000000000000000;
+    inbuf[141] = 64'h0000000000000000;
+    inbuf[142] = 64'h0000000000000000;
+    inbuf[143] = 64'h0000000000000000;
+    inbuf[144] = 64'h0000000000000000;
+    inbuf[145] = 64'h0000000000000000;
+    inbuf[146] = 64'h0000000000000000;
+    inbuf[147] = 64'h0000000000000000;
+    inbuf[148] = 64'h0000000000000000;
+    inbuf[149] = 64'h0000000000000000;
+    inbuf[150] = 64'h0000000000000000;
+    inbuf[151] = 64'h0000000000000000;
+    inbuf[152] = 64'h0000000000000000;
+    inbuf[153] = 64'h0000000000000000;
+    inbuf[154] = 64'h0000000000000000;
+    inbuf[155] = 64'h0000000000000000;
+    inbuf[156] = 64'h0000000000000000;
+    inbuf[157] = 64'h0000000000000000;
+    inbuf[158] = 64'h0000000000000000;
+    inbuf[159] = 64'h0000000000000000;
+    inbuf[160] = 64'h0000000000000000;
+    inbuf[161] = 64'h0000000000000000;
+    inbuf[162] = 64'h0000000000000000;
+    inbuf[163] = 64'h0000000000000000;
+    inbuf[164] = 64'h0000000000000000;
+    inbuf[165] = 64'h0000000000000000;
+    inbuf[166] = 64'h0000000000000000;
+    inbuf[167] = 64'h0000000000000000;
+    inbuf[168] = 64'h0000000000000000;
+    inbuf[169] = 64'h0000000000000000;
+    inbuf[170] = 64'h0000000000000000;
+    inbuf[171] = 64'h0000000000000000;
+    inbuf[172] = 64'h0000000000000000;
+    inbuf[173] = 64'h0000000000000000;
+    inbuf[174] = 64'h0000000000000000;
+    inbuf[175] = 64'h0000000000000000;
+    inbuf[176] = 64'h0000000000000000;
+    inbuf[177] = 64'h0000000000000000;
+    inbuf[178] = 64'h0000000000000000;
+    inbuf[179] = 64'h0000000000000000;
+    inbuf[180] = 64'h0000000000000000;
+    inbuf[181] = 64'h0000000000000000;
+    inbuf[182] = 64'h0000000000000000;
+    inbuf[183] = 64'h0000000000000000;
+    inbuf[184] = 64'h0000000000000000;
+    inbuf[185] = 64'h0000000000000000;
+    inbuf[186] = 64'h0000000000000000;
+    inbuf[187] = 64'h0000000000000000;
+    inbuf[188] = 64'h0000000000000000;
+    inbuf[189] = 64'h0000000000000000;
+    inbuf[190] = 64'h0000000000000000;
+    inbuf[191] = 64'h0000000000000000;
+    inbuf[192] = 64'h0000000000000000;
+    inbuf[193] = 64'h0000000000000000;
+    inbuf[194] = 64'h0000000000000000;
+    inbuf[195] = 64'h0000000000000000;
+    inbuf[196] = 64'h0000000000000000;
+    inbuf[197] = 64'h0000000000000000;
+    inbuf[198] = 64'h0000000000000000;
+    inbuf[199] = 64'h0000000000000000;
+    inbuf[200] = 64'h0000000000000000;
+    inbuf[201] = 64'h0000000000000000;
+    inbuf[202] = 64'h0000000000000000;
+    inbuf[203] = 64'h0000000000000000;
+    inbuf[204] = 64'h0000000000000000;
+    inbuf[205] = 64'h0000000000000000;
+    inbuf[206] = 64'h0000000000000000;
+    inbuf[207] = 64'h0000000000000000;
+    inbuf[208] = 64'h0000000000000000;
+    inbuf[209] = 64'h0000000000000000;
+    inbuf[210] = 64'h0000000000000000;
+    inbuf[211] = 64'h0000000000000000;
+    inbuf[212] = 64'h0000000000000000;
+    inbuf[213] = 64'h0000000000000000;
+    inbuf[214] = 64'h0000000000000000;
+    inbuf[215] = 64'h0000000000000000;
+    inbuf[216] = 64'h0000000000000000;
+    inbuf[217] = 64'h0000000000000000;
+    inbuf[218] = 64'h0000000000000000;
+    inbuf[219] = 64'h0000000000000000;
+    inbuf[220] = 64'h0000000000000000;
+    inbuf[221] = 64'h0000000000000000;
+    inbuf[222] = 64'h0000000000000000;
+    inbuf[223] = 64'h0000000000000000;
+    inbuf[224] = 64'h0000000000000000;
+    inbuf[225] = 64'h0000000000000000;
+    inbuf[226] = 64'h0000000000000000;
+    inbuf[227] = 64'h0000000000000000;
+    inbuf[228] = 64'h0000000000000000;
+    inbuf[229] = 64'h0000000000000000;
+    inbuf[230] = 64'h0000000000000000;
+    inbuf[231] = 64'h0000000000000000;
+    inbuf[232] = 64'h0000000000000000;
+    inbuf[233] = 64'h0000000000000000;
+    inbuf[234] = 64'h0000000000000000;
+    inbuf[235] = 64'h0000000000000000;
+    inbuf[236] = 64'h0000000000000000;
+    inbuf[237] = 64'h0000000000000000;
+    inbuf[238] = 64'h0000000000000000;
+    inbuf[239] = 64'h0000000000000000;
+    inbuf[240] = 64'h0000000000000000;
+    inbuf[241] = 64'h0000000000000000;
+    inbuf[242] = 64'h0000000000000000;
+    inbuf[243] = 64'h0000000000000000;
+    inbuf[244] = 64'h0000000000000000;
+    inbuf[245] = 64'h0000000000000000;
+    inbuf[246] = 64'h0000000000000000;
+    inbuf[247] = 64'h0000000000000000;
+    inbuf[248] = 64'h0000000000000000;
+    inbuf[249] = 64'h0000000000000000;
+    inbuf[250] = 64'h0000000000000000;
+    inbuf[251] = 64'h0000000000000000;
+    inbuf[252] = 64'h0000000000000000;
+    inbuf[253] = 64'h0000000000000000;
+    inbuf[254] = 64'h0000000000000000;
+    inbuf[255] = 64'h0000000000000000;
+  end
+  always @(posedge clk) begin
+    if (fire)
+      inbuf[in_cnt[7:0]] <= i__payload;
+  end
+  reg [63:0] _0_;
+  always @(posedge clk) begin
+    if (read__en) begin
+      _0_ <= inbuf[read__addr];
+    end
+  end
+  assign read__data = _0_;
+  assign fire = i__valid & i__ready;
+  assign \$1  = ~ done;
+  assign \$2  = in_cnt + 1'h1;
+  assign \$3  = in_cnt + 1'h1;
+  assign \$4  = \$3  == sizes[17:9];
+  assign \$5  = sizes[8:0] - 1'h1;
+  assign \$6  = col_cnt == \$5 ;
+  assign \$7  = rows_in + 1'h1;
+  assign \$8  = col_cnt + 1'h1;
+  always @(posedge clk)
+    in_cnt <= \$9 ;
+  always @(posedge clk)
+    done <= \$10 ;
+  always @(posedge clk)
+    col_cnt <= \$11 ;
+  always @(posedge clk)
+    rows_in <= \$12 ;
+  always @(posedge clk)
+    lx <= \$13 ;
+  always @(posedge clk)
+    lgi <= \$14 ;
+  always @(posedge clk)
+    lrow <= \$15 ;
+  always @(posedge clk)
+    lgoff <= \$16 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    i__ready = 1'h0;
+    if (run) begin
+      i__ready = \$1 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$9  = in_cnt;
+    if (run) begin
+      if (fire) begin
+        \$9  = \$2 [8:0];
+      end
+    end
+    if (start) begin
+      \$9  = 9'h000;
+    end
+    if (rst) begin
+      \$9  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$10  = done;
+    if (run) begin
+      if (fire) begin
+        \$10  = \$4 ;
+      end
+    end
+    if (start) begin
+      \$10  = 1'h0;
+    end
+    if (rst) begin
+      \$10  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$11  = col_cnt;
+    if (run) begin
+      if (fire) begin
+        (* full_case = 32'd1 *)
+        if (\$6 ) begin
+          \$11  = 8'h00;
+        end else begin
+          \$11  = \$8 [7:0];
+        end
+      end
+    end
+    if (start) begin
+      \$11  = 8'h00;
+    end
+    if (rst) begin
+      \$11  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$12  = rows_in;
+    if (run) begin
+      if (fire) begin
+        if (\$6 ) begin
+          \$12  = \$7 [8:0];
+        end
+      end
+    end
+    if (start) begin
+      \$12  = 9'h000;
+    end
+    if (rst) begin
+      \$12  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$13  = lx;
+    if (start) begin
+      \$13  = 16'h0000;
+    end
+    if (rst) begin
+      \$13  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$14  = lgi;
+    if (start) begin
+      \$14  = 16'h0000;
+    end
+    if (rst) begin
+      \$14  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$15  = lrow;
+    if (start) begin
+      \$15  = 9'h000;
+    end
+    if (rst) begin
+      \$15  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$16  = lgoff;
+    if (start) begin
+      \$16  = 9'h000;
+    end
+    if (rst) begin
+      \$16  = 9'h000;
+    end
+  end
+  assign \$signature__data  = i__payload;
+  assign \$signature__addr  = in_cnt[7:0];
+  assign \$signature__en  = fire;
+  assign \$signature__en$10  = read__en;
+  assign \$signature__addr$12  = read__addr;
+  assign \$signature__data$15  = read__data;
+  assign \$signature__data[0]  = i__payload[7:0];
+  assign \$signature__data[1]  = i__payload[15:8];
+  assign \$signature__data[2]  = i__payload[23:16];
+  assign \$signature__data[3]  = i__payload[31:24];
+  assign \$signature__data[4]  = i__payload[39:32];
+  assign \$signature__data[5]  = i__payload[47:40];
+  assign \$signature__data[6]  = i__payload[55:48];
+  assign \$signature__data[7]  = i__payload[63:56];
+  assign \i__payload[0]  = i__payload[7:0];
+  assign \i__payload[1]  = i__payload[15:8];
+  assign \i__payload[2]  = i__payload[23:16];
+  assign \i__payload[3]  = i__payload[31:24];
+  assign \i__payload[4]  = i__payload[39:32];
+  assign \i__payload[5]  = i__payload[47:40];
+  assign \i__payload[6]  = i__payload[55:48];
+  assign \i__payload[7]  = i__payload[63:56];
+  assign \read__addr.addr  = read__addr;
+  assign \read__addr.addr[0]  = read__addr;
+  assign \read__data[0]  = read__data[7:0];
+  assign \read__data[1]  = read__data[15:8];
+  assign \read__data[2]  = read__data[23:16];
+  assign \read__data[3]  = read__data[31:24];
+  assign \read__data[4]  = read__data[39:32];
+  assign \read__data[5]  = read__data[47:40];
+  assign \read__data[6]  = read__data[55:48];
+  assign \read__data[7]  = read__data[63:56];
+  assign \$signature__data$15[0]  = read__data[7:0];
+  assign \$signature__data$15[1]  = read__data[15:8];
+  assign \$signature__data$15[2]  = read__data[23:16];
+  assign \$signature__data$15[3]  = read__data[31:24];
+  assign \$signature__data$15[4]  = read__data[39:32];
+  assign \$signature__data$15[5]  = read__data[47:40];
+  assign \$signature__data$15[6]  = read__data[55:48];
+  assign \$signature__data$15[7]  = read__data[63:56];
+  assign \sizes.wg  = sizes[8:0];
+  assign \sizes.n_in  = sizes[17:9];
+  assign \sizes.ow  = sizes[42:18];
+  assign \sizes.n_out  = sizes[67:43];
+  assign \sizes.kk  = sizes[76:68];
+  assign \sizes.red  = sizes[85:77];
+  assign \sizes.n_w  = sizes[94:86];
+  assign \sizes.pt_wg  = sizes[105:95];
+  assign \sizes.pl_g  = sizes[116:106];
+  assign \sizes.plane  = sizes[125:117];
+  assign \sizes.n_dw  = sizes[134:126];
+  assign \sizes.pt_ws  = sizes[145:135];
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, run, n_out, last_group, \i__valid$25 , \port$1280$0 , \port$1350$0 , params__addr, o__valid, o__payload, o__ready);
+  reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
+  wire \$1 ;
+  wire [6:0] \$10 ;
+  wire [6:0] \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [24:0] \$14 ;
+  reg \$15 ;
+  reg [53:0] \$16 ;
+  reg [5:0] \$17 ;
+  reg [23:0] \$18 ;
+  reg \$19 ;
+  wire [27:0] \$2 ;
+  reg [15:0] \$20 ;
+  wire [27:0] \$3 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  reg [53:0] accj = 54'h00000000000000;
+  wire [26:0] \accj[0] ;
+  wire [26:0] \accj[1] ;
+  output all_sent;
+  wire all_sent;
+  input clk;
+  wire clk;
+  input [111:0] cmd;
+  wire [111:0] cmd;
+  wire [15:0] \cmd.gin ;
+  wire [15:0] \cmd.gout ;
+  wire [15:0] \cmd.in_h ;
+  wire [15:0] \cmd.in_w ;
+  wire [3:0] \cmd.k ;
+  wire \cmd.keep ;
+  (* enum_base_type = "LayerKind" *)
+  (* enum_value_00 = "STANDARD" *)
+  (* enum_value_01 = "DEPTHWISE" *)
+  (* enum_value_10 = "POINTWISE" *)
+  (* enum_value_11 = "FC" *)
+  wire [1:0] \cmd.kind ;
+  wire [15:0] \cmd.out_h ;
+  wire [15:0] \cmd.out_w ;
+  wire [2:0] \cmd.pad_left ;
+  wire [2:0] \cmd.pad_top ;
+  wire \cmd.relu ;
+  wire [1:0] \cmd.stride ;
+  input dwp;
+  wire dwp;
+  output en_j;
+  wire en_j;
+  wire [97:0] i__payload;
+  wire [53:0] \i__payload$26 ;
+  wire [26:0] \i__payload$26[0] ;
+  wire [26:0] \i__payload$26[1] ;
+  wire [53:0] \i__payload.acc ;
+  wire [26:0] \i__payload.acc[0] ;
+  wire [26:0] \i__payload.acc[1] ;
+  wire [31:0] \i__payload.mult ;
+  wire [15:0] \i__payload.mult[0] ;
+  wire [15:0] \i__payload.mult[1] ;
+  wire [11:0] \i__payload.shift ;
+  wire [5:0] \i__payload.shift[0] ;
+  wire [5:0] \i__payload.shift[1] ;
+  wire i__ready;
+  wire \i__ready$7 ;
+  (* init = 1'h0 *)
+  wire i__valid;
+  input \i__valid$25 ;
+  wire \i__valid$25 ;
+  (* init = 6'h00 *)
+  wire [5:0] jo;
+  wire keep_o;
+  input [5:0] last_group;
+  wire [5:0] last_group;
+  input [24:0] n_out;
+  wire [24:0] n_out;
+  output [15:0] o__payload;
+  wire [15:0] o__payload;
+  wire [15:0] \o__payload$17 ;
+  wire [7:0] \o__payload$17[0] ;
+  wire [7:0] \o__payload$17[1] ;
+  wire [7:0] \o__payload[0] ;
+  wire [7:0] \o__payload[1] ;
+  input o__ready;
+  wire o__ready;
+  wire \o__ready$19 ;
+  output o__valid;
+  wire o__valid;
+  wire \o__valid$15 ;
+  reg [23:0] out_cnt = 24'h000000;
+  reg [15:0] oxo = 16'h0000;
+  output [5:0] params__addr;
+  reg [5:0] params__addr = 6'h00;
+  input [97:0] params__data;
+  wire [97:0] params__data;
+  wire [53:0] \params__data.bias ;
+  wire [26:0] \params__data.bias[0] ;
+  wire [26:0] \params__data.bias[1] ;
+  wire [31:0] \params__data.mult ;
+  wire [15:0] \params__data.mult[0] ;
+  wire [15:0] \params__data.mult[1] ;
+  wire [11:0] \params__data.shift ;
+  wire [5:0] \params__data.shift[0] ;
+  wire [5:0] \params__data.shift[1] ;
+  wire params__en;
+  input [26:0] \port$1280$0 ;
+  wire [26:0] \port$1280$0 ;
+  input [26:0] \port$1350$0 ;
+  wire [26:0] \port$1350$0 ;
+  wire relu;
+  reg ro = 1'h0;
+  input rst;
+  wire rst;
+  input run;
+  wire run;
+  input start;
+  wire start;
+  reg vj = 1'h0;
+  assign \$1  = ~ vj;
+  assign en_j = \$1  | i__ready;
+  assign \$2  = $signed(accj[26:0]) + $signed(params__data[26:0]);
+  assign \$3  = $signed(accj[53:27]) + $signed(params__data[53:27]);
+  assign all_sent = out_cnt == n_out;
+  assign \$5  = ~ dwp;
+  assign \$7  = \$5  | \$6 ;
+  assign \$8  = \i__valid$25  & \$7 ;
+  assign \$9  = params__addr == last_group;
+  assign \$10  = params__addr + 1'h1;
+  assign \$11  = \$9  ? 7'h00 : \$10 ;
+  assign \$12  = run & o__valid;
+  assign \$13  = \$12  & o__ready;
+  assign \$14  = out_cnt + 1'h1;
+  always @(posedge clk)
+    vj <= \$15 ;
+  always @(posedge clk)
+    accj <= \$16 ;
+  always @(posedge clk)
+    params__addr <= \$17 ;
+  always @(posedge clk)
+    out_cnt <= \$18 ;
+  always @(posedge clk)
+    ro <= \$19 ;
+  always @(posedge clk)
+    oxo <= \$20 ;
+  \psc_core.out.rq  rq (
+    .clk(clk),
+    .\i__payload$8 (i__payload),
+    .i__ready(i__ready),
+    .i__valid(vj),
+    .\o__payload$18 (o__payload),
+    .\o__ready$14 (o__ready),
+    .o__valid(o__valid),
+    .relu(cmd[110]),
+    .rst(rst)
+  );
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$15  = vj;
+    if (en_j) begin
+      \$15  = \$4 ;
+    end
+    if (rst) begin
+      \$15  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$16  = accj;
+    if (en_j) begin
+      \$16  = { \port$1350$0 , \port$1280$0  };
+    end
+    if (rst) begin
+      \$16  = 54'h00000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$17  = params__addr;
+    if (en_j) begin
+      if (\$8 ) begin
+        \$17  = \$11 [5:0];
+      end
+    end
+    if (start) begin
+      \$17  = 6'h00;
+    end
+    if (rst) begin
+      \$17  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$18  = out_cnt;
+    if (\$13 ) begin
+      \$18  = \$14 [23:0];
+    end
+    if (start) begin
+      \$18  = 24'h000000;
+    end
+    if (rst) begin
+      \$18  = 24'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$19  = ro;
+    if (start) begin
+      \$19  = 1'h0;
+    end
+    if (rst) begin
+      \$19  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$20  = oxo;
+    if (start) begin
+      \$20  = 16'h0000;
+    end
+    if (rst) begin
+      \$20  = 16'h0000;
+    end
+  end
+  assign keep_o = 1'h1;
+  assign \i__ready$7  = en_j;
+  assign jo = params__addr;
+  assign params__en = en_j;
+  assign i__valid = vj;
+  assign relu = cmd[110];
+  assign \o__valid$15  = o__valid;
+  assign \o__payload$17  = o__payload;
+  assign \o__ready$19  = o__ready;
+  assign \i__payload$26  = { \port$1350$0 , \port$1280$0  };
+  assign \i__payload.acc  = i__payload[53:0];
+  assign \i__payload.acc[0]  = i__payload[26:0];
+  assign \i__payload.acc[1]  = i__payload[53:27];
+  assign \i__payload.mult  = i__payload[85:54];
+  assign \i__payload.mult[0]  = i__payload[69:54];
+  assign \i__payload.mult[1]  = i__payload[85:70];
+  assign \i__payload.shift  = i__payload[97:86];
+  assign \i__payload.shift[0]  = i__payload[91:86];
+  assign \i__payload.shift[1]  = i__payload[97:92];
+  assign \accj[0]  = accj[26:0];
+  assign \accj[1]  = accj[53:27];
+  assign \params__data.bias  = params__data[53:0];
+  assign \params__data.bias[0]  = params__data[26:0];
+  assign \params__data.bias[1]  = params__data[53:27];
+  assign \params__data.mult  = params__data[85:54];
+  assign \params__data.mult[0]  = params__data[69:54];
+  assign \params__data.mult[1]  = params__data[85:70];
+  assign \params__data.shift  = params__data[97:86];
+  assign \params__data.shift[0]  = params__data[91:86];
+  assign \params__data.shift[1]  = params__data[97:92];
+  assign \cmd.in_h  = cmd[15:0];
+  assign \cmd.in_w  = cmd[31:16];
+  assign \cmd.out_h  = cmd[47:32];
+  assign \cmd.out_w  = cmd[63:48];
+  assign \cmd.gin  = cmd[79:64];
+  assign \cmd.gout  = cmd[95:80];
+  assign \cmd.k  = cmd[99:96];
+  assign \cmd.stride  = cmd[101:100];
+  assign \cmd.pad_top  = cmd[104:102];
+  assign \cmd.pad_left  = cmd[107:105];
+  assign \cmd.kind  = cmd[109:108];
+  assign \cmd.relu  = cmd[110];
+  assign \cmd.keep  = cmd[111];
+  assign \o__payload[0]  = o__payload[7:0];
+  assign \o__payload[1]  = o__payload[15:8];
+  assign \o__payload$17[0]  = o__payload[7:0];
+  assign \o__payload$17[1]  = o__payload[15:8];
+  assign \i__payload$26[0]  = \port$1280$0 ;
+  assign \i__payload$26[1]  = \port$1350$0 ;
+  assign i__payload[97:86] = params__data[97:86];
+  assign i__payload[85:54] = params__data[85:54];
+  assign i__payload[53:27] = \$3 [26:0];
+  assign i__payload[26:0] = \$2 [26:0];
+  assign \$4  = \i__valid$25 ;
+  assign \$6  = ro;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.out.rq (clk, rst, i__ready, relu, \i__payload$8 , i__valid, o__valid, \o__payload$18 , \o__ready$14 );
+  reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7552,7 +5346,7 @@ module \psc_core.rq (clk, rst, i__ready, \i__payload$8 , i__valid, relu, o__vali
     \o__payload$18  <= \$18 ;
   always @(posedge clk)
     phase_o <= \$19 ;
-  \psc_core.rq.inner  inner (
+  \psc_core.out.rq.inner  inner (
     .clk(clk),
     .i__payload(i__payload),
     .i__ready(\i__ready$5 ),
@@ -7564,7 +5358,7 @@ module \psc_core.rq (clk, rst, i__ready, \i__payload$8 , i__valid, relu, o__vali
     .rst(rst)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     (* full_case = 32'd1 *)
     casez (phase_i)
       1'h0:
@@ -7582,7 +5376,7 @@ module \psc_core.rq (clk, rst, i__ready, \i__payload$8 , i__valid, relu, o__vali
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$15  = phase_i;
     if (\$5 ) begin
       \$15  = \$8 [0];
@@ -7592,7 +5386,7 @@ module \psc_core.rq (clk, rst, i__ready, \i__payload$8 , i__valid, relu, o__vali
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$16  = o__valid;
     if (\$9 ) begin
       \$16  = 1'h0;
@@ -7607,7 +5401,7 @@ module \psc_core.rq (clk, rst, i__ready, \i__payload$8 , i__valid, relu, o__vali
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$17  = part;
     if (\$10 ) begin
       casez (phase_o)
@@ -7620,7 +5414,7 @@ module \psc_core.rq (clk, rst, i__ready, \i__payload$8 , i__valid, relu, o__vali
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$18  = \o__payload$18 ;
     if (\$10 ) begin
       if (\$11 ) begin
@@ -7633,7 +5427,7 @@ module \psc_core.rq (clk, rst, i__ready, \i__payload$8 , i__valid, relu, o__vali
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$19  = phase_o;
     if (\$10 ) begin
       \$19  = \$14 [0];
@@ -7671,8 +5465,8 @@ module \psc_core.rq (clk, rst, i__ready, \i__payload$8 , i__valid, relu, o__vali
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.rq.inner (rst, o__ready, i__ready, i__valid, relu, i__payload, o__valid, o__payload, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
+module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__payload, o__valid, o__payload, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire \$1 ;
   wire [10:0] \$10 ;
   wire \$100 ;
@@ -8379,7 +6173,7 @@ module \psc_core.rq.inner (rst, o__ready, i__ready, i__valid, relu, i__payload, 
   always @(posedge clk)
     o__payload <= \$309 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$279  = busy;
     if (en) begin
       if (\$13 ) begin
@@ -8395,7 +6189,7 @@ module \psc_core.rq.inner (rst, o__ready, i__ready, i__valid, relu, i__payload, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$280  = step;
     if (en) begin
       if (\$13 ) begin
@@ -8409,7 +6203,7 @@ module \psc_core.rq.inner (rst, o__ready, i__ready, i__valid, relu, i__payload, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$281  = pp_v0;
     if (en) begin
       \$281  = busy;
@@ -8419,7 +6213,7 @@ module \psc_core.rq.inner (rst, o__ready, i__ready, i__valid, relu, i__payload, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$282  = pp_first0;
     if (en) begin
       \$282  = \$15 ;
@@ -8429,7 +6223,7 @@ module \psc_core.rq.inner (rst, o__ready, i__ready, i__valid, relu, i__payload, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$283  = pp_last0;
     if (en) begin
       \$283  = last;
@@ -8439,7 +6233,7 @@ module \psc_core.rq.inner (rst, o__ready, i__ready, i__valid, relu, i__payload, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$284  = pp_v1;
     if (en) begin
       \$284  = pp_v0;
@@ -8449,7 +6243,7 @@ module \psc_core.rq.inner (rst, o__ready, i__ready, i__valid, relu, i__payload, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$285  = pp_first1;
     if (en) begin
       \$285  = pp_first0;
@@ -8459,7 +6253,7 @@ module \psc_core.rq.inner (rst, o__ready, i__ready, i__valid, relu, i__payload, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$286  = pp_last1;
     if (en) begin
       \$286  = pp_last0;
@@ -8469,7 +6263,7 @@ module \psc_core.rq.inner (rst, o__ready, i__ready, i__valid, relu, i__payload, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$287  = p_v;
     if (en) begin
       \$287  = \$16 ;
@@ -8479,7 +6273,7 @@ module \psc_core.rq.inner (rst, o__ready, i__ready, i__valid, relu, i__payload, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$288  = v5;
     if (en) begin
       \$288  = p_v;
@@ -8489,7 +6283,7 @@ module \psc_core.rq.inner (rst, o__ready, i__ready, i__valid, relu, i__payload, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$289  = v6;
     if (en) begin
       \$289  = v5;
@@ -8499,7 +6293,7 @@ module \psc_core.rq.inner (rst, o__ready, i__ready, i__valid, relu, i__payload, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$290  = o__valid;
     if (en) begin
       \$290  = v6;
@@ -8509,7 +6303,7 @@ module \psc_core.rq.inner (rst, o__ready, i__ready, i__valid, relu, i__payload, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$291  = acc_0;
     if (en) begin
       if (\$17 ) begin
@@ -8518,7 +6312,7 @@ module \psc_core.rq.inner (rst, o__ready, i__ready, i__valid, relu, i__payload, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$292  = mult_0;
     if (en) begin
       if (\$17 ) begin
@@ -8529,7 +6323,7 @@ module \psc_core.rq.inner (rst, o__ready, i__ready, i__valid, relu, i__payload, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$293  = s1_0;
     if (en) begin
       if (\$17 ) begin
@@ -8538,112 +6332,112 @@ module \psc_core.rq.inner (rst, o__ready, i__ready, i__valid, relu, i__payload, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$294  = pp0_0_0;
     if (en) begin
       \$294  = { \$23 , \$19 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$295  = pp0_2_0;
     if (en) begin
       \$295  = { \$28 , \$24 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$296  = s2_0_0;
     if (en) begin
       \$296  = s1_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$297  = pp1_0_0;
     if (en) begin
       \$297  = { \$30 , pp0_0_0[1:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$298  = s2_1_0;
     if (en) begin
       \$298  = s2_0_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$299  = p_hi_0;
     if (\$31 ) begin
       \$299  = \$32 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$300  = p_lo_0;
     if (\$31 ) begin
       \$300  = { total_0[3:0], p_lo_0[15:4] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$301  = s3_0;
     if (\$31 ) begin
       \$301  = s2_1_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$302  = coarse_0;
     if (en) begin
       \$302  = { \$144 , \$137 , \$130 , \$123 , \$116 , \$109 , \$102 , \$95 , \$88 , \$81 , \$74 , \$67 , \$60 , \$53 , \$46 , \$39  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$303  = csign_0;
     if (en) begin
       \$303  = p_hi_0[27];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$304  = cwide_0;
     if (en) begin
       \$304  = \$196 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$305  = sfine_0;
     if (en) begin
       \$305  = s3_0[2:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$306  = t_0;
     if (en) begin
       \$306  = { \$259 , \$252 , \$245 , \$238 , \$231 , \$224 , \$217 , \$210 , \$203  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$307  = tsign_0;
     if (en) begin
       \$307  = csign_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$308  = twide_0;
     if (en) begin
       \$308  = \$276 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$309  = o__payload;
     if (en) begin
       \$309  = \$278 ;
@@ -8666,4 +6460,3180 @@ module \psc_core.rq.inner (rst, o__ready, i__ready, i__valid, relu, i__payload, 
   assign \$29  = { pp0_0_0[28], pp0_0_0[28], pp0_0_0[28:2] };
   assign \$32  = { total_0[32], total_0[32], total_0[32], total_0[32], total_0[32:4] };
   assign \$148  = \$147 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, count, keep, start, run, i__ready, done, rp__addr, wp__data);
+  reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  reg [6:0] \$11 ;
+  reg \$12 ;
+  wire \$2 ;
+  wire \$3 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire [7:0] \$6 ;
+  wire [7:0] \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input clk;
+  wire clk;
+  reg [6:0] cnt = 7'h00;
+  input [15:0] count;
+  wire [15:0] count;
+  output done;
+  reg done = 1'h0;
+  wire [97:0] i__payload;
+  wire [53:0] \i__payload.bias ;
+  wire [26:0] \i__payload.bias[0] ;
+  wire [26:0] \i__payload.bias[1] ;
+  wire [31:0] \i__payload.mult ;
+  wire [15:0] \i__payload.mult[0] ;
+  wire [15:0] \i__payload.mult[1] ;
+  wire [11:0] \i__payload.shift ;
+  wire [5:0] \i__payload.shift[0] ;
+  wire [5:0] \i__payload.shift[1] ;
+  output i__ready;
+  reg i__ready;
+  input i__valid;
+  wire i__valid;
+  input keep;
+  wire keep;
+  wire [5:0] read__addr;
+  output [97:0] read__data;
+  wire [97:0] read__data;
+  wire [53:0] \read__data.bias ;
+  wire [26:0] \read__data.bias[0] ;
+  wire [26:0] \read__data.bias[1] ;
+  wire [31:0] \read__data.mult ;
+  wire [15:0] \read__data.mult[0] ;
+  wire [15:0] \read__data.mult[1] ;
+  wire [11:0] \read__data.shift ;
+  wire [5:0] \read__data.shift[0] ;
+  wire [5:0] \read__data.shift[1] ;
+  wire read__en;
+  input [5:0] rp__addr;
+  wire [5:0] rp__addr;
+  wire [97:0] rp__data;
+  wire [53:0] \rp__data.bias ;
+  wire [26:0] \rp__data.bias[0] ;
+  wire [26:0] \rp__data.bias[1] ;
+  wire [31:0] \rp__data.mult ;
+  wire [15:0] \rp__data.mult[0] ;
+  wire [15:0] \rp__data.mult[1] ;
+  wire [11:0] \rp__data.shift ;
+  wire [5:0] \rp__data.shift[0] ;
+  wire [5:0] \rp__data.shift[1] ;
+  input rp__en;
+  wire rp__en;
+  input rst;
+  wire rst;
+  input run;
+  wire run;
+  input start;
+  wire start;
+  wire [5:0] wp__addr;
+  input [97:0] wp__data;
+  wire [97:0] wp__data;
+  wire [53:0] \wp__data.bias ;
+  wire [26:0] \wp__data.bias[0] ;
+  wire [26:0] \wp__data.bias[1] ;
+  wire [31:0] \wp__data.mult ;
+  wire [15:0] \wp__data.mult[0] ;
+  wire [15:0] \wp__data.mult[1] ;
+  wire [11:0] \wp__data.shift ;
+  wire [5:0] \wp__data.shift[0] ;
+  wire [5:0] \wp__data.shift[1] ;
+  reg wp__en;
+  reg [97:0] mem [63:0];
+  initial begin
+    mem[0] = 98'h0000000000000000000000000;
+    mem[1] = 98'h0000000000000000000000000;
+    mem[2] = 98'h0000000000000000000000000;
+    mem[3] = 98'h0000000000000000000000000;
+    mem[4] = 98'h0000000000000000000000000;
+    mem[5] = 98'h0000000000000000000000000;
+    mem[6] = 98'h0000000000000000000000000;
+    mem[7] = 98'h0000000000000000000000000;
+    mem[8] = 98'h0000000000000000000000000;
+    mem[9] = 98'h0000000000000000000000000;
+    mem[10] = 98'h0000000000000000000000000;
+    mem[11] = 98'h0000000000000000000000000;
+    mem[12] = 98'h0000000000000000000000000;
+    mem[13] = 98'h0000000000000000000000000;
+    mem[14] = 98'h0000000000000000000000000;
+    mem[15] = 98'h0000000000000000000000000;
+    mem[16] = 98'h0000000000000000000000000;
+    mem[17] = 98'h0000000000000000000000000;
+    mem[18] = 98'h0000000000000000000000000;
+    mem[19] = 98'h0000000000000000000000000;
+    mem[20] = 98'h0000000000000000000000000;
+    mem[21] = 98'h0000000000000000000000000;
+    mem[22] = 98'h0000000000000000000000000;
+    mem[23] = 98'h0000000000000000000000000;
+    mem[24] = 98'h0000000000000000000000000;
+    mem[25] = 98'h0000000000000000000000000;
+    mem[26] = 98'h0000000000000000000000000;
+    mem[27] = 98'h0000000000000000000000000;
+    mem[28] = 98'h0000000000000000000000000;
+    mem[29] = 98'h0000000000000000000000000;
+    mem[30] = 98'h0000000000000000000000000;
+    mem[31] = 98'h0000000000000000000000000;
+    mem[32] = 98'h0000000000000000000000000;
+    mem[33] = 98'h0000000000000000000000000;
+    mem[34] = 98'h0000000000000000000000000;
+    mem[35] = 98'h0000000000000000000000000;
+    mem[36] = 98'h0000000000000000000000000;
+    mem[37] = 98'h0000000000000000000000000;
+    mem[38] = 98'h0000000000000000000000000;
+    mem[39] = 98'h0000000000000000000000000;
+    mem[40] = 98'h0000000000000000000000000;
+    mem[41] = 98'h0000000000000000000000000;
+    mem[42] = 98'h0000000000000000000000000;
+    mem[43] = 98'h0000000000000000000000000;
+    mem[44] = 98'h0000000000000000000000000;
+    mem[45] = 98'h0000000000000000000000000;
+    mem[46] = 98'h0000000000000000000000000;
+    mem[47] = 98'h0000000000000000000000000;
+    mem[48] = 98'h0000000000000000000000000;
+    mem[49] = 98'h0000000000000000000000000;
+    mem[50] = 98'h0000000000000000000000000;
+    mem[51] = 98'h0000000000000000000000000;
+    mem[52] = 98'h0000000000000000000000000;
+    mem[53] = 98'h0000000000000000000000000;
+    mem[54] = 98'h0000000000000000000000000;
+    mem[55] = 98'h0000000000000000000000000;
+    mem[56] = 98'h0000000000000000000000000;
+    mem[57] = 98'h0000000000000000000000000;
+    mem[58] = 98'h0000000000000000000000000;
+    mem[59] = 98'h0000000000000000000000000;
+    mem[60] = 98'h0000000000000000000000000;
+    mem[61] = 98'h0000000000000000000000000;
+    mem[62] = 98'h0000000000000000000000000;
+    mem[63] = 98'h0000000000000000000000000;
+  end
+  always @(posedge clk) begin
+    if (wp__en)
+      mem[cnt[5:0]] <= wp__data;
+  end
+  reg [97:0] _0_;
+  always @(posedge clk) begin
+    if (rp__en) begin
+      _0_ <= mem[rp__addr];
+    end
+  end
+  assign read__data = _0_;
+  assign \$1  = ~ keep;
+  assign \$2  = ~ done;
+  assign \$3  = \$1  & \$2 ;
+  assign \$4  = i__valid & i__ready;
+  assign \$5  = i__valid & i__ready;
+  assign \$6  = cnt + 1'h1;
+  assign \$7  = cnt + 1'h1;
+  assign \$8  = \$7  == count;
+  assign \$9  = ~ keep;
+  assign \$10  = start & \$9 ;
+  always @(posedge clk)
+    cnt <= \$11 ;
+  always @(posedge clk)
+    done <= \$12 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    i__ready = 1'h0;
+    if (run) begin
+      i__ready = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    wp__en = 1'h0;
+    if (run) begin
+      wp__en = \$4 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$11  = cnt;
+    if (run) begin
+      if (\$5 ) begin
+        \$11  = \$6 [6:0];
+      end
+    end
+    if (\$10 ) begin
+      \$11  = 7'h00;
+    end
+    if (rst) begin
+      \$11  = 7'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$12  = done;
+    if (run) begin
+      if (\$5 ) begin
+        \$12  = \$8 ;
+      end
+    end
+    if (\$10 ) begin
+      \$12  = 1'h0;
+    end
+    if (rst) begin
+      \$12  = 1'h0;
+    end
+  end
+  assign wp__addr = cnt[5:0];
+  assign i__payload = wp__data;
+  assign read__addr = rp__addr;
+  assign read__en = rp__en;
+  assign rp__data = read__data;
+  assign \wp__data.bias  = wp__data[53:0];
+  assign \wp__data.bias[0]  = wp__data[26:0];
+  assign \wp__data.bias[1]  = wp__data[53:27];
+  assign \wp__data.mult  = wp__data[85:54];
+  assign \wp__data.mult[0]  = wp__data[69:54];
+  assign \wp__data.mult[1]  = wp__data[85:70];
+  assign \wp__data.shift  = wp__data[97:86];
+  assign \wp__data.shift[0]  = wp__data[91:86];
+  assign \wp__data.shift[1]  = wp__data[97:92];
+  assign \i__payload.bias  = wp__data[53:0];
+  assign \i__payload.bias[0]  = wp__data[26:0];
+  assign \i__payload.bias[1]  = wp__data[53:27];
+  assign \i__payload.mult  = wp__data[85:54];
+  assign \i__payload.mult[0]  = wp__data[69:54];
+  assign \i__payload.mult[1]  = wp__data[85:70];
+  assign \i__payload.shift  = wp__data[97:86];
+  assign \i__payload.shift[0]  = wp__data[91:86];
+  assign \i__payload.shift[1]  = wp__data[97:92];
+  assign \read__data.bias  = read__data[53:0];
+  assign \read__data.bias[0]  = read__data[26:0];
+  assign \read__data.bias[1]  = read__data[53:27];
+  assign \read__data.mult  = read__data[85:54];
+  assign \read__data.mult[0]  = read__data[69:54];
+  assign \read__data.mult[1]  = read__data[85:70];
+  assign \read__data.shift  = read__data[97:86];
+  assign \read__data.shift[0]  = read__data[91:86];
+  assign \read__data.shift[1]  = read__data[97:92];
+  assign \rp__data.bias  = read__data[53:0];
+  assign \rp__data.bias[0]  = read__data[26:0];
+  assign \rp__data.bias[1]  = read__data[53:27];
+  assign \rp__data.mult  = read__data[85:54];
+  assign \rp__data.mult[0]  = read__data[69:54];
+  assign \rp__data.mult[1]  = read__data[85:70];
+  assign \rp__data.shift  = read__data[97:86];
+  assign \rp__data.shift[0]  = read__data[91:86];
+  assign \rp__data.shift[1]  = read__data[97:92];
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_e, refused, starting, run, sizes, loaded, last_group, taps__payload, rows_in, weights_done, params_done, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$11  = 0;
+  wire [11:0] \$1 ;
+  wire [4:0] \$10 ;
+  wire \$100 ;
+  wire \$101 ;
+  wire [4:0] \$102 ;
+  wire \$103 ;
+  wire \$104 ;
+  wire \$105 ;
+  wire \$106 ;
+  wire [4:0] \$107 ;
+  wire \$108 ;
+  wire \$109 ;
+  wire [6:0] \$11 ;
+  wire \$110 ;
+  wire \$111 ;
+  wire [6:0] \$112 ;
+  wire \$113 ;
+  wire \$114 ;
+  wire \$115 ;
+  wire \$116 ;
+  wire [16:0] \$117 ;
+  wire \$118 ;
+  wire \$119 ;
+  wire [6:0] \$12 ;
+  wire \$120 ;
+  wire \$121 ;
+  wire \$122 ;
+  wire [16:0] \$123 ;
+  wire \$124 ;
+  wire \$125 ;
+  wire \$126 ;
+  wire [10:0] \$127 ;
+  wire \$128 ;
+  wire \$129 ;
+  wire [16:0] \$13 ;
+  wire [18:0] \$130 ;
+  wire [14:0] \$131 ;
+  wire \$132 ;
+  wire \$133 ;
+  wire [18:0] \$134 ;
+  wire [14:0] \$135 ;
+  wire [14:0] \$136 ;
+  wire \$137 ;
+  wire \$138 ;
+  wire [9:0] \$139 ;
+  wire [16:0] \$14 ;
+  wire \$140 ;
+  wire \$141 ;
+  wire [18:0] \$142 ;
+  wire [18:0] \$143 ;
+  wire [14:0] \$144 ;
+  wire [14:0] \$145 ;
+  wire [14:0] \$146 ;
+  wire [3:0] \$147 ;
+  wire [3:0] \$148 ;
+  wire \$149 ;
+  wire [16:0] \$15 ;
+  wire \$150 ;
+  wire [18:0] \$151 ;
+  wire [18:0] \$152 ;
+  wire [18:0] \$153 ;
+  wire [14:0] \$154 ;
+  wire [14:0] \$155 ;
+  wire [14:0] \$156 ;
+  wire [14:0] \$157 ;
+  wire \$158 ;
+  wire \$159 ;
+  wire [16:0] \$16 ;
+  wire \$160 ;
+  wire [18:0] \$161 ;
+  wire [18:0] \$162 ;
+  wire \$163 ;
+  wire \$164 ;
+  wire \$165 ;
+  wire \$166 ;
+  wire \$167 ;
+  wire [16:0] \$168 ;
+  wire [4:0] \$169 ;
+  wire \$17 ;
+  wire [16:0] \$170 ;
+  wire [16:0] \$171 ;
+  wire [16:0] \$172 ;
+  wire [16:0] \$173 ;
+  wire [16:0] \$174 ;
+  wire \$175 ;
+  wire \$176 ;
+  wire \$177 ;
+  wire \$178 ;
+  wire \$179 ;
+  wire [8:0] \$18 ;
+  wire \$180 ;
+  wire \$181 ;
+  wire \$182 ;
+  wire \$183 ;
+  wire \$184 ;
+  wire \$185 ;
+  wire \$186 ;
+  wire \$187 ;
+  wire \$188 ;
+  wire \$189 ;
+  wire \$19 ;
+  wire \$190 ;
+  wire \$191 ;
+  wire \$192 ;
+  wire \$193 ;
+  wire \$194 ;
+  wire \$195 ;
+  wire \$196 ;
+  wire \$197 ;
+  wire \$198 ;
+  wire \$199 ;
+  wire [11:0] \$2 ;
+  wire \$20 ;
+  wire \$200 ;
+  wire \$201 ;
+  wire \$202 ;
+  wire \$203 ;
+  wire \$204 ;
+  wire [3:0] \$205 ;
+  wire [3:0] \$206 ;
+  wire [3:0] \$207 ;
+  wire [3:0] \$208 ;
+  wire [4:0] \$209 ;
+  wire \$21 ;
+  wire [15:0] \$210 ;
+  wire \$211 ;
+  wire [16:0] \$212 ;
+  wire [16:0] \$213 ;
+  wire [16:0] \$214 ;
+  wire \$215 ;
+  wire [17:0] \$216 ;
+  wire [17:0] \$217 ;
+  wire \$218 ;
+  wire [9:0] \$219 ;
+  wire \$22 ;
+  wire [9:0] \$220 ;
+  wire [17:0] \$221 ;
+  wire [16:0] \$222 ;
+  wire [8:0] \$223 ;
+  wire [1:0] \$224 ;
+  wire [2:0] \$225 ;
+  wire [2:0] \$226 ;
+  wire \$227 ;
+  wire \$228 ;
+  wire \$229 ;
+  wire [8:0] \$23 ;
+  wire [14:0] \$230 ;
+  wire [15:0] \$231 ;
+  wire \$232 ;
+  wire \$233 ;
+  wire \$234 ;
+  wire \$235 ;
+  wire \$236 ;
+  wire \$237 ;
+  wire \$238 ;
+  reg [7:0] \$239 ;
+  wire \$24 ;
+  reg [3:0] \$240 ;
+  reg [3:0] \$241 ;
+  reg [5:0] \$242 ;
+  reg [15:0] \$243 ;
+  reg [15:0] \$244 ;
+  reg \$245 ;
+  reg \$246 ;
+  reg \$247 ;
+  reg \$248 ;
+  reg \$249 ;
+  wire \$25 ;
+  reg \$250 ;
+  reg \$251 ;
+  reg \$252 ;
+  reg \$253 ;
+  reg \$254 ;
+  reg \$255 ;
+  reg [9:0] \$256 ;
+  reg [17:0] \$257 ;
+  reg [13:0] \$258 ;
+  reg [17:0] \$259 ;
+  wire \$26 ;
+  reg [13:0] \$260 ;
+  reg [8:0] \$261 ;
+  reg [17:0] \$262 ;
+  reg [13:0] \$263 ;
+  reg [17:0] \$264 ;
+  reg [17:0] \$265 ;
+  reg [13:0] \$266 ;
+  reg \$267 ;
+  reg \$268 ;
+  reg \$269 ;
+  wire \$27 ;
+  reg [7:0] \$270 ;
+  reg [3:0] \$271 ;
+  reg [5:0] \$272 ;
+  reg [15:0] \$273 ;
+  reg [15:0] \$274 ;
+  reg [13:0] \$275 ;
+  reg [13:0] \$276 ;
+  reg [13:0] \$277 ;
+  reg [13:0] \$278 ;
+  reg [8:0] \$279 ;
+  wire \$28 ;
+  reg [1:0] \$280 ;
+  reg [2:0] \$281 ;
+  wire [4:0] \$29 ;
+  wire [12:0] \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire [8:0] \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$37 ;
+  wire \$38 ;
+  wire [4:0] \$39 ;
+  wire [12:0] \$4 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire \$42 ;
+  wire \$43 ;
+  wire \$44 ;
+  wire [4:0] \$45 ;
+  wire \$46 ;
+  wire \$47 ;
+  wire \$48 ;
+  wire \$49 ;
+  wire [8:0] \$5 ;
+  wire [8:0] \$50 ;
+  wire \$51 ;
+  wire \$52 ;
+  wire \$53 ;
+  wire \$54 ;
+  wire [4:0] \$55 ;
+  wire \$56 ;
+  wire \$57 ;
+  wire \$58 ;
+  wire \$59 ;
+  wire [8:0] \$6 ;
+  wire [4:0] \$60 ;
+  wire \$61 ;
+  wire \$62 ;
+  wire \$63 ;
+  wire \$64 ;
+  wire \$65 ;
+  wire [6:0] \$66 ;
+  wire \$67 ;
+  wire \$68 ;
+  wire \$69 ;
+  wire [4:0] \$7 ;
+  wire \$70 ;
+  wire [8:0] \$71 ;
+  wire \$72 ;
+  wire \$73 ;
+  wire \$74 ;
+  wire \$75 ;
+  wire [4:0] \$76 ;
+  wire \$77 ;
+  wire \$78 ;
+  wire \$79 ;
+  wire [4:0] \$8 ;
+  wire \$80 ;
+  wire [4:0] \$81 ;
+  wire \$82 ;
+  wire \$83 ;
+  wire \$84 ;
+  wire \$85 ;
+  wire [6:0] \$86 ;
+  wire \$87 ;
+  wire \$88 ;
+  wire \$89 ;
+  wire [4:0] \$9 ;
+  wire \$90 ;
+  wire \$91 ;
+  wire [16:0] \$92 ;
+  wire \$93 ;
+  wire \$94 ;
+  wire \$95 ;
+  wire \$96 ;
+  wire [8:0] \$97 ;
+  wire \$98 ;
+  wire \$99 ;
+  reg [13:0] base = 14'h0000;
+  reg below_j = 1'h0;
+  reg below_kx = 1'h0;
+  reg below_ky = 1'h0;
+  reg below_ox = 1'h0;
+  reg below_oy = 1'h0;
+  input clk;
+  wire clk;
+  input [111:0] cmd;
+  wire [111:0] cmd;
+  wire [15:0] \cmd.gin ;
+  wire [15:0] \cmd.gout ;
+  wire [15:0] \cmd.in_h ;
+  wire [15:0] \cmd.in_w ;
+  wire [3:0] \cmd.k ;
+  wire \cmd.keep ;
+  (* enum_base_type = "LayerKind" *)
+  (* enum_value_00 = "STANDARD" *)
+  (* enum_value_01 = "DEPTHWISE" *)
+  (* enum_value_10 = "POINTWISE" *)
+  (* enum_value_11 = "FC" *)
+  wire [1:0] \cmd.kind ;
+  wire [15:0] \cmd.out_h ;
+  wire [15:0] \cmd.out_w ;
+  wire [2:0] \cmd.pad_left ;
+  wire [2:0] \cmd.pad_top ;
+  wire \cmd.relu ;
+  wire [1:0] \cmd.stride ;
+  input dw;
+  wire dw;
+  input dwp;
+  wire dwp;
+  reg [13:0] g_step = 14'h0000;
+  reg [7:0] gi = 8'h00;
+  input [15:0] gin_e;
+  wire [15:0] gin_e;
+  reg [8:0] goff = 9'h000;
+  reg [8:0] goff_step = 9'h000;
+  wire issue;
+  reg [17:0] ix = 18'h00000;
+  reg [17:0] ix0 = 18'h00000;
+  reg [2:0] ix_step = 3'h0;
+  reg [17:0] iy = 18'h00000;
+  reg [17:0] iy0 = 18'h00000;
+  reg [5:0] j = 6'h00;
+  reg [3:0] kx = 4'h0;
+  reg [3:0] ky = 4'h0;
+  reg last_gi = 1'h0;
+  output [5:0] last_group;
+  reg [5:0] last_group = 6'h00;
+  reg last_j = 1'h0;
+  reg last_kx = 1'h0;
+  reg last_ky = 1'h0;
+  reg last_ox = 1'h0;
+  reg last_oy = 1'h0;
+  reg [7:0] lim_gi = 8'h00;
+  reg [3:0] lim_k = 4'h0;
+  reg [15:0] lim_ox = 16'h0000;
+  reg [15:0] lim_oy = 16'h0000;
+  reg [13:0] linebase = 14'h0000;
+  output loaded;
+  reg loaded = 1'h0;
+  reg [17:0] need = 18'h00000;
+  reg [15:0] ox = 16'h0000;
+  reg [1:0] ox_step = 2'h0;
+  reg [15:0] oy = 16'h0000;
+  input params_done;
+  wire params_done;
+  reg [13:0] pixbase = 14'h0000;
+  input refused;
+  wire refused;
+  reg [13:0] row_step = 14'h0000;
+  reg [13:0] rowbase = 14'h0000;
+  input [8:0] rows_in;
+  wire [8:0] rows_in;
+  reg rows_ok = 1'h0;
+  input rst;
+  wire rst;
+  input run;
+  wire run;
+  reg seq_busy = 1'h0;
+  reg [13:0] sg = 14'h0000;
+  input [145:0] sizes;
+  wire [145:0] sizes;
+  wire [8:0] \sizes.kk ;
+  wire [8:0] \sizes.n_dw ;
+  wire [8:0] \sizes.n_in ;
+  wire [24:0] \sizes.n_out ;
+  wire [8:0] \sizes.n_w ;
+  wire [24:0] \sizes.ow ;
+  wire [10:0] \sizes.pl_g ;
+  wire [8:0] \sizes.plane ;
+  wire [10:0] \sizes.pt_wg ;
+  wire [10:0] \sizes.pt_ws ;
+  wire [8:0] \sizes.red ;
+  wire [8:0] \sizes.wg ;
+  input starting;
+  wire starting;
+  reg [13:0] swg = 14'h0000;
+  reg [13:0] tapbase = 14'h0000;
+  output [61:0] taps__payload;
+  wire [61:0] taps__payload;
+  wire \taps__payload.first ;
+  wire [17:0] \taps__payload.ix ;
+  wire [17:0] \taps__payload.iy ;
+  wire \taps__payload.last ;
+  wire [13:0] \taps__payload.lin ;
+  wire [9:0] \taps__payload.waddr ;
+  input taps__ready;
+  wire taps__ready;
+  output taps__valid;
+  wire taps__valid;
+  reg [9:0] waddr = 10'h000;
+  output waiting;
+  wire waiting;
+  input weights_done;
+  wire weights_done;
+  wire [16:0] ws;
+  assign \$1  = - sizes[145:135];
+  assign \$2  = - sizes[105:95];
+  assign \$3  = $signed(\$2 ) - $signed({ 1'h0, sizes[116:106] });
+  assign \$4  = dwp ? { \$1 [11], \$1  } : \$3 ;
+  assign \$5  = gi + 1'h1;
+  assign \$6  = last_gi ? 9'h000 : \$5 ;
+  assign \$7  = kx + 1'h1;
+  assign \$8  = last_kx ? 5'h00 : \$7 ;
+  assign \$9  = ky + 1'h1;
+  assign \$10  = last_ky ? 5'h00 : \$9 ;
+  assign \$11  = j + 1'h1;
+  assign \$12  = last_j ? 7'h00 : \$11 ;
+  assign \$13  = ox + ox_step;
+  assign \$14  = last_ox ? 17'h00000 : \$13 ;
+  assign \$15  = oy + 1'h1;
+  assign \$16  = last_oy ? 17'h00000 : \$15 ;
+  assign \$17  = ! lim_gi;
+  assign \$18  = gi + 1'h1;
+  assign \$19  = \$18  == lim_gi;
+  assign \$20  = last_gi ? \$17  : \$19 ;
+  assign \$22  = ! lim_gi;
+  assign \$23  = gi + 1'h1;
+  assign \$24  = \$23  == lim_gi;
+  assign \$25  = last_gi ? \$22  : \$24 ;
+  assign \$28  = ! lim_k;
+  assign \$29  = kx + 1'h1;
+  assign \$30  = \$29  == lim_k;
+  assign \$31  = last_kx ? \$28  : \$30 ;
+  assign \$32  = below_kx ? \$31  : last_kx;
+  assign \$33  = ! lim_gi;
+  assign \$34  = gi + 1'h1;
+  assign \$35  = \$34  == lim_gi;
+  assign \$36  = last_gi ? \$33  : \$35 ;
+  assign \$38  = ! lim_k;
+  assign \$39  = kx + 1'h1;
+  assign \$40  = \$39  == lim_k;
+  assign \$41  = last_kx ? \$38  : \$40 ;
+  assign \$42  = below_kx ? \$41  : last_kx;
+  assign \$43  = & { \$42 , \$37  };
+  assign \$44  = ! lim_k;
+  assign \$45  = ky + 1'h1;
+  assign \$46  = \$45  == lim_k;
+  assign \$47  = last_ky ? \$44  : \$46 ;
+  assign \$48  = below_ky ? \$47  : last_ky;
+  assign \$49  = ! lim_gi;
+  assign \$50  = gi + 1'h1;
+  assign \$51  = \$50  == lim_gi;
+  assign \$52  = last_gi ? \$49  : \$51 ;
+  assign \$54  = ! lim_k;
+  assign \$55  = kx + 1'h1;
+  assign \$56  = \$55  == lim_k;
+  assign \$57  = last_kx ? \$54  : \$56 ;
+  assign \$58  = below_kx ? \$57  : last_kx;
+  assign \$59  = ! lim_k;
+  assign \$60  = ky + 1'h1;
+  assign \$61  = \$60  == lim_k;
+  assign \$62  = last_ky ? \$59  : \$61 ;
+  assign \$63  = below_ky ? \$62  : last_ky;
+  assign \$64  = & { \$63 , \$58 , \$53  };
+  assign \$65  = ! last_group;
+  assign \$66  = j + 1'h1;
+  assign \$67  = \$66  == last_group;
+  assign \$68  = last_j ? \$65  : \$67 ;
+  assign \$69  = below_j ? \$68  : last_j;
+  assign \$70  = ! lim_gi;
+  assign \$71  = gi + 1'h1;
+  assign \$72  = \$71  == lim_gi;
+  assign \$73  = last_gi ? \$70  : \$72 ;
+  assign \$75  = ! lim_k;
+  assign \$76  = kx + 1'h1;
+  assign \$77  = \$76  == lim_k;
+  assign \$78  = last_kx ? \$75  : \$77 ;
+  assign \$79  = below_kx ? \$78  : last_kx;
+  assign \$80  = ! lim_k;
+  assign \$81  = ky + 1'h1;
+  assign \$82  = \$81  == lim_k;
+  assign \$83  = last_ky ? \$80  : \$82 ;
+  assign \$84  = below_ky ? \$83  : last_ky;
+  assign \$85  = ! last_group;
+  assign \$86  = j + 1'h1;
+  assign \$87  = \$86  == last_group;
+  assign \$88  = last_j ? \$85  : \$87 ;
+  assign \$89  = below_j ? \$88  : last_j;
+  assign \$90  = & { \$89 , \$84 , \$79 , \$74  };
+  assign \$91  = ! lim_ox;
+  assign \$92  = ox + ox_step;
+  assign \$93  = \$92  == lim_ox;
+  assign \$94  = last_ox ? \$91  : \$93 ;
+  assign \$95  = below_ox ? \$94  : last_ox;
+  assign \$96  = ! lim_gi;
+  assign \$97  = gi + 1'h1;
+  assign \$98  = \$97  == lim_gi;
+  assign \$99  = last_gi ? \$96  : \$98 ;
+  assign \$101  = ! lim_k;
+  assign \$102  = kx + 1'h1;
+  assign \$103  = \$102  == lim_k;
+  assign \$104  = last_kx ? \$101  : \$103 ;
+  assign \$105  = below_kx ? \$104  : last_kx;
+  assign \$106  = ! lim_k;
+  assign \$107  = ky + 1'h1;
+  assign \$108  = \$107  == lim_k;
+  assign \$109  = last_ky ? \$106  : \$108 ;
+  assign \$110  = below_ky ? \$109  : last_ky;
+  assign \$111  = ! last_group;
+  assign \$112  = j + 1'h1;
+  assign \$113  = \$112  == last_group;
+  assign \$114  = last_j ? \$111  : \$113 ;
+  assign \$115  = below_j ? \$114  : last_j;
+  assign \$116  = ! lim_ox;
+  assign \$117  = ox + ox_step;
+  assign \$118  = \$117  == lim_ox;
+  assign \$119  = last_ox ? \$116  : \$118 ;
+  assign \$120  = below_ox ? \$119  : last_ox;
+  assign \$121  = & { \$120 , \$115 , \$110 , \$105 , \$100  };
+  assign \$122  = ! lim_oy;
+  assign \$123  = oy + 1'h1;
+  assign \$124  = \$123  == lim_oy;
+  assign \$125  = last_oy ? \$122  : \$124 ;
+  assign \$126  = below_oy ? \$125  : last_oy;
+  assign \$127  = waddr + 1'h1;
+  assign \$128  = ~ last_kx;
+  assign \$129  = below_kx & \$128 ;
+  assign \$130  = $signed(ix) + $signed(2'h1);
+  assign \$131  = $signed(tapbase) + $signed(g_step);
+  assign \$132  = ~ last_ky;
+  assign \$133  = below_ky & \$132 ;
+  assign \$134  = $signed(iy) + $signed(2'h1);
+  assign \$135  = $signed(rowbase) + $signed(row_step);
+  assign \$136  = $signed(rowbase) + $signed(row_step);
+  assign \$137  = ~ last_j;
+  assign \$138  = below_j & \$137 ;
+  assign \$139  = goff + goff_step;
+  assign \$140  = ~ last_ox;
+  assign \$141  = below_ox & \$140 ;
+  assign \$142  = $signed(ix0) + $signed({ 1'h0, ix_step });
+  assign \$143  = $signed(ix0) + $signed({ 1'h0, ix_step });
+  assign \$144  = $signed(pixbase) + $signed(sg);
+  assign \$145  = $signed(pixbase) + $signed(sg);
+  assign \$146  = $signed(pixbase) + $signed(sg);
+  assign \$147  = - cmd[107:105];
+  assign \$148  = - cmd[107:105];
+  assign \$149  = ~ last_oy;
+  assign \$150  = below_oy & \$149 ;
+  assign \$151  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
+  assign \$152  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
+  assign \$153  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
+  assign \$154  = $signed(linebase) + $signed(swg);
+  assign \$155  = $signed(linebase) + $signed(swg);
+  assign \$156  = $signed(linebase) + $signed(swg);
+  assign \$157  = $signed(linebase) + $signed(swg);
+  assign \$158  = below_oy & last_oy;
+  assign \$159  = weights_done & params_done;
+  assign \$160  = cmd[111] | \$159 ;
+  assign \$161  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
+  assign \$162  = below_oy ? \$161  : { need[17], need };
+  assign \$163  = $signed({ 1'h0, rows_in }) >= $signed(\$162 );
+  assign \$164  = rows_in == cmd[15:0];
+  assign \$165  = \$163  | \$164 ;
+  assign \$166  = ~ refused;
+  assign \$167  = starting & \$166 ;
+  assign \$168  = gin_e - 1'h1;
+  assign \$169  = cmd[99:96] - 1'h1;
+  assign \$170  = cmd[95:80] - 1'h1;
+  assign \$171  = cmd[63:48] - 1'h1;
+  assign \$172  = cmd[63:48] - 1'h1;
+  assign \$173  = dwp ? \$171  : \$172 ;
+  assign \$174  = cmd[47:32] - 1'h1;
+  assign \$175  = gin_e == 1'h1;
+  assign \$176  = cmd[99:96] == 1'h1;
+  assign \$177  = cmd[99:96] == 1'h1;
+  assign \$178  = cmd[95:80] == 1'h1;
+  assign \$179  = cmd[63:48] <= 2'h2;
+  assign \$180  = cmd[63:48] == 1'h1;
+  assign \$181  = dwp ? \$179  : \$180 ;
+  assign \$182  = cmd[47:32] == 1'h1;
+  assign \$183  = gin_e == 1'h1;
+  assign \$185  = gin_e == 1'h1;
+  assign \$186  = cmd[99:96] == 1'h1;
+  assign \$187  = & { \$186 , \$185  };
+  assign \$188  = gin_e == 1'h1;
+  assign \$189  = cmd[99:96] == 1'h1;
+  assign \$190  = cmd[99:96] == 1'h1;
+  assign \$191  = & { \$190 , \$189 , \$188  };
+  assign \$192  = gin_e == 1'h1;
+  assign \$193  = cmd[99:96] == 1'h1;
+  assign \$194  = cmd[99:96] == 1'h1;
+  assign \$195  = cmd[95:80] == 1'h1;
+  assign \$196  = & { \$195 , \$194 , \$193 , \$192  };
+  assign \$197  = gin_e == 1'h1;
+  assign \$198  = cmd[99:96] == 1'h1;
+  assign \$199  = cmd[99:96] == 1'h1;
+  assign \$200  = cmd[95:80] == 1'h1;
+  assign \$201  = cmd[63:48] <= 2'h2;
+  assign \$202  = cmd[63:48] == 1'h1;
+  assign \$203  = dwp ? \$201  : \$202 ;
+  assign \$204  = & { \$203 , \$200 , \$199 , \$198 , \$197  };
+  assign \$205  = - cmd[107:105];
+  assign \$206  = - cmd[107:105];
+  assign \$207  = - cmd[104:102];
+  assign \$208  = - cmd[104:102];
+  assign \$209  = cmd[99:96] - cmd[104:102];
+  assign \$210  = dwp ? 16'h0000 : cmd[79:64];
+  assign \$211  = cmd[101:100] == 2'h2;
+  assign \$213  = \$211  ? \$212  : { 1'h0, cmd[79:64] };
+  assign \$214  = dwp ? 17'h00000 : \$213 ;
+  assign \$215  = cmd[101:100] == 2'h2;
+  assign \$218  = cmd[101:100] == 2'h2;
+  assign \$220  = \$218  ? \$219  : { 1'h0, sizes[8:0] };
+  assign \$221  = dwp ? 18'h00000 : { 8'h00, \$220  };
+  assign \$222  = dwp ? 17'h00000 : { 8'h00, sizes[8:0] };
+  assign \$223  = dwp ? sizes[125:117] : { 8'h00, dw };
+  assign \$224  = dwp ? 2'h2 : 2'h1;
+  assign \$226  = dwp ? \$225  : { 1'h0, cmd[101:100] };
+  assign \$227  = seq_busy & loaded;
+  assign taps__valid = \$227  & rows_ok;
+  assign issue = taps__valid & taps__ready;
+  assign \$228  = seq_busy & loaded;
+  assign \$229  = ~ issue;
+  assign waiting = \$228  & \$229 ;
+  assign \$230  = $signed(tapbase) + $signed({ 1'h0, gi });
+  assign \$231  = $signed(\$230 ) + $signed({ 1'h0, goff });
+  assign \$232  = ! gi;
+  assign \$233  = ! kx;
+  assign \$234  = \$232  & \$233 ;
+  assign \$235  = ! ky;
+  assign \$236  = \$234  & \$235 ;
+  assign \$237  = last_gi & last_kx;
+  assign \$238  = \$237  & last_ky;
+  always @(posedge clk)
+    base <= { \$4 [12], \$4  };
+  always @(posedge clk)
+    gi <= \$239 ;
+  always @(posedge clk)
+    kx <= \$240 ;
+  always @(posedge clk)
+    ky <= \$241 ;
+  always @(posedge clk)
+    j <= \$242 ;
+  always @(posedge clk)
+    ox <= \$243 ;
+  always @(posedge clk)
+    oy <= \$244 ;
+  always @(posedge clk)
+    last_gi <= \$245 ;
+  always @(posedge clk)
+    below_kx <= \$246 ;
+  always @(posedge clk)
+    last_kx <= \$247 ;
+  always @(posedge clk)
+    below_ky <= \$248 ;
+  always @(posedge clk)
+    last_ky <= \$249 ;
+  always @(posedge clk)
+    below_j <= \$250 ;
+  always @(posedge clk)
+    last_j <= \$251 ;
+  always @(posedge clk)
+    below_ox <= \$252 ;
+  always @(posedge clk)
+    last_ox <= \$253 ;
+  always @(posedge clk)
+    below_oy <= \$254 ;
+  always @(posedge clk)
+    last_oy <= \$255 ;
+  always @(posedge clk)
+    waddr <= \$256 ;
+  always @(posedge clk)
+    ix <= \$257 ;
+  always @(posedge clk)
+    tapbase <= \$258 ;
+  always @(posedge clk)
+    iy <= \$259 ;
+  always @(posedge clk)
+    rowbase <= \$260 ;
+  always @(posedge clk)
+    goff <= \$261 ;
+  always @(posedge clk)
+    ix0 <= \$262 ;
+  always @(posedge clk)
+    pixbase <= \$263 ;
+  always @(posedge clk)
+    iy0 <= \$264 ;
+  always @(posedge clk)
+    need <= \$265 ;
+  always @(posedge clk)
+    linebase <= \$266 ;
+  always @(posedge clk)
+    seq_busy <= \$267 ;
+  always @(posedge clk)
+    loaded <= \$268 ;
+  always @(posedge clk)
+    rows_ok <= \$269 ;
+  always @(posedge clk)
+    lim_gi <= \$270 ;
+  always @(posedge clk)
+    lim_k <= \$271 ;
+  always @(posedge clk)
+    last_group <= \$272 ;
+  always @(posedge clk)
+    lim_ox <= \$273 ;
+  always @(posedge clk)
+    lim_oy <= \$274 ;
+  always @(posedge clk)
+    g_step <= \$275 ;
+  always @(posedge clk)
+    sg <= \$276 ;
+  always @(posedge clk)
+    swg <= \$277 ;
+  always @(posedge clk)
+    row_step <= \$278 ;
+  always @(posedge clk)
+    goff_step <= \$279 ;
+  always @(posedge clk)
+    ox_step <= \$280 ;
+  always @(posedge clk)
+    ix_step <= \$281 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$239  = gi;
+    if (issue) begin
+      \$239  = \$6 [7:0];
+    end
+    if (\$167 ) begin
+      \$239  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$240  = kx;
+    if (issue) begin
+      if (below_kx) begin
+        \$240  = \$8 [3:0];
+      end
+    end
+    if (\$167 ) begin
+      \$240  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$241  = ky;
+    if (issue) begin
+      if (below_ky) begin
+        \$241  = \$10 [3:0];
+      end
+    end
+    if (\$167 ) begin
+      \$241  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$242  = j;
+    if (issue) begin
+      if (below_j) begin
+        \$242  = \$12 [5:0];
+      end
+    end
+    if (\$167 ) begin
+      \$242  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$243  = ox;
+    if (issue) begin
+      if (below_ox) begin
+        \$243  = \$14 [15:0];
+      end
+    end
+    if (\$167 ) begin
+      \$243  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$244  = oy;
+    if (issue) begin
+      if (below_oy) begin
+        \$244  = \$16 [15:0];
+      end
+    end
+    if (\$167 ) begin
+      \$244  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$245  = last_gi;
+    if (issue) begin
+      \$245  = \$21 ;
+    end
+    if (\$167 ) begin
+      \$245  = \$175 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$246  = below_kx;
+    if (issue) begin
+      \$246  = \$27 ;
+    end
+    if (\$167 ) begin
+      \$246  = \$184 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$247  = last_kx;
+    if (issue) begin
+      \$247  = \$32 ;
+    end
+    if (\$167 ) begin
+      \$247  = \$176 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$248  = below_ky;
+    if (issue) begin
+      \$248  = \$43 ;
+    end
+    if (\$167 ) begin
+      \$248  = \$187 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$249  = last_ky;
+    if (issue) begin
+      \$249  = \$48 ;
+    end
+    if (\$167 ) begin
+      \$249  = \$177 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$250  = below_j;
+    if (issue) begin
+      \$250  = \$64 ;
+    end
+    if (\$167 ) begin
+      \$250  = \$191 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$251  = last_j;
+    if (issue) begin
+      \$251  = \$69 ;
+    end
+    if (\$167 ) begin
+      \$251  = \$178 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$252  = below_ox;
+    if (issue) begin
+      \$252  = \$90 ;
+    end
+    if (\$167 ) begin
+      \$252  = \$196 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$253  = last_ox;
+    if (issue) begin
+      \$253  = \$95 ;
+    end
+    if (\$167 ) begin
+      \$253  = \$181 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$254  = below_oy;
+    if (issue) begin
+      \$254  = \$121 ;
+    end
+    if (\$167 ) begin
+      \$254  = \$204 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$255  = last_oy;
+    if (issue) begin
+      \$255  = \$126 ;
+    end
+    if (\$167 ) begin
+      \$255  = \$182 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$256  = waddr;
+    if (issue) begin
+      \$256  = \$127 [9:0];
+      if (below_ox) begin
+        \$256  = 10'h000;
+      end
+    end
+    if (\$167 ) begin
+      \$256  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$257  = ix;
+    if (issue) begin
+      if (\$129 ) begin
+        \$257  = \$130 [17:0];
+      end
+      if (below_ky) begin
+        \$257  = ix0;
+      end
+      if (\$141 ) begin
+        \$257  = \$143 [17:0];
+      end
+      if (below_oy) begin
+        \$257  = { \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148  };
+      end
+    end
+    if (\$167 ) begin
+      \$257  = { \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$258  = tapbase;
+    if (issue) begin
+      if (\$129 ) begin
+        \$258  = \$131 [13:0];
+      end
+      if (\$133 ) begin
+        \$258  = \$136 [13:0];
+      end
+      if (\$138 ) begin
+        \$258  = pixbase;
+      end
+      if (\$141 ) begin
+        \$258  = \$146 [13:0];
+      end
+      if (\$150 ) begin
+        \$258  = \$157 [13:0];
+      end
+    end
+    if (\$167 ) begin
+      \$258  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$259  = iy;
+    if (issue) begin
+      if (\$133 ) begin
+        \$259  = \$134 [17:0];
+      end
+      if (below_j) begin
+        \$259  = iy0;
+      end
+      if (\$150 ) begin
+        \$259  = \$152 [17:0];
+      end
+    end
+    if (\$167 ) begin
+      \$259  = { \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$260  = rowbase;
+    if (issue) begin
+      if (\$133 ) begin
+        \$260  = \$135 [13:0];
+      end
+      if (\$138 ) begin
+        \$260  = pixbase;
+      end
+      if (\$141 ) begin
+        \$260  = \$145 [13:0];
+      end
+      if (\$150 ) begin
+        \$260  = \$156 [13:0];
+      end
+    end
+    if (\$167 ) begin
+      \$260  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$261  = goff;
+    if (issue) begin
+      if (\$138 ) begin
+        \$261  = \$139 [8:0];
+      end
+      if (below_ox) begin
+        \$261  = 9'h000;
+      end
+    end
+    if (\$167 ) begin
+      \$261  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$262  = ix0;
+    if (issue) begin
+      if (\$141 ) begin
+        \$262  = \$142 [17:0];
+      end
+      if (below_oy) begin
+        \$262  = { \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147  };
+      end
+    end
+    if (\$167 ) begin
+      \$262  = { \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$263  = pixbase;
+    if (issue) begin
+      if (\$141 ) begin
+        \$263  = \$144 [13:0];
+      end
+      if (\$150 ) begin
+        \$263  = \$155 [13:0];
+      end
+    end
+    if (\$167 ) begin
+      \$263  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$264  = iy0;
+    if (issue) begin
+      if (\$150 ) begin
+        \$264  = \$151 [17:0];
+      end
+    end
+    if (\$167 ) begin
+      \$264  = { \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$265  = need;
+    if (issue) begin
+      if (\$150 ) begin
+        \$265  = \$153 [17:0];
+      end
+    end
+    if (\$167 ) begin
+      \$265  = { \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$266  = linebase;
+    if (issue) begin
+      if (\$150 ) begin
+        \$266  = \$154 [13:0];
+      end
+    end
+    if (\$167 ) begin
+      \$266  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$267  = seq_busy;
+    if (issue) begin
+      if (\$158 ) begin
+        \$267  = 1'h0;
+      end
+    end
+    if (\$167 ) begin
+      \$267  = 1'h1;
+    end
+    if (rst) begin
+      \$267  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$268  = loaded;
+    if (run) begin
+      \$268  = \$160 ;
+    end
+    if (\$167 ) begin
+      \$268  = 1'h0;
+    end
+    if (rst) begin
+      \$268  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$269  = rows_ok;
+    if (run) begin
+      \$269  = \$165 ;
+    end
+    if (\$167 ) begin
+      \$269  = 1'h0;
+    end
+    if (rst) begin
+      \$269  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$270  = lim_gi;
+    if (\$167 ) begin
+      \$270  = \$168 [7:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$271  = lim_k;
+    if (\$167 ) begin
+      \$271  = \$169 [3:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$272  = last_group;
+    if (\$167 ) begin
+      \$272  = \$170 [5:0];
+    end
+    if (rst) begin
+      \$272  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$273  = lim_ox;
+    if (\$167 ) begin
+      \$273  = \$173 [15:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$274  = lim_oy;
+    if (\$167 ) begin
+      \$274  = \$174 [15:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$275  = g_step;
+    if (\$167 ) begin
+      \$275  = \$210 [13:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$276  = sg;
+    if (\$167 ) begin
+      \$276  = \$214 [13:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$277  = swg;
+    if (\$167 ) begin
+      \$277  = \$221 [13:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$278  = row_step;
+    if (\$167 ) begin
+      \$278  = \$222 [13:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$279  = goff_step;
+    if (\$167 ) begin
+      \$279  = \$223 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$280  = ox_step;
+    if (\$167 ) begin
+      \$280  = \$224 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$281  = ix_step;
+    if (\$167 ) begin
+      \$281  = \$226 ;
+    end
+  end
+  assign ws = 17'h00000;
+  assign \sizes.wg  = sizes[8:0];
+  assign \sizes.n_in  = sizes[17:9];
+  assign \sizes.ow  = sizes[42:18];
+  assign \sizes.n_out  = sizes[67:43];
+  assign \sizes.kk  = sizes[76:68];
+  assign \sizes.red  = sizes[85:77];
+  assign \sizes.n_w  = sizes[94:86];
+  assign \sizes.pt_wg  = sizes[105:95];
+  assign \sizes.pl_g  = sizes[116:106];
+  assign \sizes.plane  = sizes[125:117];
+  assign \sizes.n_dw  = sizes[134:126];
+  assign \sizes.pt_ws  = sizes[145:135];
+  assign \cmd.in_h  = cmd[15:0];
+  assign \cmd.in_w  = cmd[31:16];
+  assign \cmd.out_h  = cmd[47:32];
+  assign \cmd.out_w  = cmd[63:48];
+  assign \cmd.gin  = cmd[79:64];
+  assign \cmd.gout  = cmd[95:80];
+  assign \cmd.k  = cmd[99:96];
+  assign \cmd.stride  = cmd[101:100];
+  assign \cmd.pad_top  = cmd[104:102];
+  assign \cmd.pad_left  = cmd[107:105];
+  assign \cmd.kind  = cmd[109:108];
+  assign \cmd.relu  = cmd[110];
+  assign \cmd.keep  = cmd[111];
+  assign \taps__payload.lin  = taps__payload[13:0];
+  assign \taps__payload.ix  = taps__payload[31:14];
+  assign \taps__payload.iy  = taps__payload[49:32];
+  assign \taps__payload.waddr  = taps__payload[59:50];
+  assign \taps__payload.first  = taps__payload[60];
+  assign \taps__payload.last  = taps__payload[61];
+  assign taps__payload[61] = \$238 ;
+  assign taps__payload[60] = \$236 ;
+  assign taps__payload[59:50] = waddr;
+  assign taps__payload[49:32] = iy;
+  assign taps__payload[31:14] = ix;
+  assign taps__payload[13:0] = \$231 [13:0];
+  assign \$21  = \$20 ;
+  assign \$26  = \$25 ;
+  assign \$27  = \$25 ;
+  assign \$37  = \$36 ;
+  assign \$53  = \$52 ;
+  assign \$74  = \$73 ;
+  assign \$100  = \$99 ;
+  assign \$184  = \$183 ;
+  assign \$212  = { cmd[79:64], 1'h0 };
+  assign \$216  = 18'h00000;
+  assign \$219  = { sizes[8:0], 1'h0 };
+  assign \$225  = { cmd[101:100], 1'h0 };
+  assign \$217  = 18'h00000;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw, dwp, gin_e, refused, cfg__ready, accept, busy, sizing, starting, start, run, sizes_ready, sizes, loaded
+, inputs_done, mac_valid, cfg__payload);
+  reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$37 ;
+  wire \$38 ;
+  wire \$39 ;
+  wire \$4 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire \$42 ;
+  wire \$43 ;
+  wire \$44 ;
+  wire \$45 ;
+  wire \$46 ;
+  wire \$47 ;
+  wire \$48 ;
+  wire \$49 ;
+  wire \$5 ;
+  wire \$50 ;
+  wire \$51 ;
+  wire \$52 ;
+  wire \$53 ;
+  wire \$54 ;
+  wire \$55 ;
+  wire \$56 ;
+  wire \$57 ;
+  wire \$58 ;
+  wire \$59 ;
+  wire \$6 ;
+  wire \$60 ;
+  wire \$61 ;
+  wire \$62 ;
+  wire \$63 ;
+  wire \$64 ;
+  wire \$65 ;
+  wire \$66 ;
+  wire \$67 ;
+  wire \$68 ;
+  wire [15:0] \$69 ;
+  wire \$7 ;
+  wire \$70 ;
+  wire \$71 ;
+  wire \$72 ;
+  wire \$73 ;
+  wire \$74 ;
+  wire \$75 ;
+  wire \$76 ;
+  wire \$77 ;
+  wire \$78 ;
+  wire \$79 ;
+  wire \$8 ;
+  wire \$80 ;
+  reg \$81 ;
+  reg \$82 ;
+  reg \$83 ;
+  reg [111:0] \$84 ;
+  reg \$85 ;
+  reg \$86 ;
+  reg \$87 ;
+  reg [15:0] \$88 ;
+  reg [2:0] \$89 ;
+  wire \$9 ;
+  reg \$90 ;
+  reg \$91 ;
+  output accept;
+  reg accept;
+  reg bad_fields = 1'h0;
+  reg bad_sizes = 1'h0;
+  output busy;
+  reg busy;
+  input [111:0] cfg__payload;
+  wire [111:0] cfg__payload;
+  wire [15:0] \cfg__payload.gin ;
+  wire [15:0] \cfg__payload.gout ;
+  wire [15:0] \cfg__payload.in_h ;
+  wire [15:0] \cfg__payload.in_w ;
+  wire [3:0] \cfg__payload.k ;
+  wire \cfg__payload.keep ;
+  (* enum_base_type = "LayerKind" *)
+  (* enum_value_00 = "STANDARD" *)
+  (* enum_value_01 = "DEPTHWISE" *)
+  (* enum_value_10 = "POINTWISE" *)
+  (* enum_value_11 = "FC" *)
+  wire [1:0] \cfg__payload.kind ;
+  wire [15:0] \cfg__payload.out_h ;
+  wire [15:0] \cfg__payload.out_w ;
+  wire [2:0] \cfg__payload.pad_left ;
+  wire [2:0] \cfg__payload.pad_top ;
+  wire \cfg__payload.relu ;
+  wire [1:0] \cfg__payload.stride ;
+  output cfg__ready;
+  reg cfg__ready;
+  input cfg__valid;
+  wire cfg__valid;
+  input clk;
+  wire clk;
+  output [111:0] cmd;
+  reg [111:0] cmd = 112'h0000000000000000000000000000;
+  wire [15:0] \cmd.gin ;
+  wire [15:0] \cmd.gout ;
+  wire [15:0] \cmd.in_h ;
+  wire [15:0] \cmd.in_w ;
+  wire [3:0] \cmd.k ;
+  wire \cmd.keep ;
+  (* enum_base_type = "LayerKind" *)
+  (* enum_value_00 = "STANDARD" *)
+  (* enum_value_01 = "DEPTHWISE" *)
+  (* enum_value_10 = "POINTWISE" *)
+  (* enum_value_11 = "FC" *)
+  wire [1:0] \cmd.kind ;
+  wire [15:0] \cmd.out_h ;
+  wire [15:0] \cmd.out_w ;
+  wire [2:0] \cmd.pad_left ;
+  wire [2:0] \cmd.pad_top ;
+  wire \cmd.relu ;
+  wire [1:0] \cmd.stride ;
+  output done;
+  reg done = 1'h0;
+  output dw;
+  reg dw = 1'h0;
+  output dwp;
+  reg dwp = 1'h0;
+  output error;
+  reg error = 1'h0;
+  reg fin = 1'h0;
+  reg [2:0] fsm_state = 3'h0;
+  output [15:0] gin_e;
+  reg [15:0] gin_e = 16'h0000;
+  input inputs_done;
+  wire inputs_done;
+  input loaded;
+  wire loaded;
+  input mac_valid;
+  wire mac_valid;
+  input outputs_done;
+  wire outputs_done;
+  output refused;
+  reg refused = 1'h0;
+  input rst;
+  wire rst;
+  output run;
+  reg run;
+  input [145:0] sizes;
+  wire [145:0] sizes;
+  wire [8:0] \sizes.kk ;
+  wire [8:0] \sizes.n_dw ;
+  wire [8:0] \sizes.n_in ;
+  wire [24:0] \sizes.n_out ;
+  wire [8:0] \sizes.n_w ;
+  wire [24:0] \sizes.ow ;
+  wire [10:0] \sizes.pl_g ;
+  wire [8:0] \sizes.plane ;
+  wire [10:0] \sizes.pt_wg ;
+  wire [10:0] \sizes.pt_ws ;
+  wire [8:0] \sizes.red ;
+  wire [8:0] \sizes.wg ;
+  input sizes_ready;
+  wire sizes_ready;
+  output sizing;
+  reg sizing;
+  output start;
+  reg start;
+  output starting;
+  reg starting;
+  assign \$9  = cmd[101:100] == 1'h1;
+  assign \$10  = cmd[101:100] == 2'h2;
+  assign \$11  = \$9  | \$10 ;
+  assign \$12  = ~ \$11 ;
+  assign \$13  = \$8  | \$12 ;
+  assign \$14  = cmd[104:102] >= cmd[99:96];
+  assign \$15  = \$13  | \$14 ;
+  assign \$16  = cmd[107:105] >= cmd[99:96];
+  assign \$17  = \$15  | \$16 ;
+  assign \$18  = ! cmd[15:0];
+  assign \$19  = \$17  | \$18 ;
+  assign \$20  = ! cmd[31:16];
+  assign \$21  = \$19  | \$20 ;
+  assign \$22  = ! cmd[47:32];
+  assign \$23  = \$21  | \$22 ;
+  assign \$24  = ! cmd[63:48];
+  assign \$25  = \$23  | \$24 ;
+  assign \$26  = ! cmd[79:64];
+  assign \$27  = \$25  | \$26 ;
+  assign \$28  = ! cmd[95:80];
+  assign \$29  = \$27  | \$28 ;
+  assign \$30  = cmd[109:108] == 2'h2;
+  assign \$31  = cmd[109:108] == 2'h3;
+  assign \$32  = \$30  | \$31 ;
+  assign \$33  = cmd[99:96] != 1'h1;
+  assign \$34  = \$32  & \$33 ;
+  assign \$35  = \$29  | \$34 ;
+  assign \$36  = cmd[109:108] == 2'h3;
+  assign \$37  = cmd[15:0] != 1'h1;
+  assign \$38  = cmd[31:16] != 1'h1;
+  assign \$39  = \$37  | \$38 ;
+  assign \$40  = cmd[47:32] != 1'h1;
+  assign \$41  = \$39  | \$40 ;
+  assign \$42  = cmd[63:48] != 1'h1;
+  assign \$43  = \$41  | \$42 ;
+  assign \$44  = \$36  & \$43 ;
+  assign \$45  = \$35  | \$44 ;
+  assign \$46  = cmd[109:108] == 1'h1;
+  assign \$47  = cmd[79:64] != cmd[95:80];
+  assign \$50  = \$45  | \$49 ;
+  assign \$51  = cmd[95:80] > 7'h40;
+  assign \$52  = \$50  | \$51 ;
+  assign \$53  = sizes[17:9] > 9'h100;
+  assign \$54  = sizes[134:126] > 9'h100;
+  assign \$55  = dwp & \$54 ;
+  assign \$56  = \$53  | \$55 ;
+  assign \$57  = ~ cmd[111];
+  assign \$58  = sizes[94:86] > 9'h100;
+  assign \$59  = \$57  & \$58 ;
+  assign \$60  = \$56  | \$59 ;
+  assign \$61  = sizes[85:77] > 9'h100;
+  assign \$62  = \$60  | \$61 ;
+  assign \$63  = sizes[67:43] > 24'hffffff;
+  assign \$64  = \$62  | \$63 ;
+  assign \$65  = cfg__payload[109:108] == 1'h1;
+  assign \$66  = cfg__payload[109:108] == 1'h1;
+  assign \$68  = cfg__payload[109:108] == 1'h1;
+  assign \$69  = \$68  ? 16'h0001 : cfg__payload[79:64];
+  assign \$70  = bad_fields | bad_sizes;
+  assign \$71  = outputs_done & inputs_done;
+  assign \$72  = fin & loaded;
+  assign \$73  = dwp & mac_valid;
+  assign \$74  = ~ \$73 ;
+  assign \$75  = \$72  & \$74 ;
+  assign \$76  = ! fsm_state;
+  assign \$77  = fsm_state == 1'h1;
+  assign \$78  = fsm_state == 2'h2;
+  assign \$79  = fsm_state == 2'h3;
+  assign \$80  = fsm_state == 3'h4;
+  always @(posedge clk)
+    bad_fields <= \$81 ;
+  always @(posedge clk)
+    bad_sizes <= \$82 ;
+  always @(posedge clk)
+    done <= \$83 ;
+  always @(posedge clk)
+    cmd <= \$84 ;
+  always @(posedge clk)
+    error <= \$85 ;
+  always @(posedge clk)
+    dw <= \$86 ;
+  always @(posedge clk)
+    dwp <= \$87 ;
+  always @(posedge clk)
+    gin_e <= \$88 ;
+  always @(posedge clk)
+    fsm_state <= \$89 ;
+  always @(posedge clk)
+    refused <= \$90 ;
+  always @(posedge clk)
+    fin <= \$91 ;
+  assign \$1  = cmd[99:96] == 1'h1;
+  assign \$2  = cmd[99:96] == 2'h3;
+  assign \$3  = \$1  | \$2 ;
+  assign \$4  = cmd[99:96] == 3'h5;
+  assign \$5  = \$3  | \$4 ;
+  assign \$6  = cmd[99:96] == 3'h7;
+  assign \$7  = \$5  | \$6 ;
+  assign \$8  = ~ \$7 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$81  = \$52 ;
+    if (rst) begin
+      \$81  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$82  = \$64 ;
+    if (rst) begin
+      \$82  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$83  = 1'h0;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$83  = 1'h1;
+          end
+      3'h4:
+          if (\$75 ) begin
+            \$83  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$83  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$84  = cmd;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$84  = cfg__payload;
+          end
+    endcase
+    if (rst) begin
+      \$84  = 112'h0000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$85  = error;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$85  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$85  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$85  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$86  = dw;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$86  = \$65 ;
+          end
+    endcase
+    if (rst) begin
+      \$86  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$87  = dwp;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$87  = \$67 ;
+          end
+    endcase
+    if (rst) begin
+      \$87  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$88  = gin_e;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$88  = \$69 ;
+          end
+    endcase
+    if (rst) begin
+      \$88  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$89  = fsm_state;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$89  = 3'h1;
+          end
+      3'h1:
+          if (sizes_ready) begin
+            \$89  = 3'h2;
+          end
+      3'h2:
+          \$89  = 3'h3;
+      3'h3:
+          (* full_case = 32'd1 *)
+          if (refused) begin
+            \$89  = 3'h0;
+          end else begin
+            \$89  = 3'h4;
+          end
+      3'h4:
+          if (\$75 ) begin
+            \$89  = 3'h0;
+          end
+    endcase
+    if (rst) begin
+      \$89  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$90  = refused;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$90  = \$70 ;
+    endcase
+    if (rst) begin
+      \$90  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$91  = fin;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          (* full_case = 32'd1 *)
+          if (refused) begin
+          end else begin
+            \$91  = 1'h0;
+          end
+      3'h4:
+          \$91  = \$71 ;
+    endcase
+    if (rst) begin
+      \$91  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    cfg__ready = 1'h0;
+    casez (fsm_state)
+      3'h0:
+          cfg__ready = 1'h1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    accept = 1'h0;
+    casez (fsm_state)
+      3'h0:
+          accept = cfg__valid;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    busy = 1'h0;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          busy = 1'h1;
+      3'h2:
+          busy = 1'h1;
+      3'h3:
+          busy = 1'h1;
+      3'h4:
+          busy = 1'h1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    sizing = 1'h0;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          sizing = 1'h1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    starting = 1'h0;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          starting = 1'h1;
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    start = 1'h0;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          (* full_case = 32'd1 *)
+          if (refused) begin
+          end else begin
+            start = 1'h1;
+          end
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    run = 1'h0;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          /* empty */;
+      3'h4:
+          run = 1'h1;
+    endcase
+  end
+  assign \cmd.in_h  = cmd[15:0];
+  assign \cmd.in_w  = cmd[31:16];
+  assign \cmd.out_h  = cmd[47:32];
+  assign \cmd.out_w  = cmd[63:48];
+  assign \cmd.gin  = cmd[79:64];
+  assign \cmd.gout  = cmd[95:80];
+  assign \cmd.k  = cmd[99:96];
+  assign \cmd.stride  = cmd[101:100];
+  assign \cmd.pad_top  = cmd[104:102];
+  assign \cmd.pad_left  = cmd[107:105];
+  assign \cmd.kind  = cmd[109:108];
+  assign \cmd.relu  = cmd[110];
+  assign \cmd.keep  = cmd[111];
+  assign \sizes.wg  = sizes[8:0];
+  assign \sizes.n_in  = sizes[17:9];
+  assign \sizes.ow  = sizes[42:18];
+  assign \sizes.n_out  = sizes[67:43];
+  assign \sizes.kk  = sizes[76:68];
+  assign \sizes.red  = sizes[85:77];
+  assign \sizes.n_w  = sizes[94:86];
+  assign \sizes.pt_wg  = sizes[105:95];
+  assign \sizes.pl_g  = sizes[116:106];
+  assign \sizes.plane  = sizes[125:117];
+  assign \sizes.n_dw  = sizes[134:126];
+  assign \sizes.pt_ws  = sizes[145:135];
+  assign \cfg__payload.in_h  = cfg__payload[15:0];
+  assign \cfg__payload.in_w  = cfg__payload[31:16];
+  assign \cfg__payload.out_h  = cfg__payload[47:32];
+  assign \cfg__payload.out_w  = cfg__payload[63:48];
+  assign \cfg__payload.gin  = cfg__payload[79:64];
+  assign \cfg__payload.gout  = cfg__payload[95:80];
+  assign \cfg__payload.k  = cfg__payload[99:96];
+  assign \cfg__payload.stride  = cfg__payload[101:100];
+  assign \cfg__payload.pad_top  = cfg__payload[104:102];
+  assign \cfg__payload.pad_left  = cfg__payload[107:105];
+  assign \cfg__payload.kind  = cfg__payload[109:108];
+  assign \cfg__payload.relu  = cfg__payload[110];
+  assign \cfg__payload.keep  = cfg__payload[111];
+  assign \$48  = 1'h1;
+  assign \$49  = \$46 ;
+  assign \$67  = 1'h0;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.sizes$158 (rst, cmd, gin_e, clear, enable, ready, sizes, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire [4:0] \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire [8:0] \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire [8:0] \$18 ;
+  wire [24:0] \$19 ;
+  wire \$2 ;
+  wire [24:0] \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire [8:0] \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire [8:0] \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire [8:0] \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [10:0] \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire [10:0] \$35 ;
+  wire [15:0] \$36 ;
+  wire [25:0] \$37 ;
+  wire \$38 ;
+  wire \$39 ;
+  wire \$4 ;
+  wire \$40 ;
+  reg [15:0] \$41 ;
+  reg [24:0] \$42 ;
+  reg [24:0] \$43 ;
+  reg \$44 ;
+  reg \$45 ;
+  reg \$46 ;
+  reg \$47 ;
+  reg [3:0] \$48 ;
+  reg [145:0] \$49 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  reg a_zero = 1'h0;
+  reg b_big = 1'h0;
+  input clear;
+  wire clear;
+  input clk;
+  wire clk;
+  input [111:0] cmd;
+  wire [111:0] cmd;
+  wire [15:0] \cmd.gin ;
+  wire [15:0] \cmd.gout ;
+  wire [15:0] \cmd.in_h ;
+  wire [15:0] \cmd.in_w ;
+  wire [3:0] \cmd.k ;
+  wire \cmd.keep ;
+  (* enum_base_type = "LayerKind" *)
+  (* enum_value_00 = "STANDARD" *)
+  (* enum_value_01 = "DEPTHWISE" *)
+  (* enum_value_10 = "POINTWISE" *)
+  (* enum_value_11 = "FC" *)
+  wire [1:0] \cmd.kind ;
+  wire [15:0] \cmd.out_h ;
+  wire [15:0] \cmd.out_w ;
+  wire [2:0] \cmd.pad_left ;
+  wire [2:0] \cmd.pad_top ;
+  wire \cmd.relu ;
+  wire [1:0] \cmd.stride ;
+  input enable;
+  wire enable;
+  input [15:0] gin_e;
+  wire [15:0] gin_e;
+  reg [15:0] mul_a = 16'h0000;
+  reg [24:0] mul_b = 25'h0000000;
+  reg mul_run = 1'h0;
+  wire [25:0] mul_sum;
+  reg ovf = 1'h0;
+  reg [24:0] prod = 25'h0000000;
+  output ready;
+  reg ready;
+  input rst;
+  wire rst;
+  output [145:0] sizes;
+  reg [145:0] sizes = 146'h0000000000000000000000000000000000000;
+  wire [8:0] \sizes.kk ;
+  wire [8:0] \sizes.n_dw ;
+  wire [8:0] \sizes.n_in ;
+  wire [24:0] \sizes.n_out ;
+  wire [8:0] \sizes.n_w ;
+  wire [24:0] \sizes.ow ;
+  wire [10:0] \sizes.pl_g ;
+  wire [8:0] \sizes.plane ;
+  wire [10:0] \sizes.pt_wg ;
+  wire [10:0] \sizes.pt_ws ;
+  wire [8:0] \sizes.red ;
+  wire [8:0] \sizes.wg ;
+  reg [3:0] step = 4'h0;
+  always @(posedge clk)
+    a_zero <= \$45 ;
+  always @(posedge clk)
+    b_big <= \$46 ;
+  always @(posedge clk)
+    mul_run <= \$47 ;
+  always @(posedge clk)
+    step <= \$48 ;
+  always @(posedge clk)
+    sizes <= \$49 ;
+  assign mul_sum = prod + mul_b;
+  assign \$1  = ~ mul_run;
+  assign \$2  = ~ mul_run;
+  assign \$3  = ! cmd[31:16];
+  assign \$4  = ! cmd[15:0];
+  assign \$5  = ! cmd[63:48];
+  assign \$6  = ! cmd[47:32];
+  assign \$7  = ! cmd[99:96];
+  assign \$8  = ! gin_e;
+  assign \$9  = ! cmd[95:80];
+  assign \$10  = ! cmd[104:102];
+  assign \$11  = ! cmd[107:105];
+  assign \$12  = step + 1'h1;
+  assign \$13  = | prod[24:9];
+  assign \$14  = ovf | \$13 ;
+  assign \$15  = \$14  ? 9'h1ff : prod[8:0];
+  assign \$16  = | prod[24:9];
+  assign \$17  = ovf | \$16 ;
+  assign \$18  = \$17  ? 9'h1ff : prod[8:0];
+  assign \$19  = ovf ? 25'h1ffffff : prod;
+  assign \$20  = ovf ? 25'h1ffffff : prod;
+  assign \$21  = | prod[24:9];
+  assign \$22  = ovf | \$21 ;
+  assign \$23  = \$22  ? 9'h1ff : prod[8:0];
+  assign \$24  = | prod[24:9];
+  assign \$25  = ovf | \$24 ;
+  assign \$26  = \$25  ? 9'h1ff : prod[8:0];
+  assign \$27  = | prod[24:9];
+  assign \$28  = ovf | \$27 ;
+  assign \$29  = \$28  ? 9'h1ff : prod[8:0];
+  assign \$30  = | prod[24:11];
+  assign \$31  = ovf | \$30 ;
+  assign \$32  = \$31  ? 11'h7ff : prod[10:0];
+  assign \$33  = | prod[24:11];
+  assign \$34  = ovf | \$33 ;
+  assign \$35  = \$34  ? 11'h7ff : prod[10:0];
+  assign \$38  = b_big | mul_b[24];
+  assign \$39  = ! mul_a[15:1];
+  assign \$40  = b_big | mul_sum[25];
+  always @(posedge clk)
+    mul_a <= \$41 ;
+  always @(posedge clk)
+    mul_b <= \$42 ;
+  always @(posedge clk)
+    prod <= \$43 ;
+  always @(posedge clk)
+    ovf <= \$44 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$45  = a_zero;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$2 ) begin
+        casez (step)
+          4'h0:
+              \$45  = \$3 ;
+          4'h1:
+              \$45  = \$4 ;
+          4'h2:
+              \$45  = \$5 ;
+          4'h3:
+              \$45  = \$6 ;
+          4'h4:
+              \$45  = \$7 ;
+          4'h5:
+              \$45  = \$8 ;
+          4'h6:
+              \$45  = \$9 ;
+          4'h7:
+              \$45  = \$10 ;
+          4'h8:
+              \$45  = \$11 ;
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        \$45  = \$39 ;
+      end
+    end
+    if (rst) begin
+      \$45  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$46  = b_big;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$2 ) begin
+        casez (step)
+          4'h0:
+              \$46  = 1'h0;
+          4'h1:
+              \$46  = 1'h0;
+          4'h2:
+              \$46  = 1'h0;
+          4'h3:
+              \$46  = 1'h0;
+          4'h4:
+              \$46  = 1'h0;
+          4'h5:
+              \$46  = 1'h0;
+          4'h6:
+              \$46  = 1'h0;
+          4'h7:
+              \$46  = 1'h0;
+          4'h8:
+              \$46  = 1'h0;
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        \$46  = \$38 ;
+      end
+    end
+    if (rst) begin
+      \$46  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$47  = mul_run;
+    if (enable) begin
+      if (\$2 ) begin
+        casez (step)
+          4'h0:
+              \$47  = 1'h1;
+          4'h1:
+              \$47  = 1'h1;
+          4'h2:
+              \$47  = 1'h1;
+          4'h3:
+              \$47  = 1'h1;
+          4'h4:
+              \$47  = 1'h1;
+          4'h5:
+              \$47  = 1'h1;
+          4'h6:
+              \$47  = 1'h1;
+          4'h7:
+              \$47  = 1'h1;
+          4'h8:
+              \$47  = 1'h1;
+        endcase
+      end else if (a_zero) begin
+        \$47  = 1'h0;
+      end
+    end
+    if (clear) begin
+      \$47  = 1'h0;
+    end
+    if (rst) begin
+      \$47  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$48  = step;
+    if (enable) begin
+      if (\$2 ) begin
+      end else if (a_zero) begin
+        \$48  = \$12 [3:0];
+      end
+    end
+    if (clear) begin
+      \$48  = 4'h0;
+    end
+    if (rst) begin
+      \$48  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$49  = sizes;
+    if (enable) begin
+      if (\$2 ) begin
+      end else if (a_zero) begin
+        casez (step)
+          4'h0:
+              \$49 [8:0] = \$15 ;
+          4'h1:
+              \$49 [17:9] = \$18 ;
+          4'h2:
+              \$49 [42:18] = \$19 ;
+          4'h3:
+              \$49 [67:43] = \$20 ;
+          4'h4:
+              \$49 [76:68] = \$23 ;
+          4'h5:
+              \$49 [85:77] = \$26 ;
+          4'h6:
+              \$49 [94:86] = \$29 ;
+          4'h7:
+              \$49 [105:95] = \$32 ;
+          4'h8:
+              \$49 [116:106] = \$35 ;
+        endcase
+      end
+    end
+    if (rst) begin
+      \$49  = 146'h0000000000000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    ready = 1'h0;
+    if (enable) begin
+      if (\$1 ) begin
+        (* full_case = 32'd1 *)
+        casez (step)
+          4'h0:
+              /* empty */;
+          4'h1:
+              /* empty */;
+          4'h2:
+              /* empty */;
+          4'h3:
+              /* empty */;
+          4'h4:
+              /* empty */;
+          4'h5:
+              /* empty */;
+          4'h6:
+              /* empty */;
+          4'h7:
+              /* empty */;
+          4'h8:
+              /* empty */;
+          default:
+              ready = 1'h1;
+        endcase
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$41  = mul_a;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$2 ) begin
+        casez (step)
+          4'h0:
+              \$41  = cmd[31:16];
+          4'h1:
+              \$41  = cmd[15:0];
+          4'h2:
+              \$41  = cmd[63:48];
+          4'h3:
+              \$41  = cmd[47:32];
+          4'h4:
+              \$41  = { 12'h000, cmd[99:96] };
+          4'h5:
+              \$41  = gin_e;
+          4'h6:
+              \$41  = cmd[95:80];
+          4'h7:
+              \$41  = { 13'h0000, cmd[104:102] };
+          4'h8:
+              \$41  = { 13'h0000, cmd[107:105] };
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        \$41  = \$36 ;
+      end
+    end
+    if (rst) begin
+      \$41  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$42  = mul_b;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$2 ) begin
+        casez (step)
+          4'h0:
+              \$42  = { 9'h000, cmd[79:64] };
+          4'h1:
+              \$42  = { 16'h0000, sizes[8:0] };
+          4'h2:
+              \$42  = { 9'h000, cmd[95:80] };
+          4'h3:
+              \$42  = sizes[42:18];
+          4'h4:
+              \$42  = { 21'h000000, cmd[99:96] };
+          4'h5:
+              \$42  = { 16'h0000, sizes[76:68] };
+          4'h6:
+              \$42  = { 16'h0000, sizes[85:77] };
+          4'h7:
+              \$42  = { 16'h0000, sizes[8:0] };
+          4'h8:
+              \$42  = { 9'h000, cmd[79:64] };
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        \$42  = \$37 [24:0];
+      end
+    end
+    if (rst) begin
+      \$42  = 25'h0000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$43  = prod;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$2 ) begin
+        casez (step)
+          4'h0:
+              \$43  = 25'h0000000;
+          4'h1:
+              \$43  = 25'h0000000;
+          4'h2:
+              \$43  = 25'h0000000;
+          4'h3:
+              \$43  = 25'h0000000;
+          4'h4:
+              \$43  = 25'h0000000;
+          4'h5:
+              \$43  = 25'h0000000;
+          4'h6:
+              \$43  = 25'h0000000;
+          4'h7:
+              \$43  = 25'h0000000;
+          4'h8:
+              \$43  = 25'h0000000;
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        if (mul_a[0]) begin
+          \$43  = mul_sum[24:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$43  = 25'h0000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$44  = ovf;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$2 ) begin
+        casez (step)
+          4'h0:
+              \$44  = 1'h0;
+          4'h1:
+              \$44  = 1'h0;
+          4'h2:
+              \$44  = 1'h0;
+          4'h3:
+              \$44  = 1'h0;
+          4'h4:
+              \$44  = 1'h0;
+          4'h5:
+              \$44  = 1'h0;
+          4'h6:
+              \$44  = 1'h0;
+          4'h7:
+              \$44  = 1'h0;
+          4'h8:
+              \$44  = 1'h0;
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        if (mul_a[0]) begin
+          if (\$40 ) begin
+            \$44  = 1'h1;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$44  = 1'h0;
+    end
+  end
+  assign \cmd.in_h  = cmd[15:0];
+  assign \cmd.in_w  = cmd[31:16];
+  assign \cmd.out_h  = cmd[47:32];
+  assign \cmd.out_w  = cmd[63:48];
+  assign \cmd.gin  = cmd[79:64];
+  assign \cmd.gout  = cmd[95:80];
+  assign \cmd.k  = cmd[99:96];
+  assign \cmd.stride  = cmd[101:100];
+  assign \cmd.pad_top  = cmd[104:102];
+  assign \cmd.pad_left  = cmd[107:105];
+  assign \cmd.kind  = cmd[109:108];
+  assign \cmd.relu  = cmd[110];
+  assign \cmd.keep  = cmd[111];
+  assign \sizes.wg  = sizes[8:0];
+  assign \sizes.n_in  = sizes[17:9];
+  assign \sizes.ow  = sizes[42:18];
+  assign \sizes.n_out  = sizes[67:43];
+  assign \sizes.kk  = sizes[76:68];
+  assign \sizes.red  = sizes[85:77];
+  assign \sizes.n_w  = sizes[94:86];
+  assign \sizes.pt_wg  = sizes[105:95];
+  assign \sizes.pl_g  = sizes[116:106];
+  assign \sizes.plane  = sizes[125:117];
+  assign \sizes.n_dw  = sizes[134:126];
+  assign \sizes.pt_ws  = sizes[145:135];
+  assign \$36  = { 1'h0, mul_a[15:1] };
+  assign \$37  = { mul_b, 1'h0 };
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, keep, start, run, count, i__ready, done, wp__data);
+  reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  reg [8:0] \$11 ;
+  reg \$12 ;
+  wire \$2 ;
+  wire \$3 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire [9:0] \$6 ;
+  wire [9:0] \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input clk;
+  wire clk;
+  reg [8:0] cnt = 9'h000;
+  input [8:0] count;
+  wire [8:0] count;
+  output done;
+  reg done = 1'h0;
+  wire [255:0] i__payload;
+  wire [127:0] \i__payload[0] ;
+  wire [15:0] \i__payload[0][0] ;
+  wire [15:0] \i__payload[0][1] ;
+  wire [15:0] \i__payload[0][2] ;
+  wire [15:0] \i__payload[0][3] ;
+  wire [15:0] \i__payload[0][4] ;
+  wire [15:0] \i__payload[0][5] ;
+  wire [15:0] \i__payload[0][6] ;
+  wire [15:0] \i__payload[0][7] ;
+  wire [127:0] \i__payload[1] ;
+  wire [15:0] \i__payload[1][0] ;
+  wire [15:0] \i__payload[1][1] ;
+  wire [15:0] \i__payload[1][2] ;
+  wire [15:0] \i__payload[1][3] ;
+  wire [15:0] \i__payload[1][4] ;
+  wire [15:0] \i__payload[1][5] ;
+  wire [15:0] \i__payload[1][6] ;
+  wire [15:0] \i__payload[1][7] ;
+  output i__ready;
+  reg i__ready;
+  input i__valid;
+  wire i__valid;
+  input keep;
+  wire keep;
+  input [9:0] read__addr;
+  wire [9:0] read__addr;
+  output [255:0] read__data;
+  wire [255:0] read__data;
+  wire [127:0] \read__data[0] ;
+  wire [15:0] \read__data[0][0] ;
+  wire [15:0] \read__data[0][1] ;
+  wire [15:0] \read__data[0][2] ;
+  wire [15:0] \read__data[0][3] ;
+  wire [15:0] \read__data[0][4] ;
+  wire [15:0] \read__data[0][5] ;
+  wire [15:0] \read__data[0][6] ;
+  wire [15:0] \read__data[0][7] ;
+  wire [127:0] \read__data[1] ;
+  wire [15:0] \read__data[1][0] ;
+  wire [15:0] \read__data[1][1] ;
+  wire [15:0] \read__data[1][2] ;
+  wire [15:0] \read__data[1][3] ;
+  wire [15:0] \read__data[1][4] ;
+  wire [15:0] \read__data[1][5] ;
+  wire [15:0] \read__data[1][6] ;
+  wire [15:0] \read__data[1][7] ;
+  wire read__en;
+  wire [7:0] rp__addr;
+  wire [255:0] rp__data;
+  wire [127:0] \rp__data[0] ;
+  wire [15:0] \rp__data[0][0] ;
+  wire [15:0] \rp__data[0][1] ;
+  wire [15:0] \rp__data[0][2] ;
+  wire [15:0] \rp__data[0][3] ;
+  wire [15:0] \rp__data[0][4] ;
+  wire [15:0] \rp__data[0][5] ;
+  wire [15:0] \rp__data[0][6] ;
+  wire [15:0] \rp__data[0][7] ;
+  wire [127:0] \rp__data[1] ;
+  wire [15:0] \rp__data[1][0] ;
+  wire [15:0] \rp__data[1][1] ;
+  wire [15:0] \rp__data[1][2] ;
+  wire [15:0] \rp__data[1][3] ;
+  wire [15:0] \rp__data[1][4] ;
+  wire [15:0] \rp__data[1][5] ;
+  wire [15:0] \rp__data[1][6] ;
+  wire [15:0] \rp__data[1][7] ;
+  input rp__en;
+  wire rp__en;
+  input rst;
+  wire rst;
+  input run;
+  wire run;
+  input start;
+  wire start;
+  wire [7:0] wp__addr;
+  input [255:0] wp__data;
+  wire [255:0] wp__data;
+  wire [127:0] \wp__data[0] ;
+  wire [15:0] \wp__data[0][0] ;
+  wire [15:0] \wp__data[0][1] ;
+  wire [15:0] \wp__data[0][2] ;
+  wire [15:0] \wp__data[0][3] ;
+  wire [15:0] \wp__data[0][4] ;
+  wire [15:0] \wp__data[0][5] ;
+  wire [15:0] \wp__data[0][6] ;
+  wire [15:0] \wp__data[0][7] ;
+  wire [127:0] \wp__data[1] ;
+  wire [15:0] \wp__data[1][0] ;
+  wire [15:0] \wp__data[1][1] ;
+  wire [15:0] \wp__data[1][2] ;
+  wire [15:0] \wp__data[1][3] ;
+  wire [15:0] \wp__data[1][4] ;
+  wire [15:0] \wp__data[1][5] ;
+  wire [15:0] \wp__data[1][6] ;
+  wire [15:0] \wp__data[1][7] ;
+  reg wp__en;
+  reg [255:0] mem [255:0];
+  initial begin
+    mem[0] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[1] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[2] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[3] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[4] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[5] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[6] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[7] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[8] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[9] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[10] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[11] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[12] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[13] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[14] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[15] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[16] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[17] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[18] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[19] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[20] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[21] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[22] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[23] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[24] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[25] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[26] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[27] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[28] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[29] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[30] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[31] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[32] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[33] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[34] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[35] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[36] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[37] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[38] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[39] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[40] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[41] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[42] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[43] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[44] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[45] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[46] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[47] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[48] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[49] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[50] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[51] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[52] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[53] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[54] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[55] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[56] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[57] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[58] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[59] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[60] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[61] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[62] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[63] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[64] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[65] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[66] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[67] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[68] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[69] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[70] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[71] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[72] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[73] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[74] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[75] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[76] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[77] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[78] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[79] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[80] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[81] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[82] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[83] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[84] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[85] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[86] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[87] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[88] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[89] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[90] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[91] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[92] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[93] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[94] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[95] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[96] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[97] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[98] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[99] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[100] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[101] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[102] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[103] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[104] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[105] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[106] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[107] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[108] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[109] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[110] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[111] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[112] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[113] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[114] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[115] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[116] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[117] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[118] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[119] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[120] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[121] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[122] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[123] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[124] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[125] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[126] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[127] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[128] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[129] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[130] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[131] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[132] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[133] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[134] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[135] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[136] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[137] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[138] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[139] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[140] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[141] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[142] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[143] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[144] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[145] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[146] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[147] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[148] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[149] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[150] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[151] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[152] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[153] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[154] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[155] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[156] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[157] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[158] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[159] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[160] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[161] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[162] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[163] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[164] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[165] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[166] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[167] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[168] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[169] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[170] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[171] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[172] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[173] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[174] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[175] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[176] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[177] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[178] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[179] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[180] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[181] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[182] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[183] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[184] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[185] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[186] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[187] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[188] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[189] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[190] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[191] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[192] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[193] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[194] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[195] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[196] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[197] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[198] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[199] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[200] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[201] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[202] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[203] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[204] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[205] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[206] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[207] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[208] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[209] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[210] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[211] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[212] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[213] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[214] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[215] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[216] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[217] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[218] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[219] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[220] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[221] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[222] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[223] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[224] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[225] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[226] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[227] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[228] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[229] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[230] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[231] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[232] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[233] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[234] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[235] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[236] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[237] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[238] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[239] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[240] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[241] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[242] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[243] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[244] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[245] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[246] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[247] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[248] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[249] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[250] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[251] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[252] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[253] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[254] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[255] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+  end
+  always @(posedge clk) begin
+    if (wp__en)
+      mem[cnt[7:0]] <= wp__data;
+  end
+  reg [255:0] _0_;
+  always @(posedge clk) begin
+    if (rp__en) begin
+      _0_ <= mem[read__addr[7:0]];
+    end
+  end
+  assign read__data = _0_;
+  assign \$1  = ~ keep;
+  assign \$2  = ~ done;
+  assign \$3  = \$1  & \$2 ;
+  assign \$4  = i__valid & i__ready;
+  assign \$5  = i__valid & i__ready;
+  assign \$6  = cnt + 1'h1;
+  assign \$7  = cnt + 1'h1;
+  assign \$8  = \$7  == count;
+  assign \$9  = ~ keep;
+  assign \$10  = start & \$9 ;
+  always @(posedge clk)
+    cnt <= \$11 ;
+  always @(posedge clk)
+    done <= \$12 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    i__ready = 1'h0;
+    if (run) begin
+      i__ready = \$3 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    wp__en = 1'h0;
+    if (run) begin
+      wp__en = \$4 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$11  = cnt;
+    if (run) begin
+      if (\$5 ) begin
+        \$11  = \$6 [8:0];
+      end
+    end
+    if (\$10 ) begin
+      \$11  = 9'h000;
+    end
+    if (rst) begin
+      \$11  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$12  = done;
+    if (run) begin
+      if (\$5 ) begin
+        \$12  = \$8 ;
+      end
+    end
+    if (\$10 ) begin
+      \$12  = 1'h0;
+    end
+    if (rst) begin
+      \$12  = 1'h0;
+    end
+  end
+  assign wp__addr = cnt[7:0];
+  assign i__payload = wp__data;
+  assign rp__addr = read__addr[7:0];
+  assign read__en = rp__en;
+  assign rp__data = read__data;
+  assign \wp__data[0]  = wp__data[127:0];
+  assign \wp__data[0][0]  = wp__data[15:0];
+  assign \wp__data[0][1]  = wp__data[31:16];
+  assign \wp__data[0][2]  = wp__data[47:32];
+  assign \wp__data[0][3]  = wp__data[63:48];
+  assign \wp__data[0][4]  = wp__data[79:64];
+  assign \wp__data[0][5]  = wp__data[95:80];
+  assign \wp__data[0][6]  = wp__data[111:96];
+  assign \wp__data[0][7]  = wp__data[127:112];
+  assign \wp__data[1]  = wp__data[255:128];
+  assign \wp__data[1][0]  = wp__data[143:128];
+  assign \wp__data[1][1]  = wp__data[159:144];
+  assign \wp__data[1][2]  = wp__data[175:160];
+  assign \wp__data[1][3]  = wp__data[191:176];
+  assign \wp__data[1][4]  = wp__data[207:192];
+  assign \wp__data[1][5]  = wp__data[223:208];
+  assign \wp__data[1][6]  = wp__data[239:224];
+  assign \wp__data[1][7]  = wp__data[255:240];
+  assign \i__payload[0]  = wp__data[127:0];
+  assign \i__payload[0][0]  = wp__data[15:0];
+  assign \i__payload[0][1]  = wp__data[31:16];
+  assign \i__payload[0][2]  = wp__data[47:32];
+  assign \i__payload[0][3]  = wp__data[63:48];
+  assign \i__payload[0][4]  = wp__data[79:64];
+  assign \i__payload[0][5]  = wp__data[95:80];
+  assign \i__payload[0][6]  = wp__data[111:96];
+  assign \i__payload[0][7]  = wp__data[127:112];
+  assign \i__payload[1]  = wp__data[255:128];
+  assign \i__payload[1][0]  = wp__data[143:128];
+  assign \i__payload[1][1]  = wp__data[159:144];
+  assign \i__payload[1][2]  = wp__data[175:160];
+  assign \i__payload[1][3]  = wp__data[191:176];
+  assign \i__payload[1][4]  = wp__data[207:192];
+  assign \i__payload[1][5]  = wp__data[223:208];
+  assign \i__payload[1][6]  = wp__data[239:224];
+  assign \i__payload[1][7]  = wp__data[255:240];
+  assign \read__data[0]  = read__data[127:0];
+  assign \read__data[0][0]  = read__data[15:0];
+  assign \read__data[0][1]  = read__data[31:16];
+  assign \read__data[0][2]  = read__data[47:32];
+  assign \read__data[0][3]  = read__data[63:48];
+  assign \read__data[0][4]  = read__data[79:64];
+  assign \read__data[0][5]  = read__data[95:80];
+  assign \read__data[0][6]  = read__data[111:96];
+  assign \read__data[0][7]  = read__data[127:112];
+  assign \read__data[1]  = read__data[255:128];
+  assign \read__data[1][0]  = read__data[143:128];
+  assign \read__data[1][1]  = read__data[159:144];
+  assign \read__data[1][2]  = read__data[175:160];
+  assign \read__data[1][3]  = read__data[191:176];
+  assign \read__data[1][4]  = read__data[207:192];
+  assign \read__data[1][5]  = read__data[223:208];
+  assign \read__data[1][6]  = read__data[239:224];
+  assign \read__data[1][7]  = read__data[255:240];
+  assign \rp__data[0]  = read__data[127:0];
+  assign \rp__data[0][0]  = read__data[15:0];
+  assign \rp__data[0][1]  = read__data[31:16];
+  assign \rp__data[0][2]  = read__data[47:32];
+  assign \rp__data[0][3]  = read__data[63:48];
+  assign \rp__data[0][4]  = read__data[79:64];
+  assign \rp__data[0][5]  = read__data[95:80];
+  assign \rp__data[0][6]  = read__data[111:96];
+  assign \rp__data[0][7]  = read__data[127:112];
+  assign \rp__data[1]  = read__data[255:128];
+  assign \rp__data[1][0]  = read__data[143:128];
+  assign \rp__data[1][1]  = read__data[159:144];
+  assign \rp__data[1][2]  = read__data[175:160];
+  assign \rp__data[1][3]  = read__data[191:176];
+  assign \rp__data[1][4]  = read__data[207:192];
+  assign \rp__data[1][5]  = read__data[223:208];
+  assign \rp__data[1][6]  = read__data[239:224];
+  assign \rp__data[1][7]  = read__data[255:240];
 endmodule

@@ -1,0 +1,136 @@
+"""The core's fetch: address queue, buffer reads and the MAC array's input beats."""
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from psc.config import CoreConfig
+from psc.hw.dot_product import input_layout
+
+from .layouts import (bank_count, fetch_layout, input_read_layout, read_signature,
+                      weight_address_width, weight_layout)
+
+__all__ = ["Fetch"]
+
+
+class Fetch(wiring.Component):
+    """Turns address beats into the MAC array's input beats.
+
+    Pipeline: :attr:`i` -> a two-entry FIFO (1 cycle) -> synchronous reads
+    of the input and weight buffers (1 cycle; the bank data, the padding
+    bits, ``first`` and ``last`` registered together) -> with
+    ``read_register``, one more register (1 cycle) -> padding mask -> :attr:`o`.
+    A beat therefore leaves on :attr:`o` two cycles after it entered
+    :attr:`i` (three with ``read_register``) when :attr:`o` does not stall;
+    one beat per cycle.
+
+    The FIFO is why the sequencer's issue condition is a few registers:
+    :attr:`o`'s ready (which comes back combinationally from the core's
+    output through the requantiser and the MAC array) ends at the FIFO's
+    read side instead of fanning out into every sequencer register.
+    The bias field of :attr:`o` is zero (the bias is added after the array).
+
+    Parameters
+    ----------
+    config : CoreConfig
+
+    Attributes
+    ----------
+    i : In(stream.Signature(fetch_layout(config)))
+    o : Out(stream.Signature(input_layout(config.pe)))
+    inputs : Out(read_signature(input_read_layout(config), ...))
+        Read port of the input buffer.
+    weights : Out(read_signature(weight_address_width(config), weight_layout(config)))
+        Read port of the weight buffer.
+    beat : Out(1)
+        A beat leaves on :attr:`o` this cycle.
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, CoreConfig):
+            raise TypeError(f"config must be a psc.hw.core.CoreConfig, not {config!r}")
+        self._config = config
+        beat = input_layout(config.pe)
+        super().__init__({
+            "i": In(stream.Signature(fetch_layout(config))),
+            "o": Out(stream.Signature(beat)),
+            "inputs": Out(read_signature(input_read_layout(config), beat["x"].shape)),
+            "weights": Out(read_signature(weight_address_width(config), weight_layout(config))),
+            "beat": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cc = self._config
+        pe = cc.pe
+        pix = bank_count(cc) > 1
+        layout = fetch_layout(cc)
+        m.submodules.addr_fifo = fifo = SyncFIFO(width=layout.size, depth=2)
+        a1 = data.View(layout, fifo.r_data)
+
+        v1 = Signal()
+        first1 = Signal()
+        last1 = Signal()
+        adv1 = Signal()
+        padr1 = Signal(layout["pad"].shape)  # padding per row (pixels builds) or shared
+
+        # What the reads present, padding not yet masked: with read_register
+        # the mask comes after the register, so the block RAM's clock-to-out
+        # ends at a flip-flop.
+        beat = Signal(input_layout(pe))
+        if cc.read_register:
+            v2 = Signal()
+            beat2 = Signal(input_layout(pe), reset_less=True)
+            pad2 = Signal.like(padr1, reset_less=True)
+            adv2 = ~v2 | self.o.ready
+            m.d.comb += [adv1.eq(~v1 | adv2), self.o.valid.eq(v2)]
+            with m.If(adv2):
+                m.d.sync += [v2.eq(v1), beat2.eq(beat), pad2.eq(padr1)]
+            beat_o, pad_o = beat2, pad2
+        else:
+            m.d.comb += [adv1.eq(~v1 | self.o.ready), self.o.valid.eq(v1)]
+            beat_o, pad_o = beat, padr1
+
+        m.d.comb += [
+            fifo.w_en.eq(self.i.valid),
+            self.i.ready.eq(fifo.w_rdy),
+            fifo.w_data.eq(self.i.payload),
+            fifo.r_en.eq(adv1),
+            self.inputs.addr.addr.eq(a1.addr),
+            self.inputs.en.eq(adv1),
+            self.weights.addr.eq(a1.waddr),
+            self.weights.en.eq(adv1),
+            self.beat.eq(self.o.valid & self.o.ready),
+        ]
+        if pix:
+            m.d.comb += [self.inputs.addr.sel.eq(a1.sel), self.inputs.addr.rot.eq(a1.rot)]
+        with m.If(adv1):
+            m.d.sync += [
+                v1.eq(fifo.r_rdy),
+                padr1.eq(a1.pad),
+                first1.eq(a1.first),
+                last1.eq(a1.last),
+            ]
+        # An AND, not a mux to 0: Yosys would turn the mux into a synchronous
+        # reset of the PE's input register, which an SB_MAC16 input register
+        # cannot absorb, leaving the multiply outside nextpnr's timing.
+        word_bits = pe.lanes * pe.act_width
+        out = self.o.payload
+        if pix:
+            for r in range(pe.rows):
+                m.d.comb += out.x[r].eq(beat_o.x[r].as_value() & ~pad_o[r].replicate(word_bits))
+        else:
+            m.d.comb += out.x.eq(beat_o.x.as_value() & ~pad_o[0].replicate(word_bits))
+        m.d.comb += [
+            beat.x.eq(self.inputs.data),
+            beat.w.eq(self.weights.data),
+            beat.bias.eq(0),
+            beat.first.eq(first1),
+            beat.last.eq(last1),
+            out.w.eq(beat_o.w),
+            out.bias.eq(beat_o.bias),
+            out.first.eq(beat_o.first),
+            out.last.eq(beat_o.last),
+        ]
+        return m

@@ -1,0 +1,227 @@
+"""The core's input buffer: banked storage of a tile's input words, its loader and its addressing.
+
+On a ``depthwise="pixels"`` build the buffer is ``rows`` banks. A depthwise
+layer stores input column ``x`` of row ``y``, group ``g`` in bank
+``(x // s) % rows`` at ``g * plane + y * ws + (x // s // rows) * s + x % s``
+(``plane``, ``ws``: :func:`~psc.hw.core.layouts.sizes_layout`), so the
+``rows`` pixels of a beat (columns ``c0 + s*r``) read ``rows`` different
+banks; other layers interleave the banks word by word and read one.
+"""
+
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from psc.config import CoreConfig
+from psc.hw.dot_product import input_layout
+
+from .layouts import (FIELD_WIDTH, act_in_layout, bank_count, config_layout, fetch_layout,
+                      input_read_layout, read_signature, sizes_layout, tap_layout)
+
+__all__ = ["InputAddressMap", "InputBuffer"]
+
+
+def _check_config(config):
+    if not isinstance(config, CoreConfig):
+        raise TypeError(f"config must be a psc.hw.core.CoreConfig, not {config!r}")
+    return config
+
+
+class InputAddressMap(wiring.Component):
+    """Maps a sequencer tap to the input buffer's bank addresses and the padding mask.
+
+    Combinational (no latency, no register): ``o.valid`` is ``i.valid``,
+    ``i.ready`` is ``o.ready``; the weight address, ``first`` and ``last``
+    pass through. A tap outside the tile (``iy`` or ``ix`` out of
+    ``in_h``/``in_w``) is padding: its word is masked to zero after the read,
+    never stored. On a ``depthwise="pixels"`` build a depthwise tap reads
+    the columns ``ix + s*r`` of row ``r`` from bank ``(ix // s + r) % rows``,
+    each with its own padding bit; any other tap reads word ``lin`` from
+    bank ``lin % rows`` (``sel``) for every row.
+
+    Parameters
+    ----------
+    config : CoreConfig
+
+    Attributes
+    ----------
+    i : In(stream.Signature(tap_layout(config)))
+    o : Out(stream.Signature(fetch_layout(config)))
+    cmd : In(config_layout())
+        The running command (``stride``, ``in_h``, ``in_w``).
+    dwp : In(1)
+        Depthwise layer on a ``depthwise="pixels"`` build.
+    """
+
+    def __init__(self, config):
+        self._config = _check_config(config)
+        super().__init__({
+            "i": In(stream.Signature(tap_layout(config))),
+            "o": Out(stream.Signature(fetch_layout(config))),
+            "cmd": In(config_layout(config)),
+            "dwp": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        R = self._config.pe.rows
+        cmd, tap, a0 = self.cmd, self.i.payload, self.o.payload
+        lin, ix, iy = tap.lin, tap.ix, tap.iy
+        m.d.comb += [
+            self.o.valid.eq(self.i.valid),
+            self.i.ready.eq(self.o.ready),
+            a0.waddr.eq(tap.waddr),
+            a0.first.eq(tap.first),
+            a0.last.eq(tap.last),
+        ]
+        pad0 = (iy < 0) | (iy >= cmd.in_h) | (ix < 0) | (ix >= cmd.in_w)
+        if bank_count(self._config) == 1:
+            m.d.comb += [a0.addr[0].eq(lin), a0.pad.eq(pad0)]
+            return m
+        # depthwise: column ix = c0 of row 0; q0 = c0 // s, row r reads column
+        # c0 + s*r, in bank (q0 + r) % R at lin + (q0 // R + (b < q0 % R)) * s + c0 % s
+        lgr = R.bit_length() - 1
+        q0 = Signal(signed(FIELD_WIDTH + 2))
+        m.d.comb += q0.eq(Mux(cmd.stride == 2, ix >> 1, ix))
+        qm = q0[:lgr]
+        qd = q0 >> lgr
+        odd = Mux(cmd.stride == 2, ix[0], 0)
+        for b in range(R):
+            col = Mux(cmd.stride == 2, (qd + (b < qm)) << 1, qd + (b < qm))
+            m.d.comb += a0.addr[b].eq(Mux(self.dwp, lin + col + odd, lin >> lgr))
+        padr = Cat(
+            (iy < 0) | (iy >= cmd.in_h) | (ix + Mux(cmd.stride == 2, 2 * r, r) < 0)
+            | (ix + Mux(cmd.stride == 2, 2 * r, r) >= cmd.in_w) for r in range(R))
+        m.d.comb += [a0.sel.eq(lin[:lgr]), a0.rot.eq(qm),
+                     a0.pad.eq(Mux(self.dwp, padr, pad0.replicate(R)))]
+        return m
+
+
+class InputBuffer(wiring.Component):
+    """The input buffer and its loader.
+
+    Write side: while ``run``, :attr:`i` is taken one word per cycle
+    (``i.ready`` is high until the command's ``n_in`` words have arrived,
+    then low: ``done``) and stored in arrival order (``(y, x, g)``), or for a
+    depthwise layer on a ``depthwise="pixels"`` build at its bank position.
+    ``rows_in`` counts the input rows that have fully arrived (so the
+    sequencer can start on an output row before the whole tile is in).
+    ``start`` (one cycle) rewinds the loader.
+
+    Read side (:attr:`read`): bank addresses (``input_read_layout``) and
+    ``en`` in a cycle, the beat's ``x`` (the :func:`~psc.hw.dot_product.input_layout`
+    field: one lane word, or one per row on a pixels build, rotated so row
+    ``r`` gets its own bank) in the next, held while ``en`` is low.
+
+    Parameters
+    ----------
+    config : CoreConfig
+
+    Attributes
+    ----------
+    i : In(stream.Signature(act_in_layout(config)))
+    start, run : In(1)
+    cmd : In(config_layout())
+    dwp : In(1)
+    sizes : In(sizes_layout(config))
+    ws : In(FIELD_WIDTH + 1)
+    rows_in : Out(range(config.fmap_depth + 1))
+    done : Out(1)
+    read : In(read_signature(input_read_layout(config), input_layout(config.pe)["x"].shape))
+    """
+
+    def __init__(self, config):
+        self._config = _check_config(config)
+        super().__init__({
+            "i": In(stream.Signature(act_in_layout(config))),
+            "start": In(1),
+            "run": In(1),
+            "cmd": In(config_layout(config)),
+            "dwp": In(1),
+            "sizes": In(sizes_layout(config)),
+            "ws": In(FIELD_WIDTH + 1),
+            "rows_in": Out(range(config.fmap_depth + 1)),
+            "done": Out(1),
+            "read": In(read_signature(input_read_layout(config),
+                                      input_layout(config.pe)["x"].shape)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cc = self._config
+        nbanks = bank_count(cc)
+        banks = []
+        for b in range(nbanks):
+            mem = Memory(shape=act_in_layout(cc), depth=cc.fmap_depth // nbanks, init=[])
+            m.submodules["inbuf" if nbanks == 1 else f"inbuf_{b}"] = mem
+            banks.append((mem.write_port(), mem.read_port()))
+        self._write(m, [wp for wp, _ in banks])
+        self._read(m, [rp for _, rp in banks])
+        return m
+
+    def _write(self, m, ports):
+        cc, cmd, sz = self._config, self.cmd, self.sizes
+        nbanks = len(ports)
+        lgr = nbanks.bit_length() - 1
+        bank_depth = cc.fmap_depth // nbanks
+        # (each counts up to a size checked against the build: input words,
+        # words per row, rows <= input words)
+        in_cnt = Signal(range(cc.fmap_depth + 1))
+        col_cnt = Signal(range(cc.fmap_depth))
+        fire = Signal()
+        m.d.comb += fire.eq(self.i.valid & self.i.ready)
+        lx = Signal(FIELD_WIDTH)               # dw pixels: column of the incoming word
+        lgi = Signal(FIELD_WIDTH)              # dw pixels: group of the incoming word
+        lrow = Signal(range(bank_depth + 1))   # dw pixels: y * ws
+        lgoff = Signal(range(bank_depth + 1))  # dw pixels: g * plane
+        for b, wp in enumerate(ports):
+            m.d.comb += wp.data.eq(self.i.payload)
+            if nbanks == 1:
+                m.d.comb += [wp.addr.eq(in_cnt), wp.en.eq(fire)]
+                continue
+            lq = Mux(cmd.stride == 2, lx >> 1, lx)
+            lcol = Mux(cmd.stride == 2, ((lq >> lgr) << 1) | lx[0], lq >> lgr)
+            m.d.comb += [
+                wp.addr.eq(Mux(self.dwp, lgoff + lrow + lcol, in_cnt >> lgr)),
+                wp.en.eq(fire & Mux(self.dwp, lq[:lgr] == b, in_cnt[:lgr] == b)),
+            ]
+        if nbanks > 1:
+            with m.If(fire):
+                with m.If(lgi == cmd.gin - 1):
+                    m.d.sync += [lgi.eq(0), lgoff.eq(0)]
+                    with m.If(col_cnt == sz.wg - 1):
+                        m.d.sync += [lx.eq(0), lrow.eq(lrow + self.ws)]
+                    with m.Else():
+                        m.d.sync += lx.eq(lx + 1)
+                with m.Else():
+                    m.d.sync += [lgi.eq(lgi + 1), lgoff.eq(lgoff + sz.plane)]
+        with m.If(self.run):
+            m.d.comb += self.i.ready.eq(~self.done)
+            with m.If(fire):
+                m.d.sync += [in_cnt.eq(in_cnt + 1), self.done.eq(in_cnt + 1 == sz.n_in)]
+                with m.If(col_cnt == sz.wg - 1):
+                    m.d.sync += [col_cnt.eq(0), self.rows_in.eq(self.rows_in + 1)]
+                with m.Else():
+                    m.d.sync += col_cnt.eq(col_cnt + 1)
+        with m.If(self.start):
+            m.d.sync += [in_cnt.eq(0), col_cnt.eq(0), self.rows_in.eq(0), self.done.eq(0),
+                         lx.eq(0), lgi.eq(0), lrow.eq(0), lgoff.eq(0)]
+
+    def _read(self, m, ports):
+        rd = self.read
+        for b, rp in enumerate(ports):
+            m.d.comb += [rp.en.eq(rd.en), rp.addr.eq(rd.addr.addr[b])]
+        if len(ports) == 1:
+            m.d.comb += rd.data.eq(ports[0].data.as_value())
+            return
+        R = len(ports)
+        lgr = R.bit_length() - 1
+        sel1 = Signal(range(R))              # bank of the shared word
+        rot1 = Signal(range(R))              # dw: bank of row 0
+        with m.If(rd.en):
+            m.d.sync += [sel1.eq(rd.addr.sel), rot1.eq(rd.addr.rot)]
+        bank_data = Array(rp.data.as_value() for rp in ports)
+        for r in range(R):
+            pick = Mux(self.dwp, (rot1 + r)[:lgr], sel1)
+            m.d.comb += rd.data[r].eq(bank_data[pick])

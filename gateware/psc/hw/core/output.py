@@ -1,0 +1,137 @@
+"""The core's output: bias, requantiser and the output order of a depthwise pixels layer."""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from psc.config import CoreConfig
+from psc.hw.dot_product import output_layout
+from psc.hw.requantize import Requantizer
+
+from .layouts import (FIELD_WIDTH, OUTPUT_COUNT_WIDTH, act_out_layout, bank_count, config_layout,
+                      param_address_width, param_layout, read_signature, sizes_layout)
+
+__all__ = ["OutputStage"]
+
+
+class OutputStage(wiring.Component):
+    """From the MAC array's sums to output beats: bias, requantiser, group order.
+
+    Each sum beat (:attr:`i`) belongs to output group ``j``, which a counter
+    follows (``0 .. last_group``, one step per beat, or per ``rows`` beats
+    for a depthwise layer on a ``depthwise="pixels"`` build, whose beats
+    are one row each). The beat and the parameter read of its group
+    (:attr:`params`, one cycle) are registered together; with
+    ``read_register`` they are registered once more before the bias add (a
+    block RAM's clock-to-out plus a wide add in one cycle would limit an
+    ECP5 build). The sum plus the bias goes through the
+    :class:`~psc.hw.requantize.Requantizer` with the group's multiplier and
+    shift to :attr:`o`. Latency from :attr:`i` to :attr:`o`: ``1 +
+    rq.latency`` (one more with ``read_register``); one beat per cycle;
+    :attr:`i` is ready whenever its register is empty or moves on.
+
+    A depthwise pixels beat whose pixel (``oxo + ro``, block column plus
+    row) lies past ``out_w`` is dropped here (the sequencer runs whole
+    blocks of ``rows`` pixels), so the output order is ``(oy, ox // rows,
+    j, ox % rows)`` with no gaps.
+
+    ``all_sent`` is high when the command's ``n_out`` beats have left
+    :attr:`o` (counted while ``run``). ``start`` (one cycle) rewinds the
+    counters.
+
+    Parameters
+    ----------
+    config : CoreConfig
+
+    Attributes
+    ----------
+    i : In(stream.Signature(output_layout(config.pe)))
+    o : Out(stream.Signature(act_out_layout(config)))
+    params : Out(read_signature(param_address_width(config), param_layout(config)))
+        Read port of the parameter buffer.
+    start, run : In(1)
+    cmd : In(config_layout())
+        The running command (``out_w``, ``relu``).
+    dwp : In(1)
+    last_group : In(range(config.param_depth))
+    n_out : In(sizes_layout(config)["n_out"].shape)
+    all_sent : Out(1)
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, CoreConfig):
+            raise TypeError(f"config must be a psc.hw.core.CoreConfig, not {config!r}")
+        self._config = config
+        super().__init__({
+            "i": In(stream.Signature(output_layout(config.pe))),
+            "o": Out(stream.Signature(act_out_layout(config))),
+            "params": Out(read_signature(param_address_width(config), param_layout(config))),
+            "start": In(1),
+            "run": In(1),
+            "cmd": In(config_layout(config)),
+            "dwp": In(1),
+            "last_group": In(range(config.param_depth)),
+            "n_out": In(sizes_layout(config)["n_out"].shape),
+            "all_sent": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cc = self._config
+        pe = cc.pe
+        R = pe.rows
+        pix = bank_count(cc) > 1
+        cmd, dwp = self.cmd, self.dwp
+        m.submodules.rq = rq = Requantizer(pe)
+
+        jo = Signal(range(cc.param_depth))   # < gout <= param_depth
+        vj = Signal()
+        accj = Signal(output_layout(pe))
+        en_j = Signal()
+        keep_o = Signal()                    # dw pixels: the beat's pixel is inside out_w
+        ro = Signal(range(R))                # dw pixels: row (pixel) of the beat
+        oxo = Signal(FIELD_WIDTH)            # dw pixels: first pixel of the beat's block
+        last_jo = jo == self.last_group
+        m.d.comb += keep_o.eq(~dwp | (oxo + ro < cmd.out_w) if pix else 1)
+        if cc.read_register:
+            vb = Signal()
+            accb = Signal.like(accj, reset_less=True)
+            pb = Signal(param_layout(cc), reset_less=True)
+            en_b = ~vb | rq.i.ready
+            m.d.comb += en_j.eq(~vj | en_b)
+            with m.If(en_b):
+                m.d.sync += [vb.eq(vj), accb.eq(accj), pb.eq(self.params.data)]
+        else:
+            vb, accb, pb = vj, accj, self.params.data
+            m.d.comb += en_j.eq(~vj | rq.i.ready)
+        # The host keeps bias + any reduction inside acc_width, so the sum cannot wrap.
+        m.d.comb += [rq.i.payload.acc[r].eq(accb[r] + pb.bias[r]) for r in range(R)]
+        m.d.comb += [
+            self.i.ready.eq(en_j),
+            self.params.addr.eq(jo),
+            self.params.en.eq(en_j),
+            rq.i.valid.eq(vb),
+            rq.i.payload.mult.eq(pb.mult),
+            rq.i.payload.shift.eq(pb.shift),
+            rq.relu.eq(cmd.relu),
+            self.o.valid.eq(rq.o.valid),
+            self.o.payload.eq(rq.o.payload),
+            rq.o.ready.eq(self.o.ready),
+        ]
+        with m.If(en_j):
+            m.d.sync += [vj.eq(self.i.valid & keep_o), accj.eq(self.i.payload)]
+            with m.If(self.i.valid & (~dwp | (ro == R - 1))):
+                m.d.sync += jo.eq(Mux(last_jo, 0, jo + 1))
+            if pix:
+                with m.If(self.i.valid & dwp):
+                    m.d.sync += ro.eq(ro + 1)
+                    with m.If((ro == R - 1) & last_jo):
+                        m.d.sync += oxo.eq(Mux(oxo + R >= cmd.out_w, 0, oxo + R))
+
+        out_cnt = Signal(OUTPUT_COUNT_WIDTH)
+        with m.If(self.run & self.o.valid & self.o.ready):
+            m.d.sync += out_cnt.eq(out_cnt + 1)
+        m.d.comb += self.all_sent.eq(out_cnt == self.n_out)
+        with m.If(self.start):
+            m.d.sync += [ro.eq(0), oxo.eq(0), out_cnt.eq(0), jo.eq(0)]
+        return m

@@ -1,0 +1,287 @@
+"""The core's sequencer: the loop nest of a command, one tap per cycle."""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from psc.config import CoreConfig
+
+from .layouts import (FIELD_WIDTH, address_width, bank_count, config_layout, sizes_layout,
+                      tap_layout, weight_address_width)
+
+__all__ = ["Sequencer"]
+
+
+class Sequencer(wiring.Component):
+    """Walks a command's loop nest and emits one tap per cycle on :attr:`taps`.
+
+    Loop nest, outermost first: output row ``oy``, output column ``ox``
+    (stepped by ``rows`` for a depthwise layer on a ``depthwise="pixels"``
+    build), output group ``j``, kernel row ``ky``, kernel column ``kx``,
+    input group ``gi`` (``gin' = 1`` for depthwise). Each tap carries the
+    linear input word address, the input coordinates (padding is decided
+    downstream, from them), the weight block address and ``first``/``last``
+    of a reduction.
+
+    Each counter has a last value set at the start and a registered flag
+    telling that it holds it; ``below`` (the AND of the flags under a
+    counter) is registered too. Every next value (counters, flags,
+    addresses) is computed from registers alone and the handshake only
+    enables the update, so the tap handshake is one gate in front of the
+    registers, not an input of the carry and address logic.
+
+    Protocol: a cycle with ``starting`` and not ``refused`` loads the
+    command's start values (``cmd`` and ``sizes`` final from the cycle
+    before: the first address is registered from them);
+    while ``run``, ``loaded`` follows ``keep | (weights_done &
+    params_done)`` and ``rows_ok`` whether the input rows the current
+    output row needs have arrived (``rows_in``), both one cycle late (which
+    only delays an issue). ``taps.valid`` is a few flip-flops: the
+    sequencer has beats left, ``loaded`` and ``rows_ok``; a tap moves on
+    ``taps.ready`` (one per cycle at most, no latency). ``waiting`` is high
+    in a cycle with beats left and weights loaded in which no tap moves.
+
+    Parameters
+    ----------
+    config : CoreConfig
+
+    Attributes
+    ----------
+    starting, refused : In(1)
+        A command's start cycle; its checks failed (nothing to load).
+    run : In(1)
+    cmd : In(config_layout())
+    dw, dwp : In(1)
+        Depthwise; depthwise on a ``depthwise="pixels"`` build.
+    gin_e : In(FIELD_WIDTH)
+        Input groups per reduction.
+    sizes : In(sizes_layout(config))
+    ws : In(FIELD_WIDTH + 1)
+        Bank words per input row and group (depthwise pixels).
+    rows_in : In(range(config.fmap_depth + 1))
+        Input rows arrived.
+    weights_done, params_done : In(1)
+    taps : Out(stream.Signature(tap_layout(config)))
+    loaded, waiting : Out(1)
+    last_group : Out(range(config.param_depth))
+        ``gout - 1`` of the running command (for the output's group counter).
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, CoreConfig):
+            raise TypeError(f"config must be a psc.hw.core.CoreConfig, not {config!r}")
+        self._config = config
+        super().__init__({
+            "starting": In(1),
+            "refused": In(1),
+            "run": In(1),
+            "cmd": In(config_layout(config)),
+            "dw": In(1),
+            "dwp": In(1),
+            "gin_e": In(FIELD_WIDTH),
+            "sizes": In(sizes_layout(config)),
+            "ws": In(FIELD_WIDTH + 1),
+            "rows_in": In(range(config.fmap_depth + 1)),
+            "weights_done": In(1),
+            "params_done": In(1),
+            "taps": Out(stream.Signature(tap_layout(config))),
+            "loaded": Out(1),
+            "waiting": Out(1),
+            "last_group": Out(range(config.param_depth)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cc = self._config
+        pe = cc.pe
+        FW = FIELD_WIDTH
+        R = pe.rows
+        red_max = pe.max_reduction // pe.lanes
+        bank_depth = cc.fmap_depth // bank_count(cc)
+        sa = signed(address_width(cc))
+        sd = signed(FW + 2)
+
+        # Every register but `busy` and `rows_ok` is written at the start of a
+        # command and read only while `busy`: no reset, so each is one enable
+        # flip-flop (a reset would put a multiplexer in front of it).
+        def reg(shape, name):
+            return Signal(shape, name=name, reset_less=True)
+
+        s = {}                               # the sequencer's registers, by name
+        s["busy"] = Signal(name="seq_busy")
+        s["gi"] = reg(range(max(1, red_max)), "gi")   # < gin' <= red (accepted command)
+        s["kx"] = reg(4, "kx")
+        s["ky"] = reg(4, "ky")
+        s["j"] = reg(range(cc.param_depth), "j")      # < gout <= param_depth
+        s["ox"] = reg(FW, "ox")
+        s["oy"] = reg(FW, "oy")
+        for n in ("ix", "iy", "ix0", "iy0"):
+            s[n] = reg(sd, n)
+        s["need"] = reg(sd, "need")                   # input rows the output row needs
+        # depthwise: input group = output group (diagonal: j; pixels: j * plane)
+        s["goff"] = reg(range(max(cc.param_depth, bank_depth) + 1), "goff")
+        s["goff_step"] = reg(s["goff"].shape(), "goff_step")
+        for n in ("row_step",                         # address step per kernel row
+                  "tapbase", "rowbase", "pixbase", "linebase",
+                  "g_step",                           # words per input pixel
+                  "sg",                               # words per output column step
+                  "swg"):                             # words per output row step
+            s[n] = reg(sa, n)
+        s["waddr"] = reg(weight_address_width(cc), "waddr")
+        s["ox_step"] = reg(range(R + 1), "ox_step")   # rows for depthwise pixels
+        s["ix_step"] = reg(range(2 * R + 1), "ix_step")
+        # Registered: the issue condition is a few flip-flops, not the
+        # comparators behind them (they set the clock on ECP5 and iCE40).
+        s["rows_ok"] = Signal(name="rows_ok")
+        # The first tap's address, registered every cycle: the sizes it comes
+        # from are final a cycle before the start, and the start cycle then
+        # writes a register, not a subtract.
+        s["base"] = reg(sa, "base")
+        sz = self.sizes
+        m.d.sync += s["base"].eq(Mux(self.dwp, -sz.pt_ws, -sz.pt_wg - sz.pl_g))
+        # The last value of each counter, set at start, and one flag per
+        # counter, registered, telling that it holds its last value: the carry
+        # into the next counter is then an AND of flip-flops (no
+        # subtract-and-compare against the command's fields in that path).
+        s["lim_gi"] = reg(s["gi"].shape(), "lim_gi")
+        s["lim_k"] = reg(4, "lim_k")
+        s["lim_j"] = self.last_group
+        s["lim_ox"] = reg(FW, "lim_ox")
+        s["lim_oy"] = reg(FW, "lim_oy")
+        s["flags"] = tuple(reg(1, f"last_{n}") for n in ("gi", "kx", "ky", "j", "ox", "oy"))
+        s["below"] = [Const(1)] + [reg(1, f"below_{n}") for n in ("kx", "ky", "j", "ox", "oy")]
+
+        issue = Signal()
+        m.d.comb += [
+            self.taps.valid.eq(s["busy"] & self.loaded & s["rows_ok"]),
+            issue.eq(self.taps.valid & self.taps.ready),
+            self.waiting.eq(s["busy"] & self.loaded & ~issue),
+        ]
+        self._counters(m, s, issue)
+        self._addresses(m, s, issue)
+        with m.If(self.run):
+            # Both a cycle late, which only delays (never hastens) an issue:
+            # rows_in only grows, and `need` grows only on the beat that ends
+            # an output row, for which the next row's need is checked ahead.
+            row_end = s["below"][5]          # the beat ends an output row
+            m.d.sync += [
+                self.loaded.eq(self.cmd.keep | (self.weights_done & self.params_done)),
+                s["rows_ok"].eq((self.rows_in >= Mux(row_end, s["need"] + self.cmd.stride,
+                                                     s["need"]))
+                                | (self.rows_in == self.cmd.in_h)),
+            ]
+        with m.If(self.starting & ~self.refused):
+            self._start(m, s)
+        return m
+
+    def _counters(self, m, s, issue):
+        """The loop counters, their flags and the taps' weight address, ``first`` and ``last``."""
+        l_gi, l_kx, l_ky, l_j, l_ox, l_oy = s["flags"]
+        tap = self.taps.payload
+        m.d.comb += [
+            tap.lin.eq(s["tapbase"] + s["gi"] + s["goff"]),
+            tap.ix.eq(s["ix"]),
+            tap.iy.eq(s["iy"]),
+            tap.waddr.eq(s["waddr"]),
+            tap.first.eq((s["gi"] == 0) & (s["kx"] == 0) & (s["ky"] == 0)),
+            tap.last.eq(l_gi & l_kx & l_ky),
+        ]
+        # Each counter: on a carry into it, it wraps to 0 after its last value
+        # (its flag then tells whether 0 is also the last: a limit of 0) or
+        # steps, its flag comparing the stepped value with the limit. The
+        # compares read registers only. `below[i]` is the AND of the flags of
+        # the counters below counter i, registered too, so whether a tap
+        # carries into counter i is one flip-flop. Every next value is a
+        # function of registers alone and `issue` only enables the update:
+        # the handshake is one gate in front of the registers' enables, not
+        # an input of the carry and address logic.
+        levels = ((s["gi"], s["lim_gi"], 1), (s["kx"], s["lim_k"], 1), (s["ky"], s["lim_k"], 1),
+                  (s["j"], s["lim_j"], 1), (s["ox"], s["lim_ox"], s["ox_step"]),
+                  (s["oy"], s["lim_oy"], 1))
+        below = s["below"]
+        flag_next = []
+        with m.If(issue):
+            for (ctr, lim, inc), flag, b in zip(levels, s["flags"], below):
+                nxt = ctr + inc
+                with m.If(b):
+                    m.d.sync += ctr.eq(Mux(flag, 0, nxt))
+                flag_next.append(Mux(b, Mux(flag, lim == 0, nxt == lim), flag))
+            for i, flag in enumerate(s["flags"]):
+                m.d.sync += flag.eq(flag_next[i])
+                if i < len(below) - 1:
+                    m.d.sync += below[i + 1].eq(Cat(*flag_next[:i + 1]).all())
+
+    def _addresses(self, m, s, issue):
+        """Input coordinates and word addresses, following the counters' carries.
+
+        A deeper carry's assignment comes later and wins.
+        """
+        l_gi, l_kx, l_ky, l_j, l_ox, l_oy = s["flags"]
+        # Whether the tap carries into kx, ky, j, ox, oy (see _counters).
+        c_kx, c_ky, c_j, c_ox, c_oy = s["below"][1:]
+        cmd = self.cmd
+        ix, iy, ix0, iy0 = s["ix"], s["iy"], s["ix0"], s["iy0"]
+        tapbase, rowbase, pixbase, linebase = s["tapbase"], s["rowbase"], s["pixbase"], s["linebase"]
+        with m.If(issue):
+            m.d.sync += s["waddr"].eq(s["waddr"] + 1)
+            with m.If(c_kx & ~l_kx):
+                m.d.sync += [ix.eq(ix + 1), tapbase.eq(tapbase + s["g_step"])]
+            with m.If(c_ky):
+                m.d.sync += ix.eq(ix0)
+            with m.If(c_ky & ~l_ky):
+                m.d.sync += [iy.eq(iy + 1), rowbase.eq(rowbase + s["row_step"]),
+                             tapbase.eq(rowbase + s["row_step"])]
+            with m.If(c_j):
+                m.d.sync += iy.eq(iy0)
+            with m.If(c_j & ~l_j):
+                m.d.sync += [s["goff"].eq(s["goff"] + s["goff_step"]), rowbase.eq(pixbase),
+                             tapbase.eq(pixbase)]
+            with m.If(c_ox):
+                m.d.sync += [s["goff"].eq(0), s["waddr"].eq(0)]
+            with m.If(c_ox & ~l_ox):
+                nxt = pixbase + s["sg"]
+                m.d.sync += [ix0.eq(ix0 + s["ix_step"]), ix.eq(ix0 + s["ix_step"]),
+                             pixbase.eq(nxt), rowbase.eq(nxt), tapbase.eq(nxt)]
+            with m.If(c_oy):
+                m.d.sync += [ix0.eq(-cmd.pad_left), ix.eq(-cmd.pad_left)]
+            with m.If(c_oy & ~l_oy):
+                nxt = linebase + s["swg"]
+                m.d.sync += [iy0.eq(iy0 + cmd.stride), iy.eq(iy0 + cmd.stride),
+                             s["need"].eq(s["need"] + cmd.stride), linebase.eq(nxt),
+                             pixbase.eq(nxt), rowbase.eq(nxt), tapbase.eq(nxt)]
+            with m.If(c_oy & l_oy):
+                m.d.sync += s["busy"].eq(0)
+
+    def _start(self, m, s):
+        """Start values of a command."""
+        cmd, sz, dwp, ws = self.cmd, self.sizes, self.dwp, self.ws
+        R = self._config.pe.rows
+        pix = bank_count(self._config) > 1
+        lgr = R.bit_length() - 1
+        base = s["base"]
+        last_ox_blk = (cmd.out_w - 1) & ~(R - 1) if pix else cmd.out_w - 1
+        # each counter starts at 0: last when its limit is 0
+        first_flags = (self.gin_e == 1, cmd.k == 1, cmd.k == 1, cmd.gout == 1,
+                       Mux(dwp, cmd.out_w <= R, cmd.out_w == 1), cmd.out_h == 1)
+        m.d.sync += [
+            s["lim_gi"].eq(self.gin_e - 1), s["lim_k"].eq(cmd.k - 1), s["lim_j"].eq(cmd.gout - 1),
+            s["lim_ox"].eq(Mux(dwp, last_ox_blk, cmd.out_w - 1)),
+            s["lim_oy"].eq(cmd.out_h - 1),
+            *(f.eq(v) for f, v in zip(s["flags"], first_flags)),
+            *(s["below"][i + 1].eq(Cat(*first_flags[:i + 1]).all()) for i in range(5)),
+            self.loaded.eq(0), s["rows_ok"].eq(0),
+            s["busy"].eq(1),
+            *(s[n].eq(0) for n in ("gi", "kx", "ky", "j", "ox", "oy", "goff", "waddr")),
+            s["ix"].eq(-cmd.pad_left), s["ix0"].eq(-cmd.pad_left),
+            s["iy"].eq(-cmd.pad_top), s["iy0"].eq(-cmd.pad_top),
+            s["need"].eq(cmd.k - cmd.pad_top),
+            *(s[n].eq(base) for n in ("tapbase", "rowbase", "pixbase", "linebase")),
+            s["g_step"].eq(Mux(dwp, 0, cmd.gin)),
+            s["sg"].eq(Mux(dwp, 0, Mux(cmd.stride == 2, cmd.gin << 1, cmd.gin))),
+            s["swg"].eq(Mux(dwp, Mux(cmd.stride == 2, ws << 1, ws),
+                            Mux(cmd.stride == 2, sz.wg << 1, sz.wg))),
+            s["row_step"].eq(Mux(dwp, ws, sz.wg)),
+            s["goff_step"].eq(Mux(dwp, sz.plane, self.dw)),
+            s["ox_step"].eq(Mux(dwp, R, 1)),
+            s["ix_step"].eq(Mux(dwp, cmd.stride << lgr, cmd.stride)),
+        ]

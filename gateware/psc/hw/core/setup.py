@@ -1,0 +1,342 @@
+"""Command setup of the core: accepting a command, its derived sizes, its checks, start and end."""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from psc.config import CoreConfig
+
+from .layouts import (COUNTER_WIDTH, FIELD_WIDTH, MAX_OUTPUTS, LayerKind, bank_count,
+                      config_layout, sizes_layout)
+
+__all__ = ["DerivedSizes", "CommandSetup", "CycleCounters"]
+
+
+def _check_config(config):
+    if not isinstance(config, CoreConfig):
+        raise TypeError(f"config must be a psc.hw.core.CoreConfig, not {config!r}")
+    return config
+
+
+class DerivedSizes(wiring.Component):
+    """The derived sizes of a command, by one shift-and-add multiplier.
+
+    The sizes (:func:`~psc.hw.core.layouts.sizes_layout`) are products of
+    the command's fields, some of earlier products. They are computed once
+    per command by one multiplier that consumes one bit of the 16-bit factor
+    per cycle and stops when the rest is zero, so setup costs one adder as
+    wide as the widest size instead of an array multiplier in LUTs (or a
+    DSP), and a few tens of cycles per command. The multiplier saturates:
+    a product that leaves the multiplier's width, or does not fit its field,
+    is stored as the field's all-ones value, above every limit it is
+    checked against, so no product of huge fields wraps into a small one.
+
+    Protocol: ``clear`` (one cycle, when the command is taken) rewinds the
+    step table; then, while ``enable`` is high, each product takes one
+    cycle to load, one per significant bit of its factor and one to store.
+    ``ready`` rises (combinationally, while ``enable``) when the last
+    product is stored; ``sizes`` then holds every size of the command until
+    the next ``clear``. ``ws`` (bank words per input row and group of a
+    depthwise layer on a ``depthwise="pixels"`` build) is combinational
+    from ``cmd``.
+
+    Parameters
+    ----------
+    config : CoreConfig
+
+    Attributes
+    ----------
+    cmd : In(config_layout())
+        The command, held from ``clear`` on.
+    gin_e : In(FIELD_WIDTH)
+        Input groups per reduction (``1`` for depthwise, else ``gin``).
+    clear, enable : In(1)
+    sizes : Out(sizes_layout(config))
+    ws : Out(FIELD_WIDTH + 1)
+    ready : Out(1)
+    """
+
+    def __init__(self, config):
+        self._config = _check_config(config)
+        super().__init__({
+            "cmd": In(config_layout(config)),
+            "gin_e": In(FIELD_WIDTH),
+            "clear": In(1),
+            "enable": In(1),
+            "sizes": Out(sizes_layout(config)),
+            "ws": Out(FIELD_WIDTH + 1),
+            "ready": Out(1),
+        })
+
+    def _steps(self, m):
+        """The step table: (destination, factor, multiplicand), in order of use."""
+        cmd, s = self.cmd, self.sizes
+        R = self._config.pe.rows
+        steps = [
+            (s.wg, cmd.in_w, cmd.gin),
+            (s.n_in, cmd.in_h, s.wg),
+            (s.ow, cmd.out_w, cmd.gout),
+            (s.n_out, cmd.out_h, s.ow),
+            (s.kk, cmd.k, cmd.k),
+            (s.red, self.gin_e, s.kk),
+            (s.n_w, cmd.gout, s.red),
+            (s.pt_wg, cmd.pad_top, s.wg),
+            (s.pl_g, cmd.pad_left, cmd.gin),
+        ]
+        if bank_count(self._config) > 1:
+            # A depthwise layer's input column x goes to bank (x // s) % rows,
+            # at a bank row of ws words per input row and group.
+            lgr = R.bit_length() - 1
+            sh = Mux(cmd.stride == 2, lgr + 1, lgr)
+            blocks = (cmd.in_w + (Mux(cmd.stride == 2, 2 * R, R) - 1)) >> sh
+            m.d.comb += self.ws.eq(Mux(cmd.stride == 2, blocks << 1, blocks))
+            steps += [(s.plane, cmd.in_h, self.ws), (s.n_dw, cmd.gin, s.plane),
+                      (s.pt_ws, cmd.pad_top, self.ws)]
+        return steps
+
+    def elaborate(self, platform):
+        m = Module()
+        steps = self._steps(m)
+        PW = max(len(dst) for dst, _, _ in steps)
+        mul_a = Signal(FIELD_WIDTH)            # factor, consumed LSB first
+        mul_b = Signal(PW)                     # multiplicand, shifted left
+        b_big = Signal()                       # the multiplicand has left its PW bits
+        prod = Signal(PW)
+        ovf = Signal()                         # sticky: the product has left its PW bits
+        mul_sum = Signal(PW + 1)
+        mul_run = Signal()
+        # `mul_a == 0`, registered: a wide compare would otherwise lead every
+        # step's enable.
+        a_zero = Signal()
+        m.d.comb += mul_sum.eq(prod + mul_b)
+        step = Signal(range(len(steps) + 1))
+
+        with m.If(self.enable):
+            with m.If(~mul_run):
+                with m.Switch(step):
+                    for i, (dst, a, b) in enumerate(steps):
+                        with m.Case(i):
+                            m.d.sync += [mul_a.eq(a), mul_b.eq(b), prod.eq(0), ovf.eq(0),
+                                         a_zero.eq(a == 0),
+                                         b_big.eq(b[PW:] != 0 if len(b) > PW else 0),
+                                         mul_run.eq(1)]
+                    with m.Default():
+                        m.d.comb += self.ready.eq(1)
+            with m.Elif(a_zero):
+                m.d.sync += [step.eq(step + 1), mul_run.eq(0)]
+                with m.Switch(step):
+                    for i, (dst, a, b) in enumerate(steps):
+                        with m.Case(i):
+                            w = len(dst)
+                            big = ovf | (prod[w:] != 0) if w < PW else ovf
+                            m.d.sync += dst.eq(Mux(big, (1 << w) - 1, prod[:w]))
+            with m.Else():
+                m.d.sync += [mul_a.eq(mul_a >> 1), mul_b.eq(mul_b << 1),
+                             b_big.eq(b_big | mul_b[PW - 1]), a_zero.eq(mul_a[1:] == 0)]
+                with m.If(mul_a[0]):
+                    m.d.sync += prod.eq(mul_sum[:PW])
+                    with m.If(b_big | mul_sum[PW]):
+                        m.d.sync += ovf.eq(1)
+        with m.If(self.clear):
+            m.d.sync += [step.eq(0), mul_run.eq(0)]
+        return m
+
+
+class CommandSetup(wiring.Component):
+    """Takes a command, checks it, starts it and ends it (the core's control).
+
+    States: idle (``cfg.ready`` high) -> setup (:class:`DerivedSizes` runs,
+    ``sizing`` high) -> check (one cycle: the checks go through a register)
+    -> start (one cycle: refuse, or ``start`` high) -> run (``run`` high)
+    -> idle. A refused command ends in its start cycle: ``done`` pulses with
+    ``error`` set. A run ends one cycle after every output beat has left
+    and every input word has arrived (``outputs_done & inputs_done``,
+    registered), once the weights and parameters are loaded and no
+    depthwise pixels beat is still leaving the MAC array (``mac_valid``):
+    ``done`` pulses the cycle after. ``busy`` is high from the cycle after
+    the command is taken to the end; ``error`` holds until the next command.
+
+    Checks (``error`` when one fails): ``k`` in {1, 3, 5, 7}; ``stride`` in
+    {1, 2}; ``pad_top``, ``pad_left`` < ``k``; every size >= 1; pointwise/FC
+    need ``k = 1`` (FC also a 1x1 map); depthwise needs ``gin = gout`` and a
+    build with ``lanes = rows``; the input, weight and parameter words fit
+    their buffers (the weights only when not ``keep``); a reduction fits
+    ``max_reduction``; at most :data:`~psc.hw.core.layouts.MAX_OUTPUTS` output beats.
+
+    Parameters
+    ----------
+    config : CoreConfig
+
+    Attributes
+    ----------
+    cfg : In(stream.Signature(config_layout()))
+    cmd : Out(config_layout())
+        The command, registered when taken and held until the next one.
+    dw, dwp : Out(1)
+        The command is depthwise; depthwise on a ``depthwise="pixels"`` build.
+    gin_e : Out(FIELD_WIDTH)
+        Input groups per reduction (``1`` for depthwise, else ``gin``).
+    accept : Out(1)
+        A command is taken this cycle.
+    sizing : Out(1)
+        Setup state: :class:`DerivedSizes` runs.
+    sizes : In(sizes_layout(config))
+    sizes_ready : In(1)
+    start : Out(1)
+        One cycle: an accepted command starts (every part loads its start values).
+    starting, refused : Out(1)
+        The start cycle of a command, and the registered checks (``start`` is
+        ``starting & ~refused``), for a part that decides on both itself.
+    run : Out(1)
+        The command runs (loaders and sequencer on).
+    loaded, inputs_done, outputs_done, mac_valid : In(1)
+    busy, done, error : Out(1)
+    """
+
+    def __init__(self, config):
+        self._config = _check_config(config)
+        super().__init__({
+            "cfg": In(stream.Signature(config_layout(config))),
+            "cmd": Out(config_layout(config)),
+            "dw": Out(1),
+            "dwp": Out(1),
+            "gin_e": Out(FIELD_WIDTH),
+            "accept": Out(1),
+            "sizing": Out(1),
+            "sizes": In(sizes_layout(config)),
+            "sizes_ready": In(1),
+            "start": Out(1),
+            "starting": Out(1),
+            "refused": Out(1),
+            "run": Out(1),
+            "loaded": In(1),
+            "inputs_done": In(1),
+            "outputs_done": In(1),
+            "mac_valid": In(1),
+            "busy": Out(1),
+            "done": Out(1),
+            "error": Out(1),
+        })
+
+    def _bad(self):
+        """The checks, as two terms: the command's fields alone, and its sizes.
+
+        Each is high when the command must be refused for that reason.
+        """
+        cc, pe = self._config, self._config.pe
+        cmd, s, k = self.cmd, self.sizes, self.cmd.k
+        red_max = pe.max_reduction // pe.lanes
+        fields = (
+            ~((k == 1) | (k == 3) | (k == 5) | (k == 7))
+            | ~((cmd.stride == 1) | (cmd.stride == 2))
+            | (cmd.pad_top >= k) | (cmd.pad_left >= k)
+            | (cmd.in_h == 0) | (cmd.in_w == 0) | (cmd.out_h == 0) | (cmd.out_w == 0)
+            | (cmd.gin == 0) | (cmd.gout == 0)
+            | (((cmd.kind == LayerKind.POINTWISE) | (cmd.kind == LayerKind.FC)) & (k != 1))
+            | ((cmd.kind == LayerKind.FC) & ((cmd.in_h != 1) | (cmd.in_w != 1)
+                                            | (cmd.out_h != 1) | (cmd.out_w != 1)))
+            | ((cmd.kind == LayerKind.DEPTHWISE) & ((cmd.gin != cmd.gout)
+                                                    | (pe.lanes != pe.rows)))
+            | (cmd.gout > cc.param_depth)
+        )
+        sizes = (
+            (s.n_in > cc.fmap_depth)
+            | (self.dwp & (s.n_dw > cc.fmap_depth // bank_count(cc)))
+            | (~cmd.keep & (s.n_w > cc.weight_depth))
+            # red * lanes > max_reduction, without the multiply
+            | (s.red > red_max)
+            | (s.n_out > MAX_OUTPUTS)
+        )
+        return fields, sizes
+
+    def elaborate(self, platform):
+        m = Module()
+        pix = bank_count(self._config) > 1
+        # The two halves of the checks, registered every cycle: in CHECK they
+        # hold the checks of the command and of its final sizes (which are
+        # final in the last SETUP cycle), and `refused` is their OR, so no
+        # wide OR of comparators sits in front of a register.
+        bad_fields = Signal()
+        bad_sizes = Signal()
+        fin = Signal()                       # every output sent, every input word taken
+        fields, sizes = self._bad()
+        m.d.sync += [bad_fields.eq(fields), bad_sizes.eq(sizes)]
+        m.d.sync += self.done.eq(0)
+        payload = self.cfg.payload
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += [self.cfg.ready.eq(1), self.accept.eq(self.cfg.valid)]
+                with m.If(self.cfg.valid):
+                    m.d.sync += [
+                        self.cmd.eq(payload), self.error.eq(0),
+                        self.dw.eq(payload.kind == LayerKind.DEPTHWISE),
+                        self.dwp.eq(pix & (payload.kind == LayerKind.DEPTHWISE)),
+                        self.gin_e.eq(Mux(payload.kind == LayerKind.DEPTHWISE, 1, payload.gin)),
+                    ]
+                    m.next = "SETUP"
+            with m.State("SETUP"):
+                m.d.comb += [self.busy.eq(1), self.sizing.eq(1)]
+                with m.If(self.sizes_ready):
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                # `refused` goes through a register before it decides which of
+                # the many start values get written.
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += self.refused.eq(bad_fields | bad_sizes)
+                m.next = "START"
+            with m.State("START"):
+                m.d.comb += [self.busy.eq(1), self.starting.eq(1)]
+                with m.If(self.refused):
+                    m.d.sync += [self.error.eq(1), self.done.eq(1)]
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.comb += self.start.eq(1)
+                    m.d.sync += fin.eq(0)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += [self.busy.eq(1), self.run.eq(1)]
+                # A command ends when every output has left and every input word
+                # has arrived (a stride-2 layer may not read its last rows, but
+                # they are part of this command's stream); registered, so the
+                # comparators do not lead into the state register. (Depthwise
+                # pixels: the beats of columns past out_w still in the MAC
+                # array's drain are dropped first, so the next command starts clean.)
+                m.d.sync += fin.eq(self.outputs_done & self.inputs_done)
+                with m.If(fin & self.loaded & ~(self.dwp & self.mac_valid)):
+                    m.d.sync += self.done.eq(1)
+                    m.next = "IDLE"
+        return m
+
+
+class CycleCounters(wiring.Component):
+    """The cycle counters of a command.
+
+    ``clear`` (the cycle a command is taken) zeroes them; then ``total``
+    counts the cycles with ``busy``, ``compute`` the cycles with ``run`` and
+    ``beat`` (a beat entered the MAC array) and ``stall`` the cycles with
+    ``run`` and ``waiting`` (weights loaded, beats left, none issued). They
+    hold their values until the next ``clear``; one cycle latency.
+
+    Attributes
+    ----------
+    clear, busy, run, beat, waiting : In(1)
+    total, compute, stall : Out(COUNTER_WIDTH)
+    """
+
+    def __init__(self):
+        super().__init__({
+            "clear": In(1), "busy": In(1), "run": In(1), "beat": In(1), "waiting": In(1),
+            "total": Out(COUNTER_WIDTH), "compute": Out(COUNTER_WIDTH), "stall": Out(COUNTER_WIDTH),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        with m.If(self.busy):
+            m.d.sync += self.total.eq(self.total + 1)
+        with m.If(self.run & self.beat):
+            m.d.sync += self.compute.eq(self.compute + 1)
+        with m.If(self.run & self.waiting):
+            m.d.sync += self.stall.eq(self.stall + 1)
+        with m.If(self.clear):
+            m.d.sync += [self.total.eq(0), self.compute.eq(0), self.stall.eq(0)]
+        return m
