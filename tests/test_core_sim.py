@@ -251,3 +251,20 @@ def test_shipped_target_core(name):
     results = host.run_layers(layers, config=cc, target="verilator", stall=STALL, seed=8)
     for i, (layer, (y, _)) in enumerate(zip(layers, results)):
         _check(layer, y, f"{name} layer {i}")
+
+
+@pytest.mark.parametrize("name", sorted(TARGET_PRESETS))
+def test_shipped_target_slow_tile_is_not_a_hang(name):
+    """A valid tile that takes long per output beat (depthwise 3x3 stride 2 with 48
+    channels: block-diagonal on these builds, over a hundred cycles per beat on the
+    ECP5 build) finishes: the bench's watchdog comes from the plan's own bound on
+    the tile's cycles (``psc.host.scheduler.cycle_bound``), not from a rate per beat."""
+    cc = PRESETS[TARGET_PRESETS[name]]
+    layer = core_cases._layer(np.random.default_rng(3), 48, 48, 24, 24, 3, 2, 1, groups=48)
+    plan = host.plan_layer(**layer, config=cc)
+    fields = plan.tiles[0].fields
+    per_beat = host.scheduler.cycle_bound(cc, fields, 0) / (fields["out_h"] * fields["out_w"]
+                                                            * fields["gout"])
+    assert per_beat > 64                 # what the old per-beat watchdog allowed
+    (y, _), = host.run_layers([layer], config=cc, target="verilator", stall=STALL, seed=2)
+    _check(layer, y, f"{name} depthwise 48 channels stride 2")

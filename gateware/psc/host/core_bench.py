@@ -71,9 +71,8 @@ async def _run(dut, job, results):
         drivers["weights"].send_many(tile["weights"])
         drivers["params"].send_many(tile["params"])
         drivers["act_in"].send_many(tile["acts"])
-        n_beats = 1 + len(tile["weights"]) + len(tile["params"]) + len(tile["acts"])
-        limit = max_cycles or (200 + 4 * (n_beats + tile["n_out"]) * (1 + 8 * stall)
-                               + 64 * tile["n_out"])
+        # The plan's bound on the tile's cycles; paused streams stretch it.
+        limit = max_cycles or int(tile["cycle_bound"] * (1 + 8 * stall))
         reset_after = tile.get("reset_after")
         res = {"done": False, "error": 0, "reset": False}
         cycles = 0

@@ -35,13 +35,16 @@ import numpy as np
 from psc.hw.core import (KERNELS, STRIDES, FIELD_WIDTH, MAX_OUTPUTS, KIND_STANDARD, KIND_DEPTHWISE,
                          KIND_POINTWISE, KIND_FC, CoreConfig, config_layout, param_layout,
                          weight_layout)
+from psc.hw.pe import pe_latency
+from psc.hw.requantize import Requantizer
 from psc.model.checks import (check_bool, check_dims, check_int, check_signed, per_channel, show,
                               signed_range)
 from psc.model.packing import (channel_groups, pack_activations, pack_payload, parify,
                                unpack_activations)
 
 __all__ = ["LayerError", "Tile", "LayerPlan", "Layer", "plan_layer", "validate", "choose_kind",
-           "pack", "cut_bands", "emit_tiles", "encode_command", "KIND_NAMES", "MAX_SHIFT"]
+           "pack", "cut_bands", "emit_tiles", "cycle_bound", "encode_command", "KIND_NAMES",
+           "MAX_SHIFT"]
 
 #: Largest requantisation shift the core takes.
 MAX_SHIFT = 62
@@ -65,10 +68,14 @@ class Tile:
     # where the tile's output goes: channels [c0, c1), rows [oy0, oy1), cols [ox0, ox1)
     place: tuple = (0, 0, 0, 0, 0, 0)
     reset_after: int | None = None   # tests: assert rst this many cycles into the tile
+    # upper bound on the command's cycles with no stream paused (:func:`cycle_bound`);
+    # the default covers a command refused by its checks (setup only)
+    cycle_bound: int = 1024
 
     def as_json(self):
         return {"cfg": self.cfg, "weights": self.weights, "params": self.params,
-                "acts": self.acts, "n_out": self.n_out, "reset_after": self.reset_after}
+                "acts": self.acts, "n_out": self.n_out, "reset_after": self.reset_after,
+                "cycle_bound": self.cycle_bound}
 
 
 @dataclass
@@ -342,6 +349,35 @@ def cut_bands(layer):
     return out
 
 
+def cycle_bound(config, fields, n_loaded):
+    """An upper bound on the cycles of one command with no stream paused.
+
+    The sum of what the core's docstring lists as a command's cost, each
+    part taken at its worst and none overlapped: setup (every derived size
+    by a shift-and-add of at most ``FIELD_WIDTH + 1`` steps), ``n_loaded``
+    stream beats (weights, parameters and input words, taken one per
+    cycle), the MAC beats (a depthwise tile on a ``depthwise="pixels"``
+    build issues ``K*K`` beats per block of ``rows`` pixels and group, any
+    other ``K*K*gin'`` per output beat), every output through the
+    requantiser at its rate, and the pipeline's latency. A watchdog set from
+    it trips on a hang, never on a slow but valid tile; the stalls a bench
+    adds scale it.
+    """
+    pe = config.pe
+    k2 = fields["k"] ** 2
+    pix = fields["kind"] == KIND_DEPTHWISE and pe.depthwise == "pixels" and pe.rows > 1
+    if pix:
+        beats = fields["out_h"] * -(-fields["out_w"] // pe.rows) * fields["gout"] * k2
+    else:
+        gin_e = 1 if fields["kind"] == KIND_DEPTHWISE else fields["gin"]
+        beats = fields["out_h"] * fields["out_w"] * fields["gout"] * k2 * gin_e
+    n_out = fields["out_h"] * fields["out_w"] * fields["gout"]
+    setup = 16 * (FIELD_WIDTH + 2)
+    # the MAC array's (both modes'), the requantiser's and the core's own stages
+    latency = 2 * pe_latency(pe) + Requantizer.latency_of(pe) + 16
+    return setup + n_loaded + beats + n_out * Requantizer.rate_of(pe) + latency
+
+
 def emit_tiles(layer, kind, weights, params, bands):
     """Step 5: one :class:`Tile` per output band of every chunk, in stream order."""
     cc = layer.config
@@ -375,12 +411,14 @@ def emit_tiles(layer, kind, weights, params, bands):
                         raise LayerError(f"{name}={fields[name]} does not fit the command's "
                                          f"{FIELD_WIDTH}-bit field")
                 acts = pack_activations(xc[:, r0:r1, q0:q1], lanes, cc.pe.act_width)
+                n_loaded = 1 + acts.size + (len(wwords) + len(pwords) if first else 0)
                 tiles.append(Tile(
                     cfg=pack_payload(cl, fields),
                     weights=wwords if first else [], params=pwords if first else [],
                     acts=[int(v) for v in acts.reshape(-1)],
                     n_out=(oy1 - oy0) * (ox1 - ox0) * (j1 - j0), fields=fields,
-                    place=(c0, c1, oy0, oy1, ox0, ox1)))
+                    place=(c0, c1, oy0, oy1, ox0, ox1),
+                    cycle_bound=cycle_bound(cc, fields, n_loaded)))
                 first = False
     return tiles
 

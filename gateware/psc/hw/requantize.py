@@ -214,8 +214,12 @@ class Requantizer(wiring.Component):
     def cycles_per_beat(self):
         """Cycles between accepted beats at full rate: ``rows / requantizers`` times the
         digits of ``M`` per requantiser (``ceil(mult_width / requant_mult_bits)``, else 1)."""
-        c = self._config
-        return c.rows // c.requant_parallel * self._digits_serial(c)
+        return self.rate_of(self._config)
+
+    @classmethod
+    def rate_of(cls, config):
+        """:attr:`cycles_per_beat` of a requantiser of ``config``, without building one."""
+        return config.rows // config.requant_parallel * cls._digits_serial(config)
 
     @staticmethod
     def _pp_stages(config):
@@ -226,7 +230,12 @@ class Requantizer(wiring.Component):
     @property
     def latency(self):
         """Cycles from an accepted input beat to ``o.valid`` (``o`` not stalled)."""
-        c = self._config
+        return self.latency_of(self._config)
+
+    @classmethod
+    def latency_of(cls, config):
+        """:attr:`latency` of a requantiser of ``config``, without building one."""
+        c, self = config, cls
         d = self._digits_serial(c)
         if d > 1:
             # input, d partial products (the last one through every level of the
