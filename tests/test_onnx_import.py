@@ -2,6 +2,8 @@
 onnxruntime's static quantiser (QDQ, per-channel symmetric int8), imported, and compared with
 onnxruntime on the same file; every graph it cannot map is refused with the node's name."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -10,8 +12,10 @@ pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from psc import data as psc_data  # noqa: E402
 from psc.model.checks import BadTypeError  # noqa: E402
 from psc.network import run  # noqa: E402
+from psc.presets import preset  # noqa: E402
 from psc.onnx_import import (OnnxImportError, import_onnx, onnxruntime_run,  # noqa: E402
                              psc_pattern, psc_weights, quantize)
 
@@ -254,3 +258,29 @@ def test_non_static_input_is_refused(tmp_path):
     model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "h"
     with pytest.raises(OnnxImportError, match=r"input 'x' must have the static shape"):
         import_onnx(model)
+
+
+# --- the shipped networks (scripts/train_digits.py) ------------------------------------
+
+@pytest.mark.parametrize("name", psc_data.NETWORKS)
+def test_shipped_network_accuracy_and_onnxruntime_agreement(name):
+    recorded = json.loads(psc_data.path("digits_results.json").read_text())["shipped"][name]
+    path = psc_data.path(f"digits_{name}.onnx")
+    net = import_onnx(path)
+    _, _, x, y = psc_data.digits_split(0)
+    pred = net.classify(net.quantize_input(x))
+    assert (pred == y).mean() >= recorded["int8_golden"]
+    assert (onnxruntime_run(path, x).argmax(1) == pred).mean() >= 0.99
+    if name == "psc":
+        assert any(layer.psc for layer in net.layers)
+
+
+@pytest.mark.parametrize("build, count", [("default", 3),
+                                          pytest.param("ice40-up5k", 2, marks=pytest.mark.slow)])
+def test_shipped_psc_network_on_the_core_equals_golden(build, count):
+    net = import_onnx(psc_data.path("digits_psc.onnx"))
+    _, _, x, _ = psc_data.digits_split(0)
+    images = net.quantize_input(x[:count])
+    res = run(net, images, "verilator", config=preset(build))
+    np.testing.assert_array_equal(res.outputs, net.run(images))
+    assert {r["where"] for r in res.layers if r["op"] == "conv"} == {"core"}
