@@ -299,3 +299,25 @@ def _check_on_core(name):
                                   pytest.param("tiny", marks=pytest.mark.slow)])
 def test_network_on_verilator_equals_golden(name):
     _check_on_core(name)
+
+
+# --- the demo of the shipped network --------------------------------------------------
+
+def test_demo_refuses_bad_arguments_before_any_work():
+    from psc.network import demo
+    with pytest.raises(ValueError, match="target must be a core"):
+        demo(target="golden")
+    with pytest.raises(ValueError, match="targets must be one of"):
+        demo(targets=("asic",))
+    with pytest.raises(ValueError, match="samples must be an integer >= 1"):
+        demo(samples=0)
+
+
+@pytest.mark.slow
+def test_demo_checks_the_shipped_network_on_the_core():
+    from psc.network import demo
+    lines = []
+    assert demo(samples=2, targets=(), out=lines.append) == 0
+    text = "\n".join(lines)
+    assert "core outputs == golden model, all 20 logits of 2 images: True" in text
+    assert "int8, golden model" in text and "b0_dw" in text and "default" in text

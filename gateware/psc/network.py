@@ -17,7 +17,7 @@ from psc.config import CoreConfig
 from psc.host.api import SERIAL_PREFIX, run_layers
 from psc.host.scheduler import LayerError, plan_layer
 from psc.host.sim import TARGETS
-from psc.model.checks import BadTypeError, check_real, check_int, show
+from psc.model.checks import BadTypeError, check_choice, check_int, check_real, show
 from psc.model.network import Network
 
 __all__ = ["RUN_TARGETS", "NetworkRun", "run"]
@@ -168,3 +168,111 @@ def run(net, images, target="golden", *, config=None, stall=0.0, seed=0, keep=Fa
         totals["utilisation"] = totals["core_macs"] / (cc.rows * cc.lanes) / cycles
     return NetworkRun(outputs=tensors[net.output], layers=rows, totals=totals, target=target,
                       config=cc, tensors=tensors if keep else {})
+
+
+# --- the demo: the shipped digits network ------------------------------------------------
+
+def _bar(stream):
+    """A progress callback drawing ``[####----] i/n layer`` on ``stream`` (a terminal only)."""
+    if not stream.isatty():
+        return None
+
+    def show_progress(i, n, name):
+        done = (i + 1) * 20 // n
+        stream.write(f"\r  [{'#' * done}{'-' * (20 - done)}] layer {i + 1}/{n} {name:<16}")
+        if i + 1 == n:
+            stream.write("\r" + " " * 60 + "\r")
+        stream.flush()
+    return show_progress
+
+
+def demo(*, target="verilator", samples=20, seed=1, targets=None, out=print, stream=None):
+    """Classify the digits test split with the shipped PSC network and check the core.
+
+    Loads ``psc/data/digits_psc.onnx`` (:mod:`psc.onnx_import`), classifies
+    fold 0's test split on the golden model and on onnxruntime, runs
+    ``samples`` test images (chosen by ``seed``) through the core on
+    ``target`` and compares them with the golden model bit for bit, and
+    prints the accuracies, the PAR of every layer's input, the cycles per
+    inference on the ``default`` build and on the builds of ``targets``
+    (default: every synthesis target of :data:`psc.presets.TARGETS`; one image
+    each, on Verilator) and the latency those cycles take at the clock of
+    each board that runs them. Returns 0 when the core matched the golden
+    model, else 1.
+    """
+    import json
+    import sys
+    from psc import data
+    from psc.flow.board import BOARDS as BOARD_CLOCKS
+    from psc.onnx_import import import_onnx, onnxruntime_run
+    from psc.presets import BOARDS, TARGETS, preset
+    _check_target(target)
+    if target == "golden":
+        raise ValueError("target must be a core (verilator, icarus or serial:PORT[@BAUD]) for "
+                         "the demo, not 'golden'")
+    samples = check_int("samples", samples, 1)
+    seed = check_int("seed", seed, 0, (1 << 32) - 1)
+    stream = sys.stderr if stream is None else stream
+    targets = tuple(TARGETS) if targets is None else tuple(targets)
+    for t in targets:
+        check_choice("targets", t, tuple(TARGETS))
+    recorded = json.loads(data.path("digits_results.json").read_text())["shipped"]
+    path = data.path("digits_psc.onnx")
+    net = import_onnx(path)
+    base = import_onnx(data.path("digits_relu.onnx"))
+    _, _, x, y = data.digits_split(0)
+    q = net.quantize_input(x)
+    pred = net.classify(q)
+    base_pred = base.classify(base.quantize_input(x))
+    ort = onnxruntime_run(path, x).argmax(1)
+    base_ort_acc = (onnxruntime_run(data.path("digits_relu.onnx"), x).argmax(1) == y).mean()
+    pick = np.sort(np.random.default_rng(seed).permutation(len(y))[:samples])
+    n_psc = sum(layer.psc for layer in net.layers)
+    out(f"Shipped PSC network {path.name}: {len(net.layers)} layers ({n_psc} PSC), "
+        f"{sum(net.macs(l) for l in net.layers)} MACs per image; digits test split of fold 0, "
+        f"{len(y)} images")
+    out(f"Running {len(pick)} test images through the core on {target} (a simulator compiles "
+        f"the build on its first run)...")
+    res = run(net, q[pick], target, progress=_bar(stream))
+    exact = bool(np.array_equal(res.outputs, net.run(q[pick])))
+    core_pred = res.outputs.reshape(len(pick), -1).argmax(1)
+
+    def pct(v):
+        return "" if v is None else f"{100 * v:.2f}%"
+    acc = [("float (PyTorch, recorded by scripts/train_digits.py)", recorded["relu"]["float"],
+            recorded["psc"]["float"]),
+           ("int8, golden model", (base_pred == y).mean(), (pred == y).mean()),
+           ("int8, onnxruntime on the same file", base_ort_acc, (ort == y).mean()),
+           (f"int8, core ({target}), {len(pick)} sampled images", None,
+            (core_pred == y[pick]).mean())]
+    out("")
+    out(f"  {'accuracy':<56} {'ReLU baseline':>13}  {'PSC (INI + fine-tune)':>21}")
+    for label, a, b in acc:
+        out(f"  {label:<56} {pct(a):>13}  {pct(b):>21}")
+    out(f"  argmax agreement of onnxruntime with the golden PSC network: "
+        f"{pct((ort == pred).mean())}")
+    out(f"  core outputs == golden model, all {res.outputs.size} logits of {len(pick)} images: "
+        f"{exact}")
+    out("")
+    out("PAR (positive activation ratio) of each layer's input, test split:")
+    out(f"  {'layer':<12} {'op':<8} {'PSC':<4} {'input':<12} {'MACs':>7} {'where':<6} {'PAR':>6}")
+    where = {r["name"]: r["where"] for r in res.layers}
+    for r in net.summary(q):
+        out(f"  {r['name']:<12} {r['op']:<8} {'yes' if r['psc'] else '':<4} "
+            f"{'x'.join(map(str, r['in_shape'])):<12} {r['macs']:>7} {where[r['name']]:<6} "
+            f"{r['par']:6.3f}")
+    out("")
+    out("Cycles per inference (convolutions on the core; add, pooling and flatten on the host):")
+    out(f"  {'build':<12} {'lanes x rows':<13} {'cycles':>8} {'utilisation':>12}   latency")
+    for name in ("default",) + tuple(targets):
+        cc = preset(name)
+        r = res
+        if r.config != cc:
+            r = run(net, q[pick[:1]], "verilator", config=cc, progress=_bar(stream))
+        boards = [b for b, t in BOARDS.items() if TARGETS.get(t) == name]
+        lat = ", ".join(f"{1e3 * r.totals['cycles'] / BOARD_CLOCKS[b].clk_hz:.3f} ms on {b} "
+                        f"({BOARD_CLOCKS[b].clk_hz / 1e6:g} MHz)" for b in boards) or "-"
+        out(f"  {name:<12} {f'{cc.lanes} x {cc.rows}':<13} {r.totals['cycles']:>8.0f} "
+            f"{pct(r.totals['utilisation']):>12}   {lat}")
+    return 0 if exact else 1
+
