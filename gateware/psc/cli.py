@@ -117,7 +117,8 @@ def _configured(args, base):
 
 
 def _demo(args):
-    """Run one PSC layer through the golden model and show its special cases."""
+    """Run one PSC layer through the golden model and the core, then the shipped PSC network
+    (:func:`psc.network.demo`)."""
     rng = np.random.default_rng(args.seed)
     cin, cout, h, w, k = 16, 16, 12, 12, 3
     x = rng.integers(-128, 128, size=(cin, h, w))
@@ -144,7 +145,11 @@ def _demo(args):
     print(f"  cycles: total {counters['total']}, compute {counters['compute']}, "
           f"stalled {counters['stall']}; ideal MACs/(Tm*Tn) = {counters['ideal']:.0f}; "
           f"utilisation {100 * counters['utilisation']:.1f}%")
-    return 0 if model_ok and hw_ok else 1
+    # the main job: the shipped PSC network, on the golden model, onnxruntime and the core
+    from psc.network import demo
+    print()
+    network_rc = demo(target=args.target, seed=args.seed)
+    return 0 if model_ok and hw_ok and network_rc == 0 else 1
 
 
 def _bench(args):
@@ -341,7 +346,8 @@ def main(argv=None):
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error instead of its one line")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="run a PSC layer and check it against the golden model")
+    p = sub.add_parser("demo", help="run a PSC layer and the shipped PSC digits network on the "
+                                    "core and check them against the golden model")
     p.add_argument("--seed", type=_int_at_least(0), default=1)
     p.add_argument("--target", default=SIMULATORS[0], type=_demo_target,
                    help=f"{SIMULATORS[0]} (default), {', '.join(SIMULATORS[1:])}, or "
