@@ -4,6 +4,7 @@ configuration built from the preset; a bad option or value is one line and exit 
 Fast: the handlers are replaced by recorders, nothing is built or simulated.
 """
 
+import numpy as np
 import pytest
 
 from psc import cli, presets
@@ -55,6 +56,26 @@ def test_handlers_get_parsed_values_and_the_preset(calls):
     assert n_kw == {"seed": 0}
     cli.main(["compare", "--target", "ecp5-25k", "--cycles", "none"])
     assert calls[-1][2]["levels"] == synth.LEVELS and calls[-1][2]["cycles_layers"] == ()
+    # a preset, target or board names the bench's build
+    assert cli.main(["bench", "mbv2", "--target", "ecp5-25k"]) == 0
+    assert calls[-1][1] == (["mbv2"], presets.preset("ecp5-25k"))
+    assert cli.main(["bench", "mbv2_fc", "--preset", "icebreaker", "--rows", "1"]) == 0
+    assert calls[-1][1] == (["mbv2_fc"], presets.preset("ice40-up5k").replace(rows=1))
+
+
+def test_bench_mobilenet_v2_layer_list():
+    """MobileNetV2 0.35 at 96x96: the stem, 17 inverted residual blocks (16 with an
+    expansion), the last 1x1 convolution and the classifier, with its channel counts."""
+    layers = bench.MBV2_LAYERS
+    assert len(layers) == 1 + 16 + 17 + 17 + 2
+    rng = np.random.default_rng(0)
+    shapes = {n: (f(rng)["x"].shape, f(rng)["w_pos"].shape) for n, (_, f) in layers.items()}
+    assert shapes["mbv2_stem"] == ((3, 96, 96), (16, 3, 3, 3))
+    assert shapes["mbv2_1.0_dw"] == ((16, 48, 48), (16, 1, 3, 3))
+    assert shapes["mbv2_7.0_project"] == ((336, 3, 3), (112, 336, 1, 1))
+    assert shapes["mbv2_last"] == ((112, 3, 3), (1280, 112, 1, 1))
+    assert shapes["mbv2_fc"] == ((1280, 1, 1), (1000, 1280, 1, 1))
+    assert bench.check(["mbv2"], presets.preset("default"))[0] == "mbv2_stem"
 
 
 @pytest.mark.parametrize("argv, words", [

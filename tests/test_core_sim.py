@@ -4,6 +4,8 @@ Every output activation of every case is compared with the golden model.
 Streams pause at random (``STALL``) on every input and on the output.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -255,16 +257,20 @@ def test_shipped_target_core(name):
 
 @pytest.mark.parametrize("name", sorted(TARGET_PRESETS))
 def test_shipped_target_slow_tile_is_not_a_hang(name):
-    """A valid tile that takes long per output beat (depthwise 3x3 stride 2 with 48
-    channels: block-diagonal on these builds, over a hundred cycles per beat on the
-    ECP5 build) finishes: the bench's watchdog comes from the plan's own bound on
-    the tile's cycles (``psc.host.scheduler.cycle_bound``), not from a rate per beat."""
+    """A valid tile that takes long per output beat (a 3x3 reduction over 64 input
+    channels: well over 64 cycles per output on these builds) finishes, and a tile
+    whose input stream is short (the core waits for ever) trips the watchdog: it comes
+    from the plan's own bound on the tile's cycles (``psc.host.scheduler.cycle_bound``),
+    not from a rate per output beat."""
     cc = PRESETS[TARGET_PRESETS[name]]
-    layer = core_cases._layer(np.random.default_rng(3), 48, 48, 24, 24, 3, 2, 1, groups=48)
+    layer = core_cases._layer(np.random.default_rng(3), 64, 8, 6, 6, 3, 1, 1)
     plan = host.plan_layer(**layer, config=cc)
     fields = plan.tiles[0].fields
     per_beat = host.scheduler.cycle_bound(cc, fields, 0) / (fields["out_h"] * fields["out_w"]
                                                             * fields["gout"])
-    assert per_beat > 64                 # what the old per-beat watchdog allowed
+    assert per_beat > 64                 # what a per-beat watchdog used to allow
     (y, _), = host.run_layers([layer], config=cc, target="verilator", stall=STALL, seed=2)
-    _check(layer, y, f"{name} depthwise 48 channels stride 2")
+    _check(layer, y, f"{name} 3x3 over 64 channels")
+    short = dataclasses.replace(plan.tiles[0], acts=plan.tiles[0].acts[:-1])
+    with pytest.raises(RuntimeError, match="tile 0: no done after"):
+        host.api.run_plans([[short]], config=cc, target="verilator", stall=STALL, seed=2)

@@ -18,7 +18,8 @@ from psc.hw.core import CoreConfig
 from psc.host import plan_layer, run_layers
 from psc.host.scheduler import LayerError
 
-__all__ = ["BENCH_LAYERS", "check", "bench", "format_table"]
+__all__ = ["BENCH_LAYERS", "MBV2_LAYERS", "LAYER_SETS", "mobilenet_v2_layers", "check", "bench",
+           "format_table"]
 
 
 def _layer(rng, cin, cout, hw, k, stride=1, padding=0, groups=1):
@@ -42,9 +43,63 @@ BENCH_LAYERS = {
 }
 
 
+def _divisible(v, d=8):
+    """MobileNetV2's channel rounding: to a multiple of ``d``, never below 90% of ``v``."""
+    out = max(d, int(v + d / 2) // d * d)
+    return out + d if out < 0.9 * v else out
+
+
+def mobilenet_v2_layers(width=0.35, size=96):
+    """The convolutions of MobileNetV2 (Sandler et al., 2018) at ``width`` and input
+    ``size``, in order, as ``{name: (description, factory)}``: the stem, every inverted
+    residual block's 1x1 expansion, 3x3 depthwise and 1x1 projection, the last 1x1
+    convolution and the classifier (fully connected, on the pooled features). Weights are
+    random; the residual adds and the pooling run on the host, so they are not here."""
+    blocks = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+              (6, 160, 3, 2), (6, 320, 1, 1))
+    out = {}
+
+    def add(name, what, *args):
+        out[f"mbv2_{name}"] = (f"MBv2 {what}", lambda r, a=args: _layer(r, *a))
+
+    c, hw = _divisible(32 * width), size // 2
+    add("stem", f"stem 3x3 s2, 3->{c}, {size}x{size}", 3, c, size, 3, 2, 1)
+    for b, (t, cb, n, stride) in enumerate(blocks, 1):
+        co = _divisible(cb * width)
+        for i in range(n):
+            s = stride if i == 0 else 1
+            e = c * t
+            tag = f"{b}.{i}"
+            if t != 1:
+                add(f"{tag}_expand", f"{tag} expand 1x1, {c}->{e}, {hw}x{hw}", c, e, hw, 1)
+            add(f"{tag}_dw", f"{tag} depthwise 3x3 s{s}, {e} ch, {hw}x{hw}", e, e, hw, 3, s, 1, e)
+            hw = (hw - 1) // s + 1
+            add(f"{tag}_project", f"{tag} project 1x1, {e}->{co}, {hw}x{hw}", e, co, hw, 1)
+            c = co
+    last = 1280 if width <= 1.0 else _divisible(1280 * width)
+    add("last", f"last 1x1, {c}->{last}, {hw}x{hw}", c, last, hw, 1)
+    add("fc", f"classifier, {last}->1000", last, 1000, 1, 1)
+    return out
+
+
+#: The MobileNetV2 0.35 / 96x96 layer list (``psc bench mbv2`` runs all of it).
+MBV2_LAYERS = mobilenet_v2_layers()
+#: Names the bench takes for a list of layers.
+LAYER_SETS = {"mbv2": list(MBV2_LAYERS)}
+
+
+def _expand(names):
+    """Layer names with the layer sets replaced by their layers."""
+    return [m for n in names for m in LAYER_SETS.get(n, [n])]
+
+
+def _factory(name):
+    return (BENCH_LAYERS.get(name) or MBV2_LAYERS[name])
+
+
 def _layers(names, seed):
     rng = np.random.default_rng(seed)
-    return [BENCH_LAYERS[n][1](rng) for n in names]
+    return [_factory(n)[1](rng) for n in names]
 
 
 def check(names, config=None, *, seed=0):
@@ -62,9 +117,12 @@ def check(names, config=None, *, seed=0):
         raise ValueError(f"names must be a list of bench layers, not {show(names)}")
     names = list(names)
     for name in names:
-        if not isinstance(name, str) or name not in BENCH_LAYERS:
-            raise ValueError(f"bench layer must be one of {', '.join(BENCH_LAYERS)}, "
-                             f"not {show(name)}")
+        if not isinstance(name, str) or not (name in BENCH_LAYERS or name in MBV2_LAYERS
+                                             or name in LAYER_SETS):
+            raise ValueError(f"bench layer must be one of {', '.join(BENCH_LAYERS)}, a layer "
+                             f"of {', '.join(LAYER_SETS)} (mbv2_...) or "
+                             f"{', '.join(LAYER_SETS)}, not {show(name)}")
+    names = _expand(names)
     cc = config or CoreConfig()
     for name, layer in zip(names, _layers(names, seed)):
         for psc in (True, False):
@@ -96,7 +154,7 @@ def bench(names=None, *, config=None, seed=0, target="verilator"):
                               stride=layer["stride"], padding=layer["padding"],
                               groups=layer["groups"]), layer["mult"], layer["shift"])
         rows.append({
-            "name": name, "what": BENCH_LAYERS[name][0], "macs": c["macs"], "ideal": c["ideal"],
+            "name": name, "what": _factory(name)[0], "macs": c["macs"], "ideal": c["ideal"],
             "total": c["total"], "compute": c["compute"], "stall": c["stall"],
             "tiles": c["tiles"], "utilisation": c["utilisation"],
             "total_plain": cb["total"], "utilisation_plain": cb["utilisation"],
@@ -121,6 +179,14 @@ def format_table(rows, config=None):
             f"| {r['what']} | {r['macs']} | {r['ideal']:.0f} | {r['total']} | {r['compute']} | "
             f"{r['stall']} | {r['tiles']} | {100 * r['utilisation']:.1f}% | {r['total_plain']} | "
             f"{100 * r['utilisation_plain']:.1f}% | {'bit-exact' if r['ok'] else 'MISMATCH'} |")
+    if len(rows) > 1:
+        t = {k: sum(r[k] for r in rows) for k in ("macs", "ideal", "total", "compute", "stall",
+                                                  "tiles", "total_plain")}
+        lines.append(
+            f"| **all {len(rows)} layers** | {t['macs']} | {t['ideal']:.0f} | {t['total']} | "
+            f"{t['compute']} | {t['stall']} | {t['tiles']} | {100 * t['ideal'] / t['total']:.1f}% | "
+            f"{t['total_plain']} | {100 * t['ideal'] / t['total_plain']:.1f}% | "
+            f"{'bit-exact' if all(r['ok'] for r in rows) else 'MISMATCH'} |")
     return "\n".join(lines)
 
 

@@ -12,8 +12,9 @@ go in the output tensor.
    (:class:`LayerError` names the limit, before anything is sent);
 2. :func:`choose_kind` picks the core's command kind (standard, depthwise,
    pointwise, fully connected); a depthwise layer on a build with
-   ``lanes != rows`` runs as a standard convolution with block-diagonal
-   weights (correct, slower);
+   ``lanes != rows`` runs as standard commands, one per output group, each
+   over its own ``rows`` input channels with diagonal weights (correct, a
+   fraction of the array busy);
 3. :func:`pack` turns weights and parameters into stream words per output
    group;
 4. :func:`cut_bands` chooses the output-channel chunks and, inside a chunk,
@@ -137,6 +138,9 @@ class Layer:
     groups: int
     relu: bool
     depthwise: bool
+    # a depthwise layer run as standard commands, one per output group, each over the
+    # input channels of its own group only (choose_kind)
+    diagonal: bool = False
 
     @property
     def k(self):
@@ -225,9 +229,7 @@ def choose_kind(layer):
     block-diagonal weights."""
     pe = layer.config.pe
     if layer.depthwise and pe.lanes != pe.rows:
-        eye = np.eye(layer.x.shape[0], dtype=np.int64)[:, :, None, None]
-        layer = Layer(**{**layer.__dict__, "w_pos": layer.w_pos * eye,
-                         "w_neg": layer.w_neg * eye, "depthwise": False})
+        layer = Layer(**{**layer.__dict__, "depthwise": False, "diagonal": True})
     _, h, w = layer.x.shape
     if layer.depthwise:
         kind = KIND_DEPTHWISE
@@ -244,6 +246,18 @@ def _pixels(layer):
     return layer.depthwise and layer.config.pe.depthwise == "pixels"
 
 
+def _groups_in(layer):
+    """Input channel groups of one reduction: 1 for depthwise, the lane groups of one
+    output group's ``rows`` channels for a depthwise layer run as standard commands
+    (``diagonal``), else every input group."""
+    cc = layer.config
+    if layer.depthwise:
+        return 1
+    if layer.diagonal:
+        return channel_groups(cc.rows, cc.lanes)
+    return channel_groups(layer.x.shape[0], cc.lanes)
+
+
 def pack(layer):
     """Step 3: stream words of the weights and parameters, per output group.
 
@@ -258,7 +272,7 @@ def pack(layer):
     cin = layer.x.shape[0]
     cout = layer.w_pos.shape[0]
     gin, gout = channel_groups(cin, lanes), channel_groups(cout, rows)
-    gin_e = 1 if layer.depthwise else gin
+    gin_e = _groups_in(layer)
     if gin_e * lanes * k * k > pe.max_reduction:
         raise LayerError(f"a reduction of {gin_e} channel groups x {lanes} lanes x {k}x{k} "
                          f"exceeds the build's max_reduction={pe.max_reduction}")
@@ -266,10 +280,19 @@ def pack(layer):
         raise LayerError(f"one output group needs {k * k * gin_e} weight blocks; the weight "
                          f"buffer holds {cc.weight_depth} (input-channel splitting is not "
                          f"supported)")
+    if layer.diagonal:
+        # output group j reads only its own channels, x[j*rows:(j+1)*rows] packed from
+        # lane 0 (emit_tiles), so its input groups are its own
+        gin = gin_e
     # zero-padded weights as (gout, K, K, gin, rows, lanes) blocks
     wp = np.zeros((gout * rows, gin * lanes, k, k), dtype=np.int64)
     wn = np.zeros_like(wp)
-    if layer.depthwise:
+    if layer.diagonal:
+        # row r's weight sits at input channel r of the group's slice
+        for c in range(cout):
+            wp[c, c % rows] = layer.w_pos[c, 0]
+            wn[c, c % rows] = layer.w_neg[c, 0]
+    elif layer.depthwise:
         for c in range(cin):
             wp[c, c] = layer.w_pos[c, 0]
             wn[c, c] = layer.w_neg[c, 0]
@@ -324,11 +347,12 @@ def cut_bands(layer):
     """
     cc = layer.config
     lanes, rows, k = cc.lanes, cc.rows, layer.k
-    gin = 1 if layer.depthwise else channel_groups(layer.x.shape[0], lanes)
+    gin = _groups_in(layer)
     gout = channel_groups(layer.w_pos.shape[0], rows)
     ho, wo = layer.out_hw
     per_group = k * k * gin
-    chunk = min(gout, cc.param_depth, cc.weight_depth // per_group)
+    # diagonal: one output group per command, whose input is its own channels only
+    chunk = 1 if layer.diagonal else min(gout, cc.param_depth, cc.weight_depth // per_group)
     out = []
     for j0 in range(0, gout, chunk):
         j1 = min(gout, j0 + chunk)
@@ -389,7 +413,11 @@ def emit_tiles(layer, kind, weights, params, bands):
     tiles = []
     for j0, j1, g_t, band_h, band_w in bands:
         c0, c1 = j0 * rows, min(cout, j1 * rows)
-        xc = layer.x[c0:c1] if layer.depthwise else layer.x
+        if layer.diagonal:
+            # the group's own channels, zero-padded to the rows its weights cover
+            xc = np.pad(layer.x[c0:c1], ((0, rows - (c1 - c0)), (0, 0), (0, 0)))
+        else:
+            xc = layer.x[c0:c1] if layer.depthwise else layer.x
         wwords = [word for j in range(j0, j1) for word in weights[j]]
         pwords = params[j0:j1]
         first = True
