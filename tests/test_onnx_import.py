@@ -275,8 +275,8 @@ def test_shipped_network_accuracy_and_onnxruntime_agreement(name):
         assert any(layer.psc for layer in net.layers)
 
 
-@pytest.mark.parametrize("build, count", [("default", 3),
-                                          pytest.param("ice40-up5k", 2, marks=pytest.mark.slow)])
+@pytest.mark.slow   # one simulation per convolution layer of the network
+@pytest.mark.parametrize("build, count", [("default", 3), ("ice40-up5k", 2)])
 def test_shipped_psc_network_on_the_core_equals_golden(build, count):
     net = import_onnx(psc_data.path("digits_psc.onnx"))
     _, _, x, _ = psc_data.digits_split(0)
