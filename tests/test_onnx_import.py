@@ -244,6 +244,37 @@ def test_bad_graphs_are_refused(qmodel, tmp_path, case, match):
     assert "\n" not in str(e.value)
 
 
+def _matmul_model(rng, bias):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[1, 1]),
+             helper.make_node("GlobalAveragePool", ["c"], ["g"], name="pool"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "wm"], ["m" if bias else "y"], name="mm")]
+    inits = [_init("w", rng.normal(0, 1, (4, 1, 1, 1))), _init("wm", rng.normal(0, 1, (4, 3)))]
+    if bias:
+        nodes.append(helper.make_node("Add", ["m", "bm"], ["y"], name="mm_bias"))
+        inits.append(_init("bm", rng.normal(0, 1, 3)))
+    graph = helper.make_graph(
+        nodes, "mm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_matmul_imports_and_its_bias_add_is_refused(tmp_path):
+    rng = np.random.default_rng(12)
+    x = rng.normal(0, 1, (64, 1, 4, 4))
+    quantize(_matmul_model(rng, False), tmp_path / "mm.onnx", x)
+    net = import_onnx(tmp_path / "mm.onnx")
+    assert [l.op for l in net.layers] == ["conv", "gap", "conv"]
+    got = net.run(net.quantize_input(x)).reshape(len(x), -1)
+    ref = onnxruntime_run(tmp_path / "mm.onnx", x)
+    assert np.abs(got * net.output_scale - ref).max() <= 3 * net.output_scale
+    quantize(_matmul_model(rng, True), tmp_path / "mmb.onnx", x)
+    with pytest.raises(OnnxImportError, match=r"node 'mm_bias' \(Add\): adds a constant"):
+        import_onnx(tmp_path / "mmb.onnx")
+
+
 def test_bad_model_arguments_are_refused(tmp_path):
     with pytest.raises(BadTypeError, match="model must be an onnx.ModelProto or a path"):
         import_onnx(42)

@@ -6,8 +6,9 @@ The importer reads what onnxruntime's static quantiser writes with
 ``DequantizeLinear`` pairs around float operators, int8 weights and int32
 biases behind ``DequantizeLinear``. It maps
 
-* ``Conv`` (standard, depthwise, pointwise), ``Gemm`` and ``MatMul`` (with an
-  ``Add`` of its bias) to convolution layers; a ``Relu``, or a ``Clip`` from 0
+* ``Conv`` (standard, depthwise, pointwise), ``Gemm`` and ``MatMul`` (without
+  a bias: the quantiser rounds a ``MatMul``'s output before an ``Add`` of one)
+  to convolution layers; a ``Relu``, or a ``Clip`` from 0
   whose top the output's int8 range does not exceed, folds into the layer
   before it (one rounding where onnxruntime has two);
 * ``Add`` of two quantised tensors to a residual add, ``GlobalAveragePool``
@@ -408,19 +409,13 @@ class _Importer:
             self.fail(node, f"the second input must be a 2-D weight matrix, not {w.q.shape}")
         wq, ws = self.weights(node, w, 1)
         self.add_conv(node, x, (wq.T[:, :, None, None], ws), None, 1, 1, 0, 1)
-        self.specs[-1].attrs["_bias_open"] = True
 
     def op_Add(self, node):
         a, b = self.get(node, 0), self.get(node, 1)
-        if isinstance(b, _Pending) and isinstance(a, _Const):
-            a, b = b, a
-        if isinstance(a, _Pending) and isinstance(b, _Const):
-            spec = self.specs[a.index]
-            if not spec.attrs.pop("_bias_open", False):
-                self.fail(node, "adds a constant to a layer that has its bias already")
-            spec.arrays["bias"] = self.bias(node, b, spec.acc_scale, len(spec.acc_scale))
-            self.vals[node.output[0]] = a
-            return
+        if isinstance(a, (_Const, np.ndarray)) or isinstance(b, (_Const, np.ndarray)):
+            # the quantiser rounds a MatMul's output and its bias to int8 apart before adding
+            self.fail(node, "adds a constant; a bias maps only as the third input of Conv or "
+                            "Gemm (export a fully connected layer with a bias as Gemm)")
         for i, v in enumerate((a, b)):
             if not isinstance(v, _Q) or v.form != "x":
                 self.fail(node, f"input {i} must be a quantised tensor (DequantizeLinear "
