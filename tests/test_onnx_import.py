@@ -175,6 +175,8 @@ def test_unsupported_operator_is_refused(tmp_path):
 @pytest.mark.parametrize("case, match", [
     ("zero_point", r"node 'c1_QuantizeLinear' \(QuantizeLinear\): zero point must be 0"),
     ("uint8", r"node 'x_QuantizeLinear' \(QuantizeLinear\): zero point must be 0 in int8"),
+    ("no_zero_point", r"node 'c1_QuantizeLinear' \(QuantizeLinear\): has no zero point, so "
+                      r"its output is uint8"),
     ("requant", r"node 'f_QuantizeLinear' \(QuantizeLinear\): requantises a tensor from scale"),
     ("dilation", r"node 'pw' \(Conv\): dilations must be 1"),
     ("pads", r"node 'stem' \(Conv\): pads must be equal on all sides"),
@@ -200,6 +202,9 @@ def test_bad_graphs_are_refused(qmodel, tmp_path, case, match):
             m.graph.initializer.append(numpy_helper.from_array(np.array(0.5, np.float32), "s2"))
             n.input[1] = "s2"
             _node(m, "f_DequantizeLinear").input[1] = "s2"
+        elif case == "no_zero_point":
+            n = _node(m, "c1_QuantizeLinear")
+            del n.input[2]
         elif case == "dilation":
             _node(m, "pw").attribute.append(helper.make_attribute("dilations", [2, 2]))
         elif case == "pads":

@@ -160,15 +160,19 @@ class _Importer:
         self.count += 1
         return f"t{self.count}_{hint}"
 
-    def zero_point(self, node, index, dtype):
+    def zero_point(self, node, index, dtype, *, required=False):
+        """Check that the zero point at ``node.input[index]`` is 0 of ``dtype``; an absent one
+        is 0 of the quantised tensor's type, which for a ``QuantizeLinear`` (``required``)
+        is uint8."""
         zp = self.inits.get(node.input[index]) if len(node.input) > index and node.input[index] \
             else None
         if zp is None:
-            if dtype is not None and dtype != np.int8:
-                self.fail(node, "has no zero point, so uint8; only int8 is supported")
+            if required:
+                self.fail(node, "has no zero point, so its output is uint8; only int8 with "
+                                "zero point 0 is supported")
             return
-        if zp.dtype != (dtype or np.int8) or np.any(zp != 0):
-            self.fail(node, f"zero point must be 0 in {np.dtype(dtype or np.int8).name} "
+        if zp.dtype != dtype or np.any(zp != 0):
+            self.fail(node, f"zero point must be 0 in {np.dtype(dtype).name} "
                             f"(symmetric quantisation), not {show(zp.tolist())} of "
                             f"dtype {zp.dtype}")
 
@@ -246,8 +250,7 @@ class _Importer:
             self.fail(node, f"activation scale must be one number (per tensor), not shape "
                             f"{s.shape}")
         s = float(s)
-        zp = self.inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        self.zero_point(node, 2, None if zp is None else np.int8)
+        self.zero_point(node, 2, np.int8, required=True)
         if isinstance(v, str):            # the graph's input
             self.input_scale = s
             self.shapes[self.input] = self.input_shape
