@@ -237,6 +237,10 @@ def test_bad_layers_are_refused():
         Network("image", (1, 6, 6), [stem], "nope")
     with pytest.raises(BadTypeError, match=r"layers\[0\] must be a psc.model.network.Layer"):
         Network("image", (1, 6, 6), ["stem"], "a")
+    with pytest.raises(ValueError, match="input_scale must be a positive number or None"):
+        Network("image", (1, 6, 6), [stem], "a", input_scale=0.0)
+    with pytest.raises(ValueError, match=r"input_shape must be \(C, H, W\) of positive ints"):
+        Network("image", (1, 0, 6), [stem], "a")
 
 
 @pytest.mark.parametrize("images, match", [

@@ -263,10 +263,8 @@ class Network:
         self.weight_width = check_width("weight_width", weight_width)
         self.acc_width = check_width("acc_width", acc_width, maximum=64)
         self.mult_width = check_width("mult_width", mult_width)
-        self.input_scale = None if input_scale is None else check_real(
-            "input_scale", input_scale, 0.0, math.inf)
-        self.output_scale = None if output_scale is None else check_real(
-            "output_scale", output_scale, 0.0, math.inf)
+        self.input_scale = _scale("input_scale", input_scale)
+        self.output_scale = _scale("output_scale", output_scale)
         self.meta = dict(meta or {})
         if not isinstance(input, str) or not input:
             raise BadTypeError(f"input must be a tensor name (a non-empty str), not {show(input)}")
@@ -551,6 +549,16 @@ class Network:
                        acc_width=widths["acc"], mult_width=widths["mult"], meta=head["meta"])
         except (KeyError, TypeError) as e:
             raise ValueError(f"{path} has a malformed header: missing or wrong {e}") from None
+
+
+def _scale(name, value):
+    """A tensor's scale: None, or a positive finite real."""
+    if value is None:
+        return None
+    value = check_real(name, value, 0.0, math.inf)
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive number or None, not {value!r}")
+    return value
 
 
 def _plain(attrs):
