@@ -73,22 +73,22 @@ def _int_at_least(lo):
     return parse
 
 
-def _directory(text):
-    """An argparse type: a path that is, or can become, a directory."""
-    try:
-        check_dir("the path", text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e).removeprefix("the path ")) from None
-    return text
+def _path_type(check, what):
+    """An argparse type: a path that ``check("the path", text)`` accepts (``what`` names it)."""
+    def parse(text):
+        try:
+            check("the path", text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("the path ")) from None
+        return text
+    parse.__name__ = what
+    return parse
 
 
-def _tool_directory(text):
-    """A build directory the YoWASP tools can use: :func:`_directory`, not under /tmp."""
-    try:
-        check_not_tmp("the path", text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e).removeprefix("the path ")) from None
-    return text
+#: A path that is, or can become, a directory.
+_directory = _path_type(check_dir, "directory")
+#: A build directory the YoWASP tools can use: a directory, not under /tmp.
+_tool_directory = _path_type(check_not_tmp, "build directory")
 
 
 def _checked(command, check, *args, **kwargs):
