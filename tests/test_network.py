@@ -286,9 +286,11 @@ def test_golden_target_reports_host_and_no_cycles():
 # --- on the core -----------------------------------------------------------------------
 
 def _check_on_core(name):
+    # every layer in one simulation; the end-to-end feed is compared with it below
     net = residual_net(np.random.default_rng(7))
     x = rand((3, 1, 6, 6), rng=np.random.default_rng(8))
-    res = run(net, x, "verilator", config=preset(name))
+    res = run(net, x, "verilator", config=preset(name), feed="golden")
+    assert res.totals["exact"]
     np.testing.assert_array_equal(res.outputs, net.run(x))
     where = {r["name"]: r["where"] for r in res.layers}
     assert where == {"stem": "core", "dw": "core", "pw": "core", "res": "host", "pool": "host",
@@ -303,6 +305,44 @@ def _check_on_core(name):
                                   pytest.param("tiny", marks=pytest.mark.slow)])
 def test_network_on_verilator_equals_golden(name):
     _check_on_core(name)
+
+
+def test_golden_feed_runs_every_layer_in_one_simulation_with_the_same_result():
+    net = residual_net(np.random.default_rng(7))
+    x = rand((3, 1, 6, 6), rng=np.random.default_rng(8))
+    chained = run(net, x, "verilator")
+    fed = run(net, x, "verilator", feed="golden")
+    np.testing.assert_array_equal(fed.outputs, chained.outputs)
+    assert fed.totals["exact"] and all(r["exact"] for r in fed.layers if r["where"] == "core")
+    assert fed.totals["cycles"] == chained.totals["cycles"]
+
+
+def test_golden_feed_reports_a_layer_the_core_got_wrong(monkeypatch):
+    import psc.network
+    net = residual_net(np.random.default_rng(7))
+    x = rand((2, 1, 6, 6), rng=np.random.default_rng(8))
+    want = net.run(x, keep=True)
+
+    def fake_run_layers(layers, **_):
+        # every layer right but the depthwise one, whose first output is off by one
+        out = []
+        for layer in layers:
+            conv = next(l for l in net.layers if l.op == "conv"
+                        and l.arrays["w_pos"] is layer["w_pos"])
+            i = next(i for i, img in enumerate(want[conv.inputs[0]])
+                     if np.array_equal(img, layer["x"]))
+            y = want[conv.output][i].copy()
+            if conv.name == "dw":
+                y[0, 0, 0] += 1
+            out.append((y, {"total": 10, "compute": 8, "stall": 0, "tiles": 1, "ideal": 5}))
+        return out
+    monkeypatch.setattr(psc.network, "run_layers", fake_run_layers)
+    res = run(net, x, "verilator", feed="golden")
+    exact = {r["name"]: r["exact"] for r in res.layers if r["where"] == "core"}
+    assert exact == {"stem": True, "dw": False, "pw": True, "fc": True}
+    assert res.totals["exact"] is False
+    with pytest.raises(ValueError, match="feed must be one of 'core', 'golden'"):
+        run(net, x, "verilator", feed="board")
 
 
 # --- the demo of the shipped network --------------------------------------------------
@@ -323,5 +363,5 @@ def test_demo_checks_the_shipped_network_on_the_core():
     lines = []
     assert demo(samples=2, targets=(), out=lines.append) == 0
     text = "\n".join(lines)
-    assert "core outputs == golden model, all 20 logits of 2 images: True" in text
+    assert "core == golden model, every output of every layer of the 2 images: True" in text
     assert "int8, golden model" in text and "b0_dw" in text and "default" in text

@@ -137,8 +137,9 @@ def test_plain_gemm_and_the_network_file(qmodel, tmp_path):
 def test_imported_network_on_the_core_equals_golden(qmodel):
     net = import_onnx(qmodel)
     x = net.quantize_input(np.random.default_rng(2).normal(0, 1, (3, 1, HW, HW)))
-    res = run(net, x, "verilator")
+    res = run(net, x, "verilator", feed="golden")
     np.testing.assert_array_equal(res.outputs, net.run(x))
+    assert res.totals["exact"]
 
 
 # --- refusals --------------------------------------------------------------------------
@@ -311,12 +312,20 @@ def test_shipped_network_accuracy_and_onnxruntime_agreement(name):
         assert any(layer.psc for layer in net.layers)
 
 
-@pytest.mark.slow   # one simulation per convolution layer of the network
-@pytest.mark.parametrize("build, count", [("default", 3), ("ice40-up5k", 2)])
+@pytest.mark.parametrize("build, count", [("default", 5), ("ice40-up5k", 2)])
 def test_shipped_psc_network_on_the_core_equals_golden(build, count):
     net = import_onnx(psc_data.path("digits_psc.onnx"))
     _, _, x, _ = psc_data.digits_split(0)
     images = net.quantize_input(x[:count])
-    res = run(net, images, "verilator", config=preset(build))
+    res = run(net, images, "verilator", config=preset(build), feed="golden")
     np.testing.assert_array_equal(res.outputs, net.run(images))
+    assert res.totals["exact"]
     assert {r["where"] for r in res.layers if r["op"] == "conv"} == {"core"}
+
+
+@pytest.mark.slow   # one simulation per convolution layer of the network
+def test_shipped_psc_network_end_to_end_on_the_core():
+    net = import_onnx(psc_data.path("digits_psc.onnx"))
+    _, _, x, _ = psc_data.digits_split(0)
+    images = net.quantize_input(x[:3])
+    np.testing.assert_array_equal(run(net, images, "verilator").outputs, net.run(images))

@@ -83,8 +83,8 @@ def _check_build(net, cc):
             raise LayerError(f"layer {layer.name!r} cannot run on this build: {e}") from None
 
 
-def run(net, images, target="golden", *, config=None, stall=0.0, seed=0, keep=False,
-        progress=None):
+def run(net, images, target="golden", *, config=None, feed="core", stall=0.0, seed=0,
+        keep=False, progress=None):
     """Run ``images`` through ``net``; returns a :class:`NetworkRun`.
 
     Parameters
@@ -100,12 +100,22 @@ def run(net, images, target="golden", *, config=None, stall=0.0, seed=0, keep=Fa
         other layers on the host.
     config : psc.config.CoreConfig, optional
         The build (default ``CoreConfig()``; for a board, the board's own).
+    feed : ``"core"`` or ``"golden"``
+        Where each layer's input comes from. ``"core"``: from the layers run
+        before it, so the images pass through the core end to end, one
+        simulation (or board exchange) per convolution layer with all the
+        images batched. ``"golden"``: from the golden model, so every
+        convolution of every image runs in one simulation; each core layer's
+        ``exact`` says whether its outputs equal the golden model's. When
+        every layer is exact the two feeds give the same outputs (each
+        layer's input is then the same), which makes ``"golden"`` a check of
+        the end-to-end run at the cost of one simulation.
     stall, seed
         Random stream pauses in simulation (:func:`psc.host.api.run_layers`).
     keep : bool
         Keep every tensor of the run in :attr:`NetworkRun.tensors`.
     progress : callable, optional
-        Called as ``progress(i, n, layer_name)`` before each layer.
+        Called as ``progress(i, n, layer_name)`` before each layer (``feed="core"``).
 
     Raises
     ------
@@ -122,6 +132,7 @@ def run(net, images, target="golden", *, config=None, stall=0.0, seed=0, keep=Fa
     x = net.check_images(images)
     if config is not None and not isinstance(config, CoreConfig):
         raise BadTypeError(f"config must be a psc.config.CoreConfig or None, not {show(config)}")
+    check_choice("feed", feed, ("core", "golden"))
     check_real("stall", stall, 0.0, 1.0)
     check_int("seed", seed, 0, (1 << 32) - 1)
     if progress is not None and not callable(progress):
@@ -132,23 +143,30 @@ def run(net, images, target="golden", *, config=None, stall=0.0, seed=0, keep=Fa
     if cc is not None:
         _check_build(net, cc)
     n = x.shape[0]
+    convs = [layer for layer in net.layers if layer.op == "conv"]
+    opts = dict(config=cc, target=target, stall=stall, seed=seed)
+    reference, results = None, {}
+    if not golden and feed == "golden" and convs:
+        reference = net.run(x, keep=True)
+        batch = [dict(x=img, **layer.conv_args()) for layer in convs
+                 for img in reference[layer.inputs[0]]]
+        res = _run_layers(batch, opts, lambda i: convs[i // n].name)
+        results = {layer.name: res[i * n:(i + 1) * n] for i, layer in enumerate(convs)}
     tensors = {net.input: x}
     rows = []
     for i, layer in enumerate(net.layers):
-        if progress is not None:
+        if progress is not None and feed == "core":
             progress(i, len(net.layers), layer.name)
-        xs = [tensors[t] for t in layer.inputs]
+        src = tensors if reference is None else reference
+        xs = [src[t] for t in layer.inputs]
         row = {"name": layer.name, "op": layer.op, "macs": net.macs(layer)}
         if golden or layer.op != "conv":
             tensors[layer.output] = net.apply(layer, xs)
             row["where"] = "golden" if golden else "host"
         else:
-            args = layer.conv_args()
-            try:
-                res = run_layers([dict(x=img, **args) for img in xs[0]], config=cc,
-                                 target=target, stall=stall, seed=seed)
-            except LayerError as e:
-                raise LayerError(f"layer {layer.name!r}: {e}") from None
+            res = results.get(layer.name) or _run_layers(
+                [dict(x=img, **layer.conv_args()) for img in xs[0]], opts,
+                lambda _: layer.name)
             tensors[layer.output] = np.stack([y for y, _ in res])
             counters = [c for _, c in res]
             cycles = sum(c["total"] for c in counters) / n
@@ -157,6 +175,9 @@ def run(net, images, target="golden", *, config=None, stall=0.0, seed=0, keep=Fa
                        stall=sum(c["stall"] for c in counters) / n,
                        tiles=counters[0]["tiles"],
                        utilisation=counters[0]["ideal"] / cycles if cycles else 0.0)
+            if reference is not None:
+                row["exact"] = bool(np.array_equal(tensors[layer.output],
+                                                   reference[layer.output]))
         rows.append(row)
     core = [r for r in rows if r["where"] == "core"]
     cycles = sum(r["cycles"] for r in core)
@@ -166,42 +187,43 @@ def run(net, images, target="golden", *, config=None, stall=0.0, seed=0, keep=Fa
               "host_layers": [r["name"] for r in rows if r["where"] == "host"]}
     if cc is not None and cycles:
         totals["utilisation"] = totals["core_macs"] / (cc.rows * cc.lanes) / cycles
+    if reference is not None:
+        totals["exact"] = all(r["exact"] for r in core)
     return NetworkRun(outputs=tensors[net.output], layers=rows, totals=totals, target=target,
                       config=cc, tensors=tensors if keep else {})
 
 
+def _run_layers(layers, opts, name_of):
+    """:func:`psc.host.api.run_layers`, its layer errors naming the network's layer."""
+    try:
+        return run_layers(layers, **opts)
+    except LayerError as e:
+        text = str(e)
+        if text.startswith("layers["):
+            index = int(text[len("layers["):text.index("]")])
+            text = text[text.index(":") + 1:].strip()
+            raise LayerError(f"layer {name_of(index)!r}: {text}") from None
+        raise LayerError(f"layer {name_of(0)!r}: {text}") from None
+
+
 # --- the demo: the shipped digits network ------------------------------------------------
 
-def _bar(stream):
-    """A progress callback drawing ``[####----] i/n layer`` on ``stream`` (a terminal only)."""
-    if not stream.isatty():
-        return None
-
-    def show_progress(i, n, name):
-        done = (i + 1) * 20 // n
-        stream.write(f"\r  [{'#' * done}{'-' * (20 - done)}] layer {i + 1}/{n} {name:<16}")
-        if i + 1 == n:
-            stream.write("\r" + " " * 60 + "\r")
-        stream.flush()
-    return show_progress
-
-
-def demo(*, target="verilator", samples=20, seed=1, targets=None, out=print, stream=None):
+def demo(*, target="verilator", samples=20, seed=1, targets=None, out=print):
     """Classify the digits test split with the shipped PSC network and check the core.
 
     Loads ``psc/data/digits_psc.onnx`` (:mod:`psc.onnx_import`), classifies
-    fold 0's test split on the golden model and on onnxruntime, runs
-    ``samples`` test images (chosen by ``seed``) through the core on
-    ``target`` and compares them with the golden model bit for bit, and
-    prints the accuracies, the PAR of every layer's input, the cycles per
-    inference on the ``default`` build and on the builds of ``targets``
-    (default: every synthesis target of :data:`psc.presets.TARGETS`; one image
-    each, on Verilator) and the latency those cycles take at the clock of
-    each board that runs them. Returns 0 when the core matched the golden
-    model, else 1.
+    fold 0's test split on the golden model and on onnxruntime, runs every
+    convolution of ``samples`` test images (chosen by ``seed``) on the core on
+    ``target`` in one simulation (:func:`run` with ``feed="golden"``) and
+    compares every output with the golden model bit for bit, and prints the
+    accuracies, the PAR of every layer's input, the cycles per inference on
+    the ``default`` build and on the builds of ``targets`` (default: every
+    synthesis target of :data:`psc.presets.TARGETS`; one image each, on
+    Verilator, checked the same way) and the latency those cycles take at the
+    clock of each board that runs them. Returns 0 when the core matched the
+    golden model everywhere, else 1.
     """
     import json
-    import sys
     from psc import data
     from psc.flow.board import BOARDS as BOARD_CLOCKS
     from psc.onnx_import import import_onnx, onnxruntime_run
@@ -212,7 +234,6 @@ def demo(*, target="verilator", samples=20, seed=1, targets=None, out=print, str
                          "the demo, not 'golden'")
     samples = check_int("samples", samples, 1)
     seed = check_int("seed", seed, 0, (1 << 32) - 1)
-    stream = sys.stderr if stream is None else stream
     targets = tuple(TARGETS) if targets is None else tuple(targets)
     for t in targets:
         check_choice("targets", t, tuple(TARGETS))
@@ -231,10 +252,11 @@ def demo(*, target="verilator", samples=20, seed=1, targets=None, out=print, str
     out(f"Shipped PSC network {path.name}: {len(net.layers)} layers ({n_psc} PSC), "
         f"{sum(net.macs(l) for l in net.layers)} MACs per image; digits test split of fold 0, "
         f"{len(y)} images")
-    out(f"Running {len(pick)} test images through the core on {target} (a simulator compiles "
-        f"the build on its first run)...")
-    res = run(net, q[pick], target, progress=_bar(stream))
-    exact = bool(np.array_equal(res.outputs, net.run(q[pick])))
+    builds = ("default",) + tuple(targets)
+    out(f"[1/{len(builds)}] every layer of {len(pick)} test images on the core ({target}; a "
+        f"simulator compiles a build on its first run)...")
+    res = run(net, q[pick], target, feed="golden")
+    exact = res.totals["exact"] and bool(np.array_equal(res.outputs, net.run(q[pick])))
     core_pred = res.outputs.reshape(len(pick), -1).argmax(1)
 
     def pct(v):
@@ -251,8 +273,7 @@ def demo(*, target="verilator", samples=20, seed=1, targets=None, out=print, str
         out(f"  {label:<56} {pct(a):>13}  {pct(b):>21}")
     out(f"  argmax agreement of onnxruntime with the golden PSC network: "
         f"{pct((ort == pred).mean())}")
-    out(f"  core outputs == golden model, all {res.outputs.size} logits of {len(pick)} images: "
-        f"{exact}")
+    out(f"  core == golden model, every output of every layer of the {len(pick)} images: {exact}")
     out("")
     out("PAR (positive activation ratio) of each layer's input, test split:")
     out(f"  {'layer':<12} {'op':<8} {'PSC':<4} {'input':<12} {'MACs':>7} {'where':<6} {'PAR':>6}")
@@ -262,17 +283,21 @@ def demo(*, target="verilator", samples=20, seed=1, targets=None, out=print, str
             f"{'x'.join(map(str, r['in_shape'])):<12} {r['macs']:>7} {where[r['name']]:<6} "
             f"{r['par']:6.3f}")
     out("")
+    runs = {"default": res} if res.config == preset("default") else {}
+    for i, name in enumerate(builds):
+        if name not in runs:
+            out(f"[{i + 1}/{len(builds)}] one image on the {name} build (verilator)...")
+            runs[name] = run(net, q[pick[:1]], "verilator", config=preset(name), feed="golden")
+            exact = exact and runs[name].totals["exact"]
+    out("")
     out("Cycles per inference (convolutions on the core; add, pooling and flatten on the host):")
     out(f"  {'build':<12} {'lanes x rows':<13} {'cycles':>8} {'utilisation':>12}   latency")
-    for name in ("default",) + tuple(targets):
-        cc = preset(name)
-        r = res
-        if r.config != cc:
-            r = run(net, q[pick[:1]], "verilator", config=cc, progress=_bar(stream))
+    for name in builds:
+        cc, r = preset(name), runs[name]
         boards = [b for b, t in BOARDS.items() if TARGETS.get(t) == name]
         lat = ", ".join(f"{1e3 * r.totals['cycles'] / BOARD_CLOCKS[b].clk_hz:.3f} ms on {b} "
                         f"({BOARD_CLOCKS[b].clk_hz / 1e6:g} MHz)" for b in boards) or "-"
         out(f"  {name:<12} {f'{cc.lanes} x {cc.rows}':<13} {r.totals['cycles']:>8.0f} "
             f"{pct(r.totals['utilisation']):>12}   {lat}")
+    out(f"  core == golden model on every build: {exact}")
     return 0 if exact else 1
-
