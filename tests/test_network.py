@@ -153,6 +153,7 @@ def test_save_load_round_trip(tmp_path):
     x = rand((4, 1, 6, 6))
     np.testing.assert_array_equal(back.run(x), net.run(x))
     assert back.header() == net.header()
+    assert (back.header()["format"], back.header()["version"]) == (FORMAT, VERSION)
     assert back.input_scale == 1 / 64
 
 
