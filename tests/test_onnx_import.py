@@ -5,19 +5,16 @@ onnxruntime on the same file; every graph it cannot map is refused with the node
 import json
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-from psc import data as psc_data  # noqa: E402
-from psc.model.checks import BadTypeError  # noqa: E402
-from psc.network import run  # noqa: E402
-from psc.presets import preset  # noqa: E402
-from psc.onnx_import import (OnnxImportError, import_onnx, onnxruntime_run,  # noqa: E402
-                             psc_pattern, psc_weights, quantize)
+from psc import data as psc_data
+from psc.model.checks import BadTypeError
+from psc.network import run
+from psc.onnx_import import (OnnxImportError, import_onnx, onnxruntime_run, psc_pattern,
+                             psc_weights, quantize)
+from psc.presets import preset
 
 C, HW, CLASSES = 4, 6, 5
 
