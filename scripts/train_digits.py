@@ -172,7 +172,7 @@ def train(model, x, y, epochs, seed, lr=3e-3):
         for i in range(0, len(perm), 64):
             idx = perm[i:i + 64]
             xb = xt[idx]
-            # shifts by one pixel, padded with the background value -1
+            # one-pixel shifts so that where a digit sits matters less (-1 is the background)
             dy, dx = (int(v) - 1 for v in torch.randint(0, 3, (2,), generator=g))
             xb = torch.roll(F.pad(xb, (1, 1, 1, 1), value=-1.0), (dy, dx), (2, 3))[..., 1:-1, 1:-1]
             loss = F.cross_entropy(model(xb), yt[idx])
@@ -350,15 +350,15 @@ def regression_abs(log):
     from psc.model.golden import conv2d, psc_conv2d
     x = np.arange(-127, 128).reshape(1, 1, -1)                 # (C=1, H=1, W) int8 inputs
     target = np.abs(x).reshape(-1).astype(np.float64)
-    # ReLU baseline y = w * relu(x) + b: the best w, b by least squares
+    # the best w, b of y = w * relu(x) + b, so its error is the unit's, not the training's
     relu_x = np.maximum(x, 0).reshape(-1).astype(np.float64)
     a = np.stack([relu_x, np.ones_like(relu_x)], axis=1)
     coef, *_ = np.linalg.lstsq(a, target, rcond=None)
     relu_loss = float(np.mean((a @ coef - target) ** 2))
-    # even the best integer weights of the model's own ReLU layer do no better
+    # integer weights, as the model runs them, can only add to that error
     w = np.array([[[[round(coef[0])]]]])
     relu_model = conv2d(np.maximum(x, 0), w, np.array([round(coef[1])])).reshape(-1)
-    # static PSC: W+ = 1, W- = -1
+    # static PSC represents |x| exactly: W+ = 1 where x >= 0, W- = -1 below
     psc = psc_conv2d(x, np.ones((1, 1, 1, 1), np.int64), -np.ones((1, 1, 1, 1), np.int64))
     psc_loss = float(np.mean((psc.reshape(-1) - target) ** 2))
     log(f"|x| regression over int8 x: ReLU baseline least-squares MSE {relu_loss:.1f} "
