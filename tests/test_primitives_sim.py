@@ -534,7 +534,8 @@ def test_pack_payload_places_fields_and_checks_them():
     word = packing.pack_payload(layout, {"x": [-1, 2], "w": words, "bias": [-9, 10],
                                          "first": 1, "last": 0})
     assert packing.unpack_lanes(word & 0xFFFF, 2, 8).tolist() == [-1, 2]
-    got_words = packing.unpack_lanes([word >> layout["w"].offset], 4, 16, signed=False)[0]
+    w_bits = (word >> layout["w"].offset) & ((1 << 64) - 1)    # the 4 x 16-bit w field alone
+    got_words = packing.unpack_lanes([w_bits], 4, 16, signed=False)[0]
     assert packing.unparify(got_words.reshape(2, 2))[0].tolist() == [[1, -2], [3, -4]]
     assert (word >> layout["first"].offset) & 1 == 1 and (word >> layout["last"].offset) & 1 == 0
     with pytest.raises(ValueError, match=r"values.x\[1\] must be an integer in \[-128, 127\], not 128"):
