@@ -18,8 +18,8 @@ runs exactly the core its target's figures were measured on.
   RAMs for the UART bridge (a weight block is 256 bits wide). The 256 weight
   blocks bound a reduction to 256 * 8 = 2048 products, so
   ``max_reduction=2048`` and the 27-bit accumulator that holds them
-  (``required_acc_width(8, 8, 2048)``). 8 x 2 has no square shape, so
-  depthwise layers run block-diagonal.
+  (``required_acc_width(8, 8, 2048)``). 8 x 2 has no square shape, so the
+  scheduler runs a depthwise layer as one standard command per output group.
 * ``ecp5-25k``: 4 x 7 on all 28 MULT18X18D of the LFE5U-25F, hand-instantiated
   with their registers (``ecp5_mult18``), one adder-tree stage, a register
   stage after the buffers, a pipelined requantiser per row.

@@ -94,7 +94,7 @@ def _expand(names):
 
 
 def _factory(name):
-    return (BENCH_LAYERS.get(name) or MBV2_LAYERS[name])
+    return BENCH_LAYERS.get(name) or MBV2_LAYERS[name]
 
 
 def _layers(names, seed):

@@ -225,8 +225,8 @@ def validate(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, groups=
 
 def choose_kind(layer):
     """Step 2: the command kind of ``layer``; returns ``(kind, layer)``, where a depthwise
-    layer the build cannot map (``lanes != rows``) comes back as a standard one with
-    block-diagonal weights."""
+    layer the build cannot map (``lanes != rows``) comes back as a standard one marked
+    ``diagonal``: one command per output group over that group's own channels."""
     pe = layer.config.pe
     if layer.depthwise and pe.lanes != pe.rows:
         layer = Layer(**{**layer.__dict__, "depthwise": False, "diagonal": True})
