@@ -14,6 +14,7 @@ from psc import cli, golden, host
 from psc.build_dir import build_root, check_dir, check_not_tmp
 from psc.config import MAX_VALUE_WIDTH, CoreConfig, PSCConfig
 from psc.flow import board, generate, synth
+from psc.flow.executor import Executor
 from psc.host import serial_link
 from psc.model.checks import BadTypeError
 from psc.presets import PRESETS
@@ -31,8 +32,9 @@ def no_work(monkeypatch):
     port, a Verilog file. Reaching any of them fails the test."""
     def reach(*args, **kwargs):
         raise _Reached
-    for obj, name in ((synth, "run_yosys"), (board, "_platform"), (psc.host.api, "run_plans"),
-                      (serial_link, "open_transport"), (generate, "generate_verilog"),
+    for obj, name in ((synth, "run_yosys"), (Executor, "submit"), (board, "_platform"),
+                      (psc.host.api, "run_plans"), (serial_link, "open_transport"),
+                      (generate, "generate_verilog"),
                       (generate, "write_shipped")):
         monkeypatch.setattr(obj, name, reach)
 

