@@ -15,13 +15,13 @@ single-threaded tools, and Amaranth's elaboration is not meant to run in two
 threads of one process at once.
 
 What a task may be
-    A module-level function (workers import it by name: every worker needs
-    the same ``psc`` installed, and the tools), whose arguments and result
-    pickle. An argument may be another task's :class:`Task`: the task then
-    runs after it, with its result. A task must return its deterministic
-    failures as values (e.g. "the design does not fit"), and raise only for
-    the unexpected (a tool crash): an exception is retried, ``retries``
-    times, on any worker.
+    A module-level function (imported by name where it is unpickled: every
+    worker, and the scheduler too, needs the same ``psc`` installed, and the
+    workers the tools), whose arguments and result pickle. An argument
+    may be another task's :class:`Task`: the task then runs after it, with
+    its result. A task must return its deterministic failures as values
+    (e.g. "the design does not fit"), and raise only for the unexpected (a
+    tool crash): an exception is retried, ``retries`` times, on any worker.
 
 The cache
     A task's result is stored under a key that covers the function's
@@ -88,6 +88,14 @@ def tool_versions():
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def _cores():
+    """The cores this process may run on (its affinity, which a container may narrow)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def cache_dir():
@@ -304,7 +312,7 @@ class Executor:
         :meth:`close`.
     workers : int or None
         Local cluster: its number of worker processes, one task each at a
-        time (default: the number of cores). With ``scheduler``: wait (up to
+        time (default: the cores this process may run on). With ``scheduler``: wait (up to
         two minutes) until that many workers have joined before the first
         task; default one.
     cache : bool or path
@@ -368,13 +376,15 @@ class Executor:
         if self.scheduler is None:
             import logging
             self._cluster = LocalCluster(
-                n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1,
+                n_workers=self.workers or _cores(), threads_per_worker=1,
                 processes=True, host="127.0.0.1",
                 # no dashboard wanted, but its HTTP server always starts: any free port
                 dashboard_address="127.0.0.1:0",
                 # the tasks' memory is in the tools' own processes, not the workers'
                 memory_limit=0, silence_logs=logging.ERROR)
             self._client = Client(self._cluster, set_as_default=False)
+            if self.progress:
+                self._log(f"[tasks] local cluster: {self.n_workers} worker processes")
             return self._client
         try:
             self._client = Client(self.scheduler, timeout=_CONNECT_S, set_as_default=False)
@@ -390,6 +400,8 @@ class Executor:
             raise RuntimeError(f"workers: {want} wanted, {have} joined the scheduler at "
                                f"{self.scheduler} within {_WORKERS_S} s (start them with "
                                f"`dask worker {self.scheduler} --nthreads 1`)") from None
+        if self.progress:
+            self._log(f"[tasks] scheduler {self.scheduler}: {self.n_workers} workers")
         return self._client
 
     @property
@@ -482,18 +494,19 @@ class Executor:
     def _account(self, task, future):
         """Settle ``task`` from its finished ``future``: outcome, counts, a progress line."""
         if future is not None:
-            if future.status == "finished":
-                done = future.result()
-                task._outcome = done.value
-                kind = "cached" if done.cached else "computed"
-                what = "cached" if done.cached else f"computed in {done.seconds:.1f} s"
-            else:
-                try:
+            try:
+                if future.status == "finished":
+                    done = future.result()
+                    task._outcome = done.value
+                    kind = "cached" if done.cached else "computed"
+                    what = "cached" if done.cached else f"computed in {done.seconds:.1f} s"
+                else:
                     exc = future.exception()
                     tb = "".join(traceback.format_tb(future.traceback()))
-                except Exception as e:   # cancelled, or the scheduler went away
-                    exc, tb = e, ""
-                task._outcome = Failure(task.label, f"{type(exc).__name__}: {exc}", exc, tb)
+                    task._outcome = Failure(task.label, f"{type(exc).__name__}: {exc}", exc, tb)
+            except Exception as e:   # cancelled, the scheduler gone, a result that did not unpickle
+                task._outcome = Failure(task.label, f"{type(e).__name__}: {e}", e,
+                                        traceback.format_exc())
         if isinstance(task._outcome, Failure):
             kind, what = "failed", f"FAILED: {task._outcome.error}"
         task._settled = True
