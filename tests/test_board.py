@@ -1,11 +1,15 @@
 """Board tops and ``psc build`` (psc.flow.board).
 
 Fast: both board tops elaborate with amaranth-boards (pins, UART resource,
-build script with the synthesis and nextpnr options of psc.flow.toolchain),
-the nextpnr report reader, the configuration checks. Slow (``-m slow``, a
-few minutes each on 2 cores): the two bitstreams really build with YoWASP,
-and the report says they fit and meet the board clock.
+the PLL and its clock constraint, build script with the synthesis and
+nextpnr options of psc.flow.toolchain), each board's PLL clock and UART
+divisor, the nextpnr report reader, the report's verdict, the configuration
+checks. Slow (``-m slow``, several minutes each on 2 cores): the two
+bitstreams really build with YoWASP, and the report says they fit and meet
+the PLL clock.
 """
+
+import re
 
 import pytest
 
@@ -56,8 +60,15 @@ def test_board_top_elaborates(name):
     bc = board.bridge_config(name)
     assert bc.divisor == divisor_for(b.clk_hz, board.DEFAULT_BAUD)
     options = board._build_options(b, bc.core, 3)
-    plan = platform.prepare(BoardTop(bc), name=board.NAME, **options)
+    plan = platform.prepare(BoardTop(bc, b.pll), name=board.NAME, **options)
     files = plan.files
+    # the PLL primitive with the board's settings, its output constrained for nextpnr
+    primitive = {"ice40": "SB_PLL40_PAD", "ecp5": "EHXPLLL"}[b.family]
+    il = files[f"{board.NAME}.il"]
+    assert il.count(f"cell \\{primitive} ") == 1
+    first = {"ice40": f"DIVF {b.pll.to_dict().get('divf')}",
+             "ecp5": f"CLKFB_DIV {b.pll.to_dict().get('clkfb_div')}"}[b.family]
+    assert re.search(rf"parameter \\{first}\n", il)
     ys = files[f"{board.NAME}.ys"]
     opts = toolchain.synth_options(b.family, bc.core.pe.multiplier)
     assert f"synth_{b.family} {opts} " in ys and "-no-rw-check" in opts
@@ -69,8 +80,54 @@ def test_board_top_elaborates(name):
     assert f"--seed 3 --timing-allow-fail --report {board.NAME}.report.json" in script
     constraints = files[f"{board.NAME}.pcf" if b.family == "ice40" else f"{board.NAME}.lpf"]
     assert "uart_0__rx" in constraints and "uart_0__tx" in constraints
+    net = f"clock.{b.family}.pll_clk"
+    assert (f"set_frequency {net} {b.clk_hz / 1e6}" if b.family == "ice40" else
+            f'FREQUENCY NET "{net}" {b.clk_hz} HZ;') in constraints
     # the ID frame the bridge answers PING with fits its fields (u8 widths, u32 depths)
     assert len(id_frame(bc.core, bc.divisor)) == ID_BYTES
+
+
+@pytest.mark.parametrize("name", sorted(board.BOARDS))
+def test_board_clock(name):
+    """The board's clock is the PLL's achieved frequency from its oscillator; the requested
+    one is made exactly, so the UART divisor at the default baud is exact too."""
+    b = board.BOARDS[name]
+    assert b.pll.in_hz == b.osc_hz and b.pll.requested_hz == b.core_hz
+    assert b.clk_hz == b.pll.out_hz == b.core_hz > b.osc_hz
+    divisor = board.bridge_config(name).divisor
+    assert divisor * board.DEFAULT_BAUD == b.clk_hz
+    # another request: the divisor follows the achieved frequency, not the oscillator
+    slow = board.board_pll(name, 30e6)
+    assert board.bridge_config(name, core_hz=30e6).divisor == divisor_for(slow.out_hz,
+                                                                          board.DEFAULT_BAUD)
+
+
+def _report(fmax, icetime=None, family="ice40"):
+    settings = board.board_pll("icebreaker" if family == "ice40" else "ulx3s")
+    clk = settings.out_hz / 1e6
+    return {"board": "icebreaker", "device": "iCE40UP5K-SG48", "config": "CoreConfig(...)",
+            "baud": 1_000_000, "divisor": 24, "osc_mhz": settings.in_hz / 1e6,
+            "pll_requested_mhz": settings.requested_hz / 1e6, "clk_mhz": clk,
+            "pll": settings.to_dict(), "fmax_mhz": fmax, "timing_met": fmax >= clk,
+            "icetime_mhz": icetime, "icetime_met": None if icetime is None else icetime >= clk,
+            "dsp_registered": (8, 8), "util": {"ICESTORM_LC": (5000, 5280)},
+            "shown_cells": ("ICESTORM_LC",), "bitstream": "x.bin", "seconds": 1.0}
+
+
+def test_report_shows_the_pll_and_fails_below_it():
+    b = board.BOARDS["icebreaker"]
+    clk = b.clk_hz / 1e6
+    text = board.format_report(_report(clk + 5, icetime=clk - 1))
+    p = b.pll
+    assert (f"clock: PLL {clk:g} MHz achieved, {b.core_hz / 1e6:g} MHz requested, from the "
+            f"{b.osc_hz / 1e6:g} MHz oscillator (DIVR={p.divr} DIVF={p.divf} DIVQ={p.divq} "
+            f"FILTER_RANGE={p.filter_range})") in text
+    assert f"Fmax (nextpnr): {clk + 5:.2f} MHz, meets the {clk:g} MHz PLL clock" in text
+    assert (f"Fmax (icetime, times through the DSPs): {clk - 1:.2f} MHz, FAIL: below the "
+            f"{clk:g} MHz PLL clock") in text
+    assert "FAIL: below" in board.format_report(_report(clk - 0.01))
+    text = board.format_report(_report(200.0, family="ecp5"))
+    assert "(CLKI_DIV=" in text and "FAIL" not in text
 
 
 def test_tool_env():
@@ -83,8 +140,16 @@ def test_tool_env():
 def test_board_checks():
     with pytest.raises(ValueError, match="board must be one of icebreaker, ulx3s, not 'arty'"):
         board.bridge_config("arty")
-    with pytest.raises(ValueError, match="baud must be at most 3000000"):
-        board.bridge_config("icebreaker", baud=4_000_000)
+    # four clocks per bit at the PLL clock, not the oscillator's
+    most = int(board.BOARDS["icebreaker"].clk_hz // 4)
+    with pytest.raises(ValueError, match=f"baud must be at most {most} "):
+        board.bridge_config("icebreaker", baud=2 * most)
+    with pytest.raises(ValueError, match=r"out_hz must be in \[16 MHz, 275 MHz\] for the iCE40 "
+                                         r"PLL, not 300000000.0"):
+        board.bridge_config("icebreaker", core_hz=300e6)
+    with pytest.raises(TypeError, match="pll must be a psc.hw.pll.ICE40PLLSettings or "
+                                        "ECP5PLLSettings, not 24000000.0"):
+        BoardTop(board.bridge_config("icebreaker"), 24e6)
     with pytest.raises(ValueError, match="build_dir must not be under /tmp"):
         board.build("icebreaker", build_dir="/tmp/x")
     with pytest.raises(ValueError, match="seed must be a non-negative integer, not -1"):
@@ -94,7 +159,7 @@ def test_board_checks():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(board.BOARDS))
 def test_bitstream_builds(name):
-    """``psc build --board NAME``: a bitstream, within the device, at the board clock."""
+    """``psc build --board NAME``: a bitstream, within the device, at the PLL clock."""
     out = build_root() / "board" / f"test_{name}"
     rep = board.build(name, build_dir=out)
     print(board.format_report(rep))
@@ -102,7 +167,9 @@ def test_bitstream_builds(name):
     assert (out / rep["bitstream"].rsplit("/", 1)[1]).stat().st_size > 1000
     for cell, (used, total) in rep["util"].items():
         assert used <= total, f"{cell}: {used} of {total}"
-    assert rep["timing_met"], f"Fmax {rep['fmax_mhz']} MHz < {rep['clk_mhz']} MHz"
+    assert rep["clk_mhz"] == board.BOARDS[name].clk_hz / 1e6
+    assert rep["timing_met"], f"Fmax {rep['fmax_mhz']} MHz < {rep['clk_mhz']} MHz PLL clock"
+    assert rep["icetime_met"] in (None, True), f"icetime {rep['icetime_mhz']} MHz"
     if name == "icebreaker":
         registered, total = rep["dsp_registered"]
         assert total == 8 and registered == total

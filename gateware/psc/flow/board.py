@@ -1,9 +1,13 @@
 """Board tops (the UART bridge and the core on a real board) and their builds (``psc build``).
 
-Boards (:data:`BOARDS`): the iCEBreaker (iCE40 UP5K, 12 MHz clock, FTDI
-UART) and the ULX3S 25F (ECP5 LFE5U-25F, 25 MHz clock, FTDI UART), both from
-amaranth-boards. The design runs on the board clock (no PLL); the UART
-divisor is ``round(clk / baud)``. LED 0 shows the core's ``busy``, LED 1 its
+Boards (:data:`BOARDS`): the iCEBreaker (iCE40 UP5K, 12 MHz oscillator,
+FTDI UART) and the ULX3S 25F (ECP5 LFE5U-25F, 25 MHz oscillator, FTDI UART),
+both from amaranth-boards. The design runs on the FPGA's PLL
+(:mod:`psc.hw.pll`), fed by the oscillator: each :class:`Board` asks for a
+core clock (``core_hz``, chosen with margin below the Fmax its build
+reaches) and runs at the nearest frequency the PLL makes
+(:attr:`Board.clk_hz`). The UART divisor is ``round(clk_hz / baud)`` of
+that achieved frequency. LED 0 shows the core's ``busy``, LED 1 its
 ``error``.
 
 Each board runs the preset of its synthesis target (:data:`psc.presets.BOARDS`).
@@ -13,17 +17,20 @@ Build flow: amaranth-boards' own build script, with the YoWASP tools
 ``psc synth`` (:mod:`psc.flow.toolchain`: ``synth_<family>`` options, the
 iCE40 read-port setting after reading the design, ``--timing-allow-fail`` so
 that a missed clock gives a figure, not an error, and a JSON report). The
-build directory must not be under ``/tmp`` (YoWASP cannot see it). The
-report (:func:`build`) gives the utilisation and the Fmax nextpnr reports
-against the board clock; on iCE40 also how many SB_MAC16 are fully
-registered (nextpnr-ice40 does not time through the DSP) and, when
-``icetime`` is installed, its Fmax, which does.
+PLL output is constrained to its achieved frequency, so nextpnr times the
+design against the clock it runs at. The build directory must not be under
+``/tmp`` (YoWASP cannot see it). The report (:func:`build`) gives the PLL
+clock (requested, achieved and the dividers), the utilisation and the Fmax
+nextpnr reports, FAIL when it is below the PLL clock; on iCE40 also how
+many SB_MAC16 are fully registered (nextpnr-ice40 does not time through
+the DSP) and, when ``icetime`` is installed, its Fmax, which does.
 """
 
 import json
 import sys
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 from psc.hw.link.board_top import BoardTop
 from psc.hw.link.bridge import BridgeConfig
@@ -33,9 +40,10 @@ from psc.model.checks import BadTypeError, show
 from psc.flow import toolchain
 from psc.presets import DEFAULT_BAUD, preset
 from psc.hw.link.uart import divisor_for
+from psc.hw.pll import pll_settings
 
 __all__ = ["BOARDS", "DEFAULT_BAUD", "BoardTop", "Board", "build", "format_report",
-           "bridge_config"]
+           "bridge_config", "board_pll"]
 
 #: Base name of every file of a board build (``psc_bridge.bin``, ``psc_bridge.report.json``, ...).
 NAME = "psc_bridge"
@@ -43,23 +51,44 @@ NAME = "psc_bridge"
 
 @dataclass(frozen=True)
 class Board:
-    """How to build for one board."""
+    """How to build for one board.
+
+    ``osc_hz`` is the board oscillator (the platform's default clock, the
+    PLL's reference), ``core_hz`` the clock asked of the PLL for the
+    design; :attr:`pll` holds the settings and :attr:`clk_hz` the
+    frequency the design really runs at.
+    """
     name: str
     platform: str          # "module:Class" in amaranth_boards
-    clk_hz: float
+    osc_hz: float
+    core_hz: float
     family: str
     device: str
     capacity_cells: tuple  # nextpnr cell types shown in the report
 
+    @cached_property
+    def pll(self):
+        """The PLL settings for ``core_hz`` (:func:`psc.hw.pll.pll_settings`)."""
+        return pll_settings(self.family, self.osc_hz, self.core_hz)
 
+    @property
+    def clk_hz(self):
+        """The design's clock: the PLL's achieved output frequency."""
+        return self.pll.out_hz
+
+
+# core_hz: with margin under the Fmax of each board's own build (psc build; the
+# README has the figures), and a frequency the PLL makes exactly in whole MHz,
+# so that the DEFAULT_BAUD divisor is exact too.
 BOARDS = {
-    "icebreaker": Board("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform", 12e6,
-                        "ice40", "iCE40UP5K-SG48",
+    "icebreaker": Board("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform",
+                        12e6, 30e6, "ice40", "iCE40UP5K-SG48",
                         ("ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_DSP", "ICESTORM_SPRAM",
-                         "SB_IO")),
-    "ulx3s": Board("ulx3s", "amaranth_boards.ulx3s:ULX3S_25F_Platform", 25e6,
+                         "ICESTORM_PLL", "SB_IO")),
+    "ulx3s": Board("ulx3s", "amaranth_boards.ulx3s:ULX3S_25F_Platform", 25e6, 85e6,
                    "ecp5", "LFE5U-25F-CABGA381",
-                   ("TRELLIS_COMB", "TRELLIS_FF", "DP16KD", "MULT18X18D", "TRELLIS_IO")),
+                   ("TRELLIS_COMB", "TRELLIS_FF", "DP16KD", "MULT18X18D", "EHXPLLL",
+                    "TRELLIS_IO")),
 }
 
 
@@ -69,13 +98,21 @@ def _check_board(board):
     return BOARDS[board]
 
 
-def bridge_config(board, baud=DEFAULT_BAUD, config=None):
-    """The :class:`~psc.hw.link.bridge.BridgeConfig` of ``board`` at ``baud`` (core from the board's preset)."""
+def board_pll(board, core_hz=None):
+    """The PLL settings of ``board`` for ``core_hz`` (default: the board's ``core_hz``)."""
     b = _check_board(board)
+    return b.pll if core_hz is None else pll_settings(b.family, b.osc_hz, core_hz)
+
+
+def bridge_config(board, baud=DEFAULT_BAUD, config=None, core_hz=None):
+    """The :class:`~psc.hw.link.bridge.BridgeConfig` of ``board`` at ``baud`` (core from the
+    board's preset), its UART divisor from the PLL's achieved frequency for ``core_hz``
+    (default: the board's ``core_hz``)."""
+    pll = board_pll(board, core_hz)
     if config is not None and not isinstance(config, CoreConfig):
         raise BadTypeError(f"config must be a psc.config.CoreConfig or None, not {show(config)}")
     return BridgeConfig(core=preset(board) if config is None else config,
-                        divisor=divisor_for(b.clk_hz, baud))
+                        divisor=divisor_for(pll.out_hz, baud))
 
 
 def _platform(board):
@@ -94,29 +131,38 @@ def _build_options(board, core, seed):
     return opts
 
 
-def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, config=None, log=None):
-    """Build the bitstream of ``board``; returns a report dict.
+def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, config=None, core_hz=None,
+          log=None):
+    """Build the bitstream of ``board`` with its PLL at ``core_hz`` (default: the board's
+    ``core_hz``); returns a report dict.
 
     Keys: ``board``, ``device``, ``config`` (repr of the core configuration),
-    ``baud``, ``divisor``, ``clk_mhz``, ``fmax_mhz``, ``timing_met``,
+    ``baud``, ``divisor``, ``osc_mhz`` (the board oscillator),
+    ``pll_requested_mhz``, ``clk_mhz`` (the PLL's achieved frequency, the
+    design's clock), ``pll`` (the settings,
+    :meth:`psc.hw.pll.ICE40PLLSettings.to_dict` or the ECP5 one),
+    ``fmax_mhz``, ``timing_met`` (nextpnr's Fmax at least ``clk_mhz``),
     ``fmax_by_clock`` (clock -> ``(mhz, passed, constraint_mhz)``), ``util``
     (nextpnr cell -> ``(used, total)``), ``shown_cells``, ``bitstream``
     (path), ``dsp_registered`` (iCE40: ``(fully registered, total)``
-    SB_MAC16), ``icetime_mhz`` (iCE40, when ``icetime`` is on PATH),
-    ``build_dir``, ``seconds``.
+    SB_MAC16), ``icetime_mhz`` and ``icetime_met`` (iCE40, when ``icetime``
+    is on PATH, else None), ``build_dir``, ``seconds``.
     """
     b = _check_board(board)
-    bc = bridge_config(board, baud, config)
+    pll = board_pll(board, core_hz)
+    bc = bridge_config(board, baud, config, core_hz)
     options = _build_options(b, bc.core, seed)
     build_dir = check_not_tmp("build_dir", build_dir or build_root() / "board" / board)
     build_dir.mkdir(parents=True, exist_ok=True)
     platform = _platform(b)
+    clk_mhz = pll.out_hz / 1e6
     if log:
-        log(f"building {board} ({b.device}): {bc.core!r}, baud {baud} (divisor {bc.divisor}) "
+        log(f"building {board} ({b.device}): {bc.core!r}, PLL {b.osc_hz / 1e6:g} -> "
+            f"{clk_mhz:g} MHz ({pll.describe()}), baud {baud} (divisor {bc.divisor}) "
             f"in {build_dir}")
     start = time.monotonic()
-    plan = platform.build(BoardTop(bc), name=NAME, build_dir=str(build_dir), do_build=False,
-                          **options)
+    plan = platform.build(BoardTop(bc, pll), name=NAME, build_dir=str(build_dir),
+                          do_build=False, **options)
     plan.execute_local(str(build_dir), env=toolchain.tool_env())
     seconds = time.monotonic() - start
     parsed = toolchain.parse_nextpnr_report(
@@ -125,7 +171,6 @@ def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, config=None, log=
     bitstream = build_dir / f"{NAME}.{ext}"
     if not bitstream.exists():
         raise RuntimeError(f"no bitstream {bitstream} after the build")
-    clk_mhz = b.clk_hz / 1e6
     fmax = toolchain.design_fmax(parsed["fmax"])
     # nextpnr's log prints two decimals; the report's extra digits are noise
     fmax = round(fmax, 2) if fmax is not None else None
@@ -138,17 +183,32 @@ def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, config=None, log=
         icetime = found.mhz if found else None
     return {"board": board, "device": b.device, "config": repr(bc.core), "baud": baud,
             "dsp_registered": dsp, "icetime_mhz": icetime,
-            "divisor": bc.divisor, "clk_mhz": clk_mhz, "fmax_mhz": fmax,
+            "icetime_met": None if icetime is None else icetime >= clk_mhz,
+            "divisor": bc.divisor, "osc_mhz": b.osc_hz / 1e6,
+            "pll_requested_mhz": pll.requested_hz / 1e6, "clk_mhz": clk_mhz,
+            "pll": pll.to_dict(), "fmax_mhz": fmax,
             "timing_met": fmax is not None and fmax >= clk_mhz,
             "fmax_by_clock": parsed["fmax"], "util": parsed["util"],
             "shown_cells": b.capacity_cells, "bitstream": str(bitstream),
             "build_dir": str(build_dir), "seconds": round(seconds, 1)}
 
 
+def _verdict(mhz, met, clk_mhz):
+    return (f"{mhz:.2f} MHz, meets the {clk_mhz:g} MHz PLL clock" if met
+            else f"{mhz:.2f} MHz, FAIL: below the {clk_mhz:g} MHz PLL clock")
+
+
 def format_report(rep):
     """Readable text of a :func:`build` report."""
-    lines = [f"psc build --board {rep['board']}  ({rep['device']}, {rep['clk_mhz']:g} MHz board clock, "
+    pll = rep["pll"]
+    dividers = (f"DIVR={pll['divr']} DIVF={pll['divf']} DIVQ={pll['divq']} "
+                f"FILTER_RANGE={pll['filter_range']}" if pll["family"] == "ice40" else
+                f"CLKI_DIV={pll['clki_div']} CLKFB_DIV={pll['clkfb_div']} "
+                f"CLKOP_DIV={pll['clkop_div']}")
+    lines = [f"psc build --board {rep['board']}  ({rep['device']}, "
              f"{rep['baud']} baud = {rep['divisor']} clocks/bit)",
+             f"  clock: PLL {rep['clk_mhz']:g} MHz achieved, {rep['pll_requested_mhz']:g} MHz "
+             f"requested, from the {rep['osc_mhz']:g} MHz oscillator ({dividers})",
              f"  core: {rep['config']}"]
     lines.append("  utilisation (nextpnr):")
     for cell in rep["shown_cells"]:
@@ -156,29 +216,33 @@ def format_report(rep):
             used, total = rep["util"][cell]
             lines.append(f"    {cell:<16} {used:>6} / {total:<6} {100 * used / total:5.1f}%")
     fmax = rep["fmax_mhz"]
-    verdict = "meets" if rep["timing_met"] else "MISSES"
-    lines.append(f"  Fmax (nextpnr): {fmax:.2f} MHz, {verdict} the {rep['clk_mhz']:g} MHz board clock"
-                 if fmax is not None else "  Fmax: not reported")
+    lines.append(f"  Fmax (nextpnr): {_verdict(fmax, rep['timing_met'], rep['clk_mhz'])}"
+                 if fmax is not None else "  Fmax (nextpnr): not reported, FAIL")
     if rep.get("dsp_registered"):
         ok, n = rep["dsp_registered"]
         lines.append(f"  SB_MAC16 fully registered: {ok}/{n}"
                      + ("" if ok == n else " (nextpnr does not time through the others)"))
     if rep.get("icetime_mhz") is not None:
-        lines.append(f"  Fmax (icetime, times through the DSPs): {rep['icetime_mhz']:.2f} MHz")
+        lines.append("  Fmax (icetime, times through the DSPs): "
+                     + _verdict(rep["icetime_mhz"], rep["icetime_met"], rep["clk_mhz"]))
     lines.append(f"  bitstream: {rep['bitstream']}   ({rep['seconds']:.0f} s)")
     return "\n".join(lines)
 
 
-def main(board, config=None, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, as_json=False):
+def main(board, config=None, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, as_json=False,
+         core_hz=None):
     """``psc build`` (parser in :mod:`psc.cli`): build ``board`` with ``config`` (default: its
-    preset), print the report (JSON with ``as_json``); returns the exit status."""
+    preset) and its PLL at ``core_hz`` (default: the board's), print the report (JSON with
+    ``as_json``; a missed PLL clock is its FAIL, not an exit status, as for ``psc synth``);
+    returns the exit status."""
     import json
 
     def log(msg):
         print(f"[psc build] {msg}", file=sys.stderr, flush=True)
 
     try:
-        rep = build(board, baud=baud, build_dir=build_dir, seed=seed, config=config, log=log)
+        rep = build(board, baud=baud, build_dir=build_dir, seed=seed, config=config,
+                    core_hz=core_hz, log=log)
     except ValueError as e:
         print(f"psc build: {e}", file=sys.stderr)
         return 2

@@ -1,28 +1,46 @@
-"""The board top: the UART bridge and the core wired to a board's UART pins and LEDs."""
+"""The board top: the UART bridge and the core on the PLL clock, wired to a board's UART pins and LEDs."""
 
-from amaranth.hdl import Elaboratable, Module
+from amaranth.hdl import ClockDomain, Elaboratable, Module
 from amaranth.lib import io
 
 from psc.hw.link.bridge import Bridge, BridgeConfig
+from psc.hw.pll import ECP5PLLSettings, ICE40PLLSettings, PLLDomain
+from psc.model.checks import BadTypeError, show
 
 __all__ = ["BoardTop"]
 
 
 class BoardTop(Elaboratable):
-    """The :class:`~psc.hw.link.bridge.Bridge` wired to a board's UART and two LEDs.
+    """The :class:`~psc.hw.link.bridge.Bridge` on the PLL clock, wired to a board's UART and
+    two LEDs.
 
-    Needs a platform with a ``uart`` resource (``rx``, ``tx``) and two ``led``
+    Everything runs in one ``sync`` domain clocked by the FPGA's PLL
+    (:class:`psc.hw.pll.PLLDomain` with ``pll``, fed by the platform's
+    default clock), held in reset until the PLL has locked. The UART
+    therefore counts PLL cycles: ``config.divisor`` must be computed from
+    ``pll.out_hz`` (:func:`psc.hw.link.uart.divisor_for`), as
+    :func:`psc.flow.board.bridge_config` does.
+
+    Needs a platform with a default clock resource of frequency
+    ``pll.in_hz``, a ``uart`` resource (``rx``, ``tx``) and two ``led``
     resources (amaranth-boards' iCEBreaker and ULX3S have them). LED 0 shows
     the core's ``busy``, LED 1 a refused command (``error``).
     """
 
-    def __init__(self, config):
+    def __init__(self, config, pll):
         if not isinstance(config, BridgeConfig):
-            raise TypeError(f"config must be a psc.hw.link.bridge.BridgeConfig, not {config!r}")
+            raise BadTypeError(f"config must be a psc.hw.link.bridge.BridgeConfig, "
+                               f"not {show(config)}")
+        if not isinstance(pll, (ICE40PLLSettings, ECP5PLLSettings)):
+            raise BadTypeError("pll must be a psc.hw.pll.ICE40PLLSettings or ECP5PLLSettings, "
+                               f"not {show(pll)}")
         self.config = config
+        self.pll = pll
 
     def elaborate(self, platform):
         m = Module()
+        m.domains.sync = ClockDomain("sync")
+        m.submodules.clock = PLLDomain(self.pll, "sync")
         m.submodules.bridge = bridge = Bridge(self.config)
         uart = platform.request("uart", 0, dir={"rx": "-", "tx": "-"})
         # rx goes through the UART's own two-flip-flop synchroniser
