@@ -22,12 +22,14 @@
 //   weight_depth = 256
 //   param_depth = 32
 //   read_register = False
+//   psum_depth = 256
+//   psum_width = 32
 //
 // Latency: MAC array (DotProduct) 3 cycles, depthwise pixels mode 4; requantiser 8 cycles, one beat per 1 cycles.
 // The command's end-to-end timing is in the PSCConvCore docstring.
 //
 // Ports (psc.hw.core.PSCConvCore; payloads LSB first):
-// cfg: stream in (cfg__payload, cfg__valid, cfg__ready), payload 112 bits
+// cfg: stream in (cfg__payload, cfg__valid, cfg__ready), payload 114 bits
 //   cfg__payload[15:0]  in_h: unsigned(16)
 //   cfg__payload[31:16]  in_w: unsigned(16)
 //   cfg__payload[47:32]  out_h: unsigned(16)
@@ -41,6 +43,7 @@
 //   cfg__payload[109:108]  kind: unsigned(2)
 //   cfg__payload[110:110]  relu: unsigned(1)
 //   cfg__payload[111:111]  keep: unsigned(1)
+//   cfg__payload[113:112]  part: unsigned(2)
 // weights: stream in (weights__payload, weights__valid, weights__ready), payload 1024 bits
 //   8 x 8 x unsigned(16), index 0 lowest
 //   word w[r][l] (row r, lane l) is weights__payload[(r * 8 + l) * 16 +: 16], {W-, W+} with W+ low
@@ -98,9 +101,9 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire busy;
   wire \busy$146 ;
   wire \busy$147 ;
-  input [111:0] cfg__payload;
-  wire [111:0] cfg__payload;
-  wire [111:0] \cfg__payload$23 ;
+  input [113:0] cfg__payload;
+  wire [113:0] cfg__payload;
+  wire [113:0] \cfg__payload$23 ;
   wire [15:0] \cfg__payload$23.gin ;
   wire [15:0] \cfg__payload$23.gout ;
   wire [15:0] \cfg__payload$23.in_h ;
@@ -117,6 +120,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cfg__payload$23.out_w ;
   wire [2:0] \cfg__payload$23.pad_left ;
   wire [2:0] \cfg__payload$23.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cfg__payload$23.part ;
   wire \cfg__payload$23.relu ;
   wire [1:0] \cfg__payload$23.stride ;
   wire [15:0] \cfg__payload.gin ;
@@ -135,6 +144,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cfg__payload.out_w ;
   wire [2:0] \cfg__payload.pad_left ;
   wire [2:0] \cfg__payload.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cfg__payload.part ;
   wire \cfg__payload.relu ;
   wire [1:0] \cfg__payload.stride ;
   output cfg__ready;
@@ -147,8 +162,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \clear$145 ;
   input clk;
   wire clk;
-  wire [111:0] cmd;
-  wire [111:0] \cmd$101 ;
+  wire [113:0] cmd;
+  wire [113:0] \cmd$101 ;
   wire [15:0] \cmd$101.gin ;
   wire [15:0] \cmd$101.gout ;
   wire [15:0] \cmd$101.in_h ;
@@ -165,9 +180,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cmd$101.out_w ;
   wire [2:0] \cmd$101.pad_left ;
   wire [2:0] \cmd$101.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd$101.part ;
   wire \cmd$101.relu ;
   wire [1:0] \cmd$101.stride ;
-  wire [111:0] \cmd$103 ;
+  wire [113:0] \cmd$103 ;
   wire [15:0] \cmd$103.gin ;
   wire [15:0] \cmd$103.gout ;
   wire [15:0] \cmd$103.in_h ;
@@ -184,9 +205,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cmd$103.out_w ;
   wire [2:0] \cmd$103.pad_left ;
   wire [2:0] \cmd$103.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd$103.part ;
   wire \cmd$103.relu ;
   wire [1:0] \cmd$103.stride ;
-  wire [111:0] \cmd$111 ;
+  wire [113:0] \cmd$111 ;
   wire [15:0] \cmd$111.gin ;
   wire [15:0] \cmd$111.gout ;
   wire [15:0] \cmd$111.in_h ;
@@ -203,9 +230,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cmd$111.out_w ;
   wire [2:0] \cmd$111.pad_left ;
   wire [2:0] \cmd$111.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd$111.part ;
   wire \cmd$111.relu ;
   wire [1:0] \cmd$111.stride ;
-  wire [111:0] \cmd$81 ;
+  wire [113:0] \cmd$81 ;
   wire [15:0] \cmd$81.gin ;
   wire [15:0] \cmd$81.gout ;
   wire [15:0] \cmd$81.in_h ;
@@ -222,9 +255,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cmd$81.out_w ;
   wire [2:0] \cmd$81.pad_left ;
   wire [2:0] \cmd$81.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd$81.part ;
   wire \cmd$81.relu ;
   wire [1:0] \cmd$81.stride ;
-  wire [111:0] \cmd$92 ;
+  wire [113:0] \cmd$92 ;
   wire [15:0] \cmd$92.gin ;
   wire [15:0] \cmd$92.gout ;
   wire [15:0] \cmd$92.in_h ;
@@ -241,6 +280,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cmd$92.out_w ;
   wire [2:0] \cmd$92.pad_left ;
   wire [2:0] \cmd$92.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd$92.part ;
   wire \cmd$92.relu ;
   wire [1:0] \cmd$92.stride ;
   wire [15:0] \cmd.gin ;
@@ -259,6 +304,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   wire [31:0] compute;
@@ -1471,9 +1522,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .clk(clk),
     .cmd(cmd),
     .dwp(dwp),
-    .en_j(\o__ready$55 ),
-    .\i__payload$29 (\i__payload$53 ),
-    .\i__valid$28 (\i__valid$57 ),
+    .\i__payload$39 (\i__payload$53 ),
+    .\i__valid$38 (\i__valid$57 ),
     .last_group(last_group),
     .n_out(sizes[73:49]),
     .o__payload(act_out__payload),
@@ -1481,6 +1531,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .o__valid(act_out__valid),
     .params__addr(\read__addr$74 ),
     .params__data(params__data),
+    .ps_rd__en(\o__ready$55 ),
     .rst(rst),
     .run(run),
     .start(start)
@@ -1683,6 +1734,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cfg__payload.kind  = cfg__payload[109:108];
   assign \cfg__payload.relu  = cfg__payload[110];
   assign \cfg__payload.keep  = cfg__payload[111];
+  assign \cfg__payload.part  = cfg__payload[113:112];
   assign \weights__payload[0]  = weights__payload[127:0];
   assign \weights__payload[0][0]  = weights__payload[15:0];
   assign \weights__payload[0][1]  = weights__payload[31:16];
@@ -1811,6 +1863,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cfg__payload$23.kind  = cfg__payload[109:108];
   assign \cfg__payload$23.relu  = cfg__payload[110];
   assign \cfg__payload$23.keep  = cfg__payload[111];
+  assign \cfg__payload$23.part  = cfg__payload[113:112];
   assign \i__payload[0]  = act_in__payload[7:0];
   assign \i__payload[1]  = act_in__payload[15:8];
   assign \i__payload[2]  = act_in__payload[23:16];
@@ -2675,6 +2728,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
+  assign \cmd.part  = cmd[113:112];
   assign \cmd$81.in_h  = cmd[15:0];
   assign \cmd$81.in_w  = cmd[31:16];
   assign \cmd$81.out_h  = cmd[47:32];
@@ -2688,6 +2742,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd$81.kind  = cmd[109:108];
   assign \cmd$81.relu  = cmd[110];
   assign \cmd$81.keep  = cmd[111];
+  assign \cmd$81.part  = cmd[113:112];
   assign \sizes.wg  = sizes[11:0];
   assign \sizes.n_in  = sizes[23:12];
   assign \sizes.ow  = sizes[48:24];
@@ -2725,6 +2780,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd$92.kind  = cmd[109:108];
   assign \cmd$92.relu  = cmd[110];
   assign \cmd$92.keep  = cmd[111];
+  assign \cmd$92.part  = cmd[113:112];
   assign \sizes$98.wg  = sizes[11:0];
   assign \sizes$98.n_in  = sizes[23:12];
   assign \sizes$98.ow  = sizes[48:24];
@@ -2750,6 +2806,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd$101.kind  = cmd[109:108];
   assign \cmd$101.relu  = cmd[110];
   assign \cmd$101.keep  = cmd[111];
+  assign \cmd$101.part  = cmd[113:112];
   assign \cmd$103.in_h  = cmd[15:0];
   assign \cmd$103.in_w  = cmd[31:16];
   assign \cmd$103.out_h  = cmd[47:32];
@@ -2763,6 +2820,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd$103.kind  = cmd[109:108];
   assign \cmd$103.relu  = cmd[110];
   assign \cmd$103.keep  = cmd[111];
+  assign \cmd$103.part  = cmd[113:112];
   assign \sizes$105.wg  = sizes[11:0];
   assign \sizes$105.n_in  = sizes[23:12];
   assign \sizes$105.ow  = sizes[48:24];
@@ -2788,6 +2846,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd$111.kind  = cmd[109:108];
   assign \cmd$111.relu  = cmd[110];
   assign \cmd$111.keep  = cmd[111];
+  assign \cmd$111.part  = cmd[113:112];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -3075,8 +3134,8 @@ module \psc_core.amap (i__ready, cmd, dwp, i__payload, o__payload, o__valid);
   wire [19:0] \$97 ;
   wire [17:0] \$98 ;
   wire \$99 ;
-  input [111:0] cmd;
-  wire [111:0] cmd;
+  input [113:0] cmd;
+  wire [113:0] cmd;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -3093,6 +3152,12 @@ module \psc_core.amap (i__ready, cmd, dwp, i__payload, o__payload, o__valid);
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   input dwp;
@@ -3414,6 +3479,7 @@ module \psc_core.amap (i__ready, cmd, dwp, i__payload, o__payload, o__valid);
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
+  assign \cmd.part  = cmd[113:112];
   assign o__payload[81:74] = \$283 ;
   assign o__payload[89:87] = q0[2:0];
   assign o__payload[86:84] = i__payload[2:0];
@@ -4222,7 +4288,7 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$5330$1792 (i__payload[1793:1792]),
+    .\port$5395$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[639:512]),
@@ -4235,7 +4301,7 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$111 ),
     .mask(\mask$16 ),
-    .\port$5330$1792 (i__payload[1793:1792]),
+    .\port$5395$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[767:640]),
@@ -4248,7 +4314,7 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$112 ),
     .mask(\mask$26 ),
-    .\port$5330$1792 (i__payload[1793:1792]),
+    .\port$5395$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[895:768]),
@@ -4261,7 +4327,7 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$113 ),
     .mask(\mask$36 ),
-    .\port$5330$1792 (i__payload[1793:1792]),
+    .\port$5395$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1023:896]),
@@ -4274,7 +4340,7 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$114 ),
     .mask(\mask$46 ),
-    .\port$5330$1792 (i__payload[1793:1792]),
+    .\port$5395$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1151:1024]),
@@ -4287,7 +4353,7 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$115 ),
     .mask(\mask$56 ),
-    .\port$5330$1792 (i__payload[1793:1792]),
+    .\port$5395$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1279:1152]),
@@ -4300,7 +4366,7 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$116 ),
     .mask(\mask$66 ),
-    .\port$5330$1792 (i__payload[1793:1792]),
+    .\port$5395$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1407:1280]),
@@ -4312,7 +4378,7 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$117 ),
     .mask(\mask$76 ),
-    .\port$5330$1760 (i__payload[1793:1760]),
+    .\port$5395$1760 (i__payload[1793:1760]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1535:1408]),
@@ -5102,7 +5168,7 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5330$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5395$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -5214,8 +5280,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5330$1792 ;
-  wire [1:0] \port$5330$1792 ;
+  input [1:0] \port$5395$1792 ;
+  wire [1:0] \port$5395$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -5363,7 +5429,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5330$1792 [0];
+  assign \$16  = valid & \port$5395$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -5426,7 +5492,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5330$1792 [0];
+      \$50  = \port$5395$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -5436,7 +5502,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5330$1792 [1];
+      \$51  = \port$5395$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -5577,8 +5643,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5330$1792 [0];
-  assign last = \port$5330$1792 [1];
+  assign first = \port$5395$1792 [0];
+  assign last = \port$5395$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -5720,7 +5786,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5330$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5395$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -5830,8 +5896,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5330$1792 ;
-  wire [1:0] \port$5330$1792 ;
+  input [1:0] \port$5395$1792 ;
+  wire [1:0] \port$5395$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -5979,7 +6045,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5330$1792 [0];
+  assign \$16  = valid & \port$5395$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6042,7 +6108,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5330$1792 [0];
+      \$50  = \port$5395$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6052,7 +6118,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5330$1792 [1];
+      \$51  = \port$5395$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6193,8 +6259,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5330$1792 [0];
-  assign last = \port$5330$1792 [1];
+  assign first = \port$5395$1792 [0];
+  assign last = \port$5395$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -6336,7 +6402,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5330$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5395$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -6446,8 +6512,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5330$1792 ;
-  wire [1:0] \port$5330$1792 ;
+  input [1:0] \port$5395$1792 ;
+  wire [1:0] \port$5395$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6595,7 +6661,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5330$1792 [0];
+  assign \$16  = valid & \port$5395$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6658,7 +6724,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5330$1792 [0];
+      \$50  = \port$5395$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6668,7 +6734,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5330$1792 [1];
+      \$51  = \port$5395$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6809,8 +6875,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5330$1792 [0];
-  assign last = \port$5330$1792 [1];
+  assign first = \port$5395$1792 [0];
+  assign last = \port$5395$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -6952,7 +7018,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5330$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5395$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7062,8 +7128,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5330$1792 ;
-  wire [1:0] \port$5330$1792 ;
+  input [1:0] \port$5395$1792 ;
+  wire [1:0] \port$5395$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7211,7 +7277,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5330$1792 [0];
+  assign \$16  = valid & \port$5395$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -7274,7 +7340,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5330$1792 [0];
+      \$50  = \port$5395$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -7284,7 +7350,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5330$1792 [1];
+      \$51  = \port$5395$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -7425,8 +7491,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5330$1792 [0];
-  assign last = \port$5330$1792 [1];
+  assign first = \port$5395$1792 [0];
+  assign last = \port$5395$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7568,7 +7634,7 @@ module \psc_core.dp.pe_3.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5330$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5395$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7678,8 +7744,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5330$1792 ;
-  wire [1:0] \port$5330$1792 ;
+  input [1:0] \port$5395$1792 ;
+  wire [1:0] \port$5395$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7827,7 +7893,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5330$1792 [0];
+  assign \$16  = valid & \port$5395$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -7890,7 +7956,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5330$1792 [0];
+      \$50  = \port$5395$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -7900,7 +7966,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5330$1792 [1];
+      \$51  = \port$5395$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8041,8 +8107,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5330$1792 [0];
-  assign last = \port$5330$1792 [1];
+  assign first = \port$5395$1792 [0];
+  assign last = \port$5395$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8184,7 +8250,7 @@ module \psc_core.dp.pe_4.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5330$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5395$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -8294,8 +8360,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5330$1792 ;
-  wire [1:0] \port$5330$1792 ;
+  input [1:0] \port$5395$1792 ;
+  wire [1:0] \port$5395$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8443,7 +8509,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5330$1792 [0];
+  assign \$16  = valid & \port$5395$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8506,7 +8572,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5330$1792 [0];
+      \$50  = \port$5395$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8516,7 +8582,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5330$1792 [1];
+      \$51  = \port$5395$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8657,8 +8723,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5330$1792 [0];
-  assign last = \port$5330$1792 [1];
+  assign first = \port$5395$1792 [0];
+  assign last = \port$5395$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8800,7 +8866,7 @@ module \psc_core.dp.pe_5.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5330$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5395$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -8910,8 +8976,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5330$1792 ;
-  wire [1:0] \port$5330$1792 ;
+  input [1:0] \port$5395$1792 ;
+  wire [1:0] \port$5395$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9059,7 +9125,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5330$1792 [0];
+  assign \$16  = valid & \port$5395$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9122,7 +9188,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5330$1792 [0];
+      \$50  = \port$5395$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9132,7 +9198,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5330$1792 [1];
+      \$51  = \port$5395$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -9273,8 +9339,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5330$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5330$1792 [0];
-  assign last = \port$5330$1792 [1];
+  assign first = \port$5395$1792 [0];
+  assign last = \port$5395$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9416,7 +9482,7 @@ module \psc_core.dp.pe_6.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_7 (rst, x, words, \port$5330$1760 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_7 (rst, x, words, \port$5395$1760 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9525,8 +9591,8 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5330$1760 , valid, en, lane_acc, 
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [33:0] \port$5330$1760 ;
-  wire [33:0] \port$5330$1760 ;
+  input [33:0] \port$5395$1760 ;
+  wire [33:0] \port$5395$1760 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9674,7 +9740,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5330$1760 , valid, en, lane_acc, 
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5330$1760 [32];
+  assign \$16  = valid & \port$5395$1760 [32];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9737,7 +9803,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5330$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5330$1760 [32];
+      \$50  = \port$5395$1760 [32];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9747,7 +9813,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5330$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5330$1760 [33];
+      \$51  = \port$5395$1760 [33];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -9758,7 +9824,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5330$1760 , valid, en, lane_acc, 
     \$52  = b1;
     if (en) begin
       if (\$16 ) begin
-        \$52  = \port$5330$1760 [31:0];
+        \$52  = \port$5395$1760 [31:0];
       end
     end
   end
@@ -9888,9 +9954,9 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5330$1760 , valid, en, lane_acc, 
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5330$1760 [32];
-  assign last = \port$5330$1760 [33];
-  assign bias = \port$5330$1760 [31:0];
+  assign first = \port$5395$1760 [32];
+  assign last = \port$5395$1760 [33];
+  assign bias = \port$5395$1760 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -11959,8 +12025,8 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   wire \$signature__en$52 ;
   input clk;
   wire clk;
-  input [111:0] cmd;
-  wire [111:0] cmd;
+  input [113:0] cmd;
+  wire [113:0] cmd;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -11977,6 +12043,12 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   reg [10:0] col_cnt = 11'h000;
@@ -14864,6 +14936,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
+  assign \cmd.part  = cmd[113:112];
   assign \$signature__data$13[0]  = i__payload[7:0];
   assign \$signature__data$13[1]  = i__payload[15:8];
   assign \$signature__data$13[2]  = i__payload[23:16];
@@ -15146,46 +15219,95 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, run, n_out, last_group, \i__valid$28 , \i__payload$29 , params__addr, o__valid, o__payload, o__ready);
+module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, start, run, n_out, last_group, \i__valid$38 , \i__payload$39 , params__addr, o__valid, o__payload, o__ready);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire \$1 ;
-  wire [32:0] \$10 ;
-  wire [32:0] \$11 ;
-  wire [32:0] \$12 ;
-  wire \$13 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire [31:0] \$12 ;
+  wire [32:0] \$13 ;
   wire \$14 ;
   wire \$15 ;
   wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire [5:0] \$19 ;
+  wire [31:0] \$17 ;
+  wire [32:0] \$18 ;
+  wire \$19 ;
   wire [16:0] \$2 ;
-  wire [5:0] \$20 ;
+  wire \$20 ;
   wire \$21 ;
-  wire [3:0] \$22 ;
-  wire \$23 ;
+  wire [31:0] \$22 ;
+  wire [32:0] \$23 ;
   wire \$24 ;
   wire \$25 ;
-  wire [16:0] \$26 ;
-  wire \$27 ;
-  wire [16:0] \$28 ;
-  wire [16:0] \$29 ;
+  wire \$26 ;
+  wire [31:0] \$27 ;
+  wire [32:0] \$28 ;
+  wire \$29 ;
   wire \$3 ;
   wire \$30 ;
   wire \$31 ;
-  wire [24:0] \$32 ;
-  reg \$33 ;
-  reg [255:0] \$34 ;
-  reg [4:0] \$35 ;
-  reg [2:0] \$36 ;
-  reg [15:0] \$37 ;
-  reg [23:0] \$38 ;
+  wire [31:0] \$32 ;
+  wire [32:0] \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire [31:0] \$37 ;
+  wire [32:0] \$38 ;
+  wire \$39 ;
   wire \$4 ;
-  wire [32:0] \$5 ;
-  wire [32:0] \$6 ;
-  wire [32:0] \$7 ;
-  wire [32:0] \$8 ;
-  wire [32:0] \$9 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire [31:0] \$42 ;
+  wire [32:0] \$43 ;
+  wire \$44 ;
+  wire \$45 ;
+  wire \$46 ;
+  wire [31:0] \$47 ;
+  wire [32:0] \$48 ;
+  wire \$49 ;
+  wire \$5 ;
+  wire \$50 ;
+  wire \$51 ;
+  wire \$52 ;
+  wire \$53 ;
+  wire \$54 ;
+  wire \$55 ;
+  wire [8:0] \$56 ;
+  wire \$57 ;
+  wire [8:0] \$58 ;
+  wire \$59 ;
+  wire \$6 ;
+  wire \$60 ;
+  wire \$61 ;
+  wire \$62 ;
+  wire \$63 ;
+  wire \$64 ;
+  wire [5:0] \$65 ;
+  wire [5:0] \$66 ;
+  wire \$67 ;
+  wire [3:0] \$68 ;
+  wire \$69 ;
+  wire \$7 ;
+  wire \$70 ;
+  wire \$71 ;
+  wire [16:0] \$72 ;
+  wire \$73 ;
+  wire [16:0] \$74 ;
+  wire [16:0] \$75 ;
+  wire \$76 ;
+  wire \$77 ;
+  wire \$78 ;
+  wire [24:0] \$79 ;
+  wire \$8 ;
+  reg [7:0] \$80 ;
+  reg [7:0] \$81 ;
+  reg \$82 ;
+  reg [255:0] \$83 ;
+  reg [4:0] \$84 ;
+  reg [2:0] \$85 ;
+  reg [15:0] \$86 ;
+  reg [23:0] \$87 ;
+  wire \$9 ;
   reg [255:0] accj = 256'h0000000000000000000000000000000000000000000000000000000000000000;
   wire [31:0] \accj[0] ;
   wire [31:0] \accj[1] ;
@@ -15199,8 +15321,8 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, r
   wire all_sent;
   input clk;
   wire clk;
-  input [111:0] cmd;
-  wire [111:0] cmd;
+  input [113:0] cmd;
+  wire [113:0] cmd;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -15217,23 +15339,28 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, r
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   input dwp;
   wire dwp;
-  output en_j;
   wire en_j;
   wire [431:0] i__payload;
-  input [255:0] \i__payload$29 ;
-  wire [255:0] \i__payload$29 ;
-  wire [31:0] \i__payload$29[0] ;
-  wire [31:0] \i__payload$29[1] ;
-  wire [31:0] \i__payload$29[2] ;
-  wire [31:0] \i__payload$29[3] ;
-  wire [31:0] \i__payload$29[4] ;
-  wire [31:0] \i__payload$29[5] ;
-  wire [31:0] \i__payload$29[6] ;
-  wire [31:0] \i__payload$29[7] ;
+  input [255:0] \i__payload$39 ;
+  wire [255:0] \i__payload$39 ;
+  wire [31:0] \i__payload$39[0] ;
+  wire [31:0] \i__payload$39[1] ;
+  wire [31:0] \i__payload$39[2] ;
+  wire [31:0] \i__payload$39[3] ;
+  wire [31:0] \i__payload$39[4] ;
+  wire [31:0] \i__payload$39[5] ;
+  wire [31:0] \i__payload$39[6] ;
+  wire [31:0] \i__payload$39[7] ;
   wire [255:0] \i__payload.acc ;
   wire [31:0] \i__payload.acc[0] ;
   wire [31:0] \i__payload.acc[1] ;
@@ -15262,11 +15389,10 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, r
   wire [5:0] \i__payload.shift[6] ;
   wire [5:0] \i__payload.shift[7] ;
   wire i__ready;
-  wire \i__ready$11 ;
-  (* init = 1'h0 *)
+  wire \i__ready$21 ;
   wire i__valid;
-  input \i__valid$28 ;
-  wire \i__valid$28 ;
+  input \i__valid$38 ;
+  wire \i__valid$38 ;
   (* init = 5'h00 *)
   wire [4:0] jo;
   wire keep_o;
@@ -15276,15 +15402,15 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, r
   wire [24:0] n_out;
   output [63:0] o__payload;
   wire [63:0] o__payload;
-  wire [63:0] \o__payload$20 ;
-  wire [7:0] \o__payload$20[0] ;
-  wire [7:0] \o__payload$20[1] ;
-  wire [7:0] \o__payload$20[2] ;
-  wire [7:0] \o__payload$20[3] ;
-  wire [7:0] \o__payload$20[4] ;
-  wire [7:0] \o__payload$20[5] ;
-  wire [7:0] \o__payload$20[6] ;
-  wire [7:0] \o__payload$20[7] ;
+  wire [63:0] \o__payload$30 ;
+  wire [7:0] \o__payload$30[0] ;
+  wire [7:0] \o__payload$30[1] ;
+  wire [7:0] \o__payload$30[2] ;
+  wire [7:0] \o__payload$30[3] ;
+  wire [7:0] \o__payload$30[4] ;
+  wire [7:0] \o__payload$30[5] ;
+  wire [7:0] \o__payload$30[6] ;
+  wire [7:0] \o__payload$30[7] ;
   wire [7:0] \o__payload[0] ;
   wire [7:0] \o__payload[1] ;
   wire [7:0] \o__payload[2] ;
@@ -15295,10 +15421,10 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, r
   wire [7:0] \o__payload[7] ;
   input o__ready;
   wire o__ready;
-  wire \o__ready$22 ;
+  wire \o__ready$32 ;
   output o__valid;
   wire o__valid;
-  wire \o__valid$18 ;
+  wire \o__valid$28 ;
   reg [23:0] out_cnt = 24'h000000;
   reg [15:0] oxo = 16'h0000;
   output [4:0] params__addr;
@@ -15333,7 +15459,32 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, r
   wire [5:0] \params__data.shift[6] ;
   wire [5:0] \params__data.shift[7] ;
   wire params__en;
+  reg [7:0] ps_rd__addr = 8'h00;
+  wire [255:0] ps_rd__data;
+  wire [31:0] \ps_rd__data[0] ;
+  wire [31:0] \ps_rd__data[1] ;
+  wire [31:0] \ps_rd__data[2] ;
+  wire [31:0] \ps_rd__data[3] ;
+  wire [31:0] \ps_rd__data[4] ;
+  wire [31:0] \ps_rd__data[5] ;
+  wire [31:0] \ps_rd__data[6] ;
+  wire [31:0] \ps_rd__data[7] ;
+  output ps_rd__en;
+  wire ps_rd__en;
+  reg [7:0] ps_wr__addr = 8'h00;
+  wire [255:0] ps_wr__data;
+  wire [31:0] \ps_wr__data[0] ;
+  wire [31:0] \ps_wr__data[1] ;
+  wire [31:0] \ps_wr__data[2] ;
+  wire [31:0] \ps_wr__data[3] ;
+  wire [31:0] \ps_wr__data[4] ;
+  wire [31:0] \ps_wr__data[5] ;
+  wire [31:0] \ps_wr__data[6] ;
+  wire [31:0] \ps_wr__data[7] ;
+  wire ps_wr__en;
   wire relu;
+  (* init = 8'h00 *)
+  wire [7:0] ridx;
   reg [2:0] ro = 3'h0;
   input rst;
   wire rst;
@@ -15341,59 +15492,394 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, r
   wire run;
   input start;
   wire start;
+  wire stored;
+  wire [255:0] total;
+  wire [31:0] \total[0] ;
+  wire [31:0] \total[1] ;
+  wire [31:0] \total[2] ;
+  wire [31:0] \total[3] ;
+  wire [31:0] \total[4] ;
+  wire [31:0] \total[5] ;
+  wire [31:0] \total[6] ;
+  wire [31:0] \total[7] ;
   reg vj = 1'h0;
+  (* init = 8'h00 *)
+  wire [7:0] widx;
+  reg [255:0] psum [255:0];
+  initial begin
+    psum[0] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[1] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[2] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[3] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[4] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[5] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[6] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[7] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[8] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[9] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[10] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[11] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[12] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[13] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[14] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[15] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[16] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[17] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[18] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[19] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[20] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[21] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[22] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[23] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[24] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[25] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[26] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[27] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[28] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[29] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[30] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[31] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[32] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[33] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[34] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[35] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[36] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[37] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[38] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[39] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[40] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[41] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[42] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[43] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[44] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[45] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[46] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[47] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[48] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[49] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[50] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[51] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[52] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[53] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[54] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[55] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[56] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[57] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[58] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[59] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[60] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[61] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[62] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[63] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[64] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[65] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[66] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[67] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[68] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[69] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[70] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[71] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[72] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[73] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[74] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[75] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[76] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[77] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[78] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[79] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[80] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[81] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[82] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[83] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[84] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[85] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[86] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[87] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[88] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[89] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[90] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[91] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[92] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[93] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[94] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[95] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[96] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[97] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[98] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[99] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[100] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[101] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[102] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[103] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[104] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[105] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[106] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[107] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[108] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[109] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[110] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[111] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[112] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[113] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[114] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[115] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[116] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[117] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[118] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[119] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[120] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[121] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[122] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[123] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[124] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[125] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[126] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[127] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[128] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[129] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[130] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[131] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[132] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[133] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[134] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[135] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[136] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[137] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[138] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[139] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[140] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[141] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[142] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[143] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[144] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[145] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[146] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[147] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[148] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[149] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[150] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[151] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[152] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[153] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[154] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[155] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[156] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[157] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[158] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[159] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[160] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[161] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[162] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[163] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[164] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[165] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[166] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[167] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[168] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[169] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[170] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[171] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[172] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[173] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[174] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[175] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[176] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[177] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[178] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[179] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[180] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[181] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[182] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[183] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[184] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[185] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[186] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[187] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[188] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[189] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[190] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[191] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[192] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[193] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[194] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[195] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[196] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[197] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[198] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[199] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[200] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[201] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[202] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[203] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[204] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[205] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[206] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[207] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[208] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[209] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[210] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[211] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[212] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[213] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[214] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[215] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[216] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[217] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[218] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[219] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[220] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[221] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[222] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[223] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[224] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[225] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[226] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[227] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[228] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[229] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[230] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[231] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[232] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[233] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[234] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[235] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[236] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[237] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[238] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[239] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[240] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[241] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[242] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[243] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[244] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[245] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[246] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[247] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[248] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[249] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[250] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[251] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[252] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[253] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[254] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    psum[255] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+  end
+  always @(posedge clk) begin
+    if (stored)
+      psum[ps_wr__addr] <= total;
+  end
+  reg [255:0] _0_;
+  always @(posedge clk) begin
+    if (ps_rd__en) begin
+      _0_ <= psum[ps_rd__addr];
+    end
+  end
+  assign ps_rd__data = _0_;
+  assign \$11  = \$9  | \$10 ;
+  assign \$12  = \$11  ? ps_rd__data[31:0] : params__data[31:0];
+  assign \$13  = $signed(accj[31:0]) + $signed(\$12 );
+  assign \$14  = cmd[113:112] == 2'h2;
+  assign \$15  = cmd[113:112] == 2'h3;
+  assign \$16  = \$14  | \$15 ;
+  assign \$17  = \$16  ? ps_rd__data[63:32] : params__data[63:32];
+  assign \$18  = $signed(accj[63:32]) + $signed(\$17 );
+  assign \$19  = cmd[113:112] == 2'h2;
+  assign \$20  = cmd[113:112] == 2'h3;
+  assign \$21  = \$19  | \$20 ;
+  assign \$22  = \$21  ? ps_rd__data[95:64] : params__data[95:64];
+  assign \$23  = $signed(accj[95:64]) + $signed(\$22 );
+  assign \$24  = cmd[113:112] == 2'h2;
+  assign \$25  = cmd[113:112] == 2'h3;
+  assign \$26  = \$24  | \$25 ;
+  assign \$27  = \$26  ? ps_rd__data[127:96] : params__data[127:96];
+  assign \$28  = $signed(accj[127:96]) + $signed(\$27 );
+  assign \$29  = cmd[113:112] == 2'h2;
+  assign \$30  = cmd[113:112] == 2'h3;
+  assign \$31  = \$29  | \$30 ;
+  assign \$32  = \$31  ? ps_rd__data[159:128] : params__data[159:128];
+  assign \$33  = $signed(accj[159:128]) + $signed(\$32 );
+  assign \$34  = cmd[113:112] == 2'h2;
+  assign \$35  = cmd[113:112] == 2'h3;
+  assign \$36  = \$34  | \$35 ;
+  assign \$37  = \$36  ? ps_rd__data[191:160] : params__data[191:160];
+  assign \$38  = $signed(accj[191:160]) + $signed(\$37 );
+  assign \$39  = cmd[113:112] == 2'h2;
+  assign \$40  = cmd[113:112] == 2'h3;
+  assign \$41  = \$39  | \$40 ;
+  assign \$42  = \$41  ? ps_rd__data[223:192] : params__data[223:192];
+  assign \$43  = $signed(accj[223:192]) + $signed(\$42 );
+  assign \$44  = cmd[113:112] == 2'h2;
+  assign \$45  = cmd[113:112] == 2'h3;
+  assign \$46  = \$44  | \$45 ;
+  assign \$47  = \$46  ? ps_rd__data[255:224] : params__data[255:224];
+  assign \$48  = $signed(accj[255:224]) + $signed(\$47 );
+  assign \$49  = cmd[113:112] == 1'h1;
+  assign \$50  = cmd[113:112] == 2'h2;
+  assign \$51  = \$49  | \$50 ;
+  assign stored = vj & \$51 ;
+  assign \$52  = cmd[113:112] == 1'h1;
+  assign \$53  = cmd[113:112] == 2'h2;
+  assign \$54  = \$52  | \$53 ;
+  assign \$55  = ~ \$54 ;
+  assign i__valid = vj & \$55 ;
+  assign all_sent = out_cnt == n_out;
+  assign \$56  = ps_wr__addr + 1'h1;
+  assign \$57  = ps_rd__en & \i__valid$38 ;
+  assign \$58  = ps_rd__addr + 1'h1;
+  assign \$59  = \i__valid$38  & keep_o;
+  assign \$60  = ~ dwp;
+  assign \$61  = ro == 3'h7;
+  assign \$62  = \$60  | \$61 ;
+  assign \$63  = \i__valid$38  & \$62 ;
+  assign \$64  = params__addr == last_group;
+  assign \$65  = params__addr + 1'h1;
+  assign \$66  = \$64  ? 6'h00 : \$65 ;
+  assign \$67  = \i__valid$38  & dwp;
+  assign \$68  = ro + 1'h1;
+  assign \$69  = ro == 3'h7;
+  assign \$70  = params__addr == last_group;
+  assign \$71  = \$69  & \$70 ;
+  assign \$72  = oxo + 4'h8;
+  assign \$73  = \$72  >= cmd[63:48];
+  assign \$74  = oxo + 4'h8;
+  assign \$75  = \$73  ? 17'h00000 : \$74 ;
+  assign \$76  = o__valid & o__ready;
+  assign \$77  = \$76  | stored;
+  assign \$78  = run & \$77 ;
+  assign \$79  = out_cnt + 1'h1;
+  always @(posedge clk)
+    ps_wr__addr <= \$80 ;
+  always @(posedge clk)
+    ps_rd__addr <= \$81 ;
+  always @(posedge clk)
+    vj <= \$82 ;
+  always @(posedge clk)
+    accj <= \$83 ;
+  always @(posedge clk)
+    params__addr <= \$84 ;
+  always @(posedge clk)
+    ro <= \$85 ;
+  always @(posedge clk)
+    oxo <= \$86 ;
+  always @(posedge clk)
+    out_cnt <= \$87 ;
   assign \$1  = ~ dwp;
   assign \$2  = oxo + ro;
   assign \$3  = \$2  < cmd[63:48];
   assign keep_o = \$1  | \$3 ;
   assign \$4  = ~ vj;
-  assign en_j = \$4  | i__ready;
-  assign \$5  = $signed(accj[31:0]) + $signed(params__data[31:0]);
-  assign \$6  = $signed(accj[63:32]) + $signed(params__data[63:32]);
-  assign \$7  = $signed(accj[95:64]) + $signed(params__data[95:64]);
-  assign \$8  = $signed(accj[127:96]) + $signed(params__data[127:96]);
-  assign \$9  = $signed(accj[159:128]) + $signed(params__data[159:128]);
-  assign \$10  = $signed(accj[191:160]) + $signed(params__data[191:160]);
-  assign \$11  = $signed(accj[223:192]) + $signed(params__data[223:192]);
-  assign \$12  = $signed(accj[255:224]) + $signed(params__data[255:224]);
-  assign all_sent = out_cnt == n_out;
-  assign \$13  = \i__valid$28  & keep_o;
-  assign \$14  = ~ dwp;
-  assign \$15  = ro == 3'h7;
-  assign \$16  = \$14  | \$15 ;
-  assign \$17  = \i__valid$28  & \$16 ;
-  assign \$18  = params__addr == last_group;
-  assign \$19  = params__addr + 1'h1;
-  assign \$20  = \$18  ? 6'h00 : \$19 ;
-  assign \$21  = \i__valid$28  & dwp;
-  assign \$22  = ro + 1'h1;
-  assign \$23  = ro == 3'h7;
-  assign \$24  = params__addr == last_group;
-  assign \$25  = \$23  & \$24 ;
-  assign \$26  = oxo + 4'h8;
-  assign \$27  = \$26  >= cmd[63:48];
-  assign \$28  = oxo + 4'h8;
-  assign \$29  = \$27  ? 17'h00000 : \$28 ;
-  assign \$30  = run & o__valid;
-  assign \$31  = \$30  & o__ready;
-  assign \$32  = out_cnt + 1'h1;
-  always @(posedge clk)
-    vj <= \$33 ;
-  always @(posedge clk)
-    accj <= \$34 ;
-  always @(posedge clk)
-    params__addr <= \$35 ;
-  always @(posedge clk)
-    ro <= \$36 ;
-  always @(posedge clk)
-    oxo <= \$37 ;
-  always @(posedge clk)
-    out_cnt <= \$38 ;
+  assign \$5  = \$4  | i__ready;
+  assign \$6  = cmd[113:112] == 1'h1;
+  assign \$7  = cmd[113:112] == 2'h2;
+  assign \$8  = \$6  | \$7 ;
+  assign ps_rd__en = \$5  | \$8 ;
+  assign \$9  = cmd[113:112] == 2'h2;
+  assign \$10  = cmd[113:112] == 2'h3;
   \psc_core.out.rq  rq (
     .clk(clk),
     .en(i__ready),
     .i__payload(i__payload),
-    .i__valid(vj),
+    .i__valid(i__valid),
     .o__payload(o__payload),
     .o__ready(o__ready),
     .o__valid(o__valid),
@@ -15402,92 +15888,122 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, r
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$33  = vj;
-    if (en_j) begin
-      \$33  = \$13 ;
+    \$80  = ps_wr__addr;
+    if (stored) begin
+      \$80  = \$56 [7:0];
+    end
+    if (start) begin
+      \$80  = 8'h00;
     end
     if (rst) begin
-      \$33  = 1'h0;
+      \$80  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$34  = accj;
-    if (en_j) begin
-      \$34  = \i__payload$29 ;
+    \$81  = ps_rd__addr;
+    if (\$57 ) begin
+      \$81  = \$58 [7:0];
+    end
+    if (start) begin
+      \$81  = 8'h00;
     end
     if (rst) begin
-      \$34  = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+      \$81  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$35  = params__addr;
-    if (en_j) begin
-      if (\$17 ) begin
-        \$35  = \$20 [4:0];
+    \$82  = vj;
+    if (ps_rd__en) begin
+      \$82  = \$59 ;
+    end
+    if (rst) begin
+      \$82  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$83  = accj;
+    if (ps_rd__en) begin
+      \$83  = \i__payload$39 ;
+    end
+    if (rst) begin
+      \$83  = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$84  = params__addr;
+    if (ps_rd__en) begin
+      if (\$63 ) begin
+        \$84  = \$66 [4:0];
       end
     end
     if (start) begin
-      \$35  = 5'h00;
+      \$84  = 5'h00;
     end
     if (rst) begin
-      \$35  = 5'h00;
+      \$84  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$36  = ro;
-    if (en_j) begin
-      if (\$21 ) begin
-        \$36  = \$22 [2:0];
+    \$85  = ro;
+    if (ps_rd__en) begin
+      if (\$67 ) begin
+        \$85  = \$68 [2:0];
       end
     end
     if (start) begin
-      \$36  = 3'h0;
+      \$85  = 3'h0;
     end
     if (rst) begin
-      \$36  = 3'h0;
+      \$85  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$37  = oxo;
-    if (en_j) begin
-      if (\$21 ) begin
-        if (\$25 ) begin
-          \$37  = \$29 [15:0];
+    \$86  = oxo;
+    if (ps_rd__en) begin
+      if (\$67 ) begin
+        if (\$71 ) begin
+          \$86  = \$75 [15:0];
         end
       end
     end
     if (start) begin
-      \$37  = 16'h0000;
+      \$86  = 16'h0000;
     end
     if (rst) begin
-      \$37  = 16'h0000;
+      \$86  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$38  = out_cnt;
-    if (\$31 ) begin
-      \$38  = \$32 [23:0];
+    \$87  = out_cnt;
+    if (\$78 ) begin
+      \$87  = \$79 [23:0];
     end
     if (start) begin
-      \$38  = 24'h000000;
+      \$87  = 24'h000000;
     end
     if (rst) begin
-      \$38  = 24'h000000;
+      \$87  = 24'h000000;
     end
   end
-  assign \i__ready$11  = en_j;
+  assign ridx = ps_rd__addr;
+  assign en_j = ps_rd__en;
+  assign widx = ps_wr__addr;
+  assign ps_wr__data = total;
+  assign ps_wr__en = stored;
+  assign \i__ready$21  = ps_rd__en;
   assign jo = params__addr;
-  assign params__en = en_j;
-  assign i__valid = vj;
+  assign params__en = ps_rd__en;
   assign relu = cmd[110];
-  assign \o__valid$18  = o__valid;
-  assign \o__payload$20  = o__payload;
-  assign \o__ready$22  = o__ready;
+  assign \o__valid$28  = o__valid;
+  assign \o__payload$30  = o__payload;
+  assign \o__ready$32  = o__ready;
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -15501,33 +16017,15 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, r
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
-  assign \i__payload.acc  = i__payload[255:0];
-  assign \i__payload.acc[0]  = i__payload[31:0];
-  assign \i__payload.acc[1]  = i__payload[63:32];
-  assign \i__payload.acc[2]  = i__payload[95:64];
-  assign \i__payload.acc[3]  = i__payload[127:96];
-  assign \i__payload.acc[4]  = i__payload[159:128];
-  assign \i__payload.acc[5]  = i__payload[191:160];
-  assign \i__payload.acc[6]  = i__payload[223:192];
-  assign \i__payload.acc[7]  = i__payload[255:224];
-  assign \i__payload.mult  = i__payload[383:256];
-  assign \i__payload.mult[0]  = i__payload[271:256];
-  assign \i__payload.mult[1]  = i__payload[287:272];
-  assign \i__payload.mult[2]  = i__payload[303:288];
-  assign \i__payload.mult[3]  = i__payload[319:304];
-  assign \i__payload.mult[4]  = i__payload[335:320];
-  assign \i__payload.mult[5]  = i__payload[351:336];
-  assign \i__payload.mult[6]  = i__payload[367:352];
-  assign \i__payload.mult[7]  = i__payload[383:368];
-  assign \i__payload.shift  = i__payload[431:384];
-  assign \i__payload.shift[0]  = i__payload[389:384];
-  assign \i__payload.shift[1]  = i__payload[395:390];
-  assign \i__payload.shift[2]  = i__payload[401:396];
-  assign \i__payload.shift[3]  = i__payload[407:402];
-  assign \i__payload.shift[4]  = i__payload[413:408];
-  assign \i__payload.shift[5]  = i__payload[419:414];
-  assign \i__payload.shift[6]  = i__payload[425:420];
-  assign \i__payload.shift[7]  = i__payload[431:426];
+  assign \cmd.part  = cmd[113:112];
+  assign \total[0]  = total[31:0];
+  assign \total[1]  = total[63:32];
+  assign \total[2]  = total[95:64];
+  assign \total[3]  = total[127:96];
+  assign \total[4]  = total[159:128];
+  assign \total[5]  = total[191:160];
+  assign \total[6]  = total[223:192];
+  assign \total[7]  = total[255:224];
   assign \accj[0]  = accj[31:0];
   assign \accj[1]  = accj[63:32];
   assign \accj[2]  = accj[95:64];
@@ -15563,6 +16061,49 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, r
   assign \params__data.shift[5]  = params__data[419:414];
   assign \params__data.shift[6]  = params__data[425:420];
   assign \params__data.shift[7]  = params__data[431:426];
+  assign \ps_rd__data[0]  = ps_rd__data[31:0];
+  assign \ps_rd__data[1]  = ps_rd__data[63:32];
+  assign \ps_rd__data[2]  = ps_rd__data[95:64];
+  assign \ps_rd__data[3]  = ps_rd__data[127:96];
+  assign \ps_rd__data[4]  = ps_rd__data[159:128];
+  assign \ps_rd__data[5]  = ps_rd__data[191:160];
+  assign \ps_rd__data[6]  = ps_rd__data[223:192];
+  assign \ps_rd__data[7]  = ps_rd__data[255:224];
+  assign \i__payload.acc  = i__payload[255:0];
+  assign \i__payload.acc[0]  = i__payload[31:0];
+  assign \i__payload.acc[1]  = i__payload[63:32];
+  assign \i__payload.acc[2]  = i__payload[95:64];
+  assign \i__payload.acc[3]  = i__payload[127:96];
+  assign \i__payload.acc[4]  = i__payload[159:128];
+  assign \i__payload.acc[5]  = i__payload[191:160];
+  assign \i__payload.acc[6]  = i__payload[223:192];
+  assign \i__payload.acc[7]  = i__payload[255:224];
+  assign \i__payload.mult  = i__payload[383:256];
+  assign \i__payload.mult[0]  = i__payload[271:256];
+  assign \i__payload.mult[1]  = i__payload[287:272];
+  assign \i__payload.mult[2]  = i__payload[303:288];
+  assign \i__payload.mult[3]  = i__payload[319:304];
+  assign \i__payload.mult[4]  = i__payload[335:320];
+  assign \i__payload.mult[5]  = i__payload[351:336];
+  assign \i__payload.mult[6]  = i__payload[367:352];
+  assign \i__payload.mult[7]  = i__payload[383:368];
+  assign \i__payload.shift  = i__payload[431:384];
+  assign \i__payload.shift[0]  = i__payload[389:384];
+  assign \i__payload.shift[1]  = i__payload[395:390];
+  assign \i__payload.shift[2]  = i__payload[401:396];
+  assign \i__payload.shift[3]  = i__payload[407:402];
+  assign \i__payload.shift[4]  = i__payload[413:408];
+  assign \i__payload.shift[5]  = i__payload[419:414];
+  assign \i__payload.shift[6]  = i__payload[425:420];
+  assign \i__payload.shift[7]  = i__payload[431:426];
+  assign \ps_wr__data[0]  = total[31:0];
+  assign \ps_wr__data[1]  = total[63:32];
+  assign \ps_wr__data[2]  = total[95:64];
+  assign \ps_wr__data[3]  = total[127:96];
+  assign \ps_wr__data[4]  = total[159:128];
+  assign \ps_wr__data[5]  = total[191:160];
+  assign \ps_wr__data[6]  = total[223:192];
+  assign \ps_wr__data[7]  = total[255:224];
   assign \o__payload[0]  = o__payload[7:0];
   assign \o__payload[1]  = o__payload[15:8];
   assign \o__payload[2]  = o__payload[23:16];
@@ -15571,36 +16112,37 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, r
   assign \o__payload[5]  = o__payload[47:40];
   assign \o__payload[6]  = o__payload[55:48];
   assign \o__payload[7]  = o__payload[63:56];
-  assign \o__payload$20[0]  = o__payload[7:0];
-  assign \o__payload$20[1]  = o__payload[15:8];
-  assign \o__payload$20[2]  = o__payload[23:16];
-  assign \o__payload$20[3]  = o__payload[31:24];
-  assign \o__payload$20[4]  = o__payload[39:32];
-  assign \o__payload$20[5]  = o__payload[47:40];
-  assign \o__payload$20[6]  = o__payload[55:48];
-  assign \o__payload$20[7]  = o__payload[63:56];
-  assign \i__payload$29[0]  = \i__payload$29 [31:0];
-  assign \i__payload$29[1]  = \i__payload$29 [63:32];
-  assign \i__payload$29[2]  = \i__payload$29 [95:64];
-  assign \i__payload$29[3]  = \i__payload$29 [127:96];
-  assign \i__payload$29[4]  = \i__payload$29 [159:128];
-  assign \i__payload$29[5]  = \i__payload$29 [191:160];
-  assign \i__payload$29[6]  = \i__payload$29 [223:192];
-  assign \i__payload$29[7]  = \i__payload$29 [255:224];
+  assign \o__payload$30[0]  = o__payload[7:0];
+  assign \o__payload$30[1]  = o__payload[15:8];
+  assign \o__payload$30[2]  = o__payload[23:16];
+  assign \o__payload$30[3]  = o__payload[31:24];
+  assign \o__payload$30[4]  = o__payload[39:32];
+  assign \o__payload$30[5]  = o__payload[47:40];
+  assign \o__payload$30[6]  = o__payload[55:48];
+  assign \o__payload$30[7]  = o__payload[63:56];
+  assign \i__payload$39[0]  = \i__payload$39 [31:0];
+  assign \i__payload$39[1]  = \i__payload$39 [63:32];
+  assign \i__payload$39[2]  = \i__payload$39 [95:64];
+  assign \i__payload$39[3]  = \i__payload$39 [127:96];
+  assign \i__payload$39[4]  = \i__payload$39 [159:128];
+  assign \i__payload$39[5]  = \i__payload$39 [191:160];
+  assign \i__payload$39[6]  = \i__payload$39 [223:192];
+  assign \i__payload$39[7]  = \i__payload$39 [255:224];
   assign i__payload[431:384] = params__data[431:384];
   assign i__payload[383:256] = params__data[383:256];
-  assign i__payload[255:224] = \$12 [31:0];
-  assign i__payload[223:192] = \$11 [31:0];
-  assign i__payload[191:160] = \$10 [31:0];
-  assign i__payload[159:128] = \$9 [31:0];
-  assign i__payload[127:96] = \$8 [31:0];
-  assign i__payload[95:64] = \$7 [31:0];
-  assign i__payload[63:32] = \$6 [31:0];
-  assign i__payload[31:0] = \$5 [31:0];
+  assign i__payload[255:0] = total;
+  assign total[255:224] = \$48 [31:0];
+  assign total[223:192] = \$43 [31:0];
+  assign total[191:160] = \$38 [31:0];
+  assign total[159:128] = \$33 [31:0];
+  assign total[127:96] = \$28 [31:0];
+  assign total[95:64] = \$23 [31:0];
+  assign total[63:32] = \$18 [31:0];
+  assign total[31:0] = \$13 [31:0];
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out.rq (clk, rst, en, relu, i__payload, i__valid, o__valid, o__payload, o__ready);
+module \psc_core.out.rq (clk, rst, i__valid, en, relu, i__payload, o__valid, o__payload, o__ready);
   reg \$auto$verilog_backend.cc:2355:dump_module$15  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -25528,8 +26070,8 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   reg below_oy = 1'h0;
   input clk;
   wire clk;
-  input [111:0] cmd;
-  wire [111:0] cmd;
+  input [113:0] cmd;
+  wire [113:0] cmd;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -25546,6 +26088,12 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   input dw;
@@ -26467,6 +27015,7 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
+  assign \cmd.part  = cmd[113:112];
   assign \taps__payload.lin  = taps__payload[16:0];
   assign \taps__payload.ix  = taps__payload[34:17];
   assign \taps__payload.iy  = taps__payload[52:35];
@@ -26501,6 +27050,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire \$1 ;
   wire \$10 ;
+  reg \$100 ;
   wire \$11 ;
   wire \$12 ;
   wire \$13 ;
@@ -26564,7 +27114,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire \$66 ;
   wire \$67 ;
   wire \$68 ;
-  wire [15:0] \$69 ;
+  wire \$69 ;
   wire \$7 ;
   wire \$70 ;
   wire \$71 ;
@@ -26574,30 +27124,38 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire \$75 ;
   wire \$76 ;
   wire \$77 ;
-  wire \$78 ;
+  wire [15:0] \$78 ;
   wire \$79 ;
   wire \$8 ;
   wire \$80 ;
-  reg \$81 ;
-  reg \$82 ;
-  reg \$83 ;
-  reg [111:0] \$84 ;
-  reg \$85 ;
-  reg \$86 ;
-  reg \$87 ;
-  reg [15:0] \$88 ;
-  reg [2:0] \$89 ;
+  wire \$81 ;
+  wire \$82 ;
+  wire \$83 ;
+  wire \$84 ;
+  wire \$85 ;
+  wire \$86 ;
+  wire \$87 ;
+  wire \$88 ;
+  wire \$89 ;
   wire \$9 ;
   reg \$90 ;
   reg \$91 ;
+  reg \$92 ;
+  reg [113:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg \$96 ;
+  reg [15:0] \$97 ;
+  reg [2:0] \$98 ;
+  reg \$99 ;
   output accept;
   reg accept;
   reg bad_fields = 1'h0;
   reg bad_sizes = 1'h0;
   output busy;
   reg busy;
-  input [111:0] cfg__payload;
-  wire [111:0] cfg__payload;
+  input [113:0] cfg__payload;
+  wire [113:0] cfg__payload;
   wire [15:0] \cfg__payload.gin ;
   wire [15:0] \cfg__payload.gout ;
   wire [15:0] \cfg__payload.in_h ;
@@ -26614,6 +27172,12 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire [15:0] \cfg__payload.out_w ;
   wire [2:0] \cfg__payload.pad_left ;
   wire [2:0] \cfg__payload.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cfg__payload.part ;
   wire \cfg__payload.relu ;
   wire [1:0] \cfg__payload.stride ;
   output cfg__ready;
@@ -26622,8 +27186,8 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire cfg__valid;
   input clk;
   wire clk;
-  output [111:0] cmd;
-  reg [111:0] cmd = 112'h0000000000000000000000000000;
+  output [113:0] cmd;
+  reg [113:0] cmd = 114'h00000000000000000000000000000;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -26640,6 +27204,12 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   output done;
@@ -26690,6 +27260,14 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   reg start;
   output starting;
   reg starting;
+  assign \$1  = cmd[99:96] == 1'h1;
+  assign \$2  = cmd[99:96] == 2'h3;
+  assign \$3  = \$1  | \$2 ;
+  assign \$4  = cmd[99:96] == 3'h5;
+  assign \$5  = \$3  | \$4 ;
+  assign \$6  = cmd[99:96] == 3'h7;
+  assign \$7  = \$5  | \$6 ;
+  assign \$8  = ~ \$7 ;
   assign \$9  = cmd[101:100] == 1'h1;
   assign \$10  = cmd[101:100] == 2'h2;
   assign \$11  = \$9  | \$10 ;
@@ -26733,221 +27311,221 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   assign \$50  = \$45  | \$49 ;
   assign \$51  = cmd[95:80] > 6'h20;
   assign \$52  = \$50  | \$51 ;
-  assign \$53  = sizes[23:12] > 12'h800;
-  assign \$54  = sizes[152:144] > 9'h100;
-  assign \$55  = dwp & \$54 ;
-  assign \$56  = \$53  | \$55 ;
-  assign \$57  = ~ cmd[111];
-  assign \$58  = sizes[106:98] > 9'h100;
-  assign \$59  = \$57  & \$58 ;
-  assign \$60  = \$56  | \$59 ;
-  assign \$61  = sizes[97:86] > 12'h800;
-  assign \$62  = \$60  | \$61 ;
-  assign \$63  = sizes[73:49] > 24'hffffff;
-  assign \$64  = \$62  | \$63 ;
-  assign \$65  = cfg__payload[109:108] == 1'h1;
-  assign \$66  = cfg__payload[109:108] == 1'h1;
-  assign \$68  = cfg__payload[109:108] == 1'h1;
-  assign \$69  = \$68  ? 16'h0001 : cfg__payload[79:64];
-  assign \$70  = bad_fields | bad_sizes;
-  assign \$71  = outputs_done & inputs_done;
-  assign \$72  = fin & loaded;
-  assign \$73  = dwp & mac_valid;
-  assign \$74  = ~ \$73 ;
-  assign \$75  = \$72  & \$74 ;
-  assign \$76  = ! fsm_state;
-  assign \$77  = fsm_state == 1'h1;
-  assign \$78  = fsm_state == 2'h2;
-  assign \$79  = fsm_state == 2'h3;
-  assign \$80  = fsm_state == 3'h4;
+  assign \$53  = | cmd[113:112];
+  assign \$54  = cmd[109:108] == 1'h1;
+  assign \$56  = \$53  & \$55 ;
+  assign \$57  = \$52  | \$56 ;
+  assign \$58  = sizes[23:12] > 12'h800;
+  assign \$59  = sizes[152:144] > 9'h100;
+  assign \$60  = dwp & \$59 ;
+  assign \$61  = \$58  | \$60 ;
+  assign \$62  = ~ cmd[111];
+  assign \$63  = sizes[106:98] > 9'h100;
+  assign \$64  = \$62  & \$63 ;
+  assign \$65  = \$61  | \$64 ;
+  assign \$66  = sizes[97:86] > 12'h800;
+  assign \$67  = \$65  | \$66 ;
+  assign \$68  = sizes[73:49] > 24'hffffff;
+  assign \$69  = \$67  | \$68 ;
+  assign \$70  = | cmd[113:112];
+  assign \$71  = sizes[73:49] > 9'h100;
+  assign \$72  = \$70  & \$71 ;
+  assign \$73  = \$69  | \$72 ;
+  assign \$74  = cfg__payload[109:108] == 1'h1;
+  assign \$75  = cfg__payload[109:108] == 1'h1;
+  assign \$77  = cfg__payload[109:108] == 1'h1;
+  assign \$78  = \$77  ? 16'h0001 : cfg__payload[79:64];
+  assign \$79  = bad_fields | bad_sizes;
+  assign \$80  = outputs_done & inputs_done;
+  assign \$81  = fin & loaded;
+  assign \$82  = dwp & mac_valid;
+  assign \$83  = ~ \$82 ;
+  assign \$84  = \$81  & \$83 ;
+  assign \$85  = ! fsm_state;
+  assign \$86  = fsm_state == 1'h1;
+  assign \$87  = fsm_state == 2'h2;
+  assign \$88  = fsm_state == 2'h3;
+  assign \$89  = fsm_state == 3'h4;
   always @(posedge clk)
-    bad_fields <= \$81 ;
+    bad_fields <= \$90 ;
   always @(posedge clk)
-    bad_sizes <= \$82 ;
+    bad_sizes <= \$91 ;
   always @(posedge clk)
-    done <= \$83 ;
+    done <= \$92 ;
   always @(posedge clk)
-    cmd <= \$84 ;
+    cmd <= \$93 ;
   always @(posedge clk)
-    error <= \$85 ;
+    error <= \$94 ;
   always @(posedge clk)
-    dw <= \$86 ;
+    dw <= \$95 ;
   always @(posedge clk)
-    dwp <= \$87 ;
+    dwp <= \$96 ;
   always @(posedge clk)
-    gin_e <= \$88 ;
+    gin_e <= \$97 ;
   always @(posedge clk)
-    fsm_state <= \$89 ;
+    fsm_state <= \$98 ;
   always @(posedge clk)
-    refused <= \$90 ;
+    refused <= \$99 ;
   always @(posedge clk)
-    fin <= \$91 ;
-  assign \$1  = cmd[99:96] == 1'h1;
-  assign \$2  = cmd[99:96] == 2'h3;
-  assign \$3  = \$1  | \$2 ;
-  assign \$4  = cmd[99:96] == 3'h5;
-  assign \$5  = \$3  | \$4 ;
-  assign \$6  = cmd[99:96] == 3'h7;
-  assign \$7  = \$5  | \$6 ;
-  assign \$8  = ~ \$7 ;
+    fin <= \$100 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$81  = \$52 ;
-    if (rst) begin
-      \$81  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$82  = \$64 ;
-    if (rst) begin
-      \$82  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$83  = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (refused) begin
-            \$83  = 1'h1;
-          end
-      3'h4:
-          if (\$75 ) begin
-            \$83  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$83  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$84  = cmd;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$84  = cfg__payload;
-          end
-    endcase
-    if (rst) begin
-      \$84  = 112'h0000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$85  = error;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$85  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (refused) begin
-            \$85  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$85  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$86  = dw;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$86  = \$65 ;
-          end
-    endcase
-    if (rst) begin
-      \$86  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$87  = dwp;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$87  = \$67 ;
-          end
-    endcase
-    if (rst) begin
-      \$87  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$88  = gin_e;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$88  = \$69 ;
-          end
-    endcase
-    if (rst) begin
-      \$88  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$89  = fsm_state;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$89  = 3'h1;
-          end
-      3'h1:
-          if (sizes_ready) begin
-            \$89  = 3'h2;
-          end
-      3'h2:
-          \$89  = 3'h3;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (refused) begin
-            \$89  = 3'h0;
-          end else begin
-            \$89  = 3'h4;
-          end
-      3'h4:
-          if (\$75 ) begin
-            \$89  = 3'h0;
-          end
-    endcase
-    if (rst) begin
-      \$89  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$90  = refused;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$90  = \$70 ;
-    endcase
+    \$90  = \$57 ;
     if (rst) begin
       \$90  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$91  = fin;
+    \$91  = \$73 ;
+    if (rst) begin
+      \$91  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$92  = 1'h0;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$92  = 1'h1;
+          end
+      3'h4:
+          if (\$84 ) begin
+            \$92  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$92  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$93  = cmd;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$93  = cfg__payload;
+          end
+    endcase
+    if (rst) begin
+      \$93  = 114'h00000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$94  = error;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$94  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$94  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$94  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$95  = dw;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$95  = \$74 ;
+          end
+    endcase
+    if (rst) begin
+      \$95  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$96  = dwp;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$96  = \$76 ;
+          end
+    endcase
+    if (rst) begin
+      \$96  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$97  = gin_e;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$97  = \$78 ;
+          end
+    endcase
+    if (rst) begin
+      \$97  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$98  = fsm_state;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$98  = 3'h1;
+          end
+      3'h1:
+          if (sizes_ready) begin
+            \$98  = 3'h2;
+          end
+      3'h2:
+          \$98  = 3'h3;
+      3'h3:
+          (* full_case = 32'd1 *)
+          if (refused) begin
+            \$98  = 3'h0;
+          end else begin
+            \$98  = 3'h4;
+          end
+      3'h4:
+          if (\$84 ) begin
+            \$98  = 3'h0;
+          end
+    endcase
+    if (rst) begin
+      \$98  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$99  = refused;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$99  = \$79 ;
+    endcase
+    if (rst) begin
+      \$99  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$100  = fin;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -26959,13 +27537,13 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
           (* full_case = 32'd1 *)
           if (refused) begin
           end else begin
-            \$91  = 1'h0;
+            \$100  = 1'h0;
           end
       3'h4:
-          \$91  = \$71 ;
+          \$100  = \$80 ;
     endcase
     if (rst) begin
-      \$91  = 1'h0;
+      \$100  = 1'h0;
     end
   end
   always @* begin
@@ -27071,6 +27649,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
+  assign \cmd.part  = cmd[113:112];
   assign \sizes.wg  = sizes[11:0];
   assign \sizes.n_in  = sizes[23:12];
   assign \sizes.ow  = sizes[48:24];
@@ -27096,8 +27675,10 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   assign \cfg__payload.kind  = cfg__payload[109:108];
   assign \cfg__payload.relu  = cfg__payload[110];
   assign \cfg__payload.keep  = cfg__payload[111];
+  assign \cfg__payload.part  = cfg__payload[113:112];
   assign \$48  = \$47 ;
-  assign \$67  = \$66 ;
+  assign \$55  = \$54 ;
+  assign \$76  = \$75 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -27187,8 +27768,8 @@ module \psc_core.sizes$159 (rst, ws, cmd, gin_e, clear, enable, ready, sizes, cl
   wire clear;
   input clk;
   wire clk;
-  input [111:0] cmd;
-  wire [111:0] cmd;
+  input [113:0] cmd;
+  wire [113:0] cmd;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -27205,6 +27786,12 @@ module \psc_core.sizes$159 (rst, ws, cmd, gin_e, clear, enable, ready, sizes, cl
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   input enable;
@@ -27722,6 +28309,7 @@ module \psc_core.sizes$159 (rst, ws, cmd, gin_e, clear, enable, ready, sizes, cl
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
+  assign \cmd.part  = cmd[113:112];
   assign \sizes.wg  = sizes[11:0];
   assign \sizes.n_in  = sizes[23:12];
   assign \sizes.ow  = sizes[48:24];

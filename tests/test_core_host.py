@@ -38,7 +38,7 @@ def _w(cout, cin, k):
     (dict(stride=3), "stride must be one of"),
     (dict(padding=3), "padding must be less than the kernel size"),
     (dict(groups=2, w_pos=_w(8, 4, 3), w_neg=_w(8, 4, 3)), "only groups=1 and depthwise"),
-    (dict(bias=np.full(8, 2**31 - 10)), "can leave the 32-bit accumulator"),
+    (dict(bias=np.full(8, 2**31 - 10)), "can leave the build's 32-bit sum"),
     (dict(mult=1 << 16), "mult must be within"),
     (dict(shift=63), "shift must be within"),
     (dict(x=np.full((8, 6, 6), 128)), "signed 8-bit range"),
@@ -46,18 +46,6 @@ def _w(cout, cin, k):
 def test_host_refuses_before_sending(no_send, changes, message):
     with pytest.raises(host.LayerError, match=message):
         host.run_layer(**_base(**changes))
-
-
-def test_host_refuses_what_the_buffers_cannot_tile(no_send):
-    # one output group of a 3x3 layer over 16 input groups needs 144 weight blocks > 64
-    layer = _base(x=np.zeros((64, 4, 4), dtype=np.int64), w_pos=_w(8, 64, 3), w_neg=_w(8, 64, 3))
-    with pytest.raises(host.LayerError, match="weight buffer holds 64"):
-        host.run_layer(**layer, config=TINY)
-    # one 7x7 window of 2 groups needs 98 input words > 64
-    layer = _base(x=np.zeros((8, 9, 9), dtype=np.int64), w_pos=_w(4, 8, 7), w_neg=_w(4, 8, 7),
-                  bias=np.zeros(4, dtype=np.int64), mult=1, shift=0)
-    with pytest.raises(host.LayerError, match="input buffer holds 64"):
-        host.run_layer(**layer, config=TINY.replace(weight_depth=256))
 
 
 def test_host_refuses_psc_weights_on_plain_build(no_send):
@@ -71,6 +59,8 @@ def test_plan_covers_output_once():
     plan = host.plan_layer(**layer, config=TINY)
     hits = np.zeros(plan.out_shape, dtype=int)
     for t in plan.tiles:
+        if not t.n_out:
+            continue         # a chunk of a split reduction places nothing
         c0, c1, oy0, oy1, ox0, ox1 = t.place
         hits[c0:c1, oy0:oy1, ox0:ox1] += 1
         assert t.fields["in_h"] * t.fields["in_w"] * t.fields["gin"] <= TINY.fmap_depth

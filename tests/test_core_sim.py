@@ -12,7 +12,7 @@ import pytest
 import core_cases
 from psc import host
 from psc.config import PSCConfig
-from psc.hw.core import CoreConfig, KIND_DEPTHWISE, KIND_POINTWISE
+from psc.hw.core import CoreConfig, KIND_DEPTHWISE, KIND_POINTWISE, Part
 from psc.presets import PRESETS, TARGETS as TARGET_PRESETS
 
 TARGETS = ["verilator", "icarus"]
@@ -100,6 +100,9 @@ def _refused_commands():
         # 1350 words fit fmap_depth linearly, but banked by column (9 columns
         # -> 2 per bank of 256) a depthwise tile needs 8 * 150 * 2 = 2400
         "depthwise banks": dict(base, kind=KIND_DEPTHWISE, in_h=150, in_w=9, out_h=150, out_w=9),
+        # a chunk of a split reduction: its beats must fit the partial-sum buffer
+        "partial sums": dict(base, in_h=17, in_w=17, out_h=17, out_w=17, part=Part.FIRST),
+        "split depthwise": dict(base, kind=KIND_DEPTHWISE, part=Part.LAST),
     }
     return {name: host.encode_command(c, **f) for name, f in bad.items()}
 

@@ -161,10 +161,12 @@ def _bench(args):
 
 
 def _bench_layer(text):
-    if not (text in bench.BENCH_LAYERS or text in bench.MBV2_LAYERS or text in bench.LAYER_SETS):
+    if not (text in bench.BENCH_LAYERS or text in bench.MBV2_LAYERS
+            or text in bench.RESNET_LAYERS or text in bench.LAYER_SETS):
         raise argparse.ArgumentTypeError(
             f"must be one of {', '.join(bench.BENCH_LAYERS)}, {', '.join(bench.LAYER_SETS)} or "
-            f"one of its layers (mbv2_stem ... mbv2_fc), not {text!r}")
+            f"one of their layers (mbv2_stem ... mbv2_fc, {', '.join(bench.RESNET_LAYERS)}), "
+            f"not {text!r}")
     return text
 
 
@@ -395,7 +397,9 @@ def main(argv=None):
              "requant_mult_bits": "requantisation multiplier bits per cycle",
              "fmap_depth": "core input buffer depth (lane words)",
              "weight_depth": "core weight buffer depth (blocks)",
-             "param_depth": "core parameter buffer depth (groups of rows channels)"}
+             "param_depth": "core parameter buffer depth (groups of rows channels)",
+             "psum_depth": "core partial-sum buffer depth (output beats; 0: none)",
+             "psum_width": "bits of a partial sum and of the requantiser's input"}
     for field, flag, kind in generate.OVERRIDES:
         if field == "multiplier":
             p.add_argument(flag, choices=list(MULTIPLIERS),

@@ -304,12 +304,29 @@ class CoreConfig:
         ECP5. ``False`` by default: it costs a lane word per row, a weight
         block and a parameter word plus three times ``rows`` sums of
         flip-flops.
+    psum_depth : int
+        Depth of the partial-sum buffer in output beats (``rows`` sums
+        each), ``0`` for none. A layer whose reduction does not fit one
+        command (the weight buffer, ``max_reduction`` or one input window)
+        runs as several commands over chunks of its input channels; the
+        output stage keeps their full-precision sums here between them, so
+        one such command makes at most ``psum_depth`` output beats. With
+        ``0`` such a layer is refused.
+    psum_width : int or None
+        Bits of a partial sum, of the bias add and of the requantiser's
+        input (at least ``pe.acc_width``, at most 64): the whole reduction of
+        a chunked layer plus its bias must fit, while the MAC array's
+        accumulators stay ``pe.acc_width`` bits, enough for one chunk.
+        ``None`` (the default) is ``max(32, pe.acc_width)``. Ignored (taken
+        as ``pe.acc_width``) when ``psum_depth`` is ``0``.
     """
     pe: PSCConfig = field(default_factory=lambda: PSCConfig(depthwise="pixels"))
     fmap_depth: int = 2048
     weight_depth: int = 256
     param_depth: int = 32
     read_register: bool = False
+    psum_depth: int = 256
+    psum_width: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.pe, PSCConfig):
@@ -318,6 +335,13 @@ class CoreConfig:
         _check_field(self, "weight_depth", 2, 1 << 20)
         _check_field(self, "param_depth", 2, 1 << 16)
         _check_flag(self, "read_register")
+        _check_field(self, "psum_depth", 0, 1 << 16)
+        if self.psum_width is None:
+            object.__setattr__(self, "psum_width", max(32, self.pe.acc_width))
+        _check_field(self, "psum_width", 8, 64)
+        if self.psum_depth and self.psum_width < self.pe.acc_width:
+            raise ValueError(f"psum_width must be at least acc_width ({self.pe.acc_width}), "
+                             f"not {self.psum_width!r}")
         if self.pe.max_reduction < self.pe.lanes:
             # the core counts a reduction in beats of `lanes` products
             raise ValueError(f"max_reduction must be at least lanes ({self.pe.lanes}) in a core "
@@ -334,6 +358,20 @@ class CoreConfig:
     def rows(self):
         return self.pe.rows
 
+    @property
+    def sum_width(self):
+        """Bits of a layer's whole sum (bias included) after the MAC array: ``psum_width``
+        with a partial-sum buffer, else ``pe.acc_width``."""
+        return self.psum_width if self.psum_depth else self.pe.acc_width
+
+    @property
+    def requant_config(self):
+        """The :class:`PSCConfig` of the output stage's requantiser: ``pe`` with
+        ``acc_width`` set to :attr:`sum_width`."""
+        if self.sum_width == self.pe.acc_width:
+            return self.pe
+        return self.pe.replace(acc_width=self.sum_width)
+
     def replace(self, **changes):
         """A copy with ``changes`` applied (and validated); a field of :class:`PSCConfig`
         changes ``pe``."""
@@ -348,7 +386,8 @@ class CoreConfig:
         """Every field (``pe`` nested), as plain JSON-serialisable values."""
         return {"pe": self.pe.to_dict(), "fmap_depth": self.fmap_depth,
                 "weight_depth": self.weight_depth, "param_depth": self.param_depth,
-                "read_register": self.read_register}
+                "read_register": self.read_register, "psum_depth": self.psum_depth,
+                "psum_width": self.psum_width}
 
     @classmethod
     def from_dict(cls, d):
@@ -366,4 +405,4 @@ class CoreConfig:
         # the readable part names the usual knobs; the digest covers every field
         digest = hashlib.sha1(repr(self).encode()).hexdigest()[:8]
         return (f"n{p.lanes}m{p.rows}{'psc' if p.psc else 'plain'}"
-                f"_f{self.fmap_depth}w{self.weight_depth}p{self.param_depth}_{digest}")
+                f"_f{self.fmap_depth}w{self.weight_depth}p{self.param_depth}s{self.psum_depth}_{digest}")

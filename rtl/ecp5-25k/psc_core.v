@@ -22,12 +22,14 @@
 //   weight_depth = 512
 //   param_depth = 64
 //   read_register = True
+//   psum_depth = 512
+//   psum_width = 32
 //
 // Latency: MAC array (DotProduct) 5 cycles; requantiser 8 cycles, one beat per 1 cycles.
 // The command's end-to-end timing is in the PSCConvCore docstring.
 //
 // Ports (psc.hw.core.PSCConvCore; payloads LSB first):
-// cfg: stream in (cfg__payload, cfg__valid, cfg__ready), payload 112 bits
+// cfg: stream in (cfg__payload, cfg__valid, cfg__ready), payload 114 bits
 //   cfg__payload[15:0]  in_h: unsigned(16)
 //   cfg__payload[31:16]  in_w: unsigned(16)
 //   cfg__payload[47:32]  out_h: unsigned(16)
@@ -41,6 +43,7 @@
 //   cfg__payload[109:108]  kind: unsigned(2)
 //   cfg__payload[110:110]  relu: unsigned(1)
 //   cfg__payload[111:111]  keep: unsigned(1)
+//   cfg__payload[113:112]  part: unsigned(2)
 // weights: stream in (weights__payload, weights__valid, weights__ready), payload 448 bits
 //   7 x 4 x unsigned(16), index 0 lowest
 //   word w[r][l] (row r, lane l) is weights__payload[(r * 4 + l) * 16 +: 16], {W-, W+} with W+ low
@@ -105,9 +108,9 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire busy;
   wire \busy$151 ;
   wire \busy$152 ;
-  input [111:0] cfg__payload;
-  wire [111:0] cfg__payload;
-  wire [111:0] \cfg__payload$23 ;
+  input [113:0] cfg__payload;
+  wire [113:0] cfg__payload;
+  wire [113:0] \cfg__payload$23 ;
   wire [15:0] \cfg__payload$23.gin ;
   wire [15:0] \cfg__payload$23.gout ;
   wire [15:0] \cfg__payload$23.in_h ;
@@ -124,6 +127,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cfg__payload$23.out_w ;
   wire [2:0] \cfg__payload$23.pad_left ;
   wire [2:0] \cfg__payload$23.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cfg__payload$23.part ;
   wire \cfg__payload$23.relu ;
   wire [1:0] \cfg__payload$23.stride ;
   wire [15:0] \cfg__payload.gin ;
@@ -142,6 +151,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cfg__payload.out_w ;
   wire [2:0] \cfg__payload.pad_left ;
   wire [2:0] \cfg__payload.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cfg__payload.part ;
   wire \cfg__payload.relu ;
   wire [1:0] \cfg__payload.stride ;
   output cfg__ready;
@@ -154,8 +169,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \clear$150 ;
   input clk;
   wire clk;
-  wire [111:0] cmd;
-  wire [111:0] \cmd$107 ;
+  wire [113:0] cmd;
+  wire [113:0] \cmd$107 ;
   wire [15:0] \cmd$107.gin ;
   wire [15:0] \cmd$107.gout ;
   wire [15:0] \cmd$107.in_h ;
@@ -172,9 +187,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cmd$107.out_w ;
   wire [2:0] \cmd$107.pad_left ;
   wire [2:0] \cmd$107.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd$107.part ;
   wire \cmd$107.relu ;
   wire [1:0] \cmd$107.stride ;
-  wire [111:0] \cmd$109 ;
+  wire [113:0] \cmd$109 ;
   wire [15:0] \cmd$109.gin ;
   wire [15:0] \cmd$109.gout ;
   wire [15:0] \cmd$109.in_h ;
@@ -191,9 +212,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cmd$109.out_w ;
   wire [2:0] \cmd$109.pad_left ;
   wire [2:0] \cmd$109.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd$109.part ;
   wire \cmd$109.relu ;
   wire [1:0] \cmd$109.stride ;
-  wire [111:0] \cmd$117 ;
+  wire [113:0] \cmd$117 ;
   wire [15:0] \cmd$117.gin ;
   wire [15:0] \cmd$117.gout ;
   wire [15:0] \cmd$117.in_h ;
@@ -210,9 +237,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cmd$117.out_w ;
   wire [2:0] \cmd$117.pad_left ;
   wire [2:0] \cmd$117.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd$117.part ;
   wire \cmd$117.relu ;
   wire [1:0] \cmd$117.stride ;
-  wire [111:0] \cmd$87 ;
+  wire [113:0] \cmd$87 ;
   wire [15:0] \cmd$87.gin ;
   wire [15:0] \cmd$87.gout ;
   wire [15:0] \cmd$87.in_h ;
@@ -229,9 +262,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cmd$87.out_w ;
   wire [2:0] \cmd$87.pad_left ;
   wire [2:0] \cmd$87.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd$87.part ;
   wire \cmd$87.relu ;
   wire [1:0] \cmd$87.stride ;
-  wire [111:0] \cmd$98 ;
+  wire [113:0] \cmd$98 ;
   wire [15:0] \cmd$98.gin ;
   wire [15:0] \cmd$98.gout ;
   wire [15:0] \cmd$98.in_h ;
@@ -248,6 +287,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cmd$98.out_w ;
   wire [2:0] \cmd$98.pad_left ;
   wire [2:0] \cmd$98.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd$98.part ;
   wire \cmd$98.relu ;
   wire [1:0] \cmd$98.stride ;
   wire [15:0] \cmd.gin ;
@@ -266,6 +311,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   wire [31:0] compute;
@@ -906,7 +957,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .inputs__data(inputs__data),
     .o__payload(\i__payload$47 ),
     .o__ready(\o__ready$49 ),
-    .\port$513$0 (\$1 ),
+    .\port$522$0 (\$1 ),
     .rst(rst),
     .v2(\i__valid$51 ),
     .w_data(\i__payload$41 ),
@@ -933,9 +984,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .clk(clk),
     .cmd(cmd),
     .dwp(dwp),
-    .en_j(r_en),
-    .\i__payload$29 (\i__payload$63 ),
-    .\i__valid$28 (\i__valid$59 ),
+    .\i__payload$40 (\i__payload$63 ),
+    .\i__valid$39 (\i__valid$59 ),
     .last_group(last_group),
     .n_out(sizes[75:51]),
     .o__payload(act_out__payload),
@@ -943,6 +993,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .o__valid(act_out__valid),
     .params__addr(\read__addr$80 ),
     .params__data(params__data),
+    .ps_rd__en(r_en),
     .rst(rst),
     .run(run),
     .start(start)
@@ -1021,13 +1072,13 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   );
   \psc_core.sums  sums (
     .clk(clk),
-    .\port$3964$0 (\$2 ),
-    .\port$4006$0 (\$3 ),
-    .\port$4048$0 (\$4 ),
-    .\port$4090$0 (\$5 ),
-    .\port$4132$0 (\$6 ),
-    .\port$4174$0 (\$7 ),
-    .\port$4216$0 (\$8 ),
+    .\port$4037$0 (\$2 ),
+    .\port$4079$0 (\$3 ),
+    .\port$4121$0 (\$4 ),
+    .\port$4163$0 (\$5 ),
+    .\port$4205$0 (\$6 ),
+    .\port$4247$0 (\$7 ),
+    .\port$4289$0 (\$8 ),
     .r_data(\i__payload$63 ),
     .r_en(r_en),
     .r_rdy(\i__valid$59 ),
@@ -1164,6 +1215,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cfg__payload.kind  = cfg__payload[109:108];
   assign \cfg__payload.relu  = cfg__payload[110];
   assign \cfg__payload.keep  = cfg__payload[111];
+  assign \cfg__payload.part  = cfg__payload[113:112];
   assign \weights__payload[0]  = weights__payload[63:0];
   assign \weights__payload[0][0]  = weights__payload[15:0];
   assign \weights__payload[0][1]  = weights__payload[31:16];
@@ -1247,6 +1299,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cfg__payload$23.kind  = cfg__payload[109:108];
   assign \cfg__payload$23.relu  = cfg__payload[110];
   assign \cfg__payload$23.keep  = cfg__payload[111];
+  assign \cfg__payload$23.part  = cfg__payload[113:112];
   assign \i__payload[0]  = act_in__payload[7:0];
   assign \i__payload[1]  = act_in__payload[15:8];
   assign \i__payload[2]  = act_in__payload[23:16];
@@ -1600,6 +1653,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
+  assign \cmd.part  = cmd[113:112];
   assign \cmd$87.in_h  = cmd[15:0];
   assign \cmd$87.in_w  = cmd[31:16];
   assign \cmd$87.out_h  = cmd[47:32];
@@ -1613,6 +1667,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd$87.kind  = cmd[109:108];
   assign \cmd$87.relu  = cmd[110];
   assign \cmd$87.keep  = cmd[111];
+  assign \cmd$87.part  = cmd[113:112];
   assign \sizes.wg  = sizes[12:0];
   assign \sizes.n_in  = sizes[25:13];
   assign \sizes.ow  = sizes[50:26];
@@ -1650,6 +1705,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd$98.kind  = cmd[109:108];
   assign \cmd$98.relu  = cmd[110];
   assign \cmd$98.keep  = cmd[111];
+  assign \cmd$98.part  = cmd[113:112];
   assign \sizes$104.wg  = sizes[12:0];
   assign \sizes$104.n_in  = sizes[25:13];
   assign \sizes$104.ow  = sizes[50:26];
@@ -1675,6 +1731,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd$107.kind  = cmd[109:108];
   assign \cmd$107.relu  = cmd[110];
   assign \cmd$107.keep  = cmd[111];
+  assign \cmd$107.part  = cmd[113:112];
   assign \cmd$109.in_h  = cmd[15:0];
   assign \cmd$109.in_w  = cmd[31:16];
   assign \cmd$109.out_h  = cmd[47:32];
@@ -1688,6 +1745,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd$109.kind  = cmd[109:108];
   assign \cmd$109.relu  = cmd[110];
   assign \cmd$109.keep  = cmd[111];
+  assign \cmd$109.part  = cmd[113:112];
   assign \sizes$111.wg  = sizes[12:0];
   assign \sizes$111.n_in  = sizes[25:13];
   assign \sizes$111.ow  = sizes[50:26];
@@ -1713,6 +1771,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd$117.kind  = cmd[109:108];
   assign \cmd$117.relu  = cmd[110];
   assign \cmd$117.keep  = cmd[111];
+  assign \cmd$117.part  = cmd[113:112];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -1724,8 +1783,8 @@ module \psc_core.amap (i__ready, cmd, i__payload, o__payload, o__valid);
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
-  input [111:0] cmd;
-  wire [111:0] cmd;
+  input [113:0] cmd;
+  wire [113:0] cmd;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -1742,6 +1801,12 @@ module \psc_core.amap (i__ready, cmd, i__payload, o__payload, o__valid);
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   input [66:0] i__payload;
@@ -1800,6 +1865,7 @@ module \psc_core.amap (i__ready, cmd, i__payload, o__payload, o__valid);
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
+  assign \cmd.part  = cmd[113:112];
   assign o__payload[23] = \$7 ;
   assign o__payload[11:0] = i__payload[11:0];
   assign o__payload[25] = i__payload[66];
@@ -2109,8 +2175,8 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$3862$0 (i__payload[95:0]),
-    .\port$3862$704 (i__payload[705:704]),
+    .\port$3935$0 (i__payload[95:0]),
+    .\port$3935$704 (i__payload[705:704]),
     .rst(rst),
     .valid(valid)
   );
@@ -2120,7 +2186,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$3862$704 (i__payload[705:704]),
+    .\port$3935$704 (i__payload[705:704]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[159:96]),
@@ -2132,7 +2198,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$3862$704 (i__payload[705:704]),
+    .\port$3935$704 (i__payload[705:704]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[223:160]),
@@ -2144,7 +2210,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$3862$704 (i__payload[705:704]),
+    .\port$3935$704 (i__payload[705:704]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[287:224]),
@@ -2156,7 +2222,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$3862$704 (i__payload[705:704]),
+    .\port$3935$704 (i__payload[705:704]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[351:288]),
@@ -2168,7 +2234,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$3862$704 (i__payload[705:704]),
+    .\port$3935$704 (i__payload[705:704]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[415:352]),
@@ -2179,7 +2245,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$3862$672 (i__payload[705:672]),
+    .\port$3935$672 (i__payload[705:672]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[479:416]),
@@ -2370,7 +2436,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, en, \port$3862$0 , bias, \port$3862$704 , valid, mask, acc_valid, acc, clk);
+module \psc_core.dp.pe_0 (rst, en, \port$3935$0 , bias, \port$3935$704 , valid, mask, acc_valid, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire \$1 ;
   wire [32:0] \$10 ;
@@ -2510,10 +2576,10 @@ module \psc_core.dp.pe_0 (rst, en, \port$3862$0 , bias, \port$3862$704 , valid, 
   wire [15:0] \p$15 ;
   wire [15:0] \p$19 ;
   wire [15:0] \p$23 ;
-  input [95:0] \port$3862$0 ;
-  wire [95:0] \port$3862$0 ;
-  input [1:0] \port$3862$704 ;
-  wire [1:0] \port$3862$704 ;
+  input [95:0] \port$3935$0 ;
+  wire [95:0] \port$3935$0 ;
+  input [1:0] \port$3935$704 ;
+  wire [1:0] \port$3935$704 ;
   wire [63:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -2594,103 +2660,103 @@ module \psc_core.dp.pe_0 (rst, en, \port$3862$0 , bias, \port$3862$704 , valid, 
   always @(posedge clk)
     acc <= \$29 ;
   assign start = f4 ? b4 : acc;
-  assign \$1  = valid & \port$3862$704 [0];
+  assign \$1  = valid & \port$3935$704 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
   assign \$5  = v4 & l4;
   \psc_core.dp.pe_0.mul_0  mul_0 (
-    .a(\port$3862$0 [7:0]),
+    .a(\port$3935$0 [7:0]),
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$603$0 (\$30 ),
-    .\port$603$1 (\$31 ),
-    .\port$603$10 (\$40 ),
-    .\port$603$11 (\$41 ),
-    .\port$603$12 (\$42 ),
-    .\port$603$13 (\$43 ),
-    .\port$603$14 (\$44 ),
-    .\port$603$15 (\$45 ),
-    .\port$603$2 (\$32 ),
-    .\port$603$3 (\$33 ),
-    .\port$603$4 (\$34 ),
-    .\port$603$5 (\$35 ),
-    .\port$603$6 (\$36 ),
-    .\port$603$7 (\$37 ),
-    .\port$603$8 (\$38 ),
-    .\port$603$9 (\$39 )
+    .\port$612$0 (\$30 ),
+    .\port$612$1 (\$31 ),
+    .\port$612$10 (\$40 ),
+    .\port$612$11 (\$41 ),
+    .\port$612$12 (\$42 ),
+    .\port$612$13 (\$43 ),
+    .\port$612$14 (\$44 ),
+    .\port$612$15 (\$45 ),
+    .\port$612$2 (\$32 ),
+    .\port$612$3 (\$33 ),
+    .\port$612$4 (\$34 ),
+    .\port$612$5 (\$35 ),
+    .\port$612$6 (\$36 ),
+    .\port$612$7 (\$37 ),
+    .\port$612$8 (\$38 ),
+    .\port$612$9 (\$39 )
   );
   \psc_core.dp.pe_0.mul_1  mul_1 (
-    .a(\port$3862$0 [15:8]),
+    .a(\port$3935$0 [15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$604$0 (\$46 ),
-    .\port$604$1 (\$47 ),
-    .\port$604$10 (\$56 ),
-    .\port$604$11 (\$57 ),
-    .\port$604$12 (\$58 ),
-    .\port$604$13 (\$59 ),
-    .\port$604$14 (\$60 ),
-    .\port$604$15 (\$61 ),
-    .\port$604$2 (\$48 ),
-    .\port$604$3 (\$49 ),
-    .\port$604$4 (\$50 ),
-    .\port$604$5 (\$51 ),
-    .\port$604$6 (\$52 ),
-    .\port$604$7 (\$53 ),
-    .\port$604$8 (\$54 ),
-    .\port$604$9 (\$55 )
+    .\port$613$0 (\$46 ),
+    .\port$613$1 (\$47 ),
+    .\port$613$10 (\$56 ),
+    .\port$613$11 (\$57 ),
+    .\port$613$12 (\$58 ),
+    .\port$613$13 (\$59 ),
+    .\port$613$14 (\$60 ),
+    .\port$613$15 (\$61 ),
+    .\port$613$2 (\$48 ),
+    .\port$613$3 (\$49 ),
+    .\port$613$4 (\$50 ),
+    .\port$613$5 (\$51 ),
+    .\port$613$6 (\$52 ),
+    .\port$613$7 (\$53 ),
+    .\port$613$8 (\$54 ),
+    .\port$613$9 (\$55 )
   );
   \psc_core.dp.pe_0.mul_2  mul_2 (
-    .a(\port$3862$0 [23:16]),
+    .a(\port$3935$0 [23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$605$0 (\$62 ),
-    .\port$605$1 (\$63 ),
-    .\port$605$10 (\$72 ),
-    .\port$605$11 (\$73 ),
-    .\port$605$12 (\$74 ),
-    .\port$605$13 (\$75 ),
-    .\port$605$14 (\$76 ),
-    .\port$605$15 (\$77 ),
-    .\port$605$2 (\$64 ),
-    .\port$605$3 (\$65 ),
-    .\port$605$4 (\$66 ),
-    .\port$605$5 (\$67 ),
-    .\port$605$6 (\$68 ),
-    .\port$605$7 (\$69 ),
-    .\port$605$8 (\$70 ),
-    .\port$605$9 (\$71 )
+    .\port$614$0 (\$62 ),
+    .\port$614$1 (\$63 ),
+    .\port$614$10 (\$72 ),
+    .\port$614$11 (\$73 ),
+    .\port$614$12 (\$74 ),
+    .\port$614$13 (\$75 ),
+    .\port$614$14 (\$76 ),
+    .\port$614$15 (\$77 ),
+    .\port$614$2 (\$64 ),
+    .\port$614$3 (\$65 ),
+    .\port$614$4 (\$66 ),
+    .\port$614$5 (\$67 ),
+    .\port$614$6 (\$68 ),
+    .\port$614$7 (\$69 ),
+    .\port$614$8 (\$70 ),
+    .\port$614$9 (\$71 )
   );
   \psc_core.dp.pe_0.mul_3  mul_3 (
-    .a(\port$3862$0 [31:24]),
+    .a(\port$3935$0 [31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$606$0 (\$78 ),
-    .\port$606$1 (\$79 ),
-    .\port$606$10 (\$88 ),
-    .\port$606$11 (\$89 ),
-    .\port$606$12 (\$90 ),
-    .\port$606$13 (\$91 ),
-    .\port$606$14 (\$92 ),
-    .\port$606$15 (\$93 ),
-    .\port$606$2 (\$80 ),
-    .\port$606$3 (\$81 ),
-    .\port$606$4 (\$82 ),
-    .\port$606$5 (\$83 ),
-    .\port$606$6 (\$84 ),
-    .\port$606$7 (\$85 ),
-    .\port$606$8 (\$86 ),
-    .\port$606$9 (\$87 )
+    .\port$615$0 (\$78 ),
+    .\port$615$1 (\$79 ),
+    .\port$615$10 (\$88 ),
+    .\port$615$11 (\$89 ),
+    .\port$615$12 (\$90 ),
+    .\port$615$13 (\$91 ),
+    .\port$615$14 (\$92 ),
+    .\port$615$15 (\$93 ),
+    .\port$615$2 (\$80 ),
+    .\port$615$3 (\$81 ),
+    .\port$615$4 (\$82 ),
+    .\port$615$5 (\$83 ),
+    .\port$615$6 (\$84 ),
+    .\port$615$7 (\$85 ),
+    .\port$615$8 (\$86 ),
+    .\port$615$9 (\$87 )
   );
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
     .w(w),
-    .words(\port$3862$0 [95:32])
+    .words(\port$3935$0 [95:32])
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
@@ -2706,7 +2772,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$3862$0 , bias, \port$3862$704 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$12  = f1;
     if (en) begin
-      \$12  = \port$3862$704 [0];
+      \$12  = \port$3935$704 [0];
     end
     if (rst) begin
       \$12  = 1'h0;
@@ -2716,7 +2782,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$3862$0 , bias, \port$3862$704 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$13  = l1;
     if (en) begin
-      \$13  = \port$3862$704 [1];
+      \$13  = \port$3935$704 [1];
     end
     if (rst) begin
       \$13  = 1'h0;
@@ -2872,42 +2938,42 @@ module \psc_core.dp.pe_0 (rst, en, \port$3862$0 , bias, \port$3862$704 , valid, 
       \$29  = \$10 [31:0];
     end
   end
-  assign words = \port$3862$0 [95:32];
-  assign \words$1  = \port$3862$0 [95:32];
+  assign words = \port$3935$0 [95:32];
+  assign \words$1  = \port$3935$0 [95:32];
   assign \mask$3  = mask;
   assign \en$5  = en;
-  assign a = \port$3862$0 [7:0];
-  assign x = \port$3862$0 [31:0];
+  assign a = \port$3935$0 [7:0];
+  assign x = \port$3935$0 [31:0];
   assign b = w[7:0];
   assign p = { \$45 , \$44 , \$43 , \$42 , \$41 , \$40 , \$39 , \$38 , \$37 , \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30  };
   assign \en$12  = en;
-  assign \a$13  = \port$3862$0 [15:8];
+  assign \a$13  = \port$3935$0 [15:8];
   assign \b$14  = w[15:8];
   assign \p$15  = { \$61 , \$60 , \$59 , \$58 , \$57 , \$56 , \$55 , \$54 , \$53 , \$52 , \$51 , \$50 , \$49 , \$48 , \$47 , \$46  };
   assign \en$16  = en;
-  assign \a$17  = \port$3862$0 [23:16];
+  assign \a$17  = \port$3935$0 [23:16];
   assign \b$18  = w[23:16];
   assign \p$19  = { \$77 , \$76 , \$75 , \$74 , \$73 , \$72 , \$71 , \$70 , \$69 , \$68 , \$67 , \$66 , \$65 , \$64 , \$63 , \$62  };
   assign \en$20  = en;
-  assign \a$21  = \port$3862$0 [31:24];
+  assign \a$21  = \port$3935$0 [31:24];
   assign \b$22  = w[31:24];
   assign \p$23  = { \$93 , \$92 , \$91 , \$90 , \$89 , \$88 , \$87 , \$86 , \$85 , \$84 , \$83 , \$82 , \$81 , \$80 , \$79 , \$78  };
   assign \acc$25  = acc;
   assign tree = { tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0 };
-  assign first = \port$3862$704 [0];
-  assign last = \port$3862$704 [1];
-  assign \words[0]  = \port$3862$0 [47:32];
-  assign \words[1]  = \port$3862$0 [63:48];
-  assign \words[2]  = \port$3862$0 [79:64];
-  assign \words[3]  = \port$3862$0 [95:80];
-  assign \words$1[0]  = \port$3862$0 [47:32];
-  assign \words$1[1]  = \port$3862$0 [63:48];
-  assign \words$1[2]  = \port$3862$0 [79:64];
-  assign \words$1[3]  = \port$3862$0 [95:80];
-  assign \x[0]  = \port$3862$0 [7:0];
-  assign \x[1]  = \port$3862$0 [15:8];
-  assign \x[2]  = \port$3862$0 [23:16];
-  assign \x[3]  = \port$3862$0 [31:24];
+  assign first = \port$3935$704 [0];
+  assign last = \port$3935$704 [1];
+  assign \words[0]  = \port$3935$0 [47:32];
+  assign \words[1]  = \port$3935$0 [63:48];
+  assign \words[2]  = \port$3935$0 [79:64];
+  assign \words[3]  = \port$3935$0 [95:80];
+  assign \words$1[0]  = \port$3935$0 [47:32];
+  assign \words$1[1]  = \port$3935$0 [63:48];
+  assign \words$1[2]  = \port$3935$0 [79:64];
+  assign \words$1[3]  = \port$3935$0 [95:80];
+  assign \x[0]  = \port$3935$0 [7:0];
+  assign \x[1]  = \port$3935$0 [15:8];
+  assign \x[2]  = \port$3935$0 [23:16];
+  assign \x[3]  = \port$3935$0 [31:24];
   assign \w[0]  = w[7:0];
   assign \w[1]  = w[15:8];
   assign \w[2]  = w[23:16];
@@ -2923,7 +2989,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$3862$0 , bias, \port$3862$704 , valid, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_0 (en, \port$603$0 , \port$603$1 , \port$603$2 , \port$603$3 , \port$603$4 , \port$603$5 , \port$603$6 , \port$603$7 , \port$603$8 , \port$603$9 , \port$603$10 , \port$603$11 , \port$603$12 , \port$603$13 , \port$603$14 , \port$603$15 , a, b, clk);
+module \psc_core.dp.pe_0.mul_0 (en, \port$612$0 , \port$612$1 , \port$612$2 , \port$612$3 , \port$612$4 , \port$612$5 , \port$612$6 , \port$612$7 , \port$612$8 , \port$612$9 , \port$612$10 , \port$612$11 , \port$612$12 , \port$612$13 , \port$612$14 , \port$612$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -2972,38 +3038,38 @@ module \psc_core.dp.pe_0.mul_0 (en, \port$603$0 , \port$603$1 , \port$603$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$603$0 ;
-  wire \port$603$0 ;
-  output \port$603$1 ;
-  wire \port$603$1 ;
-  output \port$603$10 ;
-  wire \port$603$10 ;
-  output \port$603$11 ;
-  wire \port$603$11 ;
-  output \port$603$12 ;
-  wire \port$603$12 ;
-  output \port$603$13 ;
-  wire \port$603$13 ;
-  output \port$603$14 ;
-  wire \port$603$14 ;
-  output \port$603$15 ;
-  wire \port$603$15 ;
-  output \port$603$2 ;
-  wire \port$603$2 ;
-  output \port$603$3 ;
-  wire \port$603$3 ;
-  output \port$603$4 ;
-  wire \port$603$4 ;
-  output \port$603$5 ;
-  wire \port$603$5 ;
-  output \port$603$6 ;
-  wire \port$603$6 ;
-  output \port$603$7 ;
-  wire \port$603$7 ;
-  output \port$603$8 ;
-  wire \port$603$8 ;
-  output \port$603$9 ;
-  wire \port$603$9 ;
+  output \port$612$0 ;
+  wire \port$612$0 ;
+  output \port$612$1 ;
+  wire \port$612$1 ;
+  output \port$612$10 ;
+  wire \port$612$10 ;
+  output \port$612$11 ;
+  wire \port$612$11 ;
+  output \port$612$12 ;
+  wire \port$612$12 ;
+  output \port$612$13 ;
+  wire \port$612$13 ;
+  output \port$612$14 ;
+  wire \port$612$14 ;
+  output \port$612$15 ;
+  wire \port$612$15 ;
+  output \port$612$2 ;
+  wire \port$612$2 ;
+  output \port$612$3 ;
+  wire \port$612$3 ;
+  output \port$612$4 ;
+  wire \port$612$4 ;
+  output \port$612$5 ;
+  wire \port$612$5 ;
+  output \port$612$6 ;
+  wire \port$612$6 ;
+  output \port$612$7 ;
+  wire \port$612$7 ;
+  output \port$612$8 ;
+  wire \port$612$8 ;
+  output \port$612$9 ;
+  wire \port$612$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -3127,26 +3193,26 @@ module \psc_core.dp.pe_0.mul_0 (en, \port$603$0 , \port$603$1 , \port$603$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$603$0  = \$1 ;
-  assign \port$603$1  = \$2 ;
-  assign \port$603$2  = \$3 ;
-  assign \port$603$3  = \$4 ;
-  assign \port$603$4  = \$5 ;
-  assign \port$603$5  = \$6 ;
-  assign \port$603$6  = \$7 ;
-  assign \port$603$7  = \$8 ;
-  assign \port$603$8  = \$9 ;
-  assign \port$603$9  = \$10 ;
-  assign \port$603$10  = \$11 ;
-  assign \port$603$11  = \$12 ;
-  assign \port$603$12  = \$13 ;
-  assign \port$603$13  = \$14 ;
-  assign \port$603$14  = \$15 ;
-  assign \port$603$15  = \$16 ;
+  assign \port$612$0  = \$1 ;
+  assign \port$612$1  = \$2 ;
+  assign \port$612$2  = \$3 ;
+  assign \port$612$3  = \$4 ;
+  assign \port$612$4  = \$5 ;
+  assign \port$612$5  = \$6 ;
+  assign \port$612$6  = \$7 ;
+  assign \port$612$7  = \$8 ;
+  assign \port$612$8  = \$9 ;
+  assign \port$612$9  = \$10 ;
+  assign \port$612$10  = \$11 ;
+  assign \port$612$11  = \$12 ;
+  assign \port$612$12  = \$13 ;
+  assign \port$612$13  = \$14 ;
+  assign \port$612$14  = \$15 ;
+  assign \port$612$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_1 (en, \port$604$0 , \port$604$1 , \port$604$2 , \port$604$3 , \port$604$4 , \port$604$5 , \port$604$6 , \port$604$7 , \port$604$8 , \port$604$9 , \port$604$10 , \port$604$11 , \port$604$12 , \port$604$13 , \port$604$14 , \port$604$15 , a, b, clk);
+module \psc_core.dp.pe_0.mul_1 (en, \port$613$0 , \port$613$1 , \port$613$2 , \port$613$3 , \port$613$4 , \port$613$5 , \port$613$6 , \port$613$7 , \port$613$8 , \port$613$9 , \port$613$10 , \port$613$11 , \port$613$12 , \port$613$13 , \port$613$14 , \port$613$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -3195,38 +3261,38 @@ module \psc_core.dp.pe_0.mul_1 (en, \port$604$0 , \port$604$1 , \port$604$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$604$0 ;
-  wire \port$604$0 ;
-  output \port$604$1 ;
-  wire \port$604$1 ;
-  output \port$604$10 ;
-  wire \port$604$10 ;
-  output \port$604$11 ;
-  wire \port$604$11 ;
-  output \port$604$12 ;
-  wire \port$604$12 ;
-  output \port$604$13 ;
-  wire \port$604$13 ;
-  output \port$604$14 ;
-  wire \port$604$14 ;
-  output \port$604$15 ;
-  wire \port$604$15 ;
-  output \port$604$2 ;
-  wire \port$604$2 ;
-  output \port$604$3 ;
-  wire \port$604$3 ;
-  output \port$604$4 ;
-  wire \port$604$4 ;
-  output \port$604$5 ;
-  wire \port$604$5 ;
-  output \port$604$6 ;
-  wire \port$604$6 ;
-  output \port$604$7 ;
-  wire \port$604$7 ;
-  output \port$604$8 ;
-  wire \port$604$8 ;
-  output \port$604$9 ;
-  wire \port$604$9 ;
+  output \port$613$0 ;
+  wire \port$613$0 ;
+  output \port$613$1 ;
+  wire \port$613$1 ;
+  output \port$613$10 ;
+  wire \port$613$10 ;
+  output \port$613$11 ;
+  wire \port$613$11 ;
+  output \port$613$12 ;
+  wire \port$613$12 ;
+  output \port$613$13 ;
+  wire \port$613$13 ;
+  output \port$613$14 ;
+  wire \port$613$14 ;
+  output \port$613$15 ;
+  wire \port$613$15 ;
+  output \port$613$2 ;
+  wire \port$613$2 ;
+  output \port$613$3 ;
+  wire \port$613$3 ;
+  output \port$613$4 ;
+  wire \port$613$4 ;
+  output \port$613$5 ;
+  wire \port$613$5 ;
+  output \port$613$6 ;
+  wire \port$613$6 ;
+  output \port$613$7 ;
+  wire \port$613$7 ;
+  output \port$613$8 ;
+  wire \port$613$8 ;
+  output \port$613$9 ;
+  wire \port$613$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -3350,26 +3416,26 @@ module \psc_core.dp.pe_0.mul_1 (en, \port$604$0 , \port$604$1 , \port$604$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$604$0  = \$1 ;
-  assign \port$604$1  = \$2 ;
-  assign \port$604$2  = \$3 ;
-  assign \port$604$3  = \$4 ;
-  assign \port$604$4  = \$5 ;
-  assign \port$604$5  = \$6 ;
-  assign \port$604$6  = \$7 ;
-  assign \port$604$7  = \$8 ;
-  assign \port$604$8  = \$9 ;
-  assign \port$604$9  = \$10 ;
-  assign \port$604$10  = \$11 ;
-  assign \port$604$11  = \$12 ;
-  assign \port$604$12  = \$13 ;
-  assign \port$604$13  = \$14 ;
-  assign \port$604$14  = \$15 ;
-  assign \port$604$15  = \$16 ;
+  assign \port$613$0  = \$1 ;
+  assign \port$613$1  = \$2 ;
+  assign \port$613$2  = \$3 ;
+  assign \port$613$3  = \$4 ;
+  assign \port$613$4  = \$5 ;
+  assign \port$613$5  = \$6 ;
+  assign \port$613$6  = \$7 ;
+  assign \port$613$7  = \$8 ;
+  assign \port$613$8  = \$9 ;
+  assign \port$613$9  = \$10 ;
+  assign \port$613$10  = \$11 ;
+  assign \port$613$11  = \$12 ;
+  assign \port$613$12  = \$13 ;
+  assign \port$613$13  = \$14 ;
+  assign \port$613$14  = \$15 ;
+  assign \port$613$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_2 (en, \port$605$0 , \port$605$1 , \port$605$2 , \port$605$3 , \port$605$4 , \port$605$5 , \port$605$6 , \port$605$7 , \port$605$8 , \port$605$9 , \port$605$10 , \port$605$11 , \port$605$12 , \port$605$13 , \port$605$14 , \port$605$15 , a, b, clk);
+module \psc_core.dp.pe_0.mul_2 (en, \port$614$0 , \port$614$1 , \port$614$2 , \port$614$3 , \port$614$4 , \port$614$5 , \port$614$6 , \port$614$7 , \port$614$8 , \port$614$9 , \port$614$10 , \port$614$11 , \port$614$12 , \port$614$13 , \port$614$14 , \port$614$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -3418,38 +3484,38 @@ module \psc_core.dp.pe_0.mul_2 (en, \port$605$0 , \port$605$1 , \port$605$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$605$0 ;
-  wire \port$605$0 ;
-  output \port$605$1 ;
-  wire \port$605$1 ;
-  output \port$605$10 ;
-  wire \port$605$10 ;
-  output \port$605$11 ;
-  wire \port$605$11 ;
-  output \port$605$12 ;
-  wire \port$605$12 ;
-  output \port$605$13 ;
-  wire \port$605$13 ;
-  output \port$605$14 ;
-  wire \port$605$14 ;
-  output \port$605$15 ;
-  wire \port$605$15 ;
-  output \port$605$2 ;
-  wire \port$605$2 ;
-  output \port$605$3 ;
-  wire \port$605$3 ;
-  output \port$605$4 ;
-  wire \port$605$4 ;
-  output \port$605$5 ;
-  wire \port$605$5 ;
-  output \port$605$6 ;
-  wire \port$605$6 ;
-  output \port$605$7 ;
-  wire \port$605$7 ;
-  output \port$605$8 ;
-  wire \port$605$8 ;
-  output \port$605$9 ;
-  wire \port$605$9 ;
+  output \port$614$0 ;
+  wire \port$614$0 ;
+  output \port$614$1 ;
+  wire \port$614$1 ;
+  output \port$614$10 ;
+  wire \port$614$10 ;
+  output \port$614$11 ;
+  wire \port$614$11 ;
+  output \port$614$12 ;
+  wire \port$614$12 ;
+  output \port$614$13 ;
+  wire \port$614$13 ;
+  output \port$614$14 ;
+  wire \port$614$14 ;
+  output \port$614$15 ;
+  wire \port$614$15 ;
+  output \port$614$2 ;
+  wire \port$614$2 ;
+  output \port$614$3 ;
+  wire \port$614$3 ;
+  output \port$614$4 ;
+  wire \port$614$4 ;
+  output \port$614$5 ;
+  wire \port$614$5 ;
+  output \port$614$6 ;
+  wire \port$614$6 ;
+  output \port$614$7 ;
+  wire \port$614$7 ;
+  output \port$614$8 ;
+  wire \port$614$8 ;
+  output \port$614$9 ;
+  wire \port$614$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -3573,26 +3639,26 @@ module \psc_core.dp.pe_0.mul_2 (en, \port$605$0 , \port$605$1 , \port$605$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$605$0  = \$1 ;
-  assign \port$605$1  = \$2 ;
-  assign \port$605$2  = \$3 ;
-  assign \port$605$3  = \$4 ;
-  assign \port$605$4  = \$5 ;
-  assign \port$605$5  = \$6 ;
-  assign \port$605$6  = \$7 ;
-  assign \port$605$7  = \$8 ;
-  assign \port$605$8  = \$9 ;
-  assign \port$605$9  = \$10 ;
-  assign \port$605$10  = \$11 ;
-  assign \port$605$11  = \$12 ;
-  assign \port$605$12  = \$13 ;
-  assign \port$605$13  = \$14 ;
-  assign \port$605$14  = \$15 ;
-  assign \port$605$15  = \$16 ;
+  assign \port$614$0  = \$1 ;
+  assign \port$614$1  = \$2 ;
+  assign \port$614$2  = \$3 ;
+  assign \port$614$3  = \$4 ;
+  assign \port$614$4  = \$5 ;
+  assign \port$614$5  = \$6 ;
+  assign \port$614$6  = \$7 ;
+  assign \port$614$7  = \$8 ;
+  assign \port$614$8  = \$9 ;
+  assign \port$614$9  = \$10 ;
+  assign \port$614$10  = \$11 ;
+  assign \port$614$11  = \$12 ;
+  assign \port$614$12  = \$13 ;
+  assign \port$614$13  = \$14 ;
+  assign \port$614$14  = \$15 ;
+  assign \port$614$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_3 (en, \port$606$0 , \port$606$1 , \port$606$2 , \port$606$3 , \port$606$4 , \port$606$5 , \port$606$6 , \port$606$7 , \port$606$8 , \port$606$9 , \port$606$10 , \port$606$11 , \port$606$12 , \port$606$13 , \port$606$14 , \port$606$15 , a, b, clk);
+module \psc_core.dp.pe_0.mul_3 (en, \port$615$0 , \port$615$1 , \port$615$2 , \port$615$3 , \port$615$4 , \port$615$5 , \port$615$6 , \port$615$7 , \port$615$8 , \port$615$9 , \port$615$10 , \port$615$11 , \port$615$12 , \port$615$13 , \port$615$14 , \port$615$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -3641,38 +3707,38 @@ module \psc_core.dp.pe_0.mul_3 (en, \port$606$0 , \port$606$1 , \port$606$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$606$0 ;
-  wire \port$606$0 ;
-  output \port$606$1 ;
-  wire \port$606$1 ;
-  output \port$606$10 ;
-  wire \port$606$10 ;
-  output \port$606$11 ;
-  wire \port$606$11 ;
-  output \port$606$12 ;
-  wire \port$606$12 ;
-  output \port$606$13 ;
-  wire \port$606$13 ;
-  output \port$606$14 ;
-  wire \port$606$14 ;
-  output \port$606$15 ;
-  wire \port$606$15 ;
-  output \port$606$2 ;
-  wire \port$606$2 ;
-  output \port$606$3 ;
-  wire \port$606$3 ;
-  output \port$606$4 ;
-  wire \port$606$4 ;
-  output \port$606$5 ;
-  wire \port$606$5 ;
-  output \port$606$6 ;
-  wire \port$606$6 ;
-  output \port$606$7 ;
-  wire \port$606$7 ;
-  output \port$606$8 ;
-  wire \port$606$8 ;
-  output \port$606$9 ;
-  wire \port$606$9 ;
+  output \port$615$0 ;
+  wire \port$615$0 ;
+  output \port$615$1 ;
+  wire \port$615$1 ;
+  output \port$615$10 ;
+  wire \port$615$10 ;
+  output \port$615$11 ;
+  wire \port$615$11 ;
+  output \port$615$12 ;
+  wire \port$615$12 ;
+  output \port$615$13 ;
+  wire \port$615$13 ;
+  output \port$615$14 ;
+  wire \port$615$14 ;
+  output \port$615$15 ;
+  wire \port$615$15 ;
+  output \port$615$2 ;
+  wire \port$615$2 ;
+  output \port$615$3 ;
+  wire \port$615$3 ;
+  output \port$615$4 ;
+  wire \port$615$4 ;
+  output \port$615$5 ;
+  wire \port$615$5 ;
+  output \port$615$6 ;
+  wire \port$615$6 ;
+  output \port$615$7 ;
+  wire \port$615$7 ;
+  output \port$615$8 ;
+  wire \port$615$8 ;
+  output \port$615$9 ;
+  wire \port$615$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -3796,22 +3862,22 @@ module \psc_core.dp.pe_0.mul_3 (en, \port$606$0 , \port$606$1 , \port$606$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$606$0  = \$1 ;
-  assign \port$606$1  = \$2 ;
-  assign \port$606$2  = \$3 ;
-  assign \port$606$3  = \$4 ;
-  assign \port$606$4  = \$5 ;
-  assign \port$606$5  = \$6 ;
-  assign \port$606$6  = \$7 ;
-  assign \port$606$7  = \$8 ;
-  assign \port$606$8  = \$9 ;
-  assign \port$606$9  = \$10 ;
-  assign \port$606$10  = \$11 ;
-  assign \port$606$11  = \$12 ;
-  assign \port$606$12  = \$13 ;
-  assign \port$606$13  = \$14 ;
-  assign \port$606$14  = \$15 ;
-  assign \port$606$15  = \$16 ;
+  assign \port$615$0  = \$1 ;
+  assign \port$615$1  = \$2 ;
+  assign \port$615$2  = \$3 ;
+  assign \port$615$3  = \$4 ;
+  assign \port$615$4  = \$5 ;
+  assign \port$615$5  = \$6 ;
+  assign \port$615$6  = \$7 ;
+  assign \port$615$7  = \$8 ;
+  assign \port$615$8  = \$9 ;
+  assign \port$615$9  = \$10 ;
+  assign \port$615$10  = \$11 ;
+  assign \port$615$11  = \$12 ;
+  assign \port$615$12  = \$13 ;
+  assign \port$615$13  = \$14 ;
+  assign \port$615$14  = \$15 ;
+  assign \port$615$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -3853,7 +3919,7 @@ module \psc_core.dp.pe_0.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, en, x, words, bias, \port$3862$704 , valid, mask, acc, clk);
+module \psc_core.dp.pe_1 (rst, en, x, words, bias, \port$3935$704 , valid, mask, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire [32:0] \$10 ;
@@ -3992,8 +4058,8 @@ module \psc_core.dp.pe_1 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
   wire [15:0] \p$15 ;
   wire [15:0] \p$19 ;
   wire [15:0] \p$23 ;
-  input [1:0] \port$3862$704 ;
-  wire [1:0] \port$3862$704 ;
+  input [1:0] \port$3935$704 ;
+  wire [1:0] \port$3935$704 ;
   wire [63:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -4076,7 +4142,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
   always @(posedge clk)
     acc <= \$29 ;
   assign start = f4 ? b4 : acc;
-  assign \$1  = valid & \port$3862$704 [0];
+  assign \$1  = valid & \port$3935$704 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -4086,88 +4152,88 @@ module \psc_core.dp.pe_1 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$636$0 (\$30 ),
-    .\port$636$1 (\$31 ),
-    .\port$636$10 (\$40 ),
-    .\port$636$11 (\$41 ),
-    .\port$636$12 (\$42 ),
-    .\port$636$13 (\$43 ),
-    .\port$636$14 (\$44 ),
-    .\port$636$15 (\$45 ),
-    .\port$636$2 (\$32 ),
-    .\port$636$3 (\$33 ),
-    .\port$636$4 (\$34 ),
-    .\port$636$5 (\$35 ),
-    .\port$636$6 (\$36 ),
-    .\port$636$7 (\$37 ),
-    .\port$636$8 (\$38 ),
-    .\port$636$9 (\$39 )
+    .\port$645$0 (\$30 ),
+    .\port$645$1 (\$31 ),
+    .\port$645$10 (\$40 ),
+    .\port$645$11 (\$41 ),
+    .\port$645$12 (\$42 ),
+    .\port$645$13 (\$43 ),
+    .\port$645$14 (\$44 ),
+    .\port$645$15 (\$45 ),
+    .\port$645$2 (\$32 ),
+    .\port$645$3 (\$33 ),
+    .\port$645$4 (\$34 ),
+    .\port$645$5 (\$35 ),
+    .\port$645$6 (\$36 ),
+    .\port$645$7 (\$37 ),
+    .\port$645$8 (\$38 ),
+    .\port$645$9 (\$39 )
   );
   \psc_core.dp.pe_1.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$637$0 (\$46 ),
-    .\port$637$1 (\$47 ),
-    .\port$637$10 (\$56 ),
-    .\port$637$11 (\$57 ),
-    .\port$637$12 (\$58 ),
-    .\port$637$13 (\$59 ),
-    .\port$637$14 (\$60 ),
-    .\port$637$15 (\$61 ),
-    .\port$637$2 (\$48 ),
-    .\port$637$3 (\$49 ),
-    .\port$637$4 (\$50 ),
-    .\port$637$5 (\$51 ),
-    .\port$637$6 (\$52 ),
-    .\port$637$7 (\$53 ),
-    .\port$637$8 (\$54 ),
-    .\port$637$9 (\$55 )
+    .\port$646$0 (\$46 ),
+    .\port$646$1 (\$47 ),
+    .\port$646$10 (\$56 ),
+    .\port$646$11 (\$57 ),
+    .\port$646$12 (\$58 ),
+    .\port$646$13 (\$59 ),
+    .\port$646$14 (\$60 ),
+    .\port$646$15 (\$61 ),
+    .\port$646$2 (\$48 ),
+    .\port$646$3 (\$49 ),
+    .\port$646$4 (\$50 ),
+    .\port$646$5 (\$51 ),
+    .\port$646$6 (\$52 ),
+    .\port$646$7 (\$53 ),
+    .\port$646$8 (\$54 ),
+    .\port$646$9 (\$55 )
   );
   \psc_core.dp.pe_1.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$638$0 (\$62 ),
-    .\port$638$1 (\$63 ),
-    .\port$638$10 (\$72 ),
-    .\port$638$11 (\$73 ),
-    .\port$638$12 (\$74 ),
-    .\port$638$13 (\$75 ),
-    .\port$638$14 (\$76 ),
-    .\port$638$15 (\$77 ),
-    .\port$638$2 (\$64 ),
-    .\port$638$3 (\$65 ),
-    .\port$638$4 (\$66 ),
-    .\port$638$5 (\$67 ),
-    .\port$638$6 (\$68 ),
-    .\port$638$7 (\$69 ),
-    .\port$638$8 (\$70 ),
-    .\port$638$9 (\$71 )
+    .\port$647$0 (\$62 ),
+    .\port$647$1 (\$63 ),
+    .\port$647$10 (\$72 ),
+    .\port$647$11 (\$73 ),
+    .\port$647$12 (\$74 ),
+    .\port$647$13 (\$75 ),
+    .\port$647$14 (\$76 ),
+    .\port$647$15 (\$77 ),
+    .\port$647$2 (\$64 ),
+    .\port$647$3 (\$65 ),
+    .\port$647$4 (\$66 ),
+    .\port$647$5 (\$67 ),
+    .\port$647$6 (\$68 ),
+    .\port$647$7 (\$69 ),
+    .\port$647$8 (\$70 ),
+    .\port$647$9 (\$71 )
   );
   \psc_core.dp.pe_1.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$639$0 (\$78 ),
-    .\port$639$1 (\$79 ),
-    .\port$639$10 (\$88 ),
-    .\port$639$11 (\$89 ),
-    .\port$639$12 (\$90 ),
-    .\port$639$13 (\$91 ),
-    .\port$639$14 (\$92 ),
-    .\port$639$15 (\$93 ),
-    .\port$639$2 (\$80 ),
-    .\port$639$3 (\$81 ),
-    .\port$639$4 (\$82 ),
-    .\port$639$5 (\$83 ),
-    .\port$639$6 (\$84 ),
-    .\port$639$7 (\$85 ),
-    .\port$639$8 (\$86 ),
-    .\port$639$9 (\$87 )
+    .\port$648$0 (\$78 ),
+    .\port$648$1 (\$79 ),
+    .\port$648$10 (\$88 ),
+    .\port$648$11 (\$89 ),
+    .\port$648$12 (\$90 ),
+    .\port$648$13 (\$91 ),
+    .\port$648$14 (\$92 ),
+    .\port$648$15 (\$93 ),
+    .\port$648$2 (\$80 ),
+    .\port$648$3 (\$81 ),
+    .\port$648$4 (\$82 ),
+    .\port$648$5 (\$83 ),
+    .\port$648$6 (\$84 ),
+    .\port$648$7 (\$85 ),
+    .\port$648$8 (\$86 ),
+    .\port$648$9 (\$87 )
   );
   \psc_core.dp.pe_1.wsu  wsu (
     .mask(mask),
@@ -4188,7 +4254,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$12  = f1;
     if (en) begin
-      \$12  = \port$3862$704 [0];
+      \$12  = \port$3935$704 [0];
     end
     if (rst) begin
       \$12  = 1'h0;
@@ -4198,7 +4264,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$13  = l1;
     if (en) begin
-      \$13  = \port$3862$704 [1];
+      \$13  = \port$3935$704 [1];
     end
     if (rst) begin
       \$13  = 1'h0;
@@ -4374,8 +4440,8 @@ module \psc_core.dp.pe_1 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
   assign \p$23  = { \$93 , \$92 , \$91 , \$90 , \$89 , \$88 , \$87 , \$86 , \$85 , \$84 , \$83 , \$82 , \$81 , \$80 , \$79 , \$78  };
   assign \acc$25  = acc;
   assign tree = { tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0 };
-  assign first = \port$3862$704 [0];
-  assign last = \port$3862$704 [1];
+  assign first = \port$3935$704 [0];
+  assign last = \port$3935$704 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -4403,7 +4469,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_0 (en, \port$636$0 , \port$636$1 , \port$636$2 , \port$636$3 , \port$636$4 , \port$636$5 , \port$636$6 , \port$636$7 , \port$636$8 , \port$636$9 , \port$636$10 , \port$636$11 , \port$636$12 , \port$636$13 , \port$636$14 , \port$636$15 , a, b, clk);
+module \psc_core.dp.pe_1.mul_0 (en, \port$645$0 , \port$645$1 , \port$645$2 , \port$645$3 , \port$645$4 , \port$645$5 , \port$645$6 , \port$645$7 , \port$645$8 , \port$645$9 , \port$645$10 , \port$645$11 , \port$645$12 , \port$645$13 , \port$645$14 , \port$645$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4452,38 +4518,38 @@ module \psc_core.dp.pe_1.mul_0 (en, \port$636$0 , \port$636$1 , \port$636$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$636$0 ;
-  wire \port$636$0 ;
-  output \port$636$1 ;
-  wire \port$636$1 ;
-  output \port$636$10 ;
-  wire \port$636$10 ;
-  output \port$636$11 ;
-  wire \port$636$11 ;
-  output \port$636$12 ;
-  wire \port$636$12 ;
-  output \port$636$13 ;
-  wire \port$636$13 ;
-  output \port$636$14 ;
-  wire \port$636$14 ;
-  output \port$636$15 ;
-  wire \port$636$15 ;
-  output \port$636$2 ;
-  wire \port$636$2 ;
-  output \port$636$3 ;
-  wire \port$636$3 ;
-  output \port$636$4 ;
-  wire \port$636$4 ;
-  output \port$636$5 ;
-  wire \port$636$5 ;
-  output \port$636$6 ;
-  wire \port$636$6 ;
-  output \port$636$7 ;
-  wire \port$636$7 ;
-  output \port$636$8 ;
-  wire \port$636$8 ;
-  output \port$636$9 ;
-  wire \port$636$9 ;
+  output \port$645$0 ;
+  wire \port$645$0 ;
+  output \port$645$1 ;
+  wire \port$645$1 ;
+  output \port$645$10 ;
+  wire \port$645$10 ;
+  output \port$645$11 ;
+  wire \port$645$11 ;
+  output \port$645$12 ;
+  wire \port$645$12 ;
+  output \port$645$13 ;
+  wire \port$645$13 ;
+  output \port$645$14 ;
+  wire \port$645$14 ;
+  output \port$645$15 ;
+  wire \port$645$15 ;
+  output \port$645$2 ;
+  wire \port$645$2 ;
+  output \port$645$3 ;
+  wire \port$645$3 ;
+  output \port$645$4 ;
+  wire \port$645$4 ;
+  output \port$645$5 ;
+  wire \port$645$5 ;
+  output \port$645$6 ;
+  wire \port$645$6 ;
+  output \port$645$7 ;
+  wire \port$645$7 ;
+  output \port$645$8 ;
+  wire \port$645$8 ;
+  output \port$645$9 ;
+  wire \port$645$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -4607,26 +4673,26 @@ module \psc_core.dp.pe_1.mul_0 (en, \port$636$0 , \port$636$1 , \port$636$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$636$0  = \$1 ;
-  assign \port$636$1  = \$2 ;
-  assign \port$636$2  = \$3 ;
-  assign \port$636$3  = \$4 ;
-  assign \port$636$4  = \$5 ;
-  assign \port$636$5  = \$6 ;
-  assign \port$636$6  = \$7 ;
-  assign \port$636$7  = \$8 ;
-  assign \port$636$8  = \$9 ;
-  assign \port$636$9  = \$10 ;
-  assign \port$636$10  = \$11 ;
-  assign \port$636$11  = \$12 ;
-  assign \port$636$12  = \$13 ;
-  assign \port$636$13  = \$14 ;
-  assign \port$636$14  = \$15 ;
-  assign \port$636$15  = \$16 ;
+  assign \port$645$0  = \$1 ;
+  assign \port$645$1  = \$2 ;
+  assign \port$645$2  = \$3 ;
+  assign \port$645$3  = \$4 ;
+  assign \port$645$4  = \$5 ;
+  assign \port$645$5  = \$6 ;
+  assign \port$645$6  = \$7 ;
+  assign \port$645$7  = \$8 ;
+  assign \port$645$8  = \$9 ;
+  assign \port$645$9  = \$10 ;
+  assign \port$645$10  = \$11 ;
+  assign \port$645$11  = \$12 ;
+  assign \port$645$12  = \$13 ;
+  assign \port$645$13  = \$14 ;
+  assign \port$645$14  = \$15 ;
+  assign \port$645$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_1 (en, \port$637$0 , \port$637$1 , \port$637$2 , \port$637$3 , \port$637$4 , \port$637$5 , \port$637$6 , \port$637$7 , \port$637$8 , \port$637$9 , \port$637$10 , \port$637$11 , \port$637$12 , \port$637$13 , \port$637$14 , \port$637$15 , a, b, clk);
+module \psc_core.dp.pe_1.mul_1 (en, \port$646$0 , \port$646$1 , \port$646$2 , \port$646$3 , \port$646$4 , \port$646$5 , \port$646$6 , \port$646$7 , \port$646$8 , \port$646$9 , \port$646$10 , \port$646$11 , \port$646$12 , \port$646$13 , \port$646$14 , \port$646$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4675,38 +4741,38 @@ module \psc_core.dp.pe_1.mul_1 (en, \port$637$0 , \port$637$1 , \port$637$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$637$0 ;
-  wire \port$637$0 ;
-  output \port$637$1 ;
-  wire \port$637$1 ;
-  output \port$637$10 ;
-  wire \port$637$10 ;
-  output \port$637$11 ;
-  wire \port$637$11 ;
-  output \port$637$12 ;
-  wire \port$637$12 ;
-  output \port$637$13 ;
-  wire \port$637$13 ;
-  output \port$637$14 ;
-  wire \port$637$14 ;
-  output \port$637$15 ;
-  wire \port$637$15 ;
-  output \port$637$2 ;
-  wire \port$637$2 ;
-  output \port$637$3 ;
-  wire \port$637$3 ;
-  output \port$637$4 ;
-  wire \port$637$4 ;
-  output \port$637$5 ;
-  wire \port$637$5 ;
-  output \port$637$6 ;
-  wire \port$637$6 ;
-  output \port$637$7 ;
-  wire \port$637$7 ;
-  output \port$637$8 ;
-  wire \port$637$8 ;
-  output \port$637$9 ;
-  wire \port$637$9 ;
+  output \port$646$0 ;
+  wire \port$646$0 ;
+  output \port$646$1 ;
+  wire \port$646$1 ;
+  output \port$646$10 ;
+  wire \port$646$10 ;
+  output \port$646$11 ;
+  wire \port$646$11 ;
+  output \port$646$12 ;
+  wire \port$646$12 ;
+  output \port$646$13 ;
+  wire \port$646$13 ;
+  output \port$646$14 ;
+  wire \port$646$14 ;
+  output \port$646$15 ;
+  wire \port$646$15 ;
+  output \port$646$2 ;
+  wire \port$646$2 ;
+  output \port$646$3 ;
+  wire \port$646$3 ;
+  output \port$646$4 ;
+  wire \port$646$4 ;
+  output \port$646$5 ;
+  wire \port$646$5 ;
+  output \port$646$6 ;
+  wire \port$646$6 ;
+  output \port$646$7 ;
+  wire \port$646$7 ;
+  output \port$646$8 ;
+  wire \port$646$8 ;
+  output \port$646$9 ;
+  wire \port$646$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -4830,26 +4896,26 @@ module \psc_core.dp.pe_1.mul_1 (en, \port$637$0 , \port$637$1 , \port$637$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$637$0  = \$1 ;
-  assign \port$637$1  = \$2 ;
-  assign \port$637$2  = \$3 ;
-  assign \port$637$3  = \$4 ;
-  assign \port$637$4  = \$5 ;
-  assign \port$637$5  = \$6 ;
-  assign \port$637$6  = \$7 ;
-  assign \port$637$7  = \$8 ;
-  assign \port$637$8  = \$9 ;
-  assign \port$637$9  = \$10 ;
-  assign \port$637$10  = \$11 ;
-  assign \port$637$11  = \$12 ;
-  assign \port$637$12  = \$13 ;
-  assign \port$637$13  = \$14 ;
-  assign \port$637$14  = \$15 ;
-  assign \port$637$15  = \$16 ;
+  assign \port$646$0  = \$1 ;
+  assign \port$646$1  = \$2 ;
+  assign \port$646$2  = \$3 ;
+  assign \port$646$3  = \$4 ;
+  assign \port$646$4  = \$5 ;
+  assign \port$646$5  = \$6 ;
+  assign \port$646$6  = \$7 ;
+  assign \port$646$7  = \$8 ;
+  assign \port$646$8  = \$9 ;
+  assign \port$646$9  = \$10 ;
+  assign \port$646$10  = \$11 ;
+  assign \port$646$11  = \$12 ;
+  assign \port$646$12  = \$13 ;
+  assign \port$646$13  = \$14 ;
+  assign \port$646$14  = \$15 ;
+  assign \port$646$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_2 (en, \port$638$0 , \port$638$1 , \port$638$2 , \port$638$3 , \port$638$4 , \port$638$5 , \port$638$6 , \port$638$7 , \port$638$8 , \port$638$9 , \port$638$10 , \port$638$11 , \port$638$12 , \port$638$13 , \port$638$14 , \port$638$15 , a, b, clk);
+module \psc_core.dp.pe_1.mul_2 (en, \port$647$0 , \port$647$1 , \port$647$2 , \port$647$3 , \port$647$4 , \port$647$5 , \port$647$6 , \port$647$7 , \port$647$8 , \port$647$9 , \port$647$10 , \port$647$11 , \port$647$12 , \port$647$13 , \port$647$14 , \port$647$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4898,38 +4964,38 @@ module \psc_core.dp.pe_1.mul_2 (en, \port$638$0 , \port$638$1 , \port$638$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$638$0 ;
-  wire \port$638$0 ;
-  output \port$638$1 ;
-  wire \port$638$1 ;
-  output \port$638$10 ;
-  wire \port$638$10 ;
-  output \port$638$11 ;
-  wire \port$638$11 ;
-  output \port$638$12 ;
-  wire \port$638$12 ;
-  output \port$638$13 ;
-  wire \port$638$13 ;
-  output \port$638$14 ;
-  wire \port$638$14 ;
-  output \port$638$15 ;
-  wire \port$638$15 ;
-  output \port$638$2 ;
-  wire \port$638$2 ;
-  output \port$638$3 ;
-  wire \port$638$3 ;
-  output \port$638$4 ;
-  wire \port$638$4 ;
-  output \port$638$5 ;
-  wire \port$638$5 ;
-  output \port$638$6 ;
-  wire \port$638$6 ;
-  output \port$638$7 ;
-  wire \port$638$7 ;
-  output \port$638$8 ;
-  wire \port$638$8 ;
-  output \port$638$9 ;
-  wire \port$638$9 ;
+  output \port$647$0 ;
+  wire \port$647$0 ;
+  output \port$647$1 ;
+  wire \port$647$1 ;
+  output \port$647$10 ;
+  wire \port$647$10 ;
+  output \port$647$11 ;
+  wire \port$647$11 ;
+  output \port$647$12 ;
+  wire \port$647$12 ;
+  output \port$647$13 ;
+  wire \port$647$13 ;
+  output \port$647$14 ;
+  wire \port$647$14 ;
+  output \port$647$15 ;
+  wire \port$647$15 ;
+  output \port$647$2 ;
+  wire \port$647$2 ;
+  output \port$647$3 ;
+  wire \port$647$3 ;
+  output \port$647$4 ;
+  wire \port$647$4 ;
+  output \port$647$5 ;
+  wire \port$647$5 ;
+  output \port$647$6 ;
+  wire \port$647$6 ;
+  output \port$647$7 ;
+  wire \port$647$7 ;
+  output \port$647$8 ;
+  wire \port$647$8 ;
+  output \port$647$9 ;
+  wire \port$647$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -5053,26 +5119,26 @@ module \psc_core.dp.pe_1.mul_2 (en, \port$638$0 , \port$638$1 , \port$638$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$638$0  = \$1 ;
-  assign \port$638$1  = \$2 ;
-  assign \port$638$2  = \$3 ;
-  assign \port$638$3  = \$4 ;
-  assign \port$638$4  = \$5 ;
-  assign \port$638$5  = \$6 ;
-  assign \port$638$6  = \$7 ;
-  assign \port$638$7  = \$8 ;
-  assign \port$638$8  = \$9 ;
-  assign \port$638$9  = \$10 ;
-  assign \port$638$10  = \$11 ;
-  assign \port$638$11  = \$12 ;
-  assign \port$638$12  = \$13 ;
-  assign \port$638$13  = \$14 ;
-  assign \port$638$14  = \$15 ;
-  assign \port$638$15  = \$16 ;
+  assign \port$647$0  = \$1 ;
+  assign \port$647$1  = \$2 ;
+  assign \port$647$2  = \$3 ;
+  assign \port$647$3  = \$4 ;
+  assign \port$647$4  = \$5 ;
+  assign \port$647$5  = \$6 ;
+  assign \port$647$6  = \$7 ;
+  assign \port$647$7  = \$8 ;
+  assign \port$647$8  = \$9 ;
+  assign \port$647$9  = \$10 ;
+  assign \port$647$10  = \$11 ;
+  assign \port$647$11  = \$12 ;
+  assign \port$647$12  = \$13 ;
+  assign \port$647$13  = \$14 ;
+  assign \port$647$14  = \$15 ;
+  assign \port$647$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_3 (en, \port$639$0 , \port$639$1 , \port$639$2 , \port$639$3 , \port$639$4 , \port$639$5 , \port$639$6 , \port$639$7 , \port$639$8 , \port$639$9 , \port$639$10 , \port$639$11 , \port$639$12 , \port$639$13 , \port$639$14 , \port$639$15 , a, b, clk);
+module \psc_core.dp.pe_1.mul_3 (en, \port$648$0 , \port$648$1 , \port$648$2 , \port$648$3 , \port$648$4 , \port$648$5 , \port$648$6 , \port$648$7 , \port$648$8 , \port$648$9 , \port$648$10 , \port$648$11 , \port$648$12 , \port$648$13 , \port$648$14 , \port$648$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5121,38 +5187,38 @@ module \psc_core.dp.pe_1.mul_3 (en, \port$639$0 , \port$639$1 , \port$639$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$639$0 ;
-  wire \port$639$0 ;
-  output \port$639$1 ;
-  wire \port$639$1 ;
-  output \port$639$10 ;
-  wire \port$639$10 ;
-  output \port$639$11 ;
-  wire \port$639$11 ;
-  output \port$639$12 ;
-  wire \port$639$12 ;
-  output \port$639$13 ;
-  wire \port$639$13 ;
-  output \port$639$14 ;
-  wire \port$639$14 ;
-  output \port$639$15 ;
-  wire \port$639$15 ;
-  output \port$639$2 ;
-  wire \port$639$2 ;
-  output \port$639$3 ;
-  wire \port$639$3 ;
-  output \port$639$4 ;
-  wire \port$639$4 ;
-  output \port$639$5 ;
-  wire \port$639$5 ;
-  output \port$639$6 ;
-  wire \port$639$6 ;
-  output \port$639$7 ;
-  wire \port$639$7 ;
-  output \port$639$8 ;
-  wire \port$639$8 ;
-  output \port$639$9 ;
-  wire \port$639$9 ;
+  output \port$648$0 ;
+  wire \port$648$0 ;
+  output \port$648$1 ;
+  wire \port$648$1 ;
+  output \port$648$10 ;
+  wire \port$648$10 ;
+  output \port$648$11 ;
+  wire \port$648$11 ;
+  output \port$648$12 ;
+  wire \port$648$12 ;
+  output \port$648$13 ;
+  wire \port$648$13 ;
+  output \port$648$14 ;
+  wire \port$648$14 ;
+  output \port$648$15 ;
+  wire \port$648$15 ;
+  output \port$648$2 ;
+  wire \port$648$2 ;
+  output \port$648$3 ;
+  wire \port$648$3 ;
+  output \port$648$4 ;
+  wire \port$648$4 ;
+  output \port$648$5 ;
+  wire \port$648$5 ;
+  output \port$648$6 ;
+  wire \port$648$6 ;
+  output \port$648$7 ;
+  wire \port$648$7 ;
+  output \port$648$8 ;
+  wire \port$648$8 ;
+  output \port$648$9 ;
+  wire \port$648$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -5276,22 +5342,22 @@ module \psc_core.dp.pe_1.mul_3 (en, \port$639$0 , \port$639$1 , \port$639$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$639$0  = \$1 ;
-  assign \port$639$1  = \$2 ;
-  assign \port$639$2  = \$3 ;
-  assign \port$639$3  = \$4 ;
-  assign \port$639$4  = \$5 ;
-  assign \port$639$5  = \$6 ;
-  assign \port$639$6  = \$7 ;
-  assign \port$639$7  = \$8 ;
-  assign \port$639$8  = \$9 ;
-  assign \port$639$9  = \$10 ;
-  assign \port$639$10  = \$11 ;
-  assign \port$639$11  = \$12 ;
-  assign \port$639$12  = \$13 ;
-  assign \port$639$13  = \$14 ;
-  assign \port$639$14  = \$15 ;
-  assign \port$639$15  = \$16 ;
+  assign \port$648$0  = \$1 ;
+  assign \port$648$1  = \$2 ;
+  assign \port$648$2  = \$3 ;
+  assign \port$648$3  = \$4 ;
+  assign \port$648$4  = \$5 ;
+  assign \port$648$5  = \$6 ;
+  assign \port$648$6  = \$7 ;
+  assign \port$648$7  = \$8 ;
+  assign \port$648$8  = \$9 ;
+  assign \port$648$9  = \$10 ;
+  assign \port$648$10  = \$11 ;
+  assign \port$648$11  = \$12 ;
+  assign \port$648$12  = \$13 ;
+  assign \port$648$13  = \$14 ;
+  assign \port$648$14  = \$15 ;
+  assign \port$648$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -5333,7 +5399,7 @@ module \psc_core.dp.pe_1.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, en, x, words, bias, \port$3862$704 , valid, mask, acc, clk);
+module \psc_core.dp.pe_2 (rst, en, x, words, bias, \port$3935$704 , valid, mask, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire \$1 ;
   wire [32:0] \$10 ;
@@ -5472,8 +5538,8 @@ module \psc_core.dp.pe_2 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
   wire [15:0] \p$15 ;
   wire [15:0] \p$19 ;
   wire [15:0] \p$23 ;
-  input [1:0] \port$3862$704 ;
-  wire [1:0] \port$3862$704 ;
+  input [1:0] \port$3935$704 ;
+  wire [1:0] \port$3935$704 ;
   wire [63:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -5556,7 +5622,7 @@ module \psc_core.dp.pe_2 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
   always @(posedge clk)
     acc <= \$29 ;
   assign start = f4 ? b4 : acc;
-  assign \$1  = valid & \port$3862$704 [0];
+  assign \$1  = valid & \port$3935$704 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -5566,88 +5632,88 @@ module \psc_core.dp.pe_2 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$669$0 (\$30 ),
-    .\port$669$1 (\$31 ),
-    .\port$669$10 (\$40 ),
-    .\port$669$11 (\$41 ),
-    .\port$669$12 (\$42 ),
-    .\port$669$13 (\$43 ),
-    .\port$669$14 (\$44 ),
-    .\port$669$15 (\$45 ),
-    .\port$669$2 (\$32 ),
-    .\port$669$3 (\$33 ),
-    .\port$669$4 (\$34 ),
-    .\port$669$5 (\$35 ),
-    .\port$669$6 (\$36 ),
-    .\port$669$7 (\$37 ),
-    .\port$669$8 (\$38 ),
-    .\port$669$9 (\$39 )
+    .\port$678$0 (\$30 ),
+    .\port$678$1 (\$31 ),
+    .\port$678$10 (\$40 ),
+    .\port$678$11 (\$41 ),
+    .\port$678$12 (\$42 ),
+    .\port$678$13 (\$43 ),
+    .\port$678$14 (\$44 ),
+    .\port$678$15 (\$45 ),
+    .\port$678$2 (\$32 ),
+    .\port$678$3 (\$33 ),
+    .\port$678$4 (\$34 ),
+    .\port$678$5 (\$35 ),
+    .\port$678$6 (\$36 ),
+    .\port$678$7 (\$37 ),
+    .\port$678$8 (\$38 ),
+    .\port$678$9 (\$39 )
   );
   \psc_core.dp.pe_2.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$670$0 (\$46 ),
-    .\port$670$1 (\$47 ),
-    .\port$670$10 (\$56 ),
-    .\port$670$11 (\$57 ),
-    .\port$670$12 (\$58 ),
-    .\port$670$13 (\$59 ),
-    .\port$670$14 (\$60 ),
-    .\port$670$15 (\$61 ),
-    .\port$670$2 (\$48 ),
-    .\port$670$3 (\$49 ),
-    .\port$670$4 (\$50 ),
-    .\port$670$5 (\$51 ),
-    .\port$670$6 (\$52 ),
-    .\port$670$7 (\$53 ),
-    .\port$670$8 (\$54 ),
-    .\port$670$9 (\$55 )
+    .\port$679$0 (\$46 ),
+    .\port$679$1 (\$47 ),
+    .\port$679$10 (\$56 ),
+    .\port$679$11 (\$57 ),
+    .\port$679$12 (\$58 ),
+    .\port$679$13 (\$59 ),
+    .\port$679$14 (\$60 ),
+    .\port$679$15 (\$61 ),
+    .\port$679$2 (\$48 ),
+    .\port$679$3 (\$49 ),
+    .\port$679$4 (\$50 ),
+    .\port$679$5 (\$51 ),
+    .\port$679$6 (\$52 ),
+    .\port$679$7 (\$53 ),
+    .\port$679$8 (\$54 ),
+    .\port$679$9 (\$55 )
   );
   \psc_core.dp.pe_2.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$671$0 (\$62 ),
-    .\port$671$1 (\$63 ),
-    .\port$671$10 (\$72 ),
-    .\port$671$11 (\$73 ),
-    .\port$671$12 (\$74 ),
-    .\port$671$13 (\$75 ),
-    .\port$671$14 (\$76 ),
-    .\port$671$15 (\$77 ),
-    .\port$671$2 (\$64 ),
-    .\port$671$3 (\$65 ),
-    .\port$671$4 (\$66 ),
-    .\port$671$5 (\$67 ),
-    .\port$671$6 (\$68 ),
-    .\port$671$7 (\$69 ),
-    .\port$671$8 (\$70 ),
-    .\port$671$9 (\$71 )
+    .\port$680$0 (\$62 ),
+    .\port$680$1 (\$63 ),
+    .\port$680$10 (\$72 ),
+    .\port$680$11 (\$73 ),
+    .\port$680$12 (\$74 ),
+    .\port$680$13 (\$75 ),
+    .\port$680$14 (\$76 ),
+    .\port$680$15 (\$77 ),
+    .\port$680$2 (\$64 ),
+    .\port$680$3 (\$65 ),
+    .\port$680$4 (\$66 ),
+    .\port$680$5 (\$67 ),
+    .\port$680$6 (\$68 ),
+    .\port$680$7 (\$69 ),
+    .\port$680$8 (\$70 ),
+    .\port$680$9 (\$71 )
   );
   \psc_core.dp.pe_2.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$672$0 (\$78 ),
-    .\port$672$1 (\$79 ),
-    .\port$672$10 (\$88 ),
-    .\port$672$11 (\$89 ),
-    .\port$672$12 (\$90 ),
-    .\port$672$13 (\$91 ),
-    .\port$672$14 (\$92 ),
-    .\port$672$15 (\$93 ),
-    .\port$672$2 (\$80 ),
-    .\port$672$3 (\$81 ),
-    .\port$672$4 (\$82 ),
-    .\port$672$5 (\$83 ),
-    .\port$672$6 (\$84 ),
-    .\port$672$7 (\$85 ),
-    .\port$672$8 (\$86 ),
-    .\port$672$9 (\$87 )
+    .\port$681$0 (\$78 ),
+    .\port$681$1 (\$79 ),
+    .\port$681$10 (\$88 ),
+    .\port$681$11 (\$89 ),
+    .\port$681$12 (\$90 ),
+    .\port$681$13 (\$91 ),
+    .\port$681$14 (\$92 ),
+    .\port$681$15 (\$93 ),
+    .\port$681$2 (\$80 ),
+    .\port$681$3 (\$81 ),
+    .\port$681$4 (\$82 ),
+    .\port$681$5 (\$83 ),
+    .\port$681$6 (\$84 ),
+    .\port$681$7 (\$85 ),
+    .\port$681$8 (\$86 ),
+    .\port$681$9 (\$87 )
   );
   \psc_core.dp.pe_2.wsu  wsu (
     .mask(mask),
@@ -5668,7 +5734,7 @@ module \psc_core.dp.pe_2 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$12  = f1;
     if (en) begin
-      \$12  = \port$3862$704 [0];
+      \$12  = \port$3935$704 [0];
     end
     if (rst) begin
       \$12  = 1'h0;
@@ -5678,7 +5744,7 @@ module \psc_core.dp.pe_2 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$13  = l1;
     if (en) begin
-      \$13  = \port$3862$704 [1];
+      \$13  = \port$3935$704 [1];
     end
     if (rst) begin
       \$13  = 1'h0;
@@ -5854,8 +5920,8 @@ module \psc_core.dp.pe_2 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
   assign \p$23  = { \$93 , \$92 , \$91 , \$90 , \$89 , \$88 , \$87 , \$86 , \$85 , \$84 , \$83 , \$82 , \$81 , \$80 , \$79 , \$78  };
   assign \acc$25  = acc;
   assign tree = { tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0 };
-  assign first = \port$3862$704 [0];
-  assign last = \port$3862$704 [1];
+  assign first = \port$3935$704 [0];
+  assign last = \port$3935$704 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -5883,7 +5949,7 @@ module \psc_core.dp.pe_2 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_0 (en, \port$669$0 , \port$669$1 , \port$669$2 , \port$669$3 , \port$669$4 , \port$669$5 , \port$669$6 , \port$669$7 , \port$669$8 , \port$669$9 , \port$669$10 , \port$669$11 , \port$669$12 , \port$669$13 , \port$669$14 , \port$669$15 , a, b, clk);
+module \psc_core.dp.pe_2.mul_0 (en, \port$678$0 , \port$678$1 , \port$678$2 , \port$678$3 , \port$678$4 , \port$678$5 , \port$678$6 , \port$678$7 , \port$678$8 , \port$678$9 , \port$678$10 , \port$678$11 , \port$678$12 , \port$678$13 , \port$678$14 , \port$678$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5932,38 +5998,38 @@ module \psc_core.dp.pe_2.mul_0 (en, \port$669$0 , \port$669$1 , \port$669$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$669$0 ;
-  wire \port$669$0 ;
-  output \port$669$1 ;
-  wire \port$669$1 ;
-  output \port$669$10 ;
-  wire \port$669$10 ;
-  output \port$669$11 ;
-  wire \port$669$11 ;
-  output \port$669$12 ;
-  wire \port$669$12 ;
-  output \port$669$13 ;
-  wire \port$669$13 ;
-  output \port$669$14 ;
-  wire \port$669$14 ;
-  output \port$669$15 ;
-  wire \port$669$15 ;
-  output \port$669$2 ;
-  wire \port$669$2 ;
-  output \port$669$3 ;
-  wire \port$669$3 ;
-  output \port$669$4 ;
-  wire \port$669$4 ;
-  output \port$669$5 ;
-  wire \port$669$5 ;
-  output \port$669$6 ;
-  wire \port$669$6 ;
-  output \port$669$7 ;
-  wire \port$669$7 ;
-  output \port$669$8 ;
-  wire \port$669$8 ;
-  output \port$669$9 ;
-  wire \port$669$9 ;
+  output \port$678$0 ;
+  wire \port$678$0 ;
+  output \port$678$1 ;
+  wire \port$678$1 ;
+  output \port$678$10 ;
+  wire \port$678$10 ;
+  output \port$678$11 ;
+  wire \port$678$11 ;
+  output \port$678$12 ;
+  wire \port$678$12 ;
+  output \port$678$13 ;
+  wire \port$678$13 ;
+  output \port$678$14 ;
+  wire \port$678$14 ;
+  output \port$678$15 ;
+  wire \port$678$15 ;
+  output \port$678$2 ;
+  wire \port$678$2 ;
+  output \port$678$3 ;
+  wire \port$678$3 ;
+  output \port$678$4 ;
+  wire \port$678$4 ;
+  output \port$678$5 ;
+  wire \port$678$5 ;
+  output \port$678$6 ;
+  wire \port$678$6 ;
+  output \port$678$7 ;
+  wire \port$678$7 ;
+  output \port$678$8 ;
+  wire \port$678$8 ;
+  output \port$678$9 ;
+  wire \port$678$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -6087,26 +6153,26 @@ module \psc_core.dp.pe_2.mul_0 (en, \port$669$0 , \port$669$1 , \port$669$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$669$0  = \$1 ;
-  assign \port$669$1  = \$2 ;
-  assign \port$669$2  = \$3 ;
-  assign \port$669$3  = \$4 ;
-  assign \port$669$4  = \$5 ;
-  assign \port$669$5  = \$6 ;
-  assign \port$669$6  = \$7 ;
-  assign \port$669$7  = \$8 ;
-  assign \port$669$8  = \$9 ;
-  assign \port$669$9  = \$10 ;
-  assign \port$669$10  = \$11 ;
-  assign \port$669$11  = \$12 ;
-  assign \port$669$12  = \$13 ;
-  assign \port$669$13  = \$14 ;
-  assign \port$669$14  = \$15 ;
-  assign \port$669$15  = \$16 ;
+  assign \port$678$0  = \$1 ;
+  assign \port$678$1  = \$2 ;
+  assign \port$678$2  = \$3 ;
+  assign \port$678$3  = \$4 ;
+  assign \port$678$4  = \$5 ;
+  assign \port$678$5  = \$6 ;
+  assign \port$678$6  = \$7 ;
+  assign \port$678$7  = \$8 ;
+  assign \port$678$8  = \$9 ;
+  assign \port$678$9  = \$10 ;
+  assign \port$678$10  = \$11 ;
+  assign \port$678$11  = \$12 ;
+  assign \port$678$12  = \$13 ;
+  assign \port$678$13  = \$14 ;
+  assign \port$678$14  = \$15 ;
+  assign \port$678$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_1 (en, \port$670$0 , \port$670$1 , \port$670$2 , \port$670$3 , \port$670$4 , \port$670$5 , \port$670$6 , \port$670$7 , \port$670$8 , \port$670$9 , \port$670$10 , \port$670$11 , \port$670$12 , \port$670$13 , \port$670$14 , \port$670$15 , a, b, clk);
+module \psc_core.dp.pe_2.mul_1 (en, \port$679$0 , \port$679$1 , \port$679$2 , \port$679$3 , \port$679$4 , \port$679$5 , \port$679$6 , \port$679$7 , \port$679$8 , \port$679$9 , \port$679$10 , \port$679$11 , \port$679$12 , \port$679$13 , \port$679$14 , \port$679$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -6155,38 +6221,38 @@ module \psc_core.dp.pe_2.mul_1 (en, \port$670$0 , \port$670$1 , \port$670$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$670$0 ;
-  wire \port$670$0 ;
-  output \port$670$1 ;
-  wire \port$670$1 ;
-  output \port$670$10 ;
-  wire \port$670$10 ;
-  output \port$670$11 ;
-  wire \port$670$11 ;
-  output \port$670$12 ;
-  wire \port$670$12 ;
-  output \port$670$13 ;
-  wire \port$670$13 ;
-  output \port$670$14 ;
-  wire \port$670$14 ;
-  output \port$670$15 ;
-  wire \port$670$15 ;
-  output \port$670$2 ;
-  wire \port$670$2 ;
-  output \port$670$3 ;
-  wire \port$670$3 ;
-  output \port$670$4 ;
-  wire \port$670$4 ;
-  output \port$670$5 ;
-  wire \port$670$5 ;
-  output \port$670$6 ;
-  wire \port$670$6 ;
-  output \port$670$7 ;
-  wire \port$670$7 ;
-  output \port$670$8 ;
-  wire \port$670$8 ;
-  output \port$670$9 ;
-  wire \port$670$9 ;
+  output \port$679$0 ;
+  wire \port$679$0 ;
+  output \port$679$1 ;
+  wire \port$679$1 ;
+  output \port$679$10 ;
+  wire \port$679$10 ;
+  output \port$679$11 ;
+  wire \port$679$11 ;
+  output \port$679$12 ;
+  wire \port$679$12 ;
+  output \port$679$13 ;
+  wire \port$679$13 ;
+  output \port$679$14 ;
+  wire \port$679$14 ;
+  output \port$679$15 ;
+  wire \port$679$15 ;
+  output \port$679$2 ;
+  wire \port$679$2 ;
+  output \port$679$3 ;
+  wire \port$679$3 ;
+  output \port$679$4 ;
+  wire \port$679$4 ;
+  output \port$679$5 ;
+  wire \port$679$5 ;
+  output \port$679$6 ;
+  wire \port$679$6 ;
+  output \port$679$7 ;
+  wire \port$679$7 ;
+  output \port$679$8 ;
+  wire \port$679$8 ;
+  output \port$679$9 ;
+  wire \port$679$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -6310,26 +6376,26 @@ module \psc_core.dp.pe_2.mul_1 (en, \port$670$0 , \port$670$1 , \port$670$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$670$0  = \$1 ;
-  assign \port$670$1  = \$2 ;
-  assign \port$670$2  = \$3 ;
-  assign \port$670$3  = \$4 ;
-  assign \port$670$4  = \$5 ;
-  assign \port$670$5  = \$6 ;
-  assign \port$670$6  = \$7 ;
-  assign \port$670$7  = \$8 ;
-  assign \port$670$8  = \$9 ;
-  assign \port$670$9  = \$10 ;
-  assign \port$670$10  = \$11 ;
-  assign \port$670$11  = \$12 ;
-  assign \port$670$12  = \$13 ;
-  assign \port$670$13  = \$14 ;
-  assign \port$670$14  = \$15 ;
-  assign \port$670$15  = \$16 ;
+  assign \port$679$0  = \$1 ;
+  assign \port$679$1  = \$2 ;
+  assign \port$679$2  = \$3 ;
+  assign \port$679$3  = \$4 ;
+  assign \port$679$4  = \$5 ;
+  assign \port$679$5  = \$6 ;
+  assign \port$679$6  = \$7 ;
+  assign \port$679$7  = \$8 ;
+  assign \port$679$8  = \$9 ;
+  assign \port$679$9  = \$10 ;
+  assign \port$679$10  = \$11 ;
+  assign \port$679$11  = \$12 ;
+  assign \port$679$12  = \$13 ;
+  assign \port$679$13  = \$14 ;
+  assign \port$679$14  = \$15 ;
+  assign \port$679$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_2 (en, \port$671$0 , \port$671$1 , \port$671$2 , \port$671$3 , \port$671$4 , \port$671$5 , \port$671$6 , \port$671$7 , \port$671$8 , \port$671$9 , \port$671$10 , \port$671$11 , \port$671$12 , \port$671$13 , \port$671$14 , \port$671$15 , a, b, clk);
+module \psc_core.dp.pe_2.mul_2 (en, \port$680$0 , \port$680$1 , \port$680$2 , \port$680$3 , \port$680$4 , \port$680$5 , \port$680$6 , \port$680$7 , \port$680$8 , \port$680$9 , \port$680$10 , \port$680$11 , \port$680$12 , \port$680$13 , \port$680$14 , \port$680$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -6378,38 +6444,38 @@ module \psc_core.dp.pe_2.mul_2 (en, \port$671$0 , \port$671$1 , \port$671$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$671$0 ;
-  wire \port$671$0 ;
-  output \port$671$1 ;
-  wire \port$671$1 ;
-  output \port$671$10 ;
-  wire \port$671$10 ;
-  output \port$671$11 ;
-  wire \port$671$11 ;
-  output \port$671$12 ;
-  wire \port$671$12 ;
-  output \port$671$13 ;
-  wire \port$671$13 ;
-  output \port$671$14 ;
-  wire \port$671$14 ;
-  output \port$671$15 ;
-  wire \port$671$15 ;
-  output \port$671$2 ;
-  wire \port$671$2 ;
-  output \port$671$3 ;
-  wire \port$671$3 ;
-  output \port$671$4 ;
-  wire \port$671$4 ;
-  output \port$671$5 ;
-  wire \port$671$5 ;
-  output \port$671$6 ;
-  wire \port$671$6 ;
-  output \port$671$7 ;
-  wire \port$671$7 ;
-  output \port$671$8 ;
-  wire \port$671$8 ;
-  output \port$671$9 ;
-  wire \port$671$9 ;
+  output \port$680$0 ;
+  wire \port$680$0 ;
+  output \port$680$1 ;
+  wire \port$680$1 ;
+  output \port$680$10 ;
+  wire \port$680$10 ;
+  output \port$680$11 ;
+  wire \port$680$11 ;
+  output \port$680$12 ;
+  wire \port$680$12 ;
+  output \port$680$13 ;
+  wire \port$680$13 ;
+  output \port$680$14 ;
+  wire \port$680$14 ;
+  output \port$680$15 ;
+  wire \port$680$15 ;
+  output \port$680$2 ;
+  wire \port$680$2 ;
+  output \port$680$3 ;
+  wire \port$680$3 ;
+  output \port$680$4 ;
+  wire \port$680$4 ;
+  output \port$680$5 ;
+  wire \port$680$5 ;
+  output \port$680$6 ;
+  wire \port$680$6 ;
+  output \port$680$7 ;
+  wire \port$680$7 ;
+  output \port$680$8 ;
+  wire \port$680$8 ;
+  output \port$680$9 ;
+  wire \port$680$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -6533,26 +6599,26 @@ module \psc_core.dp.pe_2.mul_2 (en, \port$671$0 , \port$671$1 , \port$671$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$671$0  = \$1 ;
-  assign \port$671$1  = \$2 ;
-  assign \port$671$2  = \$3 ;
-  assign \port$671$3  = \$4 ;
-  assign \port$671$4  = \$5 ;
-  assign \port$671$5  = \$6 ;
-  assign \port$671$6  = \$7 ;
-  assign \port$671$7  = \$8 ;
-  assign \port$671$8  = \$9 ;
-  assign \port$671$9  = \$10 ;
-  assign \port$671$10  = \$11 ;
-  assign \port$671$11  = \$12 ;
-  assign \port$671$12  = \$13 ;
-  assign \port$671$13  = \$14 ;
-  assign \port$671$14  = \$15 ;
-  assign \port$671$15  = \$16 ;
+  assign \port$680$0  = \$1 ;
+  assign \port$680$1  = \$2 ;
+  assign \port$680$2  = \$3 ;
+  assign \port$680$3  = \$4 ;
+  assign \port$680$4  = \$5 ;
+  assign \port$680$5  = \$6 ;
+  assign \port$680$6  = \$7 ;
+  assign \port$680$7  = \$8 ;
+  assign \port$680$8  = \$9 ;
+  assign \port$680$9  = \$10 ;
+  assign \port$680$10  = \$11 ;
+  assign \port$680$11  = \$12 ;
+  assign \port$680$12  = \$13 ;
+  assign \port$680$13  = \$14 ;
+  assign \port$680$14  = \$15 ;
+  assign \port$680$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_3 (en, \port$672$0 , \port$672$1 , \port$672$2 , \port$672$3 , \port$672$4 , \port$672$5 , \port$672$6 , \port$672$7 , \port$672$8 , \port$672$9 , \port$672$10 , \port$672$11 , \port$672$12 , \port$672$13 , \port$672$14 , \port$672$15 , a, b, clk);
+module \psc_core.dp.pe_2.mul_3 (en, \port$681$0 , \port$681$1 , \port$681$2 , \port$681$3 , \port$681$4 , \port$681$5 , \port$681$6 , \port$681$7 , \port$681$8 , \port$681$9 , \port$681$10 , \port$681$11 , \port$681$12 , \port$681$13 , \port$681$14 , \port$681$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -6601,38 +6667,38 @@ module \psc_core.dp.pe_2.mul_3 (en, \port$672$0 , \port$672$1 , \port$672$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$672$0 ;
-  wire \port$672$0 ;
-  output \port$672$1 ;
-  wire \port$672$1 ;
-  output \port$672$10 ;
-  wire \port$672$10 ;
-  output \port$672$11 ;
-  wire \port$672$11 ;
-  output \port$672$12 ;
-  wire \port$672$12 ;
-  output \port$672$13 ;
-  wire \port$672$13 ;
-  output \port$672$14 ;
-  wire \port$672$14 ;
-  output \port$672$15 ;
-  wire \port$672$15 ;
-  output \port$672$2 ;
-  wire \port$672$2 ;
-  output \port$672$3 ;
-  wire \port$672$3 ;
-  output \port$672$4 ;
-  wire \port$672$4 ;
-  output \port$672$5 ;
-  wire \port$672$5 ;
-  output \port$672$6 ;
-  wire \port$672$6 ;
-  output \port$672$7 ;
-  wire \port$672$7 ;
-  output \port$672$8 ;
-  wire \port$672$8 ;
-  output \port$672$9 ;
-  wire \port$672$9 ;
+  output \port$681$0 ;
+  wire \port$681$0 ;
+  output \port$681$1 ;
+  wire \port$681$1 ;
+  output \port$681$10 ;
+  wire \port$681$10 ;
+  output \port$681$11 ;
+  wire \port$681$11 ;
+  output \port$681$12 ;
+  wire \port$681$12 ;
+  output \port$681$13 ;
+  wire \port$681$13 ;
+  output \port$681$14 ;
+  wire \port$681$14 ;
+  output \port$681$15 ;
+  wire \port$681$15 ;
+  output \port$681$2 ;
+  wire \port$681$2 ;
+  output \port$681$3 ;
+  wire \port$681$3 ;
+  output \port$681$4 ;
+  wire \port$681$4 ;
+  output \port$681$5 ;
+  wire \port$681$5 ;
+  output \port$681$6 ;
+  wire \port$681$6 ;
+  output \port$681$7 ;
+  wire \port$681$7 ;
+  output \port$681$8 ;
+  wire \port$681$8 ;
+  output \port$681$9 ;
+  wire \port$681$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -6756,22 +6822,22 @@ module \psc_core.dp.pe_2.mul_3 (en, \port$672$0 , \port$672$1 , \port$672$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$672$0  = \$1 ;
-  assign \port$672$1  = \$2 ;
-  assign \port$672$2  = \$3 ;
-  assign \port$672$3  = \$4 ;
-  assign \port$672$4  = \$5 ;
-  assign \port$672$5  = \$6 ;
-  assign \port$672$6  = \$7 ;
-  assign \port$672$7  = \$8 ;
-  assign \port$672$8  = \$9 ;
-  assign \port$672$9  = \$10 ;
-  assign \port$672$10  = \$11 ;
-  assign \port$672$11  = \$12 ;
-  assign \port$672$12  = \$13 ;
-  assign \port$672$13  = \$14 ;
-  assign \port$672$14  = \$15 ;
-  assign \port$672$15  = \$16 ;
+  assign \port$681$0  = \$1 ;
+  assign \port$681$1  = \$2 ;
+  assign \port$681$2  = \$3 ;
+  assign \port$681$3  = \$4 ;
+  assign \port$681$4  = \$5 ;
+  assign \port$681$5  = \$6 ;
+  assign \port$681$6  = \$7 ;
+  assign \port$681$7  = \$8 ;
+  assign \port$681$8  = \$9 ;
+  assign \port$681$9  = \$10 ;
+  assign \port$681$10  = \$11 ;
+  assign \port$681$11  = \$12 ;
+  assign \port$681$12  = \$13 ;
+  assign \port$681$13  = \$14 ;
+  assign \port$681$14  = \$15 ;
+  assign \port$681$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -6813,7 +6879,7 @@ module \psc_core.dp.pe_2.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, en, x, words, bias, \port$3862$704 , valid, mask, acc, clk);
+module \psc_core.dp.pe_3 (rst, en, x, words, bias, \port$3935$704 , valid, mask, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire \$1 ;
   wire [32:0] \$10 ;
@@ -6952,8 +7018,8 @@ module \psc_core.dp.pe_3 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
   wire [15:0] \p$15 ;
   wire [15:0] \p$19 ;
   wire [15:0] \p$23 ;
-  input [1:0] \port$3862$704 ;
-  wire [1:0] \port$3862$704 ;
+  input [1:0] \port$3935$704 ;
+  wire [1:0] \port$3935$704 ;
   wire [63:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7036,7 +7102,7 @@ module \psc_core.dp.pe_3 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
   always @(posedge clk)
     acc <= \$29 ;
   assign start = f4 ? b4 : acc;
-  assign \$1  = valid & \port$3862$704 [0];
+  assign \$1  = valid & \port$3935$704 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -7046,88 +7112,88 @@ module \psc_core.dp.pe_3 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$702$0 (\$30 ),
-    .\port$702$1 (\$31 ),
-    .\port$702$10 (\$40 ),
-    .\port$702$11 (\$41 ),
-    .\port$702$12 (\$42 ),
-    .\port$702$13 (\$43 ),
-    .\port$702$14 (\$44 ),
-    .\port$702$15 (\$45 ),
-    .\port$702$2 (\$32 ),
-    .\port$702$3 (\$33 ),
-    .\port$702$4 (\$34 ),
-    .\port$702$5 (\$35 ),
-    .\port$702$6 (\$36 ),
-    .\port$702$7 (\$37 ),
-    .\port$702$8 (\$38 ),
-    .\port$702$9 (\$39 )
+    .\port$711$0 (\$30 ),
+    .\port$711$1 (\$31 ),
+    .\port$711$10 (\$40 ),
+    .\port$711$11 (\$41 ),
+    .\port$711$12 (\$42 ),
+    .\port$711$13 (\$43 ),
+    .\port$711$14 (\$44 ),
+    .\port$711$15 (\$45 ),
+    .\port$711$2 (\$32 ),
+    .\port$711$3 (\$33 ),
+    .\port$711$4 (\$34 ),
+    .\port$711$5 (\$35 ),
+    .\port$711$6 (\$36 ),
+    .\port$711$7 (\$37 ),
+    .\port$711$8 (\$38 ),
+    .\port$711$9 (\$39 )
   );
   \psc_core.dp.pe_3.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$703$0 (\$46 ),
-    .\port$703$1 (\$47 ),
-    .\port$703$10 (\$56 ),
-    .\port$703$11 (\$57 ),
-    .\port$703$12 (\$58 ),
-    .\port$703$13 (\$59 ),
-    .\port$703$14 (\$60 ),
-    .\port$703$15 (\$61 ),
-    .\port$703$2 (\$48 ),
-    .\port$703$3 (\$49 ),
-    .\port$703$4 (\$50 ),
-    .\port$703$5 (\$51 ),
-    .\port$703$6 (\$52 ),
-    .\port$703$7 (\$53 ),
-    .\port$703$8 (\$54 ),
-    .\port$703$9 (\$55 )
+    .\port$712$0 (\$46 ),
+    .\port$712$1 (\$47 ),
+    .\port$712$10 (\$56 ),
+    .\port$712$11 (\$57 ),
+    .\port$712$12 (\$58 ),
+    .\port$712$13 (\$59 ),
+    .\port$712$14 (\$60 ),
+    .\port$712$15 (\$61 ),
+    .\port$712$2 (\$48 ),
+    .\port$712$3 (\$49 ),
+    .\port$712$4 (\$50 ),
+    .\port$712$5 (\$51 ),
+    .\port$712$6 (\$52 ),
+    .\port$712$7 (\$53 ),
+    .\port$712$8 (\$54 ),
+    .\port$712$9 (\$55 )
   );
   \psc_core.dp.pe_3.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$704$0 (\$62 ),
-    .\port$704$1 (\$63 ),
-    .\port$704$10 (\$72 ),
-    .\port$704$11 (\$73 ),
-    .\port$704$12 (\$74 ),
-    .\port$704$13 (\$75 ),
-    .\port$704$14 (\$76 ),
-    .\port$704$15 (\$77 ),
-    .\port$704$2 (\$64 ),
-    .\port$704$3 (\$65 ),
-    .\port$704$4 (\$66 ),
-    .\port$704$5 (\$67 ),
-    .\port$704$6 (\$68 ),
-    .\port$704$7 (\$69 ),
-    .\port$704$8 (\$70 ),
-    .\port$704$9 (\$71 )
+    .\port$713$0 (\$62 ),
+    .\port$713$1 (\$63 ),
+    .\port$713$10 (\$72 ),
+    .\port$713$11 (\$73 ),
+    .\port$713$12 (\$74 ),
+    .\port$713$13 (\$75 ),
+    .\port$713$14 (\$76 ),
+    .\port$713$15 (\$77 ),
+    .\port$713$2 (\$64 ),
+    .\port$713$3 (\$65 ),
+    .\port$713$4 (\$66 ),
+    .\port$713$5 (\$67 ),
+    .\port$713$6 (\$68 ),
+    .\port$713$7 (\$69 ),
+    .\port$713$8 (\$70 ),
+    .\port$713$9 (\$71 )
   );
   \psc_core.dp.pe_3.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$705$0 (\$78 ),
-    .\port$705$1 (\$79 ),
-    .\port$705$10 (\$88 ),
-    .\port$705$11 (\$89 ),
-    .\port$705$12 (\$90 ),
-    .\port$705$13 (\$91 ),
-    .\port$705$14 (\$92 ),
-    .\port$705$15 (\$93 ),
-    .\port$705$2 (\$80 ),
-    .\port$705$3 (\$81 ),
-    .\port$705$4 (\$82 ),
-    .\port$705$5 (\$83 ),
-    .\port$705$6 (\$84 ),
-    .\port$705$7 (\$85 ),
-    .\port$705$8 (\$86 ),
-    .\port$705$9 (\$87 )
+    .\port$714$0 (\$78 ),
+    .\port$714$1 (\$79 ),
+    .\port$714$10 (\$88 ),
+    .\port$714$11 (\$89 ),
+    .\port$714$12 (\$90 ),
+    .\port$714$13 (\$91 ),
+    .\port$714$14 (\$92 ),
+    .\port$714$15 (\$93 ),
+    .\port$714$2 (\$80 ),
+    .\port$714$3 (\$81 ),
+    .\port$714$4 (\$82 ),
+    .\port$714$5 (\$83 ),
+    .\port$714$6 (\$84 ),
+    .\port$714$7 (\$85 ),
+    .\port$714$8 (\$86 ),
+    .\port$714$9 (\$87 )
   );
   \psc_core.dp.pe_3.wsu  wsu (
     .mask(mask),
@@ -7148,7 +7214,7 @@ module \psc_core.dp.pe_3 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$12  = f1;
     if (en) begin
-      \$12  = \port$3862$704 [0];
+      \$12  = \port$3935$704 [0];
     end
     if (rst) begin
       \$12  = 1'h0;
@@ -7158,7 +7224,7 @@ module \psc_core.dp.pe_3 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$13  = l1;
     if (en) begin
-      \$13  = \port$3862$704 [1];
+      \$13  = \port$3935$704 [1];
     end
     if (rst) begin
       \$13  = 1'h0;
@@ -7334,8 +7400,8 @@ module \psc_core.dp.pe_3 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
   assign \p$23  = { \$93 , \$92 , \$91 , \$90 , \$89 , \$88 , \$87 , \$86 , \$85 , \$84 , \$83 , \$82 , \$81 , \$80 , \$79 , \$78  };
   assign \acc$25  = acc;
   assign tree = { tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0 };
-  assign first = \port$3862$704 [0];
-  assign last = \port$3862$704 [1];
+  assign first = \port$3935$704 [0];
+  assign last = \port$3935$704 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7363,7 +7429,7 @@ module \psc_core.dp.pe_3 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_0 (en, \port$702$0 , \port$702$1 , \port$702$2 , \port$702$3 , \port$702$4 , \port$702$5 , \port$702$6 , \port$702$7 , \port$702$8 , \port$702$9 , \port$702$10 , \port$702$11 , \port$702$12 , \port$702$13 , \port$702$14 , \port$702$15 , a, b, clk);
+module \psc_core.dp.pe_3.mul_0 (en, \port$711$0 , \port$711$1 , \port$711$2 , \port$711$3 , \port$711$4 , \port$711$5 , \port$711$6 , \port$711$7 , \port$711$8 , \port$711$9 , \port$711$10 , \port$711$11 , \port$711$12 , \port$711$13 , \port$711$14 , \port$711$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7412,38 +7478,38 @@ module \psc_core.dp.pe_3.mul_0 (en, \port$702$0 , \port$702$1 , \port$702$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$702$0 ;
-  wire \port$702$0 ;
-  output \port$702$1 ;
-  wire \port$702$1 ;
-  output \port$702$10 ;
-  wire \port$702$10 ;
-  output \port$702$11 ;
-  wire \port$702$11 ;
-  output \port$702$12 ;
-  wire \port$702$12 ;
-  output \port$702$13 ;
-  wire \port$702$13 ;
-  output \port$702$14 ;
-  wire \port$702$14 ;
-  output \port$702$15 ;
-  wire \port$702$15 ;
-  output \port$702$2 ;
-  wire \port$702$2 ;
-  output \port$702$3 ;
-  wire \port$702$3 ;
-  output \port$702$4 ;
-  wire \port$702$4 ;
-  output \port$702$5 ;
-  wire \port$702$5 ;
-  output \port$702$6 ;
-  wire \port$702$6 ;
-  output \port$702$7 ;
-  wire \port$702$7 ;
-  output \port$702$8 ;
-  wire \port$702$8 ;
-  output \port$702$9 ;
-  wire \port$702$9 ;
+  output \port$711$0 ;
+  wire \port$711$0 ;
+  output \port$711$1 ;
+  wire \port$711$1 ;
+  output \port$711$10 ;
+  wire \port$711$10 ;
+  output \port$711$11 ;
+  wire \port$711$11 ;
+  output \port$711$12 ;
+  wire \port$711$12 ;
+  output \port$711$13 ;
+  wire \port$711$13 ;
+  output \port$711$14 ;
+  wire \port$711$14 ;
+  output \port$711$15 ;
+  wire \port$711$15 ;
+  output \port$711$2 ;
+  wire \port$711$2 ;
+  output \port$711$3 ;
+  wire \port$711$3 ;
+  output \port$711$4 ;
+  wire \port$711$4 ;
+  output \port$711$5 ;
+  wire \port$711$5 ;
+  output \port$711$6 ;
+  wire \port$711$6 ;
+  output \port$711$7 ;
+  wire \port$711$7 ;
+  output \port$711$8 ;
+  wire \port$711$8 ;
+  output \port$711$9 ;
+  wire \port$711$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -7567,26 +7633,26 @@ module \psc_core.dp.pe_3.mul_0 (en, \port$702$0 , \port$702$1 , \port$702$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$702$0  = \$1 ;
-  assign \port$702$1  = \$2 ;
-  assign \port$702$2  = \$3 ;
-  assign \port$702$3  = \$4 ;
-  assign \port$702$4  = \$5 ;
-  assign \port$702$5  = \$6 ;
-  assign \port$702$6  = \$7 ;
-  assign \port$702$7  = \$8 ;
-  assign \port$702$8  = \$9 ;
-  assign \port$702$9  = \$10 ;
-  assign \port$702$10  = \$11 ;
-  assign \port$702$11  = \$12 ;
-  assign \port$702$12  = \$13 ;
-  assign \port$702$13  = \$14 ;
-  assign \port$702$14  = \$15 ;
-  assign \port$702$15  = \$16 ;
+  assign \port$711$0  = \$1 ;
+  assign \port$711$1  = \$2 ;
+  assign \port$711$2  = \$3 ;
+  assign \port$711$3  = \$4 ;
+  assign \port$711$4  = \$5 ;
+  assign \port$711$5  = \$6 ;
+  assign \port$711$6  = \$7 ;
+  assign \port$711$7  = \$8 ;
+  assign \port$711$8  = \$9 ;
+  assign \port$711$9  = \$10 ;
+  assign \port$711$10  = \$11 ;
+  assign \port$711$11  = \$12 ;
+  assign \port$711$12  = \$13 ;
+  assign \port$711$13  = \$14 ;
+  assign \port$711$14  = \$15 ;
+  assign \port$711$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_1 (en, \port$703$0 , \port$703$1 , \port$703$2 , \port$703$3 , \port$703$4 , \port$703$5 , \port$703$6 , \port$703$7 , \port$703$8 , \port$703$9 , \port$703$10 , \port$703$11 , \port$703$12 , \port$703$13 , \port$703$14 , \port$703$15 , a, b, clk);
+module \psc_core.dp.pe_3.mul_1 (en, \port$712$0 , \port$712$1 , \port$712$2 , \port$712$3 , \port$712$4 , \port$712$5 , \port$712$6 , \port$712$7 , \port$712$8 , \port$712$9 , \port$712$10 , \port$712$11 , \port$712$12 , \port$712$13 , \port$712$14 , \port$712$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7635,38 +7701,38 @@ module \psc_core.dp.pe_3.mul_1 (en, \port$703$0 , \port$703$1 , \port$703$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$703$0 ;
-  wire \port$703$0 ;
-  output \port$703$1 ;
-  wire \port$703$1 ;
-  output \port$703$10 ;
-  wire \port$703$10 ;
-  output \port$703$11 ;
-  wire \port$703$11 ;
-  output \port$703$12 ;
-  wire \port$703$12 ;
-  output \port$703$13 ;
-  wire \port$703$13 ;
-  output \port$703$14 ;
-  wire \port$703$14 ;
-  output \port$703$15 ;
-  wire \port$703$15 ;
-  output \port$703$2 ;
-  wire \port$703$2 ;
-  output \port$703$3 ;
-  wire \port$703$3 ;
-  output \port$703$4 ;
-  wire \port$703$4 ;
-  output \port$703$5 ;
-  wire \port$703$5 ;
-  output \port$703$6 ;
-  wire \port$703$6 ;
-  output \port$703$7 ;
-  wire \port$703$7 ;
-  output \port$703$8 ;
-  wire \port$703$8 ;
-  output \port$703$9 ;
-  wire \port$703$9 ;
+  output \port$712$0 ;
+  wire \port$712$0 ;
+  output \port$712$1 ;
+  wire \port$712$1 ;
+  output \port$712$10 ;
+  wire \port$712$10 ;
+  output \port$712$11 ;
+  wire \port$712$11 ;
+  output \port$712$12 ;
+  wire \port$712$12 ;
+  output \port$712$13 ;
+  wire \port$712$13 ;
+  output \port$712$14 ;
+  wire \port$712$14 ;
+  output \port$712$15 ;
+  wire \port$712$15 ;
+  output \port$712$2 ;
+  wire \port$712$2 ;
+  output \port$712$3 ;
+  wire \port$712$3 ;
+  output \port$712$4 ;
+  wire \port$712$4 ;
+  output \port$712$5 ;
+  wire \port$712$5 ;
+  output \port$712$6 ;
+  wire \port$712$6 ;
+  output \port$712$7 ;
+  wire \port$712$7 ;
+  output \port$712$8 ;
+  wire \port$712$8 ;
+  output \port$712$9 ;
+  wire \port$712$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -7790,26 +7856,26 @@ module \psc_core.dp.pe_3.mul_1 (en, \port$703$0 , \port$703$1 , \port$703$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$703$0  = \$1 ;
-  assign \port$703$1  = \$2 ;
-  assign \port$703$2  = \$3 ;
-  assign \port$703$3  = \$4 ;
-  assign \port$703$4  = \$5 ;
-  assign \port$703$5  = \$6 ;
-  assign \port$703$6  = \$7 ;
-  assign \port$703$7  = \$8 ;
-  assign \port$703$8  = \$9 ;
-  assign \port$703$9  = \$10 ;
-  assign \port$703$10  = \$11 ;
-  assign \port$703$11  = \$12 ;
-  assign \port$703$12  = \$13 ;
-  assign \port$703$13  = \$14 ;
-  assign \port$703$14  = \$15 ;
-  assign \port$703$15  = \$16 ;
+  assign \port$712$0  = \$1 ;
+  assign \port$712$1  = \$2 ;
+  assign \port$712$2  = \$3 ;
+  assign \port$712$3  = \$4 ;
+  assign \port$712$4  = \$5 ;
+  assign \port$712$5  = \$6 ;
+  assign \port$712$6  = \$7 ;
+  assign \port$712$7  = \$8 ;
+  assign \port$712$8  = \$9 ;
+  assign \port$712$9  = \$10 ;
+  assign \port$712$10  = \$11 ;
+  assign \port$712$11  = \$12 ;
+  assign \port$712$12  = \$13 ;
+  assign \port$712$13  = \$14 ;
+  assign \port$712$14  = \$15 ;
+  assign \port$712$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_2 (en, \port$704$0 , \port$704$1 , \port$704$2 , \port$704$3 , \port$704$4 , \port$704$5 , \port$704$6 , \port$704$7 , \port$704$8 , \port$704$9 , \port$704$10 , \port$704$11 , \port$704$12 , \port$704$13 , \port$704$14 , \port$704$15 , a, b, clk);
+module \psc_core.dp.pe_3.mul_2 (en, \port$713$0 , \port$713$1 , \port$713$2 , \port$713$3 , \port$713$4 , \port$713$5 , \port$713$6 , \port$713$7 , \port$713$8 , \port$713$9 , \port$713$10 , \port$713$11 , \port$713$12 , \port$713$13 , \port$713$14 , \port$713$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7858,38 +7924,38 @@ module \psc_core.dp.pe_3.mul_2 (en, \port$704$0 , \port$704$1 , \port$704$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$704$0 ;
-  wire \port$704$0 ;
-  output \port$704$1 ;
-  wire \port$704$1 ;
-  output \port$704$10 ;
-  wire \port$704$10 ;
-  output \port$704$11 ;
-  wire \port$704$11 ;
-  output \port$704$12 ;
-  wire \port$704$12 ;
-  output \port$704$13 ;
-  wire \port$704$13 ;
-  output \port$704$14 ;
-  wire \port$704$14 ;
-  output \port$704$15 ;
-  wire \port$704$15 ;
-  output \port$704$2 ;
-  wire \port$704$2 ;
-  output \port$704$3 ;
-  wire \port$704$3 ;
-  output \port$704$4 ;
-  wire \port$704$4 ;
-  output \port$704$5 ;
-  wire \port$704$5 ;
-  output \port$704$6 ;
-  wire \port$704$6 ;
-  output \port$704$7 ;
-  wire \port$704$7 ;
-  output \port$704$8 ;
-  wire \port$704$8 ;
-  output \port$704$9 ;
-  wire \port$704$9 ;
+  output \port$713$0 ;
+  wire \port$713$0 ;
+  output \port$713$1 ;
+  wire \port$713$1 ;
+  output \port$713$10 ;
+  wire \port$713$10 ;
+  output \port$713$11 ;
+  wire \port$713$11 ;
+  output \port$713$12 ;
+  wire \port$713$12 ;
+  output \port$713$13 ;
+  wire \port$713$13 ;
+  output \port$713$14 ;
+  wire \port$713$14 ;
+  output \port$713$15 ;
+  wire \port$713$15 ;
+  output \port$713$2 ;
+  wire \port$713$2 ;
+  output \port$713$3 ;
+  wire \port$713$3 ;
+  output \port$713$4 ;
+  wire \port$713$4 ;
+  output \port$713$5 ;
+  wire \port$713$5 ;
+  output \port$713$6 ;
+  wire \port$713$6 ;
+  output \port$713$7 ;
+  wire \port$713$7 ;
+  output \port$713$8 ;
+  wire \port$713$8 ;
+  output \port$713$9 ;
+  wire \port$713$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -8013,26 +8079,26 @@ module \psc_core.dp.pe_3.mul_2 (en, \port$704$0 , \port$704$1 , \port$704$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$704$0  = \$1 ;
-  assign \port$704$1  = \$2 ;
-  assign \port$704$2  = \$3 ;
-  assign \port$704$3  = \$4 ;
-  assign \port$704$4  = \$5 ;
-  assign \port$704$5  = \$6 ;
-  assign \port$704$6  = \$7 ;
-  assign \port$704$7  = \$8 ;
-  assign \port$704$8  = \$9 ;
-  assign \port$704$9  = \$10 ;
-  assign \port$704$10  = \$11 ;
-  assign \port$704$11  = \$12 ;
-  assign \port$704$12  = \$13 ;
-  assign \port$704$13  = \$14 ;
-  assign \port$704$14  = \$15 ;
-  assign \port$704$15  = \$16 ;
+  assign \port$713$0  = \$1 ;
+  assign \port$713$1  = \$2 ;
+  assign \port$713$2  = \$3 ;
+  assign \port$713$3  = \$4 ;
+  assign \port$713$4  = \$5 ;
+  assign \port$713$5  = \$6 ;
+  assign \port$713$6  = \$7 ;
+  assign \port$713$7  = \$8 ;
+  assign \port$713$8  = \$9 ;
+  assign \port$713$9  = \$10 ;
+  assign \port$713$10  = \$11 ;
+  assign \port$713$11  = \$12 ;
+  assign \port$713$12  = \$13 ;
+  assign \port$713$13  = \$14 ;
+  assign \port$713$14  = \$15 ;
+  assign \port$713$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_3 (en, \port$705$0 , \port$705$1 , \port$705$2 , \port$705$3 , \port$705$4 , \port$705$5 , \port$705$6 , \port$705$7 , \port$705$8 , \port$705$9 , \port$705$10 , \port$705$11 , \port$705$12 , \port$705$13 , \port$705$14 , \port$705$15 , a, b, clk);
+module \psc_core.dp.pe_3.mul_3 (en, \port$714$0 , \port$714$1 , \port$714$2 , \port$714$3 , \port$714$4 , \port$714$5 , \port$714$6 , \port$714$7 , \port$714$8 , \port$714$9 , \port$714$10 , \port$714$11 , \port$714$12 , \port$714$13 , \port$714$14 , \port$714$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -8081,38 +8147,38 @@ module \psc_core.dp.pe_3.mul_3 (en, \port$705$0 , \port$705$1 , \port$705$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$705$0 ;
-  wire \port$705$0 ;
-  output \port$705$1 ;
-  wire \port$705$1 ;
-  output \port$705$10 ;
-  wire \port$705$10 ;
-  output \port$705$11 ;
-  wire \port$705$11 ;
-  output \port$705$12 ;
-  wire \port$705$12 ;
-  output \port$705$13 ;
-  wire \port$705$13 ;
-  output \port$705$14 ;
-  wire \port$705$14 ;
-  output \port$705$15 ;
-  wire \port$705$15 ;
-  output \port$705$2 ;
-  wire \port$705$2 ;
-  output \port$705$3 ;
-  wire \port$705$3 ;
-  output \port$705$4 ;
-  wire \port$705$4 ;
-  output \port$705$5 ;
-  wire \port$705$5 ;
-  output \port$705$6 ;
-  wire \port$705$6 ;
-  output \port$705$7 ;
-  wire \port$705$7 ;
-  output \port$705$8 ;
-  wire \port$705$8 ;
-  output \port$705$9 ;
-  wire \port$705$9 ;
+  output \port$714$0 ;
+  wire \port$714$0 ;
+  output \port$714$1 ;
+  wire \port$714$1 ;
+  output \port$714$10 ;
+  wire \port$714$10 ;
+  output \port$714$11 ;
+  wire \port$714$11 ;
+  output \port$714$12 ;
+  wire \port$714$12 ;
+  output \port$714$13 ;
+  wire \port$714$13 ;
+  output \port$714$14 ;
+  wire \port$714$14 ;
+  output \port$714$15 ;
+  wire \port$714$15 ;
+  output \port$714$2 ;
+  wire \port$714$2 ;
+  output \port$714$3 ;
+  wire \port$714$3 ;
+  output \port$714$4 ;
+  wire \port$714$4 ;
+  output \port$714$5 ;
+  wire \port$714$5 ;
+  output \port$714$6 ;
+  wire \port$714$6 ;
+  output \port$714$7 ;
+  wire \port$714$7 ;
+  output \port$714$8 ;
+  wire \port$714$8 ;
+  output \port$714$9 ;
+  wire \port$714$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -8236,22 +8302,22 @@ module \psc_core.dp.pe_3.mul_3 (en, \port$705$0 , \port$705$1 , \port$705$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$705$0  = \$1 ;
-  assign \port$705$1  = \$2 ;
-  assign \port$705$2  = \$3 ;
-  assign \port$705$3  = \$4 ;
-  assign \port$705$4  = \$5 ;
-  assign \port$705$5  = \$6 ;
-  assign \port$705$6  = \$7 ;
-  assign \port$705$7  = \$8 ;
-  assign \port$705$8  = \$9 ;
-  assign \port$705$9  = \$10 ;
-  assign \port$705$10  = \$11 ;
-  assign \port$705$11  = \$12 ;
-  assign \port$705$12  = \$13 ;
-  assign \port$705$13  = \$14 ;
-  assign \port$705$14  = \$15 ;
-  assign \port$705$15  = \$16 ;
+  assign \port$714$0  = \$1 ;
+  assign \port$714$1  = \$2 ;
+  assign \port$714$2  = \$3 ;
+  assign \port$714$3  = \$4 ;
+  assign \port$714$4  = \$5 ;
+  assign \port$714$5  = \$6 ;
+  assign \port$714$6  = \$7 ;
+  assign \port$714$7  = \$8 ;
+  assign \port$714$8  = \$9 ;
+  assign \port$714$9  = \$10 ;
+  assign \port$714$10  = \$11 ;
+  assign \port$714$11  = \$12 ;
+  assign \port$714$12  = \$13 ;
+  assign \port$714$13  = \$14 ;
+  assign \port$714$14  = \$15 ;
+  assign \port$714$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -8293,7 +8359,7 @@ module \psc_core.dp.pe_3.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_4 (rst, en, x, words, bias, \port$3862$704 , valid, mask, acc, clk);
+module \psc_core.dp.pe_4 (rst, en, x, words, bias, \port$3935$704 , valid, mask, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire \$1 ;
   wire [32:0] \$10 ;
@@ -8432,8 +8498,8 @@ module \psc_core.dp.pe_4 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
   wire [15:0] \p$15 ;
   wire [15:0] \p$19 ;
   wire [15:0] \p$23 ;
-  input [1:0] \port$3862$704 ;
-  wire [1:0] \port$3862$704 ;
+  input [1:0] \port$3935$704 ;
+  wire [1:0] \port$3935$704 ;
   wire [63:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8516,7 +8582,7 @@ module \psc_core.dp.pe_4 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
   always @(posedge clk)
     acc <= \$29 ;
   assign start = f4 ? b4 : acc;
-  assign \$1  = valid & \port$3862$704 [0];
+  assign \$1  = valid & \port$3935$704 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -8526,88 +8592,88 @@ module \psc_core.dp.pe_4 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$735$0 (\$30 ),
-    .\port$735$1 (\$31 ),
-    .\port$735$10 (\$40 ),
-    .\port$735$11 (\$41 ),
-    .\port$735$12 (\$42 ),
-    .\port$735$13 (\$43 ),
-    .\port$735$14 (\$44 ),
-    .\port$735$15 (\$45 ),
-    .\port$735$2 (\$32 ),
-    .\port$735$3 (\$33 ),
-    .\port$735$4 (\$34 ),
-    .\port$735$5 (\$35 ),
-    .\port$735$6 (\$36 ),
-    .\port$735$7 (\$37 ),
-    .\port$735$8 (\$38 ),
-    .\port$735$9 (\$39 )
+    .\port$744$0 (\$30 ),
+    .\port$744$1 (\$31 ),
+    .\port$744$10 (\$40 ),
+    .\port$744$11 (\$41 ),
+    .\port$744$12 (\$42 ),
+    .\port$744$13 (\$43 ),
+    .\port$744$14 (\$44 ),
+    .\port$744$15 (\$45 ),
+    .\port$744$2 (\$32 ),
+    .\port$744$3 (\$33 ),
+    .\port$744$4 (\$34 ),
+    .\port$744$5 (\$35 ),
+    .\port$744$6 (\$36 ),
+    .\port$744$7 (\$37 ),
+    .\port$744$8 (\$38 ),
+    .\port$744$9 (\$39 )
   );
   \psc_core.dp.pe_4.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$736$0 (\$46 ),
-    .\port$736$1 (\$47 ),
-    .\port$736$10 (\$56 ),
-    .\port$736$11 (\$57 ),
-    .\port$736$12 (\$58 ),
-    .\port$736$13 (\$59 ),
-    .\port$736$14 (\$60 ),
-    .\port$736$15 (\$61 ),
-    .\port$736$2 (\$48 ),
-    .\port$736$3 (\$49 ),
-    .\port$736$4 (\$50 ),
-    .\port$736$5 (\$51 ),
-    .\port$736$6 (\$52 ),
-    .\port$736$7 (\$53 ),
-    .\port$736$8 (\$54 ),
-    .\port$736$9 (\$55 )
+    .\port$745$0 (\$46 ),
+    .\port$745$1 (\$47 ),
+    .\port$745$10 (\$56 ),
+    .\port$745$11 (\$57 ),
+    .\port$745$12 (\$58 ),
+    .\port$745$13 (\$59 ),
+    .\port$745$14 (\$60 ),
+    .\port$745$15 (\$61 ),
+    .\port$745$2 (\$48 ),
+    .\port$745$3 (\$49 ),
+    .\port$745$4 (\$50 ),
+    .\port$745$5 (\$51 ),
+    .\port$745$6 (\$52 ),
+    .\port$745$7 (\$53 ),
+    .\port$745$8 (\$54 ),
+    .\port$745$9 (\$55 )
   );
   \psc_core.dp.pe_4.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$737$0 (\$62 ),
-    .\port$737$1 (\$63 ),
-    .\port$737$10 (\$72 ),
-    .\port$737$11 (\$73 ),
-    .\port$737$12 (\$74 ),
-    .\port$737$13 (\$75 ),
-    .\port$737$14 (\$76 ),
-    .\port$737$15 (\$77 ),
-    .\port$737$2 (\$64 ),
-    .\port$737$3 (\$65 ),
-    .\port$737$4 (\$66 ),
-    .\port$737$5 (\$67 ),
-    .\port$737$6 (\$68 ),
-    .\port$737$7 (\$69 ),
-    .\port$737$8 (\$70 ),
-    .\port$737$9 (\$71 )
+    .\port$746$0 (\$62 ),
+    .\port$746$1 (\$63 ),
+    .\port$746$10 (\$72 ),
+    .\port$746$11 (\$73 ),
+    .\port$746$12 (\$74 ),
+    .\port$746$13 (\$75 ),
+    .\port$746$14 (\$76 ),
+    .\port$746$15 (\$77 ),
+    .\port$746$2 (\$64 ),
+    .\port$746$3 (\$65 ),
+    .\port$746$4 (\$66 ),
+    .\port$746$5 (\$67 ),
+    .\port$746$6 (\$68 ),
+    .\port$746$7 (\$69 ),
+    .\port$746$8 (\$70 ),
+    .\port$746$9 (\$71 )
   );
   \psc_core.dp.pe_4.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$738$0 (\$78 ),
-    .\port$738$1 (\$79 ),
-    .\port$738$10 (\$88 ),
-    .\port$738$11 (\$89 ),
-    .\port$738$12 (\$90 ),
-    .\port$738$13 (\$91 ),
-    .\port$738$14 (\$92 ),
-    .\port$738$15 (\$93 ),
-    .\port$738$2 (\$80 ),
-    .\port$738$3 (\$81 ),
-    .\port$738$4 (\$82 ),
-    .\port$738$5 (\$83 ),
-    .\port$738$6 (\$84 ),
-    .\port$738$7 (\$85 ),
-    .\port$738$8 (\$86 ),
-    .\port$738$9 (\$87 )
+    .\port$747$0 (\$78 ),
+    .\port$747$1 (\$79 ),
+    .\port$747$10 (\$88 ),
+    .\port$747$11 (\$89 ),
+    .\port$747$12 (\$90 ),
+    .\port$747$13 (\$91 ),
+    .\port$747$14 (\$92 ),
+    .\port$747$15 (\$93 ),
+    .\port$747$2 (\$80 ),
+    .\port$747$3 (\$81 ),
+    .\port$747$4 (\$82 ),
+    .\port$747$5 (\$83 ),
+    .\port$747$6 (\$84 ),
+    .\port$747$7 (\$85 ),
+    .\port$747$8 (\$86 ),
+    .\port$747$9 (\$87 )
   );
   \psc_core.dp.pe_4.wsu  wsu (
     .mask(mask),
@@ -8628,7 +8694,7 @@ module \psc_core.dp.pe_4 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$12  = f1;
     if (en) begin
-      \$12  = \port$3862$704 [0];
+      \$12  = \port$3935$704 [0];
     end
     if (rst) begin
       \$12  = 1'h0;
@@ -8638,7 +8704,7 @@ module \psc_core.dp.pe_4 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$13  = l1;
     if (en) begin
-      \$13  = \port$3862$704 [1];
+      \$13  = \port$3935$704 [1];
     end
     if (rst) begin
       \$13  = 1'h0;
@@ -8814,8 +8880,8 @@ module \psc_core.dp.pe_4 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
   assign \p$23  = { \$93 , \$92 , \$91 , \$90 , \$89 , \$88 , \$87 , \$86 , \$85 , \$84 , \$83 , \$82 , \$81 , \$80 , \$79 , \$78  };
   assign \acc$25  = acc;
   assign tree = { tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0 };
-  assign first = \port$3862$704 [0];
-  assign last = \port$3862$704 [1];
+  assign first = \port$3935$704 [0];
+  assign last = \port$3935$704 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8843,7 +8909,7 @@ module \psc_core.dp.pe_4 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_4.mul_0 (en, \port$735$0 , \port$735$1 , \port$735$2 , \port$735$3 , \port$735$4 , \port$735$5 , \port$735$6 , \port$735$7 , \port$735$8 , \port$735$9 , \port$735$10 , \port$735$11 , \port$735$12 , \port$735$13 , \port$735$14 , \port$735$15 , a, b, clk);
+module \psc_core.dp.pe_4.mul_0 (en, \port$744$0 , \port$744$1 , \port$744$2 , \port$744$3 , \port$744$4 , \port$744$5 , \port$744$6 , \port$744$7 , \port$744$8 , \port$744$9 , \port$744$10 , \port$744$11 , \port$744$12 , \port$744$13 , \port$744$14 , \port$744$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -8892,38 +8958,38 @@ module \psc_core.dp.pe_4.mul_0 (en, \port$735$0 , \port$735$1 , \port$735$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$735$0 ;
-  wire \port$735$0 ;
-  output \port$735$1 ;
-  wire \port$735$1 ;
-  output \port$735$10 ;
-  wire \port$735$10 ;
-  output \port$735$11 ;
-  wire \port$735$11 ;
-  output \port$735$12 ;
-  wire \port$735$12 ;
-  output \port$735$13 ;
-  wire \port$735$13 ;
-  output \port$735$14 ;
-  wire \port$735$14 ;
-  output \port$735$15 ;
-  wire \port$735$15 ;
-  output \port$735$2 ;
-  wire \port$735$2 ;
-  output \port$735$3 ;
-  wire \port$735$3 ;
-  output \port$735$4 ;
-  wire \port$735$4 ;
-  output \port$735$5 ;
-  wire \port$735$5 ;
-  output \port$735$6 ;
-  wire \port$735$6 ;
-  output \port$735$7 ;
-  wire \port$735$7 ;
-  output \port$735$8 ;
-  wire \port$735$8 ;
-  output \port$735$9 ;
-  wire \port$735$9 ;
+  output \port$744$0 ;
+  wire \port$744$0 ;
+  output \port$744$1 ;
+  wire \port$744$1 ;
+  output \port$744$10 ;
+  wire \port$744$10 ;
+  output \port$744$11 ;
+  wire \port$744$11 ;
+  output \port$744$12 ;
+  wire \port$744$12 ;
+  output \port$744$13 ;
+  wire \port$744$13 ;
+  output \port$744$14 ;
+  wire \port$744$14 ;
+  output \port$744$15 ;
+  wire \port$744$15 ;
+  output \port$744$2 ;
+  wire \port$744$2 ;
+  output \port$744$3 ;
+  wire \port$744$3 ;
+  output \port$744$4 ;
+  wire \port$744$4 ;
+  output \port$744$5 ;
+  wire \port$744$5 ;
+  output \port$744$6 ;
+  wire \port$744$6 ;
+  output \port$744$7 ;
+  wire \port$744$7 ;
+  output \port$744$8 ;
+  wire \port$744$8 ;
+  output \port$744$9 ;
+  wire \port$744$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9047,26 +9113,26 @@ module \psc_core.dp.pe_4.mul_0 (en, \port$735$0 , \port$735$1 , \port$735$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$735$0  = \$1 ;
-  assign \port$735$1  = \$2 ;
-  assign \port$735$2  = \$3 ;
-  assign \port$735$3  = \$4 ;
-  assign \port$735$4  = \$5 ;
-  assign \port$735$5  = \$6 ;
-  assign \port$735$6  = \$7 ;
-  assign \port$735$7  = \$8 ;
-  assign \port$735$8  = \$9 ;
-  assign \port$735$9  = \$10 ;
-  assign \port$735$10  = \$11 ;
-  assign \port$735$11  = \$12 ;
-  assign \port$735$12  = \$13 ;
-  assign \port$735$13  = \$14 ;
-  assign \port$735$14  = \$15 ;
-  assign \port$735$15  = \$16 ;
+  assign \port$744$0  = \$1 ;
+  assign \port$744$1  = \$2 ;
+  assign \port$744$2  = \$3 ;
+  assign \port$744$3  = \$4 ;
+  assign \port$744$4  = \$5 ;
+  assign \port$744$5  = \$6 ;
+  assign \port$744$6  = \$7 ;
+  assign \port$744$7  = \$8 ;
+  assign \port$744$8  = \$9 ;
+  assign \port$744$9  = \$10 ;
+  assign \port$744$10  = \$11 ;
+  assign \port$744$11  = \$12 ;
+  assign \port$744$12  = \$13 ;
+  assign \port$744$13  = \$14 ;
+  assign \port$744$14  = \$15 ;
+  assign \port$744$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_4.mul_1 (en, \port$736$0 , \port$736$1 , \port$736$2 , \port$736$3 , \port$736$4 , \port$736$5 , \port$736$6 , \port$736$7 , \port$736$8 , \port$736$9 , \port$736$10 , \port$736$11 , \port$736$12 , \port$736$13 , \port$736$14 , \port$736$15 , a, b, clk);
+module \psc_core.dp.pe_4.mul_1 (en, \port$745$0 , \port$745$1 , \port$745$2 , \port$745$3 , \port$745$4 , \port$745$5 , \port$745$6 , \port$745$7 , \port$745$8 , \port$745$9 , \port$745$10 , \port$745$11 , \port$745$12 , \port$745$13 , \port$745$14 , \port$745$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9115,38 +9181,38 @@ module \psc_core.dp.pe_4.mul_1 (en, \port$736$0 , \port$736$1 , \port$736$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$736$0 ;
-  wire \port$736$0 ;
-  output \port$736$1 ;
-  wire \port$736$1 ;
-  output \port$736$10 ;
-  wire \port$736$10 ;
-  output \port$736$11 ;
-  wire \port$736$11 ;
-  output \port$736$12 ;
-  wire \port$736$12 ;
-  output \port$736$13 ;
-  wire \port$736$13 ;
-  output \port$736$14 ;
-  wire \port$736$14 ;
-  output \port$736$15 ;
-  wire \port$736$15 ;
-  output \port$736$2 ;
-  wire \port$736$2 ;
-  output \port$736$3 ;
-  wire \port$736$3 ;
-  output \port$736$4 ;
-  wire \port$736$4 ;
-  output \port$736$5 ;
-  wire \port$736$5 ;
-  output \port$736$6 ;
-  wire \port$736$6 ;
-  output \port$736$7 ;
-  wire \port$736$7 ;
-  output \port$736$8 ;
-  wire \port$736$8 ;
-  output \port$736$9 ;
-  wire \port$736$9 ;
+  output \port$745$0 ;
+  wire \port$745$0 ;
+  output \port$745$1 ;
+  wire \port$745$1 ;
+  output \port$745$10 ;
+  wire \port$745$10 ;
+  output \port$745$11 ;
+  wire \port$745$11 ;
+  output \port$745$12 ;
+  wire \port$745$12 ;
+  output \port$745$13 ;
+  wire \port$745$13 ;
+  output \port$745$14 ;
+  wire \port$745$14 ;
+  output \port$745$15 ;
+  wire \port$745$15 ;
+  output \port$745$2 ;
+  wire \port$745$2 ;
+  output \port$745$3 ;
+  wire \port$745$3 ;
+  output \port$745$4 ;
+  wire \port$745$4 ;
+  output \port$745$5 ;
+  wire \port$745$5 ;
+  output \port$745$6 ;
+  wire \port$745$6 ;
+  output \port$745$7 ;
+  wire \port$745$7 ;
+  output \port$745$8 ;
+  wire \port$745$8 ;
+  output \port$745$9 ;
+  wire \port$745$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9270,26 +9336,26 @@ module \psc_core.dp.pe_4.mul_1 (en, \port$736$0 , \port$736$1 , \port$736$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$736$0  = \$1 ;
-  assign \port$736$1  = \$2 ;
-  assign \port$736$2  = \$3 ;
-  assign \port$736$3  = \$4 ;
-  assign \port$736$4  = \$5 ;
-  assign \port$736$5  = \$6 ;
-  assign \port$736$6  = \$7 ;
-  assign \port$736$7  = \$8 ;
-  assign \port$736$8  = \$9 ;
-  assign \port$736$9  = \$10 ;
-  assign \port$736$10  = \$11 ;
-  assign \port$736$11  = \$12 ;
-  assign \port$736$12  = \$13 ;
-  assign \port$736$13  = \$14 ;
-  assign \port$736$14  = \$15 ;
-  assign \port$736$15  = \$16 ;
+  assign \port$745$0  = \$1 ;
+  assign \port$745$1  = \$2 ;
+  assign \port$745$2  = \$3 ;
+  assign \port$745$3  = \$4 ;
+  assign \port$745$4  = \$5 ;
+  assign \port$745$5  = \$6 ;
+  assign \port$745$6  = \$7 ;
+  assign \port$745$7  = \$8 ;
+  assign \port$745$8  = \$9 ;
+  assign \port$745$9  = \$10 ;
+  assign \port$745$10  = \$11 ;
+  assign \port$745$11  = \$12 ;
+  assign \port$745$12  = \$13 ;
+  assign \port$745$13  = \$14 ;
+  assign \port$745$14  = \$15 ;
+  assign \port$745$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_4.mul_2 (en, \port$737$0 , \port$737$1 , \port$737$2 , \port$737$3 , \port$737$4 , \port$737$5 , \port$737$6 , \port$737$7 , \port$737$8 , \port$737$9 , \port$737$10 , \port$737$11 , \port$737$12 , \port$737$13 , \port$737$14 , \port$737$15 , a, b, clk);
+module \psc_core.dp.pe_4.mul_2 (en, \port$746$0 , \port$746$1 , \port$746$2 , \port$746$3 , \port$746$4 , \port$746$5 , \port$746$6 , \port$746$7 , \port$746$8 , \port$746$9 , \port$746$10 , \port$746$11 , \port$746$12 , \port$746$13 , \port$746$14 , \port$746$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9338,38 +9404,38 @@ module \psc_core.dp.pe_4.mul_2 (en, \port$737$0 , \port$737$1 , \port$737$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$737$0 ;
-  wire \port$737$0 ;
-  output \port$737$1 ;
-  wire \port$737$1 ;
-  output \port$737$10 ;
-  wire \port$737$10 ;
-  output \port$737$11 ;
-  wire \port$737$11 ;
-  output \port$737$12 ;
-  wire \port$737$12 ;
-  output \port$737$13 ;
-  wire \port$737$13 ;
-  output \port$737$14 ;
-  wire \port$737$14 ;
-  output \port$737$15 ;
-  wire \port$737$15 ;
-  output \port$737$2 ;
-  wire \port$737$2 ;
-  output \port$737$3 ;
-  wire \port$737$3 ;
-  output \port$737$4 ;
-  wire \port$737$4 ;
-  output \port$737$5 ;
-  wire \port$737$5 ;
-  output \port$737$6 ;
-  wire \port$737$6 ;
-  output \port$737$7 ;
-  wire \port$737$7 ;
-  output \port$737$8 ;
-  wire \port$737$8 ;
-  output \port$737$9 ;
-  wire \port$737$9 ;
+  output \port$746$0 ;
+  wire \port$746$0 ;
+  output \port$746$1 ;
+  wire \port$746$1 ;
+  output \port$746$10 ;
+  wire \port$746$10 ;
+  output \port$746$11 ;
+  wire \port$746$11 ;
+  output \port$746$12 ;
+  wire \port$746$12 ;
+  output \port$746$13 ;
+  wire \port$746$13 ;
+  output \port$746$14 ;
+  wire \port$746$14 ;
+  output \port$746$15 ;
+  wire \port$746$15 ;
+  output \port$746$2 ;
+  wire \port$746$2 ;
+  output \port$746$3 ;
+  wire \port$746$3 ;
+  output \port$746$4 ;
+  wire \port$746$4 ;
+  output \port$746$5 ;
+  wire \port$746$5 ;
+  output \port$746$6 ;
+  wire \port$746$6 ;
+  output \port$746$7 ;
+  wire \port$746$7 ;
+  output \port$746$8 ;
+  wire \port$746$8 ;
+  output \port$746$9 ;
+  wire \port$746$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9493,26 +9559,26 @@ module \psc_core.dp.pe_4.mul_2 (en, \port$737$0 , \port$737$1 , \port$737$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$737$0  = \$1 ;
-  assign \port$737$1  = \$2 ;
-  assign \port$737$2  = \$3 ;
-  assign \port$737$3  = \$4 ;
-  assign \port$737$4  = \$5 ;
-  assign \port$737$5  = \$6 ;
-  assign \port$737$6  = \$7 ;
-  assign \port$737$7  = \$8 ;
-  assign \port$737$8  = \$9 ;
-  assign \port$737$9  = \$10 ;
-  assign \port$737$10  = \$11 ;
-  assign \port$737$11  = \$12 ;
-  assign \port$737$12  = \$13 ;
-  assign \port$737$13  = \$14 ;
-  assign \port$737$14  = \$15 ;
-  assign \port$737$15  = \$16 ;
+  assign \port$746$0  = \$1 ;
+  assign \port$746$1  = \$2 ;
+  assign \port$746$2  = \$3 ;
+  assign \port$746$3  = \$4 ;
+  assign \port$746$4  = \$5 ;
+  assign \port$746$5  = \$6 ;
+  assign \port$746$6  = \$7 ;
+  assign \port$746$7  = \$8 ;
+  assign \port$746$8  = \$9 ;
+  assign \port$746$9  = \$10 ;
+  assign \port$746$10  = \$11 ;
+  assign \port$746$11  = \$12 ;
+  assign \port$746$12  = \$13 ;
+  assign \port$746$13  = \$14 ;
+  assign \port$746$14  = \$15 ;
+  assign \port$746$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_4.mul_3 (en, \port$738$0 , \port$738$1 , \port$738$2 , \port$738$3 , \port$738$4 , \port$738$5 , \port$738$6 , \port$738$7 , \port$738$8 , \port$738$9 , \port$738$10 , \port$738$11 , \port$738$12 , \port$738$13 , \port$738$14 , \port$738$15 , a, b, clk);
+module \psc_core.dp.pe_4.mul_3 (en, \port$747$0 , \port$747$1 , \port$747$2 , \port$747$3 , \port$747$4 , \port$747$5 , \port$747$6 , \port$747$7 , \port$747$8 , \port$747$9 , \port$747$10 , \port$747$11 , \port$747$12 , \port$747$13 , \port$747$14 , \port$747$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9561,38 +9627,38 @@ module \psc_core.dp.pe_4.mul_3 (en, \port$738$0 , \port$738$1 , \port$738$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$738$0 ;
-  wire \port$738$0 ;
-  output \port$738$1 ;
-  wire \port$738$1 ;
-  output \port$738$10 ;
-  wire \port$738$10 ;
-  output \port$738$11 ;
-  wire \port$738$11 ;
-  output \port$738$12 ;
-  wire \port$738$12 ;
-  output \port$738$13 ;
-  wire \port$738$13 ;
-  output \port$738$14 ;
-  wire \port$738$14 ;
-  output \port$738$15 ;
-  wire \port$738$15 ;
-  output \port$738$2 ;
-  wire \port$738$2 ;
-  output \port$738$3 ;
-  wire \port$738$3 ;
-  output \port$738$4 ;
-  wire \port$738$4 ;
-  output \port$738$5 ;
-  wire \port$738$5 ;
-  output \port$738$6 ;
-  wire \port$738$6 ;
-  output \port$738$7 ;
-  wire \port$738$7 ;
-  output \port$738$8 ;
-  wire \port$738$8 ;
-  output \port$738$9 ;
-  wire \port$738$9 ;
+  output \port$747$0 ;
+  wire \port$747$0 ;
+  output \port$747$1 ;
+  wire \port$747$1 ;
+  output \port$747$10 ;
+  wire \port$747$10 ;
+  output \port$747$11 ;
+  wire \port$747$11 ;
+  output \port$747$12 ;
+  wire \port$747$12 ;
+  output \port$747$13 ;
+  wire \port$747$13 ;
+  output \port$747$14 ;
+  wire \port$747$14 ;
+  output \port$747$15 ;
+  wire \port$747$15 ;
+  output \port$747$2 ;
+  wire \port$747$2 ;
+  output \port$747$3 ;
+  wire \port$747$3 ;
+  output \port$747$4 ;
+  wire \port$747$4 ;
+  output \port$747$5 ;
+  wire \port$747$5 ;
+  output \port$747$6 ;
+  wire \port$747$6 ;
+  output \port$747$7 ;
+  wire \port$747$7 ;
+  output \port$747$8 ;
+  wire \port$747$8 ;
+  output \port$747$9 ;
+  wire \port$747$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9716,22 +9782,22 @@ module \psc_core.dp.pe_4.mul_3 (en, \port$738$0 , \port$738$1 , \port$738$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$738$0  = \$1 ;
-  assign \port$738$1  = \$2 ;
-  assign \port$738$2  = \$3 ;
-  assign \port$738$3  = \$4 ;
-  assign \port$738$4  = \$5 ;
-  assign \port$738$5  = \$6 ;
-  assign \port$738$6  = \$7 ;
-  assign \port$738$7  = \$8 ;
-  assign \port$738$8  = \$9 ;
-  assign \port$738$9  = \$10 ;
-  assign \port$738$10  = \$11 ;
-  assign \port$738$11  = \$12 ;
-  assign \port$738$12  = \$13 ;
-  assign \port$738$13  = \$14 ;
-  assign \port$738$14  = \$15 ;
-  assign \port$738$15  = \$16 ;
+  assign \port$747$0  = \$1 ;
+  assign \port$747$1  = \$2 ;
+  assign \port$747$2  = \$3 ;
+  assign \port$747$3  = \$4 ;
+  assign \port$747$4  = \$5 ;
+  assign \port$747$5  = \$6 ;
+  assign \port$747$6  = \$7 ;
+  assign \port$747$7  = \$8 ;
+  assign \port$747$8  = \$9 ;
+  assign \port$747$9  = \$10 ;
+  assign \port$747$10  = \$11 ;
+  assign \port$747$11  = \$12 ;
+  assign \port$747$12  = \$13 ;
+  assign \port$747$13  = \$14 ;
+  assign \port$747$14  = \$15 ;
+  assign \port$747$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -9773,7 +9839,7 @@ module \psc_core.dp.pe_4.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_5 (rst, en, x, words, bias, \port$3862$704 , valid, mask, acc, clk);
+module \psc_core.dp.pe_5 (rst, en, x, words, bias, \port$3935$704 , valid, mask, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire \$1 ;
   wire [32:0] \$10 ;
@@ -9912,8 +9978,8 @@ module \psc_core.dp.pe_5 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
   wire [15:0] \p$15 ;
   wire [15:0] \p$19 ;
   wire [15:0] \p$23 ;
-  input [1:0] \port$3862$704 ;
-  wire [1:0] \port$3862$704 ;
+  input [1:0] \port$3935$704 ;
+  wire [1:0] \port$3935$704 ;
   wire [63:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9996,7 +10062,7 @@ module \psc_core.dp.pe_5 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
   always @(posedge clk)
     acc <= \$29 ;
   assign start = f4 ? b4 : acc;
-  assign \$1  = valid & \port$3862$704 [0];
+  assign \$1  = valid & \port$3935$704 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -10006,88 +10072,88 @@ module \psc_core.dp.pe_5 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$768$0 (\$30 ),
-    .\port$768$1 (\$31 ),
-    .\port$768$10 (\$40 ),
-    .\port$768$11 (\$41 ),
-    .\port$768$12 (\$42 ),
-    .\port$768$13 (\$43 ),
-    .\port$768$14 (\$44 ),
-    .\port$768$15 (\$45 ),
-    .\port$768$2 (\$32 ),
-    .\port$768$3 (\$33 ),
-    .\port$768$4 (\$34 ),
-    .\port$768$5 (\$35 ),
-    .\port$768$6 (\$36 ),
-    .\port$768$7 (\$37 ),
-    .\port$768$8 (\$38 ),
-    .\port$768$9 (\$39 )
+    .\port$777$0 (\$30 ),
+    .\port$777$1 (\$31 ),
+    .\port$777$10 (\$40 ),
+    .\port$777$11 (\$41 ),
+    .\port$777$12 (\$42 ),
+    .\port$777$13 (\$43 ),
+    .\port$777$14 (\$44 ),
+    .\port$777$15 (\$45 ),
+    .\port$777$2 (\$32 ),
+    .\port$777$3 (\$33 ),
+    .\port$777$4 (\$34 ),
+    .\port$777$5 (\$35 ),
+    .\port$777$6 (\$36 ),
+    .\port$777$7 (\$37 ),
+    .\port$777$8 (\$38 ),
+    .\port$777$9 (\$39 )
   );
   \psc_core.dp.pe_5.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$769$0 (\$46 ),
-    .\port$769$1 (\$47 ),
-    .\port$769$10 (\$56 ),
-    .\port$769$11 (\$57 ),
-    .\port$769$12 (\$58 ),
-    .\port$769$13 (\$59 ),
-    .\port$769$14 (\$60 ),
-    .\port$769$15 (\$61 ),
-    .\port$769$2 (\$48 ),
-    .\port$769$3 (\$49 ),
-    .\port$769$4 (\$50 ),
-    .\port$769$5 (\$51 ),
-    .\port$769$6 (\$52 ),
-    .\port$769$7 (\$53 ),
-    .\port$769$8 (\$54 ),
-    .\port$769$9 (\$55 )
+    .\port$778$0 (\$46 ),
+    .\port$778$1 (\$47 ),
+    .\port$778$10 (\$56 ),
+    .\port$778$11 (\$57 ),
+    .\port$778$12 (\$58 ),
+    .\port$778$13 (\$59 ),
+    .\port$778$14 (\$60 ),
+    .\port$778$15 (\$61 ),
+    .\port$778$2 (\$48 ),
+    .\port$778$3 (\$49 ),
+    .\port$778$4 (\$50 ),
+    .\port$778$5 (\$51 ),
+    .\port$778$6 (\$52 ),
+    .\port$778$7 (\$53 ),
+    .\port$778$8 (\$54 ),
+    .\port$778$9 (\$55 )
   );
   \psc_core.dp.pe_5.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$770$0 (\$62 ),
-    .\port$770$1 (\$63 ),
-    .\port$770$10 (\$72 ),
-    .\port$770$11 (\$73 ),
-    .\port$770$12 (\$74 ),
-    .\port$770$13 (\$75 ),
-    .\port$770$14 (\$76 ),
-    .\port$770$15 (\$77 ),
-    .\port$770$2 (\$64 ),
-    .\port$770$3 (\$65 ),
-    .\port$770$4 (\$66 ),
-    .\port$770$5 (\$67 ),
-    .\port$770$6 (\$68 ),
-    .\port$770$7 (\$69 ),
-    .\port$770$8 (\$70 ),
-    .\port$770$9 (\$71 )
+    .\port$779$0 (\$62 ),
+    .\port$779$1 (\$63 ),
+    .\port$779$10 (\$72 ),
+    .\port$779$11 (\$73 ),
+    .\port$779$12 (\$74 ),
+    .\port$779$13 (\$75 ),
+    .\port$779$14 (\$76 ),
+    .\port$779$15 (\$77 ),
+    .\port$779$2 (\$64 ),
+    .\port$779$3 (\$65 ),
+    .\port$779$4 (\$66 ),
+    .\port$779$5 (\$67 ),
+    .\port$779$6 (\$68 ),
+    .\port$779$7 (\$69 ),
+    .\port$779$8 (\$70 ),
+    .\port$779$9 (\$71 )
   );
   \psc_core.dp.pe_5.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$771$0 (\$78 ),
-    .\port$771$1 (\$79 ),
-    .\port$771$10 (\$88 ),
-    .\port$771$11 (\$89 ),
-    .\port$771$12 (\$90 ),
-    .\port$771$13 (\$91 ),
-    .\port$771$14 (\$92 ),
-    .\port$771$15 (\$93 ),
-    .\port$771$2 (\$80 ),
-    .\port$771$3 (\$81 ),
-    .\port$771$4 (\$82 ),
-    .\port$771$5 (\$83 ),
-    .\port$771$6 (\$84 ),
-    .\port$771$7 (\$85 ),
-    .\port$771$8 (\$86 ),
-    .\port$771$9 (\$87 )
+    .\port$780$0 (\$78 ),
+    .\port$780$1 (\$79 ),
+    .\port$780$10 (\$88 ),
+    .\port$780$11 (\$89 ),
+    .\port$780$12 (\$90 ),
+    .\port$780$13 (\$91 ),
+    .\port$780$14 (\$92 ),
+    .\port$780$15 (\$93 ),
+    .\port$780$2 (\$80 ),
+    .\port$780$3 (\$81 ),
+    .\port$780$4 (\$82 ),
+    .\port$780$5 (\$83 ),
+    .\port$780$6 (\$84 ),
+    .\port$780$7 (\$85 ),
+    .\port$780$8 (\$86 ),
+    .\port$780$9 (\$87 )
   );
   \psc_core.dp.pe_5.wsu  wsu (
     .mask(mask),
@@ -10108,7 +10174,7 @@ module \psc_core.dp.pe_5 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$12  = f1;
     if (en) begin
-      \$12  = \port$3862$704 [0];
+      \$12  = \port$3935$704 [0];
     end
     if (rst) begin
       \$12  = 1'h0;
@@ -10118,7 +10184,7 @@ module \psc_core.dp.pe_5 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$13  = l1;
     if (en) begin
-      \$13  = \port$3862$704 [1];
+      \$13  = \port$3935$704 [1];
     end
     if (rst) begin
       \$13  = 1'h0;
@@ -10294,8 +10360,8 @@ module \psc_core.dp.pe_5 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
   assign \p$23  = { \$93 , \$92 , \$91 , \$90 , \$89 , \$88 , \$87 , \$86 , \$85 , \$84 , \$83 , \$82 , \$81 , \$80 , \$79 , \$78  };
   assign \acc$25  = acc;
   assign tree = { tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0 };
-  assign first = \port$3862$704 [0];
-  assign last = \port$3862$704 [1];
+  assign first = \port$3935$704 [0];
+  assign last = \port$3935$704 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -10323,7 +10389,7 @@ module \psc_core.dp.pe_5 (rst, en, x, words, bias, \port$3862$704 , valid, mask,
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_5.mul_0 (en, \port$768$0 , \port$768$1 , \port$768$2 , \port$768$3 , \port$768$4 , \port$768$5 , \port$768$6 , \port$768$7 , \port$768$8 , \port$768$9 , \port$768$10 , \port$768$11 , \port$768$12 , \port$768$13 , \port$768$14 , \port$768$15 , a, b, clk);
+module \psc_core.dp.pe_5.mul_0 (en, \port$777$0 , \port$777$1 , \port$777$2 , \port$777$3 , \port$777$4 , \port$777$5 , \port$777$6 , \port$777$7 , \port$777$8 , \port$777$9 , \port$777$10 , \port$777$11 , \port$777$12 , \port$777$13 , \port$777$14 , \port$777$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10372,38 +10438,38 @@ module \psc_core.dp.pe_5.mul_0 (en, \port$768$0 , \port$768$1 , \port$768$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$768$0 ;
-  wire \port$768$0 ;
-  output \port$768$1 ;
-  wire \port$768$1 ;
-  output \port$768$10 ;
-  wire \port$768$10 ;
-  output \port$768$11 ;
-  wire \port$768$11 ;
-  output \port$768$12 ;
-  wire \port$768$12 ;
-  output \port$768$13 ;
-  wire \port$768$13 ;
-  output \port$768$14 ;
-  wire \port$768$14 ;
-  output \port$768$15 ;
-  wire \port$768$15 ;
-  output \port$768$2 ;
-  wire \port$768$2 ;
-  output \port$768$3 ;
-  wire \port$768$3 ;
-  output \port$768$4 ;
-  wire \port$768$4 ;
-  output \port$768$5 ;
-  wire \port$768$5 ;
-  output \port$768$6 ;
-  wire \port$768$6 ;
-  output \port$768$7 ;
-  wire \port$768$7 ;
-  output \port$768$8 ;
-  wire \port$768$8 ;
-  output \port$768$9 ;
-  wire \port$768$9 ;
+  output \port$777$0 ;
+  wire \port$777$0 ;
+  output \port$777$1 ;
+  wire \port$777$1 ;
+  output \port$777$10 ;
+  wire \port$777$10 ;
+  output \port$777$11 ;
+  wire \port$777$11 ;
+  output \port$777$12 ;
+  wire \port$777$12 ;
+  output \port$777$13 ;
+  wire \port$777$13 ;
+  output \port$777$14 ;
+  wire \port$777$14 ;
+  output \port$777$15 ;
+  wire \port$777$15 ;
+  output \port$777$2 ;
+  wire \port$777$2 ;
+  output \port$777$3 ;
+  wire \port$777$3 ;
+  output \port$777$4 ;
+  wire \port$777$4 ;
+  output \port$777$5 ;
+  wire \port$777$5 ;
+  output \port$777$6 ;
+  wire \port$777$6 ;
+  output \port$777$7 ;
+  wire \port$777$7 ;
+  output \port$777$8 ;
+  wire \port$777$8 ;
+  output \port$777$9 ;
+  wire \port$777$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -10527,26 +10593,26 @@ module \psc_core.dp.pe_5.mul_0 (en, \port$768$0 , \port$768$1 , \port$768$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$768$0  = \$1 ;
-  assign \port$768$1  = \$2 ;
-  assign \port$768$2  = \$3 ;
-  assign \port$768$3  = \$4 ;
-  assign \port$768$4  = \$5 ;
-  assign \port$768$5  = \$6 ;
-  assign \port$768$6  = \$7 ;
-  assign \port$768$7  = \$8 ;
-  assign \port$768$8  = \$9 ;
-  assign \port$768$9  = \$10 ;
-  assign \port$768$10  = \$11 ;
-  assign \port$768$11  = \$12 ;
-  assign \port$768$12  = \$13 ;
-  assign \port$768$13  = \$14 ;
-  assign \port$768$14  = \$15 ;
-  assign \port$768$15  = \$16 ;
+  assign \port$777$0  = \$1 ;
+  assign \port$777$1  = \$2 ;
+  assign \port$777$2  = \$3 ;
+  assign \port$777$3  = \$4 ;
+  assign \port$777$4  = \$5 ;
+  assign \port$777$5  = \$6 ;
+  assign \port$777$6  = \$7 ;
+  assign \port$777$7  = \$8 ;
+  assign \port$777$8  = \$9 ;
+  assign \port$777$9  = \$10 ;
+  assign \port$777$10  = \$11 ;
+  assign \port$777$11  = \$12 ;
+  assign \port$777$12  = \$13 ;
+  assign \port$777$13  = \$14 ;
+  assign \port$777$14  = \$15 ;
+  assign \port$777$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_5.mul_1 (en, \port$769$0 , \port$769$1 , \port$769$2 , \port$769$3 , \port$769$4 , \port$769$5 , \port$769$6 , \port$769$7 , \port$769$8 , \port$769$9 , \port$769$10 , \port$769$11 , \port$769$12 , \port$769$13 , \port$769$14 , \port$769$15 , a, b, clk);
+module \psc_core.dp.pe_5.mul_1 (en, \port$778$0 , \port$778$1 , \port$778$2 , \port$778$3 , \port$778$4 , \port$778$5 , \port$778$6 , \port$778$7 , \port$778$8 , \port$778$9 , \port$778$10 , \port$778$11 , \port$778$12 , \port$778$13 , \port$778$14 , \port$778$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10595,38 +10661,38 @@ module \psc_core.dp.pe_5.mul_1 (en, \port$769$0 , \port$769$1 , \port$769$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$769$0 ;
-  wire \port$769$0 ;
-  output \port$769$1 ;
-  wire \port$769$1 ;
-  output \port$769$10 ;
-  wire \port$769$10 ;
-  output \port$769$11 ;
-  wire \port$769$11 ;
-  output \port$769$12 ;
-  wire \port$769$12 ;
-  output \port$769$13 ;
-  wire \port$769$13 ;
-  output \port$769$14 ;
-  wire \port$769$14 ;
-  output \port$769$15 ;
-  wire \port$769$15 ;
-  output \port$769$2 ;
-  wire \port$769$2 ;
-  output \port$769$3 ;
-  wire \port$769$3 ;
-  output \port$769$4 ;
-  wire \port$769$4 ;
-  output \port$769$5 ;
-  wire \port$769$5 ;
-  output \port$769$6 ;
-  wire \port$769$6 ;
-  output \port$769$7 ;
-  wire \port$769$7 ;
-  output \port$769$8 ;
-  wire \port$769$8 ;
-  output \port$769$9 ;
-  wire \port$769$9 ;
+  output \port$778$0 ;
+  wire \port$778$0 ;
+  output \port$778$1 ;
+  wire \port$778$1 ;
+  output \port$778$10 ;
+  wire \port$778$10 ;
+  output \port$778$11 ;
+  wire \port$778$11 ;
+  output \port$778$12 ;
+  wire \port$778$12 ;
+  output \port$778$13 ;
+  wire \port$778$13 ;
+  output \port$778$14 ;
+  wire \port$778$14 ;
+  output \port$778$15 ;
+  wire \port$778$15 ;
+  output \port$778$2 ;
+  wire \port$778$2 ;
+  output \port$778$3 ;
+  wire \port$778$3 ;
+  output \port$778$4 ;
+  wire \port$778$4 ;
+  output \port$778$5 ;
+  wire \port$778$5 ;
+  output \port$778$6 ;
+  wire \port$778$6 ;
+  output \port$778$7 ;
+  wire \port$778$7 ;
+  output \port$778$8 ;
+  wire \port$778$8 ;
+  output \port$778$9 ;
+  wire \port$778$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -10750,26 +10816,26 @@ module \psc_core.dp.pe_5.mul_1 (en, \port$769$0 , \port$769$1 , \port$769$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$769$0  = \$1 ;
-  assign \port$769$1  = \$2 ;
-  assign \port$769$2  = \$3 ;
-  assign \port$769$3  = \$4 ;
-  assign \port$769$4  = \$5 ;
-  assign \port$769$5  = \$6 ;
-  assign \port$769$6  = \$7 ;
-  assign \port$769$7  = \$8 ;
-  assign \port$769$8  = \$9 ;
-  assign \port$769$9  = \$10 ;
-  assign \port$769$10  = \$11 ;
-  assign \port$769$11  = \$12 ;
-  assign \port$769$12  = \$13 ;
-  assign \port$769$13  = \$14 ;
-  assign \port$769$14  = \$15 ;
-  assign \port$769$15  = \$16 ;
+  assign \port$778$0  = \$1 ;
+  assign \port$778$1  = \$2 ;
+  assign \port$778$2  = \$3 ;
+  assign \port$778$3  = \$4 ;
+  assign \port$778$4  = \$5 ;
+  assign \port$778$5  = \$6 ;
+  assign \port$778$6  = \$7 ;
+  assign \port$778$7  = \$8 ;
+  assign \port$778$8  = \$9 ;
+  assign \port$778$9  = \$10 ;
+  assign \port$778$10  = \$11 ;
+  assign \port$778$11  = \$12 ;
+  assign \port$778$12  = \$13 ;
+  assign \port$778$13  = \$14 ;
+  assign \port$778$14  = \$15 ;
+  assign \port$778$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_5.mul_2 (en, \port$770$0 , \port$770$1 , \port$770$2 , \port$770$3 , \port$770$4 , \port$770$5 , \port$770$6 , \port$770$7 , \port$770$8 , \port$770$9 , \port$770$10 , \port$770$11 , \port$770$12 , \port$770$13 , \port$770$14 , \port$770$15 , a, b, clk);
+module \psc_core.dp.pe_5.mul_2 (en, \port$779$0 , \port$779$1 , \port$779$2 , \port$779$3 , \port$779$4 , \port$779$5 , \port$779$6 , \port$779$7 , \port$779$8 , \port$779$9 , \port$779$10 , \port$779$11 , \port$779$12 , \port$779$13 , \port$779$14 , \port$779$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10818,38 +10884,38 @@ module \psc_core.dp.pe_5.mul_2 (en, \port$770$0 , \port$770$1 , \port$770$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$770$0 ;
-  wire \port$770$0 ;
-  output \port$770$1 ;
-  wire \port$770$1 ;
-  output \port$770$10 ;
-  wire \port$770$10 ;
-  output \port$770$11 ;
-  wire \port$770$11 ;
-  output \port$770$12 ;
-  wire \port$770$12 ;
-  output \port$770$13 ;
-  wire \port$770$13 ;
-  output \port$770$14 ;
-  wire \port$770$14 ;
-  output \port$770$15 ;
-  wire \port$770$15 ;
-  output \port$770$2 ;
-  wire \port$770$2 ;
-  output \port$770$3 ;
-  wire \port$770$3 ;
-  output \port$770$4 ;
-  wire \port$770$4 ;
-  output \port$770$5 ;
-  wire \port$770$5 ;
-  output \port$770$6 ;
-  wire \port$770$6 ;
-  output \port$770$7 ;
-  wire \port$770$7 ;
-  output \port$770$8 ;
-  wire \port$770$8 ;
-  output \port$770$9 ;
-  wire \port$770$9 ;
+  output \port$779$0 ;
+  wire \port$779$0 ;
+  output \port$779$1 ;
+  wire \port$779$1 ;
+  output \port$779$10 ;
+  wire \port$779$10 ;
+  output \port$779$11 ;
+  wire \port$779$11 ;
+  output \port$779$12 ;
+  wire \port$779$12 ;
+  output \port$779$13 ;
+  wire \port$779$13 ;
+  output \port$779$14 ;
+  wire \port$779$14 ;
+  output \port$779$15 ;
+  wire \port$779$15 ;
+  output \port$779$2 ;
+  wire \port$779$2 ;
+  output \port$779$3 ;
+  wire \port$779$3 ;
+  output \port$779$4 ;
+  wire \port$779$4 ;
+  output \port$779$5 ;
+  wire \port$779$5 ;
+  output \port$779$6 ;
+  wire \port$779$6 ;
+  output \port$779$7 ;
+  wire \port$779$7 ;
+  output \port$779$8 ;
+  wire \port$779$8 ;
+  output \port$779$9 ;
+  wire \port$779$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -10973,26 +11039,26 @@ module \psc_core.dp.pe_5.mul_2 (en, \port$770$0 , \port$770$1 , \port$770$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$770$0  = \$1 ;
-  assign \port$770$1  = \$2 ;
-  assign \port$770$2  = \$3 ;
-  assign \port$770$3  = \$4 ;
-  assign \port$770$4  = \$5 ;
-  assign \port$770$5  = \$6 ;
-  assign \port$770$6  = \$7 ;
-  assign \port$770$7  = \$8 ;
-  assign \port$770$8  = \$9 ;
-  assign \port$770$9  = \$10 ;
-  assign \port$770$10  = \$11 ;
-  assign \port$770$11  = \$12 ;
-  assign \port$770$12  = \$13 ;
-  assign \port$770$13  = \$14 ;
-  assign \port$770$14  = \$15 ;
-  assign \port$770$15  = \$16 ;
+  assign \port$779$0  = \$1 ;
+  assign \port$779$1  = \$2 ;
+  assign \port$779$2  = \$3 ;
+  assign \port$779$3  = \$4 ;
+  assign \port$779$4  = \$5 ;
+  assign \port$779$5  = \$6 ;
+  assign \port$779$6  = \$7 ;
+  assign \port$779$7  = \$8 ;
+  assign \port$779$8  = \$9 ;
+  assign \port$779$9  = \$10 ;
+  assign \port$779$10  = \$11 ;
+  assign \port$779$11  = \$12 ;
+  assign \port$779$12  = \$13 ;
+  assign \port$779$13  = \$14 ;
+  assign \port$779$14  = \$15 ;
+  assign \port$779$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_5.mul_3 (en, \port$771$0 , \port$771$1 , \port$771$2 , \port$771$3 , \port$771$4 , \port$771$5 , \port$771$6 , \port$771$7 , \port$771$8 , \port$771$9 , \port$771$10 , \port$771$11 , \port$771$12 , \port$771$13 , \port$771$14 , \port$771$15 , a, b, clk);
+module \psc_core.dp.pe_5.mul_3 (en, \port$780$0 , \port$780$1 , \port$780$2 , \port$780$3 , \port$780$4 , \port$780$5 , \port$780$6 , \port$780$7 , \port$780$8 , \port$780$9 , \port$780$10 , \port$780$11 , \port$780$12 , \port$780$13 , \port$780$14 , \port$780$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -11041,38 +11107,38 @@ module \psc_core.dp.pe_5.mul_3 (en, \port$771$0 , \port$771$1 , \port$771$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$771$0 ;
-  wire \port$771$0 ;
-  output \port$771$1 ;
-  wire \port$771$1 ;
-  output \port$771$10 ;
-  wire \port$771$10 ;
-  output \port$771$11 ;
-  wire \port$771$11 ;
-  output \port$771$12 ;
-  wire \port$771$12 ;
-  output \port$771$13 ;
-  wire \port$771$13 ;
-  output \port$771$14 ;
-  wire \port$771$14 ;
-  output \port$771$15 ;
-  wire \port$771$15 ;
-  output \port$771$2 ;
-  wire \port$771$2 ;
-  output \port$771$3 ;
-  wire \port$771$3 ;
-  output \port$771$4 ;
-  wire \port$771$4 ;
-  output \port$771$5 ;
-  wire \port$771$5 ;
-  output \port$771$6 ;
-  wire \port$771$6 ;
-  output \port$771$7 ;
-  wire \port$771$7 ;
-  output \port$771$8 ;
-  wire \port$771$8 ;
-  output \port$771$9 ;
-  wire \port$771$9 ;
+  output \port$780$0 ;
+  wire \port$780$0 ;
+  output \port$780$1 ;
+  wire \port$780$1 ;
+  output \port$780$10 ;
+  wire \port$780$10 ;
+  output \port$780$11 ;
+  wire \port$780$11 ;
+  output \port$780$12 ;
+  wire \port$780$12 ;
+  output \port$780$13 ;
+  wire \port$780$13 ;
+  output \port$780$14 ;
+  wire \port$780$14 ;
+  output \port$780$15 ;
+  wire \port$780$15 ;
+  output \port$780$2 ;
+  wire \port$780$2 ;
+  output \port$780$3 ;
+  wire \port$780$3 ;
+  output \port$780$4 ;
+  wire \port$780$4 ;
+  output \port$780$5 ;
+  wire \port$780$5 ;
+  output \port$780$6 ;
+  wire \port$780$6 ;
+  output \port$780$7 ;
+  wire \port$780$7 ;
+  output \port$780$8 ;
+  wire \port$780$8 ;
+  output \port$780$9 ;
+  wire \port$780$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -11196,22 +11262,22 @@ module \psc_core.dp.pe_5.mul_3 (en, \port$771$0 , \port$771$1 , \port$771$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$771$0  = \$1 ;
-  assign \port$771$1  = \$2 ;
-  assign \port$771$2  = \$3 ;
-  assign \port$771$3  = \$4 ;
-  assign \port$771$4  = \$5 ;
-  assign \port$771$5  = \$6 ;
-  assign \port$771$6  = \$7 ;
-  assign \port$771$7  = \$8 ;
-  assign \port$771$8  = \$9 ;
-  assign \port$771$9  = \$10 ;
-  assign \port$771$10  = \$11 ;
-  assign \port$771$11  = \$12 ;
-  assign \port$771$12  = \$13 ;
-  assign \port$771$13  = \$14 ;
-  assign \port$771$14  = \$15 ;
-  assign \port$771$15  = \$16 ;
+  assign \port$780$0  = \$1 ;
+  assign \port$780$1  = \$2 ;
+  assign \port$780$2  = \$3 ;
+  assign \port$780$3  = \$4 ;
+  assign \port$780$4  = \$5 ;
+  assign \port$780$5  = \$6 ;
+  assign \port$780$6  = \$7 ;
+  assign \port$780$7  = \$8 ;
+  assign \port$780$8  = \$9 ;
+  assign \port$780$9  = \$10 ;
+  assign \port$780$10  = \$11 ;
+  assign \port$780$11  = \$12 ;
+  assign \port$780$12  = \$13 ;
+  assign \port$780$13  = \$14 ;
+  assign \port$780$14  = \$15 ;
+  assign \port$780$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -11253,7 +11319,7 @@ module \psc_core.dp.pe_5.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_6 (rst, en, x, words, \port$3862$672 , valid, mask, acc, clk);
+module \psc_core.dp.pe_6 (rst, en, x, words, \port$3935$672 , valid, mask, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire \$1 ;
   wire [32:0] \$10 ;
@@ -11391,8 +11457,8 @@ module \psc_core.dp.pe_6 (rst, en, x, words, \port$3862$672 , valid, mask, acc, 
   wire [15:0] \p$15 ;
   wire [15:0] \p$19 ;
   wire [15:0] \p$23 ;
-  input [33:0] \port$3862$672 ;
-  wire [33:0] \port$3862$672 ;
+  input [33:0] \port$3935$672 ;
+  wire [33:0] \port$3935$672 ;
   wire [63:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -11475,7 +11541,7 @@ module \psc_core.dp.pe_6 (rst, en, x, words, \port$3862$672 , valid, mask, acc, 
   always @(posedge clk)
     acc <= \$29 ;
   assign start = f4 ? b4 : acc;
-  assign \$1  = valid & \port$3862$672 [32];
+  assign \$1  = valid & \port$3935$672 [32];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -11485,88 +11551,88 @@ module \psc_core.dp.pe_6 (rst, en, x, words, \port$3862$672 , valid, mask, acc, 
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$801$0 (\$30 ),
-    .\port$801$1 (\$31 ),
-    .\port$801$10 (\$40 ),
-    .\port$801$11 (\$41 ),
-    .\port$801$12 (\$42 ),
-    .\port$801$13 (\$43 ),
-    .\port$801$14 (\$44 ),
-    .\port$801$15 (\$45 ),
-    .\port$801$2 (\$32 ),
-    .\port$801$3 (\$33 ),
-    .\port$801$4 (\$34 ),
-    .\port$801$5 (\$35 ),
-    .\port$801$6 (\$36 ),
-    .\port$801$7 (\$37 ),
-    .\port$801$8 (\$38 ),
-    .\port$801$9 (\$39 )
+    .\port$810$0 (\$30 ),
+    .\port$810$1 (\$31 ),
+    .\port$810$10 (\$40 ),
+    .\port$810$11 (\$41 ),
+    .\port$810$12 (\$42 ),
+    .\port$810$13 (\$43 ),
+    .\port$810$14 (\$44 ),
+    .\port$810$15 (\$45 ),
+    .\port$810$2 (\$32 ),
+    .\port$810$3 (\$33 ),
+    .\port$810$4 (\$34 ),
+    .\port$810$5 (\$35 ),
+    .\port$810$6 (\$36 ),
+    .\port$810$7 (\$37 ),
+    .\port$810$8 (\$38 ),
+    .\port$810$9 (\$39 )
   );
   \psc_core.dp.pe_6.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$802$0 (\$46 ),
-    .\port$802$1 (\$47 ),
-    .\port$802$10 (\$56 ),
-    .\port$802$11 (\$57 ),
-    .\port$802$12 (\$58 ),
-    .\port$802$13 (\$59 ),
-    .\port$802$14 (\$60 ),
-    .\port$802$15 (\$61 ),
-    .\port$802$2 (\$48 ),
-    .\port$802$3 (\$49 ),
-    .\port$802$4 (\$50 ),
-    .\port$802$5 (\$51 ),
-    .\port$802$6 (\$52 ),
-    .\port$802$7 (\$53 ),
-    .\port$802$8 (\$54 ),
-    .\port$802$9 (\$55 )
+    .\port$811$0 (\$46 ),
+    .\port$811$1 (\$47 ),
+    .\port$811$10 (\$56 ),
+    .\port$811$11 (\$57 ),
+    .\port$811$12 (\$58 ),
+    .\port$811$13 (\$59 ),
+    .\port$811$14 (\$60 ),
+    .\port$811$15 (\$61 ),
+    .\port$811$2 (\$48 ),
+    .\port$811$3 (\$49 ),
+    .\port$811$4 (\$50 ),
+    .\port$811$5 (\$51 ),
+    .\port$811$6 (\$52 ),
+    .\port$811$7 (\$53 ),
+    .\port$811$8 (\$54 ),
+    .\port$811$9 (\$55 )
   );
   \psc_core.dp.pe_6.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$803$0 (\$62 ),
-    .\port$803$1 (\$63 ),
-    .\port$803$10 (\$72 ),
-    .\port$803$11 (\$73 ),
-    .\port$803$12 (\$74 ),
-    .\port$803$13 (\$75 ),
-    .\port$803$14 (\$76 ),
-    .\port$803$15 (\$77 ),
-    .\port$803$2 (\$64 ),
-    .\port$803$3 (\$65 ),
-    .\port$803$4 (\$66 ),
-    .\port$803$5 (\$67 ),
-    .\port$803$6 (\$68 ),
-    .\port$803$7 (\$69 ),
-    .\port$803$8 (\$70 ),
-    .\port$803$9 (\$71 )
+    .\port$812$0 (\$62 ),
+    .\port$812$1 (\$63 ),
+    .\port$812$10 (\$72 ),
+    .\port$812$11 (\$73 ),
+    .\port$812$12 (\$74 ),
+    .\port$812$13 (\$75 ),
+    .\port$812$14 (\$76 ),
+    .\port$812$15 (\$77 ),
+    .\port$812$2 (\$64 ),
+    .\port$812$3 (\$65 ),
+    .\port$812$4 (\$66 ),
+    .\port$812$5 (\$67 ),
+    .\port$812$6 (\$68 ),
+    .\port$812$7 (\$69 ),
+    .\port$812$8 (\$70 ),
+    .\port$812$9 (\$71 )
   );
   \psc_core.dp.pe_6.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$804$0 (\$78 ),
-    .\port$804$1 (\$79 ),
-    .\port$804$10 (\$88 ),
-    .\port$804$11 (\$89 ),
-    .\port$804$12 (\$90 ),
-    .\port$804$13 (\$91 ),
-    .\port$804$14 (\$92 ),
-    .\port$804$15 (\$93 ),
-    .\port$804$2 (\$80 ),
-    .\port$804$3 (\$81 ),
-    .\port$804$4 (\$82 ),
-    .\port$804$5 (\$83 ),
-    .\port$804$6 (\$84 ),
-    .\port$804$7 (\$85 ),
-    .\port$804$8 (\$86 ),
-    .\port$804$9 (\$87 )
+    .\port$813$0 (\$78 ),
+    .\port$813$1 (\$79 ),
+    .\port$813$10 (\$88 ),
+    .\port$813$11 (\$89 ),
+    .\port$813$12 (\$90 ),
+    .\port$813$13 (\$91 ),
+    .\port$813$14 (\$92 ),
+    .\port$813$15 (\$93 ),
+    .\port$813$2 (\$80 ),
+    .\port$813$3 (\$81 ),
+    .\port$813$4 (\$82 ),
+    .\port$813$5 (\$83 ),
+    .\port$813$6 (\$84 ),
+    .\port$813$7 (\$85 ),
+    .\port$813$8 (\$86 ),
+    .\port$813$9 (\$87 )
   );
   \psc_core.dp.pe_6.wsu  wsu (
     .mask(mask),
@@ -11587,7 +11653,7 @@ module \psc_core.dp.pe_6 (rst, en, x, words, \port$3862$672 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$12  = f1;
     if (en) begin
-      \$12  = \port$3862$672 [32];
+      \$12  = \port$3935$672 [32];
     end
     if (rst) begin
       \$12  = 1'h0;
@@ -11597,7 +11663,7 @@ module \psc_core.dp.pe_6 (rst, en, x, words, \port$3862$672 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$13  = l1;
     if (en) begin
-      \$13  = \port$3862$672 [33];
+      \$13  = \port$3935$672 [33];
     end
     if (rst) begin
       \$13  = 1'h0;
@@ -11608,7 +11674,7 @@ module \psc_core.dp.pe_6 (rst, en, x, words, \port$3862$672 , valid, mask, acc, 
     \$14  = b1;
     if (en) begin
       if (\$1 ) begin
-        \$14  = \port$3862$672 [31:0];
+        \$14  = \port$3935$672 [31:0];
       end
     end
   end
@@ -11773,9 +11839,9 @@ module \psc_core.dp.pe_6 (rst, en, x, words, \port$3862$672 , valid, mask, acc, 
   assign \p$23  = { \$93 , \$92 , \$91 , \$90 , \$89 , \$88 , \$87 , \$86 , \$85 , \$84 , \$83 , \$82 , \$81 , \$80 , \$79 , \$78  };
   assign \acc$25  = acc;
   assign tree = { tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0[17], tree0_0 };
-  assign first = \port$3862$672 [32];
-  assign last = \port$3862$672 [33];
-  assign bias = \port$3862$672 [31:0];
+  assign first = \port$3935$672 [32];
+  assign last = \port$3935$672 [33];
+  assign bias = \port$3935$672 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -11803,7 +11869,7 @@ module \psc_core.dp.pe_6 (rst, en, x, words, \port$3862$672 , valid, mask, acc, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_6.mul_0 (en, \port$801$0 , \port$801$1 , \port$801$2 , \port$801$3 , \port$801$4 , \port$801$5 , \port$801$6 , \port$801$7 , \port$801$8 , \port$801$9 , \port$801$10 , \port$801$11 , \port$801$12 , \port$801$13 , \port$801$14 , \port$801$15 , a, b, clk);
+module \psc_core.dp.pe_6.mul_0 (en, \port$810$0 , \port$810$1 , \port$810$2 , \port$810$3 , \port$810$4 , \port$810$5 , \port$810$6 , \port$810$7 , \port$810$8 , \port$810$9 , \port$810$10 , \port$810$11 , \port$810$12 , \port$810$13 , \port$810$14 , \port$810$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -11852,38 +11918,38 @@ module \psc_core.dp.pe_6.mul_0 (en, \port$801$0 , \port$801$1 , \port$801$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$801$0 ;
-  wire \port$801$0 ;
-  output \port$801$1 ;
-  wire \port$801$1 ;
-  output \port$801$10 ;
-  wire \port$801$10 ;
-  output \port$801$11 ;
-  wire \port$801$11 ;
-  output \port$801$12 ;
-  wire \port$801$12 ;
-  output \port$801$13 ;
-  wire \port$801$13 ;
-  output \port$801$14 ;
-  wire \port$801$14 ;
-  output \port$801$15 ;
-  wire \port$801$15 ;
-  output \port$801$2 ;
-  wire \port$801$2 ;
-  output \port$801$3 ;
-  wire \port$801$3 ;
-  output \port$801$4 ;
-  wire \port$801$4 ;
-  output \port$801$5 ;
-  wire \port$801$5 ;
-  output \port$801$6 ;
-  wire \port$801$6 ;
-  output \port$801$7 ;
-  wire \port$801$7 ;
-  output \port$801$8 ;
-  wire \port$801$8 ;
-  output \port$801$9 ;
-  wire \port$801$9 ;
+  output \port$810$0 ;
+  wire \port$810$0 ;
+  output \port$810$1 ;
+  wire \port$810$1 ;
+  output \port$810$10 ;
+  wire \port$810$10 ;
+  output \port$810$11 ;
+  wire \port$810$11 ;
+  output \port$810$12 ;
+  wire \port$810$12 ;
+  output \port$810$13 ;
+  wire \port$810$13 ;
+  output \port$810$14 ;
+  wire \port$810$14 ;
+  output \port$810$15 ;
+  wire \port$810$15 ;
+  output \port$810$2 ;
+  wire \port$810$2 ;
+  output \port$810$3 ;
+  wire \port$810$3 ;
+  output \port$810$4 ;
+  wire \port$810$4 ;
+  output \port$810$5 ;
+  wire \port$810$5 ;
+  output \port$810$6 ;
+  wire \port$810$6 ;
+  output \port$810$7 ;
+  wire \port$810$7 ;
+  output \port$810$8 ;
+  wire \port$810$8 ;
+  output \port$810$9 ;
+  wire \port$810$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -12007,26 +12073,26 @@ module \psc_core.dp.pe_6.mul_0 (en, \port$801$0 , \port$801$1 , \port$801$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$801$0  = \$1 ;
-  assign \port$801$1  = \$2 ;
-  assign \port$801$2  = \$3 ;
-  assign \port$801$3  = \$4 ;
-  assign \port$801$4  = \$5 ;
-  assign \port$801$5  = \$6 ;
-  assign \port$801$6  = \$7 ;
-  assign \port$801$7  = \$8 ;
-  assign \port$801$8  = \$9 ;
-  assign \port$801$9  = \$10 ;
-  assign \port$801$10  = \$11 ;
-  assign \port$801$11  = \$12 ;
-  assign \port$801$12  = \$13 ;
-  assign \port$801$13  = \$14 ;
-  assign \port$801$14  = \$15 ;
-  assign \port$801$15  = \$16 ;
+  assign \port$810$0  = \$1 ;
+  assign \port$810$1  = \$2 ;
+  assign \port$810$2  = \$3 ;
+  assign \port$810$3  = \$4 ;
+  assign \port$810$4  = \$5 ;
+  assign \port$810$5  = \$6 ;
+  assign \port$810$6  = \$7 ;
+  assign \port$810$7  = \$8 ;
+  assign \port$810$8  = \$9 ;
+  assign \port$810$9  = \$10 ;
+  assign \port$810$10  = \$11 ;
+  assign \port$810$11  = \$12 ;
+  assign \port$810$12  = \$13 ;
+  assign \port$810$13  = \$14 ;
+  assign \port$810$14  = \$15 ;
+  assign \port$810$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_6.mul_1 (en, \port$802$0 , \port$802$1 , \port$802$2 , \port$802$3 , \port$802$4 , \port$802$5 , \port$802$6 , \port$802$7 , \port$802$8 , \port$802$9 , \port$802$10 , \port$802$11 , \port$802$12 , \port$802$13 , \port$802$14 , \port$802$15 , a, b, clk);
+module \psc_core.dp.pe_6.mul_1 (en, \port$811$0 , \port$811$1 , \port$811$2 , \port$811$3 , \port$811$4 , \port$811$5 , \port$811$6 , \port$811$7 , \port$811$8 , \port$811$9 , \port$811$10 , \port$811$11 , \port$811$12 , \port$811$13 , \port$811$14 , \port$811$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12075,38 +12141,38 @@ module \psc_core.dp.pe_6.mul_1 (en, \port$802$0 , \port$802$1 , \port$802$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$802$0 ;
-  wire \port$802$0 ;
-  output \port$802$1 ;
-  wire \port$802$1 ;
-  output \port$802$10 ;
-  wire \port$802$10 ;
-  output \port$802$11 ;
-  wire \port$802$11 ;
-  output \port$802$12 ;
-  wire \port$802$12 ;
-  output \port$802$13 ;
-  wire \port$802$13 ;
-  output \port$802$14 ;
-  wire \port$802$14 ;
-  output \port$802$15 ;
-  wire \port$802$15 ;
-  output \port$802$2 ;
-  wire \port$802$2 ;
-  output \port$802$3 ;
-  wire \port$802$3 ;
-  output \port$802$4 ;
-  wire \port$802$4 ;
-  output \port$802$5 ;
-  wire \port$802$5 ;
-  output \port$802$6 ;
-  wire \port$802$6 ;
-  output \port$802$7 ;
-  wire \port$802$7 ;
-  output \port$802$8 ;
-  wire \port$802$8 ;
-  output \port$802$9 ;
-  wire \port$802$9 ;
+  output \port$811$0 ;
+  wire \port$811$0 ;
+  output \port$811$1 ;
+  wire \port$811$1 ;
+  output \port$811$10 ;
+  wire \port$811$10 ;
+  output \port$811$11 ;
+  wire \port$811$11 ;
+  output \port$811$12 ;
+  wire \port$811$12 ;
+  output \port$811$13 ;
+  wire \port$811$13 ;
+  output \port$811$14 ;
+  wire \port$811$14 ;
+  output \port$811$15 ;
+  wire \port$811$15 ;
+  output \port$811$2 ;
+  wire \port$811$2 ;
+  output \port$811$3 ;
+  wire \port$811$3 ;
+  output \port$811$4 ;
+  wire \port$811$4 ;
+  output \port$811$5 ;
+  wire \port$811$5 ;
+  output \port$811$6 ;
+  wire \port$811$6 ;
+  output \port$811$7 ;
+  wire \port$811$7 ;
+  output \port$811$8 ;
+  wire \port$811$8 ;
+  output \port$811$9 ;
+  wire \port$811$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -12230,26 +12296,26 @@ module \psc_core.dp.pe_6.mul_1 (en, \port$802$0 , \port$802$1 , \port$802$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$802$0  = \$1 ;
-  assign \port$802$1  = \$2 ;
-  assign \port$802$2  = \$3 ;
-  assign \port$802$3  = \$4 ;
-  assign \port$802$4  = \$5 ;
-  assign \port$802$5  = \$6 ;
-  assign \port$802$6  = \$7 ;
-  assign \port$802$7  = \$8 ;
-  assign \port$802$8  = \$9 ;
-  assign \port$802$9  = \$10 ;
-  assign \port$802$10  = \$11 ;
-  assign \port$802$11  = \$12 ;
-  assign \port$802$12  = \$13 ;
-  assign \port$802$13  = \$14 ;
-  assign \port$802$14  = \$15 ;
-  assign \port$802$15  = \$16 ;
+  assign \port$811$0  = \$1 ;
+  assign \port$811$1  = \$2 ;
+  assign \port$811$2  = \$3 ;
+  assign \port$811$3  = \$4 ;
+  assign \port$811$4  = \$5 ;
+  assign \port$811$5  = \$6 ;
+  assign \port$811$6  = \$7 ;
+  assign \port$811$7  = \$8 ;
+  assign \port$811$8  = \$9 ;
+  assign \port$811$9  = \$10 ;
+  assign \port$811$10  = \$11 ;
+  assign \port$811$11  = \$12 ;
+  assign \port$811$12  = \$13 ;
+  assign \port$811$13  = \$14 ;
+  assign \port$811$14  = \$15 ;
+  assign \port$811$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_6.mul_2 (en, \port$803$0 , \port$803$1 , \port$803$2 , \port$803$3 , \port$803$4 , \port$803$5 , \port$803$6 , \port$803$7 , \port$803$8 , \port$803$9 , \port$803$10 , \port$803$11 , \port$803$12 , \port$803$13 , \port$803$14 , \port$803$15 , a, b, clk);
+module \psc_core.dp.pe_6.mul_2 (en, \port$812$0 , \port$812$1 , \port$812$2 , \port$812$3 , \port$812$4 , \port$812$5 , \port$812$6 , \port$812$7 , \port$812$8 , \port$812$9 , \port$812$10 , \port$812$11 , \port$812$12 , \port$812$13 , \port$812$14 , \port$812$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12298,38 +12364,38 @@ module \psc_core.dp.pe_6.mul_2 (en, \port$803$0 , \port$803$1 , \port$803$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$803$0 ;
-  wire \port$803$0 ;
-  output \port$803$1 ;
-  wire \port$803$1 ;
-  output \port$803$10 ;
-  wire \port$803$10 ;
-  output \port$803$11 ;
-  wire \port$803$11 ;
-  output \port$803$12 ;
-  wire \port$803$12 ;
-  output \port$803$13 ;
-  wire \port$803$13 ;
-  output \port$803$14 ;
-  wire \port$803$14 ;
-  output \port$803$15 ;
-  wire \port$803$15 ;
-  output \port$803$2 ;
-  wire \port$803$2 ;
-  output \port$803$3 ;
-  wire \port$803$3 ;
-  output \port$803$4 ;
-  wire \port$803$4 ;
-  output \port$803$5 ;
-  wire \port$803$5 ;
-  output \port$803$6 ;
-  wire \port$803$6 ;
-  output \port$803$7 ;
-  wire \port$803$7 ;
-  output \port$803$8 ;
-  wire \port$803$8 ;
-  output \port$803$9 ;
-  wire \port$803$9 ;
+  output \port$812$0 ;
+  wire \port$812$0 ;
+  output \port$812$1 ;
+  wire \port$812$1 ;
+  output \port$812$10 ;
+  wire \port$812$10 ;
+  output \port$812$11 ;
+  wire \port$812$11 ;
+  output \port$812$12 ;
+  wire \port$812$12 ;
+  output \port$812$13 ;
+  wire \port$812$13 ;
+  output \port$812$14 ;
+  wire \port$812$14 ;
+  output \port$812$15 ;
+  wire \port$812$15 ;
+  output \port$812$2 ;
+  wire \port$812$2 ;
+  output \port$812$3 ;
+  wire \port$812$3 ;
+  output \port$812$4 ;
+  wire \port$812$4 ;
+  output \port$812$5 ;
+  wire \port$812$5 ;
+  output \port$812$6 ;
+  wire \port$812$6 ;
+  output \port$812$7 ;
+  wire \port$812$7 ;
+  output \port$812$8 ;
+  wire \port$812$8 ;
+  output \port$812$9 ;
+  wire \port$812$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -12453,26 +12519,26 @@ module \psc_core.dp.pe_6.mul_2 (en, \port$803$0 , \port$803$1 , \port$803$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$803$0  = \$1 ;
-  assign \port$803$1  = \$2 ;
-  assign \port$803$2  = \$3 ;
-  assign \port$803$3  = \$4 ;
-  assign \port$803$4  = \$5 ;
-  assign \port$803$5  = \$6 ;
-  assign \port$803$6  = \$7 ;
-  assign \port$803$7  = \$8 ;
-  assign \port$803$8  = \$9 ;
-  assign \port$803$9  = \$10 ;
-  assign \port$803$10  = \$11 ;
-  assign \port$803$11  = \$12 ;
-  assign \port$803$12  = \$13 ;
-  assign \port$803$13  = \$14 ;
-  assign \port$803$14  = \$15 ;
-  assign \port$803$15  = \$16 ;
+  assign \port$812$0  = \$1 ;
+  assign \port$812$1  = \$2 ;
+  assign \port$812$2  = \$3 ;
+  assign \port$812$3  = \$4 ;
+  assign \port$812$4  = \$5 ;
+  assign \port$812$5  = \$6 ;
+  assign \port$812$6  = \$7 ;
+  assign \port$812$7  = \$8 ;
+  assign \port$812$8  = \$9 ;
+  assign \port$812$9  = \$10 ;
+  assign \port$812$10  = \$11 ;
+  assign \port$812$11  = \$12 ;
+  assign \port$812$12  = \$13 ;
+  assign \port$812$13  = \$14 ;
+  assign \port$812$14  = \$15 ;
+  assign \port$812$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_6.mul_3 (en, \port$804$0 , \port$804$1 , \port$804$2 , \port$804$3 , \port$804$4 , \port$804$5 , \port$804$6 , \port$804$7 , \port$804$8 , \port$804$9 , \port$804$10 , \port$804$11 , \port$804$12 , \port$804$13 , \port$804$14 , \port$804$15 , a, b, clk);
+module \psc_core.dp.pe_6.mul_3 (en, \port$813$0 , \port$813$1 , \port$813$2 , \port$813$3 , \port$813$4 , \port$813$5 , \port$813$6 , \port$813$7 , \port$813$8 , \port$813$9 , \port$813$10 , \port$813$11 , \port$813$12 , \port$813$13 , \port$813$14 , \port$813$15 , a, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12521,38 +12587,38 @@ module \psc_core.dp.pe_6.mul_3 (en, \port$804$0 , \port$804$1 , \port$804$2 , \p
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$804$0 ;
-  wire \port$804$0 ;
-  output \port$804$1 ;
-  wire \port$804$1 ;
-  output \port$804$10 ;
-  wire \port$804$10 ;
-  output \port$804$11 ;
-  wire \port$804$11 ;
-  output \port$804$12 ;
-  wire \port$804$12 ;
-  output \port$804$13 ;
-  wire \port$804$13 ;
-  output \port$804$14 ;
-  wire \port$804$14 ;
-  output \port$804$15 ;
-  wire \port$804$15 ;
-  output \port$804$2 ;
-  wire \port$804$2 ;
-  output \port$804$3 ;
-  wire \port$804$3 ;
-  output \port$804$4 ;
-  wire \port$804$4 ;
-  output \port$804$5 ;
-  wire \port$804$5 ;
-  output \port$804$6 ;
-  wire \port$804$6 ;
-  output \port$804$7 ;
-  wire \port$804$7 ;
-  output \port$804$8 ;
-  wire \port$804$8 ;
-  output \port$804$9 ;
-  wire \port$804$9 ;
+  output \port$813$0 ;
+  wire \port$813$0 ;
+  output \port$813$1 ;
+  wire \port$813$1 ;
+  output \port$813$10 ;
+  wire \port$813$10 ;
+  output \port$813$11 ;
+  wire \port$813$11 ;
+  output \port$813$12 ;
+  wire \port$813$12 ;
+  output \port$813$13 ;
+  wire \port$813$13 ;
+  output \port$813$14 ;
+  wire \port$813$14 ;
+  output \port$813$15 ;
+  wire \port$813$15 ;
+  output \port$813$2 ;
+  wire \port$813$2 ;
+  output \port$813$3 ;
+  wire \port$813$3 ;
+  output \port$813$4 ;
+  wire \port$813$4 ;
+  output \port$813$5 ;
+  wire \port$813$5 ;
+  output \port$813$6 ;
+  wire \port$813$6 ;
+  output \port$813$7 ;
+  wire \port$813$7 ;
+  output \port$813$8 ;
+  wire \port$813$8 ;
+  output \port$813$9 ;
+  wire \port$813$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -12676,22 +12742,22 @@ module \psc_core.dp.pe_6.mul_3 (en, \port$804$0 , \port$804$1 , \port$804$2 , \p
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$804$0  = \$1 ;
-  assign \port$804$1  = \$2 ;
-  assign \port$804$2  = \$3 ;
-  assign \port$804$3  = \$4 ;
-  assign \port$804$4  = \$5 ;
-  assign \port$804$5  = \$6 ;
-  assign \port$804$6  = \$7 ;
-  assign \port$804$7  = \$8 ;
-  assign \port$804$8  = \$9 ;
-  assign \port$804$9  = \$10 ;
-  assign \port$804$10  = \$11 ;
-  assign \port$804$11  = \$12 ;
-  assign \port$804$12  = \$13 ;
-  assign \port$804$13  = \$14 ;
-  assign \port$804$14  = \$15 ;
-  assign \port$804$15  = \$16 ;
+  assign \port$813$0  = \$1 ;
+  assign \port$813$1  = \$2 ;
+  assign \port$813$2  = \$3 ;
+  assign \port$813$3  = \$4 ;
+  assign \port$813$4  = \$5 ;
+  assign \port$813$5  = \$6 ;
+  assign \port$813$6  = \$7 ;
+  assign \port$813$7  = \$8 ;
+  assign \port$813$8  = \$9 ;
+  assign \port$813$9  = \$10 ;
+  assign \port$813$10  = \$11 ;
+  assign \port$813$11  = \$12 ;
+  assign \port$813$12  = \$13 ;
+  assign \port$813$13  = \$14 ;
+  assign \port$813$14  = \$15 ;
+  assign \port$813$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -12753,7 +12819,7 @@ module \psc_core.dp.sign_mask (mask, x);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$513$0 , inputs__data, weights__data, o__ready, w_data, o__payload, v2, clk);
+module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$522$0 , inputs__data, weights__data, o__ready, w_data, o__payload, v2, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire \$1 ;
   reg \$10 ;
@@ -12960,8 +13026,8 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$513$0 , inputs__d
   wire o__valid;
   reg pad2 = 1'h0;
   reg padr1 = 1'h0;
-  output [22:0] \port$513$0 ;
-  wire [22:0] \port$513$0 ;
+  output [22:0] \port$522$0 ;
+  wire [22:0] \port$522$0 ;
   wire [25:0] r_data;
   wire r_en;
   wire r_rdy;
@@ -13120,7 +13186,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$513$0 , inputs__d
   assign inputs__en = adv1;
   assign weights__addr = r_data[22:12];
   assign weights__en = adv1;
-  assign \port$513$0  = r_data[22:0];
+  assign \port$522$0  = r_data[22:0];
   assign \i__payload.addr  = w_data[11:0];
   assign \i__payload.addr[0]  = w_data[11:0];
   assign \i__payload.waddr  = w_data[22:12];
@@ -17833,40 +17899,96 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, read__data, sta
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out (clk, rst, params__data, en_j, all_sent, \i__valid$28 , \i__payload$29 , cmd, dwp, start, run, n_out, last_group, params__addr, o__valid, o__payload, o__ready);
+module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, \i__valid$39 , \i__payload$40 , cmd, dwp, start, run, n_out, last_group, params__addr, o__valid, o__payload, o__ready);
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
   wire \$1 ;
-  wire [32:0] \$10 ;
-  wire \$11 ;
-  wire \$12 ;
+  wire \$10 ;
+  wire [31:0] \$11 ;
+  wire [32:0] \$12 ;
   wire \$13 ;
   wire \$14 ;
   wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
+  wire [31:0] \$16 ;
+  wire [32:0] \$17 ;
   wire \$18 ;
-  wire [6:0] \$19 ;
+  wire \$19 ;
   wire \$2 ;
-  wire [6:0] \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire [24:0] \$23 ;
-  reg \$24 ;
-  reg [223:0] \$25 ;
-  reg [377:0] \$26 ;
-  reg \$27 ;
-  reg [223:0] \$28 ;
-  reg [5:0] \$29 ;
+  wire \$20 ;
+  wire [31:0] \$21 ;
+  wire [32:0] \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire [31:0] \$26 ;
+  wire [32:0] \$27 ;
+  wire \$28 ;
+  wire \$29 ;
   wire \$3 ;
-  reg [23:0] \$30 ;
-  reg [2:0] \$31 ;
-  reg [15:0] \$32 ;
-  wire [32:0] \$4 ;
-  wire [32:0] \$5 ;
-  wire [32:0] \$6 ;
-  wire [32:0] \$7 ;
-  wire [32:0] \$8 ;
-  wire [32:0] \$9 ;
+  wire \$30 ;
+  wire [31:0] \$31 ;
+  wire [32:0] \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire [31:0] \$36 ;
+  wire [32:0] \$37 ;
+  wire \$38 ;
+  wire \$39 ;
+  wire \$4 ;
+  wire \$40 ;
+  wire [31:0] \$41 ;
+  wire [32:0] \$42 ;
+  wire \$43 ;
+  wire \$44 ;
+  wire \$45 ;
+  wire \$46 ;
+  wire \$47 ;
+  wire \$48 ;
+  wire \$49 ;
+  wire \$5 ;
+  wire \$50 ;
+  wire \$51 ;
+  wire \$52 ;
+  wire \$53 ;
+  wire \$54 ;
+  wire \$55 ;
+  wire \$56 ;
+  wire \$57 ;
+  wire \$58 ;
+  wire \$59 ;
+  wire \$6 ;
+  wire \$60 ;
+  wire \$61 ;
+  wire [9:0] \$62 ;
+  wire \$63 ;
+  wire [9:0] \$64 ;
+  wire \$65 ;
+  wire \$66 ;
+  wire \$67 ;
+  wire \$68 ;
+  wire \$69 ;
+  wire \$7 ;
+  wire \$70 ;
+  wire [6:0] \$71 ;
+  wire [6:0] \$72 ;
+  wire \$73 ;
+  wire \$74 ;
+  wire \$75 ;
+  wire [24:0] \$76 ;
+  reg \$77 ;
+  reg [223:0] \$78 ;
+  reg [377:0] \$79 ;
+  wire \$8 ;
+  reg [223:0] \$80 ;
+  reg [8:0] \$81 ;
+  reg [8:0] \$82 ;
+  reg \$83 ;
+  reg [223:0] \$84 ;
+  reg [5:0] \$85 ;
+  reg [23:0] \$86 ;
+  reg [2:0] \$87 ;
+  reg [15:0] \$88 ;
+  wire \$9 ;
   reg [223:0] accb = 224'h00000000000000000000000000000000000000000000000000000000;
   wire [31:0] \accb[0] ;
   wire [31:0] \accb[1] ;
@@ -17887,8 +18009,8 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, \i__valid$28 , \i_
   wire all_sent;
   input clk;
   wire clk;
-  input [111:0] cmd;
-  wire [111:0] cmd;
+  input [113:0] cmd;
+  wire [113:0] cmd;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -17905,22 +18027,27 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, \i__valid$28 , \i_
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   input dwp;
   wire dwp;
-  output en_j;
   wire en_j;
   wire [377:0] i__payload;
-  input [223:0] \i__payload$29 ;
-  wire [223:0] \i__payload$29 ;
-  wire [31:0] \i__payload$29[0] ;
-  wire [31:0] \i__payload$29[1] ;
-  wire [31:0] \i__payload$29[2] ;
-  wire [31:0] \i__payload$29[3] ;
-  wire [31:0] \i__payload$29[4] ;
-  wire [31:0] \i__payload$29[5] ;
-  wire [31:0] \i__payload$29[6] ;
+  input [223:0] \i__payload$40 ;
+  wire [223:0] \i__payload$40 ;
+  wire [31:0] \i__payload$40[0] ;
+  wire [31:0] \i__payload$40[1] ;
+  wire [31:0] \i__payload$40[2] ;
+  wire [31:0] \i__payload$40[3] ;
+  wire [31:0] \i__payload$40[4] ;
+  wire [31:0] \i__payload$40[5] ;
+  wire [31:0] \i__payload$40[6] ;
   wire [223:0] \i__payload.acc ;
   wire [31:0] \i__payload.acc[0] ;
   wire [31:0] \i__payload.acc[1] ;
@@ -17946,11 +18073,10 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, \i__valid$28 , \i_
   wire [5:0] \i__payload.shift[5] ;
   wire [5:0] \i__payload.shift[6] ;
   wire i__ready;
-  wire \i__ready$8 ;
-  (* init = 1'h0 *)
+  wire \i__ready$19 ;
   wire i__valid;
-  input \i__valid$28 ;
-  wire \i__valid$28 ;
+  input \i__valid$39 ;
+  wire \i__valid$39 ;
   (* init = 6'h00 *)
   wire [5:0] jo;
   wire keep_o;
@@ -17960,14 +18086,14 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, \i__valid$28 , \i_
   wire [24:0] n_out;
   output [55:0] o__payload;
   wire [55:0] o__payload;
-  wire [55:0] \o__payload$18 ;
-  wire [7:0] \o__payload$18[0] ;
-  wire [7:0] \o__payload$18[1] ;
-  wire [7:0] \o__payload$18[2] ;
-  wire [7:0] \o__payload$18[3] ;
-  wire [7:0] \o__payload$18[4] ;
-  wire [7:0] \o__payload$18[5] ;
-  wire [7:0] \o__payload$18[6] ;
+  wire [55:0] \o__payload$28 ;
+  wire [7:0] \o__payload$28[0] ;
+  wire [7:0] \o__payload$28[1] ;
+  wire [7:0] \o__payload$28[2] ;
+  wire [7:0] \o__payload$28[3] ;
+  wire [7:0] \o__payload$28[4] ;
+  wire [7:0] \o__payload$28[5] ;
+  wire [7:0] \o__payload$28[6] ;
   wire [7:0] \o__payload[0] ;
   wire [7:0] \o__payload[1] ;
   wire [7:0] \o__payload[2] ;
@@ -17977,10 +18103,10 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, \i__valid$28 , \i_
   wire [7:0] \o__payload[6] ;
   input o__ready;
   wire o__ready;
-  wire \o__ready$20 ;
+  wire \o__ready$30 ;
   output o__valid;
   wire o__valid;
-  wire \o__valid$16 ;
+  wire \o__valid$26 ;
   reg [23:0] out_cnt = 24'h000000;
   reg [15:0] oxo = 16'h0000;
   output [5:0] params__addr;
@@ -18037,7 +18163,38 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, \i__valid$28 , \i_
   wire [5:0] \pb.shift[4] ;
   wire [5:0] \pb.shift[5] ;
   wire [5:0] \pb.shift[6] ;
+  reg [8:0] ps_rd__addr = 9'h000;
+  wire [223:0] ps_rd__data;
+  wire [31:0] \ps_rd__data[0] ;
+  wire [31:0] \ps_rd__data[1] ;
+  wire [31:0] \ps_rd__data[2] ;
+  wire [31:0] \ps_rd__data[3] ;
+  wire [31:0] \ps_rd__data[4] ;
+  wire [31:0] \ps_rd__data[5] ;
+  wire [31:0] \ps_rd__data[6] ;
+  output ps_rd__en;
+  wire ps_rd__en;
+  reg [8:0] ps_wr__addr = 9'h000;
+  wire [223:0] ps_wr__data;
+  wire [31:0] \ps_wr__data[0] ;
+  wire [31:0] \ps_wr__data[1] ;
+  wire [31:0] \ps_wr__data[2] ;
+  wire [31:0] \ps_wr__data[3] ;
+  wire [31:0] \ps_wr__data[4] ;
+  wire [31:0] \ps_wr__data[5] ;
+  wire [31:0] \ps_wr__data[6] ;
+  wire ps_wr__en;
+  reg [223:0] psb = 224'h00000000000000000000000000000000000000000000000000000000;
+  wire [31:0] \psb[0] ;
+  wire [31:0] \psb[1] ;
+  wire [31:0] \psb[2] ;
+  wire [31:0] \psb[3] ;
+  wire [31:0] \psb[4] ;
+  wire [31:0] \psb[5] ;
+  wire [31:0] \psb[6] ;
   wire relu;
+  (* init = 9'h000 *)
+  wire [8:0] ridx;
   reg [2:0] ro = 3'h0;
   input rst;
   wire rst;
@@ -18045,55 +18202,653 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, \i__valid$28 , \i_
   wire run;
   input start;
   wire start;
+  wire stored;
+  wire [223:0] total;
+  wire [31:0] \total[0] ;
+  wire [31:0] \total[1] ;
+  wire [31:0] \total[2] ;
+  wire [31:0] \total[3] ;
+  wire [31:0] \total[4] ;
+  wire [31:0] \total[5] ;
+  wire [31:0] \total[6] ;
   reg vb = 1'h0;
   reg vj = 1'h0;
+  (* init = 9'h000 *)
+  wire [8:0] widx;
+  reg [223:0] psum [511:0];
+  initial begin
+    psum[0] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[1] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[2] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[3] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[4] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[5] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[6] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[7] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[8] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[9] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[10] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[11] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[12] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[13] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[14] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[15] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[16] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[17] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[18] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[19] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[20] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[21] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[22] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[23] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[24] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[25] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[26] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[27] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[28] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[29] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[30] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[31] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[32] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[33] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[34] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[35] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[36] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[37] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[38] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[39] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[40] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[41] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[42] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[43] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[44] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[45] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[46] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[47] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[48] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[49] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[50] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[51] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[52] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[53] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[54] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[55] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[56] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[57] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[58] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[59] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[60] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[61] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[62] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[63] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[64] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[65] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[66] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[67] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[68] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[69] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[70] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[71] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[72] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[73] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[74] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[75] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[76] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[77] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[78] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[79] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[80] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[81] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[82] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[83] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[84] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[85] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[86] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[87] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[88] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[89] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[90] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[91] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[92] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[93] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[94] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[95] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[96] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[97] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[98] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[99] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[100] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[101] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[102] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[103] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[104] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[105] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[106] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[107] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[108] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[109] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[110] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[111] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[112] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[113] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[114] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[115] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[116] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[117] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[118] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[119] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[120] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[121] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[122] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[123] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[124] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[125] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[126] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[127] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[128] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[129] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[130] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[131] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[132] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[133] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[134] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[135] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[136] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[137] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[138] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[139] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[140] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[141] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[142] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[143] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[144] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[145] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[146] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[147] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[148] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[149] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[150] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[151] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[152] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[153] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[154] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[155] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[156] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[157] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[158] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[159] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[160] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[161] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[162] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[163] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[164] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[165] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[166] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[167] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[168] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[169] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[170] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[171] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[172] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[173] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[174] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[175] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[176] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[177] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[178] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[179] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[180] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[181] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[182] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[183] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[184] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[185] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[186] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[187] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[188] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[189] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[190] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[191] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[192] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[193] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[194] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[195] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[196] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[197] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[198] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[199] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[200] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[201] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[202] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[203] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[204] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[205] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[206] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[207] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[208] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[209] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[210] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[211] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[212] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[213] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[214] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[215] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[216] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[217] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[218] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[219] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[220] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[221] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[222] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[223] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[224] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[225] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[226] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[227] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[228] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[229] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[230] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[231] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[232] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[233] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[234] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[235] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[236] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[237] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[238] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[239] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[240] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[241] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[242] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[243] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[244] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[245] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[246] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[247] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[248] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[249] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[250] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[251] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[252] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[253] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[254] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[255] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[256] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[257] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[258] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[259] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[260] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[261] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[262] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[263] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[264] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[265] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[266] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[267] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[268] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[269] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[270] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[271] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[272] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[273] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[274] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[275] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[276] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[277] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[278] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[279] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[280] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[281] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[282] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[283] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[284] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[285] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[286] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[287] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[288] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[289] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[290] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[291] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[292] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[293] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[294] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[295] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[296] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[297] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[298] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[299] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[300] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[301] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[302] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[303] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[304] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[305] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[306] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[307] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[308] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[309] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[310] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[311] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[312] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[313] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[314] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[315] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[316] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[317] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[318] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[319] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[320] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[321] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[322] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[323] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[324] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[325] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[326] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[327] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[328] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[329] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[330] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[331] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[332] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[333] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[334] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[335] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[336] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[337] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[338] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[339] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[340] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[341] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[342] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[343] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[344] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[345] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[346] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[347] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[348] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[349] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[350] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[351] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[352] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[353] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[354] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[355] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[356] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[357] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[358] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[359] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[360] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[361] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[362] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[363] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[364] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[365] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[366] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[367] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[368] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[369] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[370] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[371] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[372] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[373] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[374] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[375] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[376] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[377] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[378] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[379] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[380] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[381] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[382] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[383] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[384] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[385] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[386] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[387] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[388] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[389] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[390] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[391] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[392] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[393] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[394] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[395] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[396] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[397] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[398] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[399] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[400] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[401] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[402] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[403] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[404] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[405] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[406] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[407] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[408] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[409] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[410] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[411] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[412] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[413] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[414] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[415] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[416] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[417] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[418] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[419] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[420] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[421] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[422] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[423] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[424] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[425] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[426] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[427] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[428] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[429] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[430] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[431] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[432] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[433] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[434] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[435] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[436] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[437] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[438] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[439] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[440] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[441] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[442] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[443] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[444] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[445] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[446] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[447] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[448] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[449] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[450] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[451] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[452] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[453] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[454] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[455] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[456] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[457] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[458] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[459] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[460] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[461] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[462] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[463] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[464] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[465] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[466] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[467] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[468] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[469] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[470] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[471] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[472] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[473] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[474] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[475] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[476] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[477] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[478] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[479] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[480] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[481] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[482] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[483] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[484] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[485] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[486] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[487] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[488] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[489] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[490] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[491] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[492] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[493] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[494] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[495] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[496] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[497] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[498] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[499] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[500] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[501] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[502] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[503] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[504] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[505] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[506] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[507] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[508] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[509] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[510] = 224'h00000000000000000000000000000000000000000000000000000000;
+    psum[511] = 224'h00000000000000000000000000000000000000000000000000000000;
+  end
+  always @(posedge clk) begin
+    if (stored)
+      psum[ps_wr__addr] <= total;
+  end
+  reg [223:0] _0_;
+  always @(posedge clk) begin
+    if (ps_rd__en) begin
+      _0_ <= psum[ps_rd__addr];
+    end
+  end
+  assign ps_rd__data = _0_;
+  assign \$11  = \$10  ? psb[31:0] : pb[31:0];
+  assign \$12  = $signed(accb[31:0]) + $signed(\$11 );
+  assign \$13  = cmd[113:112] == 2'h2;
+  assign \$14  = cmd[113:112] == 2'h3;
+  assign \$15  = \$13  | \$14 ;
+  assign \$16  = \$15  ? psb[63:32] : pb[63:32];
+  assign \$17  = $signed(accb[63:32]) + $signed(\$16 );
+  assign \$18  = cmd[113:112] == 2'h2;
+  assign \$19  = cmd[113:112] == 2'h3;
+  assign \$20  = \$18  | \$19 ;
+  assign \$21  = \$20  ? psb[95:64] : pb[95:64];
+  assign \$22  = $signed(accb[95:64]) + $signed(\$21 );
+  assign \$23  = cmd[113:112] == 2'h2;
+  assign \$24  = cmd[113:112] == 2'h3;
+  assign \$25  = \$23  | \$24 ;
+  assign \$26  = \$25  ? psb[127:96] : pb[127:96];
+  assign \$27  = $signed(accb[127:96]) + $signed(\$26 );
+  assign \$28  = cmd[113:112] == 2'h2;
+  assign \$29  = cmd[113:112] == 2'h3;
+  assign \$30  = \$28  | \$29 ;
+  assign \$31  = \$30  ? psb[159:128] : pb[159:128];
+  assign \$32  = $signed(accb[159:128]) + $signed(\$31 );
+  assign \$33  = cmd[113:112] == 2'h2;
+  assign \$34  = cmd[113:112] == 2'h3;
+  assign \$35  = \$33  | \$34 ;
+  assign \$36  = \$35  ? psb[191:160] : pb[191:160];
+  assign \$37  = $signed(accb[191:160]) + $signed(\$36 );
+  assign \$38  = cmd[113:112] == 2'h2;
+  assign \$39  = cmd[113:112] == 2'h3;
+  assign \$40  = \$38  | \$39 ;
+  assign \$41  = \$40  ? psb[223:192] : pb[223:192];
+  assign \$42  = $signed(accb[223:192]) + $signed(\$41 );
+  assign \$43  = cmd[113:112] == 1'h1;
+  assign \$44  = cmd[113:112] == 2'h2;
+  assign \$45  = \$43  | \$44 ;
+  assign stored = vb & \$45 ;
+  assign \$46  = cmd[113:112] == 1'h1;
+  assign \$47  = cmd[113:112] == 2'h2;
+  assign \$48  = \$46  | \$47 ;
+  assign \$49  = ~ \$48 ;
+  assign i__valid = vb & \$49 ;
+  assign all_sent = out_cnt == n_out;
+  assign \$50  = ~ vb;
+  assign \$51  = \$50  | i__ready;
+  assign \$52  = cmd[113:112] == 1'h1;
+  assign \$53  = cmd[113:112] == 2'h2;
+  assign \$54  = \$52  | \$53 ;
+  assign \$55  = \$51  | \$54 ;
+  assign \$56  = ~ vb;
+  assign \$57  = \$56  | i__ready;
+  assign \$58  = cmd[113:112] == 1'h1;
+  assign \$59  = cmd[113:112] == 2'h2;
+  assign \$60  = \$58  | \$59 ;
+  assign \$61  = \$57  | \$60 ;
+  assign \$62  = ps_wr__addr + 1'h1;
+  assign \$63  = ps_rd__en & \i__valid$39 ;
+  assign \$64  = ps_rd__addr + 1'h1;
+  assign \$66  = ~ dwp;
+  assign \$67  = ro == 3'h6;
+  assign \$68  = \$66  | \$67 ;
+  assign \$69  = \i__valid$39  & \$68 ;
+  assign \$70  = params__addr == last_group;
+  assign \$71  = params__addr + 1'h1;
+  assign \$72  = \$70  ? 7'h00 : \$71 ;
+  assign \$73  = o__valid & o__ready;
+  assign \$74  = \$73  | stored;
+  assign \$75  = run & \$74 ;
+  assign \$76  = out_cnt + 1'h1;
+  always @(posedge clk)
+    vb <= \$77 ;
+  always @(posedge clk)
+    accb <= \$78 ;
+  always @(posedge clk)
+    pb <= \$79 ;
+  always @(posedge clk)
+    psb <= \$80 ;
+  always @(posedge clk)
+    ps_wr__addr <= \$81 ;
+  always @(posedge clk)
+    ps_rd__addr <= \$82 ;
+  always @(posedge clk)
+    vj <= \$83 ;
+  always @(posedge clk)
+    accj <= \$84 ;
+  always @(posedge clk)
+    params__addr <= \$85 ;
+  always @(posedge clk)
+    out_cnt <= \$86 ;
+  always @(posedge clk)
+    ro <= \$87 ;
+  always @(posedge clk)
+    oxo <= \$88 ;
   assign \$1  = ~ vj;
   assign \$2  = ~ vb;
   assign \$3  = \$2  | i__ready;
-  assign en_j = \$1  | \$3 ;
-  assign \$4  = $signed(accb[31:0]) + $signed(pb[31:0]);
-  assign \$5  = $signed(accb[63:32]) + $signed(pb[63:32]);
-  assign \$6  = $signed(accb[95:64]) + $signed(pb[95:64]);
-  assign \$7  = $signed(accb[127:96]) + $signed(pb[127:96]);
-  assign \$8  = $signed(accb[159:128]) + $signed(pb[159:128]);
-  assign \$9  = $signed(accb[191:160]) + $signed(pb[191:160]);
-  assign \$10  = $signed(accb[223:192]) + $signed(pb[223:192]);
-  assign all_sent = out_cnt == n_out;
-  assign \$11  = ~ vb;
-  assign \$12  = \$11  | i__ready;
-  assign \$14  = ~ dwp;
-  assign \$15  = ro == 3'h6;
-  assign \$16  = \$14  | \$15 ;
-  assign \$17  = \i__valid$28  & \$16 ;
-  assign \$18  = params__addr == last_group;
-  assign \$19  = params__addr + 1'h1;
-  assign \$20  = \$18  ? 7'h00 : \$19 ;
-  assign \$21  = run & o__valid;
-  assign \$22  = \$21  & o__ready;
-  assign \$23  = out_cnt + 1'h1;
-  always @(posedge clk)
-    vb <= \$24 ;
-  always @(posedge clk)
-    accb <= \$25 ;
-  always @(posedge clk)
-    pb <= \$26 ;
-  always @(posedge clk)
-    vj <= \$27 ;
-  always @(posedge clk)
-    accj <= \$28 ;
-  always @(posedge clk)
-    params__addr <= \$29 ;
-  always @(posedge clk)
-    out_cnt <= \$30 ;
-  always @(posedge clk)
-    ro <= \$31 ;
-  always @(posedge clk)
-    oxo <= \$32 ;
+  assign \$4  = cmd[113:112] == 1'h1;
+  assign \$5  = cmd[113:112] == 2'h2;
+  assign \$6  = \$4  | \$5 ;
+  assign \$7  = \$3  | \$6 ;
+  assign ps_rd__en = \$1  | \$7 ;
+  assign \$8  = cmd[113:112] == 2'h2;
+  assign \$9  = cmd[113:112] == 2'h3;
+  assign \$10  = \$8  | \$9 ;
   \psc_core.out.rq  rq (
     .clk(clk),
     .en(i__ready),
     .i__payload(i__payload),
-    .i__valid(vb),
+    .i__valid(i__valid),
     .o__payload(o__payload),
     .o__ready(o__ready),
     .o__valid(o__valid),
@@ -18102,129 +18857,163 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, \i__valid$28 , \i_
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$24  = vb;
-    if (\$12 ) begin
-      \$24  = vj;
+    \$77  = vb;
+    if (\$55 ) begin
+      \$77  = vj;
     end
     if (rst) begin
-      \$24  = 1'h0;
+      \$77  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$25  = accb;
-    if (\$12 ) begin
-      \$25  = accj;
+    \$78  = accb;
+    if (\$55 ) begin
+      \$78  = accj;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$26  = pb;
-    if (\$12 ) begin
-      \$26  = params__data;
+    \$79  = pb;
+    if (\$55 ) begin
+      \$79  = params__data;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$27  = vj;
-    if (en_j) begin
-      \$27  = \$13 ;
+    \$80  = psb;
+    if (\$61 ) begin
+      \$80  = ps_rd__data;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$81  = ps_wr__addr;
+    if (stored) begin
+      \$81  = \$62 [8:0];
+    end
+    if (start) begin
+      \$81  = 9'h000;
     end
     if (rst) begin
-      \$27  = 1'h0;
+      \$81  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$28  = accj;
-    if (en_j) begin
-      \$28  = \i__payload$29 ;
+    \$82  = ps_rd__addr;
+    if (\$63 ) begin
+      \$82  = \$64 [8:0];
+    end
+    if (start) begin
+      \$82  = 9'h000;
     end
     if (rst) begin
-      \$28  = 224'h00000000000000000000000000000000000000000000000000000000;
+      \$82  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$29  = params__addr;
-    if (en_j) begin
-      if (\$17 ) begin
-        \$29  = \$20 [5:0];
+    \$83  = vj;
+    if (ps_rd__en) begin
+      \$83  = \$65 ;
+    end
+    if (rst) begin
+      \$83  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$84  = accj;
+    if (ps_rd__en) begin
+      \$84  = \i__payload$40 ;
+    end
+    if (rst) begin
+      \$84  = 224'h00000000000000000000000000000000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$85  = params__addr;
+    if (ps_rd__en) begin
+      if (\$69 ) begin
+        \$85  = \$72 [5:0];
       end
     end
     if (start) begin
-      \$29  = 6'h00;
+      \$85  = 6'h00;
     end
     if (rst) begin
-      \$29  = 6'h00;
+      \$85  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$30  = out_cnt;
-    if (\$22 ) begin
-      \$30  = \$23 [23:0];
+    \$86  = out_cnt;
+    if (\$75 ) begin
+      \$86  = \$76 [23:0];
     end
     if (start) begin
-      \$30  = 24'h000000;
+      \$86  = 24'h000000;
     end
     if (rst) begin
-      \$30  = 24'h000000;
+      \$86  = 24'h000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$31  = ro;
+    \$87  = ro;
     if (start) begin
-      \$31  = 3'h0;
+      \$87  = 3'h0;
     end
     if (rst) begin
-      \$31  = 3'h0;
+      \$87  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$32  = oxo;
+    \$88  = oxo;
     if (start) begin
-      \$32  = 16'h0000;
+      \$88  = 16'h0000;
     end
     if (rst) begin
-      \$32  = 16'h0000;
+      \$88  = 16'h0000;
     end
   end
   assign keep_o = 1'h1;
-  assign \i__ready$8  = en_j;
+  assign ridx = ps_rd__addr;
+  assign en_j = ps_rd__en;
+  assign widx = ps_wr__addr;
+  assign ps_wr__data = total;
+  assign ps_wr__en = stored;
+  assign \i__ready$19  = ps_rd__en;
   assign jo = params__addr;
-  assign params__en = en_j;
-  assign i__valid = vb;
+  assign params__en = ps_rd__en;
   assign relu = cmd[110];
-  assign \o__valid$16  = o__valid;
-  assign \o__payload$18  = o__payload;
-  assign \o__ready$20  = o__ready;
-  assign \i__payload.acc  = i__payload[223:0];
-  assign \i__payload.acc[0]  = i__payload[31:0];
-  assign \i__payload.acc[1]  = i__payload[63:32];
-  assign \i__payload.acc[2]  = i__payload[95:64];
-  assign \i__payload.acc[3]  = i__payload[127:96];
-  assign \i__payload.acc[4]  = i__payload[159:128];
-  assign \i__payload.acc[5]  = i__payload[191:160];
-  assign \i__payload.acc[6]  = i__payload[223:192];
-  assign \i__payload.mult  = i__payload[335:224];
-  assign \i__payload.mult[0]  = i__payload[239:224];
-  assign \i__payload.mult[1]  = i__payload[255:240];
-  assign \i__payload.mult[2]  = i__payload[271:256];
-  assign \i__payload.mult[3]  = i__payload[287:272];
-  assign \i__payload.mult[4]  = i__payload[303:288];
-  assign \i__payload.mult[5]  = i__payload[319:304];
-  assign \i__payload.mult[6]  = i__payload[335:320];
-  assign \i__payload.shift  = i__payload[377:336];
-  assign \i__payload.shift[0]  = i__payload[341:336];
-  assign \i__payload.shift[1]  = i__payload[347:342];
-  assign \i__payload.shift[2]  = i__payload[353:348];
-  assign \i__payload.shift[3]  = i__payload[359:354];
-  assign \i__payload.shift[4]  = i__payload[365:360];
-  assign \i__payload.shift[5]  = i__payload[371:366];
-  assign \i__payload.shift[6]  = i__payload[377:372];
+  assign \o__valid$26  = o__valid;
+  assign \o__payload$28  = o__payload;
+  assign \o__ready$30  = o__ready;
+  assign \cmd.in_h  = cmd[15:0];
+  assign \cmd.in_w  = cmd[31:16];
+  assign \cmd.out_h  = cmd[47:32];
+  assign \cmd.out_w  = cmd[63:48];
+  assign \cmd.gin  = cmd[79:64];
+  assign \cmd.gout  = cmd[95:80];
+  assign \cmd.k  = cmd[99:96];
+  assign \cmd.stride  = cmd[101:100];
+  assign \cmd.pad_top  = cmd[104:102];
+  assign \cmd.pad_left  = cmd[107:105];
+  assign \cmd.kind  = cmd[109:108];
+  assign \cmd.relu  = cmd[110];
+  assign \cmd.keep  = cmd[111];
+  assign \cmd.part  = cmd[113:112];
+  assign \total[0]  = total[31:0];
+  assign \total[1]  = total[63:32];
+  assign \total[2]  = total[95:64];
+  assign \total[3]  = total[127:96];
+  assign \total[4]  = total[159:128];
+  assign \total[5]  = total[191:160];
+  assign \total[6]  = total[223:192];
   assign \accb[0]  = accb[31:0];
   assign \accb[1]  = accb[63:32];
   assign \accb[2]  = accb[95:64];
@@ -18256,19 +19045,44 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, \i__valid$28 , \i_
   assign \pb.shift[4]  = pb[365:360];
   assign \pb.shift[5]  = pb[371:366];
   assign \pb.shift[6]  = pb[377:372];
-  assign \cmd.in_h  = cmd[15:0];
-  assign \cmd.in_w  = cmd[31:16];
-  assign \cmd.out_h  = cmd[47:32];
-  assign \cmd.out_w  = cmd[63:48];
-  assign \cmd.gin  = cmd[79:64];
-  assign \cmd.gout  = cmd[95:80];
-  assign \cmd.k  = cmd[99:96];
-  assign \cmd.stride  = cmd[101:100];
-  assign \cmd.pad_top  = cmd[104:102];
-  assign \cmd.pad_left  = cmd[107:105];
-  assign \cmd.kind  = cmd[109:108];
-  assign \cmd.relu  = cmd[110];
-  assign \cmd.keep  = cmd[111];
+  assign \psb[0]  = psb[31:0];
+  assign \psb[1]  = psb[63:32];
+  assign \psb[2]  = psb[95:64];
+  assign \psb[3]  = psb[127:96];
+  assign \psb[4]  = psb[159:128];
+  assign \psb[5]  = psb[191:160];
+  assign \psb[6]  = psb[223:192];
+  assign \i__payload.acc  = i__payload[223:0];
+  assign \i__payload.acc[0]  = i__payload[31:0];
+  assign \i__payload.acc[1]  = i__payload[63:32];
+  assign \i__payload.acc[2]  = i__payload[95:64];
+  assign \i__payload.acc[3]  = i__payload[127:96];
+  assign \i__payload.acc[4]  = i__payload[159:128];
+  assign \i__payload.acc[5]  = i__payload[191:160];
+  assign \i__payload.acc[6]  = i__payload[223:192];
+  assign \i__payload.mult  = i__payload[335:224];
+  assign \i__payload.mult[0]  = i__payload[239:224];
+  assign \i__payload.mult[1]  = i__payload[255:240];
+  assign \i__payload.mult[2]  = i__payload[271:256];
+  assign \i__payload.mult[3]  = i__payload[287:272];
+  assign \i__payload.mult[4]  = i__payload[303:288];
+  assign \i__payload.mult[5]  = i__payload[319:304];
+  assign \i__payload.mult[6]  = i__payload[335:320];
+  assign \i__payload.shift  = i__payload[377:336];
+  assign \i__payload.shift[0]  = i__payload[341:336];
+  assign \i__payload.shift[1]  = i__payload[347:342];
+  assign \i__payload.shift[2]  = i__payload[353:348];
+  assign \i__payload.shift[3]  = i__payload[359:354];
+  assign \i__payload.shift[4]  = i__payload[365:360];
+  assign \i__payload.shift[5]  = i__payload[371:366];
+  assign \i__payload.shift[6]  = i__payload[377:372];
+  assign \ps_wr__data[0]  = total[31:0];
+  assign \ps_wr__data[1]  = total[63:32];
+  assign \ps_wr__data[2]  = total[95:64];
+  assign \ps_wr__data[3]  = total[127:96];
+  assign \ps_wr__data[4]  = total[159:128];
+  assign \ps_wr__data[5]  = total[191:160];
+  assign \ps_wr__data[6]  = total[223:192];
   assign \o__payload[0]  = o__payload[7:0];
   assign \o__payload[1]  = o__payload[15:8];
   assign \o__payload[2]  = o__payload[23:16];
@@ -18276,13 +19090,13 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, \i__valid$28 , \i_
   assign \o__payload[4]  = o__payload[39:32];
   assign \o__payload[5]  = o__payload[47:40];
   assign \o__payload[6]  = o__payload[55:48];
-  assign \o__payload$18[0]  = o__payload[7:0];
-  assign \o__payload$18[1]  = o__payload[15:8];
-  assign \o__payload$18[2]  = o__payload[23:16];
-  assign \o__payload$18[3]  = o__payload[31:24];
-  assign \o__payload$18[4]  = o__payload[39:32];
-  assign \o__payload$18[5]  = o__payload[47:40];
-  assign \o__payload$18[6]  = o__payload[55:48];
+  assign \o__payload$28[0]  = o__payload[7:0];
+  assign \o__payload$28[1]  = o__payload[15:8];
+  assign \o__payload$28[2]  = o__payload[23:16];
+  assign \o__payload$28[3]  = o__payload[31:24];
+  assign \o__payload$28[4]  = o__payload[39:32];
+  assign \o__payload$28[5]  = o__payload[47:40];
+  assign \o__payload$28[6]  = o__payload[55:48];
   assign \accj[0]  = accj[31:0];
   assign \accj[1]  = accj[63:32];
   assign \accj[2]  = accj[95:64];
@@ -18314,27 +19128,35 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, \i__valid$28 , \i_
   assign \params__data.shift[4]  = params__data[365:360];
   assign \params__data.shift[5]  = params__data[371:366];
   assign \params__data.shift[6]  = params__data[377:372];
-  assign \i__payload$29[0]  = \i__payload$29 [31:0];
-  assign \i__payload$29[1]  = \i__payload$29 [63:32];
-  assign \i__payload$29[2]  = \i__payload$29 [95:64];
-  assign \i__payload$29[3]  = \i__payload$29 [127:96];
-  assign \i__payload$29[4]  = \i__payload$29 [159:128];
-  assign \i__payload$29[5]  = \i__payload$29 [191:160];
-  assign \i__payload$29[6]  = \i__payload$29 [223:192];
+  assign \ps_rd__data[0]  = ps_rd__data[31:0];
+  assign \ps_rd__data[1]  = ps_rd__data[63:32];
+  assign \ps_rd__data[2]  = ps_rd__data[95:64];
+  assign \ps_rd__data[3]  = ps_rd__data[127:96];
+  assign \ps_rd__data[4]  = ps_rd__data[159:128];
+  assign \ps_rd__data[5]  = ps_rd__data[191:160];
+  assign \ps_rd__data[6]  = ps_rd__data[223:192];
+  assign \i__payload$40[0]  = \i__payload$40 [31:0];
+  assign \i__payload$40[1]  = \i__payload$40 [63:32];
+  assign \i__payload$40[2]  = \i__payload$40 [95:64];
+  assign \i__payload$40[3]  = \i__payload$40 [127:96];
+  assign \i__payload$40[4]  = \i__payload$40 [159:128];
+  assign \i__payload$40[5]  = \i__payload$40 [191:160];
+  assign \i__payload$40[6]  = \i__payload$40 [223:192];
   assign i__payload[377:336] = pb[377:336];
   assign i__payload[335:224] = pb[335:224];
-  assign i__payload[223:192] = \$10 [31:0];
-  assign i__payload[191:160] = \$9 [31:0];
-  assign i__payload[159:128] = \$8 [31:0];
-  assign i__payload[127:96] = \$7 [31:0];
-  assign i__payload[95:64] = \$6 [31:0];
-  assign i__payload[63:32] = \$5 [31:0];
-  assign i__payload[31:0] = \$4 [31:0];
-  assign \$13  = \i__valid$28 ;
+  assign i__payload[223:0] = total;
+  assign total[223:192] = \$42 [31:0];
+  assign total[191:160] = \$37 [31:0];
+  assign total[159:128] = \$32 [31:0];
+  assign total[127:96] = \$27 [31:0];
+  assign total[95:64] = \$22 [31:0];
+  assign total[63:32] = \$17 [31:0];
+  assign total[31:0] = \$12 [31:0];
+  assign \$65  = \i__valid$39 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out.rq (clk, rst, en, relu, i__payload, i__valid, o__valid, o__payload, o__ready);
+module \psc_core.out.rq (clk, rst, i__valid, en, relu, i__payload, o__valid, o__payload, o__ready);
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -27131,8 +27953,8 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   reg below_oy = 1'h0;
   input clk;
   wire clk;
-  input [111:0] cmd;
-  wire [111:0] cmd;
+  input [113:0] cmd;
+  wire [113:0] cmd;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -27149,6 +27971,12 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   input dw;
@@ -28069,6 +28897,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
+  assign \cmd.part  = cmd[113:112];
   assign \taps__payload.lin  = taps__payload[17:0];
   assign \taps__payload.ix  = taps__payload[35:18];
   assign \taps__payload.iy  = taps__payload[53:36];
@@ -28102,6 +28931,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
   wire \$1 ;
   wire \$10 ;
+  reg \$100 ;
   wire \$11 ;
   wire \$12 ;
   wire \$13 ;
@@ -28165,7 +28995,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   wire \$66 ;
   wire \$67 ;
   wire \$68 ;
-  wire [15:0] \$69 ;
+  wire \$69 ;
   wire \$7 ;
   wire \$70 ;
   wire \$71 ;
@@ -28175,30 +29005,38 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   wire \$75 ;
   wire \$76 ;
   wire \$77 ;
-  wire \$78 ;
+  wire [15:0] \$78 ;
   wire \$79 ;
   wire \$8 ;
   wire \$80 ;
-  reg \$81 ;
-  reg \$82 ;
-  reg \$83 ;
-  reg [111:0] \$84 ;
-  reg \$85 ;
-  reg \$86 ;
-  reg \$87 ;
-  reg [15:0] \$88 ;
-  reg [2:0] \$89 ;
+  wire \$81 ;
+  wire \$82 ;
+  wire \$83 ;
+  wire \$84 ;
+  wire \$85 ;
+  wire \$86 ;
+  wire \$87 ;
+  wire \$88 ;
+  wire \$89 ;
   wire \$9 ;
   reg \$90 ;
   reg \$91 ;
+  reg \$92 ;
+  reg [113:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg \$96 ;
+  reg [15:0] \$97 ;
+  reg [2:0] \$98 ;
+  reg \$99 ;
   output accept;
   reg accept;
   reg bad_fields = 1'h0;
   reg bad_sizes = 1'h0;
   output busy;
   reg busy;
-  input [111:0] cfg__payload;
-  wire [111:0] cfg__payload;
+  input [113:0] cfg__payload;
+  wire [113:0] cfg__payload;
   wire [15:0] \cfg__payload.gin ;
   wire [15:0] \cfg__payload.gout ;
   wire [15:0] \cfg__payload.in_h ;
@@ -28215,6 +29053,12 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   wire [15:0] \cfg__payload.out_w ;
   wire [2:0] \cfg__payload.pad_left ;
   wire [2:0] \cfg__payload.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cfg__payload.part ;
   wire \cfg__payload.relu ;
   wire [1:0] \cfg__payload.stride ;
   output cfg__ready;
@@ -28223,8 +29067,8 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   wire cfg__valid;
   input clk;
   wire clk;
-  output [111:0] cmd;
-  reg [111:0] cmd = 112'h0000000000000000000000000000;
+  output [113:0] cmd;
+  reg [113:0] cmd = 114'h00000000000000000000000000000;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -28241,6 +29085,12 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   output done;
@@ -28291,6 +29141,14 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   reg start;
   output starting;
   reg starting;
+  assign \$1  = cmd[99:96] == 1'h1;
+  assign \$2  = cmd[99:96] == 2'h3;
+  assign \$3  = \$1  | \$2 ;
+  assign \$4  = cmd[99:96] == 3'h5;
+  assign \$5  = \$3  | \$4 ;
+  assign \$6  = cmd[99:96] == 3'h7;
+  assign \$7  = \$5  | \$6 ;
+  assign \$8  = ~ \$7 ;
   assign \$9  = cmd[101:100] == 1'h1;
   assign \$10  = cmd[101:100] == 2'h2;
   assign \$11  = \$9  | \$10 ;
@@ -28333,221 +29191,221 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   assign \$50  = \$45  | \$49 ;
   assign \$51  = cmd[95:80] > 7'h40;
   assign \$52  = \$50  | \$51 ;
-  assign \$53  = sizes[25:13] > 13'h1000;
-  assign \$54  = sizes[167:155] > 13'h1000;
-  assign \$55  = dwp & \$54 ;
-  assign \$56  = \$53  | \$55 ;
-  assign \$57  = ~ cmd[111];
-  assign \$58  = sizes[111:102] > 10'h200;
-  assign \$59  = \$57  & \$58 ;
-  assign \$60  = \$56  | \$59 ;
-  assign \$61  = sizes[101:89] > 13'h1000;
-  assign \$62  = \$60  | \$61 ;
-  assign \$63  = sizes[75:51] > 24'hffffff;
-  assign \$64  = \$62  | \$63 ;
-  assign \$65  = cfg__payload[109:108] == 1'h1;
-  assign \$66  = cfg__payload[109:108] == 1'h1;
-  assign \$68  = cfg__payload[109:108] == 1'h1;
-  assign \$69  = \$68  ? 16'h0001 : cfg__payload[79:64];
-  assign \$70  = bad_fields | bad_sizes;
-  assign \$71  = outputs_done & inputs_done;
-  assign \$72  = fin & loaded;
-  assign \$73  = dwp & mac_valid;
-  assign \$74  = ~ \$73 ;
-  assign \$75  = \$72  & \$74 ;
-  assign \$76  = ! fsm_state;
-  assign \$77  = fsm_state == 1'h1;
-  assign \$78  = fsm_state == 2'h2;
-  assign \$79  = fsm_state == 2'h3;
-  assign \$80  = fsm_state == 3'h4;
+  assign \$53  = | cmd[113:112];
+  assign \$54  = cmd[109:108] == 1'h1;
+  assign \$56  = \$53  & \$55 ;
+  assign \$57  = \$52  | \$56 ;
+  assign \$58  = sizes[25:13] > 13'h1000;
+  assign \$59  = sizes[167:155] > 13'h1000;
+  assign \$60  = dwp & \$59 ;
+  assign \$61  = \$58  | \$60 ;
+  assign \$62  = ~ cmd[111];
+  assign \$63  = sizes[111:102] > 10'h200;
+  assign \$64  = \$62  & \$63 ;
+  assign \$65  = \$61  | \$64 ;
+  assign \$66  = sizes[101:89] > 13'h1000;
+  assign \$67  = \$65  | \$66 ;
+  assign \$68  = sizes[75:51] > 24'hffffff;
+  assign \$69  = \$67  | \$68 ;
+  assign \$70  = | cmd[113:112];
+  assign \$71  = sizes[75:51] > 10'h200;
+  assign \$72  = \$70  & \$71 ;
+  assign \$73  = \$69  | \$72 ;
+  assign \$74  = cfg__payload[109:108] == 1'h1;
+  assign \$75  = cfg__payload[109:108] == 1'h1;
+  assign \$77  = cfg__payload[109:108] == 1'h1;
+  assign \$78  = \$77  ? 16'h0001 : cfg__payload[79:64];
+  assign \$79  = bad_fields | bad_sizes;
+  assign \$80  = outputs_done & inputs_done;
+  assign \$81  = fin & loaded;
+  assign \$82  = dwp & mac_valid;
+  assign \$83  = ~ \$82 ;
+  assign \$84  = \$81  & \$83 ;
+  assign \$85  = ! fsm_state;
+  assign \$86  = fsm_state == 1'h1;
+  assign \$87  = fsm_state == 2'h2;
+  assign \$88  = fsm_state == 2'h3;
+  assign \$89  = fsm_state == 3'h4;
   always @(posedge clk)
-    bad_fields <= \$81 ;
+    bad_fields <= \$90 ;
   always @(posedge clk)
-    bad_sizes <= \$82 ;
+    bad_sizes <= \$91 ;
   always @(posedge clk)
-    done <= \$83 ;
+    done <= \$92 ;
   always @(posedge clk)
-    cmd <= \$84 ;
+    cmd <= \$93 ;
   always @(posedge clk)
-    error <= \$85 ;
+    error <= \$94 ;
   always @(posedge clk)
-    dw <= \$86 ;
+    dw <= \$95 ;
   always @(posedge clk)
-    dwp <= \$87 ;
+    dwp <= \$96 ;
   always @(posedge clk)
-    gin_e <= \$88 ;
+    gin_e <= \$97 ;
   always @(posedge clk)
-    fsm_state <= \$89 ;
+    fsm_state <= \$98 ;
   always @(posedge clk)
-    refused <= \$90 ;
+    refused <= \$99 ;
   always @(posedge clk)
-    fin <= \$91 ;
-  assign \$1  = cmd[99:96] == 1'h1;
-  assign \$2  = cmd[99:96] == 2'h3;
-  assign \$3  = \$1  | \$2 ;
-  assign \$4  = cmd[99:96] == 3'h5;
-  assign \$5  = \$3  | \$4 ;
-  assign \$6  = cmd[99:96] == 3'h7;
-  assign \$7  = \$5  | \$6 ;
-  assign \$8  = ~ \$7 ;
+    fin <= \$100 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$81  = \$52 ;
-    if (rst) begin
-      \$81  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$82  = \$64 ;
-    if (rst) begin
-      \$82  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$83  = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (refused) begin
-            \$83  = 1'h1;
-          end
-      3'h4:
-          if (\$75 ) begin
-            \$83  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$83  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$84  = cmd;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$84  = cfg__payload;
-          end
-    endcase
-    if (rst) begin
-      \$84  = 112'h0000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$85  = error;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$85  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (refused) begin
-            \$85  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$85  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$86  = dw;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$86  = \$65 ;
-          end
-    endcase
-    if (rst) begin
-      \$86  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$87  = dwp;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$87  = \$67 ;
-          end
-    endcase
-    if (rst) begin
-      \$87  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$88  = gin_e;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$88  = \$69 ;
-          end
-    endcase
-    if (rst) begin
-      \$88  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$89  = fsm_state;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$89  = 3'h1;
-          end
-      3'h1:
-          if (sizes_ready) begin
-            \$89  = 3'h2;
-          end
-      3'h2:
-          \$89  = 3'h3;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (refused) begin
-            \$89  = 3'h0;
-          end else begin
-            \$89  = 3'h4;
-          end
-      3'h4:
-          if (\$75 ) begin
-            \$89  = 3'h0;
-          end
-    endcase
-    if (rst) begin
-      \$89  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$90  = refused;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$90  = \$70 ;
-    endcase
+    \$90  = \$57 ;
     if (rst) begin
       \$90  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$91  = fin;
+    \$91  = \$73 ;
+    if (rst) begin
+      \$91  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$92  = 1'h0;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$92  = 1'h1;
+          end
+      3'h4:
+          if (\$84 ) begin
+            \$92  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$92  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$93  = cmd;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$93  = cfg__payload;
+          end
+    endcase
+    if (rst) begin
+      \$93  = 114'h00000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$94  = error;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$94  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$94  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$94  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$95  = dw;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$95  = \$74 ;
+          end
+    endcase
+    if (rst) begin
+      \$95  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$96  = dwp;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$96  = \$76 ;
+          end
+    endcase
+    if (rst) begin
+      \$96  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$97  = gin_e;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$97  = \$78 ;
+          end
+    endcase
+    if (rst) begin
+      \$97  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$98  = fsm_state;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$98  = 3'h1;
+          end
+      3'h1:
+          if (sizes_ready) begin
+            \$98  = 3'h2;
+          end
+      3'h2:
+          \$98  = 3'h3;
+      3'h3:
+          (* full_case = 32'd1 *)
+          if (refused) begin
+            \$98  = 3'h0;
+          end else begin
+            \$98  = 3'h4;
+          end
+      3'h4:
+          if (\$84 ) begin
+            \$98  = 3'h0;
+          end
+    endcase
+    if (rst) begin
+      \$98  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$99  = refused;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$99  = \$79 ;
+    endcase
+    if (rst) begin
+      \$99  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$100  = fin;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -28559,13 +29417,13 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
           (* full_case = 32'd1 *)
           if (refused) begin
           end else begin
-            \$91  = 1'h0;
+            \$100  = 1'h0;
           end
       3'h4:
-          \$91  = \$71 ;
+          \$100  = \$80 ;
     endcase
     if (rst) begin
-      \$91  = 1'h0;
+      \$100  = 1'h0;
     end
   end
   always @* begin
@@ -28671,6 +29529,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
+  assign \cmd.part  = cmd[113:112];
   assign \sizes.wg  = sizes[12:0];
   assign \sizes.n_in  = sizes[25:13];
   assign \sizes.ow  = sizes[50:26];
@@ -28696,9 +29555,11 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   assign \cfg__payload.kind  = cfg__payload[109:108];
   assign \cfg__payload.relu  = cfg__payload[110];
   assign \cfg__payload.keep  = cfg__payload[111];
+  assign \cfg__payload.part  = cfg__payload[113:112];
   assign \$48  = 1'h1;
   assign \$49  = \$46 ;
-  assign \$67  = 1'h0;
+  assign \$55  = \$54 ;
+  assign \$76  = 1'h0;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -28759,8 +29620,8 @@ module \psc_core.sizes$164 (rst, cmd, gin_e, clear, enable, ready, sizes, clk);
   wire clear;
   input clk;
   wire clk;
-  input [111:0] cmd;
-  wire [111:0] cmd;
+  input [113:0] cmd;
+  wire [113:0] cmd;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -28777,6 +29638,12 @@ module \psc_core.sizes$164 (rst, cmd, gin_e, clear, enable, ready, sizes, clk);
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   input enable;
@@ -29209,6 +30076,7 @@ module \psc_core.sizes$164 (rst, cmd, gin_e, clear, enable, ready, sizes, clk);
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
+  assign \cmd.part  = cmd[113:112];
   assign \sizes.wg  = sizes[12:0];
   assign \sizes.n_in  = sizes[25:13];
   assign \sizes.ow  = sizes[50:26];
@@ -29226,7 +30094,7 @@ module \psc_core.sizes$164 (rst, cmd, gin_e, clear, enable, ready, sizes, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$3964$0 , \port$4006$0 , \port$4048$0 , \port$4090$0 , \port$4132$0 , \port$4174$0 , \port$4216$0 , clk);
+module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$4037$0 , \port$4079$0 , \port$4121$0 , \port$4163$0 , \port$4205$0 , \port$4247$0 , \port$4289$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -29250,20 +30118,20 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$3964$0 , \po
   (* init = 1'h0 *)
   wire consume;
   reg [1:0] level = 2'h0;
-  input [31:0] \port$3964$0 ;
-  wire [31:0] \port$3964$0 ;
-  input [31:0] \port$4006$0 ;
-  wire [31:0] \port$4006$0 ;
-  input [31:0] \port$4048$0 ;
-  wire [31:0] \port$4048$0 ;
-  input [31:0] \port$4090$0 ;
-  wire [31:0] \port$4090$0 ;
-  input [31:0] \port$4132$0 ;
-  wire [31:0] \port$4132$0 ;
-  input [31:0] \port$4174$0 ;
-  wire [31:0] \port$4174$0 ;
-  input [31:0] \port$4216$0 ;
-  wire [31:0] \port$4216$0 ;
+  input [31:0] \port$4037$0 ;
+  wire [31:0] \port$4037$0 ;
+  input [31:0] \port$4079$0 ;
+  wire [31:0] \port$4079$0 ;
+  input [31:0] \port$4121$0 ;
+  wire [31:0] \port$4121$0 ;
+  input [31:0] \port$4163$0 ;
+  wire [31:0] \port$4163$0 ;
+  input [31:0] \port$4205$0 ;
+  wire [31:0] \port$4205$0 ;
+  input [31:0] \port$4247$0 ;
+  wire [31:0] \port$4247$0 ;
+  input [31:0] \port$4289$0 ;
+  wire [31:0] \port$4289$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [223:0] r_data;
@@ -29295,7 +30163,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$3964$0 , \po
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$4216$0 , \port$4174$0 , \port$4132$0 , \port$4090$0 , \port$4048$0 , \port$4006$0 , \port$3964$0  };
+      storage[w_port__addr] <= { \port$4289$0 , \port$4247$0 , \port$4205$0 , \port$4163$0 , \port$4121$0 , \port$4079$0 , \port$4037$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -29357,8 +30225,8 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$3964$0 , \po
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$4216$0 , \port$4174$0 , \port$4132$0 , \port$4090$0 , \port$4048$0 , \port$4006$0 , \port$3964$0  };
-  assign w_data = { \port$4216$0 , \port$4174$0 , \port$4132$0 , \port$4090$0 , \port$4048$0 , \port$4006$0 , \port$3964$0  };
+  assign w_port__data = { \port$4289$0 , \port$4247$0 , \port$4205$0 , \port$4163$0 , \port$4121$0 , \port$4079$0 , \port$4037$0  };
+  assign w_data = { \port$4289$0 , \port$4247$0 , \port$4205$0 , \port$4163$0 , \port$4121$0 , \port$4079$0 , \port$4037$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

@@ -7,11 +7,11 @@
 // Configuration (psc.config.CoreConfig): preset 'ice40-up5k' and the command's overrides
 //   pe.act_width = 8
 //   pe.weight_width = 8
-//   pe.acc_width = 27
+//   pe.acc_width = 26
 //   pe.mult_width = 16
 //   pe.lanes = 8
 //   pe.rows = 2
-//   pe.max_reduction = 2048
+//   pe.max_reduction = 1024
 //   pe.psc = True
 //   pe.multiplier = 'ice40_dual8x8'
 //   pe.tree_stages = 2
@@ -19,15 +19,17 @@
 //   pe.requant_mult_bits = 4
 //   pe.depthwise = 'diagonal'
 //   fmap_depth = 256
-//   weight_depth = 256
+//   weight_depth = 128
 //   param_depth = 64
 //   read_register = False
+//   psum_depth = 256
+//   psum_width = 32
 //
 // Latency: MAC array (DotProduct) 6 cycles; requantiser 11 cycles, one beat per 8 cycles.
 // The command's end-to-end timing is in the PSCConvCore docstring.
 //
 // Ports (psc.hw.core.PSCConvCore; payloads LSB first):
-// cfg: stream in (cfg__payload, cfg__valid, cfg__ready), payload 112 bits
+// cfg: stream in (cfg__payload, cfg__valid, cfg__ready), payload 114 bits
 //   cfg__payload[15:0]  in_h: unsigned(16)
 //   cfg__payload[31:16]  in_w: unsigned(16)
 //   cfg__payload[47:32]  out_h: unsigned(16)
@@ -41,13 +43,14 @@
 //   cfg__payload[109:108]  kind: unsigned(2)
 //   cfg__payload[110:110]  relu: unsigned(1)
 //   cfg__payload[111:111]  keep: unsigned(1)
+//   cfg__payload[113:112]  part: unsigned(2)
 // weights: stream in (weights__payload, weights__valid, weights__ready), payload 256 bits
 //   2 x 8 x unsigned(16), index 0 lowest
 //   word w[r][l] (row r, lane l) is weights__payload[(r * 8 + l) * 16 +: 16], {W-, W+} with W+ low
-// params: stream in (params__payload, params__valid, params__ready), payload 98 bits
-//   params__payload[53:0]  bias: 2 x signed(27), index 0 lowest
-//   params__payload[85:54]  mult: 2 x unsigned(16), index 0 lowest
-//   params__payload[97:86]  shift: 2 x unsigned(6), index 0 lowest
+// params: stream in (params__payload, params__valid, params__ready), payload 96 bits
+//   params__payload[51:0]  bias: 2 x signed(26), index 0 lowest
+//   params__payload[83:52]  mult: 2 x unsigned(16), index 0 lowest
+//   params__payload[95:84]  shift: 2 x unsigned(6), index 0 lowest
 // act_in: stream in (act_in__payload, act_in__valid, act_in__ready), payload 64 bits
 //   8 x signed(8), index 0 lowest
 // act_out: stream out (act_out__payload, act_out__valid, act_out__ready), payload 16 bits
@@ -66,9 +69,9 @@
 (* generator = "Amaranth" *)
 module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, params__valid, act_in__payload, act_in__valid, act_out__ready, clk, rst, cfg__ready, weights__ready, params__ready, act_in__ready, act_out__payload, act_out__valid, busy, done, error, cycles_total, cycles_compute
 , cycles_stall, cfg__payload);
-  wire [17:0] \$1 ;
-  wire [26:0] \$2 ;
-  wire [26:0] \$3 ;
+  wire [16:0] \$1 ;
+  wire [25:0] \$2 ;
+  wire [25:0] \$3 ;
   wire accept;
   input [63:0] act_in__payload;
   wire [63:0] act_in__payload;
@@ -99,9 +102,9 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire busy;
   wire \busy$145 ;
   wire \busy$146 ;
-  input [111:0] cfg__payload;
-  wire [111:0] cfg__payload;
-  wire [111:0] \cfg__payload$23 ;
+  input [113:0] cfg__payload;
+  wire [113:0] cfg__payload;
+  wire [113:0] \cfg__payload$23 ;
   wire [15:0] \cfg__payload$23.gin ;
   wire [15:0] \cfg__payload$23.gout ;
   wire [15:0] \cfg__payload$23.in_h ;
@@ -118,6 +121,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cfg__payload$23.out_w ;
   wire [2:0] \cfg__payload$23.pad_left ;
   wire [2:0] \cfg__payload$23.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cfg__payload$23.part ;
   wire \cfg__payload$23.relu ;
   wire [1:0] \cfg__payload$23.stride ;
   wire [15:0] \cfg__payload.gin ;
@@ -136,6 +145,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cfg__payload.out_w ;
   wire [2:0] \cfg__payload.pad_left ;
   wire [2:0] \cfg__payload.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cfg__payload.part ;
   wire \cfg__payload.relu ;
   wire [1:0] \cfg__payload.stride ;
   output cfg__ready;
@@ -148,8 +163,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \clear$144 ;
   input clk;
   wire clk;
-  wire [111:0] cmd;
-  wire [111:0] \cmd$101 ;
+  wire [113:0] cmd;
+  wire [113:0] \cmd$101 ;
   wire [15:0] \cmd$101.gin ;
   wire [15:0] \cmd$101.gout ;
   wire [15:0] \cmd$101.in_h ;
@@ -166,9 +181,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cmd$101.out_w ;
   wire [2:0] \cmd$101.pad_left ;
   wire [2:0] \cmd$101.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd$101.part ;
   wire \cmd$101.relu ;
   wire [1:0] \cmd$101.stride ;
-  wire [111:0] \cmd$103 ;
+  wire [113:0] \cmd$103 ;
   wire [15:0] \cmd$103.gin ;
   wire [15:0] \cmd$103.gout ;
   wire [15:0] \cmd$103.in_h ;
@@ -185,9 +206,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cmd$103.out_w ;
   wire [2:0] \cmd$103.pad_left ;
   wire [2:0] \cmd$103.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd$103.part ;
   wire \cmd$103.relu ;
   wire [1:0] \cmd$103.stride ;
-  wire [111:0] \cmd$111 ;
+  wire [113:0] \cmd$111 ;
   wire [15:0] \cmd$111.gin ;
   wire [15:0] \cmd$111.gout ;
   wire [15:0] \cmd$111.in_h ;
@@ -204,9 +231,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cmd$111.out_w ;
   wire [2:0] \cmd$111.pad_left ;
   wire [2:0] \cmd$111.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd$111.part ;
   wire \cmd$111.relu ;
   wire [1:0] \cmd$111.stride ;
-  wire [111:0] \cmd$81 ;
+  wire [113:0] \cmd$81 ;
   wire [15:0] \cmd$81.gin ;
   wire [15:0] \cmd$81.gout ;
   wire [15:0] \cmd$81.in_h ;
@@ -223,9 +256,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cmd$81.out_w ;
   wire [2:0] \cmd$81.pad_left ;
   wire [2:0] \cmd$81.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd$81.part ;
   wire \cmd$81.relu ;
   wire [1:0] \cmd$81.stride ;
-  wire [111:0] \cmd$92 ;
+  wire [113:0] \cmd$92 ;
   wire [15:0] \cmd$92.gin ;
   wire [15:0] \cmd$92.gout ;
   wire [15:0] \cmd$92.in_h ;
@@ -242,6 +281,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cmd$92.out_w ;
   wire [2:0] \cmd$92.pad_left ;
   wire [2:0] \cmd$92.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd$92.part ;
   wire \cmd$92.relu ;
   wire [1:0] \cmd$92.stride ;
   wire [15:0] \cmd.gin ;
@@ -260,10 +305,16 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   wire [31:0] compute;
-  wire [8:0] count;
+  wire [7:0] count;
   wire [15:0] \count$110 ;
   output [31:0] cycles_compute;
   wire [31:0] cycles_compute;
@@ -311,34 +362,34 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \i__payload$29[1][5] ;
   wire [15:0] \i__payload$29[1][6] ;
   wire [15:0] \i__payload$29[1][7] ;
-  wire [97:0] \i__payload$32 ;
-  wire [53:0] \i__payload$32.bias ;
-  wire [26:0] \i__payload$32.bias[0] ;
-  wire [26:0] \i__payload$32.bias[1] ;
+  wire [95:0] \i__payload$32 ;
+  wire [51:0] \i__payload$32.bias ;
+  wire [25:0] \i__payload$32.bias[0] ;
+  wire [25:0] \i__payload$32.bias[1] ;
   wire [31:0] \i__payload$32.mult ;
   wire [15:0] \i__payload$32.mult[0] ;
   wire [15:0] \i__payload$32.mult[1] ;
   wire [11:0] \i__payload$32.shift ;
   wire [5:0] \i__payload$32.shift[0] ;
   wire [5:0] \i__payload$32.shift[1] ;
-  wire [61:0] \i__payload$35 ;
+  wire [60:0] \i__payload$35 ;
   wire \i__payload$35.first ;
   wire [17:0] \i__payload$35.ix ;
   wire [17:0] \i__payload$35.iy ;
   wire \i__payload$35.last ;
   wire [13:0] \i__payload$35.lin ;
-  wire [9:0] \i__payload$35.waddr ;
-  wire [20:0] \i__payload$41 ;
+  wire [8:0] \i__payload$35.waddr ;
+  wire [19:0] \i__payload$41 ;
   wire [7:0] \i__payload$41.addr ;
   wire [7:0] \i__payload$41.addr[0] ;
   wire \i__payload$41.first ;
   wire \i__payload$41.last ;
   wire \i__payload$41.pad ;
-  wire [9:0] \i__payload$41.waddr ;
-  wire [375:0] \i__payload$47 ;
-  wire [53:0] \i__payload$47.bias ;
-  wire [26:0] \i__payload$47.bias[0] ;
-  wire [26:0] \i__payload$47.bias[1] ;
+  wire [8:0] \i__payload$41.waddr ;
+  wire [373:0] \i__payload$47 ;
+  wire [51:0] \i__payload$47.bias ;
+  wire [25:0] \i__payload$47.bias[0] ;
+  wire [25:0] \i__payload$47.bias[1] ;
   wire \i__payload$47.first ;
   wire \i__payload$47.last ;
   wire [255:0] \i__payload$47.w ;
@@ -369,9 +420,9 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [7:0] \i__payload$47.x[5] ;
   wire [7:0] \i__payload$47.x[6] ;
   wire [7:0] \i__payload$47.x[7] ;
-  wire [53:0] \i__payload$53 ;
-  wire [26:0] \i__payload$53[0] ;
-  wire [26:0] \i__payload$53[1] ;
+  wire [51:0] \i__payload$53 ;
+  wire [25:0] \i__payload$53[0] ;
+  wire [25:0] \i__payload$53[1] ;
   wire [7:0] \i__payload[0] ;
   wire [7:0] \i__payload[1] ;
   wire [7:0] \i__payload[2] ;
@@ -416,11 +467,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \loaded$138 ;
   wire mac_valid;
   wire [24:0] n_out;
-  wire [20:0] o__payload;
-  wire [375:0] \o__payload$48 ;
-  wire [53:0] \o__payload$48.bias ;
-  wire [26:0] \o__payload$48.bias[0] ;
-  wire [26:0] \o__payload$48.bias[1] ;
+  wire [19:0] o__payload;
+  wire [373:0] \o__payload$48 ;
+  wire [51:0] \o__payload$48.bias ;
+  wire [25:0] \o__payload$48.bias[0] ;
+  wire [25:0] \o__payload$48.bias[1] ;
   wire \o__payload$48.first ;
   wire \o__payload$48.last ;
   wire [255:0] \o__payload$48.w ;
@@ -451,9 +502,9 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [7:0] \o__payload$48.x[5] ;
   wire [7:0] \o__payload$48.x[6] ;
   wire [7:0] \o__payload$48.x[7] ;
-  wire [53:0] \o__payload$54 ;
-  wire [26:0] \o__payload$54[0] ;
-  wire [26:0] \o__payload$54[1] ;
+  wire [51:0] \o__payload$54 ;
+  wire [25:0] \o__payload$54[0] ;
+  wire [25:0] \o__payload$54[1] ;
   wire [15:0] \o__payload$59 ;
   wire [7:0] \o__payload$59[0] ;
   wire [7:0] \o__payload$59[1] ;
@@ -462,7 +513,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \o__payload.first ;
   wire \o__payload.last ;
   wire \o__payload.pad ;
-  wire [9:0] \o__payload.waddr ;
+  wire [8:0] \o__payload.waddr ;
   wire o__ready;
   wire \o__ready$49 ;
   wire \o__ready$55 ;
@@ -473,10 +524,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \o__valid$61 ;
   wire outputs_done;
   wire [5:0] params__addr;
-  wire [97:0] params__data;
-  wire [53:0] \params__data.bias ;
-  wire [26:0] \params__data.bias[0] ;
-  wire [26:0] \params__data.bias[1] ;
+  wire [95:0] params__data;
+  wire [51:0] \params__data.bias ;
+  wire [25:0] \params__data.bias[0] ;
+  wire [25:0] \params__data.bias[1] ;
   wire [31:0] \params__data.mult ;
   wire [15:0] \params__data.mult[0] ;
   wire [15:0] \params__data.mult[1] ;
@@ -484,11 +535,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [5:0] \params__data.shift[0] ;
   wire [5:0] \params__data.shift[1] ;
   wire params__en;
-  input [97:0] params__payload;
-  wire [97:0] params__payload;
-  wire [53:0] \params__payload.bias ;
-  wire [26:0] \params__payload.bias[0] ;
-  wire [26:0] \params__payload.bias[1] ;
+  input [95:0] params__payload;
+  wire [95:0] params__payload;
+  wire [51:0] \params__payload.bias ;
+  wire [25:0] \params__payload.bias[0] ;
+  wire [25:0] \params__payload.bias[1] ;
   wire [31:0] \params__payload.mult ;
   wire [15:0] \params__payload.mult[0] ;
   wire [15:0] \params__payload.mult[1] ;
@@ -501,7 +552,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire params__valid;
   wire params_done;
   wire [7:0] read__addr;
-  wire [9:0] \read__addr$68 ;
+  wire [8:0] \read__addr$68 ;
   wire [5:0] \read__addr$74 ;
   wire [7:0] \read__addr.addr ;
   wire [7:0] \read__addr.addr[0] ;
@@ -525,10 +576,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \read__data$71[1][5] ;
   wire [15:0] \read__data$71[1][6] ;
   wire [15:0] \read__data$71[1][7] ;
-  wire [97:0] \read__data$77 ;
-  wire [53:0] \read__data$77.bias ;
-  wire [26:0] \read__data$77.bias[0] ;
-  wire [26:0] \read__data$77.bias[1] ;
+  wire [95:0] \read__data$77 ;
+  wire [51:0] \read__data$77.bias ;
+  wire [25:0] \read__data$77.bias[0] ;
+  wire [25:0] \read__data$77.bias[1] ;
   wire [31:0] \read__data$77.mult ;
   wire [15:0] \read__data$77.mult[0] ;
   wire [15:0] \read__data$77.mult[1] ;
@@ -560,57 +611,57 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \run$125 ;
   wire \run$130 ;
   wire \run$147 ;
-  wire [145:0] sizes;
-  wire [145:0] \sizes$105 ;
-  wire [8:0] \sizes$105.kk ;
+  wire [142:0] sizes;
+  wire [142:0] \sizes$105 ;
+  wire [7:0] \sizes$105.kk ;
   wire [8:0] \sizes$105.n_dw ;
   wire [8:0] \sizes$105.n_in ;
   wire [24:0] \sizes$105.n_out ;
-  wire [8:0] \sizes$105.n_w ;
+  wire [7:0] \sizes$105.n_w ;
   wire [24:0] \sizes$105.ow ;
   wire [10:0] \sizes$105.pl_g ;
   wire [8:0] \sizes$105.plane ;
   wire [10:0] \sizes$105.pt_wg ;
   wire [10:0] \sizes$105.pt_ws ;
-  wire [8:0] \sizes$105.red ;
+  wire [7:0] \sizes$105.red ;
   wire [8:0] \sizes$105.wg ;
-  wire [145:0] \sizes$89 ;
-  wire [8:0] \sizes$89.kk ;
+  wire [142:0] \sizes$89 ;
+  wire [7:0] \sizes$89.kk ;
   wire [8:0] \sizes$89.n_dw ;
   wire [8:0] \sizes$89.n_in ;
   wire [24:0] \sizes$89.n_out ;
-  wire [8:0] \sizes$89.n_w ;
+  wire [7:0] \sizes$89.n_w ;
   wire [24:0] \sizes$89.ow ;
   wire [10:0] \sizes$89.pl_g ;
   wire [8:0] \sizes$89.plane ;
   wire [10:0] \sizes$89.pt_wg ;
   wire [10:0] \sizes$89.pt_ws ;
-  wire [8:0] \sizes$89.red ;
+  wire [7:0] \sizes$89.red ;
   wire [8:0] \sizes$89.wg ;
-  wire [145:0] \sizes$98 ;
-  wire [8:0] \sizes$98.kk ;
+  wire [142:0] \sizes$98 ;
+  wire [7:0] \sizes$98.kk ;
   wire [8:0] \sizes$98.n_dw ;
   wire [8:0] \sizes$98.n_in ;
   wire [24:0] \sizes$98.n_out ;
-  wire [8:0] \sizes$98.n_w ;
+  wire [7:0] \sizes$98.n_w ;
   wire [24:0] \sizes$98.ow ;
   wire [10:0] \sizes$98.pl_g ;
   wire [8:0] \sizes$98.plane ;
   wire [10:0] \sizes$98.pt_wg ;
   wire [10:0] \sizes$98.pt_ws ;
-  wire [8:0] \sizes$98.red ;
+  wire [7:0] \sizes$98.red ;
   wire [8:0] \sizes$98.wg ;
-  wire [8:0] \sizes.kk ;
+  wire [7:0] \sizes.kk ;
   wire [8:0] \sizes.n_dw ;
   wire [8:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
-  wire [8:0] \sizes.n_w ;
+  wire [7:0] \sizes.n_w ;
   wire [24:0] \sizes.ow ;
   wire [10:0] \sizes.pl_g ;
   wire [8:0] \sizes.plane ;
   wire [10:0] \sizes.pt_wg ;
   wire [10:0] \sizes.pt_ws ;
-  wire [8:0] \sizes.red ;
+  wire [7:0] \sizes.red ;
   wire [8:0] \sizes.wg ;
   wire sizes_ready;
   wire sizing;
@@ -622,19 +673,19 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \start$124 ;
   wire starting;
   wire \starting$127 ;
-  wire [61:0] taps__payload;
+  wire [60:0] taps__payload;
   wire \taps__payload.first ;
   wire [17:0] \taps__payload.ix ;
   wire [17:0] \taps__payload.iy ;
   wire \taps__payload.last ;
   wire [13:0] \taps__payload.lin ;
-  wire [9:0] \taps__payload.waddr ;
+  wire [8:0] \taps__payload.waddr ;
   wire taps__ready;
   wire taps__valid;
   wire [31:0] total;
   wire waiting;
   wire \waiting$151 ;
-  wire [9:0] weights__addr;
+  wire [8:0] weights__addr;
   wire [255:0] weights__data;
   wire [127:0] \weights__data[0] ;
   wire [15:0] \weights__data[0][0] ;
@@ -721,7 +772,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .inputs__data(inputs__data),
     .o__payload(\i__payload$47 ),
     .o__ready(\o__ready$49 ),
-    .\port$506$0 (\$1 ),
+    .\port$515$0 (\$1 ),
     .rst(rst),
     .v1(\i__valid$51 ),
     .w_data(\i__payload$41 ),
@@ -748,8 +799,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .clk(clk),
     .cmd(cmd),
     .dwp(dwp),
-    .en_j(\o__ready$55 ),
-    .\i__valid$25 (\i__valid$57 ),
+    .\i__valid$35 (\i__valid$57 ),
     .last_group(last_group),
     .n_out(sizes[67:43]),
     .o__payload(act_out__payload),
@@ -757,8 +807,9 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .o__valid(act_out__valid),
     .params__addr(\read__addr$74 ),
     .params__data(params__data),
-    .\port$1280$0 (\$2 ),
-    .\port$1350$0 (\$3 ),
+    .\port$1321$0 (\$2 ),
+    .\port$1391$0 (\$3 ),
+    .ps_rd__en(\o__ready$55 ),
     .rst(rst),
     .run(run),
     .start(start)
@@ -837,12 +888,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   );
   \psc_core.wbuf  wbuf (
     .clk(clk),
-    .count(sizes[94:86]),
+    .count(sizes[91:84]),
     .done(weights_done),
     .i__ready(weights__ready),
     .i__valid(weights__valid),
     .keep(cmd[111]),
-    .read__addr(\$1 [17:8]),
+    .read__addr(\$1 [16:8]),
     .read__data(weights__data),
     .rp__en(read__en),
     .rst(rst),
@@ -884,8 +935,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign inputs__addr = \$1 [7:0];
   assign read__data = inputs__data;
   assign inputs__en = read__en;
-  assign \read__addr$68  = \$1 [17:8];
-  assign weights__addr = \$1 [17:8];
+  assign \read__addr$68  = \$1 [16:8];
+  assign weights__addr = \$1 [16:8];
   assign \read__data$71  = weights__data;
   assign \read__en$72  = read__en;
   assign weights__en = read__en;
@@ -913,7 +964,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \sizes$105  = sizes;
   assign \ws$106  = 17'h00000;
   assign keep = cmd[111];
-  assign count = sizes[94:86];
+  assign count = sizes[91:84];
   assign \keep$109  = cmd[111];
   assign \count$110  = cmd[95:80];
   assign \cmd$111  = cmd;
@@ -962,6 +1013,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cfg__payload.kind  = cfg__payload[109:108];
   assign \cfg__payload.relu  = cfg__payload[110];
   assign \cfg__payload.keep  = cfg__payload[111];
+  assign \cfg__payload.part  = cfg__payload[113:112];
   assign \weights__payload[0]  = weights__payload[127:0];
   assign \weights__payload[0][0]  = weights__payload[15:0];
   assign \weights__payload[0][1]  = weights__payload[31:16];
@@ -980,15 +1032,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \weights__payload[1][5]  = weights__payload[223:208];
   assign \weights__payload[1][6]  = weights__payload[239:224];
   assign \weights__payload[1][7]  = weights__payload[255:240];
-  assign \params__payload.bias  = params__payload[53:0];
-  assign \params__payload.bias[0]  = params__payload[26:0];
-  assign \params__payload.bias[1]  = params__payload[53:27];
-  assign \params__payload.mult  = params__payload[85:54];
-  assign \params__payload.mult[0]  = params__payload[69:54];
-  assign \params__payload.mult[1]  = params__payload[85:70];
-  assign \params__payload.shift  = params__payload[97:86];
-  assign \params__payload.shift[0]  = params__payload[91:86];
-  assign \params__payload.shift[1]  = params__payload[97:92];
+  assign \params__payload.bias  = params__payload[51:0];
+  assign \params__payload.bias[0]  = params__payload[25:0];
+  assign \params__payload.bias[1]  = params__payload[51:26];
+  assign \params__payload.mult  = params__payload[83:52];
+  assign \params__payload.mult[0]  = params__payload[67:52];
+  assign \params__payload.mult[1]  = params__payload[83:68];
+  assign \params__payload.shift  = params__payload[95:84];
+  assign \params__payload.shift[0]  = params__payload[89:84];
+  assign \params__payload.shift[1]  = params__payload[95:90];
   assign \act_in__payload[0]  = act_in__payload[7:0];
   assign \act_in__payload[1]  = act_in__payload[15:8];
   assign \act_in__payload[2]  = act_in__payload[23:16];
@@ -1012,6 +1064,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cfg__payload$23.kind  = cfg__payload[109:108];
   assign \cfg__payload$23.relu  = cfg__payload[110];
   assign \cfg__payload$23.keep  = cfg__payload[111];
+  assign \cfg__payload$23.part  = cfg__payload[113:112];
   assign \i__payload[0]  = act_in__payload[7:0];
   assign \i__payload[1]  = act_in__payload[15:8];
   assign \i__payload[2]  = act_in__payload[23:16];
@@ -1038,39 +1091,39 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \i__payload$29[1][5]  = weights__payload[223:208];
   assign \i__payload$29[1][6]  = weights__payload[239:224];
   assign \i__payload$29[1][7]  = weights__payload[255:240];
-  assign \i__payload$32.bias  = params__payload[53:0];
-  assign \i__payload$32.bias[0]  = params__payload[26:0];
-  assign \i__payload$32.bias[1]  = params__payload[53:27];
-  assign \i__payload$32.mult  = params__payload[85:54];
-  assign \i__payload$32.mult[0]  = params__payload[69:54];
-  assign \i__payload$32.mult[1]  = params__payload[85:70];
-  assign \i__payload$32.shift  = params__payload[97:86];
-  assign \i__payload$32.shift[0]  = params__payload[91:86];
-  assign \i__payload$32.shift[1]  = params__payload[97:92];
+  assign \i__payload$32.bias  = params__payload[51:0];
+  assign \i__payload$32.bias[0]  = params__payload[25:0];
+  assign \i__payload$32.bias[1]  = params__payload[51:26];
+  assign \i__payload$32.mult  = params__payload[83:52];
+  assign \i__payload$32.mult[0]  = params__payload[67:52];
+  assign \i__payload$32.mult[1]  = params__payload[83:68];
+  assign \i__payload$32.shift  = params__payload[95:84];
+  assign \i__payload$32.shift[0]  = params__payload[89:84];
+  assign \i__payload$32.shift[1]  = params__payload[95:90];
   assign \i__payload$35.lin  = \i__payload$35 [13:0];
   assign \i__payload$35.ix  = \i__payload$35 [31:14];
   assign \i__payload$35.iy  = \i__payload$35 [49:32];
-  assign \i__payload$35.waddr  = \i__payload$35 [59:50];
-  assign \i__payload$35.first  = \i__payload$35 [60];
-  assign \i__payload$35.last  = \i__payload$35 [61];
+  assign \i__payload$35.waddr  = \i__payload$35 [58:50];
+  assign \i__payload$35.first  = \i__payload$35 [59];
+  assign \i__payload$35.last  = \i__payload$35 [60];
   assign \taps__payload.lin  = \i__payload$35 [13:0];
   assign \taps__payload.ix  = \i__payload$35 [31:14];
   assign \taps__payload.iy  = \i__payload$35 [49:32];
-  assign \taps__payload.waddr  = \i__payload$35 [59:50];
-  assign \taps__payload.first  = \i__payload$35 [60];
-  assign \taps__payload.last  = \i__payload$35 [61];
+  assign \taps__payload.waddr  = \i__payload$35 [58:50];
+  assign \taps__payload.first  = \i__payload$35 [59];
+  assign \taps__payload.last  = \i__payload$35 [60];
   assign \i__payload$41.addr  = \i__payload$41 [7:0];
   assign \i__payload$41.addr[0]  = \i__payload$41 [7:0];
-  assign \i__payload$41.waddr  = \i__payload$41 [17:8];
-  assign \i__payload$41.pad  = \i__payload$41 [18];
-  assign \i__payload$41.first  = \i__payload$41 [19];
-  assign \i__payload$41.last  = \i__payload$41 [20];
+  assign \i__payload$41.waddr  = \i__payload$41 [16:8];
+  assign \i__payload$41.pad  = \i__payload$41 [17];
+  assign \i__payload$41.first  = \i__payload$41 [18];
+  assign \i__payload$41.last  = \i__payload$41 [19];
   assign \o__payload.addr  = \i__payload$41 [7:0];
   assign \o__payload.addr[0]  = \i__payload$41 [7:0];
-  assign \o__payload.waddr  = \i__payload$41 [17:8];
-  assign \o__payload.pad  = \i__payload$41 [18];
-  assign \o__payload.first  = \i__payload$41 [19];
-  assign \o__payload.last  = \i__payload$41 [20];
+  assign \o__payload.waddr  = \i__payload$41 [16:8];
+  assign \o__payload.pad  = \i__payload$41 [17];
+  assign \o__payload.first  = \i__payload$41 [18];
+  assign \o__payload.last  = \i__payload$41 [19];
   assign \i__payload$47.x  = \i__payload$47 [63:0];
   assign \i__payload$47.x[0]  = \i__payload$47 [7:0];
   assign \i__payload$47.x[1]  = \i__payload$47 [15:8];
@@ -1099,11 +1152,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \i__payload$47.w[1][5]  = \i__payload$47 [287:272];
   assign \i__payload$47.w[1][6]  = \i__payload$47 [303:288];
   assign \i__payload$47.w[1][7]  = \i__payload$47 [319:304];
-  assign \i__payload$47.bias  = \i__payload$47 [373:320];
-  assign \i__payload$47.bias[0]  = \i__payload$47 [346:320];
-  assign \i__payload$47.bias[1]  = \i__payload$47 [373:347];
-  assign \i__payload$47.first  = \i__payload$47 [374];
-  assign \i__payload$47.last  = \i__payload$47 [375];
+  assign \i__payload$47.bias  = \i__payload$47 [371:320];
+  assign \i__payload$47.bias[0]  = \i__payload$47 [345:320];
+  assign \i__payload$47.bias[1]  = \i__payload$47 [371:346];
+  assign \i__payload$47.first  = \i__payload$47 [372];
+  assign \i__payload$47.last  = \i__payload$47 [373];
   assign \o__payload$48.x  = \i__payload$47 [63:0];
   assign \o__payload$48.x[0]  = \i__payload$47 [7:0];
   assign \o__payload$48.x[1]  = \i__payload$47 [15:8];
@@ -1132,11 +1185,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \o__payload$48.w[1][5]  = \i__payload$47 [287:272];
   assign \o__payload$48.w[1][6]  = \i__payload$47 [303:288];
   assign \o__payload$48.w[1][7]  = \i__payload$47 [319:304];
-  assign \o__payload$48.bias  = \i__payload$47 [373:320];
-  assign \o__payload$48.bias[0]  = \i__payload$47 [346:320];
-  assign \o__payload$48.bias[1]  = \i__payload$47 [373:347];
-  assign \o__payload$48.first  = \i__payload$47 [374];
-  assign \o__payload$48.last  = \i__payload$47 [375];
+  assign \o__payload$48.bias  = \i__payload$47 [371:320];
+  assign \o__payload$48.bias[0]  = \i__payload$47 [345:320];
+  assign \o__payload$48.bias[1]  = \i__payload$47 [371:346];
+  assign \o__payload$48.first  = \i__payload$47 [372];
+  assign \o__payload$48.last  = \i__payload$47 [373];
   assign \i__payload$53[0]  = \$2 ;
   assign \i__payload$53[1]  = \$3 ;
   assign \o__payload$54[0]  = \$2 ;
@@ -1199,24 +1252,24 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \read__data$71[1][5]  = weights__data[223:208];
   assign \read__data$71[1][6]  = weights__data[239:224];
   assign \read__data$71[1][7]  = weights__data[255:240];
-  assign \params__data.bias  = params__data[53:0];
-  assign \params__data.bias[0]  = params__data[26:0];
-  assign \params__data.bias[1]  = params__data[53:27];
-  assign \params__data.mult  = params__data[85:54];
-  assign \params__data.mult[0]  = params__data[69:54];
-  assign \params__data.mult[1]  = params__data[85:70];
-  assign \params__data.shift  = params__data[97:86];
-  assign \params__data.shift[0]  = params__data[91:86];
-  assign \params__data.shift[1]  = params__data[97:92];
-  assign \read__data$77.bias  = params__data[53:0];
-  assign \read__data$77.bias[0]  = params__data[26:0];
-  assign \read__data$77.bias[1]  = params__data[53:27];
-  assign \read__data$77.mult  = params__data[85:54];
-  assign \read__data$77.mult[0]  = params__data[69:54];
-  assign \read__data$77.mult[1]  = params__data[85:70];
-  assign \read__data$77.shift  = params__data[97:86];
-  assign \read__data$77.shift[0]  = params__data[91:86];
-  assign \read__data$77.shift[1]  = params__data[97:92];
+  assign \params__data.bias  = params__data[51:0];
+  assign \params__data.bias[0]  = params__data[25:0];
+  assign \params__data.bias[1]  = params__data[51:26];
+  assign \params__data.mult  = params__data[83:52];
+  assign \params__data.mult[0]  = params__data[67:52];
+  assign \params__data.mult[1]  = params__data[83:68];
+  assign \params__data.shift  = params__data[95:84];
+  assign \params__data.shift[0]  = params__data[89:84];
+  assign \params__data.shift[1]  = params__data[95:90];
+  assign \read__data$77.bias  = params__data[51:0];
+  assign \read__data$77.bias[0]  = params__data[25:0];
+  assign \read__data$77.bias[1]  = params__data[51:26];
+  assign \read__data$77.mult  = params__data[83:52];
+  assign \read__data$77.mult[0]  = params__data[67:52];
+  assign \read__data$77.mult[1]  = params__data[83:68];
+  assign \read__data$77.shift  = params__data[95:84];
+  assign \read__data$77.shift[0]  = params__data[89:84];
+  assign \read__data$77.shift[1]  = params__data[95:90];
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -1230,6 +1283,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
+  assign \cmd.part  = cmd[113:112];
   assign \cmd$81.in_h  = cmd[15:0];
   assign \cmd$81.in_w  = cmd[31:16];
   assign \cmd$81.out_h  = cmd[47:32];
@@ -1243,30 +1297,31 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd$81.kind  = cmd[109:108];
   assign \cmd$81.relu  = cmd[110];
   assign \cmd$81.keep  = cmd[111];
+  assign \cmd$81.part  = cmd[113:112];
   assign \sizes.wg  = sizes[8:0];
   assign \sizes.n_in  = sizes[17:9];
   assign \sizes.ow  = sizes[42:18];
   assign \sizes.n_out  = sizes[67:43];
-  assign \sizes.kk  = sizes[76:68];
-  assign \sizes.red  = sizes[85:77];
-  assign \sizes.n_w  = sizes[94:86];
-  assign \sizes.pt_wg  = sizes[105:95];
-  assign \sizes.pl_g  = sizes[116:106];
-  assign \sizes.plane  = sizes[125:117];
-  assign \sizes.n_dw  = sizes[134:126];
-  assign \sizes.pt_ws  = sizes[145:135];
+  assign \sizes.kk  = sizes[75:68];
+  assign \sizes.red  = sizes[83:76];
+  assign \sizes.n_w  = sizes[91:84];
+  assign \sizes.pt_wg  = sizes[102:92];
+  assign \sizes.pl_g  = sizes[113:103];
+  assign \sizes.plane  = sizes[122:114];
+  assign \sizes.n_dw  = sizes[131:123];
+  assign \sizes.pt_ws  = sizes[142:132];
   assign \sizes$89.wg  = sizes[8:0];
   assign \sizes$89.n_in  = sizes[17:9];
   assign \sizes$89.ow  = sizes[42:18];
   assign \sizes$89.n_out  = sizes[67:43];
-  assign \sizes$89.kk  = sizes[76:68];
-  assign \sizes$89.red  = sizes[85:77];
-  assign \sizes$89.n_w  = sizes[94:86];
-  assign \sizes$89.pt_wg  = sizes[105:95];
-  assign \sizes$89.pl_g  = sizes[116:106];
-  assign \sizes$89.plane  = sizes[125:117];
-  assign \sizes$89.n_dw  = sizes[134:126];
-  assign \sizes$89.pt_ws  = sizes[145:135];
+  assign \sizes$89.kk  = sizes[75:68];
+  assign \sizes$89.red  = sizes[83:76];
+  assign \sizes$89.n_w  = sizes[91:84];
+  assign \sizes$89.pt_wg  = sizes[102:92];
+  assign \sizes$89.pl_g  = sizes[113:103];
+  assign \sizes$89.plane  = sizes[122:114];
+  assign \sizes$89.n_dw  = sizes[131:123];
+  assign \sizes$89.pt_ws  = sizes[142:132];
   assign \cmd$92.in_h  = cmd[15:0];
   assign \cmd$92.in_w  = cmd[31:16];
   assign \cmd$92.out_h  = cmd[47:32];
@@ -1280,18 +1335,19 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd$92.kind  = cmd[109:108];
   assign \cmd$92.relu  = cmd[110];
   assign \cmd$92.keep  = cmd[111];
+  assign \cmd$92.part  = cmd[113:112];
   assign \sizes$98.wg  = sizes[8:0];
   assign \sizes$98.n_in  = sizes[17:9];
   assign \sizes$98.ow  = sizes[42:18];
   assign \sizes$98.n_out  = sizes[67:43];
-  assign \sizes$98.kk  = sizes[76:68];
-  assign \sizes$98.red  = sizes[85:77];
-  assign \sizes$98.n_w  = sizes[94:86];
-  assign \sizes$98.pt_wg  = sizes[105:95];
-  assign \sizes$98.pl_g  = sizes[116:106];
-  assign \sizes$98.plane  = sizes[125:117];
-  assign \sizes$98.n_dw  = sizes[134:126];
-  assign \sizes$98.pt_ws  = sizes[145:135];
+  assign \sizes$98.kk  = sizes[75:68];
+  assign \sizes$98.red  = sizes[83:76];
+  assign \sizes$98.n_w  = sizes[91:84];
+  assign \sizes$98.pt_wg  = sizes[102:92];
+  assign \sizes$98.pl_g  = sizes[113:103];
+  assign \sizes$98.plane  = sizes[122:114];
+  assign \sizes$98.n_dw  = sizes[131:123];
+  assign \sizes$98.pt_ws  = sizes[142:132];
   assign \cmd$101.in_h  = cmd[15:0];
   assign \cmd$101.in_w  = cmd[31:16];
   assign \cmd$101.out_h  = cmd[47:32];
@@ -1305,6 +1361,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd$101.kind  = cmd[109:108];
   assign \cmd$101.relu  = cmd[110];
   assign \cmd$101.keep  = cmd[111];
+  assign \cmd$101.part  = cmd[113:112];
   assign \cmd$103.in_h  = cmd[15:0];
   assign \cmd$103.in_w  = cmd[31:16];
   assign \cmd$103.out_h  = cmd[47:32];
@@ -1318,18 +1375,19 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd$103.kind  = cmd[109:108];
   assign \cmd$103.relu  = cmd[110];
   assign \cmd$103.keep  = cmd[111];
+  assign \cmd$103.part  = cmd[113:112];
   assign \sizes$105.wg  = sizes[8:0];
   assign \sizes$105.n_in  = sizes[17:9];
   assign \sizes$105.ow  = sizes[42:18];
   assign \sizes$105.n_out  = sizes[67:43];
-  assign \sizes$105.kk  = sizes[76:68];
-  assign \sizes$105.red  = sizes[85:77];
-  assign \sizes$105.n_w  = sizes[94:86];
-  assign \sizes$105.pt_wg  = sizes[105:95];
-  assign \sizes$105.pl_g  = sizes[116:106];
-  assign \sizes$105.plane  = sizes[125:117];
-  assign \sizes$105.n_dw  = sizes[134:126];
-  assign \sizes$105.pt_ws  = sizes[145:135];
+  assign \sizes$105.kk  = sizes[75:68];
+  assign \sizes$105.red  = sizes[83:76];
+  assign \sizes$105.n_w  = sizes[91:84];
+  assign \sizes$105.pt_wg  = sizes[102:92];
+  assign \sizes$105.pl_g  = sizes[113:103];
+  assign \sizes$105.plane  = sizes[122:114];
+  assign \sizes$105.n_dw  = sizes[131:123];
+  assign \sizes$105.pt_ws  = sizes[142:132];
   assign \cmd$111.in_h  = cmd[15:0];
   assign \cmd$111.in_w  = cmd[31:16];
   assign \cmd$111.out_h  = cmd[47:32];
@@ -1343,6 +1401,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd$111.kind  = cmd[109:108];
   assign \cmd$111.relu  = cmd[110];
   assign \cmd$111.keep  = cmd[111];
+  assign \cmd$111.part  = cmd[113:112];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -1354,8 +1413,8 @@ module \psc_core.amap (i__ready, cmd, i__payload, o__payload, o__valid);
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
-  input [111:0] cmd;
-  wire [111:0] cmd;
+  input [113:0] cmd;
+  wire [113:0] cmd;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -1372,27 +1431,33 @@ module \psc_core.amap (i__ready, cmd, i__payload, o__payload, o__valid);
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
-  input [61:0] i__payload;
-  wire [61:0] i__payload;
+  input [60:0] i__payload;
+  wire [60:0] i__payload;
   wire \i__payload.first ;
   wire [17:0] \i__payload.ix ;
   wire [17:0] \i__payload.iy ;
   wire \i__payload.last ;
   wire [13:0] \i__payload.lin ;
-  wire [9:0] \i__payload.waddr ;
+  wire [8:0] \i__payload.waddr ;
   input i__ready;
   wire i__ready;
   wire i__valid;
-  output [20:0] o__payload;
-  wire [20:0] o__payload;
+  output [19:0] o__payload;
+  wire [19:0] o__payload;
   wire [7:0] \o__payload.addr ;
   wire [7:0] \o__payload.addr[0] ;
   wire \o__payload.first ;
   wire \o__payload.last ;
   wire \o__payload.pad ;
-  wire [9:0] \o__payload.waddr ;
+  wire [8:0] \o__payload.waddr ;
   wire o__ready;
   input o__valid;
   wire o__valid;
@@ -1407,16 +1472,16 @@ module \psc_core.amap (i__ready, cmd, i__payload, o__payload, o__valid);
   assign o__ready = i__ready;
   assign \o__payload.addr  = o__payload[7:0];
   assign \o__payload.addr[0]  = o__payload[7:0];
-  assign \o__payload.waddr  = o__payload[17:8];
-  assign \o__payload.pad  = o__payload[18];
-  assign \o__payload.first  = o__payload[19];
-  assign \o__payload.last  = o__payload[20];
+  assign \o__payload.waddr  = o__payload[16:8];
+  assign \o__payload.pad  = o__payload[17];
+  assign \o__payload.first  = o__payload[18];
+  assign \o__payload.last  = o__payload[19];
   assign \i__payload.lin  = i__payload[13:0];
   assign \i__payload.ix  = i__payload[31:14];
   assign \i__payload.iy  = i__payload[49:32];
-  assign \i__payload.waddr  = i__payload[59:50];
-  assign \i__payload.first  = i__payload[60];
-  assign \i__payload.last  = i__payload[61];
+  assign \i__payload.waddr  = i__payload[58:50];
+  assign \i__payload.first  = i__payload[59];
+  assign \i__payload.last  = i__payload[60];
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -1430,11 +1495,12 @@ module \psc_core.amap (i__ready, cmd, i__payload, o__payload, o__valid);
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
-  assign o__payload[18] = \$7 ;
+  assign \cmd.part  = cmd[113:112];
+  assign o__payload[17] = \$7 ;
   assign o__payload[7:0] = i__payload[7:0];
-  assign o__payload[20] = i__payload[61];
   assign o__payload[19] = i__payload[60];
-  assign o__payload[17:8] = i__payload[59:50];
+  assign o__payload[18] = i__payload[59];
+  assign o__payload[16:8] = i__payload[58:50];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -1523,13 +1589,13 @@ endmodule
 (* generator = "Amaranth" *)
 module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, \acc$27 , clk);
   wire \$1 ;
-  output [26:0] acc;
-  wire [26:0] acc;
-  output [26:0] \acc$27 ;
-  wire [26:0] \acc$27 ;
+  output [25:0] acc;
+  wire [25:0] acc;
+  output [25:0] \acc$27 ;
+  wire [25:0] \acc$27 ;
   wire acc_valid;
-  wire [26:0] bias;
-  wire [26:0] \bias$17 ;
+  wire [25:0] bias;
+  wire [25:0] \bias$17 ;
   input clk;
   wire clk;
   wire en;
@@ -1537,11 +1603,11 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
   wire \en$21 ;
   wire first;
   wire \first$19 ;
-  input [375:0] i__payload;
-  wire [375:0] i__payload;
-  wire [53:0] \i__payload.bias ;
-  wire [26:0] \i__payload.bias[0] ;
-  wire [26:0] \i__payload.bias[1] ;
+  input [373:0] i__payload;
+  wire [373:0] i__payload;
+  wire [51:0] \i__payload.bias ;
+  wire [25:0] \i__payload.bias[0] ;
+  wire [25:0] \i__payload.bias[1] ;
   wire \i__payload.first ;
   wire \i__payload.last ;
   wire [255:0] \i__payload.w ;
@@ -1580,9 +1646,9 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
   wire [7:0] mask;
   wire [7:0] \mask$15 ;
   wire [7:0] \mask$6 ;
-  wire [53:0] o__payload;
-  wire [26:0] \o__payload[0] ;
-  wire [26:0] \o__payload[1] ;
+  wire [51:0] o__payload;
+  wire [25:0] \o__payload[0] ;
+  wire [25:0] \o__payload[1] ;
   input o__ready;
   wire o__ready;
   output o__valid;
@@ -1642,12 +1708,12 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
   \psc_core.dp.pe_0  pe_0 (
     .acc(acc),
     .acc_valid(o__valid),
-    .bias(i__payload[346:320]),
+    .bias(i__payload[345:320]),
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1160$0 (i__payload[191:0]),
-    .\port$1160$374 (i__payload[375:374]),
+    .\port$1201$0 (i__payload[191:0]),
+    .\port$1201$372 (i__payload[373:372]),
     .rst(rst),
     .valid(valid)
   );
@@ -1656,7 +1722,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1160$347 (i__payload[375:347]),
+    .\port$1201$346 (i__payload[373:346]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[319:192]),
@@ -1671,18 +1737,18 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
   assign \x$4  = i__payload[63:0];
   assign \mask$6  = mask;
   assign words = i__payload[191:64];
-  assign bias = i__payload[346:320];
+  assign bias = i__payload[345:320];
   assign i__valid = valid;
-  assign first = i__payload[374];
-  assign last = i__payload[375];
+  assign first = i__payload[372];
+  assign last = i__payload[373];
   assign \en$13  = i__ready;
   assign \x$14  = i__payload[63:0];
   assign \mask$15  = mask;
   assign \words$16  = i__payload[319:192];
-  assign \bias$17  = i__payload[373:347];
+  assign \bias$17  = i__payload[371:346];
   assign \valid$18  = valid;
-  assign \first$19  = i__payload[374];
-  assign \last$20  = i__payload[375];
+  assign \first$19  = i__payload[372];
+  assign \last$20  = i__payload[373];
   assign \en$21  = i__ready;
   assign acc_valid = o__valid;
   assign o__payload = { \acc$27 , acc };
@@ -1722,11 +1788,11 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
   assign \i__payload.w[1][5]  = i__payload[287:272];
   assign \i__payload.w[1][6]  = i__payload[303:288];
   assign \i__payload.w[1][7]  = i__payload[319:304];
-  assign \i__payload.bias  = i__payload[373:320];
-  assign \i__payload.bias[0]  = i__payload[346:320];
-  assign \i__payload.bias[1]  = i__payload[373:347];
-  assign \i__payload.first  = i__payload[374];
-  assign \i__payload.last  = i__payload[375];
+  assign \i__payload.bias  = i__payload[371:320];
+  assign \i__payload.bias[0]  = i__payload[345:320];
+  assign \i__payload.bias[1]  = i__payload[371:346];
+  assign \i__payload.first  = i__payload[372];
+  assign \i__payload.last  = i__payload[373];
   assign \x$4[0]  = i__payload[7:0];
   assign \x$4[1]  = i__payload[15:8];
   assign \x$4[2]  = i__payload[23:16];
@@ -1764,7 +1830,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, en, \port$1160$0 , bias, \port$1160$374 , valid, mask, acc_valid, acc, clk);
+module \psc_core.dp.pe_0 (rst, en, \port$1201$0 , bias, \port$1201$372 , valid, mask, acc_valid, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
@@ -1772,29 +1838,29 @@ module \psc_core.dp.pe_0 (rst, en, \port$1160$0 , bias, \port$1160$374 , valid, 
   wire [17:0] \$12 ;
   wire [18:0] \$13 ;
   wire \$14 ;
-  wire [27:0] \$15 ;
+  wire [26:0] \$15 ;
   reg \$16 ;
   reg \$17 ;
   reg \$18 ;
-  reg [26:0] \$19 ;
+  reg [25:0] \$19 ;
   wire \$2 ;
   reg \$20 ;
   reg \$21 ;
   reg \$22 ;
-  reg [26:0] \$23 ;
+  reg [25:0] \$23 ;
   reg \$24 ;
   reg \$25 ;
   reg \$26 ;
-  reg [26:0] \$27 ;
+  reg [25:0] \$27 ;
   reg \$28 ;
   reg \$29 ;
   wire \$3 ;
   reg \$30 ;
-  reg [26:0] \$31 ;
+  reg [25:0] \$31 ;
   reg \$32 ;
   reg \$33 ;
   reg \$34 ;
-  reg [26:0] \$35 ;
+  reg [25:0] \$35 ;
   reg \$36 ;
   reg [16:0] \$37 ;
   reg [16:0] \$38 ;
@@ -1802,7 +1868,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1160$0 , bias, \port$1160$374 , valid, 
   wire \$4 ;
   reg [16:0] \$40 ;
   reg [18:0] \$41 ;
-  reg [26:0] \$42 ;
+  reg [25:0] \$42 ;
   wire \$5 ;
   wire \$6 ;
   wire [16:0] \$7 ;
@@ -1820,10 +1886,10 @@ module \psc_core.dp.pe_0 (rst, en, \port$1160$0 , bias, \port$1160$374 , valid, 
   wire [7:0] \a$21[1] ;
   wire [7:0] \a[0] ;
   wire [7:0] \a[1] ;
-  output [26:0] acc;
-  reg [26:0] acc = 27'h0000000;
-  (* init = 27'h0000000 *)
-  wire [26:0] \acc$25 ;
+  output [25:0] acc;
+  reg [25:0] acc = 26'h0000000;
+  (* init = 26'h0000000 *)
+  wire [25:0] \acc$25 ;
   output acc_valid;
   reg acc_valid = 1'h0;
   wire [15:0] b;
@@ -1836,15 +1902,15 @@ module \psc_core.dp.pe_0 (rst, en, \port$1160$0 , bias, \port$1160$374 , valid, 
   wire [15:0] \b$22 ;
   wire [7:0] \b$22[0] ;
   wire [7:0] \b$22[1] ;
-  reg [26:0] b1 = 27'h0000000;
-  reg [26:0] b2 = 27'h0000000;
-  reg [26:0] b3 = 27'h0000000;
-  reg [26:0] b4 = 27'h0000000;
-  reg [26:0] b5 = 27'h0000000;
+  reg [25:0] b1 = 26'h0000000;
+  reg [25:0] b2 = 26'h0000000;
+  reg [25:0] b3 = 26'h0000000;
+  reg [25:0] b4 = 26'h0000000;
+  reg [25:0] b5 = 26'h0000000;
   wire [7:0] \b[0] ;
   wire [7:0] \b[1] ;
-  input [26:0] bias;
-  wire [26:0] bias;
+  input [25:0] bias;
+  wire [25:0] bias;
   input clk;
   wire clk;
   input en;
@@ -1880,10 +1946,10 @@ module \psc_core.dp.pe_0 (rst, en, \port$1160$0 , bias, \port$1160$374 , valid, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [191:0] \port$1160$0 ;
-  wire [191:0] \port$1160$0 ;
-  input [1:0] \port$1160$374 ;
-  wire [1:0] \port$1160$374 ;
+  input [191:0] \port$1201$0 ;
+  wire [191:0] \port$1201$0 ;
+  input [1:0] \port$1201$372 ;
+  wire [1:0] \port$1201$372 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -1895,8 +1961,8 @@ module \psc_core.dp.pe_0 (rst, en, \port$1160$0 , bias, \port$1160$374 , valid, 
   wire [15:0] \products[7] ;
   input rst;
   wire rst;
-  wire [26:0] start;
-  wire [26:0] tree;
+  wire [25:0] start;
+  wire [25:0] tree;
   reg [16:0] tree0_0 = 17'h00000;
   reg [16:0] tree0_1 = 17'h00000;
   reg [16:0] tree0_2 = 17'h00000;
@@ -1968,7 +2034,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1160$0 , bias, \port$1160$374 , valid, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1160$374 [0];
+  assign \$1  = valid & \port$1201$372 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -2046,7 +2112,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1160$0 , bias, \port$1160$374 , valid, 
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
     .w(w),
-    .words(\port$1160$0 [191:64])
+    .words(\port$1201$0 [191:64])
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
@@ -2136,7 +2202,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1160$0 , bias, \port$1160$374 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$42  = acc;
     if (\$14 ) begin
-      \$42  = \$15 [26:0];
+      \$42  = \$15 [25:0];
     end
   end
   always @* begin
@@ -2153,7 +2219,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1160$0 , bias, \port$1160$374 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1160$374 [0];
+      \$17  = \port$1201$372 [0];
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -2163,7 +2229,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1160$0 , bias, \port$1160$374 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1160$374 [1];
+      \$18  = \port$1201$372 [1];
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -2295,44 +2361,44 @@ module \psc_core.dp.pe_0 (rst, en, \port$1160$0 , bias, \port$1160$374 , valid, 
       end
     end
   end
-  assign words = \port$1160$0 [191:64];
-  assign \words$1  = \port$1160$0 [191:64];
+  assign words = \port$1201$0 [191:64];
+  assign \words$1  = \port$1201$0 [191:64];
   assign \mask$3  = mask;
   assign \en$5  = en;
-  assign x = \port$1160$0 [63:0];
+  assign x = \port$1201$0 [63:0];
   assign \en$12  = en;
   assign \en$16  = en;
   assign \en$20  = en;
   assign \acc$25  = acc;
-  assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1160$374 [0];
-  assign last = \port$1160$374 [1];
-  assign \words[0]  = \port$1160$0 [79:64];
-  assign \words[1]  = \port$1160$0 [95:80];
-  assign \words[2]  = \port$1160$0 [111:96];
-  assign \words[3]  = \port$1160$0 [127:112];
-  assign \words[4]  = \port$1160$0 [143:128];
-  assign \words[5]  = \port$1160$0 [159:144];
-  assign \words[6]  = \port$1160$0 [175:160];
-  assign \words[7]  = \port$1160$0 [191:176];
-  assign \words$1[0]  = \port$1160$0 [79:64];
-  assign \words$1[1]  = \port$1160$0 [95:80];
-  assign \words$1[2]  = \port$1160$0 [111:96];
-  assign \words$1[3]  = \port$1160$0 [127:112];
-  assign \words$1[4]  = \port$1160$0 [143:128];
-  assign \words$1[5]  = \port$1160$0 [159:144];
-  assign \words$1[6]  = \port$1160$0 [175:160];
-  assign \words$1[7]  = \port$1160$0 [191:176];
+  assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
+  assign first = \port$1201$372 [0];
+  assign last = \port$1201$372 [1];
+  assign \words[0]  = \port$1201$0 [79:64];
+  assign \words[1]  = \port$1201$0 [95:80];
+  assign \words[2]  = \port$1201$0 [111:96];
+  assign \words[3]  = \port$1201$0 [127:112];
+  assign \words[4]  = \port$1201$0 [143:128];
+  assign \words[5]  = \port$1201$0 [159:144];
+  assign \words[6]  = \port$1201$0 [175:160];
+  assign \words[7]  = \port$1201$0 [191:176];
+  assign \words$1[0]  = \port$1201$0 [79:64];
+  assign \words$1[1]  = \port$1201$0 [95:80];
+  assign \words$1[2]  = \port$1201$0 [111:96];
+  assign \words$1[3]  = \port$1201$0 [127:112];
+  assign \words$1[4]  = \port$1201$0 [143:128];
+  assign \words$1[5]  = \port$1201$0 [159:144];
+  assign \words$1[6]  = \port$1201$0 [175:160];
+  assign \words$1[7]  = \port$1201$0 [191:176];
   assign \a[0]  = a[7:0];
   assign \a[1]  = a[15:8];
-  assign \x[0]  = \port$1160$0 [7:0];
-  assign \x[1]  = \port$1160$0 [15:8];
-  assign \x[2]  = \port$1160$0 [23:16];
-  assign \x[3]  = \port$1160$0 [31:24];
-  assign \x[4]  = \port$1160$0 [39:32];
-  assign \x[5]  = \port$1160$0 [47:40];
-  assign \x[6]  = \port$1160$0 [55:48];
-  assign \x[7]  = \port$1160$0 [63:56];
+  assign \x[0]  = \port$1201$0 [7:0];
+  assign \x[1]  = \port$1201$0 [15:8];
+  assign \x[2]  = \port$1201$0 [23:16];
+  assign \x[3]  = \port$1201$0 [31:24];
+  assign \x[4]  = \port$1201$0 [39:32];
+  assign \x[5]  = \port$1201$0 [47:40];
+  assign \x[6]  = \port$1201$0 [55:48];
+  assign \x[7]  = \port$1201$0 [63:56];
   assign \b[0]  = b[7:0];
   assign \b[1]  = b[15:8];
   assign \w[0]  = w[7:0];
@@ -2373,16 +2439,16 @@ module \psc_core.dp.pe_0 (rst, en, \port$1160$0 , bias, \port$1160$374 , valid, 
   assign \p$23[1]  = \p$23 [31:16];
   assign \b$22 [15:8] = w[63:56];
   assign \b$22 [7:0] = w[55:48];
-  assign \a$21 [15:8] = \port$1160$0 [63:56];
-  assign \a$21 [7:0] = \port$1160$0 [55:48];
+  assign \a$21 [15:8] = \port$1201$0 [63:56];
+  assign \a$21 [7:0] = \port$1201$0 [55:48];
   assign \b$18 [15:8] = w[47:40];
   assign \b$18 [7:0] = w[39:32];
-  assign \a$17 [15:8] = \port$1160$0 [47:40];
-  assign \a$17 [7:0] = \port$1160$0 [39:32];
+  assign \a$17 [15:8] = \port$1201$0 [47:40];
+  assign \a$17 [7:0] = \port$1201$0 [39:32];
   assign \b$14 [15:8] = w[31:24];
   assign \b$14 [7:0] = w[23:16];
-  assign \a$13 [15:8] = \port$1160$0 [31:24];
-  assign \a$13 [7:0] = \port$1160$0 [23:16];
+  assign \a$13 [15:8] = \port$1201$0 [31:24];
+  assign \a$13 [7:0] = \port$1201$0 [23:16];
   assign products[127:112] = \p$23 [31:16];
   assign products[111:96] = \p$23 [15:0];
   assign products[95:80] = \p$19 [31:16];
@@ -2393,8 +2459,8 @@ module \psc_core.dp.pe_0 (rst, en, \port$1160$0 , bias, \port$1160$374 , valid, 
   assign products[15:0] = p[15:0];
   assign b[15:8] = w[15:8];
   assign b[7:0] = w[7:0];
-  assign a[15:8] = \port$1160$0 [15:8];
-  assign a[7:0] = \port$1160$0 [7:0];
+  assign a[15:8] = \port$1201$0 [15:8];
+  assign a[7:0] = \port$1201$0 [7:0];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2840,7 +2906,7 @@ module \psc_core.dp.pe_0.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, en, x, words, \port$1160$347 , valid, mask, acc, clk);
+module \psc_core.dp.pe_1 (rst, en, x, words, \port$1201$346 , valid, mask, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
@@ -2848,29 +2914,29 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1160$347 , valid, mask, acc, 
   wire [17:0] \$12 ;
   wire [18:0] \$13 ;
   wire \$14 ;
-  wire [27:0] \$15 ;
+  wire [26:0] \$15 ;
   reg \$16 ;
   reg \$17 ;
   reg \$18 ;
-  reg [26:0] \$19 ;
+  reg [25:0] \$19 ;
   wire \$2 ;
   reg \$20 ;
   reg \$21 ;
   reg \$22 ;
-  reg [26:0] \$23 ;
+  reg [25:0] \$23 ;
   reg \$24 ;
   reg \$25 ;
   reg \$26 ;
-  reg [26:0] \$27 ;
+  reg [25:0] \$27 ;
   reg \$28 ;
   reg \$29 ;
   wire \$3 ;
   reg \$30 ;
-  reg [26:0] \$31 ;
+  reg [25:0] \$31 ;
   reg \$32 ;
   reg \$33 ;
   reg \$34 ;
-  reg [26:0] \$35 ;
+  reg [25:0] \$35 ;
   reg \$36 ;
   reg [16:0] \$37 ;
   reg [16:0] \$38 ;
@@ -2878,7 +2944,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1160$347 , valid, mask, acc, 
   wire \$4 ;
   reg [16:0] \$40 ;
   reg [18:0] \$41 ;
-  reg [26:0] \$42 ;
+  reg [25:0] \$42 ;
   wire \$5 ;
   wire \$6 ;
   wire [16:0] \$7 ;
@@ -2896,10 +2962,10 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1160$347 , valid, mask, acc, 
   wire [7:0] \a$21[1] ;
   wire [7:0] \a[0] ;
   wire [7:0] \a[1] ;
-  output [26:0] acc;
-  reg [26:0] acc = 27'h0000000;
-  (* init = 27'h0000000 *)
-  wire [26:0] \acc$25 ;
+  output [25:0] acc;
+  reg [25:0] acc = 26'h0000000;
+  (* init = 26'h0000000 *)
+  wire [25:0] \acc$25 ;
   reg acc_valid = 1'h0;
   wire [15:0] b;
   wire [15:0] \b$14 ;
@@ -2911,14 +2977,14 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1160$347 , valid, mask, acc, 
   wire [15:0] \b$22 ;
   wire [7:0] \b$22[0] ;
   wire [7:0] \b$22[1] ;
-  reg [26:0] b1 = 27'h0000000;
-  reg [26:0] b2 = 27'h0000000;
-  reg [26:0] b3 = 27'h0000000;
-  reg [26:0] b4 = 27'h0000000;
-  reg [26:0] b5 = 27'h0000000;
+  reg [25:0] b1 = 26'h0000000;
+  reg [25:0] b2 = 26'h0000000;
+  reg [25:0] b3 = 26'h0000000;
+  reg [25:0] b4 = 26'h0000000;
+  reg [25:0] b5 = 26'h0000000;
   wire [7:0] \b[0] ;
   wire [7:0] \b[1] ;
-  wire [26:0] bias;
+  wire [25:0] bias;
   input clk;
   wire clk;
   input en;
@@ -2954,8 +3020,8 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1160$347 , valid, mask, acc, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [28:0] \port$1160$347 ;
-  wire [28:0] \port$1160$347 ;
+  input [27:0] \port$1201$346 ;
+  wire [27:0] \port$1201$346 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -2967,8 +3033,8 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1160$347 , valid, mask, acc, 
   wire [15:0] \products[7] ;
   input rst;
   wire rst;
-  wire [26:0] start;
-  wire [26:0] tree;
+  wire [25:0] start;
+  wire [25:0] tree;
   reg [16:0] tree0_0 = 17'h00000;
   reg [16:0] tree0_1 = 17'h00000;
   reg [16:0] tree0_2 = 17'h00000;
@@ -3042,7 +3108,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1160$347 , valid, mask, acc, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1160$347 [27];
+  assign \$1  = valid & \port$1201$346 [26];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -3210,7 +3276,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1160$347 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$42  = acc;
     if (\$14 ) begin
-      \$42  = \$15 [26:0];
+      \$42  = \$15 [25:0];
     end
   end
   always @* begin
@@ -3227,7 +3293,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1160$347 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1160$347 [27];
+      \$17  = \port$1201$346 [26];
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -3237,7 +3303,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1160$347 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1160$347 [28];
+      \$18  = \port$1201$346 [27];
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -3248,7 +3314,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1160$347 , valid, mask, acc, 
     \$19  = b1;
     if (en) begin
       if (\$1 ) begin
-        \$19  = \port$1160$347 [26:0];
+        \$19  = \port$1201$346 [25:0];
       end
     end
   end
@@ -3376,10 +3442,10 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1160$347 , valid, mask, acc, 
   assign \en$16  = en;
   assign \en$20  = en;
   assign \acc$25  = acc;
-  assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1160$347 [27];
-  assign last = \port$1160$347 [28];
-  assign bias = \port$1160$347 [26:0];
+  assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
+  assign first = \port$1201$346 [26];
+  assign last = \port$1201$346 [27];
+  assign bias = \port$1201$346 [25:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -3945,7 +4011,7 @@ module \psc_core.dp.sign_mask (mask, x);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$506$0 , inputs__data, weights__data, o__ready, w_data, o__payload, v1, clk);
+module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$515$0 , inputs__data, weights__data, o__ready, w_data, o__payload, v1, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire \$1 ;
   wire [63:0] \$2 ;
@@ -3958,10 +4024,10 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$506$0 , inputs__d
   wire adv1;
   output beat;
   wire beat;
-  wire [375:0] \beat$18 ;
-  wire [53:0] \beat$18.bias ;
-  wire [26:0] \beat$18.bias[0] ;
-  wire [26:0] \beat$18.bias[1] ;
+  wire [373:0] \beat$18 ;
+  wire [51:0] \beat$18.bias ;
+  wire [25:0] \beat$18.bias[0] ;
+  wire [25:0] \beat$18.bias[1] ;
   wire \beat$18.first ;
   wire \beat$18.last ;
   wire [255:0] \beat$18.w ;
@@ -3995,13 +4061,13 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$506$0 , inputs__d
   input clk;
   wire clk;
   reg first1 = 1'h0;
-  wire [20:0] i__payload;
+  wire [19:0] i__payload;
   wire [7:0] \i__payload.addr ;
   wire [7:0] \i__payload.addr[0] ;
   wire \i__payload.first ;
   wire \i__payload.last ;
   wire \i__payload.pad ;
-  wire [9:0] \i__payload.waddr ;
+  wire [8:0] \i__payload.waddr ;
   output i__ready;
   wire i__ready;
   wire i__valid;
@@ -4020,11 +4086,11 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$506$0 , inputs__d
   wire [7:0] \inputs__data[7] ;
   wire inputs__en;
   reg last1 = 1'h0;
-  output [375:0] o__payload;
-  wire [375:0] o__payload;
-  wire [53:0] \o__payload.bias ;
-  wire [26:0] \o__payload.bias[0] ;
-  wire [26:0] \o__payload.bias[1] ;
+  output [373:0] o__payload;
+  wire [373:0] o__payload;
+  wire [51:0] \o__payload.bias ;
+  wire [25:0] \o__payload.bias[0] ;
+  wire [25:0] \o__payload.bias[1] ;
   wire \o__payload.first ;
   wire \o__payload.last ;
   wire [255:0] \o__payload.w ;
@@ -4060,21 +4126,21 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$506$0 , inputs__d
   (* init = 1'h0 *)
   wire o__valid;
   reg padr1 = 1'h0;
-  output [17:0] \port$506$0 ;
-  wire [17:0] \port$506$0 ;
-  wire [20:0] r_data;
+  output [16:0] \port$515$0 ;
+  wire [16:0] \port$515$0 ;
+  wire [19:0] r_data;
   wire r_en;
   wire r_rdy;
   input rst;
   wire rst;
   output v1;
   reg v1 = 1'h0;
-  input [20:0] w_data;
-  wire [20:0] w_data;
+  input [19:0] w_data;
+  wire [19:0] w_data;
   input w_en;
   wire w_en;
   wire w_rdy;
-  wire [9:0] weights__addr;
+  wire [8:0] weights__addr;
   input [255:0] weights__data;
   wire [255:0] weights__data;
   wire [127:0] \weights__data[0] ;
@@ -4133,7 +4199,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$506$0 , inputs__d
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$5  = padr1;
     if (adv1) begin
-      \$5  = r_data[18];
+      \$5  = r_data[17];
     end
     if (rst) begin
       \$5  = 1'h0;
@@ -4143,7 +4209,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$506$0 , inputs__d
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$6  = first1;
     if (adv1) begin
-      \$6  = r_data[19];
+      \$6  = r_data[18];
     end
     if (rst) begin
       \$6  = 1'h0;
@@ -4153,7 +4219,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$506$0 , inputs__d
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$7  = last1;
     if (adv1) begin
-      \$7  = r_data[20];
+      \$7  = r_data[19];
     end
     if (rst) begin
       \$7  = 1'h0;
@@ -4166,15 +4232,15 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$506$0 , inputs__d
   assign r_en = adv1;
   assign inputs__addr = r_data[7:0];
   assign inputs__en = adv1;
-  assign weights__addr = r_data[17:8];
+  assign weights__addr = r_data[16:8];
   assign weights__en = adv1;
-  assign \port$506$0  = r_data[17:0];
+  assign \port$515$0  = r_data[16:0];
   assign \i__payload.addr  = w_data[7:0];
   assign \i__payload.addr[0]  = w_data[7:0];
-  assign \i__payload.waddr  = w_data[17:8];
-  assign \i__payload.pad  = w_data[18];
-  assign \i__payload.first  = w_data[19];
-  assign \i__payload.last  = w_data[20];
+  assign \i__payload.waddr  = w_data[16:8];
+  assign \i__payload.pad  = w_data[17];
+  assign \i__payload.first  = w_data[18];
+  assign \i__payload.last  = w_data[19];
   assign \inputs__addr.addr  = r_data[7:0];
   assign \inputs__addr.addr[0]  = r_data[7:0];
   assign \o__payload.x  = o__payload[63:0];
@@ -4205,11 +4271,11 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$506$0 , inputs__d
   assign \o__payload.w[1][5]  = o__payload[287:272];
   assign \o__payload.w[1][6]  = o__payload[303:288];
   assign \o__payload.w[1][7]  = o__payload[319:304];
-  assign \o__payload.bias  = o__payload[373:320];
-  assign \o__payload.bias[0]  = o__payload[346:320];
-  assign \o__payload.bias[1]  = o__payload[373:347];
-  assign \o__payload.first  = o__payload[374];
-  assign \o__payload.last  = o__payload[375];
+  assign \o__payload.bias  = o__payload[371:320];
+  assign \o__payload.bias[0]  = o__payload[345:320];
+  assign \o__payload.bias[1]  = o__payload[371:346];
+  assign \o__payload.first  = o__payload[372];
+  assign \o__payload.last  = o__payload[373];
   assign \beat$18.x  = \beat$18 [63:0];
   assign \beat$18.x[0]  = \beat$18 [7:0];
   assign \beat$18.x[1]  = \beat$18 [15:8];
@@ -4238,11 +4304,11 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$506$0 , inputs__d
   assign \beat$18.w[1][5]  = \beat$18 [287:272];
   assign \beat$18.w[1][6]  = \beat$18 [303:288];
   assign \beat$18.w[1][7]  = \beat$18 [319:304];
-  assign \beat$18.bias  = \beat$18 [373:320];
-  assign \beat$18.bias[0]  = \beat$18 [346:320];
-  assign \beat$18.bias[1]  = \beat$18 [373:347];
-  assign \beat$18.first  = \beat$18 [374];
-  assign \beat$18.last  = \beat$18 [375];
+  assign \beat$18.bias  = \beat$18 [371:320];
+  assign \beat$18.bias[0]  = \beat$18 [345:320];
+  assign \beat$18.bias[1]  = \beat$18 [371:346];
+  assign \beat$18.first  = \beat$18 [372];
+  assign \beat$18.last  = \beat$18 [373];
   assign \inputs__data[0]  = inputs__data[7:0];
   assign \inputs__data[1]  = inputs__data[15:8];
   assign \inputs__data[2]  = inputs__data[23:16];
@@ -4269,14 +4335,14 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$506$0 , inputs__d
   assign \weights__data[1][5]  = weights__data[223:208];
   assign \weights__data[1][6]  = weights__data[239:224];
   assign \weights__data[1][7]  = weights__data[255:240];
-  assign \beat$18 [375] = last1;
-  assign \beat$18 [374] = first1;
-  assign \beat$18 [373:320] = 54'h00000000000000;
+  assign \beat$18 [373] = last1;
+  assign \beat$18 [372] = first1;
+  assign \beat$18 [371:320] = 52'h0000000000000;
   assign \beat$18 [319:64] = weights__data;
   assign \beat$18 [63:0] = inputs__data;
-  assign o__payload[375] = \beat$18 [375];
-  assign o__payload[374] = \beat$18 [374];
-  assign o__payload[373:320] = \beat$18 [373:320];
+  assign o__payload[373] = \beat$18 [373];
+  assign o__payload[372] = \beat$18 [372];
+  assign o__payload[371:320] = \beat$18 [371:320];
   assign o__payload[319:64] = \beat$18 [319:64];
   assign o__payload[63:0] = \$3 ;
 endmodule
@@ -4308,33 +4374,33 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
   reg [1:0] level = 2'h0;
   (* init = 1'h0 *)
   wire produce;
-  output [20:0] r_data;
-  wire [20:0] r_data;
+  output [19:0] r_data;
+  wire [19:0] r_data;
   input r_en;
   wire r_en;
   (* init = 2'h0 *)
   wire [1:0] r_level;
   reg r_port__addr = 1'h0;
-  wire [20:0] r_port__data;
+  wire [19:0] r_port__data;
   output r_rdy;
   wire r_rdy;
   input rst;
   wire rst;
-  wire [20:0] w_data;
+  wire [19:0] w_data;
   input w_en;
   wire w_en;
   (* init = 2'h0 *)
   wire [1:0] w_level;
   reg w_port__addr = 1'h0;
-  input [20:0] w_port__data;
-  wire [20:0] w_port__data;
+  input [19:0] w_port__data;
+  wire [19:0] w_port__data;
   wire w_port__en;
   output w_rdy;
   wire w_rdy;
-  reg [20:0] storage [1:0];
+  reg [19:0] storage [1:0];
   initial begin
-    storage[0] = 21'h000000;
-    storage[1] = 21'h000000;
+    storage[0] = 20'h00000;
+    storage[1] = 20'h00000;
   end
   always @(posedge clk) begin
     if (w_port__en)
@@ -4493,19 +4559,19 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, read__data, sta
   wire rst;
   input run;
   wire run;
-  input [145:0] sizes;
-  wire [145:0] sizes;
-  wire [8:0] \sizes.kk ;
+  input [142:0] sizes;
+  wire [142:0] sizes;
+  wire [7:0] \sizes.kk ;
   wire [8:0] \sizes.n_dw ;
   wire [8:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
-  wire [8:0] \sizes.n_w ;
+  wire [7:0] \sizes.n_w ;
   wire [24:0] \sizes.ow ;
   wire [10:0] \sizes.pl_g ;
   wire [8:0] \sizes.plane ;
   wire [10:0] \sizes.pt_wg ;
   wire [10:0] \sizes.pt_ws ;
-  wire [8:0] \sizes.red ;
+  wire [7:0] \sizes.red ;
   wire [8:0] \sizes.wg ;
   input start;
   wire start;
@@ -4962,48 +5028,73 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, read__data, sta
   assign \sizes.n_in  = sizes[17:9];
   assign \sizes.ow  = sizes[42:18];
   assign \sizes.n_out  = sizes[67:43];
-  assign \sizes.kk  = sizes[76:68];
-  assign \sizes.red  = sizes[85:77];
-  assign \sizes.n_w  = sizes[94:86];
-  assign \sizes.pt_wg  = sizes[105:95];
-  assign \sizes.pl_g  = sizes[116:106];
-  assign \sizes.plane  = sizes[125:117];
-  assign \sizes.n_dw  = sizes[134:126];
-  assign \sizes.pt_ws  = sizes[145:135];
+  assign \sizes.kk  = sizes[75:68];
+  assign \sizes.red  = sizes[83:76];
+  assign \sizes.n_w  = sizes[91:84];
+  assign \sizes.pt_wg  = sizes[102:92];
+  assign \sizes.pl_g  = sizes[113:103];
+  assign \sizes.plane  = sizes[122:114];
+  assign \sizes.n_dw  = sizes[131:123];
+  assign \sizes.pt_ws  = sizes[142:132];
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, run, n_out, last_group, \i__valid$25 , \port$1280$0 , \port$1350$0 , params__addr, o__valid, o__payload, o__ready);
+module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, start, run, n_out, last_group, \i__valid$35 , \port$1321$0 , \port$1391$0 , params__addr, o__valid, o__payload, o__ready);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire \$1 ;
-  wire [6:0] \$10 ;
-  wire [6:0] \$11 ;
+  wire [32:0] \$10 ;
+  wire \$11 ;
   wire \$12 ;
   wire \$13 ;
-  wire [24:0] \$14 ;
-  reg \$15 ;
-  reg [53:0] \$16 ;
-  reg [5:0] \$17 ;
-  reg [23:0] \$18 ;
-  reg \$19 ;
-  wire [27:0] \$2 ;
-  reg [15:0] \$20 ;
-  wire [27:0] \$3 ;
+  wire [31:0] \$14 ;
+  wire [32:0] \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire [8:0] \$23 ;
+  wire \$24 ;
+  wire [8:0] \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire [6:0] \$32 ;
+  wire [6:0] \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire [24:0] \$37 ;
+  reg [7:0] \$38 ;
+  reg [7:0] \$39 ;
   wire \$4 ;
+  reg \$40 ;
+  reg [51:0] \$41 ;
+  reg [5:0] \$42 ;
+  reg [23:0] \$43 ;
+  reg \$44 ;
+  reg [15:0] \$45 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
   wire \$8 ;
-  wire \$9 ;
-  reg [53:0] accj = 54'h00000000000000;
-  wire [26:0] \accj[0] ;
-  wire [26:0] \accj[1] ;
+  wire [31:0] \$9 ;
+  reg [51:0] accj = 52'h0000000000000;
+  wire [25:0] \accj[0] ;
+  wire [25:0] \accj[1] ;
   output all_sent;
   wire all_sent;
   input clk;
   wire clk;
-  input [111:0] cmd;
-  wire [111:0] cmd;
+  input [113:0] cmd;
+  wire [113:0] cmd;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -5020,19 +5111,24 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, r
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   input dwp;
   wire dwp;
-  output en_j;
   wire en_j;
-  wire [97:0] i__payload;
-  wire [53:0] \i__payload$26 ;
-  wire [26:0] \i__payload$26[0] ;
-  wire [26:0] \i__payload$26[1] ;
-  wire [53:0] \i__payload.acc ;
-  wire [26:0] \i__payload.acc[0] ;
-  wire [26:0] \i__payload.acc[1] ;
+  wire [107:0] i__payload;
+  wire [51:0] \i__payload$36 ;
+  wire [25:0] \i__payload$36[0] ;
+  wire [25:0] \i__payload$36[1] ;
+  wire [63:0] \i__payload.acc ;
+  wire [31:0] \i__payload.acc[0] ;
+  wire [31:0] \i__payload.acc[1] ;
   wire [31:0] \i__payload.mult ;
   wire [15:0] \i__payload.mult[0] ;
   wire [15:0] \i__payload.mult[1] ;
@@ -5040,11 +5136,10 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, r
   wire [5:0] \i__payload.shift[0] ;
   wire [5:0] \i__payload.shift[1] ;
   wire i__ready;
-  wire \i__ready$7 ;
-  (* init = 1'h0 *)
+  wire \i__ready$18 ;
   wire i__valid;
-  input \i__valid$25 ;
-  wire \i__valid$25 ;
+  input \i__valid$35 ;
+  wire \i__valid$35 ;
   (* init = 6'h00 *)
   wire [5:0] jo;
   wire keep_o;
@@ -5054,26 +5149,26 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, r
   wire [24:0] n_out;
   output [15:0] o__payload;
   wire [15:0] o__payload;
-  wire [15:0] \o__payload$17 ;
-  wire [7:0] \o__payload$17[0] ;
-  wire [7:0] \o__payload$17[1] ;
+  wire [15:0] \o__payload$27 ;
+  wire [7:0] \o__payload$27[0] ;
+  wire [7:0] \o__payload$27[1] ;
   wire [7:0] \o__payload[0] ;
   wire [7:0] \o__payload[1] ;
   input o__ready;
   wire o__ready;
-  wire \o__ready$19 ;
+  wire \o__ready$29 ;
   output o__valid;
   wire o__valid;
-  wire \o__valid$15 ;
+  wire \o__valid$25 ;
   reg [23:0] out_cnt = 24'h000000;
   reg [15:0] oxo = 16'h0000;
   output [5:0] params__addr;
   reg [5:0] params__addr = 6'h00;
-  input [97:0] params__data;
-  wire [97:0] params__data;
-  wire [53:0] \params__data.bias ;
-  wire [26:0] \params__data.bias[0] ;
-  wire [26:0] \params__data.bias[1] ;
+  input [95:0] params__data;
+  wire [95:0] params__data;
+  wire [51:0] \params__data.bias ;
+  wire [25:0] \params__data.bias[0] ;
+  wire [25:0] \params__data.bias[1] ;
   wire [31:0] \params__data.mult ;
   wire [15:0] \params__data.mult[0] ;
   wire [15:0] \params__data.mult[1] ;
@@ -5081,11 +5176,24 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, r
   wire [5:0] \params__data.shift[0] ;
   wire [5:0] \params__data.shift[1] ;
   wire params__en;
-  input [26:0] \port$1280$0 ;
-  wire [26:0] \port$1280$0 ;
-  input [26:0] \port$1350$0 ;
-  wire [26:0] \port$1350$0 ;
+  input [25:0] \port$1321$0 ;
+  wire [25:0] \port$1321$0 ;
+  input [25:0] \port$1391$0 ;
+  wire [25:0] \port$1391$0 ;
+  reg [7:0] ps_rd__addr = 8'h00;
+  wire [63:0] ps_rd__data;
+  wire [31:0] \ps_rd__data[0] ;
+  wire [31:0] \ps_rd__data[1] ;
+  output ps_rd__en;
+  wire ps_rd__en;
+  reg [7:0] ps_wr__addr = 8'h00;
+  wire [63:0] ps_wr__data;
+  wire [31:0] \ps_wr__data[0] ;
+  wire [31:0] \ps_wr__data[1] ;
+  wire ps_wr__en;
   wire relu;
+  (* init = 8'h00 *)
+  wire [7:0] ridx;
   reg ro = 1'h0;
   input rst;
   wire rst;
@@ -5093,38 +5201,343 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, r
   wire run;
   input start;
   wire start;
+  wire stored;
+  wire [63:0] total;
+  wire [31:0] \total[0] ;
+  wire [31:0] \total[1] ;
   reg vj = 1'h0;
+  (* init = 8'h00 *)
+  wire [7:0] widx;
+  reg [63:0] psum [255:0];
+  initial begin
+    psum[0] = 64'h0000000000000000;
+    psum[1] = 64'h0000000000000000;
+    psum[2] = 64'h0000000000000000;
+    psum[3] = 64'h0000000000000000;
+    psum[4] = 64'h0000000000000000;
+    psum[5] = 64'h0000000000000000;
+    psum[6] = 64'h0000000000000000;
+    psum[7] = 64'h0000000000000000;
+    psum[8] = 64'h0000000000000000;
+    psum[9] = 64'h0000000000000000;
+    psum[10] = 64'h0000000000000000;
+    psum[11] = 64'h0000000000000000;
+    psum[12] = 64'h0000000000000000;
+    psum[13] = 64'h0000000000000000;
+    psum[14] = 64'h0000000000000000;
+    psum[15] = 64'h0000000000000000;
+    psum[16] = 64'h0000000000000000;
+    psum[17] = 64'h0000000000000000;
+    psum[18] = 64'h0000000000000000;
+    psum[19] = 64'h0000000000000000;
+    psum[20] = 64'h0000000000000000;
+    psum[21] = 64'h0000000000000000;
+    psum[22] = 64'h0000000000000000;
+    psum[23] = 64'h0000000000000000;
+    psum[24] = 64'h0000000000000000;
+    psum[25] = 64'h0000000000000000;
+    psum[26] = 64'h0000000000000000;
+    psum[27] = 64'h0000000000000000;
+    psum[28] = 64'h0000000000000000;
+    psum[29] = 64'h0000000000000000;
+    psum[30] = 64'h0000000000000000;
+    psum[31] = 64'h0000000000000000;
+    psum[32] = 64'h0000000000000000;
+    psum[33] = 64'h0000000000000000;
+    psum[34] = 64'h0000000000000000;
+    psum[35] = 64'h0000000000000000;
+    psum[36] = 64'h0000000000000000;
+    psum[37] = 64'h0000000000000000;
+    psum[38] = 64'h0000000000000000;
+    psum[39] = 64'h0000000000000000;
+    psum[40] = 64'h0000000000000000;
+    psum[41] = 64'h0000000000000000;
+    psum[42] = 64'h0000000000000000;
+    psum[43] = 64'h0000000000000000;
+    psum[44] = 64'h0000000000000000;
+    psum[45] = 64'h0000000000000000;
+    psum[46] = 64'h0000000000000000;
+    psum[47] = 64'h0000000000000000;
+    psum[48] = 64'h0000000000000000;
+    psum[49] = 64'h0000000000000000;
+    psum[50] = 64'h0000000000000000;
+    psum[51] = 64'h0000000000000000;
+    psum[52] = 64'h0000000000000000;
+    psum[53] = 64'h0000000000000000;
+    psum[54] = 64'h0000000000000000;
+    psum[55] = 64'h0000000000000000;
+    psum[56] = 64'h0000000000000000;
+    psum[57] = 64'h0000000000000000;
+    psum[58] = 64'h0000000000000000;
+    psum[59] = 64'h0000000000000000;
+    psum[60] = 64'h0000000000000000;
+    psum[61] = 64'h0000000000000000;
+    psum[62] = 64'h0000000000000000;
+    psum[63] = 64'h0000000000000000;
+    psum[64] = 64'h0000000000000000;
+    psum[65] = 64'h0000000000000000;
+    psum[66] = 64'h0000000000000000;
+    psum[67] = 64'h0000000000000000;
+    psum[68] = 64'h0000000000000000;
+    psum[69] = 64'h0000000000000000;
+    psum[70] = 64'h0000000000000000;
+    psum[71] = 64'h0000000000000000;
+    psum[72] = 64'h0000000000000000;
+    psum[73] = 64'h0000000000000000;
+    psum[74] = 64'h0000000000000000;
+    psum[75] = 64'h0000000000000000;
+    psum[76] = 64'h0000000000000000;
+    psum[77] = 64'h0000000000000000;
+    psum[78] = 64'h0000000000000000;
+    psum[79] = 64'h0000000000000000;
+    psum[80] = 64'h0000000000000000;
+    psum[81] = 64'h0000000000000000;
+    psum[82] = 64'h0000000000000000;
+    psum[83] = 64'h0000000000000000;
+    psum[84] = 64'h0000000000000000;
+    psum[85] = 64'h0000000000000000;
+    psum[86] = 64'h0000000000000000;
+    psum[87] = 64'h0000000000000000;
+    psum[88] = 64'h0000000000000000;
+    psum[89] = 64'h0000000000000000;
+    psum[90] = 64'h0000000000000000;
+    psum[91] = 64'h0000000000000000;
+    psum[92] = 64'h0000000000000000;
+    psum[93] = 64'h0000000000000000;
+    psum[94] = 64'h0000000000000000;
+    psum[95] = 64'h0000000000000000;
+    psum[96] = 64'h0000000000000000;
+    psum[97] = 64'h0000000000000000;
+    psum[98] = 64'h0000000000000000;
+    psum[99] = 64'h0000000000000000;
+    psum[100] = 64'h0000000000000000;
+    psum[101] = 64'h0000000000000000;
+    psum[102] = 64'h0000000000000000;
+    psum[103] = 64'h0000000000000000;
+    psum[104] = 64'h0000000000000000;
+    psum[105] = 64'h0000000000000000;
+    psum[106] = 64'h0000000000000000;
+    psum[107] = 64'h0000000000000000;
+    psum[108] = 64'h0000000000000000;
+    psum[109] = 64'h0000000000000000;
+    psum[110] = 64'h0000000000000000;
+    psum[111] = 64'h0000000000000000;
+    psum[112] = 64'h0000000000000000;
+    psum[113] = 64'h0000000000000000;
+    psum[114] = 64'h0000000000000000;
+    psum[115] = 64'h0000000000000000;
+    psum[116] = 64'h0000000000000000;
+    psum[117] = 64'h0000000000000000;
+    psum[118] = 64'h0000000000000000;
+    psum[119] = 64'h0000000000000000;
+    psum[120] = 64'h0000000000000000;
+    psum[121] = 64'h0000000000000000;
+    psum[122] = 64'h0000000000000000;
+    psum[123] = 64'h0000000000000000;
+    psum[124] = 64'h0000000000000000;
+    psum[125] = 64'h0000000000000000;
+    psum[126] = 64'h0000000000000000;
+    psum[127] = 64'h0000000000000000;
+    psum[128] = 64'h0000000000000000;
+    psum[129] = 64'h0000000000000000;
+    psum[130] = 64'h0000000000000000;
+    psum[131] = 64'h0000000000000000;
+    psum[132] = 64'h0000000000000000;
+    psum[133] = 64'h0000000000000000;
+    psum[134] = 64'h0000000000000000;
+    psum[135] = 64'h0000000000000000;
+    psum[136] = 64'h0000000000000000;
+    psum[137] = 64'h0000000000000000;
+    psum[138] = 64'h0000000000000000;
+    psum[139] = 64'h0000000000000000;
+    psum[140] = 64'h0000000000000000;
+    psum[141] = 64'h0000000000000000;
+    psum[142] = 64'h0000000000000000;
+    psum[143] = 64'h0000000000000000;
+    psum[144] = 64'h0000000000000000;
+    psum[145] = 64'h0000000000000000;
+    psum[146] = 64'h0000000000000000;
+    psum[147] = 64'h0000000000000000;
+    psum[148] = 64'h0000000000000000;
+    psum[149] = 64'h0000000000000000;
+    psum[150] = 64'h0000000000000000;
+    psum[151] = 64'h0000000000000000;
+    psum[152] = 64'h0000000000000000;
+    psum[153] = 64'h0000000000000000;
+    psum[154] = 64'h0000000000000000;
+    psum[155] = 64'h0000000000000000;
+    psum[156] = 64'h0000000000000000;
+    psum[157] = 64'h0000000000000000;
+    psum[158] = 64'h0000000000000000;
+    psum[159] = 64'h0000000000000000;
+    psum[160] = 64'h0000000000000000;
+    psum[161] = 64'h0000000000000000;
+    psum[162] = 64'h0000000000000000;
+    psum[163] = 64'h0000000000000000;
+    psum[164] = 64'h0000000000000000;
+    psum[165] = 64'h0000000000000000;
+    psum[166] = 64'h0000000000000000;
+    psum[167] = 64'h0000000000000000;
+    psum[168] = 64'h0000000000000000;
+    psum[169] = 64'h0000000000000000;
+    psum[170] = 64'h0000000000000000;
+    psum[171] = 64'h0000000000000000;
+    psum[172] = 64'h0000000000000000;
+    psum[173] = 64'h0000000000000000;
+    psum[174] = 64'h0000000000000000;
+    psum[175] = 64'h0000000000000000;
+    psum[176] = 64'h0000000000000000;
+    psum[177] = 64'h0000000000000000;
+    psum[178] = 64'h0000000000000000;
+    psum[179] = 64'h0000000000000000;
+    psum[180] = 64'h0000000000000000;
+    psum[181] = 64'h0000000000000000;
+    psum[182] = 64'h0000000000000000;
+    psum[183] = 64'h0000000000000000;
+    psum[184] = 64'h0000000000000000;
+    psum[185] = 64'h0000000000000000;
+    psum[186] = 64'h0000000000000000;
+    psum[187] = 64'h0000000000000000;
+    psum[188] = 64'h0000000000000000;
+    psum[189] = 64'h0000000000000000;
+    psum[190] = 64'h0000000000000000;
+    psum[191] = 64'h0000000000000000;
+    psum[192] = 64'h0000000000000000;
+    psum[193] = 64'h0000000000000000;
+    psum[194] = 64'h0000000000000000;
+    psum[195] = 64'h0000000000000000;
+    psum[196] = 64'h0000000000000000;
+    psum[197] = 64'h0000000000000000;
+    psum[198] = 64'h0000000000000000;
+    psum[199] = 64'h0000000000000000;
+    psum[200] = 64'h0000000000000000;
+    psum[201] = 64'h0000000000000000;
+    psum[202] = 64'h0000000000000000;
+    psum[203] = 64'h0000000000000000;
+    psum[204] = 64'h0000000000000000;
+    psum[205] = 64'h0000000000000000;
+    psum[206] = 64'h0000000000000000;
+    psum[207] = 64'h0000000000000000;
+    psum[208] = 64'h0000000000000000;
+    psum[209] = 64'h0000000000000000;
+    psum[210] = 64'h0000000000000000;
+    psum[211] = 64'h0000000000000000;
+    psum[212] = 64'h0000000000000000;
+    psum[213] = 64'h0000000000000000;
+    psum[214] = 64'h0000000000000000;
+    psum[215] = 64'h0000000000000000;
+    psum[216] = 64'h0000000000000000;
+    psum[217] = 64'h0000000000000000;
+    psum[218] = 64'h0000000000000000;
+    psum[219] = 64'h0000000000000000;
+    psum[220] = 64'h0000000000000000;
+    psum[221] = 64'h0000000000000000;
+    psum[222] = 64'h0000000000000000;
+    psum[223] = 64'h0000000000000000;
+    psum[224] = 64'h0000000000000000;
+    psum[225] = 64'h0000000000000000;
+    psum[226] = 64'h0000000000000000;
+    psum[227] = 64'h0000000000000000;
+    psum[228] = 64'h0000000000000000;
+    psum[229] = 64'h0000000000000000;
+    psum[230] = 64'h0000000000000000;
+    psum[231] = 64'h0000000000000000;
+    psum[232] = 64'h0000000000000000;
+    psum[233] = 64'h0000000000000000;
+    psum[234] = 64'h0000000000000000;
+    psum[235] = 64'h0000000000000000;
+    psum[236] = 64'h0000000000000000;
+    psum[237] = 64'h0000000000000000;
+    psum[238] = 64'h0000000000000000;
+    psum[239] = 64'h0000000000000000;
+    psum[240] = 64'h0000000000000000;
+    psum[241] = 64'h0000000000000000;
+    psum[242] = 64'h0000000000000000;
+    psum[243] = 64'h0000000000000000;
+    psum[244] = 64'h0000000000000000;
+    psum[245] = 64'h0000000000000000;
+    psum[246] = 64'h0000000000000000;
+    psum[247] = 64'h0000000000000000;
+    psum[248] = 64'h0000000000000000;
+    psum[249] = 64'h0000000000000000;
+    psum[250] = 64'h0000000000000000;
+    psum[251] = 64'h0000000000000000;
+    psum[252] = 64'h0000000000000000;
+    psum[253] = 64'h0000000000000000;
+    psum[254] = 64'h0000000000000000;
+    psum[255] = 64'h0000000000000000;
+  end
+  always @(posedge clk) begin
+    if (stored)
+      psum[ps_wr__addr] <= total;
+  end
+  reg [63:0] _0_;
+  always @(posedge clk) begin
+    if (ps_rd__en) begin
+      _0_ <= psum[ps_rd__addr];
+    end
+  end
+  assign ps_rd__data = _0_;
+  always @(posedge clk)
+    params__addr <= \$42 ;
+  always @(posedge clk)
+    out_cnt <= \$43 ;
+  always @(posedge clk)
+    ro <= \$44 ;
+  always @(posedge clk)
+    oxo <= \$45 ;
   assign \$1  = ~ vj;
-  assign en_j = \$1  | i__ready;
-  assign \$2  = $signed(accj[26:0]) + $signed(params__data[26:0]);
-  assign \$3  = $signed(accj[53:27]) + $signed(params__data[53:27]);
+  assign \$2  = \$1  | i__ready;
+  assign \$3  = cmd[113:112] == 1'h1;
+  assign \$4  = cmd[113:112] == 2'h2;
+  assign \$5  = \$3  | \$4 ;
+  assign ps_rd__en = \$2  | \$5 ;
+  assign \$6  = cmd[113:112] == 2'h2;
+  assign \$7  = cmd[113:112] == 2'h3;
+  assign \$8  = \$6  | \$7 ;
+  assign \$9  = \$8  ? ps_rd__data[31:0] : { params__data[25], params__data[25], params__data[25], params__data[25], params__data[25], params__data[25], params__data[25:0] };
+  assign \$10  = $signed(accj[25:0]) + $signed(\$9 );
+  assign \$11  = cmd[113:112] == 2'h2;
+  assign \$12  = cmd[113:112] == 2'h3;
+  assign \$13  = \$11  | \$12 ;
+  assign \$14  = \$13  ? ps_rd__data[63:32] : { params__data[51], params__data[51], params__data[51], params__data[51], params__data[51], params__data[51], params__data[51:26] };
+  assign \$15  = $signed(accj[51:26]) + $signed(\$14 );
+  assign \$16  = cmd[113:112] == 1'h1;
+  assign \$17  = cmd[113:112] == 2'h2;
+  assign \$18  = \$16  | \$17 ;
+  assign stored = vj & \$18 ;
+  assign \$19  = cmd[113:112] == 1'h1;
+  assign \$20  = cmd[113:112] == 2'h2;
+  assign \$21  = \$19  | \$20 ;
+  assign \$22  = ~ \$21 ;
+  assign i__valid = vj & \$22 ;
   assign all_sent = out_cnt == n_out;
-  assign \$5  = ~ dwp;
-  assign \$7  = \$5  | \$6 ;
-  assign \$8  = \i__valid$25  & \$7 ;
-  assign \$9  = params__addr == last_group;
-  assign \$10  = params__addr + 1'h1;
-  assign \$11  = \$9  ? 7'h00 : \$10 ;
-  assign \$12  = run & o__valid;
-  assign \$13  = \$12  & o__ready;
-  assign \$14  = out_cnt + 1'h1;
+  assign \$23  = ps_wr__addr + 1'h1;
+  assign \$24  = ps_rd__en & \i__valid$35 ;
+  assign \$25  = ps_rd__addr + 1'h1;
+  assign \$27  = ~ dwp;
+  assign \$29  = \$27  | \$28 ;
+  assign \$30  = \i__valid$35  & \$29 ;
+  assign \$31  = params__addr == last_group;
+  assign \$32  = params__addr + 1'h1;
+  assign \$33  = \$31  ? 7'h00 : \$32 ;
+  assign \$34  = o__valid & o__ready;
+  assign \$35  = \$34  | stored;
+  assign \$36  = run & \$35 ;
+  assign \$37  = out_cnt + 1'h1;
   always @(posedge clk)
-    vj <= \$15 ;
+    ps_wr__addr <= \$38 ;
   always @(posedge clk)
-    accj <= \$16 ;
+    ps_rd__addr <= \$39 ;
   always @(posedge clk)
-    params__addr <= \$17 ;
+    vj <= \$40 ;
   always @(posedge clk)
-    out_cnt <= \$18 ;
-  always @(posedge clk)
-    ro <= \$19 ;
-  always @(posedge clk)
-    oxo <= \$20 ;
+    accj <= \$41 ;
   \psc_core.out.rq  rq (
     .clk(clk),
     .\i__payload$8 (i__payload),
     .i__ready(i__ready),
-    .i__valid(vj),
+    .i__valid(i__valid),
     .\o__payload$18 (o__payload),
     .\o__ready$14 (o__ready),
     .o__valid(o__valid),
@@ -5133,102 +5546,112 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, r
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$15  = vj;
-    if (en_j) begin
-      \$15  = \$4 ;
-    end
-    if (rst) begin
-      \$15  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$16  = accj;
-    if (en_j) begin
-      \$16  = { \port$1350$0 , \port$1280$0  };
-    end
-    if (rst) begin
-      \$16  = 54'h00000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$17  = params__addr;
-    if (en_j) begin
-      if (\$8 ) begin
-        \$17  = \$11 [5:0];
+    \$42  = params__addr;
+    if (ps_rd__en) begin
+      if (\$30 ) begin
+        \$42  = \$33 [5:0];
       end
     end
     if (start) begin
-      \$17  = 6'h00;
+      \$42  = 6'h00;
     end
     if (rst) begin
-      \$17  = 6'h00;
+      \$42  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$18  = out_cnt;
-    if (\$13 ) begin
-      \$18  = \$14 [23:0];
+    \$43  = out_cnt;
+    if (\$36 ) begin
+      \$43  = \$37 [23:0];
     end
     if (start) begin
-      \$18  = 24'h000000;
+      \$43  = 24'h000000;
     end
     if (rst) begin
-      \$18  = 24'h000000;
+      \$43  = 24'h000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$19  = ro;
+    \$44  = ro;
     if (start) begin
-      \$19  = 1'h0;
+      \$44  = 1'h0;
     end
     if (rst) begin
-      \$19  = 1'h0;
+      \$44  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$20  = oxo;
+    \$45  = oxo;
     if (start) begin
-      \$20  = 16'h0000;
+      \$45  = 16'h0000;
     end
     if (rst) begin
-      \$20  = 16'h0000;
+      \$45  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$38  = ps_wr__addr;
+    if (stored) begin
+      \$38  = \$23 [7:0];
+    end
+    if (start) begin
+      \$38  = 8'h00;
+    end
+    if (rst) begin
+      \$38  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$39  = ps_rd__addr;
+    if (\$24 ) begin
+      \$39  = \$25 [7:0];
+    end
+    if (start) begin
+      \$39  = 8'h00;
+    end
+    if (rst) begin
+      \$39  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$40  = vj;
+    if (ps_rd__en) begin
+      \$40  = \$26 ;
+    end
+    if (rst) begin
+      \$40  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$41  = accj;
+    if (ps_rd__en) begin
+      \$41  = { \port$1391$0 , \port$1321$0  };
+    end
+    if (rst) begin
+      \$41  = 52'h0000000000000;
     end
   end
   assign keep_o = 1'h1;
-  assign \i__ready$7  = en_j;
+  assign ridx = ps_rd__addr;
+  assign en_j = ps_rd__en;
+  assign widx = ps_wr__addr;
+  assign ps_wr__data = total;
+  assign ps_wr__en = stored;
+  assign \i__ready$18  = ps_rd__en;
   assign jo = params__addr;
-  assign params__en = en_j;
-  assign i__valid = vj;
+  assign params__en = ps_rd__en;
   assign relu = cmd[110];
-  assign \o__valid$15  = o__valid;
-  assign \o__payload$17  = o__payload;
-  assign \o__ready$19  = o__ready;
-  assign \i__payload$26  = { \port$1350$0 , \port$1280$0  };
-  assign \i__payload.acc  = i__payload[53:0];
-  assign \i__payload.acc[0]  = i__payload[26:0];
-  assign \i__payload.acc[1]  = i__payload[53:27];
-  assign \i__payload.mult  = i__payload[85:54];
-  assign \i__payload.mult[0]  = i__payload[69:54];
-  assign \i__payload.mult[1]  = i__payload[85:70];
-  assign \i__payload.shift  = i__payload[97:86];
-  assign \i__payload.shift[0]  = i__payload[91:86];
-  assign \i__payload.shift[1]  = i__payload[97:92];
-  assign \accj[0]  = accj[26:0];
-  assign \accj[1]  = accj[53:27];
-  assign \params__data.bias  = params__data[53:0];
-  assign \params__data.bias[0]  = params__data[26:0];
-  assign \params__data.bias[1]  = params__data[53:27];
-  assign \params__data.mult  = params__data[85:54];
-  assign \params__data.mult[0]  = params__data[69:54];
-  assign \params__data.mult[1]  = params__data[85:70];
-  assign \params__data.shift  = params__data[97:86];
-  assign \params__data.shift[0]  = params__data[91:86];
-  assign \params__data.shift[1]  = params__data[97:92];
+  assign \o__valid$25  = o__valid;
+  assign \o__payload$27  = o__payload;
+  assign \o__ready$29  = o__ready;
+  assign \i__payload$36  = { \port$1391$0 , \port$1321$0  };
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -5242,22 +5665,50 @@ module \psc_core.out (clk, rst, params__data, en_j, all_sent, cmd, dwp, start, r
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
+  assign \cmd.part  = cmd[113:112];
+  assign \total[0]  = total[31:0];
+  assign \total[1]  = total[63:32];
+  assign \accj[0]  = accj[25:0];
+  assign \accj[1]  = accj[51:26];
+  assign \params__data.bias  = params__data[51:0];
+  assign \params__data.bias[0]  = params__data[25:0];
+  assign \params__data.bias[1]  = params__data[51:26];
+  assign \params__data.mult  = params__data[83:52];
+  assign \params__data.mult[0]  = params__data[67:52];
+  assign \params__data.mult[1]  = params__data[83:68];
+  assign \params__data.shift  = params__data[95:84];
+  assign \params__data.shift[0]  = params__data[89:84];
+  assign \params__data.shift[1]  = params__data[95:90];
+  assign \ps_rd__data[0]  = ps_rd__data[31:0];
+  assign \ps_rd__data[1]  = ps_rd__data[63:32];
+  assign \i__payload.acc  = i__payload[63:0];
+  assign \i__payload.acc[0]  = i__payload[31:0];
+  assign \i__payload.acc[1]  = i__payload[63:32];
+  assign \i__payload.mult  = i__payload[95:64];
+  assign \i__payload.mult[0]  = i__payload[79:64];
+  assign \i__payload.mult[1]  = i__payload[95:80];
+  assign \i__payload.shift  = i__payload[107:96];
+  assign \i__payload.shift[0]  = i__payload[101:96];
+  assign \i__payload.shift[1]  = i__payload[107:102];
+  assign \ps_wr__data[0]  = total[31:0];
+  assign \ps_wr__data[1]  = total[63:32];
   assign \o__payload[0]  = o__payload[7:0];
   assign \o__payload[1]  = o__payload[15:8];
-  assign \o__payload$17[0]  = o__payload[7:0];
-  assign \o__payload$17[1]  = o__payload[15:8];
-  assign \i__payload$26[0]  = \port$1280$0 ;
-  assign \i__payload$26[1]  = \port$1350$0 ;
-  assign i__payload[97:86] = params__data[97:86];
-  assign i__payload[85:54] = params__data[85:54];
-  assign i__payload[53:27] = \$3 [26:0];
-  assign i__payload[26:0] = \$2 [26:0];
-  assign \$4  = \i__valid$25 ;
-  assign \$6  = ro;
+  assign \o__payload$27[0]  = o__payload[7:0];
+  assign \o__payload$27[1]  = o__payload[15:8];
+  assign \i__payload$36[0]  = \port$1321$0 ;
+  assign \i__payload$36[1]  = \port$1391$0 ;
+  assign i__payload[107:96] = params__data[95:84];
+  assign i__payload[95:64] = params__data[83:52];
+  assign i__payload[63:0] = total;
+  assign total[63:32] = \$15 [31:0];
+  assign total[31:0] = \$10 [31:0];
+  assign \$26  = \i__valid$35 ;
+  assign \$28  = ro;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out.rq (clk, rst, i__ready, relu, \i__payload$8 , i__valid, o__valid, \o__payload$18 , \o__ready$14 );
+module \psc_core.out.rq (clk, rst, i__valid, i__ready, relu, \i__payload$8 , o__valid, \o__payload$18 , \o__ready$14 );
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -5280,20 +5731,20 @@ module \psc_core.out.rq (clk, rst, i__ready, relu, \i__payload$8 , i__valid, o__
   wire \$9 ;
   input clk;
   wire clk;
-  reg [48:0] i__payload;
-  input [97:0] \i__payload$8 ;
-  wire [97:0] \i__payload$8 ;
-  wire [53:0] \i__payload$8.acc ;
-  wire [26:0] \i__payload$8.acc[0] ;
-  wire [26:0] \i__payload$8.acc[1] ;
+  reg [53:0] i__payload;
+  input [107:0] \i__payload$8 ;
+  wire [107:0] \i__payload$8 ;
+  wire [63:0] \i__payload$8.acc ;
+  wire [31:0] \i__payload$8.acc[0] ;
+  wire [31:0] \i__payload$8.acc[1] ;
   wire [31:0] \i__payload$8.mult ;
   wire [15:0] \i__payload$8.mult[0] ;
   wire [15:0] \i__payload$8.mult[1] ;
   wire [11:0] \i__payload$8.shift ;
   wire [5:0] \i__payload$8.shift[0] ;
   wire [5:0] \i__payload$8.shift[1] ;
-  wire [26:0] \i__payload.acc ;
-  wire [26:0] \i__payload.acc[0] ;
+  wire [31:0] \i__payload.acc ;
+  wire [31:0] \i__payload.acc[0] ;
   wire [15:0] \i__payload.mult ;
   wire [15:0] \i__payload.mult[0] ;
   wire [5:0] \i__payload.shift ;
@@ -5363,15 +5814,15 @@ module \psc_core.out.rq (clk, rst, i__ready, relu, \i__payload$8 , i__valid, o__
     casez (phase_i)
       1'h0:
         begin
-          i__payload[26:0] = \i__payload$8 [26:0];
-          i__payload[42:27] = \i__payload$8 [69:54];
-          i__payload[48:43] = \i__payload$8 [91:86];
+          i__payload[31:0] = \i__payload$8 [31:0];
+          i__payload[47:32] = \i__payload$8 [79:64];
+          i__payload[53:48] = \i__payload$8 [101:96];
         end
       1'h1:
         begin
-          i__payload[26:0] = \i__payload$8 [53:27];
-          i__payload[42:27] = \i__payload$8 [85:70];
-          i__payload[48:43] = \i__payload$8 [97:92];
+          i__payload[31:0] = \i__payload$8 [63:32];
+          i__payload[47:32] = \i__payload$8 [95:80];
+          i__payload[53:48] = \i__payload$8 [107:102];
         end
     endcase
   end
@@ -5438,21 +5889,21 @@ module \psc_core.out.rq (clk, rst, i__ready, relu, \i__payload$8 , i__valid, o__
   end
   assign \relu$1  = relu;
   assign \i__valid$3  = i__valid;
-  assign \i__payload.acc  = i__payload[26:0];
-  assign \i__payload.acc[0]  = i__payload[26:0];
-  assign \i__payload.mult  = i__payload[42:27];
-  assign \i__payload.mult[0]  = i__payload[42:27];
-  assign \i__payload.shift  = i__payload[48:43];
-  assign \i__payload.shift[0]  = i__payload[48:43];
-  assign \i__payload$8.acc  = \i__payload$8 [53:0];
-  assign \i__payload$8.acc[0]  = \i__payload$8 [26:0];
-  assign \i__payload$8.acc[1]  = \i__payload$8 [53:27];
-  assign \i__payload$8.mult  = \i__payload$8 [85:54];
-  assign \i__payload$8.mult[0]  = \i__payload$8 [69:54];
-  assign \i__payload$8.mult[1]  = \i__payload$8 [85:70];
-  assign \i__payload$8.shift  = \i__payload$8 [97:86];
-  assign \i__payload$8.shift[0]  = \i__payload$8 [91:86];
-  assign \i__payload$8.shift[1]  = \i__payload$8 [97:92];
+  assign \i__payload.acc  = i__payload[31:0];
+  assign \i__payload.acc[0]  = i__payload[31:0];
+  assign \i__payload.mult  = i__payload[47:32];
+  assign \i__payload.mult[0]  = i__payload[47:32];
+  assign \i__payload.shift  = i__payload[53:48];
+  assign \i__payload.shift[0]  = i__payload[53:48];
+  assign \i__payload$8.acc  = \i__payload$8 [63:0];
+  assign \i__payload$8.acc[0]  = \i__payload$8 [31:0];
+  assign \i__payload$8.acc[1]  = \i__payload$8 [63:32];
+  assign \i__payload$8.mult  = \i__payload$8 [95:64];
+  assign \i__payload$8.mult[0]  = \i__payload$8 [79:64];
+  assign \i__payload$8.mult[1]  = \i__payload$8 [95:80];
+  assign \i__payload$8.shift  = \i__payload$8 [107:96];
+  assign \i__payload$8.shift[0]  = \i__payload$8 [101:96];
+  assign \i__payload$8.shift[1]  = \i__payload$8 [107:102];
   assign \part[0]  = part;
   assign \o__payload[0]  = o__payload;
   assign \o__payload$18[0]  = \o__payload$18 [7:0];
@@ -5465,7 +5916,7 @@ module \psc_core.out.rq (clk, rst, i__ready, relu, \i__payload$8 , i__valid, o__
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__payload, o__valid, o__payload, clk);
+module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__payload, o__valid, o__payload, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire \$1 ;
   wire [10:0] \$10 ;
@@ -5567,7 +6018,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   wire \$187 ;
   wire \$188 ;
   wire \$189 ;
-  wire [26:0] \$19 ;
+  wire [31:0] \$19 ;
   wire \$190 ;
   wire \$191 ;
   wire \$192 ;
@@ -5579,7 +6030,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   wire \$198 ;
   wire \$199 ;
   wire \$2 ;
-  wire [26:0] \$20 ;
+  wire [31:0] \$20 ;
   wire \$200 ;
   wire \$201 ;
   wire \$202 ;
@@ -5590,7 +6041,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   wire \$207 ;
   wire \$208 ;
   wire \$209 ;
-  wire [26:0] \$21 ;
+  wire [31:0] \$21 ;
   wire \$210 ;
   wire \$211 ;
   wire \$212 ;
@@ -5601,7 +6052,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   wire \$217 ;
   wire \$218 ;
   wire \$219 ;
-  wire [26:0] \$22 ;
+  wire [31:0] \$22 ;
   wire \$220 ;
   wire \$221 ;
   wire \$222 ;
@@ -5612,7 +6063,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   wire \$227 ;
   wire \$228 ;
   wire \$229 ;
-  wire [27:0] \$23 ;
+  wire [32:0] \$23 ;
   wire \$230 ;
   wire \$231 ;
   wire \$232 ;
@@ -5623,7 +6074,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   wire \$237 ;
   wire \$238 ;
   wire \$239 ;
-  wire [26:0] \$24 ;
+  wire [31:0] \$24 ;
   wire \$240 ;
   wire \$241 ;
   wire \$242 ;
@@ -5634,7 +6085,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   wire \$247 ;
   wire \$248 ;
   wire \$249 ;
-  wire [26:0] \$25 ;
+  wire [31:0] \$25 ;
   wire \$250 ;
   wire \$251 ;
   wire \$252 ;
@@ -5645,7 +6096,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   wire \$257 ;
   wire \$258 ;
   wire \$259 ;
-  wire [26:0] \$26 ;
+  wire [31:0] \$26 ;
   wire \$260 ;
   wire \$261 ;
   wire \$262 ;
@@ -5656,7 +6107,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   wire \$267 ;
   wire \$268 ;
   wire \$269 ;
-  wire [26:0] \$27 ;
+  wire [31:0] \$27 ;
   wire \$270 ;
   wire \$271 ;
   wire \$272 ;
@@ -5667,7 +6118,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   wire \$277 ;
   wire [7:0] \$278 ;
   reg \$279 ;
-  wire [27:0] \$28 ;
+  wire [32:0] \$28 ;
   reg [1:0] \$280 ;
   reg \$281 ;
   reg \$282 ;
@@ -5678,19 +6129,19 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   reg \$287 ;
   reg \$288 ;
   reg \$289 ;
-  wire [28:0] \$29 ;
+  wire [33:0] \$29 ;
   reg \$290 ;
-  reg [26:0] \$291 ;
+  reg [31:0] \$291 ;
   reg [15:0] \$292 ;
   reg [5:0] \$293 ;
-  reg [28:0] \$294 ;
-  reg [28:0] \$295 ;
+  reg [33:0] \$294 ;
+  reg [33:0] \$295 ;
   reg [5:0] \$296 ;
-  reg [31:0] \$297 ;
+  reg [36:0] \$297 ;
   reg [5:0] \$298 ;
-  reg [31:0] \$299 ;
+  reg [36:0] \$299 ;
   wire \$3 ;
-  wire [29:0] \$30 ;
+  wire [34:0] \$30 ;
   reg [15:0] \$300 ;
   reg [5:0] \$301 ;
   reg [15:0] \$302 ;
@@ -5702,7 +6153,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   reg \$308 ;
   reg [7:0] \$309 ;
   wire \$31 ;
-  wire [32:0] \$32 ;
+  wire [37:0] \$32 ;
   wire \$33 ;
   wire \$34 ;
   wire \$35 ;
@@ -5710,7 +6161,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   wire \$37 ;
   wire \$38 ;
   wire \$39 ;
-  wire [31:0] \$4 ;
+  wire [36:0] \$4 ;
   wire \$40 ;
   wire \$41 ;
   wire \$42 ;
@@ -5776,7 +6227,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   wire \$97 ;
   wire \$98 ;
   wire \$99 ;
-  reg [26:0] acc_0 = 27'h0000000;
+  reg [31:0] acc_0 = 32'd0;
   reg busy = 1'h0;
   input clk;
   wire clk;
@@ -5784,10 +6235,10 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   reg csign_0 = 1'h0;
   reg cwide_0 = 1'h0;
   wire en;
-  input [48:0] i__payload;
-  wire [48:0] i__payload;
-  wire [26:0] \i__payload.acc ;
-  wire [26:0] \i__payload.acc[0] ;
+  input [53:0] i__payload;
+  wire [53:0] i__payload;
+  wire [31:0] \i__payload.acc ;
+  wire [31:0] \i__payload.acc[0] ;
   wire [15:0] \i__payload.mult ;
   wire [15:0] \i__payload.mult[0] ;
   wire [5:0] \i__payload.shift ;
@@ -5805,12 +6256,12 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   wire o__ready;
   output o__valid;
   reg o__valid = 1'h0;
-  reg [31:0] p_hi_0 = 32'd0;
+  reg [36:0] p_hi_0 = 37'h0000000000;
   reg [15:0] p_lo_0 = 16'h0000;
   reg p_v = 1'h0;
-  reg [28:0] pp0_0_0 = 29'h00000000;
-  reg [28:0] pp0_2_0 = 29'h00000000;
-  reg [31:0] pp1_0_0 = 32'd0;
+  reg [33:0] pp0_0_0 = 34'h000000000;
+  reg [33:0] pp0_2_0 = 34'h000000000;
+  reg [36:0] pp1_0_0 = 37'h0000000000;
   reg pp_first0 = 1'h0;
   reg pp_first1 = 1'h0;
   reg pp_last0 = 1'h0;
@@ -5828,7 +6279,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   reg [2:0] sfine_0 = 3'h0;
   reg [1:0] step = 2'h0;
   reg [8:0] t_0 = 9'h000;
-  wire [32:0] total_0;
+  wire [37:0] total_0;
   reg tsign_0 = 1'h0;
   reg twide_0 = 1'h0;
   reg v5 = 1'h0;
@@ -5840,7 +6291,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   assign \$2  = ~ busy;
   assign \$3  = \$2  | last;
   assign i__ready = en & \$3 ;
-  assign \$4  = pp_first1 ? 32'd0 : p_hi_0;
+  assign \$4  = pp_first1 ? 37'h0000000000 : p_hi_0;
   assign total_0 = $signed(\$4 ) + $signed(pp1_0_0);
   assign \$5  = $signed({ tsign_0, t_0 }) < $signed(10'h2ff);
   assign \$6  = twide_0 ? tsign_0 : \$5 ;
@@ -5855,177 +6306,177 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
   assign \$15  = ! step;
   assign \$16  = pp_v1 & pp_last1;
   assign \$17  = i__valid & i__ready;
-  assign \$19  = mult_0[0] ? acc_0 : 27'h0000000;
-  assign \$20  = mult_0[0] ? acc_0 : 27'h0000000;
-  assign \$22  = mult_0[1] ? acc_0 : 27'h0000000;
+  assign \$19  = mult_0[0] ? acc_0 : 32'd0;
+  assign \$20  = mult_0[0] ? acc_0 : 32'd0;
+  assign \$22  = mult_0[1] ? acc_0 : 32'd0;
   assign \$23  = $signed(\$21 ) + $signed(\$22 );
-  assign \$24  = mult_0[2] ? acc_0 : 27'h0000000;
-  assign \$25  = mult_0[2] ? acc_0 : 27'h0000000;
-  assign \$27  = mult_0[3] ? acc_0 : 27'h0000000;
+  assign \$24  = mult_0[2] ? acc_0 : 32'd0;
+  assign \$25  = mult_0[2] ? acc_0 : 32'd0;
+  assign \$27  = mult_0[3] ? acc_0 : 32'd0;
   assign \$28  = $signed(\$26 ) + $signed(\$27 );
   assign \$30  = $signed(\$29 ) + $signed(pp0_2_0);
   assign \$31  = en & pp_v1;
-  assign \$33  = s3_0[5] ? p_hi_0[27] : p_hi_0[7];
+  assign \$33  = s3_0[5] ? p_hi_0[32] : p_hi_0[7];
   assign \$34  = s3_0[5] ? p_hi_0[23] : p_lo_0[7];
   assign \$35  = s3_0[4] ? \$33  : \$34 ;
-  assign \$36  = s3_0[5] ? p_hi_0[27] : p_lo_0[15];
+  assign \$36  = s3_0[5] ? p_hi_0[31] : p_lo_0[15];
   assign \$37  = s3_0[5] ? p_hi_0[15] : 1'h0;
   assign \$38  = s3_0[4] ? \$36  : \$37 ;
   assign \$39  = s3_0[3] ? \$35  : \$38 ;
-  assign \$40  = s3_0[5] ? p_hi_0[27] : p_hi_0[8];
+  assign \$40  = s3_0[5] ? p_hi_0[32] : p_hi_0[8];
   assign \$41  = s3_0[5] ? p_hi_0[24] : p_lo_0[8];
   assign \$42  = s3_0[4] ? \$40  : \$41 ;
-  assign \$43  = s3_0[5] ? p_hi_0[27] : p_hi_0[0];
+  assign \$43  = s3_0[5] ? p_hi_0[32] : p_hi_0[0];
   assign \$44  = s3_0[5] ? p_hi_0[16] : p_lo_0[0];
   assign \$45  = s3_0[4] ? \$43  : \$44 ;
   assign \$46  = s3_0[3] ? \$42  : \$45 ;
-  assign \$47  = s3_0[5] ? p_hi_0[27] : p_hi_0[9];
+  assign \$47  = s3_0[5] ? p_hi_0[32] : p_hi_0[9];
   assign \$48  = s3_0[5] ? p_hi_0[25] : p_lo_0[9];
   assign \$49  = s3_0[4] ? \$47  : \$48 ;
-  assign \$50  = s3_0[5] ? p_hi_0[27] : p_hi_0[1];
+  assign \$50  = s3_0[5] ? p_hi_0[32] : p_hi_0[1];
   assign \$51  = s3_0[5] ? p_hi_0[17] : p_lo_0[1];
   assign \$52  = s3_0[4] ? \$50  : \$51 ;
   assign \$53  = s3_0[3] ? \$49  : \$52 ;
-  assign \$54  = s3_0[5] ? p_hi_0[27] : p_hi_0[10];
+  assign \$54  = s3_0[5] ? p_hi_0[32] : p_hi_0[10];
   assign \$55  = s3_0[5] ? p_hi_0[26] : p_lo_0[10];
   assign \$56  = s3_0[4] ? \$54  : \$55 ;
-  assign \$57  = s3_0[5] ? p_hi_0[27] : p_hi_0[2];
+  assign \$57  = s3_0[5] ? p_hi_0[32] : p_hi_0[2];
   assign \$58  = s3_0[5] ? p_hi_0[18] : p_lo_0[2];
   assign \$59  = s3_0[4] ? \$57  : \$58 ;
   assign \$60  = s3_0[3] ? \$56  : \$59 ;
-  assign \$61  = s3_0[5] ? p_hi_0[27] : p_hi_0[11];
+  assign \$61  = s3_0[5] ? p_hi_0[32] : p_hi_0[11];
   assign \$62  = s3_0[5] ? p_hi_0[27] : p_lo_0[11];
   assign \$63  = s3_0[4] ? \$61  : \$62 ;
-  assign \$64  = s3_0[5] ? p_hi_0[27] : p_hi_0[3];
+  assign \$64  = s3_0[5] ? p_hi_0[32] : p_hi_0[3];
   assign \$65  = s3_0[5] ? p_hi_0[19] : p_lo_0[3];
   assign \$66  = s3_0[4] ? \$64  : \$65 ;
   assign \$67  = s3_0[3] ? \$63  : \$66 ;
-  assign \$68  = s3_0[5] ? p_hi_0[27] : p_hi_0[12];
-  assign \$69  = s3_0[5] ? p_hi_0[27] : p_lo_0[12];
+  assign \$68  = s3_0[5] ? p_hi_0[32] : p_hi_0[12];
+  assign \$69  = s3_0[5] ? p_hi_0[28] : p_lo_0[12];
   assign \$70  = s3_0[4] ? \$68  : \$69 ;
-  assign \$71  = s3_0[5] ? p_hi_0[27] : p_hi_0[4];
+  assign \$71  = s3_0[5] ? p_hi_0[32] : p_hi_0[4];
   assign \$72  = s3_0[5] ? p_hi_0[20] : p_lo_0[4];
   assign \$73  = s3_0[4] ? \$71  : \$72 ;
   assign \$74  = s3_0[3] ? \$70  : \$73 ;
-  assign \$75  = s3_0[5] ? p_hi_0[27] : p_hi_0[13];
-  assign \$76  = s3_0[5] ? p_hi_0[27] : p_lo_0[13];
+  assign \$75  = s3_0[5] ? p_hi_0[32] : p_hi_0[13];
+  assign \$76  = s3_0[5] ? p_hi_0[29] : p_lo_0[13];
   assign \$77  = s3_0[4] ? \$75  : \$76 ;
-  assign \$78  = s3_0[5] ? p_hi_0[27] : p_hi_0[5];
+  assign \$78  = s3_0[5] ? p_hi_0[32] : p_hi_0[5];
   assign \$79  = s3_0[5] ? p_hi_0[21] : p_lo_0[5];
   assign \$80  = s3_0[4] ? \$78  : \$79 ;
   assign \$81  = s3_0[3] ? \$77  : \$80 ;
-  assign \$82  = s3_0[5] ? p_hi_0[27] : p_hi_0[14];
-  assign \$83  = s3_0[5] ? p_hi_0[27] : p_lo_0[14];
+  assign \$82  = s3_0[5] ? p_hi_0[32] : p_hi_0[14];
+  assign \$83  = s3_0[5] ? p_hi_0[30] : p_lo_0[14];
   assign \$84  = s3_0[4] ? \$82  : \$83 ;
-  assign \$85  = s3_0[5] ? p_hi_0[27] : p_hi_0[6];
+  assign \$85  = s3_0[5] ? p_hi_0[32] : p_hi_0[6];
   assign \$86  = s3_0[5] ? p_hi_0[22] : p_lo_0[6];
   assign \$87  = s3_0[4] ? \$85  : \$86 ;
   assign \$88  = s3_0[3] ? \$84  : \$87 ;
-  assign \$89  = s3_0[5] ? p_hi_0[27] : p_hi_0[15];
-  assign \$90  = s3_0[5] ? p_hi_0[27] : p_lo_0[15];
+  assign \$89  = s3_0[5] ? p_hi_0[32] : p_hi_0[15];
+  assign \$90  = s3_0[5] ? p_hi_0[31] : p_lo_0[15];
   assign \$91  = s3_0[4] ? \$89  : \$90 ;
-  assign \$92  = s3_0[5] ? p_hi_0[27] : p_hi_0[7];
+  assign \$92  = s3_0[5] ? p_hi_0[32] : p_hi_0[7];
   assign \$93  = s3_0[5] ? p_hi_0[23] : p_lo_0[7];
   assign \$94  = s3_0[4] ? \$92  : \$93 ;
   assign \$95  = s3_0[3] ? \$91  : \$94 ;
-  assign \$96  = s3_0[5] ? p_hi_0[27] : p_hi_0[16];
-  assign \$97  = s3_0[5] ? p_hi_0[27] : p_hi_0[0];
+  assign \$96  = s3_0[5] ? p_hi_0[32] : p_hi_0[16];
+  assign \$97  = s3_0[5] ? p_hi_0[32] : p_hi_0[0];
   assign \$98  = s3_0[4] ? \$96  : \$97 ;
-  assign \$99  = s3_0[5] ? p_hi_0[27] : p_hi_0[8];
+  assign \$99  = s3_0[5] ? p_hi_0[32] : p_hi_0[8];
   assign \$100  = s3_0[5] ? p_hi_0[24] : p_lo_0[8];
   assign \$101  = s3_0[4] ? \$99  : \$100 ;
   assign \$102  = s3_0[3] ? \$98  : \$101 ;
-  assign \$103  = s3_0[5] ? p_hi_0[27] : p_hi_0[17];
-  assign \$104  = s3_0[5] ? p_hi_0[27] : p_hi_0[1];
+  assign \$103  = s3_0[5] ? p_hi_0[32] : p_hi_0[17];
+  assign \$104  = s3_0[5] ? p_hi_0[32] : p_hi_0[1];
   assign \$105  = s3_0[4] ? \$103  : \$104 ;
-  assign \$106  = s3_0[5] ? p_hi_0[27] : p_hi_0[9];
+  assign \$106  = s3_0[5] ? p_hi_0[32] : p_hi_0[9];
   assign \$107  = s3_0[5] ? p_hi_0[25] : p_lo_0[9];
   assign \$108  = s3_0[4] ? \$106  : \$107 ;
   assign \$109  = s3_0[3] ? \$105  : \$108 ;
-  assign \$110  = s3_0[5] ? p_hi_0[27] : p_hi_0[18];
-  assign \$111  = s3_0[5] ? p_hi_0[27] : p_hi_0[2];
+  assign \$110  = s3_0[5] ? p_hi_0[32] : p_hi_0[18];
+  assign \$111  = s3_0[5] ? p_hi_0[32] : p_hi_0[2];
   assign \$112  = s3_0[4] ? \$110  : \$111 ;
-  assign \$113  = s3_0[5] ? p_hi_0[27] : p_hi_0[10];
+  assign \$113  = s3_0[5] ? p_hi_0[32] : p_hi_0[10];
   assign \$114  = s3_0[5] ? p_hi_0[26] : p_lo_0[10];
   assign \$115  = s3_0[4] ? \$113  : \$114 ;
   assign \$116  = s3_0[3] ? \$112  : \$115 ;
-  assign \$117  = s3_0[5] ? p_hi_0[27] : p_hi_0[19];
-  assign \$118  = s3_0[5] ? p_hi_0[27] : p_hi_0[3];
+  assign \$117  = s3_0[5] ? p_hi_0[32] : p_hi_0[19];
+  assign \$118  = s3_0[5] ? p_hi_0[32] : p_hi_0[3];
   assign \$119  = s3_0[4] ? \$117  : \$118 ;
-  assign \$120  = s3_0[5] ? p_hi_0[27] : p_hi_0[11];
+  assign \$120  = s3_0[5] ? p_hi_0[32] : p_hi_0[11];
   assign \$121  = s3_0[5] ? p_hi_0[27] : p_lo_0[11];
   assign \$122  = s3_0[4] ? \$120  : \$121 ;
   assign \$123  = s3_0[3] ? \$119  : \$122 ;
-  assign \$124  = s3_0[5] ? p_hi_0[27] : p_hi_0[20];
-  assign \$125  = s3_0[5] ? p_hi_0[27] : p_hi_0[4];
+  assign \$124  = s3_0[5] ? p_hi_0[32] : p_hi_0[20];
+  assign \$125  = s3_0[5] ? p_hi_0[32] : p_hi_0[4];
   assign \$126  = s3_0[4] ? \$124  : \$125 ;
-  assign \$127  = s3_0[5] ? p_hi_0[27] : p_hi_0[12];
-  assign \$128  = s3_0[5] ? p_hi_0[27] : p_lo_0[12];
+  assign \$127  = s3_0[5] ? p_hi_0[32] : p_hi_0[12];
+  assign \$128  = s3_0[5] ? p_hi_0[28] : p_lo_0[12];
   assign \$129  = s3_0[4] ? \$127  : \$128 ;
   assign \$130  = s3_0[3] ? \$126  : \$129 ;
-  assign \$131  = s3_0[5] ? p_hi_0[27] : p_hi_0[21];
-  assign \$132  = s3_0[5] ? p_hi_0[27] : p_hi_0[5];
+  assign \$131  = s3_0[5] ? p_hi_0[32] : p_hi_0[21];
+  assign \$132  = s3_0[5] ? p_hi_0[32] : p_hi_0[5];
   assign \$133  = s3_0[4] ? \$131  : \$132 ;
-  assign \$134  = s3_0[5] ? p_hi_0[27] : p_hi_0[13];
-  assign \$135  = s3_0[5] ? p_hi_0[27] : p_lo_0[13];
+  assign \$134  = s3_0[5] ? p_hi_0[32] : p_hi_0[13];
+  assign \$135  = s3_0[5] ? p_hi_0[29] : p_lo_0[13];
   assign \$136  = s3_0[4] ? \$134  : \$135 ;
   assign \$137  = s3_0[3] ? \$133  : \$136 ;
-  assign \$138  = s3_0[5] ? p_hi_0[27] : p_hi_0[22];
-  assign \$139  = s3_0[5] ? p_hi_0[27] : p_hi_0[6];
+  assign \$138  = s3_0[5] ? p_hi_0[32] : p_hi_0[22];
+  assign \$139  = s3_0[5] ? p_hi_0[32] : p_hi_0[6];
   assign \$140  = s3_0[4] ? \$138  : \$139 ;
-  assign \$141  = s3_0[5] ? p_hi_0[27] : p_hi_0[14];
-  assign \$142  = s3_0[5] ? p_hi_0[27] : p_lo_0[14];
+  assign \$141  = s3_0[5] ? p_hi_0[32] : p_hi_0[14];
+  assign \$142  = s3_0[5] ? p_hi_0[30] : p_lo_0[14];
   assign \$143  = s3_0[4] ? \$141  : \$142 ;
   assign \$144  = s3_0[3] ? \$140  : \$143 ;
   assign \$145  = ~ s3_0[5];
-  assign \$146  = $signed(p_hi_0[26:23]) != $signed(p_hi_0[27]);
+  assign \$146  = $signed(p_hi_0[31:23]) != $signed(p_hi_0[32]);
   assign \$147  = \$145  & \$146 ;
   assign \$149  = ~ s3_0[4];
-  assign \$150  = s3_0[5] ? p_hi_0[27] : p_hi_0[7];
-  assign \$151  = s3_0[5] ? p_hi_0[27] : p_hi_0[8];
-  assign \$152  = s3_0[5] ? p_hi_0[27] : p_hi_0[9];
-  assign \$153  = s3_0[5] ? p_hi_0[27] : p_hi_0[10];
-  assign \$154  = s3_0[5] ? p_hi_0[27] : p_hi_0[11];
-  assign \$155  = s3_0[5] ? p_hi_0[27] : p_hi_0[12];
-  assign \$156  = s3_0[5] ? p_hi_0[27] : p_hi_0[13];
-  assign \$157  = s3_0[5] ? p_hi_0[27] : p_hi_0[14];
-  assign \$158  = s3_0[5] ? p_hi_0[27] : p_hi_0[15];
-  assign \$159  = s3_0[5] ? p_hi_0[27] : p_hi_0[16];
-  assign \$160  = s3_0[5] ? p_hi_0[27] : p_hi_0[17];
-  assign \$161  = s3_0[5] ? p_hi_0[27] : p_hi_0[18];
-  assign \$162  = s3_0[5] ? p_hi_0[27] : p_hi_0[19];
-  assign \$163  = s3_0[5] ? p_hi_0[27] : p_hi_0[20];
-  assign \$164  = s3_0[5] ? p_hi_0[27] : p_hi_0[21];
-  assign \$165  = s3_0[5] ? p_hi_0[27] : p_hi_0[22];
-  assign \$166  = $signed({ \$165 , \$164 , \$163 , \$162 , \$161 , \$160 , \$159 , \$158 , \$157 , \$156 , \$155 , \$154 , \$153 , \$152 , \$151 , \$150  }) != $signed(p_hi_0[27]);
+  assign \$150  = s3_0[5] ? p_hi_0[32] : p_hi_0[7];
+  assign \$151  = s3_0[5] ? p_hi_0[32] : p_hi_0[8];
+  assign \$152  = s3_0[5] ? p_hi_0[32] : p_hi_0[9];
+  assign \$153  = s3_0[5] ? p_hi_0[32] : p_hi_0[10];
+  assign \$154  = s3_0[5] ? p_hi_0[32] : p_hi_0[11];
+  assign \$155  = s3_0[5] ? p_hi_0[32] : p_hi_0[12];
+  assign \$156  = s3_0[5] ? p_hi_0[32] : p_hi_0[13];
+  assign \$157  = s3_0[5] ? p_hi_0[32] : p_hi_0[14];
+  assign \$158  = s3_0[5] ? p_hi_0[32] : p_hi_0[15];
+  assign \$159  = s3_0[5] ? p_hi_0[32] : p_hi_0[16];
+  assign \$160  = s3_0[5] ? p_hi_0[32] : p_hi_0[17];
+  assign \$161  = s3_0[5] ? p_hi_0[32] : p_hi_0[18];
+  assign \$162  = s3_0[5] ? p_hi_0[32] : p_hi_0[19];
+  assign \$163  = s3_0[5] ? p_hi_0[32] : p_hi_0[20];
+  assign \$164  = s3_0[5] ? p_hi_0[32] : p_hi_0[21];
+  assign \$165  = s3_0[5] ? p_hi_0[32] : p_hi_0[22];
+  assign \$166  = $signed({ \$165 , \$164 , \$163 , \$162 , \$161 , \$160 , \$159 , \$158 , \$157 , \$156 , \$155 , \$154 , \$153 , \$152 , \$151 , \$150  }) != $signed(p_hi_0[32]);
   assign \$167  = \$149  & \$166 ;
   assign \$168  = \$148  | \$167 ;
   assign \$169  = ~ s3_0[3];
-  assign \$170  = s3_0[5] ? p_hi_0[27] : p_hi_0[15];
-  assign \$171  = s3_0[5] ? p_hi_0[27] : p_lo_0[15];
+  assign \$170  = s3_0[5] ? p_hi_0[32] : p_hi_0[15];
+  assign \$171  = s3_0[5] ? p_hi_0[31] : p_lo_0[15];
   assign \$172  = s3_0[4] ? \$170  : \$171 ;
-  assign \$173  = s3_0[5] ? p_hi_0[27] : p_hi_0[16];
-  assign \$174  = s3_0[5] ? p_hi_0[27] : p_hi_0[0];
+  assign \$173  = s3_0[5] ? p_hi_0[32] : p_hi_0[16];
+  assign \$174  = s3_0[5] ? p_hi_0[32] : p_hi_0[0];
   assign \$175  = s3_0[4] ? \$173  : \$174 ;
-  assign \$176  = s3_0[5] ? p_hi_0[27] : p_hi_0[17];
-  assign \$177  = s3_0[5] ? p_hi_0[27] : p_hi_0[1];
+  assign \$176  = s3_0[5] ? p_hi_0[32] : p_hi_0[17];
+  assign \$177  = s3_0[5] ? p_hi_0[32] : p_hi_0[1];
   assign \$178  = s3_0[4] ? \$176  : \$177 ;
-  assign \$179  = s3_0[5] ? p_hi_0[27] : p_hi_0[18];
-  assign \$180  = s3_0[5] ? p_hi_0[27] : p_hi_0[2];
+  assign \$179  = s3_0[5] ? p_hi_0[32] : p_hi_0[18];
+  assign \$180  = s3_0[5] ? p_hi_0[32] : p_hi_0[2];
   assign \$181  = s3_0[4] ? \$179  : \$180 ;
-  assign \$182  = s3_0[5] ? p_hi_0[27] : p_hi_0[19];
-  assign \$183  = s3_0[5] ? p_hi_0[27] : p_hi_0[3];
+  assign \$182  = s3_0[5] ? p_hi_0[32] : p_hi_0[19];
+  assign \$183  = s3_0[5] ? p_hi_0[32] : p_hi_0[3];
   assign \$184  = s3_0[4] ? \$182  : \$183 ;
-  assign \$185  = s3_0[5] ? p_hi_0[27] : p_hi_0[20];
-  assign \$186  = s3_0[5] ? p_hi_0[27] : p_hi_0[4];
+  assign \$185  = s3_0[5] ? p_hi_0[32] : p_hi_0[20];
+  assign \$186  = s3_0[5] ? p_hi_0[32] : p_hi_0[4];
   assign \$187  = s3_0[4] ? \$185  : \$186 ;
-  assign \$188  = s3_0[5] ? p_hi_0[27] : p_hi_0[21];
-  assign \$189  = s3_0[5] ? p_hi_0[27] : p_hi_0[5];
+  assign \$188  = s3_0[5] ? p_hi_0[32] : p_hi_0[21];
+  assign \$189  = s3_0[5] ? p_hi_0[32] : p_hi_0[5];
   assign \$190  = s3_0[4] ? \$188  : \$189 ;
-  assign \$191  = s3_0[5] ? p_hi_0[27] : p_hi_0[22];
-  assign \$192  = s3_0[5] ? p_hi_0[27] : p_hi_0[6];
+  assign \$191  = s3_0[5] ? p_hi_0[32] : p_hi_0[22];
+  assign \$192  = s3_0[5] ? p_hi_0[32] : p_hi_0[6];
   assign \$193  = s3_0[4] ? \$191  : \$192 ;
-  assign \$194  = $signed({ \$193 , \$190 , \$187 , \$184 , \$181 , \$178 , \$175 , \$172  }) != $signed(p_hi_0[27]);
+  assign \$194  = $signed({ \$193 , \$190 , \$187 , \$184 , \$181 , \$178 , \$175 , \$172  }) != $signed(p_hi_0[32]);
   assign \$195  = \$169  & \$194 ;
   assign \$196  = \$168  | \$195 ;
   assign \$197  = sfine_0[2] ? coarse_0[7] : coarse_0[3];
@@ -6307,7 +6758,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
     \$291  = acc_0;
     if (en) begin
       if (\$17 ) begin
-        \$291  = i__payload[26:0];
+        \$291  = i__payload[31:0];
       end
     end
   end
@@ -6316,7 +6767,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
     \$292  = mult_0;
     if (en) begin
       if (\$17 ) begin
-        \$292  = i__payload[42:27];
+        \$292  = i__payload[47:32];
       end else if (busy) begin
         \$292  = \$18 ;
       end
@@ -6327,7 +6778,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
     \$293  = s1_0;
     if (en) begin
       if (\$17 ) begin
-        \$293  = i__payload[48:43];
+        \$293  = i__payload[53:48];
       end
     end
   end
@@ -6370,7 +6821,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$299  = p_hi_0;
     if (\$31 ) begin
-      \$299  = \$32 [31:0];
+      \$299  = \$32 [36:0];
     end
   end
   always @* begin
@@ -6398,7 +6849,7 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$303  = csign_0;
     if (en) begin
-      \$303  = p_hi_0[27];
+      \$303  = p_hi_0[32];
     end
   end
   always @* begin
@@ -6446,19 +6897,19 @@ module \psc_core.out.rq.inner (rst, o__ready, i__ready, relu, i__valid, i__paylo
       \$309  = 8'h00;
     end
   end
-  assign \i__payload.acc  = i__payload[26:0];
-  assign \i__payload.acc[0]  = i__payload[26:0];
-  assign \i__payload.mult  = i__payload[42:27];
-  assign \i__payload.mult[0]  = i__payload[42:27];
-  assign \i__payload.shift  = i__payload[48:43];
-  assign \i__payload.shift[0]  = i__payload[48:43];
+  assign \i__payload.acc  = i__payload[31:0];
+  assign \i__payload.acc[0]  = i__payload[31:0];
+  assign \i__payload.mult  = i__payload[47:32];
+  assign \i__payload.mult[0]  = i__payload[47:32];
+  assign \i__payload.shift  = i__payload[53:48];
+  assign \i__payload.shift[0]  = i__payload[53:48];
   assign \o__payload[0]  = o__payload;
   assign \$11  = { \$10 [10], \$10 [10:1] };
   assign \$18  = { 4'h0, mult_0[15:4] };
-  assign \$21  = { \$20 [26], \$20 [26:1] };
-  assign \$26  = { \$25 [26], \$25 [26:1] };
-  assign \$29  = { pp0_0_0[28], pp0_0_0[28], pp0_0_0[28:2] };
-  assign \$32  = { total_0[32], total_0[32], total_0[32], total_0[32], total_0[32:4] };
+  assign \$21  = { \$20 [31], \$20 [31:1] };
+  assign \$26  = { \$25 [31], \$25 [31:1] };
+  assign \$29  = { pp0_0_0[33], pp0_0_0[33], pp0_0_0[33:2] };
+  assign \$32  = { total_0[37], total_0[37], total_0[37], total_0[37], total_0[37:4] };
   assign \$148  = \$147 ;
 endmodule
 
@@ -6484,10 +6935,10 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, count, keep, star
   wire [15:0] count;
   output done;
   reg done = 1'h0;
-  wire [97:0] i__payload;
-  wire [53:0] \i__payload.bias ;
-  wire [26:0] \i__payload.bias[0] ;
-  wire [26:0] \i__payload.bias[1] ;
+  wire [95:0] i__payload;
+  wire [51:0] \i__payload.bias ;
+  wire [25:0] \i__payload.bias[0] ;
+  wire [25:0] \i__payload.bias[1] ;
   wire [31:0] \i__payload.mult ;
   wire [15:0] \i__payload.mult[0] ;
   wire [15:0] \i__payload.mult[1] ;
@@ -6501,11 +6952,11 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, count, keep, star
   input keep;
   wire keep;
   wire [5:0] read__addr;
-  output [97:0] read__data;
-  wire [97:0] read__data;
-  wire [53:0] \read__data.bias ;
-  wire [26:0] \read__data.bias[0] ;
-  wire [26:0] \read__data.bias[1] ;
+  output [95:0] read__data;
+  wire [95:0] read__data;
+  wire [51:0] \read__data.bias ;
+  wire [25:0] \read__data.bias[0] ;
+  wire [25:0] \read__data.bias[1] ;
   wire [31:0] \read__data.mult ;
   wire [15:0] \read__data.mult[0] ;
   wire [15:0] \read__data.mult[1] ;
@@ -6515,10 +6966,10 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, count, keep, star
   wire read__en;
   input [5:0] rp__addr;
   wire [5:0] rp__addr;
-  wire [97:0] rp__data;
-  wire [53:0] \rp__data.bias ;
-  wire [26:0] \rp__data.bias[0] ;
-  wire [26:0] \rp__data.bias[1] ;
+  wire [95:0] rp__data;
+  wire [51:0] \rp__data.bias ;
+  wire [25:0] \rp__data.bias[0] ;
+  wire [25:0] \rp__data.bias[1] ;
   wire [31:0] \rp__data.mult ;
   wire [15:0] \rp__data.mult[0] ;
   wire [15:0] \rp__data.mult[1] ;
@@ -6534,11 +6985,11 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, count, keep, star
   input start;
   wire start;
   wire [5:0] wp__addr;
-  input [97:0] wp__data;
-  wire [97:0] wp__data;
-  wire [53:0] \wp__data.bias ;
-  wire [26:0] \wp__data.bias[0] ;
-  wire [26:0] \wp__data.bias[1] ;
+  input [95:0] wp__data;
+  wire [95:0] wp__data;
+  wire [51:0] \wp__data.bias ;
+  wire [25:0] \wp__data.bias[0] ;
+  wire [25:0] \wp__data.bias[1] ;
   wire [31:0] \wp__data.mult ;
   wire [15:0] \wp__data.mult[0] ;
   wire [15:0] \wp__data.mult[1] ;
@@ -6546,78 +6997,78 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, count, keep, star
   wire [5:0] \wp__data.shift[0] ;
   wire [5:0] \wp__data.shift[1] ;
   reg wp__en;
-  reg [97:0] mem [63:0];
+  reg [95:0] mem [63:0];
   initial begin
-    mem[0] = 98'h0000000000000000000000000;
-    mem[1] = 98'h0000000000000000000000000;
-    mem[2] = 98'h0000000000000000000000000;
-    mem[3] = 98'h0000000000000000000000000;
-    mem[4] = 98'h0000000000000000000000000;
-    mem[5] = 98'h0000000000000000000000000;
-    mem[6] = 98'h0000000000000000000000000;
-    mem[7] = 98'h0000000000000000000000000;
-    mem[8] = 98'h0000000000000000000000000;
-    mem[9] = 98'h0000000000000000000000000;
-    mem[10] = 98'h0000000000000000000000000;
-    mem[11] = 98'h0000000000000000000000000;
-    mem[12] = 98'h0000000000000000000000000;
-    mem[13] = 98'h0000000000000000000000000;
-    mem[14] = 98'h0000000000000000000000000;
-    mem[15] = 98'h0000000000000000000000000;
-    mem[16] = 98'h0000000000000000000000000;
-    mem[17] = 98'h0000000000000000000000000;
-    mem[18] = 98'h0000000000000000000000000;
-    mem[19] = 98'h0000000000000000000000000;
-    mem[20] = 98'h0000000000000000000000000;
-    mem[21] = 98'h0000000000000000000000000;
-    mem[22] = 98'h0000000000000000000000000;
-    mem[23] = 98'h0000000000000000000000000;
-    mem[24] = 98'h0000000000000000000000000;
-    mem[25] = 98'h0000000000000000000000000;
-    mem[26] = 98'h0000000000000000000000000;
-    mem[27] = 98'h0000000000000000000000000;
-    mem[28] = 98'h0000000000000000000000000;
-    mem[29] = 98'h0000000000000000000000000;
-    mem[30] = 98'h0000000000000000000000000;
-    mem[31] = 98'h0000000000000000000000000;
-    mem[32] = 98'h0000000000000000000000000;
-    mem[33] = 98'h0000000000000000000000000;
-    mem[34] = 98'h0000000000000000000000000;
-    mem[35] = 98'h0000000000000000000000000;
-    mem[36] = 98'h0000000000000000000000000;
-    mem[37] = 98'h0000000000000000000000000;
-    mem[38] = 98'h0000000000000000000000000;
-    mem[39] = 98'h0000000000000000000000000;
-    mem[40] = 98'h0000000000000000000000000;
-    mem[41] = 98'h0000000000000000000000000;
-    mem[42] = 98'h0000000000000000000000000;
-    mem[43] = 98'h0000000000000000000000000;
-    mem[44] = 98'h0000000000000000000000000;
-    mem[45] = 98'h0000000000000000000000000;
-    mem[46] = 98'h0000000000000000000000000;
-    mem[47] = 98'h0000000000000000000000000;
-    mem[48] = 98'h0000000000000000000000000;
-    mem[49] = 98'h0000000000000000000000000;
-    mem[50] = 98'h0000000000000000000000000;
-    mem[51] = 98'h0000000000000000000000000;
-    mem[52] = 98'h0000000000000000000000000;
-    mem[53] = 98'h0000000000000000000000000;
-    mem[54] = 98'h0000000000000000000000000;
-    mem[55] = 98'h0000000000000000000000000;
-    mem[56] = 98'h0000000000000000000000000;
-    mem[57] = 98'h0000000000000000000000000;
-    mem[58] = 98'h0000000000000000000000000;
-    mem[59] = 98'h0000000000000000000000000;
-    mem[60] = 98'h0000000000000000000000000;
-    mem[61] = 98'h0000000000000000000000000;
-    mem[62] = 98'h0000000000000000000000000;
-    mem[63] = 98'h0000000000000000000000000;
+    mem[0] = 96'h000000000000000000000000;
+    mem[1] = 96'h000000000000000000000000;
+    mem[2] = 96'h000000000000000000000000;
+    mem[3] = 96'h000000000000000000000000;
+    mem[4] = 96'h000000000000000000000000;
+    mem[5] = 96'h000000000000000000000000;
+    mem[6] = 96'h000000000000000000000000;
+    mem[7] = 96'h000000000000000000000000;
+    mem[8] = 96'h000000000000000000000000;
+    mem[9] = 96'h000000000000000000000000;
+    mem[10] = 96'h000000000000000000000000;
+    mem[11] = 96'h000000000000000000000000;
+    mem[12] = 96'h000000000000000000000000;
+    mem[13] = 96'h000000000000000000000000;
+    mem[14] = 96'h000000000000000000000000;
+    mem[15] = 96'h000000000000000000000000;
+    mem[16] = 96'h000000000000000000000000;
+    mem[17] = 96'h000000000000000000000000;
+    mem[18] = 96'h000000000000000000000000;
+    mem[19] = 96'h000000000000000000000000;
+    mem[20] = 96'h000000000000000000000000;
+    mem[21] = 96'h000000000000000000000000;
+    mem[22] = 96'h000000000000000000000000;
+    mem[23] = 96'h000000000000000000000000;
+    mem[24] = 96'h000000000000000000000000;
+    mem[25] = 96'h000000000000000000000000;
+    mem[26] = 96'h000000000000000000000000;
+    mem[27] = 96'h000000000000000000000000;
+    mem[28] = 96'h000000000000000000000000;
+    mem[29] = 96'h000000000000000000000000;
+    mem[30] = 96'h000000000000000000000000;
+    mem[31] = 96'h000000000000000000000000;
+    mem[32] = 96'h000000000000000000000000;
+    mem[33] = 96'h000000000000000000000000;
+    mem[34] = 96'h000000000000000000000000;
+    mem[35] = 96'h000000000000000000000000;
+    mem[36] = 96'h000000000000000000000000;
+    mem[37] = 96'h000000000000000000000000;
+    mem[38] = 96'h000000000000000000000000;
+    mem[39] = 96'h000000000000000000000000;
+    mem[40] = 96'h000000000000000000000000;
+    mem[41] = 96'h000000000000000000000000;
+    mem[42] = 96'h000000000000000000000000;
+    mem[43] = 96'h000000000000000000000000;
+    mem[44] = 96'h000000000000000000000000;
+    mem[45] = 96'h000000000000000000000000;
+    mem[46] = 96'h000000000000000000000000;
+    mem[47] = 96'h000000000000000000000000;
+    mem[48] = 96'h000000000000000000000000;
+    mem[49] = 96'h000000000000000000000000;
+    mem[50] = 96'h000000000000000000000000;
+    mem[51] = 96'h000000000000000000000000;
+    mem[52] = 96'h000000000000000000000000;
+    mem[53] = 96'h000000000000000000000000;
+    mem[54] = 96'h000000000000000000000000;
+    mem[55] = 96'h000000000000000000000000;
+    mem[56] = 96'h000000000000000000000000;
+    mem[57] = 96'h000000000000000000000000;
+    mem[58] = 96'h000000000000000000000000;
+    mem[59] = 96'h000000000000000000000000;
+    mem[60] = 96'h000000000000000000000000;
+    mem[61] = 96'h000000000000000000000000;
+    mem[62] = 96'h000000000000000000000000;
+    mem[63] = 96'h000000000000000000000000;
   end
   always @(posedge clk) begin
     if (wp__en)
       mem[cnt[5:0]] <= wp__data;
   end
-  reg [97:0] _0_;
+  reg [95:0] _0_;
   always @(posedge clk) begin
     if (rp__en) begin
       _0_ <= mem[rp__addr];
@@ -6687,42 +7138,42 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, count, keep, star
   assign read__addr = rp__addr;
   assign read__en = rp__en;
   assign rp__data = read__data;
-  assign \wp__data.bias  = wp__data[53:0];
-  assign \wp__data.bias[0]  = wp__data[26:0];
-  assign \wp__data.bias[1]  = wp__data[53:27];
-  assign \wp__data.mult  = wp__data[85:54];
-  assign \wp__data.mult[0]  = wp__data[69:54];
-  assign \wp__data.mult[1]  = wp__data[85:70];
-  assign \wp__data.shift  = wp__data[97:86];
-  assign \wp__data.shift[0]  = wp__data[91:86];
-  assign \wp__data.shift[1]  = wp__data[97:92];
-  assign \i__payload.bias  = wp__data[53:0];
-  assign \i__payload.bias[0]  = wp__data[26:0];
-  assign \i__payload.bias[1]  = wp__data[53:27];
-  assign \i__payload.mult  = wp__data[85:54];
-  assign \i__payload.mult[0]  = wp__data[69:54];
-  assign \i__payload.mult[1]  = wp__data[85:70];
-  assign \i__payload.shift  = wp__data[97:86];
-  assign \i__payload.shift[0]  = wp__data[91:86];
-  assign \i__payload.shift[1]  = wp__data[97:92];
-  assign \read__data.bias  = read__data[53:0];
-  assign \read__data.bias[0]  = read__data[26:0];
-  assign \read__data.bias[1]  = read__data[53:27];
-  assign \read__data.mult  = read__data[85:54];
-  assign \read__data.mult[0]  = read__data[69:54];
-  assign \read__data.mult[1]  = read__data[85:70];
-  assign \read__data.shift  = read__data[97:86];
-  assign \read__data.shift[0]  = read__data[91:86];
-  assign \read__data.shift[1]  = read__data[97:92];
-  assign \rp__data.bias  = read__data[53:0];
-  assign \rp__data.bias[0]  = read__data[26:0];
-  assign \rp__data.bias[1]  = read__data[53:27];
-  assign \rp__data.mult  = read__data[85:54];
-  assign \rp__data.mult[0]  = read__data[69:54];
-  assign \rp__data.mult[1]  = read__data[85:70];
-  assign \rp__data.shift  = read__data[97:86];
-  assign \rp__data.shift[0]  = read__data[91:86];
-  assign \rp__data.shift[1]  = read__data[97:92];
+  assign \wp__data.bias  = wp__data[51:0];
+  assign \wp__data.bias[0]  = wp__data[25:0];
+  assign \wp__data.bias[1]  = wp__data[51:26];
+  assign \wp__data.mult  = wp__data[83:52];
+  assign \wp__data.mult[0]  = wp__data[67:52];
+  assign \wp__data.mult[1]  = wp__data[83:68];
+  assign \wp__data.shift  = wp__data[95:84];
+  assign \wp__data.shift[0]  = wp__data[89:84];
+  assign \wp__data.shift[1]  = wp__data[95:90];
+  assign \i__payload.bias  = wp__data[51:0];
+  assign \i__payload.bias[0]  = wp__data[25:0];
+  assign \i__payload.bias[1]  = wp__data[51:26];
+  assign \i__payload.mult  = wp__data[83:52];
+  assign \i__payload.mult[0]  = wp__data[67:52];
+  assign \i__payload.mult[1]  = wp__data[83:68];
+  assign \i__payload.shift  = wp__data[95:84];
+  assign \i__payload.shift[0]  = wp__data[89:84];
+  assign \i__payload.shift[1]  = wp__data[95:90];
+  assign \read__data.bias  = read__data[51:0];
+  assign \read__data.bias[0]  = read__data[25:0];
+  assign \read__data.bias[1]  = read__data[51:26];
+  assign \read__data.mult  = read__data[83:52];
+  assign \read__data.mult[0]  = read__data[67:52];
+  assign \read__data.mult[1]  = read__data[83:68];
+  assign \read__data.shift  = read__data[95:84];
+  assign \read__data.shift[0]  = read__data[89:84];
+  assign \read__data.shift[1]  = read__data[95:90];
+  assign \rp__data.bias  = read__data[51:0];
+  assign \rp__data.bias[0]  = read__data[25:0];
+  assign \rp__data.bias[1]  = read__data[51:26];
+  assign \rp__data.mult  = read__data[83:52];
+  assign \rp__data.mult[0]  = read__data[67:52];
+  assign \rp__data.mult[1]  = read__data[83:68];
+  assign \rp__data.shift  = read__data[95:84];
+  assign \rp__data.shift[0]  = read__data[89:84];
+  assign \rp__data.shift[1]  = read__data[95:90];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -6759,7 +7210,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   wire \$124 ;
   wire \$125 ;
   wire \$126 ;
-  wire [10:0] \$127 ;
+  wire [9:0] \$127 ;
   wire \$128 ;
   wire \$129 ;
   wire [16:0] \$13 ;
@@ -6817,7 +7268,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   wire \$177 ;
   wire \$178 ;
   wire \$179 ;
-  wire [8:0] \$18 ;
+  wire [7:0] \$18 ;
   wire \$180 ;
   wire \$181 ;
   wire \$182 ;
@@ -6873,7 +7324,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   wire \$227 ;
   wire \$228 ;
   wire \$229 ;
-  wire [8:0] \$23 ;
+  wire [7:0] \$23 ;
   wire [14:0] \$230 ;
   wire [15:0] \$231 ;
   wire \$232 ;
@@ -6883,7 +7334,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   wire \$236 ;
   wire \$237 ;
   wire \$238 ;
-  reg [7:0] \$239 ;
+  reg [6:0] \$239 ;
   wire \$24 ;
   reg [3:0] \$240 ;
   reg [3:0] \$241 ;
@@ -6902,7 +7353,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   reg \$253 ;
   reg \$254 ;
   reg \$255 ;
-  reg [9:0] \$256 ;
+  reg [8:0] \$256 ;
   reg [17:0] \$257 ;
   reg [13:0] \$258 ;
   reg [17:0] \$259 ;
@@ -6918,7 +7369,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   reg \$268 ;
   reg \$269 ;
   wire \$27 ;
-  reg [7:0] \$270 ;
+  reg [6:0] \$270 ;
   reg [3:0] \$271 ;
   reg [5:0] \$272 ;
   reg [15:0] \$273 ;
@@ -6937,7 +7388,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   wire \$31 ;
   wire \$32 ;
   wire \$33 ;
-  wire [8:0] \$34 ;
+  wire [7:0] \$34 ;
   wire \$35 ;
   wire \$36 ;
   wire \$37 ;
@@ -6954,8 +7405,8 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   wire \$47 ;
   wire \$48 ;
   wire \$49 ;
-  wire [8:0] \$5 ;
-  wire [8:0] \$50 ;
+  wire [7:0] \$5 ;
+  wire [7:0] \$50 ;
   wire \$51 ;
   wire \$52 ;
   wire \$53 ;
@@ -6965,7 +7416,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   wire \$57 ;
   wire \$58 ;
   wire \$59 ;
-  wire [8:0] \$6 ;
+  wire [7:0] \$6 ;
   wire [4:0] \$60 ;
   wire \$61 ;
   wire \$62 ;
@@ -6978,7 +7429,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   wire \$69 ;
   wire [4:0] \$7 ;
   wire \$70 ;
-  wire [8:0] \$71 ;
+  wire [7:0] \$71 ;
   wire \$72 ;
   wire \$73 ;
   wire \$74 ;
@@ -7006,7 +7457,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   wire \$94 ;
   wire \$95 ;
   wire \$96 ;
-  wire [8:0] \$97 ;
+  wire [7:0] \$97 ;
   wire \$98 ;
   wire \$99 ;
   reg [13:0] base = 14'h0000;
@@ -7017,8 +7468,8 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   reg below_oy = 1'h0;
   input clk;
   wire clk;
-  input [111:0] cmd;
-  wire [111:0] cmd;
+  input [113:0] cmd;
+  wire [113:0] cmd;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -7035,6 +7486,12 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   input dw;
@@ -7042,7 +7499,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   input dwp;
   wire dwp;
   reg [13:0] g_step = 14'h0000;
-  reg [7:0] gi = 8'h00;
+  reg [6:0] gi = 7'h00;
   input [15:0] gin_e;
   wire [15:0] gin_e;
   reg [8:0] goff = 9'h000;
@@ -7064,7 +7521,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   reg last_ky = 1'h0;
   reg last_ox = 1'h0;
   reg last_oy = 1'h0;
-  reg [7:0] lim_gi = 8'h00;
+  reg [6:0] lim_gi = 7'h00;
   reg [3:0] lim_k = 4'h0;
   reg [15:0] lim_ox = 16'h0000;
   reg [15:0] lim_oy = 16'h0000;
@@ -7091,48 +7548,48 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   wire run;
   reg seq_busy = 1'h0;
   reg [13:0] sg = 14'h0000;
-  input [145:0] sizes;
-  wire [145:0] sizes;
-  wire [8:0] \sizes.kk ;
+  input [142:0] sizes;
+  wire [142:0] sizes;
+  wire [7:0] \sizes.kk ;
   wire [8:0] \sizes.n_dw ;
   wire [8:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
-  wire [8:0] \sizes.n_w ;
+  wire [7:0] \sizes.n_w ;
   wire [24:0] \sizes.ow ;
   wire [10:0] \sizes.pl_g ;
   wire [8:0] \sizes.plane ;
   wire [10:0] \sizes.pt_wg ;
   wire [10:0] \sizes.pt_ws ;
-  wire [8:0] \sizes.red ;
+  wire [7:0] \sizes.red ;
   wire [8:0] \sizes.wg ;
   input starting;
   wire starting;
   reg [13:0] swg = 14'h0000;
   reg [13:0] tapbase = 14'h0000;
-  output [61:0] taps__payload;
-  wire [61:0] taps__payload;
+  output [60:0] taps__payload;
+  wire [60:0] taps__payload;
   wire \taps__payload.first ;
   wire [17:0] \taps__payload.ix ;
   wire [17:0] \taps__payload.iy ;
   wire \taps__payload.last ;
   wire [13:0] \taps__payload.lin ;
-  wire [9:0] \taps__payload.waddr ;
+  wire [8:0] \taps__payload.waddr ;
   input taps__ready;
   wire taps__ready;
   output taps__valid;
   wire taps__valid;
-  reg [9:0] waddr = 10'h000;
+  reg [8:0] waddr = 9'h000;
   output waiting;
   wire waiting;
   input weights_done;
   wire weights_done;
   wire [16:0] ws;
-  assign \$1  = - sizes[145:135];
-  assign \$2  = - sizes[105:95];
-  assign \$3  = $signed(\$2 ) - $signed({ 1'h0, sizes[116:106] });
+  assign \$1  = - sizes[142:132];
+  assign \$2  = - sizes[102:92];
+  assign \$3  = $signed(\$2 ) - $signed({ 1'h0, sizes[113:103] });
   assign \$4  = dwp ? { \$1 [11], \$1  } : \$3 ;
   assign \$5  = gi + 1'h1;
-  assign \$6  = last_gi ? 9'h000 : \$5 ;
+  assign \$6  = last_gi ? 8'h00 : \$5 ;
   assign \$7  = kx + 1'h1;
   assign \$8  = last_kx ? 5'h00 : \$7 ;
   assign \$9  = ky + 1'h1;
@@ -7337,7 +7794,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   assign \$220  = \$218  ? \$219  : { 1'h0, sizes[8:0] };
   assign \$221  = dwp ? 18'h00000 : { 8'h00, \$220  };
   assign \$222  = dwp ? 17'h00000 : { 8'h00, sizes[8:0] };
-  assign \$223  = dwp ? sizes[125:117] : { 8'h00, dw };
+  assign \$223  = dwp ? sizes[122:114] : { 8'h00, dw };
   assign \$224  = dwp ? 2'h2 : 2'h1;
   assign \$226  = dwp ? \$225  : { 1'h0, cmd[101:100] };
   assign \$227  = seq_busy & loaded;
@@ -7447,10 +7904,10 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$239  = gi;
     if (issue) begin
-      \$239  = \$6 [7:0];
+      \$239  = \$6 [6:0];
     end
     if (\$167 ) begin
-      \$239  = 8'h00;
+      \$239  = 7'h00;
     end
   end
   always @* begin
@@ -7627,13 +8084,13 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$256  = waddr;
     if (issue) begin
-      \$256  = \$127 [9:0];
+      \$256  = \$127 [8:0];
       if (below_ox) begin
-        \$256  = 10'h000;
+        \$256  = 9'h000;
       end
     end
     if (\$167 ) begin
-      \$256  = 10'h000;
+      \$256  = 9'h000;
     end
   end
   always @* begin
@@ -7846,7 +8303,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$270  = lim_gi;
     if (\$167 ) begin
-      \$270  = \$168 [7:0];
+      \$270  = \$168 [6:0];
     end
   end
   always @* begin
@@ -7934,14 +8391,14 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   assign \sizes.n_in  = sizes[17:9];
   assign \sizes.ow  = sizes[42:18];
   assign \sizes.n_out  = sizes[67:43];
-  assign \sizes.kk  = sizes[76:68];
-  assign \sizes.red  = sizes[85:77];
-  assign \sizes.n_w  = sizes[94:86];
-  assign \sizes.pt_wg  = sizes[105:95];
-  assign \sizes.pl_g  = sizes[116:106];
-  assign \sizes.plane  = sizes[125:117];
-  assign \sizes.n_dw  = sizes[134:126];
-  assign \sizes.pt_ws  = sizes[145:135];
+  assign \sizes.kk  = sizes[75:68];
+  assign \sizes.red  = sizes[83:76];
+  assign \sizes.n_w  = sizes[91:84];
+  assign \sizes.pt_wg  = sizes[102:92];
+  assign \sizes.pl_g  = sizes[113:103];
+  assign \sizes.plane  = sizes[122:114];
+  assign \sizes.n_dw  = sizes[131:123];
+  assign \sizes.pt_ws  = sizes[142:132];
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -7955,15 +8412,16 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
+  assign \cmd.part  = cmd[113:112];
   assign \taps__payload.lin  = taps__payload[13:0];
   assign \taps__payload.ix  = taps__payload[31:14];
   assign \taps__payload.iy  = taps__payload[49:32];
-  assign \taps__payload.waddr  = taps__payload[59:50];
-  assign \taps__payload.first  = taps__payload[60];
-  assign \taps__payload.last  = taps__payload[61];
-  assign taps__payload[61] = \$238 ;
-  assign taps__payload[60] = \$236 ;
-  assign taps__payload[59:50] = waddr;
+  assign \taps__payload.waddr  = taps__payload[58:50];
+  assign \taps__payload.first  = taps__payload[59];
+  assign \taps__payload.last  = taps__payload[60];
+  assign taps__payload[60] = \$238 ;
+  assign taps__payload[59] = \$236 ;
+  assign taps__payload[58:50] = waddr;
   assign taps__payload[49:32] = iy;
   assign taps__payload[31:14] = ix;
   assign taps__payload[13:0] = \$231 [13:0];
@@ -7988,6 +8446,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
   wire \$1 ;
   wire \$10 ;
+  reg \$100 ;
   wire \$11 ;
   wire \$12 ;
   wire \$13 ;
@@ -8051,7 +8510,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire \$66 ;
   wire \$67 ;
   wire \$68 ;
-  wire [15:0] \$69 ;
+  wire \$69 ;
   wire \$7 ;
   wire \$70 ;
   wire \$71 ;
@@ -8061,30 +8520,38 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire \$75 ;
   wire \$76 ;
   wire \$77 ;
-  wire \$78 ;
+  wire [15:0] \$78 ;
   wire \$79 ;
   wire \$8 ;
   wire \$80 ;
-  reg \$81 ;
-  reg \$82 ;
-  reg \$83 ;
-  reg [111:0] \$84 ;
-  reg \$85 ;
-  reg \$86 ;
-  reg \$87 ;
-  reg [15:0] \$88 ;
-  reg [2:0] \$89 ;
+  wire \$81 ;
+  wire \$82 ;
+  wire \$83 ;
+  wire \$84 ;
+  wire \$85 ;
+  wire \$86 ;
+  wire \$87 ;
+  wire \$88 ;
+  wire \$89 ;
   wire \$9 ;
   reg \$90 ;
   reg \$91 ;
+  reg \$92 ;
+  reg [113:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg \$96 ;
+  reg [15:0] \$97 ;
+  reg [2:0] \$98 ;
+  reg \$99 ;
   output accept;
   reg accept;
   reg bad_fields = 1'h0;
   reg bad_sizes = 1'h0;
   output busy;
   reg busy;
-  input [111:0] cfg__payload;
-  wire [111:0] cfg__payload;
+  input [113:0] cfg__payload;
+  wire [113:0] cfg__payload;
   wire [15:0] \cfg__payload.gin ;
   wire [15:0] \cfg__payload.gout ;
   wire [15:0] \cfg__payload.in_h ;
@@ -8101,6 +8568,12 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire [15:0] \cfg__payload.out_w ;
   wire [2:0] \cfg__payload.pad_left ;
   wire [2:0] \cfg__payload.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cfg__payload.part ;
   wire \cfg__payload.relu ;
   wire [1:0] \cfg__payload.stride ;
   output cfg__ready;
@@ -8109,8 +8582,8 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire cfg__valid;
   input clk;
   wire clk;
-  output [111:0] cmd;
-  reg [111:0] cmd = 112'h0000000000000000000000000000;
+  output [113:0] cmd;
+  reg [113:0] cmd = 114'h00000000000000000000000000000;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -8127,6 +8600,12 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   output done;
@@ -8155,19 +8634,19 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire rst;
   output run;
   reg run;
-  input [145:0] sizes;
-  wire [145:0] sizes;
-  wire [8:0] \sizes.kk ;
+  input [142:0] sizes;
+  wire [142:0] sizes;
+  wire [7:0] \sizes.kk ;
   wire [8:0] \sizes.n_dw ;
   wire [8:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
-  wire [8:0] \sizes.n_w ;
+  wire [7:0] \sizes.n_w ;
   wire [24:0] \sizes.ow ;
   wire [10:0] \sizes.pl_g ;
   wire [8:0] \sizes.plane ;
   wire [10:0] \sizes.pt_wg ;
   wire [10:0] \sizes.pt_ws ;
-  wire [8:0] \sizes.red ;
+  wire [7:0] \sizes.red ;
   wire [8:0] \sizes.wg ;
   input sizes_ready;
   wire sizes_ready;
@@ -8177,6 +8656,14 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   reg start;
   output starting;
   reg starting;
+  assign \$1  = cmd[99:96] == 1'h1;
+  assign \$2  = cmd[99:96] == 2'h3;
+  assign \$3  = \$1  | \$2 ;
+  assign \$4  = cmd[99:96] == 3'h5;
+  assign \$5  = \$3  | \$4 ;
+  assign \$6  = cmd[99:96] == 3'h7;
+  assign \$7  = \$5  | \$6 ;
+  assign \$8  = ~ \$7 ;
   assign \$9  = cmd[101:100] == 1'h1;
   assign \$10  = cmd[101:100] == 2'h2;
   assign \$11  = \$9  | \$10 ;
@@ -8219,221 +8706,221 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   assign \$50  = \$45  | \$49 ;
   assign \$51  = cmd[95:80] > 7'h40;
   assign \$52  = \$50  | \$51 ;
-  assign \$53  = sizes[17:9] > 9'h100;
-  assign \$54  = sizes[134:126] > 9'h100;
-  assign \$55  = dwp & \$54 ;
-  assign \$56  = \$53  | \$55 ;
-  assign \$57  = ~ cmd[111];
-  assign \$58  = sizes[94:86] > 9'h100;
-  assign \$59  = \$57  & \$58 ;
-  assign \$60  = \$56  | \$59 ;
-  assign \$61  = sizes[85:77] > 9'h100;
-  assign \$62  = \$60  | \$61 ;
-  assign \$63  = sizes[67:43] > 24'hffffff;
-  assign \$64  = \$62  | \$63 ;
-  assign \$65  = cfg__payload[109:108] == 1'h1;
-  assign \$66  = cfg__payload[109:108] == 1'h1;
-  assign \$68  = cfg__payload[109:108] == 1'h1;
-  assign \$69  = \$68  ? 16'h0001 : cfg__payload[79:64];
-  assign \$70  = bad_fields | bad_sizes;
-  assign \$71  = outputs_done & inputs_done;
-  assign \$72  = fin & loaded;
-  assign \$73  = dwp & mac_valid;
-  assign \$74  = ~ \$73 ;
-  assign \$75  = \$72  & \$74 ;
-  assign \$76  = ! fsm_state;
-  assign \$77  = fsm_state == 1'h1;
-  assign \$78  = fsm_state == 2'h2;
-  assign \$79  = fsm_state == 2'h3;
-  assign \$80  = fsm_state == 3'h4;
+  assign \$53  = | cmd[113:112];
+  assign \$54  = cmd[109:108] == 1'h1;
+  assign \$56  = \$53  & \$55 ;
+  assign \$57  = \$52  | \$56 ;
+  assign \$58  = sizes[17:9] > 9'h100;
+  assign \$59  = sizes[131:123] > 9'h100;
+  assign \$60  = dwp & \$59 ;
+  assign \$61  = \$58  | \$60 ;
+  assign \$62  = ~ cmd[111];
+  assign \$63  = sizes[91:84] > 8'h80;
+  assign \$64  = \$62  & \$63 ;
+  assign \$65  = \$61  | \$64 ;
+  assign \$66  = sizes[83:76] > 8'h80;
+  assign \$67  = \$65  | \$66 ;
+  assign \$68  = sizes[67:43] > 24'hffffff;
+  assign \$69  = \$67  | \$68 ;
+  assign \$70  = | cmd[113:112];
+  assign \$71  = sizes[67:43] > 9'h100;
+  assign \$72  = \$70  & \$71 ;
+  assign \$73  = \$69  | \$72 ;
+  assign \$74  = cfg__payload[109:108] == 1'h1;
+  assign \$75  = cfg__payload[109:108] == 1'h1;
+  assign \$77  = cfg__payload[109:108] == 1'h1;
+  assign \$78  = \$77  ? 16'h0001 : cfg__payload[79:64];
+  assign \$79  = bad_fields | bad_sizes;
+  assign \$80  = outputs_done & inputs_done;
+  assign \$81  = fin & loaded;
+  assign \$82  = dwp & mac_valid;
+  assign \$83  = ~ \$82 ;
+  assign \$84  = \$81  & \$83 ;
+  assign \$85  = ! fsm_state;
+  assign \$86  = fsm_state == 1'h1;
+  assign \$87  = fsm_state == 2'h2;
+  assign \$88  = fsm_state == 2'h3;
+  assign \$89  = fsm_state == 3'h4;
   always @(posedge clk)
-    bad_fields <= \$81 ;
+    bad_fields <= \$90 ;
   always @(posedge clk)
-    bad_sizes <= \$82 ;
+    bad_sizes <= \$91 ;
   always @(posedge clk)
-    done <= \$83 ;
+    done <= \$92 ;
   always @(posedge clk)
-    cmd <= \$84 ;
+    cmd <= \$93 ;
   always @(posedge clk)
-    error <= \$85 ;
+    error <= \$94 ;
   always @(posedge clk)
-    dw <= \$86 ;
+    dw <= \$95 ;
   always @(posedge clk)
-    dwp <= \$87 ;
+    dwp <= \$96 ;
   always @(posedge clk)
-    gin_e <= \$88 ;
+    gin_e <= \$97 ;
   always @(posedge clk)
-    fsm_state <= \$89 ;
+    fsm_state <= \$98 ;
   always @(posedge clk)
-    refused <= \$90 ;
+    refused <= \$99 ;
   always @(posedge clk)
-    fin <= \$91 ;
-  assign \$1  = cmd[99:96] == 1'h1;
-  assign \$2  = cmd[99:96] == 2'h3;
-  assign \$3  = \$1  | \$2 ;
-  assign \$4  = cmd[99:96] == 3'h5;
-  assign \$5  = \$3  | \$4 ;
-  assign \$6  = cmd[99:96] == 3'h7;
-  assign \$7  = \$5  | \$6 ;
-  assign \$8  = ~ \$7 ;
+    fin <= \$100 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$81  = \$52 ;
-    if (rst) begin
-      \$81  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$82  = \$64 ;
-    if (rst) begin
-      \$82  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$83  = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (refused) begin
-            \$83  = 1'h1;
-          end
-      3'h4:
-          if (\$75 ) begin
-            \$83  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$83  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$84  = cmd;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$84  = cfg__payload;
-          end
-    endcase
-    if (rst) begin
-      \$84  = 112'h0000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$85  = error;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$85  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (refused) begin
-            \$85  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$85  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$86  = dw;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$86  = \$65 ;
-          end
-    endcase
-    if (rst) begin
-      \$86  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$87  = dwp;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$87  = \$67 ;
-          end
-    endcase
-    if (rst) begin
-      \$87  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$88  = gin_e;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$88  = \$69 ;
-          end
-    endcase
-    if (rst) begin
-      \$88  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$89  = fsm_state;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$89  = 3'h1;
-          end
-      3'h1:
-          if (sizes_ready) begin
-            \$89  = 3'h2;
-          end
-      3'h2:
-          \$89  = 3'h3;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (refused) begin
-            \$89  = 3'h0;
-          end else begin
-            \$89  = 3'h4;
-          end
-      3'h4:
-          if (\$75 ) begin
-            \$89  = 3'h0;
-          end
-    endcase
-    if (rst) begin
-      \$89  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$90  = refused;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$90  = \$70 ;
-    endcase
+    \$90  = \$57 ;
     if (rst) begin
       \$90  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$91  = fin;
+    \$91  = \$73 ;
+    if (rst) begin
+      \$91  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$92  = 1'h0;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$92  = 1'h1;
+          end
+      3'h4:
+          if (\$84 ) begin
+            \$92  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$92  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$93  = cmd;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$93  = cfg__payload;
+          end
+    endcase
+    if (rst) begin
+      \$93  = 114'h00000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$94  = error;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$94  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$94  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$94  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$95  = dw;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$95  = \$74 ;
+          end
+    endcase
+    if (rst) begin
+      \$95  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$96  = dwp;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$96  = \$76 ;
+          end
+    endcase
+    if (rst) begin
+      \$96  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$97  = gin_e;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$97  = \$78 ;
+          end
+    endcase
+    if (rst) begin
+      \$97  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$98  = fsm_state;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$98  = 3'h1;
+          end
+      3'h1:
+          if (sizes_ready) begin
+            \$98  = 3'h2;
+          end
+      3'h2:
+          \$98  = 3'h3;
+      3'h3:
+          (* full_case = 32'd1 *)
+          if (refused) begin
+            \$98  = 3'h0;
+          end else begin
+            \$98  = 3'h4;
+          end
+      3'h4:
+          if (\$84 ) begin
+            \$98  = 3'h0;
+          end
+    endcase
+    if (rst) begin
+      \$98  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$99  = refused;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$99  = \$79 ;
+    endcase
+    if (rst) begin
+      \$99  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$100  = fin;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -8445,13 +8932,13 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
           (* full_case = 32'd1 *)
           if (refused) begin
           end else begin
-            \$91  = 1'h0;
+            \$100  = 1'h0;
           end
       3'h4:
-          \$91  = \$71 ;
+          \$100  = \$80 ;
     endcase
     if (rst) begin
-      \$91  = 1'h0;
+      \$100  = 1'h0;
     end
   end
   always @* begin
@@ -8557,18 +9044,19 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
+  assign \cmd.part  = cmd[113:112];
   assign \sizes.wg  = sizes[8:0];
   assign \sizes.n_in  = sizes[17:9];
   assign \sizes.ow  = sizes[42:18];
   assign \sizes.n_out  = sizes[67:43];
-  assign \sizes.kk  = sizes[76:68];
-  assign \sizes.red  = sizes[85:77];
-  assign \sizes.n_w  = sizes[94:86];
-  assign \sizes.pt_wg  = sizes[105:95];
-  assign \sizes.pl_g  = sizes[116:106];
-  assign \sizes.plane  = sizes[125:117];
-  assign \sizes.n_dw  = sizes[134:126];
-  assign \sizes.pt_ws  = sizes[145:135];
+  assign \sizes.kk  = sizes[75:68];
+  assign \sizes.red  = sizes[83:76];
+  assign \sizes.n_w  = sizes[91:84];
+  assign \sizes.pt_wg  = sizes[102:92];
+  assign \sizes.pl_g  = sizes[113:103];
+  assign \sizes.plane  = sizes[122:114];
+  assign \sizes.n_dw  = sizes[131:123];
+  assign \sizes.pt_ws  = sizes[142:132];
   assign \cfg__payload.in_h  = cfg__payload[15:0];
   assign \cfg__payload.in_w  = cfg__payload[31:16];
   assign \cfg__payload.out_h  = cfg__payload[47:32];
@@ -8582,9 +9070,11 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   assign \cfg__payload.kind  = cfg__payload[109:108];
   assign \cfg__payload.relu  = cfg__payload[110];
   assign \cfg__payload.keep  = cfg__payload[111];
+  assign \cfg__payload.part  = cfg__payload[113:112];
   assign \$48  = 1'h1;
   assign \$49  = \$46 ;
-  assign \$67  = 1'h0;
+  assign \$55  = \$54 ;
+  assign \$76  = 1'h0;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -8605,13 +9095,13 @@ module \psc_core.sizes$158 (rst, cmd, gin_e, clear, enable, ready, sizes, clk);
   wire [24:0] \$20 ;
   wire \$21 ;
   wire \$22 ;
-  wire [8:0] \$23 ;
+  wire [7:0] \$23 ;
   wire \$24 ;
   wire \$25 ;
-  wire [8:0] \$26 ;
+  wire [7:0] \$26 ;
   wire \$27 ;
   wire \$28 ;
-  wire [8:0] \$29 ;
+  wire [7:0] \$29 ;
   wire \$3 ;
   wire \$30 ;
   wire \$31 ;
@@ -8633,7 +9123,7 @@ module \psc_core.sizes$158 (rst, cmd, gin_e, clear, enable, ready, sizes, clk);
   reg \$46 ;
   reg \$47 ;
   reg [3:0] \$48 ;
-  reg [145:0] \$49 ;
+  reg [142:0] \$49 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
@@ -8645,8 +9135,8 @@ module \psc_core.sizes$158 (rst, cmd, gin_e, clear, enable, ready, sizes, clk);
   wire clear;
   input clk;
   wire clk;
-  input [111:0] cmd;
-  wire [111:0] cmd;
+  input [113:0] cmd;
+  wire [113:0] cmd;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -8663,6 +9153,12 @@ module \psc_core.sizes$158 (rst, cmd, gin_e, clear, enable, ready, sizes, clk);
   wire [15:0] \cmd.out_w ;
   wire [2:0] \cmd.pad_left ;
   wire [2:0] \cmd.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd.part ;
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   input enable;
@@ -8679,19 +9175,19 @@ module \psc_core.sizes$158 (rst, cmd, gin_e, clear, enable, ready, sizes, clk);
   reg ready;
   input rst;
   wire rst;
-  output [145:0] sizes;
-  reg [145:0] sizes = 146'h0000000000000000000000000000000000000;
-  wire [8:0] \sizes.kk ;
+  output [142:0] sizes;
+  reg [142:0] sizes = 143'h000000000000000000000000000000000000;
+  wire [7:0] \sizes.kk ;
   wire [8:0] \sizes.n_dw ;
   wire [8:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
-  wire [8:0] \sizes.n_w ;
+  wire [7:0] \sizes.n_w ;
   wire [24:0] \sizes.ow ;
   wire [10:0] \sizes.pl_g ;
   wire [8:0] \sizes.plane ;
   wire [10:0] \sizes.pt_wg ;
   wire [10:0] \sizes.pt_ws ;
-  wire [8:0] \sizes.red ;
+  wire [7:0] \sizes.red ;
   wire [8:0] \sizes.wg ;
   reg [3:0] step = 4'h0;
   always @(posedge clk)
@@ -8725,15 +9221,15 @@ module \psc_core.sizes$158 (rst, cmd, gin_e, clear, enable, ready, sizes, clk);
   assign \$18  = \$17  ? 9'h1ff : prod[8:0];
   assign \$19  = ovf ? 25'h1ffffff : prod;
   assign \$20  = ovf ? 25'h1ffffff : prod;
-  assign \$21  = | prod[24:9];
+  assign \$21  = | prod[24:8];
   assign \$22  = ovf | \$21 ;
-  assign \$23  = \$22  ? 9'h1ff : prod[8:0];
-  assign \$24  = | prod[24:9];
+  assign \$23  = \$22  ? 8'hff : prod[7:0];
+  assign \$24  = | prod[24:8];
   assign \$25  = ovf | \$24 ;
-  assign \$26  = \$25  ? 9'h1ff : prod[8:0];
-  assign \$27  = | prod[24:9];
+  assign \$26  = \$25  ? 8'hff : prod[7:0];
+  assign \$27  = | prod[24:8];
   assign \$28  = ovf | \$27 ;
-  assign \$29  = \$28  ? 9'h1ff : prod[8:0];
+  assign \$29  = \$28  ? 8'hff : prod[7:0];
   assign \$30  = | prod[24:11];
   assign \$31  = ovf | \$30 ;
   assign \$32  = \$31  ? 11'h7ff : prod[10:0];
@@ -8889,20 +9385,20 @@ module \psc_core.sizes$158 (rst, cmd, gin_e, clear, enable, ready, sizes, clk);
           4'h3:
               \$49 [67:43] = \$20 ;
           4'h4:
-              \$49 [76:68] = \$23 ;
+              \$49 [75:68] = \$23 ;
           4'h5:
-              \$49 [85:77] = \$26 ;
+              \$49 [83:76] = \$26 ;
           4'h6:
-              \$49 [94:86] = \$29 ;
+              \$49 [91:84] = \$29 ;
           4'h7:
-              \$49 [105:95] = \$32 ;
+              \$49 [102:92] = \$32 ;
           4'h8:
-              \$49 [116:106] = \$35 ;
+              \$49 [113:103] = \$35 ;
         endcase
       end
     end
     if (rst) begin
-      \$49  = 146'h0000000000000000000000000000000000000;
+      \$49  = 143'h000000000000000000000000000000000000;
     end
   end
   always @* begin
@@ -8989,9 +9485,9 @@ module \psc_core.sizes$158 (rst, cmd, gin_e, clear, enable, ready, sizes, clk);
           4'h4:
               \$42  = { 21'h000000, cmd[99:96] };
           4'h5:
-              \$42  = { 16'h0000, sizes[76:68] };
+              \$42  = { 17'h00000, sizes[75:68] };
           4'h6:
-              \$42  = { 16'h0000, sizes[85:77] };
+              \$42  = { 17'h00000, sizes[83:76] };
           4'h7:
               \$42  = { 16'h0000, sizes[8:0] };
           4'h8:
@@ -9095,18 +9591,19 @@ module \psc_core.sizes$158 (rst, cmd, gin_e, clear, enable, ready, sizes, clk);
   assign \cmd.kind  = cmd[109:108];
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
+  assign \cmd.part  = cmd[113:112];
   assign \sizes.wg  = sizes[8:0];
   assign \sizes.n_in  = sizes[17:9];
   assign \sizes.ow  = sizes[42:18];
   assign \sizes.n_out  = sizes[67:43];
-  assign \sizes.kk  = sizes[76:68];
-  assign \sizes.red  = sizes[85:77];
-  assign \sizes.n_w  = sizes[94:86];
-  assign \sizes.pt_wg  = sizes[105:95];
-  assign \sizes.pl_g  = sizes[116:106];
-  assign \sizes.plane  = sizes[125:117];
-  assign \sizes.n_dw  = sizes[134:126];
-  assign \sizes.pt_ws  = sizes[145:135];
+  assign \sizes.kk  = sizes[75:68];
+  assign \sizes.red  = sizes[83:76];
+  assign \sizes.n_w  = sizes[91:84];
+  assign \sizes.pt_wg  = sizes[102:92];
+  assign \sizes.pl_g  = sizes[113:103];
+  assign \sizes.plane  = sizes[122:114];
+  assign \sizes.n_dw  = sizes[131:123];
+  assign \sizes.pt_ws  = sizes[142:132];
   assign \$36  = { 1'h0, mul_a[15:1] };
   assign \$37  = { mul_b, 1'h0 };
 endmodule
@@ -9116,21 +9613,21 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, keep,
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire \$1 ;
   wire \$10 ;
-  reg [8:0] \$11 ;
+  reg [7:0] \$11 ;
   reg \$12 ;
   wire \$2 ;
   wire \$3 ;
   wire \$4 ;
   wire \$5 ;
-  wire [9:0] \$6 ;
-  wire [9:0] \$7 ;
+  wire [8:0] \$6 ;
+  wire [8:0] \$7 ;
   wire \$8 ;
   wire \$9 ;
   input clk;
   wire clk;
-  reg [8:0] cnt = 9'h000;
-  input [8:0] count;
-  wire [8:0] count;
+  reg [7:0] cnt = 8'h00;
+  input [7:0] count;
+  wire [7:0] count;
   output done;
   reg done = 1'h0;
   wire [255:0] i__payload;
@@ -9158,8 +9655,8 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, keep,
   wire i__valid;
   input keep;
   wire keep;
-  input [9:0] read__addr;
-  wire [9:0] read__addr;
+  input [8:0] read__addr;
+  wire [8:0] read__addr;
   output [255:0] read__data;
   wire [255:0] read__data;
   wire [127:0] \read__data[0] ;
@@ -9181,7 +9678,7 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, keep,
   wire [15:0] \read__data[1][6] ;
   wire [15:0] \read__data[1][7] ;
   wire read__en;
-  wire [7:0] rp__addr;
+  wire [6:0] rp__addr;
   wire [255:0] rp__data;
   wire [127:0] \rp__data[0] ;
   wire [15:0] \rp__data[0][0] ;
@@ -9209,7 +9706,7 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, keep,
   wire run;
   input start;
   wire start;
-  wire [7:0] wp__addr;
+  wire [6:0] wp__addr;
   input [255:0] wp__data;
   wire [255:0] wp__data;
   wire [127:0] \wp__data[0] ;
@@ -9231,7 +9728,7 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, keep,
   wire [15:0] \wp__data[1][6] ;
   wire [15:0] \wp__data[1][7] ;
   reg wp__en;
-  reg [255:0] mem [255:0];
+  reg [255:0] mem [127:0];
   initial begin
     mem[0] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
     mem[1] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
@@ -9361,143 +9858,15 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, keep,
     mem[125] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
     mem[126] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
     mem[127] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[128] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[129] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[130] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[131] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[132] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[133] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[134] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[135] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[136] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[137] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[138] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[139] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[140] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[141] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[142] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[143] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[144] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[145] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[146] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[147] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[148] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[149] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[150] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[151] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[152] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[153] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[154] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[155] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[156] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[157] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[158] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[159] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[160] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[161] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[162] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[163] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[164] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[165] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[166] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[167] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[168] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[169] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[170] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[171] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[172] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[173] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[174] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[175] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[176] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[177] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[178] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[179] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[180] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[181] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[182] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[183] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[184] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[185] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[186] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[187] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[188] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[189] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[190] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[191] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[192] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[193] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[194] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[195] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[196] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[197] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[198] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[199] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[200] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[201] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[202] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[203] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[204] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[205] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[206] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[207] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[208] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[209] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[210] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[211] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[212] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[213] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[214] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[215] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[216] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[217] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[218] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[219] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[220] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[221] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[222] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[223] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[224] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[225] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[226] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[227] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[228] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[229] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[230] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[231] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[232] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[233] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[234] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[235] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[236] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[237] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[238] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[239] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[240] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[241] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[242] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[243] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[244] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[245] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[246] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[247] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[248] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[249] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[250] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[251] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[252] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[253] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[254] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[255] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
   end
   always @(posedge clk) begin
     if (wp__en)
-      mem[cnt[7:0]] <= wp__data;
+      mem[cnt[6:0]] <= wp__data;
   end
   reg [255:0] _0_;
   always @(posedge clk) begin
     if (rp__en) begin
-      _0_ <= mem[read__addr[7:0]];
+      _0_ <= mem[read__addr[6:0]];
     end
   end
   assign read__data = _0_;
@@ -9534,14 +9903,14 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, keep,
     \$11  = cnt;
     if (run) begin
       if (\$5 ) begin
-        \$11  = \$6 [8:0];
+        \$11  = \$6 [7:0];
       end
     end
     if (\$10 ) begin
-      \$11  = 9'h000;
+      \$11  = 8'h00;
     end
     if (rst) begin
-      \$11  = 9'h000;
+      \$11  = 8'h00;
     end
   end
   always @* begin
@@ -9559,9 +9928,9 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, keep,
       \$12  = 1'h0;
     end
   end
-  assign wp__addr = cnt[7:0];
+  assign wp__addr = cnt[6:0];
   assign i__payload = wp__data;
-  assign rp__addr = read__addr[7:0];
+  assign rp__addr = read__addr[6:0];
   assign read__en = rp__en;
   assign rp__data = read__data;
   assign \wp__data[0]  = wp__data[127:0];

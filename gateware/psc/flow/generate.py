@@ -88,8 +88,10 @@ OVERRIDES = (("lanes", "--lanes", int), ("rows", "--rows", int),
              ("requant_mult_bits", "--requant-mult-bits", int),
              ("depthwise", "--depthwise", str),
              ("fmap_depth", "--fmap-depth", int), ("weight_depth", "--weight-depth", int),
-             ("param_depth", "--param-depth", int))
-_CORE_FIELDS = ("fmap_depth", "weight_depth", "param_depth", "read_register")
+             ("param_depth", "--param-depth", int), ("psum_depth", "--psum-depth", int),
+             ("psum_width", "--psum-width", int))
+_CORE_FIELDS = ("fmap_depth", "weight_depth", "param_depth", "read_register", "psum_depth",
+                "psum_width")
 
 #: Verilator ``--lint-only -Wall`` waivers for the generated Verilog; the only
 #: place they live. Each is ``(rule, file glob, message glob, why)``, ``None``

@@ -18,7 +18,7 @@ from psc.hw.core import CoreConfig
 from psc.host import plan_layer, run_layers
 from psc.host.scheduler import LayerError
 
-__all__ = ["BENCH_LAYERS", "MBV2_LAYERS", "LAYER_SETS", "mobilenet_v2_layers", "check", "bench",
+__all__ = ["BENCH_LAYERS", "MBV2_LAYERS", "RESNET_LAYERS", "LAYER_SETS", "mobilenet_v2_layers", "check", "bench",
            "format_table"]
 
 
@@ -84,8 +84,20 @@ def mobilenet_v2_layers(width=0.35, size=96):
 
 #: The MobileNetV2 0.35 / 96x96 layer list (``psc bench mbv2`` runs all of it).
 MBV2_LAYERS = mobilenet_v2_layers()
+#: ResNet-18/34's wide layers (ImageNet sizes of the last two stages): reductions longer
+#: than one command holds on the shipped builds (``psc bench resnet``).
+RESNET_LAYERS = {
+    "resnet_3x3_256_14": ("ResNet 3x3 s1, 256->256, 14x14",
+                          lambda r: _layer(r, 256, 256, 14, 3, 1, 1)),
+    "resnet_3x3_512_7": ("ResNet 3x3 s1, 512->512, 7x7", lambda r: _layer(r, 512, 512, 7, 3, 1, 1)),
+    "resnet_3x3_s2_256_512": ("ResNet downsampling 3x3 s2, 256->512, 14x14",
+                              lambda r: _layer(r, 256, 512, 14, 3, 2, 1)),
+    "resnet_1x1_s2_256_512": ("ResNet shortcut 1x1 s2, 256->512, 14x14",
+                              lambda r: _layer(r, 256, 512, 14, 1, 2, 0)),
+}
 #: Names the bench takes for a list of layers.
-LAYER_SETS = {"mbv2": list(MBV2_LAYERS)}
+LAYER_SETS = {"mbv2": list(MBV2_LAYERS), "resnet": list(RESNET_LAYERS)}
+_ALL_LAYERS = {**BENCH_LAYERS, **MBV2_LAYERS, **RESNET_LAYERS}
 
 
 def _expand(names):
@@ -94,7 +106,7 @@ def _expand(names):
 
 
 def _factory(name):
-    return BENCH_LAYERS.get(name) or MBV2_LAYERS[name]
+    return _ALL_LAYERS[name]
 
 
 def _layers(names, seed):
@@ -117,10 +129,9 @@ def check(names, config=None, *, seed=0):
         raise ValueError(f"names must be a list of bench layers, not {show(names)}")
     names = list(names)
     for name in names:
-        if not isinstance(name, str) or not (name in BENCH_LAYERS or name in MBV2_LAYERS
-                                             or name in LAYER_SETS):
+        if not isinstance(name, str) or not (name in _ALL_LAYERS or name in LAYER_SETS):
             raise ValueError(f"bench layer must be one of {', '.join(BENCH_LAYERS)}, a layer "
-                             f"of {', '.join(LAYER_SETS)} (mbv2_...) or "
+                             f"of {', '.join(LAYER_SETS)} (mbv2_..., resnet_...) or "
                              f"{', '.join(LAYER_SETS)}, not {show(name)}")
     names = _expand(names)
     cc = config or CoreConfig()

@@ -25,8 +25,14 @@ go in the output tensor.
    loads the chunk's weights and parameters, the following ones reuse them
    (``keep``).
 
-Splitting the input channels of one output group is not supported: a layer
-whose single output group's weights or single window does not fit is refused.
+A reduction longer than one command holds (the weight buffer, the
+accumulator's ``max_reduction`` or one input window) is split over chunks
+of input channels (:func:`split_reduction`), whose sums the core keeps at
+full precision in its partial-sum buffer and requantises once, after the
+last chunk. A layer is refused only for what the hardware cannot
+represent: a kernel, stride or padding it has no mode for, values out of
+their widths, a whole sum wider than the build's, a kernel window of one
+channel group larger than a buffer.
 """
 
 from dataclasses import dataclass, field
@@ -34,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from psc.hw.core import (KERNELS, STRIDES, FIELD_WIDTH, MAX_OUTPUTS, KIND_STANDARD, KIND_DEPTHWISE,
-                         KIND_POINTWISE, KIND_FC, CoreConfig, config_layout, param_layout,
+                         KIND_POINTWISE, KIND_FC, CoreConfig, Part, config_layout, param_layout,
                          weight_layout)
 from psc.hw.pe import pe_latency
 from psc.hw.requantize import Requantizer
@@ -44,7 +50,7 @@ from psc.model.packing import (channel_groups, pack_activations, pack_payload, p
                                unpack_activations)
 
 __all__ = ["LayerError", "Tile", "LayerPlan", "Layer", "plan_layer", "validate", "choose_kind",
-           "pack", "cut_bands", "emit_tiles", "cycle_bound", "encode_command", "KIND_NAMES",
+           "pack", "split_reduction", "cut_bands", "emit_tiles", "cycle_bound", "encode_command", "KIND_NAMES",
            "MAX_SHIFT"]
 
 #: Largest requantisation shift the core takes.
@@ -96,6 +102,8 @@ class LayerPlan:
         for tile, res in zip(self.tiles, results):
             c0, c1, oy0, oy1, ox0, ox1 = tile.place
             words = np.array(res["outputs"], dtype=object)
+            if tile.n_out == 0 and not len(words):
+                continue    # a chunk of a split reduction: its sums stay in the core
             if len(words) != tile.n_out:
                 raise RuntimeError(f"tile {tile.fields} produced {len(words)} output beats, "
                                    f"expected {tile.n_out}")
@@ -215,9 +223,10 @@ def validate(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, groups=
         raise LayerError(str(e)) from None
     red = cin_g * k * k
     peak = red << (pe.act_width + pe.weight_width - 2)
-    if int(np.abs(bias).max(initial=0)) + peak > acc_hi:
+    if int(np.abs(bias).max(initial=0)) + peak > signed_range(cc.sum_width)[1]:
         raise LayerError(f"bias up to {int(np.abs(bias).max())} plus the largest reduction of "
-                         f"{red} products ({peak}) can leave the {pe.acc_width}-bit accumulator")
+                         f"{red} products ({peak}) can leave the build's {cc.sum_width}-bit sum "
+                         f"(psum_width, or acc_width without a partial-sum buffer)")
     return Layer(config=cc, x=x, w_pos=w_pos, w_neg=w_neg, bias=bias, mult=mult, shift=shift,
                  stride=stride, padding=padding, groups=groups, relu=relu,
                  depthwise=depthwise)
@@ -261,10 +270,11 @@ def _groups_in(layer):
 def pack(layer):
     """Step 3: stream words of the weights and parameters, per output group.
 
-    Returns ``(weights, params)``: ``weights[j]`` is the list of weight-block
-    words of output group ``j`` (kernel taps in raster order, input groups
-    inside), ``params[j]`` its parameter word. Checks that one output group's
-    reduction and weights fit the build.
+    Returns ``(weights, params)``: ``weights[j][t][g]`` is the weight-block
+    word of output group ``j``, kernel tap ``t`` (raster order) and input
+    group ``g`` (a command over input groups ``[g0, g1)`` takes, per output
+    group, its taps in order and inside each the groups ``g0 .. g1-1``),
+    ``params[j]`` its parameter word.
     """
     cc = layer.config
     pe = cc.pe
@@ -272,18 +282,10 @@ def pack(layer):
     cin = layer.x.shape[0]
     cout = layer.w_pos.shape[0]
     gin, gout = channel_groups(cin, lanes), channel_groups(cout, rows)
-    gin_e = _groups_in(layer)
-    if gin_e * lanes * k * k > pe.max_reduction:
-        raise LayerError(f"a reduction of {gin_e} channel groups x {lanes} lanes x {k}x{k} "
-                         f"exceeds the build's max_reduction={pe.max_reduction}")
-    if k * k * gin_e > cc.weight_depth:
-        raise LayerError(f"one output group needs {k * k * gin_e} weight blocks; the weight "
-                         f"buffer holds {cc.weight_depth} (input-channel splitting is not "
-                         f"supported)")
     if layer.diagonal:
         # output group j reads only its own channels, x[j*rows:(j+1)*rows] packed from
         # lane 0 (emit_tiles), so its input groups are its own
-        gin = gin_e
+        gin = _groups_in(layer)
     # zero-padded weights as (gout, K, K, gin, rows, lanes) blocks
     wp = np.zeros((gout * rows, gin * lanes, k, k), dtype=np.int64)
     wn = np.zeros_like(wp)
@@ -305,9 +307,10 @@ def pack(layer):
     pixels = _pixels(layer)
     weights = []
     for j in range(gout):
-        words = []
+        taps = []
         for ky in range(k):
             for kx in range(k):
+                words = []
                 for g in ([j * rows // lanes] if layer.depthwise else range(gin)):
                     bp, bn = blocks_pos[j, ky, kx, g], blocks_neg[j, ky, kx, g]
                     if pixels:
@@ -316,7 +319,8 @@ def pack(layer):
                         bn = np.broadcast_to(np.diagonal(bn), (rows, lanes))
                     words.append(pack_payload(wl, parify(bp, bn, pe.weight_width)
                                               if pe.psc else bp))
-        weights.append(words)
+                taps.append(words)
+        weights.append(taps)
     params = []
     for j in range(gout):
         sl = slice(j * rows, (j + 1) * rows)
@@ -337,39 +341,130 @@ def _footprint(layer, band_h, band_w, groups):
     return ih * iw * groups
 
 
-def cut_bands(layer):
-    """Step 4: the chunks of output groups and their output bands.
+def split_reduction(layer, n=None):
+    """The input-channel chunks of one output group's reduction: a list of ``(g0, g1)``.
 
-    Returns a list of ``(j0, j1, in_groups, band_h, band_w)``: output groups
-    ``[j0, j1)`` (their weights and parameters fit the buffers), the channel
-    groups of their input, and the largest output band whose input fits the
-    input buffer and whose beats the command can count.
+    ``n`` chunks of balanced sizes; by default the fewest that fit: one
+    (``[(0, gin)]``) when the whole reduction fits one command (its
+    ``K*K*gin`` weight blocks in the weight buffer, its products in
+    ``max_reduction`` and one input window in the input buffer). The core
+    adds up the chunks' sums in its partial-sum buffer
+    (:class:`~psc.hw.core.layouts.Part`). Depthwise layers always have one.
+    Raises :class:`LayerError` only for what no chunking can fix: one input
+    group's ``K x K`` window larger than a buffer, or a build with no
+    partial-sum buffer.
     """
     cc = layer.config
-    lanes, rows, k = cc.lanes, cc.rows, layer.k
+    pe = cc.pe
+    k2 = layer.k ** 2
     gin = _groups_in(layer)
-    gout = channel_groups(layer.w_pos.shape[0], rows)
+    if layer.depthwise:
+        return [(0, 1)]
+    if n is None:
+        def fits(g):
+            return (k2 * g <= cc.weight_depth and g * pe.lanes * k2 <= pe.max_reduction
+                    and _footprint(layer, 1, 1, g) <= cc.fmap_depth)
+        if not fits(1):
+            raise LayerError(
+                f"kernel {layer.k}x{layer.k} does not fit this build even for one channel "
+                f"group: {k2} weight blocks (weight_depth={cc.weight_depth}), {pe.lanes * k2} "
+                f"products (max_reduction={pe.max_reduction}), {_footprint(layer, 1, 1, 1)} "
+                f"input words (fmap_depth={cc.fmap_depth})")
+        n = 1
+        while not fits(-(-gin // n)):
+            n += 1
+        if n > 1 and not cc.psum_depth:
+            raise LayerError(f"a reduction of {gin} channel groups x {pe.lanes} lanes x "
+                             f"{layer.k}x{layer.k} needs {n} commands, and this build has no "
+                             f"partial-sum buffer (psum_depth=0)")
+    q, extra = divmod(gin, n)
+    bounds = [0]
+    for c in range(n):
+        bounds.append(bounds[-1] + q + (c < extra))
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _band(layer, g_t, gc, max_beats):
+    """The largest output band (``band_h``, ``band_w``) whose input (``g_t`` groups) fits
+    the input buffer and whose ``gc`` groups of output beats number at most ``max_beats``."""
+    cc = layer.config
     ho, wo = layer.out_hw
+    band_w = wo
+    while _footprint(layer, 1, band_w, g_t) > cc.fmap_depth or band_w * gc > max_beats:
+        band_w -= 1
+    band_h = ho
+    while (_footprint(layer, band_h, band_w, g_t) > cc.fmap_depth
+           or band_h * band_w * gc > max_beats):
+        band_h -= 1
+    return band_h, band_w
+
+
+def _split_cost(layer, chunks, gc, band_h, band_w):
+    """Estimated cycles of a split layer cut into ``gc`` output groups per command and
+    bands of ``band_h x band_w``: per command its setup, weight and parameter loads, the
+    input rows before the first beat and the MAC beats (the input load overlaps the rest)."""
+    k, stride = layer.k, layer.stride
+    ho, wo = layer.out_hw
+    gout = channel_groups(layer.w_pos.shape[0], layer.config.rows)
+    n_cmd_out = -(-gout // gc) * -(-ho // band_h) * -(-wo // band_w)
+    iw = (band_w - 1) * stride + k
+    per = sum(64 + gc * (k * k * (g1 - g0) * (1 + band_h * band_w) + 1) + k * iw * (g1 - g0)
+              for g0, g1 in chunks)
+    return n_cmd_out * per
+
+
+def cut_bands(layer):
+    """Step 4: the chunks of output groups and input groups and their output bands.
+
+    Returns a list of ``(j0, j1, chunks, band_h, band_w)``: output groups
+    ``[j0, j1)`` (their weights and parameters fit the buffers), the input
+    groups of each command over them (:func:`split_reduction`; for a
+    depthwise layer ``[(0, j1 - j0)]``, its own channels), and the largest
+    output band whose input fits the input buffer and whose beats the
+    command can count (and, for a split reduction, hold as partial sums).
+    A split reduction's number of input chunks (from the fewest that fit up)
+    and output-group chunk are the pair with the fewest estimated cycles
+    (:func:`_split_cost`): smaller input chunks leave room for larger bands,
+    over which each command's setup and weight load is spread.
+    """
+    cc = layer.config
+    k = layer.k
+    chunks = split_reduction(layer)
+    gin = max(g1 - g0 for g0, g1 in chunks)
+    gout = channel_groups(layer.w_pos.shape[0], cc.rows)
     per_group = k * k * gin
-    # diagonal: one output group per command, whose input is its own channels only
-    chunk = 1 if layer.diagonal else min(gout, cc.param_depth, cc.weight_depth // per_group)
+    if layer.diagonal:
+        # one output group per command, whose input is its own channels only
+        chunk = 1
+    elif layer.depthwise:
+        chunk = min(gout, cc.param_depth, cc.weight_depth // per_group)
+        while chunk > 1 and _footprint(layer, 1, 1, chunk) > cc.fmap_depth:
+            chunk -= 1
+        if _footprint(layer, 1, 1, chunk) > cc.fmap_depth:
+            raise LayerError(f"kernel {k}x{k} does not fit this build even for one channel "
+                             f"group: {_footprint(layer, 1, 1, 1)} input words "
+                             f"(fmap_depth={cc.fmap_depth})")
+    elif len(chunks) == 1:
+        chunk = min(gout, cc.param_depth, cc.weight_depth // per_group)
+    else:
+        best = None
+        for n in range(len(chunks), min(_groups_in(layer), 4 * len(chunks)) + 1):
+            cand = split_reduction(layer, n)
+            g_n = max(g1 - g0 for g0, g1 in cand)
+            top = min(gout, cc.param_depth, cc.weight_depth // (k * k * g_n), cc.psum_depth)
+            for gc in range(1, top + 1):
+                cost = _split_cost(layer, cand, gc, *_band(layer, g_n, gc, cc.psum_depth))
+                if best is None or cost < best[0]:
+                    best = (cost, cand, gc)
+        _, chunks, chunk = best
     out = []
     for j0 in range(0, gout, chunk):
         j1 = min(gout, j0 + chunk)
         gc = j1 - j0
-        g_t = gc if layer.depthwise else gin
-        if _footprint(layer, 1, 1, g_t) > cc.fmap_depth:
-            raise LayerError(f"one {k}x{k} window of {g_t} channel groups needs "
-                             f"{_footprint(layer, 1, 1, g_t)} input words; the input buffer "
-                             f"holds {cc.fmap_depth}")
-        band_w = wo
-        while _footprint(layer, 1, band_w, g_t) > cc.fmap_depth or band_w * gc > MAX_OUTPUTS:
-            band_w -= 1
-        band_h = ho
-        while (_footprint(layer, band_h, band_w, g_t) > cc.fmap_depth
-               or band_h * band_w * gc > MAX_OUTPUTS):
-            band_h -= 1
-        out.append((j0, j1, g_t, band_h, band_w))
+        in_chunks = [(0, gc)] if layer.depthwise else chunks
+        g_t = max(g1 - g0 for g0, g1 in in_chunks)
+        max_beats = MAX_OUTPUTS if len(in_chunks) == 1 else min(MAX_OUTPUTS, cc.psum_depth)
+        out.append((j0, j1, in_chunks, *_band(layer, g_t, gc, max_beats)))
     return out
 
 
@@ -403,7 +498,14 @@ def cycle_bound(config, fields, n_loaded):
 
 
 def emit_tiles(layer, kind, weights, params, bands):
-    """Step 5: one :class:`Tile` per output band of every chunk, in stream order."""
+    """Step 5: the :class:`Tile` commands of every chunk and output band, in stream order.
+
+    A band whose reduction is one chunk is one command (``part`` ``WHOLE``);
+    the following bands of the same output groups reuse its weights and
+    parameters (``keep``). A split reduction makes one command per input
+    chunk over the same band (``FIRST``, ``MIDDLE``..., ``LAST``), each with
+    its own weights; only ``LAST`` makes output beats.
+    """
     cc = layer.config
     lanes, rows, k, stride, padding = cc.lanes, cc.rows, layer.k, layer.stride, layer.padding
     _, h, w = layer.x.shape
@@ -411,14 +513,16 @@ def emit_tiles(layer, kind, weights, params, bands):
     ho, wo = layer.out_hw
     cl = config_layout(cc)
     tiles = []
-    for j0, j1, g_t, band_h, band_w in bands:
+    for j0, j1, in_chunks, band_h, band_w in bands:
         c0, c1 = j0 * rows, min(cout, j1 * rows)
         if layer.diagonal:
             # the group's own channels, zero-padded to the rows its weights cover
             xc = np.pad(layer.x[c0:c1], ((0, rows - (c1 - c0)), (0, 0), (0, 0)))
         else:
             xc = layer.x[c0:c1] if layer.depthwise else layer.x
-        wwords = [word for j in range(j0, j1) for word in weights[j]]
+        split = len(in_chunks) > 1
+        parts = ([Part.WHOLE] if not split else
+                 [Part.FIRST] + [Part.MIDDLE] * (len(in_chunks) - 2) + [Part.LAST])
         pwords = params[j0:j1]
         first = True
         for oy0 in range(0, ho, band_h):
@@ -428,25 +532,37 @@ def emit_tiles(layer, kind, weights, params, bands):
                 top, left = oy0 * stride - padding, ox0 * stride - padding
                 r0, r1 = max(0, top), min(h, (oy1 - 1) * stride - padding + k)
                 q0, q1 = max(0, left), min(w, (ox1 - 1) * stride - padding + k)
-                fields = {
-                    "in_h": r1 - r0, "in_w": q1 - q0, "out_h": oy1 - oy0, "out_w": ox1 - ox0,
-                    "gin": g_t, "gout": j1 - j0, "k": k, "stride": stride,
-                    "pad_top": r0 - top, "pad_left": q0 - left, "kind": kind,
-                    "relu": int(layer.relu), "keep": int(not first),
-                }
-                for name in ("in_h", "in_w", "out_h", "out_w", "gin", "gout"):
-                    if fields[name] >= 1 << FIELD_WIDTH:
-                        raise LayerError(f"{name}={fields[name]} does not fit the command's "
-                                         f"{FIELD_WIDTH}-bit field")
-                acts = pack_activations(xc[:, r0:r1, q0:q1], lanes, cc.pe.act_width)
-                n_loaded = 1 + acts.size + (len(wwords) + len(pwords) if first else 0)
-                tiles.append(Tile(
-                    cfg=pack_payload(cl, fields),
-                    weights=wwords if first else [], params=pwords if first else [],
-                    acts=[int(v) for v in acts.reshape(-1)],
-                    n_out=(oy1 - oy0) * (ox1 - ox0) * (j1 - j0), fields=fields,
-                    place=(c0, c1, oy0, oy1, ox0, ox1),
-                    cycle_bound=cycle_bound(cc, fields, n_loaded)))
+                beats = (oy1 - oy0) * (ox1 - ox0) * (j1 - j0)
+                for (g0, g1), part in zip(in_chunks, parts):
+                    load = first or split
+                    fields = {
+                        "in_h": r1 - r0, "in_w": q1 - q0, "out_h": oy1 - oy0,
+                        "out_w": ox1 - ox0, "gin": g1 - g0, "gout": j1 - j0, "k": k,
+                        "stride": stride, "pad_top": r0 - top, "pad_left": q0 - left,
+                        "kind": kind, "relu": int(layer.relu), "keep": int(not load),
+                        "part": part,
+                    }
+                    for name in ("in_h", "in_w", "out_h", "out_w", "gin", "gout"):
+                        if fields[name] >= 1 << FIELD_WIDTH:
+                            raise LayerError(f"{name}={fields[name]} does not fit the "
+                                             f"command's {FIELD_WIDTH}-bit field")
+                    if layer.depthwise:
+                        wwords = [wd for j in range(j0, j1) for tap in weights[j] for wd in tap]
+                        xs = xc
+                    else:
+                        wwords = [wd for j in range(j0, j1) for tap in weights[j]
+                                  for wd in tap[g0:g1]]
+                        xs = xc[g0 * lanes:g1 * lanes]
+                    acts = pack_activations(xs[:, r0:r1, q0:q1], lanes, cc.pe.act_width)
+                    n_loaded = 1 + acts.size + (len(wwords) + len(pwords) if load else 0)
+                    n_out = beats if part in (Part.WHOLE, Part.LAST) else 0
+                    tiles.append(Tile(
+                        cfg=pack_payload(cl, fields),
+                        weights=wwords if load else [], params=pwords if load else [],
+                        acts=[int(v) for v in acts.reshape(-1)],
+                        n_out=n_out, fields=fields,
+                        place=(c0, c1, oy0, oy1, ox0, ox1),
+                        cycle_bound=cycle_bound(cc, fields, n_loaded)))
                 first = False
     return tiles
 
@@ -479,6 +595,6 @@ def encode_command(config=None, **fields):
     cc = CoreConfig() if config is None else config
     defaults = {"in_h": 1, "in_w": 1, "out_h": 1, "out_w": 1, "gin": 1, "gout": 1, "k": 1,
                 "stride": 1, "pad_top": 0, "pad_left": 0, "kind": KIND_STANDARD, "relu": 0,
-                "keep": 0}
+                "keep": 0, "part": Part.WHOLE}
     defaults.update(fields)
     return pack_payload(config_layout(cc), defaults)

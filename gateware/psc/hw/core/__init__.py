@@ -26,7 +26,7 @@ from .fetch import Fetch
 from .input_buffer import InputAddressMap, InputBuffer
 from .layouts import (COUNTER_WIDTH, FIELD_WIDTH, KERNELS, KIND_DEPTHWISE, KIND_FC,
                       KIND_POINTWISE, KIND_STANDARD, MAX_OUTPUTS, OUTPUT_COUNT_WIDTH, STRIDES,
-                      LayerKind, act_in_layout, act_out_layout, bank_count, config_layout,
+                      LayerKind, Part, act_in_layout, act_out_layout, bank_count, config_layout,
                       param_address_width, param_layout, sizes_layout, weight_address_width,
                       weight_layout)
 from .output import OutputStage
@@ -34,7 +34,7 @@ from .sequencer import Sequencer
 from .setup import CommandSetup, CycleCounters, DerivedSizes
 
 __all__ = [
-    "CoreConfig", "PSCConvCore", "LayerKind", "KIND_STANDARD", "KIND_DEPTHWISE", "KIND_POINTWISE",
+    "CoreConfig", "PSCConvCore", "LayerKind", "Part", "KIND_STANDARD", "KIND_DEPTHWISE", "KIND_POINTWISE",
     "KIND_FC", "KERNELS", "STRIDES", "FIELD_WIDTH", "COUNTER_WIDTH", "OUTPUT_COUNT_WIDTH",
     "MAX_OUTPUTS",
     "config_layout", "weight_layout", "param_layout", "act_in_layout", "act_out_layout",

@@ -15,7 +15,7 @@ from psc.config import CoreConfig
 from psc.hw.requantize import SHIFT_WIDTH
 
 __all__ = [
-    "LayerKind", "KIND_STANDARD", "KIND_DEPTHWISE", "KIND_POINTWISE", "KIND_FC",
+    "LayerKind", "Part", "KIND_STANDARD", "KIND_DEPTHWISE", "KIND_POINTWISE", "KIND_FC",
     "KERNELS", "STRIDES", "FIELD_WIDTH", "COUNTER_WIDTH", "OUTPUT_COUNT_WIDTH", "MAX_OUTPUTS",
     "config_layout", "weight_layout", "param_layout", "act_in_layout", "act_out_layout",
     "sizes_layout", "tap_layout", "fetch_layout", "input_read_layout", "read_signature",
@@ -28,6 +28,22 @@ class LayerKind(enum.IntEnum, shape=2):
     DEPTHWISE = 1
     POINTWISE = 2
     FC = 3
+
+
+class Part(enum.IntEnum, shape=2):
+    """The ``part`` field of a command: which chunk of a split reduction it is.
+
+    A layer whose reduction does not fit one command runs as several over
+    chunks of its input channels, each over the same output beats: ``FIRST``
+    adds the bias to its sums and stores them in the partial-sum buffer,
+    ``MIDDLE`` adds its sums to the stored ones and stores them again,
+    ``LAST`` adds them and sends the total through the requantiser. Only
+    ``LAST`` (and ``WHOLE``, a reduction in one command) makes output beats.
+    """
+    WHOLE = 0
+    FIRST = 1
+    MIDDLE = 2
+    LAST = 3
 
 
 # Plain names for the host, which packs commands from integers.
@@ -71,12 +87,14 @@ def config_layout(config=None):
     ``stride``, ``pad_top``, ``pad_left`` (zero rows/columns before the tile;
     rows/columns after it are implied by ``out_h``/``out_w``), ``kind``
     (:class:`LayerKind`, the ``KIND_*`` values), ``relu``, ``keep`` (reuse the
-    weights and parameters of the previous command instead of loading new ones).
+    weights and parameters of the previous command instead of loading new ones),
+    ``part`` (:class:`Part`: a whole reduction, or a chunk of a split one).
     """
     return data.StructLayout({
         "in_h": FIELD_WIDTH, "in_w": FIELD_WIDTH, "out_h": FIELD_WIDTH, "out_w": FIELD_WIDTH,
         "gin": FIELD_WIDTH, "gout": FIELD_WIDTH,
         "k": 4, "stride": 2, "pad_top": 3, "pad_left": 3, "kind": LayerKind, "relu": 1, "keep": 1,
+        "part": Part,
     })
 
 

@@ -1,21 +1,24 @@
-"""The core's output: bias, requantiser and the output order of a depthwise pixels layer."""
+"""The core's output: bias, partial sums, requantiser and the output order of a depthwise
+pixels layer."""
 
-from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from psc.config import CoreConfig
 from psc.hw.dot_product import output_layout
 from psc.hw.requantize import Requantizer
 
-from .layouts import (FIELD_WIDTH, OUTPUT_COUNT_WIDTH, act_out_layout, bank_count, config_layout,
+from .layouts import (FIELD_WIDTH, OUTPUT_COUNT_WIDTH, Part, act_out_layout, bank_count,
+                      config_layout,
                       param_address_width, param_layout, read_signature, sizes_layout)
 
 __all__ = ["OutputStage"]
 
 
 class OutputStage(wiring.Component):
-    """From the MAC array's sums to output beats: bias, requantiser, group order.
+    """From the MAC array's sums to output beats: bias, partial sums, requantiser, group order.
 
     Each sum beat (:attr:`i`) belongs to output group ``j``, which a counter
     follows (``0 .. last_group``, one step per beat, or per ``rows`` beats
@@ -30,13 +33,33 @@ class OutputStage(wiring.Component):
     rq.latency`` (one more with ``read_register``); one beat per cycle;
     :attr:`i` is ready whenever its register is empty or moves on.
 
+    Split reductions (``psum_depth > 0``; the command's ``part``,
+    :class:`~psc.hw.core.layouts.Part`). A layer whose reduction does not
+    fit one command runs as several commands over chunks of its input
+    channels, all over the same output beats in the same order. Beat ``n``
+    of such a command reads entry ``n`` of the partial-sum buffer (a
+    ``psum_depth x rows`` memory of ``psum_width``-bit sums) alongside its
+    parameters, in the same cycle and with the same enable, so the read adds
+    no stage. ``FIRST`` stores ``sum + bias`` into entry ``n``, ``MIDDLE``
+    stores ``sum + entry``, ``LAST`` sends ``sum + entry`` to the
+    requantiser. A stored beat leaves the stage at once (one write per
+    cycle, never stalled by :attr:`o`). Each entry is read before it is
+    written in a command and written by the command before the next one
+    reads it, so no bypass is needed. Against the alternative of feeding
+    the stored sums back into the MAC array's accumulators, this keeps the
+    array and its timing untouched and costs one memory, a mux in front of
+    the bias adder (already there) and the adder and requantiser widened
+    from ``acc_width`` to ``psum_width``; the cost in time is each chunk's
+    setup and weight load, which the scheduler amortises over up to
+    ``psum_depth`` output beats per command.
+
     A depthwise pixels beat whose pixel (``oxo + ro``, block column plus
     row) lies past ``out_w`` is dropped here (the sequencer runs whole
     blocks of ``rows`` pixels), so the output order is ``(oy, ox // rows,
     j, ox % rows)`` with no gaps.
 
     ``all_sent`` is high when the command's ``n_out`` beats have left
-    :attr:`o` (counted while ``run``). ``start`` (one cycle) rewinds the
+    :attr:`o` or been stored (counted while ``run``). ``start`` (one cycle) rewinds the
     counters.
 
     Parameters
@@ -82,7 +105,12 @@ class OutputStage(wiring.Component):
         R = pe.rows
         pix = bank_count(cc) > 1
         cmd, dwp = self.cmd, self.dwp
-        m.submodules.rq = rq = Requantizer(pe)
+        m.submodules.rq = rq = Requantizer(cc.requant_config)
+        sw = cc.sum_width
+        part = cmd.part
+        # FIRST/MIDDLE store; MIDDLE/LAST add the stored sums instead of the bias
+        store = (part == Part.FIRST) | (part == Part.MIDDLE)
+        add_psum = (part == Part.MIDDLE) | (part == Part.LAST)
 
         jo = Signal(range(cc.param_depth))   # < gout <= param_depth
         vj = Signal()
@@ -93,24 +121,52 @@ class OutputStage(wiring.Component):
         oxo = Signal(FIELD_WIDTH)            # dw pixels: first pixel of the beat's block
         last_jo = jo == self.last_group
         m.d.comb += keep_o.eq(~dwp | (oxo + ro < cmd.out_w) if pix else 1)
+        sums = data.ArrayLayout(signed(sw), R)
+        if cc.psum_depth:
+            m.submodules.psum = psum = Memory(shape=sums, depth=cc.psum_depth, init=[])
+            ps_rd = psum.read_port()
+            ps_wr = psum.write_port()
+            ridx = Signal(range(cc.psum_depth))   # beat of stage j (read)
+            widx = Signal(range(cc.psum_depth))   # beat of the stored sum (write)
+            m.d.comb += [ps_rd.addr.eq(ridx), ps_rd.en.eq(en_j)]
+            psum_data = ps_rd.data
+        else:
+            psum_data = None
         if cc.read_register:
             vb = Signal()
             accb = Signal.like(accj, reset_less=True)
             pb = Signal(param_layout(cc), reset_less=True)
-            en_b = ~vb | rq.i.ready
+            en_b = ~vb | rq.i.ready | store
             m.d.comb += en_j.eq(~vj | en_b)
             with m.If(en_b):
                 m.d.sync += [vb.eq(vj), accb.eq(accj), pb.eq(self.params.data)]
+            if psum_data is not None:
+                psb = Signal(sums, reset_less=True)
+                with m.If(en_b):
+                    m.d.sync += psb.eq(psum_data)
+                psum_data = psb
         else:
             vb, accb, pb = vj, accj, self.params.data
-            m.d.comb += en_j.eq(~vj | rq.i.ready)
-        # The host keeps bias + any reduction inside acc_width, so the sum cannot wrap.
-        m.d.comb += [rq.i.payload.acc[r].eq(accb[r] + pb.bias[r]) for r in range(R)]
+            m.d.comb += en_j.eq(~vj | rq.i.ready | store)
+        # The host keeps bias + the whole reduction inside sum_width, so no sum wraps.
+        total = Signal(sums)
+        for r in range(R):
+            base = pb.bias[r] if psum_data is None else Mux(add_psum, psum_data[r], pb.bias[r])
+            m.d.comb += total[r].eq(accb[r] + base)
+        m.d.comb += rq.i.payload.acc.eq(total)
+        stored = Signal()
+        if cc.psum_depth:
+            m.d.comb += [stored.eq(vb & store), ps_wr.addr.eq(widx), ps_wr.data.eq(total),
+                         ps_wr.en.eq(stored)]
+            with m.If(stored):
+                m.d.sync += widx.eq(widx + 1)
+            with m.If(en_j & self.i.valid):
+                m.d.sync += ridx.eq(ridx + 1)
         m.d.comb += [
             self.i.ready.eq(en_j),
             self.params.addr.eq(jo),
             self.params.en.eq(en_j),
-            rq.i.valid.eq(vb),
+            rq.i.valid.eq(vb & ~store),
             rq.i.payload.mult.eq(pb.mult),
             rq.i.payload.shift.eq(pb.shift),
             rq.relu.eq(cmd.relu),
@@ -129,9 +185,11 @@ class OutputStage(wiring.Component):
                         m.d.sync += oxo.eq(Mux(oxo + R >= cmd.out_w, 0, oxo + R))
 
         out_cnt = Signal(OUTPUT_COUNT_WIDTH)
-        with m.If(self.run & self.o.valid & self.o.ready):
+        with m.If(self.run & ((self.o.valid & self.o.ready) | stored)):
             m.d.sync += out_cnt.eq(out_cnt + 1)
         m.d.comb += self.all_sent.eq(out_cnt == self.n_out)
         with m.If(self.start):
             m.d.sync += [ro.eq(0), oxo.eq(0), out_cnt.eq(0), jo.eq(0)]
+            if cc.psum_depth:
+                m.d.sync += [ridx.eq(0), widx.eq(0)]
         return m

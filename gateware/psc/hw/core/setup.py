@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from psc.config import CoreConfig
 
-from .layouts import (COUNTER_WIDTH, FIELD_WIDTH, MAX_OUTPUTS, LayerKind, bank_count,
+from .layouts import (COUNTER_WIDTH, FIELD_WIDTH, MAX_OUTPUTS, LayerKind, Part, bank_count,
                       config_layout, sizes_layout)
 
 __all__ = ["DerivedSizes", "CommandSetup", "CycleCounters"]
@@ -161,7 +161,9 @@ class CommandSetup(wiring.Component):
     need ``k = 1`` (FC also a 1x1 map); depthwise needs ``gin = gout`` and a
     build with ``lanes = rows``; the input, weight and parameter words fit
     their buffers (the weights only when not ``keep``); a reduction fits
-    ``max_reduction``; at most :data:`~psc.hw.core.layouts.MAX_OUTPUTS` output beats.
+    ``max_reduction``; at most :data:`~psc.hw.core.layouts.MAX_OUTPUTS` output beats;
+    a chunk of a split reduction (``part`` not ``WHOLE``) needs a partial-sum
+    buffer, a kind other than depthwise and at most ``psum_depth`` output beats.
 
     Parameters
     ----------
@@ -238,6 +240,8 @@ class CommandSetup(wiring.Component):
             | ((cmd.kind == LayerKind.DEPTHWISE) & ((cmd.gin != cmd.gout)
                                                     | (pe.lanes != pe.rows)))
             | (cmd.gout > cc.param_depth)
+            | ((cmd.part != Part.WHOLE) & ((cmd.kind == LayerKind.DEPTHWISE)
+                                           | (cc.psum_depth == 0)))
         )
         sizes = (
             (s.n_in > cc.fmap_depth)
@@ -246,6 +250,7 @@ class CommandSetup(wiring.Component):
             # red * lanes > max_reduction, without the multiply
             | (s.red > red_max)
             | (s.n_out > MAX_OUTPUTS)
+            | ((cmd.part != Part.WHOLE) & (s.n_out > cc.psum_depth))
         )
         return fields, sizes
 

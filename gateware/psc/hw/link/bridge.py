@@ -4,7 +4,7 @@ The bridge lets a host drive the core's five streams over one serial line
 (8N1, :mod:`psc.hw.link.uart`). The host side is :mod:`psc.host.serial_link`; the board
 tops are in :mod:`psc.flow.board`.
 
-Protocol (version 2)
+Protocol (version 3)
 --------------------
 
 All multi-byte fields are little-endian. A *beat* is one payload of a core
@@ -56,11 +56,14 @@ STATUS     ``S``    none                                          status frame
   ``param_depth``, UART ``divisor`` (u32 each), ``multiplier`` and
   ``depthwise`` (u8, the index in :data:`psc.config.MULTIPLIERS` and
   :data:`psc.config.DEPTHWISE_MODES`), ``tree_stages``, ``requantizers``,
-  ``requant_mult_bits`` (u8, 0 for ``None``) and ``read_register`` (u8).
+  ``requant_mult_bits`` (u8, 0 for ``None``), ``read_register`` (u8),
+  ``psum_depth`` (u32) and ``psum_width`` (u8).
   The host compares the digest with its own configuration's (the readable
   fields name what differs) or, given none, looks it up among the shipped
-  presets. Version 1 boards sent 32 bytes without the digest; the version
-  byte comes first so that a host can refuse them before reading on.
+  presets. Version 1 boards sent 32 bytes without the digest, version 2
+  boards had no partial-sum buffer (and a command without its ``part``
+  field); the version byte comes first so that a host can refuse them
+  before reading on.
 
 Data beats go to the core as it accepts them; the core accepts weights,
 parameters and a whole tile's activations into its buffers without waiting
@@ -96,7 +99,7 @@ __all__ = ["BridgeConfig", "Bridge", "OP", "FLAGS", "PROTOCOL_VERSION", "ID_MAGI
            "ID_FIELDS", "ID_HEADER_BYTES", "beat_bytes", "id_values", "id_frame", "STATUS_BYTES",
            "ID_BYTES", "RX_FIFO_DEPTH"]
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 ID_MAGIC = b"PSC"
 OP = {"PING": ord("P"), "CFG": ord("C"), "WEIGHTS": ord("W"), "PARAMS": ord("K"),
       "ACTS": ord("A"), "STATUS": ord("S")}
@@ -110,7 +113,8 @@ ID_FIELDS = (("digest", 4),
              ("max_reduction", 4), ("fmap_depth", 4), ("weight_depth", 4), ("param_depth", 4),
              ("divisor", 4),
              ("multiplier", 1), ("depthwise", 1), ("tree_stages", 1), ("requantizers", 1),
-             ("requant_mult_bits", 1), ("read_register", 1))
+             ("requant_mult_bits", 1), ("read_register", 1), ("psum_depth", 4),
+             ("psum_width", 1))
 #: ``P``, ``PSC`` and the protocol version: what a host reads before it knows the frame's length.
 ID_HEADER_BYTES = 1 + len(ID_MAGIC) + 1
 ID_BYTES = ID_HEADER_BYTES + sum(n for _, n in ID_FIELDS)
@@ -151,7 +155,8 @@ def id_values(config, divisor):
             "depthwise": DEPTHWISE_MODES.index(p.depthwise),
             "tree_stages": p.tree_stages, "requantizers": p.requantizers or 0,
             "requant_mult_bits": p.requant_mult_bits or 0,
-            "read_register": int(config.read_register)}
+            "read_register": int(config.read_register), "psum_depth": config.psum_depth,
+            "psum_width": config.psum_width}
 
 
 def id_frame(config, divisor):
