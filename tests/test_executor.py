@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from psc import cli
 from psc.config import CoreConfig, PSCConfig
 from psc.flow import executor, synth
 from psc.flow.executor import Executor, Failure, Task, task_key, tool_versions
@@ -262,6 +263,20 @@ def test_unreachable_scheduler(monkeypatch):
 
 
 # -- synthesis through the executor ---------------------------------------------------------------
+
+def test_cli_scheduler_and_workers(capsys):
+    """``--scheduler`` is checked before any work; ``--workers 0`` runs in this process."""
+    argv = ["synth", "--target", "ice40-up5k", "--level", "datapath", "--lanes", "2",
+            "--rows", "1", "--multiplier", "generic", "--no-pnr", "--json"]
+    assert cli.main(argv + ["--scheduler", "nowhere"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("psc synth: scheduler must be a Dask scheduler address") and \
+        "\n" not in err
+    assert cli.main(argv + ["--workers", "-1"]) == 2
+    assert "--workers" in capsys.readouterr().err
+    assert cli.main(argv + ["--workers", "0", "--build-dir", _build_root("cli")]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["mult"] == 2 and "[tasks" not in out.err
 
 def test_synthesize_equals_serial(scheduler, tmp_path):
     """Yosys (no P&R) of the tiny MAC array through the executor: the serial report."""

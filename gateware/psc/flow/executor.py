@@ -312,9 +312,9 @@ class Executor:
         :meth:`close`.
     workers : int or None
         Local cluster: its number of worker processes, one task each at a
-        time (default: the cores this process may run on). With ``scheduler``: wait (up to
-        two minutes) until that many workers have joined before the first
-        task; default one.
+        time (default: the cores this process may run on). With
+        ``scheduler``: wait (up to two minutes) until that many workers have
+        joined before the first task; default one.
     cache : bool or path
         True (default): results cached in :func:`cache_dir` of each worker's
         machine; a path: there (it must be reachable from every worker);
