@@ -24,6 +24,7 @@
 //   read_register = False
 //   psum_depth = 256
 //   psum_width = 32
+//   fmap_ram = 'block'
 //
 // Latency: MAC array (DotProduct) 3 cycles, depthwise pixels mode 4; requantiser 8 cycles, one beat per 1 cycles.
 // The command's end-to-end timing is in the PSCConvCore docstring.
@@ -11855,14 +11856,14 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   wire [7:0] \$signature__addr$26 ;
   wire [7:0] \$signature__addr$29 ;
   wire [7:0] \$signature__addr$32 ;
-  wire [7:0] \$signature__addr$38 ;
-  wire [7:0] \$signature__addr$41 ;
+  wire [7:0] \$signature__addr$40 ;
   wire [7:0] \$signature__addr$43 ;
   wire [7:0] \$signature__addr$45 ;
   wire [7:0] \$signature__addr$47 ;
   wire [7:0] \$signature__addr$49 ;
   wire [7:0] \$signature__addr$51 ;
   wire [7:0] \$signature__addr$53 ;
+  wire [7:0] \$signature__addr$55 ;
   wire [63:0] \$signature__data ;
   wire [63:0] \$signature__data$13 ;
   wire [7:0] \$signature__data$13[0] ;
@@ -11927,24 +11928,6 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   wire [7:0] \$signature__data$31[5] ;
   wire [7:0] \$signature__data$31[6] ;
   wire [7:0] \$signature__data$31[7] ;
-  wire [63:0] \$signature__data$57 ;
-  wire [7:0] \$signature__data$57[0] ;
-  wire [7:0] \$signature__data$57[1] ;
-  wire [7:0] \$signature__data$57[2] ;
-  wire [7:0] \$signature__data$57[3] ;
-  wire [7:0] \$signature__data$57[4] ;
-  wire [7:0] \$signature__data$57[5] ;
-  wire [7:0] \$signature__data$57[6] ;
-  wire [7:0] \$signature__data$57[7] ;
-  wire [63:0] \$signature__data$58 ;
-  wire [7:0] \$signature__data$58[0] ;
-  wire [7:0] \$signature__data$58[1] ;
-  wire [7:0] \$signature__data$58[2] ;
-  wire [7:0] \$signature__data$58[3] ;
-  wire [7:0] \$signature__data$58[4] ;
-  wire [7:0] \$signature__data$58[5] ;
-  wire [7:0] \$signature__data$58[6] ;
-  wire [7:0] \$signature__data$58[7] ;
   wire [63:0] \$signature__data$59 ;
   wire [7:0] \$signature__data$59[0] ;
   wire [7:0] \$signature__data$59[1] ;
@@ -11999,6 +11982,24 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   wire [7:0] \$signature__data$64[5] ;
   wire [7:0] \$signature__data$64[6] ;
   wire [7:0] \$signature__data$64[7] ;
+  wire [63:0] \$signature__data$65 ;
+  wire [7:0] \$signature__data$65[0] ;
+  wire [7:0] \$signature__data$65[1] ;
+  wire [7:0] \$signature__data$65[2] ;
+  wire [7:0] \$signature__data$65[3] ;
+  wire [7:0] \$signature__data$65[4] ;
+  wire [7:0] \$signature__data$65[5] ;
+  wire [7:0] \$signature__data$65[6] ;
+  wire [7:0] \$signature__data$65[7] ;
+  wire [63:0] \$signature__data$66 ;
+  wire [7:0] \$signature__data$66[0] ;
+  wire [7:0] \$signature__data$66[1] ;
+  wire [7:0] \$signature__data$66[2] ;
+  wire [7:0] \$signature__data$66[3] ;
+  wire [7:0] \$signature__data$66[4] ;
+  wire [7:0] \$signature__data$66[5] ;
+  wire [7:0] \$signature__data$66[6] ;
+  wire [7:0] \$signature__data$66[7] ;
   wire [7:0] \$signature__data[0] ;
   wire [7:0] \$signature__data[1] ;
   wire [7:0] \$signature__data[2] ;
@@ -12015,14 +12016,14 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   wire \$signature__en$27 ;
   wire \$signature__en$30 ;
   wire \$signature__en$33 ;
-  wire \$signature__en$36 ;
-  wire \$signature__en$40 ;
+  wire \$signature__en$38 ;
   wire \$signature__en$42 ;
   wire \$signature__en$44 ;
   wire \$signature__en$46 ;
   wire \$signature__en$48 ;
   wire \$signature__en$50 ;
   wire \$signature__en$52 ;
+  wire \$signature__en$54 ;
   input clk;
   wire clk;
   input [113:0] cmd;
@@ -12166,6 +12167,8 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   input read__en;
   wire read__en;
   reg [2:0] rot1 = 3'h0;
+  (* init = 12'h000 *)
+  wire [11:0] rows;
   output [11:0] rows_in;
   reg [11:0] rows_in = 12'h000;
   input rst;
@@ -12460,7 +12463,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
       _0_ <= inbuf_0[read__addr[7:0]];
     end
   end
-  assign \$signature__data$57  = _0_;
+  assign \$signature__data$59  = _0_;
   reg [63:0] inbuf_1 [255:0];
   initial begin
     inbuf_1[0] = 64'h0000000000000000;
@@ -12730,7 +12733,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
       _1_ <= inbuf_1[read__addr[15:8]];
     end
   end
-  assign \$signature__data$58  = _1_;
+  assign \$signature__data$60  = _1_;
   reg [63:0] inbuf_2 [255:0];
   initial begin
     inbuf_2[0] = 64'h0000000000000000;
@@ -13000,7 +13003,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
       _2_ <= inbuf_2[read__addr[23:16]];
     end
   end
-  assign \$signature__data$59  = _2_;
+  assign \$signature__data$61  = _2_;
   reg [63:0] inbuf_3 [255:0];
   initial begin
     inbuf_3[0] = 64'h0000000000000000;
@@ -13270,7 +13273,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
       _3_ <= inbuf_3[read__addr[31:24]];
     end
   end
-  assign \$signature__data$60  = _3_;
+  assign \$signature__data$62  = _3_;
   reg [63:0] inbuf_4 [255:0];
   initial begin
     inbuf_4[0] = 64'h0000000000000000;
@@ -13540,7 +13543,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
       _4_ <= inbuf_4[read__addr[39:32]];
     end
   end
-  assign \$signature__data$61  = _4_;
+  assign \$signature__data$63  = _4_;
   reg [63:0] inbuf_5 [255:0];
   initial begin
     inbuf_5[0] = 64'h0000000000000000;
@@ -13810,7 +13813,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
       _5_ <= inbuf_5[read__addr[47:40]];
     end
   end
-  assign \$signature__data$62  = _5_;
+  assign \$signature__data$64  = _5_;
   reg [63:0] inbuf_6 [255:0];
   initial begin
     inbuf_6[0] = 64'h0000000000000000;
@@ -14080,7 +14083,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
       _6_ <= inbuf_6[read__addr[55:48]];
     end
   end
-  assign \$signature__data$63  = _6_;
+  assign \$signature__data$65  = _6_;
   reg [63:0] inbuf_7 [255:0];
   initial begin
     inbuf_7[0] = 64'h0000000000000000;
@@ -14350,7 +14353,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
       _7_ <= inbuf_7[read__addr[63:56]];
     end
   end
-  assign \$signature__data$64  = _7_;
+  assign \$signature__data$66  = _7_;
   assign fire = i__valid & i__ready;
   assign \$1  = lgoff + lrow;
   assign \$2  = cmd[101:100] == 2'h2;
@@ -14537,21 +14540,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     (* full_case = 32'd1 *)
     casez (\$179 )
       3'h0:
-          \$180  = \$signature__data$57 ;
-      3'h1:
-          \$180  = \$signature__data$58 ;
-      3'h2:
           \$180  = \$signature__data$59 ;
-      3'h3:
+      3'h1:
           \$180  = \$signature__data$60 ;
-      3'h4:
+      3'h2:
           \$180  = \$signature__data$61 ;
-      3'h5:
+      3'h3:
           \$180  = \$signature__data$62 ;
-      3'h6:
+      3'h4:
           \$180  = \$signature__data$63 ;
-      3'h7:
+      3'h5:
           \$180  = \$signature__data$64 ;
+      3'h6:
+          \$180  = \$signature__data$65 ;
+      3'h7:
+          \$180  = \$signature__data$66 ;
     endcase
   end
   always @* begin
@@ -14559,21 +14562,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     (* full_case = 32'd1 *)
     casez (\$182 )
       3'h0:
-          \$183  = \$signature__data$57 ;
-      3'h1:
-          \$183  = \$signature__data$58 ;
-      3'h2:
           \$183  = \$signature__data$59 ;
-      3'h3:
+      3'h1:
           \$183  = \$signature__data$60 ;
-      3'h4:
+      3'h2:
           \$183  = \$signature__data$61 ;
-      3'h5:
+      3'h3:
           \$183  = \$signature__data$62 ;
-      3'h6:
+      3'h4:
           \$183  = \$signature__data$63 ;
-      3'h7:
+      3'h5:
           \$183  = \$signature__data$64 ;
+      3'h6:
+          \$183  = \$signature__data$65 ;
+      3'h7:
+          \$183  = \$signature__data$66 ;
     endcase
   end
   always @* begin
@@ -14581,21 +14584,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     (* full_case = 32'd1 *)
     casez (\$185 )
       3'h0:
-          \$186  = \$signature__data$57 ;
-      3'h1:
-          \$186  = \$signature__data$58 ;
-      3'h2:
           \$186  = \$signature__data$59 ;
-      3'h3:
+      3'h1:
           \$186  = \$signature__data$60 ;
-      3'h4:
+      3'h2:
           \$186  = \$signature__data$61 ;
-      3'h5:
+      3'h3:
           \$186  = \$signature__data$62 ;
-      3'h6:
+      3'h4:
           \$186  = \$signature__data$63 ;
-      3'h7:
+      3'h5:
           \$186  = \$signature__data$64 ;
+      3'h6:
+          \$186  = \$signature__data$65 ;
+      3'h7:
+          \$186  = \$signature__data$66 ;
     endcase
   end
   always @* begin
@@ -14603,21 +14606,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     (* full_case = 32'd1 *)
     casez (\$188 )
       3'h0:
-          \$189  = \$signature__data$57 ;
-      3'h1:
-          \$189  = \$signature__data$58 ;
-      3'h2:
           \$189  = \$signature__data$59 ;
-      3'h3:
+      3'h1:
           \$189  = \$signature__data$60 ;
-      3'h4:
+      3'h2:
           \$189  = \$signature__data$61 ;
-      3'h5:
+      3'h3:
           \$189  = \$signature__data$62 ;
-      3'h6:
+      3'h4:
           \$189  = \$signature__data$63 ;
-      3'h7:
+      3'h5:
           \$189  = \$signature__data$64 ;
+      3'h6:
+          \$189  = \$signature__data$65 ;
+      3'h7:
+          \$189  = \$signature__data$66 ;
     endcase
   end
   always @* begin
@@ -14625,21 +14628,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     (* full_case = 32'd1 *)
     casez (\$191 )
       3'h0:
-          \$192  = \$signature__data$57 ;
-      3'h1:
-          \$192  = \$signature__data$58 ;
-      3'h2:
           \$192  = \$signature__data$59 ;
-      3'h3:
+      3'h1:
           \$192  = \$signature__data$60 ;
-      3'h4:
+      3'h2:
           \$192  = \$signature__data$61 ;
-      3'h5:
+      3'h3:
           \$192  = \$signature__data$62 ;
-      3'h6:
+      3'h4:
           \$192  = \$signature__data$63 ;
-      3'h7:
+      3'h5:
           \$192  = \$signature__data$64 ;
+      3'h6:
+          \$192  = \$signature__data$65 ;
+      3'h7:
+          \$192  = \$signature__data$66 ;
     endcase
   end
   always @* begin
@@ -14647,21 +14650,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     (* full_case = 32'd1 *)
     casez (\$194 )
       3'h0:
-          \$195  = \$signature__data$57 ;
-      3'h1:
-          \$195  = \$signature__data$58 ;
-      3'h2:
           \$195  = \$signature__data$59 ;
-      3'h3:
+      3'h1:
           \$195  = \$signature__data$60 ;
-      3'h4:
+      3'h2:
           \$195  = \$signature__data$61 ;
-      3'h5:
+      3'h3:
           \$195  = \$signature__data$62 ;
-      3'h6:
+      3'h4:
           \$195  = \$signature__data$63 ;
-      3'h7:
+      3'h5:
           \$195  = \$signature__data$64 ;
+      3'h6:
+          \$195  = \$signature__data$65 ;
+      3'h7:
+          \$195  = \$signature__data$66 ;
     endcase
   end
   always @* begin
@@ -14669,21 +14672,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     (* full_case = 32'd1 *)
     casez (\$197 )
       3'h0:
-          \$198  = \$signature__data$57 ;
-      3'h1:
-          \$198  = \$signature__data$58 ;
-      3'h2:
           \$198  = \$signature__data$59 ;
-      3'h3:
+      3'h1:
           \$198  = \$signature__data$60 ;
-      3'h4:
+      3'h2:
           \$198  = \$signature__data$61 ;
-      3'h5:
+      3'h3:
           \$198  = \$signature__data$62 ;
-      3'h6:
+      3'h4:
           \$198  = \$signature__data$63 ;
-      3'h7:
+      3'h5:
           \$198  = \$signature__data$64 ;
+      3'h6:
+          \$198  = \$signature__data$65 ;
+      3'h7:
+          \$198  = \$signature__data$66 ;
     endcase
   end
   always @* begin
@@ -14691,21 +14694,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     (* full_case = 32'd1 *)
     casez (\$200 )
       3'h0:
-          \$201  = \$signature__data$57 ;
-      3'h1:
-          \$201  = \$signature__data$58 ;
-      3'h2:
           \$201  = \$signature__data$59 ;
-      3'h3:
+      3'h1:
           \$201  = \$signature__data$60 ;
-      3'h4:
+      3'h2:
           \$201  = \$signature__data$61 ;
-      3'h5:
+      3'h3:
           \$201  = \$signature__data$62 ;
-      3'h6:
+      3'h4:
           \$201  = \$signature__data$63 ;
-      3'h7:
+      3'h5:
           \$201  = \$signature__data$64 ;
+      3'h6:
+          \$201  = \$signature__data$65 ;
+      3'h7:
+          \$201  = \$signature__data$66 ;
     endcase
   end
   always @* begin
@@ -14891,22 +14894,23 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \$signature__addr$29  = \$148 [7:0];
   assign \$signature__data$31  = i__payload;
   assign \$signature__addr$32  = \$170 [7:0];
-  assign \$signature__en$36  = read__en;
-  assign \$signature__addr$38  = read__addr[7:0];
-  assign \$signature__en$40  = read__en;
-  assign \$signature__addr$41  = read__addr[15:8];
+  assign rows = rows_in;
+  assign \$signature__en$38  = read__en;
+  assign \$signature__addr$40  = read__addr[7:0];
   assign \$signature__en$42  = read__en;
-  assign \$signature__addr$43  = read__addr[23:16];
+  assign \$signature__addr$43  = read__addr[15:8];
   assign \$signature__en$44  = read__en;
-  assign \$signature__addr$45  = read__addr[31:24];
+  assign \$signature__addr$45  = read__addr[23:16];
   assign \$signature__en$46  = read__en;
-  assign \$signature__addr$47  = read__addr[39:32];
+  assign \$signature__addr$47  = read__addr[31:24];
   assign \$signature__en$48  = read__en;
-  assign \$signature__addr$49  = read__addr[47:40];
+  assign \$signature__addr$49  = read__addr[39:32];
   assign \$signature__en$50  = read__en;
-  assign \$signature__addr$51  = read__addr[55:48];
+  assign \$signature__addr$51  = read__addr[47:40];
   assign \$signature__en$52  = read__en;
-  assign \$signature__addr$53  = read__addr[63:56];
+  assign \$signature__addr$53  = read__addr[55:48];
+  assign \$signature__en$54  = read__en;
+  assign \$signature__addr$55  = read__addr[63:56];
   assign \$signature__data[0]  = i__payload[7:0];
   assign \$signature__data[1]  = i__payload[15:8];
   assign \$signature__data[2]  = i__payload[23:16];
@@ -15076,22 +15080,6 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \read__data[7][5]  = read__data[495:488];
   assign \read__data[7][6]  = read__data[503:496];
   assign \read__data[7][7]  = read__data[511:504];
-  assign \$signature__data$57[0]  = \$signature__data$57 [7:0];
-  assign \$signature__data$57[1]  = \$signature__data$57 [15:8];
-  assign \$signature__data$57[2]  = \$signature__data$57 [23:16];
-  assign \$signature__data$57[3]  = \$signature__data$57 [31:24];
-  assign \$signature__data$57[4]  = \$signature__data$57 [39:32];
-  assign \$signature__data$57[5]  = \$signature__data$57 [47:40];
-  assign \$signature__data$57[6]  = \$signature__data$57 [55:48];
-  assign \$signature__data$57[7]  = \$signature__data$57 [63:56];
-  assign \$signature__data$58[0]  = \$signature__data$58 [7:0];
-  assign \$signature__data$58[1]  = \$signature__data$58 [15:8];
-  assign \$signature__data$58[2]  = \$signature__data$58 [23:16];
-  assign \$signature__data$58[3]  = \$signature__data$58 [31:24];
-  assign \$signature__data$58[4]  = \$signature__data$58 [39:32];
-  assign \$signature__data$58[5]  = \$signature__data$58 [47:40];
-  assign \$signature__data$58[6]  = \$signature__data$58 [55:48];
-  assign \$signature__data$58[7]  = \$signature__data$58 [63:56];
   assign \$signature__data$59[0]  = \$signature__data$59 [7:0];
   assign \$signature__data$59[1]  = \$signature__data$59 [15:8];
   assign \$signature__data$59[2]  = \$signature__data$59 [23:16];
@@ -15140,6 +15128,22 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \$signature__data$64[5]  = \$signature__data$64 [47:40];
   assign \$signature__data$64[6]  = \$signature__data$64 [55:48];
   assign \$signature__data$64[7]  = \$signature__data$64 [63:56];
+  assign \$signature__data$65[0]  = \$signature__data$65 [7:0];
+  assign \$signature__data$65[1]  = \$signature__data$65 [15:8];
+  assign \$signature__data$65[2]  = \$signature__data$65 [23:16];
+  assign \$signature__data$65[3]  = \$signature__data$65 [31:24];
+  assign \$signature__data$65[4]  = \$signature__data$65 [39:32];
+  assign \$signature__data$65[5]  = \$signature__data$65 [47:40];
+  assign \$signature__data$65[6]  = \$signature__data$65 [55:48];
+  assign \$signature__data$65[7]  = \$signature__data$65 [63:56];
+  assign \$signature__data$66[0]  = \$signature__data$66 [7:0];
+  assign \$signature__data$66[1]  = \$signature__data$66 [15:8];
+  assign \$signature__data$66[2]  = \$signature__data$66 [23:16];
+  assign \$signature__data$66[3]  = \$signature__data$66 [31:24];
+  assign \$signature__data$66[4]  = \$signature__data$66 [39:32];
+  assign \$signature__data$66[5]  = \$signature__data$66 [47:40];
+  assign \$signature__data$66[6]  = \$signature__data$66 [55:48];
+  assign \$signature__data$66[7]  = \$signature__data$66 [63:56];
   assign \sizes.wg  = sizes[11:0];
   assign \sizes.n_in  = sizes[23:12];
   assign \sizes.ow  = sizes[48:24];

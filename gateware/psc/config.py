@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from psc.model.checks import BadTypeError, check_bool, check_choice, check_int, show
 
 __all__ = ["PSCConfig", "CoreConfig", "required_acc_width", "MULTIPLIERS", "DEPTHWISE_MODES",
+           "FMAP_RAMS",
            "DW_MAX_REDUCTION", "MAX_VALUE_WIDTH"]
 
 #: Multiplier implementations :attr:`PSCConfig.multiplier` accepts.
@@ -14,6 +15,8 @@ MULTIPLIERS = ("generic", "ice40_dual8x8", "ecp5_mult18")
 
 #: Depthwise mappings :attr:`PSCConfig.depthwise` accepts.
 DEPTHWISE_MODES = ("diagonal", "pixels")
+#: Where a core's input buffer can live (:attr:`CoreConfig.fmap_ram`).
+FMAP_RAMS = ("block", "spram")
 #: Largest depthwise reduction (one 7x7 window of one channel); sizes the per-lane accumulators.
 DW_MAX_REDUCTION = 49
 #: Widest value (signal, port, stream payload) Amaranth can build, in bits: its netlist
@@ -319,6 +322,13 @@ class CoreConfig:
         accumulators stay ``pe.acc_width`` bits, enough for one chunk.
         ``None`` (the default) is ``max(32, pe.acc_width)``. Ignored (taken
         as ``pe.acc_width``) when ``psum_depth`` is ``0``.
+    fmap_ram : str
+        Where the input buffer lives: ``"block"`` (the default: inferred
+        block RAM, dual-ported, so a tile's input loads while its first
+        output rows compute) or ``"spram"`` (the iCE40 UltraPlus's
+        single-ported ``SB_SPRAM256KA`` cells, up to four: much deeper, but
+        the tile's whole input loads before its first beat). ``"spram"``
+        needs one bank (no ``depthwise="pixels"``).
     """
     pe: PSCConfig = field(default_factory=lambda: PSCConfig(depthwise="pixels"))
     fmap_depth: int = 2048
@@ -327,6 +337,7 @@ class CoreConfig:
     read_register: bool = False
     psum_depth: int = 256
     psum_width: int | None = None
+    fmap_ram: str = "block"
 
     def __post_init__(self):
         if not isinstance(self.pe, PSCConfig):
@@ -342,6 +353,19 @@ class CoreConfig:
         if self.psum_depth and self.psum_width < self.pe.acc_width:
             raise ValueError(f"psum_width must be at least acc_width ({self.pe.acc_width}), "
                              f"not {self.psum_width!r}")
+        if self.fmap_ram not in FMAP_RAMS:
+            raise ValueError(f"fmap_ram must be one of {FMAP_RAMS}, not {self.fmap_ram!r}")
+        if self.fmap_ram == "spram":
+            from psc.hw.spram import UP5K_SPRAMS, spram_cells
+            if self.pe.depthwise == "pixels":
+                raise ValueError("fmap_ram='spram' needs one input bank, so not "
+                                 "depthwise='pixels'")
+            cells = spram_cells(self.pe.lanes * self.pe.act_width, self.fmap_depth)
+            if cells > UP5K_SPRAMS:
+                raise ValueError(f"fmap_depth={self.fmap_depth} words of "
+                                 f"{self.pe.lanes * self.pe.act_width} bits need {cells} "
+                                 f"SB_SPRAM256KA cells with fmap_ram='spram'; the device has "
+                                 f"{UP5K_SPRAMS}")
         if self.pe.max_reduction < self.pe.lanes:
             # the core counts a reduction in beats of `lanes` products
             raise ValueError(f"max_reduction must be at least lanes ({self.pe.lanes}) in a core "
@@ -387,7 +411,7 @@ class CoreConfig:
         return {"pe": self.pe.to_dict(), "fmap_depth": self.fmap_depth,
                 "weight_depth": self.weight_depth, "param_depth": self.param_depth,
                 "read_register": self.read_register, "psum_depth": self.psum_depth,
-                "psum_width": self.psum_width}
+                "psum_width": self.psum_width, "fmap_ram": self.fmap_ram}
 
     @classmethod
     def from_dict(cls, d):

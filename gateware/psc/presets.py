@@ -15,14 +15,16 @@ runs exactly the core its target's figures were measured on.
 * ``ice40-up5k``: 16 MACs per cycle on the UP5K's 8 SB_MAC16 (two signed
   8x8 products each, hand-instantiated, fully registered), two registers in
   the adder tree, one time-shared digit-serial requantiser (4 bits of the
-  multiplier per cycle, in LUTs) and buffers that leave the UART bridge its
-  block RAMs: a weight block is 256 bits wide, so 128 of them take 8 block
-  RAMs and the partial-sum buffer (256 beats of two 32-bit sums) takes 4.
-  The 128 weight blocks bound one command's reduction to 128 * 8 = 1024
-  products, so ``max_reduction=1024`` and the 26-bit accumulator that holds
-  them (``required_acc_width(8, 8, 1024)``); longer reductions are split
-  and summed in the partial-sum buffer. 8 x 2 has no square shape, so the
-  scheduler runs a depthwise layer as one standard command per output group.
+  multiplier per cycle, in LUTs), the input buffer in the four single-ported
+  SPRAMs (16384 lane words of 64 bits; a tile's input loads before it
+  computes) and the block RAMs for the weights (256 blocks of 256 bits: 16
+  block RAMs), the parameters, the partial sums (256 beats of two 32-bit
+  sums) and the UART bridge. The 256 weight blocks bound one command's
+  reduction to 256 * 8 = 2048 products, so ``max_reduction=2048`` and the
+  27-bit accumulator that holds them (``required_acc_width(8, 8, 2048)``);
+  longer reductions are split and summed in the partial-sum buffer. 8 x 2
+  has no square shape, so the scheduler runs a depthwise layer as one
+  standard command per output group.
 * ``ecp5-25k``: 4 x 7 on all 28 MULT18X18D of the LFE5U-25F, hand-instantiated
   with their registers (``ecp5_mult18``), one adder-tree stage, a register
   stage after the buffers, a pipelined requantiser per row, a partial-sum
@@ -39,8 +41,9 @@ PRESETS = {
                        psum_depth=16),
     "ice40-up5k": CoreConfig(pe=PSCConfig(lanes=8, rows=2, multiplier="ice40_dual8x8",
                                           tree_stages=2, requantizers=1, requant_mult_bits=4,
-                                          max_reduction=1024, acc_width=26),
-                             fmap_depth=256, weight_depth=128, param_depth=64, psum_depth=256),
+                                          max_reduction=2048, acc_width=27),
+                             fmap_depth=16384, weight_depth=256, param_depth=64, psum_depth=256,
+                             fmap_ram="spram"),
     "ecp5-25k": CoreConfig(pe=PSCConfig(lanes=4, rows=7, multiplier="ecp5_mult18", tree_stages=1),
                            fmap_depth=4096, weight_depth=512, param_depth=64, read_register=True,
                            psum_depth=512),

@@ -24,6 +24,7 @@
 //   read_register = True
 //   psum_depth = 512
 //   psum_width = 32
+//   fmap_ram = 'block'
 //
 // Latency: MAC array (DotProduct) 5 cycles; requantiser 8 cycles, one beat per 1 cycles.
 // The command's end-to-end timing is in the PSCConvCore docstring.
@@ -59,7 +60,7 @@
 // cycles_total, cycles_compute, cycles_stall: out 32 bits each
 // Streams: valid/ready; clk rising edge; rst synchronous, active high.
 //
-// DSP cells are instances; lint and simulate with the cell model mult18x18d_sim.v,
+// Hand-instantiated cells; lint and simulate with the cell model mult18x18d_sim.v,
 // the text of psc.hw.ecp5_mul.mult18x18d_sim_model() (the project's behavioural stand-in).
 // Lint: `verilator --lint-only -Wall lint_waivers.vlt psc_core.v mult18x18d_sim.v --top-module psc_core`
 
@@ -13543,19 +13544,19 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, read__data, sta
   wire [12:0] \$8 ;
   reg [12:0] \$9 ;
   wire [11:0] \$signature__addr ;
-  wire [11:0] \$signature__addr$12 ;
+  wire [11:0] \$signature__addr$14 ;
   wire [31:0] \$signature__data ;
-  wire [31:0] \$signature__data$15 ;
-  wire [7:0] \$signature__data$15[0] ;
-  wire [7:0] \$signature__data$15[1] ;
-  wire [7:0] \$signature__data$15[2] ;
-  wire [7:0] \$signature__data$15[3] ;
+  wire [31:0] \$signature__data$17 ;
+  wire [7:0] \$signature__data$17[0] ;
+  wire [7:0] \$signature__data$17[1] ;
+  wire [7:0] \$signature__data$17[2] ;
+  wire [7:0] \$signature__data$17[3] ;
   wire [7:0] \$signature__data[0] ;
   wire [7:0] \$signature__data[1] ;
   wire [7:0] \$signature__data[2] ;
   wire [7:0] \$signature__data[3] ;
   wire \$signature__en ;
-  wire \$signature__en$10 ;
+  wire \$signature__en$12 ;
   input clk;
   wire clk;
   reg [11:0] col_cnt = 12'h000;
@@ -13589,6 +13590,8 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, read__data, sta
   wire [7:0] \read__data[3] ;
   input read__en;
   wire read__en;
+  (* init = 13'h0000 *)
+  wire [12:0] rows;
   output [12:0] rows_in;
   reg [12:0] rows_in = 13'h0000;
   input rst;
@@ -17863,9 +17866,10 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, read__data, sta
   assign \$signature__data  = i__payload;
   assign \$signature__addr  = in_cnt[11:0];
   assign \$signature__en  = fire;
-  assign \$signature__en$10  = read__en;
-  assign \$signature__addr$12  = read__addr;
-  assign \$signature__data$15  = read__data;
+  assign rows = rows_in;
+  assign \$signature__en$12  = read__en;
+  assign \$signature__addr$14  = read__addr;
+  assign \$signature__data$17  = read__data;
   assign \$signature__data[0]  = i__payload[7:0];
   assign \$signature__data[1]  = i__payload[15:8];
   assign \$signature__data[2]  = i__payload[23:16];
@@ -17880,10 +17884,10 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, read__data, sta
   assign \read__data[1]  = read__data[15:8];
   assign \read__data[2]  = read__data[23:16];
   assign \read__data[3]  = read__data[31:24];
-  assign \$signature__data$15[0]  = read__data[7:0];
-  assign \$signature__data$15[1]  = read__data[15:8];
-  assign \$signature__data$15[2]  = read__data[23:16];
-  assign \$signature__data$15[3]  = read__data[31:24];
+  assign \$signature__data$17[0]  = read__data[7:0];
+  assign \$signature__data$17[1]  = read__data[15:8];
+  assign \$signature__data$17[2]  = read__data[23:16];
+  assign \$signature__data$17[3]  = read__data[31:24];
   assign \sizes.wg  = sizes[12:0];
   assign \sizes.n_in  = sizes[25:13];
   assign \sizes.ow  = sizes[50:26];

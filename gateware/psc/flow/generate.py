@@ -304,15 +304,19 @@ def shipped_dir(preset_name, rtl_dir="rtl"):
     return os.path.join(rtl_dir, "" if preset_name == "default" else preset_name)
 
 
-def sim_models(config):
-    """``{file name: Verilog text}`` of the DSP cell models ``config``'s core instantiates."""
-    return hard_mul.sim_models(_core_config(config).pe)
+def sim_models(config, top="core"):
+    """``{file name: Verilog text}`` of the models of the cells (DSP, SPRAM) that ``top``
+    under ``config`` instantiates (the primitive tops: the DSP cells alone)."""
+    cc = _core_config(config)
+    return hard_mul.sim_models(cc.pe if top in PRIMITIVES else cc)
 
 
 _MODEL_SOURCES = {"sb_mac16_sim.v": "psc.hw.ice40_mul.sb_mac16_sim_model() (Yosys's "
                                     "share/ice40/cells_sim.v)",
                   "mult18x18d_sim.v": "psc.hw.ecp5_mul.mult18x18d_sim_model() (the "
-                                      "project's behavioural stand-in)"}
+                                      "project's behavioural stand-in)",
+                  "sb_spram256ka_sim.v": "psc.hw.spram.sb_spram256ka_sim_model() (the "
+                                         "project's model, checked against Yosys's)"}
 
 
 def _describe(shape):
@@ -428,13 +432,14 @@ def _header(top, config, name, component, preset_name):
                   "Latency: set by the UART (10 * divisor cycles per byte each way)."]
     else:
         lines += ["", "Combinational: no clock or reset."]
-    models = sim_models(cc) if top in ("pe", "dot_product", "core", "bridge") else {}
+    models = sim_models(cc, top) if top in ("pe", "dot_product", "core", "bridge") else {}
     for model in models:
         # a comment that starts with "verilator" would be read as a Verilator pragma
-        lines += ["", f"DSP cells are instances; lint and simulate with the cell model {model},",
-                  f"the text of {_MODEL_SOURCES[model]}.",
-                  f"Lint: `verilator --lint-only -Wall lint_waivers.vlt {name}.v {model} "
-                  f"--top-module {name}`"]
+        lines += ["", f"Hand-instantiated cells; lint and simulate with the cell model {model},",
+                  f"the text of {_MODEL_SOURCES[model]}."]
+    if models:
+        lines += [f"Lint: `verilator --lint-only -Wall lint_waivers.vlt {name}.v "
+                  f"{' '.join(models)} --top-module {name}`"]
     return "".join(f"// {line}".rstrip() + "\n" for line in lines)
 
 

@@ -402,13 +402,15 @@ def _band(layer, g_t, gc, max_beats):
 def _split_cost(layer, chunks, gc, band_h, band_w):
     """Estimated cycles of a split layer cut into ``gc`` output groups per command and
     bands of ``band_h x band_w``: per command its setup, weight and parameter loads, the
-    input rows before the first beat and the MAC beats (the input load overlaps the rest)."""
+    input before the first beat (its first ``K`` rows, as the rest loads while the
+    array computes; all of it with ``fmap_ram="spram"``) and the MAC beats."""
     k, stride = layer.k, layer.stride
     ho, wo = layer.out_hw
     gout = channel_groups(layer.w_pos.shape[0], layer.config.rows)
     n_cmd_out = -(-gout // gc) * -(-ho // band_h) * -(-wo // band_w)
     iw = (band_w - 1) * stride + k
-    per = sum(64 + gc * (k * k * (g1 - g0) * (1 + band_h * band_w) + 1) + k * iw * (g1 - g0)
+    ih = k if layer.config.fmap_ram == "block" else (band_h - 1) * stride + k
+    per = sum(64 + gc * (k * k * (g1 - g0) * (1 + band_h * band_w) + 1) + ih * iw * (g1 - g0)
               for g0, g1 in chunks)
     return n_cmd_out * per
 

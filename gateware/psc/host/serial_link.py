@@ -34,7 +34,7 @@ tile (CFG, WEIGHTS, PARAMS, ACTS, STATUS) are written in one go, then its
 import os
 from dataclasses import dataclass
 
-from psc.config import DEPTHWISE_MODES, MULTIPLIERS, CoreConfig
+from psc.config import DEPTHWISE_MODES, FMAP_RAMS, MULTIPLIERS, CoreConfig
 from psc.hw.link.bridge import (FLAGS, ID_BYTES, ID_FIELDS, ID_HEADER_BYTES, ID_MAGIC,
                                 MAX_FRAME_BEATS, OP, PROTOCOL_VERSION, STATUS_BYTES, beat_bytes,
                                 id_frame)
@@ -89,7 +89,8 @@ def _decode(name, value):
         return bool(value)
     if name in ("requantizers", "requant_mult_bits"):
         return value or None
-    for key, names in (("multiplier", MULTIPLIERS), ("depthwise", DEPTHWISE_MODES)):
+    for key, names in (("multiplier", MULTIPLIERS), ("depthwise", DEPTHWISE_MODES),
+                       ("fmap_ram", FMAP_RAMS)):
         if name == key:
             return names[value] if value < len(names) else f"<unknown {key} #{value}>"
     return value

@@ -261,7 +261,7 @@ def dsp_models(config, directory):
     """Simulation models of the DSP cells ``config`` instantiates by hand, written into
     ``directory`` (only when changed); a list of paths."""
     from psc.hw.hard_mul import sim_models
-    models = sim_models(config.pe)
+    models = sim_models(config)
     return [write_if_changed(Path(directory) / name, text) for name, text in models.items()]
 
 

@@ -8,18 +8,29 @@ layer stores input column ``x`` of row ``y``, group ``g`` in bank
 banks; other layers interleave the banks word by word and read one.
 """
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Module, Mux, Shape, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from psc.config import CoreConfig
 from psc.hw.dot_product import input_layout
+from psc.hw.spram import SinglePortRAM
 
 from .layouts import (FIELD_WIDTH, act_in_layout, bank_count, config_layout, fetch_layout,
                       input_read_layout, read_signature, sizes_layout, tap_layout)
 
 __all__ = ["InputAddressMap", "InputBuffer"]
+
+
+class _WritePort:
+    """A write port's signals (``addr``, ``data``, ``en``) for a memory that is not a
+    :class:`~amaranth.lib.memory.Memory`."""
+
+    def __init__(self, m, width, depth):
+        self.addr = Signal(range(depth))
+        self.data = Signal(width)
+        self.en = Signal()
 
 
 def _check_config(config):
@@ -109,6 +120,12 @@ class InputBuffer(wiring.Component):
     sequencer can start on an output row before the whole tile is in).
     ``start`` (one cycle) rewinds the loader.
 
+    With ``fmap_ram="spram"`` the words live in single-ported
+    ``SB_SPRAM256KA`` cells (:class:`~psc.hw.spram.SinglePortRAM`): the port
+    writes while the tile loads and reads after, so ``rows_in`` stays 0
+    until every word has arrived (``done``) and the sequencer, which waits
+    for its rows, never reads during a write.
+
     Read side (:attr:`read`): bank addresses (``input_read_layout``) and
     ``en`` in a cycle, the beat's ``x`` (the :func:`~psc.hw.dot_product.input_layout`
     field: one lane word, or one per row on a pixels build, rotated so row
@@ -150,18 +167,40 @@ class InputBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cc = self._config
+        if cc.fmap_ram == "spram":
+            return self._elaborate_spram(m)
         nbanks = bank_count(cc)
         banks = []
         for b in range(nbanks):
             mem = Memory(shape=act_in_layout(cc), depth=cc.fmap_depth // nbanks, init=[])
             m.submodules["inbuf" if nbanks == 1 else f"inbuf_{b}"] = mem
             banks.append((mem.write_port(), mem.read_port()))
-        self._write(m, [wp for wp, _ in banks])
+        m.d.comb += self.rows_in.eq(self._write(m, [wp for wp, _ in banks]))
         self._read(m, [rp for _, rp in banks])
         return m
 
+    def _elaborate_spram(self, m):
+        cc = self._config
+        width = Shape.cast(act_in_layout(cc)).width
+        m.submodules.inbuf = ram = SinglePortRAM(width, cc.fmap_depth, kind="spram")
+        wp = _WritePort(m, width, cc.fmap_depth)
+        rows = self._write(m, [wp])
+        m.d.comb += [
+            self.rows_in.eq(Mux(self.done, rows, 0)),
+            # the loader owns the port until the tile is in
+            ram.addr.eq(Mux(self.done, self.read.addr.addr[0], wp.addr)),
+            ram.wdata.eq(wp.data),
+            ram.we.eq(wp.en),
+            ram.en.eq(wp.en | (self.done & self.read.en)),
+            self.read.data.eq(ram.rdata),
+        ]
+        return m
+
     def _write(self, m, ports):
+        """The loader, writing through ``ports`` (one per bank); returns its count of the
+        input rows that have fully arrived."""
         cc, cmd, sz = self._config, self.cmd, self.sizes
+        rows = Signal.like(self.rows_in)
         nbanks = len(ports)
         lgr = nbanks.bit_length() - 1
         bank_depth = cc.fmap_depth // nbanks
@@ -201,12 +240,13 @@ class InputBuffer(wiring.Component):
             with m.If(fire):
                 m.d.sync += [in_cnt.eq(in_cnt + 1), self.done.eq(in_cnt + 1 == sz.n_in)]
                 with m.If(col_cnt == sz.wg - 1):
-                    m.d.sync += [col_cnt.eq(0), self.rows_in.eq(self.rows_in + 1)]
+                    m.d.sync += [col_cnt.eq(0), rows.eq(rows + 1)]
                 with m.Else():
                     m.d.sync += col_cnt.eq(col_cnt + 1)
         with m.If(self.start):
-            m.d.sync += [in_cnt.eq(0), col_cnt.eq(0), self.rows_in.eq(0), self.done.eq(0),
+            m.d.sync += [in_cnt.eq(0), col_cnt.eq(0), rows.eq(0), self.done.eq(0),
                          lx.eq(0), lgi.eq(0), lrow.eq(0), lgoff.eq(0)]
+        return rows
 
     def _read(self, m, ports):
         rd = self.read

@@ -57,7 +57,8 @@ STATUS     ``S``    none                                          status frame
   ``depthwise`` (u8, the index in :data:`psc.config.MULTIPLIERS` and
   :data:`psc.config.DEPTHWISE_MODES`), ``tree_stages``, ``requantizers``,
   ``requant_mult_bits`` (u8, 0 for ``None``), ``read_register`` (u8),
-  ``psum_depth`` (u32) and ``psum_width`` (u8).
+  ``psum_depth`` (u32), ``psum_width`` (u8) and ``fmap_ram`` (u8, the index
+  in :data:`psc.config.FMAP_RAMS`).
   The host compares the digest with its own configuration's (the readable
   fields name what differs) or, given none, looks it up among the shipped
   presets. Version 1 boards sent 32 bytes without the digest, version 2
@@ -90,7 +91,7 @@ from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from psc.config import DEPTHWISE_MODES, MULTIPLIERS
+from psc.config import DEPTHWISE_MODES, FMAP_RAMS, MULTIPLIERS
 from psc.hw.core import (OUTPUT_COUNT_WIDTH, CoreConfig, PSCConvCore, act_in_layout,
                          act_out_layout, config_layout, param_layout, weight_layout)
 from psc.hw.link.uart import UARTConfig, UARTReceiver, UARTTransmitter
@@ -114,7 +115,7 @@ ID_FIELDS = (("digest", 4),
              ("divisor", 4),
              ("multiplier", 1), ("depthwise", 1), ("tree_stages", 1), ("requantizers", 1),
              ("requant_mult_bits", 1), ("read_register", 1), ("psum_depth", 4),
-             ("psum_width", 1))
+             ("psum_width", 1), ("fmap_ram", 1))
 #: ``P``, ``PSC`` and the protocol version: what a host reads before it knows the frame's length.
 ID_HEADER_BYTES = 1 + len(ID_MAGIC) + 1
 ID_BYTES = ID_HEADER_BYTES + sum(n for _, n in ID_FIELDS)
@@ -140,7 +141,8 @@ def id_values(config, divisor):
     """The fields of the ID frame of a bridge built for ``config`` and ``divisor``, as integers.
 
     Keys are the names of :data:`ID_FIELDS`. Enumerations are their index in
-    :data:`psc.config.MULTIPLIERS` / :data:`psc.config.DEPTHWISE_MODES`,
+    :data:`psc.config.MULTIPLIERS` / :data:`psc.config.DEPTHWISE_MODES` /
+    :data:`psc.config.FMAP_RAMS`,
     booleans 0 or 1, and an optional count that is ``None`` is 0 (none of
     them can be 0 otherwise).
     """
@@ -156,7 +158,7 @@ def id_values(config, divisor):
             "tree_stages": p.tree_stages, "requantizers": p.requantizers or 0,
             "requant_mult_bits": p.requant_mult_bits or 0,
             "read_register": int(config.read_register), "psum_depth": config.psum_depth,
-            "psum_width": config.psum_width}
+            "psum_width": config.psum_width, "fmap_ram": FMAP_RAMS.index(config.fmap_ram)}
 
 
 def id_frame(config, divisor):
