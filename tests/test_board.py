@@ -157,7 +157,9 @@ def test_board_checks():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(board.BOARDS))
+# the ECP5 build places and routes for ten minutes and more on two cores: opt-in (pytest -m soak)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.soak) if n == "ulx3s" else n
+                                  for n in sorted(board.BOARDS)])
 def test_bitstream_builds(name):
     """``psc build --board NAME``: a bitstream, within the device, at the PLL clock."""
     out = build_root() / "board" / f"test_{name}"

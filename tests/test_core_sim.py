@@ -30,7 +30,9 @@ def _check(layer, y, label):
                           f"{tuple(bad[0])}: core {y[tuple(bad[0])]}, golden {ref[tuple(bad[0])]}")
 
 
-@pytest.fixture(scope="module", params=TARGETS)
+# Icarus runs the named cases on the 8 x 8 build slowly (many minutes): opt-in there
+# (pytest -m soak); the other benches here cover Icarus in the default suite.
+@pytest.fixture(scope="module", params=["verilator", pytest.param("icarus", marks=pytest.mark.soak)])
 def named(request):
     """Run every named case in one simulation per target; name -> (layer, y, counters)."""
     names = sorted(core_cases.CASES)

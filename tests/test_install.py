@@ -67,6 +67,7 @@ def test_installed_package_is_the_one_imported(installed):
     assert (site / "psc" / "hw" / "sim_models" / "mult18x18d_sim.v").is_file()
 
 
+@pytest.mark.soak   # many minutes (a Verilator build of the core from the installed package)
 def test_installed_psc_demo_runs_outside_the_checkout(installed, tmp_path):
     site, env, cwd = installed
     if shutil.which("verilator", path=env.get("PATH")) is None:

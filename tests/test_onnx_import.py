@@ -321,6 +321,7 @@ def test_shipped_psc_network_on_the_core_equals_golden(build, count):
 
 
 @pytest.mark.slow   # one simulation per convolution layer of the network
+@pytest.mark.soak   # many minutes; the same network runs on the core layer by layer above
 def test_shipped_psc_network_end_to_end_on_the_core():
     net = import_onnx(psc_data.path("digits_psc.onnx"))
     _, _, x, _ = psc_data.digits_split(0)
