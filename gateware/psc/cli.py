@@ -178,7 +178,8 @@ def _add_bench(sub):
                                    "on Verilator, PSC and plain builds.")
     p.add_argument("layers", nargs="*", metavar="LAYER", type=_bench_layer,
                    help=f"bench layers to run (default: all of {', '.join(bench.BENCH_LAYERS)}); "
-                        f"'mbv2' runs MobileNetV2 0.35 at 96x96, layer by layer, with its total")
+                        f"'mbv2' runs MobileNetV2 0.35 at 96x96, layer by layer, with its total; "
+                        f"'resnet' ResNet-18/34's wide 3x3 layers and a stride-2 shortcut")
     p.add_argument("--preset", "--target", dest="preset", default="default",
                    choices=sorted(PRESETS) + sorted(BOARDS),
                    help="the build: a preset, synthesis target or board (default: default)")
