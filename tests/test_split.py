@@ -142,3 +142,30 @@ def test_reset_in_a_split_layer_then_clean_layers():
     assert res[0][-1]["reset"]
     _check(layer, p2.assemble(res[1]), "split layer after a reset")
     _check(plain, p3.assemble(res[2]), "unsplit layer after a reset")
+
+
+def resnet18_cifar_shapes():
+    """Every distinct convolution of CIFAR ResNet-18 (32x32 input):
+    ``(cin, cout, size, k, stride, padding)``."""
+    shapes = [(3, 64, 32, 3, 1, 1)]
+    cin, size = 64, 32
+    for cout in (64, 128, 256, 512):
+        if cout != cin:
+            shapes.append((cin, cout, size, 3, 2, 1))     # the downsampling 3x3
+            shapes.append((cin, cout, size, 1, 2, 0))     # its shortcut
+            size //= 2
+        shapes.append((cout, cout, size, 3, 1, 1))
+        cin = cout
+    return shapes
+
+
+@pytest.mark.soak      # tens of minutes per build: pytest -m soak -k resnet18
+@pytest.mark.parametrize("name", sorted(TARGET_PRESETS))
+def test_resnet18_cifar_full_size_on_the_shipped_builds(name):
+    cc = PRESETS[TARGET_PRESETS[name]]
+    r = np.random.default_rng(18)
+    layers = [core_cases._layer(r, cin, cout, size, size, k, stride, pad, relu=True)
+              for cin, cout, size, k, stride, pad in resnet18_cifar_shapes()]
+    results = host.run_layers(layers, config=cc, target="verilator", stall=0.1, seed=18)
+    for shape, layer, (y, _) in zip(resnet18_cifar_shapes(), layers, results):
+        _check(layer, y, f"{name} ResNet-18 {shape}")
