@@ -266,12 +266,14 @@ def test_run_refuses_bad_targets_and_layers_the_build_cannot_run():
         run(net, x, "gpu")
     with pytest.raises(BadTypeError, match="net must be a psc.model.network.Network"):
         run("net", x)
-    # a reduction longer than the tiny build's weight buffer (64 blocks): 3x3 over 8 groups
+    # a reduction longer than the tiny build's weight buffer (64 blocks: 3x3 over 8 groups)
+    # on a build without the partial-sum buffer that would split it
     wide = Network("image", (32, 4, 4), [
         Layer.conv("wide", "image", "y", rand((4, 32, 3, 3)), rand((4, 32, 3, 3)), rand(4, 8),
                    300, 12, padding=1)], "y")
-    with pytest.raises(LayerError, match="layer 'wide' cannot run on this build: .*weight"):
-        run(wide, rand((1, 32, 4, 4)), "verilator", config=preset("tiny"))
+    with pytest.raises(LayerError, match="layer 'wide' cannot run on this build: "
+                                         ".*no partial-sum buffer"):
+        run(wide, rand((1, 32, 4, 4)), "verilator", config=preset("tiny").replace(psum_depth=0))
     plain = preset("default").replace(psc=False)
     with pytest.raises(LayerError, match="layer 'stem' cannot run on this build: .*psc=False"):
         run(net, x, "verilator", config=plain)
