@@ -27,7 +27,7 @@ class _WritePort:
     """A write port's signals (``addr``, ``data``, ``en``) for a memory that is not a
     :class:`~amaranth.lib.memory.Memory`."""
 
-    def __init__(self, m, width, depth):
+    def __init__(self, width, depth):
         self.addr = Signal(range(depth))
         self.data = Signal(width)
         self.en = Signal()
@@ -183,7 +183,7 @@ class InputBuffer(wiring.Component):
         cc = self._config
         width = Shape.cast(act_in_layout(cc)).width
         m.submodules.inbuf = ram = SinglePortRAM(width, cc.fmap_depth, kind="spram")
-        wp = _WritePort(m, width, cc.fmap_depth)
+        wp = _WritePort(width, cc.fmap_depth)
         rows = self._write(m, [wp])
         m.d.comb += [
             self.rows_in.eq(Mux(self.done, rows, 0)),
