@@ -1,0 +1,91 @@
+"""The core's cycles, predicted from a plan without simulating it.
+
+:func:`tile_cycles` predicts the cycles :class:`~psc.hw.core.PSCConvCore`
+is busy with one command when no stream pauses (``cycles_total`` of its
+counters), from the command's fields and the number of beats of each
+stream; :func:`plan_cycles` sums a :class:`~psc.host.scheduler.LayerPlan`,
+:func:`layers_cycles` a list of layers. ``psc explore`` uses it to rank
+builds without a simulator per point; ``tests/test_cycle_model.py`` keeps
+it within 2% of the simulated core over whole networks.
+
+The model follows the core's docstring, stage by stage:
+
+* setup: the derived sizes by the shift-and-add multiplier, one cycle to
+  load each product, one per significant bit of its factor and one to
+  store it (:class:`~psc.hw.core.setup.DerivedSizes`);
+* loading: the weights and parameters arrive on their own streams at one
+  beat per cycle; the first beat waits for the longer of the two, and for
+  the input words its first output row needs (all of the tile's input on a
+  ``fmap_ram="spram"`` build, which loads before it computes);
+* compute, output row by output row: a row starts when the input rows it
+  needs have arrived, and lasts the longer of its MAC beats and the
+  requantiser's time for its output beats (``Requantizer.rate_of`` cycles
+  each), as the array stalls behind a slower requantiser;
+* the pipeline's latency after the last beat (the MAC array's, the
+  requantiser's for a command that makes outputs, the read register's) and
+  a few cycles of handshakes.
+
+What it leaves out: stalls of the streams (the host's or the board link's
+pace), which the simulator's ``stall`` adds.
+"""
+
+from psc.hw.core import KIND_DEPTHWISE
+from psc.hw.core.layouts import bank_count
+from psc.hw.pe import pe_latency
+from psc.hw.requantize import Requantizer
+from psc.host.scheduler import plan_layer
+
+__all__ = ["tile_cycles", "plan_cycles", "layers_cycles"]
+
+# Cycles of a command outside its setup, loads, beats and pipeline: the
+# command's handshakes and the end of command (measured on the simulated
+# core); the SPRAM input buffer adds its load-to-compute turnaround.
+_HANDSHAKES = 9
+_SPRAM_TURNAROUND = 4
+
+
+def _setup_cycles(config, fields):
+    gin_e = 1 if fields["kind"] == KIND_DEPTHWISE else fields["gin"]
+    factors = [fields["in_w"], fields["in_h"], fields["out_w"], fields["out_h"], fields["k"],
+               gin_e, fields["gout"], fields["pad_top"], fields["pad_left"]]
+    if bank_count(config) > 1:
+        factors += [fields["in_h"], fields["gin"], fields["pad_top"]]
+    return sum(2 + int(a).bit_length() for a in factors)
+
+
+def tile_cycles(config, fields, n_weights, n_params, n_acts, n_out):
+    """Predicted ``cycles_total`` of one command of ``config`` (a
+    :class:`~psc.config.CoreConfig`) with ``fields`` (the scheduler's
+    :attr:`Tile.fields`), ``n_weights`` weight blocks, ``n_params``
+    parameter beats, ``n_acts`` input words and ``n_out`` output beats."""
+    pe = config.pe
+    rows, k, stride = pe.rows, fields["k"], fields["stride"]
+    depthwise = fields["kind"] == KIND_DEPTHWISE
+    pixels = depthwise and pe.depthwise == "pixels" and rows > 1
+    gin_e = 1 if depthwise else fields["gin"]
+    out_cols = -(-fields["out_w"] // rows) if pixels else fields["out_w"]
+    row_beats = out_cols * fields["gout"] * k * k * gin_e
+    row_requant = fields["out_w"] * fields["gout"] * Requantizer.rate_of(pe) if n_out else 0
+    words_per_row = fields["in_w"] * fields["gin"]
+    spram = config.fmap_ram == "spram"
+    t = max(n_weights, n_params, n_acts if spram else 0)
+    for oy in range(fields["out_h"]):
+        if not spram:
+            t = max(t, min(fields["in_h"], oy * stride - fields["pad_top"] + k) * words_per_row)
+        t += max(row_beats, row_requant)
+    latency = (pe_latency(pe) + (Requantizer.latency_of(pe) if n_out else 0)
+               + 3 * config.read_register + _HANDSHAKES + _SPRAM_TURNAROUND * spram)
+    return _setup_cycles(config, fields) + t + latency
+
+
+def plan_cycles(plan):
+    """Predicted cycles of every tile of a :class:`~psc.host.scheduler.LayerPlan`."""
+    return sum(tile_cycles(plan.config, t.fields, len(t.weights), len(t.params), len(t.acts),
+                           t.n_out) for t in plan.tiles)
+
+
+def layers_cycles(layers, config):
+    """Predicted cycles of each layer of ``layers`` (dicts of
+    :func:`psc.host.run_layer` arguments) on ``config``; a list. Raises
+    :class:`~psc.host.scheduler.LayerError` for a layer the build cannot run."""
+    return [plan_cycles(plan_layer(**layer, config=config)) for layer in layers]
