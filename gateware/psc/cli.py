@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 from psc.build_dir import check_dir, check_not_tmp
-from psc.flow import board, generate, synth
+from psc.flow import board, explore, generate, synth
 from psc.host import SERIAL_PREFIX, TARGETS as SIMULATORS, bench
 from psc.host.serial_link import check_port, parse_target
 from psc.model import golden
@@ -276,6 +276,52 @@ def _add_compare(sub):
     p.set_defaults(func=_compare)
 
 
+def _explore(args):
+    return explore.main_explore(args.target, network=args.network, space_file=args.space,
+                                seeds=args.seeds, pnr=not args.no_pnr, out_dir=args.out,
+                                build_dir=args.build_dir, as_json=args.json,
+                                scheduler=args.scheduler, workers=args.workers)
+
+
+def _network_arg(text):
+    if text not in explore.WORKLOADS and not text.endswith(".onnx"):
+        raise argparse.ArgumentTypeError(f"must be one of {' or '.join(explore.WORKLOADS)} or "
+                                         f"an .onnx file, not {text!r}")
+    return text
+
+
+def _add_explore(sub):
+    p = sub.add_parser(
+        "explore", help="sweep build configurations of a target: resources against inferences/s",
+        description="Synthesise every point of a space of build configurations (default: one "
+                    "per target around its shipped preset; --space FILE, TOML or JSON, see "
+                    "psc.flow.explore), place and route it over --seeds seeds, predict the "
+                    "cycles of one inference of the workload with psc.host.cycle_model, and "
+                    "write a table (Markdown, CSV, JSON) and the Pareto front of LUT4 against "
+                    "inferences per second (PNG) to --out. The tool runs are Dask tasks, "
+                    "cached: a rerun computes only new points.")
+    p.add_argument("--target", required=True, choices=list(TARGETS), help="synthesis target")
+    p.add_argument("--network", default="digits", type=_network_arg, metavar="NET",
+                   help=f"workload: {' or '.join(explore.WORKLOADS)} (default digits, the "
+                        f"shipped PSC digits network), or an ONNX file")
+    p.add_argument("--space", metavar="FILE", help="space file (TOML or JSON)")
+    p.add_argument("--seeds", type=_int_at_least(0), default=1, metavar="N",
+                   help="place-and-route seeds per point; Fmax is their median (default 1)")
+    p.add_argument("--no-pnr", action="store_true", help="Yosys only: resources, no Fmax")
+    p.add_argument("--out", metavar="DIR", type=_directory,
+                   help="where the outputs go (default build/explore/<target>)")
+    p.add_argument("--json", action="store_true", help="print one JSON object, not the table")
+    p.add_argument("--build-dir", metavar="DIR", type=_tool_directory,
+                   help="build root of the tool runs (default: build/synth; not under /tmp)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on the Dask scheduler at ADDRESS (tcp://HOST:PORT) instead of a "
+                        "local cluster")
+    p.add_argument("--workers", type=_int_at_least(0), metavar="N",
+                   help="worker processes of the local cluster (default: one per core; 0: in "
+                        "this process); with --scheduler, the workers to wait for")
+    p.set_defaults(func=_explore)
+
+
 def _build(args):
     """Build a board's bitstream (psc.flow.board)."""
     config = _configured(args, args.board)
@@ -422,6 +468,7 @@ def main(argv=None):
 
     _add_synth(sub)
     _add_compare(sub)
+    _add_explore(sub)
     _add_build(sub)
     try:
         args = parser.parse_args(argv)

@@ -274,7 +274,7 @@ class Summary(NamedTuple):
 class Task:
     """A submitted task (see :meth:`Executor.submit`): its ``label`` and, once settled, its
     outcome (:meth:`result`). A :class:`Task` may be an argument of another task."""
-    __slots__ = ("label", "_executor", "_future", "_outcome", "_settled")
+    __slots__ = ("label", "_executor", "_future", "_outcome", "_settled", "_cached")
 
     def __init__(self, executor, label, future, outcome=None):
         self.label = label
@@ -282,6 +282,12 @@ class Task:
         self._future = future
         self._outcome = outcome
         self._settled = future is None
+        self._cached = False
+
+    @property
+    def cached(self):
+        """True once the task settled with its result served from the cache."""
+        return self._cached
 
     @property
     def done(self):
@@ -498,6 +504,7 @@ class Executor:
                 if future.status == "finished":
                     done = future.result()
                     task._outcome = done.value
+                    task._cached = done.cached
                     kind = "cached" if done.cached else "computed"
                     what = "cached" if done.cached else f"computed in {done.seconds:.1f} s"
                 else:

@@ -564,15 +564,16 @@ def synthesize(target, variant="psc", *, level="core", config=None, seeds=3, bui
 class _Job:
     """One variant at one level, as :func:`_run_jobs` builds it on an executor."""
 
-    def __init__(self, target, variant, level, config, root, build_root):
+    def __init__(self, target, variant, level, config, root, build_root, name=None):
         self.target, self.variant, self.level, self.config = target, variant, level, config
-        self.name = f"{target}-{level}-{variant}"
+        self.name = name or f"{target}-{level}-{variant}"
         self.build_dir = str(root / self.name)
         # the workers resolve the default build root on their own machines
         self.root_arg = None if build_root is None else str(root)
         self.tag = f"{target}/{level}/{variant}"
         self.design = self.yosys = self.rep = None
         self.seeds = []
+        self.failed = []        # the job's tasks that failed on every attempt
 
 
 def _materialize(job, il, syn):
@@ -591,11 +592,13 @@ def _materialize(job, il, syn):
     write_if_changed(stamp, digest)
 
 
-def _run_jobs(executor, jobs, seeds, pnr, log):
+def _run_jobs(executor, jobs, seeds, pnr, log, raise_failed=True):
     """Run ``jobs`` (:class:`_Job`) on ``executor``: elaboration and Yosys of all at once,
     then the seeds of each as soon as its netlist is read; fills each job's ``rep``.
 
-    Raises :class:`RuntimeError` naming every failed task, after all have finished.
+    Raises :class:`RuntimeError` naming every failed task, after all have finished;
+    with ``raise_failed`` false, leaves them in each job's ``failed`` (its ``rep`` is
+    then None, or lacks the Fmax) for the caller to report per job.
     """
     say = log or (lambda msg: None)
     for job in jobs:
@@ -604,7 +607,6 @@ def _run_jobs(executor, jobs, seeds, pnr, log):
         job.yosys = executor.submit(yosys_task, job.design, _yosys_script(job.target, job.config),
                                     job.root_arg, job.name, label=f"{job.tag} yosys")
     by_task = {id(job.yosys): job for job in jobs}
-    failed = []
     # the elaborations too, so that each one's progress line comes when it finishes
     for task in executor.as_completed([t for job in jobs for t in (job.design, job.yosys)]):
         job = by_task.get(id(task))
@@ -612,7 +614,7 @@ def _run_jobs(executor, jobs, seeds, pnr, log):
             continue
         design, syn = job.design.result(), task.result()
         if isinstance(design, Failure) or isinstance(syn, Failure):
-            failed.append(design if isinstance(design, Failure) else syn)
+            job.failed.append(design if isinstance(design, Failure) else syn)
             continue
         _materialize(job, design["il"], syn)
         counts = _yosys_counts(job.target, job.build_dir, syn["seconds"])
@@ -628,13 +630,15 @@ def _run_jobs(executor, jobs, seeds, pnr, log):
                                          job.root_arg, job.name, seed,
                                          label=f"{job.tag} nextpnr seed {seed}/{seeds}")
                          for seed in range(1, seeds + 1)]
-    results = executor.gather([s for job in jobs for s in job.seeds])
-    failed += [r for r in results if isinstance(r, Failure)]
-    if failed:
+    executor.gather([s for job in jobs for s in job.seeds])
+    for job in jobs:
+        job.failed += [r for r in (s.result() for s in job.seeds) if isinstance(r, Failure)]
+    failed = [f for job in jobs for f in job.failed]
+    if failed and raise_failed:
         raise RuntimeError(f"{len(failed)} task(s) failed (the others finished, their results "
                            f"cached): " + "; ".join(f"{f.label}: {f.error}" for f in failed))
     for job in jobs:
-        if not job.seeds:
+        if not job.seeds or job.failed:
             continue
         raws = [s.result() for s in job.seeds]
         error = next((r["error"] for r in raws if "error" in r), None)
