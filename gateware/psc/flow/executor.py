@@ -257,18 +257,21 @@ class Failure:
 
 class Summary(NamedTuple):
     """What an :class:`Executor` ran: tasks settled, how many computed, served from the
-    cache or failed, the wall time since its first task and the workers it had."""
+    cache or failed, the wall time since its first task, the workers it had, and the sum of
+    the computed tasks' own times (what running them one after the other would take)."""
     tasks: int
     computed: int
     cached: int
     failed: int
     seconds: float
     workers: int
+    task_seconds: float = 0.0
 
     def __str__(self):
         return (f"{self.tasks} tasks: {self.computed} computed, {self.cached} cached, "
                 f"{self.failed} failed; {self.seconds:.1f} s wall time on {self.workers} "
-                f"worker{'s' if self.workers != 1 else ''}")
+                f"worker{'s' if self.workers != 1 else ''} ({self.task_seconds:.1f} s of "
+                f"computed tasks)")
 
 
 class Task:
@@ -364,6 +367,7 @@ class Executor:
         self._start = None
         self._submitted = 0
         self._counts = {"computed": 0, "cached": 0, "failed": 0}
+        self._task_seconds = 0.0
 
     # -- the cluster --
 
@@ -505,6 +509,7 @@ class Executor:
                     done = future.result()
                     task._outcome = done.value
                     task._cached = done.cached
+                    self._task_seconds += done.seconds
                     kind = "cached" if done.cached else "computed"
                     what = "cached" if done.cached else f"computed in {done.seconds:.1f} s"
                 else:
@@ -556,7 +561,7 @@ class Executor:
         seconds = time.monotonic() - self._start if self._start is not None else 0.0
         workers = self.n_workers if self._client is not None else 0
         return Summary(sum(c.values()), c["computed"], c["cached"], c["failed"], seconds,
-                       workers)
+                       workers, round(self._task_seconds, 1))
 
 
 class _Upstream(Exception):
