@@ -7,31 +7,11 @@ from psc.model.golden only (see :func:`expected`).
 
 import numpy as np
 
-from psc import golden
+from psc.flow.soak import golden_output, layer_args
 
 
-def _layer(rng, cin, cout, h, w, k, stride=1, padding=0, groups=1, relu=False, weights="psc"):
-    x = rng.integers(-128, 128, size=(cin, h, w))
-    shape = (cout, cin // groups, k, k)
-    w0 = rng.integers(-128, 128, size=shape)
-    if weights == "psc":
-        w_pos, w_neg = w0, rng.integers(-128, 128, size=shape)
-    elif weights == "ini":            # ReLU baseline: W- = 0
-        w_pos, w_neg = golden.ini(w0)
-    elif weights == "ili":            # linear baseline: W- = W+
-        w_pos, w_neg = golden.ili(w0)
-    else:
-        raise ValueError(weights)
-    red = cin // groups * k * k
-    bias = rng.integers(-4000, 4000, size=cout)
-    # pick shifts that put the outputs mostly inside the int8 range, with some saturation
-    scale = max(1, int(np.sqrt(red)) * 128 * 128 // 64)
-    shift = np.full(cout, 16) + rng.integers(-1, 2, size=cout)
-    mult = rng.integers(1, max(2, (1 << 16) * 16 // scale), size=cout).clip(1, (1 << 16) - 1)
-    mult[0] = (1 << 16) - 1           # saturates
-    shift[-1] = 0                     # no rounding shift
-    return dict(x=x, w_pos=w_pos, w_neg=w_neg, bias=bias, mult=mult, shift=shift,
-                stride=stride, padding=padding, groups=groups, relu=relu)
+# the one generator of random layer arguments (psc.flow.soak), under its short name here
+_layer = layer_args
 
 
 CASES = {
@@ -65,8 +45,4 @@ def make(name, seed=0):
 
 def expected(layer, act_width=8):
     """The golden model's output for a case (requantised activations)."""
-    acc = golden.psc_conv2d(layer["x"], layer["w_pos"], layer["w_neg"], layer["bias"],
-                            stride=layer["stride"], padding=layer["padding"],
-                            groups=layer["groups"])
-    return golden.requantize(acc, layer["mult"], layer["shift"], act_width=act_width,
-                             relu=layer["relu"])
+    return golden_output(layer, act_width)

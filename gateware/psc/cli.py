@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 from psc.build_dir import check_dir, check_not_tmp
-from psc.flow import board, explore, generate, synth
+from psc.flow import board, explore, generate, soak, synth
 from psc.host import SERIAL_PREFIX, TARGETS as SIMULATORS, bench
 from psc.host.serial_link import check_port, parse_target
 from psc.model import golden
@@ -322,6 +322,43 @@ def _add_explore(sub):
     p.set_defaults(func=_explore)
 
 
+def _soak(args):
+    return soak.main_soak(args.layers, args.seed, args.max_cycles, per_task=args.per_task,
+                          builds=args.builds, simulators=args.simulators,
+                          scheduler=args.scheduler, workers=args.workers)
+
+
+def _add_soak(sub):
+    p = sub.add_parser(
+        "soak", help="random layers on the simulated cores of the tiling and shipped builds, "
+                     "checked against the golden model",
+        description="Draw random layers (every kind, kernels 1-7, strides 1-2, paddings, up to "
+                    "700 input channels, random W+/W-, ReLU and linear baselines) and run them "
+                    "with random stream stalls on the simulated core of each build on each "
+                    "simulator, every output compared with the golden model (psc.flow.soak). "
+                    "Batches of --per-task layers are Dask tasks, run in parallel. Exit status "
+                    "1 when any layer differs or is refused.")
+    p.add_argument("--layers", type=_int_at_least(1), default=40, metavar="N",
+                   help="layers per build and simulator (default 40)")
+    p.add_argument("--seed", type=_int_at_least(0), default=1, help="seed (default 1)")
+    p.add_argument("--max-cycles", type=_int_at_least(1), default=20000, metavar="N",
+                   help="largest layer drawn, in ideal cycles of the build's array "
+                        "(default 20000)")
+    p.add_argument("--per-task", type=_int_at_least(1), default=6, metavar="N",
+                   help="layers per task (one simulation; default 6)")
+    p.add_argument("--builds", type=lambda t: tuple(t.split(",")), default=soak.BUILDS,
+                   metavar="B[,B]", help=f"builds (default {','.join(soak.BUILDS)})")
+    p.add_argument("--simulators", type=lambda t: tuple(t.split(",")), default=soak.SIMULATORS,
+                   metavar="S[,S]", help=f"simulators (default {','.join(soak.SIMULATORS)})")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on the Dask scheduler at ADDRESS (tcp://HOST:PORT) instead of a "
+                        "local cluster")
+    p.add_argument("--workers", type=_int_at_least(0), metavar="N",
+                   help="worker processes of the local cluster (default: one per core; 0: in "
+                        "this process); with --scheduler, the workers to wait for")
+    p.set_defaults(func=_soak)
+
+
 def _build(args):
     """Build a board's bitstream (psc.flow.board)."""
     config = _configured(args, args.board)
@@ -469,6 +506,7 @@ def main(argv=None):
     _add_synth(sub)
     _add_compare(sub)
     _add_explore(sub)
+    _add_soak(sub)
     _add_build(sub)
     try:
         args = parser.parse_args(argv)
