@@ -11,13 +11,12 @@ are module-level: the workers import them from this module.
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from dask_processes import scheduler_and_workers
 from psc import cli
 from psc.config import CoreConfig, PSCConfig
 from psc.flow import executor, synth
@@ -208,51 +207,24 @@ def test_local_cluster(tmp_path):
     assert os.getpid() not in {pid for _, pid in results}
 
 
-def _dask(*args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "distributed.cli." + args[0], *args[1:]],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
-
-
 def test_scheduler_and_workers_as_processes(scheduler, tmp_path):
     """``dask scheduler`` and two ``dask worker`` processes on localhost: the same results as
     the local cluster, and the same cache."""
-    file = tmp_path / "scheduler.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     # the scheduler too unpickles the tasks: it imports this module as the workers do
-    procs = [_dask("dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                   "--scheduler-file", str(file), env=env)]
-    try:
-        deadline = time.monotonic() + 60
-        while not file.exists() or not file.read_text().strip():
-            assert procs[0].poll() is None, procs[0].stderr.read()
-            assert time.monotonic() < deadline, "the scheduler wrote no address"
-            time.sleep(0.2)
-        address = json.loads(file.read_text())["address"]
-        assert address.startswith("tcp://127.0.0.1:")
-        for _ in range(2):
-            procs.append(_dask("dask_worker", address, "--nthreads", "1", "--no-dashboard",
-                               "--host", "127.0.0.1", "--death-timeout", "30", env=env))
+    with scheduler_and_workers(tmp_path, 2, env=env) as address:
         with Executor(address, 2, cache=tmp_path / "cache", progress=False) as ex:
             remote = ex.gather(ex.map(square, range(8)))
             placed = ex.gather(ex.map(where_am_i, range(8)))
             assert not any(isinstance(p, Failure) for p in placed), placed
             pids = {pid for _, pid in placed}
             assert ex.n_workers == 2
-        assert os.getpid() not in pids and len(pids) <= 2
-        with _executor(scheduler, tmp_path) as ex:
-            local = ex.gather(ex.map(square, range(8)))
-            assert ex.summary().cached == 8
-        assert remote == local == [x * x for x in range(8)]
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in reversed(procs):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    assert os.getpid() not in pids and len(pids) <= 2
+    with _executor(scheduler, tmp_path) as ex:
+        local = ex.gather(ex.map(square, range(8)))
+        assert ex.summary().cached == 8
+    assert remote == local == [x * x for x in range(8)]
 
 
 def test_unreachable_scheduler(monkeypatch):

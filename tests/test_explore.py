@@ -7,14 +7,13 @@ middle of a sweep."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from dask_processes import scheduler_and_workers
 from psc import cli
 from psc.config import CoreConfig, PSCConfig
 from psc.flow import explore
@@ -113,42 +112,12 @@ def test_sweep_on_two_workers_then_from_the_cache(tmp_path):
     assert "| shape=2x2, requantizers=1 | ok |" in (tmp_path / "out" / "explore.md").read_text()
 
 
-def _dask(*args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "distributed.cli." + args[0], *args[1:]],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
-
-
-def _stop(procs):
-    for proc in reversed(procs):
-        proc.terminate()
-    for proc in reversed(procs):
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.mark.slow
 def test_sweep_on_a_scheduler_and_workers_started_as_processes(tmp_path):
     """``dask scheduler`` and two ``dask worker`` processes on localhost: the local results."""
-    file = tmp_path / "scheduler.json"
-    procs = [_dask("dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                   "--scheduler-file", str(file))]
-    try:
-        deadline = time.monotonic() + 60
-        while not file.exists() or not file.read_text().strip():
-            assert procs[0].poll() is None, procs[0].stderr.read()
-            assert time.monotonic() < deadline, "the scheduler wrote no address"
-            time.sleep(0.2)
-        address = json.loads(file.read_text())["address"]
-        for _ in range(2):
-            procs.append(_dask("dask_worker", address, "--nthreads", "1", "--no-dashboard",
-                               "--host", "127.0.0.1", "--death-timeout", "30"))
+    with scheduler_and_workers(tmp_path, 2) as address:
         with Executor(address, 2, cache=tmp_path / "remote", progress=False) as ex:
             remote = _sweep(ex, "remote")
-    finally:
-        _stop(procs)
     with Executor(workers=2, cache=tmp_path / "local", progress=False) as ex:
         local = _sweep(ex, "local-2")
     assert _figures(remote) == _figures(local)

@@ -201,12 +201,17 @@ def _add_synth_options(p, name):
                    help="print one JSON object instead of the table")
     p.add_argument("--build-dir", metavar="DIR", type=_tool_directory,
                    help=f"build root (default: build/{name}; not under /tmp: YoWASP cannot see it)")
+    _add_executor_options(p)
+
+
+def _add_executor_options(p):
+    """``--scheduler`` and ``--workers``: where the tasks of psc.flow.executor run."""
     p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="run the tool runs on the Dask scheduler at ADDRESS (tcp://HOST:PORT, "
-                        "as `dask scheduler` prints it) instead of a local cluster")
+                   help="run the tasks on the Dask scheduler at ADDRESS (tcp://HOST:PORT, as "
+                        "`dask scheduler` prints it) instead of a local cluster")
     p.add_argument("--workers", type=_int_at_least(0), metavar="N",
                    help="worker processes of the local cluster (default: one per core; 0: one "
-                        "tool run after the other, in this process); with --scheduler, the "
+                        "task after the other, in this process); with --scheduler, the "
                         "workers to wait for")
 
 
@@ -313,12 +318,7 @@ def _add_explore(sub):
     p.add_argument("--json", action="store_true", help="print one JSON object, not the table")
     p.add_argument("--build-dir", metavar="DIR", type=_tool_directory,
                    help="build root of the tool runs (default: build/synth; not under /tmp)")
-    p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="run on the Dask scheduler at ADDRESS (tcp://HOST:PORT) instead of a "
-                        "local cluster")
-    p.add_argument("--workers", type=_int_at_least(0), metavar="N",
-                   help="worker processes of the local cluster (default: one per core; 0: in "
-                        "this process); with --scheduler, the workers to wait for")
+    _add_executor_options(p)
     p.set_defaults(func=_explore)
 
 
@@ -350,12 +350,7 @@ def _add_soak(sub):
                    metavar="B[,B]", help=f"builds (default {','.join(soak.BUILDS)})")
     p.add_argument("--simulators", type=lambda t: tuple(t.split(",")), default=soak.SIMULATORS,
                    metavar="S[,S]", help=f"simulators (default {','.join(soak.SIMULATORS)})")
-    p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="run on the Dask scheduler at ADDRESS (tcp://HOST:PORT) instead of a "
-                        "local cluster")
-    p.add_argument("--workers", type=_int_at_least(0), metavar="N",
-                   help="worker processes of the local cluster (default: one per core; 0: in "
-                        "this process); with --scheduler, the workers to wait for")
+    _add_executor_options(p)
     p.set_defaults(func=_soak)
 
 
