@@ -109,7 +109,7 @@ def test_sweep_on_two_workers_then_from_the_cache(tmp_path):
     assert _figures(second) == _figures(first)
     out = explore.write_outputs(first, tmp_path / "out")
     assert sorted(p.name for p in out) == ["explore.csv", "explore.json", "explore.md"]
-    assert "| shape=2x2, requantizers=1 | ok |" in (tmp_path / "out" / "explore.md").read_text()
+    assert "| 0 | shape=2x2, requantizers=1 | ok |" in (tmp_path / "out" / "explore.md").read_text()
 
 
 @pytest.mark.slow

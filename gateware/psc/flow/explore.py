@@ -290,26 +290,34 @@ def _cell(v):
     return "" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def _short(status):
+    """The status's kind (``ok``, ``does not fit``, ``invalid``, ``failed``, ...)."""
+    return status.split(":")[0]
+
+
 def format_table(result):
-    """The points as a Markdown table, front points marked, then the best and chosen."""
+    """The points as a Markdown table (``*``: on the front), the reasons of the points that
+    were not measured, the best point per objective and the chosen one."""
     pts = result["points"]
     lines = [f"`psc explore --target {result['target']}`: {result['workload']}; Fmax median "
              f"of {result['seeds']} seed(s); * on the Pareto front (LUT4 against inferences/s)",
-             "", "| point | status | LUT4 | FF | BRAM | SPRAM | mult | Fmax MHz | cycles | inf/s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "", "| # | point | status | LUT4 | FF | BRAM | SPRAM | mult | Fmax MHz | cycles | inf/s |",
+             "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for i, p in enumerate(pts):
         mark = " *" if i in result["front"] else ""
         tag = " (shipped)" if i == result["shipped"] else ""
-        status = p["status"] if len(p["status"]) < 90 else p["status"][:87] + "..."
-        lines.append("| " + " | ".join([p["label"] + tag + mark, status]
-                                       + [_cell(p[c]) for c in _COLUMNS[2:]]) + " |")
+        lines.append(f"| {i} | " + " | ".join([p["label"] + tag + mark, _short(p["status"])]
+                                               + [_cell(p[c]) for c in _COLUMNS[2:]]) + " |")
     lines.append("")
+    for i, p in enumerate(pts):
+        if p["status"] != "ok":
+            lines.append(f"#{i}: {' '.join(p['status'].split())}")
     for what, i in result["best"].items():
-        lines.append(f"best {what}: {pts[i]['label']}")
+        lines.append(f"best {what}: #{i} {pts[i]['label']}")
     if result["chosen"] is not None:
         c = pts[result["chosen"]]
         lines += [f"chosen (most inferences/s on the front at >= {result['goal_mhz']:g} MHz): "
-                  f"{c['label']}", f"    {c['line']}"]
+                  f"#{result['chosen']} {c['label']}", f"    {c['line']}"]
     else:
         lines.append(f"chosen: none (no point on the front meets {result['goal_mhz']:g} MHz)")
     return "\n".join(lines)
@@ -331,7 +339,7 @@ def _plot(result, path):
     from matplotlib import pyplot as plt
     pts = result["points"]
     ok = [i for i, p in enumerate(pts) if p["inf_per_s"]]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
     ax.scatter([pts[i]["lut4"] for i in ok], [pts[i]["inf_per_s"] for i in ok], color="0.6",
                label="points")
     front = result["front"]
@@ -341,9 +349,9 @@ def _plot(result, path):
         s = pts[result["shipped"]]
         ax.scatter([s["lut4"]], [s["inf_per_s"]], marker="*", s=250, color="C3", zorder=3,
                    label="shipped preset")
-    for i in ok:
-        ax.annotate(pts[i]["label"], (pts[i]["lut4"], pts[i]["inf_per_s"]), fontsize=6,
-                    xytext=(3, 3), textcoords="offset points")
+    for i in ok:       # the table's point numbers
+        ax.annotate(f"#{i}", (pts[i]["lut4"], pts[i]["inf_per_s"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel("LUT4 (core)")
     ax.set_ylabel("inferences / s at Fmax")
     ax.set_title(f"{result['target']}: {result['workload']}", fontsize=9)
