@@ -37,10 +37,10 @@ Fields are those of :class:`~psc.config.CoreConfig` and
 """
 
 import csv
+import hashlib
 import io
 import itertools
 import json
-import os
 from dataclasses import fields as dc_fields
 from pathlib import Path
 
@@ -260,6 +260,12 @@ def explore(target, *, network="digits", space=None, seeds=1, pnr=True, build_ro
         p["cached"] = all(tk.cached for tk in tasks if tk is not None)
         if p["status"] == "ok" and p["fmax_mhz"] and p["cycles"]:
             p["inf_per_s"] = round(p["fmax_mhz"] * 1e6 / p["cycles"], 1)
+    return {"target": target, "workload": label, "seeds": seeds, "goal_mhz": t.goal_mhz,
+            "space": space, "points": out, **_ranked(out, target, t.goal_mhz)}
+
+
+def _ranked(out, target, goal_mhz):
+    """The front, the best point per objective, the chosen point and the shipped one."""
     front = pareto_front(out)
     ok = [i for i, p in enumerate(out) if p["inf_per_s"]]
     best = {}
@@ -268,17 +274,14 @@ def explore(target, *, network="digits", space=None, seeds=1, pnr=True, build_ro
                 "lut4": min(ok, key=lambda i: out[i]["lut4"]),
                 "fmax_mhz": max(ok, key=lambda i: out[i]["fmax_mhz"]),
                 "cycles": min(ok, key=lambda i: out[i]["cycles"])}
-    meeting = [i for i in front if out[i]["fmax_mhz"] >= t.goal_mhz]
+    meeting = [i for i in front if out[i]["fmax_mhz"] >= goal_mhz]
     chosen = max(meeting, key=lambda i: out[i]["inf_per_s"]) if meeting else None
     shipped_cfg = preset(TARGET_PRESETS[target]).to_dict()
     shipped = next((i for i, p in enumerate(out) if p["config"] == shipped_cfg), None)
-    return {"target": target, "workload": label, "seeds": seeds, "goal_mhz": t.goal_mhz,
-            "space": space, "points": out, "front": front, "best": best, "chosen": chosen,
-            "shipped": shipped}
+    return {"front": front, "best": best, "chosen": chosen, "shipped": shipped}
 
 
 def _digest(config):
-    import hashlib
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
 
 
