@@ -29,7 +29,7 @@ def _split_layers(seed):
     return [
         core_cases._layer(r, 40, 6, 5, 6, 3, 1, 1),                 # 10 groups x 9 taps > 64
         core_cases._layer(r, 29, 5, 7, 7, 3, 2, 1, relu=True),      # stride 2, odd channels
-        core_cases._layer(r, 9, 4, 6, 6, 5, 1, 2, weights="ili"),   # 5x5 window > 64 words
+        core_cases._layer(r, 12, 4, 6, 6, 5, 1, 2, weights="ili"),  # 5x5 window > 64 words
         core_cases._layer(r, 300, 10, 1, 1, 1),                     # fully connected, 75 groups
         core_cases._layer(r, 280, 6, 3, 2, 1),                      # pointwise
     ]

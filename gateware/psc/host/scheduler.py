@@ -14,7 +14,9 @@ go in the output tensor.
    pointwise, fully connected); a depthwise layer on a build with
    ``lanes != rows`` runs as standard commands, one per output group, each
    over its own ``rows`` input channels with diagonal weights (correct, a
-   fraction of the array busy);
+   fraction of the array busy); a standard layer with few input channels
+   (a stem) runs as a pointwise layer over its unrolled input (:func:`unroll`)
+   when that fills more lanes;
 3. :func:`pack` turns weights and parameters into stream words per output
    group;
 4. :func:`cut_bands` chooses the output-channel chunks and, inside a chunk,
@@ -50,7 +52,7 @@ from psc.model.packing import (channel_groups, pack_activations, pack_payload, p
                                unpack_activations)
 
 __all__ = ["LayerError", "Tile", "LayerPlan", "Layer", "plan_layer", "validate", "choose_kind",
-           "pack", "split_reduction", "cut_bands", "emit_tiles", "cycle_bound", "encode_command", "KIND_NAMES",
+           "pack", "unroll", "split_reduction", "cut_bands", "emit_tiles", "cycle_bound", "encode_command", "KIND_NAMES",
            "MAX_SHIFT"]
 
 #: Largest requantisation shift the core takes.
@@ -233,12 +235,20 @@ def validate(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, groups=
 
 
 def choose_kind(layer):
-    """Step 2: the command kind of ``layer``; returns ``(kind, layer)``, where a depthwise
-    layer the build cannot map (``lanes != rows``) comes back as a standard one marked
-    ``diagonal``: one command per output group over that group's own channels."""
+    """Step 2: the command kind of ``layer``; returns ``(kind, layer)``.
+
+    A depthwise layer the build cannot map (``lanes != rows``) comes back as
+    a standard one marked ``diagonal``: one command per output group over
+    that group's own channels. A standard layer whose input channels leave
+    most lanes idle (a network's stem: 3 channels on 8 lanes) comes back as
+    a pointwise layer over its unrolled input (:func:`unroll`) when that is
+    estimated to take fewer cycles (:func:`_unroll_pays`).
+    """
     pe = layer.config.pe
     if layer.depthwise and pe.lanes != pe.rows:
         layer = Layer(**{**layer.__dict__, "depthwise": False, "diagonal": True})
+    elif not layer.depthwise and layer.k > 1 and _unroll_pays(layer):
+        layer = unroll(layer)
     _, h, w = layer.x.shape
     if layer.depthwise:
         kind = KIND_DEPTHWISE
@@ -249,6 +259,45 @@ def choose_kind(layer):
     else:
         kind = KIND_STANDARD
     return kind, layer
+
+
+def unroll(layer):
+    """A standard layer as the equivalent pointwise layer over its unrolled input (im2col):
+    input channel ``(c*K + ky)*K + kx`` at output pixel ``(oy, ox)`` is the zero-padded
+    input's ``x[c, oy*s + ky, ox*s + kx]``, and its weights are ``w[:, c, ky, kx]``. Every
+    product is the same, so the sums, and the outputs, are bit-exact."""
+    c, _, _ = layer.x.shape
+    k, s, p = layer.k, layer.stride, layer.padding
+    ho, wo = layer.out_hw
+    xp = np.pad(layer.x, ((0, 0), (p, p), (p, p)))
+    cols = np.empty((c, k, k, ho, wo), dtype=np.int64)
+    for ky in range(k):
+        for kx in range(k):
+            cols[:, ky, kx] = xp[:, ky:ky + s * (ho - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s]
+    cout = layer.w_pos.shape[0]
+    return Layer(**{**layer.__dict__, "x": cols.reshape(c * k * k, ho, wo),
+                    "w_pos": layer.w_pos.reshape(cout, c * k * k, 1, 1),
+                    "w_neg": layer.w_neg.reshape(cout, c * k * k, 1, 1),
+                    "stride": 1, "padding": 0})
+
+
+def _unroll_pays(layer):
+    """Whether :func:`unroll` is estimated to take fewer cycles: MAC beats, or the
+    requantiser's time when that is longer, plus the input words that load before the
+    array computes (all of them on a ``fmap_ram="spram"`` build)."""
+    cc = layer.config
+    c, h, w = layer.x.shape
+    k2 = layer.k * layer.k
+    ho, wo = layer.out_hw
+    g_std, g_unr = channel_groups(c, cc.lanes), channel_groups(c * k2, cc.lanes)
+    if g_unr >= k2 * g_std:
+        return False
+    outputs = ho * wo * channel_groups(layer.w_pos.shape[0], cc.rows)
+    floor = outputs * Requantizer.rate_of(cc.pe)
+
+    def cost(beats_per_output, words):
+        return max(outputs * beats_per_output, floor) + (words if cc.fmap_ram == "spram" else 0)
+    return cost(g_unr, ho * wo * g_unr) < cost(k2 * g_std, h * w * g_std)
 
 
 def _pixels(layer):
