@@ -21,9 +21,7 @@ CASES = {
     "std_k3_s1_p0_odd": lambda r: _layer(r, 10, 6, 5, 6, 3, 1, 0),
     "std_k5_s1_p2": lambda r: _layer(r, 3, 8, 6, 6, 5, 1, 2),
     "std_k5_s2_p0": lambda r: _layer(r, 8, 16, 8, 7, 5, 2, 0),
-    # 8 input channels fill the lanes: a 7x7 kernel the core runs as such (with 3, the
-    # scheduler unrolls it into a pointwise layer, as std_k5_s1_p2 and mbv2_stem_3x3_s2)
-    "std_k7_s2_p3": lambda r: _layer(r, 8, 8, 7, 7, 7, 2, 3),
+    "std_k7_s2_p3": lambda r: _layer(r, 3, 8, 7, 7, 7, 2, 3),
     "pw_odd": lambda r: _layer(r, 12, 20, 4, 5, 1),
     "pw_s2": lambda r: _layer(r, 16, 8, 5, 5, 1, 2, 0),
     "dw_k3_s1_p1": lambda r: _layer(r, 16, 16, 5, 5, 3, 1, 1, groups=16),

@@ -51,6 +51,9 @@ def test_named_case(named, name):
     cin, cout = layer["x"].shape[0], layer["w_pos"].shape[0]
     ho, wo = y.shape[1:]
     gin = -(-cin // DEFAULT.lanes) if layer["groups"] == 1 else 1
+    if host.plan_layer(**layer, config=DEFAULT).kind == KIND_POINTWISE and k > 1:
+        # a stem the scheduler unrolled: one beat per group of its K*K*Cin inputs
+        k, gin = 1, -(-cin * k * k // DEFAULT.lanes)
     if layer["groups"] > 1:
         # depthwise='pixels' (the default build): one beat per kernel tap per
         # block of rows neighbouring output pixels

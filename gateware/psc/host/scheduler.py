@@ -282,15 +282,18 @@ def unroll(layer):
 
 
 def _unroll_pays(layer):
-    """Whether :func:`unroll` is estimated to take fewer cycles: MAC beats, or the
-    requantiser's time when that is longer, plus the input words that load before the
-    array computes (all of them on a ``fmap_ram="spram"`` build)."""
+    """Whether :func:`unroll` is worth it: the unrolled input is at most twice the words of
+    the layer's own (it repeats each value up to ``K*K / stride**2`` times, and the input
+    buffer and the link carry every copy: a stem with 3 channels at stride 2 keeps its
+    size), and it is estimated to take fewer cycles: MAC beats, or the requantiser's time
+    when that is longer, plus the input words that load before the array computes (all of
+    them on a ``fmap_ram="spram"`` build)."""
     cc = layer.config
     c, h, w = layer.x.shape
     k2 = layer.k * layer.k
     ho, wo = layer.out_hw
     g_std, g_unr = channel_groups(c, cc.lanes), channel_groups(c * k2, cc.lanes)
-    if g_unr >= k2 * g_std:
+    if g_unr >= k2 * g_std or ho * wo * g_unr > 2 * h * w * g_std:
         return False
     outputs = ho * wo * channel_groups(layer.w_pos.shape[0], cc.rows)
     floor = outputs * Requantizer.rate_of(cc.pe)
