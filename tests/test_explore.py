@@ -1,8 +1,8 @@
 # amaranth: UnusedElaboratable=no
 """psc.flow.explore (``psc explore``): spaces, the Pareto front, and sweeps of the tiling
 build's core (Yosys, no place and route) on Dask: a two-worker local cluster with a cache hit
-on the second run, a scheduler and two workers started as processes, a worker killed in the
-middle of a sweep."""
+on the second run; opt-in (``-m soak``), a scheduler and two workers started as processes
+and a worker killed in the middle of a sweep."""
 
 import json
 import os
@@ -112,7 +112,7 @@ def test_sweep_on_two_workers_then_from_the_cache(tmp_path):
     assert "| 0 | shape=2x2, requantizers=1 | ok |" in (tmp_path / "out" / "explore.md").read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.soak      # minutes; the executor's own tests cover processes in the default suite
 def test_sweep_on_a_scheduler_and_workers_started_as_processes(tmp_path):
     """``dask scheduler`` and two ``dask worker`` processes on localhost: the local results."""
     with scheduler_and_workers(tmp_path, 2) as address:
@@ -123,7 +123,7 @@ def test_sweep_on_a_scheduler_and_workers_started_as_processes(tmp_path):
     assert _figures(remote) == _figures(local)
 
 
-@pytest.mark.slow
+@pytest.mark.soak      # minutes; the executor's own tests kill a worker in the default suite
 def test_sweep_survives_a_worker_killed_in_the_middle(tmp_path):
     """SIGKILL to a worker while the sweep's tool runs go on: every point still has its result
     (the lost task reruns on another worker, the cluster restarts the dead one)."""
