@@ -33,9 +33,8 @@ from psc.hw.core import KIND_DEPTHWISE
 from psc.hw.core.layouts import bank_count
 from psc.hw.pe import pe_latency
 from psc.hw.requantize import Requantizer
-from psc.host.scheduler import plan_layer
 
-__all__ = ["tile_cycles", "plan_cycles", "layers_cycles"]
+__all__ = ["tile_cycles", "tiles_cycles", "plan_cycles", "layers_cycles"]
 
 # Cycles of a command outside its setup, loads, beats and pipeline: the
 # command's handshakes and the end of command (measured on the simulated
@@ -78,14 +77,21 @@ def tile_cycles(config, fields, n_weights, n_params, n_acts, n_out):
     return _setup_cycles(config, fields) + t + latency
 
 
+def tiles_cycles(config, tiles):
+    """Predicted cycles of ``tiles`` (:class:`~psc.host.scheduler.Tile`) on ``config``."""
+    return sum(tile_cycles(config, t.fields, len(t.weights), len(t.params), len(t.acts),
+                           t.n_out) for t in tiles)
+
+
 def plan_cycles(plan):
     """Predicted cycles of every tile of a :class:`~psc.host.scheduler.LayerPlan`."""
-    return sum(tile_cycles(plan.config, t.fields, len(t.weights), len(t.params), len(t.acts),
-                           t.n_out) for t in plan.tiles)
+    return tiles_cycles(plan.config, plan.tiles)
 
 
 def layers_cycles(layers, config):
     """Predicted cycles of each layer of ``layers`` (dicts of
     :func:`psc.host.run_layer` arguments) on ``config``; a list. Raises
     :class:`~psc.host.scheduler.LayerError` for a layer the build cannot run."""
+    # the scheduler uses this model to choose between mappings: imported here, not above
+    from psc.host.scheduler import plan_layer
     return [plan_cycles(plan_layer(**layer, config=config)) for layer in layers]

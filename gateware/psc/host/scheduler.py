@@ -45,6 +45,7 @@ from psc.hw.core import (KERNELS, STRIDES, FIELD_WIDTH, MAX_OUTPUTS, KIND_STANDA
                          KIND_POINTWISE, KIND_FC, CoreConfig, Part, config_layout, param_layout,
                          weight_layout)
 from psc.hw.pe import pe_latency
+from psc.host.cycle_model import tiles_cycles
 from psc.hw.requantize import Requantizer
 from psc.model.checks import (check_bool, check_dims, check_int, check_signed, per_channel, show,
                               signed_range)
@@ -285,9 +286,8 @@ def _unroll_pays(layer):
     """Whether :func:`unroll` is worth it: the unrolled input is at most twice the words of
     the layer's own (it repeats each value up to ``K*K / stride**2`` times, and the input
     buffer and the link carry every copy: a stem with 3 channels at stride 2 keeps its
-    size), and it is estimated to take fewer cycles: MAC beats, or the requantiser's time
-    when that is longer, plus the input words that load before the array computes (all of
-    them on a ``fmap_ram="spram"`` build)."""
+    size), it fills more lanes, and its tiles take fewer cycles by the cycle model
+    (:mod:`psc.host.cycle_model`) than the layer's own."""
     cc = layer.config
     c, h, w = layer.x.shape
     k2 = layer.k * layer.k
@@ -295,12 +295,16 @@ def _unroll_pays(layer):
     g_std, g_unr = channel_groups(c, cc.lanes), channel_groups(c * k2, cc.lanes)
     if g_unr >= k2 * g_std or ho * wo * g_unr > 2 * h * w * g_std:
         return False
-    outputs = ho * wo * channel_groups(layer.w_pos.shape[0], cc.rows)
-    floor = outputs * Requantizer.rate_of(cc.pe)
+    unrolled = _tiles_cycles(unroll(layer), KIND_POINTWISE)
+    try:
+        return unrolled < _tiles_cycles(layer, KIND_STANDARD)
+    except LayerError:      # its own window does not fit a buffer: unrolled, it runs
+        return True
 
-    def cost(beats_per_output, words):
-        return max(outputs * beats_per_output, floor) + (words if cc.fmap_ram == "spram" else 0)
-    return cost(g_unr, ho * wo * g_unr) < cost(k2 * g_std, h * w * g_std)
+
+def _tiles_cycles(layer, kind):
+    """Predicted cycles of ``layer`` planned as ``kind`` (steps 3 to 5)."""
+    return tiles_cycles(layer.config, emit_tiles(layer, kind, *pack(layer), cut_bands(layer)))
 
 
 def _pixels(layer):
