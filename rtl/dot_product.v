@@ -41,30 +41,86 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
   wire [4:0] \$10 ;
   wire \$11 ;
   reg [3:0] \$12 ;
-  reg [255:0] \$13 ;
-  reg [255:0] \$14 ;
-  reg [255:0] \$15 ;
-  reg [255:0] \$16 ;
-  reg [255:0] \$17 ;
-  reg [255:0] \$18 ;
-  reg [255:0] \$19 ;
+  reg [20:0] \$13 ;
+  reg [20:0] \$14 ;
+  reg [20:0] \$15 ;
+  reg [20:0] \$16 ;
+  reg [20:0] \$17 ;
+  reg [20:0] \$18 ;
+  reg [20:0] \$19 ;
   wire \$2 ;
-  reg [255:0] \$20 ;
+  reg [20:0] \$20 ;
+  reg [20:0] \$21 ;
+  reg [20:0] \$22 ;
+  reg [20:0] \$23 ;
+  reg [20:0] \$24 ;
+  reg [20:0] \$25 ;
+  reg [20:0] \$26 ;
+  reg [20:0] \$27 ;
+  reg [20:0] \$28 ;
+  reg [20:0] \$29 ;
   wire \$3 ;
+  reg [20:0] \$30 ;
+  reg [20:0] \$31 ;
+  reg [20:0] \$32 ;
+  reg [20:0] \$33 ;
+  reg [20:0] \$34 ;
+  reg [20:0] \$35 ;
+  reg [20:0] \$36 ;
+  reg [20:0] \$37 ;
+  reg [20:0] \$38 ;
+  reg [20:0] \$39 ;
   wire \$4 ;
+  reg [20:0] \$40 ;
+  reg [20:0] \$41 ;
+  reg [20:0] \$42 ;
+  reg [20:0] \$43 ;
+  reg [20:0] \$44 ;
+  reg [20:0] \$45 ;
+  reg [20:0] \$46 ;
+  reg [20:0] \$47 ;
+  reg [20:0] \$48 ;
+  reg [20:0] \$49 ;
   wire \$5 ;
+  reg [20:0] \$50 ;
+  reg [20:0] \$51 ;
+  reg [20:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [20:0] \$54 ;
+  reg [20:0] \$55 ;
+  reg [20:0] \$56 ;
+  reg [20:0] \$57 ;
+  reg [20:0] \$58 ;
+  reg [20:0] \$59 ;
   wire \$6 ;
+  reg [20:0] \$60 ;
+  reg [20:0] \$61 ;
+  reg [20:0] \$62 ;
+  reg [20:0] \$63 ;
+  reg [20:0] \$64 ;
+  reg [20:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [20:0] \$67 ;
+  reg [20:0] \$68 ;
+  reg [20:0] \$69 ;
   wire \$7 ;
+  reg [20:0] \$70 ;
+  reg [20:0] \$71 ;
+  reg [20:0] \$72 ;
+  reg [20:0] \$73 ;
+  reg [20:0] \$74 ;
+  reg [20:0] \$75 ;
+  reg [20:0] \$76 ;
   wire \$8 ;
   wire \$9 ;
   wire [31:0] acc;
-  wire [31:0] \acc$100 ;
-  wire [31:0] \acc$101 ;
-  wire [31:0] \acc$102 ;
-  wire [31:0] \acc$96 ;
-  wire [31:0] \acc$97 ;
-  wire [31:0] \acc$98 ;
-  wire [31:0] \acc$99 ;
+  wire [31:0] \acc$103 ;
+  wire [31:0] \acc$104 ;
+  wire [31:0] \acc$105 ;
+  wire [31:0] \acc$106 ;
+  wire [31:0] \acc$107 ;
+  wire [31:0] \acc$108 ;
+  wire [31:0] \acc$109 ;
   wire acc_valid;
   wire [31:0] bias;
   wire [31:0] \bias$25 ;
@@ -76,78 +132,70 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
   wire [31:0] \bias$85 ;
   input clk;
   wire clk;
-  reg [255:0] drain_0 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_0[0] ;
-  wire [31:0] \drain_0[1] ;
-  wire [31:0] \drain_0[2] ;
-  wire [31:0] \drain_0[3] ;
-  wire [31:0] \drain_0[4] ;
-  wire [31:0] \drain_0[5] ;
-  wire [31:0] \drain_0[6] ;
-  wire [31:0] \drain_0[7] ;
-  reg [255:0] drain_1 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_1[0] ;
-  wire [31:0] \drain_1[1] ;
-  wire [31:0] \drain_1[2] ;
-  wire [31:0] \drain_1[3] ;
-  wire [31:0] \drain_1[4] ;
-  wire [31:0] \drain_1[5] ;
-  wire [31:0] \drain_1[6] ;
-  wire [31:0] \drain_1[7] ;
-  reg [255:0] drain_2 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_2[0] ;
-  wire [31:0] \drain_2[1] ;
-  wire [31:0] \drain_2[2] ;
-  wire [31:0] \drain_2[3] ;
-  wire [31:0] \drain_2[4] ;
-  wire [31:0] \drain_2[5] ;
-  wire [31:0] \drain_2[6] ;
-  wire [31:0] \drain_2[7] ;
-  reg [255:0] drain_3 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_3[0] ;
-  wire [31:0] \drain_3[1] ;
-  wire [31:0] \drain_3[2] ;
-  wire [31:0] \drain_3[3] ;
-  wire [31:0] \drain_3[4] ;
-  wire [31:0] \drain_3[5] ;
-  wire [31:0] \drain_3[6] ;
-  wire [31:0] \drain_3[7] ;
-  reg [255:0] drain_4 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_4[0] ;
-  wire [31:0] \drain_4[1] ;
-  wire [31:0] \drain_4[2] ;
-  wire [31:0] \drain_4[3] ;
-  wire [31:0] \drain_4[4] ;
-  wire [31:0] \drain_4[5] ;
-  wire [31:0] \drain_4[6] ;
-  wire [31:0] \drain_4[7] ;
-  reg [255:0] drain_5 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_5[0] ;
-  wire [31:0] \drain_5[1] ;
-  wire [31:0] \drain_5[2] ;
-  wire [31:0] \drain_5[3] ;
-  wire [31:0] \drain_5[4] ;
-  wire [31:0] \drain_5[5] ;
-  wire [31:0] \drain_5[6] ;
-  wire [31:0] \drain_5[7] ;
-  reg [255:0] drain_6 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_6[0] ;
-  wire [31:0] \drain_6[1] ;
-  wire [31:0] \drain_6[2] ;
-  wire [31:0] \drain_6[3] ;
-  wire [31:0] \drain_6[4] ;
-  wire [31:0] \drain_6[5] ;
-  wire [31:0] \drain_6[6] ;
-  wire [31:0] \drain_6[7] ;
-  reg [255:0] drain_7 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_7[0] ;
-  wire [31:0] \drain_7[1] ;
-  wire [31:0] \drain_7[2] ;
-  wire [31:0] \drain_7[3] ;
-  wire [31:0] \drain_7[4] ;
-  wire [31:0] \drain_7[5] ;
-  wire [31:0] \drain_7[6] ;
-  wire [31:0] \drain_7[7] ;
+  reg [20:0] drain_0 = 21'h000000;
+  reg [20:0] drain_1 = 21'h000000;
+  reg [20:0] drain_10 = 21'h000000;
+  reg [20:0] drain_11 = 21'h000000;
+  reg [20:0] drain_12 = 21'h000000;
+  reg [20:0] drain_13 = 21'h000000;
+  reg [20:0] drain_14 = 21'h000000;
+  reg [20:0] drain_15 = 21'h000000;
+  reg [20:0] drain_16 = 21'h000000;
+  reg [20:0] drain_17 = 21'h000000;
+  reg [20:0] drain_18 = 21'h000000;
+  reg [20:0] drain_19 = 21'h000000;
+  reg [20:0] drain_2 = 21'h000000;
+  reg [20:0] drain_20 = 21'h000000;
+  reg [20:0] drain_21 = 21'h000000;
+  reg [20:0] drain_22 = 21'h000000;
+  reg [20:0] drain_23 = 21'h000000;
+  reg [20:0] drain_24 = 21'h000000;
+  reg [20:0] drain_25 = 21'h000000;
+  reg [20:0] drain_26 = 21'h000000;
+  reg [20:0] drain_27 = 21'h000000;
+  reg [20:0] drain_28 = 21'h000000;
+  reg [20:0] drain_29 = 21'h000000;
+  reg [20:0] drain_3 = 21'h000000;
+  reg [20:0] drain_30 = 21'h000000;
+  reg [20:0] drain_31 = 21'h000000;
+  reg [20:0] drain_32 = 21'h000000;
+  reg [20:0] drain_33 = 21'h000000;
+  reg [20:0] drain_34 = 21'h000000;
+  reg [20:0] drain_35 = 21'h000000;
+  reg [20:0] drain_36 = 21'h000000;
+  reg [20:0] drain_37 = 21'h000000;
+  reg [20:0] drain_38 = 21'h000000;
+  reg [20:0] drain_39 = 21'h000000;
+  reg [20:0] drain_4 = 21'h000000;
+  reg [20:0] drain_40 = 21'h000000;
+  reg [20:0] drain_41 = 21'h000000;
+  reg [20:0] drain_42 = 21'h000000;
+  reg [20:0] drain_43 = 21'h000000;
+  reg [20:0] drain_44 = 21'h000000;
+  reg [20:0] drain_45 = 21'h000000;
+  reg [20:0] drain_46 = 21'h000000;
+  reg [20:0] drain_47 = 21'h000000;
+  reg [20:0] drain_48 = 21'h000000;
+  reg [20:0] drain_49 = 21'h000000;
+  reg [20:0] drain_5 = 21'h000000;
+  reg [20:0] drain_50 = 21'h000000;
+  reg [20:0] drain_51 = 21'h000000;
+  reg [20:0] drain_52 = 21'h000000;
+  reg [20:0] drain_53 = 21'h000000;
+  reg [20:0] drain_54 = 21'h000000;
+  reg [20:0] drain_55 = 21'h000000;
+  reg [20:0] drain_56 = 21'h000000;
+  reg [20:0] drain_57 = 21'h000000;
+  reg [20:0] drain_58 = 21'h000000;
+  reg [20:0] drain_59 = 21'h000000;
+  reg [20:0] drain_6 = 21'h000000;
+  reg [20:0] drain_60 = 21'h000000;
+  reg [20:0] drain_61 = 21'h000000;
+  reg [20:0] drain_62 = 21'h000000;
+  reg [20:0] drain_63 = 21'h000000;
+  reg [20:0] drain_7 = 21'h000000;
+  reg [20:0] drain_8 = 21'h000000;
+  reg [20:0] drain_9 = 21'h000000;
   input dw;
   wire dw;
   wire en;
@@ -332,69 +380,69 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
   input i__valid;
   wire i__valid;
   wire [167:0] lane_acc;
-  wire [167:0] \lane_acc$111 ;
-  wire [20:0] \lane_acc$111[0] ;
-  wire [20:0] \lane_acc$111[1] ;
-  wire [20:0] \lane_acc$111[2] ;
-  wire [20:0] \lane_acc$111[3] ;
-  wire [20:0] \lane_acc$111[4] ;
-  wire [20:0] \lane_acc$111[5] ;
-  wire [20:0] \lane_acc$111[6] ;
-  wire [20:0] \lane_acc$111[7] ;
-  wire [167:0] \lane_acc$112 ;
-  wire [20:0] \lane_acc$112[0] ;
-  wire [20:0] \lane_acc$112[1] ;
-  wire [20:0] \lane_acc$112[2] ;
-  wire [20:0] \lane_acc$112[3] ;
-  wire [20:0] \lane_acc$112[4] ;
-  wire [20:0] \lane_acc$112[5] ;
-  wire [20:0] \lane_acc$112[6] ;
-  wire [20:0] \lane_acc$112[7] ;
-  wire [167:0] \lane_acc$113 ;
-  wire [20:0] \lane_acc$113[0] ;
-  wire [20:0] \lane_acc$113[1] ;
-  wire [20:0] \lane_acc$113[2] ;
-  wire [20:0] \lane_acc$113[3] ;
-  wire [20:0] \lane_acc$113[4] ;
-  wire [20:0] \lane_acc$113[5] ;
-  wire [20:0] \lane_acc$113[6] ;
-  wire [20:0] \lane_acc$113[7] ;
-  wire [167:0] \lane_acc$114 ;
-  wire [20:0] \lane_acc$114[0] ;
-  wire [20:0] \lane_acc$114[1] ;
-  wire [20:0] \lane_acc$114[2] ;
-  wire [20:0] \lane_acc$114[3] ;
-  wire [20:0] \lane_acc$114[4] ;
-  wire [20:0] \lane_acc$114[5] ;
-  wire [20:0] \lane_acc$114[6] ;
-  wire [20:0] \lane_acc$114[7] ;
-  wire [167:0] \lane_acc$115 ;
-  wire [20:0] \lane_acc$115[0] ;
-  wire [20:0] \lane_acc$115[1] ;
-  wire [20:0] \lane_acc$115[2] ;
-  wire [20:0] \lane_acc$115[3] ;
-  wire [20:0] \lane_acc$115[4] ;
-  wire [20:0] \lane_acc$115[5] ;
-  wire [20:0] \lane_acc$115[6] ;
-  wire [20:0] \lane_acc$115[7] ;
-  wire [167:0] \lane_acc$116 ;
-  wire [20:0] \lane_acc$116[0] ;
-  wire [20:0] \lane_acc$116[1] ;
-  wire [20:0] \lane_acc$116[2] ;
-  wire [20:0] \lane_acc$116[3] ;
-  wire [20:0] \lane_acc$116[4] ;
-  wire [20:0] \lane_acc$116[5] ;
-  wire [20:0] \lane_acc$116[6] ;
-  wire [20:0] \lane_acc$116[7] ;
-  wire [167:0] \lane_acc$117 ;
-  wire [20:0] \lane_acc$117[0] ;
-  wire [20:0] \lane_acc$117[1] ;
-  wire [20:0] \lane_acc$117[2] ;
-  wire [20:0] \lane_acc$117[3] ;
-  wire [20:0] \lane_acc$117[4] ;
-  wire [20:0] \lane_acc$117[5] ;
-  wire [20:0] \lane_acc$117[6] ;
-  wire [20:0] \lane_acc$117[7] ;
+  wire [167:0] \lane_acc$167 ;
+  wire [20:0] \lane_acc$167[0] ;
+  wire [20:0] \lane_acc$167[1] ;
+  wire [20:0] \lane_acc$167[2] ;
+  wire [20:0] \lane_acc$167[3] ;
+  wire [20:0] \lane_acc$167[4] ;
+  wire [20:0] \lane_acc$167[5] ;
+  wire [20:0] \lane_acc$167[6] ;
+  wire [20:0] \lane_acc$167[7] ;
+  wire [167:0] \lane_acc$168 ;
+  wire [20:0] \lane_acc$168[0] ;
+  wire [20:0] \lane_acc$168[1] ;
+  wire [20:0] \lane_acc$168[2] ;
+  wire [20:0] \lane_acc$168[3] ;
+  wire [20:0] \lane_acc$168[4] ;
+  wire [20:0] \lane_acc$168[5] ;
+  wire [20:0] \lane_acc$168[6] ;
+  wire [20:0] \lane_acc$168[7] ;
+  wire [167:0] \lane_acc$169 ;
+  wire [20:0] \lane_acc$169[0] ;
+  wire [20:0] \lane_acc$169[1] ;
+  wire [20:0] \lane_acc$169[2] ;
+  wire [20:0] \lane_acc$169[3] ;
+  wire [20:0] \lane_acc$169[4] ;
+  wire [20:0] \lane_acc$169[5] ;
+  wire [20:0] \lane_acc$169[6] ;
+  wire [20:0] \lane_acc$169[7] ;
+  wire [167:0] \lane_acc$170 ;
+  wire [20:0] \lane_acc$170[0] ;
+  wire [20:0] \lane_acc$170[1] ;
+  wire [20:0] \lane_acc$170[2] ;
+  wire [20:0] \lane_acc$170[3] ;
+  wire [20:0] \lane_acc$170[4] ;
+  wire [20:0] \lane_acc$170[5] ;
+  wire [20:0] \lane_acc$170[6] ;
+  wire [20:0] \lane_acc$170[7] ;
+  wire [167:0] \lane_acc$171 ;
+  wire [20:0] \lane_acc$171[0] ;
+  wire [20:0] \lane_acc$171[1] ;
+  wire [20:0] \lane_acc$171[2] ;
+  wire [20:0] \lane_acc$171[3] ;
+  wire [20:0] \lane_acc$171[4] ;
+  wire [20:0] \lane_acc$171[5] ;
+  wire [20:0] \lane_acc$171[6] ;
+  wire [20:0] \lane_acc$171[7] ;
+  wire [167:0] \lane_acc$172 ;
+  wire [20:0] \lane_acc$172[0] ;
+  wire [20:0] \lane_acc$172[1] ;
+  wire [20:0] \lane_acc$172[2] ;
+  wire [20:0] \lane_acc$172[3] ;
+  wire [20:0] \lane_acc$172[4] ;
+  wire [20:0] \lane_acc$172[5] ;
+  wire [20:0] \lane_acc$172[6] ;
+  wire [20:0] \lane_acc$172[7] ;
+  wire [167:0] \lane_acc$173 ;
+  wire [20:0] \lane_acc$173[0] ;
+  wire [20:0] \lane_acc$173[1] ;
+  wire [20:0] \lane_acc$173[2] ;
+  wire [20:0] \lane_acc$173[3] ;
+  wire [20:0] \lane_acc$173[4] ;
+  wire [20:0] \lane_acc$173[5] ;
+  wire [20:0] \lane_acc$173[6] ;
+  wire [20:0] \lane_acc$173[7] ;
   wire [20:0] \lane_acc[0] ;
   wire [20:0] \lane_acc[1] ;
   wire [20:0] \lane_acc[2] ;
@@ -669,6 +717,128 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
   wire [7:0] \x[5] ;
   wire [7:0] \x[6] ;
   wire [7:0] \x[7] ;
+  always @(posedge clk)
+    drain_3 <= \$16 ;
+  always @(posedge clk)
+    drain_4 <= \$17 ;
+  always @(posedge clk)
+    drain_5 <= \$18 ;
+  always @(posedge clk)
+    drain_6 <= \$19 ;
+  always @(posedge clk)
+    drain_7 <= \$20 ;
+  always @(posedge clk)
+    drain_8 <= \$21 ;
+  always @(posedge clk)
+    drain_9 <= \$22 ;
+  always @(posedge clk)
+    drain_10 <= \$23 ;
+  always @(posedge clk)
+    drain_11 <= \$24 ;
+  always @(posedge clk)
+    drain_12 <= \$25 ;
+  always @(posedge clk)
+    drain_13 <= \$26 ;
+  always @(posedge clk)
+    drain_14 <= \$27 ;
+  always @(posedge clk)
+    drain_15 <= \$28 ;
+  always @(posedge clk)
+    drain_16 <= \$29 ;
+  always @(posedge clk)
+    drain_17 <= \$30 ;
+  always @(posedge clk)
+    drain_18 <= \$31 ;
+  always @(posedge clk)
+    drain_19 <= \$32 ;
+  always @(posedge clk)
+    drain_20 <= \$33 ;
+  always @(posedge clk)
+    drain_21 <= \$34 ;
+  always @(posedge clk)
+    drain_22 <= \$35 ;
+  always @(posedge clk)
+    drain_23 <= \$36 ;
+  always @(posedge clk)
+    drain_24 <= \$37 ;
+  always @(posedge clk)
+    drain_25 <= \$38 ;
+  always @(posedge clk)
+    drain_26 <= \$39 ;
+  always @(posedge clk)
+    drain_27 <= \$40 ;
+  always @(posedge clk)
+    drain_28 <= \$41 ;
+  always @(posedge clk)
+    drain_29 <= \$42 ;
+  always @(posedge clk)
+    drain_30 <= \$43 ;
+  always @(posedge clk)
+    drain_31 <= \$44 ;
+  always @(posedge clk)
+    drain_32 <= \$45 ;
+  always @(posedge clk)
+    drain_33 <= \$46 ;
+  always @(posedge clk)
+    drain_34 <= \$47 ;
+  always @(posedge clk)
+    drain_35 <= \$48 ;
+  always @(posedge clk)
+    drain_36 <= \$49 ;
+  always @(posedge clk)
+    drain_37 <= \$50 ;
+  always @(posedge clk)
+    drain_38 <= \$51 ;
+  always @(posedge clk)
+    drain_39 <= \$52 ;
+  always @(posedge clk)
+    drain_40 <= \$53 ;
+  always @(posedge clk)
+    drain_41 <= \$54 ;
+  always @(posedge clk)
+    drain_42 <= \$55 ;
+  always @(posedge clk)
+    drain_43 <= \$56 ;
+  always @(posedge clk)
+    drain_44 <= \$57 ;
+  always @(posedge clk)
+    drain_45 <= \$58 ;
+  always @(posedge clk)
+    drain_46 <= \$59 ;
+  always @(posedge clk)
+    drain_47 <= \$60 ;
+  always @(posedge clk)
+    drain_48 <= \$61 ;
+  always @(posedge clk)
+    drain_49 <= \$62 ;
+  always @(posedge clk)
+    drain_50 <= \$63 ;
+  always @(posedge clk)
+    drain_51 <= \$64 ;
+  always @(posedge clk)
+    drain_52 <= \$65 ;
+  always @(posedge clk)
+    drain_53 <= \$66 ;
+  always @(posedge clk)
+    drain_54 <= \$67 ;
+  always @(posedge clk)
+    drain_55 <= \$68 ;
+  always @(posedge clk)
+    drain_56 <= \$69 ;
+  always @(posedge clk)
+    drain_57 <= \$70 ;
+  always @(posedge clk)
+    drain_58 <= \$71 ;
+  always @(posedge clk)
+    drain_59 <= \$72 ;
+  always @(posedge clk)
+    drain_60 <= \$73 ;
+  always @(posedge clk)
+    drain_61 <= \$74 ;
+  always @(posedge clk)
+    drain_62 <= \$75 ;
+  always @(posedge clk)
+    drain_63 <= \$76 ;
   assign \$1  = ! left;
   assign \$2  = left == 1'h1;
   assign \$3  = \$2  & o__ready;
@@ -689,16 +859,6 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     drain_1 <= \$14 ;
   always @(posedge clk)
     drain_2 <= \$15 ;
-  always @(posedge clk)
-    drain_3 <= \$16 ;
-  always @(posedge clk)
-    drain_4 <= \$17 ;
-  always @(posedge clk)
-    drain_5 <= \$18 ;
-  always @(posedge clk)
-    drain_6 <= \$19 ;
-  always @(posedge clk)
-    drain_7 <= \$20 ;
   \dot_product.pe_0  pe_0 (
     .acc(acc),
     .acc_valid(acc_valid),
@@ -715,11 +875,11 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     .x(i__payload[63:0])
   );
   \dot_product.pe_1  pe_1 (
-    .acc(\acc$96 ),
+    .acc(\acc$103 ),
     .bias(i__payload[1599:1568]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$111 ),
+    .lane_acc(\lane_acc$167 ),
     .mask(\mask$22 ),
     .\port$0$1794 (i__payload[1793:1792]),
     .rst(rst),
@@ -728,11 +888,11 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     .x(i__payload[127:64])
   );
   \dot_product.pe_2  pe_2 (
-    .acc(\acc$97 ),
+    .acc(\acc$104 ),
     .bias(i__payload[1631:1600]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$112 ),
+    .lane_acc(\lane_acc$168 ),
     .mask(\mask$32 ),
     .\port$0$1794 (i__payload[1793:1792]),
     .rst(rst),
@@ -741,11 +901,11 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     .x(i__payload[191:128])
   );
   \dot_product.pe_3  pe_3 (
-    .acc(\acc$98 ),
+    .acc(\acc$105 ),
     .bias(i__payload[1663:1632]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$113 ),
+    .lane_acc(\lane_acc$169 ),
     .mask(\mask$42 ),
     .\port$0$1794 (i__payload[1793:1792]),
     .rst(rst),
@@ -754,11 +914,11 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     .x(i__payload[255:192])
   );
   \dot_product.pe_4  pe_4 (
-    .acc(\acc$99 ),
+    .acc(\acc$106 ),
     .bias(i__payload[1695:1664]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$114 ),
+    .lane_acc(\lane_acc$170 ),
     .mask(\mask$52 ),
     .\port$0$1794 (i__payload[1793:1792]),
     .rst(rst),
@@ -767,11 +927,11 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     .x(i__payload[319:256])
   );
   \dot_product.pe_5  pe_5 (
-    .acc(\acc$100 ),
+    .acc(\acc$107 ),
     .bias(i__payload[1727:1696]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$115 ),
+    .lane_acc(\lane_acc$171 ),
     .mask(\mask$62 ),
     .\port$0$1794 (i__payload[1793:1792]),
     .rst(rst),
@@ -780,11 +940,11 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     .x(i__payload[383:320])
   );
   \dot_product.pe_6  pe_6 (
-    .acc(\acc$101 ),
+    .acc(\acc$108 ),
     .bias(i__payload[1759:1728]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$116 ),
+    .lane_acc(\lane_acc$172 ),
     .mask(\mask$72 ),
     .\port$0$1794 (i__payload[1793:1792]),
     .rst(rst),
@@ -793,10 +953,10 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     .x(i__payload[447:384])
   );
   \dot_product.pe_7  pe_7 (
-    .acc(\acc$102 ),
+    .acc(\acc$109 ),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$117 ),
+    .lane_acc(\lane_acc$173 ),
     .mask(\mask$82 ),
     .\port$0$1762 (i__payload[1793:1760]),
     .rst(rst),
@@ -838,6 +998,714 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$16  = drain_3;
+    if (dw) begin
+      if (\$9 ) begin
+        \$16  = drain_11;
+      end
+      if (\$11 ) begin
+        \$16  = lane_acc[83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$17  = drain_4;
+    if (dw) begin
+      if (\$9 ) begin
+        \$17  = drain_12;
+      end
+      if (\$11 ) begin
+        \$17  = lane_acc[104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$18  = drain_5;
+    if (dw) begin
+      if (\$9 ) begin
+        \$18  = drain_13;
+      end
+      if (\$11 ) begin
+        \$18  = lane_acc[125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$19  = drain_6;
+    if (dw) begin
+      if (\$9 ) begin
+        \$19  = drain_14;
+      end
+      if (\$11 ) begin
+        \$19  = lane_acc[146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$20  = drain_7;
+    if (dw) begin
+      if (\$9 ) begin
+        \$20  = drain_15;
+      end
+      if (\$11 ) begin
+        \$20  = lane_acc[167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$21  = drain_8;
+    if (dw) begin
+      if (\$9 ) begin
+        \$21  = drain_16;
+      end
+      if (\$11 ) begin
+        \$21  = \lane_acc$167 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$22  = drain_9;
+    if (dw) begin
+      if (\$9 ) begin
+        \$22  = drain_17;
+      end
+      if (\$11 ) begin
+        \$22  = \lane_acc$167 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$23  = drain_10;
+    if (dw) begin
+      if (\$9 ) begin
+        \$23  = drain_18;
+      end
+      if (\$11 ) begin
+        \$23  = \lane_acc$167 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$24  = drain_11;
+    if (dw) begin
+      if (\$9 ) begin
+        \$24  = drain_19;
+      end
+      if (\$11 ) begin
+        \$24  = \lane_acc$167 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$25  = drain_12;
+    if (dw) begin
+      if (\$9 ) begin
+        \$25  = drain_20;
+      end
+      if (\$11 ) begin
+        \$25  = \lane_acc$167 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$26  = drain_13;
+    if (dw) begin
+      if (\$9 ) begin
+        \$26  = drain_21;
+      end
+      if (\$11 ) begin
+        \$26  = \lane_acc$167 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$27  = drain_14;
+    if (dw) begin
+      if (\$9 ) begin
+        \$27  = drain_22;
+      end
+      if (\$11 ) begin
+        \$27  = \lane_acc$167 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$28  = drain_15;
+    if (dw) begin
+      if (\$9 ) begin
+        \$28  = drain_23;
+      end
+      if (\$11 ) begin
+        \$28  = \lane_acc$167 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$29  = drain_16;
+    if (dw) begin
+      if (\$9 ) begin
+        \$29  = drain_24;
+      end
+      if (\$11 ) begin
+        \$29  = \lane_acc$168 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$30  = drain_17;
+    if (dw) begin
+      if (\$9 ) begin
+        \$30  = drain_25;
+      end
+      if (\$11 ) begin
+        \$30  = \lane_acc$168 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$31  = drain_18;
+    if (dw) begin
+      if (\$9 ) begin
+        \$31  = drain_26;
+      end
+      if (\$11 ) begin
+        \$31  = \lane_acc$168 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$32  = drain_19;
+    if (dw) begin
+      if (\$9 ) begin
+        \$32  = drain_27;
+      end
+      if (\$11 ) begin
+        \$32  = \lane_acc$168 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$33  = drain_20;
+    if (dw) begin
+      if (\$9 ) begin
+        \$33  = drain_28;
+      end
+      if (\$11 ) begin
+        \$33  = \lane_acc$168 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$34  = drain_21;
+    if (dw) begin
+      if (\$9 ) begin
+        \$34  = drain_29;
+      end
+      if (\$11 ) begin
+        \$34  = \lane_acc$168 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$35  = drain_22;
+    if (dw) begin
+      if (\$9 ) begin
+        \$35  = drain_30;
+      end
+      if (\$11 ) begin
+        \$35  = \lane_acc$168 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$36  = drain_23;
+    if (dw) begin
+      if (\$9 ) begin
+        \$36  = drain_31;
+      end
+      if (\$11 ) begin
+        \$36  = \lane_acc$168 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = drain_24;
+    if (dw) begin
+      if (\$9 ) begin
+        \$37  = drain_32;
+      end
+      if (\$11 ) begin
+        \$37  = \lane_acc$169 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$38  = drain_25;
+    if (dw) begin
+      if (\$9 ) begin
+        \$38  = drain_33;
+      end
+      if (\$11 ) begin
+        \$38  = \lane_acc$169 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$39  = drain_26;
+    if (dw) begin
+      if (\$9 ) begin
+        \$39  = drain_34;
+      end
+      if (\$11 ) begin
+        \$39  = \lane_acc$169 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$40  = drain_27;
+    if (dw) begin
+      if (\$9 ) begin
+        \$40  = drain_35;
+      end
+      if (\$11 ) begin
+        \$40  = \lane_acc$169 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = drain_28;
+    if (dw) begin
+      if (\$9 ) begin
+        \$41  = drain_36;
+      end
+      if (\$11 ) begin
+        \$41  = \lane_acc$169 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$42  = drain_29;
+    if (dw) begin
+      if (\$9 ) begin
+        \$42  = drain_37;
+      end
+      if (\$11 ) begin
+        \$42  = \lane_acc$169 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$43  = drain_30;
+    if (dw) begin
+      if (\$9 ) begin
+        \$43  = drain_38;
+      end
+      if (\$11 ) begin
+        \$43  = \lane_acc$169 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$44  = drain_31;
+    if (dw) begin
+      if (\$9 ) begin
+        \$44  = drain_39;
+      end
+      if (\$11 ) begin
+        \$44  = \lane_acc$169 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$45  = drain_32;
+    if (dw) begin
+      if (\$9 ) begin
+        \$45  = drain_40;
+      end
+      if (\$11 ) begin
+        \$45  = \lane_acc$170 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$46  = drain_33;
+    if (dw) begin
+      if (\$9 ) begin
+        \$46  = drain_41;
+      end
+      if (\$11 ) begin
+        \$46  = \lane_acc$170 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$47  = drain_34;
+    if (dw) begin
+      if (\$9 ) begin
+        \$47  = drain_42;
+      end
+      if (\$11 ) begin
+        \$47  = \lane_acc$170 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$48  = drain_35;
+    if (dw) begin
+      if (\$9 ) begin
+        \$48  = drain_43;
+      end
+      if (\$11 ) begin
+        \$48  = \lane_acc$170 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$49  = drain_36;
+    if (dw) begin
+      if (\$9 ) begin
+        \$49  = drain_44;
+      end
+      if (\$11 ) begin
+        \$49  = \lane_acc$170 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$50  = drain_37;
+    if (dw) begin
+      if (\$9 ) begin
+        \$50  = drain_45;
+      end
+      if (\$11 ) begin
+        \$50  = \lane_acc$170 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$51  = drain_38;
+    if (dw) begin
+      if (\$9 ) begin
+        \$51  = drain_46;
+      end
+      if (\$11 ) begin
+        \$51  = \lane_acc$170 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$52  = drain_39;
+    if (dw) begin
+      if (\$9 ) begin
+        \$52  = drain_47;
+      end
+      if (\$11 ) begin
+        \$52  = \lane_acc$170 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$53  = drain_40;
+    if (dw) begin
+      if (\$9 ) begin
+        \$53  = drain_48;
+      end
+      if (\$11 ) begin
+        \$53  = \lane_acc$171 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$54  = drain_41;
+    if (dw) begin
+      if (\$9 ) begin
+        \$54  = drain_49;
+      end
+      if (\$11 ) begin
+        \$54  = \lane_acc$171 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$55  = drain_42;
+    if (dw) begin
+      if (\$9 ) begin
+        \$55  = drain_50;
+      end
+      if (\$11 ) begin
+        \$55  = \lane_acc$171 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$56  = drain_43;
+    if (dw) begin
+      if (\$9 ) begin
+        \$56  = drain_51;
+      end
+      if (\$11 ) begin
+        \$56  = \lane_acc$171 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$57  = drain_44;
+    if (dw) begin
+      if (\$9 ) begin
+        \$57  = drain_52;
+      end
+      if (\$11 ) begin
+        \$57  = \lane_acc$171 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$58  = drain_45;
+    if (dw) begin
+      if (\$9 ) begin
+        \$58  = drain_53;
+      end
+      if (\$11 ) begin
+        \$58  = \lane_acc$171 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$59  = drain_46;
+    if (dw) begin
+      if (\$9 ) begin
+        \$59  = drain_54;
+      end
+      if (\$11 ) begin
+        \$59  = \lane_acc$171 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$60  = drain_47;
+    if (dw) begin
+      if (\$9 ) begin
+        \$60  = drain_55;
+      end
+      if (\$11 ) begin
+        \$60  = \lane_acc$171 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$61  = drain_48;
+    if (dw) begin
+      if (\$9 ) begin
+        \$61  = drain_56;
+      end
+      if (\$11 ) begin
+        \$61  = \lane_acc$172 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$62  = drain_49;
+    if (dw) begin
+      if (\$9 ) begin
+        \$62  = drain_57;
+      end
+      if (\$11 ) begin
+        \$62  = \lane_acc$172 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$63  = drain_50;
+    if (dw) begin
+      if (\$9 ) begin
+        \$63  = drain_58;
+      end
+      if (\$11 ) begin
+        \$63  = \lane_acc$172 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$64  = drain_51;
+    if (dw) begin
+      if (\$9 ) begin
+        \$64  = drain_59;
+      end
+      if (\$11 ) begin
+        \$64  = \lane_acc$172 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$65  = drain_52;
+    if (dw) begin
+      if (\$9 ) begin
+        \$65  = drain_60;
+      end
+      if (\$11 ) begin
+        \$65  = \lane_acc$172 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$66  = drain_53;
+    if (dw) begin
+      if (\$9 ) begin
+        \$66  = drain_61;
+      end
+      if (\$11 ) begin
+        \$66  = \lane_acc$172 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$67  = drain_54;
+    if (dw) begin
+      if (\$9 ) begin
+        \$67  = drain_62;
+      end
+      if (\$11 ) begin
+        \$67  = \lane_acc$172 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$68  = drain_55;
+    if (dw) begin
+      if (\$9 ) begin
+        \$68  = drain_63;
+      end
+      if (\$11 ) begin
+        \$68  = \lane_acc$172 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$69  = drain_56;
+    if (dw) begin
+      if (\$11 ) begin
+        \$69  = \lane_acc$173 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$70  = drain_57;
+    if (dw) begin
+      if (\$11 ) begin
+        \$70  = \lane_acc$173 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$71  = drain_58;
+    if (dw) begin
+      if (\$11 ) begin
+        \$71  = \lane_acc$173 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$72  = drain_59;
+    if (dw) begin
+      if (\$11 ) begin
+        \$72  = \lane_acc$173 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$73  = drain_60;
+    if (dw) begin
+      if (\$11 ) begin
+        \$73  = \lane_acc$173 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$74  = drain_61;
+    if (dw) begin
+      if (\$11 ) begin
+        \$74  = \lane_acc$173 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$75  = drain_62;
+    if (dw) begin
+      if (\$11 ) begin
+        \$75  = \lane_acc$173 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$76  = drain_63;
+    if (dw) begin
+      if (\$11 ) begin
+        \$76  = \lane_acc$173 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
     (* full_case = 32'd1 *)
     if (dw) begin
       i__ready = \$5 ;
@@ -858,9 +1726,16 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
     (* full_case = 32'd1 *)
     if (dw) begin
-      o__payload = drain_0;
+      o__payload[31:0] = { drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0 };
+      o__payload[63:32] = { drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1 };
+      o__payload[95:64] = { drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2 };
+      o__payload[127:96] = { drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3 };
+      o__payload[159:128] = { drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4 };
+      o__payload[191:160] = { drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5 };
+      o__payload[223:192] = { drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6 };
+      o__payload[255:224] = { drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7 };
     end else begin
-      o__payload = { \acc$102 , \acc$101 , \acc$100 , \acc$99 , \acc$98 , \acc$97 , \acc$96 , acc };
+      o__payload = { \acc$109 , \acc$108 , \acc$107 , \acc$106 , \acc$105 , \acc$104 , \acc$103 , acc };
     end
   end
   always @* begin
@@ -883,17 +1758,10 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     \$13  = drain_0;
     if (dw) begin
       if (\$9 ) begin
-        \$13  = drain_1;
+        \$13  = drain_8;
       end
       if (\$11 ) begin
-        \$13 [31:0] = { lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20:0] };
-        \$13 [63:32] = { lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41:21] };
-        \$13 [95:64] = { lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62:42] };
-        \$13 [127:96] = { lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83:63] };
-        \$13 [159:128] = { lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104:84] };
-        \$13 [191:160] = { lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125:105] };
-        \$13 [223:192] = { lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146:126] };
-        \$13 [255:224] = { lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167:147] };
+        \$13  = lane_acc[20:0];
       end
     end
   end
@@ -902,17 +1770,10 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     \$14  = drain_1;
     if (dw) begin
       if (\$9 ) begin
-        \$14  = drain_2;
+        \$14  = drain_9;
       end
       if (\$11 ) begin
-        \$14 [31:0] = { \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20:0] };
-        \$14 [63:32] = { \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41:21] };
-        \$14 [95:64] = { \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62:42] };
-        \$14 [127:96] = { \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83:63] };
-        \$14 [159:128] = { \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104:84] };
-        \$14 [191:160] = { \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125:105] };
-        \$14 [223:192] = { \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146:126] };
-        \$14 [255:224] = { \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167:147] };
+        \$14  = lane_acc[41:21];
       end
     end
   end
@@ -921,109 +1782,10 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     \$15  = drain_2;
     if (dw) begin
       if (\$9 ) begin
-        \$15  = drain_3;
+        \$15  = drain_10;
       end
       if (\$11 ) begin
-        \$15 [31:0] = { \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20:0] };
-        \$15 [63:32] = { \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41:21] };
-        \$15 [95:64] = { \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62:42] };
-        \$15 [127:96] = { \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83:63] };
-        \$15 [159:128] = { \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104:84] };
-        \$15 [191:160] = { \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125:105] };
-        \$15 [223:192] = { \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146:126] };
-        \$15 [255:224] = { \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167:147] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = drain_3;
-    if (dw) begin
-      if (\$9 ) begin
-        \$16  = drain_4;
-      end
-      if (\$11 ) begin
-        \$16 [31:0] = { \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20:0] };
-        \$16 [63:32] = { \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41:21] };
-        \$16 [95:64] = { \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62:42] };
-        \$16 [127:96] = { \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83:63] };
-        \$16 [159:128] = { \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104:84] };
-        \$16 [191:160] = { \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125:105] };
-        \$16 [223:192] = { \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146:126] };
-        \$16 [255:224] = { \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167:147] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = drain_4;
-    if (dw) begin
-      if (\$9 ) begin
-        \$17  = drain_5;
-      end
-      if (\$11 ) begin
-        \$17 [31:0] = { \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20:0] };
-        \$17 [63:32] = { \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41:21] };
-        \$17 [95:64] = { \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62:42] };
-        \$17 [127:96] = { \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83:63] };
-        \$17 [159:128] = { \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104:84] };
-        \$17 [191:160] = { \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125:105] };
-        \$17 [223:192] = { \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146:126] };
-        \$17 [255:224] = { \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167:147] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = drain_5;
-    if (dw) begin
-      if (\$9 ) begin
-        \$18  = drain_6;
-      end
-      if (\$11 ) begin
-        \$18 [31:0] = { \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20:0] };
-        \$18 [63:32] = { \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41:21] };
-        \$18 [95:64] = { \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62:42] };
-        \$18 [127:96] = { \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83:63] };
-        \$18 [159:128] = { \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104:84] };
-        \$18 [191:160] = { \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125:105] };
-        \$18 [223:192] = { \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146:126] };
-        \$18 [255:224] = { \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167:147] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = drain_6;
-    if (dw) begin
-      if (\$9 ) begin
-        \$19  = drain_7;
-      end
-      if (\$11 ) begin
-        \$19 [31:0] = { \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20:0] };
-        \$19 [63:32] = { \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41:21] };
-        \$19 [95:64] = { \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62:42] };
-        \$19 [127:96] = { \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83:63] };
-        \$19 [159:128] = { \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104:84] };
-        \$19 [191:160] = { \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125:105] };
-        \$19 [223:192] = { \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146:126] };
-        \$19 [255:224] = { \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167:147] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = drain_7;
-    if (dw) begin
-      if (\$11 ) begin
-        \$20 [31:0] = { \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20:0] };
-        \$20 [63:32] = { \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41:21] };
-        \$20 [95:64] = { \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62:42] };
-        \$20 [127:96] = { \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83:63] };
-        \$20 [159:128] = { \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104:84] };
-        \$20 [191:160] = { \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125:105] };
-        \$20 [223:192] = { \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146:126] };
-        \$20 [255:224] = { \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167:147] };
+        \$15  = lane_acc[62:42];
       end
     end
   end
@@ -1457,70 +2219,6 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
   assign \words$84[5]  = i__payload[1503:1488];
   assign \words$84[6]  = i__payload[1519:1504];
   assign \words$84[7]  = i__payload[1535:1520];
-  assign \drain_0[0]  = drain_0[31:0];
-  assign \drain_0[1]  = drain_0[63:32];
-  assign \drain_0[2]  = drain_0[95:64];
-  assign \drain_0[3]  = drain_0[127:96];
-  assign \drain_0[4]  = drain_0[159:128];
-  assign \drain_0[5]  = drain_0[191:160];
-  assign \drain_0[6]  = drain_0[223:192];
-  assign \drain_0[7]  = drain_0[255:224];
-  assign \drain_1[0]  = drain_1[31:0];
-  assign \drain_1[1]  = drain_1[63:32];
-  assign \drain_1[2]  = drain_1[95:64];
-  assign \drain_1[3]  = drain_1[127:96];
-  assign \drain_1[4]  = drain_1[159:128];
-  assign \drain_1[5]  = drain_1[191:160];
-  assign \drain_1[6]  = drain_1[223:192];
-  assign \drain_1[7]  = drain_1[255:224];
-  assign \drain_2[0]  = drain_2[31:0];
-  assign \drain_2[1]  = drain_2[63:32];
-  assign \drain_2[2]  = drain_2[95:64];
-  assign \drain_2[3]  = drain_2[127:96];
-  assign \drain_2[4]  = drain_2[159:128];
-  assign \drain_2[5]  = drain_2[191:160];
-  assign \drain_2[6]  = drain_2[223:192];
-  assign \drain_2[7]  = drain_2[255:224];
-  assign \drain_3[0]  = drain_3[31:0];
-  assign \drain_3[1]  = drain_3[63:32];
-  assign \drain_3[2]  = drain_3[95:64];
-  assign \drain_3[3]  = drain_3[127:96];
-  assign \drain_3[4]  = drain_3[159:128];
-  assign \drain_3[5]  = drain_3[191:160];
-  assign \drain_3[6]  = drain_3[223:192];
-  assign \drain_3[7]  = drain_3[255:224];
-  assign \drain_4[0]  = drain_4[31:0];
-  assign \drain_4[1]  = drain_4[63:32];
-  assign \drain_4[2]  = drain_4[95:64];
-  assign \drain_4[3]  = drain_4[127:96];
-  assign \drain_4[4]  = drain_4[159:128];
-  assign \drain_4[5]  = drain_4[191:160];
-  assign \drain_4[6]  = drain_4[223:192];
-  assign \drain_4[7]  = drain_4[255:224];
-  assign \drain_5[0]  = drain_5[31:0];
-  assign \drain_5[1]  = drain_5[63:32];
-  assign \drain_5[2]  = drain_5[95:64];
-  assign \drain_5[3]  = drain_5[127:96];
-  assign \drain_5[4]  = drain_5[159:128];
-  assign \drain_5[5]  = drain_5[191:160];
-  assign \drain_5[6]  = drain_5[223:192];
-  assign \drain_5[7]  = drain_5[255:224];
-  assign \drain_6[0]  = drain_6[31:0];
-  assign \drain_6[1]  = drain_6[63:32];
-  assign \drain_6[2]  = drain_6[95:64];
-  assign \drain_6[3]  = drain_6[127:96];
-  assign \drain_6[4]  = drain_6[159:128];
-  assign \drain_6[5]  = drain_6[191:160];
-  assign \drain_6[6]  = drain_6[223:192];
-  assign \drain_6[7]  = drain_6[255:224];
-  assign \drain_7[0]  = drain_7[31:0];
-  assign \drain_7[1]  = drain_7[63:32];
-  assign \drain_7[2]  = drain_7[95:64];
-  assign \drain_7[3]  = drain_7[127:96];
-  assign \drain_7[4]  = drain_7[159:128];
-  assign \drain_7[5]  = drain_7[191:160];
-  assign \drain_7[6]  = drain_7[223:192];
-  assign \drain_7[7]  = drain_7[255:224];
   assign \lane_acc[0]  = lane_acc[20:0];
   assign \lane_acc[1]  = lane_acc[41:21];
   assign \lane_acc[2]  = lane_acc[62:42];
@@ -1529,62 +2227,62 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
   assign \lane_acc[5]  = lane_acc[125:105];
   assign \lane_acc[6]  = lane_acc[146:126];
   assign \lane_acc[7]  = lane_acc[167:147];
-  assign \lane_acc$111[0]  = \lane_acc$111 [20:0];
-  assign \lane_acc$111[1]  = \lane_acc$111 [41:21];
-  assign \lane_acc$111[2]  = \lane_acc$111 [62:42];
-  assign \lane_acc$111[3]  = \lane_acc$111 [83:63];
-  assign \lane_acc$111[4]  = \lane_acc$111 [104:84];
-  assign \lane_acc$111[5]  = \lane_acc$111 [125:105];
-  assign \lane_acc$111[6]  = \lane_acc$111 [146:126];
-  assign \lane_acc$111[7]  = \lane_acc$111 [167:147];
-  assign \lane_acc$112[0]  = \lane_acc$112 [20:0];
-  assign \lane_acc$112[1]  = \lane_acc$112 [41:21];
-  assign \lane_acc$112[2]  = \lane_acc$112 [62:42];
-  assign \lane_acc$112[3]  = \lane_acc$112 [83:63];
-  assign \lane_acc$112[4]  = \lane_acc$112 [104:84];
-  assign \lane_acc$112[5]  = \lane_acc$112 [125:105];
-  assign \lane_acc$112[6]  = \lane_acc$112 [146:126];
-  assign \lane_acc$112[7]  = \lane_acc$112 [167:147];
-  assign \lane_acc$113[0]  = \lane_acc$113 [20:0];
-  assign \lane_acc$113[1]  = \lane_acc$113 [41:21];
-  assign \lane_acc$113[2]  = \lane_acc$113 [62:42];
-  assign \lane_acc$113[3]  = \lane_acc$113 [83:63];
-  assign \lane_acc$113[4]  = \lane_acc$113 [104:84];
-  assign \lane_acc$113[5]  = \lane_acc$113 [125:105];
-  assign \lane_acc$113[6]  = \lane_acc$113 [146:126];
-  assign \lane_acc$113[7]  = \lane_acc$113 [167:147];
-  assign \lane_acc$114[0]  = \lane_acc$114 [20:0];
-  assign \lane_acc$114[1]  = \lane_acc$114 [41:21];
-  assign \lane_acc$114[2]  = \lane_acc$114 [62:42];
-  assign \lane_acc$114[3]  = \lane_acc$114 [83:63];
-  assign \lane_acc$114[4]  = \lane_acc$114 [104:84];
-  assign \lane_acc$114[5]  = \lane_acc$114 [125:105];
-  assign \lane_acc$114[6]  = \lane_acc$114 [146:126];
-  assign \lane_acc$114[7]  = \lane_acc$114 [167:147];
-  assign \lane_acc$115[0]  = \lane_acc$115 [20:0];
-  assign \lane_acc$115[1]  = \lane_acc$115 [41:21];
-  assign \lane_acc$115[2]  = \lane_acc$115 [62:42];
-  assign \lane_acc$115[3]  = \lane_acc$115 [83:63];
-  assign \lane_acc$115[4]  = \lane_acc$115 [104:84];
-  assign \lane_acc$115[5]  = \lane_acc$115 [125:105];
-  assign \lane_acc$115[6]  = \lane_acc$115 [146:126];
-  assign \lane_acc$115[7]  = \lane_acc$115 [167:147];
-  assign \lane_acc$116[0]  = \lane_acc$116 [20:0];
-  assign \lane_acc$116[1]  = \lane_acc$116 [41:21];
-  assign \lane_acc$116[2]  = \lane_acc$116 [62:42];
-  assign \lane_acc$116[3]  = \lane_acc$116 [83:63];
-  assign \lane_acc$116[4]  = \lane_acc$116 [104:84];
-  assign \lane_acc$116[5]  = \lane_acc$116 [125:105];
-  assign \lane_acc$116[6]  = \lane_acc$116 [146:126];
-  assign \lane_acc$116[7]  = \lane_acc$116 [167:147];
-  assign \lane_acc$117[0]  = \lane_acc$117 [20:0];
-  assign \lane_acc$117[1]  = \lane_acc$117 [41:21];
-  assign \lane_acc$117[2]  = \lane_acc$117 [62:42];
-  assign \lane_acc$117[3]  = \lane_acc$117 [83:63];
-  assign \lane_acc$117[4]  = \lane_acc$117 [104:84];
-  assign \lane_acc$117[5]  = \lane_acc$117 [125:105];
-  assign \lane_acc$117[6]  = \lane_acc$117 [146:126];
-  assign \lane_acc$117[7]  = \lane_acc$117 [167:147];
+  assign \lane_acc$167[0]  = \lane_acc$167 [20:0];
+  assign \lane_acc$167[1]  = \lane_acc$167 [41:21];
+  assign \lane_acc$167[2]  = \lane_acc$167 [62:42];
+  assign \lane_acc$167[3]  = \lane_acc$167 [83:63];
+  assign \lane_acc$167[4]  = \lane_acc$167 [104:84];
+  assign \lane_acc$167[5]  = \lane_acc$167 [125:105];
+  assign \lane_acc$167[6]  = \lane_acc$167 [146:126];
+  assign \lane_acc$167[7]  = \lane_acc$167 [167:147];
+  assign \lane_acc$168[0]  = \lane_acc$168 [20:0];
+  assign \lane_acc$168[1]  = \lane_acc$168 [41:21];
+  assign \lane_acc$168[2]  = \lane_acc$168 [62:42];
+  assign \lane_acc$168[3]  = \lane_acc$168 [83:63];
+  assign \lane_acc$168[4]  = \lane_acc$168 [104:84];
+  assign \lane_acc$168[5]  = \lane_acc$168 [125:105];
+  assign \lane_acc$168[6]  = \lane_acc$168 [146:126];
+  assign \lane_acc$168[7]  = \lane_acc$168 [167:147];
+  assign \lane_acc$169[0]  = \lane_acc$169 [20:0];
+  assign \lane_acc$169[1]  = \lane_acc$169 [41:21];
+  assign \lane_acc$169[2]  = \lane_acc$169 [62:42];
+  assign \lane_acc$169[3]  = \lane_acc$169 [83:63];
+  assign \lane_acc$169[4]  = \lane_acc$169 [104:84];
+  assign \lane_acc$169[5]  = \lane_acc$169 [125:105];
+  assign \lane_acc$169[6]  = \lane_acc$169 [146:126];
+  assign \lane_acc$169[7]  = \lane_acc$169 [167:147];
+  assign \lane_acc$170[0]  = \lane_acc$170 [20:0];
+  assign \lane_acc$170[1]  = \lane_acc$170 [41:21];
+  assign \lane_acc$170[2]  = \lane_acc$170 [62:42];
+  assign \lane_acc$170[3]  = \lane_acc$170 [83:63];
+  assign \lane_acc$170[4]  = \lane_acc$170 [104:84];
+  assign \lane_acc$170[5]  = \lane_acc$170 [125:105];
+  assign \lane_acc$170[6]  = \lane_acc$170 [146:126];
+  assign \lane_acc$170[7]  = \lane_acc$170 [167:147];
+  assign \lane_acc$171[0]  = \lane_acc$171 [20:0];
+  assign \lane_acc$171[1]  = \lane_acc$171 [41:21];
+  assign \lane_acc$171[2]  = \lane_acc$171 [62:42];
+  assign \lane_acc$171[3]  = \lane_acc$171 [83:63];
+  assign \lane_acc$171[4]  = \lane_acc$171 [104:84];
+  assign \lane_acc$171[5]  = \lane_acc$171 [125:105];
+  assign \lane_acc$171[6]  = \lane_acc$171 [146:126];
+  assign \lane_acc$171[7]  = \lane_acc$171 [167:147];
+  assign \lane_acc$172[0]  = \lane_acc$172 [20:0];
+  assign \lane_acc$172[1]  = \lane_acc$172 [41:21];
+  assign \lane_acc$172[2]  = \lane_acc$172 [62:42];
+  assign \lane_acc$172[3]  = \lane_acc$172 [83:63];
+  assign \lane_acc$172[4]  = \lane_acc$172 [104:84];
+  assign \lane_acc$172[5]  = \lane_acc$172 [125:105];
+  assign \lane_acc$172[6]  = \lane_acc$172 [146:126];
+  assign \lane_acc$172[7]  = \lane_acc$172 [167:147];
+  assign \lane_acc$173[0]  = \lane_acc$173 [20:0];
+  assign \lane_acc$173[1]  = \lane_acc$173 [41:21];
+  assign \lane_acc$173[2]  = \lane_acc$173 [62:42];
+  assign \lane_acc$173[3]  = \lane_acc$173 [83:63];
+  assign \lane_acc$173[4]  = \lane_acc$173 [104:84];
+  assign \lane_acc$173[5]  = \lane_acc$173 [125:105];
+  assign \lane_acc$173[6]  = \lane_acc$173 [146:126];
+  assign \lane_acc$173[7]  = \lane_acc$173 [167:147];
 endmodule
 
 (* generator = "Amaranth" *)

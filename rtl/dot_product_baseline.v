@@ -41,30 +41,86 @@ module dot_product_baseline(i__valid, o__ready, dw, clk, rst, i__ready, o__paylo
   wire [4:0] \$10 ;
   wire \$11 ;
   reg [3:0] \$12 ;
-  reg [255:0] \$13 ;
-  reg [255:0] \$14 ;
-  reg [255:0] \$15 ;
-  reg [255:0] \$16 ;
-  reg [255:0] \$17 ;
-  reg [255:0] \$18 ;
-  reg [255:0] \$19 ;
+  reg [20:0] \$13 ;
+  reg [20:0] \$14 ;
+  reg [20:0] \$15 ;
+  reg [20:0] \$16 ;
+  reg [20:0] \$17 ;
+  reg [20:0] \$18 ;
+  reg [20:0] \$19 ;
   wire \$2 ;
-  reg [255:0] \$20 ;
+  reg [20:0] \$20 ;
+  reg [20:0] \$21 ;
+  reg [20:0] \$22 ;
+  reg [20:0] \$23 ;
+  reg [20:0] \$24 ;
+  reg [20:0] \$25 ;
+  reg [20:0] \$26 ;
+  reg [20:0] \$27 ;
+  reg [20:0] \$28 ;
+  reg [20:0] \$29 ;
   wire \$3 ;
+  reg [20:0] \$30 ;
+  reg [20:0] \$31 ;
+  reg [20:0] \$32 ;
+  reg [20:0] \$33 ;
+  reg [20:0] \$34 ;
+  reg [20:0] \$35 ;
+  reg [20:0] \$36 ;
+  reg [20:0] \$37 ;
+  reg [20:0] \$38 ;
+  reg [20:0] \$39 ;
   wire \$4 ;
+  reg [20:0] \$40 ;
+  reg [20:0] \$41 ;
+  reg [20:0] \$42 ;
+  reg [20:0] \$43 ;
+  reg [20:0] \$44 ;
+  reg [20:0] \$45 ;
+  reg [20:0] \$46 ;
+  reg [20:0] \$47 ;
+  reg [20:0] \$48 ;
+  reg [20:0] \$49 ;
   wire \$5 ;
+  reg [20:0] \$50 ;
+  reg [20:0] \$51 ;
+  reg [20:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [20:0] \$54 ;
+  reg [20:0] \$55 ;
+  reg [20:0] \$56 ;
+  reg [20:0] \$57 ;
+  reg [20:0] \$58 ;
+  reg [20:0] \$59 ;
   wire \$6 ;
+  reg [20:0] \$60 ;
+  reg [20:0] \$61 ;
+  reg [20:0] \$62 ;
+  reg [20:0] \$63 ;
+  reg [20:0] \$64 ;
+  reg [20:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [20:0] \$67 ;
+  reg [20:0] \$68 ;
+  reg [20:0] \$69 ;
   wire \$7 ;
+  reg [20:0] \$70 ;
+  reg [20:0] \$71 ;
+  reg [20:0] \$72 ;
+  reg [20:0] \$73 ;
+  reg [20:0] \$74 ;
+  reg [20:0] \$75 ;
+  reg [20:0] \$76 ;
   wire \$8 ;
   wire \$9 ;
   wire [31:0] acc;
-  wire [31:0] \acc$72 ;
-  wire [31:0] \acc$73 ;
-  wire [31:0] \acc$74 ;
-  wire [31:0] \acc$75 ;
-  wire [31:0] \acc$76 ;
-  wire [31:0] \acc$77 ;
-  wire [31:0] \acc$78 ;
+  wire [31:0] \acc$79 ;
+  wire [31:0] \acc$80 ;
+  wire [31:0] \acc$81 ;
+  wire [31:0] \acc$82 ;
+  wire [31:0] \acc$83 ;
+  wire [31:0] \acc$84 ;
+  wire [31:0] \acc$85 ;
   wire acc_valid;
   wire [31:0] bias;
   wire [31:0] \bias$19 ;
@@ -76,78 +132,70 @@ module dot_product_baseline(i__valid, o__ready, dw, clk, rst, i__ready, o__paylo
   wire [31:0] \bias$61 ;
   input clk;
   wire clk;
-  reg [255:0] drain_0 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_0[0] ;
-  wire [31:0] \drain_0[1] ;
-  wire [31:0] \drain_0[2] ;
-  wire [31:0] \drain_0[3] ;
-  wire [31:0] \drain_0[4] ;
-  wire [31:0] \drain_0[5] ;
-  wire [31:0] \drain_0[6] ;
-  wire [31:0] \drain_0[7] ;
-  reg [255:0] drain_1 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_1[0] ;
-  wire [31:0] \drain_1[1] ;
-  wire [31:0] \drain_1[2] ;
-  wire [31:0] \drain_1[3] ;
-  wire [31:0] \drain_1[4] ;
-  wire [31:0] \drain_1[5] ;
-  wire [31:0] \drain_1[6] ;
-  wire [31:0] \drain_1[7] ;
-  reg [255:0] drain_2 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_2[0] ;
-  wire [31:0] \drain_2[1] ;
-  wire [31:0] \drain_2[2] ;
-  wire [31:0] \drain_2[3] ;
-  wire [31:0] \drain_2[4] ;
-  wire [31:0] \drain_2[5] ;
-  wire [31:0] \drain_2[6] ;
-  wire [31:0] \drain_2[7] ;
-  reg [255:0] drain_3 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_3[0] ;
-  wire [31:0] \drain_3[1] ;
-  wire [31:0] \drain_3[2] ;
-  wire [31:0] \drain_3[3] ;
-  wire [31:0] \drain_3[4] ;
-  wire [31:0] \drain_3[5] ;
-  wire [31:0] \drain_3[6] ;
-  wire [31:0] \drain_3[7] ;
-  reg [255:0] drain_4 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_4[0] ;
-  wire [31:0] \drain_4[1] ;
-  wire [31:0] \drain_4[2] ;
-  wire [31:0] \drain_4[3] ;
-  wire [31:0] \drain_4[4] ;
-  wire [31:0] \drain_4[5] ;
-  wire [31:0] \drain_4[6] ;
-  wire [31:0] \drain_4[7] ;
-  reg [255:0] drain_5 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_5[0] ;
-  wire [31:0] \drain_5[1] ;
-  wire [31:0] \drain_5[2] ;
-  wire [31:0] \drain_5[3] ;
-  wire [31:0] \drain_5[4] ;
-  wire [31:0] \drain_5[5] ;
-  wire [31:0] \drain_5[6] ;
-  wire [31:0] \drain_5[7] ;
-  reg [255:0] drain_6 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_6[0] ;
-  wire [31:0] \drain_6[1] ;
-  wire [31:0] \drain_6[2] ;
-  wire [31:0] \drain_6[3] ;
-  wire [31:0] \drain_6[4] ;
-  wire [31:0] \drain_6[5] ;
-  wire [31:0] \drain_6[6] ;
-  wire [31:0] \drain_6[7] ;
-  reg [255:0] drain_7 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_7[0] ;
-  wire [31:0] \drain_7[1] ;
-  wire [31:0] \drain_7[2] ;
-  wire [31:0] \drain_7[3] ;
-  wire [31:0] \drain_7[4] ;
-  wire [31:0] \drain_7[5] ;
-  wire [31:0] \drain_7[6] ;
-  wire [31:0] \drain_7[7] ;
+  reg [20:0] drain_0 = 21'h000000;
+  reg [20:0] drain_1 = 21'h000000;
+  reg [20:0] drain_10 = 21'h000000;
+  reg [20:0] drain_11 = 21'h000000;
+  reg [20:0] drain_12 = 21'h000000;
+  reg [20:0] drain_13 = 21'h000000;
+  reg [20:0] drain_14 = 21'h000000;
+  reg [20:0] drain_15 = 21'h000000;
+  reg [20:0] drain_16 = 21'h000000;
+  reg [20:0] drain_17 = 21'h000000;
+  reg [20:0] drain_18 = 21'h000000;
+  reg [20:0] drain_19 = 21'h000000;
+  reg [20:0] drain_2 = 21'h000000;
+  reg [20:0] drain_20 = 21'h000000;
+  reg [20:0] drain_21 = 21'h000000;
+  reg [20:0] drain_22 = 21'h000000;
+  reg [20:0] drain_23 = 21'h000000;
+  reg [20:0] drain_24 = 21'h000000;
+  reg [20:0] drain_25 = 21'h000000;
+  reg [20:0] drain_26 = 21'h000000;
+  reg [20:0] drain_27 = 21'h000000;
+  reg [20:0] drain_28 = 21'h000000;
+  reg [20:0] drain_29 = 21'h000000;
+  reg [20:0] drain_3 = 21'h000000;
+  reg [20:0] drain_30 = 21'h000000;
+  reg [20:0] drain_31 = 21'h000000;
+  reg [20:0] drain_32 = 21'h000000;
+  reg [20:0] drain_33 = 21'h000000;
+  reg [20:0] drain_34 = 21'h000000;
+  reg [20:0] drain_35 = 21'h000000;
+  reg [20:0] drain_36 = 21'h000000;
+  reg [20:0] drain_37 = 21'h000000;
+  reg [20:0] drain_38 = 21'h000000;
+  reg [20:0] drain_39 = 21'h000000;
+  reg [20:0] drain_4 = 21'h000000;
+  reg [20:0] drain_40 = 21'h000000;
+  reg [20:0] drain_41 = 21'h000000;
+  reg [20:0] drain_42 = 21'h000000;
+  reg [20:0] drain_43 = 21'h000000;
+  reg [20:0] drain_44 = 21'h000000;
+  reg [20:0] drain_45 = 21'h000000;
+  reg [20:0] drain_46 = 21'h000000;
+  reg [20:0] drain_47 = 21'h000000;
+  reg [20:0] drain_48 = 21'h000000;
+  reg [20:0] drain_49 = 21'h000000;
+  reg [20:0] drain_5 = 21'h000000;
+  reg [20:0] drain_50 = 21'h000000;
+  reg [20:0] drain_51 = 21'h000000;
+  reg [20:0] drain_52 = 21'h000000;
+  reg [20:0] drain_53 = 21'h000000;
+  reg [20:0] drain_54 = 21'h000000;
+  reg [20:0] drain_55 = 21'h000000;
+  reg [20:0] drain_56 = 21'h000000;
+  reg [20:0] drain_57 = 21'h000000;
+  reg [20:0] drain_58 = 21'h000000;
+  reg [20:0] drain_59 = 21'h000000;
+  reg [20:0] drain_6 = 21'h000000;
+  reg [20:0] drain_60 = 21'h000000;
+  reg [20:0] drain_61 = 21'h000000;
+  reg [20:0] drain_62 = 21'h000000;
+  reg [20:0] drain_63 = 21'h000000;
+  reg [20:0] drain_7 = 21'h000000;
+  reg [20:0] drain_8 = 21'h000000;
+  reg [20:0] drain_9 = 21'h000000;
   input dw;
   wire dw;
   wire en;
@@ -332,69 +380,69 @@ module dot_product_baseline(i__valid, o__ready, dw, clk, rst, i__ready, o__paylo
   input i__valid;
   wire i__valid;
   wire [167:0] lane_acc;
-  wire [167:0] \lane_acc$87 ;
-  wire [20:0] \lane_acc$87[0] ;
-  wire [20:0] \lane_acc$87[1] ;
-  wire [20:0] \lane_acc$87[2] ;
-  wire [20:0] \lane_acc$87[3] ;
-  wire [20:0] \lane_acc$87[4] ;
-  wire [20:0] \lane_acc$87[5] ;
-  wire [20:0] \lane_acc$87[6] ;
-  wire [20:0] \lane_acc$87[7] ;
-  wire [167:0] \lane_acc$88 ;
-  wire [20:0] \lane_acc$88[0] ;
-  wire [20:0] \lane_acc$88[1] ;
-  wire [20:0] \lane_acc$88[2] ;
-  wire [20:0] \lane_acc$88[3] ;
-  wire [20:0] \lane_acc$88[4] ;
-  wire [20:0] \lane_acc$88[5] ;
-  wire [20:0] \lane_acc$88[6] ;
-  wire [20:0] \lane_acc$88[7] ;
-  wire [167:0] \lane_acc$89 ;
-  wire [20:0] \lane_acc$89[0] ;
-  wire [20:0] \lane_acc$89[1] ;
-  wire [20:0] \lane_acc$89[2] ;
-  wire [20:0] \lane_acc$89[3] ;
-  wire [20:0] \lane_acc$89[4] ;
-  wire [20:0] \lane_acc$89[5] ;
-  wire [20:0] \lane_acc$89[6] ;
-  wire [20:0] \lane_acc$89[7] ;
-  wire [167:0] \lane_acc$90 ;
-  wire [20:0] \lane_acc$90[0] ;
-  wire [20:0] \lane_acc$90[1] ;
-  wire [20:0] \lane_acc$90[2] ;
-  wire [20:0] \lane_acc$90[3] ;
-  wire [20:0] \lane_acc$90[4] ;
-  wire [20:0] \lane_acc$90[5] ;
-  wire [20:0] \lane_acc$90[6] ;
-  wire [20:0] \lane_acc$90[7] ;
-  wire [167:0] \lane_acc$91 ;
-  wire [20:0] \lane_acc$91[0] ;
-  wire [20:0] \lane_acc$91[1] ;
-  wire [20:0] \lane_acc$91[2] ;
-  wire [20:0] \lane_acc$91[3] ;
-  wire [20:0] \lane_acc$91[4] ;
-  wire [20:0] \lane_acc$91[5] ;
-  wire [20:0] \lane_acc$91[6] ;
-  wire [20:0] \lane_acc$91[7] ;
-  wire [167:0] \lane_acc$92 ;
-  wire [20:0] \lane_acc$92[0] ;
-  wire [20:0] \lane_acc$92[1] ;
-  wire [20:0] \lane_acc$92[2] ;
-  wire [20:0] \lane_acc$92[3] ;
-  wire [20:0] \lane_acc$92[4] ;
-  wire [20:0] \lane_acc$92[5] ;
-  wire [20:0] \lane_acc$92[6] ;
-  wire [20:0] \lane_acc$92[7] ;
-  wire [167:0] \lane_acc$93 ;
-  wire [20:0] \lane_acc$93[0] ;
-  wire [20:0] \lane_acc$93[1] ;
-  wire [20:0] \lane_acc$93[2] ;
-  wire [20:0] \lane_acc$93[3] ;
-  wire [20:0] \lane_acc$93[4] ;
-  wire [20:0] \lane_acc$93[5] ;
-  wire [20:0] \lane_acc$93[6] ;
-  wire [20:0] \lane_acc$93[7] ;
+  wire [167:0] \lane_acc$143 ;
+  wire [20:0] \lane_acc$143[0] ;
+  wire [20:0] \lane_acc$143[1] ;
+  wire [20:0] \lane_acc$143[2] ;
+  wire [20:0] \lane_acc$143[3] ;
+  wire [20:0] \lane_acc$143[4] ;
+  wire [20:0] \lane_acc$143[5] ;
+  wire [20:0] \lane_acc$143[6] ;
+  wire [20:0] \lane_acc$143[7] ;
+  wire [167:0] \lane_acc$144 ;
+  wire [20:0] \lane_acc$144[0] ;
+  wire [20:0] \lane_acc$144[1] ;
+  wire [20:0] \lane_acc$144[2] ;
+  wire [20:0] \lane_acc$144[3] ;
+  wire [20:0] \lane_acc$144[4] ;
+  wire [20:0] \lane_acc$144[5] ;
+  wire [20:0] \lane_acc$144[6] ;
+  wire [20:0] \lane_acc$144[7] ;
+  wire [167:0] \lane_acc$145 ;
+  wire [20:0] \lane_acc$145[0] ;
+  wire [20:0] \lane_acc$145[1] ;
+  wire [20:0] \lane_acc$145[2] ;
+  wire [20:0] \lane_acc$145[3] ;
+  wire [20:0] \lane_acc$145[4] ;
+  wire [20:0] \lane_acc$145[5] ;
+  wire [20:0] \lane_acc$145[6] ;
+  wire [20:0] \lane_acc$145[7] ;
+  wire [167:0] \lane_acc$146 ;
+  wire [20:0] \lane_acc$146[0] ;
+  wire [20:0] \lane_acc$146[1] ;
+  wire [20:0] \lane_acc$146[2] ;
+  wire [20:0] \lane_acc$146[3] ;
+  wire [20:0] \lane_acc$146[4] ;
+  wire [20:0] \lane_acc$146[5] ;
+  wire [20:0] \lane_acc$146[6] ;
+  wire [20:0] \lane_acc$146[7] ;
+  wire [167:0] \lane_acc$147 ;
+  wire [20:0] \lane_acc$147[0] ;
+  wire [20:0] \lane_acc$147[1] ;
+  wire [20:0] \lane_acc$147[2] ;
+  wire [20:0] \lane_acc$147[3] ;
+  wire [20:0] \lane_acc$147[4] ;
+  wire [20:0] \lane_acc$147[5] ;
+  wire [20:0] \lane_acc$147[6] ;
+  wire [20:0] \lane_acc$147[7] ;
+  wire [167:0] \lane_acc$148 ;
+  wire [20:0] \lane_acc$148[0] ;
+  wire [20:0] \lane_acc$148[1] ;
+  wire [20:0] \lane_acc$148[2] ;
+  wire [20:0] \lane_acc$148[3] ;
+  wire [20:0] \lane_acc$148[4] ;
+  wire [20:0] \lane_acc$148[5] ;
+  wire [20:0] \lane_acc$148[6] ;
+  wire [20:0] \lane_acc$148[7] ;
+  wire [167:0] \lane_acc$149 ;
+  wire [20:0] \lane_acc$149[0] ;
+  wire [20:0] \lane_acc$149[1] ;
+  wire [20:0] \lane_acc$149[2] ;
+  wire [20:0] \lane_acc$149[3] ;
+  wire [20:0] \lane_acc$149[4] ;
+  wire [20:0] \lane_acc$149[5] ;
+  wire [20:0] \lane_acc$149[6] ;
+  wire [20:0] \lane_acc$149[7] ;
   wire [20:0] \lane_acc[0] ;
   wire [20:0] \lane_acc[1] ;
   wire [20:0] \lane_acc[2] ;
@@ -581,6 +629,128 @@ module dot_product_baseline(i__valid, o__ready, dw, clk, rst, i__ready, o__paylo
   wire [7:0] \x[5] ;
   wire [7:0] \x[6] ;
   wire [7:0] \x[7] ;
+  always @(posedge clk)
+    drain_3 <= \$16 ;
+  always @(posedge clk)
+    drain_4 <= \$17 ;
+  always @(posedge clk)
+    drain_5 <= \$18 ;
+  always @(posedge clk)
+    drain_6 <= \$19 ;
+  always @(posedge clk)
+    drain_7 <= \$20 ;
+  always @(posedge clk)
+    drain_8 <= \$21 ;
+  always @(posedge clk)
+    drain_9 <= \$22 ;
+  always @(posedge clk)
+    drain_10 <= \$23 ;
+  always @(posedge clk)
+    drain_11 <= \$24 ;
+  always @(posedge clk)
+    drain_12 <= \$25 ;
+  always @(posedge clk)
+    drain_13 <= \$26 ;
+  always @(posedge clk)
+    drain_14 <= \$27 ;
+  always @(posedge clk)
+    drain_15 <= \$28 ;
+  always @(posedge clk)
+    drain_16 <= \$29 ;
+  always @(posedge clk)
+    drain_17 <= \$30 ;
+  always @(posedge clk)
+    drain_18 <= \$31 ;
+  always @(posedge clk)
+    drain_19 <= \$32 ;
+  always @(posedge clk)
+    drain_20 <= \$33 ;
+  always @(posedge clk)
+    drain_21 <= \$34 ;
+  always @(posedge clk)
+    drain_22 <= \$35 ;
+  always @(posedge clk)
+    drain_23 <= \$36 ;
+  always @(posedge clk)
+    drain_24 <= \$37 ;
+  always @(posedge clk)
+    drain_25 <= \$38 ;
+  always @(posedge clk)
+    drain_26 <= \$39 ;
+  always @(posedge clk)
+    drain_27 <= \$40 ;
+  always @(posedge clk)
+    drain_28 <= \$41 ;
+  always @(posedge clk)
+    drain_29 <= \$42 ;
+  always @(posedge clk)
+    drain_30 <= \$43 ;
+  always @(posedge clk)
+    drain_31 <= \$44 ;
+  always @(posedge clk)
+    drain_32 <= \$45 ;
+  always @(posedge clk)
+    drain_33 <= \$46 ;
+  always @(posedge clk)
+    drain_34 <= \$47 ;
+  always @(posedge clk)
+    drain_35 <= \$48 ;
+  always @(posedge clk)
+    drain_36 <= \$49 ;
+  always @(posedge clk)
+    drain_37 <= \$50 ;
+  always @(posedge clk)
+    drain_38 <= \$51 ;
+  always @(posedge clk)
+    drain_39 <= \$52 ;
+  always @(posedge clk)
+    drain_40 <= \$53 ;
+  always @(posedge clk)
+    drain_41 <= \$54 ;
+  always @(posedge clk)
+    drain_42 <= \$55 ;
+  always @(posedge clk)
+    drain_43 <= \$56 ;
+  always @(posedge clk)
+    drain_44 <= \$57 ;
+  always @(posedge clk)
+    drain_45 <= \$58 ;
+  always @(posedge clk)
+    drain_46 <= \$59 ;
+  always @(posedge clk)
+    drain_47 <= \$60 ;
+  always @(posedge clk)
+    drain_48 <= \$61 ;
+  always @(posedge clk)
+    drain_49 <= \$62 ;
+  always @(posedge clk)
+    drain_50 <= \$63 ;
+  always @(posedge clk)
+    drain_51 <= \$64 ;
+  always @(posedge clk)
+    drain_52 <= \$65 ;
+  always @(posedge clk)
+    drain_53 <= \$66 ;
+  always @(posedge clk)
+    drain_54 <= \$67 ;
+  always @(posedge clk)
+    drain_55 <= \$68 ;
+  always @(posedge clk)
+    drain_56 <= \$69 ;
+  always @(posedge clk)
+    drain_57 <= \$70 ;
+  always @(posedge clk)
+    drain_58 <= \$71 ;
+  always @(posedge clk)
+    drain_59 <= \$72 ;
+  always @(posedge clk)
+    drain_60 <= \$73 ;
+  always @(posedge clk)
+    drain_61 <= \$74 ;
+  always @(posedge clk)
+    drain_62 <= \$75 ;
+  always @(posedge clk)
+    drain_63 <= \$76 ;
   assign \$1  = ! left;
   assign \$2  = left == 1'h1;
   assign \$3  = \$2  & o__ready;
@@ -601,16 +771,6 @@ module dot_product_baseline(i__valid, o__ready, dw, clk, rst, i__ready, o__paylo
     drain_1 <= \$14 ;
   always @(posedge clk)
     drain_2 <= \$15 ;
-  always @(posedge clk)
-    drain_3 <= \$16 ;
-  always @(posedge clk)
-    drain_4 <= \$17 ;
-  always @(posedge clk)
-    drain_5 <= \$18 ;
-  always @(posedge clk)
-    drain_6 <= \$19 ;
-  always @(posedge clk)
-    drain_7 <= \$20 ;
   \dot_product_baseline.pe_0  pe_0 (
     .acc(acc),
     .acc_valid(acc_valid),
@@ -626,11 +786,11 @@ module dot_product_baseline(i__valid, o__ready, dw, clk, rst, i__ready, o__paylo
     .x(i__payload[63:0])
   );
   \dot_product_baseline.pe_1  pe_1 (
-    .acc(\acc$72 ),
+    .acc(\acc$79 ),
     .bias(i__payload[1087:1056]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$87 ),
+    .lane_acc(\lane_acc$143 ),
     .\port$0$1282 (i__payload[1281:1280]),
     .rst(rst),
     .valid(i__valid),
@@ -638,11 +798,11 @@ module dot_product_baseline(i__valid, o__ready, dw, clk, rst, i__ready, o__paylo
     .x(i__payload[127:64])
   );
   \dot_product_baseline.pe_2  pe_2 (
-    .acc(\acc$73 ),
+    .acc(\acc$80 ),
     .bias(i__payload[1119:1088]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$88 ),
+    .lane_acc(\lane_acc$144 ),
     .\port$0$1282 (i__payload[1281:1280]),
     .rst(rst),
     .valid(i__valid),
@@ -650,11 +810,11 @@ module dot_product_baseline(i__valid, o__ready, dw, clk, rst, i__ready, o__paylo
     .x(i__payload[191:128])
   );
   \dot_product_baseline.pe_3  pe_3 (
-    .acc(\acc$74 ),
+    .acc(\acc$81 ),
     .bias(i__payload[1151:1120]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$89 ),
+    .lane_acc(\lane_acc$145 ),
     .\port$0$1282 (i__payload[1281:1280]),
     .rst(rst),
     .valid(i__valid),
@@ -662,11 +822,11 @@ module dot_product_baseline(i__valid, o__ready, dw, clk, rst, i__ready, o__paylo
     .x(i__payload[255:192])
   );
   \dot_product_baseline.pe_4  pe_4 (
-    .acc(\acc$75 ),
+    .acc(\acc$82 ),
     .bias(i__payload[1183:1152]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$90 ),
+    .lane_acc(\lane_acc$146 ),
     .\port$0$1282 (i__payload[1281:1280]),
     .rst(rst),
     .valid(i__valid),
@@ -674,11 +834,11 @@ module dot_product_baseline(i__valid, o__ready, dw, clk, rst, i__ready, o__paylo
     .x(i__payload[319:256])
   );
   \dot_product_baseline.pe_5  pe_5 (
-    .acc(\acc$76 ),
+    .acc(\acc$83 ),
     .bias(i__payload[1215:1184]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$91 ),
+    .lane_acc(\lane_acc$147 ),
     .\port$0$1282 (i__payload[1281:1280]),
     .rst(rst),
     .valid(i__valid),
@@ -686,11 +846,11 @@ module dot_product_baseline(i__valid, o__ready, dw, clk, rst, i__ready, o__paylo
     .x(i__payload[383:320])
   );
   \dot_product_baseline.pe_6  pe_6 (
-    .acc(\acc$77 ),
+    .acc(\acc$84 ),
     .bias(i__payload[1247:1216]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$92 ),
+    .lane_acc(\lane_acc$148 ),
     .\port$0$1282 (i__payload[1281:1280]),
     .rst(rst),
     .valid(i__valid),
@@ -698,16 +858,724 @@ module dot_product_baseline(i__valid, o__ready, dw, clk, rst, i__ready, o__paylo
     .x(i__payload[447:384])
   );
   \dot_product_baseline.pe_7  pe_7 (
-    .acc(\acc$78 ),
+    .acc(\acc$85 ),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$93 ),
+    .lane_acc(\lane_acc$149 ),
     .\port$0$1250 (i__payload[1281:1248]),
     .rst(rst),
     .valid(i__valid),
     .words(i__payload[1023:960]),
     .x(i__payload[511:448])
   );
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$16  = drain_3;
+    if (dw) begin
+      if (\$9 ) begin
+        \$16  = drain_11;
+      end
+      if (\$11 ) begin
+        \$16  = lane_acc[83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$17  = drain_4;
+    if (dw) begin
+      if (\$9 ) begin
+        \$17  = drain_12;
+      end
+      if (\$11 ) begin
+        \$17  = lane_acc[104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$18  = drain_5;
+    if (dw) begin
+      if (\$9 ) begin
+        \$18  = drain_13;
+      end
+      if (\$11 ) begin
+        \$18  = lane_acc[125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$19  = drain_6;
+    if (dw) begin
+      if (\$9 ) begin
+        \$19  = drain_14;
+      end
+      if (\$11 ) begin
+        \$19  = lane_acc[146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$20  = drain_7;
+    if (dw) begin
+      if (\$9 ) begin
+        \$20  = drain_15;
+      end
+      if (\$11 ) begin
+        \$20  = lane_acc[167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$21  = drain_8;
+    if (dw) begin
+      if (\$9 ) begin
+        \$21  = drain_16;
+      end
+      if (\$11 ) begin
+        \$21  = \lane_acc$143 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$22  = drain_9;
+    if (dw) begin
+      if (\$9 ) begin
+        \$22  = drain_17;
+      end
+      if (\$11 ) begin
+        \$22  = \lane_acc$143 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$23  = drain_10;
+    if (dw) begin
+      if (\$9 ) begin
+        \$23  = drain_18;
+      end
+      if (\$11 ) begin
+        \$23  = \lane_acc$143 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$24  = drain_11;
+    if (dw) begin
+      if (\$9 ) begin
+        \$24  = drain_19;
+      end
+      if (\$11 ) begin
+        \$24  = \lane_acc$143 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$25  = drain_12;
+    if (dw) begin
+      if (\$9 ) begin
+        \$25  = drain_20;
+      end
+      if (\$11 ) begin
+        \$25  = \lane_acc$143 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$26  = drain_13;
+    if (dw) begin
+      if (\$9 ) begin
+        \$26  = drain_21;
+      end
+      if (\$11 ) begin
+        \$26  = \lane_acc$143 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$27  = drain_14;
+    if (dw) begin
+      if (\$9 ) begin
+        \$27  = drain_22;
+      end
+      if (\$11 ) begin
+        \$27  = \lane_acc$143 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$28  = drain_15;
+    if (dw) begin
+      if (\$9 ) begin
+        \$28  = drain_23;
+      end
+      if (\$11 ) begin
+        \$28  = \lane_acc$143 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$29  = drain_16;
+    if (dw) begin
+      if (\$9 ) begin
+        \$29  = drain_24;
+      end
+      if (\$11 ) begin
+        \$29  = \lane_acc$144 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$30  = drain_17;
+    if (dw) begin
+      if (\$9 ) begin
+        \$30  = drain_25;
+      end
+      if (\$11 ) begin
+        \$30  = \lane_acc$144 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$31  = drain_18;
+    if (dw) begin
+      if (\$9 ) begin
+        \$31  = drain_26;
+      end
+      if (\$11 ) begin
+        \$31  = \lane_acc$144 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$32  = drain_19;
+    if (dw) begin
+      if (\$9 ) begin
+        \$32  = drain_27;
+      end
+      if (\$11 ) begin
+        \$32  = \lane_acc$144 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$33  = drain_20;
+    if (dw) begin
+      if (\$9 ) begin
+        \$33  = drain_28;
+      end
+      if (\$11 ) begin
+        \$33  = \lane_acc$144 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$34  = drain_21;
+    if (dw) begin
+      if (\$9 ) begin
+        \$34  = drain_29;
+      end
+      if (\$11 ) begin
+        \$34  = \lane_acc$144 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$35  = drain_22;
+    if (dw) begin
+      if (\$9 ) begin
+        \$35  = drain_30;
+      end
+      if (\$11 ) begin
+        \$35  = \lane_acc$144 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$36  = drain_23;
+    if (dw) begin
+      if (\$9 ) begin
+        \$36  = drain_31;
+      end
+      if (\$11 ) begin
+        \$36  = \lane_acc$144 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$37  = drain_24;
+    if (dw) begin
+      if (\$9 ) begin
+        \$37  = drain_32;
+      end
+      if (\$11 ) begin
+        \$37  = \lane_acc$145 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$38  = drain_25;
+    if (dw) begin
+      if (\$9 ) begin
+        \$38  = drain_33;
+      end
+      if (\$11 ) begin
+        \$38  = \lane_acc$145 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$39  = drain_26;
+    if (dw) begin
+      if (\$9 ) begin
+        \$39  = drain_34;
+      end
+      if (\$11 ) begin
+        \$39  = \lane_acc$145 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$40  = drain_27;
+    if (dw) begin
+      if (\$9 ) begin
+        \$40  = drain_35;
+      end
+      if (\$11 ) begin
+        \$40  = \lane_acc$145 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$41  = drain_28;
+    if (dw) begin
+      if (\$9 ) begin
+        \$41  = drain_36;
+      end
+      if (\$11 ) begin
+        \$41  = \lane_acc$145 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$42  = drain_29;
+    if (dw) begin
+      if (\$9 ) begin
+        \$42  = drain_37;
+      end
+      if (\$11 ) begin
+        \$42  = \lane_acc$145 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$43  = drain_30;
+    if (dw) begin
+      if (\$9 ) begin
+        \$43  = drain_38;
+      end
+      if (\$11 ) begin
+        \$43  = \lane_acc$145 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$44  = drain_31;
+    if (dw) begin
+      if (\$9 ) begin
+        \$44  = drain_39;
+      end
+      if (\$11 ) begin
+        \$44  = \lane_acc$145 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$45  = drain_32;
+    if (dw) begin
+      if (\$9 ) begin
+        \$45  = drain_40;
+      end
+      if (\$11 ) begin
+        \$45  = \lane_acc$146 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$46  = drain_33;
+    if (dw) begin
+      if (\$9 ) begin
+        \$46  = drain_41;
+      end
+      if (\$11 ) begin
+        \$46  = \lane_acc$146 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$47  = drain_34;
+    if (dw) begin
+      if (\$9 ) begin
+        \$47  = drain_42;
+      end
+      if (\$11 ) begin
+        \$47  = \lane_acc$146 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$48  = drain_35;
+    if (dw) begin
+      if (\$9 ) begin
+        \$48  = drain_43;
+      end
+      if (\$11 ) begin
+        \$48  = \lane_acc$146 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$49  = drain_36;
+    if (dw) begin
+      if (\$9 ) begin
+        \$49  = drain_44;
+      end
+      if (\$11 ) begin
+        \$49  = \lane_acc$146 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$50  = drain_37;
+    if (dw) begin
+      if (\$9 ) begin
+        \$50  = drain_45;
+      end
+      if (\$11 ) begin
+        \$50  = \lane_acc$146 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$51  = drain_38;
+    if (dw) begin
+      if (\$9 ) begin
+        \$51  = drain_46;
+      end
+      if (\$11 ) begin
+        \$51  = \lane_acc$146 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$52  = drain_39;
+    if (dw) begin
+      if (\$9 ) begin
+        \$52  = drain_47;
+      end
+      if (\$11 ) begin
+        \$52  = \lane_acc$146 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$53  = drain_40;
+    if (dw) begin
+      if (\$9 ) begin
+        \$53  = drain_48;
+      end
+      if (\$11 ) begin
+        \$53  = \lane_acc$147 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$54  = drain_41;
+    if (dw) begin
+      if (\$9 ) begin
+        \$54  = drain_49;
+      end
+      if (\$11 ) begin
+        \$54  = \lane_acc$147 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$55  = drain_42;
+    if (dw) begin
+      if (\$9 ) begin
+        \$55  = drain_50;
+      end
+      if (\$11 ) begin
+        \$55  = \lane_acc$147 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$56  = drain_43;
+    if (dw) begin
+      if (\$9 ) begin
+        \$56  = drain_51;
+      end
+      if (\$11 ) begin
+        \$56  = \lane_acc$147 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$57  = drain_44;
+    if (dw) begin
+      if (\$9 ) begin
+        \$57  = drain_52;
+      end
+      if (\$11 ) begin
+        \$57  = \lane_acc$147 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$58  = drain_45;
+    if (dw) begin
+      if (\$9 ) begin
+        \$58  = drain_53;
+      end
+      if (\$11 ) begin
+        \$58  = \lane_acc$147 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$59  = drain_46;
+    if (dw) begin
+      if (\$9 ) begin
+        \$59  = drain_54;
+      end
+      if (\$11 ) begin
+        \$59  = \lane_acc$147 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$60  = drain_47;
+    if (dw) begin
+      if (\$9 ) begin
+        \$60  = drain_55;
+      end
+      if (\$11 ) begin
+        \$60  = \lane_acc$147 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$61  = drain_48;
+    if (dw) begin
+      if (\$9 ) begin
+        \$61  = drain_56;
+      end
+      if (\$11 ) begin
+        \$61  = \lane_acc$148 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$62  = drain_49;
+    if (dw) begin
+      if (\$9 ) begin
+        \$62  = drain_57;
+      end
+      if (\$11 ) begin
+        \$62  = \lane_acc$148 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$63  = drain_50;
+    if (dw) begin
+      if (\$9 ) begin
+        \$63  = drain_58;
+      end
+      if (\$11 ) begin
+        \$63  = \lane_acc$148 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$64  = drain_51;
+    if (dw) begin
+      if (\$9 ) begin
+        \$64  = drain_59;
+      end
+      if (\$11 ) begin
+        \$64  = \lane_acc$148 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$65  = drain_52;
+    if (dw) begin
+      if (\$9 ) begin
+        \$65  = drain_60;
+      end
+      if (\$11 ) begin
+        \$65  = \lane_acc$148 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$66  = drain_53;
+    if (dw) begin
+      if (\$9 ) begin
+        \$66  = drain_61;
+      end
+      if (\$11 ) begin
+        \$66  = \lane_acc$148 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$67  = drain_54;
+    if (dw) begin
+      if (\$9 ) begin
+        \$67  = drain_62;
+      end
+      if (\$11 ) begin
+        \$67  = \lane_acc$148 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$68  = drain_55;
+    if (dw) begin
+      if (\$9 ) begin
+        \$68  = drain_63;
+      end
+      if (\$11 ) begin
+        \$68  = \lane_acc$148 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$69  = drain_56;
+    if (dw) begin
+      if (\$11 ) begin
+        \$69  = \lane_acc$149 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$70  = drain_57;
+    if (dw) begin
+      if (\$11 ) begin
+        \$70  = \lane_acc$149 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$71  = drain_58;
+    if (dw) begin
+      if (\$11 ) begin
+        \$71  = \lane_acc$149 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$72  = drain_59;
+    if (dw) begin
+      if (\$11 ) begin
+        \$72  = \lane_acc$149 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$73  = drain_60;
+    if (dw) begin
+      if (\$11 ) begin
+        \$73  = \lane_acc$149 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$74  = drain_61;
+    if (dw) begin
+      if (\$11 ) begin
+        \$74  = \lane_acc$149 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$75  = drain_62;
+    if (dw) begin
+      if (\$11 ) begin
+        \$75  = \lane_acc$149 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$76  = drain_63;
+    if (dw) begin
+      if (\$11 ) begin
+        \$76  = \lane_acc$149 [167:147];
+      end
+    end
+  end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
     (* full_case = 32'd1 *)
@@ -730,9 +1598,16 @@ module dot_product_baseline(i__valid, o__ready, dw, clk, rst, i__ready, o__paylo
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
     (* full_case = 32'd1 *)
     if (dw) begin
-      o__payload = drain_0;
+      o__payload[31:0] = { drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0 };
+      o__payload[63:32] = { drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1 };
+      o__payload[95:64] = { drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2 };
+      o__payload[127:96] = { drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3 };
+      o__payload[159:128] = { drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4 };
+      o__payload[191:160] = { drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5 };
+      o__payload[223:192] = { drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6 };
+      o__payload[255:224] = { drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7 };
     end else begin
-      o__payload = { \acc$78 , \acc$77 , \acc$76 , \acc$75 , \acc$74 , \acc$73 , \acc$72 , acc };
+      o__payload = { \acc$85 , \acc$84 , \acc$83 , \acc$82 , \acc$81 , \acc$80 , \acc$79 , acc };
     end
   end
   always @* begin
@@ -755,17 +1630,10 @@ module dot_product_baseline(i__valid, o__ready, dw, clk, rst, i__ready, o__paylo
     \$13  = drain_0;
     if (dw) begin
       if (\$9 ) begin
-        \$13  = drain_1;
+        \$13  = drain_8;
       end
       if (\$11 ) begin
-        \$13 [31:0] = { lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20:0] };
-        \$13 [63:32] = { lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41:21] };
-        \$13 [95:64] = { lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62:42] };
-        \$13 [127:96] = { lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83:63] };
-        \$13 [159:128] = { lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104:84] };
-        \$13 [191:160] = { lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125:105] };
-        \$13 [223:192] = { lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146:126] };
-        \$13 [255:224] = { lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167:147] };
+        \$13  = lane_acc[20:0];
       end
     end
   end
@@ -774,17 +1642,10 @@ module dot_product_baseline(i__valid, o__ready, dw, clk, rst, i__ready, o__paylo
     \$14  = drain_1;
     if (dw) begin
       if (\$9 ) begin
-        \$14  = drain_2;
+        \$14  = drain_9;
       end
       if (\$11 ) begin
-        \$14 [31:0] = { \lane_acc$87 [20], \lane_acc$87 [20], \lane_acc$87 [20], \lane_acc$87 [20], \lane_acc$87 [20], \lane_acc$87 [20], \lane_acc$87 [20], \lane_acc$87 [20], \lane_acc$87 [20], \lane_acc$87 [20], \lane_acc$87 [20], \lane_acc$87 [20:0] };
-        \$14 [63:32] = { \lane_acc$87 [41], \lane_acc$87 [41], \lane_acc$87 [41], \lane_acc$87 [41], \lane_acc$87 [41], \lane_acc$87 [41], \lane_acc$87 [41], \lane_acc$87 [41], \lane_acc$87 [41], \lane_acc$87 [41], \lane_acc$87 [41], \lane_acc$87 [41:21] };
-        \$14 [95:64] = { \lane_acc$87 [62], \lane_acc$87 [62], \lane_acc$87 [62], \lane_acc$87 [62], \lane_acc$87 [62], \lane_acc$87 [62], \lane_acc$87 [62], \lane_acc$87 [62], \lane_acc$87 [62], \lane_acc$87 [62], \lane_acc$87 [62], \lane_acc$87 [62:42] };
-        \$14 [127:96] = { \lane_acc$87 [83], \lane_acc$87 [83], \lane_acc$87 [83], \lane_acc$87 [83], \lane_acc$87 [83], \lane_acc$87 [83], \lane_acc$87 [83], \lane_acc$87 [83], \lane_acc$87 [83], \lane_acc$87 [83], \lane_acc$87 [83], \lane_acc$87 [83:63] };
-        \$14 [159:128] = { \lane_acc$87 [104], \lane_acc$87 [104], \lane_acc$87 [104], \lane_acc$87 [104], \lane_acc$87 [104], \lane_acc$87 [104], \lane_acc$87 [104], \lane_acc$87 [104], \lane_acc$87 [104], \lane_acc$87 [104], \lane_acc$87 [104], \lane_acc$87 [104:84] };
-        \$14 [191:160] = { \lane_acc$87 [125], \lane_acc$87 [125], \lane_acc$87 [125], \lane_acc$87 [125], \lane_acc$87 [125], \lane_acc$87 [125], \lane_acc$87 [125], \lane_acc$87 [125], \lane_acc$87 [125], \lane_acc$87 [125], \lane_acc$87 [125], \lane_acc$87 [125:105] };
-        \$14 [223:192] = { \lane_acc$87 [146], \lane_acc$87 [146], \lane_acc$87 [146], \lane_acc$87 [146], \lane_acc$87 [146], \lane_acc$87 [146], \lane_acc$87 [146], \lane_acc$87 [146], \lane_acc$87 [146], \lane_acc$87 [146], \lane_acc$87 [146], \lane_acc$87 [146:126] };
-        \$14 [255:224] = { \lane_acc$87 [167], \lane_acc$87 [167], \lane_acc$87 [167], \lane_acc$87 [167], \lane_acc$87 [167], \lane_acc$87 [167], \lane_acc$87 [167], \lane_acc$87 [167], \lane_acc$87 [167], \lane_acc$87 [167], \lane_acc$87 [167], \lane_acc$87 [167:147] };
+        \$14  = lane_acc[41:21];
       end
     end
   end
@@ -793,109 +1654,10 @@ module dot_product_baseline(i__valid, o__ready, dw, clk, rst, i__ready, o__paylo
     \$15  = drain_2;
     if (dw) begin
       if (\$9 ) begin
-        \$15  = drain_3;
+        \$15  = drain_10;
       end
       if (\$11 ) begin
-        \$15 [31:0] = { \lane_acc$88 [20], \lane_acc$88 [20], \lane_acc$88 [20], \lane_acc$88 [20], \lane_acc$88 [20], \lane_acc$88 [20], \lane_acc$88 [20], \lane_acc$88 [20], \lane_acc$88 [20], \lane_acc$88 [20], \lane_acc$88 [20], \lane_acc$88 [20:0] };
-        \$15 [63:32] = { \lane_acc$88 [41], \lane_acc$88 [41], \lane_acc$88 [41], \lane_acc$88 [41], \lane_acc$88 [41], \lane_acc$88 [41], \lane_acc$88 [41], \lane_acc$88 [41], \lane_acc$88 [41], \lane_acc$88 [41], \lane_acc$88 [41], \lane_acc$88 [41:21] };
-        \$15 [95:64] = { \lane_acc$88 [62], \lane_acc$88 [62], \lane_acc$88 [62], \lane_acc$88 [62], \lane_acc$88 [62], \lane_acc$88 [62], \lane_acc$88 [62], \lane_acc$88 [62], \lane_acc$88 [62], \lane_acc$88 [62], \lane_acc$88 [62], \lane_acc$88 [62:42] };
-        \$15 [127:96] = { \lane_acc$88 [83], \lane_acc$88 [83], \lane_acc$88 [83], \lane_acc$88 [83], \lane_acc$88 [83], \lane_acc$88 [83], \lane_acc$88 [83], \lane_acc$88 [83], \lane_acc$88 [83], \lane_acc$88 [83], \lane_acc$88 [83], \lane_acc$88 [83:63] };
-        \$15 [159:128] = { \lane_acc$88 [104], \lane_acc$88 [104], \lane_acc$88 [104], \lane_acc$88 [104], \lane_acc$88 [104], \lane_acc$88 [104], \lane_acc$88 [104], \lane_acc$88 [104], \lane_acc$88 [104], \lane_acc$88 [104], \lane_acc$88 [104], \lane_acc$88 [104:84] };
-        \$15 [191:160] = { \lane_acc$88 [125], \lane_acc$88 [125], \lane_acc$88 [125], \lane_acc$88 [125], \lane_acc$88 [125], \lane_acc$88 [125], \lane_acc$88 [125], \lane_acc$88 [125], \lane_acc$88 [125], \lane_acc$88 [125], \lane_acc$88 [125], \lane_acc$88 [125:105] };
-        \$15 [223:192] = { \lane_acc$88 [146], \lane_acc$88 [146], \lane_acc$88 [146], \lane_acc$88 [146], \lane_acc$88 [146], \lane_acc$88 [146], \lane_acc$88 [146], \lane_acc$88 [146], \lane_acc$88 [146], \lane_acc$88 [146], \lane_acc$88 [146], \lane_acc$88 [146:126] };
-        \$15 [255:224] = { \lane_acc$88 [167], \lane_acc$88 [167], \lane_acc$88 [167], \lane_acc$88 [167], \lane_acc$88 [167], \lane_acc$88 [167], \lane_acc$88 [167], \lane_acc$88 [167], \lane_acc$88 [167], \lane_acc$88 [167], \lane_acc$88 [167], \lane_acc$88 [167:147] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = drain_3;
-    if (dw) begin
-      if (\$9 ) begin
-        \$16  = drain_4;
-      end
-      if (\$11 ) begin
-        \$16 [31:0] = { \lane_acc$89 [20], \lane_acc$89 [20], \lane_acc$89 [20], \lane_acc$89 [20], \lane_acc$89 [20], \lane_acc$89 [20], \lane_acc$89 [20], \lane_acc$89 [20], \lane_acc$89 [20], \lane_acc$89 [20], \lane_acc$89 [20], \lane_acc$89 [20:0] };
-        \$16 [63:32] = { \lane_acc$89 [41], \lane_acc$89 [41], \lane_acc$89 [41], \lane_acc$89 [41], \lane_acc$89 [41], \lane_acc$89 [41], \lane_acc$89 [41], \lane_acc$89 [41], \lane_acc$89 [41], \lane_acc$89 [41], \lane_acc$89 [41], \lane_acc$89 [41:21] };
-        \$16 [95:64] = { \lane_acc$89 [62], \lane_acc$89 [62], \lane_acc$89 [62], \lane_acc$89 [62], \lane_acc$89 [62], \lane_acc$89 [62], \lane_acc$89 [62], \lane_acc$89 [62], \lane_acc$89 [62], \lane_acc$89 [62], \lane_acc$89 [62], \lane_acc$89 [62:42] };
-        \$16 [127:96] = { \lane_acc$89 [83], \lane_acc$89 [83], \lane_acc$89 [83], \lane_acc$89 [83], \lane_acc$89 [83], \lane_acc$89 [83], \lane_acc$89 [83], \lane_acc$89 [83], \lane_acc$89 [83], \lane_acc$89 [83], \lane_acc$89 [83], \lane_acc$89 [83:63] };
-        \$16 [159:128] = { \lane_acc$89 [104], \lane_acc$89 [104], \lane_acc$89 [104], \lane_acc$89 [104], \lane_acc$89 [104], \lane_acc$89 [104], \lane_acc$89 [104], \lane_acc$89 [104], \lane_acc$89 [104], \lane_acc$89 [104], \lane_acc$89 [104], \lane_acc$89 [104:84] };
-        \$16 [191:160] = { \lane_acc$89 [125], \lane_acc$89 [125], \lane_acc$89 [125], \lane_acc$89 [125], \lane_acc$89 [125], \lane_acc$89 [125], \lane_acc$89 [125], \lane_acc$89 [125], \lane_acc$89 [125], \lane_acc$89 [125], \lane_acc$89 [125], \lane_acc$89 [125:105] };
-        \$16 [223:192] = { \lane_acc$89 [146], \lane_acc$89 [146], \lane_acc$89 [146], \lane_acc$89 [146], \lane_acc$89 [146], \lane_acc$89 [146], \lane_acc$89 [146], \lane_acc$89 [146], \lane_acc$89 [146], \lane_acc$89 [146], \lane_acc$89 [146], \lane_acc$89 [146:126] };
-        \$16 [255:224] = { \lane_acc$89 [167], \lane_acc$89 [167], \lane_acc$89 [167], \lane_acc$89 [167], \lane_acc$89 [167], \lane_acc$89 [167], \lane_acc$89 [167], \lane_acc$89 [167], \lane_acc$89 [167], \lane_acc$89 [167], \lane_acc$89 [167], \lane_acc$89 [167:147] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = drain_4;
-    if (dw) begin
-      if (\$9 ) begin
-        \$17  = drain_5;
-      end
-      if (\$11 ) begin
-        \$17 [31:0] = { \lane_acc$90 [20], \lane_acc$90 [20], \lane_acc$90 [20], \lane_acc$90 [20], \lane_acc$90 [20], \lane_acc$90 [20], \lane_acc$90 [20], \lane_acc$90 [20], \lane_acc$90 [20], \lane_acc$90 [20], \lane_acc$90 [20], \lane_acc$90 [20:0] };
-        \$17 [63:32] = { \lane_acc$90 [41], \lane_acc$90 [41], \lane_acc$90 [41], \lane_acc$90 [41], \lane_acc$90 [41], \lane_acc$90 [41], \lane_acc$90 [41], \lane_acc$90 [41], \lane_acc$90 [41], \lane_acc$90 [41], \lane_acc$90 [41], \lane_acc$90 [41:21] };
-        \$17 [95:64] = { \lane_acc$90 [62], \lane_acc$90 [62], \lane_acc$90 [62], \lane_acc$90 [62], \lane_acc$90 [62], \lane_acc$90 [62], \lane_acc$90 [62], \lane_acc$90 [62], \lane_acc$90 [62], \lane_acc$90 [62], \lane_acc$90 [62], \lane_acc$90 [62:42] };
-        \$17 [127:96] = { \lane_acc$90 [83], \lane_acc$90 [83], \lane_acc$90 [83], \lane_acc$90 [83], \lane_acc$90 [83], \lane_acc$90 [83], \lane_acc$90 [83], \lane_acc$90 [83], \lane_acc$90 [83], \lane_acc$90 [83], \lane_acc$90 [83], \lane_acc$90 [83:63] };
-        \$17 [159:128] = { \lane_acc$90 [104], \lane_acc$90 [104], \lane_acc$90 [104], \lane_acc$90 [104], \lane_acc$90 [104], \lane_acc$90 [104], \lane_acc$90 [104], \lane_acc$90 [104], \lane_acc$90 [104], \lane_acc$90 [104], \lane_acc$90 [104], \lane_acc$90 [104:84] };
-        \$17 [191:160] = { \lane_acc$90 [125], \lane_acc$90 [125], \lane_acc$90 [125], \lane_acc$90 [125], \lane_acc$90 [125], \lane_acc$90 [125], \lane_acc$90 [125], \lane_acc$90 [125], \lane_acc$90 [125], \lane_acc$90 [125], \lane_acc$90 [125], \lane_acc$90 [125:105] };
-        \$17 [223:192] = { \lane_acc$90 [146], \lane_acc$90 [146], \lane_acc$90 [146], \lane_acc$90 [146], \lane_acc$90 [146], \lane_acc$90 [146], \lane_acc$90 [146], \lane_acc$90 [146], \lane_acc$90 [146], \lane_acc$90 [146], \lane_acc$90 [146], \lane_acc$90 [146:126] };
-        \$17 [255:224] = { \lane_acc$90 [167], \lane_acc$90 [167], \lane_acc$90 [167], \lane_acc$90 [167], \lane_acc$90 [167], \lane_acc$90 [167], \lane_acc$90 [167], \lane_acc$90 [167], \lane_acc$90 [167], \lane_acc$90 [167], \lane_acc$90 [167], \lane_acc$90 [167:147] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = drain_5;
-    if (dw) begin
-      if (\$9 ) begin
-        \$18  = drain_6;
-      end
-      if (\$11 ) begin
-        \$18 [31:0] = { \lane_acc$91 [20], \lane_acc$91 [20], \lane_acc$91 [20], \lane_acc$91 [20], \lane_acc$91 [20], \lane_acc$91 [20], \lane_acc$91 [20], \lane_acc$91 [20], \lane_acc$91 [20], \lane_acc$91 [20], \lane_acc$91 [20], \lane_acc$91 [20:0] };
-        \$18 [63:32] = { \lane_acc$91 [41], \lane_acc$91 [41], \lane_acc$91 [41], \lane_acc$91 [41], \lane_acc$91 [41], \lane_acc$91 [41], \lane_acc$91 [41], \lane_acc$91 [41], \lane_acc$91 [41], \lane_acc$91 [41], \lane_acc$91 [41], \lane_acc$91 [41:21] };
-        \$18 [95:64] = { \lane_acc$91 [62], \lane_acc$91 [62], \lane_acc$91 [62], \lane_acc$91 [62], \lane_acc$91 [62], \lane_acc$91 [62], \lane_acc$91 [62], \lane_acc$91 [62], \lane_acc$91 [62], \lane_acc$91 [62], \lane_acc$91 [62], \lane_acc$91 [62:42] };
-        \$18 [127:96] = { \lane_acc$91 [83], \lane_acc$91 [83], \lane_acc$91 [83], \lane_acc$91 [83], \lane_acc$91 [83], \lane_acc$91 [83], \lane_acc$91 [83], \lane_acc$91 [83], \lane_acc$91 [83], \lane_acc$91 [83], \lane_acc$91 [83], \lane_acc$91 [83:63] };
-        \$18 [159:128] = { \lane_acc$91 [104], \lane_acc$91 [104], \lane_acc$91 [104], \lane_acc$91 [104], \lane_acc$91 [104], \lane_acc$91 [104], \lane_acc$91 [104], \lane_acc$91 [104], \lane_acc$91 [104], \lane_acc$91 [104], \lane_acc$91 [104], \lane_acc$91 [104:84] };
-        \$18 [191:160] = { \lane_acc$91 [125], \lane_acc$91 [125], \lane_acc$91 [125], \lane_acc$91 [125], \lane_acc$91 [125], \lane_acc$91 [125], \lane_acc$91 [125], \lane_acc$91 [125], \lane_acc$91 [125], \lane_acc$91 [125], \lane_acc$91 [125], \lane_acc$91 [125:105] };
-        \$18 [223:192] = { \lane_acc$91 [146], \lane_acc$91 [146], \lane_acc$91 [146], \lane_acc$91 [146], \lane_acc$91 [146], \lane_acc$91 [146], \lane_acc$91 [146], \lane_acc$91 [146], \lane_acc$91 [146], \lane_acc$91 [146], \lane_acc$91 [146], \lane_acc$91 [146:126] };
-        \$18 [255:224] = { \lane_acc$91 [167], \lane_acc$91 [167], \lane_acc$91 [167], \lane_acc$91 [167], \lane_acc$91 [167], \lane_acc$91 [167], \lane_acc$91 [167], \lane_acc$91 [167], \lane_acc$91 [167], \lane_acc$91 [167], \lane_acc$91 [167], \lane_acc$91 [167:147] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = drain_6;
-    if (dw) begin
-      if (\$9 ) begin
-        \$19  = drain_7;
-      end
-      if (\$11 ) begin
-        \$19 [31:0] = { \lane_acc$92 [20], \lane_acc$92 [20], \lane_acc$92 [20], \lane_acc$92 [20], \lane_acc$92 [20], \lane_acc$92 [20], \lane_acc$92 [20], \lane_acc$92 [20], \lane_acc$92 [20], \lane_acc$92 [20], \lane_acc$92 [20], \lane_acc$92 [20:0] };
-        \$19 [63:32] = { \lane_acc$92 [41], \lane_acc$92 [41], \lane_acc$92 [41], \lane_acc$92 [41], \lane_acc$92 [41], \lane_acc$92 [41], \lane_acc$92 [41], \lane_acc$92 [41], \lane_acc$92 [41], \lane_acc$92 [41], \lane_acc$92 [41], \lane_acc$92 [41:21] };
-        \$19 [95:64] = { \lane_acc$92 [62], \lane_acc$92 [62], \lane_acc$92 [62], \lane_acc$92 [62], \lane_acc$92 [62], \lane_acc$92 [62], \lane_acc$92 [62], \lane_acc$92 [62], \lane_acc$92 [62], \lane_acc$92 [62], \lane_acc$92 [62], \lane_acc$92 [62:42] };
-        \$19 [127:96] = { \lane_acc$92 [83], \lane_acc$92 [83], \lane_acc$92 [83], \lane_acc$92 [83], \lane_acc$92 [83], \lane_acc$92 [83], \lane_acc$92 [83], \lane_acc$92 [83], \lane_acc$92 [83], \lane_acc$92 [83], \lane_acc$92 [83], \lane_acc$92 [83:63] };
-        \$19 [159:128] = { \lane_acc$92 [104], \lane_acc$92 [104], \lane_acc$92 [104], \lane_acc$92 [104], \lane_acc$92 [104], \lane_acc$92 [104], \lane_acc$92 [104], \lane_acc$92 [104], \lane_acc$92 [104], \lane_acc$92 [104], \lane_acc$92 [104], \lane_acc$92 [104:84] };
-        \$19 [191:160] = { \lane_acc$92 [125], \lane_acc$92 [125], \lane_acc$92 [125], \lane_acc$92 [125], \lane_acc$92 [125], \lane_acc$92 [125], \lane_acc$92 [125], \lane_acc$92 [125], \lane_acc$92 [125], \lane_acc$92 [125], \lane_acc$92 [125], \lane_acc$92 [125:105] };
-        \$19 [223:192] = { \lane_acc$92 [146], \lane_acc$92 [146], \lane_acc$92 [146], \lane_acc$92 [146], \lane_acc$92 [146], \lane_acc$92 [146], \lane_acc$92 [146], \lane_acc$92 [146], \lane_acc$92 [146], \lane_acc$92 [146], \lane_acc$92 [146], \lane_acc$92 [146:126] };
-        \$19 [255:224] = { \lane_acc$92 [167], \lane_acc$92 [167], \lane_acc$92 [167], \lane_acc$92 [167], \lane_acc$92 [167], \lane_acc$92 [167], \lane_acc$92 [167], \lane_acc$92 [167], \lane_acc$92 [167], \lane_acc$92 [167], \lane_acc$92 [167], \lane_acc$92 [167:147] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = drain_7;
-    if (dw) begin
-      if (\$11 ) begin
-        \$20 [31:0] = { \lane_acc$93 [20], \lane_acc$93 [20], \lane_acc$93 [20], \lane_acc$93 [20], \lane_acc$93 [20], \lane_acc$93 [20], \lane_acc$93 [20], \lane_acc$93 [20], \lane_acc$93 [20], \lane_acc$93 [20], \lane_acc$93 [20], \lane_acc$93 [20:0] };
-        \$20 [63:32] = { \lane_acc$93 [41], \lane_acc$93 [41], \lane_acc$93 [41], \lane_acc$93 [41], \lane_acc$93 [41], \lane_acc$93 [41], \lane_acc$93 [41], \lane_acc$93 [41], \lane_acc$93 [41], \lane_acc$93 [41], \lane_acc$93 [41], \lane_acc$93 [41:21] };
-        \$20 [95:64] = { \lane_acc$93 [62], \lane_acc$93 [62], \lane_acc$93 [62], \lane_acc$93 [62], \lane_acc$93 [62], \lane_acc$93 [62], \lane_acc$93 [62], \lane_acc$93 [62], \lane_acc$93 [62], \lane_acc$93 [62], \lane_acc$93 [62], \lane_acc$93 [62:42] };
-        \$20 [127:96] = { \lane_acc$93 [83], \lane_acc$93 [83], \lane_acc$93 [83], \lane_acc$93 [83], \lane_acc$93 [83], \lane_acc$93 [83], \lane_acc$93 [83], \lane_acc$93 [83], \lane_acc$93 [83], \lane_acc$93 [83], \lane_acc$93 [83], \lane_acc$93 [83:63] };
-        \$20 [159:128] = { \lane_acc$93 [104], \lane_acc$93 [104], \lane_acc$93 [104], \lane_acc$93 [104], \lane_acc$93 [104], \lane_acc$93 [104], \lane_acc$93 [104], \lane_acc$93 [104], \lane_acc$93 [104], \lane_acc$93 [104], \lane_acc$93 [104], \lane_acc$93 [104:84] };
-        \$20 [191:160] = { \lane_acc$93 [125], \lane_acc$93 [125], \lane_acc$93 [125], \lane_acc$93 [125], \lane_acc$93 [125], \lane_acc$93 [125], \lane_acc$93 [125], \lane_acc$93 [125], \lane_acc$93 [125], \lane_acc$93 [125], \lane_acc$93 [125], \lane_acc$93 [125:105] };
-        \$20 [223:192] = { \lane_acc$93 [146], \lane_acc$93 [146], \lane_acc$93 [146], \lane_acc$93 [146], \lane_acc$93 [146], \lane_acc$93 [146], \lane_acc$93 [146], \lane_acc$93 [146], \lane_acc$93 [146], \lane_acc$93 [146], \lane_acc$93 [146], \lane_acc$93 [146:126] };
-        \$20 [255:224] = { \lane_acc$93 [167], \lane_acc$93 [167], \lane_acc$93 [167], \lane_acc$93 [167], \lane_acc$93 [167], \lane_acc$93 [167], \lane_acc$93 [167], \lane_acc$93 [167], \lane_acc$93 [167], \lane_acc$93 [167], \lane_acc$93 [167], \lane_acc$93 [167:147] };
+        \$15  = lane_acc[62:42];
       end
     end
   end
@@ -1249,70 +2011,6 @@ module dot_product_baseline(i__valid, o__ready, dw, clk, rst, i__ready, o__paylo
   assign \words$60[5]  = i__payload[1007:1000];
   assign \words$60[6]  = i__payload[1015:1008];
   assign \words$60[7]  = i__payload[1023:1016];
-  assign \drain_0[0]  = drain_0[31:0];
-  assign \drain_0[1]  = drain_0[63:32];
-  assign \drain_0[2]  = drain_0[95:64];
-  assign \drain_0[3]  = drain_0[127:96];
-  assign \drain_0[4]  = drain_0[159:128];
-  assign \drain_0[5]  = drain_0[191:160];
-  assign \drain_0[6]  = drain_0[223:192];
-  assign \drain_0[7]  = drain_0[255:224];
-  assign \drain_1[0]  = drain_1[31:0];
-  assign \drain_1[1]  = drain_1[63:32];
-  assign \drain_1[2]  = drain_1[95:64];
-  assign \drain_1[3]  = drain_1[127:96];
-  assign \drain_1[4]  = drain_1[159:128];
-  assign \drain_1[5]  = drain_1[191:160];
-  assign \drain_1[6]  = drain_1[223:192];
-  assign \drain_1[7]  = drain_1[255:224];
-  assign \drain_2[0]  = drain_2[31:0];
-  assign \drain_2[1]  = drain_2[63:32];
-  assign \drain_2[2]  = drain_2[95:64];
-  assign \drain_2[3]  = drain_2[127:96];
-  assign \drain_2[4]  = drain_2[159:128];
-  assign \drain_2[5]  = drain_2[191:160];
-  assign \drain_2[6]  = drain_2[223:192];
-  assign \drain_2[7]  = drain_2[255:224];
-  assign \drain_3[0]  = drain_3[31:0];
-  assign \drain_3[1]  = drain_3[63:32];
-  assign \drain_3[2]  = drain_3[95:64];
-  assign \drain_3[3]  = drain_3[127:96];
-  assign \drain_3[4]  = drain_3[159:128];
-  assign \drain_3[5]  = drain_3[191:160];
-  assign \drain_3[6]  = drain_3[223:192];
-  assign \drain_3[7]  = drain_3[255:224];
-  assign \drain_4[0]  = drain_4[31:0];
-  assign \drain_4[1]  = drain_4[63:32];
-  assign \drain_4[2]  = drain_4[95:64];
-  assign \drain_4[3]  = drain_4[127:96];
-  assign \drain_4[4]  = drain_4[159:128];
-  assign \drain_4[5]  = drain_4[191:160];
-  assign \drain_4[6]  = drain_4[223:192];
-  assign \drain_4[7]  = drain_4[255:224];
-  assign \drain_5[0]  = drain_5[31:0];
-  assign \drain_5[1]  = drain_5[63:32];
-  assign \drain_5[2]  = drain_5[95:64];
-  assign \drain_5[3]  = drain_5[127:96];
-  assign \drain_5[4]  = drain_5[159:128];
-  assign \drain_5[5]  = drain_5[191:160];
-  assign \drain_5[6]  = drain_5[223:192];
-  assign \drain_5[7]  = drain_5[255:224];
-  assign \drain_6[0]  = drain_6[31:0];
-  assign \drain_6[1]  = drain_6[63:32];
-  assign \drain_6[2]  = drain_6[95:64];
-  assign \drain_6[3]  = drain_6[127:96];
-  assign \drain_6[4]  = drain_6[159:128];
-  assign \drain_6[5]  = drain_6[191:160];
-  assign \drain_6[6]  = drain_6[223:192];
-  assign \drain_6[7]  = drain_6[255:224];
-  assign \drain_7[0]  = drain_7[31:0];
-  assign \drain_7[1]  = drain_7[63:32];
-  assign \drain_7[2]  = drain_7[95:64];
-  assign \drain_7[3]  = drain_7[127:96];
-  assign \drain_7[4]  = drain_7[159:128];
-  assign \drain_7[5]  = drain_7[191:160];
-  assign \drain_7[6]  = drain_7[223:192];
-  assign \drain_7[7]  = drain_7[255:224];
   assign \lane_acc[0]  = lane_acc[20:0];
   assign \lane_acc[1]  = lane_acc[41:21];
   assign \lane_acc[2]  = lane_acc[62:42];
@@ -1321,62 +2019,62 @@ module dot_product_baseline(i__valid, o__ready, dw, clk, rst, i__ready, o__paylo
   assign \lane_acc[5]  = lane_acc[125:105];
   assign \lane_acc[6]  = lane_acc[146:126];
   assign \lane_acc[7]  = lane_acc[167:147];
-  assign \lane_acc$87[0]  = \lane_acc$87 [20:0];
-  assign \lane_acc$87[1]  = \lane_acc$87 [41:21];
-  assign \lane_acc$87[2]  = \lane_acc$87 [62:42];
-  assign \lane_acc$87[3]  = \lane_acc$87 [83:63];
-  assign \lane_acc$87[4]  = \lane_acc$87 [104:84];
-  assign \lane_acc$87[5]  = \lane_acc$87 [125:105];
-  assign \lane_acc$87[6]  = \lane_acc$87 [146:126];
-  assign \lane_acc$87[7]  = \lane_acc$87 [167:147];
-  assign \lane_acc$88[0]  = \lane_acc$88 [20:0];
-  assign \lane_acc$88[1]  = \lane_acc$88 [41:21];
-  assign \lane_acc$88[2]  = \lane_acc$88 [62:42];
-  assign \lane_acc$88[3]  = \lane_acc$88 [83:63];
-  assign \lane_acc$88[4]  = \lane_acc$88 [104:84];
-  assign \lane_acc$88[5]  = \lane_acc$88 [125:105];
-  assign \lane_acc$88[6]  = \lane_acc$88 [146:126];
-  assign \lane_acc$88[7]  = \lane_acc$88 [167:147];
-  assign \lane_acc$89[0]  = \lane_acc$89 [20:0];
-  assign \lane_acc$89[1]  = \lane_acc$89 [41:21];
-  assign \lane_acc$89[2]  = \lane_acc$89 [62:42];
-  assign \lane_acc$89[3]  = \lane_acc$89 [83:63];
-  assign \lane_acc$89[4]  = \lane_acc$89 [104:84];
-  assign \lane_acc$89[5]  = \lane_acc$89 [125:105];
-  assign \lane_acc$89[6]  = \lane_acc$89 [146:126];
-  assign \lane_acc$89[7]  = \lane_acc$89 [167:147];
-  assign \lane_acc$90[0]  = \lane_acc$90 [20:0];
-  assign \lane_acc$90[1]  = \lane_acc$90 [41:21];
-  assign \lane_acc$90[2]  = \lane_acc$90 [62:42];
-  assign \lane_acc$90[3]  = \lane_acc$90 [83:63];
-  assign \lane_acc$90[4]  = \lane_acc$90 [104:84];
-  assign \lane_acc$90[5]  = \lane_acc$90 [125:105];
-  assign \lane_acc$90[6]  = \lane_acc$90 [146:126];
-  assign \lane_acc$90[7]  = \lane_acc$90 [167:147];
-  assign \lane_acc$91[0]  = \lane_acc$91 [20:0];
-  assign \lane_acc$91[1]  = \lane_acc$91 [41:21];
-  assign \lane_acc$91[2]  = \lane_acc$91 [62:42];
-  assign \lane_acc$91[3]  = \lane_acc$91 [83:63];
-  assign \lane_acc$91[4]  = \lane_acc$91 [104:84];
-  assign \lane_acc$91[5]  = \lane_acc$91 [125:105];
-  assign \lane_acc$91[6]  = \lane_acc$91 [146:126];
-  assign \lane_acc$91[7]  = \lane_acc$91 [167:147];
-  assign \lane_acc$92[0]  = \lane_acc$92 [20:0];
-  assign \lane_acc$92[1]  = \lane_acc$92 [41:21];
-  assign \lane_acc$92[2]  = \lane_acc$92 [62:42];
-  assign \lane_acc$92[3]  = \lane_acc$92 [83:63];
-  assign \lane_acc$92[4]  = \lane_acc$92 [104:84];
-  assign \lane_acc$92[5]  = \lane_acc$92 [125:105];
-  assign \lane_acc$92[6]  = \lane_acc$92 [146:126];
-  assign \lane_acc$92[7]  = \lane_acc$92 [167:147];
-  assign \lane_acc$93[0]  = \lane_acc$93 [20:0];
-  assign \lane_acc$93[1]  = \lane_acc$93 [41:21];
-  assign \lane_acc$93[2]  = \lane_acc$93 [62:42];
-  assign \lane_acc$93[3]  = \lane_acc$93 [83:63];
-  assign \lane_acc$93[4]  = \lane_acc$93 [104:84];
-  assign \lane_acc$93[5]  = \lane_acc$93 [125:105];
-  assign \lane_acc$93[6]  = \lane_acc$93 [146:126];
-  assign \lane_acc$93[7]  = \lane_acc$93 [167:147];
+  assign \lane_acc$143[0]  = \lane_acc$143 [20:0];
+  assign \lane_acc$143[1]  = \lane_acc$143 [41:21];
+  assign \lane_acc$143[2]  = \lane_acc$143 [62:42];
+  assign \lane_acc$143[3]  = \lane_acc$143 [83:63];
+  assign \lane_acc$143[4]  = \lane_acc$143 [104:84];
+  assign \lane_acc$143[5]  = \lane_acc$143 [125:105];
+  assign \lane_acc$143[6]  = \lane_acc$143 [146:126];
+  assign \lane_acc$143[7]  = \lane_acc$143 [167:147];
+  assign \lane_acc$144[0]  = \lane_acc$144 [20:0];
+  assign \lane_acc$144[1]  = \lane_acc$144 [41:21];
+  assign \lane_acc$144[2]  = \lane_acc$144 [62:42];
+  assign \lane_acc$144[3]  = \lane_acc$144 [83:63];
+  assign \lane_acc$144[4]  = \lane_acc$144 [104:84];
+  assign \lane_acc$144[5]  = \lane_acc$144 [125:105];
+  assign \lane_acc$144[6]  = \lane_acc$144 [146:126];
+  assign \lane_acc$144[7]  = \lane_acc$144 [167:147];
+  assign \lane_acc$145[0]  = \lane_acc$145 [20:0];
+  assign \lane_acc$145[1]  = \lane_acc$145 [41:21];
+  assign \lane_acc$145[2]  = \lane_acc$145 [62:42];
+  assign \lane_acc$145[3]  = \lane_acc$145 [83:63];
+  assign \lane_acc$145[4]  = \lane_acc$145 [104:84];
+  assign \lane_acc$145[5]  = \lane_acc$145 [125:105];
+  assign \lane_acc$145[6]  = \lane_acc$145 [146:126];
+  assign \lane_acc$145[7]  = \lane_acc$145 [167:147];
+  assign \lane_acc$146[0]  = \lane_acc$146 [20:0];
+  assign \lane_acc$146[1]  = \lane_acc$146 [41:21];
+  assign \lane_acc$146[2]  = \lane_acc$146 [62:42];
+  assign \lane_acc$146[3]  = \lane_acc$146 [83:63];
+  assign \lane_acc$146[4]  = \lane_acc$146 [104:84];
+  assign \lane_acc$146[5]  = \lane_acc$146 [125:105];
+  assign \lane_acc$146[6]  = \lane_acc$146 [146:126];
+  assign \lane_acc$146[7]  = \lane_acc$146 [167:147];
+  assign \lane_acc$147[0]  = \lane_acc$147 [20:0];
+  assign \lane_acc$147[1]  = \lane_acc$147 [41:21];
+  assign \lane_acc$147[2]  = \lane_acc$147 [62:42];
+  assign \lane_acc$147[3]  = \lane_acc$147 [83:63];
+  assign \lane_acc$147[4]  = \lane_acc$147 [104:84];
+  assign \lane_acc$147[5]  = \lane_acc$147 [125:105];
+  assign \lane_acc$147[6]  = \lane_acc$147 [146:126];
+  assign \lane_acc$147[7]  = \lane_acc$147 [167:147];
+  assign \lane_acc$148[0]  = \lane_acc$148 [20:0];
+  assign \lane_acc$148[1]  = \lane_acc$148 [41:21];
+  assign \lane_acc$148[2]  = \lane_acc$148 [62:42];
+  assign \lane_acc$148[3]  = \lane_acc$148 [83:63];
+  assign \lane_acc$148[4]  = \lane_acc$148 [104:84];
+  assign \lane_acc$148[5]  = \lane_acc$148 [125:105];
+  assign \lane_acc$148[6]  = \lane_acc$148 [146:126];
+  assign \lane_acc$148[7]  = \lane_acc$148 [167:147];
+  assign \lane_acc$149[0]  = \lane_acc$149 [20:0];
+  assign \lane_acc$149[1]  = \lane_acc$149 [41:21];
+  assign \lane_acc$149[2]  = \lane_acc$149 [62:42];
+  assign \lane_acc$149[3]  = \lane_acc$149 [83:63];
+  assign \lane_acc$149[4]  = \lane_acc$149 [104:84];
+  assign \lane_acc$149[5]  = \lane_acc$149 [125:105];
+  assign \lane_acc$149[6]  = \lane_acc$149 [146:126];
+  assign \lane_acc$149[7]  = \lane_acc$149 [167:147];
 endmodule
 
 (* generator = "Amaranth" *)

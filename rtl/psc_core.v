@@ -97,11 +97,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire act_out__valid;
   wire all_sent;
   wire beat;
-  wire \beat$150 ;
+  wire \beat$155 ;
   output busy;
   wire busy;
-  wire \busy$146 ;
-  wire \busy$147 ;
+  wire \busy$151 ;
+  wire \busy$152 ;
   input [113:0] cfg__payload;
   wire [113:0] cfg__payload;
   wire [113:0] \cfg__payload$23 ;
@@ -160,35 +160,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire cfg__valid;
   wire \cfg__valid$25 ;
   wire clear;
-  wire \clear$145 ;
+  wire \clear$150 ;
   input clk;
   wire clk;
   wire [113:0] cmd;
-  wire [113:0] \cmd$101 ;
-  wire [15:0] \cmd$101.gin ;
-  wire [15:0] \cmd$101.gout ;
-  wire [15:0] \cmd$101.in_h ;
-  wire [15:0] \cmd$101.in_w ;
-  wire [3:0] \cmd$101.k ;
-  wire \cmd$101.keep ;
-  (* enum_base_type = "LayerKind" *)
-  (* enum_value_00 = "STANDARD" *)
-  (* enum_value_01 = "DEPTHWISE" *)
-  (* enum_value_10 = "POINTWISE" *)
-  (* enum_value_11 = "FC" *)
-  wire [1:0] \cmd$101.kind ;
-  wire [15:0] \cmd$101.out_h ;
-  wire [15:0] \cmd$101.out_w ;
-  wire [2:0] \cmd$101.pad_left ;
-  wire [2:0] \cmd$101.pad_top ;
-  (* enum_base_type = "Part" *)
-  (* enum_value_00 = "WHOLE" *)
-  (* enum_value_01 = "FIRST" *)
-  (* enum_value_10 = "MIDDLE" *)
-  (* enum_value_11 = "LAST" *)
-  wire [1:0] \cmd$101.part ;
-  wire \cmd$101.relu ;
-  wire [1:0] \cmd$101.stride ;
   wire [113:0] \cmd$103 ;
   wire [15:0] \cmd$103.gin ;
   wire [15:0] \cmd$103.gout ;
@@ -214,31 +189,56 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [1:0] \cmd$103.part ;
   wire \cmd$103.relu ;
   wire [1:0] \cmd$103.stride ;
-  wire [113:0] \cmd$111 ;
-  wire [15:0] \cmd$111.gin ;
-  wire [15:0] \cmd$111.gout ;
-  wire [15:0] \cmd$111.in_h ;
-  wire [15:0] \cmd$111.in_w ;
-  wire [3:0] \cmd$111.k ;
-  wire \cmd$111.keep ;
+  wire [113:0] \cmd$107 ;
+  wire [15:0] \cmd$107.gin ;
+  wire [15:0] \cmd$107.gout ;
+  wire [15:0] \cmd$107.in_h ;
+  wire [15:0] \cmd$107.in_w ;
+  wire [3:0] \cmd$107.k ;
+  wire \cmd$107.keep ;
   (* enum_base_type = "LayerKind" *)
   (* enum_value_00 = "STANDARD" *)
   (* enum_value_01 = "DEPTHWISE" *)
   (* enum_value_10 = "POINTWISE" *)
   (* enum_value_11 = "FC" *)
-  wire [1:0] \cmd$111.kind ;
-  wire [15:0] \cmd$111.out_h ;
-  wire [15:0] \cmd$111.out_w ;
-  wire [2:0] \cmd$111.pad_left ;
-  wire [2:0] \cmd$111.pad_top ;
+  wire [1:0] \cmd$107.kind ;
+  wire [15:0] \cmd$107.out_h ;
+  wire [15:0] \cmd$107.out_w ;
+  wire [2:0] \cmd$107.pad_left ;
+  wire [2:0] \cmd$107.pad_top ;
   (* enum_base_type = "Part" *)
   (* enum_value_00 = "WHOLE" *)
   (* enum_value_01 = "FIRST" *)
   (* enum_value_10 = "MIDDLE" *)
   (* enum_value_11 = "LAST" *)
-  wire [1:0] \cmd$111.part ;
-  wire \cmd$111.relu ;
-  wire [1:0] \cmd$111.stride ;
+  wire [1:0] \cmd$107.part ;
+  wire \cmd$107.relu ;
+  wire [1:0] \cmd$107.stride ;
+  wire [113:0] \cmd$116 ;
+  wire [15:0] \cmd$116.gin ;
+  wire [15:0] \cmd$116.gout ;
+  wire [15:0] \cmd$116.in_h ;
+  wire [15:0] \cmd$116.in_w ;
+  wire [3:0] \cmd$116.k ;
+  wire \cmd$116.keep ;
+  (* enum_base_type = "LayerKind" *)
+  (* enum_value_00 = "STANDARD" *)
+  (* enum_value_01 = "DEPTHWISE" *)
+  (* enum_value_10 = "POINTWISE" *)
+  (* enum_value_11 = "FC" *)
+  wire [1:0] \cmd$116.kind ;
+  wire [15:0] \cmd$116.out_h ;
+  wire [15:0] \cmd$116.out_w ;
+  wire [2:0] \cmd$116.pad_left ;
+  wire [2:0] \cmd$116.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd$116.part ;
+  wire \cmd$116.relu ;
+  wire [1:0] \cmd$116.stride ;
   wire [113:0] \cmd$81 ;
   wire [15:0] \cmd$81.gin ;
   wire [15:0] \cmd$81.gout ;
@@ -264,31 +264,31 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [1:0] \cmd$81.part ;
   wire \cmd$81.relu ;
   wire [1:0] \cmd$81.stride ;
-  wire [113:0] \cmd$92 ;
-  wire [15:0] \cmd$92.gin ;
-  wire [15:0] \cmd$92.gout ;
-  wire [15:0] \cmd$92.in_h ;
-  wire [15:0] \cmd$92.in_w ;
-  wire [3:0] \cmd$92.k ;
-  wire \cmd$92.keep ;
+  wire [113:0] \cmd$94 ;
+  wire [15:0] \cmd$94.gin ;
+  wire [15:0] \cmd$94.gout ;
+  wire [15:0] \cmd$94.in_h ;
+  wire [15:0] \cmd$94.in_w ;
+  wire [3:0] \cmd$94.k ;
+  wire \cmd$94.keep ;
   (* enum_base_type = "LayerKind" *)
   (* enum_value_00 = "STANDARD" *)
   (* enum_value_01 = "DEPTHWISE" *)
   (* enum_value_10 = "POINTWISE" *)
   (* enum_value_11 = "FC" *)
-  wire [1:0] \cmd$92.kind ;
-  wire [15:0] \cmd$92.out_h ;
-  wire [15:0] \cmd$92.out_w ;
-  wire [2:0] \cmd$92.pad_left ;
-  wire [2:0] \cmd$92.pad_top ;
+  wire [1:0] \cmd$94.kind ;
+  wire [15:0] \cmd$94.out_h ;
+  wire [15:0] \cmd$94.out_w ;
+  wire [2:0] \cmd$94.pad_left ;
+  wire [2:0] \cmd$94.pad_top ;
   (* enum_base_type = "Part" *)
   (* enum_value_00 = "WHOLE" *)
   (* enum_value_01 = "FIRST" *)
   (* enum_value_10 = "MIDDLE" *)
   (* enum_value_11 = "LAST" *)
-  wire [1:0] \cmd$92.part ;
-  wire \cmd$92.relu ;
-  wire [1:0] \cmd$92.stride ;
+  wire [1:0] \cmd$94.part ;
+  wire \cmd$94.relu ;
+  wire [1:0] \cmd$94.stride ;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -315,7 +315,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [1:0] \cmd.stride ;
   wire [31:0] compute;
   wire [8:0] count;
-  wire [15:0] \count$110 ;
+  wire [21:0] \count$115 ;
   output [31:0] cycles_compute;
   wire [31:0] cycles_compute;
   output [31:0] cycles_stall;
@@ -324,25 +324,30 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [31:0] cycles_total;
   output done;
   wire done;
-  wire \done$135 ;
-  wire \done$137 ;
-  wire \done$141 ;
-  wire \done$153 ;
+  wire \done$140 ;
+  wire \done$142 ;
+  wire \done$146 ;
+  wire \done$158 ;
   wire dw;
-  wire \dw$116 ;
-  wire \dw$94 ;
+  wire \dw$121 ;
+  wire \dw$96 ;
+  wire dwc;
+  wire \dwc$106 ;
+  wire \dwc$109 ;
   wire dwp;
-  wire \dwp$102 ;
   wire \dwp$104 ;
-  wire \dwp$112 ;
-  wire \dwp$96 ;
+  wire \dwp$108 ;
+  wire \dwp$117 ;
+  wire \dwp$98 ;
   wire enable;
   output error;
   wire error;
-  wire \error$154 ;
+  wire \error$159 ;
   wire [15:0] gin_e;
   wire [15:0] \gin_e$83 ;
-  wire [15:0] \gin_e$97 ;
+  wire [15:0] \gin_e$99 ;
+  wire [21:0] gout_o;
+  wire [21:0] \gout_o$85 ;
   wire [63:0] i__payload;
   wire [1023:0] \i__payload$29 ;
   wire [127:0] \i__payload$29[0] ;
@@ -745,11 +750,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire inputs__en;
   wire inputs_done;
   wire keep;
-  wire \keep$109 ;
+  wire \keep$114 ;
+  wire [4:0] last_go;
   wire [4:0] last_group;
-  wire [4:0] \last_group$115 ;
   wire loaded;
-  wire \loaded$139 ;
+  wire \loaded$144 ;
   wire mac_valid;
   wire [24:0] n_out;
   wire [89:0] o__payload;
@@ -1210,58 +1215,58 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \read__en$78 ;
   wire ready;
   wire refused;
-  wire \refused$130 ;
+  wire \refused$135 ;
   wire [11:0] rows_in;
-  wire [11:0] \rows_in$133 ;
+  wire [11:0] \rows_in$138 ;
   input rst;
   wire rst;
   wire run;
-  wire \run$120 ;
-  wire \run$122 ;
-  wire \run$124 ;
-  wire \run$126 ;
+  wire \run$125 ;
+  wire \run$127 ;
+  wire \run$129 ;
   wire \run$131 ;
-  wire \run$148 ;
+  wire \run$136 ;
+  wire \run$153 ;
   wire [163:0] sizes;
-  wire [163:0] \sizes$105 ;
-  wire [11:0] \sizes$105.kk ;
-  wire [8:0] \sizes$105.n_dw ;
-  wire [11:0] \sizes$105.n_in ;
-  wire [24:0] \sizes$105.n_out ;
-  wire [8:0] \sizes$105.n_w ;
-  wire [24:0] \sizes$105.ow ;
-  wire [13:0] \sizes$105.pl_g ;
-  wire [8:0] \sizes$105.plane ;
-  wire [13:0] \sizes$105.pt_wg ;
-  wire [10:0] \sizes$105.pt_ws ;
-  wire [11:0] \sizes$105.red ;
-  wire [11:0] \sizes$105.wg ;
-  wire [163:0] \sizes$89 ;
-  wire [11:0] \sizes$89.kk ;
-  wire [8:0] \sizes$89.n_dw ;
-  wire [11:0] \sizes$89.n_in ;
-  wire [24:0] \sizes$89.n_out ;
-  wire [8:0] \sizes$89.n_w ;
-  wire [24:0] \sizes$89.ow ;
-  wire [13:0] \sizes$89.pl_g ;
-  wire [8:0] \sizes$89.plane ;
-  wire [13:0] \sizes$89.pt_wg ;
-  wire [10:0] \sizes$89.pt_ws ;
-  wire [11:0] \sizes$89.red ;
-  wire [11:0] \sizes$89.wg ;
-  wire [163:0] \sizes$98 ;
-  wire [11:0] \sizes$98.kk ;
-  wire [8:0] \sizes$98.n_dw ;
-  wire [11:0] \sizes$98.n_in ;
-  wire [24:0] \sizes$98.n_out ;
-  wire [8:0] \sizes$98.n_w ;
-  wire [24:0] \sizes$98.ow ;
-  wire [13:0] \sizes$98.pl_g ;
-  wire [8:0] \sizes$98.plane ;
-  wire [13:0] \sizes$98.pt_wg ;
-  wire [10:0] \sizes$98.pt_ws ;
-  wire [11:0] \sizes$98.red ;
-  wire [11:0] \sizes$98.wg ;
+  wire [163:0] \sizes$100 ;
+  wire [11:0] \sizes$100.kk ;
+  wire [8:0] \sizes$100.n_dw ;
+  wire [11:0] \sizes$100.n_in ;
+  wire [24:0] \sizes$100.n_out ;
+  wire [8:0] \sizes$100.n_w ;
+  wire [24:0] \sizes$100.ow ;
+  wire [13:0] \sizes$100.pl_g ;
+  wire [8:0] \sizes$100.plane ;
+  wire [13:0] \sizes$100.pt_wg ;
+  wire [10:0] \sizes$100.pt_ws ;
+  wire [11:0] \sizes$100.red ;
+  wire [11:0] \sizes$100.wg ;
+  wire [163:0] \sizes$110 ;
+  wire [11:0] \sizes$110.kk ;
+  wire [8:0] \sizes$110.n_dw ;
+  wire [11:0] \sizes$110.n_in ;
+  wire [24:0] \sizes$110.n_out ;
+  wire [8:0] \sizes$110.n_w ;
+  wire [24:0] \sizes$110.ow ;
+  wire [13:0] \sizes$110.pl_g ;
+  wire [8:0] \sizes$110.plane ;
+  wire [13:0] \sizes$110.pt_wg ;
+  wire [10:0] \sizes$110.pt_ws ;
+  wire [11:0] \sizes$110.red ;
+  wire [11:0] \sizes$110.wg ;
+  wire [163:0] \sizes$91 ;
+  wire [11:0] \sizes$91.kk ;
+  wire [8:0] \sizes$91.n_dw ;
+  wire [11:0] \sizes$91.n_in ;
+  wire [24:0] \sizes$91.n_out ;
+  wire [8:0] \sizes$91.n_w ;
+  wire [24:0] \sizes$91.ow ;
+  wire [13:0] \sizes$91.pl_g ;
+  wire [8:0] \sizes$91.plane ;
+  wire [13:0] \sizes$91.pt_wg ;
+  wire [10:0] \sizes$91.pt_ws ;
+  wire [11:0] \sizes$91.red ;
+  wire [11:0] \sizes$91.wg ;
   wire [11:0] \sizes.kk ;
   wire [8:0] \sizes.n_dw ;
   wire [11:0] \sizes.n_in ;
@@ -1278,12 +1283,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire sizing;
   wire [31:0] stall;
   wire start;
-  wire \start$118 ;
-  wire \start$121 ;
   wire \start$123 ;
-  wire \start$125 ;
+  wire \start$126 ;
+  wire \start$128 ;
+  wire \start$130 ;
   wire starting;
-  wire \starting$128 ;
+  wire \starting$133 ;
   wire [64:0] taps__payload;
   wire \taps__payload.first ;
   wire [17:0] \taps__payload.ix ;
@@ -1295,7 +1300,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire taps__valid;
   wire [31:0] total;
   wire waiting;
-  wire \waiting$152 ;
+  wire \waiting$157 ;
   wire [9:0] weights__addr;
   wire [1023:0] weights__data;
   wire [127:0] \weights__data[0] ;
@@ -1451,8 +1456,9 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire weights__valid;
   wire weights_done;
   wire [16:0] ws;
-  wire [16:0] \ws$100 ;
-  wire [16:0] \ws$106 ;
+  wire [16:0] \ws$102 ;
+  wire [16:0] \ws$111 ;
+  assign \dw$121  = dwp | dwc;
   \psc_core.amap  amap (
     .cmd(cmd),
     .dwp(dwp),
@@ -1475,7 +1481,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   );
   \psc_core.dp  dp (
     .clk(clk),
-    .dw(dwp),
+    .dw(\dw$121 ),
     .i__payload(\i__payload$47 ),
     .i__ready(\o__ready$49 ),
     .o__payload(\i__payload$53 ),
@@ -1539,7 +1545,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   );
   \psc_core.pbuf  pbuf (
     .clk(clk),
-    .count(cmd[95:80]),
+    .count(gout_o),
     .done(params_done),
     .i__ready(params__ready),
     .i__valid(params__valid),
@@ -1558,7 +1564,6 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .dw(dw),
     .dwp(dwp),
     .gin_e(gin_e),
-    .last_group(last_group),
     .loaded(loaded),
     .params_done(params_done),
     .refused(refused),
@@ -1584,10 +1589,13 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .cmd(cmd),
     .done(done),
     .dw(dw),
+    .dwc(dwc),
     .dwp(dwp),
     .error(error),
     .gin_e(gin_e),
+    .gout_o(gout_o),
     .inputs_done(inputs_done),
+    .last_go(last_group),
     .loaded(loaded),
     .mac_valid(\i__valid$57 ),
     .outputs_done(outputs_done),
@@ -1600,12 +1608,13 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .start(start),
     .starting(starting)
   );
-  \psc_core.sizes$159  \sizes$159  (
+  \psc_core.sizes$164  \sizes$164  (
     .clear(clear),
     .clk(clk),
     .cmd(cmd),
     .enable(enable),
     .gin_e(gin_e),
+    .gout_o(gout_o),
     .ready(sizes_ready),
     .rst(rst),
     .sizes(sizes),
@@ -1668,57 +1677,59 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign params__en = \o__ready$55 ;
   assign \cmd$81  = cmd;
   assign \gin_e$83  = gin_e;
+  assign \gout_o$85  = gout_o;
   assign accept = clear;
   assign sizing = enable;
-  assign \sizes$89  = sizes;
+  assign \sizes$91  = sizes;
   assign ready = sizes_ready;
-  assign \cmd$92  = cmd;
-  assign \dw$94  = dw;
-  assign \dwp$96  = dwp;
-  assign \gin_e$97  = gin_e;
-  assign \sizes$98  = sizes;
-  assign \ws$100  = ws;
-  assign \cmd$101  = cmd;
-  assign \dwp$102  = dwp;
+  assign \cmd$94  = cmd;
+  assign \dw$96  = dw;
+  assign \dwp$98  = dwp;
+  assign \gin_e$99  = gin_e;
+  assign \sizes$100  = sizes;
+  assign \ws$102  = ws;
   assign \cmd$103  = cmd;
   assign \dwp$104  = dwp;
-  assign \sizes$105  = sizes;
-  assign \ws$106  = ws;
+  assign \dwc$106  = dwc;
+  assign \cmd$107  = cmd;
+  assign \dwp$108  = dwp;
+  assign \dwc$109  = dwc;
+  assign \sizes$110  = sizes;
+  assign \ws$111  = ws;
   assign keep = cmd[111];
   assign count = sizes[106:98];
-  assign \keep$109  = cmd[111];
-  assign \count$110  = cmd[95:80];
-  assign \cmd$111  = cmd;
-  assign \dwp$112  = dwp;
+  assign \keep$114  = cmd[111];
+  assign \count$115  = gout_o;
+  assign \cmd$116  = cmd;
+  assign \dwp$117  = dwp;
   assign n_out = sizes[73:49];
-  assign \last_group$115  = last_group;
-  assign \dw$116  = dwp;
-  assign \start$118  = start;
-  assign \run$120  = run;
-  assign \start$121  = start;
-  assign \run$122  = run;
+  assign last_go = last_group;
   assign \start$123  = start;
-  assign \run$124  = run;
-  assign \start$125  = start;
-  assign \run$126  = run;
-  assign \starting$128  = starting;
-  assign \refused$130  = refused;
+  assign \run$125  = run;
+  assign \start$126  = start;
+  assign \run$127  = run;
+  assign \start$128  = start;
+  assign \run$129  = run;
+  assign \start$130  = start;
   assign \run$131  = run;
-  assign \rows_in$133  = rows_in;
-  assign \done$135  = weights_done;
-  assign \done$137  = params_done;
-  assign \loaded$139  = loaded;
-  assign \done$141  = inputs_done;
+  assign \starting$133  = starting;
+  assign \refused$135  = refused;
+  assign \run$136  = run;
+  assign \rows_in$138  = rows_in;
+  assign \done$140  = weights_done;
+  assign \done$142  = params_done;
+  assign \loaded$144  = loaded;
+  assign \done$146  = inputs_done;
   assign all_sent = outputs_done;
   assign mac_valid = \i__valid$57 ;
-  assign \clear$145  = clear;
-  assign \busy$146  = busy;
-  assign \busy$147  = busy;
-  assign \run$148  = run;
-  assign \beat$150  = beat;
-  assign \waiting$152  = waiting;
-  assign \done$153  = done;
-  assign \error$154  = error;
+  assign \clear$150  = clear;
+  assign \busy$151  = busy;
+  assign \busy$152  = busy;
+  assign \run$153  = run;
+  assign \beat$155  = beat;
+  assign \waiting$157  = waiting;
+  assign \done$158  = done;
+  assign \error$159  = error;
   assign total = cycles_total;
   assign compute = cycles_compute;
   assign stall = cycles_stall;
@@ -2756,58 +2767,44 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \sizes.plane  = sizes[143:135];
   assign \sizes.n_dw  = sizes[152:144];
   assign \sizes.pt_ws  = sizes[163:153];
-  assign \sizes$89.wg  = sizes[11:0];
-  assign \sizes$89.n_in  = sizes[23:12];
-  assign \sizes$89.ow  = sizes[48:24];
-  assign \sizes$89.n_out  = sizes[73:49];
-  assign \sizes$89.kk  = sizes[85:74];
-  assign \sizes$89.red  = sizes[97:86];
-  assign \sizes$89.n_w  = sizes[106:98];
-  assign \sizes$89.pt_wg  = sizes[120:107];
-  assign \sizes$89.pl_g  = sizes[134:121];
-  assign \sizes$89.plane  = sizes[143:135];
-  assign \sizes$89.n_dw  = sizes[152:144];
-  assign \sizes$89.pt_ws  = sizes[163:153];
-  assign \cmd$92.in_h  = cmd[15:0];
-  assign \cmd$92.in_w  = cmd[31:16];
-  assign \cmd$92.out_h  = cmd[47:32];
-  assign \cmd$92.out_w  = cmd[63:48];
-  assign \cmd$92.gin  = cmd[79:64];
-  assign \cmd$92.gout  = cmd[95:80];
-  assign \cmd$92.k  = cmd[99:96];
-  assign \cmd$92.stride  = cmd[101:100];
-  assign \cmd$92.pad_top  = cmd[104:102];
-  assign \cmd$92.pad_left  = cmd[107:105];
-  assign \cmd$92.kind  = cmd[109:108];
-  assign \cmd$92.relu  = cmd[110];
-  assign \cmd$92.keep  = cmd[111];
-  assign \cmd$92.part  = cmd[113:112];
-  assign \sizes$98.wg  = sizes[11:0];
-  assign \sizes$98.n_in  = sizes[23:12];
-  assign \sizes$98.ow  = sizes[48:24];
-  assign \sizes$98.n_out  = sizes[73:49];
-  assign \sizes$98.kk  = sizes[85:74];
-  assign \sizes$98.red  = sizes[97:86];
-  assign \sizes$98.n_w  = sizes[106:98];
-  assign \sizes$98.pt_wg  = sizes[120:107];
-  assign \sizes$98.pl_g  = sizes[134:121];
-  assign \sizes$98.plane  = sizes[143:135];
-  assign \sizes$98.n_dw  = sizes[152:144];
-  assign \sizes$98.pt_ws  = sizes[163:153];
-  assign \cmd$101.in_h  = cmd[15:0];
-  assign \cmd$101.in_w  = cmd[31:16];
-  assign \cmd$101.out_h  = cmd[47:32];
-  assign \cmd$101.out_w  = cmd[63:48];
-  assign \cmd$101.gin  = cmd[79:64];
-  assign \cmd$101.gout  = cmd[95:80];
-  assign \cmd$101.k  = cmd[99:96];
-  assign \cmd$101.stride  = cmd[101:100];
-  assign \cmd$101.pad_top  = cmd[104:102];
-  assign \cmd$101.pad_left  = cmd[107:105];
-  assign \cmd$101.kind  = cmd[109:108];
-  assign \cmd$101.relu  = cmd[110];
-  assign \cmd$101.keep  = cmd[111];
-  assign \cmd$101.part  = cmd[113:112];
+  assign \sizes$91.wg  = sizes[11:0];
+  assign \sizes$91.n_in  = sizes[23:12];
+  assign \sizes$91.ow  = sizes[48:24];
+  assign \sizes$91.n_out  = sizes[73:49];
+  assign \sizes$91.kk  = sizes[85:74];
+  assign \sizes$91.red  = sizes[97:86];
+  assign \sizes$91.n_w  = sizes[106:98];
+  assign \sizes$91.pt_wg  = sizes[120:107];
+  assign \sizes$91.pl_g  = sizes[134:121];
+  assign \sizes$91.plane  = sizes[143:135];
+  assign \sizes$91.n_dw  = sizes[152:144];
+  assign \sizes$91.pt_ws  = sizes[163:153];
+  assign \cmd$94.in_h  = cmd[15:0];
+  assign \cmd$94.in_w  = cmd[31:16];
+  assign \cmd$94.out_h  = cmd[47:32];
+  assign \cmd$94.out_w  = cmd[63:48];
+  assign \cmd$94.gin  = cmd[79:64];
+  assign \cmd$94.gout  = cmd[95:80];
+  assign \cmd$94.k  = cmd[99:96];
+  assign \cmd$94.stride  = cmd[101:100];
+  assign \cmd$94.pad_top  = cmd[104:102];
+  assign \cmd$94.pad_left  = cmd[107:105];
+  assign \cmd$94.kind  = cmd[109:108];
+  assign \cmd$94.relu  = cmd[110];
+  assign \cmd$94.keep  = cmd[111];
+  assign \cmd$94.part  = cmd[113:112];
+  assign \sizes$100.wg  = sizes[11:0];
+  assign \sizes$100.n_in  = sizes[23:12];
+  assign \sizes$100.ow  = sizes[48:24];
+  assign \sizes$100.n_out  = sizes[73:49];
+  assign \sizes$100.kk  = sizes[85:74];
+  assign \sizes$100.red  = sizes[97:86];
+  assign \sizes$100.n_w  = sizes[106:98];
+  assign \sizes$100.pt_wg  = sizes[120:107];
+  assign \sizes$100.pl_g  = sizes[134:121];
+  assign \sizes$100.plane  = sizes[143:135];
+  assign \sizes$100.n_dw  = sizes[152:144];
+  assign \sizes$100.pt_ws  = sizes[163:153];
   assign \cmd$103.in_h  = cmd[15:0];
   assign \cmd$103.in_w  = cmd[31:16];
   assign \cmd$103.out_h  = cmd[47:32];
@@ -2822,32 +2819,46 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd$103.relu  = cmd[110];
   assign \cmd$103.keep  = cmd[111];
   assign \cmd$103.part  = cmd[113:112];
-  assign \sizes$105.wg  = sizes[11:0];
-  assign \sizes$105.n_in  = sizes[23:12];
-  assign \sizes$105.ow  = sizes[48:24];
-  assign \sizes$105.n_out  = sizes[73:49];
-  assign \sizes$105.kk  = sizes[85:74];
-  assign \sizes$105.red  = sizes[97:86];
-  assign \sizes$105.n_w  = sizes[106:98];
-  assign \sizes$105.pt_wg  = sizes[120:107];
-  assign \sizes$105.pl_g  = sizes[134:121];
-  assign \sizes$105.plane  = sizes[143:135];
-  assign \sizes$105.n_dw  = sizes[152:144];
-  assign \sizes$105.pt_ws  = sizes[163:153];
-  assign \cmd$111.in_h  = cmd[15:0];
-  assign \cmd$111.in_w  = cmd[31:16];
-  assign \cmd$111.out_h  = cmd[47:32];
-  assign \cmd$111.out_w  = cmd[63:48];
-  assign \cmd$111.gin  = cmd[79:64];
-  assign \cmd$111.gout  = cmd[95:80];
-  assign \cmd$111.k  = cmd[99:96];
-  assign \cmd$111.stride  = cmd[101:100];
-  assign \cmd$111.pad_top  = cmd[104:102];
-  assign \cmd$111.pad_left  = cmd[107:105];
-  assign \cmd$111.kind  = cmd[109:108];
-  assign \cmd$111.relu  = cmd[110];
-  assign \cmd$111.keep  = cmd[111];
-  assign \cmd$111.part  = cmd[113:112];
+  assign \cmd$107.in_h  = cmd[15:0];
+  assign \cmd$107.in_w  = cmd[31:16];
+  assign \cmd$107.out_h  = cmd[47:32];
+  assign \cmd$107.out_w  = cmd[63:48];
+  assign \cmd$107.gin  = cmd[79:64];
+  assign \cmd$107.gout  = cmd[95:80];
+  assign \cmd$107.k  = cmd[99:96];
+  assign \cmd$107.stride  = cmd[101:100];
+  assign \cmd$107.pad_top  = cmd[104:102];
+  assign \cmd$107.pad_left  = cmd[107:105];
+  assign \cmd$107.kind  = cmd[109:108];
+  assign \cmd$107.relu  = cmd[110];
+  assign \cmd$107.keep  = cmd[111];
+  assign \cmd$107.part  = cmd[113:112];
+  assign \sizes$110.wg  = sizes[11:0];
+  assign \sizes$110.n_in  = sizes[23:12];
+  assign \sizes$110.ow  = sizes[48:24];
+  assign \sizes$110.n_out  = sizes[73:49];
+  assign \sizes$110.kk  = sizes[85:74];
+  assign \sizes$110.red  = sizes[97:86];
+  assign \sizes$110.n_w  = sizes[106:98];
+  assign \sizes$110.pt_wg  = sizes[120:107];
+  assign \sizes$110.pl_g  = sizes[134:121];
+  assign \sizes$110.plane  = sizes[143:135];
+  assign \sizes$110.n_dw  = sizes[152:144];
+  assign \sizes$110.pt_ws  = sizes[163:153];
+  assign \cmd$116.in_h  = cmd[15:0];
+  assign \cmd$116.in_w  = cmd[31:16];
+  assign \cmd$116.out_h  = cmd[47:32];
+  assign \cmd$116.out_w  = cmd[63:48];
+  assign \cmd$116.gin  = cmd[79:64];
+  assign \cmd$116.gout  = cmd[95:80];
+  assign \cmd$116.k  = cmd[99:96];
+  assign \cmd$116.stride  = cmd[101:100];
+  assign \cmd$116.pad_top  = cmd[104:102];
+  assign \cmd$116.pad_left  = cmd[107:105];
+  assign \cmd$116.kind  = cmd[109:108];
+  assign \cmd$116.relu  = cmd[110];
+  assign \cmd$116.keep  = cmd[111];
+  assign \cmd$116.part  = cmd[113:112];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -3616,36 +3627,92 @@ module \psc_core.counters (rst, waiting, beat, clear, busy, run, total, compute,
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o__payload, clk);
+module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o__payload, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire \$1 ;
   wire [4:0] \$10 ;
   wire \$11 ;
   reg [3:0] \$12 ;
-  reg [255:0] \$13 ;
-  reg [255:0] \$14 ;
-  reg [255:0] \$15 ;
-  reg [255:0] \$16 ;
-  reg [255:0] \$17 ;
-  reg [255:0] \$18 ;
-  reg [255:0] \$19 ;
+  reg [20:0] \$13 ;
+  reg [20:0] \$14 ;
+  reg [20:0] \$15 ;
+  reg [20:0] \$16 ;
+  reg [20:0] \$17 ;
+  reg [20:0] \$18 ;
+  reg [20:0] \$19 ;
   wire \$2 ;
-  reg [255:0] \$20 ;
+  reg [20:0] \$20 ;
+  reg [20:0] \$21 ;
+  reg [20:0] \$22 ;
+  reg [20:0] \$23 ;
+  reg [20:0] \$24 ;
+  reg [20:0] \$25 ;
+  reg [20:0] \$26 ;
+  reg [20:0] \$27 ;
+  reg [20:0] \$28 ;
+  reg [20:0] \$29 ;
   wire \$3 ;
+  reg [20:0] \$30 ;
+  reg [20:0] \$31 ;
+  reg [20:0] \$32 ;
+  reg [20:0] \$33 ;
+  reg [20:0] \$34 ;
+  reg [20:0] \$35 ;
+  reg [20:0] \$36 ;
+  reg [20:0] \$37 ;
+  reg [20:0] \$38 ;
+  reg [20:0] \$39 ;
   wire \$4 ;
+  reg [20:0] \$40 ;
+  reg [20:0] \$41 ;
+  reg [20:0] \$42 ;
+  reg [20:0] \$43 ;
+  reg [20:0] \$44 ;
+  reg [20:0] \$45 ;
+  reg [20:0] \$46 ;
+  reg [20:0] \$47 ;
+  reg [20:0] \$48 ;
+  reg [20:0] \$49 ;
   wire \$5 ;
+  reg [20:0] \$50 ;
+  reg [20:0] \$51 ;
+  reg [20:0] \$52 ;
+  reg [20:0] \$53 ;
+  reg [20:0] \$54 ;
+  reg [20:0] \$55 ;
+  reg [20:0] \$56 ;
+  reg [20:0] \$57 ;
+  reg [20:0] \$58 ;
+  reg [20:0] \$59 ;
   wire \$6 ;
+  reg [20:0] \$60 ;
+  reg [20:0] \$61 ;
+  reg [20:0] \$62 ;
+  reg [20:0] \$63 ;
+  reg [20:0] \$64 ;
+  reg [20:0] \$65 ;
+  reg [20:0] \$66 ;
+  reg [20:0] \$67 ;
+  reg [20:0] \$68 ;
+  reg [20:0] \$69 ;
   wire \$7 ;
+  reg [20:0] \$70 ;
+  reg [20:0] \$71 ;
+  reg [20:0] \$72 ;
+  reg [20:0] \$73 ;
+  reg [20:0] \$74 ;
+  reg [20:0] \$75 ;
+  reg [20:0] \$76 ;
   wire \$8 ;
   wire \$9 ;
   wire [31:0] acc;
-  wire [31:0] \acc$100 ;
-  wire [31:0] \acc$94 ;
-  wire [31:0] \acc$95 ;
-  wire [31:0] \acc$96 ;
-  wire [31:0] \acc$97 ;
-  wire [31:0] \acc$98 ;
-  wire [31:0] \acc$99 ;
+  wire [31:0] \acc$101 ;
+  wire [31:0] \acc$102 ;
+  wire [31:0] \acc$103 ;
+  wire [31:0] \acc$104 ;
+  wire [31:0] \acc$105 ;
+  wire [31:0] \acc$106 ;
+  wire [31:0] \acc$107 ;
   wire acc_valid;
   wire [31:0] bias;
   wire [31:0] \bias$19 ;
@@ -3657,78 +3724,70 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
   wire [31:0] \bias$79 ;
   input clk;
   wire clk;
-  reg [255:0] drain_0 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_0[0] ;
-  wire [31:0] \drain_0[1] ;
-  wire [31:0] \drain_0[2] ;
-  wire [31:0] \drain_0[3] ;
-  wire [31:0] \drain_0[4] ;
-  wire [31:0] \drain_0[5] ;
-  wire [31:0] \drain_0[6] ;
-  wire [31:0] \drain_0[7] ;
-  reg [255:0] drain_1 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_1[0] ;
-  wire [31:0] \drain_1[1] ;
-  wire [31:0] \drain_1[2] ;
-  wire [31:0] \drain_1[3] ;
-  wire [31:0] \drain_1[4] ;
-  wire [31:0] \drain_1[5] ;
-  wire [31:0] \drain_1[6] ;
-  wire [31:0] \drain_1[7] ;
-  reg [255:0] drain_2 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_2[0] ;
-  wire [31:0] \drain_2[1] ;
-  wire [31:0] \drain_2[2] ;
-  wire [31:0] \drain_2[3] ;
-  wire [31:0] \drain_2[4] ;
-  wire [31:0] \drain_2[5] ;
-  wire [31:0] \drain_2[6] ;
-  wire [31:0] \drain_2[7] ;
-  reg [255:0] drain_3 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_3[0] ;
-  wire [31:0] \drain_3[1] ;
-  wire [31:0] \drain_3[2] ;
-  wire [31:0] \drain_3[3] ;
-  wire [31:0] \drain_3[4] ;
-  wire [31:0] \drain_3[5] ;
-  wire [31:0] \drain_3[6] ;
-  wire [31:0] \drain_3[7] ;
-  reg [255:0] drain_4 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_4[0] ;
-  wire [31:0] \drain_4[1] ;
-  wire [31:0] \drain_4[2] ;
-  wire [31:0] \drain_4[3] ;
-  wire [31:0] \drain_4[4] ;
-  wire [31:0] \drain_4[5] ;
-  wire [31:0] \drain_4[6] ;
-  wire [31:0] \drain_4[7] ;
-  reg [255:0] drain_5 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_5[0] ;
-  wire [31:0] \drain_5[1] ;
-  wire [31:0] \drain_5[2] ;
-  wire [31:0] \drain_5[3] ;
-  wire [31:0] \drain_5[4] ;
-  wire [31:0] \drain_5[5] ;
-  wire [31:0] \drain_5[6] ;
-  wire [31:0] \drain_5[7] ;
-  reg [255:0] drain_6 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_6[0] ;
-  wire [31:0] \drain_6[1] ;
-  wire [31:0] \drain_6[2] ;
-  wire [31:0] \drain_6[3] ;
-  wire [31:0] \drain_6[4] ;
-  wire [31:0] \drain_6[5] ;
-  wire [31:0] \drain_6[6] ;
-  wire [31:0] \drain_6[7] ;
-  reg [255:0] drain_7 = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-  wire [31:0] \drain_7[0] ;
-  wire [31:0] \drain_7[1] ;
-  wire [31:0] \drain_7[2] ;
-  wire [31:0] \drain_7[3] ;
-  wire [31:0] \drain_7[4] ;
-  wire [31:0] \drain_7[5] ;
-  wire [31:0] \drain_7[6] ;
-  wire [31:0] \drain_7[7] ;
+  reg [20:0] drain_0 = 21'h000000;
+  reg [20:0] drain_1 = 21'h000000;
+  reg [20:0] drain_10 = 21'h000000;
+  reg [20:0] drain_11 = 21'h000000;
+  reg [20:0] drain_12 = 21'h000000;
+  reg [20:0] drain_13 = 21'h000000;
+  reg [20:0] drain_14 = 21'h000000;
+  reg [20:0] drain_15 = 21'h000000;
+  reg [20:0] drain_16 = 21'h000000;
+  reg [20:0] drain_17 = 21'h000000;
+  reg [20:0] drain_18 = 21'h000000;
+  reg [20:0] drain_19 = 21'h000000;
+  reg [20:0] drain_2 = 21'h000000;
+  reg [20:0] drain_20 = 21'h000000;
+  reg [20:0] drain_21 = 21'h000000;
+  reg [20:0] drain_22 = 21'h000000;
+  reg [20:0] drain_23 = 21'h000000;
+  reg [20:0] drain_24 = 21'h000000;
+  reg [20:0] drain_25 = 21'h000000;
+  reg [20:0] drain_26 = 21'h000000;
+  reg [20:0] drain_27 = 21'h000000;
+  reg [20:0] drain_28 = 21'h000000;
+  reg [20:0] drain_29 = 21'h000000;
+  reg [20:0] drain_3 = 21'h000000;
+  reg [20:0] drain_30 = 21'h000000;
+  reg [20:0] drain_31 = 21'h000000;
+  reg [20:0] drain_32 = 21'h000000;
+  reg [20:0] drain_33 = 21'h000000;
+  reg [20:0] drain_34 = 21'h000000;
+  reg [20:0] drain_35 = 21'h000000;
+  reg [20:0] drain_36 = 21'h000000;
+  reg [20:0] drain_37 = 21'h000000;
+  reg [20:0] drain_38 = 21'h000000;
+  reg [20:0] drain_39 = 21'h000000;
+  reg [20:0] drain_4 = 21'h000000;
+  reg [20:0] drain_40 = 21'h000000;
+  reg [20:0] drain_41 = 21'h000000;
+  reg [20:0] drain_42 = 21'h000000;
+  reg [20:0] drain_43 = 21'h000000;
+  reg [20:0] drain_44 = 21'h000000;
+  reg [20:0] drain_45 = 21'h000000;
+  reg [20:0] drain_46 = 21'h000000;
+  reg [20:0] drain_47 = 21'h000000;
+  reg [20:0] drain_48 = 21'h000000;
+  reg [20:0] drain_49 = 21'h000000;
+  reg [20:0] drain_5 = 21'h000000;
+  reg [20:0] drain_50 = 21'h000000;
+  reg [20:0] drain_51 = 21'h000000;
+  reg [20:0] drain_52 = 21'h000000;
+  reg [20:0] drain_53 = 21'h000000;
+  reg [20:0] drain_54 = 21'h000000;
+  reg [20:0] drain_55 = 21'h000000;
+  reg [20:0] drain_56 = 21'h000000;
+  reg [20:0] drain_57 = 21'h000000;
+  reg [20:0] drain_58 = 21'h000000;
+  reg [20:0] drain_59 = 21'h000000;
+  reg [20:0] drain_6 = 21'h000000;
+  reg [20:0] drain_60 = 21'h000000;
+  reg [20:0] drain_61 = 21'h000000;
+  reg [20:0] drain_62 = 21'h000000;
+  reg [20:0] drain_63 = 21'h000000;
+  reg [20:0] drain_7 = 21'h000000;
+  reg [20:0] drain_8 = 21'h000000;
+  reg [20:0] drain_9 = 21'h000000;
   input dw;
   wire dw;
   wire en;
@@ -3912,69 +3971,69 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
   reg i__ready;
   wire i__valid;
   wire [167:0] lane_acc;
-  wire [167:0] \lane_acc$111 ;
-  wire [20:0] \lane_acc$111[0] ;
-  wire [20:0] \lane_acc$111[1] ;
-  wire [20:0] \lane_acc$111[2] ;
-  wire [20:0] \lane_acc$111[3] ;
-  wire [20:0] \lane_acc$111[4] ;
-  wire [20:0] \lane_acc$111[5] ;
-  wire [20:0] \lane_acc$111[6] ;
-  wire [20:0] \lane_acc$111[7] ;
-  wire [167:0] \lane_acc$112 ;
-  wire [20:0] \lane_acc$112[0] ;
-  wire [20:0] \lane_acc$112[1] ;
-  wire [20:0] \lane_acc$112[2] ;
-  wire [20:0] \lane_acc$112[3] ;
-  wire [20:0] \lane_acc$112[4] ;
-  wire [20:0] \lane_acc$112[5] ;
-  wire [20:0] \lane_acc$112[6] ;
-  wire [20:0] \lane_acc$112[7] ;
-  wire [167:0] \lane_acc$113 ;
-  wire [20:0] \lane_acc$113[0] ;
-  wire [20:0] \lane_acc$113[1] ;
-  wire [20:0] \lane_acc$113[2] ;
-  wire [20:0] \lane_acc$113[3] ;
-  wire [20:0] \lane_acc$113[4] ;
-  wire [20:0] \lane_acc$113[5] ;
-  wire [20:0] \lane_acc$113[6] ;
-  wire [20:0] \lane_acc$113[7] ;
-  wire [167:0] \lane_acc$114 ;
-  wire [20:0] \lane_acc$114[0] ;
-  wire [20:0] \lane_acc$114[1] ;
-  wire [20:0] \lane_acc$114[2] ;
-  wire [20:0] \lane_acc$114[3] ;
-  wire [20:0] \lane_acc$114[4] ;
-  wire [20:0] \lane_acc$114[5] ;
-  wire [20:0] \lane_acc$114[6] ;
-  wire [20:0] \lane_acc$114[7] ;
-  wire [167:0] \lane_acc$115 ;
-  wire [20:0] \lane_acc$115[0] ;
-  wire [20:0] \lane_acc$115[1] ;
-  wire [20:0] \lane_acc$115[2] ;
-  wire [20:0] \lane_acc$115[3] ;
-  wire [20:0] \lane_acc$115[4] ;
-  wire [20:0] \lane_acc$115[5] ;
-  wire [20:0] \lane_acc$115[6] ;
-  wire [20:0] \lane_acc$115[7] ;
-  wire [167:0] \lane_acc$116 ;
-  wire [20:0] \lane_acc$116[0] ;
-  wire [20:0] \lane_acc$116[1] ;
-  wire [20:0] \lane_acc$116[2] ;
-  wire [20:0] \lane_acc$116[3] ;
-  wire [20:0] \lane_acc$116[4] ;
-  wire [20:0] \lane_acc$116[5] ;
-  wire [20:0] \lane_acc$116[6] ;
-  wire [20:0] \lane_acc$116[7] ;
-  wire [167:0] \lane_acc$117 ;
-  wire [20:0] \lane_acc$117[0] ;
-  wire [20:0] \lane_acc$117[1] ;
-  wire [20:0] \lane_acc$117[2] ;
-  wire [20:0] \lane_acc$117[3] ;
-  wire [20:0] \lane_acc$117[4] ;
-  wire [20:0] \lane_acc$117[5] ;
-  wire [20:0] \lane_acc$117[6] ;
-  wire [20:0] \lane_acc$117[7] ;
+  wire [167:0] \lane_acc$167 ;
+  wire [20:0] \lane_acc$167[0] ;
+  wire [20:0] \lane_acc$167[1] ;
+  wire [20:0] \lane_acc$167[2] ;
+  wire [20:0] \lane_acc$167[3] ;
+  wire [20:0] \lane_acc$167[4] ;
+  wire [20:0] \lane_acc$167[5] ;
+  wire [20:0] \lane_acc$167[6] ;
+  wire [20:0] \lane_acc$167[7] ;
+  wire [167:0] \lane_acc$168 ;
+  wire [20:0] \lane_acc$168[0] ;
+  wire [20:0] \lane_acc$168[1] ;
+  wire [20:0] \lane_acc$168[2] ;
+  wire [20:0] \lane_acc$168[3] ;
+  wire [20:0] \lane_acc$168[4] ;
+  wire [20:0] \lane_acc$168[5] ;
+  wire [20:0] \lane_acc$168[6] ;
+  wire [20:0] \lane_acc$168[7] ;
+  wire [167:0] \lane_acc$169 ;
+  wire [20:0] \lane_acc$169[0] ;
+  wire [20:0] \lane_acc$169[1] ;
+  wire [20:0] \lane_acc$169[2] ;
+  wire [20:0] \lane_acc$169[3] ;
+  wire [20:0] \lane_acc$169[4] ;
+  wire [20:0] \lane_acc$169[5] ;
+  wire [20:0] \lane_acc$169[6] ;
+  wire [20:0] \lane_acc$169[7] ;
+  wire [167:0] \lane_acc$170 ;
+  wire [20:0] \lane_acc$170[0] ;
+  wire [20:0] \lane_acc$170[1] ;
+  wire [20:0] \lane_acc$170[2] ;
+  wire [20:0] \lane_acc$170[3] ;
+  wire [20:0] \lane_acc$170[4] ;
+  wire [20:0] \lane_acc$170[5] ;
+  wire [20:0] \lane_acc$170[6] ;
+  wire [20:0] \lane_acc$170[7] ;
+  wire [167:0] \lane_acc$171 ;
+  wire [20:0] \lane_acc$171[0] ;
+  wire [20:0] \lane_acc$171[1] ;
+  wire [20:0] \lane_acc$171[2] ;
+  wire [20:0] \lane_acc$171[3] ;
+  wire [20:0] \lane_acc$171[4] ;
+  wire [20:0] \lane_acc$171[5] ;
+  wire [20:0] \lane_acc$171[6] ;
+  wire [20:0] \lane_acc$171[7] ;
+  wire [167:0] \lane_acc$172 ;
+  wire [20:0] \lane_acc$172[0] ;
+  wire [20:0] \lane_acc$172[1] ;
+  wire [20:0] \lane_acc$172[2] ;
+  wire [20:0] \lane_acc$172[3] ;
+  wire [20:0] \lane_acc$172[4] ;
+  wire [20:0] \lane_acc$172[5] ;
+  wire [20:0] \lane_acc$172[6] ;
+  wire [20:0] \lane_acc$172[7] ;
+  wire [167:0] \lane_acc$173 ;
+  wire [20:0] \lane_acc$173[0] ;
+  wire [20:0] \lane_acc$173[1] ;
+  wire [20:0] \lane_acc$173[2] ;
+  wire [20:0] \lane_acc$173[3] ;
+  wire [20:0] \lane_acc$173[4] ;
+  wire [20:0] \lane_acc$173[5] ;
+  wire [20:0] \lane_acc$173[6] ;
+  wire [20:0] \lane_acc$173[7] ;
   wire [20:0] \lane_acc[0] ;
   wire [20:0] \lane_acc[1] ;
   wire [20:0] \lane_acc[2] ;
@@ -4250,6 +4309,128 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
   wire [7:0] \x[5] ;
   wire [7:0] \x[6] ;
   wire [7:0] \x[7] ;
+  always @(posedge clk)
+    drain_3 <= \$16 ;
+  always @(posedge clk)
+    drain_4 <= \$17 ;
+  always @(posedge clk)
+    drain_5 <= \$18 ;
+  always @(posedge clk)
+    drain_6 <= \$19 ;
+  always @(posedge clk)
+    drain_7 <= \$20 ;
+  always @(posedge clk)
+    drain_8 <= \$21 ;
+  always @(posedge clk)
+    drain_9 <= \$22 ;
+  always @(posedge clk)
+    drain_10 <= \$23 ;
+  always @(posedge clk)
+    drain_11 <= \$24 ;
+  always @(posedge clk)
+    drain_12 <= \$25 ;
+  always @(posedge clk)
+    drain_13 <= \$26 ;
+  always @(posedge clk)
+    drain_14 <= \$27 ;
+  always @(posedge clk)
+    drain_15 <= \$28 ;
+  always @(posedge clk)
+    drain_16 <= \$29 ;
+  always @(posedge clk)
+    drain_17 <= \$30 ;
+  always @(posedge clk)
+    drain_18 <= \$31 ;
+  always @(posedge clk)
+    drain_19 <= \$32 ;
+  always @(posedge clk)
+    drain_20 <= \$33 ;
+  always @(posedge clk)
+    drain_21 <= \$34 ;
+  always @(posedge clk)
+    drain_22 <= \$35 ;
+  always @(posedge clk)
+    drain_23 <= \$36 ;
+  always @(posedge clk)
+    drain_24 <= \$37 ;
+  always @(posedge clk)
+    drain_25 <= \$38 ;
+  always @(posedge clk)
+    drain_26 <= \$39 ;
+  always @(posedge clk)
+    drain_27 <= \$40 ;
+  always @(posedge clk)
+    drain_28 <= \$41 ;
+  always @(posedge clk)
+    drain_29 <= \$42 ;
+  always @(posedge clk)
+    drain_30 <= \$43 ;
+  always @(posedge clk)
+    drain_31 <= \$44 ;
+  always @(posedge clk)
+    drain_32 <= \$45 ;
+  always @(posedge clk)
+    drain_33 <= \$46 ;
+  always @(posedge clk)
+    drain_34 <= \$47 ;
+  always @(posedge clk)
+    drain_35 <= \$48 ;
+  always @(posedge clk)
+    drain_36 <= \$49 ;
+  always @(posedge clk)
+    drain_37 <= \$50 ;
+  always @(posedge clk)
+    drain_38 <= \$51 ;
+  always @(posedge clk)
+    drain_39 <= \$52 ;
+  always @(posedge clk)
+    drain_40 <= \$53 ;
+  always @(posedge clk)
+    drain_41 <= \$54 ;
+  always @(posedge clk)
+    drain_42 <= \$55 ;
+  always @(posedge clk)
+    drain_43 <= \$56 ;
+  always @(posedge clk)
+    drain_44 <= \$57 ;
+  always @(posedge clk)
+    drain_45 <= \$58 ;
+  always @(posedge clk)
+    drain_46 <= \$59 ;
+  always @(posedge clk)
+    drain_47 <= \$60 ;
+  always @(posedge clk)
+    drain_48 <= \$61 ;
+  always @(posedge clk)
+    drain_49 <= \$62 ;
+  always @(posedge clk)
+    drain_50 <= \$63 ;
+  always @(posedge clk)
+    drain_51 <= \$64 ;
+  always @(posedge clk)
+    drain_52 <= \$65 ;
+  always @(posedge clk)
+    drain_53 <= \$66 ;
+  always @(posedge clk)
+    drain_54 <= \$67 ;
+  always @(posedge clk)
+    drain_55 <= \$68 ;
+  always @(posedge clk)
+    drain_56 <= \$69 ;
+  always @(posedge clk)
+    drain_57 <= \$70 ;
+  always @(posedge clk)
+    drain_58 <= \$71 ;
+  always @(posedge clk)
+    drain_59 <= \$72 ;
+  always @(posedge clk)
+    drain_60 <= \$73 ;
+  always @(posedge clk)
+    drain_61 <= \$74 ;
+  always @(posedge clk)
+    drain_62 <= \$75 ;
+  always @(posedge clk)
+    drain_63 <= \$76 ;
   assign \$1  = ! left;
   assign \$2  = left == 1'h1;
   assign \$3  = \$2  & o__ready;
@@ -4270,16 +4451,6 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
     drain_1 <= \$14 ;
   always @(posedge clk)
     drain_2 <= \$15 ;
-  always @(posedge clk)
-    drain_3 <= \$16 ;
-  always @(posedge clk)
-    drain_4 <= \$17 ;
-  always @(posedge clk)
-    drain_5 <= \$18 ;
-  always @(posedge clk)
-    drain_6 <= \$19 ;
-  always @(posedge clk)
-    drain_7 <= \$20 ;
   \psc_core.dp.pe_0  pe_0 (
     .acc(acc),
     .acc_valid(acc_valid),
@@ -4289,97 +4460,97 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$5395$1792 (i__payload[1793:1792]),
+    .\port$5412$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[639:512]),
     .x(i__payload[63:0])
   );
   \psc_core.dp.pe_1  pe_1 (
-    .acc(\acc$94 ),
+    .acc(\acc$101 ),
     .bias(i__payload[1599:1568]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$111 ),
+    .lane_acc(\lane_acc$167 ),
     .mask(\mask$16 ),
-    .\port$5395$1792 (i__payload[1793:1792]),
+    .\port$5412$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[767:640]),
     .x(i__payload[127:64])
   );
   \psc_core.dp.pe_2  pe_2 (
-    .acc(\acc$95 ),
+    .acc(\acc$102 ),
     .bias(i__payload[1631:1600]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$112 ),
+    .lane_acc(\lane_acc$168 ),
     .mask(\mask$26 ),
-    .\port$5395$1792 (i__payload[1793:1792]),
+    .\port$5412$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[895:768]),
     .x(i__payload[191:128])
   );
   \psc_core.dp.pe_3  pe_3 (
-    .acc(\acc$96 ),
+    .acc(\acc$103 ),
     .bias(i__payload[1663:1632]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$113 ),
+    .lane_acc(\lane_acc$169 ),
     .mask(\mask$36 ),
-    .\port$5395$1792 (i__payload[1793:1792]),
+    .\port$5412$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1023:896]),
     .x(i__payload[255:192])
   );
   \psc_core.dp.pe_4  pe_4 (
-    .acc(\acc$97 ),
+    .acc(\acc$104 ),
     .bias(i__payload[1695:1664]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$114 ),
+    .lane_acc(\lane_acc$170 ),
     .mask(\mask$46 ),
-    .\port$5395$1792 (i__payload[1793:1792]),
+    .\port$5412$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1151:1024]),
     .x(i__payload[319:256])
   );
   \psc_core.dp.pe_5  pe_5 (
-    .acc(\acc$98 ),
+    .acc(\acc$105 ),
     .bias(i__payload[1727:1696]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$115 ),
+    .lane_acc(\lane_acc$171 ),
     .mask(\mask$56 ),
-    .\port$5395$1792 (i__payload[1793:1792]),
+    .\port$5412$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1279:1152]),
     .x(i__payload[383:320])
   );
   \psc_core.dp.pe_6  pe_6 (
-    .acc(\acc$99 ),
+    .acc(\acc$106 ),
     .bias(i__payload[1759:1728]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$116 ),
+    .lane_acc(\lane_acc$172 ),
     .mask(\mask$66 ),
-    .\port$5395$1792 (i__payload[1793:1792]),
+    .\port$5412$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1407:1280]),
     .x(i__payload[447:384])
   );
   \psc_core.dp.pe_7  pe_7 (
-    .acc(\acc$100 ),
+    .acc(\acc$107 ),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$117 ),
+    .lane_acc(\lane_acc$173 ),
     .mask(\mask$76 ),
-    .\port$5395$1760 (i__payload[1793:1760]),
+    .\port$5412$1760 (i__payload[1793:1760]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1535:1408]),
@@ -4419,6 +4590,714 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$16  = drain_3;
+    if (dw) begin
+      if (\$9 ) begin
+        \$16  = drain_11;
+      end
+      if (\$11 ) begin
+        \$16  = lane_acc[83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$17  = drain_4;
+    if (dw) begin
+      if (\$9 ) begin
+        \$17  = drain_12;
+      end
+      if (\$11 ) begin
+        \$17  = lane_acc[104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$18  = drain_5;
+    if (dw) begin
+      if (\$9 ) begin
+        \$18  = drain_13;
+      end
+      if (\$11 ) begin
+        \$18  = lane_acc[125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$19  = drain_6;
+    if (dw) begin
+      if (\$9 ) begin
+        \$19  = drain_14;
+      end
+      if (\$11 ) begin
+        \$19  = lane_acc[146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$20  = drain_7;
+    if (dw) begin
+      if (\$9 ) begin
+        \$20  = drain_15;
+      end
+      if (\$11 ) begin
+        \$20  = lane_acc[167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$21  = drain_8;
+    if (dw) begin
+      if (\$9 ) begin
+        \$21  = drain_16;
+      end
+      if (\$11 ) begin
+        \$21  = \lane_acc$167 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$22  = drain_9;
+    if (dw) begin
+      if (\$9 ) begin
+        \$22  = drain_17;
+      end
+      if (\$11 ) begin
+        \$22  = \lane_acc$167 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$23  = drain_10;
+    if (dw) begin
+      if (\$9 ) begin
+        \$23  = drain_18;
+      end
+      if (\$11 ) begin
+        \$23  = \lane_acc$167 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$24  = drain_11;
+    if (dw) begin
+      if (\$9 ) begin
+        \$24  = drain_19;
+      end
+      if (\$11 ) begin
+        \$24  = \lane_acc$167 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$25  = drain_12;
+    if (dw) begin
+      if (\$9 ) begin
+        \$25  = drain_20;
+      end
+      if (\$11 ) begin
+        \$25  = \lane_acc$167 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$26  = drain_13;
+    if (dw) begin
+      if (\$9 ) begin
+        \$26  = drain_21;
+      end
+      if (\$11 ) begin
+        \$26  = \lane_acc$167 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$27  = drain_14;
+    if (dw) begin
+      if (\$9 ) begin
+        \$27  = drain_22;
+      end
+      if (\$11 ) begin
+        \$27  = \lane_acc$167 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$28  = drain_15;
+    if (dw) begin
+      if (\$9 ) begin
+        \$28  = drain_23;
+      end
+      if (\$11 ) begin
+        \$28  = \lane_acc$167 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$29  = drain_16;
+    if (dw) begin
+      if (\$9 ) begin
+        \$29  = drain_24;
+      end
+      if (\$11 ) begin
+        \$29  = \lane_acc$168 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$30  = drain_17;
+    if (dw) begin
+      if (\$9 ) begin
+        \$30  = drain_25;
+      end
+      if (\$11 ) begin
+        \$30  = \lane_acc$168 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$31  = drain_18;
+    if (dw) begin
+      if (\$9 ) begin
+        \$31  = drain_26;
+      end
+      if (\$11 ) begin
+        \$31  = \lane_acc$168 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$32  = drain_19;
+    if (dw) begin
+      if (\$9 ) begin
+        \$32  = drain_27;
+      end
+      if (\$11 ) begin
+        \$32  = \lane_acc$168 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$33  = drain_20;
+    if (dw) begin
+      if (\$9 ) begin
+        \$33  = drain_28;
+      end
+      if (\$11 ) begin
+        \$33  = \lane_acc$168 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$34  = drain_21;
+    if (dw) begin
+      if (\$9 ) begin
+        \$34  = drain_29;
+      end
+      if (\$11 ) begin
+        \$34  = \lane_acc$168 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$35  = drain_22;
+    if (dw) begin
+      if (\$9 ) begin
+        \$35  = drain_30;
+      end
+      if (\$11 ) begin
+        \$35  = \lane_acc$168 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$36  = drain_23;
+    if (dw) begin
+      if (\$9 ) begin
+        \$36  = drain_31;
+      end
+      if (\$11 ) begin
+        \$36  = \lane_acc$168 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$37  = drain_24;
+    if (dw) begin
+      if (\$9 ) begin
+        \$37  = drain_32;
+      end
+      if (\$11 ) begin
+        \$37  = \lane_acc$169 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$38  = drain_25;
+    if (dw) begin
+      if (\$9 ) begin
+        \$38  = drain_33;
+      end
+      if (\$11 ) begin
+        \$38  = \lane_acc$169 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$39  = drain_26;
+    if (dw) begin
+      if (\$9 ) begin
+        \$39  = drain_34;
+      end
+      if (\$11 ) begin
+        \$39  = \lane_acc$169 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$40  = drain_27;
+    if (dw) begin
+      if (\$9 ) begin
+        \$40  = drain_35;
+      end
+      if (\$11 ) begin
+        \$40  = \lane_acc$169 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$41  = drain_28;
+    if (dw) begin
+      if (\$9 ) begin
+        \$41  = drain_36;
+      end
+      if (\$11 ) begin
+        \$41  = \lane_acc$169 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$42  = drain_29;
+    if (dw) begin
+      if (\$9 ) begin
+        \$42  = drain_37;
+      end
+      if (\$11 ) begin
+        \$42  = \lane_acc$169 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$43  = drain_30;
+    if (dw) begin
+      if (\$9 ) begin
+        \$43  = drain_38;
+      end
+      if (\$11 ) begin
+        \$43  = \lane_acc$169 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$44  = drain_31;
+    if (dw) begin
+      if (\$9 ) begin
+        \$44  = drain_39;
+      end
+      if (\$11 ) begin
+        \$44  = \lane_acc$169 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$45  = drain_32;
+    if (dw) begin
+      if (\$9 ) begin
+        \$45  = drain_40;
+      end
+      if (\$11 ) begin
+        \$45  = \lane_acc$170 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$46  = drain_33;
+    if (dw) begin
+      if (\$9 ) begin
+        \$46  = drain_41;
+      end
+      if (\$11 ) begin
+        \$46  = \lane_acc$170 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$47  = drain_34;
+    if (dw) begin
+      if (\$9 ) begin
+        \$47  = drain_42;
+      end
+      if (\$11 ) begin
+        \$47  = \lane_acc$170 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$48  = drain_35;
+    if (dw) begin
+      if (\$9 ) begin
+        \$48  = drain_43;
+      end
+      if (\$11 ) begin
+        \$48  = \lane_acc$170 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$49  = drain_36;
+    if (dw) begin
+      if (\$9 ) begin
+        \$49  = drain_44;
+      end
+      if (\$11 ) begin
+        \$49  = \lane_acc$170 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$50  = drain_37;
+    if (dw) begin
+      if (\$9 ) begin
+        \$50  = drain_45;
+      end
+      if (\$11 ) begin
+        \$50  = \lane_acc$170 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$51  = drain_38;
+    if (dw) begin
+      if (\$9 ) begin
+        \$51  = drain_46;
+      end
+      if (\$11 ) begin
+        \$51  = \lane_acc$170 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$52  = drain_39;
+    if (dw) begin
+      if (\$9 ) begin
+        \$52  = drain_47;
+      end
+      if (\$11 ) begin
+        \$52  = \lane_acc$170 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$53  = drain_40;
+    if (dw) begin
+      if (\$9 ) begin
+        \$53  = drain_48;
+      end
+      if (\$11 ) begin
+        \$53  = \lane_acc$171 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$54  = drain_41;
+    if (dw) begin
+      if (\$9 ) begin
+        \$54  = drain_49;
+      end
+      if (\$11 ) begin
+        \$54  = \lane_acc$171 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$55  = drain_42;
+    if (dw) begin
+      if (\$9 ) begin
+        \$55  = drain_50;
+      end
+      if (\$11 ) begin
+        \$55  = \lane_acc$171 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$56  = drain_43;
+    if (dw) begin
+      if (\$9 ) begin
+        \$56  = drain_51;
+      end
+      if (\$11 ) begin
+        \$56  = \lane_acc$171 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$57  = drain_44;
+    if (dw) begin
+      if (\$9 ) begin
+        \$57  = drain_52;
+      end
+      if (\$11 ) begin
+        \$57  = \lane_acc$171 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$58  = drain_45;
+    if (dw) begin
+      if (\$9 ) begin
+        \$58  = drain_53;
+      end
+      if (\$11 ) begin
+        \$58  = \lane_acc$171 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$59  = drain_46;
+    if (dw) begin
+      if (\$9 ) begin
+        \$59  = drain_54;
+      end
+      if (\$11 ) begin
+        \$59  = \lane_acc$171 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$60  = drain_47;
+    if (dw) begin
+      if (\$9 ) begin
+        \$60  = drain_55;
+      end
+      if (\$11 ) begin
+        \$60  = \lane_acc$171 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$61  = drain_48;
+    if (dw) begin
+      if (\$9 ) begin
+        \$61  = drain_56;
+      end
+      if (\$11 ) begin
+        \$61  = \lane_acc$172 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$62  = drain_49;
+    if (dw) begin
+      if (\$9 ) begin
+        \$62  = drain_57;
+      end
+      if (\$11 ) begin
+        \$62  = \lane_acc$172 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$63  = drain_50;
+    if (dw) begin
+      if (\$9 ) begin
+        \$63  = drain_58;
+      end
+      if (\$11 ) begin
+        \$63  = \lane_acc$172 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$64  = drain_51;
+    if (dw) begin
+      if (\$9 ) begin
+        \$64  = drain_59;
+      end
+      if (\$11 ) begin
+        \$64  = \lane_acc$172 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$65  = drain_52;
+    if (dw) begin
+      if (\$9 ) begin
+        \$65  = drain_60;
+      end
+      if (\$11 ) begin
+        \$65  = \lane_acc$172 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$66  = drain_53;
+    if (dw) begin
+      if (\$9 ) begin
+        \$66  = drain_61;
+      end
+      if (\$11 ) begin
+        \$66  = \lane_acc$172 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$67  = drain_54;
+    if (dw) begin
+      if (\$9 ) begin
+        \$67  = drain_62;
+      end
+      if (\$11 ) begin
+        \$67  = \lane_acc$172 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$68  = drain_55;
+    if (dw) begin
+      if (\$9 ) begin
+        \$68  = drain_63;
+      end
+      if (\$11 ) begin
+        \$68  = \lane_acc$172 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$69  = drain_56;
+    if (dw) begin
+      if (\$11 ) begin
+        \$69  = \lane_acc$173 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$70  = drain_57;
+    if (dw) begin
+      if (\$11 ) begin
+        \$70  = \lane_acc$173 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$71  = drain_58;
+    if (dw) begin
+      if (\$11 ) begin
+        \$71  = \lane_acc$173 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$72  = drain_59;
+    if (dw) begin
+      if (\$11 ) begin
+        \$72  = \lane_acc$173 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$73  = drain_60;
+    if (dw) begin
+      if (\$11 ) begin
+        \$73  = \lane_acc$173 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$74  = drain_61;
+    if (dw) begin
+      if (\$11 ) begin
+        \$74  = \lane_acc$173 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$75  = drain_62;
+    if (dw) begin
+      if (\$11 ) begin
+        \$75  = \lane_acc$173 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    \$76  = drain_63;
+    if (dw) begin
+      if (\$11 ) begin
+        \$76  = \lane_acc$173 [167:147];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     (* full_case = 32'd1 *)
     if (dw) begin
       i__ready = \$5 ;
@@ -4439,9 +5318,16 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     (* full_case = 32'd1 *)
     if (dw) begin
-      o__payload = drain_0;
+      o__payload[31:0] = { drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0 };
+      o__payload[63:32] = { drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1 };
+      o__payload[95:64] = { drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2 };
+      o__payload[127:96] = { drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3 };
+      o__payload[159:128] = { drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4[20], drain_4 };
+      o__payload[191:160] = { drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5[20], drain_5 };
+      o__payload[223:192] = { drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6 };
+      o__payload[255:224] = { drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7 };
     end else begin
-      o__payload = { \acc$100 , \acc$99 , \acc$98 , \acc$97 , \acc$96 , \acc$95 , \acc$94 , acc };
+      o__payload = { \acc$107 , \acc$106 , \acc$105 , \acc$104 , \acc$103 , \acc$102 , \acc$101 , acc };
     end
   end
   always @* begin
@@ -4464,17 +5350,10 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
     \$13  = drain_0;
     if (dw) begin
       if (\$9 ) begin
-        \$13  = drain_1;
+        \$13  = drain_8;
       end
       if (\$11 ) begin
-        \$13 [31:0] = { lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20], lane_acc[20:0] };
-        \$13 [63:32] = { lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41], lane_acc[41:21] };
-        \$13 [95:64] = { lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62], lane_acc[62:42] };
-        \$13 [127:96] = { lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83], lane_acc[83:63] };
-        \$13 [159:128] = { lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104], lane_acc[104:84] };
-        \$13 [191:160] = { lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125], lane_acc[125:105] };
-        \$13 [223:192] = { lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146], lane_acc[146:126] };
-        \$13 [255:224] = { lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167], lane_acc[167:147] };
+        \$13  = lane_acc[20:0];
       end
     end
   end
@@ -4483,17 +5362,10 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
     \$14  = drain_1;
     if (dw) begin
       if (\$9 ) begin
-        \$14  = drain_2;
+        \$14  = drain_9;
       end
       if (\$11 ) begin
-        \$14 [31:0] = { \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20], \lane_acc$111 [20:0] };
-        \$14 [63:32] = { \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41], \lane_acc$111 [41:21] };
-        \$14 [95:64] = { \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62], \lane_acc$111 [62:42] };
-        \$14 [127:96] = { \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83], \lane_acc$111 [83:63] };
-        \$14 [159:128] = { \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104], \lane_acc$111 [104:84] };
-        \$14 [191:160] = { \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125], \lane_acc$111 [125:105] };
-        \$14 [223:192] = { \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146], \lane_acc$111 [146:126] };
-        \$14 [255:224] = { \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167], \lane_acc$111 [167:147] };
+        \$14  = lane_acc[41:21];
       end
     end
   end
@@ -4502,109 +5374,10 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
     \$15  = drain_2;
     if (dw) begin
       if (\$9 ) begin
-        \$15  = drain_3;
+        \$15  = drain_10;
       end
       if (\$11 ) begin
-        \$15 [31:0] = { \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20], \lane_acc$112 [20:0] };
-        \$15 [63:32] = { \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41], \lane_acc$112 [41:21] };
-        \$15 [95:64] = { \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62], \lane_acc$112 [62:42] };
-        \$15 [127:96] = { \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83], \lane_acc$112 [83:63] };
-        \$15 [159:128] = { \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104], \lane_acc$112 [104:84] };
-        \$15 [191:160] = { \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125], \lane_acc$112 [125:105] };
-        \$15 [223:192] = { \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146], \lane_acc$112 [146:126] };
-        \$15 [255:224] = { \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167], \lane_acc$112 [167:147] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$16  = drain_3;
-    if (dw) begin
-      if (\$9 ) begin
-        \$16  = drain_4;
-      end
-      if (\$11 ) begin
-        \$16 [31:0] = { \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20], \lane_acc$113 [20:0] };
-        \$16 [63:32] = { \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41], \lane_acc$113 [41:21] };
-        \$16 [95:64] = { \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62], \lane_acc$113 [62:42] };
-        \$16 [127:96] = { \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83], \lane_acc$113 [83:63] };
-        \$16 [159:128] = { \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104], \lane_acc$113 [104:84] };
-        \$16 [191:160] = { \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125], \lane_acc$113 [125:105] };
-        \$16 [223:192] = { \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146], \lane_acc$113 [146:126] };
-        \$16 [255:224] = { \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167], \lane_acc$113 [167:147] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$17  = drain_4;
-    if (dw) begin
-      if (\$9 ) begin
-        \$17  = drain_5;
-      end
-      if (\$11 ) begin
-        \$17 [31:0] = { \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20], \lane_acc$114 [20:0] };
-        \$17 [63:32] = { \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41], \lane_acc$114 [41:21] };
-        \$17 [95:64] = { \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62], \lane_acc$114 [62:42] };
-        \$17 [127:96] = { \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83], \lane_acc$114 [83:63] };
-        \$17 [159:128] = { \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104], \lane_acc$114 [104:84] };
-        \$17 [191:160] = { \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125], \lane_acc$114 [125:105] };
-        \$17 [223:192] = { \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146], \lane_acc$114 [146:126] };
-        \$17 [255:224] = { \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167], \lane_acc$114 [167:147] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$18  = drain_5;
-    if (dw) begin
-      if (\$9 ) begin
-        \$18  = drain_6;
-      end
-      if (\$11 ) begin
-        \$18 [31:0] = { \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20], \lane_acc$115 [20:0] };
-        \$18 [63:32] = { \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41], \lane_acc$115 [41:21] };
-        \$18 [95:64] = { \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62], \lane_acc$115 [62:42] };
-        \$18 [127:96] = { \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83], \lane_acc$115 [83:63] };
-        \$18 [159:128] = { \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104], \lane_acc$115 [104:84] };
-        \$18 [191:160] = { \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125], \lane_acc$115 [125:105] };
-        \$18 [223:192] = { \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146], \lane_acc$115 [146:126] };
-        \$18 [255:224] = { \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167], \lane_acc$115 [167:147] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$19  = drain_6;
-    if (dw) begin
-      if (\$9 ) begin
-        \$19  = drain_7;
-      end
-      if (\$11 ) begin
-        \$19 [31:0] = { \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20], \lane_acc$116 [20:0] };
-        \$19 [63:32] = { \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41], \lane_acc$116 [41:21] };
-        \$19 [95:64] = { \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62], \lane_acc$116 [62:42] };
-        \$19 [127:96] = { \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83], \lane_acc$116 [83:63] };
-        \$19 [159:128] = { \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104], \lane_acc$116 [104:84] };
-        \$19 [191:160] = { \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125], \lane_acc$116 [125:105] };
-        \$19 [223:192] = { \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146], \lane_acc$116 [146:126] };
-        \$19 [255:224] = { \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167], \lane_acc$116 [167:147] };
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
-    \$20  = drain_7;
-    if (dw) begin
-      if (\$11 ) begin
-        \$20 [31:0] = { \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20], \lane_acc$117 [20:0] };
-        \$20 [63:32] = { \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41], \lane_acc$117 [41:21] };
-        \$20 [95:64] = { \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62], \lane_acc$117 [62:42] };
-        \$20 [127:96] = { \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83], \lane_acc$117 [83:63] };
-        \$20 [159:128] = { \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104], \lane_acc$117 [104:84] };
-        \$20 [191:160] = { \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125], \lane_acc$117 [125:105] };
-        \$20 [223:192] = { \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146], \lane_acc$117 [146:126] };
-        \$20 [255:224] = { \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167], \lane_acc$117 [167:147] };
+        \$15  = lane_acc[62:42];
       end
     end
   end
@@ -5038,70 +5811,6 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
   assign \o__payload[5]  = o__payload[191:160];
   assign \o__payload[6]  = o__payload[223:192];
   assign \o__payload[7]  = o__payload[255:224];
-  assign \drain_0[0]  = drain_0[31:0];
-  assign \drain_0[1]  = drain_0[63:32];
-  assign \drain_0[2]  = drain_0[95:64];
-  assign \drain_0[3]  = drain_0[127:96];
-  assign \drain_0[4]  = drain_0[159:128];
-  assign \drain_0[5]  = drain_0[191:160];
-  assign \drain_0[6]  = drain_0[223:192];
-  assign \drain_0[7]  = drain_0[255:224];
-  assign \drain_1[0]  = drain_1[31:0];
-  assign \drain_1[1]  = drain_1[63:32];
-  assign \drain_1[2]  = drain_1[95:64];
-  assign \drain_1[3]  = drain_1[127:96];
-  assign \drain_1[4]  = drain_1[159:128];
-  assign \drain_1[5]  = drain_1[191:160];
-  assign \drain_1[6]  = drain_1[223:192];
-  assign \drain_1[7]  = drain_1[255:224];
-  assign \drain_2[0]  = drain_2[31:0];
-  assign \drain_2[1]  = drain_2[63:32];
-  assign \drain_2[2]  = drain_2[95:64];
-  assign \drain_2[3]  = drain_2[127:96];
-  assign \drain_2[4]  = drain_2[159:128];
-  assign \drain_2[5]  = drain_2[191:160];
-  assign \drain_2[6]  = drain_2[223:192];
-  assign \drain_2[7]  = drain_2[255:224];
-  assign \drain_3[0]  = drain_3[31:0];
-  assign \drain_3[1]  = drain_3[63:32];
-  assign \drain_3[2]  = drain_3[95:64];
-  assign \drain_3[3]  = drain_3[127:96];
-  assign \drain_3[4]  = drain_3[159:128];
-  assign \drain_3[5]  = drain_3[191:160];
-  assign \drain_3[6]  = drain_3[223:192];
-  assign \drain_3[7]  = drain_3[255:224];
-  assign \drain_4[0]  = drain_4[31:0];
-  assign \drain_4[1]  = drain_4[63:32];
-  assign \drain_4[2]  = drain_4[95:64];
-  assign \drain_4[3]  = drain_4[127:96];
-  assign \drain_4[4]  = drain_4[159:128];
-  assign \drain_4[5]  = drain_4[191:160];
-  assign \drain_4[6]  = drain_4[223:192];
-  assign \drain_4[7]  = drain_4[255:224];
-  assign \drain_5[0]  = drain_5[31:0];
-  assign \drain_5[1]  = drain_5[63:32];
-  assign \drain_5[2]  = drain_5[95:64];
-  assign \drain_5[3]  = drain_5[127:96];
-  assign \drain_5[4]  = drain_5[159:128];
-  assign \drain_5[5]  = drain_5[191:160];
-  assign \drain_5[6]  = drain_5[223:192];
-  assign \drain_5[7]  = drain_5[255:224];
-  assign \drain_6[0]  = drain_6[31:0];
-  assign \drain_6[1]  = drain_6[63:32];
-  assign \drain_6[2]  = drain_6[95:64];
-  assign \drain_6[3]  = drain_6[127:96];
-  assign \drain_6[4]  = drain_6[159:128];
-  assign \drain_6[5]  = drain_6[191:160];
-  assign \drain_6[6]  = drain_6[223:192];
-  assign \drain_6[7]  = drain_6[255:224];
-  assign \drain_7[0]  = drain_7[31:0];
-  assign \drain_7[1]  = drain_7[63:32];
-  assign \drain_7[2]  = drain_7[95:64];
-  assign \drain_7[3]  = drain_7[127:96];
-  assign \drain_7[4]  = drain_7[159:128];
-  assign \drain_7[5]  = drain_7[191:160];
-  assign \drain_7[6]  = drain_7[223:192];
-  assign \drain_7[7]  = drain_7[255:224];
   assign \lane_acc[0]  = lane_acc[20:0];
   assign \lane_acc[1]  = lane_acc[41:21];
   assign \lane_acc[2]  = lane_acc[62:42];
@@ -5110,66 +5819,66 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
   assign \lane_acc[5]  = lane_acc[125:105];
   assign \lane_acc[6]  = lane_acc[146:126];
   assign \lane_acc[7]  = lane_acc[167:147];
-  assign \lane_acc$111[0]  = \lane_acc$111 [20:0];
-  assign \lane_acc$111[1]  = \lane_acc$111 [41:21];
-  assign \lane_acc$111[2]  = \lane_acc$111 [62:42];
-  assign \lane_acc$111[3]  = \lane_acc$111 [83:63];
-  assign \lane_acc$111[4]  = \lane_acc$111 [104:84];
-  assign \lane_acc$111[5]  = \lane_acc$111 [125:105];
-  assign \lane_acc$111[6]  = \lane_acc$111 [146:126];
-  assign \lane_acc$111[7]  = \lane_acc$111 [167:147];
-  assign \lane_acc$112[0]  = \lane_acc$112 [20:0];
-  assign \lane_acc$112[1]  = \lane_acc$112 [41:21];
-  assign \lane_acc$112[2]  = \lane_acc$112 [62:42];
-  assign \lane_acc$112[3]  = \lane_acc$112 [83:63];
-  assign \lane_acc$112[4]  = \lane_acc$112 [104:84];
-  assign \lane_acc$112[5]  = \lane_acc$112 [125:105];
-  assign \lane_acc$112[6]  = \lane_acc$112 [146:126];
-  assign \lane_acc$112[7]  = \lane_acc$112 [167:147];
-  assign \lane_acc$113[0]  = \lane_acc$113 [20:0];
-  assign \lane_acc$113[1]  = \lane_acc$113 [41:21];
-  assign \lane_acc$113[2]  = \lane_acc$113 [62:42];
-  assign \lane_acc$113[3]  = \lane_acc$113 [83:63];
-  assign \lane_acc$113[4]  = \lane_acc$113 [104:84];
-  assign \lane_acc$113[5]  = \lane_acc$113 [125:105];
-  assign \lane_acc$113[6]  = \lane_acc$113 [146:126];
-  assign \lane_acc$113[7]  = \lane_acc$113 [167:147];
-  assign \lane_acc$114[0]  = \lane_acc$114 [20:0];
-  assign \lane_acc$114[1]  = \lane_acc$114 [41:21];
-  assign \lane_acc$114[2]  = \lane_acc$114 [62:42];
-  assign \lane_acc$114[3]  = \lane_acc$114 [83:63];
-  assign \lane_acc$114[4]  = \lane_acc$114 [104:84];
-  assign \lane_acc$114[5]  = \lane_acc$114 [125:105];
-  assign \lane_acc$114[6]  = \lane_acc$114 [146:126];
-  assign \lane_acc$114[7]  = \lane_acc$114 [167:147];
-  assign \lane_acc$115[0]  = \lane_acc$115 [20:0];
-  assign \lane_acc$115[1]  = \lane_acc$115 [41:21];
-  assign \lane_acc$115[2]  = \lane_acc$115 [62:42];
-  assign \lane_acc$115[3]  = \lane_acc$115 [83:63];
-  assign \lane_acc$115[4]  = \lane_acc$115 [104:84];
-  assign \lane_acc$115[5]  = \lane_acc$115 [125:105];
-  assign \lane_acc$115[6]  = \lane_acc$115 [146:126];
-  assign \lane_acc$115[7]  = \lane_acc$115 [167:147];
-  assign \lane_acc$116[0]  = \lane_acc$116 [20:0];
-  assign \lane_acc$116[1]  = \lane_acc$116 [41:21];
-  assign \lane_acc$116[2]  = \lane_acc$116 [62:42];
-  assign \lane_acc$116[3]  = \lane_acc$116 [83:63];
-  assign \lane_acc$116[4]  = \lane_acc$116 [104:84];
-  assign \lane_acc$116[5]  = \lane_acc$116 [125:105];
-  assign \lane_acc$116[6]  = \lane_acc$116 [146:126];
-  assign \lane_acc$116[7]  = \lane_acc$116 [167:147];
-  assign \lane_acc$117[0]  = \lane_acc$117 [20:0];
-  assign \lane_acc$117[1]  = \lane_acc$117 [41:21];
-  assign \lane_acc$117[2]  = \lane_acc$117 [62:42];
-  assign \lane_acc$117[3]  = \lane_acc$117 [83:63];
-  assign \lane_acc$117[4]  = \lane_acc$117 [104:84];
-  assign \lane_acc$117[5]  = \lane_acc$117 [125:105];
-  assign \lane_acc$117[6]  = \lane_acc$117 [146:126];
-  assign \lane_acc$117[7]  = \lane_acc$117 [167:147];
+  assign \lane_acc$167[0]  = \lane_acc$167 [20:0];
+  assign \lane_acc$167[1]  = \lane_acc$167 [41:21];
+  assign \lane_acc$167[2]  = \lane_acc$167 [62:42];
+  assign \lane_acc$167[3]  = \lane_acc$167 [83:63];
+  assign \lane_acc$167[4]  = \lane_acc$167 [104:84];
+  assign \lane_acc$167[5]  = \lane_acc$167 [125:105];
+  assign \lane_acc$167[6]  = \lane_acc$167 [146:126];
+  assign \lane_acc$167[7]  = \lane_acc$167 [167:147];
+  assign \lane_acc$168[0]  = \lane_acc$168 [20:0];
+  assign \lane_acc$168[1]  = \lane_acc$168 [41:21];
+  assign \lane_acc$168[2]  = \lane_acc$168 [62:42];
+  assign \lane_acc$168[3]  = \lane_acc$168 [83:63];
+  assign \lane_acc$168[4]  = \lane_acc$168 [104:84];
+  assign \lane_acc$168[5]  = \lane_acc$168 [125:105];
+  assign \lane_acc$168[6]  = \lane_acc$168 [146:126];
+  assign \lane_acc$168[7]  = \lane_acc$168 [167:147];
+  assign \lane_acc$169[0]  = \lane_acc$169 [20:0];
+  assign \lane_acc$169[1]  = \lane_acc$169 [41:21];
+  assign \lane_acc$169[2]  = \lane_acc$169 [62:42];
+  assign \lane_acc$169[3]  = \lane_acc$169 [83:63];
+  assign \lane_acc$169[4]  = \lane_acc$169 [104:84];
+  assign \lane_acc$169[5]  = \lane_acc$169 [125:105];
+  assign \lane_acc$169[6]  = \lane_acc$169 [146:126];
+  assign \lane_acc$169[7]  = \lane_acc$169 [167:147];
+  assign \lane_acc$170[0]  = \lane_acc$170 [20:0];
+  assign \lane_acc$170[1]  = \lane_acc$170 [41:21];
+  assign \lane_acc$170[2]  = \lane_acc$170 [62:42];
+  assign \lane_acc$170[3]  = \lane_acc$170 [83:63];
+  assign \lane_acc$170[4]  = \lane_acc$170 [104:84];
+  assign \lane_acc$170[5]  = \lane_acc$170 [125:105];
+  assign \lane_acc$170[6]  = \lane_acc$170 [146:126];
+  assign \lane_acc$170[7]  = \lane_acc$170 [167:147];
+  assign \lane_acc$171[0]  = \lane_acc$171 [20:0];
+  assign \lane_acc$171[1]  = \lane_acc$171 [41:21];
+  assign \lane_acc$171[2]  = \lane_acc$171 [62:42];
+  assign \lane_acc$171[3]  = \lane_acc$171 [83:63];
+  assign \lane_acc$171[4]  = \lane_acc$171 [104:84];
+  assign \lane_acc$171[5]  = \lane_acc$171 [125:105];
+  assign \lane_acc$171[6]  = \lane_acc$171 [146:126];
+  assign \lane_acc$171[7]  = \lane_acc$171 [167:147];
+  assign \lane_acc$172[0]  = \lane_acc$172 [20:0];
+  assign \lane_acc$172[1]  = \lane_acc$172 [41:21];
+  assign \lane_acc$172[2]  = \lane_acc$172 [62:42];
+  assign \lane_acc$172[3]  = \lane_acc$172 [83:63];
+  assign \lane_acc$172[4]  = \lane_acc$172 [104:84];
+  assign \lane_acc$172[5]  = \lane_acc$172 [125:105];
+  assign \lane_acc$172[6]  = \lane_acc$172 [146:126];
+  assign \lane_acc$172[7]  = \lane_acc$172 [167:147];
+  assign \lane_acc$173[0]  = \lane_acc$173 [20:0];
+  assign \lane_acc$173[1]  = \lane_acc$173 [41:21];
+  assign \lane_acc$173[2]  = \lane_acc$173 [62:42];
+  assign \lane_acc$173[3]  = \lane_acc$173 [83:63];
+  assign \lane_acc$173[4]  = \lane_acc$173 [104:84];
+  assign \lane_acc$173[5]  = \lane_acc$173 [125:105];
+  assign \lane_acc$173[6]  = \lane_acc$173 [146:126];
+  assign \lane_acc$173[7]  = \lane_acc$173 [167:147];
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5395$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5412$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -5281,8 +5990,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5395$1792 ;
-  wire [1:0] \port$5395$1792 ;
+  input [1:0] \port$5412$1792 ;
+  wire [1:0] \port$5412$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -5430,7 +6139,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5395$1792 [0];
+  assign \$16  = valid & \port$5412$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -5493,7 +6202,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5395$1792 [0];
+      \$50  = \port$5412$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -5503,7 +6212,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5395$1792 [1];
+      \$51  = \port$5412$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -5644,8 +6353,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5395$1792 [0];
-  assign last = \port$5395$1792 [1];
+  assign first = \port$5412$1792 [0];
+  assign last = \port$5412$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -5787,7 +6496,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5395$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5412$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -5897,8 +6606,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5395$1792 ;
-  wire [1:0] \port$5395$1792 ;
+  input [1:0] \port$5412$1792 ;
+  wire [1:0] \port$5412$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6046,7 +6755,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5395$1792 [0];
+  assign \$16  = valid & \port$5412$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6109,7 +6818,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5395$1792 [0];
+      \$50  = \port$5412$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6119,7 +6828,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5395$1792 [1];
+      \$51  = \port$5412$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6260,8 +6969,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5395$1792 [0];
-  assign last = \port$5395$1792 [1];
+  assign first = \port$5412$1792 [0];
+  assign last = \port$5412$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -6403,7 +7112,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5395$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5412$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -6513,8 +7222,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5395$1792 ;
-  wire [1:0] \port$5395$1792 ;
+  input [1:0] \port$5412$1792 ;
+  wire [1:0] \port$5412$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6662,7 +7371,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5395$1792 [0];
+  assign \$16  = valid & \port$5412$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6725,7 +7434,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5395$1792 [0];
+      \$50  = \port$5412$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6735,7 +7444,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5395$1792 [1];
+      \$51  = \port$5412$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6876,8 +7585,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5395$1792 [0];
-  assign last = \port$5395$1792 [1];
+  assign first = \port$5412$1792 [0];
+  assign last = \port$5412$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7019,7 +7728,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5395$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5412$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7129,8 +7838,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5395$1792 ;
-  wire [1:0] \port$5395$1792 ;
+  input [1:0] \port$5412$1792 ;
+  wire [1:0] \port$5412$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7278,7 +7987,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5395$1792 [0];
+  assign \$16  = valid & \port$5412$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -7341,7 +8050,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5395$1792 [0];
+      \$50  = \port$5412$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -7351,7 +8060,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5395$1792 [1];
+      \$51  = \port$5412$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -7492,8 +8201,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5395$1792 [0];
-  assign last = \port$5395$1792 [1];
+  assign first = \port$5412$1792 [0];
+  assign last = \port$5412$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7635,7 +8344,7 @@ module \psc_core.dp.pe_3.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5395$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5412$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7745,8 +8454,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5395$1792 ;
-  wire [1:0] \port$5395$1792 ;
+  input [1:0] \port$5412$1792 ;
+  wire [1:0] \port$5412$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7894,7 +8603,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5395$1792 [0];
+  assign \$16  = valid & \port$5412$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -7957,7 +8666,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5395$1792 [0];
+      \$50  = \port$5412$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -7967,7 +8676,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5395$1792 [1];
+      \$51  = \port$5412$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8108,8 +8817,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5395$1792 [0];
-  assign last = \port$5395$1792 [1];
+  assign first = \port$5412$1792 [0];
+  assign last = \port$5412$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8251,7 +8960,7 @@ module \psc_core.dp.pe_4.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5395$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5412$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -8361,8 +9070,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5395$1792 ;
-  wire [1:0] \port$5395$1792 ;
+  input [1:0] \port$5412$1792 ;
+  wire [1:0] \port$5412$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8510,7 +9219,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5395$1792 [0];
+  assign \$16  = valid & \port$5412$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8573,7 +9282,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5395$1792 [0];
+      \$50  = \port$5412$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8583,7 +9292,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5395$1792 [1];
+      \$51  = \port$5412$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8724,8 +9433,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5395$1792 [0];
-  assign last = \port$5395$1792 [1];
+  assign first = \port$5412$1792 [0];
+  assign last = \port$5412$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8867,7 +9576,7 @@ module \psc_core.dp.pe_5.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5395$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5412$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -8977,8 +9686,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5395$1792 ;
-  wire [1:0] \port$5395$1792 ;
+  input [1:0] \port$5412$1792 ;
+  wire [1:0] \port$5412$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9126,7 +9835,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5395$1792 [0];
+  assign \$16  = valid & \port$5412$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9189,7 +9898,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5395$1792 [0];
+      \$50  = \port$5412$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9199,7 +9908,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5395$1792 [1];
+      \$51  = \port$5412$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -9340,8 +10049,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5395$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5395$1792 [0];
-  assign last = \port$5395$1792 [1];
+  assign first = \port$5412$1792 [0];
+  assign last = \port$5412$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9483,7 +10192,7 @@ module \psc_core.dp.pe_6.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_7 (rst, x, words, \port$5395$1760 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_7 (rst, x, words, \port$5412$1760 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9592,8 +10301,8 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5395$1760 , valid, en, lane_acc, 
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [33:0] \port$5395$1760 ;
-  wire [33:0] \port$5395$1760 ;
+  input [33:0] \port$5412$1760 ;
+  wire [33:0] \port$5412$1760 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9741,7 +10450,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5395$1760 , valid, en, lane_acc, 
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5395$1760 [32];
+  assign \$16  = valid & \port$5412$1760 [32];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9804,7 +10513,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5395$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5395$1760 [32];
+      \$50  = \port$5412$1760 [32];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9814,7 +10523,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5395$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5395$1760 [33];
+      \$51  = \port$5412$1760 [33];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -9825,7 +10534,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5395$1760 , valid, en, lane_acc, 
     \$52  = b1;
     if (en) begin
       if (\$16 ) begin
-        \$52  = \port$5395$1760 [31:0];
+        \$52  = \port$5412$1760 [31:0];
       end
     end
   end
@@ -9955,9 +10664,9 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5395$1760 , valid, en, lane_acc, 
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5395$1760 [32];
-  assign last = \port$5395$1760 [33];
-  assign bias = \port$5395$1760 [31:0];
+  assign first = \port$5412$1760 [32];
+  assign last = \port$5412$1760 [33];
+  assign bias = \port$5412$1760 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -11764,6 +12473,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   reg [11:0] \$224 ;
   reg [2:0] \$225 ;
   reg [2:0] \$226 ;
+  reg [2:0] \$227 ;
   wire [9:0] \$23 ;
   wire \$24 ;
   wire \$25 ;
@@ -11849,94 +12559,85 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   wire [15:0] \$98 ;
   wire [15:0] \$99 ;
   wire [7:0] \$signature__addr ;
-  wire [7:0] \$signature__addr$14 ;
-  wire [7:0] \$signature__addr$17 ;
-  wire [7:0] \$signature__addr$20 ;
-  wire [7:0] \$signature__addr$23 ;
-  wire [7:0] \$signature__addr$26 ;
-  wire [7:0] \$signature__addr$29 ;
-  wire [7:0] \$signature__addr$32 ;
-  wire [7:0] \$signature__addr$40 ;
-  wire [7:0] \$signature__addr$43 ;
-  wire [7:0] \$signature__addr$45 ;
-  wire [7:0] \$signature__addr$47 ;
-  wire [7:0] \$signature__addr$49 ;
-  wire [7:0] \$signature__addr$51 ;
-  wire [7:0] \$signature__addr$53 ;
-  wire [7:0] \$signature__addr$55 ;
+  wire [7:0] \$signature__addr$15 ;
+  wire [7:0] \$signature__addr$18 ;
+  wire [7:0] \$signature__addr$21 ;
+  wire [7:0] \$signature__addr$24 ;
+  wire [7:0] \$signature__addr$27 ;
+  wire [7:0] \$signature__addr$30 ;
+  wire [7:0] \$signature__addr$33 ;
+  wire [7:0] \$signature__addr$41 ;
+  wire [7:0] \$signature__addr$44 ;
+  wire [7:0] \$signature__addr$46 ;
+  wire [7:0] \$signature__addr$48 ;
+  wire [7:0] \$signature__addr$50 ;
+  wire [7:0] \$signature__addr$52 ;
+  wire [7:0] \$signature__addr$54 ;
+  wire [7:0] \$signature__addr$56 ;
   wire [63:0] \$signature__data ;
-  wire [63:0] \$signature__data$13 ;
-  wire [7:0] \$signature__data$13[0] ;
-  wire [7:0] \$signature__data$13[1] ;
-  wire [7:0] \$signature__data$13[2] ;
-  wire [7:0] \$signature__data$13[3] ;
-  wire [7:0] \$signature__data$13[4] ;
-  wire [7:0] \$signature__data$13[5] ;
-  wire [7:0] \$signature__data$13[6] ;
-  wire [7:0] \$signature__data$13[7] ;
-  wire [63:0] \$signature__data$16 ;
-  wire [7:0] \$signature__data$16[0] ;
-  wire [7:0] \$signature__data$16[1] ;
-  wire [7:0] \$signature__data$16[2] ;
-  wire [7:0] \$signature__data$16[3] ;
-  wire [7:0] \$signature__data$16[4] ;
-  wire [7:0] \$signature__data$16[5] ;
-  wire [7:0] \$signature__data$16[6] ;
-  wire [7:0] \$signature__data$16[7] ;
-  wire [63:0] \$signature__data$19 ;
-  wire [7:0] \$signature__data$19[0] ;
-  wire [7:0] \$signature__data$19[1] ;
-  wire [7:0] \$signature__data$19[2] ;
-  wire [7:0] \$signature__data$19[3] ;
-  wire [7:0] \$signature__data$19[4] ;
-  wire [7:0] \$signature__data$19[5] ;
-  wire [7:0] \$signature__data$19[6] ;
-  wire [7:0] \$signature__data$19[7] ;
-  wire [63:0] \$signature__data$22 ;
-  wire [7:0] \$signature__data$22[0] ;
-  wire [7:0] \$signature__data$22[1] ;
-  wire [7:0] \$signature__data$22[2] ;
-  wire [7:0] \$signature__data$22[3] ;
-  wire [7:0] \$signature__data$22[4] ;
-  wire [7:0] \$signature__data$22[5] ;
-  wire [7:0] \$signature__data$22[6] ;
-  wire [7:0] \$signature__data$22[7] ;
-  wire [63:0] \$signature__data$25 ;
-  wire [7:0] \$signature__data$25[0] ;
-  wire [7:0] \$signature__data$25[1] ;
-  wire [7:0] \$signature__data$25[2] ;
-  wire [7:0] \$signature__data$25[3] ;
-  wire [7:0] \$signature__data$25[4] ;
-  wire [7:0] \$signature__data$25[5] ;
-  wire [7:0] \$signature__data$25[6] ;
-  wire [7:0] \$signature__data$25[7] ;
-  wire [63:0] \$signature__data$28 ;
-  wire [7:0] \$signature__data$28[0] ;
-  wire [7:0] \$signature__data$28[1] ;
-  wire [7:0] \$signature__data$28[2] ;
-  wire [7:0] \$signature__data$28[3] ;
-  wire [7:0] \$signature__data$28[4] ;
-  wire [7:0] \$signature__data$28[5] ;
-  wire [7:0] \$signature__data$28[6] ;
-  wire [7:0] \$signature__data$28[7] ;
-  wire [63:0] \$signature__data$31 ;
-  wire [7:0] \$signature__data$31[0] ;
-  wire [7:0] \$signature__data$31[1] ;
-  wire [7:0] \$signature__data$31[2] ;
-  wire [7:0] \$signature__data$31[3] ;
-  wire [7:0] \$signature__data$31[4] ;
-  wire [7:0] \$signature__data$31[5] ;
-  wire [7:0] \$signature__data$31[6] ;
-  wire [7:0] \$signature__data$31[7] ;
-  wire [63:0] \$signature__data$59 ;
-  wire [7:0] \$signature__data$59[0] ;
-  wire [7:0] \$signature__data$59[1] ;
-  wire [7:0] \$signature__data$59[2] ;
-  wire [7:0] \$signature__data$59[3] ;
-  wire [7:0] \$signature__data$59[4] ;
-  wire [7:0] \$signature__data$59[5] ;
-  wire [7:0] \$signature__data$59[6] ;
-  wire [7:0] \$signature__data$59[7] ;
+  wire [63:0] \$signature__data$14 ;
+  wire [7:0] \$signature__data$14[0] ;
+  wire [7:0] \$signature__data$14[1] ;
+  wire [7:0] \$signature__data$14[2] ;
+  wire [7:0] \$signature__data$14[3] ;
+  wire [7:0] \$signature__data$14[4] ;
+  wire [7:0] \$signature__data$14[5] ;
+  wire [7:0] \$signature__data$14[6] ;
+  wire [7:0] \$signature__data$14[7] ;
+  wire [63:0] \$signature__data$17 ;
+  wire [7:0] \$signature__data$17[0] ;
+  wire [7:0] \$signature__data$17[1] ;
+  wire [7:0] \$signature__data$17[2] ;
+  wire [7:0] \$signature__data$17[3] ;
+  wire [7:0] \$signature__data$17[4] ;
+  wire [7:0] \$signature__data$17[5] ;
+  wire [7:0] \$signature__data$17[6] ;
+  wire [7:0] \$signature__data$17[7] ;
+  wire [63:0] \$signature__data$20 ;
+  wire [7:0] \$signature__data$20[0] ;
+  wire [7:0] \$signature__data$20[1] ;
+  wire [7:0] \$signature__data$20[2] ;
+  wire [7:0] \$signature__data$20[3] ;
+  wire [7:0] \$signature__data$20[4] ;
+  wire [7:0] \$signature__data$20[5] ;
+  wire [7:0] \$signature__data$20[6] ;
+  wire [7:0] \$signature__data$20[7] ;
+  wire [63:0] \$signature__data$23 ;
+  wire [7:0] \$signature__data$23[0] ;
+  wire [7:0] \$signature__data$23[1] ;
+  wire [7:0] \$signature__data$23[2] ;
+  wire [7:0] \$signature__data$23[3] ;
+  wire [7:0] \$signature__data$23[4] ;
+  wire [7:0] \$signature__data$23[5] ;
+  wire [7:0] \$signature__data$23[6] ;
+  wire [7:0] \$signature__data$23[7] ;
+  wire [63:0] \$signature__data$26 ;
+  wire [7:0] \$signature__data$26[0] ;
+  wire [7:0] \$signature__data$26[1] ;
+  wire [7:0] \$signature__data$26[2] ;
+  wire [7:0] \$signature__data$26[3] ;
+  wire [7:0] \$signature__data$26[4] ;
+  wire [7:0] \$signature__data$26[5] ;
+  wire [7:0] \$signature__data$26[6] ;
+  wire [7:0] \$signature__data$26[7] ;
+  wire [63:0] \$signature__data$29 ;
+  wire [7:0] \$signature__data$29[0] ;
+  wire [7:0] \$signature__data$29[1] ;
+  wire [7:0] \$signature__data$29[2] ;
+  wire [7:0] \$signature__data$29[3] ;
+  wire [7:0] \$signature__data$29[4] ;
+  wire [7:0] \$signature__data$29[5] ;
+  wire [7:0] \$signature__data$29[6] ;
+  wire [7:0] \$signature__data$29[7] ;
+  wire [63:0] \$signature__data$32 ;
+  wire [7:0] \$signature__data$32[0] ;
+  wire [7:0] \$signature__data$32[1] ;
+  wire [7:0] \$signature__data$32[2] ;
+  wire [7:0] \$signature__data$32[3] ;
+  wire [7:0] \$signature__data$32[4] ;
+  wire [7:0] \$signature__data$32[5] ;
+  wire [7:0] \$signature__data$32[6] ;
+  wire [7:0] \$signature__data$32[7] ;
   wire [63:0] \$signature__data$60 ;
   wire [7:0] \$signature__data$60[0] ;
   wire [7:0] \$signature__data$60[1] ;
@@ -12000,6 +12701,15 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   wire [7:0] \$signature__data$66[5] ;
   wire [7:0] \$signature__data$66[6] ;
   wire [7:0] \$signature__data$66[7] ;
+  wire [63:0] \$signature__data$67 ;
+  wire [7:0] \$signature__data$67[0] ;
+  wire [7:0] \$signature__data$67[1] ;
+  wire [7:0] \$signature__data$67[2] ;
+  wire [7:0] \$signature__data$67[3] ;
+  wire [7:0] \$signature__data$67[4] ;
+  wire [7:0] \$signature__data$67[5] ;
+  wire [7:0] \$signature__data$67[6] ;
+  wire [7:0] \$signature__data$67[7] ;
   wire [7:0] \$signature__data[0] ;
   wire [7:0] \$signature__data[1] ;
   wire [7:0] \$signature__data[2] ;
@@ -12009,21 +12719,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   wire [7:0] \$signature__data[6] ;
   wire [7:0] \$signature__data[7] ;
   wire \$signature__en ;
-  wire \$signature__en$15 ;
-  wire \$signature__en$18 ;
-  wire \$signature__en$21 ;
-  wire \$signature__en$24 ;
-  wire \$signature__en$27 ;
-  wire \$signature__en$30 ;
-  wire \$signature__en$33 ;
-  wire \$signature__en$38 ;
-  wire \$signature__en$42 ;
-  wire \$signature__en$44 ;
-  wire \$signature__en$46 ;
-  wire \$signature__en$48 ;
-  wire \$signature__en$50 ;
-  wire \$signature__en$52 ;
-  wire \$signature__en$54 ;
+  wire \$signature__en$16 ;
+  wire \$signature__en$19 ;
+  wire \$signature__en$22 ;
+  wire \$signature__en$25 ;
+  wire \$signature__en$28 ;
+  wire \$signature__en$31 ;
+  wire \$signature__en$34 ;
+  wire \$signature__en$39 ;
+  wire \$signature__en$43 ;
+  wire \$signature__en$45 ;
+  wire \$signature__en$47 ;
+  wire \$signature__en$49 ;
+  wire \$signature__en$51 ;
+  wire \$signature__en$53 ;
+  wire \$signature__en$55 ;
   input clk;
   wire clk;
   input [113:0] cmd;
@@ -12053,6 +12763,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   wire \cmd.relu ;
   wire [1:0] \cmd.stride ;
   reg [10:0] col_cnt = 11'h000;
+  wire count;
   output done;
   reg done = 1'h0;
   input dwp;
@@ -12073,6 +12784,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   input i__valid;
   wire i__valid;
   reg [11:0] in_cnt = 12'h000;
+  reg [2:0] lb = 3'h0;
   reg [15:0] lgi = 16'h0000;
   reg [8:0] lgoff = 9'h000;
   reg [8:0] lrow = 9'h000;
@@ -12463,7 +13175,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
       _0_ <= inbuf_0[read__addr[7:0]];
     end
   end
-  assign \$signature__data$59  = _0_;
+  assign \$signature__data$60  = _0_;
   reg [63:0] inbuf_1 [255:0];
   initial begin
     inbuf_1[0] = 64'h0000000000000000;
@@ -12724,7 +13436,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     inbuf_1[255] = 64'h0000000000000000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$15 )
+    if (\$signature__en$16 )
       inbuf_1[\$38 [7:0]] <= i__payload;
   end
   reg [63:0] _1_;
@@ -12733,7 +13445,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
       _1_ <= inbuf_1[read__addr[15:8]];
     end
   end
-  assign \$signature__data$60  = _1_;
+  assign \$signature__data$61  = _1_;
   reg [63:0] inbuf_2 [255:0];
   initial begin
     inbuf_2[0] = 64'h0000000000000000;
@@ -12994,7 +13706,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     inbuf_2[255] = 64'h0000000000000000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$18 )
+    if (\$signature__en$19 )
       inbuf_2[\$60 [7:0]] <= i__payload;
   end
   reg [63:0] _2_;
@@ -13003,7 +13715,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
       _2_ <= inbuf_2[read__addr[23:16]];
     end
   end
-  assign \$signature__data$61  = _2_;
+  assign \$signature__data$62  = _2_;
   reg [63:0] inbuf_3 [255:0];
   initial begin
     inbuf_3[0] = 64'h0000000000000000;
@@ -13264,7 +13976,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     inbuf_3[255] = 64'h0000000000000000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$21 )
+    if (\$signature__en$22 )
       inbuf_3[\$82 [7:0]] <= i__payload;
   end
   reg [63:0] _3_;
@@ -13273,7 +13985,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
       _3_ <= inbuf_3[read__addr[31:24]];
     end
   end
-  assign \$signature__data$62  = _3_;
+  assign \$signature__data$63  = _3_;
   reg [63:0] inbuf_4 [255:0];
   initial begin
     inbuf_4[0] = 64'h0000000000000000;
@@ -13534,7 +14246,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     inbuf_4[255] = 64'h0000000000000000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$24 )
+    if (\$signature__en$25 )
       inbuf_4[\$104 [7:0]] <= i__payload;
   end
   reg [63:0] _4_;
@@ -13543,7 +14255,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
       _4_ <= inbuf_4[read__addr[39:32]];
     end
   end
-  assign \$signature__data$63  = _4_;
+  assign \$signature__data$64  = _4_;
   reg [63:0] inbuf_5 [255:0];
   initial begin
     inbuf_5[0] = 64'h0000000000000000;
@@ -13804,7 +14516,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     inbuf_5[255] = 64'h0000000000000000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$27 )
+    if (\$signature__en$28 )
       inbuf_5[\$126 [7:0]] <= i__payload;
   end
   reg [63:0] _5_;
@@ -13813,7 +14525,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
       _5_ <= inbuf_5[read__addr[47:40]];
     end
   end
-  assign \$signature__data$64  = _5_;
+  assign \$signature__data$65  = _5_;
   reg [63:0] inbuf_6 [255:0];
   initial begin
     inbuf_6[0] = 64'h0000000000000000;
@@ -14074,7 +14786,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     inbuf_6[255] = 64'h0000000000000000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$30 )
+    if (\$signature__en$31 )
       inbuf_6[\$148 [7:0]] <= i__payload;
   end
   reg [63:0] _6_;
@@ -14083,7 +14795,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
       _6_ <= inbuf_6[read__addr[55:48]];
     end
   end
-  assign \$signature__data$65  = _6_;
+  assign \$signature__data$66  = _6_;
   reg [63:0] inbuf_7 [255:0];
   initial begin
     inbuf_7[0] = 64'h0000000000000000;
@@ -14344,7 +15056,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     inbuf_7[255] = 64'h0000000000000000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$33 )
+    if (\$signature__en$34 )
       inbuf_7[\$170 [7:0]] <= i__payload;
   end
   reg [63:0] _7_;
@@ -14353,7 +15065,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
       _7_ <= inbuf_7[read__addr[63:56]];
     end
   end
-  assign \$signature__data$66  = _7_;
+  assign \$signature__data$67  = _7_;
   assign fire = i__valid & i__ready;
   assign \$1  = lgoff + lrow;
   assign \$2  = cmd[101:100] == 2'h2;
@@ -14386,7 +15098,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \$42  = \$41 [2:0] == 1'h1;
   assign \$43  = in_cnt[2:0] == 1'h1;
   assign \$44  = dwp ? \$42  : \$43 ;
-  assign \$signature__en$15  = fire & \$44 ;
+  assign \$signature__en$16  = fire & \$44 ;
   assign \$45  = lgoff + lrow;
   assign \$46  = cmd[101:100] == 2'h2;
   assign \$47  = cmd[101:100] == 2'h2;
@@ -14402,7 +15114,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \$64  = \$63 [2:0] == 2'h2;
   assign \$65  = in_cnt[2:0] == 2'h2;
   assign \$66  = dwp ? \$64  : \$65 ;
-  assign \$signature__en$18  = fire & \$66 ;
+  assign \$signature__en$19  = fire & \$66 ;
   assign \$67  = lgoff + lrow;
   assign \$68  = cmd[101:100] == 2'h2;
   assign \$69  = cmd[101:100] == 2'h2;
@@ -14418,7 +15130,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \$86  = \$85 [2:0] == 2'h3;
   assign \$87  = in_cnt[2:0] == 2'h3;
   assign \$88  = dwp ? \$86  : \$87 ;
-  assign \$signature__en$21  = fire & \$88 ;
+  assign \$signature__en$22  = fire & \$88 ;
   assign \$89  = lgoff + lrow;
   assign \$90  = cmd[101:100] == 2'h2;
   assign \$91  = cmd[101:100] == 2'h2;
@@ -14434,7 +15146,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \$108  = \$107 [2:0] == 3'h4;
   assign \$109  = in_cnt[2:0] == 3'h4;
   assign \$110  = dwp ? \$108  : \$109 ;
-  assign \$signature__en$24  = fire & \$110 ;
+  assign \$signature__en$25  = fire & \$110 ;
   assign \$111  = lgoff + lrow;
   assign \$112  = cmd[101:100] == 2'h2;
   assign \$113  = cmd[101:100] == 2'h2;
@@ -14450,7 +15162,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \$130  = \$129 [2:0] == 3'h5;
   assign \$131  = in_cnt[2:0] == 3'h5;
   assign \$132  = dwp ? \$130  : \$131 ;
-  assign \$signature__en$27  = fire & \$132 ;
+  assign \$signature__en$28  = fire & \$132 ;
   assign \$133  = lgoff + lrow;
   assign \$134  = cmd[101:100] == 2'h2;
   assign \$135  = cmd[101:100] == 2'h2;
@@ -14466,7 +15178,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \$152  = \$151 [2:0] == 3'h6;
   assign \$153  = in_cnt[2:0] == 3'h6;
   assign \$154  = dwp ? \$152  : \$153 ;
-  assign \$signature__en$30  = fire & \$154 ;
+  assign \$signature__en$31  = fire & \$154 ;
   assign \$155  = lgoff + lrow;
   assign \$156  = cmd[101:100] == 2'h2;
   assign \$157  = cmd[101:100] == 2'h2;
@@ -14482,7 +15194,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \$174  = \$173 [2:0] == 3'h7;
   assign \$175  = in_cnt[2:0] == 3'h7;
   assign \$176  = dwp ? \$174  : \$175 ;
-  assign \$signature__en$33  = fire & \$176 ;
+  assign \$signature__en$34  = fire & \$176 ;
   assign \$177  = ~ done;
   assign \$178  = rot1 + 1'h0;
   assign \$179  = dwp ? \$178 [2:0] : sel1;
@@ -14532,29 +15244,31 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   always @(posedge clk)
     rows_in <= \$224 ;
   always @(posedge clk)
-    sel1 <= \$225 ;
+    lb <= \$225 ;
   always @(posedge clk)
-    rot1 <= \$226 ;
+    sel1 <= \$226 ;
+  always @(posedge clk)
+    rot1 <= \$227 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     (* full_case = 32'd1 *)
     casez (\$179 )
       3'h0:
-          \$180  = \$signature__data$59 ;
-      3'h1:
           \$180  = \$signature__data$60 ;
-      3'h2:
+      3'h1:
           \$180  = \$signature__data$61 ;
-      3'h3:
+      3'h2:
           \$180  = \$signature__data$62 ;
-      3'h4:
+      3'h3:
           \$180  = \$signature__data$63 ;
-      3'h5:
+      3'h4:
           \$180  = \$signature__data$64 ;
-      3'h6:
+      3'h5:
           \$180  = \$signature__data$65 ;
-      3'h7:
+      3'h6:
           \$180  = \$signature__data$66 ;
+      3'h7:
+          \$180  = \$signature__data$67 ;
     endcase
   end
   always @* begin
@@ -14562,21 +15276,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     (* full_case = 32'd1 *)
     casez (\$182 )
       3'h0:
-          \$183  = \$signature__data$59 ;
-      3'h1:
           \$183  = \$signature__data$60 ;
-      3'h2:
+      3'h1:
           \$183  = \$signature__data$61 ;
-      3'h3:
+      3'h2:
           \$183  = \$signature__data$62 ;
-      3'h4:
+      3'h3:
           \$183  = \$signature__data$63 ;
-      3'h5:
+      3'h4:
           \$183  = \$signature__data$64 ;
-      3'h6:
+      3'h5:
           \$183  = \$signature__data$65 ;
-      3'h7:
+      3'h6:
           \$183  = \$signature__data$66 ;
+      3'h7:
+          \$183  = \$signature__data$67 ;
     endcase
   end
   always @* begin
@@ -14584,21 +15298,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     (* full_case = 32'd1 *)
     casez (\$185 )
       3'h0:
-          \$186  = \$signature__data$59 ;
-      3'h1:
           \$186  = \$signature__data$60 ;
-      3'h2:
+      3'h1:
           \$186  = \$signature__data$61 ;
-      3'h3:
+      3'h2:
           \$186  = \$signature__data$62 ;
-      3'h4:
+      3'h3:
           \$186  = \$signature__data$63 ;
-      3'h5:
+      3'h4:
           \$186  = \$signature__data$64 ;
-      3'h6:
+      3'h5:
           \$186  = \$signature__data$65 ;
-      3'h7:
+      3'h6:
           \$186  = \$signature__data$66 ;
+      3'h7:
+          \$186  = \$signature__data$67 ;
     endcase
   end
   always @* begin
@@ -14606,21 +15320,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     (* full_case = 32'd1 *)
     casez (\$188 )
       3'h0:
-          \$189  = \$signature__data$59 ;
-      3'h1:
           \$189  = \$signature__data$60 ;
-      3'h2:
+      3'h1:
           \$189  = \$signature__data$61 ;
-      3'h3:
+      3'h2:
           \$189  = \$signature__data$62 ;
-      3'h4:
+      3'h3:
           \$189  = \$signature__data$63 ;
-      3'h5:
+      3'h4:
           \$189  = \$signature__data$64 ;
-      3'h6:
+      3'h5:
           \$189  = \$signature__data$65 ;
-      3'h7:
+      3'h6:
           \$189  = \$signature__data$66 ;
+      3'h7:
+          \$189  = \$signature__data$67 ;
     endcase
   end
   always @* begin
@@ -14628,21 +15342,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     (* full_case = 32'd1 *)
     casez (\$191 )
       3'h0:
-          \$192  = \$signature__data$59 ;
-      3'h1:
           \$192  = \$signature__data$60 ;
-      3'h2:
+      3'h1:
           \$192  = \$signature__data$61 ;
-      3'h3:
+      3'h2:
           \$192  = \$signature__data$62 ;
-      3'h4:
+      3'h3:
           \$192  = \$signature__data$63 ;
-      3'h5:
+      3'h4:
           \$192  = \$signature__data$64 ;
-      3'h6:
+      3'h5:
           \$192  = \$signature__data$65 ;
-      3'h7:
+      3'h6:
           \$192  = \$signature__data$66 ;
+      3'h7:
+          \$192  = \$signature__data$67 ;
     endcase
   end
   always @* begin
@@ -14650,21 +15364,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     (* full_case = 32'd1 *)
     casez (\$194 )
       3'h0:
-          \$195  = \$signature__data$59 ;
-      3'h1:
           \$195  = \$signature__data$60 ;
-      3'h2:
+      3'h1:
           \$195  = \$signature__data$61 ;
-      3'h3:
+      3'h2:
           \$195  = \$signature__data$62 ;
-      3'h4:
+      3'h3:
           \$195  = \$signature__data$63 ;
-      3'h5:
+      3'h4:
           \$195  = \$signature__data$64 ;
-      3'h6:
+      3'h5:
           \$195  = \$signature__data$65 ;
-      3'h7:
+      3'h6:
           \$195  = \$signature__data$66 ;
+      3'h7:
+          \$195  = \$signature__data$67 ;
     endcase
   end
   always @* begin
@@ -14672,21 +15386,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     (* full_case = 32'd1 *)
     casez (\$197 )
       3'h0:
-          \$198  = \$signature__data$59 ;
-      3'h1:
           \$198  = \$signature__data$60 ;
-      3'h2:
+      3'h1:
           \$198  = \$signature__data$61 ;
-      3'h3:
+      3'h2:
           \$198  = \$signature__data$62 ;
-      3'h4:
+      3'h3:
           \$198  = \$signature__data$63 ;
-      3'h5:
+      3'h4:
           \$198  = \$signature__data$64 ;
-      3'h6:
+      3'h5:
           \$198  = \$signature__data$65 ;
-      3'h7:
+      3'h6:
           \$198  = \$signature__data$66 ;
+      3'h7:
+          \$198  = \$signature__data$67 ;
     endcase
   end
   always @* begin
@@ -14694,21 +15408,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
     (* full_case = 32'd1 *)
     casez (\$200 )
       3'h0:
-          \$201  = \$signature__data$59 ;
-      3'h1:
           \$201  = \$signature__data$60 ;
-      3'h2:
+      3'h1:
           \$201  = \$signature__data$61 ;
-      3'h3:
+      3'h2:
           \$201  = \$signature__data$62 ;
-      3'h4:
+      3'h3:
           \$201  = \$signature__data$63 ;
-      3'h5:
+      3'h4:
           \$201  = \$signature__data$64 ;
-      3'h6:
+      3'h5:
           \$201  = \$signature__data$65 ;
-      3'h7:
+      3'h6:
           \$201  = \$signature__data$66 ;
+      3'h7:
+          \$201  = \$signature__data$67 ;
     endcase
   end
   always @* begin
@@ -14860,9 +15574,9 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$225  = sel1;
-    if (read__en) begin
-      \$225  = read__addr[66:64];
+    \$225  = lb;
+    if (start) begin
+      \$225  = 3'h0;
     end
     if (rst) begin
       \$225  = 3'h0;
@@ -14870,47 +15584,58 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$226  = rot1;
+    \$226  = sel1;
     if (read__en) begin
-      \$226  = read__addr[69:67];
+      \$226  = read__addr[66:64];
     end
     if (rst) begin
       \$226  = 3'h0;
     end
   end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$227  = rot1;
+    if (read__en) begin
+      \$227  = read__addr[69:67];
+    end
+    if (rst) begin
+      \$227  = 3'h0;
+    end
+  end
+  assign count = fire;
   assign \$signature__data  = i__payload;
   assign \$signature__addr  = \$16 [7:0];
-  assign \$signature__data$13  = i__payload;
-  assign \$signature__addr$14  = \$38 [7:0];
-  assign \$signature__data$16  = i__payload;
-  assign \$signature__addr$17  = \$60 [7:0];
-  assign \$signature__data$19  = i__payload;
-  assign \$signature__addr$20  = \$82 [7:0];
-  assign \$signature__data$22  = i__payload;
-  assign \$signature__addr$23  = \$104 [7:0];
-  assign \$signature__data$25  = i__payload;
-  assign \$signature__addr$26  = \$126 [7:0];
-  assign \$signature__data$28  = i__payload;
-  assign \$signature__addr$29  = \$148 [7:0];
-  assign \$signature__data$31  = i__payload;
-  assign \$signature__addr$32  = \$170 [7:0];
+  assign \$signature__data$14  = i__payload;
+  assign \$signature__addr$15  = \$38 [7:0];
+  assign \$signature__data$17  = i__payload;
+  assign \$signature__addr$18  = \$60 [7:0];
+  assign \$signature__data$20  = i__payload;
+  assign \$signature__addr$21  = \$82 [7:0];
+  assign \$signature__data$23  = i__payload;
+  assign \$signature__addr$24  = \$104 [7:0];
+  assign \$signature__data$26  = i__payload;
+  assign \$signature__addr$27  = \$126 [7:0];
+  assign \$signature__data$29  = i__payload;
+  assign \$signature__addr$30  = \$148 [7:0];
+  assign \$signature__data$32  = i__payload;
+  assign \$signature__addr$33  = \$170 [7:0];
   assign rows = rows_in;
-  assign \$signature__en$38  = read__en;
-  assign \$signature__addr$40  = read__addr[7:0];
-  assign \$signature__en$42  = read__en;
-  assign \$signature__addr$43  = read__addr[15:8];
-  assign \$signature__en$44  = read__en;
-  assign \$signature__addr$45  = read__addr[23:16];
-  assign \$signature__en$46  = read__en;
-  assign \$signature__addr$47  = read__addr[31:24];
-  assign \$signature__en$48  = read__en;
-  assign \$signature__addr$49  = read__addr[39:32];
-  assign \$signature__en$50  = read__en;
-  assign \$signature__addr$51  = read__addr[47:40];
-  assign \$signature__en$52  = read__en;
-  assign \$signature__addr$53  = read__addr[55:48];
-  assign \$signature__en$54  = read__en;
-  assign \$signature__addr$55  = read__addr[63:56];
+  assign \$signature__en$39  = read__en;
+  assign \$signature__addr$41  = read__addr[7:0];
+  assign \$signature__en$43  = read__en;
+  assign \$signature__addr$44  = read__addr[15:8];
+  assign \$signature__en$45  = read__en;
+  assign \$signature__addr$46  = read__addr[23:16];
+  assign \$signature__en$47  = read__en;
+  assign \$signature__addr$48  = read__addr[31:24];
+  assign \$signature__en$49  = read__en;
+  assign \$signature__addr$50  = read__addr[39:32];
+  assign \$signature__en$51  = read__en;
+  assign \$signature__addr$52  = read__addr[47:40];
+  assign \$signature__en$53  = read__en;
+  assign \$signature__addr$54  = read__addr[55:48];
+  assign \$signature__en$55  = read__en;
+  assign \$signature__addr$56  = read__addr[63:56];
   assign \$signature__data[0]  = i__payload[7:0];
   assign \$signature__data[1]  = i__payload[15:8];
   assign \$signature__data[2]  = i__payload[23:16];
@@ -14941,62 +15666,62 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
   assign \cmd.part  = cmd[113:112];
-  assign \$signature__data$13[0]  = i__payload[7:0];
-  assign \$signature__data$13[1]  = i__payload[15:8];
-  assign \$signature__data$13[2]  = i__payload[23:16];
-  assign \$signature__data$13[3]  = i__payload[31:24];
-  assign \$signature__data$13[4]  = i__payload[39:32];
-  assign \$signature__data$13[5]  = i__payload[47:40];
-  assign \$signature__data$13[6]  = i__payload[55:48];
-  assign \$signature__data$13[7]  = i__payload[63:56];
-  assign \$signature__data$16[0]  = i__payload[7:0];
-  assign \$signature__data$16[1]  = i__payload[15:8];
-  assign \$signature__data$16[2]  = i__payload[23:16];
-  assign \$signature__data$16[3]  = i__payload[31:24];
-  assign \$signature__data$16[4]  = i__payload[39:32];
-  assign \$signature__data$16[5]  = i__payload[47:40];
-  assign \$signature__data$16[6]  = i__payload[55:48];
-  assign \$signature__data$16[7]  = i__payload[63:56];
-  assign \$signature__data$19[0]  = i__payload[7:0];
-  assign \$signature__data$19[1]  = i__payload[15:8];
-  assign \$signature__data$19[2]  = i__payload[23:16];
-  assign \$signature__data$19[3]  = i__payload[31:24];
-  assign \$signature__data$19[4]  = i__payload[39:32];
-  assign \$signature__data$19[5]  = i__payload[47:40];
-  assign \$signature__data$19[6]  = i__payload[55:48];
-  assign \$signature__data$19[7]  = i__payload[63:56];
-  assign \$signature__data$22[0]  = i__payload[7:0];
-  assign \$signature__data$22[1]  = i__payload[15:8];
-  assign \$signature__data$22[2]  = i__payload[23:16];
-  assign \$signature__data$22[3]  = i__payload[31:24];
-  assign \$signature__data$22[4]  = i__payload[39:32];
-  assign \$signature__data$22[5]  = i__payload[47:40];
-  assign \$signature__data$22[6]  = i__payload[55:48];
-  assign \$signature__data$22[7]  = i__payload[63:56];
-  assign \$signature__data$25[0]  = i__payload[7:0];
-  assign \$signature__data$25[1]  = i__payload[15:8];
-  assign \$signature__data$25[2]  = i__payload[23:16];
-  assign \$signature__data$25[3]  = i__payload[31:24];
-  assign \$signature__data$25[4]  = i__payload[39:32];
-  assign \$signature__data$25[5]  = i__payload[47:40];
-  assign \$signature__data$25[6]  = i__payload[55:48];
-  assign \$signature__data$25[7]  = i__payload[63:56];
-  assign \$signature__data$28[0]  = i__payload[7:0];
-  assign \$signature__data$28[1]  = i__payload[15:8];
-  assign \$signature__data$28[2]  = i__payload[23:16];
-  assign \$signature__data$28[3]  = i__payload[31:24];
-  assign \$signature__data$28[4]  = i__payload[39:32];
-  assign \$signature__data$28[5]  = i__payload[47:40];
-  assign \$signature__data$28[6]  = i__payload[55:48];
-  assign \$signature__data$28[7]  = i__payload[63:56];
-  assign \$signature__data$31[0]  = i__payload[7:0];
-  assign \$signature__data$31[1]  = i__payload[15:8];
-  assign \$signature__data$31[2]  = i__payload[23:16];
-  assign \$signature__data$31[3]  = i__payload[31:24];
-  assign \$signature__data$31[4]  = i__payload[39:32];
-  assign \$signature__data$31[5]  = i__payload[47:40];
-  assign \$signature__data$31[6]  = i__payload[55:48];
-  assign \$signature__data$31[7]  = i__payload[63:56];
+  assign \$signature__data$14[0]  = i__payload[7:0];
+  assign \$signature__data$14[1]  = i__payload[15:8];
+  assign \$signature__data$14[2]  = i__payload[23:16];
+  assign \$signature__data$14[3]  = i__payload[31:24];
+  assign \$signature__data$14[4]  = i__payload[39:32];
+  assign \$signature__data$14[5]  = i__payload[47:40];
+  assign \$signature__data$14[6]  = i__payload[55:48];
+  assign \$signature__data$14[7]  = i__payload[63:56];
+  assign \$signature__data$17[0]  = i__payload[7:0];
+  assign \$signature__data$17[1]  = i__payload[15:8];
+  assign \$signature__data$17[2]  = i__payload[23:16];
+  assign \$signature__data$17[3]  = i__payload[31:24];
+  assign \$signature__data$17[4]  = i__payload[39:32];
+  assign \$signature__data$17[5]  = i__payload[47:40];
+  assign \$signature__data$17[6]  = i__payload[55:48];
+  assign \$signature__data$17[7]  = i__payload[63:56];
+  assign \$signature__data$20[0]  = i__payload[7:0];
+  assign \$signature__data$20[1]  = i__payload[15:8];
+  assign \$signature__data$20[2]  = i__payload[23:16];
+  assign \$signature__data$20[3]  = i__payload[31:24];
+  assign \$signature__data$20[4]  = i__payload[39:32];
+  assign \$signature__data$20[5]  = i__payload[47:40];
+  assign \$signature__data$20[6]  = i__payload[55:48];
+  assign \$signature__data$20[7]  = i__payload[63:56];
+  assign \$signature__data$23[0]  = i__payload[7:0];
+  assign \$signature__data$23[1]  = i__payload[15:8];
+  assign \$signature__data$23[2]  = i__payload[23:16];
+  assign \$signature__data$23[3]  = i__payload[31:24];
+  assign \$signature__data$23[4]  = i__payload[39:32];
+  assign \$signature__data$23[5]  = i__payload[47:40];
+  assign \$signature__data$23[6]  = i__payload[55:48];
+  assign \$signature__data$23[7]  = i__payload[63:56];
+  assign \$signature__data$26[0]  = i__payload[7:0];
+  assign \$signature__data$26[1]  = i__payload[15:8];
+  assign \$signature__data$26[2]  = i__payload[23:16];
+  assign \$signature__data$26[3]  = i__payload[31:24];
+  assign \$signature__data$26[4]  = i__payload[39:32];
+  assign \$signature__data$26[5]  = i__payload[47:40];
+  assign \$signature__data$26[6]  = i__payload[55:48];
+  assign \$signature__data$26[7]  = i__payload[63:56];
+  assign \$signature__data$29[0]  = i__payload[7:0];
+  assign \$signature__data$29[1]  = i__payload[15:8];
+  assign \$signature__data$29[2]  = i__payload[23:16];
+  assign \$signature__data$29[3]  = i__payload[31:24];
+  assign \$signature__data$29[4]  = i__payload[39:32];
+  assign \$signature__data$29[5]  = i__payload[47:40];
+  assign \$signature__data$29[6]  = i__payload[55:48];
+  assign \$signature__data$29[7]  = i__payload[63:56];
+  assign \$signature__data$32[0]  = i__payload[7:0];
+  assign \$signature__data$32[1]  = i__payload[15:8];
+  assign \$signature__data$32[2]  = i__payload[23:16];
+  assign \$signature__data$32[3]  = i__payload[31:24];
+  assign \$signature__data$32[4]  = i__payload[39:32];
+  assign \$signature__data$32[5]  = i__payload[47:40];
+  assign \$signature__data$32[6]  = i__payload[55:48];
+  assign \$signature__data$32[7]  = i__payload[63:56];
   assign \read__addr.addr  = read__addr[63:0];
   assign \read__addr.addr[0]  = read__addr[7:0];
   assign \read__addr.addr[1]  = read__addr[15:8];
@@ -15080,14 +15805,6 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \read__data[7][5]  = read__data[495:488];
   assign \read__data[7][6]  = read__data[503:496];
   assign \read__data[7][7]  = read__data[511:504];
-  assign \$signature__data$59[0]  = \$signature__data$59 [7:0];
-  assign \$signature__data$59[1]  = \$signature__data$59 [15:8];
-  assign \$signature__data$59[2]  = \$signature__data$59 [23:16];
-  assign \$signature__data$59[3]  = \$signature__data$59 [31:24];
-  assign \$signature__data$59[4]  = \$signature__data$59 [39:32];
-  assign \$signature__data$59[5]  = \$signature__data$59 [47:40];
-  assign \$signature__data$59[6]  = \$signature__data$59 [55:48];
-  assign \$signature__data$59[7]  = \$signature__data$59 [63:56];
   assign \$signature__data$60[0]  = \$signature__data$60 [7:0];
   assign \$signature__data$60[1]  = \$signature__data$60 [15:8];
   assign \$signature__data$60[2]  = \$signature__data$60 [23:16];
@@ -15144,6 +15861,14 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \$signature__data$66[5]  = \$signature__data$66 [47:40];
   assign \$signature__data$66[6]  = \$signature__data$66 [55:48];
   assign \$signature__data$66[7]  = \$signature__data$66 [63:56];
+  assign \$signature__data$67[0]  = \$signature__data$67 [7:0];
+  assign \$signature__data$67[1]  = \$signature__data$67 [15:8];
+  assign \$signature__data$67[2]  = \$signature__data$67 [23:16];
+  assign \$signature__data$67[3]  = \$signature__data$67 [31:24];
+  assign \$signature__data$67[4]  = \$signature__data$67 [39:32];
+  assign \$signature__data$67[5]  = \$signature__data$67 [47:40];
+  assign \$signature__data$67[6]  = \$signature__data$67 [55:48];
+  assign \$signature__data$67[7]  = \$signature__data$67 [63:56];
   assign \sizes.wg  = sizes[11:0];
   assign \sizes.n_in  = sizes[23:12];
   assign \sizes.ow  = sizes[48:24];
@@ -15164,7 +15889,6 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign read__data[191:128] = \$186 ;
   assign read__data[127:64] = \$183 ;
   assign read__data[63:0] = \$180 ;
-  assign \$54  = { 1'h0, lx[15:1] };
   assign \$4  = { 1'h0, lx[15:1] };
   assign \$6  = { 3'h0, \$5 [15:3] };
   assign \$7  = { \$6 , 1'h0 };
@@ -15182,6 +15906,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \$48  = { 1'h0, lx[15:1] };
   assign \$50  = { 3'h0, \$49 [15:3] };
   assign \$51  = { \$50 , 1'h0 };
+  assign \$54  = { 1'h0, lx[15:1] };
   assign \$56  = { 3'h0, \$55 [15:3] };
   assign \$59  = { 3'h0, in_cnt[11:3] };
   assign \$62  = { 1'h0, lx[15:1] };
@@ -15223,7 +15948,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, start, run, n_out, last_group, \i__valid$38 , \i__payload$39 , params__addr, o__valid, o__payload, o__ready);
+module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, last_group, start, run, n_out, \i__valid$38 , \i__payload$39 , params__addr, o__valid, o__payload, o__ready);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -25407,7 +26132,7 @@ module \psc_core.out.rq (clk, rst, i__valid, en, relu, i__payload, o__valid, o__
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, count, keep, start, run, i__ready, done, rp__addr, wp__data);
+module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, keep, count, start, run, i__ready, done, rp__addr, wp__data);
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -25424,8 +26149,8 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, count, keep, star
   input clk;
   wire clk;
   reg [5:0] cnt = 6'h00;
-  input [15:0] count;
-  wire [15:0] count;
+  input [21:0] count;
+  wire [21:0] count;
   output done;
   reg done = 1'h0;
   wire [431:0] i__payload;
@@ -25782,7 +26507,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, count, keep, star
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_e, refused, starting, run, sizes, loaded, last_group, taps__payload, rows_in, weights_done, params_done, clk);
+module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_e, refused, starting, run, sizes, loaded, taps__payload, rows_in, weights_done, params_done, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$17  = 0;
   wire [11:0] \$1 ;
   wire [4:0] \$10 ;
@@ -26120,7 +26845,6 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   reg [3:0] kx = 4'h0;
   reg [3:0] ky = 4'h0;
   reg last_gi = 1'h0;
-  output [4:0] last_group;
   reg [4:0] last_group = 5'h00;
   reg last_j = 1'h0;
   reg last_kx = 1'h0;
@@ -27049,13 +27773,24 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw, dwp, gin_e, refused, cfg__ready, accept, busy, sizing, starting, start, run, sizes_ready, sizes, loaded
-, inputs_done, mac_valid, cfg__payload);
+module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, refused, last_go, cfg__ready, accept, busy, sizing, starting, start, run
+, sizes_ready, sizes, loaded, inputs_done, mac_valid, cfg__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire \$1 ;
   wire \$10 ;
   reg \$100 ;
+  reg [113:0] \$101 ;
+  reg \$102 ;
+  reg \$103 ;
+  reg \$104 ;
+  reg \$105 ;
+  reg [15:0] \$106 ;
+  reg [21:0] \$107 ;
+  reg [2:0] \$108 ;
+  reg \$109 ;
   wire \$11 ;
+  reg [4:0] \$110 ;
+  reg \$111 ;
   wire \$12 ;
   wire \$13 ;
   wire \$14 ;
@@ -27106,7 +27841,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire \$55 ;
   wire \$56 ;
   wire \$57 ;
-  wire \$58 ;
+  wire [11:0] \$58 ;
   wire \$59 ;
   wire \$6 ;
   wire \$60 ;
@@ -27128,29 +27863,29 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire \$75 ;
   wire \$76 ;
   wire \$77 ;
-  wire [15:0] \$78 ;
+  wire \$78 ;
   wire \$79 ;
   wire \$8 ;
   wire \$80 ;
-  wire \$81 ;
+  wire [15:0] \$81 ;
   wire \$82 ;
   wire \$83 ;
-  wire \$84 ;
-  wire \$85 ;
+  wire [19:0] \$84 ;
+  wire [19:0] \$85 ;
   wire \$86 ;
-  wire \$87 ;
+  wire [22:0] \$87 ;
   wire \$88 ;
   wire \$89 ;
   wire \$9 ;
-  reg \$90 ;
-  reg \$91 ;
-  reg \$92 ;
-  reg [113:0] \$93 ;
-  reg \$94 ;
-  reg \$95 ;
-  reg \$96 ;
-  reg [15:0] \$97 ;
-  reg [2:0] \$98 ;
+  wire \$90 ;
+  wire \$91 ;
+  wire \$92 ;
+  wire \$93 ;
+  wire \$94 ;
+  wire \$95 ;
+  wire \$96 ;
+  wire \$97 ;
+  reg \$98 ;
   reg \$99 ;
   output accept;
   reg accept;
@@ -27220,6 +27955,8 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   reg done = 1'h0;
   output dw;
   reg dw = 1'h0;
+  output dwc;
+  reg dwc = 1'h0;
   output dwp;
   reg dwp = 1'h0;
   output error;
@@ -27228,8 +27965,12 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   reg [2:0] fsm_state = 3'h0;
   output [15:0] gin_e;
   reg [15:0] gin_e = 16'h0000;
+  output [21:0] gout_o;
+  reg [21:0] gout_o = 22'h000000;
   input inputs_done;
   wire inputs_done;
+  output [4:0] last_go;
+  reg [4:0] last_go = 5'h00;
   input loaded;
   wire loaded;
   input mac_valid;
@@ -27313,223 +28054,275 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   assign \$47  = cmd[79:64] != cmd[95:80];
   assign \$49  = \$46  & \$48 ;
   assign \$50  = \$45  | \$49 ;
-  assign \$51  = cmd[95:80] > 6'h20;
+  assign \$51  = gout_o > 6'h20;
   assign \$52  = \$50  | \$51 ;
   assign \$53  = | cmd[113:112];
   assign \$54  = cmd[109:108] == 1'h1;
   assign \$56  = \$53  & \$55 ;
   assign \$57  = \$52  | \$56 ;
-  assign \$58  = sizes[23:12] > 12'h800;
-  assign \$59  = sizes[152:144] > 9'h100;
-  assign \$60  = dwp & \$59 ;
-  assign \$61  = \$58  | \$60 ;
-  assign \$62  = ~ cmd[111];
-  assign \$63  = sizes[106:98] > 9'h100;
-  assign \$64  = \$62  & \$63 ;
-  assign \$65  = \$61  | \$64 ;
-  assign \$66  = sizes[97:86] > 12'h800;
-  assign \$67  = \$65  | \$66 ;
-  assign \$68  = sizes[73:49] > 24'hffffff;
-  assign \$69  = \$67  | \$68 ;
-  assign \$70  = | cmd[113:112];
-  assign \$71  = sizes[73:49] > 9'h100;
-  assign \$72  = \$70  & \$71 ;
-  assign \$73  = \$69  | \$72 ;
-  assign \$74  = cfg__payload[109:108] == 1'h1;
+  assign \$58  = dwc ? 12'h100 : 12'h800;
+  assign \$59  = sizes[23:12] > \$58 ;
+  assign \$60  = sizes[152:144] > 9'h100;
+  assign \$61  = dwp & \$60 ;
+  assign \$62  = \$59  | \$61 ;
+  assign \$63  = ~ cmd[111];
+  assign \$64  = sizes[106:98] > 9'h100;
+  assign \$65  = \$63  & \$64 ;
+  assign \$66  = \$62  | \$65 ;
+  assign \$67  = sizes[97:86] > 12'h800;
+  assign \$68  = \$66  | \$67 ;
+  assign \$69  = sizes[73:49] > 24'hffffff;
+  assign \$70  = \$68  | \$69 ;
+  assign \$71  = | cmd[113:112];
+  assign \$72  = sizes[73:49] > 9'h100;
+  assign \$73  = \$71  & \$72 ;
+  assign \$74  = \$70  | \$73 ;
   assign \$75  = cfg__payload[109:108] == 1'h1;
-  assign \$77  = cfg__payload[109:108] == 1'h1;
-  assign \$78  = \$77  ? 16'h0001 : cfg__payload[79:64];
-  assign \$79  = bad_fields | bad_sizes;
-  assign \$80  = outputs_done & inputs_done;
-  assign \$81  = fin & loaded;
-  assign \$82  = dwp & mac_valid;
-  assign \$83  = ~ \$82 ;
-  assign \$84  = \$81  & \$83 ;
-  assign \$85  = ! fsm_state;
-  assign \$86  = fsm_state == 1'h1;
-  assign \$87  = fsm_state == 2'h2;
-  assign \$88  = fsm_state == 2'h3;
-  assign \$89  = fsm_state == 3'h4;
+  assign \$76  = cfg__payload[109:108] == 1'h1;
+  assign \$78  = cfg__payload[109:108] == 1'h1;
+  assign \$80  = cfg__payload[109:108] == 1'h1;
+  assign \$81  = \$80  ? 16'h0001 : cfg__payload[79:64];
+  assign \$82  = cfg__payload[109:108] == 1'h1;
+  assign \$84  = cfg__payload[95:80] * 4'h8;
+  assign \$86  = bad_fields | bad_sizes;
+  assign \$87  = gout_o - 1'h1;
+  assign \$88  = outputs_done & inputs_done;
+  assign \$89  = fin & loaded;
+  assign \$90  = dwp & mac_valid;
+  assign \$91  = ~ \$90 ;
+  assign \$92  = \$89  & \$91 ;
+  assign \$93  = ! fsm_state;
+  assign \$94  = fsm_state == 1'h1;
+  assign \$95  = fsm_state == 2'h2;
+  assign \$96  = fsm_state == 2'h3;
+  assign \$97  = fsm_state == 3'h4;
   always @(posedge clk)
-    bad_fields <= \$90 ;
+    bad_fields <= \$98 ;
   always @(posedge clk)
-    bad_sizes <= \$91 ;
+    bad_sizes <= \$99 ;
   always @(posedge clk)
-    done <= \$92 ;
+    done <= \$100 ;
   always @(posedge clk)
-    cmd <= \$93 ;
+    cmd <= \$101 ;
   always @(posedge clk)
-    error <= \$94 ;
+    error <= \$102 ;
   always @(posedge clk)
-    dw <= \$95 ;
+    dw <= \$103 ;
   always @(posedge clk)
-    dwp <= \$96 ;
+    dwp <= \$104 ;
   always @(posedge clk)
-    gin_e <= \$97 ;
+    dwc <= \$105 ;
   always @(posedge clk)
-    fsm_state <= \$98 ;
+    gin_e <= \$106 ;
   always @(posedge clk)
-    refused <= \$99 ;
+    gout_o <= \$107 ;
   always @(posedge clk)
-    fin <= \$100 ;
+    fsm_state <= \$108 ;
+  always @(posedge clk)
+    refused <= \$109 ;
+  always @(posedge clk)
+    last_go <= \$110 ;
+  always @(posedge clk)
+    fin <= \$111 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$90  = \$57 ;
+    \$98  = \$57 ;
     if (rst) begin
-      \$90  = 1'h0;
+      \$98  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$91  = \$73 ;
-    if (rst) begin
-      \$91  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$92  = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (refused) begin
-            \$92  = 1'h1;
-          end
-      3'h4:
-          if (\$84 ) begin
-            \$92  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$92  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$93  = cmd;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$93  = cfg__payload;
-          end
-    endcase
-    if (rst) begin
-      \$93  = 114'h00000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$94  = error;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$94  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (refused) begin
-            \$94  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$94  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$95  = dw;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$95  = \$74 ;
-          end
-    endcase
-    if (rst) begin
-      \$95  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$96  = dwp;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$96  = \$76 ;
-          end
-    endcase
-    if (rst) begin
-      \$96  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$97  = gin_e;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$97  = \$78 ;
-          end
-    endcase
-    if (rst) begin
-      \$97  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$98  = fsm_state;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$98  = 3'h1;
-          end
-      3'h1:
-          if (sizes_ready) begin
-            \$98  = 3'h2;
-          end
-      3'h2:
-          \$98  = 3'h3;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (refused) begin
-            \$98  = 3'h0;
-          end else begin
-            \$98  = 3'h4;
-          end
-      3'h4:
-          if (\$84 ) begin
-            \$98  = 3'h0;
-          end
-    endcase
-    if (rst) begin
-      \$98  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$99  = refused;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$99  = \$79 ;
-    endcase
+    \$99  = \$74 ;
     if (rst) begin
       \$99  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$100  = fin;
+    \$100  = 1'h0;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$100  = 1'h1;
+          end
+      3'h4:
+          if (\$92 ) begin
+            \$100  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$100  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$101  = cmd;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$101  = cfg__payload;
+          end
+    endcase
+    if (rst) begin
+      \$101  = 114'h00000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$102  = error;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$102  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$102  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$102  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$103  = dw;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$103  = \$75 ;
+          end
+    endcase
+    if (rst) begin
+      \$103  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$104  = dwp;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$104  = \$77 ;
+          end
+    endcase
+    if (rst) begin
+      \$104  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$105  = dwc;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$105  = \$79 ;
+          end
+    endcase
+    if (rst) begin
+      \$105  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$106  = gin_e;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$106  = \$81 ;
+          end
+    endcase
+    if (rst) begin
+      \$106  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$107  = gout_o;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$107  = { 2'h0, \$85  };
+          end
+    endcase
+    if (rst) begin
+      \$107  = 22'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$108  = fsm_state;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$108  = 3'h1;
+          end
+      3'h1:
+          if (sizes_ready) begin
+            \$108  = 3'h2;
+          end
+      3'h2:
+          \$108  = 3'h3;
+      3'h3:
+          (* full_case = 32'd1 *)
+          if (refused) begin
+            \$108  = 3'h0;
+          end else begin
+            \$108  = 3'h4;
+          end
+      3'h4:
+          if (\$92 ) begin
+            \$108  = 3'h0;
+          end
+    endcase
+    if (rst) begin
+      \$108  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$109  = refused;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$109  = \$86 ;
+    endcase
+    if (rst) begin
+      \$109  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$110  = last_go;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$110  = \$87 [4:0];
+    endcase
+    if (rst) begin
+      \$110  = 5'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$111  = fin;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -27541,13 +28334,13 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
           (* full_case = 32'd1 *)
           if (refused) begin
           end else begin
-            \$100  = 1'h0;
+            \$111  = 1'h0;
           end
       3'h4:
-          \$100  = \$80 ;
+          \$111  = \$88 ;
     endcase
     if (rst) begin
-      \$100  = 1'h0;
+      \$111  = 1'h0;
     end
   end
   always @* begin
@@ -27682,11 +28475,14 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   assign \cfg__payload.part  = cfg__payload[113:112];
   assign \$48  = \$47 ;
   assign \$55  = \$54 ;
-  assign \$76  = \$75 ;
+  assign \$77  = \$76 ;
+  assign \$79  = 1'h0;
+  assign \$83  = 1'h0;
+  assign \$85  = { 4'h0, cfg__payload[95:80] };
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$159 (rst, ws, cmd, gin_e, clear, enable, ready, sizes, clk);
+module \psc_core.sizes$164 (rst, ws, cmd, gin_e, gout_o, clear, enable, ready, sizes, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$19  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -27802,6 +28598,8 @@ module \psc_core.sizes$159 (rst, ws, cmd, gin_e, clear, enable, ready, sizes, cl
   wire enable;
   input [15:0] gin_e;
   wire [15:0] gin_e;
+  input [21:0] gout_o;
+  wire [21:0] gout_o;
   reg [15:0] mul_a = 16'h0000;
   reg [24:0] mul_b = 25'h0000000;
   reg mul_run = 1'h0;
@@ -28004,7 +28802,7 @@ module \psc_core.sizes$159 (rst, ws, cmd, gin_e, clear, enable, ready, sizes, cl
           4'h1:
               \$71  = { 13'h0000, sizes[11:0] };
           4'h2:
-              \$71  = { 9'h000, cmd[95:80] };
+              \$71  = { 3'h0, gout_o };
           4'h3:
               \$71  = sizes[48:24];
           4'h4:

@@ -26,7 +26,7 @@ from psc.hw.core import (KIND_DEPTHWISE, KIND_STANDARD, MAX_OUTPUTS, CoreConfig,
 from psc.hw.core.buffers import LoadBuffer
 from psc.hw.core.fetch import Fetch
 from psc.hw.core.input_buffer import InputAddressMap, InputBuffer
-from psc.hw.core.layouts import fetch_layout, sizes_layout
+from psc.hw.core.layouts import fetch_layout, output_groups, sizes_layout
 from psc.hw.core.output import OutputStage
 from psc.hw.core.sequencer import Sequencer
 from psc.hw.requantize import Requantizer
@@ -85,8 +85,12 @@ def _set_command(ctx, part, cc, f, *, with_sizes=True):
         ctx.set(part.dw, dw)
     if hasattr(part, "dwp"):
         ctx.set(part.dwp, dw and cc.pe.depthwise == "pixels")
+    if hasattr(part, "dwc"):
+        ctx.set(part.dwc, dw and cc.pe.depthwise == "channels")
     if hasattr(part, "gin_e"):
         ctx.set(part.gin_e, 1 if dw else f["gin"])
+    if hasattr(part, "gout_o"):
+        ctx.set(part.gout_o, output_groups(cc, f["kind"], f["gout"]))
     sizes, ws = _sizes(cc, f)
     if with_sizes and hasattr(part, "sizes"):
         ctx.set(part.sizes, sizes_layout(cc).const(sizes))
@@ -110,7 +114,7 @@ class _Control(wiring.Component):
         m.submodules.setup = setup = self.setup
         m.submodules.sizes = sizes = self.sizes
         m.d.comb += [
-            sizes.cmd.eq(setup.cmd), sizes.gin_e.eq(setup.gin_e),
+            sizes.cmd.eq(setup.cmd), sizes.gin_e.eq(setup.gin_e), sizes.gout_o.eq(setup.gout_o),
             sizes.clear.eq(setup.accept), sizes.enable.eq(setup.sizing),
             setup.sizes.eq(sizes.sizes), setup.sizes_ready.eq(sizes.ready),
         ]

@@ -191,6 +191,36 @@ def test_depthwise_pixels_build(target):
         _check(layer, plan.assemble(r_), f"pixels layer {i} on {target}")
 
 
+# depthwise='channels' on 4 lanes x 3 rows (neither a square nor a power of two) with
+# small buffers: input banked by channel group, tiles over groups of 12 channels and
+# bands, padding channels, stride 2, 5x5, 1x1 (the drain holds the array), standard and
+# pointwise layers on the banked buffer; with the read register stage
+TINY_CHN = CoreConfig(pe=PSCConfig(lanes=4, rows=3, depthwise="channels"), fmap_depth=3 * 64,
+                      weight_depth=64, param_depth=8, read_register=True, psum_depth=16)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_depthwise_channels_build(target):
+    r = np.random.default_rng(13)
+    layers = [
+        core_cases._layer(r, 30, 30, 9, 11, 3, 1, 1, groups=30, relu=True),  # chunks + bands
+        core_cases._layer(r, 5, 7, 6, 7, 3, 1, 1),                            # standard between
+        core_cases._layer(r, 7, 7, 11, 13, 3, 2, 1, groups=7),                # stride 2
+        core_cases._layer(r, 13, 13, 7, 6, 5, 1, 2, groups=13, weights="ini"),  # 5x5
+        core_cases._layer(r, 3, 3, 5, 5, 1, 1, 0, groups=3),                  # 1x1: drain holds
+        core_cases._layer(r, 9, 6, 5, 7, 1, relu=True),                       # pointwise
+    ]
+    plans = [host.plan_layer(**layer, config=TINY_CHN) for layer in layers]
+    assert plans[0].kind == KIND_DEPTHWISE and len(plans[0].tiles) > 2
+    reset_plan = host.plan_layer(**layers[2], config=TINY_CHN)
+    reset_plan.tiles[0].reset_after = 60
+    res = host.run_plans([reset_plan.tiles[:1]] + [p.tiles for p in plans], config=TINY_CHN,
+                         target=target, stall=STALL, seed=6)
+    assert res[0][0]["reset"] and not res[0][0]["done"]
+    for i, (layer, plan, r_) in enumerate(zip(layers, plans, res[1:])):
+        _check(layer, plan.assemble(r_), f"channels layer {i} on {target}")
+
+
 def _overflowing_commands():
     """Commands whose derived sizes overflow the core's registers (DEFAULT: 12-bit input-word
     and reduction sizes, 9-bit weight-block count, 25-bit output count, 25-bit setup adder).

@@ -1,6 +1,7 @@
 # amaranth: UnusedElaboratable=no
-"""The ``depthwise="pixels"`` datapath: per-lane accumulators and the drain of
-:class:`psc.hw.dot_product.DotProduct`, in the Amaranth simulator against
+"""The depthwise datapath (``depthwise="pixels"`` and ``"channels"``): per-lane accumulators
+and the drain of :class:`psc.hw.dot_product.DotProduct` (and of the naive datapath,
+:class:`psc.hw.naive.NaiveDotProduct`), in the Amaranth simulator against
 :func:`psc.model.golden.psc_conv2d` (every lane of every row is its own 1x1 problem).
 """
 
@@ -11,6 +12,7 @@ from psc import golden
 from psc.model import packing
 from psc.config import PSCConfig
 from psc.hw.dot_product import DotProduct, input_layout
+from psc.hw.naive import NaiveDotProduct
 
 from test_primitives_sim import lo_hi, random_stream, run, stream_dot_product
 
@@ -18,6 +20,8 @@ CONFIGS = {
     "p4": PSCConfig(lanes=4, rows=4, depthwise="pixels"),
     "p2t2": PSCConfig(lanes=2, rows=2, depthwise="pixels", tree_stages=2),
     "p4plain": PSCConfig(lanes=4, rows=4, depthwise="pixels", psc=False),
+    "c4x3": PSCConfig(lanes=4, rows=3, depthwise="channels"),
+    "c2x4t1": PSCConfig(lanes=2, rows=4, depthwise="channels", tree_stages=1),
 }
 
 
@@ -30,7 +34,9 @@ class DwReduction:
         self.w_neg = np.asarray(w_neg, dtype=np.int64)
 
     def expected(self, config):
-        """Beat r of the output: row r's lanes, each the 1x1 problem of its own products."""
+        """The ``lanes`` output beats: the rows' lane accumulators, row by row, in beats of
+        ``rows`` (beat r is row r's lanes when ``lanes == rows``), each the 1x1 problem of
+        its own products."""
         n, rows, lanes = self.x.shape
         out = np.zeros((rows, lanes), dtype=np.int64)
         widths = dict(act_width=config.act_width, weight_width=config.weight_width,
@@ -44,7 +50,7 @@ class DwReduction:
                     out[r, lane] = golden.psc_conv2d(x, wp, wn, **widths)[0, 0, 0]
                 else:
                     out[r, lane] = golden.conv2d(x, wp, **widths)[0, 0, 0]
-        return out
+        return out.reshape(lanes, rows)
 
     def payloads(self, config):
         layout = input_layout(config)
@@ -71,18 +77,20 @@ def random_dw(rng, config, beats, corner=None):
     return DwReduction(x, wp, wn)
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", sorted(CONFIGS) + ["c4x3naive"])
 @pytest.mark.parametrize("p_gap,p_stall", [(0.0, 0.0), (0.3, 0.4)])
 def test_depthwise_mode_matches_golden(name, p_gap, p_stall):
-    """Every lane of every row accumulates alone; one output beat per row, in row order.
-    Reductions of 1..12 beats: those shorter than rows make the drain hold the PEs."""
-    config = CONFIGS[name]
+    """Every lane of every row accumulates alone; ``lanes`` output beats per reduction, in
+    order. Reductions of 1..12 beats: those shorter than lanes make the drain hold the PEs."""
+    # the naive datapath (psc compare's third variant) accumulates each lane's two products
+    dut_class = NaiveDotProduct if name.endswith("naive") else DotProduct
+    config = CONFIGS[name.removesuffix("naive")]
     rng = np.random.default_rng(3)
     reds = [random_dw(rng, config, int(rng.integers(1, 13))) for _ in range(12)]
     reds.append(random_dw(rng, config, 49, corner="min"))
     payloads = [p for r in reds for p in r.payloads(config)]
-    got = stream_dot_product(config, payloads, len(reds) * config.rows, dw=1, seed=1,
-                     p_gap=p_gap, p_stall=p_stall)
+    got = stream_dot_product(config, payloads, len(reds) * config.lanes, dw=1, seed=1,
+                             dut_class=dut_class, p_gap=p_gap, p_stall=p_stall)
     exp = np.concatenate([r.expected(config) for r in reds])
     bad = np.argwhere(got != exp)
     assert not len(bad), (f"first mismatch at output beat {bad[0][0]} lane {bad[0][1]}: "

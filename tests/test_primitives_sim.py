@@ -159,14 +159,15 @@ def run_dot_product(config, reductions, *, seed=0, p_gap=0.0, p_stall=0.0, timeo
 
 
 def stream_dot_product(config, payloads, n_out, *, dw=None, seed=0, p_gap=0.0, p_stall=0.0,
-                       timeout=100000):
-    """Drive input ``payloads`` into a DotProduct with random gaps, take ``n_out`` output beats
-    with random stalls (``dw``: the depthwise-mode input of a ``depthwise="pixels"`` build).
+                       timeout=100000, dut_class=DotProduct):
+    """Drive input ``payloads`` into a ``dut_class`` (a DotProduct) with random gaps, take
+    ``n_out`` output beats with random stalls (``dw``: the depthwise-mode input of a
+    ``depthwise="pixels"`` or ``"channels"`` build).
 
     Also checks the stream rules on ``o``: once valid, the payload holds until taken, and
     nothing comes after the last expected beat.
     """
-    dut = DotProduct(config)
+    dut = dut_class(config)
     rng = np.random.default_rng(seed)
     got = []
 

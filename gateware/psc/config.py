@@ -14,7 +14,7 @@ __all__ = ["PSCConfig", "CoreConfig", "required_acc_width", "MULTIPLIERS", "DEPT
 MULTIPLIERS = ("generic", "ice40_dual8x8", "ecp5_mult18")
 
 #: Depthwise mappings :attr:`PSCConfig.depthwise` accepts.
-DEPTHWISE_MODES = ("diagonal", "pixels")
+DEPTHWISE_MODES = ("diagonal", "pixels", "channels")
 #: Where a core's input buffer can live (:attr:`CoreConfig.fmap_ram`).
 FMAP_RAMS = ("block", "spram")
 #: Largest depthwise reduction (one 7x7 window of one channel); sizes the per-lane accumulators.
@@ -133,7 +133,15 @@ class PSCConfig:
         lane accumulators and as many drain registers
         (:class:`~psc.hw.dot_product.DotProduct`), one activation word per row
         per beat (the core banks its input buffer by column) and needs
-        ``lanes == rows``, a power of two.
+        ``lanes == rows``, a power of two. ``"channels"``: lanes and rows are
+        both channels: row ``r`` takes lane group ``j*rows + r`` of the same
+        pixel and every multiplier keeps its own accumulator, so one beat
+        works on ``rows * lanes`` channels of one tap and the whole array
+        works for any ``lanes`` and ``rows`` (``rows >= 2``). It costs the
+        same accumulators and drain registers as ``"pixels"`` and one lane
+        word per row per beat (the core banks its input buffer by channel
+        group); a layer's channels are padded to a multiple of
+        ``rows * lanes``.
     """
     act_width: int = 8
     weight_width: int = 8
@@ -187,6 +195,9 @@ class PSCConfig:
                                            or self.rows & (self.rows - 1)):
             raise ValueError(f"depthwise='pixels' needs lanes == rows, a power of two >= 2, "
                              f"not lanes={self.lanes!r}, rows={self.rows!r}")
+        if self.depthwise == "channels" and self.rows < 2:
+            raise ValueError(f"depthwise='channels' needs rows >= 2 (one lane group per row), "
+                             f"not rows={self.rows!r}")
         need = required_acc_width(self.act_width, self.weight_width, self.max_reduction)
         if self.acc_width < need:
             raise ValueError(
@@ -208,13 +219,13 @@ class PSCConfig:
         Amaranth numbers all of a top's input bits together, up to
         :data:`MAX_VALUE_WIDTH`. The widest inputs are the MAC array's beat
         (:func:`psc.hw.dot_product.input_layout`: activations, one lane word or
-        one per row with ``depthwise="pixels"``, ``rows x lanes`` weight words,
+        one per row with ``depthwise="pixels"`` or ``"channels"``, ``rows x lanes`` weight words,
         ``rows`` biases) and the core's streams (a weight block, ``rows``
         biases, multipliers and shifts, a lane word, the command); the bound
         adds both's parts and a margin for the command word, stream handshakes,
         clock and reset. Tests check it against every top's ports.
         """
-        x_words = self.rows if self.depthwise == "pixels" else 1
+        x_words = self.rows if self.lane_accumulators else 1
         return (x_words * self.lanes * self.act_width + self.rows * self.lanes * self.word_width
                 + self.rows * (self.acc_width + self.mult_width + _SHIFT_BITS) + _CONTROL_BITS)
 
@@ -229,8 +240,14 @@ class PSCConfig:
         return self.rows if self.requantizers is None else self.requantizers
 
     @property
+    def lane_accumulators(self):
+        """Whether depthwise layers run on per-lane accumulators, each row with its own lane
+        word (``depthwise`` ``"pixels"`` or ``"channels"``)."""
+        return self.depthwise in ("pixels", "channels")
+
+    @property
     def dw_acc_width(self):
-        """Bits of a per-lane accumulator (``depthwise="pixels"``): one 7x7 window, no bias."""
+        """Bits of a per-lane accumulator (:attr:`lane_accumulators`): one 7x7 window, no bias."""
         return required_acc_width(self.act_width, self.weight_width, DW_MAX_REDUCTION)
 
     @property
@@ -328,7 +345,7 @@ class CoreConfig:
         output rows compute) or ``"spram"`` (the iCE40 UltraPlus's
         single-ported ``SB_SPRAM256KA`` cells, up to four: much deeper, but
         the tile's whole input loads before its first beat). ``"spram"``
-        needs one bank (no ``depthwise="pixels"``).
+        needs one bank (``depthwise="diagonal"``).
     """
     pe: PSCConfig = field(default_factory=lambda: PSCConfig(depthwise="pixels"))
     fmap_depth: int = 2048
@@ -357,9 +374,9 @@ class CoreConfig:
             raise ValueError(f"fmap_ram must be one of {FMAP_RAMS}, not {self.fmap_ram!r}")
         if self.fmap_ram == "spram":
             from psc.hw.spram import UP5K_SPRAMS, spram_cells
-            if self.pe.depthwise == "pixels":
-                raise ValueError("fmap_ram='spram' needs one input bank, so not "
-                                 "depthwise='pixels'")
+            if self.pe.lane_accumulators:
+                raise ValueError(f"fmap_ram='spram' needs one input bank, so not "
+                                 f"depthwise={self.pe.depthwise!r}")
             cells = spram_cells(self.pe.lanes * self.pe.act_width, self.fmap_depth)
             if cells > UP5K_SPRAMS:
                 raise ValueError(f"fmap_depth={self.fmap_depth} words of "
@@ -373,6 +390,12 @@ class CoreConfig:
         if self.pe.depthwise == "pixels" and self.fmap_depth % self.pe.rows:
             raise ValueError(f"fmap_depth must be a multiple of rows ({self.pe.rows}) with "
                              f"depthwise='pixels' (one input bank per row), not {self.fmap_depth!r}")
+        bank = self.fmap_depth // self.pe.rows
+        if self.pe.depthwise == "channels" and (self.fmap_depth % self.pe.rows
+                                                or bank & (bank - 1)):
+            raise ValueError(f"fmap_depth must be rows ({self.pe.rows}) times a power of two with "
+                             f"depthwise='channels' (one input bank per row, addressed by its "
+                             f"low bits), not {self.fmap_depth!r}")
 
     @property
     def lanes(self):
@@ -401,10 +424,11 @@ class CoreConfig:
         changes ``pe``."""
         _check_names(type(self), changes, PSCConfig)
         pe_changes = {k: changes.pop(k) for k in list(changes) if k in PSCConfig.__dataclass_fields__}
-        cfg = self
         if pe_changes:
-            cfg = replace(cfg, pe=cfg.pe.replace(**pe_changes))
-        return replace(cfg, **changes)
+            # one step, so that a change valid only with another (rows and fmap_depth)
+            # is checked with it
+            changes["pe"] = self.pe.replace(**pe_changes)
+        return replace(self, **changes)
 
     def to_dict(self):
         """Every field (``pe`` nested), as plain JSON-serialisable values."""

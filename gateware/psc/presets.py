@@ -25,10 +25,12 @@ runs exactly the core its target's figures were measured on.
   longer reductions are split and summed in the partial-sum buffer. 8 x 2
   has no square shape, so the scheduler runs a depthwise layer as one
   standard command per output group.
-* ``ecp5-25k``: 4 x 7 on all 28 MULT18X18D of the LFE5U-25F, hand-instantiated
-  with their registers (``ecp5_mult18``), one adder-tree stage, a register
-  stage after the buffers, a pipelined requantiser per row, a partial-sum
-  buffer of 512 beats.
+* ``ecp5-25k``: 7 lanes x 4 rows on all 28 MULT18X18D of the LFE5U-25F,
+  hand-instantiated with their registers (``ecp5_mult18``), one adder-tree
+  stage, a register stage after the buffers, a pipelined requantiser per
+  row, a partial-sum buffer of 512 beats. Depthwise layers run on the whole
+  array with ``depthwise="channels"`` (28 channels of one pixel per beat;
+  the input buffer is four banks of 1024 lane words).
 """
 
 from psc.config import CoreConfig, PSCConfig
@@ -44,7 +46,8 @@ PRESETS = {
                                           max_reduction=2048, acc_width=27),
                              fmap_depth=16384, weight_depth=256, param_depth=64, psum_depth=256,
                              fmap_ram="spram"),
-    "ecp5-25k": CoreConfig(pe=PSCConfig(lanes=4, rows=7, multiplier="ecp5_mult18", tree_stages=1),
+    "ecp5-25k": CoreConfig(pe=PSCConfig(lanes=7, rows=4, multiplier="ecp5_mult18", tree_stages=1,
+                                        depthwise="channels"),
                            fmap_depth=4096, weight_depth=512, param_depth=64, read_register=True,
                            psum_depth=512),
 }

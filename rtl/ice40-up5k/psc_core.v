@@ -105,11 +105,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire act_out__valid;
   wire all_sent;
   wire beat;
-  wire \beat$149 ;
+  wire \beat$154 ;
   output busy;
   wire busy;
-  wire \busy$145 ;
-  wire \busy$146 ;
+  wire \busy$150 ;
+  wire \busy$151 ;
   input [113:0] cfg__payload;
   wire [113:0] cfg__payload;
   wire [113:0] \cfg__payload$23 ;
@@ -168,35 +168,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire cfg__valid;
   wire \cfg__valid$25 ;
   wire clear;
-  wire \clear$144 ;
+  wire \clear$149 ;
   input clk;
   wire clk;
   wire [113:0] cmd;
-  wire [113:0] \cmd$101 ;
-  wire [15:0] \cmd$101.gin ;
-  wire [15:0] \cmd$101.gout ;
-  wire [15:0] \cmd$101.in_h ;
-  wire [15:0] \cmd$101.in_w ;
-  wire [3:0] \cmd$101.k ;
-  wire \cmd$101.keep ;
-  (* enum_base_type = "LayerKind" *)
-  (* enum_value_00 = "STANDARD" *)
-  (* enum_value_01 = "DEPTHWISE" *)
-  (* enum_value_10 = "POINTWISE" *)
-  (* enum_value_11 = "FC" *)
-  wire [1:0] \cmd$101.kind ;
-  wire [15:0] \cmd$101.out_h ;
-  wire [15:0] \cmd$101.out_w ;
-  wire [2:0] \cmd$101.pad_left ;
-  wire [2:0] \cmd$101.pad_top ;
-  (* enum_base_type = "Part" *)
-  (* enum_value_00 = "WHOLE" *)
-  (* enum_value_01 = "FIRST" *)
-  (* enum_value_10 = "MIDDLE" *)
-  (* enum_value_11 = "LAST" *)
-  wire [1:0] \cmd$101.part ;
-  wire \cmd$101.relu ;
-  wire [1:0] \cmd$101.stride ;
   wire [113:0] \cmd$103 ;
   wire [15:0] \cmd$103.gin ;
   wire [15:0] \cmd$103.gout ;
@@ -222,31 +197,56 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [1:0] \cmd$103.part ;
   wire \cmd$103.relu ;
   wire [1:0] \cmd$103.stride ;
-  wire [113:0] \cmd$111 ;
-  wire [15:0] \cmd$111.gin ;
-  wire [15:0] \cmd$111.gout ;
-  wire [15:0] \cmd$111.in_h ;
-  wire [15:0] \cmd$111.in_w ;
-  wire [3:0] \cmd$111.k ;
-  wire \cmd$111.keep ;
+  wire [113:0] \cmd$107 ;
+  wire [15:0] \cmd$107.gin ;
+  wire [15:0] \cmd$107.gout ;
+  wire [15:0] \cmd$107.in_h ;
+  wire [15:0] \cmd$107.in_w ;
+  wire [3:0] \cmd$107.k ;
+  wire \cmd$107.keep ;
   (* enum_base_type = "LayerKind" *)
   (* enum_value_00 = "STANDARD" *)
   (* enum_value_01 = "DEPTHWISE" *)
   (* enum_value_10 = "POINTWISE" *)
   (* enum_value_11 = "FC" *)
-  wire [1:0] \cmd$111.kind ;
-  wire [15:0] \cmd$111.out_h ;
-  wire [15:0] \cmd$111.out_w ;
-  wire [2:0] \cmd$111.pad_left ;
-  wire [2:0] \cmd$111.pad_top ;
+  wire [1:0] \cmd$107.kind ;
+  wire [15:0] \cmd$107.out_h ;
+  wire [15:0] \cmd$107.out_w ;
+  wire [2:0] \cmd$107.pad_left ;
+  wire [2:0] \cmd$107.pad_top ;
   (* enum_base_type = "Part" *)
   (* enum_value_00 = "WHOLE" *)
   (* enum_value_01 = "FIRST" *)
   (* enum_value_10 = "MIDDLE" *)
   (* enum_value_11 = "LAST" *)
-  wire [1:0] \cmd$111.part ;
-  wire \cmd$111.relu ;
-  wire [1:0] \cmd$111.stride ;
+  wire [1:0] \cmd$107.part ;
+  wire \cmd$107.relu ;
+  wire [1:0] \cmd$107.stride ;
+  wire [113:0] \cmd$116 ;
+  wire [15:0] \cmd$116.gin ;
+  wire [15:0] \cmd$116.gout ;
+  wire [15:0] \cmd$116.in_h ;
+  wire [15:0] \cmd$116.in_w ;
+  wire [3:0] \cmd$116.k ;
+  wire \cmd$116.keep ;
+  (* enum_base_type = "LayerKind" *)
+  (* enum_value_00 = "STANDARD" *)
+  (* enum_value_01 = "DEPTHWISE" *)
+  (* enum_value_10 = "POINTWISE" *)
+  (* enum_value_11 = "FC" *)
+  wire [1:0] \cmd$116.kind ;
+  wire [15:0] \cmd$116.out_h ;
+  wire [15:0] \cmd$116.out_w ;
+  wire [2:0] \cmd$116.pad_left ;
+  wire [2:0] \cmd$116.pad_top ;
+  (* enum_base_type = "Part" *)
+  (* enum_value_00 = "WHOLE" *)
+  (* enum_value_01 = "FIRST" *)
+  (* enum_value_10 = "MIDDLE" *)
+  (* enum_value_11 = "LAST" *)
+  wire [1:0] \cmd$116.part ;
+  wire \cmd$116.relu ;
+  wire [1:0] \cmd$116.stride ;
   wire [113:0] \cmd$81 ;
   wire [15:0] \cmd$81.gin ;
   wire [15:0] \cmd$81.gout ;
@@ -272,31 +272,31 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [1:0] \cmd$81.part ;
   wire \cmd$81.relu ;
   wire [1:0] \cmd$81.stride ;
-  wire [113:0] \cmd$92 ;
-  wire [15:0] \cmd$92.gin ;
-  wire [15:0] \cmd$92.gout ;
-  wire [15:0] \cmd$92.in_h ;
-  wire [15:0] \cmd$92.in_w ;
-  wire [3:0] \cmd$92.k ;
-  wire \cmd$92.keep ;
+  wire [113:0] \cmd$94 ;
+  wire [15:0] \cmd$94.gin ;
+  wire [15:0] \cmd$94.gout ;
+  wire [15:0] \cmd$94.in_h ;
+  wire [15:0] \cmd$94.in_w ;
+  wire [3:0] \cmd$94.k ;
+  wire \cmd$94.keep ;
   (* enum_base_type = "LayerKind" *)
   (* enum_value_00 = "STANDARD" *)
   (* enum_value_01 = "DEPTHWISE" *)
   (* enum_value_10 = "POINTWISE" *)
   (* enum_value_11 = "FC" *)
-  wire [1:0] \cmd$92.kind ;
-  wire [15:0] \cmd$92.out_h ;
-  wire [15:0] \cmd$92.out_w ;
-  wire [2:0] \cmd$92.pad_left ;
-  wire [2:0] \cmd$92.pad_top ;
+  wire [1:0] \cmd$94.kind ;
+  wire [15:0] \cmd$94.out_h ;
+  wire [15:0] \cmd$94.out_w ;
+  wire [2:0] \cmd$94.pad_left ;
+  wire [2:0] \cmd$94.pad_top ;
   (* enum_base_type = "Part" *)
   (* enum_value_00 = "WHOLE" *)
   (* enum_value_01 = "FIRST" *)
   (* enum_value_10 = "MIDDLE" *)
   (* enum_value_11 = "LAST" *)
-  wire [1:0] \cmd$92.part ;
-  wire \cmd$92.relu ;
-  wire [1:0] \cmd$92.stride ;
+  wire [1:0] \cmd$94.part ;
+  wire \cmd$94.relu ;
+  wire [1:0] \cmd$94.stride ;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -323,7 +323,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [1:0] \cmd.stride ;
   wire [31:0] compute;
   wire [8:0] count;
-  wire [15:0] \count$110 ;
+  wire [21:0] \count$115 ;
   output [31:0] cycles_compute;
   wire [31:0] cycles_compute;
   output [31:0] cycles_stall;
@@ -332,24 +332,29 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [31:0] cycles_total;
   output done;
   wire done;
-  wire \done$134 ;
-  wire \done$136 ;
-  wire \done$140 ;
-  wire \done$152 ;
+  wire \done$139 ;
+  wire \done$141 ;
+  wire \done$145 ;
+  wire \done$157 ;
   wire dw;
-  wire \dw$94 ;
+  wire \dw$96 ;
+  wire dwc;
+  wire \dwc$106 ;
+  wire \dwc$109 ;
   wire dwp;
-  wire \dwp$102 ;
   wire \dwp$104 ;
-  wire \dwp$112 ;
-  wire \dwp$96 ;
+  wire \dwp$108 ;
+  wire \dwp$117 ;
+  wire \dwp$98 ;
   wire enable;
   output error;
   wire error;
-  wire \error$153 ;
+  wire \error$158 ;
   wire [15:0] gin_e;
   wire [15:0] \gin_e$83 ;
-  wire [15:0] \gin_e$97 ;
+  wire [15:0] \gin_e$99 ;
+  wire [21:0] gout_o;
+  wire [21:0] \gout_o$85 ;
   wire [63:0] i__payload;
   wire [255:0] \i__payload$29 ;
   wire [127:0] \i__payload$29[0] ;
@@ -468,11 +473,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire inputs__en;
   wire inputs_done;
   wire keep;
-  wire \keep$109 ;
+  wire \keep$114 ;
+  wire [5:0] last_go;
   wire [5:0] last_group;
-  wire [5:0] \last_group$115 ;
   wire loaded;
-  wire \loaded$138 ;
+  wire \loaded$143 ;
   wire mac_valid;
   wire [24:0] n_out;
   wire [26:0] o__payload;
@@ -607,58 +612,58 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \read__en$78 ;
   wire ready;
   wire refused;
-  wire \refused$129 ;
+  wire \refused$134 ;
   wire [14:0] rows_in;
-  wire [14:0] \rows_in$132 ;
+  wire [14:0] \rows_in$137 ;
   input rst;
   wire rst;
   wire run;
-  wire \run$119 ;
-  wire \run$121 ;
-  wire \run$123 ;
-  wire \run$125 ;
+  wire \run$124 ;
+  wire \run$126 ;
+  wire \run$128 ;
   wire \run$130 ;
-  wire \run$147 ;
+  wire \run$135 ;
+  wire \run$152 ;
   wire [187:0] sizes;
-  wire [187:0] \sizes$105 ;
-  wire [8:0] \sizes$105.kk ;
-  wire [14:0] \sizes$105.n_dw ;
-  wire [14:0] \sizes$105.n_in ;
-  wire [24:0] \sizes$105.n_out ;
-  wire [8:0] \sizes$105.n_w ;
-  wire [24:0] \sizes$105.ow ;
-  wire [16:0] \sizes$105.pl_g ;
-  wire [14:0] \sizes$105.plane ;
-  wire [16:0] \sizes$105.pt_wg ;
-  wire [16:0] \sizes$105.pt_ws ;
-  wire [8:0] \sizes$105.red ;
-  wire [14:0] \sizes$105.wg ;
-  wire [187:0] \sizes$89 ;
-  wire [8:0] \sizes$89.kk ;
-  wire [14:0] \sizes$89.n_dw ;
-  wire [14:0] \sizes$89.n_in ;
-  wire [24:0] \sizes$89.n_out ;
-  wire [8:0] \sizes$89.n_w ;
-  wire [24:0] \sizes$89.ow ;
-  wire [16:0] \sizes$89.pl_g ;
-  wire [14:0] \sizes$89.plane ;
-  wire [16:0] \sizes$89.pt_wg ;
-  wire [16:0] \sizes$89.pt_ws ;
-  wire [8:0] \sizes$89.red ;
-  wire [14:0] \sizes$89.wg ;
-  wire [187:0] \sizes$98 ;
-  wire [8:0] \sizes$98.kk ;
-  wire [14:0] \sizes$98.n_dw ;
-  wire [14:0] \sizes$98.n_in ;
-  wire [24:0] \sizes$98.n_out ;
-  wire [8:0] \sizes$98.n_w ;
-  wire [24:0] \sizes$98.ow ;
-  wire [16:0] \sizes$98.pl_g ;
-  wire [14:0] \sizes$98.plane ;
-  wire [16:0] \sizes$98.pt_wg ;
-  wire [16:0] \sizes$98.pt_ws ;
-  wire [8:0] \sizes$98.red ;
-  wire [14:0] \sizes$98.wg ;
+  wire [187:0] \sizes$100 ;
+  wire [8:0] \sizes$100.kk ;
+  wire [14:0] \sizes$100.n_dw ;
+  wire [14:0] \sizes$100.n_in ;
+  wire [24:0] \sizes$100.n_out ;
+  wire [8:0] \sizes$100.n_w ;
+  wire [24:0] \sizes$100.ow ;
+  wire [16:0] \sizes$100.pl_g ;
+  wire [14:0] \sizes$100.plane ;
+  wire [16:0] \sizes$100.pt_wg ;
+  wire [16:0] \sizes$100.pt_ws ;
+  wire [8:0] \sizes$100.red ;
+  wire [14:0] \sizes$100.wg ;
+  wire [187:0] \sizes$110 ;
+  wire [8:0] \sizes$110.kk ;
+  wire [14:0] \sizes$110.n_dw ;
+  wire [14:0] \sizes$110.n_in ;
+  wire [24:0] \sizes$110.n_out ;
+  wire [8:0] \sizes$110.n_w ;
+  wire [24:0] \sizes$110.ow ;
+  wire [16:0] \sizes$110.pl_g ;
+  wire [14:0] \sizes$110.plane ;
+  wire [16:0] \sizes$110.pt_wg ;
+  wire [16:0] \sizes$110.pt_ws ;
+  wire [8:0] \sizes$110.red ;
+  wire [14:0] \sizes$110.wg ;
+  wire [187:0] \sizes$91 ;
+  wire [8:0] \sizes$91.kk ;
+  wire [14:0] \sizes$91.n_dw ;
+  wire [14:0] \sizes$91.n_in ;
+  wire [24:0] \sizes$91.n_out ;
+  wire [8:0] \sizes$91.n_w ;
+  wire [24:0] \sizes$91.ow ;
+  wire [16:0] \sizes$91.pl_g ;
+  wire [14:0] \sizes$91.plane ;
+  wire [16:0] \sizes$91.pt_wg ;
+  wire [16:0] \sizes$91.pt_ws ;
+  wire [8:0] \sizes$91.red ;
+  wire [14:0] \sizes$91.wg ;
   wire [8:0] \sizes.kk ;
   wire [14:0] \sizes.n_dw ;
   wire [14:0] \sizes.n_in ;
@@ -675,12 +680,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire sizing;
   wire [31:0] stall;
   wire start;
-  wire \start$117 ;
-  wire \start$120 ;
   wire \start$122 ;
-  wire \start$124 ;
+  wire \start$125 ;
+  wire \start$127 ;
+  wire \start$129 ;
   wire starting;
-  wire \starting$127 ;
+  wire \starting$132 ;
   wire [67:0] taps__payload;
   wire \taps__payload.first ;
   wire [17:0] \taps__payload.ix ;
@@ -692,7 +697,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire taps__valid;
   wire [31:0] total;
   wire waiting;
-  wire \waiting$151 ;
+  wire \waiting$156 ;
   wire [9:0] weights__addr;
   wire [255:0] weights__data;
   wire [127:0] \weights__data[0] ;
@@ -740,8 +745,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire weights__valid;
   wire weights_done;
   wire [16:0] ws;
-  wire [16:0] \ws$100 ;
-  wire [16:0] \ws$106 ;
+  wire [16:0] \ws$102 ;
+  wire [16:0] \ws$111 ;
   \psc_core.amap  amap (
     .cmd(cmd),
     .i__payload(\i__payload$35 ),
@@ -779,11 +784,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .i__ready(taps__ready),
     .o__payload(\i__payload$47 ),
     .o__ready(\o__ready$49 ),
-    .\port$515$0 (\$1 ),
-    .\port$537$0 (\$2 ),
-    .\port$538$0 (\$3 ),
-    .\port$539$0 (\$4 ),
-    .\port$540$0 (\$5 ),
+    .\port$523$0 (\$1 ),
+    .\port$545$0 (\$2 ),
+    .\port$546$0 (\$3 ),
+    .\port$547$0 (\$4 ),
+    .\port$548$0 (\$5 ),
     .rst(rst),
     .v1(\i__valid$51 ),
     .w_data(\i__payload$41 ),
@@ -796,10 +801,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .done(inputs_done),
     .i__ready(act_in__ready),
     .i__valid(act_in__valid),
-    .\port$537$0 (\$2 ),
-    .\port$538$0 (\$3 ),
-    .\port$539$0 (\$4 ),
-    .\port$540$0 (\$5 ),
+    .\port$545$0 (\$2 ),
+    .\port$546$0 (\$3 ),
+    .\port$547$0 (\$4 ),
+    .\port$548$0 (\$5 ),
     .read__addr(\$1 [13:0]),
     .read__en(read__en),
     .rows_in(rows_in),
@@ -821,8 +826,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .o__valid(act_out__valid),
     .params__addr(\read__addr$74 ),
     .params__data(params__data),
-    .\port$1326$0 (\$6 ),
-    .\port$1396$0 (\$7 ),
+    .\port$1342$0 (\$6 ),
+    .\port$1412$0 (\$7 ),
     .ps_rd__en(\o__ready$55 ),
     .rst(rst),
     .run(run),
@@ -830,7 +835,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   );
   \psc_core.pbuf  pbuf (
     .clk(clk),
-    .count(cmd[95:80]),
+    .count(gout_o),
     .done(params_done),
     .i__ready(params__ready),
     .i__valid(params__valid),
@@ -849,7 +854,6 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .dw(dw),
     .dwp(dwp),
     .gin_e(gin_e),
-    .last_group(last_group),
     .loaded(loaded),
     .params_done(params_done),
     .refused(refused),
@@ -874,10 +878,13 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .cmd(cmd),
     .done(done),
     .dw(dw),
+    .dwc(dwc),
     .dwp(dwp),
     .error(error),
     .gin_e(gin_e),
+    .gout_o(gout_o),
     .inputs_done(inputs_done),
+    .last_go(last_group),
     .loaded(loaded),
     .mac_valid(\i__valid$57 ),
     .outputs_done(outputs_done),
@@ -890,12 +897,13 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .start(start),
     .starting(starting)
   );
-  \psc_core.sizes$158  \sizes$158  (
+  \psc_core.sizes$163  \sizes$163  (
     .clear(clear),
     .clk(clk),
     .cmd(cmd),
     .enable(enable),
     .gin_e(gin_e),
+    .gout_o(gout_o),
     .ready(sizes_ready),
     .rst(rst),
     .sizes(sizes)
@@ -961,57 +969,60 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign params__en = \o__ready$55 ;
   assign \cmd$81  = cmd;
   assign \gin_e$83  = gin_e;
+  assign \gout_o$85  = gout_o;
   assign accept = clear;
   assign sizing = enable;
-  assign \sizes$89  = sizes;
+  assign \sizes$91  = sizes;
   assign ready = sizes_ready;
-  assign \cmd$92  = cmd;
-  assign \dw$94  = dw;
-  assign \dwp$96  = dwp;
-  assign \gin_e$97  = gin_e;
-  assign \sizes$98  = sizes;
+  assign \cmd$94  = cmd;
+  assign \dw$96  = dw;
+  assign \dwp$98  = dwp;
+  assign \gin_e$99  = gin_e;
+  assign \sizes$100  = sizes;
   assign ws = 17'h00000;
-  assign \ws$100  = 17'h00000;
-  assign \cmd$101  = cmd;
-  assign \dwp$102  = dwp;
+  assign \ws$102  = 17'h00000;
   assign \cmd$103  = cmd;
   assign \dwp$104  = dwp;
-  assign \sizes$105  = sizes;
-  assign \ws$106  = 17'h00000;
+  assign \dwc$106  = dwc;
+  assign \cmd$107  = cmd;
+  assign \dwp$108  = dwp;
+  assign \dwc$109  = dwc;
+  assign \sizes$110  = sizes;
+  assign \ws$111  = 17'h00000;
   assign keep = cmd[111];
   assign count = sizes[106:98];
-  assign \keep$109  = cmd[111];
-  assign \count$110  = cmd[95:80];
-  assign \cmd$111  = cmd;
-  assign \dwp$112  = dwp;
+  assign \keep$114  = cmd[111];
+  assign \count$115  = gout_o;
+  assign \cmd$116  = cmd;
+  assign \dwp$117  = dwp;
   assign n_out = sizes[79:55];
-  assign \last_group$115  = last_group;
-  assign \start$117  = start;
-  assign \run$119  = run;
-  assign \start$120  = start;
-  assign \run$121  = run;
+  assign last_go = last_group;
   assign \start$122  = start;
-  assign \run$123  = run;
-  assign \start$124  = start;
-  assign \run$125  = run;
-  assign \starting$127  = starting;
-  assign \refused$129  = refused;
+  assign \run$124  = run;
+  assign \start$125  = start;
+  assign \run$126  = run;
+  assign \start$127  = start;
+  assign \run$128  = run;
+  assign \start$129  = start;
   assign \run$130  = run;
-  assign \rows_in$132  = rows_in;
-  assign \done$134  = weights_done;
-  assign \done$136  = params_done;
-  assign \loaded$138  = loaded;
-  assign \done$140  = inputs_done;
+  assign \starting$132  = starting;
+  assign \refused$134  = refused;
+  assign \run$135  = run;
+  assign \rows_in$137  = rows_in;
+  assign \done$139  = weights_done;
+  assign \done$141  = params_done;
+  assign \loaded$143  = loaded;
+  assign \done$145  = inputs_done;
   assign all_sent = outputs_done;
   assign mac_valid = \i__valid$57 ;
-  assign \clear$144  = clear;
-  assign \busy$145  = busy;
-  assign \busy$146  = busy;
-  assign \run$147  = run;
-  assign \beat$149  = beat;
-  assign \waiting$151  = waiting;
-  assign \done$152  = done;
-  assign \error$153  = error;
+  assign \clear$149  = clear;
+  assign \busy$150  = busy;
+  assign \busy$151  = busy;
+  assign \run$152  = run;
+  assign \beat$154  = beat;
+  assign \waiting$156  = waiting;
+  assign \done$157  = done;
+  assign \error$158  = error;
   assign total = cycles_total;
   assign compute = cycles_compute;
   assign stall = cycles_stall;
@@ -1325,58 +1336,44 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \sizes.plane  = sizes[155:141];
   assign \sizes.n_dw  = sizes[170:156];
   assign \sizes.pt_ws  = sizes[187:171];
-  assign \sizes$89.wg  = sizes[14:0];
-  assign \sizes$89.n_in  = sizes[29:15];
-  assign \sizes$89.ow  = sizes[54:30];
-  assign \sizes$89.n_out  = sizes[79:55];
-  assign \sizes$89.kk  = sizes[88:80];
-  assign \sizes$89.red  = sizes[97:89];
-  assign \sizes$89.n_w  = sizes[106:98];
-  assign \sizes$89.pt_wg  = sizes[123:107];
-  assign \sizes$89.pl_g  = sizes[140:124];
-  assign \sizes$89.plane  = sizes[155:141];
-  assign \sizes$89.n_dw  = sizes[170:156];
-  assign \sizes$89.pt_ws  = sizes[187:171];
-  assign \cmd$92.in_h  = cmd[15:0];
-  assign \cmd$92.in_w  = cmd[31:16];
-  assign \cmd$92.out_h  = cmd[47:32];
-  assign \cmd$92.out_w  = cmd[63:48];
-  assign \cmd$92.gin  = cmd[79:64];
-  assign \cmd$92.gout  = cmd[95:80];
-  assign \cmd$92.k  = cmd[99:96];
-  assign \cmd$92.stride  = cmd[101:100];
-  assign \cmd$92.pad_top  = cmd[104:102];
-  assign \cmd$92.pad_left  = cmd[107:105];
-  assign \cmd$92.kind  = cmd[109:108];
-  assign \cmd$92.relu  = cmd[110];
-  assign \cmd$92.keep  = cmd[111];
-  assign \cmd$92.part  = cmd[113:112];
-  assign \sizes$98.wg  = sizes[14:0];
-  assign \sizes$98.n_in  = sizes[29:15];
-  assign \sizes$98.ow  = sizes[54:30];
-  assign \sizes$98.n_out  = sizes[79:55];
-  assign \sizes$98.kk  = sizes[88:80];
-  assign \sizes$98.red  = sizes[97:89];
-  assign \sizes$98.n_w  = sizes[106:98];
-  assign \sizes$98.pt_wg  = sizes[123:107];
-  assign \sizes$98.pl_g  = sizes[140:124];
-  assign \sizes$98.plane  = sizes[155:141];
-  assign \sizes$98.n_dw  = sizes[170:156];
-  assign \sizes$98.pt_ws  = sizes[187:171];
-  assign \cmd$101.in_h  = cmd[15:0];
-  assign \cmd$101.in_w  = cmd[31:16];
-  assign \cmd$101.out_h  = cmd[47:32];
-  assign \cmd$101.out_w  = cmd[63:48];
-  assign \cmd$101.gin  = cmd[79:64];
-  assign \cmd$101.gout  = cmd[95:80];
-  assign \cmd$101.k  = cmd[99:96];
-  assign \cmd$101.stride  = cmd[101:100];
-  assign \cmd$101.pad_top  = cmd[104:102];
-  assign \cmd$101.pad_left  = cmd[107:105];
-  assign \cmd$101.kind  = cmd[109:108];
-  assign \cmd$101.relu  = cmd[110];
-  assign \cmd$101.keep  = cmd[111];
-  assign \cmd$101.part  = cmd[113:112];
+  assign \sizes$91.wg  = sizes[14:0];
+  assign \sizes$91.n_in  = sizes[29:15];
+  assign \sizes$91.ow  = sizes[54:30];
+  assign \sizes$91.n_out  = sizes[79:55];
+  assign \sizes$91.kk  = sizes[88:80];
+  assign \sizes$91.red  = sizes[97:89];
+  assign \sizes$91.n_w  = sizes[106:98];
+  assign \sizes$91.pt_wg  = sizes[123:107];
+  assign \sizes$91.pl_g  = sizes[140:124];
+  assign \sizes$91.plane  = sizes[155:141];
+  assign \sizes$91.n_dw  = sizes[170:156];
+  assign \sizes$91.pt_ws  = sizes[187:171];
+  assign \cmd$94.in_h  = cmd[15:0];
+  assign \cmd$94.in_w  = cmd[31:16];
+  assign \cmd$94.out_h  = cmd[47:32];
+  assign \cmd$94.out_w  = cmd[63:48];
+  assign \cmd$94.gin  = cmd[79:64];
+  assign \cmd$94.gout  = cmd[95:80];
+  assign \cmd$94.k  = cmd[99:96];
+  assign \cmd$94.stride  = cmd[101:100];
+  assign \cmd$94.pad_top  = cmd[104:102];
+  assign \cmd$94.pad_left  = cmd[107:105];
+  assign \cmd$94.kind  = cmd[109:108];
+  assign \cmd$94.relu  = cmd[110];
+  assign \cmd$94.keep  = cmd[111];
+  assign \cmd$94.part  = cmd[113:112];
+  assign \sizes$100.wg  = sizes[14:0];
+  assign \sizes$100.n_in  = sizes[29:15];
+  assign \sizes$100.ow  = sizes[54:30];
+  assign \sizes$100.n_out  = sizes[79:55];
+  assign \sizes$100.kk  = sizes[88:80];
+  assign \sizes$100.red  = sizes[97:89];
+  assign \sizes$100.n_w  = sizes[106:98];
+  assign \sizes$100.pt_wg  = sizes[123:107];
+  assign \sizes$100.pl_g  = sizes[140:124];
+  assign \sizes$100.plane  = sizes[155:141];
+  assign \sizes$100.n_dw  = sizes[170:156];
+  assign \sizes$100.pt_ws  = sizes[187:171];
   assign \cmd$103.in_h  = cmd[15:0];
   assign \cmd$103.in_w  = cmd[31:16];
   assign \cmd$103.out_h  = cmd[47:32];
@@ -1391,32 +1388,46 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd$103.relu  = cmd[110];
   assign \cmd$103.keep  = cmd[111];
   assign \cmd$103.part  = cmd[113:112];
-  assign \sizes$105.wg  = sizes[14:0];
-  assign \sizes$105.n_in  = sizes[29:15];
-  assign \sizes$105.ow  = sizes[54:30];
-  assign \sizes$105.n_out  = sizes[79:55];
-  assign \sizes$105.kk  = sizes[88:80];
-  assign \sizes$105.red  = sizes[97:89];
-  assign \sizes$105.n_w  = sizes[106:98];
-  assign \sizes$105.pt_wg  = sizes[123:107];
-  assign \sizes$105.pl_g  = sizes[140:124];
-  assign \sizes$105.plane  = sizes[155:141];
-  assign \sizes$105.n_dw  = sizes[170:156];
-  assign \sizes$105.pt_ws  = sizes[187:171];
-  assign \cmd$111.in_h  = cmd[15:0];
-  assign \cmd$111.in_w  = cmd[31:16];
-  assign \cmd$111.out_h  = cmd[47:32];
-  assign \cmd$111.out_w  = cmd[63:48];
-  assign \cmd$111.gin  = cmd[79:64];
-  assign \cmd$111.gout  = cmd[95:80];
-  assign \cmd$111.k  = cmd[99:96];
-  assign \cmd$111.stride  = cmd[101:100];
-  assign \cmd$111.pad_top  = cmd[104:102];
-  assign \cmd$111.pad_left  = cmd[107:105];
-  assign \cmd$111.kind  = cmd[109:108];
-  assign \cmd$111.relu  = cmd[110];
-  assign \cmd$111.keep  = cmd[111];
-  assign \cmd$111.part  = cmd[113:112];
+  assign \cmd$107.in_h  = cmd[15:0];
+  assign \cmd$107.in_w  = cmd[31:16];
+  assign \cmd$107.out_h  = cmd[47:32];
+  assign \cmd$107.out_w  = cmd[63:48];
+  assign \cmd$107.gin  = cmd[79:64];
+  assign \cmd$107.gout  = cmd[95:80];
+  assign \cmd$107.k  = cmd[99:96];
+  assign \cmd$107.stride  = cmd[101:100];
+  assign \cmd$107.pad_top  = cmd[104:102];
+  assign \cmd$107.pad_left  = cmd[107:105];
+  assign \cmd$107.kind  = cmd[109:108];
+  assign \cmd$107.relu  = cmd[110];
+  assign \cmd$107.keep  = cmd[111];
+  assign \cmd$107.part  = cmd[113:112];
+  assign \sizes$110.wg  = sizes[14:0];
+  assign \sizes$110.n_in  = sizes[29:15];
+  assign \sizes$110.ow  = sizes[54:30];
+  assign \sizes$110.n_out  = sizes[79:55];
+  assign \sizes$110.kk  = sizes[88:80];
+  assign \sizes$110.red  = sizes[97:89];
+  assign \sizes$110.n_w  = sizes[106:98];
+  assign \sizes$110.pt_wg  = sizes[123:107];
+  assign \sizes$110.pl_g  = sizes[140:124];
+  assign \sizes$110.plane  = sizes[155:141];
+  assign \sizes$110.n_dw  = sizes[170:156];
+  assign \sizes$110.pt_ws  = sizes[187:171];
+  assign \cmd$116.in_h  = cmd[15:0];
+  assign \cmd$116.in_w  = cmd[31:16];
+  assign \cmd$116.out_h  = cmd[47:32];
+  assign \cmd$116.out_w  = cmd[63:48];
+  assign \cmd$116.gin  = cmd[79:64];
+  assign \cmd$116.gout  = cmd[95:80];
+  assign \cmd$116.k  = cmd[99:96];
+  assign \cmd$116.stride  = cmd[101:100];
+  assign \cmd$116.pad_top  = cmd[104:102];
+  assign \cmd$116.pad_left  = cmd[107:105];
+  assign \cmd$116.kind  = cmd[109:108];
+  assign \cmd$116.relu  = cmd[110];
+  assign \cmd$116.keep  = cmd[111];
+  assign \cmd$116.part  = cmd[113:112];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -1727,8 +1738,8 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1206$0 (i__payload[191:0]),
-    .\port$1206$374 (i__payload[375:374]),
+    .\port$1220$0 (i__payload[191:0]),
+    .\port$1220$374 (i__payload[375:374]),
     .rst(rst),
     .valid(valid)
   );
@@ -1737,7 +1748,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1206$347 (i__payload[375:347]),
+    .\port$1220$347 (i__payload[375:347]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[319:192]),
@@ -1845,7 +1856,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, en, \port$1206$0 , bias, \port$1206$374 , valid, mask, acc_valid, acc, clk);
+module \psc_core.dp.pe_0 (rst, en, \port$1220$0 , bias, \port$1220$374 , valid, mask, acc_valid, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
@@ -1961,10 +1972,10 @@ module \psc_core.dp.pe_0 (rst, en, \port$1206$0 , bias, \port$1206$374 , valid, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [191:0] \port$1206$0 ;
-  wire [191:0] \port$1206$0 ;
-  input [1:0] \port$1206$374 ;
-  wire [1:0] \port$1206$374 ;
+  input [191:0] \port$1220$0 ;
+  wire [191:0] \port$1220$0 ;
+  input [1:0] \port$1220$374 ;
+  wire [1:0] \port$1220$374 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -2049,7 +2060,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1206$0 , bias, \port$1206$374 , valid, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1206$374 [0];
+  assign \$1  = valid & \port$1220$374 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -2127,7 +2138,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1206$0 , bias, \port$1206$374 , valid, 
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
     .w(w),
-    .words(\port$1206$0 [191:64])
+    .words(\port$1220$0 [191:64])
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
@@ -2234,7 +2245,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1206$0 , bias, \port$1206$374 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1206$374 [0];
+      \$17  = \port$1220$374 [0];
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -2244,7 +2255,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1206$0 , bias, \port$1206$374 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1206$374 [1];
+      \$18  = \port$1220$374 [1];
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -2376,44 +2387,44 @@ module \psc_core.dp.pe_0 (rst, en, \port$1206$0 , bias, \port$1206$374 , valid, 
       end
     end
   end
-  assign words = \port$1206$0 [191:64];
-  assign \words$1  = \port$1206$0 [191:64];
+  assign words = \port$1220$0 [191:64];
+  assign \words$1  = \port$1220$0 [191:64];
   assign \mask$3  = mask;
   assign \en$5  = en;
-  assign x = \port$1206$0 [63:0];
+  assign x = \port$1220$0 [63:0];
   assign \en$12  = en;
   assign \en$16  = en;
   assign \en$20  = en;
   assign \acc$25  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1206$374 [0];
-  assign last = \port$1206$374 [1];
-  assign \words[0]  = \port$1206$0 [79:64];
-  assign \words[1]  = \port$1206$0 [95:80];
-  assign \words[2]  = \port$1206$0 [111:96];
-  assign \words[3]  = \port$1206$0 [127:112];
-  assign \words[4]  = \port$1206$0 [143:128];
-  assign \words[5]  = \port$1206$0 [159:144];
-  assign \words[6]  = \port$1206$0 [175:160];
-  assign \words[7]  = \port$1206$0 [191:176];
-  assign \words$1[0]  = \port$1206$0 [79:64];
-  assign \words$1[1]  = \port$1206$0 [95:80];
-  assign \words$1[2]  = \port$1206$0 [111:96];
-  assign \words$1[3]  = \port$1206$0 [127:112];
-  assign \words$1[4]  = \port$1206$0 [143:128];
-  assign \words$1[5]  = \port$1206$0 [159:144];
-  assign \words$1[6]  = \port$1206$0 [175:160];
-  assign \words$1[7]  = \port$1206$0 [191:176];
+  assign first = \port$1220$374 [0];
+  assign last = \port$1220$374 [1];
+  assign \words[0]  = \port$1220$0 [79:64];
+  assign \words[1]  = \port$1220$0 [95:80];
+  assign \words[2]  = \port$1220$0 [111:96];
+  assign \words[3]  = \port$1220$0 [127:112];
+  assign \words[4]  = \port$1220$0 [143:128];
+  assign \words[5]  = \port$1220$0 [159:144];
+  assign \words[6]  = \port$1220$0 [175:160];
+  assign \words[7]  = \port$1220$0 [191:176];
+  assign \words$1[0]  = \port$1220$0 [79:64];
+  assign \words$1[1]  = \port$1220$0 [95:80];
+  assign \words$1[2]  = \port$1220$0 [111:96];
+  assign \words$1[3]  = \port$1220$0 [127:112];
+  assign \words$1[4]  = \port$1220$0 [143:128];
+  assign \words$1[5]  = \port$1220$0 [159:144];
+  assign \words$1[6]  = \port$1220$0 [175:160];
+  assign \words$1[7]  = \port$1220$0 [191:176];
   assign \a[0]  = a[7:0];
   assign \a[1]  = a[15:8];
-  assign \x[0]  = \port$1206$0 [7:0];
-  assign \x[1]  = \port$1206$0 [15:8];
-  assign \x[2]  = \port$1206$0 [23:16];
-  assign \x[3]  = \port$1206$0 [31:24];
-  assign \x[4]  = \port$1206$0 [39:32];
-  assign \x[5]  = \port$1206$0 [47:40];
-  assign \x[6]  = \port$1206$0 [55:48];
-  assign \x[7]  = \port$1206$0 [63:56];
+  assign \x[0]  = \port$1220$0 [7:0];
+  assign \x[1]  = \port$1220$0 [15:8];
+  assign \x[2]  = \port$1220$0 [23:16];
+  assign \x[3]  = \port$1220$0 [31:24];
+  assign \x[4]  = \port$1220$0 [39:32];
+  assign \x[5]  = \port$1220$0 [47:40];
+  assign \x[6]  = \port$1220$0 [55:48];
+  assign \x[7]  = \port$1220$0 [63:56];
   assign \b[0]  = b[7:0];
   assign \b[1]  = b[15:8];
   assign \w[0]  = w[7:0];
@@ -2454,16 +2465,16 @@ module \psc_core.dp.pe_0 (rst, en, \port$1206$0 , bias, \port$1206$374 , valid, 
   assign \p$23[1]  = \p$23 [31:16];
   assign \b$22 [15:8] = w[63:56];
   assign \b$22 [7:0] = w[55:48];
-  assign \a$21 [15:8] = \port$1206$0 [63:56];
-  assign \a$21 [7:0] = \port$1206$0 [55:48];
+  assign \a$21 [15:8] = \port$1220$0 [63:56];
+  assign \a$21 [7:0] = \port$1220$0 [55:48];
   assign \b$18 [15:8] = w[47:40];
   assign \b$18 [7:0] = w[39:32];
-  assign \a$17 [15:8] = \port$1206$0 [47:40];
-  assign \a$17 [7:0] = \port$1206$0 [39:32];
+  assign \a$17 [15:8] = \port$1220$0 [47:40];
+  assign \a$17 [7:0] = \port$1220$0 [39:32];
   assign \b$14 [15:8] = w[31:24];
   assign \b$14 [7:0] = w[23:16];
-  assign \a$13 [15:8] = \port$1206$0 [31:24];
-  assign \a$13 [7:0] = \port$1206$0 [23:16];
+  assign \a$13 [15:8] = \port$1220$0 [31:24];
+  assign \a$13 [7:0] = \port$1220$0 [23:16];
   assign products[127:112] = \p$23 [31:16];
   assign products[111:96] = \p$23 [15:0];
   assign products[95:80] = \p$19 [31:16];
@@ -2474,8 +2485,8 @@ module \psc_core.dp.pe_0 (rst, en, \port$1206$0 , bias, \port$1206$374 , valid, 
   assign products[15:0] = p[15:0];
   assign b[15:8] = w[15:8];
   assign b[7:0] = w[7:0];
-  assign a[15:8] = \port$1206$0 [15:8];
-  assign a[7:0] = \port$1206$0 [7:0];
+  assign a[15:8] = \port$1220$0 [15:8];
+  assign a[7:0] = \port$1220$0 [7:0];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2921,7 +2932,7 @@ module \psc_core.dp.pe_0.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, en, x, words, \port$1206$347 , valid, mask, acc, clk);
+module \psc_core.dp.pe_1 (rst, en, x, words, \port$1220$347 , valid, mask, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
@@ -3035,8 +3046,8 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1206$347 , valid, mask, acc, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [28:0] \port$1206$347 ;
-  wire [28:0] \port$1206$347 ;
+  input [28:0] \port$1220$347 ;
+  wire [28:0] \port$1220$347 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3123,7 +3134,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1206$347 , valid, mask, acc, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1206$347 [27];
+  assign \$1  = valid & \port$1220$347 [27];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -3308,7 +3319,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1206$347 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1206$347 [27];
+      \$17  = \port$1220$347 [27];
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -3318,7 +3329,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1206$347 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1206$347 [28];
+      \$18  = \port$1220$347 [28];
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -3329,7 +3340,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1206$347 , valid, mask, acc, 
     \$19  = b1;
     if (en) begin
       if (\$1 ) begin
-        \$19  = \port$1206$347 [26:0];
+        \$19  = \port$1220$347 [26:0];
       end
     end
   end
@@ -3458,9 +3469,9 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1206$347 , valid, mask, acc, 
   assign \en$20  = en;
   assign \acc$25  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1206$347 [27];
-  assign last = \port$1206$347 [28];
-  assign bias = \port$1206$347 [26:0];
+  assign first = \port$1220$347 [27];
+  assign last = \port$1220$347 [28];
+  assign bias = \port$1220$347 [26:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -4026,7 +4037,7 @@ module \psc_core.dp.sign_mask (mask, x);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$515$0 , \port$537$0 , \port$538$0 , \port$539$0 , \port$540$0 , weights__data, o__ready, w_data, o__payload, v1, clk);
+module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$523$0 , \port$545$0 , \port$546$0 , \port$547$0 , \port$548$0 , weights__data, o__ready, w_data, o__payload, v1, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire \$1 ;
   wire [63:0] \$2 ;
@@ -4140,16 +4151,16 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$515$0 , \port$537
   (* init = 1'h0 *)
   wire o__valid;
   reg padr1 = 1'h0;
-  output [23:0] \port$515$0 ;
-  wire [23:0] \port$515$0 ;
-  input [15:0] \port$537$0 ;
-  wire [15:0] \port$537$0 ;
-  input [15:0] \port$538$0 ;
-  wire [15:0] \port$538$0 ;
-  input [15:0] \port$539$0 ;
-  wire [15:0] \port$539$0 ;
-  input [15:0] \port$540$0 ;
-  wire [15:0] \port$540$0 ;
+  output [23:0] \port$523$0 ;
+  wire [23:0] \port$523$0 ;
+  input [15:0] \port$545$0 ;
+  wire [15:0] \port$545$0 ;
+  input [15:0] \port$546$0 ;
+  wire [15:0] \port$546$0 ;
+  input [15:0] \port$547$0 ;
+  wire [15:0] \port$547$0 ;
+  input [15:0] \port$548$0 ;
+  wire [15:0] \port$548$0 ;
   wire [26:0] r_data;
   wire r_en;
   wire r_rdy;
@@ -4256,8 +4267,8 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$515$0 , \port$537
   assign inputs__en = adv1;
   assign weights__addr = r_data[23:14];
   assign weights__en = adv1;
-  assign inputs__data = { \port$540$0 , \port$539$0 , \port$538$0 , \port$537$0  };
-  assign \port$515$0  = r_data[23:0];
+  assign inputs__data = { \port$548$0 , \port$547$0 , \port$546$0 , \port$545$0  };
+  assign \port$523$0  = r_data[23:0];
   assign \i__payload.addr  = w_data[13:0];
   assign \i__payload.addr[0]  = w_data[13:0];
   assign \i__payload.waddr  = w_data[23:14];
@@ -4332,14 +4343,14 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$515$0 , \port$537
   assign \beat$18.bias[1]  = \beat$18 [373:347];
   assign \beat$18.first  = \beat$18 [374];
   assign \beat$18.last  = \beat$18 [375];
-  assign \inputs__data[0]  = \port$537$0 [7:0];
-  assign \inputs__data[1]  = \port$537$0 [15:8];
-  assign \inputs__data[2]  = \port$538$0 [7:0];
-  assign \inputs__data[3]  = \port$538$0 [15:8];
-  assign \inputs__data[4]  = \port$539$0 [7:0];
-  assign \inputs__data[5]  = \port$539$0 [15:8];
-  assign \inputs__data[6]  = \port$540$0 [7:0];
-  assign \inputs__data[7]  = \port$540$0 [15:8];
+  assign \inputs__data[0]  = \port$545$0 [7:0];
+  assign \inputs__data[1]  = \port$545$0 [15:8];
+  assign \inputs__data[2]  = \port$546$0 [7:0];
+  assign \inputs__data[3]  = \port$546$0 [15:8];
+  assign \inputs__data[4]  = \port$547$0 [7:0];
+  assign \inputs__data[5]  = \port$547$0 [15:8];
+  assign \inputs__data[6]  = \port$548$0 [7:0];
+  assign \inputs__data[7]  = \port$548$0 [15:8];
   assign \weights__data[0]  = weights__data[127:0];
   assign \weights__data[0][0]  = weights__data[15:0];
   assign \weights__data[0][1]  = weights__data[31:16];
@@ -4362,7 +4373,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$515$0 , \port$537
   assign \beat$18 [374] = first1;
   assign \beat$18 [373:320] = 54'h00000000000000;
   assign \beat$18 [319:64] = weights__data;
-  assign \beat$18 [63:0] = { \port$540$0 , \port$539$0 , \port$538$0 , \port$537$0  };
+  assign \beat$18 [63:0] = { \port$548$0 , \port$547$0 , \port$546$0 , \port$545$0  };
   assign o__payload[375] = \beat$18 [375];
   assign o__payload[374] = \beat$18 [374];
   assign o__payload[373:320] = \beat$18 [373:320];
@@ -4495,7 +4506,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$537$0 , \port$538$0 , \port$539$0 , \port$540$0 , start, run, sizes, i__ready, done, data);
+module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$545$0 , \port$546$0 , \port$547$0 , \port$548$0 , start, run, sizes, i__ready, done, data);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire \$1 ;
   reg [14:0] \$10 ;
@@ -4506,11 +4517,12 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   reg [15:0] \$15 ;
   reg [14:0] \$16 ;
   reg [14:0] \$17 ;
-  wire [15:0] \$18 ;
+  reg \$18 ;
   wire [15:0] \$19 ;
   wire \$2 ;
   wire [15:0] \$20 ;
   wire [15:0] \$21 ;
+  wire [15:0] \$22 ;
   wire [15:0] \$3 ;
   wire [15:0] \$4 ;
   wire \$5 ;
@@ -4519,16 +4531,17 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   wire [15:0] \$8 ;
   wire [14:0] \$9 ;
   wire [13:0] addr;
-  wire [13:0] \addr$12 ;
+  wire [13:0] \addr$13 ;
   input clk;
   wire clk;
   reg [13:0] col_cnt = 14'h0000;
+  wire count;
   input [63:0] data;
   wire [63:0] data;
   output done;
   reg done = 1'h0;
   wire en;
-  wire \en$16 ;
+  wire \en$17 ;
   wire fire;
   wire [63:0] i__payload;
   wire [7:0] \i__payload[0] ;
@@ -4544,18 +4557,19 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   input i__valid;
   wire i__valid;
   reg [14:0] in_cnt = 15'h0000;
+  reg lb = 1'h0;
   reg [15:0] lgi = 16'h0000;
   reg [14:0] lgoff = 15'h0000;
   reg [14:0] lrow = 15'h0000;
   reg [15:0] lx = 16'h0000;
-  output [15:0] \port$537$0 ;
-  wire [15:0] \port$537$0 ;
-  output [15:0] \port$538$0 ;
-  wire [15:0] \port$538$0 ;
-  output [15:0] \port$539$0 ;
-  wire [15:0] \port$539$0 ;
-  output [15:0] \port$540$0 ;
-  wire [15:0] \port$540$0 ;
+  output [15:0] \port$545$0 ;
+  wire [15:0] \port$545$0 ;
+  output [15:0] \port$546$0 ;
+  wire [15:0] \port$546$0 ;
+  output [15:0] \port$547$0 ;
+  wire [15:0] \port$547$0 ;
+  output [15:0] \port$548$0 ;
+  wire [15:0] \port$548$0 ;
   wire [63:0] rdata;
   input [13:0] read__addr;
   wire [13:0] read__addr;
@@ -4600,9 +4614,9 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   assign fire = i__valid & i__ready;
   assign \$1  = ~ done;
   assign rows_in = done ? rows : 15'h0000;
-  assign \addr$12  = done ? read__addr : in_cnt[13:0];
+  assign \addr$13  = done ? read__addr : in_cnt[13:0];
   assign \$2  = done & read__en;
-  assign \en$16  = fire | \$2 ;
+  assign \en$17  = fire | \$2 ;
   assign \$3  = in_cnt + 1'h1;
   assign \$4  = in_cnt + 1'h1;
   assign \$5  = \$4  == sizes[29:15];
@@ -4626,15 +4640,17 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     lrow <= \$16 ;
   always @(posedge clk)
     lgoff <= \$17 ;
+  always @(posedge clk)
+    lb <= \$18 ;
   \psc_core.ibuf.inbuf  inbuf (
-    .address(\addr$12 ),
+    .address(\addr$13 ),
     .clk(clk),
     .datain(data),
-    .dataout_0_0(\$18 ),
-    .dataout_0_1(\$19 ),
-    .dataout_0_2(\$20 ),
-    .dataout_0_3(\$21 ),
-    .select_0(\en$16 ),
+    .dataout_0_0(\$19 ),
+    .dataout_0_1(\$20 ),
+    .dataout_0_2(\$21 ),
+    .dataout_0_3(\$22 ),
+    .select_0(\en$17 ),
     .we(fire)
   );
   always @* begin
@@ -4751,17 +4767,28 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
       \$17  = 15'h0000;
     end
   end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$18  = lb;
+    if (start) begin
+      \$18  = 1'h0;
+    end
+    if (rst) begin
+      \$18  = 1'h0;
+    end
+  end
+  assign count = fire;
   assign i__payload = data;
   assign addr = in_cnt[13:0];
   assign en = fire;
   assign wdata = data;
   assign we = fire;
-  assign read__data = { \$21 , \$20 , \$19 , \$18  };
-  assign rdata = { \$21 , \$20 , \$19 , \$18  };
-  assign \port$537$0  = \$18 ;
-  assign \port$538$0  = \$19 ;
-  assign \port$539$0  = \$20 ;
-  assign \port$540$0  = \$21 ;
+  assign read__data = { \$22 , \$21 , \$20 , \$19  };
+  assign rdata = { \$22 , \$21 , \$20 , \$19  };
+  assign \port$545$0  = \$19 ;
+  assign \port$546$0  = \$20 ;
+  assign \port$547$0  = \$21 ;
+  assign \port$548$0  = \$22 ;
   assign \i__payload[0]  = data[7:0];
   assign \i__payload[1]  = data[15:8];
   assign \i__payload[2]  = data[23:16];
@@ -4772,14 +4799,14 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   assign \i__payload[7]  = data[63:56];
   assign \read__addr.addr  = read__addr;
   assign \read__addr.addr[0]  = read__addr;
-  assign \read__data[0]  = \$18 [7:0];
-  assign \read__data[1]  = \$18 [15:8];
-  assign \read__data[2]  = \$19 [7:0];
-  assign \read__data[3]  = \$19 [15:8];
-  assign \read__data[4]  = \$20 [7:0];
-  assign \read__data[5]  = \$20 [15:8];
-  assign \read__data[6]  = \$21 [7:0];
-  assign \read__data[7]  = \$21 [15:8];
+  assign \read__data[0]  = \$19 [7:0];
+  assign \read__data[1]  = \$19 [15:8];
+  assign \read__data[2]  = \$20 [7:0];
+  assign \read__data[3]  = \$20 [15:8];
+  assign \read__data[4]  = \$21 [7:0];
+  assign \read__data[5]  = \$21 [15:8];
+  assign \read__data[6]  = \$22 [7:0];
+  assign \read__data[7]  = \$22 [15:8];
   assign \sizes.wg  = sizes[14:0];
   assign \sizes.n_in  = sizes[29:15];
   assign \sizes.ow  = sizes[54:30];
@@ -4873,7 +4900,7 @@ module \psc_core.ibuf.inbuf (clk, we, address, select_0, dataout_0_0, dataout_0_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, start, run, n_out, last_group, \i__valid$35 , \port$1326$0 , \port$1396$0 , params__addr, o__valid, o__payload, o__ready);
+module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, last_group, start, run, n_out, \i__valid$35 , \port$1342$0 , \port$1412$0 , params__addr, o__valid, o__payload, o__ready);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire \$1 ;
   wire [32:0] \$10 ;
@@ -5010,10 +5037,10 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, sta
   wire [5:0] \params__data.shift[0] ;
   wire [5:0] \params__data.shift[1] ;
   wire params__en;
-  input [26:0] \port$1326$0 ;
-  wire [26:0] \port$1326$0 ;
-  input [26:0] \port$1396$0 ;
-  wire [26:0] \port$1396$0 ;
+  input [26:0] \port$1342$0 ;
+  wire [26:0] \port$1342$0 ;
+  input [26:0] \port$1412$0 ;
+  wire [26:0] \port$1412$0 ;
   reg [7:0] ps_rd__addr = 8'h00;
   wire [63:0] ps_rd__data;
   wire [31:0] \ps_rd__data[0] ;
@@ -5466,7 +5493,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, sta
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$41  = accj;
     if (ps_rd__en) begin
-      \$41  = { \port$1396$0 , \port$1326$0  };
+      \$41  = { \port$1412$0 , \port$1342$0  };
     end
     if (rst) begin
       \$41  = 54'h00000000000000;
@@ -5485,7 +5512,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, sta
   assign \o__valid$25  = o__valid;
   assign \o__payload$27  = o__payload;
   assign \o__ready$29  = o__ready;
-  assign \i__payload$36  = { \port$1396$0 , \port$1326$0  };
+  assign \i__payload$36  = { \port$1412$0 , \port$1342$0  };
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -5530,8 +5557,8 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, sta
   assign \o__payload[1]  = o__payload[15:8];
   assign \o__payload$27[0]  = o__payload[7:0];
   assign \o__payload$27[1]  = o__payload[15:8];
-  assign \i__payload$36[0]  = \port$1326$0 ;
-  assign \i__payload$36[1]  = \port$1396$0 ;
+  assign \i__payload$36[0]  = \port$1342$0 ;
+  assign \i__payload$36[1]  = \port$1412$0 ;
   assign i__payload[107:96] = params__data[97:86];
   assign i__payload[95:64] = params__data[85:54];
   assign i__payload[63:0] = total;
@@ -6748,7 +6775,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, count, keep, start, run, i__ready, done, rp__addr, wp__data);
+module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, keep, count, start, run, i__ready, done, rp__addr, wp__data);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -6765,8 +6792,8 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, count, keep, star
   input clk;
   wire clk;
   reg [6:0] cnt = 7'h00;
-  input [15:0] count;
-  wire [15:0] count;
+  input [21:0] count;
+  wire [21:0] count;
   output done;
   reg done = 1'h0;
   wire [97:0] i__payload;
@@ -7011,7 +7038,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, count, keep, star
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, dwp, gin_e, refused, starting, run, sizes, loaded, last_group, taps__payload, weights_done, params_done, clk);
+module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, dwp, gin_e, refused, starting, run, sizes, loaded, taps__payload, weights_done, params_done, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$11  = 0;
   wire [17:0] \$1 ;
   wire [4:0] \$10 ;
@@ -7348,7 +7375,6 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
   reg [3:0] kx = 4'h0;
   reg [3:0] ky = 4'h0;
   reg last_gi = 1'h0;
-  output [5:0] last_group;
   reg [5:0] last_group = 6'h00;
   reg last_j = 1'h0;
   reg last_kx = 1'h0;
@@ -8275,13 +8301,24 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw, dwp, gin_e, refused, cfg__ready, accept, busy, sizing, starting, start, run, sizes_ready, sizes, loaded
-, inputs_done, mac_valid, cfg__payload);
+module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, refused, last_go, cfg__ready, accept, busy, sizing, starting, start, run
+, sizes_ready, sizes, loaded, inputs_done, mac_valid, cfg__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
   wire \$1 ;
   wire \$10 ;
   reg \$100 ;
+  reg [113:0] \$101 ;
+  reg \$102 ;
+  reg \$103 ;
+  reg \$104 ;
+  reg \$105 ;
+  reg [15:0] \$106 ;
+  reg [21:0] \$107 ;
+  reg [2:0] \$108 ;
+  reg \$109 ;
   wire \$11 ;
+  reg [5:0] \$110 ;
+  reg \$111 ;
   wire \$12 ;
   wire \$13 ;
   wire \$14 ;
@@ -8332,7 +8369,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire \$55 ;
   wire \$56 ;
   wire \$57 ;
-  wire \$58 ;
+  wire [14:0] \$58 ;
   wire \$59 ;
   wire \$6 ;
   wire \$60 ;
@@ -8354,29 +8391,29 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire \$75 ;
   wire \$76 ;
   wire \$77 ;
-  wire [15:0] \$78 ;
+  wire \$78 ;
   wire \$79 ;
   wire \$8 ;
   wire \$80 ;
-  wire \$81 ;
+  wire [15:0] \$81 ;
   wire \$82 ;
   wire \$83 ;
-  wire \$84 ;
-  wire \$85 ;
+  wire [19:0] \$84 ;
+  wire [19:0] \$85 ;
   wire \$86 ;
-  wire \$87 ;
+  wire [22:0] \$87 ;
   wire \$88 ;
   wire \$89 ;
   wire \$9 ;
-  reg \$90 ;
-  reg \$91 ;
-  reg \$92 ;
-  reg [113:0] \$93 ;
-  reg \$94 ;
-  reg \$95 ;
-  reg \$96 ;
-  reg [15:0] \$97 ;
-  reg [2:0] \$98 ;
+  wire \$90 ;
+  wire \$91 ;
+  wire \$92 ;
+  wire \$93 ;
+  wire \$94 ;
+  wire \$95 ;
+  wire \$96 ;
+  wire \$97 ;
+  reg \$98 ;
   reg \$99 ;
   output accept;
   reg accept;
@@ -8446,6 +8483,8 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   reg done = 1'h0;
   output dw;
   reg dw = 1'h0;
+  output dwc;
+  reg dwc = 1'h0;
   output dwp;
   reg dwp = 1'h0;
   output error;
@@ -8454,8 +8493,12 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   reg [2:0] fsm_state = 3'h0;
   output [15:0] gin_e;
   reg [15:0] gin_e = 16'h0000;
+  output [21:0] gout_o;
+  reg [21:0] gout_o = 22'h000000;
   input inputs_done;
   wire inputs_done;
+  output [5:0] last_go;
+  reg [5:0] last_go = 6'h00;
   input loaded;
   wire loaded;
   input mac_valid;
@@ -8538,223 +8581,274 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   assign \$46  = cmd[109:108] == 1'h1;
   assign \$47  = cmd[79:64] != cmd[95:80];
   assign \$50  = \$45  | \$49 ;
-  assign \$51  = cmd[95:80] > 7'h40;
+  assign \$51  = gout_o > 7'h40;
   assign \$52  = \$50  | \$51 ;
   assign \$53  = | cmd[113:112];
   assign \$54  = cmd[109:108] == 1'h1;
   assign \$56  = \$53  & \$55 ;
   assign \$57  = \$52  | \$56 ;
-  assign \$58  = sizes[29:15] > 15'h4000;
-  assign \$59  = sizes[170:156] > 15'h4000;
-  assign \$60  = dwp & \$59 ;
-  assign \$61  = \$58  | \$60 ;
-  assign \$62  = ~ cmd[111];
-  assign \$63  = sizes[106:98] > 9'h100;
-  assign \$64  = \$62  & \$63 ;
-  assign \$65  = \$61  | \$64 ;
-  assign \$66  = sizes[97:89] > 9'h100;
-  assign \$67  = \$65  | \$66 ;
-  assign \$68  = sizes[79:55] > 24'hffffff;
-  assign \$69  = \$67  | \$68 ;
-  assign \$70  = | cmd[113:112];
-  assign \$71  = sizes[79:55] > 9'h100;
-  assign \$72  = \$70  & \$71 ;
-  assign \$73  = \$69  | \$72 ;
-  assign \$74  = cfg__payload[109:108] == 1'h1;
+  assign \$59  = sizes[29:15] > 15'h4000;
+  assign \$60  = sizes[170:156] > 15'h4000;
+  assign \$61  = dwp & \$60 ;
+  assign \$62  = \$59  | \$61 ;
+  assign \$63  = ~ cmd[111];
+  assign \$64  = sizes[106:98] > 9'h100;
+  assign \$65  = \$63  & \$64 ;
+  assign \$66  = \$62  | \$65 ;
+  assign \$67  = sizes[97:89] > 9'h100;
+  assign \$68  = \$66  | \$67 ;
+  assign \$69  = sizes[79:55] > 24'hffffff;
+  assign \$70  = \$68  | \$69 ;
+  assign \$71  = | cmd[113:112];
+  assign \$72  = sizes[79:55] > 9'h100;
+  assign \$73  = \$71  & \$72 ;
+  assign \$74  = \$70  | \$73 ;
   assign \$75  = cfg__payload[109:108] == 1'h1;
-  assign \$77  = cfg__payload[109:108] == 1'h1;
-  assign \$78  = \$77  ? 16'h0001 : cfg__payload[79:64];
-  assign \$79  = bad_fields | bad_sizes;
-  assign \$80  = outputs_done & inputs_done;
-  assign \$81  = fin & loaded;
-  assign \$82  = dwp & mac_valid;
-  assign \$83  = ~ \$82 ;
-  assign \$84  = \$81  & \$83 ;
-  assign \$85  = ! fsm_state;
-  assign \$86  = fsm_state == 1'h1;
-  assign \$87  = fsm_state == 2'h2;
-  assign \$88  = fsm_state == 2'h3;
-  assign \$89  = fsm_state == 3'h4;
+  assign \$76  = cfg__payload[109:108] == 1'h1;
+  assign \$78  = cfg__payload[109:108] == 1'h1;
+  assign \$80  = cfg__payload[109:108] == 1'h1;
+  assign \$81  = \$80  ? 16'h0001 : cfg__payload[79:64];
+  assign \$82  = cfg__payload[109:108] == 1'h1;
+  assign \$84  = cfg__payload[95:80] * 4'h8;
+  assign \$86  = bad_fields | bad_sizes;
+  assign \$87  = gout_o - 1'h1;
+  assign \$88  = outputs_done & inputs_done;
+  assign \$89  = fin & loaded;
+  assign \$90  = dwp & mac_valid;
+  assign \$91  = ~ \$90 ;
+  assign \$92  = \$89  & \$91 ;
+  assign \$93  = ! fsm_state;
+  assign \$94  = fsm_state == 1'h1;
+  assign \$95  = fsm_state == 2'h2;
+  assign \$96  = fsm_state == 2'h3;
+  assign \$97  = fsm_state == 3'h4;
   always @(posedge clk)
-    bad_fields <= \$90 ;
+    bad_fields <= \$98 ;
   always @(posedge clk)
-    bad_sizes <= \$91 ;
+    bad_sizes <= \$99 ;
   always @(posedge clk)
-    done <= \$92 ;
+    done <= \$100 ;
   always @(posedge clk)
-    cmd <= \$93 ;
+    cmd <= \$101 ;
   always @(posedge clk)
-    error <= \$94 ;
+    error <= \$102 ;
   always @(posedge clk)
-    dw <= \$95 ;
+    dw <= \$103 ;
   always @(posedge clk)
-    dwp <= \$96 ;
+    dwp <= \$104 ;
   always @(posedge clk)
-    gin_e <= \$97 ;
+    dwc <= \$105 ;
   always @(posedge clk)
-    fsm_state <= \$98 ;
+    gin_e <= \$106 ;
   always @(posedge clk)
-    refused <= \$99 ;
+    gout_o <= \$107 ;
   always @(posedge clk)
-    fin <= \$100 ;
+    fsm_state <= \$108 ;
+  always @(posedge clk)
+    refused <= \$109 ;
+  always @(posedge clk)
+    last_go <= \$110 ;
+  always @(posedge clk)
+    fin <= \$111 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$90  = \$57 ;
+    \$98  = \$57 ;
     if (rst) begin
-      \$90  = 1'h0;
+      \$98  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$91  = \$73 ;
-    if (rst) begin
-      \$91  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$92  = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (refused) begin
-            \$92  = 1'h1;
-          end
-      3'h4:
-          if (\$84 ) begin
-            \$92  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$92  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$93  = cmd;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$93  = cfg__payload;
-          end
-    endcase
-    if (rst) begin
-      \$93  = 114'h00000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$94  = error;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$94  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (refused) begin
-            \$94  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$94  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$95  = dw;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$95  = \$74 ;
-          end
-    endcase
-    if (rst) begin
-      \$95  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$96  = dwp;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$96  = \$76 ;
-          end
-    endcase
-    if (rst) begin
-      \$96  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$97  = gin_e;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$97  = \$78 ;
-          end
-    endcase
-    if (rst) begin
-      \$97  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$98  = fsm_state;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$98  = 3'h1;
-          end
-      3'h1:
-          if (sizes_ready) begin
-            \$98  = 3'h2;
-          end
-      3'h2:
-          \$98  = 3'h3;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (refused) begin
-            \$98  = 3'h0;
-          end else begin
-            \$98  = 3'h4;
-          end
-      3'h4:
-          if (\$84 ) begin
-            \$98  = 3'h0;
-          end
-    endcase
-    if (rst) begin
-      \$98  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$99  = refused;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$99  = \$79 ;
-    endcase
+    \$99  = \$74 ;
     if (rst) begin
       \$99  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$100  = fin;
+    \$100  = 1'h0;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$100  = 1'h1;
+          end
+      3'h4:
+          if (\$92 ) begin
+            \$100  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$100  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$101  = cmd;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$101  = cfg__payload;
+          end
+    endcase
+    if (rst) begin
+      \$101  = 114'h00000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$102  = error;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$102  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$102  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$102  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$103  = dw;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$103  = \$75 ;
+          end
+    endcase
+    if (rst) begin
+      \$103  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$104  = dwp;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$104  = \$77 ;
+          end
+    endcase
+    if (rst) begin
+      \$104  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$105  = dwc;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$105  = \$79 ;
+          end
+    endcase
+    if (rst) begin
+      \$105  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$106  = gin_e;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$106  = \$81 ;
+          end
+    endcase
+    if (rst) begin
+      \$106  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$107  = gout_o;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$107  = { 2'h0, \$85  };
+          end
+    endcase
+    if (rst) begin
+      \$107  = 22'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$108  = fsm_state;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$108  = 3'h1;
+          end
+      3'h1:
+          if (sizes_ready) begin
+            \$108  = 3'h2;
+          end
+      3'h2:
+          \$108  = 3'h3;
+      3'h3:
+          (* full_case = 32'd1 *)
+          if (refused) begin
+            \$108  = 3'h0;
+          end else begin
+            \$108  = 3'h4;
+          end
+      3'h4:
+          if (\$92 ) begin
+            \$108  = 3'h0;
+          end
+    endcase
+    if (rst) begin
+      \$108  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$109  = refused;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$109  = \$86 ;
+    endcase
+    if (rst) begin
+      \$109  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$110  = last_go;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$110  = \$87 [5:0];
+    endcase
+    if (rst) begin
+      \$110  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$111  = fin;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -8766,13 +8860,13 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
           (* full_case = 32'd1 *)
           if (refused) begin
           end else begin
-            \$100  = 1'h0;
+            \$111  = 1'h0;
           end
       3'h4:
-          \$100  = \$80 ;
+          \$111  = \$88 ;
     endcase
     if (rst) begin
-      \$100  = 1'h0;
+      \$111  = 1'h0;
     end
   end
   always @* begin
@@ -8908,11 +9002,15 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   assign \$48  = 1'h1;
   assign \$49  = \$46 ;
   assign \$55  = \$54 ;
-  assign \$76  = 1'h0;
+  assign \$58  = 15'h4000;
+  assign \$77  = 1'h0;
+  assign \$79  = 1'h0;
+  assign \$83  = 1'h0;
+  assign \$85  = { 4'h0, cfg__payload[95:80] };
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$158 (rst, cmd, gin_e, clear, enable, ready, sizes, clk);
+module \psc_core.sizes$163 (rst, cmd, gin_e, gout_o, clear, enable, ready, sizes, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -8999,6 +9097,8 @@ module \psc_core.sizes$158 (rst, cmd, gin_e, clear, enable, ready, sizes, clk);
   wire enable;
   input [15:0] gin_e;
   wire [15:0] gin_e;
+  input [21:0] gout_o;
+  wire [21:0] gout_o;
   reg [15:0] mul_a = 16'h0000;
   reg [24:0] mul_b = 25'h0000000;
   reg mul_run = 1'h0;
@@ -9313,7 +9413,7 @@ module \psc_core.sizes$158 (rst, cmd, gin_e, clear, enable, ready, sizes, clk);
           4'h1:
               \$42  = { 10'h000, sizes[14:0] };
           4'h2:
-              \$42  = { 9'h000, cmd[95:80] };
+              \$42  = { 3'h0, gout_o };
           4'h3:
               \$42  = sizes[54:30];
           4'h4:

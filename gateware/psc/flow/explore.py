@@ -33,7 +33,9 @@ Space files (``--space FILE``, TOML or JSON)::
     shape = [[8, 2], [4, 4]]
 
 Fields are those of :class:`~psc.config.CoreConfig` and
-:class:`~psc.config.PSCConfig` (:data:`FIELDS`).
+:class:`~psc.config.PSCConfig` (:data:`FIELDS`). On a ``depthwise="channels"``
+base a shape keeps the input buffer's banks (one per row) at the base's
+depth unless the space varies ``fmap_depth`` too.
 """
 
 import csv
@@ -67,10 +69,10 @@ DEFAULT_SPACES = {
     "ice40-up5k": {"base": "ice40-up5k",
                    "vary": {"requantizers": [1, 2], "requant_mult_bits": [4, 8],
                             "tree_stages": [1, 2]}},
-    # the array's shape on the 28 multipliers (4x7 and 7x4 use all, 8x3 24) and the
+    # the array's shape on the 28 multipliers (7x4 and 4x7 use all, 8x3 24) and the
     # adder tree's registers
     "ecp5-25k": {"base": "ecp5-25k",
-                 "vary": {"shape": [[4, 7], [7, 4], [8, 3]], "tree_stages": [1, 2]}},
+                 "vary": {"shape": [[7, 4], [4, 7], [8, 3]], "tree_stages": [1, 2]}},
 }
 
 #: Workloads by name (``--network``); a path to an ONNX file is taken too.
@@ -132,6 +134,9 @@ def space_points(target, space):
         kw = {k: v for k, v in changes.items() if k != "shape"}
         if "shape" in changes:
             kw["lanes"], kw["rows"] = changes["shape"]
+            if base.pe.depthwise == "channels" and "fmap_depth" not in changes:
+                # one input bank per row: keep the banks' depth
+                kw["fmap_depth"] = kw["rows"] * (base.fmap_depth // base.rows)
         try:
             points.append((changes, base.replace(**kw)))
         except (ValueError, TypeError) as e:

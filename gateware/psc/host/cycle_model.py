@@ -30,7 +30,7 @@ pace), which the simulator's ``stall`` adds.
 """
 
 from psc.hw.core import KIND_DEPTHWISE
-from psc.hw.core.layouts import bank_count
+from psc.hw.core.layouts import output_groups
 from psc.hw.pe import pe_latency
 from psc.hw.requantize import Requantizer
 
@@ -47,7 +47,7 @@ def _setup_cycles(config, fields):
     gin_e = 1 if fields["kind"] == KIND_DEPTHWISE else fields["gin"]
     factors = [fields["in_w"], fields["in_h"], fields["out_w"], fields["out_h"], fields["k"],
                gin_e, fields["gout"], fields["pad_top"], fields["pad_left"]]
-    if bank_count(config) > 1:
+    if config.pe.depthwise == "pixels":
         factors += [fields["in_h"], fields["gin"], fields["pad_top"]]
     return sum(2 + int(a).bit_length() for a in factors)
 
@@ -61,17 +61,22 @@ def tile_cycles(config, fields, n_weights, n_params, n_acts, n_out):
     rows, k, stride = pe.rows, fields["k"], fields["stride"]
     depthwise = fields["kind"] == KIND_DEPTHWISE
     pixels = depthwise and pe.depthwise == "pixels" and rows > 1
+    channels = depthwise and pe.depthwise == "channels"
     gin_e = 1 if depthwise else fields["gin"]
     out_cols = -(-fields["out_w"] // rows) if pixels else fields["out_w"]
     row_beats = out_cols * fields["gout"] * k * k * gin_e
-    row_requant = fields["out_w"] * fields["gout"] * Requantizer.rate_of(pe) if n_out else 0
-    words_per_row = fields["in_w"] * fields["gin"]
+    gout_o = output_groups(config, fields["kind"], fields["gout"])
+    row_requant = fields["out_w"] * gout_o * Requantizer.rate_of(pe) if n_out else 0
+    # per-lane accumulators drain lanes beats per reduction, one per cycle
+    row_drain = out_cols * fields["gout"] * pe.lanes if pixels or channels else 0
+    # stream words per input row (a depthwise group on a channels build is rows lane words)
+    words_per_row = fields["in_w"] * fields["gin"] * (rows if channels else 1)
     spram = config.fmap_ram == "spram"
     t = max(n_weights, n_params, n_acts if spram else 0)
     for oy in range(fields["out_h"]):
         if not spram:
             t = max(t, min(fields["in_h"], oy * stride - fields["pad_top"] + k) * words_per_row)
-        t += max(row_beats, row_requant)
+        t += max(row_beats, row_requant, row_drain)
     latency = (pe_latency(pe) + (Requantizer.latency_of(pe) if n_out else 0)
                + 3 * config.read_register + _HANDSHAKES + _SPRAM_TURNAROUND * spram)
     return _setup_cycles(config, fields) + t + latency

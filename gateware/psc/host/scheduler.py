@@ -44,6 +44,7 @@ import numpy as np
 from psc.hw.core import (KERNELS, STRIDES, FIELD_WIDTH, MAX_OUTPUTS, KIND_STANDARD, KIND_DEPTHWISE,
                          KIND_POINTWISE, KIND_FC, CoreConfig, Part, config_layout, param_layout,
                          weight_layout)
+from psc.hw.core.layouts import output_groups
 from psc.hw.pe import pe_latency
 from psc.host.cycle_model import tiles_cycles
 from psc.hw.requantize import Requantizer
@@ -113,7 +114,8 @@ class LayerPlan:
             gc = channel_groups(c1 - c0, rows)
             if self.kind == KIND_DEPTHWISE and self.config.pe.depthwise == "pixels":
                 words = words[_pixel_block_order(oy1 - oy0, ox1 - ox0, gc, rows)]
-            words = words.reshape(oy1 - oy0, ox1 - ox0, gc)
+            # a depthwise tile on a channels build sends its padding channels' groups too
+            words = words.reshape(oy1 - oy0, ox1 - ox0, -1)[:, :, :gc]
             y[c0:c1, oy0:oy1, ox0:ox1] = unpack_activations(
                 words, c1 - c0, rows, self.config.pe.act_width)
         return y
@@ -238,7 +240,8 @@ def validate(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, groups=
 def choose_kind(layer):
     """Step 2: the command kind of ``layer``; returns ``(kind, layer)``.
 
-    A depthwise layer the build cannot map (``lanes != rows``) comes back as
+    A depthwise layer the build cannot map (``lanes != rows`` on a build
+    without ``depthwise="channels"``) comes back as
     a standard one marked ``diagonal``: one command per output group over
     that group's own channels. A standard layer whose input channels leave
     most lanes idle (a network's stem: 3 channels on 8 lanes) comes back as
@@ -246,7 +249,7 @@ def choose_kind(layer):
     estimated to take fewer cycles (:func:`_unroll_pays`).
     """
     pe = layer.config.pe
-    if layer.depthwise and pe.lanes != pe.rows:
+    if layer.depthwise and pe.lanes != pe.rows and pe.depthwise != "channels":
         layer = Layer(**{**layer.__dict__, "depthwise": False, "diagonal": True})
     elif not layer.depthwise and layer.k > 1 and _unroll_pays(layer):
         layer = unroll(layer)
@@ -311,6 +314,21 @@ def _pixels(layer):
     return layer.depthwise and layer.config.pe.depthwise == "pixels"
 
 
+def _channels(layer):
+    """A depthwise layer on a ``depthwise="channels"`` build: its command's groups are of
+    ``rows * lanes`` channels (row ``r`` takes lane group ``j*rows + r`` of a pixel), each
+    making ``lanes`` output beats of ``rows`` channels per pixel."""
+    return layer.depthwise and layer.config.pe.depthwise == "channels"
+
+
+def _out_groups(layer):
+    """The command's output groups of ``layer`` (``gout``): of ``rows`` channels, or of
+    ``rows * lanes`` for a depthwise layer on a channels build."""
+    cc = layer.config
+    per = cc.rows * cc.lanes if _channels(layer) else cc.rows
+    return channel_groups(layer.w_pos.shape[0], per)
+
+
 def _groups_in(layer):
     """Input channel groups of one reduction: 1 for depthwise, the lane groups of one
     output group's ``rows`` channels for a depthwise layer run as standard commands
@@ -337,6 +355,9 @@ def pack(layer):
     lanes, rows, k = pe.lanes, pe.rows, layer.k
     cin = layer.x.shape[0]
     cout = layer.w_pos.shape[0]
+    wl, pl = weight_layout(cc), param_layout(cc)
+    if _channels(layer):
+        return _pack_channels(layer, wl, pl)
     gin, gout = channel_groups(cin, lanes), channel_groups(cout, rows)
     if layer.diagonal:
         # output group j reads only its own channels, x[j*rows:(j+1)*rows] packed from
@@ -359,7 +380,6 @@ def pack(layer):
         wn[:cout, :cin] = layer.w_neg
     blocks_pos = wp.reshape(gout, rows, gin, lanes, k, k).transpose(0, 4, 5, 2, 1, 3)
     blocks_neg = wn.reshape(gout, rows, gin, lanes, k, k).transpose(0, 4, 5, 2, 1, 3)
-    wl, pl = weight_layout(cc), param_layout(cc)
     pixels = _pixels(layer)
     weights = []
     for j in range(gout):
@@ -377,13 +397,39 @@ def pack(layer):
                                               if pe.psc else bp))
                 taps.append(words)
         weights.append(taps)
+    return weights, _pack_params(layer, pl, gout)
+
+
+def _pack_params(layer, pl, groups):
+    """Parameter words of ``groups`` groups of ``rows`` channels (zero past the layer's)."""
+    rows = layer.config.rows
     params = []
-    for j in range(gout):
+    for j in range(groups):
         sl = slice(j * rows, (j + 1) * rows)
         pad = rows - len(layer.bias[sl])
         params.append(pack_payload(pl, {name: np.pad(getattr(layer, name)[sl], (0, pad))
                                         for name in ("bias", "mult", "shift")}))
-    return weights, params
+    return params
+
+
+def _pack_channels(layer, wl, pl):
+    """:func:`pack` of a depthwise layer on a ``depthwise="channels"`` build: group ``j``
+    (``rows * lanes`` channels) has one block per tap, row ``r`` lane ``l`` holding channel
+    ``(j*rows + r)*lanes + l``'s weight, and ``lanes`` parameter words (the groups of
+    ``rows`` channels of its output beats)."""
+    pe = layer.config.pe
+    lanes, rows, k = pe.lanes, pe.rows, layer.k
+    gout = _out_groups(layer)
+    cout = layer.w_pos.shape[0]
+    wp = np.zeros((gout * rows * lanes, k, k), dtype=np.int64)
+    wn = np.zeros_like(wp)
+    wp[:cout], wn[:cout] = layer.w_pos[:, 0], layer.w_neg[:, 0]
+    wp = wp.reshape(gout, rows, lanes, k, k)
+    wn = wn.reshape(gout, rows, lanes, k, k)
+    weights = [[[pack_payload(wl, parify(wp[j, :, :, ky, kx], wn[j, :, :, ky, kx],
+                                         pe.weight_width) if pe.psc else wp[j, :, :, ky, kx])]
+                for ky in range(k) for kx in range(k)] for j in range(gout)]
+    return weights, _pack_params(layer, pl, gout * lanes)
 
 
 def _footprint(layer, band_h, band_w, groups):
@@ -394,6 +440,9 @@ def _footprint(layer, band_h, band_w, groups):
     if _pixels(layer):
         # input bank b holds the columns with (x // stride) % rows == b (psc.hw.core)
         return rows * ih * -(-iw // (stride * rows)) * stride * groups
+    if _channels(layer):
+        # each of the rows banks holds one of every group's rows lane words per pixel
+        return rows * ih * iw * groups
     return ih * iw * groups
 
 
@@ -489,13 +538,14 @@ def cut_bands(layer):
     k = layer.k
     chunks = split_reduction(layer)
     gin = max(g1 - g0 for g0, g1 in chunks)
-    gout = channel_groups(layer.w_pos.shape[0], cc.rows)
+    gout = _out_groups(layer)
     per_group = k * k * gin
     if layer.diagonal:
         # one output group per command, whose input is its own channels only
         chunk = 1
     elif layer.depthwise:
-        chunk = min(gout, cc.param_depth, cc.weight_depth // per_group)
+        params_per = cc.lanes if _channels(layer) else 1
+        chunk = min(gout, cc.param_depth // params_per, cc.weight_depth // per_group)
         while chunk > 1 and _footprint(layer, 1, 1, chunk) > cc.fmap_depth:
             chunk -= 1
         if _footprint(layer, 1, 1, chunk) > cc.fmap_depth:
@@ -522,7 +572,8 @@ def cut_bands(layer):
         in_chunks = [(0, gc)] if layer.depthwise else chunks
         g_t = max(g1 - g0 for g0, g1 in in_chunks)
         max_beats = MAX_OUTPUTS if len(in_chunks) == 1 else min(MAX_OUTPUTS, cc.psum_depth)
-        out.append((j0, j1, in_chunks, *_band(layer, g_t, gc, max_beats)))
+        beats_per = gc * cc.lanes if _channels(layer) else gc
+        out.append((j0, j1, in_chunks, *_band(layer, g_t, beats_per, max_beats)))
     return out
 
 
@@ -548,7 +599,8 @@ def cycle_bound(config, fields, n_loaded):
     else:
         gin_e = 1 if fields["kind"] == KIND_DEPTHWISE else fields["gin"]
         beats = fields["out_h"] * fields["out_w"] * fields["gout"] * k2 * gin_e
-    n_out = fields["out_h"] * fields["out_w"] * fields["gout"]
+    n_out = fields["out_h"] * fields["out_w"] * output_groups(config, fields["kind"],
+                                                               fields["gout"])
     setup = 16 * (FIELD_WIDTH + 2)
     # the MAC array's (both modes'), the requantiser's and the core's own stages
     latency = 2 * pe_latency(pe) + Requantizer.latency_of(pe) + 16
@@ -571,17 +623,23 @@ def emit_tiles(layer, kind, weights, params, bands):
     ho, wo = layer.out_hw
     cl = config_layout(cc)
     tiles = []
+    chn = _channels(layer)
+    per = rows * lanes if chn else rows          # channels of one command group
+    per_p = lanes if chn else 1                  # parameter words (output beats) per group
     for j0, j1, in_chunks, band_h, band_w in bands:
-        c0, c1 = j0 * rows, min(cout, j1 * rows)
+        c0, c1 = j0 * per, min(cout, j1 * per)
         if layer.diagonal:
             # the group's own channels, zero-padded to the rows its weights cover
             xc = np.pad(layer.x[c0:c1], ((0, rows - (c1 - c0)), (0, 0), (0, 0)))
+        elif chn:
+            # every group's rows lane words, the padding channels zero
+            xc = np.pad(layer.x[c0:c1], ((0, (j1 - j0) * per - (c1 - c0)), (0, 0), (0, 0)))
         else:
             xc = layer.x[c0:c1] if layer.depthwise else layer.x
         split = len(in_chunks) > 1
         parts = ([Part.WHOLE] if not split else
                  [Part.FIRST] + [Part.MIDDLE] * (len(in_chunks) - 2) + [Part.LAST])
-        pwords = params[j0:j1]
+        pwords = params[j0 * per_p:j1 * per_p]
         first = True
         for oy0 in range(0, ho, band_h):
             oy1 = min(ho, oy0 + band_h)
@@ -590,7 +648,7 @@ def emit_tiles(layer, kind, weights, params, bands):
                 top, left = oy0 * stride - padding, ox0 * stride - padding
                 r0, r1 = max(0, top), min(h, (oy1 - 1) * stride - padding + k)
                 q0, q1 = max(0, left), min(w, (ox1 - 1) * stride - padding + k)
-                beats = (oy1 - oy0) * (ox1 - ox0) * (j1 - j0)
+                beats = (oy1 - oy0) * (ox1 - ox0) * (j1 - j0) * per_p
                 for (g0, g1), part in zip(in_chunks, parts):
                     load = first or split
                     fields = {

@@ -14,15 +14,15 @@ def input_layout(config):
     """Payload layout of :attr:`DotProduct.i` for ``config``.
 
     Fields, packed LSB first in this order: ``x`` (``lanes`` signed
-    activations; with ``depthwise="pixels"`` one such lane word per row,
-    row 0 lowest), ``w`` (``rows`` x ``lanes`` weight words, row-major: row
+    activations; with ``depthwise="pixels"`` or ``"channels"`` one such lane
+    word per row, row 0 lowest), ``w`` (``rows`` x ``lanes`` weight words, row-major: row
     ``r`` lane ``l`` at word index ``r * lanes + l``), ``bias`` (``rows``
     signed accumulators), ``first``, ``last``.
     """
     c = _check_config(config)
     x = data.ArrayLayout(signed(c.act_width), c.lanes)
     return data.StructLayout({
-        "x": data.ArrayLayout(x, c.rows) if c.depthwise == "pixels" else x,
+        "x": data.ArrayLayout(x, c.rows) if c.lane_accumulators else x,
         "w": data.ArrayLayout(data.ArrayLayout(unsigned(c.word_width), c.lanes), c.rows),
         "bias": data.ArrayLayout(signed(c.acc_width), c.rows),
         "first": 1,
@@ -67,19 +67,20 @@ class DotProduct(wiring.Component):
     of ``n`` beats takes ``n`` cycles, so back-to-back one-beat reductions
     produce one output per cycle.
 
-    Depthwise mode (builds with ``depthwise="pixels"``, while ``dw`` is
-    high): every row gets its own lane word ``x[r]`` (in other layers the
-    core gives every row the same word), each multiplier accumulates alone
-    (:attr:`~psc.hw.pe.PSCMac.lane_acc`, no bias) and a reduction gives
-    ``rows`` output beats, beat ``r`` holding row ``r``'s ``lanes``
-    accumulators (sign-extended; ``lanes == rows``)::
-
-        o[r][l] = sum over beats b of Wsel[r][l] * x[r][l]
+    Depthwise mode (builds with ``depthwise="pixels"`` or ``"channels"``,
+    while ``dw`` is high): every row gets its own lane word ``x[r]`` (in
+    other layers the core gives every row the same word), each multiplier
+    accumulates alone (:attr:`~psc.hw.pe.PSCMac.lane_acc`, no bias) and a
+    reduction gives ``lanes`` output beats of ``rows`` values each: the
+    ``rows * lanes`` lane accumulators read row by row, lane by lane, cut
+    into beats of ``rows`` (sign-extended). With ``a[r*lanes + l] = sum over
+    beats b of Wsel[r][l] * x[r][l]``, beat ``i`` is ``a[i*rows:(i+1)*rows]``
+    (when ``lanes == rows``, beat ``r`` is row ``r``'s accumulators).
 
     A finished reduction is copied into a drain register bank that sends
     one beat per cycle, so the next reductions go on while it drains; the
     pipeline stops only when a reduction finishes before the previous one
-    has drained (reductions shorter than ``rows`` beats). Latency to the
+    has drained (reductions shorter than ``lanes`` beats). Latency to the
     first beat :attr:`dw_latency`. ``dw`` may change only while the
     pipeline and the drain are empty (between layers).
 
@@ -95,9 +96,9 @@ class DotProduct(wiring.Component):
         Input beats; see :func:`input_layout` for the payload.
     o : Out(stream.Signature(output_layout(config)))
         One beat of ``rows`` signed ``acc_width``-bit results per reduction
-        (``rows`` beats in depthwise mode).
+        (``lanes`` beats in depthwise mode).
     dw : In(1)
-        Only with ``depthwise="pixels"``: depthwise mode.
+        Only with ``depthwise="pixels"`` or ``"channels"``: depthwise mode.
     """
 
     def __init__(self, config):
@@ -105,7 +106,7 @@ class DotProduct(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(input_layout(c))),
             "o": Out(stream.Signature(output_layout(c))),
-            **({"dw": In(1)} if c.depthwise == "pixels" else {}),
+            **({"dw": In(1)} if c.lane_accumulators else {}),
         })
 
     @property
@@ -123,7 +124,7 @@ class DotProduct(wiring.Component):
 
     @property
     def dw_latency(self):
-        """Depthwise mode: cycles from accepting a ``last`` beat to the first of its ``rows`` beats.
+        """Depthwise mode: cycles from accepting a ``last`` beat to the first of its ``lanes`` beats.
 
         One more than the lane accumulators' (:attr:`~psc.hw.pe.PSCMac.lane_latency`):
         the copy into the drain bank.
@@ -145,19 +146,19 @@ class DotProduct(wiring.Component):
         m = Module()
         c = self._config
         p = self.i.payload
-        pixels = c.depthwise == "pixels"
+        per_row = c.lane_accumulators
 
         en = Signal()
         m.d.comb += self.i.ready.eq(en)
 
-        mask = None if pixels else self._sign_mask(m)
+        mask = None if per_row else self._sign_mask(m)
         pes = []
         for row in range(c.rows):
             pe = self._mac(c)
             m.submodules[f"pe_{row}"] = pe
             pes.append(pe)
-            if pixels:
-                # One sign mask per row: the rows see different pixels in depthwise layers.
+            if per_row:
+                # One sign mask per row: the rows see different words in depthwise layers.
                 m.d.comb += pe.x.eq(p.x[row])
                 if c.psc:
                     m.submodules[f"sign_mask_{row}"] = sm = SignMask(c.lanes, c.act_width)
@@ -174,7 +175,7 @@ class DotProduct(wiring.Component):
             ]
 
         # Every PE sees the same control, so their acc_valid (lane_valid) are equal.
-        if not pixels:
+        if not per_row:
             m.d.comb += [
                 en.eq(~self.o.valid | self.o.ready),
                 self.o.valid.eq(pes[0].acc_valid),
@@ -184,25 +185,27 @@ class DotProduct(wiring.Component):
 
         # Depthwise-capable build. Other layers: o is the PEs' acc as above.
         # Depthwise layers: a finished reduction (lane_valid) is copied into a
-        # bank of rows registers that shifts one beat out per accepted o; the
-        # PEs wait (en low) only when a finished reduction finds the bank
-        # still draining.
-        bank = [Signal(output_layout(c), reset_less=True, name=f"drain_{r}") for r in range(c.rows)]
-        left = Signal(range(c.rows + 1))            # beats still in the bank
+        # bank of rows*lanes registers, row by row, that shifts one beat of
+        # rows values out per accepted o; the PEs wait (en low) only when a
+        # finished reduction finds the bank still draining.
+        n = c.rows * c.lanes
+        bank = [Signal(signed(c.dw_acc_width), reset_less=True, name=f"drain_{i}")
+                for i in range(n)]
+        left = Signal(range(c.lanes + 1))           # beats still in the bank
         free = Signal()
         m.d.comb += free.eq((left == 0) | ((left == 1) & self.o.ready))
         with m.If(self.dw):
             m.d.comb += [
                 en.eq(~pes[0].lane_valid | free),
                 self.o.valid.eq(left != 0),
-                self.o.payload.eq(bank[0]),
+                *(self.o.payload[r].eq(bank[r]) for r in range(c.rows)),
             ]
             with m.If(self.o.valid & self.o.ready):
                 m.d.sync += left.eq(left - 1)
-                m.d.sync += [bank[r].eq(bank[r + 1]) for r in range(c.rows - 1)]
+                m.d.sync += [bank[i].eq(bank[i + c.rows]) for i in range(n - c.rows)]
             with m.If(pes[0].lane_valid & free):
-                m.d.sync += left.eq(c.rows)
-                m.d.sync += [bank[r][lane].eq(pes[r].lane_acc[lane])
+                m.d.sync += left.eq(c.lanes)
+                m.d.sync += [bank[r * c.lanes + lane].eq(pes[r].lane_acc[lane])
                              for r in range(c.rows) for lane in range(c.lanes)]
         with m.Else():
             m.d.comb += [

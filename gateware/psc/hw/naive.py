@@ -25,9 +25,6 @@ def _check_psc(config):
         raise ValueError("the naive datapath has no hand-instantiated MULT18X18D (it would need "
                          "two per weight: 56 on a 4x7 array, the ECP5-25F has 28): use "
                          "multiplier='generic', not 'ecp5_mult18'")
-    if c.depthwise != "diagonal":
-        raise ValueError(f"the naive datapath has no per-lane accumulators: it needs "
-                         f"depthwise='diagonal', not {c.depthwise!r}")
     return c
 
 
@@ -108,8 +105,12 @@ class NaiveMac(PSCMac):
                                  pn[lane].eq(xn1[lane] * wn1[lane])]
             mul_stages = 2
 
-        self._accumulate(m, [pp[lane] for lane in range(lanes)] +
-                         [pn[lane] for lane in range(lanes)], mul_stages)
+        ctl = self._accumulate(m, [pp[lane] for lane in range(lanes)] +
+                               [pn[lane] for lane in range(lanes)], mul_stages)
+        if c.lane_accumulators:
+            # a lane's two products (one of them 0) into its own accumulator
+            self._lane_accumulate(m, [pp[lane] + pn[lane] for lane in range(lanes)], ctl,
+                                  mul_stages)
         return m
 
 

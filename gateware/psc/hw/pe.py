@@ -138,12 +138,12 @@ class PSCMac(wiring.Component):
     acc_valid : Signal(1), out
         ``acc`` holds a finished reduction (a register).
     lane_acc : View of ArrayLayout(signed(dw_acc_width), lanes), out
-        Only with ``depthwise="pixels"``: one accumulator per lane (no adder
+        Only with ``depthwise="pixels"`` or ``"channels"``: one accumulator per lane (no adder
         tree, no bias), for depthwise layers where each lane is a channel.
         Loaded like ``acc`` but ``tree_stages`` cycles earlier: latency
         :attr:`lane_latency`.
     lane_valid : Signal(1), out
-        Only with ``depthwise="pixels"``: ``lane_acc`` holds a finished
+        Only with ``depthwise="pixels"`` or ``"channels"``: ``lane_acc`` holds a finished
         reduction (a register), for one enabled cycle.
     """
 
@@ -165,7 +165,7 @@ class PSCMac(wiring.Component):
             "acc": Out(signed(c.acc_width)),
             "acc_valid": Out(1),
             **({"lane_acc": Out(data.ArrayLayout(signed(c.dw_acc_width), c.lanes)),
-                "lane_valid": Out(1)} if c.depthwise == "pixels" else {}),
+                "lane_valid": Out(1)} if c.lane_accumulators else {}),
         })
 
     @property
@@ -235,7 +235,7 @@ class PSCMac(wiring.Component):
             mul_stages = 2
 
         ctl = self._accumulate(m, [products[lane] for lane in range(c.lanes)], mul_stages)
-        if c.depthwise == "pixels":
+        if c.lane_accumulators:
             self._lane_accumulate(m, products, ctl, mul_stages)
         return m
 

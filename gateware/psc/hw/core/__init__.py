@@ -31,7 +31,7 @@ from .layouts import (COUNTER_WIDTH, FIELD_WIDTH, KERNELS, KIND_DEPTHWISE, KIND_
                       weight_layout)
 from .output import OutputStage
 from .sequencer import Sequencer
-from .setup import CommandSetup, CycleCounters, DerivedSizes
+from .setup import GOUT_O_WIDTH, CommandSetup, CycleCounters, DerivedSizes
 
 __all__ = [
     "CoreConfig", "PSCConvCore", "LayerKind", "Part", "KIND_STANDARD", "KIND_DEPTHWISE", "KIND_POINTWISE",
@@ -55,8 +55,9 @@ class PSCConvCore(wiring.Component):
     Command checks (``error`` and no output when one fails): ``k`` in
     {1, 3, 5, 7}; ``stride`` in {1, 2}; ``pad_top``, ``pad_left`` < ``k``;
     every size >= 1; ``kind`` pointwise/FC need ``k = 1`` (FC also a 1x1
-    map); depthwise needs ``gin = gout`` and a build with ``lanes = rows``;
-    input words <= ``fmap_depth``; weight blocks <= ``weight_depth``;
+    map); depthwise needs ``gin = gout`` and a build with ``lanes = rows``
+    or ``depthwise="channels"``; input words <= ``fmap_depth`` (a depthwise
+    command on a channels build: ``in_h * in_w * gin`` <= ``fmap_depth / rows``); weight blocks <= ``weight_depth``;
     ``gout`` <= ``param_depth``; ``gin' * lanes * k * k`` <= ``max_reduction``
     (the accumulator is sized for it); output beats ``out_h * out_w * gout``
     <= :data:`MAX_OUTPUTS`.
@@ -93,6 +94,22 @@ class PSCConvCore(wiring.Component):
     ``rows * in_h * ceil(in_w / (stride*rows)) * stride * gin`` words of
     ``fmap_depth``. The output comes in blocks: order
     ``(oy, ox // rows, j, ox % rows)``, pixels past ``out_w`` dropped.
+
+    Depthwise layers on a ``depthwise="channels"`` build also use the whole
+    array, for any ``lanes`` and ``rows``: a command group ``j`` is
+    ``rows * lanes`` channels (``gin = gout`` counts such groups, the input
+    has ``rows`` lane words per group and pixel, channels padded with
+    zeros), row ``r`` takes lane word ``j*rows + r`` of the tap's pixel and
+    every multiplier keeps its own accumulator. The sequencer issues ``K*K``
+    beats per output pixel and group (the standard loop nest with
+    ``gin' = 1``); weight block ``(j, ky, kx)`` holds channel
+    ``(j*rows + r)*lanes + l``'s weight at row ``r``, lane ``l``. The input
+    buffer is ``rows`` banks; such a tile stores lane word ``j*rows + r`` of
+    pixel ``p`` in bank ``r`` at ``p * gin + j``, so a beat reads one
+    address of every bank (other layers fill the banks one after another).
+    Each reduction leaves as ``lanes`` beats of ``rows`` channels, in
+    channels-last order (``gout * lanes`` output beats and parameter words
+    per pixel), so the output is the ordinary one.
 
     Pipeline: sequencer counters -> a two-entry FIFO of buffer addresses (1
     cycle; it lets the sequencer's issue condition be a few registers, not
@@ -194,7 +211,7 @@ class PSCConvCore(wiring.Component):
             read_addr_width=weight_address_width(cc))
         m.submodules.pbuf = pbuf = LoadBuffer(
             param_layout(cc), cc.param_depth,
-            count_width=FIELD_WIDTH, read_addr_width=param_address_width(cc))
+            count_width=GOUT_O_WIDTH, read_addr_width=param_address_width(cc))
         m.submodules.dp = dp = self._dot_product(cc.pe)
         m.submodules.out = out = OutputStage(cc)
 
@@ -233,21 +250,22 @@ class PSCConvCore(wiring.Component):
         # The command and its derived sizes, to every part that uses them.
         cmd = setup.cmd
         m.d.comb += [
-            sizes.cmd.eq(cmd), sizes.gin_e.eq(setup.gin_e),
+            sizes.cmd.eq(cmd), sizes.gin_e.eq(setup.gin_e), sizes.gout_o.eq(setup.gout_o),
             sizes.clear.eq(setup.accept), sizes.enable.eq(setup.sizing),
             setup.sizes.eq(sizes.sizes), setup.sizes_ready.eq(sizes.ready),
             seq.cmd.eq(cmd), seq.dw.eq(setup.dw), seq.dwp.eq(setup.dwp),
             seq.gin_e.eq(setup.gin_e), seq.sizes.eq(sizes.sizes), seq.ws.eq(sizes.ws),
-            amap.cmd.eq(cmd), amap.dwp.eq(setup.dwp),
-            ibuf.cmd.eq(cmd), ibuf.dwp.eq(setup.dwp), ibuf.sizes.eq(sizes.sizes),
+            amap.cmd.eq(cmd), amap.dwp.eq(setup.dwp), amap.dwc.eq(setup.dwc),
+            ibuf.cmd.eq(cmd), ibuf.dwp.eq(setup.dwp), ibuf.dwc.eq(setup.dwc),
+            ibuf.sizes.eq(sizes.sizes),
             ibuf.ws.eq(sizes.ws),
             wbuf.keep.eq(cmd.keep), wbuf.count.eq(sizes.sizes.n_w),
-            pbuf.keep.eq(cmd.keep), pbuf.count.eq(cmd.gout),
+            pbuf.keep.eq(cmd.keep), pbuf.count.eq(setup.gout_o),
             out.cmd.eq(cmd), out.dwp.eq(setup.dwp), out.n_out.eq(sizes.sizes.n_out),
-            out.last_group.eq(seq.last_group),
+            out.last_group.eq(setup.last_go),
         ]
-        if bank_count(cc) > 1:
-            m.d.comb += dp.dw.eq(setup.dwp)
+        if cc.pe.lane_accumulators:
+            m.d.comb += dp.dw.eq(setup.dwp | setup.dwc)
         # Start and run.
         for part in (ibuf, wbuf, pbuf, out):
             m.d.comb += [part.start.eq(setup.start), part.run.eq(setup.run)]

@@ -104,7 +104,9 @@ class Fetch(wiring.Component):
             self.beat.eq(self.o.valid & self.o.ready),
         ]
         if pix:
-            m.d.comb += [self.inputs.addr.sel.eq(a1.sel), self.inputs.addr.rot.eq(a1.rot)]
+            m.d.comb += self.inputs.addr.sel.eq(a1.sel)
+        if cc.pe.depthwise == "pixels":
+            m.d.comb += self.inputs.addr.rot.eq(a1.rot)
         with m.If(adv1):
             m.d.sync += [
                 v1.eq(fifo.r_rdy),
@@ -118,8 +120,11 @@ class Fetch(wiring.Component):
         word_bits = pe.lanes * pe.act_width
         out = self.o.payload
         if pix:
+            # each row its own padding bit on a pixels build (its own pixel), one shared
+            # on a channels build (the rows' words are one pixel's)
             for r in range(pe.rows):
-                m.d.comb += out.x[r].eq(beat_o.x[r].as_value() & ~pad_o[r].replicate(word_bits))
+                pad_r = pad_o[r] if pe.depthwise == "pixels" else pad_o[0]
+                m.d.comb += out.x[r].eq(beat_o.x[r].as_value() & ~pad_r.replicate(word_bits))
         else:
             m.d.comb += out.x.eq(beat_o.x.as_value() & ~pad_o[0].replicate(word_bits))
         m.d.comb += [

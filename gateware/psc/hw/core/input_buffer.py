@@ -6,6 +6,14 @@ layer stores input column ``x`` of row ``y``, group ``g`` in bank
 (``plane``, ``ws``: :func:`~psc.hw.core.layouts.sizes_layout`), so the
 ``rows`` pixels of a beat (columns ``c0 + s*r``) read ``rows`` different
 banks; other layers interleave the banks word by word and read one.
+
+On a ``depthwise="channels"`` build the buffer is ``rows`` banks of
+``fmap_depth / rows`` words (a power of two). A depthwise layer (whose
+command counts ``gin`` groups of ``rows`` lane words per pixel) stores lane
+word ``j*rows + r`` of pixel ``p`` in bank ``r`` at ``p * gin + j``, so the
+``rows`` words of a beat are at one address of every bank; other layers
+fill the banks one after the other (bank: the address's high bits) and
+read one.
 """
 
 from amaranth.hdl import Array, Cat, Module, Mux, Shape, Signal, signed
@@ -49,7 +57,9 @@ class InputAddressMap(wiring.Component):
     never stored. On a ``depthwise="pixels"`` build a depthwise tap reads
     the columns ``ix + s*r`` of row ``r`` from bank ``(ix // s + r) % rows``,
     each with its own padding bit; any other tap reads word ``lin`` from
-    bank ``lin % rows`` (``sel``) for every row.
+    bank ``lin % rows`` (``sel``) for every row. On a
+    ``depthwise="channels"`` build a depthwise tap reads address ``lin`` of
+    every bank; any other tap word ``lin`` from bank ``lin // bank_depth``.
 
     Parameters
     ----------
@@ -61,8 +71,8 @@ class InputAddressMap(wiring.Component):
     o : Out(stream.Signature(fetch_layout(config)))
     cmd : In(config_layout())
         The running command (``stride``, ``in_h``, ``in_w``).
-    dwp : In(1)
-        Depthwise layer on a ``depthwise="pixels"`` build.
+    dwp, dwc : In(1)
+        Depthwise layer on a ``depthwise="pixels"``, ``"channels"`` build.
     """
 
     def __init__(self, config):
@@ -72,6 +82,7 @@ class InputAddressMap(wiring.Component):
             "o": Out(stream.Signature(fetch_layout(config))),
             "cmd": In(config_layout(config)),
             "dwp": In(1),
+            "dwc": In(1),
         })
 
     def elaborate(self, platform):
@@ -89,6 +100,11 @@ class InputAddressMap(wiring.Component):
         pad0 = (iy < 0) | (iy >= cmd.in_h) | (ix < 0) | (ix >= cmd.in_w)
         if bank_count(self._config) == 1:
             m.d.comb += [a0.addr[0].eq(lin), a0.pad.eq(pad0)]
+            return m
+        if self._config.pe.depthwise == "channels":
+            lgb = (self._config.fmap_depth // R).bit_length() - 1
+            m.d.comb += [a0.addr[b].eq(Mux(self.dwc, lin, lin[:lgb])) for b in range(R)]
+            m.d.comb += [a0.sel.eq(lin[lgb:]), a0.pad.eq(pad0)]
             return m
         # depthwise: column ix = c0 of row 0; q0 = c0 // s, row r reads column
         # c0 + s*r, in bank (q0 + r) % R at lin + (q0 // R + (b < q0 % R)) * s + c0 % s
@@ -115,7 +131,9 @@ class InputBuffer(wiring.Component):
     Write side: while ``run``, :attr:`i` is taken one word per cycle
     (``i.ready`` is high until the command's ``n_in`` words have arrived,
     then low: ``done``) and stored in arrival order (``(y, x, g)``), or for a
-    depthwise layer on a ``depthwise="pixels"`` build at its bank position.
+    depthwise layer on a banked build at its bank position. (A depthwise
+    layer on a ``depthwise="channels"`` build takes ``rows`` stream words
+    per word it counts: ``n_in`` and ``wg`` count bank words.)
     ``rows_in`` counts the input rows that have fully arrived (so the
     sequencer can start on an output row before the whole tile is in).
     ``start`` (one cycle) rewinds the loader.
@@ -128,8 +146,9 @@ class InputBuffer(wiring.Component):
 
     Read side (:attr:`read`): bank addresses (``input_read_layout``) and
     ``en`` in a cycle, the beat's ``x`` (the :func:`~psc.hw.dot_product.input_layout`
-    field: one lane word, or one per row on a pixels build, rotated so row
-    ``r`` gets its own bank) in the next, held while ``en`` is low.
+    field: one lane word, or one per row on a banked build: in a depthwise
+    layer row ``r`` gets its own bank, rotated on a pixels build) in the
+    next, held while ``en`` is low.
 
     Parameters
     ----------
@@ -140,7 +159,7 @@ class InputBuffer(wiring.Component):
     i : In(stream.Signature(act_in_layout(config)))
     start, run : In(1)
     cmd : In(config_layout())
-    dwp : In(1)
+    dwp, dwc : In(1)
     sizes : In(sizes_layout(config))
     ws : In(FIELD_WIDTH + 1)
     rows_in : Out(range(config.fmap_depth + 1))
@@ -156,6 +175,7 @@ class InputBuffer(wiring.Component):
             "run": In(1),
             "cmd": In(config_layout(config)),
             "dwp": In(1),
+            "dwc": In(1),
             "sizes": In(sizes_layout(config)),
             "ws": In(FIELD_WIDTH + 1),
             "rows_in": Out(range(config.fmap_depth + 1)),
@@ -210,6 +230,12 @@ class InputBuffer(wiring.Component):
         col_cnt = Signal(range(cc.fmap_depth))
         fire = Signal()
         m.d.comb += fire.eq(self.i.valid & self.i.ready)
+        chn = cc.pe.depthwise == "channels"
+        # a counted word: every stream word, but in a depthwise layer on a channels build
+        # every rows-th (the word that fills the last bank at an address)
+        count = Signal()
+        lb = Signal(range(max(2, nbanks)))      # dw channels: bank of the incoming word
+        m.d.comb += count.eq(fire & (~self.dwc | (lb == nbanks - 1)) if chn else fire)
         lx = Signal(FIELD_WIDTH)               # dw pixels: column of the incoming word
         lgi = Signal(FIELD_WIDTH)              # dw pixels: group of the incoming word
         lrow = Signal(range(bank_depth + 1))   # dw pixels: y * ws
@@ -219,13 +245,23 @@ class InputBuffer(wiring.Component):
             if nbanks == 1:
                 m.d.comb += [wp.addr.eq(in_cnt), wp.en.eq(fire)]
                 continue
+            if chn:
+                lgb = bank_depth.bit_length() - 1
+                m.d.comb += [
+                    wp.addr.eq(Mux(self.dwc, in_cnt, in_cnt[:lgb])),
+                    wp.en.eq(fire & Mux(self.dwc, lb == b, in_cnt[lgb:] == b)),
+                ]
+                continue
             lq = Mux(cmd.stride == 2, lx >> 1, lx)
             lcol = Mux(cmd.stride == 2, ((lq >> lgr) << 1) | lx[0], lq >> lgr)
             m.d.comb += [
                 wp.addr.eq(Mux(self.dwp, lgoff + lrow + lcol, in_cnt >> lgr)),
                 wp.en.eq(fire & Mux(self.dwp, lq[:lgr] == b, in_cnt[:lgr] == b)),
             ]
-        if nbanks > 1:
+        if chn:
+            with m.If(fire):
+                m.d.sync += lb.eq(Mux(lb == nbanks - 1, 0, lb + 1))
+        elif nbanks > 1:
             with m.If(fire):
                 with m.If(lgi == cmd.gin - 1):
                     m.d.sync += [lgi.eq(0), lgoff.eq(0)]
@@ -237,7 +273,7 @@ class InputBuffer(wiring.Component):
                     m.d.sync += [lgi.eq(lgi + 1), lgoff.eq(lgoff + sz.plane)]
         with m.If(self.run):
             m.d.comb += self.i.ready.eq(~self.done)
-            with m.If(fire):
+            with m.If(count):
                 m.d.sync += [in_cnt.eq(in_cnt + 1), self.done.eq(in_cnt + 1 == sz.n_in)]
                 with m.If(col_cnt == sz.wg - 1):
                     m.d.sync += [col_cnt.eq(0), rows.eq(rows + 1)]
@@ -245,7 +281,7 @@ class InputBuffer(wiring.Component):
                     m.d.sync += col_cnt.eq(col_cnt + 1)
         with m.If(self.start):
             m.d.sync += [in_cnt.eq(0), col_cnt.eq(0), rows.eq(0), self.done.eq(0),
-                         lx.eq(0), lgi.eq(0), lrow.eq(0), lgoff.eq(0)]
+                         lx.eq(0), lgi.eq(0), lrow.eq(0), lgoff.eq(0), lb.eq(0)]
         return rows
 
     def _read(self, m, ports):
@@ -258,10 +294,17 @@ class InputBuffer(wiring.Component):
         R = len(ports)
         lgr = R.bit_length() - 1
         sel1 = Signal(range(R))              # bank of the shared word
+        bank_data = Array(rp.data.as_value() for rp in ports)
+        with m.If(rd.en):
+            m.d.sync += sel1.eq(rd.addr.sel)
+        if self._config.pe.depthwise == "channels":
+            for r in range(R):
+                m.d.comb += rd.data[r].eq(Mux(self.dwc, ports[r].data.as_value(),
+                                              bank_data[sel1]))
+            return
         rot1 = Signal(range(R))              # dw: bank of row 0
         with m.If(rd.en):
-            m.d.sync += [sel1.eq(rd.addr.sel), rot1.eq(rd.addr.rot)]
-        bank_data = Array(rp.data.as_value() for rp in ports)
+            m.d.sync += rot1.eq(rd.addr.rot)
         for r in range(R):
             pick = Mux(self.dwp, (rot1 + r)[:lgr], sel1)
             m.d.comb += rd.data[r].eq(bank_data[pick])

@@ -19,6 +19,7 @@ __all__ = [
     "KERNELS", "STRIDES", "FIELD_WIDTH", "COUNTER_WIDTH", "OUTPUT_COUNT_WIDTH", "MAX_OUTPUTS",
     "config_layout", "weight_layout", "param_layout", "act_in_layout", "act_out_layout",
     "sizes_layout", "tap_layout", "fetch_layout", "input_read_layout", "read_signature",
+    "output_groups",
 ]
 
 
@@ -126,6 +127,16 @@ def act_in_layout(config):
     return data.ArrayLayout(signed(p.act_width), p.lanes)
 
 
+def output_groups(config, kind, gout):
+    """Output beats per output pixel of a command of ``kind`` with ``gout`` groups: ``gout``,
+    or ``gout * lanes`` for a depthwise command on a ``depthwise="channels"`` build (whose
+    groups are of ``rows * lanes`` channels; also its parameter words)."""
+    pe = _pe(config)
+    if kind == KIND_DEPTHWISE and pe.depthwise == "channels":
+        return gout * pe.lanes
+    return gout
+
+
 def act_out_layout(config):
     """Payload of :attr:`PSCConvCore.act_out`: ``rows`` signed activations."""
     p = _pe(config)
@@ -138,9 +149,14 @@ def _pixels(cc):
     return cc.pe.depthwise == "pixels"
 
 
+def _channels(cc):
+    return cc.pe.depthwise == "channels"
+
+
 def bank_count(cc):
-    """Input buffer banks: ``rows`` on a ``depthwise="pixels"`` build, else one."""
-    return cc.pe.rows if _pixels(cc) else 1
+    """Input buffer banks: ``rows`` on a ``depthwise="pixels"`` or ``"channels"`` build,
+    else one."""
+    return cc.pe.rows if cc.pe.lane_accumulators else 1
 
 
 def address_width(cc):
@@ -206,15 +222,15 @@ def tap_layout(cc):
 def input_read_layout(cc):
     """Read address of :class:`~psc.hw.core.input_buffer.InputBuffer`.
 
-    ``addr``: one word address per bank; on a ``depthwise="pixels"`` build
-    also ``sel`` (the bank of the shared word of a non-depthwise beat) and
-    ``rot`` (the bank of row 0 of a depthwise beat).
+    ``addr``: one word address per bank; on a banked build also ``sel``
+    (the bank of the shared word of a non-depthwise beat) and, on a
+    ``depthwise="pixels"`` build, ``rot`` (the bank of row 0 of a depthwise beat).
     """
     nbanks = bank_count(cc)
     fields = {"addr": data.ArrayLayout(unsigned(_bits(cc.fmap_depth // nbanks - 1)), nbanks)}
-    if _pixels(cc):
-        lgr = cc.pe.rows.bit_length() - 1
-        fields.update(sel=unsigned(max(1, lgr)), rot=unsigned(max(1, lgr)))
+    if nbanks > 1:
+        sel = unsigned(max(1, (nbanks - 1).bit_length()))
+        fields.update(sel=sel, **({"rot": sel} if _pixels(cc) else {}))
     return data.StructLayout(fields)
 
 
@@ -231,8 +247,7 @@ def fetch_layout(cc):
         "pad": unsigned(cc.pe.rows if _pixels(cc) else 1),
         "first": 1, "last": 1,
     }
-    if _pixels(cc):
-        fields.update(sel=rd["sel"].shape, rot=rd["rot"].shape)
+    fields.update({name: rd[name].shape for name in ("sel", "rot") if name in rd.members})
     return data.StructLayout(fields)
 
 

@@ -10,7 +10,7 @@ from psc.config import CoreConfig
 from psc.hw.dot_product import output_layout
 from psc.hw.requantize import Requantizer
 
-from .layouts import (FIELD_WIDTH, OUTPUT_COUNT_WIDTH, Part, act_out_layout, bank_count,
+from .layouts import (FIELD_WIDTH, OUTPUT_COUNT_WIDTH, Part, act_out_layout,
                       config_layout,
                       param_address_width, param_layout, read_signature, sizes_layout)
 
@@ -23,7 +23,8 @@ class OutputStage(wiring.Component):
     Each sum beat (:attr:`i`) belongs to output group ``j``, which a counter
     follows (``0 .. last_group``, one step per beat, or per ``rows`` beats
     for a depthwise layer on a ``depthwise="pixels"`` build, whose beats
-    are one row each). The beat and the parameter read of its group
+    are one row each; on a ``depthwise="channels"`` build a depthwise
+    reduction's ``lanes`` beats are ``lanes`` groups, one step each). The beat and the parameter read of its group
     (:attr:`params`, one cycle) are registered together; with
     ``read_register`` they are registered once more before the bias add (a
     block RAM's clock-to-out plus a wide add in one cycle would limit an
@@ -103,7 +104,7 @@ class OutputStage(wiring.Component):
         cc = self._config
         pe = cc.pe
         R = pe.rows
-        pix = bank_count(cc) > 1
+        pix = pe.depthwise == "pixels"
         cmd, dwp = self.cmd, self.dwp
         m.submodules.rq = rq = Requantizer(cc.requant_config)
         sw = cc.sum_width

@@ -118,7 +118,7 @@ class Sequencer(wiring.Component):
         for n in ("ix", "iy", "ix0", "iy0"):
             s[n] = reg(sd, n)
         s["need"] = reg(sd, "need")                   # input rows the output row needs
-        # depthwise: input group = output group (diagonal: j; pixels: j * plane)
+        # depthwise: input group = output group (diagonal, channels: j; pixels: j * plane)
         s["goff"] = reg(range(max(cc.param_depth, bank_depth) + 1), "goff")
         s["goff_step"] = reg(s["goff"].shape(), "goff_step")
         for n in ("row_step",                         # address step per kernel row
@@ -256,7 +256,7 @@ class Sequencer(wiring.Component):
         """Start values of a command."""
         cmd, sz, dwp, ws = self.cmd, self.sizes, self.dwp, self.ws
         R = self._config.pe.rows
-        pix = bank_count(self._config) > 1
+        pix = self._config.pe.depthwise == "pixels"
         lgr = R.bit_length() - 1
         base = s["base"]
         last_ox_blk = (cmd.out_w - 1) & ~(R - 1) if pix else cmd.out_w - 1

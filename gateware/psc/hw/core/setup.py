@@ -9,7 +9,11 @@ from psc.config import CoreConfig
 from .layouts import (COUNTER_WIDTH, FIELD_WIDTH, MAX_OUTPUTS, LayerKind, Part, bank_count,
                       config_layout, sizes_layout)
 
-__all__ = ["DerivedSizes", "CommandSetup", "CycleCounters"]
+__all__ = ["DerivedSizes", "CommandSetup", "CycleCounters", "GOUT_O_WIDTH"]
+
+#: Bits of a command's output beats per pixel (``gout``, times ``lanes`` for a depthwise
+#: layer on a ``depthwise="channels"`` build; ``lanes`` <= 64).
+GOUT_O_WIDTH = FIELD_WIDTH + 6
 
 
 def _check_config(config):
@@ -50,6 +54,9 @@ class DerivedSizes(wiring.Component):
         The command, held from ``clear`` on.
     gin_e : In(FIELD_WIDTH)
         Input groups per reduction (``1`` for depthwise, else ``gin``).
+    gout_o : In(GOUT_O_WIDTH)
+        Output beats per output pixel (``gout``, or ``gout * lanes`` for a
+        depthwise layer on a ``depthwise="channels"`` build).
     clear, enable : In(1)
     sizes : Out(sizes_layout(config))
     ws : Out(FIELD_WIDTH + 1)
@@ -61,6 +68,7 @@ class DerivedSizes(wiring.Component):
         super().__init__({
             "cmd": In(config_layout(config)),
             "gin_e": In(FIELD_WIDTH),
+            "gout_o": In(GOUT_O_WIDTH),
             "clear": In(1),
             "enable": In(1),
             "sizes": Out(sizes_layout(config)),
@@ -75,7 +83,7 @@ class DerivedSizes(wiring.Component):
         steps = [
             (s.wg, cmd.in_w, cmd.gin),
             (s.n_in, cmd.in_h, s.wg),
-            (s.ow, cmd.out_w, cmd.gout),
+            (s.ow, cmd.out_w, self.gout_o),
             (s.n_out, cmd.out_h, s.ow),
             (s.kk, cmd.k, cmd.k),
             (s.red, self.gin_e, s.kk),
@@ -83,7 +91,7 @@ class DerivedSizes(wiring.Component):
             (s.pt_wg, cmd.pad_top, s.wg),
             (s.pl_g, cmd.pad_left, cmd.gin),
         ]
-        if bank_count(self._config) > 1:
+        if self._config.pe.depthwise == "pixels":
             # A depthwise layer's input column x goes to bank (x // s) % rows,
             # at a bank row of ws words per input row and group.
             lgr = R.bit_length() - 1
@@ -159,8 +167,9 @@ class CommandSetup(wiring.Component):
     Checks (``error`` when one fails): ``k`` in {1, 3, 5, 7}; ``stride`` in
     {1, 2}; ``pad_top``, ``pad_left`` < ``k``; every size >= 1; pointwise/FC
     need ``k = 1`` (FC also a 1x1 map); depthwise needs ``gin = gout`` and a
-    build with ``lanes = rows``; the input, weight and parameter words fit
-    their buffers (the weights only when not ``keep``); a reduction fits
+    build with ``lanes = rows`` or ``depthwise="channels"``; the input, weight
+    and parameter words fit their buffers (a depthwise layer's input words on
+    a ``"channels"`` build: one bank's) (the weights only when not ``keep``); a reduction fits
     ``max_reduction``; at most :data:`~psc.hw.core.layouts.MAX_OUTPUTS` output beats;
     a chunk of a split reduction (``part`` not ``WHOLE``) needs a partial-sum
     buffer, a kind other than depthwise and at most ``psum_depth`` output beats.
@@ -174,10 +183,16 @@ class CommandSetup(wiring.Component):
     cfg : In(stream.Signature(config_layout()))
     cmd : Out(config_layout())
         The command, registered when taken and held until the next one.
-    dw, dwp : Out(1)
-        The command is depthwise; depthwise on a ``depthwise="pixels"`` build.
+    dw, dwp, dwc : Out(1)
+        The command is depthwise; depthwise on a ``depthwise="pixels"``
+        build; on a ``depthwise="channels"`` build.
     gin_e : Out(FIELD_WIDTH)
         Input groups per reduction (``1`` for depthwise, else ``gin``).
+    gout_o : Out(GOUT_O_WIDTH)
+        Output beats (parameter groups) per output pixel: ``gout``, or
+        ``gout * lanes`` when ``dwc``.
+    last_go : Out(range(config.param_depth))
+        ``gout_o - 1`` (registered; the output stage's group counter wraps there).
     accept : Out(1)
         A command is taken this cycle.
     sizing : Out(1)
@@ -202,7 +217,10 @@ class CommandSetup(wiring.Component):
             "cmd": Out(config_layout(config)),
             "dw": Out(1),
             "dwp": Out(1),
+            "dwc": Out(1),
             "gin_e": Out(FIELD_WIDTH),
+            "gout_o": Out(GOUT_O_WIDTH),
+            "last_go": Out(range(config.param_depth)),
             "accept": Out(1),
             "sizing": Out(1),
             "sizes": In(sizes_layout(config)),
@@ -237,14 +255,15 @@ class CommandSetup(wiring.Component):
             | (((cmd.kind == LayerKind.POINTWISE) | (cmd.kind == LayerKind.FC)) & (k != 1))
             | ((cmd.kind == LayerKind.FC) & ((cmd.in_h != 1) | (cmd.in_w != 1)
                                             | (cmd.out_h != 1) | (cmd.out_w != 1)))
-            | ((cmd.kind == LayerKind.DEPTHWISE) & ((cmd.gin != cmd.gout)
-                                                    | (pe.lanes != pe.rows)))
-            | (cmd.gout > cc.param_depth)
+            | ((cmd.kind == LayerKind.DEPTHWISE)
+               & ((cmd.gin != cmd.gout)
+                  | (pe.lanes != pe.rows and pe.depthwise != "channels")))
+            | (self.gout_o > cc.param_depth)
             | ((cmd.part != Part.WHOLE) & ((cmd.kind == LayerKind.DEPTHWISE)
                                            | (cc.psum_depth == 0)))
         )
         sizes = (
-            (s.n_in > cc.fmap_depth)
+            (s.n_in > Mux(self.dwc, cc.fmap_depth // bank_count(cc), cc.fmap_depth))
             | (self.dwp & (s.n_dw > cc.fmap_depth // bank_count(cc)))
             | (~cmd.keep & (s.n_w > cc.weight_depth))
             # red * lanes > max_reduction, without the multiply
@@ -256,7 +275,9 @@ class CommandSetup(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        pix = bank_count(self._config) > 1
+        pe = self._config.pe
+        pix = pe.depthwise == "pixels"
+        chn = pe.depthwise == "channels"
         # The two halves of the checks, registered every cycle: in CHECK they
         # hold the checks of the command and of its final sizes (which are
         # final in the last SETUP cycle), and `refused` is their OR, so no
@@ -276,7 +297,10 @@ class CommandSetup(wiring.Component):
                         self.cmd.eq(payload), self.error.eq(0),
                         self.dw.eq(payload.kind == LayerKind.DEPTHWISE),
                         self.dwp.eq(pix & (payload.kind == LayerKind.DEPTHWISE)),
+                        self.dwc.eq(chn & (payload.kind == LayerKind.DEPTHWISE)),
                         self.gin_e.eq(Mux(payload.kind == LayerKind.DEPTHWISE, 1, payload.gin)),
+                        self.gout_o.eq(Mux(chn & (payload.kind == LayerKind.DEPTHWISE),
+                                           payload.gout * pe.lanes, payload.gout)),
                     ]
                     m.next = "SETUP"
             with m.State("SETUP"):
@@ -287,7 +311,8 @@ class CommandSetup(wiring.Component):
                 # `refused` goes through a register before it decides which of
                 # the many start values get written.
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += self.refused.eq(bad_fields | bad_sizes)
+                m.d.sync += [self.refused.eq(bad_fields | bad_sizes),
+                             self.last_go.eq(self.gout_o - 1)]
                 m.next = "START"
             with m.State("START"):
                 m.d.comb += [self.busy.eq(1), self.starting.eq(1)]
