@@ -4460,7 +4460,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$5412$1792 (i__payload[1793:1792]),
+    .\port$5410$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[639:512]),
@@ -4473,7 +4473,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$167 ),
     .mask(\mask$16 ),
-    .\port$5412$1792 (i__payload[1793:1792]),
+    .\port$5410$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[767:640]),
@@ -4486,7 +4486,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$168 ),
     .mask(\mask$26 ),
-    .\port$5412$1792 (i__payload[1793:1792]),
+    .\port$5410$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[895:768]),
@@ -4499,7 +4499,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$169 ),
     .mask(\mask$36 ),
-    .\port$5412$1792 (i__payload[1793:1792]),
+    .\port$5410$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1023:896]),
@@ -4512,7 +4512,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$170 ),
     .mask(\mask$46 ),
-    .\port$5412$1792 (i__payload[1793:1792]),
+    .\port$5410$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1151:1024]),
@@ -4525,7 +4525,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$171 ),
     .mask(\mask$56 ),
-    .\port$5412$1792 (i__payload[1793:1792]),
+    .\port$5410$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1279:1152]),
@@ -4538,7 +4538,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$172 ),
     .mask(\mask$66 ),
-    .\port$5412$1792 (i__payload[1793:1792]),
+    .\port$5410$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1407:1280]),
@@ -4550,7 +4550,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$173 ),
     .mask(\mask$76 ),
-    .\port$5412$1760 (i__payload[1793:1760]),
+    .\port$5410$1760 (i__payload[1793:1760]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1535:1408]),
@@ -5878,7 +5878,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5412$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5410$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -5990,8 +5990,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5412$1792 ;
-  wire [1:0] \port$5412$1792 ;
+  input [1:0] \port$5410$1792 ;
+  wire [1:0] \port$5410$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6139,7 +6139,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5412$1792 [0];
+  assign \$16  = valid & \port$5410$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6202,7 +6202,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5412$1792 [0];
+      \$50  = \port$5410$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6212,7 +6212,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5412$1792 [1];
+      \$51  = \port$5410$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6353,8 +6353,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5412$1792 [0];
-  assign last = \port$5412$1792 [1];
+  assign first = \port$5410$1792 [0];
+  assign last = \port$5410$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -6496,7 +6496,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5412$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5410$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -6606,8 +6606,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5412$1792 ;
-  wire [1:0] \port$5412$1792 ;
+  input [1:0] \port$5410$1792 ;
+  wire [1:0] \port$5410$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6755,7 +6755,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5412$1792 [0];
+  assign \$16  = valid & \port$5410$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6818,7 +6818,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5412$1792 [0];
+      \$50  = \port$5410$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6828,7 +6828,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5412$1792 [1];
+      \$51  = \port$5410$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6969,8 +6969,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5412$1792 [0];
-  assign last = \port$5412$1792 [1];
+  assign first = \port$5410$1792 [0];
+  assign last = \port$5410$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7112,7 +7112,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5412$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5410$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7222,8 +7222,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5412$1792 ;
-  wire [1:0] \port$5412$1792 ;
+  input [1:0] \port$5410$1792 ;
+  wire [1:0] \port$5410$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7371,7 +7371,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5412$1792 [0];
+  assign \$16  = valid & \port$5410$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -7434,7 +7434,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5412$1792 [0];
+      \$50  = \port$5410$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -7444,7 +7444,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5412$1792 [1];
+      \$51  = \port$5410$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -7585,8 +7585,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5412$1792 [0];
-  assign last = \port$5412$1792 [1];
+  assign first = \port$5410$1792 [0];
+  assign last = \port$5410$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7728,7 +7728,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5412$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5410$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7838,8 +7838,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5412$1792 ;
-  wire [1:0] \port$5412$1792 ;
+  input [1:0] \port$5410$1792 ;
+  wire [1:0] \port$5410$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7987,7 +7987,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5412$1792 [0];
+  assign \$16  = valid & \port$5410$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8050,7 +8050,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5412$1792 [0];
+      \$50  = \port$5410$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8060,7 +8060,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5412$1792 [1];
+      \$51  = \port$5410$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8201,8 +8201,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5412$1792 [0];
-  assign last = \port$5412$1792 [1];
+  assign first = \port$5410$1792 [0];
+  assign last = \port$5410$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8344,7 +8344,7 @@ module \psc_core.dp.pe_3.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5412$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5410$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -8454,8 +8454,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5412$1792 ;
-  wire [1:0] \port$5412$1792 ;
+  input [1:0] \port$5410$1792 ;
+  wire [1:0] \port$5410$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8603,7 +8603,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5412$1792 [0];
+  assign \$16  = valid & \port$5410$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8666,7 +8666,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5412$1792 [0];
+      \$50  = \port$5410$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8676,7 +8676,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5412$1792 [1];
+      \$51  = \port$5410$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8817,8 +8817,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5412$1792 [0];
-  assign last = \port$5412$1792 [1];
+  assign first = \port$5410$1792 [0];
+  assign last = \port$5410$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8960,7 +8960,7 @@ module \psc_core.dp.pe_4.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5412$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5410$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9070,8 +9070,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5412$1792 ;
-  wire [1:0] \port$5412$1792 ;
+  input [1:0] \port$5410$1792 ;
+  wire [1:0] \port$5410$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9219,7 +9219,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5412$1792 [0];
+  assign \$16  = valid & \port$5410$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9282,7 +9282,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5412$1792 [0];
+      \$50  = \port$5410$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9292,7 +9292,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5412$1792 [1];
+      \$51  = \port$5410$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -9433,8 +9433,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5412$1792 [0];
-  assign last = \port$5412$1792 [1];
+  assign first = \port$5410$1792 [0];
+  assign last = \port$5410$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9576,7 +9576,7 @@ module \psc_core.dp.pe_5.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5412$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5410$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9686,8 +9686,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5412$1792 ;
-  wire [1:0] \port$5412$1792 ;
+  input [1:0] \port$5410$1792 ;
+  wire [1:0] \port$5410$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9835,7 +9835,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5412$1792 [0];
+  assign \$16  = valid & \port$5410$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9898,7 +9898,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5412$1792 [0];
+      \$50  = \port$5410$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9908,7 +9908,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5412$1792 [1];
+      \$51  = \port$5410$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -10049,8 +10049,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5412$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5412$1792 [0];
-  assign last = \port$5412$1792 [1];
+  assign first = \port$5410$1792 [0];
+  assign last = \port$5410$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -10192,7 +10192,7 @@ module \psc_core.dp.pe_6.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_7 (rst, x, words, \port$5412$1760 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_7 (rst, x, words, \port$5410$1760 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -10301,8 +10301,8 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5412$1760 , valid, en, lane_acc, 
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [33:0] \port$5412$1760 ;
-  wire [33:0] \port$5412$1760 ;
+  input [33:0] \port$5410$1760 ;
+  wire [33:0] \port$5410$1760 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -10450,7 +10450,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5412$1760 , valid, en, lane_acc, 
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5412$1760 [32];
+  assign \$16  = valid & \port$5410$1760 [32];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -10513,7 +10513,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5412$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5412$1760 [32];
+      \$50  = \port$5410$1760 [32];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -10523,7 +10523,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5412$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5412$1760 [33];
+      \$51  = \port$5410$1760 [33];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -10534,7 +10534,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5412$1760 , valid, en, lane_acc, 
     \$52  = b1;
     if (en) begin
       if (\$16 ) begin
-        \$52  = \port$5412$1760 [31:0];
+        \$52  = \port$5410$1760 [31:0];
       end
     end
   end
@@ -10664,9 +10664,9 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5412$1760 , valid, en, lane_acc, 
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5412$1760 [32];
-  assign last = \port$5412$1760 [33];
-  assign bias = \port$5412$1760 [31:0];
+  assign first = \port$5410$1760 [32];
+  assign last = \port$5410$1760 [33];
+  assign bias = \port$5410$1760 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -27870,8 +27870,8 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire [15:0] \$81 ;
   wire \$82 ;
   wire \$83 ;
-  wire [19:0] \$84 ;
-  wire [19:0] \$85 ;
+  wire [18:0] \$84 ;
+  wire [18:0] \$85 ;
   wire \$86 ;
   wire [22:0] \$87 ;
   wire \$88 ;
@@ -28083,7 +28083,6 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   assign \$80  = cfg__payload[109:108] == 1'h1;
   assign \$81  = \$80  ? 16'h0001 : cfg__payload[79:64];
   assign \$82  = cfg__payload[109:108] == 1'h1;
-  assign \$84  = cfg__payload[95:80] * 4'h8;
   assign \$86  = bad_fields | bad_sizes;
   assign \$87  = gout_o - 1'h1;
   assign \$88  = outputs_done & inputs_done;
@@ -28253,7 +28252,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$107  = { 2'h0, \$85  };
+            \$107  = { 3'h0, \$85  };
           end
     endcase
     if (rst) begin
@@ -28478,7 +28477,8 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   assign \$77  = \$76 ;
   assign \$79  = 1'h0;
   assign \$83  = 1'h0;
-  assign \$85  = { 4'h0, cfg__payload[95:80] };
+  assign \$84  = { cfg__payload[95:80], 3'h0 };
+  assign \$85  = { 3'h0, cfg__payload[95:80] };
 endmodule
 
 (* generator = "Amaranth" *)

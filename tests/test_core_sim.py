@@ -179,16 +179,22 @@ def test_depthwise_pixels_build(target):
         core_cases._layer(r, 4, 4, 7, 6, 5, 1, 2, groups=4, weights="ini"),   # 5x5, 1 block + 2
         core_cases._layer(r, 3, 3, 5, 5, 1, 1, 0, groups=3),                  # 1x1: drain holds
     ]
-    plans = [host.plan_layer(**layer, config=TINY_PIX) for layer in layers]
+    plans = _reset_then_layers(TINY_PIX, layers, target, "pixels")
     assert len(plans[0].tiles) > 1 and len(plans[2].tiles) > 1
-    # reset in the middle of a depthwise tile, then the layers from a clean start
-    reset_plan = host.plan_layer(**layers[2], config=TINY_PIX)
+
+
+def _reset_then_layers(cc, layers, target, label):
+    """A reset in the middle of the first tile of ``layers[2]`` (a stride-2 depthwise
+    layer), then every layer from a clean start, each checked; returns the plans."""
+    plans = [host.plan_layer(**layer, config=cc) for layer in layers]
+    reset_plan = host.plan_layer(**layers[2], config=cc)
     reset_plan.tiles[0].reset_after = 60
-    res = host.run_plans([reset_plan.tiles[:1]] + [p.tiles for p in plans], config=TINY_PIX,
+    res = host.run_plans([reset_plan.tiles[:1]] + [p.tiles for p in plans], config=cc,
                          target=target, stall=STALL, seed=6)
     assert res[0][0]["reset"] and not res[0][0]["done"]
     for i, (layer, plan, r_) in enumerate(zip(layers, plans, res[1:])):
-        _check(layer, plan.assemble(r_), f"pixels layer {i} on {target}")
+        _check(layer, plan.assemble(r_), f"{label} layer {i} on {target}")
+    return plans
 
 
 # depthwise='channels' on 4 lanes x 3 rows (neither a square nor a power of two) with
@@ -210,15 +216,8 @@ def test_depthwise_channels_build(target):
         core_cases._layer(r, 3, 3, 5, 5, 1, 1, 0, groups=3),                  # 1x1: drain holds
         core_cases._layer(r, 9, 6, 5, 7, 1, relu=True),                       # pointwise
     ]
-    plans = [host.plan_layer(**layer, config=TINY_CHN) for layer in layers]
+    plans = _reset_then_layers(TINY_CHN, layers, target, "channels")
     assert plans[0].kind == KIND_DEPTHWISE and len(plans[0].tiles) > 2
-    reset_plan = host.plan_layer(**layers[2], config=TINY_CHN)
-    reset_plan.tiles[0].reset_after = 60
-    res = host.run_plans([reset_plan.tiles[:1]] + [p.tiles for p in plans], config=TINY_CHN,
-                         target=target, stall=STALL, seed=6)
-    assert res[0][0]["reset"] and not res[0][0]["done"]
-    for i, (layer, plan, r_) in enumerate(zip(layers, plans, res[1:])):
-        _check(layer, plan.assemble(r_), f"channels layer {i} on {target}")
 
 
 def _overflowing_commands():

@@ -96,11 +96,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire act_out__valid;
   wire all_sent;
   wire beat;
-  wire \beat$161 ;
+  wire \beat$162 ;
   output busy;
   wire busy;
-  wire \busy$157 ;
   wire \busy$158 ;
+  wire \busy$159 ;
   input [113:0] cfg__payload;
   wire [113:0] cfg__payload;
   wire [113:0] \cfg__payload$23 ;
@@ -159,7 +159,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire cfg__valid;
   wire \cfg__valid$25 ;
   wire clear;
-  wire \clear$156 ;
+  wire \clear$157 ;
   input clk;
   wire clk;
   wire [113:0] cmd;
@@ -323,16 +323,17 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [31:0] cycles_total;
   output done;
   wire done;
-  wire \done$146 ;
-  wire \done$148 ;
-  wire \done$152 ;
-  wire \done$164 ;
+  wire \done$147 ;
+  wire \done$149 ;
+  wire \done$153 ;
+  wire \done$165 ;
   wire dw;
   wire \dw$102 ;
   wire \dw$127 ;
   wire dwc;
   wire \dwc$112 ;
   wire \dwc$115 ;
+  wire \dwc$128 ;
   wire dwp;
   wire \dwp$104 ;
   wire \dwp$110 ;
@@ -341,7 +342,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire enable;
   output error;
   wire error;
-  wire \error$165 ;
+  wire \error$166 ;
   wire [15:0] gin_e;
   wire [15:0] \gin_e$105 ;
   wire [15:0] \gin_e$89 ;
@@ -562,7 +563,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [5:0] last_go;
   wire [5:0] last_group;
   wire loaded;
-  wire \loaded$150 ;
+  wire \loaded$151 ;
   wire mac_valid;
   wire [24:0] n_out;
   wire [55:0] o__payload;
@@ -808,18 +809,18 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \read__en$84 ;
   wire ready;
   wire refused;
-  wire \refused$141 ;
+  wire \refused$142 ;
   wire [12:0] rows_in;
-  wire [12:0] \rows_in$144 ;
+  wire [12:0] \rows_in$145 ;
   input rst;
   wire rst;
   wire run;
-  wire \run$131 ;
-  wire \run$133 ;
-  wire \run$135 ;
-  wire \run$137 ;
-  wire \run$142 ;
-  wire \run$159 ;
+  wire \run$132 ;
+  wire \run$134 ;
+  wire \run$136 ;
+  wire \run$138 ;
+  wire \run$143 ;
+  wire \run$160 ;
   wire [174:0] sizes;
   wire [174:0] \sizes$106 ;
   wire [11:0] \sizes$106.kk ;
@@ -876,12 +877,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire sizing;
   wire [31:0] stall;
   wire start;
-  wire \start$129 ;
-  wire \start$132 ;
-  wire \start$134 ;
-  wire \start$136 ;
+  wire \start$130 ;
+  wire \start$133 ;
+  wire \start$135 ;
+  wire \start$137 ;
   wire starting;
-  wire \starting$139 ;
+  wire \starting$140 ;
   wire [66:0] taps__payload;
   wire \taps__payload.first ;
   wire [17:0] \taps__payload.ix ;
@@ -896,7 +897,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire w_en;
   wire w_rdy;
   wire waiting;
-  wire \waiting$163 ;
+  wire \waiting$164 ;
   wire [10:0] weights__addr;
   wire [447:0] weights__data;
   wire [111:0] \weights__data[0] ;
@@ -1011,6 +1012,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .adv1(read__en),
     .beat(beat),
     .clk(clk),
+    .dwc(dwc),
     .i__ready(taps__ready),
     .inputs__addr(read__addr),
     .inputs__data(inputs__data),
@@ -1122,7 +1124,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .start(start),
     .starting(starting)
   );
-  \psc_core.sizes$170  \sizes$170  (
+  \psc_core.sizes$171  \sizes$171  (
     .clear(clear),
     .clk(clk),
     .cmd(cmd),
@@ -1231,31 +1233,32 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \dwp$123  = dwp;
   assign n_out = sizes[75:51];
   assign last_go = last_group;
-  assign \start$129  = start;
-  assign \run$131  = run;
-  assign \start$132  = start;
-  assign \run$133  = run;
-  assign \start$134  = start;
-  assign \run$135  = run;
-  assign \start$136  = start;
-  assign \run$137  = run;
-  assign \starting$139  = starting;
-  assign \refused$141  = refused;
-  assign \run$142  = run;
-  assign \rows_in$144  = rows_in;
-  assign \done$146  = weights_done;
-  assign \done$148  = params_done;
-  assign \loaded$150  = loaded;
-  assign \done$152  = inputs_done;
+  assign \dwc$128  = dwc;
+  assign \start$130  = start;
+  assign \run$132  = run;
+  assign \start$133  = start;
+  assign \run$134  = run;
+  assign \start$135  = start;
+  assign \run$136  = run;
+  assign \start$137  = start;
+  assign \run$138  = run;
+  assign \starting$140  = starting;
+  assign \refused$142  = refused;
+  assign \run$143  = run;
+  assign \rows_in$145  = rows_in;
+  assign \done$147  = weights_done;
+  assign \done$149  = params_done;
+  assign \loaded$151  = loaded;
+  assign \done$153  = inputs_done;
   assign all_sent = outputs_done;
-  assign \clear$156  = clear;
-  assign \busy$157  = busy;
+  assign \clear$157  = clear;
   assign \busy$158  = busy;
-  assign \run$159  = run;
-  assign \beat$161  = beat;
-  assign \waiting$163  = waiting;
-  assign \done$164  = done;
-  assign \error$165  = error;
+  assign \busy$159  = busy;
+  assign \run$160  = run;
+  assign \beat$162  = beat;
+  assign \waiting$164  = waiting;
+  assign \done$165  = done;
+  assign \error$166  = error;
   assign total = cycles_total;
   assign compute = cycles_compute;
   assign stall = cycles_stall;
@@ -2507,7 +2510,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$2889$800 (i__payload[801:800]),
+    .\port$2910$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[335:224]),
@@ -2520,7 +2523,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$87 ),
     .mask(\mask$16 ),
-    .\port$2889$800 (i__payload[801:800]),
+    .\port$2910$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[447:336]),
@@ -2533,7 +2536,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$88 ),
     .mask(\mask$26 ),
-    .\port$2889$800 (i__payload[801:800]),
+    .\port$2910$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[559:448]),
@@ -2545,7 +2548,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$89 ),
     .mask(\mask$36 ),
-    .\port$2889$768 (i__payload[801:768]),
+    .\port$2910$768 (i__payload[801:768]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[671:560]),
@@ -3165,7 +3168,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2889$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2910$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -3417,8 +3420,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2889$800 ;
-  wire [1:0] \port$2889$800 ;
+  input [1:0] \port$2910$800 ;
+  wire [1:0] \port$2910$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3475,7 +3478,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2889$800 [0];
+  assign \$2  = valid & \port$2910$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -3570,154 +3573,154 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$744$0 (\$64 ),
-    .\port$744$1 (\$65 ),
-    .\port$744$10 (\$74 ),
-    .\port$744$11 (\$75 ),
-    .\port$744$12 (\$76 ),
-    .\port$744$13 (\$77 ),
-    .\port$744$14 (\$78 ),
-    .\port$744$15 (\$79 ),
-    .\port$744$2 (\$66 ),
-    .\port$744$3 (\$67 ),
-    .\port$744$4 (\$68 ),
-    .\port$744$5 (\$69 ),
-    .\port$744$6 (\$70 ),
-    .\port$744$7 (\$71 ),
-    .\port$744$8 (\$72 ),
-    .\port$744$9 (\$73 )
+    .\port$765$0 (\$64 ),
+    .\port$765$1 (\$65 ),
+    .\port$765$10 (\$74 ),
+    .\port$765$11 (\$75 ),
+    .\port$765$12 (\$76 ),
+    .\port$765$13 (\$77 ),
+    .\port$765$14 (\$78 ),
+    .\port$765$15 (\$79 ),
+    .\port$765$2 (\$66 ),
+    .\port$765$3 (\$67 ),
+    .\port$765$4 (\$68 ),
+    .\port$765$5 (\$69 ),
+    .\port$765$6 (\$70 ),
+    .\port$765$7 (\$71 ),
+    .\port$765$8 (\$72 ),
+    .\port$765$9 (\$73 )
   );
   \psc_core.dp.pe_0.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$745$0 (\$80 ),
-    .\port$745$1 (\$81 ),
-    .\port$745$10 (\$90 ),
-    .\port$745$11 (\$91 ),
-    .\port$745$12 (\$92 ),
-    .\port$745$13 (\$93 ),
-    .\port$745$14 (\$94 ),
-    .\port$745$15 (\$95 ),
-    .\port$745$2 (\$82 ),
-    .\port$745$3 (\$83 ),
-    .\port$745$4 (\$84 ),
-    .\port$745$5 (\$85 ),
-    .\port$745$6 (\$86 ),
-    .\port$745$7 (\$87 ),
-    .\port$745$8 (\$88 ),
-    .\port$745$9 (\$89 )
+    .\port$766$0 (\$80 ),
+    .\port$766$1 (\$81 ),
+    .\port$766$10 (\$90 ),
+    .\port$766$11 (\$91 ),
+    .\port$766$12 (\$92 ),
+    .\port$766$13 (\$93 ),
+    .\port$766$14 (\$94 ),
+    .\port$766$15 (\$95 ),
+    .\port$766$2 (\$82 ),
+    .\port$766$3 (\$83 ),
+    .\port$766$4 (\$84 ),
+    .\port$766$5 (\$85 ),
+    .\port$766$6 (\$86 ),
+    .\port$766$7 (\$87 ),
+    .\port$766$8 (\$88 ),
+    .\port$766$9 (\$89 )
   );
   \psc_core.dp.pe_0.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$746$0 (\$96 ),
-    .\port$746$1 (\$97 ),
-    .\port$746$10 (\$106 ),
-    .\port$746$11 (\$107 ),
-    .\port$746$12 (\$108 ),
-    .\port$746$13 (\$109 ),
-    .\port$746$14 (\$110 ),
-    .\port$746$15 (\$111 ),
-    .\port$746$2 (\$98 ),
-    .\port$746$3 (\$99 ),
-    .\port$746$4 (\$100 ),
-    .\port$746$5 (\$101 ),
-    .\port$746$6 (\$102 ),
-    .\port$746$7 (\$103 ),
-    .\port$746$8 (\$104 ),
-    .\port$746$9 (\$105 )
+    .\port$767$0 (\$96 ),
+    .\port$767$1 (\$97 ),
+    .\port$767$10 (\$106 ),
+    .\port$767$11 (\$107 ),
+    .\port$767$12 (\$108 ),
+    .\port$767$13 (\$109 ),
+    .\port$767$14 (\$110 ),
+    .\port$767$15 (\$111 ),
+    .\port$767$2 (\$98 ),
+    .\port$767$3 (\$99 ),
+    .\port$767$4 (\$100 ),
+    .\port$767$5 (\$101 ),
+    .\port$767$6 (\$102 ),
+    .\port$767$7 (\$103 ),
+    .\port$767$8 (\$104 ),
+    .\port$767$9 (\$105 )
   );
   \psc_core.dp.pe_0.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$747$0 (\$112 ),
-    .\port$747$1 (\$113 ),
-    .\port$747$10 (\$122 ),
-    .\port$747$11 (\$123 ),
-    .\port$747$12 (\$124 ),
-    .\port$747$13 (\$125 ),
-    .\port$747$14 (\$126 ),
-    .\port$747$15 (\$127 ),
-    .\port$747$2 (\$114 ),
-    .\port$747$3 (\$115 ),
-    .\port$747$4 (\$116 ),
-    .\port$747$5 (\$117 ),
-    .\port$747$6 (\$118 ),
-    .\port$747$7 (\$119 ),
-    .\port$747$8 (\$120 ),
-    .\port$747$9 (\$121 )
+    .\port$768$0 (\$112 ),
+    .\port$768$1 (\$113 ),
+    .\port$768$10 (\$122 ),
+    .\port$768$11 (\$123 ),
+    .\port$768$12 (\$124 ),
+    .\port$768$13 (\$125 ),
+    .\port$768$14 (\$126 ),
+    .\port$768$15 (\$127 ),
+    .\port$768$2 (\$114 ),
+    .\port$768$3 (\$115 ),
+    .\port$768$4 (\$116 ),
+    .\port$768$5 (\$117 ),
+    .\port$768$6 (\$118 ),
+    .\port$768$7 (\$119 ),
+    .\port$768$8 (\$120 ),
+    .\port$768$9 (\$121 )
   );
   \psc_core.dp.pe_0.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$748$0 (\$128 ),
-    .\port$748$1 (\$129 ),
-    .\port$748$10 (\$138 ),
-    .\port$748$11 (\$139 ),
-    .\port$748$12 (\$140 ),
-    .\port$748$13 (\$141 ),
-    .\port$748$14 (\$142 ),
-    .\port$748$15 (\$143 ),
-    .\port$748$2 (\$130 ),
-    .\port$748$3 (\$131 ),
-    .\port$748$4 (\$132 ),
-    .\port$748$5 (\$133 ),
-    .\port$748$6 (\$134 ),
-    .\port$748$7 (\$135 ),
-    .\port$748$8 (\$136 ),
-    .\port$748$9 (\$137 )
+    .\port$769$0 (\$128 ),
+    .\port$769$1 (\$129 ),
+    .\port$769$10 (\$138 ),
+    .\port$769$11 (\$139 ),
+    .\port$769$12 (\$140 ),
+    .\port$769$13 (\$141 ),
+    .\port$769$14 (\$142 ),
+    .\port$769$15 (\$143 ),
+    .\port$769$2 (\$130 ),
+    .\port$769$3 (\$131 ),
+    .\port$769$4 (\$132 ),
+    .\port$769$5 (\$133 ),
+    .\port$769$6 (\$134 ),
+    .\port$769$7 (\$135 ),
+    .\port$769$8 (\$136 ),
+    .\port$769$9 (\$137 )
   );
   \psc_core.dp.pe_0.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$749$0 (\$144 ),
-    .\port$749$1 (\$145 ),
-    .\port$749$10 (\$154 ),
-    .\port$749$11 (\$155 ),
-    .\port$749$12 (\$156 ),
-    .\port$749$13 (\$157 ),
-    .\port$749$14 (\$158 ),
-    .\port$749$15 (\$159 ),
-    .\port$749$2 (\$146 ),
-    .\port$749$3 (\$147 ),
-    .\port$749$4 (\$148 ),
-    .\port$749$5 (\$149 ),
-    .\port$749$6 (\$150 ),
-    .\port$749$7 (\$151 ),
-    .\port$749$8 (\$152 ),
-    .\port$749$9 (\$153 )
+    .\port$770$0 (\$144 ),
+    .\port$770$1 (\$145 ),
+    .\port$770$10 (\$154 ),
+    .\port$770$11 (\$155 ),
+    .\port$770$12 (\$156 ),
+    .\port$770$13 (\$157 ),
+    .\port$770$14 (\$158 ),
+    .\port$770$15 (\$159 ),
+    .\port$770$2 (\$146 ),
+    .\port$770$3 (\$147 ),
+    .\port$770$4 (\$148 ),
+    .\port$770$5 (\$149 ),
+    .\port$770$6 (\$150 ),
+    .\port$770$7 (\$151 ),
+    .\port$770$8 (\$152 ),
+    .\port$770$9 (\$153 )
   );
   \psc_core.dp.pe_0.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$750$0 (\$160 ),
-    .\port$750$1 (\$161 ),
-    .\port$750$10 (\$170 ),
-    .\port$750$11 (\$171 ),
-    .\port$750$12 (\$172 ),
-    .\port$750$13 (\$173 ),
-    .\port$750$14 (\$174 ),
-    .\port$750$15 (\$175 ),
-    .\port$750$2 (\$162 ),
-    .\port$750$3 (\$163 ),
-    .\port$750$4 (\$164 ),
-    .\port$750$5 (\$165 ),
-    .\port$750$6 (\$166 ),
-    .\port$750$7 (\$167 ),
-    .\port$750$8 (\$168 ),
-    .\port$750$9 (\$169 )
+    .\port$771$0 (\$160 ),
+    .\port$771$1 (\$161 ),
+    .\port$771$10 (\$170 ),
+    .\port$771$11 (\$171 ),
+    .\port$771$12 (\$172 ),
+    .\port$771$13 (\$173 ),
+    .\port$771$14 (\$174 ),
+    .\port$771$15 (\$175 ),
+    .\port$771$2 (\$162 ),
+    .\port$771$3 (\$163 ),
+    .\port$771$4 (\$164 ),
+    .\port$771$5 (\$165 ),
+    .\port$771$6 (\$166 ),
+    .\port$771$7 (\$167 ),
+    .\port$771$8 (\$168 ),
+    .\port$771$9 (\$169 )
   );
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
@@ -3738,7 +3741,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2889$800 [0];
+      \$37  = \port$2910$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -3748,7 +3751,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2889$800 [1];
+      \$38  = \port$2910$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -4002,8 +4005,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2889$800 [0];
-  assign last = \port$2889$800 [1];
+  assign first = \port$2910$800 [0];
+  assign last = \port$2910$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -4063,7 +4066,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_0 (\port$744$0 , \port$744$1 , \port$744$2 , \port$744$3 , \port$744$4 , \port$744$5 , \port$744$6 , \port$744$7 , \port$744$8 , \port$744$9 , \port$744$10 , \port$744$11 , \port$744$12 , \port$744$13 , \port$744$14 , \port$744$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_0 (\port$765$0 , \port$765$1 , \port$765$2 , \port$765$3 , \port$765$4 , \port$765$5 , \port$765$6 , \port$765$7 , \port$765$8 , \port$765$9 , \port$765$10 , \port$765$11 , \port$765$12 , \port$765$13 , \port$765$14 , \port$765$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4112,38 +4115,38 @@ module \psc_core.dp.pe_0.mul_0 (\port$744$0 , \port$744$1 , \port$744$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$744$0 ;
-  wire \port$744$0 ;
-  output \port$744$1 ;
-  wire \port$744$1 ;
-  output \port$744$10 ;
-  wire \port$744$10 ;
-  output \port$744$11 ;
-  wire \port$744$11 ;
-  output \port$744$12 ;
-  wire \port$744$12 ;
-  output \port$744$13 ;
-  wire \port$744$13 ;
-  output \port$744$14 ;
-  wire \port$744$14 ;
-  output \port$744$15 ;
-  wire \port$744$15 ;
-  output \port$744$2 ;
-  wire \port$744$2 ;
-  output \port$744$3 ;
-  wire \port$744$3 ;
-  output \port$744$4 ;
-  wire \port$744$4 ;
-  output \port$744$5 ;
-  wire \port$744$5 ;
-  output \port$744$6 ;
-  wire \port$744$6 ;
-  output \port$744$7 ;
-  wire \port$744$7 ;
-  output \port$744$8 ;
-  wire \port$744$8 ;
-  output \port$744$9 ;
-  wire \port$744$9 ;
+  output \port$765$0 ;
+  wire \port$765$0 ;
+  output \port$765$1 ;
+  wire \port$765$1 ;
+  output \port$765$10 ;
+  wire \port$765$10 ;
+  output \port$765$11 ;
+  wire \port$765$11 ;
+  output \port$765$12 ;
+  wire \port$765$12 ;
+  output \port$765$13 ;
+  wire \port$765$13 ;
+  output \port$765$14 ;
+  wire \port$765$14 ;
+  output \port$765$15 ;
+  wire \port$765$15 ;
+  output \port$765$2 ;
+  wire \port$765$2 ;
+  output \port$765$3 ;
+  wire \port$765$3 ;
+  output \port$765$4 ;
+  wire \port$765$4 ;
+  output \port$765$5 ;
+  wire \port$765$5 ;
+  output \port$765$6 ;
+  wire \port$765$6 ;
+  output \port$765$7 ;
+  wire \port$765$7 ;
+  output \port$765$8 ;
+  wire \port$765$8 ;
+  output \port$765$9 ;
+  wire \port$765$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -4267,26 +4270,26 @@ module \psc_core.dp.pe_0.mul_0 (\port$744$0 , \port$744$1 , \port$744$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$744$0  = \$1 ;
-  assign \port$744$1  = \$2 ;
-  assign \port$744$2  = \$3 ;
-  assign \port$744$3  = \$4 ;
-  assign \port$744$4  = \$5 ;
-  assign \port$744$5  = \$6 ;
-  assign \port$744$6  = \$7 ;
-  assign \port$744$7  = \$8 ;
-  assign \port$744$8  = \$9 ;
-  assign \port$744$9  = \$10 ;
-  assign \port$744$10  = \$11 ;
-  assign \port$744$11  = \$12 ;
-  assign \port$744$12  = \$13 ;
-  assign \port$744$13  = \$14 ;
-  assign \port$744$14  = \$15 ;
-  assign \port$744$15  = \$16 ;
+  assign \port$765$0  = \$1 ;
+  assign \port$765$1  = \$2 ;
+  assign \port$765$2  = \$3 ;
+  assign \port$765$3  = \$4 ;
+  assign \port$765$4  = \$5 ;
+  assign \port$765$5  = \$6 ;
+  assign \port$765$6  = \$7 ;
+  assign \port$765$7  = \$8 ;
+  assign \port$765$8  = \$9 ;
+  assign \port$765$9  = \$10 ;
+  assign \port$765$10  = \$11 ;
+  assign \port$765$11  = \$12 ;
+  assign \port$765$12  = \$13 ;
+  assign \port$765$13  = \$14 ;
+  assign \port$765$14  = \$15 ;
+  assign \port$765$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_1 (\port$745$0 , \port$745$1 , \port$745$2 , \port$745$3 , \port$745$4 , \port$745$5 , \port$745$6 , \port$745$7 , \port$745$8 , \port$745$9 , \port$745$10 , \port$745$11 , \port$745$12 , \port$745$13 , \port$745$14 , \port$745$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_1 (\port$766$0 , \port$766$1 , \port$766$2 , \port$766$3 , \port$766$4 , \port$766$5 , \port$766$6 , \port$766$7 , \port$766$8 , \port$766$9 , \port$766$10 , \port$766$11 , \port$766$12 , \port$766$13 , \port$766$14 , \port$766$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4335,38 +4338,38 @@ module \psc_core.dp.pe_0.mul_1 (\port$745$0 , \port$745$1 , \port$745$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$745$0 ;
-  wire \port$745$0 ;
-  output \port$745$1 ;
-  wire \port$745$1 ;
-  output \port$745$10 ;
-  wire \port$745$10 ;
-  output \port$745$11 ;
-  wire \port$745$11 ;
-  output \port$745$12 ;
-  wire \port$745$12 ;
-  output \port$745$13 ;
-  wire \port$745$13 ;
-  output \port$745$14 ;
-  wire \port$745$14 ;
-  output \port$745$15 ;
-  wire \port$745$15 ;
-  output \port$745$2 ;
-  wire \port$745$2 ;
-  output \port$745$3 ;
-  wire \port$745$3 ;
-  output \port$745$4 ;
-  wire \port$745$4 ;
-  output \port$745$5 ;
-  wire \port$745$5 ;
-  output \port$745$6 ;
-  wire \port$745$6 ;
-  output \port$745$7 ;
-  wire \port$745$7 ;
-  output \port$745$8 ;
-  wire \port$745$8 ;
-  output \port$745$9 ;
-  wire \port$745$9 ;
+  output \port$766$0 ;
+  wire \port$766$0 ;
+  output \port$766$1 ;
+  wire \port$766$1 ;
+  output \port$766$10 ;
+  wire \port$766$10 ;
+  output \port$766$11 ;
+  wire \port$766$11 ;
+  output \port$766$12 ;
+  wire \port$766$12 ;
+  output \port$766$13 ;
+  wire \port$766$13 ;
+  output \port$766$14 ;
+  wire \port$766$14 ;
+  output \port$766$15 ;
+  wire \port$766$15 ;
+  output \port$766$2 ;
+  wire \port$766$2 ;
+  output \port$766$3 ;
+  wire \port$766$3 ;
+  output \port$766$4 ;
+  wire \port$766$4 ;
+  output \port$766$5 ;
+  wire \port$766$5 ;
+  output \port$766$6 ;
+  wire \port$766$6 ;
+  output \port$766$7 ;
+  wire \port$766$7 ;
+  output \port$766$8 ;
+  wire \port$766$8 ;
+  output \port$766$9 ;
+  wire \port$766$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -4490,26 +4493,26 @@ module \psc_core.dp.pe_0.mul_1 (\port$745$0 , \port$745$1 , \port$745$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$745$0  = \$1 ;
-  assign \port$745$1  = \$2 ;
-  assign \port$745$2  = \$3 ;
-  assign \port$745$3  = \$4 ;
-  assign \port$745$4  = \$5 ;
-  assign \port$745$5  = \$6 ;
-  assign \port$745$6  = \$7 ;
-  assign \port$745$7  = \$8 ;
-  assign \port$745$8  = \$9 ;
-  assign \port$745$9  = \$10 ;
-  assign \port$745$10  = \$11 ;
-  assign \port$745$11  = \$12 ;
-  assign \port$745$12  = \$13 ;
-  assign \port$745$13  = \$14 ;
-  assign \port$745$14  = \$15 ;
-  assign \port$745$15  = \$16 ;
+  assign \port$766$0  = \$1 ;
+  assign \port$766$1  = \$2 ;
+  assign \port$766$2  = \$3 ;
+  assign \port$766$3  = \$4 ;
+  assign \port$766$4  = \$5 ;
+  assign \port$766$5  = \$6 ;
+  assign \port$766$6  = \$7 ;
+  assign \port$766$7  = \$8 ;
+  assign \port$766$8  = \$9 ;
+  assign \port$766$9  = \$10 ;
+  assign \port$766$10  = \$11 ;
+  assign \port$766$11  = \$12 ;
+  assign \port$766$12  = \$13 ;
+  assign \port$766$13  = \$14 ;
+  assign \port$766$14  = \$15 ;
+  assign \port$766$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_2 (\port$746$0 , \port$746$1 , \port$746$2 , \port$746$3 , \port$746$4 , \port$746$5 , \port$746$6 , \port$746$7 , \port$746$8 , \port$746$9 , \port$746$10 , \port$746$11 , \port$746$12 , \port$746$13 , \port$746$14 , \port$746$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_2 (\port$767$0 , \port$767$1 , \port$767$2 , \port$767$3 , \port$767$4 , \port$767$5 , \port$767$6 , \port$767$7 , \port$767$8 , \port$767$9 , \port$767$10 , \port$767$11 , \port$767$12 , \port$767$13 , \port$767$14 , \port$767$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4558,38 +4561,38 @@ module \psc_core.dp.pe_0.mul_2 (\port$746$0 , \port$746$1 , \port$746$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$746$0 ;
-  wire \port$746$0 ;
-  output \port$746$1 ;
-  wire \port$746$1 ;
-  output \port$746$10 ;
-  wire \port$746$10 ;
-  output \port$746$11 ;
-  wire \port$746$11 ;
-  output \port$746$12 ;
-  wire \port$746$12 ;
-  output \port$746$13 ;
-  wire \port$746$13 ;
-  output \port$746$14 ;
-  wire \port$746$14 ;
-  output \port$746$15 ;
-  wire \port$746$15 ;
-  output \port$746$2 ;
-  wire \port$746$2 ;
-  output \port$746$3 ;
-  wire \port$746$3 ;
-  output \port$746$4 ;
-  wire \port$746$4 ;
-  output \port$746$5 ;
-  wire \port$746$5 ;
-  output \port$746$6 ;
-  wire \port$746$6 ;
-  output \port$746$7 ;
-  wire \port$746$7 ;
-  output \port$746$8 ;
-  wire \port$746$8 ;
-  output \port$746$9 ;
-  wire \port$746$9 ;
+  output \port$767$0 ;
+  wire \port$767$0 ;
+  output \port$767$1 ;
+  wire \port$767$1 ;
+  output \port$767$10 ;
+  wire \port$767$10 ;
+  output \port$767$11 ;
+  wire \port$767$11 ;
+  output \port$767$12 ;
+  wire \port$767$12 ;
+  output \port$767$13 ;
+  wire \port$767$13 ;
+  output \port$767$14 ;
+  wire \port$767$14 ;
+  output \port$767$15 ;
+  wire \port$767$15 ;
+  output \port$767$2 ;
+  wire \port$767$2 ;
+  output \port$767$3 ;
+  wire \port$767$3 ;
+  output \port$767$4 ;
+  wire \port$767$4 ;
+  output \port$767$5 ;
+  wire \port$767$5 ;
+  output \port$767$6 ;
+  wire \port$767$6 ;
+  output \port$767$7 ;
+  wire \port$767$7 ;
+  output \port$767$8 ;
+  wire \port$767$8 ;
+  output \port$767$9 ;
+  wire \port$767$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -4713,26 +4716,26 @@ module \psc_core.dp.pe_0.mul_2 (\port$746$0 , \port$746$1 , \port$746$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$746$0  = \$1 ;
-  assign \port$746$1  = \$2 ;
-  assign \port$746$2  = \$3 ;
-  assign \port$746$3  = \$4 ;
-  assign \port$746$4  = \$5 ;
-  assign \port$746$5  = \$6 ;
-  assign \port$746$6  = \$7 ;
-  assign \port$746$7  = \$8 ;
-  assign \port$746$8  = \$9 ;
-  assign \port$746$9  = \$10 ;
-  assign \port$746$10  = \$11 ;
-  assign \port$746$11  = \$12 ;
-  assign \port$746$12  = \$13 ;
-  assign \port$746$13  = \$14 ;
-  assign \port$746$14  = \$15 ;
-  assign \port$746$15  = \$16 ;
+  assign \port$767$0  = \$1 ;
+  assign \port$767$1  = \$2 ;
+  assign \port$767$2  = \$3 ;
+  assign \port$767$3  = \$4 ;
+  assign \port$767$4  = \$5 ;
+  assign \port$767$5  = \$6 ;
+  assign \port$767$6  = \$7 ;
+  assign \port$767$7  = \$8 ;
+  assign \port$767$8  = \$9 ;
+  assign \port$767$9  = \$10 ;
+  assign \port$767$10  = \$11 ;
+  assign \port$767$11  = \$12 ;
+  assign \port$767$12  = \$13 ;
+  assign \port$767$13  = \$14 ;
+  assign \port$767$14  = \$15 ;
+  assign \port$767$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_3 (\port$747$0 , \port$747$1 , \port$747$2 , \port$747$3 , \port$747$4 , \port$747$5 , \port$747$6 , \port$747$7 , \port$747$8 , \port$747$9 , \port$747$10 , \port$747$11 , \port$747$12 , \port$747$13 , \port$747$14 , \port$747$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_3 (\port$768$0 , \port$768$1 , \port$768$2 , \port$768$3 , \port$768$4 , \port$768$5 , \port$768$6 , \port$768$7 , \port$768$8 , \port$768$9 , \port$768$10 , \port$768$11 , \port$768$12 , \port$768$13 , \port$768$14 , \port$768$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4781,38 +4784,38 @@ module \psc_core.dp.pe_0.mul_3 (\port$747$0 , \port$747$1 , \port$747$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$747$0 ;
-  wire \port$747$0 ;
-  output \port$747$1 ;
-  wire \port$747$1 ;
-  output \port$747$10 ;
-  wire \port$747$10 ;
-  output \port$747$11 ;
-  wire \port$747$11 ;
-  output \port$747$12 ;
-  wire \port$747$12 ;
-  output \port$747$13 ;
-  wire \port$747$13 ;
-  output \port$747$14 ;
-  wire \port$747$14 ;
-  output \port$747$15 ;
-  wire \port$747$15 ;
-  output \port$747$2 ;
-  wire \port$747$2 ;
-  output \port$747$3 ;
-  wire \port$747$3 ;
-  output \port$747$4 ;
-  wire \port$747$4 ;
-  output \port$747$5 ;
-  wire \port$747$5 ;
-  output \port$747$6 ;
-  wire \port$747$6 ;
-  output \port$747$7 ;
-  wire \port$747$7 ;
-  output \port$747$8 ;
-  wire \port$747$8 ;
-  output \port$747$9 ;
-  wire \port$747$9 ;
+  output \port$768$0 ;
+  wire \port$768$0 ;
+  output \port$768$1 ;
+  wire \port$768$1 ;
+  output \port$768$10 ;
+  wire \port$768$10 ;
+  output \port$768$11 ;
+  wire \port$768$11 ;
+  output \port$768$12 ;
+  wire \port$768$12 ;
+  output \port$768$13 ;
+  wire \port$768$13 ;
+  output \port$768$14 ;
+  wire \port$768$14 ;
+  output \port$768$15 ;
+  wire \port$768$15 ;
+  output \port$768$2 ;
+  wire \port$768$2 ;
+  output \port$768$3 ;
+  wire \port$768$3 ;
+  output \port$768$4 ;
+  wire \port$768$4 ;
+  output \port$768$5 ;
+  wire \port$768$5 ;
+  output \port$768$6 ;
+  wire \port$768$6 ;
+  output \port$768$7 ;
+  wire \port$768$7 ;
+  output \port$768$8 ;
+  wire \port$768$8 ;
+  output \port$768$9 ;
+  wire \port$768$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -4936,26 +4939,26 @@ module \psc_core.dp.pe_0.mul_3 (\port$747$0 , \port$747$1 , \port$747$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$747$0  = \$1 ;
-  assign \port$747$1  = \$2 ;
-  assign \port$747$2  = \$3 ;
-  assign \port$747$3  = \$4 ;
-  assign \port$747$4  = \$5 ;
-  assign \port$747$5  = \$6 ;
-  assign \port$747$6  = \$7 ;
-  assign \port$747$7  = \$8 ;
-  assign \port$747$8  = \$9 ;
-  assign \port$747$9  = \$10 ;
-  assign \port$747$10  = \$11 ;
-  assign \port$747$11  = \$12 ;
-  assign \port$747$12  = \$13 ;
-  assign \port$747$13  = \$14 ;
-  assign \port$747$14  = \$15 ;
-  assign \port$747$15  = \$16 ;
+  assign \port$768$0  = \$1 ;
+  assign \port$768$1  = \$2 ;
+  assign \port$768$2  = \$3 ;
+  assign \port$768$3  = \$4 ;
+  assign \port$768$4  = \$5 ;
+  assign \port$768$5  = \$6 ;
+  assign \port$768$6  = \$7 ;
+  assign \port$768$7  = \$8 ;
+  assign \port$768$8  = \$9 ;
+  assign \port$768$9  = \$10 ;
+  assign \port$768$10  = \$11 ;
+  assign \port$768$11  = \$12 ;
+  assign \port$768$12  = \$13 ;
+  assign \port$768$13  = \$14 ;
+  assign \port$768$14  = \$15 ;
+  assign \port$768$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_4 (\port$748$0 , \port$748$1 , \port$748$2 , \port$748$3 , \port$748$4 , \port$748$5 , \port$748$6 , \port$748$7 , \port$748$8 , \port$748$9 , \port$748$10 , \port$748$11 , \port$748$12 , \port$748$13 , \port$748$14 , \port$748$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_4 (\port$769$0 , \port$769$1 , \port$769$2 , \port$769$3 , \port$769$4 , \port$769$5 , \port$769$6 , \port$769$7 , \port$769$8 , \port$769$9 , \port$769$10 , \port$769$11 , \port$769$12 , \port$769$13 , \port$769$14 , \port$769$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5004,38 +5007,38 @@ module \psc_core.dp.pe_0.mul_4 (\port$748$0 , \port$748$1 , \port$748$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$748$0 ;
-  wire \port$748$0 ;
-  output \port$748$1 ;
-  wire \port$748$1 ;
-  output \port$748$10 ;
-  wire \port$748$10 ;
-  output \port$748$11 ;
-  wire \port$748$11 ;
-  output \port$748$12 ;
-  wire \port$748$12 ;
-  output \port$748$13 ;
-  wire \port$748$13 ;
-  output \port$748$14 ;
-  wire \port$748$14 ;
-  output \port$748$15 ;
-  wire \port$748$15 ;
-  output \port$748$2 ;
-  wire \port$748$2 ;
-  output \port$748$3 ;
-  wire \port$748$3 ;
-  output \port$748$4 ;
-  wire \port$748$4 ;
-  output \port$748$5 ;
-  wire \port$748$5 ;
-  output \port$748$6 ;
-  wire \port$748$6 ;
-  output \port$748$7 ;
-  wire \port$748$7 ;
-  output \port$748$8 ;
-  wire \port$748$8 ;
-  output \port$748$9 ;
-  wire \port$748$9 ;
+  output \port$769$0 ;
+  wire \port$769$0 ;
+  output \port$769$1 ;
+  wire \port$769$1 ;
+  output \port$769$10 ;
+  wire \port$769$10 ;
+  output \port$769$11 ;
+  wire \port$769$11 ;
+  output \port$769$12 ;
+  wire \port$769$12 ;
+  output \port$769$13 ;
+  wire \port$769$13 ;
+  output \port$769$14 ;
+  wire \port$769$14 ;
+  output \port$769$15 ;
+  wire \port$769$15 ;
+  output \port$769$2 ;
+  wire \port$769$2 ;
+  output \port$769$3 ;
+  wire \port$769$3 ;
+  output \port$769$4 ;
+  wire \port$769$4 ;
+  output \port$769$5 ;
+  wire \port$769$5 ;
+  output \port$769$6 ;
+  wire \port$769$6 ;
+  output \port$769$7 ;
+  wire \port$769$7 ;
+  output \port$769$8 ;
+  wire \port$769$8 ;
+  output \port$769$9 ;
+  wire \port$769$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -5159,26 +5162,26 @@ module \psc_core.dp.pe_0.mul_4 (\port$748$0 , \port$748$1 , \port$748$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$748$0  = \$1 ;
-  assign \port$748$1  = \$2 ;
-  assign \port$748$2  = \$3 ;
-  assign \port$748$3  = \$4 ;
-  assign \port$748$4  = \$5 ;
-  assign \port$748$5  = \$6 ;
-  assign \port$748$6  = \$7 ;
-  assign \port$748$7  = \$8 ;
-  assign \port$748$8  = \$9 ;
-  assign \port$748$9  = \$10 ;
-  assign \port$748$10  = \$11 ;
-  assign \port$748$11  = \$12 ;
-  assign \port$748$12  = \$13 ;
-  assign \port$748$13  = \$14 ;
-  assign \port$748$14  = \$15 ;
-  assign \port$748$15  = \$16 ;
+  assign \port$769$0  = \$1 ;
+  assign \port$769$1  = \$2 ;
+  assign \port$769$2  = \$3 ;
+  assign \port$769$3  = \$4 ;
+  assign \port$769$4  = \$5 ;
+  assign \port$769$5  = \$6 ;
+  assign \port$769$6  = \$7 ;
+  assign \port$769$7  = \$8 ;
+  assign \port$769$8  = \$9 ;
+  assign \port$769$9  = \$10 ;
+  assign \port$769$10  = \$11 ;
+  assign \port$769$11  = \$12 ;
+  assign \port$769$12  = \$13 ;
+  assign \port$769$13  = \$14 ;
+  assign \port$769$14  = \$15 ;
+  assign \port$769$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_5 (\port$749$0 , \port$749$1 , \port$749$2 , \port$749$3 , \port$749$4 , \port$749$5 , \port$749$6 , \port$749$7 , \port$749$8 , \port$749$9 , \port$749$10 , \port$749$11 , \port$749$12 , \port$749$13 , \port$749$14 , \port$749$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_5 (\port$770$0 , \port$770$1 , \port$770$2 , \port$770$3 , \port$770$4 , \port$770$5 , \port$770$6 , \port$770$7 , \port$770$8 , \port$770$9 , \port$770$10 , \port$770$11 , \port$770$12 , \port$770$13 , \port$770$14 , \port$770$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5227,38 +5230,38 @@ module \psc_core.dp.pe_0.mul_5 (\port$749$0 , \port$749$1 , \port$749$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$749$0 ;
-  wire \port$749$0 ;
-  output \port$749$1 ;
-  wire \port$749$1 ;
-  output \port$749$10 ;
-  wire \port$749$10 ;
-  output \port$749$11 ;
-  wire \port$749$11 ;
-  output \port$749$12 ;
-  wire \port$749$12 ;
-  output \port$749$13 ;
-  wire \port$749$13 ;
-  output \port$749$14 ;
-  wire \port$749$14 ;
-  output \port$749$15 ;
-  wire \port$749$15 ;
-  output \port$749$2 ;
-  wire \port$749$2 ;
-  output \port$749$3 ;
-  wire \port$749$3 ;
-  output \port$749$4 ;
-  wire \port$749$4 ;
-  output \port$749$5 ;
-  wire \port$749$5 ;
-  output \port$749$6 ;
-  wire \port$749$6 ;
-  output \port$749$7 ;
-  wire \port$749$7 ;
-  output \port$749$8 ;
-  wire \port$749$8 ;
-  output \port$749$9 ;
-  wire \port$749$9 ;
+  output \port$770$0 ;
+  wire \port$770$0 ;
+  output \port$770$1 ;
+  wire \port$770$1 ;
+  output \port$770$10 ;
+  wire \port$770$10 ;
+  output \port$770$11 ;
+  wire \port$770$11 ;
+  output \port$770$12 ;
+  wire \port$770$12 ;
+  output \port$770$13 ;
+  wire \port$770$13 ;
+  output \port$770$14 ;
+  wire \port$770$14 ;
+  output \port$770$15 ;
+  wire \port$770$15 ;
+  output \port$770$2 ;
+  wire \port$770$2 ;
+  output \port$770$3 ;
+  wire \port$770$3 ;
+  output \port$770$4 ;
+  wire \port$770$4 ;
+  output \port$770$5 ;
+  wire \port$770$5 ;
+  output \port$770$6 ;
+  wire \port$770$6 ;
+  output \port$770$7 ;
+  wire \port$770$7 ;
+  output \port$770$8 ;
+  wire \port$770$8 ;
+  output \port$770$9 ;
+  wire \port$770$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -5382,26 +5385,26 @@ module \psc_core.dp.pe_0.mul_5 (\port$749$0 , \port$749$1 , \port$749$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$749$0  = \$1 ;
-  assign \port$749$1  = \$2 ;
-  assign \port$749$2  = \$3 ;
-  assign \port$749$3  = \$4 ;
-  assign \port$749$4  = \$5 ;
-  assign \port$749$5  = \$6 ;
-  assign \port$749$6  = \$7 ;
-  assign \port$749$7  = \$8 ;
-  assign \port$749$8  = \$9 ;
-  assign \port$749$9  = \$10 ;
-  assign \port$749$10  = \$11 ;
-  assign \port$749$11  = \$12 ;
-  assign \port$749$12  = \$13 ;
-  assign \port$749$13  = \$14 ;
-  assign \port$749$14  = \$15 ;
-  assign \port$749$15  = \$16 ;
+  assign \port$770$0  = \$1 ;
+  assign \port$770$1  = \$2 ;
+  assign \port$770$2  = \$3 ;
+  assign \port$770$3  = \$4 ;
+  assign \port$770$4  = \$5 ;
+  assign \port$770$5  = \$6 ;
+  assign \port$770$6  = \$7 ;
+  assign \port$770$7  = \$8 ;
+  assign \port$770$8  = \$9 ;
+  assign \port$770$9  = \$10 ;
+  assign \port$770$10  = \$11 ;
+  assign \port$770$11  = \$12 ;
+  assign \port$770$12  = \$13 ;
+  assign \port$770$13  = \$14 ;
+  assign \port$770$14  = \$15 ;
+  assign \port$770$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_6 (\port$750$0 , \port$750$1 , \port$750$2 , \port$750$3 , \port$750$4 , \port$750$5 , \port$750$6 , \port$750$7 , \port$750$8 , \port$750$9 , \port$750$10 , \port$750$11 , \port$750$12 , \port$750$13 , \port$750$14 , \port$750$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_6 (\port$771$0 , \port$771$1 , \port$771$2 , \port$771$3 , \port$771$4 , \port$771$5 , \port$771$6 , \port$771$7 , \port$771$8 , \port$771$9 , \port$771$10 , \port$771$11 , \port$771$12 , \port$771$13 , \port$771$14 , \port$771$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5450,38 +5453,38 @@ module \psc_core.dp.pe_0.mul_6 (\port$750$0 , \port$750$1 , \port$750$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$750$0 ;
-  wire \port$750$0 ;
-  output \port$750$1 ;
-  wire \port$750$1 ;
-  output \port$750$10 ;
-  wire \port$750$10 ;
-  output \port$750$11 ;
-  wire \port$750$11 ;
-  output \port$750$12 ;
-  wire \port$750$12 ;
-  output \port$750$13 ;
-  wire \port$750$13 ;
-  output \port$750$14 ;
-  wire \port$750$14 ;
-  output \port$750$15 ;
-  wire \port$750$15 ;
-  output \port$750$2 ;
-  wire \port$750$2 ;
-  output \port$750$3 ;
-  wire \port$750$3 ;
-  output \port$750$4 ;
-  wire \port$750$4 ;
-  output \port$750$5 ;
-  wire \port$750$5 ;
-  output \port$750$6 ;
-  wire \port$750$6 ;
-  output \port$750$7 ;
-  wire \port$750$7 ;
-  output \port$750$8 ;
-  wire \port$750$8 ;
-  output \port$750$9 ;
-  wire \port$750$9 ;
+  output \port$771$0 ;
+  wire \port$771$0 ;
+  output \port$771$1 ;
+  wire \port$771$1 ;
+  output \port$771$10 ;
+  wire \port$771$10 ;
+  output \port$771$11 ;
+  wire \port$771$11 ;
+  output \port$771$12 ;
+  wire \port$771$12 ;
+  output \port$771$13 ;
+  wire \port$771$13 ;
+  output \port$771$14 ;
+  wire \port$771$14 ;
+  output \port$771$15 ;
+  wire \port$771$15 ;
+  output \port$771$2 ;
+  wire \port$771$2 ;
+  output \port$771$3 ;
+  wire \port$771$3 ;
+  output \port$771$4 ;
+  wire \port$771$4 ;
+  output \port$771$5 ;
+  wire \port$771$5 ;
+  output \port$771$6 ;
+  wire \port$771$6 ;
+  output \port$771$7 ;
+  wire \port$771$7 ;
+  output \port$771$8 ;
+  wire \port$771$8 ;
+  output \port$771$9 ;
+  wire \port$771$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -5605,22 +5608,22 @@ module \psc_core.dp.pe_0.mul_6 (\port$750$0 , \port$750$1 , \port$750$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$750$0  = \$1 ;
-  assign \port$750$1  = \$2 ;
-  assign \port$750$2  = \$3 ;
-  assign \port$750$3  = \$4 ;
-  assign \port$750$4  = \$5 ;
-  assign \port$750$5  = \$6 ;
-  assign \port$750$6  = \$7 ;
-  assign \port$750$7  = \$8 ;
-  assign \port$750$8  = \$9 ;
-  assign \port$750$9  = \$10 ;
-  assign \port$750$10  = \$11 ;
-  assign \port$750$11  = \$12 ;
-  assign \port$750$12  = \$13 ;
-  assign \port$750$13  = \$14 ;
-  assign \port$750$14  = \$15 ;
-  assign \port$750$15  = \$16 ;
+  assign \port$771$0  = \$1 ;
+  assign \port$771$1  = \$2 ;
+  assign \port$771$2  = \$3 ;
+  assign \port$771$3  = \$4 ;
+  assign \port$771$4  = \$5 ;
+  assign \port$771$5  = \$6 ;
+  assign \port$771$6  = \$7 ;
+  assign \port$771$7  = \$8 ;
+  assign \port$771$8  = \$9 ;
+  assign \port$771$9  = \$10 ;
+  assign \port$771$10  = \$11 ;
+  assign \port$771$11  = \$12 ;
+  assign \port$771$12  = \$13 ;
+  assign \port$771$13  = \$14 ;
+  assign \port$771$14  = \$15 ;
+  assign \port$771$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -5683,7 +5686,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2889$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2910$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -5933,8 +5936,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2889$800 ;
-  wire [1:0] \port$2889$800 ;
+  input [1:0] \port$2910$800 ;
+  wire [1:0] \port$2910$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -5991,7 +5994,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2889$800 [0];
+  assign \$2  = valid & \port$2910$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -6086,154 +6089,154 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$824$0 (\$64 ),
-    .\port$824$1 (\$65 ),
-    .\port$824$10 (\$74 ),
-    .\port$824$11 (\$75 ),
-    .\port$824$12 (\$76 ),
-    .\port$824$13 (\$77 ),
-    .\port$824$14 (\$78 ),
-    .\port$824$15 (\$79 ),
-    .\port$824$2 (\$66 ),
-    .\port$824$3 (\$67 ),
-    .\port$824$4 (\$68 ),
-    .\port$824$5 (\$69 ),
-    .\port$824$6 (\$70 ),
-    .\port$824$7 (\$71 ),
-    .\port$824$8 (\$72 ),
-    .\port$824$9 (\$73 )
+    .\port$845$0 (\$64 ),
+    .\port$845$1 (\$65 ),
+    .\port$845$10 (\$74 ),
+    .\port$845$11 (\$75 ),
+    .\port$845$12 (\$76 ),
+    .\port$845$13 (\$77 ),
+    .\port$845$14 (\$78 ),
+    .\port$845$15 (\$79 ),
+    .\port$845$2 (\$66 ),
+    .\port$845$3 (\$67 ),
+    .\port$845$4 (\$68 ),
+    .\port$845$5 (\$69 ),
+    .\port$845$6 (\$70 ),
+    .\port$845$7 (\$71 ),
+    .\port$845$8 (\$72 ),
+    .\port$845$9 (\$73 )
   );
   \psc_core.dp.pe_1.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$825$0 (\$80 ),
-    .\port$825$1 (\$81 ),
-    .\port$825$10 (\$90 ),
-    .\port$825$11 (\$91 ),
-    .\port$825$12 (\$92 ),
-    .\port$825$13 (\$93 ),
-    .\port$825$14 (\$94 ),
-    .\port$825$15 (\$95 ),
-    .\port$825$2 (\$82 ),
-    .\port$825$3 (\$83 ),
-    .\port$825$4 (\$84 ),
-    .\port$825$5 (\$85 ),
-    .\port$825$6 (\$86 ),
-    .\port$825$7 (\$87 ),
-    .\port$825$8 (\$88 ),
-    .\port$825$9 (\$89 )
+    .\port$846$0 (\$80 ),
+    .\port$846$1 (\$81 ),
+    .\port$846$10 (\$90 ),
+    .\port$846$11 (\$91 ),
+    .\port$846$12 (\$92 ),
+    .\port$846$13 (\$93 ),
+    .\port$846$14 (\$94 ),
+    .\port$846$15 (\$95 ),
+    .\port$846$2 (\$82 ),
+    .\port$846$3 (\$83 ),
+    .\port$846$4 (\$84 ),
+    .\port$846$5 (\$85 ),
+    .\port$846$6 (\$86 ),
+    .\port$846$7 (\$87 ),
+    .\port$846$8 (\$88 ),
+    .\port$846$9 (\$89 )
   );
   \psc_core.dp.pe_1.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$826$0 (\$96 ),
-    .\port$826$1 (\$97 ),
-    .\port$826$10 (\$106 ),
-    .\port$826$11 (\$107 ),
-    .\port$826$12 (\$108 ),
-    .\port$826$13 (\$109 ),
-    .\port$826$14 (\$110 ),
-    .\port$826$15 (\$111 ),
-    .\port$826$2 (\$98 ),
-    .\port$826$3 (\$99 ),
-    .\port$826$4 (\$100 ),
-    .\port$826$5 (\$101 ),
-    .\port$826$6 (\$102 ),
-    .\port$826$7 (\$103 ),
-    .\port$826$8 (\$104 ),
-    .\port$826$9 (\$105 )
+    .\port$847$0 (\$96 ),
+    .\port$847$1 (\$97 ),
+    .\port$847$10 (\$106 ),
+    .\port$847$11 (\$107 ),
+    .\port$847$12 (\$108 ),
+    .\port$847$13 (\$109 ),
+    .\port$847$14 (\$110 ),
+    .\port$847$15 (\$111 ),
+    .\port$847$2 (\$98 ),
+    .\port$847$3 (\$99 ),
+    .\port$847$4 (\$100 ),
+    .\port$847$5 (\$101 ),
+    .\port$847$6 (\$102 ),
+    .\port$847$7 (\$103 ),
+    .\port$847$8 (\$104 ),
+    .\port$847$9 (\$105 )
   );
   \psc_core.dp.pe_1.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$827$0 (\$112 ),
-    .\port$827$1 (\$113 ),
-    .\port$827$10 (\$122 ),
-    .\port$827$11 (\$123 ),
-    .\port$827$12 (\$124 ),
-    .\port$827$13 (\$125 ),
-    .\port$827$14 (\$126 ),
-    .\port$827$15 (\$127 ),
-    .\port$827$2 (\$114 ),
-    .\port$827$3 (\$115 ),
-    .\port$827$4 (\$116 ),
-    .\port$827$5 (\$117 ),
-    .\port$827$6 (\$118 ),
-    .\port$827$7 (\$119 ),
-    .\port$827$8 (\$120 ),
-    .\port$827$9 (\$121 )
+    .\port$848$0 (\$112 ),
+    .\port$848$1 (\$113 ),
+    .\port$848$10 (\$122 ),
+    .\port$848$11 (\$123 ),
+    .\port$848$12 (\$124 ),
+    .\port$848$13 (\$125 ),
+    .\port$848$14 (\$126 ),
+    .\port$848$15 (\$127 ),
+    .\port$848$2 (\$114 ),
+    .\port$848$3 (\$115 ),
+    .\port$848$4 (\$116 ),
+    .\port$848$5 (\$117 ),
+    .\port$848$6 (\$118 ),
+    .\port$848$7 (\$119 ),
+    .\port$848$8 (\$120 ),
+    .\port$848$9 (\$121 )
   );
   \psc_core.dp.pe_1.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$828$0 (\$128 ),
-    .\port$828$1 (\$129 ),
-    .\port$828$10 (\$138 ),
-    .\port$828$11 (\$139 ),
-    .\port$828$12 (\$140 ),
-    .\port$828$13 (\$141 ),
-    .\port$828$14 (\$142 ),
-    .\port$828$15 (\$143 ),
-    .\port$828$2 (\$130 ),
-    .\port$828$3 (\$131 ),
-    .\port$828$4 (\$132 ),
-    .\port$828$5 (\$133 ),
-    .\port$828$6 (\$134 ),
-    .\port$828$7 (\$135 ),
-    .\port$828$8 (\$136 ),
-    .\port$828$9 (\$137 )
+    .\port$849$0 (\$128 ),
+    .\port$849$1 (\$129 ),
+    .\port$849$10 (\$138 ),
+    .\port$849$11 (\$139 ),
+    .\port$849$12 (\$140 ),
+    .\port$849$13 (\$141 ),
+    .\port$849$14 (\$142 ),
+    .\port$849$15 (\$143 ),
+    .\port$849$2 (\$130 ),
+    .\port$849$3 (\$131 ),
+    .\port$849$4 (\$132 ),
+    .\port$849$5 (\$133 ),
+    .\port$849$6 (\$134 ),
+    .\port$849$7 (\$135 ),
+    .\port$849$8 (\$136 ),
+    .\port$849$9 (\$137 )
   );
   \psc_core.dp.pe_1.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$829$0 (\$144 ),
-    .\port$829$1 (\$145 ),
-    .\port$829$10 (\$154 ),
-    .\port$829$11 (\$155 ),
-    .\port$829$12 (\$156 ),
-    .\port$829$13 (\$157 ),
-    .\port$829$14 (\$158 ),
-    .\port$829$15 (\$159 ),
-    .\port$829$2 (\$146 ),
-    .\port$829$3 (\$147 ),
-    .\port$829$4 (\$148 ),
-    .\port$829$5 (\$149 ),
-    .\port$829$6 (\$150 ),
-    .\port$829$7 (\$151 ),
-    .\port$829$8 (\$152 ),
-    .\port$829$9 (\$153 )
+    .\port$850$0 (\$144 ),
+    .\port$850$1 (\$145 ),
+    .\port$850$10 (\$154 ),
+    .\port$850$11 (\$155 ),
+    .\port$850$12 (\$156 ),
+    .\port$850$13 (\$157 ),
+    .\port$850$14 (\$158 ),
+    .\port$850$15 (\$159 ),
+    .\port$850$2 (\$146 ),
+    .\port$850$3 (\$147 ),
+    .\port$850$4 (\$148 ),
+    .\port$850$5 (\$149 ),
+    .\port$850$6 (\$150 ),
+    .\port$850$7 (\$151 ),
+    .\port$850$8 (\$152 ),
+    .\port$850$9 (\$153 )
   );
   \psc_core.dp.pe_1.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$830$0 (\$160 ),
-    .\port$830$1 (\$161 ),
-    .\port$830$10 (\$170 ),
-    .\port$830$11 (\$171 ),
-    .\port$830$12 (\$172 ),
-    .\port$830$13 (\$173 ),
-    .\port$830$14 (\$174 ),
-    .\port$830$15 (\$175 ),
-    .\port$830$2 (\$162 ),
-    .\port$830$3 (\$163 ),
-    .\port$830$4 (\$164 ),
-    .\port$830$5 (\$165 ),
-    .\port$830$6 (\$166 ),
-    .\port$830$7 (\$167 ),
-    .\port$830$8 (\$168 ),
-    .\port$830$9 (\$169 )
+    .\port$851$0 (\$160 ),
+    .\port$851$1 (\$161 ),
+    .\port$851$10 (\$170 ),
+    .\port$851$11 (\$171 ),
+    .\port$851$12 (\$172 ),
+    .\port$851$13 (\$173 ),
+    .\port$851$14 (\$174 ),
+    .\port$851$15 (\$175 ),
+    .\port$851$2 (\$162 ),
+    .\port$851$3 (\$163 ),
+    .\port$851$4 (\$164 ),
+    .\port$851$5 (\$165 ),
+    .\port$851$6 (\$166 ),
+    .\port$851$7 (\$167 ),
+    .\port$851$8 (\$168 ),
+    .\port$851$9 (\$169 )
   );
   \psc_core.dp.pe_1.wsu  wsu (
     .mask(mask),
@@ -6254,7 +6257,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2889$800 [0];
+      \$37  = \port$2910$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -6264,7 +6267,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2889$800 [1];
+      \$38  = \port$2910$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -6518,8 +6521,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2889$800 [0];
-  assign last = \port$2889$800 [1];
+  assign first = \port$2910$800 [0];
+  assign last = \port$2910$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -6579,7 +6582,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_0 (\port$824$0 , \port$824$1 , \port$824$2 , \port$824$3 , \port$824$4 , \port$824$5 , \port$824$6 , \port$824$7 , \port$824$8 , \port$824$9 , \port$824$10 , \port$824$11 , \port$824$12 , \port$824$13 , \port$824$14 , \port$824$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_0 (\port$845$0 , \port$845$1 , \port$845$2 , \port$845$3 , \port$845$4 , \port$845$5 , \port$845$6 , \port$845$7 , \port$845$8 , \port$845$9 , \port$845$10 , \port$845$11 , \port$845$12 , \port$845$13 , \port$845$14 , \port$845$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -6628,38 +6631,38 @@ module \psc_core.dp.pe_1.mul_0 (\port$824$0 , \port$824$1 , \port$824$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$824$0 ;
-  wire \port$824$0 ;
-  output \port$824$1 ;
-  wire \port$824$1 ;
-  output \port$824$10 ;
-  wire \port$824$10 ;
-  output \port$824$11 ;
-  wire \port$824$11 ;
-  output \port$824$12 ;
-  wire \port$824$12 ;
-  output \port$824$13 ;
-  wire \port$824$13 ;
-  output \port$824$14 ;
-  wire \port$824$14 ;
-  output \port$824$15 ;
-  wire \port$824$15 ;
-  output \port$824$2 ;
-  wire \port$824$2 ;
-  output \port$824$3 ;
-  wire \port$824$3 ;
-  output \port$824$4 ;
-  wire \port$824$4 ;
-  output \port$824$5 ;
-  wire \port$824$5 ;
-  output \port$824$6 ;
-  wire \port$824$6 ;
-  output \port$824$7 ;
-  wire \port$824$7 ;
-  output \port$824$8 ;
-  wire \port$824$8 ;
-  output \port$824$9 ;
-  wire \port$824$9 ;
+  output \port$845$0 ;
+  wire \port$845$0 ;
+  output \port$845$1 ;
+  wire \port$845$1 ;
+  output \port$845$10 ;
+  wire \port$845$10 ;
+  output \port$845$11 ;
+  wire \port$845$11 ;
+  output \port$845$12 ;
+  wire \port$845$12 ;
+  output \port$845$13 ;
+  wire \port$845$13 ;
+  output \port$845$14 ;
+  wire \port$845$14 ;
+  output \port$845$15 ;
+  wire \port$845$15 ;
+  output \port$845$2 ;
+  wire \port$845$2 ;
+  output \port$845$3 ;
+  wire \port$845$3 ;
+  output \port$845$4 ;
+  wire \port$845$4 ;
+  output \port$845$5 ;
+  wire \port$845$5 ;
+  output \port$845$6 ;
+  wire \port$845$6 ;
+  output \port$845$7 ;
+  wire \port$845$7 ;
+  output \port$845$8 ;
+  wire \port$845$8 ;
+  output \port$845$9 ;
+  wire \port$845$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -6783,26 +6786,26 @@ module \psc_core.dp.pe_1.mul_0 (\port$824$0 , \port$824$1 , \port$824$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$824$0  = \$1 ;
-  assign \port$824$1  = \$2 ;
-  assign \port$824$2  = \$3 ;
-  assign \port$824$3  = \$4 ;
-  assign \port$824$4  = \$5 ;
-  assign \port$824$5  = \$6 ;
-  assign \port$824$6  = \$7 ;
-  assign \port$824$7  = \$8 ;
-  assign \port$824$8  = \$9 ;
-  assign \port$824$9  = \$10 ;
-  assign \port$824$10  = \$11 ;
-  assign \port$824$11  = \$12 ;
-  assign \port$824$12  = \$13 ;
-  assign \port$824$13  = \$14 ;
-  assign \port$824$14  = \$15 ;
-  assign \port$824$15  = \$16 ;
+  assign \port$845$0  = \$1 ;
+  assign \port$845$1  = \$2 ;
+  assign \port$845$2  = \$3 ;
+  assign \port$845$3  = \$4 ;
+  assign \port$845$4  = \$5 ;
+  assign \port$845$5  = \$6 ;
+  assign \port$845$6  = \$7 ;
+  assign \port$845$7  = \$8 ;
+  assign \port$845$8  = \$9 ;
+  assign \port$845$9  = \$10 ;
+  assign \port$845$10  = \$11 ;
+  assign \port$845$11  = \$12 ;
+  assign \port$845$12  = \$13 ;
+  assign \port$845$13  = \$14 ;
+  assign \port$845$14  = \$15 ;
+  assign \port$845$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_1 (\port$825$0 , \port$825$1 , \port$825$2 , \port$825$3 , \port$825$4 , \port$825$5 , \port$825$6 , \port$825$7 , \port$825$8 , \port$825$9 , \port$825$10 , \port$825$11 , \port$825$12 , \port$825$13 , \port$825$14 , \port$825$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_1 (\port$846$0 , \port$846$1 , \port$846$2 , \port$846$3 , \port$846$4 , \port$846$5 , \port$846$6 , \port$846$7 , \port$846$8 , \port$846$9 , \port$846$10 , \port$846$11 , \port$846$12 , \port$846$13 , \port$846$14 , \port$846$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -6851,38 +6854,38 @@ module \psc_core.dp.pe_1.mul_1 (\port$825$0 , \port$825$1 , \port$825$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$825$0 ;
-  wire \port$825$0 ;
-  output \port$825$1 ;
-  wire \port$825$1 ;
-  output \port$825$10 ;
-  wire \port$825$10 ;
-  output \port$825$11 ;
-  wire \port$825$11 ;
-  output \port$825$12 ;
-  wire \port$825$12 ;
-  output \port$825$13 ;
-  wire \port$825$13 ;
-  output \port$825$14 ;
-  wire \port$825$14 ;
-  output \port$825$15 ;
-  wire \port$825$15 ;
-  output \port$825$2 ;
-  wire \port$825$2 ;
-  output \port$825$3 ;
-  wire \port$825$3 ;
-  output \port$825$4 ;
-  wire \port$825$4 ;
-  output \port$825$5 ;
-  wire \port$825$5 ;
-  output \port$825$6 ;
-  wire \port$825$6 ;
-  output \port$825$7 ;
-  wire \port$825$7 ;
-  output \port$825$8 ;
-  wire \port$825$8 ;
-  output \port$825$9 ;
-  wire \port$825$9 ;
+  output \port$846$0 ;
+  wire \port$846$0 ;
+  output \port$846$1 ;
+  wire \port$846$1 ;
+  output \port$846$10 ;
+  wire \port$846$10 ;
+  output \port$846$11 ;
+  wire \port$846$11 ;
+  output \port$846$12 ;
+  wire \port$846$12 ;
+  output \port$846$13 ;
+  wire \port$846$13 ;
+  output \port$846$14 ;
+  wire \port$846$14 ;
+  output \port$846$15 ;
+  wire \port$846$15 ;
+  output \port$846$2 ;
+  wire \port$846$2 ;
+  output \port$846$3 ;
+  wire \port$846$3 ;
+  output \port$846$4 ;
+  wire \port$846$4 ;
+  output \port$846$5 ;
+  wire \port$846$5 ;
+  output \port$846$6 ;
+  wire \port$846$6 ;
+  output \port$846$7 ;
+  wire \port$846$7 ;
+  output \port$846$8 ;
+  wire \port$846$8 ;
+  output \port$846$9 ;
+  wire \port$846$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -7006,26 +7009,26 @@ module \psc_core.dp.pe_1.mul_1 (\port$825$0 , \port$825$1 , \port$825$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$825$0  = \$1 ;
-  assign \port$825$1  = \$2 ;
-  assign \port$825$2  = \$3 ;
-  assign \port$825$3  = \$4 ;
-  assign \port$825$4  = \$5 ;
-  assign \port$825$5  = \$6 ;
-  assign \port$825$6  = \$7 ;
-  assign \port$825$7  = \$8 ;
-  assign \port$825$8  = \$9 ;
-  assign \port$825$9  = \$10 ;
-  assign \port$825$10  = \$11 ;
-  assign \port$825$11  = \$12 ;
-  assign \port$825$12  = \$13 ;
-  assign \port$825$13  = \$14 ;
-  assign \port$825$14  = \$15 ;
-  assign \port$825$15  = \$16 ;
+  assign \port$846$0  = \$1 ;
+  assign \port$846$1  = \$2 ;
+  assign \port$846$2  = \$3 ;
+  assign \port$846$3  = \$4 ;
+  assign \port$846$4  = \$5 ;
+  assign \port$846$5  = \$6 ;
+  assign \port$846$6  = \$7 ;
+  assign \port$846$7  = \$8 ;
+  assign \port$846$8  = \$9 ;
+  assign \port$846$9  = \$10 ;
+  assign \port$846$10  = \$11 ;
+  assign \port$846$11  = \$12 ;
+  assign \port$846$12  = \$13 ;
+  assign \port$846$13  = \$14 ;
+  assign \port$846$14  = \$15 ;
+  assign \port$846$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_2 (\port$826$0 , \port$826$1 , \port$826$2 , \port$826$3 , \port$826$4 , \port$826$5 , \port$826$6 , \port$826$7 , \port$826$8 , \port$826$9 , \port$826$10 , \port$826$11 , \port$826$12 , \port$826$13 , \port$826$14 , \port$826$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_2 (\port$847$0 , \port$847$1 , \port$847$2 , \port$847$3 , \port$847$4 , \port$847$5 , \port$847$6 , \port$847$7 , \port$847$8 , \port$847$9 , \port$847$10 , \port$847$11 , \port$847$12 , \port$847$13 , \port$847$14 , \port$847$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7074,38 +7077,38 @@ module \psc_core.dp.pe_1.mul_2 (\port$826$0 , \port$826$1 , \port$826$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$826$0 ;
-  wire \port$826$0 ;
-  output \port$826$1 ;
-  wire \port$826$1 ;
-  output \port$826$10 ;
-  wire \port$826$10 ;
-  output \port$826$11 ;
-  wire \port$826$11 ;
-  output \port$826$12 ;
-  wire \port$826$12 ;
-  output \port$826$13 ;
-  wire \port$826$13 ;
-  output \port$826$14 ;
-  wire \port$826$14 ;
-  output \port$826$15 ;
-  wire \port$826$15 ;
-  output \port$826$2 ;
-  wire \port$826$2 ;
-  output \port$826$3 ;
-  wire \port$826$3 ;
-  output \port$826$4 ;
-  wire \port$826$4 ;
-  output \port$826$5 ;
-  wire \port$826$5 ;
-  output \port$826$6 ;
-  wire \port$826$6 ;
-  output \port$826$7 ;
-  wire \port$826$7 ;
-  output \port$826$8 ;
-  wire \port$826$8 ;
-  output \port$826$9 ;
-  wire \port$826$9 ;
+  output \port$847$0 ;
+  wire \port$847$0 ;
+  output \port$847$1 ;
+  wire \port$847$1 ;
+  output \port$847$10 ;
+  wire \port$847$10 ;
+  output \port$847$11 ;
+  wire \port$847$11 ;
+  output \port$847$12 ;
+  wire \port$847$12 ;
+  output \port$847$13 ;
+  wire \port$847$13 ;
+  output \port$847$14 ;
+  wire \port$847$14 ;
+  output \port$847$15 ;
+  wire \port$847$15 ;
+  output \port$847$2 ;
+  wire \port$847$2 ;
+  output \port$847$3 ;
+  wire \port$847$3 ;
+  output \port$847$4 ;
+  wire \port$847$4 ;
+  output \port$847$5 ;
+  wire \port$847$5 ;
+  output \port$847$6 ;
+  wire \port$847$6 ;
+  output \port$847$7 ;
+  wire \port$847$7 ;
+  output \port$847$8 ;
+  wire \port$847$8 ;
+  output \port$847$9 ;
+  wire \port$847$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -7229,26 +7232,26 @@ module \psc_core.dp.pe_1.mul_2 (\port$826$0 , \port$826$1 , \port$826$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$826$0  = \$1 ;
-  assign \port$826$1  = \$2 ;
-  assign \port$826$2  = \$3 ;
-  assign \port$826$3  = \$4 ;
-  assign \port$826$4  = \$5 ;
-  assign \port$826$5  = \$6 ;
-  assign \port$826$6  = \$7 ;
-  assign \port$826$7  = \$8 ;
-  assign \port$826$8  = \$9 ;
-  assign \port$826$9  = \$10 ;
-  assign \port$826$10  = \$11 ;
-  assign \port$826$11  = \$12 ;
-  assign \port$826$12  = \$13 ;
-  assign \port$826$13  = \$14 ;
-  assign \port$826$14  = \$15 ;
-  assign \port$826$15  = \$16 ;
+  assign \port$847$0  = \$1 ;
+  assign \port$847$1  = \$2 ;
+  assign \port$847$2  = \$3 ;
+  assign \port$847$3  = \$4 ;
+  assign \port$847$4  = \$5 ;
+  assign \port$847$5  = \$6 ;
+  assign \port$847$6  = \$7 ;
+  assign \port$847$7  = \$8 ;
+  assign \port$847$8  = \$9 ;
+  assign \port$847$9  = \$10 ;
+  assign \port$847$10  = \$11 ;
+  assign \port$847$11  = \$12 ;
+  assign \port$847$12  = \$13 ;
+  assign \port$847$13  = \$14 ;
+  assign \port$847$14  = \$15 ;
+  assign \port$847$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_3 (\port$827$0 , \port$827$1 , \port$827$2 , \port$827$3 , \port$827$4 , \port$827$5 , \port$827$6 , \port$827$7 , \port$827$8 , \port$827$9 , \port$827$10 , \port$827$11 , \port$827$12 , \port$827$13 , \port$827$14 , \port$827$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_3 (\port$848$0 , \port$848$1 , \port$848$2 , \port$848$3 , \port$848$4 , \port$848$5 , \port$848$6 , \port$848$7 , \port$848$8 , \port$848$9 , \port$848$10 , \port$848$11 , \port$848$12 , \port$848$13 , \port$848$14 , \port$848$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7297,38 +7300,38 @@ module \psc_core.dp.pe_1.mul_3 (\port$827$0 , \port$827$1 , \port$827$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$827$0 ;
-  wire \port$827$0 ;
-  output \port$827$1 ;
-  wire \port$827$1 ;
-  output \port$827$10 ;
-  wire \port$827$10 ;
-  output \port$827$11 ;
-  wire \port$827$11 ;
-  output \port$827$12 ;
-  wire \port$827$12 ;
-  output \port$827$13 ;
-  wire \port$827$13 ;
-  output \port$827$14 ;
-  wire \port$827$14 ;
-  output \port$827$15 ;
-  wire \port$827$15 ;
-  output \port$827$2 ;
-  wire \port$827$2 ;
-  output \port$827$3 ;
-  wire \port$827$3 ;
-  output \port$827$4 ;
-  wire \port$827$4 ;
-  output \port$827$5 ;
-  wire \port$827$5 ;
-  output \port$827$6 ;
-  wire \port$827$6 ;
-  output \port$827$7 ;
-  wire \port$827$7 ;
-  output \port$827$8 ;
-  wire \port$827$8 ;
-  output \port$827$9 ;
-  wire \port$827$9 ;
+  output \port$848$0 ;
+  wire \port$848$0 ;
+  output \port$848$1 ;
+  wire \port$848$1 ;
+  output \port$848$10 ;
+  wire \port$848$10 ;
+  output \port$848$11 ;
+  wire \port$848$11 ;
+  output \port$848$12 ;
+  wire \port$848$12 ;
+  output \port$848$13 ;
+  wire \port$848$13 ;
+  output \port$848$14 ;
+  wire \port$848$14 ;
+  output \port$848$15 ;
+  wire \port$848$15 ;
+  output \port$848$2 ;
+  wire \port$848$2 ;
+  output \port$848$3 ;
+  wire \port$848$3 ;
+  output \port$848$4 ;
+  wire \port$848$4 ;
+  output \port$848$5 ;
+  wire \port$848$5 ;
+  output \port$848$6 ;
+  wire \port$848$6 ;
+  output \port$848$7 ;
+  wire \port$848$7 ;
+  output \port$848$8 ;
+  wire \port$848$8 ;
+  output \port$848$9 ;
+  wire \port$848$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -7452,26 +7455,26 @@ module \psc_core.dp.pe_1.mul_3 (\port$827$0 , \port$827$1 , \port$827$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$827$0  = \$1 ;
-  assign \port$827$1  = \$2 ;
-  assign \port$827$2  = \$3 ;
-  assign \port$827$3  = \$4 ;
-  assign \port$827$4  = \$5 ;
-  assign \port$827$5  = \$6 ;
-  assign \port$827$6  = \$7 ;
-  assign \port$827$7  = \$8 ;
-  assign \port$827$8  = \$9 ;
-  assign \port$827$9  = \$10 ;
-  assign \port$827$10  = \$11 ;
-  assign \port$827$11  = \$12 ;
-  assign \port$827$12  = \$13 ;
-  assign \port$827$13  = \$14 ;
-  assign \port$827$14  = \$15 ;
-  assign \port$827$15  = \$16 ;
+  assign \port$848$0  = \$1 ;
+  assign \port$848$1  = \$2 ;
+  assign \port$848$2  = \$3 ;
+  assign \port$848$3  = \$4 ;
+  assign \port$848$4  = \$5 ;
+  assign \port$848$5  = \$6 ;
+  assign \port$848$6  = \$7 ;
+  assign \port$848$7  = \$8 ;
+  assign \port$848$8  = \$9 ;
+  assign \port$848$9  = \$10 ;
+  assign \port$848$10  = \$11 ;
+  assign \port$848$11  = \$12 ;
+  assign \port$848$12  = \$13 ;
+  assign \port$848$13  = \$14 ;
+  assign \port$848$14  = \$15 ;
+  assign \port$848$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_4 (\port$828$0 , \port$828$1 , \port$828$2 , \port$828$3 , \port$828$4 , \port$828$5 , \port$828$6 , \port$828$7 , \port$828$8 , \port$828$9 , \port$828$10 , \port$828$11 , \port$828$12 , \port$828$13 , \port$828$14 , \port$828$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_4 (\port$849$0 , \port$849$1 , \port$849$2 , \port$849$3 , \port$849$4 , \port$849$5 , \port$849$6 , \port$849$7 , \port$849$8 , \port$849$9 , \port$849$10 , \port$849$11 , \port$849$12 , \port$849$13 , \port$849$14 , \port$849$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7520,38 +7523,38 @@ module \psc_core.dp.pe_1.mul_4 (\port$828$0 , \port$828$1 , \port$828$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$828$0 ;
-  wire \port$828$0 ;
-  output \port$828$1 ;
-  wire \port$828$1 ;
-  output \port$828$10 ;
-  wire \port$828$10 ;
-  output \port$828$11 ;
-  wire \port$828$11 ;
-  output \port$828$12 ;
-  wire \port$828$12 ;
-  output \port$828$13 ;
-  wire \port$828$13 ;
-  output \port$828$14 ;
-  wire \port$828$14 ;
-  output \port$828$15 ;
-  wire \port$828$15 ;
-  output \port$828$2 ;
-  wire \port$828$2 ;
-  output \port$828$3 ;
-  wire \port$828$3 ;
-  output \port$828$4 ;
-  wire \port$828$4 ;
-  output \port$828$5 ;
-  wire \port$828$5 ;
-  output \port$828$6 ;
-  wire \port$828$6 ;
-  output \port$828$7 ;
-  wire \port$828$7 ;
-  output \port$828$8 ;
-  wire \port$828$8 ;
-  output \port$828$9 ;
-  wire \port$828$9 ;
+  output \port$849$0 ;
+  wire \port$849$0 ;
+  output \port$849$1 ;
+  wire \port$849$1 ;
+  output \port$849$10 ;
+  wire \port$849$10 ;
+  output \port$849$11 ;
+  wire \port$849$11 ;
+  output \port$849$12 ;
+  wire \port$849$12 ;
+  output \port$849$13 ;
+  wire \port$849$13 ;
+  output \port$849$14 ;
+  wire \port$849$14 ;
+  output \port$849$15 ;
+  wire \port$849$15 ;
+  output \port$849$2 ;
+  wire \port$849$2 ;
+  output \port$849$3 ;
+  wire \port$849$3 ;
+  output \port$849$4 ;
+  wire \port$849$4 ;
+  output \port$849$5 ;
+  wire \port$849$5 ;
+  output \port$849$6 ;
+  wire \port$849$6 ;
+  output \port$849$7 ;
+  wire \port$849$7 ;
+  output \port$849$8 ;
+  wire \port$849$8 ;
+  output \port$849$9 ;
+  wire \port$849$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -7675,26 +7678,26 @@ module \psc_core.dp.pe_1.mul_4 (\port$828$0 , \port$828$1 , \port$828$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$828$0  = \$1 ;
-  assign \port$828$1  = \$2 ;
-  assign \port$828$2  = \$3 ;
-  assign \port$828$3  = \$4 ;
-  assign \port$828$4  = \$5 ;
-  assign \port$828$5  = \$6 ;
-  assign \port$828$6  = \$7 ;
-  assign \port$828$7  = \$8 ;
-  assign \port$828$8  = \$9 ;
-  assign \port$828$9  = \$10 ;
-  assign \port$828$10  = \$11 ;
-  assign \port$828$11  = \$12 ;
-  assign \port$828$12  = \$13 ;
-  assign \port$828$13  = \$14 ;
-  assign \port$828$14  = \$15 ;
-  assign \port$828$15  = \$16 ;
+  assign \port$849$0  = \$1 ;
+  assign \port$849$1  = \$2 ;
+  assign \port$849$2  = \$3 ;
+  assign \port$849$3  = \$4 ;
+  assign \port$849$4  = \$5 ;
+  assign \port$849$5  = \$6 ;
+  assign \port$849$6  = \$7 ;
+  assign \port$849$7  = \$8 ;
+  assign \port$849$8  = \$9 ;
+  assign \port$849$9  = \$10 ;
+  assign \port$849$10  = \$11 ;
+  assign \port$849$11  = \$12 ;
+  assign \port$849$12  = \$13 ;
+  assign \port$849$13  = \$14 ;
+  assign \port$849$14  = \$15 ;
+  assign \port$849$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_5 (\port$829$0 , \port$829$1 , \port$829$2 , \port$829$3 , \port$829$4 , \port$829$5 , \port$829$6 , \port$829$7 , \port$829$8 , \port$829$9 , \port$829$10 , \port$829$11 , \port$829$12 , \port$829$13 , \port$829$14 , \port$829$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_5 (\port$850$0 , \port$850$1 , \port$850$2 , \port$850$3 , \port$850$4 , \port$850$5 , \port$850$6 , \port$850$7 , \port$850$8 , \port$850$9 , \port$850$10 , \port$850$11 , \port$850$12 , \port$850$13 , \port$850$14 , \port$850$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7743,38 +7746,38 @@ module \psc_core.dp.pe_1.mul_5 (\port$829$0 , \port$829$1 , \port$829$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$829$0 ;
-  wire \port$829$0 ;
-  output \port$829$1 ;
-  wire \port$829$1 ;
-  output \port$829$10 ;
-  wire \port$829$10 ;
-  output \port$829$11 ;
-  wire \port$829$11 ;
-  output \port$829$12 ;
-  wire \port$829$12 ;
-  output \port$829$13 ;
-  wire \port$829$13 ;
-  output \port$829$14 ;
-  wire \port$829$14 ;
-  output \port$829$15 ;
-  wire \port$829$15 ;
-  output \port$829$2 ;
-  wire \port$829$2 ;
-  output \port$829$3 ;
-  wire \port$829$3 ;
-  output \port$829$4 ;
-  wire \port$829$4 ;
-  output \port$829$5 ;
-  wire \port$829$5 ;
-  output \port$829$6 ;
-  wire \port$829$6 ;
-  output \port$829$7 ;
-  wire \port$829$7 ;
-  output \port$829$8 ;
-  wire \port$829$8 ;
-  output \port$829$9 ;
-  wire \port$829$9 ;
+  output \port$850$0 ;
+  wire \port$850$0 ;
+  output \port$850$1 ;
+  wire \port$850$1 ;
+  output \port$850$10 ;
+  wire \port$850$10 ;
+  output \port$850$11 ;
+  wire \port$850$11 ;
+  output \port$850$12 ;
+  wire \port$850$12 ;
+  output \port$850$13 ;
+  wire \port$850$13 ;
+  output \port$850$14 ;
+  wire \port$850$14 ;
+  output \port$850$15 ;
+  wire \port$850$15 ;
+  output \port$850$2 ;
+  wire \port$850$2 ;
+  output \port$850$3 ;
+  wire \port$850$3 ;
+  output \port$850$4 ;
+  wire \port$850$4 ;
+  output \port$850$5 ;
+  wire \port$850$5 ;
+  output \port$850$6 ;
+  wire \port$850$6 ;
+  output \port$850$7 ;
+  wire \port$850$7 ;
+  output \port$850$8 ;
+  wire \port$850$8 ;
+  output \port$850$9 ;
+  wire \port$850$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -7898,26 +7901,26 @@ module \psc_core.dp.pe_1.mul_5 (\port$829$0 , \port$829$1 , \port$829$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$829$0  = \$1 ;
-  assign \port$829$1  = \$2 ;
-  assign \port$829$2  = \$3 ;
-  assign \port$829$3  = \$4 ;
-  assign \port$829$4  = \$5 ;
-  assign \port$829$5  = \$6 ;
-  assign \port$829$6  = \$7 ;
-  assign \port$829$7  = \$8 ;
-  assign \port$829$8  = \$9 ;
-  assign \port$829$9  = \$10 ;
-  assign \port$829$10  = \$11 ;
-  assign \port$829$11  = \$12 ;
-  assign \port$829$12  = \$13 ;
-  assign \port$829$13  = \$14 ;
-  assign \port$829$14  = \$15 ;
-  assign \port$829$15  = \$16 ;
+  assign \port$850$0  = \$1 ;
+  assign \port$850$1  = \$2 ;
+  assign \port$850$2  = \$3 ;
+  assign \port$850$3  = \$4 ;
+  assign \port$850$4  = \$5 ;
+  assign \port$850$5  = \$6 ;
+  assign \port$850$6  = \$7 ;
+  assign \port$850$7  = \$8 ;
+  assign \port$850$8  = \$9 ;
+  assign \port$850$9  = \$10 ;
+  assign \port$850$10  = \$11 ;
+  assign \port$850$11  = \$12 ;
+  assign \port$850$12  = \$13 ;
+  assign \port$850$13  = \$14 ;
+  assign \port$850$14  = \$15 ;
+  assign \port$850$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_6 (\port$830$0 , \port$830$1 , \port$830$2 , \port$830$3 , \port$830$4 , \port$830$5 , \port$830$6 , \port$830$7 , \port$830$8 , \port$830$9 , \port$830$10 , \port$830$11 , \port$830$12 , \port$830$13 , \port$830$14 , \port$830$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_6 (\port$851$0 , \port$851$1 , \port$851$2 , \port$851$3 , \port$851$4 , \port$851$5 , \port$851$6 , \port$851$7 , \port$851$8 , \port$851$9 , \port$851$10 , \port$851$11 , \port$851$12 , \port$851$13 , \port$851$14 , \port$851$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7966,38 +7969,38 @@ module \psc_core.dp.pe_1.mul_6 (\port$830$0 , \port$830$1 , \port$830$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$830$0 ;
-  wire \port$830$0 ;
-  output \port$830$1 ;
-  wire \port$830$1 ;
-  output \port$830$10 ;
-  wire \port$830$10 ;
-  output \port$830$11 ;
-  wire \port$830$11 ;
-  output \port$830$12 ;
-  wire \port$830$12 ;
-  output \port$830$13 ;
-  wire \port$830$13 ;
-  output \port$830$14 ;
-  wire \port$830$14 ;
-  output \port$830$15 ;
-  wire \port$830$15 ;
-  output \port$830$2 ;
-  wire \port$830$2 ;
-  output \port$830$3 ;
-  wire \port$830$3 ;
-  output \port$830$4 ;
-  wire \port$830$4 ;
-  output \port$830$5 ;
-  wire \port$830$5 ;
-  output \port$830$6 ;
-  wire \port$830$6 ;
-  output \port$830$7 ;
-  wire \port$830$7 ;
-  output \port$830$8 ;
-  wire \port$830$8 ;
-  output \port$830$9 ;
-  wire \port$830$9 ;
+  output \port$851$0 ;
+  wire \port$851$0 ;
+  output \port$851$1 ;
+  wire \port$851$1 ;
+  output \port$851$10 ;
+  wire \port$851$10 ;
+  output \port$851$11 ;
+  wire \port$851$11 ;
+  output \port$851$12 ;
+  wire \port$851$12 ;
+  output \port$851$13 ;
+  wire \port$851$13 ;
+  output \port$851$14 ;
+  wire \port$851$14 ;
+  output \port$851$15 ;
+  wire \port$851$15 ;
+  output \port$851$2 ;
+  wire \port$851$2 ;
+  output \port$851$3 ;
+  wire \port$851$3 ;
+  output \port$851$4 ;
+  wire \port$851$4 ;
+  output \port$851$5 ;
+  wire \port$851$5 ;
+  output \port$851$6 ;
+  wire \port$851$6 ;
+  output \port$851$7 ;
+  wire \port$851$7 ;
+  output \port$851$8 ;
+  wire \port$851$8 ;
+  output \port$851$9 ;
+  wire \port$851$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -8121,22 +8124,22 @@ module \psc_core.dp.pe_1.mul_6 (\port$830$0 , \port$830$1 , \port$830$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$830$0  = \$1 ;
-  assign \port$830$1  = \$2 ;
-  assign \port$830$2  = \$3 ;
-  assign \port$830$3  = \$4 ;
-  assign \port$830$4  = \$5 ;
-  assign \port$830$5  = \$6 ;
-  assign \port$830$6  = \$7 ;
-  assign \port$830$7  = \$8 ;
-  assign \port$830$8  = \$9 ;
-  assign \port$830$9  = \$10 ;
-  assign \port$830$10  = \$11 ;
-  assign \port$830$11  = \$12 ;
-  assign \port$830$12  = \$13 ;
-  assign \port$830$13  = \$14 ;
-  assign \port$830$14  = \$15 ;
-  assign \port$830$15  = \$16 ;
+  assign \port$851$0  = \$1 ;
+  assign \port$851$1  = \$2 ;
+  assign \port$851$2  = \$3 ;
+  assign \port$851$3  = \$4 ;
+  assign \port$851$4  = \$5 ;
+  assign \port$851$5  = \$6 ;
+  assign \port$851$6  = \$7 ;
+  assign \port$851$7  = \$8 ;
+  assign \port$851$8  = \$9 ;
+  assign \port$851$9  = \$10 ;
+  assign \port$851$10  = \$11 ;
+  assign \port$851$11  = \$12 ;
+  assign \port$851$12  = \$13 ;
+  assign \port$851$13  = \$14 ;
+  assign \port$851$14  = \$15 ;
+  assign \port$851$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -8199,7 +8202,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2889$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2910$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -8449,8 +8452,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2889$800 ;
-  wire [1:0] \port$2889$800 ;
+  input [1:0] \port$2910$800 ;
+  wire [1:0] \port$2910$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8507,7 +8510,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2889$800 [0];
+  assign \$2  = valid & \port$2910$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -8602,154 +8605,154 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$904$0 (\$64 ),
-    .\port$904$1 (\$65 ),
-    .\port$904$10 (\$74 ),
-    .\port$904$11 (\$75 ),
-    .\port$904$12 (\$76 ),
-    .\port$904$13 (\$77 ),
-    .\port$904$14 (\$78 ),
-    .\port$904$15 (\$79 ),
-    .\port$904$2 (\$66 ),
-    .\port$904$3 (\$67 ),
-    .\port$904$4 (\$68 ),
-    .\port$904$5 (\$69 ),
-    .\port$904$6 (\$70 ),
-    .\port$904$7 (\$71 ),
-    .\port$904$8 (\$72 ),
-    .\port$904$9 (\$73 )
+    .\port$925$0 (\$64 ),
+    .\port$925$1 (\$65 ),
+    .\port$925$10 (\$74 ),
+    .\port$925$11 (\$75 ),
+    .\port$925$12 (\$76 ),
+    .\port$925$13 (\$77 ),
+    .\port$925$14 (\$78 ),
+    .\port$925$15 (\$79 ),
+    .\port$925$2 (\$66 ),
+    .\port$925$3 (\$67 ),
+    .\port$925$4 (\$68 ),
+    .\port$925$5 (\$69 ),
+    .\port$925$6 (\$70 ),
+    .\port$925$7 (\$71 ),
+    .\port$925$8 (\$72 ),
+    .\port$925$9 (\$73 )
   );
   \psc_core.dp.pe_2.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$905$0 (\$80 ),
-    .\port$905$1 (\$81 ),
-    .\port$905$10 (\$90 ),
-    .\port$905$11 (\$91 ),
-    .\port$905$12 (\$92 ),
-    .\port$905$13 (\$93 ),
-    .\port$905$14 (\$94 ),
-    .\port$905$15 (\$95 ),
-    .\port$905$2 (\$82 ),
-    .\port$905$3 (\$83 ),
-    .\port$905$4 (\$84 ),
-    .\port$905$5 (\$85 ),
-    .\port$905$6 (\$86 ),
-    .\port$905$7 (\$87 ),
-    .\port$905$8 (\$88 ),
-    .\port$905$9 (\$89 )
+    .\port$926$0 (\$80 ),
+    .\port$926$1 (\$81 ),
+    .\port$926$10 (\$90 ),
+    .\port$926$11 (\$91 ),
+    .\port$926$12 (\$92 ),
+    .\port$926$13 (\$93 ),
+    .\port$926$14 (\$94 ),
+    .\port$926$15 (\$95 ),
+    .\port$926$2 (\$82 ),
+    .\port$926$3 (\$83 ),
+    .\port$926$4 (\$84 ),
+    .\port$926$5 (\$85 ),
+    .\port$926$6 (\$86 ),
+    .\port$926$7 (\$87 ),
+    .\port$926$8 (\$88 ),
+    .\port$926$9 (\$89 )
   );
   \psc_core.dp.pe_2.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$906$0 (\$96 ),
-    .\port$906$1 (\$97 ),
-    .\port$906$10 (\$106 ),
-    .\port$906$11 (\$107 ),
-    .\port$906$12 (\$108 ),
-    .\port$906$13 (\$109 ),
-    .\port$906$14 (\$110 ),
-    .\port$906$15 (\$111 ),
-    .\port$906$2 (\$98 ),
-    .\port$906$3 (\$99 ),
-    .\port$906$4 (\$100 ),
-    .\port$906$5 (\$101 ),
-    .\port$906$6 (\$102 ),
-    .\port$906$7 (\$103 ),
-    .\port$906$8 (\$104 ),
-    .\port$906$9 (\$105 )
+    .\port$927$0 (\$96 ),
+    .\port$927$1 (\$97 ),
+    .\port$927$10 (\$106 ),
+    .\port$927$11 (\$107 ),
+    .\port$927$12 (\$108 ),
+    .\port$927$13 (\$109 ),
+    .\port$927$14 (\$110 ),
+    .\port$927$15 (\$111 ),
+    .\port$927$2 (\$98 ),
+    .\port$927$3 (\$99 ),
+    .\port$927$4 (\$100 ),
+    .\port$927$5 (\$101 ),
+    .\port$927$6 (\$102 ),
+    .\port$927$7 (\$103 ),
+    .\port$927$8 (\$104 ),
+    .\port$927$9 (\$105 )
   );
   \psc_core.dp.pe_2.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$907$0 (\$112 ),
-    .\port$907$1 (\$113 ),
-    .\port$907$10 (\$122 ),
-    .\port$907$11 (\$123 ),
-    .\port$907$12 (\$124 ),
-    .\port$907$13 (\$125 ),
-    .\port$907$14 (\$126 ),
-    .\port$907$15 (\$127 ),
-    .\port$907$2 (\$114 ),
-    .\port$907$3 (\$115 ),
-    .\port$907$4 (\$116 ),
-    .\port$907$5 (\$117 ),
-    .\port$907$6 (\$118 ),
-    .\port$907$7 (\$119 ),
-    .\port$907$8 (\$120 ),
-    .\port$907$9 (\$121 )
+    .\port$928$0 (\$112 ),
+    .\port$928$1 (\$113 ),
+    .\port$928$10 (\$122 ),
+    .\port$928$11 (\$123 ),
+    .\port$928$12 (\$124 ),
+    .\port$928$13 (\$125 ),
+    .\port$928$14 (\$126 ),
+    .\port$928$15 (\$127 ),
+    .\port$928$2 (\$114 ),
+    .\port$928$3 (\$115 ),
+    .\port$928$4 (\$116 ),
+    .\port$928$5 (\$117 ),
+    .\port$928$6 (\$118 ),
+    .\port$928$7 (\$119 ),
+    .\port$928$8 (\$120 ),
+    .\port$928$9 (\$121 )
   );
   \psc_core.dp.pe_2.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$908$0 (\$128 ),
-    .\port$908$1 (\$129 ),
-    .\port$908$10 (\$138 ),
-    .\port$908$11 (\$139 ),
-    .\port$908$12 (\$140 ),
-    .\port$908$13 (\$141 ),
-    .\port$908$14 (\$142 ),
-    .\port$908$15 (\$143 ),
-    .\port$908$2 (\$130 ),
-    .\port$908$3 (\$131 ),
-    .\port$908$4 (\$132 ),
-    .\port$908$5 (\$133 ),
-    .\port$908$6 (\$134 ),
-    .\port$908$7 (\$135 ),
-    .\port$908$8 (\$136 ),
-    .\port$908$9 (\$137 )
+    .\port$929$0 (\$128 ),
+    .\port$929$1 (\$129 ),
+    .\port$929$10 (\$138 ),
+    .\port$929$11 (\$139 ),
+    .\port$929$12 (\$140 ),
+    .\port$929$13 (\$141 ),
+    .\port$929$14 (\$142 ),
+    .\port$929$15 (\$143 ),
+    .\port$929$2 (\$130 ),
+    .\port$929$3 (\$131 ),
+    .\port$929$4 (\$132 ),
+    .\port$929$5 (\$133 ),
+    .\port$929$6 (\$134 ),
+    .\port$929$7 (\$135 ),
+    .\port$929$8 (\$136 ),
+    .\port$929$9 (\$137 )
   );
   \psc_core.dp.pe_2.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$909$0 (\$144 ),
-    .\port$909$1 (\$145 ),
-    .\port$909$10 (\$154 ),
-    .\port$909$11 (\$155 ),
-    .\port$909$12 (\$156 ),
-    .\port$909$13 (\$157 ),
-    .\port$909$14 (\$158 ),
-    .\port$909$15 (\$159 ),
-    .\port$909$2 (\$146 ),
-    .\port$909$3 (\$147 ),
-    .\port$909$4 (\$148 ),
-    .\port$909$5 (\$149 ),
-    .\port$909$6 (\$150 ),
-    .\port$909$7 (\$151 ),
-    .\port$909$8 (\$152 ),
-    .\port$909$9 (\$153 )
+    .\port$930$0 (\$144 ),
+    .\port$930$1 (\$145 ),
+    .\port$930$10 (\$154 ),
+    .\port$930$11 (\$155 ),
+    .\port$930$12 (\$156 ),
+    .\port$930$13 (\$157 ),
+    .\port$930$14 (\$158 ),
+    .\port$930$15 (\$159 ),
+    .\port$930$2 (\$146 ),
+    .\port$930$3 (\$147 ),
+    .\port$930$4 (\$148 ),
+    .\port$930$5 (\$149 ),
+    .\port$930$6 (\$150 ),
+    .\port$930$7 (\$151 ),
+    .\port$930$8 (\$152 ),
+    .\port$930$9 (\$153 )
   );
   \psc_core.dp.pe_2.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$910$0 (\$160 ),
-    .\port$910$1 (\$161 ),
-    .\port$910$10 (\$170 ),
-    .\port$910$11 (\$171 ),
-    .\port$910$12 (\$172 ),
-    .\port$910$13 (\$173 ),
-    .\port$910$14 (\$174 ),
-    .\port$910$15 (\$175 ),
-    .\port$910$2 (\$162 ),
-    .\port$910$3 (\$163 ),
-    .\port$910$4 (\$164 ),
-    .\port$910$5 (\$165 ),
-    .\port$910$6 (\$166 ),
-    .\port$910$7 (\$167 ),
-    .\port$910$8 (\$168 ),
-    .\port$910$9 (\$169 )
+    .\port$931$0 (\$160 ),
+    .\port$931$1 (\$161 ),
+    .\port$931$10 (\$170 ),
+    .\port$931$11 (\$171 ),
+    .\port$931$12 (\$172 ),
+    .\port$931$13 (\$173 ),
+    .\port$931$14 (\$174 ),
+    .\port$931$15 (\$175 ),
+    .\port$931$2 (\$162 ),
+    .\port$931$3 (\$163 ),
+    .\port$931$4 (\$164 ),
+    .\port$931$5 (\$165 ),
+    .\port$931$6 (\$166 ),
+    .\port$931$7 (\$167 ),
+    .\port$931$8 (\$168 ),
+    .\port$931$9 (\$169 )
   );
   \psc_core.dp.pe_2.wsu  wsu (
     .mask(mask),
@@ -8770,7 +8773,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2889$800 [0];
+      \$37  = \port$2910$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -8780,7 +8783,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2889$800 [1];
+      \$38  = \port$2910$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -9034,8 +9037,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2889$800 [0];
-  assign last = \port$2889$800 [1];
+  assign first = \port$2910$800 [0];
+  assign last = \port$2910$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9095,7 +9098,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2889$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_0 (\port$904$0 , \port$904$1 , \port$904$2 , \port$904$3 , \port$904$4 , \port$904$5 , \port$904$6 , \port$904$7 , \port$904$8 , \port$904$9 , \port$904$10 , \port$904$11 , \port$904$12 , \port$904$13 , \port$904$14 , \port$904$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_0 (\port$925$0 , \port$925$1 , \port$925$2 , \port$925$3 , \port$925$4 , \port$925$5 , \port$925$6 , \port$925$7 , \port$925$8 , \port$925$9 , \port$925$10 , \port$925$11 , \port$925$12 , \port$925$13 , \port$925$14 , \port$925$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9144,38 +9147,38 @@ module \psc_core.dp.pe_2.mul_0 (\port$904$0 , \port$904$1 , \port$904$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$904$0 ;
-  wire \port$904$0 ;
-  output \port$904$1 ;
-  wire \port$904$1 ;
-  output \port$904$10 ;
-  wire \port$904$10 ;
-  output \port$904$11 ;
-  wire \port$904$11 ;
-  output \port$904$12 ;
-  wire \port$904$12 ;
-  output \port$904$13 ;
-  wire \port$904$13 ;
-  output \port$904$14 ;
-  wire \port$904$14 ;
-  output \port$904$15 ;
-  wire \port$904$15 ;
-  output \port$904$2 ;
-  wire \port$904$2 ;
-  output \port$904$3 ;
-  wire \port$904$3 ;
-  output \port$904$4 ;
-  wire \port$904$4 ;
-  output \port$904$5 ;
-  wire \port$904$5 ;
-  output \port$904$6 ;
-  wire \port$904$6 ;
-  output \port$904$7 ;
-  wire \port$904$7 ;
-  output \port$904$8 ;
-  wire \port$904$8 ;
-  output \port$904$9 ;
-  wire \port$904$9 ;
+  output \port$925$0 ;
+  wire \port$925$0 ;
+  output \port$925$1 ;
+  wire \port$925$1 ;
+  output \port$925$10 ;
+  wire \port$925$10 ;
+  output \port$925$11 ;
+  wire \port$925$11 ;
+  output \port$925$12 ;
+  wire \port$925$12 ;
+  output \port$925$13 ;
+  wire \port$925$13 ;
+  output \port$925$14 ;
+  wire \port$925$14 ;
+  output \port$925$15 ;
+  wire \port$925$15 ;
+  output \port$925$2 ;
+  wire \port$925$2 ;
+  output \port$925$3 ;
+  wire \port$925$3 ;
+  output \port$925$4 ;
+  wire \port$925$4 ;
+  output \port$925$5 ;
+  wire \port$925$5 ;
+  output \port$925$6 ;
+  wire \port$925$6 ;
+  output \port$925$7 ;
+  wire \port$925$7 ;
+  output \port$925$8 ;
+  wire \port$925$8 ;
+  output \port$925$9 ;
+  wire \port$925$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9299,26 +9302,26 @@ module \psc_core.dp.pe_2.mul_0 (\port$904$0 , \port$904$1 , \port$904$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$904$0  = \$1 ;
-  assign \port$904$1  = \$2 ;
-  assign \port$904$2  = \$3 ;
-  assign \port$904$3  = \$4 ;
-  assign \port$904$4  = \$5 ;
-  assign \port$904$5  = \$6 ;
-  assign \port$904$6  = \$7 ;
-  assign \port$904$7  = \$8 ;
-  assign \port$904$8  = \$9 ;
-  assign \port$904$9  = \$10 ;
-  assign \port$904$10  = \$11 ;
-  assign \port$904$11  = \$12 ;
-  assign \port$904$12  = \$13 ;
-  assign \port$904$13  = \$14 ;
-  assign \port$904$14  = \$15 ;
-  assign \port$904$15  = \$16 ;
+  assign \port$925$0  = \$1 ;
+  assign \port$925$1  = \$2 ;
+  assign \port$925$2  = \$3 ;
+  assign \port$925$3  = \$4 ;
+  assign \port$925$4  = \$5 ;
+  assign \port$925$5  = \$6 ;
+  assign \port$925$6  = \$7 ;
+  assign \port$925$7  = \$8 ;
+  assign \port$925$8  = \$9 ;
+  assign \port$925$9  = \$10 ;
+  assign \port$925$10  = \$11 ;
+  assign \port$925$11  = \$12 ;
+  assign \port$925$12  = \$13 ;
+  assign \port$925$13  = \$14 ;
+  assign \port$925$14  = \$15 ;
+  assign \port$925$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_1 (\port$905$0 , \port$905$1 , \port$905$2 , \port$905$3 , \port$905$4 , \port$905$5 , \port$905$6 , \port$905$7 , \port$905$8 , \port$905$9 , \port$905$10 , \port$905$11 , \port$905$12 , \port$905$13 , \port$905$14 , \port$905$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_1 (\port$926$0 , \port$926$1 , \port$926$2 , \port$926$3 , \port$926$4 , \port$926$5 , \port$926$6 , \port$926$7 , \port$926$8 , \port$926$9 , \port$926$10 , \port$926$11 , \port$926$12 , \port$926$13 , \port$926$14 , \port$926$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9367,38 +9370,38 @@ module \psc_core.dp.pe_2.mul_1 (\port$905$0 , \port$905$1 , \port$905$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$905$0 ;
-  wire \port$905$0 ;
-  output \port$905$1 ;
-  wire \port$905$1 ;
-  output \port$905$10 ;
-  wire \port$905$10 ;
-  output \port$905$11 ;
-  wire \port$905$11 ;
-  output \port$905$12 ;
-  wire \port$905$12 ;
-  output \port$905$13 ;
-  wire \port$905$13 ;
-  output \port$905$14 ;
-  wire \port$905$14 ;
-  output \port$905$15 ;
-  wire \port$905$15 ;
-  output \port$905$2 ;
-  wire \port$905$2 ;
-  output \port$905$3 ;
-  wire \port$905$3 ;
-  output \port$905$4 ;
-  wire \port$905$4 ;
-  output \port$905$5 ;
-  wire \port$905$5 ;
-  output \port$905$6 ;
-  wire \port$905$6 ;
-  output \port$905$7 ;
-  wire \port$905$7 ;
-  output \port$905$8 ;
-  wire \port$905$8 ;
-  output \port$905$9 ;
-  wire \port$905$9 ;
+  output \port$926$0 ;
+  wire \port$926$0 ;
+  output \port$926$1 ;
+  wire \port$926$1 ;
+  output \port$926$10 ;
+  wire \port$926$10 ;
+  output \port$926$11 ;
+  wire \port$926$11 ;
+  output \port$926$12 ;
+  wire \port$926$12 ;
+  output \port$926$13 ;
+  wire \port$926$13 ;
+  output \port$926$14 ;
+  wire \port$926$14 ;
+  output \port$926$15 ;
+  wire \port$926$15 ;
+  output \port$926$2 ;
+  wire \port$926$2 ;
+  output \port$926$3 ;
+  wire \port$926$3 ;
+  output \port$926$4 ;
+  wire \port$926$4 ;
+  output \port$926$5 ;
+  wire \port$926$5 ;
+  output \port$926$6 ;
+  wire \port$926$6 ;
+  output \port$926$7 ;
+  wire \port$926$7 ;
+  output \port$926$8 ;
+  wire \port$926$8 ;
+  output \port$926$9 ;
+  wire \port$926$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9522,26 +9525,26 @@ module \psc_core.dp.pe_2.mul_1 (\port$905$0 , \port$905$1 , \port$905$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$905$0  = \$1 ;
-  assign \port$905$1  = \$2 ;
-  assign \port$905$2  = \$3 ;
-  assign \port$905$3  = \$4 ;
-  assign \port$905$4  = \$5 ;
-  assign \port$905$5  = \$6 ;
-  assign \port$905$6  = \$7 ;
-  assign \port$905$7  = \$8 ;
-  assign \port$905$8  = \$9 ;
-  assign \port$905$9  = \$10 ;
-  assign \port$905$10  = \$11 ;
-  assign \port$905$11  = \$12 ;
-  assign \port$905$12  = \$13 ;
-  assign \port$905$13  = \$14 ;
-  assign \port$905$14  = \$15 ;
-  assign \port$905$15  = \$16 ;
+  assign \port$926$0  = \$1 ;
+  assign \port$926$1  = \$2 ;
+  assign \port$926$2  = \$3 ;
+  assign \port$926$3  = \$4 ;
+  assign \port$926$4  = \$5 ;
+  assign \port$926$5  = \$6 ;
+  assign \port$926$6  = \$7 ;
+  assign \port$926$7  = \$8 ;
+  assign \port$926$8  = \$9 ;
+  assign \port$926$9  = \$10 ;
+  assign \port$926$10  = \$11 ;
+  assign \port$926$11  = \$12 ;
+  assign \port$926$12  = \$13 ;
+  assign \port$926$13  = \$14 ;
+  assign \port$926$14  = \$15 ;
+  assign \port$926$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_2 (\port$906$0 , \port$906$1 , \port$906$2 , \port$906$3 , \port$906$4 , \port$906$5 , \port$906$6 , \port$906$7 , \port$906$8 , \port$906$9 , \port$906$10 , \port$906$11 , \port$906$12 , \port$906$13 , \port$906$14 , \port$906$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_2 (\port$927$0 , \port$927$1 , \port$927$2 , \port$927$3 , \port$927$4 , \port$927$5 , \port$927$6 , \port$927$7 , \port$927$8 , \port$927$9 , \port$927$10 , \port$927$11 , \port$927$12 , \port$927$13 , \port$927$14 , \port$927$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9590,38 +9593,38 @@ module \psc_core.dp.pe_2.mul_2 (\port$906$0 , \port$906$1 , \port$906$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$906$0 ;
-  wire \port$906$0 ;
-  output \port$906$1 ;
-  wire \port$906$1 ;
-  output \port$906$10 ;
-  wire \port$906$10 ;
-  output \port$906$11 ;
-  wire \port$906$11 ;
-  output \port$906$12 ;
-  wire \port$906$12 ;
-  output \port$906$13 ;
-  wire \port$906$13 ;
-  output \port$906$14 ;
-  wire \port$906$14 ;
-  output \port$906$15 ;
-  wire \port$906$15 ;
-  output \port$906$2 ;
-  wire \port$906$2 ;
-  output \port$906$3 ;
-  wire \port$906$3 ;
-  output \port$906$4 ;
-  wire \port$906$4 ;
-  output \port$906$5 ;
-  wire \port$906$5 ;
-  output \port$906$6 ;
-  wire \port$906$6 ;
-  output \port$906$7 ;
-  wire \port$906$7 ;
-  output \port$906$8 ;
-  wire \port$906$8 ;
-  output \port$906$9 ;
-  wire \port$906$9 ;
+  output \port$927$0 ;
+  wire \port$927$0 ;
+  output \port$927$1 ;
+  wire \port$927$1 ;
+  output \port$927$10 ;
+  wire \port$927$10 ;
+  output \port$927$11 ;
+  wire \port$927$11 ;
+  output \port$927$12 ;
+  wire \port$927$12 ;
+  output \port$927$13 ;
+  wire \port$927$13 ;
+  output \port$927$14 ;
+  wire \port$927$14 ;
+  output \port$927$15 ;
+  wire \port$927$15 ;
+  output \port$927$2 ;
+  wire \port$927$2 ;
+  output \port$927$3 ;
+  wire \port$927$3 ;
+  output \port$927$4 ;
+  wire \port$927$4 ;
+  output \port$927$5 ;
+  wire \port$927$5 ;
+  output \port$927$6 ;
+  wire \port$927$6 ;
+  output \port$927$7 ;
+  wire \port$927$7 ;
+  output \port$927$8 ;
+  wire \port$927$8 ;
+  output \port$927$9 ;
+  wire \port$927$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9745,26 +9748,26 @@ module \psc_core.dp.pe_2.mul_2 (\port$906$0 , \port$906$1 , \port$906$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$906$0  = \$1 ;
-  assign \port$906$1  = \$2 ;
-  assign \port$906$2  = \$3 ;
-  assign \port$906$3  = \$4 ;
-  assign \port$906$4  = \$5 ;
-  assign \port$906$5  = \$6 ;
-  assign \port$906$6  = \$7 ;
-  assign \port$906$7  = \$8 ;
-  assign \port$906$8  = \$9 ;
-  assign \port$906$9  = \$10 ;
-  assign \port$906$10  = \$11 ;
-  assign \port$906$11  = \$12 ;
-  assign \port$906$12  = \$13 ;
-  assign \port$906$13  = \$14 ;
-  assign \port$906$14  = \$15 ;
-  assign \port$906$15  = \$16 ;
+  assign \port$927$0  = \$1 ;
+  assign \port$927$1  = \$2 ;
+  assign \port$927$2  = \$3 ;
+  assign \port$927$3  = \$4 ;
+  assign \port$927$4  = \$5 ;
+  assign \port$927$5  = \$6 ;
+  assign \port$927$6  = \$7 ;
+  assign \port$927$7  = \$8 ;
+  assign \port$927$8  = \$9 ;
+  assign \port$927$9  = \$10 ;
+  assign \port$927$10  = \$11 ;
+  assign \port$927$11  = \$12 ;
+  assign \port$927$12  = \$13 ;
+  assign \port$927$13  = \$14 ;
+  assign \port$927$14  = \$15 ;
+  assign \port$927$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_3 (\port$907$0 , \port$907$1 , \port$907$2 , \port$907$3 , \port$907$4 , \port$907$5 , \port$907$6 , \port$907$7 , \port$907$8 , \port$907$9 , \port$907$10 , \port$907$11 , \port$907$12 , \port$907$13 , \port$907$14 , \port$907$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_3 (\port$928$0 , \port$928$1 , \port$928$2 , \port$928$3 , \port$928$4 , \port$928$5 , \port$928$6 , \port$928$7 , \port$928$8 , \port$928$9 , \port$928$10 , \port$928$11 , \port$928$12 , \port$928$13 , \port$928$14 , \port$928$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9813,38 +9816,38 @@ module \psc_core.dp.pe_2.mul_3 (\port$907$0 , \port$907$1 , \port$907$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$907$0 ;
-  wire \port$907$0 ;
-  output \port$907$1 ;
-  wire \port$907$1 ;
-  output \port$907$10 ;
-  wire \port$907$10 ;
-  output \port$907$11 ;
-  wire \port$907$11 ;
-  output \port$907$12 ;
-  wire \port$907$12 ;
-  output \port$907$13 ;
-  wire \port$907$13 ;
-  output \port$907$14 ;
-  wire \port$907$14 ;
-  output \port$907$15 ;
-  wire \port$907$15 ;
-  output \port$907$2 ;
-  wire \port$907$2 ;
-  output \port$907$3 ;
-  wire \port$907$3 ;
-  output \port$907$4 ;
-  wire \port$907$4 ;
-  output \port$907$5 ;
-  wire \port$907$5 ;
-  output \port$907$6 ;
-  wire \port$907$6 ;
-  output \port$907$7 ;
-  wire \port$907$7 ;
-  output \port$907$8 ;
-  wire \port$907$8 ;
-  output \port$907$9 ;
-  wire \port$907$9 ;
+  output \port$928$0 ;
+  wire \port$928$0 ;
+  output \port$928$1 ;
+  wire \port$928$1 ;
+  output \port$928$10 ;
+  wire \port$928$10 ;
+  output \port$928$11 ;
+  wire \port$928$11 ;
+  output \port$928$12 ;
+  wire \port$928$12 ;
+  output \port$928$13 ;
+  wire \port$928$13 ;
+  output \port$928$14 ;
+  wire \port$928$14 ;
+  output \port$928$15 ;
+  wire \port$928$15 ;
+  output \port$928$2 ;
+  wire \port$928$2 ;
+  output \port$928$3 ;
+  wire \port$928$3 ;
+  output \port$928$4 ;
+  wire \port$928$4 ;
+  output \port$928$5 ;
+  wire \port$928$5 ;
+  output \port$928$6 ;
+  wire \port$928$6 ;
+  output \port$928$7 ;
+  wire \port$928$7 ;
+  output \port$928$8 ;
+  wire \port$928$8 ;
+  output \port$928$9 ;
+  wire \port$928$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9968,26 +9971,26 @@ module \psc_core.dp.pe_2.mul_3 (\port$907$0 , \port$907$1 , \port$907$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$907$0  = \$1 ;
-  assign \port$907$1  = \$2 ;
-  assign \port$907$2  = \$3 ;
-  assign \port$907$3  = \$4 ;
-  assign \port$907$4  = \$5 ;
-  assign \port$907$5  = \$6 ;
-  assign \port$907$6  = \$7 ;
-  assign \port$907$7  = \$8 ;
-  assign \port$907$8  = \$9 ;
-  assign \port$907$9  = \$10 ;
-  assign \port$907$10  = \$11 ;
-  assign \port$907$11  = \$12 ;
-  assign \port$907$12  = \$13 ;
-  assign \port$907$13  = \$14 ;
-  assign \port$907$14  = \$15 ;
-  assign \port$907$15  = \$16 ;
+  assign \port$928$0  = \$1 ;
+  assign \port$928$1  = \$2 ;
+  assign \port$928$2  = \$3 ;
+  assign \port$928$3  = \$4 ;
+  assign \port$928$4  = \$5 ;
+  assign \port$928$5  = \$6 ;
+  assign \port$928$6  = \$7 ;
+  assign \port$928$7  = \$8 ;
+  assign \port$928$8  = \$9 ;
+  assign \port$928$9  = \$10 ;
+  assign \port$928$10  = \$11 ;
+  assign \port$928$11  = \$12 ;
+  assign \port$928$12  = \$13 ;
+  assign \port$928$13  = \$14 ;
+  assign \port$928$14  = \$15 ;
+  assign \port$928$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_4 (\port$908$0 , \port$908$1 , \port$908$2 , \port$908$3 , \port$908$4 , \port$908$5 , \port$908$6 , \port$908$7 , \port$908$8 , \port$908$9 , \port$908$10 , \port$908$11 , \port$908$12 , \port$908$13 , \port$908$14 , \port$908$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_4 (\port$929$0 , \port$929$1 , \port$929$2 , \port$929$3 , \port$929$4 , \port$929$5 , \port$929$6 , \port$929$7 , \port$929$8 , \port$929$9 , \port$929$10 , \port$929$11 , \port$929$12 , \port$929$13 , \port$929$14 , \port$929$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10036,38 +10039,38 @@ module \psc_core.dp.pe_2.mul_4 (\port$908$0 , \port$908$1 , \port$908$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$908$0 ;
-  wire \port$908$0 ;
-  output \port$908$1 ;
-  wire \port$908$1 ;
-  output \port$908$10 ;
-  wire \port$908$10 ;
-  output \port$908$11 ;
-  wire \port$908$11 ;
-  output \port$908$12 ;
-  wire \port$908$12 ;
-  output \port$908$13 ;
-  wire \port$908$13 ;
-  output \port$908$14 ;
-  wire \port$908$14 ;
-  output \port$908$15 ;
-  wire \port$908$15 ;
-  output \port$908$2 ;
-  wire \port$908$2 ;
-  output \port$908$3 ;
-  wire \port$908$3 ;
-  output \port$908$4 ;
-  wire \port$908$4 ;
-  output \port$908$5 ;
-  wire \port$908$5 ;
-  output \port$908$6 ;
-  wire \port$908$6 ;
-  output \port$908$7 ;
-  wire \port$908$7 ;
-  output \port$908$8 ;
-  wire \port$908$8 ;
-  output \port$908$9 ;
-  wire \port$908$9 ;
+  output \port$929$0 ;
+  wire \port$929$0 ;
+  output \port$929$1 ;
+  wire \port$929$1 ;
+  output \port$929$10 ;
+  wire \port$929$10 ;
+  output \port$929$11 ;
+  wire \port$929$11 ;
+  output \port$929$12 ;
+  wire \port$929$12 ;
+  output \port$929$13 ;
+  wire \port$929$13 ;
+  output \port$929$14 ;
+  wire \port$929$14 ;
+  output \port$929$15 ;
+  wire \port$929$15 ;
+  output \port$929$2 ;
+  wire \port$929$2 ;
+  output \port$929$3 ;
+  wire \port$929$3 ;
+  output \port$929$4 ;
+  wire \port$929$4 ;
+  output \port$929$5 ;
+  wire \port$929$5 ;
+  output \port$929$6 ;
+  wire \port$929$6 ;
+  output \port$929$7 ;
+  wire \port$929$7 ;
+  output \port$929$8 ;
+  wire \port$929$8 ;
+  output \port$929$9 ;
+  wire \port$929$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -10191,26 +10194,26 @@ module \psc_core.dp.pe_2.mul_4 (\port$908$0 , \port$908$1 , \port$908$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$908$0  = \$1 ;
-  assign \port$908$1  = \$2 ;
-  assign \port$908$2  = \$3 ;
-  assign \port$908$3  = \$4 ;
-  assign \port$908$4  = \$5 ;
-  assign \port$908$5  = \$6 ;
-  assign \port$908$6  = \$7 ;
-  assign \port$908$7  = \$8 ;
-  assign \port$908$8  = \$9 ;
-  assign \port$908$9  = \$10 ;
-  assign \port$908$10  = \$11 ;
-  assign \port$908$11  = \$12 ;
-  assign \port$908$12  = \$13 ;
-  assign \port$908$13  = \$14 ;
-  assign \port$908$14  = \$15 ;
-  assign \port$908$15  = \$16 ;
+  assign \port$929$0  = \$1 ;
+  assign \port$929$1  = \$2 ;
+  assign \port$929$2  = \$3 ;
+  assign \port$929$3  = \$4 ;
+  assign \port$929$4  = \$5 ;
+  assign \port$929$5  = \$6 ;
+  assign \port$929$6  = \$7 ;
+  assign \port$929$7  = \$8 ;
+  assign \port$929$8  = \$9 ;
+  assign \port$929$9  = \$10 ;
+  assign \port$929$10  = \$11 ;
+  assign \port$929$11  = \$12 ;
+  assign \port$929$12  = \$13 ;
+  assign \port$929$13  = \$14 ;
+  assign \port$929$14  = \$15 ;
+  assign \port$929$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_5 (\port$909$0 , \port$909$1 , \port$909$2 , \port$909$3 , \port$909$4 , \port$909$5 , \port$909$6 , \port$909$7 , \port$909$8 , \port$909$9 , \port$909$10 , \port$909$11 , \port$909$12 , \port$909$13 , \port$909$14 , \port$909$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_5 (\port$930$0 , \port$930$1 , \port$930$2 , \port$930$3 , \port$930$4 , \port$930$5 , \port$930$6 , \port$930$7 , \port$930$8 , \port$930$9 , \port$930$10 , \port$930$11 , \port$930$12 , \port$930$13 , \port$930$14 , \port$930$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10259,38 +10262,38 @@ module \psc_core.dp.pe_2.mul_5 (\port$909$0 , \port$909$1 , \port$909$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$909$0 ;
-  wire \port$909$0 ;
-  output \port$909$1 ;
-  wire \port$909$1 ;
-  output \port$909$10 ;
-  wire \port$909$10 ;
-  output \port$909$11 ;
-  wire \port$909$11 ;
-  output \port$909$12 ;
-  wire \port$909$12 ;
-  output \port$909$13 ;
-  wire \port$909$13 ;
-  output \port$909$14 ;
-  wire \port$909$14 ;
-  output \port$909$15 ;
-  wire \port$909$15 ;
-  output \port$909$2 ;
-  wire \port$909$2 ;
-  output \port$909$3 ;
-  wire \port$909$3 ;
-  output \port$909$4 ;
-  wire \port$909$4 ;
-  output \port$909$5 ;
-  wire \port$909$5 ;
-  output \port$909$6 ;
-  wire \port$909$6 ;
-  output \port$909$7 ;
-  wire \port$909$7 ;
-  output \port$909$8 ;
-  wire \port$909$8 ;
-  output \port$909$9 ;
-  wire \port$909$9 ;
+  output \port$930$0 ;
+  wire \port$930$0 ;
+  output \port$930$1 ;
+  wire \port$930$1 ;
+  output \port$930$10 ;
+  wire \port$930$10 ;
+  output \port$930$11 ;
+  wire \port$930$11 ;
+  output \port$930$12 ;
+  wire \port$930$12 ;
+  output \port$930$13 ;
+  wire \port$930$13 ;
+  output \port$930$14 ;
+  wire \port$930$14 ;
+  output \port$930$15 ;
+  wire \port$930$15 ;
+  output \port$930$2 ;
+  wire \port$930$2 ;
+  output \port$930$3 ;
+  wire \port$930$3 ;
+  output \port$930$4 ;
+  wire \port$930$4 ;
+  output \port$930$5 ;
+  wire \port$930$5 ;
+  output \port$930$6 ;
+  wire \port$930$6 ;
+  output \port$930$7 ;
+  wire \port$930$7 ;
+  output \port$930$8 ;
+  wire \port$930$8 ;
+  output \port$930$9 ;
+  wire \port$930$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -10414,26 +10417,26 @@ module \psc_core.dp.pe_2.mul_5 (\port$909$0 , \port$909$1 , \port$909$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$909$0  = \$1 ;
-  assign \port$909$1  = \$2 ;
-  assign \port$909$2  = \$3 ;
-  assign \port$909$3  = \$4 ;
-  assign \port$909$4  = \$5 ;
-  assign \port$909$5  = \$6 ;
-  assign \port$909$6  = \$7 ;
-  assign \port$909$7  = \$8 ;
-  assign \port$909$8  = \$9 ;
-  assign \port$909$9  = \$10 ;
-  assign \port$909$10  = \$11 ;
-  assign \port$909$11  = \$12 ;
-  assign \port$909$12  = \$13 ;
-  assign \port$909$13  = \$14 ;
-  assign \port$909$14  = \$15 ;
-  assign \port$909$15  = \$16 ;
+  assign \port$930$0  = \$1 ;
+  assign \port$930$1  = \$2 ;
+  assign \port$930$2  = \$3 ;
+  assign \port$930$3  = \$4 ;
+  assign \port$930$4  = \$5 ;
+  assign \port$930$5  = \$6 ;
+  assign \port$930$6  = \$7 ;
+  assign \port$930$7  = \$8 ;
+  assign \port$930$8  = \$9 ;
+  assign \port$930$9  = \$10 ;
+  assign \port$930$10  = \$11 ;
+  assign \port$930$11  = \$12 ;
+  assign \port$930$12  = \$13 ;
+  assign \port$930$13  = \$14 ;
+  assign \port$930$14  = \$15 ;
+  assign \port$930$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_6 (\port$910$0 , \port$910$1 , \port$910$2 , \port$910$3 , \port$910$4 , \port$910$5 , \port$910$6 , \port$910$7 , \port$910$8 , \port$910$9 , \port$910$10 , \port$910$11 , \port$910$12 , \port$910$13 , \port$910$14 , \port$910$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_6 (\port$931$0 , \port$931$1 , \port$931$2 , \port$931$3 , \port$931$4 , \port$931$5 , \port$931$6 , \port$931$7 , \port$931$8 , \port$931$9 , \port$931$10 , \port$931$11 , \port$931$12 , \port$931$13 , \port$931$14 , \port$931$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10482,38 +10485,38 @@ module \psc_core.dp.pe_2.mul_6 (\port$910$0 , \port$910$1 , \port$910$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$910$0 ;
-  wire \port$910$0 ;
-  output \port$910$1 ;
-  wire \port$910$1 ;
-  output \port$910$10 ;
-  wire \port$910$10 ;
-  output \port$910$11 ;
-  wire \port$910$11 ;
-  output \port$910$12 ;
-  wire \port$910$12 ;
-  output \port$910$13 ;
-  wire \port$910$13 ;
-  output \port$910$14 ;
-  wire \port$910$14 ;
-  output \port$910$15 ;
-  wire \port$910$15 ;
-  output \port$910$2 ;
-  wire \port$910$2 ;
-  output \port$910$3 ;
-  wire \port$910$3 ;
-  output \port$910$4 ;
-  wire \port$910$4 ;
-  output \port$910$5 ;
-  wire \port$910$5 ;
-  output \port$910$6 ;
-  wire \port$910$6 ;
-  output \port$910$7 ;
-  wire \port$910$7 ;
-  output \port$910$8 ;
-  wire \port$910$8 ;
-  output \port$910$9 ;
-  wire \port$910$9 ;
+  output \port$931$0 ;
+  wire \port$931$0 ;
+  output \port$931$1 ;
+  wire \port$931$1 ;
+  output \port$931$10 ;
+  wire \port$931$10 ;
+  output \port$931$11 ;
+  wire \port$931$11 ;
+  output \port$931$12 ;
+  wire \port$931$12 ;
+  output \port$931$13 ;
+  wire \port$931$13 ;
+  output \port$931$14 ;
+  wire \port$931$14 ;
+  output \port$931$15 ;
+  wire \port$931$15 ;
+  output \port$931$2 ;
+  wire \port$931$2 ;
+  output \port$931$3 ;
+  wire \port$931$3 ;
+  output \port$931$4 ;
+  wire \port$931$4 ;
+  output \port$931$5 ;
+  wire \port$931$5 ;
+  output \port$931$6 ;
+  wire \port$931$6 ;
+  output \port$931$7 ;
+  wire \port$931$7 ;
+  output \port$931$8 ;
+  wire \port$931$8 ;
+  output \port$931$9 ;
+  wire \port$931$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -10637,22 +10640,22 @@ module \psc_core.dp.pe_2.mul_6 (\port$910$0 , \port$910$1 , \port$910$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$910$0  = \$1 ;
-  assign \port$910$1  = \$2 ;
-  assign \port$910$2  = \$3 ;
-  assign \port$910$3  = \$4 ;
-  assign \port$910$4  = \$5 ;
-  assign \port$910$5  = \$6 ;
-  assign \port$910$6  = \$7 ;
-  assign \port$910$7  = \$8 ;
-  assign \port$910$8  = \$9 ;
-  assign \port$910$9  = \$10 ;
-  assign \port$910$10  = \$11 ;
-  assign \port$910$11  = \$12 ;
-  assign \port$910$12  = \$13 ;
-  assign \port$910$13  = \$14 ;
-  assign \port$910$14  = \$15 ;
-  assign \port$910$15  = \$16 ;
+  assign \port$931$0  = \$1 ;
+  assign \port$931$1  = \$2 ;
+  assign \port$931$2  = \$3 ;
+  assign \port$931$3  = \$4 ;
+  assign \port$931$4  = \$5 ;
+  assign \port$931$5  = \$6 ;
+  assign \port$931$6  = \$7 ;
+  assign \port$931$7  = \$8 ;
+  assign \port$931$8  = \$9 ;
+  assign \port$931$9  = \$10 ;
+  assign \port$931$10  = \$11 ;
+  assign \port$931$11  = \$12 ;
+  assign \port$931$12  = \$13 ;
+  assign \port$931$13  = \$14 ;
+  assign \port$931$14  = \$15 ;
+  assign \port$931$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -10715,7 +10718,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, \port$2889$768 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, \port$2910$768 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -10964,8 +10967,8 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2889$768 , valid, en, lane_acc, a
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [33:0] \port$2889$768 ;
-  wire [33:0] \port$2889$768 ;
+  input [33:0] \port$2910$768 ;
+  wire [33:0] \port$2910$768 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -11022,7 +11025,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2889$768 , valid, en, lane_acc, a
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2889$768 [32];
+  assign \$2  = valid & \port$2910$768 [32];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -11117,154 +11120,154 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2889$768 , valid, en, lane_acc, a
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$984$0 (\$64 ),
-    .\port$984$1 (\$65 ),
-    .\port$984$10 (\$74 ),
-    .\port$984$11 (\$75 ),
-    .\port$984$12 (\$76 ),
-    .\port$984$13 (\$77 ),
-    .\port$984$14 (\$78 ),
-    .\port$984$15 (\$79 ),
-    .\port$984$2 (\$66 ),
-    .\port$984$3 (\$67 ),
-    .\port$984$4 (\$68 ),
-    .\port$984$5 (\$69 ),
-    .\port$984$6 (\$70 ),
-    .\port$984$7 (\$71 ),
-    .\port$984$8 (\$72 ),
-    .\port$984$9 (\$73 )
+    .\port$1005$0 (\$64 ),
+    .\port$1005$1 (\$65 ),
+    .\port$1005$10 (\$74 ),
+    .\port$1005$11 (\$75 ),
+    .\port$1005$12 (\$76 ),
+    .\port$1005$13 (\$77 ),
+    .\port$1005$14 (\$78 ),
+    .\port$1005$15 (\$79 ),
+    .\port$1005$2 (\$66 ),
+    .\port$1005$3 (\$67 ),
+    .\port$1005$4 (\$68 ),
+    .\port$1005$5 (\$69 ),
+    .\port$1005$6 (\$70 ),
+    .\port$1005$7 (\$71 ),
+    .\port$1005$8 (\$72 ),
+    .\port$1005$9 (\$73 )
   );
   \psc_core.dp.pe_3.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$985$0 (\$80 ),
-    .\port$985$1 (\$81 ),
-    .\port$985$10 (\$90 ),
-    .\port$985$11 (\$91 ),
-    .\port$985$12 (\$92 ),
-    .\port$985$13 (\$93 ),
-    .\port$985$14 (\$94 ),
-    .\port$985$15 (\$95 ),
-    .\port$985$2 (\$82 ),
-    .\port$985$3 (\$83 ),
-    .\port$985$4 (\$84 ),
-    .\port$985$5 (\$85 ),
-    .\port$985$6 (\$86 ),
-    .\port$985$7 (\$87 ),
-    .\port$985$8 (\$88 ),
-    .\port$985$9 (\$89 )
+    .\port$1006$0 (\$80 ),
+    .\port$1006$1 (\$81 ),
+    .\port$1006$10 (\$90 ),
+    .\port$1006$11 (\$91 ),
+    .\port$1006$12 (\$92 ),
+    .\port$1006$13 (\$93 ),
+    .\port$1006$14 (\$94 ),
+    .\port$1006$15 (\$95 ),
+    .\port$1006$2 (\$82 ),
+    .\port$1006$3 (\$83 ),
+    .\port$1006$4 (\$84 ),
+    .\port$1006$5 (\$85 ),
+    .\port$1006$6 (\$86 ),
+    .\port$1006$7 (\$87 ),
+    .\port$1006$8 (\$88 ),
+    .\port$1006$9 (\$89 )
   );
   \psc_core.dp.pe_3.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$986$0 (\$96 ),
-    .\port$986$1 (\$97 ),
-    .\port$986$10 (\$106 ),
-    .\port$986$11 (\$107 ),
-    .\port$986$12 (\$108 ),
-    .\port$986$13 (\$109 ),
-    .\port$986$14 (\$110 ),
-    .\port$986$15 (\$111 ),
-    .\port$986$2 (\$98 ),
-    .\port$986$3 (\$99 ),
-    .\port$986$4 (\$100 ),
-    .\port$986$5 (\$101 ),
-    .\port$986$6 (\$102 ),
-    .\port$986$7 (\$103 ),
-    .\port$986$8 (\$104 ),
-    .\port$986$9 (\$105 )
+    .\port$1007$0 (\$96 ),
+    .\port$1007$1 (\$97 ),
+    .\port$1007$10 (\$106 ),
+    .\port$1007$11 (\$107 ),
+    .\port$1007$12 (\$108 ),
+    .\port$1007$13 (\$109 ),
+    .\port$1007$14 (\$110 ),
+    .\port$1007$15 (\$111 ),
+    .\port$1007$2 (\$98 ),
+    .\port$1007$3 (\$99 ),
+    .\port$1007$4 (\$100 ),
+    .\port$1007$5 (\$101 ),
+    .\port$1007$6 (\$102 ),
+    .\port$1007$7 (\$103 ),
+    .\port$1007$8 (\$104 ),
+    .\port$1007$9 (\$105 )
   );
   \psc_core.dp.pe_3.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$987$0 (\$112 ),
-    .\port$987$1 (\$113 ),
-    .\port$987$10 (\$122 ),
-    .\port$987$11 (\$123 ),
-    .\port$987$12 (\$124 ),
-    .\port$987$13 (\$125 ),
-    .\port$987$14 (\$126 ),
-    .\port$987$15 (\$127 ),
-    .\port$987$2 (\$114 ),
-    .\port$987$3 (\$115 ),
-    .\port$987$4 (\$116 ),
-    .\port$987$5 (\$117 ),
-    .\port$987$6 (\$118 ),
-    .\port$987$7 (\$119 ),
-    .\port$987$8 (\$120 ),
-    .\port$987$9 (\$121 )
+    .\port$1008$0 (\$112 ),
+    .\port$1008$1 (\$113 ),
+    .\port$1008$10 (\$122 ),
+    .\port$1008$11 (\$123 ),
+    .\port$1008$12 (\$124 ),
+    .\port$1008$13 (\$125 ),
+    .\port$1008$14 (\$126 ),
+    .\port$1008$15 (\$127 ),
+    .\port$1008$2 (\$114 ),
+    .\port$1008$3 (\$115 ),
+    .\port$1008$4 (\$116 ),
+    .\port$1008$5 (\$117 ),
+    .\port$1008$6 (\$118 ),
+    .\port$1008$7 (\$119 ),
+    .\port$1008$8 (\$120 ),
+    .\port$1008$9 (\$121 )
   );
   \psc_core.dp.pe_3.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$988$0 (\$128 ),
-    .\port$988$1 (\$129 ),
-    .\port$988$10 (\$138 ),
-    .\port$988$11 (\$139 ),
-    .\port$988$12 (\$140 ),
-    .\port$988$13 (\$141 ),
-    .\port$988$14 (\$142 ),
-    .\port$988$15 (\$143 ),
-    .\port$988$2 (\$130 ),
-    .\port$988$3 (\$131 ),
-    .\port$988$4 (\$132 ),
-    .\port$988$5 (\$133 ),
-    .\port$988$6 (\$134 ),
-    .\port$988$7 (\$135 ),
-    .\port$988$8 (\$136 ),
-    .\port$988$9 (\$137 )
+    .\port$1009$0 (\$128 ),
+    .\port$1009$1 (\$129 ),
+    .\port$1009$10 (\$138 ),
+    .\port$1009$11 (\$139 ),
+    .\port$1009$12 (\$140 ),
+    .\port$1009$13 (\$141 ),
+    .\port$1009$14 (\$142 ),
+    .\port$1009$15 (\$143 ),
+    .\port$1009$2 (\$130 ),
+    .\port$1009$3 (\$131 ),
+    .\port$1009$4 (\$132 ),
+    .\port$1009$5 (\$133 ),
+    .\port$1009$6 (\$134 ),
+    .\port$1009$7 (\$135 ),
+    .\port$1009$8 (\$136 ),
+    .\port$1009$9 (\$137 )
   );
   \psc_core.dp.pe_3.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$989$0 (\$144 ),
-    .\port$989$1 (\$145 ),
-    .\port$989$10 (\$154 ),
-    .\port$989$11 (\$155 ),
-    .\port$989$12 (\$156 ),
-    .\port$989$13 (\$157 ),
-    .\port$989$14 (\$158 ),
-    .\port$989$15 (\$159 ),
-    .\port$989$2 (\$146 ),
-    .\port$989$3 (\$147 ),
-    .\port$989$4 (\$148 ),
-    .\port$989$5 (\$149 ),
-    .\port$989$6 (\$150 ),
-    .\port$989$7 (\$151 ),
-    .\port$989$8 (\$152 ),
-    .\port$989$9 (\$153 )
+    .\port$1010$0 (\$144 ),
+    .\port$1010$1 (\$145 ),
+    .\port$1010$10 (\$154 ),
+    .\port$1010$11 (\$155 ),
+    .\port$1010$12 (\$156 ),
+    .\port$1010$13 (\$157 ),
+    .\port$1010$14 (\$158 ),
+    .\port$1010$15 (\$159 ),
+    .\port$1010$2 (\$146 ),
+    .\port$1010$3 (\$147 ),
+    .\port$1010$4 (\$148 ),
+    .\port$1010$5 (\$149 ),
+    .\port$1010$6 (\$150 ),
+    .\port$1010$7 (\$151 ),
+    .\port$1010$8 (\$152 ),
+    .\port$1010$9 (\$153 )
   );
   \psc_core.dp.pe_3.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$990$0 (\$160 ),
-    .\port$990$1 (\$161 ),
-    .\port$990$10 (\$170 ),
-    .\port$990$11 (\$171 ),
-    .\port$990$12 (\$172 ),
-    .\port$990$13 (\$173 ),
-    .\port$990$14 (\$174 ),
-    .\port$990$15 (\$175 ),
-    .\port$990$2 (\$162 ),
-    .\port$990$3 (\$163 ),
-    .\port$990$4 (\$164 ),
-    .\port$990$5 (\$165 ),
-    .\port$990$6 (\$166 ),
-    .\port$990$7 (\$167 ),
-    .\port$990$8 (\$168 ),
-    .\port$990$9 (\$169 )
+    .\port$1011$0 (\$160 ),
+    .\port$1011$1 (\$161 ),
+    .\port$1011$10 (\$170 ),
+    .\port$1011$11 (\$171 ),
+    .\port$1011$12 (\$172 ),
+    .\port$1011$13 (\$173 ),
+    .\port$1011$14 (\$174 ),
+    .\port$1011$15 (\$175 ),
+    .\port$1011$2 (\$162 ),
+    .\port$1011$3 (\$163 ),
+    .\port$1011$4 (\$164 ),
+    .\port$1011$5 (\$165 ),
+    .\port$1011$6 (\$166 ),
+    .\port$1011$7 (\$167 ),
+    .\port$1011$8 (\$168 ),
+    .\port$1011$9 (\$169 )
   );
   \psc_core.dp.pe_3.wsu  wsu (
     .mask(mask),
@@ -11285,7 +11288,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2889$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2889$768 [32];
+      \$37  = \port$2910$768 [32];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -11295,7 +11298,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2889$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2889$768 [33];
+      \$38  = \port$2910$768 [33];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -11306,7 +11309,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2889$768 , valid, en, lane_acc, a
     \$39  = b1;
     if (en) begin
       if (\$2 ) begin
-        \$39  = \port$2889$768 [31:0];
+        \$39  = \port$2910$768 [31:0];
       end
     end
   end
@@ -11549,9 +11552,9 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2889$768 , valid, en, lane_acc, a
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2889$768 [32];
-  assign last = \port$2889$768 [33];
-  assign bias = \port$2889$768 [31:0];
+  assign first = \port$2910$768 [32];
+  assign last = \port$2910$768 [33];
+  assign bias = \port$2910$768 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -11611,7 +11614,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2889$768 , valid, en, lane_acc, a
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_0 (\port$984$0 , \port$984$1 , \port$984$2 , \port$984$3 , \port$984$4 , \port$984$5 , \port$984$6 , \port$984$7 , \port$984$8 , \port$984$9 , \port$984$10 , \port$984$11 , \port$984$12 , \port$984$13 , \port$984$14 , \port$984$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_0 (\port$1005$0 , \port$1005$1 , \port$1005$2 , \port$1005$3 , \port$1005$4 , \port$1005$5 , \port$1005$6 , \port$1005$7 , \port$1005$8 , \port$1005$9 , \port$1005$10 , \port$1005$11 , \port$1005$12 , \port$1005$13 , \port$1005$14 , \port$1005$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -11660,38 +11663,38 @@ module \psc_core.dp.pe_3.mul_0 (\port$984$0 , \port$984$1 , \port$984$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$984$0 ;
-  wire \port$984$0 ;
-  output \port$984$1 ;
-  wire \port$984$1 ;
-  output \port$984$10 ;
-  wire \port$984$10 ;
-  output \port$984$11 ;
-  wire \port$984$11 ;
-  output \port$984$12 ;
-  wire \port$984$12 ;
-  output \port$984$13 ;
-  wire \port$984$13 ;
-  output \port$984$14 ;
-  wire \port$984$14 ;
-  output \port$984$15 ;
-  wire \port$984$15 ;
-  output \port$984$2 ;
-  wire \port$984$2 ;
-  output \port$984$3 ;
-  wire \port$984$3 ;
-  output \port$984$4 ;
-  wire \port$984$4 ;
-  output \port$984$5 ;
-  wire \port$984$5 ;
-  output \port$984$6 ;
-  wire \port$984$6 ;
-  output \port$984$7 ;
-  wire \port$984$7 ;
-  output \port$984$8 ;
-  wire \port$984$8 ;
-  output \port$984$9 ;
-  wire \port$984$9 ;
+  output \port$1005$0 ;
+  wire \port$1005$0 ;
+  output \port$1005$1 ;
+  wire \port$1005$1 ;
+  output \port$1005$10 ;
+  wire \port$1005$10 ;
+  output \port$1005$11 ;
+  wire \port$1005$11 ;
+  output \port$1005$12 ;
+  wire \port$1005$12 ;
+  output \port$1005$13 ;
+  wire \port$1005$13 ;
+  output \port$1005$14 ;
+  wire \port$1005$14 ;
+  output \port$1005$15 ;
+  wire \port$1005$15 ;
+  output \port$1005$2 ;
+  wire \port$1005$2 ;
+  output \port$1005$3 ;
+  wire \port$1005$3 ;
+  output \port$1005$4 ;
+  wire \port$1005$4 ;
+  output \port$1005$5 ;
+  wire \port$1005$5 ;
+  output \port$1005$6 ;
+  wire \port$1005$6 ;
+  output \port$1005$7 ;
+  wire \port$1005$7 ;
+  output \port$1005$8 ;
+  wire \port$1005$8 ;
+  output \port$1005$9 ;
+  wire \port$1005$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -11815,26 +11818,26 @@ module \psc_core.dp.pe_3.mul_0 (\port$984$0 , \port$984$1 , \port$984$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$984$0  = \$1 ;
-  assign \port$984$1  = \$2 ;
-  assign \port$984$2  = \$3 ;
-  assign \port$984$3  = \$4 ;
-  assign \port$984$4  = \$5 ;
-  assign \port$984$5  = \$6 ;
-  assign \port$984$6  = \$7 ;
-  assign \port$984$7  = \$8 ;
-  assign \port$984$8  = \$9 ;
-  assign \port$984$9  = \$10 ;
-  assign \port$984$10  = \$11 ;
-  assign \port$984$11  = \$12 ;
-  assign \port$984$12  = \$13 ;
-  assign \port$984$13  = \$14 ;
-  assign \port$984$14  = \$15 ;
-  assign \port$984$15  = \$16 ;
+  assign \port$1005$0  = \$1 ;
+  assign \port$1005$1  = \$2 ;
+  assign \port$1005$2  = \$3 ;
+  assign \port$1005$3  = \$4 ;
+  assign \port$1005$4  = \$5 ;
+  assign \port$1005$5  = \$6 ;
+  assign \port$1005$6  = \$7 ;
+  assign \port$1005$7  = \$8 ;
+  assign \port$1005$8  = \$9 ;
+  assign \port$1005$9  = \$10 ;
+  assign \port$1005$10  = \$11 ;
+  assign \port$1005$11  = \$12 ;
+  assign \port$1005$12  = \$13 ;
+  assign \port$1005$13  = \$14 ;
+  assign \port$1005$14  = \$15 ;
+  assign \port$1005$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_1 (\port$985$0 , \port$985$1 , \port$985$2 , \port$985$3 , \port$985$4 , \port$985$5 , \port$985$6 , \port$985$7 , \port$985$8 , \port$985$9 , \port$985$10 , \port$985$11 , \port$985$12 , \port$985$13 , \port$985$14 , \port$985$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_1 (\port$1006$0 , \port$1006$1 , \port$1006$2 , \port$1006$3 , \port$1006$4 , \port$1006$5 , \port$1006$6 , \port$1006$7 , \port$1006$8 , \port$1006$9 , \port$1006$10 , \port$1006$11 , \port$1006$12 , \port$1006$13 , \port$1006$14 , \port$1006$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -11883,38 +11886,38 @@ module \psc_core.dp.pe_3.mul_1 (\port$985$0 , \port$985$1 , \port$985$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$985$0 ;
-  wire \port$985$0 ;
-  output \port$985$1 ;
-  wire \port$985$1 ;
-  output \port$985$10 ;
-  wire \port$985$10 ;
-  output \port$985$11 ;
-  wire \port$985$11 ;
-  output \port$985$12 ;
-  wire \port$985$12 ;
-  output \port$985$13 ;
-  wire \port$985$13 ;
-  output \port$985$14 ;
-  wire \port$985$14 ;
-  output \port$985$15 ;
-  wire \port$985$15 ;
-  output \port$985$2 ;
-  wire \port$985$2 ;
-  output \port$985$3 ;
-  wire \port$985$3 ;
-  output \port$985$4 ;
-  wire \port$985$4 ;
-  output \port$985$5 ;
-  wire \port$985$5 ;
-  output \port$985$6 ;
-  wire \port$985$6 ;
-  output \port$985$7 ;
-  wire \port$985$7 ;
-  output \port$985$8 ;
-  wire \port$985$8 ;
-  output \port$985$9 ;
-  wire \port$985$9 ;
+  output \port$1006$0 ;
+  wire \port$1006$0 ;
+  output \port$1006$1 ;
+  wire \port$1006$1 ;
+  output \port$1006$10 ;
+  wire \port$1006$10 ;
+  output \port$1006$11 ;
+  wire \port$1006$11 ;
+  output \port$1006$12 ;
+  wire \port$1006$12 ;
+  output \port$1006$13 ;
+  wire \port$1006$13 ;
+  output \port$1006$14 ;
+  wire \port$1006$14 ;
+  output \port$1006$15 ;
+  wire \port$1006$15 ;
+  output \port$1006$2 ;
+  wire \port$1006$2 ;
+  output \port$1006$3 ;
+  wire \port$1006$3 ;
+  output \port$1006$4 ;
+  wire \port$1006$4 ;
+  output \port$1006$5 ;
+  wire \port$1006$5 ;
+  output \port$1006$6 ;
+  wire \port$1006$6 ;
+  output \port$1006$7 ;
+  wire \port$1006$7 ;
+  output \port$1006$8 ;
+  wire \port$1006$8 ;
+  output \port$1006$9 ;
+  wire \port$1006$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -12038,26 +12041,26 @@ module \psc_core.dp.pe_3.mul_1 (\port$985$0 , \port$985$1 , \port$985$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$985$0  = \$1 ;
-  assign \port$985$1  = \$2 ;
-  assign \port$985$2  = \$3 ;
-  assign \port$985$3  = \$4 ;
-  assign \port$985$4  = \$5 ;
-  assign \port$985$5  = \$6 ;
-  assign \port$985$6  = \$7 ;
-  assign \port$985$7  = \$8 ;
-  assign \port$985$8  = \$9 ;
-  assign \port$985$9  = \$10 ;
-  assign \port$985$10  = \$11 ;
-  assign \port$985$11  = \$12 ;
-  assign \port$985$12  = \$13 ;
-  assign \port$985$13  = \$14 ;
-  assign \port$985$14  = \$15 ;
-  assign \port$985$15  = \$16 ;
+  assign \port$1006$0  = \$1 ;
+  assign \port$1006$1  = \$2 ;
+  assign \port$1006$2  = \$3 ;
+  assign \port$1006$3  = \$4 ;
+  assign \port$1006$4  = \$5 ;
+  assign \port$1006$5  = \$6 ;
+  assign \port$1006$6  = \$7 ;
+  assign \port$1006$7  = \$8 ;
+  assign \port$1006$8  = \$9 ;
+  assign \port$1006$9  = \$10 ;
+  assign \port$1006$10  = \$11 ;
+  assign \port$1006$11  = \$12 ;
+  assign \port$1006$12  = \$13 ;
+  assign \port$1006$13  = \$14 ;
+  assign \port$1006$14  = \$15 ;
+  assign \port$1006$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_2 (\port$986$0 , \port$986$1 , \port$986$2 , \port$986$3 , \port$986$4 , \port$986$5 , \port$986$6 , \port$986$7 , \port$986$8 , \port$986$9 , \port$986$10 , \port$986$11 , \port$986$12 , \port$986$13 , \port$986$14 , \port$986$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_2 (\port$1007$0 , \port$1007$1 , \port$1007$2 , \port$1007$3 , \port$1007$4 , \port$1007$5 , \port$1007$6 , \port$1007$7 , \port$1007$8 , \port$1007$9 , \port$1007$10 , \port$1007$11 , \port$1007$12 , \port$1007$13 , \port$1007$14 , \port$1007$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12106,38 +12109,38 @@ module \psc_core.dp.pe_3.mul_2 (\port$986$0 , \port$986$1 , \port$986$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$986$0 ;
-  wire \port$986$0 ;
-  output \port$986$1 ;
-  wire \port$986$1 ;
-  output \port$986$10 ;
-  wire \port$986$10 ;
-  output \port$986$11 ;
-  wire \port$986$11 ;
-  output \port$986$12 ;
-  wire \port$986$12 ;
-  output \port$986$13 ;
-  wire \port$986$13 ;
-  output \port$986$14 ;
-  wire \port$986$14 ;
-  output \port$986$15 ;
-  wire \port$986$15 ;
-  output \port$986$2 ;
-  wire \port$986$2 ;
-  output \port$986$3 ;
-  wire \port$986$3 ;
-  output \port$986$4 ;
-  wire \port$986$4 ;
-  output \port$986$5 ;
-  wire \port$986$5 ;
-  output \port$986$6 ;
-  wire \port$986$6 ;
-  output \port$986$7 ;
-  wire \port$986$7 ;
-  output \port$986$8 ;
-  wire \port$986$8 ;
-  output \port$986$9 ;
-  wire \port$986$9 ;
+  output \port$1007$0 ;
+  wire \port$1007$0 ;
+  output \port$1007$1 ;
+  wire \port$1007$1 ;
+  output \port$1007$10 ;
+  wire \port$1007$10 ;
+  output \port$1007$11 ;
+  wire \port$1007$11 ;
+  output \port$1007$12 ;
+  wire \port$1007$12 ;
+  output \port$1007$13 ;
+  wire \port$1007$13 ;
+  output \port$1007$14 ;
+  wire \port$1007$14 ;
+  output \port$1007$15 ;
+  wire \port$1007$15 ;
+  output \port$1007$2 ;
+  wire \port$1007$2 ;
+  output \port$1007$3 ;
+  wire \port$1007$3 ;
+  output \port$1007$4 ;
+  wire \port$1007$4 ;
+  output \port$1007$5 ;
+  wire \port$1007$5 ;
+  output \port$1007$6 ;
+  wire \port$1007$6 ;
+  output \port$1007$7 ;
+  wire \port$1007$7 ;
+  output \port$1007$8 ;
+  wire \port$1007$8 ;
+  output \port$1007$9 ;
+  wire \port$1007$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -12261,26 +12264,26 @@ module \psc_core.dp.pe_3.mul_2 (\port$986$0 , \port$986$1 , \port$986$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$986$0  = \$1 ;
-  assign \port$986$1  = \$2 ;
-  assign \port$986$2  = \$3 ;
-  assign \port$986$3  = \$4 ;
-  assign \port$986$4  = \$5 ;
-  assign \port$986$5  = \$6 ;
-  assign \port$986$6  = \$7 ;
-  assign \port$986$7  = \$8 ;
-  assign \port$986$8  = \$9 ;
-  assign \port$986$9  = \$10 ;
-  assign \port$986$10  = \$11 ;
-  assign \port$986$11  = \$12 ;
-  assign \port$986$12  = \$13 ;
-  assign \port$986$13  = \$14 ;
-  assign \port$986$14  = \$15 ;
-  assign \port$986$15  = \$16 ;
+  assign \port$1007$0  = \$1 ;
+  assign \port$1007$1  = \$2 ;
+  assign \port$1007$2  = \$3 ;
+  assign \port$1007$3  = \$4 ;
+  assign \port$1007$4  = \$5 ;
+  assign \port$1007$5  = \$6 ;
+  assign \port$1007$6  = \$7 ;
+  assign \port$1007$7  = \$8 ;
+  assign \port$1007$8  = \$9 ;
+  assign \port$1007$9  = \$10 ;
+  assign \port$1007$10  = \$11 ;
+  assign \port$1007$11  = \$12 ;
+  assign \port$1007$12  = \$13 ;
+  assign \port$1007$13  = \$14 ;
+  assign \port$1007$14  = \$15 ;
+  assign \port$1007$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_3 (\port$987$0 , \port$987$1 , \port$987$2 , \port$987$3 , \port$987$4 , \port$987$5 , \port$987$6 , \port$987$7 , \port$987$8 , \port$987$9 , \port$987$10 , \port$987$11 , \port$987$12 , \port$987$13 , \port$987$14 , \port$987$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_3 (\port$1008$0 , \port$1008$1 , \port$1008$2 , \port$1008$3 , \port$1008$4 , \port$1008$5 , \port$1008$6 , \port$1008$7 , \port$1008$8 , \port$1008$9 , \port$1008$10 , \port$1008$11 , \port$1008$12 , \port$1008$13 , \port$1008$14 , \port$1008$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12329,38 +12332,38 @@ module \psc_core.dp.pe_3.mul_3 (\port$987$0 , \port$987$1 , \port$987$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$987$0 ;
-  wire \port$987$0 ;
-  output \port$987$1 ;
-  wire \port$987$1 ;
-  output \port$987$10 ;
-  wire \port$987$10 ;
-  output \port$987$11 ;
-  wire \port$987$11 ;
-  output \port$987$12 ;
-  wire \port$987$12 ;
-  output \port$987$13 ;
-  wire \port$987$13 ;
-  output \port$987$14 ;
-  wire \port$987$14 ;
-  output \port$987$15 ;
-  wire \port$987$15 ;
-  output \port$987$2 ;
-  wire \port$987$2 ;
-  output \port$987$3 ;
-  wire \port$987$3 ;
-  output \port$987$4 ;
-  wire \port$987$4 ;
-  output \port$987$5 ;
-  wire \port$987$5 ;
-  output \port$987$6 ;
-  wire \port$987$6 ;
-  output \port$987$7 ;
-  wire \port$987$7 ;
-  output \port$987$8 ;
-  wire \port$987$8 ;
-  output \port$987$9 ;
-  wire \port$987$9 ;
+  output \port$1008$0 ;
+  wire \port$1008$0 ;
+  output \port$1008$1 ;
+  wire \port$1008$1 ;
+  output \port$1008$10 ;
+  wire \port$1008$10 ;
+  output \port$1008$11 ;
+  wire \port$1008$11 ;
+  output \port$1008$12 ;
+  wire \port$1008$12 ;
+  output \port$1008$13 ;
+  wire \port$1008$13 ;
+  output \port$1008$14 ;
+  wire \port$1008$14 ;
+  output \port$1008$15 ;
+  wire \port$1008$15 ;
+  output \port$1008$2 ;
+  wire \port$1008$2 ;
+  output \port$1008$3 ;
+  wire \port$1008$3 ;
+  output \port$1008$4 ;
+  wire \port$1008$4 ;
+  output \port$1008$5 ;
+  wire \port$1008$5 ;
+  output \port$1008$6 ;
+  wire \port$1008$6 ;
+  output \port$1008$7 ;
+  wire \port$1008$7 ;
+  output \port$1008$8 ;
+  wire \port$1008$8 ;
+  output \port$1008$9 ;
+  wire \port$1008$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -12484,26 +12487,26 @@ module \psc_core.dp.pe_3.mul_3 (\port$987$0 , \port$987$1 , \port$987$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$987$0  = \$1 ;
-  assign \port$987$1  = \$2 ;
-  assign \port$987$2  = \$3 ;
-  assign \port$987$3  = \$4 ;
-  assign \port$987$4  = \$5 ;
-  assign \port$987$5  = \$6 ;
-  assign \port$987$6  = \$7 ;
-  assign \port$987$7  = \$8 ;
-  assign \port$987$8  = \$9 ;
-  assign \port$987$9  = \$10 ;
-  assign \port$987$10  = \$11 ;
-  assign \port$987$11  = \$12 ;
-  assign \port$987$12  = \$13 ;
-  assign \port$987$13  = \$14 ;
-  assign \port$987$14  = \$15 ;
-  assign \port$987$15  = \$16 ;
+  assign \port$1008$0  = \$1 ;
+  assign \port$1008$1  = \$2 ;
+  assign \port$1008$2  = \$3 ;
+  assign \port$1008$3  = \$4 ;
+  assign \port$1008$4  = \$5 ;
+  assign \port$1008$5  = \$6 ;
+  assign \port$1008$6  = \$7 ;
+  assign \port$1008$7  = \$8 ;
+  assign \port$1008$8  = \$9 ;
+  assign \port$1008$9  = \$10 ;
+  assign \port$1008$10  = \$11 ;
+  assign \port$1008$11  = \$12 ;
+  assign \port$1008$12  = \$13 ;
+  assign \port$1008$13  = \$14 ;
+  assign \port$1008$14  = \$15 ;
+  assign \port$1008$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_4 (\port$988$0 , \port$988$1 , \port$988$2 , \port$988$3 , \port$988$4 , \port$988$5 , \port$988$6 , \port$988$7 , \port$988$8 , \port$988$9 , \port$988$10 , \port$988$11 , \port$988$12 , \port$988$13 , \port$988$14 , \port$988$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_4 (\port$1009$0 , \port$1009$1 , \port$1009$2 , \port$1009$3 , \port$1009$4 , \port$1009$5 , \port$1009$6 , \port$1009$7 , \port$1009$8 , \port$1009$9 , \port$1009$10 , \port$1009$11 , \port$1009$12 , \port$1009$13 , \port$1009$14 , \port$1009$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12552,38 +12555,38 @@ module \psc_core.dp.pe_3.mul_4 (\port$988$0 , \port$988$1 , \port$988$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$988$0 ;
-  wire \port$988$0 ;
-  output \port$988$1 ;
-  wire \port$988$1 ;
-  output \port$988$10 ;
-  wire \port$988$10 ;
-  output \port$988$11 ;
-  wire \port$988$11 ;
-  output \port$988$12 ;
-  wire \port$988$12 ;
-  output \port$988$13 ;
-  wire \port$988$13 ;
-  output \port$988$14 ;
-  wire \port$988$14 ;
-  output \port$988$15 ;
-  wire \port$988$15 ;
-  output \port$988$2 ;
-  wire \port$988$2 ;
-  output \port$988$3 ;
-  wire \port$988$3 ;
-  output \port$988$4 ;
-  wire \port$988$4 ;
-  output \port$988$5 ;
-  wire \port$988$5 ;
-  output \port$988$6 ;
-  wire \port$988$6 ;
-  output \port$988$7 ;
-  wire \port$988$7 ;
-  output \port$988$8 ;
-  wire \port$988$8 ;
-  output \port$988$9 ;
-  wire \port$988$9 ;
+  output \port$1009$0 ;
+  wire \port$1009$0 ;
+  output \port$1009$1 ;
+  wire \port$1009$1 ;
+  output \port$1009$10 ;
+  wire \port$1009$10 ;
+  output \port$1009$11 ;
+  wire \port$1009$11 ;
+  output \port$1009$12 ;
+  wire \port$1009$12 ;
+  output \port$1009$13 ;
+  wire \port$1009$13 ;
+  output \port$1009$14 ;
+  wire \port$1009$14 ;
+  output \port$1009$15 ;
+  wire \port$1009$15 ;
+  output \port$1009$2 ;
+  wire \port$1009$2 ;
+  output \port$1009$3 ;
+  wire \port$1009$3 ;
+  output \port$1009$4 ;
+  wire \port$1009$4 ;
+  output \port$1009$5 ;
+  wire \port$1009$5 ;
+  output \port$1009$6 ;
+  wire \port$1009$6 ;
+  output \port$1009$7 ;
+  wire \port$1009$7 ;
+  output \port$1009$8 ;
+  wire \port$1009$8 ;
+  output \port$1009$9 ;
+  wire \port$1009$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -12707,26 +12710,26 @@ module \psc_core.dp.pe_3.mul_4 (\port$988$0 , \port$988$1 , \port$988$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$988$0  = \$1 ;
-  assign \port$988$1  = \$2 ;
-  assign \port$988$2  = \$3 ;
-  assign \port$988$3  = \$4 ;
-  assign \port$988$4  = \$5 ;
-  assign \port$988$5  = \$6 ;
-  assign \port$988$6  = \$7 ;
-  assign \port$988$7  = \$8 ;
-  assign \port$988$8  = \$9 ;
-  assign \port$988$9  = \$10 ;
-  assign \port$988$10  = \$11 ;
-  assign \port$988$11  = \$12 ;
-  assign \port$988$12  = \$13 ;
-  assign \port$988$13  = \$14 ;
-  assign \port$988$14  = \$15 ;
-  assign \port$988$15  = \$16 ;
+  assign \port$1009$0  = \$1 ;
+  assign \port$1009$1  = \$2 ;
+  assign \port$1009$2  = \$3 ;
+  assign \port$1009$3  = \$4 ;
+  assign \port$1009$4  = \$5 ;
+  assign \port$1009$5  = \$6 ;
+  assign \port$1009$6  = \$7 ;
+  assign \port$1009$7  = \$8 ;
+  assign \port$1009$8  = \$9 ;
+  assign \port$1009$9  = \$10 ;
+  assign \port$1009$10  = \$11 ;
+  assign \port$1009$11  = \$12 ;
+  assign \port$1009$12  = \$13 ;
+  assign \port$1009$13  = \$14 ;
+  assign \port$1009$14  = \$15 ;
+  assign \port$1009$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_5 (\port$989$0 , \port$989$1 , \port$989$2 , \port$989$3 , \port$989$4 , \port$989$5 , \port$989$6 , \port$989$7 , \port$989$8 , \port$989$9 , \port$989$10 , \port$989$11 , \port$989$12 , \port$989$13 , \port$989$14 , \port$989$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_5 (\port$1010$0 , \port$1010$1 , \port$1010$2 , \port$1010$3 , \port$1010$4 , \port$1010$5 , \port$1010$6 , \port$1010$7 , \port$1010$8 , \port$1010$9 , \port$1010$10 , \port$1010$11 , \port$1010$12 , \port$1010$13 , \port$1010$14 , \port$1010$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12775,38 +12778,38 @@ module \psc_core.dp.pe_3.mul_5 (\port$989$0 , \port$989$1 , \port$989$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$989$0 ;
-  wire \port$989$0 ;
-  output \port$989$1 ;
-  wire \port$989$1 ;
-  output \port$989$10 ;
-  wire \port$989$10 ;
-  output \port$989$11 ;
-  wire \port$989$11 ;
-  output \port$989$12 ;
-  wire \port$989$12 ;
-  output \port$989$13 ;
-  wire \port$989$13 ;
-  output \port$989$14 ;
-  wire \port$989$14 ;
-  output \port$989$15 ;
-  wire \port$989$15 ;
-  output \port$989$2 ;
-  wire \port$989$2 ;
-  output \port$989$3 ;
-  wire \port$989$3 ;
-  output \port$989$4 ;
-  wire \port$989$4 ;
-  output \port$989$5 ;
-  wire \port$989$5 ;
-  output \port$989$6 ;
-  wire \port$989$6 ;
-  output \port$989$7 ;
-  wire \port$989$7 ;
-  output \port$989$8 ;
-  wire \port$989$8 ;
-  output \port$989$9 ;
-  wire \port$989$9 ;
+  output \port$1010$0 ;
+  wire \port$1010$0 ;
+  output \port$1010$1 ;
+  wire \port$1010$1 ;
+  output \port$1010$10 ;
+  wire \port$1010$10 ;
+  output \port$1010$11 ;
+  wire \port$1010$11 ;
+  output \port$1010$12 ;
+  wire \port$1010$12 ;
+  output \port$1010$13 ;
+  wire \port$1010$13 ;
+  output \port$1010$14 ;
+  wire \port$1010$14 ;
+  output \port$1010$15 ;
+  wire \port$1010$15 ;
+  output \port$1010$2 ;
+  wire \port$1010$2 ;
+  output \port$1010$3 ;
+  wire \port$1010$3 ;
+  output \port$1010$4 ;
+  wire \port$1010$4 ;
+  output \port$1010$5 ;
+  wire \port$1010$5 ;
+  output \port$1010$6 ;
+  wire \port$1010$6 ;
+  output \port$1010$7 ;
+  wire \port$1010$7 ;
+  output \port$1010$8 ;
+  wire \port$1010$8 ;
+  output \port$1010$9 ;
+  wire \port$1010$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -12930,26 +12933,26 @@ module \psc_core.dp.pe_3.mul_5 (\port$989$0 , \port$989$1 , \port$989$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$989$0  = \$1 ;
-  assign \port$989$1  = \$2 ;
-  assign \port$989$2  = \$3 ;
-  assign \port$989$3  = \$4 ;
-  assign \port$989$4  = \$5 ;
-  assign \port$989$5  = \$6 ;
-  assign \port$989$6  = \$7 ;
-  assign \port$989$7  = \$8 ;
-  assign \port$989$8  = \$9 ;
-  assign \port$989$9  = \$10 ;
-  assign \port$989$10  = \$11 ;
-  assign \port$989$11  = \$12 ;
-  assign \port$989$12  = \$13 ;
-  assign \port$989$13  = \$14 ;
-  assign \port$989$14  = \$15 ;
-  assign \port$989$15  = \$16 ;
+  assign \port$1010$0  = \$1 ;
+  assign \port$1010$1  = \$2 ;
+  assign \port$1010$2  = \$3 ;
+  assign \port$1010$3  = \$4 ;
+  assign \port$1010$4  = \$5 ;
+  assign \port$1010$5  = \$6 ;
+  assign \port$1010$6  = \$7 ;
+  assign \port$1010$7  = \$8 ;
+  assign \port$1010$8  = \$9 ;
+  assign \port$1010$9  = \$10 ;
+  assign \port$1010$10  = \$11 ;
+  assign \port$1010$11  = \$12 ;
+  assign \port$1010$12  = \$13 ;
+  assign \port$1010$13  = \$14 ;
+  assign \port$1010$14  = \$15 ;
+  assign \port$1010$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_6 (\port$990$0 , \port$990$1 , \port$990$2 , \port$990$3 , \port$990$4 , \port$990$5 , \port$990$6 , \port$990$7 , \port$990$8 , \port$990$9 , \port$990$10 , \port$990$11 , \port$990$12 , \port$990$13 , \port$990$14 , \port$990$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_6 (\port$1011$0 , \port$1011$1 , \port$1011$2 , \port$1011$3 , \port$1011$4 , \port$1011$5 , \port$1011$6 , \port$1011$7 , \port$1011$8 , \port$1011$9 , \port$1011$10 , \port$1011$11 , \port$1011$12 , \port$1011$13 , \port$1011$14 , \port$1011$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12998,38 +13001,38 @@ module \psc_core.dp.pe_3.mul_6 (\port$990$0 , \port$990$1 , \port$990$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$990$0 ;
-  wire \port$990$0 ;
-  output \port$990$1 ;
-  wire \port$990$1 ;
-  output \port$990$10 ;
-  wire \port$990$10 ;
-  output \port$990$11 ;
-  wire \port$990$11 ;
-  output \port$990$12 ;
-  wire \port$990$12 ;
-  output \port$990$13 ;
-  wire \port$990$13 ;
-  output \port$990$14 ;
-  wire \port$990$14 ;
-  output \port$990$15 ;
-  wire \port$990$15 ;
-  output \port$990$2 ;
-  wire \port$990$2 ;
-  output \port$990$3 ;
-  wire \port$990$3 ;
-  output \port$990$4 ;
-  wire \port$990$4 ;
-  output \port$990$5 ;
-  wire \port$990$5 ;
-  output \port$990$6 ;
-  wire \port$990$6 ;
-  output \port$990$7 ;
-  wire \port$990$7 ;
-  output \port$990$8 ;
-  wire \port$990$8 ;
-  output \port$990$9 ;
-  wire \port$990$9 ;
+  output \port$1011$0 ;
+  wire \port$1011$0 ;
+  output \port$1011$1 ;
+  wire \port$1011$1 ;
+  output \port$1011$10 ;
+  wire \port$1011$10 ;
+  output \port$1011$11 ;
+  wire \port$1011$11 ;
+  output \port$1011$12 ;
+  wire \port$1011$12 ;
+  output \port$1011$13 ;
+  wire \port$1011$13 ;
+  output \port$1011$14 ;
+  wire \port$1011$14 ;
+  output \port$1011$15 ;
+  wire \port$1011$15 ;
+  output \port$1011$2 ;
+  wire \port$1011$2 ;
+  output \port$1011$3 ;
+  wire \port$1011$3 ;
+  output \port$1011$4 ;
+  wire \port$1011$4 ;
+  output \port$1011$5 ;
+  wire \port$1011$5 ;
+  output \port$1011$6 ;
+  wire \port$1011$6 ;
+  output \port$1011$7 ;
+  wire \port$1011$7 ;
+  output \port$1011$8 ;
+  wire \port$1011$8 ;
+  output \port$1011$9 ;
+  wire \port$1011$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -13153,22 +13156,22 @@ module \psc_core.dp.pe_3.mul_6 (\port$990$0 , \port$990$1 , \port$990$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$990$0  = \$1 ;
-  assign \port$990$1  = \$2 ;
-  assign \port$990$2  = \$3 ;
-  assign \port$990$3  = \$4 ;
-  assign \port$990$4  = \$5 ;
-  assign \port$990$5  = \$6 ;
-  assign \port$990$6  = \$7 ;
-  assign \port$990$7  = \$8 ;
-  assign \port$990$8  = \$9 ;
-  assign \port$990$9  = \$10 ;
-  assign \port$990$10  = \$11 ;
-  assign \port$990$11  = \$12 ;
-  assign \port$990$12  = \$13 ;
-  assign \port$990$13  = \$14 ;
-  assign \port$990$14  = \$15 ;
-  assign \port$990$15  = \$16 ;
+  assign \port$1011$0  = \$1 ;
+  assign \port$1011$1  = \$2 ;
+  assign \port$1011$2  = \$3 ;
+  assign \port$1011$3  = \$4 ;
+  assign \port$1011$4  = \$5 ;
+  assign \port$1011$5  = \$6 ;
+  assign \port$1011$6  = \$7 ;
+  assign \port$1011$7  = \$8 ;
+  assign \port$1011$8  = \$9 ;
+  assign \port$1011$9  = \$10 ;
+  assign \port$1011$10  = \$11 ;
+  assign \port$1011$11  = \$12 ;
+  assign \port$1011$12  = \$13 ;
+  assign \port$1011$13  = \$14 ;
+  assign \port$1011$14  = \$15 ;
+  assign \port$1011$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -13347,106 +13350,118 @@ module \psc_core.dp.sign_mask_3 (mask, x);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights__data, w_data, inputs__addr, o__payload, v2, inputs__data, o__ready, clk);
+module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights__data, dwc, w_data, inputs__addr, o__payload, v2, inputs__data, o__ready, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire \$1 ;
-  wire [55:0] \$10 ;
+  reg [55:0] \$10 ;
   wire [55:0] \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  reg \$14 ;
-  reg [801:0] \$15 ;
-  reg \$16 ;
-  reg \$17 ;
-  reg \$18 ;
-  reg \$19 ;
+  wire [55:0] \$12 ;
+  reg [55:0] \$13 ;
+  wire [55:0] \$14 ;
+  wire [55:0] \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
   wire \$2 ;
-  reg \$20 ;
+  wire [1:0] \$20 ;
+  wire [1:0] \$21 ;
+  wire [1:0] \$22 ;
+  wire [1:0] \$23 ;
+  reg \$24 ;
+  reg [801:0] \$25 ;
+  reg \$26 ;
+  reg [7:0] \$27 ;
+  reg \$28 ;
+  reg \$29 ;
   wire \$3 ;
-  wire [55:0] \$4 ;
+  reg \$30 ;
+  reg \$31 ;
+  reg [7:0] \$32 ;
+  reg [55:0] \$4 ;
   wire [55:0] \$5 ;
   wire [55:0] \$6 ;
-  wire [55:0] \$7 ;
+  reg [55:0] \$7 ;
   wire [55:0] \$8 ;
   wire [55:0] \$9 ;
   output adv1;
   wire adv1;
   output beat;
   wire beat;
-  wire [801:0] \beat$21 ;
-  wire [127:0] \beat$21.bias ;
-  wire [31:0] \beat$21.bias[0] ;
-  wire [31:0] \beat$21.bias[1] ;
-  wire [31:0] \beat$21.bias[2] ;
-  wire [31:0] \beat$21.bias[3] ;
-  wire \beat$21.first ;
-  wire \beat$21.last ;
-  wire [447:0] \beat$21.w ;
-  wire [111:0] \beat$21.w[0] ;
-  wire [15:0] \beat$21.w[0][0] ;
-  wire [15:0] \beat$21.w[0][1] ;
-  wire [15:0] \beat$21.w[0][2] ;
-  wire [15:0] \beat$21.w[0][3] ;
-  wire [15:0] \beat$21.w[0][4] ;
-  wire [15:0] \beat$21.w[0][5] ;
-  wire [15:0] \beat$21.w[0][6] ;
-  wire [111:0] \beat$21.w[1] ;
-  wire [15:0] \beat$21.w[1][0] ;
-  wire [15:0] \beat$21.w[1][1] ;
-  wire [15:0] \beat$21.w[1][2] ;
-  wire [15:0] \beat$21.w[1][3] ;
-  wire [15:0] \beat$21.w[1][4] ;
-  wire [15:0] \beat$21.w[1][5] ;
-  wire [15:0] \beat$21.w[1][6] ;
-  wire [111:0] \beat$21.w[2] ;
-  wire [15:0] \beat$21.w[2][0] ;
-  wire [15:0] \beat$21.w[2][1] ;
-  wire [15:0] \beat$21.w[2][2] ;
-  wire [15:0] \beat$21.w[2][3] ;
-  wire [15:0] \beat$21.w[2][4] ;
-  wire [15:0] \beat$21.w[2][5] ;
-  wire [15:0] \beat$21.w[2][6] ;
-  wire [111:0] \beat$21.w[3] ;
-  wire [15:0] \beat$21.w[3][0] ;
-  wire [15:0] \beat$21.w[3][1] ;
-  wire [15:0] \beat$21.w[3][2] ;
-  wire [15:0] \beat$21.w[3][3] ;
-  wire [15:0] \beat$21.w[3][4] ;
-  wire [15:0] \beat$21.w[3][5] ;
-  wire [15:0] \beat$21.w[3][6] ;
-  wire [223:0] \beat$21.x ;
-  wire [55:0] \beat$21.x[0] ;
-  wire [7:0] \beat$21.x[0][0] ;
-  wire [7:0] \beat$21.x[0][1] ;
-  wire [7:0] \beat$21.x[0][2] ;
-  wire [7:0] \beat$21.x[0][3] ;
-  wire [7:0] \beat$21.x[0][4] ;
-  wire [7:0] \beat$21.x[0][5] ;
-  wire [7:0] \beat$21.x[0][6] ;
-  wire [55:0] \beat$21.x[1] ;
-  wire [7:0] \beat$21.x[1][0] ;
-  wire [7:0] \beat$21.x[1][1] ;
-  wire [7:0] \beat$21.x[1][2] ;
-  wire [7:0] \beat$21.x[1][3] ;
-  wire [7:0] \beat$21.x[1][4] ;
-  wire [7:0] \beat$21.x[1][5] ;
-  wire [7:0] \beat$21.x[1][6] ;
-  wire [55:0] \beat$21.x[2] ;
-  wire [7:0] \beat$21.x[2][0] ;
-  wire [7:0] \beat$21.x[2][1] ;
-  wire [7:0] \beat$21.x[2][2] ;
-  wire [7:0] \beat$21.x[2][3] ;
-  wire [7:0] \beat$21.x[2][4] ;
-  wire [7:0] \beat$21.x[2][5] ;
-  wire [7:0] \beat$21.x[2][6] ;
-  wire [55:0] \beat$21.x[3] ;
-  wire [7:0] \beat$21.x[3][0] ;
-  wire [7:0] \beat$21.x[3][1] ;
-  wire [7:0] \beat$21.x[3][2] ;
-  wire [7:0] \beat$21.x[3][3] ;
-  wire [7:0] \beat$21.x[3][4] ;
-  wire [7:0] \beat$21.x[3][5] ;
-  wire [7:0] \beat$21.x[3][6] ;
+  wire [801:0] \beat$22 ;
+  wire [127:0] \beat$22.bias ;
+  wire [31:0] \beat$22.bias[0] ;
+  wire [31:0] \beat$22.bias[1] ;
+  wire [31:0] \beat$22.bias[2] ;
+  wire [31:0] \beat$22.bias[3] ;
+  wire \beat$22.first ;
+  wire \beat$22.last ;
+  wire [447:0] \beat$22.w ;
+  wire [111:0] \beat$22.w[0] ;
+  wire [15:0] \beat$22.w[0][0] ;
+  wire [15:0] \beat$22.w[0][1] ;
+  wire [15:0] \beat$22.w[0][2] ;
+  wire [15:0] \beat$22.w[0][3] ;
+  wire [15:0] \beat$22.w[0][4] ;
+  wire [15:0] \beat$22.w[0][5] ;
+  wire [15:0] \beat$22.w[0][6] ;
+  wire [111:0] \beat$22.w[1] ;
+  wire [15:0] \beat$22.w[1][0] ;
+  wire [15:0] \beat$22.w[1][1] ;
+  wire [15:0] \beat$22.w[1][2] ;
+  wire [15:0] \beat$22.w[1][3] ;
+  wire [15:0] \beat$22.w[1][4] ;
+  wire [15:0] \beat$22.w[1][5] ;
+  wire [15:0] \beat$22.w[1][6] ;
+  wire [111:0] \beat$22.w[2] ;
+  wire [15:0] \beat$22.w[2][0] ;
+  wire [15:0] \beat$22.w[2][1] ;
+  wire [15:0] \beat$22.w[2][2] ;
+  wire [15:0] \beat$22.w[2][3] ;
+  wire [15:0] \beat$22.w[2][4] ;
+  wire [15:0] \beat$22.w[2][5] ;
+  wire [15:0] \beat$22.w[2][6] ;
+  wire [111:0] \beat$22.w[3] ;
+  wire [15:0] \beat$22.w[3][0] ;
+  wire [15:0] \beat$22.w[3][1] ;
+  wire [15:0] \beat$22.w[3][2] ;
+  wire [15:0] \beat$22.w[3][3] ;
+  wire [15:0] \beat$22.w[3][4] ;
+  wire [15:0] \beat$22.w[3][5] ;
+  wire [15:0] \beat$22.w[3][6] ;
+  wire [223:0] \beat$22.x ;
+  wire [55:0] \beat$22.x[0] ;
+  wire [7:0] \beat$22.x[0][0] ;
+  wire [7:0] \beat$22.x[0][1] ;
+  wire [7:0] \beat$22.x[0][2] ;
+  wire [7:0] \beat$22.x[0][3] ;
+  wire [7:0] \beat$22.x[0][4] ;
+  wire [7:0] \beat$22.x[0][5] ;
+  wire [7:0] \beat$22.x[0][6] ;
+  wire [55:0] \beat$22.x[1] ;
+  wire [7:0] \beat$22.x[1][0] ;
+  wire [7:0] \beat$22.x[1][1] ;
+  wire [7:0] \beat$22.x[1][2] ;
+  wire [7:0] \beat$22.x[1][3] ;
+  wire [7:0] \beat$22.x[1][4] ;
+  wire [7:0] \beat$22.x[1][5] ;
+  wire [7:0] \beat$22.x[1][6] ;
+  wire [55:0] \beat$22.x[2] ;
+  wire [7:0] \beat$22.x[2][0] ;
+  wire [7:0] \beat$22.x[2][1] ;
+  wire [7:0] \beat$22.x[2][2] ;
+  wire [7:0] \beat$22.x[2][3] ;
+  wire [7:0] \beat$22.x[2][4] ;
+  wire [7:0] \beat$22.x[2][5] ;
+  wire [7:0] \beat$22.x[2][6] ;
+  wire [55:0] \beat$22.x[3] ;
+  wire [7:0] \beat$22.x[3][0] ;
+  wire [7:0] \beat$22.x[3][1] ;
+  wire [7:0] \beat$22.x[3][2] ;
+  wire [7:0] \beat$22.x[3][3] ;
+  wire [7:0] \beat$22.x[3][4] ;
+  wire [7:0] \beat$22.x[3][5] ;
+  wire [7:0] \beat$22.x[3][6] ;
   reg [801:0] beat2 = 802'h000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000;
   wire [127:0] \beat2.bias ;
   wire [31:0] \beat2.bias[0] ;
@@ -13523,6 +13538,8 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights_
   wire [7:0] \beat2.x[3][6] ;
   input clk;
   wire clk;
+  input dwc;
+  wire dwc;
   reg first1 = 1'h0;
   wire [55:0] i__payload;
   wire [39:0] \i__payload.addr ;
@@ -13663,6 +13680,16 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights_
   wire o__valid;
   reg pad2 = 1'h0;
   reg padr1 = 1'h0;
+  reg [7:0] pick1 = 8'h00;
+  wire [1:0] \pick1[0] ;
+  wire [1:0] \pick1[1] ;
+  wire [1:0] \pick1[2] ;
+  wire [1:0] \pick1[3] ;
+  reg [7:0] pick2 = 8'h00;
+  wire [1:0] \pick2[0] ;
+  wire [1:0] \pick2[1] ;
+  wire [1:0] \pick2[2] ;
+  wire [1:0] \pick2[3] ;
   wire [55:0] r_data;
   wire r_en;
   wire r_rdy;
@@ -13718,30 +13745,40 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights_
   assign \$3  = \$2  | o__ready;
   assign adv1 = \$1  | \$3 ;
   assign beat = v2 & o__ready;
-  assign \$4  = ~ { pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2 };
-  assign \$5  = beat2[55:0] & \$4 ;
-  assign \$6  = ~ { pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2 };
-  assign \$7  = beat2[111:56] & \$6 ;
+  assign \$5  = ~ { pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2 };
+  assign \$6  = \$4  & \$5 ;
   assign \$8  = ~ { pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2 };
-  assign \$9  = beat2[167:112] & \$8 ;
-  assign \$10  = ~ { pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2 };
-  assign \$11  = beat2[223:168] & \$10 ;
-  assign \$12  = ~ v2;
-  assign \$13  = \$12  | o__ready;
+  assign \$9  = \$7  & \$8 ;
+  assign \$11  = ~ { pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2 };
+  assign \$12  = \$10  & \$11 ;
+  assign \$14  = ~ { pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2, pad2 };
+  assign \$15  = \$13  & \$14 ;
+  assign \$16  = ~ v2;
+  assign \$17  = \$16  | o__ready;
+  assign \$18  = ~ v2;
+  assign \$19  = \$18  | o__ready;
+  assign \$20  = dwc ? 2'h0 : r_data[55:54];
+  assign \$21  = dwc ? 2'h1 : r_data[55:54];
+  assign \$22  = dwc ? 2'h2 : r_data[55:54];
+  assign \$23  = dwc ? 2'h3 : r_data[55:54];
   always @(posedge clk)
-    v2 <= \$14 ;
+    v2 <= \$24 ;
   always @(posedge clk)
-    beat2 <= \$15 ;
+    beat2 <= \$25 ;
   always @(posedge clk)
-    pad2 <= \$16 ;
+    pad2 <= \$26 ;
   always @(posedge clk)
-    v1 <= \$17 ;
+    pick2 <= \$27 ;
   always @(posedge clk)
-    padr1 <= \$18 ;
+    v1 <= \$28 ;
   always @(posedge clk)
-    first1 <= \$19 ;
+    padr1 <= \$29 ;
   always @(posedge clk)
-    last1 <= \$20 ;
+    first1 <= \$30 ;
+  always @(posedge clk)
+    last1 <= \$31 ;
+  always @(posedge clk)
+    pick1 <= \$32 ;
   \psc_core.fetch.addr_fifo  addr_fifo (
     .clk(clk),
     .r_data(r_data),
@@ -13754,66 +13791,139 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights_
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$14  = v2;
-    if (\$13 ) begin
-      \$14  = v1;
+    (* full_case = 32'd1 *)
+    casez (pick2[1:0])
+      2'h0:
+          \$4  = beat2[55:0];
+      2'h1:
+          \$4  = beat2[111:56];
+      2'h2:
+          \$4  = beat2[167:112];
+      2'h3:
+          \$4  = beat2[223:168];
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    (* full_case = 32'd1 *)
+    casez (pick2[3:2])
+      2'h0:
+          \$7  = beat2[55:0];
+      2'h1:
+          \$7  = beat2[111:56];
+      2'h2:
+          \$7  = beat2[167:112];
+      2'h3:
+          \$7  = beat2[223:168];
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    (* full_case = 32'd1 *)
+    casez (pick2[5:4])
+      2'h0:
+          \$10  = beat2[55:0];
+      2'h1:
+          \$10  = beat2[111:56];
+      2'h2:
+          \$10  = beat2[167:112];
+      2'h3:
+          \$10  = beat2[223:168];
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    (* full_case = 32'd1 *)
+    casez (pick2[7:6])
+      2'h0:
+          \$13  = beat2[55:0];
+      2'h1:
+          \$13  = beat2[111:56];
+      2'h2:
+          \$13  = beat2[167:112];
+      2'h3:
+          \$13  = beat2[223:168];
+    endcase
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$24  = v2;
+    if (\$17 ) begin
+      \$24  = v1;
     end
     if (rst) begin
-      \$14  = 1'h0;
+      \$24  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$15  = beat2;
-    if (\$13 ) begin
-      \$15  = \beat$21 ;
+    \$25  = beat2;
+    if (\$17 ) begin
+      \$25  = \beat$22 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$16  = pad2;
-    if (\$13 ) begin
-      \$16  = padr1;
+    \$26  = pad2;
+    if (\$17 ) begin
+      \$26  = padr1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$17  = v1;
+    \$27  = pick2;
+    if (\$19 ) begin
+      \$27  = pick1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$28  = v1;
     if (adv1) begin
-      \$17  = r_rdy;
+      \$28  = r_rdy;
     end
     if (rst) begin
-      \$17  = 1'h0;
+      \$28  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$18  = padr1;
+    \$29  = padr1;
     if (adv1) begin
-      \$18  = r_data[51];
+      \$29  = r_data[51];
     end
     if (rst) begin
-      \$18  = 1'h0;
+      \$29  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$19  = first1;
+    \$30  = first1;
     if (adv1) begin
-      \$19  = r_data[52];
+      \$30  = r_data[52];
     end
     if (rst) begin
-      \$19  = 1'h0;
+      \$30  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$20  = last1;
+    \$31  = last1;
     if (adv1) begin
-      \$20  = r_data[53];
+      \$31  = r_data[53];
     end
     if (rst) begin
-      \$20  = 1'h0;
+      \$31  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$32  = pick1;
+    if (adv1) begin
+      \$32 [1:0] = \$20 ;
+      \$32 [3:2] = \$21 ;
+      \$32 [5:4] = \$22 ;
+      \$32 [7:6] = \$23 ;
     end
   end
   assign o__valid = v2;
@@ -13913,6 +14023,10 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights_
   assign \o__payload.bias[3]  = o__payload[799:768];
   assign \o__payload.first  = o__payload[800];
   assign \o__payload.last  = o__payload[801];
+  assign \pick2[0]  = pick2[1:0];
+  assign \pick2[1]  = pick2[3:2];
+  assign \pick2[2]  = pick2[5:4];
+  assign \pick2[3]  = pick2[7:6];
   assign \beat2.x  = beat2[223:0];
   assign \beat2.x[0]  = beat2[55:0];
   assign \beat2.x[0][0]  = beat2[7:0];
@@ -13986,79 +14100,79 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights_
   assign \beat2.bias[3]  = beat2[799:768];
   assign \beat2.first  = beat2[800];
   assign \beat2.last  = beat2[801];
-  assign \beat$21.x  = \beat$21 [223:0];
-  assign \beat$21.x[0]  = \beat$21 [55:0];
-  assign \beat$21.x[0][0]  = \beat$21 [7:0];
-  assign \beat$21.x[0][1]  = \beat$21 [15:8];
-  assign \beat$21.x[0][2]  = \beat$21 [23:16];
-  assign \beat$21.x[0][3]  = \beat$21 [31:24];
-  assign \beat$21.x[0][4]  = \beat$21 [39:32];
-  assign \beat$21.x[0][5]  = \beat$21 [47:40];
-  assign \beat$21.x[0][6]  = \beat$21 [55:48];
-  assign \beat$21.x[1]  = \beat$21 [111:56];
-  assign \beat$21.x[1][0]  = \beat$21 [63:56];
-  assign \beat$21.x[1][1]  = \beat$21 [71:64];
-  assign \beat$21.x[1][2]  = \beat$21 [79:72];
-  assign \beat$21.x[1][3]  = \beat$21 [87:80];
-  assign \beat$21.x[1][4]  = \beat$21 [95:88];
-  assign \beat$21.x[1][5]  = \beat$21 [103:96];
-  assign \beat$21.x[1][6]  = \beat$21 [111:104];
-  assign \beat$21.x[2]  = \beat$21 [167:112];
-  assign \beat$21.x[2][0]  = \beat$21 [119:112];
-  assign \beat$21.x[2][1]  = \beat$21 [127:120];
-  assign \beat$21.x[2][2]  = \beat$21 [135:128];
-  assign \beat$21.x[2][3]  = \beat$21 [143:136];
-  assign \beat$21.x[2][4]  = \beat$21 [151:144];
-  assign \beat$21.x[2][5]  = \beat$21 [159:152];
-  assign \beat$21.x[2][6]  = \beat$21 [167:160];
-  assign \beat$21.x[3]  = \beat$21 [223:168];
-  assign \beat$21.x[3][0]  = \beat$21 [175:168];
-  assign \beat$21.x[3][1]  = \beat$21 [183:176];
-  assign \beat$21.x[3][2]  = \beat$21 [191:184];
-  assign \beat$21.x[3][3]  = \beat$21 [199:192];
-  assign \beat$21.x[3][4]  = \beat$21 [207:200];
-  assign \beat$21.x[3][5]  = \beat$21 [215:208];
-  assign \beat$21.x[3][6]  = \beat$21 [223:216];
-  assign \beat$21.w  = \beat$21 [671:224];
-  assign \beat$21.w[0]  = \beat$21 [335:224];
-  assign \beat$21.w[0][0]  = \beat$21 [239:224];
-  assign \beat$21.w[0][1]  = \beat$21 [255:240];
-  assign \beat$21.w[0][2]  = \beat$21 [271:256];
-  assign \beat$21.w[0][3]  = \beat$21 [287:272];
-  assign \beat$21.w[0][4]  = \beat$21 [303:288];
-  assign \beat$21.w[0][5]  = \beat$21 [319:304];
-  assign \beat$21.w[0][6]  = \beat$21 [335:320];
-  assign \beat$21.w[1]  = \beat$21 [447:336];
-  assign \beat$21.w[1][0]  = \beat$21 [351:336];
-  assign \beat$21.w[1][1]  = \beat$21 [367:352];
-  assign \beat$21.w[1][2]  = \beat$21 [383:368];
-  assign \beat$21.w[1][3]  = \beat$21 [399:384];
-  assign \beat$21.w[1][4]  = \beat$21 [415:400];
-  assign \beat$21.w[1][5]  = \beat$21 [431:416];
-  assign \beat$21.w[1][6]  = \beat$21 [447:432];
-  assign \beat$21.w[2]  = \beat$21 [559:448];
-  assign \beat$21.w[2][0]  = \beat$21 [463:448];
-  assign \beat$21.w[2][1]  = \beat$21 [479:464];
-  assign \beat$21.w[2][2]  = \beat$21 [495:480];
-  assign \beat$21.w[2][3]  = \beat$21 [511:496];
-  assign \beat$21.w[2][4]  = \beat$21 [527:512];
-  assign \beat$21.w[2][5]  = \beat$21 [543:528];
-  assign \beat$21.w[2][6]  = \beat$21 [559:544];
-  assign \beat$21.w[3]  = \beat$21 [671:560];
-  assign \beat$21.w[3][0]  = \beat$21 [575:560];
-  assign \beat$21.w[3][1]  = \beat$21 [591:576];
-  assign \beat$21.w[3][2]  = \beat$21 [607:592];
-  assign \beat$21.w[3][3]  = \beat$21 [623:608];
-  assign \beat$21.w[3][4]  = \beat$21 [639:624];
-  assign \beat$21.w[3][5]  = \beat$21 [655:640];
-  assign \beat$21.w[3][6]  = \beat$21 [671:656];
-  assign \beat$21.bias  = \beat$21 [799:672];
-  assign \beat$21.bias[0]  = \beat$21 [703:672];
-  assign \beat$21.bias[1]  = \beat$21 [735:704];
-  assign \beat$21.bias[2]  = \beat$21 [767:736];
-  assign \beat$21.bias[3]  = \beat$21 [799:768];
-  assign \beat$21.first  = \beat$21 [800];
-  assign \beat$21.last  = \beat$21 [801];
+  assign \beat$22.x  = \beat$22 [223:0];
+  assign \beat$22.x[0]  = \beat$22 [55:0];
+  assign \beat$22.x[0][0]  = \beat$22 [7:0];
+  assign \beat$22.x[0][1]  = \beat$22 [15:8];
+  assign \beat$22.x[0][2]  = \beat$22 [23:16];
+  assign \beat$22.x[0][3]  = \beat$22 [31:24];
+  assign \beat$22.x[0][4]  = \beat$22 [39:32];
+  assign \beat$22.x[0][5]  = \beat$22 [47:40];
+  assign \beat$22.x[0][6]  = \beat$22 [55:48];
+  assign \beat$22.x[1]  = \beat$22 [111:56];
+  assign \beat$22.x[1][0]  = \beat$22 [63:56];
+  assign \beat$22.x[1][1]  = \beat$22 [71:64];
+  assign \beat$22.x[1][2]  = \beat$22 [79:72];
+  assign \beat$22.x[1][3]  = \beat$22 [87:80];
+  assign \beat$22.x[1][4]  = \beat$22 [95:88];
+  assign \beat$22.x[1][5]  = \beat$22 [103:96];
+  assign \beat$22.x[1][6]  = \beat$22 [111:104];
+  assign \beat$22.x[2]  = \beat$22 [167:112];
+  assign \beat$22.x[2][0]  = \beat$22 [119:112];
+  assign \beat$22.x[2][1]  = \beat$22 [127:120];
+  assign \beat$22.x[2][2]  = \beat$22 [135:128];
+  assign \beat$22.x[2][3]  = \beat$22 [143:136];
+  assign \beat$22.x[2][4]  = \beat$22 [151:144];
+  assign \beat$22.x[2][5]  = \beat$22 [159:152];
+  assign \beat$22.x[2][6]  = \beat$22 [167:160];
+  assign \beat$22.x[3]  = \beat$22 [223:168];
+  assign \beat$22.x[3][0]  = \beat$22 [175:168];
+  assign \beat$22.x[3][1]  = \beat$22 [183:176];
+  assign \beat$22.x[3][2]  = \beat$22 [191:184];
+  assign \beat$22.x[3][3]  = \beat$22 [199:192];
+  assign \beat$22.x[3][4]  = \beat$22 [207:200];
+  assign \beat$22.x[3][5]  = \beat$22 [215:208];
+  assign \beat$22.x[3][6]  = \beat$22 [223:216];
+  assign \beat$22.w  = \beat$22 [671:224];
+  assign \beat$22.w[0]  = \beat$22 [335:224];
+  assign \beat$22.w[0][0]  = \beat$22 [239:224];
+  assign \beat$22.w[0][1]  = \beat$22 [255:240];
+  assign \beat$22.w[0][2]  = \beat$22 [271:256];
+  assign \beat$22.w[0][3]  = \beat$22 [287:272];
+  assign \beat$22.w[0][4]  = \beat$22 [303:288];
+  assign \beat$22.w[0][5]  = \beat$22 [319:304];
+  assign \beat$22.w[0][6]  = \beat$22 [335:320];
+  assign \beat$22.w[1]  = \beat$22 [447:336];
+  assign \beat$22.w[1][0]  = \beat$22 [351:336];
+  assign \beat$22.w[1][1]  = \beat$22 [367:352];
+  assign \beat$22.w[1][2]  = \beat$22 [383:368];
+  assign \beat$22.w[1][3]  = \beat$22 [399:384];
+  assign \beat$22.w[1][4]  = \beat$22 [415:400];
+  assign \beat$22.w[1][5]  = \beat$22 [431:416];
+  assign \beat$22.w[1][6]  = \beat$22 [447:432];
+  assign \beat$22.w[2]  = \beat$22 [559:448];
+  assign \beat$22.w[2][0]  = \beat$22 [463:448];
+  assign \beat$22.w[2][1]  = \beat$22 [479:464];
+  assign \beat$22.w[2][2]  = \beat$22 [495:480];
+  assign \beat$22.w[2][3]  = \beat$22 [511:496];
+  assign \beat$22.w[2][4]  = \beat$22 [527:512];
+  assign \beat$22.w[2][5]  = \beat$22 [543:528];
+  assign \beat$22.w[2][6]  = \beat$22 [559:544];
+  assign \beat$22.w[3]  = \beat$22 [671:560];
+  assign \beat$22.w[3][0]  = \beat$22 [575:560];
+  assign \beat$22.w[3][1]  = \beat$22 [591:576];
+  assign \beat$22.w[3][2]  = \beat$22 [607:592];
+  assign \beat$22.w[3][3]  = \beat$22 [623:608];
+  assign \beat$22.w[3][4]  = \beat$22 [639:624];
+  assign \beat$22.w[3][5]  = \beat$22 [655:640];
+  assign \beat$22.w[3][6]  = \beat$22 [671:656];
+  assign \beat$22.bias  = \beat$22 [799:672];
+  assign \beat$22.bias[0]  = \beat$22 [703:672];
+  assign \beat$22.bias[1]  = \beat$22 [735:704];
+  assign \beat$22.bias[2]  = \beat$22 [767:736];
+  assign \beat$22.bias[3]  = \beat$22 [799:768];
+  assign \beat$22.first  = \beat$22 [800];
+  assign \beat$22.last  = \beat$22 [801];
   assign \inputs__data[0]  = inputs__data[55:0];
   assign \inputs__data[0][0]  = inputs__data[7:0];
   assign \inputs__data[0][1]  = inputs__data[15:8];
@@ -14123,19 +14237,23 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights_
   assign \weights__data[3][4]  = weights__data[415:400];
   assign \weights__data[3][5]  = weights__data[431:416];
   assign \weights__data[3][6]  = weights__data[447:432];
-  assign \beat$21 [801] = last1;
-  assign \beat$21 [800] = first1;
-  assign \beat$21 [799:672] = 128'h00000000000000000000000000000000;
-  assign \beat$21 [671:224] = weights__data;
-  assign \beat$21 [223:0] = inputs__data;
+  assign \pick1[0]  = pick1[1:0];
+  assign \pick1[1]  = pick1[3:2];
+  assign \pick1[2]  = pick1[5:4];
+  assign \pick1[3]  = pick1[7:6];
+  assign \beat$22 [801] = last1;
+  assign \beat$22 [800] = first1;
+  assign \beat$22 [799:672] = 128'h00000000000000000000000000000000;
+  assign \beat$22 [671:224] = weights__data;
+  assign \beat$22 [223:0] = inputs__data;
   assign o__payload[801] = beat2[801];
   assign o__payload[800] = beat2[800];
   assign o__payload[799:672] = beat2[799:672];
   assign o__payload[671:224] = beat2[671:224];
-  assign o__payload[223:168] = \$11 ;
-  assign o__payload[167:112] = \$9 ;
-  assign o__payload[111:56] = \$7 ;
-  assign o__payload[55:0] = \$5 ;
+  assign o__payload[223:168] = \$15 ;
+  assign o__payload[167:112] = \$12 ;
+  assign o__payload[111:56] = \$9 ;
+  assign o__payload[55:0] = \$6 ;
   assign inputs__addr[41:40] = r_data[55:54];
   assign inputs__addr[39:0] = r_data[39:0];
 endmodule
@@ -14280,36 +14398,27 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
   wire \$19 ;
   wire \$2 ;
   wire \$20 ;
-  reg [55:0] \$21 ;
-  wire [55:0] \$22 ;
-  reg [55:0] \$23 ;
-  wire [55:0] \$24 ;
-  reg [55:0] \$25 ;
-  wire [55:0] \$26 ;
-  reg [55:0] \$27 ;
-  wire [55:0] \$28 ;
-  wire \$29 ;
+  wire \$21 ;
+  wire [2:0] \$22 ;
+  wire [2:0] \$23 ;
+  wire [13:0] \$24 ;
+  wire [13:0] \$25 ;
+  wire \$26 ;
+  wire [13:0] \$27 ;
+  wire \$28 ;
+  wire [13:0] \$29 ;
   wire \$3 ;
-  wire [2:0] \$30 ;
-  wire [2:0] \$31 ;
-  wire [13:0] \$32 ;
-  wire [13:0] \$33 ;
-  wire \$34 ;
-  wire [13:0] \$35 ;
-  wire \$36 ;
-  wire [13:0] \$37 ;
-  wire [12:0] \$38 ;
-  reg [1:0] \$39 ;
+  wire [12:0] \$30 ;
+  reg [1:0] \$31 ;
+  reg [12:0] \$32 ;
+  reg \$33 ;
+  reg [11:0] \$34 ;
+  reg [12:0] \$35 ;
+  reg [15:0] \$36 ;
+  reg [15:0] \$37 ;
+  reg [10:0] \$38 ;
+  reg [10:0] \$39 ;
   wire [12:0] \$4 ;
-  reg [12:0] \$40 ;
-  reg \$41 ;
-  reg [11:0] \$42 ;
-  reg [12:0] \$43 ;
-  reg [15:0] \$44 ;
-  reg [15:0] \$45 ;
-  reg [10:0] \$46 ;
-  reg [10:0] \$47 ;
-  reg [1:0] \$48 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
@@ -14348,6 +14457,14 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
   wire [7:0] \$signature__data$17[4] ;
   wire [7:0] \$signature__data$17[5] ;
   wire [7:0] \$signature__data$17[6] ;
+  wire [55:0] \$signature__data$35 ;
+  wire [7:0] \$signature__data$35[0] ;
+  wire [7:0] \$signature__data$35[1] ;
+  wire [7:0] \$signature__data$35[2] ;
+  wire [7:0] \$signature__data$35[3] ;
+  wire [7:0] \$signature__data$35[4] ;
+  wire [7:0] \$signature__data$35[5] ;
+  wire [7:0] \$signature__data$35[6] ;
   wire [55:0] \$signature__data$36 ;
   wire [7:0] \$signature__data$36[0] ;
   wire [7:0] \$signature__data$36[1] ;
@@ -14372,14 +14489,6 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
   wire [7:0] \$signature__data$38[4] ;
   wire [7:0] \$signature__data$38[5] ;
   wire [7:0] \$signature__data$38[6] ;
-  wire [55:0] \$signature__data$39 ;
-  wire [7:0] \$signature__data$39[0] ;
-  wire [7:0] \$signature__data$39[1] ;
-  wire [7:0] \$signature__data$39[2] ;
-  wire [7:0] \$signature__data$39[3] ;
-  wire [7:0] \$signature__data$39[4] ;
-  wire [7:0] \$signature__data$39[5] ;
-  wire [7:0] \$signature__data$39[6] ;
   wire [7:0] \$signature__data[0] ;
   wire [7:0] \$signature__data[1] ;
   wire [7:0] \$signature__data[2] ;
@@ -14475,7 +14584,6 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
   wire rst;
   input run;
   wire run;
-  reg [1:0] sel1 = 2'h0;
   input [174:0] sizes;
   wire [174:0] sizes;
   wire [11:0] \sizes.kk ;
@@ -15529,7 +15637,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
       _0_ <= inbuf_0[read__addr[9:0]];
     end
   end
-  assign \$signature__data$36  = _0_;
+  assign \$signature__data$35  = _0_;
   reg [55:0] inbuf_1 [1023:0];
   initial begin
     inbuf_1[0] = 56'h00000000000000;
@@ -16567,7 +16675,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
       _1_ <= inbuf_1[read__addr[19:10]];
     end
   end
-  assign \$signature__data$37  = _1_;
+  assign \$signature__data$36  = _1_;
   reg [55:0] inbuf_2 [1023:0];
   initial begin
     inbuf_2[0] = 56'h00000000000000;
@@ -17605,7 +17713,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
       _2_ <= inbuf_2[read__addr[29:20]];
     end
   end
-  assign \$signature__data$38  = _2_;
+  assign \$signature__data$37  = _2_;
   reg [55:0] inbuf_3 [1023:0];
   initial begin
     inbuf_3[0] = 56'h00000000000000;
@@ -18643,27 +18751,15 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
       _3_ <= inbuf_3[read__addr[39:30]];
     end
   end
-  assign \$signature__data$39  = _3_;
+  assign \$signature__data$38  = _3_;
   always @(posedge clk)
-    lb <= \$39 ;
+    lx <= \$36 ;
   always @(posedge clk)
-    in_cnt <= \$40 ;
+    lgi <= \$37 ;
   always @(posedge clk)
-    done <= \$41 ;
+    lrow <= \$38 ;
   always @(posedge clk)
-    col_cnt <= \$42 ;
-  always @(posedge clk)
-    rows_in <= \$43 ;
-  always @(posedge clk)
-    lx <= \$44 ;
-  always @(posedge clk)
-    lgi <= \$45 ;
-  always @(posedge clk)
-    lrow <= \$46 ;
-  always @(posedge clk)
-    lgoff <= \$47 ;
-  always @(posedge clk)
-    sel1 <= \$48 ;
+    lgoff <= \$39 ;
   assign fire = i__valid & i__ready;
   assign \$1  = ~ dwc;
   assign \$2  = lb == 2'h3;
@@ -18690,20 +18786,66 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
   assign \$19  = dwc ? \$17  : \$18 ;
   assign \$signature__en$19  = fire & \$19 ;
   assign \$20  = ~ done;
-  assign \$22  = dwc ? \$signature__data$36  : \$21 ;
-  assign \$24  = dwc ? \$signature__data$37  : \$23 ;
-  assign \$26  = dwc ? \$signature__data$38  : \$25 ;
-  assign \$28  = dwc ? \$signature__data$39  : \$27 ;
-  assign \$29  = lb == 2'h3;
-  assign \$30  = lb + 1'h1;
-  assign \$31  = \$29  ? 3'h0 : \$30 ;
-  assign \$32  = in_cnt + 1'h1;
-  assign \$33  = in_cnt + 1'h1;
-  assign \$34  = \$33  == sizes[25:13];
-  assign \$35  = sizes[12:0] - 1'h1;
-  assign \$36  = col_cnt == \$35 ;
-  assign \$37  = rows_in + 1'h1;
-  assign \$38  = col_cnt + 1'h1;
+  assign \$21  = lb == 2'h3;
+  assign \$22  = lb + 1'h1;
+  assign \$23  = \$21  ? 3'h0 : \$22 ;
+  assign \$24  = in_cnt + 1'h1;
+  assign \$25  = in_cnt + 1'h1;
+  assign \$26  = \$25  == sizes[25:13];
+  assign \$27  = sizes[12:0] - 1'h1;
+  assign \$28  = col_cnt == \$27 ;
+  assign \$29  = rows_in + 1'h1;
+  assign \$30  = col_cnt + 1'h1;
+  always @(posedge clk)
+    lb <= \$31 ;
+  always @(posedge clk)
+    in_cnt <= \$32 ;
+  always @(posedge clk)
+    done <= \$33 ;
+  always @(posedge clk)
+    col_cnt <= \$34 ;
+  always @(posedge clk)
+    rows_in <= \$35 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$36  = lx;
+    if (start) begin
+      \$36  = 16'h0000;
+    end
+    if (rst) begin
+      \$36  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$37  = lgi;
+    if (start) begin
+      \$37  = 16'h0000;
+    end
+    if (rst) begin
+      \$37  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$38  = lrow;
+    if (start) begin
+      \$38  = 11'h000;
+    end
+    if (rst) begin
+      \$38  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$39  = lgoff;
+    if (start) begin
+      \$39  = 11'h000;
+    end
+    if (rst) begin
+      \$39  = 11'h000;
+    end
+  end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     i__ready = 1'h0;
@@ -18713,189 +18855,83 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$39  = lb;
+    \$31  = lb;
     if (fire) begin
-      \$39  = \$31 [1:0];
+      \$31  = \$23 [1:0];
     end
     if (start) begin
-      \$39  = 2'h0;
+      \$31  = 2'h0;
     end
     if (rst) begin
-      \$39  = 2'h0;
+      \$31  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$40  = in_cnt;
+    \$32  = in_cnt;
     if (run) begin
       if (count) begin
-        \$40  = \$32 [12:0];
+        \$32  = \$24 [12:0];
       end
     end
     if (start) begin
-      \$40  = 13'h0000;
+      \$32  = 13'h0000;
     end
     if (rst) begin
-      \$40  = 13'h0000;
+      \$32  = 13'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$41  = done;
+    \$33  = done;
     if (run) begin
       if (count) begin
-        \$41  = \$34 ;
+        \$33  = \$26 ;
       end
     end
     if (start) begin
-      \$41  = 1'h0;
+      \$33  = 1'h0;
     end
     if (rst) begin
-      \$41  = 1'h0;
+      \$33  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$42  = col_cnt;
+    \$34  = col_cnt;
     if (run) begin
       if (count) begin
         (* full_case = 32'd1 *)
-        if (\$36 ) begin
-          \$42  = 12'h000;
+        if (\$28 ) begin
+          \$34  = 12'h000;
         end else begin
-          \$42  = \$38 [11:0];
+          \$34  = \$30 [11:0];
         end
       end
     end
     if (start) begin
-      \$42  = 12'h000;
+      \$34  = 12'h000;
     end
     if (rst) begin
-      \$42  = 12'h000;
+      \$34  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$43  = rows_in;
+    \$35  = rows_in;
     if (run) begin
       if (count) begin
-        if (\$36 ) begin
-          \$43  = \$37 [12:0];
+        if (\$28 ) begin
+          \$35  = \$29 [12:0];
         end
       end
     end
     if (start) begin
-      \$43  = 13'h0000;
+      \$35  = 13'h0000;
     end
     if (rst) begin
-      \$43  = 13'h0000;
+      \$35  = 13'h0000;
     end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$44  = lx;
-    if (start) begin
-      \$44  = 16'h0000;
-    end
-    if (rst) begin
-      \$44  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$45  = lgi;
-    if (start) begin
-      \$45  = 16'h0000;
-    end
-    if (rst) begin
-      \$45  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$46  = lrow;
-    if (start) begin
-      \$46  = 11'h000;
-    end
-    if (rst) begin
-      \$46  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$47  = lgoff;
-    if (start) begin
-      \$47  = 11'h000;
-    end
-    if (rst) begin
-      \$47  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$48  = sel1;
-    if (read__en) begin
-      \$48  = read__addr[41:40];
-    end
-    if (rst) begin
-      \$48  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    (* full_case = 32'd1 *)
-    casez (sel1)
-      2'h0:
-          \$21  = \$signature__data$36 ;
-      2'h1:
-          \$21  = \$signature__data$37 ;
-      2'h2:
-          \$21  = \$signature__data$38 ;
-      2'h3:
-          \$21  = \$signature__data$39 ;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    (* full_case = 32'd1 *)
-    casez (sel1)
-      2'h0:
-          \$23  = \$signature__data$36 ;
-      2'h1:
-          \$23  = \$signature__data$37 ;
-      2'h2:
-          \$23  = \$signature__data$38 ;
-      2'h3:
-          \$23  = \$signature__data$39 ;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    (* full_case = 32'd1 *)
-    casez (sel1)
-      2'h0:
-          \$25  = \$signature__data$36 ;
-      2'h1:
-          \$25  = \$signature__data$37 ;
-      2'h2:
-          \$25  = \$signature__data$38 ;
-      2'h3:
-          \$25  = \$signature__data$39 ;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    (* full_case = 32'd1 *)
-    casez (sel1)
-      2'h0:
-          \$27  = \$signature__data$36 ;
-      2'h1:
-          \$27  = \$signature__data$37 ;
-      2'h2:
-          \$27  = \$signature__data$38 ;
-      2'h3:
-          \$27  = \$signature__data$39 ;
-    endcase
   end
   assign \$signature__data  = i__payload;
   assign \$signature__addr  = \$4 [9:0];
@@ -18987,6 +19023,13 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
   assign \read__data[3][4]  = read__data[207:200];
   assign \read__data[3][5]  = read__data[215:208];
   assign \read__data[3][6]  = read__data[223:216];
+  assign \$signature__data$35[0]  = \$signature__data$35 [7:0];
+  assign \$signature__data$35[1]  = \$signature__data$35 [15:8];
+  assign \$signature__data$35[2]  = \$signature__data$35 [23:16];
+  assign \$signature__data$35[3]  = \$signature__data$35 [31:24];
+  assign \$signature__data$35[4]  = \$signature__data$35 [39:32];
+  assign \$signature__data$35[5]  = \$signature__data$35 [47:40];
+  assign \$signature__data$35[6]  = \$signature__data$35 [55:48];
   assign \$signature__data$36[0]  = \$signature__data$36 [7:0];
   assign \$signature__data$36[1]  = \$signature__data$36 [15:8];
   assign \$signature__data$36[2]  = \$signature__data$36 [23:16];
@@ -19008,13 +19051,6 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
   assign \$signature__data$38[4]  = \$signature__data$38 [39:32];
   assign \$signature__data$38[5]  = \$signature__data$38 [47:40];
   assign \$signature__data$38[6]  = \$signature__data$38 [55:48];
-  assign \$signature__data$39[0]  = \$signature__data$39 [7:0];
-  assign \$signature__data$39[1]  = \$signature__data$39 [15:8];
-  assign \$signature__data$39[2]  = \$signature__data$39 [23:16];
-  assign \$signature__data$39[3]  = \$signature__data$39 [31:24];
-  assign \$signature__data$39[4]  = \$signature__data$39 [39:32];
-  assign \$signature__data$39[5]  = \$signature__data$39 [47:40];
-  assign \$signature__data$39[6]  = \$signature__data$39 [55:48];
   assign \sizes.wg  = sizes[12:0];
   assign \sizes.n_in  = sizes[25:13];
   assign \sizes.ow  = sizes[50:26];
@@ -19027,10 +19063,10 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
   assign \sizes.plane  = sizes[150:140];
   assign \sizes.n_dw  = sizes[161:151];
   assign \sizes.pt_ws  = sizes[174:162];
-  assign read__data[223:168] = \$28 ;
-  assign read__data[167:112] = \$26 ;
-  assign read__data[111:56] = \$24 ;
-  assign read__data[55:0] = \$22 ;
+  assign read__data[223:168] = \$signature__data$38 ;
+  assign read__data[167:112] = \$signature__data$37 ;
+  assign read__data[111:56] = \$signature__data$36 ;
+  assign read__data[55:0] = \$signature__data$35 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -26438,19 +26474,23 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire \$1 ;
   wire \$10 ;
-  reg \$100 ;
-  reg [113:0] \$101 ;
+  wire \$100 ;
+  wire \$101 ;
   reg \$102 ;
   reg \$103 ;
   reg \$104 ;
-  reg \$105 ;
-  reg [15:0] \$106 ;
-  reg [21:0] \$107 ;
-  reg [2:0] \$108 ;
+  reg [113:0] \$105 ;
+  reg \$106 ;
+  reg \$107 ;
+  reg \$108 ;
   reg \$109 ;
   wire \$11 ;
-  reg [5:0] \$110 ;
-  reg \$111 ;
+  reg [15:0] \$110 ;
+  reg [21:0] \$111 ;
+  reg [2:0] \$112 ;
+  reg \$113 ;
+  reg [5:0] \$114 ;
+  reg \$115 ;
   wire \$12 ;
   wire \$13 ;
   wire \$14 ;
@@ -26530,23 +26570,23 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   wire [15:0] \$81 ;
   wire \$82 ;
   wire \$83 ;
-  wire [18:0] \$84 ;
-  wire [18:0] \$85 ;
-  wire \$86 ;
-  wire [22:0] \$87 ;
-  wire \$88 ;
-  wire \$89 ;
+  wire [16:0] \$84 ;
+  wire [16:0] \$85 ;
+  wire [17:0] \$86 ;
+  wire [18:0] \$87 ;
+  wire [19:0] \$88 ;
+  wire [19:0] \$89 ;
   wire \$9 ;
   wire \$90 ;
-  wire \$91 ;
+  wire [22:0] \$91 ;
   wire \$92 ;
   wire \$93 ;
   wire \$94 ;
   wire \$95 ;
   wire \$96 ;
   wire \$97 ;
-  reg \$98 ;
-  reg \$99 ;
+  wire \$98 ;
+  wire \$99 ;
   output accept;
   reg accept;
   reg bad_fields = 1'h0;
@@ -26743,139 +26783,80 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   assign \$80  = cfg__payload[109:108] == 1'h1;
   assign \$81  = \$80  ? 16'h0001 : cfg__payload[79:64];
   assign \$82  = cfg__payload[109:108] == 1'h1;
-  assign \$84  = cfg__payload[95:80] * 3'h7;
-  assign \$85  = \$83  ? \$84  : { 3'h0, cfg__payload[95:80] };
-  assign \$86  = bad_fields | bad_sizes;
-  assign \$87  = gout_o - 1'h1;
-  assign \$88  = outputs_done & inputs_done;
-  assign \$89  = fin & loaded;
-  assign \$90  = dwp & mac_valid;
-  assign \$91  = ~ \$90 ;
-  assign \$92  = \$89  & \$91 ;
-  assign \$93  = ! fsm_state;
-  assign \$94  = fsm_state == 1'h1;
-  assign \$95  = fsm_state == 2'h2;
-  assign \$96  = fsm_state == 2'h3;
-  assign \$97  = fsm_state == 3'h4;
+  assign \$86  = \$84  + \$85 ;
+  assign \$88  = \$86  + \$87 ;
+  assign \$89  = \$83  ? \$88  : { 4'h0, cfg__payload[95:80] };
+  assign \$90  = bad_fields | bad_sizes;
+  assign \$91  = gout_o - 1'h1;
+  assign \$92  = outputs_done & inputs_done;
+  assign \$93  = fin & loaded;
+  assign \$94  = dwp & mac_valid;
+  assign \$95  = ~ \$94 ;
+  assign \$96  = \$93  & \$95 ;
+  assign \$97  = ! fsm_state;
+  assign \$98  = fsm_state == 1'h1;
+  assign \$99  = fsm_state == 2'h2;
+  assign \$100  = fsm_state == 2'h3;
+  assign \$101  = fsm_state == 3'h4;
   always @(posedge clk)
-    bad_fields <= \$98 ;
+    bad_fields <= \$102 ;
   always @(posedge clk)
-    bad_sizes <= \$99 ;
+    bad_sizes <= \$103 ;
   always @(posedge clk)
-    done <= \$100 ;
+    done <= \$104 ;
   always @(posedge clk)
-    cmd <= \$101 ;
+    cmd <= \$105 ;
   always @(posedge clk)
-    error <= \$102 ;
+    error <= \$106 ;
   always @(posedge clk)
-    dw <= \$103 ;
+    dw <= \$107 ;
   always @(posedge clk)
-    dwp <= \$104 ;
+    dwp <= \$108 ;
   always @(posedge clk)
-    dwc <= \$105 ;
+    dwc <= \$109 ;
   always @(posedge clk)
-    gin_e <= \$106 ;
+    gin_e <= \$110 ;
   always @(posedge clk)
-    gout_o <= \$107 ;
+    gout_o <= \$111 ;
   always @(posedge clk)
-    fsm_state <= \$108 ;
+    fsm_state <= \$112 ;
   always @(posedge clk)
-    refused <= \$109 ;
+    refused <= \$113 ;
   always @(posedge clk)
-    last_go <= \$110 ;
+    last_go <= \$114 ;
   always @(posedge clk)
-    fin <= \$111 ;
+    fin <= \$115 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$98  = \$57 ;
-    if (rst) begin
-      \$98  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$99  = \$74 ;
-    if (rst) begin
-      \$99  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$100  = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (refused) begin
-            \$100  = 1'h1;
-          end
-      3'h4:
-          if (\$92 ) begin
-            \$100  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$100  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$101  = cmd;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$101  = cfg__payload;
-          end
-    endcase
-    if (rst) begin
-      \$101  = 114'h00000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$102  = error;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$102  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (refused) begin
-            \$102  = 1'h1;
-          end
-    endcase
+    \$102  = \$57 ;
     if (rst) begin
       \$102  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$103  = dw;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$103  = \$75 ;
-          end
-    endcase
+    \$103  = \$74 ;
     if (rst) begin
       \$103  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$104  = dwp;
+    \$104  = 1'h0;
     casez (fsm_state)
       3'h0:
-          if (cfg__valid) begin
-            \$104  = \$77 ;
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$104  = 1'h1;
+          end
+      3'h4:
+          if (\$96 ) begin
+            \$104  = 1'h1;
           end
     endcase
     if (rst) begin
@@ -26884,83 +26865,72 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$105  = dwc;
+    \$105  = cmd;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$105  = \$79 ;
+            \$105  = cfg__payload;
           end
     endcase
     if (rst) begin
-      \$105  = 1'h0;
+      \$105  = 114'h00000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$106  = gin_e;
+    \$106  = error;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$106  = \$81 ;
-          end
-    endcase
-    if (rst) begin
-      \$106  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$107  = gout_o;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$107  = { 3'h0, \$85  };
-          end
-    endcase
-    if (rst) begin
-      \$107  = 22'h000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$108  = fsm_state;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$108  = 3'h1;
+            \$106  = 1'h0;
           end
       3'h1:
-          if (sizes_ready) begin
-            \$108  = 3'h2;
-          end
+          /* empty */;
       3'h2:
-          \$108  = 3'h3;
+          /* empty */;
       3'h3:
-          (* full_case = 32'd1 *)
           if (refused) begin
-            \$108  = 3'h0;
-          end else begin
-            \$108  = 3'h4;
-          end
-      3'h4:
-          if (\$92 ) begin
-            \$108  = 3'h0;
+            \$106  = 1'h1;
           end
     endcase
     if (rst) begin
-      \$108  = 3'h0;
+      \$106  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$109  = refused;
+    \$107  = dw;
     casez (fsm_state)
       3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$109  = \$86 ;
+          if (cfg__valid) begin
+            \$107  = \$75 ;
+          end
+    endcase
+    if (rst) begin
+      \$107  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$108  = dwp;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$108  = \$77 ;
+          end
+    endcase
+    if (rst) begin
+      \$108  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$109  = dwc;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$109  = \$79 ;
+          end
     endcase
     if (rst) begin
       \$109  = 1'h0;
@@ -26968,22 +26938,93 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$110  = last_go;
+    \$110  = gin_e;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$110  = \$81 ;
+          end
+    endcase
+    if (rst) begin
+      \$110  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$111  = gout_o;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$111  = { 2'h0, \$89  };
+          end
+    endcase
+    if (rst) begin
+      \$111  = 22'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$112  = fsm_state;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$112  = 3'h1;
+          end
+      3'h1:
+          if (sizes_ready) begin
+            \$112  = 3'h2;
+          end
+      3'h2:
+          \$112  = 3'h3;
+      3'h3:
+          (* full_case = 32'd1 *)
+          if (refused) begin
+            \$112  = 3'h0;
+          end else begin
+            \$112  = 3'h4;
+          end
+      3'h4:
+          if (\$96 ) begin
+            \$112  = 3'h0;
+          end
+    endcase
+    if (rst) begin
+      \$112  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$113  = refused;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$110  = \$87 [5:0];
+          \$113  = \$90 ;
     endcase
     if (rst) begin
-      \$110  = 6'h00;
+      \$113  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$111  = fin;
+    \$114  = last_go;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$114  = \$91 [5:0];
+    endcase
+    if (rst) begin
+      \$114  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$115  = fin;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -26995,13 +27036,13 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
           (* full_case = 32'd1 *)
           if (refused) begin
           end else begin
-            \$111  = 1'h0;
+            \$115  = 1'h0;
           end
       3'h4:
-          \$111  = \$88 ;
+          \$115  = \$92 ;
     endcase
     if (rst) begin
-      \$111  = 1'h0;
+      \$115  = 1'h0;
     end
   end
   always @* begin
@@ -27139,10 +27180,13 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   assign \$77  = 1'h0;
   assign \$79  = \$78 ;
   assign \$83  = \$82 ;
+  assign \$84  = { 1'h0, cfg__payload[95:80] };
+  assign \$85  = { cfg__payload[95:80], 1'h0 };
+  assign \$87  = { 1'h0, cfg__payload[95:80], 2'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$170 (rst, cmd, gin_e, gout_o, clear, enable, ready, sizes, clk);
+module \psc_core.sizes$171 (rst, cmd, gin_e, gout_o, clear, enable, ready, sizes, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$15  = 0;
   wire \$1 ;
   wire \$10 ;

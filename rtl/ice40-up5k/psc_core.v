@@ -8398,8 +8398,8 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire [15:0] \$81 ;
   wire \$82 ;
   wire \$83 ;
-  wire [19:0] \$84 ;
-  wire [19:0] \$85 ;
+  wire [18:0] \$84 ;
+  wire [18:0] \$85 ;
   wire \$86 ;
   wire [22:0] \$87 ;
   wire \$88 ;
@@ -8609,7 +8609,6 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   assign \$80  = cfg__payload[109:108] == 1'h1;
   assign \$81  = \$80  ? 16'h0001 : cfg__payload[79:64];
   assign \$82  = cfg__payload[109:108] == 1'h1;
-  assign \$84  = cfg__payload[95:80] * 4'h8;
   assign \$86  = bad_fields | bad_sizes;
   assign \$87  = gout_o - 1'h1;
   assign \$88  = outputs_done & inputs_done;
@@ -8779,7 +8778,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$107  = { 2'h0, \$85  };
+            \$107  = { 3'h0, \$85  };
           end
     endcase
     if (rst) begin
@@ -9006,7 +9005,8 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   assign \$77  = 1'h0;
   assign \$79  = 1'h0;
   assign \$83  = 1'h0;
-  assign \$85  = { 4'h0, cfg__payload[95:80] };
+  assign \$84  = { cfg__payload[95:80], 3'h0 };
+  assign \$85  = { 3'h0, cfg__payload[95:80] };
 endmodule
 
 (* generator = "Amaranth" *)

@@ -266,6 +266,8 @@ class PSCConvCore(wiring.Component):
         ]
         if cc.pe.lane_accumulators:
             m.d.comb += dp.dw.eq(setup.dwp | setup.dwc)
+        if cc.pe.depthwise == "channels":
+            m.d.comb += fetch.dwc.eq(setup.dwc)
         # Start and run.
         for part in (ibuf, wbuf, pbuf, out):
             m.d.comb += [part.start.eq(setup.start), part.run.eq(setup.run)]

@@ -1,6 +1,6 @@
 """The core's fetch: address queue, buffer reads and the MAC array's input beats."""
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Array, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -25,6 +25,12 @@ class Fetch(wiring.Component):
     :attr:`i` (three with ``read_register``) when :attr:`o` does not stall;
     one beat per cycle.
 
+    On a ``depthwise="channels"`` build the input buffer gives every bank's
+    word (:class:`~psc.hw.core.input_buffer.InputBuffer`) and the fetch
+    picks the shared word of a non-depthwise beat (bank ``sel``) after the
+    read register (``dwc`` low), where the multiplexer is not behind a block
+    RAM's output.
+
     The FIFO is why the sequencer's issue condition is a few registers:
     :attr:`o`'s ready (which comes back combinationally from the core's
     output through the requantiser and the MAC array) ends at the FIFO's
@@ -45,6 +51,9 @@ class Fetch(wiring.Component):
         Read port of the weight buffer.
     beat : Out(1)
         A beat leaves on :attr:`o` this cycle.
+    dwc : In(1)
+        Only on a ``depthwise="channels"`` build: the command is depthwise
+        (every row takes its own bank's word).
     """
 
     def __init__(self, config):
@@ -58,6 +67,7 @@ class Fetch(wiring.Component):
             "inputs": Out(read_signature(input_read_layout(config), beat["x"].shape)),
             "weights": Out(read_signature(weight_address_width(config), weight_layout(config))),
             "beat": Out(1),
+            **({"dwc": In(1)} if config.pe.depthwise == "channels" else {}),
         })
 
     def elaborate(self, platform):
@@ -74,6 +84,11 @@ class Fetch(wiring.Component):
         last1 = Signal()
         adv1 = Signal()
         padr1 = Signal(layout["pad"].shape)  # padding per row (pixels builds) or shared
+        chn = cc.pe.depthwise == "channels"
+        # channels builds: the bank each row takes (its own in a depthwise beat, else the
+        # shared word's), registered per row so that no wide fan-out decides it late
+        pick = data.ArrayLayout(layout["sel"].shape, pe.rows) if chn else 1
+        pick1 = Signal(pick, reset_less=True)
 
         # What the reads present, padding not yet masked: with read_register
         # the mask comes after the register, so the block RAM's clock-to-out
@@ -88,9 +103,13 @@ class Fetch(wiring.Component):
             with m.If(adv2):
                 m.d.sync += [v2.eq(v1), beat2.eq(beat), pad2.eq(padr1)]
             beat_o, pad_o = beat2, pad2
+            pick2 = Signal(pick, reset_less=True)
+            with m.If(adv2):
+                m.d.sync += pick2.eq(pick1)
+            pick_o = pick2
         else:
             m.d.comb += [adv1.eq(~v1 | self.o.ready), self.o.valid.eq(v1)]
-            beat_o, pad_o = beat, padr1
+            beat_o, pad_o, pick_o = beat, padr1, pick1
 
         m.d.comb += [
             fifo.w_en.eq(self.i.valid),
@@ -114,17 +133,23 @@ class Fetch(wiring.Component):
                 first1.eq(a1.first),
                 last1.eq(a1.last),
             ]
+            if chn:
+                m.d.sync += [pick1[r].eq(Mux(self.dwc, r, a1.sel)) for r in range(pe.rows)]
         # An AND, not a mux to 0: Yosys would turn the mux into a synchronous
         # reset of the PE's input register, which an SB_MAC16 input register
         # cannot absorb, leaving the multiply outside nextpnr's timing.
         word_bits = pe.lanes * pe.act_width
         out = self.o.payload
-        if pix:
-            # each row its own padding bit on a pixels build (its own pixel), one shared
-            # on a channels build (the rows' words are one pixel's)
+        if chn:
+            # one padding bit (the rows' words are one pixel's); a non-depthwise beat's
+            # shared word from bank sel
+            banks = Array(beat_o.x[b].as_value() for b in range(pe.rows))
             for r in range(pe.rows):
-                pad_r = pad_o[r] if pe.depthwise == "pixels" else pad_o[0]
-                m.d.comb += out.x[r].eq(beat_o.x[r].as_value() & ~pad_r.replicate(word_bits))
+                m.d.comb += out.x[r].eq(banks[pick_o[r]] & ~pad_o[0].replicate(word_bits))
+        elif pix:
+            # each row its own padding bit (its own pixel)
+            for r in range(pe.rows):
+                m.d.comb += out.x[r].eq(beat_o.x[r].as_value() & ~pad_o[r].replicate(word_bits))
         else:
             m.d.comb += out.x.eq(beat_o.x.as_value() & ~pad_o[0].replicate(word_bits))
         m.d.comb += [

@@ -148,7 +148,11 @@ class InputBuffer(wiring.Component):
     ``en`` in a cycle, the beat's ``x`` (the :func:`~psc.hw.dot_product.input_layout`
     field: one lane word, or one per row on a banked build: in a depthwise
     layer row ``r`` gets its own bank, rotated on a pixels build) in the
-    next, held while ``en`` is low.
+    next, held while ``en`` is low. On a ``depthwise="channels"`` build
+    ``x[r]`` is bank ``r``'s word in every layer, and the reader picks the
+    shared word of a non-depthwise beat (bank ``sel``) itself, so that it
+    can do so after a register: a block RAM's output into a ``rows``-way
+    multiplexer into a register limits an ECP5 build.
 
     Parameters
     ----------
@@ -292,19 +296,18 @@ class InputBuffer(wiring.Component):
             m.d.comb += rd.data.eq(ports[0].data.as_value())
             return
         R = len(ports)
+        if self._config.pe.depthwise == "channels":
+            # every bank's word as it is: the fetch picks the shared word of a
+            # non-depthwise beat
+            for r in range(R):
+                m.d.comb += rd.data[r].eq(ports[r].data)
+            return
         lgr = R.bit_length() - 1
         sel1 = Signal(range(R))              # bank of the shared word
+        rot1 = Signal(range(R))              # dw: bank of row 0
         bank_data = Array(rp.data.as_value() for rp in ports)
         with m.If(rd.en):
-            m.d.sync += sel1.eq(rd.addr.sel)
-        if self._config.pe.depthwise == "channels":
-            for r in range(R):
-                m.d.comb += rd.data[r].eq(Mux(self.dwc, ports[r].data.as_value(),
-                                              bank_data[sel1]))
-            return
-        rot1 = Signal(range(R))              # dw: bank of row 0
-        with m.If(rd.en):
-            m.d.sync += rot1.eq(rd.addr.rot)
+            m.d.sync += [sel1.eq(rd.addr.sel), rot1.eq(rd.addr.rot)]
         for r in range(R):
             pick = Mux(self.dwp, (rot1 + r)[:lgr], sel1)
             m.d.comb += rd.data[r].eq(bank_data[pick])

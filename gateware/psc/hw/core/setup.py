@@ -22,6 +22,13 @@ def _check_config(config):
     return config
 
 
+def _times(value, constant):
+    """``value * constant`` as a sum of shifted copies (a few adders; a ``*`` would become a
+    LUT multiplier or take a DSP the MAC array needs)."""
+    terms = [value << i for i in range(constant.bit_length()) if constant >> i & 1]
+    return sum(terms[1:], terms[0])
+
+
 class DerivedSizes(wiring.Component):
     """The derived sizes of a command, by one shift-and-add multiplier.
 
@@ -300,7 +307,7 @@ class CommandSetup(wiring.Component):
                         self.dwc.eq(chn & (payload.kind == LayerKind.DEPTHWISE)),
                         self.gin_e.eq(Mux(payload.kind == LayerKind.DEPTHWISE, 1, payload.gin)),
                         self.gout_o.eq(Mux(chn & (payload.kind == LayerKind.DEPTHWISE),
-                                           payload.gout * pe.lanes, payload.gout)),
+                                           _times(payload.gout, pe.lanes), payload.gout)),
                     ]
                     m.next = "SETUP"
             with m.State("SETUP"):
