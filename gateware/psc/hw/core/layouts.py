@@ -180,7 +180,8 @@ def sizes_layout(cc):
     Each field holds one more value than its largest value in an accepted
     command (the build's limit), so a saturated product (all ones) is above
     the limit it is checked against. ``wg``: words per input row; ``n_in``:
-    input words; ``ow``: output beats per output row; ``n_out``: output beats;
+    input words (both in bank words, one per ``rows`` stream words, for a
+    depthwise command on a ``depthwise="channels"`` build); ``ow``: output beats per output row; ``n_out``: output beats;
     ``kk``: ``k * k``; ``red``: beats per reduction; ``n_w``: weight blocks;
     ``pt_wg``, ``pl_g``: words skipped by the top and left padding. Depthwise
     layers on a ``depthwise="pixels"`` build: ``plane`` (bank words per
