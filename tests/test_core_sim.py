@@ -280,8 +280,8 @@ def test_host_never_plans_more_outputs_than_the_core_counts():
 def test_shipped_target_core(name):
     """The synthesis targets' own cores, as synthesised: hand-instantiated DSP cells
     (with their simulation models), 27-bit sums on the UP5K, ``read_register`` on
-    ECP5; standard, strided depthwise (one command per output group on these builds) and pointwise
-    layers with stalls, bit-exact on Verilator."""
+    ECP5; standard, strided depthwise (one command per output group on the UP5K, the
+    channels mapping on the ECP5) and pointwise layers with stalls, bit-exact on Verilator."""
     cc = PRESETS[TARGET_PRESETS[name]]
     r = np.random.default_rng(21)
     layers = [core_cases._layer(r, 10, 9, 7, 6, 3, 1, 1, relu=True),
