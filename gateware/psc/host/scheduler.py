@@ -321,12 +321,16 @@ def _channels(layer):
     return layer.depthwise and layer.config.pe.depthwise == "channels"
 
 
+def _beats_per_group(layer):
+    """Output beats (and parameter words) per pixel of one of the command's groups: ``lanes``
+    for a depthwise layer on a channels build (a group of ``rows * lanes`` channels), else 1."""
+    return layer.config.lanes if _channels(layer) else 1
+
+
 def _out_groups(layer):
-    """The command's output groups of ``layer`` (``gout``): of ``rows`` channels, or of
+    """The command's output groups of ``layer`` (``gout``), of ``rows`` channels each, or
     ``rows * lanes`` for a depthwise layer on a channels build."""
-    cc = layer.config
-    per = cc.rows * cc.lanes if _channels(layer) else cc.rows
-    return channel_groups(layer.w_pos.shape[0], per)
+    return channel_groups(layer.w_pos.shape[0], layer.config.rows * _beats_per_group(layer))
 
 
 def _groups_in(layer):
@@ -544,8 +548,8 @@ def cut_bands(layer):
         # one output group per command, whose input is its own channels only
         chunk = 1
     elif layer.depthwise:
-        params_per = cc.lanes if _channels(layer) else 1
-        chunk = min(gout, cc.param_depth // params_per, cc.weight_depth // per_group)
+        chunk = min(gout, cc.param_depth // _beats_per_group(layer),
+                    cc.weight_depth // per_group)
         while chunk > 1 and _footprint(layer, 1, 1, chunk) > cc.fmap_depth:
             chunk -= 1
         if _footprint(layer, 1, 1, chunk) > cc.fmap_depth:
@@ -572,8 +576,8 @@ def cut_bands(layer):
         in_chunks = [(0, gc)] if layer.depthwise else chunks
         g_t = max(g1 - g0 for g0, g1 in in_chunks)
         max_beats = MAX_OUTPUTS if len(in_chunks) == 1 else min(MAX_OUTPUTS, cc.psum_depth)
-        beats_per = gc * cc.lanes if _channels(layer) else gc
-        out.append((j0, j1, in_chunks, *_band(layer, g_t, beats_per, max_beats)))
+        out.append((j0, j1, in_chunks,
+                    *_band(layer, g_t, gc * _beats_per_group(layer), max_beats)))
     return out
 
 
@@ -624,8 +628,8 @@ def emit_tiles(layer, kind, weights, params, bands):
     cl = config_layout(cc)
     tiles = []
     chn = _channels(layer)
-    per = rows * lanes if chn else rows          # channels of one command group
-    per_p = lanes if chn else 1                  # parameter words (output beats) per group
+    per_p = _beats_per_group(layer)              # parameter words (output beats) per group
+    per = rows * per_p                           # channels of one command group
     for j0, j1, in_chunks, band_h, band_w in bands:
         c0, c1 = j0 * per, min(cout, j1 * per)
         if layer.diagonal:

@@ -57,8 +57,9 @@ class PSCConvCore(wiring.Component):
     every size >= 1; ``kind`` pointwise/FC need ``k = 1`` (FC also a 1x1
     map); depthwise needs ``gin = gout`` and a build with ``lanes = rows``
     or ``depthwise="channels"``; input words <= ``fmap_depth`` (a depthwise
-    command on a channels build: ``in_h * in_w * gin`` <= ``fmap_depth / rows``); weight blocks <= ``weight_depth``;
-    ``gout`` <= ``param_depth``; ``gin' * lanes * k * k`` <= ``max_reduction``
+    command on a channels build: ``in_h * in_w * gin`` <= ``fmap_depth /
+    rows``); weight blocks <= ``weight_depth``; ``gout`` (``gout * lanes``
+    for that command) <= ``param_depth``; ``gin' * lanes * k * k`` <= ``max_reduction``
     (the accumulator is sized for it); output beats ``out_h * out_w * gout``
     <= :data:`MAX_OUTPUTS`.
 

@@ -64,7 +64,7 @@ class Sequencer(wiring.Component):
     taps : Out(stream.Signature(tap_layout(config)))
     loaded, waiting : Out(1)
     last_group : Out(range(config.param_depth))
-        ``gout - 1`` of the running command (for the output's group counter).
+        ``gout - 1`` of the running command (the group counter's last value).
     """
 
     def __init__(self, config):
