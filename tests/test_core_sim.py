@@ -16,6 +16,9 @@ from psc.hw.core import CoreConfig, KIND_DEPTHWISE, KIND_POINTWISE, Part
 from psc.presets import PRESETS, TARGETS as TARGET_PRESETS
 
 TARGETS = ["verilator", "icarus"]
+# the longest benches run on Icarus only in the opt-in soak (pytest -m soak); Verilator
+# runs them in the default suite
+SOAK_ICARUS = ["verilator", pytest.param("icarus", marks=pytest.mark.soak)]
 STALL = 0.25
 DEFAULT = CoreConfig()
 # Small buffers and 4x4 lanes/rows: every layer below needs several tiles.
@@ -72,7 +75,7 @@ def _tiled_layers():
     ]
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", SOAK_ICARUS)
 def test_tiled_larger_than_buffers(target):
     layers = _tiled_layers()
     for layer in layers:
@@ -169,7 +172,7 @@ TINY_PIX = CoreConfig(pe=PSCConfig(lanes=4, rows=4, depthwise="pixels"), fmap_de
                       weight_depth=64, param_depth=4, read_register=True)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", SOAK_ICARUS)
 def test_depthwise_pixels_build(target):
     r = np.random.default_rng(12)
     layers = [
@@ -205,7 +208,7 @@ TINY_CHN = CoreConfig(pe=PSCConfig(lanes=4, rows=3, depthwise="channels"), fmap_
                       weight_depth=64, param_depth=8, read_register=True, psum_depth=16)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", SOAK_ICARUS)
 def test_depthwise_channels_build(target):
     r = np.random.default_rng(13)
     layers = [

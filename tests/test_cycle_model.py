@@ -26,7 +26,9 @@ def _layers():
     return layers + [bench._factory(name)[1](rng) for name in BENCH]
 
 
-@pytest.mark.parametrize("name", ["tiny", "ice40-up5k", "ecp5-25k"])
+# the iCE40 build (SPRAM models, a slow simulation) only in the opt-in soak
+@pytest.mark.parametrize("name", ["tiny", pytest.param("ice40-up5k", marks=pytest.mark.soak),
+                                  "ecp5-25k"])
 def test_cycle_model_within_two_percent_of_the_simulator(name):
     cc = PRESETS[name]
     layers = _layers()

@@ -154,7 +154,7 @@ def test_latency_and_throughput(name):
     assert np.array_equal(got, _reference(cfg, acc, mult, shift, True))
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 def test_core_with_digit_serial_requantizer():
     """The whole core (Verilator, random stalls) with digit-serial requantisers
     (``requant_mult_bits=4``: 2 rows per requantiser x 4 digits = 8 cycles per output
