@@ -91,6 +91,8 @@ def test_bench_mobilenet_v2_layer_list():
     (["bench", "--lanes", "4"], ["psc bench", "depthwise='pixels' needs lanes == rows"]),
     (["demo", "--target", "spi:/dev/x"], ["psc demo", "--target", "serial:PORT"]),
     (["nosuch"], ["psc:", "'nosuch'"]),
+    (["program", "net.txt"], ["psc program", "NETWORK", ".onnx or .npz", "'net.txt'"]),
+    (["program", "--run", "modelsim"], ["psc program", "--run", "'modelsim'"]),
 ])
 def test_bad_options_are_one_line_and_exit_2(calls, capsys, argv, words):
     assert cli.main(argv) == 2
@@ -105,3 +107,11 @@ def test_help_exits_zero(capsys):
     out = " ".join(capsys.readouterr().out.split())     # argparse wraps to the terminal
     for name, target in presets.BOARDS.items():
         assert f"{name}: {target}" in out
+
+
+def test_program_prints_the_memory_map_and_footprint(capsys):
+    """No simulation: the shipped digits network compiled for network mode on the UP5K build."""
+    assert cli.main(["program", "--target", "ice40-up5k"]) == 0
+    out = capsys.readouterr().out
+    assert "(unrolled input)" in out and "activation memory: 768 words" in out, out
+    assert "65 commands" in out, out

@@ -160,6 +160,67 @@ def _bench(args):
     return bench.main(args.layers, config, seed=args.seed)
 
 
+def _program(args):
+    """Compile a network for network mode (psc.host.program); run it with --run."""
+    from psc import data
+    from psc.host.program import compile_network, describe
+    from psc.model.network import Network
+    from psc.onnx_import import import_onnx
+    config = _configured(args, args.preset)
+    path = args.network or data.path("digits_psc.onnx")
+    net = import_onnx(path) if str(path).endswith(".onnx") else Network.load(path)
+    prog = compile_network(net, config)
+    print("\n".join(describe(prog)))
+    if not args.run:
+        return 0
+    if args.network is None:
+        _, _, x, _ = data.digits_split(0)
+        images = net.quantize_input(x[:args.images])
+    else:
+        rng = np.random.default_rng(args.seed)
+        images = rng.integers(-(1 << (net.act_width - 1)), 1 << (net.act_width - 1),
+                              size=(args.images,) + net.input_shape)
+    out, report = prog.run(images, target=args.run, seed=args.seed)
+    exact = np.array_equal(out, net.run(images))
+    print(f"\n{'layer':<16} {'cycles':>9} {'utilisation':>12}")
+    for layer in report["layers"]:
+        print(f"{layer['name']:<16} {layer['cycles']:>9.0f} {layer['utilisation']:>11.1%}")
+    print(f"{'network':<16} {report['cycles']:>9.0f} {report['utilisation']:>11.1%}   "
+          f"(per inference, {len(images)} images on {args.run}; outputs "
+          f"{'bit-exact with' if exact else 'DIFFER from'} the golden network)")
+    return 0 if exact else 1
+
+
+def _network_file(text):
+    from pathlib import Path
+    if not text.endswith((".onnx", ".npz")) or not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"must be an existing .onnx or .npz file, not {text!r}")
+    return text
+
+
+def _add_program(sub):
+    p = sub.add_parser("program", help="compile a network for network mode: its on-chip "
+                                       "memory map and footprint (and run it with --run)",
+                       description="Compile a network (.onnx or .npz; default: the shipped "
+                                   "digits PSC network) for network mode on a build: every "
+                                   "tensor's region of the activation memory, the bytes of "
+                                   "commands, weights and parameters kept on chip. With --run "
+                                   "SIM, run it from one activation memory per image on the "
+                                   "simulated core and check it against the golden network.")
+    p.add_argument("network", nargs="?", metavar="NETWORK", type=_network_file,
+                   help="a network file (.onnx as psc.onnx_import takes, or .npz)")
+    p.add_argument("--preset", "--target", dest="preset", default="default",
+                   choices=sorted(PRESETS) + sorted(BOARDS),
+                   help="the build: a preset, synthesis target or board (default: default)")
+    _add_overrides(p, ("lanes", "rows", "depthwise"), "the preset's")
+    p.add_argument("--run", choices=list(SIMULATORS), metavar="SIM",
+                   help=f"run the program on a simulator ({', '.join(SIMULATORS)})")
+    p.add_argument("--images", type=_int_at_least(1), default=2,
+                   help="images to run (the digits test split's first, or random; default 2)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
+    p.set_defaults(func=_program)
+
+
 def _bench_layer(text):
     if not (text in bench.BENCH_LAYERS or text in bench.MBV2_LAYERS
             or text in bench.RESNET_LAYERS or text in bench.LAYER_SETS):
@@ -451,6 +512,7 @@ def main(argv=None):
     p.set_defaults(func=_demo)
 
     _add_bench(sub)
+    _add_program(sub)
 
     p = sub.add_parser(
         "generate", help="write Verilog of the components (default: everything rtl/ ships)",

@@ -51,9 +51,9 @@ from psc.hw.requantize import Requantizer
 from psc.model.checks import (check_bool, check_dims, check_int, check_signed, per_channel, show,
                               signed_range)
 from psc.model.packing import (channel_groups, pack_activations, pack_payload, parify,
-                               unpack_activations)
+                               unpack_lanes)
 
-__all__ = ["LayerError", "Tile", "LayerPlan", "Layer", "plan_layer", "validate", "choose_kind",
+__all__ = ["LayerError", "Tile", "Window", "LayerPlan", "Layer", "plan_layer", "validate", "choose_kind",
            "pack", "unroll", "split_reduction", "cut_bands", "emit_tiles", "cycle_bound", "encode_command", "KIND_NAMES",
            "MAX_SHIFT"]
 
@@ -78,6 +78,8 @@ class Tile:
     fields: dict
     # where the tile's output goes: channels [c0, c1), rows [oy0, oy1), cols [ox0, ox1)
     place: tuple = (0, 0, 0, 0, 0, 0)
+    # the input lane words' source in the layer's input tensor (the acts are its words)
+    window: "Window | None" = None
     reset_after: int | None = None   # tests: assert rst this many cycles into the tile
     # upper bound on the command's cycles with no stream paused (:func:`cycle_bound`);
     # the default covers a command refused by its checks (setup only)
@@ -87,6 +89,35 @@ class Tile:
         return {"cfg": self.cfg, "weights": self.weights, "params": self.params,
                 "acts": self.acts, "n_out": self.n_out, "reset_after": self.reset_after,
                 "cycle_bound": self.cycle_bound}
+
+
+@dataclass(frozen=True)
+class Window:
+    """The input of one tile: ``groups`` lane words per pixel of rows ``[r0, r1)`` and columns
+    ``[q0, q1)`` of the layer's (mapped) input, lane ``l`` of word ``g`` holding channel
+    ``c_lo + g*lanes + l``, or zero for a channel at or past ``c_hi``.
+
+    Every tile's input is such a window, whatever the mapping: all input groups of a
+    standard layer from a group ``g0``, a depthwise chunk's own channels (with padding
+    groups on a ``depthwise="channels"`` build), a diagonal command's ``rows`` channels
+    from lane 0. So the tile's acts are a gather from the input stored channels-last,
+    which a sequencer on the board can do as well as the host (:meth:`words`).
+    """
+    c_lo: int
+    c_hi: int
+    groups: int
+    r0: int
+    r1: int
+    q0: int
+    q1: int
+
+    def words(self, x, lanes, act_width):
+        """The window's lane words of ``x`` ``(C, H, W)``, shape ``(r1-r0, q1-q0, groups)``."""
+        c = np.arange(self.c_lo, self.c_lo + self.groups * lanes)
+        sel = np.zeros((len(c), self.r1 - self.r0, self.q1 - self.q0), dtype=np.int64)
+        valid = c < min(self.c_hi, x.shape[0])
+        sel[valid] = x[c[valid], self.r0:self.r1, self.q0:self.q1]
+        return pack_activations(sel, lanes, act_width)
 
 
 @dataclass
@@ -101,24 +132,41 @@ class LayerPlan:
 
     def assemble(self, results):
         """Place the tiles' output words into ``(Cout, Ho, Wo)``; returns the array."""
-        rows = self.config.rows
+        rows, width = self.config.rows, self.config.pe.act_width
         y = np.zeros(self.out_shape, dtype=np.int64)
         for tile, res in zip(self.tiles, results):
-            c0, c1, oy0, oy1, ox0, ox1 = tile.place
-            words = np.array(res["outputs"], dtype=object)
+            words = res["outputs"]
             if tile.n_out == 0 and not len(words):
                 continue    # a chunk of a split reduction: its sums stay in the core
             if len(words) != tile.n_out:
                 raise RuntimeError(f"tile {tile.fields} produced {len(words)} output beats, "
                                    f"expected {tile.n_out}")
-            gc = channel_groups(c1 - c0, rows)
-            if self.kind == KIND_DEPTHWISE and self.config.pe.depthwise == "pixels":
-                words = words[_pixel_block_order(oy1 - oy0, ox1 - ox0, gc, rows)]
-            # a depthwise tile on a channels build sends its padding channels' groups too
-            words = words.reshape(oy1 - oy0, ox1 - ox0, -1)[:, :, :gc]
-            y[c0:c1, oy0:oy1, ox0:ox1] = unpack_activations(
-                words, c1 - c0, rows, self.config.pe.act_width)
+            oy, ox, ch, keep = self.beat_places(tile)
+            vals = unpack_lanes(np.array(words, dtype=object), rows, width)
+            y[ch[keep], oy[keep], ox[keep]] = vals[keep]
         return y
+
+    def beat_places(self, tile):
+        """Where the values of ``tile``'s output beats go, in stream order.
+
+        Returns ``(oy, ox, c, keep)``, each of shape ``(n_out, rows)``: value ``i`` of
+        beat ``b`` is channel ``c[b, i]`` of output pixel ``(oy[b, i], ox[b, i])``, and is
+        a padding channel to drop where ``keep`` is False. Beats are pixel-major with the
+        pixel's groups of ``rows`` channels in order, except on a ``depthwise="pixels"``
+        build, whose depthwise tiles send blocks of ``rows`` neighbouring pixels.
+        """
+        rows = self.config.rows
+        c0, c1, oy0, oy1, ox0, ox1 = tile.place
+        oh, ow = oy1 - oy0, ox1 - ox0
+        per_pixel = tile.n_out // (oh * ow)
+        pos = np.arange(tile.n_out)     # each beat's index in pixel-major order
+        if self.kind == KIND_DEPTHWISE and self.config.pe.depthwise == "pixels":
+            pos[_pixel_block_order(oh, ow, per_pixel, rows)] = np.arange(tile.n_out)
+        pixel, group = np.divmod(pos, per_pixel)
+        c = (c0 + group * rows)[:, None] + np.arange(rows)
+        oy = np.broadcast_to((oy0 + pixel // ow)[:, None], c.shape)
+        ox = np.broadcast_to((ox0 + pixel % ow)[:, None], c.shape)
+        return oy, ox, c, c < c1
 
 
 def _pixel_block_order(oh, ow, gc, rows):
@@ -237,7 +285,7 @@ def validate(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, groups=
                  depthwise=depthwise)
 
 
-def choose_kind(layer):
+def choose_kind(layer, unroll_stem=True):
     """Step 2: the command kind of ``layer``; returns ``(kind, layer)``.
 
     A depthwise layer the build cannot map (``lanes != rows`` on a build
@@ -246,12 +294,12 @@ def choose_kind(layer):
     that group's own channels. A standard layer whose input channels leave
     most lanes idle (a network's stem: 3 channels on 8 lanes) comes back as
     a pointwise layer over its unrolled input (:func:`unroll`) when that is
-    estimated to take fewer cycles (:func:`_unroll_pays`).
+    estimated to take fewer cycles (:func:`_unroll_pays`) and ``unroll_stem`` allows it.
     """
     pe = layer.config.pe
     if layer.depthwise and pe.lanes != pe.rows and pe.depthwise != "channels":
         layer = Layer(**{**layer.__dict__, "depthwise": False, "diagonal": True})
-    elif not layer.depthwise and layer.k > 1 and _unroll_pays(layer):
+    elif unroll_stem and not layer.depthwise and layer.k > 1 and _unroll_pays(layer):
         layer = unroll(layer)
     _, h, w = layer.x.shape
     if layer.depthwise:
@@ -632,14 +680,11 @@ def emit_tiles(layer, kind, weights, params, bands):
     per = rows * per_p                           # channels of one command group
     for j0, j1, in_chunks, band_h, band_w in bands:
         c0, c1 = j0 * per, min(cout, j1 * per)
-        if layer.diagonal:
-            # the group's own channels, zero-padded to the rows its weights cover
-            xc = np.pad(layer.x[c0:c1], ((0, rows - (c1 - c0)), (0, 0), (0, 0)))
-        elif chn:
-            # every group's rows lane words, the padding channels zero
-            xc = np.pad(layer.x[c0:c1], ((0, (j1 - j0) * per - (c1 - c0)), (0, 0), (0, 0)))
-        else:
-            xc = layer.x[c0:c1] if layer.depthwise else layer.x
+        # a depthwise or diagonal command reads its own channels (a diagonal one from lane 0,
+        # zero-padded to the rows its weights cover; a channels one every group's rows lane
+        # words, its padding channels zero); a standard one every input channel
+        lo, hi = (c0, c1) if layer.depthwise or layer.diagonal else (0, layer.x.shape[0])
+        dw_groups = channel_groups((j1 - j0) * per if chn else c1 - c0, lanes)
         split = len(in_chunks) > 1
         parts = ([Part.WHOLE] if not split else
                  [Part.FIRST] + [Part.MIDDLE] * (len(in_chunks) - 2) + [Part.LAST])
@@ -668,19 +713,19 @@ def emit_tiles(layer, kind, weights, params, bands):
                                              f"command's {FIELD_WIDTH}-bit field")
                     if layer.depthwise:
                         wwords = [wd for j in range(j0, j1) for tap in weights[j] for wd in tap]
-                        xs = xc
+                        window = Window(lo, hi, dw_groups, r0, r1, q0, q1)
                     else:
                         wwords = [wd for j in range(j0, j1) for tap in weights[j]
                                   for wd in tap[g0:g1]]
-                        xs = xc[g0 * lanes:g1 * lanes]
-                    acts = pack_activations(xs[:, r0:r1, q0:q1], lanes, cc.pe.act_width)
+                        window = Window(lo + g0 * lanes, hi, g1 - g0, r0, r1, q0, q1)
+                    acts = window.words(layer.x, lanes, cc.pe.act_width)
                     n_loaded = 1 + acts.size + (len(wwords) + len(pwords) if load else 0)
                     n_out = beats if part in (Part.WHOLE, Part.LAST) else 0
                     tiles.append(Tile(
                         cfg=pack_payload(cl, fields),
                         weights=wwords if load else [], params=pwords if load else [],
                         acts=[int(v) for v in acts.reshape(-1)],
-                        n_out=n_out, fields=fields,
+                        n_out=n_out, fields=fields, window=window,
                         place=(c0, c1, oy0, oy1, ox0, ox1),
                         cycle_bound=cycle_bound(cc, fields, n_loaded)))
                 first = False
@@ -688,16 +733,21 @@ def emit_tiles(layer, kind, weights, params, bands):
 
 
 def plan_layer(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, groups=1, relu=False,
-               config=None):
+               config=None, unroll_stem=True):
     """Check a layer against the build and cut it into :class:`Tile` commands.
 
-    Arguments as :func:`psc.host.run_layer`. Returns a :class:`LayerPlan`.
-    Raises :class:`LayerError` naming the limit for anything the build cannot
-    run, before anything is sent.
+    Arguments as :func:`psc.host.run_layer`; ``unroll_stem=False`` keeps a
+    standard layer standard (its tiles then read windows of ``x`` itself,
+    which network mode needs of every layer but the first). Returns a
+    :class:`LayerPlan`, whose ``meta["unrolled"]`` says whether its tiles
+    read the unrolled input (:func:`unroll`). Raises :class:`LayerError`
+    naming the limit for anything the build cannot run, before anything is
+    sent.
     """
+    check_bool("unroll_stem", unroll_stem)
     layer = validate(x, w_pos, w_neg, bias, mult, shift, stride=stride, padding=padding,
                      groups=groups, relu=relu, config=config)
-    kind, mapped = choose_kind(layer)
+    kind, mapped = choose_kind(layer, unroll_stem)
     weights, params = pack(mapped)
     tiles = emit_tiles(mapped, kind, weights, params, cut_bands(mapped))
     cin, h, w = layer.x.shape
@@ -707,7 +757,7 @@ def plan_layer(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, group
                      macs=ho * wo * cout * cin_g * k * k, config=layer.config,
                      meta={"shape": (cin, h, w), "cout": cout, "k": k, "stride": layer.stride,
                            "padding": layer.padding, "groups": layer.groups,
-                           "relu": layer.relu})
+                           "relu": layer.relu, "unrolled": mapped.x is not layer.x})
 
 
 def encode_command(config=None, **fields):

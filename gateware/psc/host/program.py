@@ -1,0 +1,394 @@
+"""Network mode's program: a whole :class:`~psc.model.network.Network` compiled for one build,
+its activations kept in one on-chip activation memory.
+
+In network mode the host loads a network once; after that one inference
+is the input image in and the output out, every layer running from
+on-chip memory. :func:`compile_network` decides everything that mode
+needs, before anything is sent:
+
+* the **activation memory map**: every tensor of the network gets a
+  :class:`Region` of the activation memory, whose words are lane words of
+  ``lanes`` activations, the tensor stored channels-last (word
+  ``base + (y*W + x)*G + c // lanes``, lane ``c % lanes``, ``G`` lane words
+  per pixel). A tensor lives from the layer that writes it to the last one
+  that reads it (a skip connection stays while its block runs), and regions
+  are reused first-fit after that: for a chain of layers this is ping-pong
+  between two regions. A ``flatten`` of a ``(C, 1, 1)`` tensor is the same
+  words, so its output shares its input's region;
+* the **steps**, in order: a :class:`ConvStep` is a convolution's tiles as
+  :func:`psc.host.scheduler.plan_layer` cuts them (commands, weights and
+  parameters, stored once), each tile's input a
+  :class:`~psc.host.scheduler.Window` gathered from the input's region and
+  its output beats scattered into the output's region
+  (:meth:`~psc.host.scheduler.LayerPlan.beat_places`); an :class:`OpStep` is
+  a residual add, a global average pooling or a flatten, on regions;
+* its **footprint** (:meth:`Program.footprint`): activation words, and the
+  bytes of commands, weight blocks and parameter words that stay on chip.
+  :meth:`Program.check_fits` refuses a network larger than a memory with
+  :class:`NetworkFitError`, naming what it needs against what there is.
+
+Only the network's first layer may read its input unrolled (a stem with few
+channels running as a pointwise layer over its im2col input,
+:func:`psc.host.scheduler.unroll`): the host sends that input already
+unrolled (:meth:`Program.input_words`). Every other convolution reads
+windows of a stored tensor.
+
+:meth:`Program.run` executes the program on a simulated core with an
+:class:`ActivationMemory` per image doing the gathers and scatters, the
+definition the board's sequencer implements: its results are bit-exact with
+:meth:`psc.model.network.Network.run` (tested), and its cycles per inference
+are the core's.
+"""
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from psc.config import CoreConfig
+from psc.host.scheduler import LayerError, LayerPlan, Window, plan_layer, unroll, validate
+from psc.hw.core import config_layout, param_layout, weight_layout
+from psc.model.checks import BadTypeError, show
+from psc.model.network import Network
+from psc.model.packing import channel_groups, pack_lanes, unpack_lanes
+
+__all__ = ["NetworkFitError", "Region", "ConvStep", "OpStep", "Program", "ActivationMemory",
+           "compile_network", "describe"]
+
+
+class NetworkFitError(LayerError):
+    """A network that does not fit a build's on-chip memory, or that network mode cannot run;
+    raised before anything is sent."""
+
+
+@dataclass(frozen=True)
+class Region:
+    """Where a ``(C, H, W)`` tensor is stored: ``H * W * groups`` lane words from word ``base``,
+    pixel ``(y, x)``'s channel ``c`` in word ``base + (y*W + x)*groups + c // lanes``, lane
+    ``c % lanes``."""
+    base: int
+    shape: tuple
+    groups: int
+
+    @property
+    def words(self):
+        _, h, w = self.shape
+        return h * w * self.groups
+
+    @property
+    def end(self):
+        return self.base + self.words
+
+
+@dataclass
+class ConvStep:
+    """A convolution on the core: ``plan``'s tiles read windows of region ``src`` (the
+    unrolled input for an unrolled first layer) and write their beats into region ``dst``.
+    ``args`` are its :func:`plan_layer` arguments but ``x``."""
+    name: str
+    src: Region
+    dst: Region
+    plan: LayerPlan
+    args: dict
+
+
+@dataclass
+class OpStep:
+    """An operation the board runs outside the array: ``op`` (``"add"``, ``"gap"`` or
+    ``"flatten"``) of the regions ``srcs`` into ``dst``, with the layer's ``attrs``."""
+    name: str
+    op: str
+    srcs: tuple
+    dst: Region
+    attrs: dict
+
+
+class ActivationMemory:
+    """The activation memory of one inference: ``depth`` lane words of ``lanes`` activations.
+
+    It defines network mode's data movement, value by value, as the board's
+    sequencer does it: :meth:`gather` reads a tile's input words out of a
+    region, :meth:`scatter` writes its output beats into one.
+    """
+
+    def __init__(self, depth, lanes, act_width):
+        self.lanes, self.act_width = lanes, act_width
+        self.values = np.zeros((depth, lanes), dtype=np.int64)
+
+    def _cells(self, region, c, y, x):
+        """Word and lane of channel ``c`` at pixel ``(y, x)`` of ``region`` (arrays broadcast)."""
+        _, _, w = region.shape
+        word = region.base + (y * w + x) * region.groups + c // self.lanes
+        return word, c % self.lanes
+
+    def store(self, region, x):
+        """Write ``x`` ``(C, H, W)`` into ``region`` (the host's input, an add's or a pooling's
+        result); padding lanes become zero."""
+        c, h, w = x.shape
+        assert (c, h, w) == tuple(region.shape), (x.shape, region.shape)
+        hwc = np.zeros((h, w, region.groups * self.lanes), dtype=np.int64)
+        hwc[:, :, :c] = x.transpose(1, 2, 0)
+        self.values[region.base:region.end] = hwc.reshape(-1, self.lanes)
+
+    def load(self, region):
+        """The ``(C, H, W)`` tensor stored in ``region``."""
+        c, h, w = region.shape
+        hwc = self.values[region.base:region.end].reshape(h, w, -1)
+        return hwc[:, :, :c].transpose(2, 0, 1).copy()
+
+    def gather(self, region, window):
+        """The lane words of ``window`` (:class:`~psc.host.scheduler.Window`) read from the
+        tensor in ``region``: a flat list, pixel-major, as the core's ``act_in`` takes them."""
+        cin = region.shape[0]
+        ch = window.c_lo + np.arange(window.groups * self.lanes)
+        y = np.arange(window.r0, window.r1)[:, None, None]
+        x = np.arange(window.q0, window.q1)[None, :, None]
+        word, lane = self._cells(region, ch[None, None, :], y, x)
+        valid = np.broadcast_to(ch < min(window.c_hi, cin), word.shape)
+        vals = np.where(valid, self.values[np.where(valid, word, 0), lane], 0)
+        shape = vals.shape[:2] + (window.groups, self.lanes)
+        return [int(v) for v in pack_lanes(vals.reshape(shape), self.act_width).reshape(-1)]
+
+    def scatter(self, region, plan, tile, words):
+        """Write ``tile``'s output ``words`` (beats of ``rows`` activations) into ``region``,
+        dropping padding channels."""
+        oy, ox, c, keep = plan.beat_places(tile)
+        vals = unpack_lanes(np.array(words, dtype=object), plan.config.rows, self.act_width)
+        word, lane = self._cells(region, c[keep], oy[keep], ox[keep])
+        self.values[word, lane] = vals[keep]
+
+
+@dataclass
+class Program:
+    """A network compiled for network mode on one build (:func:`compile_network`).
+
+    Attributes
+    ----------
+    net : psc.model.network.Network
+    config : psc.config.CoreConfig
+    steps : list of :class:`ConvStep` and :class:`OpStep`, in execution order
+    regions : dict
+        Tensor name to :class:`Region`.
+    act_words : int
+        Activation memory the program needs: the end of its highest region.
+    """
+    net: Network
+    config: CoreConfig
+    steps: list
+    regions: dict
+    act_words: int
+    #: the first layer reads the input unrolled (:meth:`input_words`)
+    unrolled_input: bool = False
+
+    # --- what it needs --------------------------------------------------------
+
+    def footprint(self):
+        """What the program keeps on chip, as a dict:
+
+        ``act_words`` (lane words of ``lanes * act_width`` bits) and ``act_bytes``;
+        ``commands``, ``weight_beats``, ``param_beats`` (the core's stream beats of
+        every tile, each tile's own, a ``keep`` tile's none) and ``store_bytes``
+        (their bits, each beat rounded up to whole bytes as the link sends them);
+        ``op_steps`` (adds, poolings, flattens); ``input_words`` (what the host sends
+        per inference) and ``output_words``.
+        """
+        cc = self.config
+        nbytes = {k: -(-layout.size // 8) for k, layout in
+                  (("cfg", config_layout(cc)), ("w", weight_layout(cc)), ("p", param_layout(cc)))}
+        tiles = [t for s in self.steps if isinstance(s, ConvStep) for t in s.plan.tiles]
+        n_w = sum(len(t.weights) for t in tiles)
+        n_p = sum(len(t.params) for t in tiles)
+        lane_bytes = cc.lanes * cc.pe.act_width // 8
+        return {"act_words": self.act_words, "act_bytes": self.act_words * lane_bytes,
+                "commands": len(tiles), "weight_beats": n_w, "param_beats": n_p,
+                "store_bytes": len(tiles) * nbytes["cfg"] + n_w * nbytes["w"] + n_p * nbytes["p"],
+                "op_steps": sum(isinstance(s, OpStep) for s in self.steps),
+                "input_words": self.regions[self.net.input].words,
+                "output_words": self.regions[self.net.output].words}
+
+    def check_fits(self, *, act_words, store_bytes):
+        """Raise :class:`NetworkFitError` unless the program fits an activation memory of
+        ``act_words`` lane words and a store of ``store_bytes`` bytes."""
+        f = self.footprint()
+        short = [f"{f[k]} {what} (the build has {have})"
+                 for k, what, have in (("act_words", "activation words", act_words),
+                                       ("store_bytes", "bytes of commands, weights and "
+                                        "parameters", store_bytes)) if f[k] > have]
+        if short:
+            raise NetworkFitError(f"the network does not fit the build's on-chip memory: it "
+                                  f"needs {' and '.join(short)}; run it tile by tile instead")
+
+    # --- running it ------------------------------------------------------------
+
+    def input_words(self, image):
+        """The network's input as the host writes it to its region: ``image`` ``(C, H, W)``,
+        or its unrolled form when the first layer reads it unrolled."""
+        if self.unrolled_input:
+            layer = self.net.layers[0]
+            return unroll(validate(image, config=self.config, **layer.conv_args())).x
+        return image
+
+    def run(self, images, *, target="verilator", stall=0.0, seed=0):
+        """Run ``images`` (``(N, C, H, W)`` or one ``(C, H, W)``) through the program on a
+        simulated core, one :class:`ActivationMemory` per image.
+
+        Each convolution is one simulation of all the images' tiles
+        (:func:`psc.host.api.run_plans`), every tile's input gathered from
+        its image's memory and its output scattered back; the other
+        operations use their golden definitions on the stored tensors.
+        Returns ``(outputs, report)``: the network's output ``(N, ...)``,
+        and per inference (averaged over the images) ``cycles`` of the core
+        over all convolutions, ``macs`` and ``utilisation`` (``macs / (rows *
+        lanes)`` over ``cycles``), with ``layers``, the same per convolution.
+        """
+        from psc.host.api import run_plans
+
+        xs = self.net.check_images(images)
+        cc, net = self.config, self.net
+        mems = [ActivationMemory(self.act_words, cc.lanes, cc.pe.act_width) for _ in xs]
+        for mem, x in zip(mems, xs):
+            mem.store(self.regions[net.input], self.input_words(x))
+        layers = []
+        for step in self.steps:
+            if isinstance(step, OpStep):
+                for mem in mems:
+                    step_inputs = [mem.load(r) for r in step.srcs]
+                    layer = next(l for l in net.layers if l.name == step.name)
+                    mem.store(step.dst, net.apply(layer, step_inputs))
+                continue
+            plan = step.plan
+            runs = [[replace(t, acts=mem.gather(step.src, t.window)) for t in plan.tiles]
+                    for mem in mems]
+            results = run_plans(runs, config=cc, target=target, stall=stall, seed=seed)
+            for mem, tiles, res in zip(mems, runs, results):
+                for tile, r in zip(tiles, res):
+                    if r["error"] or not r["done"]:
+                        raise RuntimeError(f"layer {step.name!r}: the core refused or did not "
+                                           f"finish a tile: {r}")
+                    if tile.n_out:
+                        mem.scatter(step.dst, plan, tile, r["outputs"])
+            cycles = sum(r["total"] for res in results for r in res) / len(xs)
+            layers.append({"name": step.name, "cycles": cycles, "macs": plan.macs,
+                           "utilisation": plan.macs / (cc.rows * cc.lanes) / cycles})
+        outs = np.stack([mem.load(self.regions[net.output]) for mem in mems])
+        cycles = sum(l["cycles"] for l in layers)
+        macs = sum(l["macs"] for l in layers)
+        return outs, {"cycles": cycles, "macs": macs,
+                      "utilisation": macs / (cc.rows * cc.lanes) / cycles, "layers": layers}
+
+
+def _lifetimes(net, alias):
+    """Index of the last step reading each stored tensor (the output's: past the end)."""
+    last = {}
+    for i, layer in enumerate(net.layers):
+        for t in layer.inputs:
+            last[alias.get(t, t)] = i
+    last[alias.get(net.output, net.output)] = len(net.layers)
+    return last
+
+
+class _Allocator:
+    """First-fit allocation of regions in a linear word space."""
+
+    def __init__(self):
+        self.used = []       # (base, end), sorted
+        self.high = 0
+
+    def take(self, words):
+        base = 0
+        for b, e in self.used:
+            if b - base >= words:
+                break
+            base = max(base, e)
+        self.used = sorted(self.used + [(base, base + words)])
+        self.high = max(self.high, base + words)
+        return base
+
+    def free(self, base):
+        self.used = [(b, e) for b, e in self.used if b != base]
+
+
+def compile_network(net, config):
+    """Compile ``net`` for network mode on the build ``config``; returns a :class:`Program`.
+
+    Raises :class:`NetworkFitError` for what network mode cannot run (a
+    flatten of a map larger than 1 x 1, whose order differs from the stored
+    channels-last one) and :class:`~psc.host.scheduler.LayerError` for a
+    convolution the build cannot run at all, naming the layer.
+    """
+    if not isinstance(net, Network):
+        raise BadTypeError(f"net must be a psc.model.network.Network, not {show(net)}")
+    if not isinstance(config, CoreConfig):
+        raise BadTypeError(f"config must be a psc.config.CoreConfig, not {show(config)}")
+    lanes = config.lanes
+    alias = {}
+    for layer in net.layers:
+        if layer.op == "flatten":
+            c, h, w = net.shapes[layer.inputs[0]]
+            if (h, w) != (1, 1):
+                raise NetworkFitError(
+                    f"layer {layer.name!r}: network mode flattens only a (C, 1, 1) tensor, not "
+                    f"{(c, h, w)}; run this network tile by tile")
+            alias[layer.output] = alias.get(layer.inputs[0], layer.inputs[0])
+    last = _lifetimes(net, alias)
+    plans = {}
+    for i, layer in enumerate(net.layers):
+        if layer.op == "conv":
+            # only the first layer, alone on the network's input, may read it unrolled
+            on_input = i == 0 and sum(net.input in l.inputs for l in net.layers) == 1
+            x = np.zeros(net.shapes[layer.inputs[0]], dtype=np.int64)
+            try:
+                plans[i] = plan_layer(x, **layer.conv_args(), config=config,
+                                      unroll_stem=on_input)
+            except LayerError as e:
+                raise type(e)(f"layer {layer.name!r}: {e}") from None
+    first = plans.get(0)
+    first = first if first is not None and first.meta["unrolled"] else None
+
+    mem = _Allocator()
+    regions = {}
+
+    def region(shape):
+        c, h, w = shape
+        groups = channel_groups(c, lanes)
+        return Region(mem.take(h * w * groups), tuple(shape), groups)
+
+    # an unrolled first layer's input is stored unrolled, as the host sends it
+    regions[net.input] = region(net.shapes[net.input] if first is None else
+                                unroll(validate(np.zeros(net.shapes[net.input], dtype=np.int64),
+                                                config=config,
+                                                **net.layers[0].conv_args())).x.shape)
+    steps = []
+    for i, layer in enumerate(net.layers):
+        srcs = tuple(regions[alias.get(t, t)] for t in layer.inputs)
+        if layer.op == "flatten":
+            regions[layer.output] = replace(srcs[0], shape=net.shapes[layer.output])
+            steps.append(OpStep(layer.name, "flatten", srcs, regions[layer.output], layer.attrs))
+            continue
+        dst = regions[layer.output] = region(net.shapes[layer.output])
+        if layer.op == "conv":
+            steps.append(ConvStep(layer.name, srcs[0], dst, plans[i], layer.conv_args()))
+        else:
+            steps.append(OpStep(layer.name, layer.op, srcs, dst, layer.attrs))
+        for t in {alias.get(t, t) for t in layer.inputs}:
+            if last[t] == i:
+                mem.free(regions[t].base)
+    return Program(net, config, steps, regions, mem.high, first is not None)
+
+
+def describe(program):
+    """The program's memory map and footprint as printable lines (``psc program``)."""
+    cc, net = program.config, program.net
+    f = program.footprint()
+    lines = [f"network mode program: {len(net.layers)} layers on a {cc.lanes} x {cc.rows} "
+             f"build ({cc.lanes} lanes of {cc.pe.act_width} bits per activation word)",
+             f"{'tensor':<16} {'shape (C, H, W)':<18} {'words':>7}  region",
+             ]
+    for name, r in program.regions.items():
+        note = " (unrolled input)" if name == net.input and program.unrolled_input else ""
+        lines.append(f"{name:<16} {str(r.shape):<18} {r.words:>7}  [{r.base}, {r.end}){note}")
+    lines += [f"activation memory: {f['act_words']} words ({f['act_bytes']} bytes)",
+              f"commands, weights, parameters: {f['commands']} commands, {f['weight_beats']} "
+              f"weight blocks, {f['param_beats']} parameter words ({f['store_bytes']} bytes)",
+              f"per inference: {f['input_words']} words in, {f['output_words']} out; "
+              f"{f['op_steps']} add/pool/flatten steps off the array"]
+    return lines
