@@ -46,13 +46,13 @@ import numpy as np
 
 from psc.config import CoreConfig
 from psc.host.scheduler import LayerError, LayerPlan, Window, plan_layer, unroll, validate
-from psc.hw.core import config_layout, param_layout, weight_layout
+from psc.hw.core import KIND_DEPTHWISE, config_layout, param_layout, weight_layout
 from psc.model.checks import BadTypeError, show
 from psc.model.network import Network
 from psc.model.packing import channel_groups, pack_lanes, unpack_lanes
 
 __all__ = ["NetworkFitError", "Region", "ConvStep", "OpStep", "Program", "ActivationMemory",
-           "compile_network", "describe"]
+           "compile_network", "describe", "gather_fields", "scatter_fields"]
 
 
 class NetworkFitError(LayerError):
@@ -155,6 +155,47 @@ class ActivationMemory:
         vals = unpack_lanes(np.array(words, dtype=object), plan.config.rows, self.act_width)
         word, lane = self._cells(region, c[keep], oy[keep], ox[keep])
         self.values[word, lane] = vals[keep]
+
+
+def gather_fields(region, window, lanes):
+    """The :class:`psc.hw.network.Gather` descriptor (a dict of
+    :func:`psc.hw.network.gather_layout`'s fields) that reads ``window`` of the tensor in
+    ``region``.
+
+    Raises :class:`NetworkFitError` for a window the unit cannot read in one word per lane
+    word: channels from a lane other than 0 that run on into the next word.
+    """
+    _, _, w = region.shape
+    rot = window.c_lo % lanes
+    valid = max(0, min(window.c_hi, region.shape[0]) - window.c_lo)
+    if rot and rot + valid > lanes:
+        raise NetworkFitError(f"a window of {valid} channels from lane {rot} spans two words "
+                              f"of {lanes} lanes; the gather reads one word per lane word")
+    return {"addr": region.base + (window.r0 * w + window.q0) * region.groups
+            + window.c_lo // lanes,
+            "pixel_step": region.groups, "row_step": w * region.groups,
+            "n_g": window.groups, "n_x": window.q1 - window.q0, "n_y": window.r1 - window.r0,
+            "rot": rot, "valid": valid}
+
+
+def scatter_fields(region, plan, tile):
+    """The :class:`psc.hw.network.Scatter` descriptor (a dict of
+    :func:`psc.hw.network.scatter_layout`'s fields) that writes ``tile``'s output beats
+    (``plan`` a :class:`~psc.host.scheduler.LayerPlan`) into ``region``.
+
+    Raises :class:`NetworkFitError` for a tile whose beats are not in pixel order (a
+    depthwise tile of a ``depthwise="pixels"`` build, which sends blocks of pixels).
+    """
+    cc = plan.config
+    c0, c1, oy0, oy1, ox0, ox1 = tile.place
+    oh, ow = oy1 - oy0, ox1 - ox0
+    if plan.kind == KIND_DEPTHWISE and cc.pe.depthwise == "pixels":
+        raise NetworkFitError("a depthwise tile on a depthwise='pixels' build sends its beats "
+                              "in blocks of pixels; the scatter writes them in pixel order")
+    _, _, w = region.shape
+    return {"addr": region.base + (oy0 * w + ox0) * region.groups + c0 // cc.lanes,
+            "lane": c0 % cc.lanes, "pixel_step": region.groups, "row_step": w * region.groups,
+            "n_b": tile.n_out // (oh * ow), "n_x": ow, "n_y": oh, "valid": c1 - c0}
 
 
 @dataclass

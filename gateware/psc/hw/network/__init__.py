@@ -1,0 +1,13 @@
+"""Network mode's gateware: the activation memory and the units that move a tile's data
+between it and the core (:mod:`psc.host.program` defines what they do, value by value).
+
+* :class:`~psc.hw.network.act_memory.ActivationMemory`: lane words in two banks;
+* :class:`~psc.hw.network.gather.Gather`: a tile's input window into the core's ``act_in``;
+* :class:`~psc.hw.network.scatter.Scatter`: the core's output beats into a tensor's region.
+"""
+
+from psc.hw.network.act_memory import ActivationMemory
+from psc.hw.network.gather import Gather, gather_layout
+from psc.hw.network.scatter import Scatter, scatter_layout
+
+__all__ = ["ActivationMemory", "Gather", "gather_layout", "Scatter", "scatter_layout"]

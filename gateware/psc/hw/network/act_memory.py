@@ -1,0 +1,115 @@
+"""Network mode's activation memory: every tensor of a network, stored channels-last in lane words.
+
+The layout is :class:`psc.host.program.ActivationMemory`'s, which defines it
+value by value: a word holds ``lanes`` activations; a tensor's pixel
+``(y, x)`` takes ``G`` consecutive words from its region's base, channel
+``c`` in word ``c // lanes``, lane ``c % lanes``.
+"""
+
+from amaranth.hdl import Const, Module, Mux, Signal, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from psc.config import CoreConfig
+from psc.model.checks import BadTypeError, check_int, show
+
+__all__ = ["ActivationMemory"]
+
+
+class ActivationMemory(wiring.Component):
+    """``depth`` lane words of ``lanes`` activations, one word read and one output beat
+    written per cycle.
+
+    A write stores an output beat of the core (``rows`` activations) at any lane of a
+    word: where ``lanes`` is not a multiple of ``rows`` a beat can run on into the
+    next word. So the memory is two banks, even and odd words, each with one read and
+    one write port of ``act_width`` granularity: a write touches at most one word of
+    each bank, and a read one word of one of them.
+
+    Parameters
+    ----------
+    config : psc.config.CoreConfig
+        The build: ``lanes``, ``rows`` and ``act_width``.
+    depth : int
+        Words, even, at least 2.
+
+    Members
+    -------
+    read_addr : In(addr_width)
+    read_en : In(1)
+        Read word ``read_addr``; its value is on ``read_data`` in the next cycle
+        (latency 1), held until the next read.
+    read_data : Out(lanes * act_width)
+    write_addr : In(addr_width)
+    write_lane : In(range(lanes))
+    write_data : In(rows * act_width)
+    write_mask : In(rows)
+    write_en : In(1)
+        Write value ``i`` of ``write_data`` where bit ``i`` of ``write_mask`` is set, to
+        lane ``write_lane + i`` of word ``write_addr``, or lane ``write_lane + i - lanes``
+        of word ``write_addr + 1`` past the word's last lane; the other lanes keep their
+        values. A read of a word written in the same cycle returns the old value.
+    """
+
+    def __init__(self, config, depth):
+        if not isinstance(config, CoreConfig):
+            raise BadTypeError(f"config must be a psc.config.CoreConfig, not {show(config)}")
+        depth = check_int("depth", depth, 2)
+        if depth % 2:
+            raise ValueError(f"depth must be even (two banks of words), not {depth}")
+        if config.rows > config.lanes:
+            raise ValueError(f"an output beat of rows={config.rows} activations must fit "
+                             f"the lanes={config.lanes} of a word")
+        self.config, self.depth = config, depth
+        lanes, rows, aw = config.lanes, config.rows, config.pe.act_width
+        self.addr_width = max(1, (depth - 1).bit_length())
+        super().__init__({
+            "read_addr": In(self.addr_width), "read_en": In(1),
+            "read_data": Out(lanes * aw),
+            "write_addr": In(self.addr_width), "write_lane": In(range(lanes)),
+            "write_data": In(rows * aw), "write_mask": In(rows), "write_en": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cc = self.config
+        lanes, aw = cc.lanes, cc.pe.act_width
+        banks = []
+        for b in range(2):
+            mem = Memory(shape=unsigned(lanes * aw), depth=self.depth // 2, init=[])
+            m.submodules[f"bank{b}"] = mem
+            banks.append((mem.read_port(), mem.write_port(granularity=aw)))
+
+        # read: both banks at the word's row, the word's bank picked after the port
+        odd = Signal()
+        for rp, _ in banks:
+            m.d.comb += [rp.addr.eq(self.read_addr[1:]), rp.en.eq(self.read_en)]
+        with m.If(self.read_en):
+            m.d.sync += odd.eq(self.read_addr[0])
+        m.d.comb += self.read_data.eq(Mux(odd, banks[1][0].data, banks[0][0].data))
+
+        # write: the beat placed in a two-word window from its lane; the first word goes
+        # to the bank of write_addr's parity, the second to the other bank
+        data2 = Signal(2 * lanes * aw)
+        mask2 = Signal(2 * lanes)
+        m.d.comb += [data2.eq(self.write_data << (self.write_lane * aw)),
+                     mask2.eq(self.write_mask << self.write_lane)]
+        first, second = data2[:lanes * aw], data2[lanes * aw:]
+        first_en, second_en = mask2[:lanes], mask2[lanes:]
+        row = self.write_addr[1:]
+        on_odd = self.write_addr[0]
+        (_, w0), (_, w1) = banks
+        en = Const(0, lanes)
+        # even word w: bank 0 row w/2, then bank 1 row w/2; odd word w: bank 1 row w//2,
+        # then bank 0 row w//2 + 1
+        m.d.comb += [
+            w0.addr.eq(Mux(on_odd, row + 1, row)),
+            w0.data.eq(Mux(on_odd, second, first)),
+            w0.en.eq(Mux(self.write_en, Mux(on_odd, second_en, first_en), en)),
+            w1.addr.eq(row),
+            w1.data.eq(Mux(on_odd, first, second)),
+            w1.en.eq(Mux(self.write_en, Mux(on_odd, first_en, second_en), en)),
+        ]
+        return m
+

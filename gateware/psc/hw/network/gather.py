@@ -1,0 +1,125 @@
+"""Network mode's gather: a tile's input lane words read from the activation memory.
+
+The words are those :meth:`psc.host.program.ActivationMemory.gather` defines
+for a :class:`psc.host.scheduler.Window` of a stored tensor, in the order the
+core's ``act_in`` takes them; :func:`gather_fields` turns a window into this
+unit's descriptor.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from psc.hw.core.layouts import FIELD_WIDTH, act_in_layout
+
+__all__ = ["gather_layout", "Gather", "GATHER_FIFO_DEPTH"]
+
+#: Words the gather holds between the memory and ``act_in``; reads are issued only into
+#: free places, so a stalled core never loses a word.
+GATHER_FIFO_DEPTH = 4
+
+
+def gather_layout(config, addr_width):
+    """The gather's descriptor: the window's first word ``addr``; ``pixel_step`` and
+    ``row_step`` between its pixels and its rows (``G`` and ``W * G`` of the stored
+    tensor); ``n_g`` words per pixel, ``n_x`` pixels per row, ``n_y`` rows; ``rot``, the
+    lane of the first channel in its word; ``valid``, the channels from it that are read
+    (the rest are zero)."""
+    return data.StructLayout({
+        "addr": addr_width, "pixel_step": addr_width, "row_step": addr_width,
+        "n_g": FIELD_WIDTH, "n_x": FIELD_WIDTH, "n_y": FIELD_WIDTH,
+        "rot": range(config.lanes), "valid": FIELD_WIDTH + 4,
+    })
+
+
+class Gather(wiring.Component):
+    """Read one window of lane words out of :class:`ActivationMemory` into ``act_in``.
+
+    Parameters
+    ----------
+    config : psc.config.CoreConfig
+    addr_width : int
+        The activation memory's address width.
+
+    Members
+    -------
+    start : In(stream.Signature(gather_layout))
+        A window to read; taken when the unit is idle (``busy`` low).
+    act_in : Out(stream.Signature(act_in_layout(config)))
+        Its lane words, pixel-major and the pixel's words in order, lane ``l`` of a word
+        holding the word's lane ``l + rot`` in memory, or zero for a channel past
+        ``valid``.
+    read_addr, read_en : Out
+    read_data : In
+        The memory's read port (latency 1).
+    busy : Out(1)
+        A window is being read or words of it are still to be taken.
+
+    Throughput one word per cycle while ``act_in`` is ready; the first word is
+    valid two cycles after ``start`` is taken.
+    """
+
+    def __init__(self, config, addr_width):
+        self.config = config
+        self.addr_width = addr_width
+        aw = config.pe.act_width
+        super().__init__({
+            "start": In(stream.Signature(gather_layout(config, addr_width))),
+            "act_in": Out(stream.Signature(act_in_layout(config))),
+            "read_addr": Out(addr_width), "read_en": Out(1),
+            "read_data": In(config.lanes * aw),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes, aw = self.config.lanes, self.config.pe.act_width
+        width = lanes * aw
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=width, depth=GATHER_FIFO_DEPTH)
+
+        d = Signal(gather_layout(self.config, self.addr_width))
+        issuing = Signal()
+        g, x, y = Signal(FIELD_WIDTH), Signal(FIELD_WIDTH), Signal(FIELD_WIDTH)
+        pix, row = Signal(self.addr_width), Signal(self.addr_width)
+        left = Signal(signed(FIELD_WIDTH + 6))      # valid channels from this word's lane 0
+        inflight = Signal()                          # a read issued last cycle
+        rd_left = Signal.like(left)
+
+        m.d.comb += self.start.ready.eq(~self.busy)
+        with m.If(self.start.valid & self.start.ready):
+            m.d.sync += [d.eq(self.start.payload), issuing.eq(1), g.eq(0), x.eq(0), y.eq(0),
+                         pix.eq(self.start.payload.addr), row.eq(self.start.payload.addr),
+                         left.eq(self.start.payload.valid)]
+
+        # issue a read only into a free place of the FIFO (the one in flight counted)
+        issue = Signal()
+        m.d.comb += [issue.eq(issuing & (fifo.level + inflight < GATHER_FIFO_DEPTH)),
+                     self.read_addr.eq(pix + g), self.read_en.eq(issue)]
+        m.d.sync += inflight.eq(issue)
+        with m.If(issue):
+            m.d.sync += rd_left.eq(left)
+            with m.If(g + 1 < d.n_g):
+                m.d.sync += [g.eq(g + 1), left.eq(left - lanes)]
+            with m.Else():
+                m.d.sync += [g.eq(0), left.eq(d.valid)]
+                with m.If(x + 1 < d.n_x):
+                    m.d.sync += [x.eq(x + 1), pix.eq(pix + d.pixel_step)]
+                with m.Else():
+                    m.d.sync += [x.eq(0), pix.eq(row + d.row_step), row.eq(row + d.row_step)]
+                    with m.If(y + 1 < d.n_y):
+                        m.d.sync += y.eq(y + 1)
+                    with m.Else():
+                        m.d.sync += issuing.eq(0)
+
+        # the word read: its channels from lane rot moved to lane 0, those past valid zero
+        rotated = Cat(self.read_data, self.read_data).bit_select(d.rot * aw, width)
+        word = Cat(Signal(aw, name=f"lane{i}") for i in range(lanes))
+        for i in range(lanes):
+            m.d.comb += word[i * aw:(i + 1) * aw].eq(
+                (rd_left > i).replicate(aw) & rotated[i * aw:(i + 1) * aw])
+        m.d.comb += [fifo.w_data.eq(word), fifo.w_en.eq(inflight),
+                     self.act_in.payload.eq(fifo.r_data), self.act_in.valid.eq(fifo.r_rdy),
+                     fifo.r_en.eq(self.act_in.ready),
+                     self.busy.eq(issuing | inflight | fifo.r_rdy | (fifo.level != 0))]
+        return m

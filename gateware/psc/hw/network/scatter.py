@@ -1,0 +1,109 @@
+"""Network mode's scatter: a tile's output beats written into the activation memory.
+
+Each beat goes where :meth:`psc.host.program.ActivationMemory.scatter` puts
+it (:meth:`psc.host.scheduler.LayerPlan.beat_places`): the tile's output
+pixels in raster order, each pixel's beats of ``rows`` channels in order,
+padding channels dropped. :func:`psc.host.program.scatter_fields` turns a
+tile into this unit's descriptor.
+"""
+
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from psc.hw.core.layouts import FIELD_WIDTH, act_out_layout
+
+__all__ = ["scatter_layout", "Scatter"]
+
+
+def scatter_layout(config, addr_width):
+    """The scatter's descriptor: ``addr`` and ``lane``, the word and lane of the tile's
+    first output channel at its first pixel; ``pixel_step`` and ``row_step`` between its
+    pixels and its rows (``G`` and ``W * G`` of the stored tensor); ``n_b`` beats per
+    pixel, ``n_x`` pixels per row, ``n_y`` rows; ``valid``, the channels from the first
+    that are written (the rest are padding)."""
+    return data.StructLayout({
+        "addr": addr_width, "lane": range(config.lanes),
+        "pixel_step": addr_width, "row_step": addr_width,
+        "n_b": FIELD_WIDTH, "n_x": FIELD_WIDTH, "n_y": FIELD_WIDTH, "valid": FIELD_WIDTH + 4,
+    })
+
+
+class Scatter(wiring.Component):
+    """Write one tile's output beats into :class:`ActivationMemory`.
+
+    Parameters
+    ----------
+    config : psc.config.CoreConfig
+    addr_width : int
+        The activation memory's address width.
+
+    Members
+    -------
+    start : In(stream.Signature(scatter_layout))
+        A tile's places; taken when the unit is idle (``busy`` low).
+    act_out : In(stream.Signature(act_out_layout(config)))
+        The core's output beats, taken one per cycle while a tile is in progress.
+    write_addr, write_lane, write_data, write_mask, write_en : Out
+        The memory's write port.
+    busy : Out(1)
+        Beats of the tile are still to come.
+
+    Latency: a beat is written in the cycle it is taken.
+    """
+
+    def __init__(self, config, addr_width):
+        self.config = config
+        self.addr_width = addr_width
+        rows, aw = config.rows, config.pe.act_width
+        super().__init__({
+            "start": In(stream.Signature(scatter_layout(config, addr_width))),
+            "act_out": In(stream.Signature(act_out_layout(config))),
+            "write_addr": Out(addr_width), "write_lane": Out(range(config.lanes)),
+            "write_data": Out(rows * aw), "write_mask": Out(rows), "write_en": Out(1),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes, rows = self.config.lanes, self.config.rows
+        d = Signal(scatter_layout(self.config, self.addr_width))
+        b, x, y = Signal(FIELD_WIDTH), Signal(FIELD_WIDTH), Signal(FIELD_WIDTH)
+        word, pix, row = (Signal(self.addr_width, name=n) for n in ("word", "pix", "row"))
+        lane = Signal(range(lanes))
+        left = Signal(signed(FIELD_WIDTH + 6))   # channels still to write at this pixel
+
+        m.d.comb += self.start.ready.eq(~self.busy)
+        with m.If(self.start.valid & self.start.ready):
+            p = self.start.payload
+            m.d.sync += [d.eq(p), self.busy.eq(1), b.eq(0), x.eq(0), y.eq(0),
+                         word.eq(p.addr), pix.eq(p.addr), row.eq(p.addr), lane.eq(p.lane),
+                         left.eq(p.valid)]
+
+        take = Signal()
+        m.d.comb += [self.act_out.ready.eq(self.busy), take.eq(self.act_out.valid & self.busy),
+                     self.write_addr.eq(word), self.write_lane.eq(lane),
+                     self.write_data.eq(self.act_out.payload), self.write_en.eq(take)]
+        for i in range(rows):
+            m.d.comb += self.write_mask[i].eq(left > i)
+        with m.If(take):
+            with m.If(b + 1 < d.n_b):
+                # the next beat's channels: rows lanes on, into the next word past its last
+                m.d.sync += [b.eq(b + 1), left.eq(left - rows)]
+                with m.If(lane + rows >= lanes):
+                    m.d.sync += [lane.eq(lane + rows - lanes), word.eq(word + 1)]
+                with m.Else():
+                    m.d.sync += lane.eq(lane + rows)
+            with m.Else():
+                m.d.sync += [b.eq(0), left.eq(d.valid), lane.eq(d.lane)]
+                with m.If(x + 1 < d.n_x):
+                    m.d.sync += [x.eq(x + 1), pix.eq(pix + d.pixel_step),
+                                 word.eq(pix + d.pixel_step)]
+                with m.Else():
+                    m.d.sync += [x.eq(0), pix.eq(row + d.row_step), row.eq(row + d.row_step),
+                                 word.eq(row + d.row_step)]
+                    with m.If(y + 1 < d.n_y):
+                        m.d.sync += y.eq(y + 1)
+                    with m.Else():
+                        m.d.sync += self.busy.eq(0)
+        return m

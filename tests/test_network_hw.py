@@ -1,0 +1,189 @@
+# amaranth: UnusedElaboratable=no
+"""Network mode's gateware (psc.hw.network) on the Amaranth simulator against
+psc.host.program.ActivationMemory, which defines every gather and scatter value by value.
+
+The tiles are a real program's: a layer's output beats (random values) are scattered
+into its tensor's region by the hardware and by the model, with random gaps between
+beats; then every tile of the layers that read that tensor gathers its window, with
+random stalls of ``act_in``, and each word is compared with the model's. On the tiny
+build, the UP5K's (diagonal depthwise: windows from a lane other than 0) and the ECP5's
+(channels depthwise, padding channels, 7 lanes x 4 rows: beats that run on into the next
+word). Last, the whole memory is read back, so a write to a lane the model leaves alone
+(a padding channel) fails too.
+"""
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import ClockDomain, Module
+from amaranth.sim import Simulator
+
+from psc import data
+from psc.host.program import (ActivationMemory as Model, ConvStep, NetworkFitError,
+                              compile_network, gather_fields, scatter_fields)
+from psc.hw.network import ActivationMemory, Gather, Scatter
+from psc.model.packing import pack_lanes, pack_payload
+from psc.onnx_import import import_onnx
+from psc.presets import PRESETS
+
+
+def _top(cc, depth):
+    m = Module()
+    m.submodules.mem = mem = ActivationMemory(cc, depth)
+    m.submodules.gather = g = Gather(cc, mem.addr_width)
+    m.submodules.scatter = s = Scatter(cc, mem.addr_width)
+    m.d.comb += [mem.read_addr.eq(g.read_addr), mem.read_en.eq(g.read_en),
+                 g.read_data.eq(mem.read_data)]
+    for name in ("addr", "lane", "data", "mask", "en"):
+        m.d.comb += getattr(mem, f"write_{name}").eq(getattr(s, f"write_{name}"))
+    return m, g, s
+
+
+def _jobs(cc, layers, rng):
+    """Scatters of the named layers' tiles (random beats) into the model, and the gathers of
+    every tile that reads one of their outputs, with the model's words."""
+    net = import_onnx(data.path("digits_psc.onnx"))
+    prog = compile_network(net, cc)
+    depth = prog.act_words + prog.act_words % 2
+    model = Model(depth, cc.lanes, cc.pe.act_width)
+    lo, hi = -(1 << (cc.pe.act_width - 1)), 1 << (cc.pe.act_width - 1)
+    scatters, written = [], set()
+    steps = {s.name: s for s in prog.steps if isinstance(s, ConvStep)}
+    for name in layers:
+        step = steps[name]
+        for tile in step.plan.tiles:
+            if not tile.n_out:
+                continue
+            beats = [int(w) for w in pack_lanes(rng.integers(lo, hi, size=(
+                tile.n_out, cc.rows)), cc.pe.act_width)]
+            model.scatter(step.dst, step.plan, tile, beats)
+            scatters.append((scatter_fields(step.dst, step.plan, tile), beats))
+        written.add(step.dst)
+    gathers = [(gather_fields(s.src, t.window, cc.lanes), model.gather(s.src, t.window),
+                f"{s.name} tile")
+               for s in steps.values() if s.src in written for t in s.plan.tiles]
+    assert gathers
+    # last, the whole memory as one window: no write touched a lane the model did not
+    dump = {"addr": 0, "pixel_step": 0, "row_step": 0, "n_g": depth, "n_x": 1, "n_y": 1,
+            "rot": 0, "valid": depth * cc.lanes}
+    gathers.append((dump, [int(w) for w in pack_lanes(model.values, cc.pe.act_width)],
+                    "whole memory"))
+    return depth, scatters, gathers
+
+
+def _run(cc, depth, scatters, gathers, seed, reset_first=False):
+    m, g, s = _top(cc, depth)
+    m.domains.sync = cd = ClockDomain()
+    rnd = random.Random(seed)
+    got = []
+
+    async def reset(ctx):
+        ctx.set(cd.rst, 1)
+        await ctx.tick()
+        ctx.set(cd.rst, 0)
+        assert not ctx.get(s.busy) and not ctx.get(g.busy) and not ctx.get(g.act_in.valid)
+
+    async def bench(ctx):
+        if reset_first:
+            # half of the first tile's beats, then a reset; a gather stalled with words
+            # in flight, then a reset: the units take the next jobs as if nothing happened
+            fields, beats = scatters[0]
+            ctx.set(s.start.payload.as_value(), pack_payload(s.start.payload.shape(), fields))
+            ctx.set(s.start.valid, 1)
+            await ctx.tick().until(s.start.ready)
+            ctx.set(s.start.valid, 0)
+            ctx.set(s.act_out.valid, 1)
+            for beat in beats[:len(beats) // 2]:
+                ctx.set(s.act_out.payload.as_value(), beat)
+                await ctx.tick()
+            ctx.set(s.act_out.valid, 0)
+            await reset(ctx)
+            fields = gathers[0][0]
+            ctx.set(g.start.payload.as_value(), pack_payload(g.start.payload.shape(), fields))
+            ctx.set(g.start.valid, 1)
+            await ctx.tick().until(g.start.ready)
+            ctx.set(g.start.valid, 0)
+            await ctx.tick().repeat(6)
+            assert ctx.get(g.act_in.valid)
+            await reset(ctx)
+        for fields, beats in scatters:
+            ctx.set(s.start.payload.as_value(), pack_payload(s.start.payload.shape(), fields))
+            ctx.set(s.start.valid, 1)
+            await ctx.tick().until(s.start.ready)
+            ctx.set(s.start.valid, 0)
+            for beat in beats:
+                for _ in range(rnd.choice([0, 0, 0, 1, 3])):
+                    await ctx.tick()
+                ctx.set(s.act_out.payload.as_value(), beat)
+                ctx.set(s.act_out.valid, 1)
+                await ctx.tick().until(s.act_out.ready)
+                ctx.set(s.act_out.valid, 0)
+            assert not ctx.get(s.busy), f"scatter {fields} still busy after its beats"
+        for fields, want, name in gathers:
+            ctx.set(g.start.payload.as_value(), pack_payload(g.start.payload.shape(), fields))
+            ctx.set(g.start.valid, 1)
+            await ctx.tick().until(g.start.ready)
+            ctx.set(g.start.valid, 0)
+            words = []
+            for _ in range(8 * len(want) + 16):
+                ready = rnd.random() < 0.7
+                ctx.set(g.act_in.ready, ready)
+                if ready and ctx.get(g.act_in.valid):
+                    words.append(ctx.get(g.act_in.payload.as_value()))
+                await ctx.tick()
+                if len(words) == len(want) and not ctx.get(g.busy):
+                    break
+            ctx.set(g.act_in.ready, 0)
+            got.append((name, fields, words, want))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    for name, fields, words, want in got:
+        first = next((i for i, (a, b) in enumerate(zip(words, want)) if a != b), None)
+        assert first is None and len(words) == len(want), (
+            f"gather of {name} {fields}: {len(words)} words for {len(want)}; first "
+            f"mismatch at word {first}: {words[first] if first is not None else None:#x} for "
+            f"{want[first] if first is not None else 0:#x}")
+
+
+@pytest.mark.parametrize("name, layers", [
+    ("tiny", ["b0_expand", "b0_dw"]),          # 4 x 4: depthwise on its own lanes
+    ("ice40-up5k", ["b0_expand", "b0_dw"]),   # 8 x 2, diagonal: windows from lane 2k
+    ("ecp5-25k", ["b1_expand", "b1_dw"]),     # 7 x 4: beats run on into the next word
+])
+def test_scatter_then_gather_equal_the_model(name, layers):
+    cc = PRESETS[name]
+    depth, scatters, gathers = _jobs(cc, layers, np.random.default_rng(6))
+    _run(cc, depth, scatters, gathers, seed=7)
+
+
+def test_reset_in_the_middle_of_a_scatter_and_a_gather():
+    cc = PRESETS["ecp5-25k"]
+    depth, scatters, gathers = _jobs(cc, ["b1_expand", "b1_dw"], np.random.default_rng(8))
+    _run(cc, depth, scatters, gathers, seed=9, reset_first=True)
+
+
+def test_what_the_units_refuse():
+    cc = PRESETS["default"]                    # depthwise='pixels': beats in pixel blocks
+    net = import_onnx(data.path("digits_psc.onnx"))
+    prog = compile_network(net, cc)
+    dw = next(s for s in prog.steps if s.name == "b0_dw")
+    with pytest.raises(NetworkFitError, match="blocks of pixels"):
+        scatter_fields(dw.dst, dw.plan, dw.plan.tiles[0])
+    from psc.host.scheduler import Window
+    with pytest.raises(NetworkFitError, match="6 channels from lane 4 spans two words of 8"):
+        gather_fields(dw.src, Window(4, 10, 1, 0, 1, 0, 1), 8)
+    with pytest.raises(ValueError, match="depth must be even"):
+        ActivationMemory(cc, 7)
+
+
+@pytest.mark.parametrize("name", ["ice40-up5k", "ecp5-25k"])
+def test_units_convert_to_verilog(name):
+    from amaranth.back import verilog
+    cc = PRESETS[name]
+    mem = ActivationMemory(cc, 1024)
+    for unit in (mem, Gather(cc, mem.addr_width), Scatter(cc, mem.addr_width)):
+        assert "module" in verilog.convert(unit, name=type(unit).__name__.lower())
