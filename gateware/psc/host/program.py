@@ -49,7 +49,8 @@ from psc.host.scheduler import LayerError, LayerPlan, Window, plan_layer, unroll
 from psc.hw.core import KIND_DEPTHWISE, config_layout, param_layout, weight_layout
 from psc.model.checks import BadTypeError, show
 from psc.model.network import Network
-from psc.model.packing import channel_groups, pack_lanes, unpack_lanes
+from psc.model.packing import (channel_groups, pack_activations, pack_lanes,
+                               unpack_activations, unpack_lanes)
 
 __all__ = ["NetworkFitError", "Region", "ConvStep", "OpStep", "Program", "ActivationMemory",
            "compile_network", "describe", "gather_fields", "scatter_fields"]
@@ -257,6 +258,76 @@ class Program:
         if short:
             raise NetworkFitError(f"the network does not fit the build's on-chip memory: it "
                                   f"needs {' and '.join(short)}; run it tile by tile instead")
+
+    # --- the engine's image -----------------------------------------------------
+
+    def engine_image(self):
+        """The program as :class:`psc.hw.network.NetworkEngine` runs it: a dict with
+        ``instructions`` (dicts of :func:`psc.hw.network.engine.instruction_layout`'s
+        fields: ``INPUT``, one ``CONV`` per tile, ``OUTPUT``, ``END``), ``weights`` and
+        ``params`` (the stores' words, every tile's own in order) and ``act_words``.
+
+        Raises :class:`NetworkFitError` for a step the engine does not run yet (an add
+        or a pooling: they run on the host in tile mode) or a tile its gather or scatter
+        cannot move.
+        """
+        from psc.hw.network.engine import OPCODES
+        cc = self.config
+        zero_g = {k: 0 for k in ("addr", "pixel_step", "row_step", "n_g", "n_x", "n_y", "rot",
+                                 "valid")}
+        zero_s = {k: 0 for k in ("addr", "lane", "pixel_step", "row_step", "n_b", "n_x", "n_y",
+                                 "valid")}
+        zero_cfg = {name: 0 for name, _ in config_layout(cc)}
+
+        def ins(op, **fields):
+            out = {"op": OPCODES[op], "cfg": zero_cfg, "w_off": 0, "w_n": 0, "p_off": 0,
+                   "p_n": 0, "gather": zero_g, "scatter": zero_s, "out": 0}
+            out.update(fields)
+            return out
+
+        src = self.regions[self.net.input]
+        c, h, w = src.shape
+        instructions = [ins("INPUT", scatter={
+            "addr": src.base, "lane": 0, "pixel_step": src.groups, "row_step": w * src.groups,
+            "n_b": channel_groups(c, cc.rows), "n_x": w, "n_y": h, "valid": c})]
+        weights, params = [], []
+        for step in self.steps:
+            if isinstance(step, OpStep):
+                if step.op != "flatten":
+                    raise NetworkFitError(f"layer {step.name!r}: the network engine does not "
+                                          f"run {step.op!r} layers yet")
+                continue
+            for tile in step.plan.tiles:
+                instructions.append(ins(
+                    "CONV", cfg=tile.fields, w_off=len(weights), w_n=len(tile.weights),
+                    p_off=len(params), p_n=len(tile.params),
+                    gather=gather_fields(step.src, tile.window, cc.lanes),
+                    scatter=(scatter_fields(step.dst, step.plan, tile) if tile.n_out
+                             else zero_s),
+                    out=int(tile.n_out > 0)))
+                weights += tile.weights
+                params += tile.params
+        out = self.regions[self.net.output]
+        c, h, w = out.shape
+        instructions += [ins("OUTPUT", gather=gather_fields(out, Window(0, c, out.groups, 0, h,
+                                                                        0, w), cc.lanes)),
+                         ins("END")]
+        return {"instructions": instructions, "weights": weights, "params": params,
+                "act_words": self.act_words + self.act_words % 2}
+
+    def input_beats(self, image):
+        """The host's beats of ``INPUT``: the input's pixels in raster order, each as
+        ``ceil(C / rows)`` beats of ``rows`` activations (ints)."""
+        x = self.input_words(image)
+        return [int(v) for v in pack_activations(x, self.config.rows,
+                                                 self.config.pe.act_width).reshape(-1)]
+
+    def output_from_words(self, words):
+        """The network's output ``(C, H, W)`` from ``OUTPUT``'s lane words."""
+        c, h, w = self.regions[self.net.output].shape
+        groups = channel_groups(c, self.config.lanes)
+        arr = np.array(words, dtype=object).reshape(h, w, groups)
+        return unpack_activations(arr, c, self.config.lanes, self.config.pe.act_width)
 
     # --- running it ------------------------------------------------------------
 

@@ -1,0 +1,287 @@
+"""Network mode's engine: the core running a whole program from on-chip memory.
+
+A program (:meth:`psc.host.program.Program.image`) is a list of
+instructions in the command store, the weight blocks and parameter words of
+every tile in their own stores, and the network's tensors in the
+:class:`~psc.hw.network.act_memory.ActivationMemory`. One :attr:`NetworkEngine.run`
+executes the instructions from address 0 to the first ``END``:
+
+* ``INPUT``: the host's beats (``rows`` activations each, the input tensor's
+  pixels in raster order) are scattered into the input's region;
+* ``CONV``: one tile: its command to the core, its weights and parameters
+  streamed from their stores, its input window gathered from the activation
+  memory and its output beats scattered into the output's region, all at
+  once (the core takes each stream when it is ready for it); the next
+  instruction starts when the core has ended the command and the last beat
+  is written;
+* ``OUTPUT``: a window of the activation memory (the network's output)
+  gathered to the host, in lane words;
+* ``END``.
+
+A command the core refuses stops the run with ``error`` set.
+"""
+
+from dataclasses import dataclass
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from psc.config import CoreConfig
+from psc.hw.core import PSCConvCore, act_in_layout, act_out_layout, config_layout
+from psc.hw.core import param_layout, weight_layout
+from psc.hw.network.act_memory import ActivationMemory
+from psc.hw.network.gather import Gather, gather_layout
+from psc.hw.network.scatter import Scatter, scatter_layout
+from psc.model.checks import BadTypeError, check_int, show
+
+__all__ = ["EngineConfig", "NetworkEngine", "OPCODES", "instruction_layout"]
+
+#: Instruction opcodes.
+OPCODES = {"END": 0, "INPUT": 1, "CONV": 2, "OUTPUT": 3}
+
+
+def _width(depth):
+    return max(1, (depth - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Build-time parameters of :class:`NetworkEngine`.
+
+    Parameters
+    ----------
+    core : psc.config.CoreConfig
+    act_depth : int
+        Words of the activation memory (even).
+    cmd_depth, weight_store_depth, param_store_depth : int
+        Instructions, weight blocks and parameter words the stores hold.
+    """
+    core: CoreConfig
+    act_depth: int = 1024
+    cmd_depth: int = 256
+    weight_store_depth: int = 1024
+    param_store_depth: int = 256
+
+    def __post_init__(self):
+        if not isinstance(self.core, CoreConfig):
+            raise BadTypeError(f"core must be a psc.config.CoreConfig, not {show(self.core)}")
+        check_int("act_depth", self.act_depth, 2)
+        if self.act_depth % 2:
+            raise ValueError(f"act_depth must be even (two banks of words), "
+                             f"not {self.act_depth}")
+        for name in ("cmd_depth", "weight_store_depth", "param_store_depth"):
+            check_int(name, getattr(self, name), 1, 1 << 20)
+
+    @property
+    def act_addr_width(self):
+        return _width(self.act_depth)
+
+
+def instruction_layout(config):
+    """One instruction: ``op`` (:data:`OPCODES`); for ``CONV`` the core's ``cfg`` beat, the
+    weight blocks ``[w_off, w_off + w_n)`` and parameter words ``[p_off, p_off + p_n)`` of
+    the stores, the ``gather`` and ``scatter`` descriptors and ``out`` (the tile makes
+    output beats); ``INPUT`` uses ``scatter``, ``OUTPUT`` ``gather``."""
+    cc, aw = config.core, config.act_addr_width
+    return data.StructLayout({
+        "op": 2,
+        "cfg": config_layout(cc),
+        "w_off": _width(config.weight_store_depth), "w_n": _width(config.weight_store_depth) + 1,
+        "p_off": _width(config.param_store_depth), "p_n": _width(config.param_store_depth) + 1,
+        "gather": gather_layout(cc, aw), "scatter": scatter_layout(cc, aw), "out": 1,
+    })
+
+
+class _StoreReader(wiring.Component):
+    """Words ``[off, off + n)`` of a memory read port (latency 1) as a stream of ``shape``, one
+    per cycle while taken (``start`` loads ``off`` and ``n``); a read is issued only into a
+    free place of its FIFO, so a stalled consumer loses nothing."""
+
+    DEPTH = 3
+
+    def __init__(self, shape, addr_width):
+        self._width = data.Layout.cast(shape).size
+        super().__init__({"off": In(addr_width), "n": In(addr_width + 1), "start": In(1),
+                          "addr": Out(addr_width), "en": Out(1), "data": In(self._width),
+                          "o": Out(stream.Signature(shape)), "busy": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=self._width, depth=self.DEPTH)
+        left = Signal.like(self.n)
+        inflight = Signal()
+        issue = Signal()
+        m.d.comb += [issue.eq((left != 0) & (fifo.level + inflight < self.DEPTH)),
+                     self.en.eq(issue)]
+        m.d.sync += inflight.eq(issue)
+        with m.If(self.start):
+            m.d.sync += [self.addr.eq(self.off), left.eq(self.n)]
+        with m.Elif(issue):
+            m.d.sync += [self.addr.eq(self.addr + 1), left.eq(left - 1)]
+        m.d.comb += [fifo.w_data.eq(self.data), fifo.w_en.eq(inflight),
+                     self.o.payload.eq(fifo.r_data), self.o.valid.eq(fifo.r_rdy),
+                     fifo.r_en.eq(self.o.ready),
+                     self.busy.eq((left != 0) | inflight | fifo.r_rdy | (fifo.level != 0))]
+        return m
+
+
+class NetworkEngine(wiring.Component):
+    """The core, its network-mode memories and the sequencer that runs a program.
+
+    Parameters
+    ----------
+    config : EngineConfig
+
+    Members
+    -------
+    load : In(stream.Signature(...))
+        Store words while idle: ``sel`` 0 the command store, 1 the weight store, 2
+        the parameter store; ``addr``; ``data`` (the store's word, low bits).
+    run : In(1)
+        Pulse: execute the program from instruction 0 (ignored while busy).
+    host_in : In(stream.Signature(act_out_layout))
+        The input's beats for an ``INPUT`` instruction.
+    host_out : Out(stream.Signature(act_in_layout))
+        The output's lane words of an ``OUTPUT`` instruction.
+    busy : Out(1)
+    done : Out(1)
+        One-cycle pulse at ``END`` or at a refused command.
+    error : Out(1)
+        The last run stopped at a command the core refused (held until the next run).
+    cycles : Out(32)
+        Cycles of the last run, from ``run`` to ``done``.
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, EngineConfig):
+            raise BadTypeError(f"config must be a psc.hw.network.EngineConfig, "
+                               f"not {show(config)}")
+        self.config = config
+        cc = config.core
+        widest = max(instruction_layout(config).size, weight_layout(cc).size,
+                     param_layout(cc).size)
+        depth = max(config.cmd_depth, config.weight_store_depth, config.param_store_depth)
+        super().__init__({
+            "load": In(stream.Signature(data.StructLayout({
+                "sel": 2, "addr": _width(depth), "data": widest}))),
+            "run": In(1),
+            "host_in": In(stream.Signature(act_out_layout(cc))),
+            "host_out": Out(stream.Signature(act_in_layout(cc))),
+            "busy": Out(1), "done": Out(1), "error": Out(1), "cycles": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        ec = self.config
+        cc = ec.core
+        il = instruction_layout(ec)
+        m.submodules.core = core = PSCConvCore(cc)
+        m.submodules.act = act = ActivationMemory(cc, ec.act_depth)
+        m.submodules.gather = gather = Gather(cc, act.addr_width)
+        m.submodules.scatter = scatter = Scatter(cc, act.addr_width)
+        m.d.comb += [act.read_addr.eq(gather.read_addr), act.read_en.eq(gather.read_en),
+                     gather.read_data.eq(act.read_data)]
+        for name in ("addr", "lane", "data", "mask", "en"):
+            m.d.comb += getattr(act, f"write_{name}").eq(getattr(scatter, f"write_{name}"))
+
+        # --- the stores: written by `load` while idle, read by the sequencer ---------------
+        stores = {}
+        for sel, (name, shape, depth) in enumerate((
+                ("cmd", il, ec.cmd_depth), ("weights", weight_layout(cc), ec.weight_store_depth),
+                ("params", param_layout(cc), ec.param_store_depth))):
+            mem = Memory(shape=shape, depth=depth, init=[])
+            m.submodules[f"{name}_store"] = mem
+            wp, rp = mem.write_port(), mem.read_port()
+            m.d.comb += [wp.addr.eq(self.load.payload.addr), wp.data.eq(
+                self.load.payload.data[:len(wp.data.as_value())]),
+                wp.en.eq(self.load.valid & self.load.ready & (self.load.payload.sel == sel))]
+            stores[name] = rp
+        m.d.comb += self.load.ready.eq(~self.busy)
+
+        readers = {}
+        for name, stream_ in (("weights", core.weights), ("params", core.params)):
+            rp = stores[name]
+            r = m.submodules[f"{name}_reader"] = _StoreReader(rp.data.shape(), len(rp.addr))
+            m.d.comb += [rp.addr.eq(r.addr), rp.en.eq(r.en), r.data.eq(rp.data)]
+            wiring.connect(m, r.o, stream_)
+            readers[name] = r
+
+        # --- the sequencer ------------------------------------------------------------------
+        pc = Signal(_width(ec.cmd_depth))
+        ins = Signal(il)
+        cmd = stores["cmd"]
+        m.d.comb += cmd.addr.eq(pc)
+        core_ended = Signal()
+        with m.If(core.done):
+            m.d.sync += core_ended.eq(1)
+        with m.If(self.busy):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+
+        # routing: the scatter's beats from the core or the host, the gather's words to the
+        # core or the host
+        to_host = Signal()
+        from_host = Signal()
+        with m.If(to_host):
+            wiring.connect(m, gather.act_in, wiring.flipped(self.host_out))
+        with m.Else():
+            wiring.connect(m, gather.act_in, core.act_in)
+        with m.If(from_host):
+            wiring.connect(m, wiring.flipped(self.host_in), scatter.act_out)
+        with m.Else():
+            wiring.connect(m, core.act_out, scatter.act_out)
+        m.d.comb += [gather.start.payload.eq(ins.gather), scatter.start.payload.eq(ins.scatter),
+                     core.cfg.payload.eq(ins.cfg)]
+        for name, r in readers.items():
+            off, n = (ins.w_off, ins.w_n) if name == "weights" else (ins.p_off, ins.p_n)
+            m.d.comb += [r.off.eq(off), r.n.eq(n)]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.run):
+                    m.d.sync += [pc.eq(0), self.busy.eq(1), self.error.eq(0), self.cycles.eq(0)]
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                m.d.comb += cmd.en.eq(1)
+                m.next = "DECODE"
+            with m.State("DECODE"):
+                m.d.sync += [ins.eq(cmd.data), pc.eq(pc + 1), core_ended.eq(0)]
+                m.next = "START"
+            with m.State("START"):
+                with m.Switch(ins.op):
+                    with m.Case(OPCODES["INPUT"]):
+                        m.d.comb += [from_host.eq(1), scatter.start.valid.eq(1)]
+                        m.next = "WAIT"
+                    with m.Case(OPCODES["OUTPUT"]):
+                        m.d.comb += [to_host.eq(1), gather.start.valid.eq(1)]
+                        m.next = "WAIT"
+                    with m.Case(OPCODES["CONV"]):
+                        m.d.comb += [gather.start.valid.eq(1), scatter.start.valid.eq(ins.out),
+                                     readers["weights"].start.eq(1),
+                                     readers["params"].start.eq(1)]
+                        m.next = "CFG"
+                    with m.Default():
+                        m.d.sync += self.busy.eq(0)
+                        m.d.comb += self.done.eq(1)
+                        m.next = "IDLE"
+            with m.State("CFG"):
+                m.d.comb += core.cfg.valid.eq(1)
+                with m.If(core.cfg.ready):
+                    m.next = "WAIT"
+            with m.State("WAIT"):
+                m.d.comb += [to_host.eq(ins.op == OPCODES["OUTPUT"]),
+                             from_host.eq(ins.op == OPCODES["INPUT"])]
+                units_idle = ~gather.busy & ~scatter.busy & ~readers["weights"].busy \
+                    & ~readers["params"].busy
+                with m.If(ins.op == OPCODES["CONV"]):
+                    with m.If(core_ended & core.error):
+                        m.d.sync += [self.busy.eq(0), self.error.eq(1)]
+                        m.d.comb += self.done.eq(1)
+                        m.next = "IDLE"
+                    with m.Elif(core_ended & ~core.busy & units_idle):
+                        m.next = "FETCH"
+                with m.Elif(units_idle):
+                    m.next = "FETCH"
+        return m

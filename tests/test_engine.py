@@ -1,0 +1,162 @@
+# amaranth: UnusedElaboratable=no
+"""The network engine (psc.hw.network.NetworkEngine) on the Amaranth simulator: a program
+loaded into its stores runs a whole network from on-chip memory, the input in and the
+output out through the host streams with random gaps and stalls, bit for bit against the
+golden network."""
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import ClockDomain, Module
+from amaranth.sim import Simulator
+
+from psc.host.program import NetworkFitError, compile_network
+from psc.hw.network.engine import EngineConfig, NetworkEngine, instruction_layout
+from psc.hw.core import param_layout, weight_layout
+from psc.model.network import Layer, Network
+from psc.model.packing import pack_payload
+from psc.presets import PRESETS
+
+
+def conv_net(rng, cin=2, c=8, cout=6, size=5):
+    """Standard 3x3 (ReLU), depthwise 3x3 and pointwise layers: convolutions only."""
+    def r(shape, width=8):
+        return rng.integers(-(1 << (width - 1)), 1 << (width - 1), size=shape)
+    layers = [
+        Layer.conv("std", "x", "a", r((c, cin, 3, 3)), r((c, cin, 3, 3)), r(c, 10), 300, 17,
+                   padding=1, relu=True),
+        Layer.conv("dw", "a", "b", r((c, 1, 3, 3)), r((c, 1, 3, 3)), r(c, 10), 300, 16,
+                   padding=1, groups=c),
+        Layer.conv("pw", "b", "y", r((cout, c, 1, 1)), r((cout, c, 1, 1)), r(cout, 10), 300, 16),
+    ]
+    return Network("x", (cin, size, size), layers, "y")
+
+
+def _run_engine(cc, net, images, seed, reset_at=None, edit=None):
+    """Load the network's program into an engine, run ``images`` through it; returns the
+    program and, per image, ``(output words, error, cycles)``. ``edit`` may change the
+    program's image before it is loaded; ``reset_at`` first abandons a run by a reset after
+    that many input beats."""
+    prog = compile_network(net, cc)
+    image = prog.engine_image()
+    if edit:
+        edit(image)
+    ec = EngineConfig(cc, act_depth=image["act_words"], cmd_depth=len(image["instructions"]),
+                      weight_store_depth=max(1, len(image["weights"])),
+                      param_store_depth=max(1, len(image["params"])))
+    dut = NetworkEngine(ec)
+    top = Module()
+    top.domains.sync = cd = ClockDomain()
+    top.submodules.engine = dut
+    il = instruction_layout(ec)
+    loads = ([(0, i, pack_payload(il, ins)) for i, ins in enumerate(image["instructions"])]
+             + [(1, i, w) for i, w in enumerate(image["weights"])]
+             + [(2, i, p) for i, p in enumerate(image["params"])])
+    rnd = random.Random(seed)
+    results = []
+
+    async def bench(ctx):
+        for sel, addr, word in loads:
+            ctx.set(dut.load.payload.as_value(),
+                    pack_payload(dut.load.payload.shape(), {"sel": sel, "addr": addr,
+                                                            "data": word}))
+            ctx.set(dut.load.valid, 1)
+            await ctx.tick().until(dut.load.ready)
+        ctx.set(dut.load.valid, 0)
+        if reset_at is not None:
+            # a run abandoned by a reset in its middle, the host's beats half sent
+            ctx.set(dut.run, 1)
+            await ctx.tick()
+            ctx.set(dut.run, 0)
+            ctx.set(dut.host_in.valid, 1)
+            for beat in prog.input_beats(images[0])[:reset_at]:
+                ctx.set(dut.host_in.payload.as_value(), beat)
+                await ctx.tick()
+            ctx.set(dut.host_in.valid, 0)
+            await ctx.tick().repeat(reset_at)
+            assert ctx.get(dut.busy)
+            ctx.set(cd.rst, 1)
+            await ctx.tick()
+            ctx.set(cd.rst, 0)
+            assert not ctx.get(dut.busy)
+        for x in images:
+            ctx.set(dut.run, 1)
+            await ctx.tick()
+            ctx.set(dut.run, 0)
+            beats = prog.input_beats(x)
+            n_out = prog.regions[net.output].words
+            words = []
+            i = 0
+            for _ in range(200_000):
+                if i < len(beats) and rnd.random() < 0.8:
+                    ctx.set(dut.host_in.payload.as_value(), beats[i])
+                    ctx.set(dut.host_in.valid, 1)
+                else:
+                    ctx.set(dut.host_in.valid, 0)
+                ready = rnd.random() < 0.7
+                ctx.set(dut.host_out.ready, ready)
+                sent = ctx.get(dut.host_in.valid) and ctx.get(dut.host_in.ready)
+                if ready and ctx.get(dut.host_out.valid):
+                    words.append(ctx.get(dut.host_out.payload.as_value()))
+                done = ctx.get(dut.done)
+                await ctx.tick()
+                i += bool(sent)
+                if done:
+                    break
+            else:
+                raise AssertionError("the engine did not finish")
+            ctx.set(dut.host_in.valid, 0)
+            results.append((words, ctx.get(dut.error), ctx.get(dut.cycles)))
+
+    sim = Simulator(top)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return prog, results
+
+
+def _simulable(name):
+    """The preset with the generic multiplier and block RAM: the Amaranth simulator cannot run
+    the DSP and SPRAM primitives (the Verilator benches of the core do)."""
+    return PRESETS[name].replace(multiplier="generic", fmap_ram="block")
+
+
+@pytest.mark.parametrize("name", ["tiny", "ice40-up5k", "ecp5-25k"])
+def test_engine_runs_a_network_from_on_chip_memory(name):
+    rng = np.random.default_rng(21)
+    net = conv_net(rng)
+    images = rng.integers(-128, 128, size=(2,) + net.input_shape)
+    prog, results = _run_engine(_simulable(name), net, images, seed=3)
+    want = net.run(images)
+    assert len(np.unique(want)) > 50            # the outputs are not saturated constants
+    for i, (words, error, cycles) in enumerate(results):
+        assert not error and cycles > 0, (i, error, cycles)
+        assert len(words) == prog.regions[net.output].words, (i, len(words))
+        np.testing.assert_array_equal(prog.output_from_words(words), want[i],
+                                      err_msg=f"image {i} on {name}")
+
+
+def test_reset_in_the_middle_of_a_run_then_a_clean_run():
+    rng = np.random.default_rng(22)
+    net = conv_net(rng)
+    images = rng.integers(-128, 128, size=(1,) + net.input_shape)
+    prog, results = _run_engine(_simulable("ecp5-25k"), net, images, seed=4, reset_at=30)
+    words, error, _ = results[0]
+    assert not error
+    np.testing.assert_array_equal(prog.output_from_words(words), net.run(images)[0])
+
+
+def test_a_refused_command_stops_the_run_with_error():
+    """A CONV whose command the core refuses (a kernel of 2) ends the run with ``error`` and
+    no output."""
+    rng = np.random.default_rng(23)
+    net = conv_net(rng)
+    images = rng.integers(-128, 128, size=(1,) + net.input_shape)
+
+    def break_first_conv(image):
+        conv = image["instructions"][1]
+        conv["cfg"] = dict(conv["cfg"], k=2)
+
+    _, results = _run_engine(_simulable("tiny"), net, images, seed=5, edit=break_first_conv)
+    assert results[0][:2] == ([], 1)
