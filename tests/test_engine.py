@@ -17,6 +17,7 @@ from psc.hw.core import param_layout, weight_layout
 from psc.model.network import Layer, Network
 from psc.model.packing import pack_payload
 from psc.presets import PRESETS
+from test_network import residual_net
 
 
 def conv_net(rng, cin=2, c=8, cout=6, size=5):
@@ -160,3 +161,31 @@ def test_a_refused_command_stops_the_run_with_error():
 
     _, results = _run_engine(_simulable("tiny"), net, images, seed=5, edit=break_first_conv)
     assert results[0][:2] == ([], 1)
+
+
+def _residual(rng, output):
+    """psc's test residual network with a quieter pooling and classifier (outputs spread over
+    the int8 range, not saturated), its output the pooled vector ``"f"`` or ``"logits"``."""
+    net = residual_net(rng, classes=16)
+    fc = net.layers[-1]
+    layers = net.layers[:-3] + [
+        Layer.gap("pool", "d", "e", 20000, 20), Layer.flatten("flat", "e", "f"),
+        Layer.conv("fc", "f", "logits", fc.arrays["w_pos"], fc.arrays["w_neg"],
+                   fc.arrays["bias"], fc.arrays["mult"], 22)]
+    return Network("image", net.input_shape, layers, output)
+
+
+@pytest.mark.parametrize("name, output", [("ice40-up5k", "f"), ("ecp5-25k", "logits")])
+def test_engine_runs_every_op_of_a_residual_network(name, output):
+    """Stem, depthwise, pointwise, residual add, pooling, flatten and classifier, all on the
+    engine: the outputs (the pooled vector, or the logits) are the golden network's."""
+    rng = np.random.default_rng(7)
+    net = _residual(rng, output)
+    images = rng.integers(-128, 128, size=(2,) + net.input_shape)
+    want = net.run(images)
+    assert len(np.unique(want)) >= want.size // 2      # few saturated or repeated values
+    prog, results = _run_engine(_simulable(name), net, images, seed=6)
+    for i, (words, error, cycles) in enumerate(results):
+        assert not error and cycles > 0
+        np.testing.assert_array_equal(prog.output_from_words(words), want[i],
+                                      err_msg=f"image {i} on {name}")

@@ -123,12 +123,11 @@ class ActivationMemory:
 
     def store(self, region, x):
         """Write ``x`` ``(C, H, W)`` into ``region`` (the host's input, an add's or a pooling's
-        result); padding lanes become zero."""
+        result); padding lanes keep their values, as in every write."""
         c, h, w = x.shape
         assert (c, h, w) == tuple(region.shape), (x.shape, region.shape)
-        hwc = np.zeros((h, w, region.groups * self.lanes), dtype=np.int64)
+        hwc = self.values[region.base:region.end].reshape(h, w, region.groups * self.lanes)
         hwc[:, :, :c] = x.transpose(1, 2, 0)
-        self.values[region.base:region.end] = hwc.reshape(-1, self.lanes)
 
     def load(self, region):
         """The ``(C, H, W)`` tensor stored in ``region``."""
@@ -197,6 +196,24 @@ def scatter_fields(region, plan, tile):
     return {"addr": region.base + (oy0 * w + ox0) * region.groups + c0 // cc.lanes,
             "lane": c0 % cc.lanes, "pixel_step": region.groups, "row_step": w * region.groups,
             "n_b": tile.n_out // (oh * ow), "n_x": ow, "n_y": oh, "valid": c1 - c0}
+
+
+def _op_fields(step, lanes):
+    """The :class:`psc.hw.network.OpUnit` descriptor of an add or pooling ``step`` (all
+    zero for None)."""
+    from psc.hw.network.op_unit import OP_MODES
+    if step is None:
+        return {k: 0 for k in ("mode", "a", "b", "dst", "n", "groups", "last_mask", "mult_a",
+                               "mult_b", "shift", "relu")}
+    src, dst, a = step.srcs[0], step.dst, step.attrs
+    c, h, w = src.shape
+    last = c - (src.groups - 1) * lanes
+    fields = {"a": src.base, "dst": dst.base, "groups": src.groups,
+              "last_mask": (1 << last) - 1, "shift": a["shift"]}
+    if step.op == "add":
+        return dict(fields, mode=OP_MODES["add"], b=step.srcs[1].base, n=src.words,
+                    mult_a=a["mult_a"], mult_b=a["mult_b"], relu=int(a["relu"]))
+    return dict(fields, mode=OP_MODES["gap"], b=0, n=h * w, mult_a=a["mult"], mult_b=0, relu=0)
 
 
 @dataclass
@@ -278,10 +295,11 @@ class Program:
         zero_s = {k: 0 for k in ("addr", "lane", "pixel_step", "row_step", "n_b", "n_x", "n_y",
                                  "valid")}
         zero_cfg = {name: 0 for name, _ in config_layout(cc)}
+        zero_op = _op_fields(None, cc.lanes)
 
         def ins(op, **fields):
             out = {"op": OPCODES[op], "cfg": zero_cfg, "w_off": 0, "w_n": 0, "p_off": 0,
-                   "p_n": 0, "gather": zero_g, "scatter": zero_s, "out": 0}
+                   "p_n": 0, "gather": zero_g, "scatter": zero_s, "out": 0, "eltwise": zero_op}
             out.update(fields)
             return out
 
@@ -294,8 +312,7 @@ class Program:
         for step in self.steps:
             if isinstance(step, OpStep):
                 if step.op != "flatten":
-                    raise NetworkFitError(f"layer {step.name!r}: the network engine does not "
-                                          f"run {step.op!r} layers yet")
+                    instructions.append(ins("OP", eltwise=_op_fields(step, cc.lanes)))
                 continue
             for tile in step.plan.tiles:
                 instructions.append(ins(

@@ -18,8 +18,8 @@ __all__ = ["ActivationMemory"]
 
 
 class ActivationMemory(wiring.Component):
-    """``depth`` lane words of ``lanes`` activations, one word read and one output beat
-    written per cycle.
+    """``depth`` lane words of ``lanes`` activations, one word read and one write (an output
+    beat, or up to a word from any lane) per cycle.
 
     A write stores an output beat of the core (``rows`` activations) at any lane of a
     word: where ``lanes`` is not a multiple of ``rows`` a beat can run on into the
@@ -43,13 +43,14 @@ class ActivationMemory(wiring.Component):
     read_data : Out(lanes * act_width)
     write_addr : In(addr_width)
     write_lane : In(range(lanes))
-    write_data : In(rows * act_width)
-    write_mask : In(rows)
+    write_data : In(lanes * act_width)
+    write_mask : In(lanes)
     write_en : In(1)
         Write value ``i`` of ``write_data`` where bit ``i`` of ``write_mask`` is set, to
         lane ``write_lane + i`` of word ``write_addr``, or lane ``write_lane + i - lanes``
         of word ``write_addr + 1`` past the word's last lane; the other lanes keep their
-        values. A read of a word written in the same cycle returns the old value.
+        values. An output beat uses the low ``rows`` values; a whole word has
+        ``write_lane`` 0. A read of a word written in the same cycle returns the old value.
     """
 
     def __init__(self, config, depth):
@@ -62,13 +63,13 @@ class ActivationMemory(wiring.Component):
             raise ValueError(f"an output beat of rows={config.rows} activations must fit "
                              f"the lanes={config.lanes} of a word")
         self.config, self.depth = config, depth
-        lanes, rows, aw = config.lanes, config.rows, config.pe.act_width
+        lanes, aw = config.lanes, config.pe.act_width
         self.addr_width = max(1, (depth - 1).bit_length())
         super().__init__({
             "read_addr": In(self.addr_width), "read_en": In(1),
             "read_data": Out(lanes * aw),
             "write_addr": In(self.addr_width), "write_lane": In(range(lanes)),
-            "write_data": In(rows * aw), "write_mask": In(rows), "write_en": In(1),
+            "write_data": In(lanes * aw), "write_mask": In(lanes), "write_en": In(1),
         })
 
     def elaborate(self, platform):

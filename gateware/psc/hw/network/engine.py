@@ -14,6 +14,8 @@ executes the instructions from address 0 to the first ``END``:
   once (the core takes each stream when it is ready for it); the next
   instruction starts when the core has ended the command and the last beat
   is written;
+* ``OP``: a residual add or a global average pooling of tensors in the
+  activation memory (:class:`~psc.hw.network.op_unit.OpUnit`);
 * ``OUTPUT``: a window of the activation memory (the network's output)
   gathered to the host, in lane words;
 * ``END``.
@@ -34,13 +36,14 @@ from psc.hw.core import PSCConvCore, act_in_layout, act_out_layout, config_layou
 from psc.hw.core import param_layout, weight_layout
 from psc.hw.network.act_memory import ActivationMemory
 from psc.hw.network.gather import Gather, gather_layout
+from psc.hw.network.op_unit import OpUnit, op_layout
 from psc.hw.network.scatter import Scatter, scatter_layout
 from psc.model.checks import BadTypeError, check_int, show
 
 __all__ = ["EngineConfig", "NetworkEngine", "OPCODES", "instruction_layout"]
 
 #: Instruction opcodes.
-OPCODES = {"END": 0, "INPUT": 1, "CONV": 2, "OUTPUT": 3}
+OPCODES = {"END": 0, "INPUT": 1, "CONV": 2, "OUTPUT": 3, "OP": 4}
 
 
 def _width(depth):
@@ -84,14 +87,16 @@ def instruction_layout(config):
     """One instruction: ``op`` (:data:`OPCODES`); for ``CONV`` the core's ``cfg`` beat, the
     weight blocks ``[w_off, w_off + w_n)`` and parameter words ``[p_off, p_off + p_n)`` of
     the stores, the ``gather`` and ``scatter`` descriptors and ``out`` (the tile makes
-    output beats); ``INPUT`` uses ``scatter``, ``OUTPUT`` ``gather``."""
+    output beats); ``INPUT`` uses ``scatter``, ``OUTPUT`` ``gather``, ``OP``
+    ``eltwise``."""
     cc, aw = config.core, config.act_addr_width
     return data.StructLayout({
-        "op": 2,
+        "op": 3,
         "cfg": config_layout(cc),
         "w_off": _width(config.weight_store_depth), "w_n": _width(config.weight_store_depth) + 1,
         "p_off": _width(config.param_store_depth), "p_n": _width(config.param_store_depth) + 1,
         "gather": gather_layout(cc, aw), "scatter": scatter_layout(cc, aw), "out": 1,
+        "eltwise": op_layout(cc, aw),
     })
 
 
@@ -182,10 +187,18 @@ class NetworkEngine(wiring.Component):
         m.submodules.act = act = ActivationMemory(cc, ec.act_depth)
         m.submodules.gather = gather = Gather(cc, act.addr_width)
         m.submodules.scatter = scatter = Scatter(cc, act.addr_width)
-        m.d.comb += [act.read_addr.eq(gather.read_addr), act.read_en.eq(gather.read_en),
-                     gather.read_data.eq(act.read_data)]
-        for name in ("addr", "lane", "data", "mask", "en"):
-            m.d.comb += getattr(act, f"write_{name}").eq(getattr(scatter, f"write_{name}"))
+        m.submodules.op_unit = op = OpUnit(cc, act.addr_width)
+        # the memory's ports: the op unit's during an OP, else the gather's and the scatter's
+        op_active = Signal()
+        m.d.comb += [gather.read_data.eq(act.read_data), op.read_data.eq(act.read_data)]
+        with m.If(op_active):
+            m.d.comb += [act.read_addr.eq(op.read_addr), act.read_en.eq(op.read_en)]
+            for name in ("addr", "data", "mask", "en"):
+                m.d.comb += getattr(act, f"write_{name}").eq(getattr(op, f"write_{name}"))
+        with m.Else():
+            m.d.comb += [act.read_addr.eq(gather.read_addr), act.read_en.eq(gather.read_en)]
+            for name in ("addr", "lane", "data", "mask", "en"):
+                m.d.comb += getattr(act, f"write_{name}").eq(getattr(scatter, f"write_{name}"))
 
         # --- the stores: written by `load` while idle, read by the sequencer ---------------
         stores = {}
@@ -233,7 +246,7 @@ class NetworkEngine(wiring.Component):
         with m.Else():
             wiring.connect(m, core.act_out, scatter.act_out)
         m.d.comb += [gather.start.payload.eq(ins.gather), scatter.start.payload.eq(ins.scatter),
-                     core.cfg.payload.eq(ins.cfg)]
+                     op.start.payload.eq(ins.eltwise), core.cfg.payload.eq(ins.cfg)]
         for name, r in readers.items():
             off, n = (ins.w_off, ins.w_n) if name == "weights" else (ins.p_off, ins.p_n)
             m.d.comb += [r.off.eq(off), r.n.eq(n)]
@@ -257,6 +270,9 @@ class NetworkEngine(wiring.Component):
                     with m.Case(OPCODES["OUTPUT"]):
                         m.d.comb += [to_host.eq(1), gather.start.valid.eq(1)]
                         m.next = "WAIT"
+                    with m.Case(OPCODES["OP"]):
+                        m.d.comb += [op_active.eq(1), op.start.valid.eq(1)]
+                        m.next = "WAIT"
                     with m.Case(OPCODES["CONV"]):
                         m.d.comb += [gather.start.valid.eq(1), scatter.start.valid.eq(ins.out),
                                      readers["weights"].start.eq(1),
@@ -272,9 +288,10 @@ class NetworkEngine(wiring.Component):
                     m.next = "WAIT"
             with m.State("WAIT"):
                 m.d.comb += [to_host.eq(ins.op == OPCODES["OUTPUT"]),
-                             from_host.eq(ins.op == OPCODES["INPUT"])]
+                             from_host.eq(ins.op == OPCODES["INPUT"]),
+                             op_active.eq(ins.op == OPCODES["OP"])]
                 units_idle = ~gather.busy & ~scatter.busy & ~readers["weights"].busy \
-                    & ~readers["params"].busy
+                    & ~readers["params"].busy & ~op.busy
                 with m.If(ins.op == OPCODES["CONV"]):
                     with m.If(core_ended & core.error):
                         m.d.sync += [self.busy.eq(0), self.error.eq(1)]
