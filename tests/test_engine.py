@@ -189,3 +189,18 @@ def test_engine_runs_every_op_of_a_residual_network(name, output):
         assert not error and cycles > 0
         np.testing.assert_array_equal(prog.output_from_words(words), want[i],
                                       err_msg=f"image {i} on {name}")
+
+
+def test_the_digits_network_on_the_ecp5_engine_under_verilator():
+    """The shipped digits network, stores loaded once, two images through the ECP5 build's
+    engine with its real multiplier cells (Verilator), random pauses on the host's
+    streams: the outputs are the golden network's."""
+    from psc import data
+    from psc.onnx_import import import_onnx
+    net = import_onnx(data.path("digits_psc.onnx"))
+    _, _, x, _ = data.digits_split(0)
+    images = net.quantize_input(x[:2])
+    prog = compile_network(net, PRESETS["ecp5-25k"])
+    out, report = prog.simulate(images, target="verilator", stall=0.2, seed=3)
+    np.testing.assert_array_equal(out, net.run(images))
+    assert 0 < report["utilisation"] < 1 and len(report["per_image"]) == 2

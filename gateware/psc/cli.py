@@ -180,14 +180,24 @@ def _program(args):
         rng = np.random.default_rng(args.seed)
         images = rng.integers(-(1 << (net.act_width - 1)), 1 << (net.act_width - 1),
                               size=(args.images,) + net.input_shape)
-    out, report = prog.run(images, target=args.run, seed=args.seed)
-    exact = np.array_equal(out, net.run(images))
-    print(f"\n{'layer':<16} {'cycles':>9} {'utilisation':>12}")
-    for layer in report["layers"]:
-        print(f"{layer['name']:<16} {layer['cycles']:>9.0f} {layer['utilisation']:>11.1%}")
-    print(f"{'network':<16} {report['cycles']:>9.0f} {report['utilisation']:>11.1%}   "
-          f"(per inference, {len(images)} images on {args.run}; outputs "
-          f"{'bit-exact with' if exact else 'DIFFER from'} the golden network)")
+    want = net.run(images)
+    if args.layers:
+        out, report = prog.run(images, target=args.run, seed=args.seed)
+        exact = np.array_equal(out, want)
+        print(f"\nthe convolutions on the core, tiles fed from the activation memory model:")
+        print(f"{'layer':<16} {'cycles':>9} {'utilisation':>12}")
+        for layer in report["layers"]:
+            print(f"{layer['name']:<16} {layer['cycles']:>9.0f} {layer['utilisation']:>11.1%}")
+        print(f"{'convolutions':<16} {report['cycles']:>9.0f} {report['utilisation']:>11.1%}"
+              f"   (outputs {'bit-exact with' if exact else 'DIFFER from'} the golden network)")
+        if not exact:
+            return 1
+    out, report = prog.simulate(images, target=args.run, seed=args.seed)
+    exact = np.array_equal(out, want)
+    print(f"\nnetwork engine on {args.run}: {report['cycles']:.0f} cycles per inference (input "
+          f"in to output out, median of {len(images)} images), {report['macs']} MACs, array "
+          f"utilisation {report['utilisation']:.1%}; outputs "
+          f"{'bit-exact with' if exact else 'DIFFER from'} the golden network")
     return 0 if exact else 1
 
 
@@ -205,8 +215,9 @@ def _add_program(sub):
                                    "digits PSC network) for network mode on a build: every "
                                    "tensor's region of the activation memory, the bytes of "
                                    "commands, weights and parameters kept on chip. With --run "
-                                   "SIM, run it from one activation memory per image on the "
-                                   "simulated core and check it against the golden network.")
+                                   "SIM, run it on the simulated network engine (the core, "
+                                   "its stores and the activation memory) and check it "
+                                   "against the golden network.")
     p.add_argument("network", nargs="?", metavar="NETWORK", type=_network_file,
                    help="a network file (.onnx as psc.onnx_import takes, or .npz)")
     p.add_argument("--preset", "--target", dest="preset", default="default",
@@ -214,7 +225,10 @@ def _add_program(sub):
                    help="the build: a preset, synthesis target or board (default: default)")
     _add_overrides(p, ("lanes", "rows", "depthwise"), "the preset's")
     p.add_argument("--run", choices=list(SIMULATORS), metavar="SIM",
-                   help=f"run the program on a simulator ({', '.join(SIMULATORS)})")
+                   help=f"run the program on the network engine on a simulator "
+                        f"({', '.join(SIMULATORS)})")
+    p.add_argument("--layers", action="store_true",
+                   help="with --run, also each convolution's cycles on the core alone")
     p.add_argument("--images", type=_int_at_least(1), default=2,
                    help="images to run (the digits test split's first, or random; default 2)")
     p.add_argument("--seed", type=_int_at_least(0), default=0)

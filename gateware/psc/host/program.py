@@ -49,7 +49,7 @@ from psc.host.scheduler import LayerError, LayerPlan, Window, plan_layer, unroll
 from psc.hw.core import KIND_DEPTHWISE, config_layout, param_layout, weight_layout
 from psc.model.checks import BadTypeError, show
 from psc.model.network import Network
-from psc.model.packing import (channel_groups, pack_activations, pack_lanes,
+from psc.model.packing import (channel_groups, pack_activations, pack_lanes, pack_payload,
                                unpack_activations, unpack_lanes)
 
 __all__ = ["NetworkFitError", "Region", "ConvStep", "OpStep", "Program", "ActivationMemory",
@@ -345,6 +345,59 @@ class Program:
         groups = channel_groups(c, self.config.lanes)
         arr = np.array(words, dtype=object).reshape(h, w, groups)
         return unpack_activations(arr, c, self.config.lanes, self.config.pe.act_width)
+
+    def engine_config(self):
+        """The :class:`psc.hw.network.EngineConfig` whose memories hold exactly this program."""
+        from psc.hw.network.engine import EngineConfig
+        image = self.engine_image()
+        return EngineConfig(self.config, act_depth=image["act_words"],
+                            cmd_depth=len(image["instructions"]),
+                            weight_store_depth=max(1, len(image["weights"])),
+                            param_store_depth=max(1, len(image["params"])))
+
+    def simulate(self, images, *, target="verilator", stall=0.0, seed=0):
+        """Run ``images`` on a simulated :class:`psc.hw.network.NetworkEngine` holding this
+        program: the stores loaded once, then per image its input in, every layer on chip,
+        its output out (:mod:`psc.host.engine_bench`, random pauses of probability
+        ``stall`` on the host's two streams).
+
+        Returns ``(outputs, report)``: the network's outputs ``(N, ...)`` and, per
+        inference, ``cycles`` (median over the images, from ``run`` to ``done``: input
+        in, every layer, output out), ``macs`` and ``utilisation`` (``macs / (rows *
+        lanes)`` over ``cycles``).
+        """
+        from psc.host.sim import run_engine_job
+        from psc.hw.network.engine import instruction_layout, load_layout
+        xs = self.net.check_images(images)
+        cc = self.config
+        image = self.engine_image()
+        ec = self.engine_config()
+        il, ll = instruction_layout(ec), load_layout(ec)
+        loads = ([pack_payload(ll, {"sel": 0, "addr": i, "data": pack_payload(il, ins)})
+                  for i, ins in enumerate(image["instructions"])]
+                 + [pack_payload(ll, {"sel": 1, "addr": i, "data": w})
+                    for i, w in enumerate(image["weights"])]
+                 + [pack_payload(ll, {"sel": 2, "addr": i, "data": p})
+                    for i, p in enumerate(image["params"])])
+        tiles = [t for s in self.steps if isinstance(s, ConvStep) for t in s.plan.tiles]
+        ops = sum(s.srcs[0].words * (2 * cc.lanes + 4) for s in self.steps
+                  if isinstance(s, OpStep))
+        bound = sum(t.cycle_bound for t in tiles) + ops + 64 * len(tiles) + 10_000
+        out_words = self.regions[self.net.output].words
+        job = {"seed": int(seed), "stall": float(stall),
+               "max_cycles": int(bound * (1 + 8 * stall)), "loads": loads,
+               "images": [{"beats": self.input_beats(x), "n_out": out_words} for x in xs]}
+        res = run_engine_job(job, ec, target=target)["images"]
+        for i, r in enumerate(res):
+            if r["error"] or len(r["outputs"]) != out_words:
+                raise RuntimeError(f"image {i}: the engine stopped with error={r['error']} "
+                                   f"after {len(r['outputs'])}/{out_words} output words")
+        outs = np.stack([self.output_from_words(r["outputs"]) for r in res])
+        cycles = float(np.median([r["cycles"] for r in res]))
+        macs = sum(s.plan.macs for s in self.steps if isinstance(s, ConvStep))
+        return outs, {"cycles": cycles, "macs": macs,
+                      "utilisation": macs / (cc.rows * cc.lanes) / cycles,
+                      "per_image": [r["cycles"] for r in res]}
 
     # --- running it ------------------------------------------------------------
 

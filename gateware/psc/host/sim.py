@@ -34,7 +34,7 @@ from psc.hw.core import CoreConfig
 
 __all__ = ["SIMULATORS", "TARGETS", "TOPLEVEL", "SimulationFailed", "waves_requested",
            "write_if_changed", "icarus_time_zero", "slug", "build", "run", "generate_verilog",
-           "dsp_models", "build_simulation", "run_job"]
+           "dsp_models", "build_simulation", "run_job", "run_engine_job"]
 
 #: Simulators a bench can run on.
 SIMULATORS = ("verilator", "icarus")
@@ -44,6 +44,9 @@ TARGETS = SIMULATORS
 TOPLEVEL = "psc_core"
 #: The cocotb module that plays a host job on the core.
 CORE_BENCH = "psc.host.core_bench"
+#: Top module name and cocotb module of the network engine's simulations.
+ENGINE_TOPLEVEL = "psc_engine"
+ENGINE_BENCH = "psc.host.engine_bench"
 
 _runners = {}  # build key -> built runner, for the life of the process
 
@@ -265,6 +268,25 @@ def dsp_models(config, directory):
     return [write_if_changed(Path(directory) / name, text) for name, text in models.items()]
 
 
+def _build_top(kind, toplevel, key, verilog_text, config, target, waves):
+    """Write a top's Verilog (only when changed) and the cell models ``config`` needs under
+    ``<kind>/<key>/<target>[_waves]/`` and compile it; returns ``(runner, build dir)``."""
+    base = build_root() / kind / key / (target + ("_waves" if waves else ""))
+    with _locked(base):
+        src = verilog_text()
+        if target == "icarus":
+            src = icarus_time_zero(src)
+        sources = [write_if_changed(base / f"{toplevel}.v", src), *dsp_models(config, base)]
+    runner = build(target, sources, toplevel, base / "sim", waves=waves,
+                   log_file=base / "build.log")
+    return runner, base
+
+
+def _check_target(target):
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
+
+
 def build_simulation(config=None, target="verilator", *, waves=None):
     """Generate and compile the core for ``target``; returns ``(runner, build dir)``.
 
@@ -275,36 +297,22 @@ def build_simulation(config=None, target="verilator", *, waves=None):
     cc = config or CoreConfig()
     if not isinstance(cc, CoreConfig):
         raise TypeError(f"config must be a psc.config.CoreConfig, not {cc!r}")
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
+    _check_target(target)
     waves = waves_requested() if waves is None else bool(waves)
-    base = build_root() / "core" / cc.key() / (target + ("_waves" if waves else ""))
-    with _locked(base):
-        src = generate_verilog(cc)
-        if target == "icarus":
-            src = icarus_time_zero(src)
-        sources = [write_if_changed(base / f"{TOPLEVEL}.v", src), *dsp_models(cc, base)]
-    runner = build(target, sources, TOPLEVEL, base / "sim", waves=waves,
-                   log_file=base / "build.log")
-    return runner, base
+    return _build_top("core", TOPLEVEL, cc.key(), lambda: generate_verilog(cc), cc, target,
+                      waves)
 
 
-def run_job(job, *, config=None, target="verilator", waves=None, keep_dir=False):
-    """Play ``job`` (the JSON the cocotb bench :mod:`psc.host.core_bench` reads) on the core.
-
-    Returns the bench's result dict (``tiles``: one result per tile). The run
-    directory is removed afterwards unless ``keep_dir`` or waveforms are on.
-    """
+def _play(runner, base, target, toplevel, bench, job, waves, keep_dir):
+    """Run the cocotb module ``bench`` on a built top with ``job``; returns its result dict."""
     import shutil
-    waves = waves_requested() if waves is None else bool(waves)
-    runner, base = build_simulation(config, target, waves=waves)
     run_dir = base / "runs" / uuid.uuid4().hex[:12]
     run_dir.mkdir(parents=True)
     (run_dir / "job.json").write_text(json.dumps(job))
     result_path = run_dir / "result.json"
     log = run_dir / "sim.log"
     try:
-        run(runner, target, TOPLEVEL, CORE_BENCH, run_dir, waves=waves, log_file=log,
+        run(runner, target, toplevel, bench, run_dir, waves=waves, log_file=log,
             env={"PSC_JOB": run_dir / "job.json", "PSC_RESULT": result_path})
     except SimulationFailed as e:
         # the bench writes what went wrong to its result file when it can
@@ -318,3 +326,34 @@ def run_job(job, *, config=None, target="verilator", waves=None, keep_dir=False)
     if not (keep_dir or waves):
         shutil.rmtree(run_dir, ignore_errors=True)
     return res
+
+
+def run_job(job, *, config=None, target="verilator", waves=None, keep_dir=False):
+    """Play ``job`` (the JSON the cocotb bench :mod:`psc.host.core_bench` reads) on the core.
+
+    Returns the bench's result dict (``tiles``: one result per tile). The run
+    directory is removed afterwards unless ``keep_dir`` or waveforms are on.
+    """
+    waves = waves_requested() if waves is None else bool(waves)
+    runner, base = build_simulation(config, target, waves=waves)
+    return _play(runner, base, target, TOPLEVEL, CORE_BENCH, job, waves, keep_dir)
+
+
+def run_engine_job(job, engine_config, *, target="verilator", waves=None, keep_dir=False):
+    """Play ``job`` (the JSON :mod:`psc.host.engine_bench` reads) on a
+    :class:`psc.hw.network.NetworkEngine` built for ``engine_config``; returns the bench's
+    result dict (``images``: one result per image)."""
+    from amaranth.back import verilog
+    from psc.hw.network.engine import NetworkEngine
+    _check_target(target)
+    waves = waves_requested() if waves is None else bool(waves)
+    ec = engine_config
+    key = (f"{ec.core.key()}_a{ec.act_depth}c{ec.cmd_depth}w{ec.weight_store_depth}"
+           f"p{ec.param_store_depth}")
+
+    def text():
+        return (f"// {ENGINE_TOPLEVEL} generated by psc.host from {ec!r}\n"
+                + verilog.convert(NetworkEngine(ec), name=ENGINE_TOPLEVEL, emit_src=False))
+
+    runner, base = _build_top("engine", ENGINE_TOPLEVEL, key, text, ec.core, target, waves)
+    return _play(runner, base, target, ENGINE_TOPLEVEL, ENGINE_BENCH, job, waves, keep_dir)

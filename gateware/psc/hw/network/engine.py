@@ -40,7 +40,7 @@ from psc.hw.network.op_unit import OpUnit, op_layout
 from psc.hw.network.scatter import Scatter, scatter_layout
 from psc.model.checks import BadTypeError, check_int, show
 
-__all__ = ["EngineConfig", "NetworkEngine", "OPCODES", "instruction_layout"]
+__all__ = ["EngineConfig", "NetworkEngine", "OPCODES", "instruction_layout", "load_layout"]
 
 #: Instruction opcodes.
 OPCODES = {"END": 0, "INPUT": 1, "CONV": 2, "OUTPUT": 3, "OP": 4}
@@ -98,6 +98,15 @@ def instruction_layout(config):
         "gather": gather_layout(cc, aw), "scatter": scatter_layout(cc, aw), "out": 1,
         "eltwise": op_layout(cc, aw),
     })
+
+
+def load_layout(config):
+    """A word of :attr:`NetworkEngine.load`: ``sel`` (0 the command store, 1 the weight
+    store, 2 the parameter store), ``addr`` and ``data`` (the store's word, low bits)."""
+    cc = config.core
+    widest = max(instruction_layout(config).size, weight_layout(cc).size, param_layout(cc).size)
+    depth = max(config.cmd_depth, config.weight_store_depth, config.param_store_depth)
+    return data.StructLayout({"sel": 2, "addr": _width(depth), "data": widest})
 
 
 class _StoreReader(wiring.Component):
@@ -166,12 +175,8 @@ class NetworkEngine(wiring.Component):
                                f"not {show(config)}")
         self.config = config
         cc = config.core
-        widest = max(instruction_layout(config).size, weight_layout(cc).size,
-                     param_layout(cc).size)
-        depth = max(config.cmd_depth, config.weight_store_depth, config.param_store_depth)
         super().__init__({
-            "load": In(stream.Signature(data.StructLayout({
-                "sel": 2, "addr": _width(depth), "data": widest}))),
+            "load": In(stream.Signature(load_layout(config))),
             "run": In(1),
             "host_in": In(stream.Signature(act_out_layout(cc))),
             "host_out": Out(stream.Signature(act_in_layout(cc))),

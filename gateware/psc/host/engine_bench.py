@@ -1,0 +1,85 @@
+"""cocotb bench of psc.hw.network.NetworkEngine, driven by :func:`psc.host.program.Program.simulate`.
+
+Like :mod:`psc.host.core_bench` it knows nothing of networks: it plays a job
+(``PSC_JOB``, JSON: the store words to load, then per image the input beats
+and the number of output words) on the engine: every store word through
+``load``, then per image a ``run`` pulse, the beats into ``host_in`` and the
+words out of ``host_out``, with random pauses of probability ``stall`` on
+both streams, until ``done``. It writes per image the output words, ``error``
+and ``cycles`` to ``PSC_RESULT``.
+"""
+
+import json
+import os
+import random
+import traceback
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import ReadOnly, RisingEdge
+
+from psc.host.cocotb_stream import StreamDriver, StreamMonitor, random_pause, read_int
+
+
+@cocotb.test()
+async def run_job(dut):
+    job = json.loads(open(os.environ["PSC_JOB"]).read())
+    result_path = os.environ["PSC_RESULT"]
+    results = []
+    try:
+        await _run(dut, job, results)
+    except BaseException as e:
+        with open(result_path, "w") as f:
+            json.dump({"failure": f"{type(e).__name__}: {e}\n{traceback.format_exc()}",
+                       "images": results}, f)
+        raise
+    with open(result_path, "w") as f:
+        json.dump({"images": results}, f)
+
+
+async def _run(dut, job, results):
+    rng = random.Random(job.get("seed", 0))
+    stall = float(job.get("stall", 0.0))
+    clk = dut.clk
+    cocotb.start_soon(Clock(clk, 10, unit="ns").start())
+    dut.rst.value = 1
+    dut.run.value = 0
+    load = StreamDriver(clk, dut.load__valid, dut.load__payload, dut.load__ready, reset=dut.rst,
+                        name="load")
+    host_in = StreamDriver(clk, dut.host_in__valid, dut.host_in__payload, dut.host_in__ready,
+                           reset=dut.rst, name="host_in")
+    words = []
+    host_out = StreamMonitor(clk, dut.host_out__valid, dut.host_out__payload,
+                             dut.host_out__ready, reset=dut.rst, callback=words.append,
+                             name="host_out")
+    if stall:
+        host_in.set_pause_generator(random_pause(stall, random.Random(rng.random())))
+        host_out.set_pause_generator(random_pause(stall, random.Random(rng.random())))
+    for _ in range(3):
+        await RisingEdge(clk)
+    dut.rst.value = 0
+    load.send_many(job["loads"])
+    while load.count < len(job["loads"]):
+        await RisingEdge(clk)
+    for index, image in enumerate(job["images"]):
+        words.clear()
+        await RisingEdge(clk)
+        dut.run.value = 1
+        await RisingEdge(clk)
+        dut.run.value = 0
+        host_in.send_many(image["beats"])
+        cycles = 0
+        while True:
+            await RisingEdge(clk)
+            cycles += 1
+            await ReadOnly()
+            if read_int(dut.done):
+                break
+            if cycles > job["max_cycles"]:
+                raise AssertionError(f"image {index}: no done after {cycles} cycles; "
+                                     f"{len(words)}/{image['n_out']} output words")
+        await RisingEdge(clk)
+        if host_out.errors:
+            raise AssertionError(str(host_out.errors[0]))
+        results.append({"outputs": list(words), "error": read_int(dut.error),
+                        "cycles": read_int(dut.cycles)})
