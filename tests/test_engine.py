@@ -11,9 +11,8 @@ import pytest
 from amaranth.hdl import ClockDomain, Module
 from amaranth.sim import Simulator
 
-from psc.host.program import NetworkFitError, compile_network
-from psc.hw.network.engine import EngineConfig, NetworkEngine, instruction_layout
-from psc.hw.core import param_layout, weight_layout
+from psc.host.program import compile_network
+from psc.hw.network.engine import EngineConfig, NetworkEngine, instruction_words
 from psc.model.network import Layer, Network
 from psc.model.packing import pack_payload
 from psc.presets import PRESETS
@@ -50,8 +49,8 @@ def _run_engine(cc, net, images, seed, reset_at=None, edit=None):
     top = Module()
     top.domains.sync = cd = ClockDomain()
     top.submodules.engine = dut
-    il = instruction_layout(ec)
-    loads = ([(0, i, pack_payload(il, ins)) for i, ins in enumerate(image["instructions"])]
+    cmd = [w for ins in image["instructions"] for w in instruction_words(ec, ins)]
+    loads = ([(0, i, w) for i, w in enumerate(cmd)]
              + [(1, i, w) for i, w in enumerate(image["weights"])]
              + [(2, i, p) for i, p in enumerate(image["params"])])
     rnd = random.Random(seed)

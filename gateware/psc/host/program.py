@@ -367,14 +367,14 @@ class Program:
         lanes)`` over ``cycles``).
         """
         from psc.host.sim import run_engine_job
-        from psc.hw.network.engine import instruction_layout, load_layout
+        from psc.hw.network.engine import instruction_words, load_layout
         xs = self.net.check_images(images)
         cc = self.config
         image = self.engine_image()
         ec = self.engine_config()
-        il, ll = instruction_layout(ec), load_layout(ec)
-        loads = ([pack_payload(ll, {"sel": 0, "addr": i, "data": pack_payload(il, ins)})
-                  for i, ins in enumerate(image["instructions"])]
+        ll = load_layout(ec)
+        cmd = [w for ins in image["instructions"] for w in instruction_words(ec, ins)]
+        loads = ([pack_payload(ll, {"sel": 0, "addr": i, "data": w}) for i, w in enumerate(cmd)]
                  + [pack_payload(ll, {"sel": 1, "addr": i, "data": w})
                     for i, w in enumerate(image["weights"])]
                  + [pack_payload(ll, {"sel": 2, "addr": i, "data": p})

@@ -25,7 +25,7 @@ A command the core refuses stops the run with ``error`` set.
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Cat, Module, Shape, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -40,7 +40,8 @@ from psc.hw.network.op_unit import OpUnit, op_layout
 from psc.hw.network.scatter import Scatter, scatter_layout
 from psc.model.checks import BadTypeError, check_int, show
 
-__all__ = ["EngineConfig", "NetworkEngine", "OPCODES", "instruction_layout", "load_layout"]
+__all__ = ["EngineConfig", "NetworkEngine", "OPCODES", "CMD_WORD", "instruction_layout",
+           "instruction_words", "load_layout"]
 
 #: Instruction opcodes.
 OPCODES = {"END": 0, "INPUT": 1, "CONV": 2, "OUTPUT": 3, "OP": 4}
@@ -100,12 +101,32 @@ def instruction_layout(config):
     })
 
 
+#: Bits of a word of the command store; an instruction takes :func:`instruction_words` of them
+#: (a store as narrow as a block RAM's port, not as wide as an instruction).
+CMD_WORD = 32
+
+
+def instruction_words(config, fields=None):
+    """The command-store words of one instruction (``fields``: a dict of
+    :func:`instruction_layout`'s fields), first word first; without ``fields``, how many
+    there are."""
+    il = instruction_layout(config)
+    n = -(-il.size // CMD_WORD)
+    if fields is None:
+        return n
+    from psc.model.packing import pack_payload
+    bits = pack_payload(il, fields)
+    return [(bits >> (CMD_WORD * i)) & ((1 << CMD_WORD) - 1) for i in range(n)]
+
+
 def load_layout(config):
-    """A word of :attr:`NetworkEngine.load`: ``sel`` (0 the command store, 1 the weight
-    store, 2 the parameter store), ``addr`` and ``data`` (the store's word, low bits)."""
+    """A word of :attr:`NetworkEngine.load`: ``sel`` (0 the command store, whose words are
+    :data:`CMD_WORD` bits, :func:`instruction_words` per instruction; 1 the weight store; 2
+    the parameter store), ``addr`` and ``data`` (the store's word, low bits)."""
     cc = config.core
-    widest = max(instruction_layout(config).size, weight_layout(cc).size, param_layout(cc).size)
-    depth = max(config.cmd_depth, config.weight_store_depth, config.param_store_depth)
+    widest = max(CMD_WORD, weight_layout(cc).size, param_layout(cc).size)
+    depth = max(config.cmd_depth * instruction_words(config), config.weight_store_depth,
+                config.param_store_depth)
     return data.StructLayout({"sel": 2, "addr": _width(depth), "data": widest})
 
 
@@ -207,14 +228,17 @@ class NetworkEngine(wiring.Component):
 
         # --- the stores: written by `load` while idle, read by the sequencer ---------------
         stores = {}
+        n_words = instruction_words(ec)
         for sel, (name, shape, depth) in enumerate((
-                ("cmd", il, ec.cmd_depth), ("weights", weight_layout(cc), ec.weight_store_depth),
+                ("cmd", CMD_WORD, ec.cmd_depth * n_words),
+                ("weights", weight_layout(cc), ec.weight_store_depth),
                 ("params", param_layout(cc), ec.param_store_depth))):
             mem = Memory(shape=shape, depth=depth, init=[])
             m.submodules[f"{name}_store"] = mem
             wp, rp = mem.write_port(), mem.read_port()
             m.d.comb += [wp.addr.eq(self.load.payload.addr), wp.data.eq(
-                self.load.payload.data[:len(wp.data.as_value())]),
+                self.load.payload.data[:Shape.cast(shape).width if name == "cmd" else
+                                       data.Layout.cast(shape).size]),
                 wp.en.eq(self.load.valid & self.load.ready & (self.load.payload.sel == sel))]
             stores[name] = rp
         m.d.comb += self.load.ready.eq(~self.busy)
@@ -228,10 +252,13 @@ class NetworkEngine(wiring.Component):
             readers[name] = r
 
         # --- the sequencer ------------------------------------------------------------------
-        pc = Signal(_width(ec.cmd_depth))
-        ins = Signal(il)
+        # the instruction is read word by word into `raw`, first word ending at the bottom
+        caddr = Signal(_width(ec.cmd_depth * n_words) + 1)
+        fetched = Signal(range(n_words + 1))
+        raw = Signal(n_words * CMD_WORD)
+        ins = il(raw[:il.size])
         cmd = stores["cmd"]
-        m.d.comb += cmd.addr.eq(pc)
+        m.d.comb += cmd.addr.eq(caddr)
         core_ended = Signal()
         with m.If(core.done):
             m.d.sync += core_ended.eq(1)
@@ -259,14 +286,20 @@ class NetworkEngine(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.run):
-                    m.d.sync += [pc.eq(0), self.busy.eq(1), self.error.eq(0), self.cycles.eq(0)]
+                    m.d.sync += [caddr.eq(0), fetched.eq(0), self.busy.eq(1), self.error.eq(0),
+                                 self.cycles.eq(0)]
                     m.next = "FETCH"
             with m.State("FETCH"):
-                m.d.comb += cmd.en.eq(1)
-                m.next = "DECODE"
-            with m.State("DECODE"):
-                m.d.sync += [ins.eq(cmd.data), pc.eq(pc + 1), core_ended.eq(0)]
-                m.next = "START"
+                # a read per cycle; each word arrives in the next and shifts in at the top
+                m.d.comb += cmd.en.eq(fetched != n_words)
+                with m.If(fetched != n_words):
+                    m.d.sync += caddr.eq(caddr + 1)
+                with m.If(fetched != 0):
+                    m.d.sync += raw.eq(Cat(raw[CMD_WORD:], cmd.data))
+                m.d.sync += fetched.eq(fetched + 1)
+                with m.If(fetched == n_words):
+                    m.d.sync += [fetched.eq(0), core_ended.eq(0)]
+                    m.next = "START"
             with m.State("START"):
                 with m.Switch(ins.op):
                     with m.Case(OPCODES["INPUT"]):
