@@ -93,6 +93,7 @@ def test_bench_mobilenet_v2_layer_list():
     (["nosuch"], ["psc:", "'nosuch'"]),
     (["program", "net.txt"], ["psc program", "NETWORK", ".onnx or .npz", "'net.txt'"]),
     (["program", "--run", "modelsim"], ["psc program", "--run", "'modelsim'"]),
+    (["program", "--target", "tiny", "--synth"], ["psc program", "--synth", "'tiny'"]),
 ])
 def test_bad_options_are_one_line_and_exit_2(calls, capsys, argv, words):
     assert cli.main(argv) == 2

@@ -12,7 +12,7 @@ from amaranth.hdl import ClockDomain, Module
 from amaranth.sim import Simulator
 
 from psc.host.program import compile_network
-from psc.hw.network.engine import EngineConfig, NetworkEngine, instruction_words
+from psc.hw.network.engine import NetworkEngine, instruction_words
 from psc.model.network import Layer, Network
 from psc.model.packing import pack_payload
 from psc.presets import PRESETS
@@ -42,9 +42,8 @@ def _run_engine(cc, net, images, seed, reset_at=None, edit=None):
     image = prog.engine_image()
     if edit:
         edit(image)
-    ec = EngineConfig(cc, act_depth=image["act_words"], cmd_depth=len(image["instructions"]),
-                      weight_store_depth=max(1, len(image["weights"])),
-                      param_store_depth=max(1, len(image["params"])))
+    ec = prog.engine_config()
+    prog.check_engine(ec)
     dut = NetworkEngine(ec)
     top = Module()
     top.domains.sync = cd = ClockDomain()

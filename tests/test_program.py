@@ -125,3 +125,20 @@ def test_what_network_mode_refuses():
         compile_network("digits", PRESETS["tiny"])
     with pytest.raises(BadTypeError, match="config must be a psc.config.CoreConfig"):
         compile_network(_digits()[0], "tiny")
+
+
+def test_an_engine_too_small_is_refused_naming_each_memory():
+    from psc.hw.network import EngineConfig
+    net, _ = _digits()
+    prog = compile_network(net, PRESETS["ecp5-25k"])
+    ec = prog.engine_config()
+    prog.check_engine(ec)
+    small = EngineConfig(ec.core.replace(weight_depth=256), act_depth=64,
+                         cmd_depth=ec.cmd_depth, param_store_depth=ec.param_store_depth)
+    prog = compile_network(net, small.core)
+    with pytest.raises(NetworkFitError, match=rf"needs {ec.act_depth} activation words \(the "
+                                              rf"build has 64\), 344 weight blocks \(the "
+                                              rf"build has 256\)"):
+        prog.check_engine(small)
+    with pytest.raises(NetworkFitError, match="compiled for"):
+        prog.check_engine(EngineConfig(PRESETS["tiny"]))

@@ -24,12 +24,13 @@ import sys
 
 import numpy as np
 
-from psc.build_dir import check_dir, check_not_tmp
+from psc.build_dir import build_root, check_dir, check_not_tmp
 from psc.flow import board, explore, generate, soak, synth
 from psc.host import SERIAL_PREFIX, TARGETS as SIMULATORS, bench
 from psc.host.serial_link import check_port, parse_target
 from psc.model import golden
 from psc.config import DEPTHWISE_MODES, MULTIPLIERS
+from psc import presets
 from psc.presets import BOARDS, DEFAULT_BAUD, PRESETS, TARGETS, preset
 
 
@@ -171,6 +172,8 @@ def _program(args):
     net = import_onnx(path) if str(path).endswith(".onnx") else Network.load(path)
     prog = compile_network(net, config)
     print("\n".join(describe(prog)))
+    if args.synth:
+        _program_synth(args, prog)
     if not args.run:
         return 0
     if args.network is None:
@@ -201,6 +204,22 @@ def _program(args):
     return 0 if exact else 1
 
 
+def _program_synth(args, prog):
+    """Yosys on the network engine that holds ``prog`` (no place and route)."""
+    from psc.flow.synth import SynthHarness, run_yosys
+    from psc.hw.network import NetworkEngine
+    target = presets.BOARDS.get(args.preset, args.preset)
+    if target not in TARGETS:
+        raise _BadOption(f"psc program: --synth needs a synthesis target ({', '.join(TARGETS)}) "
+                         f"or a board, not --target {args.preset!r}")
+    ec = prog.engine_config()
+    res = run_yosys(SynthHarness(NetworkEngine(ec)), target,
+                    str(build_root() / "program" / target), 8, ec.core.pe.multiplier)
+    dut = res["dut"]
+    print(f"\nnetwork engine for {target} (Yosys, {res['seconds']:.0f} s): "
+          + ", ".join(f"{v} {k}" for k, v in dut.items()))
+
+
 def _network_file(text):
     from pathlib import Path
     if not text.endswith((".onnx", ".npz")) or not Path(text).is_file():
@@ -227,6 +246,9 @@ def _add_program(sub):
     p.add_argument("--run", choices=list(SIMULATORS), metavar="SIM",
                    help=f"run the program on the network engine on a simulator "
                         f"({', '.join(SIMULATORS)})")
+    p.add_argument("--synth", action="store_true",
+                   help="synthesise the network engine holding the program (Yosys, no place "
+                        "and route) and print its resources")
     p.add_argument("--layers", action="store_true",
                    help="with --run, also each convolution's cycles on the core alone")
     p.add_argument("--images", type=_int_at_least(1), default=2,

@@ -298,7 +298,7 @@ class Program:
         zero_op = _op_fields(None, cc.lanes)
 
         def ins(op, **fields):
-            out = {"op": OPCODES[op], "cfg": zero_cfg, "w_off": 0, "w_n": 0, "p_off": 0,
+            out = {"op": OPCODES[op], "cfg": zero_cfg, "w_off": 0, "p_off": 0,
                    "p_n": 0, "gather": zero_g, "scatter": zero_s, "out": 0, "eltwise": zero_op}
             out.update(fields)
             return out
@@ -308,15 +308,17 @@ class Program:
         instructions = [ins("INPUT", scatter={
             "addr": src.base, "lane": 0, "pixel_step": src.groups, "row_step": w * src.groups,
             "n_b": channel_groups(c, cc.rows), "n_x": w, "n_y": h, "valid": c})]
-        weights, params = [], []
+        weights, params, w_off = [], [], 0
         for step in self.steps:
             if isinstance(step, OpStep):
                 if step.op != "flatten":
                     instructions.append(ins("OP", eltwise=_op_fields(step, cc.lanes)))
                 continue
             for tile in step.plan.tiles:
+                if tile.weights:       # a tile that keeps its weights reads the last ones
+                    w_off = len(weights)
                 instructions.append(ins(
-                    "CONV", cfg=tile.fields, w_off=len(weights), w_n=len(tile.weights),
+                    "CONV", cfg=tile.fields, w_off=w_off,
                     p_off=len(params), p_n=len(tile.params),
                     gather=gather_fields(step.src, tile.window, cc.lanes),
                     scatter=(scatter_fields(step.dst, step.plan, tile) if tile.n_out
@@ -347,13 +349,31 @@ class Program:
         return unpack_activations(arr, c, self.config.lanes, self.config.pe.act_width)
 
     def engine_config(self):
-        """The :class:`psc.hw.network.EngineConfig` whose memories hold exactly this program."""
+        """The :class:`psc.hw.network.EngineConfig` whose memories hold exactly this program
+        (the weight blocks go to the core's own weight buffer: see :meth:`check_engine`)."""
         from psc.hw.network.engine import EngineConfig
         image = self.engine_image()
         return EngineConfig(self.config, act_depth=image["act_words"],
                             cmd_depth=len(image["instructions"]),
-                            weight_store_depth=max(1, len(image["weights"])),
                             param_store_depth=max(1, len(image["params"])))
+
+    def check_engine(self, engine_config):
+        """Raise :class:`NetworkFitError` unless ``engine_config``'s memories (a
+        :class:`psc.hw.network.EngineConfig`, a build's) hold this program, naming each
+        memory that is too small: what the program needs against what the build has."""
+        ec = engine_config
+        if ec.core != self.config:
+            raise NetworkFitError(f"the program is compiled for {self.config!r}, not for the "
+                                  f"engine's core {ec.core!r}")
+        image = self.engine_image()
+        short = [f"{need} {what} (the build has {have})" for need, have, what in (
+            (image["act_words"], ec.act_depth, "activation words"),
+            (len(image["instructions"]), ec.cmd_depth, "instructions"),
+            (len(image["weights"]), ec.core.weight_depth, "weight blocks"),
+            (len(image["params"]), ec.param_store_depth, "parameter words")) if need > have]
+        if short:
+            raise NetworkFitError(f"the network does not fit the engine's memories: it needs "
+                                  f"{', '.join(short)}; run it tile by tile instead")
 
     def simulate(self, images, *, target="verilator", stall=0.0, seed=0):
         """Run ``images`` on a simulated :class:`psc.hw.network.NetworkEngine` holding this
@@ -372,6 +392,7 @@ class Program:
         cc = self.config
         image = self.engine_image()
         ec = self.engine_config()
+        self.check_engine(ec)
         ll = load_layout(ec)
         cmd = [w for ins in image["instructions"] for w in instruction_words(ec, ins)]
         loads = ([pack_payload(ll, {"sel": 0, "addr": i, "data": w}) for i, w in enumerate(cmd)]

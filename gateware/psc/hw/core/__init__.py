@@ -156,6 +156,13 @@ class PSCConvCore(wiring.Component):
         The MAC array's class, :class:`~psc.hw.dot_product.DotProduct` or a
         subclass with its ports (``psc compare`` builds the paper's naive
         datapath, :class:`~psc.hw.naive.NaiveDotProduct`, into the same core).
+    resident_weights : bool
+        Network mode (:class:`psc.hw.network.NetworkEngine`): the weight buffer holds a
+        whole network's weight blocks, written through ``weight_write_addr``,
+        ``weight_write_data`` and ``weight_write_en`` while the core is idle; a command
+        takes no :attr:`weights` and reads its blocks from ``weight_base`` on. The
+        other ports and the command are unchanged; without it the core has no such
+        ports.
 
     Attributes
     ----------
@@ -168,7 +175,7 @@ class PSCConvCore(wiring.Component):
     cycles_total, cycles_compute, cycles_stall : Out(COUNTER_WIDTH)
     """
 
-    def __init__(self, config=None, *, dot_product=DotProduct):
+    def __init__(self, config=None, *, dot_product=DotProduct, resident_weights=False):
         if config is None:
             config = CoreConfig()
         if not isinstance(config, CoreConfig):
@@ -178,7 +185,7 @@ class PSCConvCore(wiring.Component):
                             f"not {dot_product!r}")
         self._config = config
         self._dot_product = dot_product
-        super().__init__({
+        members = {
             "cfg": In(stream.Signature(config_layout(config))),
             "weights": In(stream.Signature(weight_layout(config))),
             "params": In(stream.Signature(param_layout(config))),
@@ -190,7 +197,14 @@ class PSCConvCore(wiring.Component):
             "cycles_total": Out(COUNTER_WIDTH),
             "cycles_compute": Out(COUNTER_WIDTH),
             "cycles_stall": Out(COUNTER_WIDTH),
-        })
+        }
+        self._resident = bool(resident_weights)
+        if self._resident:
+            aw = max(1, (config.weight_depth - 1).bit_length())
+            members.update({"weight_base": In(aw), "weight_write_addr": In(aw),
+                            "weight_write_data": In(weight_layout(config)),
+                            "weight_write_en": In(1)})
+        super().__init__(members)
 
     @property
     def config(self):
@@ -209,7 +223,11 @@ class PSCConvCore(wiring.Component):
         m.submodules.wbuf = wbuf = LoadBuffer(
             weight_layout(cc), cc.weight_depth,
             count_width=sizes_layout(cc)["n_w"].shape.width,
-            read_addr_width=weight_address_width(cc))
+            read_addr_width=weight_address_width(cc), resident=self._resident)
+        if self._resident:
+            m.d.comb += [wbuf.base.eq(self.weight_base), wbuf.write_addr.eq(self.weight_write_addr),
+                         wbuf.write_data.eq(self.weight_write_data),
+                         wbuf.write_en.eq(self.weight_write_en)]
         m.submodules.pbuf = pbuf = LoadBuffer(
             param_layout(cc), cc.param_depth,
             count_width=GOUT_O_WIDTH, read_addr_width=param_address_width(cc))

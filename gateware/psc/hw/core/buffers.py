@@ -43,9 +43,13 @@ class LoadBuffer(wiring.Component):
         Words of the command (at most ``depth``: the command checks refuse more).
     done : Out(1)
     read : In(read_signature(read_addr_width, shape))
+    base, write_addr, write_data, write_en : In
+        With ``resident``: the buffer holds words written through ``write_*`` (a whole
+        network's weights, in network mode), takes nothing from :attr:`i`, is always
+        ``done``, and a read of address ``a`` reads word ``base + a``.
     """
 
-    def __init__(self, shape, depth, *, count_width, read_addr_width):
+    def __init__(self, shape, depth, *, count_width, read_addr_width, resident=False):
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth must be a positive integer, not {depth!r}")
         for name, value in (("count_width", count_width), ("read_addr_width", read_addr_width)):
@@ -53,7 +57,8 @@ class LoadBuffer(wiring.Component):
                 raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
         self._shape = shape
         self._depth = depth
-        super().__init__({
+        self._resident = bool(resident)
+        members = {
             "i": In(stream.Signature(shape)),
             "start": In(1),
             "run": In(1),
@@ -61,13 +66,28 @@ class LoadBuffer(wiring.Component):
             "count": In(count_width),
             "done": Out(1),
             "read": In(read_signature(read_addr_width, shape)),
-        })
+        }
+        if self._resident:
+            aw = max(1, (depth - 1).bit_length())
+            members.update({"base": In(aw), "write_addr": In(aw), "write_data": In(shape),
+                            "write_en": In(1)})
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.mem = mem = Memory(shape=self._shape, depth=self._depth, init=[])
         wp = mem.write_port()
         rp = mem.read_port()
+        if self._resident:
+            # written from outside while idle, never loaded by a command; a command reads
+            # from its base
+            m.d.comb += [
+                wp.addr.eq(self.write_addr), wp.data.eq(self.write_data),
+                wp.en.eq(self.write_en),
+                rp.addr.eq(self.base + self.read.addr), rp.en.eq(self.read.en),
+                self.read.data.eq(rp.data), self.done.eq(1),
+            ]
+            return m
         cnt = Signal(range(self._depth + 1))
         m.d.comb += [
             wp.addr.eq(cnt),

@@ -1,15 +1,17 @@
 """Network mode's engine: the core running a whole program from on-chip memory.
 
-A program (:meth:`psc.host.program.Program.image`) is a list of
-instructions in the command store, the weight blocks and parameter words of
-every tile in their own stores, and the network's tensors in the
+A program (:meth:`psc.host.program.Program.engine_image`) is a list of
+instructions in the command store, the weight blocks of every tile in the
+core's weight buffer (written once, read in place), the parameter words in
+their store, and the network's tensors in the
 :class:`~psc.hw.network.act_memory.ActivationMemory`. One :attr:`NetworkEngine.run`
 executes the instructions from address 0 to the first ``END``:
 
 * ``INPUT``: the host's beats (``rows`` activations each, the input tensor's
   pixels in raster order) are scattered into the input's region;
-* ``CONV``: one tile: its command to the core, its weights and parameters
-  streamed from their stores, its input window gathered from the activation
+* ``CONV``: one tile: its command to the core (which reads its weights from
+  its own weight buffer, holding the whole network's, from the tile's first
+  block on), its parameters streamed from their store, its input window gathered from the activation
   memory and its output beats scattered into the output's region, all at
   once (the core takes each stream when it is ready for it); the next
   instruction starts when the core has ended the command and the last beat
@@ -60,13 +62,13 @@ class EngineConfig:
     core : psc.config.CoreConfig
     act_depth : int
         Words of the activation memory (even).
-    cmd_depth, weight_store_depth, param_store_depth : int
-        Instructions, weight blocks and parameter words the stores hold.
+    cmd_depth, param_store_depth : int
+        Instructions and parameter words the stores hold. The weight blocks are held
+        by the core's own weight buffer (``core.weight_depth`` of them), written once.
     """
     core: CoreConfig
     act_depth: int = 1024
     cmd_depth: int = 256
-    weight_store_depth: int = 1024
     param_store_depth: int = 256
 
     def __post_init__(self):
@@ -76,7 +78,7 @@ class EngineConfig:
         if self.act_depth % 2:
             raise ValueError(f"act_depth must be even (two banks of words), "
                              f"not {self.act_depth}")
-        for name in ("cmd_depth", "weight_store_depth", "param_store_depth"):
+        for name in ("cmd_depth", "param_store_depth"):
             check_int(name, getattr(self, name), 1, 1 << 20)
 
     @property
@@ -86,15 +88,15 @@ class EngineConfig:
 
 def instruction_layout(config):
     """One instruction: ``op`` (:data:`OPCODES`); for ``CONV`` the core's ``cfg`` beat, the
-    weight blocks ``[w_off, w_off + w_n)`` and parameter words ``[p_off, p_off + p_n)`` of
-    the stores, the ``gather`` and ``scatter`` descriptors and ``out`` (the tile makes
+    first of its weight blocks in the core's weight buffer ``w_off``, its parameter words
+    ``[p_off, p_off + p_n)`` of the parameter store, the ``gather`` and ``scatter`` descriptors and ``out`` (the tile makes
     output beats); ``INPUT`` uses ``scatter``, ``OUTPUT`` ``gather``, ``OP``
     ``eltwise``."""
     cc, aw = config.core, config.act_addr_width
     return data.StructLayout({
         "op": 3,
         "cfg": config_layout(cc),
-        "w_off": _width(config.weight_store_depth), "w_n": _width(config.weight_store_depth) + 1,
+        "w_off": _width(cc.weight_depth),
         "p_off": _width(config.param_store_depth), "p_n": _width(config.param_store_depth) + 1,
         "gather": gather_layout(cc, aw), "scatter": scatter_layout(cc, aw), "out": 1,
         "eltwise": op_layout(cc, aw),
@@ -121,11 +123,11 @@ def instruction_words(config, fields=None):
 
 def load_layout(config):
     """A word of :attr:`NetworkEngine.load`: ``sel`` (0 the command store, whose words are
-    :data:`CMD_WORD` bits, :func:`instruction_words` per instruction; 1 the weight store; 2
-    the parameter store), ``addr`` and ``data`` (the store's word, low bits)."""
+    :data:`CMD_WORD` bits, :func:`instruction_words` per instruction; 1 the core's weight
+    buffer; 2 the parameter store), ``addr`` and ``data`` (the word, low bits)."""
     cc = config.core
     widest = max(CMD_WORD, weight_layout(cc).size, param_layout(cc).size)
-    depth = max(config.cmd_depth * instruction_words(config), config.weight_store_depth,
+    depth = max(config.cmd_depth * instruction_words(config), cc.weight_depth,
                 config.param_store_depth)
     return data.StructLayout({"sel": 2, "addr": _width(depth), "data": widest})
 
@@ -209,7 +211,7 @@ class NetworkEngine(wiring.Component):
         ec = self.config
         cc = ec.core
         il = instruction_layout(ec)
-        m.submodules.core = core = PSCConvCore(cc)
+        m.submodules.core = core = PSCConvCore(cc, resident_weights=True)
         m.submodules.act = act = ActivationMemory(cc, ec.act_depth)
         m.submodules.gather = gather = Gather(cc, act.addr_width)
         m.submodules.scatter = scatter = Scatter(cc, act.addr_width)
@@ -229,27 +231,27 @@ class NetworkEngine(wiring.Component):
         # --- the stores: written by `load` while idle, read by the sequencer ---------------
         stores = {}
         n_words = instruction_words(ec)
-        for sel, (name, shape, depth) in enumerate((
-                ("cmd", CMD_WORD, ec.cmd_depth * n_words),
-                ("weights", weight_layout(cc), ec.weight_store_depth),
-                ("params", param_layout(cc), ec.param_store_depth))):
+        loading = self.load.valid & self.load.ready
+        m.d.comb += [core.weight_write_addr.eq(self.load.payload.addr),
+                     core.weight_write_data.eq(self.load.payload.data),
+                     core.weight_write_en.eq(loading & (self.load.payload.sel == 1))]
+        for sel, (name, shape, depth) in ((0, ("cmd", CMD_WORD, ec.cmd_depth * n_words)),
+                                          (2, ("params", param_layout(cc),
+                                               ec.param_store_depth))):
             mem = Memory(shape=shape, depth=depth, init=[])
             m.submodules[f"{name}_store"] = mem
             wp, rp = mem.write_port(), mem.read_port()
             m.d.comb += [wp.addr.eq(self.load.payload.addr), wp.data.eq(
                 self.load.payload.data[:Shape.cast(shape).width if name == "cmd" else
                                        data.Layout.cast(shape).size]),
-                wp.en.eq(self.load.valid & self.load.ready & (self.load.payload.sel == sel))]
+                wp.en.eq(loading & (self.load.payload.sel == sel))]
             stores[name] = rp
         m.d.comb += self.load.ready.eq(~self.busy)
 
-        readers = {}
-        for name, stream_ in (("weights", core.weights), ("params", core.params)):
-            rp = stores[name]
-            r = m.submodules[f"{name}_reader"] = _StoreReader(rp.data.shape(), len(rp.addr))
-            m.d.comb += [rp.addr.eq(r.addr), rp.en.eq(r.en), r.data.eq(rp.data)]
-            wiring.connect(m, r.o, stream_)
-            readers[name] = r
+        rp = stores["params"]
+        params = m.submodules.params_reader = _StoreReader(rp.data.shape(), len(rp.addr))
+        m.d.comb += [rp.addr.eq(params.addr), rp.en.eq(params.en), params.data.eq(rp.data)]
+        wiring.connect(m, params.o, core.params)
 
         # --- the sequencer ------------------------------------------------------------------
         # the instruction is read word by word into `raw`, first word ending at the bottom
@@ -279,9 +281,8 @@ class NetworkEngine(wiring.Component):
             wiring.connect(m, core.act_out, scatter.act_out)
         m.d.comb += [gather.start.payload.eq(ins.gather), scatter.start.payload.eq(ins.scatter),
                      op.start.payload.eq(ins.eltwise), core.cfg.payload.eq(ins.cfg)]
-        for name, r in readers.items():
-            off, n = (ins.w_off, ins.w_n) if name == "weights" else (ins.p_off, ins.p_n)
-            m.d.comb += [r.off.eq(off), r.n.eq(n)]
+        m.d.comb += [params.off.eq(ins.p_off), params.n.eq(ins.p_n),
+                     core.weight_base.eq(ins.w_off)]
 
         with m.FSM():
             with m.State("IDLE"):
@@ -313,8 +314,7 @@ class NetworkEngine(wiring.Component):
                         m.next = "WAIT"
                     with m.Case(OPCODES["CONV"]):
                         m.d.comb += [gather.start.valid.eq(1), scatter.start.valid.eq(ins.out),
-                                     readers["weights"].start.eq(1),
-                                     readers["params"].start.eq(1)]
+                                     params.start.eq(1)]
                         m.next = "CFG"
                     with m.Default():
                         m.d.sync += self.busy.eq(0)
@@ -328,8 +328,7 @@ class NetworkEngine(wiring.Component):
                 m.d.comb += [to_host.eq(ins.op == OPCODES["OUTPUT"]),
                              from_host.eq(ins.op == OPCODES["INPUT"]),
                              op_active.eq(ins.op == OPCODES["OP"])]
-                units_idle = ~gather.busy & ~scatter.busy & ~readers["weights"].busy \
-                    & ~readers["params"].busy & ~op.busy
+                units_idle = ~gather.busy & ~scatter.busy & ~params.busy & ~op.busy
                 with m.If(ins.op == OPCODES["CONV"]):
                     with m.If(core_ended & core.error):
                         m.d.sync += [self.busy.eq(0), self.error.eq(1)]
