@@ -206,18 +206,28 @@ def _program(args):
 
 def _program_synth(args, prog):
     """Yosys on the network engine that holds ``prog`` (no place and route)."""
-    from psc.flow.synth import SynthHarness, run_yosys
+    from psc.flow.synth import SynthHarness, run_nextpnr, run_yosys
     from psc.hw.network import NetworkEngine
     target = presets.BOARDS.get(args.preset, args.preset)
     if target not in TARGETS:
         raise _BadOption(f"psc program: --synth needs a synthesis target ({', '.join(TARGETS)}) "
                          f"or a board, not --target {args.preset!r}")
     ec = prog.engine_config()
-    res = run_yosys(SynthHarness(NetworkEngine(ec)), target,
-                    str(build_root() / "program" / target), 8, ec.core.pe.multiplier)
+    build_dir = str(build_root() / "program" / target)
+    res = run_yosys(SynthHarness(NetworkEngine(ec)), target, build_dir, 8,
+                    ec.core.pe.multiplier)
     dut = res["dut"]
     print(f"\nnetwork engine for {target} (Yosys, {res['seconds']:.0f} s): "
           + ", ".join(f"{v} {k}" for k, v in dut.items()))
+    if args.pnr:
+        runs = [run_nextpnr(target, build_dir, seed) for seed in range(1, args.pnr + 1)]
+        fmax = sorted(r["fmax_mhz"] for r in runs)
+        print(f"nextpnr, seeds 1-{args.pnr}: Fmax {', '.join(f'{f:.2f}' for f in fmax)} MHz "
+              f"(median {fmax[len(fmax) // 2]:.2f})")
+        cp = runs[0]["critical_path"]
+        if cp:
+            print(f"critical path of seed 1: {cp['from']} -> {cp['to']}, {cp['delay_ns']} ns "
+                  f"({cp['logic_ns']} logic, {cp['routing_ns']} routing)")
 
 
 def _network_file(text):
@@ -242,13 +252,17 @@ def _add_program(sub):
     p.add_argument("--preset", "--target", dest="preset", default="default",
                    choices=sorted(PRESETS) + sorted(BOARDS),
                    help="the build: a preset, synthesis target or board (default: default)")
-    _add_overrides(p, ("lanes", "rows", "depthwise"), "the preset's")
+    _add_overrides(p, ("lanes", "rows", "depthwise", "weight-depth", "fmap-depth"),
+                   "the preset's")
     p.add_argument("--run", choices=list(SIMULATORS), metavar="SIM",
                    help=f"run the program on the network engine on a simulator "
                         f"({', '.join(SIMULATORS)})")
     p.add_argument("--synth", action="store_true",
                    help="synthesise the network engine holding the program (Yosys, no place "
                         "and route) and print its resources")
+    p.add_argument("--pnr", type=_int_at_least(1), metavar="SEEDS",
+                   help="with --synth, place and route with nextpnr for seeds 1..SEEDS and "
+                        "print the Fmax (median) and the critical path")
     p.add_argument("--layers", action="store_true",
                    help="with --run, also each convolution's cycles on the core alone")
     p.add_argument("--images", type=_int_at_least(1), default=2,
