@@ -254,13 +254,26 @@ class NetworkEngine(wiring.Component):
         wiring.connect(m, params.o, core.params)
 
         # --- the sequencer ------------------------------------------------------------------
-        # the instruction is read word by word into `raw`, first word ending at the bottom
+        # The next instruction is read word by word into `nxt` (first word ending at the
+        # bottom) while the current one, in `raw`, runs.
         caddr = Signal(_width(ec.cmd_depth * n_words) + 1)
         fetched = Signal(range(n_words + 1))
+        nxt = Signal(n_words * CMD_WORD)
+        nxt_valid = Signal()
         raw = Signal(n_words * CMD_WORD)
         ins = il(raw[:il.size])
         cmd = stores["cmd"]
         m.d.comb += cmd.addr.eq(caddr)
+        with m.If(self.busy & ~nxt_valid):
+            # a read per cycle; each word arrives in the next and shifts in at the top
+            m.d.comb += cmd.en.eq(fetched != n_words)
+            with m.If(fetched != n_words):
+                m.d.sync += caddr.eq(caddr + 1)
+            with m.If(fetched != 0):
+                m.d.sync += nxt.eq(Cat(nxt[CMD_WORD:], cmd.data))
+            m.d.sync += fetched.eq(fetched + 1)
+            with m.If(fetched == n_words):
+                m.d.sync += [fetched.eq(0), nxt_valid.eq(1)]
         core_ended = Signal()
         with m.If(core.done):
             m.d.sync += core_ended.eq(1)
@@ -287,19 +300,12 @@ class NetworkEngine(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.run):
-                    m.d.sync += [caddr.eq(0), fetched.eq(0), self.busy.eq(1), self.error.eq(0),
-                                 self.cycles.eq(0)]
+                    m.d.sync += [caddr.eq(0), fetched.eq(0), nxt_valid.eq(0), self.busy.eq(1),
+                                 self.error.eq(0), self.cycles.eq(0)]
                     m.next = "FETCH"
             with m.State("FETCH"):
-                # a read per cycle; each word arrives in the next and shifts in at the top
-                m.d.comb += cmd.en.eq(fetched != n_words)
-                with m.If(fetched != n_words):
-                    m.d.sync += caddr.eq(caddr + 1)
-                with m.If(fetched != 0):
-                    m.d.sync += raw.eq(Cat(raw[CMD_WORD:], cmd.data))
-                m.d.sync += fetched.eq(fetched + 1)
-                with m.If(fetched == n_words):
-                    m.d.sync += [fetched.eq(0), core_ended.eq(0)]
+                with m.If(nxt_valid):
+                    m.d.sync += [raw.eq(nxt), nxt_valid.eq(0), core_ended.eq(0)]
                     m.next = "START"
             with m.State("START"):
                 with m.Switch(ins.op):
