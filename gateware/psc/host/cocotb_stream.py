@@ -24,7 +24,7 @@ from cocotb.simtime import get_sim_time
 from cocotb.triggers import ReadOnly, RisingEdge
 
 __all__ = ["StreamProtocolError", "read_int", "random_pause", "cycle_pause", "no_pause",
-           "StreamDriver", "StreamMonitor"]
+           "StreamDriver", "StreamMonitor", "play_job"]
 
 
 class StreamProtocolError(AssertionError):
@@ -275,3 +275,24 @@ def _fmt(beat):
     if isinstance(beat, dict):
         return "{" + ", ".join(f"{k}={v:#x}" for k, v in beat.items()) + "}"
     return f"{beat:#x}"
+
+
+async def play_job(dut, body, key):
+    """The frame of a host-driven bench: read the job (JSON at ``PSC_JOB``), ``await
+    body(dut, job, results)``, write ``{key: results}`` to ``PSC_RESULT``; on any failure
+    write what went wrong (and the results so far) there too, then raise."""
+    import json
+    import os
+    import traceback
+    job = json.loads(open(os.environ["PSC_JOB"]).read())
+    result_path = os.environ["PSC_RESULT"]
+    results = []
+    try:
+        await body(dut, job, results)
+    except BaseException as e:
+        with open(result_path, "w") as f:
+            json.dump({"failure": f"{type(e).__name__}: {e}\n{traceback.format_exc()}",
+                       key: results}, f)
+        raise
+    with open(result_path, "w") as f:
+        json.dump({key: results}, f)

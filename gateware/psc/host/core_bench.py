@@ -11,32 +11,19 @@ how many beats each input accepted to ``PSC_RESULT``. Judging the outputs is
 the host's and the tests' job (against psc.model.golden).
 """
 
-import json
-import os
 import random
-import traceback
 
 import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from psc.host.cocotb_stream import StreamDriver, StreamMonitor, random_pause, read_int
+from psc.host.cocotb_stream import (StreamDriver, StreamMonitor, play_job, random_pause,
+                                    read_int)
 
 
 @cocotb.test()
 async def run_job(dut):
-    job = json.loads(open(os.environ["PSC_JOB"]).read())
-    result_path = os.environ["PSC_RESULT"]
-    results = []
-    try:
-        await _run(dut, job, results)
-    except BaseException as e:
-        with open(result_path, "w") as f:
-            json.dump({"failure": f"{type(e).__name__}: {e}\n{traceback.format_exc()}",
-                       "tiles": results}, f)
-        raise
-    with open(result_path, "w") as f:
-        json.dump({"tiles": results}, f)
+    await play_job(dut, _run, "tiles")
 
 
 async def _run(dut, job, results):
