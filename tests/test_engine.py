@@ -202,3 +202,14 @@ def test_the_digits_network_on_the_ecp5_engine_under_verilator():
     out, report = prog.simulate(images, target="verilator", stall=0.2, seed=3)
     np.testing.assert_array_equal(out, net.run(images))
     assert 0 < report["utilisation"] < 1 and len(report["per_image"]) == 2
+
+
+def test_a_residual_network_on_the_engine_under_icarus():
+    """The residual network (every op) on the tiny build's engine, on Icarus, with random
+    pauses on the host's streams."""
+    rng = np.random.default_rng(9)
+    net = _residual(rng, "logits")
+    images = rng.integers(-128, 128, size=(1,) + net.input_shape)
+    prog = compile_network(net, PRESETS["tiny"])
+    out, _ = prog.simulate(images, target="icarus", stall=0.3, seed=2)
+    np.testing.assert_array_equal(out, net.run(images))
