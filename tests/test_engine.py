@@ -33,7 +33,7 @@ def conv_net(rng, cin=2, c=8, cout=6, size=5):
     return Network("x", (cin, size, size), layers, "y")
 
 
-def _run_engine(cc, net, images, seed, reset_at=None, edit=None):
+def _run_engine(cc, net, images, seed, reset_at=None, edit=None, op_values=1):
     """Load the network's program into an engine, run ``images`` through it; returns the
     program and, per image, ``(output words, error, cycles)``. ``edit`` may change the
     program's image before it is loaded; ``reset_at`` first abandons a run by a reset after
@@ -42,7 +42,7 @@ def _run_engine(cc, net, images, seed, reset_at=None, edit=None):
     image = prog.engine_image()
     if edit:
         edit(image)
-    ec = prog.engine_config()
+    ec = prog.engine_config(op_values)
     prog.check_engine(ec)
     dut = NetworkEngine(ec)
     top = Module()
@@ -173,8 +173,10 @@ def _residual(rng, output):
     return Network("image", net.input_shape, layers, output)
 
 
-@pytest.mark.parametrize("name, output", [("ice40-up5k", "f"), ("ecp5-25k", "logits")])
-def test_engine_runs_every_op_of_a_residual_network(name, output):
+@pytest.mark.parametrize("name, output, op_values", [("ice40-up5k", "f", 1),
+                                                      ("ecp5-25k", "logits", 7),
+                                                      ("tiny", "f", 2)])
+def test_engine_runs_every_op_of_a_residual_network(name, output, op_values):
     """Stem, depthwise, pointwise, residual add, pooling, flatten and classifier, all on the
     engine: the outputs (the pooled vector, or the logits) are the golden network's."""
     rng = np.random.default_rng(7)
@@ -182,7 +184,7 @@ def test_engine_runs_every_op_of_a_residual_network(name, output):
     images = rng.integers(-128, 128, size=(2,) + net.input_shape)
     want = net.run(images)
     assert len(np.unique(want)) >= want.size // 2      # few saturated or repeated values
-    prog, results = _run_engine(_simulable(name), net, images, seed=6)
+    prog, results = _run_engine(_simulable(name), net, images, seed=6, op_values=op_values)
     for i, (words, error, cycles) in enumerate(results):
         assert not error and cycles > 0
         np.testing.assert_array_equal(prog.output_from_words(words), want[i],

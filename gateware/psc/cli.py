@@ -195,7 +195,8 @@ def _program(args):
               f"   (outputs {'bit-exact with' if exact else 'DIFFER from'} the golden network)")
         if not exact:
             return 1
-    out, report = prog.simulate(images, target=args.run, seed=args.seed)
+    out, report = prog.simulate(images, target=args.run, seed=args.seed,
+                                op_values=args.op_values)
     exact = np.array_equal(out, want)
     print(f"\nnetwork engine on {args.run}: {report['cycles']:.0f} cycles per inference (input "
           f"in to output out, median of {len(images)} images), {report['macs']} MACs, array "
@@ -212,7 +213,7 @@ def _program_synth(args, prog):
     if target not in TARGETS:
         raise _BadOption(f"psc program: --synth needs a synthesis target ({', '.join(TARGETS)}) "
                          f"or a board, not --target {args.preset!r}")
-    ec = prog.engine_config()
+    ec = prog.engine_config(args.op_values)
     build_dir = str(build_root() / "program" / target)
     res = run_yosys(SynthHarness(NetworkEngine(ec)), target, build_dir, 8,
                     ec.core.pe.multiplier)
@@ -263,6 +264,9 @@ def _add_program(sub):
     p.add_argument("--pnr", type=_int_at_least(1), metavar="SEEDS",
                    help="with --synth, place and route with nextpnr for seeds 1..SEEDS and "
                         "print the Fmax (median) and the critical path")
+    p.add_argument("--op-values", type=_int_at_least(1), default=1, metavar="N",
+                   help="activations per cycle of the engine's add and pooling unit, a "
+                        "divisor of lanes (default 1)")
     p.add_argument("--layers", action="store_true",
                    help="with --run, also each convolution's cycles on the core alone")
     p.add_argument("--images", type=_int_at_least(1), default=2,

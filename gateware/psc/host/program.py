@@ -348,14 +348,15 @@ class Program:
         arr = np.array(words, dtype=object).reshape(h, w, groups)
         return unpack_activations(arr, c, self.config.lanes, self.config.pe.act_width)
 
-    def engine_config(self):
+    def engine_config(self, op_values=1):
         """The :class:`psc.hw.network.EngineConfig` whose memories hold exactly this program
-        (the weight blocks go to the core's own weight buffer: see :meth:`check_engine`)."""
+        (the weight blocks go to the core's own weight buffer: see :meth:`check_engine`), its
+        add and pooling unit taking ``op_values`` activations per cycle."""
         from psc.hw.network.engine import EngineConfig
         image = self.engine_image()
         return EngineConfig(self.config, act_depth=image["act_words"],
                             cmd_depth=len(image["instructions"]),
-                            param_store_depth=max(1, len(image["params"])))
+                            param_store_depth=max(1, len(image["params"])), op_values=op_values)
 
     def check_engine(self, engine_config):
         """Raise :class:`NetworkFitError` unless ``engine_config``'s memories (a
@@ -375,11 +376,12 @@ class Program:
             raise NetworkFitError(f"the network does not fit the engine's memories: it needs "
                                   f"{', '.join(short)}; run it tile by tile instead")
 
-    def simulate(self, images, *, target="verilator", stall=0.0, seed=0):
+    def simulate(self, images, *, target="verilator", stall=0.0, seed=0, op_values=1):
         """Run ``images`` on a simulated :class:`psc.hw.network.NetworkEngine` holding this
         program: the stores loaded once, then per image its input in, every layer on chip,
         its output out (:mod:`psc.host.engine_bench`, random pauses of probability
-        ``stall`` on the host's two streams).
+        ``stall`` on the host's two streams; ``op_values`` as in
+        :meth:`engine_config`).
 
         Returns ``(outputs, report)``: the network's outputs ``(N, ...)`` and, per
         inference, ``cycles`` (median over the images, from ``run`` to ``done``: input
@@ -391,7 +393,7 @@ class Program:
         xs = self.net.check_images(images)
         cc = self.config
         image = self.engine_image()
-        ec = self.engine_config()
+        ec = self.engine_config(op_values)
         self.check_engine(ec)
         ll = load_layout(ec)
         cmd = [w for ins in image["instructions"] for w in instruction_words(ec, ins)]

@@ -65,11 +65,15 @@ class EngineConfig:
     cmd_depth, param_store_depth : int
         Instructions and parameter words the stores hold. The weight blocks are held
         by the core's own weight buffer (``core.weight_depth`` of them), written once.
+    op_values : int
+        Activations per cycle of the add and pooling unit
+        (:class:`~psc.hw.network.op_unit.OpUnit`), a divisor of ``core.lanes``.
     """
     core: CoreConfig
     act_depth: int = 1024
     cmd_depth: int = 256
     param_store_depth: int = 256
+    op_values: int = 1
 
     def __post_init__(self):
         if not isinstance(self.core, CoreConfig):
@@ -80,6 +84,10 @@ class EngineConfig:
                              f"not {self.act_depth}")
         for name in ("cmd_depth", "param_store_depth"):
             check_int(name, getattr(self, name), 1, 1 << 20)
+        check_int("op_values", self.op_values, 1, self.core.lanes)
+        if self.core.lanes % self.op_values:
+            raise ValueError(f"op_values must divide lanes={self.core.lanes}, "
+                             f"not {self.op_values}")
 
     @property
     def act_addr_width(self):
@@ -215,7 +223,7 @@ class NetworkEngine(wiring.Component):
         m.submodules.act = act = ActivationMemory(cc, ec.act_depth)
         m.submodules.gather = gather = Gather(cc, act.addr_width)
         m.submodules.scatter = scatter = Scatter(cc, act.addr_width)
-        m.submodules.op_unit = op = OpUnit(cc, act.addr_width)
+        m.submodules.op_unit = op = OpUnit(cc, act.addr_width, ec.op_values)
         # the memory's ports: the op unit's during an OP, else the gather's and the scatter's
         op_active = Signal()
         m.d.comb += [gather.read_data.eq(act.read_data), op.read_data.eq(act.read_data)]

@@ -1,9 +1,9 @@
 """Network mode's residual add and global average pooling, on tensors in the activation memory.
 
 The operations are :func:`psc.model.network.add` and
-:func:`psc.model.network.global_avg_pool`, bit for bit: the sums go through a
-one-channel :class:`~psc.hw.requantize.Requantizer` of the build's own kind
-(digit-serial where the build's is), one activation per cycle.
+:func:`psc.model.network.global_avg_pool`, bit for bit: the sums go through
+:class:`~psc.hw.requantize.Requantizer` rows of the build's own kind
+(digit-serial where the build's is), ``values`` activations per cycle.
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
@@ -50,6 +50,9 @@ class OpUnit(wiring.Component):
     config : psc.config.CoreConfig
     addr_width : int
         The activation memory's address width.
+    values : int
+        Activations per cycle, a divisor of ``lanes``: 1 (one requantiser and two
+        narrow multipliers, for a build short of logic) up to ``lanes``.
 
     Members
     -------
@@ -62,19 +65,25 @@ class OpUnit(wiring.Component):
         The memory's write port (whole words, lane 0).
     busy : Out(1)
 
-    Throughput: one activation per cycle into the requantiser (``lanes`` cycles per
-    word); an add reads two words per output word, a pooling one word per cycle into
-    its ``lanes`` running sums.
+    Throughput: ``values`` activations per cycle into ``values`` requantisers (``lanes /
+    values`` cycles per word); an add reads two words per output word (so an add takes
+    at least two cycles per word), a pooling one word per cycle into its ``lanes``
+    running sums.
     """
 
     FIFO_DEPTH = 4
 
-    def __init__(self, config, addr_width):
+    def __init__(self, config, addr_width, values=1):
         self.config, self.addr_width = config, addr_width
         pe = config.pe
-        self._rq = PSCConfig(lanes=1, rows=1, act_width=pe.act_width, weight_width=pe.weight_width,
-                             acc_width=_ACC_WIDTH, mult_width=pe.mult_width,
-                             requant_mult_bits=pe.requant_mult_bits)
+        if not isinstance(values, int) or values < 1 or pe.lanes % values:
+            raise ValueError(f"values must be a positive divisor of lanes={pe.lanes} "
+                             f"(activations per cycle), not {values!r}")
+        self.values = values
+        self._rq = PSCConfig(lanes=1, rows=values, act_width=pe.act_width,
+                             weight_width=pe.weight_width, acc_width=_ACC_WIDTH,
+                             mult_width=pe.mult_width, requant_mult_bits=pe.requant_mult_bits,
+                             depthwise="diagonal")
         super().__init__({
             "start": In(stream.Signature(op_layout(config, addr_width))),
             "read_addr": Out(addr_width), "read_en": Out(1),
@@ -131,34 +140,38 @@ class OpUnit(wiring.Component):
                      fifo.w_data.eq(Mux(gap, Cat(self.read_data, self.read_data, rd_end),
                                         Cat(got_a, self.read_data, 0)))]
 
-        # --- values: one activation per cycle into the requantiser ------------------------
+        # --- values: `values` activations per cycle into the requantiser ------------------
+        P = self.values
+        chunks = lanes // P
         m.submodules.rq = rq = Requantizer(self._rq)
-        lane = Signal(range(lanes))
+        chunk = Signal(range(chunks))
         entry_a, entry_b, entry_end = fifo.r_data[:width], fifo.r_data[width:2 * width], \
             fifo.r_data[-1]
         sums = [Signal(signed(_ACC_WIDTH), name=f"sum{i}") for i in range(lanes)]
         draining = Signal()                     # gap: the group's sums go to the requantiser
+        last_chunk = chunk == chunks - 1
 
         def value(word, i):
             return word.word_select(i, aw).as_signed()
 
-        a_l = Signal(signed(aw))
-        b_l = Signal(signed(aw))
-        m.d.comb += [a_l.eq(entry_a.word_select(lane, aw).as_signed()),
-                     b_l.eq(entry_b.word_select(lane, aw).as_signed())]
-        sum_l = Signal(signed(_ACC_WIDTH))
-        with m.Switch(lane):
-            for i in range(lanes):
-                with m.Case(i):
-                    m.d.comb += sum_l.eq(sums[i])
-        m.d.comb += [rq.relu.eq(d.relu & ~gap),
-                     rq.i.payload.shift[0].eq(d.shift)]
+        a_c = entry_a.word_select(chunk, P * aw)
+        b_c = entry_b.word_select(chunk, P * aw)
+        sums_c = [Signal(signed(_ACC_WIDTH), name=f"sum_c{i}") for i in range(P)]
+        with m.Switch(chunk):
+            for c in range(chunks):
+                with m.Case(c):
+                    m.d.comb += [sums_c[i].eq(sums[c * P + i]) for i in range(P)]
+        m.d.comb += rq.relu.eq(d.relu & ~gap)
+        for i in range(P):
+            m.d.comb += rq.i.payload.shift[i].eq(d.shift)
         with m.If(gap):
-            m.d.comb += [rq.i.payload.acc[0].eq(sum_l), rq.i.payload.mult[0].eq(d.mult_a),
-                         rq.i.valid.eq(draining)]
+            for i in range(P):
+                m.d.comb += [rq.i.payload.acc[i].eq(sums_c[i]),
+                             rq.i.payload.mult[i].eq(d.mult_a)]
+            m.d.comb += rq.i.valid.eq(draining)
             with m.If(draining & rq.i.ready):
-                m.d.sync += lane.eq(Mux(lane == lanes - 1, 0, lane + 1))
-                with m.If(lane == lanes - 1):
+                m.d.sync += chunk.eq(Mux(last_chunk, 0, chunk + 1))
+                with m.If(last_chunk):
                     m.d.sync += draining.eq(0)
                     m.d.sync += [s.eq(0) for s in sums]
             with m.Elif(~draining & fifo.r_rdy):
@@ -167,32 +180,36 @@ class OpUnit(wiring.Component):
                 with m.If(entry_end):
                     m.d.sync += draining.eq(1)
         with m.Else():
-            m.d.comb += [rq.i.payload.acc[0].eq(a_l * d.mult_a + b_l * d.mult_b),
-                         rq.i.payload.mult[0].eq(1), rq.i.valid.eq(fifo.r_rdy)]
+            for i in range(P):
+                m.d.comb += [rq.i.payload.acc[i].eq(value(a_c, i) * d.mult_a
+                                                    + value(b_c, i) * d.mult_b),
+                             rq.i.payload.mult[i].eq(1)]
+            m.d.comb += rq.i.valid.eq(fifo.r_rdy)
             with m.If(fifo.r_rdy & rq.i.ready):
-                m.d.sync += lane.eq(Mux(lane == lanes - 1, 0, lane + 1))
-                with m.If(lane == lanes - 1):
+                m.d.sync += chunk.eq(Mux(last_chunk, 0, chunk + 1))
+                with m.If(last_chunk):
                     m.d.comb += fifo.r_en.eq(1)
 
         # --- words: lanes activations collected, then written ------------------------------
-        out_lane = Signal(range(lanes))
+        out_chunk = Signal(range(chunks))
         out_word = Signal(width)
         out_k = Signal(COUNT_WIDTH)             # the word written next
         out_g = Signal(COUNT_WIDTH)             # its group (add: k mod groups)
         total = Mux(gap, d.groups, d.n)
         writing = Signal()
-        y = rq.o.payload.as_value()[:aw]
+        y = rq.o.payload.as_value()
         full = Signal(width)
-        m.d.comb += [rq.o.ready.eq(1), full.eq(Cat(out_word[aw:], y))]
+        out_last = out_chunk == chunks - 1
+        m.d.comb += [rq.o.ready.eq(1), full.eq(Cat(out_word[P * aw:], y) if chunks > 1 else y)]
         m.d.comb += [self.write_addr.eq(d.dst + out_k),
                      self.write_data.eq(full),
                      self.write_mask.eq(Mux(out_g + 1 == d.groups, d.last_mask,
                                             (1 << lanes) - 1)),
-                     self.write_en.eq(rq.o.valid & (out_lane == lanes - 1) & writing)]
+                     self.write_en.eq(rq.o.valid & out_last & writing)]
         with m.If(rq.o.valid):
             m.d.sync += out_word.eq(full)
-            m.d.sync += out_lane.eq(Mux(out_lane == lanes - 1, 0, out_lane + 1))
-            with m.If(out_lane == lanes - 1):
+            m.d.sync += out_chunk.eq(Mux(out_last, 0, out_chunk + 1))
+            with m.If(out_last):
                 m.d.sync += [out_k.eq(out_k + 1),
                              out_g.eq(Mux(out_g + 1 == d.groups, 0, out_g + 1))]
                 with m.If(out_k + 1 == total):
@@ -203,7 +220,7 @@ class OpUnit(wiring.Component):
         with m.If(self.start.valid & self.start.ready):
             p = self.start.payload
             m.d.sync += [d.eq(p), issuing.eq(1), writing.eq(1), k.eq(0), g.eq(0), ptr.eq(p.a),
-                         second.eq(0), lane.eq(0), draining.eq(0), out_lane.eq(0),
+                         second.eq(0), chunk.eq(0), draining.eq(0), out_chunk.eq(0),
                          out_k.eq(0), out_g.eq(0)]
             m.d.sync += [s.eq(0) for s in sums]
         return m
