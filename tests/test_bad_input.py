@@ -230,8 +230,9 @@ def test_accepted_corners_build(top, config):
     _builds(top, config)
 
 
+# the whole core at these limits (minutes to elaborate) runs in the opt-in soak
 @pytest.mark.slow
-@pytest.mark.parametrize("top", ["dot_product", "core"])
+@pytest.mark.parametrize("top", ["dot_product", pytest.param("core", marks=pytest.mark.soak)])
 def test_the_largest_accepted_array_builds(top):
     """64 x 64 with the widest weights the configuration accepts, next to Amaranth's limit."""
     config = CoreConfig(pe=PSCConfig(lanes=64, rows=64, psc=False, act_width=15,
@@ -240,7 +241,7 @@ def test_the_largest_accepted_array_builds(top):
     _builds(top, config)
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 def test_the_deepest_accepted_buffers_build():
     _builds("core", CoreConfig(pe=PSCConfig(lanes=1, rows=1, max_reduction=1 << 24,
                                             acc_width=40),

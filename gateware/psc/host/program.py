@@ -35,9 +35,12 @@ windows of a stored tensor.
 
 :meth:`Program.run` executes the program on a simulated core with an
 :class:`ActivationMemory` per image doing the gathers and scatters, the
-definition the board's sequencer implements: its results are bit-exact with
-:meth:`psc.model.network.Network.run` (tested), and its cycles per inference
-are the core's.
+definition the gateware implements: its results are bit-exact with
+:meth:`psc.model.network.Network.run` (tested). :meth:`Program.engine_image`
+is the same program for :class:`psc.hw.network.NetworkEngine` (instructions,
+the weight blocks for the core's resident weight buffer, parameter words),
+and :meth:`Program.simulate` runs it on a simulated engine: every layer on
+chip, the input in and the output out.
 """
 
 from dataclasses import dataclass, replace
