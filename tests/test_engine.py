@@ -84,7 +84,6 @@ def _run_engine(cc, net, images, seed, reset_at=None, edit=None, op_values=1):
             await ctx.tick()
             ctx.set(dut.run, 0)
             beats = prog.input_beats(x)
-            n_out = prog.regions[net.output].words
             words = []
             i = 0
             for _ in range(200_000):

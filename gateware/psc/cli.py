@@ -187,7 +187,7 @@ def _program(args):
     if args.layers:
         out, report = prog.run(images, target=args.run, seed=args.seed)
         exact = np.array_equal(out, want)
-        print(f"\nthe convolutions on the core, tiles fed from the activation memory model:")
+        print("\nthe convolutions on the core, tiles fed from the activation memory model:")
         print(f"{'layer':<16} {'cycles':>9} {'utilisation':>12}")
         for layer in report["layers"]:
             print(f"{layer['name']:<16} {layer['cycles']:>9.0f} {layer['utilisation']:>11.1%}")

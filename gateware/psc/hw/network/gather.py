@@ -6,7 +6,7 @@ core's ``act_in`` takes them; :func:`gather_fields` turns a window into this
 unit's descriptor.
 """
 
-from amaranth.hdl import Cat, Const, Module, Signal, signed
+from amaranth.hdl import Cat, Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
