@@ -161,15 +161,31 @@ class OpUnit(wiring.Component):
             for c in range(chunks):
                 with m.Case(c):
                     m.d.comb += [sums_c[i].eq(sums[c * P + i]) for i in range(P)]
-        m.d.comb += rq.relu.eq(d.relu & ~gap)
+        # A register stage in front of the requantiser: the add's two products (the
+        # pooling's sum and zero), summed at its input.
+        fire = Signal()                         # the value stage offers P values
+        advance = Signal()                      # the stage register can take them
+        pv = Signal()                           # the stage register holds values
+        s1 = [Signal(signed(_ACC_WIDTH), name=f"s1_{i}") for i in range(P)]
+        s2 = [Signal(signed(_ACC_WIDTH), name=f"s2_{i}") for i in range(P)]
+        m.d.comb += [advance.eq(~pv | rq.i.ready), rq.i.valid.eq(pv),
+                     rq.relu.eq(d.relu & ~gap)]
+        with m.If(advance):
+            m.d.sync += pv.eq(fire)
+        with m.If(fire & advance):
+            with m.If(gap):
+                m.d.sync += [s1[i].eq(sums_c[i]) for i in range(P)]
+                m.d.sync += [s2[i].eq(0) for i in range(P)]
+            with m.Else():
+                m.d.sync += [s1[i].eq(value(a_c, i) * d.mult_a) for i in range(P)]
+                m.d.sync += [s2[i].eq(value(b_c, i) * d.mult_b) for i in range(P)]
         for i in range(P):
-            m.d.comb += rq.i.payload.shift[i].eq(d.shift)
+            m.d.comb += [rq.i.payload.shift[i].eq(d.shift),
+                         rq.i.payload.acc[i].eq(s1[i] + s2[i]),
+                         rq.i.payload.mult[i].eq(Mux(gap, d.mult_a, 1))]
         with m.If(gap):
-            for i in range(P):
-                m.d.comb += [rq.i.payload.acc[i].eq(sums_c[i]),
-                             rq.i.payload.mult[i].eq(d.mult_a)]
-            m.d.comb += rq.i.valid.eq(draining)
-            with m.If(draining & rq.i.ready):
+            m.d.comb += fire.eq(draining)
+            with m.If(draining & advance):
                 m.d.sync += chunk.eq(Mux(last_chunk, 0, chunk + 1))
                 with m.If(last_chunk):
                     m.d.sync += draining.eq(0)
@@ -180,12 +196,8 @@ class OpUnit(wiring.Component):
                 with m.If(entry_end):
                     m.d.sync += draining.eq(1)
         with m.Else():
-            for i in range(P):
-                m.d.comb += [rq.i.payload.acc[i].eq(value(a_c, i) * d.mult_a
-                                                    + value(b_c, i) * d.mult_b),
-                             rq.i.payload.mult[i].eq(1)]
-            m.d.comb += rq.i.valid.eq(fifo.r_rdy)
-            with m.If(fifo.r_rdy & rq.i.ready):
+            m.d.comb += fire.eq(fifo.r_rdy)
+            with m.If(fifo.r_rdy & advance):
                 m.d.sync += chunk.eq(Mux(last_chunk, 0, chunk + 1))
                 with m.If(last_chunk):
                     m.d.comb += fifo.r_en.eq(1)
@@ -220,7 +232,7 @@ class OpUnit(wiring.Component):
         with m.If(self.start.valid & self.start.ready):
             p = self.start.payload
             m.d.sync += [d.eq(p), issuing.eq(1), writing.eq(1), k.eq(0), g.eq(0), ptr.eq(p.a),
-                         second.eq(0), chunk.eq(0), draining.eq(0), out_chunk.eq(0),
+                         second.eq(0), chunk.eq(0), draining.eq(0), out_chunk.eq(0), pv.eq(0),
                          out_k.eq(0), out_g.eq(0)]
             m.d.sync += [s.eq(0) for s in sums]
         return m
