@@ -161,24 +161,35 @@ class OpUnit(wiring.Component):
             for c in range(chunks):
                 with m.Case(c):
                     m.d.comb += [sums_c[i].eq(sums[c * P + i]) for i in range(P)]
-        # A register stage in front of the requantiser: the add's two products (the
-        # pooling's sum and zero), summed at its input.
+        # Two register stages in front of the requantiser: the values picked (a lane
+        # multiplexer), then the add's two products (the pooling's sum and zero), summed
+        # at the requantiser's input.
         fire = Signal()                         # the value stage offers P values
-        advance = Signal()                      # the stage register can take them
-        pv = Signal()                           # the stage register holds values
+        advance = Signal()                      # stage A can take them
+        pva, pvb = Signal(), Signal()           # stages A and B hold values
+        adv_b = Signal()
+        a_r = [Signal(signed(aw), name=f"a_r{i}") for i in range(P)]
+        b_r = [Signal(signed(aw), name=f"b_r{i}") for i in range(P)]
+        g_r = [Signal(signed(_ACC_WIDTH), name=f"g_r{i}") for i in range(P)]
         s1 = [Signal(signed(_ACC_WIDTH), name=f"s1_{i}") for i in range(P)]
         s2 = [Signal(signed(_ACC_WIDTH), name=f"s2_{i}") for i in range(P)]
-        m.d.comb += [advance.eq(~pv | rq.i.ready), rq.i.valid.eq(pv),
-                     rq.relu.eq(d.relu & ~gap)]
-        with m.If(advance):
-            m.d.sync += pv.eq(fire)
-        with m.If(fire & advance):
+        m.d.comb += [adv_b.eq(~pvb | rq.i.ready), advance.eq(~pva | adv_b),
+                     rq.i.valid.eq(pvb), rq.relu.eq(d.relu & ~gap)]
+        with m.If(adv_b):
+            m.d.sync += pvb.eq(pva)
+        with m.If(pva & adv_b):
             with m.If(gap):
-                m.d.sync += [s1[i].eq(sums_c[i]) for i in range(P)]
+                m.d.sync += [s1[i].eq(g_r[i]) for i in range(P)]
                 m.d.sync += [s2[i].eq(0) for i in range(P)]
             with m.Else():
-                m.d.sync += [s1[i].eq(value(a_c, i) * d.mult_a) for i in range(P)]
-                m.d.sync += [s2[i].eq(value(b_c, i) * d.mult_b) for i in range(P)]
+                m.d.sync += [s1[i].eq(a_r[i] * d.mult_a) for i in range(P)]
+                m.d.sync += [s2[i].eq(b_r[i] * d.mult_b) for i in range(P)]
+        with m.If(advance):
+            m.d.sync += pva.eq(fire)
+        with m.If(fire & advance):
+            m.d.sync += [a_r[i].eq(value(a_c, i)) for i in range(P)]
+            m.d.sync += [b_r[i].eq(value(b_c, i)) for i in range(P)]
+            m.d.sync += [g_r[i].eq(sums_c[i]) for i in range(P)]
         for i in range(P):
             m.d.comb += [rq.i.payload.shift[i].eq(d.shift),
                          rq.i.payload.acc[i].eq(s1[i] + s2[i]),
@@ -232,7 +243,7 @@ class OpUnit(wiring.Component):
         with m.If(self.start.valid & self.start.ready):
             p = self.start.payload
             m.d.sync += [d.eq(p), issuing.eq(1), writing.eq(1), k.eq(0), g.eq(0), ptr.eq(p.a),
-                         second.eq(0), chunk.eq(0), draining.eq(0), out_chunk.eq(0), pv.eq(0),
+                         second.eq(0), chunk.eq(0), draining.eq(0), out_chunk.eq(0), pva.eq(0), pvb.eq(0),
                          out_k.eq(0), out_g.eq(0)]
             m.d.sync += [s.eq(0) for s in sums]
         return m
