@@ -57,7 +57,7 @@ class Gather(wiring.Component):
         A window is being read or words of it are still to be taken.
 
     Throughput one word per cycle while ``act_in`` is ready; the first word is
-    valid two cycles after ``start`` is taken.
+    valid four cycles after ``start`` is taken (the read, its register, the FIFO).
     """
 
     def __init__(self, config, addr_width):
@@ -92,9 +92,13 @@ class Gather(wiring.Component):
                          pix.eq(self.start.payload.addr), row.eq(self.start.payload.addr),
                          left.eq(self.start.payload.valid)]
 
-        # issue a read only into a free place of the FIFO (the one in flight counted)
+        # issue a read only into a free place of the FIFO (the reads in flight counted);
+        # the word read is registered before it is rotated, so the block RAM's output
+        # has a cycle to itself
         issue = Signal()
-        m.d.comb += [issue.eq(issuing & (fifo.level + inflight < GATHER_FIFO_DEPTH)),
+        held = Signal()                              # a word in the read register
+        held_left = Signal.like(left)
+        m.d.comb += [issue.eq(issuing & (fifo.level + inflight + held < GATHER_FIFO_DEPTH)),
                      self.read_addr.eq(pix + g), self.read_en.eq(issue)]
         m.d.sync += inflight.eq(issue)
         with m.If(issue):
@@ -112,14 +116,18 @@ class Gather(wiring.Component):
                     with m.Else():
                         m.d.sync += issuing.eq(0)
 
+        read_q = Signal(width)
+        m.d.sync += held.eq(inflight)
+        with m.If(inflight):
+            m.d.sync += [read_q.eq(self.read_data), held_left.eq(rd_left)]
         # the word read: its channels from lane rot moved to lane 0, those past valid zero
-        rotated = Cat(self.read_data, self.read_data).bit_select(d.rot * aw, width)
+        rotated = Cat(read_q, read_q).bit_select(d.rot * aw, width)
         word = Cat(Signal(aw, name=f"lane{i}") for i in range(lanes))
         for i in range(lanes):
             m.d.comb += word[i * aw:(i + 1) * aw].eq(
-                (rd_left > i).replicate(aw) & rotated[i * aw:(i + 1) * aw])
-        m.d.comb += [fifo.w_data.eq(word), fifo.w_en.eq(inflight),
+                (held_left > i).replicate(aw) & rotated[i * aw:(i + 1) * aw])
+        m.d.comb += [fifo.w_data.eq(word), fifo.w_en.eq(held),
                      self.act_in.payload.eq(fifo.r_data), self.act_in.valid.eq(fifo.r_rdy),
                      fifo.r_en.eq(self.act_in.ready),
-                     self.busy.eq(issuing | inflight | fifo.r_rdy | (fifo.level != 0))]
+                     self.busy.eq(issuing | inflight | held | fifo.r_rdy | (fifo.level != 0))]
         return m
