@@ -112,9 +112,13 @@ class OpUnit(wiring.Component):
         rd_second, rd_end = Signal(), Signal()
         inflight = Signal()
         issue = Signal()
-        # a pair needs its place before its first read; one read in flight at most
-        m.d.comb += issue.eq(issuing & (second | (fifo.level + inflight < self.FIFO_DEPTH - 1)))
-        m.d.sync += inflight.eq(issue & (gap | second))
+        # a pair needs its place before its first read; the words read are registered
+        # before they go on (the block RAM's output has a cycle to itself), so two pushes
+        # can be in flight
+        inflight2 = Signal()
+        m.d.comb += issue.eq(issuing & (second | (fifo.level + inflight + inflight2
+                                                  < self.FIFO_DEPTH - 1)))
+        m.d.sync += [inflight.eq(issue & (gap | second)), inflight2.eq(inflight)]
         m.d.comb += [self.read_en.eq(issue),
                      self.read_addr.eq(Mux(gap, ptr, Mux(second, d.b + k, d.a + k)))]
         with m.If(issue):
@@ -132,13 +136,15 @@ class OpUnit(wiring.Component):
                 m.d.sync += [second.eq(0), k.eq(k + 1)]
                 with m.If(k + 1 == d.n):
                     m.d.sync += issuing.eq(0)
-        a_back = Signal()                       # the a word of a pair arrives
-        m.d.sync += a_back.eq(issue & ~gap & ~second)
-        with m.If(a_back):
-            m.d.sync += got_a.eq(self.read_data)
-        m.d.comb += [fifo.w_en.eq(inflight),
-                     fifo.w_data.eq(Mux(gap, Cat(self.read_data, self.read_data, rd_end),
-                                        Cat(got_a, self.read_data, 0)))]
+        a_back, a_back2 = Signal(), Signal()    # the a word of a pair arrives, registered
+        rd_q = Signal(width)
+        rd_end2 = Signal()
+        m.d.sync += [a_back.eq(issue & ~gap & ~second), a_back2.eq(a_back),
+                     rd_q.eq(self.read_data), rd_end2.eq(rd_end)]
+        with m.If(a_back2):
+            m.d.sync += got_a.eq(rd_q)
+        m.d.comb += [fifo.w_en.eq(inflight2),
+                     fifo.w_data.eq(Mux(gap, Cat(rd_q, rd_q, rd_end2), Cat(got_a, rd_q, 0)))]
 
         # --- values: `values` activations per cycle into the requantiser ------------------
         P = self.values
