@@ -47,7 +47,7 @@ def test_gathers_are_the_tiles_inputs(name):
             layer = net.layers[i]
             x = ref[layer.inputs[0]][0]
             unrolled = prog.unrolled_input and i == 0
-            real = plan_layer(x, **step.args, config=cc, unroll_stem=unrolled)
+            real = plan_layer(x, **layer.conv_args(), config=cc, unroll_stem=unrolled)
             assert [t.fields for t in real.tiles] == [t.fields for t in step.plan.tiles]
             mem = ActivationMemory(prog.act_words, cc.lanes, cc.pe.act_width)
             mem.store(step.src, prog.input_words(x) if unrolled else x)
@@ -114,6 +114,8 @@ def test_footprint_and_fit():
     with pytest.raises(NetworkFitError, match=r"bytes of commands, weights and parameters "
                                               r"\(the build has 100\)"):
         prog.check_fits(act_words=f["act_words"], store_bytes=100)
+    with pytest.raises(ValueError, match="act_words"):
+        prog.check_fits(act_words=-1, store_bytes=100)
 
 
 def test_what_network_mode_refuses():

@@ -50,7 +50,7 @@ import numpy as np
 from psc.config import CoreConfig
 from psc.host.scheduler import LayerError, LayerPlan, Window, plan_layer, unroll, validate
 from psc.hw.core import KIND_DEPTHWISE, config_layout, param_layout, weight_layout
-from psc.model.checks import BadTypeError, show
+from psc.model.checks import BadTypeError, check_int, show
 from psc.model.network import Network
 from psc.model.packing import (channel_groups, pack_activations, pack_lanes, pack_payload,
                                unpack_activations, unpack_lanes)
@@ -86,13 +86,11 @@ class Region:
 @dataclass
 class ConvStep:
     """A convolution on the core: ``plan``'s tiles read windows of region ``src`` (the
-    unrolled input for an unrolled first layer) and write their beats into region ``dst``.
-    ``args`` are its :func:`plan_layer` arguments but ``x``."""
+    unrolled input for an unrolled first layer) and write their beats into region ``dst``."""
     name: str
     src: Region
     dst: Region
     plan: LayerPlan
-    args: dict
 
 
 @dataclass
@@ -270,6 +268,8 @@ class Program:
     def check_fits(self, *, act_words, store_bytes):
         """Raise :class:`NetworkFitError` unless the program fits an activation memory of
         ``act_words`` lane words and a store of ``store_bytes`` bytes."""
+        check_int("act_words", act_words, 0)
+        check_int("store_bytes", store_bytes, 0)
         f = self.footprint()
         short = [f"{f[k]} {what} (the build has {have})"
                  for k, what, have in (("act_words", "activation words", act_words),
@@ -574,7 +574,7 @@ def compile_network(net, config):
             continue
         dst = regions[layer.output] = region(net.shapes[layer.output])
         if layer.op == "conv":
-            steps.append(ConvStep(layer.name, srcs[0], dst, plans[i], layer.conv_args()))
+            steps.append(ConvStep(layer.name, srcs[0], dst, plans[i]))
         else:
             steps.append(OpStep(layer.name, layer.op, srcs, dst, layer.attrs))
         for t in {alias.get(t, t) for t in layer.inputs}:

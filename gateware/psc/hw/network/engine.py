@@ -182,9 +182,9 @@ class NetworkEngine(wiring.Component):
 
     Members
     -------
-    load : In(stream.Signature(...))
-        Store words while idle: ``sel`` 0 the command store, 1 the weight store, 2
-        the parameter store; ``addr``; ``data`` (the store's word, low bits).
+    load : In(stream.Signature(load_layout(config)))
+        Words written while idle: ``sel`` 0 the command store, 1 the core's weight
+        buffer, 2 the parameter store; ``addr``; ``data`` (the word, low bits).
     run : In(1)
         Pulse: execute the program from instruction 0 (ignored while busy).
     host_in : In(stream.Signature(act_out_layout))
