@@ -21,86 +21,16 @@ psc.model.golden is the test's.
 import json
 import os
 import traceback
-from collections import deque
 
 import cocotb
 from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
-from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge
+from cocotb.triggers import ClockCycles, RisingEdge
 
 from psc.config import CoreConfig
 from psc.host import Tile
 from psc.host import serial_link
-
-
-class UartPins:
-    """The board's serial port, simulated: ``write`` drives ``rx``, ``read`` returns bytes decoded from ``tx``.
-
-    ``read`` gives up (``LinkError``, as a real port's timeout would) when no
-    byte arrives for ``idle_limit`` clock cycles.
-    """
-
-    def __init__(self, dut, divisor, idle_limit=200_000):
-        self.dut = dut
-        self.div = divisor
-        self.idle_limit = idle_limit
-        self.rx_bytes = deque()
-        self.written = 0                       # bytes the host has sent
-        self.framing_errors = 0
-        dut.rx.value = 1
-        self._monitor = cocotb.start_soon(self._decode())
-
-    async def _decode(self):
-        dut, div = self.dut, self.div
-        while True:
-            await FallingEdge(dut.tx)
-            await ClockCycles(dut.clk, div // 2)
-            if int(dut.tx.value):
-                continue                       # glitch
-            byte = 0
-            for i in range(8):
-                await ClockCycles(dut.clk, div)
-                byte |= int(dut.tx.value) << i
-            await ClockCycles(dut.clk, div)
-            if not int(dut.tx.value):
-                self.framing_errors += 1
-            self.rx_bytes.append(byte)
-
-    async def write(self, data):
-        dut, div = self.dut, self.div
-        self.written += len(data)
-        for byte in data:
-            for bit in [0] + [(byte >> i) & 1 for i in range(8)] + [1]:
-                dut.rx.value = bit
-                await ClockCycles(dut.clk, div)
-
-    async def read(self, n, what=""):
-        idle = 0
-        have = len(self.rx_bytes)
-        while len(self.rx_bytes) < n:
-            await ClockCycles(self.dut.clk, 10 * self.div)
-            if len(self.rx_bytes) == have:
-                idle += 10 * self.div
-                if idle > self.idle_limit:
-                    raise serial_link.LinkError(
-                        f"timeout reading the {what or 'reply'}: got {len(self.rx_bytes)} of {n} bytes")
-            else:
-                have, idle = len(self.rx_bytes), 0
-        return bytes(self.rx_bytes.popleft() for _ in range(n))
-
-
-async def drive_async(gen, pins):
-    """:func:`psc.host.serial_link.drive` for the simulated pins: the same requests, awaited."""
-    try:
-        req = next(gen)
-        while True:
-            if isinstance(req, serial_link.Write):
-                await pins.write(req.data)
-                req = gen.send(None)
-            else:
-                req = gen.send(await pins.read(req.n, req.what))
-    except StopIteration as stop:
-        return stop.value
+from psc.host.cocotb_uart import UartPins, drive_async
 
 
 def _tile(d):

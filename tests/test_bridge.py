@@ -267,6 +267,7 @@ def test_id_frame_carries_every_field(name):
     config = PRESETS[name]
     ident = serial_link.parse_id(id_frame(config, 12))
     assert ident.pop("digest") == config.digest() and ident.pop("divisor") == 12
+    assert ident.pop("version") == PROTOCOL_VERSION
     assert ident == {**config.pe.to_dict(),
                      **{k: v for k, v in config.to_dict().items() if k != "pe"}}
     assert serial_link.preset_for_digest(config.digest()) == (name, config)

@@ -337,6 +337,12 @@ class Program:
         return {"instructions": instructions, "weights": weights, "params": params,
                 "act_words": self.act_words + self.act_words % 2}
 
+    @property
+    def io_counts(self):
+        """``(input beats, output words)`` of one inference (:meth:`input_beats`, ``OUTPUT``)."""
+        c, h, w = self.regions[self.net.input].shape
+        return h * w * channel_groups(c, self.config.rows), self.regions[self.net.output].words
+
     def input_beats(self, image):
         """The host's beats of ``INPUT``: the input's pixels in raster order, each as
         ``ceil(C / rows)`` beats of ``rows`` activations (ints)."""
@@ -379,6 +385,27 @@ class Program:
             raise NetworkFitError(f"the network does not fit the engine's memories: it needs "
                                   f"{', '.join(short)}; run it tile by tile instead")
 
+    def cycle_bound(self):
+        """An upper bound on the engine's cycles for one inference, with no stalls (the
+        tiles' own bounds, the adds and poolings, per-tile starts and a margin): a
+        simulation that runs longer has hung."""
+        cc = self.config
+        tiles = [t for s in self.steps if isinstance(s, ConvStep) for t in s.plan.tiles]
+        ops = sum(s.srcs[0].words * (2 * cc.lanes + 4) for s in self.steps
+                  if isinstance(s, OpStep))
+        return sum(t.cycle_bound for t in tiles) + ops + 64 * len(tiles) + 10_000
+
+    def store_words(self, engine_config):
+        """The words the engine's stores hold for this program, from address 0, for each
+        ``sel`` of :func:`psc.hw.network.engine.load_layout`: ``(command store, weight
+        buffer, parameter store)``. Raises :class:`NetworkFitError` unless it fits
+        ``engine_config`` (:meth:`check_engine`)."""
+        from psc.hw.network.engine import instruction_words
+        self.check_engine(engine_config)
+        image = self.engine_image()
+        cmd = [w for ins in image["instructions"] for w in instruction_words(engine_config, ins)]
+        return cmd, list(image["weights"]), list(image["params"])
+
     def simulate(self, images, *, target="verilator", stall=0.0, seed=0, op_values=1):
         """Run ``images`` on a simulated :class:`psc.hw.network.NetworkEngine` holding this
         program: the stores loaded once, then per image its input in, every layer on chip,
@@ -392,26 +419,16 @@ class Program:
         lanes)`` over ``cycles``).
         """
         from psc.host.sim import run_engine_job
-        from psc.hw.network.engine import instruction_words, load_layout
+        from psc.hw.network.engine import load_layout
         xs = self.net.check_images(images)
         cc = self.config
-        image = self.engine_image()
         ec = self.engine_config(op_values)
-        self.check_engine(ec)
         ll = load_layout(ec)
-        cmd = [w for ins in image["instructions"] for w in instruction_words(ec, ins)]
-        loads = ([pack_payload(ll, {"sel": 0, "addr": i, "data": w}) for i, w in enumerate(cmd)]
-                 + [pack_payload(ll, {"sel": 1, "addr": i, "data": w})
-                    for i, w in enumerate(image["weights"])]
-                 + [pack_payload(ll, {"sel": 2, "addr": i, "data": p})
-                    for i, p in enumerate(image["params"])])
-        tiles = [t for s in self.steps if isinstance(s, ConvStep) for t in s.plan.tiles]
-        ops = sum(s.srcs[0].words * (2 * cc.lanes + 4) for s in self.steps
-                  if isinstance(s, OpStep))
-        bound = sum(t.cycle_bound for t in tiles) + ops + 64 * len(tiles) + 10_000
+        loads = [pack_payload(ll, {"sel": sel, "addr": i, "data": w})
+                 for sel, words in enumerate(self.store_words(ec)) for i, w in enumerate(words)]
         out_words = self.regions[self.net.output].words
         job = {"seed": int(seed), "stall": float(stall),
-               "max_cycles": int(bound * (1 + 8 * stall)), "loads": loads,
+               "max_cycles": int(self.cycle_bound() * (1 + 8 * stall)), "loads": loads,
                "images": [{"beats": self.input_beats(x), "n_out": out_words} for x in xs]}
         res = run_engine_job(job, ec, target=target)["images"]
         for i, r in enumerate(res):

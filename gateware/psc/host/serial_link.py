@@ -38,6 +38,8 @@ from psc.config import DEPTHWISE_MODES, FMAP_RAMS, MULTIPLIERS, CoreConfig
 from psc.hw.link.bridge import (FLAGS, ID_BYTES, ID_FIELDS, ID_HEADER_BYTES, ID_MAGIC,
                                 MAX_FRAME_BEATS, OP, PROTOCOL_VERSION, STATUS_BYTES, beat_bytes,
                                 id_frame)
+from psc.hw.link.network_bridge import ENGINE_ID_FIELDS, ID_BYTES as NETWORK_ID_BYTES
+from psc.hw.link.network_bridge import PROTOCOL_VERSION as NETWORK_VERSION
 from psc.model.checks import BadTypeError, check_int, check_real, show
 from psc.presets import DEFAULT_BAUD, PRESETS
 
@@ -73,14 +75,27 @@ def _u(value, nbytes):
     return int(value).to_bytes(nbytes, "little")
 
 
+#: The protocol versions this host speaks: 3 (tile mode, :mod:`psc.hw.link.bridge`) and 4
+#: (network mode, :mod:`psc.hw.link.network_bridge`).
+VERSIONS = (PROTOCOL_VERSION, NETWORK_VERSION)
+
+
 def _check_header(data):
     data = bytes(data)
     if len(data) < ID_HEADER_BYTES or data[0] != OP["PING"] or data[1:4] != ID_MAGIC:
         raise LinkError(f"no PSC bridge answered PING: got {data[:8].hex()}... "
                         f"({len(data)} bytes), expected 'P' 'PSC' ...")
-    if data[4] != PROTOCOL_VERSION:
+    if data[4] not in VERSIONS:
         raise LinkError(f"the board speaks protocol version {data[4]}, this host "
-                        f"{PROTOCOL_VERSION}: rebuild the bitstream (psc build)")
+                        f"{' or '.join(map(str, VERSIONS))}: rebuild the bitstream (psc build)")
+    return data[4]
+
+
+def _id_layout(version):
+    """``(bytes, fields)`` of the ID frame of protocol ``version``."""
+    if version == NETWORK_VERSION:
+        return NETWORK_ID_BYTES, ID_FIELDS + ENGINE_ID_FIELDS
+    return ID_BYTES, ID_FIELDS
 
 
 def _decode(name, value):
@@ -104,11 +119,12 @@ def parse_id(data):
     ``digest`` and ``divisor`` are integers.
     """
     data = bytes(data)
-    _check_header(data)
-    if len(data) != ID_BYTES:
-        raise LinkError(f"ID frame of {len(data)} bytes, expected {ID_BYTES}: the link lost bytes")
-    out, at = {}, ID_HEADER_BYTES
-    for name, nbytes in ID_FIELDS:
+    version = _check_header(data)
+    size, fields = _id_layout(version)
+    if len(data) != size:
+        raise LinkError(f"ID frame of {len(data)} bytes, expected {size}: the link lost bytes")
+    out, at = {"version": version}, ID_HEADER_BYTES
+    for name, nbytes in fields:
         out[name] = _decode(name, int.from_bytes(data[at:at + nbytes], "little"))
         at += nbytes
     return out
@@ -117,7 +133,7 @@ def parse_id(data):
 def _readable(config):
     """The readable ID fields of ``config`` (the digest and divisor left out)."""
     ident = parse_id(id_frame(config, 4))
-    del ident["digest"], ident["divisor"]
+    del ident["digest"], ident["divisor"], ident["version"]
     return ident
 
 
@@ -204,8 +220,8 @@ def ping_exchange():
     """
     yield Write(bytes([OP["PING"]]))
     head = yield Read(ID_HEADER_BYTES, "ID frame")
-    _check_header(head)
-    rest = yield Read(ID_BYTES - ID_HEADER_BYTES, "ID frame")
+    size, _ = _id_layout(_check_header(head))
+    rest = yield Read(size - ID_HEADER_BYTES, "ID frame")
     return parse_id(head + rest)
 
 
@@ -246,6 +262,10 @@ def session(plans, config=None):
     """Generator: PING, the configuration from :func:`board_config` (``config`` checked, or
     the board's preset), then :func:`run_tiles`; nothing is sent when the ID is refused."""
     ident = yield from ping_exchange()
+    if ident["version"] != PROTOCOL_VERSION:
+        raise LinkError(f"the board runs network mode (protocol {ident['version']}), which "
+                        f"does not take tiles: run the whole network "
+                        f"(psc.network.run), or build the tile-mode bitstream")
     return (yield from run_tiles(plans, board_config(ident, config)))
 
 

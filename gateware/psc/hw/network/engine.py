@@ -198,6 +198,10 @@ class NetworkEngine(wiring.Component):
         The last run stopped at a command the core refused (held until the next run).
     cycles : Out(32)
         Cycles of the last run, from ``run`` to ``done``.
+    compute : Out(32)
+        Cycles of the last run in which a beat entered the core's MAC array (the sum of
+        its commands' ``cycles_compute``): ``compute / cycles`` is the array's
+        utilisation over the run.
     """
 
     def __init__(self, config):
@@ -212,6 +216,7 @@ class NetworkEngine(wiring.Component):
             "host_in": In(stream.Signature(act_out_layout(cc))),
             "host_out": Out(stream.Signature(act_in_layout(cc))),
             "busy": Out(1), "done": Out(1), "error": Out(1), "cycles": Out(32),
+            "compute": Out(32),
         })
 
     def elaborate(self, platform):
@@ -284,7 +289,8 @@ class NetworkEngine(wiring.Component):
                 m.d.sync += [fetched.eq(0), nxt_valid.eq(1)]
         core_ended = Signal()
         with m.If(core.done):
-            m.d.sync += core_ended.eq(1)
+            # the core's counters are final when it signals done
+            m.d.sync += [core_ended.eq(1), self.compute.eq(self.compute + core.cycles_compute)]
         with m.If(self.busy):
             m.d.sync += self.cycles.eq(self.cycles + 1)
 
@@ -309,7 +315,7 @@ class NetworkEngine(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.run):
                     m.d.sync += [caddr.eq(0), fetched.eq(0), nxt_valid.eq(0), self.busy.eq(1),
-                                 self.error.eq(0), self.cycles.eq(0)]
+                                 self.error.eq(0), self.cycles.eq(0), self.compute.eq(0)]
                     m.next = "FETCH"
             with m.State("FETCH"):
                 with m.If(nxt_valid):

@@ -1,0 +1,162 @@
+"""The two ends of a framed byte protocol over the UART: :class:`FrameReceiver` and
+:class:`ReplyTransmitter`.
+
+Network mode's bridge (:mod:`psc.hw.link.network_bridge`) is built from them: the
+receiver gives the parser bytes and abandons a frame the host stopped sending, the
+transmitter sends the output words a command owes the host, padded or cut to the
+count the host expects, and the fixed-length reply frames (an ID, a status).
+"""
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from psc.hw.link.uart import UARTReceiver, UARTTransmitter
+from psc.model.checks import check_int
+
+__all__ = ["FrameReceiver", "ReplyTransmitter"]
+
+
+class FrameReceiver(wiring.Component):
+    """UART receiver, a byte FIFO and the frame timeout.
+
+    Parameters
+    ----------
+    divisor : int
+        UART clock cycles per bit.
+    frame_timeout : int
+        Bit times of silence in the middle of a frame (``reading`` high, no byte
+        waiting) after which ``timed_out`` pulses; 0 never.
+    depth : int
+        Bytes of the FIFO, which holds what arrives while the parser waits.
+
+    Members
+    -------
+    rx : In(1)
+        The UART pin.
+    byte : Out(8), ready : Out(1), take : In(1)
+        The oldest byte, whether there is one, and the parser's read of it (a
+        first-word-fall-through FIFO read port).
+    reading : In(1)
+        The parser is in the middle of a frame.
+    timed_out : Out(1)
+        Pulse: ``frame_timeout`` bit times passed with ``reading`` and no byte.
+    error : Out(1)
+        Pulse: a framing error, a receiver overrun or a byte that found the FIFO full.
+    """
+
+    def __init__(self, divisor, frame_timeout, depth=16):
+        self._divisor = divisor
+        self._timeout = check_int("frame_timeout", frame_timeout, 0)
+        self._depth = check_int("depth", depth, 2)
+        super().__init__({"rx": In(1, init=1), "byte": Out(8), "ready": Out(1), "take": In(1),
+                          "reading": In(1), "timed_out": Out(1), "error": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.uart = urx = UARTReceiver(self._divisor)
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=8, depth=self._depth)
+        m.d.comb += [urx.rx.eq(self.rx),
+                     fifo.w_data.eq(urx.o.payload), fifo.w_en.eq(urx.o.valid), urx.o.ready.eq(1),
+                     self.byte.eq(fifo.r_data), self.ready.eq(fifo.r_rdy),
+                     fifo.r_en.eq(self.take),
+                     self.error.eq((urx.o.valid & ~fifo.w_rdy) | urx.overrun
+                                   | urx.framing_error)]
+        limit = self._timeout * self._divisor
+        if limit:
+            idle = Signal(range(limit))
+            with m.If(self.reading & ~fifo.r_rdy):
+                m.d.sync += idle.eq(idle + 1)
+                m.d.comb += self.timed_out.eq(idle == limit - 1)
+            with m.Else():
+                m.d.sync += idle.eq(0)
+        return m
+
+
+class ReplyTransmitter(wiring.Component):
+    """UART transmitter of the words a command owes the host and of the reply frames.
+
+    ``arm`` with ``expect`` sets how many words the host waits for. Each word
+    of ``words`` then leaves as ``word_bytes`` bytes, little-endian, until that
+    many have; words beyond it are taken and discarded (``extra`` pulses), so the
+    host is never sent what it does not read. While ``pad`` is high (the producer
+    has ended short) zero words are sent instead, each pulsing ``short``, until
+    none is owed (``owed_none``). ``real`` counts the words the producer made.
+
+    A reply (``reply`` 1: the constant ``ident`` frame; 2: the ``status`` frame,
+    captured when it is accepted) starts when no word is being sent or offered;
+    ``reply_ack`` pulses then.
+
+    Throughput: the UART's, ``10 * divisor`` cycles per byte. ``words.ready`` and
+    ``owed_none`` come from registers.
+    """
+
+    def __init__(self, divisor, word_bytes, ident, status_bytes, count_width):
+        self._divisor = divisor
+        self._word_bytes = check_int("word_bytes", word_bytes, 1)
+        self._ident = bytes(ident)
+        self._status_bytes = check_int("status_bytes", status_bytes, 1)
+        super().__init__({
+            "tx": Out(1, init=1),
+            "words": In(stream.Signature(8 * word_bytes)),
+            "arm": In(1), "expect": In(count_width),
+            "pad": In(1), "owed_none": Out(1, init=1), "real": Out(count_width),
+            "extra": Out(1), "short": Out(1),
+            "reply": In(2), "reply_ack": Out(1), "status": In(8 * status_bytes),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.uart = utx = UARTTransmitter(self._divisor)
+        m.d.comb += self.tx.eq(utx.tx)
+        nb, ident, sb = self._word_bytes, self._ident, self._status_bytes
+        owed = Signal.like(self.expect)
+        sh = Signal(8 * nb)                 # the word being sent
+        mode = Signal(2)                    # 0 a word, 1 the ID frame, 2 the status frame
+        most = max(nb, sb, len(ident))
+        idx = Signal(range(most + 1))       # byte of the frame being sent
+        left = Signal(range(most + 1))      # bytes left in it
+        status = Signal(8 * sb)             # as it was when the reply was accepted
+        # Only a word is shifted; the ID (a constant) and the status (held in `status`)
+        # are picked byte by byte.
+        with m.Switch(mode):
+            with m.Case(0):
+                m.d.comb += utx.i.payload.eq(sh[:8])
+            with m.Case(1):
+                with m.Switch(idx):
+                    for i, b in enumerate(ident):
+                        with m.Case(i):
+                            m.d.comb += utx.i.payload.eq(b)
+            with m.Default():
+                with m.Switch(idx):
+                    for i in range(sb):
+                        with m.Case(i):
+                            m.d.comb += utx.i.payload.eq(status[8 * i:8 * i + 8])
+        m.d.comb += utx.i.valid.eq(left != 0)
+        with m.If(utx.i.valid & utx.i.ready):
+            m.d.sync += [sh.eq(sh >> 8), idx.eq(idx + 1), left.eq(left - 1)]
+
+        with m.If(self.owed_none):
+            m.d.comb += [self.words.ready.eq(1), self.extra.eq(self.words.valid)]
+        with m.Elif(left == 0):
+            m.d.comb += self.words.ready.eq(1)
+            with m.If(self.words.valid):
+                m.d.sync += [sh.eq(self.words.payload), mode.eq(0), idx.eq(0), left.eq(nb),
+                             self.real.eq(self.real + 1)]
+            with m.Elif(self.pad):
+                m.d.comb += self.short.eq(1)
+                m.d.sync += [sh.eq(0), mode.eq(0), idx.eq(0), left.eq(nb)]
+            with m.If(self.words.valid | self.pad):
+                m.d.sync += [owed.eq(owed - 1), self.owed_none.eq(owed == 1)]
+        with m.If((left == 0) & ~self.words.valid & (self.reply != 0)):
+            m.d.comb += self.reply_ack.eq(1)
+            m.d.sync += [mode.eq(self.reply), idx.eq(0), status.eq(self.status)]
+            with m.If(self.reply == 1):
+                m.d.sync += left.eq(len(ident))
+            with m.Else():
+                m.d.sync += left.eq(sb)
+        with m.If(self.arm):
+            m.d.sync += [owed.eq(self.expect), self.owed_none.eq(self.expect == 0),
+                         self.real.eq(0)]
+        return m

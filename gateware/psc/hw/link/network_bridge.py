@@ -1,0 +1,399 @@
+"""Network mode's UART bridge: a framed byte protocol around :class:`psc.hw.network.NetworkEngine`.
+
+The host loads a program once (:meth:`psc.host.program.Program.engine_image`: its
+instructions, every weight block and parameter word) into the engine's on-chip
+stores; an inference is then one frame of input beats in and the output's words
+back, every layer running on chip. The host side is :mod:`psc.host.serial_link`.
+
+Protocol (version 4)
+--------------------
+
+All multi-byte fields are little-endian except the CRC. The frames that carry
+data end with a CRC-16 (CRC-16/CCITT-FALSE: polynomial 0x1021, initial value
+0xFFFF, no reflection) of every byte of the frame from its opcode on, sent most
+significant byte first. Host to board:
+
+=========  =======  ===========================================================  ============
+command    opcode   fields after the opcode                                      reply
+=========  =======  ===========================================================  ============
+PING       ``P``    none                                                         ID frame
+LOAD       ``L``    ``sel`` (u8), ``addr`` (u32), ``n`` (u16), ``n`` words, CRC  none
+READY      ``R``    ``program`` (u32), ``n_in`` (u32), ``n_out`` (u32), CRC      none
+INFER      ``I``    ``n_in`` (u32), ``n_out`` (u32), ``n_in`` input beats, CRC   ``n_out`` words
+STATUS     ``S``    none                                                         status frame
+=========  =======  ===========================================================  ============
+
+* LOAD writes ``n`` words from ``addr`` on into a store: ``sel`` 0 the command
+  store (4-byte words), 1 the core's weight buffer (weight-block beats), 2 the
+  parameter store (parameter beats); a word is ``ceil(width / 8)`` bytes
+  (:func:`load_bytes`). It marks the board as holding no program; a LOAD whose
+  CRC is wrong, or that arrives while an inference runs (its words are then
+  dropped, flag ``LOAD_REFUSED``), spoils the load.
+* READY ends a load: with a good CRC and no spoilt LOAD since the last READY,
+  the board holds program ``program`` (an identifier the host chooses, reported
+  in every status frame) whose input is ``n_in`` beats and output ``n_out`` words.
+* INFER runs the program on ``n_in`` input beats (``ceil(rows * act_width / 8)``
+  bytes each: the input's pixels in raster order, ``rows`` channels per beat).
+  Its ``n_in`` and ``n_out`` must be the program's; if they are not, or no
+  program is held, nothing runs (flag ``NOT_LOADED``) and the beats are dropped.
+  Either way exactly ``n_out`` output words (``ceil(lanes * act_width / 8)``
+  bytes each) come back, padded with zero words (flag ``SHORT``) when the run
+  made fewer (a refused command, or nothing ran), with no header, as they leave
+  the engine. A wrong CRC sets ``CRC_ERROR``: the input was corrupted and the
+  outputs are not to be used.
+* Status frame, :data:`STATUS_BYTES` bytes, sent once the engine is idle and
+  every owed word has left: ``S``, flags (u16, :data:`FLAGS`), the program held
+  (u32, 0 for none), the output words the run made (u32), the run's cycles
+  (u32, from the input's first beat awaited to the output's last word) and its
+  compute cycles (u32, cycles in which a beat entered the MAC array). Flags: bit
+  0 ``BUSY``, 1 ``ERROR`` (the engine stopped at a command the core refused), 2
+  ``DONE``, 3 ``DROPPED``, 4 ``SHORT``, 5 ``EXTRA``, 6 ``RX_ERROR`` (framing error,
+  overrun, full receive FIFO, or a frame abandoned after ``frame_timeout`` bit
+  times of silence in its middle: an inference it belonged to is aborted, the
+  program stays), 7 ``BAD_OPCODE``, 8 ``CRC_ERROR``, 9 ``LOADED`` (a program is
+  held), 10 ``NOT_LOADED``, 11 ``LOAD_REFUSED``. INFER clears flags 2 to 5, 8
+  and 10; STATUS clears ``RX_ERROR``, ``BAD_OPCODE``, ``CRC_ERROR`` and
+  ``LOAD_REFUSED`` after reporting them.
+* ID frame, :data:`ID_BYTES` bytes: ``P``, ``PSC``, the protocol version (u8),
+  the fields of the tile-mode bridge's ID (:data:`psc.hw.link.bridge.ID_FIELDS`,
+  describing the core) and then those of :data:`ENGINE_ID_FIELDS`, the
+  engine's memories, so that a host can check that a program fits
+  (:meth:`psc.host.program.Program.check_engine`) before sending any of it.
+
+Flow control: as the tile-mode bridge's. The host sends a whole INFER and a
+STATUS, then reads the ``n_out`` words and the status frame. The engine takes
+input beats faster than the UART brings them.
+"""
+
+from dataclasses import dataclass, field
+
+from amaranth.hdl import Cat, Const, Module, ResetInserter, Signal
+from amaranth.lib import crc, wiring
+from amaranth.lib.wiring import In, Out
+
+from psc.hw.core import act_in_layout, act_out_layout, param_layout, weight_layout
+from psc.hw.link.bridge import ID_FIELDS, ID_MAGIC, OP as TILE_OP, RX_FIFO_DEPTH, id_values
+from psc.hw.link.framing import FrameReceiver, ReplyTransmitter
+from psc.hw.link.uart import UARTConfig
+from psc.hw.network.engine import CMD_WORD, EngineConfig, NetworkEngine
+from psc.model.checks import BadTypeError, show
+
+__all__ = ["NetworkBridgeConfig", "NetworkBridge", "PROTOCOL_VERSION", "OP", "FLAGS",
+           "ENGINE_ID_FIELDS", "ID_BYTES", "STATUS_BYTES", "CRC", "load_bytes", "io_bytes",
+           "engine_id_values", "id_frame", "COUNT_WIDTH"]
+
+PROTOCOL_VERSION = 4
+OP = {"PING": TILE_OP["PING"], "STATUS": TILE_OP["STATUS"], "LOAD": ord("L"),
+      "READY": ord("R"), "INFER": ord("I")}
+FLAGS = {"BUSY": 0, "ERROR": 1, "DONE": 2, "DROPPED": 3, "SHORT": 4, "EXTRA": 5,
+         "RX_ERROR": 6, "BAD_OPCODE": 7, "CRC_ERROR": 8, "LOADED": 9, "NOT_LOADED": 10,
+         "LOAD_REFUSED": 11}
+STATUS_BYTES = 19
+#: The engine's fields of the ID frame, after the core's: (name, bytes).
+ENGINE_ID_FIELDS = (("act_depth", 4), ("cmd_depth", 4), ("param_store_depth", 4),
+                    ("op_values", 1))
+ID_BYTES = 5 + sum(n for _, n in ID_FIELDS + ENGINE_ID_FIELDS)
+#: The frames' CRC.
+CRC = crc.catalog.CRC16_CCITT_FALSE
+#: Bits of the beat and word counts of an inference (a count is taken modulo ``2**COUNT_WIDTH``).
+COUNT_WIDTH = 24
+
+
+def _nbytes(bits):
+    return (bits + 7) // 8
+
+
+def load_bytes(engine_config):
+    """Bytes of a LOAD word for each ``sel``: (command store, weight buffer, parameter store)."""
+    cc = engine_config.core
+    return (CMD_WORD // 8, _nbytes(weight_layout(cc).size), _nbytes(param_layout(cc).size))
+
+
+def io_bytes(engine_config):
+    """Bytes of an input beat and of an output word: ``(in, out)``."""
+    cc = engine_config.core
+    return _nbytes(act_out_layout(cc).size), _nbytes(act_in_layout(cc).size)
+
+
+def engine_id_values(engine_config):
+    """The engine's fields of the ID frame (:data:`ENGINE_ID_FIELDS`), as integers."""
+    return {name: getattr(engine_config, name) for name, _ in ENGINE_ID_FIELDS}
+
+
+def id_frame(engine_config, divisor):
+    """The ID frame a network bridge for ``engine_config`` and ``divisor`` answers PING with."""
+    values = dict(id_values(engine_config.core, divisor), **engine_id_values(engine_config))
+    out = bytes([OP["PING"]]) + ID_MAGIC + bytes([PROTOCOL_VERSION])
+    for name, nbytes in ID_FIELDS + ENGINE_ID_FIELDS:
+        out += int(values[name]).to_bytes(nbytes, "little")
+    assert len(out) == ID_BYTES
+    return out
+
+
+@dataclass(frozen=True)
+class NetworkBridgeConfig:
+    """Build-time parameters of :class:`NetworkBridge`.
+
+    Parameters
+    ----------
+    engine : psc.hw.network.EngineConfig
+        The engine behind the bridge.
+    divisor : int
+        UART clock cycles per bit, ``>= 4``.
+    frame_timeout : int
+        Bit times of silence in the middle of a frame after which it is
+        abandoned (flag ``RX_ERROR``; an inference it belonged to is aborted).
+        0 disables it. Default 50000 (50 ms at 1 Mbaud).
+    """
+    engine: EngineConfig
+    divisor: int = 104
+    frame_timeout: int = field(default=50_000)
+
+    def __post_init__(self):
+        if not isinstance(self.engine, EngineConfig):
+            raise BadTypeError(f"engine must be a psc.hw.network.EngineConfig, "
+                               f"not {show(self.engine)}")
+        UARTConfig(self.divisor)
+        if not isinstance(self.frame_timeout, int) or isinstance(self.frame_timeout, bool) \
+                or not (self.frame_timeout == 0 or 20 <= self.frame_timeout <= 1 << 24):
+            raise ValueError(f"frame_timeout must be 0 or an integer in [20, {1 << 24}] bit "
+                             f"times, not {self.frame_timeout!r}")
+
+    @property
+    def core(self):
+        return self.engine.core
+
+
+class NetworkBridge(wiring.Component):
+    """The :class:`~psc.hw.network.NetworkEngine` behind a UART speaking protocol version 4.
+
+    Latency/throughput: bounded by the UART (``10 * divisor`` cycles per byte);
+    see the module docstring for the protocol.
+
+    Parameters
+    ----------
+    config : NetworkBridgeConfig
+
+    Members
+    -------
+    rx : In(1)
+        UART receive pin (idle high).
+    tx : Out(1)
+        UART transmit pin (idle high).
+    busy, error, loaded : Out(1)
+        The engine runs an inference; the last one stopped at a refused command; a
+        program is held (for LEDs).
+    """
+
+    def __init__(self, config):
+        if not isinstance(config, NetworkBridgeConfig):
+            raise BadTypeError(f"config must be a psc.hw.link.network_bridge.NetworkBridgeConfig,"
+                               f" not {show(config)}")
+        self.config = config
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "busy": Out(1),
+                          "error": Out(1), "loaded": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        bc = self.config
+        ec = bc.engine
+        lb = load_bytes(ec)
+        ib, ob = io_bytes(ec)
+        abort = Signal()
+        engine = NetworkEngine(ec)
+        m.submodules.engine = ResetInserter(abort)(engine)
+        m.submodules.rx = rx = FrameReceiver(bc.divisor, bc.frame_timeout, RX_FIFO_DEPTH)
+        m.submodules.tx = tx = ReplyTransmitter(bc.divisor, ob, id_frame(ec, bc.divisor),
+                                                STATUS_BYTES, COUNT_WIDTH)
+        m.submodules.crc = check = crc.Processor(CRC(data_width=8))
+        m.d.comb += [rx.rx.eq(self.rx), self.tx.eq(tx.tx), self.busy.eq(engine.busy),
+                     self.error.eq(engine.error)]
+        wiring.connect(m, engine.host_out, tx.words)
+
+        # --- state reported in the status frame -----------------------------------------
+        f = {name: Signal(name=f"f_{name.lower()}") for name in (
+            "DONE", "DROPPED", "RX_ERROR", "BAD_OPCODE", "CRC_ERROR", "NOT_LOADED",
+            "LOAD_REFUSED", "SHORT", "EXTRA")}
+        loaded = Signal()
+        spoilt = Signal()                    # a LOAD since the last READY went wrong
+        program = Signal(32)
+        prog_in = Signal(COUNT_WIDTH)
+        prog_out = Signal(COUNT_WIDTH)
+        m.d.comb += self.loaded.eq(loaded)
+        with m.If(engine.done):
+            m.d.sync += f["DONE"].eq(1)
+        with m.If(rx.error):
+            m.d.sync += f["RX_ERROR"].eq(1)
+        with m.If(tx.short):
+            m.d.sync += f["SHORT"].eq(1)
+        with m.If(tx.extra):
+            m.d.sync += f["EXTRA"].eq(1)
+        flags = Cat(engine.busy, engine.error, f["DONE"], f["DROPPED"], f["SHORT"], f["EXTRA"],
+                    f["RX_ERROR"], f["BAD_OPCODE"], f["CRC_ERROR"], loaded, f["NOT_LOADED"],
+                    f["LOAD_REFUSED"])
+        m.d.comb += tx.status.eq(Cat(Const(OP["STATUS"], 8), flags, Const(0, 16 - len(flags)),
+                                     program, tx.real, Const(0, 32 - COUNT_WIDTH),
+                                     engine.cycles, engine.compute))
+
+        # --- parser: bytes shift in at the top of `sh`; a field of n bytes read last sits,
+        # little-endian, in its top n bytes (a static slice).
+        maxb = max(14, max(lb), ib)
+        sh = Signal(8 * maxb)
+
+        def top(nbytes):
+            return sh[8 * (maxb - nbytes):]
+
+        left = Signal(range(maxb + 1))       # bytes still to read in this field
+        count = Signal(COUNT_WIDTH)          # words or beats still to forward
+        sel = Signal(2)
+        addr = Signal(32)
+        m.d.comb += [check.data.eq(rx.byte)]
+
+        def read(nxt):
+            """In a state reading a field: shift a byte in (and into the CRC); go to ``nxt``
+            after the last."""
+            m.d.comb += [rx.take.eq(1), rx.reading.eq(1)]
+            with m.If(rx.ready):
+                m.d.comb += check.valid.eq(1)
+                m.d.sync += [sh.eq(Cat(sh[8:], rx.byte)), left.eq(left - 1)]
+                with m.If(left == 1):
+                    m.next = nxt
+            with m.Elif(rx.timed_out):
+                # the host has given up on this frame: it reads nothing more of it
+                m.d.sync += f["RX_ERROR"].eq(1)
+                m.d.comb += [abort.eq(engine.busy), tx.arm.eq(1), tx.expect.eq(0)]
+                m.next = "OP"
+
+        with m.FSM():
+            with m.State("OP"):
+                m.d.comb += rx.take.eq(1)
+                with m.If(rx.ready):
+                    m.d.comb += [check.start.eq(1), check.valid.eq(1)]
+                    with m.Switch(rx.byte):
+                        with m.Case(OP["PING"]):
+                            m.next = "PING"
+                        with m.Case(OP["STATUS"]):
+                            m.next = "SYNC"
+                        with m.Case(OP["LOAD"]):
+                            m.d.sync += [left.eq(7), loaded.eq(0)]
+                            m.next = "LOAD_HEAD"
+                        with m.Case(OP["READY"]):
+                            m.d.sync += left.eq(14)
+                            m.next = "READY_READ"
+                        with m.Case(OP["INFER"]):
+                            m.d.sync += left.eq(8)
+                            m.next = "INFER_HEAD"
+                        with m.Default():
+                            m.d.sync += f["BAD_OPCODE"].eq(1)
+            with m.State("PING"):
+                m.d.comb += tx.reply.eq(1)
+                with m.If(tx.reply_ack):
+                    m.next = "OP"
+            with m.State("SYNC"):
+                # the status follows the last owed word, once the engine has stopped
+                with m.If(~engine.busy & ~engine.host_out.valid):
+                    with m.If(tx.owed_none):
+                        m.d.comb += tx.reply.eq(2)
+                        with m.If(tx.reply_ack):
+                            m.d.sync += [f[n].eq(0) for n in ("RX_ERROR", "BAD_OPCODE",
+                                                              "CRC_ERROR", "LOAD_REFUSED")]
+                            m.next = "OP"
+                    with m.Else():
+                        m.d.comb += tx.pad.eq(1)
+
+            # LOAD ---------------------------------------------------------------------------
+            with m.State("LOAD_HEAD"):
+                read("LOAD_START")
+            with m.State("LOAD_START"):
+                head = top(7)
+                m.d.sync += [sel.eq(head[:2]), addr.eq(head[8:40]), count.eq(head[40:56])]
+                with m.If(head[40:56] == 0):
+                    m.d.sync += left.eq(2)
+                    m.next = "LOAD_CRC"
+                with m.Else():
+                    m.next = "LOAD_WORD"
+            with m.State("LOAD_WORD"):
+                with m.Switch(sel):
+                    for s in range(4):
+                        with m.Case(s):
+                            m.d.sync += left.eq(lb[s] if s < 3 else lb[0])
+                m.next = "LOAD_READ"
+            with m.State("LOAD_READ"):
+                read("LOAD_SEND")
+            with m.State("LOAD_SEND"):
+                m.d.comb += [engine.load.payload.sel.eq(sel), engine.load.payload.addr.eq(addr)]
+                with m.Switch(sel):
+                    for s in range(3):
+                        with m.Case(s):
+                            m.d.comb += engine.load.payload.data.eq(top(lb[s]))
+                m.d.comb += engine.load.valid.eq(sel != 3)
+                # the engine takes a word in the cycle it is offered, unless it is running
+                with m.If(~engine.load.ready | (sel == 3)):
+                    m.d.sync += [f["LOAD_REFUSED"].eq(1), spoilt.eq(1)]
+                m.d.sync += [addr.eq(addr + 1), count.eq(count - 1)]
+                with m.If(count == 1):
+                    m.d.sync += left.eq(2)
+                    m.next = "LOAD_CRC"
+                with m.Else():
+                    m.next = "LOAD_WORD"
+            with m.State("LOAD_CRC"):
+                read("LOAD_CHECK")
+            with m.State("LOAD_CHECK"):
+                with m.If(~check.match_detected):
+                    m.d.sync += [f["CRC_ERROR"].eq(1), spoilt.eq(1)]
+                m.next = "OP"
+
+            # READY --------------------------------------------------------------------------
+            with m.State("READY_READ"):
+                read("READY_CHECK")
+            with m.State("READY_CHECK"):
+                fields = top(14)
+                with m.If(check.match_detected):
+                    m.d.sync += [loaded.eq(~spoilt), program.eq(fields[:32]),
+                                 prog_in.eq(fields[32:64]), prog_out.eq(fields[64:96])]
+                with m.Else():
+                    m.d.sync += [f["CRC_ERROR"].eq(1), loaded.eq(0)]
+                m.d.sync += spoilt.eq(0)
+                m.next = "OP"
+
+            # INFER --------------------------------------------------------------------------
+            with m.State("INFER_HEAD"):
+                read("INFER_START")
+            with m.State("INFER_START"):
+                n_in, n_out = top(8)[:COUNT_WIDTH], top(8)[32:32 + COUNT_WIDTH]
+                m.d.comb += [tx.arm.eq(1), tx.expect.eq(n_out)]
+                m.d.sync += [count.eq(n_in)] + [f[n].eq(0) for n in (
+                    "DONE", "DROPPED", "SHORT", "EXTRA", "CRC_ERROR", "NOT_LOADED")]
+                with m.If(loaded & ~engine.busy & (n_in == prog_in) & (n_out == prog_out)):
+                    m.d.comb += engine.run.eq(1)
+                with m.Else():
+                    m.d.sync += f["NOT_LOADED"].eq(1)
+                with m.If(n_in == 0):
+                    m.d.sync += left.eq(2)
+                    m.next = "INFER_CRC"
+                with m.Else():
+                    m.d.sync += left.eq(ib)
+                    m.next = "INFER_READ"
+            with m.State("INFER_READ"):
+                read("INFER_SEND")
+            with m.State("INFER_SEND"):
+                m.d.comb += [engine.host_in.payload.eq(top(ib)), engine.host_in.valid.eq(1)]
+                taken = engine.host_in.ready | ~engine.busy
+                with m.If(~engine.host_in.ready & ~engine.busy):
+                    # nothing runs (or the run has stopped): drop rather than hang
+                    m.d.sync += f["DROPPED"].eq(1)
+                with m.If(taken):
+                    m.d.sync += count.eq(count - 1)
+                    with m.If(count == 1):
+                        m.d.sync += left.eq(2)
+                        m.next = "INFER_CRC"
+                    with m.Else():
+                        m.d.sync += left.eq(ib)
+                        m.next = "INFER_READ"
+            with m.State("INFER_CRC"):
+                read("INFER_CHECK")
+            with m.State("INFER_CHECK"):
+                with m.If(~check.match_detected):
+                    m.d.sync += f["CRC_ERROR"].eq(1)
+                m.next = "OP"
+        return m

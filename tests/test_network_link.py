@@ -1,0 +1,103 @@
+"""Network mode over the UART (protocol version 4): the host's frames and ID parsing, and
+the network bridge (psc.hw.link.network_bridge) driven through its UART pins by the host's
+own generators (psc.host.network_link) under Verilator: a program loaded once, inferences
+bit-exact with the golden network, and each fault answered with a clear status and
+followed by a correct inference."""
+
+import numpy as np
+import pytest
+
+from psc.host import network_link as nl
+from psc.host import serial_link
+from psc.host.program import compile_network
+from psc.hw.link import bridge, network_bridge
+from psc.presets import PRESETS
+from test_engine import _simulable, conv_net
+
+
+def _program(name="tiny", seed=1):
+    rng = np.random.default_rng(seed)
+    net = conv_net(rng)
+    return compile_network(net, _simulable(name)), rng
+
+
+def test_frames_end_with_their_crc():
+    """Every frame's CRC is the catalogue's CRC-16/CCITT-FALSE of the frame, sent most
+    significant byte first (the residue check of amaranth.lib.crc.Processor)."""
+    body = b"123456789"
+    assert nl.frame(body) == body + bytes([0x29, 0xB1])
+    prog, rng = _program()
+    ec = prog.engine_config()
+    image = nl.network_image(prog, ec)
+    n_in, n_out = prog.io_counts
+    assert (image.n_in, image.n_out) == (n_in, n_out) and image.program
+    ready = image.frames[-1]
+    assert ready[0] == network_bridge.OP["READY"] and len(ready) == 1 + 12 + 2
+    infer = nl.infer_frame(prog, rng.integers(-128, 128, size=prog.net.input_shape), ec)
+    ib, _ = network_bridge.io_bytes(ec)
+    assert len(infer) == 1 + 8 + n_in * ib + 2
+    # the identifier follows the stores: another program has another one
+    other, _ = _program(seed=2)
+    assert nl.network_image(other, other.engine_config()).program != image.program
+
+
+def test_id_of_a_network_board():
+    """A version 4 ID carries the engine's memories: the host rebuilds its EngineConfig; a
+    tile-mode board is refused by network mode and a network-mode board by tile mode."""
+    prog, _ = _program()
+    ec = prog.engine_config()
+    ident = serial_link.parse_id(network_bridge.id_frame(ec, 7))
+    assert ident["version"] == 4 and ident["divisor"] == 7
+    assert nl.engine_of(ident) == ec     # the tiny preset, found by its digest
+    tile = serial_link.parse_id(bridge.id_frame(PRESETS["tiny"], 7))
+    with pytest.raises(serial_link.LinkError, match="tile mode, not network mode"):
+        nl.engine_of(tile)
+    gen = serial_link.session([[]])
+    next(gen)
+    gen.send(None)
+    frame = network_bridge.id_frame(ec, 7)
+    gen.send(frame[:serial_link.ID_HEADER_BYTES])
+    with pytest.raises(serial_link.LinkError, match="network mode"):
+        gen.send(frame[serial_link.ID_HEADER_BYTES:])
+
+
+def test_a_program_too_big_for_the_board_is_refused_before_anything_is_sent():
+    prog, _ = _program()
+    small = prog.engine_config().__class__(prog.config, act_depth=8)
+    gen = nl.network_session(prog, [])
+    next(gen)
+    gen.send(None)
+    frame = network_bridge.id_frame(small, 7)
+    gen.send(frame[:serial_link.ID_HEADER_BYTES])
+    with pytest.raises(Exception, match="activation words"):
+        gen.send(frame[serial_link.ID_HEADER_BYTES:])
+
+
+def test_network_mode_through_the_uart_pins():
+    """The tiny build's network bridge under Verilator: PING, the program loaded, two
+    inferences equal to the golden network; then an inference before any load, a
+    corrupted input byte (CRC_ERROR), a truncated INFER (RX_ERROR, its run aborted), a
+    reset in the middle of an inference (the program forgotten: NOT_LOADED, then loaded
+    again) and a reload while idle, each followed by a correct inference."""
+    prog, rng = _program()
+    images = rng.integers(-128, 128, size=(2,) + prog.net.input_shape)
+    want = prog.net.run(images)
+    res = nl.simulate_link(prog, images, faults=True)
+    assert res["ident"]["version"] == 4 and res["framing_errors"] == 0
+    assert "LOADED" in res["load"]["status"]["flags"]
+    for i, (out, r) in enumerate(zip(res["outputs"], res["images"])):
+        np.testing.assert_array_equal(out, want[i], err_msg=f"image {i}")
+        status = r["status"]
+        assert status["flags"] == ["DONE", "LOADED"], status
+        assert status["outputs"] == prog.io_counts[1]
+        assert 0 < status["compute"] < status["cycles"] < r["cycles"]
+    f = res["faults"]
+    assert "holds no program" in f["before_load"]["error"]
+    assert "NOT_LOADED" in f["before_load"]["status"]["flags"]
+    assert "CRC_ERROR" in f["corrupted"]["error"]
+    assert "RX_ERROR" in f["truncated"]["status"]["flags"]
+    assert "holds no program" in f["reset"]["error"]
+    assert f["reset"]["status"]["program"] == 0
+    for name in ("corrupted", "truncated", "reset", "reloaded"):
+        np.testing.assert_array_equal(f[name]["next"]["output"],
+                                      want[-1 if name == "reloaded" else 0], err_msg=name)
