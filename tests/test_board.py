@@ -15,6 +15,7 @@ import pytest
 
 from psc.build_dir import build_root
 from psc.flow import board, toolchain
+from psc.presets import preset
 from psc.hw.link.board_top import BoardTop
 from psc.hw.link.bridge import ID_BYTES, id_frame
 from psc.hw.link.uart import divisor_for
@@ -85,6 +86,28 @@ def test_board_top_elaborates(name):
             f'FREQUENCY NET "{net}" {b.clk_hz} HZ;') in constraints
     # the ID frame the bridge answers PING with fits its fields (u8 widths, u32 depths)
     assert len(id_frame(bc.core, bc.divisor)) == ID_BYTES
+
+
+def test_network_mode_board_top():
+    """``psc build --board ulx3s --mode network``: the network bridge (protocol 4) holding
+    the board's engine, a third LED for a loaded program, the wide multiplies of the add
+    and pooling unit built from LUTs (the hard multipliers are the array's); the iCEBreaker
+    has no network-mode build, and says so."""
+    from psc.hw.link import network_bridge
+    b = board.BOARDS["ulx3s"]
+    bc = board.bridge_config("ulx3s", mode="network")
+    assert isinstance(bc, network_bridge.NetworkBridgeConfig)
+    assert bc.engine.core == preset("ulx3s") and bc.divisor == 85
+    options = board._build_options(b, bc.core, 1)
+    assert "techmap -map +/techmap.v t:$mul" in options["script_after_read"]
+    plan = board._platform(b).prepare(BoardTop(bc, b.pll), name=board.NAME, **options)
+    assert "led_2__io" in plan.files[f"{board.NAME}.lpf"]
+    assert len(network_bridge.id_frame(bc.engine, bc.divisor)) == network_bridge.ID_BYTES
+    with pytest.raises(ValueError, match="network mode is built for ulx3s, not for board "
+                                         "'icebreaker'"):
+        board.bridge_config("icebreaker", mode="network")
+    with pytest.raises(ValueError, match="mode must be one of tile, network, not 'fast'"):
+        board.bridge_config("ulx3s", mode="fast")
 
 
 @pytest.mark.parametrize("name", sorted(board.BOARDS))

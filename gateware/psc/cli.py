@@ -167,6 +167,8 @@ def _program(args):
     from psc.host.program import compile_network, describe
     from psc.model.network import Network
     from psc.onnx_import import import_onnx
+    if args.board and args.preset == "default":
+        args.preset = args.board          # the board's own build
     config = _configured(args, args.preset)
     path = args.network or data.path("digits_psc.onnx")
     net = import_onnx(path) if str(path).endswith(".onnx") else Network.load(path)
@@ -174,7 +176,7 @@ def _program(args):
     print("\n".join(describe(prog)))
     if args.synth:
         _program_synth(args, prog)
-    if not args.run:
+    if not args.run and not args.board:
         return 0
     if args.network is None:
         _, _, x, _ = data.digits_split(0)
@@ -184,6 +186,8 @@ def _program(args):
         images = rng.integers(-(1 << (net.act_width - 1)), 1 << (net.act_width - 1),
                               size=(args.images,) + net.input_shape)
     want = net.run(images)
+    if args.board:
+        return _program_board(args, prog, images, want)
     if args.layers:
         out, report = prog.run(images, target=args.run, seed=args.seed)
         exact = np.array_equal(out, want)
@@ -201,6 +205,45 @@ def _program(args):
     print(f"\nnetwork engine on {args.run}: {report['cycles']:.0f} cycles per inference (input "
           f"in to output out, median of {len(images)} images), {report['macs']} MACs, array "
           f"utilisation {report['utilisation']:.1%}; outputs "
+          f"{'bit-exact with' if exact else 'DIFFER from'} the golden network")
+    return 0 if exact else 1
+
+
+def _program_board(args, prog, images, want):
+    """The board's network-mode bridge through its UART pins (psc.host.network_link)."""
+    from psc.flow import board
+    from psc.host.network_link import simulate_link
+    from psc.hw.link.network_bridge import STATUS_BYTES, io_bytes
+    b = board.BOARDS[args.board]
+    bc = _checked("program", board.bridge_config, args.board, args.baud, prog.config, None,
+                  "network")
+    try:
+        prog.check_engine(bc.engine)
+    except ValueError as e:
+        raise _BadOption(f"psc program: {e}") from None
+    print(f"\nwhole-board simulation ({args.run or 'verilator'}) of {args.board} in network "
+          f"mode: the bridge at the PLL's {b.clk_hz / 1e6:g} MHz, the UART at {args.baud} "
+          f"baud ({bc.divisor} cycles per bit) ...", flush=True)
+    res = simulate_link(prog, images, engine_config=bc.engine, divisor=bc.divisor,
+                        frame_timeout=bc.frame_timeout, target=args.run or "verilator")
+    exact = all(np.array_equal(o, w) for o, w in zip(res["outputs"], want))
+    total = float(np.median([r["cycles"] for r in res["images"]]))
+    engine = float(np.median([r["status"]["cycles"] for r in res["images"]]))
+    compute = float(np.median([r["status"]["compute"] for r in res["images"]]))
+    cc = prog.config
+    macs = sum(s.plan.macs for s in prog.steps if hasattr(s, "plan"))
+    n_in, n_out = prog.io_counts
+    ib, ob = io_bytes(bc.engine)
+    wire = (1 + 8 + n_in * ib + 2 + 1 + n_out * ob + STATUS_BYTES) * 10 * bc.divisor
+    print(f"load (once): {res['load']['cycles']} cycles ({res['load']['cycles'] / b.clk_hz:.3f} s)")
+    print(f"per inference (median of {len(images)}): {total:.0f} cycles from the INFER's first "
+          f"byte to the status's last, {b.clk_hz / total:.1f} inferences/s at "
+          f"{b.clk_hz / 1e6:g} MHz; the engine ran {engine:.0f} of them (input awaited, "
+          f"every layer, output sent), the MAC array {compute:.0f}")
+    print(f"array utilisation {macs / (cc.rows * cc.lanes) / total:.2%} of the inference "
+          f"({macs / (cc.rows * cc.lanes) / max(1.0, engine - (n_in * ib) * 10 * bc.divisor):.1%}"
+          f" of the engine's cycles after the input), bytes on the wire "
+          f"{min(1.0, wire / total):.1%} of the time; outputs "
           f"{'bit-exact with' if exact else 'DIFFER from'} the golden network")
     return 0 if exact else 1
 
@@ -269,6 +312,12 @@ def _add_program(sub):
                         "divisor of lanes (default 1)")
     p.add_argument("--layers", action="store_true",
                    help="with --run, also each convolution's cycles on the core alone")
+    p.add_argument("--board", choices=sorted(presets.ENGINES),
+                   help="simulate the board's network-mode bridge (psc build --mode network) "
+                        "through its UART pins at the board's PLL clock and baud: load, then "
+                        "inferences; prints cycles and inferences/s per inference")
+    p.add_argument("--baud", type=_int_at_least(1), default=DEFAULT_BAUD,
+                   help=f"with --board, the UART's baud rate (default {DEFAULT_BAUD})")
     p.add_argument("--images", type=_int_at_least(1), default=2,
                    help="images to run (the digits test split's first, or random; default 2)")
     p.add_argument("--seed", type=_int_at_least(0), default=0)
@@ -472,9 +521,10 @@ def _add_soak(sub):
 def _build(args):
     """Build a board's bitstream (psc.flow.board)."""
     config = _configured(args, args.board)
-    _checked("build", board.bridge_config, args.board, args.baud, config)
+    _checked("build", board.bridge_config, args.board, args.baud, config, None, args.mode)
     return board.main(args.board, config, baud=args.baud,
-                      build_dir=args.build_dir, seed=args.seed, as_json=args.json)
+                      build_dir=args.build_dir, seed=args.seed, as_json=args.json,
+                      mode=args.mode)
 
 
 def _add_build(sub):
@@ -488,8 +538,13 @@ def _add_build(sub):
                         + ", ".join(f"{b}: {t}" for b, t in BOARDS.items()) + ")")
     p.add_argument("--baud", type=_int_at_least(1), default=DEFAULT_BAUD,
                    help=f"UART baud rate (default {DEFAULT_BAUD})")
+    p.add_argument("--mode", choices=["tile", "network"], default="tile",
+                   help="tile: the host sends every tile (protocol 3); network: the board "
+                        "holds a whole network and runs it on chip (protocol 4; ulx3s only). "
+                        "Default tile")
     p.add_argument("--build-dir", metavar="DIR", type=_tool_directory,
-                   help="build directory, not under /tmp (default build/board/<board>)")
+                   help="build directory, not under /tmp (default build/board/<board>, "
+                        "build/board/<board>-network)")
     p.add_argument("--seed", type=_int_at_least(0), default=1,
                    help="nextpnr placer seed (default 1)")
     _add_overrides(p, ("lanes", "rows"), "the board's")

@@ -58,6 +58,11 @@ TARGETS = {"ice40-up5k": "ice40-up5k", "ecp5-25k": "ecp5-25k"}
 #: Board -> the synthesis target whose preset it runs (``psc build --board``).
 BOARDS = {"icebreaker": "ice40-up5k", "ulx3s": "ecp5-25k"}
 
+#: Board -> the memories of its network-mode build (:class:`psc.hw.network.EngineConfig`
+#: beside the board's preset; ``psc build --mode network``). The iCEBreaker has none: the
+#: UP5K's block RAM and SPRAM already hold its core's buffers.
+ENGINES = {"ulx3s": {"act_depth": 1024, "cmd_depth": 64, "param_store_depth": 256}}
+
 #: UART baud rate of the board builds and the serial driver.
 DEFAULT_BAUD = 1_000_000
 
@@ -74,3 +79,13 @@ def preset(name):
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS) + sorted(BOARDS)}, not {name!r}")
     return PRESETS[name]
+
+
+def board_engine(board):
+    """The :class:`psc.hw.network.EngineConfig` of ``board``'s network-mode build."""
+    from psc.hw.network.engine import EngineConfig
+    if board not in ENGINES:
+        raise ValueError(f"network mode is built for {', '.join(ENGINES)}, not for board "
+                         f"{board!r}: its device has no memory left for the engine "
+                         f"(use the tile-mode build)")
+    return EngineConfig(preset(board), **ENGINES[board])

@@ -29,16 +29,17 @@ the DSP) and, when ``icetime`` is installed, its Fmax, which does.
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 from psc.hw.link.board_top import BoardTop
 from psc.hw.link.bridge import BridgeConfig
+from psc.hw.link.network_bridge import NetworkBridgeConfig
 from psc.build_dir import build_root, check_not_tmp
 from psc.config import CoreConfig
 from psc.model.checks import BadTypeError, show
 from psc.flow import toolchain
-from psc.presets import DEFAULT_BAUD, preset
+from psc.presets import DEFAULT_BAUD, board_engine, preset
 from psc.hw.link.uart import divisor_for
 from psc.hw.pll import pll_settings
 
@@ -104,15 +105,29 @@ def board_pll(board, core_hz=None):
     return b.pll if core_hz is None else pll_settings(b.family, b.osc_hz, core_hz)
 
 
-def bridge_config(board, baud=DEFAULT_BAUD, config=None, core_hz=None):
-    """The :class:`~psc.hw.link.bridge.BridgeConfig` of ``board`` at ``baud`` (core from the
-    board's preset), its UART divisor from the PLL's achieved frequency for ``core_hz``
-    (default: the board's ``core_hz``)."""
+#: Bridges a board is built with: ``tile`` (:mod:`psc.hw.link.bridge`, the host sends every
+#: tile) and ``network`` (:mod:`psc.hw.link.network_bridge`, the network kept on chip).
+MODES = ("tile", "network")
+
+
+def bridge_config(board, baud=DEFAULT_BAUD, config=None, core_hz=None, mode="tile"):
+    """The bridge configuration of ``board`` at ``baud`` in ``mode`` (:data:`MODES`): a
+    :class:`~psc.hw.link.bridge.BridgeConfig` (core from the board's preset, or
+    ``config``) or a :class:`~psc.hw.link.network_bridge.NetworkBridgeConfig` (the board's
+    engine, :func:`psc.presets.board_engine`), its UART divisor from the PLL's achieved
+    frequency for ``core_hz`` (default: the board's ``core_hz``)."""
     pll = board_pll(board, core_hz)
     if config is not None and not isinstance(config, CoreConfig):
         raise BadTypeError(f"config must be a psc.config.CoreConfig or None, not {show(config)}")
-    return BridgeConfig(core=preset(board) if config is None else config,
-                        divisor=divisor_for(pll.out_hz, baud))
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {show(mode)}")
+    divisor = divisor_for(pll.out_hz, baud)
+    if mode == "network":
+        engine = board_engine(board)
+        if config is not None:
+            engine = replace(engine, core=config)
+        return NetworkBridgeConfig(engine, divisor=divisor)
+    return BridgeConfig(core=preset(board) if config is None else config, divisor=divisor)
 
 
 def _platform(board):
@@ -126,17 +141,22 @@ def _build_options(board, core, seed):
     opts = {"synth_opts": toolchain.synth_options(board.family, core.pe.multiplier),
             "nextpnr_opts": " ".join(toolchain.nextpnr_options(seed, f"{NAME}.report.json"))}
     after_read = toolchain.script_after_read(board.family)
+    if board.family == "ecp5":
+        # the hard multipliers are the MAC array's (the network engine's add and pooling
+        # multiplies would take two more than the 25F has)
+        after_read += toolchain.lut_multiplies(core.pe.act_width)
     if after_read:
         opts["script_after_read"] = "\n".join(after_read)
     return opts
 
 
 def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, config=None, core_hz=None,
-          log=None):
-    """Build the bitstream of ``board`` with its PLL at ``core_hz`` (default: the board's
-    ``core_hz``); returns a report dict.
+          log=None, mode="tile"):
+    """Build the bitstream of ``board`` in ``mode`` (:data:`MODES`) with its PLL at
+    ``core_hz`` (default: the board's ``core_hz``); returns a report dict.
 
-    Keys: ``board``, ``device``, ``config`` (repr of the core configuration),
+    Keys: ``board``, ``mode``, ``device``, ``config`` (repr of the core configuration, or in
+    network mode of the engine's),
     ``baud``, ``divisor``, ``osc_mhz`` (the board oscillator),
     ``pll_requested_mhz``, ``clk_mhz`` (the PLL's achieved frequency, the
     design's clock), ``pll`` (the settings,
@@ -150,14 +170,16 @@ def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, config=None, core
     """
     b = _check_board(board)
     pll = board_pll(board, core_hz)
-    bc = bridge_config(board, baud, config, core_hz)
+    bc = bridge_config(board, baud, config, core_hz, mode)
     options = _build_options(b, bc.core, seed)
-    build_dir = check_not_tmp("build_dir", build_dir or build_root() / "board" / board)
+    build_dir = check_not_tmp("build_dir", build_dir or build_root() / "board" / (
+        board if mode == "tile" else f"{board}-{mode}"))
     build_dir.mkdir(parents=True, exist_ok=True)
     platform = _platform(b)
     clk_mhz = pll.out_hz / 1e6
     if log:
-        log(f"building {board} ({b.device}): {bc.core!r}, PLL {b.osc_hz / 1e6:g} -> "
+        log(f"building {board} ({b.device}), {mode} mode: "
+            f"{bc.engine if mode == 'network' else bc.core!r}, PLL {b.osc_hz / 1e6:g} -> "
             f"{clk_mhz:g} MHz ({pll.describe()}), baud {baud} (divisor {bc.divisor}) "
             f"in {build_dir}")
     start = time.monotonic()
@@ -181,7 +203,8 @@ def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, config=None, core
         dsp = (check.registered, check.total)
         found = toolchain.icetime(build_dir, f"{NAME}.asc", pcf=f"{NAME}.pcf", clk_mhz=clk_mhz)
         icetime = found.mhz if found else None
-    return {"board": board, "device": b.device, "config": repr(bc.core), "baud": baud,
+    return {"board": board, "mode": mode, "device": b.device,
+            "config": repr(bc.engine if mode == "network" else bc.core), "baud": baud,
             "dsp_registered": dsp, "icetime_mhz": icetime,
             "icetime_met": None if icetime is None else icetime >= clk_mhz,
             "divisor": bc.divisor, "osc_mhz": b.osc_hz / 1e6,
@@ -205,7 +228,8 @@ def format_report(rep):
                 f"FILTER_RANGE={pll['filter_range']}" if pll["family"] == "ice40" else
                 f"CLKI_DIV={pll['clki_div']} CLKFB_DIV={pll['clkfb_div']} "
                 f"CLKOP_DIV={pll['clkop_div']}")
-    lines = [f"psc build --board {rep['board']}  ({rep['device']}, "
+    lines = [f"psc build --board {rep['board']} --mode {rep.get('mode', 'tile')}  "
+             f"({rep['device']}, "
              f"{rep['baud']} baud = {rep['divisor']} clocks/bit)",
              f"  clock: PLL {rep['clk_mhz']:g} MHz achieved, {rep['pll_requested_mhz']:g} MHz "
              f"requested, from the {rep['osc_mhz']:g} MHz oscillator ({dividers})",
@@ -230,7 +254,7 @@ def format_report(rep):
 
 
 def main(board, config=None, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, as_json=False,
-         core_hz=None):
+         core_hz=None, mode="tile"):
     """``psc build`` (parser in :mod:`psc.cli`): build ``board`` with ``config`` (default: its
     preset) and its PLL at ``core_hz`` (default: the board's), print the report (JSON with
     ``as_json``; a missed PLL clock is its FAIL, not an exit status, as for ``psc synth``);
@@ -242,7 +266,7 @@ def main(board, config=None, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, as_js
 
     try:
         rep = build(board, baud=baud, build_dir=build_dir, seed=seed, config=config,
-                    core_hz=core_hz, log=log)
+                    core_hz=core_hz, log=log, mode=mode)
     except ValueError as e:
         print(f"psc build: {e}", file=sys.stderr)
         return 2

@@ -158,6 +158,17 @@ def script_after_read(family):
     return [ICE40_NO_RW_CHECK] if _check_family(family) == "ice40" else []
 
 
+def lut_multiplies(array_width, listing=None):
+    """Yosys commands that build every multiply with an operand wider than ``array_width``
+    bits from LUTs, before the DSP mapping sees it (which would leave it unregistered, an
+    untimed path, and take a hard multiplier the MAC array needs); ``listing`` names a
+    file that lists them."""
+    wide = f"t:$mul r:A_WIDTH>{array_width} r:B_WIDTH>{array_width} %u %i"
+    # opt_expr folds multiplies by constants into shifts first: only real ones remain
+    return (["opt_expr"] + ([f"tee -q -o {listing} select -list {wide}"] if listing else [])
+            + [f"techmap -map +/techmap.v {wide}"])
+
+
 def yosys_script(family, array_width, multiplier="generic"):
     """The Yosys script ``psc synth`` runs on ``top.il``, writing ``top.json`` and ``stat.json``.
 
@@ -169,17 +180,12 @@ def yosys_script(family, array_width, multiplier="generic"):
     ``lut_mults.txt`` lists those multiplies (:func:`lut_mults`).
     """
     synth_cmd = f"synth_{family} {synth_options(family, multiplier)}"
-    wide = f"t:$mul r:A_WIDTH>{array_width} r:B_WIDTH>{array_width} %u %i"
     return "\n".join([
         "read_rtlil top.il",
         "hierarchy -top top",
         "setattr -mod -set keep_hierarchy 1 top.dut",
         *script_after_read(family),
-        # Folds multiplies by constants into shifts first, so that only real
-        # multipliers are listed below.
-        "opt_expr",
-        f"tee -q -o lut_mults.txt select -list {wide}",
-        f"techmap -map +/techmap.v {wide}",
+        *lut_multiplies(array_width, "lut_mults.txt"),
         f"{synth_cmd} -top top -run :map_luts",
         # YosysHQ/yosys#4349: abc9's reintegration asserts on a duplicate wire
         # name in this netlist unless multi-bit nets are split first.
