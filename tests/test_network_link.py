@@ -101,3 +101,30 @@ def test_network_mode_through_the_uart_pins():
     for name in ("corrupted", "truncated", "reset", "reloaded"):
         np.testing.assert_array_equal(f[name]["next"]["output"],
                                       want[-1 if name == "reloaded" else 0], err_msg=name)
+
+
+def test_psc_network_run_on_a_simulated_board():
+    """``psc.network.run(target="serial:socket://...")`` on a simulated board (the network
+    bridge under Verilator, its serial port a TCP socket opened by pyserial): the host
+    code finds protocol 4, loads the program, runs the images on chip, equal to the golden
+    network; a second run finds the program already loaded. The exchanges' cycles come
+    back from the bench: one INFER exchange per image, longer than the engine's run."""
+    from psc import network
+    from psc.host.board_sim import SimulatedBoard
+    prog, rng = _program()
+    net, cc = prog.net, prog.config
+    images = rng.integers(-128, 128, size=(2,) + net.input_shape)
+    bc = network_bridge.NetworkBridgeConfig(prog.engine_config(), divisor=8,
+                                            frame_timeout=1000)
+    with SimulatedBoard(bc) as board:
+        first = network.run(net, images, board.target, config=cc)
+        second = network.run(net, images[:1], board.target, config=cc, mode="network")
+    want = net.run(images)
+    np.testing.assert_array_equal(first.outputs, want)
+    np.testing.assert_array_equal(second.outputs, want[:1])
+    assert first.totals["loaded"] and not second.totals["loaded"]
+    assert {row["where"] for row in first.layers} == {"chip"}
+    size = len(nl.infer_frame(prog, images[0], bc.engine)) + 1
+    infers = [t for t in board.turns if t["in"] == size]
+    assert len(infers) == 3
+    assert all(t["end"] - t["start"] > first.totals["cycles"] for t in infers)

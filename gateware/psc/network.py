@@ -17,10 +17,11 @@ from psc.config import CoreConfig
 from psc.host.api import SERIAL_PREFIX, run_layers
 from psc.host.scheduler import LayerError, plan_layer
 from psc.host.sim import TARGETS
+from psc.hw.link.network_bridge import PROTOCOL_VERSION as NETWORK_VERSION
 from psc.model.checks import BadTypeError, check_choice, check_int, check_real, show
 from psc.model.network import Network
 
-__all__ = ["RUN_TARGETS", "NetworkRun", "run"]
+__all__ = ["RUN_TARGETS", "MODES", "NetworkRun", "run"]
 
 #: Targets of :func:`run`, besides ``"serial:PORT[@BAUD]"``.
 RUN_TARGETS = ("golden",) + tuple(TARGETS)
@@ -83,8 +84,13 @@ def _check_build(net, cc):
             raise LayerError(f"layer {layer.name!r} cannot run on this build: {e}") from None
 
 
+#: How :func:`run` runs a network on a core target: layer by layer (the host between the
+#: layers) or in network mode (the whole network on chip), or ``auto``.
+MODES = ("auto", "layers", "network")
+
+
 def run(net, images, target="golden", *, config=None, feed="core", stall=0.0, seed=0,
-        keep=False, progress=None):
+        keep=False, progress=None, mode="auto"):
     """Run ``images`` through ``net``; returns a :class:`NetworkRun`.
 
     Parameters
@@ -116,6 +122,18 @@ def run(net, images, target="golden", *, config=None, feed="core", stall=0.0, se
         Keep every tensor of the run in :attr:`NetworkRun.tensors`.
     progress : callable, optional
         Called as ``progress(i, n, layer_name)`` before each layer (``feed="core"``).
+    mode : ``"auto"``, ``"layers"`` or ``"network"``
+        ``"layers"``: as above, one convolution at a time. ``"network"``: the whole
+        network compiled for network mode (:func:`psc.host.program.compile_network`)
+        and run on chip, only its input and output crossing: on a simulator the
+        network engine (:meth:`psc.host.program.Program.simulate`), on a board its
+        network-mode bridge (:func:`psc.host.network_link.network_session`: the
+        program is loaded unless the board holds it already, and refused before
+        anything is sent if it does not fit). ``"auto"`` is ``"network"`` on a
+        board built for network mode (it answers PING with protocol 4), else
+        ``"layers"``. In network mode ``layers`` has one row per layer, ``where``
+        ``"chip"``, and ``totals`` the engine's ``cycles`` per inference (median),
+        ``compute`` and ``utilisation``.
 
     Raises
     ------
@@ -137,8 +155,22 @@ def run(net, images, target="golden", *, config=None, feed="core", stall=0.0, se
     check_int("seed", seed, 0, (1 << 32) - 1)
     if progress is not None and not callable(progress):
         raise BadTypeError(f"progress must be callable or None, not {show(progress)}")
+    check_choice("mode", mode, MODES)
     golden = target == "golden"
     serial = target.startswith(SERIAL_PREFIX)
+    if golden and mode == "network":
+        raise ValueError("mode 'network' runs on a simulator or a board, not on target "
+                         "'golden'")
+    if serial and mode != "layers":
+        link = _open_link(target, config)
+        if link.ident["version"] == NETWORK_VERSION or mode == "network":
+            try:
+                return _run_network_on_board(net, x, target, link)
+            finally:
+                link.close()
+        link.close()
+    elif mode == "network":
+        return _run_network_simulated(net, x, target, config or CoreConfig(), stall, seed)
     cc = None if golden else (config if config is not None or serial else CoreConfig())
     if cc is not None:
         _check_build(net, cc)
@@ -191,6 +223,49 @@ def run(net, images, target="golden", *, config=None, feed="core", stall=0.0, se
         totals["exact"] = all(r["exact"] for r in core)
     return NetworkRun(outputs=tensors[net.output], layers=rows, totals=totals, target=target,
                       config=cc, tensors=tensors if keep else {})
+
+
+def _open_link(target, config):
+    from psc.host.serial_link import SerialLink
+    return SerialLink.open(target, config)
+
+
+def _network_rows(net, cycles, compute, cc, program):
+    macs = sum(net.macs(layer) for layer in net.layers)
+    rows = [{"name": layer.name, "op": layer.op, "macs": net.macs(layer), "where": "chip"}
+            for layer in net.layers]
+    totals = {"macs": macs, "core_macs": macs, "cycles": cycles, "compute": compute,
+              "utilisation": macs / (cc.rows * cc.lanes) / cycles if cycles else 0.0,
+              "host_layers": [], "act_words": program.act_words}
+    return rows, totals
+
+
+def _run_network_on_board(net, x, target, link):
+    """Network mode on the board behind ``link`` (a :class:`psc.host.serial_link.SerialLink`)."""
+    from psc.host.network_link import network_session
+    from psc.host.program import compile_network
+    from psc.host.serial_link import drive
+    if link.ident["version"] != NETWORK_VERSION:
+        from psc.host.serial_link import LinkError
+        raise LinkError(f"mode 'network' needs a board built for network mode (psc build "
+                        f"--mode network); the board on {target} runs protocol "
+                        f"{link.ident['version']} (tile mode)")
+    program = compile_network(net, link.config)
+    outputs, statuses, loaded = drive(network_session(program, x, link.config), link.transport)
+    cycles = float(np.median([s["cycles"] for s in statuses]))
+    compute = float(np.median([s["compute"] for s in statuses]))
+    rows, totals = _network_rows(net, cycles, compute, link.config, program)
+    totals["loaded"] = loaded
+    return NetworkRun(outputs=np.stack(outputs), layers=rows, totals=totals, target=target,
+                      config=link.config)
+
+
+def _run_network_simulated(net, x, target, cc, stall, seed):
+    from psc.host.program import compile_network
+    program = compile_network(net, cc)
+    outputs, report = program.simulate(x, target=target, stall=stall, seed=seed)
+    rows, totals = _network_rows(net, report["cycles"], report.get("compute", 0.0), cc, program)
+    return NetworkRun(outputs=outputs, layers=rows, totals=totals, target=target, config=cc)
 
 
 def _run_layers(layers, opts, name_of):

@@ -353,8 +353,9 @@ def open_transport(port, baud, timeout=DEFAULT_TIMEOUT):
     if timeout is not None:
         check_real("timeout", timeout, 0.0, float("inf"))
     try:
-        return serial.Serial(port, baudrate=baud, bytesize=8, parity="N", stopbits=1,
-                             timeout=timeout, rtscts=False, xonxoff=False)
+        # serial_for_url opens a device path as Serial does, and a URL (socket://, rfc2217://)
+        return serial.serial_for_url(port, baudrate=baud, bytesize=8, parity="N", stopbits=1,
+                                     timeout=timeout, rtscts=False, xonxoff=False)
     except (serial.SerialException, OSError) as e:
         raise LinkError(f"could not open serial port {port!r}: "
                         f"{' '.join(str(e).split())}") from None
@@ -397,9 +398,11 @@ class SerialLink:
 
     @classmethod
     def open(cls, target, config=None):
-        """Open ``"serial:PORT[@BAUD]"`` with :func:`open_transport`."""
+        """Open ``"serial:PORT[@BAUD]"`` with :func:`open_transport` (read timeout
+        :data:`DEFAULT_TIMEOUT` seconds, looked up now: a simulated board, far slower
+        than a real one, raises it while it runs)."""
         port, baud = parse_target(target)
-        return cls(open_transport(port, baud), config)
+        return cls(open_transport(port, baud, DEFAULT_TIMEOUT), config)
 
     def run_plans(self, plans):
         """Run a list of lists of tiles; per-plan lists of results (as :func:`psc.host.run_plans`)."""
