@@ -187,7 +187,7 @@ def _program(args):
                               size=(args.images,) + net.input_shape)
     want = net.run(images)
     if args.board:
-        return _program_board(args, prog, images, want)
+        return _program_board(args, net, images, want)
     if args.layers:
         out, report = prog.run(images, target=args.run, seed=args.seed)
         exact = np.array_equal(out, want)
@@ -209,43 +209,41 @@ def _program(args):
     return 0 if exact else 1
 
 
-def _program_board(args, prog, images, want):
-    """The board's network-mode bridge through its UART pins (psc.host.network_link)."""
+def _program_board(args, net, images, want):
+    """Whole-board simulations (psc.host.board_sim): the board's network-mode build and,
+    with --tile, its tile-mode build, each through its UART at the board's clock."""
     from psc.flow import board
-    from psc.host.network_link import simulate_link
-    from psc.hw.link.network_bridge import STATUS_BYTES, io_bytes
+    from psc.host.board_sim import measure
     b = board.BOARDS[args.board]
-    bc = _checked("program", board.bridge_config, args.board, args.baud, prog.config, None,
-                  "network")
-    try:
-        prog.check_engine(bc.engine)
-    except ValueError as e:
-        raise _BadOption(f"psc program: {e}") from None
-    print(f"\nwhole-board simulation ({args.run or 'verilator'}) of {args.board} in network "
-          f"mode: the bridge at the PLL's {b.clk_hz / 1e6:g} MHz, the UART at {args.baud} "
-          f"baud ({bc.divisor} cycles per bit) ...", flush=True)
-    res = simulate_link(prog, images, engine_config=bc.engine, divisor=bc.divisor,
-                        frame_timeout=bc.frame_timeout, target=args.run or "verilator")
-    exact = all(np.array_equal(o, w) for o, w in zip(res["outputs"], want))
-    total = float(np.median([r["cycles"] for r in res["images"]]))
-    engine = float(np.median([r["status"]["cycles"] for r in res["images"]]))
-    compute = float(np.median([r["status"]["compute"] for r in res["images"]]))
-    cc = prog.config
-    macs = sum(s.plan.macs for s in prog.steps if hasattr(s, "plan"))
-    n_in, n_out = prog.io_counts
-    ib, ob = io_bytes(bc.engine)
-    wire = (1 + 8 + n_in * ib + 2 + 1 + n_out * ob + STATUS_BYTES) * 10 * bc.divisor
-    print(f"load (once): {res['load']['cycles']} cycles ({res['load']['cycles'] / b.clk_hz:.3f} s)")
-    print(f"per inference (median of {len(images)}): {total:.0f} cycles from the INFER's first "
-          f"byte to the status's last, {b.clk_hz / total:.1f} inferences/s at "
-          f"{b.clk_hz / 1e6:g} MHz; the engine ran {engine:.0f} of them (input awaited, "
-          f"every layer, output sent), the MAC array {compute:.0f}")
-    print(f"array utilisation {macs / (cc.rows * cc.lanes) / total:.2%} of the inference "
-          f"({macs / (cc.rows * cc.lanes) / max(1.0, engine - (n_in * ib) * 10 * bc.divisor):.1%}"
-          f" of the engine's cycles after the input), bytes on the wire "
-          f"{min(1.0, wire / total):.1%} of the time; outputs "
-          f"{'bit-exact with' if exact else 'DIFFER from'} the golden network")
-    return 0 if exact else 1
+    modes = (["network"] if args.board in presets.ENGINES else []) + (["tile"] if args.tile
+                                                                     else [])
+    if not modes:
+        raise _BadOption(f"psc program: board {args.board!r} has no network-mode build; "
+                         f"add --tile to simulate its tile-mode build")
+    rows = []
+    for mode in modes:
+        bc = _checked("program", board.bridge_config, args.board, args.baud, None, None, mode)
+        print(f"\nwhole-board simulation ({args.run or 'verilator'}): {args.board} in {mode} "
+              f"mode, {b.clk_hz / 1e6:g} MHz, UART at {args.baud} baud ({bc.divisor} cycles "
+              f"per bit), {len(images)} images through psc.network.run ...", flush=True)
+        res = measure(net, images, bc, b.clk_hz, target=args.run or "verilator")
+        exact = np.array_equal(res["outputs"], want)
+        rows.append((mode, res, exact))
+        if mode == "network":
+            print(f"  program loaded once in {res['load_cycles']} cycles "
+                  f"({res['load_cycles'] / b.clk_hz:.3f} s); per inference the engine ran "
+                  f"{res['engine_cycles']:.0f} cycles (input awaited, every layer, output "
+                  f"sent), the MAC array {res['compute']:.0f}")
+    print(f"\n{'mode':<8} {'cycles/inference':>17} {'inferences/s':>13} {'bytes':>8} "
+          f"{'on the line':>12} {'array':>7}  outputs")
+    for mode, res, exact in rows:
+        print(f"{mode:<8} {res['cycles']:>17.0f} {res['per_second']:>13.1f} "
+              f"{res['bytes']:>8.0f} {res['link_share']:>11.1%} {res['utilisation']:>7.2%}  "
+              f"{'bit-exact' if exact else 'DIFFER from the golden network'}")
+    if len(rows) == 2:
+        print(f"network mode: {rows[0][1]['per_second'] / rows[1][1]['per_second']:.1f}x the "
+              f"inferences/s of tile mode")
+    return 0 if all(exact for _, _, exact in rows) else 1
 
 
 def _program_synth(args, prog):
@@ -312,10 +310,13 @@ def _add_program(sub):
                         "divisor of lanes (default 1)")
     p.add_argument("--layers", action="store_true",
                    help="with --run, also each convolution's cycles on the core alone")
-    p.add_argument("--board", choices=sorted(presets.ENGINES),
-                   help="simulate the board's network-mode bridge (psc build --mode network) "
-                        "through its UART pins at the board's PLL clock and baud: load, then "
-                        "inferences; prints cycles and inferences/s per inference")
+    p.add_argument("--board", choices=sorted(BOARDS),
+                   help="whole-board simulation: the board's network-mode build (psc build "
+                        "--mode network) driven by psc.network.run through its UART at the "
+                        "board's PLL clock and baud; prints cycles and inferences/s per "
+                        "inference, the share of time on the line and the array's utilisation")
+    p.add_argument("--tile", action="store_true",
+                   help="with --board, also the board's tile-mode build, measured the same way")
     p.add_argument("--baud", type=_int_at_least(1), default=DEFAULT_BAUD,
                    help=f"with --board, the UART's baud rate (default {DEFAULT_BAUD})")
     p.add_argument("--images", type=_int_at_least(1), default=2,

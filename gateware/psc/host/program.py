@@ -534,8 +534,13 @@ class _Allocator:
         self.used = [(b, e) for b, e in self.used if b != base]
 
 
-def compile_network(net, config):
+def compile_network(net, config, *, unroll_input=True):
     """Compile ``net`` for network mode on the build ``config``; returns a :class:`Program`.
+
+    With ``unroll_input`` a first layer with few input channels (the stem) reads its
+    input unrolled (im2col, :func:`psc.host.plan_layer`'s ``unroll_stem``), which keeps
+    the array busier but makes the input the host sends ``k * k`` times larger; over a
+    serial link, where the input's bytes take longer than the layer, leave it off.
 
     Raises :class:`NetworkFitError` for what network mode cannot run (a
     flatten of a map larger than 1 x 1, whose order differs from the stored
@@ -561,7 +566,8 @@ def compile_network(net, config):
     for i, layer in enumerate(net.layers):
         if layer.op == "conv":
             # only the first layer, alone on the network's input, may read it unrolled
-            on_input = i == 0 and sum(net.input in l.inputs for l in net.layers) == 1
+            on_input = (unroll_input and i == 0
+                        and sum(net.input in l.inputs for l in net.layers) == 1)
             x = np.zeros(net.shapes[layer.inputs[0]], dtype=np.int64)
             try:
                 plans[i] = plan_layer(x, **layer.conv_args(), config=config,
