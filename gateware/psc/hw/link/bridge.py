@@ -88,13 +88,13 @@ from dataclasses import dataclass, field
 
 from amaranth.hdl import Cat, Const, Module, Signal
 from amaranth.lib import wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from psc.config import DEPTHWISE_MODES, FMAP_RAMS, MULTIPLIERS
 from psc.hw.core import (OUTPUT_COUNT_WIDTH, CoreConfig, PSCConvCore, act_in_layout,
                          act_out_layout, config_layout, param_layout, weight_layout)
-from psc.hw.link.uart import UARTConfig, UARTReceiver, UARTTransmitter
+from psc.hw.link.framing import FrameReceiver, ReplyTransmitter
+from psc.hw.link.uart import UARTConfig
 
 __all__ = ["BridgeConfig", "Bridge", "OP", "FLAGS", "PROTOCOL_VERSION", "ID_MAGIC",
            "ID_FIELDS", "ID_HEADER_BYTES", "beat_bytes", "id_values", "id_frame", "STATUS_BYTES",
@@ -241,29 +241,33 @@ class Bridge(wiring.Component):
         div = self._config.divisor
         nb = beat_bytes(cc)
         m.submodules.core = core = PSCConvCore(cc)
-        m.submodules.uart_rx = urx = UARTReceiver(div)
-        m.submodules.uart_tx = utx = UARTTransmitter(div)
-        m.submodules.rx_fifo = fifo = SyncFIFOBuffered(width=8, depth=RX_FIFO_DEPTH)
-        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx),
+        m.submodules.rx = rx = FrameReceiver(div, self._config.frame_timeout, RX_FIFO_DEPTH)
+        # Output beats: a command makes at most MAX_OUTPUTS (OUTPUT_COUNT_WIDTH bits), so the
+        # counts are that wide (n_out is taken modulo 2**OUTPUT_COUNT_WIDTH; the status frame
+        # zero-extends the beats made to u32).
+        m.submodules.tx = tx = ReplyTransmitter(div, nb["out"], id_frame(cc, div), STATUS_BYTES,
+                                                OUTPUT_COUNT_WIDTH)
+        m.d.comb += [rx.rx.eq(self.rx), self.tx.eq(tx.tx),
                      self.busy.eq(core.busy), self.error.eq(core.error)]
+        wiring.connect(m, core.act_out, tx.words)
 
         # --- flags -------------------------------------------------------------
         f_dropped, f_short, f_extra, f_rx, f_badop, f_done = (Signal(name=n) for n in (
             "f_dropped", "f_short", "f_extra", "f_rx", "f_badop", "f_done"))
         with m.If(core.done):
             m.d.sync += f_done.eq(1)
-
-        # --- receive: UART -> FIFO -------------------------------------------------
-        m.d.comb += [fifo.w_data.eq(urx.o.payload), fifo.w_en.eq(urx.o.valid),
-                     urx.o.ready.eq(1)]
-        with m.If((urx.o.valid & ~fifo.w_rdy) | urx.overrun | urx.framing_error):
+        with m.If(rx.error):
             m.d.sync += f_rx.eq(1)
+        with m.If(tx.short):
+            m.d.sync += f_short.eq(1)
+        with m.If(tx.extra):
+            m.d.sync += f_extra.eq(1)
 
         # --- parser: bytes are shifted in at the top of `sh`, so after a field of
         # n bytes it sits, little-endian, in the top n bytes (a static slice).
         maxb = max(nb["cfg"] + 4, nb["weights"], nb["params"], nb["acts"], 2)
         sh = Signal(8 * maxb)
-        byte = fifo.r_data
+        byte = rx.byte
 
         def top(nbytes):
             return sh[8 * (maxb - nbytes):]
@@ -271,15 +275,6 @@ class Bridge(wiring.Component):
         op = Signal(8)
         left = Signal(range(maxb + 1))      # bytes still to read in this field
         count = Signal(16)                   # beats still to forward in this frame
-        # Output beats: a command makes at most MAX_OUTPUTS (OUTPUT_COUNT_WIDTH bits),
-        # so the counters are that wide (n_out is taken modulo 2**OUTPUT_COUNT_WIDTH;
-        # the status frame zero-extends `real` to u32).
-        owed = Signal(OUTPUT_COUNT_WIDTH)    # output beats the host still waits for
-        owed_none = Signal(init=1)           # owed == 0, registered: drives act_out.ready
-        real = Signal(OUTPUT_COUNT_WIDTH)    # output beats the core produced
-        reply = Signal(2)                    # 0 none, 1 ID, 2 status: request to the TX engine
-        reply_ack = Signal()
-        pad = Signal()                       # STATUS may pad missing output beats
 
         streams = {OP["WEIGHTS"]: (core.weights, nb["weights"]),
                    OP["PARAMS"]: (core.params, nb["params"]),
@@ -288,33 +283,21 @@ class Bridge(wiring.Component):
             m.d.comb += s.payload.as_value().eq(top(n))
         m.d.comb += core.cfg.payload.as_value().eq(top(nb["cfg"]))
 
-        # Frame timeout: silence while a frame is incomplete abandons it.
-        reading = Signal()
-        timed_out = Signal()
-        limit = self._config.frame_timeout * div
-        if limit:
-            idle = Signal(range(limit))
-            with m.If(reading & ~fifo.r_rdy):
-                m.d.sync += idle.eq(idle + 1)
-                m.d.comb += timed_out.eq(idle == limit - 1)
-            with m.Else():
-                m.d.sync += idle.eq(0)
-
         def read_byte(nxt):
             """In a state reading a field: shift a byte in; go to ``nxt`` after the last."""
-            m.d.comb += [fifo.r_en.eq(1), reading.eq(1)]
-            with m.If(fifo.r_rdy):
+            m.d.comb += [rx.take.eq(1), rx.reading.eq(1)]
+            with m.If(rx.ready):
                 m.d.sync += [sh.eq(Cat(sh[8:], byte)), left.eq(left - 1)]
                 with m.If(left == 1):
                     m.next = nxt
-            with m.Elif(timed_out):
+            with m.Elif(rx.timed_out):
                 m.d.sync += f_rx.eq(1)
                 m.next = "OP"
 
         with m.FSM():
             with m.State("OP"):
-                m.d.comb += fifo.r_en.eq(1)
-                with m.If(fifo.r_rdy):
+                m.d.comb += rx.take.eq(1)
+                with m.If(rx.ready):
                     m.d.sync += op.eq(byte)
                     with m.Switch(byte):
                         with m.Case(OP["PING"]):
@@ -330,30 +313,28 @@ class Bridge(wiring.Component):
                         with m.Default():
                             m.d.sync += f_badop.eq(1)
             with m.State("PING"):
-                m.d.comb += reply.eq(1)
-                with m.If(reply_ack):
+                m.d.comb += tx.reply.eq(1)
+                with m.If(tx.reply_ack):
                     m.next = "OP"
             with m.State("SYNC"):
                 # The status frame follows the last output beat: wait for the core
                 # to end the command and for every expected beat to be sent.
                 with m.If(~core.busy & ~core.act_out.valid):
-                    with m.If(owed_none):
-                        m.d.comb += reply.eq(2)
-                        with m.If(reply_ack):
+                    with m.If(tx.owed_none):
+                        m.d.comb += tx.reply.eq(2)
+                        with m.If(tx.reply_ack):
                             m.d.sync += [f_rx.eq(0), f_badop.eq(0)]
                             m.next = "OP"
                     with m.Else():
-                        m.d.comb += pad.eq(1)
+                        m.d.comb += tx.pad.eq(1)
             with m.State("CFG_READ"):
                 read_byte("CFG_SEND")
             with m.State("CFG_SEND"):
                 m.d.comb += core.cfg.valid.eq(1)
                 with m.If(core.cfg.ready):
-                    n_out = top(nb["cfg"] + 4)[:OUTPUT_COUNT_WIDTH]
-                    m.d.sync += [
-                        owed.eq(n_out), owed_none.eq(n_out == 0), real.eq(0),
-                        f_dropped.eq(0), f_short.eq(0), f_extra.eq(0), f_done.eq(0),
-                    ]
+                    m.d.comb += [tx.arm.eq(1),
+                                 tx.expect.eq(top(nb["cfg"] + 4)[:OUTPUT_COUNT_WIDTH])]
+                    m.d.sync += [f_dropped.eq(0), f_short.eq(0), f_extra.eq(0), f_done.eq(0)]
                     m.next = "OP"
             with m.State("COUNT"):
                 read_byte("COUNT_DONE")
@@ -389,64 +370,13 @@ class Bridge(wiring.Component):
                     with m.Else():
                         m.next = "BEAT_START"
 
-        # --- transmit engine: output beats, padding and replies, one frame at a time.
-        # Only an output beat is held in a shift register; the ID frame (a
-        # constant) and the status frame (live signals that hold still while it
-        # is sent: the core is idle and every output has left) are picked byte by
-        # byte, which is cheaper than loading them into a register as wide as the frame.
-        tsh = Signal(8 * nb["out"])
-        tmode = Signal(2)                   # 0 output beat, 1 ID frame, 2 status frame
-        tmax = max(nb["out"], STATUS_BYTES, ID_BYTES)
-        tidx = Signal(range(tmax + 1))      # byte of the frame being sent
-        tleft = Signal(range(tmax + 1))     # bytes left in the frame
-        tflags = Signal(8)                  # flags as they were when STATUS was answered
-
-        status = Cat(Const(OP["STATUS"], 8), tflags, real, Const(0, 32 - len(real)),
-                     core.cycles_total,
-                     core.cycles_compute, core.cycles_stall)
-        assert len(status) == 8 * STATUS_BYTES
-        ident = id_frame(cc, div)
-        with m.Switch(tmode):
-            with m.Case(0):
-                m.d.comb += utx.i.payload.eq(tsh[:8])
-            with m.Case(1):
-                with m.Switch(tidx):
-                    for i, b in enumerate(ident):
-                        with m.Case(i):
-                            m.d.comb += utx.i.payload.eq(b)
-            with m.Default():
-                with m.Switch(tidx):
-                    for i in range(STATUS_BYTES):
-                        with m.Case(i):
-                            m.d.comb += utx.i.payload.eq(status[8 * i:8 * i + 8])
-        m.d.comb += utx.i.valid.eq(tleft != 0)
-        with m.If(utx.i.valid & utx.i.ready):
-            m.d.sync += [tsh.eq(tsh >> 8), tidx.eq(tidx + 1), tleft.eq(tleft - 1)]
-
-        flags = Signal(8)
-        m.d.comb += flags.eq(Cat(core.busy, core.error, f_done, f_dropped, f_short, f_extra,
-                                 f_rx, f_badop))
-
-        with m.If(owed_none):
-            # Outputs beyond what the host waits for would desynchronise it: discard.
-            m.d.comb += core.act_out.ready.eq(1)
-            with m.If(core.act_out.valid):
-                m.d.sync += f_extra.eq(1)
-        with m.Elif(tleft == 0):
-            m.d.comb += core.act_out.ready.eq(1)
-            with m.If(core.act_out.valid):
-                m.d.sync += [tsh.eq(core.act_out.payload.as_value()), tmode.eq(0), tidx.eq(0),
-                             tleft.eq(nb["out"]), real.eq(real + 1)]
-            with m.Elif(pad):
-                m.d.sync += [tsh.eq(0), tmode.eq(0), tidx.eq(0), tleft.eq(nb["out"]),
-                             f_short.eq(1)]
-            with m.If(core.act_out.valid | pad):
-                m.d.sync += [owed.eq(owed - 1), owed_none.eq(owed == 1)]
-        with m.If((tleft == 0) & ~core.act_out.valid & (reply != 0)):
-            m.d.comb += reply_ack.eq(1)
-            m.d.sync += [tmode.eq(reply), tidx.eq(0), tflags.eq(flags)]
-            with m.If(reply == 1):
-                m.d.sync += tleft.eq(ID_BYTES)
-            with m.Else():
-                m.d.sync += tleft.eq(STATUS_BYTES)
+        # The status frame: the flags as they were when STATUS was answered; the rest
+        # holds still while it is sent (the core is idle and every output has left).
+        tflags = Signal(8)
+        with m.If(tx.reply_ack):
+            m.d.sync += tflags.eq(Cat(core.busy, core.error, f_done, f_dropped, f_short,
+                                      f_extra, f_rx, f_badop))
+        m.d.comb += tx.status.eq(Cat(Const(OP["STATUS"], 8), tflags, tx.real,
+                                     Const(0, 32 - len(tx.real)), core.cycles_total,
+                                     core.cycles_compute, core.cycles_stall))
         return m

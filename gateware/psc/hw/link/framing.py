@@ -84,9 +84,10 @@ class ReplyTransmitter(wiring.Component):
     has ended short) zero words are sent instead, each pulsing ``short``, until
     none is owed (``owed_none``). ``real`` counts the words the producer made.
 
-    A reply (``reply`` 1: the constant ``ident`` frame; 2: the ``status`` frame,
-    captured when it is accepted) starts when no word is being sent or offered;
-    ``reply_ack`` pulses then.
+    A reply (``reply`` 1: the constant ``ident`` frame; 2: the ``status`` frame)
+    starts when no word is being sent or offered; ``reply_ack`` pulses then. The
+    status is picked byte by byte as it is sent (no register as wide as the frame):
+    what it carries must hold still from ``reply_ack`` until it has left.
 
     Throughput: the UART's, ``10 * divisor`` cycles per byte. ``words.ready`` and
     ``owed_none`` come from registers.
@@ -117,9 +118,8 @@ class ReplyTransmitter(wiring.Component):
         most = max(nb, sb, len(ident))
         idx = Signal(range(most + 1))       # byte of the frame being sent
         left = Signal(range(most + 1))      # bytes left in it
-        status = Signal(8 * sb)             # as it was when the reply was accepted
-        # Only a word is shifted; the ID (a constant) and the status (held in `status`)
-        # are picked byte by byte.
+        status = self.status
+        # Only a word is shifted; the ID (a constant) and the status are picked byte by byte.
         with m.Switch(mode):
             with m.Case(0):
                 m.d.comb += utx.i.payload.eq(sh[:8])
@@ -151,7 +151,7 @@ class ReplyTransmitter(wiring.Component):
                 m.d.sync += [owed.eq(owed - 1), self.owed_none.eq(owed == 1)]
         with m.If((left == 0) & ~self.words.valid & (self.reply != 0)):
             m.d.comb += self.reply_ack.eq(1)
-            m.d.sync += [mode.eq(self.reply), idx.eq(0), status.eq(self.status)]
+            m.d.sync += [mode.eq(self.reply), idx.eq(0)]
             with m.If(self.reply == 1):
                 m.d.sync += left.eq(len(ident))
             with m.Else():

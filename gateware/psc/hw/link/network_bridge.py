@@ -228,10 +228,13 @@ class NetworkBridge(wiring.Component):
             m.d.sync += f["SHORT"].eq(1)
         with m.If(tx.extra):
             m.d.sync += f["EXTRA"].eq(1)
-        flags = Cat(engine.busy, engine.error, f["DONE"], f["DROPPED"], f["SHORT"], f["EXTRA"],
-                    f["RX_ERROR"], f["BAD_OPCODE"], f["CRC_ERROR"], loaded, f["NOT_LOADED"],
-                    f["LOAD_REFUSED"])
-        m.d.comb += tx.status.eq(Cat(Const(OP["STATUS"], 8), flags, Const(0, 16 - len(flags)),
+        flags = Signal(16)                   # as they were when the status was asked for
+        with m.If(tx.reply_ack):
+            m.d.sync += flags.eq(Cat(engine.busy, engine.error, f["DONE"], f["DROPPED"],
+                                     f["SHORT"], f["EXTRA"], f["RX_ERROR"], f["BAD_OPCODE"],
+                                     f["CRC_ERROR"], loaded, f["NOT_LOADED"], f["LOAD_REFUSED"]))
+        # the rest holds still while the status is sent: the engine is idle, no word is owed
+        m.d.comb += tx.status.eq(Cat(Const(OP["STATUS"], 8), flags,
                                      program, tx.real, Const(0, 32 - COUNT_WIDTH),
                                      engine.cycles, engine.compute))
 
