@@ -47,7 +47,8 @@ def test_handlers_get_parsed_values_and_the_preset(calls):
     assert cli.main(["bench", "fc_256x64", "--lanes", "4", "--rows", "4"]) == 0
     (_, b_args, b_kw), (_, s_args, s_kw), (_, c_args, c_kw), (_, n_args, n_kw) = calls
     assert b_args == ("icebreaker", presets.preset("icebreaker").replace(rows=1))
-    assert b_kw == dict(baud=presets.DEFAULT_BAUD, build_dir=None, seed=4, as_json=True)
+    assert b_kw == dict(baud=presets.DEFAULT_BAUD, build_dir=None, seed=4, as_json=True,
+                        mode="tile")
     assert s_args == ("ecp5-25k", presets.preset("ecp5-25k").replace(tree_stages=2))
     assert s_kw["level"] == "datapath" and s_kw["variant"] == "psc" and s_kw["pnr"] is False
     assert c_args == ("ice40-up5k", presets.preset("ice40-up5k"))
@@ -57,8 +58,9 @@ def test_handlers_get_parsed_values_and_the_preset(calls):
     cli.main(["compare", "--target", "ecp5-25k", "--cycles", "none"])
     assert calls[-1][2]["levels"] == synth.LEVELS and calls[-1][2]["cycles_layers"] == ()
     # a preset, target or board names the bench's build
-    assert cli.main(["bench", "mbv2", "--target", "ecp5-25k"]) == 0
-    assert calls[-1][1] == (["mbv2"], presets.preset("ecp5-25k"))
+    # (one layer: the handler checks every layer it names against the build first)
+    assert cli.main(["bench", "mbv2_stem", "--target", "ecp5-25k"]) == 0
+    assert calls[-1][1] == (["mbv2_stem"], presets.preset("ecp5-25k"))
     assert cli.main(["bench", "mbv2_fc", "--preset", "icebreaker", "--rows", "1"]) == 0
     assert calls[-1][1] == (["mbv2_fc"], presets.preset("ice40-up5k").replace(rows=1))
 
@@ -94,6 +96,9 @@ def test_bench_mobilenet_v2_layer_list():
     (["program", "net.txt"], ["psc program", "NETWORK", ".onnx or .npz", "'net.txt'"]),
     (["program", "--run", "modelsim"], ["psc program", "--run", "'modelsim'"]),
     (["program", "--target", "tiny", "--synth"], ["psc program", "--synth", "'tiny'"]),
+    (["build", "--board", "icebreaker", "--mode", "network"],
+     ["psc build", "network mode is built for ulx3s", "'icebreaker'"]),
+    (["program", "--board", "icebreaker"], ["psc program", "'icebreaker'", "--tile"]),
 ])
 def test_bad_options_are_one_line_and_exit_2(calls, capsys, argv, words):
     assert cli.main(argv) == 2

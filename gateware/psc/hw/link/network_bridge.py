@@ -199,7 +199,10 @@ class NetworkBridge(wiring.Component):
         ec = bc.engine
         lb = load_bytes(ec)
         ib, ob = io_bytes(ec)
+        # Registered: the engine's reset reaches every one of its flip-flops, so it must
+        # not come through the timeout's compare and the parser's logic in the same cycle.
         abort = Signal()
+        m.d.sync += abort.eq(0)
         engine = NetworkEngine(ec)
         m.submodules.engine = ResetInserter(abort)(engine)
         m.submodules.rx = rx = FrameReceiver(bc.divisor, bc.frame_timeout, RX_FIFO_DEPTH)
@@ -263,8 +266,8 @@ class NetworkBridge(wiring.Component):
                     m.next = nxt
             with m.Elif(rx.timed_out):
                 # the host has given up on this frame: it reads nothing more of it
-                m.d.sync += f["RX_ERROR"].eq(1)
-                m.d.comb += [abort.eq(engine.busy), tx.arm.eq(1), tx.expect.eq(0)]
+                m.d.sync += [f["RX_ERROR"].eq(1), abort.eq(engine.busy)]
+                m.d.comb += [tx.arm.eq(1), tx.expect.eq(0)]
                 m.next = "OP"
 
         with m.FSM():
