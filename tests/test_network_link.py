@@ -90,7 +90,7 @@ def test_network_mode_through_the_uart_pins():
         status = r["status"]
         assert status["flags"] == ["DONE", "LOADED"], status
         assert status["outputs"] == prog.io_counts[1]
-        assert 0 < status["compute"] < status["cycles"] < r["cycles"]
+        assert 0 < status["compute"] < status["window"] < status["cycles"] < r["cycles"]
     f = res["faults"]
     assert "holds no program" in f["before_load"]["error"]
     assert "NOT_LOADED" in f["before_load"]["status"]["flags"]

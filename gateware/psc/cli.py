@@ -233,7 +233,9 @@ def _program_board(args, net, images, want):
             print(f"  program loaded once in {res['load_cycles']} cycles "
                   f"({res['load_cycles'] / b.clk_hz:.3f} s); per inference the engine ran "
                   f"{res['engine_cycles']:.0f} cycles (input awaited, every layer, output "
-                  f"sent), the MAC array {res['compute']:.0f}")
+                  f"sent), {res['window']:.0f} of them after the input was received, the "
+                  f"MAC array {res['compute']:.0f}: utilisation "
+                  f"{res['window_utilisation']:.1%} from input received to output sent")
     print(f"\n{'mode':<8} {'cycles/inference':>17} {'inferences/s':>13} {'bytes':>8} "
           f"{'on the line':>12} {'array':>7}  outputs")
     for mode, res, exact in rows:

@@ -133,7 +133,8 @@ def run(net, images, target="golden", *, config=None, feed="core", stall=0.0, se
         board built for network mode (it answers PING with protocol 4), else
         ``"layers"``. In network mode ``layers`` has one row per layer, ``where``
         ``"chip"``, and ``totals`` the engine's ``cycles`` per inference (median),
-        ``compute`` and ``utilisation``.
+        ``compute``, ``utilisation``, and ``window`` (the cycles after the input was
+        received: every layer and the output) with ``window_utilisation`` over them.
 
     Raises
     ------
@@ -256,7 +257,10 @@ def _run_network_on_board(net, x, target, link):
     cycles = float(np.median([s["cycles"] for s in statuses]))
     compute = float(np.median([s["compute"] for s in statuses]))
     rows, totals = _network_rows(net, cycles, compute, link.config, program)
-    totals["loaded"] = loaded
+    window = float(np.median([s["window"] for s in statuses]))
+    totals.update(loaded=loaded, window=window,
+                  window_utilisation=totals["core_macs"] / (link.config.rows
+                                                            * link.config.lanes) / window)
     return NetworkRun(outputs=np.stack(outputs), layers=rows, totals=totals, target=target,
                       config=link.config)
 
@@ -265,7 +269,9 @@ def _run_network_simulated(net, x, target, cc, stall, seed):
     from psc.host.program import compile_network
     program = compile_network(net, cc)
     outputs, report = program.simulate(x, target=target, stall=stall, seed=seed)
-    rows, totals = _network_rows(net, report["cycles"], report.get("compute", 0.0), cc, program)
+    rows, totals = _network_rows(net, report["cycles"], report["compute"], cc, program)
+    totals.update(window=report["window"], window_utilisation=totals["core_macs"] / (
+        cc.rows * cc.lanes) / report["window"])
     return NetworkRun(outputs=outputs, layers=rows, totals=totals, target=target, config=cc)
 
 

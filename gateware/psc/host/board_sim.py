@@ -60,7 +60,7 @@ class SimulatedBoard:
         (host to board) and ``out``.
     """
 
-    def __init__(self, bridge_config, *, target="verilator", timeout=600.0):
+    def __init__(self, bridge_config, *, target="verilator", timeout=7200.0):
         if not isinstance(bridge_config, (BridgeConfig, NetworkBridgeConfig)):
             raise BadTypeError(f"bridge_config must be a BridgeConfig or NetworkBridgeConfig, "
                                f"not {show(bridge_config)}")
@@ -139,7 +139,9 @@ def measure(net, images, bridge_config, clk_hz, *, target="verilator"):
     (the share of ``cycles`` a byte is on the line, ``10 * divisor`` cycles per byte
     each way, the larger direction counted), ``utilisation`` (the convolutions' MACs
     over ``rows * lanes`` per cycle of ``cycles``) and, in network mode, ``load_cycles``
-    (the program's load, once) and the engine's ``engine_cycles`` and ``compute``.
+    (the program's load, once), the engine's ``engine_cycles``, ``compute`` and
+    ``window`` (the cycles after the input was received) with ``window_utilisation``
+    (the array's utilisation over them).
     """
     from psc import network
     from psc.host.network_link import infer_frame
@@ -161,7 +163,9 @@ def measure(net, images, bridge_config, clk_hz, *, target="verilator"):
         cycles = float(sorted(t["end"] - t["start"] for t in infers)[len(infers) // 2])
         per = infers[len(infers) // 2]
         out.update(load_cycles=sum(t["end"] - t["start"] for t in loads),
-                   engine_cycles=run.totals["cycles"], compute=run.totals["compute"])
+                   engine_cycles=run.totals["cycles"], compute=run.totals["compute"],
+                   window=run.totals["window"],
+                   window_utilisation=run.totals["window_utilisation"])
         nbytes, longest = per["in"] + per["out"], max(per["in"], per["out"])
     else:
         cycles = board.cycles() / len(xs)

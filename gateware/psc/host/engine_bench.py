@@ -6,7 +6,7 @@ and the number of output words) on the engine: every store word through
 ``load``, then per image a ``run`` pulse, the beats into ``host_in`` and the
 words out of ``host_out``, with random pauses of probability ``stall`` on
 both streams, until ``done``. It writes per image the output words, ``error``
-``cycles`` and ``compute`` to ``PSC_RESULT``.
+``cycles``, ``window`` and ``compute`` to ``PSC_RESULT``.
 """
 
 import random
@@ -69,4 +69,5 @@ async def _run(dut, job, results):
         if host_out.errors:
             raise AssertionError(str(host_out.errors[0]))
         results.append({"outputs": list(words), "error": read_int(dut.error),
-                        "cycles": read_int(dut.cycles), "compute": read_int(dut.compute)})
+                        "cycles": read_int(dut.cycles), "compute": read_int(dut.compute),
+                        "window": read_int(dut.window)})

@@ -115,15 +115,16 @@ def infer_frame(program, image, engine_config):
 
 def parse_status(data):
     """A network-mode status frame as a dict: ``flags`` (names set), ``program``,
-    ``outputs``, ``cycles``, ``compute``."""
+    ``outputs``, ``cycles``, ``window`` (the cycles after the input was received),
+    ``compute``."""
     data = bytes(data)
     if len(data) != STATUS_BYTES or data[0] != OP["STATUS"]:
         raise LinkError(f"bad status frame {data.hex()} (expected {STATUS_BYTES} bytes "
                         f"starting with 'S'): the link lost bytes")
     bits = int.from_bytes(data[1:3], "little")
-    vals = [int.from_bytes(data[3 + 4 * i:7 + 4 * i], "little") for i in range(4)]
+    vals = [int.from_bytes(data[3 + 4 * i:7 + 4 * i], "little") for i in range(5)]
     return {"flags": {n for n, bit in FLAGS.items() if bits >> bit & 1}, "program": vals[0],
-            "outputs": vals[1], "cycles": vals[2], "compute": vals[3]}
+            "outputs": vals[1], "cycles": vals[2], "window": vals[3], "compute": vals[4]}
 
 
 def status_exchange():

@@ -415,8 +415,8 @@ class Program:
 
         Returns ``(outputs, report)``: the network's outputs ``(N, ...)`` and, per
         inference, ``cycles`` (median over the images, from ``run`` to ``done``: input
-        in, every layer, output out), ``compute`` (median cycles with a beat entering
-        the MAC array), ``macs`` and ``utilisation`` (``macs / (rows * lanes)`` over
+        in, every layer, output out), ``window`` (those after the input was received),
+        ``compute`` (median cycles with a beat entering the MAC array), ``macs`` and ``utilisation`` (``macs / (rows * lanes)`` over
         ``cycles``).
         """
         from psc.host.sim import run_engine_job
@@ -441,6 +441,7 @@ class Program:
         macs = sum(s.plan.macs for s in self.steps if isinstance(s, ConvStep))
         return outs, {"cycles": cycles, "macs": macs,
                       "compute": float(np.median([r["compute"] for r in res])),
+                      "window": float(np.median([r["window"] for r in res])),
                       "utilisation": macs / (cc.rows * cc.lanes) / cycles,
                       "per_image": [r["cycles"] for r in res]}
 

@@ -44,7 +44,8 @@ STATUS     ``S``    none                                                        
 * Status frame, :data:`STATUS_BYTES` bytes, sent once the engine is idle and
   every owed word has left: ``S``, flags (u16, :data:`FLAGS`), the program held
   (u32, 0 for none), the output words the run made (u32), the run's cycles
-  (u32, from the input's first beat awaited to the output's last word) and its
+  (u32, from the input's first beat awaited to the output's last word), those
+  after the input was received (u32: every layer and the output) and its
   compute cycles (u32, cycles in which a beat entered the MAC array). Flags: bit
   0 ``BUSY``, 1 ``ERROR`` (the engine stopped at a command the core refused), 2
   ``DONE``, 3 ``DROPPED``, 4 ``SHORT``, 5 ``EXTRA``, 6 ``RX_ERROR`` (framing error,
@@ -88,7 +89,7 @@ OP = {"PING": TILE_OP["PING"], "STATUS": TILE_OP["STATUS"], "LOAD": ord("L"),
 FLAGS = {"BUSY": 0, "ERROR": 1, "DONE": 2, "DROPPED": 3, "SHORT": 4, "EXTRA": 5,
          "RX_ERROR": 6, "BAD_OPCODE": 7, "CRC_ERROR": 8, "LOADED": 9, "NOT_LOADED": 10,
          "LOAD_REFUSED": 11}
-STATUS_BYTES = 19
+STATUS_BYTES = 23
 #: The engine's fields of the ID frame, after the core's: (name, bytes).
 ENGINE_ID_FIELDS = (("act_depth", 4), ("cmd_depth", 4), ("param_store_depth", 4),
                     ("op_values", 1))
@@ -239,7 +240,7 @@ class NetworkBridge(wiring.Component):
         # the rest holds still while the status is sent: the engine is idle, no word is owed
         m.d.comb += tx.status.eq(Cat(Const(OP["STATUS"], 8), flags,
                                      program, tx.real, Const(0, 32 - COUNT_WIDTH),
-                                     engine.cycles, engine.compute))
+                                     engine.cycles, engine.window, engine.compute))
 
         # --- parser: bytes shift in at the top of `sh`; a field of n bytes read last sits,
         # little-endian, in its top n bytes (a static slice).

@@ -202,6 +202,10 @@ class NetworkEngine(wiring.Component):
         Cycles of the last run in which a beat entered the core's MAC array (the sum of
         its commands' ``cycles_compute``): ``compute / cycles`` is the array's
         utilisation over the run.
+    window : Out(32)
+        Cycles of the last run after its input was received (``cycles`` less those of
+        the ``INPUT`` instruction, which waits on the host's beats): every layer and the
+        output sent.
     """
 
     def __init__(self, config):
@@ -216,7 +220,7 @@ class NetworkEngine(wiring.Component):
             "host_in": In(stream.Signature(act_out_layout(cc))),
             "host_out": Out(stream.Signature(act_in_layout(cc))),
             "busy": Out(1), "done": Out(1), "error": Out(1), "cycles": Out(32),
-            "compute": Out(32),
+            "compute": Out(32), "window": Out(32),
         })
 
     def elaborate(self, platform):
@@ -291,8 +295,11 @@ class NetworkEngine(wiring.Component):
         with m.If(core.done):
             # the core's counters are final when it signals done
             m.d.sync += [core_ended.eq(1), self.compute.eq(self.compute + core.cycles_compute)]
+        inputting = Signal()                 # the INPUT instruction runs
         with m.If(self.busy):
             m.d.sync += self.cycles.eq(self.cycles + 1)
+            with m.If(~inputting):
+                m.d.sync += self.window.eq(self.window + 1)
 
         # routing: the scatter's beats from the core or the host, the gather's words to the
         # core or the host
@@ -315,7 +322,8 @@ class NetworkEngine(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.run):
                     m.d.sync += [caddr.eq(0), fetched.eq(0), nxt_valid.eq(0), self.busy.eq(1),
-                                 self.error.eq(0), self.cycles.eq(0), self.compute.eq(0)]
+                                 self.error.eq(0), self.cycles.eq(0), self.compute.eq(0),
+                                 self.window.eq(0)]
                     m.next = "FETCH"
             with m.State("FETCH"):
                 with m.If(nxt_valid):
@@ -347,6 +355,7 @@ class NetworkEngine(wiring.Component):
             with m.State("WAIT"):
                 m.d.comb += [to_host.eq(ins.op == OPCODES["OUTPUT"]),
                              from_host.eq(ins.op == OPCODES["INPUT"]),
+                             inputting.eq(ins.op == OPCODES["INPUT"]),
                              op_active.eq(ins.op == OPCODES["OP"])]
                 units_idle = ~gather.busy & ~scatter.busy & ~params.busy & ~op.busy
                 with m.If(ins.op == OPCODES["CONV"]):
