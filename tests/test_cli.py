@@ -93,7 +93,7 @@ def test_bench_mobilenet_v2_layer_list():
     (["bench", "--lanes", "4"], ["psc bench", "depthwise='pixels' needs lanes == rows"]),
     (["demo", "--target", "spi:/dev/x"], ["psc demo", "--target", "serial:PORT"]),
     (["nosuch"], ["psc:", "'nosuch'"]),
-    (["program", "net.txt"], ["psc program", "NETWORK", ".onnx or .npz", "'net.txt'"]),
+    (["program", "net.txt"], ["psc program", "NETWORK", "'mbv2'", ".onnx or .npz", "'net.txt'"]),
     (["program", "--run", "modelsim"], ["psc program", "--run", "'modelsim'"]),
     (["program", "--target", "tiny", "--synth"], ["psc program", "--synth", "'tiny'"]),
     (["build", "--board", "icebreaker", "--mode", "network"],

@@ -170,8 +170,12 @@ def _program(args):
     if args.board and args.preset == "default":
         args.preset = args.board          # the board's own build
     config = _configured(args, args.preset)
-    path = args.network or data.path("digits_psc.onnx")
-    net = import_onnx(path) if str(path).endswith(".onnx") else Network.load(path)
+    if args.network == "mbv2":
+        from psc.model.mobilenet import board_mbv2
+        net = board_mbv2(args.seed)
+    else:
+        path = args.network or data.path("digits_psc.onnx")
+        net = import_onnx(path) if str(path).endswith(".onnx") else Network.load(path)
     prog = compile_network(net, config)
     print("\n".join(describe(prog)))
     if args.synth:
@@ -202,9 +206,12 @@ def _program(args):
     out, report = prog.simulate(images, target=args.run, seed=args.seed,
                                 op_values=args.op_values)
     exact = np.array_equal(out, want)
+    cc = prog.config
     print(f"\nnetwork engine on {args.run}: {report['cycles']:.0f} cycles per inference (input "
           f"in to output out, median of {len(images)} images), {report['macs']} MACs, array "
-          f"utilisation {report['utilisation']:.1%}; outputs "
+          f"utilisation {report['utilisation']:.1%}; {report['window']:.0f} cycles after the "
+          f"input was received, utilisation "
+          f"{report['macs'] / (cc.rows * cc.lanes) / report['window']:.1%} over them; outputs "
           f"{'bit-exact with' if exact else 'DIFFER from'} the golden network")
     return 0 if exact else 1
 
@@ -276,15 +283,20 @@ def _program_synth(args, prog):
 
 def _network_file(text):
     from pathlib import Path
+    if text == "mbv2":
+        return text
     if not text.endswith((".onnx", ".npz")) or not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"must be an existing .onnx or .npz file, not {text!r}")
+        raise argparse.ArgumentTypeError(f"must be 'mbv2' or an existing .onnx or .npz file, "
+                                         f"not {text!r}")
     return text
 
 
 def _add_program(sub):
     p = sub.add_parser("program", help="compile a network for network mode: its on-chip "
                                        "memory map and footprint (and run it with --run)",
-                       description="Compile a network (.onnx or .npz; default: the shipped "
+                       description="Compile a network (.onnx or .npz, or mbv2: the "
+                                   "MobileNetV2-shaped network with random weights sized for "
+                                   "the ULX3S; default: the shipped "
                                    "digits PSC network) for network mode on a build: every "
                                    "tensor's region of the activation memory, the bytes of "
                                    "commands, weights and parameters kept on chip. With --run "
@@ -292,7 +304,8 @@ def _add_program(sub):
                                    "its stores and the activation memory) and check it "
                                    "against the golden network.")
     p.add_argument("network", nargs="?", metavar="NETWORK", type=_network_file,
-                   help="a network file (.onnx as psc.onnx_import takes, or .npz)")
+                   help="a network file (.onnx as psc.onnx_import takes, or .npz), or mbv2 "
+                        "(psc.model.mobilenet.board_mbv2)")
     p.add_argument("--preset", "--target", dest="preset", default="default",
                    choices=sorted(PRESETS) + sorted(BOARDS),
                    help="the build: a preset, synthesis target or board (default: default)")

@@ -14,6 +14,7 @@ import numpy as np
 
 from psc.model import golden
 from psc.model.checks import BadTypeError, check_int, show
+from psc.model.mobilenet import BLOCKS, divisible
 from psc.hw.core import CoreConfig
 from psc.host import plan_layer, run_layers
 from psc.host.scheduler import LayerError
@@ -43,29 +44,21 @@ BENCH_LAYERS = {
 }
 
 
-def _divisible(v, d=8):
-    """MobileNetV2's channel rounding: to a multiple of ``d``, never below 90% of ``v``."""
-    out = max(d, int(v + d / 2) // d * d)
-    return out + d if out < 0.9 * v else out
-
-
 def mobilenet_v2_layers(width=0.35, size=96):
     """The convolutions of MobileNetV2 (Sandler et al., 2018) at ``width`` and input
     ``size``, in order, as ``{name: (description, factory)}``: the stem, every inverted
     residual block's 1x1 expansion, 3x3 depthwise and 1x1 projection, the last 1x1
     convolution and the classifier (fully connected, on the pooled features). Weights are
     random; the residual adds and the pooling run on the host, so they are not here."""
-    blocks = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-              (6, 160, 3, 2), (6, 320, 1, 1))
     out = {}
 
     def add(name, what, *args):
         out[f"mbv2_{name}"] = (f"MBv2 {what}", lambda r, a=args: _layer(r, *a))
 
-    c, hw = _divisible(32 * width), size // 2
+    c, hw = divisible(32 * width), size // 2
     add("stem", f"stem 3x3 s2, 3->{c}, {size}x{size}", 3, c, size, 3, 2, 1)
-    for b, (t, cb, n, stride) in enumerate(blocks, 1):
-        co = _divisible(cb * width)
+    for b, (t, cb, n, stride) in enumerate(BLOCKS, 1):
+        co = divisible(cb * width)
         for i in range(n):
             s = stride if i == 0 else 1
             e = c * t
@@ -76,7 +69,7 @@ def mobilenet_v2_layers(width=0.35, size=96):
             hw = (hw - 1) // s + 1
             add(f"{tag}_project", f"{tag} project 1x1, {e}->{co}, {hw}x{hw}", e, co, hw, 1)
             c = co
-    last = 1280 if width <= 1.0 else _divisible(1280 * width)
+    last = 1280 if width <= 1.0 else divisible(1280 * width)
     add("last", f"last 1x1, {c}->{last}, {hw}x{hw}", c, last, hw, 1)
     add("fc", f"classifier, {last}->1000", last, 1000, 1, 1)
     return out
