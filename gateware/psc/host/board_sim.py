@@ -34,9 +34,7 @@ BENCH = "psc.host.socket_bench"
 
 def _key(bc):
     if isinstance(bc, NetworkBridgeConfig):
-        ec = bc.engine
-        return (f"net_{ec.core.key()}_a{ec.act_depth}c{ec.cmd_depth}p{ec.param_store_depth}"
-                f"v{ec.op_values}_d{bc.divisor}t{bc.frame_timeout}")
+        return f"net_{bc.engine.key()}_d{bc.divisor}t{bc.frame_timeout}"
     return f"tile_{bc.core.key()}_d{bc.divisor}t{bc.frame_timeout}"
 
 

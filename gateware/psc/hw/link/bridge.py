@@ -163,12 +163,28 @@ def id_values(config, divisor):
 
 def id_frame(config, divisor):
     """The ID frame a bridge built for ``config`` and ``divisor`` sends in answer to PING."""
-    values = id_values(config, divisor)
-    out = bytes([OP["PING"]]) + ID_MAGIC + bytes([PROTOCOL_VERSION])
-    for name, nbytes in ID_FIELDS:
-        out += int(values[name]).to_bytes(nbytes, "little")
+    out = encode_id(PROTOCOL_VERSION, ID_FIELDS, id_values(config, divisor))
     assert len(out) == ID_BYTES
     return out
+
+
+def encode_id(version, fields, values):
+    """An ID frame: ``P``, ``PSC``, ``version``, then each of ``fields`` ((name, bytes)
+    pairs) from ``values``, little-endian."""
+    out = bytes([OP["PING"]]) + ID_MAGIC + bytes([version])
+    for name, nbytes in fields:
+        out += int(values[name]).to_bytes(nbytes, "little")
+    return out
+
+
+def check_frame_timeout(value):
+    """``value`` if it is a valid ``frame_timeout`` (0, or 20 to 2**24 bit times), else
+    ``ValueError``."""
+    if not isinstance(value, int) or isinstance(value, bool) \
+            or not (value == 0 or 20 <= value <= 1 << 24):
+        raise ValueError(f"frame_timeout must be 0 or an integer in [20, {1 << 24}] bit "
+                         f"times, not {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -196,10 +212,7 @@ class BridgeConfig:
         if not isinstance(self.core, CoreConfig):
             raise TypeError(f"core must be a psc.hw.core.CoreConfig, not {self.core!r}")
         UARTConfig(self.divisor)   # validates divisor with its own message
-        if not isinstance(self.frame_timeout, int) or isinstance(self.frame_timeout, bool) \
-                or not (self.frame_timeout == 0 or 20 <= self.frame_timeout <= 1 << 24):
-            raise ValueError(f"frame_timeout must be 0 or an integer in [20, {1 << 24}] bit "
-                             f"times, not {self.frame_timeout!r}")
+        check_frame_timeout(self.frame_timeout)
 
 
 class Bridge(wiring.Component):

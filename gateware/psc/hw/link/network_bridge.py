@@ -73,7 +73,8 @@ from amaranth.lib import crc, wiring
 from amaranth.lib.wiring import In, Out
 
 from psc.hw.core import act_in_layout, act_out_layout, param_layout, weight_layout
-from psc.hw.link.bridge import ID_FIELDS, ID_MAGIC, OP as TILE_OP, RX_FIFO_DEPTH, id_values
+from psc.hw.link.bridge import (ID_FIELDS, OP as TILE_OP, RX_FIFO_DEPTH, check_frame_timeout,
+                                encode_id, id_values)
 from psc.hw.link.framing import FrameReceiver, ReplyTransmitter
 from psc.hw.link.uart import UARTConfig
 from psc.hw.network.engine import CMD_WORD, EngineConfig, NetworkEngine
@@ -124,9 +125,7 @@ def engine_id_values(engine_config):
 def id_frame(engine_config, divisor):
     """The ID frame a network bridge for ``engine_config`` and ``divisor`` answers PING with."""
     values = dict(id_values(engine_config.core, divisor), **engine_id_values(engine_config))
-    out = bytes([OP["PING"]]) + ID_MAGIC + bytes([PROTOCOL_VERSION])
-    for name, nbytes in ID_FIELDS + ENGINE_ID_FIELDS:
-        out += int(values[name]).to_bytes(nbytes, "little")
+    out = encode_id(PROTOCOL_VERSION, ID_FIELDS + ENGINE_ID_FIELDS, values)
     assert len(out) == ID_BYTES
     return out
 
@@ -155,10 +154,7 @@ class NetworkBridgeConfig:
             raise BadTypeError(f"engine must be a psc.hw.network.EngineConfig, "
                                f"not {show(self.engine)}")
         UARTConfig(self.divisor)
-        if not isinstance(self.frame_timeout, int) or isinstance(self.frame_timeout, bool) \
-                or not (self.frame_timeout == 0 or 20 <= self.frame_timeout <= 1 << 24):
-            raise ValueError(f"frame_timeout must be 0 or an integer in [20, {1 << 24}] bit "
-                             f"times, not {self.frame_timeout!r}")
+        check_frame_timeout(self.frame_timeout)
 
     @property
     def core(self):
@@ -271,6 +267,15 @@ class NetworkBridge(wiring.Component):
                 m.d.comb += [tx.arm.eq(1), tx.expect.eq(0)]
                 m.next = "OP"
 
+        def beat_or_crc(last):
+            """Read the next input beat, or the CRC after the ``last`` one."""
+            with m.If(last):
+                m.d.sync += left.eq(2)
+                m.next = "INFER_CRC"
+            with m.Else():
+                m.d.sync += left.eq(ib)
+                m.next = "INFER_READ"
+
         with m.FSM():
             with m.State("OP"):
                 m.d.comb += rx.take.eq(1)
@@ -375,12 +380,7 @@ class NetworkBridge(wiring.Component):
                     m.d.comb += engine.run.eq(1)
                 with m.Else():
                     m.d.sync += f["NOT_LOADED"].eq(1)
-                with m.If(n_in == 0):
-                    m.d.sync += left.eq(2)
-                    m.next = "INFER_CRC"
-                with m.Else():
-                    m.d.sync += left.eq(ib)
-                    m.next = "INFER_READ"
+                beat_or_crc(n_in == 0)
             with m.State("INFER_READ"):
                 read("INFER_SEND")
             with m.State("INFER_SEND"):
@@ -391,12 +391,7 @@ class NetworkBridge(wiring.Component):
                     m.d.sync += f["DROPPED"].eq(1)
                 with m.If(taken):
                     m.d.sync += count.eq(count - 1)
-                    with m.If(count == 1):
-                        m.d.sync += left.eq(2)
-                        m.next = "INFER_CRC"
-                    with m.Else():
-                        m.d.sync += left.eq(ib)
-                        m.next = "INFER_READ"
+                    beat_or_crc(count == 1)
             with m.State("INFER_CRC"):
                 read("INFER_CHECK")
             with m.State("INFER_CHECK"):

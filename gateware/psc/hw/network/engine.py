@@ -89,6 +89,11 @@ class EngineConfig:
             raise ValueError(f"op_values must divide lanes={self.core.lanes}, "
                              f"not {self.op_values}")
 
+    def key(self):
+        """A short name of this build, for directories: the core's key and the memories."""
+        return (f"{self.core.key()}_a{self.act_depth}c{self.cmd_depth}p{self.param_store_depth}"
+                f"v{self.op_values}")
+
     @property
     def act_addr_width(self):
         return _width(self.act_depth)
