@@ -237,7 +237,7 @@ def _program_board(args, net, images, want):
         exact = np.array_equal(res["outputs"], want)
         rows.append((mode, res, exact))
         if mode == "network":
-            print(f"  program loaded once in {res['load_cycles']} cycles "
+            print(f"  program loaded once in {res['load_cycles']:.0f} cycles "
                   f"({res['load_cycles'] / b.clk_hz:.3f} s); per inference the engine ran "
                   f"{res['engine_cycles']:.0f} cycles (input awaited, every layer, output "
                   f"sent), {res['window']:.0f} of them after the input was received, the "
