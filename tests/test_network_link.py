@@ -129,3 +129,20 @@ def test_psc_network_run_on_a_simulated_board():
     infers = [t for t in board.turns if t["in"] == size]
     assert len(infers) == 3
     assert all(t["end"] - t["start"] > first.totals["cycles"] for t in infers)
+
+
+def test_psc_network_run_in_network_mode_on_the_simulated_engine():
+    """``mode="network"`` on a simulator runs the compiled program on the network engine;
+    its totals carry the engine's cycles and those after the input; on ``"golden"`` the
+    mode is refused."""
+    from psc import network
+    prog, rng = _program()
+    images = rng.integers(-128, 128, size=(1,) + prog.net.input_shape)
+    run = network.run(prog.net, images, "verilator", config=prog.config, mode="network")
+    np.testing.assert_array_equal(run.outputs, prog.net.run(images))
+    t = run.totals
+    assert 0 < t["compute"] < t["window"] <= t["cycles"] and t["utilisation"] > 0
+    with pytest.raises(ValueError, match="mode 'network' runs on a simulator or a board"):
+        network.run(prog.net, images, "golden", mode="network")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        network.run(prog.net, images, "golden", mode="tiles")
