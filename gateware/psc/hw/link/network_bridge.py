@@ -66,7 +66,7 @@ STATUS, then reads the ``n_out`` words and the status frame. The engine takes
 input beats faster than the UART brings them.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from amaranth.hdl import Cat, Const, Module, ResetInserter, Signal
 from amaranth.lib import crc, wiring
@@ -147,7 +147,7 @@ class NetworkBridgeConfig:
     """
     engine: EngineConfig
     divisor: int = 104
-    frame_timeout: int = field(default=50_000)
+    frame_timeout: int = 50_000
 
     def __post_init__(self):
         if not isinstance(self.engine, EngineConfig):
