@@ -4460,7 +4460,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$5410$1792 (i__payload[1793:1792]),
+    .\port$5448$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[639:512]),
@@ -4473,7 +4473,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$167 ),
     .mask(\mask$16 ),
-    .\port$5410$1792 (i__payload[1793:1792]),
+    .\port$5448$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[767:640]),
@@ -4486,7 +4486,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$168 ),
     .mask(\mask$26 ),
-    .\port$5410$1792 (i__payload[1793:1792]),
+    .\port$5448$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[895:768]),
@@ -4499,7 +4499,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$169 ),
     .mask(\mask$36 ),
-    .\port$5410$1792 (i__payload[1793:1792]),
+    .\port$5448$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1023:896]),
@@ -4512,7 +4512,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$170 ),
     .mask(\mask$46 ),
-    .\port$5410$1792 (i__payload[1793:1792]),
+    .\port$5448$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1151:1024]),
@@ -4525,7 +4525,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$171 ),
     .mask(\mask$56 ),
-    .\port$5410$1792 (i__payload[1793:1792]),
+    .\port$5448$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1279:1152]),
@@ -4538,7 +4538,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$172 ),
     .mask(\mask$66 ),
-    .\port$5410$1792 (i__payload[1793:1792]),
+    .\port$5448$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1407:1280]),
@@ -4550,7 +4550,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$173 ),
     .mask(\mask$76 ),
-    .\port$5410$1760 (i__payload[1793:1760]),
+    .\port$5448$1760 (i__payload[1793:1760]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1535:1408]),
@@ -5878,7 +5878,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5410$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5448$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -5990,8 +5990,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5410$1792 ;
-  wire [1:0] \port$5410$1792 ;
+  input [1:0] \port$5448$1792 ;
+  wire [1:0] \port$5448$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6139,7 +6139,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5410$1792 [0];
+  assign \$16  = valid & \port$5448$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6202,7 +6202,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5410$1792 [0];
+      \$50  = \port$5448$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6212,7 +6212,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5410$1792 [1];
+      \$51  = \port$5448$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6353,8 +6353,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5410$1792 [0];
-  assign last = \port$5410$1792 [1];
+  assign first = \port$5448$1792 [0];
+  assign last = \port$5448$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -6496,7 +6496,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5410$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5448$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -6606,8 +6606,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5410$1792 ;
-  wire [1:0] \port$5410$1792 ;
+  input [1:0] \port$5448$1792 ;
+  wire [1:0] \port$5448$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6755,7 +6755,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5410$1792 [0];
+  assign \$16  = valid & \port$5448$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6818,7 +6818,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5410$1792 [0];
+      \$50  = \port$5448$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6828,7 +6828,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5410$1792 [1];
+      \$51  = \port$5448$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6969,8 +6969,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5410$1792 [0];
-  assign last = \port$5410$1792 [1];
+  assign first = \port$5448$1792 [0];
+  assign last = \port$5448$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7112,7 +7112,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5410$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5448$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7222,8 +7222,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5410$1792 ;
-  wire [1:0] \port$5410$1792 ;
+  input [1:0] \port$5448$1792 ;
+  wire [1:0] \port$5448$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7371,7 +7371,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5410$1792 [0];
+  assign \$16  = valid & \port$5448$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -7434,7 +7434,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5410$1792 [0];
+      \$50  = \port$5448$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -7444,7 +7444,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5410$1792 [1];
+      \$51  = \port$5448$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -7585,8 +7585,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5410$1792 [0];
-  assign last = \port$5410$1792 [1];
+  assign first = \port$5448$1792 [0];
+  assign last = \port$5448$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7728,7 +7728,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5410$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5448$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7838,8 +7838,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5410$1792 ;
-  wire [1:0] \port$5410$1792 ;
+  input [1:0] \port$5448$1792 ;
+  wire [1:0] \port$5448$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7987,7 +7987,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5410$1792 [0];
+  assign \$16  = valid & \port$5448$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8050,7 +8050,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5410$1792 [0];
+      \$50  = \port$5448$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8060,7 +8060,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5410$1792 [1];
+      \$51  = \port$5448$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8201,8 +8201,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5410$1792 [0];
-  assign last = \port$5410$1792 [1];
+  assign first = \port$5448$1792 [0];
+  assign last = \port$5448$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8344,7 +8344,7 @@ module \psc_core.dp.pe_3.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5410$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5448$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -8454,8 +8454,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5410$1792 ;
-  wire [1:0] \port$5410$1792 ;
+  input [1:0] \port$5448$1792 ;
+  wire [1:0] \port$5448$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8603,7 +8603,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5410$1792 [0];
+  assign \$16  = valid & \port$5448$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8666,7 +8666,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5410$1792 [0];
+      \$50  = \port$5448$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8676,7 +8676,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5410$1792 [1];
+      \$51  = \port$5448$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8817,8 +8817,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5410$1792 [0];
-  assign last = \port$5410$1792 [1];
+  assign first = \port$5448$1792 [0];
+  assign last = \port$5448$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8960,7 +8960,7 @@ module \psc_core.dp.pe_4.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5410$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5448$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9070,8 +9070,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5410$1792 ;
-  wire [1:0] \port$5410$1792 ;
+  input [1:0] \port$5448$1792 ;
+  wire [1:0] \port$5448$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9219,7 +9219,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5410$1792 [0];
+  assign \$16  = valid & \port$5448$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9282,7 +9282,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5410$1792 [0];
+      \$50  = \port$5448$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9292,7 +9292,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5410$1792 [1];
+      \$51  = \port$5448$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -9433,8 +9433,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5410$1792 [0];
-  assign last = \port$5410$1792 [1];
+  assign first = \port$5448$1792 [0];
+  assign last = \port$5448$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9576,7 +9576,7 @@ module \psc_core.dp.pe_5.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5410$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5448$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9686,8 +9686,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5410$1792 ;
-  wire [1:0] \port$5410$1792 ;
+  input [1:0] \port$5448$1792 ;
+  wire [1:0] \port$5448$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9835,7 +9835,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5410$1792 [0];
+  assign \$16  = valid & \port$5448$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9898,7 +9898,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5410$1792 [0];
+      \$50  = \port$5448$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9908,7 +9908,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5410$1792 [1];
+      \$51  = \port$5448$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -10049,8 +10049,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5410$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5410$1792 [0];
-  assign last = \port$5410$1792 [1];
+  assign first = \port$5448$1792 [0];
+  assign last = \port$5448$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -10192,7 +10192,7 @@ module \psc_core.dp.pe_6.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_7 (rst, x, words, \port$5410$1760 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_7 (rst, x, words, \port$5448$1760 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -10301,8 +10301,8 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5410$1760 , valid, en, lane_acc, 
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [33:0] \port$5410$1760 ;
-  wire [33:0] \port$5410$1760 ;
+  input [33:0] \port$5448$1760 ;
+  wire [33:0] \port$5448$1760 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -10450,7 +10450,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5410$1760 , valid, en, lane_acc, 
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5410$1760 [32];
+  assign \$16  = valid & \port$5448$1760 [32];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -10513,7 +10513,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5410$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5410$1760 [32];
+      \$50  = \port$5448$1760 [32];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -10523,7 +10523,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5410$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5410$1760 [33];
+      \$51  = \port$5448$1760 [33];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -10534,7 +10534,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5410$1760 , valid, en, lane_acc, 
     \$52  = b1;
     if (en) begin
       if (\$16 ) begin
-        \$52  = \port$5410$1760 [31:0];
+        \$52  = \port$5448$1760 [31:0];
       end
     end
   end
@@ -10664,9 +10664,9 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5410$1760 , valid, en, lane_acc, 
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5410$1760 [32];
-  assign last = \port$5410$1760 [33];
-  assign bias = \port$5410$1760 [31:0];
+  assign first = \port$5448$1760 [32];
+  assign last = \port$5448$1760 [33];
+  assign bias = \port$5448$1760 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -12446,34 +12446,33 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   wire \$20 ;
   wire [2:0] \$200 ;
   reg [63:0] \$201 ;
-  wire [16:0] \$202 ;
-  wire \$203 ;
-  wire [12:0] \$204 ;
+  wire [12:0] \$202 ;
+  wire [12:0] \$203 ;
+  wire [16:0] \$204 ;
   wire \$205 ;
-  wire [17:0] \$206 ;
-  wire [16:0] \$207 ;
+  wire \$206 ;
+  wire [17:0] \$207 ;
   wire [16:0] \$208 ;
-  wire [9:0] \$209 ;
+  wire [16:0] \$209 ;
   wire \$21 ;
-  wire [12:0] \$210 ;
+  wire [9:0] \$210 ;
   wire [12:0] \$211 ;
   wire \$212 ;
-  wire [12:0] \$213 ;
-  wire \$214 ;
-  wire [12:0] \$215 ;
-  wire [11:0] \$216 ;
-  reg [15:0] \$217 ;
-  reg [8:0] \$218 ;
-  reg [15:0] \$219 ;
+  wire \$213 ;
+  wire [12:0] \$214 ;
+  wire [11:0] \$215 ;
+  reg [15:0] \$216 ;
+  reg [8:0] \$217 ;
+  reg [15:0] \$218 ;
+  reg [8:0] \$219 ;
   wire \$22 ;
-  reg [8:0] \$220 ;
-  reg [11:0] \$221 ;
-  reg \$222 ;
-  reg [10:0] \$223 ;
-  reg [11:0] \$224 ;
+  reg [11:0] \$220 ;
+  reg \$221 ;
+  reg [10:0] \$222 ;
+  reg [11:0] \$223 ;
+  reg [2:0] \$224 ;
   reg [2:0] \$225 ;
   reg [2:0] \$226 ;
-  reg [2:0] \$227 ;
   wire [9:0] \$23 ;
   wire \$24 ;
   wire \$25 ;
@@ -12789,6 +12788,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   reg [8:0] lgoff = 9'h000;
   reg [8:0] lrow = 9'h000;
   reg [15:0] lx = 16'h0000;
+  reg [11:0] n_in_m1 = 12'h000;
   input [69:0] read__addr;
   wire [69:0] read__addr;
   wire [63:0] \read__addr.addr ;
@@ -12904,6 +12904,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   wire [11:0] \sizes.wg ;
   input start;
   wire start;
+  reg [10:0] wg_m1 = 11'h000;
   input [16:0] ws;
   wire [16:0] ws;
   reg [63:0] inbuf_0 [255:0];
@@ -15212,43 +15213,46 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \$197  = dwp ? \$196 [2:0] : sel1;
   assign \$199  = rot1 + 3'h7;
   assign \$200  = dwp ? \$199 [2:0] : sel1;
-  assign \$202  = cmd[79:64] - 1'h1;
-  assign \$203  = lgi == \$202 ;
-  assign \$204  = sizes[11:0] - 1'h1;
-  assign \$205  = col_cnt == \$204 ;
-  assign \$206  = lrow + ws;
-  assign \$207  = lx + 1'h1;
-  assign \$208  = lgi + 1'h1;
-  assign \$209  = lgoff + sizes[143:135];
-  assign \$210  = in_cnt + 1'h1;
+  assign \$202  = sizes[11:0] - 1'h1;
+  assign \$203  = sizes[23:12] - 1'h1;
+  assign \$204  = cmd[79:64] - 1'h1;
+  assign \$205  = lgi == \$204 ;
+  assign \$206  = col_cnt == wg_m1;
+  assign \$207  = lrow + ws;
+  assign \$208  = lx + 1'h1;
+  assign \$209  = lgi + 1'h1;
+  assign \$210  = lgoff + sizes[143:135];
   assign \$211  = in_cnt + 1'h1;
-  assign \$212  = \$211  == sizes[23:12];
-  assign \$213  = sizes[11:0] - 1'h1;
-  assign \$214  = col_cnt == \$213 ;
-  assign \$215  = rows_in + 1'h1;
-  assign \$216  = col_cnt + 1'h1;
+  assign \$212  = in_cnt == n_in_m1;
+  assign \$213  = col_cnt == wg_m1;
+  assign \$214  = rows_in + 1'h1;
+  assign \$215  = col_cnt + 1'h1;
   always @(posedge clk)
-    lgi <= \$217 ;
+    wg_m1 <= \$202 [10:0];
   always @(posedge clk)
-    lgoff <= \$218 ;
+    n_in_m1 <= \$203 [11:0];
   always @(posedge clk)
-    lx <= \$219 ;
+    lgi <= \$216 ;
   always @(posedge clk)
-    lrow <= \$220 ;
+    lgoff <= \$217 ;
   always @(posedge clk)
-    in_cnt <= \$221 ;
+    lx <= \$218 ;
   always @(posedge clk)
-    done <= \$222 ;
+    lrow <= \$219 ;
   always @(posedge clk)
-    col_cnt <= \$223 ;
+    in_cnt <= \$220 ;
   always @(posedge clk)
-    rows_in <= \$224 ;
+    done <= \$221 ;
   always @(posedge clk)
-    lb <= \$225 ;
+    col_cnt <= \$222 ;
   always @(posedge clk)
-    sel1 <= \$226 ;
+    rows_in <= \$223 ;
   always @(posedge clk)
-    rot1 <= \$227 ;
+    lb <= \$224 ;
+  always @(posedge clk)
+    sel1 <= \$225 ;
+  always @(posedge clk)
+    rot1 <= \$226 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     (* full_case = 32'd1 *)
@@ -15434,172 +15438,172 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$217  = lgi;
+    \$216  = lgi;
     if (fire) begin
       (* full_case = 32'd1 *)
-      if (\$203 ) begin
-        \$217  = 16'h0000;
+      if (\$205 ) begin
+        \$216  = 16'h0000;
       end else begin
-        \$217  = \$208 [15:0];
+        \$216  = \$209 [15:0];
       end
     end
     if (start) begin
-      \$217  = 16'h0000;
+      \$216  = 16'h0000;
     end
     if (rst) begin
-      \$217  = 16'h0000;
+      \$216  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$218  = lgoff;
+    \$217  = lgoff;
     if (fire) begin
       (* full_case = 32'd1 *)
-      if (\$203 ) begin
-        \$218  = 9'h000;
+      if (\$205 ) begin
+        \$217  = 9'h000;
       end else begin
-        \$218  = \$209 [8:0];
+        \$217  = \$210 [8:0];
       end
     end
     if (start) begin
-      \$218  = 9'h000;
+      \$217  = 9'h000;
     end
     if (rst) begin
-      \$218  = 9'h000;
+      \$217  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$219  = lx;
+    \$218  = lx;
     if (fire) begin
-      if (\$203 ) begin
+      if (\$205 ) begin
         (* full_case = 32'd1 *)
-        if (\$205 ) begin
-          \$219  = 16'h0000;
+        if (\$206 ) begin
+          \$218  = 16'h0000;
         end else begin
-          \$219  = \$207 [15:0];
+          \$218  = \$208 [15:0];
         end
       end
     end
     if (start) begin
-      \$219  = 16'h0000;
+      \$218  = 16'h0000;
     end
     if (rst) begin
-      \$219  = 16'h0000;
+      \$218  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$220  = lrow;
+    \$219  = lrow;
     if (fire) begin
-      if (\$203 ) begin
-        if (\$205 ) begin
-          \$220  = \$206 [8:0];
+      if (\$205 ) begin
+        if (\$206 ) begin
+          \$219  = \$207 [8:0];
         end
       end
     end
     if (start) begin
-      \$220  = 9'h000;
+      \$219  = 9'h000;
     end
     if (rst) begin
-      \$220  = 9'h000;
+      \$219  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$221  = in_cnt;
+    \$220  = in_cnt;
     if (run) begin
       if (fire) begin
-        \$221  = \$210 [11:0];
+        \$220  = \$211 [11:0];
       end
     end
     if (start) begin
-      \$221  = 12'h000;
+      \$220  = 12'h000;
     end
     if (rst) begin
-      \$221  = 12'h000;
+      \$220  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$222  = done;
+    \$221  = done;
     if (run) begin
       if (fire) begin
-        \$222  = \$212 ;
+        \$221  = \$212 ;
       end
     end
     if (start) begin
-      \$222  = 1'h0;
+      \$221  = 1'h0;
     end
     if (rst) begin
-      \$222  = 1'h0;
+      \$221  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$223  = col_cnt;
+    \$222  = col_cnt;
     if (run) begin
       if (fire) begin
         (* full_case = 32'd1 *)
-        if (\$214 ) begin
-          \$223  = 11'h000;
+        if (\$213 ) begin
+          \$222  = 11'h000;
         end else begin
-          \$223  = \$216 [10:0];
+          \$222  = \$215 [10:0];
         end
       end
     end
     if (start) begin
-      \$223  = 11'h000;
+      \$222  = 11'h000;
     end
     if (rst) begin
-      \$223  = 11'h000;
+      \$222  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$224  = rows_in;
+    \$223  = rows_in;
     if (run) begin
       if (fire) begin
-        if (\$214 ) begin
-          \$224  = \$215 [11:0];
+        if (\$213 ) begin
+          \$223  = \$214 [11:0];
         end
       end
     end
     if (start) begin
-      \$224  = 12'h000;
+      \$223  = 12'h000;
     end
     if (rst) begin
-      \$224  = 12'h000;
+      \$223  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$225  = lb;
+    \$224  = lb;
     if (start) begin
-      \$225  = 3'h0;
+      \$224  = 3'h0;
     end
     if (rst) begin
-      \$225  = 3'h0;
+      \$224  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$226  = sel1;
+    \$225  = sel1;
     if (read__en) begin
-      \$226  = read__addr[66:64];
+      \$225  = read__addr[66:64];
+    end
+    if (rst) begin
+      \$225  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$226  = rot1;
+    if (read__en) begin
+      \$226  = read__addr[69:67];
     end
     if (rst) begin
       \$226  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$227  = rot1;
-    if (read__en) begin
-      \$227  = read__addr[69:67];
-    end
-    if (rst) begin
-      \$227  = 3'h0;
     end
   end
   assign count = fire;
@@ -15895,6 +15899,8 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \$10  = { 1'h0, lx[15:1] };
   assign \$12  = { 3'h0, \$11 [15:3] };
   assign \$15  = { 3'h0, in_cnt[11:3] };
+  assign \$70  = { 1'h0, lx[15:1] };
+  assign \$72  = { 3'h0, \$71 [15:3] };
   assign \$18  = { 1'h0, lx[15:1] };
   assign \$26  = { 1'h0, lx[15:1] };
   assign \$28  = { 3'h0, \$27 [15:3] };
@@ -15910,8 +15916,6 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \$56  = { 3'h0, \$55 [15:3] };
   assign \$59  = { 3'h0, in_cnt[11:3] };
   assign \$62  = { 1'h0, lx[15:1] };
-  assign \$70  = { 1'h0, lx[15:1] };
-  assign \$72  = { 3'h0, \$71 [15:3] };
   assign \$73  = { \$72 , 1'h0 };
   assign \$76  = { 1'h0, lx[15:1] };
   assign \$78  = { 3'h0, \$77 [15:3] };
@@ -26511,94 +26515,94 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   reg \$auto$verilog_backend.cc:2355:dump_module$17  = 0;
   wire [11:0] \$1 ;
   wire [4:0] \$10 ;
-  wire \$100 ;
-  wire \$101 ;
-  wire [4:0] \$102 ;
-  wire \$103 ;
-  wire \$104 ;
-  wire \$105 ;
-  wire \$106 ;
-  wire [4:0] \$107 ;
+  wire [18:0] \$100 ;
+  wire [18:0] \$101 ;
+  wire [18:0] \$102 ;
+  wire [17:0] \$103 ;
+  wire [17:0] \$104 ;
+  wire [17:0] \$105 ;
+  wire [17:0] \$106 ;
+  wire \$107 ;
   wire \$108 ;
   wire \$109 ;
-  wire [5:0] \$11 ;
-  wire \$110 ;
-  wire \$111 ;
-  wire [5:0] \$112 ;
+  wire \$11 ;
+  wire [18:0] \$110 ;
+  wire [18:0] \$111 ;
+  wire \$112 ;
   wire \$113 ;
   wire \$114 ;
   wire \$115 ;
   wire \$116 ;
   wire [16:0] \$117 ;
-  wire \$118 ;
+  wire [16:0] \$118 ;
   wire \$119 ;
-  wire [5:0] \$12 ;
-  wire \$120 ;
+  wire \$12 ;
+  wire [4:0] \$120 ;
   wire \$121 ;
-  wire \$122 ;
-  wire [16:0] \$123 ;
-  wire \$124 ;
+  wire [4:0] \$122 ;
+  wire \$123 ;
+  wire [16:0] \$124 ;
   wire \$125 ;
-  wire \$126 ;
-  wire [10:0] \$127 ;
-  wire \$128 ;
-  wire \$129 ;
-  wire [16:0] \$13 ;
-  wire [18:0] \$130 ;
-  wire [17:0] \$131 ;
-  wire \$132 ;
+  wire [16:0] \$126 ;
+  wire [16:0] \$127 ;
+  wire [16:0] \$128 ;
+  wire [16:0] \$129 ;
+  wire [4:0] \$13 ;
+  wire [3:0] \$130 ;
+  wire \$131 ;
+  wire [16:0] \$132 ;
   wire \$133 ;
-  wire [18:0] \$134 ;
-  wire [17:0] \$135 ;
-  wire [17:0] \$136 ;
+  wire [16:0] \$134 ;
+  wire \$135 ;
+  wire [4:0] \$136 ;
   wire \$137 ;
-  wire \$138 ;
-  wire [9:0] \$139 ;
-  wire [16:0] \$14 ;
-  wire \$140 ;
+  wire [4:0] \$138 ;
+  wire \$139 ;
+  wire [4:0] \$14 ;
+  wire [16:0] \$140 ;
   wire \$141 ;
-  wire [18:0] \$142 ;
-  wire [18:0] \$143 ;
-  wire [17:0] \$144 ;
-  wire [17:0] \$145 ;
-  wire [17:0] \$146 ;
-  wire [3:0] \$147 ;
-  wire [3:0] \$148 ;
+  wire [16:0] \$142 ;
+  wire [16:0] \$143 ;
+  wire [16:0] \$144 ;
+  wire [16:0] \$145 ;
+  wire [3:0] \$146 ;
+  wire \$147 ;
+  wire [16:0] \$148 ;
   wire \$149 ;
-  wire [16:0] \$15 ;
+  wire \$15 ;
   wire \$150 ;
-  wire [18:0] \$151 ;
-  wire [18:0] \$152 ;
-  wire [18:0] \$153 ;
-  wire [17:0] \$154 ;
-  wire [17:0] \$155 ;
-  wire [17:0] \$156 ;
-  wire [17:0] \$157 ;
-  wire \$158 ;
-  wire \$159 ;
-  wire [16:0] \$16 ;
-  wire \$160 ;
-  wire [18:0] \$161 ;
-  wire [18:0] \$162 ;
-  wire \$163 ;
-  wire \$164 ;
-  wire \$165 ;
-  wire \$166 ;
-  wire \$167 ;
+  wire \$151 ;
+  wire \$152 ;
+  wire \$153 ;
+  wire \$154 ;
+  wire \$155 ;
+  wire \$156 ;
+  wire \$157 ;
+  wire [16:0] \$158 ;
+  wire [17:0] \$159 ;
+  wire \$16 ;
+  wire [4:0] \$160 ;
+  wire [5:0] \$161 ;
+  wire [4:0] \$162 ;
+  wire [5:0] \$163 ;
+  wire [16:0] \$164 ;
+  wire [17:0] \$165 ;
+  wire [16:0] \$166 ;
+  wire [16:0] \$167 ;
   wire [16:0] \$168 ;
-  wire [4:0] \$169 ;
-  wire \$17 ;
-  wire [16:0] \$170 ;
-  wire [16:0] \$171 ;
-  wire [16:0] \$172 ;
+  wire [16:0] \$169 ;
+  wire [5:0] \$17 ;
+  wire [3:0] \$170 ;
+  wire [5:0] \$171 ;
+  wire [17:0] \$172 ;
   wire [16:0] \$173 ;
-  wire [16:0] \$174 ;
-  wire [16:0] \$175 ;
+  wire [17:0] \$174 ;
+  wire \$175 ;
   wire \$176 ;
   wire \$177 ;
   wire \$178 ;
   wire \$179 ;
-  wire [11:0] \$18 ;
+  wire [5:0] \$18 ;
   wire \$180 ;
   wire \$181 ;
   wire \$182 ;
@@ -26627,56 +26631,56 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   wire \$202 ;
   wire \$203 ;
   wire \$204 ;
-  wire \$205 ;
+  wire [3:0] \$205 ;
   wire [3:0] \$206 ;
   wire [3:0] \$207 ;
   wire [3:0] \$208 ;
-  wire [3:0] \$209 ;
-  wire \$21 ;
-  wire [4:0] \$210 ;
-  wire [15:0] \$211 ;
-  wire \$212 ;
+  wire [4:0] \$209 ;
+  wire [16:0] \$21 ;
+  wire [15:0] \$210 ;
+  wire \$211 ;
+  wire [16:0] \$212 ;
   wire [16:0] \$213 ;
   wire [16:0] \$214 ;
-  wire [16:0] \$215 ;
-  wire \$216 ;
+  wire \$215 ;
+  wire [17:0] \$216 ;
   wire [17:0] \$217 ;
-  wire [17:0] \$218 ;
-  wire \$219 ;
-  wire \$22 ;
+  wire \$218 ;
+  wire [12:0] \$219 ;
+  wire [16:0] \$22 ;
   wire [12:0] \$220 ;
-  wire [12:0] \$221 ;
-  wire [17:0] \$222 ;
-  wire [16:0] \$223 ;
-  wire [8:0] \$224 ;
-  wire [3:0] \$225 ;
+  wire [17:0] \$221 ;
+  wire [16:0] \$222 ;
+  wire [8:0] \$223 ;
+  wire [3:0] \$224 ;
+  wire [4:0] \$225 ;
   wire [4:0] \$226 ;
-  wire [4:0] \$227 ;
+  wire \$227 ;
   wire \$228 ;
   wire \$229 ;
-  wire [11:0] \$23 ;
-  wire \$230 ;
-  wire [17:0] \$231 ;
-  wire [18:0] \$232 ;
+  wire \$23 ;
+  wire [17:0] \$230 ;
+  wire [18:0] \$231 ;
+  wire \$232 ;
   wire \$233 ;
   wire \$234 ;
   wire \$235 ;
   wire \$236 ;
   wire \$237 ;
   wire \$238 ;
-  wire \$239 ;
+  reg [10:0] \$239 ;
   wire \$24 ;
-  reg [10:0] \$240 ;
+  reg \$240 ;
   reg [3:0] \$241 ;
-  reg [3:0] \$242 ;
-  reg [4:0] \$243 ;
-  reg [15:0] \$244 ;
-  reg [15:0] \$245 ;
+  reg \$242 ;
+  reg [3:0] \$243 ;
+  reg \$244 ;
+  reg [4:0] \$245 ;
   reg \$246 ;
-  reg \$247 ;
+  reg [15:0] \$247 ;
   reg \$248 ;
-  reg \$249 ;
-  wire \$25 ;
+  reg [15:0] \$249 ;
+  wire [16:0] \$25 ;
   reg \$250 ;
   reg \$251 ;
   reg \$252 ;
@@ -26684,111 +26688,130 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   reg \$254 ;
   reg \$255 ;
   reg \$256 ;
-  reg [9:0] \$257 ;
-  reg [17:0] \$258 ;
-  reg [16:0] \$259 ;
-  wire \$26 ;
-  reg [17:0] \$260 ;
-  reg [16:0] \$261 ;
-  reg [8:0] \$262 ;
+  reg \$257 ;
+  reg \$258 ;
+  reg \$259 ;
+  wire [16:0] \$26 ;
+  reg \$260 ;
+  reg \$261 ;
+  reg [9:0] \$262 ;
   reg [17:0] \$263 ;
   reg [16:0] \$264 ;
   reg [17:0] \$265 ;
-  reg [17:0] \$266 ;
-  reg [16:0] \$267 ;
-  reg \$268 ;
-  reg \$269 ;
+  reg [16:0] \$266 ;
+  reg [8:0] \$267 ;
+  reg [17:0] \$268 ;
+  reg [16:0] \$269 ;
   wire \$27 ;
-  reg \$270 ;
-  reg [10:0] \$271 ;
-  reg [3:0] \$272 ;
-  reg [4:0] \$273 ;
-  reg [15:0] \$274 ;
-  reg [15:0] \$275 ;
-  reg [16:0] \$276 ;
-  reg [16:0] \$277 ;
-  reg [16:0] \$278 ;
-  reg [16:0] \$279 ;
+  reg [17:0] \$270 ;
+  reg [17:0] \$271 ;
+  reg [16:0] \$272 ;
+  reg \$273 ;
+  reg \$274 ;
+  reg \$275 ;
+  reg [4:0] \$276 ;
+  reg \$277 ;
+  reg \$278 ;
+  reg \$279 ;
   wire \$28 ;
-  reg [8:0] \$280 ;
-  reg [3:0] \$281 ;
-  reg [4:0] \$282 ;
-  wire [4:0] \$29 ;
+  reg \$280 ;
+  reg \$281 ;
+  reg \$282 ;
+  reg \$283 ;
+  reg \$284 ;
+  reg \$285 ;
+  reg \$286 ;
+  reg \$287 ;
+  reg \$288 ;
+  reg [12:0] \$289 ;
+  wire \$29 ;
+  reg [5:0] \$290 ;
+  reg [5:0] \$291 ;
+  reg [6:0] \$292 ;
+  reg [17:0] \$293 ;
+  reg [17:0] \$294 ;
+  reg [16:0] \$295 ;
+  reg [16:0] \$296 ;
+  reg [16:0] \$297 ;
+  reg [16:0] \$298 ;
+  reg [8:0] \$299 ;
   wire [15:0] \$3 ;
   wire \$30 ;
+  reg [3:0] \$300 ;
+  reg [4:0] \$301 ;
   wire \$31 ;
   wire \$32 ;
   wire \$33 ;
-  wire [11:0] \$34 ;
+  wire \$34 ;
   wire \$35 ;
   wire \$36 ;
   wire \$37 ;
   wire \$38 ;
-  wire [4:0] \$39 ;
+  wire \$39 ;
   wire [15:0] \$4 ;
   wire \$40 ;
   wire \$41 ;
   wire \$42 ;
   wire \$43 ;
   wire \$44 ;
-  wire [4:0] \$45 ;
+  wire \$45 ;
   wire \$46 ;
   wire \$47 ;
   wire \$48 ;
   wire \$49 ;
   wire [11:0] \$5 ;
-  wire [11:0] \$50 ;
+  wire \$50 ;
   wire \$51 ;
   wire \$52 ;
   wire \$53 ;
   wire \$54 ;
-  wire [4:0] \$55 ;
+  wire \$55 ;
   wire \$56 ;
   wire \$57 ;
   wire \$58 ;
   wire \$59 ;
   wire [11:0] \$6 ;
-  wire [4:0] \$60 ;
+  wire \$60 ;
   wire \$61 ;
   wire \$62 ;
   wire \$63 ;
   wire \$64 ;
   wire \$65 ;
-  wire [5:0] \$66 ;
+  wire \$66 ;
   wire \$67 ;
   wire \$68 ;
   wire \$69 ;
-  wire [4:0] \$7 ;
+  wire \$7 ;
   wire \$70 ;
-  wire [11:0] \$71 ;
+  wire \$71 ;
   wire \$72 ;
   wire \$73 ;
   wire \$74 ;
   wire \$75 ;
-  wire [4:0] \$76 ;
+  wire [10:0] \$76 ;
   wire \$77 ;
   wire \$78 ;
-  wire \$79 ;
-  wire [4:0] \$8 ;
-  wire \$80 ;
-  wire [4:0] \$81 ;
+  wire [18:0] \$79 ;
+  wire \$8 ;
+  wire [17:0] \$80 ;
+  wire \$81 ;
   wire \$82 ;
-  wire \$83 ;
-  wire \$84 ;
-  wire \$85 ;
-  wire [5:0] \$86 ;
+  wire [18:0] \$83 ;
+  wire [17:0] \$84 ;
+  wire [17:0] \$85 ;
+  wire \$86 ;
   wire \$87 ;
-  wire \$88 ;
+  wire [9:0] \$88 ;
   wire \$89 ;
   wire [4:0] \$9 ;
   wire \$90 ;
-  wire \$91 ;
-  wire [16:0] \$92 ;
-  wire \$93 ;
-  wire \$94 ;
-  wire \$95 ;
-  wire \$96 ;
-  wire [11:0] \$97 ;
+  wire [18:0] \$91 ;
+  wire [18:0] \$92 ;
+  wire [17:0] \$93 ;
+  wire [17:0] \$94 ;
+  wire [17:0] \$95 ;
+  wire [3:0] \$96 ;
+  wire [3:0] \$97 ;
   wire \$98 ;
   wire \$99 ;
   reg [16:0] base = 17'h00000;
@@ -26851,13 +26874,33 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   reg last_ky = 1'h0;
   reg last_ox = 1'h0;
   reg last_oy = 1'h0;
-  reg [10:0] lim_gi = 11'h000;
-  reg [3:0] lim_k = 4'h0;
-  reg [15:0] lim_ox = 16'h0000;
-  reg [15:0] lim_oy = 16'h0000;
+  reg [12:0] lim_2inc_gi = 13'h0000;
+  reg [6:0] lim_2inc_j = 7'h00;
+  reg [5:0] lim_2inc_kx = 6'h00;
+  reg [5:0] lim_2inc_ky = 6'h00;
+  reg [17:0] lim_2inc_ox = 18'h00000;
+  reg [17:0] lim_2inc_oy = 18'h00000;
+  reg lim_inc_gi = 1'h0;
+  reg lim_inc_j = 1'h0;
+  reg lim_inc_kx = 1'h0;
+  reg lim_inc_ky = 1'h0;
+  reg lim_inc_ox = 1'h0;
+  reg lim_inc_oy = 1'h0;
+  reg lim_zero_gi = 1'h0;
+  reg lim_zero_j = 1'h0;
+  reg lim_zero_kx = 1'h0;
+  reg lim_zero_ky = 1'h0;
+  reg lim_zero_ox = 1'h0;
+  reg lim_zero_oy = 1'h0;
   reg [16:0] linebase = 17'h00000;
   output loaded;
   reg loaded = 1'h0;
+  reg near_gi = 1'h0;
+  reg near_j = 1'h0;
+  reg near_kx = 1'h0;
+  reg near_ky = 1'h0;
+  reg near_ox = 1'h0;
+  reg near_oy = 1'h0;
   reg [17:0] need = 18'h00000;
   reg [15:0] ox = 16'h0000;
   reg [3:0] ox_step = 4'h0;
@@ -26921,325 +26964,372 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   assign \$4  = dwp ? { \$1 [11], \$1 [11], \$1 [11], \$1 [11], \$1  } : \$3 ;
   assign \$5  = gi + 1'h1;
   assign \$6  = last_gi ? 12'h000 : \$5 ;
-  assign \$7  = kx + 1'h1;
-  assign \$8  = last_kx ? 5'h00 : \$7 ;
-  assign \$9  = ky + 1'h1;
-  assign \$10  = last_ky ? 5'h00 : \$9 ;
-  assign \$11  = j + 1'h1;
-  assign \$12  = last_j ? 6'h00 : \$11 ;
-  assign \$13  = ox + ox_step;
-  assign \$14  = last_ox ? 17'h00000 : \$13 ;
-  assign \$15  = oy + 1'h1;
-  assign \$16  = last_oy ? 17'h00000 : \$15 ;
-  assign \$17  = ! lim_gi;
-  assign \$18  = gi + 1'h1;
-  assign \$19  = \$18  == lim_gi;
-  assign \$20  = last_gi ? \$17  : \$19 ;
-  assign \$22  = ! lim_gi;
-  assign \$23  = gi + 1'h1;
-  assign \$24  = \$23  == lim_gi;
-  assign \$25  = last_gi ? \$22  : \$24 ;
-  assign \$28  = ! lim_k;
-  assign \$29  = kx + 1'h1;
-  assign \$30  = \$29  == lim_k;
-  assign \$31  = last_kx ? \$28  : \$30 ;
-  assign \$32  = below_kx ? \$31  : last_kx;
-  assign \$33  = ! lim_gi;
-  assign \$34  = gi + 1'h1;
-  assign \$35  = \$34  == lim_gi;
-  assign \$36  = last_gi ? \$33  : \$35 ;
-  assign \$38  = ! lim_k;
-  assign \$39  = kx + 1'h1;
-  assign \$40  = \$39  == lim_k;
-  assign \$41  = last_kx ? \$38  : \$40 ;
-  assign \$42  = below_kx ? \$41  : last_kx;
-  assign \$43  = & { \$42 , \$37  };
-  assign \$44  = ! lim_k;
-  assign \$45  = ky + 1'h1;
-  assign \$46  = \$45  == lim_k;
-  assign \$47  = last_ky ? \$44  : \$46 ;
+  assign \$7  = gi == lim_2inc_gi;
+  assign \$8  = last_gi ? lim_inc_gi : \$7 ;
+  assign \$9  = kx + 1'h1;
+  assign \$10  = last_kx ? 5'h00 : \$9 ;
+  assign \$11  = kx == lim_2inc_kx;
+  assign \$12  = last_kx ? lim_inc_kx : \$11 ;
+  assign \$13  = ky + 1'h1;
+  assign \$14  = last_ky ? 5'h00 : \$13 ;
+  assign \$15  = ky == lim_2inc_ky;
+  assign \$16  = last_ky ? lim_inc_ky : \$15 ;
+  assign \$17  = j + 1'h1;
+  assign \$18  = last_j ? 6'h00 : \$17 ;
+  assign \$19  = j == lim_2inc_j;
+  assign \$20  = last_j ? lim_inc_j : \$19 ;
+  assign \$21  = ox + ox_step;
+  assign \$22  = last_ox ? 17'h00000 : \$21 ;
+  assign \$23  = ox == lim_2inc_ox;
+  assign \$24  = last_ox ? lim_inc_ox : \$23 ;
+  assign \$25  = oy + 1'h1;
+  assign \$26  = last_oy ? 17'h00000 : \$25 ;
+  assign \$27  = oy == lim_2inc_oy;
+  assign \$28  = last_oy ? lim_inc_oy : \$27 ;
+  assign \$29  = last_gi ? lim_zero_gi : near_gi;
+  assign \$31  = last_gi ? lim_zero_gi : near_gi;
+  assign \$34  = last_kx ? lim_zero_kx : near_kx;
+  assign \$35  = below_kx ? \$34  : last_kx;
+  assign \$36  = last_gi ? lim_zero_gi : near_gi;
+  assign \$38  = last_kx ? lim_zero_kx : near_kx;
+  assign \$39  = below_kx ? \$38  : last_kx;
+  assign \$40  = & { \$39 , \$37  };
+  assign \$41  = last_ky ? lim_zero_ky : near_ky;
+  assign \$42  = below_ky ? \$41  : last_ky;
+  assign \$43  = last_gi ? lim_zero_gi : near_gi;
+  assign \$45  = last_kx ? lim_zero_kx : near_kx;
+  assign \$46  = below_kx ? \$45  : last_kx;
+  assign \$47  = last_ky ? lim_zero_ky : near_ky;
   assign \$48  = below_ky ? \$47  : last_ky;
-  assign \$49  = ! lim_gi;
-  assign \$50  = gi + 1'h1;
-  assign \$51  = \$50  == lim_gi;
-  assign \$52  = last_gi ? \$49  : \$51 ;
-  assign \$54  = ! lim_k;
-  assign \$55  = kx + 1'h1;
-  assign \$56  = \$55  == lim_k;
-  assign \$57  = last_kx ? \$54  : \$56 ;
-  assign \$58  = below_kx ? \$57  : last_kx;
-  assign \$59  = ! lim_k;
-  assign \$60  = ky + 1'h1;
-  assign \$61  = \$60  == lim_k;
-  assign \$62  = last_ky ? \$59  : \$61 ;
-  assign \$63  = below_ky ? \$62  : last_ky;
-  assign \$64  = & { \$63 , \$58 , \$53  };
-  assign \$65  = ! last_group;
-  assign \$66  = j + 1'h1;
-  assign \$67  = \$66  == last_group;
-  assign \$68  = last_j ? \$65  : \$67 ;
-  assign \$69  = below_j ? \$68  : last_j;
-  assign \$70  = ! lim_gi;
-  assign \$71  = gi + 1'h1;
-  assign \$72  = \$71  == lim_gi;
-  assign \$73  = last_gi ? \$70  : \$72 ;
-  assign \$75  = ! lim_k;
-  assign \$76  = kx + 1'h1;
-  assign \$77  = \$76  == lim_k;
-  assign \$78  = last_kx ? \$75  : \$77 ;
-  assign \$79  = below_kx ? \$78  : last_kx;
-  assign \$80  = ! lim_k;
-  assign \$81  = ky + 1'h1;
-  assign \$82  = \$81  == lim_k;
-  assign \$83  = last_ky ? \$80  : \$82 ;
-  assign \$84  = below_ky ? \$83  : last_ky;
-  assign \$85  = ! last_group;
-  assign \$86  = j + 1'h1;
-  assign \$87  = \$86  == last_group;
-  assign \$88  = last_j ? \$85  : \$87 ;
-  assign \$89  = below_j ? \$88  : last_j;
-  assign \$90  = & { \$89 , \$84 , \$79 , \$74  };
-  assign \$91  = ! lim_ox;
-  assign \$92  = ox + ox_step;
-  assign \$93  = \$92  == lim_ox;
-  assign \$94  = last_ox ? \$91  : \$93 ;
-  assign \$95  = below_ox ? \$94  : last_ox;
-  assign \$96  = ! lim_gi;
-  assign \$97  = gi + 1'h1;
-  assign \$98  = \$97  == lim_gi;
-  assign \$99  = last_gi ? \$96  : \$98 ;
-  assign \$101  = ! lim_k;
-  assign \$102  = kx + 1'h1;
-  assign \$103  = \$102  == lim_k;
-  assign \$104  = last_kx ? \$101  : \$103 ;
-  assign \$105  = below_kx ? \$104  : last_kx;
-  assign \$106  = ! lim_k;
-  assign \$107  = ky + 1'h1;
-  assign \$108  = \$107  == lim_k;
-  assign \$109  = last_ky ? \$106  : \$108 ;
-  assign \$110  = below_ky ? \$109  : last_ky;
-  assign \$111  = ! last_group;
-  assign \$112  = j + 1'h1;
-  assign \$113  = \$112  == last_group;
-  assign \$114  = last_j ? \$111  : \$113 ;
-  assign \$115  = below_j ? \$114  : last_j;
-  assign \$116  = ! lim_ox;
-  assign \$117  = ox + ox_step;
-  assign \$118  = \$117  == lim_ox;
-  assign \$119  = last_ox ? \$116  : \$118 ;
-  assign \$120  = below_ox ? \$119  : last_ox;
-  assign \$121  = & { \$120 , \$115 , \$110 , \$105 , \$100  };
-  assign \$122  = ! lim_oy;
-  assign \$123  = oy + 1'h1;
-  assign \$124  = \$123  == lim_oy;
-  assign \$125  = last_oy ? \$122  : \$124 ;
-  assign \$126  = below_oy ? \$125  : last_oy;
-  assign \$127  = waddr + 1'h1;
-  assign \$128  = ~ last_kx;
-  assign \$129  = below_kx & \$128 ;
-  assign \$130  = $signed(ix) + $signed(2'h1);
-  assign \$131  = $signed(tapbase) + $signed(g_step);
-  assign \$132  = ~ last_ky;
-  assign \$133  = below_ky & \$132 ;
-  assign \$134  = $signed(iy) + $signed(2'h1);
-  assign \$135  = $signed(rowbase) + $signed(row_step);
-  assign \$136  = $signed(rowbase) + $signed(row_step);
-  assign \$137  = ~ last_j;
-  assign \$138  = below_j & \$137 ;
-  assign \$139  = goff + goff_step;
-  assign \$140  = ~ last_ox;
-  assign \$141  = below_ox & \$140 ;
-  assign \$142  = $signed(ix0) + $signed({ 1'h0, ix_step });
-  assign \$143  = $signed(ix0) + $signed({ 1'h0, ix_step });
-  assign \$144  = $signed(pixbase) + $signed(sg);
-  assign \$145  = $signed(pixbase) + $signed(sg);
-  assign \$146  = $signed(pixbase) + $signed(sg);
-  assign \$147  = - cmd[107:105];
-  assign \$148  = - cmd[107:105];
-  assign \$149  = ~ last_oy;
-  assign \$150  = below_oy & \$149 ;
-  assign \$151  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
-  assign \$152  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
-  assign \$153  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
-  assign \$154  = $signed(linebase) + $signed(swg);
-  assign \$155  = $signed(linebase) + $signed(swg);
-  assign \$156  = $signed(linebase) + $signed(swg);
-  assign \$157  = $signed(linebase) + $signed(swg);
-  assign \$158  = below_oy & last_oy;
-  assign \$159  = weights_done & params_done;
-  assign \$160  = cmd[111] | \$159 ;
-  assign \$161  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
-  assign \$162  = below_oy ? \$161  : { need[17], need };
-  assign \$163  = $signed({ 1'h0, rows_in }) >= $signed(\$162 );
-  assign \$164  = rows_in == cmd[15:0];
-  assign \$165  = \$163  | \$164 ;
-  assign \$166  = ~ refused;
-  assign \$167  = starting & \$166 ;
-  assign \$168  = gin_e - 1'h1;
-  assign \$169  = cmd[99:96] - 1'h1;
-  assign \$170  = cmd[95:80] - 1'h1;
-  assign \$171  = cmd[63:48] - 1'h1;
-  assign \$173  = cmd[63:48] - 1'h1;
-  assign \$174  = dwp ? \$172  : \$173 ;
-  assign \$175  = cmd[47:32] - 1'h1;
-  assign \$176  = gin_e == 1'h1;
+  assign \$49  = & { \$48 , \$46 , \$44  };
+  assign \$50  = last_j ? lim_zero_j : near_j;
+  assign \$51  = below_j ? \$50  : last_j;
+  assign \$52  = last_gi ? lim_zero_gi : near_gi;
+  assign \$54  = last_kx ? lim_zero_kx : near_kx;
+  assign \$55  = below_kx ? \$54  : last_kx;
+  assign \$56  = last_ky ? lim_zero_ky : near_ky;
+  assign \$57  = below_ky ? \$56  : last_ky;
+  assign \$58  = last_j ? lim_zero_j : near_j;
+  assign \$59  = below_j ? \$58  : last_j;
+  assign \$60  = & { \$59 , \$57 , \$55 , \$53  };
+  assign \$61  = last_ox ? lim_zero_ox : near_ox;
+  assign \$62  = below_ox ? \$61  : last_ox;
+  assign \$63  = last_gi ? lim_zero_gi : near_gi;
+  assign \$65  = last_kx ? lim_zero_kx : near_kx;
+  assign \$66  = below_kx ? \$65  : last_kx;
+  assign \$67  = last_ky ? lim_zero_ky : near_ky;
+  assign \$68  = below_ky ? \$67  : last_ky;
+  assign \$69  = last_j ? lim_zero_j : near_j;
+  assign \$70  = below_j ? \$69  : last_j;
+  assign \$71  = last_ox ? lim_zero_ox : near_ox;
+  assign \$72  = below_ox ? \$71  : last_ox;
+  assign \$73  = & { \$72 , \$70 , \$68 , \$66 , \$64  };
+  assign \$74  = last_oy ? lim_zero_oy : near_oy;
+  assign \$75  = below_oy ? \$74  : last_oy;
+  assign \$76  = waddr + 1'h1;
+  assign \$77  = ~ last_kx;
+  assign \$78  = below_kx & \$77 ;
+  assign \$79  = $signed(ix) + $signed(2'h1);
+  assign \$80  = $signed(tapbase) + $signed(g_step);
+  assign \$81  = ~ last_ky;
+  assign \$82  = below_ky & \$81 ;
+  assign \$83  = $signed(iy) + $signed(2'h1);
+  assign \$84  = $signed(rowbase) + $signed(row_step);
+  assign \$85  = $signed(rowbase) + $signed(row_step);
+  assign \$86  = ~ last_j;
+  assign \$87  = below_j & \$86 ;
+  assign \$88  = goff + goff_step;
+  assign \$89  = ~ last_ox;
+  assign \$90  = below_ox & \$89 ;
+  assign \$91  = $signed(ix0) + $signed({ 1'h0, ix_step });
+  assign \$92  = $signed(ix0) + $signed({ 1'h0, ix_step });
+  assign \$93  = $signed(pixbase) + $signed(sg);
+  assign \$94  = $signed(pixbase) + $signed(sg);
+  assign \$95  = $signed(pixbase) + $signed(sg);
+  assign \$96  = - cmd[107:105];
+  assign \$97  = - cmd[107:105];
+  assign \$98  = ~ last_oy;
+  assign \$99  = below_oy & \$98 ;
+  assign \$100  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
+  assign \$101  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
+  assign \$102  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
+  assign \$103  = $signed(linebase) + $signed(swg);
+  assign \$104  = $signed(linebase) + $signed(swg);
+  assign \$105  = $signed(linebase) + $signed(swg);
+  assign \$106  = $signed(linebase) + $signed(swg);
+  assign \$107  = below_oy & last_oy;
+  assign \$108  = weights_done & params_done;
+  assign \$109  = cmd[111] | \$108 ;
+  assign \$110  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
+  assign \$111  = below_oy ? \$110  : { need[17], need };
+  assign \$112  = $signed({ 1'h0, rows_in }) >= $signed(\$111 );
+  assign \$113  = rows_in == cmd[15:0];
+  assign \$114  = \$112  | \$113 ;
+  assign \$115  = ~ refused;
+  assign \$116  = starting & \$115 ;
+  assign \$117  = cmd[95:80] - 1'h1;
+  assign \$118  = gin_e - 1'h1;
+  assign \$119  = \$118  == 1'h1;
+  assign \$120  = cmd[99:96] - 1'h1;
+  assign \$121  = \$120  == 1'h1;
+  assign \$122  = cmd[99:96] - 1'h1;
+  assign \$123  = \$122  == 1'h1;
+  assign \$124  = cmd[95:80] - 1'h1;
+  assign \$125  = \$124  == 1'h1;
+  assign \$126  = cmd[63:48] - 1'h1;
+  assign \$128  = cmd[63:48] - 1'h1;
+  assign \$129  = dwp ? \$127  : \$128 ;
+  assign \$130  = dwp ? 4'h8 : 4'h1;
+  assign \$131  = \$129  == \$130 ;
+  assign \$132  = cmd[47:32] - 1'h1;
+  assign \$133  = \$132  == 1'h1;
+  assign \$134  = gin_e - 1'h1;
+  assign \$135  = \$134  == 1'h1;
+  assign \$136  = cmd[99:96] - 1'h1;
+  assign \$137  = \$136  == 1'h1;
+  assign \$138  = cmd[99:96] - 1'h1;
+  assign \$139  = \$138  == 1'h1;
+  assign \$140  = cmd[95:80] - 1'h1;
+  assign \$141  = \$140  == 1'h1;
+  assign \$142  = cmd[63:48] - 1'h1;
+  assign \$144  = cmd[63:48] - 1'h1;
+  assign \$145  = dwp ? \$143  : \$144 ;
+  assign \$146  = dwp ? 4'h8 : 4'h1;
+  assign \$147  = \$145  == \$146 ;
+  assign \$148  = cmd[47:32] - 1'h1;
+  assign \$149  = \$148  == 1'h1;
+  assign \$150  = gin_e == 1'h1;
+  assign \$151  = cmd[99:96] == 1'h1;
+  assign \$152  = cmd[99:96] == 1'h1;
+  assign \$153  = cmd[95:80] == 1'h1;
+  assign \$154  = cmd[63:48] <= 4'h8;
+  assign \$155  = cmd[63:48] == 1'h1;
+  assign \$156  = dwp ? \$154  : \$155 ;
+  assign \$157  = cmd[47:32] == 1'h1;
+  assign \$158  = gin_e - 1'h1;
+  assign \$159  = $signed(\$158 ) - $signed(3'h2);
+  assign \$160  = cmd[99:96] - 1'h1;
+  assign \$161  = $signed(\$160 ) - $signed(3'h2);
+  assign \$162  = cmd[99:96] - 1'h1;
+  assign \$163  = $signed(\$162 ) - $signed(3'h2);
+  assign \$164  = cmd[95:80] - 1'h1;
+  assign \$165  = $signed(\$164 ) - $signed(3'h2);
+  assign \$166  = cmd[63:48] - 1'h1;
+  assign \$168  = cmd[63:48] - 1'h1;
+  assign \$169  = dwp ? \$167  : \$168 ;
+  assign \$170  = dwp ? 4'h8 : 4'h1;
+  assign \$171  = 2'h2 * \$170 ;
+  assign \$172  = $signed(\$169 ) - $signed({ 1'h0, \$171  });
+  assign \$173  = cmd[47:32] - 1'h1;
+  assign \$174  = $signed(\$173 ) - $signed(3'h2);
+  assign \$175  = gin_e == 1'h1;
+  assign \$176  = cmd[99:96] == 1'h1;
   assign \$177  = cmd[99:96] == 1'h1;
-  assign \$178  = cmd[99:96] == 1'h1;
-  assign \$179  = cmd[95:80] == 1'h1;
-  assign \$180  = cmd[63:48] <= 4'h8;
-  assign \$181  = cmd[63:48] == 1'h1;
-  assign \$182  = dwp ? \$180  : \$181 ;
-  assign \$183  = cmd[47:32] == 1'h1;
-  assign \$184  = gin_e == 1'h1;
-  assign \$186  = gin_e == 1'h1;
-  assign \$187  = cmd[99:96] == 1'h1;
-  assign \$188  = & { \$187 , \$186  };
-  assign \$189  = gin_e == 1'h1;
+  assign \$178  = cmd[95:80] == 1'h1;
+  assign \$179  = cmd[63:48] <= 4'h8;
+  assign \$180  = cmd[63:48] == 1'h1;
+  assign \$181  = dwp ? \$179  : \$180 ;
+  assign \$182  = cmd[47:32] == 1'h1;
+  assign \$183  = gin_e == 1'h1;
+  assign \$185  = gin_e == 1'h1;
+  assign \$186  = cmd[99:96] == 1'h1;
+  assign \$187  = & { \$186 , \$185  };
+  assign \$188  = gin_e == 1'h1;
+  assign \$189  = cmd[99:96] == 1'h1;
   assign \$190  = cmd[99:96] == 1'h1;
-  assign \$191  = cmd[99:96] == 1'h1;
-  assign \$192  = & { \$191 , \$190 , \$189  };
-  assign \$193  = gin_e == 1'h1;
+  assign \$191  = & { \$190 , \$189 , \$188  };
+  assign \$192  = gin_e == 1'h1;
+  assign \$193  = cmd[99:96] == 1'h1;
   assign \$194  = cmd[99:96] == 1'h1;
-  assign \$195  = cmd[99:96] == 1'h1;
-  assign \$196  = cmd[95:80] == 1'h1;
-  assign \$197  = & { \$196 , \$195 , \$194 , \$193  };
-  assign \$198  = gin_e == 1'h1;
+  assign \$195  = cmd[95:80] == 1'h1;
+  assign \$196  = & { \$195 , \$194 , \$193 , \$192  };
+  assign \$197  = gin_e == 1'h1;
+  assign \$198  = cmd[99:96] == 1'h1;
   assign \$199  = cmd[99:96] == 1'h1;
-  assign \$200  = cmd[99:96] == 1'h1;
-  assign \$201  = cmd[95:80] == 1'h1;
-  assign \$202  = cmd[63:48] <= 4'h8;
-  assign \$203  = cmd[63:48] == 1'h1;
-  assign \$204  = dwp ? \$202  : \$203 ;
-  assign \$205  = & { \$204 , \$201 , \$200 , \$199 , \$198  };
+  assign \$200  = cmd[95:80] == 1'h1;
+  assign \$201  = cmd[63:48] <= 4'h8;
+  assign \$202  = cmd[63:48] == 1'h1;
+  assign \$203  = dwp ? \$201  : \$202 ;
+  assign \$204  = & { \$203 , \$200 , \$199 , \$198 , \$197  };
+  assign \$205  = - cmd[107:105];
   assign \$206  = - cmd[107:105];
-  assign \$207  = - cmd[107:105];
+  assign \$207  = - cmd[104:102];
   assign \$208  = - cmd[104:102];
-  assign \$209  = - cmd[104:102];
-  assign \$210  = cmd[99:96] - cmd[104:102];
-  assign \$211  = dwp ? 16'h0000 : cmd[79:64];
-  assign \$212  = cmd[101:100] == 2'h2;
-  assign \$214  = \$212  ? \$213  : { 1'h0, cmd[79:64] };
-  assign \$215  = dwp ? 17'h00000 : \$214 ;
-  assign \$216  = cmd[101:100] == 2'h2;
-  assign \$218  = \$216  ? \$217  : { 1'h0, ws };
-  assign \$219  = cmd[101:100] == 2'h2;
-  assign \$221  = \$219  ? \$220  : { 1'h0, sizes[11:0] };
-  assign \$222  = dwp ? \$218  : { 5'h00, \$221  };
-  assign \$223  = dwp ? ws : { 5'h00, sizes[11:0] };
-  assign \$224  = dwp ? sizes[143:135] : { 8'h00, dw };
-  assign \$225  = dwp ? 4'h8 : 4'h1;
-  assign \$227  = dwp ? \$226  : { 3'h0, cmd[101:100] };
-  assign \$228  = seq_busy & loaded;
-  assign taps__valid = \$228  & rows_ok;
+  assign \$209  = cmd[99:96] - cmd[104:102];
+  assign \$210  = dwp ? 16'h0000 : cmd[79:64];
+  assign \$211  = cmd[101:100] == 2'h2;
+  assign \$213  = \$211  ? \$212  : { 1'h0, cmd[79:64] };
+  assign \$214  = dwp ? 17'h00000 : \$213 ;
+  assign \$215  = cmd[101:100] == 2'h2;
+  assign \$217  = \$215  ? \$216  : { 1'h0, ws };
+  assign \$218  = cmd[101:100] == 2'h2;
+  assign \$220  = \$218  ? \$219  : { 1'h0, sizes[11:0] };
+  assign \$221  = dwp ? \$217  : { 5'h00, \$220  };
+  assign \$222  = dwp ? ws : { 5'h00, sizes[11:0] };
+  assign \$223  = dwp ? sizes[143:135] : { 8'h00, dw };
+  assign \$224  = dwp ? 4'h8 : 4'h1;
+  assign \$226  = dwp ? \$225  : { 3'h0, cmd[101:100] };
+  assign \$227  = seq_busy & loaded;
+  assign taps__valid = \$227  & rows_ok;
   assign issue = taps__valid & taps__ready;
-  assign \$229  = seq_busy & loaded;
-  assign \$230  = ~ issue;
-  assign waiting = \$229  & \$230 ;
-  assign \$231  = $signed(tapbase) + $signed({ 1'h0, gi });
-  assign \$232  = $signed(\$231 ) + $signed({ 1'h0, goff });
-  assign \$233  = ! gi;
-  assign \$234  = ! kx;
-  assign \$235  = \$233  & \$234 ;
-  assign \$236  = ! ky;
-  assign \$237  = \$235  & \$236 ;
-  assign \$238  = last_gi & last_kx;
-  assign \$239  = \$238  & last_ky;
+  assign \$228  = seq_busy & loaded;
+  assign \$229  = ~ issue;
+  assign waiting = \$228  & \$229 ;
+  assign \$230  = $signed(tapbase) + $signed({ 1'h0, gi });
+  assign \$231  = $signed(\$230 ) + $signed({ 1'h0, goff });
+  assign \$232  = ! gi;
+  assign \$233  = ! kx;
+  assign \$234  = \$232  & \$233 ;
+  assign \$235  = ! ky;
+  assign \$236  = \$234  & \$235 ;
+  assign \$237  = last_gi & last_kx;
+  assign \$238  = \$237  & last_ky;
   always @(posedge clk)
     base <= { \$4 [15], \$4  };
   always @(posedge clk)
-    gi <= \$240 ;
+    gi <= \$239 ;
+  always @(posedge clk)
+    near_gi <= \$240 ;
   always @(posedge clk)
     kx <= \$241 ;
   always @(posedge clk)
-    ky <= \$242 ;
+    near_kx <= \$242 ;
   always @(posedge clk)
-    j <= \$243 ;
+    ky <= \$243 ;
   always @(posedge clk)
-    ox <= \$244 ;
+    near_ky <= \$244 ;
   always @(posedge clk)
-    oy <= \$245 ;
+    j <= \$245 ;
   always @(posedge clk)
-    last_gi <= \$246 ;
+    near_j <= \$246 ;
   always @(posedge clk)
-    below_kx <= \$247 ;
+    ox <= \$247 ;
   always @(posedge clk)
-    last_kx <= \$248 ;
+    near_ox <= \$248 ;
   always @(posedge clk)
-    below_ky <= \$249 ;
+    oy <= \$249 ;
   always @(posedge clk)
-    last_ky <= \$250 ;
+    near_oy <= \$250 ;
   always @(posedge clk)
-    below_j <= \$251 ;
+    last_gi <= \$251 ;
   always @(posedge clk)
-    last_j <= \$252 ;
+    below_kx <= \$252 ;
   always @(posedge clk)
-    below_ox <= \$253 ;
+    last_kx <= \$253 ;
   always @(posedge clk)
-    last_ox <= \$254 ;
+    below_ky <= \$254 ;
   always @(posedge clk)
-    below_oy <= \$255 ;
+    last_ky <= \$255 ;
   always @(posedge clk)
-    last_oy <= \$256 ;
+    below_j <= \$256 ;
   always @(posedge clk)
-    waddr <= \$257 ;
+    last_j <= \$257 ;
   always @(posedge clk)
-    ix <= \$258 ;
+    below_ox <= \$258 ;
   always @(posedge clk)
-    tapbase <= \$259 ;
+    last_ox <= \$259 ;
   always @(posedge clk)
-    iy <= \$260 ;
+    below_oy <= \$260 ;
   always @(posedge clk)
-    rowbase <= \$261 ;
+    last_oy <= \$261 ;
   always @(posedge clk)
-    goff <= \$262 ;
+    waddr <= \$262 ;
   always @(posedge clk)
-    ix0 <= \$263 ;
+    ix <= \$263 ;
   always @(posedge clk)
-    pixbase <= \$264 ;
+    tapbase <= \$264 ;
   always @(posedge clk)
-    iy0 <= \$265 ;
+    iy <= \$265 ;
   always @(posedge clk)
-    need <= \$266 ;
+    rowbase <= \$266 ;
   always @(posedge clk)
-    linebase <= \$267 ;
+    goff <= \$267 ;
   always @(posedge clk)
-    seq_busy <= \$268 ;
+    ix0 <= \$268 ;
   always @(posedge clk)
-    loaded <= \$269 ;
+    pixbase <= \$269 ;
   always @(posedge clk)
-    rows_ok <= \$270 ;
+    iy0 <= \$270 ;
   always @(posedge clk)
-    lim_gi <= \$271 ;
+    need <= \$271 ;
   always @(posedge clk)
-    lim_k <= \$272 ;
+    linebase <= \$272 ;
   always @(posedge clk)
-    last_group <= \$273 ;
+    seq_busy <= \$273 ;
   always @(posedge clk)
-    lim_ox <= \$274 ;
+    loaded <= \$274 ;
   always @(posedge clk)
-    lim_oy <= \$275 ;
+    rows_ok <= \$275 ;
   always @(posedge clk)
-    g_step <= \$276 ;
+    last_group <= \$276 ;
   always @(posedge clk)
-    sg <= \$277 ;
+    lim_inc_gi <= \$277 ;
   always @(posedge clk)
-    swg <= \$278 ;
+    lim_inc_kx <= \$278 ;
   always @(posedge clk)
-    row_step <= \$279 ;
+    lim_inc_ky <= \$279 ;
   always @(posedge clk)
-    goff_step <= \$280 ;
+    lim_inc_j <= \$280 ;
   always @(posedge clk)
-    ox_step <= \$281 ;
+    lim_inc_ox <= \$281 ;
   always @(posedge clk)
-    ix_step <= \$282 ;
+    lim_inc_oy <= \$282 ;
+  always @(posedge clk)
+    lim_zero_gi <= \$283 ;
+  always @(posedge clk)
+    lim_zero_kx <= \$284 ;
+  always @(posedge clk)
+    lim_zero_ky <= \$285 ;
+  always @(posedge clk)
+    lim_zero_j <= \$286 ;
+  always @(posedge clk)
+    lim_zero_ox <= \$287 ;
+  always @(posedge clk)
+    lim_zero_oy <= \$288 ;
+  always @(posedge clk)
+    lim_2inc_gi <= \$289 ;
+  always @(posedge clk)
+    lim_2inc_kx <= \$290 ;
+  always @(posedge clk)
+    lim_2inc_ky <= \$291 ;
+  always @(posedge clk)
+    lim_2inc_j <= \$292 ;
+  always @(posedge clk)
+    lim_2inc_ox <= \$293 ;
+  always @(posedge clk)
+    lim_2inc_oy <= \$294 ;
+  always @(posedge clk)
+    g_step <= \$295 ;
+  always @(posedge clk)
+    sg <= \$296 ;
+  always @(posedge clk)
+    swg <= \$297 ;
+  always @(posedge clk)
+    row_step <= \$298 ;
+  always @(posedge clk)
+    goff_step <= \$299 ;
+  always @(posedge clk)
+    ox_step <= \$300 ;
+  always @(posedge clk)
+    ix_step <= \$301 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$240  = gi;
+    \$239  = gi;
     if (issue) begin
-      \$240  = \$6 [10:0];
+      \$239  = \$6 [10:0];
     end
-    if (\$167 ) begin
-      \$240  = 11'h000;
+    if (\$116 ) begin
+      \$239  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$240  = near_gi;
+    if (issue) begin
+      \$240  = \$8 ;
+    end
+    if (\$116 ) begin
+      \$240  = \$119 ;
     end
   end
   always @* begin
@@ -27247,475 +27337,633 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
     \$241  = kx;
     if (issue) begin
       if (below_kx) begin
-        \$241  = \$8 [3:0];
+        \$241  = \$10 [3:0];
       end
     end
-    if (\$167 ) begin
+    if (\$116 ) begin
       \$241  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$242  = ky;
+    \$242  = near_kx;
+    if (issue) begin
+      if (below_kx) begin
+        \$242  = \$12 ;
+      end
+    end
+    if (\$116 ) begin
+      \$242  = \$121 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$243  = ky;
     if (issue) begin
       if (below_ky) begin
-        \$242  = \$10 [3:0];
+        \$243  = \$14 [3:0];
       end
     end
-    if (\$167 ) begin
-      \$242  = 4'h0;
+    if (\$116 ) begin
+      \$243  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$243  = j;
+    \$244  = near_ky;
+    if (issue) begin
+      if (below_ky) begin
+        \$244  = \$16 ;
+      end
+    end
+    if (\$116 ) begin
+      \$244  = \$123 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$245  = j;
     if (issue) begin
       if (below_j) begin
-        \$243  = \$12 [4:0];
+        \$245  = \$18 [4:0];
       end
     end
-    if (\$167 ) begin
-      \$243  = 5'h00;
+    if (\$116 ) begin
+      \$245  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$244  = ox;
+    \$246  = near_j;
+    if (issue) begin
+      if (below_j) begin
+        \$246  = \$20 ;
+      end
+    end
+    if (\$116 ) begin
+      \$246  = \$125 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$247  = ox;
     if (issue) begin
       if (below_ox) begin
-        \$244  = \$14 [15:0];
+        \$247  = \$22 [15:0];
       end
     end
-    if (\$167 ) begin
-      \$244  = 16'h0000;
+    if (\$116 ) begin
+      \$247  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$245  = oy;
+    \$248  = near_ox;
+    if (issue) begin
+      if (below_ox) begin
+        \$248  = \$24 ;
+      end
+    end
+    if (\$116 ) begin
+      \$248  = \$131 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$249  = oy;
     if (issue) begin
       if (below_oy) begin
-        \$245  = \$16 [15:0];
+        \$249  = \$26 [15:0];
       end
     end
-    if (\$167 ) begin
-      \$245  = 16'h0000;
+    if (\$116 ) begin
+      \$249  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$246  = last_gi;
+    \$250  = near_oy;
     if (issue) begin
-      \$246  = \$21 ;
+      if (below_oy) begin
+        \$250  = \$28 ;
+      end
     end
-    if (\$167 ) begin
-      \$246  = \$176 ;
+    if (\$116 ) begin
+      \$250  = \$133 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$247  = below_kx;
+    \$251  = last_gi;
     if (issue) begin
-      \$247  = \$27 ;
+      \$251  = \$30 ;
     end
-    if (\$167 ) begin
-      \$247  = \$185 ;
+    if (\$116 ) begin
+      \$251  = \$175 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$248  = last_kx;
+    \$252  = below_kx;
     if (issue) begin
-      \$248  = \$32 ;
+      \$252  = \$33 ;
     end
-    if (\$167 ) begin
-      \$248  = \$177 ;
+    if (\$116 ) begin
+      \$252  = \$184 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$249  = below_ky;
+    \$253  = last_kx;
     if (issue) begin
-      \$249  = \$43 ;
+      \$253  = \$35 ;
     end
-    if (\$167 ) begin
-      \$249  = \$188 ;
+    if (\$116 ) begin
+      \$253  = \$176 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$250  = last_ky;
+    \$254  = below_ky;
     if (issue) begin
-      \$250  = \$48 ;
+      \$254  = \$40 ;
     end
-    if (\$167 ) begin
-      \$250  = \$178 ;
+    if (\$116 ) begin
+      \$254  = \$187 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$251  = below_j;
+    \$255  = last_ky;
     if (issue) begin
-      \$251  = \$64 ;
+      \$255  = \$42 ;
     end
-    if (\$167 ) begin
-      \$251  = \$192 ;
+    if (\$116 ) begin
+      \$255  = \$177 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$252  = last_j;
+    \$256  = below_j;
     if (issue) begin
-      \$252  = \$69 ;
+      \$256  = \$49 ;
     end
-    if (\$167 ) begin
-      \$252  = \$179 ;
+    if (\$116 ) begin
+      \$256  = \$191 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$253  = below_ox;
+    \$257  = last_j;
     if (issue) begin
-      \$253  = \$90 ;
+      \$257  = \$51 ;
     end
-    if (\$167 ) begin
-      \$253  = \$197 ;
+    if (\$116 ) begin
+      \$257  = \$178 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$254  = last_ox;
+    \$258  = below_ox;
     if (issue) begin
-      \$254  = \$95 ;
+      \$258  = \$60 ;
     end
-    if (\$167 ) begin
-      \$254  = \$182 ;
+    if (\$116 ) begin
+      \$258  = \$196 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$255  = below_oy;
+    \$259  = last_ox;
     if (issue) begin
-      \$255  = \$121 ;
+      \$259  = \$62 ;
     end
-    if (\$167 ) begin
-      \$255  = \$205 ;
+    if (\$116 ) begin
+      \$259  = \$181 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$256  = last_oy;
+    \$260  = below_oy;
     if (issue) begin
-      \$256  = \$126 ;
+      \$260  = \$73 ;
     end
-    if (\$167 ) begin
-      \$256  = \$183 ;
+    if (\$116 ) begin
+      \$260  = \$204 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$257  = waddr;
+    \$261  = last_oy;
     if (issue) begin
-      \$257  = \$127 [9:0];
+      \$261  = \$75 ;
+    end
+    if (\$116 ) begin
+      \$261  = \$182 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$262  = waddr;
+    if (issue) begin
+      \$262  = \$76 [9:0];
       if (below_ox) begin
-        \$257  = 10'h000;
+        \$262  = 10'h000;
       end
     end
-    if (\$167 ) begin
-      \$257  = 10'h000;
+    if (\$116 ) begin
+      \$262  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$258  = ix;
+    \$263  = ix;
     if (issue) begin
-      if (\$129 ) begin
-        \$258  = \$130 [17:0];
+      if (\$78 ) begin
+        \$263  = \$79 [17:0];
       end
       if (below_ky) begin
-        \$258  = ix0;
+        \$263  = ix0;
       end
-      if (\$141 ) begin
-        \$258  = \$143 [17:0];
-      end
-      if (below_oy) begin
-        \$258  = { \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148  };
-      end
-    end
-    if (\$167 ) begin
-      \$258  = { \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206  };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$259  = tapbase;
-    if (issue) begin
-      if (\$129 ) begin
-        \$259  = \$131 [16:0];
-      end
-      if (\$133 ) begin
-        \$259  = \$136 [16:0];
-      end
-      if (\$138 ) begin
-        \$259  = pixbase;
-      end
-      if (\$141 ) begin
-        \$259  = \$146 [16:0];
-      end
-      if (\$150 ) begin
-        \$259  = \$157 [16:0];
-      end
-    end
-    if (\$167 ) begin
-      \$259  = base;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$260  = iy;
-    if (issue) begin
-      if (\$133 ) begin
-        \$260  = \$134 [17:0];
-      end
-      if (below_j) begin
-        \$260  = iy0;
-      end
-      if (\$150 ) begin
-        \$260  = \$152 [17:0];
-      end
-    end
-    if (\$167 ) begin
-      \$260  = { \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208  };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$261  = rowbase;
-    if (issue) begin
-      if (\$133 ) begin
-        \$261  = \$135 [16:0];
-      end
-      if (\$138 ) begin
-        \$261  = pixbase;
-      end
-      if (\$141 ) begin
-        \$261  = \$145 [16:0];
-      end
-      if (\$150 ) begin
-        \$261  = \$156 [16:0];
-      end
-    end
-    if (\$167 ) begin
-      \$261  = base;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$262  = goff;
-    if (issue) begin
-      if (\$138 ) begin
-        \$262  = \$139 [8:0];
-      end
-      if (below_ox) begin
-        \$262  = 9'h000;
-      end
-    end
-    if (\$167 ) begin
-      \$262  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$263  = ix0;
-    if (issue) begin
-      if (\$141 ) begin
-        \$263  = \$142 [17:0];
+      if (\$90 ) begin
+        \$263  = \$92 [17:0];
       end
       if (below_oy) begin
-        \$263  = { \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147  };
+        \$263  = { \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97  };
       end
     end
-    if (\$167 ) begin
-      \$263  = { \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207  };
+    if (\$116 ) begin
+      \$263  = { \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$264  = pixbase;
+    \$264  = tapbase;
     if (issue) begin
-      if (\$141 ) begin
-        \$264  = \$144 [16:0];
+      if (\$78 ) begin
+        \$264  = \$80 [16:0];
       end
-      if (\$150 ) begin
-        \$264  = \$155 [16:0];
+      if (\$82 ) begin
+        \$264  = \$85 [16:0];
+      end
+      if (\$87 ) begin
+        \$264  = pixbase;
+      end
+      if (\$90 ) begin
+        \$264  = \$95 [16:0];
+      end
+      if (\$99 ) begin
+        \$264  = \$106 [16:0];
       end
     end
-    if (\$167 ) begin
+    if (\$116 ) begin
       \$264  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$265  = iy0;
+    \$265  = iy;
     if (issue) begin
-      if (\$150 ) begin
-        \$265  = \$151 [17:0];
+      if (\$82 ) begin
+        \$265  = \$83 [17:0];
+      end
+      if (below_j) begin
+        \$265  = iy0;
+      end
+      if (\$99 ) begin
+        \$265  = \$101 [17:0];
       end
     end
-    if (\$167 ) begin
-      \$265  = { \$209 [3], \$209 [3], \$209 [3], \$209 [3], \$209 [3], \$209 [3], \$209 [3], \$209 [3], \$209 [3], \$209 [3], \$209 [3], \$209 [3], \$209 [3], \$209 [3], \$209  };
+    if (\$116 ) begin
+      \$265  = { \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$266  = need;
+    \$266  = rowbase;
     if (issue) begin
-      if (\$150 ) begin
-        \$266  = \$153 [17:0];
+      if (\$82 ) begin
+        \$266  = \$84 [16:0];
+      end
+      if (\$87 ) begin
+        \$266  = pixbase;
+      end
+      if (\$90 ) begin
+        \$266  = \$94 [16:0];
+      end
+      if (\$99 ) begin
+        \$266  = \$105 [16:0];
       end
     end
-    if (\$167 ) begin
-      \$266  = { \$210 [4], \$210 [4], \$210 [4], \$210 [4], \$210 [4], \$210 [4], \$210 [4], \$210 [4], \$210 [4], \$210 [4], \$210 [4], \$210 [4], \$210 [4], \$210  };
+    if (\$116 ) begin
+      \$266  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$267  = linebase;
+    \$267  = goff;
     if (issue) begin
-      if (\$150 ) begin
-        \$267  = \$154 [16:0];
+      if (\$87 ) begin
+        \$267  = \$88 [8:0];
+      end
+      if (below_ox) begin
+        \$267  = 9'h000;
       end
     end
-    if (\$167 ) begin
-      \$267  = base;
+    if (\$116 ) begin
+      \$267  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$268  = seq_busy;
+    \$268  = ix0;
     if (issue) begin
-      if (\$158 ) begin
-        \$268  = 1'h0;
+      if (\$90 ) begin
+        \$268  = \$91 [17:0];
+      end
+      if (below_oy) begin
+        \$268  = { \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96  };
       end
     end
-    if (\$167 ) begin
-      \$268  = 1'h1;
+    if (\$116 ) begin
+      \$268  = { \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$269  = pixbase;
+    if (issue) begin
+      if (\$90 ) begin
+        \$269  = \$93 [16:0];
+      end
+      if (\$99 ) begin
+        \$269  = \$104 [16:0];
+      end
+    end
+    if (\$116 ) begin
+      \$269  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$270  = iy0;
+    if (issue) begin
+      if (\$99 ) begin
+        \$270  = \$100 [17:0];
+      end
+    end
+    if (\$116 ) begin
+      \$270  = { \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$271  = need;
+    if (issue) begin
+      if (\$99 ) begin
+        \$271  = \$102 [17:0];
+      end
+    end
+    if (\$116 ) begin
+      \$271  = { \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$272  = linebase;
+    if (issue) begin
+      if (\$99 ) begin
+        \$272  = \$103 [16:0];
+      end
+    end
+    if (\$116 ) begin
+      \$272  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$273  = seq_busy;
+    if (issue) begin
+      if (\$107 ) begin
+        \$273  = 1'h0;
+      end
+    end
+    if (\$116 ) begin
+      \$273  = 1'h1;
     end
     if (rst) begin
-      \$268  = 1'h0;
+      \$273  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$269  = loaded;
+    \$274  = loaded;
     if (run) begin
-      \$269  = \$160 ;
+      \$274  = \$109 ;
     end
-    if (\$167 ) begin
-      \$269  = 1'h0;
+    if (\$116 ) begin
+      \$274  = 1'h0;
     end
     if (rst) begin
-      \$269  = 1'h0;
+      \$274  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$270  = rows_ok;
+    \$275  = rows_ok;
     if (run) begin
-      \$270  = \$165 ;
+      \$275  = \$114 ;
     end
-    if (\$167 ) begin
-      \$270  = 1'h0;
-    end
-    if (rst) begin
-      \$270  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$271  = lim_gi;
-    if (\$167 ) begin
-      \$271  = \$168 [10:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$272  = lim_k;
-    if (\$167 ) begin
-      \$272  = \$169 [3:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$273  = last_group;
-    if (\$167 ) begin
-      \$273  = \$170 [4:0];
+    if (\$116 ) begin
+      \$275  = 1'h0;
     end
     if (rst) begin
-      \$273  = 5'h00;
+      \$275  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$274  = lim_ox;
-    if (\$167 ) begin
-      \$274  = \$174 [15:0];
+    \$276  = last_group;
+    if (\$116 ) begin
+      \$276  = \$117 [4:0];
+    end
+    if (rst) begin
+      \$276  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$275  = lim_oy;
-    if (\$167 ) begin
-      \$275  = \$175 [15:0];
+    \$277  = lim_inc_gi;
+    if (\$116 ) begin
+      \$277  = \$135 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$276  = g_step;
-    if (\$167 ) begin
-      \$276  = { 1'h0, \$211  };
+    \$278  = lim_inc_kx;
+    if (\$116 ) begin
+      \$278  = \$137 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$277  = sg;
-    if (\$167 ) begin
-      \$277  = \$215 ;
+    \$279  = lim_inc_ky;
+    if (\$116 ) begin
+      \$279  = \$139 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$278  = swg;
-    if (\$167 ) begin
-      \$278  = \$222 [16:0];
+    \$280  = lim_inc_j;
+    if (\$116 ) begin
+      \$280  = \$141 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$279  = row_step;
-    if (\$167 ) begin
-      \$279  = \$223 ;
+    \$281  = lim_inc_ox;
+    if (\$116 ) begin
+      \$281  = \$147 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$280  = goff_step;
-    if (\$167 ) begin
-      \$280  = \$224 ;
+    \$282  = lim_inc_oy;
+    if (\$116 ) begin
+      \$282  = \$149 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$281  = ox_step;
-    if (\$167 ) begin
-      \$281  = \$225 ;
+    \$283  = lim_zero_gi;
+    if (\$116 ) begin
+      \$283  = \$150 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$282  = ix_step;
-    if (\$167 ) begin
-      \$282  = \$227 ;
+    \$284  = lim_zero_kx;
+    if (\$116 ) begin
+      \$284  = \$151 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$285  = lim_zero_ky;
+    if (\$116 ) begin
+      \$285  = \$152 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$286  = lim_zero_j;
+    if (\$116 ) begin
+      \$286  = \$153 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$287  = lim_zero_ox;
+    if (\$116 ) begin
+      \$287  = \$156 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$288  = lim_zero_oy;
+    if (\$116 ) begin
+      \$288  = \$157 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$289  = lim_2inc_gi;
+    if (\$116 ) begin
+      \$289  = \$159 [12:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$290  = lim_2inc_kx;
+    if (\$116 ) begin
+      \$290  = \$161 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$291  = lim_2inc_ky;
+    if (\$116 ) begin
+      \$291  = \$163 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$292  = lim_2inc_j;
+    if (\$116 ) begin
+      \$292  = \$165 [6:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$293  = lim_2inc_ox;
+    if (\$116 ) begin
+      \$293  = \$172 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$294  = lim_2inc_oy;
+    if (\$116 ) begin
+      \$294  = \$174 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$295  = g_step;
+    if (\$116 ) begin
+      \$295  = { 1'h0, \$210  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$296  = sg;
+    if (\$116 ) begin
+      \$296  = \$214 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$297  = swg;
+    if (\$116 ) begin
+      \$297  = \$221 [16:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$298  = row_step;
+    if (\$116 ) begin
+      \$298  = \$222 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$299  = goff_step;
+    if (\$116 ) begin
+      \$299  = \$223 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$300  = ox_step;
+    if (\$116 ) begin
+      \$300  = \$224 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$301  = ix_step;
+    if (\$116 ) begin
+      \$301  = \$226 ;
     end
   end
   assign \sizes.wg  = sizes[11:0];
@@ -27750,26 +27998,30 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   assign \taps__payload.waddr  = taps__payload[62:53];
   assign \taps__payload.first  = taps__payload[63];
   assign \taps__payload.last  = taps__payload[64];
-  assign taps__payload[64] = \$239 ;
-  assign taps__payload[63] = \$237 ;
+  assign taps__payload[64] = \$238 ;
+  assign taps__payload[63] = \$236 ;
   assign taps__payload[62:53] = waddr;
   assign taps__payload[52:35] = iy;
   assign taps__payload[34:17] = ix;
-  assign taps__payload[16:0] = \$232 [16:0];
-  assign \$21  = \$20 ;
-  assign \$26  = \$25 ;
-  assign \$27  = \$25 ;
+  assign taps__payload[16:0] = \$231 [16:0];
+  assign \$30  = \$29 ;
+  assign \$32  = \$31 ;
+  assign \$33  = \$31 ;
   assign \$37  = \$36 ;
+  assign \$44  = \$43 ;
   assign \$53  = \$52 ;
-  assign \$74  = \$73 ;
-  assign \$100  = \$99 ;
-  assign \$172 [2:0] = 3'h0;
-  assign \$172 [16:3] = \$171 [16:3];
-  assign \$185  = \$184 ;
-  assign \$213  = { cmd[79:64], 1'h0 };
-  assign \$217  = { ws, 1'h0 };
-  assign \$220  = { sizes[11:0], 1'h0 };
-  assign \$226  = { cmd[101:100], 3'h0 };
+  assign \$64  = \$63 ;
+  assign \$127 [2:0] = 3'h0;
+  assign \$127 [16:3] = \$126 [16:3];
+  assign \$143 [2:0] = 3'h0;
+  assign \$143 [16:3] = \$142 [16:3];
+  assign \$167 [2:0] = 3'h0;
+  assign \$167 [16:3] = \$166 [16:3];
+  assign \$184  = \$183 ;
+  assign \$212  = { cmd[79:64], 1'h0 };
+  assign \$216  = { ws, 1'h0 };
+  assign \$219  = { sizes[11:0], 1'h0 };
+  assign \$225  = { cmd[101:100], 3'h0 };
 endmodule
 
 (* generator = "Amaranth" *)

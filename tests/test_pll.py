@@ -23,6 +23,7 @@ from psc.hw import pll
 # icepll -i 12 -o F: (DIVR, DIVF, DIVQ, FILTER_RANGE, achieved MHz)
 ICEPLL_12 = {
     30e6: (0, 79, 5, 1, 30.0),
+    33e6: (0, 87, 5, 1, 33.0),
     24e6: (0, 63, 5, 1, 24.0),
     36e6: (0, 47, 4, 1, 36.0),
     48e6: (0, 63, 4, 1, 48.0),

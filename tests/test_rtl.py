@@ -215,7 +215,7 @@ def test_cli_generate_bridge(tmp_path):
     assert cli.main(["generate", "--top", "bridge", "--target", "ice40-up5k", "-o", str(tmp_path)]) == 0
     text = (tmp_path / "psc_bridge.v").read_text()
     assert "//   psc generate --top bridge --target ice40-up5k\n" in text
-    assert "board icebreaker's clock, 1000000 baud 8N1, divisor 30 clocks per bit" in text
+    assert "board icebreaker's clock, 1000000 baud 8N1, divisor 33 clocks per bit" in text
     assert re.search(r"^module psc_bridge\(", text, flags=re.M)
 
 

@@ -2510,7 +2510,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$2910$800 (i__payload[801:800]),
+    .\port$2947$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[335:224]),
@@ -2523,7 +2523,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$87 ),
     .mask(\mask$16 ),
-    .\port$2910$800 (i__payload[801:800]),
+    .\port$2947$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[447:336]),
@@ -2536,7 +2536,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$88 ),
     .mask(\mask$26 ),
-    .\port$2910$800 (i__payload[801:800]),
+    .\port$2947$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[559:448]),
@@ -2548,7 +2548,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$89 ),
     .mask(\mask$36 ),
-    .\port$2910$768 (i__payload[801:768]),
+    .\port$2947$768 (i__payload[801:768]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[671:560]),
@@ -3168,7 +3168,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2910$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2947$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -3420,8 +3420,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2910$800 ;
-  wire [1:0] \port$2910$800 ;
+  input [1:0] \port$2947$800 ;
+  wire [1:0] \port$2947$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3478,7 +3478,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2910$800 [0];
+  assign \$2  = valid & \port$2947$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -3573,154 +3573,154 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$765$0 (\$64 ),
-    .\port$765$1 (\$65 ),
-    .\port$765$10 (\$74 ),
-    .\port$765$11 (\$75 ),
-    .\port$765$12 (\$76 ),
-    .\port$765$13 (\$77 ),
-    .\port$765$14 (\$78 ),
-    .\port$765$15 (\$79 ),
-    .\port$765$2 (\$66 ),
-    .\port$765$3 (\$67 ),
-    .\port$765$4 (\$68 ),
-    .\port$765$5 (\$69 ),
-    .\port$765$6 (\$70 ),
-    .\port$765$7 (\$71 ),
-    .\port$765$8 (\$72 ),
-    .\port$765$9 (\$73 )
+    .\port$762$0 (\$64 ),
+    .\port$762$1 (\$65 ),
+    .\port$762$10 (\$74 ),
+    .\port$762$11 (\$75 ),
+    .\port$762$12 (\$76 ),
+    .\port$762$13 (\$77 ),
+    .\port$762$14 (\$78 ),
+    .\port$762$15 (\$79 ),
+    .\port$762$2 (\$66 ),
+    .\port$762$3 (\$67 ),
+    .\port$762$4 (\$68 ),
+    .\port$762$5 (\$69 ),
+    .\port$762$6 (\$70 ),
+    .\port$762$7 (\$71 ),
+    .\port$762$8 (\$72 ),
+    .\port$762$9 (\$73 )
   );
   \psc_core.dp.pe_0.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$766$0 (\$80 ),
-    .\port$766$1 (\$81 ),
-    .\port$766$10 (\$90 ),
-    .\port$766$11 (\$91 ),
-    .\port$766$12 (\$92 ),
-    .\port$766$13 (\$93 ),
-    .\port$766$14 (\$94 ),
-    .\port$766$15 (\$95 ),
-    .\port$766$2 (\$82 ),
-    .\port$766$3 (\$83 ),
-    .\port$766$4 (\$84 ),
-    .\port$766$5 (\$85 ),
-    .\port$766$6 (\$86 ),
-    .\port$766$7 (\$87 ),
-    .\port$766$8 (\$88 ),
-    .\port$766$9 (\$89 )
+    .\port$763$0 (\$80 ),
+    .\port$763$1 (\$81 ),
+    .\port$763$10 (\$90 ),
+    .\port$763$11 (\$91 ),
+    .\port$763$12 (\$92 ),
+    .\port$763$13 (\$93 ),
+    .\port$763$14 (\$94 ),
+    .\port$763$15 (\$95 ),
+    .\port$763$2 (\$82 ),
+    .\port$763$3 (\$83 ),
+    .\port$763$4 (\$84 ),
+    .\port$763$5 (\$85 ),
+    .\port$763$6 (\$86 ),
+    .\port$763$7 (\$87 ),
+    .\port$763$8 (\$88 ),
+    .\port$763$9 (\$89 )
   );
   \psc_core.dp.pe_0.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$767$0 (\$96 ),
-    .\port$767$1 (\$97 ),
-    .\port$767$10 (\$106 ),
-    .\port$767$11 (\$107 ),
-    .\port$767$12 (\$108 ),
-    .\port$767$13 (\$109 ),
-    .\port$767$14 (\$110 ),
-    .\port$767$15 (\$111 ),
-    .\port$767$2 (\$98 ),
-    .\port$767$3 (\$99 ),
-    .\port$767$4 (\$100 ),
-    .\port$767$5 (\$101 ),
-    .\port$767$6 (\$102 ),
-    .\port$767$7 (\$103 ),
-    .\port$767$8 (\$104 ),
-    .\port$767$9 (\$105 )
+    .\port$764$0 (\$96 ),
+    .\port$764$1 (\$97 ),
+    .\port$764$10 (\$106 ),
+    .\port$764$11 (\$107 ),
+    .\port$764$12 (\$108 ),
+    .\port$764$13 (\$109 ),
+    .\port$764$14 (\$110 ),
+    .\port$764$15 (\$111 ),
+    .\port$764$2 (\$98 ),
+    .\port$764$3 (\$99 ),
+    .\port$764$4 (\$100 ),
+    .\port$764$5 (\$101 ),
+    .\port$764$6 (\$102 ),
+    .\port$764$7 (\$103 ),
+    .\port$764$8 (\$104 ),
+    .\port$764$9 (\$105 )
   );
   \psc_core.dp.pe_0.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$768$0 (\$112 ),
-    .\port$768$1 (\$113 ),
-    .\port$768$10 (\$122 ),
-    .\port$768$11 (\$123 ),
-    .\port$768$12 (\$124 ),
-    .\port$768$13 (\$125 ),
-    .\port$768$14 (\$126 ),
-    .\port$768$15 (\$127 ),
-    .\port$768$2 (\$114 ),
-    .\port$768$3 (\$115 ),
-    .\port$768$4 (\$116 ),
-    .\port$768$5 (\$117 ),
-    .\port$768$6 (\$118 ),
-    .\port$768$7 (\$119 ),
-    .\port$768$8 (\$120 ),
-    .\port$768$9 (\$121 )
+    .\port$765$0 (\$112 ),
+    .\port$765$1 (\$113 ),
+    .\port$765$10 (\$122 ),
+    .\port$765$11 (\$123 ),
+    .\port$765$12 (\$124 ),
+    .\port$765$13 (\$125 ),
+    .\port$765$14 (\$126 ),
+    .\port$765$15 (\$127 ),
+    .\port$765$2 (\$114 ),
+    .\port$765$3 (\$115 ),
+    .\port$765$4 (\$116 ),
+    .\port$765$5 (\$117 ),
+    .\port$765$6 (\$118 ),
+    .\port$765$7 (\$119 ),
+    .\port$765$8 (\$120 ),
+    .\port$765$9 (\$121 )
   );
   \psc_core.dp.pe_0.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$769$0 (\$128 ),
-    .\port$769$1 (\$129 ),
-    .\port$769$10 (\$138 ),
-    .\port$769$11 (\$139 ),
-    .\port$769$12 (\$140 ),
-    .\port$769$13 (\$141 ),
-    .\port$769$14 (\$142 ),
-    .\port$769$15 (\$143 ),
-    .\port$769$2 (\$130 ),
-    .\port$769$3 (\$131 ),
-    .\port$769$4 (\$132 ),
-    .\port$769$5 (\$133 ),
-    .\port$769$6 (\$134 ),
-    .\port$769$7 (\$135 ),
-    .\port$769$8 (\$136 ),
-    .\port$769$9 (\$137 )
+    .\port$766$0 (\$128 ),
+    .\port$766$1 (\$129 ),
+    .\port$766$10 (\$138 ),
+    .\port$766$11 (\$139 ),
+    .\port$766$12 (\$140 ),
+    .\port$766$13 (\$141 ),
+    .\port$766$14 (\$142 ),
+    .\port$766$15 (\$143 ),
+    .\port$766$2 (\$130 ),
+    .\port$766$3 (\$131 ),
+    .\port$766$4 (\$132 ),
+    .\port$766$5 (\$133 ),
+    .\port$766$6 (\$134 ),
+    .\port$766$7 (\$135 ),
+    .\port$766$8 (\$136 ),
+    .\port$766$9 (\$137 )
   );
   \psc_core.dp.pe_0.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$770$0 (\$144 ),
-    .\port$770$1 (\$145 ),
-    .\port$770$10 (\$154 ),
-    .\port$770$11 (\$155 ),
-    .\port$770$12 (\$156 ),
-    .\port$770$13 (\$157 ),
-    .\port$770$14 (\$158 ),
-    .\port$770$15 (\$159 ),
-    .\port$770$2 (\$146 ),
-    .\port$770$3 (\$147 ),
-    .\port$770$4 (\$148 ),
-    .\port$770$5 (\$149 ),
-    .\port$770$6 (\$150 ),
-    .\port$770$7 (\$151 ),
-    .\port$770$8 (\$152 ),
-    .\port$770$9 (\$153 )
+    .\port$767$0 (\$144 ),
+    .\port$767$1 (\$145 ),
+    .\port$767$10 (\$154 ),
+    .\port$767$11 (\$155 ),
+    .\port$767$12 (\$156 ),
+    .\port$767$13 (\$157 ),
+    .\port$767$14 (\$158 ),
+    .\port$767$15 (\$159 ),
+    .\port$767$2 (\$146 ),
+    .\port$767$3 (\$147 ),
+    .\port$767$4 (\$148 ),
+    .\port$767$5 (\$149 ),
+    .\port$767$6 (\$150 ),
+    .\port$767$7 (\$151 ),
+    .\port$767$8 (\$152 ),
+    .\port$767$9 (\$153 )
   );
   \psc_core.dp.pe_0.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$771$0 (\$160 ),
-    .\port$771$1 (\$161 ),
-    .\port$771$10 (\$170 ),
-    .\port$771$11 (\$171 ),
-    .\port$771$12 (\$172 ),
-    .\port$771$13 (\$173 ),
-    .\port$771$14 (\$174 ),
-    .\port$771$15 (\$175 ),
-    .\port$771$2 (\$162 ),
-    .\port$771$3 (\$163 ),
-    .\port$771$4 (\$164 ),
-    .\port$771$5 (\$165 ),
-    .\port$771$6 (\$166 ),
-    .\port$771$7 (\$167 ),
-    .\port$771$8 (\$168 ),
-    .\port$771$9 (\$169 )
+    .\port$768$0 (\$160 ),
+    .\port$768$1 (\$161 ),
+    .\port$768$10 (\$170 ),
+    .\port$768$11 (\$171 ),
+    .\port$768$12 (\$172 ),
+    .\port$768$13 (\$173 ),
+    .\port$768$14 (\$174 ),
+    .\port$768$15 (\$175 ),
+    .\port$768$2 (\$162 ),
+    .\port$768$3 (\$163 ),
+    .\port$768$4 (\$164 ),
+    .\port$768$5 (\$165 ),
+    .\port$768$6 (\$166 ),
+    .\port$768$7 (\$167 ),
+    .\port$768$8 (\$168 ),
+    .\port$768$9 (\$169 )
   );
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
@@ -3741,7 +3741,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2910$800 [0];
+      \$37  = \port$2947$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -3751,7 +3751,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2910$800 [1];
+      \$38  = \port$2947$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -4005,8 +4005,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2910$800 [0];
-  assign last = \port$2910$800 [1];
+  assign first = \port$2947$800 [0];
+  assign last = \port$2947$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -4066,7 +4066,676 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_0 (\port$765$0 , \port$765$1 , \port$765$2 , \port$765$3 , \port$765$4 , \port$765$5 , \port$765$6 , \port$765$7 , \port$765$8 , \port$765$9 , \port$765$10 , \port$765$11 , \port$765$12 , \port$765$13 , \port$765$14 , \port$765$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_0 (\port$762$0 , \port$762$1 , \port$762$2 , \port$762$3 , \port$762$4 , \port$762$5 , \port$762$6 , \port$762$7 , \port$762$8 , \port$762$9 , \port$762$10 , \port$762$11 , \port$762$12 , \port$762$13 , \port$762$14 , \port$762$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$762$0 ;
+  wire \port$762$0 ;
+  output \port$762$1 ;
+  wire \port$762$1 ;
+  output \port$762$10 ;
+  wire \port$762$10 ;
+  output \port$762$11 ;
+  wire \port$762$11 ;
+  output \port$762$12 ;
+  wire \port$762$12 ;
+  output \port$762$13 ;
+  wire \port$762$13 ;
+  output \port$762$14 ;
+  wire \port$762$14 ;
+  output \port$762$15 ;
+  wire \port$762$15 ;
+  output \port$762$2 ;
+  wire \port$762$2 ;
+  output \port$762$3 ;
+  wire \port$762$3 ;
+  output \port$762$4 ;
+  wire \port$762$4 ;
+  output \port$762$5 ;
+  wire \port$762$5 ;
+  output \port$762$6 ;
+  wire \port$762$6 ;
+  output \port$762$7 ;
+  wire \port$762$7 ;
+  output \port$762$8 ;
+  wire \port$762$8 ;
+  output \port$762$9 ;
+  wire \port$762$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$762$0  = \$1 ;
+  assign \port$762$1  = \$2 ;
+  assign \port$762$2  = \$3 ;
+  assign \port$762$3  = \$4 ;
+  assign \port$762$4  = \$5 ;
+  assign \port$762$5  = \$6 ;
+  assign \port$762$6  = \$7 ;
+  assign \port$762$7  = \$8 ;
+  assign \port$762$8  = \$9 ;
+  assign \port$762$9  = \$10 ;
+  assign \port$762$10  = \$11 ;
+  assign \port$762$11  = \$12 ;
+  assign \port$762$12  = \$13 ;
+  assign \port$762$13  = \$14 ;
+  assign \port$762$14  = \$15 ;
+  assign \port$762$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_0.mul_1 (\port$763$0 , \port$763$1 , \port$763$2 , \port$763$3 , \port$763$4 , \port$763$5 , \port$763$6 , \port$763$7 , \port$763$8 , \port$763$9 , \port$763$10 , \port$763$11 , \port$763$12 , \port$763$13 , \port$763$14 , \port$763$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$763$0 ;
+  wire \port$763$0 ;
+  output \port$763$1 ;
+  wire \port$763$1 ;
+  output \port$763$10 ;
+  wire \port$763$10 ;
+  output \port$763$11 ;
+  wire \port$763$11 ;
+  output \port$763$12 ;
+  wire \port$763$12 ;
+  output \port$763$13 ;
+  wire \port$763$13 ;
+  output \port$763$14 ;
+  wire \port$763$14 ;
+  output \port$763$15 ;
+  wire \port$763$15 ;
+  output \port$763$2 ;
+  wire \port$763$2 ;
+  output \port$763$3 ;
+  wire \port$763$3 ;
+  output \port$763$4 ;
+  wire \port$763$4 ;
+  output \port$763$5 ;
+  wire \port$763$5 ;
+  output \port$763$6 ;
+  wire \port$763$6 ;
+  output \port$763$7 ;
+  wire \port$763$7 ;
+  output \port$763$8 ;
+  wire \port$763$8 ;
+  output \port$763$9 ;
+  wire \port$763$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$763$0  = \$1 ;
+  assign \port$763$1  = \$2 ;
+  assign \port$763$2  = \$3 ;
+  assign \port$763$3  = \$4 ;
+  assign \port$763$4  = \$5 ;
+  assign \port$763$5  = \$6 ;
+  assign \port$763$6  = \$7 ;
+  assign \port$763$7  = \$8 ;
+  assign \port$763$8  = \$9 ;
+  assign \port$763$9  = \$10 ;
+  assign \port$763$10  = \$11 ;
+  assign \port$763$11  = \$12 ;
+  assign \port$763$12  = \$13 ;
+  assign \port$763$13  = \$14 ;
+  assign \port$763$14  = \$15 ;
+  assign \port$763$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_0.mul_2 (\port$764$0 , \port$764$1 , \port$764$2 , \port$764$3 , \port$764$4 , \port$764$5 , \port$764$6 , \port$764$7 , \port$764$8 , \port$764$9 , \port$764$10 , \port$764$11 , \port$764$12 , \port$764$13 , \port$764$14 , \port$764$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$764$0 ;
+  wire \port$764$0 ;
+  output \port$764$1 ;
+  wire \port$764$1 ;
+  output \port$764$10 ;
+  wire \port$764$10 ;
+  output \port$764$11 ;
+  wire \port$764$11 ;
+  output \port$764$12 ;
+  wire \port$764$12 ;
+  output \port$764$13 ;
+  wire \port$764$13 ;
+  output \port$764$14 ;
+  wire \port$764$14 ;
+  output \port$764$15 ;
+  wire \port$764$15 ;
+  output \port$764$2 ;
+  wire \port$764$2 ;
+  output \port$764$3 ;
+  wire \port$764$3 ;
+  output \port$764$4 ;
+  wire \port$764$4 ;
+  output \port$764$5 ;
+  wire \port$764$5 ;
+  output \port$764$6 ;
+  wire \port$764$6 ;
+  output \port$764$7 ;
+  wire \port$764$7 ;
+  output \port$764$8 ;
+  wire \port$764$8 ;
+  output \port$764$9 ;
+  wire \port$764$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$764$0  = \$1 ;
+  assign \port$764$1  = \$2 ;
+  assign \port$764$2  = \$3 ;
+  assign \port$764$3  = \$4 ;
+  assign \port$764$4  = \$5 ;
+  assign \port$764$5  = \$6 ;
+  assign \port$764$6  = \$7 ;
+  assign \port$764$7  = \$8 ;
+  assign \port$764$8  = \$9 ;
+  assign \port$764$9  = \$10 ;
+  assign \port$764$10  = \$11 ;
+  assign \port$764$11  = \$12 ;
+  assign \port$764$12  = \$13 ;
+  assign \port$764$13  = \$14 ;
+  assign \port$764$14  = \$15 ;
+  assign \port$764$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_0.mul_3 (\port$765$0 , \port$765$1 , \port$765$2 , \port$765$3 , \port$765$4 , \port$765$5 , \port$765$6 , \port$765$7 , \port$765$8 , \port$765$9 , \port$765$10 , \port$765$11 , \port$765$12 , \port$765$13 , \port$765$14 , \port$765$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4289,7 +4958,7 @@ module \psc_core.dp.pe_0.mul_0 (\port$765$0 , \port$765$1 , \port$765$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_1 (\port$766$0 , \port$766$1 , \port$766$2 , \port$766$3 , \port$766$4 , \port$766$5 , \port$766$6 , \port$766$7 , \port$766$8 , \port$766$9 , \port$766$10 , \port$766$11 , \port$766$12 , \port$766$13 , \port$766$14 , \port$766$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_4 (\port$766$0 , \port$766$1 , \port$766$2 , \port$766$3 , \port$766$4 , \port$766$5 , \port$766$6 , \port$766$7 , \port$766$8 , \port$766$9 , \port$766$10 , \port$766$11 , \port$766$12 , \port$766$13 , \port$766$14 , \port$766$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4512,7 +5181,7 @@ module \psc_core.dp.pe_0.mul_1 (\port$766$0 , \port$766$1 , \port$766$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_2 (\port$767$0 , \port$767$1 , \port$767$2 , \port$767$3 , \port$767$4 , \port$767$5 , \port$767$6 , \port$767$7 , \port$767$8 , \port$767$9 , \port$767$10 , \port$767$11 , \port$767$12 , \port$767$13 , \port$767$14 , \port$767$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_5 (\port$767$0 , \port$767$1 , \port$767$2 , \port$767$3 , \port$767$4 , \port$767$5 , \port$767$6 , \port$767$7 , \port$767$8 , \port$767$9 , \port$767$10 , \port$767$11 , \port$767$12 , \port$767$13 , \port$767$14 , \port$767$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4735,7 +5404,7 @@ module \psc_core.dp.pe_0.mul_2 (\port$767$0 , \port$767$1 , \port$767$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_3 (\port$768$0 , \port$768$1 , \port$768$2 , \port$768$3 , \port$768$4 , \port$768$5 , \port$768$6 , \port$768$7 , \port$768$8 , \port$768$9 , \port$768$10 , \port$768$11 , \port$768$12 , \port$768$13 , \port$768$14 , \port$768$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_6 (\port$768$0 , \port$768$1 , \port$768$2 , \port$768$3 , \port$768$4 , \port$768$5 , \port$768$6 , \port$768$7 , \port$768$8 , \port$768$9 , \port$768$10 , \port$768$11 , \port$768$12 , \port$768$13 , \port$768$14 , \port$768$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4958,675 +5627,6 @@ module \psc_core.dp.pe_0.mul_3 (\port$768$0 , \port$768$1 , \port$768$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_4 (\port$769$0 , \port$769$1 , \port$769$2 , \port$769$3 , \port$769$4 , \port$769$5 , \port$769$6 , \port$769$7 , \port$769$8 , \port$769$9 , \port$769$10 , \port$769$11 , \port$769$12 , \port$769$13 , \port$769$14 , \port$769$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$769$0 ;
-  wire \port$769$0 ;
-  output \port$769$1 ;
-  wire \port$769$1 ;
-  output \port$769$10 ;
-  wire \port$769$10 ;
-  output \port$769$11 ;
-  wire \port$769$11 ;
-  output \port$769$12 ;
-  wire \port$769$12 ;
-  output \port$769$13 ;
-  wire \port$769$13 ;
-  output \port$769$14 ;
-  wire \port$769$14 ;
-  output \port$769$15 ;
-  wire \port$769$15 ;
-  output \port$769$2 ;
-  wire \port$769$2 ;
-  output \port$769$3 ;
-  wire \port$769$3 ;
-  output \port$769$4 ;
-  wire \port$769$4 ;
-  output \port$769$5 ;
-  wire \port$769$5 ;
-  output \port$769$6 ;
-  wire \port$769$6 ;
-  output \port$769$7 ;
-  wire \port$769$7 ;
-  output \port$769$8 ;
-  wire \port$769$8 ;
-  output \port$769$9 ;
-  wire \port$769$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$769$0  = \$1 ;
-  assign \port$769$1  = \$2 ;
-  assign \port$769$2  = \$3 ;
-  assign \port$769$3  = \$4 ;
-  assign \port$769$4  = \$5 ;
-  assign \port$769$5  = \$6 ;
-  assign \port$769$6  = \$7 ;
-  assign \port$769$7  = \$8 ;
-  assign \port$769$8  = \$9 ;
-  assign \port$769$9  = \$10 ;
-  assign \port$769$10  = \$11 ;
-  assign \port$769$11  = \$12 ;
-  assign \port$769$12  = \$13 ;
-  assign \port$769$13  = \$14 ;
-  assign \port$769$14  = \$15 ;
-  assign \port$769$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_5 (\port$770$0 , \port$770$1 , \port$770$2 , \port$770$3 , \port$770$4 , \port$770$5 , \port$770$6 , \port$770$7 , \port$770$8 , \port$770$9 , \port$770$10 , \port$770$11 , \port$770$12 , \port$770$13 , \port$770$14 , \port$770$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$770$0 ;
-  wire \port$770$0 ;
-  output \port$770$1 ;
-  wire \port$770$1 ;
-  output \port$770$10 ;
-  wire \port$770$10 ;
-  output \port$770$11 ;
-  wire \port$770$11 ;
-  output \port$770$12 ;
-  wire \port$770$12 ;
-  output \port$770$13 ;
-  wire \port$770$13 ;
-  output \port$770$14 ;
-  wire \port$770$14 ;
-  output \port$770$15 ;
-  wire \port$770$15 ;
-  output \port$770$2 ;
-  wire \port$770$2 ;
-  output \port$770$3 ;
-  wire \port$770$3 ;
-  output \port$770$4 ;
-  wire \port$770$4 ;
-  output \port$770$5 ;
-  wire \port$770$5 ;
-  output \port$770$6 ;
-  wire \port$770$6 ;
-  output \port$770$7 ;
-  wire \port$770$7 ;
-  output \port$770$8 ;
-  wire \port$770$8 ;
-  output \port$770$9 ;
-  wire \port$770$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$770$0  = \$1 ;
-  assign \port$770$1  = \$2 ;
-  assign \port$770$2  = \$3 ;
-  assign \port$770$3  = \$4 ;
-  assign \port$770$4  = \$5 ;
-  assign \port$770$5  = \$6 ;
-  assign \port$770$6  = \$7 ;
-  assign \port$770$7  = \$8 ;
-  assign \port$770$8  = \$9 ;
-  assign \port$770$9  = \$10 ;
-  assign \port$770$10  = \$11 ;
-  assign \port$770$11  = \$12 ;
-  assign \port$770$12  = \$13 ;
-  assign \port$770$13  = \$14 ;
-  assign \port$770$14  = \$15 ;
-  assign \port$770$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_6 (\port$771$0 , \port$771$1 , \port$771$2 , \port$771$3 , \port$771$4 , \port$771$5 , \port$771$6 , \port$771$7 , \port$771$8 , \port$771$9 , \port$771$10 , \port$771$11 , \port$771$12 , \port$771$13 , \port$771$14 , \port$771$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$771$0 ;
-  wire \port$771$0 ;
-  output \port$771$1 ;
-  wire \port$771$1 ;
-  output \port$771$10 ;
-  wire \port$771$10 ;
-  output \port$771$11 ;
-  wire \port$771$11 ;
-  output \port$771$12 ;
-  wire \port$771$12 ;
-  output \port$771$13 ;
-  wire \port$771$13 ;
-  output \port$771$14 ;
-  wire \port$771$14 ;
-  output \port$771$15 ;
-  wire \port$771$15 ;
-  output \port$771$2 ;
-  wire \port$771$2 ;
-  output \port$771$3 ;
-  wire \port$771$3 ;
-  output \port$771$4 ;
-  wire \port$771$4 ;
-  output \port$771$5 ;
-  wire \port$771$5 ;
-  output \port$771$6 ;
-  wire \port$771$6 ;
-  output \port$771$7 ;
-  wire \port$771$7 ;
-  output \port$771$8 ;
-  wire \port$771$8 ;
-  output \port$771$9 ;
-  wire \port$771$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$771$0  = \$1 ;
-  assign \port$771$1  = \$2 ;
-  assign \port$771$2  = \$3 ;
-  assign \port$771$3  = \$4 ;
-  assign \port$771$4  = \$5 ;
-  assign \port$771$5  = \$6 ;
-  assign \port$771$6  = \$7 ;
-  assign \port$771$7  = \$8 ;
-  assign \port$771$8  = \$9 ;
-  assign \port$771$9  = \$10 ;
-  assign \port$771$10  = \$11 ;
-  assign \port$771$11  = \$12 ;
-  assign \port$771$12  = \$13 ;
-  assign \port$771$13  = \$14 ;
-  assign \port$771$14  = \$15 ;
-  assign \port$771$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
 module \psc_core.dp.pe_0.wsu (w, mask, words);
   wire [7:0] \$1 ;
   wire [7:0] \$2 ;
@@ -5686,7 +5686,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2910$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2947$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -5936,8 +5936,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2910$800 ;
-  wire [1:0] \port$2910$800 ;
+  input [1:0] \port$2947$800 ;
+  wire [1:0] \port$2947$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -5994,7 +5994,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2910$800 [0];
+  assign \$2  = valid & \port$2947$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -6089,154 +6089,154 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$845$0 (\$64 ),
-    .\port$845$1 (\$65 ),
-    .\port$845$10 (\$74 ),
-    .\port$845$11 (\$75 ),
-    .\port$845$12 (\$76 ),
-    .\port$845$13 (\$77 ),
-    .\port$845$14 (\$78 ),
-    .\port$845$15 (\$79 ),
-    .\port$845$2 (\$66 ),
-    .\port$845$3 (\$67 ),
-    .\port$845$4 (\$68 ),
-    .\port$845$5 (\$69 ),
-    .\port$845$6 (\$70 ),
-    .\port$845$7 (\$71 ),
-    .\port$845$8 (\$72 ),
-    .\port$845$9 (\$73 )
+    .\port$842$0 (\$64 ),
+    .\port$842$1 (\$65 ),
+    .\port$842$10 (\$74 ),
+    .\port$842$11 (\$75 ),
+    .\port$842$12 (\$76 ),
+    .\port$842$13 (\$77 ),
+    .\port$842$14 (\$78 ),
+    .\port$842$15 (\$79 ),
+    .\port$842$2 (\$66 ),
+    .\port$842$3 (\$67 ),
+    .\port$842$4 (\$68 ),
+    .\port$842$5 (\$69 ),
+    .\port$842$6 (\$70 ),
+    .\port$842$7 (\$71 ),
+    .\port$842$8 (\$72 ),
+    .\port$842$9 (\$73 )
   );
   \psc_core.dp.pe_1.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$846$0 (\$80 ),
-    .\port$846$1 (\$81 ),
-    .\port$846$10 (\$90 ),
-    .\port$846$11 (\$91 ),
-    .\port$846$12 (\$92 ),
-    .\port$846$13 (\$93 ),
-    .\port$846$14 (\$94 ),
-    .\port$846$15 (\$95 ),
-    .\port$846$2 (\$82 ),
-    .\port$846$3 (\$83 ),
-    .\port$846$4 (\$84 ),
-    .\port$846$5 (\$85 ),
-    .\port$846$6 (\$86 ),
-    .\port$846$7 (\$87 ),
-    .\port$846$8 (\$88 ),
-    .\port$846$9 (\$89 )
+    .\port$843$0 (\$80 ),
+    .\port$843$1 (\$81 ),
+    .\port$843$10 (\$90 ),
+    .\port$843$11 (\$91 ),
+    .\port$843$12 (\$92 ),
+    .\port$843$13 (\$93 ),
+    .\port$843$14 (\$94 ),
+    .\port$843$15 (\$95 ),
+    .\port$843$2 (\$82 ),
+    .\port$843$3 (\$83 ),
+    .\port$843$4 (\$84 ),
+    .\port$843$5 (\$85 ),
+    .\port$843$6 (\$86 ),
+    .\port$843$7 (\$87 ),
+    .\port$843$8 (\$88 ),
+    .\port$843$9 (\$89 )
   );
   \psc_core.dp.pe_1.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$847$0 (\$96 ),
-    .\port$847$1 (\$97 ),
-    .\port$847$10 (\$106 ),
-    .\port$847$11 (\$107 ),
-    .\port$847$12 (\$108 ),
-    .\port$847$13 (\$109 ),
-    .\port$847$14 (\$110 ),
-    .\port$847$15 (\$111 ),
-    .\port$847$2 (\$98 ),
-    .\port$847$3 (\$99 ),
-    .\port$847$4 (\$100 ),
-    .\port$847$5 (\$101 ),
-    .\port$847$6 (\$102 ),
-    .\port$847$7 (\$103 ),
-    .\port$847$8 (\$104 ),
-    .\port$847$9 (\$105 )
+    .\port$844$0 (\$96 ),
+    .\port$844$1 (\$97 ),
+    .\port$844$10 (\$106 ),
+    .\port$844$11 (\$107 ),
+    .\port$844$12 (\$108 ),
+    .\port$844$13 (\$109 ),
+    .\port$844$14 (\$110 ),
+    .\port$844$15 (\$111 ),
+    .\port$844$2 (\$98 ),
+    .\port$844$3 (\$99 ),
+    .\port$844$4 (\$100 ),
+    .\port$844$5 (\$101 ),
+    .\port$844$6 (\$102 ),
+    .\port$844$7 (\$103 ),
+    .\port$844$8 (\$104 ),
+    .\port$844$9 (\$105 )
   );
   \psc_core.dp.pe_1.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$848$0 (\$112 ),
-    .\port$848$1 (\$113 ),
-    .\port$848$10 (\$122 ),
-    .\port$848$11 (\$123 ),
-    .\port$848$12 (\$124 ),
-    .\port$848$13 (\$125 ),
-    .\port$848$14 (\$126 ),
-    .\port$848$15 (\$127 ),
-    .\port$848$2 (\$114 ),
-    .\port$848$3 (\$115 ),
-    .\port$848$4 (\$116 ),
-    .\port$848$5 (\$117 ),
-    .\port$848$6 (\$118 ),
-    .\port$848$7 (\$119 ),
-    .\port$848$8 (\$120 ),
-    .\port$848$9 (\$121 )
+    .\port$845$0 (\$112 ),
+    .\port$845$1 (\$113 ),
+    .\port$845$10 (\$122 ),
+    .\port$845$11 (\$123 ),
+    .\port$845$12 (\$124 ),
+    .\port$845$13 (\$125 ),
+    .\port$845$14 (\$126 ),
+    .\port$845$15 (\$127 ),
+    .\port$845$2 (\$114 ),
+    .\port$845$3 (\$115 ),
+    .\port$845$4 (\$116 ),
+    .\port$845$5 (\$117 ),
+    .\port$845$6 (\$118 ),
+    .\port$845$7 (\$119 ),
+    .\port$845$8 (\$120 ),
+    .\port$845$9 (\$121 )
   );
   \psc_core.dp.pe_1.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$849$0 (\$128 ),
-    .\port$849$1 (\$129 ),
-    .\port$849$10 (\$138 ),
-    .\port$849$11 (\$139 ),
-    .\port$849$12 (\$140 ),
-    .\port$849$13 (\$141 ),
-    .\port$849$14 (\$142 ),
-    .\port$849$15 (\$143 ),
-    .\port$849$2 (\$130 ),
-    .\port$849$3 (\$131 ),
-    .\port$849$4 (\$132 ),
-    .\port$849$5 (\$133 ),
-    .\port$849$6 (\$134 ),
-    .\port$849$7 (\$135 ),
-    .\port$849$8 (\$136 ),
-    .\port$849$9 (\$137 )
+    .\port$846$0 (\$128 ),
+    .\port$846$1 (\$129 ),
+    .\port$846$10 (\$138 ),
+    .\port$846$11 (\$139 ),
+    .\port$846$12 (\$140 ),
+    .\port$846$13 (\$141 ),
+    .\port$846$14 (\$142 ),
+    .\port$846$15 (\$143 ),
+    .\port$846$2 (\$130 ),
+    .\port$846$3 (\$131 ),
+    .\port$846$4 (\$132 ),
+    .\port$846$5 (\$133 ),
+    .\port$846$6 (\$134 ),
+    .\port$846$7 (\$135 ),
+    .\port$846$8 (\$136 ),
+    .\port$846$9 (\$137 )
   );
   \psc_core.dp.pe_1.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$850$0 (\$144 ),
-    .\port$850$1 (\$145 ),
-    .\port$850$10 (\$154 ),
-    .\port$850$11 (\$155 ),
-    .\port$850$12 (\$156 ),
-    .\port$850$13 (\$157 ),
-    .\port$850$14 (\$158 ),
-    .\port$850$15 (\$159 ),
-    .\port$850$2 (\$146 ),
-    .\port$850$3 (\$147 ),
-    .\port$850$4 (\$148 ),
-    .\port$850$5 (\$149 ),
-    .\port$850$6 (\$150 ),
-    .\port$850$7 (\$151 ),
-    .\port$850$8 (\$152 ),
-    .\port$850$9 (\$153 )
+    .\port$847$0 (\$144 ),
+    .\port$847$1 (\$145 ),
+    .\port$847$10 (\$154 ),
+    .\port$847$11 (\$155 ),
+    .\port$847$12 (\$156 ),
+    .\port$847$13 (\$157 ),
+    .\port$847$14 (\$158 ),
+    .\port$847$15 (\$159 ),
+    .\port$847$2 (\$146 ),
+    .\port$847$3 (\$147 ),
+    .\port$847$4 (\$148 ),
+    .\port$847$5 (\$149 ),
+    .\port$847$6 (\$150 ),
+    .\port$847$7 (\$151 ),
+    .\port$847$8 (\$152 ),
+    .\port$847$9 (\$153 )
   );
   \psc_core.dp.pe_1.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$851$0 (\$160 ),
-    .\port$851$1 (\$161 ),
-    .\port$851$10 (\$170 ),
-    .\port$851$11 (\$171 ),
-    .\port$851$12 (\$172 ),
-    .\port$851$13 (\$173 ),
-    .\port$851$14 (\$174 ),
-    .\port$851$15 (\$175 ),
-    .\port$851$2 (\$162 ),
-    .\port$851$3 (\$163 ),
-    .\port$851$4 (\$164 ),
-    .\port$851$5 (\$165 ),
-    .\port$851$6 (\$166 ),
-    .\port$851$7 (\$167 ),
-    .\port$851$8 (\$168 ),
-    .\port$851$9 (\$169 )
+    .\port$848$0 (\$160 ),
+    .\port$848$1 (\$161 ),
+    .\port$848$10 (\$170 ),
+    .\port$848$11 (\$171 ),
+    .\port$848$12 (\$172 ),
+    .\port$848$13 (\$173 ),
+    .\port$848$14 (\$174 ),
+    .\port$848$15 (\$175 ),
+    .\port$848$2 (\$162 ),
+    .\port$848$3 (\$163 ),
+    .\port$848$4 (\$164 ),
+    .\port$848$5 (\$165 ),
+    .\port$848$6 (\$166 ),
+    .\port$848$7 (\$167 ),
+    .\port$848$8 (\$168 ),
+    .\port$848$9 (\$169 )
   );
   \psc_core.dp.pe_1.wsu  wsu (
     .mask(mask),
@@ -6257,7 +6257,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2910$800 [0];
+      \$37  = \port$2947$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -6267,7 +6267,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2910$800 [1];
+      \$38  = \port$2947$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -6521,8 +6521,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2910$800 [0];
-  assign last = \port$2910$800 [1];
+  assign first = \port$2947$800 [0];
+  assign last = \port$2947$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -6582,7 +6582,676 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_0 (\port$845$0 , \port$845$1 , \port$845$2 , \port$845$3 , \port$845$4 , \port$845$5 , \port$845$6 , \port$845$7 , \port$845$8 , \port$845$9 , \port$845$10 , \port$845$11 , \port$845$12 , \port$845$13 , \port$845$14 , \port$845$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_0 (\port$842$0 , \port$842$1 , \port$842$2 , \port$842$3 , \port$842$4 , \port$842$5 , \port$842$6 , \port$842$7 , \port$842$8 , \port$842$9 , \port$842$10 , \port$842$11 , \port$842$12 , \port$842$13 , \port$842$14 , \port$842$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$842$0 ;
+  wire \port$842$0 ;
+  output \port$842$1 ;
+  wire \port$842$1 ;
+  output \port$842$10 ;
+  wire \port$842$10 ;
+  output \port$842$11 ;
+  wire \port$842$11 ;
+  output \port$842$12 ;
+  wire \port$842$12 ;
+  output \port$842$13 ;
+  wire \port$842$13 ;
+  output \port$842$14 ;
+  wire \port$842$14 ;
+  output \port$842$15 ;
+  wire \port$842$15 ;
+  output \port$842$2 ;
+  wire \port$842$2 ;
+  output \port$842$3 ;
+  wire \port$842$3 ;
+  output \port$842$4 ;
+  wire \port$842$4 ;
+  output \port$842$5 ;
+  wire \port$842$5 ;
+  output \port$842$6 ;
+  wire \port$842$6 ;
+  output \port$842$7 ;
+  wire \port$842$7 ;
+  output \port$842$8 ;
+  wire \port$842$8 ;
+  output \port$842$9 ;
+  wire \port$842$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$842$0  = \$1 ;
+  assign \port$842$1  = \$2 ;
+  assign \port$842$2  = \$3 ;
+  assign \port$842$3  = \$4 ;
+  assign \port$842$4  = \$5 ;
+  assign \port$842$5  = \$6 ;
+  assign \port$842$6  = \$7 ;
+  assign \port$842$7  = \$8 ;
+  assign \port$842$8  = \$9 ;
+  assign \port$842$9  = \$10 ;
+  assign \port$842$10  = \$11 ;
+  assign \port$842$11  = \$12 ;
+  assign \port$842$12  = \$13 ;
+  assign \port$842$13  = \$14 ;
+  assign \port$842$14  = \$15 ;
+  assign \port$842$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_1.mul_1 (\port$843$0 , \port$843$1 , \port$843$2 , \port$843$3 , \port$843$4 , \port$843$5 , \port$843$6 , \port$843$7 , \port$843$8 , \port$843$9 , \port$843$10 , \port$843$11 , \port$843$12 , \port$843$13 , \port$843$14 , \port$843$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$843$0 ;
+  wire \port$843$0 ;
+  output \port$843$1 ;
+  wire \port$843$1 ;
+  output \port$843$10 ;
+  wire \port$843$10 ;
+  output \port$843$11 ;
+  wire \port$843$11 ;
+  output \port$843$12 ;
+  wire \port$843$12 ;
+  output \port$843$13 ;
+  wire \port$843$13 ;
+  output \port$843$14 ;
+  wire \port$843$14 ;
+  output \port$843$15 ;
+  wire \port$843$15 ;
+  output \port$843$2 ;
+  wire \port$843$2 ;
+  output \port$843$3 ;
+  wire \port$843$3 ;
+  output \port$843$4 ;
+  wire \port$843$4 ;
+  output \port$843$5 ;
+  wire \port$843$5 ;
+  output \port$843$6 ;
+  wire \port$843$6 ;
+  output \port$843$7 ;
+  wire \port$843$7 ;
+  output \port$843$8 ;
+  wire \port$843$8 ;
+  output \port$843$9 ;
+  wire \port$843$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$843$0  = \$1 ;
+  assign \port$843$1  = \$2 ;
+  assign \port$843$2  = \$3 ;
+  assign \port$843$3  = \$4 ;
+  assign \port$843$4  = \$5 ;
+  assign \port$843$5  = \$6 ;
+  assign \port$843$6  = \$7 ;
+  assign \port$843$7  = \$8 ;
+  assign \port$843$8  = \$9 ;
+  assign \port$843$9  = \$10 ;
+  assign \port$843$10  = \$11 ;
+  assign \port$843$11  = \$12 ;
+  assign \port$843$12  = \$13 ;
+  assign \port$843$13  = \$14 ;
+  assign \port$843$14  = \$15 ;
+  assign \port$843$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_1.mul_2 (\port$844$0 , \port$844$1 , \port$844$2 , \port$844$3 , \port$844$4 , \port$844$5 , \port$844$6 , \port$844$7 , \port$844$8 , \port$844$9 , \port$844$10 , \port$844$11 , \port$844$12 , \port$844$13 , \port$844$14 , \port$844$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$844$0 ;
+  wire \port$844$0 ;
+  output \port$844$1 ;
+  wire \port$844$1 ;
+  output \port$844$10 ;
+  wire \port$844$10 ;
+  output \port$844$11 ;
+  wire \port$844$11 ;
+  output \port$844$12 ;
+  wire \port$844$12 ;
+  output \port$844$13 ;
+  wire \port$844$13 ;
+  output \port$844$14 ;
+  wire \port$844$14 ;
+  output \port$844$15 ;
+  wire \port$844$15 ;
+  output \port$844$2 ;
+  wire \port$844$2 ;
+  output \port$844$3 ;
+  wire \port$844$3 ;
+  output \port$844$4 ;
+  wire \port$844$4 ;
+  output \port$844$5 ;
+  wire \port$844$5 ;
+  output \port$844$6 ;
+  wire \port$844$6 ;
+  output \port$844$7 ;
+  wire \port$844$7 ;
+  output \port$844$8 ;
+  wire \port$844$8 ;
+  output \port$844$9 ;
+  wire \port$844$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$844$0  = \$1 ;
+  assign \port$844$1  = \$2 ;
+  assign \port$844$2  = \$3 ;
+  assign \port$844$3  = \$4 ;
+  assign \port$844$4  = \$5 ;
+  assign \port$844$5  = \$6 ;
+  assign \port$844$6  = \$7 ;
+  assign \port$844$7  = \$8 ;
+  assign \port$844$8  = \$9 ;
+  assign \port$844$9  = \$10 ;
+  assign \port$844$10  = \$11 ;
+  assign \port$844$11  = \$12 ;
+  assign \port$844$12  = \$13 ;
+  assign \port$844$13  = \$14 ;
+  assign \port$844$14  = \$15 ;
+  assign \port$844$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_1.mul_3 (\port$845$0 , \port$845$1 , \port$845$2 , \port$845$3 , \port$845$4 , \port$845$5 , \port$845$6 , \port$845$7 , \port$845$8 , \port$845$9 , \port$845$10 , \port$845$11 , \port$845$12 , \port$845$13 , \port$845$14 , \port$845$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -6805,7 +7474,7 @@ module \psc_core.dp.pe_1.mul_0 (\port$845$0 , \port$845$1 , \port$845$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_1 (\port$846$0 , \port$846$1 , \port$846$2 , \port$846$3 , \port$846$4 , \port$846$5 , \port$846$6 , \port$846$7 , \port$846$8 , \port$846$9 , \port$846$10 , \port$846$11 , \port$846$12 , \port$846$13 , \port$846$14 , \port$846$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_4 (\port$846$0 , \port$846$1 , \port$846$2 , \port$846$3 , \port$846$4 , \port$846$5 , \port$846$6 , \port$846$7 , \port$846$8 , \port$846$9 , \port$846$10 , \port$846$11 , \port$846$12 , \port$846$13 , \port$846$14 , \port$846$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7028,7 +7697,7 @@ module \psc_core.dp.pe_1.mul_1 (\port$846$0 , \port$846$1 , \port$846$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_2 (\port$847$0 , \port$847$1 , \port$847$2 , \port$847$3 , \port$847$4 , \port$847$5 , \port$847$6 , \port$847$7 , \port$847$8 , \port$847$9 , \port$847$10 , \port$847$11 , \port$847$12 , \port$847$13 , \port$847$14 , \port$847$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_5 (\port$847$0 , \port$847$1 , \port$847$2 , \port$847$3 , \port$847$4 , \port$847$5 , \port$847$6 , \port$847$7 , \port$847$8 , \port$847$9 , \port$847$10 , \port$847$11 , \port$847$12 , \port$847$13 , \port$847$14 , \port$847$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7251,7 +7920,7 @@ module \psc_core.dp.pe_1.mul_2 (\port$847$0 , \port$847$1 , \port$847$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_3 (\port$848$0 , \port$848$1 , \port$848$2 , \port$848$3 , \port$848$4 , \port$848$5 , \port$848$6 , \port$848$7 , \port$848$8 , \port$848$9 , \port$848$10 , \port$848$11 , \port$848$12 , \port$848$13 , \port$848$14 , \port$848$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_6 (\port$848$0 , \port$848$1 , \port$848$2 , \port$848$3 , \port$848$4 , \port$848$5 , \port$848$6 , \port$848$7 , \port$848$8 , \port$848$9 , \port$848$10 , \port$848$11 , \port$848$12 , \port$848$13 , \port$848$14 , \port$848$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7474,675 +8143,6 @@ module \psc_core.dp.pe_1.mul_3 (\port$848$0 , \port$848$1 , \port$848$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_4 (\port$849$0 , \port$849$1 , \port$849$2 , \port$849$3 , \port$849$4 , \port$849$5 , \port$849$6 , \port$849$7 , \port$849$8 , \port$849$9 , \port$849$10 , \port$849$11 , \port$849$12 , \port$849$13 , \port$849$14 , \port$849$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$849$0 ;
-  wire \port$849$0 ;
-  output \port$849$1 ;
-  wire \port$849$1 ;
-  output \port$849$10 ;
-  wire \port$849$10 ;
-  output \port$849$11 ;
-  wire \port$849$11 ;
-  output \port$849$12 ;
-  wire \port$849$12 ;
-  output \port$849$13 ;
-  wire \port$849$13 ;
-  output \port$849$14 ;
-  wire \port$849$14 ;
-  output \port$849$15 ;
-  wire \port$849$15 ;
-  output \port$849$2 ;
-  wire \port$849$2 ;
-  output \port$849$3 ;
-  wire \port$849$3 ;
-  output \port$849$4 ;
-  wire \port$849$4 ;
-  output \port$849$5 ;
-  wire \port$849$5 ;
-  output \port$849$6 ;
-  wire \port$849$6 ;
-  output \port$849$7 ;
-  wire \port$849$7 ;
-  output \port$849$8 ;
-  wire \port$849$8 ;
-  output \port$849$9 ;
-  wire \port$849$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$849$0  = \$1 ;
-  assign \port$849$1  = \$2 ;
-  assign \port$849$2  = \$3 ;
-  assign \port$849$3  = \$4 ;
-  assign \port$849$4  = \$5 ;
-  assign \port$849$5  = \$6 ;
-  assign \port$849$6  = \$7 ;
-  assign \port$849$7  = \$8 ;
-  assign \port$849$8  = \$9 ;
-  assign \port$849$9  = \$10 ;
-  assign \port$849$10  = \$11 ;
-  assign \port$849$11  = \$12 ;
-  assign \port$849$12  = \$13 ;
-  assign \port$849$13  = \$14 ;
-  assign \port$849$14  = \$15 ;
-  assign \port$849$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_5 (\port$850$0 , \port$850$1 , \port$850$2 , \port$850$3 , \port$850$4 , \port$850$5 , \port$850$6 , \port$850$7 , \port$850$8 , \port$850$9 , \port$850$10 , \port$850$11 , \port$850$12 , \port$850$13 , \port$850$14 , \port$850$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$850$0 ;
-  wire \port$850$0 ;
-  output \port$850$1 ;
-  wire \port$850$1 ;
-  output \port$850$10 ;
-  wire \port$850$10 ;
-  output \port$850$11 ;
-  wire \port$850$11 ;
-  output \port$850$12 ;
-  wire \port$850$12 ;
-  output \port$850$13 ;
-  wire \port$850$13 ;
-  output \port$850$14 ;
-  wire \port$850$14 ;
-  output \port$850$15 ;
-  wire \port$850$15 ;
-  output \port$850$2 ;
-  wire \port$850$2 ;
-  output \port$850$3 ;
-  wire \port$850$3 ;
-  output \port$850$4 ;
-  wire \port$850$4 ;
-  output \port$850$5 ;
-  wire \port$850$5 ;
-  output \port$850$6 ;
-  wire \port$850$6 ;
-  output \port$850$7 ;
-  wire \port$850$7 ;
-  output \port$850$8 ;
-  wire \port$850$8 ;
-  output \port$850$9 ;
-  wire \port$850$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$850$0  = \$1 ;
-  assign \port$850$1  = \$2 ;
-  assign \port$850$2  = \$3 ;
-  assign \port$850$3  = \$4 ;
-  assign \port$850$4  = \$5 ;
-  assign \port$850$5  = \$6 ;
-  assign \port$850$6  = \$7 ;
-  assign \port$850$7  = \$8 ;
-  assign \port$850$8  = \$9 ;
-  assign \port$850$9  = \$10 ;
-  assign \port$850$10  = \$11 ;
-  assign \port$850$11  = \$12 ;
-  assign \port$850$12  = \$13 ;
-  assign \port$850$13  = \$14 ;
-  assign \port$850$14  = \$15 ;
-  assign \port$850$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_6 (\port$851$0 , \port$851$1 , \port$851$2 , \port$851$3 , \port$851$4 , \port$851$5 , \port$851$6 , \port$851$7 , \port$851$8 , \port$851$9 , \port$851$10 , \port$851$11 , \port$851$12 , \port$851$13 , \port$851$14 , \port$851$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$851$0 ;
-  wire \port$851$0 ;
-  output \port$851$1 ;
-  wire \port$851$1 ;
-  output \port$851$10 ;
-  wire \port$851$10 ;
-  output \port$851$11 ;
-  wire \port$851$11 ;
-  output \port$851$12 ;
-  wire \port$851$12 ;
-  output \port$851$13 ;
-  wire \port$851$13 ;
-  output \port$851$14 ;
-  wire \port$851$14 ;
-  output \port$851$15 ;
-  wire \port$851$15 ;
-  output \port$851$2 ;
-  wire \port$851$2 ;
-  output \port$851$3 ;
-  wire \port$851$3 ;
-  output \port$851$4 ;
-  wire \port$851$4 ;
-  output \port$851$5 ;
-  wire \port$851$5 ;
-  output \port$851$6 ;
-  wire \port$851$6 ;
-  output \port$851$7 ;
-  wire \port$851$7 ;
-  output \port$851$8 ;
-  wire \port$851$8 ;
-  output \port$851$9 ;
-  wire \port$851$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$851$0  = \$1 ;
-  assign \port$851$1  = \$2 ;
-  assign \port$851$2  = \$3 ;
-  assign \port$851$3  = \$4 ;
-  assign \port$851$4  = \$5 ;
-  assign \port$851$5  = \$6 ;
-  assign \port$851$6  = \$7 ;
-  assign \port$851$7  = \$8 ;
-  assign \port$851$8  = \$9 ;
-  assign \port$851$9  = \$10 ;
-  assign \port$851$10  = \$11 ;
-  assign \port$851$11  = \$12 ;
-  assign \port$851$12  = \$13 ;
-  assign \port$851$13  = \$14 ;
-  assign \port$851$14  = \$15 ;
-  assign \port$851$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
 module \psc_core.dp.pe_1.wsu (w, mask, words);
   wire [7:0] \$1 ;
   wire [7:0] \$2 ;
@@ -8202,7 +8202,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2910$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2947$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -8452,8 +8452,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2910$800 ;
-  wire [1:0] \port$2910$800 ;
+  input [1:0] \port$2947$800 ;
+  wire [1:0] \port$2947$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8510,7 +8510,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2910$800 [0];
+  assign \$2  = valid & \port$2947$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -8605,154 +8605,154 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$925$0 (\$64 ),
-    .\port$925$1 (\$65 ),
-    .\port$925$10 (\$74 ),
-    .\port$925$11 (\$75 ),
-    .\port$925$12 (\$76 ),
-    .\port$925$13 (\$77 ),
-    .\port$925$14 (\$78 ),
-    .\port$925$15 (\$79 ),
-    .\port$925$2 (\$66 ),
-    .\port$925$3 (\$67 ),
-    .\port$925$4 (\$68 ),
-    .\port$925$5 (\$69 ),
-    .\port$925$6 (\$70 ),
-    .\port$925$7 (\$71 ),
-    .\port$925$8 (\$72 ),
-    .\port$925$9 (\$73 )
+    .\port$922$0 (\$64 ),
+    .\port$922$1 (\$65 ),
+    .\port$922$10 (\$74 ),
+    .\port$922$11 (\$75 ),
+    .\port$922$12 (\$76 ),
+    .\port$922$13 (\$77 ),
+    .\port$922$14 (\$78 ),
+    .\port$922$15 (\$79 ),
+    .\port$922$2 (\$66 ),
+    .\port$922$3 (\$67 ),
+    .\port$922$4 (\$68 ),
+    .\port$922$5 (\$69 ),
+    .\port$922$6 (\$70 ),
+    .\port$922$7 (\$71 ),
+    .\port$922$8 (\$72 ),
+    .\port$922$9 (\$73 )
   );
   \psc_core.dp.pe_2.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$926$0 (\$80 ),
-    .\port$926$1 (\$81 ),
-    .\port$926$10 (\$90 ),
-    .\port$926$11 (\$91 ),
-    .\port$926$12 (\$92 ),
-    .\port$926$13 (\$93 ),
-    .\port$926$14 (\$94 ),
-    .\port$926$15 (\$95 ),
-    .\port$926$2 (\$82 ),
-    .\port$926$3 (\$83 ),
-    .\port$926$4 (\$84 ),
-    .\port$926$5 (\$85 ),
-    .\port$926$6 (\$86 ),
-    .\port$926$7 (\$87 ),
-    .\port$926$8 (\$88 ),
-    .\port$926$9 (\$89 )
+    .\port$923$0 (\$80 ),
+    .\port$923$1 (\$81 ),
+    .\port$923$10 (\$90 ),
+    .\port$923$11 (\$91 ),
+    .\port$923$12 (\$92 ),
+    .\port$923$13 (\$93 ),
+    .\port$923$14 (\$94 ),
+    .\port$923$15 (\$95 ),
+    .\port$923$2 (\$82 ),
+    .\port$923$3 (\$83 ),
+    .\port$923$4 (\$84 ),
+    .\port$923$5 (\$85 ),
+    .\port$923$6 (\$86 ),
+    .\port$923$7 (\$87 ),
+    .\port$923$8 (\$88 ),
+    .\port$923$9 (\$89 )
   );
   \psc_core.dp.pe_2.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$927$0 (\$96 ),
-    .\port$927$1 (\$97 ),
-    .\port$927$10 (\$106 ),
-    .\port$927$11 (\$107 ),
-    .\port$927$12 (\$108 ),
-    .\port$927$13 (\$109 ),
-    .\port$927$14 (\$110 ),
-    .\port$927$15 (\$111 ),
-    .\port$927$2 (\$98 ),
-    .\port$927$3 (\$99 ),
-    .\port$927$4 (\$100 ),
-    .\port$927$5 (\$101 ),
-    .\port$927$6 (\$102 ),
-    .\port$927$7 (\$103 ),
-    .\port$927$8 (\$104 ),
-    .\port$927$9 (\$105 )
+    .\port$924$0 (\$96 ),
+    .\port$924$1 (\$97 ),
+    .\port$924$10 (\$106 ),
+    .\port$924$11 (\$107 ),
+    .\port$924$12 (\$108 ),
+    .\port$924$13 (\$109 ),
+    .\port$924$14 (\$110 ),
+    .\port$924$15 (\$111 ),
+    .\port$924$2 (\$98 ),
+    .\port$924$3 (\$99 ),
+    .\port$924$4 (\$100 ),
+    .\port$924$5 (\$101 ),
+    .\port$924$6 (\$102 ),
+    .\port$924$7 (\$103 ),
+    .\port$924$8 (\$104 ),
+    .\port$924$9 (\$105 )
   );
   \psc_core.dp.pe_2.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$928$0 (\$112 ),
-    .\port$928$1 (\$113 ),
-    .\port$928$10 (\$122 ),
-    .\port$928$11 (\$123 ),
-    .\port$928$12 (\$124 ),
-    .\port$928$13 (\$125 ),
-    .\port$928$14 (\$126 ),
-    .\port$928$15 (\$127 ),
-    .\port$928$2 (\$114 ),
-    .\port$928$3 (\$115 ),
-    .\port$928$4 (\$116 ),
-    .\port$928$5 (\$117 ),
-    .\port$928$6 (\$118 ),
-    .\port$928$7 (\$119 ),
-    .\port$928$8 (\$120 ),
-    .\port$928$9 (\$121 )
+    .\port$925$0 (\$112 ),
+    .\port$925$1 (\$113 ),
+    .\port$925$10 (\$122 ),
+    .\port$925$11 (\$123 ),
+    .\port$925$12 (\$124 ),
+    .\port$925$13 (\$125 ),
+    .\port$925$14 (\$126 ),
+    .\port$925$15 (\$127 ),
+    .\port$925$2 (\$114 ),
+    .\port$925$3 (\$115 ),
+    .\port$925$4 (\$116 ),
+    .\port$925$5 (\$117 ),
+    .\port$925$6 (\$118 ),
+    .\port$925$7 (\$119 ),
+    .\port$925$8 (\$120 ),
+    .\port$925$9 (\$121 )
   );
   \psc_core.dp.pe_2.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$929$0 (\$128 ),
-    .\port$929$1 (\$129 ),
-    .\port$929$10 (\$138 ),
-    .\port$929$11 (\$139 ),
-    .\port$929$12 (\$140 ),
-    .\port$929$13 (\$141 ),
-    .\port$929$14 (\$142 ),
-    .\port$929$15 (\$143 ),
-    .\port$929$2 (\$130 ),
-    .\port$929$3 (\$131 ),
-    .\port$929$4 (\$132 ),
-    .\port$929$5 (\$133 ),
-    .\port$929$6 (\$134 ),
-    .\port$929$7 (\$135 ),
-    .\port$929$8 (\$136 ),
-    .\port$929$9 (\$137 )
+    .\port$926$0 (\$128 ),
+    .\port$926$1 (\$129 ),
+    .\port$926$10 (\$138 ),
+    .\port$926$11 (\$139 ),
+    .\port$926$12 (\$140 ),
+    .\port$926$13 (\$141 ),
+    .\port$926$14 (\$142 ),
+    .\port$926$15 (\$143 ),
+    .\port$926$2 (\$130 ),
+    .\port$926$3 (\$131 ),
+    .\port$926$4 (\$132 ),
+    .\port$926$5 (\$133 ),
+    .\port$926$6 (\$134 ),
+    .\port$926$7 (\$135 ),
+    .\port$926$8 (\$136 ),
+    .\port$926$9 (\$137 )
   );
   \psc_core.dp.pe_2.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$930$0 (\$144 ),
-    .\port$930$1 (\$145 ),
-    .\port$930$10 (\$154 ),
-    .\port$930$11 (\$155 ),
-    .\port$930$12 (\$156 ),
-    .\port$930$13 (\$157 ),
-    .\port$930$14 (\$158 ),
-    .\port$930$15 (\$159 ),
-    .\port$930$2 (\$146 ),
-    .\port$930$3 (\$147 ),
-    .\port$930$4 (\$148 ),
-    .\port$930$5 (\$149 ),
-    .\port$930$6 (\$150 ),
-    .\port$930$7 (\$151 ),
-    .\port$930$8 (\$152 ),
-    .\port$930$9 (\$153 )
+    .\port$927$0 (\$144 ),
+    .\port$927$1 (\$145 ),
+    .\port$927$10 (\$154 ),
+    .\port$927$11 (\$155 ),
+    .\port$927$12 (\$156 ),
+    .\port$927$13 (\$157 ),
+    .\port$927$14 (\$158 ),
+    .\port$927$15 (\$159 ),
+    .\port$927$2 (\$146 ),
+    .\port$927$3 (\$147 ),
+    .\port$927$4 (\$148 ),
+    .\port$927$5 (\$149 ),
+    .\port$927$6 (\$150 ),
+    .\port$927$7 (\$151 ),
+    .\port$927$8 (\$152 ),
+    .\port$927$9 (\$153 )
   );
   \psc_core.dp.pe_2.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$931$0 (\$160 ),
-    .\port$931$1 (\$161 ),
-    .\port$931$10 (\$170 ),
-    .\port$931$11 (\$171 ),
-    .\port$931$12 (\$172 ),
-    .\port$931$13 (\$173 ),
-    .\port$931$14 (\$174 ),
-    .\port$931$15 (\$175 ),
-    .\port$931$2 (\$162 ),
-    .\port$931$3 (\$163 ),
-    .\port$931$4 (\$164 ),
-    .\port$931$5 (\$165 ),
-    .\port$931$6 (\$166 ),
-    .\port$931$7 (\$167 ),
-    .\port$931$8 (\$168 ),
-    .\port$931$9 (\$169 )
+    .\port$928$0 (\$160 ),
+    .\port$928$1 (\$161 ),
+    .\port$928$10 (\$170 ),
+    .\port$928$11 (\$171 ),
+    .\port$928$12 (\$172 ),
+    .\port$928$13 (\$173 ),
+    .\port$928$14 (\$174 ),
+    .\port$928$15 (\$175 ),
+    .\port$928$2 (\$162 ),
+    .\port$928$3 (\$163 ),
+    .\port$928$4 (\$164 ),
+    .\port$928$5 (\$165 ),
+    .\port$928$6 (\$166 ),
+    .\port$928$7 (\$167 ),
+    .\port$928$8 (\$168 ),
+    .\port$928$9 (\$169 )
   );
   \psc_core.dp.pe_2.wsu  wsu (
     .mask(mask),
@@ -8773,7 +8773,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2910$800 [0];
+      \$37  = \port$2947$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -8783,7 +8783,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2910$800 [1];
+      \$38  = \port$2947$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -9037,8 +9037,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2910$800 [0];
-  assign last = \port$2910$800 [1];
+  assign first = \port$2947$800 [0];
+  assign last = \port$2947$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9098,7 +9098,676 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2910$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_0 (\port$925$0 , \port$925$1 , \port$925$2 , \port$925$3 , \port$925$4 , \port$925$5 , \port$925$6 , \port$925$7 , \port$925$8 , \port$925$9 , \port$925$10 , \port$925$11 , \port$925$12 , \port$925$13 , \port$925$14 , \port$925$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_0 (\port$922$0 , \port$922$1 , \port$922$2 , \port$922$3 , \port$922$4 , \port$922$5 , \port$922$6 , \port$922$7 , \port$922$8 , \port$922$9 , \port$922$10 , \port$922$11 , \port$922$12 , \port$922$13 , \port$922$14 , \port$922$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$922$0 ;
+  wire \port$922$0 ;
+  output \port$922$1 ;
+  wire \port$922$1 ;
+  output \port$922$10 ;
+  wire \port$922$10 ;
+  output \port$922$11 ;
+  wire \port$922$11 ;
+  output \port$922$12 ;
+  wire \port$922$12 ;
+  output \port$922$13 ;
+  wire \port$922$13 ;
+  output \port$922$14 ;
+  wire \port$922$14 ;
+  output \port$922$15 ;
+  wire \port$922$15 ;
+  output \port$922$2 ;
+  wire \port$922$2 ;
+  output \port$922$3 ;
+  wire \port$922$3 ;
+  output \port$922$4 ;
+  wire \port$922$4 ;
+  output \port$922$5 ;
+  wire \port$922$5 ;
+  output \port$922$6 ;
+  wire \port$922$6 ;
+  output \port$922$7 ;
+  wire \port$922$7 ;
+  output \port$922$8 ;
+  wire \port$922$8 ;
+  output \port$922$9 ;
+  wire \port$922$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$922$0  = \$1 ;
+  assign \port$922$1  = \$2 ;
+  assign \port$922$2  = \$3 ;
+  assign \port$922$3  = \$4 ;
+  assign \port$922$4  = \$5 ;
+  assign \port$922$5  = \$6 ;
+  assign \port$922$6  = \$7 ;
+  assign \port$922$7  = \$8 ;
+  assign \port$922$8  = \$9 ;
+  assign \port$922$9  = \$10 ;
+  assign \port$922$10  = \$11 ;
+  assign \port$922$11  = \$12 ;
+  assign \port$922$12  = \$13 ;
+  assign \port$922$13  = \$14 ;
+  assign \port$922$14  = \$15 ;
+  assign \port$922$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_2.mul_1 (\port$923$0 , \port$923$1 , \port$923$2 , \port$923$3 , \port$923$4 , \port$923$5 , \port$923$6 , \port$923$7 , \port$923$8 , \port$923$9 , \port$923$10 , \port$923$11 , \port$923$12 , \port$923$13 , \port$923$14 , \port$923$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$923$0 ;
+  wire \port$923$0 ;
+  output \port$923$1 ;
+  wire \port$923$1 ;
+  output \port$923$10 ;
+  wire \port$923$10 ;
+  output \port$923$11 ;
+  wire \port$923$11 ;
+  output \port$923$12 ;
+  wire \port$923$12 ;
+  output \port$923$13 ;
+  wire \port$923$13 ;
+  output \port$923$14 ;
+  wire \port$923$14 ;
+  output \port$923$15 ;
+  wire \port$923$15 ;
+  output \port$923$2 ;
+  wire \port$923$2 ;
+  output \port$923$3 ;
+  wire \port$923$3 ;
+  output \port$923$4 ;
+  wire \port$923$4 ;
+  output \port$923$5 ;
+  wire \port$923$5 ;
+  output \port$923$6 ;
+  wire \port$923$6 ;
+  output \port$923$7 ;
+  wire \port$923$7 ;
+  output \port$923$8 ;
+  wire \port$923$8 ;
+  output \port$923$9 ;
+  wire \port$923$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$923$0  = \$1 ;
+  assign \port$923$1  = \$2 ;
+  assign \port$923$2  = \$3 ;
+  assign \port$923$3  = \$4 ;
+  assign \port$923$4  = \$5 ;
+  assign \port$923$5  = \$6 ;
+  assign \port$923$6  = \$7 ;
+  assign \port$923$7  = \$8 ;
+  assign \port$923$8  = \$9 ;
+  assign \port$923$9  = \$10 ;
+  assign \port$923$10  = \$11 ;
+  assign \port$923$11  = \$12 ;
+  assign \port$923$12  = \$13 ;
+  assign \port$923$13  = \$14 ;
+  assign \port$923$14  = \$15 ;
+  assign \port$923$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_2.mul_2 (\port$924$0 , \port$924$1 , \port$924$2 , \port$924$3 , \port$924$4 , \port$924$5 , \port$924$6 , \port$924$7 , \port$924$8 , \port$924$9 , \port$924$10 , \port$924$11 , \port$924$12 , \port$924$13 , \port$924$14 , \port$924$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$924$0 ;
+  wire \port$924$0 ;
+  output \port$924$1 ;
+  wire \port$924$1 ;
+  output \port$924$10 ;
+  wire \port$924$10 ;
+  output \port$924$11 ;
+  wire \port$924$11 ;
+  output \port$924$12 ;
+  wire \port$924$12 ;
+  output \port$924$13 ;
+  wire \port$924$13 ;
+  output \port$924$14 ;
+  wire \port$924$14 ;
+  output \port$924$15 ;
+  wire \port$924$15 ;
+  output \port$924$2 ;
+  wire \port$924$2 ;
+  output \port$924$3 ;
+  wire \port$924$3 ;
+  output \port$924$4 ;
+  wire \port$924$4 ;
+  output \port$924$5 ;
+  wire \port$924$5 ;
+  output \port$924$6 ;
+  wire \port$924$6 ;
+  output \port$924$7 ;
+  wire \port$924$7 ;
+  output \port$924$8 ;
+  wire \port$924$8 ;
+  output \port$924$9 ;
+  wire \port$924$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$924$0  = \$1 ;
+  assign \port$924$1  = \$2 ;
+  assign \port$924$2  = \$3 ;
+  assign \port$924$3  = \$4 ;
+  assign \port$924$4  = \$5 ;
+  assign \port$924$5  = \$6 ;
+  assign \port$924$6  = \$7 ;
+  assign \port$924$7  = \$8 ;
+  assign \port$924$8  = \$9 ;
+  assign \port$924$9  = \$10 ;
+  assign \port$924$10  = \$11 ;
+  assign \port$924$11  = \$12 ;
+  assign \port$924$12  = \$13 ;
+  assign \port$924$13  = \$14 ;
+  assign \port$924$14  = \$15 ;
+  assign \port$924$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_2.mul_3 (\port$925$0 , \port$925$1 , \port$925$2 , \port$925$3 , \port$925$4 , \port$925$5 , \port$925$6 , \port$925$7 , \port$925$8 , \port$925$9 , \port$925$10 , \port$925$11 , \port$925$12 , \port$925$13 , \port$925$14 , \port$925$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9321,7 +9990,7 @@ module \psc_core.dp.pe_2.mul_0 (\port$925$0 , \port$925$1 , \port$925$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_1 (\port$926$0 , \port$926$1 , \port$926$2 , \port$926$3 , \port$926$4 , \port$926$5 , \port$926$6 , \port$926$7 , \port$926$8 , \port$926$9 , \port$926$10 , \port$926$11 , \port$926$12 , \port$926$13 , \port$926$14 , \port$926$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_4 (\port$926$0 , \port$926$1 , \port$926$2 , \port$926$3 , \port$926$4 , \port$926$5 , \port$926$6 , \port$926$7 , \port$926$8 , \port$926$9 , \port$926$10 , \port$926$11 , \port$926$12 , \port$926$13 , \port$926$14 , \port$926$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9544,7 +10213,7 @@ module \psc_core.dp.pe_2.mul_1 (\port$926$0 , \port$926$1 , \port$926$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_2 (\port$927$0 , \port$927$1 , \port$927$2 , \port$927$3 , \port$927$4 , \port$927$5 , \port$927$6 , \port$927$7 , \port$927$8 , \port$927$9 , \port$927$10 , \port$927$11 , \port$927$12 , \port$927$13 , \port$927$14 , \port$927$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_5 (\port$927$0 , \port$927$1 , \port$927$2 , \port$927$3 , \port$927$4 , \port$927$5 , \port$927$6 , \port$927$7 , \port$927$8 , \port$927$9 , \port$927$10 , \port$927$11 , \port$927$12 , \port$927$13 , \port$927$14 , \port$927$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9767,7 +10436,7 @@ module \psc_core.dp.pe_2.mul_2 (\port$927$0 , \port$927$1 , \port$927$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_3 (\port$928$0 , \port$928$1 , \port$928$2 , \port$928$3 , \port$928$4 , \port$928$5 , \port$928$6 , \port$928$7 , \port$928$8 , \port$928$9 , \port$928$10 , \port$928$11 , \port$928$12 , \port$928$13 , \port$928$14 , \port$928$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_6 (\port$928$0 , \port$928$1 , \port$928$2 , \port$928$3 , \port$928$4 , \port$928$5 , \port$928$6 , \port$928$7 , \port$928$8 , \port$928$9 , \port$928$10 , \port$928$11 , \port$928$12 , \port$928$13 , \port$928$14 , \port$928$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9990,675 +10659,6 @@ module \psc_core.dp.pe_2.mul_3 (\port$928$0 , \port$928$1 , \port$928$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_4 (\port$929$0 , \port$929$1 , \port$929$2 , \port$929$3 , \port$929$4 , \port$929$5 , \port$929$6 , \port$929$7 , \port$929$8 , \port$929$9 , \port$929$10 , \port$929$11 , \port$929$12 , \port$929$13 , \port$929$14 , \port$929$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$929$0 ;
-  wire \port$929$0 ;
-  output \port$929$1 ;
-  wire \port$929$1 ;
-  output \port$929$10 ;
-  wire \port$929$10 ;
-  output \port$929$11 ;
-  wire \port$929$11 ;
-  output \port$929$12 ;
-  wire \port$929$12 ;
-  output \port$929$13 ;
-  wire \port$929$13 ;
-  output \port$929$14 ;
-  wire \port$929$14 ;
-  output \port$929$15 ;
-  wire \port$929$15 ;
-  output \port$929$2 ;
-  wire \port$929$2 ;
-  output \port$929$3 ;
-  wire \port$929$3 ;
-  output \port$929$4 ;
-  wire \port$929$4 ;
-  output \port$929$5 ;
-  wire \port$929$5 ;
-  output \port$929$6 ;
-  wire \port$929$6 ;
-  output \port$929$7 ;
-  wire \port$929$7 ;
-  output \port$929$8 ;
-  wire \port$929$8 ;
-  output \port$929$9 ;
-  wire \port$929$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$929$0  = \$1 ;
-  assign \port$929$1  = \$2 ;
-  assign \port$929$2  = \$3 ;
-  assign \port$929$3  = \$4 ;
-  assign \port$929$4  = \$5 ;
-  assign \port$929$5  = \$6 ;
-  assign \port$929$6  = \$7 ;
-  assign \port$929$7  = \$8 ;
-  assign \port$929$8  = \$9 ;
-  assign \port$929$9  = \$10 ;
-  assign \port$929$10  = \$11 ;
-  assign \port$929$11  = \$12 ;
-  assign \port$929$12  = \$13 ;
-  assign \port$929$13  = \$14 ;
-  assign \port$929$14  = \$15 ;
-  assign \port$929$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_5 (\port$930$0 , \port$930$1 , \port$930$2 , \port$930$3 , \port$930$4 , \port$930$5 , \port$930$6 , \port$930$7 , \port$930$8 , \port$930$9 , \port$930$10 , \port$930$11 , \port$930$12 , \port$930$13 , \port$930$14 , \port$930$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$930$0 ;
-  wire \port$930$0 ;
-  output \port$930$1 ;
-  wire \port$930$1 ;
-  output \port$930$10 ;
-  wire \port$930$10 ;
-  output \port$930$11 ;
-  wire \port$930$11 ;
-  output \port$930$12 ;
-  wire \port$930$12 ;
-  output \port$930$13 ;
-  wire \port$930$13 ;
-  output \port$930$14 ;
-  wire \port$930$14 ;
-  output \port$930$15 ;
-  wire \port$930$15 ;
-  output \port$930$2 ;
-  wire \port$930$2 ;
-  output \port$930$3 ;
-  wire \port$930$3 ;
-  output \port$930$4 ;
-  wire \port$930$4 ;
-  output \port$930$5 ;
-  wire \port$930$5 ;
-  output \port$930$6 ;
-  wire \port$930$6 ;
-  output \port$930$7 ;
-  wire \port$930$7 ;
-  output \port$930$8 ;
-  wire \port$930$8 ;
-  output \port$930$9 ;
-  wire \port$930$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$930$0  = \$1 ;
-  assign \port$930$1  = \$2 ;
-  assign \port$930$2  = \$3 ;
-  assign \port$930$3  = \$4 ;
-  assign \port$930$4  = \$5 ;
-  assign \port$930$5  = \$6 ;
-  assign \port$930$6  = \$7 ;
-  assign \port$930$7  = \$8 ;
-  assign \port$930$8  = \$9 ;
-  assign \port$930$9  = \$10 ;
-  assign \port$930$10  = \$11 ;
-  assign \port$930$11  = \$12 ;
-  assign \port$930$12  = \$13 ;
-  assign \port$930$13  = \$14 ;
-  assign \port$930$14  = \$15 ;
-  assign \port$930$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_6 (\port$931$0 , \port$931$1 , \port$931$2 , \port$931$3 , \port$931$4 , \port$931$5 , \port$931$6 , \port$931$7 , \port$931$8 , \port$931$9 , \port$931$10 , \port$931$11 , \port$931$12 , \port$931$13 , \port$931$14 , \port$931$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$931$0 ;
-  wire \port$931$0 ;
-  output \port$931$1 ;
-  wire \port$931$1 ;
-  output \port$931$10 ;
-  wire \port$931$10 ;
-  output \port$931$11 ;
-  wire \port$931$11 ;
-  output \port$931$12 ;
-  wire \port$931$12 ;
-  output \port$931$13 ;
-  wire \port$931$13 ;
-  output \port$931$14 ;
-  wire \port$931$14 ;
-  output \port$931$15 ;
-  wire \port$931$15 ;
-  output \port$931$2 ;
-  wire \port$931$2 ;
-  output \port$931$3 ;
-  wire \port$931$3 ;
-  output \port$931$4 ;
-  wire \port$931$4 ;
-  output \port$931$5 ;
-  wire \port$931$5 ;
-  output \port$931$6 ;
-  wire \port$931$6 ;
-  output \port$931$7 ;
-  wire \port$931$7 ;
-  output \port$931$8 ;
-  wire \port$931$8 ;
-  output \port$931$9 ;
-  wire \port$931$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$931$0  = \$1 ;
-  assign \port$931$1  = \$2 ;
-  assign \port$931$2  = \$3 ;
-  assign \port$931$3  = \$4 ;
-  assign \port$931$4  = \$5 ;
-  assign \port$931$5  = \$6 ;
-  assign \port$931$6  = \$7 ;
-  assign \port$931$7  = \$8 ;
-  assign \port$931$8  = \$9 ;
-  assign \port$931$9  = \$10 ;
-  assign \port$931$10  = \$11 ;
-  assign \port$931$11  = \$12 ;
-  assign \port$931$12  = \$13 ;
-  assign \port$931$13  = \$14 ;
-  assign \port$931$14  = \$15 ;
-  assign \port$931$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
 module \psc_core.dp.pe_2.wsu (w, mask, words);
   wire [7:0] \$1 ;
   wire [7:0] \$2 ;
@@ -10718,7 +10718,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, \port$2910$768 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, \port$2947$768 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -10967,8 +10967,8 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2910$768 , valid, en, lane_acc, a
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [33:0] \port$2910$768 ;
-  wire [33:0] \port$2910$768 ;
+  input [33:0] \port$2947$768 ;
+  wire [33:0] \port$2947$768 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -11025,7 +11025,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2910$768 , valid, en, lane_acc, a
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2910$768 [32];
+  assign \$2  = valid & \port$2947$768 [32];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -11120,154 +11120,154 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2910$768 , valid, en, lane_acc, a
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$1005$0 (\$64 ),
-    .\port$1005$1 (\$65 ),
-    .\port$1005$10 (\$74 ),
-    .\port$1005$11 (\$75 ),
-    .\port$1005$12 (\$76 ),
-    .\port$1005$13 (\$77 ),
-    .\port$1005$14 (\$78 ),
-    .\port$1005$15 (\$79 ),
-    .\port$1005$2 (\$66 ),
-    .\port$1005$3 (\$67 ),
-    .\port$1005$4 (\$68 ),
-    .\port$1005$5 (\$69 ),
-    .\port$1005$6 (\$70 ),
-    .\port$1005$7 (\$71 ),
-    .\port$1005$8 (\$72 ),
-    .\port$1005$9 (\$73 )
+    .\port$1002$0 (\$64 ),
+    .\port$1002$1 (\$65 ),
+    .\port$1002$10 (\$74 ),
+    .\port$1002$11 (\$75 ),
+    .\port$1002$12 (\$76 ),
+    .\port$1002$13 (\$77 ),
+    .\port$1002$14 (\$78 ),
+    .\port$1002$15 (\$79 ),
+    .\port$1002$2 (\$66 ),
+    .\port$1002$3 (\$67 ),
+    .\port$1002$4 (\$68 ),
+    .\port$1002$5 (\$69 ),
+    .\port$1002$6 (\$70 ),
+    .\port$1002$7 (\$71 ),
+    .\port$1002$8 (\$72 ),
+    .\port$1002$9 (\$73 )
   );
   \psc_core.dp.pe_3.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$1006$0 (\$80 ),
-    .\port$1006$1 (\$81 ),
-    .\port$1006$10 (\$90 ),
-    .\port$1006$11 (\$91 ),
-    .\port$1006$12 (\$92 ),
-    .\port$1006$13 (\$93 ),
-    .\port$1006$14 (\$94 ),
-    .\port$1006$15 (\$95 ),
-    .\port$1006$2 (\$82 ),
-    .\port$1006$3 (\$83 ),
-    .\port$1006$4 (\$84 ),
-    .\port$1006$5 (\$85 ),
-    .\port$1006$6 (\$86 ),
-    .\port$1006$7 (\$87 ),
-    .\port$1006$8 (\$88 ),
-    .\port$1006$9 (\$89 )
+    .\port$1003$0 (\$80 ),
+    .\port$1003$1 (\$81 ),
+    .\port$1003$10 (\$90 ),
+    .\port$1003$11 (\$91 ),
+    .\port$1003$12 (\$92 ),
+    .\port$1003$13 (\$93 ),
+    .\port$1003$14 (\$94 ),
+    .\port$1003$15 (\$95 ),
+    .\port$1003$2 (\$82 ),
+    .\port$1003$3 (\$83 ),
+    .\port$1003$4 (\$84 ),
+    .\port$1003$5 (\$85 ),
+    .\port$1003$6 (\$86 ),
+    .\port$1003$7 (\$87 ),
+    .\port$1003$8 (\$88 ),
+    .\port$1003$9 (\$89 )
   );
   \psc_core.dp.pe_3.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$1007$0 (\$96 ),
-    .\port$1007$1 (\$97 ),
-    .\port$1007$10 (\$106 ),
-    .\port$1007$11 (\$107 ),
-    .\port$1007$12 (\$108 ),
-    .\port$1007$13 (\$109 ),
-    .\port$1007$14 (\$110 ),
-    .\port$1007$15 (\$111 ),
-    .\port$1007$2 (\$98 ),
-    .\port$1007$3 (\$99 ),
-    .\port$1007$4 (\$100 ),
-    .\port$1007$5 (\$101 ),
-    .\port$1007$6 (\$102 ),
-    .\port$1007$7 (\$103 ),
-    .\port$1007$8 (\$104 ),
-    .\port$1007$9 (\$105 )
+    .\port$1004$0 (\$96 ),
+    .\port$1004$1 (\$97 ),
+    .\port$1004$10 (\$106 ),
+    .\port$1004$11 (\$107 ),
+    .\port$1004$12 (\$108 ),
+    .\port$1004$13 (\$109 ),
+    .\port$1004$14 (\$110 ),
+    .\port$1004$15 (\$111 ),
+    .\port$1004$2 (\$98 ),
+    .\port$1004$3 (\$99 ),
+    .\port$1004$4 (\$100 ),
+    .\port$1004$5 (\$101 ),
+    .\port$1004$6 (\$102 ),
+    .\port$1004$7 (\$103 ),
+    .\port$1004$8 (\$104 ),
+    .\port$1004$9 (\$105 )
   );
   \psc_core.dp.pe_3.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$1008$0 (\$112 ),
-    .\port$1008$1 (\$113 ),
-    .\port$1008$10 (\$122 ),
-    .\port$1008$11 (\$123 ),
-    .\port$1008$12 (\$124 ),
-    .\port$1008$13 (\$125 ),
-    .\port$1008$14 (\$126 ),
-    .\port$1008$15 (\$127 ),
-    .\port$1008$2 (\$114 ),
-    .\port$1008$3 (\$115 ),
-    .\port$1008$4 (\$116 ),
-    .\port$1008$5 (\$117 ),
-    .\port$1008$6 (\$118 ),
-    .\port$1008$7 (\$119 ),
-    .\port$1008$8 (\$120 ),
-    .\port$1008$9 (\$121 )
+    .\port$1005$0 (\$112 ),
+    .\port$1005$1 (\$113 ),
+    .\port$1005$10 (\$122 ),
+    .\port$1005$11 (\$123 ),
+    .\port$1005$12 (\$124 ),
+    .\port$1005$13 (\$125 ),
+    .\port$1005$14 (\$126 ),
+    .\port$1005$15 (\$127 ),
+    .\port$1005$2 (\$114 ),
+    .\port$1005$3 (\$115 ),
+    .\port$1005$4 (\$116 ),
+    .\port$1005$5 (\$117 ),
+    .\port$1005$6 (\$118 ),
+    .\port$1005$7 (\$119 ),
+    .\port$1005$8 (\$120 ),
+    .\port$1005$9 (\$121 )
   );
   \psc_core.dp.pe_3.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$1009$0 (\$128 ),
-    .\port$1009$1 (\$129 ),
-    .\port$1009$10 (\$138 ),
-    .\port$1009$11 (\$139 ),
-    .\port$1009$12 (\$140 ),
-    .\port$1009$13 (\$141 ),
-    .\port$1009$14 (\$142 ),
-    .\port$1009$15 (\$143 ),
-    .\port$1009$2 (\$130 ),
-    .\port$1009$3 (\$131 ),
-    .\port$1009$4 (\$132 ),
-    .\port$1009$5 (\$133 ),
-    .\port$1009$6 (\$134 ),
-    .\port$1009$7 (\$135 ),
-    .\port$1009$8 (\$136 ),
-    .\port$1009$9 (\$137 )
+    .\port$1006$0 (\$128 ),
+    .\port$1006$1 (\$129 ),
+    .\port$1006$10 (\$138 ),
+    .\port$1006$11 (\$139 ),
+    .\port$1006$12 (\$140 ),
+    .\port$1006$13 (\$141 ),
+    .\port$1006$14 (\$142 ),
+    .\port$1006$15 (\$143 ),
+    .\port$1006$2 (\$130 ),
+    .\port$1006$3 (\$131 ),
+    .\port$1006$4 (\$132 ),
+    .\port$1006$5 (\$133 ),
+    .\port$1006$6 (\$134 ),
+    .\port$1006$7 (\$135 ),
+    .\port$1006$8 (\$136 ),
+    .\port$1006$9 (\$137 )
   );
   \psc_core.dp.pe_3.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$1010$0 (\$144 ),
-    .\port$1010$1 (\$145 ),
-    .\port$1010$10 (\$154 ),
-    .\port$1010$11 (\$155 ),
-    .\port$1010$12 (\$156 ),
-    .\port$1010$13 (\$157 ),
-    .\port$1010$14 (\$158 ),
-    .\port$1010$15 (\$159 ),
-    .\port$1010$2 (\$146 ),
-    .\port$1010$3 (\$147 ),
-    .\port$1010$4 (\$148 ),
-    .\port$1010$5 (\$149 ),
-    .\port$1010$6 (\$150 ),
-    .\port$1010$7 (\$151 ),
-    .\port$1010$8 (\$152 ),
-    .\port$1010$9 (\$153 )
+    .\port$1007$0 (\$144 ),
+    .\port$1007$1 (\$145 ),
+    .\port$1007$10 (\$154 ),
+    .\port$1007$11 (\$155 ),
+    .\port$1007$12 (\$156 ),
+    .\port$1007$13 (\$157 ),
+    .\port$1007$14 (\$158 ),
+    .\port$1007$15 (\$159 ),
+    .\port$1007$2 (\$146 ),
+    .\port$1007$3 (\$147 ),
+    .\port$1007$4 (\$148 ),
+    .\port$1007$5 (\$149 ),
+    .\port$1007$6 (\$150 ),
+    .\port$1007$7 (\$151 ),
+    .\port$1007$8 (\$152 ),
+    .\port$1007$9 (\$153 )
   );
   \psc_core.dp.pe_3.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$1011$0 (\$160 ),
-    .\port$1011$1 (\$161 ),
-    .\port$1011$10 (\$170 ),
-    .\port$1011$11 (\$171 ),
-    .\port$1011$12 (\$172 ),
-    .\port$1011$13 (\$173 ),
-    .\port$1011$14 (\$174 ),
-    .\port$1011$15 (\$175 ),
-    .\port$1011$2 (\$162 ),
-    .\port$1011$3 (\$163 ),
-    .\port$1011$4 (\$164 ),
-    .\port$1011$5 (\$165 ),
-    .\port$1011$6 (\$166 ),
-    .\port$1011$7 (\$167 ),
-    .\port$1011$8 (\$168 ),
-    .\port$1011$9 (\$169 )
+    .\port$1008$0 (\$160 ),
+    .\port$1008$1 (\$161 ),
+    .\port$1008$10 (\$170 ),
+    .\port$1008$11 (\$171 ),
+    .\port$1008$12 (\$172 ),
+    .\port$1008$13 (\$173 ),
+    .\port$1008$14 (\$174 ),
+    .\port$1008$15 (\$175 ),
+    .\port$1008$2 (\$162 ),
+    .\port$1008$3 (\$163 ),
+    .\port$1008$4 (\$164 ),
+    .\port$1008$5 (\$165 ),
+    .\port$1008$6 (\$166 ),
+    .\port$1008$7 (\$167 ),
+    .\port$1008$8 (\$168 ),
+    .\port$1008$9 (\$169 )
   );
   \psc_core.dp.pe_3.wsu  wsu (
     .mask(mask),
@@ -11288,7 +11288,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2910$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2910$768 [32];
+      \$37  = \port$2947$768 [32];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -11298,7 +11298,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2910$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2910$768 [33];
+      \$38  = \port$2947$768 [33];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -11309,7 +11309,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2910$768 , valid, en, lane_acc, a
     \$39  = b1;
     if (en) begin
       if (\$2 ) begin
-        \$39  = \port$2910$768 [31:0];
+        \$39  = \port$2947$768 [31:0];
       end
     end
   end
@@ -11552,9 +11552,9 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2910$768 , valid, en, lane_acc, a
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2910$768 [32];
-  assign last = \port$2910$768 [33];
-  assign bias = \port$2910$768 [31:0];
+  assign first = \port$2947$768 [32];
+  assign last = \port$2947$768 [33];
+  assign bias = \port$2947$768 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -11614,7 +11614,676 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2910$768 , valid, en, lane_acc, a
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_0 (\port$1005$0 , \port$1005$1 , \port$1005$2 , \port$1005$3 , \port$1005$4 , \port$1005$5 , \port$1005$6 , \port$1005$7 , \port$1005$8 , \port$1005$9 , \port$1005$10 , \port$1005$11 , \port$1005$12 , \port$1005$13 , \port$1005$14 , \port$1005$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_0 (\port$1002$0 , \port$1002$1 , \port$1002$2 , \port$1002$3 , \port$1002$4 , \port$1002$5 , \port$1002$6 , \port$1002$7 , \port$1002$8 , \port$1002$9 , \port$1002$10 , \port$1002$11 , \port$1002$12 , \port$1002$13 , \port$1002$14 , \port$1002$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$1002$0 ;
+  wire \port$1002$0 ;
+  output \port$1002$1 ;
+  wire \port$1002$1 ;
+  output \port$1002$10 ;
+  wire \port$1002$10 ;
+  output \port$1002$11 ;
+  wire \port$1002$11 ;
+  output \port$1002$12 ;
+  wire \port$1002$12 ;
+  output \port$1002$13 ;
+  wire \port$1002$13 ;
+  output \port$1002$14 ;
+  wire \port$1002$14 ;
+  output \port$1002$15 ;
+  wire \port$1002$15 ;
+  output \port$1002$2 ;
+  wire \port$1002$2 ;
+  output \port$1002$3 ;
+  wire \port$1002$3 ;
+  output \port$1002$4 ;
+  wire \port$1002$4 ;
+  output \port$1002$5 ;
+  wire \port$1002$5 ;
+  output \port$1002$6 ;
+  wire \port$1002$6 ;
+  output \port$1002$7 ;
+  wire \port$1002$7 ;
+  output \port$1002$8 ;
+  wire \port$1002$8 ;
+  output \port$1002$9 ;
+  wire \port$1002$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$1002$0  = \$1 ;
+  assign \port$1002$1  = \$2 ;
+  assign \port$1002$2  = \$3 ;
+  assign \port$1002$3  = \$4 ;
+  assign \port$1002$4  = \$5 ;
+  assign \port$1002$5  = \$6 ;
+  assign \port$1002$6  = \$7 ;
+  assign \port$1002$7  = \$8 ;
+  assign \port$1002$8  = \$9 ;
+  assign \port$1002$9  = \$10 ;
+  assign \port$1002$10  = \$11 ;
+  assign \port$1002$11  = \$12 ;
+  assign \port$1002$12  = \$13 ;
+  assign \port$1002$13  = \$14 ;
+  assign \port$1002$14  = \$15 ;
+  assign \port$1002$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_3.mul_1 (\port$1003$0 , \port$1003$1 , \port$1003$2 , \port$1003$3 , \port$1003$4 , \port$1003$5 , \port$1003$6 , \port$1003$7 , \port$1003$8 , \port$1003$9 , \port$1003$10 , \port$1003$11 , \port$1003$12 , \port$1003$13 , \port$1003$14 , \port$1003$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$1003$0 ;
+  wire \port$1003$0 ;
+  output \port$1003$1 ;
+  wire \port$1003$1 ;
+  output \port$1003$10 ;
+  wire \port$1003$10 ;
+  output \port$1003$11 ;
+  wire \port$1003$11 ;
+  output \port$1003$12 ;
+  wire \port$1003$12 ;
+  output \port$1003$13 ;
+  wire \port$1003$13 ;
+  output \port$1003$14 ;
+  wire \port$1003$14 ;
+  output \port$1003$15 ;
+  wire \port$1003$15 ;
+  output \port$1003$2 ;
+  wire \port$1003$2 ;
+  output \port$1003$3 ;
+  wire \port$1003$3 ;
+  output \port$1003$4 ;
+  wire \port$1003$4 ;
+  output \port$1003$5 ;
+  wire \port$1003$5 ;
+  output \port$1003$6 ;
+  wire \port$1003$6 ;
+  output \port$1003$7 ;
+  wire \port$1003$7 ;
+  output \port$1003$8 ;
+  wire \port$1003$8 ;
+  output \port$1003$9 ;
+  wire \port$1003$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$1003$0  = \$1 ;
+  assign \port$1003$1  = \$2 ;
+  assign \port$1003$2  = \$3 ;
+  assign \port$1003$3  = \$4 ;
+  assign \port$1003$4  = \$5 ;
+  assign \port$1003$5  = \$6 ;
+  assign \port$1003$6  = \$7 ;
+  assign \port$1003$7  = \$8 ;
+  assign \port$1003$8  = \$9 ;
+  assign \port$1003$9  = \$10 ;
+  assign \port$1003$10  = \$11 ;
+  assign \port$1003$11  = \$12 ;
+  assign \port$1003$12  = \$13 ;
+  assign \port$1003$13  = \$14 ;
+  assign \port$1003$14  = \$15 ;
+  assign \port$1003$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_3.mul_2 (\port$1004$0 , \port$1004$1 , \port$1004$2 , \port$1004$3 , \port$1004$4 , \port$1004$5 , \port$1004$6 , \port$1004$7 , \port$1004$8 , \port$1004$9 , \port$1004$10 , \port$1004$11 , \port$1004$12 , \port$1004$13 , \port$1004$14 , \port$1004$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$1004$0 ;
+  wire \port$1004$0 ;
+  output \port$1004$1 ;
+  wire \port$1004$1 ;
+  output \port$1004$10 ;
+  wire \port$1004$10 ;
+  output \port$1004$11 ;
+  wire \port$1004$11 ;
+  output \port$1004$12 ;
+  wire \port$1004$12 ;
+  output \port$1004$13 ;
+  wire \port$1004$13 ;
+  output \port$1004$14 ;
+  wire \port$1004$14 ;
+  output \port$1004$15 ;
+  wire \port$1004$15 ;
+  output \port$1004$2 ;
+  wire \port$1004$2 ;
+  output \port$1004$3 ;
+  wire \port$1004$3 ;
+  output \port$1004$4 ;
+  wire \port$1004$4 ;
+  output \port$1004$5 ;
+  wire \port$1004$5 ;
+  output \port$1004$6 ;
+  wire \port$1004$6 ;
+  output \port$1004$7 ;
+  wire \port$1004$7 ;
+  output \port$1004$8 ;
+  wire \port$1004$8 ;
+  output \port$1004$9 ;
+  wire \port$1004$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$1004$0  = \$1 ;
+  assign \port$1004$1  = \$2 ;
+  assign \port$1004$2  = \$3 ;
+  assign \port$1004$3  = \$4 ;
+  assign \port$1004$4  = \$5 ;
+  assign \port$1004$5  = \$6 ;
+  assign \port$1004$6  = \$7 ;
+  assign \port$1004$7  = \$8 ;
+  assign \port$1004$8  = \$9 ;
+  assign \port$1004$9  = \$10 ;
+  assign \port$1004$10  = \$11 ;
+  assign \port$1004$11  = \$12 ;
+  assign \port$1004$12  = \$13 ;
+  assign \port$1004$13  = \$14 ;
+  assign \port$1004$14  = \$15 ;
+  assign \port$1004$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_3.mul_3 (\port$1005$0 , \port$1005$1 , \port$1005$2 , \port$1005$3 , \port$1005$4 , \port$1005$5 , \port$1005$6 , \port$1005$7 , \port$1005$8 , \port$1005$9 , \port$1005$10 , \port$1005$11 , \port$1005$12 , \port$1005$13 , \port$1005$14 , \port$1005$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -11837,7 +12506,7 @@ module \psc_core.dp.pe_3.mul_0 (\port$1005$0 , \port$1005$1 , \port$1005$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_1 (\port$1006$0 , \port$1006$1 , \port$1006$2 , \port$1006$3 , \port$1006$4 , \port$1006$5 , \port$1006$6 , \port$1006$7 , \port$1006$8 , \port$1006$9 , \port$1006$10 , \port$1006$11 , \port$1006$12 , \port$1006$13 , \port$1006$14 , \port$1006$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_4 (\port$1006$0 , \port$1006$1 , \port$1006$2 , \port$1006$3 , \port$1006$4 , \port$1006$5 , \port$1006$6 , \port$1006$7 , \port$1006$8 , \port$1006$9 , \port$1006$10 , \port$1006$11 , \port$1006$12 , \port$1006$13 , \port$1006$14 , \port$1006$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12060,7 +12729,7 @@ module \psc_core.dp.pe_3.mul_1 (\port$1006$0 , \port$1006$1 , \port$1006$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_2 (\port$1007$0 , \port$1007$1 , \port$1007$2 , \port$1007$3 , \port$1007$4 , \port$1007$5 , \port$1007$6 , \port$1007$7 , \port$1007$8 , \port$1007$9 , \port$1007$10 , \port$1007$11 , \port$1007$12 , \port$1007$13 , \port$1007$14 , \port$1007$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_5 (\port$1007$0 , \port$1007$1 , \port$1007$2 , \port$1007$3 , \port$1007$4 , \port$1007$5 , \port$1007$6 , \port$1007$7 , \port$1007$8 , \port$1007$9 , \port$1007$10 , \port$1007$11 , \port$1007$12 , \port$1007$13 , \port$1007$14 , \port$1007$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12283,7 +12952,7 @@ module \psc_core.dp.pe_3.mul_2 (\port$1007$0 , \port$1007$1 , \port$1007$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_3 (\port$1008$0 , \port$1008$1 , \port$1008$2 , \port$1008$3 , \port$1008$4 , \port$1008$5 , \port$1008$6 , \port$1008$7 , \port$1008$8 , \port$1008$9 , \port$1008$10 , \port$1008$11 , \port$1008$12 , \port$1008$13 , \port$1008$14 , \port$1008$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_6 (\port$1008$0 , \port$1008$1 , \port$1008$2 , \port$1008$3 , \port$1008$4 , \port$1008$5 , \port$1008$6 , \port$1008$7 , \port$1008$8 , \port$1008$9 , \port$1008$10 , \port$1008$11 , \port$1008$12 , \port$1008$13 , \port$1008$14 , \port$1008$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12503,675 +13172,6 @@ module \psc_core.dp.pe_3.mul_3 (\port$1008$0 , \port$1008$1 , \port$1008$2 , \po
   assign \port$1008$13  = \$14 ;
   assign \port$1008$14  = \$15 ;
   assign \port$1008$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_4 (\port$1009$0 , \port$1009$1 , \port$1009$2 , \port$1009$3 , \port$1009$4 , \port$1009$5 , \port$1009$6 , \port$1009$7 , \port$1009$8 , \port$1009$9 , \port$1009$10 , \port$1009$11 , \port$1009$12 , \port$1009$13 , \port$1009$14 , \port$1009$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$1009$0 ;
-  wire \port$1009$0 ;
-  output \port$1009$1 ;
-  wire \port$1009$1 ;
-  output \port$1009$10 ;
-  wire \port$1009$10 ;
-  output \port$1009$11 ;
-  wire \port$1009$11 ;
-  output \port$1009$12 ;
-  wire \port$1009$12 ;
-  output \port$1009$13 ;
-  wire \port$1009$13 ;
-  output \port$1009$14 ;
-  wire \port$1009$14 ;
-  output \port$1009$15 ;
-  wire \port$1009$15 ;
-  output \port$1009$2 ;
-  wire \port$1009$2 ;
-  output \port$1009$3 ;
-  wire \port$1009$3 ;
-  output \port$1009$4 ;
-  wire \port$1009$4 ;
-  output \port$1009$5 ;
-  wire \port$1009$5 ;
-  output \port$1009$6 ;
-  wire \port$1009$6 ;
-  output \port$1009$7 ;
-  wire \port$1009$7 ;
-  output \port$1009$8 ;
-  wire \port$1009$8 ;
-  output \port$1009$9 ;
-  wire \port$1009$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1009$0  = \$1 ;
-  assign \port$1009$1  = \$2 ;
-  assign \port$1009$2  = \$3 ;
-  assign \port$1009$3  = \$4 ;
-  assign \port$1009$4  = \$5 ;
-  assign \port$1009$5  = \$6 ;
-  assign \port$1009$6  = \$7 ;
-  assign \port$1009$7  = \$8 ;
-  assign \port$1009$8  = \$9 ;
-  assign \port$1009$9  = \$10 ;
-  assign \port$1009$10  = \$11 ;
-  assign \port$1009$11  = \$12 ;
-  assign \port$1009$12  = \$13 ;
-  assign \port$1009$13  = \$14 ;
-  assign \port$1009$14  = \$15 ;
-  assign \port$1009$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_5 (\port$1010$0 , \port$1010$1 , \port$1010$2 , \port$1010$3 , \port$1010$4 , \port$1010$5 , \port$1010$6 , \port$1010$7 , \port$1010$8 , \port$1010$9 , \port$1010$10 , \port$1010$11 , \port$1010$12 , \port$1010$13 , \port$1010$14 , \port$1010$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$1010$0 ;
-  wire \port$1010$0 ;
-  output \port$1010$1 ;
-  wire \port$1010$1 ;
-  output \port$1010$10 ;
-  wire \port$1010$10 ;
-  output \port$1010$11 ;
-  wire \port$1010$11 ;
-  output \port$1010$12 ;
-  wire \port$1010$12 ;
-  output \port$1010$13 ;
-  wire \port$1010$13 ;
-  output \port$1010$14 ;
-  wire \port$1010$14 ;
-  output \port$1010$15 ;
-  wire \port$1010$15 ;
-  output \port$1010$2 ;
-  wire \port$1010$2 ;
-  output \port$1010$3 ;
-  wire \port$1010$3 ;
-  output \port$1010$4 ;
-  wire \port$1010$4 ;
-  output \port$1010$5 ;
-  wire \port$1010$5 ;
-  output \port$1010$6 ;
-  wire \port$1010$6 ;
-  output \port$1010$7 ;
-  wire \port$1010$7 ;
-  output \port$1010$8 ;
-  wire \port$1010$8 ;
-  output \port$1010$9 ;
-  wire \port$1010$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1010$0  = \$1 ;
-  assign \port$1010$1  = \$2 ;
-  assign \port$1010$2  = \$3 ;
-  assign \port$1010$3  = \$4 ;
-  assign \port$1010$4  = \$5 ;
-  assign \port$1010$5  = \$6 ;
-  assign \port$1010$6  = \$7 ;
-  assign \port$1010$7  = \$8 ;
-  assign \port$1010$8  = \$9 ;
-  assign \port$1010$9  = \$10 ;
-  assign \port$1010$10  = \$11 ;
-  assign \port$1010$11  = \$12 ;
-  assign \port$1010$12  = \$13 ;
-  assign \port$1010$13  = \$14 ;
-  assign \port$1010$14  = \$15 ;
-  assign \port$1010$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_6 (\port$1011$0 , \port$1011$1 , \port$1011$2 , \port$1011$3 , \port$1011$4 , \port$1011$5 , \port$1011$6 , \port$1011$7 , \port$1011$8 , \port$1011$9 , \port$1011$10 , \port$1011$11 , \port$1011$12 , \port$1011$13 , \port$1011$14 , \port$1011$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$1011$0 ;
-  wire \port$1011$0 ;
-  output \port$1011$1 ;
-  wire \port$1011$1 ;
-  output \port$1011$10 ;
-  wire \port$1011$10 ;
-  output \port$1011$11 ;
-  wire \port$1011$11 ;
-  output \port$1011$12 ;
-  wire \port$1011$12 ;
-  output \port$1011$13 ;
-  wire \port$1011$13 ;
-  output \port$1011$14 ;
-  wire \port$1011$14 ;
-  output \port$1011$15 ;
-  wire \port$1011$15 ;
-  output \port$1011$2 ;
-  wire \port$1011$2 ;
-  output \port$1011$3 ;
-  wire \port$1011$3 ;
-  output \port$1011$4 ;
-  wire \port$1011$4 ;
-  output \port$1011$5 ;
-  wire \port$1011$5 ;
-  output \port$1011$6 ;
-  wire \port$1011$6 ;
-  output \port$1011$7 ;
-  wire \port$1011$7 ;
-  output \port$1011$8 ;
-  wire \port$1011$8 ;
-  output \port$1011$9 ;
-  wire \port$1011$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1011$0  = \$1 ;
-  assign \port$1011$1  = \$2 ;
-  assign \port$1011$2  = \$3 ;
-  assign \port$1011$3  = \$4 ;
-  assign \port$1011$4  = \$5 ;
-  assign \port$1011$5  = \$6 ;
-  assign \port$1011$6  = \$7 ;
-  assign \port$1011$7  = \$8 ;
-  assign \port$1011$8  = \$9 ;
-  assign \port$1011$9  = \$10 ;
-  assign \port$1011$10  = \$11 ;
-  assign \port$1011$11  = \$12 ;
-  assign \port$1011$12  = \$13 ;
-  assign \port$1011$13  = \$14 ;
-  assign \port$1011$14  = \$15 ;
-  assign \port$1011$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -14398,13 +14398,13 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
   wire \$19 ;
   wire \$2 ;
   wire \$20 ;
-  wire \$21 ;
-  wire [2:0] \$22 ;
-  wire [2:0] \$23 ;
-  wire [13:0] \$24 ;
-  wire [13:0] \$25 ;
-  wire \$26 ;
-  wire [13:0] \$27 ;
+  wire [13:0] \$21 ;
+  wire [13:0] \$22 ;
+  wire \$23 ;
+  wire [2:0] \$24 ;
+  wire [2:0] \$25 ;
+  wire [13:0] \$26 ;
+  wire \$27 ;
   wire \$28 ;
   wire [13:0] \$29 ;
   wire \$3 ;
@@ -14532,6 +14532,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
   reg [10:0] lgoff = 11'h000;
   reg [10:0] lrow = 11'h000;
   reg [15:0] lx = 16'h0000;
+  reg [12:0] n_in_m1 = 13'h0000;
   input [41:0] read__addr;
   wire [41:0] read__addr;
   wire [39:0] \read__addr.addr ;
@@ -14600,6 +14601,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
   wire [12:0] \sizes.wg ;
   input start;
   wire start;
+  reg [11:0] wg_m1 = 12'h000;
   reg [55:0] inbuf_0 [1023:0];
   initial begin
     inbuf_0[0] = 56'h00000000000000;
@@ -18753,6 +18755,8 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
   end
   assign \$signature__data$38  = _3_;
   always @(posedge clk)
+    rows_in <= \$35 ;
+  always @(posedge clk)
     lx <= \$36 ;
   always @(posedge clk)
     lgi <= \$37 ;
@@ -18786,16 +18790,20 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
   assign \$19  = dwc ? \$17  : \$18 ;
   assign \$signature__en$19  = fire & \$19 ;
   assign \$20  = ~ done;
-  assign \$21  = lb == 2'h3;
-  assign \$22  = lb + 1'h1;
-  assign \$23  = \$21  ? 3'h0 : \$22 ;
-  assign \$24  = in_cnt + 1'h1;
-  assign \$25  = in_cnt + 1'h1;
-  assign \$26  = \$25  == sizes[25:13];
-  assign \$27  = sizes[12:0] - 1'h1;
-  assign \$28  = col_cnt == \$27 ;
+  assign \$21  = sizes[12:0] - 1'h1;
+  assign \$22  = sizes[25:13] - 1'h1;
+  assign \$23  = lb == 2'h3;
+  assign \$24  = lb + 1'h1;
+  assign \$25  = \$23  ? 3'h0 : \$24 ;
+  assign \$26  = in_cnt + 1'h1;
+  assign \$27  = in_cnt == n_in_m1;
+  assign \$28  = col_cnt == wg_m1;
   assign \$29  = rows_in + 1'h1;
   assign \$30  = col_cnt + 1'h1;
+  always @(posedge clk)
+    wg_m1 <= \$21 [11:0];
+  always @(posedge clk)
+    n_in_m1 <= \$22 [12:0];
   always @(posedge clk)
     lb <= \$31 ;
   always @(posedge clk)
@@ -18804,8 +18812,23 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
     done <= \$33 ;
   always @(posedge clk)
     col_cnt <= \$34 ;
-  always @(posedge clk)
-    rows_in <= \$35 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$35  = rows_in;
+    if (run) begin
+      if (count) begin
+        if (\$28 ) begin
+          \$35  = \$29 [12:0];
+        end
+      end
+    end
+    if (start) begin
+      \$35  = 13'h0000;
+    end
+    if (rst) begin
+      \$35  = 13'h0000;
+    end
+  end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$36  = lx;
@@ -18857,7 +18880,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$31  = lb;
     if (fire) begin
-      \$31  = \$23 [1:0];
+      \$31  = \$25 [1:0];
     end
     if (start) begin
       \$31  = 2'h0;
@@ -18871,7 +18894,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
     \$32  = in_cnt;
     if (run) begin
       if (count) begin
-        \$32  = \$24 [12:0];
+        \$32  = \$26 [12:0];
       end
     end
     if (start) begin
@@ -18886,7 +18909,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
     \$33  = done;
     if (run) begin
       if (count) begin
-        \$33  = \$26 ;
+        \$33  = \$27 ;
       end
     end
     if (start) begin
@@ -18914,23 +18937,6 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
     end
     if (rst) begin
       \$34  = 12'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$35  = rows_in;
-    if (run) begin
-      if (count) begin
-        if (\$28 ) begin
-          \$35  = \$29 [12:0];
-        end
-      end
-    end
-    if (start) begin
-      \$35  = 13'h0000;
-    end
-    if (rst) begin
-      \$35  = 13'h0000;
     end
   end
   assign \$signature__data  = i__payload;
@@ -25210,94 +25216,94 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire [13:0] \$1 ;
   wire [4:0] \$10 ;
-  wire \$100 ;
-  wire \$101 ;
-  wire [4:0] \$102 ;
-  wire \$103 ;
-  wire \$104 ;
-  wire \$105 ;
-  wire \$106 ;
-  wire [4:0] \$107 ;
+  wire [18:0] \$100 ;
+  wire [18:0] \$101 ;
+  wire [18:0] \$102 ;
+  wire [18:0] \$103 ;
+  wire [18:0] \$104 ;
+  wire [18:0] \$105 ;
+  wire [18:0] \$106 ;
+  wire \$107 ;
   wire \$108 ;
   wire \$109 ;
-  wire [6:0] \$11 ;
-  wire \$110 ;
-  wire \$111 ;
-  wire [6:0] \$112 ;
+  wire \$11 ;
+  wire [18:0] \$110 ;
+  wire [18:0] \$111 ;
+  wire \$112 ;
   wire \$113 ;
   wire \$114 ;
   wire \$115 ;
   wire \$116 ;
   wire [16:0] \$117 ;
-  wire \$118 ;
+  wire [16:0] \$118 ;
   wire \$119 ;
-  wire [6:0] \$12 ;
-  wire \$120 ;
+  wire \$12 ;
+  wire [4:0] \$120 ;
   wire \$121 ;
-  wire \$122 ;
-  wire [16:0] \$123 ;
-  wire \$124 ;
+  wire [4:0] \$122 ;
+  wire \$123 ;
+  wire [16:0] \$124 ;
   wire \$125 ;
-  wire \$126 ;
-  wire [11:0] \$127 ;
-  wire \$128 ;
-  wire \$129 ;
-  wire [16:0] \$13 ;
-  wire [18:0] \$130 ;
-  wire [18:0] \$131 ;
+  wire [16:0] \$126 ;
+  wire [16:0] \$127 ;
+  wire [16:0] \$128 ;
+  wire [2:0] \$129 ;
+  wire [4:0] \$13 ;
+  wire \$130 ;
+  wire [16:0] \$131 ;
   wire \$132 ;
-  wire \$133 ;
-  wire [18:0] \$134 ;
-  wire [18:0] \$135 ;
-  wire [18:0] \$136 ;
-  wire \$137 ;
+  wire [16:0] \$133 ;
+  wire \$134 ;
+  wire [4:0] \$135 ;
+  wire \$136 ;
+  wire [4:0] \$137 ;
   wire \$138 ;
-  wire [11:0] \$139 ;
-  wire [16:0] \$14 ;
+  wire [16:0] \$139 ;
+  wire [4:0] \$14 ;
   wire \$140 ;
-  wire \$141 ;
-  wire [18:0] \$142 ;
-  wire [18:0] \$143 ;
-  wire [18:0] \$144 ;
-  wire [18:0] \$145 ;
-  wire [18:0] \$146 ;
-  wire [3:0] \$147 ;
-  wire [3:0] \$148 ;
+  wire [16:0] \$141 ;
+  wire [16:0] \$142 ;
+  wire [16:0] \$143 ;
+  wire [2:0] \$144 ;
+  wire \$145 ;
+  wire [16:0] \$146 ;
+  wire \$147 ;
+  wire \$148 ;
   wire \$149 ;
-  wire [16:0] \$15 ;
+  wire \$15 ;
   wire \$150 ;
-  wire [18:0] \$151 ;
-  wire [18:0] \$152 ;
-  wire [18:0] \$153 ;
-  wire [18:0] \$154 ;
-  wire [18:0] \$155 ;
-  wire [18:0] \$156 ;
-  wire [18:0] \$157 ;
-  wire \$158 ;
-  wire \$159 ;
-  wire [16:0] \$16 ;
-  wire \$160 ;
-  wire [18:0] \$161 ;
-  wire [18:0] \$162 ;
-  wire \$163 ;
-  wire \$164 ;
-  wire \$165 ;
-  wire \$166 ;
-  wire \$167 ;
-  wire [16:0] \$168 ;
-  wire [4:0] \$169 ;
-  wire \$17 ;
+  wire \$151 ;
+  wire \$152 ;
+  wire \$153 ;
+  wire \$154 ;
+  wire \$155 ;
+  wire [16:0] \$156 ;
+  wire [17:0] \$157 ;
+  wire [4:0] \$158 ;
+  wire [5:0] \$159 ;
+  wire \$16 ;
+  wire [4:0] \$160 ;
+  wire [5:0] \$161 ;
+  wire [16:0] \$162 ;
+  wire [17:0] \$163 ;
+  wire [16:0] \$164 ;
+  wire [16:0] \$165 ;
+  wire [16:0] \$166 ;
+  wire [2:0] \$167 ;
+  wire [4:0] \$168 ;
+  wire [17:0] \$169 ;
+  wire [6:0] \$17 ;
   wire [16:0] \$170 ;
-  wire [16:0] \$171 ;
-  wire [16:0] \$172 ;
-  wire [16:0] \$173 ;
-  wire [16:0] \$174 ;
+  wire [17:0] \$171 ;
+  wire \$172 ;
+  wire \$173 ;
+  wire \$174 ;
   wire \$175 ;
   wire \$176 ;
   wire \$177 ;
   wire \$178 ;
   wire \$179 ;
-  wire [12:0] \$18 ;
+  wire [6:0] \$18 ;
   wire \$180 ;
   wire \$181 ;
   wire \$182 ;
@@ -25323,170 +25329,187 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   wire \$20 ;
   wire \$200 ;
   wire \$201 ;
-  wire \$202 ;
-  wire \$203 ;
-  wire \$204 ;
+  wire [3:0] \$202 ;
+  wire [3:0] \$203 ;
+  wire [3:0] \$204 ;
   wire [3:0] \$205 ;
-  wire [3:0] \$206 ;
-  wire [3:0] \$207 ;
-  wire [3:0] \$208 ;
-  wire [4:0] \$209 ;
-  wire \$21 ;
-  wire [15:0] \$210 ;
-  wire \$211 ;
-  wire [16:0] \$212 ;
-  wire [16:0] \$213 ;
-  wire [16:0] \$214 ;
+  wire [4:0] \$206 ;
+  wire [15:0] \$207 ;
+  wire \$208 ;
+  wire [16:0] \$209 ;
+  wire [16:0] \$21 ;
+  wire [16:0] \$210 ;
+  wire [16:0] \$211 ;
+  wire \$212 ;
+  wire [17:0] \$213 ;
+  wire [17:0] \$214 ;
   wire \$215 ;
-  wire [17:0] \$216 ;
-  wire [17:0] \$217 ;
-  wire \$218 ;
-  wire [13:0] \$219 ;
-  wire \$22 ;
-  wire [13:0] \$220 ;
-  wire [17:0] \$221 ;
-  wire [16:0] \$222 ;
-  wire [10:0] \$223 ;
-  wire [2:0] \$224 ;
-  wire [4:0] \$225 ;
-  wire [4:0] \$226 ;
-  wire \$227 ;
-  wire \$228 ;
+  wire [13:0] \$216 ;
+  wire [13:0] \$217 ;
+  wire [17:0] \$218 ;
+  wire [16:0] \$219 ;
+  wire [16:0] \$22 ;
+  wire [10:0] \$220 ;
+  wire [2:0] \$221 ;
+  wire [4:0] \$222 ;
+  wire [4:0] \$223 ;
+  wire \$224 ;
+  wire \$225 ;
+  wire \$226 ;
+  wire [18:0] \$227 ;
+  wire [19:0] \$228 ;
   wire \$229 ;
-  wire [12:0] \$23 ;
-  wire [18:0] \$230 ;
-  wire [19:0] \$231 ;
+  wire \$23 ;
+  wire \$230 ;
+  wire \$231 ;
   wire \$232 ;
   wire \$233 ;
   wire \$234 ;
   wire \$235 ;
-  wire \$236 ;
-  wire \$237 ;
-  wire \$238 ;
-  reg [11:0] \$239 ;
+  reg [11:0] \$236 ;
+  reg \$237 ;
+  reg [3:0] \$238 ;
+  reg \$239 ;
   wire \$24 ;
   reg [3:0] \$240 ;
-  reg [3:0] \$241 ;
+  reg \$241 ;
   reg [5:0] \$242 ;
-  reg [15:0] \$243 ;
+  reg \$243 ;
   reg [15:0] \$244 ;
   reg \$245 ;
-  reg \$246 ;
+  reg [15:0] \$246 ;
   reg \$247 ;
   reg \$248 ;
   reg \$249 ;
-  wire \$25 ;
+  wire [16:0] \$25 ;
   reg \$250 ;
   reg \$251 ;
   reg \$252 ;
   reg \$253 ;
   reg \$254 ;
   reg \$255 ;
-  reg [10:0] \$256 ;
-  reg [17:0] \$257 ;
-  reg [17:0] \$258 ;
-  reg [17:0] \$259 ;
-  wire \$26 ;
+  reg \$256 ;
+  reg \$257 ;
+  reg \$258 ;
+  reg [10:0] \$259 ;
+  wire [16:0] \$26 ;
   reg [17:0] \$260 ;
-  reg [10:0] \$261 ;
+  reg [17:0] \$261 ;
   reg [17:0] \$262 ;
   reg [17:0] \$263 ;
-  reg [17:0] \$264 ;
+  reg [10:0] \$264 ;
   reg [17:0] \$265 ;
   reg [17:0] \$266 ;
-  reg \$267 ;
-  reg \$268 ;
-  reg \$269 ;
+  reg [17:0] \$267 ;
+  reg [17:0] \$268 ;
+  reg [17:0] \$269 ;
   wire \$27 ;
-  reg [11:0] \$270 ;
-  reg [3:0] \$271 ;
-  reg [5:0] \$272 ;
-  reg [15:0] \$273 ;
-  reg [15:0] \$274 ;
-  reg [17:0] \$275 ;
-  reg [17:0] \$276 ;
-  reg [17:0] \$277 ;
-  reg [17:0] \$278 ;
-  reg [10:0] \$279 ;
+  reg \$270 ;
+  reg \$271 ;
+  reg \$272 ;
+  reg [5:0] \$273 ;
+  reg \$274 ;
+  reg \$275 ;
+  reg \$276 ;
+  reg \$277 ;
+  reg \$278 ;
+  reg \$279 ;
   wire \$28 ;
-  reg [2:0] \$280 ;
-  reg [3:0] \$281 ;
-  wire [4:0] \$29 ;
+  reg \$280 ;
+  reg \$281 ;
+  reg \$282 ;
+  reg \$283 ;
+  reg \$284 ;
+  reg \$285 ;
+  reg [13:0] \$286 ;
+  reg [5:0] \$287 ;
+  reg [5:0] \$288 ;
+  reg [7:0] \$289 ;
+  wire \$29 ;
+  reg [17:0] \$290 ;
+  reg [17:0] \$291 ;
+  reg [17:0] \$292 ;
+  reg [17:0] \$293 ;
+  reg [17:0] \$294 ;
+  reg [17:0] \$295 ;
+  reg [10:0] \$296 ;
+  reg [2:0] \$297 ;
+  reg [3:0] \$298 ;
   wire [16:0] \$3 ;
   wire \$30 ;
   wire \$31 ;
   wire \$32 ;
   wire \$33 ;
-  wire [12:0] \$34 ;
+  wire \$34 ;
   wire \$35 ;
   wire \$36 ;
   wire \$37 ;
   wire \$38 ;
-  wire [4:0] \$39 ;
+  wire \$39 ;
   wire [16:0] \$4 ;
   wire \$40 ;
   wire \$41 ;
   wire \$42 ;
   wire \$43 ;
   wire \$44 ;
-  wire [4:0] \$45 ;
+  wire \$45 ;
   wire \$46 ;
   wire \$47 ;
   wire \$48 ;
   wire \$49 ;
   wire [12:0] \$5 ;
-  wire [12:0] \$50 ;
+  wire \$50 ;
   wire \$51 ;
   wire \$52 ;
   wire \$53 ;
   wire \$54 ;
-  wire [4:0] \$55 ;
+  wire \$55 ;
   wire \$56 ;
   wire \$57 ;
   wire \$58 ;
   wire \$59 ;
   wire [12:0] \$6 ;
-  wire [4:0] \$60 ;
+  wire \$60 ;
   wire \$61 ;
   wire \$62 ;
   wire \$63 ;
   wire \$64 ;
   wire \$65 ;
-  wire [6:0] \$66 ;
+  wire \$66 ;
   wire \$67 ;
   wire \$68 ;
   wire \$69 ;
-  wire [4:0] \$7 ;
+  wire \$7 ;
   wire \$70 ;
-  wire [12:0] \$71 ;
+  wire \$71 ;
   wire \$72 ;
   wire \$73 ;
   wire \$74 ;
   wire \$75 ;
-  wire [4:0] \$76 ;
+  wire [11:0] \$76 ;
   wire \$77 ;
   wire \$78 ;
-  wire \$79 ;
-  wire [4:0] \$8 ;
-  wire \$80 ;
-  wire [4:0] \$81 ;
+  wire [18:0] \$79 ;
+  wire \$8 ;
+  wire [18:0] \$80 ;
+  wire \$81 ;
   wire \$82 ;
-  wire \$83 ;
-  wire \$84 ;
-  wire \$85 ;
-  wire [6:0] \$86 ;
+  wire [18:0] \$83 ;
+  wire [18:0] \$84 ;
+  wire [18:0] \$85 ;
+  wire \$86 ;
   wire \$87 ;
-  wire \$88 ;
+  wire [11:0] \$88 ;
   wire \$89 ;
   wire [4:0] \$9 ;
   wire \$90 ;
-  wire \$91 ;
-  wire [16:0] \$92 ;
-  wire \$93 ;
-  wire \$94 ;
-  wire \$95 ;
-  wire \$96 ;
-  wire [12:0] \$97 ;
+  wire [18:0] \$91 ;
+  wire [18:0] \$92 ;
+  wire [18:0] \$93 ;
+  wire [18:0] \$94 ;
+  wire [18:0] \$95 ;
+  wire [3:0] \$96 ;
+  wire [3:0] \$97 ;
   wire \$98 ;
   wire \$99 ;
   reg [17:0] base = 18'h00000;
@@ -25549,13 +25572,33 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   reg last_ky = 1'h0;
   reg last_ox = 1'h0;
   reg last_oy = 1'h0;
-  reg [11:0] lim_gi = 12'h000;
-  reg [3:0] lim_k = 4'h0;
-  reg [15:0] lim_ox = 16'h0000;
-  reg [15:0] lim_oy = 16'h0000;
+  reg [13:0] lim_2inc_gi = 14'h0000;
+  reg [7:0] lim_2inc_j = 8'h00;
+  reg [5:0] lim_2inc_kx = 6'h00;
+  reg [5:0] lim_2inc_ky = 6'h00;
+  reg [17:0] lim_2inc_ox = 18'h00000;
+  reg [17:0] lim_2inc_oy = 18'h00000;
+  reg lim_inc_gi = 1'h0;
+  reg lim_inc_j = 1'h0;
+  reg lim_inc_kx = 1'h0;
+  reg lim_inc_ky = 1'h0;
+  reg lim_inc_ox = 1'h0;
+  reg lim_inc_oy = 1'h0;
+  reg lim_zero_gi = 1'h0;
+  reg lim_zero_j = 1'h0;
+  reg lim_zero_kx = 1'h0;
+  reg lim_zero_ky = 1'h0;
+  reg lim_zero_ox = 1'h0;
+  reg lim_zero_oy = 1'h0;
   reg [17:0] linebase = 18'h00000;
   output loaded;
   reg loaded = 1'h0;
+  reg near_gi = 1'h0;
+  reg near_j = 1'h0;
+  reg near_kx = 1'h0;
+  reg near_ky = 1'h0;
+  reg near_ox = 1'h0;
+  reg near_oy = 1'h0;
   reg [17:0] need = 18'h00000;
   reg [15:0] ox = 16'h0000;
   reg [2:0] ox_step = 3'h0;
@@ -25618,348 +25661,419 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   assign \$4  = dwp ? { \$1 [13], \$1 [13], \$1 [13], \$1  } : \$3 ;
   assign \$5  = gi + 1'h1;
   assign \$6  = last_gi ? 13'h0000 : \$5 ;
-  assign \$7  = kx + 1'h1;
-  assign \$8  = last_kx ? 5'h00 : \$7 ;
-  assign \$9  = ky + 1'h1;
-  assign \$10  = last_ky ? 5'h00 : \$9 ;
-  assign \$11  = j + 1'h1;
-  assign \$12  = last_j ? 7'h00 : \$11 ;
-  assign \$13  = ox + ox_step;
-  assign \$14  = last_ox ? 17'h00000 : \$13 ;
-  assign \$15  = oy + 1'h1;
-  assign \$16  = last_oy ? 17'h00000 : \$15 ;
-  assign \$17  = ! lim_gi;
-  assign \$18  = gi + 1'h1;
-  assign \$19  = \$18  == lim_gi;
-  assign \$20  = last_gi ? \$17  : \$19 ;
-  assign \$22  = ! lim_gi;
-  assign \$23  = gi + 1'h1;
-  assign \$24  = \$23  == lim_gi;
-  assign \$25  = last_gi ? \$22  : \$24 ;
-  assign \$28  = ! lim_k;
-  assign \$29  = kx + 1'h1;
-  assign \$30  = \$29  == lim_k;
-  assign \$31  = last_kx ? \$28  : \$30 ;
-  assign \$32  = below_kx ? \$31  : last_kx;
-  assign \$33  = ! lim_gi;
-  assign \$34  = gi + 1'h1;
-  assign \$35  = \$34  == lim_gi;
-  assign \$36  = last_gi ? \$33  : \$35 ;
-  assign \$38  = ! lim_k;
-  assign \$39  = kx + 1'h1;
-  assign \$40  = \$39  == lim_k;
-  assign \$41  = last_kx ? \$38  : \$40 ;
-  assign \$42  = below_kx ? \$41  : last_kx;
-  assign \$43  = & { \$42 , \$37  };
-  assign \$44  = ! lim_k;
-  assign \$45  = ky + 1'h1;
-  assign \$46  = \$45  == lim_k;
-  assign \$47  = last_ky ? \$44  : \$46 ;
+  assign \$7  = gi == lim_2inc_gi;
+  assign \$8  = last_gi ? lim_inc_gi : \$7 ;
+  assign \$9  = kx + 1'h1;
+  assign \$10  = last_kx ? 5'h00 : \$9 ;
+  assign \$11  = kx == lim_2inc_kx;
+  assign \$12  = last_kx ? lim_inc_kx : \$11 ;
+  assign \$13  = ky + 1'h1;
+  assign \$14  = last_ky ? 5'h00 : \$13 ;
+  assign \$15  = ky == lim_2inc_ky;
+  assign \$16  = last_ky ? lim_inc_ky : \$15 ;
+  assign \$17  = j + 1'h1;
+  assign \$18  = last_j ? 7'h00 : \$17 ;
+  assign \$19  = j == lim_2inc_j;
+  assign \$20  = last_j ? lim_inc_j : \$19 ;
+  assign \$21  = ox + ox_step;
+  assign \$22  = last_ox ? 17'h00000 : \$21 ;
+  assign \$23  = ox == lim_2inc_ox;
+  assign \$24  = last_ox ? lim_inc_ox : \$23 ;
+  assign \$25  = oy + 1'h1;
+  assign \$26  = last_oy ? 17'h00000 : \$25 ;
+  assign \$27  = oy == lim_2inc_oy;
+  assign \$28  = last_oy ? lim_inc_oy : \$27 ;
+  assign \$29  = last_gi ? lim_zero_gi : near_gi;
+  assign \$31  = last_gi ? lim_zero_gi : near_gi;
+  assign \$34  = last_kx ? lim_zero_kx : near_kx;
+  assign \$35  = below_kx ? \$34  : last_kx;
+  assign \$36  = last_gi ? lim_zero_gi : near_gi;
+  assign \$38  = last_kx ? lim_zero_kx : near_kx;
+  assign \$39  = below_kx ? \$38  : last_kx;
+  assign \$40  = & { \$39 , \$37  };
+  assign \$41  = last_ky ? lim_zero_ky : near_ky;
+  assign \$42  = below_ky ? \$41  : last_ky;
+  assign \$43  = last_gi ? lim_zero_gi : near_gi;
+  assign \$45  = last_kx ? lim_zero_kx : near_kx;
+  assign \$46  = below_kx ? \$45  : last_kx;
+  assign \$47  = last_ky ? lim_zero_ky : near_ky;
   assign \$48  = below_ky ? \$47  : last_ky;
-  assign \$49  = ! lim_gi;
-  assign \$50  = gi + 1'h1;
-  assign \$51  = \$50  == lim_gi;
-  assign \$52  = last_gi ? \$49  : \$51 ;
-  assign \$54  = ! lim_k;
-  assign \$55  = kx + 1'h1;
-  assign \$56  = \$55  == lim_k;
-  assign \$57  = last_kx ? \$54  : \$56 ;
-  assign \$58  = below_kx ? \$57  : last_kx;
-  assign \$59  = ! lim_k;
-  assign \$60  = ky + 1'h1;
-  assign \$61  = \$60  == lim_k;
-  assign \$62  = last_ky ? \$59  : \$61 ;
-  assign \$63  = below_ky ? \$62  : last_ky;
-  assign \$64  = & { \$63 , \$58 , \$53  };
-  assign \$65  = ! last_group;
-  assign \$66  = j + 1'h1;
-  assign \$67  = \$66  == last_group;
-  assign \$68  = last_j ? \$65  : \$67 ;
-  assign \$69  = below_j ? \$68  : last_j;
-  assign \$70  = ! lim_gi;
-  assign \$71  = gi + 1'h1;
-  assign \$72  = \$71  == lim_gi;
-  assign \$73  = last_gi ? \$70  : \$72 ;
-  assign \$75  = ! lim_k;
-  assign \$76  = kx + 1'h1;
-  assign \$77  = \$76  == lim_k;
-  assign \$78  = last_kx ? \$75  : \$77 ;
-  assign \$79  = below_kx ? \$78  : last_kx;
-  assign \$80  = ! lim_k;
-  assign \$81  = ky + 1'h1;
-  assign \$82  = \$81  == lim_k;
-  assign \$83  = last_ky ? \$80  : \$82 ;
-  assign \$84  = below_ky ? \$83  : last_ky;
-  assign \$85  = ! last_group;
-  assign \$86  = j + 1'h1;
-  assign \$87  = \$86  == last_group;
-  assign \$88  = last_j ? \$85  : \$87 ;
-  assign \$89  = below_j ? \$88  : last_j;
-  assign \$90  = & { \$89 , \$84 , \$79 , \$74  };
-  assign \$91  = ! lim_ox;
-  assign \$92  = ox + ox_step;
-  assign \$93  = \$92  == lim_ox;
-  assign \$94  = last_ox ? \$91  : \$93 ;
-  assign \$95  = below_ox ? \$94  : last_ox;
-  assign \$96  = ! lim_gi;
-  assign \$97  = gi + 1'h1;
-  assign \$98  = \$97  == lim_gi;
-  assign \$99  = last_gi ? \$96  : \$98 ;
-  assign \$101  = ! lim_k;
-  assign \$102  = kx + 1'h1;
-  assign \$103  = \$102  == lim_k;
-  assign \$104  = last_kx ? \$101  : \$103 ;
-  assign \$105  = below_kx ? \$104  : last_kx;
-  assign \$106  = ! lim_k;
-  assign \$107  = ky + 1'h1;
-  assign \$108  = \$107  == lim_k;
-  assign \$109  = last_ky ? \$106  : \$108 ;
-  assign \$110  = below_ky ? \$109  : last_ky;
-  assign \$111  = ! last_group;
-  assign \$112  = j + 1'h1;
-  assign \$113  = \$112  == last_group;
-  assign \$114  = last_j ? \$111  : \$113 ;
-  assign \$115  = below_j ? \$114  : last_j;
-  assign \$116  = ! lim_ox;
-  assign \$117  = ox + ox_step;
-  assign \$118  = \$117  == lim_ox;
-  assign \$119  = last_ox ? \$116  : \$118 ;
-  assign \$120  = below_ox ? \$119  : last_ox;
-  assign \$121  = & { \$120 , \$115 , \$110 , \$105 , \$100  };
-  assign \$122  = ! lim_oy;
-  assign \$123  = oy + 1'h1;
-  assign \$124  = \$123  == lim_oy;
-  assign \$125  = last_oy ? \$122  : \$124 ;
-  assign \$126  = below_oy ? \$125  : last_oy;
-  assign \$127  = waddr + 1'h1;
-  assign \$128  = ~ last_kx;
-  assign \$129  = below_kx & \$128 ;
-  assign \$130  = $signed(ix) + $signed(2'h1);
-  assign \$131  = $signed(tapbase) + $signed(g_step);
-  assign \$132  = ~ last_ky;
-  assign \$133  = below_ky & \$132 ;
-  assign \$134  = $signed(iy) + $signed(2'h1);
-  assign \$135  = $signed(rowbase) + $signed(row_step);
-  assign \$136  = $signed(rowbase) + $signed(row_step);
-  assign \$137  = ~ last_j;
-  assign \$138  = below_j & \$137 ;
-  assign \$139  = goff + goff_step;
-  assign \$140  = ~ last_ox;
-  assign \$141  = below_ox & \$140 ;
-  assign \$142  = $signed(ix0) + $signed({ 1'h0, ix_step });
-  assign \$143  = $signed(ix0) + $signed({ 1'h0, ix_step });
-  assign \$144  = $signed(pixbase) + $signed(sg);
-  assign \$145  = $signed(pixbase) + $signed(sg);
-  assign \$146  = $signed(pixbase) + $signed(sg);
-  assign \$147  = - cmd[107:105];
-  assign \$148  = - cmd[107:105];
-  assign \$149  = ~ last_oy;
-  assign \$150  = below_oy & \$149 ;
-  assign \$151  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
-  assign \$152  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
-  assign \$153  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
-  assign \$154  = $signed(linebase) + $signed(swg);
-  assign \$155  = $signed(linebase) + $signed(swg);
-  assign \$156  = $signed(linebase) + $signed(swg);
-  assign \$157  = $signed(linebase) + $signed(swg);
-  assign \$158  = below_oy & last_oy;
-  assign \$159  = weights_done & params_done;
-  assign \$160  = cmd[111] | \$159 ;
-  assign \$161  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
-  assign \$162  = below_oy ? \$161  : { need[17], need };
-  assign \$163  = $signed({ 1'h0, rows_in }) >= $signed(\$162 );
-  assign \$164  = rows_in == cmd[15:0];
-  assign \$165  = \$163  | \$164 ;
-  assign \$166  = ~ refused;
-  assign \$167  = starting & \$166 ;
-  assign \$168  = gin_e - 1'h1;
-  assign \$169  = cmd[99:96] - 1'h1;
-  assign \$170  = cmd[95:80] - 1'h1;
-  assign \$171  = cmd[63:48] - 1'h1;
-  assign \$172  = cmd[63:48] - 1'h1;
-  assign \$173  = dwp ? \$171  : \$172 ;
-  assign \$174  = cmd[47:32] - 1'h1;
-  assign \$175  = gin_e == 1'h1;
-  assign \$176  = cmd[99:96] == 1'h1;
-  assign \$177  = cmd[99:96] == 1'h1;
-  assign \$178  = cmd[95:80] == 1'h1;
-  assign \$179  = cmd[63:48] <= 3'h4;
-  assign \$180  = cmd[63:48] == 1'h1;
-  assign \$181  = dwp ? \$179  : \$180 ;
-  assign \$182  = cmd[47:32] == 1'h1;
-  assign \$183  = gin_e == 1'h1;
+  assign \$49  = & { \$48 , \$46 , \$44  };
+  assign \$50  = last_j ? lim_zero_j : near_j;
+  assign \$51  = below_j ? \$50  : last_j;
+  assign \$52  = last_gi ? lim_zero_gi : near_gi;
+  assign \$54  = last_kx ? lim_zero_kx : near_kx;
+  assign \$55  = below_kx ? \$54  : last_kx;
+  assign \$56  = last_ky ? lim_zero_ky : near_ky;
+  assign \$57  = below_ky ? \$56  : last_ky;
+  assign \$58  = last_j ? lim_zero_j : near_j;
+  assign \$59  = below_j ? \$58  : last_j;
+  assign \$60  = & { \$59 , \$57 , \$55 , \$53  };
+  assign \$61  = last_ox ? lim_zero_ox : near_ox;
+  assign \$62  = below_ox ? \$61  : last_ox;
+  assign \$63  = last_gi ? lim_zero_gi : near_gi;
+  assign \$65  = last_kx ? lim_zero_kx : near_kx;
+  assign \$66  = below_kx ? \$65  : last_kx;
+  assign \$67  = last_ky ? lim_zero_ky : near_ky;
+  assign \$68  = below_ky ? \$67  : last_ky;
+  assign \$69  = last_j ? lim_zero_j : near_j;
+  assign \$70  = below_j ? \$69  : last_j;
+  assign \$71  = last_ox ? lim_zero_ox : near_ox;
+  assign \$72  = below_ox ? \$71  : last_ox;
+  assign \$73  = & { \$72 , \$70 , \$68 , \$66 , \$64  };
+  assign \$74  = last_oy ? lim_zero_oy : near_oy;
+  assign \$75  = below_oy ? \$74  : last_oy;
+  assign \$76  = waddr + 1'h1;
+  assign \$77  = ~ last_kx;
+  assign \$78  = below_kx & \$77 ;
+  assign \$79  = $signed(ix) + $signed(2'h1);
+  assign \$80  = $signed(tapbase) + $signed(g_step);
+  assign \$81  = ~ last_ky;
+  assign \$82  = below_ky & \$81 ;
+  assign \$83  = $signed(iy) + $signed(2'h1);
+  assign \$84  = $signed(rowbase) + $signed(row_step);
+  assign \$85  = $signed(rowbase) + $signed(row_step);
+  assign \$86  = ~ last_j;
+  assign \$87  = below_j & \$86 ;
+  assign \$88  = goff + goff_step;
+  assign \$89  = ~ last_ox;
+  assign \$90  = below_ox & \$89 ;
+  assign \$91  = $signed(ix0) + $signed({ 1'h0, ix_step });
+  assign \$92  = $signed(ix0) + $signed({ 1'h0, ix_step });
+  assign \$93  = $signed(pixbase) + $signed(sg);
+  assign \$94  = $signed(pixbase) + $signed(sg);
+  assign \$95  = $signed(pixbase) + $signed(sg);
+  assign \$96  = - cmd[107:105];
+  assign \$97  = - cmd[107:105];
+  assign \$98  = ~ last_oy;
+  assign \$99  = below_oy & \$98 ;
+  assign \$100  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
+  assign \$101  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
+  assign \$102  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
+  assign \$103  = $signed(linebase) + $signed(swg);
+  assign \$104  = $signed(linebase) + $signed(swg);
+  assign \$105  = $signed(linebase) + $signed(swg);
+  assign \$106  = $signed(linebase) + $signed(swg);
+  assign \$107  = below_oy & last_oy;
+  assign \$108  = weights_done & params_done;
+  assign \$109  = cmd[111] | \$108 ;
+  assign \$110  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
+  assign \$111  = below_oy ? \$110  : { need[17], need };
+  assign \$112  = $signed({ 1'h0, rows_in }) >= $signed(\$111 );
+  assign \$113  = rows_in == cmd[15:0];
+  assign \$114  = \$112  | \$113 ;
+  assign \$115  = ~ refused;
+  assign \$116  = starting & \$115 ;
+  assign \$117  = cmd[95:80] - 1'h1;
+  assign \$118  = gin_e - 1'h1;
+  assign \$119  = \$118  == 1'h1;
+  assign \$120  = cmd[99:96] - 1'h1;
+  assign \$121  = \$120  == 1'h1;
+  assign \$122  = cmd[99:96] - 1'h1;
+  assign \$123  = \$122  == 1'h1;
+  assign \$124  = cmd[95:80] - 1'h1;
+  assign \$125  = \$124  == 1'h1;
+  assign \$126  = cmd[63:48] - 1'h1;
+  assign \$127  = cmd[63:48] - 1'h1;
+  assign \$128  = dwp ? \$126  : \$127 ;
+  assign \$129  = dwp ? 3'h4 : 3'h1;
+  assign \$130  = \$128  == \$129 ;
+  assign \$131  = cmd[47:32] - 1'h1;
+  assign \$132  = \$131  == 1'h1;
+  assign \$133  = gin_e - 1'h1;
+  assign \$134  = \$133  == 1'h1;
+  assign \$135  = cmd[99:96] - 1'h1;
+  assign \$136  = \$135  == 1'h1;
+  assign \$137  = cmd[99:96] - 1'h1;
+  assign \$138  = \$137  == 1'h1;
+  assign \$139  = cmd[95:80] - 1'h1;
+  assign \$140  = \$139  == 1'h1;
+  assign \$141  = cmd[63:48] - 1'h1;
+  assign \$142  = cmd[63:48] - 1'h1;
+  assign \$143  = dwp ? \$141  : \$142 ;
+  assign \$144  = dwp ? 3'h4 : 3'h1;
+  assign \$145  = \$143  == \$144 ;
+  assign \$146  = cmd[47:32] - 1'h1;
+  assign \$147  = \$146  == 1'h1;
+  assign \$148  = gin_e == 1'h1;
+  assign \$149  = cmd[99:96] == 1'h1;
+  assign \$150  = cmd[99:96] == 1'h1;
+  assign \$151  = cmd[95:80] == 1'h1;
+  assign \$152  = cmd[63:48] <= 3'h4;
+  assign \$153  = cmd[63:48] == 1'h1;
+  assign \$154  = dwp ? \$152  : \$153 ;
+  assign \$155  = cmd[47:32] == 1'h1;
+  assign \$156  = gin_e - 1'h1;
+  assign \$157  = $signed(\$156 ) - $signed(3'h2);
+  assign \$158  = cmd[99:96] - 1'h1;
+  assign \$159  = $signed(\$158 ) - $signed(3'h2);
+  assign \$160  = cmd[99:96] - 1'h1;
+  assign \$161  = $signed(\$160 ) - $signed(3'h2);
+  assign \$162  = cmd[95:80] - 1'h1;
+  assign \$163  = $signed(\$162 ) - $signed(3'h2);
+  assign \$164  = cmd[63:48] - 1'h1;
+  assign \$165  = cmd[63:48] - 1'h1;
+  assign \$166  = dwp ? \$164  : \$165 ;
+  assign \$167  = dwp ? 3'h4 : 3'h1;
+  assign \$168  = 2'h2 * \$167 ;
+  assign \$169  = $signed(\$166 ) - $signed({ 1'h0, \$168  });
+  assign \$170  = cmd[47:32] - 1'h1;
+  assign \$171  = $signed(\$170 ) - $signed(3'h2);
+  assign \$172  = gin_e == 1'h1;
+  assign \$173  = cmd[99:96] == 1'h1;
+  assign \$174  = cmd[99:96] == 1'h1;
+  assign \$175  = cmd[95:80] == 1'h1;
+  assign \$176  = cmd[63:48] <= 3'h4;
+  assign \$177  = cmd[63:48] == 1'h1;
+  assign \$178  = dwp ? \$176  : \$177 ;
+  assign \$179  = cmd[47:32] == 1'h1;
+  assign \$180  = gin_e == 1'h1;
+  assign \$182  = gin_e == 1'h1;
+  assign \$183  = cmd[99:96] == 1'h1;
+  assign \$184  = & { \$183 , \$182  };
   assign \$185  = gin_e == 1'h1;
   assign \$186  = cmd[99:96] == 1'h1;
-  assign \$187  = & { \$186 , \$185  };
-  assign \$188  = gin_e == 1'h1;
-  assign \$189  = cmd[99:96] == 1'h1;
+  assign \$187  = cmd[99:96] == 1'h1;
+  assign \$188  = & { \$187 , \$186 , \$185  };
+  assign \$189  = gin_e == 1'h1;
   assign \$190  = cmd[99:96] == 1'h1;
-  assign \$191  = & { \$190 , \$189 , \$188  };
-  assign \$192  = gin_e == 1'h1;
-  assign \$193  = cmd[99:96] == 1'h1;
-  assign \$194  = cmd[99:96] == 1'h1;
-  assign \$195  = cmd[95:80] == 1'h1;
-  assign \$196  = & { \$195 , \$194 , \$193 , \$192  };
-  assign \$197  = gin_e == 1'h1;
-  assign \$198  = cmd[99:96] == 1'h1;
-  assign \$199  = cmd[99:96] == 1'h1;
-  assign \$200  = cmd[95:80] == 1'h1;
-  assign \$201  = cmd[63:48] <= 3'h4;
-  assign \$202  = cmd[63:48] == 1'h1;
-  assign \$203  = dwp ? \$201  : \$202 ;
-  assign \$204  = & { \$203 , \$200 , \$199 , \$198 , \$197  };
-  assign \$205  = - cmd[107:105];
-  assign \$206  = - cmd[107:105];
-  assign \$207  = - cmd[104:102];
-  assign \$208  = - cmd[104:102];
-  assign \$209  = cmd[99:96] - cmd[104:102];
-  assign \$210  = dwp ? 16'h0000 : cmd[79:64];
-  assign \$211  = cmd[101:100] == 2'h2;
-  assign \$213  = \$211  ? \$212  : { 1'h0, cmd[79:64] };
-  assign \$214  = dwp ? 17'h00000 : \$213 ;
+  assign \$191  = cmd[99:96] == 1'h1;
+  assign \$192  = cmd[95:80] == 1'h1;
+  assign \$193  = & { \$192 , \$191 , \$190 , \$189  };
+  assign \$194  = gin_e == 1'h1;
+  assign \$195  = cmd[99:96] == 1'h1;
+  assign \$196  = cmd[99:96] == 1'h1;
+  assign \$197  = cmd[95:80] == 1'h1;
+  assign \$198  = cmd[63:48] <= 3'h4;
+  assign \$199  = cmd[63:48] == 1'h1;
+  assign \$200  = dwp ? \$198  : \$199 ;
+  assign \$201  = & { \$200 , \$197 , \$196 , \$195 , \$194  };
+  assign \$202  = - cmd[107:105];
+  assign \$203  = - cmd[107:105];
+  assign \$204  = - cmd[104:102];
+  assign \$205  = - cmd[104:102];
+  assign \$206  = cmd[99:96] - cmd[104:102];
+  assign \$207  = dwp ? 16'h0000 : cmd[79:64];
+  assign \$208  = cmd[101:100] == 2'h2;
+  assign \$210  = \$208  ? \$209  : { 1'h0, cmd[79:64] };
+  assign \$211  = dwp ? 17'h00000 : \$210 ;
+  assign \$212  = cmd[101:100] == 2'h2;
   assign \$215  = cmd[101:100] == 2'h2;
-  assign \$218  = cmd[101:100] == 2'h2;
-  assign \$220  = \$218  ? \$219  : { 1'h0, sizes[12:0] };
-  assign \$221  = dwp ? 18'h00000 : { 4'h0, \$220  };
-  assign \$222  = dwp ? 17'h00000 : { 4'h0, sizes[12:0] };
-  assign \$223  = dwp ? sizes[150:140] : { 10'h000, dw };
-  assign \$224  = dwp ? 3'h4 : 3'h1;
-  assign \$226  = dwp ? \$225  : { 3'h0, cmd[101:100] };
-  assign \$227  = seq_busy & loaded;
-  assign taps__valid = \$227  & rows_ok;
+  assign \$217  = \$215  ? \$216  : { 1'h0, sizes[12:0] };
+  assign \$218  = dwp ? 18'h00000 : { 4'h0, \$217  };
+  assign \$219  = dwp ? 17'h00000 : { 4'h0, sizes[12:0] };
+  assign \$220  = dwp ? sizes[150:140] : { 10'h000, dw };
+  assign \$221  = dwp ? 3'h4 : 3'h1;
+  assign \$223  = dwp ? \$222  : { 3'h0, cmd[101:100] };
+  assign \$224  = seq_busy & loaded;
+  assign taps__valid = \$224  & rows_ok;
   assign issue = taps__valid & taps__ready;
-  assign \$228  = seq_busy & loaded;
-  assign \$229  = ~ issue;
-  assign waiting = \$228  & \$229 ;
-  assign \$230  = $signed(tapbase) + $signed({ 1'h0, gi });
-  assign \$231  = $signed(\$230 ) + $signed({ 1'h0, goff });
-  assign \$232  = ! gi;
-  assign \$233  = ! kx;
-  assign \$234  = \$232  & \$233 ;
-  assign \$235  = ! ky;
-  assign \$236  = \$234  & \$235 ;
-  assign \$237  = last_gi & last_kx;
-  assign \$238  = \$237  & last_ky;
+  assign \$225  = seq_busy & loaded;
+  assign \$226  = ~ issue;
+  assign waiting = \$225  & \$226 ;
+  assign \$227  = $signed(tapbase) + $signed({ 1'h0, gi });
+  assign \$228  = $signed(\$227 ) + $signed({ 1'h0, goff });
+  assign \$229  = ! gi;
+  assign \$230  = ! kx;
+  assign \$231  = \$229  & \$230 ;
+  assign \$232  = ! ky;
+  assign \$233  = \$231  & \$232 ;
+  assign \$234  = last_gi & last_kx;
+  assign \$235  = \$234  & last_ky;
   always @(posedge clk)
     base <= { \$4 [16], \$4  };
   always @(posedge clk)
-    gi <= \$239 ;
+    gi <= \$236 ;
   always @(posedge clk)
-    kx <= \$240 ;
+    near_gi <= \$237 ;
   always @(posedge clk)
-    ky <= \$241 ;
+    kx <= \$238 ;
+  always @(posedge clk)
+    near_kx <= \$239 ;
+  always @(posedge clk)
+    ky <= \$240 ;
+  always @(posedge clk)
+    near_ky <= \$241 ;
   always @(posedge clk)
     j <= \$242 ;
   always @(posedge clk)
-    ox <= \$243 ;
+    near_j <= \$243 ;
   always @(posedge clk)
-    oy <= \$244 ;
+    ox <= \$244 ;
   always @(posedge clk)
-    last_gi <= \$245 ;
+    near_ox <= \$245 ;
   always @(posedge clk)
-    below_kx <= \$246 ;
+    oy <= \$246 ;
   always @(posedge clk)
-    last_kx <= \$247 ;
+    near_oy <= \$247 ;
   always @(posedge clk)
-    below_ky <= \$248 ;
+    last_gi <= \$248 ;
   always @(posedge clk)
-    last_ky <= \$249 ;
+    below_kx <= \$249 ;
   always @(posedge clk)
-    below_j <= \$250 ;
+    last_kx <= \$250 ;
   always @(posedge clk)
-    last_j <= \$251 ;
+    below_ky <= \$251 ;
   always @(posedge clk)
-    below_ox <= \$252 ;
+    last_ky <= \$252 ;
   always @(posedge clk)
-    last_ox <= \$253 ;
+    below_j <= \$253 ;
   always @(posedge clk)
-    below_oy <= \$254 ;
+    last_j <= \$254 ;
   always @(posedge clk)
-    last_oy <= \$255 ;
+    below_ox <= \$255 ;
   always @(posedge clk)
-    waddr <= \$256 ;
+    last_ox <= \$256 ;
   always @(posedge clk)
-    ix <= \$257 ;
+    below_oy <= \$257 ;
   always @(posedge clk)
-    tapbase <= \$258 ;
+    last_oy <= \$258 ;
   always @(posedge clk)
-    iy <= \$259 ;
+    waddr <= \$259 ;
   always @(posedge clk)
-    rowbase <= \$260 ;
+    ix <= \$260 ;
   always @(posedge clk)
-    goff <= \$261 ;
+    tapbase <= \$261 ;
   always @(posedge clk)
-    ix0 <= \$262 ;
+    iy <= \$262 ;
   always @(posedge clk)
-    pixbase <= \$263 ;
+    rowbase <= \$263 ;
   always @(posedge clk)
-    iy0 <= \$264 ;
+    goff <= \$264 ;
   always @(posedge clk)
-    need <= \$265 ;
+    ix0 <= \$265 ;
   always @(posedge clk)
-    linebase <= \$266 ;
+    pixbase <= \$266 ;
   always @(posedge clk)
-    seq_busy <= \$267 ;
+    iy0 <= \$267 ;
   always @(posedge clk)
-    loaded <= \$268 ;
+    need <= \$268 ;
   always @(posedge clk)
-    rows_ok <= \$269 ;
+    linebase <= \$269 ;
   always @(posedge clk)
-    lim_gi <= \$270 ;
+    seq_busy <= \$270 ;
   always @(posedge clk)
-    lim_k <= \$271 ;
+    loaded <= \$271 ;
   always @(posedge clk)
-    last_group <= \$272 ;
+    rows_ok <= \$272 ;
   always @(posedge clk)
-    lim_ox <= \$273 ;
+    last_group <= \$273 ;
   always @(posedge clk)
-    lim_oy <= \$274 ;
+    lim_inc_gi <= \$274 ;
   always @(posedge clk)
-    g_step <= \$275 ;
+    lim_inc_kx <= \$275 ;
   always @(posedge clk)
-    sg <= \$276 ;
+    lim_inc_ky <= \$276 ;
   always @(posedge clk)
-    swg <= \$277 ;
+    lim_inc_j <= \$277 ;
   always @(posedge clk)
-    row_step <= \$278 ;
+    lim_inc_ox <= \$278 ;
   always @(posedge clk)
-    goff_step <= \$279 ;
+    lim_inc_oy <= \$279 ;
   always @(posedge clk)
-    ox_step <= \$280 ;
+    lim_zero_gi <= \$280 ;
   always @(posedge clk)
-    ix_step <= \$281 ;
+    lim_zero_kx <= \$281 ;
+  always @(posedge clk)
+    lim_zero_ky <= \$282 ;
+  always @(posedge clk)
+    lim_zero_j <= \$283 ;
+  always @(posedge clk)
+    lim_zero_ox <= \$284 ;
+  always @(posedge clk)
+    lim_zero_oy <= \$285 ;
+  always @(posedge clk)
+    lim_2inc_gi <= \$286 ;
+  always @(posedge clk)
+    lim_2inc_kx <= \$287 ;
+  always @(posedge clk)
+    lim_2inc_ky <= \$288 ;
+  always @(posedge clk)
+    lim_2inc_j <= \$289 ;
+  always @(posedge clk)
+    lim_2inc_ox <= \$290 ;
+  always @(posedge clk)
+    lim_2inc_oy <= \$291 ;
+  always @(posedge clk)
+    g_step <= \$292 ;
+  always @(posedge clk)
+    sg <= \$293 ;
+  always @(posedge clk)
+    swg <= \$294 ;
+  always @(posedge clk)
+    row_step <= \$295 ;
+  always @(posedge clk)
+    goff_step <= \$296 ;
+  always @(posedge clk)
+    ox_step <= \$297 ;
+  always @(posedge clk)
+    ix_step <= \$298 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$239  = gi;
+    \$236  = gi;
     if (issue) begin
-      \$239  = \$6 [11:0];
+      \$236  = \$6 [11:0];
     end
-    if (\$167 ) begin
-      \$239  = 12'h000;
+    if (\$116 ) begin
+      \$236  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$240  = kx;
+    \$237  = near_gi;
+    if (issue) begin
+      \$237  = \$8 ;
+    end
+    if (\$116 ) begin
+      \$237  = \$119 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$238  = kx;
     if (issue) begin
       if (below_kx) begin
-        \$240  = \$8 [3:0];
+        \$238  = \$10 [3:0];
       end
     end
-    if (\$167 ) begin
+    if (\$116 ) begin
+      \$238  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$239  = near_kx;
+    if (issue) begin
+      if (below_kx) begin
+        \$239  = \$12 ;
+      end
+    end
+    if (\$116 ) begin
+      \$239  = \$121 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$240  = ky;
+    if (issue) begin
+      if (below_ky) begin
+        \$240  = \$14 [3:0];
+      end
+    end
+    if (\$116 ) begin
       \$240  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$241  = ky;
+    \$241  = near_ky;
     if (issue) begin
       if (below_ky) begin
-        \$241  = \$10 [3:0];
+        \$241  = \$16 ;
       end
     end
-    if (\$167 ) begin
-      \$241  = 4'h0;
+    if (\$116 ) begin
+      \$241  = \$123 ;
     end
   end
   always @* begin
@@ -25967,451 +26081,585 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
     \$242  = j;
     if (issue) begin
       if (below_j) begin
-        \$242  = \$12 [5:0];
+        \$242  = \$18 [5:0];
       end
     end
-    if (\$167 ) begin
+    if (\$116 ) begin
       \$242  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$243  = ox;
+    \$243  = near_j;
     if (issue) begin
-      if (below_ox) begin
-        \$243  = \$14 [15:0];
+      if (below_j) begin
+        \$243  = \$20 ;
       end
     end
-    if (\$167 ) begin
-      \$243  = 16'h0000;
+    if (\$116 ) begin
+      \$243  = \$125 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$244  = oy;
+    \$244  = ox;
     if (issue) begin
-      if (below_oy) begin
-        \$244  = \$16 [15:0];
+      if (below_ox) begin
+        \$244  = \$22 [15:0];
       end
     end
-    if (\$167 ) begin
+    if (\$116 ) begin
       \$244  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$245  = last_gi;
+    \$245  = near_ox;
     if (issue) begin
-      \$245  = \$21 ;
-    end
-    if (\$167 ) begin
-      \$245  = \$175 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$246  = below_kx;
-    if (issue) begin
-      \$246  = \$27 ;
-    end
-    if (\$167 ) begin
-      \$246  = \$184 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$247  = last_kx;
-    if (issue) begin
-      \$247  = \$32 ;
-    end
-    if (\$167 ) begin
-      \$247  = \$176 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$248  = below_ky;
-    if (issue) begin
-      \$248  = \$43 ;
-    end
-    if (\$167 ) begin
-      \$248  = \$187 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$249  = last_ky;
-    if (issue) begin
-      \$249  = \$48 ;
-    end
-    if (\$167 ) begin
-      \$249  = \$177 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$250  = below_j;
-    if (issue) begin
-      \$250  = \$64 ;
-    end
-    if (\$167 ) begin
-      \$250  = \$191 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$251  = last_j;
-    if (issue) begin
-      \$251  = \$69 ;
-    end
-    if (\$167 ) begin
-      \$251  = \$178 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$252  = below_ox;
-    if (issue) begin
-      \$252  = \$90 ;
-    end
-    if (\$167 ) begin
-      \$252  = \$196 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$253  = last_ox;
-    if (issue) begin
-      \$253  = \$95 ;
-    end
-    if (\$167 ) begin
-      \$253  = \$181 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$254  = below_oy;
-    if (issue) begin
-      \$254  = \$121 ;
-    end
-    if (\$167 ) begin
-      \$254  = \$204 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$255  = last_oy;
-    if (issue) begin
-      \$255  = \$126 ;
-    end
-    if (\$167 ) begin
-      \$255  = \$182 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$256  = waddr;
-    if (issue) begin
-      \$256  = \$127 [10:0];
       if (below_ox) begin
-        \$256  = 11'h000;
+        \$245  = \$24 ;
       end
     end
-    if (\$167 ) begin
-      \$256  = 11'h000;
+    if (\$116 ) begin
+      \$245  = \$130 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$257  = ix;
+    \$246  = oy;
     if (issue) begin
-      if (\$129 ) begin
-        \$257  = \$130 [17:0];
+      if (below_oy) begin
+        \$246  = \$26 [15:0];
+      end
+    end
+    if (\$116 ) begin
+      \$246  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$247  = near_oy;
+    if (issue) begin
+      if (below_oy) begin
+        \$247  = \$28 ;
+      end
+    end
+    if (\$116 ) begin
+      \$247  = \$132 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$248  = last_gi;
+    if (issue) begin
+      \$248  = \$30 ;
+    end
+    if (\$116 ) begin
+      \$248  = \$172 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$249  = below_kx;
+    if (issue) begin
+      \$249  = \$33 ;
+    end
+    if (\$116 ) begin
+      \$249  = \$181 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$250  = last_kx;
+    if (issue) begin
+      \$250  = \$35 ;
+    end
+    if (\$116 ) begin
+      \$250  = \$173 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$251  = below_ky;
+    if (issue) begin
+      \$251  = \$40 ;
+    end
+    if (\$116 ) begin
+      \$251  = \$184 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$252  = last_ky;
+    if (issue) begin
+      \$252  = \$42 ;
+    end
+    if (\$116 ) begin
+      \$252  = \$174 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$253  = below_j;
+    if (issue) begin
+      \$253  = \$49 ;
+    end
+    if (\$116 ) begin
+      \$253  = \$188 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$254  = last_j;
+    if (issue) begin
+      \$254  = \$51 ;
+    end
+    if (\$116 ) begin
+      \$254  = \$175 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$255  = below_ox;
+    if (issue) begin
+      \$255  = \$60 ;
+    end
+    if (\$116 ) begin
+      \$255  = \$193 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$256  = last_ox;
+    if (issue) begin
+      \$256  = \$62 ;
+    end
+    if (\$116 ) begin
+      \$256  = \$178 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$257  = below_oy;
+    if (issue) begin
+      \$257  = \$73 ;
+    end
+    if (\$116 ) begin
+      \$257  = \$201 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$258  = last_oy;
+    if (issue) begin
+      \$258  = \$75 ;
+    end
+    if (\$116 ) begin
+      \$258  = \$179 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$259  = waddr;
+    if (issue) begin
+      \$259  = \$76 [10:0];
+      if (below_ox) begin
+        \$259  = 11'h000;
+      end
+    end
+    if (\$116 ) begin
+      \$259  = 11'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$260  = ix;
+    if (issue) begin
+      if (\$78 ) begin
+        \$260  = \$79 [17:0];
       end
       if (below_ky) begin
-        \$257  = ix0;
+        \$260  = ix0;
       end
-      if (\$141 ) begin
-        \$257  = \$143 [17:0];
+      if (\$90 ) begin
+        \$260  = \$92 [17:0];
       end
       if (below_oy) begin
-        \$257  = { \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148  };
+        \$260  = { \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97  };
       end
     end
-    if (\$167 ) begin
-      \$257  = { \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205  };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$258  = tapbase;
-    if (issue) begin
-      if (\$129 ) begin
-        \$258  = \$131 [17:0];
-      end
-      if (\$133 ) begin
-        \$258  = \$136 [17:0];
-      end
-      if (\$138 ) begin
-        \$258  = pixbase;
-      end
-      if (\$141 ) begin
-        \$258  = \$146 [17:0];
-      end
-      if (\$150 ) begin
-        \$258  = \$157 [17:0];
-      end
-    end
-    if (\$167 ) begin
-      \$258  = base;
+    if (\$116 ) begin
+      \$260  = { \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$259  = iy;
+    \$261  = tapbase;
     if (issue) begin
-      if (\$133 ) begin
-        \$259  = \$134 [17:0];
+      if (\$78 ) begin
+        \$261  = \$80 [17:0];
+      end
+      if (\$82 ) begin
+        \$261  = \$85 [17:0];
+      end
+      if (\$87 ) begin
+        \$261  = pixbase;
+      end
+      if (\$90 ) begin
+        \$261  = \$95 [17:0];
+      end
+      if (\$99 ) begin
+        \$261  = \$106 [17:0];
+      end
+    end
+    if (\$116 ) begin
+      \$261  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$262  = iy;
+    if (issue) begin
+      if (\$82 ) begin
+        \$262  = \$83 [17:0];
       end
       if (below_j) begin
-        \$259  = iy0;
+        \$262  = iy0;
       end
-      if (\$150 ) begin
-        \$259  = \$152 [17:0];
-      end
-    end
-    if (\$167 ) begin
-      \$259  = { \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207  };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$260  = rowbase;
-    if (issue) begin
-      if (\$133 ) begin
-        \$260  = \$135 [17:0];
-      end
-      if (\$138 ) begin
-        \$260  = pixbase;
-      end
-      if (\$141 ) begin
-        \$260  = \$145 [17:0];
-      end
-      if (\$150 ) begin
-        \$260  = \$156 [17:0];
+      if (\$99 ) begin
+        \$262  = \$101 [17:0];
       end
     end
-    if (\$167 ) begin
-      \$260  = base;
+    if (\$116 ) begin
+      \$262  = { \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$261  = goff;
+    \$263  = rowbase;
     if (issue) begin
-      if (\$138 ) begin
-        \$261  = \$139 [10:0];
+      if (\$82 ) begin
+        \$263  = \$84 [17:0];
       end
-      if (below_ox) begin
-        \$261  = 11'h000;
+      if (\$87 ) begin
+        \$263  = pixbase;
       end
-    end
-    if (\$167 ) begin
-      \$261  = 11'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$262  = ix0;
-    if (issue) begin
-      if (\$141 ) begin
-        \$262  = \$142 [17:0];
+      if (\$90 ) begin
+        \$263  = \$94 [17:0];
       end
-      if (below_oy) begin
-        \$262  = { \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147  };
+      if (\$99 ) begin
+        \$263  = \$105 [17:0];
       end
     end
-    if (\$167 ) begin
-      \$262  = { \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206  };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$263  = pixbase;
-    if (issue) begin
-      if (\$141 ) begin
-        \$263  = \$144 [17:0];
-      end
-      if (\$150 ) begin
-        \$263  = \$155 [17:0];
-      end
-    end
-    if (\$167 ) begin
+    if (\$116 ) begin
       \$263  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$264  = iy0;
+    \$264  = goff;
     if (issue) begin
-      if (\$150 ) begin
-        \$264  = \$151 [17:0];
+      if (\$87 ) begin
+        \$264  = \$88 [10:0];
+      end
+      if (below_ox) begin
+        \$264  = 11'h000;
       end
     end
-    if (\$167 ) begin
-      \$264  = { \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208  };
+    if (\$116 ) begin
+      \$264  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$265  = need;
+    \$265  = ix0;
     if (issue) begin
-      if (\$150 ) begin
-        \$265  = \$153 [17:0];
+      if (\$90 ) begin
+        \$265  = \$91 [17:0];
+      end
+      if (below_oy) begin
+        \$265  = { \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96  };
       end
     end
-    if (\$167 ) begin
-      \$265  = { \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209  };
+    if (\$116 ) begin
+      \$265  = { \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$266  = linebase;
+    \$266  = pixbase;
     if (issue) begin
-      if (\$150 ) begin
-        \$266  = \$154 [17:0];
+      if (\$90 ) begin
+        \$266  = \$93 [17:0];
+      end
+      if (\$99 ) begin
+        \$266  = \$104 [17:0];
       end
     end
-    if (\$167 ) begin
+    if (\$116 ) begin
       \$266  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$267  = seq_busy;
+    \$267  = iy0;
     if (issue) begin
-      if (\$158 ) begin
-        \$267  = 1'h0;
+      if (\$99 ) begin
+        \$267  = \$100 [17:0];
       end
     end
-    if (\$167 ) begin
-      \$267  = 1'h1;
-    end
-    if (rst) begin
-      \$267  = 1'h0;
+    if (\$116 ) begin
+      \$267  = { \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$268  = loaded;
+    \$268  = need;
+    if (issue) begin
+      if (\$99 ) begin
+        \$268  = \$102 [17:0];
+      end
+    end
+    if (\$116 ) begin
+      \$268  = { \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$269  = linebase;
+    if (issue) begin
+      if (\$99 ) begin
+        \$269  = \$103 [17:0];
+      end
+    end
+    if (\$116 ) begin
+      \$269  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$270  = seq_busy;
+    if (issue) begin
+      if (\$107 ) begin
+        \$270  = 1'h0;
+      end
+    end
+    if (\$116 ) begin
+      \$270  = 1'h1;
+    end
+    if (rst) begin
+      \$270  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$271  = loaded;
     if (run) begin
-      \$268  = \$160 ;
+      \$271  = \$109 ;
     end
-    if (\$167 ) begin
-      \$268  = 1'h0;
+    if (\$116 ) begin
+      \$271  = 1'h0;
     end
     if (rst) begin
-      \$268  = 1'h0;
+      \$271  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$269  = rows_ok;
+    \$272  = rows_ok;
     if (run) begin
-      \$269  = \$165 ;
+      \$272  = \$114 ;
     end
-    if (\$167 ) begin
-      \$269  = 1'h0;
-    end
-    if (rst) begin
-      \$269  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$270  = lim_gi;
-    if (\$167 ) begin
-      \$270  = \$168 [11:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$271  = lim_k;
-    if (\$167 ) begin
-      \$271  = \$169 [3:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$272  = last_group;
-    if (\$167 ) begin
-      \$272  = \$170 [5:0];
+    if (\$116 ) begin
+      \$272  = 1'h0;
     end
     if (rst) begin
-      \$272  = 6'h00;
+      \$272  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$273  = lim_ox;
-    if (\$167 ) begin
-      \$273  = \$173 [15:0];
+    \$273  = last_group;
+    if (\$116 ) begin
+      \$273  = \$117 [5:0];
+    end
+    if (rst) begin
+      \$273  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$274  = lim_oy;
-    if (\$167 ) begin
-      \$274  = \$174 [15:0];
+    \$274  = lim_inc_gi;
+    if (\$116 ) begin
+      \$274  = \$134 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$275  = g_step;
-    if (\$167 ) begin
-      \$275  = { 2'h0, \$210  };
+    \$275  = lim_inc_kx;
+    if (\$116 ) begin
+      \$275  = \$136 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$276  = sg;
-    if (\$167 ) begin
-      \$276  = { 1'h0, \$214  };
+    \$276  = lim_inc_ky;
+    if (\$116 ) begin
+      \$276  = \$138 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$277  = swg;
-    if (\$167 ) begin
-      \$277  = \$221 ;
+    \$277  = lim_inc_j;
+    if (\$116 ) begin
+      \$277  = \$140 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$278  = row_step;
-    if (\$167 ) begin
-      \$278  = { 1'h0, \$222  };
+    \$278  = lim_inc_ox;
+    if (\$116 ) begin
+      \$278  = \$145 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$279  = goff_step;
-    if (\$167 ) begin
-      \$279  = \$223 ;
+    \$279  = lim_inc_oy;
+    if (\$116 ) begin
+      \$279  = \$147 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$280  = ox_step;
-    if (\$167 ) begin
-      \$280  = \$224 ;
+    \$280  = lim_zero_gi;
+    if (\$116 ) begin
+      \$280  = \$148 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$281  = ix_step;
-    if (\$167 ) begin
-      \$281  = \$226 [3:0];
+    \$281  = lim_zero_kx;
+    if (\$116 ) begin
+      \$281  = \$149 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$282  = lim_zero_ky;
+    if (\$116 ) begin
+      \$282  = \$150 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$283  = lim_zero_j;
+    if (\$116 ) begin
+      \$283  = \$151 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$284  = lim_zero_ox;
+    if (\$116 ) begin
+      \$284  = \$154 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$285  = lim_zero_oy;
+    if (\$116 ) begin
+      \$285  = \$155 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$286  = lim_2inc_gi;
+    if (\$116 ) begin
+      \$286  = \$157 [13:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$287  = lim_2inc_kx;
+    if (\$116 ) begin
+      \$287  = \$159 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$288  = lim_2inc_ky;
+    if (\$116 ) begin
+      \$288  = \$161 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$289  = lim_2inc_j;
+    if (\$116 ) begin
+      \$289  = \$163 [7:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$290  = lim_2inc_ox;
+    if (\$116 ) begin
+      \$290  = \$169 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$291  = lim_2inc_oy;
+    if (\$116 ) begin
+      \$291  = \$171 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$292  = g_step;
+    if (\$116 ) begin
+      \$292  = { 2'h0, \$207  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$293  = sg;
+    if (\$116 ) begin
+      \$293  = { 1'h0, \$211  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$294  = swg;
+    if (\$116 ) begin
+      \$294  = \$218 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$295  = row_step;
+    if (\$116 ) begin
+      \$295  = { 1'h0, \$219  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$296  = goff_step;
+    if (\$116 ) begin
+      \$296  = \$220 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$297  = ox_step;
+    if (\$116 ) begin
+      \$297  = \$221 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$298  = ix_step;
+    if (\$116 ) begin
+      \$298  = \$223 [3:0];
     end
   end
   assign ws = 17'h00000;
@@ -26447,25 +26695,25 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   assign \taps__payload.waddr  = taps__payload[64:54];
   assign \taps__payload.first  = taps__payload[65];
   assign \taps__payload.last  = taps__payload[66];
-  assign taps__payload[66] = \$238 ;
-  assign taps__payload[65] = \$236 ;
+  assign taps__payload[66] = \$235 ;
+  assign taps__payload[65] = \$233 ;
   assign taps__payload[64:54] = waddr;
   assign taps__payload[53:36] = iy;
   assign taps__payload[35:18] = ix;
-  assign taps__payload[17:0] = \$231 [17:0];
-  assign \$21  = \$20 ;
-  assign \$26  = \$25 ;
-  assign \$27  = \$25 ;
+  assign taps__payload[17:0] = \$228 [17:0];
+  assign \$30  = \$29 ;
+  assign \$32  = \$31 ;
+  assign \$33  = \$31 ;
   assign \$37  = \$36 ;
+  assign \$44  = \$43 ;
   assign \$53  = \$52 ;
-  assign \$74  = \$73 ;
-  assign \$100  = \$99 ;
-  assign \$184  = \$183 ;
-  assign \$212  = { cmd[79:64], 1'h0 };
-  assign \$216  = 18'h00000;
-  assign \$219  = { sizes[12:0], 1'h0 };
-  assign \$225  = { 1'h0, cmd[101:100], 2'h0 };
-  assign \$217  = 18'h00000;
+  assign \$64  = \$63 ;
+  assign \$181  = \$180 ;
+  assign \$209  = { cmd[79:64], 1'h0 };
+  assign \$213  = 18'h00000;
+  assign \$216  = { sizes[12:0], 1'h0 };
+  assign \$222  = { 1'h0, cmd[101:100], 2'h0 };
+  assign \$214  = 18'h00000;
 endmodule
 
 (* generator = "Amaranth" *)

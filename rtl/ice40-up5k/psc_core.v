@@ -784,11 +784,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .i__ready(taps__ready),
     .o__payload(\i__payload$47 ),
     .o__ready(\o__ready$49 ),
-    .\port$523$0 (\$1 ),
-    .\port$545$0 (\$2 ),
-    .\port$546$0 (\$3 ),
-    .\port$547$0 (\$4 ),
-    .\port$548$0 (\$5 ),
+    .\port$520$0 (\$1 ),
+    .\port$542$0 (\$2 ),
+    .\port$543$0 (\$3 ),
+    .\port$544$0 (\$4 ),
+    .\port$545$0 (\$5 ),
     .rst(rst),
     .v1(\i__valid$51 ),
     .w_data(\i__payload$41 ),
@@ -801,10 +801,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .done(inputs_done),
     .i__ready(act_in__ready),
     .i__valid(act_in__valid),
-    .\port$545$0 (\$2 ),
-    .\port$546$0 (\$3 ),
-    .\port$547$0 (\$4 ),
-    .\port$548$0 (\$5 ),
+    .\port$542$0 (\$2 ),
+    .\port$543$0 (\$3 ),
+    .\port$544$0 (\$4 ),
+    .\port$545$0 (\$5 ),
     .read__addr(\$1 [13:0]),
     .read__en(read__en),
     .rows_in(rows_in),
@@ -826,8 +826,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .o__valid(act_out__valid),
     .params__addr(\read__addr$74 ),
     .params__data(params__data),
-    .\port$1342$0 (\$6 ),
-    .\port$1412$0 (\$7 ),
+    .\port$1381$0 (\$6 ),
+    .\port$1451$0 (\$7 ),
     .ps_rd__en(\o__ready$55 ),
     .rst(rst),
     .run(run),
@@ -1738,8 +1738,8 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1220$0 (i__payload[191:0]),
-    .\port$1220$374 (i__payload[375:374]),
+    .\port$1257$0 (i__payload[191:0]),
+    .\port$1257$374 (i__payload[375:374]),
     .rst(rst),
     .valid(valid)
   );
@@ -1748,7 +1748,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1220$347 (i__payload[375:347]),
+    .\port$1257$347 (i__payload[375:347]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[319:192]),
@@ -1856,7 +1856,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, en, \port$1220$0 , bias, \port$1220$374 , valid, mask, acc_valid, acc, clk);
+module \psc_core.dp.pe_0 (rst, en, \port$1257$0 , bias, \port$1257$374 , valid, mask, acc_valid, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
@@ -1972,10 +1972,10 @@ module \psc_core.dp.pe_0 (rst, en, \port$1220$0 , bias, \port$1220$374 , valid, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [191:0] \port$1220$0 ;
-  wire [191:0] \port$1220$0 ;
-  input [1:0] \port$1220$374 ;
-  wire [1:0] \port$1220$374 ;
+  input [191:0] \port$1257$0 ;
+  wire [191:0] \port$1257$0 ;
+  input [1:0] \port$1257$374 ;
+  wire [1:0] \port$1257$374 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -2060,7 +2060,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1220$0 , bias, \port$1220$374 , valid, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1220$374 [0];
+  assign \$1  = valid & \port$1257$374 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -2138,7 +2138,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1220$0 , bias, \port$1220$374 , valid, 
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
     .w(w),
-    .words(\port$1220$0 [191:64])
+    .words(\port$1257$0 [191:64])
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
@@ -2245,7 +2245,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1220$0 , bias, \port$1220$374 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1220$374 [0];
+      \$17  = \port$1257$374 [0];
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -2255,7 +2255,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1220$0 , bias, \port$1220$374 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1220$374 [1];
+      \$18  = \port$1257$374 [1];
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -2387,44 +2387,44 @@ module \psc_core.dp.pe_0 (rst, en, \port$1220$0 , bias, \port$1220$374 , valid, 
       end
     end
   end
-  assign words = \port$1220$0 [191:64];
-  assign \words$1  = \port$1220$0 [191:64];
+  assign words = \port$1257$0 [191:64];
+  assign \words$1  = \port$1257$0 [191:64];
   assign \mask$3  = mask;
   assign \en$5  = en;
-  assign x = \port$1220$0 [63:0];
+  assign x = \port$1257$0 [63:0];
   assign \en$12  = en;
   assign \en$16  = en;
   assign \en$20  = en;
   assign \acc$25  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1220$374 [0];
-  assign last = \port$1220$374 [1];
-  assign \words[0]  = \port$1220$0 [79:64];
-  assign \words[1]  = \port$1220$0 [95:80];
-  assign \words[2]  = \port$1220$0 [111:96];
-  assign \words[3]  = \port$1220$0 [127:112];
-  assign \words[4]  = \port$1220$0 [143:128];
-  assign \words[5]  = \port$1220$0 [159:144];
-  assign \words[6]  = \port$1220$0 [175:160];
-  assign \words[7]  = \port$1220$0 [191:176];
-  assign \words$1[0]  = \port$1220$0 [79:64];
-  assign \words$1[1]  = \port$1220$0 [95:80];
-  assign \words$1[2]  = \port$1220$0 [111:96];
-  assign \words$1[3]  = \port$1220$0 [127:112];
-  assign \words$1[4]  = \port$1220$0 [143:128];
-  assign \words$1[5]  = \port$1220$0 [159:144];
-  assign \words$1[6]  = \port$1220$0 [175:160];
-  assign \words$1[7]  = \port$1220$0 [191:176];
+  assign first = \port$1257$374 [0];
+  assign last = \port$1257$374 [1];
+  assign \words[0]  = \port$1257$0 [79:64];
+  assign \words[1]  = \port$1257$0 [95:80];
+  assign \words[2]  = \port$1257$0 [111:96];
+  assign \words[3]  = \port$1257$0 [127:112];
+  assign \words[4]  = \port$1257$0 [143:128];
+  assign \words[5]  = \port$1257$0 [159:144];
+  assign \words[6]  = \port$1257$0 [175:160];
+  assign \words[7]  = \port$1257$0 [191:176];
+  assign \words$1[0]  = \port$1257$0 [79:64];
+  assign \words$1[1]  = \port$1257$0 [95:80];
+  assign \words$1[2]  = \port$1257$0 [111:96];
+  assign \words$1[3]  = \port$1257$0 [127:112];
+  assign \words$1[4]  = \port$1257$0 [143:128];
+  assign \words$1[5]  = \port$1257$0 [159:144];
+  assign \words$1[6]  = \port$1257$0 [175:160];
+  assign \words$1[7]  = \port$1257$0 [191:176];
   assign \a[0]  = a[7:0];
   assign \a[1]  = a[15:8];
-  assign \x[0]  = \port$1220$0 [7:0];
-  assign \x[1]  = \port$1220$0 [15:8];
-  assign \x[2]  = \port$1220$0 [23:16];
-  assign \x[3]  = \port$1220$0 [31:24];
-  assign \x[4]  = \port$1220$0 [39:32];
-  assign \x[5]  = \port$1220$0 [47:40];
-  assign \x[6]  = \port$1220$0 [55:48];
-  assign \x[7]  = \port$1220$0 [63:56];
+  assign \x[0]  = \port$1257$0 [7:0];
+  assign \x[1]  = \port$1257$0 [15:8];
+  assign \x[2]  = \port$1257$0 [23:16];
+  assign \x[3]  = \port$1257$0 [31:24];
+  assign \x[4]  = \port$1257$0 [39:32];
+  assign \x[5]  = \port$1257$0 [47:40];
+  assign \x[6]  = \port$1257$0 [55:48];
+  assign \x[7]  = \port$1257$0 [63:56];
   assign \b[0]  = b[7:0];
   assign \b[1]  = b[15:8];
   assign \w[0]  = w[7:0];
@@ -2465,16 +2465,16 @@ module \psc_core.dp.pe_0 (rst, en, \port$1220$0 , bias, \port$1220$374 , valid, 
   assign \p$23[1]  = \p$23 [31:16];
   assign \b$22 [15:8] = w[63:56];
   assign \b$22 [7:0] = w[55:48];
-  assign \a$21 [15:8] = \port$1220$0 [63:56];
-  assign \a$21 [7:0] = \port$1220$0 [55:48];
+  assign \a$21 [15:8] = \port$1257$0 [63:56];
+  assign \a$21 [7:0] = \port$1257$0 [55:48];
   assign \b$18 [15:8] = w[47:40];
   assign \b$18 [7:0] = w[39:32];
-  assign \a$17 [15:8] = \port$1220$0 [47:40];
-  assign \a$17 [7:0] = \port$1220$0 [39:32];
+  assign \a$17 [15:8] = \port$1257$0 [47:40];
+  assign \a$17 [7:0] = \port$1257$0 [39:32];
   assign \b$14 [15:8] = w[31:24];
   assign \b$14 [7:0] = w[23:16];
-  assign \a$13 [15:8] = \port$1220$0 [31:24];
-  assign \a$13 [7:0] = \port$1220$0 [23:16];
+  assign \a$13 [15:8] = \port$1257$0 [31:24];
+  assign \a$13 [7:0] = \port$1257$0 [23:16];
   assign products[127:112] = \p$23 [31:16];
   assign products[111:96] = \p$23 [15:0];
   assign products[95:80] = \p$19 [31:16];
@@ -2485,8 +2485,8 @@ module \psc_core.dp.pe_0 (rst, en, \port$1220$0 , bias, \port$1220$374 , valid, 
   assign products[15:0] = p[15:0];
   assign b[15:8] = w[15:8];
   assign b[7:0] = w[7:0];
-  assign a[15:8] = \port$1220$0 [15:8];
-  assign a[7:0] = \port$1220$0 [7:0];
+  assign a[15:8] = \port$1257$0 [15:8];
+  assign a[7:0] = \port$1257$0 [7:0];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2932,7 +2932,7 @@ module \psc_core.dp.pe_0.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, en, x, words, \port$1220$347 , valid, mask, acc, clk);
+module \psc_core.dp.pe_1 (rst, en, x, words, \port$1257$347 , valid, mask, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
@@ -3046,8 +3046,8 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1220$347 , valid, mask, acc, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [28:0] \port$1220$347 ;
-  wire [28:0] \port$1220$347 ;
+  input [28:0] \port$1257$347 ;
+  wire [28:0] \port$1257$347 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3134,7 +3134,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1220$347 , valid, mask, acc, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1220$347 [27];
+  assign \$1  = valid & \port$1257$347 [27];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -3319,7 +3319,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1220$347 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1220$347 [27];
+      \$17  = \port$1257$347 [27];
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -3329,7 +3329,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1220$347 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1220$347 [28];
+      \$18  = \port$1257$347 [28];
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -3340,7 +3340,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1220$347 , valid, mask, acc, 
     \$19  = b1;
     if (en) begin
       if (\$1 ) begin
-        \$19  = \port$1220$347 [26:0];
+        \$19  = \port$1257$347 [26:0];
       end
     end
   end
@@ -3469,9 +3469,9 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1220$347 , valid, mask, acc, 
   assign \en$20  = en;
   assign \acc$25  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1220$347 [27];
-  assign last = \port$1220$347 [28];
-  assign bias = \port$1220$347 [26:0];
+  assign first = \port$1257$347 [27];
+  assign last = \port$1257$347 [28];
+  assign bias = \port$1257$347 [26:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -4037,7 +4037,7 @@ module \psc_core.dp.sign_mask (mask, x);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$523$0 , \port$545$0 , \port$546$0 , \port$547$0 , \port$548$0 , weights__data, o__ready, w_data, o__payload, v1, clk);
+module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$520$0 , \port$542$0 , \port$543$0 , \port$544$0 , \port$545$0 , weights__data, o__ready, w_data, o__payload, v1, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire \$1 ;
   wire [63:0] \$2 ;
@@ -4151,16 +4151,16 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$523$0 , \port$545
   (* init = 1'h0 *)
   wire o__valid;
   reg padr1 = 1'h0;
-  output [23:0] \port$523$0 ;
-  wire [23:0] \port$523$0 ;
+  output [23:0] \port$520$0 ;
+  wire [23:0] \port$520$0 ;
+  input [15:0] \port$542$0 ;
+  wire [15:0] \port$542$0 ;
+  input [15:0] \port$543$0 ;
+  wire [15:0] \port$543$0 ;
+  input [15:0] \port$544$0 ;
+  wire [15:0] \port$544$0 ;
   input [15:0] \port$545$0 ;
   wire [15:0] \port$545$0 ;
-  input [15:0] \port$546$0 ;
-  wire [15:0] \port$546$0 ;
-  input [15:0] \port$547$0 ;
-  wire [15:0] \port$547$0 ;
-  input [15:0] \port$548$0 ;
-  wire [15:0] \port$548$0 ;
   wire [26:0] r_data;
   wire r_en;
   wire r_rdy;
@@ -4267,8 +4267,8 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$523$0 , \port$545
   assign inputs__en = adv1;
   assign weights__addr = r_data[23:14];
   assign weights__en = adv1;
-  assign inputs__data = { \port$548$0 , \port$547$0 , \port$546$0 , \port$545$0  };
-  assign \port$523$0  = r_data[23:0];
+  assign inputs__data = { \port$545$0 , \port$544$0 , \port$543$0 , \port$542$0  };
+  assign \port$520$0  = r_data[23:0];
   assign \i__payload.addr  = w_data[13:0];
   assign \i__payload.addr[0]  = w_data[13:0];
   assign \i__payload.waddr  = w_data[23:14];
@@ -4343,14 +4343,14 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$523$0 , \port$545
   assign \beat$18.bias[1]  = \beat$18 [373:347];
   assign \beat$18.first  = \beat$18 [374];
   assign \beat$18.last  = \beat$18 [375];
-  assign \inputs__data[0]  = \port$545$0 [7:0];
-  assign \inputs__data[1]  = \port$545$0 [15:8];
-  assign \inputs__data[2]  = \port$546$0 [7:0];
-  assign \inputs__data[3]  = \port$546$0 [15:8];
-  assign \inputs__data[4]  = \port$547$0 [7:0];
-  assign \inputs__data[5]  = \port$547$0 [15:8];
-  assign \inputs__data[6]  = \port$548$0 [7:0];
-  assign \inputs__data[7]  = \port$548$0 [15:8];
+  assign \inputs__data[0]  = \port$542$0 [7:0];
+  assign \inputs__data[1]  = \port$542$0 [15:8];
+  assign \inputs__data[2]  = \port$543$0 [7:0];
+  assign \inputs__data[3]  = \port$543$0 [15:8];
+  assign \inputs__data[4]  = \port$544$0 [7:0];
+  assign \inputs__data[5]  = \port$544$0 [15:8];
+  assign \inputs__data[6]  = \port$545$0 [7:0];
+  assign \inputs__data[7]  = \port$545$0 [15:8];
   assign \weights__data[0]  = weights__data[127:0];
   assign \weights__data[0][0]  = weights__data[15:0];
   assign \weights__data[0][1]  = weights__data[31:16];
@@ -4373,7 +4373,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$523$0 , \port$545
   assign \beat$18 [374] = first1;
   assign \beat$18 [373:320] = 54'h00000000000000;
   assign \beat$18 [319:64] = weights__data;
-  assign \beat$18 [63:0] = { \port$548$0 , \port$547$0 , \port$546$0 , \port$545$0  };
+  assign \beat$18 [63:0] = { \port$545$0 , \port$544$0 , \port$543$0 , \port$542$0  };
   assign o__payload[375] = \beat$18 [375];
   assign o__payload[374] = \beat$18 [374];
   assign o__payload[373:320] = \beat$18 [373:320];
@@ -4506,7 +4506,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$545$0 , \port$546$0 , \port$547$0 , \port$548$0 , start, run, sizes, i__ready, done, data);
+module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$542$0 , \port$543$0 , \port$544$0 , \port$545$0 , start, run, sizes, i__ready, done, data);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire \$1 ;
   reg [14:0] \$10 ;
@@ -4525,8 +4525,8 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   wire [15:0] \$22 ;
   wire [15:0] \$3 ;
   wire [15:0] \$4 ;
-  wire \$5 ;
-  wire [15:0] \$6 ;
+  wire [15:0] \$5 ;
+  wire \$6 ;
   wire \$7 ;
   wire [15:0] \$8 ;
   wire [14:0] \$9 ;
@@ -4562,14 +4562,15 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   reg [14:0] lgoff = 15'h0000;
   reg [14:0] lrow = 15'h0000;
   reg [15:0] lx = 16'h0000;
+  reg [14:0] n_in_m1 = 15'h0000;
+  output [15:0] \port$542$0 ;
+  wire [15:0] \port$542$0 ;
+  output [15:0] \port$543$0 ;
+  wire [15:0] \port$543$0 ;
+  output [15:0] \port$544$0 ;
+  wire [15:0] \port$544$0 ;
   output [15:0] \port$545$0 ;
   wire [15:0] \port$545$0 ;
-  output [15:0] \port$546$0 ;
-  wire [15:0] \port$546$0 ;
-  output [15:0] \port$547$0 ;
-  wire [15:0] \port$547$0 ;
-  output [15:0] \port$548$0 ;
-  wire [15:0] \port$548$0 ;
   wire [63:0] rdata;
   input [13:0] read__addr;
   wire [13:0] read__addr;
@@ -4611,19 +4612,24 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   wire start;
   wire [63:0] wdata;
   wire we;
+  reg [13:0] wg_m1 = 14'h0000;
   assign fire = i__valid & i__ready;
   assign \$1  = ~ done;
   assign rows_in = done ? rows : 15'h0000;
   assign \addr$13  = done ? read__addr : in_cnt[13:0];
   assign \$2  = done & read__en;
   assign \en$17  = fire | \$2 ;
-  assign \$3  = in_cnt + 1'h1;
-  assign \$4  = in_cnt + 1'h1;
-  assign \$5  = \$4  == sizes[29:15];
-  assign \$6  = sizes[14:0] - 1'h1;
-  assign \$7  = col_cnt == \$6 ;
+  assign \$3  = sizes[14:0] - 1'h1;
+  assign \$4  = sizes[29:15] - 1'h1;
+  assign \$5  = in_cnt + 1'h1;
+  assign \$6  = in_cnt == n_in_m1;
+  assign \$7  = col_cnt == wg_m1;
   assign \$8  = rows + 1'h1;
   assign \$9  = col_cnt + 1'h1;
+  always @(posedge clk)
+    wg_m1 <= \$3 [13:0];
+  always @(posedge clk)
+    n_in_m1 <= \$4 [14:0];
   always @(posedge clk)
     in_cnt <= \$10 ;
   always @(posedge clk)
@@ -4665,7 +4671,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     \$10  = in_cnt;
     if (run) begin
       if (fire) begin
-        \$10  = \$3 [14:0];
+        \$10  = \$5 [14:0];
       end
     end
     if (start) begin
@@ -4680,7 +4686,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     \$11  = done;
     if (run) begin
       if (fire) begin
-        \$11  = \$5 ;
+        \$11  = \$6 ;
       end
     end
     if (start) begin
@@ -4785,10 +4791,10 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   assign we = fire;
   assign read__data = { \$22 , \$21 , \$20 , \$19  };
   assign rdata = { \$22 , \$21 , \$20 , \$19  };
-  assign \port$545$0  = \$19 ;
-  assign \port$546$0  = \$20 ;
-  assign \port$547$0  = \$21 ;
-  assign \port$548$0  = \$22 ;
+  assign \port$542$0  = \$19 ;
+  assign \port$543$0  = \$20 ;
+  assign \port$544$0  = \$21 ;
+  assign \port$545$0  = \$22 ;
   assign \i__payload[0]  = data[7:0];
   assign \i__payload[1]  = data[15:8];
   assign \i__payload[2]  = data[23:16];
@@ -4900,7 +4906,7 @@ module \psc_core.ibuf.inbuf (clk, we, address, select_0, dataout_0_0, dataout_0_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, last_group, start, run, n_out, \i__valid$35 , \port$1342$0 , \port$1412$0 , params__addr, o__valid, o__payload, o__ready);
+module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, last_group, start, run, n_out, \i__valid$35 , \port$1381$0 , \port$1451$0 , params__addr, o__valid, o__payload, o__ready);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire \$1 ;
   wire [32:0] \$10 ;
@@ -5037,10 +5043,10 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   wire [5:0] \params__data.shift[0] ;
   wire [5:0] \params__data.shift[1] ;
   wire params__en;
-  input [26:0] \port$1342$0 ;
-  wire [26:0] \port$1342$0 ;
-  input [26:0] \port$1412$0 ;
-  wire [26:0] \port$1412$0 ;
+  input [26:0] \port$1381$0 ;
+  wire [26:0] \port$1381$0 ;
+  input [26:0] \port$1451$0 ;
+  wire [26:0] \port$1451$0 ;
   reg [7:0] ps_rd__addr = 8'h00;
   wire [63:0] ps_rd__data;
   wire [31:0] \ps_rd__data[0] ;
@@ -5493,7 +5499,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$41  = accj;
     if (ps_rd__en) begin
-      \$41  = { \port$1412$0 , \port$1342$0  };
+      \$41  = { \port$1451$0 , \port$1381$0  };
     end
     if (rst) begin
       \$41  = 54'h00000000000000;
@@ -5512,7 +5518,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   assign \o__valid$25  = o__valid;
   assign \o__payload$27  = o__payload;
   assign \o__ready$29  = o__ready;
-  assign \i__payload$36  = { \port$1412$0 , \port$1342$0  };
+  assign \i__payload$36  = { \port$1451$0 , \port$1381$0  };
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -5557,8 +5563,8 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   assign \o__payload[1]  = o__payload[15:8];
   assign \o__payload$27[0]  = o__payload[7:0];
   assign \o__payload$27[1]  = o__payload[15:8];
-  assign \i__payload$36[0]  = \port$1342$0 ;
-  assign \i__payload$36[1]  = \port$1412$0 ;
+  assign \i__payload$36[0]  = \port$1381$0 ;
+  assign \i__payload$36[1]  = \port$1451$0 ;
   assign i__payload[107:96] = params__data[97:86];
   assign i__payload[95:64] = params__data[85:54];
   assign i__payload[63:0] = total;
@@ -7042,94 +7048,94 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
   reg \$auto$verilog_backend.cc:2355:dump_module$11  = 0;
   wire [17:0] \$1 ;
   wire [4:0] \$10 ;
-  wire \$100 ;
-  wire \$101 ;
-  wire [4:0] \$102 ;
-  wire \$103 ;
-  wire \$104 ;
-  wire \$105 ;
-  wire \$106 ;
-  wire [4:0] \$107 ;
+  wire [18:0] \$100 ;
+  wire [18:0] \$101 ;
+  wire [18:0] \$102 ;
+  wire [20:0] \$103 ;
+  wire [20:0] \$104 ;
+  wire [20:0] \$105 ;
+  wire [20:0] \$106 ;
+  wire \$107 ;
   wire \$108 ;
   wire \$109 ;
-  wire [6:0] \$11 ;
-  wire \$110 ;
-  wire \$111 ;
-  wire [6:0] \$112 ;
+  wire \$11 ;
+  wire [18:0] \$110 ;
+  wire [18:0] \$111 ;
+  wire \$112 ;
   wire \$113 ;
   wire \$114 ;
   wire \$115 ;
   wire \$116 ;
   wire [16:0] \$117 ;
-  wire \$118 ;
+  wire [16:0] \$118 ;
   wire \$119 ;
-  wire [6:0] \$12 ;
-  wire \$120 ;
+  wire \$12 ;
+  wire [4:0] \$120 ;
   wire \$121 ;
-  wire \$122 ;
-  wire [16:0] \$123 ;
-  wire \$124 ;
+  wire [4:0] \$122 ;
+  wire \$123 ;
+  wire [16:0] \$124 ;
   wire \$125 ;
-  wire \$126 ;
-  wire [10:0] \$127 ;
-  wire \$128 ;
-  wire \$129 ;
-  wire [16:0] \$13 ;
-  wire [18:0] \$130 ;
-  wire [20:0] \$131 ;
+  wire [16:0] \$126 ;
+  wire [16:0] \$127 ;
+  wire [16:0] \$128 ;
+  wire [1:0] \$129 ;
+  wire [4:0] \$13 ;
+  wire \$130 ;
+  wire [16:0] \$131 ;
   wire \$132 ;
-  wire \$133 ;
-  wire [18:0] \$134 ;
-  wire [20:0] \$135 ;
-  wire [20:0] \$136 ;
-  wire \$137 ;
+  wire [16:0] \$133 ;
+  wire \$134 ;
+  wire [4:0] \$135 ;
+  wire \$136 ;
+  wire [4:0] \$137 ;
   wire \$138 ;
-  wire [15:0] \$139 ;
-  wire [16:0] \$14 ;
+  wire [16:0] \$139 ;
+  wire [4:0] \$14 ;
   wire \$140 ;
-  wire \$141 ;
-  wire [18:0] \$142 ;
-  wire [18:0] \$143 ;
-  wire [20:0] \$144 ;
-  wire [20:0] \$145 ;
-  wire [20:0] \$146 ;
-  wire [3:0] \$147 ;
-  wire [3:0] \$148 ;
+  wire [16:0] \$141 ;
+  wire [16:0] \$142 ;
+  wire [16:0] \$143 ;
+  wire [1:0] \$144 ;
+  wire \$145 ;
+  wire [16:0] \$146 ;
+  wire \$147 ;
+  wire \$148 ;
   wire \$149 ;
-  wire [16:0] \$15 ;
+  wire \$15 ;
   wire \$150 ;
-  wire [18:0] \$151 ;
-  wire [18:0] \$152 ;
-  wire [18:0] \$153 ;
-  wire [20:0] \$154 ;
-  wire [20:0] \$155 ;
-  wire [20:0] \$156 ;
-  wire [20:0] \$157 ;
-  wire \$158 ;
-  wire \$159 ;
-  wire [16:0] \$16 ;
-  wire \$160 ;
-  wire [18:0] \$161 ;
-  wire [18:0] \$162 ;
-  wire \$163 ;
-  wire \$164 ;
-  wire \$165 ;
-  wire \$166 ;
-  wire \$167 ;
-  wire [16:0] \$168 ;
-  wire [4:0] \$169 ;
-  wire \$17 ;
+  wire \$151 ;
+  wire \$152 ;
+  wire \$153 ;
+  wire \$154 ;
+  wire \$155 ;
+  wire [16:0] \$156 ;
+  wire [17:0] \$157 ;
+  wire [4:0] \$158 ;
+  wire [5:0] \$159 ;
+  wire \$16 ;
+  wire [4:0] \$160 ;
+  wire [5:0] \$161 ;
+  wire [16:0] \$162 ;
+  wire [17:0] \$163 ;
+  wire [16:0] \$164 ;
+  wire [16:0] \$165 ;
+  wire [16:0] \$166 ;
+  wire [1:0] \$167 ;
+  wire [3:0] \$168 ;
+  wire [17:0] \$169 ;
+  wire [6:0] \$17 ;
   wire [16:0] \$170 ;
-  wire [16:0] \$171 ;
-  wire [16:0] \$172 ;
-  wire [16:0] \$173 ;
-  wire [16:0] \$174 ;
+  wire [17:0] \$171 ;
+  wire \$172 ;
+  wire \$173 ;
+  wire \$174 ;
   wire \$175 ;
   wire \$176 ;
   wire \$177 ;
   wire \$178 ;
   wire \$179 ;
-  wire [8:0] \$18 ;
+  wire [6:0] \$18 ;
   wire \$180 ;
   wire \$181 ;
   wire \$182 ;
@@ -7155,170 +7161,187 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
   wire \$20 ;
   wire \$200 ;
   wire \$201 ;
-  wire \$202 ;
-  wire \$203 ;
-  wire \$204 ;
+  wire [3:0] \$202 ;
+  wire [3:0] \$203 ;
+  wire [3:0] \$204 ;
   wire [3:0] \$205 ;
-  wire [3:0] \$206 ;
-  wire [3:0] \$207 ;
-  wire [3:0] \$208 ;
-  wire [4:0] \$209 ;
-  wire \$21 ;
-  wire [15:0] \$210 ;
-  wire \$211 ;
-  wire [16:0] \$212 ;
-  wire [16:0] \$213 ;
-  wire [16:0] \$214 ;
+  wire [4:0] \$206 ;
+  wire [15:0] \$207 ;
+  wire \$208 ;
+  wire [16:0] \$209 ;
+  wire [16:0] \$21 ;
+  wire [16:0] \$210 ;
+  wire [16:0] \$211 ;
+  wire \$212 ;
+  wire [17:0] \$213 ;
+  wire [17:0] \$214 ;
   wire \$215 ;
-  wire [17:0] \$216 ;
-  wire [17:0] \$217 ;
-  wire \$218 ;
-  wire [15:0] \$219 ;
-  wire \$22 ;
-  wire [15:0] \$220 ;
-  wire [17:0] \$221 ;
-  wire [16:0] \$222 ;
-  wire [14:0] \$223 ;
-  wire [1:0] \$224 ;
-  wire [2:0] \$225 ;
-  wire [2:0] \$226 ;
-  wire \$227 ;
-  wire \$228 ;
+  wire [15:0] \$216 ;
+  wire [15:0] \$217 ;
+  wire [17:0] \$218 ;
+  wire [16:0] \$219 ;
+  wire [16:0] \$22 ;
+  wire [14:0] \$220 ;
+  wire [1:0] \$221 ;
+  wire [2:0] \$222 ;
+  wire [2:0] \$223 ;
+  wire \$224 ;
+  wire \$225 ;
+  wire \$226 ;
+  wire [20:0] \$227 ;
+  wire [21:0] \$228 ;
   wire \$229 ;
-  wire [8:0] \$23 ;
-  wire [20:0] \$230 ;
-  wire [21:0] \$231 ;
+  wire \$23 ;
+  wire \$230 ;
+  wire \$231 ;
   wire \$232 ;
   wire \$233 ;
   wire \$234 ;
   wire \$235 ;
-  wire \$236 ;
-  wire \$237 ;
-  wire \$238 ;
-  reg [7:0] \$239 ;
+  reg [7:0] \$236 ;
+  reg \$237 ;
+  reg [3:0] \$238 ;
+  reg \$239 ;
   wire \$24 ;
   reg [3:0] \$240 ;
-  reg [3:0] \$241 ;
+  reg \$241 ;
   reg [5:0] \$242 ;
-  reg [15:0] \$243 ;
+  reg \$243 ;
   reg [15:0] \$244 ;
   reg \$245 ;
-  reg \$246 ;
+  reg [15:0] \$246 ;
   reg \$247 ;
   reg \$248 ;
   reg \$249 ;
-  wire \$25 ;
+  wire [16:0] \$25 ;
   reg \$250 ;
   reg \$251 ;
   reg \$252 ;
   reg \$253 ;
   reg \$254 ;
   reg \$255 ;
-  reg [9:0] \$256 ;
-  reg [17:0] \$257 ;
-  reg [19:0] \$258 ;
-  reg [17:0] \$259 ;
-  wire \$26 ;
-  reg [19:0] \$260 ;
-  reg [14:0] \$261 ;
+  reg \$256 ;
+  reg \$257 ;
+  reg \$258 ;
+  reg [9:0] \$259 ;
+  wire [16:0] \$26 ;
+  reg [17:0] \$260 ;
+  reg [19:0] \$261 ;
   reg [17:0] \$262 ;
   reg [19:0] \$263 ;
-  reg [17:0] \$264 ;
+  reg [14:0] \$264 ;
   reg [17:0] \$265 ;
   reg [19:0] \$266 ;
-  reg \$267 ;
-  reg \$268 ;
-  reg \$269 ;
+  reg [17:0] \$267 ;
+  reg [17:0] \$268 ;
+  reg [19:0] \$269 ;
   wire \$27 ;
-  reg [7:0] \$270 ;
-  reg [3:0] \$271 ;
-  reg [5:0] \$272 ;
-  reg [15:0] \$273 ;
-  reg [15:0] \$274 ;
-  reg [19:0] \$275 ;
-  reg [19:0] \$276 ;
-  reg [19:0] \$277 ;
-  reg [19:0] \$278 ;
-  reg [14:0] \$279 ;
+  reg \$270 ;
+  reg \$271 ;
+  reg \$272 ;
+  reg [5:0] \$273 ;
+  reg \$274 ;
+  reg \$275 ;
+  reg \$276 ;
+  reg \$277 ;
+  reg \$278 ;
+  reg \$279 ;
   wire \$28 ;
-  reg [1:0] \$280 ;
-  reg [2:0] \$281 ;
-  wire [4:0] \$29 ;
+  reg \$280 ;
+  reg \$281 ;
+  reg \$282 ;
+  reg \$283 ;
+  reg \$284 ;
+  reg \$285 ;
+  reg [9:0] \$286 ;
+  reg [5:0] \$287 ;
+  reg [5:0] \$288 ;
+  reg [7:0] \$289 ;
+  wire \$29 ;
+  reg [17:0] \$290 ;
+  reg [17:0] \$291 ;
+  reg [19:0] \$292 ;
+  reg [19:0] \$293 ;
+  reg [19:0] \$294 ;
+  reg [19:0] \$295 ;
+  reg [14:0] \$296 ;
+  reg [1:0] \$297 ;
+  reg [2:0] \$298 ;
   wire [18:0] \$3 ;
   wire \$30 ;
   wire \$31 ;
   wire \$32 ;
   wire \$33 ;
-  wire [8:0] \$34 ;
+  wire \$34 ;
   wire \$35 ;
   wire \$36 ;
   wire \$37 ;
   wire \$38 ;
-  wire [4:0] \$39 ;
+  wire \$39 ;
   wire [18:0] \$4 ;
   wire \$40 ;
   wire \$41 ;
   wire \$42 ;
   wire \$43 ;
   wire \$44 ;
-  wire [4:0] \$45 ;
+  wire \$45 ;
   wire \$46 ;
   wire \$47 ;
   wire \$48 ;
   wire \$49 ;
   wire [8:0] \$5 ;
-  wire [8:0] \$50 ;
+  wire \$50 ;
   wire \$51 ;
   wire \$52 ;
   wire \$53 ;
   wire \$54 ;
-  wire [4:0] \$55 ;
+  wire \$55 ;
   wire \$56 ;
   wire \$57 ;
   wire \$58 ;
   wire \$59 ;
   wire [8:0] \$6 ;
-  wire [4:0] \$60 ;
+  wire \$60 ;
   wire \$61 ;
   wire \$62 ;
   wire \$63 ;
   wire \$64 ;
   wire \$65 ;
-  wire [6:0] \$66 ;
+  wire \$66 ;
   wire \$67 ;
   wire \$68 ;
   wire \$69 ;
-  wire [4:0] \$7 ;
+  wire \$7 ;
   wire \$70 ;
-  wire [8:0] \$71 ;
+  wire \$71 ;
   wire \$72 ;
   wire \$73 ;
   wire \$74 ;
   wire \$75 ;
-  wire [4:0] \$76 ;
+  wire [10:0] \$76 ;
   wire \$77 ;
   wire \$78 ;
-  wire \$79 ;
-  wire [4:0] \$8 ;
-  wire \$80 ;
-  wire [4:0] \$81 ;
+  wire [18:0] \$79 ;
+  wire \$8 ;
+  wire [20:0] \$80 ;
+  wire \$81 ;
   wire \$82 ;
-  wire \$83 ;
-  wire \$84 ;
-  wire \$85 ;
-  wire [6:0] \$86 ;
+  wire [18:0] \$83 ;
+  wire [20:0] \$84 ;
+  wire [20:0] \$85 ;
+  wire \$86 ;
   wire \$87 ;
-  wire \$88 ;
+  wire [15:0] \$88 ;
   wire \$89 ;
   wire [4:0] \$9 ;
   wire \$90 ;
-  wire \$91 ;
-  wire [16:0] \$92 ;
-  wire \$93 ;
-  wire \$94 ;
-  wire \$95 ;
-  wire \$96 ;
-  wire [8:0] \$97 ;
+  wire [18:0] \$91 ;
+  wire [18:0] \$92 ;
+  wire [20:0] \$93 ;
+  wire [20:0] \$94 ;
+  wire [20:0] \$95 ;
+  wire [3:0] \$96 ;
+  wire [3:0] \$97 ;
   wire \$98 ;
   wire \$99 ;
   reg [19:0] base = 20'h00000;
@@ -7381,13 +7404,33 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
   reg last_ky = 1'h0;
   reg last_ox = 1'h0;
   reg last_oy = 1'h0;
-  reg [7:0] lim_gi = 8'h00;
-  reg [3:0] lim_k = 4'h0;
-  reg [15:0] lim_ox = 16'h0000;
-  reg [15:0] lim_oy = 16'h0000;
+  reg [9:0] lim_2inc_gi = 10'h000;
+  reg [7:0] lim_2inc_j = 8'h00;
+  reg [5:0] lim_2inc_kx = 6'h00;
+  reg [5:0] lim_2inc_ky = 6'h00;
+  reg [17:0] lim_2inc_ox = 18'h00000;
+  reg [17:0] lim_2inc_oy = 18'h00000;
+  reg lim_inc_gi = 1'h0;
+  reg lim_inc_j = 1'h0;
+  reg lim_inc_kx = 1'h0;
+  reg lim_inc_ky = 1'h0;
+  reg lim_inc_ox = 1'h0;
+  reg lim_inc_oy = 1'h0;
+  reg lim_zero_gi = 1'h0;
+  reg lim_zero_j = 1'h0;
+  reg lim_zero_kx = 1'h0;
+  reg lim_zero_ky = 1'h0;
+  reg lim_zero_ox = 1'h0;
+  reg lim_zero_oy = 1'h0;
   reg [19:0] linebase = 20'h00000;
   output loaded;
   reg loaded = 1'h0;
+  reg near_gi = 1'h0;
+  reg near_j = 1'h0;
+  reg near_kx = 1'h0;
+  reg near_ky = 1'h0;
+  reg near_ox = 1'h0;
+  reg near_oy = 1'h0;
   reg [17:0] need = 18'h00000;
   reg [15:0] ox = 16'h0000;
   reg [1:0] ox_step = 2'h0;
@@ -7450,348 +7493,419 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
   assign \$4  = dwp ? { \$1 [17], \$1  } : \$3 ;
   assign \$5  = gi + 1'h1;
   assign \$6  = last_gi ? 9'h000 : \$5 ;
-  assign \$7  = kx + 1'h1;
-  assign \$8  = last_kx ? 5'h00 : \$7 ;
-  assign \$9  = ky + 1'h1;
-  assign \$10  = last_ky ? 5'h00 : \$9 ;
-  assign \$11  = j + 1'h1;
-  assign \$12  = last_j ? 7'h00 : \$11 ;
-  assign \$13  = ox + ox_step;
-  assign \$14  = last_ox ? 17'h00000 : \$13 ;
-  assign \$15  = oy + 1'h1;
-  assign \$16  = last_oy ? 17'h00000 : \$15 ;
-  assign \$17  = ! lim_gi;
-  assign \$18  = gi + 1'h1;
-  assign \$19  = \$18  == lim_gi;
-  assign \$20  = last_gi ? \$17  : \$19 ;
-  assign \$22  = ! lim_gi;
-  assign \$23  = gi + 1'h1;
-  assign \$24  = \$23  == lim_gi;
-  assign \$25  = last_gi ? \$22  : \$24 ;
-  assign \$28  = ! lim_k;
-  assign \$29  = kx + 1'h1;
-  assign \$30  = \$29  == lim_k;
-  assign \$31  = last_kx ? \$28  : \$30 ;
-  assign \$32  = below_kx ? \$31  : last_kx;
-  assign \$33  = ! lim_gi;
-  assign \$34  = gi + 1'h1;
-  assign \$35  = \$34  == lim_gi;
-  assign \$36  = last_gi ? \$33  : \$35 ;
-  assign \$38  = ! lim_k;
-  assign \$39  = kx + 1'h1;
-  assign \$40  = \$39  == lim_k;
-  assign \$41  = last_kx ? \$38  : \$40 ;
-  assign \$42  = below_kx ? \$41  : last_kx;
-  assign \$43  = & { \$42 , \$37  };
-  assign \$44  = ! lim_k;
-  assign \$45  = ky + 1'h1;
-  assign \$46  = \$45  == lim_k;
-  assign \$47  = last_ky ? \$44  : \$46 ;
+  assign \$7  = gi == lim_2inc_gi;
+  assign \$8  = last_gi ? lim_inc_gi : \$7 ;
+  assign \$9  = kx + 1'h1;
+  assign \$10  = last_kx ? 5'h00 : \$9 ;
+  assign \$11  = kx == lim_2inc_kx;
+  assign \$12  = last_kx ? lim_inc_kx : \$11 ;
+  assign \$13  = ky + 1'h1;
+  assign \$14  = last_ky ? 5'h00 : \$13 ;
+  assign \$15  = ky == lim_2inc_ky;
+  assign \$16  = last_ky ? lim_inc_ky : \$15 ;
+  assign \$17  = j + 1'h1;
+  assign \$18  = last_j ? 7'h00 : \$17 ;
+  assign \$19  = j == lim_2inc_j;
+  assign \$20  = last_j ? lim_inc_j : \$19 ;
+  assign \$21  = ox + ox_step;
+  assign \$22  = last_ox ? 17'h00000 : \$21 ;
+  assign \$23  = ox == lim_2inc_ox;
+  assign \$24  = last_ox ? lim_inc_ox : \$23 ;
+  assign \$25  = oy + 1'h1;
+  assign \$26  = last_oy ? 17'h00000 : \$25 ;
+  assign \$27  = oy == lim_2inc_oy;
+  assign \$28  = last_oy ? lim_inc_oy : \$27 ;
+  assign \$29  = last_gi ? lim_zero_gi : near_gi;
+  assign \$31  = last_gi ? lim_zero_gi : near_gi;
+  assign \$34  = last_kx ? lim_zero_kx : near_kx;
+  assign \$35  = below_kx ? \$34  : last_kx;
+  assign \$36  = last_gi ? lim_zero_gi : near_gi;
+  assign \$38  = last_kx ? lim_zero_kx : near_kx;
+  assign \$39  = below_kx ? \$38  : last_kx;
+  assign \$40  = & { \$39 , \$37  };
+  assign \$41  = last_ky ? lim_zero_ky : near_ky;
+  assign \$42  = below_ky ? \$41  : last_ky;
+  assign \$43  = last_gi ? lim_zero_gi : near_gi;
+  assign \$45  = last_kx ? lim_zero_kx : near_kx;
+  assign \$46  = below_kx ? \$45  : last_kx;
+  assign \$47  = last_ky ? lim_zero_ky : near_ky;
   assign \$48  = below_ky ? \$47  : last_ky;
-  assign \$49  = ! lim_gi;
-  assign \$50  = gi + 1'h1;
-  assign \$51  = \$50  == lim_gi;
-  assign \$52  = last_gi ? \$49  : \$51 ;
-  assign \$54  = ! lim_k;
-  assign \$55  = kx + 1'h1;
-  assign \$56  = \$55  == lim_k;
-  assign \$57  = last_kx ? \$54  : \$56 ;
-  assign \$58  = below_kx ? \$57  : last_kx;
-  assign \$59  = ! lim_k;
-  assign \$60  = ky + 1'h1;
-  assign \$61  = \$60  == lim_k;
-  assign \$62  = last_ky ? \$59  : \$61 ;
-  assign \$63  = below_ky ? \$62  : last_ky;
-  assign \$64  = & { \$63 , \$58 , \$53  };
-  assign \$65  = ! last_group;
-  assign \$66  = j + 1'h1;
-  assign \$67  = \$66  == last_group;
-  assign \$68  = last_j ? \$65  : \$67 ;
-  assign \$69  = below_j ? \$68  : last_j;
-  assign \$70  = ! lim_gi;
-  assign \$71  = gi + 1'h1;
-  assign \$72  = \$71  == lim_gi;
-  assign \$73  = last_gi ? \$70  : \$72 ;
-  assign \$75  = ! lim_k;
-  assign \$76  = kx + 1'h1;
-  assign \$77  = \$76  == lim_k;
-  assign \$78  = last_kx ? \$75  : \$77 ;
-  assign \$79  = below_kx ? \$78  : last_kx;
-  assign \$80  = ! lim_k;
-  assign \$81  = ky + 1'h1;
-  assign \$82  = \$81  == lim_k;
-  assign \$83  = last_ky ? \$80  : \$82 ;
-  assign \$84  = below_ky ? \$83  : last_ky;
-  assign \$85  = ! last_group;
-  assign \$86  = j + 1'h1;
-  assign \$87  = \$86  == last_group;
-  assign \$88  = last_j ? \$85  : \$87 ;
-  assign \$89  = below_j ? \$88  : last_j;
-  assign \$90  = & { \$89 , \$84 , \$79 , \$74  };
-  assign \$91  = ! lim_ox;
-  assign \$92  = ox + ox_step;
-  assign \$93  = \$92  == lim_ox;
-  assign \$94  = last_ox ? \$91  : \$93 ;
-  assign \$95  = below_ox ? \$94  : last_ox;
-  assign \$96  = ! lim_gi;
-  assign \$97  = gi + 1'h1;
-  assign \$98  = \$97  == lim_gi;
-  assign \$99  = last_gi ? \$96  : \$98 ;
-  assign \$101  = ! lim_k;
-  assign \$102  = kx + 1'h1;
-  assign \$103  = \$102  == lim_k;
-  assign \$104  = last_kx ? \$101  : \$103 ;
-  assign \$105  = below_kx ? \$104  : last_kx;
-  assign \$106  = ! lim_k;
-  assign \$107  = ky + 1'h1;
-  assign \$108  = \$107  == lim_k;
-  assign \$109  = last_ky ? \$106  : \$108 ;
-  assign \$110  = below_ky ? \$109  : last_ky;
-  assign \$111  = ! last_group;
-  assign \$112  = j + 1'h1;
-  assign \$113  = \$112  == last_group;
-  assign \$114  = last_j ? \$111  : \$113 ;
-  assign \$115  = below_j ? \$114  : last_j;
-  assign \$116  = ! lim_ox;
-  assign \$117  = ox + ox_step;
-  assign \$118  = \$117  == lim_ox;
-  assign \$119  = last_ox ? \$116  : \$118 ;
-  assign \$120  = below_ox ? \$119  : last_ox;
-  assign \$121  = & { \$120 , \$115 , \$110 , \$105 , \$100  };
-  assign \$122  = ! lim_oy;
-  assign \$123  = oy + 1'h1;
-  assign \$124  = \$123  == lim_oy;
-  assign \$125  = last_oy ? \$122  : \$124 ;
-  assign \$126  = below_oy ? \$125  : last_oy;
-  assign \$127  = waddr + 1'h1;
-  assign \$128  = ~ last_kx;
-  assign \$129  = below_kx & \$128 ;
-  assign \$130  = $signed(ix) + $signed(2'h1);
-  assign \$131  = $signed(tapbase) + $signed(g_step);
-  assign \$132  = ~ last_ky;
-  assign \$133  = below_ky & \$132 ;
-  assign \$134  = $signed(iy) + $signed(2'h1);
-  assign \$135  = $signed(rowbase) + $signed(row_step);
-  assign \$136  = $signed(rowbase) + $signed(row_step);
-  assign \$137  = ~ last_j;
-  assign \$138  = below_j & \$137 ;
-  assign \$139  = goff + goff_step;
-  assign \$140  = ~ last_ox;
-  assign \$141  = below_ox & \$140 ;
-  assign \$142  = $signed(ix0) + $signed({ 1'h0, ix_step });
-  assign \$143  = $signed(ix0) + $signed({ 1'h0, ix_step });
-  assign \$144  = $signed(pixbase) + $signed(sg);
-  assign \$145  = $signed(pixbase) + $signed(sg);
-  assign \$146  = $signed(pixbase) + $signed(sg);
-  assign \$147  = - cmd[107:105];
-  assign \$148  = - cmd[107:105];
-  assign \$149  = ~ last_oy;
-  assign \$150  = below_oy & \$149 ;
-  assign \$151  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
-  assign \$152  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
-  assign \$153  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
-  assign \$154  = $signed(linebase) + $signed(swg);
-  assign \$155  = $signed(linebase) + $signed(swg);
-  assign \$156  = $signed(linebase) + $signed(swg);
-  assign \$157  = $signed(linebase) + $signed(swg);
-  assign \$158  = below_oy & last_oy;
-  assign \$159  = weights_done & params_done;
-  assign \$160  = cmd[111] | \$159 ;
-  assign \$161  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
-  assign \$162  = below_oy ? \$161  : { need[17], need };
-  assign \$163  = $signed({ 1'h0, rows_in }) >= $signed(\$162 );
-  assign \$164  = rows_in == cmd[15:0];
-  assign \$165  = \$163  | \$164 ;
-  assign \$166  = ~ refused;
-  assign \$167  = starting & \$166 ;
-  assign \$168  = gin_e - 1'h1;
-  assign \$169  = cmd[99:96] - 1'h1;
-  assign \$170  = cmd[95:80] - 1'h1;
-  assign \$171  = cmd[63:48] - 1'h1;
-  assign \$172  = cmd[63:48] - 1'h1;
-  assign \$173  = dwp ? \$171  : \$172 ;
-  assign \$174  = cmd[47:32] - 1'h1;
-  assign \$175  = gin_e == 1'h1;
-  assign \$176  = cmd[99:96] == 1'h1;
-  assign \$177  = cmd[99:96] == 1'h1;
-  assign \$178  = cmd[95:80] == 1'h1;
-  assign \$179  = cmd[63:48] <= 2'h2;
-  assign \$180  = cmd[63:48] == 1'h1;
-  assign \$181  = dwp ? \$179  : \$180 ;
-  assign \$182  = cmd[47:32] == 1'h1;
-  assign \$183  = gin_e == 1'h1;
+  assign \$49  = & { \$48 , \$46 , \$44  };
+  assign \$50  = last_j ? lim_zero_j : near_j;
+  assign \$51  = below_j ? \$50  : last_j;
+  assign \$52  = last_gi ? lim_zero_gi : near_gi;
+  assign \$54  = last_kx ? lim_zero_kx : near_kx;
+  assign \$55  = below_kx ? \$54  : last_kx;
+  assign \$56  = last_ky ? lim_zero_ky : near_ky;
+  assign \$57  = below_ky ? \$56  : last_ky;
+  assign \$58  = last_j ? lim_zero_j : near_j;
+  assign \$59  = below_j ? \$58  : last_j;
+  assign \$60  = & { \$59 , \$57 , \$55 , \$53  };
+  assign \$61  = last_ox ? lim_zero_ox : near_ox;
+  assign \$62  = below_ox ? \$61  : last_ox;
+  assign \$63  = last_gi ? lim_zero_gi : near_gi;
+  assign \$65  = last_kx ? lim_zero_kx : near_kx;
+  assign \$66  = below_kx ? \$65  : last_kx;
+  assign \$67  = last_ky ? lim_zero_ky : near_ky;
+  assign \$68  = below_ky ? \$67  : last_ky;
+  assign \$69  = last_j ? lim_zero_j : near_j;
+  assign \$70  = below_j ? \$69  : last_j;
+  assign \$71  = last_ox ? lim_zero_ox : near_ox;
+  assign \$72  = below_ox ? \$71  : last_ox;
+  assign \$73  = & { \$72 , \$70 , \$68 , \$66 , \$64  };
+  assign \$74  = last_oy ? lim_zero_oy : near_oy;
+  assign \$75  = below_oy ? \$74  : last_oy;
+  assign \$76  = waddr + 1'h1;
+  assign \$77  = ~ last_kx;
+  assign \$78  = below_kx & \$77 ;
+  assign \$79  = $signed(ix) + $signed(2'h1);
+  assign \$80  = $signed(tapbase) + $signed(g_step);
+  assign \$81  = ~ last_ky;
+  assign \$82  = below_ky & \$81 ;
+  assign \$83  = $signed(iy) + $signed(2'h1);
+  assign \$84  = $signed(rowbase) + $signed(row_step);
+  assign \$85  = $signed(rowbase) + $signed(row_step);
+  assign \$86  = ~ last_j;
+  assign \$87  = below_j & \$86 ;
+  assign \$88  = goff + goff_step;
+  assign \$89  = ~ last_ox;
+  assign \$90  = below_ox & \$89 ;
+  assign \$91  = $signed(ix0) + $signed({ 1'h0, ix_step });
+  assign \$92  = $signed(ix0) + $signed({ 1'h0, ix_step });
+  assign \$93  = $signed(pixbase) + $signed(sg);
+  assign \$94  = $signed(pixbase) + $signed(sg);
+  assign \$95  = $signed(pixbase) + $signed(sg);
+  assign \$96  = - cmd[107:105];
+  assign \$97  = - cmd[107:105];
+  assign \$98  = ~ last_oy;
+  assign \$99  = below_oy & \$98 ;
+  assign \$100  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
+  assign \$101  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
+  assign \$102  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
+  assign \$103  = $signed(linebase) + $signed(swg);
+  assign \$104  = $signed(linebase) + $signed(swg);
+  assign \$105  = $signed(linebase) + $signed(swg);
+  assign \$106  = $signed(linebase) + $signed(swg);
+  assign \$107  = below_oy & last_oy;
+  assign \$108  = weights_done & params_done;
+  assign \$109  = cmd[111] | \$108 ;
+  assign \$110  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
+  assign \$111  = below_oy ? \$110  : { need[17], need };
+  assign \$112  = $signed({ 1'h0, rows_in }) >= $signed(\$111 );
+  assign \$113  = rows_in == cmd[15:0];
+  assign \$114  = \$112  | \$113 ;
+  assign \$115  = ~ refused;
+  assign \$116  = starting & \$115 ;
+  assign \$117  = cmd[95:80] - 1'h1;
+  assign \$118  = gin_e - 1'h1;
+  assign \$119  = \$118  == 1'h1;
+  assign \$120  = cmd[99:96] - 1'h1;
+  assign \$121  = \$120  == 1'h1;
+  assign \$122  = cmd[99:96] - 1'h1;
+  assign \$123  = \$122  == 1'h1;
+  assign \$124  = cmd[95:80] - 1'h1;
+  assign \$125  = \$124  == 1'h1;
+  assign \$126  = cmd[63:48] - 1'h1;
+  assign \$127  = cmd[63:48] - 1'h1;
+  assign \$128  = dwp ? \$126  : \$127 ;
+  assign \$129  = dwp ? 2'h2 : 2'h1;
+  assign \$130  = \$128  == \$129 ;
+  assign \$131  = cmd[47:32] - 1'h1;
+  assign \$132  = \$131  == 1'h1;
+  assign \$133  = gin_e - 1'h1;
+  assign \$134  = \$133  == 1'h1;
+  assign \$135  = cmd[99:96] - 1'h1;
+  assign \$136  = \$135  == 1'h1;
+  assign \$137  = cmd[99:96] - 1'h1;
+  assign \$138  = \$137  == 1'h1;
+  assign \$139  = cmd[95:80] - 1'h1;
+  assign \$140  = \$139  == 1'h1;
+  assign \$141  = cmd[63:48] - 1'h1;
+  assign \$142  = cmd[63:48] - 1'h1;
+  assign \$143  = dwp ? \$141  : \$142 ;
+  assign \$144  = dwp ? 2'h2 : 2'h1;
+  assign \$145  = \$143  == \$144 ;
+  assign \$146  = cmd[47:32] - 1'h1;
+  assign \$147  = \$146  == 1'h1;
+  assign \$148  = gin_e == 1'h1;
+  assign \$149  = cmd[99:96] == 1'h1;
+  assign \$150  = cmd[99:96] == 1'h1;
+  assign \$151  = cmd[95:80] == 1'h1;
+  assign \$152  = cmd[63:48] <= 2'h2;
+  assign \$153  = cmd[63:48] == 1'h1;
+  assign \$154  = dwp ? \$152  : \$153 ;
+  assign \$155  = cmd[47:32] == 1'h1;
+  assign \$156  = gin_e - 1'h1;
+  assign \$157  = $signed(\$156 ) - $signed(3'h2);
+  assign \$158  = cmd[99:96] - 1'h1;
+  assign \$159  = $signed(\$158 ) - $signed(3'h2);
+  assign \$160  = cmd[99:96] - 1'h1;
+  assign \$161  = $signed(\$160 ) - $signed(3'h2);
+  assign \$162  = cmd[95:80] - 1'h1;
+  assign \$163  = $signed(\$162 ) - $signed(3'h2);
+  assign \$164  = cmd[63:48] - 1'h1;
+  assign \$165  = cmd[63:48] - 1'h1;
+  assign \$166  = dwp ? \$164  : \$165 ;
+  assign \$167  = dwp ? 2'h2 : 2'h1;
+  assign \$168  = 2'h2 * \$167 ;
+  assign \$169  = $signed(\$166 ) - $signed({ 1'h0, \$168  });
+  assign \$170  = cmd[47:32] - 1'h1;
+  assign \$171  = $signed(\$170 ) - $signed(3'h2);
+  assign \$172  = gin_e == 1'h1;
+  assign \$173  = cmd[99:96] == 1'h1;
+  assign \$174  = cmd[99:96] == 1'h1;
+  assign \$175  = cmd[95:80] == 1'h1;
+  assign \$176  = cmd[63:48] <= 2'h2;
+  assign \$177  = cmd[63:48] == 1'h1;
+  assign \$178  = dwp ? \$176  : \$177 ;
+  assign \$179  = cmd[47:32] == 1'h1;
+  assign \$180  = gin_e == 1'h1;
+  assign \$182  = gin_e == 1'h1;
+  assign \$183  = cmd[99:96] == 1'h1;
+  assign \$184  = & { \$183 , \$182  };
   assign \$185  = gin_e == 1'h1;
   assign \$186  = cmd[99:96] == 1'h1;
-  assign \$187  = & { \$186 , \$185  };
-  assign \$188  = gin_e == 1'h1;
-  assign \$189  = cmd[99:96] == 1'h1;
+  assign \$187  = cmd[99:96] == 1'h1;
+  assign \$188  = & { \$187 , \$186 , \$185  };
+  assign \$189  = gin_e == 1'h1;
   assign \$190  = cmd[99:96] == 1'h1;
-  assign \$191  = & { \$190 , \$189 , \$188  };
-  assign \$192  = gin_e == 1'h1;
-  assign \$193  = cmd[99:96] == 1'h1;
-  assign \$194  = cmd[99:96] == 1'h1;
-  assign \$195  = cmd[95:80] == 1'h1;
-  assign \$196  = & { \$195 , \$194 , \$193 , \$192  };
-  assign \$197  = gin_e == 1'h1;
-  assign \$198  = cmd[99:96] == 1'h1;
-  assign \$199  = cmd[99:96] == 1'h1;
-  assign \$200  = cmd[95:80] == 1'h1;
-  assign \$201  = cmd[63:48] <= 2'h2;
-  assign \$202  = cmd[63:48] == 1'h1;
-  assign \$203  = dwp ? \$201  : \$202 ;
-  assign \$204  = & { \$203 , \$200 , \$199 , \$198 , \$197  };
-  assign \$205  = - cmd[107:105];
-  assign \$206  = - cmd[107:105];
-  assign \$207  = - cmd[104:102];
-  assign \$208  = - cmd[104:102];
-  assign \$209  = cmd[99:96] - cmd[104:102];
-  assign \$210  = dwp ? 16'h0000 : cmd[79:64];
-  assign \$211  = cmd[101:100] == 2'h2;
-  assign \$213  = \$211  ? \$212  : { 1'h0, cmd[79:64] };
-  assign \$214  = dwp ? 17'h00000 : \$213 ;
+  assign \$191  = cmd[99:96] == 1'h1;
+  assign \$192  = cmd[95:80] == 1'h1;
+  assign \$193  = & { \$192 , \$191 , \$190 , \$189  };
+  assign \$194  = gin_e == 1'h1;
+  assign \$195  = cmd[99:96] == 1'h1;
+  assign \$196  = cmd[99:96] == 1'h1;
+  assign \$197  = cmd[95:80] == 1'h1;
+  assign \$198  = cmd[63:48] <= 2'h2;
+  assign \$199  = cmd[63:48] == 1'h1;
+  assign \$200  = dwp ? \$198  : \$199 ;
+  assign \$201  = & { \$200 , \$197 , \$196 , \$195 , \$194  };
+  assign \$202  = - cmd[107:105];
+  assign \$203  = - cmd[107:105];
+  assign \$204  = - cmd[104:102];
+  assign \$205  = - cmd[104:102];
+  assign \$206  = cmd[99:96] - cmd[104:102];
+  assign \$207  = dwp ? 16'h0000 : cmd[79:64];
+  assign \$208  = cmd[101:100] == 2'h2;
+  assign \$210  = \$208  ? \$209  : { 1'h0, cmd[79:64] };
+  assign \$211  = dwp ? 17'h00000 : \$210 ;
+  assign \$212  = cmd[101:100] == 2'h2;
   assign \$215  = cmd[101:100] == 2'h2;
-  assign \$218  = cmd[101:100] == 2'h2;
-  assign \$220  = \$218  ? \$219  : { 1'h0, sizes[14:0] };
-  assign \$221  = dwp ? 18'h00000 : { 2'h0, \$220  };
-  assign \$222  = dwp ? 17'h00000 : { 2'h0, sizes[14:0] };
-  assign \$223  = dwp ? sizes[155:141] : { 14'h0000, dw };
-  assign \$224  = dwp ? 2'h2 : 2'h1;
-  assign \$226  = dwp ? \$225  : { 1'h0, cmd[101:100] };
-  assign \$227  = seq_busy & loaded;
-  assign taps__valid = \$227  & rows_ok;
+  assign \$217  = \$215  ? \$216  : { 1'h0, sizes[14:0] };
+  assign \$218  = dwp ? 18'h00000 : { 2'h0, \$217  };
+  assign \$219  = dwp ? 17'h00000 : { 2'h0, sizes[14:0] };
+  assign \$220  = dwp ? sizes[155:141] : { 14'h0000, dw };
+  assign \$221  = dwp ? 2'h2 : 2'h1;
+  assign \$223  = dwp ? \$222  : { 1'h0, cmd[101:100] };
+  assign \$224  = seq_busy & loaded;
+  assign taps__valid = \$224  & rows_ok;
   assign issue = taps__valid & taps__ready;
-  assign \$228  = seq_busy & loaded;
-  assign \$229  = ~ issue;
-  assign waiting = \$228  & \$229 ;
-  assign \$230  = $signed(tapbase) + $signed({ 1'h0, gi });
-  assign \$231  = $signed(\$230 ) + $signed({ 1'h0, goff });
-  assign \$232  = ! gi;
-  assign \$233  = ! kx;
-  assign \$234  = \$232  & \$233 ;
-  assign \$235  = ! ky;
-  assign \$236  = \$234  & \$235 ;
-  assign \$237  = last_gi & last_kx;
-  assign \$238  = \$237  & last_ky;
+  assign \$225  = seq_busy & loaded;
+  assign \$226  = ~ issue;
+  assign waiting = \$225  & \$226 ;
+  assign \$227  = $signed(tapbase) + $signed({ 1'h0, gi });
+  assign \$228  = $signed(\$227 ) + $signed({ 1'h0, goff });
+  assign \$229  = ! gi;
+  assign \$230  = ! kx;
+  assign \$231  = \$229  & \$230 ;
+  assign \$232  = ! ky;
+  assign \$233  = \$231  & \$232 ;
+  assign \$234  = last_gi & last_kx;
+  assign \$235  = \$234  & last_ky;
   always @(posedge clk)
     base <= { \$4 [18], \$4  };
   always @(posedge clk)
-    gi <= \$239 ;
+    gi <= \$236 ;
   always @(posedge clk)
-    kx <= \$240 ;
+    near_gi <= \$237 ;
   always @(posedge clk)
-    ky <= \$241 ;
+    kx <= \$238 ;
+  always @(posedge clk)
+    near_kx <= \$239 ;
+  always @(posedge clk)
+    ky <= \$240 ;
+  always @(posedge clk)
+    near_ky <= \$241 ;
   always @(posedge clk)
     j <= \$242 ;
   always @(posedge clk)
-    ox <= \$243 ;
+    near_j <= \$243 ;
   always @(posedge clk)
-    oy <= \$244 ;
+    ox <= \$244 ;
   always @(posedge clk)
-    last_gi <= \$245 ;
+    near_ox <= \$245 ;
   always @(posedge clk)
-    below_kx <= \$246 ;
+    oy <= \$246 ;
   always @(posedge clk)
-    last_kx <= \$247 ;
+    near_oy <= \$247 ;
   always @(posedge clk)
-    below_ky <= \$248 ;
+    last_gi <= \$248 ;
   always @(posedge clk)
-    last_ky <= \$249 ;
+    below_kx <= \$249 ;
   always @(posedge clk)
-    below_j <= \$250 ;
+    last_kx <= \$250 ;
   always @(posedge clk)
-    last_j <= \$251 ;
+    below_ky <= \$251 ;
   always @(posedge clk)
-    below_ox <= \$252 ;
+    last_ky <= \$252 ;
   always @(posedge clk)
-    last_ox <= \$253 ;
+    below_j <= \$253 ;
   always @(posedge clk)
-    below_oy <= \$254 ;
+    last_j <= \$254 ;
   always @(posedge clk)
-    last_oy <= \$255 ;
+    below_ox <= \$255 ;
   always @(posedge clk)
-    waddr <= \$256 ;
+    last_ox <= \$256 ;
   always @(posedge clk)
-    ix <= \$257 ;
+    below_oy <= \$257 ;
   always @(posedge clk)
-    tapbase <= \$258 ;
+    last_oy <= \$258 ;
   always @(posedge clk)
-    iy <= \$259 ;
+    waddr <= \$259 ;
   always @(posedge clk)
-    rowbase <= \$260 ;
+    ix <= \$260 ;
   always @(posedge clk)
-    goff <= \$261 ;
+    tapbase <= \$261 ;
   always @(posedge clk)
-    ix0 <= \$262 ;
+    iy <= \$262 ;
   always @(posedge clk)
-    pixbase <= \$263 ;
+    rowbase <= \$263 ;
   always @(posedge clk)
-    iy0 <= \$264 ;
+    goff <= \$264 ;
   always @(posedge clk)
-    need <= \$265 ;
+    ix0 <= \$265 ;
   always @(posedge clk)
-    linebase <= \$266 ;
+    pixbase <= \$266 ;
   always @(posedge clk)
-    seq_busy <= \$267 ;
+    iy0 <= \$267 ;
   always @(posedge clk)
-    loaded <= \$268 ;
+    need <= \$268 ;
   always @(posedge clk)
-    rows_ok <= \$269 ;
+    linebase <= \$269 ;
   always @(posedge clk)
-    lim_gi <= \$270 ;
+    seq_busy <= \$270 ;
   always @(posedge clk)
-    lim_k <= \$271 ;
+    loaded <= \$271 ;
   always @(posedge clk)
-    last_group <= \$272 ;
+    rows_ok <= \$272 ;
   always @(posedge clk)
-    lim_ox <= \$273 ;
+    last_group <= \$273 ;
   always @(posedge clk)
-    lim_oy <= \$274 ;
+    lim_inc_gi <= \$274 ;
   always @(posedge clk)
-    g_step <= \$275 ;
+    lim_inc_kx <= \$275 ;
   always @(posedge clk)
-    sg <= \$276 ;
+    lim_inc_ky <= \$276 ;
   always @(posedge clk)
-    swg <= \$277 ;
+    lim_inc_j <= \$277 ;
   always @(posedge clk)
-    row_step <= \$278 ;
+    lim_inc_ox <= \$278 ;
   always @(posedge clk)
-    goff_step <= \$279 ;
+    lim_inc_oy <= \$279 ;
   always @(posedge clk)
-    ox_step <= \$280 ;
+    lim_zero_gi <= \$280 ;
   always @(posedge clk)
-    ix_step <= \$281 ;
+    lim_zero_kx <= \$281 ;
+  always @(posedge clk)
+    lim_zero_ky <= \$282 ;
+  always @(posedge clk)
+    lim_zero_j <= \$283 ;
+  always @(posedge clk)
+    lim_zero_ox <= \$284 ;
+  always @(posedge clk)
+    lim_zero_oy <= \$285 ;
+  always @(posedge clk)
+    lim_2inc_gi <= \$286 ;
+  always @(posedge clk)
+    lim_2inc_kx <= \$287 ;
+  always @(posedge clk)
+    lim_2inc_ky <= \$288 ;
+  always @(posedge clk)
+    lim_2inc_j <= \$289 ;
+  always @(posedge clk)
+    lim_2inc_ox <= \$290 ;
+  always @(posedge clk)
+    lim_2inc_oy <= \$291 ;
+  always @(posedge clk)
+    g_step <= \$292 ;
+  always @(posedge clk)
+    sg <= \$293 ;
+  always @(posedge clk)
+    swg <= \$294 ;
+  always @(posedge clk)
+    row_step <= \$295 ;
+  always @(posedge clk)
+    goff_step <= \$296 ;
+  always @(posedge clk)
+    ox_step <= \$297 ;
+  always @(posedge clk)
+    ix_step <= \$298 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$239  = gi;
+    \$236  = gi;
     if (issue) begin
-      \$239  = \$6 [7:0];
+      \$236  = \$6 [7:0];
     end
-    if (\$167 ) begin
-      \$239  = 8'h00;
+    if (\$116 ) begin
+      \$236  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$240  = kx;
+    \$237  = near_gi;
+    if (issue) begin
+      \$237  = \$8 ;
+    end
+    if (\$116 ) begin
+      \$237  = \$119 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$238  = kx;
     if (issue) begin
       if (below_kx) begin
-        \$240  = \$8 [3:0];
+        \$238  = \$10 [3:0];
       end
     end
-    if (\$167 ) begin
+    if (\$116 ) begin
+      \$238  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$239  = near_kx;
+    if (issue) begin
+      if (below_kx) begin
+        \$239  = \$12 ;
+      end
+    end
+    if (\$116 ) begin
+      \$239  = \$121 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$240  = ky;
+    if (issue) begin
+      if (below_ky) begin
+        \$240  = \$14 [3:0];
+      end
+    end
+    if (\$116 ) begin
       \$240  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$241  = ky;
+    \$241  = near_ky;
     if (issue) begin
       if (below_ky) begin
-        \$241  = \$10 [3:0];
+        \$241  = \$16 ;
       end
     end
-    if (\$167 ) begin
-      \$241  = 4'h0;
+    if (\$116 ) begin
+      \$241  = \$123 ;
     end
   end
   always @* begin
@@ -7799,451 +7913,585 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
     \$242  = j;
     if (issue) begin
       if (below_j) begin
-        \$242  = \$12 [5:0];
+        \$242  = \$18 [5:0];
       end
     end
-    if (\$167 ) begin
+    if (\$116 ) begin
       \$242  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$243  = ox;
+    \$243  = near_j;
     if (issue) begin
-      if (below_ox) begin
-        \$243  = \$14 [15:0];
+      if (below_j) begin
+        \$243  = \$20 ;
       end
     end
-    if (\$167 ) begin
-      \$243  = 16'h0000;
+    if (\$116 ) begin
+      \$243  = \$125 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$244  = oy;
+    \$244  = ox;
     if (issue) begin
-      if (below_oy) begin
-        \$244  = \$16 [15:0];
+      if (below_ox) begin
+        \$244  = \$22 [15:0];
       end
     end
-    if (\$167 ) begin
+    if (\$116 ) begin
       \$244  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$245  = last_gi;
+    \$245  = near_ox;
     if (issue) begin
-      \$245  = \$21 ;
-    end
-    if (\$167 ) begin
-      \$245  = \$175 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$246  = below_kx;
-    if (issue) begin
-      \$246  = \$27 ;
-    end
-    if (\$167 ) begin
-      \$246  = \$184 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$247  = last_kx;
-    if (issue) begin
-      \$247  = \$32 ;
-    end
-    if (\$167 ) begin
-      \$247  = \$176 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$248  = below_ky;
-    if (issue) begin
-      \$248  = \$43 ;
-    end
-    if (\$167 ) begin
-      \$248  = \$187 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$249  = last_ky;
-    if (issue) begin
-      \$249  = \$48 ;
-    end
-    if (\$167 ) begin
-      \$249  = \$177 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$250  = below_j;
-    if (issue) begin
-      \$250  = \$64 ;
-    end
-    if (\$167 ) begin
-      \$250  = \$191 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$251  = last_j;
-    if (issue) begin
-      \$251  = \$69 ;
-    end
-    if (\$167 ) begin
-      \$251  = \$178 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$252  = below_ox;
-    if (issue) begin
-      \$252  = \$90 ;
-    end
-    if (\$167 ) begin
-      \$252  = \$196 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$253  = last_ox;
-    if (issue) begin
-      \$253  = \$95 ;
-    end
-    if (\$167 ) begin
-      \$253  = \$181 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$254  = below_oy;
-    if (issue) begin
-      \$254  = \$121 ;
-    end
-    if (\$167 ) begin
-      \$254  = \$204 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$255  = last_oy;
-    if (issue) begin
-      \$255  = \$126 ;
-    end
-    if (\$167 ) begin
-      \$255  = \$182 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$256  = waddr;
-    if (issue) begin
-      \$256  = \$127 [9:0];
       if (below_ox) begin
-        \$256  = 10'h000;
+        \$245  = \$24 ;
       end
     end
-    if (\$167 ) begin
-      \$256  = 10'h000;
+    if (\$116 ) begin
+      \$245  = \$130 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$257  = ix;
+    \$246  = oy;
     if (issue) begin
-      if (\$129 ) begin
-        \$257  = \$130 [17:0];
+      if (below_oy) begin
+        \$246  = \$26 [15:0];
+      end
+    end
+    if (\$116 ) begin
+      \$246  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$247  = near_oy;
+    if (issue) begin
+      if (below_oy) begin
+        \$247  = \$28 ;
+      end
+    end
+    if (\$116 ) begin
+      \$247  = \$132 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$248  = last_gi;
+    if (issue) begin
+      \$248  = \$30 ;
+    end
+    if (\$116 ) begin
+      \$248  = \$172 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$249  = below_kx;
+    if (issue) begin
+      \$249  = \$33 ;
+    end
+    if (\$116 ) begin
+      \$249  = \$181 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$250  = last_kx;
+    if (issue) begin
+      \$250  = \$35 ;
+    end
+    if (\$116 ) begin
+      \$250  = \$173 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$251  = below_ky;
+    if (issue) begin
+      \$251  = \$40 ;
+    end
+    if (\$116 ) begin
+      \$251  = \$184 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$252  = last_ky;
+    if (issue) begin
+      \$252  = \$42 ;
+    end
+    if (\$116 ) begin
+      \$252  = \$174 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$253  = below_j;
+    if (issue) begin
+      \$253  = \$49 ;
+    end
+    if (\$116 ) begin
+      \$253  = \$188 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$254  = last_j;
+    if (issue) begin
+      \$254  = \$51 ;
+    end
+    if (\$116 ) begin
+      \$254  = \$175 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$255  = below_ox;
+    if (issue) begin
+      \$255  = \$60 ;
+    end
+    if (\$116 ) begin
+      \$255  = \$193 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$256  = last_ox;
+    if (issue) begin
+      \$256  = \$62 ;
+    end
+    if (\$116 ) begin
+      \$256  = \$178 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$257  = below_oy;
+    if (issue) begin
+      \$257  = \$73 ;
+    end
+    if (\$116 ) begin
+      \$257  = \$201 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$258  = last_oy;
+    if (issue) begin
+      \$258  = \$75 ;
+    end
+    if (\$116 ) begin
+      \$258  = \$179 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$259  = waddr;
+    if (issue) begin
+      \$259  = \$76 [9:0];
+      if (below_ox) begin
+        \$259  = 10'h000;
+      end
+    end
+    if (\$116 ) begin
+      \$259  = 10'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$260  = ix;
+    if (issue) begin
+      if (\$78 ) begin
+        \$260  = \$79 [17:0];
       end
       if (below_ky) begin
-        \$257  = ix0;
+        \$260  = ix0;
       end
-      if (\$141 ) begin
-        \$257  = \$143 [17:0];
+      if (\$90 ) begin
+        \$260  = \$92 [17:0];
       end
       if (below_oy) begin
-        \$257  = { \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148 [3], \$148  };
+        \$260  = { \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97  };
       end
     end
-    if (\$167 ) begin
-      \$257  = { \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205  };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$258  = tapbase;
-    if (issue) begin
-      if (\$129 ) begin
-        \$258  = \$131 [19:0];
-      end
-      if (\$133 ) begin
-        \$258  = \$136 [19:0];
-      end
-      if (\$138 ) begin
-        \$258  = pixbase;
-      end
-      if (\$141 ) begin
-        \$258  = \$146 [19:0];
-      end
-      if (\$150 ) begin
-        \$258  = \$157 [19:0];
-      end
-    end
-    if (\$167 ) begin
-      \$258  = base;
+    if (\$116 ) begin
+      \$260  = { \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$259  = iy;
+    \$261  = tapbase;
     if (issue) begin
-      if (\$133 ) begin
-        \$259  = \$134 [17:0];
+      if (\$78 ) begin
+        \$261  = \$80 [19:0];
+      end
+      if (\$82 ) begin
+        \$261  = \$85 [19:0];
+      end
+      if (\$87 ) begin
+        \$261  = pixbase;
+      end
+      if (\$90 ) begin
+        \$261  = \$95 [19:0];
+      end
+      if (\$99 ) begin
+        \$261  = \$106 [19:0];
+      end
+    end
+    if (\$116 ) begin
+      \$261  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$262  = iy;
+    if (issue) begin
+      if (\$82 ) begin
+        \$262  = \$83 [17:0];
       end
       if (below_j) begin
-        \$259  = iy0;
+        \$262  = iy0;
       end
-      if (\$150 ) begin
-        \$259  = \$152 [17:0];
-      end
-    end
-    if (\$167 ) begin
-      \$259  = { \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207  };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$260  = rowbase;
-    if (issue) begin
-      if (\$133 ) begin
-        \$260  = \$135 [19:0];
-      end
-      if (\$138 ) begin
-        \$260  = pixbase;
-      end
-      if (\$141 ) begin
-        \$260  = \$145 [19:0];
-      end
-      if (\$150 ) begin
-        \$260  = \$156 [19:0];
+      if (\$99 ) begin
+        \$262  = \$101 [17:0];
       end
     end
-    if (\$167 ) begin
-      \$260  = base;
+    if (\$116 ) begin
+      \$262  = { \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$261  = goff;
+    \$263  = rowbase;
     if (issue) begin
-      if (\$138 ) begin
-        \$261  = \$139 [14:0];
+      if (\$82 ) begin
+        \$263  = \$84 [19:0];
       end
-      if (below_ox) begin
-        \$261  = 15'h0000;
+      if (\$87 ) begin
+        \$263  = pixbase;
       end
-    end
-    if (\$167 ) begin
-      \$261  = 15'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$262  = ix0;
-    if (issue) begin
-      if (\$141 ) begin
-        \$262  = \$142 [17:0];
+      if (\$90 ) begin
+        \$263  = \$94 [19:0];
       end
-      if (below_oy) begin
-        \$262  = { \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147 [3], \$147  };
+      if (\$99 ) begin
+        \$263  = \$105 [19:0];
       end
     end
-    if (\$167 ) begin
-      \$262  = { \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206  };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$263  = pixbase;
-    if (issue) begin
-      if (\$141 ) begin
-        \$263  = \$144 [19:0];
-      end
-      if (\$150 ) begin
-        \$263  = \$155 [19:0];
-      end
-    end
-    if (\$167 ) begin
+    if (\$116 ) begin
       \$263  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$264  = iy0;
+    \$264  = goff;
     if (issue) begin
-      if (\$150 ) begin
-        \$264  = \$151 [17:0];
+      if (\$87 ) begin
+        \$264  = \$88 [14:0];
+      end
+      if (below_ox) begin
+        \$264  = 15'h0000;
       end
     end
-    if (\$167 ) begin
-      \$264  = { \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208  };
+    if (\$116 ) begin
+      \$264  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$265  = need;
+    \$265  = ix0;
     if (issue) begin
-      if (\$150 ) begin
-        \$265  = \$153 [17:0];
+      if (\$90 ) begin
+        \$265  = \$91 [17:0];
+      end
+      if (below_oy) begin
+        \$265  = { \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96  };
       end
     end
-    if (\$167 ) begin
-      \$265  = { \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209  };
+    if (\$116 ) begin
+      \$265  = { \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$266  = linebase;
+    \$266  = pixbase;
     if (issue) begin
-      if (\$150 ) begin
-        \$266  = \$154 [19:0];
+      if (\$90 ) begin
+        \$266  = \$93 [19:0];
+      end
+      if (\$99 ) begin
+        \$266  = \$104 [19:0];
       end
     end
-    if (\$167 ) begin
+    if (\$116 ) begin
       \$266  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$267  = seq_busy;
+    \$267  = iy0;
     if (issue) begin
-      if (\$158 ) begin
-        \$267  = 1'h0;
+      if (\$99 ) begin
+        \$267  = \$100 [17:0];
       end
     end
-    if (\$167 ) begin
-      \$267  = 1'h1;
-    end
-    if (rst) begin
-      \$267  = 1'h0;
+    if (\$116 ) begin
+      \$267  = { \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$268  = loaded;
+    \$268  = need;
+    if (issue) begin
+      if (\$99 ) begin
+        \$268  = \$102 [17:0];
+      end
+    end
+    if (\$116 ) begin
+      \$268  = { \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$269  = linebase;
+    if (issue) begin
+      if (\$99 ) begin
+        \$269  = \$103 [19:0];
+      end
+    end
+    if (\$116 ) begin
+      \$269  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$270  = seq_busy;
+    if (issue) begin
+      if (\$107 ) begin
+        \$270  = 1'h0;
+      end
+    end
+    if (\$116 ) begin
+      \$270  = 1'h1;
+    end
+    if (rst) begin
+      \$270  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$271  = loaded;
     if (run) begin
-      \$268  = \$160 ;
+      \$271  = \$109 ;
     end
-    if (\$167 ) begin
-      \$268  = 1'h0;
+    if (\$116 ) begin
+      \$271  = 1'h0;
     end
     if (rst) begin
-      \$268  = 1'h0;
+      \$271  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$269  = rows_ok;
+    \$272  = rows_ok;
     if (run) begin
-      \$269  = \$165 ;
+      \$272  = \$114 ;
     end
-    if (\$167 ) begin
-      \$269  = 1'h0;
-    end
-    if (rst) begin
-      \$269  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$270  = lim_gi;
-    if (\$167 ) begin
-      \$270  = \$168 [7:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$271  = lim_k;
-    if (\$167 ) begin
-      \$271  = \$169 [3:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$272  = last_group;
-    if (\$167 ) begin
-      \$272  = \$170 [5:0];
+    if (\$116 ) begin
+      \$272  = 1'h0;
     end
     if (rst) begin
-      \$272  = 6'h00;
+      \$272  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$273  = lim_ox;
-    if (\$167 ) begin
-      \$273  = \$173 [15:0];
+    \$273  = last_group;
+    if (\$116 ) begin
+      \$273  = \$117 [5:0];
+    end
+    if (rst) begin
+      \$273  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$274  = lim_oy;
-    if (\$167 ) begin
-      \$274  = \$174 [15:0];
+    \$274  = lim_inc_gi;
+    if (\$116 ) begin
+      \$274  = \$134 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$275  = g_step;
-    if (\$167 ) begin
-      \$275  = { 4'h0, \$210  };
+    \$275  = lim_inc_kx;
+    if (\$116 ) begin
+      \$275  = \$136 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$276  = sg;
-    if (\$167 ) begin
-      \$276  = { 3'h0, \$214  };
+    \$276  = lim_inc_ky;
+    if (\$116 ) begin
+      \$276  = \$138 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$277  = swg;
-    if (\$167 ) begin
-      \$277  = { 2'h0, \$221  };
+    \$277  = lim_inc_j;
+    if (\$116 ) begin
+      \$277  = \$140 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$278  = row_step;
-    if (\$167 ) begin
-      \$278  = { 3'h0, \$222  };
+    \$278  = lim_inc_ox;
+    if (\$116 ) begin
+      \$278  = \$145 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$279  = goff_step;
-    if (\$167 ) begin
-      \$279  = \$223 ;
+    \$279  = lim_inc_oy;
+    if (\$116 ) begin
+      \$279  = \$147 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$280  = ox_step;
-    if (\$167 ) begin
-      \$280  = \$224 ;
+    \$280  = lim_zero_gi;
+    if (\$116 ) begin
+      \$280  = \$148 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$281  = ix_step;
-    if (\$167 ) begin
-      \$281  = \$226 ;
+    \$281  = lim_zero_kx;
+    if (\$116 ) begin
+      \$281  = \$149 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$282  = lim_zero_ky;
+    if (\$116 ) begin
+      \$282  = \$150 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$283  = lim_zero_j;
+    if (\$116 ) begin
+      \$283  = \$151 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$284  = lim_zero_ox;
+    if (\$116 ) begin
+      \$284  = \$154 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$285  = lim_zero_oy;
+    if (\$116 ) begin
+      \$285  = \$155 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$286  = lim_2inc_gi;
+    if (\$116 ) begin
+      \$286  = \$157 [9:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$287  = lim_2inc_kx;
+    if (\$116 ) begin
+      \$287  = \$159 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$288  = lim_2inc_ky;
+    if (\$116 ) begin
+      \$288  = \$161 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$289  = lim_2inc_j;
+    if (\$116 ) begin
+      \$289  = \$163 [7:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$290  = lim_2inc_ox;
+    if (\$116 ) begin
+      \$290  = \$169 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$291  = lim_2inc_oy;
+    if (\$116 ) begin
+      \$291  = \$171 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$292  = g_step;
+    if (\$116 ) begin
+      \$292  = { 4'h0, \$207  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$293  = sg;
+    if (\$116 ) begin
+      \$293  = { 3'h0, \$211  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$294  = swg;
+    if (\$116 ) begin
+      \$294  = { 2'h0, \$218  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$295  = row_step;
+    if (\$116 ) begin
+      \$295  = { 3'h0, \$219  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$296  = goff_step;
+    if (\$116 ) begin
+      \$296  = \$220 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$297  = ox_step;
+    if (\$116 ) begin
+      \$297  = \$221 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$298  = ix_step;
+    if (\$116 ) begin
+      \$298  = \$223 ;
     end
   end
   assign ws = 17'h00000;
@@ -8279,25 +8527,25 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
   assign \taps__payload.waddr  = taps__payload[65:56];
   assign \taps__payload.first  = taps__payload[66];
   assign \taps__payload.last  = taps__payload[67];
-  assign taps__payload[67] = \$238 ;
-  assign taps__payload[66] = \$236 ;
+  assign taps__payload[67] = \$235 ;
+  assign taps__payload[66] = \$233 ;
   assign taps__payload[65:56] = waddr;
   assign taps__payload[55:38] = iy;
   assign taps__payload[37:20] = ix;
-  assign taps__payload[19:0] = \$231 [19:0];
-  assign \$21  = \$20 ;
-  assign \$26  = \$25 ;
-  assign \$27  = \$25 ;
+  assign taps__payload[19:0] = \$228 [19:0];
+  assign \$30  = \$29 ;
+  assign \$32  = \$31 ;
+  assign \$33  = \$31 ;
   assign \$37  = \$36 ;
+  assign \$44  = \$43 ;
   assign \$53  = \$52 ;
-  assign \$74  = \$73 ;
-  assign \$100  = \$99 ;
-  assign \$184  = \$183 ;
-  assign \$212  = { cmd[79:64], 1'h0 };
-  assign \$216  = 18'h00000;
-  assign \$219  = { sizes[14:0], 1'h0 };
-  assign \$225  = { cmd[101:100], 1'h0 };
-  assign \$217  = 18'h00000;
+  assign \$64  = \$63 ;
+  assign \$181  = \$180 ;
+  assign \$209  = { cmd[79:64], 1'h0 };
+  assign \$213  = 18'h00000;
+  assign \$216  = { sizes[14:0], 1'h0 };
+  assign \$222  = { cmd[101:100], 1'h0 };
+  assign \$214  = 18'h00000;
 endmodule
 
 (* generator = "Amaranth" *)

@@ -83,7 +83,7 @@ class Board:
 # so that the DEFAULT_BAUD divisor is exact too.
 BOARDS = {
     "icebreaker": Board("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform",
-                        12e6, 30e6, "ice40", "iCE40UP5K-SG48",
+                        12e6, 33e6, "ice40", "iCE40UP5K-SG48",
                         ("ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_DSP", "ICESTORM_SPRAM",
                          "ICESTORM_PLL", "SB_IO")),
     "ulx3s": Board("ulx3s", "amaranth_boards.ulx3s:ULX3S_25F_Platform", 25e6, 85e6,

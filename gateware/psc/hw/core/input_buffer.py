@@ -234,6 +234,13 @@ class InputBuffer(wiring.Component):
         col_cnt = Signal(range(cc.fmap_depth))
         fire = Signal()
         m.d.comb += fire.eq(self.i.valid & self.i.ready)
+        # The sizes less one, registered every cycle: the sizes are final before the start
+        # and the first word comes after it, so the row and end compares below are
+        # equalities of registers, with no subtract in front.
+        wg_m1 = Signal.like(col_cnt, reset_less=True)
+        n_in_m1 = Signal.like(in_cnt, reset_less=True)
+        m.d.sync += [wg_m1.eq(sz.wg - 1), n_in_m1.eq(sz.n_in - 1)]
+        row_end = col_cnt == wg_m1
         chn = cc.pe.depthwise == "channels"
         # a counted word: every stream word, but in a depthwise layer on a channels build
         # every rows-th (the word that fills the last bank at an address)
@@ -269,7 +276,7 @@ class InputBuffer(wiring.Component):
             with m.If(fire):
                 with m.If(lgi == cmd.gin - 1):
                     m.d.sync += [lgi.eq(0), lgoff.eq(0)]
-                    with m.If(col_cnt == sz.wg - 1):
+                    with m.If(row_end):
                         m.d.sync += [lx.eq(0), lrow.eq(lrow + self.ws)]
                     with m.Else():
                         m.d.sync += lx.eq(lx + 1)
@@ -278,8 +285,8 @@ class InputBuffer(wiring.Component):
         with m.If(self.run):
             m.d.comb += self.i.ready.eq(~self.done)
             with m.If(count):
-                m.d.sync += [in_cnt.eq(in_cnt + 1), self.done.eq(in_cnt + 1 == sz.n_in)]
-                with m.If(col_cnt == sz.wg - 1):
+                m.d.sync += [in_cnt.eq(in_cnt + 1), self.done.eq(in_cnt == n_in_m1)]
+                with m.If(row_end):
                     m.d.sync += [col_cnt.eq(0), rows.eq(rows + 1)]
                 with m.Else():
                     m.d.sync += col_cnt.eq(col_cnt + 1)

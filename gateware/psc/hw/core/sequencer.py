@@ -139,17 +139,22 @@ class Sequencer(wiring.Component):
         s["base"] = reg(sa, "base")
         sz = self.sizes
         m.d.sync += s["base"].eq(Mux(self.dwp, -sz.pt_ws, -sz.pt_wg - sz.pl_g))
-        # The last value of each counter, set at start, and one flag per
-        # counter, registered, telling that it holds its last value: the carry
-        # into the next counter is then an AND of flip-flops (no
-        # subtract-and-compare against the command's fields in that path).
-        s["lim_gi"] = reg(s["gi"].shape(), "lim_gi")
-        s["lim_k"] = reg(4, "lim_k")
+        # One flag per counter, registered, telling that it holds its last
+        # value: the carry into the next counter is then an AND of flip-flops
+        # (no subtract-and-compare against the command's fields in that path).
         s["lim_j"] = self.last_group
-        s["lim_ox"] = reg(FW, "lim_ox")
-        s["lim_oy"] = reg(FW, "lim_oy")
-        s["flags"] = tuple(reg(1, f"last_{n}") for n in ("gi", "kx", "ky", "j", "ox", "oy"))
-        s["below"] = [Const(1)] + [reg(1, f"below_{n}") for n in ("kx", "ky", "j", "ox", "oy")]
+        names = ("gi", "kx", "ky", "j", "ox", "oy")
+        s["flags"] = tuple(reg(1, f"last_{n}") for n in names)
+        s["below"] = [Const(1)] + [reg(1, f"below_{n}") for n in names[1:]]
+        # Per counter, registered too: `near` (one more step reaches the last value),
+        # `lim_zero` (the last value is 0), `lim_inc` (it is the step) and `lim_2inc` (the
+        # last value less two steps), so the next flag is a choice between flip-flops and
+        # the next `near` an equality of registers: no adder in front of a compare.
+        s["near"] = tuple(reg(1, f"near_{n}") for n in names)
+        s["lim_zero"] = tuple(reg(1, f"lim_zero_{n}") for n in names)
+        s["lim_inc"] = tuple(reg(1, f"lim_inc_{n}") for n in names)
+        s["lim_2inc"] = tuple(reg(signed(s[n].shape().width + 2), f"lim_2inc_{n}")
+                              for n in names)
 
         issue = Signal()
         m.d.comb += [
@@ -188,24 +193,25 @@ class Sequencer(wiring.Component):
         ]
         # Each counter: on a carry into it, it wraps to 0 after its last value
         # (its flag then tells whether 0 is also the last: a limit of 0) or
-        # steps, its flag comparing the stepped value with the limit. The
-        # compares read registers only. `below[i]` is the AND of the flags of
+        # steps, its flag taking `near`. `near` itself is an equality of two
+        # registers, the counter and its limit less two steps. `below[i]` is the AND of the flags of
         # the counters below counter i, registered too, so whether a tap
         # carries into counter i is one flip-flop. Every next value is a
         # function of registers alone and `issue` only enables the update:
         # the handshake is one gate in front of the registers' enables, not
         # an input of the carry and address logic.
-        levels = ((s["gi"], s["lim_gi"], 1), (s["kx"], s["lim_k"], 1), (s["ky"], s["lim_k"], 1),
-                  (s["j"], s["lim_j"], 1), (s["ox"], s["lim_ox"], s["ox_step"]),
-                  (s["oy"], s["lim_oy"], 1))
+        levels = ((s["gi"], 1), (s["kx"], 1), (s["ky"], 1), (s["j"], 1), (s["ox"], s["ox_step"]),
+                  (s["oy"], 1))
         below = s["below"]
         flag_next = []
         with m.If(issue):
-            for (ctr, lim, inc), flag, b in zip(levels, s["flags"], below):
-                nxt = ctr + inc
+            for (ctr, inc), flag, b, near, lz, l1, l2 in zip(
+                    levels, s["flags"], below, s["near"], s["lim_zero"], s["lim_inc"],
+                    s["lim_2inc"]):
                 with m.If(b):
-                    m.d.sync += ctr.eq(Mux(flag, 0, nxt))
-                flag_next.append(Mux(b, Mux(flag, lim == 0, nxt == lim), flag))
+                    m.d.sync += [ctr.eq(Mux(flag, 0, ctr + inc)),
+                                 near.eq(Mux(flag, l1, ctr == l2))]
+                flag_next.append(Mux(b, Mux(flag, lz, near), flag))
             for i, flag in enumerate(s["flags"]):
                 m.d.sync += flag.eq(flag_next[i])
                 if i < len(below) - 1:
@@ -263,10 +269,15 @@ class Sequencer(wiring.Component):
         # each counter starts at 0: last when its limit is 0
         first_flags = (self.gin_e == 1, cmd.k == 1, cmd.k == 1, cmd.gout == 1,
                        Mux(dwp, cmd.out_w <= R, cmd.out_w == 1), cmd.out_h == 1)
+        lim_ox = Mux(dwp, last_ox_blk, cmd.out_w - 1)
+        lims = (self.gin_e - 1, cmd.k - 1, cmd.k - 1, cmd.gout - 1, lim_ox, cmd.out_h - 1)
+        incs = (1, 1, 1, 1, Mux(dwp, R, 1), 1)
         m.d.sync += [
-            s["lim_gi"].eq(self.gin_e - 1), s["lim_k"].eq(cmd.k - 1), s["lim_j"].eq(cmd.gout - 1),
-            s["lim_ox"].eq(Mux(dwp, last_ox_blk, cmd.out_w - 1)),
-            s["lim_oy"].eq(cmd.out_h - 1),
+            s["lim_j"].eq(lims[3]),
+            *(r.eq(lim == inc) for r, lim, inc in zip(s["near"], lims, incs)),
+            *(r.eq(lim == inc) for r, lim, inc in zip(s["lim_inc"], lims, incs)),
+            *(r.eq(f) for r, f in zip(s["lim_zero"], first_flags)),
+            *(r.eq(lim - 2 * inc) for r, lim, inc in zip(s["lim_2inc"], lims, incs)),
             *(f.eq(v) for f, v in zip(s["flags"], first_flags)),
             *(s["below"][i + 1].eq(Cat(*first_flags[:i + 1]).all()) for i in range(5)),
             self.loaded.eq(0), s["rows_ok"].eq(0),

@@ -288,6 +288,7 @@ class Bridge(wiring.Component):
         op = Signal(8)
         left = Signal(range(maxb + 1))      # bytes still to read in this field
         count = Signal(16)                   # beats still to forward in this frame
+        sel = Signal(3)                      # the stream of the frame's beats, one-hot
 
         streams = {OP["WEIGHTS"]: (core.weights, nb["weights"]),
                    OP["PARAMS"]: (core.params, nb["params"]),
@@ -359,29 +360,32 @@ class Bridge(wiring.Component):
                     m.next = "BEAT_START"
             with m.State("BEAT_START"):
                 with m.Switch(op):
-                    for code, (_, n) in streams.items():
+                    for i, (code, (_, n)) in enumerate(streams.items()):
                         with m.Case(code):
-                            m.d.sync += left.eq(n)
+                            m.d.sync += [left.eq(n), sel.eq(1 << i)]
                 m.next = "BEAT_READ"
             with m.State("BEAT_READ"):
                 read_byte("BEAT_SEND")
             with m.State("BEAT_SEND"):
-                taken = Signal()
-                with m.Switch(op):
-                    for code, (s, _) in streams.items():
-                        with m.Case(code):
-                            m.d.comb += [s.valid.eq(1), taken.eq(s.ready)]
-                            # An idle core takes no data: the beat belongs to a
-                            # refused command; drop it rather than hang.
-                            with m.If(~s.ready & ~core.busy):
-                                m.d.comb += taken.eq(1)
-                                m.d.sync += f_dropped.eq(1)
-                with m.If(taken):
-                    m.d.sync += count.eq(count - 1)
-                    with m.If(count == 1):
-                        m.next = "OP"
-                    with m.Else():
-                        m.next = "BEAT_START"
+                # The core's ready is deep logic: it only moves the state on, and the
+                # count steps in the next state (a cycle per beat, against a byte's
+                # 10 * divisor).
+                accepted = Cat(sel[i] & s.ready for i, (s, _) in enumerate(streams.values()))
+                for i, (s, _) in enumerate(streams.values()):
+                    m.d.comb += s.valid.eq(sel[i])
+                with m.If(accepted.any()):
+                    m.next = "BEAT_TAKEN"
+                with m.Elif(~core.busy):
+                    # An idle core takes no data: the beat belongs to a refused
+                    # command; drop it rather than hang.
+                    m.d.sync += f_dropped.eq(1)
+                    m.next = "BEAT_TAKEN"
+            with m.State("BEAT_TAKEN"):
+                m.d.sync += count.eq(count - 1)
+                with m.If(count == 1):
+                    m.next = "OP"
+                with m.Else():
+                    m.next = "BEAT_START"
 
         # The status frame: the flags as they were when STATUS was answered; the rest
         # holds still while it is sent (the core is idle and every output has left).
