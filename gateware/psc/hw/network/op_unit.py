@@ -14,25 +14,28 @@ from amaranth.lib.wiring import In, Out
 from psc.config import PSCConfig
 from psc.hw.requantize import SHIFT_WIDTH, Requantizer
 
-__all__ = ["op_layout", "OpUnit", "OP_MODES", "COUNT_WIDTH"]
+__all__ = ["op_layout", "OpUnit", "OP_MODES"]
 
 #: ``mode`` of an :class:`OpUnit` descriptor.
 OP_MODES = {"add": 0, "gap": 1}
-#: Bits of a descriptor's word and pixel counts.
-COUNT_WIDTH = 20
-_ACC_WIDTH = 32
+
+
+def _count_width(addr_width):
+    # a count of words or pixels of the activation memory, up to its whole depth
+    return addr_width + 1
 
 
 def op_layout(config, addr_width):
     """The op unit's descriptor: ``mode`` (:data:`OP_MODES`); the regions ``a``, ``b``
     (add only) and ``dst``; ``n``, the words of each operand (add) or the pixels of the
-    input (gap); ``groups``, words per pixel; ``last_mask``, the lanes of a pixel's last
+    input (gap); ``groups``, words per pixel (both counts ``addr_width + 1`` bits); ``last_mask``, the lanes of a pixel's last
     word that hold channels (the others, padding, are not written); ``mult_a``,
     ``mult_b`` and ``shift`` (gap: ``mult_a`` and ``shift``); ``relu`` (add)."""
     pe = config.pe
     return data.StructLayout({
         "mode": 1, "a": addr_width, "b": addr_width, "dst": addr_width,
-        "n": COUNT_WIDTH, "groups": COUNT_WIDTH, "last_mask": pe.lanes,
+        "n": _count_width(addr_width), "groups": _count_width(addr_width),
+        "last_mask": pe.lanes,
         "mult_a": pe.mult_width, "mult_b": pe.mult_width, "shift": SHIFT_WIDTH, "relu": 1,
     })
 
@@ -71,8 +74,6 @@ class OpUnit(wiring.Component):
     running sums.
     """
 
-    FIFO_DEPTH = 4
-
     def __init__(self, config, addr_width, values=1):
         self.config, self.addr_width = config, addr_width
         pe = config.pe
@@ -80,10 +81,17 @@ class OpUnit(wiring.Component):
             raise ValueError(f"values must be a positive divisor of lanes={pe.lanes} "
                              f"(activations per cycle), not {values!r}")
         self.values = values
+        # Sums as wide as their worst case, no wider: a pooling sum of up to 2**cw
+        # activations, an add's two products of an activation and an unsigned multiplier.
+        self._sum_width = pe.act_width + _count_width(addr_width)
+        self._acc_width = max(self._sum_width, pe.act_width + pe.mult_width + 2)
         self._rq = PSCConfig(lanes=1, rows=values, act_width=pe.act_width,
-                             weight_width=pe.weight_width, acc_width=_ACC_WIDTH,
-                             mult_width=pe.mult_width, requant_mult_bits=pe.requant_mult_bits,
-                             depthwise="diagonal")
+                             weight_width=pe.weight_width, acc_width=self._acc_width,
+                             max_reduction=1, mult_width=pe.mult_width,
+                             requant_mult_bits=pe.requant_mult_bits, depthwise="diagonal")
+        # Read pairs in flight: a digit-serial requantiser takes a value in several cycles,
+        # so one pair ahead keeps it busy; a parallel one takes a value a cycle.
+        self.fifo_depth = 2 if pe.requant_mult_bits is not None else 4
         super().__init__({
             "start": In(stream.Signature(op_layout(config, addr_width))),
             "read_addr": Out(addr_width), "read_en": Out(1),
@@ -102,10 +110,11 @@ class OpUnit(wiring.Component):
         gap = d.mode == OP_MODES["gap"]
 
         # --- reads: (a, b) word pairs for add, single words (and a group's end) for gap --
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=2 * width + 1, depth=self.FIFO_DEPTH)
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=2 * width + 1, depth=self.fifo_depth)
         issuing = Signal()
-        k = Signal(COUNT_WIDTH)                 # add: word; gap: pixel
-        g = Signal(COUNT_WIDTH)                 # gap: group
+        cw = _count_width(self.addr_width)
+        k = Signal(cw)                          # add: word; gap: pixel
+        g = Signal(cw)                          # gap: group
         ptr = Signal(self.addr_width)           # gap: the word of pixel k, group g
         second = Signal()                       # add: the b read of the pair is next
         got_a = Signal(width)
@@ -117,7 +126,7 @@ class OpUnit(wiring.Component):
         # can be in flight
         inflight2 = Signal()
         m.d.comb += issue.eq(issuing & (second | (fifo.level + inflight + inflight2
-                                                  < self.FIFO_DEPTH - 1)))
+                                                  < self.fifo_depth - 1)))
         m.d.sync += [inflight.eq(issue & (gap | second)), inflight2.eq(inflight)]
         m.d.comb += [self.read_en.eq(issue),
                      self.read_addr.eq(Mux(gap, ptr, Mux(second, d.b + k, d.a + k)))]
@@ -153,7 +162,7 @@ class OpUnit(wiring.Component):
         chunk = Signal(range(chunks))
         entry_a, entry_b, entry_end = fifo.r_data[:width], fifo.r_data[width:2 * width], \
             fifo.r_data[-1]
-        sums = [Signal(signed(_ACC_WIDTH), name=f"sum{i}") for i in range(lanes)]
+        sums = [Signal(signed(self._sum_width), name=f"sum{i}") for i in range(lanes)]
         draining = Signal()                     # gap: the group's sums go to the requantiser
         last_chunk = chunk == chunks - 1
 
@@ -162,7 +171,7 @@ class OpUnit(wiring.Component):
 
         a_c = entry_a.word_select(chunk, P * aw)
         b_c = entry_b.word_select(chunk, P * aw)
-        sums_c = [Signal(signed(_ACC_WIDTH), name=f"sum_c{i}") for i in range(P)]
+        sums_c = [Signal(signed(self._sum_width), name=f"sum_c{i}") for i in range(P)]
         with m.Switch(chunk):
             for c in range(chunks):
                 with m.Case(c):
@@ -176,9 +185,9 @@ class OpUnit(wiring.Component):
         adv_b = Signal()
         a_r = [Signal(signed(aw), name=f"a_r{i}") for i in range(P)]
         b_r = [Signal(signed(aw), name=f"b_r{i}") for i in range(P)]
-        g_r = [Signal(signed(_ACC_WIDTH), name=f"g_r{i}") for i in range(P)]
-        s1 = [Signal(signed(_ACC_WIDTH), name=f"s1_{i}") for i in range(P)]
-        s2 = [Signal(signed(_ACC_WIDTH), name=f"s2_{i}") for i in range(P)]
+        g_r = [Signal(signed(self._sum_width), name=f"g_r{i}") for i in range(P)]
+        s1 = [Signal(signed(self._acc_width), name=f"s1_{i}") for i in range(P)]
+        s2 = [Signal(signed(self._acc_width), name=f"s2_{i}") for i in range(P)]
         m.d.comb += [adv_b.eq(~pvb | rq.i.ready), advance.eq(~pva | adv_b),
                      rq.i.valid.eq(pvb), rq.relu.eq(d.relu & ~gap)]
         with m.If(adv_b):
@@ -222,8 +231,8 @@ class OpUnit(wiring.Component):
         # --- words: lanes activations collected, then written ------------------------------
         out_chunk = Signal(range(chunks))
         out_word = Signal(width)
-        out_k = Signal(COUNT_WIDTH)             # the word written next
-        out_g = Signal(COUNT_WIDTH)             # its group (add: k mod groups)
+        out_k = Signal(cw)                      # the word written next
+        out_g = Signal(cw)                      # its group (add: k mod groups)
         total = Mux(gap, d.groups, d.n)
         writing = Signal()
         y = rq.o.payload.as_value()
