@@ -307,9 +307,7 @@ class NetworkEngine(wiring.Component):
                 m.d.sync += self.window.eq(self.window + 1)
 
         # routing: the scatter's beats from the core or the host, the gather's words to the
-        # core or the host. The choices are registered, decoded from the instruction as it
-        # is taken: they steer the core's stream handshakes, which must not start at the
-        # instruction register's opcode decoder.
+        # core or the host
         to_host = Signal()
         from_host = Signal()
         with m.If(to_host):
@@ -334,30 +332,25 @@ class NetworkEngine(wiring.Component):
                     m.next = "FETCH"
             with m.State("FETCH"):
                 with m.If(nxt_valid):
-                    nxt_op = il(nxt[:il.size]).op
-                    m.d.sync += [raw.eq(nxt), nxt_valid.eq(0), core_ended.eq(0),
-                                 to_host.eq(nxt_op == OPCODES["OUTPUT"]),
-                                 from_host.eq(nxt_op == OPCODES["INPUT"]),
-                                 op_active.eq(nxt_op == OPCODES["OP"])]
+                    m.d.sync += [raw.eq(nxt), nxt_valid.eq(0), core_ended.eq(0)]
                     m.next = "START"
             with m.State("START"):
                 with m.Switch(ins.op):
                     with m.Case(OPCODES["INPUT"]):
-                        m.d.comb += scatter.start.valid.eq(1)
+                        m.d.comb += [from_host.eq(1), scatter.start.valid.eq(1)]
                         m.next = "WAIT"
                     with m.Case(OPCODES["OUTPUT"]):
-                        m.d.comb += gather.start.valid.eq(1)
+                        m.d.comb += [to_host.eq(1), gather.start.valid.eq(1)]
                         m.next = "WAIT"
                     with m.Case(OPCODES["OP"]):
-                        m.d.comb += op.start.valid.eq(1)
+                        m.d.comb += [op_active.eq(1), op.start.valid.eq(1)]
                         m.next = "WAIT"
                     with m.Case(OPCODES["CONV"]):
                         m.d.comb += [gather.start.valid.eq(1), scatter.start.valid.eq(ins.out),
                                      params.start.eq(1)]
                         m.next = "CFG"
                     with m.Default():
-                        m.d.sync += [self.busy.eq(0), to_host.eq(0), from_host.eq(0),
-                                     op_active.eq(0)]
+                        m.d.sync += self.busy.eq(0)
                         m.d.comb += self.done.eq(1)
                         m.next = "IDLE"
             with m.State("CFG"):
@@ -365,7 +358,10 @@ class NetworkEngine(wiring.Component):
                 with m.If(core.cfg.ready):
                     m.next = "WAIT"
             with m.State("WAIT"):
-                m.d.comb += inputting.eq(ins.op == OPCODES["INPUT"])
+                m.d.comb += [to_host.eq(ins.op == OPCODES["OUTPUT"]),
+                             from_host.eq(ins.op == OPCODES["INPUT"]),
+                             inputting.eq(ins.op == OPCODES["INPUT"]),
+                             op_active.eq(ins.op == OPCODES["OP"])]
                 units_idle = ~gather.busy & ~scatter.busy & ~params.busy & ~op.busy
                 with m.If(ins.op == OPCODES["CONV"]):
                     with m.If(core_ended & core.error):
@@ -375,6 +371,5 @@ class NetworkEngine(wiring.Component):
                     with m.Elif(core_ended & ~core.busy & units_idle):
                         m.next = "FETCH"
                 with m.Elif(units_idle):
-                    m.d.sync += [to_host.eq(0), from_host.eq(0), op_active.eq(0)]
                     m.next = "FETCH"
         return m
