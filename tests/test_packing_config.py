@@ -91,3 +91,36 @@ def test_config_is_frozen():
 def test_unpack_lanes_accepts_a_plain_int():
     np.testing.assert_array_equal(unpack_lanes(0xFF01, 2, 8, signed=False), [1, 255])
     np.testing.assert_array_equal(unpack_lanes(0xFF01, 2, 8), [1, -1])
+
+
+def _random_value(layout, rng):
+    """A random value for every field of an Amaranth ``data`` layout, in range."""
+    from amaranth.hdl import Shape
+    from amaranth.lib import data
+    if isinstance(layout, data.StructLayout):
+        return {name: _random_value(field.shape, rng) for name, field in layout}
+    if isinstance(layout, data.ArrayLayout):
+        return [_random_value(layout.elem_shape, rng) for _ in range(layout.length)]
+    shape = Shape.cast(layout)
+    lo = -(1 << (shape.width - 1)) if shape.signed else 0
+    return lo + int(rng.integers(0, 1 << shape.width, dtype=np.uint64)
+                    if shape.width < 64 else rng.integers(0, 1 << 62))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_pack_payload_places_bits_as_amaranth_does(seed):
+    """The packer's bit placement equals Amaranth's own ``Layout.const`` on every stream
+    layout of the core, the datapath and the network engine."""
+    from psc.hw.core import layouts
+    from psc.hw.dot_product import input_layout
+    from psc.hw.network.engine import EngineConfig, instruction_layout
+    from psc.model.packing import pack_payload
+    from psc.presets import preset
+    rng = np.random.default_rng(seed)
+    cc = preset(["default", "ice40-up5k", "ecp5-25k"][seed % 3])
+    for layout in (input_layout(cc.pe), layouts.config_layout(cc), layouts.weight_layout(cc),
+                   layouts.param_layout(cc), layouts.act_in_layout(cc),
+                   layouts.act_out_layout(cc), instruction_layout(EngineConfig(cc))):
+        value = _random_value(layout, rng)
+        assert pack_payload(layout, value) == layout.const(value).as_value().value, layout

@@ -432,22 +432,20 @@ def pack(layer):
         wn[:cout, :cin] = layer.w_neg
     blocks_pos = wp.reshape(gout, rows, gin, lanes, k, k).transpose(0, 4, 5, 2, 1, 3)
     blocks_neg = wn.reshape(gout, rows, gin, lanes, k, k).transpose(0, 4, 5, 2, 1, 3)
-    pixels = _pixels(layer)
+    if _pixels(layer):
+        # every row (output pixel) uses the group's lane weights
+        blocks_pos, blocks_neg = (
+            np.broadcast_to(np.diagonal(b, axis1=-2, axis2=-1)[..., None, :], b.shape)
+            for b in (blocks_pos, blocks_neg))
+    # every block's words at once: the packer then only places them
+    blocks = parify(blocks_pos, blocks_neg, pe.weight_width) if pe.psc else blocks_pos
     weights = []
     for j in range(gout):
         taps = []
         for ky in range(k):
             for kx in range(k):
-                words = []
-                for g in ([j * rows // lanes] if layer.depthwise else range(gin)):
-                    bp, bn = blocks_pos[j, ky, kx, g], blocks_neg[j, ky, kx, g]
-                    if pixels:
-                        # every row (output pixel) uses the group's lane weights
-                        bp = np.broadcast_to(np.diagonal(bp), (rows, lanes))
-                        bn = np.broadcast_to(np.diagonal(bn), (rows, lanes))
-                    words.append(pack_payload(wl, parify(bp, bn, pe.weight_width)
-                                              if pe.psc else bp))
-                taps.append(words)
+                taps.append([pack_payload(wl, blocks[j, ky, kx, g])
+                             for g in ([j * rows // lanes] if layer.depthwise else range(gin))])
         weights.append(taps)
     return weights, _pack_params(layer, pl, gout)
 

@@ -28,6 +28,8 @@ Activation streams (channels-last lanes)
     beyond ``C`` in the last group are zero.
 """
 
+import functools
+
 import numpy as np
 
 from psc.model.checks import (BadTypeError, check_bool, check_dims, check_int, check_signed,
@@ -134,7 +136,7 @@ def unpack_activations(words, channels, lanes, act_width=8):
 
 
 def _to_python(value):
-    """Nested numpy arrays/scalars to nested lists/ints, which Amaranth's ``const`` accepts."""
+    """Nested numpy arrays/scalars to nested lists/ints (for an error message)."""
     if isinstance(value, dict):
         return {k: _to_python(v) for k, v in value.items()}
     if isinstance(value, np.ndarray):
@@ -146,31 +148,88 @@ def _to_python(value):
     return value
 
 
-def _check_fits(layout, value, path):
-    """Raise naming ``path`` if ``value`` does not match ``layout``; Amaranth's ``const`` would
-    silently truncate an out-of-range field or zero a missing one."""
+class _Misfit(Exception):
+    """A value that does not match its field: the path to it (innermost first), the message."""
+
+    def __init__(self, path, message):
+        self.path, self.message = path, message
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(layout):
+    """``layout`` as a tree of plain tuples, built once per layout: ``("struct", names,
+    ((name, offset, node), ...))``, ``("array", length, elem_size, node)`` or ``("leaf",
+    mask, lo, hi)``. Offsets and sizes are Amaranth's (``layout``'s fields and ``size``)."""
     from amaranth.hdl import Shape
     from amaranth.lib import data
 
     if isinstance(layout, data.StructLayout):
-        names = [name for name, _ in layout]
-        if not isinstance(value, dict) or set(value) != set(names):
-            raise ValueError(f"{path} must be a dict with exactly the fields {names}, not {show(value)}")
-        for name, field in layout:
-            _check_fits(field.shape, value[name], f"{path}.{name}")
-    elif isinstance(layout, data.ArrayLayout):
-        if not isinstance(value, list) or len(value) != layout.length:
-            raise ValueError(f"{path} must be a sequence of {layout.length} elements, not {show(value)}")
-        for i, v in enumerate(value):
-            _check_fits(layout.elem_shape, v, f"{path}[{i}]")
+        fields = tuple((name, field.offset, _compiled(field.shape)) for name, field in layout)
+        return ("struct", frozenset(name for name, _ in layout),
+                [name for name, _ in layout], fields)
+    if isinstance(layout, data.ArrayLayout):
+        elem = layout.elem_shape
+        size = data.Layout.cast(elem).size if isinstance(elem, data.Layout) else \
+            Shape.cast(elem).width
+        return ("array", layout.length, size, _compiled(elem))
+    shape = Shape.cast(layout)
+    if shape.signed:
+        lo, hi = -(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1
     else:
-        shape = Shape.cast(layout)
-        if shape.signed:
-            lo, hi = -(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1
-        else:
-            lo, hi = 0, (1 << shape.width) - 1
+        lo, hi = 0, (1 << shape.width) - 1
+    return ("leaf", (1 << shape.width) - 1, lo, hi)
+
+
+def _pack(node, value):
+    kind = node[0]
+    if kind == "leaf":
+        _, mask, lo, hi = node
+        if isinstance(value, np.integer):
+            value = int(value)
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-            raise ValueError(f"{path} must be an integer in [{lo}, {hi}], not {show(value)}")
+            raise _Misfit([], f"must be an integer in [{lo}, {hi}], not {show(value)}")
+        return value & mask
+    if kind == "struct":
+        _, names, ordered, fields = node
+        if not isinstance(value, dict) or value.keys() != names:
+            raise _Misfit([], f"must be a dict with exactly the fields {ordered}, "
+                              f"not {show(_to_python(value))}")
+        word = 0
+        for name, offset, sub in fields:
+            try:
+                word |= _pack(sub, value[name]) << offset
+            except _Misfit as e:
+                e.path.append(f".{name}")
+                raise
+        return word
+    _, length, size, sub = node
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or len(value) != length:
+        raise _Misfit([], f"must be a sequence of {length} elements, not {show(_to_python(value))}")
+    word = 0
+    if sub[0] == "leaf":
+        # the common case, a lane word: its elements in place, without a call each
+        _, mask, lo, hi = sub
+        for i, v in enumerate(value):
+            if type(v) is not int or not lo <= v <= hi:
+                try:
+                    v = _pack(sub, v)
+                except _Misfit as e:
+                    e.path.append(f"[{i}]")
+                    raise
+            word |= (v & mask) << (i * size)
+        return word
+    for i, v in enumerate(value):
+        try:
+            word |= _pack(sub, v) << (i * size)
+        except _Misfit as e:
+            e.path.append(f"[{i}]")
+            raise
+    return word
+
+
+_last_compiled = [(None, None)]
 
 
 def pack_payload(layout, values):
@@ -178,16 +237,25 @@ def pack_payload(layout, values):
 
     ``values`` is nested as the layout is: a dict with every field of a
     ``StructLayout``, a sequence for an ``ArrayLayout``; numpy arrays and
-    integers are accepted; signed fields take signed values. Amaranth does
-    the bit placement (``layout.const(values).as_value().value``); this
-    function adds the checks ``const`` does not make, so a value that does not
-    fit its field, or a missing field, raises an error naming it. Example::
+    integers are accepted; signed fields take signed values. The bit placement
+    is the layout's own (its fields' offsets and its elements' sizes, read
+    from Amaranth once per layout), so this equals
+    ``layout.const(values).as_value().value``, which is too slow for the
+    hundreds of thousands of beats of a large layer; unlike ``const``, a value
+    that does not fit its field, or a missing field, raises an error naming
+    it. Example::
 
         from psc.hw.dot_product import input_layout
         word = pack_payload(input_layout(config), {
             "x": x, "w": parify(w_pos, w_neg, config.weight_width),
             "bias": bias, "first": 1, "last": 1})
     """
-    values = _to_python(values)
-    _check_fits(layout, values, "values")
-    return layout.const(values).as_value().value
+    # a caller packs many beats of one layout object: find it by identity first, as
+    # Amaranth's layout equality (what the cache would compare) walks every field
+    last = _last_compiled[0]          # one read of a (layout, tree) pair: thread-safe
+    if last[0] is not layout:
+        last = _last_compiled[0] = (layout, _compiled(layout))
+    try:
+        return _pack(last[1], values)
+    except _Misfit as e:
+        raise ValueError(f"values{''.join(reversed(e.path))} {e.message}") from None
