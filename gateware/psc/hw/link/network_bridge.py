@@ -220,6 +220,11 @@ class NetworkBridge(wiring.Component):
         prog_in = Signal(COUNT_WIDTH)
         prog_out = Signal(COUNT_WIDTH)
         m.d.comb += self.loaded.eq(loaded)
+        # the engine's start, a cycle after the frame's head is checked: the check's compares
+        # would otherwise lead into the engine's state. The input's first beat is a byte away.
+        run = Signal()
+        m.d.sync += run.eq(0)
+        m.d.comb += engine.run.eq(run)
         with m.If(engine.done):
             m.d.sync += f["DONE"].eq(1)
         with m.If(rx.error):
@@ -377,7 +382,7 @@ class NetworkBridge(wiring.Component):
                 m.d.sync += [count.eq(n_in)] + [f[n].eq(0) for n in (
                     "DONE", "DROPPED", "SHORT", "EXTRA", "CRC_ERROR", "NOT_LOADED")]
                 with m.If(loaded & ~engine.busy & (n_in == prog_in) & (n_out == prog_out)):
-                    m.d.comb += engine.run.eq(1)
+                    m.d.sync += run.eq(1)
                 with m.Else():
                     m.d.sync += f["NOT_LOADED"].eq(1)
                 beat_or_crc(n_in == 0)

@@ -239,7 +239,7 @@ class NetworkEngine(wiring.Component):
         m.submodules.scatter = scatter = Scatter(cc, act.addr_width)
         m.submodules.op_unit = op = OpUnit(cc, act.addr_width, ec.op_values)
         # the memory's ports: the op unit's during an OP, else the gather's and the scatter's
-        op_active = Signal()
+        op_active = Signal()               # registered with the routing below
         m.d.comb += [gather.read_data.eq(act.read_data), op.read_data.eq(act.read_data)]
         with m.If(op_active):
             m.d.comb += [act.read_addr.eq(op.read_addr), act.read_en.eq(op.read_en)]
@@ -307,7 +307,8 @@ class NetworkEngine(wiring.Component):
                 m.d.sync += self.window.eq(self.window + 1)
 
         # routing: the scatter's beats from the core or the host, the gather's words to the
-        # core or the host
+        # core or the host. Registered in START, before any unit takes a beat: decoded from
+        # the instruction, the choice would sit in front of the core's output stall chain.
         to_host = Signal()
         from_host = Signal()
         with m.If(to_host):
@@ -335,15 +336,19 @@ class NetworkEngine(wiring.Component):
                     m.d.sync += [raw.eq(nxt), nxt_valid.eq(0), core_ended.eq(0)]
                     m.next = "START"
             with m.State("START"):
+                # the units start now and move beats from the next cycle on
+                m.d.sync += [to_host.eq(ins.op == OPCODES["OUTPUT"]),
+                             from_host.eq(ins.op == OPCODES["INPUT"]),
+                             op_active.eq(ins.op == OPCODES["OP"])]
                 with m.Switch(ins.op):
                     with m.Case(OPCODES["INPUT"]):
-                        m.d.comb += [from_host.eq(1), scatter.start.valid.eq(1)]
+                        m.d.comb += scatter.start.valid.eq(1)
                         m.next = "WAIT"
                     with m.Case(OPCODES["OUTPUT"]):
-                        m.d.comb += [to_host.eq(1), gather.start.valid.eq(1)]
+                        m.d.comb += gather.start.valid.eq(1)
                         m.next = "WAIT"
                     with m.Case(OPCODES["OP"]):
-                        m.d.comb += [op_active.eq(1), op.start.valid.eq(1)]
+                        m.d.comb += op.start.valid.eq(1)
                         m.next = "WAIT"
                     with m.Case(OPCODES["CONV"]):
                         m.d.comb += [gather.start.valid.eq(1), scatter.start.valid.eq(ins.out),
@@ -358,10 +363,7 @@ class NetworkEngine(wiring.Component):
                 with m.If(core.cfg.ready):
                     m.next = "WAIT"
             with m.State("WAIT"):
-                m.d.comb += [to_host.eq(ins.op == OPCODES["OUTPUT"]),
-                             from_host.eq(ins.op == OPCODES["INPUT"]),
-                             inputting.eq(ins.op == OPCODES["INPUT"]),
-                             op_active.eq(ins.op == OPCODES["OP"])]
+                m.d.comb += inputting.eq(from_host)
                 units_idle = ~gather.busy & ~scatter.busy & ~params.busy & ~op.busy
                 with m.If(ins.op == OPCODES["CONV"]):
                     with m.If(core_ended & core.error):
