@@ -39,7 +39,8 @@ def _one_line_error(capsys, *words):
 
 
 def test_handlers_get_parsed_values_and_the_preset(calls):
-    assert cli.main(["build", "--board", "icebreaker", "--rows", "1", "--seed", "4", "--json"]) == 0
+    assert cli.main(["build", "--board", "icebreaker", "--rows", "1", "--seed", "4", "--json",
+                     "--clock", "30"]) == 0
     assert cli.main(["synth", "--target", "ecp5-25k", "--level", "datapath", "--no-pnr",
                      "--tree-stages", "2"]) == 0
     assert cli.main(["compare", "--target", "ice40-up5k", "--level", "core",
@@ -48,7 +49,7 @@ def test_handlers_get_parsed_values_and_the_preset(calls):
     (_, b_args, b_kw), (_, s_args, s_kw), (_, c_args, c_kw), (_, n_args, n_kw) = calls
     assert b_args == ("icebreaker", presets.preset("icebreaker").replace(rows=1))
     assert b_kw == dict(baud=presets.DEFAULT_BAUD, build_dir=None, seed=4, as_json=True,
-                        mode="tile")
+                        core_hz=30e6, mode="tile")
     assert s_args == ("ecp5-25k", presets.preset("ecp5-25k").replace(tree_stages=2))
     assert s_kw["level"] == "datapath" and s_kw["variant"] == "psc" and s_kw["pnr"] is False
     assert c_args == ("ice40-up5k", presets.preset("ice40-up5k"))
@@ -85,6 +86,8 @@ def test_bench_mobilenet_v2_layer_list():
     (["build", "--board", "icebreaker", "--lanes", "0"], ["psc build", "lanes", "not 0"]),
     (["build", "--board", "arty"], ["psc build", "--board", "'arty'", "icebreaker"]),
     (["build", "--board", "ulx3s", "--rows", "x"], ["psc build", "--rows", "'x'"]),
+    (["build", "--board", "ulx3s", "--clock", "0"], ["psc build", "--clock", "above 0", "'0'"]),
+    (["build", "--board", "ulx3s", "--clock", "1000"], ["psc build", "out_hz", "400 MHz"]),
     (["synth", "--target", "ice40-up5k", "--lanes", "3"], ["psc synth", "lanes must be even"]),
     (["synth", "--level", "core"], ["psc synth", "--target"]),
     (["compare", "--target", "ecp5-25k", "--cycles", "pw_32x32_16,huge"],

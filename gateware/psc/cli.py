@@ -74,6 +74,17 @@ def _int_at_least(lo):
     return parse
 
 
+def _mhz(text):
+    """An argparse type: a frequency in MHz, above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a frequency in MHz, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a frequency in MHz above 0, not {text!r}")
+    return value
+
+
 def _path_type(check, what):
     """An argparse type: a path that ``check("the path", text)`` accepts (``what`` names it)."""
     def parse(text):
@@ -537,10 +548,11 @@ def _add_soak(sub):
 def _build(args):
     """Build a board's bitstream (psc.flow.board)."""
     config = _configured(args, args.board)
-    _checked("build", board.bridge_config, args.board, args.baud, config, None, args.mode)
+    core_hz = None if args.clock is None else args.clock * 1e6
+    _checked("build", board.bridge_config, args.board, args.baud, config, core_hz, args.mode)
     return board.main(args.board, config, baud=args.baud,
                       build_dir=args.build_dir, seed=args.seed, as_json=args.json,
-                      mode=args.mode)
+                      core_hz=core_hz, mode=args.mode)
 
 
 def _add_build(sub):
@@ -563,6 +575,11 @@ def _add_build(sub):
                         "build/board/<board>-network)")
     p.add_argument("--seed", type=_int_at_least(0), default=1,
                    help="nextpnr placer seed (default 1)")
+    p.add_argument("--clock", type=_mhz, metavar="MHZ",
+                   help="the core clock asked of the PLL, in MHz (default: the board's, "
+                        + ", ".join(f"{n}: {b.core_hz / 1e6:g}" for n, b in board.BOARDS.items())
+                        + "); the report gives the frequency the PLL makes and the UART "
+                          "divisor follows it")
     _add_overrides(p, ("lanes", "rows"), "the board's")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_build)
