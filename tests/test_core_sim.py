@@ -45,6 +45,7 @@ def named(request):
 
 
 @pytest.mark.parametrize("name", sorted(core_cases.CASES))
+@pytest.mark.xdist_group("core_named")   # one worker builds the fixture
 def test_named_case(named, name):
     target, res = named
     layer, y, counters = res[name]

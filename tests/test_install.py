@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# one worker installs the package for both tests
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("install")]
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -31,6 +31,7 @@ def regenerated(tmp_path_factory):
     return out, sorted(Path(p).relative_to(out).as_posix() for p in paths)
 
 
+@pytest.mark.xdist_group("rtl_regenerated")   # one worker builds the fixture
 def test_rtl_ships_the_default_primitives_and_every_core(regenerated):
     _, names = regenerated
     cores = sorted(Path(generate.shipped_dir(name, ""), "psc_core.v").as_posix()
@@ -41,6 +42,7 @@ def test_rtl_ships_the_default_primitives_and_every_core(regenerated):
         assert name in names
 
 
+@pytest.mark.xdist_group("rtl_regenerated")   # one worker builds the fixture
 def test_rtl_is_not_stale(regenerated):
     """Every file in rtl/ is what the code writes now, and rtl/ holds nothing else.
 

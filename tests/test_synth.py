@@ -51,6 +51,7 @@ def datapath_reports():
                                 build_root=_build_root("ice40")) for v in synth.VARIANTS}
 
 
+@pytest.mark.xdist_group("synth_datapath")   # one worker builds the fixture
 def test_multiplier_counts_ice40(datapath_reports):
     r = datapath_reports
     n = TINY.lanes * TINY.rows
@@ -62,6 +63,7 @@ def test_multiplier_counts_ice40(datapath_reports):
     assert r["psc"]["lut4"] > r["baseline"]["lut4"]
 
 
+@pytest.mark.xdist_group("synth_datapath")   # one worker builds the fixture
 def test_report_keys_and_text(datapath_reports):
     rep = datapath_reports["psc"]
     assert set(synth.REPORT_KEYS) <= set(rep)
@@ -256,6 +258,7 @@ def core_report():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("synth_core")   # one worker builds the fixture
 def test_core_synth_reserves_dsps_for_the_array(core_report):
     """The whole core: hard multipliers only in the MAC array; the others listed as LUT multiplies."""
     rep = core_report
@@ -266,6 +269,7 @@ def test_core_synth_reserves_dsps_for_the_array(core_report):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("synth_core")   # one worker builds the fixture
 def test_core_dsp_paths_timed(core_report):
     assert core_report["dsp_timed"], core_report["dsp_check"]
 
@@ -279,6 +283,7 @@ def test_place_and_route_one_seed():
     assert rep["critical_path"]["from"] and rep["critical_path"]["to"]
 
 
+@pytest.mark.xdist_group("synth_datapath")   # one worker builds the fixture
 def test_compare_datapath_text(datapath_reports):
     """``psc compare`` on the datapath level (netlists reused from the fixture's builds)."""
     result = synth.compare("ice40-up5k", config=TINY, pnr=False, levels=("datapath",),
@@ -294,6 +299,7 @@ def test_compare_datapath_text(datapath_reports):
     assert "| datapath | baseline |" in text and "mult_naive_double=PASS" in text
 
 
+@pytest.mark.xdist_group("synth_datapath")   # one worker builds the fixture
 def test_merge_compare_rejudges_goals(datapath_reports):
     """Per-level runs merge into one result; the goals follow the merged levels."""
     a = synth.compare("ice40-up5k", config=TINY, pnr=False, levels=("datapath",),
