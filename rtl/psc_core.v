@@ -1529,12 +1529,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .clk(clk),
     .cmd(cmd),
     .dwp(dwp),
-    .\i__payload$39 (\i__payload$53 ),
-    .\i__valid$38 (\i__valid$57 ),
+    .\i__payload$41 (\i__payload$53 ),
+    .\i__valid$39 (\i__valid$57 ),
     .last_group(last_group),
     .n_out(sizes[73:49]),
     .o__payload(act_out__payload),
-    .o__ready(act_out__ready),
+    .\o__ready$40 (act_out__ready),
     .o__valid(act_out__valid),
     .params__addr(\read__addr$74 ),
     .params__data(params__data),
@@ -4460,7 +4460,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$5448$1792 (i__payload[1793:1792]),
+    .\port$5458$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[639:512]),
@@ -4473,7 +4473,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$167 ),
     .mask(\mask$16 ),
-    .\port$5448$1792 (i__payload[1793:1792]),
+    .\port$5458$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[767:640]),
@@ -4486,7 +4486,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$168 ),
     .mask(\mask$26 ),
-    .\port$5448$1792 (i__payload[1793:1792]),
+    .\port$5458$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[895:768]),
@@ -4499,7 +4499,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$169 ),
     .mask(\mask$36 ),
-    .\port$5448$1792 (i__payload[1793:1792]),
+    .\port$5458$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1023:896]),
@@ -4512,7 +4512,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$170 ),
     .mask(\mask$46 ),
-    .\port$5448$1792 (i__payload[1793:1792]),
+    .\port$5458$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1151:1024]),
@@ -4525,7 +4525,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$171 ),
     .mask(\mask$56 ),
-    .\port$5448$1792 (i__payload[1793:1792]),
+    .\port$5458$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1279:1152]),
@@ -4538,7 +4538,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$172 ),
     .mask(\mask$66 ),
-    .\port$5448$1792 (i__payload[1793:1792]),
+    .\port$5458$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1407:1280]),
@@ -4550,7 +4550,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$173 ),
     .mask(\mask$76 ),
-    .\port$5448$1760 (i__payload[1793:1760]),
+    .\port$5458$1760 (i__payload[1793:1760]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1535:1408]),
@@ -5878,7 +5878,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5448$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5458$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -5990,8 +5990,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5448$1792 ;
-  wire [1:0] \port$5448$1792 ;
+  input [1:0] \port$5458$1792 ;
+  wire [1:0] \port$5458$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6139,7 +6139,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5448$1792 [0];
+  assign \$16  = valid & \port$5458$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6202,7 +6202,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5448$1792 [0];
+      \$50  = \port$5458$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6212,7 +6212,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5448$1792 [1];
+      \$51  = \port$5458$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6353,8 +6353,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5448$1792 [0];
-  assign last = \port$5448$1792 [1];
+  assign first = \port$5458$1792 [0];
+  assign last = \port$5458$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -6496,7 +6496,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5448$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5458$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -6606,8 +6606,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5448$1792 ;
-  wire [1:0] \port$5448$1792 ;
+  input [1:0] \port$5458$1792 ;
+  wire [1:0] \port$5458$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6755,7 +6755,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5448$1792 [0];
+  assign \$16  = valid & \port$5458$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6818,7 +6818,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5448$1792 [0];
+      \$50  = \port$5458$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6828,7 +6828,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5448$1792 [1];
+      \$51  = \port$5458$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6969,8 +6969,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5448$1792 [0];
-  assign last = \port$5448$1792 [1];
+  assign first = \port$5458$1792 [0];
+  assign last = \port$5458$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7112,7 +7112,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5448$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5458$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7222,8 +7222,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5448$1792 ;
-  wire [1:0] \port$5448$1792 ;
+  input [1:0] \port$5458$1792 ;
+  wire [1:0] \port$5458$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7371,7 +7371,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5448$1792 [0];
+  assign \$16  = valid & \port$5458$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -7434,7 +7434,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5448$1792 [0];
+      \$50  = \port$5458$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -7444,7 +7444,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5448$1792 [1];
+      \$51  = \port$5458$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -7585,8 +7585,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5448$1792 [0];
-  assign last = \port$5448$1792 [1];
+  assign first = \port$5458$1792 [0];
+  assign last = \port$5458$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7728,7 +7728,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5448$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5458$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7838,8 +7838,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5448$1792 ;
-  wire [1:0] \port$5448$1792 ;
+  input [1:0] \port$5458$1792 ;
+  wire [1:0] \port$5458$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7987,7 +7987,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5448$1792 [0];
+  assign \$16  = valid & \port$5458$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8050,7 +8050,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5448$1792 [0];
+      \$50  = \port$5458$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8060,7 +8060,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5448$1792 [1];
+      \$51  = \port$5458$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8201,8 +8201,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5448$1792 [0];
-  assign last = \port$5448$1792 [1];
+  assign first = \port$5458$1792 [0];
+  assign last = \port$5458$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8344,7 +8344,7 @@ module \psc_core.dp.pe_3.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5448$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5458$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -8454,8 +8454,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5448$1792 ;
-  wire [1:0] \port$5448$1792 ;
+  input [1:0] \port$5458$1792 ;
+  wire [1:0] \port$5458$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8603,7 +8603,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5448$1792 [0];
+  assign \$16  = valid & \port$5458$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8666,7 +8666,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5448$1792 [0];
+      \$50  = \port$5458$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8676,7 +8676,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5448$1792 [1];
+      \$51  = \port$5458$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8817,8 +8817,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5448$1792 [0];
-  assign last = \port$5448$1792 [1];
+  assign first = \port$5458$1792 [0];
+  assign last = \port$5458$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8960,7 +8960,7 @@ module \psc_core.dp.pe_4.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5448$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5458$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9070,8 +9070,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5448$1792 ;
-  wire [1:0] \port$5448$1792 ;
+  input [1:0] \port$5458$1792 ;
+  wire [1:0] \port$5458$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9219,7 +9219,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5448$1792 [0];
+  assign \$16  = valid & \port$5458$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9282,7 +9282,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5448$1792 [0];
+      \$50  = \port$5458$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9292,7 +9292,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5448$1792 [1];
+      \$51  = \port$5458$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -9433,8 +9433,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5448$1792 [0];
-  assign last = \port$5448$1792 [1];
+  assign first = \port$5458$1792 [0];
+  assign last = \port$5458$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9576,7 +9576,7 @@ module \psc_core.dp.pe_5.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5448$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5458$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9686,8 +9686,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5448$1792 ;
-  wire [1:0] \port$5448$1792 ;
+  input [1:0] \port$5458$1792 ;
+  wire [1:0] \port$5458$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9835,7 +9835,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5448$1792 [0];
+  assign \$16  = valid & \port$5458$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9898,7 +9898,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5448$1792 [0];
+      \$50  = \port$5458$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9908,7 +9908,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5448$1792 [1];
+      \$51  = \port$5458$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -10049,8 +10049,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5448$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5448$1792 [0];
-  assign last = \port$5448$1792 [1];
+  assign first = \port$5458$1792 [0];
+  assign last = \port$5458$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -10192,7 +10192,7 @@ module \psc_core.dp.pe_6.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_7 (rst, x, words, \port$5448$1760 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_7 (rst, x, words, \port$5458$1760 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -10301,8 +10301,8 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5448$1760 , valid, en, lane_acc, 
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [33:0] \port$5448$1760 ;
-  wire [33:0] \port$5448$1760 ;
+  input [33:0] \port$5458$1760 ;
+  wire [33:0] \port$5458$1760 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -10450,7 +10450,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5448$1760 , valid, en, lane_acc, 
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5448$1760 [32];
+  assign \$16  = valid & \port$5458$1760 [32];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -10513,7 +10513,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5448$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5448$1760 [32];
+      \$50  = \port$5458$1760 [32];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -10523,7 +10523,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5448$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5448$1760 [33];
+      \$51  = \port$5458$1760 [33];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -10534,7 +10534,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5448$1760 , valid, en, lane_acc, 
     \$52  = b1;
     if (en) begin
       if (\$16 ) begin
-        \$52  = \port$5448$1760 [31:0];
+        \$52  = \port$5458$1760 [31:0];
       end
     end
   end
@@ -10664,9 +10664,9 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5448$1760 , valid, en, lane_acc, 
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5448$1760 [32];
-  assign last = \port$5448$1760 [33];
-  assign bias = \port$5448$1760 [31:0];
+  assign first = \port$5458$1760 [32];
+  assign last = \port$5458$1760 [33];
+  assign bias = \port$5458$1760 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -15952,7 +15952,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, last_group, start, run, n_out, \i__valid$38 , \i__payload$39 , params__addr, o__valid, o__payload, o__ready);
+module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, all_sent, cmd, dwp, last_group, start, run, n_out, \i__valid$39 , \i__payload$41 , params__addr, \o__ready$40 );
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -16015,32 +16015,36 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   wire \$62 ;
   wire \$63 ;
   wire \$64 ;
-  wire [5:0] \$65 ;
-  wire [5:0] \$66 ;
-  wire \$67 ;
-  wire [3:0] \$68 ;
+  wire \$65 ;
+  wire \$66 ;
+  wire [5:0] \$67 ;
+  wire [5:0] \$68 ;
   wire \$69 ;
   wire \$7 ;
-  wire \$70 ;
+  wire [3:0] \$70 ;
   wire \$71 ;
-  wire [16:0] \$72 ;
+  wire \$72 ;
   wire \$73 ;
   wire [16:0] \$74 ;
-  wire [16:0] \$75 ;
-  wire \$76 ;
-  wire \$77 ;
+  wire \$75 ;
+  wire [16:0] \$76 ;
+  wire [16:0] \$77 ;
   wire \$78 ;
-  wire [24:0] \$79 ;
+  wire \$79 ;
   wire \$8 ;
-  reg [7:0] \$80 ;
-  reg [7:0] \$81 ;
-  reg \$82 ;
-  reg [255:0] \$83 ;
-  reg [4:0] \$84 ;
-  reg [2:0] \$85 ;
-  reg [15:0] \$86 ;
-  reg [23:0] \$87 ;
+  wire \$80 ;
+  wire [24:0] \$81 ;
+  reg [7:0] \$82 ;
+  reg [7:0] \$83 ;
+  reg \$84 ;
+  reg [63:0] \$85 ;
+  reg \$86 ;
+  reg [255:0] \$87 ;
+  reg [4:0] \$88 ;
+  reg [2:0] \$89 ;
   wire \$9 ;
+  reg [15:0] \$90 ;
+  reg [23:0] \$91 ;
   reg [255:0] accj = 256'h0000000000000000000000000000000000000000000000000000000000000000;
   wire [31:0] \accj[0] ;
   wire [31:0] \accj[1] ;
@@ -16084,16 +16088,16 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   wire dwp;
   wire en_j;
   wire [431:0] i__payload;
-  input [255:0] \i__payload$39 ;
-  wire [255:0] \i__payload$39 ;
-  wire [31:0] \i__payload$39[0] ;
-  wire [31:0] \i__payload$39[1] ;
-  wire [31:0] \i__payload$39[2] ;
-  wire [31:0] \i__payload$39[3] ;
-  wire [31:0] \i__payload$39[4] ;
-  wire [31:0] \i__payload$39[5] ;
-  wire [31:0] \i__payload$39[6] ;
-  wire [31:0] \i__payload$39[7] ;
+  input [255:0] \i__payload$41 ;
+  wire [255:0] \i__payload$41 ;
+  wire [31:0] \i__payload$41[0] ;
+  wire [31:0] \i__payload$41[1] ;
+  wire [31:0] \i__payload$41[2] ;
+  wire [31:0] \i__payload$41[3] ;
+  wire [31:0] \i__payload$41[4] ;
+  wire [31:0] \i__payload$41[5] ;
+  wire [31:0] \i__payload$41[6] ;
+  wire [31:0] \i__payload$41[7] ;
   wire [255:0] \i__payload.acc ;
   wire [31:0] \i__payload.acc[0] ;
   wire [31:0] \i__payload.acc[1] ;
@@ -16124,8 +16128,8 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   wire i__ready;
   wire \i__ready$21 ;
   wire i__valid;
-  input \i__valid$38 ;
-  wire \i__valid$38 ;
+  input \i__valid$39 ;
+  wire \i__valid$39 ;
   (* init = 5'h00 *)
   wire [4:0] jo;
   wire keep_o;
@@ -16135,15 +16139,15 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   wire [24:0] n_out;
   output [63:0] o__payload;
   wire [63:0] o__payload;
-  wire [63:0] \o__payload$30 ;
-  wire [7:0] \o__payload$30[0] ;
-  wire [7:0] \o__payload$30[1] ;
-  wire [7:0] \o__payload$30[2] ;
-  wire [7:0] \o__payload$30[3] ;
-  wire [7:0] \o__payload$30[4] ;
-  wire [7:0] \o__payload$30[5] ;
-  wire [7:0] \o__payload$30[6] ;
-  wire [7:0] \o__payload$30[7] ;
+  wire [63:0] \o__payload$31 ;
+  wire [7:0] \o__payload$31[0] ;
+  wire [7:0] \o__payload$31[1] ;
+  wire [7:0] \o__payload$31[2] ;
+  wire [7:0] \o__payload$31[3] ;
+  wire [7:0] \o__payload$31[4] ;
+  wire [7:0] \o__payload$31[5] ;
+  wire [7:0] \o__payload$31[6] ;
+  wire [7:0] \o__payload$31[7] ;
   wire [7:0] \o__payload[0] ;
   wire [7:0] \o__payload[1] ;
   wire [7:0] \o__payload[2] ;
@@ -16152,12 +16156,12 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   wire [7:0] \o__payload[5] ;
   wire [7:0] \o__payload[6] ;
   wire [7:0] \o__payload[7] ;
-  input o__ready;
   wire o__ready;
-  wire \o__ready$32 ;
+  input \o__ready$40 ;
+  wire \o__ready$40 ;
   output o__valid;
   wire o__valid;
-  wire \o__valid$28 ;
+  wire \o__valid$29 ;
   reg [23:0] out_cnt = 24'h000000;
   reg [15:0] oxo = 16'h0000;
   output [4:0] params__addr;
@@ -16223,6 +16227,16 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   wire rst;
   input run;
   wire run;
+  reg [63:0] skid = 64'h0000000000000000;
+  wire [7:0] \skid[0] ;
+  wire [7:0] \skid[1] ;
+  wire [7:0] \skid[2] ;
+  wire [7:0] \skid[3] ;
+  wire [7:0] \skid[4] ;
+  wire [7:0] \skid[5] ;
+  wire [7:0] \skid[6] ;
+  wire [7:0] \skid[7] ;
+  reg skid_v = 1'h0;
   input start;
   wire start;
   wire stored;
@@ -16508,6 +16522,10 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
     end
   end
   assign ps_rd__data = _0_;
+  assign \$8  = \$6  | \$7 ;
+  assign ps_rd__en = \$5  | \$8 ;
+  assign \$9  = cmd[113:112] == 2'h2;
+  assign \$10  = cmd[113:112] == 2'h3;
   assign \$11  = \$9  | \$10 ;
   assign \$12  = \$11  ? ps_rd__data[31:0] : params__data[31:0];
   assign \$13  = $signed(accj[31:0]) + $signed(\$12 );
@@ -16555,47 +16573,56 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   assign \$54  = \$52  | \$53 ;
   assign \$55  = ~ \$54 ;
   assign i__valid = vj & \$55 ;
+  assign o__valid = skid_v | \o__valid$29 ;
+  assign o__payload = skid_v ? skid : \o__payload$31 ;
+  assign o__ready = ~ skid_v;
   assign all_sent = out_cnt == n_out;
   assign \$56  = ps_wr__addr + 1'h1;
-  assign \$57  = ps_rd__en & \i__valid$38 ;
+  assign \$57  = ps_rd__en & \i__valid$39 ;
   assign \$58  = ps_rd__addr + 1'h1;
-  assign \$59  = \i__valid$38  & keep_o;
-  assign \$60  = ~ dwp;
-  assign \$61  = ro == 3'h7;
-  assign \$62  = \$60  | \$61 ;
-  assign \$63  = \i__valid$38  & \$62 ;
-  assign \$64  = params__addr == last_group;
-  assign \$65  = params__addr + 1'h1;
-  assign \$66  = \$64  ? 6'h00 : \$65 ;
-  assign \$67  = \i__valid$38  & dwp;
-  assign \$68  = ro + 1'h1;
-  assign \$69  = ro == 3'h7;
-  assign \$70  = params__addr == last_group;
-  assign \$71  = \$69  & \$70 ;
-  assign \$72  = oxo + 4'h8;
-  assign \$73  = \$72  >= cmd[63:48];
+  assign \$59  = ~ \o__ready$40 ;
+  assign \$60  = \o__valid$29  & \$59 ;
+  assign \$61  = \i__valid$39  & keep_o;
+  assign \$62  = ~ dwp;
+  assign \$63  = ro == 3'h7;
+  assign \$64  = \$62  | \$63 ;
+  assign \$65  = \i__valid$39  & \$64 ;
+  assign \$66  = params__addr == last_group;
+  assign \$67  = params__addr + 1'h1;
+  assign \$68  = \$66  ? 6'h00 : \$67 ;
+  assign \$69  = \i__valid$39  & dwp;
+  assign \$70  = ro + 1'h1;
+  assign \$71  = ro == 3'h7;
+  assign \$72  = params__addr == last_group;
+  assign \$73  = \$71  & \$72 ;
   assign \$74  = oxo + 4'h8;
-  assign \$75  = \$73  ? 17'h00000 : \$74 ;
-  assign \$76  = o__valid & o__ready;
-  assign \$77  = \$76  | stored;
-  assign \$78  = run & \$77 ;
-  assign \$79  = out_cnt + 1'h1;
+  assign \$75  = \$74  >= cmd[63:48];
+  assign \$76  = oxo + 4'h8;
+  assign \$77  = \$75  ? 17'h00000 : \$76 ;
+  assign \$78  = o__valid & \o__ready$40 ;
+  assign \$79  = \$78  | stored;
+  assign \$80  = run & \$79 ;
+  assign \$81  = out_cnt + 1'h1;
   always @(posedge clk)
-    ps_wr__addr <= \$80 ;
+    ps_wr__addr <= \$82 ;
   always @(posedge clk)
-    ps_rd__addr <= \$81 ;
+    ps_rd__addr <= \$83 ;
   always @(posedge clk)
-    vj <= \$82 ;
+    skid_v <= \$84 ;
   always @(posedge clk)
-    accj <= \$83 ;
+    skid <= \$85 ;
   always @(posedge clk)
-    params__addr <= \$84 ;
+    vj <= \$86 ;
   always @(posedge clk)
-    ro <= \$85 ;
+    accj <= \$87 ;
   always @(posedge clk)
-    oxo <= \$86 ;
+    params__addr <= \$88 ;
   always @(posedge clk)
-    out_cnt <= \$87 ;
+    ro <= \$89 ;
+  always @(posedge clk)
+    oxo <= \$90 ;
+  always @(posedge clk)
+    out_cnt <= \$91 ;
   assign \$1  = ~ dwp;
   assign \$2  = oxo + ro;
   assign \$3  = \$2  < cmd[63:48];
@@ -16604,125 +16631,143 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   assign \$5  = \$4  | i__ready;
   assign \$6  = cmd[113:112] == 1'h1;
   assign \$7  = cmd[113:112] == 2'h2;
-  assign \$8  = \$6  | \$7 ;
-  assign ps_rd__en = \$5  | \$8 ;
-  assign \$9  = cmd[113:112] == 2'h2;
-  assign \$10  = cmd[113:112] == 2'h3;
   \psc_core.out.rq  rq (
     .clk(clk),
     .en(i__ready),
     .i__payload(i__payload),
     .i__valid(i__valid),
-    .o__payload(o__payload),
+    .o__payload(\o__payload$31 ),
     .o__ready(o__ready),
-    .o__valid(o__valid),
+    .o__valid(\o__valid$29 ),
     .relu(cmd[110]),
     .rst(rst)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$80  = ps_wr__addr;
+    \$82  = ps_wr__addr;
     if (stored) begin
-      \$80  = \$56 [7:0];
+      \$82  = \$56 [7:0];
     end
     if (start) begin
-      \$80  = 8'h00;
+      \$82  = 8'h00;
     end
     if (rst) begin
-      \$80  = 8'h00;
+      \$82  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$81  = ps_rd__addr;
+    \$83  = ps_rd__addr;
     if (\$57 ) begin
-      \$81  = \$58 [7:0];
+      \$83  = \$58 [7:0];
     end
     if (start) begin
-      \$81  = 8'h00;
+      \$83  = 8'h00;
     end
     if (rst) begin
-      \$81  = 8'h00;
+      \$83  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$82  = vj;
-    if (ps_rd__en) begin
-      \$82  = \$59 ;
+    \$84  = skid_v;
+    if (skid_v) begin
+      if (\o__ready$40 ) begin
+        \$84  = 1'h0;
+      end
+    end else if (\$60 ) begin
+      \$84  = 1'h1;
     end
     if (rst) begin
-      \$82  = 1'h0;
+      \$84  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$83  = accj;
-    if (ps_rd__en) begin
-      \$83  = \i__payload$39 ;
-    end
-    if (rst) begin
-      \$83  = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    \$85  = skid;
+    if (skid_v) begin
+    end else if (\$60 ) begin
+      \$85  = \o__payload$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$84  = params__addr;
+    \$86  = vj;
     if (ps_rd__en) begin
-      if (\$63 ) begin
-        \$84  = \$66 [4:0];
+      \$86  = \$61 ;
+    end
+    if (rst) begin
+      \$86  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$87  = accj;
+    if (ps_rd__en) begin
+      \$87  = \i__payload$41 ;
+    end
+    if (rst) begin
+      \$87  = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$88  = params__addr;
+    if (ps_rd__en) begin
+      if (\$65 ) begin
+        \$88  = \$68 [4:0];
       end
     end
     if (start) begin
-      \$84  = 5'h00;
+      \$88  = 5'h00;
     end
     if (rst) begin
-      \$84  = 5'h00;
+      \$88  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$85  = ro;
+    \$89  = ro;
     if (ps_rd__en) begin
-      if (\$67 ) begin
-        \$85  = \$68 [2:0];
+      if (\$69 ) begin
+        \$89  = \$70 [2:0];
       end
     end
     if (start) begin
-      \$85  = 3'h0;
+      \$89  = 3'h0;
     end
     if (rst) begin
-      \$85  = 3'h0;
+      \$89  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$86  = oxo;
+    \$90  = oxo;
     if (ps_rd__en) begin
-      if (\$67 ) begin
-        if (\$71 ) begin
-          \$86  = \$75 [15:0];
+      if (\$69 ) begin
+        if (\$73 ) begin
+          \$90  = \$77 [15:0];
         end
       end
     end
     if (start) begin
-      \$86  = 16'h0000;
+      \$90  = 16'h0000;
     end
     if (rst) begin
-      \$86  = 16'h0000;
+      \$90  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$87  = out_cnt;
-    if (\$78 ) begin
-      \$87  = \$79 [23:0];
+    \$91  = out_cnt;
+    if (\$80 ) begin
+      \$91  = \$81 [23:0];
     end
     if (start) begin
-      \$87  = 24'h000000;
+      \$91  = 24'h000000;
     end
     if (rst) begin
-      \$87  = 24'h000000;
+      \$91  = 24'h000000;
     end
   end
   assign ridx = ps_rd__addr;
@@ -16734,9 +16779,6 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   assign jo = params__addr;
   assign params__en = ps_rd__en;
   assign relu = cmd[110];
-  assign \o__valid$28  = o__valid;
-  assign \o__payload$30  = o__payload;
-  assign \o__ready$32  = o__ready;
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -16845,22 +16887,30 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   assign \o__payload[5]  = o__payload[47:40];
   assign \o__payload[6]  = o__payload[55:48];
   assign \o__payload[7]  = o__payload[63:56];
-  assign \o__payload$30[0]  = o__payload[7:0];
-  assign \o__payload$30[1]  = o__payload[15:8];
-  assign \o__payload$30[2]  = o__payload[23:16];
-  assign \o__payload$30[3]  = o__payload[31:24];
-  assign \o__payload$30[4]  = o__payload[39:32];
-  assign \o__payload$30[5]  = o__payload[47:40];
-  assign \o__payload$30[6]  = o__payload[55:48];
-  assign \o__payload$30[7]  = o__payload[63:56];
-  assign \i__payload$39[0]  = \i__payload$39 [31:0];
-  assign \i__payload$39[1]  = \i__payload$39 [63:32];
-  assign \i__payload$39[2]  = \i__payload$39 [95:64];
-  assign \i__payload$39[3]  = \i__payload$39 [127:96];
-  assign \i__payload$39[4]  = \i__payload$39 [159:128];
-  assign \i__payload$39[5]  = \i__payload$39 [191:160];
-  assign \i__payload$39[6]  = \i__payload$39 [223:192];
-  assign \i__payload$39[7]  = \i__payload$39 [255:224];
+  assign \o__payload$31[0]  = \o__payload$31 [7:0];
+  assign \o__payload$31[1]  = \o__payload$31 [15:8];
+  assign \o__payload$31[2]  = \o__payload$31 [23:16];
+  assign \o__payload$31[3]  = \o__payload$31 [31:24];
+  assign \o__payload$31[4]  = \o__payload$31 [39:32];
+  assign \o__payload$31[5]  = \o__payload$31 [47:40];
+  assign \o__payload$31[6]  = \o__payload$31 [55:48];
+  assign \o__payload$31[7]  = \o__payload$31 [63:56];
+  assign \skid[0]  = skid[7:0];
+  assign \skid[1]  = skid[15:8];
+  assign \skid[2]  = skid[23:16];
+  assign \skid[3]  = skid[31:24];
+  assign \skid[4]  = skid[39:32];
+  assign \skid[5]  = skid[47:40];
+  assign \skid[6]  = skid[55:48];
+  assign \skid[7]  = skid[63:56];
+  assign \i__payload$41[0]  = \i__payload$41 [31:0];
+  assign \i__payload$41[1]  = \i__payload$41 [63:32];
+  assign \i__payload$41[2]  = \i__payload$41 [95:64];
+  assign \i__payload$41[3]  = \i__payload$41 [127:96];
+  assign \i__payload$41[4]  = \i__payload$41 [159:128];
+  assign \i__payload$41[5]  = \i__payload$41 [191:160];
+  assign \i__payload$41[6]  = \i__payload$41 [223:192];
+  assign \i__payload$41[7]  = \i__payload$41 [255:224];
   assign i__payload[431:384] = params__data[431:384];
   assign i__payload[383:256] = params__data[383:256];
   assign i__payload[255:0] = total;
@@ -16875,7 +16925,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out.rq (clk, rst, i__valid, en, relu, i__payload, o__valid, o__payload, o__ready);
+module \psc_core.out.rq (rst, i__valid, o__ready, en, relu, i__payload, o__valid, o__payload, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$15  = 0;
   wire \$1 ;
   wire \$10 ;

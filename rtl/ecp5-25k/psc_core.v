@@ -1046,12 +1046,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .clk(clk),
     .cmd(cmd),
     .dwp(dwp),
-    .\i__payload$40 (\i__payload$63 ),
-    .\i__valid$39 (\i__valid$59 ),
+    .\i__payload$42 (\i__payload$63 ),
+    .\i__valid$40 (\i__valid$59 ),
     .last_group(last_group),
     .n_out(sizes[75:51]),
     .o__payload(act_out__payload),
-    .o__ready(act_out__ready),
+    .\o__ready$41 (act_out__ready),
     .o__valid(act_out__valid),
     .params__addr(\read__addr$80 ),
     .params__data(params__data),
@@ -2510,7 +2510,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$2947$800 (i__payload[801:800]),
+    .\port$2957$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[335:224]),
@@ -2523,7 +2523,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$87 ),
     .mask(\mask$16 ),
-    .\port$2947$800 (i__payload[801:800]),
+    .\port$2957$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[447:336]),
@@ -2536,7 +2536,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$88 ),
     .mask(\mask$26 ),
-    .\port$2947$800 (i__payload[801:800]),
+    .\port$2957$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[559:448]),
@@ -2548,7 +2548,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$89 ),
     .mask(\mask$36 ),
-    .\port$2947$768 (i__payload[801:768]),
+    .\port$2957$768 (i__payload[801:768]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[671:560]),
@@ -3168,7 +3168,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2947$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2957$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -3420,8 +3420,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2947$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2947$800 ;
-  wire [1:0] \port$2947$800 ;
+  input [1:0] \port$2957$800 ;
+  wire [1:0] \port$2957$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3478,7 +3478,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2947$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2947$800 [0];
+  assign \$2  = valid & \port$2957$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -3741,7 +3741,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2947$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2947$800 [0];
+      \$37  = \port$2957$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -3751,7 +3751,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2947$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2947$800 [1];
+      \$38  = \port$2957$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -4005,8 +4005,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2947$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2947$800 [0];
-  assign last = \port$2947$800 [1];
+  assign first = \port$2957$800 [0];
+  assign last = \port$2957$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -5686,7 +5686,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2947$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2957$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -5936,8 +5936,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2947$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2947$800 ;
-  wire [1:0] \port$2947$800 ;
+  input [1:0] \port$2957$800 ;
+  wire [1:0] \port$2957$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -5994,7 +5994,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2947$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2947$800 [0];
+  assign \$2  = valid & \port$2957$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -6257,7 +6257,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2947$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2947$800 [0];
+      \$37  = \port$2957$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -6267,7 +6267,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2947$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2947$800 [1];
+      \$38  = \port$2957$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -6521,8 +6521,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2947$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2947$800 [0];
-  assign last = \port$2947$800 [1];
+  assign first = \port$2957$800 [0];
+  assign last = \port$2957$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8202,7 +8202,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2947$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2957$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -8452,8 +8452,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2947$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2947$800 ;
-  wire [1:0] \port$2947$800 ;
+  input [1:0] \port$2957$800 ;
+  wire [1:0] \port$2957$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8510,7 +8510,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2947$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2947$800 [0];
+  assign \$2  = valid & \port$2957$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -8773,7 +8773,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2947$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2947$800 [0];
+      \$37  = \port$2957$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -8783,7 +8783,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2947$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2947$800 [1];
+      \$38  = \port$2957$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -9037,8 +9037,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2947$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2947$800 [0];
-  assign last = \port$2947$800 [1];
+  assign first = \port$2957$800 [0];
+  assign last = \port$2957$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -10718,7 +10718,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, \port$2947$768 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, \port$2957$768 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -10967,8 +10967,8 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2947$768 , valid, en, lane_acc, a
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [33:0] \port$2947$768 ;
-  wire [33:0] \port$2947$768 ;
+  input [33:0] \port$2957$768 ;
+  wire [33:0] \port$2957$768 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -11025,7 +11025,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2947$768 , valid, en, lane_acc, a
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2947$768 [32];
+  assign \$2  = valid & \port$2957$768 [32];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -11288,7 +11288,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2947$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2947$768 [32];
+      \$37  = \port$2957$768 [32];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -11298,7 +11298,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2947$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2947$768 [33];
+      \$38  = \port$2957$768 [33];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -11309,7 +11309,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2947$768 , valid, en, lane_acc, a
     \$39  = b1;
     if (en) begin
       if (\$2 ) begin
-        \$39  = \port$2947$768 [31:0];
+        \$39  = \port$2957$768 [31:0];
       end
     end
   end
@@ -11552,9 +11552,9 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2947$768 , valid, en, lane_acc, a
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2947$768 [32];
-  assign last = \port$2947$768 [33];
-  assign bias = \port$2947$768 [31:0];
+  assign first = \port$2957$768 [32];
+  assign last = \port$2957$768 [33];
+  assign bias = \port$2957$768 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -19076,7 +19076,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, \i__valid$39 , \i__payload$40 , cmd, dwp, last_group, start, run, n_out, params__addr, o__valid, o__payload, o__ready);
+module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, all_sent, \i__valid$40 , \i__payload$42 , cmd, dwp, last_group, start, run, n_out, params__addr, \o__ready$41 );
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -19129,26 +19129,30 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, \i__valid$39 
   wire \$53 ;
   wire \$54 ;
   wire \$55 ;
-  wire [6:0] \$56 ;
-  wire [6:0] \$57 ;
-  wire \$58 ;
-  wire \$59 ;
+  wire \$56 ;
+  wire \$57 ;
+  wire [6:0] \$58 ;
+  wire [6:0] \$59 ;
   wire \$6 ;
   wire \$60 ;
-  wire [24:0] \$61 ;
-  reg \$62 ;
-  reg [127:0] \$63 ;
-  reg [215:0] \$64 ;
+  wire \$61 ;
+  wire \$62 ;
+  wire [24:0] \$63 ;
+  reg \$64 ;
   reg [127:0] \$65 ;
-  reg [8:0] \$66 ;
-  reg [8:0] \$67 ;
-  reg \$68 ;
-  reg [127:0] \$69 ;
+  reg [215:0] \$66 ;
+  reg [127:0] \$67 ;
+  reg [8:0] \$68 ;
+  reg [8:0] \$69 ;
   wire \$7 ;
-  reg [5:0] \$70 ;
-  reg [23:0] \$71 ;
-  reg [1:0] \$72 ;
-  reg [15:0] \$73 ;
+  reg \$70 ;
+  reg [31:0] \$71 ;
+  reg \$72 ;
+  reg [127:0] \$73 ;
+  reg [5:0] \$74 ;
+  reg [23:0] \$75 ;
+  reg [1:0] \$76 ;
+  reg [15:0] \$77 ;
   wire \$8 ;
   wire \$9 ;
   reg [127:0] accb = 128'h00000000000000000000000000000000;
@@ -19195,12 +19199,12 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, \i__valid$39 
   wire dwp;
   wire en_j;
   wire [215:0] i__payload;
-  input [127:0] \i__payload$40 ;
-  wire [127:0] \i__payload$40 ;
-  wire [31:0] \i__payload$40[0] ;
-  wire [31:0] \i__payload$40[1] ;
-  wire [31:0] \i__payload$40[2] ;
-  wire [31:0] \i__payload$40[3] ;
+  input [127:0] \i__payload$42 ;
+  wire [127:0] \i__payload$42 ;
+  wire [31:0] \i__payload$42[0] ;
+  wire [31:0] \i__payload$42[1] ;
+  wire [31:0] \i__payload$42[2] ;
+  wire [31:0] \i__payload$42[3] ;
   wire [127:0] \i__payload.acc ;
   wire [31:0] \i__payload.acc[0] ;
   wire [31:0] \i__payload.acc[1] ;
@@ -19219,8 +19223,8 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, \i__valid$39 
   wire i__ready;
   wire \i__ready$19 ;
   wire i__valid;
-  input \i__valid$39 ;
-  wire \i__valid$39 ;
+  input \i__valid$40 ;
+  wire \i__valid$40 ;
   (* init = 6'h00 *)
   wire [5:0] jo;
   wire keep_o;
@@ -19230,21 +19234,21 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, \i__valid$39 
   wire [24:0] n_out;
   output [31:0] o__payload;
   wire [31:0] o__payload;
-  wire [31:0] \o__payload$28 ;
-  wire [7:0] \o__payload$28[0] ;
-  wire [7:0] \o__payload$28[1] ;
-  wire [7:0] \o__payload$28[2] ;
-  wire [7:0] \o__payload$28[3] ;
+  wire [31:0] \o__payload$29 ;
+  wire [7:0] \o__payload$29[0] ;
+  wire [7:0] \o__payload$29[1] ;
+  wire [7:0] \o__payload$29[2] ;
+  wire [7:0] \o__payload$29[3] ;
   wire [7:0] \o__payload[0] ;
   wire [7:0] \o__payload[1] ;
   wire [7:0] \o__payload[2] ;
   wire [7:0] \o__payload[3] ;
-  input o__ready;
   wire o__ready;
-  wire \o__ready$30 ;
+  input \o__ready$41 ;
+  wire \o__ready$41 ;
   output o__valid;
   wire o__valid;
-  wire \o__valid$26 ;
+  wire \o__valid$27 ;
   reg [23:0] out_cnt = 24'h000000;
   reg [15:0] oxo = 16'h0000;
   output [5:0] params__addr;
@@ -19311,6 +19315,12 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, \i__valid$39 
   wire rst;
   input run;
   wire run;
+  reg [31:0] skid = 32'd0;
+  wire [7:0] \skid[0] ;
+  wire [7:0] \skid[1] ;
+  wire [7:0] \skid[2] ;
+  wire [7:0] \skid[3] ;
+  reg skid_v = 1'h0;
   input start;
   wire start;
   wire stored;
@@ -19849,6 +19859,10 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, \i__valid$39 
     end
   end
   assign ps_rd__data = _0_;
+  assign \$22  = $signed(accb[95:64]) + $signed(\$21 );
+  assign \$23  = cmd[113:112] == 2'h2;
+  assign \$24  = cmd[113:112] == 2'h3;
+  assign \$25  = \$23  | \$24 ;
   assign \$26  = \$25  ? psb[127:96] : pb[127:96];
   assign \$27  = $signed(accb[127:96]) + $signed(\$26 );
   assign \$28  = cmd[113:112] == 1'h1;
@@ -19860,6 +19874,9 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, \i__valid$39 
   assign \$33  = \$31  | \$32 ;
   assign \$34  = ~ \$33 ;
   assign i__valid = vb & \$34 ;
+  assign o__valid = skid_v | \o__valid$27 ;
+  assign o__payload = skid_v ? skid : \o__payload$29 ;
+  assign o__ready = ~ skid_v;
   assign all_sent = out_cnt == n_out;
   assign \$35  = ~ vb;
   assign \$36  = \$35  | i__ready;
@@ -19874,43 +19891,49 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, \i__valid$39 
   assign \$45  = \$43  | \$44 ;
   assign \$46  = \$42  | \$45 ;
   assign \$47  = ps_wr__addr + 1'h1;
-  assign \$48  = ps_rd__en & \i__valid$39 ;
+  assign \$48  = ps_rd__en & \i__valid$40 ;
   assign \$49  = ps_rd__addr + 1'h1;
-  assign \$51  = ~ dwp;
-  assign \$52  = ro == 2'h3;
-  assign \$53  = \$51  | \$52 ;
-  assign \$54  = \i__valid$39  & \$53 ;
-  assign \$55  = params__addr == last_group;
-  assign \$56  = params__addr + 1'h1;
-  assign \$57  = \$55  ? 7'h00 : \$56 ;
-  assign \$58  = o__valid & o__ready;
-  assign \$59  = \$58  | stored;
-  assign \$60  = run & \$59 ;
-  assign \$61  = out_cnt + 1'h1;
+  assign \$50  = ~ \o__ready$41 ;
+  assign \$51  = \o__valid$27  & \$50 ;
+  assign \$53  = ~ dwp;
+  assign \$54  = ro == 2'h3;
+  assign \$55  = \$53  | \$54 ;
+  assign \$56  = \i__valid$40  & \$55 ;
+  assign \$57  = params__addr == last_group;
+  assign \$58  = params__addr + 1'h1;
+  assign \$59  = \$57  ? 7'h00 : \$58 ;
+  assign \$60  = o__valid & \o__ready$41 ;
+  assign \$61  = \$60  | stored;
+  assign \$62  = run & \$61 ;
+  assign \$63  = out_cnt + 1'h1;
   always @(posedge clk)
-    vb <= \$62 ;
+    vb <= \$64 ;
   always @(posedge clk)
-    accb <= \$63 ;
+    accb <= \$65 ;
   always @(posedge clk)
-    pb <= \$64 ;
+    pb <= \$66 ;
   always @(posedge clk)
-    psb <= \$65 ;
+    psb <= \$67 ;
   always @(posedge clk)
-    ps_wr__addr <= \$66 ;
+    ps_wr__addr <= \$68 ;
   always @(posedge clk)
-    ps_rd__addr <= \$67 ;
+    ps_rd__addr <= \$69 ;
   always @(posedge clk)
-    vj <= \$68 ;
+    skid_v <= \$70 ;
   always @(posedge clk)
-    accj <= \$69 ;
+    skid <= \$71 ;
   always @(posedge clk)
-    params__addr <= \$70 ;
+    vj <= \$72 ;
   always @(posedge clk)
-    out_cnt <= \$71 ;
+    accj <= \$73 ;
   always @(posedge clk)
-    ro <= \$72 ;
+    params__addr <= \$74 ;
   always @(posedge clk)
-    oxo <= \$73 ;
+    out_cnt <= \$75 ;
+  always @(posedge clk)
+    ro <= \$76 ;
+  always @(posedge clk)
+    oxo <= \$77 ;
   assign \$1  = ~ vj;
   assign \$2  = ~ vb;
   assign \$3  = \$2  | i__ready;
@@ -19933,144 +19956,162 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, \i__valid$39 
   assign \$19  = cmd[113:112] == 2'h3;
   assign \$20  = \$18  | \$19 ;
   assign \$21  = \$20  ? psb[95:64] : pb[95:64];
-  assign \$22  = $signed(accb[95:64]) + $signed(\$21 );
-  assign \$23  = cmd[113:112] == 2'h2;
-  assign \$24  = cmd[113:112] == 2'h3;
-  assign \$25  = \$23  | \$24 ;
   \psc_core.out.rq  rq (
     .clk(clk),
     .en(i__ready),
     .i__payload(i__payload),
     .i__valid(i__valid),
-    .o__payload(o__payload),
+    .o__payload(\o__payload$29 ),
     .o__ready(o__ready),
-    .o__valid(o__valid),
+    .o__valid(\o__valid$27 ),
     .relu(cmd[110]),
     .rst(rst)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$62  = vb;
+    \$64  = vb;
     if (\$40 ) begin
-      \$62  = vj;
+      \$64  = vj;
     end
     if (rst) begin
-      \$62  = 1'h0;
+      \$64  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$63  = accb;
+    \$65  = accb;
     if (\$40 ) begin
-      \$63  = accj;
+      \$65  = accj;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$64  = pb;
+    \$66  = pb;
     if (\$40 ) begin
-      \$64  = params__data;
+      \$66  = params__data;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$65  = psb;
+    \$67  = psb;
     if (\$46 ) begin
-      \$65  = ps_rd__data;
+      \$67  = ps_rd__data;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$66  = ps_wr__addr;
+    \$68  = ps_wr__addr;
     if (stored) begin
-      \$66  = \$47 [8:0];
+      \$68  = \$47 [8:0];
     end
     if (start) begin
-      \$66  = 9'h000;
+      \$68  = 9'h000;
     end
     if (rst) begin
-      \$66  = 9'h000;
+      \$68  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$67  = ps_rd__addr;
+    \$69  = ps_rd__addr;
     if (\$48 ) begin
-      \$67  = \$49 [8:0];
+      \$69  = \$49 [8:0];
     end
     if (start) begin
-      \$67  = 9'h000;
+      \$69  = 9'h000;
     end
     if (rst) begin
-      \$67  = 9'h000;
+      \$69  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$68  = vj;
-    if (ps_rd__en) begin
-      \$68  = \$50 ;
+    \$70  = skid_v;
+    if (skid_v) begin
+      if (\o__ready$41 ) begin
+        \$70  = 1'h0;
+      end
+    end else if (\$51 ) begin
+      \$70  = 1'h1;
     end
     if (rst) begin
-      \$68  = 1'h0;
+      \$70  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$69  = accj;
-    if (ps_rd__en) begin
-      \$69  = \i__payload$40 ;
-    end
-    if (rst) begin
-      \$69  = 128'h00000000000000000000000000000000;
+    \$71  = skid;
+    if (skid_v) begin
+    end else if (\$51 ) begin
+      \$71  = \o__payload$29 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$70  = params__addr;
+    \$72  = vj;
     if (ps_rd__en) begin
-      if (\$54 ) begin
-        \$70  = \$57 [5:0];
+      \$72  = \$52 ;
+    end
+    if (rst) begin
+      \$72  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$73  = accj;
+    if (ps_rd__en) begin
+      \$73  = \i__payload$42 ;
+    end
+    if (rst) begin
+      \$73  = 128'h00000000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$74  = params__addr;
+    if (ps_rd__en) begin
+      if (\$56 ) begin
+        \$74  = \$59 [5:0];
       end
     end
     if (start) begin
-      \$70  = 6'h00;
+      \$74  = 6'h00;
     end
     if (rst) begin
-      \$70  = 6'h00;
+      \$74  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$71  = out_cnt;
-    if (\$60 ) begin
-      \$71  = \$61 [23:0];
+    \$75  = out_cnt;
+    if (\$62 ) begin
+      \$75  = \$63 [23:0];
     end
     if (start) begin
-      \$71  = 24'h000000;
+      \$75  = 24'h000000;
     end
     if (rst) begin
-      \$71  = 24'h000000;
+      \$75  = 24'h000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$72  = ro;
+    \$76  = ro;
     if (start) begin
-      \$72  = 2'h0;
+      \$76  = 2'h0;
     end
     if (rst) begin
-      \$72  = 2'h0;
+      \$76  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$73  = oxo;
+    \$77  = oxo;
     if (start) begin
-      \$73  = 16'h0000;
+      \$77  = 16'h0000;
     end
     if (rst) begin
-      \$73  = 16'h0000;
+      \$77  = 16'h0000;
     end
   end
   assign keep_o = 1'h1;
@@ -20083,9 +20124,6 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, \i__valid$39 
   assign jo = params__addr;
   assign params__en = ps_rd__en;
   assign relu = cmd[110];
-  assign \o__valid$26  = o__valid;
-  assign \o__payload$28  = o__payload;
-  assign \o__ready$30  = o__ready;
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -20150,10 +20188,14 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, \i__valid$39 
   assign \o__payload[1]  = o__payload[15:8];
   assign \o__payload[2]  = o__payload[23:16];
   assign \o__payload[3]  = o__payload[31:24];
-  assign \o__payload$28[0]  = o__payload[7:0];
-  assign \o__payload$28[1]  = o__payload[15:8];
-  assign \o__payload$28[2]  = o__payload[23:16];
-  assign \o__payload$28[3]  = o__payload[31:24];
+  assign \o__payload$29[0]  = \o__payload$29 [7:0];
+  assign \o__payload$29[1]  = \o__payload$29 [15:8];
+  assign \o__payload$29[2]  = \o__payload$29 [23:16];
+  assign \o__payload$29[3]  = \o__payload$29 [31:24];
+  assign \skid[0]  = skid[7:0];
+  assign \skid[1]  = skid[15:8];
+  assign \skid[2]  = skid[23:16];
+  assign \skid[3]  = skid[31:24];
   assign \accj[0]  = accj[31:0];
   assign \accj[1]  = accj[63:32];
   assign \accj[2]  = accj[95:64];
@@ -20177,10 +20219,10 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, \i__valid$39 
   assign \ps_rd__data[1]  = ps_rd__data[63:32];
   assign \ps_rd__data[2]  = ps_rd__data[95:64];
   assign \ps_rd__data[3]  = ps_rd__data[127:96];
-  assign \i__payload$40[0]  = \i__payload$40 [31:0];
-  assign \i__payload$40[1]  = \i__payload$40 [63:32];
-  assign \i__payload$40[2]  = \i__payload$40 [95:64];
-  assign \i__payload$40[3]  = \i__payload$40 [127:96];
+  assign \i__payload$42[0]  = \i__payload$42 [31:0];
+  assign \i__payload$42[1]  = \i__payload$42 [63:32];
+  assign \i__payload$42[2]  = \i__payload$42 [95:64];
+  assign \i__payload$42[3]  = \i__payload$42 [127:96];
   assign i__payload[215:192] = pb[215:192];
   assign i__payload[191:128] = pb[191:128];
   assign i__payload[127:0] = total;
@@ -20188,11 +20230,11 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, \i__valid$39 
   assign total[95:64] = \$22 [31:0];
   assign total[63:32] = \$17 [31:0];
   assign total[31:0] = \$12 [31:0];
-  assign \$50  = \i__valid$39 ;
+  assign \$52  = \i__valid$40 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out.rq (clk, rst, i__valid, en, relu, i__payload, o__valid, o__payload, o__ready);
+module \psc_core.out.rq (rst, i__valid, o__ready, en, relu, i__payload, o__valid, o__payload, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$11  = 0;
   wire \$1 ;
   wire \$10 ;

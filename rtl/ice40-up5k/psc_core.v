@@ -818,16 +818,16 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .clk(clk),
     .cmd(cmd),
     .dwp(dwp),
-    .\i__valid$35 (\i__valid$57 ),
+    .\i__valid$36 (\i__valid$57 ),
     .last_group(last_group),
     .n_out(sizes[79:55]),
     .o__payload(act_out__payload),
-    .o__ready(act_out__ready),
+    .\o__ready$37 (act_out__ready),
     .o__valid(act_out__valid),
     .params__addr(\read__addr$74 ),
     .params__data(params__data),
-    .\port$1381$0 (\$6 ),
-    .\port$1451$0 (\$7 ),
+    .\port$1391$0 (\$6 ),
+    .\port$1461$0 (\$7 ),
     .ps_rd__en(\o__ready$55 ),
     .rst(rst),
     .run(run),
@@ -1738,8 +1738,8 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1257$0 (i__payload[191:0]),
-    .\port$1257$374 (i__payload[375:374]),
+    .\port$1267$0 (i__payload[191:0]),
+    .\port$1267$374 (i__payload[375:374]),
     .rst(rst),
     .valid(valid)
   );
@@ -1748,7 +1748,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1257$347 (i__payload[375:347]),
+    .\port$1267$347 (i__payload[375:347]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[319:192]),
@@ -1856,7 +1856,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, en, \port$1257$0 , bias, \port$1257$374 , valid, mask, acc_valid, acc, clk);
+module \psc_core.dp.pe_0 (rst, en, \port$1267$0 , bias, \port$1267$374 , valid, mask, acc_valid, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
@@ -1972,10 +1972,10 @@ module \psc_core.dp.pe_0 (rst, en, \port$1257$0 , bias, \port$1257$374 , valid, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [191:0] \port$1257$0 ;
-  wire [191:0] \port$1257$0 ;
-  input [1:0] \port$1257$374 ;
-  wire [1:0] \port$1257$374 ;
+  input [191:0] \port$1267$0 ;
+  wire [191:0] \port$1267$0 ;
+  input [1:0] \port$1267$374 ;
+  wire [1:0] \port$1267$374 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -2060,7 +2060,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1257$0 , bias, \port$1257$374 , valid, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1257$374 [0];
+  assign \$1  = valid & \port$1267$374 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -2138,7 +2138,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1257$0 , bias, \port$1257$374 , valid, 
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
     .w(w),
-    .words(\port$1257$0 [191:64])
+    .words(\port$1267$0 [191:64])
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
@@ -2245,7 +2245,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1257$0 , bias, \port$1257$374 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1257$374 [0];
+      \$17  = \port$1267$374 [0];
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -2255,7 +2255,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1257$0 , bias, \port$1257$374 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1257$374 [1];
+      \$18  = \port$1267$374 [1];
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -2387,44 +2387,44 @@ module \psc_core.dp.pe_0 (rst, en, \port$1257$0 , bias, \port$1257$374 , valid, 
       end
     end
   end
-  assign words = \port$1257$0 [191:64];
-  assign \words$1  = \port$1257$0 [191:64];
+  assign words = \port$1267$0 [191:64];
+  assign \words$1  = \port$1267$0 [191:64];
   assign \mask$3  = mask;
   assign \en$5  = en;
-  assign x = \port$1257$0 [63:0];
+  assign x = \port$1267$0 [63:0];
   assign \en$12  = en;
   assign \en$16  = en;
   assign \en$20  = en;
   assign \acc$25  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1257$374 [0];
-  assign last = \port$1257$374 [1];
-  assign \words[0]  = \port$1257$0 [79:64];
-  assign \words[1]  = \port$1257$0 [95:80];
-  assign \words[2]  = \port$1257$0 [111:96];
-  assign \words[3]  = \port$1257$0 [127:112];
-  assign \words[4]  = \port$1257$0 [143:128];
-  assign \words[5]  = \port$1257$0 [159:144];
-  assign \words[6]  = \port$1257$0 [175:160];
-  assign \words[7]  = \port$1257$0 [191:176];
-  assign \words$1[0]  = \port$1257$0 [79:64];
-  assign \words$1[1]  = \port$1257$0 [95:80];
-  assign \words$1[2]  = \port$1257$0 [111:96];
-  assign \words$1[3]  = \port$1257$0 [127:112];
-  assign \words$1[4]  = \port$1257$0 [143:128];
-  assign \words$1[5]  = \port$1257$0 [159:144];
-  assign \words$1[6]  = \port$1257$0 [175:160];
-  assign \words$1[7]  = \port$1257$0 [191:176];
+  assign first = \port$1267$374 [0];
+  assign last = \port$1267$374 [1];
+  assign \words[0]  = \port$1267$0 [79:64];
+  assign \words[1]  = \port$1267$0 [95:80];
+  assign \words[2]  = \port$1267$0 [111:96];
+  assign \words[3]  = \port$1267$0 [127:112];
+  assign \words[4]  = \port$1267$0 [143:128];
+  assign \words[5]  = \port$1267$0 [159:144];
+  assign \words[6]  = \port$1267$0 [175:160];
+  assign \words[7]  = \port$1267$0 [191:176];
+  assign \words$1[0]  = \port$1267$0 [79:64];
+  assign \words$1[1]  = \port$1267$0 [95:80];
+  assign \words$1[2]  = \port$1267$0 [111:96];
+  assign \words$1[3]  = \port$1267$0 [127:112];
+  assign \words$1[4]  = \port$1267$0 [143:128];
+  assign \words$1[5]  = \port$1267$0 [159:144];
+  assign \words$1[6]  = \port$1267$0 [175:160];
+  assign \words$1[7]  = \port$1267$0 [191:176];
   assign \a[0]  = a[7:0];
   assign \a[1]  = a[15:8];
-  assign \x[0]  = \port$1257$0 [7:0];
-  assign \x[1]  = \port$1257$0 [15:8];
-  assign \x[2]  = \port$1257$0 [23:16];
-  assign \x[3]  = \port$1257$0 [31:24];
-  assign \x[4]  = \port$1257$0 [39:32];
-  assign \x[5]  = \port$1257$0 [47:40];
-  assign \x[6]  = \port$1257$0 [55:48];
-  assign \x[7]  = \port$1257$0 [63:56];
+  assign \x[0]  = \port$1267$0 [7:0];
+  assign \x[1]  = \port$1267$0 [15:8];
+  assign \x[2]  = \port$1267$0 [23:16];
+  assign \x[3]  = \port$1267$0 [31:24];
+  assign \x[4]  = \port$1267$0 [39:32];
+  assign \x[5]  = \port$1267$0 [47:40];
+  assign \x[6]  = \port$1267$0 [55:48];
+  assign \x[7]  = \port$1267$0 [63:56];
   assign \b[0]  = b[7:0];
   assign \b[1]  = b[15:8];
   assign \w[0]  = w[7:0];
@@ -2465,16 +2465,16 @@ module \psc_core.dp.pe_0 (rst, en, \port$1257$0 , bias, \port$1257$374 , valid, 
   assign \p$23[1]  = \p$23 [31:16];
   assign \b$22 [15:8] = w[63:56];
   assign \b$22 [7:0] = w[55:48];
-  assign \a$21 [15:8] = \port$1257$0 [63:56];
-  assign \a$21 [7:0] = \port$1257$0 [55:48];
+  assign \a$21 [15:8] = \port$1267$0 [63:56];
+  assign \a$21 [7:0] = \port$1267$0 [55:48];
   assign \b$18 [15:8] = w[47:40];
   assign \b$18 [7:0] = w[39:32];
-  assign \a$17 [15:8] = \port$1257$0 [47:40];
-  assign \a$17 [7:0] = \port$1257$0 [39:32];
+  assign \a$17 [15:8] = \port$1267$0 [47:40];
+  assign \a$17 [7:0] = \port$1267$0 [39:32];
   assign \b$14 [15:8] = w[31:24];
   assign \b$14 [7:0] = w[23:16];
-  assign \a$13 [15:8] = \port$1257$0 [31:24];
-  assign \a$13 [7:0] = \port$1257$0 [23:16];
+  assign \a$13 [15:8] = \port$1267$0 [31:24];
+  assign \a$13 [7:0] = \port$1267$0 [23:16];
   assign products[127:112] = \p$23 [31:16];
   assign products[111:96] = \p$23 [15:0];
   assign products[95:80] = \p$19 [31:16];
@@ -2485,8 +2485,8 @@ module \psc_core.dp.pe_0 (rst, en, \port$1257$0 , bias, \port$1257$374 , valid, 
   assign products[15:0] = p[15:0];
   assign b[15:8] = w[15:8];
   assign b[7:0] = w[7:0];
-  assign a[15:8] = \port$1257$0 [15:8];
-  assign a[7:0] = \port$1257$0 [7:0];
+  assign a[15:8] = \port$1267$0 [15:8];
+  assign a[7:0] = \port$1267$0 [7:0];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2932,7 +2932,7 @@ module \psc_core.dp.pe_0.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, en, x, words, \port$1257$347 , valid, mask, acc, clk);
+module \psc_core.dp.pe_1 (rst, en, x, words, \port$1267$347 , valid, mask, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
@@ -3046,8 +3046,8 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1257$347 , valid, mask, acc, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [28:0] \port$1257$347 ;
-  wire [28:0] \port$1257$347 ;
+  input [28:0] \port$1267$347 ;
+  wire [28:0] \port$1267$347 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3134,7 +3134,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1257$347 , valid, mask, acc, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1257$347 [27];
+  assign \$1  = valid & \port$1267$347 [27];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -3319,7 +3319,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1257$347 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1257$347 [27];
+      \$17  = \port$1267$347 [27];
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -3329,7 +3329,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1257$347 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1257$347 [28];
+      \$18  = \port$1267$347 [28];
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -3340,7 +3340,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1257$347 , valid, mask, acc, 
     \$19  = b1;
     if (en) begin
       if (\$1 ) begin
-        \$19  = \port$1257$347 [26:0];
+        \$19  = \port$1267$347 [26:0];
       end
     end
   end
@@ -3469,9 +3469,9 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1257$347 , valid, mask, acc, 
   assign \en$20  = en;
   assign \acc$25  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1257$347 [27];
-  assign last = \port$1257$347 [28];
-  assign bias = \port$1257$347 [26:0];
+  assign first = \port$1267$347 [27];
+  assign last = \port$1267$347 [28];
+  assign bias = \port$1267$347 [26:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -4906,7 +4906,7 @@ module \psc_core.ibuf.inbuf (clk, we, address, select_0, dataout_0_0, dataout_0_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, last_group, start, run, n_out, \i__valid$35 , \port$1381$0 , \port$1451$0 , params__addr, o__valid, o__payload, o__ready);
+module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, all_sent, cmd, dwp, last_group, start, run, n_out, \i__valid$36 , \port$1391$0 , \port$1461$0 , params__addr, \o__ready$37 );
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire \$1 ;
   wire [32:0] \$10 ;
@@ -4933,21 +4933,25 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   wire \$3 ;
   wire \$30 ;
   wire \$31 ;
-  wire [6:0] \$32 ;
-  wire [6:0] \$33 ;
-  wire \$34 ;
-  wire \$35 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire [6:0] \$34 ;
+  wire [6:0] \$35 ;
   wire \$36 ;
-  wire [24:0] \$37 ;
-  reg [7:0] \$38 ;
-  reg [7:0] \$39 ;
+  wire \$37 ;
+  wire \$38 ;
+  wire [24:0] \$39 ;
   wire \$4 ;
-  reg \$40 ;
-  reg [53:0] \$41 ;
-  reg [5:0] \$42 ;
-  reg [23:0] \$43 ;
+  reg [7:0] \$40 ;
+  reg [7:0] \$41 ;
+  reg \$42 ;
+  reg [15:0] \$43 ;
   reg \$44 ;
-  reg [15:0] \$45 ;
+  reg [53:0] \$45 ;
+  reg [5:0] \$46 ;
+  reg [23:0] \$47 ;
+  reg \$48 ;
+  reg [15:0] \$49 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
@@ -4990,9 +4994,9 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   wire dwp;
   wire en_j;
   wire [107:0] i__payload;
-  wire [53:0] \i__payload$36 ;
-  wire [26:0] \i__payload$36[0] ;
-  wire [26:0] \i__payload$36[1] ;
+  wire [53:0] \i__payload$38 ;
+  wire [26:0] \i__payload$38[0] ;
+  wire [26:0] \i__payload$38[1] ;
   wire [63:0] \i__payload.acc ;
   wire [31:0] \i__payload.acc[0] ;
   wire [31:0] \i__payload.acc[1] ;
@@ -5005,8 +5009,8 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   wire i__ready;
   wire \i__ready$18 ;
   wire i__valid;
-  input \i__valid$35 ;
-  wire \i__valid$35 ;
+  input \i__valid$36 ;
+  wire \i__valid$36 ;
   (* init = 6'h00 *)
   wire [5:0] jo;
   wire keep_o;
@@ -5016,17 +5020,17 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   wire [24:0] n_out;
   output [15:0] o__payload;
   wire [15:0] o__payload;
-  wire [15:0] \o__payload$27 ;
-  wire [7:0] \o__payload$27[0] ;
-  wire [7:0] \o__payload$27[1] ;
+  wire [15:0] \o__payload$28 ;
+  wire [7:0] \o__payload$28[0] ;
+  wire [7:0] \o__payload$28[1] ;
   wire [7:0] \o__payload[0] ;
   wire [7:0] \o__payload[1] ;
-  input o__ready;
   wire o__ready;
-  wire \o__ready$29 ;
+  input \o__ready$37 ;
+  wire \o__ready$37 ;
   output o__valid;
   wire o__valid;
-  wire \o__valid$25 ;
+  wire \o__valid$26 ;
   reg [23:0] out_cnt = 24'h000000;
   reg [15:0] oxo = 16'h0000;
   output [5:0] params__addr;
@@ -5043,10 +5047,10 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   wire [5:0] \params__data.shift[0] ;
   wire [5:0] \params__data.shift[1] ;
   wire params__en;
-  input [26:0] \port$1381$0 ;
-  wire [26:0] \port$1381$0 ;
-  input [26:0] \port$1451$0 ;
-  wire [26:0] \port$1451$0 ;
+  input [26:0] \port$1391$0 ;
+  wire [26:0] \port$1391$0 ;
+  input [26:0] \port$1461$0 ;
+  wire [26:0] \port$1461$0 ;
   reg [7:0] ps_rd__addr = 8'h00;
   wire [63:0] ps_rd__data;
   wire [31:0] \ps_rd__data[0] ;
@@ -5066,6 +5070,10 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   wire rst;
   input run;
   wire run;
+  reg [15:0] skid = 16'h0000;
+  wire [7:0] \skid[0] ;
+  wire [7:0] \skid[1] ;
+  reg skid_v = 1'h0;
   input start;
   wire start;
   wire stored;
@@ -5346,13 +5354,25 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   end
   assign ps_rd__data = _0_;
   always @(posedge clk)
-    params__addr <= \$42 ;
+    ps_wr__addr <= \$40 ;
   always @(posedge clk)
-    out_cnt <= \$43 ;
+    ps_rd__addr <= \$41 ;
   always @(posedge clk)
-    ro <= \$44 ;
+    skid_v <= \$42 ;
   always @(posedge clk)
-    oxo <= \$45 ;
+    skid <= \$43 ;
+  always @(posedge clk)
+    vj <= \$44 ;
+  always @(posedge clk)
+    accj <= \$45 ;
+  always @(posedge clk)
+    params__addr <= \$46 ;
+  always @(posedge clk)
+    out_cnt <= \$47 ;
+  always @(posedge clk)
+    ro <= \$48 ;
+  always @(posedge clk)
+    oxo <= \$49 ;
   assign \$1  = ~ vj;
   assign \$2  = \$1  | i__ready;
   assign \$3  = cmd[113:112] == 1'h1;
@@ -5378,131 +5398,150 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   assign \$21  = \$19  | \$20 ;
   assign \$22  = ~ \$21 ;
   assign i__valid = vj & \$22 ;
+  assign o__valid = skid_v | \o__valid$26 ;
+  assign o__payload = skid_v ? skid : \o__payload$28 ;
+  assign o__ready = ~ skid_v;
   assign all_sent = out_cnt == n_out;
   assign \$23  = ps_wr__addr + 1'h1;
-  assign \$24  = ps_rd__en & \i__valid$35 ;
+  assign \$24  = ps_rd__en & \i__valid$36 ;
   assign \$25  = ps_rd__addr + 1'h1;
-  assign \$27  = ~ dwp;
-  assign \$29  = \$27  | \$28 ;
-  assign \$30  = \i__valid$35  & \$29 ;
-  assign \$31  = params__addr == last_group;
-  assign \$32  = params__addr + 1'h1;
-  assign \$33  = \$31  ? 7'h00 : \$32 ;
-  assign \$34  = o__valid & o__ready;
-  assign \$35  = \$34  | stored;
-  assign \$36  = run & \$35 ;
-  assign \$37  = out_cnt + 1'h1;
-  always @(posedge clk)
-    ps_wr__addr <= \$38 ;
-  always @(posedge clk)
-    ps_rd__addr <= \$39 ;
-  always @(posedge clk)
-    vj <= \$40 ;
-  always @(posedge clk)
-    accj <= \$41 ;
+  assign \$26  = ~ \o__ready$37 ;
+  assign \$27  = \o__valid$26  & \$26 ;
+  assign \$29  = ~ dwp;
+  assign \$31  = \$29  | \$30 ;
+  assign \$32  = \i__valid$36  & \$31 ;
+  assign \$33  = params__addr == last_group;
+  assign \$34  = params__addr + 1'h1;
+  assign \$35  = \$33  ? 7'h00 : \$34 ;
+  assign \$36  = o__valid & \o__ready$37 ;
+  assign \$37  = \$36  | stored;
+  assign \$38  = run & \$37 ;
+  assign \$39  = out_cnt + 1'h1;
   \psc_core.out.rq  rq (
     .clk(clk),
     .\i__payload$8 (i__payload),
     .i__ready(i__ready),
     .i__valid(i__valid),
-    .\o__payload$18 (o__payload),
+    .\o__payload$18 (\o__payload$28 ),
     .\o__ready$14 (o__ready),
-    .o__valid(o__valid),
+    .o__valid(\o__valid$26 ),
     .relu(cmd[110]),
     .rst(rst)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$42  = params__addr;
+    \$40  = ps_wr__addr;
+    if (stored) begin
+      \$40  = \$23 [7:0];
+    end
+    if (start) begin
+      \$40  = 8'h00;
+    end
+    if (rst) begin
+      \$40  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$41  = ps_rd__addr;
+    if (\$24 ) begin
+      \$41  = \$25 [7:0];
+    end
+    if (start) begin
+      \$41  = 8'h00;
+    end
+    if (rst) begin
+      \$41  = 8'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$42  = skid_v;
+    if (skid_v) begin
+      if (\o__ready$37 ) begin
+        \$42  = 1'h0;
+      end
+    end else if (\$27 ) begin
+      \$42  = 1'h1;
+    end
+    if (rst) begin
+      \$42  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$43  = skid;
+    if (skid_v) begin
+    end else if (\$27 ) begin
+      \$43  = \o__payload$28 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$44  = vj;
     if (ps_rd__en) begin
-      if (\$30 ) begin
-        \$42  = \$33 [5:0];
+      \$44  = \$28 ;
+    end
+    if (rst) begin
+      \$44  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$45  = accj;
+    if (ps_rd__en) begin
+      \$45  = { \port$1461$0 , \port$1391$0  };
+    end
+    if (rst) begin
+      \$45  = 54'h00000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    \$46  = params__addr;
+    if (ps_rd__en) begin
+      if (\$32 ) begin
+        \$46  = \$35 [5:0];
       end
     end
     if (start) begin
-      \$42  = 6'h00;
+      \$46  = 6'h00;
     end
     if (rst) begin
-      \$42  = 6'h00;
+      \$46  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$43  = out_cnt;
-    if (\$36 ) begin
-      \$43  = \$37 [23:0];
+    \$47  = out_cnt;
+    if (\$38 ) begin
+      \$47  = \$39 [23:0];
     end
     if (start) begin
-      \$43  = 24'h000000;
+      \$47  = 24'h000000;
     end
     if (rst) begin
-      \$43  = 24'h000000;
+      \$47  = 24'h000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$44  = ro;
+    \$48  = ro;
     if (start) begin
-      \$44  = 1'h0;
+      \$48  = 1'h0;
     end
     if (rst) begin
-      \$44  = 1'h0;
+      \$48  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$45  = oxo;
+    \$49  = oxo;
     if (start) begin
-      \$45  = 16'h0000;
+      \$49  = 16'h0000;
     end
     if (rst) begin
-      \$45  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$38  = ps_wr__addr;
-    if (stored) begin
-      \$38  = \$23 [7:0];
-    end
-    if (start) begin
-      \$38  = 8'h00;
-    end
-    if (rst) begin
-      \$38  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$39  = ps_rd__addr;
-    if (\$24 ) begin
-      \$39  = \$25 [7:0];
-    end
-    if (start) begin
-      \$39  = 8'h00;
-    end
-    if (rst) begin
-      \$39  = 8'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$40  = vj;
-    if (ps_rd__en) begin
-      \$40  = \$26 ;
-    end
-    if (rst) begin
-      \$40  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
-    \$41  = accj;
-    if (ps_rd__en) begin
-      \$41  = { \port$1451$0 , \port$1381$0  };
-    end
-    if (rst) begin
-      \$41  = 54'h00000000000000;
+      \$49  = 16'h0000;
     end
   end
   assign keep_o = 1'h1;
@@ -5515,10 +5554,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   assign jo = params__addr;
   assign params__en = ps_rd__en;
   assign relu = cmd[110];
-  assign \o__valid$25  = o__valid;
-  assign \o__payload$27  = o__payload;
-  assign \o__ready$29  = o__ready;
-  assign \i__payload$36  = { \port$1451$0 , \port$1381$0  };
+  assign \i__payload$38  = { \port$1461$0 , \port$1391$0  };
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -5561,21 +5597,23 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, all_sent, cmd, dwp, las
   assign \ps_wr__data[1]  = total[63:32];
   assign \o__payload[0]  = o__payload[7:0];
   assign \o__payload[1]  = o__payload[15:8];
-  assign \o__payload$27[0]  = o__payload[7:0];
-  assign \o__payload$27[1]  = o__payload[15:8];
-  assign \i__payload$36[0]  = \port$1381$0 ;
-  assign \i__payload$36[1]  = \port$1451$0 ;
+  assign \o__payload$28[0]  = \o__payload$28 [7:0];
+  assign \o__payload$28[1]  = \o__payload$28 [15:8];
+  assign \skid[0]  = skid[7:0];
+  assign \skid[1]  = skid[15:8];
+  assign \i__payload$38[0]  = \port$1391$0 ;
+  assign \i__payload$38[1]  = \port$1461$0 ;
   assign i__payload[107:96] = params__data[97:86];
   assign i__payload[95:64] = params__data[85:54];
   assign i__payload[63:0] = total;
   assign total[63:32] = \$15 [31:0];
   assign total[31:0] = \$10 [31:0];
-  assign \$26  = \i__valid$35 ;
-  assign \$28  = ro;
+  assign \$28  = \i__valid$36 ;
+  assign \$30  = ro;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out.rq (clk, rst, i__valid, i__ready, relu, \i__payload$8 , o__valid, \o__payload$18 , \o__ready$14 );
+module \psc_core.out.rq (rst, i__valid, \o__ready$14 , i__ready, relu, \i__payload$8 , o__valid, \o__payload$18 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire \$1 ;
   wire \$10 ;

@@ -32,7 +32,10 @@ class OutputStage(wiring.Component):
     :class:`~psc.hw.requantize.Requantizer` with the group's multiplier and
     shift to :attr:`o`. Latency from :attr:`i` to :attr:`o`: ``1 +
     rq.latency`` (one more with ``read_register``); one beat per cycle;
-    :attr:`i` is ready whenever its register is empty or moves on.
+    :attr:`i` is ready whenever its register is empty or moves on. :attr:`o`'s
+    ``ready`` goes no further than a skid register after the requantiser (a
+    beat :attr:`o` refuses waits there, and the stage stalls from the next
+    cycle), so a consumer's ready is not in the stage's stall chain.
 
     Split reductions (``psum_depth > 0``; the command's ``part``,
     :class:`~psc.hw.core.layouts.Part`). A layer whose reduction does not
@@ -171,10 +174,21 @@ class OutputStage(wiring.Component):
             rq.i.payload.mult.eq(pb.mult),
             rq.i.payload.shift.eq(pb.shift),
             rq.relu.eq(cmd.relu),
-            self.o.valid.eq(rq.o.valid),
-            self.o.payload.eq(rq.o.payload),
-            rq.o.ready.eq(self.o.ready),
         ]
+        # A skid register between the requantiser and `o`: the requantiser moves on whenever
+        # the register is empty, and a beat `o` does not take waits in it, so `o.ready` ends
+        # here instead of running back through the whole stage into the MAC sums' FIFO.
+        # No latency: a beat goes straight out while `o` is ready.
+        skid = Signal.like(rq.o.payload, reset_less=True)
+        skid_v = Signal()
+        m.d.comb += [self.o.valid.eq(skid_v | rq.o.valid),
+                     self.o.payload.eq(Mux(skid_v, skid, rq.o.payload)),
+                     rq.o.ready.eq(~skid_v)]
+        with m.If(skid_v):
+            with m.If(self.o.ready):
+                m.d.sync += skid_v.eq(0)
+        with m.Elif(rq.o.valid & ~self.o.ready):
+            m.d.sync += [skid_v.eq(1), skid.eq(rq.o.payload)]
         with m.If(en_j):
             m.d.sync += [vj.eq(self.i.valid & keep_o), accj.eq(self.i.payload)]
             with m.If(self.i.valid & (~dwp | (ro == R - 1))):
