@@ -137,7 +137,6 @@ def test_executor_arguments(tmp_path):
 
 # -- running --------------------------------------------------------------------------------------
 
-@pytest.mark.xdist_group("executor_cluster")   # one worker builds the fixture
 def test_tasks_dependencies_and_cache(scheduler, tmp_path):
     """A few tasks on two workers, one fed by others; a second run is served from the cache."""
     lines = []
@@ -164,7 +163,6 @@ def test_tasks_dependencies_and_cache(scheduler, tmp_path):
         assert ex.summary().cached == 0
 
 
-@pytest.mark.xdist_group("executor_cluster")   # one worker builds the fixture
 def test_failure_reported_for_its_point(scheduler, tmp_path):
     """A task that raises is retried, then reported for its point; the others complete."""
     where = tmp_path / "attempts"
@@ -192,7 +190,6 @@ def test_failure_reported_for_its_point(scheduler, tmp_path):
         assert (ex.summary().cached, ex.summary().failed) == (3, 1)
 
 
-@pytest.mark.xdist_group("executor_cluster")   # one worker builds the fixture
 def test_worker_killed_mid_task(scheduler, tmp_path):
     """A task's worker process dies under it: the task reruns elsewhere, every point completes."""
     with _executor(scheduler, tmp_path, cache=False) as ex:
@@ -210,7 +207,6 @@ def test_local_cluster(tmp_path):
     assert os.getpid() not in {pid for _, pid in results}
 
 
-@pytest.mark.xdist_group("executor_cluster")   # one worker builds the fixture
 def test_scheduler_and_workers_as_processes(scheduler, tmp_path):
     """``dask scheduler`` and two ``dask worker`` processes on localhost: the same results as
     the local cluster, and the same cache."""
@@ -254,7 +250,6 @@ def test_cli_scheduler_and_workers(capsys):
     out = capsys.readouterr()
     assert json.loads(out.out)["mult"] == 2 and "[tasks" not in out.err
 
-@pytest.mark.xdist_group("executor_cluster")   # one worker builds the fixture
 def test_synthesize_equals_serial(scheduler, tmp_path):
     """Yosys (no P&R) of the tiny MAC array through the executor: the serial report."""
     serial = synth.synthesize("ice40-up5k", "psc", level="datapath", config=TINY, pnr=False,
@@ -274,7 +269,6 @@ def test_synthesize_equals_serial(scheduler, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("executor_cluster")   # one worker builds the fixture
 def test_place_and_route_equals_serial(scheduler, tmp_path):
     """Three nextpnr seeds in parallel: the serial median, seeds and critical path; ``compare``
     on the datapath level likewise, and refused arguments before any task."""
