@@ -158,15 +158,14 @@ class _Misfit(Exception):
 @functools.lru_cache(maxsize=None)
 def _compiled(layout):
     """``layout`` as a tree of plain tuples, built once per layout: ``("struct", names,
-    ((name, offset, node), ...))``, ``("array", length, elem_size, node)`` or ``("leaf",
+    ((name, offset, node), ...))`` (``names`` a frozenset), ``("array", length, elem_size, node)`` or ``("leaf",
     mask, lo, hi)``. Offsets and sizes are Amaranth's (``layout``'s fields and ``size``)."""
     from amaranth.hdl import Shape
     from amaranth.lib import data
 
     if isinstance(layout, data.StructLayout):
         fields = tuple((name, field.offset, _compiled(field.shape)) for name, field in layout)
-        return ("struct", frozenset(name for name, _ in layout),
-                [name for name, _ in layout], fields)
+        return ("struct", frozenset(name for name, _, _ in fields), fields)
     if isinstance(layout, data.ArrayLayout):
         elem = layout.elem_shape
         size = data.Layout.cast(elem).size if isinstance(elem, data.Layout) else \
@@ -190,9 +189,10 @@ def _pack(node, value):
             raise _Misfit([], f"must be an integer in [{lo}, {hi}], not {show(value)}")
         return value & mask
     if kind == "struct":
-        _, names, ordered, fields = node
+        _, names, fields = node
         if not isinstance(value, dict) or value.keys() != names:
-            raise _Misfit([], f"must be a dict with exactly the fields {ordered}, "
+            raise _Misfit([], f"must be a dict with exactly the fields "
+                              f"{[name for name, _, _ in fields]}, "
                               f"not {show(_to_python(value))}")
         word = 0
         for name, offset, sub in fields:
