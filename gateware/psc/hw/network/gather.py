@@ -82,6 +82,9 @@ class Gather(wiring.Component):
         issuing = Signal()
         g, x, y = Signal(FIELD_WIDTH), Signal(FIELD_WIDTH), Signal(FIELD_WIDTH)
         pix, row = Signal(self.addr_width), Signal(self.addr_width)
+        # pix + g, kept in its own register so that the memory's address comes from a
+        # flip-flop, not through an adder
+        addr = Signal(self.addr_width)
         left = Signal(signed(FIELD_WIDTH + 6))      # valid channels from this word's lane 0
         inflight = Signal()                          # a read issued last cycle
         rd_left = Signal.like(left)
@@ -90,6 +93,7 @@ class Gather(wiring.Component):
         with m.If(self.start.valid & self.start.ready):
             m.d.sync += [d.eq(self.start.payload), issuing.eq(1), g.eq(0), x.eq(0), y.eq(0),
                          pix.eq(self.start.payload.addr), row.eq(self.start.payload.addr),
+                         addr.eq(self.start.payload.addr),
                          left.eq(self.start.payload.valid)]
 
         # issue a read only into a free place of the FIFO (the reads in flight counted);
@@ -99,18 +103,20 @@ class Gather(wiring.Component):
         held = Signal()                              # a word in the read register
         held_left = Signal.like(left)
         m.d.comb += [issue.eq(issuing & (fifo.level + inflight + held < GATHER_FIFO_DEPTH)),
-                     self.read_addr.eq(pix + g), self.read_en.eq(issue)]
+                     self.read_addr.eq(addr), self.read_en.eq(issue)]
         m.d.sync += inflight.eq(issue)
         with m.If(issue):
             m.d.sync += rd_left.eq(left)
             with m.If(g + 1 < d.n_g):
-                m.d.sync += [g.eq(g + 1), left.eq(left - lanes)]
+                m.d.sync += [g.eq(g + 1), left.eq(left - lanes), addr.eq(addr + 1)]
             with m.Else():
                 m.d.sync += [g.eq(0), left.eq(d.valid)]
                 with m.If(x + 1 < d.n_x):
-                    m.d.sync += [x.eq(x + 1), pix.eq(pix + d.pixel_step)]
+                    m.d.sync += [x.eq(x + 1), pix.eq(pix + d.pixel_step),
+                                 addr.eq(pix + d.pixel_step)]
                 with m.Else():
-                    m.d.sync += [x.eq(0), pix.eq(row + d.row_step), row.eq(row + d.row_step)]
+                    m.d.sync += [x.eq(0), pix.eq(row + d.row_step), row.eq(row + d.row_step),
+                                 addr.eq(row + d.row_step)]
                     with m.If(y + 1 < d.n_y):
                         m.d.sync += y.eq(y + 1)
                     with m.Else():

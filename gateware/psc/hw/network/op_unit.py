@@ -128,8 +128,11 @@ class OpUnit(wiring.Component):
         m.d.comb += issue.eq(issuing & (second | (fifo.level + inflight + inflight2
                                                   < self.fifo_depth - 1)))
         m.d.sync += [inflight.eq(issue & (gap | second)), inflight2.eq(inflight)]
+        # the pair's addresses a + k and b + k in their own registers, so that the memory's
+        # address comes from flip-flops, not through an adder
+        addr_a, addr_b = Signal(self.addr_width), Signal(self.addr_width)
         m.d.comb += [self.read_en.eq(issue),
-                     self.read_addr.eq(Mux(gap, ptr, Mux(second, d.b + k, d.a + k)))]
+                     self.read_addr.eq(Mux(gap, ptr, Mux(second, addr_b, addr_a)))]
         with m.If(issue):
             m.d.sync += [rd_second.eq(second), rd_end.eq(k + 1 == d.n)]
             with m.If(gap):
@@ -142,7 +145,8 @@ class OpUnit(wiring.Component):
             with m.Elif(~second):
                 m.d.sync += second.eq(1)
             with m.Else():
-                m.d.sync += [second.eq(0), k.eq(k + 1)]
+                m.d.sync += [second.eq(0), k.eq(k + 1), addr_a.eq(addr_a + 1),
+                             addr_b.eq(addr_b + 1)]
                 with m.If(k + 1 == d.n):
                     m.d.sync += issuing.eq(0)
         a_back, a_back2 = Signal(), Signal()    # the a word of a pair arrives, registered
@@ -176,29 +180,44 @@ class OpUnit(wiring.Component):
             for c in range(chunks):
                 with m.Case(c):
                     m.d.comb += [sums_c[i].eq(sums[c * P + i]) for i in range(P)]
-        # Two register stages in front of the requantiser: the values picked (a lane
-        # multiplexer), then the add's two products (the pooling's sum and zero), summed
-        # at the requantiser's input.
+        # Three register stages in front of the requantiser: the values picked (a lane
+        # multiplexer); the add's products as two partial products each, on the low and
+        # the high half of the multiplier (a LUT multiplier of the full width in one cycle
+        # limits an ECP5 network build); their sums (the pooling's sum and zero), added at
+        # the requantiser's input.
+        h = (pe.mult_width + 1) // 2
         fire = Signal()                         # the value stage offers P values
         advance = Signal()                      # stage A can take them
-        pva, pvb = Signal(), Signal()           # stages A and B hold values
-        adv_b = Signal()
+        pva, pvb, pvc = Signal(), Signal(), Signal()   # stages A, B and C hold values
+        adv_b, adv_c = Signal(), Signal()
         a_r = [Signal(signed(aw), name=f"a_r{i}") for i in range(P)]
         b_r = [Signal(signed(aw), name=f"b_r{i}") for i in range(P)]
         g_r = [Signal(signed(self._sum_width), name=f"g_r{i}") for i in range(P)]
+        # stage B: (low, high) partial products of a and b; a pooling sum in a's low one
+        pp = [[Signal(signed(self._acc_width), name=f"pp{i}_{j}") for j in range(4)]
+              for i in range(P)]
         s1 = [Signal(signed(self._acc_width), name=f"s1_{i}") for i in range(P)]
         s2 = [Signal(signed(self._acc_width), name=f"s2_{i}") for i in range(P)]
-        m.d.comb += [adv_b.eq(~pvb | rq.i.ready), advance.eq(~pva | adv_b),
-                     rq.i.valid.eq(pvb), rq.relu.eq(d.relu & ~gap)]
+        m.d.comb += [adv_c.eq(~pvc | rq.i.ready), adv_b.eq(~pvb | adv_c),
+                     advance.eq(~pva | adv_b), rq.i.valid.eq(pvc), rq.relu.eq(d.relu & ~gap)]
+        with m.If(adv_c):
+            m.d.sync += pvc.eq(pvb)
+        with m.If(pvb & adv_c):
+            for i in range(P):
+                m.d.sync += [s1[i].eq(pp[i][0] + (pp[i][1] << h)),
+                             s2[i].eq(pp[i][2] + (pp[i][3] << h))]
         with m.If(adv_b):
             m.d.sync += pvb.eq(pva)
         with m.If(pva & adv_b):
             with m.If(gap):
-                m.d.sync += [s1[i].eq(g_r[i]) for i in range(P)]
-                m.d.sync += [s2[i].eq(0) for i in range(P)]
+                m.d.sync += [pp[i][0].eq(g_r[i]) for i in range(P)]
+                m.d.sync += [pp[i][j].eq(0) for i in range(P) for j in (1, 2, 3)]
             with m.Else():
-                m.d.sync += [s1[i].eq(a_r[i] * d.mult_a) for i in range(P)]
-                m.d.sync += [s2[i].eq(b_r[i] * d.mult_b) for i in range(P)]
+                lo, hi = d.mult_a[:h], d.mult_a[h:]
+                lo_b, hi_b = d.mult_b[:h], d.mult_b[h:]
+                for i in range(P):
+                    m.d.sync += [pp[i][0].eq(a_r[i] * lo), pp[i][1].eq(a_r[i] * hi),
+                                 pp[i][2].eq(b_r[i] * lo_b), pp[i][3].eq(b_r[i] * hi_b)]
         with m.If(advance):
             m.d.sync += pva.eq(fire)
         with m.If(fire & advance):
@@ -258,7 +277,9 @@ class OpUnit(wiring.Component):
         with m.If(self.start.valid & self.start.ready):
             p = self.start.payload
             m.d.sync += [d.eq(p), issuing.eq(1), writing.eq(1), k.eq(0), g.eq(0), ptr.eq(p.a),
+                         addr_a.eq(p.a), addr_b.eq(p.b),
                          second.eq(0), chunk.eq(0), draining.eq(0), out_chunk.eq(0), pva.eq(0), pvb.eq(0),
+                         pvc.eq(0),
                          out_k.eq(0), out_g.eq(0)]
             m.d.sync += [s.eq(0) for s in sums]
         return m
