@@ -7,7 +7,7 @@ padding channels dropped. :func:`psc.host.program.scatter_fields` turns a
 tile into this unit's descriptor.
 """
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Cat, Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -72,30 +72,37 @@ class Scatter(wiring.Component):
         word, pix, row = (Signal(self.addr_width, name=n) for n in ("word", "pix", "row"))
         lane = Signal(range(lanes))
         left = Signal(signed(FIELD_WIDTH + 6))   # channels still to write at this pixel
+        # the beat's write mask, ``left > i`` for each of its channels, kept in a register
+        # (set from the value ``left`` takes) so that no compare sits in front of the memory
+        mask = Signal(rows)
+
+        def thermometer(count, minus=0):
+            return [count > i + minus for i in range(rows)]
 
         m.d.comb += self.start.ready.eq(~self.busy)
         with m.If(self.start.valid & self.start.ready):
             p = self.start.payload
             m.d.sync += [d.eq(p), self.busy.eq(1), b.eq(0), x.eq(0), y.eq(0),
                          word.eq(p.addr), pix.eq(p.addr), row.eq(p.addr), lane.eq(p.lane),
-                         left.eq(p.valid)]
+                         left.eq(p.valid), mask.eq(Cat(thermometer(p.valid)))]
 
         take = Signal()
         m.d.comb += [self.act_out.ready.eq(self.busy), take.eq(self.act_out.valid & self.busy),
                      self.write_addr.eq(word), self.write_lane.eq(lane),
                      self.write_data.eq(self.act_out.payload), self.write_en.eq(take)]
-        for i in range(rows):
-            m.d.comb += self.write_mask[i].eq(left > i)
+        m.d.comb += self.write_mask.eq(mask)
         with m.If(take):
             with m.If(b + 1 < d.n_b):
                 # the next beat's channels: rows lanes on, into the next word past its last
-                m.d.sync += [b.eq(b + 1), left.eq(left - rows)]
+                m.d.sync += [b.eq(b + 1), left.eq(left - rows),
+                             mask.eq(Cat(thermometer(left, rows)))]
                 with m.If(lane + rows >= lanes):
                     m.d.sync += [lane.eq(lane + rows - lanes), word.eq(word + 1)]
                 with m.Else():
                     m.d.sync += lane.eq(lane + rows)
             with m.Else():
-                m.d.sync += [b.eq(0), left.eq(d.valid), lane.eq(d.lane)]
+                m.d.sync += [b.eq(0), left.eq(d.valid), lane.eq(d.lane),
+                             mask.eq(Cat(thermometer(d.valid)))]
                 with m.If(x + 1 < d.n_x):
                     m.d.sync += [x.eq(x + 1), pix.eq(pix + d.pixel_step),
                                  word.eq(pix + d.pixel_step)]
