@@ -12,6 +12,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from psc.hw.core.layouts import FIELD_WIDTH, act_in_layout
+from psc.hw.network.countdown import Countdown
 
 __all__ = ["gather_layout", "Gather", "GATHER_FIFO_DEPTH"]
 
@@ -80,7 +81,7 @@ class Gather(wiring.Component):
 
         d = Signal(gather_layout(self.config, self.addr_width))
         issuing = Signal()
-        g, x, y = Signal(FIELD_WIDTH), Signal(FIELD_WIDTH), Signal(FIELD_WIDTH)
+        g, x, y = (Countdown(FIELD_WIDTH, n) for n in ("g", "x", "y"))
         pix, row = Signal(self.addr_width), Signal(self.addr_width)
         # pix + g, kept in its own register so that the memory's address comes from a
         # flip-flop, not through an adder
@@ -91,10 +92,9 @@ class Gather(wiring.Component):
 
         m.d.comb += self.start.ready.eq(~self.busy)
         with m.If(self.start.valid & self.start.ready):
-            m.d.sync += [d.eq(self.start.payload), issuing.eq(1), g.eq(0), x.eq(0), y.eq(0),
-                         pix.eq(self.start.payload.addr), row.eq(self.start.payload.addr),
-                         addr.eq(self.start.payload.addr),
-                         left.eq(self.start.payload.valid)]
+            p = self.start.payload
+            m.d.sync += [d.eq(p), issuing.eq(1), *g.load(p.n_g), *x.load(p.n_x), *y.load(p.n_y),
+                         pix.eq(p.addr), row.eq(p.addr), addr.eq(p.addr), left.eq(p.valid)]
 
         # issue a read only into a free place of the FIFO (the reads in flight counted);
         # the word read is registered before it is rotated, so the block RAM's output
@@ -107,18 +107,18 @@ class Gather(wiring.Component):
         m.d.sync += inflight.eq(issue)
         with m.If(issue):
             m.d.sync += rd_left.eq(left)
-            with m.If(g + 1 < d.n_g):
-                m.d.sync += [g.eq(g + 1), left.eq(left - lanes), addr.eq(addr + 1)]
+            with m.If(~g.last):
+                m.d.sync += [g.step(), left.eq(left - lanes), addr.eq(addr + 1)]
             with m.Else():
-                m.d.sync += [g.eq(0), left.eq(d.valid)]
-                with m.If(x + 1 < d.n_x):
-                    m.d.sync += [x.eq(x + 1), pix.eq(pix + d.pixel_step),
+                m.d.sync += [g.restart(), left.eq(d.valid)]
+                with m.If(~x.last):
+                    m.d.sync += [x.step(), pix.eq(pix + d.pixel_step),
                                  addr.eq(pix + d.pixel_step)]
                 with m.Else():
-                    m.d.sync += [x.eq(0), pix.eq(row + d.row_step), row.eq(row + d.row_step),
-                                 addr.eq(row + d.row_step)]
-                    with m.If(y + 1 < d.n_y):
-                        m.d.sync += y.eq(y + 1)
+                    m.d.sync += [x.restart(), pix.eq(row + d.row_step),
+                                 row.eq(row + d.row_step), addr.eq(row + d.row_step)]
+                    with m.If(~y.last):
+                        m.d.sync += y.step()
                     with m.Else():
                         m.d.sync += issuing.eq(0)
 

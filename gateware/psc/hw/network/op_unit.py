@@ -277,9 +277,8 @@ class OpUnit(wiring.Component):
         with m.If(self.start.valid & self.start.ready):
             p = self.start.payload
             m.d.sync += [d.eq(p), issuing.eq(1), writing.eq(1), k.eq(0), g.eq(0), ptr.eq(p.a),
-                         addr_a.eq(p.a), addr_b.eq(p.b),
-                         second.eq(0), chunk.eq(0), draining.eq(0), out_chunk.eq(0), pva.eq(0), pvb.eq(0),
-                         pvc.eq(0),
+                         addr_a.eq(p.a), addr_b.eq(p.b), second.eq(0), chunk.eq(0),
+                         draining.eq(0), out_chunk.eq(0), pva.eq(0), pvb.eq(0), pvc.eq(0),
                          out_k.eq(0), out_g.eq(0)]
             m.d.sync += [s.eq(0) for s in sums]
         return m

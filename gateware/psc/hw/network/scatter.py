@@ -12,6 +12,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from psc.hw.core.layouts import FIELD_WIDTH, act_out_layout
+from psc.hw.network.countdown import Countdown
 
 __all__ = ["scatter_layout", "Scatter"]
 
@@ -68,7 +69,7 @@ class Scatter(wiring.Component):
         m = Module()
         lanes, rows = self.config.lanes, self.config.rows
         d = Signal(scatter_layout(self.config, self.addr_width))
-        b, x, y = Signal(FIELD_WIDTH), Signal(FIELD_WIDTH), Signal(FIELD_WIDTH)
+        b, x, y = (Countdown(FIELD_WIDTH, n) for n in ("b", "x", "y"))
         word, pix, row = (Signal(self.addr_width, name=n) for n in ("word", "pix", "row"))
         lane = Signal(range(lanes))
         left = Signal(signed(FIELD_WIDTH + 6))   # channels still to write at this pixel
@@ -82,7 +83,8 @@ class Scatter(wiring.Component):
         m.d.comb += self.start.ready.eq(~self.busy)
         with m.If(self.start.valid & self.start.ready):
             p = self.start.payload
-            m.d.sync += [d.eq(p), self.busy.eq(1), b.eq(0), x.eq(0), y.eq(0),
+            m.d.sync += [d.eq(p), self.busy.eq(1),
+                         *b.load(p.n_b), *x.load(p.n_x), *y.load(p.n_y),
                          word.eq(p.addr), pix.eq(p.addr), row.eq(p.addr), lane.eq(p.lane),
                          left.eq(p.valid), mask.eq(Cat(thermometer(p.valid)))]
 
@@ -92,25 +94,25 @@ class Scatter(wiring.Component):
                      self.write_data.eq(self.act_out.payload), self.write_en.eq(take)]
         m.d.comb += self.write_mask.eq(mask)
         with m.If(take):
-            with m.If(b + 1 < d.n_b):
+            with m.If(~b.last):
                 # the next beat's channels: rows lanes on, into the next word past its last
-                m.d.sync += [b.eq(b + 1), left.eq(left - rows),
+                m.d.sync += [b.step(), left.eq(left - rows),
                              mask.eq(Cat(thermometer(left, rows)))]
                 with m.If(lane + rows >= lanes):
                     m.d.sync += [lane.eq(lane + rows - lanes), word.eq(word + 1)]
                 with m.Else():
                     m.d.sync += lane.eq(lane + rows)
             with m.Else():
-                m.d.sync += [b.eq(0), left.eq(d.valid), lane.eq(d.lane),
+                m.d.sync += [b.restart(), left.eq(d.valid), lane.eq(d.lane),
                              mask.eq(Cat(thermometer(d.valid)))]
-                with m.If(x + 1 < d.n_x):
-                    m.d.sync += [x.eq(x + 1), pix.eq(pix + d.pixel_step),
+                with m.If(~x.last):
+                    m.d.sync += [x.step(), pix.eq(pix + d.pixel_step),
                                  word.eq(pix + d.pixel_step)]
                 with m.Else():
-                    m.d.sync += [x.eq(0), pix.eq(row + d.row_step), row.eq(row + d.row_step),
-                                 word.eq(row + d.row_step)]
-                    with m.If(y + 1 < d.n_y):
-                        m.d.sync += y.eq(y + 1)
+                    m.d.sync += [x.restart(), pix.eq(row + d.row_step),
+                                 row.eq(row + d.row_step), word.eq(row + d.row_step)]
+                    with m.If(~y.last):
+                        m.d.sync += y.step()
                     with m.Else():
                         m.d.sync += self.busy.eq(0)
         return m

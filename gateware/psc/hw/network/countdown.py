@@ -1,0 +1,41 @@
+"""A loop counter for the network units' address generators: it counts the iterations left
+down to zero, so that the end of a loop is an equality with zero instead of ``i + 1 < n``,
+a carry chain in front of every register the loop's end steers."""
+
+from amaranth.hdl import Mux, Signal
+
+__all__ = ["Countdown"]
+
+
+class Countdown:
+    """Iterations left in a loop of ``n``: :meth:`load` starts it, :attr:`last` is high on
+    the loop's last iteration, :meth:`step` goes to the next one and :meth:`restart`
+    starts the loop over (the ``n`` of the last :meth:`load`). A loop of 0 runs once.
+
+    Parameters
+    ----------
+    width : int
+        Bits of ``n``.
+    name : str
+    """
+
+    def __init__(self, width, name):
+        self.left = Signal(width, name=f"{name}_left")
+        self._first = Signal(width, name=f"{name}_first")
+
+    def load(self, n):
+        """Statements that start a loop of ``n`` iterations."""
+        first = Mux(n == 0, 0, n - 1)
+        return [self.left.eq(first), self._first.eq(first)]
+
+    @property
+    def last(self):
+        return self.left == 0
+
+    def step(self):
+        """Statements that go to the next iteration (not past the last)."""
+        return self.left.eq(self.left - 1)
+
+    def restart(self):
+        """Statements that start the loop over."""
+        return self.left.eq(self._first)
