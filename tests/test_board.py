@@ -97,10 +97,16 @@ def test_network_mode_board_top():
     b = board.BOARDS["ulx3s"]
     bc = board.bridge_config("ulx3s", mode="network")
     assert isinstance(bc, network_bridge.NetworkBridgeConfig)
-    assert bc.engine.core == preset("ulx3s") and bc.divisor == 85
+    # each mode's UART divisor from its own clock
+    assert bc.engine.core == preset("ulx3s")
+    assert bc.divisor == divisor_for(b.clk_hz_for("network"), board.DEFAULT_BAUD)
+    assert board.bridge_config("ulx3s").divisor == divisor_for(b.clk_hz, board.DEFAULT_BAUD)
+    assert board.board_pll("ulx3s", mode="network") == b.pll_for("network")
+    assert b.clk_hz_for("network") == b.requested_hz("network")    # whole MHz from 25 MHz
     options = board._build_options(b, bc.core, 1)
     assert "techmap -map +/techmap.v t:$mul" in options["script_after_read"]
-    plan = board._platform(b).prepare(BoardTop(bc, b.pll), name=board.NAME, **options)
+    plan = board._platform(b).prepare(BoardTop(bc, b.pll_for("network")), name=board.NAME,
+                                      **options)
     assert "led_2__io" in plan.files[f"{board.NAME}.lpf"]
     assert len(network_bridge.id_frame(bc.engine, bc.divisor)) == network_bridge.ID_BYTES
     with pytest.raises(ValueError, match="network mode is built for ulx3s, not for board "

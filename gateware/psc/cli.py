@@ -241,15 +241,16 @@ def _program_board(args, net, images, want):
     rows = []
     for mode in modes:
         bc = _checked("program", board.bridge_config, args.board, args.baud, None, None, mode)
+        clk_hz = b.clk_hz_for(mode)
         print(f"\nwhole-board simulation ({args.run or 'verilator'}): {args.board} in {mode} "
-              f"mode, {b.clk_hz / 1e6:g} MHz, UART at {args.baud} baud ({bc.divisor} cycles "
+              f"mode, {clk_hz / 1e6:g} MHz, UART at {args.baud} baud ({bc.divisor} cycles "
               f"per bit), {len(images)} images through psc.network.run ...", flush=True)
-        res = measure(net, images, bc, b.clk_hz, target=args.run or "verilator")
+        res = measure(net, images, bc, clk_hz, target=args.run or "verilator")
         exact = np.array_equal(res["outputs"], want)
         rows.append((mode, res, exact))
         if mode == "network":
             print(f"  program loaded once in {res['load_cycles']:.0f} cycles "
-                  f"({res['load_cycles'] / b.clk_hz:.3f} s); per inference the engine ran "
+                  f"({res['load_cycles'] / clk_hz:.3f} s); per inference the engine ran "
                   f"{res['engine_cycles']:.0f} cycles (input awaited, every layer, output "
                   f"sent), {res['window']:.0f} of them after the input was received, the "
                   f"MAC array {res['compute']:.0f}: utilisation "
@@ -577,12 +578,17 @@ def _add_build(sub):
                    help="nextpnr placer seed (default 1)")
     p.add_argument("--clock", type=_mhz, metavar="MHZ",
                    help="the core clock asked of the PLL, in MHz (default: the board's, "
-                        + ", ".join(f"{n}: {b.core_hz / 1e6:g}" for n, b in board.BOARDS.items())
+                        + ", ".join(f"{n}: {_mode_clocks(b)}" for n, b in board.BOARDS.items())
                         + "); the report gives the frequency the PLL makes and the UART "
                           "divisor follows it")
     _add_overrides(p, ("lanes", "rows"), "the board's")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_build)
+
+
+def _mode_clocks(b):
+    tile, network = b.requested_hz("tile") / 1e6, b.requested_hz("network") / 1e6
+    return f"{tile:g}" if tile == network else f"{tile:g} in tile mode, {network:g} in network mode"
 
 
 def _generate(args):

@@ -4,9 +4,9 @@ Boards (:data:`BOARDS`): the iCEBreaker (iCE40 UP5K, 12 MHz oscillator,
 FTDI UART) and the ULX3S 25F (ECP5 LFE5U-25F, 25 MHz oscillator, FTDI UART),
 both from amaranth-boards. The design runs on the FPGA's PLL
 (:mod:`psc.hw.pll`), fed by the oscillator: each :class:`Board` asks for a
-core clock (``core_hz``, chosen with margin below the Fmax its build
-reaches) and runs at the nearest frequency the PLL makes
-(:attr:`Board.clk_hz`). The UART divisor is ``round(clk_hz / baud)`` of
+core clock for each mode (``core_hz`` and ``network_hz``, chosen with margin
+below the Fmax its builds reach) and runs at the nearest frequency the PLL
+makes (:meth:`Board.clk_hz_for`). The UART divisor is ``round(clk_hz / baud)`` of
 that achieved frequency. LED 0 shows the core's ``busy``, LED 1 its
 ``error``.
 
@@ -56,8 +56,10 @@ class Board:
 
     ``osc_hz`` is the board oscillator (the platform's default clock, the
     PLL's reference), ``core_hz`` the clock asked of the PLL for the
-    design; :attr:`pll` holds the settings and :attr:`clk_hz` the
-    frequency the design really runs at.
+    tile-mode design and ``network_hz`` for the network-mode one (default
+    ``core_hz``); :attr:`pll` holds the tile mode's settings and
+    :attr:`clk_hz` the frequency its design really runs at,
+    :meth:`pll_for` and :meth:`clk_hz_for` those of either mode.
     """
     name: str
     platform: str          # "module:Class" in amaranth_boards
@@ -66,15 +68,33 @@ class Board:
     family: str
     device: str
     capacity_cells: tuple  # nextpnr cell types shown in the report
+    network_hz: float | None = None
+
+    def requested_hz(self, mode="tile"):
+        """The clock asked of the PLL in ``mode`` (:data:`MODES`)."""
+        _check_mode(mode)
+        return self.network_hz if mode == "network" and self.network_hz else self.core_hz
+
+    def pll_for(self, mode="tile"):
+        """The PLL settings of ``mode`` (:func:`psc.hw.pll.pll_settings`)."""
+        return self.pll if self.requested_hz(mode) == self.core_hz else self._network_pll
+
+    def clk_hz_for(self, mode="tile"):
+        """The design's clock in ``mode``: the PLL's achieved output frequency."""
+        return self.pll_for(mode).out_hz
 
     @cached_property
     def pll(self):
         """The PLL settings for ``core_hz`` (:func:`psc.hw.pll.pll_settings`)."""
         return pll_settings(self.family, self.osc_hz, self.core_hz)
 
+    @cached_property
+    def _network_pll(self):
+        return pll_settings(self.family, self.osc_hz, self.network_hz)
+
     @property
     def clk_hz(self):
-        """The design's clock: the PLL's achieved output frequency."""
+        """The tile-mode design's clock: the PLL's achieved output frequency."""
         return self.pll.out_hz
 
 
@@ -99,15 +119,21 @@ def _check_board(board):
     return BOARDS[board]
 
 
-def board_pll(board, core_hz=None):
-    """The PLL settings of ``board`` for ``core_hz`` (default: the board's ``core_hz``)."""
-    b = _check_board(board)
-    return b.pll if core_hz is None else pll_settings(b.family, b.osc_hz, core_hz)
-
-
 #: Bridges a board is built with: ``tile`` (:mod:`psc.hw.link.bridge`, the host sends every
 #: tile) and ``network`` (:mod:`psc.hw.link.network_bridge`, the network kept on chip).
 MODES = ("tile", "network")
+
+
+def _check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {show(mode)}")
+
+
+def board_pll(board, core_hz=None, mode="tile"):
+    """The PLL settings of ``board`` for ``core_hz`` (default: the board's clock of ``mode``,
+    :meth:`Board.requested_hz`)."""
+    b = _check_board(board)
+    return b.pll_for(mode) if core_hz is None else pll_settings(b.family, b.osc_hz, core_hz)
 
 
 def bridge_config(board, baud=DEFAULT_BAUD, config=None, core_hz=None, mode="tile"):
@@ -115,12 +141,11 @@ def bridge_config(board, baud=DEFAULT_BAUD, config=None, core_hz=None, mode="til
     :class:`~psc.hw.link.bridge.BridgeConfig` (core from the board's preset, or
     ``config``) or a :class:`~psc.hw.link.network_bridge.NetworkBridgeConfig` (the board's
     engine, :func:`psc.presets.board_engine`), its UART divisor from the PLL's achieved
-    frequency for ``core_hz`` (default: the board's ``core_hz``)."""
-    pll = board_pll(board, core_hz)
+    frequency for ``core_hz`` (default: the board's clock of ``mode``)."""
+    _check_mode(mode)
+    pll = board_pll(board, core_hz, mode)
     if config is not None and not isinstance(config, CoreConfig):
         raise BadTypeError(f"config must be a psc.config.CoreConfig or None, not {show(config)}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {show(mode)}")
     divisor = divisor_for(pll.out_hz, baud)
     if mode == "network":
         engine = board_engine(board)
@@ -153,7 +178,7 @@ def _build_options(board, core, seed):
 def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, config=None, core_hz=None,
           log=None, mode="tile"):
     """Build the bitstream of ``board`` in ``mode`` (:data:`MODES`) with its PLL at
-    ``core_hz`` (default: the board's ``core_hz``); returns a report dict.
+    ``core_hz`` (default: the board's clock of ``mode``); returns a report dict.
 
     Keys: ``board``, ``mode``, ``device``, ``config`` (repr of the core configuration, or in
     network mode of the engine's),
@@ -169,8 +194,8 @@ def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, config=None, core
     is on PATH, else None), ``build_dir``, ``seconds``.
     """
     b = _check_board(board)
-    pll = board_pll(board, core_hz)
     bc = bridge_config(board, baud, config, core_hz, mode)
+    pll = board_pll(board, core_hz, mode)
     options = _build_options(b, bc.core, seed)
     build_dir = check_not_tmp("build_dir", build_dir or build_root() / "board" / (
         board if mode == "tile" else f"{board}-{mode}"))
