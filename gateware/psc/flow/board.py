@@ -98,18 +98,18 @@ class Board:
         return self.pll.out_hz
 
 
-# core_hz: with margin under the Fmax of each board's own build (psc build; the
-# README has the figures), and a frequency the PLL makes exactly in whole MHz,
-# so that the DEFAULT_BAUD divisor is exact too.
+# core_hz and network_hz: under the Fmax of each board's builds in that mode over seeds
+# 1-3 (psc build --seed N; the README has the figures), and frequencies the PLL makes
+# exactly in whole MHz, so that the DEFAULT_BAUD divisor is exact too.
 BOARDS = {
     "icebreaker": Board("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform",
                         12e6, 33e6, "ice40", "iCE40UP5K-SG48",
                         ("ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_DSP", "ICESTORM_SPRAM",
                          "ICESTORM_PLL", "SB_IO")),
-    "ulx3s": Board("ulx3s", "amaranth_boards.ulx3s:ULX3S_25F_Platform", 25e6, 85e6,
+    "ulx3s": Board("ulx3s", "amaranth_boards.ulx3s:ULX3S_25F_Platform", 25e6, 100e6,
                    "ecp5", "LFE5U-25F-CABGA381",
                    ("TRELLIS_COMB", "TRELLIS_FF", "DP16KD", "MULT18X18D", "EHXPLLL",
-                    "TRELLIS_IO")),
+                    "TRELLIS_IO"), network_hz=85e6),
 }
 
 
