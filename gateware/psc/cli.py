@@ -588,7 +588,8 @@ def _add_build(sub):
 
 def _mode_clocks(b):
     tile, network = b.requested_hz("tile") / 1e6, b.requested_hz("network") / 1e6
-    return f"{tile:g}" if tile == network else f"{tile:g} in tile mode, {network:g} in network mode"
+    return (f"{tile:g}" if tile == network
+            else f"{tile:g} in tile mode, {network:g} in network mode")
 
 
 def _generate(args):

@@ -133,6 +133,7 @@ def board_pll(board, core_hz=None, mode="tile"):
     """The PLL settings of ``board`` for ``core_hz`` (default: the board's clock of ``mode``,
     :meth:`Board.requested_hz`)."""
     b = _check_board(board)
+    _check_mode(mode)
     return b.pll_for(mode) if core_hz is None else pll_settings(b.family, b.osc_hz, core_hz)
 
 

@@ -158,8 +158,9 @@ class _Misfit(Exception):
 @functools.lru_cache(maxsize=None)
 def _compiled(layout):
     """``layout`` as a tree of plain tuples, built once per layout: ``("struct", names,
-    ((name, offset, node), ...))`` (``names`` a frozenset), ``("array", length, elem_size, node)`` or ``("leaf",
-    mask, lo, hi)``. Offsets and sizes are Amaranth's (``layout``'s fields and ``size``)."""
+    ((name, offset, node), ...))`` (``names`` a frozenset), ``("array", length, elem_size,
+    node)`` or ``("leaf", mask, lo, hi)``. Offsets and sizes are Amaranth's (``layout``'s
+    fields and ``size``)."""
     from amaranth.hdl import Shape
     from amaranth.lib import data
 
