@@ -281,6 +281,21 @@ class NetworkBridge(wiring.Component):
                 m.d.sync += left.eq(ib)
                 m.next = "INFER_READ"
 
+        # An input beat waits in a register for the engine: its valid comes from a flip-flop,
+        # not from the parser's state, and the engine's ready only clears it. The UART brings
+        # a beat every `ib` bytes; the engine takes one within a few cycles.
+        beat_valid = Signal()
+        beat_taken = Signal()
+        m.d.comb += [engine.host_in.valid.eq(beat_valid),
+                     beat_taken.eq(engine.host_in.ready | ~engine.busy)]
+        with m.If(beat_valid & beat_taken):
+            m.d.sync += beat_valid.eq(0)
+            with m.If(~engine.host_in.ready):
+                # nothing runs (or the run has stopped): drop rather than hang
+                m.d.sync += f["DROPPED"].eq(1)
+        with m.If(abort):
+            m.d.sync += beat_valid.eq(0)
+
         with m.FSM():
             with m.State("OP"):
                 m.d.comb += rx.take.eq(1)
@@ -389,13 +404,9 @@ class NetworkBridge(wiring.Component):
             with m.State("INFER_READ"):
                 read("INFER_SEND")
             with m.State("INFER_SEND"):
-                m.d.comb += [engine.host_in.payload.eq(top(ib)), engine.host_in.valid.eq(1)]
-                taken = engine.host_in.ready | ~engine.busy
-                with m.If(~engine.host_in.ready & ~engine.busy):
-                    # nothing runs (or the run has stopped): drop rather than hang
-                    m.d.sync += f["DROPPED"].eq(1)
-                with m.If(taken):
-                    m.d.sync += count.eq(count - 1)
+                with m.If(~beat_valid | beat_taken):
+                    m.d.sync += [beat_valid.eq(1), engine.host_in.payload.eq(top(ib)),
+                                 count.eq(count - 1)]
                     beat_or_crc(count == 1)
             with m.State("INFER_CRC"):
                 read("INFER_CHECK")
