@@ -99,6 +99,7 @@ def test_bench_mobilenet_v2_layer_list():
     (["program", "net.txt"], ["psc program", "NETWORK", "'mbv2'", ".onnx or .npz", "'net.txt'"]),
     (["program", "--run", "modelsim"], ["psc program", "--run", "'modelsim'"]),
     (["program", "--target", "tiny", "--synth"], ["psc program", "--synth", "'tiny'"]),
+    (["program", "--units"], ["psc program", "--units needs --synth"]),
     (["build", "--board", "icebreaker", "--mode", "network"],
      ["psc build", "network mode is built for ulx3s", "'icebreaker'"]),
     (["program", "--board", "icebreaker"], ["psc program", "'icebreaker'", "--tile"]),

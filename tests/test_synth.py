@@ -117,6 +117,45 @@ def test_untimed_dsp_is_reported():
     assert "UNTIMED" in check.text and "A_REG=0" in check.text
 
 
+class _TwoAdders(wiring.Component):
+    """Two 16-bit adders: one in a submodule ``inner``, one in the top."""
+    a: In(16)
+    b: In(16)
+    p: Out(16)
+    q: Out(16)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.inner = inner = _Adder()
+        m.d.comb += [inner.a.eq(self.a), inner.b.eq(self.b), self.p.eq(inner.s),
+                     self.q.eq(self.a - self.b)]
+        return m
+
+
+class _Adder(wiring.Component):
+    a: In(16)
+    b: In(16)
+    s: Out(16)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.s.eq(self.a + self.b)
+        return m
+
+
+def test_kept_parts_are_counted_apart():
+    """``keep``: each kept submodule's resources, the rest, and their sum as the design's."""
+    whole = synth.run_yosys(SynthHarness(_TwoAdders()), "ice40-up5k", str(BUILD / "parts0"))
+    got = synth.run_yosys(SynthHarness(_TwoAdders()), "ice40-up5k", str(BUILD / "parts1"),
+                          keep=("inner",))
+    assert "parts" not in whole
+    assert set(got["parts"]) == {"inner", "rest"}
+    for part in got["parts"].values():       # one adder each: a carry chain of 16
+        assert 14 <= part["carry"] <= 18 and part["lut4"] >= 14
+    assert got["dut"] == {k: sum(p[k] for p in got["parts"].values()) for k in got["dut"]}
+    assert got["dut"]["carry"] == whole["dut"]["carry"]
+
+
 def _mac(a_reg, b_reg, sel, mult_reg="0", used=None, base=100):
     """An SB_MAC16 as Yosys writes it, its output on nets ``base`` to ``base + 31``; ``used``:
     the output bits something reads (None: no connections at all, so both halves count)."""

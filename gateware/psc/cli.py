@@ -178,6 +178,9 @@ def _program(args):
     from psc.host.program import compile_network, describe
     from psc.model.network import Network
     from psc.onnx_import import import_onnx
+    for option in ("units", "pnr"):
+        if getattr(args, option) and not args.synth:
+            raise _BadOption(f"psc program: --{option} needs --synth")
     if args.board and args.preset == "default":
         args.preset = args.board          # the board's own build
     config = _configured(args, args.preset)
@@ -282,6 +285,15 @@ def _program_synth(args, prog):
     dut = res["dut"]
     print(f"\nnetwork engine for {target} (Yosys, {res['seconds']:.0f} s): "
           + ", ".join(f"{v} {k}" for k, v in dut.items()))
+    if args.units:
+        # a second run that keeps each unit's hierarchy, so that each can be counted
+        units = run_yosys(SynthHarness(NetworkEngine(ec)), target, build_dir + "-units", 8,
+                          ec.core.pe.multiplier, keep=NetworkEngine.UNITS)
+        key = next(iter(dut))
+        print(f"by unit (hierarchy kept, {units['dut'][key]} {key} in all; 'rest' is the "
+              f"sequencer, the stores and their readers):")
+        for name, used in units["parts"].items():
+            print(f"  {name:8} " + ", ".join(f"{v} {k}" for k, v in used.items()))
     if args.pnr:
         runs = [run_nextpnr(target, build_dir, seed) for seed in range(1, args.pnr + 1)]
         fmax = sorted(r["fmax_mhz"] for r in runs)
@@ -329,6 +341,9 @@ def _add_program(sub):
     p.add_argument("--synth", action="store_true",
                    help="synthesise the network engine holding the program (Yosys, no place "
                         "and route) and print its resources")
+    p.add_argument("--units", action="store_true",
+                   help="with --synth, also the resources of each of the engine's units (a "
+                        "second Yosys run that keeps their hierarchy)")
     p.add_argument("--pnr", type=_int_at_least(1), metavar="SEEDS",
                    help="with --synth, place and route with nextpnr for seeds 1..SEEDS and "
                         "print the Fmax (median) and the critical path")

@@ -251,7 +251,7 @@ def _yosys_run(il, script, build_dir):
     return seconds
 
 
-def _yosys_counts(target, build_dir, seconds):
+def _yosys_counts(target, build_dir, seconds, keep=()):
     """What :func:`run_yosys` returns, read from the files its run left in ``build_dir``."""
     with open(os.path.join(build_dir, "stat.json")) as f:
         stat = json.load(f)
@@ -259,24 +259,35 @@ def _yosys_counts(target, build_dir, seconds):
     dut_cells = modules["\\top.dut"]["num_cells_by_type"]
     top_cells = {k: v for k, v in modules["\\top"]["num_cells_by_type"].items() if k != "top.dut"}
     total = stat["design"]["num_cells_by_type"]
-    return {"dut": _resources(target, dut_cells), "harness": _resources(target, top_cells),
-            "total": _resources(target, total), "cells": dut_cells,
-            "lut_mults": toolchain.lut_mults(build_dir), "seconds": seconds}
+    out = {"dut": _resources(target, dut_cells), "harness": _resources(target, top_cells),
+           "total": _resources(target, total), "cells": dut_cells,
+           "lut_mults": toolchain.lut_mults(build_dir), "seconds": seconds}
+    if keep:
+        # the kept parts are cells of the design under test: its own count is the rest
+        out["parts"] = {name: _resources(target, modules[f"\\top.dut.{name}"]["num_cells_by_type"])
+                        for name in keep}
+        out["parts"]["rest"] = out["dut"]
+        out["dut"] = {k: sum(p[k] for p in out["parts"].values()) for k in out["dut"]}
+    return out
 
 
-def run_yosys(top, target, build_dir, array_width=8, multiplier="generic"):
+def run_yosys(top, target, build_dir, array_width=8, multiplier="generic", keep=()):
     """Write ``top.il``, synthesise it for ``target`` in ``build_dir``.
 
-    The script is :func:`psc.flow.toolchain.yosys_script` (``array_width``
-    and ``multiplier`` as there). Returns ``{"dut": resources, "harness":
-    resources, "total": resources, "cells": {...}, "lut_mults": [...],
-    "seconds": float}``; resources are the keys of ``TARGETS[target].cells``
-    counted from Yosys' ``stat -json``.
+    The script is :func:`psc.flow.toolchain.yosys_script` (``array_width``,
+    ``multiplier`` and ``keep`` as there). Returns ``{"dut": resources,
+    "harness": resources, "total": resources, "cells": {...}, "lut_mults":
+    [...], "seconds": float}``; resources are the keys of
+    ``TARGETS[target].cells`` counted from Yosys' ``stat -json``. With
+    ``keep`` (names of the top's submodules), also ``"parts"``: the resources
+    of each of those, and of the ``"rest"``; ``"dut"`` is then their sum, a
+    little more than a flattened synthesis gives (no optimisation across the
+    parts' ports).
     """
     t = _check_target(target)
     il = rtlil.convert(top, name="top")
-    script = toolchain.yosys_script(t.family, array_width, multiplier)
-    return _yosys_counts(target, build_dir, _yosys_run(il, script, build_dir))
+    script = toolchain.yosys_script(t.family, array_width, multiplier, keep)
+    return _yosys_counts(target, build_dir, _yosys_run(il, script, build_dir), keep)
 
 
 # -- nextpnr ------------------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def lut_multiplies(array_width, listing=None):
             + [f"techmap -map +/techmap.v {wide}"])
 
 
-def yosys_script(family, array_width, multiplier="generic"):
+def yosys_script(family, array_width, multiplier="generic", keep=()):
     """The Yosys script ``psc synth`` runs on ``top.il``, writing ``top.json`` and ``stat.json``.
 
     Beyond ``synth_<family>`` (:func:`synth_options`) it marks the design
@@ -177,13 +177,16 @@ def yosys_script(family, array_width, multiplier="generic"):
     harness, no optimisation across its ports), and builds every multiply
     with an operand wider than ``array_width`` bits from LUTs before the DSP
     mapping sees it, so the hard multipliers go to the MAC array only;
-    ``lut_mults.txt`` lists those multiplies (:func:`lut_mults`).
+    ``lut_mults.txt`` lists those multiplies (:func:`lut_mults`). The
+    submodules of the design under test named in ``keep`` keep their
+    hierarchy too, to be counted apart.
     """
     synth_cmd = f"synth_{family} {synth_options(family, multiplier)}"
+    kept = " ".join(["top.dut"] + [f"top.dut.{name}" for name in keep])
     return "\n".join([
         "read_rtlil top.il",
         "hierarchy -top top",
-        "setattr -mod -set keep_hierarchy 1 top.dut",
+        f"setattr -mod -set keep_hierarchy 1 {kept}",
         *script_after_read(family),
         *lut_multiplies(array_width, "lut_mults.txt"),
         f"{synth_cmd} -top top -run :map_luts",

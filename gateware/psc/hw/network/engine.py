@@ -213,6 +213,10 @@ class NetworkEngine(wiring.Component):
         output sent.
     """
 
+    #: The submodules that are units of their own (``psc program --synth --units`` counts
+    #: each apart).
+    UNITS = ("core", "act", "gather", "scatter", "op_unit")
+
     def __init__(self, config):
         if not isinstance(config, EngineConfig):
             raise BadTypeError(f"config must be a psc.hw.network.EngineConfig, "
