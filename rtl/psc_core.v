@@ -97,11 +97,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire act_out__valid;
   wire all_sent;
   wire beat;
-  wire \beat$155 ;
+  wire \beat$152 ;
   output busy;
   wire busy;
-  wire \busy$151 ;
-  wire \busy$152 ;
+  wire \busy$148 ;
+  wire \busy$149 ;
   input [113:0] cfg__payload;
   wire [113:0] cfg__payload;
   wire [113:0] \cfg__payload$23 ;
@@ -160,7 +160,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire cfg__valid;
   wire \cfg__valid$25 ;
   wire clear;
-  wire \clear$150 ;
+  wire \clear$147 ;
   input clk;
   wire clk;
   wire [113:0] cmd;
@@ -324,10 +324,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [31:0] cycles_total;
   output done;
   wire done;
-  wire \done$140 ;
-  wire \done$142 ;
-  wire \done$146 ;
-  wire \done$158 ;
+  wire \done$137 ;
+  wire \done$139 ;
+  wire \done$143 ;
+  wire \done$155 ;
   wire dw;
   wire \dw$121 ;
   wire \dw$96 ;
@@ -342,7 +342,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire enable;
   output error;
   wire error;
-  wire \error$159 ;
+  wire \error$156 ;
   wire [15:0] gin_e;
   wire [15:0] \gin_e$83 ;
   wire [15:0] \gin_e$99 ;
@@ -754,7 +754,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [4:0] last_go;
   wire [4:0] last_group;
   wire loaded;
-  wire \loaded$144 ;
+  wire \loaded$141 ;
   wire mac_valid;
   wire [24:0] n_out;
   wire [89:0] o__payload;
@@ -1214,10 +1214,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \read__en$72 ;
   wire \read__en$78 ;
   wire ready;
-  wire refused;
-  wire \refused$135 ;
   wire [11:0] rows_in;
-  wire [11:0] \rows_in$138 ;
+  wire [11:0] \rows_in$135 ;
   input rst;
   wire rst;
   wire run;
@@ -1225,8 +1223,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \run$127 ;
   wire \run$129 ;
   wire \run$131 ;
-  wire \run$136 ;
-  wire \run$153 ;
+  wire \run$133 ;
+  wire \run$150 ;
   wire [163:0] sizes;
   wire [163:0] \sizes$100 ;
   wire [11:0] \sizes$100.kk ;
@@ -1287,8 +1285,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \start$126 ;
   wire \start$128 ;
   wire \start$130 ;
-  wire starting;
-  wire \starting$133 ;
+  wire \start$132 ;
   wire [64:0] taps__payload;
   wire \taps__payload.first ;
   wire [17:0] \taps__payload.ix ;
@@ -1300,7 +1297,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire taps__valid;
   wire [31:0] total;
   wire waiting;
-  wire \waiting$157 ;
+  wire \waiting$154 ;
   wire [9:0] weights__addr;
   wire [1023:0] weights__data;
   wire [127:0] \weights__data[0] ;
@@ -1566,12 +1563,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .gin_e(gin_e),
     .loaded(loaded),
     .params_done(params_done),
-    .refused(refused),
     .rows_in(rows_in),
     .rst(rst),
     .run(run),
     .sizes(sizes),
-    .starting(starting),
+    .start(start),
     .taps__payload(\i__payload$35 ),
     .taps__ready(taps__ready),
     .taps__valid(\i__valid$39 ),
@@ -1599,16 +1595,14 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .loaded(loaded),
     .mac_valid(\i__valid$57 ),
     .outputs_done(outputs_done),
-    .refused(refused),
     .rst(rst),
     .run(run),
     .sizes(sizes),
     .sizes_ready(sizes_ready),
     .sizing(enable),
-    .start(start),
-    .starting(starting)
+    .start(start)
   );
-  \psc_core.sizes$164  \sizes$164  (
+  \psc_core.sizes$161  \sizes$161  (
     .clear(clear),
     .clk(clk),
     .cmd(cmd),
@@ -1712,24 +1706,23 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \run$129  = run;
   assign \start$130  = start;
   assign \run$131  = run;
-  assign \starting$133  = starting;
-  assign \refused$135  = refused;
-  assign \run$136  = run;
-  assign \rows_in$138  = rows_in;
-  assign \done$140  = weights_done;
-  assign \done$142  = params_done;
-  assign \loaded$144  = loaded;
-  assign \done$146  = inputs_done;
+  assign \start$132  = start;
+  assign \run$133  = run;
+  assign \rows_in$135  = rows_in;
+  assign \done$137  = weights_done;
+  assign \done$139  = params_done;
+  assign \loaded$141  = loaded;
+  assign \done$143  = inputs_done;
   assign all_sent = outputs_done;
   assign mac_valid = \i__valid$57 ;
-  assign \clear$150  = clear;
-  assign \busy$151  = busy;
-  assign \busy$152  = busy;
-  assign \run$153  = run;
-  assign \beat$155  = beat;
-  assign \waiting$157  = waiting;
-  assign \done$158  = done;
-  assign \error$159  = error;
+  assign \clear$147  = clear;
+  assign \busy$148  = busy;
+  assign \busy$149  = busy;
+  assign \run$150  = run;
+  assign \beat$152  = beat;
+  assign \waiting$154  = waiting;
+  assign \done$155  = done;
+  assign \error$156  = error;
   assign total = cycles_total;
   assign compute = cycles_compute;
   assign stall = cycles_stall;
@@ -3506,11 +3499,11 @@ module \psc_core.amap (i__ready, cmd, dwp, i__payload, o__payload, o__valid);
   assign o__payload[83] = i__payload[64];
   assign o__payload[82] = i__payload[63];
   assign o__payload[73:64] = i__payload[62:53];
+  assign \$16  = { i__payload[16], i__payload[16], i__payload[16], i__payload[16:3] };
   assign \$2  = { i__payload[34], i__payload[34:18] };
   assign \$4  = { q0[17], q0[17], q0[17], q0[17:3] };
   assign \$7  = { \$6 , 1'h0 };
   assign \$8  = { q0[17], q0[17], q0[17], q0[17:3] };
-  assign \$16  = { i__payload[16], i__payload[16], i__payload[16], i__payload[16:3] };
   assign \$19  = { q0[17], q0[17], q0[17], q0[17:3] };
   assign \$22  = { \$21 , 1'h0 };
   assign \$23  = { q0[17], q0[17], q0[17], q0[17:3] };
@@ -12329,7 +12322,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, sizes, read__addr, i__ready, read__data, done, rows_in, i__payload);
+module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, sizes, read__addr, i__ready, read__data, done, rows_in, i__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire [9:0] \$1 ;
   wire [15:0] \$10 ;
@@ -15899,9 +15892,8 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \$10  = { 1'h0, lx[15:1] };
   assign \$12  = { 3'h0, \$11 [15:3] };
   assign \$15  = { 3'h0, in_cnt[11:3] };
-  assign \$70  = { 1'h0, lx[15:1] };
-  assign \$72  = { 3'h0, \$71 [15:3] };
   assign \$18  = { 1'h0, lx[15:1] };
+  assign \$70  = { 1'h0, lx[15:1] };
   assign \$26  = { 1'h0, lx[15:1] };
   assign \$28  = { 3'h0, \$27 [15:3] };
   assign \$29  = { \$28 , 1'h0 };
@@ -15916,6 +15908,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
   assign \$56  = { 3'h0, \$55 [15:3] };
   assign \$59  = { 3'h0, in_cnt[11:3] };
   assign \$62  = { 1'h0, lx[15:1] };
+  assign \$72  = { 3'h0, \$71 [15:3] };
   assign \$73  = { \$72 , 1'h0 };
   assign \$76  = { 1'h0, lx[15:1] };
   assign \$78  = { 3'h0, \$77 [15:3] };
@@ -15952,7 +15945,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, cmd, dwp, start, run, s
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, all_sent, cmd, dwp, last_group, start, run, n_out, \i__valid$39 , \i__payload$41 , params__addr, \o__ready$40 );
+module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, all_sent, start, cmd, dwp, last_group, run, n_out, \i__valid$39 , \i__payload$41 , params__addr, \o__ready$40 );
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -26186,7 +26179,7 @@ module \psc_core.out.rq (rst, i__valid, o__ready, en, relu, i__payload, o__valid
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, keep, count, start, run, i__ready, done, rp__addr, wp__data);
+module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, count, run, i__ready, done, rp__addr, wp__data);
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -26561,7 +26554,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, keep, count, star
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_e, refused, starting, run, sizes, loaded, taps__payload, rows_in, weights_done, params_done, clk);
+module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, start, cmd, dw, dwp, gin_e, run, sizes, loaded, taps__payload, rows_in, weights_done, params_done, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$17  = 0;
   wire [11:0] \$1 ;
   wire [4:0] \$10 ;
@@ -26581,43 +26574,43 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   wire \$112 ;
   wire \$113 ;
   wire \$114 ;
-  wire \$115 ;
-  wire \$116 ;
-  wire [16:0] \$117 ;
-  wire [16:0] \$118 ;
+  wire [16:0] \$115 ;
+  wire [16:0] \$116 ;
+  wire \$117 ;
+  wire [4:0] \$118 ;
   wire \$119 ;
   wire \$12 ;
   wire [4:0] \$120 ;
   wire \$121 ;
-  wire [4:0] \$122 ;
+  wire [16:0] \$122 ;
   wire \$123 ;
   wire [16:0] \$124 ;
-  wire \$125 ;
+  wire [16:0] \$125 ;
   wire [16:0] \$126 ;
   wire [16:0] \$127 ;
-  wire [16:0] \$128 ;
-  wire [16:0] \$129 ;
+  wire [3:0] \$128 ;
+  wire \$129 ;
   wire [4:0] \$13 ;
-  wire [3:0] \$130 ;
+  wire [16:0] \$130 ;
   wire \$131 ;
   wire [16:0] \$132 ;
   wire \$133 ;
-  wire [16:0] \$134 ;
+  wire [4:0] \$134 ;
   wire \$135 ;
   wire [4:0] \$136 ;
   wire \$137 ;
-  wire [4:0] \$138 ;
+  wire [16:0] \$138 ;
   wire \$139 ;
   wire [4:0] \$14 ;
   wire [16:0] \$140 ;
-  wire \$141 ;
+  wire [16:0] \$141 ;
   wire [16:0] \$142 ;
   wire [16:0] \$143 ;
-  wire [16:0] \$144 ;
-  wire [16:0] \$145 ;
-  wire [3:0] \$146 ;
+  wire [3:0] \$144 ;
+  wire \$145 ;
+  wire [16:0] \$146 ;
   wire \$147 ;
-  wire [16:0] \$148 ;
+  wire \$148 ;
   wire \$149 ;
   wire \$15 ;
   wire \$150 ;
@@ -26626,27 +26619,27 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   wire \$153 ;
   wire \$154 ;
   wire \$155 ;
-  wire \$156 ;
-  wire \$157 ;
-  wire [16:0] \$158 ;
-  wire [17:0] \$159 ;
+  wire [16:0] \$156 ;
+  wire [17:0] \$157 ;
+  wire [4:0] \$158 ;
+  wire [5:0] \$159 ;
   wire \$16 ;
   wire [4:0] \$160 ;
   wire [5:0] \$161 ;
-  wire [4:0] \$162 ;
-  wire [5:0] \$163 ;
+  wire [16:0] \$162 ;
+  wire [17:0] \$163 ;
   wire [16:0] \$164 ;
-  wire [17:0] \$165 ;
+  wire [16:0] \$165 ;
   wire [16:0] \$166 ;
   wire [16:0] \$167 ;
-  wire [16:0] \$168 ;
-  wire [16:0] \$169 ;
+  wire [3:0] \$168 ;
+  wire [5:0] \$169 ;
   wire [5:0] \$17 ;
-  wire [3:0] \$170 ;
-  wire [5:0] \$171 ;
+  wire [17:0] \$170 ;
+  wire [16:0] \$171 ;
   wire [17:0] \$172 ;
-  wire [16:0] \$173 ;
-  wire [17:0] \$174 ;
+  wire \$173 ;
+  wire \$174 ;
   wire \$175 ;
   wire \$176 ;
   wire \$177 ;
@@ -26679,57 +26672,57 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   wire \$200 ;
   wire \$201 ;
   wire \$202 ;
-  wire \$203 ;
-  wire \$204 ;
+  wire [3:0] \$203 ;
+  wire [3:0] \$204 ;
   wire [3:0] \$205 ;
   wire [3:0] \$206 ;
-  wire [3:0] \$207 ;
-  wire [3:0] \$208 ;
-  wire [4:0] \$209 ;
+  wire [4:0] \$207 ;
+  wire [15:0] \$208 ;
+  wire \$209 ;
   wire [16:0] \$21 ;
-  wire [15:0] \$210 ;
-  wire \$211 ;
+  wire [16:0] \$210 ;
+  wire [16:0] \$211 ;
   wire [16:0] \$212 ;
-  wire [16:0] \$213 ;
-  wire [16:0] \$214 ;
-  wire \$215 ;
-  wire [17:0] \$216 ;
-  wire [17:0] \$217 ;
-  wire \$218 ;
-  wire [12:0] \$219 ;
+  wire \$213 ;
+  wire [17:0] \$214 ;
+  wire [17:0] \$215 ;
+  wire \$216 ;
+  wire [12:0] \$217 ;
+  wire [12:0] \$218 ;
+  wire [17:0] \$219 ;
   wire [16:0] \$22 ;
-  wire [12:0] \$220 ;
-  wire [17:0] \$221 ;
-  wire [16:0] \$222 ;
-  wire [8:0] \$223 ;
-  wire [3:0] \$224 ;
-  wire [4:0] \$225 ;
-  wire [4:0] \$226 ;
+  wire [16:0] \$220 ;
+  wire [8:0] \$221 ;
+  wire [3:0] \$222 ;
+  wire [4:0] \$223 ;
+  wire [4:0] \$224 ;
+  wire \$225 ;
+  wire \$226 ;
   wire \$227 ;
-  wire \$228 ;
-  wire \$229 ;
+  wire [17:0] \$228 ;
+  wire [18:0] \$229 ;
   wire \$23 ;
-  wire [17:0] \$230 ;
-  wire [18:0] \$231 ;
+  wire \$230 ;
+  wire \$231 ;
   wire \$232 ;
   wire \$233 ;
   wire \$234 ;
   wire \$235 ;
   wire \$236 ;
-  wire \$237 ;
-  wire \$238 ;
-  reg [10:0] \$239 ;
+  reg [10:0] \$237 ;
+  reg \$238 ;
+  reg [3:0] \$239 ;
   wire \$24 ;
   reg \$240 ;
   reg [3:0] \$241 ;
   reg \$242 ;
-  reg [3:0] \$243 ;
+  reg [4:0] \$243 ;
   reg \$244 ;
-  reg [4:0] \$245 ;
+  reg [15:0] \$245 ;
   reg \$246 ;
   reg [15:0] \$247 ;
   reg \$248 ;
-  reg [15:0] \$249 ;
+  reg \$249 ;
   wire [16:0] \$25 ;
   reg \$250 ;
   reg \$251 ;
@@ -26742,24 +26735,24 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   reg \$258 ;
   reg \$259 ;
   wire [16:0] \$26 ;
-  reg \$260 ;
-  reg \$261 ;
-  reg [9:0] \$262 ;
+  reg [9:0] \$260 ;
+  reg [17:0] \$261 ;
+  reg [16:0] \$262 ;
   reg [17:0] \$263 ;
   reg [16:0] \$264 ;
-  reg [17:0] \$265 ;
-  reg [16:0] \$266 ;
-  reg [8:0] \$267 ;
+  reg [8:0] \$265 ;
+  reg [17:0] \$266 ;
+  reg [16:0] \$267 ;
   reg [17:0] \$268 ;
-  reg [16:0] \$269 ;
+  reg [17:0] \$269 ;
   wire \$27 ;
-  reg [17:0] \$270 ;
-  reg [17:0] \$271 ;
-  reg [16:0] \$272 ;
+  reg [16:0] \$270 ;
+  reg \$271 ;
+  reg \$272 ;
   reg \$273 ;
-  reg \$274 ;
+  reg [4:0] \$274 ;
   reg \$275 ;
-  reg [4:0] \$276 ;
+  reg \$276 ;
   reg \$277 ;
   reg \$278 ;
   reg \$279 ;
@@ -26771,24 +26764,22 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   reg \$284 ;
   reg \$285 ;
   reg \$286 ;
-  reg \$287 ;
-  reg \$288 ;
-  reg [12:0] \$289 ;
+  reg [12:0] \$287 ;
+  reg [5:0] \$288 ;
+  reg [5:0] \$289 ;
   wire \$29 ;
-  reg [5:0] \$290 ;
-  reg [5:0] \$291 ;
-  reg [6:0] \$292 ;
-  reg [17:0] \$293 ;
-  reg [17:0] \$294 ;
+  reg [6:0] \$290 ;
+  reg [17:0] \$291 ;
+  reg [17:0] \$292 ;
+  reg [16:0] \$293 ;
+  reg [16:0] \$294 ;
   reg [16:0] \$295 ;
   reg [16:0] \$296 ;
-  reg [16:0] \$297 ;
-  reg [16:0] \$298 ;
-  reg [8:0] \$299 ;
+  reg [8:0] \$297 ;
+  reg [3:0] \$298 ;
+  reg [4:0] \$299 ;
   wire [15:0] \$3 ;
   wire \$30 ;
-  reg [3:0] \$300 ;
-  reg [4:0] \$301 ;
   wire \$31 ;
   wire \$32 ;
   wire \$33 ;
@@ -26958,8 +26949,6 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   input params_done;
   wire params_done;
   reg [16:0] pixbase = 17'h00000;
-  input refused;
-  wire refused;
   reg [16:0] row_step = 17'h00000;
   reg [16:0] rowbase = 17'h00000;
   input [11:0] rows_in;
@@ -26985,8 +26974,8 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   wire [10:0] \sizes.pt_ws ;
   wire [11:0] \sizes.red ;
   wire [11:0] \sizes.wg ;
-  input starting;
-  wire starting;
+  input start;
+  wire start;
   reg [16:0] swg = 17'h00000;
   reg [16:0] tapbase = 17'h00000;
   output [64:0] taps__payload;
@@ -27115,691 +27104,715 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   assign \$112  = $signed({ 1'h0, rows_in }) >= $signed(\$111 );
   assign \$113  = rows_in == cmd[15:0];
   assign \$114  = \$112  | \$113 ;
-  assign \$115  = ~ refused;
-  assign \$116  = starting & \$115 ;
-  assign \$117  = cmd[95:80] - 1'h1;
-  assign \$118  = gin_e - 1'h1;
+  assign \$115  = cmd[95:80] - 1'h1;
+  assign \$116  = gin_e - 1'h1;
+  assign \$117  = \$116  == 1'h1;
+  assign \$118  = cmd[99:96] - 1'h1;
   assign \$119  = \$118  == 1'h1;
   assign \$120  = cmd[99:96] - 1'h1;
   assign \$121  = \$120  == 1'h1;
-  assign \$122  = cmd[99:96] - 1'h1;
+  assign \$122  = cmd[95:80] - 1'h1;
   assign \$123  = \$122  == 1'h1;
-  assign \$124  = cmd[95:80] - 1'h1;
-  assign \$125  = \$124  == 1'h1;
+  assign \$124  = cmd[63:48] - 1'h1;
   assign \$126  = cmd[63:48] - 1'h1;
-  assign \$128  = cmd[63:48] - 1'h1;
-  assign \$129  = dwp ? \$127  : \$128 ;
-  assign \$130  = dwp ? 4'h8 : 4'h1;
-  assign \$131  = \$129  == \$130 ;
-  assign \$132  = cmd[47:32] - 1'h1;
+  assign \$127  = dwp ? \$125  : \$126 ;
+  assign \$128  = dwp ? 4'h8 : 4'h1;
+  assign \$129  = \$127  == \$128 ;
+  assign \$130  = cmd[47:32] - 1'h1;
+  assign \$131  = \$130  == 1'h1;
+  assign \$132  = gin_e - 1'h1;
   assign \$133  = \$132  == 1'h1;
-  assign \$134  = gin_e - 1'h1;
+  assign \$134  = cmd[99:96] - 1'h1;
   assign \$135  = \$134  == 1'h1;
   assign \$136  = cmd[99:96] - 1'h1;
   assign \$137  = \$136  == 1'h1;
-  assign \$138  = cmd[99:96] - 1'h1;
+  assign \$138  = cmd[95:80] - 1'h1;
   assign \$139  = \$138  == 1'h1;
-  assign \$140  = cmd[95:80] - 1'h1;
-  assign \$141  = \$140  == 1'h1;
+  assign \$140  = cmd[63:48] - 1'h1;
   assign \$142  = cmd[63:48] - 1'h1;
-  assign \$144  = cmd[63:48] - 1'h1;
-  assign \$145  = dwp ? \$143  : \$144 ;
-  assign \$146  = dwp ? 4'h8 : 4'h1;
-  assign \$147  = \$145  == \$146 ;
-  assign \$148  = cmd[47:32] - 1'h1;
-  assign \$149  = \$148  == 1'h1;
-  assign \$150  = gin_e == 1'h1;
-  assign \$151  = cmd[99:96] == 1'h1;
-  assign \$152  = cmd[99:96] == 1'h1;
-  assign \$153  = cmd[95:80] == 1'h1;
-  assign \$154  = cmd[63:48] <= 4'h8;
-  assign \$155  = cmd[63:48] == 1'h1;
-  assign \$156  = dwp ? \$154  : \$155 ;
-  assign \$157  = cmd[47:32] == 1'h1;
-  assign \$158  = gin_e - 1'h1;
+  assign \$143  = dwp ? \$141  : \$142 ;
+  assign \$144  = dwp ? 4'h8 : 4'h1;
+  assign \$145  = \$143  == \$144 ;
+  assign \$146  = cmd[47:32] - 1'h1;
+  assign \$147  = \$146  == 1'h1;
+  assign \$148  = gin_e == 1'h1;
+  assign \$149  = cmd[99:96] == 1'h1;
+  assign \$150  = cmd[99:96] == 1'h1;
+  assign \$151  = cmd[95:80] == 1'h1;
+  assign \$152  = cmd[63:48] <= 4'h8;
+  assign \$153  = cmd[63:48] == 1'h1;
+  assign \$154  = dwp ? \$152  : \$153 ;
+  assign \$155  = cmd[47:32] == 1'h1;
+  assign \$156  = gin_e - 1'h1;
+  assign \$157  = $signed(\$156 ) - $signed(3'h2);
+  assign \$158  = cmd[99:96] - 1'h1;
   assign \$159  = $signed(\$158 ) - $signed(3'h2);
   assign \$160  = cmd[99:96] - 1'h1;
   assign \$161  = $signed(\$160 ) - $signed(3'h2);
-  assign \$162  = cmd[99:96] - 1'h1;
+  assign \$162  = cmd[95:80] - 1'h1;
   assign \$163  = $signed(\$162 ) - $signed(3'h2);
-  assign \$164  = cmd[95:80] - 1'h1;
-  assign \$165  = $signed(\$164 ) - $signed(3'h2);
+  assign \$164  = cmd[63:48] - 1'h1;
   assign \$166  = cmd[63:48] - 1'h1;
-  assign \$168  = cmd[63:48] - 1'h1;
-  assign \$169  = dwp ? \$167  : \$168 ;
-  assign \$170  = dwp ? 4'h8 : 4'h1;
-  assign \$171  = 2'h2 * \$170 ;
-  assign \$172  = $signed(\$169 ) - $signed({ 1'h0, \$171  });
-  assign \$173  = cmd[47:32] - 1'h1;
-  assign \$174  = $signed(\$173 ) - $signed(3'h2);
-  assign \$175  = gin_e == 1'h1;
-  assign \$176  = cmd[99:96] == 1'h1;
-  assign \$177  = cmd[99:96] == 1'h1;
-  assign \$178  = cmd[95:80] == 1'h1;
-  assign \$179  = cmd[63:48] <= 4'h8;
-  assign \$180  = cmd[63:48] == 1'h1;
-  assign \$181  = dwp ? \$179  : \$180 ;
-  assign \$182  = cmd[47:32] == 1'h1;
+  assign \$167  = dwp ? \$165  : \$166 ;
+  assign \$168  = dwp ? 4'h8 : 4'h1;
+  assign \$169  = 2'h2 * \$168 ;
+  assign \$170  = $signed(\$167 ) - $signed({ 1'h0, \$169  });
+  assign \$171  = cmd[47:32] - 1'h1;
+  assign \$172  = $signed(\$171 ) - $signed(3'h2);
+  assign \$173  = gin_e == 1'h1;
+  assign \$174  = cmd[99:96] == 1'h1;
+  assign \$175  = cmd[99:96] == 1'h1;
+  assign \$176  = cmd[95:80] == 1'h1;
+  assign \$177  = cmd[63:48] <= 4'h8;
+  assign \$178  = cmd[63:48] == 1'h1;
+  assign \$179  = dwp ? \$177  : \$178 ;
+  assign \$180  = cmd[47:32] == 1'h1;
+  assign \$181  = gin_e == 1'h1;
   assign \$183  = gin_e == 1'h1;
-  assign \$185  = gin_e == 1'h1;
-  assign \$186  = cmd[99:96] == 1'h1;
-  assign \$187  = & { \$186 , \$185  };
-  assign \$188  = gin_e == 1'h1;
-  assign \$189  = cmd[99:96] == 1'h1;
-  assign \$190  = cmd[99:96] == 1'h1;
-  assign \$191  = & { \$190 , \$189 , \$188  };
-  assign \$192  = gin_e == 1'h1;
-  assign \$193  = cmd[99:96] == 1'h1;
-  assign \$194  = cmd[99:96] == 1'h1;
-  assign \$195  = cmd[95:80] == 1'h1;
-  assign \$196  = & { \$195 , \$194 , \$193 , \$192  };
-  assign \$197  = gin_e == 1'h1;
-  assign \$198  = cmd[99:96] == 1'h1;
-  assign \$199  = cmd[99:96] == 1'h1;
-  assign \$200  = cmd[95:80] == 1'h1;
-  assign \$201  = cmd[63:48] <= 4'h8;
-  assign \$202  = cmd[63:48] == 1'h1;
-  assign \$203  = dwp ? \$201  : \$202 ;
-  assign \$204  = & { \$203 , \$200 , \$199 , \$198 , \$197  };
-  assign \$205  = - cmd[107:105];
-  assign \$206  = - cmd[107:105];
-  assign \$207  = - cmd[104:102];
-  assign \$208  = - cmd[104:102];
-  assign \$209  = cmd[99:96] - cmd[104:102];
-  assign \$210  = dwp ? 16'h0000 : cmd[79:64];
-  assign \$211  = cmd[101:100] == 2'h2;
-  assign \$213  = \$211  ? \$212  : { 1'h0, cmd[79:64] };
-  assign \$214  = dwp ? 17'h00000 : \$213 ;
-  assign \$215  = cmd[101:100] == 2'h2;
-  assign \$217  = \$215  ? \$216  : { 1'h0, ws };
-  assign \$218  = cmd[101:100] == 2'h2;
-  assign \$220  = \$218  ? \$219  : { 1'h0, sizes[11:0] };
-  assign \$221  = dwp ? \$217  : { 5'h00, \$220  };
-  assign \$222  = dwp ? ws : { 5'h00, sizes[11:0] };
-  assign \$223  = dwp ? sizes[143:135] : { 8'h00, dw };
-  assign \$224  = dwp ? 4'h8 : 4'h1;
-  assign \$226  = dwp ? \$225  : { 3'h0, cmd[101:100] };
-  assign \$227  = seq_busy & loaded;
-  assign taps__valid = \$227  & rows_ok;
+  assign \$184  = cmd[99:96] == 1'h1;
+  assign \$185  = & { \$184 , \$183  };
+  assign \$186  = gin_e == 1'h1;
+  assign \$187  = cmd[99:96] == 1'h1;
+  assign \$188  = cmd[99:96] == 1'h1;
+  assign \$189  = & { \$188 , \$187 , \$186  };
+  assign \$190  = gin_e == 1'h1;
+  assign \$191  = cmd[99:96] == 1'h1;
+  assign \$192  = cmd[99:96] == 1'h1;
+  assign \$193  = cmd[95:80] == 1'h1;
+  assign \$194  = & { \$193 , \$192 , \$191 , \$190  };
+  assign \$195  = gin_e == 1'h1;
+  assign \$196  = cmd[99:96] == 1'h1;
+  assign \$197  = cmd[99:96] == 1'h1;
+  assign \$198  = cmd[95:80] == 1'h1;
+  assign \$199  = cmd[63:48] <= 4'h8;
+  assign \$200  = cmd[63:48] == 1'h1;
+  assign \$201  = dwp ? \$199  : \$200 ;
+  assign \$202  = & { \$201 , \$198 , \$197 , \$196 , \$195  };
+  assign \$203  = - cmd[107:105];
+  assign \$204  = - cmd[107:105];
+  assign \$205  = - cmd[104:102];
+  assign \$206  = - cmd[104:102];
+  assign \$207  = cmd[99:96] - cmd[104:102];
+  assign \$208  = dwp ? 16'h0000 : cmd[79:64];
+  assign \$209  = cmd[101:100] == 2'h2;
+  assign \$211  = \$209  ? \$210  : { 1'h0, cmd[79:64] };
+  assign \$212  = dwp ? 17'h00000 : \$211 ;
+  assign \$213  = cmd[101:100] == 2'h2;
+  assign \$215  = \$213  ? \$214  : { 1'h0, ws };
+  assign \$216  = cmd[101:100] == 2'h2;
+  assign \$218  = \$216  ? \$217  : { 1'h0, sizes[11:0] };
+  assign \$219  = dwp ? \$215  : { 5'h00, \$218  };
+  assign \$220  = dwp ? ws : { 5'h00, sizes[11:0] };
+  assign \$221  = dwp ? sizes[143:135] : { 8'h00, dw };
+  assign \$222  = dwp ? 4'h8 : 4'h1;
+  assign \$224  = dwp ? \$223  : { 3'h0, cmd[101:100] };
+  assign \$225  = seq_busy & loaded;
+  assign taps__valid = \$225  & rows_ok;
   assign issue = taps__valid & taps__ready;
-  assign \$228  = seq_busy & loaded;
-  assign \$229  = ~ issue;
-  assign waiting = \$228  & \$229 ;
-  assign \$230  = $signed(tapbase) + $signed({ 1'h0, gi });
-  assign \$231  = $signed(\$230 ) + $signed({ 1'h0, goff });
-  assign \$232  = ! gi;
-  assign \$233  = ! kx;
+  assign \$226  = seq_busy & loaded;
+  assign \$227  = ~ issue;
+  assign waiting = \$226  & \$227 ;
+  assign \$228  = $signed(tapbase) + $signed({ 1'h0, gi });
+  assign \$229  = $signed(\$228 ) + $signed({ 1'h0, goff });
+  assign \$230  = ! gi;
+  assign \$231  = ! kx;
+  assign \$232  = \$230  & \$231 ;
+  assign \$233  = ! ky;
   assign \$234  = \$232  & \$233 ;
-  assign \$235  = ! ky;
-  assign \$236  = \$234  & \$235 ;
-  assign \$237  = last_gi & last_kx;
-  assign \$238  = \$237  & last_ky;
+  assign \$235  = last_gi & last_kx;
+  assign \$236  = \$235  & last_ky;
   always @(posedge clk)
     base <= { \$4 [15], \$4  };
   always @(posedge clk)
-    gi <= \$239 ;
+    gi <= \$237 ;
   always @(posedge clk)
-    near_gi <= \$240 ;
+    near_gi <= \$238 ;
   always @(posedge clk)
-    kx <= \$241 ;
+    kx <= \$239 ;
   always @(posedge clk)
-    near_kx <= \$242 ;
+    near_kx <= \$240 ;
   always @(posedge clk)
-    ky <= \$243 ;
+    ky <= \$241 ;
   always @(posedge clk)
-    near_ky <= \$244 ;
+    near_ky <= \$242 ;
   always @(posedge clk)
-    j <= \$245 ;
+    j <= \$243 ;
   always @(posedge clk)
-    near_j <= \$246 ;
+    near_j <= \$244 ;
   always @(posedge clk)
-    ox <= \$247 ;
+    ox <= \$245 ;
   always @(posedge clk)
-    near_ox <= \$248 ;
+    near_ox <= \$246 ;
   always @(posedge clk)
-    oy <= \$249 ;
+    oy <= \$247 ;
   always @(posedge clk)
-    near_oy <= \$250 ;
+    near_oy <= \$248 ;
   always @(posedge clk)
-    last_gi <= \$251 ;
+    last_gi <= \$249 ;
   always @(posedge clk)
-    below_kx <= \$252 ;
+    below_kx <= \$250 ;
   always @(posedge clk)
-    last_kx <= \$253 ;
+    last_kx <= \$251 ;
   always @(posedge clk)
-    below_ky <= \$254 ;
+    below_ky <= \$252 ;
   always @(posedge clk)
-    last_ky <= \$255 ;
+    last_ky <= \$253 ;
   always @(posedge clk)
-    below_j <= \$256 ;
+    below_j <= \$254 ;
   always @(posedge clk)
-    last_j <= \$257 ;
+    last_j <= \$255 ;
   always @(posedge clk)
-    below_ox <= \$258 ;
+    below_ox <= \$256 ;
   always @(posedge clk)
-    last_ox <= \$259 ;
+    last_ox <= \$257 ;
   always @(posedge clk)
-    below_oy <= \$260 ;
+    below_oy <= \$258 ;
   always @(posedge clk)
-    last_oy <= \$261 ;
+    last_oy <= \$259 ;
   always @(posedge clk)
-    waddr <= \$262 ;
+    waddr <= \$260 ;
   always @(posedge clk)
-    ix <= \$263 ;
+    ix <= \$261 ;
   always @(posedge clk)
-    tapbase <= \$264 ;
+    tapbase <= \$262 ;
   always @(posedge clk)
-    iy <= \$265 ;
+    iy <= \$263 ;
   always @(posedge clk)
-    rowbase <= \$266 ;
+    rowbase <= \$264 ;
   always @(posedge clk)
-    goff <= \$267 ;
+    goff <= \$265 ;
   always @(posedge clk)
-    ix0 <= \$268 ;
+    ix0 <= \$266 ;
   always @(posedge clk)
-    pixbase <= \$269 ;
+    pixbase <= \$267 ;
   always @(posedge clk)
-    iy0 <= \$270 ;
+    iy0 <= \$268 ;
   always @(posedge clk)
-    need <= \$271 ;
+    need <= \$269 ;
   always @(posedge clk)
-    linebase <= \$272 ;
+    linebase <= \$270 ;
   always @(posedge clk)
-    seq_busy <= \$273 ;
+    seq_busy <= \$271 ;
   always @(posedge clk)
-    loaded <= \$274 ;
+    loaded <= \$272 ;
   always @(posedge clk)
-    rows_ok <= \$275 ;
+    rows_ok <= \$273 ;
   always @(posedge clk)
-    last_group <= \$276 ;
+    last_group <= \$274 ;
   always @(posedge clk)
-    lim_inc_gi <= \$277 ;
+    lim_inc_gi <= \$275 ;
   always @(posedge clk)
-    lim_inc_kx <= \$278 ;
+    lim_inc_kx <= \$276 ;
   always @(posedge clk)
-    lim_inc_ky <= \$279 ;
+    lim_inc_ky <= \$277 ;
   always @(posedge clk)
-    lim_inc_j <= \$280 ;
+    lim_inc_j <= \$278 ;
   always @(posedge clk)
-    lim_inc_ox <= \$281 ;
+    lim_inc_ox <= \$279 ;
   always @(posedge clk)
-    lim_inc_oy <= \$282 ;
+    lim_inc_oy <= \$280 ;
   always @(posedge clk)
-    lim_zero_gi <= \$283 ;
+    lim_zero_gi <= \$281 ;
   always @(posedge clk)
-    lim_zero_kx <= \$284 ;
+    lim_zero_kx <= \$282 ;
   always @(posedge clk)
-    lim_zero_ky <= \$285 ;
+    lim_zero_ky <= \$283 ;
   always @(posedge clk)
-    lim_zero_j <= \$286 ;
+    lim_zero_j <= \$284 ;
   always @(posedge clk)
-    lim_zero_ox <= \$287 ;
+    lim_zero_ox <= \$285 ;
   always @(posedge clk)
-    lim_zero_oy <= \$288 ;
+    lim_zero_oy <= \$286 ;
   always @(posedge clk)
-    lim_2inc_gi <= \$289 ;
+    lim_2inc_gi <= \$287 ;
   always @(posedge clk)
-    lim_2inc_kx <= \$290 ;
+    lim_2inc_kx <= \$288 ;
   always @(posedge clk)
-    lim_2inc_ky <= \$291 ;
+    lim_2inc_ky <= \$289 ;
   always @(posedge clk)
-    lim_2inc_j <= \$292 ;
+    lim_2inc_j <= \$290 ;
   always @(posedge clk)
-    lim_2inc_ox <= \$293 ;
+    lim_2inc_ox <= \$291 ;
   always @(posedge clk)
-    lim_2inc_oy <= \$294 ;
+    lim_2inc_oy <= \$292 ;
   always @(posedge clk)
-    g_step <= \$295 ;
+    g_step <= \$293 ;
   always @(posedge clk)
-    sg <= \$296 ;
+    sg <= \$294 ;
   always @(posedge clk)
-    swg <= \$297 ;
+    swg <= \$295 ;
   always @(posedge clk)
-    row_step <= \$298 ;
+    row_step <= \$296 ;
   always @(posedge clk)
-    goff_step <= \$299 ;
+    goff_step <= \$297 ;
   always @(posedge clk)
-    ox_step <= \$300 ;
+    ox_step <= \$298 ;
   always @(posedge clk)
-    ix_step <= \$301 ;
+    ix_step <= \$299 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$239  = gi;
+    \$237  = gi;
     if (issue) begin
-      \$239  = \$6 [10:0];
+      \$237  = \$6 [10:0];
     end
-    if (\$116 ) begin
-      \$239  = 11'h000;
+    if (start) begin
+      \$237  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$240  = near_gi;
+    \$238  = near_gi;
     if (issue) begin
-      \$240  = \$8 ;
+      \$238  = \$8 ;
     end
-    if (\$116 ) begin
+    if (start) begin
+      \$238  = \$117 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$239  = kx;
+    if (issue) begin
+      if (below_kx) begin
+        \$239  = \$10 [3:0];
+      end
+    end
+    if (start) begin
+      \$239  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$240  = near_kx;
+    if (issue) begin
+      if (below_kx) begin
+        \$240  = \$12 ;
+      end
+    end
+    if (start) begin
       \$240  = \$119 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$241  = kx;
+    \$241  = ky;
     if (issue) begin
-      if (below_kx) begin
-        \$241  = \$10 [3:0];
+      if (below_ky) begin
+        \$241  = \$14 [3:0];
       end
     end
-    if (\$116 ) begin
+    if (start) begin
       \$241  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$242  = near_kx;
+    \$242  = near_ky;
     if (issue) begin
-      if (below_kx) begin
-        \$242  = \$12 ;
+      if (below_ky) begin
+        \$242  = \$16 ;
       end
     end
-    if (\$116 ) begin
+    if (start) begin
       \$242  = \$121 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$243  = ky;
+    \$243  = j;
     if (issue) begin
-      if (below_ky) begin
-        \$243  = \$14 [3:0];
+      if (below_j) begin
+        \$243  = \$18 [4:0];
       end
     end
-    if (\$116 ) begin
-      \$243  = 4'h0;
+    if (start) begin
+      \$243  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$244  = near_ky;
+    \$244  = near_j;
     if (issue) begin
-      if (below_ky) begin
-        \$244  = \$16 ;
+      if (below_j) begin
+        \$244  = \$20 ;
       end
     end
-    if (\$116 ) begin
+    if (start) begin
       \$244  = \$123 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$245  = j;
-    if (issue) begin
-      if (below_j) begin
-        \$245  = \$18 [4:0];
-      end
-    end
-    if (\$116 ) begin
-      \$245  = 5'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$246  = near_j;
-    if (issue) begin
-      if (below_j) begin
-        \$246  = \$20 ;
-      end
-    end
-    if (\$116 ) begin
-      \$246  = \$125 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$247  = ox;
+    \$245  = ox;
     if (issue) begin
       if (below_ox) begin
-        \$247  = \$22 [15:0];
+        \$245  = \$22 [15:0];
       end
     end
-    if (\$116 ) begin
+    if (start) begin
+      \$245  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$246  = near_ox;
+    if (issue) begin
+      if (below_ox) begin
+        \$246  = \$24 ;
+      end
+    end
+    if (start) begin
+      \$246  = \$129 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$247  = oy;
+    if (issue) begin
+      if (below_oy) begin
+        \$247  = \$26 [15:0];
+      end
+    end
+    if (start) begin
       \$247  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$248  = near_ox;
+    \$248  = near_oy;
     if (issue) begin
-      if (below_ox) begin
-        \$248  = \$24 ;
+      if (below_oy) begin
+        \$248  = \$28 ;
       end
     end
-    if (\$116 ) begin
+    if (start) begin
       \$248  = \$131 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$249  = oy;
+    \$249  = last_gi;
     if (issue) begin
-      if (below_oy) begin
-        \$249  = \$26 [15:0];
-      end
+      \$249  = \$30 ;
     end
-    if (\$116 ) begin
-      \$249  = 16'h0000;
+    if (start) begin
+      \$249  = \$173 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$250  = near_oy;
+    \$250  = below_kx;
     if (issue) begin
-      if (below_oy) begin
-        \$250  = \$28 ;
-      end
+      \$250  = \$33 ;
     end
-    if (\$116 ) begin
-      \$250  = \$133 ;
+    if (start) begin
+      \$250  = \$182 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$251  = last_gi;
+    \$251  = last_kx;
     if (issue) begin
-      \$251  = \$30 ;
+      \$251  = \$35 ;
     end
-    if (\$116 ) begin
-      \$251  = \$175 ;
+    if (start) begin
+      \$251  = \$174 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$252  = below_kx;
+    \$252  = below_ky;
     if (issue) begin
-      \$252  = \$33 ;
+      \$252  = \$40 ;
     end
-    if (\$116 ) begin
-      \$252  = \$184 ;
+    if (start) begin
+      \$252  = \$185 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$253  = last_kx;
+    \$253  = last_ky;
     if (issue) begin
-      \$253  = \$35 ;
+      \$253  = \$42 ;
     end
-    if (\$116 ) begin
-      \$253  = \$176 ;
+    if (start) begin
+      \$253  = \$175 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$254  = below_ky;
+    \$254  = below_j;
     if (issue) begin
-      \$254  = \$40 ;
+      \$254  = \$49 ;
     end
-    if (\$116 ) begin
-      \$254  = \$187 ;
+    if (start) begin
+      \$254  = \$189 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$255  = last_ky;
+    \$255  = last_j;
     if (issue) begin
-      \$255  = \$42 ;
+      \$255  = \$51 ;
     end
-    if (\$116 ) begin
-      \$255  = \$177 ;
+    if (start) begin
+      \$255  = \$176 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$256  = below_j;
+    \$256  = below_ox;
     if (issue) begin
-      \$256  = \$49 ;
+      \$256  = \$60 ;
     end
-    if (\$116 ) begin
-      \$256  = \$191 ;
+    if (start) begin
+      \$256  = \$194 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$257  = last_j;
+    \$257  = last_ox;
     if (issue) begin
-      \$257  = \$51 ;
+      \$257  = \$62 ;
     end
-    if (\$116 ) begin
-      \$257  = \$178 ;
+    if (start) begin
+      \$257  = \$179 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$258  = below_ox;
+    \$258  = below_oy;
     if (issue) begin
-      \$258  = \$60 ;
+      \$258  = \$73 ;
     end
-    if (\$116 ) begin
-      \$258  = \$196 ;
+    if (start) begin
+      \$258  = \$202 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$259  = last_ox;
+    \$259  = last_oy;
     if (issue) begin
-      \$259  = \$62 ;
+      \$259  = \$75 ;
     end
-    if (\$116 ) begin
-      \$259  = \$181 ;
+    if (start) begin
+      \$259  = \$180 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$260  = below_oy;
+    \$260  = waddr;
     if (issue) begin
-      \$260  = \$73 ;
-    end
-    if (\$116 ) begin
-      \$260  = \$204 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$261  = last_oy;
-    if (issue) begin
-      \$261  = \$75 ;
-    end
-    if (\$116 ) begin
-      \$261  = \$182 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$262  = waddr;
-    if (issue) begin
-      \$262  = \$76 [9:0];
+      \$260  = \$76 [9:0];
       if (below_ox) begin
-        \$262  = 10'h000;
+        \$260  = 10'h000;
       end
     end
-    if (\$116 ) begin
-      \$262  = 10'h000;
+    if (start) begin
+      \$260  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$263  = ix;
+    \$261  = ix;
     if (issue) begin
       if (\$78 ) begin
-        \$263  = \$79 [17:0];
+        \$261  = \$79 [17:0];
       end
       if (below_ky) begin
-        \$263  = ix0;
+        \$261  = ix0;
       end
       if (\$90 ) begin
-        \$263  = \$92 [17:0];
+        \$261  = \$92 [17:0];
       end
       if (below_oy) begin
-        \$263  = { \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97  };
+        \$261  = { \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97  };
       end
     end
-    if (\$116 ) begin
+    if (start) begin
+      \$261  = { \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$262  = tapbase;
+    if (issue) begin
+      if (\$78 ) begin
+        \$262  = \$80 [16:0];
+      end
+      if (\$82 ) begin
+        \$262  = \$85 [16:0];
+      end
+      if (\$87 ) begin
+        \$262  = pixbase;
+      end
+      if (\$90 ) begin
+        \$262  = \$95 [16:0];
+      end
+      if (\$99 ) begin
+        \$262  = \$106 [16:0];
+      end
+    end
+    if (start) begin
+      \$262  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$263  = iy;
+    if (issue) begin
+      if (\$82 ) begin
+        \$263  = \$83 [17:0];
+      end
+      if (below_j) begin
+        \$263  = iy0;
+      end
+      if (\$99 ) begin
+        \$263  = \$101 [17:0];
+      end
+    end
+    if (start) begin
       \$263  = { \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$264  = tapbase;
+    \$264  = rowbase;
     if (issue) begin
-      if (\$78 ) begin
-        \$264  = \$80 [16:0];
-      end
       if (\$82 ) begin
-        \$264  = \$85 [16:0];
+        \$264  = \$84 [16:0];
       end
       if (\$87 ) begin
         \$264  = pixbase;
       end
       if (\$90 ) begin
-        \$264  = \$95 [16:0];
+        \$264  = \$94 [16:0];
       end
       if (\$99 ) begin
-        \$264  = \$106 [16:0];
+        \$264  = \$105 [16:0];
       end
     end
-    if (\$116 ) begin
+    if (start) begin
       \$264  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$265  = iy;
-    if (issue) begin
-      if (\$82 ) begin
-        \$265  = \$83 [17:0];
-      end
-      if (below_j) begin
-        \$265  = iy0;
-      end
-      if (\$99 ) begin
-        \$265  = \$101 [17:0];
-      end
-    end
-    if (\$116 ) begin
-      \$265  = { \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207 [3], \$207  };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$266  = rowbase;
-    if (issue) begin
-      if (\$82 ) begin
-        \$266  = \$84 [16:0];
-      end
-      if (\$87 ) begin
-        \$266  = pixbase;
-      end
-      if (\$90 ) begin
-        \$266  = \$94 [16:0];
-      end
-      if (\$99 ) begin
-        \$266  = \$105 [16:0];
-      end
-    end
-    if (\$116 ) begin
-      \$266  = base;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$267  = goff;
+    \$265  = goff;
     if (issue) begin
       if (\$87 ) begin
-        \$267  = \$88 [8:0];
+        \$265  = \$88 [8:0];
       end
       if (below_ox) begin
-        \$267  = 9'h000;
+        \$265  = 9'h000;
       end
     end
-    if (\$116 ) begin
-      \$267  = 9'h000;
+    if (start) begin
+      \$265  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$268  = ix0;
+    \$266  = ix0;
     if (issue) begin
       if (\$90 ) begin
-        \$268  = \$91 [17:0];
+        \$266  = \$91 [17:0];
       end
       if (below_oy) begin
-        \$268  = { \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96  };
+        \$266  = { \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96  };
       end
     end
-    if (\$116 ) begin
+    if (start) begin
+      \$266  = { \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$267  = pixbase;
+    if (issue) begin
+      if (\$90 ) begin
+        \$267  = \$93 [16:0];
+      end
+      if (\$99 ) begin
+        \$267  = \$104 [16:0];
+      end
+    end
+    if (start) begin
+      \$267  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$268  = iy0;
+    if (issue) begin
+      if (\$99 ) begin
+        \$268  = \$100 [17:0];
+      end
+    end
+    if (start) begin
       \$268  = { \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$269  = pixbase;
+    \$269  = need;
     if (issue) begin
-      if (\$90 ) begin
-        \$269  = \$93 [16:0];
-      end
       if (\$99 ) begin
-        \$269  = \$104 [16:0];
+        \$269  = \$102 [17:0];
       end
     end
-    if (\$116 ) begin
-      \$269  = base;
+    if (start) begin
+      \$269  = { \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$270  = iy0;
+    \$270  = linebase;
     if (issue) begin
       if (\$99 ) begin
-        \$270  = \$100 [17:0];
+        \$270  = \$103 [16:0];
       end
     end
-    if (\$116 ) begin
-      \$270  = { \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208 [3], \$208  };
+    if (start) begin
+      \$270  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$271  = need;
-    if (issue) begin
-      if (\$99 ) begin
-        \$271  = \$102 [17:0];
-      end
-    end
-    if (\$116 ) begin
-      \$271  = { \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209 [4], \$209  };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$272  = linebase;
-    if (issue) begin
-      if (\$99 ) begin
-        \$272  = \$103 [16:0];
-      end
-    end
-    if (\$116 ) begin
-      \$272  = base;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$273  = seq_busy;
+    \$271  = seq_busy;
     if (issue) begin
       if (\$107 ) begin
-        \$273  = 1'h0;
+        \$271  = 1'h0;
       end
     end
-    if (\$116 ) begin
-      \$273  = 1'h1;
+    if (start) begin
+      \$271  = 1'h1;
+    end
+    if (rst) begin
+      \$271  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$272  = loaded;
+    if (run) begin
+      \$272  = \$109 ;
+    end
+    if (start) begin
+      \$272  = 1'h0;
+    end
+    if (rst) begin
+      \$272  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$273  = rows_ok;
+    if (run) begin
+      \$273  = \$114 ;
+    end
+    if (start) begin
+      \$273  = 1'h0;
     end
     if (rst) begin
       \$273  = 1'h0;
@@ -27807,213 +27820,187 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$274  = loaded;
-    if (run) begin
-      \$274  = \$109 ;
-    end
-    if (\$116 ) begin
-      \$274  = 1'h0;
+    \$274  = last_group;
+    if (start) begin
+      \$274  = \$115 [4:0];
     end
     if (rst) begin
-      \$274  = 1'h0;
+      \$274  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$275  = rows_ok;
-    if (run) begin
-      \$275  = \$114 ;
-    end
-    if (\$116 ) begin
-      \$275  = 1'h0;
-    end
-    if (rst) begin
-      \$275  = 1'h0;
+    \$275  = lim_inc_gi;
+    if (start) begin
+      \$275  = \$133 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$276  = last_group;
-    if (\$116 ) begin
-      \$276  = \$117 [4:0];
-    end
-    if (rst) begin
-      \$276  = 5'h00;
+    \$276  = lim_inc_kx;
+    if (start) begin
+      \$276  = \$135 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$277  = lim_inc_gi;
-    if (\$116 ) begin
-      \$277  = \$135 ;
+    \$277  = lim_inc_ky;
+    if (start) begin
+      \$277  = \$137 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$278  = lim_inc_kx;
-    if (\$116 ) begin
-      \$278  = \$137 ;
+    \$278  = lim_inc_j;
+    if (start) begin
+      \$278  = \$139 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$279  = lim_inc_ky;
-    if (\$116 ) begin
-      \$279  = \$139 ;
+    \$279  = lim_inc_ox;
+    if (start) begin
+      \$279  = \$145 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$280  = lim_inc_j;
-    if (\$116 ) begin
-      \$280  = \$141 ;
+    \$280  = lim_inc_oy;
+    if (start) begin
+      \$280  = \$147 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$281  = lim_inc_ox;
-    if (\$116 ) begin
-      \$281  = \$147 ;
+    \$281  = lim_zero_gi;
+    if (start) begin
+      \$281  = \$148 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$282  = lim_inc_oy;
-    if (\$116 ) begin
+    \$282  = lim_zero_kx;
+    if (start) begin
       \$282  = \$149 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$283  = lim_zero_gi;
-    if (\$116 ) begin
+    \$283  = lim_zero_ky;
+    if (start) begin
       \$283  = \$150 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$284  = lim_zero_kx;
-    if (\$116 ) begin
+    \$284  = lim_zero_j;
+    if (start) begin
       \$284  = \$151 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$285  = lim_zero_ky;
-    if (\$116 ) begin
-      \$285  = \$152 ;
+    \$285  = lim_zero_ox;
+    if (start) begin
+      \$285  = \$154 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$286  = lim_zero_j;
-    if (\$116 ) begin
-      \$286  = \$153 ;
+    \$286  = lim_zero_oy;
+    if (start) begin
+      \$286  = \$155 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$287  = lim_zero_ox;
-    if (\$116 ) begin
-      \$287  = \$156 ;
+    \$287  = lim_2inc_gi;
+    if (start) begin
+      \$287  = \$157 [12:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$288  = lim_zero_oy;
-    if (\$116 ) begin
-      \$288  = \$157 ;
+    \$288  = lim_2inc_kx;
+    if (start) begin
+      \$288  = \$159 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$289  = lim_2inc_gi;
-    if (\$116 ) begin
-      \$289  = \$159 [12:0];
+    \$289  = lim_2inc_ky;
+    if (start) begin
+      \$289  = \$161 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$290  = lim_2inc_kx;
-    if (\$116 ) begin
-      \$290  = \$161 ;
+    \$290  = lim_2inc_j;
+    if (start) begin
+      \$290  = \$163 [6:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$291  = lim_2inc_ky;
-    if (\$116 ) begin
-      \$291  = \$163 ;
+    \$291  = lim_2inc_ox;
+    if (start) begin
+      \$291  = \$170 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$292  = lim_2inc_j;
-    if (\$116 ) begin
-      \$292  = \$165 [6:0];
+    \$292  = lim_2inc_oy;
+    if (start) begin
+      \$292  = \$172 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$293  = lim_2inc_ox;
-    if (\$116 ) begin
-      \$293  = \$172 ;
+    \$293  = g_step;
+    if (start) begin
+      \$293  = { 1'h0, \$208  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$294  = lim_2inc_oy;
-    if (\$116 ) begin
-      \$294  = \$174 ;
+    \$294  = sg;
+    if (start) begin
+      \$294  = \$212 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$295  = g_step;
-    if (\$116 ) begin
-      \$295  = { 1'h0, \$210  };
+    \$295  = swg;
+    if (start) begin
+      \$295  = \$219 [16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$296  = sg;
-    if (\$116 ) begin
-      \$296  = \$214 ;
+    \$296  = row_step;
+    if (start) begin
+      \$296  = \$220 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$297  = swg;
-    if (\$116 ) begin
-      \$297  = \$221 [16:0];
+    \$297  = goff_step;
+    if (start) begin
+      \$297  = \$221 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$298  = row_step;
-    if (\$116 ) begin
+    \$298  = ox_step;
+    if (start) begin
       \$298  = \$222 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$299  = goff_step;
-    if (\$116 ) begin
-      \$299  = \$223 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$300  = ox_step;
-    if (\$116 ) begin
-      \$300  = \$224 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$301  = ix_step;
-    if (\$116 ) begin
-      \$301  = \$226 ;
+    \$299  = ix_step;
+    if (start) begin
+      \$299  = \$224 ;
     end
   end
   assign \sizes.wg  = sizes[11:0];
@@ -28048,12 +28035,12 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   assign \taps__payload.waddr  = taps__payload[62:53];
   assign \taps__payload.first  = taps__payload[63];
   assign \taps__payload.last  = taps__payload[64];
-  assign taps__payload[64] = \$238 ;
-  assign taps__payload[63] = \$236 ;
+  assign taps__payload[64] = \$236 ;
+  assign taps__payload[63] = \$234 ;
   assign taps__payload[62:53] = waddr;
   assign taps__payload[52:35] = iy;
   assign taps__payload[34:17] = ix;
-  assign taps__payload[16:0] = \$231 [16:0];
+  assign taps__payload[16:0] = \$229 [16:0];
   assign \$30  = \$29 ;
   assign \$32  = \$31 ;
   assign \$33  = \$31 ;
@@ -28061,38 +28048,41 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, cmd, dw, dwp, 
   assign \$44  = \$43 ;
   assign \$53  = \$52 ;
   assign \$64  = \$63 ;
-  assign \$127 [2:0] = 3'h0;
-  assign \$127 [16:3] = \$126 [16:3];
-  assign \$143 [2:0] = 3'h0;
-  assign \$143 [16:3] = \$142 [16:3];
-  assign \$167 [2:0] = 3'h0;
-  assign \$167 [16:3] = \$166 [16:3];
-  assign \$184  = \$183 ;
-  assign \$212  = { cmd[79:64], 1'h0 };
-  assign \$216  = { ws, 1'h0 };
-  assign \$219  = { sizes[11:0], 1'h0 };
-  assign \$225  = { cmd[101:100], 3'h0 };
+  assign \$125 [2:0] = 3'h0;
+  assign \$125 [16:3] = \$124 [16:3];
+  assign \$141 [2:0] = 3'h0;
+  assign \$141 [16:3] = \$140 [16:3];
+  assign \$165 [2:0] = 3'h0;
+  assign \$165 [16:3] = \$164 [16:3];
+  assign \$182  = \$181 ;
+  assign \$210  = { cmd[79:64], 1'h0 };
+  assign \$214  = { ws, 1'h0 };
+  assign \$217  = { sizes[11:0], 1'h0 };
+  assign \$223  = { cmd[101:100], 3'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, refused, last_go, cfg__ready, accept, busy, sizing, starting, start, run
-, sizes_ready, sizes, loaded, inputs_done, mac_valid, cfg__payload);
+module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, cfg__ready, accept, busy, sizing, run, sizes_ready, sizes
+, loaded, inputs_done, mac_valid, cfg__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire \$1 ;
   wire \$10 ;
   reg \$100 ;
-  reg [113:0] \$101 ;
+  reg \$101 ;
   reg \$102 ;
   reg \$103 ;
-  reg \$104 ;
+  reg [113:0] \$104 ;
   reg \$105 ;
-  reg [15:0] \$106 ;
-  reg [21:0] \$107 ;
-  reg [2:0] \$108 ;
-  reg \$109 ;
+  reg \$106 ;
+  reg \$107 ;
+  reg \$108 ;
+  reg [15:0] \$109 ;
   wire \$11 ;
-  reg [4:0] \$110 ;
-  reg \$111 ;
+  reg [21:0] \$110 ;
+  reg [2:0] \$111 ;
+  reg \$112 ;
+  reg [4:0] \$113 ;
+  reg \$114 ;
   wire \$12 ;
   wire \$13 ;
   wire \$14 ;
@@ -28175,9 +28165,9 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire [18:0] \$84 ;
   wire [18:0] \$85 ;
   wire \$86 ;
-  wire [22:0] \$87 ;
+  wire \$87 ;
   wire \$88 ;
-  wire \$89 ;
+  wire [22:0] \$89 ;
   wire \$9 ;
   wire \$90 ;
   wire \$91 ;
@@ -28187,8 +28177,8 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire \$95 ;
   wire \$96 ;
   wire \$97 ;
-  reg \$98 ;
-  reg \$99 ;
+  wire \$98 ;
+  wire \$99 ;
   output accept;
   reg accept;
   reg bad_fields = 1'h0;
@@ -28279,7 +28269,6 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire mac_valid;
   input outputs_done;
   wire outputs_done;
-  output refused;
   reg refused = 1'h0;
   input rst;
   wire rst;
@@ -28304,9 +28293,9 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   output sizing;
   reg sizing;
   output start;
-  reg start;
-  output starting;
-  reg starting;
+  reg start = 1'h0;
+  (* init = 1'h0 *)
+  wire \start$25 ;
   assign \$1  = cmd[99:96] == 1'h1;
   assign \$2  = cmd[99:96] == 2'h3;
   assign \$3  = \$1  | \$2 ;
@@ -28386,59 +28375,49 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   assign \$81  = \$80  ? 16'h0001 : cfg__payload[79:64];
   assign \$82  = cfg__payload[109:108] == 1'h1;
   assign \$86  = bad_fields | bad_sizes;
-  assign \$87  = gout_o - 1'h1;
-  assign \$88  = outputs_done & inputs_done;
-  assign \$89  = fin & loaded;
-  assign \$90  = dwp & mac_valid;
-  assign \$91  = ~ \$90 ;
-  assign \$92  = \$89  & \$91 ;
-  assign \$93  = ! fsm_state;
-  assign \$94  = fsm_state == 1'h1;
-  assign \$95  = fsm_state == 2'h2;
-  assign \$96  = fsm_state == 2'h3;
-  assign \$97  = fsm_state == 3'h4;
+  assign \$87  = bad_fields | bad_sizes;
+  assign \$88  = ~ \$87 ;
+  assign \$89  = gout_o - 1'h1;
+  assign \$90  = outputs_done & inputs_done;
+  assign \$91  = fin & loaded;
+  assign \$92  = dwp & mac_valid;
+  assign \$93  = ~ \$92 ;
+  assign \$94  = \$91  & \$93 ;
+  assign \$95  = ! fsm_state;
+  assign \$96  = fsm_state == 1'h1;
+  assign \$97  = fsm_state == 2'h2;
+  assign \$98  = fsm_state == 2'h3;
+  assign \$99  = fsm_state == 3'h4;
   always @(posedge clk)
-    bad_fields <= \$98 ;
+    start <= \$100 ;
   always @(posedge clk)
-    bad_sizes <= \$99 ;
+    bad_fields <= \$101 ;
   always @(posedge clk)
-    done <= \$100 ;
+    bad_sizes <= \$102 ;
   always @(posedge clk)
-    cmd <= \$101 ;
+    done <= \$103 ;
   always @(posedge clk)
-    error <= \$102 ;
+    cmd <= \$104 ;
   always @(posedge clk)
-    dw <= \$103 ;
+    error <= \$105 ;
   always @(posedge clk)
-    dwp <= \$104 ;
+    dw <= \$106 ;
   always @(posedge clk)
-    dwc <= \$105 ;
+    dwp <= \$107 ;
   always @(posedge clk)
-    gin_e <= \$106 ;
+    dwc <= \$108 ;
   always @(posedge clk)
-    gout_o <= \$107 ;
+    gin_e <= \$109 ;
   always @(posedge clk)
-    fsm_state <= \$108 ;
+    gout_o <= \$110 ;
   always @(posedge clk)
-    refused <= \$109 ;
+    fsm_state <= \$111 ;
   always @(posedge clk)
-    last_go <= \$110 ;
+    refused <= \$112 ;
   always @(posedge clk)
-    fin <= \$111 ;
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$98  = \$57 ;
-    if (rst) begin
-      \$98  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$99  = \$74 ;
-    if (rst) begin
-      \$99  = 1'h0;
-    end
-  end
+    last_go <= \$113 ;
+  always @(posedge clk)
+    fin <= \$114 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
     \$100  = 1'h0;
@@ -28448,15 +28427,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
-      3'h3:
-          if (refused) begin
-            \$100  = 1'h1;
-          end
-      3'h4:
-          if (\$92 ) begin
-            \$100  = 1'h1;
-          end
+          \$100  = \$88 ;
     endcase
     if (rst) begin
       \$100  = 1'h0;
@@ -28464,45 +28435,35 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$101  = cmd;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$101  = cfg__payload;
-          end
-    endcase
+    \$101  = \$57 ;
     if (rst) begin
-      \$101  = 114'h00000000000000000000000000000;
+      \$101  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$102  = error;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$102  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (refused) begin
-            \$102  = 1'h1;
-          end
-    endcase
+    \$102  = \$74 ;
     if (rst) begin
       \$102  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$103  = dw;
+    \$103  = 1'h0;
     casez (fsm_state)
       3'h0:
-          if (cfg__valid) begin
-            \$103  = \$75 ;
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$103  = 1'h1;
+          end
+      3'h4:
+          if (\$94 ) begin
+            \$103  = 1'h1;
           end
     endcase
     if (rst) begin
@@ -28511,24 +28472,32 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$104  = dwp;
+    \$104  = cmd;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$104  = \$77 ;
+            \$104  = cfg__payload;
           end
     endcase
     if (rst) begin
-      \$104  = 1'h0;
+      \$104  = 114'h00000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$105  = dwc;
+    \$105  = error;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$105  = \$79 ;
+            \$105  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$105  = 1'h1;
           end
     endcase
     if (rst) begin
@@ -28537,93 +28506,132 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$106  = gin_e;
+    \$106  = dw;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$106  = \$81 ;
+            \$106  = \$75 ;
           end
     endcase
     if (rst) begin
-      \$106  = 16'h0000;
+      \$106  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$107  = gout_o;
+    \$107  = dwp;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$107  = { 3'h0, \$85  };
+            \$107  = \$77 ;
           end
     endcase
     if (rst) begin
-      \$107  = 22'h000000;
+      \$107  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$108  = fsm_state;
+    \$108  = dwc;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$108  = 3'h1;
+            \$108  = \$79 ;
+          end
+    endcase
+    if (rst) begin
+      \$108  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$109  = gin_e;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$109  = \$81 ;
+          end
+    endcase
+    if (rst) begin
+      \$109  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$110  = gout_o;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$110  = { 3'h0, \$85  };
+          end
+    endcase
+    if (rst) begin
+      \$110  = 22'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$111  = fsm_state;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$111  = 3'h1;
           end
       3'h1:
           if (sizes_ready) begin
-            \$108  = 3'h2;
+            \$111  = 3'h2;
           end
       3'h2:
-          \$108  = 3'h3;
+          \$111  = 3'h3;
       3'h3:
           (* full_case = 32'd1 *)
           if (refused) begin
-            \$108  = 3'h0;
+            \$111  = 3'h0;
           end else begin
-            \$108  = 3'h4;
+            \$111  = 3'h4;
           end
       3'h4:
-          if (\$92 ) begin
-            \$108  = 3'h0;
+          if (\$94 ) begin
+            \$111  = 3'h0;
           end
     endcase
     if (rst) begin
-      \$108  = 3'h0;
+      \$111  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$109  = refused;
+    \$112  = refused;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$109  = \$86 ;
+          \$112  = \$86 ;
     endcase
     if (rst) begin
-      \$109  = 1'h0;
+      \$112  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$110  = last_go;
+    \$113  = last_go;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$110  = \$87 [4:0];
+          \$113  = \$89 [4:0];
     endcase
     if (rst) begin
-      \$110  = 5'h00;
+      \$113  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$111  = fin;
+    \$114  = fin;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -28635,13 +28643,13 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
           (* full_case = 32'd1 *)
           if (refused) begin
           end else begin
-            \$111  = 1'h0;
+            \$114  = 1'h0;
           end
       3'h4:
-          \$111  = \$88 ;
+          \$114  = \$90 ;
     endcase
     if (rst) begin
-      \$111  = 1'h0;
+      \$114  = 1'h0;
     end
   end
   always @* begin
@@ -28688,38 +28696,6 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    starting = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          starting = 1'h1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    start = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (refused) begin
-          end else begin
-            start = 1'h1;
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
     run = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -28734,6 +28710,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
           run = 1'h1;
     endcase
   end
+  assign \start$25  = start;
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -28784,7 +28761,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$164 (rst, ws, cmd, gin_e, gout_o, clear, enable, ready, sizes, clk);
+module \psc_core.sizes$161 (rst, ws, cmd, gin_e, gout_o, clear, enable, ready, sizes, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$19  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -29432,7 +29409,7 @@ module \psc_core.sizes$164 (rst, ws, cmd, gin_e, gout_o, clear, enable, ready, s
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, keep, start, run, count, i__ready, done, wp__data);
+module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start, keep, run, count, i__ready, done, wp__data);
   reg \$auto$verilog_backend.cc:2355:dump_module$20  = 0;
   wire \$1 ;
   wire \$10 ;

@@ -270,9 +270,9 @@ def _collect_taps(cc, f, *, p_ready=1.0, seed=0):
         rng = random.Random(seed)
         _set_command(ctx, dut, cc, f)
         await ctx.tick()                 # the sizes settle a cycle before the start
-        ctx.set(dut.starting, 1)
+        ctx.set(dut.start, 1)
         await ctx.tick()
-        ctx.set(dut.starting, 0)
+        ctx.set(dut.start, 0)
         ctx.set(dut.run, 1)
         ctx.set(dut.rows_in, f["in_h"])
         ctx.set(dut.weights_done, 1)

@@ -30,7 +30,7 @@ def _run(args, **kw):
     return res.stdout
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")   # built once per worker (see test_core_sim.named)
 def installed(tmp_path_factory):
     """``(site, env, cwd)``: the installed package's directory, an environment that
     imports it first, and a working directory outside the checkout."""

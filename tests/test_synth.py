@@ -44,7 +44,7 @@ def _build_root(name):
     return str(BUILD / os.environ.get("PYTEST_XDIST_WORKER", "main") / name)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")   # built once per worker (see test_core_sim.named)
 def datapath_reports():
     """Yosys (no P&R) of the tiny MAC array, three variants, iCE40 UP5K."""
     return {v: synth.synthesize("ice40-up5k", v, level="datapath", config=TINY, pnr=False,
@@ -289,7 +289,7 @@ def test_naive_datapath_matches_golden(monkeypatch):
         assert np.array_equal(got, prim.expected_stream(config, reductions))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")   # built once per worker (see test_core_sim.named)
 def core_report():
     """Yosys (no P&R) of the whole tiny core, iCE40 UP5K (about a minute or two)."""
     return synth.synthesize("ice40-up5k", "psc", level="core", config=TINY, pnr=False,

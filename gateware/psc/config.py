@@ -319,11 +319,11 @@ class CoreConfig:
         throughput), so the block RAM outputs route neither straight into the
         multipliers' input registers nor into the bias add in front of the
         requantiser, and a two-entry FIFO of sums after the MAC array (one
-        cycle more), so the output port's ready does not reach the buffers'
-        read enables through the whole pipeline. Both limit the clock on
-        ECP5. ``False`` by default: it costs a lane word per row, a weight
-        block and a parameter word plus three times ``rows`` sums of
-        flip-flops.
+        cycle more; :attr:`sums_fifo`), so the output port's ready does not
+        reach the buffers' read enables through the whole pipeline. Both
+        limit the clock on ECP5. ``False`` by default: it costs a lane word
+        per row, a weight block and a parameter word plus three times
+        ``rows`` sums of flip-flops.
     psum_depth : int
         Depth of the partial-sum buffer in output beats (``rows`` sums
         each), ``0`` for none. A layer whose reduction does not fit one
@@ -410,6 +410,15 @@ class CoreConfig:
         """Bits of a layer's whole sum (bias included) after the MAC array: ``psum_width``
         with a partial-sum buffer, else ``pe.acc_width``."""
         return self.psum_width if self.psum_depth else self.pe.acc_width
+
+    @property
+    def sums_fifo(self):
+        """The core has a two-entry FIFO of sums between the MAC array and the output stage
+        (one cycle more latency), so that the array's enable comes from the FIFO's level and
+        not from the requantiser's state and ``act_out.ready``: with ``read_register``, and
+        on an ``fmap_ram="spram"`` build, whose SB_SPRAM256KA chip selects (the read
+        enables, at the end of that chain) sit in the device's corners."""
+        return self.read_register or self.fmap_ram == "spram"
 
     @property
     def requant_config(self):

@@ -96,11 +96,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire act_out__valid;
   wire all_sent;
   wire beat;
-  wire \beat$162 ;
+  wire \beat$159 ;
   output busy;
   wire busy;
-  wire \busy$158 ;
-  wire \busy$159 ;
+  wire \busy$155 ;
+  wire \busy$156 ;
   input [113:0] cfg__payload;
   wire [113:0] cfg__payload;
   wire [113:0] \cfg__payload$23 ;
@@ -159,7 +159,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire cfg__valid;
   wire \cfg__valid$25 ;
   wire clear;
-  wire \clear$157 ;
+  wire \clear$154 ;
   input clk;
   wire clk;
   wire [113:0] cmd;
@@ -323,10 +323,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [31:0] cycles_total;
   output done;
   wire done;
-  wire \done$147 ;
-  wire \done$149 ;
-  wire \done$153 ;
-  wire \done$165 ;
+  wire \done$144 ;
+  wire \done$146 ;
+  wire \done$150 ;
+  wire \done$162 ;
   wire dw;
   wire \dw$102 ;
   wire \dw$127 ;
@@ -342,7 +342,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire enable;
   output error;
   wire error;
-  wire \error$166 ;
+  wire \error$163 ;
   wire [15:0] gin_e;
   wire [15:0] \gin_e$105 ;
   wire [15:0] \gin_e$89 ;
@@ -563,7 +563,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [5:0] last_go;
   wire [5:0] last_group;
   wire loaded;
-  wire \loaded$151 ;
+  wire \loaded$148 ;
   wire mac_valid;
   wire [24:0] n_out;
   wire [55:0] o__payload;
@@ -808,10 +808,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \read__en$78 ;
   wire \read__en$84 ;
   wire ready;
-  wire refused;
-  wire \refused$142 ;
   wire [12:0] rows_in;
-  wire [12:0] \rows_in$145 ;
+  wire [12:0] \rows_in$142 ;
   input rst;
   wire rst;
   wire run;
@@ -819,8 +817,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \run$134 ;
   wire \run$136 ;
   wire \run$138 ;
-  wire \run$143 ;
-  wire \run$160 ;
+  wire \run$140 ;
+  wire \run$157 ;
   wire [174:0] sizes;
   wire [174:0] \sizes$106 ;
   wire [11:0] \sizes$106.kk ;
@@ -881,8 +879,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \start$133 ;
   wire \start$135 ;
   wire \start$137 ;
-  wire starting;
-  wire \starting$140 ;
+  wire \start$139 ;
   wire [66:0] taps__payload;
   wire \taps__payload.first ;
   wire [17:0] \taps__payload.ix ;
@@ -897,7 +894,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire w_en;
   wire w_rdy;
   wire waiting;
-  wire \waiting$164 ;
+  wire \waiting$161 ;
   wire [10:0] weights__addr;
   wire [447:0] weights__data;
   wire [111:0] \weights__data[0] ;
@@ -1083,12 +1080,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .gin_e(gin_e),
     .loaded(loaded),
     .params_done(params_done),
-    .refused(refused),
     .rows_in(rows_in),
     .rst(rst),
     .run(run),
     .sizes(sizes),
-    .starting(starting),
+    .start(start),
     .taps__payload(\i__payload$35 ),
     .taps__ready(taps__ready),
     .taps__valid(\i__valid$39 ),
@@ -1115,16 +1111,14 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .loaded(loaded),
     .mac_valid(mac_valid),
     .outputs_done(outputs_done),
-    .refused(refused),
     .rst(rst),
     .run(run),
     .sizes(sizes),
     .sizes_ready(sizes_ready),
     .sizing(enable),
-    .start(start),
-    .starting(starting)
+    .start(start)
   );
-  \psc_core.sizes$171  \sizes$171  (
+  \psc_core.sizes$168  \sizes$168  (
     .clear(clear),
     .clk(clk),
     .cmd(cmd),
@@ -1242,23 +1236,22 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \run$136  = run;
   assign \start$137  = start;
   assign \run$138  = run;
-  assign \starting$140  = starting;
-  assign \refused$142  = refused;
-  assign \run$143  = run;
-  assign \rows_in$145  = rows_in;
-  assign \done$147  = weights_done;
-  assign \done$149  = params_done;
-  assign \loaded$151  = loaded;
-  assign \done$153  = inputs_done;
+  assign \start$139  = start;
+  assign \run$140  = run;
+  assign \rows_in$142  = rows_in;
+  assign \done$144  = weights_done;
+  assign \done$146  = params_done;
+  assign \loaded$148  = loaded;
+  assign \done$150  = inputs_done;
   assign all_sent = outputs_done;
-  assign \clear$157  = clear;
-  assign \busy$158  = busy;
-  assign \busy$159  = busy;
-  assign \run$160  = run;
-  assign \beat$162  = beat;
-  assign \waiting$164  = waiting;
-  assign \done$165  = done;
-  assign \error$166  = error;
+  assign \clear$154  = clear;
+  assign \busy$155  = busy;
+  assign \busy$156  = busy;
+  assign \run$157  = run;
+  assign \beat$159  = beat;
+  assign \waiting$161  = waiting;
+  assign \done$162  = done;
+  assign \error$163  = error;
   assign total = cycles_total;
   assign compute = cycles_compute;
   assign stall = cycles_stall;
@@ -14383,7 +14376,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, read__addr, i__ready, read__data, done, rows_in, i__payload);
+module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, read__addr, i__ready, read__data, done, rows_in, i__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -19076,7 +19069,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, dwc, start, run, sizes, rea
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, all_sent, \i__valid$40 , \i__payload$42 , cmd, dwp, last_group, start, run, n_out, params__addr, \o__ready$41 );
+module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, all_sent, \i__valid$40 , \i__payload$42 , start, cmd, dwp, last_group, run, n_out, params__addr, \o__ready$41 );
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -24943,7 +24936,7 @@ module \psc_core.out.rq (rst, i__valid, o__ready, en, relu, i__payload, o__valid
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, keep, count, start, run, i__ready, done, rp__addr, wp__data);
+module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, count, run, i__ready, done, rp__addr, wp__data);
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -25254,7 +25247,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, keep, count, star
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_e, refused, starting, run, sizes, loaded, taps__payload, rows_in, weights_done, params_done, clk);
+module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dwp, gin_e, run, sizes, loaded, taps__payload, rows_in, weights_done, params_done, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire [13:0] \$1 ;
   wire [4:0] \$10 ;
@@ -25274,41 +25267,41 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   wire \$112 ;
   wire \$113 ;
   wire \$114 ;
-  wire \$115 ;
-  wire \$116 ;
-  wire [16:0] \$117 ;
-  wire [16:0] \$118 ;
+  wire [16:0] \$115 ;
+  wire [16:0] \$116 ;
+  wire \$117 ;
+  wire [4:0] \$118 ;
   wire \$119 ;
   wire \$12 ;
   wire [4:0] \$120 ;
   wire \$121 ;
-  wire [4:0] \$122 ;
+  wire [16:0] \$122 ;
   wire \$123 ;
   wire [16:0] \$124 ;
-  wire \$125 ;
+  wire [16:0] \$125 ;
   wire [16:0] \$126 ;
-  wire [16:0] \$127 ;
-  wire [16:0] \$128 ;
-  wire [2:0] \$129 ;
+  wire [2:0] \$127 ;
+  wire \$128 ;
+  wire [16:0] \$129 ;
   wire [4:0] \$13 ;
   wire \$130 ;
   wire [16:0] \$131 ;
   wire \$132 ;
-  wire [16:0] \$133 ;
+  wire [4:0] \$133 ;
   wire \$134 ;
   wire [4:0] \$135 ;
   wire \$136 ;
-  wire [4:0] \$137 ;
+  wire [16:0] \$137 ;
   wire \$138 ;
   wire [16:0] \$139 ;
   wire [4:0] \$14 ;
-  wire \$140 ;
+  wire [16:0] \$140 ;
   wire [16:0] \$141 ;
-  wire [16:0] \$142 ;
-  wire [16:0] \$143 ;
-  wire [2:0] \$144 ;
+  wire [2:0] \$142 ;
+  wire \$143 ;
+  wire [16:0] \$144 ;
   wire \$145 ;
-  wire [16:0] \$146 ;
+  wire \$146 ;
   wire \$147 ;
   wire \$148 ;
   wire \$149 ;
@@ -25317,26 +25310,26 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   wire \$151 ;
   wire \$152 ;
   wire \$153 ;
-  wire \$154 ;
-  wire \$155 ;
-  wire [16:0] \$156 ;
-  wire [17:0] \$157 ;
+  wire [16:0] \$154 ;
+  wire [17:0] \$155 ;
+  wire [4:0] \$156 ;
+  wire [5:0] \$157 ;
   wire [4:0] \$158 ;
   wire [5:0] \$159 ;
   wire \$16 ;
-  wire [4:0] \$160 ;
-  wire [5:0] \$161 ;
+  wire [16:0] \$160 ;
+  wire [17:0] \$161 ;
   wire [16:0] \$162 ;
-  wire [17:0] \$163 ;
+  wire [16:0] \$163 ;
   wire [16:0] \$164 ;
-  wire [16:0] \$165 ;
-  wire [16:0] \$166 ;
-  wire [2:0] \$167 ;
-  wire [4:0] \$168 ;
+  wire [2:0] \$165 ;
+  wire [4:0] \$166 ;
+  wire [17:0] \$167 ;
+  wire [16:0] \$168 ;
   wire [17:0] \$169 ;
   wire [6:0] \$17 ;
-  wire [16:0] \$170 ;
-  wire [17:0] \$171 ;
+  wire \$170 ;
+  wire \$171 ;
   wire \$172 ;
   wire \$173 ;
   wire \$174 ;
@@ -25369,57 +25362,57 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   wire \$199 ;
   wire [15:0] \$2 ;
   wire \$20 ;
-  wire \$200 ;
-  wire \$201 ;
+  wire [3:0] \$200 ;
+  wire [3:0] \$201 ;
   wire [3:0] \$202 ;
   wire [3:0] \$203 ;
-  wire [3:0] \$204 ;
-  wire [3:0] \$205 ;
-  wire [4:0] \$206 ;
-  wire [15:0] \$207 ;
-  wire \$208 ;
+  wire [4:0] \$204 ;
+  wire [15:0] \$205 ;
+  wire \$206 ;
+  wire [16:0] \$207 ;
+  wire [16:0] \$208 ;
   wire [16:0] \$209 ;
   wire [16:0] \$21 ;
-  wire [16:0] \$210 ;
-  wire [16:0] \$211 ;
-  wire \$212 ;
-  wire [17:0] \$213 ;
-  wire [17:0] \$214 ;
-  wire \$215 ;
-  wire [13:0] \$216 ;
-  wire [13:0] \$217 ;
-  wire [17:0] \$218 ;
-  wire [16:0] \$219 ;
+  wire \$210 ;
+  wire [17:0] \$211 ;
+  wire [17:0] \$212 ;
+  wire \$213 ;
+  wire [13:0] \$214 ;
+  wire [13:0] \$215 ;
+  wire [17:0] \$216 ;
+  wire [16:0] \$217 ;
+  wire [10:0] \$218 ;
+  wire [2:0] \$219 ;
   wire [16:0] \$22 ;
-  wire [10:0] \$220 ;
-  wire [2:0] \$221 ;
-  wire [4:0] \$222 ;
-  wire [4:0] \$223 ;
+  wire [4:0] \$220 ;
+  wire [4:0] \$221 ;
+  wire \$222 ;
+  wire \$223 ;
   wire \$224 ;
-  wire \$225 ;
-  wire \$226 ;
-  wire [18:0] \$227 ;
-  wire [19:0] \$228 ;
+  wire [18:0] \$225 ;
+  wire [19:0] \$226 ;
+  wire \$227 ;
+  wire \$228 ;
   wire \$229 ;
   wire \$23 ;
   wire \$230 ;
   wire \$231 ;
   wire \$232 ;
   wire \$233 ;
-  wire \$234 ;
-  wire \$235 ;
-  reg [11:0] \$236 ;
+  reg [11:0] \$234 ;
+  reg \$235 ;
+  reg [3:0] \$236 ;
   reg \$237 ;
   reg [3:0] \$238 ;
   reg \$239 ;
   wire \$24 ;
-  reg [3:0] \$240 ;
+  reg [5:0] \$240 ;
   reg \$241 ;
-  reg [5:0] \$242 ;
+  reg [15:0] \$242 ;
   reg \$243 ;
   reg [15:0] \$244 ;
   reg \$245 ;
-  reg [15:0] \$246 ;
+  reg \$246 ;
   reg \$247 ;
   reg \$248 ;
   reg \$249 ;
@@ -25431,25 +25424,25 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   reg \$254 ;
   reg \$255 ;
   reg \$256 ;
-  reg \$257 ;
-  reg \$258 ;
-  reg [10:0] \$259 ;
+  reg [10:0] \$257 ;
+  reg [17:0] \$258 ;
+  reg [17:0] \$259 ;
   wire [16:0] \$26 ;
   reg [17:0] \$260 ;
   reg [17:0] \$261 ;
-  reg [17:0] \$262 ;
+  reg [10:0] \$262 ;
   reg [17:0] \$263 ;
-  reg [10:0] \$264 ;
+  reg [17:0] \$264 ;
   reg [17:0] \$265 ;
   reg [17:0] \$266 ;
   reg [17:0] \$267 ;
-  reg [17:0] \$268 ;
-  reg [17:0] \$269 ;
+  reg \$268 ;
+  reg \$269 ;
   wire \$27 ;
   reg \$270 ;
-  reg \$271 ;
+  reg [5:0] \$271 ;
   reg \$272 ;
-  reg [5:0] \$273 ;
+  reg \$273 ;
   reg \$274 ;
   reg \$275 ;
   reg \$276 ;
@@ -25461,22 +25454,20 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   reg \$281 ;
   reg \$282 ;
   reg \$283 ;
-  reg \$284 ;
-  reg \$285 ;
-  reg [13:0] \$286 ;
-  reg [5:0] \$287 ;
-  reg [5:0] \$288 ;
-  reg [7:0] \$289 ;
+  reg [13:0] \$284 ;
+  reg [5:0] \$285 ;
+  reg [5:0] \$286 ;
+  reg [7:0] \$287 ;
+  reg [17:0] \$288 ;
+  reg [17:0] \$289 ;
   wire \$29 ;
   reg [17:0] \$290 ;
   reg [17:0] \$291 ;
   reg [17:0] \$292 ;
   reg [17:0] \$293 ;
-  reg [17:0] \$294 ;
-  reg [17:0] \$295 ;
-  reg [10:0] \$296 ;
-  reg [2:0] \$297 ;
-  reg [3:0] \$298 ;
+  reg [10:0] \$294 ;
+  reg [2:0] \$295 ;
+  reg [3:0] \$296 ;
   wire [16:0] \$3 ;
   wire \$30 ;
   wire \$31 ;
@@ -25648,8 +25639,6 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   input params_done;
   wire params_done;
   reg [17:0] pixbase = 18'h00000;
-  input refused;
-  wire refused;
   reg [17:0] row_step = 18'h00000;
   reg [17:0] rowbase = 18'h00000;
   input [12:0] rows_in;
@@ -25675,8 +25664,8 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   wire [12:0] \sizes.pt_ws ;
   wire [11:0] \sizes.red ;
   wire [12:0] \sizes.wg ;
-  input starting;
-  wire starting;
+  input start;
+  wire start;
   reg [17:0] swg = 18'h00000;
   reg [17:0] tapbase = 18'h00000;
   output [66:0] taps__payload;
@@ -25804,690 +25793,714 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   assign \$112  = $signed({ 1'h0, rows_in }) >= $signed(\$111 );
   assign \$113  = rows_in == cmd[15:0];
   assign \$114  = \$112  | \$113 ;
-  assign \$115  = ~ refused;
-  assign \$116  = starting & \$115 ;
-  assign \$117  = cmd[95:80] - 1'h1;
-  assign \$118  = gin_e - 1'h1;
+  assign \$115  = cmd[95:80] - 1'h1;
+  assign \$116  = gin_e - 1'h1;
+  assign \$117  = \$116  == 1'h1;
+  assign \$118  = cmd[99:96] - 1'h1;
   assign \$119  = \$118  == 1'h1;
   assign \$120  = cmd[99:96] - 1'h1;
   assign \$121  = \$120  == 1'h1;
-  assign \$122  = cmd[99:96] - 1'h1;
+  assign \$122  = cmd[95:80] - 1'h1;
   assign \$123  = \$122  == 1'h1;
-  assign \$124  = cmd[95:80] - 1'h1;
-  assign \$125  = \$124  == 1'h1;
-  assign \$126  = cmd[63:48] - 1'h1;
-  assign \$127  = cmd[63:48] - 1'h1;
-  assign \$128  = dwp ? \$126  : \$127 ;
-  assign \$129  = dwp ? 3'h4 : 3'h1;
-  assign \$130  = \$128  == \$129 ;
-  assign \$131  = cmd[47:32] - 1'h1;
+  assign \$124  = cmd[63:48] - 1'h1;
+  assign \$125  = cmd[63:48] - 1'h1;
+  assign \$126  = dwp ? \$124  : \$125 ;
+  assign \$127  = dwp ? 3'h4 : 3'h1;
+  assign \$128  = \$126  == \$127 ;
+  assign \$129  = cmd[47:32] - 1'h1;
+  assign \$130  = \$129  == 1'h1;
+  assign \$131  = gin_e - 1'h1;
   assign \$132  = \$131  == 1'h1;
-  assign \$133  = gin_e - 1'h1;
+  assign \$133  = cmd[99:96] - 1'h1;
   assign \$134  = \$133  == 1'h1;
   assign \$135  = cmd[99:96] - 1'h1;
   assign \$136  = \$135  == 1'h1;
-  assign \$137  = cmd[99:96] - 1'h1;
+  assign \$137  = cmd[95:80] - 1'h1;
   assign \$138  = \$137  == 1'h1;
-  assign \$139  = cmd[95:80] - 1'h1;
-  assign \$140  = \$139  == 1'h1;
-  assign \$141  = cmd[63:48] - 1'h1;
-  assign \$142  = cmd[63:48] - 1'h1;
-  assign \$143  = dwp ? \$141  : \$142 ;
-  assign \$144  = dwp ? 3'h4 : 3'h1;
-  assign \$145  = \$143  == \$144 ;
-  assign \$146  = cmd[47:32] - 1'h1;
-  assign \$147  = \$146  == 1'h1;
-  assign \$148  = gin_e == 1'h1;
-  assign \$149  = cmd[99:96] == 1'h1;
-  assign \$150  = cmd[99:96] == 1'h1;
-  assign \$151  = cmd[95:80] == 1'h1;
-  assign \$152  = cmd[63:48] <= 3'h4;
-  assign \$153  = cmd[63:48] == 1'h1;
-  assign \$154  = dwp ? \$152  : \$153 ;
-  assign \$155  = cmd[47:32] == 1'h1;
-  assign \$156  = gin_e - 1'h1;
+  assign \$139  = cmd[63:48] - 1'h1;
+  assign \$140  = cmd[63:48] - 1'h1;
+  assign \$141  = dwp ? \$139  : \$140 ;
+  assign \$142  = dwp ? 3'h4 : 3'h1;
+  assign \$143  = \$141  == \$142 ;
+  assign \$144  = cmd[47:32] - 1'h1;
+  assign \$145  = \$144  == 1'h1;
+  assign \$146  = gin_e == 1'h1;
+  assign \$147  = cmd[99:96] == 1'h1;
+  assign \$148  = cmd[99:96] == 1'h1;
+  assign \$149  = cmd[95:80] == 1'h1;
+  assign \$150  = cmd[63:48] <= 3'h4;
+  assign \$151  = cmd[63:48] == 1'h1;
+  assign \$152  = dwp ? \$150  : \$151 ;
+  assign \$153  = cmd[47:32] == 1'h1;
+  assign \$154  = gin_e - 1'h1;
+  assign \$155  = $signed(\$154 ) - $signed(3'h2);
+  assign \$156  = cmd[99:96] - 1'h1;
   assign \$157  = $signed(\$156 ) - $signed(3'h2);
   assign \$158  = cmd[99:96] - 1'h1;
   assign \$159  = $signed(\$158 ) - $signed(3'h2);
-  assign \$160  = cmd[99:96] - 1'h1;
+  assign \$160  = cmd[95:80] - 1'h1;
   assign \$161  = $signed(\$160 ) - $signed(3'h2);
-  assign \$162  = cmd[95:80] - 1'h1;
-  assign \$163  = $signed(\$162 ) - $signed(3'h2);
-  assign \$164  = cmd[63:48] - 1'h1;
-  assign \$165  = cmd[63:48] - 1'h1;
-  assign \$166  = dwp ? \$164  : \$165 ;
-  assign \$167  = dwp ? 3'h4 : 3'h1;
-  assign \$168  = 2'h2 * \$167 ;
-  assign \$169  = $signed(\$166 ) - $signed({ 1'h0, \$168  });
-  assign \$170  = cmd[47:32] - 1'h1;
-  assign \$171  = $signed(\$170 ) - $signed(3'h2);
-  assign \$172  = gin_e == 1'h1;
-  assign \$173  = cmd[99:96] == 1'h1;
-  assign \$174  = cmd[99:96] == 1'h1;
-  assign \$175  = cmd[95:80] == 1'h1;
-  assign \$176  = cmd[63:48] <= 3'h4;
-  assign \$177  = cmd[63:48] == 1'h1;
-  assign \$178  = dwp ? \$176  : \$177 ;
-  assign \$179  = cmd[47:32] == 1'h1;
+  assign \$162  = cmd[63:48] - 1'h1;
+  assign \$163  = cmd[63:48] - 1'h1;
+  assign \$164  = dwp ? \$162  : \$163 ;
+  assign \$165  = dwp ? 3'h4 : 3'h1;
+  assign \$166  = 2'h2 * \$165 ;
+  assign \$167  = $signed(\$164 ) - $signed({ 1'h0, \$166  });
+  assign \$168  = cmd[47:32] - 1'h1;
+  assign \$169  = $signed(\$168 ) - $signed(3'h2);
+  assign \$170  = gin_e == 1'h1;
+  assign \$171  = cmd[99:96] == 1'h1;
+  assign \$172  = cmd[99:96] == 1'h1;
+  assign \$173  = cmd[95:80] == 1'h1;
+  assign \$174  = cmd[63:48] <= 3'h4;
+  assign \$175  = cmd[63:48] == 1'h1;
+  assign \$176  = dwp ? \$174  : \$175 ;
+  assign \$177  = cmd[47:32] == 1'h1;
+  assign \$178  = gin_e == 1'h1;
   assign \$180  = gin_e == 1'h1;
-  assign \$182  = gin_e == 1'h1;
-  assign \$183  = cmd[99:96] == 1'h1;
-  assign \$184  = & { \$183 , \$182  };
-  assign \$185  = gin_e == 1'h1;
-  assign \$186  = cmd[99:96] == 1'h1;
-  assign \$187  = cmd[99:96] == 1'h1;
-  assign \$188  = & { \$187 , \$186 , \$185  };
-  assign \$189  = gin_e == 1'h1;
-  assign \$190  = cmd[99:96] == 1'h1;
-  assign \$191  = cmd[99:96] == 1'h1;
-  assign \$192  = cmd[95:80] == 1'h1;
-  assign \$193  = & { \$192 , \$191 , \$190 , \$189  };
-  assign \$194  = gin_e == 1'h1;
-  assign \$195  = cmd[99:96] == 1'h1;
-  assign \$196  = cmd[99:96] == 1'h1;
-  assign \$197  = cmd[95:80] == 1'h1;
-  assign \$198  = cmd[63:48] <= 3'h4;
-  assign \$199  = cmd[63:48] == 1'h1;
-  assign \$200  = dwp ? \$198  : \$199 ;
-  assign \$201  = & { \$200 , \$197 , \$196 , \$195 , \$194  };
-  assign \$202  = - cmd[107:105];
-  assign \$203  = - cmd[107:105];
-  assign \$204  = - cmd[104:102];
-  assign \$205  = - cmd[104:102];
-  assign \$206  = cmd[99:96] - cmd[104:102];
-  assign \$207  = dwp ? 16'h0000 : cmd[79:64];
-  assign \$208  = cmd[101:100] == 2'h2;
-  assign \$210  = \$208  ? \$209  : { 1'h0, cmd[79:64] };
-  assign \$211  = dwp ? 17'h00000 : \$210 ;
-  assign \$212  = cmd[101:100] == 2'h2;
-  assign \$215  = cmd[101:100] == 2'h2;
-  assign \$217  = \$215  ? \$216  : { 1'h0, sizes[12:0] };
-  assign \$218  = dwp ? 18'h00000 : { 4'h0, \$217  };
-  assign \$219  = dwp ? 17'h00000 : { 4'h0, sizes[12:0] };
-  assign \$220  = dwp ? sizes[150:140] : { 10'h000, dw };
-  assign \$221  = dwp ? 3'h4 : 3'h1;
-  assign \$223  = dwp ? \$222  : { 3'h0, cmd[101:100] };
-  assign \$224  = seq_busy & loaded;
-  assign taps__valid = \$224  & rows_ok;
+  assign \$181  = cmd[99:96] == 1'h1;
+  assign \$182  = & { \$181 , \$180  };
+  assign \$183  = gin_e == 1'h1;
+  assign \$184  = cmd[99:96] == 1'h1;
+  assign \$185  = cmd[99:96] == 1'h1;
+  assign \$186  = & { \$185 , \$184 , \$183  };
+  assign \$187  = gin_e == 1'h1;
+  assign \$188  = cmd[99:96] == 1'h1;
+  assign \$189  = cmd[99:96] == 1'h1;
+  assign \$190  = cmd[95:80] == 1'h1;
+  assign \$191  = & { \$190 , \$189 , \$188 , \$187  };
+  assign \$192  = gin_e == 1'h1;
+  assign \$193  = cmd[99:96] == 1'h1;
+  assign \$194  = cmd[99:96] == 1'h1;
+  assign \$195  = cmd[95:80] == 1'h1;
+  assign \$196  = cmd[63:48] <= 3'h4;
+  assign \$197  = cmd[63:48] == 1'h1;
+  assign \$198  = dwp ? \$196  : \$197 ;
+  assign \$199  = & { \$198 , \$195 , \$194 , \$193 , \$192  };
+  assign \$200  = - cmd[107:105];
+  assign \$201  = - cmd[107:105];
+  assign \$202  = - cmd[104:102];
+  assign \$203  = - cmd[104:102];
+  assign \$204  = cmd[99:96] - cmd[104:102];
+  assign \$205  = dwp ? 16'h0000 : cmd[79:64];
+  assign \$206  = cmd[101:100] == 2'h2;
+  assign \$208  = \$206  ? \$207  : { 1'h0, cmd[79:64] };
+  assign \$209  = dwp ? 17'h00000 : \$208 ;
+  assign \$210  = cmd[101:100] == 2'h2;
+  assign \$213  = cmd[101:100] == 2'h2;
+  assign \$215  = \$213  ? \$214  : { 1'h0, sizes[12:0] };
+  assign \$216  = dwp ? 18'h00000 : { 4'h0, \$215  };
+  assign \$217  = dwp ? 17'h00000 : { 4'h0, sizes[12:0] };
+  assign \$218  = dwp ? sizes[150:140] : { 10'h000, dw };
+  assign \$219  = dwp ? 3'h4 : 3'h1;
+  assign \$221  = dwp ? \$220  : { 3'h0, cmd[101:100] };
+  assign \$222  = seq_busy & loaded;
+  assign taps__valid = \$222  & rows_ok;
   assign issue = taps__valid & taps__ready;
-  assign \$225  = seq_busy & loaded;
-  assign \$226  = ~ issue;
-  assign waiting = \$225  & \$226 ;
-  assign \$227  = $signed(tapbase) + $signed({ 1'h0, gi });
-  assign \$228  = $signed(\$227 ) + $signed({ 1'h0, goff });
-  assign \$229  = ! gi;
-  assign \$230  = ! kx;
+  assign \$223  = seq_busy & loaded;
+  assign \$224  = ~ issue;
+  assign waiting = \$223  & \$224 ;
+  assign \$225  = $signed(tapbase) + $signed({ 1'h0, gi });
+  assign \$226  = $signed(\$225 ) + $signed({ 1'h0, goff });
+  assign \$227  = ! gi;
+  assign \$228  = ! kx;
+  assign \$229  = \$227  & \$228 ;
+  assign \$230  = ! ky;
   assign \$231  = \$229  & \$230 ;
-  assign \$232  = ! ky;
-  assign \$233  = \$231  & \$232 ;
-  assign \$234  = last_gi & last_kx;
-  assign \$235  = \$234  & last_ky;
+  assign \$232  = last_gi & last_kx;
+  assign \$233  = \$232  & last_ky;
   always @(posedge clk)
     base <= { \$4 [16], \$4  };
   always @(posedge clk)
-    gi <= \$236 ;
+    gi <= \$234 ;
   always @(posedge clk)
-    near_gi <= \$237 ;
+    near_gi <= \$235 ;
   always @(posedge clk)
-    kx <= \$238 ;
+    kx <= \$236 ;
   always @(posedge clk)
-    near_kx <= \$239 ;
+    near_kx <= \$237 ;
   always @(posedge clk)
-    ky <= \$240 ;
+    ky <= \$238 ;
   always @(posedge clk)
-    near_ky <= \$241 ;
+    near_ky <= \$239 ;
   always @(posedge clk)
-    j <= \$242 ;
+    j <= \$240 ;
   always @(posedge clk)
-    near_j <= \$243 ;
+    near_j <= \$241 ;
   always @(posedge clk)
-    ox <= \$244 ;
+    ox <= \$242 ;
   always @(posedge clk)
-    near_ox <= \$245 ;
+    near_ox <= \$243 ;
   always @(posedge clk)
-    oy <= \$246 ;
+    oy <= \$244 ;
   always @(posedge clk)
-    near_oy <= \$247 ;
+    near_oy <= \$245 ;
   always @(posedge clk)
-    last_gi <= \$248 ;
+    last_gi <= \$246 ;
   always @(posedge clk)
-    below_kx <= \$249 ;
+    below_kx <= \$247 ;
   always @(posedge clk)
-    last_kx <= \$250 ;
+    last_kx <= \$248 ;
   always @(posedge clk)
-    below_ky <= \$251 ;
+    below_ky <= \$249 ;
   always @(posedge clk)
-    last_ky <= \$252 ;
+    last_ky <= \$250 ;
   always @(posedge clk)
-    below_j <= \$253 ;
+    below_j <= \$251 ;
   always @(posedge clk)
-    last_j <= \$254 ;
+    last_j <= \$252 ;
   always @(posedge clk)
-    below_ox <= \$255 ;
+    below_ox <= \$253 ;
   always @(posedge clk)
-    last_ox <= \$256 ;
+    last_ox <= \$254 ;
   always @(posedge clk)
-    below_oy <= \$257 ;
+    below_oy <= \$255 ;
   always @(posedge clk)
-    last_oy <= \$258 ;
+    last_oy <= \$256 ;
   always @(posedge clk)
-    waddr <= \$259 ;
+    waddr <= \$257 ;
   always @(posedge clk)
-    ix <= \$260 ;
+    ix <= \$258 ;
   always @(posedge clk)
-    tapbase <= \$261 ;
+    tapbase <= \$259 ;
   always @(posedge clk)
-    iy <= \$262 ;
+    iy <= \$260 ;
   always @(posedge clk)
-    rowbase <= \$263 ;
+    rowbase <= \$261 ;
   always @(posedge clk)
-    goff <= \$264 ;
+    goff <= \$262 ;
   always @(posedge clk)
-    ix0 <= \$265 ;
+    ix0 <= \$263 ;
   always @(posedge clk)
-    pixbase <= \$266 ;
+    pixbase <= \$264 ;
   always @(posedge clk)
-    iy0 <= \$267 ;
+    iy0 <= \$265 ;
   always @(posedge clk)
-    need <= \$268 ;
+    need <= \$266 ;
   always @(posedge clk)
-    linebase <= \$269 ;
+    linebase <= \$267 ;
   always @(posedge clk)
-    seq_busy <= \$270 ;
+    seq_busy <= \$268 ;
   always @(posedge clk)
-    loaded <= \$271 ;
+    loaded <= \$269 ;
   always @(posedge clk)
-    rows_ok <= \$272 ;
+    rows_ok <= \$270 ;
   always @(posedge clk)
-    last_group <= \$273 ;
+    last_group <= \$271 ;
   always @(posedge clk)
-    lim_inc_gi <= \$274 ;
+    lim_inc_gi <= \$272 ;
   always @(posedge clk)
-    lim_inc_kx <= \$275 ;
+    lim_inc_kx <= \$273 ;
   always @(posedge clk)
-    lim_inc_ky <= \$276 ;
+    lim_inc_ky <= \$274 ;
   always @(posedge clk)
-    lim_inc_j <= \$277 ;
+    lim_inc_j <= \$275 ;
   always @(posedge clk)
-    lim_inc_ox <= \$278 ;
+    lim_inc_ox <= \$276 ;
   always @(posedge clk)
-    lim_inc_oy <= \$279 ;
+    lim_inc_oy <= \$277 ;
   always @(posedge clk)
-    lim_zero_gi <= \$280 ;
+    lim_zero_gi <= \$278 ;
   always @(posedge clk)
-    lim_zero_kx <= \$281 ;
+    lim_zero_kx <= \$279 ;
   always @(posedge clk)
-    lim_zero_ky <= \$282 ;
+    lim_zero_ky <= \$280 ;
   always @(posedge clk)
-    lim_zero_j <= \$283 ;
+    lim_zero_j <= \$281 ;
   always @(posedge clk)
-    lim_zero_ox <= \$284 ;
+    lim_zero_ox <= \$282 ;
   always @(posedge clk)
-    lim_zero_oy <= \$285 ;
+    lim_zero_oy <= \$283 ;
   always @(posedge clk)
-    lim_2inc_gi <= \$286 ;
+    lim_2inc_gi <= \$284 ;
   always @(posedge clk)
-    lim_2inc_kx <= \$287 ;
+    lim_2inc_kx <= \$285 ;
   always @(posedge clk)
-    lim_2inc_ky <= \$288 ;
+    lim_2inc_ky <= \$286 ;
   always @(posedge clk)
-    lim_2inc_j <= \$289 ;
+    lim_2inc_j <= \$287 ;
   always @(posedge clk)
-    lim_2inc_ox <= \$290 ;
+    lim_2inc_ox <= \$288 ;
   always @(posedge clk)
-    lim_2inc_oy <= \$291 ;
+    lim_2inc_oy <= \$289 ;
   always @(posedge clk)
-    g_step <= \$292 ;
+    g_step <= \$290 ;
   always @(posedge clk)
-    sg <= \$293 ;
+    sg <= \$291 ;
   always @(posedge clk)
-    swg <= \$294 ;
+    swg <= \$292 ;
   always @(posedge clk)
-    row_step <= \$295 ;
+    row_step <= \$293 ;
   always @(posedge clk)
-    goff_step <= \$296 ;
+    goff_step <= \$294 ;
   always @(posedge clk)
-    ox_step <= \$297 ;
+    ox_step <= \$295 ;
   always @(posedge clk)
-    ix_step <= \$298 ;
+    ix_step <= \$296 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$236  = gi;
+    \$234  = gi;
     if (issue) begin
-      \$236  = \$6 [11:0];
+      \$234  = \$6 [11:0];
     end
-    if (\$116 ) begin
-      \$236  = 12'h000;
+    if (start) begin
+      \$234  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$237  = near_gi;
+    \$235  = near_gi;
     if (issue) begin
-      \$237  = \$8 ;
+      \$235  = \$8 ;
     end
-    if (\$116 ) begin
+    if (start) begin
+      \$235  = \$117 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$236  = kx;
+    if (issue) begin
+      if (below_kx) begin
+        \$236  = \$10 [3:0];
+      end
+    end
+    if (start) begin
+      \$236  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$237  = near_kx;
+    if (issue) begin
+      if (below_kx) begin
+        \$237  = \$12 ;
+      end
+    end
+    if (start) begin
       \$237  = \$119 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$238  = kx;
+    \$238  = ky;
     if (issue) begin
-      if (below_kx) begin
-        \$238  = \$10 [3:0];
+      if (below_ky) begin
+        \$238  = \$14 [3:0];
       end
     end
-    if (\$116 ) begin
+    if (start) begin
       \$238  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$239  = near_kx;
+    \$239  = near_ky;
     if (issue) begin
-      if (below_kx) begin
-        \$239  = \$12 ;
+      if (below_ky) begin
+        \$239  = \$16 ;
       end
     end
-    if (\$116 ) begin
+    if (start) begin
       \$239  = \$121 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$240  = ky;
+    \$240  = j;
     if (issue) begin
-      if (below_ky) begin
-        \$240  = \$14 [3:0];
+      if (below_j) begin
+        \$240  = \$18 [5:0];
       end
     end
-    if (\$116 ) begin
-      \$240  = 4'h0;
+    if (start) begin
+      \$240  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$241  = near_ky;
+    \$241  = near_j;
     if (issue) begin
-      if (below_ky) begin
-        \$241  = \$16 ;
+      if (below_j) begin
+        \$241  = \$20 ;
       end
     end
-    if (\$116 ) begin
+    if (start) begin
       \$241  = \$123 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$242  = j;
-    if (issue) begin
-      if (below_j) begin
-        \$242  = \$18 [5:0];
-      end
-    end
-    if (\$116 ) begin
-      \$242  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$243  = near_j;
-    if (issue) begin
-      if (below_j) begin
-        \$243  = \$20 ;
-      end
-    end
-    if (\$116 ) begin
-      \$243  = \$125 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$244  = ox;
+    \$242  = ox;
     if (issue) begin
       if (below_ox) begin
-        \$244  = \$22 [15:0];
+        \$242  = \$22 [15:0];
       end
     end
-    if (\$116 ) begin
+    if (start) begin
+      \$242  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$243  = near_ox;
+    if (issue) begin
+      if (below_ox) begin
+        \$243  = \$24 ;
+      end
+    end
+    if (start) begin
+      \$243  = \$128 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$244  = oy;
+    if (issue) begin
+      if (below_oy) begin
+        \$244  = \$26 [15:0];
+      end
+    end
+    if (start) begin
       \$244  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$245  = near_ox;
+    \$245  = near_oy;
     if (issue) begin
-      if (below_ox) begin
-        \$245  = \$24 ;
+      if (below_oy) begin
+        \$245  = \$28 ;
       end
     end
-    if (\$116 ) begin
+    if (start) begin
       \$245  = \$130 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$246  = oy;
+    \$246  = last_gi;
     if (issue) begin
-      if (below_oy) begin
-        \$246  = \$26 [15:0];
-      end
+      \$246  = \$30 ;
     end
-    if (\$116 ) begin
-      \$246  = 16'h0000;
+    if (start) begin
+      \$246  = \$170 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$247  = near_oy;
+    \$247  = below_kx;
     if (issue) begin
-      if (below_oy) begin
-        \$247  = \$28 ;
-      end
+      \$247  = \$33 ;
     end
-    if (\$116 ) begin
-      \$247  = \$132 ;
+    if (start) begin
+      \$247  = \$179 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$248  = last_gi;
+    \$248  = last_kx;
     if (issue) begin
-      \$248  = \$30 ;
+      \$248  = \$35 ;
     end
-    if (\$116 ) begin
-      \$248  = \$172 ;
+    if (start) begin
+      \$248  = \$171 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$249  = below_kx;
+    \$249  = below_ky;
     if (issue) begin
-      \$249  = \$33 ;
+      \$249  = \$40 ;
     end
-    if (\$116 ) begin
-      \$249  = \$181 ;
+    if (start) begin
+      \$249  = \$182 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$250  = last_kx;
+    \$250  = last_ky;
     if (issue) begin
-      \$250  = \$35 ;
+      \$250  = \$42 ;
     end
-    if (\$116 ) begin
-      \$250  = \$173 ;
+    if (start) begin
+      \$250  = \$172 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$251  = below_ky;
+    \$251  = below_j;
     if (issue) begin
-      \$251  = \$40 ;
+      \$251  = \$49 ;
     end
-    if (\$116 ) begin
-      \$251  = \$184 ;
+    if (start) begin
+      \$251  = \$186 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$252  = last_ky;
+    \$252  = last_j;
     if (issue) begin
-      \$252  = \$42 ;
+      \$252  = \$51 ;
     end
-    if (\$116 ) begin
-      \$252  = \$174 ;
+    if (start) begin
+      \$252  = \$173 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$253  = below_j;
+    \$253  = below_ox;
     if (issue) begin
-      \$253  = \$49 ;
+      \$253  = \$60 ;
     end
-    if (\$116 ) begin
-      \$253  = \$188 ;
+    if (start) begin
+      \$253  = \$191 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$254  = last_j;
+    \$254  = last_ox;
     if (issue) begin
-      \$254  = \$51 ;
+      \$254  = \$62 ;
     end
-    if (\$116 ) begin
-      \$254  = \$175 ;
+    if (start) begin
+      \$254  = \$176 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$255  = below_ox;
+    \$255  = below_oy;
     if (issue) begin
-      \$255  = \$60 ;
+      \$255  = \$73 ;
     end
-    if (\$116 ) begin
-      \$255  = \$193 ;
+    if (start) begin
+      \$255  = \$199 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$256  = last_ox;
+    \$256  = last_oy;
     if (issue) begin
-      \$256  = \$62 ;
+      \$256  = \$75 ;
     end
-    if (\$116 ) begin
-      \$256  = \$178 ;
+    if (start) begin
+      \$256  = \$177 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$257  = below_oy;
+    \$257  = waddr;
     if (issue) begin
-      \$257  = \$73 ;
-    end
-    if (\$116 ) begin
-      \$257  = \$201 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$258  = last_oy;
-    if (issue) begin
-      \$258  = \$75 ;
-    end
-    if (\$116 ) begin
-      \$258  = \$179 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$259  = waddr;
-    if (issue) begin
-      \$259  = \$76 [10:0];
+      \$257  = \$76 [10:0];
       if (below_ox) begin
-        \$259  = 11'h000;
+        \$257  = 11'h000;
       end
     end
-    if (\$116 ) begin
-      \$259  = 11'h000;
+    if (start) begin
+      \$257  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$260  = ix;
+    \$258  = ix;
     if (issue) begin
       if (\$78 ) begin
-        \$260  = \$79 [17:0];
+        \$258  = \$79 [17:0];
       end
       if (below_ky) begin
-        \$260  = ix0;
+        \$258  = ix0;
       end
       if (\$90 ) begin
-        \$260  = \$92 [17:0];
+        \$258  = \$92 [17:0];
       end
       if (below_oy) begin
-        \$260  = { \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97  };
+        \$258  = { \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97  };
       end
     end
-    if (\$116 ) begin
+    if (start) begin
+      \$258  = { \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$259  = tapbase;
+    if (issue) begin
+      if (\$78 ) begin
+        \$259  = \$80 [17:0];
+      end
+      if (\$82 ) begin
+        \$259  = \$85 [17:0];
+      end
+      if (\$87 ) begin
+        \$259  = pixbase;
+      end
+      if (\$90 ) begin
+        \$259  = \$95 [17:0];
+      end
+      if (\$99 ) begin
+        \$259  = \$106 [17:0];
+      end
+    end
+    if (start) begin
+      \$259  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$260  = iy;
+    if (issue) begin
+      if (\$82 ) begin
+        \$260  = \$83 [17:0];
+      end
+      if (below_j) begin
+        \$260  = iy0;
+      end
+      if (\$99 ) begin
+        \$260  = \$101 [17:0];
+      end
+    end
+    if (start) begin
       \$260  = { \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$261  = tapbase;
+    \$261  = rowbase;
     if (issue) begin
-      if (\$78 ) begin
-        \$261  = \$80 [17:0];
-      end
       if (\$82 ) begin
-        \$261  = \$85 [17:0];
+        \$261  = \$84 [17:0];
       end
       if (\$87 ) begin
         \$261  = pixbase;
       end
       if (\$90 ) begin
-        \$261  = \$95 [17:0];
+        \$261  = \$94 [17:0];
       end
       if (\$99 ) begin
-        \$261  = \$106 [17:0];
+        \$261  = \$105 [17:0];
       end
     end
-    if (\$116 ) begin
+    if (start) begin
       \$261  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$262  = iy;
-    if (issue) begin
-      if (\$82 ) begin
-        \$262  = \$83 [17:0];
-      end
-      if (below_j) begin
-        \$262  = iy0;
-      end
-      if (\$99 ) begin
-        \$262  = \$101 [17:0];
-      end
-    end
-    if (\$116 ) begin
-      \$262  = { \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204  };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$263  = rowbase;
-    if (issue) begin
-      if (\$82 ) begin
-        \$263  = \$84 [17:0];
-      end
-      if (\$87 ) begin
-        \$263  = pixbase;
-      end
-      if (\$90 ) begin
-        \$263  = \$94 [17:0];
-      end
-      if (\$99 ) begin
-        \$263  = \$105 [17:0];
-      end
-    end
-    if (\$116 ) begin
-      \$263  = base;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$264  = goff;
+    \$262  = goff;
     if (issue) begin
       if (\$87 ) begin
-        \$264  = \$88 [10:0];
+        \$262  = \$88 [10:0];
       end
       if (below_ox) begin
-        \$264  = 11'h000;
+        \$262  = 11'h000;
       end
     end
-    if (\$116 ) begin
-      \$264  = 11'h000;
+    if (start) begin
+      \$262  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$265  = ix0;
+    \$263  = ix0;
     if (issue) begin
       if (\$90 ) begin
-        \$265  = \$91 [17:0];
+        \$263  = \$91 [17:0];
       end
       if (below_oy) begin
-        \$265  = { \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96  };
+        \$263  = { \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96  };
       end
     end
-    if (\$116 ) begin
+    if (start) begin
+      \$263  = { \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$264  = pixbase;
+    if (issue) begin
+      if (\$90 ) begin
+        \$264  = \$93 [17:0];
+      end
+      if (\$99 ) begin
+        \$264  = \$104 [17:0];
+      end
+    end
+    if (start) begin
+      \$264  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$265  = iy0;
+    if (issue) begin
+      if (\$99 ) begin
+        \$265  = \$100 [17:0];
+      end
+    end
+    if (start) begin
       \$265  = { \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$266  = pixbase;
+    \$266  = need;
     if (issue) begin
-      if (\$90 ) begin
-        \$266  = \$93 [17:0];
-      end
       if (\$99 ) begin
-        \$266  = \$104 [17:0];
+        \$266  = \$102 [17:0];
       end
     end
-    if (\$116 ) begin
-      \$266  = base;
+    if (start) begin
+      \$266  = { \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$267  = iy0;
+    \$267  = linebase;
     if (issue) begin
       if (\$99 ) begin
-        \$267  = \$100 [17:0];
+        \$267  = \$103 [17:0];
       end
     end
-    if (\$116 ) begin
-      \$267  = { \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205  };
+    if (start) begin
+      \$267  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$268  = need;
-    if (issue) begin
-      if (\$99 ) begin
-        \$268  = \$102 [17:0];
-      end
-    end
-    if (\$116 ) begin
-      \$268  = { \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206  };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$269  = linebase;
-    if (issue) begin
-      if (\$99 ) begin
-        \$269  = \$103 [17:0];
-      end
-    end
-    if (\$116 ) begin
-      \$269  = base;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$270  = seq_busy;
+    \$268  = seq_busy;
     if (issue) begin
       if (\$107 ) begin
-        \$270  = 1'h0;
+        \$268  = 1'h0;
       end
     end
-    if (\$116 ) begin
-      \$270  = 1'h1;
+    if (start) begin
+      \$268  = 1'h1;
+    end
+    if (rst) begin
+      \$268  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$269  = loaded;
+    if (run) begin
+      \$269  = \$109 ;
+    end
+    if (start) begin
+      \$269  = 1'h0;
+    end
+    if (rst) begin
+      \$269  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$270  = rows_ok;
+    if (run) begin
+      \$270  = \$114 ;
+    end
+    if (start) begin
+      \$270  = 1'h0;
     end
     if (rst) begin
       \$270  = 1'h0;
@@ -26495,213 +26508,187 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$271  = loaded;
-    if (run) begin
-      \$271  = \$109 ;
-    end
-    if (\$116 ) begin
-      \$271  = 1'h0;
+    \$271  = last_group;
+    if (start) begin
+      \$271  = \$115 [5:0];
     end
     if (rst) begin
-      \$271  = 1'h0;
+      \$271  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$272  = rows_ok;
-    if (run) begin
-      \$272  = \$114 ;
-    end
-    if (\$116 ) begin
-      \$272  = 1'h0;
-    end
-    if (rst) begin
-      \$272  = 1'h0;
+    \$272  = lim_inc_gi;
+    if (start) begin
+      \$272  = \$132 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$273  = last_group;
-    if (\$116 ) begin
-      \$273  = \$117 [5:0];
-    end
-    if (rst) begin
-      \$273  = 6'h00;
+    \$273  = lim_inc_kx;
+    if (start) begin
+      \$273  = \$134 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$274  = lim_inc_gi;
-    if (\$116 ) begin
-      \$274  = \$134 ;
+    \$274  = lim_inc_ky;
+    if (start) begin
+      \$274  = \$136 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$275  = lim_inc_kx;
-    if (\$116 ) begin
-      \$275  = \$136 ;
+    \$275  = lim_inc_j;
+    if (start) begin
+      \$275  = \$138 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$276  = lim_inc_ky;
-    if (\$116 ) begin
-      \$276  = \$138 ;
+    \$276  = lim_inc_ox;
+    if (start) begin
+      \$276  = \$143 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$277  = lim_inc_j;
-    if (\$116 ) begin
-      \$277  = \$140 ;
+    \$277  = lim_inc_oy;
+    if (start) begin
+      \$277  = \$145 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$278  = lim_inc_ox;
-    if (\$116 ) begin
-      \$278  = \$145 ;
+    \$278  = lim_zero_gi;
+    if (start) begin
+      \$278  = \$146 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$279  = lim_inc_oy;
-    if (\$116 ) begin
+    \$279  = lim_zero_kx;
+    if (start) begin
       \$279  = \$147 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$280  = lim_zero_gi;
-    if (\$116 ) begin
+    \$280  = lim_zero_ky;
+    if (start) begin
       \$280  = \$148 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$281  = lim_zero_kx;
-    if (\$116 ) begin
+    \$281  = lim_zero_j;
+    if (start) begin
       \$281  = \$149 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$282  = lim_zero_ky;
-    if (\$116 ) begin
-      \$282  = \$150 ;
+    \$282  = lim_zero_ox;
+    if (start) begin
+      \$282  = \$152 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$283  = lim_zero_j;
-    if (\$116 ) begin
-      \$283  = \$151 ;
+    \$283  = lim_zero_oy;
+    if (start) begin
+      \$283  = \$153 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$284  = lim_zero_ox;
-    if (\$116 ) begin
-      \$284  = \$154 ;
+    \$284  = lim_2inc_gi;
+    if (start) begin
+      \$284  = \$155 [13:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$285  = lim_zero_oy;
-    if (\$116 ) begin
-      \$285  = \$155 ;
+    \$285  = lim_2inc_kx;
+    if (start) begin
+      \$285  = \$157 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$286  = lim_2inc_gi;
-    if (\$116 ) begin
-      \$286  = \$157 [13:0];
+    \$286  = lim_2inc_ky;
+    if (start) begin
+      \$286  = \$159 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$287  = lim_2inc_kx;
-    if (\$116 ) begin
-      \$287  = \$159 ;
+    \$287  = lim_2inc_j;
+    if (start) begin
+      \$287  = \$161 [7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$288  = lim_2inc_ky;
-    if (\$116 ) begin
-      \$288  = \$161 ;
+    \$288  = lim_2inc_ox;
+    if (start) begin
+      \$288  = \$167 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$289  = lim_2inc_j;
-    if (\$116 ) begin
-      \$289  = \$163 [7:0];
+    \$289  = lim_2inc_oy;
+    if (start) begin
+      \$289  = \$169 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$290  = lim_2inc_ox;
-    if (\$116 ) begin
-      \$290  = \$169 ;
+    \$290  = g_step;
+    if (start) begin
+      \$290  = { 2'h0, \$205  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$291  = lim_2inc_oy;
-    if (\$116 ) begin
-      \$291  = \$171 ;
+    \$291  = sg;
+    if (start) begin
+      \$291  = { 1'h0, \$209  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$292  = g_step;
-    if (\$116 ) begin
-      \$292  = { 2'h0, \$207  };
+    \$292  = swg;
+    if (start) begin
+      \$292  = \$216 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$293  = sg;
-    if (\$116 ) begin
-      \$293  = { 1'h0, \$211  };
+    \$293  = row_step;
+    if (start) begin
+      \$293  = { 1'h0, \$217  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$294  = swg;
-    if (\$116 ) begin
+    \$294  = goff_step;
+    if (start) begin
       \$294  = \$218 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$295  = row_step;
-    if (\$116 ) begin
-      \$295  = { 1'h0, \$219  };
+    \$295  = ox_step;
+    if (start) begin
+      \$295  = \$219 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$296  = goff_step;
-    if (\$116 ) begin
-      \$296  = \$220 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$297  = ox_step;
-    if (\$116 ) begin
-      \$297  = \$221 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$298  = ix_step;
-    if (\$116 ) begin
-      \$298  = \$223 [3:0];
+    \$296  = ix_step;
+    if (start) begin
+      \$296  = \$221 [3:0];
     end
   end
   assign ws = 17'h00000;
@@ -26737,12 +26724,12 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   assign \taps__payload.waddr  = taps__payload[64:54];
   assign \taps__payload.first  = taps__payload[65];
   assign \taps__payload.last  = taps__payload[66];
-  assign taps__payload[66] = \$235 ;
-  assign taps__payload[65] = \$233 ;
+  assign taps__payload[66] = \$233 ;
+  assign taps__payload[65] = \$231 ;
   assign taps__payload[64:54] = waddr;
   assign taps__payload[53:36] = iy;
   assign taps__payload[35:18] = ix;
-  assign taps__payload[17:0] = \$228 [17:0];
+  assign taps__payload[17:0] = \$226 [17:0];
   assign \$30  = \$29 ;
   assign \$32  = \$31 ;
   assign \$33  = \$31 ;
@@ -26750,37 +26737,40 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, cmd, dw, dwp, gin_
   assign \$44  = \$43 ;
   assign \$53  = \$52 ;
   assign \$64  = \$63 ;
-  assign \$181  = \$180 ;
-  assign \$209  = { cmd[79:64], 1'h0 };
-  assign \$213  = 18'h00000;
-  assign \$216  = { sizes[12:0], 1'h0 };
-  assign \$222  = { 1'h0, cmd[101:100], 2'h0 };
-  assign \$214  = 18'h00000;
+  assign \$179  = \$178 ;
+  assign \$207  = { cmd[79:64], 1'h0 };
+  assign \$211  = 18'h00000;
+  assign \$214  = { sizes[12:0], 1'h0 };
+  assign \$220  = { 1'h0, cmd[101:100], 2'h0 };
+  assign \$212  = 18'h00000;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, refused, last_go, cfg__ready, accept, busy, sizing, starting, start
-, run, sizes_ready, sizes, loaded, inputs_done, cfg__payload);
+module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, cfg__ready, accept, busy, sizing, run, sizes_ready
+, sizes, loaded, inputs_done, cfg__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$100 ;
   wire \$101 ;
-  reg \$102 ;
-  reg \$103 ;
+  wire \$102 ;
+  wire \$103 ;
   reg \$104 ;
-  reg [113:0] \$105 ;
+  reg \$105 ;
   reg \$106 ;
   reg \$107 ;
-  reg \$108 ;
+  reg [113:0] \$108 ;
   reg \$109 ;
   wire \$11 ;
-  reg [15:0] \$110 ;
-  reg [21:0] \$111 ;
-  reg [2:0] \$112 ;
-  reg \$113 ;
-  reg [5:0] \$114 ;
-  reg \$115 ;
+  reg \$110 ;
+  reg \$111 ;
+  reg \$112 ;
+  reg [15:0] \$113 ;
+  reg [21:0] \$114 ;
+  reg [2:0] \$115 ;
+  reg \$116 ;
+  reg [5:0] \$117 ;
+  reg \$118 ;
   wire \$12 ;
   wire \$13 ;
   wire \$14 ;
@@ -26868,9 +26858,9 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   wire [19:0] \$89 ;
   wire \$9 ;
   wire \$90 ;
-  wire [22:0] \$91 ;
+  wire \$91 ;
   wire \$92 ;
-  wire \$93 ;
+  wire [22:0] \$93 ;
   wire \$94 ;
   wire \$95 ;
   wire \$96 ;
@@ -26967,7 +26957,6 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   wire mac_valid;
   input outputs_done;
   wire outputs_done;
-  output refused;
   reg refused = 1'h0;
   input rst;
   wire rst;
@@ -26992,9 +26981,9 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   output sizing;
   reg sizing;
   output start;
-  reg start;
-  output starting;
-  reg starting;
+  reg start = 1'h0;
+  (* init = 1'h0 *)
+  wire \start$25 ;
   assign \$1  = cmd[99:96] == 1'h1;
   assign \$2  = cmd[99:96] == 2'h3;
   assign \$3  = \$1  | \$2 ;
@@ -27077,59 +27066,49 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   assign \$88  = \$86  + \$87 ;
   assign \$89  = \$83  ? \$88  : { 4'h0, cfg__payload[95:80] };
   assign \$90  = bad_fields | bad_sizes;
-  assign \$91  = gout_o - 1'h1;
-  assign \$92  = outputs_done & inputs_done;
-  assign \$93  = fin & loaded;
-  assign \$94  = dwp & mac_valid;
-  assign \$95  = ~ \$94 ;
-  assign \$96  = \$93  & \$95 ;
-  assign \$97  = ! fsm_state;
-  assign \$98  = fsm_state == 1'h1;
-  assign \$99  = fsm_state == 2'h2;
-  assign \$100  = fsm_state == 2'h3;
-  assign \$101  = fsm_state == 3'h4;
+  assign \$91  = bad_fields | bad_sizes;
+  assign \$92  = ~ \$91 ;
+  assign \$93  = gout_o - 1'h1;
+  assign \$94  = outputs_done & inputs_done;
+  assign \$95  = fin & loaded;
+  assign \$96  = dwp & mac_valid;
+  assign \$97  = ~ \$96 ;
+  assign \$98  = \$95  & \$97 ;
+  assign \$99  = ! fsm_state;
+  assign \$100  = fsm_state == 1'h1;
+  assign \$101  = fsm_state == 2'h2;
+  assign \$102  = fsm_state == 2'h3;
+  assign \$103  = fsm_state == 3'h4;
   always @(posedge clk)
-    bad_fields <= \$102 ;
+    start <= \$104 ;
   always @(posedge clk)
-    bad_sizes <= \$103 ;
+    bad_fields <= \$105 ;
   always @(posedge clk)
-    done <= \$104 ;
+    bad_sizes <= \$106 ;
   always @(posedge clk)
-    cmd <= \$105 ;
+    done <= \$107 ;
   always @(posedge clk)
-    error <= \$106 ;
+    cmd <= \$108 ;
   always @(posedge clk)
-    dw <= \$107 ;
+    error <= \$109 ;
   always @(posedge clk)
-    dwp <= \$108 ;
+    dw <= \$110 ;
   always @(posedge clk)
-    dwc <= \$109 ;
+    dwp <= \$111 ;
   always @(posedge clk)
-    gin_e <= \$110 ;
+    dwc <= \$112 ;
   always @(posedge clk)
-    gout_o <= \$111 ;
+    gin_e <= \$113 ;
   always @(posedge clk)
-    fsm_state <= \$112 ;
+    gout_o <= \$114 ;
   always @(posedge clk)
-    refused <= \$113 ;
+    fsm_state <= \$115 ;
   always @(posedge clk)
-    last_go <= \$114 ;
+    refused <= \$116 ;
   always @(posedge clk)
-    fin <= \$115 ;
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$102  = \$57 ;
-    if (rst) begin
-      \$102  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$103  = \$74 ;
-    if (rst) begin
-      \$103  = 1'h0;
-    end
-  end
+    last_go <= \$117 ;
+  always @(posedge clk)
+    fin <= \$118 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$104  = 1'h0;
@@ -27139,15 +27118,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
-      3'h3:
-          if (refused) begin
-            \$104  = 1'h1;
-          end
-      3'h4:
-          if (\$96 ) begin
-            \$104  = 1'h1;
-          end
+          \$104  = \$92 ;
     endcase
     if (rst) begin
       \$104  = 1'h0;
@@ -27155,45 +27126,35 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$105  = cmd;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$105  = cfg__payload;
-          end
-    endcase
+    \$105  = \$57 ;
     if (rst) begin
-      \$105  = 114'h00000000000000000000000000000;
+      \$105  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$106  = error;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$106  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (refused) begin
-            \$106  = 1'h1;
-          end
-    endcase
+    \$106  = \$74 ;
     if (rst) begin
       \$106  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$107  = dw;
+    \$107  = 1'h0;
     casez (fsm_state)
       3'h0:
-          if (cfg__valid) begin
-            \$107  = \$75 ;
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$107  = 1'h1;
+          end
+      3'h4:
+          if (\$98 ) begin
+            \$107  = 1'h1;
           end
     endcase
     if (rst) begin
@@ -27202,24 +27163,32 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$108  = dwp;
+    \$108  = cmd;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$108  = \$77 ;
+            \$108  = cfg__payload;
           end
     endcase
     if (rst) begin
-      \$108  = 1'h0;
+      \$108  = 114'h00000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$109  = dwc;
+    \$109  = error;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$109  = \$79 ;
+            \$109  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$109  = 1'h1;
           end
     endcase
     if (rst) begin
@@ -27228,93 +27197,132 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$110  = gin_e;
+    \$110  = dw;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$110  = \$81 ;
+            \$110  = \$75 ;
           end
     endcase
     if (rst) begin
-      \$110  = 16'h0000;
+      \$110  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$111  = gout_o;
+    \$111  = dwp;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$111  = { 2'h0, \$89  };
+            \$111  = \$77 ;
           end
     endcase
     if (rst) begin
-      \$111  = 22'h000000;
+      \$111  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$112  = fsm_state;
+    \$112  = dwc;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$112  = 3'h1;
+            \$112  = \$79 ;
+          end
+    endcase
+    if (rst) begin
+      \$112  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$113  = gin_e;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$113  = \$81 ;
+          end
+    endcase
+    if (rst) begin
+      \$113  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$114  = gout_o;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$114  = { 2'h0, \$89  };
+          end
+    endcase
+    if (rst) begin
+      \$114  = 22'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$115  = fsm_state;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$115  = 3'h1;
           end
       3'h1:
           if (sizes_ready) begin
-            \$112  = 3'h2;
+            \$115  = 3'h2;
           end
       3'h2:
-          \$112  = 3'h3;
+          \$115  = 3'h3;
       3'h3:
           (* full_case = 32'd1 *)
           if (refused) begin
-            \$112  = 3'h0;
+            \$115  = 3'h0;
           end else begin
-            \$112  = 3'h4;
+            \$115  = 3'h4;
           end
       3'h4:
-          if (\$96 ) begin
-            \$112  = 3'h0;
+          if (\$98 ) begin
+            \$115  = 3'h0;
           end
     endcase
     if (rst) begin
-      \$112  = 3'h0;
+      \$115  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$113  = refused;
+    \$116  = refused;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$113  = \$90 ;
+          \$116  = \$90 ;
     endcase
     if (rst) begin
-      \$113  = 1'h0;
+      \$116  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$114  = last_go;
+    \$117  = last_go;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$114  = \$91 [5:0];
+          \$117  = \$93 [5:0];
     endcase
     if (rst) begin
-      \$114  = 6'h00;
+      \$117  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$115  = fin;
+    \$118  = fin;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -27326,13 +27334,13 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
           (* full_case = 32'd1 *)
           if (refused) begin
           end else begin
-            \$115  = 1'h0;
+            \$118  = 1'h0;
           end
       3'h4:
-          \$115  = \$92 ;
+          \$118  = \$94 ;
     endcase
     if (rst) begin
-      \$115  = 1'h0;
+      \$118  = 1'h0;
     end
   end
   always @* begin
@@ -27379,38 +27387,6 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    starting = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          starting = 1'h1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    start = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (refused) begin
-          end else begin
-            start = 1'h1;
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     run = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -27425,6 +27401,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
           run = 1'h1;
     endcase
   end
+  assign \start$25  = start;
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -27476,7 +27453,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, done, cmd
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$171 (rst, cmd, gin_e, gout_o, clear, enable, ready, sizes, clk);
+module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, ready, sizes, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$15  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -28133,7 +28110,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk)
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, keep, start, run, count, i__ready, done, wp__data);
+module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start, keep, run, count, i__ready, done, wp__data);
   reg \$auto$verilog_backend.cc:2355:dump_module$17  = 0;
   wire \$1 ;
   wire \$10 ;

@@ -105,11 +105,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire act_out__valid;
   wire all_sent;
   wire beat;
-  wire \beat$154 ;
+  wire \beat$157 ;
   output busy;
   wire busy;
-  wire \busy$150 ;
-  wire \busy$151 ;
+  wire \busy$153 ;
+  wire \busy$154 ;
   input [113:0] cfg__payload;
   wire [113:0] cfg__payload;
   wire [113:0] \cfg__payload$23 ;
@@ -168,135 +168,135 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire cfg__valid;
   wire \cfg__valid$25 ;
   wire clear;
-  wire \clear$149 ;
+  wire \clear$152 ;
   input clk;
   wire clk;
   wire [113:0] cmd;
-  wire [113:0] \cmd$103 ;
-  wire [15:0] \cmd$103.gin ;
-  wire [15:0] \cmd$103.gout ;
-  wire [15:0] \cmd$103.in_h ;
-  wire [15:0] \cmd$103.in_w ;
-  wire [3:0] \cmd$103.k ;
-  wire \cmd$103.keep ;
+  wire [113:0] \cmd$100 ;
+  wire [15:0] \cmd$100.gin ;
+  wire [15:0] \cmd$100.gout ;
+  wire [15:0] \cmd$100.in_h ;
+  wire [15:0] \cmd$100.in_w ;
+  wire [3:0] \cmd$100.k ;
+  wire \cmd$100.keep ;
   (* enum_base_type = "LayerKind" *)
   (* enum_value_00 = "STANDARD" *)
   (* enum_value_01 = "DEPTHWISE" *)
   (* enum_value_10 = "POINTWISE" *)
   (* enum_value_11 = "FC" *)
-  wire [1:0] \cmd$103.kind ;
-  wire [15:0] \cmd$103.out_h ;
-  wire [15:0] \cmd$103.out_w ;
-  wire [2:0] \cmd$103.pad_left ;
-  wire [2:0] \cmd$103.pad_top ;
+  wire [1:0] \cmd$100.kind ;
+  wire [15:0] \cmd$100.out_h ;
+  wire [15:0] \cmd$100.out_w ;
+  wire [2:0] \cmd$100.pad_left ;
+  wire [2:0] \cmd$100.pad_top ;
   (* enum_base_type = "Part" *)
   (* enum_value_00 = "WHOLE" *)
   (* enum_value_01 = "FIRST" *)
   (* enum_value_10 = "MIDDLE" *)
   (* enum_value_11 = "LAST" *)
-  wire [1:0] \cmd$103.part ;
-  wire \cmd$103.relu ;
-  wire [1:0] \cmd$103.stride ;
-  wire [113:0] \cmd$107 ;
-  wire [15:0] \cmd$107.gin ;
-  wire [15:0] \cmd$107.gout ;
-  wire [15:0] \cmd$107.in_h ;
-  wire [15:0] \cmd$107.in_w ;
-  wire [3:0] \cmd$107.k ;
-  wire \cmd$107.keep ;
+  wire [1:0] \cmd$100.part ;
+  wire \cmd$100.relu ;
+  wire [1:0] \cmd$100.stride ;
+  wire [113:0] \cmd$109 ;
+  wire [15:0] \cmd$109.gin ;
+  wire [15:0] \cmd$109.gout ;
+  wire [15:0] \cmd$109.in_h ;
+  wire [15:0] \cmd$109.in_w ;
+  wire [3:0] \cmd$109.k ;
+  wire \cmd$109.keep ;
   (* enum_base_type = "LayerKind" *)
   (* enum_value_00 = "STANDARD" *)
   (* enum_value_01 = "DEPTHWISE" *)
   (* enum_value_10 = "POINTWISE" *)
   (* enum_value_11 = "FC" *)
-  wire [1:0] \cmd$107.kind ;
-  wire [15:0] \cmd$107.out_h ;
-  wire [15:0] \cmd$107.out_w ;
-  wire [2:0] \cmd$107.pad_left ;
-  wire [2:0] \cmd$107.pad_top ;
+  wire [1:0] \cmd$109.kind ;
+  wire [15:0] \cmd$109.out_h ;
+  wire [15:0] \cmd$109.out_w ;
+  wire [2:0] \cmd$109.pad_left ;
+  wire [2:0] \cmd$109.pad_top ;
   (* enum_base_type = "Part" *)
   (* enum_value_00 = "WHOLE" *)
   (* enum_value_01 = "FIRST" *)
   (* enum_value_10 = "MIDDLE" *)
   (* enum_value_11 = "LAST" *)
-  wire [1:0] \cmd$107.part ;
-  wire \cmd$107.relu ;
-  wire [1:0] \cmd$107.stride ;
-  wire [113:0] \cmd$116 ;
-  wire [15:0] \cmd$116.gin ;
-  wire [15:0] \cmd$116.gout ;
-  wire [15:0] \cmd$116.in_h ;
-  wire [15:0] \cmd$116.in_w ;
-  wire [3:0] \cmd$116.k ;
-  wire \cmd$116.keep ;
+  wire [1:0] \cmd$109.part ;
+  wire \cmd$109.relu ;
+  wire [1:0] \cmd$109.stride ;
+  wire [113:0] \cmd$113 ;
+  wire [15:0] \cmd$113.gin ;
+  wire [15:0] \cmd$113.gout ;
+  wire [15:0] \cmd$113.in_h ;
+  wire [15:0] \cmd$113.in_w ;
+  wire [3:0] \cmd$113.k ;
+  wire \cmd$113.keep ;
   (* enum_base_type = "LayerKind" *)
   (* enum_value_00 = "STANDARD" *)
   (* enum_value_01 = "DEPTHWISE" *)
   (* enum_value_10 = "POINTWISE" *)
   (* enum_value_11 = "FC" *)
-  wire [1:0] \cmd$116.kind ;
-  wire [15:0] \cmd$116.out_h ;
-  wire [15:0] \cmd$116.out_w ;
-  wire [2:0] \cmd$116.pad_left ;
-  wire [2:0] \cmd$116.pad_top ;
+  wire [1:0] \cmd$113.kind ;
+  wire [15:0] \cmd$113.out_h ;
+  wire [15:0] \cmd$113.out_w ;
+  wire [2:0] \cmd$113.pad_left ;
+  wire [2:0] \cmd$113.pad_top ;
   (* enum_base_type = "Part" *)
   (* enum_value_00 = "WHOLE" *)
   (* enum_value_01 = "FIRST" *)
   (* enum_value_10 = "MIDDLE" *)
   (* enum_value_11 = "LAST" *)
-  wire [1:0] \cmd$116.part ;
-  wire \cmd$116.relu ;
-  wire [1:0] \cmd$116.stride ;
-  wire [113:0] \cmd$81 ;
-  wire [15:0] \cmd$81.gin ;
-  wire [15:0] \cmd$81.gout ;
-  wire [15:0] \cmd$81.in_h ;
-  wire [15:0] \cmd$81.in_w ;
-  wire [3:0] \cmd$81.k ;
-  wire \cmd$81.keep ;
+  wire [1:0] \cmd$113.part ;
+  wire \cmd$113.relu ;
+  wire [1:0] \cmd$113.stride ;
+  wire [113:0] \cmd$122 ;
+  wire [15:0] \cmd$122.gin ;
+  wire [15:0] \cmd$122.gout ;
+  wire [15:0] \cmd$122.in_h ;
+  wire [15:0] \cmd$122.in_w ;
+  wire [3:0] \cmd$122.k ;
+  wire \cmd$122.keep ;
   (* enum_base_type = "LayerKind" *)
   (* enum_value_00 = "STANDARD" *)
   (* enum_value_01 = "DEPTHWISE" *)
   (* enum_value_10 = "POINTWISE" *)
   (* enum_value_11 = "FC" *)
-  wire [1:0] \cmd$81.kind ;
-  wire [15:0] \cmd$81.out_h ;
-  wire [15:0] \cmd$81.out_w ;
-  wire [2:0] \cmd$81.pad_left ;
-  wire [2:0] \cmd$81.pad_top ;
+  wire [1:0] \cmd$122.kind ;
+  wire [15:0] \cmd$122.out_h ;
+  wire [15:0] \cmd$122.out_w ;
+  wire [2:0] \cmd$122.pad_left ;
+  wire [2:0] \cmd$122.pad_top ;
   (* enum_base_type = "Part" *)
   (* enum_value_00 = "WHOLE" *)
   (* enum_value_01 = "FIRST" *)
   (* enum_value_10 = "MIDDLE" *)
   (* enum_value_11 = "LAST" *)
-  wire [1:0] \cmd$81.part ;
-  wire \cmd$81.relu ;
-  wire [1:0] \cmd$81.stride ;
-  wire [113:0] \cmd$94 ;
-  wire [15:0] \cmd$94.gin ;
-  wire [15:0] \cmd$94.gout ;
-  wire [15:0] \cmd$94.in_h ;
-  wire [15:0] \cmd$94.in_w ;
-  wire [3:0] \cmd$94.k ;
-  wire \cmd$94.keep ;
+  wire [1:0] \cmd$122.part ;
+  wire \cmd$122.relu ;
+  wire [1:0] \cmd$122.stride ;
+  wire [113:0] \cmd$87 ;
+  wire [15:0] \cmd$87.gin ;
+  wire [15:0] \cmd$87.gout ;
+  wire [15:0] \cmd$87.in_h ;
+  wire [15:0] \cmd$87.in_w ;
+  wire [3:0] \cmd$87.k ;
+  wire \cmd$87.keep ;
   (* enum_base_type = "LayerKind" *)
   (* enum_value_00 = "STANDARD" *)
   (* enum_value_01 = "DEPTHWISE" *)
   (* enum_value_10 = "POINTWISE" *)
   (* enum_value_11 = "FC" *)
-  wire [1:0] \cmd$94.kind ;
-  wire [15:0] \cmd$94.out_h ;
-  wire [15:0] \cmd$94.out_w ;
-  wire [2:0] \cmd$94.pad_left ;
-  wire [2:0] \cmd$94.pad_top ;
+  wire [1:0] \cmd$87.kind ;
+  wire [15:0] \cmd$87.out_h ;
+  wire [15:0] \cmd$87.out_w ;
+  wire [2:0] \cmd$87.pad_left ;
+  wire [2:0] \cmd$87.pad_top ;
   (* enum_base_type = "Part" *)
   (* enum_value_00 = "WHOLE" *)
   (* enum_value_01 = "FIRST" *)
   (* enum_value_10 = "MIDDLE" *)
   (* enum_value_11 = "LAST" *)
-  wire [1:0] \cmd$94.part ;
-  wire \cmd$94.relu ;
-  wire [1:0] \cmd$94.stride ;
+  wire [1:0] \cmd$87.part ;
+  wire \cmd$87.relu ;
+  wire [1:0] \cmd$87.stride ;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -323,7 +323,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [1:0] \cmd.stride ;
   wire [31:0] compute;
   wire [8:0] count;
-  wire [21:0] \count$115 ;
+  wire [21:0] \count$121 ;
   output [31:0] cycles_compute;
   wire [31:0] cycles_compute;
   output [31:0] cycles_stall;
@@ -332,29 +332,29 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [31:0] cycles_total;
   output done;
   wire done;
-  wire \done$139 ;
-  wire \done$141 ;
-  wire \done$145 ;
-  wire \done$157 ;
+  wire \done$142 ;
+  wire \done$144 ;
+  wire \done$148 ;
+  wire \done$160 ;
   wire dw;
-  wire \dw$96 ;
+  wire \dw$102 ;
   wire dwc;
-  wire \dwc$106 ;
-  wire \dwc$109 ;
+  wire \dwc$112 ;
+  wire \dwc$115 ;
   wire dwp;
   wire \dwp$104 ;
-  wire \dwp$108 ;
-  wire \dwp$117 ;
-  wire \dwp$98 ;
+  wire \dwp$110 ;
+  wire \dwp$114 ;
+  wire \dwp$123 ;
   wire enable;
   output error;
   wire error;
-  wire \error$158 ;
+  wire \error$161 ;
   wire [15:0] gin_e;
-  wire [15:0] \gin_e$83 ;
-  wire [15:0] \gin_e$99 ;
+  wire [15:0] \gin_e$105 ;
+  wire [15:0] \gin_e$89 ;
   wire [21:0] gout_o;
-  wire [21:0] \gout_o$85 ;
+  wire [21:0] \gout_o$91 ;
   wire [63:0] i__payload;
   wire [255:0] \i__payload$29 ;
   wire [127:0] \i__payload$29[0] ;
@@ -433,9 +433,9 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [7:0] \i__payload$47.x[5] ;
   wire [7:0] \i__payload$47.x[6] ;
   wire [7:0] \i__payload$47.x[7] ;
-  wire [53:0] \i__payload$53 ;
-  wire [26:0] \i__payload$53[0] ;
-  wire [26:0] \i__payload$53[1] ;
+  wire [53:0] \i__payload$63 ;
+  wire [26:0] \i__payload$63[0] ;
+  wire [26:0] \i__payload$63[1] ;
   wire [7:0] \i__payload[0] ;
   wire [7:0] \i__payload[1] ;
   wire [7:0] \i__payload[2] ;
@@ -450,14 +450,14 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \i__ready$38 ;
   wire \i__ready$44 ;
   wire \i__ready$50 ;
-  wire \i__ready$56 ;
+  wire \i__ready$62 ;
   wire i__valid;
   wire \i__valid$31 ;
   wire \i__valid$34 ;
   wire \i__valid$39 ;
   wire \i__valid$45 ;
   wire \i__valid$51 ;
-  wire \i__valid$57 ;
+  wire \i__valid$59 ;
   wire [13:0] inputs__addr;
   wire [13:0] \inputs__addr.addr ;
   wire [13:0] \inputs__addr.addr[0] ;
@@ -473,11 +473,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire inputs__en;
   wire inputs_done;
   wire keep;
-  wire \keep$114 ;
+  wire \keep$120 ;
   wire [5:0] last_go;
   wire [5:0] last_group;
   wire loaded;
-  wire \loaded$143 ;
+  wire \loaded$146 ;
   wire mac_valid;
   wire [24:0] n_out;
   wire [26:0] o__payload;
@@ -515,12 +515,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [7:0] \o__payload$48.x[5] ;
   wire [7:0] \o__payload$48.x[6] ;
   wire [7:0] \o__payload$48.x[7] ;
-  wire [53:0] \o__payload$54 ;
-  wire [26:0] \o__payload$54[0] ;
-  wire [26:0] \o__payload$54[1] ;
-  wire [15:0] \o__payload$59 ;
-  wire [7:0] \o__payload$59[0] ;
-  wire [7:0] \o__payload$59[1] ;
+  wire [53:0] \o__payload$58 ;
+  wire [26:0] \o__payload$58[0] ;
+  wire [26:0] \o__payload$58[1] ;
+  wire [15:0] \o__payload$65 ;
+  wire [7:0] \o__payload$65[0] ;
+  wire [7:0] \o__payload$65[1] ;
   wire [13:0] \o__payload.addr ;
   wire [13:0] \o__payload.addr[0] ;
   wire \o__payload.first ;
@@ -530,11 +530,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire o__ready;
   wire \o__ready$49 ;
   wire \o__ready$55 ;
-  wire \o__ready$60 ;
+  wire \o__ready$66 ;
   wire o__valid;
   wire \o__valid$52 ;
-  wire \o__valid$58 ;
-  wire \o__valid$61 ;
+  wire \o__valid$54 ;
+  wire \o__valid$67 ;
   wire outputs_done;
   wire [5:0] params__addr;
   wire [97:0] params__data;
@@ -564,41 +564,44 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   input params__valid;
   wire params__valid;
   wire params_done;
+  wire [53:0] r_data;
+  wire r_en;
+  wire r_rdy;
   wire [13:0] read__addr;
-  wire [9:0] \read__addr$68 ;
-  wire [5:0] \read__addr$74 ;
+  wire [9:0] \read__addr$74 ;
+  wire [5:0] \read__addr$80 ;
   wire [13:0] \read__addr.addr ;
   wire [13:0] \read__addr.addr[0] ;
   wire [63:0] read__data;
-  wire [255:0] \read__data$71 ;
-  wire [127:0] \read__data$71[0] ;
-  wire [15:0] \read__data$71[0][0] ;
-  wire [15:0] \read__data$71[0][1] ;
-  wire [15:0] \read__data$71[0][2] ;
-  wire [15:0] \read__data$71[0][3] ;
-  wire [15:0] \read__data$71[0][4] ;
-  wire [15:0] \read__data$71[0][5] ;
-  wire [15:0] \read__data$71[0][6] ;
-  wire [15:0] \read__data$71[0][7] ;
-  wire [127:0] \read__data$71[1] ;
-  wire [15:0] \read__data$71[1][0] ;
-  wire [15:0] \read__data$71[1][1] ;
-  wire [15:0] \read__data$71[1][2] ;
-  wire [15:0] \read__data$71[1][3] ;
-  wire [15:0] \read__data$71[1][4] ;
-  wire [15:0] \read__data$71[1][5] ;
-  wire [15:0] \read__data$71[1][6] ;
-  wire [15:0] \read__data$71[1][7] ;
-  wire [97:0] \read__data$77 ;
-  wire [53:0] \read__data$77.bias ;
-  wire [26:0] \read__data$77.bias[0] ;
-  wire [26:0] \read__data$77.bias[1] ;
-  wire [31:0] \read__data$77.mult ;
-  wire [15:0] \read__data$77.mult[0] ;
-  wire [15:0] \read__data$77.mult[1] ;
-  wire [11:0] \read__data$77.shift ;
-  wire [5:0] \read__data$77.shift[0] ;
-  wire [5:0] \read__data$77.shift[1] ;
+  wire [255:0] \read__data$77 ;
+  wire [127:0] \read__data$77[0] ;
+  wire [15:0] \read__data$77[0][0] ;
+  wire [15:0] \read__data$77[0][1] ;
+  wire [15:0] \read__data$77[0][2] ;
+  wire [15:0] \read__data$77[0][3] ;
+  wire [15:0] \read__data$77[0][4] ;
+  wire [15:0] \read__data$77[0][5] ;
+  wire [15:0] \read__data$77[0][6] ;
+  wire [15:0] \read__data$77[0][7] ;
+  wire [127:0] \read__data$77[1] ;
+  wire [15:0] \read__data$77[1][0] ;
+  wire [15:0] \read__data$77[1][1] ;
+  wire [15:0] \read__data$77[1][2] ;
+  wire [15:0] \read__data$77[1][3] ;
+  wire [15:0] \read__data$77[1][4] ;
+  wire [15:0] \read__data$77[1][5] ;
+  wire [15:0] \read__data$77[1][6] ;
+  wire [15:0] \read__data$77[1][7] ;
+  wire [97:0] \read__data$83 ;
+  wire [53:0] \read__data$83.bias ;
+  wire [26:0] \read__data$83.bias[0] ;
+  wire [26:0] \read__data$83.bias[1] ;
+  wire [31:0] \read__data$83.mult ;
+  wire [15:0] \read__data$83.mult[0] ;
+  wire [15:0] \read__data$83.mult[1] ;
+  wire [11:0] \read__data$83.shift ;
+  wire [5:0] \read__data$83.shift[0] ;
+  wire [5:0] \read__data$83.shift[1] ;
   wire [7:0] \read__data[0] ;
   wire [7:0] \read__data[1] ;
   wire [7:0] \read__data[2] ;
@@ -608,62 +611,60 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [7:0] \read__data[6] ;
   wire [7:0] \read__data[7] ;
   wire read__en;
-  wire \read__en$72 ;
   wire \read__en$78 ;
+  wire \read__en$84 ;
   wire ready;
-  wire refused;
-  wire \refused$134 ;
   wire [14:0] rows_in;
-  wire [14:0] \rows_in$137 ;
+  wire [14:0] \rows_in$140 ;
   input rst;
   wire rst;
   wire run;
-  wire \run$124 ;
-  wire \run$126 ;
-  wire \run$128 ;
   wire \run$130 ;
-  wire \run$135 ;
-  wire \run$152 ;
+  wire \run$132 ;
+  wire \run$134 ;
+  wire \run$136 ;
+  wire \run$138 ;
+  wire \run$155 ;
   wire [187:0] sizes;
-  wire [187:0] \sizes$100 ;
-  wire [8:0] \sizes$100.kk ;
-  wire [14:0] \sizes$100.n_dw ;
-  wire [14:0] \sizes$100.n_in ;
-  wire [24:0] \sizes$100.n_out ;
-  wire [8:0] \sizes$100.n_w ;
-  wire [24:0] \sizes$100.ow ;
-  wire [16:0] \sizes$100.pl_g ;
-  wire [14:0] \sizes$100.plane ;
-  wire [16:0] \sizes$100.pt_wg ;
-  wire [16:0] \sizes$100.pt_ws ;
-  wire [8:0] \sizes$100.red ;
-  wire [14:0] \sizes$100.wg ;
-  wire [187:0] \sizes$110 ;
-  wire [8:0] \sizes$110.kk ;
-  wire [14:0] \sizes$110.n_dw ;
-  wire [14:0] \sizes$110.n_in ;
-  wire [24:0] \sizes$110.n_out ;
-  wire [8:0] \sizes$110.n_w ;
-  wire [24:0] \sizes$110.ow ;
-  wire [16:0] \sizes$110.pl_g ;
-  wire [14:0] \sizes$110.plane ;
-  wire [16:0] \sizes$110.pt_wg ;
-  wire [16:0] \sizes$110.pt_ws ;
-  wire [8:0] \sizes$110.red ;
-  wire [14:0] \sizes$110.wg ;
-  wire [187:0] \sizes$91 ;
-  wire [8:0] \sizes$91.kk ;
-  wire [14:0] \sizes$91.n_dw ;
-  wire [14:0] \sizes$91.n_in ;
-  wire [24:0] \sizes$91.n_out ;
-  wire [8:0] \sizes$91.n_w ;
-  wire [24:0] \sizes$91.ow ;
-  wire [16:0] \sizes$91.pl_g ;
-  wire [14:0] \sizes$91.plane ;
-  wire [16:0] \sizes$91.pt_wg ;
-  wire [16:0] \sizes$91.pt_ws ;
-  wire [8:0] \sizes$91.red ;
-  wire [14:0] \sizes$91.wg ;
+  wire [187:0] \sizes$106 ;
+  wire [8:0] \sizes$106.kk ;
+  wire [14:0] \sizes$106.n_dw ;
+  wire [14:0] \sizes$106.n_in ;
+  wire [24:0] \sizes$106.n_out ;
+  wire [8:0] \sizes$106.n_w ;
+  wire [24:0] \sizes$106.ow ;
+  wire [16:0] \sizes$106.pl_g ;
+  wire [14:0] \sizes$106.plane ;
+  wire [16:0] \sizes$106.pt_wg ;
+  wire [16:0] \sizes$106.pt_ws ;
+  wire [8:0] \sizes$106.red ;
+  wire [14:0] \sizes$106.wg ;
+  wire [187:0] \sizes$116 ;
+  wire [8:0] \sizes$116.kk ;
+  wire [14:0] \sizes$116.n_dw ;
+  wire [14:0] \sizes$116.n_in ;
+  wire [24:0] \sizes$116.n_out ;
+  wire [8:0] \sizes$116.n_w ;
+  wire [24:0] \sizes$116.ow ;
+  wire [16:0] \sizes$116.pl_g ;
+  wire [14:0] \sizes$116.plane ;
+  wire [16:0] \sizes$116.pt_wg ;
+  wire [16:0] \sizes$116.pt_ws ;
+  wire [8:0] \sizes$116.red ;
+  wire [14:0] \sizes$116.wg ;
+  wire [187:0] \sizes$97 ;
+  wire [8:0] \sizes$97.kk ;
+  wire [14:0] \sizes$97.n_dw ;
+  wire [14:0] \sizes$97.n_in ;
+  wire [24:0] \sizes$97.n_out ;
+  wire [8:0] \sizes$97.n_w ;
+  wire [24:0] \sizes$97.ow ;
+  wire [16:0] \sizes$97.pl_g ;
+  wire [14:0] \sizes$97.plane ;
+  wire [16:0] \sizes$97.pt_wg ;
+  wire [16:0] \sizes$97.pt_ws ;
+  wire [8:0] \sizes$97.red ;
+  wire [14:0] \sizes$97.wg ;
   wire [8:0] \sizes.kk ;
   wire [14:0] \sizes.n_dw ;
   wire [14:0] \sizes.n_in ;
@@ -680,12 +681,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire sizing;
   wire [31:0] stall;
   wire start;
-  wire \start$122 ;
-  wire \start$125 ;
-  wire \start$127 ;
-  wire \start$129 ;
-  wire starting;
-  wire \starting$132 ;
+  wire \start$128 ;
+  wire \start$131 ;
+  wire \start$133 ;
+  wire \start$135 ;
+  wire \start$137 ;
   wire [67:0] taps__payload;
   wire \taps__payload.first ;
   wire [17:0] \taps__payload.ix ;
@@ -696,8 +696,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire taps__ready;
   wire taps__valid;
   wire [31:0] total;
+  wire [53:0] w_data;
+  wire w_en;
+  wire w_rdy;
   wire waiting;
-  wire \waiting$156 ;
+  wire \waiting$159 ;
   wire [9:0] weights__addr;
   wire [255:0] weights__data;
   wire [127:0] \weights__data[0] ;
@@ -745,8 +748,9 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire weights__valid;
   wire weights_done;
   wire [16:0] ws;
-  wire [16:0] \ws$102 ;
-  wire [16:0] \ws$111 ;
+  wire [16:0] \ws$108 ;
+  wire [16:0] \ws$117 ;
+  assign mac_valid = w_en | \i__valid$59 ;
   \psc_core.amap  amap (
     .cmd(cmd),
     .i__payload(\i__payload$35 ),
@@ -773,7 +777,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .i__payload(\i__payload$47 ),
     .i__ready(\o__ready$49 ),
     .o__ready(\o__ready$55 ),
-    .o__valid(\i__valid$57 ),
+    .o__valid(w_en),
     .rst(rst),
     .valid(\i__valid$51 )
   );
@@ -784,11 +788,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .i__ready(taps__ready),
     .o__payload(\i__payload$47 ),
     .o__ready(\o__ready$49 ),
-    .\port$520$0 (\$1 ),
-    .\port$542$0 (\$2 ),
-    .\port$543$0 (\$3 ),
-    .\port$544$0 (\$4 ),
-    .\port$545$0 (\$5 ),
+    .\port$521$0 (\$1 ),
+    .\port$543$0 (\$2 ),
+    .\port$544$0 (\$3 ),
+    .\port$545$0 (\$4 ),
+    .\port$546$0 (\$5 ),
     .rst(rst),
     .v1(\i__valid$51 ),
     .w_data(\i__payload$41 ),
@@ -801,10 +805,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .done(inputs_done),
     .i__ready(act_in__ready),
     .i__valid(act_in__valid),
-    .\port$542$0 (\$2 ),
-    .\port$543$0 (\$3 ),
-    .\port$544$0 (\$4 ),
-    .\port$545$0 (\$5 ),
+    .\port$543$0 (\$2 ),
+    .\port$544$0 (\$3 ),
+    .\port$545$0 (\$4 ),
+    .\port$546$0 (\$5 ),
     .read__addr(\$1 [13:0]),
     .read__en(read__en),
     .rows_in(rows_in),
@@ -818,17 +822,16 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .clk(clk),
     .cmd(cmd),
     .dwp(dwp),
-    .\i__valid$36 (\i__valid$57 ),
+    .\i__payload$38 (\i__payload$63 ),
+    .\i__valid$36 (\i__valid$59 ),
     .last_group(last_group),
     .n_out(sizes[79:55]),
     .o__payload(act_out__payload),
     .\o__ready$37 (act_out__ready),
     .o__valid(act_out__valid),
-    .params__addr(\read__addr$74 ),
+    .params__addr(\read__addr$80 ),
     .params__data(params__data),
-    .\port$1391$0 (\$6 ),
-    .\port$1461$0 (\$7 ),
-    .ps_rd__en(\o__ready$55 ),
+    .ps_rd__en(r_en),
     .rst(rst),
     .run(run),
     .start(start)
@@ -841,8 +844,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .i__valid(params__valid),
     .keep(cmd[111]),
     .read__data(params__data),
-    .rp__addr(\read__addr$74 ),
-    .rp__en(\o__ready$55 ),
+    .rp__addr(\read__addr$80 ),
+    .rp__en(r_en),
     .rst(rst),
     .run(run),
     .start(start),
@@ -856,12 +859,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .gin_e(gin_e),
     .loaded(loaded),
     .params_done(params_done),
-    .refused(refused),
     .rows_in(rows_in),
     .rst(rst),
     .run(run),
     .sizes(sizes),
-    .starting(starting),
+    .start(start),
     .taps__payload(\i__payload$35 ),
     .taps__ready(taps__ready),
     .taps__valid(\i__valid$39 ),
@@ -886,18 +888,16 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .inputs_done(inputs_done),
     .last_go(last_group),
     .loaded(loaded),
-    .mac_valid(\i__valid$57 ),
+    .mac_valid(mac_valid),
     .outputs_done(outputs_done),
-    .refused(refused),
     .rst(rst),
     .run(run),
     .sizes(sizes),
     .sizes_ready(sizes_ready),
     .sizing(enable),
-    .start(start),
-    .starting(starting)
+    .start(start)
   );
-  \psc_core.sizes$163  \sizes$163  (
+  \psc_core.sizes$166  \sizes$166  (
     .clear(clear),
     .clk(clk),
     .cmd(cmd),
@@ -907,6 +907,17 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .ready(sizes_ready),
     .rst(rst),
     .sizes(sizes)
+  );
+  \psc_core.sums  sums (
+    .clk(clk),
+    .\port$1420$0 (\$6 ),
+    .\port$1490$0 (\$7 ),
+    .r_data(\i__payload$63 ),
+    .r_en(r_en),
+    .r_rdy(\i__valid$59 ),
+    .rst(rst),
+    .w_en(w_en),
+    .w_rdy(\o__ready$55 )
   );
   \psc_core.wbuf  wbuf (
     .clk(clk),
@@ -946,83 +957,84 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \o__payload$48  = \i__payload$47 ;
   assign \i__ready$50  = \o__ready$49 ;
   assign \o__valid$52  = \i__valid$51 ;
-  assign \i__payload$53  = { \$7 , \$6  };
-  assign \o__payload$54  = { \$7 , \$6  };
-  assign \i__ready$56  = \o__ready$55 ;
-  assign \o__valid$58  = \i__valid$57 ;
-  assign \o__payload$59  = act_out__payload;
-  assign \o__ready$60  = act_out__ready;
-  assign \o__valid$61  = act_out__valid;
+  assign \o__valid$54  = w_en;
+  assign w_rdy = \o__ready$55 ;
+  assign w_data = { \$7 , \$6  };
+  assign \o__payload$58  = { \$7 , \$6  };
+  assign r_rdy = \i__valid$59 ;
+  assign \i__ready$62  = r_en;
+  assign r_data = \i__payload$63 ;
+  assign \o__payload$65  = act_out__payload;
+  assign \o__ready$66  = act_out__ready;
+  assign \o__valid$67  = act_out__valid;
   assign read__addr = \$1 [13:0];
   assign inputs__addr = \$1 [13:0];
   assign inputs__data = { \$5 , \$4 , \$3 , \$2  };
   assign read__data = { \$5 , \$4 , \$3 , \$2  };
   assign inputs__en = read__en;
-  assign \read__addr$68  = \$1 [23:14];
+  assign \read__addr$74  = \$1 [23:14];
   assign weights__addr = \$1 [23:14];
-  assign \read__data$71  = weights__data;
-  assign \read__en$72  = read__en;
+  assign \read__data$77  = weights__data;
+  assign \read__en$78  = read__en;
   assign weights__en = read__en;
-  assign params__addr = \read__addr$74 ;
-  assign \read__data$77  = params__data;
-  assign \read__en$78  = \o__ready$55 ;
-  assign params__en = \o__ready$55 ;
-  assign \cmd$81  = cmd;
-  assign \gin_e$83  = gin_e;
-  assign \gout_o$85  = gout_o;
+  assign params__addr = \read__addr$80 ;
+  assign \read__data$83  = params__data;
+  assign \read__en$84  = r_en;
+  assign params__en = r_en;
+  assign \cmd$87  = cmd;
+  assign \gin_e$89  = gin_e;
+  assign \gout_o$91  = gout_o;
   assign accept = clear;
   assign sizing = enable;
-  assign \sizes$91  = sizes;
+  assign \sizes$97  = sizes;
   assign ready = sizes_ready;
-  assign \cmd$94  = cmd;
-  assign \dw$96  = dw;
-  assign \dwp$98  = dwp;
-  assign \gin_e$99  = gin_e;
-  assign \sizes$100  = sizes;
-  assign ws = 17'h00000;
-  assign \ws$102  = 17'h00000;
-  assign \cmd$103  = cmd;
+  assign \cmd$100  = cmd;
+  assign \dw$102  = dw;
   assign \dwp$104  = dwp;
-  assign \dwc$106  = dwc;
-  assign \cmd$107  = cmd;
-  assign \dwp$108  = dwp;
-  assign \dwc$109  = dwc;
-  assign \sizes$110  = sizes;
-  assign \ws$111  = 17'h00000;
+  assign \gin_e$105  = gin_e;
+  assign \sizes$106  = sizes;
+  assign ws = 17'h00000;
+  assign \ws$108  = 17'h00000;
+  assign \cmd$109  = cmd;
+  assign \dwp$110  = dwp;
+  assign \dwc$112  = dwc;
+  assign \cmd$113  = cmd;
+  assign \dwp$114  = dwp;
+  assign \dwc$115  = dwc;
+  assign \sizes$116  = sizes;
+  assign \ws$117  = 17'h00000;
   assign keep = cmd[111];
   assign count = sizes[106:98];
-  assign \keep$114  = cmd[111];
-  assign \count$115  = gout_o;
-  assign \cmd$116  = cmd;
-  assign \dwp$117  = dwp;
+  assign \keep$120  = cmd[111];
+  assign \count$121  = gout_o;
+  assign \cmd$122  = cmd;
+  assign \dwp$123  = dwp;
   assign n_out = sizes[79:55];
   assign last_go = last_group;
-  assign \start$122  = start;
-  assign \run$124  = run;
-  assign \start$125  = start;
-  assign \run$126  = run;
-  assign \start$127  = start;
-  assign \run$128  = run;
-  assign \start$129  = start;
+  assign \start$128  = start;
   assign \run$130  = run;
-  assign \starting$132  = starting;
-  assign \refused$134  = refused;
-  assign \run$135  = run;
-  assign \rows_in$137  = rows_in;
-  assign \done$139  = weights_done;
-  assign \done$141  = params_done;
-  assign \loaded$143  = loaded;
-  assign \done$145  = inputs_done;
+  assign \start$131  = start;
+  assign \run$132  = run;
+  assign \start$133  = start;
+  assign \run$134  = run;
+  assign \start$135  = start;
+  assign \run$136  = run;
+  assign \start$137  = start;
+  assign \run$138  = run;
+  assign \rows_in$140  = rows_in;
+  assign \done$142  = weights_done;
+  assign \done$144  = params_done;
+  assign \loaded$146  = loaded;
+  assign \done$148  = inputs_done;
   assign all_sent = outputs_done;
-  assign mac_valid = \i__valid$57 ;
-  assign \clear$149  = clear;
-  assign \busy$150  = busy;
-  assign \busy$151  = busy;
-  assign \run$152  = run;
-  assign \beat$154  = beat;
-  assign \waiting$156  = waiting;
-  assign \done$157  = done;
-  assign \error$158  = error;
+  assign \clear$152  = clear;
+  assign \busy$153  = busy;
+  assign \busy$154  = busy;
+  assign \run$155  = run;
+  assign \beat$157  = beat;
+  assign \waiting$159  = waiting;
+  assign \done$160  = done;
+  assign \error$161  = error;
   assign total = cycles_total;
   assign compute = cycles_compute;
   assign stall = cycles_stall;
@@ -1216,12 +1228,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \o__payload$48.bias[1]  = \i__payload$47 [373:347];
   assign \o__payload$48.first  = \i__payload$47 [374];
   assign \o__payload$48.last  = \i__payload$47 [375];
-  assign \i__payload$53[0]  = \$6 ;
-  assign \i__payload$53[1]  = \$7 ;
-  assign \o__payload$54[0]  = \$6 ;
-  assign \o__payload$54[1]  = \$7 ;
-  assign \o__payload$59[0]  = act_out__payload[7:0];
-  assign \o__payload$59[1]  = act_out__payload[15:8];
+  assign \o__payload$58[0]  = \$6 ;
+  assign \o__payload$58[1]  = \$7 ;
+  assign \i__payload$63[0]  = \i__payload$63 [26:0];
+  assign \i__payload$63[1]  = \i__payload$63 [53:27];
+  assign \o__payload$65[0]  = act_out__payload[7:0];
+  assign \o__payload$65[1]  = act_out__payload[15:8];
   assign \read__addr.addr  = \$1 [13:0];
   assign \read__addr.addr[0]  = \$1 [13:0];
   assign \inputs__addr.addr  = \$1 [13:0];
@@ -1260,24 +1272,24 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \weights__data[1][5]  = weights__data[223:208];
   assign \weights__data[1][6]  = weights__data[239:224];
   assign \weights__data[1][7]  = weights__data[255:240];
-  assign \read__data$71[0]  = weights__data[127:0];
-  assign \read__data$71[0][0]  = weights__data[15:0];
-  assign \read__data$71[0][1]  = weights__data[31:16];
-  assign \read__data$71[0][2]  = weights__data[47:32];
-  assign \read__data$71[0][3]  = weights__data[63:48];
-  assign \read__data$71[0][4]  = weights__data[79:64];
-  assign \read__data$71[0][5]  = weights__data[95:80];
-  assign \read__data$71[0][6]  = weights__data[111:96];
-  assign \read__data$71[0][7]  = weights__data[127:112];
-  assign \read__data$71[1]  = weights__data[255:128];
-  assign \read__data$71[1][0]  = weights__data[143:128];
-  assign \read__data$71[1][1]  = weights__data[159:144];
-  assign \read__data$71[1][2]  = weights__data[175:160];
-  assign \read__data$71[1][3]  = weights__data[191:176];
-  assign \read__data$71[1][4]  = weights__data[207:192];
-  assign \read__data$71[1][5]  = weights__data[223:208];
-  assign \read__data$71[1][6]  = weights__data[239:224];
-  assign \read__data$71[1][7]  = weights__data[255:240];
+  assign \read__data$77[0]  = weights__data[127:0];
+  assign \read__data$77[0][0]  = weights__data[15:0];
+  assign \read__data$77[0][1]  = weights__data[31:16];
+  assign \read__data$77[0][2]  = weights__data[47:32];
+  assign \read__data$77[0][3]  = weights__data[63:48];
+  assign \read__data$77[0][4]  = weights__data[79:64];
+  assign \read__data$77[0][5]  = weights__data[95:80];
+  assign \read__data$77[0][6]  = weights__data[111:96];
+  assign \read__data$77[0][7]  = weights__data[127:112];
+  assign \read__data$77[1]  = weights__data[255:128];
+  assign \read__data$77[1][0]  = weights__data[143:128];
+  assign \read__data$77[1][1]  = weights__data[159:144];
+  assign \read__data$77[1][2]  = weights__data[175:160];
+  assign \read__data$77[1][3]  = weights__data[191:176];
+  assign \read__data$77[1][4]  = weights__data[207:192];
+  assign \read__data$77[1][5]  = weights__data[223:208];
+  assign \read__data$77[1][6]  = weights__data[239:224];
+  assign \read__data$77[1][7]  = weights__data[255:240];
   assign \params__data.bias  = params__data[53:0];
   assign \params__data.bias[0]  = params__data[26:0];
   assign \params__data.bias[1]  = params__data[53:27];
@@ -1287,15 +1299,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \params__data.shift  = params__data[97:86];
   assign \params__data.shift[0]  = params__data[91:86];
   assign \params__data.shift[1]  = params__data[97:92];
-  assign \read__data$77.bias  = params__data[53:0];
-  assign \read__data$77.bias[0]  = params__data[26:0];
-  assign \read__data$77.bias[1]  = params__data[53:27];
-  assign \read__data$77.mult  = params__data[85:54];
-  assign \read__data$77.mult[0]  = params__data[69:54];
-  assign \read__data$77.mult[1]  = params__data[85:70];
-  assign \read__data$77.shift  = params__data[97:86];
-  assign \read__data$77.shift[0]  = params__data[91:86];
-  assign \read__data$77.shift[1]  = params__data[97:92];
+  assign \read__data$83.bias  = params__data[53:0];
+  assign \read__data$83.bias[0]  = params__data[26:0];
+  assign \read__data$83.bias[1]  = params__data[53:27];
+  assign \read__data$83.mult  = params__data[85:54];
+  assign \read__data$83.mult[0]  = params__data[69:54];
+  assign \read__data$83.mult[1]  = params__data[85:70];
+  assign \read__data$83.shift  = params__data[97:86];
+  assign \read__data$83.shift[0]  = params__data[91:86];
+  assign \read__data$83.shift[1]  = params__data[97:92];
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -1310,20 +1322,20 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
   assign \cmd.part  = cmd[113:112];
-  assign \cmd$81.in_h  = cmd[15:0];
-  assign \cmd$81.in_w  = cmd[31:16];
-  assign \cmd$81.out_h  = cmd[47:32];
-  assign \cmd$81.out_w  = cmd[63:48];
-  assign \cmd$81.gin  = cmd[79:64];
-  assign \cmd$81.gout  = cmd[95:80];
-  assign \cmd$81.k  = cmd[99:96];
-  assign \cmd$81.stride  = cmd[101:100];
-  assign \cmd$81.pad_top  = cmd[104:102];
-  assign \cmd$81.pad_left  = cmd[107:105];
-  assign \cmd$81.kind  = cmd[109:108];
-  assign \cmd$81.relu  = cmd[110];
-  assign \cmd$81.keep  = cmd[111];
-  assign \cmd$81.part  = cmd[113:112];
+  assign \cmd$87.in_h  = cmd[15:0];
+  assign \cmd$87.in_w  = cmd[31:16];
+  assign \cmd$87.out_h  = cmd[47:32];
+  assign \cmd$87.out_w  = cmd[63:48];
+  assign \cmd$87.gin  = cmd[79:64];
+  assign \cmd$87.gout  = cmd[95:80];
+  assign \cmd$87.k  = cmd[99:96];
+  assign \cmd$87.stride  = cmd[101:100];
+  assign \cmd$87.pad_top  = cmd[104:102];
+  assign \cmd$87.pad_left  = cmd[107:105];
+  assign \cmd$87.kind  = cmd[109:108];
+  assign \cmd$87.relu  = cmd[110];
+  assign \cmd$87.keep  = cmd[111];
+  assign \cmd$87.part  = cmd[113:112];
   assign \sizes.wg  = sizes[14:0];
   assign \sizes.n_in  = sizes[29:15];
   assign \sizes.ow  = sizes[54:30];
@@ -1336,98 +1348,98 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \sizes.plane  = sizes[155:141];
   assign \sizes.n_dw  = sizes[170:156];
   assign \sizes.pt_ws  = sizes[187:171];
-  assign \sizes$91.wg  = sizes[14:0];
-  assign \sizes$91.n_in  = sizes[29:15];
-  assign \sizes$91.ow  = sizes[54:30];
-  assign \sizes$91.n_out  = sizes[79:55];
-  assign \sizes$91.kk  = sizes[88:80];
-  assign \sizes$91.red  = sizes[97:89];
-  assign \sizes$91.n_w  = sizes[106:98];
-  assign \sizes$91.pt_wg  = sizes[123:107];
-  assign \sizes$91.pl_g  = sizes[140:124];
-  assign \sizes$91.plane  = sizes[155:141];
-  assign \sizes$91.n_dw  = sizes[170:156];
-  assign \sizes$91.pt_ws  = sizes[187:171];
-  assign \cmd$94.in_h  = cmd[15:0];
-  assign \cmd$94.in_w  = cmd[31:16];
-  assign \cmd$94.out_h  = cmd[47:32];
-  assign \cmd$94.out_w  = cmd[63:48];
-  assign \cmd$94.gin  = cmd[79:64];
-  assign \cmd$94.gout  = cmd[95:80];
-  assign \cmd$94.k  = cmd[99:96];
-  assign \cmd$94.stride  = cmd[101:100];
-  assign \cmd$94.pad_top  = cmd[104:102];
-  assign \cmd$94.pad_left  = cmd[107:105];
-  assign \cmd$94.kind  = cmd[109:108];
-  assign \cmd$94.relu  = cmd[110];
-  assign \cmd$94.keep  = cmd[111];
-  assign \cmd$94.part  = cmd[113:112];
-  assign \sizes$100.wg  = sizes[14:0];
-  assign \sizes$100.n_in  = sizes[29:15];
-  assign \sizes$100.ow  = sizes[54:30];
-  assign \sizes$100.n_out  = sizes[79:55];
-  assign \sizes$100.kk  = sizes[88:80];
-  assign \sizes$100.red  = sizes[97:89];
-  assign \sizes$100.n_w  = sizes[106:98];
-  assign \sizes$100.pt_wg  = sizes[123:107];
-  assign \sizes$100.pl_g  = sizes[140:124];
-  assign \sizes$100.plane  = sizes[155:141];
-  assign \sizes$100.n_dw  = sizes[170:156];
-  assign \sizes$100.pt_ws  = sizes[187:171];
-  assign \cmd$103.in_h  = cmd[15:0];
-  assign \cmd$103.in_w  = cmd[31:16];
-  assign \cmd$103.out_h  = cmd[47:32];
-  assign \cmd$103.out_w  = cmd[63:48];
-  assign \cmd$103.gin  = cmd[79:64];
-  assign \cmd$103.gout  = cmd[95:80];
-  assign \cmd$103.k  = cmd[99:96];
-  assign \cmd$103.stride  = cmd[101:100];
-  assign \cmd$103.pad_top  = cmd[104:102];
-  assign \cmd$103.pad_left  = cmd[107:105];
-  assign \cmd$103.kind  = cmd[109:108];
-  assign \cmd$103.relu  = cmd[110];
-  assign \cmd$103.keep  = cmd[111];
-  assign \cmd$103.part  = cmd[113:112];
-  assign \cmd$107.in_h  = cmd[15:0];
-  assign \cmd$107.in_w  = cmd[31:16];
-  assign \cmd$107.out_h  = cmd[47:32];
-  assign \cmd$107.out_w  = cmd[63:48];
-  assign \cmd$107.gin  = cmd[79:64];
-  assign \cmd$107.gout  = cmd[95:80];
-  assign \cmd$107.k  = cmd[99:96];
-  assign \cmd$107.stride  = cmd[101:100];
-  assign \cmd$107.pad_top  = cmd[104:102];
-  assign \cmd$107.pad_left  = cmd[107:105];
-  assign \cmd$107.kind  = cmd[109:108];
-  assign \cmd$107.relu  = cmd[110];
-  assign \cmd$107.keep  = cmd[111];
-  assign \cmd$107.part  = cmd[113:112];
-  assign \sizes$110.wg  = sizes[14:0];
-  assign \sizes$110.n_in  = sizes[29:15];
-  assign \sizes$110.ow  = sizes[54:30];
-  assign \sizes$110.n_out  = sizes[79:55];
-  assign \sizes$110.kk  = sizes[88:80];
-  assign \sizes$110.red  = sizes[97:89];
-  assign \sizes$110.n_w  = sizes[106:98];
-  assign \sizes$110.pt_wg  = sizes[123:107];
-  assign \sizes$110.pl_g  = sizes[140:124];
-  assign \sizes$110.plane  = sizes[155:141];
-  assign \sizes$110.n_dw  = sizes[170:156];
-  assign \sizes$110.pt_ws  = sizes[187:171];
-  assign \cmd$116.in_h  = cmd[15:0];
-  assign \cmd$116.in_w  = cmd[31:16];
-  assign \cmd$116.out_h  = cmd[47:32];
-  assign \cmd$116.out_w  = cmd[63:48];
-  assign \cmd$116.gin  = cmd[79:64];
-  assign \cmd$116.gout  = cmd[95:80];
-  assign \cmd$116.k  = cmd[99:96];
-  assign \cmd$116.stride  = cmd[101:100];
-  assign \cmd$116.pad_top  = cmd[104:102];
-  assign \cmd$116.pad_left  = cmd[107:105];
-  assign \cmd$116.kind  = cmd[109:108];
-  assign \cmd$116.relu  = cmd[110];
-  assign \cmd$116.keep  = cmd[111];
-  assign \cmd$116.part  = cmd[113:112];
+  assign \sizes$97.wg  = sizes[14:0];
+  assign \sizes$97.n_in  = sizes[29:15];
+  assign \sizes$97.ow  = sizes[54:30];
+  assign \sizes$97.n_out  = sizes[79:55];
+  assign \sizes$97.kk  = sizes[88:80];
+  assign \sizes$97.red  = sizes[97:89];
+  assign \sizes$97.n_w  = sizes[106:98];
+  assign \sizes$97.pt_wg  = sizes[123:107];
+  assign \sizes$97.pl_g  = sizes[140:124];
+  assign \sizes$97.plane  = sizes[155:141];
+  assign \sizes$97.n_dw  = sizes[170:156];
+  assign \sizes$97.pt_ws  = sizes[187:171];
+  assign \cmd$100.in_h  = cmd[15:0];
+  assign \cmd$100.in_w  = cmd[31:16];
+  assign \cmd$100.out_h  = cmd[47:32];
+  assign \cmd$100.out_w  = cmd[63:48];
+  assign \cmd$100.gin  = cmd[79:64];
+  assign \cmd$100.gout  = cmd[95:80];
+  assign \cmd$100.k  = cmd[99:96];
+  assign \cmd$100.stride  = cmd[101:100];
+  assign \cmd$100.pad_top  = cmd[104:102];
+  assign \cmd$100.pad_left  = cmd[107:105];
+  assign \cmd$100.kind  = cmd[109:108];
+  assign \cmd$100.relu  = cmd[110];
+  assign \cmd$100.keep  = cmd[111];
+  assign \cmd$100.part  = cmd[113:112];
+  assign \sizes$106.wg  = sizes[14:0];
+  assign \sizes$106.n_in  = sizes[29:15];
+  assign \sizes$106.ow  = sizes[54:30];
+  assign \sizes$106.n_out  = sizes[79:55];
+  assign \sizes$106.kk  = sizes[88:80];
+  assign \sizes$106.red  = sizes[97:89];
+  assign \sizes$106.n_w  = sizes[106:98];
+  assign \sizes$106.pt_wg  = sizes[123:107];
+  assign \sizes$106.pl_g  = sizes[140:124];
+  assign \sizes$106.plane  = sizes[155:141];
+  assign \sizes$106.n_dw  = sizes[170:156];
+  assign \sizes$106.pt_ws  = sizes[187:171];
+  assign \cmd$109.in_h  = cmd[15:0];
+  assign \cmd$109.in_w  = cmd[31:16];
+  assign \cmd$109.out_h  = cmd[47:32];
+  assign \cmd$109.out_w  = cmd[63:48];
+  assign \cmd$109.gin  = cmd[79:64];
+  assign \cmd$109.gout  = cmd[95:80];
+  assign \cmd$109.k  = cmd[99:96];
+  assign \cmd$109.stride  = cmd[101:100];
+  assign \cmd$109.pad_top  = cmd[104:102];
+  assign \cmd$109.pad_left  = cmd[107:105];
+  assign \cmd$109.kind  = cmd[109:108];
+  assign \cmd$109.relu  = cmd[110];
+  assign \cmd$109.keep  = cmd[111];
+  assign \cmd$109.part  = cmd[113:112];
+  assign \cmd$113.in_h  = cmd[15:0];
+  assign \cmd$113.in_w  = cmd[31:16];
+  assign \cmd$113.out_h  = cmd[47:32];
+  assign \cmd$113.out_w  = cmd[63:48];
+  assign \cmd$113.gin  = cmd[79:64];
+  assign \cmd$113.gout  = cmd[95:80];
+  assign \cmd$113.k  = cmd[99:96];
+  assign \cmd$113.stride  = cmd[101:100];
+  assign \cmd$113.pad_top  = cmd[104:102];
+  assign \cmd$113.pad_left  = cmd[107:105];
+  assign \cmd$113.kind  = cmd[109:108];
+  assign \cmd$113.relu  = cmd[110];
+  assign \cmd$113.keep  = cmd[111];
+  assign \cmd$113.part  = cmd[113:112];
+  assign \sizes$116.wg  = sizes[14:0];
+  assign \sizes$116.n_in  = sizes[29:15];
+  assign \sizes$116.ow  = sizes[54:30];
+  assign \sizes$116.n_out  = sizes[79:55];
+  assign \sizes$116.kk  = sizes[88:80];
+  assign \sizes$116.red  = sizes[97:89];
+  assign \sizes$116.n_w  = sizes[106:98];
+  assign \sizes$116.pt_wg  = sizes[123:107];
+  assign \sizes$116.pl_g  = sizes[140:124];
+  assign \sizes$116.plane  = sizes[155:141];
+  assign \sizes$116.n_dw  = sizes[170:156];
+  assign \sizes$116.pt_ws  = sizes[187:171];
+  assign \cmd$122.in_h  = cmd[15:0];
+  assign \cmd$122.in_w  = cmd[31:16];
+  assign \cmd$122.out_h  = cmd[47:32];
+  assign \cmd$122.out_w  = cmd[63:48];
+  assign \cmd$122.gin  = cmd[79:64];
+  assign \cmd$122.gout  = cmd[95:80];
+  assign \cmd$122.k  = cmd[99:96];
+  assign \cmd$122.stride  = cmd[101:100];
+  assign \cmd$122.pad_top  = cmd[104:102];
+  assign \cmd$122.pad_left  = cmd[107:105];
+  assign \cmd$122.kind  = cmd[109:108];
+  assign \cmd$122.relu  = cmd[110];
+  assign \cmd$122.keep  = cmd[111];
+  assign \cmd$122.part  = cmd[113:112];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -1738,8 +1750,8 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1267$0 (i__payload[191:0]),
-    .\port$1267$374 (i__payload[375:374]),
+    .\port$1296$0 (i__payload[191:0]),
+    .\port$1296$374 (i__payload[375:374]),
     .rst(rst),
     .valid(valid)
   );
@@ -1748,7 +1760,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1267$347 (i__payload[375:347]),
+    .\port$1296$347 (i__payload[375:347]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[319:192]),
@@ -1856,7 +1868,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, en, \port$1267$0 , bias, \port$1267$374 , valid, mask, acc_valid, acc, clk);
+module \psc_core.dp.pe_0 (rst, en, \port$1296$0 , bias, \port$1296$374 , valid, mask, acc_valid, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
@@ -1972,10 +1984,10 @@ module \psc_core.dp.pe_0 (rst, en, \port$1267$0 , bias, \port$1267$374 , valid, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [191:0] \port$1267$0 ;
-  wire [191:0] \port$1267$0 ;
-  input [1:0] \port$1267$374 ;
-  wire [1:0] \port$1267$374 ;
+  input [191:0] \port$1296$0 ;
+  wire [191:0] \port$1296$0 ;
+  input [1:0] \port$1296$374 ;
+  wire [1:0] \port$1296$374 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -2060,7 +2072,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1267$0 , bias, \port$1267$374 , valid, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1267$374 [0];
+  assign \$1  = valid & \port$1296$374 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -2138,7 +2150,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1267$0 , bias, \port$1267$374 , valid, 
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
     .w(w),
-    .words(\port$1267$0 [191:64])
+    .words(\port$1296$0 [191:64])
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
@@ -2245,7 +2257,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1267$0 , bias, \port$1267$374 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1267$374 [0];
+      \$17  = \port$1296$374 [0];
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -2255,7 +2267,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1267$0 , bias, \port$1267$374 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1267$374 [1];
+      \$18  = \port$1296$374 [1];
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -2387,44 +2399,44 @@ module \psc_core.dp.pe_0 (rst, en, \port$1267$0 , bias, \port$1267$374 , valid, 
       end
     end
   end
-  assign words = \port$1267$0 [191:64];
-  assign \words$1  = \port$1267$0 [191:64];
+  assign words = \port$1296$0 [191:64];
+  assign \words$1  = \port$1296$0 [191:64];
   assign \mask$3  = mask;
   assign \en$5  = en;
-  assign x = \port$1267$0 [63:0];
+  assign x = \port$1296$0 [63:0];
   assign \en$12  = en;
   assign \en$16  = en;
   assign \en$20  = en;
   assign \acc$25  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1267$374 [0];
-  assign last = \port$1267$374 [1];
-  assign \words[0]  = \port$1267$0 [79:64];
-  assign \words[1]  = \port$1267$0 [95:80];
-  assign \words[2]  = \port$1267$0 [111:96];
-  assign \words[3]  = \port$1267$0 [127:112];
-  assign \words[4]  = \port$1267$0 [143:128];
-  assign \words[5]  = \port$1267$0 [159:144];
-  assign \words[6]  = \port$1267$0 [175:160];
-  assign \words[7]  = \port$1267$0 [191:176];
-  assign \words$1[0]  = \port$1267$0 [79:64];
-  assign \words$1[1]  = \port$1267$0 [95:80];
-  assign \words$1[2]  = \port$1267$0 [111:96];
-  assign \words$1[3]  = \port$1267$0 [127:112];
-  assign \words$1[4]  = \port$1267$0 [143:128];
-  assign \words$1[5]  = \port$1267$0 [159:144];
-  assign \words$1[6]  = \port$1267$0 [175:160];
-  assign \words$1[7]  = \port$1267$0 [191:176];
+  assign first = \port$1296$374 [0];
+  assign last = \port$1296$374 [1];
+  assign \words[0]  = \port$1296$0 [79:64];
+  assign \words[1]  = \port$1296$0 [95:80];
+  assign \words[2]  = \port$1296$0 [111:96];
+  assign \words[3]  = \port$1296$0 [127:112];
+  assign \words[4]  = \port$1296$0 [143:128];
+  assign \words[5]  = \port$1296$0 [159:144];
+  assign \words[6]  = \port$1296$0 [175:160];
+  assign \words[7]  = \port$1296$0 [191:176];
+  assign \words$1[0]  = \port$1296$0 [79:64];
+  assign \words$1[1]  = \port$1296$0 [95:80];
+  assign \words$1[2]  = \port$1296$0 [111:96];
+  assign \words$1[3]  = \port$1296$0 [127:112];
+  assign \words$1[4]  = \port$1296$0 [143:128];
+  assign \words$1[5]  = \port$1296$0 [159:144];
+  assign \words$1[6]  = \port$1296$0 [175:160];
+  assign \words$1[7]  = \port$1296$0 [191:176];
   assign \a[0]  = a[7:0];
   assign \a[1]  = a[15:8];
-  assign \x[0]  = \port$1267$0 [7:0];
-  assign \x[1]  = \port$1267$0 [15:8];
-  assign \x[2]  = \port$1267$0 [23:16];
-  assign \x[3]  = \port$1267$0 [31:24];
-  assign \x[4]  = \port$1267$0 [39:32];
-  assign \x[5]  = \port$1267$0 [47:40];
-  assign \x[6]  = \port$1267$0 [55:48];
-  assign \x[7]  = \port$1267$0 [63:56];
+  assign \x[0]  = \port$1296$0 [7:0];
+  assign \x[1]  = \port$1296$0 [15:8];
+  assign \x[2]  = \port$1296$0 [23:16];
+  assign \x[3]  = \port$1296$0 [31:24];
+  assign \x[4]  = \port$1296$0 [39:32];
+  assign \x[5]  = \port$1296$0 [47:40];
+  assign \x[6]  = \port$1296$0 [55:48];
+  assign \x[7]  = \port$1296$0 [63:56];
   assign \b[0]  = b[7:0];
   assign \b[1]  = b[15:8];
   assign \w[0]  = w[7:0];
@@ -2465,16 +2477,16 @@ module \psc_core.dp.pe_0 (rst, en, \port$1267$0 , bias, \port$1267$374 , valid, 
   assign \p$23[1]  = \p$23 [31:16];
   assign \b$22 [15:8] = w[63:56];
   assign \b$22 [7:0] = w[55:48];
-  assign \a$21 [15:8] = \port$1267$0 [63:56];
-  assign \a$21 [7:0] = \port$1267$0 [55:48];
+  assign \a$21 [15:8] = \port$1296$0 [63:56];
+  assign \a$21 [7:0] = \port$1296$0 [55:48];
   assign \b$18 [15:8] = w[47:40];
   assign \b$18 [7:0] = w[39:32];
-  assign \a$17 [15:8] = \port$1267$0 [47:40];
-  assign \a$17 [7:0] = \port$1267$0 [39:32];
+  assign \a$17 [15:8] = \port$1296$0 [47:40];
+  assign \a$17 [7:0] = \port$1296$0 [39:32];
   assign \b$14 [15:8] = w[31:24];
   assign \b$14 [7:0] = w[23:16];
-  assign \a$13 [15:8] = \port$1267$0 [31:24];
-  assign \a$13 [7:0] = \port$1267$0 [23:16];
+  assign \a$13 [15:8] = \port$1296$0 [31:24];
+  assign \a$13 [7:0] = \port$1296$0 [23:16];
   assign products[127:112] = \p$23 [31:16];
   assign products[111:96] = \p$23 [15:0];
   assign products[95:80] = \p$19 [31:16];
@@ -2485,8 +2497,8 @@ module \psc_core.dp.pe_0 (rst, en, \port$1267$0 , bias, \port$1267$374 , valid, 
   assign products[15:0] = p[15:0];
   assign b[15:8] = w[15:8];
   assign b[7:0] = w[7:0];
-  assign a[15:8] = \port$1267$0 [15:8];
-  assign a[7:0] = \port$1267$0 [7:0];
+  assign a[15:8] = \port$1296$0 [15:8];
+  assign a[7:0] = \port$1296$0 [7:0];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2932,7 +2944,7 @@ module \psc_core.dp.pe_0.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, en, x, words, \port$1267$347 , valid, mask, acc, clk);
+module \psc_core.dp.pe_1 (rst, en, x, words, \port$1296$347 , valid, mask, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
@@ -3046,8 +3058,8 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1267$347 , valid, mask, acc, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [28:0] \port$1267$347 ;
-  wire [28:0] \port$1267$347 ;
+  input [28:0] \port$1296$347 ;
+  wire [28:0] \port$1296$347 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3134,7 +3146,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1267$347 , valid, mask, acc, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1267$347 [27];
+  assign \$1  = valid & \port$1296$347 [27];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -3319,7 +3331,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1267$347 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1267$347 [27];
+      \$17  = \port$1296$347 [27];
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -3329,7 +3341,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1267$347 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1267$347 [28];
+      \$18  = \port$1296$347 [28];
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -3340,7 +3352,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1267$347 , valid, mask, acc, 
     \$19  = b1;
     if (en) begin
       if (\$1 ) begin
-        \$19  = \port$1267$347 [26:0];
+        \$19  = \port$1296$347 [26:0];
       end
     end
   end
@@ -3469,9 +3481,9 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1267$347 , valid, mask, acc, 
   assign \en$20  = en;
   assign \acc$25  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1267$347 [27];
-  assign last = \port$1267$347 [28];
-  assign bias = \port$1267$347 [26:0];
+  assign first = \port$1296$347 [27];
+  assign last = \port$1296$347 [28];
+  assign bias = \port$1296$347 [26:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -4037,7 +4049,7 @@ module \psc_core.dp.sign_mask (mask, x);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$520$0 , \port$542$0 , \port$543$0 , \port$544$0 , \port$545$0 , weights__data, o__ready, w_data, o__payload, v1, clk);
+module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$521$0 , \port$543$0 , \port$544$0 , \port$545$0 , \port$546$0 , weights__data, o__ready, w_data, o__payload, v1, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire \$1 ;
   wire [63:0] \$2 ;
@@ -4151,16 +4163,16 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$520$0 , \port$542
   (* init = 1'h0 *)
   wire o__valid;
   reg padr1 = 1'h0;
-  output [23:0] \port$520$0 ;
-  wire [23:0] \port$520$0 ;
-  input [15:0] \port$542$0 ;
-  wire [15:0] \port$542$0 ;
+  output [23:0] \port$521$0 ;
+  wire [23:0] \port$521$0 ;
   input [15:0] \port$543$0 ;
   wire [15:0] \port$543$0 ;
   input [15:0] \port$544$0 ;
   wire [15:0] \port$544$0 ;
   input [15:0] \port$545$0 ;
   wire [15:0] \port$545$0 ;
+  input [15:0] \port$546$0 ;
+  wire [15:0] \port$546$0 ;
   wire [26:0] r_data;
   wire r_en;
   wire r_rdy;
@@ -4267,8 +4279,8 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$520$0 , \port$542
   assign inputs__en = adv1;
   assign weights__addr = r_data[23:14];
   assign weights__en = adv1;
-  assign inputs__data = { \port$545$0 , \port$544$0 , \port$543$0 , \port$542$0  };
-  assign \port$520$0  = r_data[23:0];
+  assign inputs__data = { \port$546$0 , \port$545$0 , \port$544$0 , \port$543$0  };
+  assign \port$521$0  = r_data[23:0];
   assign \i__payload.addr  = w_data[13:0];
   assign \i__payload.addr[0]  = w_data[13:0];
   assign \i__payload.waddr  = w_data[23:14];
@@ -4343,14 +4355,14 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$520$0 , \port$542
   assign \beat$18.bias[1]  = \beat$18 [373:347];
   assign \beat$18.first  = \beat$18 [374];
   assign \beat$18.last  = \beat$18 [375];
-  assign \inputs__data[0]  = \port$542$0 [7:0];
-  assign \inputs__data[1]  = \port$542$0 [15:8];
-  assign \inputs__data[2]  = \port$543$0 [7:0];
-  assign \inputs__data[3]  = \port$543$0 [15:8];
-  assign \inputs__data[4]  = \port$544$0 [7:0];
-  assign \inputs__data[5]  = \port$544$0 [15:8];
-  assign \inputs__data[6]  = \port$545$0 [7:0];
-  assign \inputs__data[7]  = \port$545$0 [15:8];
+  assign \inputs__data[0]  = \port$543$0 [7:0];
+  assign \inputs__data[1]  = \port$543$0 [15:8];
+  assign \inputs__data[2]  = \port$544$0 [7:0];
+  assign \inputs__data[3]  = \port$544$0 [15:8];
+  assign \inputs__data[4]  = \port$545$0 [7:0];
+  assign \inputs__data[5]  = \port$545$0 [15:8];
+  assign \inputs__data[6]  = \port$546$0 [7:0];
+  assign \inputs__data[7]  = \port$546$0 [15:8];
   assign \weights__data[0]  = weights__data[127:0];
   assign \weights__data[0][0]  = weights__data[15:0];
   assign \weights__data[0][1]  = weights__data[31:16];
@@ -4373,7 +4385,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$520$0 , \port$542
   assign \beat$18 [374] = first1;
   assign \beat$18 [373:320] = 54'h00000000000000;
   assign \beat$18 [319:64] = weights__data;
-  assign \beat$18 [63:0] = { \port$545$0 , \port$544$0 , \port$543$0 , \port$542$0  };
+  assign \beat$18 [63:0] = { \port$546$0 , \port$545$0 , \port$544$0 , \port$543$0  };
   assign o__payload[375] = \beat$18 [375];
   assign o__payload[374] = \beat$18 [374];
   assign o__payload[373:320] = \beat$18 [373:320];
@@ -4506,7 +4518,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$542$0 , \port$543$0 , \port$544$0 , \port$545$0 , start, run, sizes, i__ready, done, data);
+module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$543$0 , \port$544$0 , \port$545$0 , \port$546$0 , start, run, sizes, i__ready, done, data);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire \$1 ;
   reg [14:0] \$10 ;
@@ -4563,14 +4575,14 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   reg [14:0] lrow = 15'h0000;
   reg [15:0] lx = 16'h0000;
   reg [14:0] n_in_m1 = 15'h0000;
-  output [15:0] \port$542$0 ;
-  wire [15:0] \port$542$0 ;
   output [15:0] \port$543$0 ;
   wire [15:0] \port$543$0 ;
   output [15:0] \port$544$0 ;
   wire [15:0] \port$544$0 ;
   output [15:0] \port$545$0 ;
   wire [15:0] \port$545$0 ;
+  output [15:0] \port$546$0 ;
+  wire [15:0] \port$546$0 ;
   wire [63:0] rdata;
   input [13:0] read__addr;
   wire [13:0] read__addr;
@@ -4791,10 +4803,10 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   assign we = fire;
   assign read__data = { \$22 , \$21 , \$20 , \$19  };
   assign rdata = { \$22 , \$21 , \$20 , \$19  };
-  assign \port$542$0  = \$19 ;
-  assign \port$543$0  = \$20 ;
-  assign \port$544$0  = \$21 ;
-  assign \port$545$0  = \$22 ;
+  assign \port$543$0  = \$19 ;
+  assign \port$544$0  = \$20 ;
+  assign \port$545$0  = \$21 ;
+  assign \port$546$0  = \$22 ;
   assign \i__payload[0]  = data[7:0];
   assign \i__payload[1]  = data[15:8];
   assign \i__payload[2]  = data[23:16];
@@ -4906,7 +4918,7 @@ module \psc_core.ibuf.inbuf (clk, we, address, select_0, dataout_0_0, dataout_0_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, all_sent, cmd, dwp, last_group, start, run, n_out, \i__valid$36 , \port$1391$0 , \port$1461$0 , params__addr, \o__ready$37 );
+module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, all_sent, \i__valid$36 , \i__payload$38 , start, cmd, dwp, last_group, run, n_out, params__addr, \o__ready$37 );
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire \$1 ;
   wire [32:0] \$10 ;
@@ -4994,6 +5006,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire dwp;
   wire en_j;
   wire [107:0] i__payload;
+  input [53:0] \i__payload$38 ;
   wire [53:0] \i__payload$38 ;
   wire [26:0] \i__payload$38[0] ;
   wire [26:0] \i__payload$38[1] ;
@@ -5047,10 +5060,6 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire [5:0] \params__data.shift[0] ;
   wire [5:0] \params__data.shift[1] ;
   wire params__en;
-  input [26:0] \port$1391$0 ;
-  wire [26:0] \port$1391$0 ;
-  input [26:0] \port$1461$0 ;
-  wire [26:0] \port$1461$0 ;
   reg [7:0] ps_rd__addr = 8'h00;
   wire [63:0] ps_rd__data;
   wire [31:0] \ps_rd__data[0] ;
@@ -5490,7 +5499,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$45  = accj;
     if (ps_rd__en) begin
-      \$45  = { \port$1461$0 , \port$1391$0  };
+      \$45  = \i__payload$38 ;
     end
     if (rst) begin
       \$45  = 54'h00000000000000;
@@ -5554,7 +5563,6 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   assign jo = params__addr;
   assign params__en = ps_rd__en;
   assign relu = cmd[110];
-  assign \i__payload$38  = { \port$1461$0 , \port$1391$0  };
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -5601,8 +5609,8 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   assign \o__payload$28[1]  = \o__payload$28 [15:8];
   assign \skid[0]  = skid[7:0];
   assign \skid[1]  = skid[15:8];
-  assign \i__payload$38[0]  = \port$1391$0 ;
-  assign \i__payload$38[1]  = \port$1461$0 ;
+  assign \i__payload$38[0]  = \i__payload$38 [26:0];
+  assign \i__payload$38[1]  = \i__payload$38 [53:27];
   assign i__payload[107:96] = params__data[97:86];
   assign i__payload[95:64] = params__data[85:54];
   assign i__payload[63:0] = total;
@@ -6819,7 +6827,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, keep, count, start, run, i__ready, done, rp__addr, wp__data);
+module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, count, run, i__ready, done, rp__addr, wp__data);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -7082,7 +7090,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, keep, count, star
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, dwp, gin_e, refused, starting, run, sizes, loaded, taps__payload, weights_done, params_done, clk);
+module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cmd, dw, dwp, gin_e, run, sizes, loaded, taps__payload, weights_done, params_done, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$11  = 0;
   wire [17:0] \$1 ;
   wire [4:0] \$10 ;
@@ -7102,41 +7110,41 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
   wire \$112 ;
   wire \$113 ;
   wire \$114 ;
-  wire \$115 ;
-  wire \$116 ;
-  wire [16:0] \$117 ;
-  wire [16:0] \$118 ;
+  wire [16:0] \$115 ;
+  wire [16:0] \$116 ;
+  wire \$117 ;
+  wire [4:0] \$118 ;
   wire \$119 ;
   wire \$12 ;
   wire [4:0] \$120 ;
   wire \$121 ;
-  wire [4:0] \$122 ;
+  wire [16:0] \$122 ;
   wire \$123 ;
   wire [16:0] \$124 ;
-  wire \$125 ;
+  wire [16:0] \$125 ;
   wire [16:0] \$126 ;
-  wire [16:0] \$127 ;
-  wire [16:0] \$128 ;
-  wire [1:0] \$129 ;
+  wire [1:0] \$127 ;
+  wire \$128 ;
+  wire [16:0] \$129 ;
   wire [4:0] \$13 ;
   wire \$130 ;
   wire [16:0] \$131 ;
   wire \$132 ;
-  wire [16:0] \$133 ;
+  wire [4:0] \$133 ;
   wire \$134 ;
   wire [4:0] \$135 ;
   wire \$136 ;
-  wire [4:0] \$137 ;
+  wire [16:0] \$137 ;
   wire \$138 ;
   wire [16:0] \$139 ;
   wire [4:0] \$14 ;
-  wire \$140 ;
+  wire [16:0] \$140 ;
   wire [16:0] \$141 ;
-  wire [16:0] \$142 ;
-  wire [16:0] \$143 ;
-  wire [1:0] \$144 ;
+  wire [1:0] \$142 ;
+  wire \$143 ;
+  wire [16:0] \$144 ;
   wire \$145 ;
-  wire [16:0] \$146 ;
+  wire \$146 ;
   wire \$147 ;
   wire \$148 ;
   wire \$149 ;
@@ -7145,26 +7153,26 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
   wire \$151 ;
   wire \$152 ;
   wire \$153 ;
-  wire \$154 ;
-  wire \$155 ;
-  wire [16:0] \$156 ;
-  wire [17:0] \$157 ;
+  wire [16:0] \$154 ;
+  wire [17:0] \$155 ;
+  wire [4:0] \$156 ;
+  wire [5:0] \$157 ;
   wire [4:0] \$158 ;
   wire [5:0] \$159 ;
   wire \$16 ;
-  wire [4:0] \$160 ;
-  wire [5:0] \$161 ;
+  wire [16:0] \$160 ;
+  wire [17:0] \$161 ;
   wire [16:0] \$162 ;
-  wire [17:0] \$163 ;
+  wire [16:0] \$163 ;
   wire [16:0] \$164 ;
-  wire [16:0] \$165 ;
-  wire [16:0] \$166 ;
-  wire [1:0] \$167 ;
-  wire [3:0] \$168 ;
+  wire [1:0] \$165 ;
+  wire [3:0] \$166 ;
+  wire [17:0] \$167 ;
+  wire [16:0] \$168 ;
   wire [17:0] \$169 ;
   wire [6:0] \$17 ;
-  wire [16:0] \$170 ;
-  wire [17:0] \$171 ;
+  wire \$170 ;
+  wire \$171 ;
   wire \$172 ;
   wire \$173 ;
   wire \$174 ;
@@ -7197,57 +7205,57 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
   wire \$199 ;
   wire [17:0] \$2 ;
   wire \$20 ;
-  wire \$200 ;
-  wire \$201 ;
+  wire [3:0] \$200 ;
+  wire [3:0] \$201 ;
   wire [3:0] \$202 ;
   wire [3:0] \$203 ;
-  wire [3:0] \$204 ;
-  wire [3:0] \$205 ;
-  wire [4:0] \$206 ;
-  wire [15:0] \$207 ;
-  wire \$208 ;
+  wire [4:0] \$204 ;
+  wire [15:0] \$205 ;
+  wire \$206 ;
+  wire [16:0] \$207 ;
+  wire [16:0] \$208 ;
   wire [16:0] \$209 ;
   wire [16:0] \$21 ;
-  wire [16:0] \$210 ;
-  wire [16:0] \$211 ;
-  wire \$212 ;
-  wire [17:0] \$213 ;
-  wire [17:0] \$214 ;
-  wire \$215 ;
-  wire [15:0] \$216 ;
-  wire [15:0] \$217 ;
-  wire [17:0] \$218 ;
-  wire [16:0] \$219 ;
+  wire \$210 ;
+  wire [17:0] \$211 ;
+  wire [17:0] \$212 ;
+  wire \$213 ;
+  wire [15:0] \$214 ;
+  wire [15:0] \$215 ;
+  wire [17:0] \$216 ;
+  wire [16:0] \$217 ;
+  wire [14:0] \$218 ;
+  wire [1:0] \$219 ;
   wire [16:0] \$22 ;
-  wire [14:0] \$220 ;
-  wire [1:0] \$221 ;
-  wire [2:0] \$222 ;
-  wire [2:0] \$223 ;
+  wire [2:0] \$220 ;
+  wire [2:0] \$221 ;
+  wire \$222 ;
+  wire \$223 ;
   wire \$224 ;
-  wire \$225 ;
-  wire \$226 ;
-  wire [20:0] \$227 ;
-  wire [21:0] \$228 ;
+  wire [20:0] \$225 ;
+  wire [21:0] \$226 ;
+  wire \$227 ;
+  wire \$228 ;
   wire \$229 ;
   wire \$23 ;
   wire \$230 ;
   wire \$231 ;
   wire \$232 ;
   wire \$233 ;
-  wire \$234 ;
-  wire \$235 ;
-  reg [7:0] \$236 ;
+  reg [7:0] \$234 ;
+  reg \$235 ;
+  reg [3:0] \$236 ;
   reg \$237 ;
   reg [3:0] \$238 ;
   reg \$239 ;
   wire \$24 ;
-  reg [3:0] \$240 ;
+  reg [5:0] \$240 ;
   reg \$241 ;
-  reg [5:0] \$242 ;
+  reg [15:0] \$242 ;
   reg \$243 ;
   reg [15:0] \$244 ;
   reg \$245 ;
-  reg [15:0] \$246 ;
+  reg \$246 ;
   reg \$247 ;
   reg \$248 ;
   reg \$249 ;
@@ -7259,25 +7267,25 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
   reg \$254 ;
   reg \$255 ;
   reg \$256 ;
-  reg \$257 ;
-  reg \$258 ;
-  reg [9:0] \$259 ;
+  reg [9:0] \$257 ;
+  reg [17:0] \$258 ;
+  reg [19:0] \$259 ;
   wire [16:0] \$26 ;
   reg [17:0] \$260 ;
   reg [19:0] \$261 ;
-  reg [17:0] \$262 ;
-  reg [19:0] \$263 ;
-  reg [14:0] \$264 ;
+  reg [14:0] \$262 ;
+  reg [17:0] \$263 ;
+  reg [19:0] \$264 ;
   reg [17:0] \$265 ;
-  reg [19:0] \$266 ;
-  reg [17:0] \$267 ;
-  reg [17:0] \$268 ;
-  reg [19:0] \$269 ;
+  reg [17:0] \$266 ;
+  reg [19:0] \$267 ;
+  reg \$268 ;
+  reg \$269 ;
   wire \$27 ;
   reg \$270 ;
-  reg \$271 ;
+  reg [5:0] \$271 ;
   reg \$272 ;
-  reg [5:0] \$273 ;
+  reg \$273 ;
   reg \$274 ;
   reg \$275 ;
   reg \$276 ;
@@ -7289,22 +7297,20 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
   reg \$281 ;
   reg \$282 ;
   reg \$283 ;
-  reg \$284 ;
-  reg \$285 ;
-  reg [9:0] \$286 ;
-  reg [5:0] \$287 ;
-  reg [5:0] \$288 ;
-  reg [7:0] \$289 ;
+  reg [9:0] \$284 ;
+  reg [5:0] \$285 ;
+  reg [5:0] \$286 ;
+  reg [7:0] \$287 ;
+  reg [17:0] \$288 ;
+  reg [17:0] \$289 ;
   wire \$29 ;
-  reg [17:0] \$290 ;
-  reg [17:0] \$291 ;
+  reg [19:0] \$290 ;
+  reg [19:0] \$291 ;
   reg [19:0] \$292 ;
   reg [19:0] \$293 ;
-  reg [19:0] \$294 ;
-  reg [19:0] \$295 ;
-  reg [14:0] \$296 ;
-  reg [1:0] \$297 ;
-  reg [2:0] \$298 ;
+  reg [14:0] \$294 ;
+  reg [1:0] \$295 ;
+  reg [2:0] \$296 ;
   wire [18:0] \$3 ;
   wire \$30 ;
   wire \$31 ;
@@ -7476,8 +7482,6 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
   input params_done;
   wire params_done;
   reg [19:0] pixbase = 20'h00000;
-  input refused;
-  wire refused;
   reg [19:0] row_step = 20'h00000;
   reg [19:0] rowbase = 20'h00000;
   input [14:0] rows_in;
@@ -7503,8 +7507,8 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
   wire [16:0] \sizes.pt_ws ;
   wire [8:0] \sizes.red ;
   wire [14:0] \sizes.wg ;
-  input starting;
-  wire starting;
+  input start;
+  wire start;
   reg [19:0] swg = 20'h00000;
   reg [19:0] tapbase = 20'h00000;
   output [67:0] taps__payload;
@@ -7632,690 +7636,714 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
   assign \$112  = $signed({ 1'h0, rows_in }) >= $signed(\$111 );
   assign \$113  = rows_in == cmd[15:0];
   assign \$114  = \$112  | \$113 ;
-  assign \$115  = ~ refused;
-  assign \$116  = starting & \$115 ;
-  assign \$117  = cmd[95:80] - 1'h1;
-  assign \$118  = gin_e - 1'h1;
+  assign \$115  = cmd[95:80] - 1'h1;
+  assign \$116  = gin_e - 1'h1;
+  assign \$117  = \$116  == 1'h1;
+  assign \$118  = cmd[99:96] - 1'h1;
   assign \$119  = \$118  == 1'h1;
   assign \$120  = cmd[99:96] - 1'h1;
   assign \$121  = \$120  == 1'h1;
-  assign \$122  = cmd[99:96] - 1'h1;
+  assign \$122  = cmd[95:80] - 1'h1;
   assign \$123  = \$122  == 1'h1;
-  assign \$124  = cmd[95:80] - 1'h1;
-  assign \$125  = \$124  == 1'h1;
-  assign \$126  = cmd[63:48] - 1'h1;
-  assign \$127  = cmd[63:48] - 1'h1;
-  assign \$128  = dwp ? \$126  : \$127 ;
-  assign \$129  = dwp ? 2'h2 : 2'h1;
-  assign \$130  = \$128  == \$129 ;
-  assign \$131  = cmd[47:32] - 1'h1;
+  assign \$124  = cmd[63:48] - 1'h1;
+  assign \$125  = cmd[63:48] - 1'h1;
+  assign \$126  = dwp ? \$124  : \$125 ;
+  assign \$127  = dwp ? 2'h2 : 2'h1;
+  assign \$128  = \$126  == \$127 ;
+  assign \$129  = cmd[47:32] - 1'h1;
+  assign \$130  = \$129  == 1'h1;
+  assign \$131  = gin_e - 1'h1;
   assign \$132  = \$131  == 1'h1;
-  assign \$133  = gin_e - 1'h1;
+  assign \$133  = cmd[99:96] - 1'h1;
   assign \$134  = \$133  == 1'h1;
   assign \$135  = cmd[99:96] - 1'h1;
   assign \$136  = \$135  == 1'h1;
-  assign \$137  = cmd[99:96] - 1'h1;
+  assign \$137  = cmd[95:80] - 1'h1;
   assign \$138  = \$137  == 1'h1;
-  assign \$139  = cmd[95:80] - 1'h1;
-  assign \$140  = \$139  == 1'h1;
-  assign \$141  = cmd[63:48] - 1'h1;
-  assign \$142  = cmd[63:48] - 1'h1;
-  assign \$143  = dwp ? \$141  : \$142 ;
-  assign \$144  = dwp ? 2'h2 : 2'h1;
-  assign \$145  = \$143  == \$144 ;
-  assign \$146  = cmd[47:32] - 1'h1;
-  assign \$147  = \$146  == 1'h1;
-  assign \$148  = gin_e == 1'h1;
-  assign \$149  = cmd[99:96] == 1'h1;
-  assign \$150  = cmd[99:96] == 1'h1;
-  assign \$151  = cmd[95:80] == 1'h1;
-  assign \$152  = cmd[63:48] <= 2'h2;
-  assign \$153  = cmd[63:48] == 1'h1;
-  assign \$154  = dwp ? \$152  : \$153 ;
-  assign \$155  = cmd[47:32] == 1'h1;
-  assign \$156  = gin_e - 1'h1;
+  assign \$139  = cmd[63:48] - 1'h1;
+  assign \$140  = cmd[63:48] - 1'h1;
+  assign \$141  = dwp ? \$139  : \$140 ;
+  assign \$142  = dwp ? 2'h2 : 2'h1;
+  assign \$143  = \$141  == \$142 ;
+  assign \$144  = cmd[47:32] - 1'h1;
+  assign \$145  = \$144  == 1'h1;
+  assign \$146  = gin_e == 1'h1;
+  assign \$147  = cmd[99:96] == 1'h1;
+  assign \$148  = cmd[99:96] == 1'h1;
+  assign \$149  = cmd[95:80] == 1'h1;
+  assign \$150  = cmd[63:48] <= 2'h2;
+  assign \$151  = cmd[63:48] == 1'h1;
+  assign \$152  = dwp ? \$150  : \$151 ;
+  assign \$153  = cmd[47:32] == 1'h1;
+  assign \$154  = gin_e - 1'h1;
+  assign \$155  = $signed(\$154 ) - $signed(3'h2);
+  assign \$156  = cmd[99:96] - 1'h1;
   assign \$157  = $signed(\$156 ) - $signed(3'h2);
   assign \$158  = cmd[99:96] - 1'h1;
   assign \$159  = $signed(\$158 ) - $signed(3'h2);
-  assign \$160  = cmd[99:96] - 1'h1;
+  assign \$160  = cmd[95:80] - 1'h1;
   assign \$161  = $signed(\$160 ) - $signed(3'h2);
-  assign \$162  = cmd[95:80] - 1'h1;
-  assign \$163  = $signed(\$162 ) - $signed(3'h2);
-  assign \$164  = cmd[63:48] - 1'h1;
-  assign \$165  = cmd[63:48] - 1'h1;
-  assign \$166  = dwp ? \$164  : \$165 ;
-  assign \$167  = dwp ? 2'h2 : 2'h1;
-  assign \$168  = 2'h2 * \$167 ;
-  assign \$169  = $signed(\$166 ) - $signed({ 1'h0, \$168  });
-  assign \$170  = cmd[47:32] - 1'h1;
-  assign \$171  = $signed(\$170 ) - $signed(3'h2);
-  assign \$172  = gin_e == 1'h1;
-  assign \$173  = cmd[99:96] == 1'h1;
-  assign \$174  = cmd[99:96] == 1'h1;
-  assign \$175  = cmd[95:80] == 1'h1;
-  assign \$176  = cmd[63:48] <= 2'h2;
-  assign \$177  = cmd[63:48] == 1'h1;
-  assign \$178  = dwp ? \$176  : \$177 ;
-  assign \$179  = cmd[47:32] == 1'h1;
+  assign \$162  = cmd[63:48] - 1'h1;
+  assign \$163  = cmd[63:48] - 1'h1;
+  assign \$164  = dwp ? \$162  : \$163 ;
+  assign \$165  = dwp ? 2'h2 : 2'h1;
+  assign \$166  = 2'h2 * \$165 ;
+  assign \$167  = $signed(\$164 ) - $signed({ 1'h0, \$166  });
+  assign \$168  = cmd[47:32] - 1'h1;
+  assign \$169  = $signed(\$168 ) - $signed(3'h2);
+  assign \$170  = gin_e == 1'h1;
+  assign \$171  = cmd[99:96] == 1'h1;
+  assign \$172  = cmd[99:96] == 1'h1;
+  assign \$173  = cmd[95:80] == 1'h1;
+  assign \$174  = cmd[63:48] <= 2'h2;
+  assign \$175  = cmd[63:48] == 1'h1;
+  assign \$176  = dwp ? \$174  : \$175 ;
+  assign \$177  = cmd[47:32] == 1'h1;
+  assign \$178  = gin_e == 1'h1;
   assign \$180  = gin_e == 1'h1;
-  assign \$182  = gin_e == 1'h1;
-  assign \$183  = cmd[99:96] == 1'h1;
-  assign \$184  = & { \$183 , \$182  };
-  assign \$185  = gin_e == 1'h1;
-  assign \$186  = cmd[99:96] == 1'h1;
-  assign \$187  = cmd[99:96] == 1'h1;
-  assign \$188  = & { \$187 , \$186 , \$185  };
-  assign \$189  = gin_e == 1'h1;
-  assign \$190  = cmd[99:96] == 1'h1;
-  assign \$191  = cmd[99:96] == 1'h1;
-  assign \$192  = cmd[95:80] == 1'h1;
-  assign \$193  = & { \$192 , \$191 , \$190 , \$189  };
-  assign \$194  = gin_e == 1'h1;
-  assign \$195  = cmd[99:96] == 1'h1;
-  assign \$196  = cmd[99:96] == 1'h1;
-  assign \$197  = cmd[95:80] == 1'h1;
-  assign \$198  = cmd[63:48] <= 2'h2;
-  assign \$199  = cmd[63:48] == 1'h1;
-  assign \$200  = dwp ? \$198  : \$199 ;
-  assign \$201  = & { \$200 , \$197 , \$196 , \$195 , \$194  };
-  assign \$202  = - cmd[107:105];
-  assign \$203  = - cmd[107:105];
-  assign \$204  = - cmd[104:102];
-  assign \$205  = - cmd[104:102];
-  assign \$206  = cmd[99:96] - cmd[104:102];
-  assign \$207  = dwp ? 16'h0000 : cmd[79:64];
-  assign \$208  = cmd[101:100] == 2'h2;
-  assign \$210  = \$208  ? \$209  : { 1'h0, cmd[79:64] };
-  assign \$211  = dwp ? 17'h00000 : \$210 ;
-  assign \$212  = cmd[101:100] == 2'h2;
-  assign \$215  = cmd[101:100] == 2'h2;
-  assign \$217  = \$215  ? \$216  : { 1'h0, sizes[14:0] };
-  assign \$218  = dwp ? 18'h00000 : { 2'h0, \$217  };
-  assign \$219  = dwp ? 17'h00000 : { 2'h0, sizes[14:0] };
-  assign \$220  = dwp ? sizes[155:141] : { 14'h0000, dw };
-  assign \$221  = dwp ? 2'h2 : 2'h1;
-  assign \$223  = dwp ? \$222  : { 1'h0, cmd[101:100] };
-  assign \$224  = seq_busy & loaded;
-  assign taps__valid = \$224  & rows_ok;
+  assign \$181  = cmd[99:96] == 1'h1;
+  assign \$182  = & { \$181 , \$180  };
+  assign \$183  = gin_e == 1'h1;
+  assign \$184  = cmd[99:96] == 1'h1;
+  assign \$185  = cmd[99:96] == 1'h1;
+  assign \$186  = & { \$185 , \$184 , \$183  };
+  assign \$187  = gin_e == 1'h1;
+  assign \$188  = cmd[99:96] == 1'h1;
+  assign \$189  = cmd[99:96] == 1'h1;
+  assign \$190  = cmd[95:80] == 1'h1;
+  assign \$191  = & { \$190 , \$189 , \$188 , \$187  };
+  assign \$192  = gin_e == 1'h1;
+  assign \$193  = cmd[99:96] == 1'h1;
+  assign \$194  = cmd[99:96] == 1'h1;
+  assign \$195  = cmd[95:80] == 1'h1;
+  assign \$196  = cmd[63:48] <= 2'h2;
+  assign \$197  = cmd[63:48] == 1'h1;
+  assign \$198  = dwp ? \$196  : \$197 ;
+  assign \$199  = & { \$198 , \$195 , \$194 , \$193 , \$192  };
+  assign \$200  = - cmd[107:105];
+  assign \$201  = - cmd[107:105];
+  assign \$202  = - cmd[104:102];
+  assign \$203  = - cmd[104:102];
+  assign \$204  = cmd[99:96] - cmd[104:102];
+  assign \$205  = dwp ? 16'h0000 : cmd[79:64];
+  assign \$206  = cmd[101:100] == 2'h2;
+  assign \$208  = \$206  ? \$207  : { 1'h0, cmd[79:64] };
+  assign \$209  = dwp ? 17'h00000 : \$208 ;
+  assign \$210  = cmd[101:100] == 2'h2;
+  assign \$213  = cmd[101:100] == 2'h2;
+  assign \$215  = \$213  ? \$214  : { 1'h0, sizes[14:0] };
+  assign \$216  = dwp ? 18'h00000 : { 2'h0, \$215  };
+  assign \$217  = dwp ? 17'h00000 : { 2'h0, sizes[14:0] };
+  assign \$218  = dwp ? sizes[155:141] : { 14'h0000, dw };
+  assign \$219  = dwp ? 2'h2 : 2'h1;
+  assign \$221  = dwp ? \$220  : { 1'h0, cmd[101:100] };
+  assign \$222  = seq_busy & loaded;
+  assign taps__valid = \$222  & rows_ok;
   assign issue = taps__valid & taps__ready;
-  assign \$225  = seq_busy & loaded;
-  assign \$226  = ~ issue;
-  assign waiting = \$225  & \$226 ;
-  assign \$227  = $signed(tapbase) + $signed({ 1'h0, gi });
-  assign \$228  = $signed(\$227 ) + $signed({ 1'h0, goff });
-  assign \$229  = ! gi;
-  assign \$230  = ! kx;
+  assign \$223  = seq_busy & loaded;
+  assign \$224  = ~ issue;
+  assign waiting = \$223  & \$224 ;
+  assign \$225  = $signed(tapbase) + $signed({ 1'h0, gi });
+  assign \$226  = $signed(\$225 ) + $signed({ 1'h0, goff });
+  assign \$227  = ! gi;
+  assign \$228  = ! kx;
+  assign \$229  = \$227  & \$228 ;
+  assign \$230  = ! ky;
   assign \$231  = \$229  & \$230 ;
-  assign \$232  = ! ky;
-  assign \$233  = \$231  & \$232 ;
-  assign \$234  = last_gi & last_kx;
-  assign \$235  = \$234  & last_ky;
+  assign \$232  = last_gi & last_kx;
+  assign \$233  = \$232  & last_ky;
   always @(posedge clk)
     base <= { \$4 [18], \$4  };
   always @(posedge clk)
-    gi <= \$236 ;
+    gi <= \$234 ;
   always @(posedge clk)
-    near_gi <= \$237 ;
+    near_gi <= \$235 ;
   always @(posedge clk)
-    kx <= \$238 ;
+    kx <= \$236 ;
   always @(posedge clk)
-    near_kx <= \$239 ;
+    near_kx <= \$237 ;
   always @(posedge clk)
-    ky <= \$240 ;
+    ky <= \$238 ;
   always @(posedge clk)
-    near_ky <= \$241 ;
+    near_ky <= \$239 ;
   always @(posedge clk)
-    j <= \$242 ;
+    j <= \$240 ;
   always @(posedge clk)
-    near_j <= \$243 ;
+    near_j <= \$241 ;
   always @(posedge clk)
-    ox <= \$244 ;
+    ox <= \$242 ;
   always @(posedge clk)
-    near_ox <= \$245 ;
+    near_ox <= \$243 ;
   always @(posedge clk)
-    oy <= \$246 ;
+    oy <= \$244 ;
   always @(posedge clk)
-    near_oy <= \$247 ;
+    near_oy <= \$245 ;
   always @(posedge clk)
-    last_gi <= \$248 ;
+    last_gi <= \$246 ;
   always @(posedge clk)
-    below_kx <= \$249 ;
+    below_kx <= \$247 ;
   always @(posedge clk)
-    last_kx <= \$250 ;
+    last_kx <= \$248 ;
   always @(posedge clk)
-    below_ky <= \$251 ;
+    below_ky <= \$249 ;
   always @(posedge clk)
-    last_ky <= \$252 ;
+    last_ky <= \$250 ;
   always @(posedge clk)
-    below_j <= \$253 ;
+    below_j <= \$251 ;
   always @(posedge clk)
-    last_j <= \$254 ;
+    last_j <= \$252 ;
   always @(posedge clk)
-    below_ox <= \$255 ;
+    below_ox <= \$253 ;
   always @(posedge clk)
-    last_ox <= \$256 ;
+    last_ox <= \$254 ;
   always @(posedge clk)
-    below_oy <= \$257 ;
+    below_oy <= \$255 ;
   always @(posedge clk)
-    last_oy <= \$258 ;
+    last_oy <= \$256 ;
   always @(posedge clk)
-    waddr <= \$259 ;
+    waddr <= \$257 ;
   always @(posedge clk)
-    ix <= \$260 ;
+    ix <= \$258 ;
   always @(posedge clk)
-    tapbase <= \$261 ;
+    tapbase <= \$259 ;
   always @(posedge clk)
-    iy <= \$262 ;
+    iy <= \$260 ;
   always @(posedge clk)
-    rowbase <= \$263 ;
+    rowbase <= \$261 ;
   always @(posedge clk)
-    goff <= \$264 ;
+    goff <= \$262 ;
   always @(posedge clk)
-    ix0 <= \$265 ;
+    ix0 <= \$263 ;
   always @(posedge clk)
-    pixbase <= \$266 ;
+    pixbase <= \$264 ;
   always @(posedge clk)
-    iy0 <= \$267 ;
+    iy0 <= \$265 ;
   always @(posedge clk)
-    need <= \$268 ;
+    need <= \$266 ;
   always @(posedge clk)
-    linebase <= \$269 ;
+    linebase <= \$267 ;
   always @(posedge clk)
-    seq_busy <= \$270 ;
+    seq_busy <= \$268 ;
   always @(posedge clk)
-    loaded <= \$271 ;
+    loaded <= \$269 ;
   always @(posedge clk)
-    rows_ok <= \$272 ;
+    rows_ok <= \$270 ;
   always @(posedge clk)
-    last_group <= \$273 ;
+    last_group <= \$271 ;
   always @(posedge clk)
-    lim_inc_gi <= \$274 ;
+    lim_inc_gi <= \$272 ;
   always @(posedge clk)
-    lim_inc_kx <= \$275 ;
+    lim_inc_kx <= \$273 ;
   always @(posedge clk)
-    lim_inc_ky <= \$276 ;
+    lim_inc_ky <= \$274 ;
   always @(posedge clk)
-    lim_inc_j <= \$277 ;
+    lim_inc_j <= \$275 ;
   always @(posedge clk)
-    lim_inc_ox <= \$278 ;
+    lim_inc_ox <= \$276 ;
   always @(posedge clk)
-    lim_inc_oy <= \$279 ;
+    lim_inc_oy <= \$277 ;
   always @(posedge clk)
-    lim_zero_gi <= \$280 ;
+    lim_zero_gi <= \$278 ;
   always @(posedge clk)
-    lim_zero_kx <= \$281 ;
+    lim_zero_kx <= \$279 ;
   always @(posedge clk)
-    lim_zero_ky <= \$282 ;
+    lim_zero_ky <= \$280 ;
   always @(posedge clk)
-    lim_zero_j <= \$283 ;
+    lim_zero_j <= \$281 ;
   always @(posedge clk)
-    lim_zero_ox <= \$284 ;
+    lim_zero_ox <= \$282 ;
   always @(posedge clk)
-    lim_zero_oy <= \$285 ;
+    lim_zero_oy <= \$283 ;
   always @(posedge clk)
-    lim_2inc_gi <= \$286 ;
+    lim_2inc_gi <= \$284 ;
   always @(posedge clk)
-    lim_2inc_kx <= \$287 ;
+    lim_2inc_kx <= \$285 ;
   always @(posedge clk)
-    lim_2inc_ky <= \$288 ;
+    lim_2inc_ky <= \$286 ;
   always @(posedge clk)
-    lim_2inc_j <= \$289 ;
+    lim_2inc_j <= \$287 ;
   always @(posedge clk)
-    lim_2inc_ox <= \$290 ;
+    lim_2inc_ox <= \$288 ;
   always @(posedge clk)
-    lim_2inc_oy <= \$291 ;
+    lim_2inc_oy <= \$289 ;
   always @(posedge clk)
-    g_step <= \$292 ;
+    g_step <= \$290 ;
   always @(posedge clk)
-    sg <= \$293 ;
+    sg <= \$291 ;
   always @(posedge clk)
-    swg <= \$294 ;
+    swg <= \$292 ;
   always @(posedge clk)
-    row_step <= \$295 ;
+    row_step <= \$293 ;
   always @(posedge clk)
-    goff_step <= \$296 ;
+    goff_step <= \$294 ;
   always @(posedge clk)
-    ox_step <= \$297 ;
+    ox_step <= \$295 ;
   always @(posedge clk)
-    ix_step <= \$298 ;
+    ix_step <= \$296 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$236  = gi;
+    \$234  = gi;
     if (issue) begin
-      \$236  = \$6 [7:0];
+      \$234  = \$6 [7:0];
     end
-    if (\$116 ) begin
-      \$236  = 8'h00;
+    if (start) begin
+      \$234  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$237  = near_gi;
+    \$235  = near_gi;
     if (issue) begin
-      \$237  = \$8 ;
+      \$235  = \$8 ;
     end
-    if (\$116 ) begin
+    if (start) begin
+      \$235  = \$117 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$236  = kx;
+    if (issue) begin
+      if (below_kx) begin
+        \$236  = \$10 [3:0];
+      end
+    end
+    if (start) begin
+      \$236  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$237  = near_kx;
+    if (issue) begin
+      if (below_kx) begin
+        \$237  = \$12 ;
+      end
+    end
+    if (start) begin
       \$237  = \$119 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$238  = kx;
+    \$238  = ky;
     if (issue) begin
-      if (below_kx) begin
-        \$238  = \$10 [3:0];
+      if (below_ky) begin
+        \$238  = \$14 [3:0];
       end
     end
-    if (\$116 ) begin
+    if (start) begin
       \$238  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$239  = near_kx;
+    \$239  = near_ky;
     if (issue) begin
-      if (below_kx) begin
-        \$239  = \$12 ;
+      if (below_ky) begin
+        \$239  = \$16 ;
       end
     end
-    if (\$116 ) begin
+    if (start) begin
       \$239  = \$121 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$240  = ky;
+    \$240  = j;
     if (issue) begin
-      if (below_ky) begin
-        \$240  = \$14 [3:0];
+      if (below_j) begin
+        \$240  = \$18 [5:0];
       end
     end
-    if (\$116 ) begin
-      \$240  = 4'h0;
+    if (start) begin
+      \$240  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$241  = near_ky;
+    \$241  = near_j;
     if (issue) begin
-      if (below_ky) begin
-        \$241  = \$16 ;
+      if (below_j) begin
+        \$241  = \$20 ;
       end
     end
-    if (\$116 ) begin
+    if (start) begin
       \$241  = \$123 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$242  = j;
-    if (issue) begin
-      if (below_j) begin
-        \$242  = \$18 [5:0];
-      end
-    end
-    if (\$116 ) begin
-      \$242  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$243  = near_j;
-    if (issue) begin
-      if (below_j) begin
-        \$243  = \$20 ;
-      end
-    end
-    if (\$116 ) begin
-      \$243  = \$125 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$244  = ox;
+    \$242  = ox;
     if (issue) begin
       if (below_ox) begin
-        \$244  = \$22 [15:0];
+        \$242  = \$22 [15:0];
       end
     end
-    if (\$116 ) begin
+    if (start) begin
+      \$242  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$243  = near_ox;
+    if (issue) begin
+      if (below_ox) begin
+        \$243  = \$24 ;
+      end
+    end
+    if (start) begin
+      \$243  = \$128 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$244  = oy;
+    if (issue) begin
+      if (below_oy) begin
+        \$244  = \$26 [15:0];
+      end
+    end
+    if (start) begin
       \$244  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$245  = near_ox;
+    \$245  = near_oy;
     if (issue) begin
-      if (below_ox) begin
-        \$245  = \$24 ;
+      if (below_oy) begin
+        \$245  = \$28 ;
       end
     end
-    if (\$116 ) begin
+    if (start) begin
       \$245  = \$130 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$246  = oy;
+    \$246  = last_gi;
     if (issue) begin
-      if (below_oy) begin
-        \$246  = \$26 [15:0];
-      end
+      \$246  = \$30 ;
     end
-    if (\$116 ) begin
-      \$246  = 16'h0000;
+    if (start) begin
+      \$246  = \$170 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$247  = near_oy;
+    \$247  = below_kx;
     if (issue) begin
-      if (below_oy) begin
-        \$247  = \$28 ;
-      end
+      \$247  = \$33 ;
     end
-    if (\$116 ) begin
-      \$247  = \$132 ;
+    if (start) begin
+      \$247  = \$179 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$248  = last_gi;
+    \$248  = last_kx;
     if (issue) begin
-      \$248  = \$30 ;
+      \$248  = \$35 ;
     end
-    if (\$116 ) begin
-      \$248  = \$172 ;
+    if (start) begin
+      \$248  = \$171 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$249  = below_kx;
+    \$249  = below_ky;
     if (issue) begin
-      \$249  = \$33 ;
+      \$249  = \$40 ;
     end
-    if (\$116 ) begin
-      \$249  = \$181 ;
+    if (start) begin
+      \$249  = \$182 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$250  = last_kx;
+    \$250  = last_ky;
     if (issue) begin
-      \$250  = \$35 ;
+      \$250  = \$42 ;
     end
-    if (\$116 ) begin
-      \$250  = \$173 ;
+    if (start) begin
+      \$250  = \$172 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$251  = below_ky;
+    \$251  = below_j;
     if (issue) begin
-      \$251  = \$40 ;
+      \$251  = \$49 ;
     end
-    if (\$116 ) begin
-      \$251  = \$184 ;
+    if (start) begin
+      \$251  = \$186 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$252  = last_ky;
+    \$252  = last_j;
     if (issue) begin
-      \$252  = \$42 ;
+      \$252  = \$51 ;
     end
-    if (\$116 ) begin
-      \$252  = \$174 ;
+    if (start) begin
+      \$252  = \$173 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$253  = below_j;
+    \$253  = below_ox;
     if (issue) begin
-      \$253  = \$49 ;
+      \$253  = \$60 ;
     end
-    if (\$116 ) begin
-      \$253  = \$188 ;
+    if (start) begin
+      \$253  = \$191 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$254  = last_j;
+    \$254  = last_ox;
     if (issue) begin
-      \$254  = \$51 ;
+      \$254  = \$62 ;
     end
-    if (\$116 ) begin
-      \$254  = \$175 ;
+    if (start) begin
+      \$254  = \$176 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$255  = below_ox;
+    \$255  = below_oy;
     if (issue) begin
-      \$255  = \$60 ;
+      \$255  = \$73 ;
     end
-    if (\$116 ) begin
-      \$255  = \$193 ;
+    if (start) begin
+      \$255  = \$199 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$256  = last_ox;
+    \$256  = last_oy;
     if (issue) begin
-      \$256  = \$62 ;
+      \$256  = \$75 ;
     end
-    if (\$116 ) begin
-      \$256  = \$178 ;
+    if (start) begin
+      \$256  = \$177 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$257  = below_oy;
+    \$257  = waddr;
     if (issue) begin
-      \$257  = \$73 ;
-    end
-    if (\$116 ) begin
-      \$257  = \$201 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$258  = last_oy;
-    if (issue) begin
-      \$258  = \$75 ;
-    end
-    if (\$116 ) begin
-      \$258  = \$179 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$259  = waddr;
-    if (issue) begin
-      \$259  = \$76 [9:0];
+      \$257  = \$76 [9:0];
       if (below_ox) begin
-        \$259  = 10'h000;
+        \$257  = 10'h000;
       end
     end
-    if (\$116 ) begin
-      \$259  = 10'h000;
+    if (start) begin
+      \$257  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$260  = ix;
+    \$258  = ix;
     if (issue) begin
       if (\$78 ) begin
-        \$260  = \$79 [17:0];
+        \$258  = \$79 [17:0];
       end
       if (below_ky) begin
-        \$260  = ix0;
+        \$258  = ix0;
       end
       if (\$90 ) begin
-        \$260  = \$92 [17:0];
+        \$258  = \$92 [17:0];
       end
       if (below_oy) begin
-        \$260  = { \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97  };
+        \$258  = { \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97  };
       end
     end
-    if (\$116 ) begin
+    if (start) begin
+      \$258  = { \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$259  = tapbase;
+    if (issue) begin
+      if (\$78 ) begin
+        \$259  = \$80 [19:0];
+      end
+      if (\$82 ) begin
+        \$259  = \$85 [19:0];
+      end
+      if (\$87 ) begin
+        \$259  = pixbase;
+      end
+      if (\$90 ) begin
+        \$259  = \$95 [19:0];
+      end
+      if (\$99 ) begin
+        \$259  = \$106 [19:0];
+      end
+    end
+    if (start) begin
+      \$259  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$260  = iy;
+    if (issue) begin
+      if (\$82 ) begin
+        \$260  = \$83 [17:0];
+      end
+      if (below_j) begin
+        \$260  = iy0;
+      end
+      if (\$99 ) begin
+        \$260  = \$101 [17:0];
+      end
+    end
+    if (start) begin
       \$260  = { \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$261  = tapbase;
+    \$261  = rowbase;
     if (issue) begin
-      if (\$78 ) begin
-        \$261  = \$80 [19:0];
-      end
       if (\$82 ) begin
-        \$261  = \$85 [19:0];
+        \$261  = \$84 [19:0];
       end
       if (\$87 ) begin
         \$261  = pixbase;
       end
       if (\$90 ) begin
-        \$261  = \$95 [19:0];
+        \$261  = \$94 [19:0];
       end
       if (\$99 ) begin
-        \$261  = \$106 [19:0];
+        \$261  = \$105 [19:0];
       end
     end
-    if (\$116 ) begin
+    if (start) begin
       \$261  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$262  = iy;
-    if (issue) begin
-      if (\$82 ) begin
-        \$262  = \$83 [17:0];
-      end
-      if (below_j) begin
-        \$262  = iy0;
-      end
-      if (\$99 ) begin
-        \$262  = \$101 [17:0];
-      end
-    end
-    if (\$116 ) begin
-      \$262  = { \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204  };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$263  = rowbase;
-    if (issue) begin
-      if (\$82 ) begin
-        \$263  = \$84 [19:0];
-      end
-      if (\$87 ) begin
-        \$263  = pixbase;
-      end
-      if (\$90 ) begin
-        \$263  = \$94 [19:0];
-      end
-      if (\$99 ) begin
-        \$263  = \$105 [19:0];
-      end
-    end
-    if (\$116 ) begin
-      \$263  = base;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$264  = goff;
+    \$262  = goff;
     if (issue) begin
       if (\$87 ) begin
-        \$264  = \$88 [14:0];
+        \$262  = \$88 [14:0];
       end
       if (below_ox) begin
-        \$264  = 15'h0000;
+        \$262  = 15'h0000;
       end
     end
-    if (\$116 ) begin
-      \$264  = 15'h0000;
+    if (start) begin
+      \$262  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$265  = ix0;
+    \$263  = ix0;
     if (issue) begin
       if (\$90 ) begin
-        \$265  = \$91 [17:0];
+        \$263  = \$91 [17:0];
       end
       if (below_oy) begin
-        \$265  = { \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96  };
+        \$263  = { \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96  };
       end
     end
-    if (\$116 ) begin
+    if (start) begin
+      \$263  = { \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$264  = pixbase;
+    if (issue) begin
+      if (\$90 ) begin
+        \$264  = \$93 [19:0];
+      end
+      if (\$99 ) begin
+        \$264  = \$104 [19:0];
+      end
+    end
+    if (start) begin
+      \$264  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$265  = iy0;
+    if (issue) begin
+      if (\$99 ) begin
+        \$265  = \$100 [17:0];
+      end
+    end
+    if (start) begin
       \$265  = { \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$266  = pixbase;
+    \$266  = need;
     if (issue) begin
-      if (\$90 ) begin
-        \$266  = \$93 [19:0];
-      end
       if (\$99 ) begin
-        \$266  = \$104 [19:0];
+        \$266  = \$102 [17:0];
       end
     end
-    if (\$116 ) begin
-      \$266  = base;
+    if (start) begin
+      \$266  = { \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$267  = iy0;
+    \$267  = linebase;
     if (issue) begin
       if (\$99 ) begin
-        \$267  = \$100 [17:0];
+        \$267  = \$103 [19:0];
       end
     end
-    if (\$116 ) begin
-      \$267  = { \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205  };
+    if (start) begin
+      \$267  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$268  = need;
-    if (issue) begin
-      if (\$99 ) begin
-        \$268  = \$102 [17:0];
-      end
-    end
-    if (\$116 ) begin
-      \$268  = { \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206 [4], \$206  };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$269  = linebase;
-    if (issue) begin
-      if (\$99 ) begin
-        \$269  = \$103 [19:0];
-      end
-    end
-    if (\$116 ) begin
-      \$269  = base;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$270  = seq_busy;
+    \$268  = seq_busy;
     if (issue) begin
       if (\$107 ) begin
-        \$270  = 1'h0;
+        \$268  = 1'h0;
       end
     end
-    if (\$116 ) begin
-      \$270  = 1'h1;
+    if (start) begin
+      \$268  = 1'h1;
+    end
+    if (rst) begin
+      \$268  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$269  = loaded;
+    if (run) begin
+      \$269  = \$109 ;
+    end
+    if (start) begin
+      \$269  = 1'h0;
+    end
+    if (rst) begin
+      \$269  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$270  = rows_ok;
+    if (run) begin
+      \$270  = \$114 ;
+    end
+    if (start) begin
+      \$270  = 1'h0;
     end
     if (rst) begin
       \$270  = 1'h0;
@@ -8323,213 +8351,187 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$271  = loaded;
-    if (run) begin
-      \$271  = \$109 ;
-    end
-    if (\$116 ) begin
-      \$271  = 1'h0;
+    \$271  = last_group;
+    if (start) begin
+      \$271  = \$115 [5:0];
     end
     if (rst) begin
-      \$271  = 1'h0;
+      \$271  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$272  = rows_ok;
-    if (run) begin
-      \$272  = \$114 ;
-    end
-    if (\$116 ) begin
-      \$272  = 1'h0;
-    end
-    if (rst) begin
-      \$272  = 1'h0;
+    \$272  = lim_inc_gi;
+    if (start) begin
+      \$272  = \$132 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$273  = last_group;
-    if (\$116 ) begin
-      \$273  = \$117 [5:0];
-    end
-    if (rst) begin
-      \$273  = 6'h00;
+    \$273  = lim_inc_kx;
+    if (start) begin
+      \$273  = \$134 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$274  = lim_inc_gi;
-    if (\$116 ) begin
-      \$274  = \$134 ;
+    \$274  = lim_inc_ky;
+    if (start) begin
+      \$274  = \$136 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$275  = lim_inc_kx;
-    if (\$116 ) begin
-      \$275  = \$136 ;
+    \$275  = lim_inc_j;
+    if (start) begin
+      \$275  = \$138 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$276  = lim_inc_ky;
-    if (\$116 ) begin
-      \$276  = \$138 ;
+    \$276  = lim_inc_ox;
+    if (start) begin
+      \$276  = \$143 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$277  = lim_inc_j;
-    if (\$116 ) begin
-      \$277  = \$140 ;
+    \$277  = lim_inc_oy;
+    if (start) begin
+      \$277  = \$145 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$278  = lim_inc_ox;
-    if (\$116 ) begin
-      \$278  = \$145 ;
+    \$278  = lim_zero_gi;
+    if (start) begin
+      \$278  = \$146 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$279  = lim_inc_oy;
-    if (\$116 ) begin
+    \$279  = lim_zero_kx;
+    if (start) begin
       \$279  = \$147 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$280  = lim_zero_gi;
-    if (\$116 ) begin
+    \$280  = lim_zero_ky;
+    if (start) begin
       \$280  = \$148 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$281  = lim_zero_kx;
-    if (\$116 ) begin
+    \$281  = lim_zero_j;
+    if (start) begin
       \$281  = \$149 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$282  = lim_zero_ky;
-    if (\$116 ) begin
-      \$282  = \$150 ;
+    \$282  = lim_zero_ox;
+    if (start) begin
+      \$282  = \$152 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$283  = lim_zero_j;
-    if (\$116 ) begin
-      \$283  = \$151 ;
+    \$283  = lim_zero_oy;
+    if (start) begin
+      \$283  = \$153 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$284  = lim_zero_ox;
-    if (\$116 ) begin
-      \$284  = \$154 ;
+    \$284  = lim_2inc_gi;
+    if (start) begin
+      \$284  = \$155 [9:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$285  = lim_zero_oy;
-    if (\$116 ) begin
-      \$285  = \$155 ;
+    \$285  = lim_2inc_kx;
+    if (start) begin
+      \$285  = \$157 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$286  = lim_2inc_gi;
-    if (\$116 ) begin
-      \$286  = \$157 [9:0];
+    \$286  = lim_2inc_ky;
+    if (start) begin
+      \$286  = \$159 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$287  = lim_2inc_kx;
-    if (\$116 ) begin
-      \$287  = \$159 ;
+    \$287  = lim_2inc_j;
+    if (start) begin
+      \$287  = \$161 [7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$288  = lim_2inc_ky;
-    if (\$116 ) begin
-      \$288  = \$161 ;
+    \$288  = lim_2inc_ox;
+    if (start) begin
+      \$288  = \$167 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$289  = lim_2inc_j;
-    if (\$116 ) begin
-      \$289  = \$163 [7:0];
+    \$289  = lim_2inc_oy;
+    if (start) begin
+      \$289  = \$169 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$290  = lim_2inc_ox;
-    if (\$116 ) begin
-      \$290  = \$169 ;
+    \$290  = g_step;
+    if (start) begin
+      \$290  = { 4'h0, \$205  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$291  = lim_2inc_oy;
-    if (\$116 ) begin
-      \$291  = \$171 ;
+    \$291  = sg;
+    if (start) begin
+      \$291  = { 3'h0, \$209  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$292  = g_step;
-    if (\$116 ) begin
-      \$292  = { 4'h0, \$207  };
+    \$292  = swg;
+    if (start) begin
+      \$292  = { 2'h0, \$216  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$293  = sg;
-    if (\$116 ) begin
-      \$293  = { 3'h0, \$211  };
+    \$293  = row_step;
+    if (start) begin
+      \$293  = { 3'h0, \$217  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$294  = swg;
-    if (\$116 ) begin
-      \$294  = { 2'h0, \$218  };
+    \$294  = goff_step;
+    if (start) begin
+      \$294  = \$218 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$295  = row_step;
-    if (\$116 ) begin
-      \$295  = { 3'h0, \$219  };
+    \$295  = ox_step;
+    if (start) begin
+      \$295  = \$219 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$296  = goff_step;
-    if (\$116 ) begin
-      \$296  = \$220 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$297  = ox_step;
-    if (\$116 ) begin
-      \$297  = \$221 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$298  = ix_step;
-    if (\$116 ) begin
-      \$298  = \$223 ;
+    \$296  = ix_step;
+    if (start) begin
+      \$296  = \$221 ;
     end
   end
   assign ws = 17'h00000;
@@ -8565,12 +8567,12 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
   assign \taps__payload.waddr  = taps__payload[65:56];
   assign \taps__payload.first  = taps__payload[66];
   assign \taps__payload.last  = taps__payload[67];
-  assign taps__payload[67] = \$235 ;
-  assign taps__payload[66] = \$233 ;
+  assign taps__payload[67] = \$233 ;
+  assign taps__payload[66] = \$231 ;
   assign taps__payload[65:56] = waddr;
   assign taps__payload[55:38] = iy;
   assign taps__payload[37:20] = ix;
-  assign taps__payload[19:0] = \$228 [19:0];
+  assign taps__payload[19:0] = \$226 [19:0];
   assign \$30  = \$29 ;
   assign \$32  = \$31 ;
   assign \$33  = \$31 ;
@@ -8578,33 +8580,36 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, cmd, dw, 
   assign \$44  = \$43 ;
   assign \$53  = \$52 ;
   assign \$64  = \$63 ;
-  assign \$181  = \$180 ;
-  assign \$209  = { cmd[79:64], 1'h0 };
-  assign \$213  = 18'h00000;
-  assign \$216  = { sizes[14:0], 1'h0 };
-  assign \$222  = { cmd[101:100], 1'h0 };
-  assign \$214  = 18'h00000;
+  assign \$179  = \$178 ;
+  assign \$207  = { cmd[79:64], 1'h0 };
+  assign \$211  = 18'h00000;
+  assign \$214  = { sizes[14:0], 1'h0 };
+  assign \$220  = { cmd[101:100], 1'h0 };
+  assign \$212  = 18'h00000;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, refused, last_go, cfg__ready, accept, busy, sizing, starting, start, run
-, sizes_ready, sizes, loaded, inputs_done, mac_valid, cfg__payload);
+module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, cfg__ready, accept, busy, sizing, run, sizes_ready
+, sizes, loaded, inputs_done, cfg__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
   wire \$1 ;
   wire \$10 ;
   reg \$100 ;
-  reg [113:0] \$101 ;
+  reg \$101 ;
   reg \$102 ;
   reg \$103 ;
-  reg \$104 ;
+  reg [113:0] \$104 ;
   reg \$105 ;
-  reg [15:0] \$106 ;
-  reg [21:0] \$107 ;
-  reg [2:0] \$108 ;
-  reg \$109 ;
+  reg \$106 ;
+  reg \$107 ;
+  reg \$108 ;
+  reg [15:0] \$109 ;
   wire \$11 ;
-  reg [5:0] \$110 ;
-  reg \$111 ;
+  reg [21:0] \$110 ;
+  reg [2:0] \$111 ;
+  reg \$112 ;
+  reg [5:0] \$113 ;
+  reg \$114 ;
   wire \$12 ;
   wire \$13 ;
   wire \$14 ;
@@ -8687,9 +8692,9 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire [18:0] \$84 ;
   wire [18:0] \$85 ;
   wire \$86 ;
-  wire [22:0] \$87 ;
+  wire \$87 ;
   wire \$88 ;
-  wire \$89 ;
+  wire [22:0] \$89 ;
   wire \$9 ;
   wire \$90 ;
   wire \$91 ;
@@ -8699,8 +8704,8 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire \$95 ;
   wire \$96 ;
   wire \$97 ;
-  reg \$98 ;
-  reg \$99 ;
+  wire \$98 ;
+  wire \$99 ;
   output accept;
   reg accept;
   reg bad_fields = 1'h0;
@@ -8791,7 +8796,6 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   wire mac_valid;
   input outputs_done;
   wire outputs_done;
-  output refused;
   reg refused = 1'h0;
   input rst;
   wire rst;
@@ -8816,9 +8820,9 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   output sizing;
   reg sizing;
   output start;
-  reg start;
-  output starting;
-  reg starting;
+  reg start = 1'h0;
+  (* init = 1'h0 *)
+  wire \start$25 ;
   assign \$1  = cmd[99:96] == 1'h1;
   assign \$2  = cmd[99:96] == 2'h3;
   assign \$3  = \$1  | \$2 ;
@@ -8896,59 +8900,49 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   assign \$81  = \$80  ? 16'h0001 : cfg__payload[79:64];
   assign \$82  = cfg__payload[109:108] == 1'h1;
   assign \$86  = bad_fields | bad_sizes;
-  assign \$87  = gout_o - 1'h1;
-  assign \$88  = outputs_done & inputs_done;
-  assign \$89  = fin & loaded;
-  assign \$90  = dwp & mac_valid;
-  assign \$91  = ~ \$90 ;
-  assign \$92  = \$89  & \$91 ;
-  assign \$93  = ! fsm_state;
-  assign \$94  = fsm_state == 1'h1;
-  assign \$95  = fsm_state == 2'h2;
-  assign \$96  = fsm_state == 2'h3;
-  assign \$97  = fsm_state == 3'h4;
+  assign \$87  = bad_fields | bad_sizes;
+  assign \$88  = ~ \$87 ;
+  assign \$89  = gout_o - 1'h1;
+  assign \$90  = outputs_done & inputs_done;
+  assign \$91  = fin & loaded;
+  assign \$92  = dwp & mac_valid;
+  assign \$93  = ~ \$92 ;
+  assign \$94  = \$91  & \$93 ;
+  assign \$95  = ! fsm_state;
+  assign \$96  = fsm_state == 1'h1;
+  assign \$97  = fsm_state == 2'h2;
+  assign \$98  = fsm_state == 2'h3;
+  assign \$99  = fsm_state == 3'h4;
   always @(posedge clk)
-    bad_fields <= \$98 ;
+    start <= \$100 ;
   always @(posedge clk)
-    bad_sizes <= \$99 ;
+    bad_fields <= \$101 ;
   always @(posedge clk)
-    done <= \$100 ;
+    bad_sizes <= \$102 ;
   always @(posedge clk)
-    cmd <= \$101 ;
+    done <= \$103 ;
   always @(posedge clk)
-    error <= \$102 ;
+    cmd <= \$104 ;
   always @(posedge clk)
-    dw <= \$103 ;
+    error <= \$105 ;
   always @(posedge clk)
-    dwp <= \$104 ;
+    dw <= \$106 ;
   always @(posedge clk)
-    dwc <= \$105 ;
+    dwp <= \$107 ;
   always @(posedge clk)
-    gin_e <= \$106 ;
+    dwc <= \$108 ;
   always @(posedge clk)
-    gout_o <= \$107 ;
+    gin_e <= \$109 ;
   always @(posedge clk)
-    fsm_state <= \$108 ;
+    gout_o <= \$110 ;
   always @(posedge clk)
-    refused <= \$109 ;
+    fsm_state <= \$111 ;
   always @(posedge clk)
-    last_go <= \$110 ;
+    refused <= \$112 ;
   always @(posedge clk)
-    fin <= \$111 ;
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$98  = \$57 ;
-    if (rst) begin
-      \$98  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$99  = \$74 ;
-    if (rst) begin
-      \$99  = 1'h0;
-    end
-  end
+    last_go <= \$113 ;
+  always @(posedge clk)
+    fin <= \$114 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$100  = 1'h0;
@@ -8958,15 +8952,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
       3'h1:
           /* empty */;
       3'h2:
-          /* empty */;
-      3'h3:
-          if (refused) begin
-            \$100  = 1'h1;
-          end
-      3'h4:
-          if (\$92 ) begin
-            \$100  = 1'h1;
-          end
+          \$100  = \$88 ;
     endcase
     if (rst) begin
       \$100  = 1'h0;
@@ -8974,45 +8960,35 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$101  = cmd;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$101  = cfg__payload;
-          end
-    endcase
+    \$101  = \$57 ;
     if (rst) begin
-      \$101  = 114'h00000000000000000000000000000;
+      \$101  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$102  = error;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$102  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (refused) begin
-            \$102  = 1'h1;
-          end
-    endcase
+    \$102  = \$74 ;
     if (rst) begin
       \$102  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$103  = dw;
+    \$103  = 1'h0;
     casez (fsm_state)
       3'h0:
-          if (cfg__valid) begin
-            \$103  = \$75 ;
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$103  = 1'h1;
+          end
+      3'h4:
+          if (\$94 ) begin
+            \$103  = 1'h1;
           end
     endcase
     if (rst) begin
@@ -9021,24 +8997,32 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$104  = dwp;
+    \$104  = cmd;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$104  = \$77 ;
+            \$104  = cfg__payload;
           end
     endcase
     if (rst) begin
-      \$104  = 1'h0;
+      \$104  = 114'h00000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$105  = dwc;
+    \$105  = error;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$105  = \$79 ;
+            \$105  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (refused) begin
+            \$105  = 1'h1;
           end
     endcase
     if (rst) begin
@@ -9047,93 +9031,132 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$106  = gin_e;
+    \$106  = dw;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$106  = \$81 ;
+            \$106  = \$75 ;
           end
     endcase
     if (rst) begin
-      \$106  = 16'h0000;
+      \$106  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$107  = gout_o;
+    \$107  = dwp;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$107  = { 3'h0, \$85  };
+            \$107  = \$77 ;
           end
     endcase
     if (rst) begin
-      \$107  = 22'h000000;
+      \$107  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$108  = fsm_state;
+    \$108  = dwc;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$108  = 3'h1;
+            \$108  = \$79 ;
+          end
+    endcase
+    if (rst) begin
+      \$108  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$109  = gin_e;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$109  = \$81 ;
+          end
+    endcase
+    if (rst) begin
+      \$109  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$110  = gout_o;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$110  = { 3'h0, \$85  };
+          end
+    endcase
+    if (rst) begin
+      \$110  = 22'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$111  = fsm_state;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$111  = 3'h1;
           end
       3'h1:
           if (sizes_ready) begin
-            \$108  = 3'h2;
+            \$111  = 3'h2;
           end
       3'h2:
-          \$108  = 3'h3;
+          \$111  = 3'h3;
       3'h3:
           (* full_case = 32'd1 *)
           if (refused) begin
-            \$108  = 3'h0;
+            \$111  = 3'h0;
           end else begin
-            \$108  = 3'h4;
+            \$111  = 3'h4;
           end
       3'h4:
-          if (\$92 ) begin
-            \$108  = 3'h0;
+          if (\$94 ) begin
+            \$111  = 3'h0;
           end
     endcase
     if (rst) begin
-      \$108  = 3'h0;
+      \$111  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$109  = refused;
+    \$112  = refused;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$109  = \$86 ;
+          \$112  = \$86 ;
     endcase
     if (rst) begin
-      \$109  = 1'h0;
+      \$112  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$110  = last_go;
+    \$113  = last_go;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$110  = \$87 [5:0];
+          \$113  = \$89 [5:0];
     endcase
     if (rst) begin
-      \$110  = 6'h00;
+      \$113  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$111  = fin;
+    \$114  = fin;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -9145,13 +9168,13 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
           (* full_case = 32'd1 *)
           if (refused) begin
           end else begin
-            \$111  = 1'h0;
+            \$114  = 1'h0;
           end
       3'h4:
-          \$111  = \$88 ;
+          \$114  = \$90 ;
     endcase
     if (rst) begin
-      \$111  = 1'h0;
+      \$114  = 1'h0;
     end
   end
   always @* begin
@@ -9198,38 +9221,6 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    starting = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          starting = 1'h1;
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    start = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (refused) begin
-          end else begin
-            start = 1'h1;
-          end
-    endcase
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     run = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -9244,6 +9235,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
           run = 1'h1;
     endcase
   end
+  assign \start$25  = start;
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -9296,7 +9288,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, done, cmd, error, dw
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$163 (rst, cmd, gin_e, gout_o, clear, enable, ready, sizes, clk);
+module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, ready, sizes, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -9829,8 +9821,136 @@ module \psc_core.sizes$163 (rst, cmd, gin_e, gout_o, clear, enable, ready, sizes
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, keep, start, run, count, i__ready, done, wp__data);
+module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1420$0 , \port$1490$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire [2:0] \$14 ;
+  reg \$15 ;
+  reg \$16 ;
+  reg [1:0] \$17 ;
+  wire [1:0] \$2 ;
+  wire \$3 ;
+  wire [1:0] \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire [2:0] \$9 ;
+  input clk;
+  wire clk;
+  (* init = 1'h0 *)
+  wire consume;
+  reg [1:0] level = 2'h0;
+  input [26:0] \port$1420$0 ;
+  wire [26:0] \port$1420$0 ;
+  input [26:0] \port$1490$0 ;
+  wire [26:0] \port$1490$0 ;
+  (* init = 1'h0 *)
+  wire produce;
+  output [53:0] r_data;
+  wire [53:0] r_data;
+  input r_en;
+  wire r_en;
+  (* init = 2'h0 *)
+  wire [1:0] r_level;
+  reg r_port__addr = 1'h0;
+  wire [53:0] r_port__data;
+  output r_rdy;
+  wire r_rdy;
+  input rst;
+  wire rst;
+  wire [53:0] w_data;
+  input w_en;
+  wire w_en;
+  (* init = 2'h0 *)
+  wire [1:0] w_level;
+  reg w_port__addr = 1'h0;
+  wire [53:0] w_port__data;
+  wire w_port__en;
+  output w_rdy;
+  wire w_rdy;
+  reg [53:0] storage [1:0];
+  initial begin
+    storage[0] = 54'h00000000000000;
+    storage[1] = 54'h00000000000000;
+  end
+  always @(posedge clk) begin
+    if (w_port__en)
+      storage[w_port__addr] <= { \port$1490$0 , \port$1420$0  };
+  end
+  assign r_data = storage[r_port__addr];
+  assign w_rdy = level != 2'h2;
+  assign r_rdy = | level;
+  assign w_port__en = w_en & w_rdy;
+  assign \$1  = w_rdy & w_en;
+  assign \$2  = w_port__addr + 1'h1;
+  assign \$3  = r_rdy & r_en;
+  assign \$4  = r_port__addr + 1'h1;
+  assign \$5  = w_rdy & w_en;
+  assign \$6  = r_rdy & r_en;
+  assign \$7  = ~ \$6 ;
+  assign \$8  = \$5  & \$7 ;
+  assign \$9  = level + 1'h1;
+  assign \$10  = r_rdy & r_en;
+  assign \$11  = w_rdy & w_en;
+  assign \$12  = ~ \$11 ;
+  assign \$13  = \$10  & \$12 ;
+  assign \$14  = level - 1'h1;
+  always @(posedge clk)
+    w_port__addr <= \$15 ;
+  always @(posedge clk)
+    r_port__addr <= \$16 ;
+  always @(posedge clk)
+    level <= \$17 ;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$15  = w_port__addr;
+    if (\$1 ) begin
+      \$15  = \$2 [0];
+    end
+    if (rst) begin
+      \$15  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$16  = r_port__addr;
+    if (\$3 ) begin
+      \$16  = \$4 [0];
+    end
+    if (rst) begin
+      \$16  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$17  = level;
+    if (\$8 ) begin
+      \$17  = \$9 [1:0];
+    end
+    if (\$13 ) begin
+      \$17  = \$14 [1:0];
+    end
+    if (rst) begin
+      \$17  = 2'h0;
+    end
+  end
+  assign w_level = level;
+  assign r_level = level;
+  assign produce = w_port__addr;
+  assign w_port__data = { \port$1490$0 , \port$1420$0  };
+  assign w_data = { \port$1490$0 , \port$1420$0  };
+  assign consume = r_port__addr;
+  assign r_port__data = r_data;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start, keep, run, count, i__ready, done, wp__data);
+  reg \$auto$verilog_backend.cc:2355:dump_module$15  = 0;
   wire \$1 ;
   wire \$10 ;
   reg [8:0] \$11 ;
@@ -10233,21 +10353,21 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, keep,
   always @(posedge clk)
     done <= \$12 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     i__ready = 1'h0;
     if (run) begin
       i__ready = \$3 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     wp__en = 1'h0;
     if (run) begin
       wp__en = \$4 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$11  = cnt;
     if (run) begin
       if (\$5 ) begin
@@ -10262,7 +10382,7 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, keep,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$12  = done;
     if (run) begin
       if (\$5 ) begin

@@ -118,13 +118,14 @@ class PSCConvCore(wiring.Component):
     more with ``read_register``) ->
     DotProduct (``dp.latency``: 3 for the generic multiplier, more with
     a DSP multiplier or ``tree_stages``; depthwise pixels mode
-    ``dp.dw_latency``) -> with ``read_register``, a two-entry FIFO of sums
+    ``dp.dw_latency``) -> with ``config.sums_fifo``, a two-entry FIFO of sums
     (1; the MAC array's enable then comes from its level, not from
     ``act_out.ready``) -> parameter read (1) -> Requantizer (``rq.latency``:
     8 at the default widths, more when time-shared or digit-serial) ->
     ``act_out``: a ``last`` beat's result is on ``act_out``
     ``dp.latency + 3 + rq.latency`` cycles after its address left the
-    sequencer when nothing stalls (three more with ``read_register``). The
+    sequencer when nothing stalls (two more with ``read_register``, one more
+    with ``sums_fifo``). The
     sequencer issues one beat per cycle from a cycle after the weights and
     parameters are loaded and the input rows its output row needs have
     arrived (so loading the input overlaps the computation),
@@ -242,12 +243,12 @@ class PSCConvCore(wiring.Component):
         wiring.connect(m, seq.taps, amap.i)
         wiring.connect(m, amap.o, fetch.i)
         wiring.connect(m, fetch.o, dp.i)
-        if cc.read_register:
+        if cc.sums_fifo:
             # Two entries between the MAC array and the output stage: the
             # array's enable then depends on the FIFO's level (registers), not
             # on act_out.ready through the requantiser and the output stage,
             # one long path from the output port to the buffers' read enables
-            # that limits an ECP5 build. Two entries keep one beat per cycle.
+            # that limits an ECP5 and a UP5K build. Two entries keep one beat per cycle.
             sums_layout = output_layout(cc.pe)
             m.submodules.sums = sums = SyncFIFO(width=Shape.cast(sums_layout).width, depth=2)
             m.d.comb += [
@@ -290,7 +291,7 @@ class PSCConvCore(wiring.Component):
         # Start and run.
         for part in (ibuf, wbuf, pbuf, out):
             m.d.comb += [part.start.eq(setup.start), part.run.eq(setup.run)]
-        m.d.comb += [seq.starting.eq(setup.starting), seq.refused.eq(setup.refused),
+        m.d.comb += [seq.start.eq(setup.start),
                      seq.run.eq(setup.run)]
         # Progress, for the start of the sequencer and the end of the command.
         m.d.comb += [

@@ -30,7 +30,7 @@ class Sequencer(wiring.Component):
     enables the update, so the tap handshake is one gate in front of the
     registers, not an input of the carry and address logic.
 
-    Protocol: a cycle with ``starting`` and not ``refused`` loads the
+    Protocol: a cycle with ``start`` loads the
     command's start values (``cmd`` and ``sizes`` final from the cycle
     before: the first address is registered from them);
     while ``run``, ``loaded`` follows ``keep | (weights_done &
@@ -47,8 +47,8 @@ class Sequencer(wiring.Component):
 
     Attributes
     ----------
-    starting, refused : In(1)
-        A command's start cycle; its checks failed (nothing to load).
+    start : In(1)
+        The start cycle of a command that passed its checks.
     run : In(1)
     cmd : In(config_layout())
     dw, dwp : In(1)
@@ -72,8 +72,7 @@ class Sequencer(wiring.Component):
             raise TypeError(f"config must be a psc.hw.core.CoreConfig, not {config!r}")
         self._config = config
         super().__init__({
-            "starting": In(1),
-            "refused": In(1),
+            "start": In(1),
             "run": In(1),
             "cmd": In(config_layout(config)),
             "dw": In(1),
@@ -175,7 +174,7 @@ class Sequencer(wiring.Component):
                                                      s["need"]))
                                 | (self.rows_in == self.cmd.in_h)),
             ]
-        with m.If(self.starting & ~self.refused):
+        with m.If(self.start):
             self._start(m, s)
         return m
 

@@ -208,9 +208,7 @@ class CommandSetup(wiring.Component):
     sizes_ready : In(1)
     start : Out(1)
         One cycle: an accepted command starts (every part loads its start values).
-    starting, refused : Out(1)
-        The start cycle of a command, and the registered checks (``start`` is
-        ``starting & ~refused``), for a part that decides on both itself.
+        A flip-flop: it fans out into every part's start values.
     run : Out(1)
         The command runs (loaders and sequencer on).
     loaded, inputs_done, outputs_done, mac_valid : In(1)
@@ -233,8 +231,6 @@ class CommandSetup(wiring.Component):
             "sizes": In(sizes_layout(config)),
             "sizes_ready": In(1),
             "start": Out(1),
-            "starting": Out(1),
-            "refused": Out(1),
             "run": Out(1),
             "loaded": In(1),
             "inputs_done": In(1),
@@ -291,6 +287,12 @@ class CommandSetup(wiring.Component):
         # wide OR of comparators sits in front of a register.
         bad_fields = Signal()
         bad_sizes = Signal()
+        refused = Signal()
+        # high in START when the checks passed: `start` comes from this flip-flop, not through
+        # the state's decode and `refused`
+        start = Signal()
+        m.d.sync += start.eq(0)
+        m.d.comb += self.start.eq(start)
         fin = Signal()                       # every output sent, every input word taken
         fields, sizes = self._bad()
         m.d.sync += [bad_fields.eq(fields), bad_sizes.eq(sizes)]
@@ -318,16 +320,16 @@ class CommandSetup(wiring.Component):
                 # `refused` goes through a register before it decides which of
                 # the many start values get written.
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [self.refused.eq(bad_fields | bad_sizes),
+                m.d.sync += [refused.eq(bad_fields | bad_sizes),
+                             start.eq(~(bad_fields | bad_sizes)),
                              self.last_go.eq(self.gout_o - 1)]
                 m.next = "START"
             with m.State("START"):
-                m.d.comb += [self.busy.eq(1), self.starting.eq(1)]
-                with m.If(self.refused):
+                m.d.comb += self.busy.eq(1)
+                with m.If(refused):
                     m.d.sync += [self.error.eq(1), self.done.eq(1)]
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.comb += self.start.eq(1)
                     m.d.sync += fin.eq(0)
                     m.next = "RUN"
             with m.State("RUN"):
