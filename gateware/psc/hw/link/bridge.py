@@ -313,19 +313,24 @@ class Bridge(wiring.Component):
                 m.d.comb += rx.take.eq(1)
                 with m.If(rx.ready):
                     m.d.sync += op.eq(byte)
-                    with m.Switch(byte):
-                        with m.Case(OP["PING"]):
-                            m.next = "PING"
-                        with m.Case(OP["STATUS"]):
-                            m.next = "SYNC"
-                        with m.Case(OP["CFG"]):
-                            m.d.sync += left.eq(nb["cfg"] + 4)
-                            m.next = "CFG_READ"
-                        with m.Case(*streams):
-                            m.d.sync += left.eq(2)
-                            m.next = "COUNT"
-                        with m.Default():
-                            m.d.sync += f_badop.eq(1)
+                    m.next = "DISPATCH"
+            with m.State("DISPATCH"):
+                # the opcode is decoded from its register: the receive FIFO's block RAM
+                # output through the decode into the state and the flags limits a UP5K build
+                with m.Switch(op):
+                    with m.Case(OP["PING"]):
+                        m.next = "PING"
+                    with m.Case(OP["STATUS"]):
+                        m.next = "SYNC"
+                    with m.Case(OP["CFG"]):
+                        m.d.sync += left.eq(nb["cfg"] + 4)
+                        m.next = "CFG_READ"
+                    with m.Case(*streams):
+                        m.d.sync += left.eq(2)
+                        m.next = "COUNT"
+                    with m.Default():
+                        m.d.sync += f_badop.eq(1)
+                        m.next = "OP"
             with m.State("PING"):
                 m.d.comb += tx.reply.eq(1)
                 with m.If(tx.reply_ack):

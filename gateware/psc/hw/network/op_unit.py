@@ -121,13 +121,20 @@ class OpUnit(wiring.Component):
         rd_second, rd_end = Signal(), Signal()
         inflight = Signal()
         issue = Signal()
-        # a pair needs its place before its first read; the words read are registered
-        # before they go on (the block RAM's output has a cycle to itself), so two pushes
-        # can be in flight
+        # A pair needs its place in the FIFO before its first read. The words read are
+        # registered before they go on (the block RAM's output has a cycle to itself), so
+        # two pushes can be in flight: `room` counts the places neither filled nor promised
+        # to a pair in flight, kept in a register so that the read enable is not behind
+        # the FIFO's level through an adder.
         inflight2 = Signal()
-        m.d.comb += issue.eq(issuing & (second | (fifo.level + inflight + inflight2
-                                                  < self.fifo_depth - 1)))
+        room = Signal(range(self.fifo_depth))
+        m.d.comb += issue.eq(issuing & (second | (room != 0)))
         m.d.sync += [inflight.eq(issue & (gap | second)), inflight2.eq(inflight)]
+        promised, freed = issue & (gap | second), fifo.r_en & fifo.r_rdy
+        with m.If(promised & ~freed):
+            m.d.sync += room.eq(room - 1)
+        with m.Elif(freed & ~promised):
+            m.d.sync += room.eq(room + 1)
         # the pair's addresses a + k and b + k in their own registers, so that the memory's
         # address comes from flip-flops, not through an adder
         addr_a, addr_b = Signal(self.addr_width), Signal(self.addr_width)
@@ -277,6 +284,7 @@ class OpUnit(wiring.Component):
         with m.If(self.start.valid & self.start.ready):
             p = self.start.payload
             m.d.sync += [d.eq(p), issuing.eq(1), writing.eq(1), k.eq(0), g.eq(0), ptr.eq(p.a),
+                         room.eq(self.fifo_depth - 1),
                          addr_a.eq(p.a), addr_b.eq(p.b), second.eq(0), chunk.eq(0),
                          draining.eq(0), out_chunk.eq(0), pva.eq(0), pvb.eq(0), pvc.eq(0),
                          out_k.eq(0), out_g.eq(0)]
