@@ -37,7 +37,8 @@ def _check(layer, y, label):
 # (pytest -m soak); the other benches here cover Icarus in the default suite.
 # Session scope: xdist may interleave other modules' tests with this group's on its worker,
 # and a module fixture would then run every case again.
-@pytest.fixture(scope="session", params=["verilator", pytest.param("icarus", marks=pytest.mark.soak)])
+@pytest.fixture(scope="session",
+                params=["verilator", pytest.param("icarus", marks=pytest.mark.soak)])
 def named(request):
     """Run every named case in one simulation per target; name -> (layer, y, counters)."""
     names = sorted(core_cases.CASES)

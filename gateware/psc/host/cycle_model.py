@@ -78,7 +78,8 @@ def tile_cycles(config, fields, n_weights, n_params, n_acts, n_out):
             t = max(t, min(fields["in_h"], oy * stride - fields["pad_top"] + k) * words_per_row)
         t += max(row_beats, row_requant, row_drain)
     latency = (pe_latency(pe) + (Requantizer.latency_of(pe) if n_out else 0)
-               + 2 * config.read_register + config.sums_fifo + _HANDSHAKES + _SPRAM_TURNAROUND * spram)
+               + 2 * config.read_register + config.sums_fifo + _HANDSHAKES
+               + _SPRAM_TURNAROUND * spram)
     return _setup_cycles(config, fields) + t + latency
 
 
