@@ -4453,7 +4453,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$5458$1792 (i__payload[1793:1792]),
+    .\port$5456$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[639:512]),
@@ -4466,7 +4466,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$167 ),
     .mask(\mask$16 ),
-    .\port$5458$1792 (i__payload[1793:1792]),
+    .\port$5456$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[767:640]),
@@ -4479,7 +4479,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$168 ),
     .mask(\mask$26 ),
-    .\port$5458$1792 (i__payload[1793:1792]),
+    .\port$5456$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[895:768]),
@@ -4492,7 +4492,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$169 ),
     .mask(\mask$36 ),
-    .\port$5458$1792 (i__payload[1793:1792]),
+    .\port$5456$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1023:896]),
@@ -4505,7 +4505,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$170 ),
     .mask(\mask$46 ),
-    .\port$5458$1792 (i__payload[1793:1792]),
+    .\port$5456$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1151:1024]),
@@ -4518,7 +4518,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$171 ),
     .mask(\mask$56 ),
-    .\port$5458$1792 (i__payload[1793:1792]),
+    .\port$5456$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1279:1152]),
@@ -4531,7 +4531,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$172 ),
     .mask(\mask$66 ),
-    .\port$5458$1792 (i__payload[1793:1792]),
+    .\port$5456$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1407:1280]),
@@ -4543,7 +4543,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$173 ),
     .mask(\mask$76 ),
-    .\port$5458$1760 (i__payload[1793:1760]),
+    .\port$5456$1760 (i__payload[1793:1760]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1535:1408]),
@@ -5871,7 +5871,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5458$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5456$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -5983,8 +5983,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5458$1792 ;
-  wire [1:0] \port$5458$1792 ;
+  input [1:0] \port$5456$1792 ;
+  wire [1:0] \port$5456$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6132,7 +6132,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5458$1792 [0];
+  assign \$16  = valid & \port$5456$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6195,7 +6195,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5458$1792 [0];
+      \$50  = \port$5456$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6205,7 +6205,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5458$1792 [1];
+      \$51  = \port$5456$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6346,8 +6346,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5458$1792 [0];
-  assign last = \port$5458$1792 [1];
+  assign first = \port$5456$1792 [0];
+  assign last = \port$5456$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -6489,7 +6489,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5458$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5456$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -6599,8 +6599,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5458$1792 ;
-  wire [1:0] \port$5458$1792 ;
+  input [1:0] \port$5456$1792 ;
+  wire [1:0] \port$5456$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6748,7 +6748,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5458$1792 [0];
+  assign \$16  = valid & \port$5456$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6811,7 +6811,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5458$1792 [0];
+      \$50  = \port$5456$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6821,7 +6821,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5458$1792 [1];
+      \$51  = \port$5456$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6962,8 +6962,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5458$1792 [0];
-  assign last = \port$5458$1792 [1];
+  assign first = \port$5456$1792 [0];
+  assign last = \port$5456$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7105,7 +7105,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5458$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5456$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7215,8 +7215,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5458$1792 ;
-  wire [1:0] \port$5458$1792 ;
+  input [1:0] \port$5456$1792 ;
+  wire [1:0] \port$5456$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7364,7 +7364,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5458$1792 [0];
+  assign \$16  = valid & \port$5456$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -7427,7 +7427,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5458$1792 [0];
+      \$50  = \port$5456$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -7437,7 +7437,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5458$1792 [1];
+      \$51  = \port$5456$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -7578,8 +7578,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5458$1792 [0];
-  assign last = \port$5458$1792 [1];
+  assign first = \port$5456$1792 [0];
+  assign last = \port$5456$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7721,7 +7721,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5458$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5456$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7831,8 +7831,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5458$1792 ;
-  wire [1:0] \port$5458$1792 ;
+  input [1:0] \port$5456$1792 ;
+  wire [1:0] \port$5456$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7980,7 +7980,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5458$1792 [0];
+  assign \$16  = valid & \port$5456$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8043,7 +8043,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5458$1792 [0];
+      \$50  = \port$5456$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8053,7 +8053,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5458$1792 [1];
+      \$51  = \port$5456$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8194,8 +8194,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5458$1792 [0];
-  assign last = \port$5458$1792 [1];
+  assign first = \port$5456$1792 [0];
+  assign last = \port$5456$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8337,7 +8337,7 @@ module \psc_core.dp.pe_3.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5458$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5456$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -8447,8 +8447,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5458$1792 ;
-  wire [1:0] \port$5458$1792 ;
+  input [1:0] \port$5456$1792 ;
+  wire [1:0] \port$5456$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8596,7 +8596,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5458$1792 [0];
+  assign \$16  = valid & \port$5456$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8659,7 +8659,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5458$1792 [0];
+      \$50  = \port$5456$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8669,7 +8669,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5458$1792 [1];
+      \$51  = \port$5456$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8810,8 +8810,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5458$1792 [0];
-  assign last = \port$5458$1792 [1];
+  assign first = \port$5456$1792 [0];
+  assign last = \port$5456$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8953,7 +8953,7 @@ module \psc_core.dp.pe_4.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5458$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5456$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9063,8 +9063,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5458$1792 ;
-  wire [1:0] \port$5458$1792 ;
+  input [1:0] \port$5456$1792 ;
+  wire [1:0] \port$5456$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9212,7 +9212,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5458$1792 [0];
+  assign \$16  = valid & \port$5456$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9275,7 +9275,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5458$1792 [0];
+      \$50  = \port$5456$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9285,7 +9285,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5458$1792 [1];
+      \$51  = \port$5456$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -9426,8 +9426,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5458$1792 [0];
-  assign last = \port$5458$1792 [1];
+  assign first = \port$5456$1792 [0];
+  assign last = \port$5456$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9569,7 +9569,7 @@ module \psc_core.dp.pe_5.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5458$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5456$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9679,8 +9679,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5458$1792 ;
-  wire [1:0] \port$5458$1792 ;
+  input [1:0] \port$5456$1792 ;
+  wire [1:0] \port$5456$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9828,7 +9828,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5458$1792 [0];
+  assign \$16  = valid & \port$5456$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9891,7 +9891,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5458$1792 [0];
+      \$50  = \port$5456$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9901,7 +9901,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5458$1792 [1];
+      \$51  = \port$5456$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -10042,8 +10042,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5458$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5458$1792 [0];
-  assign last = \port$5458$1792 [1];
+  assign first = \port$5456$1792 [0];
+  assign last = \port$5456$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -10185,7 +10185,7 @@ module \psc_core.dp.pe_6.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_7 (rst, x, words, \port$5458$1760 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_7 (rst, x, words, \port$5456$1760 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -10294,8 +10294,8 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5458$1760 , valid, en, lane_acc, 
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [33:0] \port$5458$1760 ;
-  wire [33:0] \port$5458$1760 ;
+  input [33:0] \port$5456$1760 ;
+  wire [33:0] \port$5456$1760 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -10443,7 +10443,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5458$1760 , valid, en, lane_acc, 
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5458$1760 [32];
+  assign \$16  = valid & \port$5456$1760 [32];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -10506,7 +10506,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5458$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5458$1760 [32];
+      \$50  = \port$5456$1760 [32];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -10516,7 +10516,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5458$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5458$1760 [33];
+      \$51  = \port$5456$1760 [33];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -10527,7 +10527,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5458$1760 , valid, en, lane_acc, 
     \$52  = b1;
     if (en) begin
       if (\$16 ) begin
-        \$52  = \port$5458$1760 [31:0];
+        \$52  = \port$5456$1760 [31:0];
       end
     end
   end
@@ -10657,9 +10657,9 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5458$1760 , valid, en, lane_acc, 
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5458$1760 [32];
-  assign last = \port$5458$1760 [33];
-  assign bias = \port$5458$1760 [31:0];
+  assign first = \port$5456$1760 [32];
+  assign last = \port$5456$1760 [33];
+  assign bias = \port$5456$1760 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -28080,9 +28080,8 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, er
   wire \$11 ;
   reg [21:0] \$110 ;
   reg [2:0] \$111 ;
-  reg \$112 ;
-  reg [4:0] \$113 ;
-  reg \$114 ;
+  reg [4:0] \$112 ;
+  reg \$113 ;
   wire \$12 ;
   wire \$13 ;
   wire \$14 ;
@@ -28166,8 +28165,8 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, er
   wire [18:0] \$85 ;
   wire \$86 ;
   wire \$87 ;
-  wire \$88 ;
-  wire [22:0] \$89 ;
+  wire [22:0] \$88 ;
+  wire \$89 ;
   wire \$9 ;
   wire \$90 ;
   wire \$91 ;
@@ -28269,7 +28268,6 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, er
   wire mac_valid;
   input outputs_done;
   wire outputs_done;
-  reg refused = 1'h0;
   input rst;
   wire rst;
   output run;
@@ -28295,7 +28293,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, er
   output start;
   reg start = 1'h0;
   (* init = 1'h0 *)
-  wire \start$25 ;
+  wire \start$24 ;
   assign \$1  = cmd[99:96] == 1'h1;
   assign \$2  = cmd[99:96] == 2'h3;
   assign \$3  = \$1  | \$2 ;
@@ -28375,9 +28373,9 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, er
   assign \$81  = \$80  ? 16'h0001 : cfg__payload[79:64];
   assign \$82  = cfg__payload[109:108] == 1'h1;
   assign \$86  = bad_fields | bad_sizes;
-  assign \$87  = bad_fields | bad_sizes;
-  assign \$88  = ~ \$87 ;
-  assign \$89  = gout_o - 1'h1;
+  assign \$87  = ~ \$86 ;
+  assign \$88  = gout_o - 1'h1;
+  assign \$89  = ~ start;
   assign \$90  = outputs_done & inputs_done;
   assign \$91  = fin & loaded;
   assign \$92  = dwp & mac_valid;
@@ -28413,11 +28411,9 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, er
   always @(posedge clk)
     fsm_state <= \$111 ;
   always @(posedge clk)
-    refused <= \$112 ;
+    last_go <= \$112 ;
   always @(posedge clk)
-    last_go <= \$113 ;
-  always @(posedge clk)
-    fin <= \$114 ;
+    fin <= \$113 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
     \$100  = 1'h0;
@@ -28427,7 +28423,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, er
       3'h1:
           /* empty */;
       3'h2:
-          \$100  = \$88 ;
+          \$100  = \$87 ;
     endcase
     if (rst) begin
       \$100  = 1'h0;
@@ -28458,7 +28454,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, er
       3'h2:
           /* empty */;
       3'h3:
-          if (refused) begin
+          if (\$89 ) begin
             \$103  = 1'h1;
           end
       3'h4:
@@ -28496,7 +28492,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, er
       3'h2:
           /* empty */;
       3'h3:
-          if (refused) begin
+          if (\$89 ) begin
             \$105  = 1'h1;
           end
     endcase
@@ -28585,7 +28581,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, er
           \$111  = 3'h3;
       3'h3:
           (* full_case = 32'd1 *)
-          if (refused) begin
+          if (\$89 ) begin
             \$111  = 3'h0;
           end else begin
             \$111  = 3'h4;
@@ -28601,37 +28597,22 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, er
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$112  = refused;
+    \$112  = last_go;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$112  = \$86 ;
+          \$112  = \$88 [4:0];
     endcase
     if (rst) begin
-      \$112  = 1'h0;
+      \$112  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$113  = last_go;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$113  = \$89 [4:0];
-    endcase
-    if (rst) begin
-      \$113  = 5'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$114  = fin;
+    \$113  = fin;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -28641,15 +28622,15 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, er
           /* empty */;
       3'h3:
           (* full_case = 32'd1 *)
-          if (refused) begin
+          if (\$89 ) begin
           end else begin
-            \$114  = 1'h0;
+            \$113  = 1'h0;
           end
       3'h4:
-          \$114  = \$90 ;
+          \$113  = \$90 ;
     endcase
     if (rst) begin
-      \$114  = 1'h0;
+      \$113  = 1'h0;
     end
   end
   always @* begin
@@ -28710,7 +28691,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, er
           run = 1'h1;
     endcase
   end
-  assign \start$25  = start;
+  assign \start$24  = start;
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];

@@ -2503,7 +2503,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$2957$800 (i__payload[801:800]),
+    .\port$2955$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[335:224]),
@@ -2516,7 +2516,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$87 ),
     .mask(\mask$16 ),
-    .\port$2957$800 (i__payload[801:800]),
+    .\port$2955$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[447:336]),
@@ -2529,7 +2529,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$88 ),
     .mask(\mask$26 ),
-    .\port$2957$800 (i__payload[801:800]),
+    .\port$2955$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[559:448]),
@@ -2541,7 +2541,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$89 ),
     .mask(\mask$36 ),
-    .\port$2957$768 (i__payload[801:768]),
+    .\port$2955$768 (i__payload[801:768]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[671:560]),
@@ -3161,7 +3161,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2957$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2955$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -3413,8 +3413,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2957$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2957$800 ;
-  wire [1:0] \port$2957$800 ;
+  input [1:0] \port$2955$800 ;
+  wire [1:0] \port$2955$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3471,7 +3471,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2957$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2957$800 [0];
+  assign \$2  = valid & \port$2955$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -3734,7 +3734,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2957$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2957$800 [0];
+      \$37  = \port$2955$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -3744,7 +3744,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2957$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2957$800 [1];
+      \$38  = \port$2955$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -3998,8 +3998,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2957$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2957$800 [0];
-  assign last = \port$2957$800 [1];
+  assign first = \port$2955$800 [0];
+  assign last = \port$2955$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -5679,7 +5679,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2957$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2955$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -5929,8 +5929,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2957$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2957$800 ;
-  wire [1:0] \port$2957$800 ;
+  input [1:0] \port$2955$800 ;
+  wire [1:0] \port$2955$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -5987,7 +5987,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2957$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2957$800 [0];
+  assign \$2  = valid & \port$2955$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -6250,7 +6250,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2957$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2957$800 [0];
+      \$37  = \port$2955$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -6260,7 +6260,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2957$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2957$800 [1];
+      \$38  = \port$2955$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -6514,8 +6514,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2957$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2957$800 [0];
-  assign last = \port$2957$800 [1];
+  assign first = \port$2955$800 [0];
+  assign last = \port$2955$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8195,7 +8195,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2957$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2955$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -8445,8 +8445,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2957$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2957$800 ;
-  wire [1:0] \port$2957$800 ;
+  input [1:0] \port$2955$800 ;
+  wire [1:0] \port$2955$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8503,7 +8503,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2957$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2957$800 [0];
+  assign \$2  = valid & \port$2955$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -8766,7 +8766,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2957$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2957$800 [0];
+      \$37  = \port$2955$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -8776,7 +8776,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2957$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2957$800 [1];
+      \$38  = \port$2955$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -9030,8 +9030,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2957$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2957$800 [0];
-  assign last = \port$2957$800 [1];
+  assign first = \port$2955$800 [0];
+  assign last = \port$2955$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -10711,7 +10711,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, \port$2957$768 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, \port$2955$768 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -10960,8 +10960,8 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2957$768 , valid, en, lane_acc, a
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [33:0] \port$2957$768 ;
-  wire [33:0] \port$2957$768 ;
+  input [33:0] \port$2955$768 ;
+  wire [33:0] \port$2955$768 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -11018,7 +11018,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2957$768 , valid, en, lane_acc, a
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2957$768 [32];
+  assign \$2  = valid & \port$2955$768 [32];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -11281,7 +11281,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2957$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2957$768 [32];
+      \$37  = \port$2955$768 [32];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -11291,7 +11291,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2957$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2957$768 [33];
+      \$38  = \port$2955$768 [33];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -11302,7 +11302,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2957$768 , valid, en, lane_acc, a
     \$39  = b1;
     if (en) begin
       if (\$2 ) begin
-        \$39  = \port$2957$768 [31:0];
+        \$39  = \port$2955$768 [31:0];
       end
     end
   end
@@ -11545,9 +11545,9 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2957$768 , valid, en, lane_acc, a
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2957$768 [32];
-  assign last = \port$2957$768 [33];
-  assign bias = \port$2957$768 [31:0];
+  assign first = \port$2955$768 [32];
+  assign last = \port$2955$768 [33];
+  assign bias = \port$2955$768 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -26768,9 +26768,8 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   reg [15:0] \$113 ;
   reg [21:0] \$114 ;
   reg [2:0] \$115 ;
-  reg \$116 ;
-  reg [5:0] \$117 ;
-  reg \$118 ;
+  reg [5:0] \$116 ;
+  reg \$117 ;
   wire \$12 ;
   wire \$13 ;
   wire \$14 ;
@@ -26859,8 +26858,8 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   wire \$9 ;
   wire \$90 ;
   wire \$91 ;
-  wire \$92 ;
-  wire [22:0] \$93 ;
+  wire [22:0] \$92 ;
+  wire \$93 ;
   wire \$94 ;
   wire \$95 ;
   wire \$96 ;
@@ -26957,7 +26956,6 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   wire mac_valid;
   input outputs_done;
   wire outputs_done;
-  reg refused = 1'h0;
   input rst;
   wire rst;
   output run;
@@ -26983,7 +26981,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   output start;
   reg start = 1'h0;
   (* init = 1'h0 *)
-  wire \start$25 ;
+  wire \start$24 ;
   assign \$1  = cmd[99:96] == 1'h1;
   assign \$2  = cmd[99:96] == 2'h3;
   assign \$3  = \$1  | \$2 ;
@@ -27066,9 +27064,9 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   assign \$88  = \$86  + \$87 ;
   assign \$89  = \$83  ? \$88  : { 4'h0, cfg__payload[95:80] };
   assign \$90  = bad_fields | bad_sizes;
-  assign \$91  = bad_fields | bad_sizes;
-  assign \$92  = ~ \$91 ;
-  assign \$93  = gout_o - 1'h1;
+  assign \$91  = ~ \$90 ;
+  assign \$92  = gout_o - 1'h1;
+  assign \$93  = ~ start;
   assign \$94  = outputs_done & inputs_done;
   assign \$95  = fin & loaded;
   assign \$96  = dwp & mac_valid;
@@ -27104,11 +27102,9 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   always @(posedge clk)
     fsm_state <= \$115 ;
   always @(posedge clk)
-    refused <= \$116 ;
+    last_go <= \$116 ;
   always @(posedge clk)
-    last_go <= \$117 ;
-  always @(posedge clk)
-    fin <= \$118 ;
+    fin <= \$117 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$104  = 1'h0;
@@ -27118,7 +27114,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
       3'h1:
           /* empty */;
       3'h2:
-          \$104  = \$92 ;
+          \$104  = \$91 ;
     endcase
     if (rst) begin
       \$104  = 1'h0;
@@ -27149,7 +27145,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
       3'h2:
           /* empty */;
       3'h3:
-          if (refused) begin
+          if (\$93 ) begin
             \$107  = 1'h1;
           end
       3'h4:
@@ -27187,7 +27183,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
       3'h2:
           /* empty */;
       3'h3:
-          if (refused) begin
+          if (\$93 ) begin
             \$109  = 1'h1;
           end
     endcase
@@ -27276,7 +27272,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
           \$115  = 3'h3;
       3'h3:
           (* full_case = 32'd1 *)
-          if (refused) begin
+          if (\$93 ) begin
             \$115  = 3'h0;
           end else begin
             \$115  = 3'h4;
@@ -27292,37 +27288,22 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$116  = refused;
+    \$116  = last_go;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$116  = \$90 ;
+          \$116  = \$92 [5:0];
     endcase
     if (rst) begin
-      \$116  = 1'h0;
+      \$116  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$117  = last_go;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$117  = \$93 [5:0];
-    endcase
-    if (rst) begin
-      \$117  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$118  = fin;
+    \$117  = fin;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -27332,15 +27313,15 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
           /* empty */;
       3'h3:
           (* full_case = 32'd1 *)
-          if (refused) begin
+          if (\$93 ) begin
           end else begin
-            \$118  = 1'h0;
+            \$117  = 1'h0;
           end
       3'h4:
-          \$118  = \$94 ;
+          \$117  = \$94 ;
     endcase
     if (rst) begin
-      \$118  = 1'h0;
+      \$117  = 1'h0;
     end
   end
   always @* begin
@@ -27401,7 +27382,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
           run = 1'h1;
     endcase
   end
-  assign \start$25  = start;
+  assign \start$24  = start;
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];

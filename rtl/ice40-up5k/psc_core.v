@@ -910,8 +910,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   );
   \psc_core.sums  sums (
     .clk(clk),
-    .\port$1420$0 (\$6 ),
-    .\port$1490$0 (\$7 ),
+    .\port$1418$0 (\$6 ),
+    .\port$1488$0 (\$7 ),
     .r_data(\i__payload$63 ),
     .r_en(r_en),
     .r_rdy(\i__valid$59 ),
@@ -1750,8 +1750,8 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1296$0 (i__payload[191:0]),
-    .\port$1296$374 (i__payload[375:374]),
+    .\port$1294$0 (i__payload[191:0]),
+    .\port$1294$374 (i__payload[375:374]),
     .rst(rst),
     .valid(valid)
   );
@@ -1760,7 +1760,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1296$347 (i__payload[375:347]),
+    .\port$1294$347 (i__payload[375:347]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[319:192]),
@@ -1868,7 +1868,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, en, \port$1296$0 , bias, \port$1296$374 , valid, mask, acc_valid, acc, clk);
+module \psc_core.dp.pe_0 (rst, en, \port$1294$0 , bias, \port$1294$374 , valid, mask, acc_valid, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
@@ -1984,10 +1984,10 @@ module \psc_core.dp.pe_0 (rst, en, \port$1296$0 , bias, \port$1296$374 , valid, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [191:0] \port$1296$0 ;
-  wire [191:0] \port$1296$0 ;
-  input [1:0] \port$1296$374 ;
-  wire [1:0] \port$1296$374 ;
+  input [191:0] \port$1294$0 ;
+  wire [191:0] \port$1294$0 ;
+  input [1:0] \port$1294$374 ;
+  wire [1:0] \port$1294$374 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -2072,7 +2072,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1296$0 , bias, \port$1296$374 , valid, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1296$374 [0];
+  assign \$1  = valid & \port$1294$374 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -2150,7 +2150,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1296$0 , bias, \port$1296$374 , valid, 
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
     .w(w),
-    .words(\port$1296$0 [191:64])
+    .words(\port$1294$0 [191:64])
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
@@ -2257,7 +2257,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1296$0 , bias, \port$1296$374 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1296$374 [0];
+      \$17  = \port$1294$374 [0];
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -2267,7 +2267,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1296$0 , bias, \port$1296$374 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1296$374 [1];
+      \$18  = \port$1294$374 [1];
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -2399,44 +2399,44 @@ module \psc_core.dp.pe_0 (rst, en, \port$1296$0 , bias, \port$1296$374 , valid, 
       end
     end
   end
-  assign words = \port$1296$0 [191:64];
-  assign \words$1  = \port$1296$0 [191:64];
+  assign words = \port$1294$0 [191:64];
+  assign \words$1  = \port$1294$0 [191:64];
   assign \mask$3  = mask;
   assign \en$5  = en;
-  assign x = \port$1296$0 [63:0];
+  assign x = \port$1294$0 [63:0];
   assign \en$12  = en;
   assign \en$16  = en;
   assign \en$20  = en;
   assign \acc$25  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1296$374 [0];
-  assign last = \port$1296$374 [1];
-  assign \words[0]  = \port$1296$0 [79:64];
-  assign \words[1]  = \port$1296$0 [95:80];
-  assign \words[2]  = \port$1296$0 [111:96];
-  assign \words[3]  = \port$1296$0 [127:112];
-  assign \words[4]  = \port$1296$0 [143:128];
-  assign \words[5]  = \port$1296$0 [159:144];
-  assign \words[6]  = \port$1296$0 [175:160];
-  assign \words[7]  = \port$1296$0 [191:176];
-  assign \words$1[0]  = \port$1296$0 [79:64];
-  assign \words$1[1]  = \port$1296$0 [95:80];
-  assign \words$1[2]  = \port$1296$0 [111:96];
-  assign \words$1[3]  = \port$1296$0 [127:112];
-  assign \words$1[4]  = \port$1296$0 [143:128];
-  assign \words$1[5]  = \port$1296$0 [159:144];
-  assign \words$1[6]  = \port$1296$0 [175:160];
-  assign \words$1[7]  = \port$1296$0 [191:176];
+  assign first = \port$1294$374 [0];
+  assign last = \port$1294$374 [1];
+  assign \words[0]  = \port$1294$0 [79:64];
+  assign \words[1]  = \port$1294$0 [95:80];
+  assign \words[2]  = \port$1294$0 [111:96];
+  assign \words[3]  = \port$1294$0 [127:112];
+  assign \words[4]  = \port$1294$0 [143:128];
+  assign \words[5]  = \port$1294$0 [159:144];
+  assign \words[6]  = \port$1294$0 [175:160];
+  assign \words[7]  = \port$1294$0 [191:176];
+  assign \words$1[0]  = \port$1294$0 [79:64];
+  assign \words$1[1]  = \port$1294$0 [95:80];
+  assign \words$1[2]  = \port$1294$0 [111:96];
+  assign \words$1[3]  = \port$1294$0 [127:112];
+  assign \words$1[4]  = \port$1294$0 [143:128];
+  assign \words$1[5]  = \port$1294$0 [159:144];
+  assign \words$1[6]  = \port$1294$0 [175:160];
+  assign \words$1[7]  = \port$1294$0 [191:176];
   assign \a[0]  = a[7:0];
   assign \a[1]  = a[15:8];
-  assign \x[0]  = \port$1296$0 [7:0];
-  assign \x[1]  = \port$1296$0 [15:8];
-  assign \x[2]  = \port$1296$0 [23:16];
-  assign \x[3]  = \port$1296$0 [31:24];
-  assign \x[4]  = \port$1296$0 [39:32];
-  assign \x[5]  = \port$1296$0 [47:40];
-  assign \x[6]  = \port$1296$0 [55:48];
-  assign \x[7]  = \port$1296$0 [63:56];
+  assign \x[0]  = \port$1294$0 [7:0];
+  assign \x[1]  = \port$1294$0 [15:8];
+  assign \x[2]  = \port$1294$0 [23:16];
+  assign \x[3]  = \port$1294$0 [31:24];
+  assign \x[4]  = \port$1294$0 [39:32];
+  assign \x[5]  = \port$1294$0 [47:40];
+  assign \x[6]  = \port$1294$0 [55:48];
+  assign \x[7]  = \port$1294$0 [63:56];
   assign \b[0]  = b[7:0];
   assign \b[1]  = b[15:8];
   assign \w[0]  = w[7:0];
@@ -2477,16 +2477,16 @@ module \psc_core.dp.pe_0 (rst, en, \port$1296$0 , bias, \port$1296$374 , valid, 
   assign \p$23[1]  = \p$23 [31:16];
   assign \b$22 [15:8] = w[63:56];
   assign \b$22 [7:0] = w[55:48];
-  assign \a$21 [15:8] = \port$1296$0 [63:56];
-  assign \a$21 [7:0] = \port$1296$0 [55:48];
+  assign \a$21 [15:8] = \port$1294$0 [63:56];
+  assign \a$21 [7:0] = \port$1294$0 [55:48];
   assign \b$18 [15:8] = w[47:40];
   assign \b$18 [7:0] = w[39:32];
-  assign \a$17 [15:8] = \port$1296$0 [47:40];
-  assign \a$17 [7:0] = \port$1296$0 [39:32];
+  assign \a$17 [15:8] = \port$1294$0 [47:40];
+  assign \a$17 [7:0] = \port$1294$0 [39:32];
   assign \b$14 [15:8] = w[31:24];
   assign \b$14 [7:0] = w[23:16];
-  assign \a$13 [15:8] = \port$1296$0 [31:24];
-  assign \a$13 [7:0] = \port$1296$0 [23:16];
+  assign \a$13 [15:8] = \port$1294$0 [31:24];
+  assign \a$13 [7:0] = \port$1294$0 [23:16];
   assign products[127:112] = \p$23 [31:16];
   assign products[111:96] = \p$23 [15:0];
   assign products[95:80] = \p$19 [31:16];
@@ -2497,8 +2497,8 @@ module \psc_core.dp.pe_0 (rst, en, \port$1296$0 , bias, \port$1296$374 , valid, 
   assign products[15:0] = p[15:0];
   assign b[15:8] = w[15:8];
   assign b[7:0] = w[7:0];
-  assign a[15:8] = \port$1296$0 [15:8];
-  assign a[7:0] = \port$1296$0 [7:0];
+  assign a[15:8] = \port$1294$0 [15:8];
+  assign a[7:0] = \port$1294$0 [7:0];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2944,7 +2944,7 @@ module \psc_core.dp.pe_0.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, en, x, words, \port$1296$347 , valid, mask, acc, clk);
+module \psc_core.dp.pe_1 (rst, en, x, words, \port$1294$347 , valid, mask, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
@@ -3058,8 +3058,8 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1296$347 , valid, mask, acc, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [28:0] \port$1296$347 ;
-  wire [28:0] \port$1296$347 ;
+  input [28:0] \port$1294$347 ;
+  wire [28:0] \port$1294$347 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3146,7 +3146,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1296$347 , valid, mask, acc, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1296$347 [27];
+  assign \$1  = valid & \port$1294$347 [27];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -3331,7 +3331,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1296$347 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1296$347 [27];
+      \$17  = \port$1294$347 [27];
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -3341,7 +3341,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1296$347 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1296$347 [28];
+      \$18  = \port$1294$347 [28];
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -3352,7 +3352,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1296$347 , valid, mask, acc, 
     \$19  = b1;
     if (en) begin
       if (\$1 ) begin
-        \$19  = \port$1296$347 [26:0];
+        \$19  = \port$1294$347 [26:0];
       end
     end
   end
@@ -3481,9 +3481,9 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1296$347 , valid, mask, acc, 
   assign \en$20  = en;
   assign \acc$25  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1296$347 [27];
-  assign last = \port$1296$347 [28];
-  assign bias = \port$1296$347 [26:0];
+  assign first = \port$1294$347 [27];
+  assign last = \port$1294$347 [28];
+  assign bias = \port$1294$347 [26:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8607,9 +8607,8 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   wire \$11 ;
   reg [21:0] \$110 ;
   reg [2:0] \$111 ;
-  reg \$112 ;
-  reg [5:0] \$113 ;
-  reg \$114 ;
+  reg [5:0] \$112 ;
+  reg \$113 ;
   wire \$12 ;
   wire \$13 ;
   wire \$14 ;
@@ -8693,8 +8692,8 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   wire [18:0] \$85 ;
   wire \$86 ;
   wire \$87 ;
-  wire \$88 ;
-  wire [22:0] \$89 ;
+  wire [22:0] \$88 ;
+  wire \$89 ;
   wire \$9 ;
   wire \$90 ;
   wire \$91 ;
@@ -8796,7 +8795,6 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   wire mac_valid;
   input outputs_done;
   wire outputs_done;
-  reg refused = 1'h0;
   input rst;
   wire rst;
   output run;
@@ -8822,7 +8820,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   output start;
   reg start = 1'h0;
   (* init = 1'h0 *)
-  wire \start$25 ;
+  wire \start$24 ;
   assign \$1  = cmd[99:96] == 1'h1;
   assign \$2  = cmd[99:96] == 2'h3;
   assign \$3  = \$1  | \$2 ;
@@ -8900,9 +8898,9 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   assign \$81  = \$80  ? 16'h0001 : cfg__payload[79:64];
   assign \$82  = cfg__payload[109:108] == 1'h1;
   assign \$86  = bad_fields | bad_sizes;
-  assign \$87  = bad_fields | bad_sizes;
-  assign \$88  = ~ \$87 ;
-  assign \$89  = gout_o - 1'h1;
+  assign \$87  = ~ \$86 ;
+  assign \$88  = gout_o - 1'h1;
+  assign \$89  = ~ start;
   assign \$90  = outputs_done & inputs_done;
   assign \$91  = fin & loaded;
   assign \$92  = dwp & mac_valid;
@@ -8938,11 +8936,9 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   always @(posedge clk)
     fsm_state <= \$111 ;
   always @(posedge clk)
-    refused <= \$112 ;
+    last_go <= \$112 ;
   always @(posedge clk)
-    last_go <= \$113 ;
-  always @(posedge clk)
-    fin <= \$114 ;
+    fin <= \$113 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$100  = 1'h0;
@@ -8952,7 +8948,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
       3'h1:
           /* empty */;
       3'h2:
-          \$100  = \$88 ;
+          \$100  = \$87 ;
     endcase
     if (rst) begin
       \$100  = 1'h0;
@@ -8983,7 +8979,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
       3'h2:
           /* empty */;
       3'h3:
-          if (refused) begin
+          if (\$89 ) begin
             \$103  = 1'h1;
           end
       3'h4:
@@ -9021,7 +9017,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
       3'h2:
           /* empty */;
       3'h3:
-          if (refused) begin
+          if (\$89 ) begin
             \$105  = 1'h1;
           end
     endcase
@@ -9110,7 +9106,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
           \$111  = 3'h3;
       3'h3:
           (* full_case = 32'd1 *)
-          if (refused) begin
+          if (\$89 ) begin
             \$111  = 3'h0;
           end else begin
             \$111  = 3'h4;
@@ -9126,37 +9122,22 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$112  = refused;
+    \$112  = last_go;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$112  = \$86 ;
+          \$112  = \$88 [5:0];
     endcase
     if (rst) begin
-      \$112  = 1'h0;
+      \$112  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$113  = last_go;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$113  = \$89 [5:0];
-    endcase
-    if (rst) begin
-      \$113  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$114  = fin;
+    \$113  = fin;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -9166,15 +9147,15 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
           /* empty */;
       3'h3:
           (* full_case = 32'd1 *)
-          if (refused) begin
+          if (\$89 ) begin
           end else begin
-            \$114  = 1'h0;
+            \$113  = 1'h0;
           end
       3'h4:
-          \$114  = \$90 ;
+          \$113  = \$90 ;
     endcase
     if (rst) begin
-      \$114  = 1'h0;
+      \$113  = 1'h0;
     end
   end
   always @* begin
@@ -9235,7 +9216,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
           run = 1'h1;
     endcase
   end
-  assign \start$25  = start;
+  assign \start$24  = start;
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -9821,7 +9802,7 @@ module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, ready, sizes
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1420$0 , \port$1490$0 , clk);
+module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1418$0 , \port$1488$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -9845,10 +9826,10 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1420$0 , \po
   (* init = 1'h0 *)
   wire consume;
   reg [1:0] level = 2'h0;
-  input [26:0] \port$1420$0 ;
-  wire [26:0] \port$1420$0 ;
-  input [26:0] \port$1490$0 ;
-  wire [26:0] \port$1490$0 ;
+  input [26:0] \port$1418$0 ;
+  wire [26:0] \port$1418$0 ;
+  input [26:0] \port$1488$0 ;
+  wire [26:0] \port$1488$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [53:0] r_data;
@@ -9880,7 +9861,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1420$0 , \po
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1490$0 , \port$1420$0  };
+      storage[w_port__addr] <= { \port$1488$0 , \port$1418$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -9942,8 +9923,8 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1420$0 , \po
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1490$0 , \port$1420$0  };
-  assign w_data = { \port$1490$0 , \port$1420$0  };
+  assign w_port__data = { \port$1488$0 , \port$1418$0  };
+  assign w_data = { \port$1488$0 , \port$1418$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

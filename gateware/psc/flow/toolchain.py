@@ -24,7 +24,7 @@ from typing import NamedTuple
 from psc.build_dir import build_root
 
 __all__ = [
-    "FAMILIES", "CELLS", "ICE40_NO_RW_CHECK", "TOOL_ENV", "tool", "tool_env", "run",
+    "FAMILIES", "CELLS", "NO_RW_CHECK", "TOOL_ENV", "tool", "tool_env", "run",
     "synth_options", "script_after_read", "yosys_script", "lut_mults", "nextpnr_tool",
     "nextpnr_options", "parse_nextpnr_report", "design_fmax", "read_netlist", "DspCheck",
     "check_dsp", "Icetime", "icetime",
@@ -58,18 +58,20 @@ CELLS = {
 #: Synthesis options of ``synth_<family>`` (before :func:`synth_options` adapts them).
 _SYNTH_OPTIONS = {"ice40": "-dsp -no-rw-check", "ecp5": "-no-rw-check"}
 
-#: Yosys command run after reading the design (iCE40): every synchronous block RAM
-#: read port returns don't-care on a same-address read/write collision. Amaranth
-#: writes its read ports as synchronous ``$memrd_v2`` cells with
-#: ``COLLISION_X_MASK=0``; ``synth_ice40 -no-rw-check`` only marks the ports that
-#: ``memory_dff`` builds, so it does not reach them, and ``memory_libmap`` then
-#: emulates read-first behaviour (a register stage on every write data bit and a
-#: LUT on every mask bit), a large share of the UP5K. No memory here uses a word
-#: read in the cycle it is written: the core reads weights and parameters once
-#: they are all loaded and input rows once complete (a padding tap may read any
-#: word, but its data is masked to zero), and the receive FIFO never reads the
-#: slot it writes. ECP5 block RAMs read before writing natively.
-ICE40_NO_RW_CHECK = "setparam -set COLLISION_X_MASK 1 t:$memrd_v2 r:CLK_ENABLE=1 %i"
+#: Yosys command run after reading the design: every synchronous block RAM read port
+#: returns don't-care on a same-address read/write collision. Amaranth writes its read
+#: ports as synchronous ``$memrd_v2`` cells with ``COLLISION_X_MASK=0``;
+#: ``synth_<family> -no-rw-check`` only marks the ports that ``memory_dff`` builds, so it
+#: does not reach them, and ``memory_libmap`` then emulates read-first behaviour between
+#: the write and the read port (a register on every write data bit and a multiplexer on
+#: every read data bit, behind the block RAM's output; Yosys's block RAM descriptions of
+#: both families define no collision across two ports): a large share of the UP5K, and a
+#: LUT on every ECP5 block RAM read path. No memory here uses a word read in the cycle it is
+#: written: the core reads weights and parameters once they are all loaded and input
+#: rows once complete (a padding tap may read any word, but its data is masked to zero),
+#: the network engine reads a layer's input region while it writes another, and the
+#: receive FIFO never reads the slot it writes.
+NO_RW_CHECK = "setparam -set COLLISION_X_MASK 1 t:$memrd_v2 r:CLK_ENABLE=1 %i"
 
 #: The YoWASP tools for amaranth's build scripts (set unless the caller set them);
 #: ``OPENFPGALOADER=true`` because the ULX3S platform asks for its programmer even
@@ -145,7 +147,7 @@ def synth_options(family, multiplier="generic"):
     SB_MAC16 it finds, hand-made ones included, to ``A_REG=B_REG=0`` and a
     combinational output, i.e. an untimed multiply. Both families skip the
     read/write collision logic (``-no-rw-check``, see
-    :data:`ICE40_NO_RW_CHECK` for the ports it does not reach).
+    :data:`NO_RW_CHECK` for the ports it does not reach).
     """
     opts = _SYNTH_OPTIONS[_check_family(family)]
     if multiplier != "generic":
@@ -154,8 +156,9 @@ def synth_options(family, multiplier="generic"):
 
 
 def script_after_read(family):
-    """Yosys commands to run right after reading the design (:data:`ICE40_NO_RW_CHECK` on iCE40)."""
-    return [ICE40_NO_RW_CHECK] if _check_family(family) == "ice40" else []
+    """Yosys commands to run right after reading the design (:data:`NO_RW_CHECK`)."""
+    _check_family(family)
+    return [NO_RW_CHECK]
 
 
 def lut_multiplies(array_width, listing=None):

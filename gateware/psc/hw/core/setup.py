@@ -283,13 +283,12 @@ class CommandSetup(wiring.Component):
         chn = pe.depthwise == "channels"
         # The two halves of the checks, registered every cycle: in CHECK they
         # hold the checks of the command and of its final sizes (which are
-        # final in the last SETUP cycle), and `refused` is their OR, so no
-        # wide OR of comparators sits in front of a register.
+        # final in the last SETUP cycle), so no wide OR of comparators sits in
+        # front of a register.
         bad_fields = Signal()
         bad_sizes = Signal()
-        refused = Signal()
-        # high in START when the checks passed: `start` comes from this flip-flop, not through
-        # the state's decode and `refused`
+        # high in START when the checks passed (low there: the command is refused): `start`
+        # comes from this flip-flop, not through the state's decode
         start = Signal()
         m.d.sync += start.eq(0)
         m.d.comb += self.start.eq(start)
@@ -317,16 +316,15 @@ class CommandSetup(wiring.Component):
                 with m.If(self.sizes_ready):
                     m.next = "CHECK"
             with m.State("CHECK"):
-                # `refused` goes through a register before it decides which of
+                # the verdict goes through a register before it decides which of
                 # the many start values get written.
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [refused.eq(bad_fields | bad_sizes),
-                             start.eq(~(bad_fields | bad_sizes)),
+                m.d.sync += [start.eq(~(bad_fields | bad_sizes)),
                              self.last_go.eq(self.gout_o - 1)]
                 m.next = "START"
             with m.State("START"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(refused):
+                with m.If(~start):
                     m.d.sync += [self.error.eq(1), self.done.eq(1)]
                     m.next = "IDLE"
                 with m.Else():
