@@ -46,8 +46,9 @@ class DerivedSizes(wiring.Component):
     step table; then, while ``enable`` is high, each product takes one
     cycle to load, one per significant bit of its factor and one to store.
     ``ready`` rises (combinationally, while ``enable``) when the last
-    product is stored; ``sizes`` then holds every size of the command until
-    the next ``clear``. ``ws`` (bank words per input row and group of a
+    product is stored (the first product, ``in_w * gin``, takes one cycle
+    more when ``in_w`` is 0: a refused command); ``sizes`` then holds every
+    size of the command until the next ``clear``. ``ws`` (bank words per input row and group of a
     depthwise layer on a ``depthwise="pixels"`` build) is combinational
     from ``cmd``.
 
@@ -123,6 +124,14 @@ class DerivedSizes(wiring.Component):
         # `mul_a == 0`, registered: a wide compare would otherwise lead every
         # step's enable.
         a_zero = Signal()
+        # Each factor's `== 0`, registered every cycle (the factors are fields of the
+        # command, held from the first setup cycle on), so that loading `a_zero` is a
+        # choice between flip-flops, not a compare behind the step's multiplexer. The
+        # first step loads in the first setup cycle, before its flag is up to date: it
+        # takes `a_zero` low, which for a zero factor (a refused command: every size is
+        # at least 1) costs one cycle more and still gives the product 0.
+        a_zeros = [Signal(name=f"a_zero_{i}") for i in range(len(steps))]
+        m.d.sync += [z.eq(a == 0) for z, (_, a, _) in zip(a_zeros, steps)]
         m.d.comb += mul_sum.eq(prod + mul_b)
         step = Signal(range(len(steps) + 1))
 
@@ -132,7 +141,7 @@ class DerivedSizes(wiring.Component):
                     for i, (dst, a, b) in enumerate(steps):
                         with m.Case(i):
                             m.d.sync += [mul_a.eq(a), mul_b.eq(b), prod.eq(0), ovf.eq(0),
-                                         a_zero.eq(a == 0),
+                                         a_zero.eq(a_zeros[i] if i else 0),
                                          b_big.eq(b[PW:] != 0 if len(b) > PW else 0),
                                          mul_run.eq(1)]
                     with m.Default():
