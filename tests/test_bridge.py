@@ -111,6 +111,52 @@ def test_uart_tx_bit_timing():
     assert all(v == 1 for v in line[start + len(expect):])
 
 
+def test_reply_transmitter_sends_each_frame_byte_exact():
+    """The ReplyTransmitter's line into a receiver: words (little-endian), the ID frame and the
+    status frame arrive byte for byte, a reply started while the line is idle and one queued
+    behind a word alike (the transmitter picks the frames' bytes ahead of the UART)."""
+    from psc.hw.link.framing import ReplyTransmitter
+    ident = bytes(range(0x40, 0x40 + 11))
+    status = bytes([0x53, 0x11, 0x22, 0x33, 0x44, 0x55])
+    m = Module()
+    m.submodules.tx = tx = ReplyTransmitter(DIV, 3, ident, len(status), 8)
+    m.submodules.rx = rx = UARTReceiver(DIV)
+    m.d.comb += [rx.rx.eq(tx.tx), rx.o.ready.eq(1),
+                 tx.status.eq(int.from_bytes(status, "little"))]
+    got = []
+
+    async def drive(ctx):
+        for reply in (1, 2):                      # the line idle: each starts at once
+            ctx.set(tx.reply, reply)
+            await ctx.tick().until(tx.reply_ack)
+            ctx.set(tx.reply, 0)
+            await ctx.tick().repeat(10 * DIV * len(ident) + 20)
+        ctx.set(tx.expect, 1)
+        ctx.set(tx.arm, 1)
+        await ctx.tick()
+        ctx.set(tx.arm, 0)
+        ctx.set(tx.words.payload, 0xC0B0A0)
+        ctx.set(tx.words.valid, 1)
+        await ctx.tick().until(tx.words.ready)
+        ctx.set(tx.words.valid, 0)
+        ctx.set(tx.reply, 2)                      # queued behind the word's bytes
+        await ctx.tick().until(tx.reply_ack)
+        ctx.set(tx.reply, 0)
+
+    async def recv(ctx):
+        while True:
+            await ctx.tick()
+            if ctx.get(rx.o.valid):
+                got.append(ctx.get(rx.o.payload))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(drive)
+    sim.add_testbench(recv, background=True)
+    sim.run_until(1e-6 * 10 * DIV * (2 * len(ident) + 3 + len(status) + 10) + 1e-3)
+    assert bytes(got) == ident + status + bytes([0xA0, 0xB0, 0xC0]) + status
+
+
 def test_uart_rx_from_model_with_framing_error():
     """A Python 8N1 driver (with a little clock skew) feeds the receiver; a bad stop bit is flagged."""
     rx = UARTReceiver(DIV)

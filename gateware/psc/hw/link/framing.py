@@ -7,7 +7,7 @@ transmitter sends the output words a command owes the host, padded or cut to the
 count the host expects, and the fixed-length reply frames (an ID, a status).
 """
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -116,46 +116,47 @@ class ReplyTransmitter(wiring.Component):
         sh = Signal(8 * nb)                 # the word being sent
         mode = Signal(2)                    # 0 a word, 1 the ID frame, 2 the status frame
         most = max(nb, sb, len(ident))
-        idx = Signal(range(most + 1))       # byte of the frame being sent
-        left = Signal(range(most + 1))      # bytes left in it
+        # The ID and the status are picked byte by byte: `cur` is the byte offered, `nxt`
+        # byte `idx` of the frame (the one after it), registered every cycle from `idx`,
+        # so that no multiplexer over the frame's bytes sits in front of the UART's shift
+        # register. A byte takes 10 * divisor cycles, so `nxt` has caught up with `idx`
+        # long before the next byte is taken; at the start of a frame both are loaded.
+        idx = Signal(range(most + 2))
+        left = Signal(range(most + 1))      # bytes left in the frame
+        cur = Signal(8)
+        nxt = Signal(8)
         status = self.status
-        # Only a word is shifted; the ID (a constant) and the status are picked byte by byte.
+        frames = {1: list(ident), 2: [status[8 * i:8 * i + 8] for i in range(sb)]}
         with m.Switch(mode):
-            with m.Case(0):
-                m.d.comb += utx.i.payload.eq(sh[:8])
-            with m.Case(1):
-                with m.Switch(idx):
-                    for i, b in enumerate(ident):
-                        with m.Case(i):
-                            m.d.comb += utx.i.payload.eq(b)
-            with m.Default():
-                with m.Switch(idx):
-                    for i in range(sb):
-                        with m.Case(i):
-                            m.d.comb += utx.i.payload.eq(status[8 * i:8 * i + 8])
-        m.d.comb += utx.i.valid.eq(left != 0)
+            for code, frame in frames.items():
+                with m.Case(code):
+                    with m.Switch(idx):
+                        for i, b in enumerate(frame):
+                            with m.Case(i):
+                                m.d.sync += nxt.eq(b)
+        m.d.comb += [utx.i.payload.eq(Mux(mode == 0, sh[:8], cur)), utx.i.valid.eq(left != 0)]
         with m.If(utx.i.valid & utx.i.ready):
-            m.d.sync += [sh.eq(sh >> 8), idx.eq(idx + 1), left.eq(left - 1)]
+            m.d.sync += [sh.eq(sh >> 8), cur.eq(nxt), idx.eq(idx + 1), left.eq(left - 1)]
 
         with m.If(self.owed_none):
             m.d.comb += [self.words.ready.eq(1), self.extra.eq(self.words.valid)]
         with m.Elif(left == 0):
             m.d.comb += self.words.ready.eq(1)
             with m.If(self.words.valid):
-                m.d.sync += [sh.eq(self.words.payload), mode.eq(0), idx.eq(0), left.eq(nb),
+                m.d.sync += [sh.eq(self.words.payload), mode.eq(0), left.eq(nb),
                              self.real.eq(self.real + 1)]
             with m.Elif(self.pad):
                 m.d.comb += self.short.eq(1)
-                m.d.sync += [sh.eq(0), mode.eq(0), idx.eq(0), left.eq(nb)]
+                m.d.sync += [sh.eq(0), mode.eq(0), left.eq(nb)]
             with m.If(self.words.valid | self.pad):
                 m.d.sync += [owed.eq(owed - 1), self.owed_none.eq(owed == 1)]
         with m.If((left == 0) & ~self.words.valid & (self.reply != 0)):
             m.d.comb += self.reply_ack.eq(1)
-            m.d.sync += [mode.eq(self.reply), idx.eq(0)]
-            with m.If(self.reply == 1):
-                m.d.sync += left.eq(len(ident))
-            with m.Else():
-                m.d.sync += left.eq(sb)
+            m.d.sync += [mode.eq(self.reply), idx.eq(1)]
+            for code, frame in frames.items():
+                with m.If(self.reply == code):
+                    m.d.sync += [left.eq(len(frame)), cur.eq(frame[0]),
+                                 nxt.eq(frame[1] if len(frame) > 1 else 0)]
         with m.If(self.arm):
             m.d.sync += [owed.eq(self.expect), self.owed_none.eq(self.expect == 0),
                          self.real.eq(0)]
