@@ -4453,7 +4453,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$5456$1792 (i__payload[1793:1792]),
+    .\port$5480$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[639:512]),
@@ -4466,7 +4466,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$167 ),
     .mask(\mask$16 ),
-    .\port$5456$1792 (i__payload[1793:1792]),
+    .\port$5480$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[767:640]),
@@ -4479,7 +4479,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$168 ),
     .mask(\mask$26 ),
-    .\port$5456$1792 (i__payload[1793:1792]),
+    .\port$5480$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[895:768]),
@@ -4492,7 +4492,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$169 ),
     .mask(\mask$36 ),
-    .\port$5456$1792 (i__payload[1793:1792]),
+    .\port$5480$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1023:896]),
@@ -4505,7 +4505,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$170 ),
     .mask(\mask$46 ),
-    .\port$5456$1792 (i__payload[1793:1792]),
+    .\port$5480$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1151:1024]),
@@ -4518,7 +4518,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$171 ),
     .mask(\mask$56 ),
-    .\port$5456$1792 (i__payload[1793:1792]),
+    .\port$5480$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1279:1152]),
@@ -4531,7 +4531,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$172 ),
     .mask(\mask$66 ),
-    .\port$5456$1792 (i__payload[1793:1792]),
+    .\port$5480$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1407:1280]),
@@ -4543,7 +4543,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$173 ),
     .mask(\mask$76 ),
-    .\port$5456$1760 (i__payload[1793:1760]),
+    .\port$5480$1760 (i__payload[1793:1760]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1535:1408]),
@@ -5871,7 +5871,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5456$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5480$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -5983,8 +5983,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5456$1792 ;
-  wire [1:0] \port$5456$1792 ;
+  input [1:0] \port$5480$1792 ;
+  wire [1:0] \port$5480$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6132,7 +6132,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5456$1792 [0];
+  assign \$16  = valid & \port$5480$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6195,7 +6195,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5456$1792 [0];
+      \$50  = \port$5480$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6205,7 +6205,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5456$1792 [1];
+      \$51  = \port$5480$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6346,8 +6346,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5456$1792 [0];
-  assign last = \port$5456$1792 [1];
+  assign first = \port$5480$1792 [0];
+  assign last = \port$5480$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -6489,7 +6489,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5456$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5480$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -6599,8 +6599,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5456$1792 ;
-  wire [1:0] \port$5456$1792 ;
+  input [1:0] \port$5480$1792 ;
+  wire [1:0] \port$5480$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6748,7 +6748,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5456$1792 [0];
+  assign \$16  = valid & \port$5480$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6811,7 +6811,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5456$1792 [0];
+      \$50  = \port$5480$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6821,7 +6821,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5456$1792 [1];
+      \$51  = \port$5480$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6962,8 +6962,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5456$1792 [0];
-  assign last = \port$5456$1792 [1];
+  assign first = \port$5480$1792 [0];
+  assign last = \port$5480$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7105,7 +7105,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5456$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5480$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7215,8 +7215,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5456$1792 ;
-  wire [1:0] \port$5456$1792 ;
+  input [1:0] \port$5480$1792 ;
+  wire [1:0] \port$5480$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7364,7 +7364,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5456$1792 [0];
+  assign \$16  = valid & \port$5480$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -7427,7 +7427,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5456$1792 [0];
+      \$50  = \port$5480$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -7437,7 +7437,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5456$1792 [1];
+      \$51  = \port$5480$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -7578,8 +7578,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5456$1792 [0];
-  assign last = \port$5456$1792 [1];
+  assign first = \port$5480$1792 [0];
+  assign last = \port$5480$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7721,7 +7721,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5456$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5480$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7831,8 +7831,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5456$1792 ;
-  wire [1:0] \port$5456$1792 ;
+  input [1:0] \port$5480$1792 ;
+  wire [1:0] \port$5480$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7980,7 +7980,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5456$1792 [0];
+  assign \$16  = valid & \port$5480$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8043,7 +8043,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5456$1792 [0];
+      \$50  = \port$5480$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8053,7 +8053,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5456$1792 [1];
+      \$51  = \port$5480$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8194,8 +8194,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5456$1792 [0];
-  assign last = \port$5456$1792 [1];
+  assign first = \port$5480$1792 [0];
+  assign last = \port$5480$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8337,7 +8337,7 @@ module \psc_core.dp.pe_3.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5456$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5480$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -8447,8 +8447,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5456$1792 ;
-  wire [1:0] \port$5456$1792 ;
+  input [1:0] \port$5480$1792 ;
+  wire [1:0] \port$5480$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8596,7 +8596,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5456$1792 [0];
+  assign \$16  = valid & \port$5480$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8659,7 +8659,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5456$1792 [0];
+      \$50  = \port$5480$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8669,7 +8669,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5456$1792 [1];
+      \$51  = \port$5480$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8810,8 +8810,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5456$1792 [0];
-  assign last = \port$5456$1792 [1];
+  assign first = \port$5480$1792 [0];
+  assign last = \port$5480$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8953,7 +8953,7 @@ module \psc_core.dp.pe_4.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5456$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5480$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9063,8 +9063,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5456$1792 ;
-  wire [1:0] \port$5456$1792 ;
+  input [1:0] \port$5480$1792 ;
+  wire [1:0] \port$5480$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9212,7 +9212,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5456$1792 [0];
+  assign \$16  = valid & \port$5480$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9275,7 +9275,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5456$1792 [0];
+      \$50  = \port$5480$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9285,7 +9285,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5456$1792 [1];
+      \$51  = \port$5480$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -9426,8 +9426,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5456$1792 [0];
-  assign last = \port$5456$1792 [1];
+  assign first = \port$5480$1792 [0];
+  assign last = \port$5480$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9569,7 +9569,7 @@ module \psc_core.dp.pe_5.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5456$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5480$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9679,8 +9679,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5456$1792 ;
-  wire [1:0] \port$5456$1792 ;
+  input [1:0] \port$5480$1792 ;
+  wire [1:0] \port$5480$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9828,7 +9828,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5456$1792 [0];
+  assign \$16  = valid & \port$5480$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9891,7 +9891,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5456$1792 [0];
+      \$50  = \port$5480$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9901,7 +9901,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5456$1792 [1];
+      \$51  = \port$5480$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -10042,8 +10042,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5456$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5456$1792 [0];
-  assign last = \port$5456$1792 [1];
+  assign first = \port$5480$1792 [0];
+  assign last = \port$5480$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -10185,7 +10185,7 @@ module \psc_core.dp.pe_6.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_7 (rst, x, words, \port$5456$1760 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_7 (rst, x, words, \port$5480$1760 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -10294,8 +10294,8 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5456$1760 , valid, en, lane_acc, 
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [33:0] \port$5456$1760 ;
-  wire [33:0] \port$5456$1760 ;
+  input [33:0] \port$5480$1760 ;
+  wire [33:0] \port$5480$1760 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -10443,7 +10443,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5456$1760 , valid, en, lane_acc, 
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5456$1760 [32];
+  assign \$16  = valid & \port$5480$1760 [32];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -10506,7 +10506,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5456$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5456$1760 [32];
+      \$50  = \port$5480$1760 [32];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -10516,7 +10516,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5456$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5456$1760 [33];
+      \$51  = \port$5480$1760 [33];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -10527,7 +10527,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5456$1760 , valid, en, lane_acc, 
     \$52  = b1;
     if (en) begin
       if (\$16 ) begin
-        \$52  = \port$5456$1760 [31:0];
+        \$52  = \port$5480$1760 [31:0];
       end
     end
   end
@@ -10657,9 +10657,9 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5456$1760 , valid, en, lane_acc, 
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5456$1760 [32];
-  assign last = \port$5456$1760 [33];
-  assign bias = \port$5456$1760 [31:0];
+  assign first = \port$5480$1760 [32];
+  assign last = \port$5480$1760 [33];
+  assign bias = \port$5480$1760 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -28811,18 +28811,42 @@ module \psc_core.sizes$161 (rst, ws, cmd, gin_e, gout_o, clear, enable, ready, s
   wire \$68 ;
   wire \$69 ;
   wire [2:0] \$7 ;
-  reg [15:0] \$70 ;
-  reg [24:0] \$71 ;
-  reg [24:0] \$72 ;
+  reg \$70 ;
+  reg \$71 ;
+  reg \$72 ;
   reg \$73 ;
   reg \$74 ;
   reg \$75 ;
   reg \$76 ;
-  reg [3:0] \$77 ;
-  reg [163:0] \$78 ;
+  reg \$77 ;
+  reg \$78 ;
+  reg \$79 ;
   wire [17:0] \$8 ;
+  reg \$80 ;
+  reg \$81 ;
+  reg [15:0] \$82 ;
+  reg [24:0] \$83 ;
+  reg [24:0] \$84 ;
+  reg \$85 ;
+  reg \$86 ;
+  reg \$87 ;
+  reg \$88 ;
+  reg [3:0] \$89 ;
   wire [18:0] \$9 ;
+  reg [163:0] \$90 ;
   reg a_zero = 1'h0;
+  reg a_zero_0 = 1'h0;
+  reg a_zero_1 = 1'h0;
+  reg a_zero_10 = 1'h0;
+  reg a_zero_11 = 1'h0;
+  reg a_zero_2 = 1'h0;
+  reg a_zero_3 = 1'h0;
+  reg a_zero_4 = 1'h0;
+  reg a_zero_5 = 1'h0;
+  reg a_zero_6 = 1'h0;
+  reg a_zero_7 = 1'h0;
+  reg a_zero_8 = 1'h0;
+  reg a_zero_9 = 1'h0;
   reg b_big = 1'h0;
   input clear;
   wire clear;
@@ -28887,17 +28911,29 @@ module \psc_core.sizes$161 (rst, ws, cmd, gin_e, gout_o, clear, enable, ready, s
   reg [3:0] step = 4'h0;
   output [16:0] ws;
   wire [16:0] ws;
-  assign \$21  = ! cmd[15:0];
-  assign \$22  = ! cmd[63:48];
-  assign \$23  = ! cmd[47:32];
-  assign \$24  = ! cmd[99:96];
-  assign \$25  = ! gin_e;
-  assign \$26  = ! cmd[95:80];
-  assign \$27  = ! cmd[104:102];
-  assign \$28  = ! cmd[107:105];
-  assign \$29  = ! cmd[15:0];
-  assign \$30  = ! cmd[79:64];
-  assign \$31  = ! cmd[104:102];
+  assign \$10  = cmd[101:100] == 2'h2;
+  assign \$11  = \$10  ? 5'h10 : 5'h08;
+  assign \$12  = \$11  - 1'h1;
+  assign \$13  = $signed({ 1'h0, cmd[31:16] }) + $signed(\$12 );
+  assign \$14  = cmd[101:100] == 2'h2;
+  assign \$15  = \$14  ? 3'h4 : 3'h3;
+  assign \$16  = $signed(\$13 ) >>> \$15 ;
+  assign \$17  = \$1  ? \$9  : { \$16 [17], \$16  };
+  assign mul_sum = prod + mul_b;
+  assign \$18  = ~ mul_run;
+  assign \$19  = ! cmd[31:16];
+  assign \$20  = ! cmd[15:0];
+  assign \$21  = ! cmd[63:48];
+  assign \$22  = ! cmd[47:32];
+  assign \$23  = ! cmd[99:96];
+  assign \$24  = ! gin_e;
+  assign \$25  = ! cmd[95:80];
+  assign \$26  = ! cmd[104:102];
+  assign \$27  = ! cmd[107:105];
+  assign \$28  = ! cmd[15:0];
+  assign \$29  = ! cmd[79:64];
+  assign \$30  = ! cmd[104:102];
+  assign \$31  = ~ mul_run;
   assign \$32  = step + 1'h1;
   assign \$33  = | prod[24:12];
   assign \$34  = ovf | \$33 ;
@@ -28935,23 +28971,47 @@ module \psc_core.sizes$161 (rst, ws, cmd, gin_e, gout_o, clear, enable, ready, s
   assign \$68  = ! mul_a[15:1];
   assign \$69  = b_big | mul_sum[25];
   always @(posedge clk)
-    mul_a <= \$70 ;
+    a_zero_0 <= \$70 ;
   always @(posedge clk)
-    mul_b <= \$71 ;
+    a_zero_1 <= \$71 ;
   always @(posedge clk)
-    prod <= \$72 ;
+    a_zero_2 <= \$72 ;
   always @(posedge clk)
-    ovf <= \$73 ;
+    a_zero_3 <= \$73 ;
   always @(posedge clk)
-    a_zero <= \$74 ;
+    a_zero_4 <= \$74 ;
   always @(posedge clk)
-    b_big <= \$75 ;
+    a_zero_5 <= \$75 ;
   always @(posedge clk)
-    mul_run <= \$76 ;
+    a_zero_6 <= \$76 ;
   always @(posedge clk)
-    step <= \$77 ;
+    a_zero_7 <= \$77 ;
   always @(posedge clk)
-    sizes <= \$78 ;
+    a_zero_8 <= \$78 ;
+  always @(posedge clk)
+    a_zero_9 <= \$79 ;
+  always @(posedge clk)
+    a_zero_10 <= \$80 ;
+  always @(posedge clk)
+    a_zero_11 <= \$81 ;
+  always @(posedge clk)
+    mul_a <= \$82 ;
+  always @(posedge clk)
+    mul_b <= \$83 ;
+  always @(posedge clk)
+    prod <= \$84 ;
+  always @(posedge clk)
+    ovf <= \$85 ;
+  always @(posedge clk)
+    a_zero <= \$86 ;
+  always @(posedge clk)
+    b_big <= \$87 ;
+  always @(posedge clk)
+    mul_run <= \$88 ;
+  always @(posedge clk)
+    step <= \$89 ;
+  always @(posedge clk)
+    sizes <= \$90 ;
   assign \$1  = cmd[101:100] == 2'h2;
   assign \$2  = cmd[101:100] == 2'h2;
   assign \$3  = \$2  ? 5'h10 : 5'h08;
@@ -28960,18 +29020,6 @@ module \psc_core.sizes$161 (rst, ws, cmd, gin_e, gout_o, clear, enable, ready, s
   assign \$6  = cmd[101:100] == 2'h2;
   assign \$7  = \$6  ? 3'h4 : 3'h3;
   assign \$8  = $signed(\$5 ) >>> \$7 ;
-  assign \$10  = cmd[101:100] == 2'h2;
-  assign \$11  = \$10  ? 5'h10 : 5'h08;
-  assign \$12  = \$11  - 1'h1;
-  assign \$13  = $signed({ 1'h0, cmd[31:16] }) + $signed(\$12 );
-  assign \$14  = cmd[101:100] == 2'h2;
-  assign \$15  = \$14  ? 3'h4 : 3'h3;
-  assign \$16  = $signed(\$13 ) >>> \$15 ;
-  assign \$17  = \$1  ? \$9  : { \$16 [17], \$16  };
-  assign mul_sum = prod + mul_b;
-  assign \$18  = ~ mul_run;
-  assign \$19  = ~ mul_run;
-  assign \$20  = ! cmd[31:16];
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
     ready = 1'h0;
@@ -29011,350 +29059,434 @@ module \psc_core.sizes$161 (rst, ws, cmd, gin_e, gout_o, clear, enable, ready, s
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$70  = mul_a;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$19 ) begin
-        casez (step)
-          4'h0:
-              \$70  = cmd[31:16];
-          4'h1:
-              \$70  = cmd[15:0];
-          4'h2:
-              \$70  = cmd[63:48];
-          4'h3:
-              \$70  = cmd[47:32];
-          4'h4:
-              \$70  = { 12'h000, cmd[99:96] };
-          4'h5:
-              \$70  = gin_e;
-          4'h6:
-              \$70  = cmd[95:80];
-          4'h7:
-              \$70  = { 13'h0000, cmd[104:102] };
-          4'h8:
-              \$70  = { 13'h0000, cmd[107:105] };
-          4'h9:
-              \$70  = cmd[15:0];
-          4'ha:
-              \$70  = cmd[79:64];
-          4'hb:
-              \$70  = { 13'h0000, cmd[104:102] };
-        endcase
-      end else if (a_zero) begin
-      end else begin
-        \$70  = \$65 ;
-      end
-    end
+    \$70  = \$19 ;
     if (rst) begin
-      \$70  = 16'h0000;
+      \$70  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$71  = mul_b;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$19 ) begin
-        casez (step)
-          4'h0:
-              \$71  = { 9'h000, cmd[79:64] };
-          4'h1:
-              \$71  = { 13'h0000, sizes[11:0] };
-          4'h2:
-              \$71  = { 3'h0, gout_o };
-          4'h3:
-              \$71  = sizes[48:24];
-          4'h4:
-              \$71  = { 21'h000000, cmd[99:96] };
-          4'h5:
-              \$71  = { 13'h0000, sizes[85:74] };
-          4'h6:
-              \$71  = { 13'h0000, sizes[97:86] };
-          4'h7:
-              \$71  = { 13'h0000, sizes[11:0] };
-          4'h8:
-              \$71  = { 9'h000, cmd[79:64] };
-          4'h9:
-              \$71  = { 8'h00, \$17 [16:0] };
-          4'ha:
-              \$71  = { 16'h0000, sizes[143:135] };
-          4'hb:
-              \$71  = { 8'h00, \$17 [16:0] };
-        endcase
-      end else if (a_zero) begin
-      end else begin
-        \$71  = \$66 [24:0];
-      end
-    end
+    \$71  = \$20 ;
     if (rst) begin
-      \$71  = 25'h0000000;
+      \$71  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$72  = prod;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$19 ) begin
-        casez (step)
-          4'h0:
-              \$72  = 25'h0000000;
-          4'h1:
-              \$72  = 25'h0000000;
-          4'h2:
-              \$72  = 25'h0000000;
-          4'h3:
-              \$72  = 25'h0000000;
-          4'h4:
-              \$72  = 25'h0000000;
-          4'h5:
-              \$72  = 25'h0000000;
-          4'h6:
-              \$72  = 25'h0000000;
-          4'h7:
-              \$72  = 25'h0000000;
-          4'h8:
-              \$72  = 25'h0000000;
-          4'h9:
-              \$72  = 25'h0000000;
-          4'ha:
-              \$72  = 25'h0000000;
-          4'hb:
-              \$72  = 25'h0000000;
-        endcase
-      end else if (a_zero) begin
-      end else begin
-        if (mul_a[0]) begin
-          \$72  = mul_sum[24:0];
-        end
-      end
-    end
+    \$72  = \$21 ;
     if (rst) begin
-      \$72  = 25'h0000000;
+      \$72  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$73  = ovf;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$19 ) begin
-        casez (step)
-          4'h0:
-              \$73  = 1'h0;
-          4'h1:
-              \$73  = 1'h0;
-          4'h2:
-              \$73  = 1'h0;
-          4'h3:
-              \$73  = 1'h0;
-          4'h4:
-              \$73  = 1'h0;
-          4'h5:
-              \$73  = 1'h0;
-          4'h6:
-              \$73  = 1'h0;
-          4'h7:
-              \$73  = 1'h0;
-          4'h8:
-              \$73  = 1'h0;
-          4'h9:
-              \$73  = 1'h0;
-          4'ha:
-              \$73  = 1'h0;
-          4'hb:
-              \$73  = 1'h0;
-        endcase
-      end else if (a_zero) begin
-      end else begin
-        if (mul_a[0]) begin
-          if (\$69 ) begin
-            \$73  = 1'h1;
-          end
-        end
-      end
-    end
+    \$73  = \$22 ;
     if (rst) begin
       \$73  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$74  = a_zero;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$19 ) begin
-        casez (step)
-          4'h0:
-              \$74  = \$20 ;
-          4'h1:
-              \$74  = \$21 ;
-          4'h2:
-              \$74  = \$22 ;
-          4'h3:
-              \$74  = \$23 ;
-          4'h4:
-              \$74  = \$24 ;
-          4'h5:
-              \$74  = \$25 ;
-          4'h6:
-              \$74  = \$26 ;
-          4'h7:
-              \$74  = \$27 ;
-          4'h8:
-              \$74  = \$28 ;
-          4'h9:
-              \$74  = \$29 ;
-          4'ha:
-              \$74  = \$30 ;
-          4'hb:
-              \$74  = \$31 ;
-        endcase
-      end else if (a_zero) begin
-      end else begin
-        \$74  = \$68 ;
-      end
-    end
+    \$74  = \$23 ;
     if (rst) begin
       \$74  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$75  = b_big;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$19 ) begin
-        casez (step)
-          4'h0:
-              \$75  = 1'h0;
-          4'h1:
-              \$75  = 1'h0;
-          4'h2:
-              \$75  = 1'h0;
-          4'h3:
-              \$75  = 1'h0;
-          4'h4:
-              \$75  = 1'h0;
-          4'h5:
-              \$75  = 1'h0;
-          4'h6:
-              \$75  = 1'h0;
-          4'h7:
-              \$75  = 1'h0;
-          4'h8:
-              \$75  = 1'h0;
-          4'h9:
-              \$75  = 1'h0;
-          4'ha:
-              \$75  = 1'h0;
-          4'hb:
-              \$75  = 1'h0;
-        endcase
-      end else if (a_zero) begin
-      end else begin
-        \$75  = \$67 ;
-      end
-    end
+    \$75  = \$24 ;
     if (rst) begin
       \$75  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$76  = mul_run;
-    if (enable) begin
-      if (\$19 ) begin
-        casez (step)
-          4'h0:
-              \$76  = 1'h1;
-          4'h1:
-              \$76  = 1'h1;
-          4'h2:
-              \$76  = 1'h1;
-          4'h3:
-              \$76  = 1'h1;
-          4'h4:
-              \$76  = 1'h1;
-          4'h5:
-              \$76  = 1'h1;
-          4'h6:
-              \$76  = 1'h1;
-          4'h7:
-              \$76  = 1'h1;
-          4'h8:
-              \$76  = 1'h1;
-          4'h9:
-              \$76  = 1'h1;
-          4'ha:
-              \$76  = 1'h1;
-          4'hb:
-              \$76  = 1'h1;
-        endcase
-      end else if (a_zero) begin
-        \$76  = 1'h0;
-      end
-    end
-    if (clear) begin
-      \$76  = 1'h0;
-    end
+    \$76  = \$25 ;
     if (rst) begin
       \$76  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$77  = step;
-    if (enable) begin
-      if (\$19 ) begin
-      end else if (a_zero) begin
-        \$77  = \$32 [3:0];
-      end
-    end
-    if (clear) begin
-      \$77  = 4'h0;
-    end
+    \$77  = \$26 ;
     if (rst) begin
-      \$77  = 4'h0;
+      \$77  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$78  = sizes;
+    \$78  = \$27 ;
+    if (rst) begin
+      \$78  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$79  = \$28 ;
+    if (rst) begin
+      \$79  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$80  = \$29 ;
+    if (rst) begin
+      \$80  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$81  = \$30 ;
+    if (rst) begin
+      \$81  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$82  = mul_a;
     if (enable) begin
-      if (\$19 ) begin
+      (* full_case = 32'd1 *)
+      if (\$31 ) begin
+        casez (step)
+          4'h0:
+              \$82  = cmd[31:16];
+          4'h1:
+              \$82  = cmd[15:0];
+          4'h2:
+              \$82  = cmd[63:48];
+          4'h3:
+              \$82  = cmd[47:32];
+          4'h4:
+              \$82  = { 12'h000, cmd[99:96] };
+          4'h5:
+              \$82  = gin_e;
+          4'h6:
+              \$82  = cmd[95:80];
+          4'h7:
+              \$82  = { 13'h0000, cmd[104:102] };
+          4'h8:
+              \$82  = { 13'h0000, cmd[107:105] };
+          4'h9:
+              \$82  = cmd[15:0];
+          4'ha:
+              \$82  = cmd[79:64];
+          4'hb:
+              \$82  = { 13'h0000, cmd[104:102] };
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        \$82  = \$65 ;
+      end
+    end
+    if (rst) begin
+      \$82  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$83  = mul_b;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$31 ) begin
+        casez (step)
+          4'h0:
+              \$83  = { 9'h000, cmd[79:64] };
+          4'h1:
+              \$83  = { 13'h0000, sizes[11:0] };
+          4'h2:
+              \$83  = { 3'h0, gout_o };
+          4'h3:
+              \$83  = sizes[48:24];
+          4'h4:
+              \$83  = { 21'h000000, cmd[99:96] };
+          4'h5:
+              \$83  = { 13'h0000, sizes[85:74] };
+          4'h6:
+              \$83  = { 13'h0000, sizes[97:86] };
+          4'h7:
+              \$83  = { 13'h0000, sizes[11:0] };
+          4'h8:
+              \$83  = { 9'h000, cmd[79:64] };
+          4'h9:
+              \$83  = { 8'h00, \$17 [16:0] };
+          4'ha:
+              \$83  = { 16'h0000, sizes[143:135] };
+          4'hb:
+              \$83  = { 8'h00, \$17 [16:0] };
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        \$83  = \$66 [24:0];
+      end
+    end
+    if (rst) begin
+      \$83  = 25'h0000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$84  = prod;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$31 ) begin
+        casez (step)
+          4'h0:
+              \$84  = 25'h0000000;
+          4'h1:
+              \$84  = 25'h0000000;
+          4'h2:
+              \$84  = 25'h0000000;
+          4'h3:
+              \$84  = 25'h0000000;
+          4'h4:
+              \$84  = 25'h0000000;
+          4'h5:
+              \$84  = 25'h0000000;
+          4'h6:
+              \$84  = 25'h0000000;
+          4'h7:
+              \$84  = 25'h0000000;
+          4'h8:
+              \$84  = 25'h0000000;
+          4'h9:
+              \$84  = 25'h0000000;
+          4'ha:
+              \$84  = 25'h0000000;
+          4'hb:
+              \$84  = 25'h0000000;
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        if (mul_a[0]) begin
+          \$84  = mul_sum[24:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$84  = 25'h0000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$85  = ovf;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$31 ) begin
+        casez (step)
+          4'h0:
+              \$85  = 1'h0;
+          4'h1:
+              \$85  = 1'h0;
+          4'h2:
+              \$85  = 1'h0;
+          4'h3:
+              \$85  = 1'h0;
+          4'h4:
+              \$85  = 1'h0;
+          4'h5:
+              \$85  = 1'h0;
+          4'h6:
+              \$85  = 1'h0;
+          4'h7:
+              \$85  = 1'h0;
+          4'h8:
+              \$85  = 1'h0;
+          4'h9:
+              \$85  = 1'h0;
+          4'ha:
+              \$85  = 1'h0;
+          4'hb:
+              \$85  = 1'h0;
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        if (mul_a[0]) begin
+          if (\$69 ) begin
+            \$85  = 1'h1;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$85  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$86  = a_zero;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$31 ) begin
+        casez (step)
+          4'h0:
+              \$86  = 1'h0;
+          4'h1:
+              \$86  = a_zero_1;
+          4'h2:
+              \$86  = a_zero_2;
+          4'h3:
+              \$86  = a_zero_3;
+          4'h4:
+              \$86  = a_zero_4;
+          4'h5:
+              \$86  = a_zero_5;
+          4'h6:
+              \$86  = a_zero_6;
+          4'h7:
+              \$86  = a_zero_7;
+          4'h8:
+              \$86  = a_zero_8;
+          4'h9:
+              \$86  = a_zero_9;
+          4'ha:
+              \$86  = a_zero_10;
+          4'hb:
+              \$86  = a_zero_11;
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        \$86  = \$68 ;
+      end
+    end
+    if (rst) begin
+      \$86  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$87  = b_big;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$31 ) begin
+        casez (step)
+          4'h0:
+              \$87  = 1'h0;
+          4'h1:
+              \$87  = 1'h0;
+          4'h2:
+              \$87  = 1'h0;
+          4'h3:
+              \$87  = 1'h0;
+          4'h4:
+              \$87  = 1'h0;
+          4'h5:
+              \$87  = 1'h0;
+          4'h6:
+              \$87  = 1'h0;
+          4'h7:
+              \$87  = 1'h0;
+          4'h8:
+              \$87  = 1'h0;
+          4'h9:
+              \$87  = 1'h0;
+          4'ha:
+              \$87  = 1'h0;
+          4'hb:
+              \$87  = 1'h0;
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        \$87  = \$67 ;
+      end
+    end
+    if (rst) begin
+      \$87  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$88  = mul_run;
+    if (enable) begin
+      if (\$31 ) begin
+        casez (step)
+          4'h0:
+              \$88  = 1'h1;
+          4'h1:
+              \$88  = 1'h1;
+          4'h2:
+              \$88  = 1'h1;
+          4'h3:
+              \$88  = 1'h1;
+          4'h4:
+              \$88  = 1'h1;
+          4'h5:
+              \$88  = 1'h1;
+          4'h6:
+              \$88  = 1'h1;
+          4'h7:
+              \$88  = 1'h1;
+          4'h8:
+              \$88  = 1'h1;
+          4'h9:
+              \$88  = 1'h1;
+          4'ha:
+              \$88  = 1'h1;
+          4'hb:
+              \$88  = 1'h1;
+        endcase
+      end else if (a_zero) begin
+        \$88  = 1'h0;
+      end
+    end
+    if (clear) begin
+      \$88  = 1'h0;
+    end
+    if (rst) begin
+      \$88  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$89  = step;
+    if (enable) begin
+      if (\$31 ) begin
+      end else if (a_zero) begin
+        \$89  = \$32 [3:0];
+      end
+    end
+    if (clear) begin
+      \$89  = 4'h0;
+    end
+    if (rst) begin
+      \$89  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$90  = sizes;
+    if (enable) begin
+      if (\$31 ) begin
       end else if (a_zero) begin
         casez (step)
           4'h0:
-              \$78 [11:0] = \$35 ;
+              \$90 [11:0] = \$35 ;
           4'h1:
-              \$78 [23:12] = \$38 ;
+              \$90 [23:12] = \$38 ;
           4'h2:
-              \$78 [48:24] = \$39 ;
+              \$90 [48:24] = \$39 ;
           4'h3:
-              \$78 [73:49] = \$40 ;
+              \$90 [73:49] = \$40 ;
           4'h4:
-              \$78 [85:74] = \$43 ;
+              \$90 [85:74] = \$43 ;
           4'h5:
-              \$78 [97:86] = \$46 ;
+              \$90 [97:86] = \$46 ;
           4'h6:
-              \$78 [106:98] = \$49 ;
+              \$90 [106:98] = \$49 ;
           4'h7:
-              \$78 [120:107] = \$52 ;
+              \$90 [120:107] = \$52 ;
           4'h8:
-              \$78 [134:121] = \$55 ;
+              \$90 [134:121] = \$55 ;
           4'h9:
-              \$78 [143:135] = \$58 ;
+              \$90 [143:135] = \$58 ;
           4'ha:
-              \$78 [152:144] = \$61 ;
+              \$90 [152:144] = \$61 ;
           4'hb:
-              \$78 [163:153] = \$64 ;
+              \$90 [163:153] = \$64 ;
         endcase
       end
     end
     if (rst) begin
-      \$78  = 164'h00000000000000000000000000000000000000000;
+      \$90  = 164'h00000000000000000000000000000000000000000;
     end
   end
   assign ws = \$17 [16:0];

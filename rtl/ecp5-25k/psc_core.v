@@ -2503,7 +2503,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$2955$800 (i__payload[801:800]),
+    .\port$2973$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[335:224]),
@@ -2516,7 +2516,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$87 ),
     .mask(\mask$16 ),
-    .\port$2955$800 (i__payload[801:800]),
+    .\port$2973$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[447:336]),
@@ -2529,7 +2529,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$88 ),
     .mask(\mask$26 ),
-    .\port$2955$800 (i__payload[801:800]),
+    .\port$2973$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[559:448]),
@@ -2541,7 +2541,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$89 ),
     .mask(\mask$36 ),
-    .\port$2955$768 (i__payload[801:768]),
+    .\port$2973$768 (i__payload[801:768]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[671:560]),
@@ -3161,7 +3161,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2955$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -3413,8 +3413,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2955$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2955$800 ;
-  wire [1:0] \port$2955$800 ;
+  input [1:0] \port$2973$800 ;
+  wire [1:0] \port$2973$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3471,7 +3471,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2955$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2955$800 [0];
+  assign \$2  = valid & \port$2973$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -3734,7 +3734,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2955$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2955$800 [0];
+      \$37  = \port$2973$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -3744,7 +3744,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2955$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2955$800 [1];
+      \$38  = \port$2973$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -3998,8 +3998,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2955$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2955$800 [0];
-  assign last = \port$2955$800 [1];
+  assign first = \port$2973$800 [0];
+  assign last = \port$2973$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -5679,7 +5679,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2955$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2973$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -5929,8 +5929,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2955$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2955$800 ;
-  wire [1:0] \port$2955$800 ;
+  input [1:0] \port$2973$800 ;
+  wire [1:0] \port$2973$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -5987,7 +5987,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2955$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2955$800 [0];
+  assign \$2  = valid & \port$2973$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -6250,7 +6250,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2955$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2955$800 [0];
+      \$37  = \port$2973$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -6260,7 +6260,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2955$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2955$800 [1];
+      \$38  = \port$2973$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -6514,8 +6514,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2955$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2955$800 [0];
-  assign last = \port$2955$800 [1];
+  assign first = \port$2973$800 [0];
+  assign last = \port$2973$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8195,7 +8195,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2955$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2973$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -8445,8 +8445,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2955$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2955$800 ;
-  wire [1:0] \port$2955$800 ;
+  input [1:0] \port$2973$800 ;
+  wire [1:0] \port$2973$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8503,7 +8503,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2955$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2955$800 [0];
+  assign \$2  = valid & \port$2973$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -8766,7 +8766,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2955$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2955$800 [0];
+      \$37  = \port$2973$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -8776,7 +8776,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2955$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2955$800 [1];
+      \$38  = \port$2973$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -9030,8 +9030,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2955$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2955$800 [0];
-  assign last = \port$2955$800 [1];
+  assign first = \port$2973$800 [0];
+  assign last = \port$2973$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -10711,7 +10711,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, \port$2955$768 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -10960,8 +10960,8 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2955$768 , valid, en, lane_acc, a
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [33:0] \port$2955$768 ;
-  wire [33:0] \port$2955$768 ;
+  input [33:0] \port$2973$768 ;
+  wire [33:0] \port$2973$768 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -11018,7 +11018,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2955$768 , valid, en, lane_acc, a
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2955$768 [32];
+  assign \$2  = valid & \port$2973$768 [32];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -11281,7 +11281,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2955$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2955$768 [32];
+      \$37  = \port$2973$768 [32];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -11291,7 +11291,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2955$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2955$768 [33];
+      \$38  = \port$2973$768 [33];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -11302,7 +11302,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2955$768 , valid, en, lane_acc, a
     \$39  = b1;
     if (en) begin
       if (\$2 ) begin
-        \$39  = \port$2955$768 [31:0];
+        \$39  = \port$2973$768 [31:0];
       end
     end
   end
@@ -11545,9 +11545,9 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2955$768 , valid, en, lane_acc, a
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2955$768 [32];
-  assign last = \port$2955$768 [33];
-  assign bias = \port$2955$768 [31:0];
+  assign first = \port$2973$768 [32];
+  assign last = \port$2973$768 [33];
+  assign bias = \port$2973$768 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -26746,8 +26746,8 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, cfg__ready, accept, busy, sizing, run, sizes_ready
-, sizes, loaded, inputs_done, cfg__payload);
+module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, cfg__ready, accept, busy, sizing, run, sizes
+, sizes_ready, loaded, inputs_done, cfg__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -27434,58 +27434,76 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, ready, sizes, clk);
+module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$15  = 0;
   wire \$1 ;
   wire \$10 ;
-  wire \$11 ;
-  wire [4:0] \$12 ;
+  wire [4:0] \$11 ;
+  wire \$12 ;
   wire \$13 ;
-  wire \$14 ;
-  wire [12:0] \$15 ;
+  wire [12:0] \$14 ;
+  wire \$15 ;
   wire \$16 ;
-  wire \$17 ;
-  wire [12:0] \$18 ;
+  wire [12:0] \$17 ;
+  wire [24:0] \$18 ;
   wire [24:0] \$19 ;
   wire \$2 ;
-  wire [24:0] \$20 ;
+  wire \$20 ;
   wire \$21 ;
-  wire \$22 ;
-  wire [11:0] \$23 ;
+  wire [11:0] \$22 ;
+  wire \$23 ;
   wire \$24 ;
-  wire \$25 ;
-  wire [11:0] \$26 ;
+  wire [11:0] \$25 ;
+  wire \$26 ;
   wire \$27 ;
-  wire \$28 ;
-  wire [9:0] \$29 ;
+  wire [9:0] \$28 ;
+  wire \$29 ;
   wire \$3 ;
   wire \$30 ;
-  wire \$31 ;
-  wire [14:0] \$32 ;
+  wire [14:0] \$31 ;
+  wire \$32 ;
   wire \$33 ;
-  wire \$34 ;
-  wire [14:0] \$35 ;
-  wire [15:0] \$36 ;
-  wire [25:0] \$37 ;
+  wire [14:0] \$34 ;
+  wire [15:0] \$35 ;
+  wire [25:0] \$36 ;
+  wire \$37 ;
   wire \$38 ;
   wire \$39 ;
   wire \$4 ;
   wire \$40 ;
-  reg [15:0] \$41 ;
-  reg [24:0] \$42 ;
-  reg [24:0] \$43 ;
+  reg \$41 ;
+  reg \$42 ;
+  reg \$43 ;
   reg \$44 ;
   reg \$45 ;
   reg \$46 ;
   reg \$47 ;
-  reg [3:0] \$48 ;
-  reg [174:0] \$49 ;
+  reg \$48 ;
+  reg \$49 ;
   wire \$5 ;
+  reg [15:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [24:0] \$52 ;
+  reg \$53 ;
+  reg \$54 ;
+  reg \$55 ;
+  reg \$56 ;
+  reg [3:0] \$57 ;
+  reg [174:0] \$58 ;
   wire \$6 ;
   wire \$7 ;
   wire \$8 ;
   wire \$9 ;
   reg a_zero = 1'h0;
+  reg a_zero_0 = 1'h0;
+  reg a_zero_1 = 1'h0;
+  reg a_zero_2 = 1'h0;
+  reg a_zero_3 = 1'h0;
+  reg a_zero_4 = 1'h0;
+  reg a_zero_5 = 1'h0;
+  reg a_zero_6 = 1'h0;
+  reg a_zero_7 = 1'h0;
+  reg a_zero_8 = 1'h0;
   reg b_big = 1'h0;
   input clear;
   wire clear;
@@ -27549,221 +27567,448 @@ module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, ready, sizes
   wire [12:0] \sizes.wg ;
   reg [3:0] step = 4'h0;
   always @(posedge clk)
-    a_zero <= \$45 ;
+    a_zero_0 <= \$41 ;
   always @(posedge clk)
-    b_big <= \$46 ;
+    a_zero_1 <= \$42 ;
   always @(posedge clk)
-    mul_run <= \$47 ;
+    a_zero_2 <= \$43 ;
   always @(posedge clk)
-    step <= \$48 ;
+    a_zero_3 <= \$44 ;
   always @(posedge clk)
-    sizes <= \$49 ;
-  assign mul_sum = prod + mul_b;
-  assign \$1  = ~ mul_run;
-  assign \$2  = ~ mul_run;
-  assign \$3  = ! cmd[31:16];
-  assign \$4  = ! cmd[15:0];
-  assign \$5  = ! cmd[63:48];
-  assign \$6  = ! cmd[47:32];
-  assign \$7  = ! cmd[99:96];
-  assign \$8  = ! gin_e;
-  assign \$9  = ! cmd[95:80];
-  assign \$10  = ! cmd[104:102];
-  assign \$11  = ! cmd[107:105];
-  assign \$12  = step + 1'h1;
-  assign \$13  = | prod[24:13];
-  assign \$14  = ovf | \$13 ;
-  assign \$15  = \$14  ? 13'h1fff : prod[12:0];
-  assign \$16  = | prod[24:13];
-  assign \$17  = ovf | \$16 ;
-  assign \$18  = \$17  ? 13'h1fff : prod[12:0];
+    a_zero_4 <= \$45 ;
+  always @(posedge clk)
+    a_zero_5 <= \$46 ;
+  always @(posedge clk)
+    a_zero_6 <= \$47 ;
+  always @(posedge clk)
+    a_zero_7 <= \$48 ;
+  always @(posedge clk)
+    a_zero_8 <= \$49 ;
+  always @(posedge clk)
+    mul_a <= \$50 ;
+  always @(posedge clk)
+    mul_b <= \$51 ;
+  always @(posedge clk)
+    prod <= \$52 ;
+  always @(posedge clk)
+    ovf <= \$53 ;
+  always @(posedge clk)
+    a_zero <= \$54 ;
+  always @(posedge clk)
+    b_big <= \$55 ;
+  always @(posedge clk)
+    mul_run <= \$56 ;
+  always @(posedge clk)
+    step <= \$57 ;
+  always @(posedge clk)
+    sizes <= \$58 ;
+  assign \$1  = ! cmd[31:16];
+  assign \$2  = ! cmd[15:0];
+  assign \$3  = ! cmd[63:48];
+  assign \$4  = ! cmd[47:32];
+  assign \$5  = ! cmd[99:96];
+  assign \$6  = ! gin_e;
+  assign \$7  = ! cmd[95:80];
+  assign \$8  = ! cmd[104:102];
+  assign \$9  = ! cmd[107:105];
+  assign \$10  = ~ mul_run;
+  assign \$11  = step + 1'h1;
+  assign \$12  = | prod[24:13];
+  assign \$13  = ovf | \$12 ;
+  assign \$14  = \$13  ? 13'h1fff : prod[12:0];
+  assign \$15  = | prod[24:13];
+  assign \$16  = ovf | \$15 ;
+  assign \$17  = \$16  ? 13'h1fff : prod[12:0];
+  assign \$18  = ovf ? 25'h1ffffff : prod;
   assign \$19  = ovf ? 25'h1ffffff : prod;
-  assign \$20  = ovf ? 25'h1ffffff : prod;
-  assign \$21  = | prod[24:12];
-  assign \$22  = ovf | \$21 ;
-  assign \$23  = \$22  ? 12'hfff : prod[11:0];
-  assign \$24  = | prod[24:12];
-  assign \$25  = ovf | \$24 ;
-  assign \$26  = \$25  ? 12'hfff : prod[11:0];
-  assign \$27  = | prod[24:10];
-  assign \$28  = ovf | \$27 ;
-  assign \$29  = \$28  ? 10'h3ff : prod[9:0];
-  assign \$30  = | prod[24:15];
-  assign \$31  = ovf | \$30 ;
-  assign \$32  = \$31  ? 15'h7fff : prod[14:0];
-  assign \$33  = | prod[24:15];
-  assign \$34  = ovf | \$33 ;
-  assign \$35  = \$34  ? 15'h7fff : prod[14:0];
-  assign \$38  = b_big | mul_b[24];
-  assign \$39  = ! mul_a[15:1];
-  assign \$40  = b_big | mul_sum[25];
-  always @(posedge clk)
-    mul_a <= \$41 ;
-  always @(posedge clk)
-    mul_b <= \$42 ;
-  always @(posedge clk)
-    prod <= \$43 ;
-  always @(posedge clk)
-    ovf <= \$44 ;
+  assign \$20  = | prod[24:12];
+  assign \$21  = ovf | \$20 ;
+  assign \$22  = \$21  ? 12'hfff : prod[11:0];
+  assign \$23  = | prod[24:12];
+  assign \$24  = ovf | \$23 ;
+  assign \$25  = \$24  ? 12'hfff : prod[11:0];
+  assign \$26  = | prod[24:10];
+  assign \$27  = ovf | \$26 ;
+  assign \$28  = \$27  ? 10'h3ff : prod[9:0];
+  assign \$29  = | prod[24:15];
+  assign \$30  = ovf | \$29 ;
+  assign \$31  = \$30  ? 15'h7fff : prod[14:0];
+  assign \$32  = | prod[24:15];
+  assign \$33  = ovf | \$32 ;
+  assign \$34  = \$33  ? 15'h7fff : prod[14:0];
+  assign \$37  = b_big | mul_b[24];
+  assign \$38  = ! mul_a[15:1];
+  assign \$39  = b_big | mul_sum[25];
+  assign mul_sum = prod + mul_b;
+  assign \$40  = ~ mul_run;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$45  = a_zero;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$2 ) begin
-        casez (step)
-          4'h0:
-              \$45  = \$3 ;
-          4'h1:
-              \$45  = \$4 ;
-          4'h2:
-              \$45  = \$5 ;
-          4'h3:
-              \$45  = \$6 ;
-          4'h4:
-              \$45  = \$7 ;
-          4'h5:
-              \$45  = \$8 ;
-          4'h6:
-              \$45  = \$9 ;
-          4'h7:
-              \$45  = \$10 ;
-          4'h8:
-              \$45  = \$11 ;
-        endcase
-      end else if (a_zero) begin
-      end else begin
-        \$45  = \$39 ;
-      end
+    \$41  = \$1 ;
+    if (rst) begin
+      \$41  = 1'h0;
     end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    \$42  = \$2 ;
+    if (rst) begin
+      \$42  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    \$43  = \$3 ;
+    if (rst) begin
+      \$43  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    \$44  = \$4 ;
+    if (rst) begin
+      \$44  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    \$45  = \$5 ;
     if (rst) begin
       \$45  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$46  = b_big;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$2 ) begin
-        casez (step)
-          4'h0:
-              \$46  = 1'h0;
-          4'h1:
-              \$46  = 1'h0;
-          4'h2:
-              \$46  = 1'h0;
-          4'h3:
-              \$46  = 1'h0;
-          4'h4:
-              \$46  = 1'h0;
-          4'h5:
-              \$46  = 1'h0;
-          4'h6:
-              \$46  = 1'h0;
-          4'h7:
-              \$46  = 1'h0;
-          4'h8:
-              \$46  = 1'h0;
-        endcase
-      end else if (a_zero) begin
-      end else begin
-        \$46  = \$38 ;
-      end
-    end
+    \$46  = \$6 ;
     if (rst) begin
       \$46  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$47  = mul_run;
-    if (enable) begin
-      if (\$2 ) begin
-        casez (step)
-          4'h0:
-              \$47  = 1'h1;
-          4'h1:
-              \$47  = 1'h1;
-          4'h2:
-              \$47  = 1'h1;
-          4'h3:
-              \$47  = 1'h1;
-          4'h4:
-              \$47  = 1'h1;
-          4'h5:
-              \$47  = 1'h1;
-          4'h6:
-              \$47  = 1'h1;
-          4'h7:
-              \$47  = 1'h1;
-          4'h8:
-              \$47  = 1'h1;
-        endcase
-      end else if (a_zero) begin
-        \$47  = 1'h0;
-      end
-    end
-    if (clear) begin
-      \$47  = 1'h0;
-    end
+    \$47  = \$7 ;
     if (rst) begin
       \$47  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$48  = step;
-    if (enable) begin
-      if (\$2 ) begin
-      end else if (a_zero) begin
-        \$48  = \$12 [3:0];
-      end
-    end
-    if (clear) begin
-      \$48  = 4'h0;
-    end
+    \$48  = \$8 ;
     if (rst) begin
-      \$48  = 4'h0;
+      \$48  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$49  = sizes;
+    \$49  = \$9 ;
+    if (rst) begin
+      \$49  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    \$50  = mul_a;
     if (enable) begin
-      if (\$2 ) begin
+      (* full_case = 32'd1 *)
+      if (\$10 ) begin
+        casez (step)
+          4'h0:
+              \$50  = cmd[31:16];
+          4'h1:
+              \$50  = cmd[15:0];
+          4'h2:
+              \$50  = cmd[63:48];
+          4'h3:
+              \$50  = cmd[47:32];
+          4'h4:
+              \$50  = { 12'h000, cmd[99:96] };
+          4'h5:
+              \$50  = gin_e;
+          4'h6:
+              \$50  = cmd[95:80];
+          4'h7:
+              \$50  = { 13'h0000, cmd[104:102] };
+          4'h8:
+              \$50  = { 13'h0000, cmd[107:105] };
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        \$50  = \$35 ;
+      end
+    end
+    if (rst) begin
+      \$50  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    \$51  = mul_b;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$10 ) begin
+        casez (step)
+          4'h0:
+              \$51  = { 9'h000, cmd[79:64] };
+          4'h1:
+              \$51  = { 12'h000, sizes[12:0] };
+          4'h2:
+              \$51  = { 3'h0, gout_o };
+          4'h3:
+              \$51  = sizes[50:26];
+          4'h4:
+              \$51  = { 21'h000000, cmd[99:96] };
+          4'h5:
+              \$51  = { 13'h0000, sizes[87:76] };
+          4'h6:
+              \$51  = { 13'h0000, sizes[99:88] };
+          4'h7:
+              \$51  = { 12'h000, sizes[12:0] };
+          4'h8:
+              \$51  = { 9'h000, cmd[79:64] };
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        \$51  = \$36 [24:0];
+      end
+    end
+    if (rst) begin
+      \$51  = 25'h0000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    \$52  = prod;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$10 ) begin
+        casez (step)
+          4'h0:
+              \$52  = 25'h0000000;
+          4'h1:
+              \$52  = 25'h0000000;
+          4'h2:
+              \$52  = 25'h0000000;
+          4'h3:
+              \$52  = 25'h0000000;
+          4'h4:
+              \$52  = 25'h0000000;
+          4'h5:
+              \$52  = 25'h0000000;
+          4'h6:
+              \$52  = 25'h0000000;
+          4'h7:
+              \$52  = 25'h0000000;
+          4'h8:
+              \$52  = 25'h0000000;
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        if (mul_a[0]) begin
+          \$52  = mul_sum[24:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$52  = 25'h0000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    \$53  = ovf;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$10 ) begin
+        casez (step)
+          4'h0:
+              \$53  = 1'h0;
+          4'h1:
+              \$53  = 1'h0;
+          4'h2:
+              \$53  = 1'h0;
+          4'h3:
+              \$53  = 1'h0;
+          4'h4:
+              \$53  = 1'h0;
+          4'h5:
+              \$53  = 1'h0;
+          4'h6:
+              \$53  = 1'h0;
+          4'h7:
+              \$53  = 1'h0;
+          4'h8:
+              \$53  = 1'h0;
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        if (mul_a[0]) begin
+          if (\$39 ) begin
+            \$53  = 1'h1;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$53  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    \$54  = a_zero;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$10 ) begin
+        casez (step)
+          4'h0:
+              \$54  = 1'h0;
+          4'h1:
+              \$54  = a_zero_1;
+          4'h2:
+              \$54  = a_zero_2;
+          4'h3:
+              \$54  = a_zero_3;
+          4'h4:
+              \$54  = a_zero_4;
+          4'h5:
+              \$54  = a_zero_5;
+          4'h6:
+              \$54  = a_zero_6;
+          4'h7:
+              \$54  = a_zero_7;
+          4'h8:
+              \$54  = a_zero_8;
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        \$54  = \$38 ;
+      end
+    end
+    if (rst) begin
+      \$54  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    \$55  = b_big;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$10 ) begin
+        casez (step)
+          4'h0:
+              \$55  = 1'h0;
+          4'h1:
+              \$55  = 1'h0;
+          4'h2:
+              \$55  = 1'h0;
+          4'h3:
+              \$55  = 1'h0;
+          4'h4:
+              \$55  = 1'h0;
+          4'h5:
+              \$55  = 1'h0;
+          4'h6:
+              \$55  = 1'h0;
+          4'h7:
+              \$55  = 1'h0;
+          4'h8:
+              \$55  = 1'h0;
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        \$55  = \$37 ;
+      end
+    end
+    if (rst) begin
+      \$55  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    \$56  = mul_run;
+    if (enable) begin
+      if (\$10 ) begin
+        casez (step)
+          4'h0:
+              \$56  = 1'h1;
+          4'h1:
+              \$56  = 1'h1;
+          4'h2:
+              \$56  = 1'h1;
+          4'h3:
+              \$56  = 1'h1;
+          4'h4:
+              \$56  = 1'h1;
+          4'h5:
+              \$56  = 1'h1;
+          4'h6:
+              \$56  = 1'h1;
+          4'h7:
+              \$56  = 1'h1;
+          4'h8:
+              \$56  = 1'h1;
+        endcase
+      end else if (a_zero) begin
+        \$56  = 1'h0;
+      end
+    end
+    if (clear) begin
+      \$56  = 1'h0;
+    end
+    if (rst) begin
+      \$56  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    \$57  = step;
+    if (enable) begin
+      if (\$10 ) begin
+      end else if (a_zero) begin
+        \$57  = \$11 [3:0];
+      end
+    end
+    if (clear) begin
+      \$57  = 4'h0;
+    end
+    if (rst) begin
+      \$57  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    \$58  = sizes;
+    if (enable) begin
+      if (\$10 ) begin
       end else if (a_zero) begin
         casez (step)
           4'h0:
-              \$49 [12:0] = \$15 ;
+              \$58 [12:0] = \$14 ;
           4'h1:
-              \$49 [25:13] = \$18 ;
+              \$58 [25:13] = \$17 ;
           4'h2:
-              \$49 [50:26] = \$19 ;
+              \$58 [50:26] = \$18 ;
           4'h3:
-              \$49 [75:51] = \$20 ;
+              \$58 [75:51] = \$19 ;
           4'h4:
-              \$49 [87:76] = \$23 ;
+              \$58 [87:76] = \$22 ;
           4'h5:
-              \$49 [99:88] = \$26 ;
+              \$58 [99:88] = \$25 ;
           4'h6:
-              \$49 [109:100] = \$29 ;
+              \$58 [109:100] = \$28 ;
           4'h7:
-              \$49 [124:110] = \$32 ;
+              \$58 [124:110] = \$31 ;
           4'h8:
-              \$49 [139:125] = \$35 ;
+              \$58 [139:125] = \$34 ;
         endcase
       end
     end
     if (rst) begin
-      \$49  = 175'h00000000000000000000000000000000000000000000;
+      \$58  = 175'h00000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     ready = 1'h0;
     if (enable) begin
-      if (\$1 ) begin
+      if (\$40 ) begin
         (* full_case = 32'd1 *)
         casez (step)
           4'h0:
@@ -27788,152 +28033,6 @@ module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, ready, sizes
               ready = 1'h1;
         endcase
       end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$41  = mul_a;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$2 ) begin
-        casez (step)
-          4'h0:
-              \$41  = cmd[31:16];
-          4'h1:
-              \$41  = cmd[15:0];
-          4'h2:
-              \$41  = cmd[63:48];
-          4'h3:
-              \$41  = cmd[47:32];
-          4'h4:
-              \$41  = { 12'h000, cmd[99:96] };
-          4'h5:
-              \$41  = gin_e;
-          4'h6:
-              \$41  = cmd[95:80];
-          4'h7:
-              \$41  = { 13'h0000, cmd[104:102] };
-          4'h8:
-              \$41  = { 13'h0000, cmd[107:105] };
-        endcase
-      end else if (a_zero) begin
-      end else begin
-        \$41  = \$36 ;
-      end
-    end
-    if (rst) begin
-      \$41  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$42  = mul_b;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$2 ) begin
-        casez (step)
-          4'h0:
-              \$42  = { 9'h000, cmd[79:64] };
-          4'h1:
-              \$42  = { 12'h000, sizes[12:0] };
-          4'h2:
-              \$42  = { 3'h0, gout_o };
-          4'h3:
-              \$42  = sizes[50:26];
-          4'h4:
-              \$42  = { 21'h000000, cmd[99:96] };
-          4'h5:
-              \$42  = { 13'h0000, sizes[87:76] };
-          4'h6:
-              \$42  = { 13'h0000, sizes[99:88] };
-          4'h7:
-              \$42  = { 12'h000, sizes[12:0] };
-          4'h8:
-              \$42  = { 9'h000, cmd[79:64] };
-        endcase
-      end else if (a_zero) begin
-      end else begin
-        \$42  = \$37 [24:0];
-      end
-    end
-    if (rst) begin
-      \$42  = 25'h0000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$43  = prod;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$2 ) begin
-        casez (step)
-          4'h0:
-              \$43  = 25'h0000000;
-          4'h1:
-              \$43  = 25'h0000000;
-          4'h2:
-              \$43  = 25'h0000000;
-          4'h3:
-              \$43  = 25'h0000000;
-          4'h4:
-              \$43  = 25'h0000000;
-          4'h5:
-              \$43  = 25'h0000000;
-          4'h6:
-              \$43  = 25'h0000000;
-          4'h7:
-              \$43  = 25'h0000000;
-          4'h8:
-              \$43  = 25'h0000000;
-        endcase
-      end else if (a_zero) begin
-      end else begin
-        if (mul_a[0]) begin
-          \$43  = mul_sum[24:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$43  = 25'h0000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$44  = ovf;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$2 ) begin
-        casez (step)
-          4'h0:
-              \$44  = 1'h0;
-          4'h1:
-              \$44  = 1'h0;
-          4'h2:
-              \$44  = 1'h0;
-          4'h3:
-              \$44  = 1'h0;
-          4'h4:
-              \$44  = 1'h0;
-          4'h5:
-              \$44  = 1'h0;
-          4'h6:
-              \$44  = 1'h0;
-          4'h7:
-              \$44  = 1'h0;
-          4'h8:
-              \$44  = 1'h0;
-        endcase
-      end else if (a_zero) begin
-      end else begin
-        if (mul_a[0]) begin
-          if (\$40 ) begin
-            \$44  = 1'h1;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$44  = 1'h0;
     end
   end
   assign \cmd.in_h  = cmd[15:0];
@@ -27962,8 +28061,8 @@ module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, ready, sizes
   assign \sizes.plane  = sizes[150:140];
   assign \sizes.n_dw  = sizes[161:151];
   assign \sizes.pt_ws  = sizes[174:162];
-  assign \$36  = { 1'h0, mul_a[15:1] };
-  assign \$37  = { mul_b, 1'h0 };
+  assign \$35  = { 1'h0, mul_a[15:1] };
+  assign \$36  = { mul_b, 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)

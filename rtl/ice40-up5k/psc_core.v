@@ -910,8 +910,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   );
   \psc_core.sums  sums (
     .clk(clk),
-    .\port$1418$0 (\$6 ),
-    .\port$1488$0 (\$7 ),
+    .\port$1436$0 (\$6 ),
+    .\port$1506$0 (\$7 ),
     .r_data(\i__payload$63 ),
     .r_en(r_en),
     .r_rdy(\i__valid$59 ),
@@ -1750,8 +1750,8 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1294$0 (i__payload[191:0]),
-    .\port$1294$374 (i__payload[375:374]),
+    .\port$1312$0 (i__payload[191:0]),
+    .\port$1312$374 (i__payload[375:374]),
     .rst(rst),
     .valid(valid)
   );
@@ -1760,7 +1760,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1294$347 (i__payload[375:347]),
+    .\port$1312$347 (i__payload[375:347]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[319:192]),
@@ -1868,7 +1868,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, en, \port$1294$0 , bias, \port$1294$374 , valid, mask, acc_valid, acc, clk);
+module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, mask, acc_valid, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
@@ -1984,10 +1984,10 @@ module \psc_core.dp.pe_0 (rst, en, \port$1294$0 , bias, \port$1294$374 , valid, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [191:0] \port$1294$0 ;
-  wire [191:0] \port$1294$0 ;
-  input [1:0] \port$1294$374 ;
-  wire [1:0] \port$1294$374 ;
+  input [191:0] \port$1312$0 ;
+  wire [191:0] \port$1312$0 ;
+  input [1:0] \port$1312$374 ;
+  wire [1:0] \port$1312$374 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -2072,7 +2072,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1294$0 , bias, \port$1294$374 , valid, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1294$374 [0];
+  assign \$1  = valid & \port$1312$374 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -2150,7 +2150,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1294$0 , bias, \port$1294$374 , valid, 
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
     .w(w),
-    .words(\port$1294$0 [191:64])
+    .words(\port$1312$0 [191:64])
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
@@ -2257,7 +2257,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1294$0 , bias, \port$1294$374 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1294$374 [0];
+      \$17  = \port$1312$374 [0];
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -2267,7 +2267,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1294$0 , bias, \port$1294$374 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1294$374 [1];
+      \$18  = \port$1312$374 [1];
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -2399,44 +2399,44 @@ module \psc_core.dp.pe_0 (rst, en, \port$1294$0 , bias, \port$1294$374 , valid, 
       end
     end
   end
-  assign words = \port$1294$0 [191:64];
-  assign \words$1  = \port$1294$0 [191:64];
+  assign words = \port$1312$0 [191:64];
+  assign \words$1  = \port$1312$0 [191:64];
   assign \mask$3  = mask;
   assign \en$5  = en;
-  assign x = \port$1294$0 [63:0];
+  assign x = \port$1312$0 [63:0];
   assign \en$12  = en;
   assign \en$16  = en;
   assign \en$20  = en;
   assign \acc$25  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1294$374 [0];
-  assign last = \port$1294$374 [1];
-  assign \words[0]  = \port$1294$0 [79:64];
-  assign \words[1]  = \port$1294$0 [95:80];
-  assign \words[2]  = \port$1294$0 [111:96];
-  assign \words[3]  = \port$1294$0 [127:112];
-  assign \words[4]  = \port$1294$0 [143:128];
-  assign \words[5]  = \port$1294$0 [159:144];
-  assign \words[6]  = \port$1294$0 [175:160];
-  assign \words[7]  = \port$1294$0 [191:176];
-  assign \words$1[0]  = \port$1294$0 [79:64];
-  assign \words$1[1]  = \port$1294$0 [95:80];
-  assign \words$1[2]  = \port$1294$0 [111:96];
-  assign \words$1[3]  = \port$1294$0 [127:112];
-  assign \words$1[4]  = \port$1294$0 [143:128];
-  assign \words$1[5]  = \port$1294$0 [159:144];
-  assign \words$1[6]  = \port$1294$0 [175:160];
-  assign \words$1[7]  = \port$1294$0 [191:176];
+  assign first = \port$1312$374 [0];
+  assign last = \port$1312$374 [1];
+  assign \words[0]  = \port$1312$0 [79:64];
+  assign \words[1]  = \port$1312$0 [95:80];
+  assign \words[2]  = \port$1312$0 [111:96];
+  assign \words[3]  = \port$1312$0 [127:112];
+  assign \words[4]  = \port$1312$0 [143:128];
+  assign \words[5]  = \port$1312$0 [159:144];
+  assign \words[6]  = \port$1312$0 [175:160];
+  assign \words[7]  = \port$1312$0 [191:176];
+  assign \words$1[0]  = \port$1312$0 [79:64];
+  assign \words$1[1]  = \port$1312$0 [95:80];
+  assign \words$1[2]  = \port$1312$0 [111:96];
+  assign \words$1[3]  = \port$1312$0 [127:112];
+  assign \words$1[4]  = \port$1312$0 [143:128];
+  assign \words$1[5]  = \port$1312$0 [159:144];
+  assign \words$1[6]  = \port$1312$0 [175:160];
+  assign \words$1[7]  = \port$1312$0 [191:176];
   assign \a[0]  = a[7:0];
   assign \a[1]  = a[15:8];
-  assign \x[0]  = \port$1294$0 [7:0];
-  assign \x[1]  = \port$1294$0 [15:8];
-  assign \x[2]  = \port$1294$0 [23:16];
-  assign \x[3]  = \port$1294$0 [31:24];
-  assign \x[4]  = \port$1294$0 [39:32];
-  assign \x[5]  = \port$1294$0 [47:40];
-  assign \x[6]  = \port$1294$0 [55:48];
-  assign \x[7]  = \port$1294$0 [63:56];
+  assign \x[0]  = \port$1312$0 [7:0];
+  assign \x[1]  = \port$1312$0 [15:8];
+  assign \x[2]  = \port$1312$0 [23:16];
+  assign \x[3]  = \port$1312$0 [31:24];
+  assign \x[4]  = \port$1312$0 [39:32];
+  assign \x[5]  = \port$1312$0 [47:40];
+  assign \x[6]  = \port$1312$0 [55:48];
+  assign \x[7]  = \port$1312$0 [63:56];
   assign \b[0]  = b[7:0];
   assign \b[1]  = b[15:8];
   assign \w[0]  = w[7:0];
@@ -2477,16 +2477,16 @@ module \psc_core.dp.pe_0 (rst, en, \port$1294$0 , bias, \port$1294$374 , valid, 
   assign \p$23[1]  = \p$23 [31:16];
   assign \b$22 [15:8] = w[63:56];
   assign \b$22 [7:0] = w[55:48];
-  assign \a$21 [15:8] = \port$1294$0 [63:56];
-  assign \a$21 [7:0] = \port$1294$0 [55:48];
+  assign \a$21 [15:8] = \port$1312$0 [63:56];
+  assign \a$21 [7:0] = \port$1312$0 [55:48];
   assign \b$18 [15:8] = w[47:40];
   assign \b$18 [7:0] = w[39:32];
-  assign \a$17 [15:8] = \port$1294$0 [47:40];
-  assign \a$17 [7:0] = \port$1294$0 [39:32];
+  assign \a$17 [15:8] = \port$1312$0 [47:40];
+  assign \a$17 [7:0] = \port$1312$0 [39:32];
   assign \b$14 [15:8] = w[31:24];
   assign \b$14 [7:0] = w[23:16];
-  assign \a$13 [15:8] = \port$1294$0 [31:24];
-  assign \a$13 [7:0] = \port$1294$0 [23:16];
+  assign \a$13 [15:8] = \port$1312$0 [31:24];
+  assign \a$13 [7:0] = \port$1312$0 [23:16];
   assign products[127:112] = \p$23 [31:16];
   assign products[111:96] = \p$23 [15:0];
   assign products[95:80] = \p$19 [31:16];
@@ -2497,8 +2497,8 @@ module \psc_core.dp.pe_0 (rst, en, \port$1294$0 , bias, \port$1294$374 , valid, 
   assign products[15:0] = p[15:0];
   assign b[15:8] = w[15:8];
   assign b[7:0] = w[7:0];
-  assign a[15:8] = \port$1294$0 [15:8];
-  assign a[7:0] = \port$1294$0 [7:0];
+  assign a[15:8] = \port$1312$0 [15:8];
+  assign a[7:0] = \port$1312$0 [7:0];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2944,7 +2944,7 @@ module \psc_core.dp.pe_0.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, en, x, words, \port$1294$347 , valid, mask, acc, clk);
+module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
@@ -3058,8 +3058,8 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1294$347 , valid, mask, acc, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [28:0] \port$1294$347 ;
-  wire [28:0] \port$1294$347 ;
+  input [28:0] \port$1312$347 ;
+  wire [28:0] \port$1312$347 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3146,7 +3146,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1294$347 , valid, mask, acc, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1294$347 [27];
+  assign \$1  = valid & \port$1312$347 [27];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -3331,7 +3331,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1294$347 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1294$347 [27];
+      \$17  = \port$1312$347 [27];
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -3341,7 +3341,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1294$347 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1294$347 [28];
+      \$18  = \port$1312$347 [28];
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -3352,7 +3352,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1294$347 , valid, mask, acc, 
     \$19  = b1;
     if (en) begin
       if (\$1 ) begin
-        \$19  = \port$1294$347 [26:0];
+        \$19  = \port$1312$347 [26:0];
       end
     end
   end
@@ -3481,9 +3481,9 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1294$347 , valid, mask, acc, 
   assign \en$20  = en;
   assign \acc$25  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1294$347 [27];
-  assign last = \port$1294$347 [28];
-  assign bias = \port$1294$347 [26:0];
+  assign first = \port$1312$347 [27];
+  assign last = \port$1312$347 [28];
+  assign bias = \port$1312$347 [26:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8589,8 +8589,8 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, cfg__ready, accept, busy, sizing, run, sizes_ready
-, sizes, loaded, inputs_done, cfg__payload);
+module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, cfg__ready, accept, busy, sizing, run, sizes
+, sizes_ready, loaded, inputs_done, cfg__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -9269,58 +9269,76 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, ready, sizes, clk);
+module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire \$1 ;
   wire \$10 ;
-  wire \$11 ;
-  wire [4:0] \$12 ;
+  wire [4:0] \$11 ;
+  wire \$12 ;
   wire \$13 ;
-  wire \$14 ;
-  wire [14:0] \$15 ;
+  wire [14:0] \$14 ;
+  wire \$15 ;
   wire \$16 ;
-  wire \$17 ;
-  wire [14:0] \$18 ;
+  wire [14:0] \$17 ;
+  wire [24:0] \$18 ;
   wire [24:0] \$19 ;
   wire \$2 ;
-  wire [24:0] \$20 ;
+  wire \$20 ;
   wire \$21 ;
-  wire \$22 ;
-  wire [8:0] \$23 ;
+  wire [8:0] \$22 ;
+  wire \$23 ;
   wire \$24 ;
-  wire \$25 ;
-  wire [8:0] \$26 ;
+  wire [8:0] \$25 ;
+  wire \$26 ;
   wire \$27 ;
-  wire \$28 ;
-  wire [8:0] \$29 ;
+  wire [8:0] \$28 ;
+  wire \$29 ;
   wire \$3 ;
   wire \$30 ;
-  wire \$31 ;
-  wire [16:0] \$32 ;
+  wire [16:0] \$31 ;
+  wire \$32 ;
   wire \$33 ;
-  wire \$34 ;
-  wire [16:0] \$35 ;
-  wire [15:0] \$36 ;
-  wire [25:0] \$37 ;
+  wire [16:0] \$34 ;
+  wire [15:0] \$35 ;
+  wire [25:0] \$36 ;
+  wire \$37 ;
   wire \$38 ;
   wire \$39 ;
   wire \$4 ;
   wire \$40 ;
-  reg [15:0] \$41 ;
-  reg [24:0] \$42 ;
-  reg [24:0] \$43 ;
+  reg \$41 ;
+  reg \$42 ;
+  reg \$43 ;
   reg \$44 ;
   reg \$45 ;
   reg \$46 ;
   reg \$47 ;
-  reg [3:0] \$48 ;
-  reg [187:0] \$49 ;
+  reg \$48 ;
+  reg \$49 ;
   wire \$5 ;
+  reg [15:0] \$50 ;
+  reg [24:0] \$51 ;
+  reg [24:0] \$52 ;
+  reg \$53 ;
+  reg \$54 ;
+  reg \$55 ;
+  reg \$56 ;
+  reg [3:0] \$57 ;
+  reg [187:0] \$58 ;
   wire \$6 ;
   wire \$7 ;
   wire \$8 ;
   wire \$9 ;
   reg a_zero = 1'h0;
+  reg a_zero_0 = 1'h0;
+  reg a_zero_1 = 1'h0;
+  reg a_zero_2 = 1'h0;
+  reg a_zero_3 = 1'h0;
+  reg a_zero_4 = 1'h0;
+  reg a_zero_5 = 1'h0;
+  reg a_zero_6 = 1'h0;
+  reg a_zero_7 = 1'h0;
+  reg a_zero_8 = 1'h0;
   reg b_big = 1'h0;
   input clear;
   wire clear;
@@ -9384,221 +9402,448 @@ module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, ready, sizes
   wire [14:0] \sizes.wg ;
   reg [3:0] step = 4'h0;
   always @(posedge clk)
-    a_zero <= \$45 ;
+    a_zero_0 <= \$41 ;
   always @(posedge clk)
-    b_big <= \$46 ;
+    a_zero_1 <= \$42 ;
   always @(posedge clk)
-    mul_run <= \$47 ;
+    a_zero_2 <= \$43 ;
   always @(posedge clk)
-    step <= \$48 ;
+    a_zero_3 <= \$44 ;
   always @(posedge clk)
-    sizes <= \$49 ;
-  assign mul_sum = prod + mul_b;
-  assign \$1  = ~ mul_run;
-  assign \$2  = ~ mul_run;
-  assign \$3  = ! cmd[31:16];
-  assign \$4  = ! cmd[15:0];
-  assign \$5  = ! cmd[63:48];
-  assign \$6  = ! cmd[47:32];
-  assign \$7  = ! cmd[99:96];
-  assign \$8  = ! gin_e;
-  assign \$9  = ! cmd[95:80];
-  assign \$10  = ! cmd[104:102];
-  assign \$11  = ! cmd[107:105];
-  assign \$12  = step + 1'h1;
-  assign \$13  = | prod[24:15];
-  assign \$14  = ovf | \$13 ;
-  assign \$15  = \$14  ? 15'h7fff : prod[14:0];
-  assign \$16  = | prod[24:15];
-  assign \$17  = ovf | \$16 ;
-  assign \$18  = \$17  ? 15'h7fff : prod[14:0];
+    a_zero_4 <= \$45 ;
+  always @(posedge clk)
+    a_zero_5 <= \$46 ;
+  always @(posedge clk)
+    a_zero_6 <= \$47 ;
+  always @(posedge clk)
+    a_zero_7 <= \$48 ;
+  always @(posedge clk)
+    a_zero_8 <= \$49 ;
+  always @(posedge clk)
+    mul_a <= \$50 ;
+  always @(posedge clk)
+    mul_b <= \$51 ;
+  always @(posedge clk)
+    prod <= \$52 ;
+  always @(posedge clk)
+    ovf <= \$53 ;
+  always @(posedge clk)
+    a_zero <= \$54 ;
+  always @(posedge clk)
+    b_big <= \$55 ;
+  always @(posedge clk)
+    mul_run <= \$56 ;
+  always @(posedge clk)
+    step <= \$57 ;
+  always @(posedge clk)
+    sizes <= \$58 ;
+  assign \$1  = ! cmd[31:16];
+  assign \$2  = ! cmd[15:0];
+  assign \$3  = ! cmd[63:48];
+  assign \$4  = ! cmd[47:32];
+  assign \$5  = ! cmd[99:96];
+  assign \$6  = ! gin_e;
+  assign \$7  = ! cmd[95:80];
+  assign \$8  = ! cmd[104:102];
+  assign \$9  = ! cmd[107:105];
+  assign \$10  = ~ mul_run;
+  assign \$11  = step + 1'h1;
+  assign \$12  = | prod[24:15];
+  assign \$13  = ovf | \$12 ;
+  assign \$14  = \$13  ? 15'h7fff : prod[14:0];
+  assign \$15  = | prod[24:15];
+  assign \$16  = ovf | \$15 ;
+  assign \$17  = \$16  ? 15'h7fff : prod[14:0];
+  assign \$18  = ovf ? 25'h1ffffff : prod;
   assign \$19  = ovf ? 25'h1ffffff : prod;
-  assign \$20  = ovf ? 25'h1ffffff : prod;
-  assign \$21  = | prod[24:9];
-  assign \$22  = ovf | \$21 ;
-  assign \$23  = \$22  ? 9'h1ff : prod[8:0];
-  assign \$24  = | prod[24:9];
-  assign \$25  = ovf | \$24 ;
-  assign \$26  = \$25  ? 9'h1ff : prod[8:0];
-  assign \$27  = | prod[24:9];
-  assign \$28  = ovf | \$27 ;
-  assign \$29  = \$28  ? 9'h1ff : prod[8:0];
-  assign \$30  = | prod[24:17];
-  assign \$31  = ovf | \$30 ;
-  assign \$32  = \$31  ? 17'h1ffff : prod[16:0];
-  assign \$33  = | prod[24:17];
-  assign \$34  = ovf | \$33 ;
-  assign \$35  = \$34  ? 17'h1ffff : prod[16:0];
-  assign \$38  = b_big | mul_b[24];
-  assign \$39  = ! mul_a[15:1];
-  assign \$40  = b_big | mul_sum[25];
-  always @(posedge clk)
-    mul_a <= \$41 ;
-  always @(posedge clk)
-    mul_b <= \$42 ;
-  always @(posedge clk)
-    prod <= \$43 ;
-  always @(posedge clk)
-    ovf <= \$44 ;
+  assign \$20  = | prod[24:9];
+  assign \$21  = ovf | \$20 ;
+  assign \$22  = \$21  ? 9'h1ff : prod[8:0];
+  assign \$23  = | prod[24:9];
+  assign \$24  = ovf | \$23 ;
+  assign \$25  = \$24  ? 9'h1ff : prod[8:0];
+  assign \$26  = | prod[24:9];
+  assign \$27  = ovf | \$26 ;
+  assign \$28  = \$27  ? 9'h1ff : prod[8:0];
+  assign \$29  = | prod[24:17];
+  assign \$30  = ovf | \$29 ;
+  assign \$31  = \$30  ? 17'h1ffff : prod[16:0];
+  assign \$32  = | prod[24:17];
+  assign \$33  = ovf | \$32 ;
+  assign \$34  = \$33  ? 17'h1ffff : prod[16:0];
+  assign \$37  = b_big | mul_b[24];
+  assign \$38  = ! mul_a[15:1];
+  assign \$39  = b_big | mul_sum[25];
+  assign mul_sum = prod + mul_b;
+  assign \$40  = ~ mul_run;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$45  = a_zero;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$2 ) begin
-        casez (step)
-          4'h0:
-              \$45  = \$3 ;
-          4'h1:
-              \$45  = \$4 ;
-          4'h2:
-              \$45  = \$5 ;
-          4'h3:
-              \$45  = \$6 ;
-          4'h4:
-              \$45  = \$7 ;
-          4'h5:
-              \$45  = \$8 ;
-          4'h6:
-              \$45  = \$9 ;
-          4'h7:
-              \$45  = \$10 ;
-          4'h8:
-              \$45  = \$11 ;
-        endcase
-      end else if (a_zero) begin
-      end else begin
-        \$45  = \$39 ;
-      end
+    \$41  = \$1 ;
+    if (rst) begin
+      \$41  = 1'h0;
     end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$42  = \$2 ;
+    if (rst) begin
+      \$42  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$43  = \$3 ;
+    if (rst) begin
+      \$43  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$44  = \$4 ;
+    if (rst) begin
+      \$44  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$45  = \$5 ;
     if (rst) begin
       \$45  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$46  = b_big;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$2 ) begin
-        casez (step)
-          4'h0:
-              \$46  = 1'h0;
-          4'h1:
-              \$46  = 1'h0;
-          4'h2:
-              \$46  = 1'h0;
-          4'h3:
-              \$46  = 1'h0;
-          4'h4:
-              \$46  = 1'h0;
-          4'h5:
-              \$46  = 1'h0;
-          4'h6:
-              \$46  = 1'h0;
-          4'h7:
-              \$46  = 1'h0;
-          4'h8:
-              \$46  = 1'h0;
-        endcase
-      end else if (a_zero) begin
-      end else begin
-        \$46  = \$38 ;
-      end
-    end
+    \$46  = \$6 ;
     if (rst) begin
       \$46  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$47  = mul_run;
-    if (enable) begin
-      if (\$2 ) begin
-        casez (step)
-          4'h0:
-              \$47  = 1'h1;
-          4'h1:
-              \$47  = 1'h1;
-          4'h2:
-              \$47  = 1'h1;
-          4'h3:
-              \$47  = 1'h1;
-          4'h4:
-              \$47  = 1'h1;
-          4'h5:
-              \$47  = 1'h1;
-          4'h6:
-              \$47  = 1'h1;
-          4'h7:
-              \$47  = 1'h1;
-          4'h8:
-              \$47  = 1'h1;
-        endcase
-      end else if (a_zero) begin
-        \$47  = 1'h0;
-      end
-    end
-    if (clear) begin
-      \$47  = 1'h0;
-    end
+    \$47  = \$7 ;
     if (rst) begin
       \$47  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$48  = step;
-    if (enable) begin
-      if (\$2 ) begin
-      end else if (a_zero) begin
-        \$48  = \$12 [3:0];
-      end
-    end
-    if (clear) begin
-      \$48  = 4'h0;
-    end
+    \$48  = \$8 ;
     if (rst) begin
-      \$48  = 4'h0;
+      \$48  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$49  = sizes;
+    \$49  = \$9 ;
+    if (rst) begin
+      \$49  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$50  = mul_a;
     if (enable) begin
-      if (\$2 ) begin
+      (* full_case = 32'd1 *)
+      if (\$10 ) begin
+        casez (step)
+          4'h0:
+              \$50  = cmd[31:16];
+          4'h1:
+              \$50  = cmd[15:0];
+          4'h2:
+              \$50  = cmd[63:48];
+          4'h3:
+              \$50  = cmd[47:32];
+          4'h4:
+              \$50  = { 12'h000, cmd[99:96] };
+          4'h5:
+              \$50  = gin_e;
+          4'h6:
+              \$50  = cmd[95:80];
+          4'h7:
+              \$50  = { 13'h0000, cmd[104:102] };
+          4'h8:
+              \$50  = { 13'h0000, cmd[107:105] };
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        \$50  = \$35 ;
+      end
+    end
+    if (rst) begin
+      \$50  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$51  = mul_b;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$10 ) begin
+        casez (step)
+          4'h0:
+              \$51  = { 9'h000, cmd[79:64] };
+          4'h1:
+              \$51  = { 10'h000, sizes[14:0] };
+          4'h2:
+              \$51  = { 3'h0, gout_o };
+          4'h3:
+              \$51  = sizes[54:30];
+          4'h4:
+              \$51  = { 21'h000000, cmd[99:96] };
+          4'h5:
+              \$51  = { 16'h0000, sizes[88:80] };
+          4'h6:
+              \$51  = { 16'h0000, sizes[97:89] };
+          4'h7:
+              \$51  = { 10'h000, sizes[14:0] };
+          4'h8:
+              \$51  = { 9'h000, cmd[79:64] };
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        \$51  = \$36 [24:0];
+      end
+    end
+    if (rst) begin
+      \$51  = 25'h0000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$52  = prod;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$10 ) begin
+        casez (step)
+          4'h0:
+              \$52  = 25'h0000000;
+          4'h1:
+              \$52  = 25'h0000000;
+          4'h2:
+              \$52  = 25'h0000000;
+          4'h3:
+              \$52  = 25'h0000000;
+          4'h4:
+              \$52  = 25'h0000000;
+          4'h5:
+              \$52  = 25'h0000000;
+          4'h6:
+              \$52  = 25'h0000000;
+          4'h7:
+              \$52  = 25'h0000000;
+          4'h8:
+              \$52  = 25'h0000000;
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        if (mul_a[0]) begin
+          \$52  = mul_sum[24:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$52  = 25'h0000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$53  = ovf;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$10 ) begin
+        casez (step)
+          4'h0:
+              \$53  = 1'h0;
+          4'h1:
+              \$53  = 1'h0;
+          4'h2:
+              \$53  = 1'h0;
+          4'h3:
+              \$53  = 1'h0;
+          4'h4:
+              \$53  = 1'h0;
+          4'h5:
+              \$53  = 1'h0;
+          4'h6:
+              \$53  = 1'h0;
+          4'h7:
+              \$53  = 1'h0;
+          4'h8:
+              \$53  = 1'h0;
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        if (mul_a[0]) begin
+          if (\$39 ) begin
+            \$53  = 1'h1;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$53  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$54  = a_zero;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$10 ) begin
+        casez (step)
+          4'h0:
+              \$54  = 1'h0;
+          4'h1:
+              \$54  = a_zero_1;
+          4'h2:
+              \$54  = a_zero_2;
+          4'h3:
+              \$54  = a_zero_3;
+          4'h4:
+              \$54  = a_zero_4;
+          4'h5:
+              \$54  = a_zero_5;
+          4'h6:
+              \$54  = a_zero_6;
+          4'h7:
+              \$54  = a_zero_7;
+          4'h8:
+              \$54  = a_zero_8;
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        \$54  = \$38 ;
+      end
+    end
+    if (rst) begin
+      \$54  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$55  = b_big;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$10 ) begin
+        casez (step)
+          4'h0:
+              \$55  = 1'h0;
+          4'h1:
+              \$55  = 1'h0;
+          4'h2:
+              \$55  = 1'h0;
+          4'h3:
+              \$55  = 1'h0;
+          4'h4:
+              \$55  = 1'h0;
+          4'h5:
+              \$55  = 1'h0;
+          4'h6:
+              \$55  = 1'h0;
+          4'h7:
+              \$55  = 1'h0;
+          4'h8:
+              \$55  = 1'h0;
+        endcase
+      end else if (a_zero) begin
+      end else begin
+        \$55  = \$37 ;
+      end
+    end
+    if (rst) begin
+      \$55  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$56  = mul_run;
+    if (enable) begin
+      if (\$10 ) begin
+        casez (step)
+          4'h0:
+              \$56  = 1'h1;
+          4'h1:
+              \$56  = 1'h1;
+          4'h2:
+              \$56  = 1'h1;
+          4'h3:
+              \$56  = 1'h1;
+          4'h4:
+              \$56  = 1'h1;
+          4'h5:
+              \$56  = 1'h1;
+          4'h6:
+              \$56  = 1'h1;
+          4'h7:
+              \$56  = 1'h1;
+          4'h8:
+              \$56  = 1'h1;
+        endcase
+      end else if (a_zero) begin
+        \$56  = 1'h0;
+      end
+    end
+    if (clear) begin
+      \$56  = 1'h0;
+    end
+    if (rst) begin
+      \$56  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$57  = step;
+    if (enable) begin
+      if (\$10 ) begin
+      end else if (a_zero) begin
+        \$57  = \$11 [3:0];
+      end
+    end
+    if (clear) begin
+      \$57  = 4'h0;
+    end
+    if (rst) begin
+      \$57  = 4'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$58  = sizes;
+    if (enable) begin
+      if (\$10 ) begin
       end else if (a_zero) begin
         casez (step)
           4'h0:
-              \$49 [14:0] = \$15 ;
+              \$58 [14:0] = \$14 ;
           4'h1:
-              \$49 [29:15] = \$18 ;
+              \$58 [29:15] = \$17 ;
           4'h2:
-              \$49 [54:30] = \$19 ;
+              \$58 [54:30] = \$18 ;
           4'h3:
-              \$49 [79:55] = \$20 ;
+              \$58 [79:55] = \$19 ;
           4'h4:
-              \$49 [88:80] = \$23 ;
+              \$58 [88:80] = \$22 ;
           4'h5:
-              \$49 [97:89] = \$26 ;
+              \$58 [97:89] = \$25 ;
           4'h6:
-              \$49 [106:98] = \$29 ;
+              \$58 [106:98] = \$28 ;
           4'h7:
-              \$49 [123:107] = \$32 ;
+              \$58 [123:107] = \$31 ;
           4'h8:
-              \$49 [140:124] = \$35 ;
+              \$58 [140:124] = \$34 ;
         endcase
       end
     end
     if (rst) begin
-      \$49  = 188'h00000000000000000000000000000000000000000000000;
+      \$58  = 188'h00000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     ready = 1'h0;
     if (enable) begin
-      if (\$1 ) begin
+      if (\$40 ) begin
         (* full_case = 32'd1 *)
         casez (step)
           4'h0:
@@ -9623,152 +9868,6 @@ module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, ready, sizes
               ready = 1'h1;
         endcase
       end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$41  = mul_a;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$2 ) begin
-        casez (step)
-          4'h0:
-              \$41  = cmd[31:16];
-          4'h1:
-              \$41  = cmd[15:0];
-          4'h2:
-              \$41  = cmd[63:48];
-          4'h3:
-              \$41  = cmd[47:32];
-          4'h4:
-              \$41  = { 12'h000, cmd[99:96] };
-          4'h5:
-              \$41  = gin_e;
-          4'h6:
-              \$41  = cmd[95:80];
-          4'h7:
-              \$41  = { 13'h0000, cmd[104:102] };
-          4'h8:
-              \$41  = { 13'h0000, cmd[107:105] };
-        endcase
-      end else if (a_zero) begin
-      end else begin
-        \$41  = \$36 ;
-      end
-    end
-    if (rst) begin
-      \$41  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$42  = mul_b;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$2 ) begin
-        casez (step)
-          4'h0:
-              \$42  = { 9'h000, cmd[79:64] };
-          4'h1:
-              \$42  = { 10'h000, sizes[14:0] };
-          4'h2:
-              \$42  = { 3'h0, gout_o };
-          4'h3:
-              \$42  = sizes[54:30];
-          4'h4:
-              \$42  = { 21'h000000, cmd[99:96] };
-          4'h5:
-              \$42  = { 16'h0000, sizes[88:80] };
-          4'h6:
-              \$42  = { 16'h0000, sizes[97:89] };
-          4'h7:
-              \$42  = { 10'h000, sizes[14:0] };
-          4'h8:
-              \$42  = { 9'h000, cmd[79:64] };
-        endcase
-      end else if (a_zero) begin
-      end else begin
-        \$42  = \$37 [24:0];
-      end
-    end
-    if (rst) begin
-      \$42  = 25'h0000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$43  = prod;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$2 ) begin
-        casez (step)
-          4'h0:
-              \$43  = 25'h0000000;
-          4'h1:
-              \$43  = 25'h0000000;
-          4'h2:
-              \$43  = 25'h0000000;
-          4'h3:
-              \$43  = 25'h0000000;
-          4'h4:
-              \$43  = 25'h0000000;
-          4'h5:
-              \$43  = 25'h0000000;
-          4'h6:
-              \$43  = 25'h0000000;
-          4'h7:
-              \$43  = 25'h0000000;
-          4'h8:
-              \$43  = 25'h0000000;
-        endcase
-      end else if (a_zero) begin
-      end else begin
-        if (mul_a[0]) begin
-          \$43  = mul_sum[24:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$43  = 25'h0000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$44  = ovf;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$2 ) begin
-        casez (step)
-          4'h0:
-              \$44  = 1'h0;
-          4'h1:
-              \$44  = 1'h0;
-          4'h2:
-              \$44  = 1'h0;
-          4'h3:
-              \$44  = 1'h0;
-          4'h4:
-              \$44  = 1'h0;
-          4'h5:
-              \$44  = 1'h0;
-          4'h6:
-              \$44  = 1'h0;
-          4'h7:
-              \$44  = 1'h0;
-          4'h8:
-              \$44  = 1'h0;
-        endcase
-      end else if (a_zero) begin
-      end else begin
-        if (mul_a[0]) begin
-          if (\$40 ) begin
-            \$44  = 1'h1;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$44  = 1'h0;
     end
   end
   assign \cmd.in_h  = cmd[15:0];
@@ -9797,12 +9896,12 @@ module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, ready, sizes
   assign \sizes.plane  = sizes[155:141];
   assign \sizes.n_dw  = sizes[170:156];
   assign \sizes.pt_ws  = sizes[187:171];
-  assign \$36  = { 1'h0, mul_a[15:1] };
-  assign \$37  = { mul_b, 1'h0 };
+  assign \$35  = { 1'h0, mul_a[15:1] };
+  assign \$36  = { mul_b, 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1418$0 , \port$1488$0 , clk);
+module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1436$0 , \port$1506$0 , clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -9826,10 +9925,10 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1418$0 , \po
   (* init = 1'h0 *)
   wire consume;
   reg [1:0] level = 2'h0;
-  input [26:0] \port$1418$0 ;
-  wire [26:0] \port$1418$0 ;
-  input [26:0] \port$1488$0 ;
-  wire [26:0] \port$1488$0 ;
+  input [26:0] \port$1436$0 ;
+  wire [26:0] \port$1436$0 ;
+  input [26:0] \port$1506$0 ;
+  wire [26:0] \port$1506$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [53:0] r_data;
@@ -9861,7 +9960,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1418$0 , \po
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1488$0 , \port$1418$0  };
+      storage[w_port__addr] <= { \port$1506$0 , \port$1436$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -9923,8 +10022,8 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1418$0 , \po
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1488$0 , \port$1418$0  };
-  assign w_data = { \port$1488$0 , \port$1418$0  };
+  assign w_port__data = { \port$1506$0 , \port$1436$0  };
+  assign w_data = { \port$1506$0 , \port$1436$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
