@@ -13,7 +13,7 @@ requantiser, depthwise pixel order); :mod:`~psc.hw.core.layouts` holds the
 command format and the payloads they pass.
 """
 
-from amaranth.hdl import Module, Shape
+from amaranth.hdl import Module, Shape, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -249,10 +249,17 @@ class PSCConvCore(wiring.Component):
             # on act_out.ready through the requantiser and the output stage,
             # one long path from the output port to the buffers' read enables
             # that limits an ECP5 and a UP5K build. Two entries keep one beat per cycle.
+            # Its room is a flip-flop: `level != depth` of the next cycle, registered, so
+            # the array's enable is one gate behind a register, not the FIFO's level
+            # through a compare.
             sums_layout = output_layout(cc.pe)
             m.submodules.sums = sums = SyncFIFO(width=Shape.cast(sums_layout).width, depth=2)
+            room = Signal(init=1, name="sums_room")
+            level_next = (sums.level + (sums.w_en & sums.w_rdy)
+                          - (sums.r_en & sums.r_rdy))
+            m.d.sync += room.eq(level_next != sums.depth)
             m.d.comb += [
-                sums.w_en.eq(dp.o.valid), dp.o.ready.eq(sums.w_rdy),
+                sums.w_en.eq(dp.o.valid), dp.o.ready.eq(room),
                 sums.w_data.eq(dp.o.payload),
                 out.i.valid.eq(sums.r_rdy), sums.r_en.eq(out.i.ready),
                 out.i.payload.eq(data.View(sums_layout, sums.r_data)),
