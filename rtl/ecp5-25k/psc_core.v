@@ -70,6 +70,13 @@
 (* generator = "Amaranth" *)
 module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, params__valid, act_in__payload, act_in__valid, act_out__ready, clk, rst, cfg__ready, weights__ready, params__ready, act_in__ready, act_out__payload, act_out__valid, busy, done, error, cycles_total, cycles_compute
 , cycles_stall, cfg__payload);
+  reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
+  wire \$1 ;
+  wire [2:0] \$2 ;
+  wire \$3 ;
+  wire [3:0] \$4 ;
+  wire \$5 ;
+  reg \$6 ;
   wire accept;
   input [55:0] act_in__payload;
   wire [55:0] act_in__payload;
@@ -562,6 +569,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \keep$120 ;
   wire [5:0] last_go;
   wire [5:0] last_group;
+  wire [1:0] level;
   wire loaded;
   wire \loaded$148 ;
   wire mac_valid;
@@ -663,7 +671,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [10:0] \o__payload.waddr ;
   wire o__ready;
   wire \o__ready$49 ;
-  wire \o__ready$55 ;
+  reg \o__ready$55  = 1'h1;
   wire \o__ready$66 ;
   wire o__valid;
   wire \o__valid$52 ;
@@ -880,6 +888,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \start$135 ;
   wire \start$137 ;
   wire \start$139 ;
+  (* init = 1'h1 *)
+  wire sums_room;
   wire [66:0] taps__payload;
   wire \taps__payload.first ;
   wire [17:0] \taps__payload.ix ;
@@ -972,8 +982,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [16:0] ws;
   wire [16:0] \ws$108 ;
   wire [16:0] \ws$117 ;
+  assign \$2  = level + \$1 ;
+  assign \$3  = r_en & \i__valid$59 ;
+  assign \$4  = \$2  - \$3 ;
+  assign \$5  = \$4  != 2'h2;
+  always @(posedge clk)
+    \o__ready$55  <= \$6 ;
   assign \dw$127  = dwp | dwc;
   assign mac_valid = w_en | \i__valid$59 ;
+  assign \$1  = w_en & w_rdy;
   \psc_core.amap  amap (
     .cmd(cmd),
     .dwc(dwc),
@@ -1118,7 +1135,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .sizing(enable),
     .start(start)
   );
-  \psc_core.sizes$168  \sizes$168  (
+  \psc_core.sizes$170  \sizes$170  (
     .clear(clear),
     .clk(clk),
     .cmd(cmd),
@@ -1131,13 +1148,14 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   );
   \psc_core.sums  sums (
     .clk(clk),
+    .level(level),
     .r_data(\i__payload$63 ),
     .r_en(r_en),
     .r_rdy(\i__valid$59 ),
     .rst(rst),
     .w_en(w_en),
     .w_port__data(w_data),
-    .w_rdy(\o__ready$55 )
+    .w_rdy(w_rdy)
   );
   \psc_core.wbuf  wbuf (
     .clk(clk),
@@ -1154,6 +1172,13 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .start(start),
     .wp__data(weights__payload)
   );
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$6  = \$5 ;
+    if (rst) begin
+      \$6  = 1'h1;
+    end
+  end
   assign \cfg__payload$23  = cfg__payload;
   assign \cfg__ready$24  = cfg__ready;
   assign \cfg__valid$25  = cfg__valid;
@@ -1178,7 +1203,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \i__ready$50  = \o__ready$49 ;
   assign \o__valid$52  = \i__valid$51 ;
   assign \o__valid$54  = w_en;
-  assign w_rdy = \o__ready$55 ;
+  assign sums_room = \o__ready$55 ;
   assign \o__payload$58  = w_data;
   assign r_rdy = \i__valid$59 ;
   assign \i__ready$62  = r_en;
@@ -2012,7 +2037,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.counters (rst, waiting, beat, clear, busy, run, total, compute, stall, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire [32:0] \$1 ;
   wire \$2 ;
   wire [32:0] \$3 ;
@@ -2053,7 +2078,7 @@ module \psc_core.counters (rst, waiting, beat, clear, busy, run, total, compute,
     stall <= \$8 ;
   assign \$1  = total + 1'h1;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$6  = total;
     if (busy) begin
       \$6  = \$1 [31:0];
@@ -2066,7 +2091,7 @@ module \psc_core.counters (rst, waiting, beat, clear, busy, run, total, compute,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$7  = compute;
     if (\$2 ) begin
       \$7  = \$3 [31:0];
@@ -2079,7 +2104,7 @@ module \psc_core.counters (rst, waiting, beat, clear, busy, run, total, compute,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$8  = stall;
     if (\$4 ) begin
       \$8  = \$5 [31:0];
@@ -2095,7 +2120,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o__payload, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire [3:0] \$10 ;
   wire \$11 ;
@@ -2503,7 +2528,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$2973$800 (i__payload[801:800]),
+    .\port$2982$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[335:224]),
@@ -2516,7 +2541,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$87 ),
     .mask(\mask$16 ),
-    .\port$2973$800 (i__payload[801:800]),
+    .\port$2982$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[447:336]),
@@ -2529,7 +2554,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$88 ),
     .mask(\mask$26 ),
-    .\port$2973$800 (i__payload[801:800]),
+    .\port$2982$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[559:448]),
@@ -2541,7 +2566,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$89 ),
     .mask(\mask$36 ),
-    .\port$2973$768 (i__payload[801:768]),
+    .\port$2982$768 (i__payload[801:768]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[671:560]),
@@ -2564,7 +2589,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .x(i__payload[223:168])
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$34  = drain_21;
     if (dw) begin
       if (\$9 ) begin
@@ -2576,7 +2601,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$35  = drain_22;
     if (dw) begin
       if (\$9 ) begin
@@ -2588,7 +2613,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$36  = drain_23;
     if (dw) begin
       if (\$9 ) begin
@@ -2600,7 +2625,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$37  = drain_24;
     if (dw) begin
       if (\$11 ) begin
@@ -2609,7 +2634,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$38  = drain_25;
     if (dw) begin
       if (\$11 ) begin
@@ -2618,7 +2643,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$39  = drain_26;
     if (dw) begin
       if (\$11 ) begin
@@ -2627,7 +2652,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$40  = drain_27;
     if (dw) begin
       if (\$11 ) begin
@@ -2636,7 +2661,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     (* full_case = 32'd1 *)
     if (dw) begin
       i__ready = \$5 ;
@@ -2645,7 +2670,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     (* full_case = 32'd1 *)
     if (dw) begin
       o__valid = \$6 ;
@@ -2654,7 +2679,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     (* full_case = 32'd1 *)
     if (dw) begin
       o__payload[31:0] = { drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0 };
@@ -2666,7 +2691,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$12  = left;
     if (dw) begin
       if (\$9 ) begin
@@ -2681,7 +2706,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$13  = drain_0;
     if (dw) begin
       if (\$9 ) begin
@@ -2693,7 +2718,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$14  = drain_1;
     if (dw) begin
       if (\$9 ) begin
@@ -2705,7 +2730,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$15  = drain_2;
     if (dw) begin
       if (\$9 ) begin
@@ -2717,7 +2742,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$16  = drain_3;
     if (dw) begin
       if (\$9 ) begin
@@ -2729,7 +2754,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$17  = drain_4;
     if (dw) begin
       if (\$9 ) begin
@@ -2741,7 +2766,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$18  = drain_5;
     if (dw) begin
       if (\$9 ) begin
@@ -2753,7 +2778,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$19  = drain_6;
     if (dw) begin
       if (\$9 ) begin
@@ -2765,7 +2790,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$20  = drain_7;
     if (dw) begin
       if (\$9 ) begin
@@ -2777,7 +2802,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$21  = drain_8;
     if (dw) begin
       if (\$9 ) begin
@@ -2789,7 +2814,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$22  = drain_9;
     if (dw) begin
       if (\$9 ) begin
@@ -2801,7 +2826,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$23  = drain_10;
     if (dw) begin
       if (\$9 ) begin
@@ -2813,7 +2838,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$24  = drain_11;
     if (dw) begin
       if (\$9 ) begin
@@ -2825,7 +2850,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$25  = drain_12;
     if (dw) begin
       if (\$9 ) begin
@@ -2837,7 +2862,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$26  = drain_13;
     if (dw) begin
       if (\$9 ) begin
@@ -2849,7 +2874,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$27  = drain_14;
     if (dw) begin
       if (\$9 ) begin
@@ -2861,7 +2886,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$28  = drain_15;
     if (dw) begin
       if (\$9 ) begin
@@ -2873,7 +2898,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$29  = drain_16;
     if (dw) begin
       if (\$9 ) begin
@@ -2885,7 +2910,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$30  = drain_17;
     if (dw) begin
       if (\$9 ) begin
@@ -2897,7 +2922,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$31  = drain_18;
     if (dw) begin
       if (\$9 ) begin
@@ -2909,7 +2934,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$32  = drain_19;
     if (dw) begin
       if (\$9 ) begin
@@ -2921,7 +2946,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$33  = drain_20;
     if (dw) begin
       if (\$9 ) begin
@@ -3161,8 +3186,8 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2982$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
   wire \$100 ;
@@ -3413,8 +3438,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2973$800 ;
-  wire [1:0] \port$2973$800 ;
+  input [1:0] \port$2982$800 ;
+  wire [1:0] \port$2982$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3471,7 +3496,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2973$800 [0];
+  assign \$2  = valid & \port$2982$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -3566,154 +3591,154 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$762$0 (\$64 ),
-    .\port$762$1 (\$65 ),
-    .\port$762$10 (\$74 ),
-    .\port$762$11 (\$75 ),
-    .\port$762$12 (\$76 ),
-    .\port$762$13 (\$77 ),
-    .\port$762$14 (\$78 ),
-    .\port$762$15 (\$79 ),
-    .\port$762$2 (\$66 ),
-    .\port$762$3 (\$67 ),
-    .\port$762$4 (\$68 ),
-    .\port$762$5 (\$69 ),
-    .\port$762$6 (\$70 ),
-    .\port$762$7 (\$71 ),
-    .\port$762$8 (\$72 ),
-    .\port$762$9 (\$73 )
+    .\port$767$0 (\$64 ),
+    .\port$767$1 (\$65 ),
+    .\port$767$10 (\$74 ),
+    .\port$767$11 (\$75 ),
+    .\port$767$12 (\$76 ),
+    .\port$767$13 (\$77 ),
+    .\port$767$14 (\$78 ),
+    .\port$767$15 (\$79 ),
+    .\port$767$2 (\$66 ),
+    .\port$767$3 (\$67 ),
+    .\port$767$4 (\$68 ),
+    .\port$767$5 (\$69 ),
+    .\port$767$6 (\$70 ),
+    .\port$767$7 (\$71 ),
+    .\port$767$8 (\$72 ),
+    .\port$767$9 (\$73 )
   );
   \psc_core.dp.pe_0.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$763$0 (\$80 ),
-    .\port$763$1 (\$81 ),
-    .\port$763$10 (\$90 ),
-    .\port$763$11 (\$91 ),
-    .\port$763$12 (\$92 ),
-    .\port$763$13 (\$93 ),
-    .\port$763$14 (\$94 ),
-    .\port$763$15 (\$95 ),
-    .\port$763$2 (\$82 ),
-    .\port$763$3 (\$83 ),
-    .\port$763$4 (\$84 ),
-    .\port$763$5 (\$85 ),
-    .\port$763$6 (\$86 ),
-    .\port$763$7 (\$87 ),
-    .\port$763$8 (\$88 ),
-    .\port$763$9 (\$89 )
+    .\port$768$0 (\$80 ),
+    .\port$768$1 (\$81 ),
+    .\port$768$10 (\$90 ),
+    .\port$768$11 (\$91 ),
+    .\port$768$12 (\$92 ),
+    .\port$768$13 (\$93 ),
+    .\port$768$14 (\$94 ),
+    .\port$768$15 (\$95 ),
+    .\port$768$2 (\$82 ),
+    .\port$768$3 (\$83 ),
+    .\port$768$4 (\$84 ),
+    .\port$768$5 (\$85 ),
+    .\port$768$6 (\$86 ),
+    .\port$768$7 (\$87 ),
+    .\port$768$8 (\$88 ),
+    .\port$768$9 (\$89 )
   );
   \psc_core.dp.pe_0.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$764$0 (\$96 ),
-    .\port$764$1 (\$97 ),
-    .\port$764$10 (\$106 ),
-    .\port$764$11 (\$107 ),
-    .\port$764$12 (\$108 ),
-    .\port$764$13 (\$109 ),
-    .\port$764$14 (\$110 ),
-    .\port$764$15 (\$111 ),
-    .\port$764$2 (\$98 ),
-    .\port$764$3 (\$99 ),
-    .\port$764$4 (\$100 ),
-    .\port$764$5 (\$101 ),
-    .\port$764$6 (\$102 ),
-    .\port$764$7 (\$103 ),
-    .\port$764$8 (\$104 ),
-    .\port$764$9 (\$105 )
+    .\port$769$0 (\$96 ),
+    .\port$769$1 (\$97 ),
+    .\port$769$10 (\$106 ),
+    .\port$769$11 (\$107 ),
+    .\port$769$12 (\$108 ),
+    .\port$769$13 (\$109 ),
+    .\port$769$14 (\$110 ),
+    .\port$769$15 (\$111 ),
+    .\port$769$2 (\$98 ),
+    .\port$769$3 (\$99 ),
+    .\port$769$4 (\$100 ),
+    .\port$769$5 (\$101 ),
+    .\port$769$6 (\$102 ),
+    .\port$769$7 (\$103 ),
+    .\port$769$8 (\$104 ),
+    .\port$769$9 (\$105 )
   );
   \psc_core.dp.pe_0.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$765$0 (\$112 ),
-    .\port$765$1 (\$113 ),
-    .\port$765$10 (\$122 ),
-    .\port$765$11 (\$123 ),
-    .\port$765$12 (\$124 ),
-    .\port$765$13 (\$125 ),
-    .\port$765$14 (\$126 ),
-    .\port$765$15 (\$127 ),
-    .\port$765$2 (\$114 ),
-    .\port$765$3 (\$115 ),
-    .\port$765$4 (\$116 ),
-    .\port$765$5 (\$117 ),
-    .\port$765$6 (\$118 ),
-    .\port$765$7 (\$119 ),
-    .\port$765$8 (\$120 ),
-    .\port$765$9 (\$121 )
+    .\port$770$0 (\$112 ),
+    .\port$770$1 (\$113 ),
+    .\port$770$10 (\$122 ),
+    .\port$770$11 (\$123 ),
+    .\port$770$12 (\$124 ),
+    .\port$770$13 (\$125 ),
+    .\port$770$14 (\$126 ),
+    .\port$770$15 (\$127 ),
+    .\port$770$2 (\$114 ),
+    .\port$770$3 (\$115 ),
+    .\port$770$4 (\$116 ),
+    .\port$770$5 (\$117 ),
+    .\port$770$6 (\$118 ),
+    .\port$770$7 (\$119 ),
+    .\port$770$8 (\$120 ),
+    .\port$770$9 (\$121 )
   );
   \psc_core.dp.pe_0.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$766$0 (\$128 ),
-    .\port$766$1 (\$129 ),
-    .\port$766$10 (\$138 ),
-    .\port$766$11 (\$139 ),
-    .\port$766$12 (\$140 ),
-    .\port$766$13 (\$141 ),
-    .\port$766$14 (\$142 ),
-    .\port$766$15 (\$143 ),
-    .\port$766$2 (\$130 ),
-    .\port$766$3 (\$131 ),
-    .\port$766$4 (\$132 ),
-    .\port$766$5 (\$133 ),
-    .\port$766$6 (\$134 ),
-    .\port$766$7 (\$135 ),
-    .\port$766$8 (\$136 ),
-    .\port$766$9 (\$137 )
+    .\port$771$0 (\$128 ),
+    .\port$771$1 (\$129 ),
+    .\port$771$10 (\$138 ),
+    .\port$771$11 (\$139 ),
+    .\port$771$12 (\$140 ),
+    .\port$771$13 (\$141 ),
+    .\port$771$14 (\$142 ),
+    .\port$771$15 (\$143 ),
+    .\port$771$2 (\$130 ),
+    .\port$771$3 (\$131 ),
+    .\port$771$4 (\$132 ),
+    .\port$771$5 (\$133 ),
+    .\port$771$6 (\$134 ),
+    .\port$771$7 (\$135 ),
+    .\port$771$8 (\$136 ),
+    .\port$771$9 (\$137 )
   );
   \psc_core.dp.pe_0.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$767$0 (\$144 ),
-    .\port$767$1 (\$145 ),
-    .\port$767$10 (\$154 ),
-    .\port$767$11 (\$155 ),
-    .\port$767$12 (\$156 ),
-    .\port$767$13 (\$157 ),
-    .\port$767$14 (\$158 ),
-    .\port$767$15 (\$159 ),
-    .\port$767$2 (\$146 ),
-    .\port$767$3 (\$147 ),
-    .\port$767$4 (\$148 ),
-    .\port$767$5 (\$149 ),
-    .\port$767$6 (\$150 ),
-    .\port$767$7 (\$151 ),
-    .\port$767$8 (\$152 ),
-    .\port$767$9 (\$153 )
+    .\port$772$0 (\$144 ),
+    .\port$772$1 (\$145 ),
+    .\port$772$10 (\$154 ),
+    .\port$772$11 (\$155 ),
+    .\port$772$12 (\$156 ),
+    .\port$772$13 (\$157 ),
+    .\port$772$14 (\$158 ),
+    .\port$772$15 (\$159 ),
+    .\port$772$2 (\$146 ),
+    .\port$772$3 (\$147 ),
+    .\port$772$4 (\$148 ),
+    .\port$772$5 (\$149 ),
+    .\port$772$6 (\$150 ),
+    .\port$772$7 (\$151 ),
+    .\port$772$8 (\$152 ),
+    .\port$772$9 (\$153 )
   );
   \psc_core.dp.pe_0.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$768$0 (\$160 ),
-    .\port$768$1 (\$161 ),
-    .\port$768$10 (\$170 ),
-    .\port$768$11 (\$171 ),
-    .\port$768$12 (\$172 ),
-    .\port$768$13 (\$173 ),
-    .\port$768$14 (\$174 ),
-    .\port$768$15 (\$175 ),
-    .\port$768$2 (\$162 ),
-    .\port$768$3 (\$163 ),
-    .\port$768$4 (\$164 ),
-    .\port$768$5 (\$165 ),
-    .\port$768$6 (\$166 ),
-    .\port$768$7 (\$167 ),
-    .\port$768$8 (\$168 ),
-    .\port$768$9 (\$169 )
+    .\port$773$0 (\$160 ),
+    .\port$773$1 (\$161 ),
+    .\port$773$10 (\$170 ),
+    .\port$773$11 (\$171 ),
+    .\port$773$12 (\$172 ),
+    .\port$773$13 (\$173 ),
+    .\port$773$14 (\$174 ),
+    .\port$773$15 (\$175 ),
+    .\port$773$2 (\$162 ),
+    .\port$773$3 (\$163 ),
+    .\port$773$4 (\$164 ),
+    .\port$773$5 (\$165 ),
+    .\port$773$6 (\$166 ),
+    .\port$773$7 (\$167 ),
+    .\port$773$8 (\$168 ),
+    .\port$773$9 (\$169 )
   );
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
@@ -3721,7 +3746,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     .words(words)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$36  = v1;
     if (en) begin
       \$36  = valid;
@@ -3731,27 +3756,27 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2973$800 [0];
+      \$37  = \port$2982$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2973$800 [1];
+      \$38  = \port$2982$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$39  = b1;
     if (en) begin
       if (\$2 ) begin
@@ -3760,7 +3785,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$40  = v2;
     if (en) begin
       \$40  = v1;
@@ -3770,7 +3795,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$41  = f2;
     if (en) begin
       \$41  = f1;
@@ -3780,7 +3805,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$42  = l2;
     if (en) begin
       \$42  = l1;
@@ -3790,7 +3815,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$43  = b2;
     if (en) begin
       if (\$3 ) begin
@@ -3799,7 +3824,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$44  = v3;
     if (en) begin
       \$44  = v2;
@@ -3809,7 +3834,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$45  = f3;
     if (en) begin
       \$45  = f2;
@@ -3819,7 +3844,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$46  = l3;
     if (en) begin
       \$46  = l2;
@@ -3829,7 +3854,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$47  = b3;
     if (en) begin
       if (\$4 ) begin
@@ -3838,7 +3863,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$48  = v4;
     if (en) begin
       \$48  = v3;
@@ -3848,7 +3873,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$49  = f4;
     if (en) begin
       \$49  = f3;
@@ -3858,7 +3883,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$50  = l4;
     if (en) begin
       \$50  = l3;
@@ -3868,7 +3893,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$51  = b4;
     if (en) begin
       if (\$5 ) begin
@@ -3877,7 +3902,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$52  = acc_valid;
     if (en) begin
       \$52  = \$6 ;
@@ -3887,77 +3912,77 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$53  = tree0_0;
     if (en) begin
       \$53  = \$9 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$54  = tree0_1;
     if (en) begin
       \$54  = \$11 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$55  = acc;
     if (\$12 ) begin
       \$55  = \$13 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$56  = lane_acc_0;
     if (\$14 ) begin
       \$56  = \$16 [20:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$57  = lane_acc_1;
     if (\$17 ) begin
       \$57  = \$19 [20:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$58  = lane_acc_2;
     if (\$20 ) begin
       \$58  = \$22 [20:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$59  = lane_acc_3;
     if (\$23 ) begin
       \$59  = \$25 [20:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$60  = lane_acc_4;
     if (\$26 ) begin
       \$60  = \$28 [20:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$61  = lane_acc_5;
     if (\$29 ) begin
       \$61  = \$31 [20:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$62  = lane_acc_6;
     if (\$32 ) begin
       \$62  = \$34 [20:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$63  = lane_valid;
     if (en) begin
       \$63  = \$35 ;
@@ -3998,8 +4023,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2973$800 [0];
-  assign last = \port$2973$800 [1];
+  assign first = \port$2982$800 [0];
+  assign last = \port$2982$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -4059,1122 +4084,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_0 (\port$762$0 , \port$762$1 , \port$762$2 , \port$762$3 , \port$762$4 , \port$762$5 , \port$762$6 , \port$762$7 , \port$762$8 , \port$762$9 , \port$762$10 , \port$762$11 , \port$762$12 , \port$762$13 , \port$762$14 , \port$762$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$762$0 ;
-  wire \port$762$0 ;
-  output \port$762$1 ;
-  wire \port$762$1 ;
-  output \port$762$10 ;
-  wire \port$762$10 ;
-  output \port$762$11 ;
-  wire \port$762$11 ;
-  output \port$762$12 ;
-  wire \port$762$12 ;
-  output \port$762$13 ;
-  wire \port$762$13 ;
-  output \port$762$14 ;
-  wire \port$762$14 ;
-  output \port$762$15 ;
-  wire \port$762$15 ;
-  output \port$762$2 ;
-  wire \port$762$2 ;
-  output \port$762$3 ;
-  wire \port$762$3 ;
-  output \port$762$4 ;
-  wire \port$762$4 ;
-  output \port$762$5 ;
-  wire \port$762$5 ;
-  output \port$762$6 ;
-  wire \port$762$6 ;
-  output \port$762$7 ;
-  wire \port$762$7 ;
-  output \port$762$8 ;
-  wire \port$762$8 ;
-  output \port$762$9 ;
-  wire \port$762$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$762$0  = \$1 ;
-  assign \port$762$1  = \$2 ;
-  assign \port$762$2  = \$3 ;
-  assign \port$762$3  = \$4 ;
-  assign \port$762$4  = \$5 ;
-  assign \port$762$5  = \$6 ;
-  assign \port$762$6  = \$7 ;
-  assign \port$762$7  = \$8 ;
-  assign \port$762$8  = \$9 ;
-  assign \port$762$9  = \$10 ;
-  assign \port$762$10  = \$11 ;
-  assign \port$762$11  = \$12 ;
-  assign \port$762$12  = \$13 ;
-  assign \port$762$13  = \$14 ;
-  assign \port$762$14  = \$15 ;
-  assign \port$762$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_1 (\port$763$0 , \port$763$1 , \port$763$2 , \port$763$3 , \port$763$4 , \port$763$5 , \port$763$6 , \port$763$7 , \port$763$8 , \port$763$9 , \port$763$10 , \port$763$11 , \port$763$12 , \port$763$13 , \port$763$14 , \port$763$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$763$0 ;
-  wire \port$763$0 ;
-  output \port$763$1 ;
-  wire \port$763$1 ;
-  output \port$763$10 ;
-  wire \port$763$10 ;
-  output \port$763$11 ;
-  wire \port$763$11 ;
-  output \port$763$12 ;
-  wire \port$763$12 ;
-  output \port$763$13 ;
-  wire \port$763$13 ;
-  output \port$763$14 ;
-  wire \port$763$14 ;
-  output \port$763$15 ;
-  wire \port$763$15 ;
-  output \port$763$2 ;
-  wire \port$763$2 ;
-  output \port$763$3 ;
-  wire \port$763$3 ;
-  output \port$763$4 ;
-  wire \port$763$4 ;
-  output \port$763$5 ;
-  wire \port$763$5 ;
-  output \port$763$6 ;
-  wire \port$763$6 ;
-  output \port$763$7 ;
-  wire \port$763$7 ;
-  output \port$763$8 ;
-  wire \port$763$8 ;
-  output \port$763$9 ;
-  wire \port$763$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$763$0  = \$1 ;
-  assign \port$763$1  = \$2 ;
-  assign \port$763$2  = \$3 ;
-  assign \port$763$3  = \$4 ;
-  assign \port$763$4  = \$5 ;
-  assign \port$763$5  = \$6 ;
-  assign \port$763$6  = \$7 ;
-  assign \port$763$7  = \$8 ;
-  assign \port$763$8  = \$9 ;
-  assign \port$763$9  = \$10 ;
-  assign \port$763$10  = \$11 ;
-  assign \port$763$11  = \$12 ;
-  assign \port$763$12  = \$13 ;
-  assign \port$763$13  = \$14 ;
-  assign \port$763$14  = \$15 ;
-  assign \port$763$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_2 (\port$764$0 , \port$764$1 , \port$764$2 , \port$764$3 , \port$764$4 , \port$764$5 , \port$764$6 , \port$764$7 , \port$764$8 , \port$764$9 , \port$764$10 , \port$764$11 , \port$764$12 , \port$764$13 , \port$764$14 , \port$764$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$764$0 ;
-  wire \port$764$0 ;
-  output \port$764$1 ;
-  wire \port$764$1 ;
-  output \port$764$10 ;
-  wire \port$764$10 ;
-  output \port$764$11 ;
-  wire \port$764$11 ;
-  output \port$764$12 ;
-  wire \port$764$12 ;
-  output \port$764$13 ;
-  wire \port$764$13 ;
-  output \port$764$14 ;
-  wire \port$764$14 ;
-  output \port$764$15 ;
-  wire \port$764$15 ;
-  output \port$764$2 ;
-  wire \port$764$2 ;
-  output \port$764$3 ;
-  wire \port$764$3 ;
-  output \port$764$4 ;
-  wire \port$764$4 ;
-  output \port$764$5 ;
-  wire \port$764$5 ;
-  output \port$764$6 ;
-  wire \port$764$6 ;
-  output \port$764$7 ;
-  wire \port$764$7 ;
-  output \port$764$8 ;
-  wire \port$764$8 ;
-  output \port$764$9 ;
-  wire \port$764$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$764$0  = \$1 ;
-  assign \port$764$1  = \$2 ;
-  assign \port$764$2  = \$3 ;
-  assign \port$764$3  = \$4 ;
-  assign \port$764$4  = \$5 ;
-  assign \port$764$5  = \$6 ;
-  assign \port$764$6  = \$7 ;
-  assign \port$764$7  = \$8 ;
-  assign \port$764$8  = \$9 ;
-  assign \port$764$9  = \$10 ;
-  assign \port$764$10  = \$11 ;
-  assign \port$764$11  = \$12 ;
-  assign \port$764$12  = \$13 ;
-  assign \port$764$13  = \$14 ;
-  assign \port$764$14  = \$15 ;
-  assign \port$764$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_3 (\port$765$0 , \port$765$1 , \port$765$2 , \port$765$3 , \port$765$4 , \port$765$5 , \port$765$6 , \port$765$7 , \port$765$8 , \port$765$9 , \port$765$10 , \port$765$11 , \port$765$12 , \port$765$13 , \port$765$14 , \port$765$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$765$0 ;
-  wire \port$765$0 ;
-  output \port$765$1 ;
-  wire \port$765$1 ;
-  output \port$765$10 ;
-  wire \port$765$10 ;
-  output \port$765$11 ;
-  wire \port$765$11 ;
-  output \port$765$12 ;
-  wire \port$765$12 ;
-  output \port$765$13 ;
-  wire \port$765$13 ;
-  output \port$765$14 ;
-  wire \port$765$14 ;
-  output \port$765$15 ;
-  wire \port$765$15 ;
-  output \port$765$2 ;
-  wire \port$765$2 ;
-  output \port$765$3 ;
-  wire \port$765$3 ;
-  output \port$765$4 ;
-  wire \port$765$4 ;
-  output \port$765$5 ;
-  wire \port$765$5 ;
-  output \port$765$6 ;
-  wire \port$765$6 ;
-  output \port$765$7 ;
-  wire \port$765$7 ;
-  output \port$765$8 ;
-  wire \port$765$8 ;
-  output \port$765$9 ;
-  wire \port$765$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$765$0  = \$1 ;
-  assign \port$765$1  = \$2 ;
-  assign \port$765$2  = \$3 ;
-  assign \port$765$3  = \$4 ;
-  assign \port$765$4  = \$5 ;
-  assign \port$765$5  = \$6 ;
-  assign \port$765$6  = \$7 ;
-  assign \port$765$7  = \$8 ;
-  assign \port$765$8  = \$9 ;
-  assign \port$765$9  = \$10 ;
-  assign \port$765$10  = \$11 ;
-  assign \port$765$11  = \$12 ;
-  assign \port$765$12  = \$13 ;
-  assign \port$765$13  = \$14 ;
-  assign \port$765$14  = \$15 ;
-  assign \port$765$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_4 (\port$766$0 , \port$766$1 , \port$766$2 , \port$766$3 , \port$766$4 , \port$766$5 , \port$766$6 , \port$766$7 , \port$766$8 , \port$766$9 , \port$766$10 , \port$766$11 , \port$766$12 , \port$766$13 , \port$766$14 , \port$766$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$766$0 ;
-  wire \port$766$0 ;
-  output \port$766$1 ;
-  wire \port$766$1 ;
-  output \port$766$10 ;
-  wire \port$766$10 ;
-  output \port$766$11 ;
-  wire \port$766$11 ;
-  output \port$766$12 ;
-  wire \port$766$12 ;
-  output \port$766$13 ;
-  wire \port$766$13 ;
-  output \port$766$14 ;
-  wire \port$766$14 ;
-  output \port$766$15 ;
-  wire \port$766$15 ;
-  output \port$766$2 ;
-  wire \port$766$2 ;
-  output \port$766$3 ;
-  wire \port$766$3 ;
-  output \port$766$4 ;
-  wire \port$766$4 ;
-  output \port$766$5 ;
-  wire \port$766$5 ;
-  output \port$766$6 ;
-  wire \port$766$6 ;
-  output \port$766$7 ;
-  wire \port$766$7 ;
-  output \port$766$8 ;
-  wire \port$766$8 ;
-  output \port$766$9 ;
-  wire \port$766$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$766$0  = \$1 ;
-  assign \port$766$1  = \$2 ;
-  assign \port$766$2  = \$3 ;
-  assign \port$766$3  = \$4 ;
-  assign \port$766$4  = \$5 ;
-  assign \port$766$5  = \$6 ;
-  assign \port$766$6  = \$7 ;
-  assign \port$766$7  = \$8 ;
-  assign \port$766$8  = \$9 ;
-  assign \port$766$9  = \$10 ;
-  assign \port$766$10  = \$11 ;
-  assign \port$766$11  = \$12 ;
-  assign \port$766$12  = \$13 ;
-  assign \port$766$13  = \$14 ;
-  assign \port$766$14  = \$15 ;
-  assign \port$766$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_5 (\port$767$0 , \port$767$1 , \port$767$2 , \port$767$3 , \port$767$4 , \port$767$5 , \port$767$6 , \port$767$7 , \port$767$8 , \port$767$9 , \port$767$10 , \port$767$11 , \port$767$12 , \port$767$13 , \port$767$14 , \port$767$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_0 (\port$767$0 , \port$767$1 , \port$767$2 , \port$767$3 , \port$767$4 , \port$767$5 , \port$767$6 , \port$767$7 , \port$767$8 , \port$767$9 , \port$767$10 , \port$767$11 , \port$767$12 , \port$767$13 , \port$767$14 , \port$767$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5397,7 +4307,7 @@ module \psc_core.dp.pe_0.mul_5 (\port$767$0 , \port$767$1 , \port$767$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_6 (\port$768$0 , \port$768$1 , \port$768$2 , \port$768$3 , \port$768$4 , \port$768$5 , \port$768$6 , \port$768$7 , \port$768$8 , \port$768$9 , \port$768$10 , \port$768$11 , \port$768$12 , \port$768$13 , \port$768$14 , \port$768$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_1 (\port$768$0 , \port$768$1 , \port$768$2 , \port$768$3 , \port$768$4 , \port$768$5 , \port$768$6 , \port$768$7 , \port$768$8 , \port$768$9 , \port$768$10 , \port$768$11 , \port$768$12 , \port$768$13 , \port$768$14 , \port$768$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5620,6 +4530,1121 @@ module \psc_core.dp.pe_0.mul_6 (\port$768$0 , \port$768$1 , \port$768$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
+module \psc_core.dp.pe_0.mul_2 (\port$769$0 , \port$769$1 , \port$769$2 , \port$769$3 , \port$769$4 , \port$769$5 , \port$769$6 , \port$769$7 , \port$769$8 , \port$769$9 , \port$769$10 , \port$769$11 , \port$769$12 , \port$769$13 , \port$769$14 , \port$769$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$769$0 ;
+  wire \port$769$0 ;
+  output \port$769$1 ;
+  wire \port$769$1 ;
+  output \port$769$10 ;
+  wire \port$769$10 ;
+  output \port$769$11 ;
+  wire \port$769$11 ;
+  output \port$769$12 ;
+  wire \port$769$12 ;
+  output \port$769$13 ;
+  wire \port$769$13 ;
+  output \port$769$14 ;
+  wire \port$769$14 ;
+  output \port$769$15 ;
+  wire \port$769$15 ;
+  output \port$769$2 ;
+  wire \port$769$2 ;
+  output \port$769$3 ;
+  wire \port$769$3 ;
+  output \port$769$4 ;
+  wire \port$769$4 ;
+  output \port$769$5 ;
+  wire \port$769$5 ;
+  output \port$769$6 ;
+  wire \port$769$6 ;
+  output \port$769$7 ;
+  wire \port$769$7 ;
+  output \port$769$8 ;
+  wire \port$769$8 ;
+  output \port$769$9 ;
+  wire \port$769$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$769$0  = \$1 ;
+  assign \port$769$1  = \$2 ;
+  assign \port$769$2  = \$3 ;
+  assign \port$769$3  = \$4 ;
+  assign \port$769$4  = \$5 ;
+  assign \port$769$5  = \$6 ;
+  assign \port$769$6  = \$7 ;
+  assign \port$769$7  = \$8 ;
+  assign \port$769$8  = \$9 ;
+  assign \port$769$9  = \$10 ;
+  assign \port$769$10  = \$11 ;
+  assign \port$769$11  = \$12 ;
+  assign \port$769$12  = \$13 ;
+  assign \port$769$13  = \$14 ;
+  assign \port$769$14  = \$15 ;
+  assign \port$769$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_0.mul_3 (\port$770$0 , \port$770$1 , \port$770$2 , \port$770$3 , \port$770$4 , \port$770$5 , \port$770$6 , \port$770$7 , \port$770$8 , \port$770$9 , \port$770$10 , \port$770$11 , \port$770$12 , \port$770$13 , \port$770$14 , \port$770$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$770$0 ;
+  wire \port$770$0 ;
+  output \port$770$1 ;
+  wire \port$770$1 ;
+  output \port$770$10 ;
+  wire \port$770$10 ;
+  output \port$770$11 ;
+  wire \port$770$11 ;
+  output \port$770$12 ;
+  wire \port$770$12 ;
+  output \port$770$13 ;
+  wire \port$770$13 ;
+  output \port$770$14 ;
+  wire \port$770$14 ;
+  output \port$770$15 ;
+  wire \port$770$15 ;
+  output \port$770$2 ;
+  wire \port$770$2 ;
+  output \port$770$3 ;
+  wire \port$770$3 ;
+  output \port$770$4 ;
+  wire \port$770$4 ;
+  output \port$770$5 ;
+  wire \port$770$5 ;
+  output \port$770$6 ;
+  wire \port$770$6 ;
+  output \port$770$7 ;
+  wire \port$770$7 ;
+  output \port$770$8 ;
+  wire \port$770$8 ;
+  output \port$770$9 ;
+  wire \port$770$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$770$0  = \$1 ;
+  assign \port$770$1  = \$2 ;
+  assign \port$770$2  = \$3 ;
+  assign \port$770$3  = \$4 ;
+  assign \port$770$4  = \$5 ;
+  assign \port$770$5  = \$6 ;
+  assign \port$770$6  = \$7 ;
+  assign \port$770$7  = \$8 ;
+  assign \port$770$8  = \$9 ;
+  assign \port$770$9  = \$10 ;
+  assign \port$770$10  = \$11 ;
+  assign \port$770$11  = \$12 ;
+  assign \port$770$12  = \$13 ;
+  assign \port$770$13  = \$14 ;
+  assign \port$770$14  = \$15 ;
+  assign \port$770$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_0.mul_4 (\port$771$0 , \port$771$1 , \port$771$2 , \port$771$3 , \port$771$4 , \port$771$5 , \port$771$6 , \port$771$7 , \port$771$8 , \port$771$9 , \port$771$10 , \port$771$11 , \port$771$12 , \port$771$13 , \port$771$14 , \port$771$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$771$0 ;
+  wire \port$771$0 ;
+  output \port$771$1 ;
+  wire \port$771$1 ;
+  output \port$771$10 ;
+  wire \port$771$10 ;
+  output \port$771$11 ;
+  wire \port$771$11 ;
+  output \port$771$12 ;
+  wire \port$771$12 ;
+  output \port$771$13 ;
+  wire \port$771$13 ;
+  output \port$771$14 ;
+  wire \port$771$14 ;
+  output \port$771$15 ;
+  wire \port$771$15 ;
+  output \port$771$2 ;
+  wire \port$771$2 ;
+  output \port$771$3 ;
+  wire \port$771$3 ;
+  output \port$771$4 ;
+  wire \port$771$4 ;
+  output \port$771$5 ;
+  wire \port$771$5 ;
+  output \port$771$6 ;
+  wire \port$771$6 ;
+  output \port$771$7 ;
+  wire \port$771$7 ;
+  output \port$771$8 ;
+  wire \port$771$8 ;
+  output \port$771$9 ;
+  wire \port$771$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$771$0  = \$1 ;
+  assign \port$771$1  = \$2 ;
+  assign \port$771$2  = \$3 ;
+  assign \port$771$3  = \$4 ;
+  assign \port$771$4  = \$5 ;
+  assign \port$771$5  = \$6 ;
+  assign \port$771$6  = \$7 ;
+  assign \port$771$7  = \$8 ;
+  assign \port$771$8  = \$9 ;
+  assign \port$771$9  = \$10 ;
+  assign \port$771$10  = \$11 ;
+  assign \port$771$11  = \$12 ;
+  assign \port$771$12  = \$13 ;
+  assign \port$771$13  = \$14 ;
+  assign \port$771$14  = \$15 ;
+  assign \port$771$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_0.mul_5 (\port$772$0 , \port$772$1 , \port$772$2 , \port$772$3 , \port$772$4 , \port$772$5 , \port$772$6 , \port$772$7 , \port$772$8 , \port$772$9 , \port$772$10 , \port$772$11 , \port$772$12 , \port$772$13 , \port$772$14 , \port$772$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$772$0 ;
+  wire \port$772$0 ;
+  output \port$772$1 ;
+  wire \port$772$1 ;
+  output \port$772$10 ;
+  wire \port$772$10 ;
+  output \port$772$11 ;
+  wire \port$772$11 ;
+  output \port$772$12 ;
+  wire \port$772$12 ;
+  output \port$772$13 ;
+  wire \port$772$13 ;
+  output \port$772$14 ;
+  wire \port$772$14 ;
+  output \port$772$15 ;
+  wire \port$772$15 ;
+  output \port$772$2 ;
+  wire \port$772$2 ;
+  output \port$772$3 ;
+  wire \port$772$3 ;
+  output \port$772$4 ;
+  wire \port$772$4 ;
+  output \port$772$5 ;
+  wire \port$772$5 ;
+  output \port$772$6 ;
+  wire \port$772$6 ;
+  output \port$772$7 ;
+  wire \port$772$7 ;
+  output \port$772$8 ;
+  wire \port$772$8 ;
+  output \port$772$9 ;
+  wire \port$772$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$772$0  = \$1 ;
+  assign \port$772$1  = \$2 ;
+  assign \port$772$2  = \$3 ;
+  assign \port$772$3  = \$4 ;
+  assign \port$772$4  = \$5 ;
+  assign \port$772$5  = \$6 ;
+  assign \port$772$6  = \$7 ;
+  assign \port$772$7  = \$8 ;
+  assign \port$772$8  = \$9 ;
+  assign \port$772$9  = \$10 ;
+  assign \port$772$10  = \$11 ;
+  assign \port$772$11  = \$12 ;
+  assign \port$772$12  = \$13 ;
+  assign \port$772$13  = \$14 ;
+  assign \port$772$14  = \$15 ;
+  assign \port$772$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_0.mul_6 (\port$773$0 , \port$773$1 , \port$773$2 , \port$773$3 , \port$773$4 , \port$773$5 , \port$773$6 , \port$773$7 , \port$773$8 , \port$773$9 , \port$773$10 , \port$773$11 , \port$773$12 , \port$773$13 , \port$773$14 , \port$773$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$773$0 ;
+  wire \port$773$0 ;
+  output \port$773$1 ;
+  wire \port$773$1 ;
+  output \port$773$10 ;
+  wire \port$773$10 ;
+  output \port$773$11 ;
+  wire \port$773$11 ;
+  output \port$773$12 ;
+  wire \port$773$12 ;
+  output \port$773$13 ;
+  wire \port$773$13 ;
+  output \port$773$14 ;
+  wire \port$773$14 ;
+  output \port$773$15 ;
+  wire \port$773$15 ;
+  output \port$773$2 ;
+  wire \port$773$2 ;
+  output \port$773$3 ;
+  wire \port$773$3 ;
+  output \port$773$4 ;
+  wire \port$773$4 ;
+  output \port$773$5 ;
+  wire \port$773$5 ;
+  output \port$773$6 ;
+  wire \port$773$6 ;
+  output \port$773$7 ;
+  wire \port$773$7 ;
+  output \port$773$8 ;
+  wire \port$773$8 ;
+  output \port$773$9 ;
+  wire \port$773$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$773$0  = \$1 ;
+  assign \port$773$1  = \$2 ;
+  assign \port$773$2  = \$3 ;
+  assign \port$773$3  = \$4 ;
+  assign \port$773$4  = \$5 ;
+  assign \port$773$5  = \$6 ;
+  assign \port$773$6  = \$7 ;
+  assign \port$773$7  = \$8 ;
+  assign \port$773$8  = \$9 ;
+  assign \port$773$9  = \$10 ;
+  assign \port$773$10  = \$11 ;
+  assign \port$773$11  = \$12 ;
+  assign \port$773$12  = \$13 ;
+  assign \port$773$13  = \$14 ;
+  assign \port$773$14  = \$15 ;
+  assign \port$773$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
 module \psc_core.dp.pe_0.wsu (w, mask, words);
   wire [7:0] \$1 ;
   wire [7:0] \$2 ;
@@ -5679,2523 +5704,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2973$800 , valid, en, lane_acc, acc, mask, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
-  wire [18:0] \$1 ;
-  wire [16:0] \$10 ;
-  wire \$100 ;
-  wire \$101 ;
-  wire \$102 ;
-  wire \$103 ;
-  wire \$104 ;
-  wire \$105 ;
-  wire \$106 ;
-  wire \$107 ;
-  wire \$108 ;
-  wire \$109 ;
-  wire [17:0] \$11 ;
-  wire \$110 ;
-  wire \$111 ;
-  wire \$112 ;
-  wire \$113 ;
-  wire \$114 ;
-  wire \$115 ;
-  wire \$116 ;
-  wire \$117 ;
-  wire \$118 ;
-  wire \$119 ;
-  wire \$12 ;
-  wire \$120 ;
-  wire \$121 ;
-  wire \$122 ;
-  wire \$123 ;
-  wire \$124 ;
-  wire \$125 ;
-  wire \$126 ;
-  wire \$127 ;
-  wire \$128 ;
-  wire \$129 ;
-  wire [32:0] \$13 ;
-  wire \$130 ;
-  wire \$131 ;
-  wire \$132 ;
-  wire \$133 ;
-  wire \$134 ;
-  wire \$135 ;
-  wire \$136 ;
-  wire \$137 ;
-  wire \$138 ;
-  wire \$139 ;
-  wire \$14 ;
-  wire \$140 ;
-  wire \$141 ;
-  wire \$142 ;
-  wire \$143 ;
-  wire \$144 ;
-  wire \$145 ;
-  wire \$146 ;
-  wire \$147 ;
-  wire \$148 ;
-  wire \$149 ;
-  wire [20:0] \$15 ;
-  wire \$150 ;
-  wire \$151 ;
-  wire \$152 ;
-  wire \$153 ;
-  wire \$154 ;
-  wire \$155 ;
-  wire \$156 ;
-  wire \$157 ;
-  wire \$158 ;
-  wire \$159 ;
-  wire [21:0] \$16 ;
-  wire \$160 ;
-  wire \$161 ;
-  wire \$162 ;
-  wire \$163 ;
-  wire \$164 ;
-  wire \$165 ;
-  wire \$166 ;
-  wire \$167 ;
-  wire \$168 ;
-  wire \$169 ;
-  wire \$17 ;
-  wire \$170 ;
-  wire \$171 ;
-  wire \$172 ;
-  wire \$173 ;
-  wire \$174 ;
-  wire \$175 ;
-  wire [20:0] \$18 ;
-  wire [21:0] \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire [20:0] \$21 ;
-  wire [21:0] \$22 ;
-  wire \$23 ;
-  wire [20:0] \$24 ;
-  wire [21:0] \$25 ;
-  wire \$26 ;
-  wire [20:0] \$27 ;
-  wire [21:0] \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire [20:0] \$30 ;
-  wire [21:0] \$31 ;
-  wire \$32 ;
-  wire [20:0] \$33 ;
-  wire [21:0] \$34 ;
-  wire \$35 ;
-  reg \$36 ;
-  reg \$37 ;
-  reg \$38 ;
-  reg [31:0] \$39 ;
-  wire \$4 ;
-  reg \$40 ;
-  reg \$41 ;
-  reg \$42 ;
-  reg [31:0] \$43 ;
-  reg \$44 ;
-  reg \$45 ;
-  reg \$46 ;
-  reg [31:0] \$47 ;
-  reg \$48 ;
-  reg \$49 ;
-  wire \$5 ;
-  reg \$50 ;
-  reg [31:0] \$51 ;
-  reg \$52 ;
-  reg [17:0] \$53 ;
-  reg [17:0] \$54 ;
-  reg [31:0] \$55 ;
-  reg [20:0] \$56 ;
-  reg [20:0] \$57 ;
-  reg [20:0] \$58 ;
-  reg [20:0] \$59 ;
-  wire \$6 ;
-  reg [20:0] \$60 ;
-  reg [20:0] \$61 ;
-  reg [20:0] \$62 ;
-  reg \$63 ;
-  wire \$64 ;
-  wire \$65 ;
-  wire \$66 ;
-  wire \$67 ;
-  wire \$68 ;
-  wire \$69 ;
-  wire [16:0] \$7 ;
-  wire \$70 ;
-  wire \$71 ;
-  wire \$72 ;
-  wire \$73 ;
-  wire \$74 ;
-  wire \$75 ;
-  wire \$76 ;
-  wire \$77 ;
-  wire \$78 ;
-  wire \$79 ;
-  wire [16:0] \$8 ;
-  wire \$80 ;
-  wire \$81 ;
-  wire \$82 ;
-  wire \$83 ;
-  wire \$84 ;
-  wire \$85 ;
-  wire \$86 ;
-  wire \$87 ;
-  wire \$88 ;
-  wire \$89 ;
-  wire [17:0] \$9 ;
-  wire \$90 ;
-  wire \$91 ;
-  wire \$92 ;
-  wire \$93 ;
-  wire \$94 ;
-  wire \$95 ;
-  wire \$96 ;
-  wire \$97 ;
-  wire \$98 ;
-  wire \$99 ;
-  wire [7:0] a;
-  wire [7:0] \a$13 ;
-  wire [7:0] \a$17 ;
-  wire [7:0] \a$21 ;
-  wire [7:0] \a$25 ;
-  wire [7:0] \a$29 ;
-  wire [7:0] \a$33 ;
-  output [31:0] acc;
-  reg [31:0] acc = 32'd0;
-  (* init = 32'd0 *)
-  wire [31:0] \acc$37 ;
-  reg acc_valid = 1'h0;
-  wire [7:0] b;
-  wire [7:0] \b$14 ;
-  wire [7:0] \b$18 ;
-  wire [7:0] \b$22 ;
-  wire [7:0] \b$26 ;
-  wire [7:0] \b$30 ;
-  wire [7:0] \b$34 ;
-  reg [31:0] b1 = 32'd0;
-  reg [31:0] b2 = 32'd0;
-  reg [31:0] b3 = 32'd0;
-  reg [31:0] b4 = 32'd0;
-  input [31:0] bias;
-  wire [31:0] bias;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire \en$12 ;
-  wire \en$16 ;
-  wire \en$20 ;
-  wire \en$24 ;
-  wire \en$28 ;
-  wire \en$32 ;
-  wire \en$5 ;
-  reg f1 = 1'h0;
-  reg f2 = 1'h0;
-  reg f3 = 1'h0;
-  reg f4 = 1'h0;
-  wire first;
-  reg l1 = 1'h0;
-  reg l2 = 1'h0;
-  reg l3 = 1'h0;
-  reg l4 = 1'h0;
-  output [146:0] lane_acc;
-  wire [146:0] lane_acc;
-  wire [20:0] \lane_acc[0] ;
-  wire [20:0] \lane_acc[1] ;
-  wire [20:0] \lane_acc[2] ;
-  wire [20:0] \lane_acc[3] ;
-  wire [20:0] \lane_acc[4] ;
-  wire [20:0] \lane_acc[5] ;
-  wire [20:0] \lane_acc[6] ;
-  reg [20:0] lane_acc_0 = 21'h000000;
-  reg [20:0] lane_acc_1 = 21'h000000;
-  reg [20:0] lane_acc_2 = 21'h000000;
-  reg [20:0] lane_acc_3 = 21'h000000;
-  reg [20:0] lane_acc_4 = 21'h000000;
-  reg [20:0] lane_acc_5 = 21'h000000;
-  reg [20:0] lane_acc_6 = 21'h000000;
-  reg lane_valid = 1'h0;
-  wire last;
-  input [6:0] mask;
-  wire [6:0] mask;
-  wire [6:0] \mask$3 ;
-  wire [15:0] p;
-  wire [15:0] \p$15 ;
-  wire [15:0] \p$19 ;
-  wire [15:0] \p$23 ;
-  wire [15:0] \p$27 ;
-  wire [15:0] \p$31 ;
-  wire [15:0] \p$35 ;
-  input [1:0] \port$2973$800 ;
-  wire [1:0] \port$2973$800 ;
-  wire [111:0] products;
-  wire [15:0] \products[0] ;
-  wire [15:0] \products[1] ;
-  wire [15:0] \products[2] ;
-  wire [15:0] \products[3] ;
-  wire [15:0] \products[4] ;
-  wire [15:0] \products[5] ;
-  wire [15:0] \products[6] ;
-  input rst;
-  wire rst;
-  wire [31:0] start;
-  wire [31:0] tree;
-  reg [17:0] tree0_0 = 18'h00000;
-  reg [17:0] tree0_1 = 18'h00000;
-  reg v1 = 1'h0;
-  reg v2 = 1'h0;
-  reg v3 = 1'h0;
-  reg v4 = 1'h0;
-  input valid;
-  wire valid;
-  wire [55:0] w;
-  wire [7:0] \w[0] ;
-  wire [7:0] \w[1] ;
-  wire [7:0] \w[2] ;
-  wire [7:0] \w[3] ;
-  wire [7:0] \w[4] ;
-  wire [7:0] \w[5] ;
-  wire [7:0] \w[6] ;
-  input [111:0] words;
-  wire [111:0] words;
-  wire [111:0] \words$1 ;
-  wire [15:0] \words$1[0] ;
-  wire [15:0] \words$1[1] ;
-  wire [15:0] \words$1[2] ;
-  wire [15:0] \words$1[3] ;
-  wire [15:0] \words$1[4] ;
-  wire [15:0] \words$1[5] ;
-  wire [15:0] \words$1[6] ;
-  wire [15:0] \words[0] ;
-  wire [15:0] \words[1] ;
-  wire [15:0] \words[2] ;
-  wire [15:0] \words[3] ;
-  wire [15:0] \words[4] ;
-  wire [15:0] \words[5] ;
-  wire [15:0] \words[6] ;
-  input [55:0] x;
-  wire [55:0] x;
-  wire [7:0] \x[0] ;
-  wire [7:0] \x[1] ;
-  wire [7:0] \x[2] ;
-  wire [7:0] \x[3] ;
-  wire [7:0] \x[4] ;
-  wire [7:0] \x[5] ;
-  wire [7:0] \x[6] ;
-  assign \$1  = $signed(tree0_0) + $signed(tree0_1);
-  assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2973$800 [0];
-  assign \$3  = v1 & f1;
-  assign \$4  = v2 & f2;
-  assign \$5  = v3 & f3;
-  assign \$6  = v4 & l4;
-  assign \$7  = $signed(products[15:0]) + $signed(products[31:16]);
-  assign \$8  = $signed(products[47:32]) + $signed(products[63:48]);
-  assign \$9  = $signed(\$7 ) + $signed(\$8 );
-  assign \$10  = $signed(products[79:64]) + $signed(products[95:80]);
-  assign \$11  = $signed(\$10 ) + $signed(products[111:96]);
-  assign \$12  = en & v4;
-  assign \$13  = $signed(start) + $signed(\$1 );
-  assign \$14  = en & v3;
-  assign \$15  = f3 ? 21'h000000 : lane_acc_0;
-  assign \$16  = $signed(\$15 ) + $signed(products[15:0]);
-  assign \$17  = en & v3;
-  assign \$18  = f3 ? 21'h000000 : lane_acc_1;
-  assign \$19  = $signed(\$18 ) + $signed(products[31:16]);
-  assign \$20  = en & v3;
-  assign \$21  = f3 ? 21'h000000 : lane_acc_2;
-  assign \$22  = $signed(\$21 ) + $signed(products[47:32]);
-  assign \$23  = en & v3;
-  assign \$24  = f3 ? 21'h000000 : lane_acc_3;
-  assign \$25  = $signed(\$24 ) + $signed(products[63:48]);
-  assign \$26  = en & v3;
-  assign \$27  = f3 ? 21'h000000 : lane_acc_4;
-  assign \$28  = $signed(\$27 ) + $signed(products[79:64]);
-  assign \$29  = en & v3;
-  assign \$30  = f3 ? 21'h000000 : lane_acc_5;
-  assign \$31  = $signed(\$30 ) + $signed(products[95:80]);
-  assign \$32  = en & v3;
-  assign \$33  = f3 ? 21'h000000 : lane_acc_6;
-  assign \$34  = $signed(\$33 ) + $signed(products[111:96]);
-  assign \$35  = v3 & l3;
-  always @(posedge clk)
-    v1 <= \$36 ;
-  always @(posedge clk)
-    f1 <= \$37 ;
-  always @(posedge clk)
-    l1 <= \$38 ;
-  always @(posedge clk)
-    b1 <= \$39 ;
-  always @(posedge clk)
-    v2 <= \$40 ;
-  always @(posedge clk)
-    f2 <= \$41 ;
-  always @(posedge clk)
-    l2 <= \$42 ;
-  always @(posedge clk)
-    b2 <= \$43 ;
-  always @(posedge clk)
-    v3 <= \$44 ;
-  always @(posedge clk)
-    f3 <= \$45 ;
-  always @(posedge clk)
-    l3 <= \$46 ;
-  always @(posedge clk)
-    b3 <= \$47 ;
-  always @(posedge clk)
-    v4 <= \$48 ;
-  always @(posedge clk)
-    f4 <= \$49 ;
-  always @(posedge clk)
-    l4 <= \$50 ;
-  always @(posedge clk)
-    b4 <= \$51 ;
-  always @(posedge clk)
-    acc_valid <= \$52 ;
-  always @(posedge clk)
-    tree0_0 <= \$53 ;
-  always @(posedge clk)
-    tree0_1 <= \$54 ;
-  always @(posedge clk)
-    acc <= \$55 ;
-  always @(posedge clk)
-    lane_acc_0 <= \$56 ;
-  always @(posedge clk)
-    lane_acc_1 <= \$57 ;
-  always @(posedge clk)
-    lane_acc_2 <= \$58 ;
-  always @(posedge clk)
-    lane_acc_3 <= \$59 ;
-  always @(posedge clk)
-    lane_acc_4 <= \$60 ;
-  always @(posedge clk)
-    lane_acc_5 <= \$61 ;
-  always @(posedge clk)
-    lane_acc_6 <= \$62 ;
-  always @(posedge clk)
-    lane_valid <= \$63 ;
-  \psc_core.dp.pe_1.mul_0  mul_0 (
-    .a(x[7:0]),
-    .b(w[7:0]),
-    .clk(clk),
-    .en(en),
-    .\port$842$0 (\$64 ),
-    .\port$842$1 (\$65 ),
-    .\port$842$10 (\$74 ),
-    .\port$842$11 (\$75 ),
-    .\port$842$12 (\$76 ),
-    .\port$842$13 (\$77 ),
-    .\port$842$14 (\$78 ),
-    .\port$842$15 (\$79 ),
-    .\port$842$2 (\$66 ),
-    .\port$842$3 (\$67 ),
-    .\port$842$4 (\$68 ),
-    .\port$842$5 (\$69 ),
-    .\port$842$6 (\$70 ),
-    .\port$842$7 (\$71 ),
-    .\port$842$8 (\$72 ),
-    .\port$842$9 (\$73 )
-  );
-  \psc_core.dp.pe_1.mul_1  mul_1 (
-    .a(x[15:8]),
-    .b(w[15:8]),
-    .clk(clk),
-    .en(en),
-    .\port$843$0 (\$80 ),
-    .\port$843$1 (\$81 ),
-    .\port$843$10 (\$90 ),
-    .\port$843$11 (\$91 ),
-    .\port$843$12 (\$92 ),
-    .\port$843$13 (\$93 ),
-    .\port$843$14 (\$94 ),
-    .\port$843$15 (\$95 ),
-    .\port$843$2 (\$82 ),
-    .\port$843$3 (\$83 ),
-    .\port$843$4 (\$84 ),
-    .\port$843$5 (\$85 ),
-    .\port$843$6 (\$86 ),
-    .\port$843$7 (\$87 ),
-    .\port$843$8 (\$88 ),
-    .\port$843$9 (\$89 )
-  );
-  \psc_core.dp.pe_1.mul_2  mul_2 (
-    .a(x[23:16]),
-    .b(w[23:16]),
-    .clk(clk),
-    .en(en),
-    .\port$844$0 (\$96 ),
-    .\port$844$1 (\$97 ),
-    .\port$844$10 (\$106 ),
-    .\port$844$11 (\$107 ),
-    .\port$844$12 (\$108 ),
-    .\port$844$13 (\$109 ),
-    .\port$844$14 (\$110 ),
-    .\port$844$15 (\$111 ),
-    .\port$844$2 (\$98 ),
-    .\port$844$3 (\$99 ),
-    .\port$844$4 (\$100 ),
-    .\port$844$5 (\$101 ),
-    .\port$844$6 (\$102 ),
-    .\port$844$7 (\$103 ),
-    .\port$844$8 (\$104 ),
-    .\port$844$9 (\$105 )
-  );
-  \psc_core.dp.pe_1.mul_3  mul_3 (
-    .a(x[31:24]),
-    .b(w[31:24]),
-    .clk(clk),
-    .en(en),
-    .\port$845$0 (\$112 ),
-    .\port$845$1 (\$113 ),
-    .\port$845$10 (\$122 ),
-    .\port$845$11 (\$123 ),
-    .\port$845$12 (\$124 ),
-    .\port$845$13 (\$125 ),
-    .\port$845$14 (\$126 ),
-    .\port$845$15 (\$127 ),
-    .\port$845$2 (\$114 ),
-    .\port$845$3 (\$115 ),
-    .\port$845$4 (\$116 ),
-    .\port$845$5 (\$117 ),
-    .\port$845$6 (\$118 ),
-    .\port$845$7 (\$119 ),
-    .\port$845$8 (\$120 ),
-    .\port$845$9 (\$121 )
-  );
-  \psc_core.dp.pe_1.mul_4  mul_4 (
-    .a(x[39:32]),
-    .b(w[39:32]),
-    .clk(clk),
-    .en(en),
-    .\port$846$0 (\$128 ),
-    .\port$846$1 (\$129 ),
-    .\port$846$10 (\$138 ),
-    .\port$846$11 (\$139 ),
-    .\port$846$12 (\$140 ),
-    .\port$846$13 (\$141 ),
-    .\port$846$14 (\$142 ),
-    .\port$846$15 (\$143 ),
-    .\port$846$2 (\$130 ),
-    .\port$846$3 (\$131 ),
-    .\port$846$4 (\$132 ),
-    .\port$846$5 (\$133 ),
-    .\port$846$6 (\$134 ),
-    .\port$846$7 (\$135 ),
-    .\port$846$8 (\$136 ),
-    .\port$846$9 (\$137 )
-  );
-  \psc_core.dp.pe_1.mul_5  mul_5 (
-    .a(x[47:40]),
-    .b(w[47:40]),
-    .clk(clk),
-    .en(en),
-    .\port$847$0 (\$144 ),
-    .\port$847$1 (\$145 ),
-    .\port$847$10 (\$154 ),
-    .\port$847$11 (\$155 ),
-    .\port$847$12 (\$156 ),
-    .\port$847$13 (\$157 ),
-    .\port$847$14 (\$158 ),
-    .\port$847$15 (\$159 ),
-    .\port$847$2 (\$146 ),
-    .\port$847$3 (\$147 ),
-    .\port$847$4 (\$148 ),
-    .\port$847$5 (\$149 ),
-    .\port$847$6 (\$150 ),
-    .\port$847$7 (\$151 ),
-    .\port$847$8 (\$152 ),
-    .\port$847$9 (\$153 )
-  );
-  \psc_core.dp.pe_1.mul_6  mul_6 (
-    .a(x[55:48]),
-    .b(w[55:48]),
-    .clk(clk),
-    .en(en),
-    .\port$848$0 (\$160 ),
-    .\port$848$1 (\$161 ),
-    .\port$848$10 (\$170 ),
-    .\port$848$11 (\$171 ),
-    .\port$848$12 (\$172 ),
-    .\port$848$13 (\$173 ),
-    .\port$848$14 (\$174 ),
-    .\port$848$15 (\$175 ),
-    .\port$848$2 (\$162 ),
-    .\port$848$3 (\$163 ),
-    .\port$848$4 (\$164 ),
-    .\port$848$5 (\$165 ),
-    .\port$848$6 (\$166 ),
-    .\port$848$7 (\$167 ),
-    .\port$848$8 (\$168 ),
-    .\port$848$9 (\$169 )
-  );
-  \psc_core.dp.pe_1.wsu  wsu (
-    .mask(mask),
-    .w(w),
-    .words(words)
-  );
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$36  = v1;
-    if (en) begin
-      \$36  = valid;
-    end
-    if (rst) begin
-      \$36  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$37  = f1;
-    if (en) begin
-      \$37  = \port$2973$800 [0];
-    end
-    if (rst) begin
-      \$37  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$38  = l1;
-    if (en) begin
-      \$38  = \port$2973$800 [1];
-    end
-    if (rst) begin
-      \$38  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$39  = b1;
-    if (en) begin
-      if (\$2 ) begin
-        \$39  = bias;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$40  = v2;
-    if (en) begin
-      \$40  = v1;
-    end
-    if (rst) begin
-      \$40  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$41  = f2;
-    if (en) begin
-      \$41  = f1;
-    end
-    if (rst) begin
-      \$41  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$42  = l2;
-    if (en) begin
-      \$42  = l1;
-    end
-    if (rst) begin
-      \$42  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$43  = b2;
-    if (en) begin
-      if (\$3 ) begin
-        \$43  = b1;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$44  = v3;
-    if (en) begin
-      \$44  = v2;
-    end
-    if (rst) begin
-      \$44  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$45  = f3;
-    if (en) begin
-      \$45  = f2;
-    end
-    if (rst) begin
-      \$45  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$46  = l3;
-    if (en) begin
-      \$46  = l2;
-    end
-    if (rst) begin
-      \$46  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$47  = b3;
-    if (en) begin
-      if (\$4 ) begin
-        \$47  = b2;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$48  = v4;
-    if (en) begin
-      \$48  = v3;
-    end
-    if (rst) begin
-      \$48  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$49  = f4;
-    if (en) begin
-      \$49  = f3;
-    end
-    if (rst) begin
-      \$49  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$50  = l4;
-    if (en) begin
-      \$50  = l3;
-    end
-    if (rst) begin
-      \$50  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$51  = b4;
-    if (en) begin
-      if (\$5 ) begin
-        \$51  = b3;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$52  = acc_valid;
-    if (en) begin
-      \$52  = \$6 ;
-    end
-    if (rst) begin
-      \$52  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$53  = tree0_0;
-    if (en) begin
-      \$53  = \$9 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$54  = tree0_1;
-    if (en) begin
-      \$54  = \$11 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$55  = acc;
-    if (\$12 ) begin
-      \$55  = \$13 [31:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$56  = lane_acc_0;
-    if (\$14 ) begin
-      \$56  = \$16 [20:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$57  = lane_acc_1;
-    if (\$17 ) begin
-      \$57  = \$19 [20:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$58  = lane_acc_2;
-    if (\$20 ) begin
-      \$58  = \$22 [20:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$59  = lane_acc_3;
-    if (\$23 ) begin
-      \$59  = \$25 [20:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$60  = lane_acc_4;
-    if (\$26 ) begin
-      \$60  = \$28 [20:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$61  = lane_acc_5;
-    if (\$29 ) begin
-      \$61  = \$31 [20:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$62  = lane_acc_6;
-    if (\$32 ) begin
-      \$62  = \$34 [20:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$63  = lane_valid;
-    if (en) begin
-      \$63  = \$35 ;
-    end
-    if (rst) begin
-      \$63  = 1'h0;
-    end
-  end
-  assign \words$1  = words;
-  assign \mask$3  = mask;
-  assign \en$5  = en;
-  assign a = x[7:0];
-  assign b = w[7:0];
-  assign p = { \$79 , \$78 , \$77 , \$76 , \$75 , \$74 , \$73 , \$72 , \$71 , \$70 , \$69 , \$68 , \$67 , \$66 , \$65 , \$64  };
-  assign \en$12  = en;
-  assign \a$13  = x[15:8];
-  assign \b$14  = w[15:8];
-  assign \p$15  = { \$95 , \$94 , \$93 , \$92 , \$91 , \$90 , \$89 , \$88 , \$87 , \$86 , \$85 , \$84 , \$83 , \$82 , \$81 , \$80  };
-  assign \en$16  = en;
-  assign \a$17  = x[23:16];
-  assign \b$18  = w[23:16];
-  assign \p$19  = { \$111 , \$110 , \$109 , \$108 , \$107 , \$106 , \$105 , \$104 , \$103 , \$102 , \$101 , \$100 , \$99 , \$98 , \$97 , \$96  };
-  assign \en$20  = en;
-  assign \a$21  = x[31:24];
-  assign \b$22  = w[31:24];
-  assign \p$23  = { \$127 , \$126 , \$125 , \$124 , \$123 , \$122 , \$121 , \$120 , \$119 , \$118 , \$117 , \$116 , \$115 , \$114 , \$113 , \$112  };
-  assign \en$24  = en;
-  assign \a$25  = x[39:32];
-  assign \b$26  = w[39:32];
-  assign \p$27  = { \$143 , \$142 , \$141 , \$140 , \$139 , \$138 , \$137 , \$136 , \$135 , \$134 , \$133 , \$132 , \$131 , \$130 , \$129 , \$128  };
-  assign \en$28  = en;
-  assign \a$29  = x[47:40];
-  assign \b$30  = w[47:40];
-  assign \p$31  = { \$159 , \$158 , \$157 , \$156 , \$155 , \$154 , \$153 , \$152 , \$151 , \$150 , \$149 , \$148 , \$147 , \$146 , \$145 , \$144  };
-  assign \en$32  = en;
-  assign \a$33  = x[55:48];
-  assign \b$34  = w[55:48];
-  assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
-  assign \acc$37  = acc;
-  assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2973$800 [0];
-  assign last = \port$2973$800 [1];
-  assign \words[0]  = words[15:0];
-  assign \words[1]  = words[31:16];
-  assign \words[2]  = words[47:32];
-  assign \words[3]  = words[63:48];
-  assign \words[4]  = words[79:64];
-  assign \words[5]  = words[95:80];
-  assign \words[6]  = words[111:96];
-  assign \words$1[0]  = words[15:0];
-  assign \words$1[1]  = words[31:16];
-  assign \words$1[2]  = words[47:32];
-  assign \words$1[3]  = words[63:48];
-  assign \words$1[4]  = words[79:64];
-  assign \words$1[5]  = words[95:80];
-  assign \words$1[6]  = words[111:96];
-  assign \x[0]  = x[7:0];
-  assign \x[1]  = x[15:8];
-  assign \x[2]  = x[23:16];
-  assign \x[3]  = x[31:24];
-  assign \x[4]  = x[39:32];
-  assign \x[5]  = x[47:40];
-  assign \x[6]  = x[55:48];
-  assign \w[0]  = w[7:0];
-  assign \w[1]  = w[15:8];
-  assign \w[2]  = w[23:16];
-  assign \w[3]  = w[31:24];
-  assign \w[4]  = w[39:32];
-  assign \w[5]  = w[47:40];
-  assign \w[6]  = w[55:48];
-  assign \products[0]  = products[15:0];
-  assign \products[1]  = products[31:16];
-  assign \products[2]  = products[47:32];
-  assign \products[3]  = products[63:48];
-  assign \products[4]  = products[79:64];
-  assign \products[5]  = products[95:80];
-  assign \products[6]  = products[111:96];
-  assign \lane_acc[0]  = lane_acc[20:0];
-  assign \lane_acc[1]  = lane_acc[41:21];
-  assign \lane_acc[2]  = lane_acc[62:42];
-  assign \lane_acc[3]  = lane_acc[83:63];
-  assign \lane_acc[4]  = lane_acc[104:84];
-  assign \lane_acc[5]  = lane_acc[125:105];
-  assign \lane_acc[6]  = lane_acc[146:126];
-  assign lane_acc[146:126] = lane_acc_6;
-  assign lane_acc[125:105] = lane_acc_5;
-  assign lane_acc[104:84] = lane_acc_4;
-  assign lane_acc[83:63] = lane_acc_3;
-  assign lane_acc[62:42] = lane_acc_2;
-  assign lane_acc[41:21] = lane_acc_1;
-  assign lane_acc[20:0] = lane_acc_0;
-  assign products[111:96] = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
-  assign products[95:80] = { \$159 , \$158 , \$157 , \$156 , \$155 , \$154 , \$153 , \$152 , \$151 , \$150 , \$149 , \$148 , \$147 , \$146 , \$145 , \$144  };
-  assign products[79:64] = { \$143 , \$142 , \$141 , \$140 , \$139 , \$138 , \$137 , \$136 , \$135 , \$134 , \$133 , \$132 , \$131 , \$130 , \$129 , \$128  };
-  assign products[63:48] = { \$127 , \$126 , \$125 , \$124 , \$123 , \$122 , \$121 , \$120 , \$119 , \$118 , \$117 , \$116 , \$115 , \$114 , \$113 , \$112  };
-  assign products[47:32] = { \$111 , \$110 , \$109 , \$108 , \$107 , \$106 , \$105 , \$104 , \$103 , \$102 , \$101 , \$100 , \$99 , \$98 , \$97 , \$96  };
-  assign products[31:16] = { \$95 , \$94 , \$93 , \$92 , \$91 , \$90 , \$89 , \$88 , \$87 , \$86 , \$85 , \$84 , \$83 , \$82 , \$81 , \$80  };
-  assign products[15:0] = { \$79 , \$78 , \$77 , \$76 , \$75 , \$74 , \$73 , \$72 , \$71 , \$70 , \$69 , \$68 , \$67 , \$66 , \$65 , \$64  };
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_0 (\port$842$0 , \port$842$1 , \port$842$2 , \port$842$3 , \port$842$4 , \port$842$5 , \port$842$6 , \port$842$7 , \port$842$8 , \port$842$9 , \port$842$10 , \port$842$11 , \port$842$12 , \port$842$13 , \port$842$14 , \port$842$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$842$0 ;
-  wire \port$842$0 ;
-  output \port$842$1 ;
-  wire \port$842$1 ;
-  output \port$842$10 ;
-  wire \port$842$10 ;
-  output \port$842$11 ;
-  wire \port$842$11 ;
-  output \port$842$12 ;
-  wire \port$842$12 ;
-  output \port$842$13 ;
-  wire \port$842$13 ;
-  output \port$842$14 ;
-  wire \port$842$14 ;
-  output \port$842$15 ;
-  wire \port$842$15 ;
-  output \port$842$2 ;
-  wire \port$842$2 ;
-  output \port$842$3 ;
-  wire \port$842$3 ;
-  output \port$842$4 ;
-  wire \port$842$4 ;
-  output \port$842$5 ;
-  wire \port$842$5 ;
-  output \port$842$6 ;
-  wire \port$842$6 ;
-  output \port$842$7 ;
-  wire \port$842$7 ;
-  output \port$842$8 ;
-  wire \port$842$8 ;
-  output \port$842$9 ;
-  wire \port$842$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$842$0  = \$1 ;
-  assign \port$842$1  = \$2 ;
-  assign \port$842$2  = \$3 ;
-  assign \port$842$3  = \$4 ;
-  assign \port$842$4  = \$5 ;
-  assign \port$842$5  = \$6 ;
-  assign \port$842$6  = \$7 ;
-  assign \port$842$7  = \$8 ;
-  assign \port$842$8  = \$9 ;
-  assign \port$842$9  = \$10 ;
-  assign \port$842$10  = \$11 ;
-  assign \port$842$11  = \$12 ;
-  assign \port$842$12  = \$13 ;
-  assign \port$842$13  = \$14 ;
-  assign \port$842$14  = \$15 ;
-  assign \port$842$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_1 (\port$843$0 , \port$843$1 , \port$843$2 , \port$843$3 , \port$843$4 , \port$843$5 , \port$843$6 , \port$843$7 , \port$843$8 , \port$843$9 , \port$843$10 , \port$843$11 , \port$843$12 , \port$843$13 , \port$843$14 , \port$843$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$843$0 ;
-  wire \port$843$0 ;
-  output \port$843$1 ;
-  wire \port$843$1 ;
-  output \port$843$10 ;
-  wire \port$843$10 ;
-  output \port$843$11 ;
-  wire \port$843$11 ;
-  output \port$843$12 ;
-  wire \port$843$12 ;
-  output \port$843$13 ;
-  wire \port$843$13 ;
-  output \port$843$14 ;
-  wire \port$843$14 ;
-  output \port$843$15 ;
-  wire \port$843$15 ;
-  output \port$843$2 ;
-  wire \port$843$2 ;
-  output \port$843$3 ;
-  wire \port$843$3 ;
-  output \port$843$4 ;
-  wire \port$843$4 ;
-  output \port$843$5 ;
-  wire \port$843$5 ;
-  output \port$843$6 ;
-  wire \port$843$6 ;
-  output \port$843$7 ;
-  wire \port$843$7 ;
-  output \port$843$8 ;
-  wire \port$843$8 ;
-  output \port$843$9 ;
-  wire \port$843$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$843$0  = \$1 ;
-  assign \port$843$1  = \$2 ;
-  assign \port$843$2  = \$3 ;
-  assign \port$843$3  = \$4 ;
-  assign \port$843$4  = \$5 ;
-  assign \port$843$5  = \$6 ;
-  assign \port$843$6  = \$7 ;
-  assign \port$843$7  = \$8 ;
-  assign \port$843$8  = \$9 ;
-  assign \port$843$9  = \$10 ;
-  assign \port$843$10  = \$11 ;
-  assign \port$843$11  = \$12 ;
-  assign \port$843$12  = \$13 ;
-  assign \port$843$13  = \$14 ;
-  assign \port$843$14  = \$15 ;
-  assign \port$843$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_2 (\port$844$0 , \port$844$1 , \port$844$2 , \port$844$3 , \port$844$4 , \port$844$5 , \port$844$6 , \port$844$7 , \port$844$8 , \port$844$9 , \port$844$10 , \port$844$11 , \port$844$12 , \port$844$13 , \port$844$14 , \port$844$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$844$0 ;
-  wire \port$844$0 ;
-  output \port$844$1 ;
-  wire \port$844$1 ;
-  output \port$844$10 ;
-  wire \port$844$10 ;
-  output \port$844$11 ;
-  wire \port$844$11 ;
-  output \port$844$12 ;
-  wire \port$844$12 ;
-  output \port$844$13 ;
-  wire \port$844$13 ;
-  output \port$844$14 ;
-  wire \port$844$14 ;
-  output \port$844$15 ;
-  wire \port$844$15 ;
-  output \port$844$2 ;
-  wire \port$844$2 ;
-  output \port$844$3 ;
-  wire \port$844$3 ;
-  output \port$844$4 ;
-  wire \port$844$4 ;
-  output \port$844$5 ;
-  wire \port$844$5 ;
-  output \port$844$6 ;
-  wire \port$844$6 ;
-  output \port$844$7 ;
-  wire \port$844$7 ;
-  output \port$844$8 ;
-  wire \port$844$8 ;
-  output \port$844$9 ;
-  wire \port$844$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$844$0  = \$1 ;
-  assign \port$844$1  = \$2 ;
-  assign \port$844$2  = \$3 ;
-  assign \port$844$3  = \$4 ;
-  assign \port$844$4  = \$5 ;
-  assign \port$844$5  = \$6 ;
-  assign \port$844$6  = \$7 ;
-  assign \port$844$7  = \$8 ;
-  assign \port$844$8  = \$9 ;
-  assign \port$844$9  = \$10 ;
-  assign \port$844$10  = \$11 ;
-  assign \port$844$11  = \$12 ;
-  assign \port$844$12  = \$13 ;
-  assign \port$844$13  = \$14 ;
-  assign \port$844$14  = \$15 ;
-  assign \port$844$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_3 (\port$845$0 , \port$845$1 , \port$845$2 , \port$845$3 , \port$845$4 , \port$845$5 , \port$845$6 , \port$845$7 , \port$845$8 , \port$845$9 , \port$845$10 , \port$845$11 , \port$845$12 , \port$845$13 , \port$845$14 , \port$845$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$845$0 ;
-  wire \port$845$0 ;
-  output \port$845$1 ;
-  wire \port$845$1 ;
-  output \port$845$10 ;
-  wire \port$845$10 ;
-  output \port$845$11 ;
-  wire \port$845$11 ;
-  output \port$845$12 ;
-  wire \port$845$12 ;
-  output \port$845$13 ;
-  wire \port$845$13 ;
-  output \port$845$14 ;
-  wire \port$845$14 ;
-  output \port$845$15 ;
-  wire \port$845$15 ;
-  output \port$845$2 ;
-  wire \port$845$2 ;
-  output \port$845$3 ;
-  wire \port$845$3 ;
-  output \port$845$4 ;
-  wire \port$845$4 ;
-  output \port$845$5 ;
-  wire \port$845$5 ;
-  output \port$845$6 ;
-  wire \port$845$6 ;
-  output \port$845$7 ;
-  wire \port$845$7 ;
-  output \port$845$8 ;
-  wire \port$845$8 ;
-  output \port$845$9 ;
-  wire \port$845$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$845$0  = \$1 ;
-  assign \port$845$1  = \$2 ;
-  assign \port$845$2  = \$3 ;
-  assign \port$845$3  = \$4 ;
-  assign \port$845$4  = \$5 ;
-  assign \port$845$5  = \$6 ;
-  assign \port$845$6  = \$7 ;
-  assign \port$845$7  = \$8 ;
-  assign \port$845$8  = \$9 ;
-  assign \port$845$9  = \$10 ;
-  assign \port$845$10  = \$11 ;
-  assign \port$845$11  = \$12 ;
-  assign \port$845$12  = \$13 ;
-  assign \port$845$13  = \$14 ;
-  assign \port$845$14  = \$15 ;
-  assign \port$845$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_4 (\port$846$0 , \port$846$1 , \port$846$2 , \port$846$3 , \port$846$4 , \port$846$5 , \port$846$6 , \port$846$7 , \port$846$8 , \port$846$9 , \port$846$10 , \port$846$11 , \port$846$12 , \port$846$13 , \port$846$14 , \port$846$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$846$0 ;
-  wire \port$846$0 ;
-  output \port$846$1 ;
-  wire \port$846$1 ;
-  output \port$846$10 ;
-  wire \port$846$10 ;
-  output \port$846$11 ;
-  wire \port$846$11 ;
-  output \port$846$12 ;
-  wire \port$846$12 ;
-  output \port$846$13 ;
-  wire \port$846$13 ;
-  output \port$846$14 ;
-  wire \port$846$14 ;
-  output \port$846$15 ;
-  wire \port$846$15 ;
-  output \port$846$2 ;
-  wire \port$846$2 ;
-  output \port$846$3 ;
-  wire \port$846$3 ;
-  output \port$846$4 ;
-  wire \port$846$4 ;
-  output \port$846$5 ;
-  wire \port$846$5 ;
-  output \port$846$6 ;
-  wire \port$846$6 ;
-  output \port$846$7 ;
-  wire \port$846$7 ;
-  output \port$846$8 ;
-  wire \port$846$8 ;
-  output \port$846$9 ;
-  wire \port$846$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$846$0  = \$1 ;
-  assign \port$846$1  = \$2 ;
-  assign \port$846$2  = \$3 ;
-  assign \port$846$3  = \$4 ;
-  assign \port$846$4  = \$5 ;
-  assign \port$846$5  = \$6 ;
-  assign \port$846$6  = \$7 ;
-  assign \port$846$7  = \$8 ;
-  assign \port$846$8  = \$9 ;
-  assign \port$846$9  = \$10 ;
-  assign \port$846$10  = \$11 ;
-  assign \port$846$11  = \$12 ;
-  assign \port$846$12  = \$13 ;
-  assign \port$846$13  = \$14 ;
-  assign \port$846$14  = \$15 ;
-  assign \port$846$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_5 (\port$847$0 , \port$847$1 , \port$847$2 , \port$847$3 , \port$847$4 , \port$847$5 , \port$847$6 , \port$847$7 , \port$847$8 , \port$847$9 , \port$847$10 , \port$847$11 , \port$847$12 , \port$847$13 , \port$847$14 , \port$847$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$847$0 ;
-  wire \port$847$0 ;
-  output \port$847$1 ;
-  wire \port$847$1 ;
-  output \port$847$10 ;
-  wire \port$847$10 ;
-  output \port$847$11 ;
-  wire \port$847$11 ;
-  output \port$847$12 ;
-  wire \port$847$12 ;
-  output \port$847$13 ;
-  wire \port$847$13 ;
-  output \port$847$14 ;
-  wire \port$847$14 ;
-  output \port$847$15 ;
-  wire \port$847$15 ;
-  output \port$847$2 ;
-  wire \port$847$2 ;
-  output \port$847$3 ;
-  wire \port$847$3 ;
-  output \port$847$4 ;
-  wire \port$847$4 ;
-  output \port$847$5 ;
-  wire \port$847$5 ;
-  output \port$847$6 ;
-  wire \port$847$6 ;
-  output \port$847$7 ;
-  wire \port$847$7 ;
-  output \port$847$8 ;
-  wire \port$847$8 ;
-  output \port$847$9 ;
-  wire \port$847$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$847$0  = \$1 ;
-  assign \port$847$1  = \$2 ;
-  assign \port$847$2  = \$3 ;
-  assign \port$847$3  = \$4 ;
-  assign \port$847$4  = \$5 ;
-  assign \port$847$5  = \$6 ;
-  assign \port$847$6  = \$7 ;
-  assign \port$847$7  = \$8 ;
-  assign \port$847$8  = \$9 ;
-  assign \port$847$9  = \$10 ;
-  assign \port$847$10  = \$11 ;
-  assign \port$847$11  = \$12 ;
-  assign \port$847$12  = \$13 ;
-  assign \port$847$13  = \$14 ;
-  assign \port$847$14  = \$15 ;
-  assign \port$847$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_6 (\port$848$0 , \port$848$1 , \port$848$2 , \port$848$3 , \port$848$4 , \port$848$5 , \port$848$6 , \port$848$7 , \port$848$8 , \port$848$9 , \port$848$10 , \port$848$11 , \port$848$12 , \port$848$13 , \port$848$14 , \port$848$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$848$0 ;
-  wire \port$848$0 ;
-  output \port$848$1 ;
-  wire \port$848$1 ;
-  output \port$848$10 ;
-  wire \port$848$10 ;
-  output \port$848$11 ;
-  wire \port$848$11 ;
-  output \port$848$12 ;
-  wire \port$848$12 ;
-  output \port$848$13 ;
-  wire \port$848$13 ;
-  output \port$848$14 ;
-  wire \port$848$14 ;
-  output \port$848$15 ;
-  wire \port$848$15 ;
-  output \port$848$2 ;
-  wire \port$848$2 ;
-  output \port$848$3 ;
-  wire \port$848$3 ;
-  output \port$848$4 ;
-  wire \port$848$4 ;
-  output \port$848$5 ;
-  wire \port$848$5 ;
-  output \port$848$6 ;
-  wire \port$848$6 ;
-  output \port$848$7 ;
-  wire \port$848$7 ;
-  output \port$848$8 ;
-  wire \port$848$8 ;
-  output \port$848$9 ;
-  wire \port$848$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$848$0  = \$1 ;
-  assign \port$848$1  = \$2 ;
-  assign \port$848$2  = \$3 ;
-  assign \port$848$3  = \$4 ;
-  assign \port$848$4  = \$5 ;
-  assign \port$848$5  = \$6 ;
-  assign \port$848$6  = \$7 ;
-  assign \port$848$7  = \$8 ;
-  assign \port$848$8  = \$9 ;
-  assign \port$848$9  = \$10 ;
-  assign \port$848$10  = \$11 ;
-  assign \port$848$11  = \$12 ;
-  assign \port$848$12  = \$13 ;
-  assign \port$848$13  = \$14 ;
-  assign \port$848$14  = \$15 ;
-  assign \port$848$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.wsu (w, mask, words);
-  wire [7:0] \$1 ;
-  wire [7:0] \$2 ;
-  wire [7:0] \$3 ;
-  wire [7:0] \$4 ;
-  wire [7:0] \$5 ;
-  wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  input [6:0] mask;
-  wire [6:0] mask;
-  output [55:0] w;
-  wire [55:0] w;
-  wire [7:0] \w[0] ;
-  wire [7:0] \w[1] ;
-  wire [7:0] \w[2] ;
-  wire [7:0] \w[3] ;
-  wire [7:0] \w[4] ;
-  wire [7:0] \w[5] ;
-  wire [7:0] \w[6] ;
-  input [111:0] words;
-  wire [111:0] words;
-  wire [15:0] \words[0] ;
-  wire [15:0] \words[1] ;
-  wire [15:0] \words[2] ;
-  wire [15:0] \words[3] ;
-  wire [15:0] \words[4] ;
-  wire [15:0] \words[5] ;
-  wire [15:0] \words[6] ;
-  assign \$3  = mask[2] ? words[47:40] : words[39:32];
-  assign \$4  = mask[3] ? words[63:56] : words[55:48];
-  assign \$5  = mask[4] ? words[79:72] : words[71:64];
-  assign \$6  = mask[5] ? words[95:88] : words[87:80];
-  assign \$7  = mask[6] ? words[111:104] : words[103:96];
-  assign \$1  = mask[0] ? words[15:8] : words[7:0];
-  assign \$2  = mask[1] ? words[31:24] : words[23:16];
-  assign \w[0]  = w[7:0];
-  assign \w[1]  = w[15:8];
-  assign \w[2]  = w[23:16];
-  assign \w[3]  = w[31:24];
-  assign \w[4]  = w[39:32];
-  assign \w[5]  = w[47:40];
-  assign \w[6]  = w[55:48];
-  assign \words[0]  = words[15:0];
-  assign \words[1]  = words[31:16];
-  assign \words[2]  = words[47:32];
-  assign \words[3]  = words[63:48];
-  assign \words[4]  = words[79:64];
-  assign \words[5]  = words[95:80];
-  assign \words[6]  = words[111:96];
-  assign w[55:48] = \$7 ;
-  assign w[47:40] = \$6 ;
-  assign w[39:32] = \$5 ;
-  assign w[31:24] = \$4 ;
-  assign w[23:16] = \$3 ;
-  assign w[15:8] = \$2 ;
-  assign w[7:0] = \$1 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2973$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2982$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -8445,8 +5954,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2973$800 ;
-  wire [1:0] \port$2973$800 ;
+  input [1:0] \port$2982$800 ;
+  wire [1:0] \port$2982$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8503,7 +6012,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2973$800 [0];
+  assign \$2  = valid & \port$2982$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -8593,161 +6102,161 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     lane_acc_6 <= \$62 ;
   always @(posedge clk)
     lane_valid <= \$63 ;
-  \psc_core.dp.pe_2.mul_0  mul_0 (
+  \psc_core.dp.pe_1.mul_0  mul_0 (
     .a(x[7:0]),
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$922$0 (\$64 ),
-    .\port$922$1 (\$65 ),
-    .\port$922$10 (\$74 ),
-    .\port$922$11 (\$75 ),
-    .\port$922$12 (\$76 ),
-    .\port$922$13 (\$77 ),
-    .\port$922$14 (\$78 ),
-    .\port$922$15 (\$79 ),
-    .\port$922$2 (\$66 ),
-    .\port$922$3 (\$67 ),
-    .\port$922$4 (\$68 ),
-    .\port$922$5 (\$69 ),
-    .\port$922$6 (\$70 ),
-    .\port$922$7 (\$71 ),
-    .\port$922$8 (\$72 ),
-    .\port$922$9 (\$73 )
+    .\port$847$0 (\$64 ),
+    .\port$847$1 (\$65 ),
+    .\port$847$10 (\$74 ),
+    .\port$847$11 (\$75 ),
+    .\port$847$12 (\$76 ),
+    .\port$847$13 (\$77 ),
+    .\port$847$14 (\$78 ),
+    .\port$847$15 (\$79 ),
+    .\port$847$2 (\$66 ),
+    .\port$847$3 (\$67 ),
+    .\port$847$4 (\$68 ),
+    .\port$847$5 (\$69 ),
+    .\port$847$6 (\$70 ),
+    .\port$847$7 (\$71 ),
+    .\port$847$8 (\$72 ),
+    .\port$847$9 (\$73 )
   );
-  \psc_core.dp.pe_2.mul_1  mul_1 (
+  \psc_core.dp.pe_1.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$923$0 (\$80 ),
-    .\port$923$1 (\$81 ),
-    .\port$923$10 (\$90 ),
-    .\port$923$11 (\$91 ),
-    .\port$923$12 (\$92 ),
-    .\port$923$13 (\$93 ),
-    .\port$923$14 (\$94 ),
-    .\port$923$15 (\$95 ),
-    .\port$923$2 (\$82 ),
-    .\port$923$3 (\$83 ),
-    .\port$923$4 (\$84 ),
-    .\port$923$5 (\$85 ),
-    .\port$923$6 (\$86 ),
-    .\port$923$7 (\$87 ),
-    .\port$923$8 (\$88 ),
-    .\port$923$9 (\$89 )
+    .\port$848$0 (\$80 ),
+    .\port$848$1 (\$81 ),
+    .\port$848$10 (\$90 ),
+    .\port$848$11 (\$91 ),
+    .\port$848$12 (\$92 ),
+    .\port$848$13 (\$93 ),
+    .\port$848$14 (\$94 ),
+    .\port$848$15 (\$95 ),
+    .\port$848$2 (\$82 ),
+    .\port$848$3 (\$83 ),
+    .\port$848$4 (\$84 ),
+    .\port$848$5 (\$85 ),
+    .\port$848$6 (\$86 ),
+    .\port$848$7 (\$87 ),
+    .\port$848$8 (\$88 ),
+    .\port$848$9 (\$89 )
   );
-  \psc_core.dp.pe_2.mul_2  mul_2 (
+  \psc_core.dp.pe_1.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$924$0 (\$96 ),
-    .\port$924$1 (\$97 ),
-    .\port$924$10 (\$106 ),
-    .\port$924$11 (\$107 ),
-    .\port$924$12 (\$108 ),
-    .\port$924$13 (\$109 ),
-    .\port$924$14 (\$110 ),
-    .\port$924$15 (\$111 ),
-    .\port$924$2 (\$98 ),
-    .\port$924$3 (\$99 ),
-    .\port$924$4 (\$100 ),
-    .\port$924$5 (\$101 ),
-    .\port$924$6 (\$102 ),
-    .\port$924$7 (\$103 ),
-    .\port$924$8 (\$104 ),
-    .\port$924$9 (\$105 )
+    .\port$849$0 (\$96 ),
+    .\port$849$1 (\$97 ),
+    .\port$849$10 (\$106 ),
+    .\port$849$11 (\$107 ),
+    .\port$849$12 (\$108 ),
+    .\port$849$13 (\$109 ),
+    .\port$849$14 (\$110 ),
+    .\port$849$15 (\$111 ),
+    .\port$849$2 (\$98 ),
+    .\port$849$3 (\$99 ),
+    .\port$849$4 (\$100 ),
+    .\port$849$5 (\$101 ),
+    .\port$849$6 (\$102 ),
+    .\port$849$7 (\$103 ),
+    .\port$849$8 (\$104 ),
+    .\port$849$9 (\$105 )
   );
-  \psc_core.dp.pe_2.mul_3  mul_3 (
+  \psc_core.dp.pe_1.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$925$0 (\$112 ),
-    .\port$925$1 (\$113 ),
-    .\port$925$10 (\$122 ),
-    .\port$925$11 (\$123 ),
-    .\port$925$12 (\$124 ),
-    .\port$925$13 (\$125 ),
-    .\port$925$14 (\$126 ),
-    .\port$925$15 (\$127 ),
-    .\port$925$2 (\$114 ),
-    .\port$925$3 (\$115 ),
-    .\port$925$4 (\$116 ),
-    .\port$925$5 (\$117 ),
-    .\port$925$6 (\$118 ),
-    .\port$925$7 (\$119 ),
-    .\port$925$8 (\$120 ),
-    .\port$925$9 (\$121 )
+    .\port$850$0 (\$112 ),
+    .\port$850$1 (\$113 ),
+    .\port$850$10 (\$122 ),
+    .\port$850$11 (\$123 ),
+    .\port$850$12 (\$124 ),
+    .\port$850$13 (\$125 ),
+    .\port$850$14 (\$126 ),
+    .\port$850$15 (\$127 ),
+    .\port$850$2 (\$114 ),
+    .\port$850$3 (\$115 ),
+    .\port$850$4 (\$116 ),
+    .\port$850$5 (\$117 ),
+    .\port$850$6 (\$118 ),
+    .\port$850$7 (\$119 ),
+    .\port$850$8 (\$120 ),
+    .\port$850$9 (\$121 )
   );
-  \psc_core.dp.pe_2.mul_4  mul_4 (
+  \psc_core.dp.pe_1.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$926$0 (\$128 ),
-    .\port$926$1 (\$129 ),
-    .\port$926$10 (\$138 ),
-    .\port$926$11 (\$139 ),
-    .\port$926$12 (\$140 ),
-    .\port$926$13 (\$141 ),
-    .\port$926$14 (\$142 ),
-    .\port$926$15 (\$143 ),
-    .\port$926$2 (\$130 ),
-    .\port$926$3 (\$131 ),
-    .\port$926$4 (\$132 ),
-    .\port$926$5 (\$133 ),
-    .\port$926$6 (\$134 ),
-    .\port$926$7 (\$135 ),
-    .\port$926$8 (\$136 ),
-    .\port$926$9 (\$137 )
+    .\port$851$0 (\$128 ),
+    .\port$851$1 (\$129 ),
+    .\port$851$10 (\$138 ),
+    .\port$851$11 (\$139 ),
+    .\port$851$12 (\$140 ),
+    .\port$851$13 (\$141 ),
+    .\port$851$14 (\$142 ),
+    .\port$851$15 (\$143 ),
+    .\port$851$2 (\$130 ),
+    .\port$851$3 (\$131 ),
+    .\port$851$4 (\$132 ),
+    .\port$851$5 (\$133 ),
+    .\port$851$6 (\$134 ),
+    .\port$851$7 (\$135 ),
+    .\port$851$8 (\$136 ),
+    .\port$851$9 (\$137 )
   );
-  \psc_core.dp.pe_2.mul_5  mul_5 (
+  \psc_core.dp.pe_1.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$927$0 (\$144 ),
-    .\port$927$1 (\$145 ),
-    .\port$927$10 (\$154 ),
-    .\port$927$11 (\$155 ),
-    .\port$927$12 (\$156 ),
-    .\port$927$13 (\$157 ),
-    .\port$927$14 (\$158 ),
-    .\port$927$15 (\$159 ),
-    .\port$927$2 (\$146 ),
-    .\port$927$3 (\$147 ),
-    .\port$927$4 (\$148 ),
-    .\port$927$5 (\$149 ),
-    .\port$927$6 (\$150 ),
-    .\port$927$7 (\$151 ),
-    .\port$927$8 (\$152 ),
-    .\port$927$9 (\$153 )
+    .\port$852$0 (\$144 ),
+    .\port$852$1 (\$145 ),
+    .\port$852$10 (\$154 ),
+    .\port$852$11 (\$155 ),
+    .\port$852$12 (\$156 ),
+    .\port$852$13 (\$157 ),
+    .\port$852$14 (\$158 ),
+    .\port$852$15 (\$159 ),
+    .\port$852$2 (\$146 ),
+    .\port$852$3 (\$147 ),
+    .\port$852$4 (\$148 ),
+    .\port$852$5 (\$149 ),
+    .\port$852$6 (\$150 ),
+    .\port$852$7 (\$151 ),
+    .\port$852$8 (\$152 ),
+    .\port$852$9 (\$153 )
   );
-  \psc_core.dp.pe_2.mul_6  mul_6 (
+  \psc_core.dp.pe_1.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$928$0 (\$160 ),
-    .\port$928$1 (\$161 ),
-    .\port$928$10 (\$170 ),
-    .\port$928$11 (\$171 ),
-    .\port$928$12 (\$172 ),
-    .\port$928$13 (\$173 ),
-    .\port$928$14 (\$174 ),
-    .\port$928$15 (\$175 ),
-    .\port$928$2 (\$162 ),
-    .\port$928$3 (\$163 ),
-    .\port$928$4 (\$164 ),
-    .\port$928$5 (\$165 ),
-    .\port$928$6 (\$166 ),
-    .\port$928$7 (\$167 ),
-    .\port$928$8 (\$168 ),
-    .\port$928$9 (\$169 )
+    .\port$853$0 (\$160 ),
+    .\port$853$1 (\$161 ),
+    .\port$853$10 (\$170 ),
+    .\port$853$11 (\$171 ),
+    .\port$853$12 (\$172 ),
+    .\port$853$13 (\$173 ),
+    .\port$853$14 (\$174 ),
+    .\port$853$15 (\$175 ),
+    .\port$853$2 (\$162 ),
+    .\port$853$3 (\$163 ),
+    .\port$853$4 (\$164 ),
+    .\port$853$5 (\$165 ),
+    .\port$853$6 (\$166 ),
+    .\port$853$7 (\$167 ),
+    .\port$853$8 (\$168 ),
+    .\port$853$9 (\$169 )
   );
-  \psc_core.dp.pe_2.wsu  wsu (
+  \psc_core.dp.pe_1.wsu  wsu (
     .mask(mask),
     .w(w),
     .words(words)
@@ -8766,7 +6275,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2973$800 [0];
+      \$37  = \port$2982$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -8776,7 +6285,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2973$800 [1];
+      \$38  = \port$2982$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -9030,8 +6539,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2973$800 [0];
-  assign last = \port$2973$800 [1];
+  assign first = \port$2982$800 [0];
+  assign last = \port$2982$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9091,7 +6600,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2973$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_0 (\port$922$0 , \port$922$1 , \port$922$2 , \port$922$3 , \port$922$4 , \port$922$5 , \port$922$6 , \port$922$7 , \port$922$8 , \port$922$9 , \port$922$10 , \port$922$11 , \port$922$12 , \port$922$13 , \port$922$14 , \port$922$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_0 (\port$847$0 , \port$847$1 , \port$847$2 , \port$847$3 , \port$847$4 , \port$847$5 , \port$847$6 , \port$847$7 , \port$847$8 , \port$847$9 , \port$847$10 , \port$847$11 , \port$847$12 , \port$847$13 , \port$847$14 , \port$847$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9140,38 +6649,38 @@ module \psc_core.dp.pe_2.mul_0 (\port$922$0 , \port$922$1 , \port$922$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$922$0 ;
-  wire \port$922$0 ;
-  output \port$922$1 ;
-  wire \port$922$1 ;
-  output \port$922$10 ;
-  wire \port$922$10 ;
-  output \port$922$11 ;
-  wire \port$922$11 ;
-  output \port$922$12 ;
-  wire \port$922$12 ;
-  output \port$922$13 ;
-  wire \port$922$13 ;
-  output \port$922$14 ;
-  wire \port$922$14 ;
-  output \port$922$15 ;
-  wire \port$922$15 ;
-  output \port$922$2 ;
-  wire \port$922$2 ;
-  output \port$922$3 ;
-  wire \port$922$3 ;
-  output \port$922$4 ;
-  wire \port$922$4 ;
-  output \port$922$5 ;
-  wire \port$922$5 ;
-  output \port$922$6 ;
-  wire \port$922$6 ;
-  output \port$922$7 ;
-  wire \port$922$7 ;
-  output \port$922$8 ;
-  wire \port$922$8 ;
-  output \port$922$9 ;
-  wire \port$922$9 ;
+  output \port$847$0 ;
+  wire \port$847$0 ;
+  output \port$847$1 ;
+  wire \port$847$1 ;
+  output \port$847$10 ;
+  wire \port$847$10 ;
+  output \port$847$11 ;
+  wire \port$847$11 ;
+  output \port$847$12 ;
+  wire \port$847$12 ;
+  output \port$847$13 ;
+  wire \port$847$13 ;
+  output \port$847$14 ;
+  wire \port$847$14 ;
+  output \port$847$15 ;
+  wire \port$847$15 ;
+  output \port$847$2 ;
+  wire \port$847$2 ;
+  output \port$847$3 ;
+  wire \port$847$3 ;
+  output \port$847$4 ;
+  wire \port$847$4 ;
+  output \port$847$5 ;
+  wire \port$847$5 ;
+  output \port$847$6 ;
+  wire \port$847$6 ;
+  output \port$847$7 ;
+  wire \port$847$7 ;
+  output \port$847$8 ;
+  wire \port$847$8 ;
+  output \port$847$9 ;
+  wire \port$847$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9295,26 +6804,26 @@ module \psc_core.dp.pe_2.mul_0 (\port$922$0 , \port$922$1 , \port$922$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$922$0  = \$1 ;
-  assign \port$922$1  = \$2 ;
-  assign \port$922$2  = \$3 ;
-  assign \port$922$3  = \$4 ;
-  assign \port$922$4  = \$5 ;
-  assign \port$922$5  = \$6 ;
-  assign \port$922$6  = \$7 ;
-  assign \port$922$7  = \$8 ;
-  assign \port$922$8  = \$9 ;
-  assign \port$922$9  = \$10 ;
-  assign \port$922$10  = \$11 ;
-  assign \port$922$11  = \$12 ;
-  assign \port$922$12  = \$13 ;
-  assign \port$922$13  = \$14 ;
-  assign \port$922$14  = \$15 ;
-  assign \port$922$15  = \$16 ;
+  assign \port$847$0  = \$1 ;
+  assign \port$847$1  = \$2 ;
+  assign \port$847$2  = \$3 ;
+  assign \port$847$3  = \$4 ;
+  assign \port$847$4  = \$5 ;
+  assign \port$847$5  = \$6 ;
+  assign \port$847$6  = \$7 ;
+  assign \port$847$7  = \$8 ;
+  assign \port$847$8  = \$9 ;
+  assign \port$847$9  = \$10 ;
+  assign \port$847$10  = \$11 ;
+  assign \port$847$11  = \$12 ;
+  assign \port$847$12  = \$13 ;
+  assign \port$847$13  = \$14 ;
+  assign \port$847$14  = \$15 ;
+  assign \port$847$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_1 (\port$923$0 , \port$923$1 , \port$923$2 , \port$923$3 , \port$923$4 , \port$923$5 , \port$923$6 , \port$923$7 , \port$923$8 , \port$923$9 , \port$923$10 , \port$923$11 , \port$923$12 , \port$923$13 , \port$923$14 , \port$923$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_1 (\port$848$0 , \port$848$1 , \port$848$2 , \port$848$3 , \port$848$4 , \port$848$5 , \port$848$6 , \port$848$7 , \port$848$8 , \port$848$9 , \port$848$10 , \port$848$11 , \port$848$12 , \port$848$13 , \port$848$14 , \port$848$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9363,38 +6872,38 @@ module \psc_core.dp.pe_2.mul_1 (\port$923$0 , \port$923$1 , \port$923$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$923$0 ;
-  wire \port$923$0 ;
-  output \port$923$1 ;
-  wire \port$923$1 ;
-  output \port$923$10 ;
-  wire \port$923$10 ;
-  output \port$923$11 ;
-  wire \port$923$11 ;
-  output \port$923$12 ;
-  wire \port$923$12 ;
-  output \port$923$13 ;
-  wire \port$923$13 ;
-  output \port$923$14 ;
-  wire \port$923$14 ;
-  output \port$923$15 ;
-  wire \port$923$15 ;
-  output \port$923$2 ;
-  wire \port$923$2 ;
-  output \port$923$3 ;
-  wire \port$923$3 ;
-  output \port$923$4 ;
-  wire \port$923$4 ;
-  output \port$923$5 ;
-  wire \port$923$5 ;
-  output \port$923$6 ;
-  wire \port$923$6 ;
-  output \port$923$7 ;
-  wire \port$923$7 ;
-  output \port$923$8 ;
-  wire \port$923$8 ;
-  output \port$923$9 ;
-  wire \port$923$9 ;
+  output \port$848$0 ;
+  wire \port$848$0 ;
+  output \port$848$1 ;
+  wire \port$848$1 ;
+  output \port$848$10 ;
+  wire \port$848$10 ;
+  output \port$848$11 ;
+  wire \port$848$11 ;
+  output \port$848$12 ;
+  wire \port$848$12 ;
+  output \port$848$13 ;
+  wire \port$848$13 ;
+  output \port$848$14 ;
+  wire \port$848$14 ;
+  output \port$848$15 ;
+  wire \port$848$15 ;
+  output \port$848$2 ;
+  wire \port$848$2 ;
+  output \port$848$3 ;
+  wire \port$848$3 ;
+  output \port$848$4 ;
+  wire \port$848$4 ;
+  output \port$848$5 ;
+  wire \port$848$5 ;
+  output \port$848$6 ;
+  wire \port$848$6 ;
+  output \port$848$7 ;
+  wire \port$848$7 ;
+  output \port$848$8 ;
+  wire \port$848$8 ;
+  output \port$848$9 ;
+  wire \port$848$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9518,26 +7027,26 @@ module \psc_core.dp.pe_2.mul_1 (\port$923$0 , \port$923$1 , \port$923$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$923$0  = \$1 ;
-  assign \port$923$1  = \$2 ;
-  assign \port$923$2  = \$3 ;
-  assign \port$923$3  = \$4 ;
-  assign \port$923$4  = \$5 ;
-  assign \port$923$5  = \$6 ;
-  assign \port$923$6  = \$7 ;
-  assign \port$923$7  = \$8 ;
-  assign \port$923$8  = \$9 ;
-  assign \port$923$9  = \$10 ;
-  assign \port$923$10  = \$11 ;
-  assign \port$923$11  = \$12 ;
-  assign \port$923$12  = \$13 ;
-  assign \port$923$13  = \$14 ;
-  assign \port$923$14  = \$15 ;
-  assign \port$923$15  = \$16 ;
+  assign \port$848$0  = \$1 ;
+  assign \port$848$1  = \$2 ;
+  assign \port$848$2  = \$3 ;
+  assign \port$848$3  = \$4 ;
+  assign \port$848$4  = \$5 ;
+  assign \port$848$5  = \$6 ;
+  assign \port$848$6  = \$7 ;
+  assign \port$848$7  = \$8 ;
+  assign \port$848$8  = \$9 ;
+  assign \port$848$9  = \$10 ;
+  assign \port$848$10  = \$11 ;
+  assign \port$848$11  = \$12 ;
+  assign \port$848$12  = \$13 ;
+  assign \port$848$13  = \$14 ;
+  assign \port$848$14  = \$15 ;
+  assign \port$848$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_2 (\port$924$0 , \port$924$1 , \port$924$2 , \port$924$3 , \port$924$4 , \port$924$5 , \port$924$6 , \port$924$7 , \port$924$8 , \port$924$9 , \port$924$10 , \port$924$11 , \port$924$12 , \port$924$13 , \port$924$14 , \port$924$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_2 (\port$849$0 , \port$849$1 , \port$849$2 , \port$849$3 , \port$849$4 , \port$849$5 , \port$849$6 , \port$849$7 , \port$849$8 , \port$849$9 , \port$849$10 , \port$849$11 , \port$849$12 , \port$849$13 , \port$849$14 , \port$849$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9586,38 +7095,38 @@ module \psc_core.dp.pe_2.mul_2 (\port$924$0 , \port$924$1 , \port$924$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$924$0 ;
-  wire \port$924$0 ;
-  output \port$924$1 ;
-  wire \port$924$1 ;
-  output \port$924$10 ;
-  wire \port$924$10 ;
-  output \port$924$11 ;
-  wire \port$924$11 ;
-  output \port$924$12 ;
-  wire \port$924$12 ;
-  output \port$924$13 ;
-  wire \port$924$13 ;
-  output \port$924$14 ;
-  wire \port$924$14 ;
-  output \port$924$15 ;
-  wire \port$924$15 ;
-  output \port$924$2 ;
-  wire \port$924$2 ;
-  output \port$924$3 ;
-  wire \port$924$3 ;
-  output \port$924$4 ;
-  wire \port$924$4 ;
-  output \port$924$5 ;
-  wire \port$924$5 ;
-  output \port$924$6 ;
-  wire \port$924$6 ;
-  output \port$924$7 ;
-  wire \port$924$7 ;
-  output \port$924$8 ;
-  wire \port$924$8 ;
-  output \port$924$9 ;
-  wire \port$924$9 ;
+  output \port$849$0 ;
+  wire \port$849$0 ;
+  output \port$849$1 ;
+  wire \port$849$1 ;
+  output \port$849$10 ;
+  wire \port$849$10 ;
+  output \port$849$11 ;
+  wire \port$849$11 ;
+  output \port$849$12 ;
+  wire \port$849$12 ;
+  output \port$849$13 ;
+  wire \port$849$13 ;
+  output \port$849$14 ;
+  wire \port$849$14 ;
+  output \port$849$15 ;
+  wire \port$849$15 ;
+  output \port$849$2 ;
+  wire \port$849$2 ;
+  output \port$849$3 ;
+  wire \port$849$3 ;
+  output \port$849$4 ;
+  wire \port$849$4 ;
+  output \port$849$5 ;
+  wire \port$849$5 ;
+  output \port$849$6 ;
+  wire \port$849$6 ;
+  output \port$849$7 ;
+  wire \port$849$7 ;
+  output \port$849$8 ;
+  wire \port$849$8 ;
+  output \port$849$9 ;
+  wire \port$849$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9741,26 +7250,26 @@ module \psc_core.dp.pe_2.mul_2 (\port$924$0 , \port$924$1 , \port$924$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$924$0  = \$1 ;
-  assign \port$924$1  = \$2 ;
-  assign \port$924$2  = \$3 ;
-  assign \port$924$3  = \$4 ;
-  assign \port$924$4  = \$5 ;
-  assign \port$924$5  = \$6 ;
-  assign \port$924$6  = \$7 ;
-  assign \port$924$7  = \$8 ;
-  assign \port$924$8  = \$9 ;
-  assign \port$924$9  = \$10 ;
-  assign \port$924$10  = \$11 ;
-  assign \port$924$11  = \$12 ;
-  assign \port$924$12  = \$13 ;
-  assign \port$924$13  = \$14 ;
-  assign \port$924$14  = \$15 ;
-  assign \port$924$15  = \$16 ;
+  assign \port$849$0  = \$1 ;
+  assign \port$849$1  = \$2 ;
+  assign \port$849$2  = \$3 ;
+  assign \port$849$3  = \$4 ;
+  assign \port$849$4  = \$5 ;
+  assign \port$849$5  = \$6 ;
+  assign \port$849$6  = \$7 ;
+  assign \port$849$7  = \$8 ;
+  assign \port$849$8  = \$9 ;
+  assign \port$849$9  = \$10 ;
+  assign \port$849$10  = \$11 ;
+  assign \port$849$11  = \$12 ;
+  assign \port$849$12  = \$13 ;
+  assign \port$849$13  = \$14 ;
+  assign \port$849$14  = \$15 ;
+  assign \port$849$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_3 (\port$925$0 , \port$925$1 , \port$925$2 , \port$925$3 , \port$925$4 , \port$925$5 , \port$925$6 , \port$925$7 , \port$925$8 , \port$925$9 , \port$925$10 , \port$925$11 , \port$925$12 , \port$925$13 , \port$925$14 , \port$925$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_3 (\port$850$0 , \port$850$1 , \port$850$2 , \port$850$3 , \port$850$4 , \port$850$5 , \port$850$6 , \port$850$7 , \port$850$8 , \port$850$9 , \port$850$10 , \port$850$11 , \port$850$12 , \port$850$13 , \port$850$14 , \port$850$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9809,38 +7318,38 @@ module \psc_core.dp.pe_2.mul_3 (\port$925$0 , \port$925$1 , \port$925$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$925$0 ;
-  wire \port$925$0 ;
-  output \port$925$1 ;
-  wire \port$925$1 ;
-  output \port$925$10 ;
-  wire \port$925$10 ;
-  output \port$925$11 ;
-  wire \port$925$11 ;
-  output \port$925$12 ;
-  wire \port$925$12 ;
-  output \port$925$13 ;
-  wire \port$925$13 ;
-  output \port$925$14 ;
-  wire \port$925$14 ;
-  output \port$925$15 ;
-  wire \port$925$15 ;
-  output \port$925$2 ;
-  wire \port$925$2 ;
-  output \port$925$3 ;
-  wire \port$925$3 ;
-  output \port$925$4 ;
-  wire \port$925$4 ;
-  output \port$925$5 ;
-  wire \port$925$5 ;
-  output \port$925$6 ;
-  wire \port$925$6 ;
-  output \port$925$7 ;
-  wire \port$925$7 ;
-  output \port$925$8 ;
-  wire \port$925$8 ;
-  output \port$925$9 ;
-  wire \port$925$9 ;
+  output \port$850$0 ;
+  wire \port$850$0 ;
+  output \port$850$1 ;
+  wire \port$850$1 ;
+  output \port$850$10 ;
+  wire \port$850$10 ;
+  output \port$850$11 ;
+  wire \port$850$11 ;
+  output \port$850$12 ;
+  wire \port$850$12 ;
+  output \port$850$13 ;
+  wire \port$850$13 ;
+  output \port$850$14 ;
+  wire \port$850$14 ;
+  output \port$850$15 ;
+  wire \port$850$15 ;
+  output \port$850$2 ;
+  wire \port$850$2 ;
+  output \port$850$3 ;
+  wire \port$850$3 ;
+  output \port$850$4 ;
+  wire \port$850$4 ;
+  output \port$850$5 ;
+  wire \port$850$5 ;
+  output \port$850$6 ;
+  wire \port$850$6 ;
+  output \port$850$7 ;
+  wire \port$850$7 ;
+  output \port$850$8 ;
+  wire \port$850$8 ;
+  output \port$850$9 ;
+  wire \port$850$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9964,26 +7473,26 @@ module \psc_core.dp.pe_2.mul_3 (\port$925$0 , \port$925$1 , \port$925$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$925$0  = \$1 ;
-  assign \port$925$1  = \$2 ;
-  assign \port$925$2  = \$3 ;
-  assign \port$925$3  = \$4 ;
-  assign \port$925$4  = \$5 ;
-  assign \port$925$5  = \$6 ;
-  assign \port$925$6  = \$7 ;
-  assign \port$925$7  = \$8 ;
-  assign \port$925$8  = \$9 ;
-  assign \port$925$9  = \$10 ;
-  assign \port$925$10  = \$11 ;
-  assign \port$925$11  = \$12 ;
-  assign \port$925$12  = \$13 ;
-  assign \port$925$13  = \$14 ;
-  assign \port$925$14  = \$15 ;
-  assign \port$925$15  = \$16 ;
+  assign \port$850$0  = \$1 ;
+  assign \port$850$1  = \$2 ;
+  assign \port$850$2  = \$3 ;
+  assign \port$850$3  = \$4 ;
+  assign \port$850$4  = \$5 ;
+  assign \port$850$5  = \$6 ;
+  assign \port$850$6  = \$7 ;
+  assign \port$850$7  = \$8 ;
+  assign \port$850$8  = \$9 ;
+  assign \port$850$9  = \$10 ;
+  assign \port$850$10  = \$11 ;
+  assign \port$850$11  = \$12 ;
+  assign \port$850$12  = \$13 ;
+  assign \port$850$13  = \$14 ;
+  assign \port$850$14  = \$15 ;
+  assign \port$850$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_4 (\port$926$0 , \port$926$1 , \port$926$2 , \port$926$3 , \port$926$4 , \port$926$5 , \port$926$6 , \port$926$7 , \port$926$8 , \port$926$9 , \port$926$10 , \port$926$11 , \port$926$12 , \port$926$13 , \port$926$14 , \port$926$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_4 (\port$851$0 , \port$851$1 , \port$851$2 , \port$851$3 , \port$851$4 , \port$851$5 , \port$851$6 , \port$851$7 , \port$851$8 , \port$851$9 , \port$851$10 , \port$851$11 , \port$851$12 , \port$851$13 , \port$851$14 , \port$851$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10032,38 +7541,38 @@ module \psc_core.dp.pe_2.mul_4 (\port$926$0 , \port$926$1 , \port$926$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$926$0 ;
-  wire \port$926$0 ;
-  output \port$926$1 ;
-  wire \port$926$1 ;
-  output \port$926$10 ;
-  wire \port$926$10 ;
-  output \port$926$11 ;
-  wire \port$926$11 ;
-  output \port$926$12 ;
-  wire \port$926$12 ;
-  output \port$926$13 ;
-  wire \port$926$13 ;
-  output \port$926$14 ;
-  wire \port$926$14 ;
-  output \port$926$15 ;
-  wire \port$926$15 ;
-  output \port$926$2 ;
-  wire \port$926$2 ;
-  output \port$926$3 ;
-  wire \port$926$3 ;
-  output \port$926$4 ;
-  wire \port$926$4 ;
-  output \port$926$5 ;
-  wire \port$926$5 ;
-  output \port$926$6 ;
-  wire \port$926$6 ;
-  output \port$926$7 ;
-  wire \port$926$7 ;
-  output \port$926$8 ;
-  wire \port$926$8 ;
-  output \port$926$9 ;
-  wire \port$926$9 ;
+  output \port$851$0 ;
+  wire \port$851$0 ;
+  output \port$851$1 ;
+  wire \port$851$1 ;
+  output \port$851$10 ;
+  wire \port$851$10 ;
+  output \port$851$11 ;
+  wire \port$851$11 ;
+  output \port$851$12 ;
+  wire \port$851$12 ;
+  output \port$851$13 ;
+  wire \port$851$13 ;
+  output \port$851$14 ;
+  wire \port$851$14 ;
+  output \port$851$15 ;
+  wire \port$851$15 ;
+  output \port$851$2 ;
+  wire \port$851$2 ;
+  output \port$851$3 ;
+  wire \port$851$3 ;
+  output \port$851$4 ;
+  wire \port$851$4 ;
+  output \port$851$5 ;
+  wire \port$851$5 ;
+  output \port$851$6 ;
+  wire \port$851$6 ;
+  output \port$851$7 ;
+  wire \port$851$7 ;
+  output \port$851$8 ;
+  wire \port$851$8 ;
+  output \port$851$9 ;
+  wire \port$851$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -10187,26 +7696,1427 @@ module \psc_core.dp.pe_2.mul_4 (\port$926$0 , \port$926$1 , \port$926$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$926$0  = \$1 ;
-  assign \port$926$1  = \$2 ;
-  assign \port$926$2  = \$3 ;
-  assign \port$926$3  = \$4 ;
-  assign \port$926$4  = \$5 ;
-  assign \port$926$5  = \$6 ;
-  assign \port$926$6  = \$7 ;
-  assign \port$926$7  = \$8 ;
-  assign \port$926$8  = \$9 ;
-  assign \port$926$9  = \$10 ;
-  assign \port$926$10  = \$11 ;
-  assign \port$926$11  = \$12 ;
-  assign \port$926$12  = \$13 ;
-  assign \port$926$13  = \$14 ;
-  assign \port$926$14  = \$15 ;
-  assign \port$926$15  = \$16 ;
+  assign \port$851$0  = \$1 ;
+  assign \port$851$1  = \$2 ;
+  assign \port$851$2  = \$3 ;
+  assign \port$851$3  = \$4 ;
+  assign \port$851$4  = \$5 ;
+  assign \port$851$5  = \$6 ;
+  assign \port$851$6  = \$7 ;
+  assign \port$851$7  = \$8 ;
+  assign \port$851$8  = \$9 ;
+  assign \port$851$9  = \$10 ;
+  assign \port$851$10  = \$11 ;
+  assign \port$851$11  = \$12 ;
+  assign \port$851$12  = \$13 ;
+  assign \port$851$13  = \$14 ;
+  assign \port$851$14  = \$15 ;
+  assign \port$851$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_5 (\port$927$0 , \port$927$1 , \port$927$2 , \port$927$3 , \port$927$4 , \port$927$5 , \port$927$6 , \port$927$7 , \port$927$8 , \port$927$9 , \port$927$10 , \port$927$11 , \port$927$12 , \port$927$13 , \port$927$14 , \port$927$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_5 (\port$852$0 , \port$852$1 , \port$852$2 , \port$852$3 , \port$852$4 , \port$852$5 , \port$852$6 , \port$852$7 , \port$852$8 , \port$852$9 , \port$852$10 , \port$852$11 , \port$852$12 , \port$852$13 , \port$852$14 , \port$852$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$852$0 ;
+  wire \port$852$0 ;
+  output \port$852$1 ;
+  wire \port$852$1 ;
+  output \port$852$10 ;
+  wire \port$852$10 ;
+  output \port$852$11 ;
+  wire \port$852$11 ;
+  output \port$852$12 ;
+  wire \port$852$12 ;
+  output \port$852$13 ;
+  wire \port$852$13 ;
+  output \port$852$14 ;
+  wire \port$852$14 ;
+  output \port$852$15 ;
+  wire \port$852$15 ;
+  output \port$852$2 ;
+  wire \port$852$2 ;
+  output \port$852$3 ;
+  wire \port$852$3 ;
+  output \port$852$4 ;
+  wire \port$852$4 ;
+  output \port$852$5 ;
+  wire \port$852$5 ;
+  output \port$852$6 ;
+  wire \port$852$6 ;
+  output \port$852$7 ;
+  wire \port$852$7 ;
+  output \port$852$8 ;
+  wire \port$852$8 ;
+  output \port$852$9 ;
+  wire \port$852$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$852$0  = \$1 ;
+  assign \port$852$1  = \$2 ;
+  assign \port$852$2  = \$3 ;
+  assign \port$852$3  = \$4 ;
+  assign \port$852$4  = \$5 ;
+  assign \port$852$5  = \$6 ;
+  assign \port$852$6  = \$7 ;
+  assign \port$852$7  = \$8 ;
+  assign \port$852$8  = \$9 ;
+  assign \port$852$9  = \$10 ;
+  assign \port$852$10  = \$11 ;
+  assign \port$852$11  = \$12 ;
+  assign \port$852$12  = \$13 ;
+  assign \port$852$13  = \$14 ;
+  assign \port$852$14  = \$15 ;
+  assign \port$852$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_1.mul_6 (\port$853$0 , \port$853$1 , \port$853$2 , \port$853$3 , \port$853$4 , \port$853$5 , \port$853$6 , \port$853$7 , \port$853$8 , \port$853$9 , \port$853$10 , \port$853$11 , \port$853$12 , \port$853$13 , \port$853$14 , \port$853$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$853$0 ;
+  wire \port$853$0 ;
+  output \port$853$1 ;
+  wire \port$853$1 ;
+  output \port$853$10 ;
+  wire \port$853$10 ;
+  output \port$853$11 ;
+  wire \port$853$11 ;
+  output \port$853$12 ;
+  wire \port$853$12 ;
+  output \port$853$13 ;
+  wire \port$853$13 ;
+  output \port$853$14 ;
+  wire \port$853$14 ;
+  output \port$853$15 ;
+  wire \port$853$15 ;
+  output \port$853$2 ;
+  wire \port$853$2 ;
+  output \port$853$3 ;
+  wire \port$853$3 ;
+  output \port$853$4 ;
+  wire \port$853$4 ;
+  output \port$853$5 ;
+  wire \port$853$5 ;
+  output \port$853$6 ;
+  wire \port$853$6 ;
+  output \port$853$7 ;
+  wire \port$853$7 ;
+  output \port$853$8 ;
+  wire \port$853$8 ;
+  output \port$853$9 ;
+  wire \port$853$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$853$0  = \$1 ;
+  assign \port$853$1  = \$2 ;
+  assign \port$853$2  = \$3 ;
+  assign \port$853$3  = \$4 ;
+  assign \port$853$4  = \$5 ;
+  assign \port$853$5  = \$6 ;
+  assign \port$853$6  = \$7 ;
+  assign \port$853$7  = \$8 ;
+  assign \port$853$8  = \$9 ;
+  assign \port$853$9  = \$10 ;
+  assign \port$853$10  = \$11 ;
+  assign \port$853$11  = \$12 ;
+  assign \port$853$12  = \$13 ;
+  assign \port$853$13  = \$14 ;
+  assign \port$853$14  = \$15 ;
+  assign \port$853$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_1.wsu (w, mask, words);
+  wire [7:0] \$1 ;
+  wire [7:0] \$2 ;
+  wire [7:0] \$3 ;
+  wire [7:0] \$4 ;
+  wire [7:0] \$5 ;
+  wire [7:0] \$6 ;
+  wire [7:0] \$7 ;
+  input [6:0] mask;
+  wire [6:0] mask;
+  output [55:0] w;
+  wire [55:0] w;
+  wire [7:0] \w[0] ;
+  wire [7:0] \w[1] ;
+  wire [7:0] \w[2] ;
+  wire [7:0] \w[3] ;
+  wire [7:0] \w[4] ;
+  wire [7:0] \w[5] ;
+  wire [7:0] \w[6] ;
+  input [111:0] words;
+  wire [111:0] words;
+  wire [15:0] \words[0] ;
+  wire [15:0] \words[1] ;
+  wire [15:0] \words[2] ;
+  wire [15:0] \words[3] ;
+  wire [15:0] \words[4] ;
+  wire [15:0] \words[5] ;
+  wire [15:0] \words[6] ;
+  assign \$3  = mask[2] ? words[47:40] : words[39:32];
+  assign \$4  = mask[3] ? words[63:56] : words[55:48];
+  assign \$5  = mask[4] ? words[79:72] : words[71:64];
+  assign \$6  = mask[5] ? words[95:88] : words[87:80];
+  assign \$7  = mask[6] ? words[111:104] : words[103:96];
+  assign \$1  = mask[0] ? words[15:8] : words[7:0];
+  assign \$2  = mask[1] ? words[31:24] : words[23:16];
+  assign \w[0]  = w[7:0];
+  assign \w[1]  = w[15:8];
+  assign \w[2]  = w[23:16];
+  assign \w[3]  = w[31:24];
+  assign \w[4]  = w[39:32];
+  assign \w[5]  = w[47:40];
+  assign \w[6]  = w[55:48];
+  assign \words[0]  = words[15:0];
+  assign \words[1]  = words[31:16];
+  assign \words[2]  = words[47:32];
+  assign \words[3]  = words[63:48];
+  assign \words[4]  = words[79:64];
+  assign \words[5]  = words[95:80];
+  assign \words[6]  = words[111:96];
+  assign w[55:48] = \$7 ;
+  assign w[47:40] = \$6 ;
+  assign w[39:32] = \$5 ;
+  assign w[31:24] = \$4 ;
+  assign w[23:16] = \$3 ;
+  assign w[15:8] = \$2 ;
+  assign w[7:0] = \$1 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2982$800 , valid, en, lane_acc, acc, mask, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
+  wire [18:0] \$1 ;
+  wire [16:0] \$10 ;
+  wire \$100 ;
+  wire \$101 ;
+  wire \$102 ;
+  wire \$103 ;
+  wire \$104 ;
+  wire \$105 ;
+  wire \$106 ;
+  wire \$107 ;
+  wire \$108 ;
+  wire \$109 ;
+  wire [17:0] \$11 ;
+  wire \$110 ;
+  wire \$111 ;
+  wire \$112 ;
+  wire \$113 ;
+  wire \$114 ;
+  wire \$115 ;
+  wire \$116 ;
+  wire \$117 ;
+  wire \$118 ;
+  wire \$119 ;
+  wire \$12 ;
+  wire \$120 ;
+  wire \$121 ;
+  wire \$122 ;
+  wire \$123 ;
+  wire \$124 ;
+  wire \$125 ;
+  wire \$126 ;
+  wire \$127 ;
+  wire \$128 ;
+  wire \$129 ;
+  wire [32:0] \$13 ;
+  wire \$130 ;
+  wire \$131 ;
+  wire \$132 ;
+  wire \$133 ;
+  wire \$134 ;
+  wire \$135 ;
+  wire \$136 ;
+  wire \$137 ;
+  wire \$138 ;
+  wire \$139 ;
+  wire \$14 ;
+  wire \$140 ;
+  wire \$141 ;
+  wire \$142 ;
+  wire \$143 ;
+  wire \$144 ;
+  wire \$145 ;
+  wire \$146 ;
+  wire \$147 ;
+  wire \$148 ;
+  wire \$149 ;
+  wire [20:0] \$15 ;
+  wire \$150 ;
+  wire \$151 ;
+  wire \$152 ;
+  wire \$153 ;
+  wire \$154 ;
+  wire \$155 ;
+  wire \$156 ;
+  wire \$157 ;
+  wire \$158 ;
+  wire \$159 ;
+  wire [21:0] \$16 ;
+  wire \$160 ;
+  wire \$161 ;
+  wire \$162 ;
+  wire \$163 ;
+  wire \$164 ;
+  wire \$165 ;
+  wire \$166 ;
+  wire \$167 ;
+  wire \$168 ;
+  wire \$169 ;
+  wire \$17 ;
+  wire \$170 ;
+  wire \$171 ;
+  wire \$172 ;
+  wire \$173 ;
+  wire \$174 ;
+  wire \$175 ;
+  wire [20:0] \$18 ;
+  wire [21:0] \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire [20:0] \$21 ;
+  wire [21:0] \$22 ;
+  wire \$23 ;
+  wire [20:0] \$24 ;
+  wire [21:0] \$25 ;
+  wire \$26 ;
+  wire [20:0] \$27 ;
+  wire [21:0] \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire [20:0] \$30 ;
+  wire [21:0] \$31 ;
+  wire \$32 ;
+  wire [20:0] \$33 ;
+  wire [21:0] \$34 ;
+  wire \$35 ;
+  reg \$36 ;
+  reg \$37 ;
+  reg \$38 ;
+  reg [31:0] \$39 ;
+  wire \$4 ;
+  reg \$40 ;
+  reg \$41 ;
+  reg \$42 ;
+  reg [31:0] \$43 ;
+  reg \$44 ;
+  reg \$45 ;
+  reg \$46 ;
+  reg [31:0] \$47 ;
+  reg \$48 ;
+  reg \$49 ;
+  wire \$5 ;
+  reg \$50 ;
+  reg [31:0] \$51 ;
+  reg \$52 ;
+  reg [17:0] \$53 ;
+  reg [17:0] \$54 ;
+  reg [31:0] \$55 ;
+  reg [20:0] \$56 ;
+  reg [20:0] \$57 ;
+  reg [20:0] \$58 ;
+  reg [20:0] \$59 ;
+  wire \$6 ;
+  reg [20:0] \$60 ;
+  reg [20:0] \$61 ;
+  reg [20:0] \$62 ;
+  reg \$63 ;
+  wire \$64 ;
+  wire \$65 ;
+  wire \$66 ;
+  wire \$67 ;
+  wire \$68 ;
+  wire \$69 ;
+  wire [16:0] \$7 ;
+  wire \$70 ;
+  wire \$71 ;
+  wire \$72 ;
+  wire \$73 ;
+  wire \$74 ;
+  wire \$75 ;
+  wire \$76 ;
+  wire \$77 ;
+  wire \$78 ;
+  wire \$79 ;
+  wire [16:0] \$8 ;
+  wire \$80 ;
+  wire \$81 ;
+  wire \$82 ;
+  wire \$83 ;
+  wire \$84 ;
+  wire \$85 ;
+  wire \$86 ;
+  wire \$87 ;
+  wire \$88 ;
+  wire \$89 ;
+  wire [17:0] \$9 ;
+  wire \$90 ;
+  wire \$91 ;
+  wire \$92 ;
+  wire \$93 ;
+  wire \$94 ;
+  wire \$95 ;
+  wire \$96 ;
+  wire \$97 ;
+  wire \$98 ;
+  wire \$99 ;
+  wire [7:0] a;
+  wire [7:0] \a$13 ;
+  wire [7:0] \a$17 ;
+  wire [7:0] \a$21 ;
+  wire [7:0] \a$25 ;
+  wire [7:0] \a$29 ;
+  wire [7:0] \a$33 ;
+  output [31:0] acc;
+  reg [31:0] acc = 32'd0;
+  (* init = 32'd0 *)
+  wire [31:0] \acc$37 ;
+  reg acc_valid = 1'h0;
+  wire [7:0] b;
+  wire [7:0] \b$14 ;
+  wire [7:0] \b$18 ;
+  wire [7:0] \b$22 ;
+  wire [7:0] \b$26 ;
+  wire [7:0] \b$30 ;
+  wire [7:0] \b$34 ;
+  reg [31:0] b1 = 32'd0;
+  reg [31:0] b2 = 32'd0;
+  reg [31:0] b3 = 32'd0;
+  reg [31:0] b4 = 32'd0;
+  input [31:0] bias;
+  wire [31:0] bias;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire \en$12 ;
+  wire \en$16 ;
+  wire \en$20 ;
+  wire \en$24 ;
+  wire \en$28 ;
+  wire \en$32 ;
+  wire \en$5 ;
+  reg f1 = 1'h0;
+  reg f2 = 1'h0;
+  reg f3 = 1'h0;
+  reg f4 = 1'h0;
+  wire first;
+  reg l1 = 1'h0;
+  reg l2 = 1'h0;
+  reg l3 = 1'h0;
+  reg l4 = 1'h0;
+  output [146:0] lane_acc;
+  wire [146:0] lane_acc;
+  wire [20:0] \lane_acc[0] ;
+  wire [20:0] \lane_acc[1] ;
+  wire [20:0] \lane_acc[2] ;
+  wire [20:0] \lane_acc[3] ;
+  wire [20:0] \lane_acc[4] ;
+  wire [20:0] \lane_acc[5] ;
+  wire [20:0] \lane_acc[6] ;
+  reg [20:0] lane_acc_0 = 21'h000000;
+  reg [20:0] lane_acc_1 = 21'h000000;
+  reg [20:0] lane_acc_2 = 21'h000000;
+  reg [20:0] lane_acc_3 = 21'h000000;
+  reg [20:0] lane_acc_4 = 21'h000000;
+  reg [20:0] lane_acc_5 = 21'h000000;
+  reg [20:0] lane_acc_6 = 21'h000000;
+  reg lane_valid = 1'h0;
+  wire last;
+  input [6:0] mask;
+  wire [6:0] mask;
+  wire [6:0] \mask$3 ;
+  wire [15:0] p;
+  wire [15:0] \p$15 ;
+  wire [15:0] \p$19 ;
+  wire [15:0] \p$23 ;
+  wire [15:0] \p$27 ;
+  wire [15:0] \p$31 ;
+  wire [15:0] \p$35 ;
+  input [1:0] \port$2982$800 ;
+  wire [1:0] \port$2982$800 ;
+  wire [111:0] products;
+  wire [15:0] \products[0] ;
+  wire [15:0] \products[1] ;
+  wire [15:0] \products[2] ;
+  wire [15:0] \products[3] ;
+  wire [15:0] \products[4] ;
+  wire [15:0] \products[5] ;
+  wire [15:0] \products[6] ;
+  input rst;
+  wire rst;
+  wire [31:0] start;
+  wire [31:0] tree;
+  reg [17:0] tree0_0 = 18'h00000;
+  reg [17:0] tree0_1 = 18'h00000;
+  reg v1 = 1'h0;
+  reg v2 = 1'h0;
+  reg v3 = 1'h0;
+  reg v4 = 1'h0;
+  input valid;
+  wire valid;
+  wire [55:0] w;
+  wire [7:0] \w[0] ;
+  wire [7:0] \w[1] ;
+  wire [7:0] \w[2] ;
+  wire [7:0] \w[3] ;
+  wire [7:0] \w[4] ;
+  wire [7:0] \w[5] ;
+  wire [7:0] \w[6] ;
+  input [111:0] words;
+  wire [111:0] words;
+  wire [111:0] \words$1 ;
+  wire [15:0] \words$1[0] ;
+  wire [15:0] \words$1[1] ;
+  wire [15:0] \words$1[2] ;
+  wire [15:0] \words$1[3] ;
+  wire [15:0] \words$1[4] ;
+  wire [15:0] \words$1[5] ;
+  wire [15:0] \words$1[6] ;
+  wire [15:0] \words[0] ;
+  wire [15:0] \words[1] ;
+  wire [15:0] \words[2] ;
+  wire [15:0] \words[3] ;
+  wire [15:0] \words[4] ;
+  wire [15:0] \words[5] ;
+  wire [15:0] \words[6] ;
+  input [55:0] x;
+  wire [55:0] x;
+  wire [7:0] \x[0] ;
+  wire [7:0] \x[1] ;
+  wire [7:0] \x[2] ;
+  wire [7:0] \x[3] ;
+  wire [7:0] \x[4] ;
+  wire [7:0] \x[5] ;
+  wire [7:0] \x[6] ;
+  assign \$1  = $signed(tree0_0) + $signed(tree0_1);
+  assign start = f4 ? b4 : acc;
+  assign \$2  = valid & \port$2982$800 [0];
+  assign \$3  = v1 & f1;
+  assign \$4  = v2 & f2;
+  assign \$5  = v3 & f3;
+  assign \$6  = v4 & l4;
+  assign \$7  = $signed(products[15:0]) + $signed(products[31:16]);
+  assign \$8  = $signed(products[47:32]) + $signed(products[63:48]);
+  assign \$9  = $signed(\$7 ) + $signed(\$8 );
+  assign \$10  = $signed(products[79:64]) + $signed(products[95:80]);
+  assign \$11  = $signed(\$10 ) + $signed(products[111:96]);
+  assign \$12  = en & v4;
+  assign \$13  = $signed(start) + $signed(\$1 );
+  assign \$14  = en & v3;
+  assign \$15  = f3 ? 21'h000000 : lane_acc_0;
+  assign \$16  = $signed(\$15 ) + $signed(products[15:0]);
+  assign \$17  = en & v3;
+  assign \$18  = f3 ? 21'h000000 : lane_acc_1;
+  assign \$19  = $signed(\$18 ) + $signed(products[31:16]);
+  assign \$20  = en & v3;
+  assign \$21  = f3 ? 21'h000000 : lane_acc_2;
+  assign \$22  = $signed(\$21 ) + $signed(products[47:32]);
+  assign \$23  = en & v3;
+  assign \$24  = f3 ? 21'h000000 : lane_acc_3;
+  assign \$25  = $signed(\$24 ) + $signed(products[63:48]);
+  assign \$26  = en & v3;
+  assign \$27  = f3 ? 21'h000000 : lane_acc_4;
+  assign \$28  = $signed(\$27 ) + $signed(products[79:64]);
+  assign \$29  = en & v3;
+  assign \$30  = f3 ? 21'h000000 : lane_acc_5;
+  assign \$31  = $signed(\$30 ) + $signed(products[95:80]);
+  assign \$32  = en & v3;
+  assign \$33  = f3 ? 21'h000000 : lane_acc_6;
+  assign \$34  = $signed(\$33 ) + $signed(products[111:96]);
+  assign \$35  = v3 & l3;
+  always @(posedge clk)
+    v1 <= \$36 ;
+  always @(posedge clk)
+    f1 <= \$37 ;
+  always @(posedge clk)
+    l1 <= \$38 ;
+  always @(posedge clk)
+    b1 <= \$39 ;
+  always @(posedge clk)
+    v2 <= \$40 ;
+  always @(posedge clk)
+    f2 <= \$41 ;
+  always @(posedge clk)
+    l2 <= \$42 ;
+  always @(posedge clk)
+    b2 <= \$43 ;
+  always @(posedge clk)
+    v3 <= \$44 ;
+  always @(posedge clk)
+    f3 <= \$45 ;
+  always @(posedge clk)
+    l3 <= \$46 ;
+  always @(posedge clk)
+    b3 <= \$47 ;
+  always @(posedge clk)
+    v4 <= \$48 ;
+  always @(posedge clk)
+    f4 <= \$49 ;
+  always @(posedge clk)
+    l4 <= \$50 ;
+  always @(posedge clk)
+    b4 <= \$51 ;
+  always @(posedge clk)
+    acc_valid <= \$52 ;
+  always @(posedge clk)
+    tree0_0 <= \$53 ;
+  always @(posedge clk)
+    tree0_1 <= \$54 ;
+  always @(posedge clk)
+    acc <= \$55 ;
+  always @(posedge clk)
+    lane_acc_0 <= \$56 ;
+  always @(posedge clk)
+    lane_acc_1 <= \$57 ;
+  always @(posedge clk)
+    lane_acc_2 <= \$58 ;
+  always @(posedge clk)
+    lane_acc_3 <= \$59 ;
+  always @(posedge clk)
+    lane_acc_4 <= \$60 ;
+  always @(posedge clk)
+    lane_acc_5 <= \$61 ;
+  always @(posedge clk)
+    lane_acc_6 <= \$62 ;
+  always @(posedge clk)
+    lane_valid <= \$63 ;
+  \psc_core.dp.pe_2.mul_0  mul_0 (
+    .a(x[7:0]),
+    .b(w[7:0]),
+    .clk(clk),
+    .en(en),
+    .\port$927$0 (\$64 ),
+    .\port$927$1 (\$65 ),
+    .\port$927$10 (\$74 ),
+    .\port$927$11 (\$75 ),
+    .\port$927$12 (\$76 ),
+    .\port$927$13 (\$77 ),
+    .\port$927$14 (\$78 ),
+    .\port$927$15 (\$79 ),
+    .\port$927$2 (\$66 ),
+    .\port$927$3 (\$67 ),
+    .\port$927$4 (\$68 ),
+    .\port$927$5 (\$69 ),
+    .\port$927$6 (\$70 ),
+    .\port$927$7 (\$71 ),
+    .\port$927$8 (\$72 ),
+    .\port$927$9 (\$73 )
+  );
+  \psc_core.dp.pe_2.mul_1  mul_1 (
+    .a(x[15:8]),
+    .b(w[15:8]),
+    .clk(clk),
+    .en(en),
+    .\port$928$0 (\$80 ),
+    .\port$928$1 (\$81 ),
+    .\port$928$10 (\$90 ),
+    .\port$928$11 (\$91 ),
+    .\port$928$12 (\$92 ),
+    .\port$928$13 (\$93 ),
+    .\port$928$14 (\$94 ),
+    .\port$928$15 (\$95 ),
+    .\port$928$2 (\$82 ),
+    .\port$928$3 (\$83 ),
+    .\port$928$4 (\$84 ),
+    .\port$928$5 (\$85 ),
+    .\port$928$6 (\$86 ),
+    .\port$928$7 (\$87 ),
+    .\port$928$8 (\$88 ),
+    .\port$928$9 (\$89 )
+  );
+  \psc_core.dp.pe_2.mul_2  mul_2 (
+    .a(x[23:16]),
+    .b(w[23:16]),
+    .clk(clk),
+    .en(en),
+    .\port$929$0 (\$96 ),
+    .\port$929$1 (\$97 ),
+    .\port$929$10 (\$106 ),
+    .\port$929$11 (\$107 ),
+    .\port$929$12 (\$108 ),
+    .\port$929$13 (\$109 ),
+    .\port$929$14 (\$110 ),
+    .\port$929$15 (\$111 ),
+    .\port$929$2 (\$98 ),
+    .\port$929$3 (\$99 ),
+    .\port$929$4 (\$100 ),
+    .\port$929$5 (\$101 ),
+    .\port$929$6 (\$102 ),
+    .\port$929$7 (\$103 ),
+    .\port$929$8 (\$104 ),
+    .\port$929$9 (\$105 )
+  );
+  \psc_core.dp.pe_2.mul_3  mul_3 (
+    .a(x[31:24]),
+    .b(w[31:24]),
+    .clk(clk),
+    .en(en),
+    .\port$930$0 (\$112 ),
+    .\port$930$1 (\$113 ),
+    .\port$930$10 (\$122 ),
+    .\port$930$11 (\$123 ),
+    .\port$930$12 (\$124 ),
+    .\port$930$13 (\$125 ),
+    .\port$930$14 (\$126 ),
+    .\port$930$15 (\$127 ),
+    .\port$930$2 (\$114 ),
+    .\port$930$3 (\$115 ),
+    .\port$930$4 (\$116 ),
+    .\port$930$5 (\$117 ),
+    .\port$930$6 (\$118 ),
+    .\port$930$7 (\$119 ),
+    .\port$930$8 (\$120 ),
+    .\port$930$9 (\$121 )
+  );
+  \psc_core.dp.pe_2.mul_4  mul_4 (
+    .a(x[39:32]),
+    .b(w[39:32]),
+    .clk(clk),
+    .en(en),
+    .\port$931$0 (\$128 ),
+    .\port$931$1 (\$129 ),
+    .\port$931$10 (\$138 ),
+    .\port$931$11 (\$139 ),
+    .\port$931$12 (\$140 ),
+    .\port$931$13 (\$141 ),
+    .\port$931$14 (\$142 ),
+    .\port$931$15 (\$143 ),
+    .\port$931$2 (\$130 ),
+    .\port$931$3 (\$131 ),
+    .\port$931$4 (\$132 ),
+    .\port$931$5 (\$133 ),
+    .\port$931$6 (\$134 ),
+    .\port$931$7 (\$135 ),
+    .\port$931$8 (\$136 ),
+    .\port$931$9 (\$137 )
+  );
+  \psc_core.dp.pe_2.mul_5  mul_5 (
+    .a(x[47:40]),
+    .b(w[47:40]),
+    .clk(clk),
+    .en(en),
+    .\port$932$0 (\$144 ),
+    .\port$932$1 (\$145 ),
+    .\port$932$10 (\$154 ),
+    .\port$932$11 (\$155 ),
+    .\port$932$12 (\$156 ),
+    .\port$932$13 (\$157 ),
+    .\port$932$14 (\$158 ),
+    .\port$932$15 (\$159 ),
+    .\port$932$2 (\$146 ),
+    .\port$932$3 (\$147 ),
+    .\port$932$4 (\$148 ),
+    .\port$932$5 (\$149 ),
+    .\port$932$6 (\$150 ),
+    .\port$932$7 (\$151 ),
+    .\port$932$8 (\$152 ),
+    .\port$932$9 (\$153 )
+  );
+  \psc_core.dp.pe_2.mul_6  mul_6 (
+    .a(x[55:48]),
+    .b(w[55:48]),
+    .clk(clk),
+    .en(en),
+    .\port$933$0 (\$160 ),
+    .\port$933$1 (\$161 ),
+    .\port$933$10 (\$170 ),
+    .\port$933$11 (\$171 ),
+    .\port$933$12 (\$172 ),
+    .\port$933$13 (\$173 ),
+    .\port$933$14 (\$174 ),
+    .\port$933$15 (\$175 ),
+    .\port$933$2 (\$162 ),
+    .\port$933$3 (\$163 ),
+    .\port$933$4 (\$164 ),
+    .\port$933$5 (\$165 ),
+    .\port$933$6 (\$166 ),
+    .\port$933$7 (\$167 ),
+    .\port$933$8 (\$168 ),
+    .\port$933$9 (\$169 )
+  );
+  \psc_core.dp.pe_2.wsu  wsu (
+    .mask(mask),
+    .w(w),
+    .words(words)
+  );
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$36  = v1;
+    if (en) begin
+      \$36  = valid;
+    end
+    if (rst) begin
+      \$36  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$37  = f1;
+    if (en) begin
+      \$37  = \port$2982$800 [0];
+    end
+    if (rst) begin
+      \$37  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$38  = l1;
+    if (en) begin
+      \$38  = \port$2982$800 [1];
+    end
+    if (rst) begin
+      \$38  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$39  = b1;
+    if (en) begin
+      if (\$2 ) begin
+        \$39  = bias;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$40  = v2;
+    if (en) begin
+      \$40  = v1;
+    end
+    if (rst) begin
+      \$40  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$41  = f2;
+    if (en) begin
+      \$41  = f1;
+    end
+    if (rst) begin
+      \$41  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$42  = l2;
+    if (en) begin
+      \$42  = l1;
+    end
+    if (rst) begin
+      \$42  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$43  = b2;
+    if (en) begin
+      if (\$3 ) begin
+        \$43  = b1;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$44  = v3;
+    if (en) begin
+      \$44  = v2;
+    end
+    if (rst) begin
+      \$44  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$45  = f3;
+    if (en) begin
+      \$45  = f2;
+    end
+    if (rst) begin
+      \$45  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$46  = l3;
+    if (en) begin
+      \$46  = l2;
+    end
+    if (rst) begin
+      \$46  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$47  = b3;
+    if (en) begin
+      if (\$4 ) begin
+        \$47  = b2;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$48  = v4;
+    if (en) begin
+      \$48  = v3;
+    end
+    if (rst) begin
+      \$48  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$49  = f4;
+    if (en) begin
+      \$49  = f3;
+    end
+    if (rst) begin
+      \$49  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$50  = l4;
+    if (en) begin
+      \$50  = l3;
+    end
+    if (rst) begin
+      \$50  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$51  = b4;
+    if (en) begin
+      if (\$5 ) begin
+        \$51  = b3;
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$52  = acc_valid;
+    if (en) begin
+      \$52  = \$6 ;
+    end
+    if (rst) begin
+      \$52  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$53  = tree0_0;
+    if (en) begin
+      \$53  = \$9 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$54  = tree0_1;
+    if (en) begin
+      \$54  = \$11 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$55  = acc;
+    if (\$12 ) begin
+      \$55  = \$13 [31:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$56  = lane_acc_0;
+    if (\$14 ) begin
+      \$56  = \$16 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$57  = lane_acc_1;
+    if (\$17 ) begin
+      \$57  = \$19 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$58  = lane_acc_2;
+    if (\$20 ) begin
+      \$58  = \$22 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$59  = lane_acc_3;
+    if (\$23 ) begin
+      \$59  = \$25 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$60  = lane_acc_4;
+    if (\$26 ) begin
+      \$60  = \$28 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$61  = lane_acc_5;
+    if (\$29 ) begin
+      \$61  = \$31 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$62  = lane_acc_6;
+    if (\$32 ) begin
+      \$62  = \$34 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    \$63  = lane_valid;
+    if (en) begin
+      \$63  = \$35 ;
+    end
+    if (rst) begin
+      \$63  = 1'h0;
+    end
+  end
+  assign \words$1  = words;
+  assign \mask$3  = mask;
+  assign \en$5  = en;
+  assign a = x[7:0];
+  assign b = w[7:0];
+  assign p = { \$79 , \$78 , \$77 , \$76 , \$75 , \$74 , \$73 , \$72 , \$71 , \$70 , \$69 , \$68 , \$67 , \$66 , \$65 , \$64  };
+  assign \en$12  = en;
+  assign \a$13  = x[15:8];
+  assign \b$14  = w[15:8];
+  assign \p$15  = { \$95 , \$94 , \$93 , \$92 , \$91 , \$90 , \$89 , \$88 , \$87 , \$86 , \$85 , \$84 , \$83 , \$82 , \$81 , \$80  };
+  assign \en$16  = en;
+  assign \a$17  = x[23:16];
+  assign \b$18  = w[23:16];
+  assign \p$19  = { \$111 , \$110 , \$109 , \$108 , \$107 , \$106 , \$105 , \$104 , \$103 , \$102 , \$101 , \$100 , \$99 , \$98 , \$97 , \$96  };
+  assign \en$20  = en;
+  assign \a$21  = x[31:24];
+  assign \b$22  = w[31:24];
+  assign \p$23  = { \$127 , \$126 , \$125 , \$124 , \$123 , \$122 , \$121 , \$120 , \$119 , \$118 , \$117 , \$116 , \$115 , \$114 , \$113 , \$112  };
+  assign \en$24  = en;
+  assign \a$25  = x[39:32];
+  assign \b$26  = w[39:32];
+  assign \p$27  = { \$143 , \$142 , \$141 , \$140 , \$139 , \$138 , \$137 , \$136 , \$135 , \$134 , \$133 , \$132 , \$131 , \$130 , \$129 , \$128  };
+  assign \en$28  = en;
+  assign \a$29  = x[47:40];
+  assign \b$30  = w[47:40];
+  assign \p$31  = { \$159 , \$158 , \$157 , \$156 , \$155 , \$154 , \$153 , \$152 , \$151 , \$150 , \$149 , \$148 , \$147 , \$146 , \$145 , \$144  };
+  assign \en$32  = en;
+  assign \a$33  = x[55:48];
+  assign \b$34  = w[55:48];
+  assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
+  assign \acc$37  = acc;
+  assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
+  assign first = \port$2982$800 [0];
+  assign last = \port$2982$800 [1];
+  assign \words[0]  = words[15:0];
+  assign \words[1]  = words[31:16];
+  assign \words[2]  = words[47:32];
+  assign \words[3]  = words[63:48];
+  assign \words[4]  = words[79:64];
+  assign \words[5]  = words[95:80];
+  assign \words[6]  = words[111:96];
+  assign \words$1[0]  = words[15:0];
+  assign \words$1[1]  = words[31:16];
+  assign \words$1[2]  = words[47:32];
+  assign \words$1[3]  = words[63:48];
+  assign \words$1[4]  = words[79:64];
+  assign \words$1[5]  = words[95:80];
+  assign \words$1[6]  = words[111:96];
+  assign \x[0]  = x[7:0];
+  assign \x[1]  = x[15:8];
+  assign \x[2]  = x[23:16];
+  assign \x[3]  = x[31:24];
+  assign \x[4]  = x[39:32];
+  assign \x[5]  = x[47:40];
+  assign \x[6]  = x[55:48];
+  assign \w[0]  = w[7:0];
+  assign \w[1]  = w[15:8];
+  assign \w[2]  = w[23:16];
+  assign \w[3]  = w[31:24];
+  assign \w[4]  = w[39:32];
+  assign \w[5]  = w[47:40];
+  assign \w[6]  = w[55:48];
+  assign \products[0]  = products[15:0];
+  assign \products[1]  = products[31:16];
+  assign \products[2]  = products[47:32];
+  assign \products[3]  = products[63:48];
+  assign \products[4]  = products[79:64];
+  assign \products[5]  = products[95:80];
+  assign \products[6]  = products[111:96];
+  assign \lane_acc[0]  = lane_acc[20:0];
+  assign \lane_acc[1]  = lane_acc[41:21];
+  assign \lane_acc[2]  = lane_acc[62:42];
+  assign \lane_acc[3]  = lane_acc[83:63];
+  assign \lane_acc[4]  = lane_acc[104:84];
+  assign \lane_acc[5]  = lane_acc[125:105];
+  assign \lane_acc[6]  = lane_acc[146:126];
+  assign lane_acc[146:126] = lane_acc_6;
+  assign lane_acc[125:105] = lane_acc_5;
+  assign lane_acc[104:84] = lane_acc_4;
+  assign lane_acc[83:63] = lane_acc_3;
+  assign lane_acc[62:42] = lane_acc_2;
+  assign lane_acc[41:21] = lane_acc_1;
+  assign lane_acc[20:0] = lane_acc_0;
+  assign products[111:96] = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
+  assign products[95:80] = { \$159 , \$158 , \$157 , \$156 , \$155 , \$154 , \$153 , \$152 , \$151 , \$150 , \$149 , \$148 , \$147 , \$146 , \$145 , \$144  };
+  assign products[79:64] = { \$143 , \$142 , \$141 , \$140 , \$139 , \$138 , \$137 , \$136 , \$135 , \$134 , \$133 , \$132 , \$131 , \$130 , \$129 , \$128  };
+  assign products[63:48] = { \$127 , \$126 , \$125 , \$124 , \$123 , \$122 , \$121 , \$120 , \$119 , \$118 , \$117 , \$116 , \$115 , \$114 , \$113 , \$112  };
+  assign products[47:32] = { \$111 , \$110 , \$109 , \$108 , \$107 , \$106 , \$105 , \$104 , \$103 , \$102 , \$101 , \$100 , \$99 , \$98 , \$97 , \$96  };
+  assign products[31:16] = { \$95 , \$94 , \$93 , \$92 , \$91 , \$90 , \$89 , \$88 , \$87 , \$86 , \$85 , \$84 , \$83 , \$82 , \$81 , \$80  };
+  assign products[15:0] = { \$79 , \$78 , \$77 , \$76 , \$75 , \$74 , \$73 , \$72 , \$71 , \$70 , \$69 , \$68 , \$67 , \$66 , \$65 , \$64  };
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_2.mul_0 (\port$927$0 , \port$927$1 , \port$927$2 , \port$927$3 , \port$927$4 , \port$927$5 , \port$927$6 , \port$927$7 , \port$927$8 , \port$927$9 , \port$927$10 , \port$927$11 , \port$927$12 , \port$927$13 , \port$927$14 , \port$927$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10429,7 +9339,7 @@ module \psc_core.dp.pe_2.mul_5 (\port$927$0 , \port$927$1 , \port$927$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_6 (\port$928$0 , \port$928$1 , \port$928$2 , \port$928$3 , \port$928$4 , \port$928$5 , \port$928$6 , \port$928$7 , \port$928$8 , \port$928$9 , \port$928$10 , \port$928$11 , \port$928$12 , \port$928$13 , \port$928$14 , \port$928$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_1 (\port$928$0 , \port$928$1 , \port$928$2 , \port$928$3 , \port$928$4 , \port$928$5 , \port$928$6 , \port$928$7 , \port$928$8 , \port$928$9 , \port$928$10 , \port$928$11 , \port$928$12 , \port$928$13 , \port$928$14 , \port$928$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10652,6 +9562,1121 @@ module \psc_core.dp.pe_2.mul_6 (\port$928$0 , \port$928$1 , \port$928$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
+module \psc_core.dp.pe_2.mul_2 (\port$929$0 , \port$929$1 , \port$929$2 , \port$929$3 , \port$929$4 , \port$929$5 , \port$929$6 , \port$929$7 , \port$929$8 , \port$929$9 , \port$929$10 , \port$929$11 , \port$929$12 , \port$929$13 , \port$929$14 , \port$929$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$929$0 ;
+  wire \port$929$0 ;
+  output \port$929$1 ;
+  wire \port$929$1 ;
+  output \port$929$10 ;
+  wire \port$929$10 ;
+  output \port$929$11 ;
+  wire \port$929$11 ;
+  output \port$929$12 ;
+  wire \port$929$12 ;
+  output \port$929$13 ;
+  wire \port$929$13 ;
+  output \port$929$14 ;
+  wire \port$929$14 ;
+  output \port$929$15 ;
+  wire \port$929$15 ;
+  output \port$929$2 ;
+  wire \port$929$2 ;
+  output \port$929$3 ;
+  wire \port$929$3 ;
+  output \port$929$4 ;
+  wire \port$929$4 ;
+  output \port$929$5 ;
+  wire \port$929$5 ;
+  output \port$929$6 ;
+  wire \port$929$6 ;
+  output \port$929$7 ;
+  wire \port$929$7 ;
+  output \port$929$8 ;
+  wire \port$929$8 ;
+  output \port$929$9 ;
+  wire \port$929$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$929$0  = \$1 ;
+  assign \port$929$1  = \$2 ;
+  assign \port$929$2  = \$3 ;
+  assign \port$929$3  = \$4 ;
+  assign \port$929$4  = \$5 ;
+  assign \port$929$5  = \$6 ;
+  assign \port$929$6  = \$7 ;
+  assign \port$929$7  = \$8 ;
+  assign \port$929$8  = \$9 ;
+  assign \port$929$9  = \$10 ;
+  assign \port$929$10  = \$11 ;
+  assign \port$929$11  = \$12 ;
+  assign \port$929$12  = \$13 ;
+  assign \port$929$13  = \$14 ;
+  assign \port$929$14  = \$15 ;
+  assign \port$929$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_2.mul_3 (\port$930$0 , \port$930$1 , \port$930$2 , \port$930$3 , \port$930$4 , \port$930$5 , \port$930$6 , \port$930$7 , \port$930$8 , \port$930$9 , \port$930$10 , \port$930$11 , \port$930$12 , \port$930$13 , \port$930$14 , \port$930$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$930$0 ;
+  wire \port$930$0 ;
+  output \port$930$1 ;
+  wire \port$930$1 ;
+  output \port$930$10 ;
+  wire \port$930$10 ;
+  output \port$930$11 ;
+  wire \port$930$11 ;
+  output \port$930$12 ;
+  wire \port$930$12 ;
+  output \port$930$13 ;
+  wire \port$930$13 ;
+  output \port$930$14 ;
+  wire \port$930$14 ;
+  output \port$930$15 ;
+  wire \port$930$15 ;
+  output \port$930$2 ;
+  wire \port$930$2 ;
+  output \port$930$3 ;
+  wire \port$930$3 ;
+  output \port$930$4 ;
+  wire \port$930$4 ;
+  output \port$930$5 ;
+  wire \port$930$5 ;
+  output \port$930$6 ;
+  wire \port$930$6 ;
+  output \port$930$7 ;
+  wire \port$930$7 ;
+  output \port$930$8 ;
+  wire \port$930$8 ;
+  output \port$930$9 ;
+  wire \port$930$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$930$0  = \$1 ;
+  assign \port$930$1  = \$2 ;
+  assign \port$930$2  = \$3 ;
+  assign \port$930$3  = \$4 ;
+  assign \port$930$4  = \$5 ;
+  assign \port$930$5  = \$6 ;
+  assign \port$930$6  = \$7 ;
+  assign \port$930$7  = \$8 ;
+  assign \port$930$8  = \$9 ;
+  assign \port$930$9  = \$10 ;
+  assign \port$930$10  = \$11 ;
+  assign \port$930$11  = \$12 ;
+  assign \port$930$12  = \$13 ;
+  assign \port$930$13  = \$14 ;
+  assign \port$930$14  = \$15 ;
+  assign \port$930$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_2.mul_4 (\port$931$0 , \port$931$1 , \port$931$2 , \port$931$3 , \port$931$4 , \port$931$5 , \port$931$6 , \port$931$7 , \port$931$8 , \port$931$9 , \port$931$10 , \port$931$11 , \port$931$12 , \port$931$13 , \port$931$14 , \port$931$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$931$0 ;
+  wire \port$931$0 ;
+  output \port$931$1 ;
+  wire \port$931$1 ;
+  output \port$931$10 ;
+  wire \port$931$10 ;
+  output \port$931$11 ;
+  wire \port$931$11 ;
+  output \port$931$12 ;
+  wire \port$931$12 ;
+  output \port$931$13 ;
+  wire \port$931$13 ;
+  output \port$931$14 ;
+  wire \port$931$14 ;
+  output \port$931$15 ;
+  wire \port$931$15 ;
+  output \port$931$2 ;
+  wire \port$931$2 ;
+  output \port$931$3 ;
+  wire \port$931$3 ;
+  output \port$931$4 ;
+  wire \port$931$4 ;
+  output \port$931$5 ;
+  wire \port$931$5 ;
+  output \port$931$6 ;
+  wire \port$931$6 ;
+  output \port$931$7 ;
+  wire \port$931$7 ;
+  output \port$931$8 ;
+  wire \port$931$8 ;
+  output \port$931$9 ;
+  wire \port$931$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$931$0  = \$1 ;
+  assign \port$931$1  = \$2 ;
+  assign \port$931$2  = \$3 ;
+  assign \port$931$3  = \$4 ;
+  assign \port$931$4  = \$5 ;
+  assign \port$931$5  = \$6 ;
+  assign \port$931$6  = \$7 ;
+  assign \port$931$7  = \$8 ;
+  assign \port$931$8  = \$9 ;
+  assign \port$931$9  = \$10 ;
+  assign \port$931$10  = \$11 ;
+  assign \port$931$11  = \$12 ;
+  assign \port$931$12  = \$13 ;
+  assign \port$931$13  = \$14 ;
+  assign \port$931$14  = \$15 ;
+  assign \port$931$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_2.mul_5 (\port$932$0 , \port$932$1 , \port$932$2 , \port$932$3 , \port$932$4 , \port$932$5 , \port$932$6 , \port$932$7 , \port$932$8 , \port$932$9 , \port$932$10 , \port$932$11 , \port$932$12 , \port$932$13 , \port$932$14 , \port$932$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$932$0 ;
+  wire \port$932$0 ;
+  output \port$932$1 ;
+  wire \port$932$1 ;
+  output \port$932$10 ;
+  wire \port$932$10 ;
+  output \port$932$11 ;
+  wire \port$932$11 ;
+  output \port$932$12 ;
+  wire \port$932$12 ;
+  output \port$932$13 ;
+  wire \port$932$13 ;
+  output \port$932$14 ;
+  wire \port$932$14 ;
+  output \port$932$15 ;
+  wire \port$932$15 ;
+  output \port$932$2 ;
+  wire \port$932$2 ;
+  output \port$932$3 ;
+  wire \port$932$3 ;
+  output \port$932$4 ;
+  wire \port$932$4 ;
+  output \port$932$5 ;
+  wire \port$932$5 ;
+  output \port$932$6 ;
+  wire \port$932$6 ;
+  output \port$932$7 ;
+  wire \port$932$7 ;
+  output \port$932$8 ;
+  wire \port$932$8 ;
+  output \port$932$9 ;
+  wire \port$932$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$932$0  = \$1 ;
+  assign \port$932$1  = \$2 ;
+  assign \port$932$2  = \$3 ;
+  assign \port$932$3  = \$4 ;
+  assign \port$932$4  = \$5 ;
+  assign \port$932$5  = \$6 ;
+  assign \port$932$6  = \$7 ;
+  assign \port$932$7  = \$8 ;
+  assign \port$932$8  = \$9 ;
+  assign \port$932$9  = \$10 ;
+  assign \port$932$10  = \$11 ;
+  assign \port$932$11  = \$12 ;
+  assign \port$932$12  = \$13 ;
+  assign \port$932$13  = \$14 ;
+  assign \port$932$14  = \$15 ;
+  assign \port$932$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_2.mul_6 (\port$933$0 , \port$933$1 , \port$933$2 , \port$933$3 , \port$933$4 , \port$933$5 , \port$933$6 , \port$933$7 , \port$933$8 , \port$933$9 , \port$933$10 , \port$933$11 , \port$933$12 , \port$933$13 , \port$933$14 , \port$933$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$933$0 ;
+  wire \port$933$0 ;
+  output \port$933$1 ;
+  wire \port$933$1 ;
+  output \port$933$10 ;
+  wire \port$933$10 ;
+  output \port$933$11 ;
+  wire \port$933$11 ;
+  output \port$933$12 ;
+  wire \port$933$12 ;
+  output \port$933$13 ;
+  wire \port$933$13 ;
+  output \port$933$14 ;
+  wire \port$933$14 ;
+  output \port$933$15 ;
+  wire \port$933$15 ;
+  output \port$933$2 ;
+  wire \port$933$2 ;
+  output \port$933$3 ;
+  wire \port$933$3 ;
+  output \port$933$4 ;
+  wire \port$933$4 ;
+  output \port$933$5 ;
+  wire \port$933$5 ;
+  output \port$933$6 ;
+  wire \port$933$6 ;
+  output \port$933$7 ;
+  wire \port$933$7 ;
+  output \port$933$8 ;
+  wire \port$933$8 ;
+  output \port$933$9 ;
+  wire \port$933$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$933$0  = \$1 ;
+  assign \port$933$1  = \$2 ;
+  assign \port$933$2  = \$3 ;
+  assign \port$933$3  = \$4 ;
+  assign \port$933$4  = \$5 ;
+  assign \port$933$5  = \$6 ;
+  assign \port$933$6  = \$7 ;
+  assign \port$933$7  = \$8 ;
+  assign \port$933$8  = \$9 ;
+  assign \port$933$9  = \$10 ;
+  assign \port$933$10  = \$11 ;
+  assign \port$933$11  = \$12 ;
+  assign \port$933$12  = \$13 ;
+  assign \port$933$13  = \$14 ;
+  assign \port$933$14  = \$15 ;
+  assign \port$933$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
 module \psc_core.dp.pe_2.wsu (w, mask, words);
   wire [7:0] \$1 ;
   wire [7:0] \$2 ;
@@ -10711,8 +10736,8 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, acc, mask, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
+module \psc_core.dp.pe_3 (rst, x, words, \port$2982$768 , valid, en, lane_acc, acc, mask, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
   wire \$100 ;
@@ -10960,8 +10985,8 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [33:0] \port$2973$768 ;
-  wire [33:0] \port$2973$768 ;
+  input [33:0] \port$2982$768 ;
+  wire [33:0] \port$2982$768 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -11018,7 +11043,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2973$768 [32];
+  assign \$2  = valid & \port$2982$768 [32];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -11113,154 +11138,154 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$1002$0 (\$64 ),
-    .\port$1002$1 (\$65 ),
-    .\port$1002$10 (\$74 ),
-    .\port$1002$11 (\$75 ),
-    .\port$1002$12 (\$76 ),
-    .\port$1002$13 (\$77 ),
-    .\port$1002$14 (\$78 ),
-    .\port$1002$15 (\$79 ),
-    .\port$1002$2 (\$66 ),
-    .\port$1002$3 (\$67 ),
-    .\port$1002$4 (\$68 ),
-    .\port$1002$5 (\$69 ),
-    .\port$1002$6 (\$70 ),
-    .\port$1002$7 (\$71 ),
-    .\port$1002$8 (\$72 ),
-    .\port$1002$9 (\$73 )
+    .\port$1007$0 (\$64 ),
+    .\port$1007$1 (\$65 ),
+    .\port$1007$10 (\$74 ),
+    .\port$1007$11 (\$75 ),
+    .\port$1007$12 (\$76 ),
+    .\port$1007$13 (\$77 ),
+    .\port$1007$14 (\$78 ),
+    .\port$1007$15 (\$79 ),
+    .\port$1007$2 (\$66 ),
+    .\port$1007$3 (\$67 ),
+    .\port$1007$4 (\$68 ),
+    .\port$1007$5 (\$69 ),
+    .\port$1007$6 (\$70 ),
+    .\port$1007$7 (\$71 ),
+    .\port$1007$8 (\$72 ),
+    .\port$1007$9 (\$73 )
   );
   \psc_core.dp.pe_3.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$1003$0 (\$80 ),
-    .\port$1003$1 (\$81 ),
-    .\port$1003$10 (\$90 ),
-    .\port$1003$11 (\$91 ),
-    .\port$1003$12 (\$92 ),
-    .\port$1003$13 (\$93 ),
-    .\port$1003$14 (\$94 ),
-    .\port$1003$15 (\$95 ),
-    .\port$1003$2 (\$82 ),
-    .\port$1003$3 (\$83 ),
-    .\port$1003$4 (\$84 ),
-    .\port$1003$5 (\$85 ),
-    .\port$1003$6 (\$86 ),
-    .\port$1003$7 (\$87 ),
-    .\port$1003$8 (\$88 ),
-    .\port$1003$9 (\$89 )
+    .\port$1008$0 (\$80 ),
+    .\port$1008$1 (\$81 ),
+    .\port$1008$10 (\$90 ),
+    .\port$1008$11 (\$91 ),
+    .\port$1008$12 (\$92 ),
+    .\port$1008$13 (\$93 ),
+    .\port$1008$14 (\$94 ),
+    .\port$1008$15 (\$95 ),
+    .\port$1008$2 (\$82 ),
+    .\port$1008$3 (\$83 ),
+    .\port$1008$4 (\$84 ),
+    .\port$1008$5 (\$85 ),
+    .\port$1008$6 (\$86 ),
+    .\port$1008$7 (\$87 ),
+    .\port$1008$8 (\$88 ),
+    .\port$1008$9 (\$89 )
   );
   \psc_core.dp.pe_3.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$1004$0 (\$96 ),
-    .\port$1004$1 (\$97 ),
-    .\port$1004$10 (\$106 ),
-    .\port$1004$11 (\$107 ),
-    .\port$1004$12 (\$108 ),
-    .\port$1004$13 (\$109 ),
-    .\port$1004$14 (\$110 ),
-    .\port$1004$15 (\$111 ),
-    .\port$1004$2 (\$98 ),
-    .\port$1004$3 (\$99 ),
-    .\port$1004$4 (\$100 ),
-    .\port$1004$5 (\$101 ),
-    .\port$1004$6 (\$102 ),
-    .\port$1004$7 (\$103 ),
-    .\port$1004$8 (\$104 ),
-    .\port$1004$9 (\$105 )
+    .\port$1009$0 (\$96 ),
+    .\port$1009$1 (\$97 ),
+    .\port$1009$10 (\$106 ),
+    .\port$1009$11 (\$107 ),
+    .\port$1009$12 (\$108 ),
+    .\port$1009$13 (\$109 ),
+    .\port$1009$14 (\$110 ),
+    .\port$1009$15 (\$111 ),
+    .\port$1009$2 (\$98 ),
+    .\port$1009$3 (\$99 ),
+    .\port$1009$4 (\$100 ),
+    .\port$1009$5 (\$101 ),
+    .\port$1009$6 (\$102 ),
+    .\port$1009$7 (\$103 ),
+    .\port$1009$8 (\$104 ),
+    .\port$1009$9 (\$105 )
   );
   \psc_core.dp.pe_3.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$1005$0 (\$112 ),
-    .\port$1005$1 (\$113 ),
-    .\port$1005$10 (\$122 ),
-    .\port$1005$11 (\$123 ),
-    .\port$1005$12 (\$124 ),
-    .\port$1005$13 (\$125 ),
-    .\port$1005$14 (\$126 ),
-    .\port$1005$15 (\$127 ),
-    .\port$1005$2 (\$114 ),
-    .\port$1005$3 (\$115 ),
-    .\port$1005$4 (\$116 ),
-    .\port$1005$5 (\$117 ),
-    .\port$1005$6 (\$118 ),
-    .\port$1005$7 (\$119 ),
-    .\port$1005$8 (\$120 ),
-    .\port$1005$9 (\$121 )
+    .\port$1010$0 (\$112 ),
+    .\port$1010$1 (\$113 ),
+    .\port$1010$10 (\$122 ),
+    .\port$1010$11 (\$123 ),
+    .\port$1010$12 (\$124 ),
+    .\port$1010$13 (\$125 ),
+    .\port$1010$14 (\$126 ),
+    .\port$1010$15 (\$127 ),
+    .\port$1010$2 (\$114 ),
+    .\port$1010$3 (\$115 ),
+    .\port$1010$4 (\$116 ),
+    .\port$1010$5 (\$117 ),
+    .\port$1010$6 (\$118 ),
+    .\port$1010$7 (\$119 ),
+    .\port$1010$8 (\$120 ),
+    .\port$1010$9 (\$121 )
   );
   \psc_core.dp.pe_3.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$1006$0 (\$128 ),
-    .\port$1006$1 (\$129 ),
-    .\port$1006$10 (\$138 ),
-    .\port$1006$11 (\$139 ),
-    .\port$1006$12 (\$140 ),
-    .\port$1006$13 (\$141 ),
-    .\port$1006$14 (\$142 ),
-    .\port$1006$15 (\$143 ),
-    .\port$1006$2 (\$130 ),
-    .\port$1006$3 (\$131 ),
-    .\port$1006$4 (\$132 ),
-    .\port$1006$5 (\$133 ),
-    .\port$1006$6 (\$134 ),
-    .\port$1006$7 (\$135 ),
-    .\port$1006$8 (\$136 ),
-    .\port$1006$9 (\$137 )
+    .\port$1011$0 (\$128 ),
+    .\port$1011$1 (\$129 ),
+    .\port$1011$10 (\$138 ),
+    .\port$1011$11 (\$139 ),
+    .\port$1011$12 (\$140 ),
+    .\port$1011$13 (\$141 ),
+    .\port$1011$14 (\$142 ),
+    .\port$1011$15 (\$143 ),
+    .\port$1011$2 (\$130 ),
+    .\port$1011$3 (\$131 ),
+    .\port$1011$4 (\$132 ),
+    .\port$1011$5 (\$133 ),
+    .\port$1011$6 (\$134 ),
+    .\port$1011$7 (\$135 ),
+    .\port$1011$8 (\$136 ),
+    .\port$1011$9 (\$137 )
   );
   \psc_core.dp.pe_3.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$1007$0 (\$144 ),
-    .\port$1007$1 (\$145 ),
-    .\port$1007$10 (\$154 ),
-    .\port$1007$11 (\$155 ),
-    .\port$1007$12 (\$156 ),
-    .\port$1007$13 (\$157 ),
-    .\port$1007$14 (\$158 ),
-    .\port$1007$15 (\$159 ),
-    .\port$1007$2 (\$146 ),
-    .\port$1007$3 (\$147 ),
-    .\port$1007$4 (\$148 ),
-    .\port$1007$5 (\$149 ),
-    .\port$1007$6 (\$150 ),
-    .\port$1007$7 (\$151 ),
-    .\port$1007$8 (\$152 ),
-    .\port$1007$9 (\$153 )
+    .\port$1012$0 (\$144 ),
+    .\port$1012$1 (\$145 ),
+    .\port$1012$10 (\$154 ),
+    .\port$1012$11 (\$155 ),
+    .\port$1012$12 (\$156 ),
+    .\port$1012$13 (\$157 ),
+    .\port$1012$14 (\$158 ),
+    .\port$1012$15 (\$159 ),
+    .\port$1012$2 (\$146 ),
+    .\port$1012$3 (\$147 ),
+    .\port$1012$4 (\$148 ),
+    .\port$1012$5 (\$149 ),
+    .\port$1012$6 (\$150 ),
+    .\port$1012$7 (\$151 ),
+    .\port$1012$8 (\$152 ),
+    .\port$1012$9 (\$153 )
   );
   \psc_core.dp.pe_3.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$1008$0 (\$160 ),
-    .\port$1008$1 (\$161 ),
-    .\port$1008$10 (\$170 ),
-    .\port$1008$11 (\$171 ),
-    .\port$1008$12 (\$172 ),
-    .\port$1008$13 (\$173 ),
-    .\port$1008$14 (\$174 ),
-    .\port$1008$15 (\$175 ),
-    .\port$1008$2 (\$162 ),
-    .\port$1008$3 (\$163 ),
-    .\port$1008$4 (\$164 ),
-    .\port$1008$5 (\$165 ),
-    .\port$1008$6 (\$166 ),
-    .\port$1008$7 (\$167 ),
-    .\port$1008$8 (\$168 ),
-    .\port$1008$9 (\$169 )
+    .\port$1013$0 (\$160 ),
+    .\port$1013$1 (\$161 ),
+    .\port$1013$10 (\$170 ),
+    .\port$1013$11 (\$171 ),
+    .\port$1013$12 (\$172 ),
+    .\port$1013$13 (\$173 ),
+    .\port$1013$14 (\$174 ),
+    .\port$1013$15 (\$175 ),
+    .\port$1013$2 (\$162 ),
+    .\port$1013$3 (\$163 ),
+    .\port$1013$4 (\$164 ),
+    .\port$1013$5 (\$165 ),
+    .\port$1013$6 (\$166 ),
+    .\port$1013$7 (\$167 ),
+    .\port$1013$8 (\$168 ),
+    .\port$1013$9 (\$169 )
   );
   \psc_core.dp.pe_3.wsu  wsu (
     .mask(mask),
@@ -11268,7 +11293,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
     .words(words)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$36  = v1;
     if (en) begin
       \$36  = valid;
@@ -11278,36 +11303,36 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2973$768 [32];
+      \$37  = \port$2982$768 [32];
     end
     if (rst) begin
       \$37  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2973$768 [33];
+      \$38  = \port$2982$768 [33];
     end
     if (rst) begin
       \$38  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$39  = b1;
     if (en) begin
       if (\$2 ) begin
-        \$39  = \port$2973$768 [31:0];
+        \$39  = \port$2982$768 [31:0];
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$40  = v2;
     if (en) begin
       \$40  = v1;
@@ -11317,7 +11342,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$41  = f2;
     if (en) begin
       \$41  = f1;
@@ -11327,7 +11352,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$42  = l2;
     if (en) begin
       \$42  = l1;
@@ -11337,7 +11362,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$43  = b2;
     if (en) begin
       if (\$3 ) begin
@@ -11346,7 +11371,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$44  = v3;
     if (en) begin
       \$44  = v2;
@@ -11356,7 +11381,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$45  = f3;
     if (en) begin
       \$45  = f2;
@@ -11366,7 +11391,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$46  = l3;
     if (en) begin
       \$46  = l2;
@@ -11376,7 +11401,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$47  = b3;
     if (en) begin
       if (\$4 ) begin
@@ -11385,7 +11410,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$48  = v4;
     if (en) begin
       \$48  = v3;
@@ -11395,7 +11420,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$49  = f4;
     if (en) begin
       \$49  = f3;
@@ -11405,7 +11430,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$50  = l4;
     if (en) begin
       \$50  = l3;
@@ -11415,7 +11440,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$51  = b4;
     if (en) begin
       if (\$5 ) begin
@@ -11424,7 +11449,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$52  = acc_valid;
     if (en) begin
       \$52  = \$6 ;
@@ -11434,77 +11459,77 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$53  = tree0_0;
     if (en) begin
       \$53  = \$9 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$54  = tree0_1;
     if (en) begin
       \$54  = \$11 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$55  = acc;
     if (\$12 ) begin
       \$55  = \$13 [31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$56  = lane_acc_0;
     if (\$14 ) begin
       \$56  = \$16 [20:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$57  = lane_acc_1;
     if (\$17 ) begin
       \$57  = \$19 [20:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$58  = lane_acc_2;
     if (\$20 ) begin
       \$58  = \$22 [20:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$59  = lane_acc_3;
     if (\$23 ) begin
       \$59  = \$25 [20:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$60  = lane_acc_4;
     if (\$26 ) begin
       \$60  = \$28 [20:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$61  = lane_acc_5;
     if (\$29 ) begin
       \$61  = \$31 [20:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$62  = lane_acc_6;
     if (\$32 ) begin
       \$62  = \$34 [20:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$63  = lane_valid;
     if (en) begin
       \$63  = \$35 ;
@@ -11545,9 +11570,9 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2973$768 [32];
-  assign last = \port$2973$768 [33];
-  assign bias = \port$2973$768 [31:0];
+  assign first = \port$2982$768 [32];
+  assign last = \port$2982$768 [33];
+  assign bias = \port$2982$768 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -11607,1122 +11632,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2973$768 , valid, en, lane_acc, a
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_0 (\port$1002$0 , \port$1002$1 , \port$1002$2 , \port$1002$3 , \port$1002$4 , \port$1002$5 , \port$1002$6 , \port$1002$7 , \port$1002$8 , \port$1002$9 , \port$1002$10 , \port$1002$11 , \port$1002$12 , \port$1002$13 , \port$1002$14 , \port$1002$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$1002$0 ;
-  wire \port$1002$0 ;
-  output \port$1002$1 ;
-  wire \port$1002$1 ;
-  output \port$1002$10 ;
-  wire \port$1002$10 ;
-  output \port$1002$11 ;
-  wire \port$1002$11 ;
-  output \port$1002$12 ;
-  wire \port$1002$12 ;
-  output \port$1002$13 ;
-  wire \port$1002$13 ;
-  output \port$1002$14 ;
-  wire \port$1002$14 ;
-  output \port$1002$15 ;
-  wire \port$1002$15 ;
-  output \port$1002$2 ;
-  wire \port$1002$2 ;
-  output \port$1002$3 ;
-  wire \port$1002$3 ;
-  output \port$1002$4 ;
-  wire \port$1002$4 ;
-  output \port$1002$5 ;
-  wire \port$1002$5 ;
-  output \port$1002$6 ;
-  wire \port$1002$6 ;
-  output \port$1002$7 ;
-  wire \port$1002$7 ;
-  output \port$1002$8 ;
-  wire \port$1002$8 ;
-  output \port$1002$9 ;
-  wire \port$1002$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1002$0  = \$1 ;
-  assign \port$1002$1  = \$2 ;
-  assign \port$1002$2  = \$3 ;
-  assign \port$1002$3  = \$4 ;
-  assign \port$1002$4  = \$5 ;
-  assign \port$1002$5  = \$6 ;
-  assign \port$1002$6  = \$7 ;
-  assign \port$1002$7  = \$8 ;
-  assign \port$1002$8  = \$9 ;
-  assign \port$1002$9  = \$10 ;
-  assign \port$1002$10  = \$11 ;
-  assign \port$1002$11  = \$12 ;
-  assign \port$1002$12  = \$13 ;
-  assign \port$1002$13  = \$14 ;
-  assign \port$1002$14  = \$15 ;
-  assign \port$1002$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_1 (\port$1003$0 , \port$1003$1 , \port$1003$2 , \port$1003$3 , \port$1003$4 , \port$1003$5 , \port$1003$6 , \port$1003$7 , \port$1003$8 , \port$1003$9 , \port$1003$10 , \port$1003$11 , \port$1003$12 , \port$1003$13 , \port$1003$14 , \port$1003$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$1003$0 ;
-  wire \port$1003$0 ;
-  output \port$1003$1 ;
-  wire \port$1003$1 ;
-  output \port$1003$10 ;
-  wire \port$1003$10 ;
-  output \port$1003$11 ;
-  wire \port$1003$11 ;
-  output \port$1003$12 ;
-  wire \port$1003$12 ;
-  output \port$1003$13 ;
-  wire \port$1003$13 ;
-  output \port$1003$14 ;
-  wire \port$1003$14 ;
-  output \port$1003$15 ;
-  wire \port$1003$15 ;
-  output \port$1003$2 ;
-  wire \port$1003$2 ;
-  output \port$1003$3 ;
-  wire \port$1003$3 ;
-  output \port$1003$4 ;
-  wire \port$1003$4 ;
-  output \port$1003$5 ;
-  wire \port$1003$5 ;
-  output \port$1003$6 ;
-  wire \port$1003$6 ;
-  output \port$1003$7 ;
-  wire \port$1003$7 ;
-  output \port$1003$8 ;
-  wire \port$1003$8 ;
-  output \port$1003$9 ;
-  wire \port$1003$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1003$0  = \$1 ;
-  assign \port$1003$1  = \$2 ;
-  assign \port$1003$2  = \$3 ;
-  assign \port$1003$3  = \$4 ;
-  assign \port$1003$4  = \$5 ;
-  assign \port$1003$5  = \$6 ;
-  assign \port$1003$6  = \$7 ;
-  assign \port$1003$7  = \$8 ;
-  assign \port$1003$8  = \$9 ;
-  assign \port$1003$9  = \$10 ;
-  assign \port$1003$10  = \$11 ;
-  assign \port$1003$11  = \$12 ;
-  assign \port$1003$12  = \$13 ;
-  assign \port$1003$13  = \$14 ;
-  assign \port$1003$14  = \$15 ;
-  assign \port$1003$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_2 (\port$1004$0 , \port$1004$1 , \port$1004$2 , \port$1004$3 , \port$1004$4 , \port$1004$5 , \port$1004$6 , \port$1004$7 , \port$1004$8 , \port$1004$9 , \port$1004$10 , \port$1004$11 , \port$1004$12 , \port$1004$13 , \port$1004$14 , \port$1004$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$1004$0 ;
-  wire \port$1004$0 ;
-  output \port$1004$1 ;
-  wire \port$1004$1 ;
-  output \port$1004$10 ;
-  wire \port$1004$10 ;
-  output \port$1004$11 ;
-  wire \port$1004$11 ;
-  output \port$1004$12 ;
-  wire \port$1004$12 ;
-  output \port$1004$13 ;
-  wire \port$1004$13 ;
-  output \port$1004$14 ;
-  wire \port$1004$14 ;
-  output \port$1004$15 ;
-  wire \port$1004$15 ;
-  output \port$1004$2 ;
-  wire \port$1004$2 ;
-  output \port$1004$3 ;
-  wire \port$1004$3 ;
-  output \port$1004$4 ;
-  wire \port$1004$4 ;
-  output \port$1004$5 ;
-  wire \port$1004$5 ;
-  output \port$1004$6 ;
-  wire \port$1004$6 ;
-  output \port$1004$7 ;
-  wire \port$1004$7 ;
-  output \port$1004$8 ;
-  wire \port$1004$8 ;
-  output \port$1004$9 ;
-  wire \port$1004$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1004$0  = \$1 ;
-  assign \port$1004$1  = \$2 ;
-  assign \port$1004$2  = \$3 ;
-  assign \port$1004$3  = \$4 ;
-  assign \port$1004$4  = \$5 ;
-  assign \port$1004$5  = \$6 ;
-  assign \port$1004$6  = \$7 ;
-  assign \port$1004$7  = \$8 ;
-  assign \port$1004$8  = \$9 ;
-  assign \port$1004$9  = \$10 ;
-  assign \port$1004$10  = \$11 ;
-  assign \port$1004$11  = \$12 ;
-  assign \port$1004$12  = \$13 ;
-  assign \port$1004$13  = \$14 ;
-  assign \port$1004$14  = \$15 ;
-  assign \port$1004$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_3 (\port$1005$0 , \port$1005$1 , \port$1005$2 , \port$1005$3 , \port$1005$4 , \port$1005$5 , \port$1005$6 , \port$1005$7 , \port$1005$8 , \port$1005$9 , \port$1005$10 , \port$1005$11 , \port$1005$12 , \port$1005$13 , \port$1005$14 , \port$1005$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$1005$0 ;
-  wire \port$1005$0 ;
-  output \port$1005$1 ;
-  wire \port$1005$1 ;
-  output \port$1005$10 ;
-  wire \port$1005$10 ;
-  output \port$1005$11 ;
-  wire \port$1005$11 ;
-  output \port$1005$12 ;
-  wire \port$1005$12 ;
-  output \port$1005$13 ;
-  wire \port$1005$13 ;
-  output \port$1005$14 ;
-  wire \port$1005$14 ;
-  output \port$1005$15 ;
-  wire \port$1005$15 ;
-  output \port$1005$2 ;
-  wire \port$1005$2 ;
-  output \port$1005$3 ;
-  wire \port$1005$3 ;
-  output \port$1005$4 ;
-  wire \port$1005$4 ;
-  output \port$1005$5 ;
-  wire \port$1005$5 ;
-  output \port$1005$6 ;
-  wire \port$1005$6 ;
-  output \port$1005$7 ;
-  wire \port$1005$7 ;
-  output \port$1005$8 ;
-  wire \port$1005$8 ;
-  output \port$1005$9 ;
-  wire \port$1005$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1005$0  = \$1 ;
-  assign \port$1005$1  = \$2 ;
-  assign \port$1005$2  = \$3 ;
-  assign \port$1005$3  = \$4 ;
-  assign \port$1005$4  = \$5 ;
-  assign \port$1005$5  = \$6 ;
-  assign \port$1005$6  = \$7 ;
-  assign \port$1005$7  = \$8 ;
-  assign \port$1005$8  = \$9 ;
-  assign \port$1005$9  = \$10 ;
-  assign \port$1005$10  = \$11 ;
-  assign \port$1005$11  = \$12 ;
-  assign \port$1005$12  = \$13 ;
-  assign \port$1005$13  = \$14 ;
-  assign \port$1005$14  = \$15 ;
-  assign \port$1005$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_4 (\port$1006$0 , \port$1006$1 , \port$1006$2 , \port$1006$3 , \port$1006$4 , \port$1006$5 , \port$1006$6 , \port$1006$7 , \port$1006$8 , \port$1006$9 , \port$1006$10 , \port$1006$11 , \port$1006$12 , \port$1006$13 , \port$1006$14 , \port$1006$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$1006$0 ;
-  wire \port$1006$0 ;
-  output \port$1006$1 ;
-  wire \port$1006$1 ;
-  output \port$1006$10 ;
-  wire \port$1006$10 ;
-  output \port$1006$11 ;
-  wire \port$1006$11 ;
-  output \port$1006$12 ;
-  wire \port$1006$12 ;
-  output \port$1006$13 ;
-  wire \port$1006$13 ;
-  output \port$1006$14 ;
-  wire \port$1006$14 ;
-  output \port$1006$15 ;
-  wire \port$1006$15 ;
-  output \port$1006$2 ;
-  wire \port$1006$2 ;
-  output \port$1006$3 ;
-  wire \port$1006$3 ;
-  output \port$1006$4 ;
-  wire \port$1006$4 ;
-  output \port$1006$5 ;
-  wire \port$1006$5 ;
-  output \port$1006$6 ;
-  wire \port$1006$6 ;
-  output \port$1006$7 ;
-  wire \port$1006$7 ;
-  output \port$1006$8 ;
-  wire \port$1006$8 ;
-  output \port$1006$9 ;
-  wire \port$1006$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1006$0  = \$1 ;
-  assign \port$1006$1  = \$2 ;
-  assign \port$1006$2  = \$3 ;
-  assign \port$1006$3  = \$4 ;
-  assign \port$1006$4  = \$5 ;
-  assign \port$1006$5  = \$6 ;
-  assign \port$1006$6  = \$7 ;
-  assign \port$1006$7  = \$8 ;
-  assign \port$1006$8  = \$9 ;
-  assign \port$1006$9  = \$10 ;
-  assign \port$1006$10  = \$11 ;
-  assign \port$1006$11  = \$12 ;
-  assign \port$1006$12  = \$13 ;
-  assign \port$1006$13  = \$14 ;
-  assign \port$1006$14  = \$15 ;
-  assign \port$1006$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_5 (\port$1007$0 , \port$1007$1 , \port$1007$2 , \port$1007$3 , \port$1007$4 , \port$1007$5 , \port$1007$6 , \port$1007$7 , \port$1007$8 , \port$1007$9 , \port$1007$10 , \port$1007$11 , \port$1007$12 , \port$1007$13 , \port$1007$14 , \port$1007$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_0 (\port$1007$0 , \port$1007$1 , \port$1007$2 , \port$1007$3 , \port$1007$4 , \port$1007$5 , \port$1007$6 , \port$1007$7 , \port$1007$8 , \port$1007$9 , \port$1007$10 , \port$1007$11 , \port$1007$12 , \port$1007$13 , \port$1007$14 , \port$1007$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12945,7 +11855,7 @@ module \psc_core.dp.pe_3.mul_5 (\port$1007$0 , \port$1007$1 , \port$1007$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_6 (\port$1008$0 , \port$1008$1 , \port$1008$2 , \port$1008$3 , \port$1008$4 , \port$1008$5 , \port$1008$6 , \port$1008$7 , \port$1008$8 , \port$1008$9 , \port$1008$10 , \port$1008$11 , \port$1008$12 , \port$1008$13 , \port$1008$14 , \port$1008$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_1 (\port$1008$0 , \port$1008$1 , \port$1008$2 , \port$1008$3 , \port$1008$4 , \port$1008$5 , \port$1008$6 , \port$1008$7 , \port$1008$8 , \port$1008$9 , \port$1008$10 , \port$1008$11 , \port$1008$12 , \port$1008$13 , \port$1008$14 , \port$1008$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -13168,6 +12078,1121 @@ module \psc_core.dp.pe_3.mul_6 (\port$1008$0 , \port$1008$1 , \port$1008$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
+module \psc_core.dp.pe_3.mul_2 (\port$1009$0 , \port$1009$1 , \port$1009$2 , \port$1009$3 , \port$1009$4 , \port$1009$5 , \port$1009$6 , \port$1009$7 , \port$1009$8 , \port$1009$9 , \port$1009$10 , \port$1009$11 , \port$1009$12 , \port$1009$13 , \port$1009$14 , \port$1009$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$1009$0 ;
+  wire \port$1009$0 ;
+  output \port$1009$1 ;
+  wire \port$1009$1 ;
+  output \port$1009$10 ;
+  wire \port$1009$10 ;
+  output \port$1009$11 ;
+  wire \port$1009$11 ;
+  output \port$1009$12 ;
+  wire \port$1009$12 ;
+  output \port$1009$13 ;
+  wire \port$1009$13 ;
+  output \port$1009$14 ;
+  wire \port$1009$14 ;
+  output \port$1009$15 ;
+  wire \port$1009$15 ;
+  output \port$1009$2 ;
+  wire \port$1009$2 ;
+  output \port$1009$3 ;
+  wire \port$1009$3 ;
+  output \port$1009$4 ;
+  wire \port$1009$4 ;
+  output \port$1009$5 ;
+  wire \port$1009$5 ;
+  output \port$1009$6 ;
+  wire \port$1009$6 ;
+  output \port$1009$7 ;
+  wire \port$1009$7 ;
+  output \port$1009$8 ;
+  wire \port$1009$8 ;
+  output \port$1009$9 ;
+  wire \port$1009$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$1009$0  = \$1 ;
+  assign \port$1009$1  = \$2 ;
+  assign \port$1009$2  = \$3 ;
+  assign \port$1009$3  = \$4 ;
+  assign \port$1009$4  = \$5 ;
+  assign \port$1009$5  = \$6 ;
+  assign \port$1009$6  = \$7 ;
+  assign \port$1009$7  = \$8 ;
+  assign \port$1009$8  = \$9 ;
+  assign \port$1009$9  = \$10 ;
+  assign \port$1009$10  = \$11 ;
+  assign \port$1009$11  = \$12 ;
+  assign \port$1009$12  = \$13 ;
+  assign \port$1009$13  = \$14 ;
+  assign \port$1009$14  = \$15 ;
+  assign \port$1009$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_3.mul_3 (\port$1010$0 , \port$1010$1 , \port$1010$2 , \port$1010$3 , \port$1010$4 , \port$1010$5 , \port$1010$6 , \port$1010$7 , \port$1010$8 , \port$1010$9 , \port$1010$10 , \port$1010$11 , \port$1010$12 , \port$1010$13 , \port$1010$14 , \port$1010$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$1010$0 ;
+  wire \port$1010$0 ;
+  output \port$1010$1 ;
+  wire \port$1010$1 ;
+  output \port$1010$10 ;
+  wire \port$1010$10 ;
+  output \port$1010$11 ;
+  wire \port$1010$11 ;
+  output \port$1010$12 ;
+  wire \port$1010$12 ;
+  output \port$1010$13 ;
+  wire \port$1010$13 ;
+  output \port$1010$14 ;
+  wire \port$1010$14 ;
+  output \port$1010$15 ;
+  wire \port$1010$15 ;
+  output \port$1010$2 ;
+  wire \port$1010$2 ;
+  output \port$1010$3 ;
+  wire \port$1010$3 ;
+  output \port$1010$4 ;
+  wire \port$1010$4 ;
+  output \port$1010$5 ;
+  wire \port$1010$5 ;
+  output \port$1010$6 ;
+  wire \port$1010$6 ;
+  output \port$1010$7 ;
+  wire \port$1010$7 ;
+  output \port$1010$8 ;
+  wire \port$1010$8 ;
+  output \port$1010$9 ;
+  wire \port$1010$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$1010$0  = \$1 ;
+  assign \port$1010$1  = \$2 ;
+  assign \port$1010$2  = \$3 ;
+  assign \port$1010$3  = \$4 ;
+  assign \port$1010$4  = \$5 ;
+  assign \port$1010$5  = \$6 ;
+  assign \port$1010$6  = \$7 ;
+  assign \port$1010$7  = \$8 ;
+  assign \port$1010$8  = \$9 ;
+  assign \port$1010$9  = \$10 ;
+  assign \port$1010$10  = \$11 ;
+  assign \port$1010$11  = \$12 ;
+  assign \port$1010$12  = \$13 ;
+  assign \port$1010$13  = \$14 ;
+  assign \port$1010$14  = \$15 ;
+  assign \port$1010$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_3.mul_4 (\port$1011$0 , \port$1011$1 , \port$1011$2 , \port$1011$3 , \port$1011$4 , \port$1011$5 , \port$1011$6 , \port$1011$7 , \port$1011$8 , \port$1011$9 , \port$1011$10 , \port$1011$11 , \port$1011$12 , \port$1011$13 , \port$1011$14 , \port$1011$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$1011$0 ;
+  wire \port$1011$0 ;
+  output \port$1011$1 ;
+  wire \port$1011$1 ;
+  output \port$1011$10 ;
+  wire \port$1011$10 ;
+  output \port$1011$11 ;
+  wire \port$1011$11 ;
+  output \port$1011$12 ;
+  wire \port$1011$12 ;
+  output \port$1011$13 ;
+  wire \port$1011$13 ;
+  output \port$1011$14 ;
+  wire \port$1011$14 ;
+  output \port$1011$15 ;
+  wire \port$1011$15 ;
+  output \port$1011$2 ;
+  wire \port$1011$2 ;
+  output \port$1011$3 ;
+  wire \port$1011$3 ;
+  output \port$1011$4 ;
+  wire \port$1011$4 ;
+  output \port$1011$5 ;
+  wire \port$1011$5 ;
+  output \port$1011$6 ;
+  wire \port$1011$6 ;
+  output \port$1011$7 ;
+  wire \port$1011$7 ;
+  output \port$1011$8 ;
+  wire \port$1011$8 ;
+  output \port$1011$9 ;
+  wire \port$1011$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$1011$0  = \$1 ;
+  assign \port$1011$1  = \$2 ;
+  assign \port$1011$2  = \$3 ;
+  assign \port$1011$3  = \$4 ;
+  assign \port$1011$4  = \$5 ;
+  assign \port$1011$5  = \$6 ;
+  assign \port$1011$6  = \$7 ;
+  assign \port$1011$7  = \$8 ;
+  assign \port$1011$8  = \$9 ;
+  assign \port$1011$9  = \$10 ;
+  assign \port$1011$10  = \$11 ;
+  assign \port$1011$11  = \$12 ;
+  assign \port$1011$12  = \$13 ;
+  assign \port$1011$13  = \$14 ;
+  assign \port$1011$14  = \$15 ;
+  assign \port$1011$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_3.mul_5 (\port$1012$0 , \port$1012$1 , \port$1012$2 , \port$1012$3 , \port$1012$4 , \port$1012$5 , \port$1012$6 , \port$1012$7 , \port$1012$8 , \port$1012$9 , \port$1012$10 , \port$1012$11 , \port$1012$12 , \port$1012$13 , \port$1012$14 , \port$1012$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$1012$0 ;
+  wire \port$1012$0 ;
+  output \port$1012$1 ;
+  wire \port$1012$1 ;
+  output \port$1012$10 ;
+  wire \port$1012$10 ;
+  output \port$1012$11 ;
+  wire \port$1012$11 ;
+  output \port$1012$12 ;
+  wire \port$1012$12 ;
+  output \port$1012$13 ;
+  wire \port$1012$13 ;
+  output \port$1012$14 ;
+  wire \port$1012$14 ;
+  output \port$1012$15 ;
+  wire \port$1012$15 ;
+  output \port$1012$2 ;
+  wire \port$1012$2 ;
+  output \port$1012$3 ;
+  wire \port$1012$3 ;
+  output \port$1012$4 ;
+  wire \port$1012$4 ;
+  output \port$1012$5 ;
+  wire \port$1012$5 ;
+  output \port$1012$6 ;
+  wire \port$1012$6 ;
+  output \port$1012$7 ;
+  wire \port$1012$7 ;
+  output \port$1012$8 ;
+  wire \port$1012$8 ;
+  output \port$1012$9 ;
+  wire \port$1012$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$1012$0  = \$1 ;
+  assign \port$1012$1  = \$2 ;
+  assign \port$1012$2  = \$3 ;
+  assign \port$1012$3  = \$4 ;
+  assign \port$1012$4  = \$5 ;
+  assign \port$1012$5  = \$6 ;
+  assign \port$1012$6  = \$7 ;
+  assign \port$1012$7  = \$8 ;
+  assign \port$1012$8  = \$9 ;
+  assign \port$1012$9  = \$10 ;
+  assign \port$1012$10  = \$11 ;
+  assign \port$1012$11  = \$12 ;
+  assign \port$1012$12  = \$13 ;
+  assign \port$1012$13  = \$14 ;
+  assign \port$1012$14  = \$15 ;
+  assign \port$1012$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_3.mul_6 (\port$1013$0 , \port$1013$1 , \port$1013$2 , \port$1013$3 , \port$1013$4 , \port$1013$5 , \port$1013$6 , \port$1013$7 , \port$1013$8 , \port$1013$9 , \port$1013$10 , \port$1013$11 , \port$1013$12 , \port$1013$13 , \port$1013$14 , \port$1013$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$1013$0 ;
+  wire \port$1013$0 ;
+  output \port$1013$1 ;
+  wire \port$1013$1 ;
+  output \port$1013$10 ;
+  wire \port$1013$10 ;
+  output \port$1013$11 ;
+  wire \port$1013$11 ;
+  output \port$1013$12 ;
+  wire \port$1013$12 ;
+  output \port$1013$13 ;
+  wire \port$1013$13 ;
+  output \port$1013$14 ;
+  wire \port$1013$14 ;
+  output \port$1013$15 ;
+  wire \port$1013$15 ;
+  output \port$1013$2 ;
+  wire \port$1013$2 ;
+  output \port$1013$3 ;
+  wire \port$1013$3 ;
+  output \port$1013$4 ;
+  wire \port$1013$4 ;
+  output \port$1013$5 ;
+  wire \port$1013$5 ;
+  output \port$1013$6 ;
+  wire \port$1013$6 ;
+  output \port$1013$7 ;
+  wire \port$1013$7 ;
+  output \port$1013$8 ;
+  wire \port$1013$8 ;
+  output \port$1013$9 ;
+  wire \port$1013$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$1013$0  = \$1 ;
+  assign \port$1013$1  = \$2 ;
+  assign \port$1013$2  = \$3 ;
+  assign \port$1013$3  = \$4 ;
+  assign \port$1013$4  = \$5 ;
+  assign \port$1013$5  = \$6 ;
+  assign \port$1013$6  = \$7 ;
+  assign \port$1013$7  = \$8 ;
+  assign \port$1013$8  = \$9 ;
+  assign \port$1013$9  = \$10 ;
+  assign \port$1013$10  = \$11 ;
+  assign \port$1013$11  = \$12 ;
+  assign \port$1013$12  = \$13 ;
+  assign \port$1013$13  = \$14 ;
+  assign \port$1013$14  = \$15 ;
+  assign \port$1013$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
 module \psc_core.dp.pe_3.wsu (w, mask, words);
   wire [7:0] \$1 ;
   wire [7:0] \$2 ;
@@ -13344,7 +13369,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights__data, dwc, w_data, inputs__addr, o__payload, v2, inputs__data, o__ready, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire \$1 ;
   reg [55:0] \$10 ;
   wire [55:0] \$11 ;
@@ -13783,7 +13808,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights_
     .w_rdy(i__ready)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     (* full_case = 32'd1 *)
     casez (pick2[1:0])
       2'h0:
@@ -13797,7 +13822,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights_
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     (* full_case = 32'd1 *)
     casez (pick2[3:2])
       2'h0:
@@ -13811,7 +13836,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights_
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     (* full_case = 32'd1 *)
     casez (pick2[5:4])
       2'h0:
@@ -13825,7 +13850,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights_
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     (* full_case = 32'd1 *)
     casez (pick2[7:6])
       2'h0:
@@ -13839,7 +13864,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights_
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$24  = v2;
     if (\$17 ) begin
       \$24  = v1;
@@ -13849,28 +13874,28 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$25  = beat2;
     if (\$17 ) begin
       \$25  = \beat$22 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$26  = pad2;
     if (\$17 ) begin
       \$26  = padr1;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$27  = pick2;
     if (\$19 ) begin
       \$27  = pick1;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$28  = v1;
     if (adv1) begin
       \$28  = r_rdy;
@@ -13880,7 +13905,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$29  = padr1;
     if (adv1) begin
       \$29  = r_data[51];
@@ -13890,7 +13915,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$30  = first1;
     if (adv1) begin
       \$30  = r_data[52];
@@ -13900,7 +13925,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$31  = last1;
     if (adv1) begin
       \$31  = r_data[53];
@@ -13910,7 +13935,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, weights__addr, weights_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$32  = pick1;
     if (adv1) begin
       \$32 [1:0] = \$20 ;
@@ -14253,7 +14278,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -14335,7 +14360,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -14345,7 +14370,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -14355,7 +14380,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -14377,7 +14402,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, read__addr, i__ready, read__data, done, rows_in, i__payload);
-  reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -18806,7 +18831,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
   always @(posedge clk)
     col_cnt <= \$34 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$35  = rows_in;
     if (run) begin
       if (count) begin
@@ -18823,7 +18848,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$36  = lx;
     if (start) begin
       \$36  = 16'h0000;
@@ -18833,7 +18858,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$37  = lgi;
     if (start) begin
       \$37  = 16'h0000;
@@ -18843,7 +18868,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$38  = lrow;
     if (start) begin
       \$38  = 11'h000;
@@ -18853,7 +18878,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$39  = lgoff;
     if (start) begin
       \$39  = 11'h000;
@@ -18863,14 +18888,14 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     i__ready = 1'h0;
     if (run) begin
       i__ready = \$20 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$31  = lb;
     if (fire) begin
       \$31  = \$25 [1:0];
@@ -18883,7 +18908,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$32  = in_cnt;
     if (run) begin
       if (count) begin
@@ -18898,7 +18923,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$33  = done;
     if (run) begin
       if (count) begin
@@ -18913,7 +18938,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$34  = col_cnt;
     if (run) begin
       if (count) begin
@@ -19070,7 +19095,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, all_sent, \i__valid$40 , \i__payload$42 , start, cmd, dwp, last_group, run, n_out, params__addr, \o__ready$41 );
-  reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$11  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [31:0] \$11 ;
@@ -19961,7 +19986,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     .rst(rst)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$64  = vb;
     if (\$40 ) begin
       \$64  = vj;
@@ -19971,28 +19996,28 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$65  = accb;
     if (\$40 ) begin
       \$65  = accj;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$66  = pb;
     if (\$40 ) begin
       \$66  = params__data;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$67  = psb;
     if (\$46 ) begin
       \$67  = ps_rd__data;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$68  = ps_wr__addr;
     if (stored) begin
       \$68  = \$47 [8:0];
@@ -20005,7 +20030,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$69  = ps_rd__addr;
     if (\$48 ) begin
       \$69  = \$49 [8:0];
@@ -20018,7 +20043,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$70  = skid_v;
     if (skid_v) begin
       if (\o__ready$41 ) begin
@@ -20032,7 +20057,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$71  = skid;
     if (skid_v) begin
     end else if (\$51 ) begin
@@ -20040,7 +20065,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$72  = vj;
     if (ps_rd__en) begin
       \$72  = \$52 ;
@@ -20050,7 +20075,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$73  = accj;
     if (ps_rd__en) begin
       \$73  = \i__payload$42 ;
@@ -20060,7 +20085,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$74  = params__addr;
     if (ps_rd__en) begin
       if (\$56 ) begin
@@ -20075,7 +20100,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$75  = out_cnt;
     if (\$62 ) begin
       \$75  = \$63 [23:0];
@@ -20088,7 +20113,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$76  = ro;
     if (start) begin
       \$76  = 2'h0;
@@ -20098,7 +20123,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$77  = oxo;
     if (start) begin
       \$77  = 16'h0000;
@@ -20228,7 +20253,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.out.rq (rst, i__valid, o__ready, en, relu, i__payload, o__valid, o__payload, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$11  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [16:0] \$100 ;
@@ -23845,7 +23870,7 @@ module \psc_core.out.rq (rst, i__valid, o__ready, en, relu, i__payload, o__valid
   always @(posedge clk)
     twide_3 <= \$1742 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1618  = v1;
     if (en) begin
       \$1618  = i__valid;
@@ -23855,7 +23880,7 @@ module \psc_core.out.rq (rst, i__valid, o__ready, en, relu, i__payload, o__valid
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1619  = v2;
     if (en) begin
       \$1619  = v1;
@@ -23865,7 +23890,7 @@ module \psc_core.out.rq (rst, i__valid, o__ready, en, relu, i__payload, o__valid
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1620  = v3;
     if (en) begin
       \$1620  = v2;
@@ -23875,7 +23900,7 @@ module \psc_core.out.rq (rst, i__valid, o__ready, en, relu, i__payload, o__valid
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1621  = v4;
     if (en) begin
       \$1621  = v3;
@@ -23885,7 +23910,7 @@ module \psc_core.out.rq (rst, i__valid, o__ready, en, relu, i__payload, o__valid
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1622  = v5;
     if (en) begin
       \$1622  = v4;
@@ -23895,7 +23920,7 @@ module \psc_core.out.rq (rst, i__valid, o__ready, en, relu, i__payload, o__valid
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1623  = v6;
     if (en) begin
       \$1623  = v5;
@@ -23905,7 +23930,7 @@ module \psc_core.out.rq (rst, i__valid, o__ready, en, relu, i__payload, o__valid
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1624  = v7;
     if (en) begin
       \$1624  = v6;
@@ -23915,7 +23940,7 @@ module \psc_core.out.rq (rst, i__valid, o__ready, en, relu, i__payload, o__valid
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1625  = o__valid;
     if (en) begin
       \$1625  = v7;
@@ -23925,210 +23950,210 @@ module \psc_core.out.rq (rst, i__valid, o__ready, en, relu, i__payload, o__valid
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1626  = acc_0;
     if (en) begin
       \$1626  = i__payload[31:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1627  = mult_0;
     if (en) begin
       \$1627  = i__payload[143:128];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1628  = s1_0;
     if (en) begin
       \$1628  = i__payload[197:192];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1629  = pp0_0_0;
     if (en) begin
       \$1629  = { \$50 [17:0], \$38 [0], \$34 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1630  = pp0_4_0;
     if (en) begin
       \$1630  = { \$67 [17:0], \$55 [0], \$51 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1631  = pp0_8_0;
     if (en) begin
       \$1631  = { \$84 [17:0], \$72 [0], \$68 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1632  = pp0_12_0;
     if (en) begin
       \$1632  = { \$101 [17:0], \$89 [0], \$85 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1633  = pp16_0_0;
     if (en) begin
       \$1633  = { \$118 [17:0], \$106 [0], \$102 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1634  = pp16_4_0;
     if (en) begin
       \$1634  = { \$135 [17:0], \$123 [0], \$119 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1635  = pp16_8_0;
     if (en) begin
       \$1635  = { \$152 [17:0], \$140 [0], \$136 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1636  = pp16_12_0;
     if (en) begin
       \$1636  = { \$169 [17:0], \$157 [0], \$153 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1637  = s2_0;
     if (en) begin
       \$1637  = s1_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1638  = sum0_0_0;
     if (en) begin
       \$1638  = { \$171 , pp0_0_0[3:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1639  = sum0_8_0;
     if (en) begin
       \$1639  = { \$173 , pp0_8_0[3:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1640  = sum0_16_0;
     if (en) begin
       \$1640  = { \$175 , pp16_0_0[3:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1641  = sum0_24_0;
     if (en) begin
       \$1641  = { \$177 , pp16_8_0[3:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1642  = s3_0;
     if (en) begin
       \$1642  = s2_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1643  = sum1_0_0;
     if (en) begin
       \$1643  = { \$179 , sum0_0_0[7:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1644  = sum1_16_0;
     if (en) begin
       \$1644  = { \$181 , sum0_16_0[7:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1645  = s4_0;
     if (en) begin
       \$1645  = s3_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1646  = sum2_0_0;
     if (en) begin
       \$1646  = { \$183 , sum1_0_0[15:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1647  = s5_0;
     if (en) begin
       \$1647  = s4_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1648  = coarse_0;
     if (en) begin
       \$1648  = { \$295 , \$288 , \$281 , \$274 , \$267 , \$260 , \$253 , \$246 , \$239 , \$232 , \$225 , \$218 , \$211 , \$204 , \$197 , \$190  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1649  = csign_0;
     if (en) begin
       \$1649  = sum2_0_0[48];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1650  = cwide_0;
     if (en) begin
       \$1650  = \$347 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1651  = sfine_0;
     if (en) begin
       \$1651  = s5_0[2:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1652  = t_0;
     if (en) begin
       \$1652  = { \$410 , \$403 , \$396 , \$389 , \$382 , \$375 , \$368 , \$361 , \$354  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1653  = tsign_0;
     if (en) begin
       \$1653  = csign_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1654  = twide_0;
     if (en) begin
       \$1654  = \$427 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1655  = o__payload;
     if (en) begin
       \$1655 [7:0] = \$429 ;
@@ -24141,609 +24166,609 @@ module \psc_core.out.rq (rst, i__valid, o__ready, en, relu, i__payload, o__valid
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1656  = acc_1;
     if (en) begin
       \$1656  = i__payload[63:32];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1657  = mult_1;
     if (en) begin
       \$1657  = i__payload[159:144];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1658  = s1_1;
     if (en) begin
       \$1658  = i__payload[203:198];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1659  = pp0_0_1;
     if (en) begin
       \$1659  = { \$446 [17:0], \$434 [0], \$430 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1660  = pp0_4_1;
     if (en) begin
       \$1660  = { \$463 [17:0], \$451 [0], \$447 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1661  = pp0_8_1;
     if (en) begin
       \$1661  = { \$480 [17:0], \$468 [0], \$464 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1662  = pp0_12_1;
     if (en) begin
       \$1662  = { \$497 [17:0], \$485 [0], \$481 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1663  = pp16_0_1;
     if (en) begin
       \$1663  = { \$514 [17:0], \$502 [0], \$498 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1664  = pp16_4_1;
     if (en) begin
       \$1664  = { \$531 [17:0], \$519 [0], \$515 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1665  = pp16_8_1;
     if (en) begin
       \$1665  = { \$548 [17:0], \$536 [0], \$532 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1666  = pp16_12_1;
     if (en) begin
       \$1666  = { \$565 [17:0], \$553 [0], \$549 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1667  = s2_1;
     if (en) begin
       \$1667  = s1_1;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1668  = sum0_0_1;
     if (en) begin
       \$1668  = { \$567 , pp0_0_1[3:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1669  = sum0_8_1;
     if (en) begin
       \$1669  = { \$569 , pp0_8_1[3:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1670  = sum0_16_1;
     if (en) begin
       \$1670  = { \$571 , pp16_0_1[3:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1671  = sum0_24_1;
     if (en) begin
       \$1671  = { \$573 , pp16_8_1[3:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1672  = s3_1;
     if (en) begin
       \$1672  = s2_1;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1673  = sum1_0_1;
     if (en) begin
       \$1673  = { \$575 , sum0_0_1[7:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1674  = sum1_16_1;
     if (en) begin
       \$1674  = { \$577 , sum0_16_1[7:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1675  = s4_1;
     if (en) begin
       \$1675  = s3_1;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1676  = sum2_0_1;
     if (en) begin
       \$1676  = { \$579 , sum1_0_1[15:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1677  = s5_1;
     if (en) begin
       \$1677  = s4_1;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1678  = coarse_1;
     if (en) begin
       \$1678  = { \$691 , \$684 , \$677 , \$670 , \$663 , \$656 , \$649 , \$642 , \$635 , \$628 , \$621 , \$614 , \$607 , \$600 , \$593 , \$586  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1679  = csign_1;
     if (en) begin
       \$1679  = sum2_0_1[48];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1680  = cwide_1;
     if (en) begin
       \$1680  = \$743 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1681  = sfine_1;
     if (en) begin
       \$1681  = s5_1[2:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1682  = t_1;
     if (en) begin
       \$1682  = { \$806 , \$799 , \$792 , \$785 , \$778 , \$771 , \$764 , \$757 , \$750  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1683  = tsign_1;
     if (en) begin
       \$1683  = csign_1;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1684  = twide_1;
     if (en) begin
       \$1684  = \$823 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1685  = acc_2;
     if (en) begin
       \$1685  = i__payload[95:64];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1686  = mult_2;
     if (en) begin
       \$1686  = i__payload[175:160];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1687  = s1_2;
     if (en) begin
       \$1687  = i__payload[209:204];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1688  = pp0_0_2;
     if (en) begin
       \$1688  = { \$842 [17:0], \$830 [0], \$826 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1689  = pp0_4_2;
     if (en) begin
       \$1689  = { \$859 [17:0], \$847 [0], \$843 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1690  = pp0_8_2;
     if (en) begin
       \$1690  = { \$876 [17:0], \$864 [0], \$860 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1691  = pp0_12_2;
     if (en) begin
       \$1691  = { \$893 [17:0], \$881 [0], \$877 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1692  = pp16_0_2;
     if (en) begin
       \$1692  = { \$910 [17:0], \$898 [0], \$894 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1693  = pp16_4_2;
     if (en) begin
       \$1693  = { \$927 [17:0], \$915 [0], \$911 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1694  = pp16_8_2;
     if (en) begin
       \$1694  = { \$944 [17:0], \$932 [0], \$928 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1695  = pp16_12_2;
     if (en) begin
       \$1695  = { \$961 [17:0], \$949 [0], \$945 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1696  = s2_2;
     if (en) begin
       \$1696  = s1_2;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1697  = sum0_0_2;
     if (en) begin
       \$1697  = { \$963 , pp0_0_2[3:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1698  = sum0_8_2;
     if (en) begin
       \$1698  = { \$965 , pp0_8_2[3:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1699  = sum0_16_2;
     if (en) begin
       \$1699  = { \$967 , pp16_0_2[3:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1700  = sum0_24_2;
     if (en) begin
       \$1700  = { \$969 , pp16_8_2[3:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1701  = s3_2;
     if (en) begin
       \$1701  = s2_2;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1702  = sum1_0_2;
     if (en) begin
       \$1702  = { \$971 , sum0_0_2[7:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1703  = sum1_16_2;
     if (en) begin
       \$1703  = { \$973 , sum0_16_2[7:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1704  = s4_2;
     if (en) begin
       \$1704  = s3_2;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1705  = sum2_0_2;
     if (en) begin
       \$1705  = { \$975 , sum1_0_2[15:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1706  = s5_2;
     if (en) begin
       \$1706  = s4_2;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1707  = coarse_2;
     if (en) begin
       \$1707  = { \$1087 , \$1080 , \$1073 , \$1066 , \$1059 , \$1052 , \$1045 , \$1038 , \$1031 , \$1024 , \$1017 , \$1010 , \$1003 , \$996 , \$989 , \$982  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1708  = csign_2;
     if (en) begin
       \$1708  = sum2_0_2[48];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1709  = cwide_2;
     if (en) begin
       \$1709  = \$1139 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1710  = sfine_2;
     if (en) begin
       \$1710  = s5_2[2:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1711  = t_2;
     if (en) begin
       \$1711  = { \$1202 , \$1195 , \$1188 , \$1181 , \$1174 , \$1167 , \$1160 , \$1153 , \$1146  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1712  = tsign_2;
     if (en) begin
       \$1712  = csign_2;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1713  = twide_2;
     if (en) begin
       \$1713  = \$1219 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1714  = acc_3;
     if (en) begin
       \$1714  = i__payload[127:96];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1715  = mult_3;
     if (en) begin
       \$1715  = i__payload[191:176];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1716  = s1_3;
     if (en) begin
       \$1716  = i__payload[215:210];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1717  = pp0_0_3;
     if (en) begin
       \$1717  = { \$1238 [17:0], \$1226 [0], \$1222 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1718  = pp0_4_3;
     if (en) begin
       \$1718  = { \$1255 [17:0], \$1243 [0], \$1239 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1719  = pp0_8_3;
     if (en) begin
       \$1719  = { \$1272 [17:0], \$1260 [0], \$1256 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1720  = pp0_12_3;
     if (en) begin
       \$1720  = { \$1289 [17:0], \$1277 [0], \$1273 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1721  = pp16_0_3;
     if (en) begin
       \$1721  = { \$1306 [17:0], \$1294 [0], \$1290 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1722  = pp16_4_3;
     if (en) begin
       \$1722  = { \$1323 [17:0], \$1311 [0], \$1307 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1723  = pp16_8_3;
     if (en) begin
       \$1723  = { \$1340 [17:0], \$1328 [0], \$1324 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1724  = pp16_12_3;
     if (en) begin
       \$1724  = { \$1357 [17:0], \$1345 [0], \$1341 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1725  = s2_3;
     if (en) begin
       \$1725  = s1_3;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1726  = sum0_0_3;
     if (en) begin
       \$1726  = { \$1359 , pp0_0_3[3:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1727  = sum0_8_3;
     if (en) begin
       \$1727  = { \$1361 , pp0_8_3[3:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1728  = sum0_16_3;
     if (en) begin
       \$1728  = { \$1363 , pp16_0_3[3:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1729  = sum0_24_3;
     if (en) begin
       \$1729  = { \$1365 , pp16_8_3[3:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1730  = s3_3;
     if (en) begin
       \$1730  = s2_3;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1731  = sum1_0_3;
     if (en) begin
       \$1731  = { \$1367 , sum0_0_3[7:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1732  = sum1_16_3;
     if (en) begin
       \$1732  = { \$1369 , sum0_16_3[7:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1733  = s4_3;
     if (en) begin
       \$1733  = s3_3;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1734  = sum2_0_3;
     if (en) begin
       \$1734  = { \$1371 , sum1_0_3[15:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1735  = s5_3;
     if (en) begin
       \$1735  = s4_3;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1736  = coarse_3;
     if (en) begin
       \$1736  = { \$1483 , \$1476 , \$1469 , \$1462 , \$1455 , \$1448 , \$1441 , \$1434 , \$1427 , \$1420 , \$1413 , \$1406 , \$1399 , \$1392 , \$1385 , \$1378  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1737  = csign_3;
     if (en) begin
       \$1737  = sum2_0_3[48];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1738  = cwide_3;
     if (en) begin
       \$1738  = \$1535 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1739  = sfine_3;
     if (en) begin
       \$1739  = s5_3[2:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1740  = t_3;
     if (en) begin
       \$1740  = { \$1598 , \$1591 , \$1584 , \$1577 , \$1570 , \$1563 , \$1556 , \$1549 , \$1542  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1741  = tsign_3;
     if (en) begin
       \$1741  = csign_3;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$1742  = twide_3;
     if (en) begin
       \$1742  = \$1615 ;
@@ -24937,7 +24962,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, count, run, i__ready, done, rp__addr, wp__data);
-  reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire \$1 ;
   wire \$10 ;
   reg [6:0] \$11 ;
@@ -25136,21 +25161,21 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   always @(posedge clk)
     done <= \$12 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     i__ready = 1'h0;
     if (run) begin
       i__ready = \$3 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     wp__en = 1'h0;
     if (run) begin
       wp__en = \$4 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     \$11  = cnt;
     if (run) begin
       if (\$5 ) begin
@@ -25165,7 +25190,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     \$12  = done;
     if (run) begin
       if (\$5 ) begin
@@ -25248,7 +25273,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dwp, gin_e, run, sizes, loaded, taps__payload, rows_in, weights_done, params_done, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire [13:0] \$1 ;
   wire [4:0] \$10 ;
   wire [18:0] \$100 ;
@@ -26038,7 +26063,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   always @(posedge clk)
     ix_step <= \$296 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$234  = gi;
     if (issue) begin
       \$234  = \$6 [11:0];
@@ -26048,7 +26073,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$235  = near_gi;
     if (issue) begin
       \$235  = \$8 ;
@@ -26058,7 +26083,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$236  = kx;
     if (issue) begin
       if (below_kx) begin
@@ -26070,7 +26095,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$237  = near_kx;
     if (issue) begin
       if (below_kx) begin
@@ -26082,7 +26107,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$238  = ky;
     if (issue) begin
       if (below_ky) begin
@@ -26094,7 +26119,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$239  = near_ky;
     if (issue) begin
       if (below_ky) begin
@@ -26106,7 +26131,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$240  = j;
     if (issue) begin
       if (below_j) begin
@@ -26118,7 +26143,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$241  = near_j;
     if (issue) begin
       if (below_j) begin
@@ -26130,7 +26155,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$242  = ox;
     if (issue) begin
       if (below_ox) begin
@@ -26142,7 +26167,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$243  = near_ox;
     if (issue) begin
       if (below_ox) begin
@@ -26154,7 +26179,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$244  = oy;
     if (issue) begin
       if (below_oy) begin
@@ -26166,7 +26191,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$245  = near_oy;
     if (issue) begin
       if (below_oy) begin
@@ -26178,7 +26203,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$246  = last_gi;
     if (issue) begin
       \$246  = \$30 ;
@@ -26188,7 +26213,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$247  = below_kx;
     if (issue) begin
       \$247  = \$33 ;
@@ -26198,7 +26223,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$248  = last_kx;
     if (issue) begin
       \$248  = \$35 ;
@@ -26208,7 +26233,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$249  = below_ky;
     if (issue) begin
       \$249  = \$40 ;
@@ -26218,7 +26243,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$250  = last_ky;
     if (issue) begin
       \$250  = \$42 ;
@@ -26228,7 +26253,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$251  = below_j;
     if (issue) begin
       \$251  = \$49 ;
@@ -26238,7 +26263,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$252  = last_j;
     if (issue) begin
       \$252  = \$51 ;
@@ -26248,7 +26273,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$253  = below_ox;
     if (issue) begin
       \$253  = \$60 ;
@@ -26258,7 +26283,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$254  = last_ox;
     if (issue) begin
       \$254  = \$62 ;
@@ -26268,7 +26293,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$255  = below_oy;
     if (issue) begin
       \$255  = \$73 ;
@@ -26278,7 +26303,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$256  = last_oy;
     if (issue) begin
       \$256  = \$75 ;
@@ -26288,7 +26313,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$257  = waddr;
     if (issue) begin
       \$257  = \$76 [10:0];
@@ -26301,7 +26326,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$258  = ix;
     if (issue) begin
       if (\$78 ) begin
@@ -26322,7 +26347,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$259  = tapbase;
     if (issue) begin
       if (\$78 ) begin
@@ -26346,7 +26371,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$260  = iy;
     if (issue) begin
       if (\$82 ) begin
@@ -26364,7 +26389,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$261  = rowbase;
     if (issue) begin
       if (\$82 ) begin
@@ -26385,7 +26410,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$262  = goff;
     if (issue) begin
       if (\$87 ) begin
@@ -26400,7 +26425,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$263  = ix0;
     if (issue) begin
       if (\$90 ) begin
@@ -26415,7 +26440,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$264  = pixbase;
     if (issue) begin
       if (\$90 ) begin
@@ -26430,7 +26455,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$265  = iy0;
     if (issue) begin
       if (\$99 ) begin
@@ -26442,7 +26467,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$266  = need;
     if (issue) begin
       if (\$99 ) begin
@@ -26454,7 +26479,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$267  = linebase;
     if (issue) begin
       if (\$99 ) begin
@@ -26466,7 +26491,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$268  = seq_busy;
     if (issue) begin
       if (\$107 ) begin
@@ -26481,7 +26506,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$269  = loaded;
     if (run) begin
       \$269  = \$109 ;
@@ -26494,7 +26519,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$270  = rows_ok;
     if (run) begin
       \$270  = \$114 ;
@@ -26507,7 +26532,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$271  = last_group;
     if (start) begin
       \$271  = \$115 [5:0];
@@ -26517,175 +26542,175 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$272  = lim_inc_gi;
     if (start) begin
       \$272  = \$132 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$273  = lim_inc_kx;
     if (start) begin
       \$273  = \$134 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$274  = lim_inc_ky;
     if (start) begin
       \$274  = \$136 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$275  = lim_inc_j;
     if (start) begin
       \$275  = \$138 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$276  = lim_inc_ox;
     if (start) begin
       \$276  = \$143 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$277  = lim_inc_oy;
     if (start) begin
       \$277  = \$145 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$278  = lim_zero_gi;
     if (start) begin
       \$278  = \$146 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$279  = lim_zero_kx;
     if (start) begin
       \$279  = \$147 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$280  = lim_zero_ky;
     if (start) begin
       \$280  = \$148 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$281  = lim_zero_j;
     if (start) begin
       \$281  = \$149 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$282  = lim_zero_ox;
     if (start) begin
       \$282  = \$152 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$283  = lim_zero_oy;
     if (start) begin
       \$283  = \$153 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$284  = lim_2inc_gi;
     if (start) begin
       \$284  = \$155 [13:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$285  = lim_2inc_kx;
     if (start) begin
       \$285  = \$157 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$286  = lim_2inc_ky;
     if (start) begin
       \$286  = \$159 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$287  = lim_2inc_j;
     if (start) begin
       \$287  = \$161 [7:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$288  = lim_2inc_ox;
     if (start) begin
       \$288  = \$167 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$289  = lim_2inc_oy;
     if (start) begin
       \$289  = \$169 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$290  = g_step;
     if (start) begin
       \$290  = { 2'h0, \$205  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$291  = sg;
     if (start) begin
       \$291  = { 1'h0, \$209  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$292  = swg;
     if (start) begin
       \$292  = \$216 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$293  = row_step;
     if (start) begin
       \$293  = { 1'h0, \$217  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$294  = goff_step;
     if (start) begin
       \$294  = \$218 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$295  = ox_step;
     if (start) begin
       \$295  = \$219 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$296  = ix_step;
     if (start) begin
       \$296  = \$221 [3:0];
@@ -26748,7 +26773,7 @@ endmodule
 (* generator = "Amaranth" *)
 module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, cfg__ready, accept, busy, sizing, run, sizes
 , sizes_ready, loaded, inputs_done, cfg__payload);
-  reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$15  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$100 ;
@@ -27106,7 +27131,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   always @(posedge clk)
     fin <= \$117 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$104  = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -27121,21 +27146,21 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$105  = \$57 ;
     if (rst) begin
       \$105  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$106  = \$74 ;
     if (rst) begin
       \$106  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$107  = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -27158,7 +27183,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$108  = cmd;
     casez (fsm_state)
       3'h0:
@@ -27171,7 +27196,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$109  = error;
     casez (fsm_state)
       3'h0:
@@ -27192,7 +27217,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$110  = dw;
     casez (fsm_state)
       3'h0:
@@ -27205,7 +27230,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$111  = dwp;
     casez (fsm_state)
       3'h0:
@@ -27218,7 +27243,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$112  = dwc;
     casez (fsm_state)
       3'h0:
@@ -27231,7 +27256,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$113  = gin_e;
     casez (fsm_state)
       3'h0:
@@ -27244,7 +27269,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$114  = gout_o;
     casez (fsm_state)
       3'h0:
@@ -27257,7 +27282,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$115  = fsm_state;
     casez (fsm_state)
       3'h0:
@@ -27287,7 +27312,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$116  = last_go;
     casez (fsm_state)
       3'h0:
@@ -27302,7 +27327,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$117  = fin;
     casez (fsm_state)
       3'h0:
@@ -27325,7 +27350,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     cfg__ready = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -27333,7 +27358,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     accept = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -27341,7 +27366,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     busy = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -27357,7 +27382,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     sizing = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -27367,7 +27392,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     run = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -27434,8 +27459,8 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$15  = 0;
+module \psc_core.sizes$170 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [4:0] \$11 ;
@@ -27642,70 +27667,70 @@ module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
   assign mul_sum = prod + mul_b;
   assign \$40  = ~ mul_run;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$41  = \$1 ;
     if (rst) begin
       \$41  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$42  = \$2 ;
     if (rst) begin
       \$42  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$43  = \$3 ;
     if (rst) begin
       \$43  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$44  = \$4 ;
     if (rst) begin
       \$44  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$45  = \$5 ;
     if (rst) begin
       \$45  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$46  = \$6 ;
     if (rst) begin
       \$46  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$47  = \$7 ;
     if (rst) begin
       \$47  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$48  = \$8 ;
     if (rst) begin
       \$48  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$49  = \$9 ;
     if (rst) begin
       \$49  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$50  = mul_a;
     if (enable) begin
       (* full_case = 32'd1 *)
@@ -27740,7 +27765,7 @@ module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$51  = mul_b;
     if (enable) begin
       (* full_case = 32'd1 *)
@@ -27775,7 +27800,7 @@ module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$52  = prod;
     if (enable) begin
       (* full_case = 32'd1 *)
@@ -27812,7 +27837,7 @@ module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$53  = ovf;
     if (enable) begin
       (* full_case = 32'd1 *)
@@ -27851,7 +27876,7 @@ module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$54  = a_zero;
     if (enable) begin
       (* full_case = 32'd1 *)
@@ -27886,7 +27911,7 @@ module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$55  = b_big;
     if (enable) begin
       (* full_case = 32'd1 *)
@@ -27921,7 +27946,7 @@ module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$56  = mul_run;
     if (enable) begin
       if (\$10 ) begin
@@ -27957,7 +27982,7 @@ module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$57  = step;
     if (enable) begin
       if (\$10 ) begin
@@ -27973,7 +27998,7 @@ module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$58  = sizes;
     if (enable) begin
       if (\$10 ) begin
@@ -28005,7 +28030,7 @@ module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     ready = 1'h0;
     if (enable) begin
       if (\$40 ) begin
@@ -28066,8 +28091,8 @@ module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
+module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, level, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$17  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -28089,6 +28114,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk)
   wire clk;
   (* init = 1'h0 *)
   wire consume;
+  output [1:0] level;
   reg [1:0] level = 2'h0;
   (* init = 1'h0 *)
   wire produce;
@@ -28149,7 +28175,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk)
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -28159,7 +28185,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk)
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -28169,7 +28195,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, clk)
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -28191,7 +28217,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start, keep, run, count, i__ready, done, wp__data);
-  reg \$auto$verilog_backend.cc:2355:dump_module$17  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire \$1 ;
   wire \$10 ;
   reg [9:0] \$11 ;
@@ -28906,21 +28932,21 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   always @(posedge clk)
     done <= \$12 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
     i__ready = 1'h0;
     if (run) begin
       i__ready = \$3 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
     wp__en = 1'h0;
     if (run) begin
       wp__en = \$4 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
     \$11  = cnt;
     if (run) begin
       if (\$5 ) begin
@@ -28935,7 +28961,7 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
     \$12  = done;
     if (run) begin
       if (\$5 ) begin

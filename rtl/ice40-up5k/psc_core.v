@@ -73,13 +73,20 @@
 (* generator = "Amaranth" *)
 module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, params__valid, act_in__payload, act_in__valid, act_out__ready, clk, rst, cfg__ready, weights__ready, params__ready, act_in__ready, act_out__payload, act_out__valid, busy, done, error, cycles_total, cycles_compute
 , cycles_stall, cfg__payload);
-  wire [23:0] \$1 ;
-  wire [15:0] \$2 ;
-  wire [15:0] \$3 ;
-  wire [15:0] \$4 ;
-  wire [15:0] \$5 ;
-  wire [26:0] \$6 ;
-  wire [26:0] \$7 ;
+  reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
+  wire \$1 ;
+  wire [15:0] \$10 ;
+  wire [15:0] \$11 ;
+  wire [26:0] \$12 ;
+  wire [26:0] \$13 ;
+  wire [2:0] \$2 ;
+  wire \$3 ;
+  wire [3:0] \$4 ;
+  wire \$5 ;
+  reg \$6 ;
+  wire [23:0] \$7 ;
+  wire [15:0] \$8 ;
+  wire [15:0] \$9 ;
   wire accept;
   input [63:0] act_in__payload;
   wire [63:0] act_in__payload;
@@ -476,6 +483,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \keep$120 ;
   wire [5:0] last_go;
   wire [5:0] last_group;
+  wire [1:0] level;
   wire loaded;
   wire \loaded$146 ;
   wire mac_valid;
@@ -529,7 +537,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [9:0] \o__payload.waddr ;
   wire o__ready;
   wire \o__ready$49 ;
-  wire \o__ready$55 ;
+  reg \o__ready$55  = 1'h1;
   wire \o__ready$66 ;
   wire o__valid;
   wire \o__valid$52 ;
@@ -686,6 +694,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \start$133 ;
   wire \start$135 ;
   wire \start$137 ;
+  (* init = 1'h1 *)
+  wire sums_room;
   wire [67:0] taps__payload;
   wire \taps__payload.first ;
   wire [17:0] \taps__payload.ix ;
@@ -751,6 +761,13 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [16:0] \ws$108 ;
   wire [16:0] \ws$117 ;
   assign mac_valid = w_en | \i__valid$59 ;
+  assign \$1  = w_en & w_rdy;
+  assign \$2  = level + \$1 ;
+  assign \$3  = r_en & \i__valid$59 ;
+  assign \$4  = \$2  - \$3 ;
+  assign \$5  = \$4  != 2'h2;
+  always @(posedge clk)
+    \o__ready$55  <= \$6 ;
   \psc_core.amap  amap (
     .cmd(cmd),
     .i__payload(\i__payload$35 ),
@@ -771,8 +788,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .waiting(waiting)
   );
   \psc_core.dp  dp (
-    .acc(\$6 ),
-    .\acc$27 (\$7 ),
+    .acc(\$12 ),
+    .\acc$27 (\$13 ),
     .clk(clk),
     .i__payload(\i__payload$47 ),
     .i__ready(\o__ready$49 ),
@@ -788,11 +805,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .i__ready(taps__ready),
     .o__payload(\i__payload$47 ),
     .o__ready(\o__ready$49 ),
-    .\port$521$0 (\$1 ),
-    .\port$543$0 (\$2 ),
-    .\port$544$0 (\$3 ),
-    .\port$545$0 (\$4 ),
-    .\port$546$0 (\$5 ),
+    .\port$526$0 (\$7 ),
+    .\port$548$0 (\$8 ),
+    .\port$549$0 (\$9 ),
+    .\port$550$0 (\$10 ),
+    .\port$551$0 (\$11 ),
     .rst(rst),
     .v1(\i__valid$51 ),
     .w_data(\i__payload$41 ),
@@ -805,11 +822,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .done(inputs_done),
     .i__ready(act_in__ready),
     .i__valid(act_in__valid),
-    .\port$543$0 (\$2 ),
-    .\port$544$0 (\$3 ),
-    .\port$545$0 (\$4 ),
-    .\port$546$0 (\$5 ),
-    .read__addr(\$1 [13:0]),
+    .\port$548$0 (\$8 ),
+    .\port$549$0 (\$9 ),
+    .\port$550$0 (\$10 ),
+    .\port$551$0 (\$11 ),
+    .read__addr(\$7 [13:0]),
     .read__en(read__en),
     .rows_in(rows_in),
     .rst(rst),
@@ -897,7 +914,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .sizing(enable),
     .start(start)
   );
-  \psc_core.sizes$166  \sizes$166  (
+  \psc_core.sizes$168  \sizes$168  (
     .clear(clear),
     .clk(clk),
     .cmd(cmd),
@@ -910,14 +927,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   );
   \psc_core.sums  sums (
     .clk(clk),
-    .\port$1436$0 (\$6 ),
-    .\port$1506$0 (\$7 ),
+    .level(level),
+    .\port$1445$0 (\$12 ),
+    .\port$1515$0 (\$13 ),
     .r_data(\i__payload$63 ),
     .r_en(r_en),
     .r_rdy(\i__valid$59 ),
     .rst(rst),
     .w_en(w_en),
-    .w_rdy(\o__ready$55 )
+    .w_rdy(w_rdy)
   );
   \psc_core.wbuf  wbuf (
     .clk(clk),
@@ -926,7 +944,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .i__ready(weights__ready),
     .i__valid(weights__valid),
     .keep(cmd[111]),
-    .read__addr(\$1 [23:14]),
+    .read__addr(\$7 [23:14]),
     .read__data(weights__data),
     .rp__en(read__en),
     .rst(rst),
@@ -934,6 +952,13 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .start(start),
     .wp__data(weights__payload)
   );
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$6  = \$5 ;
+    if (rst) begin
+      \$6  = 1'h1;
+    end
+  end
   assign \cfg__payload$23  = cfg__payload;
   assign \cfg__ready$24  = cfg__ready;
   assign \cfg__valid$25  = cfg__valid;
@@ -958,22 +983,22 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \i__ready$50  = \o__ready$49 ;
   assign \o__valid$52  = \i__valid$51 ;
   assign \o__valid$54  = w_en;
-  assign w_rdy = \o__ready$55 ;
-  assign w_data = { \$7 , \$6  };
-  assign \o__payload$58  = { \$7 , \$6  };
+  assign sums_room = \o__ready$55 ;
+  assign w_data = { \$13 , \$12  };
+  assign \o__payload$58  = { \$13 , \$12  };
   assign r_rdy = \i__valid$59 ;
   assign \i__ready$62  = r_en;
   assign r_data = \i__payload$63 ;
   assign \o__payload$65  = act_out__payload;
   assign \o__ready$66  = act_out__ready;
   assign \o__valid$67  = act_out__valid;
-  assign read__addr = \$1 [13:0];
-  assign inputs__addr = \$1 [13:0];
-  assign inputs__data = { \$5 , \$4 , \$3 , \$2  };
-  assign read__data = { \$5 , \$4 , \$3 , \$2  };
+  assign read__addr = \$7 [13:0];
+  assign inputs__addr = \$7 [13:0];
+  assign inputs__data = { \$11 , \$10 , \$9 , \$8  };
+  assign read__data = { \$11 , \$10 , \$9 , \$8  };
   assign inputs__en = read__en;
-  assign \read__addr$74  = \$1 [23:14];
-  assign weights__addr = \$1 [23:14];
+  assign \read__addr$74  = \$7 [23:14];
+  assign weights__addr = \$7 [23:14];
   assign \read__data$77  = weights__data;
   assign \read__en$78  = read__en;
   assign weights__en = read__en;
@@ -1228,32 +1253,32 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \o__payload$48.bias[1]  = \i__payload$47 [373:347];
   assign \o__payload$48.first  = \i__payload$47 [374];
   assign \o__payload$48.last  = \i__payload$47 [375];
-  assign \o__payload$58[0]  = \$6 ;
-  assign \o__payload$58[1]  = \$7 ;
+  assign \o__payload$58[0]  = \$12 ;
+  assign \o__payload$58[1]  = \$13 ;
   assign \i__payload$63[0]  = \i__payload$63 [26:0];
   assign \i__payload$63[1]  = \i__payload$63 [53:27];
   assign \o__payload$65[0]  = act_out__payload[7:0];
   assign \o__payload$65[1]  = act_out__payload[15:8];
-  assign \read__addr.addr  = \$1 [13:0];
-  assign \read__addr.addr[0]  = \$1 [13:0];
-  assign \inputs__addr.addr  = \$1 [13:0];
-  assign \inputs__addr.addr[0]  = \$1 [13:0];
-  assign \inputs__data[0]  = \$2 [7:0];
-  assign \inputs__data[1]  = \$2 [15:8];
-  assign \inputs__data[2]  = \$3 [7:0];
-  assign \inputs__data[3]  = \$3 [15:8];
-  assign \inputs__data[4]  = \$4 [7:0];
-  assign \inputs__data[5]  = \$4 [15:8];
-  assign \inputs__data[6]  = \$5 [7:0];
-  assign \inputs__data[7]  = \$5 [15:8];
-  assign \read__data[0]  = \$2 [7:0];
-  assign \read__data[1]  = \$2 [15:8];
-  assign \read__data[2]  = \$3 [7:0];
-  assign \read__data[3]  = \$3 [15:8];
-  assign \read__data[4]  = \$4 [7:0];
-  assign \read__data[5]  = \$4 [15:8];
-  assign \read__data[6]  = \$5 [7:0];
-  assign \read__data[7]  = \$5 [15:8];
+  assign \read__addr.addr  = \$7 [13:0];
+  assign \read__addr.addr[0]  = \$7 [13:0];
+  assign \inputs__addr.addr  = \$7 [13:0];
+  assign \inputs__addr.addr[0]  = \$7 [13:0];
+  assign \inputs__data[0]  = \$8 [7:0];
+  assign \inputs__data[1]  = \$8 [15:8];
+  assign \inputs__data[2]  = \$9 [7:0];
+  assign \inputs__data[3]  = \$9 [15:8];
+  assign \inputs__data[4]  = \$10 [7:0];
+  assign \inputs__data[5]  = \$10 [15:8];
+  assign \inputs__data[6]  = \$11 [7:0];
+  assign \inputs__data[7]  = \$11 [15:8];
+  assign \read__data[0]  = \$8 [7:0];
+  assign \read__data[1]  = \$8 [15:8];
+  assign \read__data[2]  = \$9 [7:0];
+  assign \read__data[3]  = \$9 [15:8];
+  assign \read__data[4]  = \$10 [7:0];
+  assign \read__data[5]  = \$10 [15:8];
+  assign \read__data[6]  = \$11 [7:0];
+  assign \read__data[7]  = \$11 [15:8];
   assign \weights__data[0]  = weights__data[127:0];
   assign \weights__data[0][0]  = weights__data[15:0];
   assign \weights__data[0][1]  = weights__data[31:16];
@@ -1543,7 +1568,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.counters (rst, waiting, beat, clear, busy, run, total, compute, stall, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire [32:0] \$1 ;
   wire \$2 ;
   wire [32:0] \$3 ;
@@ -1584,7 +1609,7 @@ module \psc_core.counters (rst, waiting, beat, clear, busy, run, total, compute,
     stall <= \$8 ;
   assign \$1  = total + 1'h1;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$6  = total;
     if (busy) begin
       \$6  = \$1 [31:0];
@@ -1597,7 +1622,7 @@ module \psc_core.counters (rst, waiting, beat, clear, busy, run, total, compute,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$7  = compute;
     if (\$2 ) begin
       \$7  = \$3 [31:0];
@@ -1610,7 +1635,7 @@ module \psc_core.counters (rst, waiting, beat, clear, busy, run, total, compute,
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
     \$8  = stall;
     if (\$4 ) begin
       \$8  = \$5 [31:0];
@@ -1750,8 +1775,8 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1312$0 (i__payload[191:0]),
-    .\port$1312$374 (i__payload[375:374]),
+    .\port$1321$0 (i__payload[191:0]),
+    .\port$1321$374 (i__payload[375:374]),
     .rst(rst),
     .valid(valid)
   );
@@ -1760,7 +1785,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1312$347 (i__payload[375:347]),
+    .\port$1321$347 (i__payload[375:347]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[319:192]),
@@ -1868,8 +1893,8 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, mask, acc_valid, acc, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
+module \psc_core.dp.pe_0 (rst, en, \port$1321$0 , bias, \port$1321$374 , valid, mask, acc_valid, acc, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
   wire [17:0] \$11 ;
@@ -1984,10 +2009,10 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [191:0] \port$1312$0 ;
-  wire [191:0] \port$1312$0 ;
-  input [1:0] \port$1312$374 ;
-  wire [1:0] \port$1312$374 ;
+  input [191:0] \port$1321$0 ;
+  wire [191:0] \port$1321$0 ;
+  input [1:0] \port$1321$374 ;
+  wire [1:0] \port$1321$374 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -2072,7 +2097,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1312$374 [0];
+  assign \$1  = valid & \port$1321$374 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -2150,10 +2175,10 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
     .w(w),
-    .words(\port$1312$0 [191:64])
+    .words(\port$1321$0 [191:64])
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$32  = v5;
     if (en) begin
       \$32  = v4;
@@ -2163,7 +2188,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$33  = f5;
     if (en) begin
       \$33  = f4;
@@ -2173,7 +2198,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$34  = l5;
     if (en) begin
       \$34  = l4;
@@ -2183,7 +2208,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$35  = b5;
     if (en) begin
       if (\$5 ) begin
@@ -2192,7 +2217,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$36  = acc_valid;
     if (en) begin
       \$36  = \$6 ;
@@ -2202,49 +2227,49 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$37  = tree0_0;
     if (en) begin
       \$37  = \$7 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$38  = tree0_1;
     if (en) begin
       \$38  = \$8 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$39  = tree0_2;
     if (en) begin
       \$39  = \$9 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$40  = tree0_3;
     if (en) begin
       \$40  = \$10 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$41  = tree1_0;
     if (en) begin
       \$41  = \$13 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$42  = acc;
     if (\$14 ) begin
       \$42  = \$15 [26:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$16  = v1;
     if (en) begin
       \$16  = valid;
@@ -2254,27 +2279,27 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1312$374 [0];
+      \$17  = \port$1321$374 [0];
     end
     if (rst) begin
       \$17  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1312$374 [1];
+      \$18  = \port$1321$374 [1];
     end
     if (rst) begin
       \$18  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$19  = b1;
     if (en) begin
       if (\$1 ) begin
@@ -2283,7 +2308,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$20  = v2;
     if (en) begin
       \$20  = v1;
@@ -2293,7 +2318,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$21  = f2;
     if (en) begin
       \$21  = f1;
@@ -2303,7 +2328,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$22  = l2;
     if (en) begin
       \$22  = l1;
@@ -2313,7 +2338,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$23  = b2;
     if (en) begin
       if (\$2 ) begin
@@ -2322,7 +2347,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$24  = v3;
     if (en) begin
       \$24  = v2;
@@ -2332,7 +2357,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$25  = f3;
     if (en) begin
       \$25  = f2;
@@ -2342,7 +2367,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$26  = l3;
     if (en) begin
       \$26  = l2;
@@ -2352,7 +2377,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$27  = b3;
     if (en) begin
       if (\$3 ) begin
@@ -2361,7 +2386,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$28  = v4;
     if (en) begin
       \$28  = v3;
@@ -2371,7 +2396,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$29  = f4;
     if (en) begin
       \$29  = f3;
@@ -2381,7 +2406,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$30  = l4;
     if (en) begin
       \$30  = l3;
@@ -2391,7 +2416,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$2 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$31  = b4;
     if (en) begin
       if (\$4 ) begin
@@ -2399,44 +2424,44 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
       end
     end
   end
-  assign words = \port$1312$0 [191:64];
-  assign \words$1  = \port$1312$0 [191:64];
+  assign words = \port$1321$0 [191:64];
+  assign \words$1  = \port$1321$0 [191:64];
   assign \mask$3  = mask;
   assign \en$5  = en;
-  assign x = \port$1312$0 [63:0];
+  assign x = \port$1321$0 [63:0];
   assign \en$12  = en;
   assign \en$16  = en;
   assign \en$20  = en;
   assign \acc$25  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1312$374 [0];
-  assign last = \port$1312$374 [1];
-  assign \words[0]  = \port$1312$0 [79:64];
-  assign \words[1]  = \port$1312$0 [95:80];
-  assign \words[2]  = \port$1312$0 [111:96];
-  assign \words[3]  = \port$1312$0 [127:112];
-  assign \words[4]  = \port$1312$0 [143:128];
-  assign \words[5]  = \port$1312$0 [159:144];
-  assign \words[6]  = \port$1312$0 [175:160];
-  assign \words[7]  = \port$1312$0 [191:176];
-  assign \words$1[0]  = \port$1312$0 [79:64];
-  assign \words$1[1]  = \port$1312$0 [95:80];
-  assign \words$1[2]  = \port$1312$0 [111:96];
-  assign \words$1[3]  = \port$1312$0 [127:112];
-  assign \words$1[4]  = \port$1312$0 [143:128];
-  assign \words$1[5]  = \port$1312$0 [159:144];
-  assign \words$1[6]  = \port$1312$0 [175:160];
-  assign \words$1[7]  = \port$1312$0 [191:176];
+  assign first = \port$1321$374 [0];
+  assign last = \port$1321$374 [1];
+  assign \words[0]  = \port$1321$0 [79:64];
+  assign \words[1]  = \port$1321$0 [95:80];
+  assign \words[2]  = \port$1321$0 [111:96];
+  assign \words[3]  = \port$1321$0 [127:112];
+  assign \words[4]  = \port$1321$0 [143:128];
+  assign \words[5]  = \port$1321$0 [159:144];
+  assign \words[6]  = \port$1321$0 [175:160];
+  assign \words[7]  = \port$1321$0 [191:176];
+  assign \words$1[0]  = \port$1321$0 [79:64];
+  assign \words$1[1]  = \port$1321$0 [95:80];
+  assign \words$1[2]  = \port$1321$0 [111:96];
+  assign \words$1[3]  = \port$1321$0 [127:112];
+  assign \words$1[4]  = \port$1321$0 [143:128];
+  assign \words$1[5]  = \port$1321$0 [159:144];
+  assign \words$1[6]  = \port$1321$0 [175:160];
+  assign \words$1[7]  = \port$1321$0 [191:176];
   assign \a[0]  = a[7:0];
   assign \a[1]  = a[15:8];
-  assign \x[0]  = \port$1312$0 [7:0];
-  assign \x[1]  = \port$1312$0 [15:8];
-  assign \x[2]  = \port$1312$0 [23:16];
-  assign \x[3]  = \port$1312$0 [31:24];
-  assign \x[4]  = \port$1312$0 [39:32];
-  assign \x[5]  = \port$1312$0 [47:40];
-  assign \x[6]  = \port$1312$0 [55:48];
-  assign \x[7]  = \port$1312$0 [63:56];
+  assign \x[0]  = \port$1321$0 [7:0];
+  assign \x[1]  = \port$1321$0 [15:8];
+  assign \x[2]  = \port$1321$0 [23:16];
+  assign \x[3]  = \port$1321$0 [31:24];
+  assign \x[4]  = \port$1321$0 [39:32];
+  assign \x[5]  = \port$1321$0 [47:40];
+  assign \x[6]  = \port$1321$0 [55:48];
+  assign \x[7]  = \port$1321$0 [63:56];
   assign \b[0]  = b[7:0];
   assign \b[1]  = b[15:8];
   assign \w[0]  = w[7:0];
@@ -2477,16 +2502,16 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
   assign \p$23[1]  = \p$23 [31:16];
   assign \b$22 [15:8] = w[63:56];
   assign \b$22 [7:0] = w[55:48];
-  assign \a$21 [15:8] = \port$1312$0 [63:56];
-  assign \a$21 [7:0] = \port$1312$0 [55:48];
+  assign \a$21 [15:8] = \port$1321$0 [63:56];
+  assign \a$21 [7:0] = \port$1321$0 [55:48];
   assign \b$18 [15:8] = w[47:40];
   assign \b$18 [7:0] = w[39:32];
-  assign \a$17 [15:8] = \port$1312$0 [47:40];
-  assign \a$17 [7:0] = \port$1312$0 [39:32];
+  assign \a$17 [15:8] = \port$1321$0 [47:40];
+  assign \a$17 [7:0] = \port$1321$0 [39:32];
   assign \b$14 [15:8] = w[31:24];
   assign \b$14 [7:0] = w[23:16];
-  assign \a$13 [15:8] = \port$1312$0 [31:24];
-  assign \a$13 [7:0] = \port$1312$0 [23:16];
+  assign \a$13 [15:8] = \port$1321$0 [31:24];
+  assign \a$13 [7:0] = \port$1321$0 [23:16];
   assign products[127:112] = \p$23 [31:16];
   assign products[111:96] = \p$23 [15:0];
   assign products[95:80] = \p$19 [31:16];
@@ -2497,8 +2522,8 @@ module \psc_core.dp.pe_0 (rst, en, \port$1312$0 , bias, \port$1312$374 , valid, 
   assign products[15:0] = p[15:0];
   assign b[15:8] = w[15:8];
   assign b[7:0] = w[7:0];
-  assign a[15:8] = \port$1312$0 [15:8];
-  assign a[7:0] = \port$1312$0 [7:0];
+  assign a[15:8] = \port$1321$0 [15:8];
+  assign a[7:0] = \port$1321$0 [7:0];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2944,8 +2969,8 @@ module \psc_core.dp.pe_0.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
+module \psc_core.dp.pe_1 (rst, en, x, words, \port$1321$347 , valid, mask, acc, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
   wire [17:0] \$11 ;
@@ -3058,8 +3083,8 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [28:0] \port$1312$347 ;
-  wire [28:0] \port$1312$347 ;
+  input [28:0] \port$1321$347 ;
+  wire [28:0] \port$1321$347 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3146,7 +3171,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1312$347 [27];
+  assign \$1  = valid & \port$1321$347 [27];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -3227,7 +3252,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
     .words(words)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$32  = v5;
     if (en) begin
       \$32  = v4;
@@ -3237,7 +3262,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$33  = f5;
     if (en) begin
       \$33  = f4;
@@ -3247,7 +3272,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$34  = l5;
     if (en) begin
       \$34  = l4;
@@ -3257,7 +3282,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$35  = b5;
     if (en) begin
       if (\$5 ) begin
@@ -3266,7 +3291,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$36  = acc_valid;
     if (en) begin
       \$36  = \$6 ;
@@ -3276,49 +3301,49 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$37  = tree0_0;
     if (en) begin
       \$37  = \$7 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$38  = tree0_1;
     if (en) begin
       \$38  = \$8 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$39  = tree0_2;
     if (en) begin
       \$39  = \$9 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$40  = tree0_3;
     if (en) begin
       \$40  = \$10 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$41  = tree1_0;
     if (en) begin
       \$41  = \$13 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$42  = acc;
     if (\$14 ) begin
       \$42  = \$15 [26:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$16  = v1;
     if (en) begin
       \$16  = valid;
@@ -3328,36 +3353,36 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1312$347 [27];
+      \$17  = \port$1321$347 [27];
     end
     if (rst) begin
       \$17  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1312$347 [28];
+      \$18  = \port$1321$347 [28];
     end
     if (rst) begin
       \$18  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$19  = b1;
     if (en) begin
       if (\$1 ) begin
-        \$19  = \port$1312$347 [26:0];
+        \$19  = \port$1321$347 [26:0];
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$20  = v2;
     if (en) begin
       \$20  = v1;
@@ -3367,7 +3392,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$21  = f2;
     if (en) begin
       \$21  = f1;
@@ -3377,7 +3402,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$22  = l2;
     if (en) begin
       \$22  = l1;
@@ -3387,7 +3412,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$23  = b2;
     if (en) begin
       if (\$2 ) begin
@@ -3396,7 +3421,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$24  = v3;
     if (en) begin
       \$24  = v2;
@@ -3406,7 +3431,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$25  = f3;
     if (en) begin
       \$25  = f2;
@@ -3416,7 +3441,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$26  = l3;
     if (en) begin
       \$26  = l2;
@@ -3426,7 +3451,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$27  = b3;
     if (en) begin
       if (\$3 ) begin
@@ -3435,7 +3460,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$28  = v4;
     if (en) begin
       \$28  = v3;
@@ -3445,7 +3470,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$29  = f4;
     if (en) begin
       \$29  = f3;
@@ -3455,7 +3480,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$30  = l4;
     if (en) begin
       \$30  = l3;
@@ -3465,7 +3490,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$31  = b4;
     if (en) begin
       if (\$4 ) begin
@@ -3481,9 +3506,9 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1312$347 , valid, mask, acc, 
   assign \en$20  = en;
   assign \acc$25  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1312$347 [27];
-  assign last = \port$1312$347 [28];
-  assign bias = \port$1312$347 [26:0];
+  assign first = \port$1321$347 [27];
+  assign last = \port$1321$347 [28];
+  assign bias = \port$1321$347 [26:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -4049,8 +4074,8 @@ module \psc_core.dp.sign_mask (mask, x);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$521$0 , \port$543$0 , \port$544$0 , \port$545$0 , \port$546$0 , weights__data, o__ready, w_data, o__payload, v1, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
+module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$526$0 , \port$548$0 , \port$549$0 , \port$550$0 , \port$551$0 , weights__data, o__ready, w_data, o__payload, v1, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire \$1 ;
   wire [63:0] \$2 ;
   wire [63:0] \$3 ;
@@ -4163,16 +4188,16 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$521$0 , \port$543
   (* init = 1'h0 *)
   wire o__valid;
   reg padr1 = 1'h0;
-  output [23:0] \port$521$0 ;
-  wire [23:0] \port$521$0 ;
-  input [15:0] \port$543$0 ;
-  wire [15:0] \port$543$0 ;
-  input [15:0] \port$544$0 ;
-  wire [15:0] \port$544$0 ;
-  input [15:0] \port$545$0 ;
-  wire [15:0] \port$545$0 ;
-  input [15:0] \port$546$0 ;
-  wire [15:0] \port$546$0 ;
+  output [23:0] \port$526$0 ;
+  wire [23:0] \port$526$0 ;
+  input [15:0] \port$548$0 ;
+  wire [15:0] \port$548$0 ;
+  input [15:0] \port$549$0 ;
+  wire [15:0] \port$549$0 ;
+  input [15:0] \port$550$0 ;
+  wire [15:0] \port$550$0 ;
+  input [15:0] \port$551$0 ;
+  wire [15:0] \port$551$0 ;
   wire [26:0] r_data;
   wire r_en;
   wire r_rdy;
@@ -4231,7 +4256,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$521$0 , \port$543
     .w_rdy(i__ready)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$4  = v1;
     if (adv1) begin
       \$4  = r_rdy;
@@ -4241,7 +4266,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$521$0 , \port$543
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$5  = padr1;
     if (adv1) begin
       \$5  = r_data[24];
@@ -4251,7 +4276,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$521$0 , \port$543
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$6  = first1;
     if (adv1) begin
       \$6  = r_data[25];
@@ -4261,7 +4286,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$521$0 , \port$543
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$7  = last1;
     if (adv1) begin
       \$7  = r_data[26];
@@ -4279,8 +4304,8 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$521$0 , \port$543
   assign inputs__en = adv1;
   assign weights__addr = r_data[23:14];
   assign weights__en = adv1;
-  assign inputs__data = { \port$546$0 , \port$545$0 , \port$544$0 , \port$543$0  };
-  assign \port$521$0  = r_data[23:0];
+  assign inputs__data = { \port$551$0 , \port$550$0 , \port$549$0 , \port$548$0  };
+  assign \port$526$0  = r_data[23:0];
   assign \i__payload.addr  = w_data[13:0];
   assign \i__payload.addr[0]  = w_data[13:0];
   assign \i__payload.waddr  = w_data[23:14];
@@ -4355,14 +4380,14 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$521$0 , \port$543
   assign \beat$18.bias[1]  = \beat$18 [373:347];
   assign \beat$18.first  = \beat$18 [374];
   assign \beat$18.last  = \beat$18 [375];
-  assign \inputs__data[0]  = \port$543$0 [7:0];
-  assign \inputs__data[1]  = \port$543$0 [15:8];
-  assign \inputs__data[2]  = \port$544$0 [7:0];
-  assign \inputs__data[3]  = \port$544$0 [15:8];
-  assign \inputs__data[4]  = \port$545$0 [7:0];
-  assign \inputs__data[5]  = \port$545$0 [15:8];
-  assign \inputs__data[6]  = \port$546$0 [7:0];
-  assign \inputs__data[7]  = \port$546$0 [15:8];
+  assign \inputs__data[0]  = \port$548$0 [7:0];
+  assign \inputs__data[1]  = \port$548$0 [15:8];
+  assign \inputs__data[2]  = \port$549$0 [7:0];
+  assign \inputs__data[3]  = \port$549$0 [15:8];
+  assign \inputs__data[4]  = \port$550$0 [7:0];
+  assign \inputs__data[5]  = \port$550$0 [15:8];
+  assign \inputs__data[6]  = \port$551$0 [7:0];
+  assign \inputs__data[7]  = \port$551$0 [15:8];
   assign \weights__data[0]  = weights__data[127:0];
   assign \weights__data[0][0]  = weights__data[15:0];
   assign \weights__data[0][1]  = weights__data[31:16];
@@ -4385,7 +4410,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$521$0 , \port$543
   assign \beat$18 [374] = first1;
   assign \beat$18 [373:320] = 54'h00000000000000;
   assign \beat$18 [319:64] = weights__data;
-  assign \beat$18 [63:0] = { \port$546$0 , \port$545$0 , \port$544$0 , \port$543$0  };
+  assign \beat$18 [63:0] = { \port$551$0 , \port$550$0 , \port$549$0 , \port$548$0  };
   assign o__payload[375] = \beat$18 [375];
   assign o__payload[374] = \beat$18 [374];
   assign o__payload[373:320] = \beat$18 [373:320];
@@ -4395,7 +4420,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4477,7 +4502,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -4487,7 +4512,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -4497,7 +4522,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -4518,8 +4543,8 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$543$0 , \port$544$0 , \port$545$0 , \port$546$0 , start, run, sizes, i__ready, done, data);
-  reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
+module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$548$0 , \port$549$0 , \port$550$0 , \port$551$0 , start, run, sizes, i__ready, done, data);
+  reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire \$1 ;
   reg [14:0] \$10 ;
   reg \$11 ;
@@ -4575,14 +4600,14 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   reg [14:0] lrow = 15'h0000;
   reg [15:0] lx = 16'h0000;
   reg [14:0] n_in_m1 = 15'h0000;
-  output [15:0] \port$543$0 ;
-  wire [15:0] \port$543$0 ;
-  output [15:0] \port$544$0 ;
-  wire [15:0] \port$544$0 ;
-  output [15:0] \port$545$0 ;
-  wire [15:0] \port$545$0 ;
-  output [15:0] \port$546$0 ;
-  wire [15:0] \port$546$0 ;
+  output [15:0] \port$548$0 ;
+  wire [15:0] \port$548$0 ;
+  output [15:0] \port$549$0 ;
+  wire [15:0] \port$549$0 ;
+  output [15:0] \port$550$0 ;
+  wire [15:0] \port$550$0 ;
+  output [15:0] \port$551$0 ;
+  wire [15:0] \port$551$0 ;
   wire [63:0] rdata;
   input [13:0] read__addr;
   wire [13:0] read__addr;
@@ -4672,14 +4697,14 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     .we(fire)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     i__ready = 1'h0;
     if (run) begin
       i__ready = \$1 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$10  = in_cnt;
     if (run) begin
       if (fire) begin
@@ -4694,7 +4719,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$11  = done;
     if (run) begin
       if (fire) begin
@@ -4709,7 +4734,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$12  = col_cnt;
     if (run) begin
       if (fire) begin
@@ -4729,7 +4754,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$13  = rows;
     if (run) begin
       if (fire) begin
@@ -4746,7 +4771,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$14  = lx;
     if (start) begin
       \$14  = 16'h0000;
@@ -4756,7 +4781,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$15  = lgi;
     if (start) begin
       \$15  = 16'h0000;
@@ -4766,7 +4791,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$16  = lrow;
     if (start) begin
       \$16  = 15'h0000;
@@ -4776,7 +4801,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$17  = lgoff;
     if (start) begin
       \$17  = 15'h0000;
@@ -4786,7 +4811,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$18  = lb;
     if (start) begin
       \$18  = 1'h0;
@@ -4803,10 +4828,10 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   assign we = fire;
   assign read__data = { \$22 , \$21 , \$20 , \$19  };
   assign rdata = { \$22 , \$21 , \$20 , \$19  };
-  assign \port$543$0  = \$19 ;
-  assign \port$544$0  = \$20 ;
-  assign \port$545$0  = \$21 ;
-  assign \port$546$0  = \$22 ;
+  assign \port$548$0  = \$19 ;
+  assign \port$549$0  = \$20 ;
+  assign \port$550$0  = \$21 ;
+  assign \port$551$0  = \$22 ;
   assign \i__payload[0]  = data[7:0];
   assign \i__payload[1]  = data[15:8];
   assign \i__payload[2]  = data[23:16];
@@ -4919,7 +4944,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, all_sent, \i__valid$36 , \i__payload$38 , start, cmd, dwp, last_group, run, n_out, params__addr, \o__ready$37 );
-  reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire \$1 ;
   wire [32:0] \$10 ;
   wire \$11 ;
@@ -5438,7 +5463,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     .rst(rst)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$40  = ps_wr__addr;
     if (stored) begin
       \$40  = \$23 [7:0];
@@ -5451,7 +5476,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$41  = ps_rd__addr;
     if (\$24 ) begin
       \$41  = \$25 [7:0];
@@ -5464,7 +5489,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$42  = skid_v;
     if (skid_v) begin
       if (\o__ready$37 ) begin
@@ -5478,7 +5503,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$43  = skid;
     if (skid_v) begin
     end else if (\$27 ) begin
@@ -5486,7 +5511,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$44  = vj;
     if (ps_rd__en) begin
       \$44  = \$28 ;
@@ -5496,7 +5521,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$45  = accj;
     if (ps_rd__en) begin
       \$45  = \i__payload$38 ;
@@ -5506,7 +5531,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$46  = params__addr;
     if (ps_rd__en) begin
       if (\$32 ) begin
@@ -5521,7 +5546,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$47  = out_cnt;
     if (\$38 ) begin
       \$47  = \$39 [23:0];
@@ -5534,7 +5559,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$48  = ro;
     if (start) begin
       \$48  = 1'h0;
@@ -5544,7 +5569,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$49  = oxo;
     if (start) begin
       \$49  = 16'h0000;
@@ -5622,7 +5647,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.out.rq (rst, i__valid, \o__ready$14 , i__ready, relu, \i__payload$8 , o__valid, \o__payload$18 , clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5722,7 +5747,7 @@ module \psc_core.out.rq (rst, i__valid, \o__ready$14 , i__ready, relu, \i__paylo
     .rst(rst)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     (* full_case = 32'd1 *)
     casez (phase_i)
       1'h0:
@@ -5740,7 +5765,7 @@ module \psc_core.out.rq (rst, i__valid, \o__ready$14 , i__ready, relu, \i__paylo
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$15  = phase_i;
     if (\$5 ) begin
       \$15  = \$8 [0];
@@ -5750,7 +5775,7 @@ module \psc_core.out.rq (rst, i__valid, \o__ready$14 , i__ready, relu, \i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$16  = o__valid;
     if (\$9 ) begin
       \$16  = 1'h0;
@@ -5765,7 +5790,7 @@ module \psc_core.out.rq (rst, i__valid, \o__ready$14 , i__ready, relu, \i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$17  = part;
     if (\$10 ) begin
       casez (phase_o)
@@ -5778,7 +5803,7 @@ module \psc_core.out.rq (rst, i__valid, \o__ready$14 , i__ready, relu, \i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$18  = \o__payload$18 ;
     if (\$10 ) begin
       if (\$11 ) begin
@@ -5791,7 +5816,7 @@ module \psc_core.out.rq (rst, i__valid, \o__ready$14 , i__ready, relu, \i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$19  = phase_o;
     if (\$10 ) begin
       \$19  = \$14 [0];
@@ -5830,7 +5855,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__payload, o__valid, o__payload, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire \$1 ;
   wire [10:0] \$10 ;
   wire \$100 ;
@@ -6537,7 +6562,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   always @(posedge clk)
     o__payload <= \$309 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$279  = busy;
     if (en) begin
       if (\$13 ) begin
@@ -6553,7 +6578,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$280  = step;
     if (en) begin
       if (\$13 ) begin
@@ -6567,7 +6592,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$281  = pp_v0;
     if (en) begin
       \$281  = busy;
@@ -6577,7 +6602,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$282  = pp_first0;
     if (en) begin
       \$282  = \$15 ;
@@ -6587,7 +6612,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$283  = pp_last0;
     if (en) begin
       \$283  = last;
@@ -6597,7 +6622,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$284  = pp_v1;
     if (en) begin
       \$284  = pp_v0;
@@ -6607,7 +6632,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$285  = pp_first1;
     if (en) begin
       \$285  = pp_first0;
@@ -6617,7 +6642,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$286  = pp_last1;
     if (en) begin
       \$286  = pp_last0;
@@ -6627,7 +6652,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$287  = p_v;
     if (en) begin
       \$287  = \$16 ;
@@ -6637,7 +6662,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$288  = v5;
     if (en) begin
       \$288  = p_v;
@@ -6647,7 +6672,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$289  = v6;
     if (en) begin
       \$289  = v5;
@@ -6657,7 +6682,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$290  = o__valid;
     if (en) begin
       \$290  = v6;
@@ -6667,7 +6692,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$291  = acc_0;
     if (en) begin
       if (\$17 ) begin
@@ -6676,7 +6701,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$292  = mult_0;
     if (en) begin
       if (\$17 ) begin
@@ -6687,7 +6712,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$293  = s1_0;
     if (en) begin
       if (\$17 ) begin
@@ -6696,112 +6721,112 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$294  = pp0_0_0;
     if (en) begin
       \$294  = { \$23 , \$19 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$295  = pp0_2_0;
     if (en) begin
       \$295  = { \$28 , \$24 [0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$296  = s2_0_0;
     if (en) begin
       \$296  = s1_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$297  = pp1_0_0;
     if (en) begin
       \$297  = { \$30 , pp0_0_0[1:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$298  = s2_1_0;
     if (en) begin
       \$298  = s2_0_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$299  = p_hi_0;
     if (\$31 ) begin
       \$299  = \$32 [36:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$300  = p_lo_0;
     if (\$31 ) begin
       \$300  = { total_0[3:0], p_lo_0[15:4] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$301  = s3_0;
     if (\$31 ) begin
       \$301  = s2_1_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$302  = coarse_0;
     if (en) begin
       \$302  = { \$144 , \$137 , \$130 , \$123 , \$116 , \$109 , \$102 , \$95 , \$88 , \$81 , \$74 , \$67 , \$60 , \$53 , \$46 , \$39  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$303  = csign_0;
     if (en) begin
       \$303  = p_hi_0[32];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$304  = cwide_0;
     if (en) begin
       \$304  = \$196 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$305  = sfine_0;
     if (en) begin
       \$305  = s3_0[2:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$306  = t_0;
     if (en) begin
       \$306  = { \$259 , \$252 , \$245 , \$238 , \$231 , \$224 , \$217 , \$210 , \$203  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$307  = tsign_0;
     if (en) begin
       \$307  = csign_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$308  = twide_0;
     if (en) begin
       \$308  = \$276 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$309  = o__payload;
     if (en) begin
       \$309  = \$278 ;
@@ -6828,7 +6853,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, count, run, i__ready, done, rp__addr, wp__data);
-  reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$11  = 0;
   wire \$1 ;
   wire \$10 ;
   reg [6:0] \$11 ;
@@ -7003,21 +7028,21 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   always @(posedge clk)
     done <= \$12 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     i__ready = 1'h0;
     if (run) begin
       i__ready = \$3 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     wp__en = 1'h0;
     if (run) begin
       wp__en = \$4 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$11  = cnt;
     if (run) begin
       if (\$5 ) begin
@@ -7032,7 +7057,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$12  = done;
     if (run) begin
       if (\$5 ) begin
@@ -7091,7 +7116,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cmd, dw, dwp, gin_e, run, sizes, loaded, taps__payload, weights_done, params_done, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$11  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
   wire [17:0] \$1 ;
   wire [4:0] \$10 ;
   wire [18:0] \$100 ;
@@ -7881,7 +7906,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   always @(posedge clk)
     ix_step <= \$296 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$234  = gi;
     if (issue) begin
       \$234  = \$6 [7:0];
@@ -7891,7 +7916,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$235  = near_gi;
     if (issue) begin
       \$235  = \$8 ;
@@ -7901,7 +7926,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$236  = kx;
     if (issue) begin
       if (below_kx) begin
@@ -7913,7 +7938,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$237  = near_kx;
     if (issue) begin
       if (below_kx) begin
@@ -7925,7 +7950,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$238  = ky;
     if (issue) begin
       if (below_ky) begin
@@ -7937,7 +7962,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$239  = near_ky;
     if (issue) begin
       if (below_ky) begin
@@ -7949,7 +7974,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$240  = j;
     if (issue) begin
       if (below_j) begin
@@ -7961,7 +7986,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$241  = near_j;
     if (issue) begin
       if (below_j) begin
@@ -7973,7 +7998,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$242  = ox;
     if (issue) begin
       if (below_ox) begin
@@ -7985,7 +8010,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$243  = near_ox;
     if (issue) begin
       if (below_ox) begin
@@ -7997,7 +8022,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$244  = oy;
     if (issue) begin
       if (below_oy) begin
@@ -8009,7 +8034,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$245  = near_oy;
     if (issue) begin
       if (below_oy) begin
@@ -8021,7 +8046,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$246  = last_gi;
     if (issue) begin
       \$246  = \$30 ;
@@ -8031,7 +8056,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$247  = below_kx;
     if (issue) begin
       \$247  = \$33 ;
@@ -8041,7 +8066,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$248  = last_kx;
     if (issue) begin
       \$248  = \$35 ;
@@ -8051,7 +8076,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$249  = below_ky;
     if (issue) begin
       \$249  = \$40 ;
@@ -8061,7 +8086,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$250  = last_ky;
     if (issue) begin
       \$250  = \$42 ;
@@ -8071,7 +8096,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$251  = below_j;
     if (issue) begin
       \$251  = \$49 ;
@@ -8081,7 +8106,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$252  = last_j;
     if (issue) begin
       \$252  = \$51 ;
@@ -8091,7 +8116,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$253  = below_ox;
     if (issue) begin
       \$253  = \$60 ;
@@ -8101,7 +8126,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$254  = last_ox;
     if (issue) begin
       \$254  = \$62 ;
@@ -8111,7 +8136,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$255  = below_oy;
     if (issue) begin
       \$255  = \$73 ;
@@ -8121,7 +8146,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$256  = last_oy;
     if (issue) begin
       \$256  = \$75 ;
@@ -8131,7 +8156,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$257  = waddr;
     if (issue) begin
       \$257  = \$76 [9:0];
@@ -8144,7 +8169,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$258  = ix;
     if (issue) begin
       if (\$78 ) begin
@@ -8165,7 +8190,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$259  = tapbase;
     if (issue) begin
       if (\$78 ) begin
@@ -8189,7 +8214,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$260  = iy;
     if (issue) begin
       if (\$82 ) begin
@@ -8207,7 +8232,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$261  = rowbase;
     if (issue) begin
       if (\$82 ) begin
@@ -8228,7 +8253,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$262  = goff;
     if (issue) begin
       if (\$87 ) begin
@@ -8243,7 +8268,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$263  = ix0;
     if (issue) begin
       if (\$90 ) begin
@@ -8258,7 +8283,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$264  = pixbase;
     if (issue) begin
       if (\$90 ) begin
@@ -8273,7 +8298,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$265  = iy0;
     if (issue) begin
       if (\$99 ) begin
@@ -8285,7 +8310,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$266  = need;
     if (issue) begin
       if (\$99 ) begin
@@ -8297,7 +8322,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$267  = linebase;
     if (issue) begin
       if (\$99 ) begin
@@ -8309,7 +8334,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$268  = seq_busy;
     if (issue) begin
       if (\$107 ) begin
@@ -8324,7 +8349,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$269  = loaded;
     if (run) begin
       \$269  = \$109 ;
@@ -8337,7 +8362,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$270  = rows_ok;
     if (run) begin
       \$270  = \$114 ;
@@ -8350,7 +8375,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$271  = last_group;
     if (start) begin
       \$271  = \$115 [5:0];
@@ -8360,175 +8385,175 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$272  = lim_inc_gi;
     if (start) begin
       \$272  = \$132 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$273  = lim_inc_kx;
     if (start) begin
       \$273  = \$134 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$274  = lim_inc_ky;
     if (start) begin
       \$274  = \$136 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$275  = lim_inc_j;
     if (start) begin
       \$275  = \$138 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$276  = lim_inc_ox;
     if (start) begin
       \$276  = \$143 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$277  = lim_inc_oy;
     if (start) begin
       \$277  = \$145 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$278  = lim_zero_gi;
     if (start) begin
       \$278  = \$146 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$279  = lim_zero_kx;
     if (start) begin
       \$279  = \$147 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$280  = lim_zero_ky;
     if (start) begin
       \$280  = \$148 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$281  = lim_zero_j;
     if (start) begin
       \$281  = \$149 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$282  = lim_zero_ox;
     if (start) begin
       \$282  = \$152 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$283  = lim_zero_oy;
     if (start) begin
       \$283  = \$153 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$284  = lim_2inc_gi;
     if (start) begin
       \$284  = \$155 [9:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$285  = lim_2inc_kx;
     if (start) begin
       \$285  = \$157 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$286  = lim_2inc_ky;
     if (start) begin
       \$286  = \$159 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$287  = lim_2inc_j;
     if (start) begin
       \$287  = \$161 [7:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$288  = lim_2inc_ox;
     if (start) begin
       \$288  = \$167 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$289  = lim_2inc_oy;
     if (start) begin
       \$289  = \$169 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$290  = g_step;
     if (start) begin
       \$290  = { 4'h0, \$205  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$291  = sg;
     if (start) begin
       \$291  = { 3'h0, \$209  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$292  = swg;
     if (start) begin
       \$292  = { 2'h0, \$216  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$293  = row_step;
     if (start) begin
       \$293  = { 3'h0, \$217  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$294  = goff_step;
     if (start) begin
       \$294  = \$218 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$295  = ox_step;
     if (start) begin
       \$295  = \$219 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$296  = ix_step;
     if (start) begin
       \$296  = \$221 ;
@@ -8591,7 +8616,7 @@ endmodule
 (* generator = "Amaranth" *)
 module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, cfg__ready, accept, busy, sizing, run, sizes
 , sizes_ready, loaded, inputs_done, cfg__payload);
-  reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire \$1 ;
   wire \$10 ;
   reg \$100 ;
@@ -8940,7 +8965,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   always @(posedge clk)
     fin <= \$113 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     \$100  = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -8955,21 +8980,21 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     \$101  = \$57 ;
     if (rst) begin
       \$101  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     \$102  = \$74 ;
     if (rst) begin
       \$102  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     \$103  = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -8992,7 +9017,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     \$104  = cmd;
     casez (fsm_state)
       3'h0:
@@ -9005,7 +9030,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     \$105  = error;
     casez (fsm_state)
       3'h0:
@@ -9026,7 +9051,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     \$106  = dw;
     casez (fsm_state)
       3'h0:
@@ -9039,7 +9064,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     \$107  = dwp;
     casez (fsm_state)
       3'h0:
@@ -9052,7 +9077,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     \$108  = dwc;
     casez (fsm_state)
       3'h0:
@@ -9065,7 +9090,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     \$109  = gin_e;
     casez (fsm_state)
       3'h0:
@@ -9078,7 +9103,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     \$110  = gout_o;
     casez (fsm_state)
       3'h0:
@@ -9091,7 +9116,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     \$111  = fsm_state;
     casez (fsm_state)
       3'h0:
@@ -9121,7 +9146,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     \$112  = last_go;
     casez (fsm_state)
       3'h0:
@@ -9136,7 +9161,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     \$113  = fin;
     casez (fsm_state)
       3'h0:
@@ -9159,7 +9184,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     cfg__ready = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -9167,7 +9192,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     accept = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -9175,7 +9200,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     busy = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -9191,7 +9216,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     sizing = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -9201,7 +9226,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
     run = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -9269,8 +9294,8 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
+module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire \$1 ;
   wire \$10 ;
   wire [4:0] \$11 ;
@@ -9477,70 +9502,70 @@ module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
   assign mul_sum = prod + mul_b;
   assign \$40  = ~ mul_run;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$41  = \$1 ;
     if (rst) begin
       \$41  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$42  = \$2 ;
     if (rst) begin
       \$42  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$43  = \$3 ;
     if (rst) begin
       \$43  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$44  = \$4 ;
     if (rst) begin
       \$44  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$45  = \$5 ;
     if (rst) begin
       \$45  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$46  = \$6 ;
     if (rst) begin
       \$46  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$47  = \$7 ;
     if (rst) begin
       \$47  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$48  = \$8 ;
     if (rst) begin
       \$48  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$49  = \$9 ;
     if (rst) begin
       \$49  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$50  = mul_a;
     if (enable) begin
       (* full_case = 32'd1 *)
@@ -9575,7 +9600,7 @@ module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$51  = mul_b;
     if (enable) begin
       (* full_case = 32'd1 *)
@@ -9610,7 +9635,7 @@ module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$52  = prod;
     if (enable) begin
       (* full_case = 32'd1 *)
@@ -9647,7 +9672,7 @@ module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$53  = ovf;
     if (enable) begin
       (* full_case = 32'd1 *)
@@ -9686,7 +9711,7 @@ module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$54  = a_zero;
     if (enable) begin
       (* full_case = 32'd1 *)
@@ -9721,7 +9746,7 @@ module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$55  = b_big;
     if (enable) begin
       (* full_case = 32'd1 *)
@@ -9756,7 +9781,7 @@ module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$56  = mul_run;
     if (enable) begin
       if (\$10 ) begin
@@ -9792,7 +9817,7 @@ module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$57  = step;
     if (enable) begin
       if (\$10 ) begin
@@ -9808,7 +9833,7 @@ module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     \$58  = sizes;
     if (enable) begin
       if (\$10 ) begin
@@ -9840,7 +9865,7 @@ module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     ready = 1'h0;
     if (enable) begin
       if (\$40 ) begin
@@ -9901,8 +9926,8 @@ module \psc_core.sizes$166 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1436$0 , \port$1506$0 , clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
+module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1445$0 , \port$1515$0 , level, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$15  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9924,11 +9949,12 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1436$0 , \po
   wire clk;
   (* init = 1'h0 *)
   wire consume;
+  output [1:0] level;
   reg [1:0] level = 2'h0;
-  input [26:0] \port$1436$0 ;
-  wire [26:0] \port$1436$0 ;
-  input [26:0] \port$1506$0 ;
-  wire [26:0] \port$1506$0 ;
+  input [26:0] \port$1445$0 ;
+  wire [26:0] \port$1445$0 ;
+  input [26:0] \port$1515$0 ;
+  wire [26:0] \port$1515$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [53:0] r_data;
@@ -9960,7 +9986,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1436$0 , \po
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1506$0 , \port$1436$0  };
+      storage[w_port__addr] <= { \port$1515$0 , \port$1445$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -9987,7 +10013,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1436$0 , \po
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -9997,7 +10023,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1436$0 , \po
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -10007,7 +10033,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1436$0 , \po
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -10022,15 +10048,15 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1436$0 , \po
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1506$0 , \port$1436$0  };
-  assign w_data = { \port$1506$0 , \port$1436$0  };
+  assign w_port__data = { \port$1515$0 , \port$1445$0  };
+  assign w_data = { \port$1515$0 , \port$1445$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start, keep, run, count, i__ready, done, wp__data);
-  reg \$auto$verilog_backend.cc:2355:dump_module$15  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
   wire \$1 ;
   wire \$10 ;
   reg [8:0] \$11 ;
@@ -10433,21 +10459,21 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   always @(posedge clk)
     done <= \$12 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     i__ready = 1'h0;
     if (run) begin
       i__ready = \$3 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     wp__en = 1'h0;
     if (run) begin
       wp__en = \$4 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$11  = cnt;
     if (run) begin
       if (\$5 ) begin
@@ -10462,7 +10488,7 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$12  = done;
     if (run) begin
       if (\$5 ) begin
