@@ -140,21 +140,26 @@ class OpUnit(wiring.Component):
         addr_a, addr_b = Signal(self.addr_width), Signal(self.addr_width)
         m.d.comb += [self.read_en.eq(issue),
                      self.read_addr.eq(Mux(gap, ptr, Mux(second, addr_b, addr_a)))]
+        # `k_last` (k is the last word or pixel, k + 1 == n) and `g_last` (g + 1 == groups),
+        # registered as the counters step, so that the issue decisions are flip-flops,
+        # not compares through a carry chain (n and groups are at least 1)
+        k_last, g_last = Signal(), Signal()
         with m.If(issue):
-            m.d.sync += [rd_second.eq(second), rd_end.eq(k + 1 == d.n)]
+            m.d.sync += [rd_second.eq(second), rd_end.eq(k_last)]
             with m.If(gap):
-                with m.If(k + 1 < d.n):
-                    m.d.sync += [k.eq(k + 1), ptr.eq(ptr + d.groups)]
+                with m.If(~k_last):
+                    m.d.sync += [k.eq(k + 1), k_last.eq(k + 2 == d.n), ptr.eq(ptr + d.groups)]
                 with m.Else():
-                    m.d.sync += [k.eq(0), g.eq(g + 1), ptr.eq(d.a + g + 1)]
-                    with m.If(g + 1 == d.groups):
+                    m.d.sync += [k.eq(0), k_last.eq(d.n == 1), g.eq(g + 1),
+                                 g_last.eq(g + 2 == d.groups), ptr.eq(d.a + g + 1)]
+                    with m.If(g_last):
                         m.d.sync += issuing.eq(0)
             with m.Elif(~second):
                 m.d.sync += second.eq(1)
             with m.Else():
-                m.d.sync += [second.eq(0), k.eq(k + 1), addr_a.eq(addr_a + 1),
-                             addr_b.eq(addr_b + 1)]
-                with m.If(k + 1 == d.n):
+                m.d.sync += [second.eq(0), k.eq(k + 1), k_last.eq(k + 2 == d.n),
+                             addr_a.eq(addr_a + 1), addr_b.eq(addr_b + 1)]
+                with m.If(k_last):
                     m.d.sync += issuing.eq(0)
         a_back, a_back2 = Signal(), Signal()    # the a word of a pair arrives, registered
         rd_q = Signal(width)
@@ -284,6 +289,7 @@ class OpUnit(wiring.Component):
         with m.If(self.start.valid & self.start.ready):
             p = self.start.payload
             m.d.sync += [d.eq(p), issuing.eq(1), writing.eq(1), k.eq(0), g.eq(0), ptr.eq(p.a),
+                         k_last.eq(p.n == 1), g_last.eq(p.groups == 1),
                          room.eq(self.fifo_depth - 1),
                          addr_a.eq(p.a), addr_b.eq(p.b), second.eq(0), chunk.eq(0),
                          draining.eq(0), out_chunk.eq(0), pva.eq(0), pvb.eq(0), pvc.eq(0),
