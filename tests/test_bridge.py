@@ -114,21 +114,24 @@ def test_uart_tx_bit_timing():
 def test_reply_transmitter_sends_each_frame_byte_exact():
     """The ReplyTransmitter's line into a receiver: words (little-endian), the ID frame and the
     status frame arrive byte for byte, a reply started while the line is idle and one queued
-    behind a word alike (the transmitter picks the frames' bytes ahead of the UART)."""
+    behind a word alike; the status sent is the one held from the reply's acknowledge on (a
+    bridge captures it then), not the one before."""
     from psc.hw.link.framing import ReplyTransmitter
     ident = bytes(range(0x40, 0x40 + 11))
     status = bytes([0x53, 0x11, 0x22, 0x33, 0x44, 0x55])
     m = Module()
     m.submodules.tx = tx = ReplyTransmitter(DIV, 3, ident, len(status), 8)
     m.submodules.rx = rx = UARTReceiver(DIV)
-    m.d.comb += [rx.rx.eq(tx.tx), rx.o.ready.eq(1),
-                 tx.status.eq(int.from_bytes(status, "little"))]
+    m.d.comb += [rx.rx.eq(tx.tx), rx.o.ready.eq(1)]
     got = []
 
     async def drive(ctx):
         for reply in (1, 2):                      # the line idle: each starts at once
             ctx.set(tx.reply, reply)
+            ctx.set(tx.status, 0x0F0E0D0C0B0A)      # what a bridge holds before the answer
             await ctx.tick().until(tx.reply_ack)
+            # a bridge captures its status as the reply is acknowledged
+            ctx.set(tx.status, int.from_bytes(status, "little"))
             ctx.set(tx.reply, 0)
             await ctx.tick().repeat(10 * DIV * len(ident) + 20)
         ctx.set(tx.expect, 1)

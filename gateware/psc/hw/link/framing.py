@@ -7,7 +7,7 @@ transmitter sends the output words a command owes the host, padded or cut to the
 count the host expects, and the fixed-length reply frames (an ID, a status).
 """
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -116,27 +116,31 @@ class ReplyTransmitter(wiring.Component):
         sh = Signal(8 * nb)                 # the word being sent
         mode = Signal(2)                    # 0 a word, 1 the ID frame, 2 the status frame
         most = max(nb, sb, len(ident))
-        # The ID and the status are picked byte by byte: `cur` is the byte offered, `nxt`
-        # byte `idx` of the frame (the one after it), registered every cycle from `idx`,
-        # so that no multiplexer over the frame's bytes sits in front of the UART's shift
-        # register. A byte takes 10 * divisor cycles, so `nxt` has caught up with `idx`
-        # long before the next byte is taken; at the start of a frame both are loaded.
-        idx = Signal(range(most + 2))
+        # The ID and the status are picked byte by byte as they are sent (no register as
+        # wide as the frame): the frame's 4-byte group of byte `idx` is registered every
+        # cycle, then the byte chosen from it, so that no multiplexer over the whole frame
+        # sits in front of the UART's shift register. The group is a cycle behind `idx`:
+        # a byte is offered only once it has caught up (`fresh`, low in the cycle after a
+        # byte is taken or a frame starts), which costs the first byte of a frame one cycle
+        # and the others none (the UART is busy for 10 * divisor cycles after a byte).
+        idx = Signal(range(most + 1))
+        idx_q = Signal.like(idx)            # `idx` a cycle late, with `group`
         left = Signal(range(most + 1))      # bytes left in the frame
-        cur = Signal(8)
-        nxt = Signal(8)
-        status = self.status
-        frames = {1: list(ident), 2: [status[8 * i:8 * i + 8] for i in range(sb)]}
-        with m.Switch(mode):
-            for code, frame in frames.items():
-                with m.Case(code):
-                    with m.Switch(idx):
-                        for i, b in enumerate(frame):
-                            with m.Case(i):
-                                m.d.sync += nxt.eq(b)
-        m.d.comb += [utx.i.payload.eq(Mux(mode == 0, sh[:8], cur)), utx.i.valid.eq(left != 0)]
+        group = Signal(32)
+        fresh = Signal()
+        frames = {1: [Const(b, 8) for b in ident],
+                  2: [self.status[8 * i:8 * i + 8] for i in range(sb)]}
+
+        def groups(frame):
+            # the frame's bytes as one value, a whole number of 4-byte groups
+            return Cat(*frame, Const(0, 8 * (-len(frame) % 4)))
+        m.d.sync += [idx_q.eq(idx), fresh.eq(1),
+                     group.eq(Mux(mode == 1, groups(frames[1]).word_select(idx[2:], 32),
+                                  groups(frames[2]).word_select(idx[2:], 32)))]
+        m.d.comb += [utx.i.payload.eq(Mux(mode == 0, sh[:8], group.word_select(idx_q[:2], 8))),
+                     utx.i.valid.eq((left != 0) & (fresh | (mode == 0)))]
         with m.If(utx.i.valid & utx.i.ready):
-            m.d.sync += [sh.eq(sh >> 8), cur.eq(nxt), idx.eq(idx + 1), left.eq(left - 1)]
+            m.d.sync += [sh.eq(sh >> 8), idx.eq(idx + 1), left.eq(left - 1), fresh.eq(0)]
 
         with m.If(self.owed_none):
             m.d.comb += [self.words.ready.eq(1), self.extra.eq(self.words.valid)]
@@ -152,11 +156,11 @@ class ReplyTransmitter(wiring.Component):
                 m.d.sync += [owed.eq(owed - 1), self.owed_none.eq(owed == 1)]
         with m.If((left == 0) & ~self.words.valid & (self.reply != 0)):
             m.d.comb += self.reply_ack.eq(1)
-            m.d.sync += [mode.eq(self.reply), idx.eq(1)]
-            for code, frame in frames.items():
-                with m.If(self.reply == code):
-                    m.d.sync += [left.eq(len(frame)), cur.eq(frame[0]),
-                                 nxt.eq(frame[1] if len(frame) > 1 else 0)]
+            m.d.sync += [mode.eq(self.reply), idx.eq(0), fresh.eq(0)]
+            with m.If(self.reply == 1):
+                m.d.sync += left.eq(len(ident))
+            with m.Else():
+                m.d.sync += left.eq(sb)
         with m.If(self.arm):
             m.d.sync += [owed.eq(self.expect), self.owed_none.eq(self.expect == 0),
                          self.real.eq(0)]
