@@ -118,6 +118,10 @@ LINT_WAIVERS = (
     ("WIDTHTRUNC", None, "*Logical operator LOGNOT expects 1 bit*",
      "Yosys writes Amaranth's test of a multi-bit value for zero (~x.any(), x == 0) as "
      "!x, which is that test in Verilog."),
+    ("WIDTHTRUNC", None, "*Assign RHS's SHIFTR generates*",
+     "Amaranth writes a part-select at a variable offset (word_select, the reply "
+     "transmitter's byte of a frame) as a shift of the whole value assigned to a wire as "
+     "wide as the part: the truncation is the select."),
     ("CASEINCOMPLETE", None, None,
      "Amaranth's Switch/FSM without a default case becomes a casez with no default: the "
      "signals it drives keep the value assigned before the case, as Amaranth specifies."),
