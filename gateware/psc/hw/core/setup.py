@@ -48,9 +48,9 @@ class DerivedSizes(wiring.Component):
     ``ready`` rises (combinationally, while ``enable``) when the last
     product is stored (the first product, ``in_w * gin``, takes one cycle
     more when ``in_w`` is 0: a refused command); ``sizes`` then holds every
-    size of the command until the next ``clear``. ``ws`` (bank words per input row and group of a
-    depthwise layer on a ``depthwise="pixels"`` build) is combinational
-    from ``cmd``.
+    size of the command until the next ``clear``. ``ws`` (bank words per
+    input row and group of a depthwise layer on a ``depthwise="pixels"``
+    build) is combinational from ``cmd``.
 
     Parameters
     ----------

@@ -86,8 +86,9 @@ class ReplyTransmitter(wiring.Component):
 
     A reply (``reply`` 1: the constant ``ident`` frame; 2: the ``status`` frame)
     starts when no word is being sent or offered; ``reply_ack`` pulses then. The
-    status is picked byte by byte as it is sent (no register as wide as the frame):
-    what it carries must hold still from ``reply_ack`` until it has left.
+    status is picked byte by byte as it is sent (no register as wide as the frame),
+    from the cycle after ``reply_ack`` on: what it carries may be captured at
+    ``reply_ack`` and must then hold still until it has left.
 
     Throughput: the UART's, ``10 * divisor`` cycles per byte. ``words.ready`` and
     ``owed_none`` come from registers.
