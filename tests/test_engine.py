@@ -214,3 +214,40 @@ def test_a_residual_network_on_the_engine_under_icarus():
     prog = compile_network(net, PRESETS["tiny"])
     out, _ = prog.simulate(images, target="icarus", stall=0.3, seed=2)
     np.testing.assert_array_equal(out, net.run(images))
+
+
+def _edge_ops_net(rng, c, h, w):
+    """Two pointwise layers, their residual add and its pooling on an ``h x w`` map of ``c``
+    channels: with a map of one or two pixels and ``c`` up to two words of lanes, the op
+    unit's adds of one or two words and poolings of one or two pixels (its first word or
+    pixel is its last)."""
+    def r(shape, width=8):
+        return rng.integers(-(1 << (width - 1)), 1 << (width - 1), size=shape)
+    layers = [
+        Layer.conv("p1", "x", "a", r((c, c, 1, 1)), r((c, c, 1, 1)), r(c, 10), 300, 12),
+        Layer.conv("p2", "a", "b", r((c, c, 1, 1)), r((c, c, 1, 1)), r(c, 10), 300, 12),
+        Layer.add("res", "a", "b", "d", 20000, 30000, 15),
+        Layer.gap("pool", "d", "e", 40000, 16),
+        Layer.flatten("flat", "e", "f"),
+    ]
+    return Network("x", (c, h, w), layers, "f")
+
+
+@pytest.mark.parametrize("name, op_values", [("tiny", 1), ("tiny", 2), ("ecp5-25k", 7)])
+@pytest.mark.parametrize("words, hw", [(1, (1, 1)), (1, (1, 2)), (2, (1, 1)), (2, (2, 1))])
+def test_adds_and_poolings_of_one_or_two_words(name, op_values, words, hw):
+    """An add of ``n`` words and a pooling of ``n`` pixels for ``n`` of 1 and 2, over one and
+    two words of channels (``words``), the last one partly padding: the op unit's end of
+    an operation on its first or second step."""
+    cc = _simulable(name)
+    c = cc.lanes - 1 if words == 1 else cc.lanes + 2
+    rng = np.random.default_rng(31 + words)
+    net = _edge_ops_net(rng, c, *hw)
+    images = rng.integers(-128, 128, size=(2,) + net.input_shape)
+    want = net.run(images, keep=True)
+    prog, results = _run_engine(cc, net, images, seed=8, op_values=op_values)
+    assert prog.regions["d"].words == words * hw[0] * hw[1]
+    for i, (out_words, error, _) in enumerate(results):
+        assert not error
+        np.testing.assert_array_equal(prog.output_from_words(out_words), want["f"][i],
+                                      err_msg=f"image {i}: d = {want['d'][i].tolist()}")
