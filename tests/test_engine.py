@@ -233,7 +233,8 @@ def _edge_ops_net(rng, c, h, w):
     return Network("x", (c, h, w), layers, "f")
 
 
-@pytest.mark.parametrize("name, op_values", [("tiny", 1), ("tiny", 2), ("ecp5-25k", 7)])
+@pytest.mark.parametrize("name, op_values", [("tiny", 1), ("ice40-up5k", 1), ("ice40-up5k", 2),
+                                            ("ecp5-25k", 7)])
 @pytest.mark.parametrize("words, hw", [(1, (1, 1)), (1, (1, 2)), (2, (1, 1)), (2, (2, 1))])
 def test_adds_and_poolings_of_one_or_two_words(name, op_values, words, hw):
     """An add of ``n`` words and a pooling of ``n`` pixels for ``n`` of 1 and 2, over one and

@@ -6,13 +6,13 @@ The operations are :func:`psc.model.network.add` and
 (digit-serial where the build's is), ``values`` activations per cycle.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from psc.config import PSCConfig
-from psc.hw.requantize import SHIFT_WIDTH, Requantizer
+from psc.hw.requantize import SHIFT_WIDTH, Requantizer, _mul_digit
 
 __all__ = ["op_layout", "OpUnit", "OP_MODES"]
 
@@ -192,44 +192,83 @@ class OpUnit(wiring.Component):
             for c in range(chunks):
                 with m.Case(c):
                     m.d.comb += [sums_c[i].eq(sums[c * P + i]) for i in range(P)]
-        # Three register stages in front of the requantiser: the values picked (a lane
-        # multiplexer); the add's products as two partial products each, on the low and
-        # the high half of the multiplier (a LUT multiplier of the full width in one cycle
-        # limits an ECP5 network build); their sums (the pooling's sum and zero), added at
-        # the requantiser's input.
-        h = (pe.mult_width + 1) // 2
+        # Register stages in front of the requantiser: A, the values picked (a lane
+        # multiplexer); B, the add's products (the pooling's sum passes); C, what the
+        # requantiser takes.
         fire = Signal()                         # the value stage offers P values
         advance = Signal()                      # stage A can take them
         pva, pvb, pvc = Signal(), Signal(), Signal()   # stages A, B and C hold values
-        adv_b, adv_c = Signal(), Signal()
+        adv_c = Signal()
         a_r = [Signal(signed(aw), name=f"a_r{i}") for i in range(P)]
         b_r = [Signal(signed(aw), name=f"b_r{i}") for i in range(P)]
         g_r = [Signal(signed(self._sum_width), name=f"g_r{i}") for i in range(P)]
-        # stage B: (low, high) partial products of a and b; a pooling sum in a's low one
-        pp = [[Signal(signed(self._acc_width), name=f"pp{i}_{j}") for j in range(4)]
-              for i in range(P)]
         s1 = [Signal(signed(self._acc_width), name=f"s1_{i}") for i in range(P)]
-        s2 = [Signal(signed(self._acc_width), name=f"s2_{i}") for i in range(P)]
-        m.d.comb += [adv_c.eq(~pvc | rq.i.ready), adv_b.eq(~pvb | adv_c),
-                     advance.eq(~pva | adv_b), rq.i.valid.eq(pvc), rq.relu.eq(d.relu & ~gap)]
+        m.d.comb += [adv_c.eq(~pvc | rq.i.ready), rq.i.valid.eq(pvc), rq.relu.eq(d.relu & ~gap)]
         with m.If(adv_c):
             m.d.sync += pvc.eq(pvb)
-        with m.If(pvb & adv_c):
-            for i in range(P):
-                m.d.sync += [s1[i].eq(pp[i][0] + (pp[i][1] << h)),
-                             s2[i].eq(pp[i][2] + (pp[i][3] << h))]
-        with m.If(adv_b):
-            m.d.sync += pvb.eq(pva)
-        with m.If(pva & adv_b):
-            with m.If(gap):
-                m.d.sync += [pp[i][0].eq(g_r[i]) for i in range(P)]
-                m.d.sync += [pp[i][j].eq(0) for i in range(P) for j in (1, 2, 3)]
-            with m.Else():
-                lo, hi = d.mult_a[:h], d.mult_a[h:]
-                lo_b, hi_b = d.mult_b[:h], d.mult_b[h:]
+        k_bits = self._rq.requant_mult_bits
+        restart = []                            # B's own state, cleared at a start
+        if k_bits is None:
+            # B as two partial products each of a and b, on the low and the high half of the
+            # multiplier (a LUT multiplier of the full width in one cycle limits an ECP5
+            # network build), summed into C; the pooling's sum in a's low one
+            h = (pe.mult_width + 1) // 2
+            adv_b = Signal()
+            pp = [[Signal(signed(self._acc_width), name=f"pp{i}_{j}") for j in range(4)]
+                  for i in range(P)]
+            s2 = [Signal(signed(self._acc_width), name=f"s2_{i}") for i in range(P)]
+            m.d.comb += [adv_b.eq(~pvb | adv_c), advance.eq(~pva | adv_b)]
+            with m.If(pvb & adv_c):
                 for i in range(P):
-                    m.d.sync += [pp[i][0].eq(a_r[i] * lo), pp[i][1].eq(a_r[i] * hi),
-                                 pp[i][2].eq(b_r[i] * lo_b), pp[i][3].eq(b_r[i] * hi_b)]
+                    m.d.sync += [s1[i].eq(pp[i][0] + (pp[i][1] << h)),
+                                 s2[i].eq(pp[i][2] + (pp[i][3] << h))]
+            with m.If(adv_b):
+                m.d.sync += pvb.eq(pva)
+            with m.If(pva & adv_b):
+                with m.If(gap):
+                    m.d.sync += [pp[i][0].eq(g_r[i]) for i in range(P)]
+                    m.d.sync += [pp[i][j].eq(0) for i in range(P) for j in (1, 2, 3)]
+                with m.Else():
+                    lo, hi = d.mult_a[:h], d.mult_a[h:]
+                    lo_b, hi_b = d.mult_b[:h], d.mult_b[h:]
+                    for i in range(P):
+                        m.d.sync += [pp[i][0].eq(a_r[i] * lo), pp[i][1].eq(a_r[i] * hi),
+                                     pp[i][2].eq(b_r[i] * lo_b), pp[i][3].eq(b_r[i] * hi_b)]
+            acc_in = [s1[i] + s2[i] for i in range(P)]
+        else:
+            # A digit-serial requantiser takes a value in `digits` cycles: B matches it
+            # with `k_bits` bits of each multiplier per cycle, most significant first
+            # (acc = acc * 2**k_bits + a * digit_a + b * digit_b: a fixed shift, not a
+            # barrel), in two steps, the digits' products registered (`part`), then
+            # accumulated (`acc`, which B's result is). The pooling's sum passes as one
+            # digit. A holds its values until B has issued their last digit.
+            digits = -(-pe.mult_width // k_bits)
+            pad = digits * k_bits - pe.mult_width
+            j = Signal(range(digits), init=digits - 1)  # the digit issued next
+            last = gap | (j == 0)
+            run = Signal()                      # B moves: its result is free or taken
+            pvp, first_q, last_q = Signal(), Signal(), Signal()
+            part_w = max(self._sum_width, aw + k_bits + 2)
+            part = [Signal(signed(part_w), name=f"part{i}") for i in range(P)]
+            acc = [Signal(signed(self._acc_width), name=f"acc{i}") for i in range(P)]
+            da = Cat(d.mult_a, Const(0, pad)).word_select(j, k_bits)
+            db = Cat(d.mult_b, Const(0, pad)).word_select(j, k_bits)
+            m.d.comb += [run.eq(~pvb | adv_c), advance.eq(~pva | (run & last))]
+            with m.If(pvb & adv_c):
+                m.d.sync += [s1[i].eq(acc[i]) for i in range(P)]
+            with m.If(run):
+                m.d.sync += [pvp.eq(pva), pvb.eq(pvp & last_q)]
+                with m.If(pva):
+                    m.d.sync += [first_q.eq(gap | (j == digits - 1)), last_q.eq(last),
+                                 j.eq(Mux(last, digits - 1, j - 1))]
+                    for i in range(P):
+                        m.d.sync += part[i].eq(Mux(gap, g_r[i], _mul_digit(a_r[i], da)
+                                                   + _mul_digit(b_r[i], db)))
+                with m.If(pvp):
+                    m.d.sync += [acc[i].eq(Mux(first_q, 0, acc[i] << k_bits) + part[i])
+                                 for i in range(P)]
+            restart += [j.eq(digits - 1), pvp.eq(0)]
+            acc_in = s1
         with m.If(advance):
             m.d.sync += pva.eq(fire)
         with m.If(fire & advance):
@@ -238,7 +277,7 @@ class OpUnit(wiring.Component):
             m.d.sync += [g_r[i].eq(sums_c[i]) for i in range(P)]
         for i in range(P):
             m.d.comb += [rq.i.payload.shift[i].eq(d.shift),
-                         rq.i.payload.acc[i].eq(s1[i] + s2[i]),
+                         rq.i.payload.acc[i].eq(acc_in[i]),
                          rq.i.payload.mult[i].eq(Mux(gap, d.mult_a, 1))]
         with m.If(gap):
             m.d.comb += fire.eq(draining)
@@ -293,6 +332,6 @@ class OpUnit(wiring.Component):
                          room.eq(self.fifo_depth - 1),
                          addr_a.eq(p.a), addr_b.eq(p.b), second.eq(0), chunk.eq(0),
                          draining.eq(0), out_chunk.eq(0), pva.eq(0), pvb.eq(0), pvc.eq(0),
-                         out_k.eq(0), out_g.eq(0)]
+                         out_k.eq(0), out_g.eq(0)] + restart
             m.d.sync += [s.eq(0) for s in sums]
         return m
