@@ -168,8 +168,10 @@ class OpUnit(wiring.Component):
                      rd_q.eq(self.read_data), rd_end2.eq(rd_end)]
         with m.If(a_back2):
             m.d.sync += got_a.eq(rd_q)
+        # a pooling's word goes where an add's b word does, so that no multiplexer picks
+        # what the FIFO's a half takes
         m.d.comb += [fifo.w_en.eq(inflight2),
-                     fifo.w_data.eq(Mux(gap, Cat(rd_q, rd_q, rd_end2), Cat(got_a, rd_q, 0)))]
+                     fifo.w_data.eq(Cat(got_a, rd_q, gap & rd_end2))]
 
         # --- values: `values` activations per cycle into the requantiser ------------------
         P = self.values
@@ -288,7 +290,7 @@ class OpUnit(wiring.Component):
                     m.d.sync += [s.eq(0) for s in sums]
             with m.Elif(~draining & fifo.r_rdy):
                 m.d.comb += fifo.r_en.eq(1)
-                m.d.sync += [s.eq(s + value(entry_a, i)) for i, s in enumerate(sums)]
+                m.d.sync += [s.eq(s + value(entry_b, i)) for i, s in enumerate(sums)]
                 with m.If(entry_end):
                     m.d.sync += draining.eq(1)
         with m.Else():
