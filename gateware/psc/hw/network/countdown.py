@@ -4,7 +4,16 @@ a carry chain in front of every register the loop's end steers."""
 
 from amaranth.hdl import Mux, Signal
 
-__all__ = ["Countdown"]
+__all__ = ["Countdown", "loop_widths"]
+
+
+def loop_widths(config, addr_width):
+    """Bits of a gather's or scatter's loop counts, ``(count, channels)``: pixels, rows and
+    words per pixel, each at most the activation memory's depth (``2**addr_width``
+    words), and channels or beats per pixel, at most ``lanes`` per word. A program's
+    values fit by construction; the packer refuses any other."""
+    count = addr_width + 1
+    return count, count + (config.lanes - 1).bit_length()
 
 
 class Countdown:

@@ -11,8 +11,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from psc.hw.core.layouts import FIELD_WIDTH, act_in_layout
-from psc.hw.network.countdown import Countdown
+from psc.hw.core.layouts import act_in_layout
+from psc.hw.network.countdown import Countdown, loop_widths
 
 __all__ = ["gather_layout", "Gather", "GATHER_FIFO_DEPTH"]
 
@@ -27,10 +27,11 @@ def gather_layout(config, addr_width):
     tensor); ``n_g`` words per pixel, ``n_x`` pixels per row, ``n_y`` rows; ``rot``, the
     lane of the first channel in its word; ``valid``, the channels from it that are read
     (the rest are zero)."""
+    count, channels = loop_widths(config, addr_width)
     return data.StructLayout({
         "addr": addr_width, "pixel_step": addr_width, "row_step": addr_width,
-        "n_g": FIELD_WIDTH, "n_x": FIELD_WIDTH, "n_y": FIELD_WIDTH,
-        "rot": range(config.lanes), "valid": FIELD_WIDTH + 4,
+        "n_g": count, "n_x": count, "n_y": count,
+        "rot": range(config.lanes), "valid": channels,
     })
 
 
@@ -81,12 +82,13 @@ class Gather(wiring.Component):
 
         d = Signal(gather_layout(self.config, self.addr_width))
         issuing = Signal()
-        g, x, y = (Countdown(FIELD_WIDTH, n) for n in ("g", "x", "y"))
+        count, channels = loop_widths(self.config, self.addr_width)
+        g, x, y = (Countdown(count, n) for n in ("g", "x", "y"))
         pix, row = Signal(self.addr_width), Signal(self.addr_width)
         # pix + g, kept in its own register so that the memory's address comes from a
         # flip-flop, not through an adder
         addr = Signal(self.addr_width)
-        left = Signal(signed(FIELD_WIDTH + 6))      # valid channels from this word's lane 0
+        left = Signal(signed(channels + 1))         # valid channels from this word's lane 0
         inflight = Signal()                          # a read issued last cycle
         rd_left = Signal.like(left)
 

@@ -11,8 +11,8 @@ from amaranth.hdl import Cat, Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from psc.hw.core.layouts import FIELD_WIDTH, act_out_layout
-from psc.hw.network.countdown import Countdown
+from psc.hw.core.layouts import act_out_layout
+from psc.hw.network.countdown import Countdown, loop_widths
 
 __all__ = ["scatter_layout", "Scatter"]
 
@@ -23,10 +23,11 @@ def scatter_layout(config, addr_width):
     pixels and its rows (``G`` and ``W * G`` of the stored tensor); ``n_b`` beats per
     pixel, ``n_x`` pixels per row, ``n_y`` rows; ``valid``, the channels from the first
     that are written (the rest are padding)."""
+    count, channels = loop_widths(config, addr_width)
     return data.StructLayout({
         "addr": addr_width, "lane": range(config.lanes),
         "pixel_step": addr_width, "row_step": addr_width,
-        "n_b": FIELD_WIDTH, "n_x": FIELD_WIDTH, "n_y": FIELD_WIDTH, "valid": FIELD_WIDTH + 4,
+        "n_b": channels, "n_x": count, "n_y": count, "valid": channels,
     })
 
 
@@ -69,10 +70,11 @@ class Scatter(wiring.Component):
         m = Module()
         lanes, rows = self.config.lanes, self.config.rows
         d = Signal(scatter_layout(self.config, self.addr_width))
-        b, x, y = (Countdown(FIELD_WIDTH, n) for n in ("b", "x", "y"))
+        count, channels = loop_widths(self.config, self.addr_width)
+        b, x, y = (Countdown(channels, "b"), Countdown(count, "x"), Countdown(count, "y"))
         word, pix, row = (Signal(self.addr_width, name=n) for n in ("word", "pix", "row"))
         lane = Signal(range(lanes))
-        left = Signal(signed(FIELD_WIDTH + 6))   # channels still to write at this pixel
+        left = Signal(signed(channels + 1))      # channels still to write at this pixel
         # the beat's write mask, ``left > i`` for each of its channels, kept in a register
         # (set from the value ``left`` takes) so that no compare sits in front of the memory
         mask = Signal(rows)
