@@ -71,7 +71,10 @@ class OpUnit(wiring.Component):
     Throughput: ``values`` activations per cycle into ``values`` requantisers (``lanes /
     values`` cycles per word); an add reads two words per output word (so an add takes
     at least two cycles per word), a pooling one word per cycle into its ``lanes``
-    running sums.
+    running sums. On a build whose requantiser is digit-serial (``requant_mult_bits =
+    k``), that requantiser takes a value every ``ceil(mult_width / k)`` cycles, and the
+    add's products are digit-serial too, ``k`` bits of each multiplier per cycle, at the
+    same rate.
     """
 
     def __init__(self, config, addr_width, values=1):
