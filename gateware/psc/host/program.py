@@ -185,7 +185,9 @@ def scatter_fields(region, plan, tile):
     (``plan`` a :class:`~psc.host.scheduler.LayerPlan`) into ``region``.
 
     Raises :class:`NetworkFitError` for a tile whose beats are not in pixel order (a
-    depthwise tile of a ``depthwise="pixels"`` build, which sends blocks of pixels).
+    depthwise tile of a ``depthwise="pixels"`` build, which sends blocks of pixels), or
+    whose first channel is not a multiple of ``rows`` where ``rows`` divides ``lanes``
+    (see :class:`psc.hw.network.ActivationMemory`).
     """
     cc = plan.config
     c0, c1, oy0, oy1, ox0, ox1 = tile.place
@@ -193,6 +195,11 @@ def scatter_fields(region, plan, tile):
     if plan.kind == KIND_DEPTHWISE and cc.pe.depthwise == "pixels":
         raise NetworkFitError("a depthwise tile on a depthwise='pixels' build sends its beats "
                               "in blocks of pixels; the scatter writes them in pixel order")
+    if cc.lanes % cc.rows == 0 and c0 % cc.rows:
+        # such a build's activation memory places a beat at a multiple of rows only
+        raise NetworkFitError(f"a tile's output from channel {c0}: with rows={cc.rows} "
+                              f"dividing lanes={cc.lanes}, output beats start at a multiple "
+                              f"of {cc.rows} channels")
     _, _, w = region.shape
     return {"addr": region.base + (oy0 * w + ox0) * region.groups + c0 // cc.lanes,
             "lane": c0 % cc.lanes, "pixel_step": region.groups, "row_step": w * region.groups,

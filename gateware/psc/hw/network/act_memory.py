@@ -23,9 +23,12 @@ class ActivationMemory(wiring.Component):
 
     A write stores an output beat of the core (``rows`` activations) at any lane of a
     word: where ``lanes`` is not a multiple of ``rows`` a beat can run on into the
-    next word. So the memory is two banks, even and odd words, each with one read and
-    one write port of ``act_width`` granularity: a write touches at most one word of
-    each bank, and a read one word of one of them.
+    next word. So the memory is then two banks, even and odd words, each with one read
+    and one write port of ``act_width`` granularity: a write touches at most one word
+    of each bank, and a read one word of one of them. Where ``rows`` divides ``lanes``,
+    a beat starts at a multiple of ``rows`` (a command's output channels come in groups
+    of ``rows``) and never runs on: the memory is one bank, and a write is placed by a
+    shift of ``lanes / rows`` positions.
 
     Parameters
     ----------
@@ -50,7 +53,9 @@ class ActivationMemory(wiring.Component):
         lane ``write_lane + i`` of word ``write_addr``, or lane ``write_lane + i - lanes``
         of word ``write_addr + 1`` past the word's last lane; the other lanes keep their
         values. An output beat uses the low ``rows`` values; a whole word has
-        ``write_lane`` 0. The write is registered: it reaches the memory a cycle after it
+        ``write_lane`` 0. Where ``rows`` divides ``lanes``, ``write_lane`` is a multiple
+        of ``rows`` and a write stays in its word (another ``write_lane`` writes from
+        lane 0). The write is registered: it reaches the memory a cycle after it
         is presented, so a read of its words returns the new values from the second cycle
         after it on (in the cycle after, the old ones).
     """
@@ -78,6 +83,8 @@ class ActivationMemory(wiring.Component):
         m = Module()
         cc = self.config
         lanes, aw = cc.lanes, cc.pe.act_width
+        if lanes % cc.rows == 0:
+            return self._one_bank(m)
         banks = []
         for b in range(2):
             mem = Memory(shape=unsigned(lanes * aw), depth=self.depth // 2, init=[])
@@ -118,3 +125,24 @@ class ActivationMemory(wiring.Component):
         ]
         return m
 
+    def _one_bank(self, m):
+        # rows divides lanes: a write never leaves its word, so one bank, and the write
+        # placed by a shift of lanes / rows positions (not a two-word window from any lane)
+        cc = self.config
+        lanes, aw, rows = cc.lanes, cc.pe.act_width, cc.rows
+        m.submodules.bank = mem = Memory(shape=unsigned(lanes * aw), depth=self.depth, init=[])
+        rp, wp = mem.read_port(), mem.write_port(granularity=aw)
+        m.d.comb += [rp.addr.eq(self.read_addr), rp.en.eq(self.read_en),
+                     self.read_data.eq(rp.data)]
+        data, en = Signal(lanes * aw), Signal(lanes)
+        with m.Switch(self.write_lane):
+            for lane in range(rows, lanes, rows):
+                with m.Case(lane):
+                    m.d.comb += [data.eq(self.write_data << (lane * aw)),
+                                 en.eq(self.write_mask << lane)]
+            with m.Default():
+                m.d.comb += [data.eq(self.write_data), en.eq(self.write_mask)]
+        # registered, as the two banks' ports are
+        m.d.sync += [wp.addr.eq(self.write_addr), wp.data.eq(data),
+                     wp.en.eq(Mux(self.write_en, en, 0))]
+        return m
