@@ -12,6 +12,7 @@ word). Last, the whole memory is read back, so a write to a lane the model leave
 (a padding channel) fails too.
 """
 
+import dataclasses
 import random
 
 import numpy as np
@@ -178,6 +179,13 @@ def test_what_the_units_refuse():
         gather_fields(dw.src, Window(4, 10, 1, 0, 1, 0, 1), 8)
     with pytest.raises(ValueError, match="depth must be even"):
         ActivationMemory(cc, 7)
+    # the UP5K's activation memory (rows=2 dividing lanes=8) places beats at even lanes
+    up5k = compile_network(net, PRESETS["ice40-up5k"])
+    pw = next(s for s in up5k.steps if s.name == "b0_expand")
+    tile = dataclasses.replace(pw.plan.tiles[0], place=(1,) + pw.plan.tiles[0].place[1:])
+    with pytest.raises(NetworkFitError, match="output from channel 1: with rows=2 dividing "
+                       "lanes=8, output beats start at a multiple of 2 channels"):
+        scatter_fields(pw.dst, pw.plan, tile)
 
 
 @pytest.mark.parametrize("name", ["ice40-up5k", "ecp5-25k"])
