@@ -1,7 +1,7 @@
 """Network mode's gateware: the activation memory and the units that move a tile's data
 between it and the core (:mod:`psc.host.program` defines what they do, value by value).
 
-* :class:`~psc.hw.network.act_memory.ActivationMemory`: lane words in two banks;
+* :class:`~psc.hw.network.act_memory.ActivationMemory`: lane words in one or two banks;
 * :class:`~psc.hw.network.gather.Gather`: a tile's input window into the core's ``act_in``;
 * :class:`~psc.hw.network.scatter.Scatter`: the core's output beats into a tensor's region;
 * :class:`~psc.hw.network.op_unit.OpUnit`: residual add and global average pooling;
