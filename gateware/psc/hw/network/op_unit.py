@@ -245,34 +245,48 @@ class OpUnit(wiring.Component):
             # with `k_bits` bits of each multiplier per cycle, most significant first
             # (acc = acc * 2**k_bits + a * digit_a + b * digit_b: a fixed shift, not a
             # barrel), in two steps, the digits' products registered (`part`), then
-            # accumulated (`acc`, which B's result is). The pooling's sum passes as one
-            # digit. A holds its values until B has issued their last digit.
+            # accumulated (`acc`, which B's result is). B takes A's values into its own
+            # registers (`a_p`, `b_p`) as it starts on them, so that A, and the FIFO
+            # behind it, run a value ahead. The pooling's sum passes as one digit.
             digits = -(-pe.mult_width // k_bits)
             pad = digits * k_bits - pe.mult_width
             j = Signal(range(digits), init=digits - 1)  # the digit issued next
-            last = gap | (j == 0)
+            hold = Signal()                     # B holds a value with digits to issue
+            free = ~hold | (j == 0)             # B can take A's next value
             run = Signal()                      # B moves: its result is free or taken
             pvp, first_q, last_q = Signal(), Signal(), Signal()
             part_w = max(self._sum_width, aw + k_bits + 2)
             part = [Signal(signed(part_w), name=f"part{i}") for i in range(P)]
             acc = [Signal(signed(self._acc_width), name=f"acc{i}") for i in range(P)]
+            a_p = [Signal(signed(aw), name=f"a_p{i}") for i in range(P)]
+            b_p = [Signal(signed(aw), name=f"b_p{i}") for i in range(P)]
             da = Cat(d.mult_a, Const(0, pad)).word_select(j, k_bits)
             db = Cat(d.mult_b, Const(0, pad)).word_select(j, k_bits)
-            m.d.comb += [run.eq(~pvb | adv_c), advance.eq(~pva | (run & last))]
+            m.d.comb += [run.eq(~pvb | adv_c), advance.eq(~pva | (run & (gap | free)))]
             with m.If(pvb & adv_c):
                 m.d.sync += [s1[i].eq(acc[i]) for i in range(P)]
             with m.If(run):
-                m.d.sync += [pvp.eq(pva), pvb.eq(pvp & last_q)]
-                with m.If(pva):
-                    m.d.sync += [first_q.eq(gap | (j == digits - 1)), last_q.eq(last),
-                                 j.eq(Mux(last, digits - 1, j - 1))]
-                    for i in range(P):
-                        m.d.sync += part[i].eq(Mux(gap, g_r[i], _mul_digit(a_r[i], da)
-                                                   + _mul_digit(b_r[i], db)))
+                m.d.sync += [pvp.eq(0), pvb.eq(pvp & last_q)]
+                with m.If(gap):
+                    with m.If(pva):
+                        m.d.sync += [pvp.eq(1), first_q.eq(1), last_q.eq(1)]
+                        m.d.sync += [part[i].eq(g_r[i]) for i in range(P)]
+                with m.Else():
+                    with m.If(hold):
+                        m.d.sync += [pvp.eq(1), first_q.eq(j == digits - 1),
+                                     last_q.eq(j == 0), j.eq(j - 1)]
+                        m.d.sync += [part[i].eq(_mul_digit(a_p[i], da) + _mul_digit(b_p[i], db))
+                                     for i in range(P)]
+                        with m.If(j == 0):
+                            m.d.sync += hold.eq(0)
+                    with m.If(pva & free):
+                        m.d.sync += [hold.eq(1), j.eq(digits - 1)]
+                        m.d.sync += [a_p[i].eq(a_r[i]) for i in range(P)]
+                        m.d.sync += [b_p[i].eq(b_r[i]) for i in range(P)]
                 with m.If(pvp):
                     m.d.sync += [acc[i].eq(Mux(first_q, 0, acc[i] << k_bits) + part[i])
                                  for i in range(P)]
-            restart += [j.eq(digits - 1), pvp.eq(0)]
+            restart += [j.eq(digits - 1), hold.eq(0), pvp.eq(0)]
             acc_in = s1
         with m.If(advance):
             m.d.sync += pva.eq(fire)
