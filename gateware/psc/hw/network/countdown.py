@@ -1,6 +1,7 @@
 """A loop counter for the network units' address generators: it counts the iterations left
-down to zero, so that the end of a loop is an equality with zero instead of ``i + 1 < n``,
-a carry chain in front of every register the loop's end steers."""
+down to zero and keeps "this is the last one" in a flip-flop of its own, so that the end of
+a loop steers the address registers from a register instead of through a comparator (or
+``i + 1 < n``, a carry chain)."""
 
 from amaranth.hdl import Mux, Signal
 
@@ -31,20 +32,24 @@ class Countdown:
     def __init__(self, width, name):
         self.left = Signal(width, name=f"{name}_left")
         self._first = Signal(width, name=f"{name}_first")
+        self._last = Signal(name=f"{name}_last")
+        self._first_last = Signal(name=f"{name}_first_last")    # a loop of one iteration
 
     def load(self, n):
         """Statements that start a loop of ``n`` iterations."""
         first = Mux(n == 0, 0, n - 1)
-        return [self.left.eq(first), self._first.eq(first)]
+        one = n <= 1
+        return [self.left.eq(first), self._first.eq(first),
+                self._last.eq(one), self._first_last.eq(one)]
 
     @property
     def last(self):
-        return self.left == 0
+        return self._last
 
     def step(self):
         """Statements that go to the next iteration (not past the last)."""
-        return self.left.eq(self.left - 1)
+        return [self.left.eq(self.left - 1), self._last.eq(self.left == 1)]
 
     def restart(self):
         """Statements that start the loop over."""
-        return self.left.eq(self._first)
+        return [self.left.eq(self._first), self._last.eq(self._first_last)]

@@ -98,26 +98,34 @@ class Gather(wiring.Component):
             m.d.sync += [d.eq(p), issuing.eq(1), *g.load(p.n_g), *x.load(p.n_x), *y.load(p.n_y),
                          pix.eq(p.addr), row.eq(p.addr), addr.eq(p.addr), left.eq(p.valid)]
 
-        # issue a read only into a free place of the FIFO (the reads in flight counted);
-        # the word read is registered before it is rotated, so the block RAM's output
-        # has a cycle to itself
+        # issue a read only into a free place of the FIFO: `room` counts the places neither
+        # filled nor promised to a read in flight, in a register of its own so that the
+        # decision (and the next address it steers) does not wait for the FIFO's level
+        # through an adder. The word read is registered before it is rotated, so the
+        # block RAM's output has a cycle to itself.
         issue = Signal()
+        taken = Signal()
+        room = Signal(range(GATHER_FIFO_DEPTH + 1), init=GATHER_FIFO_DEPTH)
         held = Signal()                              # a word in the read register
         held_left = Signal.like(left)
-        m.d.comb += [issue.eq(issuing & (fifo.level + inflight + held < GATHER_FIFO_DEPTH)),
+        m.d.comb += [issue.eq(issuing & (room != 0)), taken.eq(fifo.r_rdy & fifo.r_en),
                      self.read_addr.eq(addr), self.read_en.eq(issue)]
+        with m.If(issue & ~taken):
+            m.d.sync += room.eq(room - 1)
+        with m.Elif(~issue & taken):
+            m.d.sync += room.eq(room + 1)
         m.d.sync += inflight.eq(issue)
         with m.If(issue):
             m.d.sync += rd_left.eq(left)
             with m.If(~g.last):
-                m.d.sync += [g.step(), left.eq(left - lanes), addr.eq(addr + 1)]
+                m.d.sync += [*g.step(), left.eq(left - lanes), addr.eq(addr + 1)]
             with m.Else():
-                m.d.sync += [g.restart(), left.eq(d.valid)]
+                m.d.sync += [*g.restart(), left.eq(d.valid)]
                 with m.If(~x.last):
-                    m.d.sync += [x.step(), pix.eq(pix + d.pixel_step),
+                    m.d.sync += [*x.step(), pix.eq(pix + d.pixel_step),
                                  addr.eq(pix + d.pixel_step)]
                 with m.Else():
-                    m.d.sync += [x.restart(), pix.eq(row + d.row_step),
+                    m.d.sync += [*x.restart(), pix.eq(row + d.row_step),
                                  row.eq(row + d.row_step), addr.eq(row + d.row_step)]
                     with m.If(~y.last):
                         m.d.sync += y.step()

@@ -98,20 +98,20 @@ class Scatter(wiring.Component):
         with m.If(take):
             with m.If(~b.last):
                 # the next beat's channels: rows lanes on, into the next word past its last
-                m.d.sync += [b.step(), left.eq(left - rows),
+                m.d.sync += [*b.step(), left.eq(left - rows),
                              mask.eq(Cat(thermometer(left, rows)))]
                 with m.If(lane + rows >= lanes):
                     m.d.sync += [lane.eq(lane + rows - lanes), word.eq(word + 1)]
                 with m.Else():
                     m.d.sync += lane.eq(lane + rows)
             with m.Else():
-                m.d.sync += [b.restart(), left.eq(d.valid), lane.eq(d.lane),
+                m.d.sync += [*b.restart(), left.eq(d.valid), lane.eq(d.lane),
                              mask.eq(Cat(thermometer(d.valid)))]
                 with m.If(~x.last):
-                    m.d.sync += [x.step(), pix.eq(pix + d.pixel_step),
+                    m.d.sync += [*x.step(), pix.eq(pix + d.pixel_step),
                                  word.eq(pix + d.pixel_step)]
                 with m.Else():
-                    m.d.sync += [x.restart(), pix.eq(row + d.row_step),
+                    m.d.sync += [*x.restart(), pix.eq(row + d.row_step),
                                  row.eq(row + d.row_step), word.eq(row + d.row_step)]
                     with m.If(~y.last):
                         m.d.sync += y.step()
