@@ -33,16 +33,16 @@ def conv_net(rng, cin=2, c=8, cout=6, size=5):
     return Network("x", (cin, size, size), layers, "y")
 
 
-def _run_engine(cc, net, images, seed, reset_at=None, edit=None, op_values=1):
+def _run_engine(cc, net, images, seed, reset_at=None, edit=None, op_values=1, weight_store=None):
     """Load the network's program into an engine, run ``images`` through it; returns the
     program and, per image, ``(output words, error, cycles)``. ``edit`` may change the
     program's image before it is loaded; ``reset_at`` first abandons a run by a reset after
-    that many input beats."""
+    that many input beats; ``weight_store`` as :meth:`Program.engine_config` takes it."""
     prog = compile_network(net, cc)
     image = prog.engine_image()
     if edit:
         edit(image)
-    ec = prog.engine_config(op_values)
+    ec = prog.engine_config(op_values, weight_store)
     prog.check_engine(ec)
     dut = NetworkEngine(ec)
     top = Module()
@@ -131,6 +131,30 @@ def test_engine_runs_a_network_from_on_chip_memory(name):
     for i, (words, error, cycles) in enumerate(results):
         assert not error and cycles > 0, (i, error, cycles)
         assert len(words) == prog.regions[net.output].words, (i, len(words))
+        np.testing.assert_array_equal(prog.output_from_words(words), want[i],
+                                      err_msg=f"image {i} on {name}")
+
+
+@pytest.mark.parametrize("name", ["tiny", "ice40-up5k"])
+def test_weights_streamed_from_a_weight_store(name):
+    """A network with more weight blocks than the core's buffer holds: every command's
+    blocks streamed from the engine's weight store (some commands keep the last ones)."""
+    rng = np.random.default_rng(24)
+    net = conv_net(rng, c=16, cout=24) if name == "tiny" else conv_net(rng, c=32, cout=48)
+    cc = _simulable(name)
+    prog = compile_network(net, cc)
+    blocks = [ins["w_n"] for ins in prog.engine_image()["instructions"] if ins["op"] == 2]
+    # more blocks than the core holds, commands that load several (and on the tiny build
+    # some that keep theirs)
+    assert sum(blocks) > cc.weight_depth and max(blocks) > 1, blocks
+    assert name != "tiny" or 0 in blocks, blocks
+    ec = prog.engine_config()
+    assert ec.weight_store_depth == sum(blocks)
+    images = rng.integers(-128, 128, size=(2,) + net.input_shape)
+    want = net.run(images)
+    _, results = _run_engine(cc, net, images, seed=9)
+    for i, (words, error, cycles) in enumerate(results):
+        assert not error and cycles > 0
         np.testing.assert_array_equal(prog.output_from_words(words), want[i],
                                       err_msg=f"image {i} on {name}")
 

@@ -308,7 +308,7 @@ class Program:
         zero_op = _op_fields(None, cc.lanes)
 
         def ins(op, **fields):
-            out = {"op": OPCODES[op], "cfg": zero_cfg, "w_off": 0, "p_off": 0,
+            out = {"op": OPCODES[op], "cfg": zero_cfg, "w_off": 0, "w_n": 0, "p_off": 0,
                    "p_n": 0, "gather": zero_g, "scatter": zero_s, "out": 0, "eltwise": zero_op}
             out.update(fields)
             return out
@@ -328,7 +328,7 @@ class Program:
                 if tile.weights:       # a tile that keeps its weights reads the last ones
                     w_off = len(weights)
                 instructions.append(ins(
-                    "CONV", cfg=tile.fields, w_off=w_off,
+                    "CONV", cfg=tile.fields, w_off=w_off, w_n=len(tile.weights),
                     p_off=len(params), p_n=len(tile.params),
                     gather=gather_fields(step.src, tile.window, cc.lanes),
                     scatter=(scatter_fields(step.dst, step.plan, tile) if tile.n_out
@@ -364,15 +364,22 @@ class Program:
         arr = np.array(words, dtype=object).reshape(h, w, groups)
         return unpack_activations(arr, c, self.config.lanes, self.config.pe.act_width)
 
-    def engine_config(self, op_values=1):
-        """The :class:`psc.hw.network.EngineConfig` whose memories hold exactly this program
-        (the weight blocks go to the core's own weight buffer: see :meth:`check_engine`), its
-        add and pooling unit taking ``op_values`` activations per cycle."""
+    def engine_config(self, op_values=1, weight_store=None):
+        """The :class:`psc.hw.network.EngineConfig` whose memories hold exactly this program,
+        its add and pooling unit taking ``op_values`` activations per cycle. The weight
+        blocks go to the core's own weight buffer where they fit it (``weight_store``
+        None) or ``weight_store`` is False, else to a weight store of exactly their
+        number (:attr:`~psc.hw.network.EngineConfig.weight_store_depth`)."""
         from psc.hw.network.engine import EngineConfig
         image = self.engine_image()
+        blocks = len(image["weights"])
+        if weight_store is None:
+            weight_store = blocks > self.config.weight_depth
         return EngineConfig(self.config, act_depth=image["act_words"],
                             cmd_depth=len(image["instructions"]),
-                            param_store_depth=max(1, len(image["params"])), op_values=op_values)
+                            param_store_depth=max(1, len(image["params"])),
+                            weight_store_depth=max(1, blocks) if weight_store else 0,
+                            op_values=op_values)
 
     def check_engine(self, engine_config):
         """Raise :class:`NetworkFitError` unless ``engine_config``'s memories (a
@@ -386,7 +393,7 @@ class Program:
         short = [f"{need} {what} (the build has {have})" for need, have, what in (
             (image["act_words"], ec.act_depth, "activation words"),
             (len(image["instructions"]), ec.cmd_depth, "instructions"),
-            (len(image["weights"]), ec.core.weight_depth, "weight blocks"),
+            (len(image["weights"]), ec.weight_blocks, "weight blocks"),
             (len(image["params"]), ec.param_store_depth, "parameter words")) if need > have]
         if short:
             raise NetworkFitError(f"the network does not fit the engine's memories: it needs "
@@ -400,7 +407,8 @@ class Program:
         tiles = [t for s in self.steps if isinstance(s, ConvStep) for t in s.plan.tiles]
         ops = sum(s.srcs[0].words * (2 * cc.lanes + 4) for s in self.steps
                   if isinstance(s, OpStep))
-        return sum(t.cycle_bound for t in tiles) + ops + 64 * len(tiles) + 10_000
+        weights = sum(len(t.weights) for t in tiles)     # streamed from a weight store
+        return sum(t.cycle_bound for t in tiles) + ops + weights + 64 * len(tiles) + 10_000
 
     def store_words(self, engine_config):
         """The words the engine's stores hold for this program, from address 0, for each

@@ -2,7 +2,8 @@
 
 A program (:meth:`psc.host.program.Program.engine_image`) is a list of
 instructions in the command store, the weight blocks of every tile in the
-core's weight buffer (written once, read in place), the parameter words in
+core's weight buffer (written once, read in place) or in a weight store beside
+it (:attr:`EngineConfig.weight_store_depth`), the parameter words in
 their store, and the network's tensors in the
 :class:`~psc.hw.network.act_memory.ActivationMemory`. One :attr:`NetworkEngine.run`
 executes the instructions from address 0 to the first ``END``:
@@ -11,9 +12,10 @@ executes the instructions from address 0 to the first ``END``:
   pixels in raster order) are scattered into the input's region;
 * ``CONV``: one tile: its command to the core (which reads its weights from
   its own weight buffer, holding the whole network's, from the tile's first
-  block on), its parameters streamed from their store, its input window gathered from the activation
-  memory and its output beats scattered into the output's region, all at
-  once (the core takes each stream when it is ready for it); the next
+  block on; or, with a weight store, takes them streamed from there), its
+  parameters streamed from their store, its input window gathered from the
+  activation memory and its output beats scattered into the output's region,
+  all at once (the core takes each stream when it is ready for it); the next
   instruction starts when the core has ended the command and the last beat
   is written;
 * ``OP``: a residual add or a global average pooling of tensors in the
@@ -63,8 +65,15 @@ class EngineConfig:
     act_depth : int
         Words of the activation memory (even).
     cmd_depth, param_store_depth : int
-        Instructions and parameter words the stores hold. The weight blocks are held
-        by the core's own weight buffer (``core.weight_depth`` of them), written once.
+        Instructions and parameter words the stores hold.
+    weight_store_depth : int
+        Where the weight blocks are. 0: in the core's own weight buffer
+        (``core.weight_depth`` of them), written once and read in place, so no weight
+        moves during an inference. Otherwise a weight store of this many blocks beside
+        the core, from which each command's blocks are streamed into the core's weight
+        buffer before it runs (one block per cycle), so that a network may have more
+        blocks than the core's buffer holds (the core's buffer then bounds one
+        command's, as in tile mode).
     op_values : int
         Activations per cycle of the add and pooling unit
         (:class:`~psc.hw.network.op_unit.OpUnit`), a divisor of ``core.lanes``.
@@ -73,6 +82,7 @@ class EngineConfig:
     act_depth: int = 1024
     cmd_depth: int = 256
     param_store_depth: int = 256
+    weight_store_depth: int = 0
     op_values: int = 1
 
     def __post_init__(self):
@@ -84,6 +94,7 @@ class EngineConfig:
                              f"not {self.act_depth}")
         for name in ("cmd_depth", "param_store_depth"):
             check_int(name, getattr(self, name), 1, 1 << 20)
+        check_int("weight_store_depth", self.weight_store_depth, 0, 1 << 20)
         check_int("op_values", self.op_values, 1, self.core.lanes)
         if self.core.lanes % self.op_values:
             raise ValueError(f"op_values must divide lanes={self.core.lanes}, "
@@ -92,7 +103,13 @@ class EngineConfig:
     def key(self):
         """A short name of this build, for directories: the core's key and the memories."""
         return (f"{self.core.key()}_a{self.act_depth}c{self.cmd_depth}p{self.param_store_depth}"
-                f"v{self.op_values}")
+                + (f"w{self.weight_store_depth}" if self.weight_store_depth else "")
+                + f"v{self.op_values}")
+
+    @property
+    def weight_blocks(self):
+        """Weight blocks a program may have: the weight store's, or the core's buffer's."""
+        return self.weight_store_depth or self.core.weight_depth
 
     @property
     def act_addr_width(self):
@@ -101,15 +118,19 @@ class EngineConfig:
 
 def instruction_layout(config):
     """One instruction: ``op`` (:data:`OPCODES`); for ``CONV`` the core's ``cfg`` beat, the
-    first of its weight blocks in the core's weight buffer ``w_off``, its parameter words
-    ``[p_off, p_off + p_n)`` of the parameter store, the ``gather`` and ``scatter`` descriptors and ``out`` (the tile makes
-    output beats); ``INPUT`` uses ``scatter``, ``OUTPUT`` ``gather``, ``OP``
-    ``eltwise``."""
+    first of its weight blocks ``w_off`` (in the core's weight buffer, or with a weight
+    store its blocks ``[w_off, w_off + w_n)`` there, ``w_n`` 0 for a command that keeps
+    the last ones), its parameter words ``[p_off, p_off + p_n)`` of the parameter store,
+    the ``gather`` and ``scatter`` descriptors and ``out`` (the tile makes output beats);
+    ``INPUT`` uses ``scatter``, ``OUTPUT`` ``gather``, ``OP`` ``eltwise``."""
     cc, aw = config.core, config.act_addr_width
+    weights = {"w_off": _width(config.weight_blocks)}
+    if config.weight_store_depth:
+        weights["w_n"] = _width(cc.weight_depth) + 1
     return data.StructLayout({
         "op": 3,
         "cfg": config_layout(cc),
-        "w_off": _width(cc.weight_depth),
+        **weights,
         "p_off": _width(config.param_store_depth), "p_n": _width(config.param_store_depth) + 1,
         "gather": gather_layout(cc, aw), "scatter": scatter_layout(cc, aw), "out": 1,
         "eltwise": op_layout(cc, aw),
@@ -123,24 +144,26 @@ CMD_WORD = 32
 
 def instruction_words(config, fields=None):
     """The command-store words of one instruction (``fields``: a dict of
-    :func:`instruction_layout`'s fields), first word first; without ``fields``, how many
-    there are."""
+    :func:`instruction_layout`'s fields; ``w_n`` is dropped where the build has no weight
+    store), first word first; without ``fields``, how many there are."""
     il = instruction_layout(config)
     n = -(-il.size // CMD_WORD)
     if fields is None:
         return n
     from psc.model.packing import pack_payload
-    bits = pack_payload(il, fields)
+    names = {name for name, _ in il}
+    bits = pack_payload(il, {k: v for k, v in fields.items() if k in names or k != "w_n"})
     return [(bits >> (CMD_WORD * i)) & ((1 << CMD_WORD) - 1) for i in range(n)]
 
 
 def load_layout(config):
     """A word of :attr:`NetworkEngine.load`: ``sel`` (0 the command store, whose words are
-    :data:`CMD_WORD` bits, :func:`instruction_words` per instruction; 1 the core's weight
-    buffer; 2 the parameter store), ``addr`` and ``data`` (the word, low bits)."""
+    :data:`CMD_WORD` bits, :func:`instruction_words` per instruction; 1 the weight store,
+    or the core's weight buffer where the build has none; 2 the parameter store),
+    ``addr`` and ``data`` (the word, low bits)."""
     cc = config.core
     widest = max(CMD_WORD, weight_layout(cc).size, param_layout(cc).size)
-    depth = max(config.cmd_depth * instruction_words(config), cc.weight_depth,
+    depth = max(config.cmd_depth * instruction_words(config), config.weight_blocks,
                 config.param_store_depth)
     return data.StructLayout({"sel": 2, "addr": _width(depth), "data": widest})
 
@@ -188,8 +211,9 @@ class NetworkEngine(wiring.Component):
     Members
     -------
     load : In(stream.Signature(load_layout(config)))
-        Words written while idle: ``sel`` 0 the command store, 1 the core's weight
-        buffer, 2 the parameter store; ``addr``; ``data`` (the word, low bits).
+        Words written while idle: ``sel`` 0 the command store, 1 the weight store (the
+        core's weight buffer where the build has none), 2 the parameter store;
+        ``addr``; ``data`` (the word, low bits).
     run : In(1)
         Pulse: execute the program from instruction 0 (ignored while busy).
     host_in : In(stream.Signature(act_out_layout))
@@ -237,7 +261,8 @@ class NetworkEngine(wiring.Component):
         ec = self.config
         cc = ec.core
         il = instruction_layout(ec)
-        m.submodules.core = core = PSCConvCore(cc, resident_weights=True)
+        streamed = bool(ec.weight_store_depth)
+        m.submodules.core = core = PSCConvCore(cc, resident_weights=not streamed)
         m.submodules.act = act = ActivationMemory(cc, ec.act_depth)
         m.submodules.gather = gather = Gather(cc, act.addr_width)
         m.submodules.scatter = scatter = Scatter(cc, act.addr_width)
@@ -258,12 +283,15 @@ class NetworkEngine(wiring.Component):
         stores = {}
         n_words = instruction_words(ec)
         loading = self.load.valid & self.load.ready
-        m.d.comb += [core.weight_write_addr.eq(self.load.payload.addr),
-                     core.weight_write_data.eq(self.load.payload.data),
-                     core.weight_write_en.eq(loading & (self.load.payload.sel == 1))]
-        for sel, (name, shape, depth) in ((0, ("cmd", CMD_WORD, ec.cmd_depth * n_words)),
-                                          (2, ("params", param_layout(cc),
-                                               ec.param_store_depth))):
+        kept = [(0, "cmd", CMD_WORD, ec.cmd_depth * n_words),
+                (2, "params", param_layout(cc), ec.param_store_depth)]
+        if streamed:
+            kept.append((1, "weights", weight_layout(cc), ec.weight_store_depth))
+        else:
+            m.d.comb += [core.weight_write_addr.eq(self.load.payload.addr),
+                         core.weight_write_data.eq(self.load.payload.data),
+                         core.weight_write_en.eq(loading & (self.load.payload.sel == 1))]
+        for sel, name, shape, depth in kept:
             mem = Memory(shape=shape, depth=depth, init=[])
             m.submodules[f"{name}_store"] = mem
             wp, rp = mem.write_port(), mem.read_port()
@@ -274,10 +302,17 @@ class NetworkEngine(wiring.Component):
             stores[name] = rp
         m.d.comb += self.load.ready.eq(~self.busy)
 
-        rp = stores["params"]
-        params = m.submodules.params_reader = _StoreReader(rp.data.shape(), len(rp.addr))
-        m.d.comb += [rp.addr.eq(params.addr), rp.en.eq(params.en), params.data.eq(rp.data)]
-        wiring.connect(m, params.o, core.params)
+        readers = {}
+        for name, sink in (("params", core.params), ("weights", core.weights)):
+            if name in stores:
+                rp = stores[name]
+                reader = m.submodules[f"{name}_reader"] = _StoreReader(rp.data.shape(),
+                                                                       len(rp.addr))
+                m.d.comb += [rp.addr.eq(reader.addr), rp.en.eq(reader.en),
+                             reader.data.eq(rp.data)]
+                wiring.connect(m, reader.o, sink)
+                readers[name] = reader
+        params = readers["params"]
 
         # --- the sequencer ------------------------------------------------------------------
         # The next instruction is read word by word into `nxt` (first word ending at the
@@ -325,8 +360,11 @@ class NetworkEngine(wiring.Component):
             wiring.connect(m, core.act_out, scatter.act_out)
         m.d.comb += [gather.start.payload.eq(ins.gather), scatter.start.payload.eq(ins.scatter),
                      op.start.payload.eq(ins.eltwise), core.cfg.payload.eq(ins.cfg)]
-        m.d.comb += [params.off.eq(ins.p_off), params.n.eq(ins.p_n),
-                     core.weight_base.eq(ins.w_off)]
+        m.d.comb += [params.off.eq(ins.p_off), params.n.eq(ins.p_n)]
+        if streamed:
+            m.d.comb += [readers["weights"].off.eq(ins.w_off), readers["weights"].n.eq(ins.w_n)]
+        else:
+            m.d.comb += core.weight_base.eq(ins.w_off)
 
         with m.FSM():
             with m.State("IDLE"):
@@ -356,7 +394,7 @@ class NetworkEngine(wiring.Component):
                         m.next = "WAIT"
                     with m.Case(OPCODES["CONV"]):
                         m.d.comb += [gather.start.valid.eq(1), scatter.start.valid.eq(ins.out),
-                                     params.start.eq(1)]
+                                     *(r.start.eq(1) for r in readers.values())]
                         m.next = "CFG"
                     with m.Default():
                         m.d.sync += self.busy.eq(0)
@@ -368,7 +406,8 @@ class NetworkEngine(wiring.Component):
                     m.next = "WAIT"
             with m.State("WAIT"):
                 m.d.comb += inputting.eq(from_host)
-                units_idle = ~gather.busy & ~scatter.busy & ~params.busy & ~op.busy
+                units_idle = (~gather.busy & ~scatter.busy & ~op.busy
+                              & ~Cat(r.busy for r in readers.values()).any())
                 with m.If(ins.op == OPCODES["CONV"]):
                     with m.If(core_ended & core.error):
                         m.d.sync += [self.busy.eq(0), self.error.eq(1)]
