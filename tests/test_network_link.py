@@ -1,4 +1,4 @@
-"""Network mode over the UART (protocol version 4): the host's frames and ID parsing, and
+"""Network mode over the UART (protocol version 5): the host's frames and ID parsing, and
 the network bridge (psc.hw.link.network_bridge) driven through its UART pins by the host's
 own generators (psc.host.network_link) under Verilator: a program loaded once, inferences
 bit-exact with the golden network, and each fault answered with a clear status and
@@ -42,13 +42,16 @@ def test_frames_end_with_their_crc():
 
 
 def test_id_of_a_network_board():
-    """A version 4 ID carries the engine's memories: the host rebuilds its EngineConfig; a
+    """A version 5 ID carries the engine's memories: the host rebuilds its EngineConfig; a
     tile-mode board is refused by network mode and a network-mode board by tile mode."""
     prog, _ = _program()
     ec = prog.engine_config()
     ident = serial_link.parse_id(network_bridge.id_frame(ec, 7))
-    assert ident["version"] == 4 and ident["divisor"] == 7
+    assert ident["version"] == network_bridge.PROTOCOL_VERSION and ident["divisor"] == 7
     assert nl.engine_of(ident) == ec     # the tiny preset, found by its digest
+    streamed = prog.engine_config(weight_store=True)
+    assert streamed.weight_store_depth and streamed != ec
+    assert nl.engine_of(serial_link.parse_id(network_bridge.id_frame(streamed, 7))) == streamed
     tile = serial_link.parse_id(bridge.id_frame(PRESETS["tiny"], 7))
     with pytest.raises(serial_link.LinkError, match="tile mode, not network mode"):
         nl.engine_of(tile)
@@ -83,7 +86,7 @@ def test_network_mode_through_the_uart_pins():
     images = rng.integers(-128, 128, size=(2,) + prog.net.input_shape)
     want = prog.net.run(images)
     res = nl.simulate_link(prog, images, faults=True)
-    assert res["ident"]["version"] == 4 and res["framing_errors"] == 0
+    assert res["ident"]["version"] == network_bridge.PROTOCOL_VERSION and res["framing_errors"] == 0
     assert "LOADED" in res["load"]["status"]["flags"]
     for i, (out, r) in enumerate(zip(res["outputs"], res["images"])):
         np.testing.assert_array_equal(out, want[i], err_msg=f"image {i}")
@@ -106,7 +109,7 @@ def test_network_mode_through_the_uart_pins():
 def test_psc_network_run_on_a_simulated_board():
     """``psc.network.run(target="serial:socket://...")`` on a simulated board (the network
     bridge under Verilator, its serial port a TCP socket opened by pyserial): the host
-    code finds protocol 4, loads the program, runs the images on chip, equal to the golden
+    code finds protocol 5, loads the program, runs the images on chip, equal to the golden
     network; a second run finds the program already loaded. The exchanges' cycles come
     back from the bench: one INFER exchange per image, longer than the engine's run."""
     from psc import network

@@ -192,6 +192,13 @@ def _program(args):
         net = import_onnx(path) if str(path).endswith(".onnx") else Network.load(path)
     prog = compile_network(net, config)
     print("\n".join(describe(prog)))
+    ec = prog.engine_config(args.op_values)
+    if ec.weight_store_depth:
+        print(f"weight blocks: a weight store of {ec.weight_store_depth} beside the core's "
+              f"{config.weight_depth}-block weight buffer, each command's streamed into it")
+    else:
+        print(f"weight blocks: in the core's weight buffer ({ec.core.weight_depth} blocks), "
+              f"read in place")
     if args.synth:
         _program_synth(args, prog)
     if not args.run and not args.board:
@@ -584,7 +591,7 @@ def _add_build(sub):
                    help=f"UART baud rate (default {DEFAULT_BAUD})")
     p.add_argument("--mode", choices=["tile", "network"], default="tile",
                    help="tile: the host sends every tile (protocol 3); network: the board "
-                        "holds a whole network and runs it on chip (protocol 4; ulx3s only). "
+                        "holds a whole network and runs it on chip (protocol 5; ulx3s only). "
                         "Default tile")
     p.add_argument("--build-dir", metavar="DIR", type=_tool_directory,
                    help="build directory, not under /tmp (default build/board/<board>, "

@@ -1,4 +1,4 @@
-"""Host driver of network mode (:mod:`psc.hw.link.network_bridge`, protocol version 4).
+"""Host driver of network mode (:mod:`psc.hw.link.network_bridge`, protocol version 5).
 
 Written like :mod:`psc.host.serial_link`, whose transport drivers (:func:`~psc.host.serial_link.drive`
 over pyserial, the cocotb bench over simulated pins) run these generators too:
