@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 from amaranth.hdl import Cat, Module, Shape, Signal
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -170,34 +169,30 @@ def load_layout(config):
 
 class _StoreReader(wiring.Component):
     """Words ``[off, off + n)`` of a memory read port (latency 1) as a stream of ``shape``, one
-    per cycle while taken (``start`` loads ``off`` and ``n``); a read is issued only into a
-    free place of its FIFO, so a stalled consumer loses nothing."""
-
-    DEPTH = 3
+    per cycle while taken (``start`` loads ``off`` and ``n``). The read port's own register
+    is the stream's payload: it reads the next word only when the one it holds is taken
+    (or there is none), so a stalled consumer loses nothing and no FIFO is needed."""
 
     def __init__(self, shape, addr_width):
-        self._width = data.Layout.cast(shape).size
         super().__init__({"off": In(addr_width), "n": In(addr_width + 1), "start": In(1),
-                          "addr": Out(addr_width), "en": Out(1), "data": In(self._width),
+                          "addr": Out(addr_width), "en": Out(1),
+                          "data": In(data.Layout.cast(shape).size),
                           "o": Out(stream.Signature(shape)), "busy": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=self._width, depth=self.DEPTH)
         left = Signal.like(self.n)
-        inflight = Signal()
+        free = Signal()                  # the read register's word is taken, or there is none
         issue = Signal()
-        m.d.comb += [issue.eq((left != 0) & (fifo.level + inflight < self.DEPTH)),
-                     self.en.eq(issue)]
-        m.d.sync += inflight.eq(issue)
+        m.d.comb += [free.eq(~self.o.valid | self.o.ready), issue.eq(free & (left != 0)),
+                     self.en.eq(free), self.o.payload.eq(self.data)]
+        with m.If(free):
+            m.d.sync += self.o.valid.eq(issue)
         with m.If(self.start):
-            m.d.sync += [self.addr.eq(self.off), left.eq(self.n)]
+            m.d.sync += [self.addr.eq(self.off), left.eq(self.n), self.o.valid.eq(0)]
         with m.Elif(issue):
             m.d.sync += [self.addr.eq(self.addr + 1), left.eq(left - 1)]
-        m.d.comb += [fifo.w_data.eq(self.data), fifo.w_en.eq(inflight),
-                     self.o.payload.eq(fifo.r_data), self.o.valid.eq(fifo.r_rdy),
-                     fifo.r_en.eq(self.o.ready),
-                     self.busy.eq((left != 0) | inflight | fifo.r_rdy | (fifo.level != 0))]
+        m.d.comb += self.busy.eq((left != 0) | self.o.valid)
         return m
 
 
