@@ -38,7 +38,8 @@ windows of a stored tensor.
 definition the gateware implements: its results are bit-exact with
 :meth:`psc.model.network.Network.run` (tested). :meth:`Program.engine_image`
 is the same program for :class:`psc.hw.network.NetworkEngine` (instructions,
-the weight blocks for the core's resident weight buffer, parameter words),
+the weight blocks for the core's resident weight buffer or the engine's weight
+store, parameter words),
 and :meth:`Program.simulate` runs it on a simulated engine: every layer on
 chip, the input in and the output out.
 """
