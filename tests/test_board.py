@@ -159,6 +159,30 @@ def test_report_shows_the_pll_and_fails_below_it():
     assert "(CLKI_DIV=" in text and "FAIL" not in text
 
 
+def test_seeds_build_one_after_the_other_with_their_median(monkeypatch, capsys):
+    """``psc build --seeds 3 --workers 0``: seeds 1-3, each in its own directory, each seed's
+    Fmax and their median against the PLL clock (the builds stubbed)."""
+    clk = board.BOARDS["icebreaker"].clk_hz / 1e6
+    calls = []
+
+    def fake_build(name, *, seed, build_dir, log, **kwargs):
+        calls.append((name, seed, build_dir, kwargs["mode"]))
+        return dict(_report(clk + seed - 2.5, icetime=clk + seed), board=name, mode="tile",
+                    device="iCE40UP5K-SG48", bitstream=f"{build_dir}/x.bin")
+
+    monkeypatch.setattr(board, "build", fake_build)
+    out = build_root() / "board" / "test_seeds"
+    assert board.main("icebreaker", build_dir=out, seeds=3, workers=0) == 0
+    assert [(c[1], c[2], c[3]) for c in calls] == [(s, str(out / f"seed{s}"), "tile")
+                                                   for s in (1, 2, 3)]
+    text = capsys.readouterr().out
+    assert f"seed 1: Fmax (nextpnr) {clk - 1.5:.2f} MHz, icetime {clk + 1:.2f} MHz, FAIL" in text
+    assert f"seed 3: Fmax (nextpnr) {clk + 0.5:.2f} MHz" in text
+    assert (f"median Fmax (nextpnr): {clk - 0.5:.2f} MHz, FAIL: below the {clk:g} MHz PLL "
+            f"clock") in text
+    assert f"median Fmax (icetime): {clk + 2:.2f} MHz, meets the {clk:g} MHz PLL clock" in text
+
+
 def test_tool_env():
     env = toolchain.tool_env({"PATH": "/usr/bin", "YOSYS": "my-yosys"})
     assert env["YOSYS"] == "my-yosys"                    # the caller's choice wins

@@ -573,9 +573,17 @@ def _build(args):
     config = _configured(args, args.board)
     core_hz = None if args.clock is None else args.clock * 1e6
     _checked("build", board.bridge_config, args.board, args.baud, config, core_hz, args.mode)
+    if args.seeds is not None and args.seed is not None:
+        raise _BadOption("psc build: --seed and --seeds are exclusive: --seeds N builds seeds "
+                         "1..N")
+    for option in ("scheduler", "workers"):
+        if getattr(args, option) is not None and args.seeds is None:
+            raise _BadOption(f"psc build: --{option} needs --seeds")
     return board.main(args.board, config, baud=args.baud,
-                      build_dir=args.build_dir, seed=args.seed, as_json=args.json,
-                      core_hz=core_hz, mode=args.mode)
+                      build_dir=args.build_dir, seed=1 if args.seed is None else args.seed,
+                      as_json=args.json,
+                      core_hz=core_hz, mode=args.mode, seeds=args.seeds,
+                      scheduler=args.scheduler, workers=args.workers)
 
 
 def _add_build(sub):
@@ -596,8 +604,12 @@ def _add_build(sub):
     p.add_argument("--build-dir", metavar="DIR", type=_tool_directory,
                    help="build directory, not under /tmp (default build/board/<board>, "
                         "build/board/<board>-network)")
-    p.add_argument("--seed", type=_int_at_least(0), default=1,
+    p.add_argument("--seed", type=_int_at_least(0),
                    help="nextpnr placer seed (default 1)")
+    p.add_argument("--seeds", type=_int_at_least(1), metavar="N",
+                   help="build seeds 1..N, each in <build dir>/seed<N>, as tasks on a Dask "
+                        "cluster (--scheduler, --workers), and print each seed's Fmax and "
+                        "their median")
     p.add_argument("--clock", type=_mhz, metavar="MHZ",
                    help="the core clock asked of the PLL, in MHz (default: the board's, "
                         + ", ".join(f"{n}: {_mode_clocks(b)}" for n, b in board.BOARDS.items())
@@ -605,6 +617,7 @@ def _add_build(sub):
                           "divisor follows it")
     _add_overrides(p, ("lanes", "rows"), "the board's")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_executor_options(p)
     p.set_defaults(func=_build)
 
 

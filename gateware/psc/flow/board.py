@@ -27,17 +27,19 @@ the DSP) and, when ``icetime`` is installed, its Fmax, which does.
 """
 
 import json
+import statistics
 import sys
 import time
 from dataclasses import dataclass, replace
 from functools import cached_property
+from pathlib import Path
 
 from psc.hw.link.board_top import BoardTop
 from psc.hw.link.bridge import BridgeConfig
 from psc.hw.link.network_bridge import NetworkBridgeConfig
 from psc.build_dir import build_root, check_not_tmp
 from psc.config import CoreConfig
-from psc.model.checks import BadTypeError, show
+from psc.model.checks import BadTypeError, check_int, show
 from psc.flow import toolchain
 from psc.presets import DEFAULT_BAUD, board_engine, preset
 from psc.hw.link.uart import divisor_for
@@ -176,6 +178,11 @@ def _build_options(board, core, seed):
     return opts
 
 
+def default_build_dir(board, mode="tile"):
+    """Where :func:`build` builds ``board`` in ``mode`` by default."""
+    return build_root() / "board" / (board if mode == "tile" else f"{board}-{mode}")
+
+
 def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, config=None, core_hz=None,
           log=None, mode="tile"):
     """Build the bitstream of ``board`` in ``mode`` (:data:`MODES`) with its PLL at
@@ -198,8 +205,7 @@ def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, config=None, core
     bc = bridge_config(board, baud, config, core_hz, mode)
     pll = board_pll(board, core_hz, mode)
     options = _build_options(b, bc.core, seed)
-    build_dir = check_not_tmp("build_dir", build_dir or build_root() / "board" / (
-        board if mode == "tile" else f"{board}-{mode}"))
+    build_dir = check_not_tmp("build_dir", build_dir or default_build_dir(board, mode))
     build_dir.mkdir(parents=True, exist_ok=True)
     platform = _platform(b)
     clk_mhz = pll.out_hz / 1e6
@@ -279,27 +285,92 @@ def format_report(rep):
     return "\n".join(lines)
 
 
+def _build_task(board, seed, build_dir, kwargs):
+    """One seed's :func:`build`, as an :class:`~psc.flow.executor.Executor` task."""
+    return build(board, seed=seed, build_dir=build_dir, log=_log, **kwargs)
+
+
+def _log(msg):
+    print(f"[psc build] {msg}", file=sys.stderr, flush=True)
+
+
+def build_seeds(board, seeds, *, build_dir=None, executor=None, **kwargs):
+    """:func:`build` ``board`` for placer seeds ``1..seeds``, each in ``<build_dir>/seed<N>``
+    (``build_dir`` default :func:`default_build_dir`), as tasks of ``executor`` (a
+    :class:`~psc.flow.executor.Executor`; None: one after the other, here); ``kwargs``
+    are :func:`build`'s. Returns the reports in seed order; a seed whose build raised
+    gives its :class:`~psc.flow.executor.Failure`."""
+    check_int("seeds", seeds, 1)
+    _check_board(board)
+    _check_mode(kwargs.get("mode", "tile"))
+    base = check_not_tmp("build_dir", build_dir or default_build_dir(board,
+                                                                      kwargs.get("mode", "tile")))
+    dirs = {seed: str(Path(base) / f"seed{seed}") for seed in range(1, seeds + 1)}
+    if executor is None:
+        return [_build_task(board, seed, d, kwargs) for seed, d in dirs.items()]
+    tasks = [executor.submit(_build_task, board, seed, d, kwargs, label=f"{board} seed {seed}",
+                             cache=False) for seed, d in dirs.items()]
+    return executor.gather(tasks)
+
+
+def format_seeds(reports):
+    """Readable text of :func:`build_seeds`' reports: each seed's Fmax and the median."""
+    from psc.flow.executor import Failure
+    built = [r for r in reports if not isinstance(r, Failure)]
+    lines = [f"psc build --board {built[0]['board']} --mode {built[0]['mode']}, seeds "
+             f"1-{len(reports)} ({built[0]['device']}, PLL {built[0]['clk_mhz']:g} MHz)"
+             if built else "psc build: every seed failed"]
+    for seed, r in enumerate(reports, 1):
+        if isinstance(r, Failure):
+            lines.append(f"  seed {seed}: the build failed: {r.error}")
+            continue
+        fmax = "not reported" if r["fmax_mhz"] is None else f"{r['fmax_mhz']:.2f} MHz"
+        extra = ("" if r.get("icetime_mhz") is None
+                 else f", icetime {r['icetime_mhz']:.2f} MHz")
+        lines.append(f"  seed {seed}: Fmax (nextpnr) {fmax}{extra}, "
+                     f"{'meets' if r['timing_met'] else 'FAIL'}; {r['bitstream']} "
+                     f"({r['seconds']:.0f} s)")
+    for key, tool in (("fmax_mhz", "nextpnr"), ("icetime_mhz", "icetime")):
+        values = [r[key] for r in built if r.get(key) is not None]
+        if values and len(values) == len(reports):
+            mhz = statistics.median(values)
+            clk = built[0]["clk_mhz"]
+            lines.append(f"  median Fmax ({tool}): " + _verdict(mhz, mhz >= clk, clk))
+    return "\n".join(lines)
+
+
 def main(board, config=None, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, as_json=False,
-         core_hz=None, mode="tile"):
+         core_hz=None, mode="tile", seeds=None, scheduler=None, workers=None):
     """``psc build`` (parser in :mod:`psc.cli`): build ``board`` with ``config`` (default: its
     preset) and its PLL at ``core_hz`` (default: the board's), print the report (JSON with
     ``as_json``; a missed PLL clock is its FAIL, not an exit status, as for ``psc synth``);
-    returns the exit status."""
-    import json
-
-    def log(msg):
-        print(f"[psc build] {msg}", file=sys.stderr, flush=True)
-
+    returns the exit status. With ``seeds``, :func:`build_seeds` for seeds ``1..seeds`` on
+    an :class:`~psc.flow.executor.Executor` (``scheduler``, ``workers`` as it takes them;
+    ``workers`` 0 without a scheduler: one after the other, here), and their median."""
+    kwargs = dict(baud=baud, config=config, core_hz=core_hz, mode=mode)
     try:
-        rep = build(board, baud=baud, build_dir=build_dir, seed=seed, config=config,
-                    core_hz=core_hz, log=log, mode=mode)
+        if seeds is not None:
+            if workers == 0 and scheduler is None:
+                reports = build_seeds(board, seeds, build_dir=build_dir, **kwargs)
+            else:
+                from psc.flow.executor import Executor
+                with Executor(scheduler, workers, log=_log) as executor:
+                    reports = build_seeds(board, seeds, build_dir=build_dir,
+                                          executor=executor, **kwargs)
+        else:
+            reports = [build(board, build_dir=build_dir, seed=seed, log=_log, **kwargs)]
     except ValueError as e:
         print(f"psc build: {e}", file=sys.stderr)
         return 2
     if as_json:
-        rep = dict(rep, fmax_by_clock={k: list(v) for k, v in rep["fmax_by_clock"].items()},
-                   util={k: list(v) for k, v in rep["util"].items()})
-        print(json.dumps(rep, indent=1))
+        from psc.flow.executor import Failure
+        out = [{"failed": r.error} if isinstance(r, Failure) else r for r in reports]
+        out = [dict(r, fmax_by_clock={k: list(v) for k, v in r["fmax_by_clock"].items()},
+                    util={k: list(v) for k, v in r["util"].items()}) if "util" in r else r
+               for r in out]
+        print(json.dumps(out if seeds is not None else out[0], indent=1))
+    elif seeds is not None:
+        print(format_seeds(reports))
     else:
-        print(format_report(rep))
+        print(format_report(reports[0]))
     return 0
