@@ -168,10 +168,12 @@ def load_layout(config):
 
 
 class _StoreReader(wiring.Component):
-    """Words ``[off, off + n)`` of a memory read port (latency 1) as a stream of ``shape``, one
-    per cycle while taken (``start`` loads ``off`` and ``n``). The read port's own register
-    is the stream's payload: it reads the next word only when the one it holds is taken
-    (or there is none), so a stalled consumer loses nothing and no FIFO is needed."""
+    """Words ``[off, off + n)`` of a memory read port (latency 1) as a stream of ``shape``
+    (``start`` loads ``off`` and ``n``). The read port's own register is the stream's
+    payload: the next word is read when the one it holds has been taken, so a stalled
+    consumer loses nothing and no FIFO is needed. One word every two cycles: the read
+    waits for a registered "taken", so that the consumer's ready reaches no memory
+    enable or address in the same cycle."""
 
     def __init__(self, shape, addr_width):
         super().__init__({"off": In(addr_width), "n": In(addr_width + 1), "start": In(1),
@@ -182,11 +184,13 @@ class _StoreReader(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         left = Signal.like(self.n)
-        free = Signal()                  # the read register's word is taken, or there is none
         issue = Signal()
-        m.d.comb += [free.eq(~self.o.valid | self.o.ready), issue.eq(free & (left != 0)),
-                     self.en.eq(free), self.o.payload.eq(self.data)]
-        with m.If(free):
+        m.d.comb += [issue.eq(~self.o.valid & (left != 0)), self.en.eq(~self.o.valid),
+                     self.o.payload.eq(self.data)]
+        with m.If(self.o.valid):
+            with m.If(self.o.ready):
+                m.d.sync += self.o.valid.eq(0)
+        with m.Else():
             m.d.sync += self.o.valid.eq(issue)
         with m.If(self.start):
             m.d.sync += [self.addr.eq(self.off), left.eq(self.n), self.o.valid.eq(0)]
