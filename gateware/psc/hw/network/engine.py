@@ -70,7 +70,7 @@ class EngineConfig:
         (``core.weight_depth`` of them), written once and read in place, so no weight
         moves during an inference. Otherwise a weight store of this many blocks beside
         the core, from which each command's blocks are streamed into the core's weight
-        buffer before it runs (one block per cycle), so that a network may have more
+        buffer before it runs (one block every two cycles), so that a network may have more
         blocks than the core's buffer holds (the core's buffer then bounds one
         command's, as in tile mode).
     op_values : int
