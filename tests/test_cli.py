@@ -49,13 +49,16 @@ def test_handlers_get_parsed_values_and_the_preset(calls):
     (_, b_args, b_kw), (_, s_args, s_kw), (_, c_args, c_kw), (_, n_args, n_kw) = calls
     assert b_args == ("icebreaker", presets.preset("icebreaker").replace(rows=1))
     assert b_kw == dict(baud=presets.DEFAULT_BAUD, build_dir=None, seed=4, as_json=True,
-                        core_hz=30e6, mode="tile")
+                        core_hz=30e6, mode="tile", seeds=None, scheduler=None, workers=None)
     assert s_args == ("ecp5-25k", presets.preset("ecp5-25k").replace(tree_stages=2))
     assert s_kw["level"] == "datapath" and s_kw["variant"] == "psc" and s_kw["pnr"] is False
     assert c_args == ("ice40-up5k", presets.preset("ice40-up5k"))
     assert c_kw["levels"] == ("core",) and c_kw["cycles_layers"] == ("fc_256x64", "pw_32x32_16")
     assert n_args == (["fc_256x64"], presets.preset("default").replace(lanes=4, rows=4))
     assert n_kw == {"seed": 0}
+    cli.main(["build", "--board", "ulx3s", "--seeds", "3", "--workers", "0"])
+    assert {k: calls[-1][2][k] for k in ("seed", "seeds", "workers")} == {
+        "seed": 1, "seeds": 3, "workers": 0}
     cli.main(["compare", "--target", "ecp5-25k", "--cycles", "none"])
     assert calls[-1][2]["levels"] == synth.LEVELS and calls[-1][2]["cycles_layers"] == ()
     # a preset, target or board names the bench's build
@@ -103,6 +106,9 @@ def test_bench_mobilenet_v2_layer_list():
     (["build", "--board", "icebreaker", "--mode", "network"],
      ["psc build", "network mode is built for ulx3s", "'icebreaker'"]),
     (["program", "--board", "icebreaker"], ["psc program", "'icebreaker'", "--tile"]),
+    (["build", "--board", "ulx3s", "--seed", "2", "--seeds", "3"],
+     ["psc build", "--seed and --seeds are exclusive"]),
+    (["build", "--board", "ulx3s", "--workers", "2"], ["psc build", "--workers needs --seeds"]),
 ])
 def test_bad_options_are_one_line_and_exit_2(calls, capsys, argv, words):
     assert cli.main(argv) == 2
@@ -125,3 +131,5 @@ def test_program_prints_the_memory_map_and_footprint(capsys):
     out = capsys.readouterr().out
     assert "(unrolled input)" in out and "activation memory: 768 words" in out, out
     assert "65 commands" in out, out
+    # 944 weight blocks against the preset's 256-block buffer: a weight store
+    assert "a weight store of 944 beside the core's 256-block weight buffer" in out, out
