@@ -147,3 +147,5 @@ def test_an_engine_too_small_is_refused_naming_each_memory():
         prog.check_engine(small)
     with pytest.raises(NetworkFitError, match="compiled for"):
         prog.check_engine(EngineConfig(PRESETS["tiny"]))
+    with pytest.raises(TypeError, match="weight_store must be True or False, not 'yes'"):
+        prog.engine_config(weight_store="yes")

@@ -192,12 +192,13 @@ def _program(args):
         net = import_onnx(path) if str(path).endswith(".onnx") else Network.load(path)
     prog = compile_network(net, config)
     print("\n".join(describe(prog)))
-    ec = prog.engine_config(args.op_values)
-    if ec.weight_store_depth:
+    if not args.board:
+        # the engine psc program builds (--run, --synth); a board's has its own memories
+        ec = prog.engine_config(args.op_values)
         print(f"weight blocks: a weight store of {ec.weight_store_depth} beside the core's "
-              f"{config.weight_depth}-block weight buffer, each command's streamed into it")
-    else:
-        print(f"weight blocks: in the core's weight buffer ({ec.core.weight_depth} blocks), "
+              f"{config.weight_depth}-block weight buffer, each command's streamed into it"
+              if ec.weight_store_depth else
+              f"weight blocks: in the core's weight buffer ({config.weight_depth} blocks), "
               f"read in place")
     if args.synth:
         _program_synth(args, prog)

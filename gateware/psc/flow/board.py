@@ -302,9 +302,9 @@ def build_seeds(board, seeds, *, build_dir=None, executor=None, **kwargs):
     gives its :class:`~psc.flow.executor.Failure`."""
     check_int("seeds", seeds, 1)
     _check_board(board)
-    _check_mode(kwargs.get("mode", "tile"))
-    base = check_not_tmp("build_dir", build_dir or default_build_dir(board,
-                                                                      kwargs.get("mode", "tile")))
+    mode = kwargs.get("mode", "tile")
+    _check_mode(mode)
+    base = check_not_tmp("build_dir", build_dir or default_build_dir(board, mode))
     dirs = {seed: str(Path(base) / f"seed{seed}") for seed in range(1, seeds + 1)}
     if executor is None:
         return [_build_task(board, seed, d, kwargs) for seed, d in dirs.items()]

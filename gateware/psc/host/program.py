@@ -51,7 +51,7 @@ import numpy as np
 from psc.config import CoreConfig
 from psc.host.scheduler import LayerError, LayerPlan, Window, plan_layer, unroll, validate
 from psc.hw.core import KIND_DEPTHWISE, config_layout, param_layout, weight_layout
-from psc.model.checks import BadTypeError, check_int, show
+from psc.model.checks import BadTypeError, check_bool, check_int, show
 from psc.model.network import Network
 from psc.model.packing import (channel_groups, pack_activations, pack_lanes, pack_payload,
                                unpack_activations, unpack_lanes)
@@ -376,6 +376,7 @@ class Program:
         blocks = len(image["weights"])
         if weight_store is None:
             weight_store = blocks > self.config.weight_depth
+        check_bool("weight_store", weight_store)
         return EngineConfig(self.config, act_depth=image["act_words"],
                             cmd_depth=len(image["instructions"]),
                             param_store_depth=max(1, len(image["params"])),
