@@ -29,7 +29,7 @@ from .layouts import (COUNTER_WIDTH, FIELD_WIDTH, KERNELS, KIND_DEPTHWISE, KIND_
                       LayerKind, Part, act_in_layout, act_out_layout, bank_count, config_layout,
                       param_address_width, param_layout, sizes_layout, weight_address_width,
                       weight_layout)
-from .output import OutputStage
+from .output import OutputStage, shared_requantizer_ports
 from .sequencer import Sequencer
 from .setup import GOUT_O_WIDTH, CommandSetup, CycleCounters, DerivedSizes
 
@@ -164,6 +164,11 @@ class PSCConvCore(wiring.Component):
         takes no :attr:`weights` and reads its blocks from ``weight_base`` on. The
         other ports and the command are unchanged; without it the core has no such
         ports.
+    shared_requantizer : bool
+        Network mode: the output stage's requantiser is lent to another unit while the
+        core is idle, through ``rq_share``, ``rq_i``, ``rq_relu`` and ``rq_o``
+        (:class:`~psc.hw.core.output.OutputStage`, ``shared``); without it the core
+        has no such ports.
 
     Attributes
     ----------
@@ -176,7 +181,8 @@ class PSCConvCore(wiring.Component):
     cycles_total, cycles_compute, cycles_stall : Out(COUNTER_WIDTH)
     """
 
-    def __init__(self, config=None, *, dot_product=DotProduct, resident_weights=False):
+    def __init__(self, config=None, *, dot_product=DotProduct, resident_weights=False,
+                 shared_requantizer=False):
         if config is None:
             config = CoreConfig()
         if not isinstance(config, CoreConfig):
@@ -205,6 +211,9 @@ class PSCConvCore(wiring.Component):
             members.update({"weight_base": In(aw), "weight_write_addr": In(aw),
                             "weight_write_data": In(weight_layout(config)),
                             "weight_write_en": In(1)})
+        self._shared_rq = bool(shared_requantizer)
+        if self._shared_rq:
+            members.update(shared_requantizer_ports(config))
         super().__init__(members)
 
     @property
@@ -233,7 +242,11 @@ class PSCConvCore(wiring.Component):
             param_layout(cc), cc.param_depth,
             count_width=GOUT_O_WIDTH, read_addr_width=param_address_width(cc))
         m.submodules.dp = dp = self._dot_product(cc.pe)
-        m.submodules.out = out = OutputStage(cc)
+        m.submodules.out = out = OutputStage(cc, shared=self._shared_rq)
+        if self._shared_rq:
+            wiring.connect(m, wiring.flipped(self.rq_i), out.rq_i)
+            wiring.connect(m, out.rq_o, wiring.flipped(self.rq_o))
+            m.d.comb += [out.rq_share.eq(self.rq_share), out.rq_relu.eq(self.rq_relu)]
 
         # Streams: commands, loads, the beat pipeline, the output.
         wiring.connect(m, wiring.flipped(self.cfg), setup.cfg)

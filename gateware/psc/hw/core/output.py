@@ -8,13 +8,24 @@ from amaranth.lib.wiring import In, Out
 
 from psc.config import CoreConfig
 from psc.hw.dot_product import output_layout
-from psc.hw.requantize import Requantizer
+from psc.hw.requantize import Requantizer, requant_input_layout
 
 from .layouts import (FIELD_WIDTH, OUTPUT_COUNT_WIDTH, Part, act_out_layout,
                       config_layout,
                       param_address_width, param_layout, read_signature, sizes_layout)
 
-__all__ = ["OutputStage"]
+__all__ = ["OutputStage", "shared_requantizer_ports"]
+
+
+def shared_requantizer_ports(config):
+    """The ports through which a core lends its requantiser (:class:`OutputStage` ``shared``)."""
+    return {
+        "rq_share": In(1),
+        "rq_i": In(stream.Signature(requant_input_layout(config.requant_config))),
+        "rq_relu": In(1),
+        "rq_o": Out(stream.Signature(data.ArrayLayout(signed(config.pe.act_width),
+                                                      config.pe.rows))),
+    }
 
 
 class OutputStage(wiring.Component):
@@ -66,9 +77,18 @@ class OutputStage(wiring.Component):
     :attr:`o` or been stored (counted while ``run``). ``start`` (one cycle) rewinds the
     counters.
 
+    With ``shared``, another unit may use the requantiser while the core is idle (a
+    network engine's add and pooling unit, which would otherwise need requantiser rows
+    of its own): while ``rq_share`` is high, :attr:`rq_i` and :attr:`rq_relu` feed the
+    requantiser in place of the sums, and its results leave on :attr:`rq_o`, not on
+    :attr:`o`. ``rq_share`` must change only while the requantiser is empty (no command
+    running, every shared beat's result taken).
+
     Parameters
     ----------
     config : CoreConfig
+    shared : bool
+        Add the ``rq_*`` ports.
 
     Attributes
     ----------
@@ -83,12 +103,17 @@ class OutputStage(wiring.Component):
     last_group : In(range(config.param_depth))
     n_out : In(sizes_layout(config)["n_out"].shape)
     all_sent : Out(1)
+    rq_share, rq_relu : In(1)
+    rq_i : In(stream.Signature(requant_input_layout(config.requant_config)))
+    rq_o : Out(stream.Signature(data.ArrayLayout(signed(act_width), rows)))
+        With ``shared`` only: the requantiser lent to another unit.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, shared=False):
         if not isinstance(config, CoreConfig):
             raise TypeError(f"config must be a psc.hw.core.CoreConfig, not {config!r}")
         self._config = config
+        self._shared = bool(shared)
         super().__init__({
             "i": In(stream.Signature(output_layout(config.pe))),
             "o": Out(stream.Signature(act_out_layout(config))),
@@ -100,6 +125,7 @@ class OutputStage(wiring.Component):
             "last_group": In(range(config.param_depth)),
             "n_out": In(sizes_layout(config)["n_out"].shape),
             "all_sent": Out(1),
+            **(shared_requantizer_ports(config) if shared else {}),
         })
 
     def elaborate(self, platform):
@@ -157,7 +183,6 @@ class OutputStage(wiring.Component):
         for r in range(R):
             base = pb.bias[r] if psum_data is None else Mux(add_psum, psum_data[r], pb.bias[r])
             m.d.comb += total[r].eq(accb[r] + base)
-        m.d.comb += rq.i.payload.acc.eq(total)
         stored = Signal()
         if cc.psum_depth:
             m.d.comb += [stored.eq(vb & store), ps_wr.addr.eq(widx), ps_wr.data.eq(total),
@@ -170,24 +195,40 @@ class OutputStage(wiring.Component):
             self.i.ready.eq(en_j),
             self.params.addr.eq(jo),
             self.params.en.eq(en_j),
-            rq.i.valid.eq(vb & ~store),
-            rq.i.payload.mult.eq(pb.mult),
-            rq.i.payload.shift.eq(pb.shift),
-            rq.relu.eq(cmd.relu),
         ]
+        own = [rq.i.valid.eq(vb & ~store), rq.i.payload.acc.eq(total),
+               rq.i.payload.mult.eq(pb.mult), rq.i.payload.shift.eq(pb.shift),
+               rq.relu.eq(cmd.relu)]
+        if self._shared:
+            share = self.rq_share
+            with m.If(share):
+                m.d.comb += [rq.i.valid.eq(self.rq_i.valid), self.rq_i.ready.eq(rq.i.ready),
+                             rq.i.payload.eq(self.rq_i.payload), rq.relu.eq(self.rq_relu),
+                             self.rq_o.valid.eq(rq.o.valid), rq.o.ready.eq(self.rq_o.ready)]
+            with m.Else():
+                m.d.comb += own
+            m.d.comb += self.rq_o.payload.eq(rq.o.payload)
+        else:
+            m.d.comb += own
         # A skid register between the requantiser and `o`: the requantiser moves on whenever
         # the register is empty, and a beat `o` does not take waits in it, so `o.ready` ends
         # here instead of running back through the whole stage into the MAC sums' FIFO.
         # No latency: a beat goes straight out while `o` is ready.
         skid = Signal.like(rq.o.payload, reset_less=True)
         skid_v = Signal()
-        m.d.comb += [self.o.valid.eq(skid_v | rq.o.valid),
-                     self.o.payload.eq(Mux(skid_v, skid, rq.o.payload)),
-                     rq.o.ready.eq(~skid_v)]
+        if self._shared:
+            ours = rq.o.valid & ~share
+            with m.If(~share):
+                m.d.comb += rq.o.ready.eq(~skid_v)
+        else:
+            ours = rq.o.valid
+            m.d.comb += rq.o.ready.eq(~skid_v)
+        m.d.comb += [self.o.valid.eq(skid_v | ours),
+                     self.o.payload.eq(Mux(skid_v, skid, rq.o.payload))]
         with m.If(skid_v):
             with m.If(self.o.ready):
                 m.d.sync += skid_v.eq(0)
-        with m.Elif(rq.o.valid & ~self.o.ready):
+        with m.Elif(ours & ~self.o.ready):
             m.d.sync += [skid_v.eq(1), skid.eq(rq.o.payload)]
         with m.If(en_j):
             m.d.sync += [vj.eq(self.i.valid & keep_o), accj.eq(self.i.payload)]

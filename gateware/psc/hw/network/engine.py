@@ -74,8 +74,9 @@ class EngineConfig:
         blocks than the core's buffer holds (the core's buffer then bounds one
         command's, as in tile mode).
     op_values : int
-        Activations per cycle of the add and pooling unit
-        (:class:`~psc.hw.network.op_unit.OpUnit`), a divisor of ``core.lanes``.
+        Activations per requantiser beat of the add and pooling unit
+        (:class:`~psc.hw.network.op_unit.OpUnit`, which uses the core's requantiser
+        between commands), a divisor of ``core.lanes`` at most ``core.rows``.
     """
     core: CoreConfig
     act_depth: int = 1024
@@ -94,10 +95,11 @@ class EngineConfig:
         for name in ("cmd_depth", "param_store_depth"):
             check_int(name, getattr(self, name), 1, 1 << 20)
         check_int("weight_store_depth", self.weight_store_depth, 0, 1 << 20)
-        check_int("op_values", self.op_values, 1, self.core.lanes)
-        if self.core.lanes % self.op_values:
-            raise ValueError(f"op_values must divide lanes={self.core.lanes}, "
-                             f"not {self.op_values}")
+        check_int("op_values", self.op_values, 1)
+        if self.core.lanes % self.op_values or self.op_values > self.core.rows:
+            raise ValueError(f"op_values must divide lanes={self.core.lanes} and be at most "
+                             f"rows={self.core.rows} (activations per beat of the core's "
+                             f"requantiser), not {self.op_values}")
 
     def key(self):
         """A short name of this build, for directories: the core's key and the memories."""
@@ -261,7 +263,8 @@ class NetworkEngine(wiring.Component):
         cc = ec.core
         il = instruction_layout(ec)
         streamed = bool(ec.weight_store_depth)
-        m.submodules.core = core = PSCConvCore(cc, resident_weights=not streamed)
+        m.submodules.core = core = PSCConvCore(cc, resident_weights=not streamed,
+                                               shared_requantizer=True)
         m.submodules.act = act = ActivationMemory(cc, ec.act_depth)
         m.submodules.gather = gather = Gather(cc, act.addr_width)
         m.submodules.scatter = scatter = Scatter(cc, act.addr_width)
@@ -269,6 +272,10 @@ class NetworkEngine(wiring.Component):
         # the memory's ports: the op unit's during an OP, else the gather's and the scatter's
         op_active = Signal()               # registered with the routing below
         m.d.comb += [gather.read_data.eq(act.read_data), op.read_data.eq(act.read_data)]
+        # and the core's requantiser, idle during an OP (the core runs no command then)
+        wiring.connect(m, op.rq_i, core.rq_i)
+        wiring.connect(m, core.rq_o, op.rq_o)
+        m.d.comb += [core.rq_share.eq(op_active), core.rq_relu.eq(op.rq_relu)]
         with m.If(op_active):
             m.d.comb += [act.read_addr.eq(op.read_addr), act.read_en.eq(op.read_en)]
             for name in ("addr", "data", "mask", "en"):

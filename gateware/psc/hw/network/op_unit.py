@@ -1,9 +1,9 @@
 """Network mode's residual add and global average pooling, on tensors in the activation memory.
 
 The operations are :func:`psc.model.network.add` and
-:func:`psc.model.network.global_avg_pool`, bit for bit: the sums go through
-:class:`~psc.hw.requantize.Requantizer` rows of the build's own kind
-(digit-serial where the build's is), ``values`` activations per cycle.
+:func:`psc.model.network.global_avg_pool`, bit for bit: the sums go through the
+core's own requantiser (:class:`~psc.hw.core.output.OutputStage`, ``shared``), which
+is idle while an add or a pooling runs, ``values`` activations per beat.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
@@ -11,8 +11,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from psc.config import PSCConfig
-from psc.hw.requantize import SHIFT_WIDTH, Requantizer, _mul_digit
+from psc.hw.requantize import SHIFT_WIDTH, _mul_digit, requant_input_layout
 
 __all__ = ["op_layout", "OpUnit", "OP_MODES"]
 
@@ -54,8 +53,8 @@ class OpUnit(wiring.Component):
     addr_width : int
         The activation memory's address width.
     values : int
-        Activations per cycle, a divisor of ``lanes``: 1 (one requantiser and two
-        narrow multipliers, for a build short of logic) up to ``lanes``.
+        Activations per requantiser beat, a divisor of ``lanes`` and at most ``rows``
+        (the requantiser's rows): 1 (two narrow multipliers) up to that.
 
     Members
     -------
@@ -66,32 +65,39 @@ class OpUnit(wiring.Component):
         The memory's read port (latency 1).
     write_addr, write_data, write_mask, write_en : Out
         The memory's write port (whole words, lane 0).
+    rq_i : Out(stream.Signature(requant_input_layout(config.requant_config)))
+    rq_relu : Out(1)
+    rq_o : In(stream.Signature(data.ArrayLayout(signed(act_width), rows)))
+        The core's requantiser, lent while the core is idle: ``values`` sums in its first
+        rows (the others zero), their results back.
     busy : Out(1)
 
-    Throughput: ``values`` activations per cycle into ``values`` requantisers (``lanes /
-    values`` cycles per word); an add reads two words per output word (so an add takes
-    at least two cycles per word), a pooling one word per cycle into its ``lanes``
-    running sums. On a build whose requantiser is digit-serial (``requant_mult_bits =
-    k``), that requantiser takes a value every ``ceil(mult_width / k)`` cycles, and the
-    add's products are digit-serial too, ``k`` bits of each multiplier per cycle, at the
-    same rate.
+    Throughput: ``values`` activations per requantiser beat (``lanes / values`` beats
+    per word), one beat per cycle on a build whose requantiser is pipelined; an add
+    reads two words per output word (so an add takes at least two cycles per word), a
+    pooling one word per cycle into its ``lanes`` running sums. On a build whose
+    requantiser is digit-serial (``requant_mult_bits = k``), it takes a beat every
+    ``ceil(mult_width / k)`` cycles (times ``rows / requantizers`` when time-shared), and
+    the add's products are digit-serial too, ``k`` bits of each multiplier per cycle.
     """
 
     def __init__(self, config, addr_width, values=1):
         self.config, self.addr_width = config, addr_width
         pe = config.pe
-        if not isinstance(values, int) or values < 1 or pe.lanes % values:
-            raise ValueError(f"values must be a positive divisor of lanes={pe.lanes} "
-                             f"(activations per cycle), not {values!r}")
+        if (not isinstance(values, int) or values < 1 or pe.lanes % values
+                or values > pe.rows):
+            raise ValueError(f"values must be a positive divisor of lanes={pe.lanes} at most "
+                             f"rows={pe.rows} (activations per requantiser beat), "
+                             f"not {values!r}")
         self.values = values
         # Sums as wide as their worst case, no wider: a pooling sum of up to 2**cw
         # activations, an add's two products of an activation and an unsigned multiplier.
         self._sum_width = pe.act_width + _count_width(addr_width)
         self._acc_width = max(self._sum_width, pe.act_width + pe.mult_width + 2)
-        self._rq = PSCConfig(lanes=1, rows=values, act_width=pe.act_width,
-                             weight_width=pe.weight_width, acc_width=self._acc_width,
-                             max_reduction=1, mult_width=pe.mult_width,
-                             requant_mult_bits=pe.requant_mult_bits, depthwise="diagonal")
+        rq_width = config.requant_config.acc_width
+        if self._acc_width > rq_width:
+            raise ValueError(f"addr_width={addr_width} makes sums of {self._acc_width} bits, "
+                             f"wider than the requantiser's {rq_width}")
         # Read pairs in flight: a digit-serial requantiser takes a value in several cycles,
         # so one pair ahead keeps it busy; a parallel one takes a value a cycle.
         self.fifo_depth = 2 if pe.requant_mult_bits is not None else 4
@@ -101,6 +107,9 @@ class OpUnit(wiring.Component):
             "read_data": In(pe.lanes * pe.act_width),
             "write_addr": Out(addr_width), "write_data": Out(pe.lanes * pe.act_width),
             "write_mask": Out(pe.lanes), "write_en": Out(1),
+            "rq_i": Out(stream.Signature(requant_input_layout(config.requant_config))),
+            "rq_relu": Out(1),
+            "rq_o": In(stream.Signature(data.ArrayLayout(signed(pe.act_width), pe.rows))),
             "busy": Out(1),
         })
 
@@ -176,10 +185,9 @@ class OpUnit(wiring.Component):
         m.d.comb += [fifo.w_en.eq(inflight2),
                      fifo.w_data.eq(Cat(got_a, rd_q, gap & rd_end2))]
 
-        # --- values: `values` activations per cycle into the requantiser ------------------
+        # --- values: `values` activations per beat into the requantiser -------------------
         P = self.values
         chunks = lanes // P
-        m.submodules.rq = rq = Requantizer(self._rq)
         chunk = Signal(range(chunks))
         entry_a, entry_b, entry_end = fifo.r_data[:width], fifo.r_data[width:2 * width], \
             fifo.r_data[-1]
@@ -208,10 +216,12 @@ class OpUnit(wiring.Component):
         b_r = [Signal(signed(aw), name=f"b_r{i}") for i in range(P)]
         g_r = [Signal(signed(self._sum_width), name=f"g_r{i}") for i in range(P)]
         s1 = [Signal(signed(self._acc_width), name=f"s1_{i}") for i in range(P)]
-        m.d.comb += [adv_c.eq(~pvc | rq.i.ready), rq.i.valid.eq(pvc), rq.relu.eq(d.relu & ~gap)]
+        rq_i = self.rq_i
+        m.d.comb += [adv_c.eq(~pvc | rq_i.ready), rq_i.valid.eq(pvc),
+                     self.rq_relu.eq(d.relu & ~gap)]
         with m.If(adv_c):
             m.d.sync += pvc.eq(pvb)
-        k_bits = self._rq.requant_mult_bits
+        k_bits = pe.requant_mult_bits
         restart = []                            # B's own state, cleared at a start
         if k_bits is None:
             # B as two partial products each of a and b, on the low and the high half of the
@@ -295,9 +305,9 @@ class OpUnit(wiring.Component):
             m.d.sync += [b_r[i].eq(value(b_c, i)) for i in range(P)]
             m.d.sync += [g_r[i].eq(sums_c[i]) for i in range(P)]
         for i in range(P):
-            m.d.comb += [rq.i.payload.shift[i].eq(d.shift),
-                         rq.i.payload.acc[i].eq(acc_in[i]),
-                         rq.i.payload.mult[i].eq(Mux(gap, d.mult_a, 1))]
+            m.d.comb += [rq_i.payload.shift[i].eq(d.shift),
+                         rq_i.payload.acc[i].eq(acc_in[i]),
+                         rq_i.payload.mult[i].eq(Mux(gap, d.mult_a, 1))]
         with m.If(gap):
             m.d.comb += fire.eq(draining)
             with m.If(draining & advance):
@@ -324,16 +334,17 @@ class OpUnit(wiring.Component):
         out_g = Signal(cw)                      # its group (add: k mod groups)
         total = Mux(gap, d.groups, d.n)
         writing = Signal()
-        y = rq.o.payload.as_value()
+        y = self.rq_o.payload.as_value()[:P * aw]
+        rq_o = self.rq_o
         full = Signal(width)
         out_last = out_chunk == chunks - 1
-        m.d.comb += [rq.o.ready.eq(1), full.eq(Cat(out_word[P * aw:], y) if chunks > 1 else y)]
+        m.d.comb += [rq_o.ready.eq(1), full.eq(Cat(out_word[P * aw:], y) if chunks > 1 else y)]
         m.d.comb += [self.write_addr.eq(d.dst + out_k),
                      self.write_data.eq(full),
                      self.write_mask.eq(Mux(out_g + 1 == d.groups, d.last_mask,
                                             (1 << lanes) - 1)),
-                     self.write_en.eq(rq.o.valid & out_last & writing)]
-        with m.If(rq.o.valid):
+                     self.write_en.eq(rq_o.valid & out_last & writing)]
+        with m.If(rq_o.valid):
             m.d.sync += out_word.eq(full)
             m.d.sync += out_chunk.eq(Mux(out_last, 0, out_chunk + 1))
             with m.If(out_last):
