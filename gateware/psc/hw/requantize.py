@@ -12,12 +12,14 @@ __all__ = ["Requantizer", "SHIFT_WIDTH", "requant_input_layout"]
 SHIFT_WIDTH = 6
 
 
-def requant_input_layout(config):
-    """Payload of :attr:`Requantizer.i`: ``rows`` accumulators with their channel's ``M`` and ``S``."""
+def requant_input_layout(config, rows=None):
+    """Payload of :attr:`Requantizer.i`: ``rows`` accumulators with their channel's ``M`` and
+    ``S`` (``rows`` defaults to ``config.rows``)."""
+    rows = config.rows if rows is None else rows
     return data.StructLayout({
-        "acc": data.ArrayLayout(signed(config.acc_width), config.rows),
-        "mult": data.ArrayLayout(unsigned(config.mult_width), config.rows),
-        "shift": data.ArrayLayout(unsigned(SHIFT_WIDTH), config.rows),
+        "acc": data.ArrayLayout(signed(config.acc_width), rows),
+        "mult": data.ArrayLayout(unsigned(config.mult_width), rows),
+        "shift": data.ArrayLayout(unsigned(SHIFT_WIDTH), rows),
     })
 
 

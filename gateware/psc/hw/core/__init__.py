@@ -20,6 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from psc.config import CoreConfig
 from psc.hw.dot_product import DotProduct, output_layout
+from psc.model.checks import check_int
 
 from .buffers import LoadBuffer
 from .fetch import Fetch
@@ -29,7 +30,7 @@ from .layouts import (COUNTER_WIDTH, FIELD_WIDTH, KERNELS, KIND_DEPTHWISE, KIND_
                       LayerKind, Part, act_in_layout, act_out_layout, bank_count, config_layout,
                       param_address_width, param_layout, sizes_layout, weight_address_width,
                       weight_layout)
-from .output import OutputStage, shared_requantizer_ports
+from .output import OutputStage, lent_requantizer_ports
 from .sequencer import Sequencer
 from .setup import GOUT_O_WIDTH, CommandSetup, CycleCounters, DerivedSizes
 
@@ -164,11 +165,11 @@ class PSCConvCore(wiring.Component):
         takes no :attr:`weights` and reads its blocks from ``weight_base`` on. The
         other ports and the command are unchanged; without it the core has no such
         ports.
-    shared_requantizer : bool
-        Network mode: the output stage's requantiser is lent to another unit while the
-        core is idle, through ``rq_share``, ``rq_i``, ``rq_relu`` and ``rq_o``
-        (:class:`~psc.hw.core.output.OutputStage`, ``shared``); without it the core
-        has no such ports.
+    lent_requantizer_rows : int
+        Network mode: the first rows of the output stage's requantiser are lent to
+        another unit while the core is idle, through ``rq_share``, ``rq_i``,
+        ``rq_relu`` and ``rq_o`` (:class:`~psc.hw.core.output.OutputStage`,
+        ``lent_rows``); with 0 (the default) the core has no such ports.
 
     Attributes
     ----------
@@ -182,7 +183,7 @@ class PSCConvCore(wiring.Component):
     """
 
     def __init__(self, config=None, *, dot_product=DotProduct, resident_weights=False,
-                 shared_requantizer=False):
+                 lent_requantizer_rows=0):
         if config is None:
             config = CoreConfig()
         if not isinstance(config, CoreConfig):
@@ -211,9 +212,10 @@ class PSCConvCore(wiring.Component):
             members.update({"weight_base": In(aw), "weight_write_addr": In(aw),
                             "weight_write_data": In(weight_layout(config)),
                             "weight_write_en": In(1)})
-        self._shared_rq = bool(shared_requantizer)
-        if self._shared_rq:
-            members.update(shared_requantizer_ports(config))
+        self._lent = check_int("lent_requantizer_rows", lent_requantizer_rows, 0,
+                               config.pe.rows)
+        if self._lent:
+            members.update(lent_requantizer_ports(config, self._lent))
         super().__init__(members)
 
     @property
@@ -242,8 +244,8 @@ class PSCConvCore(wiring.Component):
             param_layout(cc), cc.param_depth,
             count_width=GOUT_O_WIDTH, read_addr_width=param_address_width(cc))
         m.submodules.dp = dp = self._dot_product(cc.pe)
-        m.submodules.out = out = OutputStage(cc, shared=self._shared_rq)
-        if self._shared_rq:
+        m.submodules.out = out = OutputStage(cc, lent_rows=self._lent)
+        if self._lent:
             wiring.connect(m, wiring.flipped(self.rq_i), out.rq_i)
             wiring.connect(m, out.rq_o, wiring.flipped(self.rq_o))
             m.d.comb += [out.rq_share.eq(self.rq_share), out.rq_relu.eq(self.rq_relu)]

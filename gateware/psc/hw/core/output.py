@@ -7,6 +7,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from psc.config import CoreConfig
+from psc.model.checks import check_int
 from psc.hw.dot_product import output_layout
 from psc.hw.requantize import Requantizer, requant_input_layout
 
@@ -14,17 +15,17 @@ from .layouts import (FIELD_WIDTH, OUTPUT_COUNT_WIDTH, Part, act_out_layout,
                       config_layout,
                       param_address_width, param_layout, read_signature, sizes_layout)
 
-__all__ = ["OutputStage", "shared_requantizer_ports"]
+__all__ = ["OutputStage", "lent_requantizer_ports"]
 
 
-def shared_requantizer_ports(config):
-    """The ports through which a core lends its requantiser (:class:`OutputStage` ``shared``)."""
+def lent_requantizer_ports(config, rows):
+    """The ports through which a core lends the first ``rows`` rows of its requantiser
+    (:class:`OutputStage` ``lent_rows``)."""
     return {
         "rq_share": In(1),
-        "rq_i": In(stream.Signature(requant_input_layout(config.requant_config))),
+        "rq_i": In(stream.Signature(requant_input_layout(config.requant_config, rows))),
         "rq_relu": In(1),
-        "rq_o": Out(stream.Signature(data.ArrayLayout(signed(config.pe.act_width),
-                                                      config.pe.rows))),
+        "rq_o": Out(stream.Signature(data.ArrayLayout(signed(config.pe.act_width), rows))),
     }
 
 
@@ -77,18 +78,19 @@ class OutputStage(wiring.Component):
     :attr:`o` or been stored (counted while ``run``). ``start`` (one cycle) rewinds the
     counters.
 
-    With ``shared``, another unit may use the requantiser while the core is idle (a
+    With ``lent_rows``, another unit may use the requantiser while the core is idle (a
     network engine's add and pooling unit, which would otherwise need requantiser rows
-    of its own): while ``rq_share`` is high, :attr:`rq_i` and :attr:`rq_relu` feed the
-    requantiser in place of the sums, and its results leave on :attr:`rq_o`, not on
-    :attr:`o`. ``rq_share`` must change only while the requantiser is empty (no command
-    running, every shared beat's result taken).
+    of its own): while ``rq_share`` is high, :attr:`rq_i` (the first ``lent_rows`` rows;
+    the others keep what they hold) and :attr:`rq_relu` feed the requantiser in place of
+    the sums, and the beats' results leave on :attr:`rq_o`, not on :attr:`o`.
+    ``rq_share`` must change only while the requantiser is empty (no command running,
+    every lent beat's result taken).
 
     Parameters
     ----------
     config : CoreConfig
-    shared : bool
-        Add the ``rq_*`` ports.
+    lent_rows : int
+        Rows of the requantiser lent through the ``rq_*`` ports (0: no such ports).
 
     Attributes
     ----------
@@ -104,16 +106,16 @@ class OutputStage(wiring.Component):
     n_out : In(sizes_layout(config)["n_out"].shape)
     all_sent : Out(1)
     rq_share, rq_relu : In(1)
-    rq_i : In(stream.Signature(requant_input_layout(config.requant_config)))
-    rq_o : Out(stream.Signature(data.ArrayLayout(signed(act_width), rows)))
-        With ``shared`` only: the requantiser lent to another unit.
+    rq_i : In(stream.Signature(requant_input_layout(config.requant_config, lent_rows)))
+    rq_o : Out(stream.Signature(data.ArrayLayout(signed(act_width), lent_rows)))
+        With ``lent_rows`` only: the requantiser lent to another unit.
     """
 
-    def __init__(self, config, shared=False):
+    def __init__(self, config, lent_rows=0):
         if not isinstance(config, CoreConfig):
             raise TypeError(f"config must be a psc.hw.core.CoreConfig, not {config!r}")
         self._config = config
-        self._shared = bool(shared)
+        self._lent = check_int("lent_rows", lent_rows, 0, config.pe.rows)
         super().__init__({
             "i": In(stream.Signature(output_layout(config.pe))),
             "o": Out(stream.Signature(act_out_layout(config))),
@@ -125,7 +127,7 @@ class OutputStage(wiring.Component):
             "last_group": In(range(config.param_depth)),
             "n_out": In(sizes_layout(config)["n_out"].shape),
             "all_sent": Out(1),
-            **(shared_requantizer_ports(config) if shared else {}),
+            **(lent_requantizer_ports(config, self._lent) if self._lent else {}),
         })
 
     def elaborate(self, platform):
@@ -191,35 +193,38 @@ class OutputStage(wiring.Component):
                 m.d.sync += widx.eq(widx + 1)
             with m.If(en_j & self.i.valid):
                 m.d.sync += ridx.eq(ridx + 1)
+        if not self._lent:
+            m.d.comb += rq.i.payload.acc.eq(total)
         m.d.comb += [
             self.i.ready.eq(en_j),
             self.params.addr.eq(jo),
             self.params.en.eq(en_j),
         ]
-        own = [rq.i.valid.eq(vb & ~store), rq.i.payload.acc.eq(total),
-               rq.i.payload.mult.eq(pb.mult), rq.i.payload.shift.eq(pb.shift),
-               rq.relu.eq(cmd.relu)]
-        if self._shared:
-            share = self.rq_share
-            with m.If(share):
-                m.d.comb += [rq.i.valid.eq(self.rq_i.valid), self.rq_i.ready.eq(rq.i.ready),
-                             rq.i.payload.eq(self.rq_i.payload), rq.relu.eq(self.rq_relu),
-                             self.rq_o.valid.eq(rq.o.valid), rq.o.ready.eq(self.rq_o.ready)]
-            with m.Else():
-                m.d.comb += own
-            m.d.comb += self.rq_o.payload.eq(rq.o.payload)
+        if self._lent:
+            # the lent rows take the other unit's values while `rq_share`; the others keep
+            # the core's (their results are not taken then)
+            share, lent = self.rq_share, self.rq_i.payload
+            for f, v in (("acc", total), ("mult", pb.mult), ("shift", pb.shift)):
+                for r in range(R):
+                    x = Mux(share, getattr(lent, f)[r], v[r]) if r < self._lent else v[r]
+                    m.d.comb += getattr(rq.i.payload, f)[r].eq(x)
+            m.d.comb += [rq.i.valid.eq(Mux(share, self.rq_i.valid, vb & ~store)),
+                         self.rq_i.ready.eq(share & rq.i.ready),
+                         rq.relu.eq(Mux(share, self.rq_relu, cmd.relu)),
+                         self.rq_o.valid.eq(share & rq.o.valid),
+                         self.rq_o.payload.eq(rq.o.payload.as_value()[:self._lent * pe.act_width])]
         else:
-            m.d.comb += own
+            m.d.comb += [rq.i.valid.eq(vb & ~store), rq.i.payload.mult.eq(pb.mult),
+                         rq.i.payload.shift.eq(pb.shift), rq.relu.eq(cmd.relu)]
         # A skid register between the requantiser and `o`: the requantiser moves on whenever
         # the register is empty, and a beat `o` does not take waits in it, so `o.ready` ends
         # here instead of running back through the whole stage into the MAC sums' FIFO.
         # No latency: a beat goes straight out while `o` is ready.
         skid = Signal.like(rq.o.payload, reset_less=True)
         skid_v = Signal()
-        if self._shared:
+        if self._lent:
             ours = rq.o.valid & ~share
-            with m.If(~share):
-                m.d.comb += rq.o.ready.eq(~skid_v)
+            m.d.comb += rq.o.ready.eq(Mux(share, self.rq_o.ready, ~skid_v))
         else:
             ours = rq.o.valid
             m.d.comb += rq.o.ready.eq(~skid_v)

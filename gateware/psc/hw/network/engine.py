@@ -264,7 +264,7 @@ class NetworkEngine(wiring.Component):
         il = instruction_layout(ec)
         streamed = bool(ec.weight_store_depth)
         m.submodules.core = core = PSCConvCore(cc, resident_weights=not streamed,
-                                               shared_requantizer=True)
+                                               lent_requantizer_rows=ec.op_values)
         m.submodules.act = act = ActivationMemory(cc, ec.act_depth)
         m.submodules.gather = gather = Gather(cc, act.addr_width)
         m.submodules.scatter = scatter = Scatter(cc, act.addr_width)

@@ -65,11 +65,12 @@ class OpUnit(wiring.Component):
         The memory's read port (latency 1).
     write_addr, write_data, write_mask, write_en : Out
         The memory's write port (whole words, lane 0).
-    rq_i : Out(stream.Signature(requant_input_layout(config.requant_config)))
+    rq_i : Out(stream.Signature(requant_input_layout(config.requant_config, values)))
     rq_relu : Out(1)
-    rq_o : In(stream.Signature(data.ArrayLayout(signed(act_width), rows)))
-        The core's requantiser, lent while the core is idle: ``values`` sums in its first
-        rows (the others zero), their results back.
+    rq_o : In(stream.Signature(data.ArrayLayout(signed(act_width), values)))
+        The first ``values`` rows of the core's requantiser, lent while the core is idle
+        (:class:`psc.hw.core.PSCConvCore`, ``lent_requantizer_rows``): sums in, their
+        results back.
     busy : Out(1)
 
     Throughput: ``values`` activations per requantiser beat (``lanes / values`` beats
@@ -107,9 +108,9 @@ class OpUnit(wiring.Component):
             "read_data": In(pe.lanes * pe.act_width),
             "write_addr": Out(addr_width), "write_data": Out(pe.lanes * pe.act_width),
             "write_mask": Out(pe.lanes), "write_en": Out(1),
-            "rq_i": Out(stream.Signature(requant_input_layout(config.requant_config))),
+            "rq_i": Out(stream.Signature(requant_input_layout(config.requant_config, values))),
             "rq_relu": Out(1),
-            "rq_o": In(stream.Signature(data.ArrayLayout(signed(pe.act_width), pe.rows))),
+            "rq_o": In(stream.Signature(data.ArrayLayout(signed(pe.act_width), values))),
             "busy": Out(1),
         })
 
@@ -334,7 +335,7 @@ class OpUnit(wiring.Component):
         out_g = Signal(cw)                      # its group (add: k mod groups)
         total = Mux(gap, d.groups, d.n)
         writing = Signal()
-        y = self.rq_o.payload.as_value()[:P * aw]
+        y = self.rq_o.payload.as_value()
         rq_o = self.rq_o
         full = Signal(width)
         out_last = out_chunk == chunks - 1
