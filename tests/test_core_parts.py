@@ -633,6 +633,45 @@ def test_output_depthwise_pixels_order():
     assert got == want
 
 
+@pytest.mark.parametrize("cc, lent", [(PIX, 2), (PIX.replace(requantizers=2), 1)])
+def test_output_lends_its_requantizer(cc, lent):
+    """While ``rq_share``, the lent rows requantise another unit's beats (random gaps and
+    stalls) to ``rq_o``, bit for bit, and nothing leaves on ``o``."""
+    pe = cc.pe
+    out = OutputStage(cc, lent_rows=lent)
+    rng = random.Random(12)
+    acc_hi = 1 << (cc.requant_config.acc_width - 1)
+    beats = [[(rng.randrange(-acc_hi, acc_hi), rng.randrange(1 << pe.mult_width),
+               rng.randrange(20)) for _ in range(lent)] for _ in range(40)]
+    relu = True
+    want = [[_requant(pe, a, {"bias": [0], "mult": [mu], "shift": [sh]}, 0, relu)
+             for a, mu, sh in b] for b in beats]
+    got = []
+
+    async def bench(ctx):
+        ctx.set(out.rq_share, 1)
+        ctx.set(out.rq_relu, relu)
+        sent = 0
+        for _ in range(40 * len(beats)):
+            ctx.set(out.rq_o.ready, rng.random() < 0.7)
+            ctx.set(out.rq_i.valid, sent < len(beats) and rng.random() < 0.7)
+            if sent < len(beats):
+                ctx.set(out.rq_i.payload, {"acc": [a for a, _, _ in beats[sent]],
+                                           "mult": [mu for _, mu, _ in beats[sent]],
+                                           "shift": [sh for _, _, sh in beats[sent]]})
+            assert not ctx.get(out.o.valid)
+            if ctx.get(out.rq_o.valid) and ctx.get(out.rq_o.ready):
+                got.append(list(ctx.get(out.rq_o.payload)))
+            if ctx.get(out.rq_i.valid) and ctx.get(out.rq_i.ready):
+                sent += 1
+            await ctx.tick()
+
+    _run(out, bench)
+    for n, (g, w) in enumerate(zip(got, want)):
+        assert g == w, f"beat {n}: (acc, mult, shift) {beats[n]}: got {g}, want {w}"
+    assert len(got) == len(want)
+
+
 # --- the whole core is made of the parts ------------------------------------------------------
 
 def test_core_has_the_parts():

@@ -149,3 +149,8 @@ def test_an_engine_too_small_is_refused_naming_each_memory():
         prog.check_engine(EngineConfig(PRESETS["tiny"]))
     with pytest.raises(TypeError, match="weight_store must be True or False, not 'yes'"):
         prog.engine_config(weight_store="yes")
+    # the add and pooling unit's values go through the core's requantiser: at most its rows
+    with pytest.raises(ValueError, match=r"op_values must divide lanes=7 and be at most "
+                                         r"rows=4 \(activations per beat of the core's "
+                                         r"requantiser\), not 7"):
+        prog.engine_config(op_values=7)

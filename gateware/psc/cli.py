@@ -356,8 +356,9 @@ def _add_program(sub):
                    help="with --synth, place and route with nextpnr for seeds 1..SEEDS and "
                         "print the Fmax (median) and the critical path")
     p.add_argument("--op-values", type=_int_at_least(1), default=1, metavar="N",
-                   help="activations per cycle of the engine's add and pooling unit, a "
-                        "divisor of lanes (default 1)")
+                   help="activations per beat the engine's add and pooling unit sends "
+                        "through the core's requantiser, a divisor of lanes at most rows "
+                        "(default 1)")
     p.add_argument("--layers", action="store_true",
                    help="with --run, also each convolution's cycles on the core alone")
     p.add_argument("--board", choices=sorted(BOARDS),

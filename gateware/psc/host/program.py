@@ -367,10 +367,11 @@ class Program:
 
     def engine_config(self, op_values=1, weight_store=None):
         """The :class:`psc.hw.network.EngineConfig` whose memories hold exactly this program,
-        its add and pooling unit taking ``op_values`` activations per cycle. The weight
-        blocks go to the core's own weight buffer where they fit it (``weight_store``
-        None) or ``weight_store`` is False, else to a weight store of exactly their
-        number (:attr:`~psc.hw.network.EngineConfig.weight_store_depth`)."""
+        its add and pooling unit sending ``op_values`` activations per beat through the
+        core's requantiser. The weight blocks go to the core's own weight buffer where
+        they fit it (``weight_store`` None) or ``weight_store`` is False, else to a weight
+        store of exactly their number
+        (:attr:`~psc.hw.network.EngineConfig.weight_store_depth`)."""
         from psc.hw.network.engine import EngineConfig
         image = self.engine_image()
         blocks = len(image["weights"])
