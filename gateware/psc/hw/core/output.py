@@ -185,6 +185,8 @@ class OutputStage(wiring.Component):
         for r in range(R):
             base = pb.bias[r] if psum_data is None else Mux(add_psum, psum_data[r], pb.bias[r])
             m.d.comb += total[r].eq(accb[r] + base)
+        if not self._lent:
+            m.d.comb += rq.i.payload.acc.eq(total)
         stored = Signal()
         if cc.psum_depth:
             m.d.comb += [stored.eq(vb & store), ps_wr.addr.eq(widx), ps_wr.data.eq(total),
@@ -193,14 +195,15 @@ class OutputStage(wiring.Component):
                 m.d.sync += widx.eq(widx + 1)
             with m.If(en_j & self.i.valid):
                 m.d.sync += ridx.eq(ridx + 1)
-        if not self._lent:
-            m.d.comb += rq.i.payload.acc.eq(total)
         m.d.comb += [
             self.i.ready.eq(en_j),
             self.params.addr.eq(jo),
             self.params.en.eq(en_j),
         ]
-        if self._lent:
+        if not self._lent:
+            m.d.comb += [rq.i.valid.eq(vb & ~store), rq.i.payload.mult.eq(pb.mult),
+                         rq.i.payload.shift.eq(pb.shift), rq.relu.eq(cmd.relu)]
+        else:
             # the lent rows take the other unit's values while `rq_share`; the others keep
             # the core's (their results are not taken then)
             share, lent = self.rq_share, self.rq_i.payload
@@ -213,23 +216,18 @@ class OutputStage(wiring.Component):
                          rq.relu.eq(Mux(share, self.rq_relu, cmd.relu)),
                          self.rq_o.valid.eq(share & rq.o.valid),
                          self.rq_o.payload.eq(rq.o.payload.as_value()[:self._lent * pe.act_width])]
-        else:
-            m.d.comb += [rq.i.valid.eq(vb & ~store), rq.i.payload.mult.eq(pb.mult),
-                         rq.i.payload.shift.eq(pb.shift), rq.relu.eq(cmd.relu)]
         # A skid register between the requantiser and `o`: the requantiser moves on whenever
         # the register is empty, and a beat `o` does not take waits in it, so `o.ready` ends
         # here instead of running back through the whole stage into the MAC sums' FIFO.
         # No latency: a beat goes straight out while `o` is ready.
         skid = Signal.like(rq.o.payload, reset_less=True)
         skid_v = Signal()
-        if self._lent:
-            ours = rq.o.valid & ~share
-            m.d.comb += rq.o.ready.eq(Mux(share, self.rq_o.ready, ~skid_v))
-        else:
-            ours = rq.o.valid
-            m.d.comb += rq.o.ready.eq(~skid_v)
+        # (a lent beat's result is not the core's)
+        ours = rq.o.valid & ~share if self._lent else rq.o.valid
         m.d.comb += [self.o.valid.eq(skid_v | ours),
-                     self.o.payload.eq(Mux(skid_v, skid, rq.o.payload))]
+                     self.o.payload.eq(Mux(skid_v, skid, rq.o.payload)),
+                     rq.o.ready.eq(Mux(share, self.rq_o.ready, ~skid_v) if self._lent
+                                   else ~skid_v)]
         with m.If(skid_v):
             with m.If(self.o.ready):
                 m.d.sync += skid_v.eq(0)
