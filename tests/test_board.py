@@ -73,6 +73,8 @@ def test_board_top_elaborates(name):
     ys = files[f"{board.NAME}.ys"]
     opts = toolchain.synth_options(b.family, bc.core.pe.multiplier)
     assert f"synth_{b.family} {opts} " in ys and "-no-rw-check" in opts
+    # in two halves around splitnets, as psc synth runs it (YosysHQ/yosys#4349)
+    assert ys.index("-run :map_luts") < ys.index("\nsplitnets\n") < ys.index("-run map_luts:")
     # -dsp infers SB_MAC16, but would rewrite the hand-instantiated dual 8x8 ones
     assert ("-dsp" in opts.split()) == (b.family == "ice40"
                                         and bc.core.pe.multiplier == "generic")

@@ -166,7 +166,11 @@ def _platform(board):
 
 def _build_options(board, core, seed):
     """The overrides of amaranth's build script for ``core`` on ``board`` (a :class:`Board`)."""
-    opts = {"synth_opts": toolchain.synth_options(board.family, core.pe.multiplier),
+    synth = toolchain.synth_options(board.family, core.pe.multiplier)
+    # amaranth's script runs `synth_<family> <synth_opts> -top <name>`: its first half, then
+    # `script_after_synth` the rest (toolchain.synth_in_halves)
+    rest = toolchain.synth_in_halves(board.family, synth, NAME)[1:]
+    opts = {"synth_opts": f"{synth} -run :map_luts", "script_after_synth": "\n".join(rest),
             "nextpnr_opts": " ".join(toolchain.nextpnr_options(seed, f"{NAME}.report.json"))}
     after_read = toolchain.script_after_read(board.family)
     if board.family == "ecp5":

@@ -25,7 +25,7 @@ from psc.build_dir import build_root
 
 __all__ = [
     "FAMILIES", "CELLS", "NO_RW_CHECK", "TOOL_ENV", "tool", "tool_env", "run",
-    "synth_options", "script_after_read", "yosys_script", "lut_mults", "nextpnr_tool",
+    "synth_options", "script_after_read", "yosys_script", "synth_in_halves", "lut_mults", "nextpnr_tool",
     "nextpnr_options", "parse_nextpnr_report", "design_fmax", "read_netlist", "DspCheck",
     "check_dsp", "Icetime", "icetime",
 ]
@@ -184,7 +184,6 @@ def yosys_script(family, array_width, multiplier="generic", keep=()):
     submodules of the design under test named in ``keep`` keep their
     hierarchy too, to be counted apart.
     """
-    synth_cmd = f"synth_{family} {synth_options(family, multiplier)}"
     kept = " ".join(["top.dut"] + [f"top.dut.{name}" for name in keep])
     return "\n".join([
         "read_rtlil top.il",
@@ -192,14 +191,19 @@ def yosys_script(family, array_width, multiplier="generic", keep=()):
         f"setattr -mod -set keep_hierarchy 1 {kept}",
         *script_after_read(family),
         *lut_multiplies(array_width, "lut_mults.txt"),
-        f"{synth_cmd} -top top -run :map_luts",
-        # YosysHQ/yosys#4349: abc9's reintegration asserts on a duplicate wire
-        # name in this netlist unless multi-bit nets are split first.
-        "splitnets",
-        f"{synth_cmd} -top top -run map_luts: -json top.json",
+        *synth_in_halves(family, synth_options(family, multiplier), "top", "-json top.json"),
         "tee -q -o stat.json stat -json",
         "",
     ])
+
+
+def synth_in_halves(family, options, top, tail=""):
+    """``synth_<family> <options> -top <top> <tail>`` as Yosys commands: two halves with
+    ``splitnets`` between them, before and from ``map_luts``. YosysHQ/yosys#4349: abc9's
+    reintegration (in ``map_luts``) asserts on a duplicate wire name in some netlists (the
+    network engine's behind its bridge is one) unless multi-bit nets are split first."""
+    cmd = f"synth_{_check_family(family)} {options} -top {top}"
+    return [f"{cmd} -run :map_luts", "splitnets", f"{cmd} -run map_luts: {tail}".rstrip()]
 
 
 def lut_mults(build_dir):
