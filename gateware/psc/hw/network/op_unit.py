@@ -2,7 +2,7 @@
 
 The operations are :func:`psc.model.network.add` and
 :func:`psc.model.network.global_avg_pool`, bit for bit: the sums go through the
-core's own requantiser (:class:`~psc.hw.core.output.OutputStage`, ``shared``), which
+core's own requantiser (:class:`~psc.hw.core.output.OutputStage`, ``lent_rows``), which
 is idle while an add or a pooling runs, ``values`` activations per beat.
 """
 
