@@ -25,9 +25,9 @@ from psc.build_dir import build_root
 
 __all__ = [
     "FAMILIES", "CELLS", "NO_RW_CHECK", "TOOL_ENV", "tool", "tool_env", "run",
-    "synth_options", "script_after_read", "yosys_script", "synth_in_halves", "lut_mults", "nextpnr_tool",
-    "nextpnr_options", "parse_nextpnr_report", "design_fmax", "read_netlist", "DspCheck",
-    "check_dsp", "Icetime", "icetime",
+    "synth_options", "script_after_read", "yosys_script", "synth_in_halves", "lut_mults",
+    "nextpnr_tool", "nextpnr_options", "parse_nextpnr_report", "design_fmax", "read_netlist",
+    "DspCheck", "check_dsp", "Icetime", "icetime",
 ]
 
 FAMILIES = ("ice40", "ecp5")

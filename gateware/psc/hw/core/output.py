@@ -7,9 +7,9 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from psc.config import CoreConfig
-from psc.model.checks import check_int
 from psc.hw.dot_product import output_layout
 from psc.hw.requantize import Requantizer, requant_input_layout
+from psc.model.checks import check_int
 
 from .layouts import (FIELD_WIDTH, OUTPUT_COUNT_WIDTH, Part, act_out_layout,
                       config_layout,
@@ -214,8 +214,8 @@ class OutputStage(wiring.Component):
             m.d.comb += [rq.i.valid.eq(Mux(share, self.rq_i.valid, vb & ~store)),
                          self.rq_i.ready.eq(share & rq.i.ready),
                          rq.relu.eq(Mux(share, self.rq_relu, cmd.relu)),
-                         self.rq_o.valid.eq(share & rq.o.valid),
-                         self.rq_o.payload.eq(rq.o.payload.as_value()[:self._lent * pe.act_width])]
+                         self.rq_o.valid.eq(share & rq.o.valid)]
+            m.d.comb += self.rq_o.payload.eq(rq.o.payload.as_value()[:self._lent * pe.act_width])
         # A skid register between the requantiser and `o`: the requantiser moves on whenever
         # the register is empty, and a beat `o` does not take waits in it, so `o.ready` ends
         # here instead of running back through the whole stage into the MAC sums' FIFO.
