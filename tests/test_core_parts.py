@@ -670,6 +670,11 @@ def test_output_lends_its_requantizer(cc, lent):
     for n, (g, w) in enumerate(zip(got, want)):
         assert g == w, f"beat {n}: (acc, mult, shift) {beats[n]}: got {g}, want {w}"
     assert len(got) == len(want)
+    with pytest.raises(ValueError, match=r"lent_rows must be an integer in \[0, 4\], not 5"):
+        OutputStage(cc, lent_rows=5)
+    with pytest.raises(ValueError, match=r"lent_requantizer_rows must be an integer in "
+                                         r"\[0, 4\], not -1"):
+        PSCConvCore(cc, lent_requantizer_rows=-1)
 
 
 # --- the whole core is made of the parts ------------------------------------------------------
