@@ -30,9 +30,10 @@ from psc.hw.core.layouts import fetch_layout, output_groups, sizes_layout
 from psc.hw.core.output import OutputStage
 from psc.hw.core.sequencer import Sequencer
 from psc.hw.requantize import Requantizer
-from psc.hw.core.setup import CommandSetup, CycleCounters, DerivedSizes
+from psc.hw.core.setup import CommandSetup, CycleCounters, DerivedSizes, setup_cycles
 from psc.model import golden
 from psc.model.packing import pack_payload
+from psc.presets import preset
 
 #: One bank, psc weights.
 DIAG = CoreConfig(pe=PSCConfig(lanes=2, rows=2, act_width=8, weight_width=8, acc_width=24,
@@ -65,7 +66,8 @@ def _sizes(cc, f):
     gin_e = 1 if dw else f["gin"]
     s = f["stride"]
     ws = -(-f["in_w"] // (s * R)) * s if cc.pe.depthwise == "pixels" else 0
-    sizes = {"wg": f["in_w"] * f["gin"], "ow": f["out_w"] * f["gout"], "kk": f["k"] ** 2}
+    sizes = {"wg": f["in_w"] * f["gin"], "kk": f["k"] ** 2,
+             "ow": f["out_w"] * output_groups(cc, f["kind"], f["gout"])}
     sizes.update(n_in=f["in_h"] * sizes["wg"], n_out=f["out_h"] * sizes["ow"],
                  red=gin_e * sizes["kk"], pt_wg=f["pad_top"] * sizes["wg"],
                  pl_g=f["pad_left"] * f["gin"])
@@ -196,6 +198,70 @@ def test_setup_accepts_runs_and_ends():
         # the next command is refused: error is its own
         started, error, _ = await _command(ctx, setup, DIAG, dict(GOOD, k=4))
         assert (started, error) == (False, 1)
+
+    _run(dut, bench)
+
+
+def _accepted_commands(cc, n, seed):
+    """``n`` random commands ``cc`` accepts: every kind, with the sizes the builds allow."""
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        kind = rng.choice([KIND_STANDARD, LayerKind.POINTWISE, KIND_DEPTHWISE])
+        k = 1 if kind == LayerKind.POINTWISE else rng.choice([1, 3, 5])
+        stride = rng.choice([1, 2])
+        in_h, in_w = rng.randint(1, 9), rng.randint(1, 9)
+        gin = rng.randint(1, 3)
+        gout = gin if kind == KIND_DEPTHWISE else rng.randint(1, 3)
+        pt, pl = rng.randint(0, k - 1), rng.randint(0, k - 1)
+        f = _fields(kind=kind, k=k, stride=stride, in_h=in_h, in_w=in_w, gin=gin, gout=gout,
+                    pad_top=pt, pad_left=pl, out_h=max(1, (in_h + pt - k) // stride + 1),
+                    out_w=max(1, (in_w + pl - k) // stride + 1))
+        sizes, _ = _sizes(cc, f)
+        gin_e = 1 if kind == KIND_DEPTHWISE else gin
+        bank = cc.fmap_depth // (cc.pe.rows if cc.pe.depthwise != "diagonal" else 1)
+        if (sizes["n_in"] <= bank and sizes["n_dw"] <= bank and sizes["n_w"] <= cc.weight_depth
+                and gin_e * k * k * cc.pe.lanes <= cc.pe.max_reduction
+                and output_groups(cc, kind, gout) <= cc.param_depth):
+            out.append(f)
+    return out
+
+
+@pytest.mark.parametrize("cc", [DIAG, PIX, preset("ecp5-25k")], ids=["diag", "pixels", "ecp5"])
+def test_sizes_and_setup_cycles(cc):
+    """Every derived size of random accepted commands, and the setup's cycles: the start
+    comes ``setup_cycles + 3`` cycles after the command is taken (the chains, the cycle
+    that sees them ready, the check and the start)."""
+    dut = _Control(cc)
+    setup = dut.setup
+
+    async def bench(ctx):
+        for f in _accepted_commands(cc, 12, seed=hash(cc.pe.depthwise) & 0xFFFF):
+            expect, _ = _sizes(cc, f)
+            dw = f["kind"] == KIND_DEPTHWISE
+            factors = dict(f, gin_e=1 if dw else f["gin"],
+                           gout_o=output_groups(cc, f["kind"], f["gout"]))
+            ctx.set(setup.cfg.payload, config_layout(cc).const(f))
+            ctx.set(setup.cfg.valid, 1)
+            await ctx.tick()
+            ctx.set(setup.cfg.valid, 0)
+            cycles = 1
+            while not ctx.get(setup.start):
+                assert not ctx.get(setup.done), f"refused: {f}"
+                await ctx.tick()
+                cycles += 1
+            sizes = ctx.get(setup.sizes)
+            got = {n: getattr(sizes, n) for n in expect}
+            assert got == expect, f"command {f}"
+            assert cycles == setup_cycles(cc, factors) + 3, f"command {f}: {cycles} cycles"
+            await ctx.tick()
+            for port in (setup.outputs_done, setup.inputs_done, setup.loaded):
+                ctx.set(port, 1)
+            while not ctx.get(setup.done):
+                await ctx.tick()
+            for port in (setup.outputs_done, setup.inputs_done, setup.loaded):
+                ctx.set(port, 0)
+            await ctx.tick()
 
     _run(dut, bench)
 

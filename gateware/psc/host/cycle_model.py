@@ -10,9 +10,8 @@ it within 2% of the simulated core over whole networks.
 
 The model follows the core's docstring, stage by stage:
 
-* setup: the derived sizes by the shift-and-add multiplier, one cycle to
-  load each product, one per significant bit of its factor and one to
-  store it (:class:`~psc.hw.core.setup.DerivedSizes`);
+* setup: the derived sizes by the shift-and-add multipliers, their chains
+  side by side (:func:`~psc.hw.core.setup.setup_cycles`);
 * loading: the weights and parameters arrive on their own streams at one
   beat per cycle; the first beat waits for the longer of the two, and for
   the input words its first output row needs (all of the tile's input on a
@@ -31,6 +30,7 @@ pace), which the simulator's ``stall`` adds.
 
 from psc.hw.core import KIND_DEPTHWISE
 from psc.hw.core.layouts import output_groups
+from psc.hw.core.setup import setup_cycles
 from psc.hw.pe import pe_latency
 from psc.hw.requantize import Requantizer
 
@@ -41,15 +41,6 @@ __all__ = ["tile_cycles", "tiles_cycles", "plan_cycles", "layers_cycles"]
 # core); the SPRAM input buffer adds its load-to-compute turnaround.
 _HANDSHAKES = 9
 _SPRAM_TURNAROUND = 4
-
-
-def _setup_cycles(config, fields):
-    gin_e = 1 if fields["kind"] == KIND_DEPTHWISE else fields["gin"]
-    factors = [fields["in_w"], fields["in_h"], fields["out_w"], fields["out_h"], fields["k"],
-               gin_e, fields["gout"], fields["pad_top"], fields["pad_left"]]
-    if config.pe.depthwise == "pixels":
-        factors += [fields["in_h"], fields["gin"], fields["pad_top"]]
-    return sum(2 + int(a).bit_length() for a in factors)
 
 
 def tile_cycles(config, fields, n_weights, n_params, n_acts, n_out):
@@ -80,7 +71,8 @@ def tile_cycles(config, fields, n_weights, n_params, n_acts, n_out):
     latency = (pe_latency(pe) + (Requantizer.latency_of(pe) if n_out else 0)
                + 2 * config.read_register + config.sums_fifo + _HANDSHAKES
                + _SPRAM_TURNAROUND * spram)
-    return _setup_cycles(config, fields) + t + latency
+    factors = dict(fields, gin_e=gin_e, gout_o=gout_o)
+    return setup_cycles(config, factors) + t + latency
 
 
 def tiles_cycles(config, tiles):

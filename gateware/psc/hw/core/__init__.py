@@ -131,8 +131,9 @@ class PSCConvCore(wiring.Component):
     parameters are loaded and the input rows its output row needs have
     arrived (so loading the input overlaps the computation),
     unless ``act_out`` stalls. Setup computes the command's derived sizes
-    with a shift-and-add multiplier (one cycle per significant bit of each
-    factor, a few tens of cycles) into registers sized by what the build can
+    with a few shift-and-add multipliers side by side (one cycle per
+    significant bit of each factor, :func:`~psc.hw.core.setup.setup_cycles`
+    in all, some ten cycles) into registers sized by what the build can
     hold; a product too big for its register saturates to the register's
     largest value, which is above the limit it is checked against, so a
     command with huge fields is refused, never wrapped into one that passes.

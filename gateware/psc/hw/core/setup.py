@@ -1,6 +1,6 @@
 """Command setup of the core: accepting a command, its derived sizes, its checks, start and end."""
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -9,7 +9,8 @@ from psc.config import CoreConfig
 from .layouts import (COUNTER_WIDTH, FIELD_WIDTH, MAX_OUTPUTS, LayerKind, Part, bank_count,
                       config_layout, sizes_layout)
 
-__all__ = ["DerivedSizes", "CommandSetup", "CycleCounters", "GOUT_O_WIDTH"]
+__all__ = ["DerivedSizes", "CommandSetup", "CycleCounters", "GOUT_O_WIDTH", "SIZE_CHAINS",
+           "PIXEL_SIZE_CHAINS", "size_chains", "setup_cycles"]
 
 #: Bits of a command's output beats per pixel (``gout``, times ``lanes`` for a depthwise
 #: layer on a ``depthwise="channels"`` build; ``lanes`` <= 64).
@@ -29,28 +30,67 @@ def _times(value, constant):
     return sum(terms[1:], terms[0])
 
 
+#: The derived sizes as chains of products, each chain computed by its own shift-and-add
+#: multiplier, side by side: ``(size, factor, multiplicand)``, in order. The factor is
+#: consumed a bit per cycle, so each is the operand that is small in practice (channel
+#: groups, rows, padding), and a multiplicand may be an earlier size of its own chain.
+#: ``kk`` (``k * k``, one of four values) is looked up, not multiplied.
+SIZE_CHAINS = (
+    (("wg", "gin", "in_w"), ("n_in", "in_h", "wg"), ("pt_wg", "pad_top", "wg")),
+    (("ow", "gout_o", "out_w"), ("n_out", "out_h", "ow"), ("pl_g", "pad_left", "gin")),
+    (("red", "gin_e", "kk"), ("n_w", "gout", "red")),
+)
+
+#: What a build with ``depthwise="pixels"`` adds to :data:`SIZE_CHAINS`, chain by chain.
+PIXEL_SIZE_CHAINS = (
+    (("pt_ws", "pad_top", "ws"),),
+    (),
+    (("plane", "in_h", "ws"), ("n_dw", "gin", "plane")),
+)
+
+
+def size_chains(config):
+    """:data:`SIZE_CHAINS` of ``config``'s build (with :data:`PIXEL_SIZE_CHAINS` on a
+    ``depthwise="pixels"`` build)."""
+    if config.pe.depthwise != "pixels":
+        return SIZE_CHAINS
+    return tuple(a + b for a, b in zip(SIZE_CHAINS, PIXEL_SIZE_CHAINS))
+
+
+def setup_cycles(config, factors):
+    """Cycles :class:`DerivedSizes` takes for a command whose factors (the second
+    item of each step of :func:`size_chains`, by name) are ``factors``: its longest
+    chain, one cycle to load each product, one per significant bit of its factor and
+    one to store it."""
+    return max(sum(2 + int(factors[a]).bit_length() for _, a, _ in chain)
+               for chain in size_chains(config))
+
+
 class DerivedSizes(wiring.Component):
-    """The derived sizes of a command, by one shift-and-add multiplier.
+    """The derived sizes of a command, by a few shift-and-add multipliers.
 
     The sizes (:func:`~psc.hw.core.layouts.sizes_layout`) are products of
     the command's fields, some of earlier products. They are computed once
-    per command by one multiplier that consumes one bit of the 16-bit factor
-    per cycle and stops when the rest is zero, so setup costs one adder as
-    wide as the widest size instead of an array multiplier in LUTs (or a
-    DSP), and a few tens of cycles per command. The multiplier saturates:
-    a product that leaves the multiplier's width, or does not fit its field,
-    is stored as the field's all-ones value, above every limit it is
-    checked against, so no product of huge fields wraps into a small one.
+    per command by one multiplier per chain of :func:`size_chains`, the
+    chains side by side; each multiplier consumes one bit of its factor per
+    cycle and stops when the rest is zero, so setup costs an adder per chain
+    as wide as the chain's widest size instead of an array multiplier in
+    LUTs (or a DSP), and some ten cycles per command
+    (:func:`setup_cycles`). The multipliers saturate: a product that leaves
+    its multiplier's width, or does not fit its field, is stored as the
+    field's all-ones value, above every limit it is checked against, so no
+    product of huge fields wraps into a small one.
 
     Protocol: ``clear`` (one cycle, when the command is taken) rewinds the
-    step table; then, while ``enable`` is high, each product takes one
-    cycle to load, one per significant bit of its factor and one to store.
-    ``ready`` rises (combinationally, while ``enable``) when the last
-    product is stored (the first product, ``in_w * gin``, takes one cycle
-    more when ``in_w`` is 0: a refused command); ``sizes`` then holds every
-    size of the command until the next ``clear``. ``ws`` (bank words per
-    input row and group of a depthwise layer on a ``depthwise="pixels"``
-    build) is combinational from ``cmd``.
+    chains; then, while ``enable`` is high, each product takes one cycle to
+    load, one per significant bit of its factor and one to store. ``ready``
+    rises (combinationally, while ``enable``) when the last product of every
+    chain is stored (a chain's first product takes one cycle more when its
+    factor is 0: a refused command); ``sizes`` then holds every size of the
+    command until the next ``clear``. ``kk`` is looked up from ``k`` (any
+    value for a ``k`` the checks refuse); ``ws`` (bank words per input row
+    and group of a depthwise layer on a ``depthwise="pixels"`` build) is
+    combinational from ``cmd``.
 
     Parameters
     ----------
@@ -84,56 +124,60 @@ class DerivedSizes(wiring.Component):
             "ready": Out(1),
         })
 
-    def _steps(self, m):
-        """The step table: (destination, factor, multiplicand), in order of use."""
-        cmd, s = self.cmd, self.sizes
-        R = self._config.pe.rows
-        steps = [
-            (s.wg, cmd.in_w, cmd.gin),
-            (s.n_in, cmd.in_h, s.wg),
-            (s.ow, cmd.out_w, self.gout_o),
-            (s.n_out, cmd.out_h, s.ow),
-            (s.kk, cmd.k, cmd.k),
-            (s.red, self.gin_e, s.kk),
-            (s.n_w, cmd.gout, s.red),
-            (s.pt_wg, cmd.pad_top, s.wg),
-            (s.pl_g, cmd.pad_left, cmd.gin),
-        ]
-        if self._config.pe.depthwise == "pixels":
-            # A depthwise layer's input column x goes to bank (x // s) % rows,
-            # at a bank row of ws words per input row and group.
-            lgr = R.bit_length() - 1
-            sh = Mux(cmd.stride == 2, lgr + 1, lgr)
-            blocks = (cmd.in_w + (Mux(cmd.stride == 2, 2 * R, R) - 1)) >> sh
-            m.d.comb += self.ws.eq(Mux(cmd.stride == 2, blocks << 1, blocks))
-            steps += [(s.plane, cmd.in_h, self.ws), (s.n_dw, cmd.gin, s.plane),
-                      (s.pt_ws, cmd.pad_top, self.ws)]
-        return steps
+    def _ws(self, m):
+        # A depthwise layer's input column x goes to bank (x // s) % rows,
+        # at a bank row of ws words per input row and group.
+        cmd, R = self.cmd, self._config.pe.rows
+        lgr = R.bit_length() - 1
+        sh = Mux(cmd.stride == 2, lgr + 1, lgr)
+        blocks = (cmd.in_w + (Mux(cmd.stride == 2, 2 * R, R) - 1)) >> sh
+        m.d.comb += self.ws.eq(Mux(cmd.stride == 2, blocks << 1, blocks))
 
     def elaborate(self, platform):
         m = Module()
-        steps = self._steps(m)
+        if self._config.pe.depthwise == "pixels":
+            self._ws(m)
+        k = self.cmd.k
+        kk = Signal.like(self.sizes.kk)
+        m.d.comb += kk.eq(Mux(k == 7, 49, Mux(k == 5, 25, Mux(k == 3, 9, 1))))
+        with m.If(self.enable):
+            m.d.sync += self.sizes.kk.eq(kk)
+        operands = {n: getattr(self.cmd, n) for n in ("gin", "gout", "in_w", "in_h", "out_w",
+                                                       "out_h", "pad_top", "pad_left")}
+        operands.update(gin_e=self.gin_e, gout_o=self.gout_o, ws=self.ws, kk=kk)
+        done = []
+        for c, chain in enumerate(size_chains(self._config)):
+            steps = [(getattr(self.sizes, dst), operands[a],
+                      operands[b] if b in operands else getattr(self.sizes, b))
+                     for dst, a, b in chain]
+            done.append(self._chain(m, c, steps))
+        m.d.comb += self.ready.eq(self.enable & Cat(*done).all())
+        return m
+
+    def _chain(self, m, c, steps):
+        """One chain's multiplier; returns its "every product stored" flag."""
         PW = max(len(dst) for dst, _, _ in steps)
-        mul_a = Signal(FIELD_WIDTH)            # factor, consumed LSB first
-        mul_b = Signal(PW)                     # multiplicand, shifted left
-        b_big = Signal()                       # the multiplicand has left its PW bits
-        prod = Signal(PW)
-        ovf = Signal()                         # sticky: the product has left its PW bits
-        mul_sum = Signal(PW + 1)
-        mul_run = Signal()
+        AW = max(len(a) for _, a, _ in steps)
+        mul_a = Signal(AW, name=f"mul_a{c}")   # factor, consumed LSB first
+        mul_b = Signal(PW, name=f"mul_b{c}")   # multiplicand, shifted left
+        b_big = Signal(name=f"b_big{c}")       # the multiplicand has left its PW bits
+        prod = Signal(PW, name=f"prod{c}")
+        ovf = Signal(name=f"ovf{c}")           # sticky: the product has left its PW bits
+        mul_sum = Signal(PW + 1, name=f"mul_sum{c}")
+        mul_run = Signal(name=f"mul_run{c}")
         # `mul_a == 0`, registered: a wide compare would otherwise lead every
         # step's enable.
-        a_zero = Signal()
+        a_zero = Signal(name=f"a_zero{c}")
         # Each factor's `== 0`, registered every cycle (the factors are fields of the
         # command, held from the first setup cycle on), so that loading `a_zero` is a
         # choice between flip-flops, not a compare behind the step's multiplexer. The
         # first step loads in the first setup cycle, before its flag is up to date: it
         # takes `a_zero` low, which for a zero factor (a refused command: every size is
         # at least 1) costs one cycle more and still gives the product 0.
-        a_zeros = [Signal(name=f"a_zero_{i}") for i in range(len(steps))]
+        a_zeros = [Signal(name=f"a_zero{c}_{i}") for i in range(len(steps))]
         m.d.sync += [z.eq(a == 0) for z, (_, a, _) in zip(a_zeros, steps)]
         m.d.comb += mul_sum.eq(prod + mul_b)
-        step = Signal(range(len(steps) + 1))
+        step = Signal(range(len(steps) + 1), name=f"step{c}")
 
         with m.If(self.enable):
             with m.If(~mul_run):
@@ -144,8 +188,6 @@ class DerivedSizes(wiring.Component):
                                          a_zero.eq(a_zeros[i] if i else 0),
                                          b_big.eq(b[PW:] != 0 if len(b) > PW else 0),
                                          mul_run.eq(1)]
-                    with m.Default():
-                        m.d.comb += self.ready.eq(1)
             with m.Elif(a_zero):
                 m.d.sync += [step.eq(step + 1), mul_run.eq(0)]
                 with m.Switch(step):
@@ -163,7 +205,7 @@ class DerivedSizes(wiring.Component):
                         m.d.sync += ovf.eq(1)
         with m.If(self.clear):
             m.d.sync += [step.eq(0), mul_run.eq(0)]
-        return m
+        return step == len(steps)
 
 
 class CommandSetup(wiring.Component):
