@@ -70,7 +70,8 @@ def _sizes(cc, f):
              "ow": f["out_w"] * output_groups(cc, f["kind"], f["gout"])}
     sizes.update(n_in=f["in_h"] * sizes["wg"], n_out=f["out_h"] * sizes["ow"],
                  red=gin_e * sizes["kk"], pt_wg=f["pad_top"] * sizes["wg"],
-                 pl_g=f["pad_left"] * f["gin"])
+                 pl_g=f["pad_left"] * f["gin"], kr_wg=(f["k"] - 1 - f["pad_top"]) * sizes["wg"],
+                 c0_g=min(f["in_w"], f["k"] - f["pad_left"]) * f["gin"])
     sizes["n_w"] = f["gout"] * sizes["red"]
     plane = f["in_h"] * ws
     sizes.update(plane=plane, n_dw=f["gin"] * plane, pt_ws=f["pad_top"] * ws)
@@ -238,9 +239,6 @@ def test_sizes_and_setup_cycles(cc):
     async def bench(ctx):
         for f in _accepted_commands(cc, 12, seed=hash(cc.pe.depthwise) & 0xFFFF):
             expect, _ = _sizes(cc, f)
-            dw = f["kind"] == KIND_DEPTHWISE
-            factors = dict(f, gin_e=1 if dw else f["gin"],
-                           gout_o=output_groups(cc, f["kind"], f["gout"]))
             ctx.set(setup.cfg.payload, config_layout(cc).const(f))
             ctx.set(setup.cfg.valid, 1)
             await ctx.tick()
@@ -253,7 +251,7 @@ def test_sizes_and_setup_cycles(cc):
             sizes = ctx.get(setup.sizes)
             got = {n: getattr(sizes, n) for n in expect}
             assert got == expect, f"command {f}"
-            assert cycles == setup_cycles(cc, factors) + 3, f"command {f}: {cycles} cycles"
+            assert cycles == setup_cycles(cc, f) + 3, f"command {f}: {cycles} cycles"
             await ctx.tick()
             for port in (setup.outputs_done, setup.inputs_done, setup.loaded):
                 ctx.set(port, 1)

@@ -64,15 +64,31 @@ def tile_cycles(config, fields, n_weights, n_params, n_acts, n_out):
     words_per_row = fields["in_w"] * fields["gin"] * (rows if channels else 1)
     spram = config.fmap_ram == "spram"
     t = max(n_weights, n_params, n_acts if spram else 0)
+    row_time = max(row_beats, row_requant, row_drain)
+    pixel_time = row_time / out_cols
+    # stream words per input pixel
+    word = words_per_row // fields["in_w"]
     for oy in range(fields["out_h"]):
-        if not spram:
-            t = max(t, min(fields["in_h"], oy * stride - fields["pad_top"] + k) * words_per_row)
-        t += max(row_beats, row_requant, row_drain)
+        if spram:
+            t += row_time
+            continue
+        rows_needed = oy * stride - fields["pad_top"] + k
+        full = min(fields["in_h"], rows_needed) * words_per_row
+        if pixels:
+            t = max(t, full) + row_time
+            continue
+        # Pixel by pixel: each waits for its rows or for the words of the next pixel
+        # (the row's last for the next row's second pixel's)
+        base = ((rows_needed - 1) * words_per_row
+                + min(fields["in_w"], k - fields["pad_left"]) * word)
+        for ox in range(out_cols):
+            ahead = (ox + 1) * stride * word if ox + 1 < out_cols else stride * (words_per_row
+                                                                                 + word)
+            t = max(t, min(full, base + ahead)) + pixel_time
     latency = (pe_latency(pe) + (Requantizer.latency_of(pe) if n_out else 0)
                + 2 * config.read_register + config.sums_fifo + _HANDSHAKES
                + _SPRAM_TURNAROUND * spram)
-    factors = dict(fields, gin_e=gin_e, gout_o=gout_o)
-    return setup_cycles(config, factors) + t + latency
+    return setup_cycles(config, fields) + round(t) + latency
 
 
 def tiles_cycles(config, tiles):

@@ -318,7 +318,7 @@ class PSCConvCore(wiring.Component):
                      seq.run.eq(setup.run)]
         # Progress, for the start of the sequencer and the end of the command.
         m.d.comb += [
-            seq.rows_in.eq(ibuf.rows_in),
+            seq.rows_in.eq(ibuf.rows_in), seq.words_in.eq(ibuf.words_in),
             seq.weights_done.eq(wbuf.done), seq.params_done.eq(pbuf.done),
             setup.loaded.eq(seq.loaded), setup.inputs_done.eq(ibuf.done),
             setup.outputs_done.eq(out.all_sent), setup.mac_valid.eq(sums_valid),

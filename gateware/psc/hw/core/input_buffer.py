@@ -134,15 +134,17 @@ class InputBuffer(wiring.Component):
     depthwise layer on a banked build at its bank position. (A depthwise
     layer on a ``depthwise="channels"`` build takes ``rows`` stream words
     per word it counts: ``n_in`` and ``wg`` count bank words.)
-    ``rows_in`` counts the input rows that have fully arrived (so the
-    sequencer can start on an output row before the whole tile is in).
+    ``rows_in`` counts the input rows that have fully arrived and
+    ``words_in`` the words (bank words, as ``n_in``), so the sequencer can
+    start on an output row, and on its first pixels, before the whole tile
+    is in.
     ``start`` (one cycle) rewinds the loader.
 
     With ``fmap_ram="spram"`` the words live in single-ported
     ``SB_SPRAM256KA`` cells (:class:`~psc.hw.spram.SinglePortRAM`): the port
     writes while the tile loads and reads after, so ``rows_in`` stays 0
-    until every word has arrived (``done``) and the sequencer, which waits
-    for its rows, never reads during a write.
+    until every word has arrived (``done``), ``words_in`` stays 0 always, and
+    the sequencer, which waits for its rows, never reads during a write.
 
     Read side (:attr:`read`): bank addresses (``input_read_layout``) and
     ``en`` in a cycle, the beat's ``x`` (the :func:`~psc.hw.dot_product.input_layout`
@@ -166,7 +168,7 @@ class InputBuffer(wiring.Component):
     dwp, dwc : In(1)
     sizes : In(sizes_layout(config))
     ws : In(FIELD_WIDTH + 1)
-    rows_in : Out(range(config.fmap_depth + 1))
+    rows_in, words_in : Out(range(config.fmap_depth + 1))
     done : Out(1)
     read : In(read_signature(input_read_layout(config), input_layout(config.pe)["x"].shape))
     """
@@ -183,6 +185,7 @@ class InputBuffer(wiring.Component):
             "sizes": In(sizes_layout(config)),
             "ws": In(FIELD_WIDTH + 1),
             "rows_in": Out(range(config.fmap_depth + 1)),
+            "words_in": Out(range(config.fmap_depth + 1)),
             "done": Out(1),
             "read": In(read_signature(input_read_layout(config),
                                       input_layout(config.pe)["x"].shape)),
@@ -231,6 +234,8 @@ class InputBuffer(wiring.Component):
         # (each counts up to a size checked against the build: input words,
         # words per row, rows <= input words)
         in_cnt = Signal(range(cc.fmap_depth + 1))
+        if cc.fmap_ram != "spram":
+            m.d.comb += self.words_in.eq(in_cnt)
         col_cnt = Signal(range(cc.fmap_depth))
         fire = Signal()
         m.d.comb += fire.eq(self.i.valid & self.i.ready)

@@ -183,7 +183,10 @@ def sizes_layout(cc):
     input words (both in bank words, one per ``rows`` stream words, for a
     depthwise command on a ``depthwise="channels"`` build); ``ow``: output beats per output row; ``n_out``: output beats;
     ``kk``: ``k * k``; ``red``: beats per reduction; ``n_w``: weight blocks;
-    ``pt_wg``, ``pl_g``: words skipped by the top and left padding. Depthwise
+    ``pt_wg``, ``pl_g``: words skipped by the top and left padding; ``kr_wg``:
+    words of the input rows above the last one the first output row needs
+    (``(k - 1 - pad_top) * wg``); ``c0_g``: words of that last row its first
+    pixel needs (``min(in_w, k - pad_left) * gin``). Depthwise
     layers on a ``depthwise="pixels"`` build: ``plane`` (bank words per
     group), ``n_dw`` (bank words of the tile), ``pt_ws`` (bank words skipped
     by the top padding).
@@ -200,6 +203,7 @@ def sizes_layout(cc):
         "kk": sized(red_max), "red": sized(red_max), "n_w": sized(cc.weight_depth),
         # Used only by an accepted command (wg, gin <= fmap_depth), never checked.
         "pt_wg": sized(PAD_MAX * cc.fmap_depth), "pl_g": sized(PAD_MAX * cc.fmap_depth),
+        "kr_wg": sized(PAD_MAX * cc.fmap_depth), "c0_g": sized(PAD_MAX * cc.fmap_depth),
         "plane": sized(bank_depth), "n_dw": sized(bank_depth),
         "pt_ws": sized(PAD_MAX * bank_depth),
     })

@@ -1,6 +1,6 @@
 """The core's sequencer: the loop nest of a command, one tap per cycle."""
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -35,8 +35,11 @@ class Sequencer(wiring.Component):
     before: the first address is registered from them);
     while ``run``, ``loaded`` follows ``keep | (weights_done &
     params_done)`` and ``rows_ok`` whether the input rows the current
-    output row needs have arrived (``rows_in``), both one cycle late (which
-    only delays an issue). ``taps.valid`` is a few flip-flops: the
+    output row needs have arrived (``rows_in``) or the input words the next
+    pixel needs (``words_in``; on the last pixel of an output row, those of
+    the next row's second pixel; not for a depthwise layer on a
+    ``depthwise="pixels"`` build), both one cycle late (which only delays an
+    issue). ``taps.valid`` is a few flip-flops: the
     sequencer has beats left, ``loaded`` and ``rows_ok``; a tap moves on
     ``taps.ready`` (one per cycle at most, no latency). ``waiting`` is high
     in a cycle with beats left and weights loaded in which no tap moves.
@@ -60,6 +63,9 @@ class Sequencer(wiring.Component):
         Bank words per input row and group (depthwise pixels).
     rows_in : In(range(config.fmap_depth + 1))
         Input rows arrived.
+    words_in : In(range(config.fmap_depth + 1))
+        Input words arrived (bank words, as ``sizes.n_in``; 0 on a build that does not
+        read while it loads).
     weights_done, params_done : In(1)
     taps : Out(stream.Signature(tap_layout(config)))
     loaded, waiting : Out(1)
@@ -81,6 +87,7 @@ class Sequencer(wiring.Component):
             "sizes": In(sizes_layout(config)),
             "ws": In(FIELD_WIDTH + 1),
             "rows_in": In(range(config.fmap_depth + 1)),
+            "words_in": In(range(config.fmap_depth + 1)),
             "weights_done": In(1),
             "params_done": In(1),
             "taps": Out(stream.Signature(tap_layout(config))),
@@ -138,6 +145,19 @@ class Sequencer(wiring.Component):
         s["base"] = reg(sa, "base")
         sz = self.sizes
         m.d.sync += s["base"].eq(Mux(self.dwp, -sz.pt_ws, -sz.pt_wg - sz.pl_g))
+        # Input words the pixel after the current one needs (`nwa`: the rows above its
+        # last input row, and of that row the columns up to its window's right edge,
+        # uncapped: past the row's end it asks for words of the next row, which is
+        # early enough), and the second pixel of the next output row (`nwr`: what the
+        # row's last pixel waits for, the next row's first pixel ahead). The start
+        # values registered every cycle, as `base`.
+        nw = unsigned(address_width(cc) + 3)
+        s["nwa"], s["nwr"] = reg(nw, "need_words"), reg(nw, "need_words_row")
+        s["nwa0"], s["nwr0"] = reg(nw, "need_words0"), reg(nw, "need_words_row0")
+        cmd = self.cmd
+        nwa0 = sz.kr_wg + sz.c0_g + Mux(cmd.stride == 2, cmd.gin << 1, cmd.gin)
+        m.d.sync += [s["nwa0"].eq(nwa0),
+                     s["nwr0"].eq(nwa0 + Mux(cmd.stride == 2, sz.wg << 1, sz.wg))]
         # One flag per counter, registered, telling that it holds its last
         # value: the carry into the next counter is then an AND of flip-flops
         # (no subtract-and-compare against the command's fields in that path).
@@ -167,12 +187,16 @@ class Sequencer(wiring.Component):
             # Both a cycle late, which only delays (never hastens) an issue:
             # rows_in only grows, and `need` grows only on the beat that ends
             # an output row, for which the next row's need is checked ahead.
+            # Or words: the next pixel's, or on a row's last pixel the next row's second
+            # pixel's (a bound for every pixel until then).
             row_end = s["below"][5]          # the beat ends an output row
+            words_ok = ~self.dwp & Mux(s["flags"][4], self.words_in >= s["nwr"],
+                                       self.words_in >= s["nwa"])
             m.d.sync += [
                 self.loaded.eq(self.cmd.keep | (self.weights_done & self.params_done)),
                 s["rows_ok"].eq((self.rows_in >= Mux(row_end, s["need"] + self.cmd.stride,
                                                      s["need"]))
-                                | (self.rows_in == self.cmd.in_h)),
+                                | (self.rows_in == self.cmd.in_h) | words_ok),
             ]
         with m.If(self.start):
             self._start(m, s)
@@ -227,6 +251,7 @@ class Sequencer(wiring.Component):
         cmd = self.cmd
         ix, iy, ix0, iy0 = s["ix"], s["iy"], s["ix0"], s["iy0"]
         tapbase, rowbase, pixbase, linebase = s["tapbase"], s["rowbase"], s["pixbase"], s["linebase"]
+        nwa, nwr = s["nwa"], s["nwr"]
         with m.If(issue):
             m.d.sync += s["waddr"].eq(s["waddr"] + 1)
             with m.If(c_kx & ~l_kx):
@@ -244,12 +269,14 @@ class Sequencer(wiring.Component):
             with m.If(c_ox):
                 m.d.sync += [s["goff"].eq(0), s["waddr"].eq(0)]
             with m.If(c_ox & ~l_ox):
+                m.d.sync += nwa.eq(nwa + s["sg"])
                 nxt = pixbase + s["sg"]
                 m.d.sync += [ix0.eq(ix0 + s["ix_step"]), ix.eq(ix0 + s["ix_step"]),
                              pixbase.eq(nxt), rowbase.eq(nxt), tapbase.eq(nxt)]
             with m.If(c_oy):
                 m.d.sync += [ix0.eq(-cmd.pad_left), ix.eq(-cmd.pad_left)]
             with m.If(c_oy & ~l_oy):
+                m.d.sync += [nwa.eq(nwr), nwr.eq(nwr + s["swg"])]
                 nxt = linebase + s["swg"]
                 m.d.sync += [iy0.eq(iy0 + cmd.stride), iy.eq(iy0 + cmd.stride),
                              s["need"].eq(s["need"] + cmd.stride), linebase.eq(nxt),
@@ -286,6 +313,7 @@ class Sequencer(wiring.Component):
             s["iy"].eq(-cmd.pad_top), s["iy0"].eq(-cmd.pad_top),
             s["need"].eq(cmd.k - cmd.pad_top),
             *(s[n].eq(base) for n in ("tapbase", "rowbase", "pixbase", "linebase")),
+            s["nwa"].eq(s["nwa0"]), s["nwr"].eq(s["nwr0"]),
             s["g_step"].eq(Mux(dwp, 0, cmd.gin)),
             s["sg"].eq(Mux(dwp, 0, Mux(cmd.stride == 2, cmd.gin << 1, cmd.gin))),
             s["swg"].eq(Mux(dwp, Mux(cmd.stride == 2, ws << 1, ws),

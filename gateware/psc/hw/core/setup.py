@@ -7,10 +7,11 @@ from amaranth.lib.wiring import In, Out
 from psc.config import CoreConfig
 
 from .layouts import (COUNTER_WIDTH, FIELD_WIDTH, MAX_OUTPUTS, LayerKind, Part, bank_count,
-                      config_layout, sizes_layout)
+                      config_layout, output_groups, sizes_layout)
 
 __all__ = ["DerivedSizes", "CommandSetup", "CycleCounters", "GOUT_O_WIDTH", "SIZE_CHAINS",
-           "PIXEL_SIZE_CHAINS", "size_chains", "setup_cycles"]
+           "PIXEL_SIZE_CHAINS", "WORD_SIZE_CHAINS", "size_chains", "size_factors",
+           "setup_cycles"]
 
 #: Bits of a command's output beats per pixel (``gout``, times ``lanes`` for a depthwise
 #: layer on a ``depthwise="channels"`` build; ``lanes`` <= 64).
@@ -48,20 +49,42 @@ PIXEL_SIZE_CHAINS = (
     (("plane", "in_h", "ws"), ("n_dw", "gin", "plane")),
 )
 
+#: What a build whose input buffer is block RAM (written while it is read) adds: the words
+#: the first pixel of an output row needs (the sequencer's start on words, not whole rows).
+WORD_SIZE_CHAINS = (
+    (("kr_wg", "k1_pt", "wg"),),
+    (),
+    (("c0_g", "c0", "gin"),),
+)
+
 
 def size_chains(config):
     """:data:`SIZE_CHAINS` of ``config``'s build (with :data:`PIXEL_SIZE_CHAINS` on a
-    ``depthwise="pixels"`` build)."""
-    if config.pe.depthwise != "pixels":
-        return SIZE_CHAINS
-    return tuple(a + b for a, b in zip(SIZE_CHAINS, PIXEL_SIZE_CHAINS))
+    ``depthwise="pixels"`` build, :data:`WORD_SIZE_CHAINS` unless ``fmap_ram="spram"``)."""
+    chains = SIZE_CHAINS
+    if config.pe.depthwise == "pixels":
+        chains = tuple(a + b for a, b in zip(chains, PIXEL_SIZE_CHAINS))
+    if config.fmap_ram != "spram":
+        chains = tuple(a + b for a, b in zip(chains, WORD_SIZE_CHAINS))
+    return chains
 
 
-def setup_cycles(config, factors):
-    """Cycles :class:`DerivedSizes` takes for a command whose factors (the second
-    item of each step of :func:`size_chains`, by name) are ``factors``: its longest
-    chain, one cycle to load each product, one per significant bit of its factor and
-    one to store it."""
+def size_factors(config, fields):
+    """The factors of :func:`size_chains` of a command with ``fields`` (its
+    :func:`~psc.hw.core.layouts.config_layout` fields, by name), as :class:`DerivedSizes`
+    takes them."""
+    dw = fields["kind"] == LayerKind.DEPTHWISE
+    return dict(fields, gin_e=1 if dw else fields["gin"],
+                gout_o=output_groups(config, fields["kind"], fields["gout"]),
+                k1_pt=fields["k"] - 1 - fields["pad_top"],
+                c0=min(fields["in_w"], fields["k"] - fields["pad_left"]))
+
+
+def setup_cycles(config, fields):
+    """Cycles :class:`DerivedSizes` takes for an accepted command with ``fields``: its
+    longest chain, one cycle to load each product, one per significant bit of its factor
+    and one to store it."""
+    factors = size_factors(config, fields)
     return max(sum(2 + int(factors[a]).bit_length() for _, a, _ in chain)
                for chain in size_chains(config))
 
@@ -144,7 +167,14 @@ class DerivedSizes(wiring.Component):
             m.d.sync += self.sizes.kk.eq(kk)
         operands = {n: getattr(self.cmd, n) for n in ("gin", "gout", "in_w", "in_h", "out_w",
                                                        "out_h", "pad_top", "pad_left")}
-        operands.update(gin_e=self.gin_e, gout_o=self.gout_o, ws=self.ws, kk=kk)
+        # k - 1 - pad_top and min(in_w, k - pad_left), from 3 bits (wrapping for a
+        # command the checks refuse)
+        k1_pt, c0, kl = Signal(3), Signal(3), Signal(3)
+        cmd = self.cmd
+        m.d.comb += [k1_pt.eq(k - 1 - cmd.pad_top), kl.eq(k - cmd.pad_left),
+                     c0.eq(Mux(cmd.in_w < kl, cmd.in_w, kl))]
+        operands.update(gin_e=self.gin_e, gout_o=self.gout_o, ws=self.ws, kk=kk,
+                        k1_pt=k1_pt, c0=c0)
         done = []
         for c, chain in enumerate(size_chains(self._config)):
             steps = [(getattr(self.sizes, dst), operands[a],
