@@ -97,11 +97,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire act_out__valid;
   wire all_sent;
   wire beat;
-  wire \beat$152 ;
+  wire \beat$154 ;
   output busy;
   wire busy;
-  wire \busy$148 ;
-  wire \busy$149 ;
+  wire \busy$150 ;
+  wire \busy$151 ;
   input [113:0] cfg__payload;
   wire [113:0] cfg__payload;
   wire [113:0] \cfg__payload$23 ;
@@ -160,7 +160,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire cfg__valid;
   wire \cfg__valid$25 ;
   wire clear;
-  wire \clear$147 ;
+  wire \clear$149 ;
   input clk;
   wire clk;
   wire [113:0] cmd;
@@ -324,10 +324,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [31:0] cycles_total;
   output done;
   wire done;
-  wire \done$137 ;
   wire \done$139 ;
-  wire \done$143 ;
-  wire \done$155 ;
+  wire \done$141 ;
+  wire \done$145 ;
+  wire \done$157 ;
   wire dw;
   wire \dw$121 ;
   wire \dw$96 ;
@@ -342,7 +342,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire enable;
   output error;
   wire error;
-  wire \error$156 ;
+  wire \error$158 ;
   wire [15:0] gin_e;
   wire [15:0] \gin_e$83 ;
   wire [15:0] \gin_e$99 ;
@@ -754,7 +754,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [4:0] last_go;
   wire [4:0] last_group;
   wire loaded;
-  wire \loaded$141 ;
+  wire \loaded$143 ;
   wire mac_valid;
   wire [24:0] n_out;
   wire [89:0] o__payload;
@@ -1224,10 +1224,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \run$129 ;
   wire \run$131 ;
   wire \run$133 ;
-  wire \run$150 ;
-  wire [163:0] sizes;
-  wire [163:0] \sizes$100 ;
+  wire \run$152 ;
+  wire [191:0] sizes;
+  wire [191:0] \sizes$100 ;
+  wire [13:0] \sizes$100.c0_g ;
   wire [11:0] \sizes$100.kk ;
+  wire [13:0] \sizes$100.kr_wg ;
   wire [8:0] \sizes$100.n_dw ;
   wire [11:0] \sizes$100.n_in ;
   wire [24:0] \sizes$100.n_out ;
@@ -1239,8 +1241,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [10:0] \sizes$100.pt_ws ;
   wire [11:0] \sizes$100.red ;
   wire [11:0] \sizes$100.wg ;
-  wire [163:0] \sizes$110 ;
+  wire [191:0] \sizes$110 ;
+  wire [13:0] \sizes$110.c0_g ;
   wire [11:0] \sizes$110.kk ;
+  wire [13:0] \sizes$110.kr_wg ;
   wire [8:0] \sizes$110.n_dw ;
   wire [11:0] \sizes$110.n_in ;
   wire [24:0] \sizes$110.n_out ;
@@ -1252,8 +1256,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [10:0] \sizes$110.pt_ws ;
   wire [11:0] \sizes$110.red ;
   wire [11:0] \sizes$110.wg ;
-  wire [163:0] \sizes$91 ;
+  wire [191:0] \sizes$91 ;
+  wire [13:0] \sizes$91.c0_g ;
   wire [11:0] \sizes$91.kk ;
+  wire [13:0] \sizes$91.kr_wg ;
   wire [8:0] \sizes$91.n_dw ;
   wire [11:0] \sizes$91.n_in ;
   wire [24:0] \sizes$91.n_out ;
@@ -1265,7 +1271,9 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [10:0] \sizes$91.pt_ws ;
   wire [11:0] \sizes$91.red ;
   wire [11:0] \sizes$91.wg ;
+  wire [13:0] \sizes.c0_g ;
   wire [11:0] \sizes.kk ;
+  wire [13:0] \sizes.kr_wg ;
   wire [8:0] \sizes.n_dw ;
   wire [11:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
@@ -1297,7 +1305,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire taps__valid;
   wire [31:0] total;
   wire waiting;
-  wire \waiting$154 ;
+  wire \waiting$156 ;
   wire [9:0] weights__addr;
   wire [1023:0] weights__data;
   wire [127:0] \weights__data[0] ;
@@ -1452,6 +1460,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   input weights__valid;
   wire weights__valid;
   wire weights_done;
+  wire [11:0] words_in;
+  wire [11:0] \words_in$137 ;
   wire [16:0] ws;
   wire [16:0] \ws$102 ;
   wire [16:0] \ws$111 ;
@@ -1519,6 +1529,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .run(run),
     .sizes(sizes),
     .start(start),
+    .words_in(words_in),
     .ws(ws)
   );
   \psc_core.out  out (
@@ -1573,6 +1584,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .taps__valid(\i__valid$39 ),
     .waiting(waiting),
     .weights_done(weights_done),
+    .words_in(words_in),
     .ws(ws)
   );
   \psc_core.setup  setup (
@@ -1602,7 +1614,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .sizing(enable),
     .start(start)
   );
-  \psc_core.sizes$161  \sizes$161  (
+  \psc_core.sizes$163  \sizes$163  (
     .clear(clear),
     .clk(clk),
     .cmd(cmd),
@@ -1709,20 +1721,21 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \start$132  = start;
   assign \run$133  = run;
   assign \rows_in$135  = rows_in;
-  assign \done$137  = weights_done;
-  assign \done$139  = params_done;
-  assign \loaded$141  = loaded;
-  assign \done$143  = inputs_done;
+  assign \words_in$137  = words_in;
+  assign \done$139  = weights_done;
+  assign \done$141  = params_done;
+  assign \loaded$143  = loaded;
+  assign \done$145  = inputs_done;
   assign all_sent = outputs_done;
   assign mac_valid = \i__valid$57 ;
-  assign \clear$147  = clear;
-  assign \busy$148  = busy;
-  assign \busy$149  = busy;
-  assign \run$150  = run;
-  assign \beat$152  = beat;
-  assign \waiting$154  = waiting;
-  assign \done$155  = done;
-  assign \error$156  = error;
+  assign \clear$149  = clear;
+  assign \busy$150  = busy;
+  assign \busy$151  = busy;
+  assign \run$152  = run;
+  assign \beat$154  = beat;
+  assign \waiting$156  = waiting;
+  assign \done$157  = done;
+  assign \error$158  = error;
   assign total = cycles_total;
   assign compute = cycles_compute;
   assign stall = cycles_stall;
@@ -2757,9 +2770,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \sizes.n_w  = sizes[106:98];
   assign \sizes.pt_wg  = sizes[120:107];
   assign \sizes.pl_g  = sizes[134:121];
-  assign \sizes.plane  = sizes[143:135];
-  assign \sizes.n_dw  = sizes[152:144];
-  assign \sizes.pt_ws  = sizes[163:153];
+  assign \sizes.kr_wg  = sizes[148:135];
+  assign \sizes.c0_g  = sizes[162:149];
+  assign \sizes.plane  = sizes[171:163];
+  assign \sizes.n_dw  = sizes[180:172];
+  assign \sizes.pt_ws  = sizes[191:181];
   assign \sizes$91.wg  = sizes[11:0];
   assign \sizes$91.n_in  = sizes[23:12];
   assign \sizes$91.ow  = sizes[48:24];
@@ -2769,9 +2784,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \sizes$91.n_w  = sizes[106:98];
   assign \sizes$91.pt_wg  = sizes[120:107];
   assign \sizes$91.pl_g  = sizes[134:121];
-  assign \sizes$91.plane  = sizes[143:135];
-  assign \sizes$91.n_dw  = sizes[152:144];
-  assign \sizes$91.pt_ws  = sizes[163:153];
+  assign \sizes$91.kr_wg  = sizes[148:135];
+  assign \sizes$91.c0_g  = sizes[162:149];
+  assign \sizes$91.plane  = sizes[171:163];
+  assign \sizes$91.n_dw  = sizes[180:172];
+  assign \sizes$91.pt_ws  = sizes[191:181];
   assign \cmd$94.in_h  = cmd[15:0];
   assign \cmd$94.in_w  = cmd[31:16];
   assign \cmd$94.out_h  = cmd[47:32];
@@ -2795,9 +2812,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \sizes$100.n_w  = sizes[106:98];
   assign \sizes$100.pt_wg  = sizes[120:107];
   assign \sizes$100.pl_g  = sizes[134:121];
-  assign \sizes$100.plane  = sizes[143:135];
-  assign \sizes$100.n_dw  = sizes[152:144];
-  assign \sizes$100.pt_ws  = sizes[163:153];
+  assign \sizes$100.kr_wg  = sizes[148:135];
+  assign \sizes$100.c0_g  = sizes[162:149];
+  assign \sizes$100.plane  = sizes[171:163];
+  assign \sizes$100.n_dw  = sizes[180:172];
+  assign \sizes$100.pt_ws  = sizes[191:181];
   assign \cmd$103.in_h  = cmd[15:0];
   assign \cmd$103.in_w  = cmd[31:16];
   assign \cmd$103.out_h  = cmd[47:32];
@@ -2835,9 +2854,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \sizes$110.n_w  = sizes[106:98];
   assign \sizes$110.pt_wg  = sizes[120:107];
   assign \sizes$110.pl_g  = sizes[134:121];
-  assign \sizes$110.plane  = sizes[143:135];
-  assign \sizes$110.n_dw  = sizes[152:144];
-  assign \sizes$110.pt_ws  = sizes[163:153];
+  assign \sizes$110.kr_wg  = sizes[148:135];
+  assign \sizes$110.c0_g  = sizes[162:149];
+  assign \sizes$110.plane  = sizes[171:163];
+  assign \sizes$110.n_dw  = sizes[180:172];
+  assign \sizes$110.pt_ws  = sizes[191:181];
   assign \cmd$116.in_h  = cmd[15:0];
   assign \cmd$116.in_w  = cmd[31:16];
   assign \cmd$116.out_h  = cmd[47:32];
@@ -3499,18 +3520,18 @@ module \psc_core.amap (i__ready, cmd, dwp, i__payload, o__payload, o__valid);
   assign o__payload[83] = i__payload[64];
   assign o__payload[82] = i__payload[63];
   assign o__payload[73:64] = i__payload[62:53];
-  assign \$16  = { i__payload[16], i__payload[16], i__payload[16], i__payload[16:3] };
   assign \$2  = { i__payload[34], i__payload[34:18] };
   assign \$4  = { q0[17], q0[17], q0[17], q0[17:3] };
   assign \$7  = { \$6 , 1'h0 };
   assign \$8  = { q0[17], q0[17], q0[17], q0[17:3] };
+  assign \$16  = { i__payload[16], i__payload[16], i__payload[16], i__payload[16:3] };
   assign \$19  = { q0[17], q0[17], q0[17], q0[17:3] };
   assign \$22  = { \$21 , 1'h0 };
   assign \$23  = { q0[17], q0[17], q0[17], q0[17:3] };
   assign \$31  = { i__payload[16], i__payload[16], i__payload[16], i__payload[16:3] };
+  assign \$38  = { q0[17], q0[17], q0[17], q0[17:3] };
   assign \$34  = { q0[17], q0[17], q0[17], q0[17:3] };
   assign \$37  = { \$36 , 1'h0 };
-  assign \$38  = { q0[17], q0[17], q0[17], q0[17:3] };
   assign \$46  = { i__payload[16], i__payload[16], i__payload[16], i__payload[16:3] };
   assign \$49  = { q0[17], q0[17], q0[17], q0[17:3] };
   assign \$52  = { \$51 , 1'h0 };
@@ -4453,7 +4474,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$5480$1792 (i__payload[1793:1792]),
+    .\port$5592$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[639:512]),
@@ -4466,7 +4487,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$167 ),
     .mask(\mask$16 ),
-    .\port$5480$1792 (i__payload[1793:1792]),
+    .\port$5592$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[767:640]),
@@ -4479,7 +4500,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$168 ),
     .mask(\mask$26 ),
-    .\port$5480$1792 (i__payload[1793:1792]),
+    .\port$5592$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[895:768]),
@@ -4492,7 +4513,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$169 ),
     .mask(\mask$36 ),
-    .\port$5480$1792 (i__payload[1793:1792]),
+    .\port$5592$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1023:896]),
@@ -4505,7 +4526,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$170 ),
     .mask(\mask$46 ),
-    .\port$5480$1792 (i__payload[1793:1792]),
+    .\port$5592$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1151:1024]),
@@ -4518,7 +4539,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$171 ),
     .mask(\mask$56 ),
-    .\port$5480$1792 (i__payload[1793:1792]),
+    .\port$5592$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1279:1152]),
@@ -4531,7 +4552,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$172 ),
     .mask(\mask$66 ),
-    .\port$5480$1792 (i__payload[1793:1792]),
+    .\port$5592$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1407:1280]),
@@ -4543,7 +4564,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$173 ),
     .mask(\mask$76 ),
-    .\port$5480$1760 (i__payload[1793:1760]),
+    .\port$5592$1760 (i__payload[1793:1760]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1535:1408]),
@@ -5871,7 +5892,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5480$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5592$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -5983,8 +6004,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5480$1792 ;
-  wire [1:0] \port$5480$1792 ;
+  input [1:0] \port$5592$1792 ;
+  wire [1:0] \port$5592$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6132,7 +6153,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5480$1792 [0];
+  assign \$16  = valid & \port$5592$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6195,7 +6216,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5480$1792 [0];
+      \$50  = \port$5592$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6205,7 +6226,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5480$1792 [1];
+      \$51  = \port$5592$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6346,8 +6367,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5480$1792 [0];
-  assign last = \port$5480$1792 [1];
+  assign first = \port$5592$1792 [0];
+  assign last = \port$5592$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -6489,7 +6510,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5480$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5592$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -6599,8 +6620,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5480$1792 ;
-  wire [1:0] \port$5480$1792 ;
+  input [1:0] \port$5592$1792 ;
+  wire [1:0] \port$5592$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6748,7 +6769,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5480$1792 [0];
+  assign \$16  = valid & \port$5592$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6811,7 +6832,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5480$1792 [0];
+      \$50  = \port$5592$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6821,7 +6842,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5480$1792 [1];
+      \$51  = \port$5592$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6962,8 +6983,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5480$1792 [0];
-  assign last = \port$5480$1792 [1];
+  assign first = \port$5592$1792 [0];
+  assign last = \port$5592$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7105,7 +7126,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5480$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5592$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7215,8 +7236,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5480$1792 ;
-  wire [1:0] \port$5480$1792 ;
+  input [1:0] \port$5592$1792 ;
+  wire [1:0] \port$5592$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7364,7 +7385,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5480$1792 [0];
+  assign \$16  = valid & \port$5592$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -7427,7 +7448,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5480$1792 [0];
+      \$50  = \port$5592$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -7437,7 +7458,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5480$1792 [1];
+      \$51  = \port$5592$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -7578,8 +7599,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5480$1792 [0];
-  assign last = \port$5480$1792 [1];
+  assign first = \port$5592$1792 [0];
+  assign last = \port$5592$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7721,7 +7742,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5480$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5592$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7831,8 +7852,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5480$1792 ;
-  wire [1:0] \port$5480$1792 ;
+  input [1:0] \port$5592$1792 ;
+  wire [1:0] \port$5592$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7980,7 +8001,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5480$1792 [0];
+  assign \$16  = valid & \port$5592$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8043,7 +8064,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5480$1792 [0];
+      \$50  = \port$5592$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8053,7 +8074,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5480$1792 [1];
+      \$51  = \port$5592$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8194,8 +8215,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5480$1792 [0];
-  assign last = \port$5480$1792 [1];
+  assign first = \port$5592$1792 [0];
+  assign last = \port$5592$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8337,7 +8358,7 @@ module \psc_core.dp.pe_3.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5480$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5592$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -8447,8 +8468,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5480$1792 ;
-  wire [1:0] \port$5480$1792 ;
+  input [1:0] \port$5592$1792 ;
+  wire [1:0] \port$5592$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8596,7 +8617,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5480$1792 [0];
+  assign \$16  = valid & \port$5592$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8659,7 +8680,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5480$1792 [0];
+      \$50  = \port$5592$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8669,7 +8690,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5480$1792 [1];
+      \$51  = \port$5592$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8810,8 +8831,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5480$1792 [0];
-  assign last = \port$5480$1792 [1];
+  assign first = \port$5592$1792 [0];
+  assign last = \port$5592$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8953,7 +8974,7 @@ module \psc_core.dp.pe_4.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5480$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5592$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9063,8 +9084,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5480$1792 ;
-  wire [1:0] \port$5480$1792 ;
+  input [1:0] \port$5592$1792 ;
+  wire [1:0] \port$5592$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9212,7 +9233,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5480$1792 [0];
+  assign \$16  = valid & \port$5592$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9275,7 +9296,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5480$1792 [0];
+      \$50  = \port$5592$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9285,7 +9306,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5480$1792 [1];
+      \$51  = \port$5592$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -9426,8 +9447,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5480$1792 [0];
-  assign last = \port$5480$1792 [1];
+  assign first = \port$5592$1792 [0];
+  assign last = \port$5592$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9569,7 +9590,7 @@ module \psc_core.dp.pe_5.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5480$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5592$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9679,8 +9700,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5480$1792 ;
-  wire [1:0] \port$5480$1792 ;
+  input [1:0] \port$5592$1792 ;
+  wire [1:0] \port$5592$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9828,7 +9849,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5480$1792 [0];
+  assign \$16  = valid & \port$5592$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9891,7 +9912,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5480$1792 [0];
+      \$50  = \port$5592$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9901,7 +9922,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5480$1792 [1];
+      \$51  = \port$5592$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -10042,8 +10063,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5480$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5480$1792 [0];
-  assign last = \port$5480$1792 [1];
+  assign first = \port$5592$1792 [0];
+  assign last = \port$5592$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -10185,7 +10206,7 @@ module \psc_core.dp.pe_6.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_7 (rst, x, words, \port$5480$1760 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_7 (rst, x, words, \port$5592$1760 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -10294,8 +10315,8 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5480$1760 , valid, en, lane_acc, 
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [33:0] \port$5480$1760 ;
-  wire [33:0] \port$5480$1760 ;
+  input [33:0] \port$5592$1760 ;
+  wire [33:0] \port$5592$1760 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -10443,7 +10464,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5480$1760 , valid, en, lane_acc, 
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5480$1760 [32];
+  assign \$16  = valid & \port$5592$1760 [32];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -10506,7 +10527,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5480$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5480$1760 [32];
+      \$50  = \port$5592$1760 [32];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -10516,7 +10537,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5480$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5480$1760 [33];
+      \$51  = \port$5592$1760 [33];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -10527,7 +10548,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5480$1760 , valid, en, lane_acc, 
     \$52  = b1;
     if (en) begin
       if (\$16 ) begin
-        \$52  = \port$5480$1760 [31:0];
+        \$52  = \port$5592$1760 [31:0];
       end
     end
   end
@@ -10657,9 +10678,9 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5480$1760 , valid, en, lane_acc, 
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5480$1760 [32];
-  assign last = \port$5480$1760 [33];
-  assign bias = \port$5480$1760 [31:0];
+  assign first = \port$5592$1760 [32];
+  assign last = \port$5592$1760 [33];
+  assign bias = \port$5592$1760 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -12322,7 +12343,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, sizes, read__addr, i__ready, read__data, done, rows_in, i__payload);
+module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, sizes, read__addr, i__ready, read__data, words_in, done, rows_in, i__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire [9:0] \$1 ;
   wire [15:0] \$10 ;
@@ -12551,94 +12572,85 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   wire [15:0] \$98 ;
   wire [15:0] \$99 ;
   wire [7:0] \$signature__addr ;
-  wire [7:0] \$signature__addr$15 ;
-  wire [7:0] \$signature__addr$18 ;
-  wire [7:0] \$signature__addr$21 ;
-  wire [7:0] \$signature__addr$24 ;
-  wire [7:0] \$signature__addr$27 ;
-  wire [7:0] \$signature__addr$30 ;
-  wire [7:0] \$signature__addr$33 ;
-  wire [7:0] \$signature__addr$41 ;
-  wire [7:0] \$signature__addr$44 ;
-  wire [7:0] \$signature__addr$46 ;
-  wire [7:0] \$signature__addr$48 ;
-  wire [7:0] \$signature__addr$50 ;
-  wire [7:0] \$signature__addr$52 ;
-  wire [7:0] \$signature__addr$54 ;
-  wire [7:0] \$signature__addr$56 ;
+  wire [7:0] \$signature__addr$16 ;
+  wire [7:0] \$signature__addr$19 ;
+  wire [7:0] \$signature__addr$22 ;
+  wire [7:0] \$signature__addr$25 ;
+  wire [7:0] \$signature__addr$28 ;
+  wire [7:0] \$signature__addr$31 ;
+  wire [7:0] \$signature__addr$34 ;
+  wire [7:0] \$signature__addr$42 ;
+  wire [7:0] \$signature__addr$45 ;
+  wire [7:0] \$signature__addr$47 ;
+  wire [7:0] \$signature__addr$49 ;
+  wire [7:0] \$signature__addr$51 ;
+  wire [7:0] \$signature__addr$53 ;
+  wire [7:0] \$signature__addr$55 ;
+  wire [7:0] \$signature__addr$57 ;
   wire [63:0] \$signature__data ;
-  wire [63:0] \$signature__data$14 ;
-  wire [7:0] \$signature__data$14[0] ;
-  wire [7:0] \$signature__data$14[1] ;
-  wire [7:0] \$signature__data$14[2] ;
-  wire [7:0] \$signature__data$14[3] ;
-  wire [7:0] \$signature__data$14[4] ;
-  wire [7:0] \$signature__data$14[5] ;
-  wire [7:0] \$signature__data$14[6] ;
-  wire [7:0] \$signature__data$14[7] ;
-  wire [63:0] \$signature__data$17 ;
-  wire [7:0] \$signature__data$17[0] ;
-  wire [7:0] \$signature__data$17[1] ;
-  wire [7:0] \$signature__data$17[2] ;
-  wire [7:0] \$signature__data$17[3] ;
-  wire [7:0] \$signature__data$17[4] ;
-  wire [7:0] \$signature__data$17[5] ;
-  wire [7:0] \$signature__data$17[6] ;
-  wire [7:0] \$signature__data$17[7] ;
-  wire [63:0] \$signature__data$20 ;
-  wire [7:0] \$signature__data$20[0] ;
-  wire [7:0] \$signature__data$20[1] ;
-  wire [7:0] \$signature__data$20[2] ;
-  wire [7:0] \$signature__data$20[3] ;
-  wire [7:0] \$signature__data$20[4] ;
-  wire [7:0] \$signature__data$20[5] ;
-  wire [7:0] \$signature__data$20[6] ;
-  wire [7:0] \$signature__data$20[7] ;
-  wire [63:0] \$signature__data$23 ;
-  wire [7:0] \$signature__data$23[0] ;
-  wire [7:0] \$signature__data$23[1] ;
-  wire [7:0] \$signature__data$23[2] ;
-  wire [7:0] \$signature__data$23[3] ;
-  wire [7:0] \$signature__data$23[4] ;
-  wire [7:0] \$signature__data$23[5] ;
-  wire [7:0] \$signature__data$23[6] ;
-  wire [7:0] \$signature__data$23[7] ;
-  wire [63:0] \$signature__data$26 ;
-  wire [7:0] \$signature__data$26[0] ;
-  wire [7:0] \$signature__data$26[1] ;
-  wire [7:0] \$signature__data$26[2] ;
-  wire [7:0] \$signature__data$26[3] ;
-  wire [7:0] \$signature__data$26[4] ;
-  wire [7:0] \$signature__data$26[5] ;
-  wire [7:0] \$signature__data$26[6] ;
-  wire [7:0] \$signature__data$26[7] ;
-  wire [63:0] \$signature__data$29 ;
-  wire [7:0] \$signature__data$29[0] ;
-  wire [7:0] \$signature__data$29[1] ;
-  wire [7:0] \$signature__data$29[2] ;
-  wire [7:0] \$signature__data$29[3] ;
-  wire [7:0] \$signature__data$29[4] ;
-  wire [7:0] \$signature__data$29[5] ;
-  wire [7:0] \$signature__data$29[6] ;
-  wire [7:0] \$signature__data$29[7] ;
-  wire [63:0] \$signature__data$32 ;
-  wire [7:0] \$signature__data$32[0] ;
-  wire [7:0] \$signature__data$32[1] ;
-  wire [7:0] \$signature__data$32[2] ;
-  wire [7:0] \$signature__data$32[3] ;
-  wire [7:0] \$signature__data$32[4] ;
-  wire [7:0] \$signature__data$32[5] ;
-  wire [7:0] \$signature__data$32[6] ;
-  wire [7:0] \$signature__data$32[7] ;
-  wire [63:0] \$signature__data$60 ;
-  wire [7:0] \$signature__data$60[0] ;
-  wire [7:0] \$signature__data$60[1] ;
-  wire [7:0] \$signature__data$60[2] ;
-  wire [7:0] \$signature__data$60[3] ;
-  wire [7:0] \$signature__data$60[4] ;
-  wire [7:0] \$signature__data$60[5] ;
-  wire [7:0] \$signature__data$60[6] ;
-  wire [7:0] \$signature__data$60[7] ;
+  wire [63:0] \$signature__data$15 ;
+  wire [7:0] \$signature__data$15[0] ;
+  wire [7:0] \$signature__data$15[1] ;
+  wire [7:0] \$signature__data$15[2] ;
+  wire [7:0] \$signature__data$15[3] ;
+  wire [7:0] \$signature__data$15[4] ;
+  wire [7:0] \$signature__data$15[5] ;
+  wire [7:0] \$signature__data$15[6] ;
+  wire [7:0] \$signature__data$15[7] ;
+  wire [63:0] \$signature__data$18 ;
+  wire [7:0] \$signature__data$18[0] ;
+  wire [7:0] \$signature__data$18[1] ;
+  wire [7:0] \$signature__data$18[2] ;
+  wire [7:0] \$signature__data$18[3] ;
+  wire [7:0] \$signature__data$18[4] ;
+  wire [7:0] \$signature__data$18[5] ;
+  wire [7:0] \$signature__data$18[6] ;
+  wire [7:0] \$signature__data$18[7] ;
+  wire [63:0] \$signature__data$21 ;
+  wire [7:0] \$signature__data$21[0] ;
+  wire [7:0] \$signature__data$21[1] ;
+  wire [7:0] \$signature__data$21[2] ;
+  wire [7:0] \$signature__data$21[3] ;
+  wire [7:0] \$signature__data$21[4] ;
+  wire [7:0] \$signature__data$21[5] ;
+  wire [7:0] \$signature__data$21[6] ;
+  wire [7:0] \$signature__data$21[7] ;
+  wire [63:0] \$signature__data$24 ;
+  wire [7:0] \$signature__data$24[0] ;
+  wire [7:0] \$signature__data$24[1] ;
+  wire [7:0] \$signature__data$24[2] ;
+  wire [7:0] \$signature__data$24[3] ;
+  wire [7:0] \$signature__data$24[4] ;
+  wire [7:0] \$signature__data$24[5] ;
+  wire [7:0] \$signature__data$24[6] ;
+  wire [7:0] \$signature__data$24[7] ;
+  wire [63:0] \$signature__data$27 ;
+  wire [7:0] \$signature__data$27[0] ;
+  wire [7:0] \$signature__data$27[1] ;
+  wire [7:0] \$signature__data$27[2] ;
+  wire [7:0] \$signature__data$27[3] ;
+  wire [7:0] \$signature__data$27[4] ;
+  wire [7:0] \$signature__data$27[5] ;
+  wire [7:0] \$signature__data$27[6] ;
+  wire [7:0] \$signature__data$27[7] ;
+  wire [63:0] \$signature__data$30 ;
+  wire [7:0] \$signature__data$30[0] ;
+  wire [7:0] \$signature__data$30[1] ;
+  wire [7:0] \$signature__data$30[2] ;
+  wire [7:0] \$signature__data$30[3] ;
+  wire [7:0] \$signature__data$30[4] ;
+  wire [7:0] \$signature__data$30[5] ;
+  wire [7:0] \$signature__data$30[6] ;
+  wire [7:0] \$signature__data$30[7] ;
+  wire [63:0] \$signature__data$33 ;
+  wire [7:0] \$signature__data$33[0] ;
+  wire [7:0] \$signature__data$33[1] ;
+  wire [7:0] \$signature__data$33[2] ;
+  wire [7:0] \$signature__data$33[3] ;
+  wire [7:0] \$signature__data$33[4] ;
+  wire [7:0] \$signature__data$33[5] ;
+  wire [7:0] \$signature__data$33[6] ;
+  wire [7:0] \$signature__data$33[7] ;
   wire [63:0] \$signature__data$61 ;
   wire [7:0] \$signature__data$61[0] ;
   wire [7:0] \$signature__data$61[1] ;
@@ -12702,6 +12714,15 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   wire [7:0] \$signature__data$67[5] ;
   wire [7:0] \$signature__data$67[6] ;
   wire [7:0] \$signature__data$67[7] ;
+  wire [63:0] \$signature__data$68 ;
+  wire [7:0] \$signature__data$68[0] ;
+  wire [7:0] \$signature__data$68[1] ;
+  wire [7:0] \$signature__data$68[2] ;
+  wire [7:0] \$signature__data$68[3] ;
+  wire [7:0] \$signature__data$68[4] ;
+  wire [7:0] \$signature__data$68[5] ;
+  wire [7:0] \$signature__data$68[6] ;
+  wire [7:0] \$signature__data$68[7] ;
   wire [7:0] \$signature__data[0] ;
   wire [7:0] \$signature__data[1] ;
   wire [7:0] \$signature__data[2] ;
@@ -12711,21 +12732,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   wire [7:0] \$signature__data[6] ;
   wire [7:0] \$signature__data[7] ;
   wire \$signature__en ;
-  wire \$signature__en$16 ;
-  wire \$signature__en$19 ;
-  wire \$signature__en$22 ;
-  wire \$signature__en$25 ;
-  wire \$signature__en$28 ;
-  wire \$signature__en$31 ;
-  wire \$signature__en$34 ;
-  wire \$signature__en$39 ;
-  wire \$signature__en$43 ;
-  wire \$signature__en$45 ;
-  wire \$signature__en$47 ;
-  wire \$signature__en$49 ;
-  wire \$signature__en$51 ;
-  wire \$signature__en$53 ;
-  wire \$signature__en$55 ;
+  wire \$signature__en$17 ;
+  wire \$signature__en$20 ;
+  wire \$signature__en$23 ;
+  wire \$signature__en$26 ;
+  wire \$signature__en$29 ;
+  wire \$signature__en$32 ;
+  wire \$signature__en$35 ;
+  wire \$signature__en$40 ;
+  wire \$signature__en$44 ;
+  wire \$signature__en$46 ;
+  wire \$signature__en$48 ;
+  wire \$signature__en$50 ;
+  wire \$signature__en$52 ;
+  wire \$signature__en$54 ;
+  wire \$signature__en$56 ;
   input clk;
   wire clk;
   input [113:0] cmd;
@@ -12775,7 +12796,8 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   reg i__ready;
   input i__valid;
   wire i__valid;
-  reg [11:0] in_cnt = 12'h000;
+  (* init = 12'h000 *)
+  wire [11:0] in_cnt;
   reg [2:0] lb = 3'h0;
   reg [15:0] lgi = 16'h0000;
   reg [8:0] lgoff = 9'h000;
@@ -12881,9 +12903,11 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   input run;
   wire run;
   reg [2:0] sel1 = 3'h0;
-  input [163:0] sizes;
-  wire [163:0] sizes;
+  input [191:0] sizes;
+  wire [191:0] sizes;
+  wire [13:0] \sizes.c0_g ;
   wire [11:0] \sizes.kk ;
+  wire [13:0] \sizes.kr_wg ;
   wire [8:0] \sizes.n_dw ;
   wire [11:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
@@ -12898,6 +12922,8 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   input start;
   wire start;
   reg [10:0] wg_m1 = 11'h000;
+  output [11:0] words_in;
+  reg [11:0] words_in = 12'h000;
   input [16:0] ws;
   wire [16:0] ws;
   reg [63:0] inbuf_0 [255:0];
@@ -13169,7 +13195,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
       _0_ <= inbuf_0[read__addr[7:0]];
     end
   end
-  assign \$signature__data$60  = _0_;
+  assign \$signature__data$61  = _0_;
   reg [63:0] inbuf_1 [255:0];
   initial begin
     inbuf_1[0] = 64'h0000000000000000;
@@ -13430,7 +13456,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
     inbuf_1[255] = 64'h0000000000000000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$16 )
+    if (\$signature__en$17 )
       inbuf_1[\$38 [7:0]] <= i__payload;
   end
   reg [63:0] _1_;
@@ -13439,7 +13465,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
       _1_ <= inbuf_1[read__addr[15:8]];
     end
   end
-  assign \$signature__data$61  = _1_;
+  assign \$signature__data$62  = _1_;
   reg [63:0] inbuf_2 [255:0];
   initial begin
     inbuf_2[0] = 64'h0000000000000000;
@@ -13700,7 +13726,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
     inbuf_2[255] = 64'h0000000000000000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$19 )
+    if (\$signature__en$20 )
       inbuf_2[\$60 [7:0]] <= i__payload;
   end
   reg [63:0] _2_;
@@ -13709,7 +13735,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
       _2_ <= inbuf_2[read__addr[23:16]];
     end
   end
-  assign \$signature__data$62  = _2_;
+  assign \$signature__data$63  = _2_;
   reg [63:0] inbuf_3 [255:0];
   initial begin
     inbuf_3[0] = 64'h0000000000000000;
@@ -13970,7 +13996,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
     inbuf_3[255] = 64'h0000000000000000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$22 )
+    if (\$signature__en$23 )
       inbuf_3[\$82 [7:0]] <= i__payload;
   end
   reg [63:0] _3_;
@@ -13979,7 +14005,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
       _3_ <= inbuf_3[read__addr[31:24]];
     end
   end
-  assign \$signature__data$63  = _3_;
+  assign \$signature__data$64  = _3_;
   reg [63:0] inbuf_4 [255:0];
   initial begin
     inbuf_4[0] = 64'h0000000000000000;
@@ -14240,7 +14266,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
     inbuf_4[255] = 64'h0000000000000000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$25 )
+    if (\$signature__en$26 )
       inbuf_4[\$104 [7:0]] <= i__payload;
   end
   reg [63:0] _4_;
@@ -14249,7 +14275,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
       _4_ <= inbuf_4[read__addr[39:32]];
     end
   end
-  assign \$signature__data$64  = _4_;
+  assign \$signature__data$65  = _4_;
   reg [63:0] inbuf_5 [255:0];
   initial begin
     inbuf_5[0] = 64'h0000000000000000;
@@ -14510,7 +14536,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
     inbuf_5[255] = 64'h0000000000000000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$28 )
+    if (\$signature__en$29 )
       inbuf_5[\$126 [7:0]] <= i__payload;
   end
   reg [63:0] _5_;
@@ -14519,7 +14545,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
       _5_ <= inbuf_5[read__addr[47:40]];
     end
   end
-  assign \$signature__data$65  = _5_;
+  assign \$signature__data$66  = _5_;
   reg [63:0] inbuf_6 [255:0];
   initial begin
     inbuf_6[0] = 64'h0000000000000000;
@@ -14780,7 +14806,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
     inbuf_6[255] = 64'h0000000000000000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$31 )
+    if (\$signature__en$32 )
       inbuf_6[\$148 [7:0]] <= i__payload;
   end
   reg [63:0] _6_;
@@ -14789,7 +14815,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
       _6_ <= inbuf_6[read__addr[55:48]];
     end
   end
-  assign \$signature__data$66  = _6_;
+  assign \$signature__data$67  = _6_;
   reg [63:0] inbuf_7 [255:0];
   initial begin
     inbuf_7[0] = 64'h0000000000000000;
@@ -15050,7 +15076,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
     inbuf_7[255] = 64'h0000000000000000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$34 )
+    if (\$signature__en$35 )
       inbuf_7[\$170 [7:0]] <= i__payload;
   end
   reg [63:0] _7_;
@@ -15059,7 +15085,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
       _7_ <= inbuf_7[read__addr[63:56]];
     end
   end
-  assign \$signature__data$67  = _7_;
+  assign \$signature__data$68  = _7_;
   assign fire = i__valid & i__ready;
   assign \$1  = lgoff + lrow;
   assign \$2  = cmd[101:100] == 2'h2;
@@ -15074,7 +15100,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   assign \$17  = cmd[101:100] == 2'h2;
   assign \$19  = \$17  ? \$18  : lx;
   assign \$20  = ! \$19 [2:0];
-  assign \$21  = ! in_cnt[2:0];
+  assign \$21  = ! words_in[2:0];
   assign \$22  = dwp ? \$20  : \$21 ;
   assign \$signature__en  = fire & \$22 ;
   assign \$23  = lgoff + lrow;
@@ -15090,9 +15116,9 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   assign \$39  = cmd[101:100] == 2'h2;
   assign \$41  = \$39  ? \$40  : lx;
   assign \$42  = \$41 [2:0] == 1'h1;
-  assign \$43  = in_cnt[2:0] == 1'h1;
+  assign \$43  = words_in[2:0] == 1'h1;
   assign \$44  = dwp ? \$42  : \$43 ;
-  assign \$signature__en$16  = fire & \$44 ;
+  assign \$signature__en$17  = fire & \$44 ;
   assign \$45  = lgoff + lrow;
   assign \$46  = cmd[101:100] == 2'h2;
   assign \$47  = cmd[101:100] == 2'h2;
@@ -15106,9 +15132,9 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   assign \$61  = cmd[101:100] == 2'h2;
   assign \$63  = \$61  ? \$62  : lx;
   assign \$64  = \$63 [2:0] == 2'h2;
-  assign \$65  = in_cnt[2:0] == 2'h2;
+  assign \$65  = words_in[2:0] == 2'h2;
   assign \$66  = dwp ? \$64  : \$65 ;
-  assign \$signature__en$19  = fire & \$66 ;
+  assign \$signature__en$20  = fire & \$66 ;
   assign \$67  = lgoff + lrow;
   assign \$68  = cmd[101:100] == 2'h2;
   assign \$69  = cmd[101:100] == 2'h2;
@@ -15122,9 +15148,9 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   assign \$83  = cmd[101:100] == 2'h2;
   assign \$85  = \$83  ? \$84  : lx;
   assign \$86  = \$85 [2:0] == 2'h3;
-  assign \$87  = in_cnt[2:0] == 2'h3;
+  assign \$87  = words_in[2:0] == 2'h3;
   assign \$88  = dwp ? \$86  : \$87 ;
-  assign \$signature__en$22  = fire & \$88 ;
+  assign \$signature__en$23  = fire & \$88 ;
   assign \$89  = lgoff + lrow;
   assign \$90  = cmd[101:100] == 2'h2;
   assign \$91  = cmd[101:100] == 2'h2;
@@ -15138,9 +15164,9 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   assign \$105  = cmd[101:100] == 2'h2;
   assign \$107  = \$105  ? \$106  : lx;
   assign \$108  = \$107 [2:0] == 3'h4;
-  assign \$109  = in_cnt[2:0] == 3'h4;
+  assign \$109  = words_in[2:0] == 3'h4;
   assign \$110  = dwp ? \$108  : \$109 ;
-  assign \$signature__en$25  = fire & \$110 ;
+  assign \$signature__en$26  = fire & \$110 ;
   assign \$111  = lgoff + lrow;
   assign \$112  = cmd[101:100] == 2'h2;
   assign \$113  = cmd[101:100] == 2'h2;
@@ -15154,9 +15180,9 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   assign \$127  = cmd[101:100] == 2'h2;
   assign \$129  = \$127  ? \$128  : lx;
   assign \$130  = \$129 [2:0] == 3'h5;
-  assign \$131  = in_cnt[2:0] == 3'h5;
+  assign \$131  = words_in[2:0] == 3'h5;
   assign \$132  = dwp ? \$130  : \$131 ;
-  assign \$signature__en$28  = fire & \$132 ;
+  assign \$signature__en$29  = fire & \$132 ;
   assign \$133  = lgoff + lrow;
   assign \$134  = cmd[101:100] == 2'h2;
   assign \$135  = cmd[101:100] == 2'h2;
@@ -15170,9 +15196,9 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   assign \$149  = cmd[101:100] == 2'h2;
   assign \$151  = \$149  ? \$150  : lx;
   assign \$152  = \$151 [2:0] == 3'h6;
-  assign \$153  = in_cnt[2:0] == 3'h6;
+  assign \$153  = words_in[2:0] == 3'h6;
   assign \$154  = dwp ? \$152  : \$153 ;
-  assign \$signature__en$31  = fire & \$154 ;
+  assign \$signature__en$32  = fire & \$154 ;
   assign \$155  = lgoff + lrow;
   assign \$156  = cmd[101:100] == 2'h2;
   assign \$157  = cmd[101:100] == 2'h2;
@@ -15186,9 +15212,9 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   assign \$171  = cmd[101:100] == 2'h2;
   assign \$173  = \$171  ? \$172  : lx;
   assign \$174  = \$173 [2:0] == 3'h7;
-  assign \$175  = in_cnt[2:0] == 3'h7;
+  assign \$175  = words_in[2:0] == 3'h7;
   assign \$176  = dwp ? \$174  : \$175 ;
-  assign \$signature__en$34  = fire & \$176 ;
+  assign \$signature__en$35  = fire & \$176 ;
   assign \$177  = ~ done;
   assign \$178  = rot1 + 1'h0;
   assign \$179  = dwp ? \$178 [2:0] : sel1;
@@ -15214,9 +15240,9 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   assign \$207  = lrow + ws;
   assign \$208  = lx + 1'h1;
   assign \$209  = lgi + 1'h1;
-  assign \$210  = lgoff + sizes[143:135];
-  assign \$211  = in_cnt + 1'h1;
-  assign \$212  = in_cnt == n_in_m1;
+  assign \$210  = lgoff + sizes[171:163];
+  assign \$211  = words_in + 1'h1;
+  assign \$212  = words_in == n_in_m1;
   assign \$213  = col_cnt == wg_m1;
   assign \$214  = rows_in + 1'h1;
   assign \$215  = col_cnt + 1'h1;
@@ -15233,7 +15259,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   always @(posedge clk)
     lrow <= \$219 ;
   always @(posedge clk)
-    in_cnt <= \$220 ;
+    words_in <= \$220 ;
   always @(posedge clk)
     done <= \$221 ;
   always @(posedge clk)
@@ -15251,21 +15277,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
     (* full_case = 32'd1 *)
     casez (\$179 )
       3'h0:
-          \$180  = \$signature__data$60 ;
-      3'h1:
           \$180  = \$signature__data$61 ;
-      3'h2:
+      3'h1:
           \$180  = \$signature__data$62 ;
-      3'h3:
+      3'h2:
           \$180  = \$signature__data$63 ;
-      3'h4:
+      3'h3:
           \$180  = \$signature__data$64 ;
-      3'h5:
+      3'h4:
           \$180  = \$signature__data$65 ;
-      3'h6:
+      3'h5:
           \$180  = \$signature__data$66 ;
-      3'h7:
+      3'h6:
           \$180  = \$signature__data$67 ;
+      3'h7:
+          \$180  = \$signature__data$68 ;
     endcase
   end
   always @* begin
@@ -15273,21 +15299,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
     (* full_case = 32'd1 *)
     casez (\$182 )
       3'h0:
-          \$183  = \$signature__data$60 ;
-      3'h1:
           \$183  = \$signature__data$61 ;
-      3'h2:
+      3'h1:
           \$183  = \$signature__data$62 ;
-      3'h3:
+      3'h2:
           \$183  = \$signature__data$63 ;
-      3'h4:
+      3'h3:
           \$183  = \$signature__data$64 ;
-      3'h5:
+      3'h4:
           \$183  = \$signature__data$65 ;
-      3'h6:
+      3'h5:
           \$183  = \$signature__data$66 ;
-      3'h7:
+      3'h6:
           \$183  = \$signature__data$67 ;
+      3'h7:
+          \$183  = \$signature__data$68 ;
     endcase
   end
   always @* begin
@@ -15295,21 +15321,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
     (* full_case = 32'd1 *)
     casez (\$185 )
       3'h0:
-          \$186  = \$signature__data$60 ;
-      3'h1:
           \$186  = \$signature__data$61 ;
-      3'h2:
+      3'h1:
           \$186  = \$signature__data$62 ;
-      3'h3:
+      3'h2:
           \$186  = \$signature__data$63 ;
-      3'h4:
+      3'h3:
           \$186  = \$signature__data$64 ;
-      3'h5:
+      3'h4:
           \$186  = \$signature__data$65 ;
-      3'h6:
+      3'h5:
           \$186  = \$signature__data$66 ;
-      3'h7:
+      3'h6:
           \$186  = \$signature__data$67 ;
+      3'h7:
+          \$186  = \$signature__data$68 ;
     endcase
   end
   always @* begin
@@ -15317,21 +15343,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
     (* full_case = 32'd1 *)
     casez (\$188 )
       3'h0:
-          \$189  = \$signature__data$60 ;
-      3'h1:
           \$189  = \$signature__data$61 ;
-      3'h2:
+      3'h1:
           \$189  = \$signature__data$62 ;
-      3'h3:
+      3'h2:
           \$189  = \$signature__data$63 ;
-      3'h4:
+      3'h3:
           \$189  = \$signature__data$64 ;
-      3'h5:
+      3'h4:
           \$189  = \$signature__data$65 ;
-      3'h6:
+      3'h5:
           \$189  = \$signature__data$66 ;
-      3'h7:
+      3'h6:
           \$189  = \$signature__data$67 ;
+      3'h7:
+          \$189  = \$signature__data$68 ;
     endcase
   end
   always @* begin
@@ -15339,21 +15365,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
     (* full_case = 32'd1 *)
     casez (\$191 )
       3'h0:
-          \$192  = \$signature__data$60 ;
-      3'h1:
           \$192  = \$signature__data$61 ;
-      3'h2:
+      3'h1:
           \$192  = \$signature__data$62 ;
-      3'h3:
+      3'h2:
           \$192  = \$signature__data$63 ;
-      3'h4:
+      3'h3:
           \$192  = \$signature__data$64 ;
-      3'h5:
+      3'h4:
           \$192  = \$signature__data$65 ;
-      3'h6:
+      3'h5:
           \$192  = \$signature__data$66 ;
-      3'h7:
+      3'h6:
           \$192  = \$signature__data$67 ;
+      3'h7:
+          \$192  = \$signature__data$68 ;
     endcase
   end
   always @* begin
@@ -15361,21 +15387,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
     (* full_case = 32'd1 *)
     casez (\$194 )
       3'h0:
-          \$195  = \$signature__data$60 ;
-      3'h1:
           \$195  = \$signature__data$61 ;
-      3'h2:
+      3'h1:
           \$195  = \$signature__data$62 ;
-      3'h3:
+      3'h2:
           \$195  = \$signature__data$63 ;
-      3'h4:
+      3'h3:
           \$195  = \$signature__data$64 ;
-      3'h5:
+      3'h4:
           \$195  = \$signature__data$65 ;
-      3'h6:
+      3'h5:
           \$195  = \$signature__data$66 ;
-      3'h7:
+      3'h6:
           \$195  = \$signature__data$67 ;
+      3'h7:
+          \$195  = \$signature__data$68 ;
     endcase
   end
   always @* begin
@@ -15383,21 +15409,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
     (* full_case = 32'd1 *)
     casez (\$197 )
       3'h0:
-          \$198  = \$signature__data$60 ;
-      3'h1:
           \$198  = \$signature__data$61 ;
-      3'h2:
+      3'h1:
           \$198  = \$signature__data$62 ;
-      3'h3:
+      3'h2:
           \$198  = \$signature__data$63 ;
-      3'h4:
+      3'h3:
           \$198  = \$signature__data$64 ;
-      3'h5:
+      3'h4:
           \$198  = \$signature__data$65 ;
-      3'h6:
+      3'h5:
           \$198  = \$signature__data$66 ;
-      3'h7:
+      3'h6:
           \$198  = \$signature__data$67 ;
+      3'h7:
+          \$198  = \$signature__data$68 ;
     endcase
   end
   always @* begin
@@ -15405,21 +15431,21 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
     (* full_case = 32'd1 *)
     casez (\$200 )
       3'h0:
-          \$201  = \$signature__data$60 ;
-      3'h1:
           \$201  = \$signature__data$61 ;
-      3'h2:
+      3'h1:
           \$201  = \$signature__data$62 ;
-      3'h3:
+      3'h2:
           \$201  = \$signature__data$63 ;
-      3'h4:
+      3'h3:
           \$201  = \$signature__data$64 ;
-      3'h5:
+      3'h4:
           \$201  = \$signature__data$65 ;
-      3'h6:
+      3'h5:
           \$201  = \$signature__data$66 ;
-      3'h7:
+      3'h6:
           \$201  = \$signature__data$67 ;
+      3'h7:
+          \$201  = \$signature__data$68 ;
     endcase
   end
   always @* begin
@@ -15504,7 +15530,7 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$220  = in_cnt;
+    \$220  = words_in;
     if (run) begin
       if (fire) begin
         \$220  = \$211 [11:0];
@@ -15599,40 +15625,41 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
       \$226  = 3'h0;
     end
   end
+  assign in_cnt = words_in;
   assign count = fire;
   assign \$signature__data  = i__payload;
   assign \$signature__addr  = \$16 [7:0];
-  assign \$signature__data$14  = i__payload;
-  assign \$signature__addr$15  = \$38 [7:0];
-  assign \$signature__data$17  = i__payload;
-  assign \$signature__addr$18  = \$60 [7:0];
-  assign \$signature__data$20  = i__payload;
-  assign \$signature__addr$21  = \$82 [7:0];
-  assign \$signature__data$23  = i__payload;
-  assign \$signature__addr$24  = \$104 [7:0];
-  assign \$signature__data$26  = i__payload;
-  assign \$signature__addr$27  = \$126 [7:0];
-  assign \$signature__data$29  = i__payload;
-  assign \$signature__addr$30  = \$148 [7:0];
-  assign \$signature__data$32  = i__payload;
-  assign \$signature__addr$33  = \$170 [7:0];
+  assign \$signature__data$15  = i__payload;
+  assign \$signature__addr$16  = \$38 [7:0];
+  assign \$signature__data$18  = i__payload;
+  assign \$signature__addr$19  = \$60 [7:0];
+  assign \$signature__data$21  = i__payload;
+  assign \$signature__addr$22  = \$82 [7:0];
+  assign \$signature__data$24  = i__payload;
+  assign \$signature__addr$25  = \$104 [7:0];
+  assign \$signature__data$27  = i__payload;
+  assign \$signature__addr$28  = \$126 [7:0];
+  assign \$signature__data$30  = i__payload;
+  assign \$signature__addr$31  = \$148 [7:0];
+  assign \$signature__data$33  = i__payload;
+  assign \$signature__addr$34  = \$170 [7:0];
   assign rows = rows_in;
-  assign \$signature__en$39  = read__en;
-  assign \$signature__addr$41  = read__addr[7:0];
-  assign \$signature__en$43  = read__en;
-  assign \$signature__addr$44  = read__addr[15:8];
-  assign \$signature__en$45  = read__en;
-  assign \$signature__addr$46  = read__addr[23:16];
-  assign \$signature__en$47  = read__en;
-  assign \$signature__addr$48  = read__addr[31:24];
-  assign \$signature__en$49  = read__en;
-  assign \$signature__addr$50  = read__addr[39:32];
-  assign \$signature__en$51  = read__en;
-  assign \$signature__addr$52  = read__addr[47:40];
-  assign \$signature__en$53  = read__en;
-  assign \$signature__addr$54  = read__addr[55:48];
-  assign \$signature__en$55  = read__en;
-  assign \$signature__addr$56  = read__addr[63:56];
+  assign \$signature__en$40  = read__en;
+  assign \$signature__addr$42  = read__addr[7:0];
+  assign \$signature__en$44  = read__en;
+  assign \$signature__addr$45  = read__addr[15:8];
+  assign \$signature__en$46  = read__en;
+  assign \$signature__addr$47  = read__addr[23:16];
+  assign \$signature__en$48  = read__en;
+  assign \$signature__addr$49  = read__addr[31:24];
+  assign \$signature__en$50  = read__en;
+  assign \$signature__addr$51  = read__addr[39:32];
+  assign \$signature__en$52  = read__en;
+  assign \$signature__addr$53  = read__addr[47:40];
+  assign \$signature__en$54  = read__en;
+  assign \$signature__addr$55  = read__addr[55:48];
+  assign \$signature__en$56  = read__en;
+  assign \$signature__addr$57  = read__addr[63:56];
   assign \$signature__data[0]  = i__payload[7:0];
   assign \$signature__data[1]  = i__payload[15:8];
   assign \$signature__data[2]  = i__payload[23:16];
@@ -15663,62 +15690,62 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
   assign \cmd.part  = cmd[113:112];
-  assign \$signature__data$14[0]  = i__payload[7:0];
-  assign \$signature__data$14[1]  = i__payload[15:8];
-  assign \$signature__data$14[2]  = i__payload[23:16];
-  assign \$signature__data$14[3]  = i__payload[31:24];
-  assign \$signature__data$14[4]  = i__payload[39:32];
-  assign \$signature__data$14[5]  = i__payload[47:40];
-  assign \$signature__data$14[6]  = i__payload[55:48];
-  assign \$signature__data$14[7]  = i__payload[63:56];
-  assign \$signature__data$17[0]  = i__payload[7:0];
-  assign \$signature__data$17[1]  = i__payload[15:8];
-  assign \$signature__data$17[2]  = i__payload[23:16];
-  assign \$signature__data$17[3]  = i__payload[31:24];
-  assign \$signature__data$17[4]  = i__payload[39:32];
-  assign \$signature__data$17[5]  = i__payload[47:40];
-  assign \$signature__data$17[6]  = i__payload[55:48];
-  assign \$signature__data$17[7]  = i__payload[63:56];
-  assign \$signature__data$20[0]  = i__payload[7:0];
-  assign \$signature__data$20[1]  = i__payload[15:8];
-  assign \$signature__data$20[2]  = i__payload[23:16];
-  assign \$signature__data$20[3]  = i__payload[31:24];
-  assign \$signature__data$20[4]  = i__payload[39:32];
-  assign \$signature__data$20[5]  = i__payload[47:40];
-  assign \$signature__data$20[6]  = i__payload[55:48];
-  assign \$signature__data$20[7]  = i__payload[63:56];
-  assign \$signature__data$23[0]  = i__payload[7:0];
-  assign \$signature__data$23[1]  = i__payload[15:8];
-  assign \$signature__data$23[2]  = i__payload[23:16];
-  assign \$signature__data$23[3]  = i__payload[31:24];
-  assign \$signature__data$23[4]  = i__payload[39:32];
-  assign \$signature__data$23[5]  = i__payload[47:40];
-  assign \$signature__data$23[6]  = i__payload[55:48];
-  assign \$signature__data$23[7]  = i__payload[63:56];
-  assign \$signature__data$26[0]  = i__payload[7:0];
-  assign \$signature__data$26[1]  = i__payload[15:8];
-  assign \$signature__data$26[2]  = i__payload[23:16];
-  assign \$signature__data$26[3]  = i__payload[31:24];
-  assign \$signature__data$26[4]  = i__payload[39:32];
-  assign \$signature__data$26[5]  = i__payload[47:40];
-  assign \$signature__data$26[6]  = i__payload[55:48];
-  assign \$signature__data$26[7]  = i__payload[63:56];
-  assign \$signature__data$29[0]  = i__payload[7:0];
-  assign \$signature__data$29[1]  = i__payload[15:8];
-  assign \$signature__data$29[2]  = i__payload[23:16];
-  assign \$signature__data$29[3]  = i__payload[31:24];
-  assign \$signature__data$29[4]  = i__payload[39:32];
-  assign \$signature__data$29[5]  = i__payload[47:40];
-  assign \$signature__data$29[6]  = i__payload[55:48];
-  assign \$signature__data$29[7]  = i__payload[63:56];
-  assign \$signature__data$32[0]  = i__payload[7:0];
-  assign \$signature__data$32[1]  = i__payload[15:8];
-  assign \$signature__data$32[2]  = i__payload[23:16];
-  assign \$signature__data$32[3]  = i__payload[31:24];
-  assign \$signature__data$32[4]  = i__payload[39:32];
-  assign \$signature__data$32[5]  = i__payload[47:40];
-  assign \$signature__data$32[6]  = i__payload[55:48];
-  assign \$signature__data$32[7]  = i__payload[63:56];
+  assign \$signature__data$15[0]  = i__payload[7:0];
+  assign \$signature__data$15[1]  = i__payload[15:8];
+  assign \$signature__data$15[2]  = i__payload[23:16];
+  assign \$signature__data$15[3]  = i__payload[31:24];
+  assign \$signature__data$15[4]  = i__payload[39:32];
+  assign \$signature__data$15[5]  = i__payload[47:40];
+  assign \$signature__data$15[6]  = i__payload[55:48];
+  assign \$signature__data$15[7]  = i__payload[63:56];
+  assign \$signature__data$18[0]  = i__payload[7:0];
+  assign \$signature__data$18[1]  = i__payload[15:8];
+  assign \$signature__data$18[2]  = i__payload[23:16];
+  assign \$signature__data$18[3]  = i__payload[31:24];
+  assign \$signature__data$18[4]  = i__payload[39:32];
+  assign \$signature__data$18[5]  = i__payload[47:40];
+  assign \$signature__data$18[6]  = i__payload[55:48];
+  assign \$signature__data$18[7]  = i__payload[63:56];
+  assign \$signature__data$21[0]  = i__payload[7:0];
+  assign \$signature__data$21[1]  = i__payload[15:8];
+  assign \$signature__data$21[2]  = i__payload[23:16];
+  assign \$signature__data$21[3]  = i__payload[31:24];
+  assign \$signature__data$21[4]  = i__payload[39:32];
+  assign \$signature__data$21[5]  = i__payload[47:40];
+  assign \$signature__data$21[6]  = i__payload[55:48];
+  assign \$signature__data$21[7]  = i__payload[63:56];
+  assign \$signature__data$24[0]  = i__payload[7:0];
+  assign \$signature__data$24[1]  = i__payload[15:8];
+  assign \$signature__data$24[2]  = i__payload[23:16];
+  assign \$signature__data$24[3]  = i__payload[31:24];
+  assign \$signature__data$24[4]  = i__payload[39:32];
+  assign \$signature__data$24[5]  = i__payload[47:40];
+  assign \$signature__data$24[6]  = i__payload[55:48];
+  assign \$signature__data$24[7]  = i__payload[63:56];
+  assign \$signature__data$27[0]  = i__payload[7:0];
+  assign \$signature__data$27[1]  = i__payload[15:8];
+  assign \$signature__data$27[2]  = i__payload[23:16];
+  assign \$signature__data$27[3]  = i__payload[31:24];
+  assign \$signature__data$27[4]  = i__payload[39:32];
+  assign \$signature__data$27[5]  = i__payload[47:40];
+  assign \$signature__data$27[6]  = i__payload[55:48];
+  assign \$signature__data$27[7]  = i__payload[63:56];
+  assign \$signature__data$30[0]  = i__payload[7:0];
+  assign \$signature__data$30[1]  = i__payload[15:8];
+  assign \$signature__data$30[2]  = i__payload[23:16];
+  assign \$signature__data$30[3]  = i__payload[31:24];
+  assign \$signature__data$30[4]  = i__payload[39:32];
+  assign \$signature__data$30[5]  = i__payload[47:40];
+  assign \$signature__data$30[6]  = i__payload[55:48];
+  assign \$signature__data$30[7]  = i__payload[63:56];
+  assign \$signature__data$33[0]  = i__payload[7:0];
+  assign \$signature__data$33[1]  = i__payload[15:8];
+  assign \$signature__data$33[2]  = i__payload[23:16];
+  assign \$signature__data$33[3]  = i__payload[31:24];
+  assign \$signature__data$33[4]  = i__payload[39:32];
+  assign \$signature__data$33[5]  = i__payload[47:40];
+  assign \$signature__data$33[6]  = i__payload[55:48];
+  assign \$signature__data$33[7]  = i__payload[63:56];
   assign \read__addr.addr  = read__addr[63:0];
   assign \read__addr.addr[0]  = read__addr[7:0];
   assign \read__addr.addr[1]  = read__addr[15:8];
@@ -15802,14 +15829,6 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   assign \read__data[7][5]  = read__data[495:488];
   assign \read__data[7][6]  = read__data[503:496];
   assign \read__data[7][7]  = read__data[511:504];
-  assign \$signature__data$60[0]  = \$signature__data$60 [7:0];
-  assign \$signature__data$60[1]  = \$signature__data$60 [15:8];
-  assign \$signature__data$60[2]  = \$signature__data$60 [23:16];
-  assign \$signature__data$60[3]  = \$signature__data$60 [31:24];
-  assign \$signature__data$60[4]  = \$signature__data$60 [39:32];
-  assign \$signature__data$60[5]  = \$signature__data$60 [47:40];
-  assign \$signature__data$60[6]  = \$signature__data$60 [55:48];
-  assign \$signature__data$60[7]  = \$signature__data$60 [63:56];
   assign \$signature__data$61[0]  = \$signature__data$61 [7:0];
   assign \$signature__data$61[1]  = \$signature__data$61 [15:8];
   assign \$signature__data$61[2]  = \$signature__data$61 [23:16];
@@ -15866,6 +15885,14 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   assign \$signature__data$67[5]  = \$signature__data$67 [47:40];
   assign \$signature__data$67[6]  = \$signature__data$67 [55:48];
   assign \$signature__data$67[7]  = \$signature__data$67 [63:56];
+  assign \$signature__data$68[0]  = \$signature__data$68 [7:0];
+  assign \$signature__data$68[1]  = \$signature__data$68 [15:8];
+  assign \$signature__data$68[2]  = \$signature__data$68 [23:16];
+  assign \$signature__data$68[3]  = \$signature__data$68 [31:24];
+  assign \$signature__data$68[4]  = \$signature__data$68 [39:32];
+  assign \$signature__data$68[5]  = \$signature__data$68 [47:40];
+  assign \$signature__data$68[6]  = \$signature__data$68 [55:48];
+  assign \$signature__data$68[7]  = \$signature__data$68 [63:56];
   assign \sizes.wg  = sizes[11:0];
   assign \sizes.n_in  = sizes[23:12];
   assign \sizes.ow  = sizes[48:24];
@@ -15875,9 +15902,11 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   assign \sizes.n_w  = sizes[106:98];
   assign \sizes.pt_wg  = sizes[120:107];
   assign \sizes.pl_g  = sizes[134:121];
-  assign \sizes.plane  = sizes[143:135];
-  assign \sizes.n_dw  = sizes[152:144];
-  assign \sizes.pt_ws  = sizes[163:153];
+  assign \sizes.kr_wg  = sizes[148:135];
+  assign \sizes.c0_g  = sizes[162:149];
+  assign \sizes.plane  = sizes[171:163];
+  assign \sizes.n_dw  = sizes[180:172];
+  assign \sizes.pt_ws  = sizes[191:181];
   assign read__data[511:448] = \$201 ;
   assign read__data[447:384] = \$198 ;
   assign read__data[383:320] = \$195 ;
@@ -15891,56 +15920,56 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
   assign \$7  = { \$6 , 1'h0 };
   assign \$10  = { 1'h0, lx[15:1] };
   assign \$12  = { 3'h0, \$11 [15:3] };
-  assign \$15  = { 3'h0, in_cnt[11:3] };
+  assign \$15  = { 3'h0, words_in[11:3] };
   assign \$18  = { 1'h0, lx[15:1] };
-  assign \$70  = { 1'h0, lx[15:1] };
   assign \$26  = { 1'h0, lx[15:1] };
   assign \$28  = { 3'h0, \$27 [15:3] };
   assign \$29  = { \$28 , 1'h0 };
   assign \$32  = { 1'h0, lx[15:1] };
   assign \$34  = { 3'h0, \$33 [15:3] };
-  assign \$37  = { 3'h0, in_cnt[11:3] };
+  assign \$37  = { 3'h0, words_in[11:3] };
   assign \$40  = { 1'h0, lx[15:1] };
   assign \$48  = { 1'h0, lx[15:1] };
   assign \$50  = { 3'h0, \$49 [15:3] };
   assign \$51  = { \$50 , 1'h0 };
   assign \$54  = { 1'h0, lx[15:1] };
   assign \$56  = { 3'h0, \$55 [15:3] };
-  assign \$59  = { 3'h0, in_cnt[11:3] };
+  assign \$59  = { 3'h0, words_in[11:3] };
   assign \$62  = { 1'h0, lx[15:1] };
+  assign \$70  = { 1'h0, lx[15:1] };
   assign \$72  = { 3'h0, \$71 [15:3] };
   assign \$73  = { \$72 , 1'h0 };
   assign \$76  = { 1'h0, lx[15:1] };
   assign \$78  = { 3'h0, \$77 [15:3] };
-  assign \$81  = { 3'h0, in_cnt[11:3] };
+  assign \$81  = { 3'h0, words_in[11:3] };
   assign \$84  = { 1'h0, lx[15:1] };
   assign \$92  = { 1'h0, lx[15:1] };
   assign \$94  = { 3'h0, \$93 [15:3] };
   assign \$95  = { \$94 , 1'h0 };
   assign \$98  = { 1'h0, lx[15:1] };
   assign \$100  = { 3'h0, \$99 [15:3] };
-  assign \$103  = { 3'h0, in_cnt[11:3] };
+  assign \$103  = { 3'h0, words_in[11:3] };
   assign \$106  = { 1'h0, lx[15:1] };
   assign \$114  = { 1'h0, lx[15:1] };
   assign \$116  = { 3'h0, \$115 [15:3] };
   assign \$117  = { \$116 , 1'h0 };
   assign \$120  = { 1'h0, lx[15:1] };
   assign \$122  = { 3'h0, \$121 [15:3] };
-  assign \$125  = { 3'h0, in_cnt[11:3] };
+  assign \$125  = { 3'h0, words_in[11:3] };
   assign \$128  = { 1'h0, lx[15:1] };
   assign \$136  = { 1'h0, lx[15:1] };
   assign \$138  = { 3'h0, \$137 [15:3] };
   assign \$139  = { \$138 , 1'h0 };
   assign \$142  = { 1'h0, lx[15:1] };
   assign \$144  = { 3'h0, \$143 [15:3] };
-  assign \$147  = { 3'h0, in_cnt[11:3] };
+  assign \$147  = { 3'h0, words_in[11:3] };
   assign \$150  = { 1'h0, lx[15:1] };
   assign \$158  = { 1'h0, lx[15:1] };
   assign \$160  = { 3'h0, \$159 [15:3] };
   assign \$161  = { \$160 , 1'h0 };
   assign \$164  = { 1'h0, lx[15:1] };
   assign \$166  = { 3'h0, \$165 [15:3] };
-  assign \$169  = { 3'h0, in_cnt[11:3] };
+  assign \$169  = { 3'h0, words_in[11:3] };
   assign \$172  = { 1'h0, lx[15:1] };
 endmodule
 
@@ -26554,243 +26583,267 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, start, cmd, dw, dwp, gin_e, run, sizes, loaded, taps__payload, rows_in, weights_done, params_done, clk);
+module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, start, cmd, dw, dwp, gin_e, run, sizes, loaded, taps__payload, words_in, rows_in, weights_done, params_done, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$17  = 0;
   wire [11:0] \$1 ;
-  wire [4:0] \$10 ;
-  wire [18:0] \$100 ;
-  wire [18:0] \$101 ;
-  wire [18:0] \$102 ;
-  wire [17:0] \$103 ;
-  wire [17:0] \$104 ;
-  wire [17:0] \$105 ;
-  wire [17:0] \$106 ;
-  wire \$107 ;
-  wire \$108 ;
-  wire \$109 ;
+  wire [14:0] \$10 ;
+  wire \$100 ;
+  wire \$101 ;
+  wire [9:0] \$102 ;
+  wire \$103 ;
+  wire \$104 ;
+  wire [21:0] \$105 ;
+  wire [18:0] \$106 ;
+  wire [18:0] \$107 ;
+  wire [17:0] \$108 ;
+  wire [17:0] \$109 ;
   wire \$11 ;
-  wire [18:0] \$110 ;
-  wire [18:0] \$111 ;
-  wire \$112 ;
+  wire [17:0] \$110 ;
+  wire [3:0] \$111 ;
+  wire [3:0] \$112 ;
   wire \$113 ;
   wire \$114 ;
-  wire [16:0] \$115 ;
-  wire [16:0] \$116 ;
-  wire \$117 ;
-  wire [4:0] \$118 ;
-  wire \$119 ;
-  wire \$12 ;
-  wire [4:0] \$120 ;
-  wire \$121 ;
-  wire [16:0] \$122 ;
+  wire [21:0] \$115 ;
+  wire [18:0] \$116 ;
+  wire [18:0] \$117 ;
+  wire [18:0] \$118 ;
+  wire [17:0] \$119 ;
+  wire [16:0] \$12 ;
+  wire [17:0] \$120 ;
+  wire [17:0] \$121 ;
+  wire [17:0] \$122 ;
   wire \$123 ;
-  wire [16:0] \$124 ;
-  wire [16:0] \$125 ;
-  wire [16:0] \$126 ;
-  wire [16:0] \$127 ;
-  wire [3:0] \$128 ;
+  wire \$124 ;
+  wire \$125 ;
+  wire [18:0] \$126 ;
+  wire [18:0] \$127 ;
+  wire \$128 ;
   wire \$129 ;
-  wire [4:0] \$13 ;
-  wire [16:0] \$130 ;
+  wire [16:0] \$13 ;
+  wire \$130 ;
   wire \$131 ;
-  wire [16:0] \$132 ;
+  wire \$132 ;
   wire \$133 ;
-  wire [4:0] \$134 ;
+  wire \$134 ;
   wire \$135 ;
-  wire [4:0] \$136 ;
-  wire \$137 ;
+  wire \$136 ;
+  wire [16:0] \$137 ;
   wire [16:0] \$138 ;
   wire \$139 ;
-  wire [4:0] \$14 ;
-  wire [16:0] \$140 ;
-  wire [16:0] \$141 ;
-  wire [16:0] \$142 ;
-  wire [16:0] \$143 ;
-  wire [3:0] \$144 ;
+  wire [17:0] \$14 ;
+  wire [4:0] \$140 ;
+  wire \$141 ;
+  wire [4:0] \$142 ;
+  wire \$143 ;
+  wire [16:0] \$144 ;
   wire \$145 ;
   wire [16:0] \$146 ;
-  wire \$147 ;
-  wire \$148 ;
-  wire \$149 ;
+  wire [16:0] \$147 ;
+  wire [16:0] \$148 ;
+  wire [16:0] \$149 ;
   wire \$15 ;
-  wire \$150 ;
+  wire [3:0] \$150 ;
   wire \$151 ;
-  wire \$152 ;
+  wire [16:0] \$152 ;
   wire \$153 ;
-  wire \$154 ;
+  wire [16:0] \$154 ;
   wire \$155 ;
-  wire [16:0] \$156 ;
-  wire [17:0] \$157 ;
+  wire [4:0] \$156 ;
+  wire \$157 ;
   wire [4:0] \$158 ;
-  wire [5:0] \$159 ;
-  wire \$16 ;
-  wire [4:0] \$160 ;
-  wire [5:0] \$161 ;
+  wire \$159 ;
+  wire [12:0] \$16 ;
+  wire [16:0] \$160 ;
+  wire \$161 ;
   wire [16:0] \$162 ;
-  wire [17:0] \$163 ;
+  wire [16:0] \$163 ;
   wire [16:0] \$164 ;
   wire [16:0] \$165 ;
-  wire [16:0] \$166 ;
-  wire [16:0] \$167 ;
-  wire [3:0] \$168 ;
-  wire [5:0] \$169 ;
-  wire [5:0] \$17 ;
-  wire [17:0] \$170 ;
-  wire [16:0] \$171 ;
-  wire [17:0] \$172 ;
+  wire [3:0] \$166 ;
+  wire \$167 ;
+  wire [16:0] \$168 ;
+  wire \$169 ;
+  wire [12:0] \$17 ;
+  wire \$170 ;
+  wire \$171 ;
+  wire \$172 ;
   wire \$173 ;
   wire \$174 ;
   wire \$175 ;
   wire \$176 ;
   wire \$177 ;
-  wire \$178 ;
-  wire \$179 ;
-  wire [5:0] \$18 ;
-  wire \$180 ;
-  wire \$181 ;
-  wire \$182 ;
-  wire \$183 ;
-  wire \$184 ;
-  wire \$185 ;
-  wire \$186 ;
-  wire \$187 ;
-  wire \$188 ;
-  wire \$189 ;
-  wire \$19 ;
-  wire \$190 ;
-  wire \$191 ;
-  wire \$192 ;
-  wire \$193 ;
-  wire \$194 ;
+  wire [16:0] \$178 ;
+  wire [17:0] \$179 ;
+  wire [18:0] \$18 ;
+  wire [4:0] \$180 ;
+  wire [5:0] \$181 ;
+  wire [4:0] \$182 ;
+  wire [5:0] \$183 ;
+  wire [16:0] \$184 ;
+  wire [17:0] \$185 ;
+  wire [16:0] \$186 ;
+  wire [16:0] \$187 ;
+  wire [16:0] \$188 ;
+  wire [16:0] \$189 ;
+  wire [11:0] \$19 ;
+  wire [3:0] \$190 ;
+  wire [5:0] \$191 ;
+  wire [17:0] \$192 ;
+  wire [16:0] \$193 ;
+  wire [17:0] \$194 ;
   wire \$195 ;
   wire \$196 ;
   wire \$197 ;
   wire \$198 ;
   wire \$199 ;
   wire [14:0] \$2 ;
-  wire \$20 ;
+  wire [11:0] \$20 ;
   wire \$200 ;
   wire \$201 ;
   wire \$202 ;
-  wire [3:0] \$203 ;
-  wire [3:0] \$204 ;
-  wire [3:0] \$205 ;
-  wire [3:0] \$206 ;
-  wire [4:0] \$207 ;
-  wire [15:0] \$208 ;
+  wire \$203 ;
+  wire \$204 ;
+  wire \$205 ;
+  wire \$206 ;
+  wire \$207 ;
+  wire \$208 ;
   wire \$209 ;
-  wire [16:0] \$21 ;
-  wire [16:0] \$210 ;
-  wire [16:0] \$211 ;
-  wire [16:0] \$212 ;
+  wire \$21 ;
+  wire \$210 ;
+  wire \$211 ;
+  wire \$212 ;
   wire \$213 ;
-  wire [17:0] \$214 ;
-  wire [17:0] \$215 ;
+  wire \$214 ;
+  wire \$215 ;
   wire \$216 ;
-  wire [12:0] \$217 ;
-  wire [12:0] \$218 ;
-  wire [17:0] \$219 ;
-  wire [16:0] \$22 ;
-  wire [16:0] \$220 ;
-  wire [8:0] \$221 ;
-  wire [3:0] \$222 ;
-  wire [4:0] \$223 ;
-  wire [4:0] \$224 ;
-  wire \$225 ;
-  wire \$226 ;
-  wire \$227 ;
-  wire [17:0] \$228 ;
-  wire [18:0] \$229 ;
-  wire \$23 ;
-  wire \$230 ;
+  wire \$217 ;
+  wire \$218 ;
+  wire \$219 ;
+  wire \$22 ;
+  wire \$220 ;
+  wire \$221 ;
+  wire \$222 ;
+  wire \$223 ;
+  wire \$224 ;
+  wire [3:0] \$225 ;
+  wire [3:0] \$226 ;
+  wire [3:0] \$227 ;
+  wire [3:0] \$228 ;
+  wire [4:0] \$229 ;
+  wire [4:0] \$23 ;
+  wire [15:0] \$230 ;
   wire \$231 ;
-  wire \$232 ;
-  wire \$233 ;
-  wire \$234 ;
+  wire [16:0] \$232 ;
+  wire [16:0] \$233 ;
+  wire [16:0] \$234 ;
   wire \$235 ;
-  wire \$236 ;
-  reg [10:0] \$237 ;
-  reg \$238 ;
-  reg [3:0] \$239 ;
-  wire \$24 ;
-  reg \$240 ;
-  reg [3:0] \$241 ;
-  reg \$242 ;
-  reg [4:0] \$243 ;
-  reg \$244 ;
-  reg [15:0] \$245 ;
-  reg \$246 ;
-  reg [15:0] \$247 ;
-  reg \$248 ;
-  reg \$249 ;
-  wire [16:0] \$25 ;
-  reg \$250 ;
-  reg \$251 ;
-  reg \$252 ;
-  reg \$253 ;
-  reg \$254 ;
-  reg \$255 ;
-  reg \$256 ;
-  reg \$257 ;
-  reg \$258 ;
-  reg \$259 ;
-  wire [16:0] \$26 ;
-  reg [9:0] \$260 ;
-  reg [17:0] \$261 ;
-  reg [16:0] \$262 ;
-  reg [17:0] \$263 ;
-  reg [16:0] \$264 ;
-  reg [8:0] \$265 ;
-  reg [17:0] \$266 ;
-  reg [16:0] \$267 ;
-  reg [17:0] \$268 ;
-  reg [17:0] \$269 ;
-  wire \$27 ;
-  reg [16:0] \$270 ;
+  wire [17:0] \$236 ;
+  wire [17:0] \$237 ;
+  wire \$238 ;
+  wire [12:0] \$239 ;
+  wire [4:0] \$24 ;
+  wire [12:0] \$240 ;
+  wire [17:0] \$241 ;
+  wire [16:0] \$242 ;
+  wire [8:0] \$243 ;
+  wire [3:0] \$244 ;
+  wire [4:0] \$245 ;
+  wire [4:0] \$246 ;
+  wire \$247 ;
+  wire \$248 ;
+  wire \$249 ;
+  wire \$25 ;
+  wire [17:0] \$250 ;
+  wire [18:0] \$251 ;
+  wire \$252 ;
+  wire \$253 ;
+  wire \$254 ;
+  wire \$255 ;
+  wire \$256 ;
+  wire \$257 ;
+  wire \$258 ;
+  reg [10:0] \$259 ;
+  wire \$26 ;
+  reg \$260 ;
+  reg [3:0] \$261 ;
+  reg \$262 ;
+  reg [3:0] \$263 ;
+  reg \$264 ;
+  reg [4:0] \$265 ;
+  reg \$266 ;
+  reg [15:0] \$267 ;
+  reg \$268 ;
+  reg [15:0] \$269 ;
+  wire [4:0] \$27 ;
+  reg \$270 ;
   reg \$271 ;
   reg \$272 ;
   reg \$273 ;
-  reg [4:0] \$274 ;
+  reg \$274 ;
   reg \$275 ;
   reg \$276 ;
   reg \$277 ;
   reg \$278 ;
   reg \$279 ;
-  wire \$28 ;
+  wire [4:0] \$28 ;
   reg \$280 ;
   reg \$281 ;
-  reg \$282 ;
-  reg \$283 ;
-  reg \$284 ;
-  reg \$285 ;
-  reg \$286 ;
-  reg [12:0] \$287 ;
-  reg [5:0] \$288 ;
-  reg [5:0] \$289 ;
+  reg [9:0] \$282 ;
+  reg [17:0] \$283 ;
+  reg [16:0] \$284 ;
+  reg [17:0] \$285 ;
+  reg [16:0] \$286 ;
+  reg [8:0] \$287 ;
+  reg [19:0] \$288 ;
+  reg [17:0] \$289 ;
   wire \$29 ;
-  reg [6:0] \$290 ;
-  reg [17:0] \$291 ;
+  reg [16:0] \$290 ;
+  reg [19:0] \$291 ;
   reg [17:0] \$292 ;
-  reg [16:0] \$293 ;
+  reg [17:0] \$293 ;
   reg [16:0] \$294 ;
-  reg [16:0] \$295 ;
-  reg [16:0] \$296 ;
-  reg [8:0] \$297 ;
-  reg [3:0] \$298 ;
-  reg [4:0] \$299 ;
+  reg \$295 ;
+  reg \$296 ;
+  reg \$297 ;
+  reg [4:0] \$298 ;
+  reg \$299 ;
   wire [15:0] \$3 ;
   wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
+  reg \$300 ;
+  reg \$301 ;
+  reg \$302 ;
+  reg \$303 ;
+  reg \$304 ;
+  reg \$305 ;
+  reg \$306 ;
+  reg \$307 ;
+  reg \$308 ;
+  reg \$309 ;
+  wire [5:0] \$31 ;
+  reg \$310 ;
+  reg [12:0] \$311 ;
+  reg [5:0] \$312 ;
+  reg [5:0] \$313 ;
+  reg [6:0] \$314 ;
+  reg [17:0] \$315 ;
+  reg [17:0] \$316 ;
+  reg [16:0] \$317 ;
+  reg [16:0] \$318 ;
+  reg [16:0] \$319 ;
+  wire [5:0] \$32 ;
+  reg [16:0] \$320 ;
+  reg [8:0] \$321 ;
+  reg [3:0] \$322 ;
+  reg [4:0] \$323 ;
   wire \$33 ;
   wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
+  wire [16:0] \$35 ;
+  wire [16:0] \$36 ;
   wire \$37 ;
   wire \$38 ;
-  wire \$39 ;
+  wire [16:0] \$39 ;
   wire [15:0] \$4 ;
-  wire \$40 ;
+  wire [16:0] \$40 ;
   wire \$41 ;
   wire \$42 ;
   wire \$43 ;
@@ -26800,7 +26853,7 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, start, cmd, dw
   wire \$47 ;
   wire \$48 ;
   wire \$49 ;
-  wire [11:0] \$5 ;
+  wire [14:0] \$5 ;
   wire \$50 ;
   wire \$51 ;
   wire \$52 ;
@@ -26811,7 +26864,7 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, start, cmd, dw
   wire \$57 ;
   wire \$58 ;
   wire \$59 ;
-  wire [11:0] \$6 ;
+  wire \$6 ;
   wire \$60 ;
   wire \$61 ;
   wire \$62 ;
@@ -26822,39 +26875,39 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, start, cmd, dw
   wire \$67 ;
   wire \$68 ;
   wire \$69 ;
-  wire \$7 ;
+  wire [16:0] \$7 ;
   wire \$70 ;
   wire \$71 ;
   wire \$72 ;
   wire \$73 ;
   wire \$74 ;
   wire \$75 ;
-  wire [10:0] \$76 ;
+  wire \$76 ;
   wire \$77 ;
   wire \$78 ;
-  wire [18:0] \$79 ;
-  wire \$8 ;
-  wire [17:0] \$80 ;
+  wire \$79 ;
+  wire [16:0] \$8 ;
+  wire \$80 ;
   wire \$81 ;
   wire \$82 ;
-  wire [18:0] \$83 ;
-  wire [17:0] \$84 ;
-  wire [17:0] \$85 ;
+  wire \$83 ;
+  wire \$84 ;
+  wire \$85 ;
   wire \$86 ;
   wire \$87 ;
-  wire [9:0] \$88 ;
+  wire \$88 ;
   wire \$89 ;
-  wire [4:0] \$9 ;
-  wire \$90 ;
-  wire [18:0] \$91 ;
-  wire [18:0] \$92 ;
-  wire [17:0] \$93 ;
+  wire [17:0] \$9 ;
+  wire [10:0] \$90 ;
+  wire \$91 ;
+  wire \$92 ;
+  wire [18:0] \$93 ;
   wire [17:0] \$94 ;
-  wire [17:0] \$95 ;
-  wire [3:0] \$96 ;
-  wire [3:0] \$97 ;
-  wire \$98 ;
-  wire \$99 ;
+  wire \$95 ;
+  wire \$96 ;
+  wire [18:0] \$97 ;
+  wire [17:0] \$98 ;
+  wire [17:0] \$99 ;
   reg [16:0] base = 17'h00000;
   reg below_j = 1'h0;
   reg below_kx = 1'h0;
@@ -26943,6 +26996,10 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, start, cmd, dw
   reg near_ox = 1'h0;
   reg near_oy = 1'h0;
   reg [17:0] need = 18'h00000;
+  reg [19:0] need_words = 20'h00000;
+  reg [19:0] need_words0 = 20'h00000;
+  reg [19:0] need_words_row = 20'h00000;
+  reg [19:0] need_words_row0 = 20'h00000;
   reg [15:0] ox = 16'h0000;
   reg [3:0] ox_step = 4'h0;
   reg [15:0] oy = 16'h0000;
@@ -26960,9 +27017,11 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, start, cmd, dw
   wire run;
   reg seq_busy = 1'h0;
   reg [16:0] sg = 17'h00000;
-  input [163:0] sizes;
-  wire [163:0] sizes;
+  input [191:0] sizes;
+  wire [191:0] sizes;
+  wire [13:0] \sizes.c0_g ;
   wire [11:0] \sizes.kk ;
+  wire [13:0] \sizes.kr_wg ;
   wire [8:0] \sizes.n_dw ;
   wire [11:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
@@ -26995,191 +27054,191 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, start, cmd, dw
   wire waiting;
   input weights_done;
   wire weights_done;
+  input [11:0] words_in;
+  wire [11:0] words_in;
   input [16:0] ws;
   wire [16:0] ws;
-  assign \$1  = - sizes[163:153];
+  assign \$1  = - sizes[191:181];
   assign \$2  = - sizes[120:107];
   assign \$3  = $signed(\$2 ) - $signed({ 1'h0, sizes[134:121] });
   assign \$4  = dwp ? { \$1 [11], \$1 [11], \$1 [11], \$1 [11], \$1  } : \$3 ;
-  assign \$5  = gi + 1'h1;
-  assign \$6  = last_gi ? 12'h000 : \$5 ;
-  assign \$7  = gi == lim_2inc_gi;
-  assign \$8  = last_gi ? lim_inc_gi : \$7 ;
-  assign \$9  = kx + 1'h1;
-  assign \$10  = last_kx ? 5'h00 : \$9 ;
-  assign \$11  = kx == lim_2inc_kx;
-  assign \$12  = last_kx ? lim_inc_kx : \$11 ;
-  assign \$13  = ky + 1'h1;
-  assign \$14  = last_ky ? 5'h00 : \$13 ;
-  assign \$15  = ky == lim_2inc_ky;
-  assign \$16  = last_ky ? lim_inc_ky : \$15 ;
-  assign \$17  = j + 1'h1;
-  assign \$18  = last_j ? 6'h00 : \$17 ;
-  assign \$19  = j == lim_2inc_j;
-  assign \$20  = last_j ? lim_inc_j : \$19 ;
-  assign \$21  = ox + ox_step;
-  assign \$22  = last_ox ? 17'h00000 : \$21 ;
-  assign \$23  = ox == lim_2inc_ox;
-  assign \$24  = last_ox ? lim_inc_ox : \$23 ;
-  assign \$25  = oy + 1'h1;
-  assign \$26  = last_oy ? 17'h00000 : \$25 ;
-  assign \$27  = oy == lim_2inc_oy;
-  assign \$28  = last_oy ? lim_inc_oy : \$27 ;
-  assign \$29  = last_gi ? lim_zero_gi : near_gi;
-  assign \$31  = last_gi ? lim_zero_gi : near_gi;
-  assign \$34  = last_kx ? lim_zero_kx : near_kx;
-  assign \$35  = below_kx ? \$34  : last_kx;
-  assign \$36  = last_gi ? lim_zero_gi : near_gi;
-  assign \$38  = last_kx ? lim_zero_kx : near_kx;
-  assign \$39  = below_kx ? \$38  : last_kx;
-  assign \$40  = & { \$39 , \$37  };
-  assign \$41  = last_ky ? lim_zero_ky : near_ky;
-  assign \$42  = below_ky ? \$41  : last_ky;
+  assign \$5  = sizes[148:135] + sizes[162:149];
+  assign \$6  = cmd[101:100] == 2'h2;
+  assign \$8  = \$6  ? \$7  : { 1'h0, cmd[79:64] };
+  assign \$9  = \$5  + \$8 ;
+  assign \$10  = sizes[148:135] + sizes[162:149];
+  assign \$11  = cmd[101:100] == 2'h2;
+  assign \$13  = \$11  ? \$12  : { 1'h0, cmd[79:64] };
+  assign \$14  = \$10  + \$13 ;
+  assign \$15  = cmd[101:100] == 2'h2;
+  assign \$17  = \$15  ? \$16  : { 1'h0, sizes[11:0] };
+  assign \$18  = \$14  + \$17 ;
+  assign \$19  = gi + 1'h1;
+  assign \$20  = last_gi ? 12'h000 : \$19 ;
+  assign \$21  = gi == lim_2inc_gi;
+  assign \$22  = last_gi ? lim_inc_gi : \$21 ;
+  assign \$23  = kx + 1'h1;
+  assign \$24  = last_kx ? 5'h00 : \$23 ;
+  assign \$25  = kx == lim_2inc_kx;
+  assign \$26  = last_kx ? lim_inc_kx : \$25 ;
+  assign \$27  = ky + 1'h1;
+  assign \$28  = last_ky ? 5'h00 : \$27 ;
+  assign \$29  = ky == lim_2inc_ky;
+  assign \$30  = last_ky ? lim_inc_ky : \$29 ;
+  assign \$31  = j + 1'h1;
+  assign \$32  = last_j ? 6'h00 : \$31 ;
+  assign \$33  = j == lim_2inc_j;
+  assign \$34  = last_j ? lim_inc_j : \$33 ;
+  assign \$35  = ox + ox_step;
+  assign \$36  = last_ox ? 17'h00000 : \$35 ;
+  assign \$37  = ox == lim_2inc_ox;
+  assign \$38  = last_ox ? lim_inc_ox : \$37 ;
+  assign \$39  = oy + 1'h1;
+  assign \$40  = last_oy ? 17'h00000 : \$39 ;
+  assign \$41  = oy == lim_2inc_oy;
+  assign \$42  = last_oy ? lim_inc_oy : \$41 ;
   assign \$43  = last_gi ? lim_zero_gi : near_gi;
-  assign \$45  = last_kx ? lim_zero_kx : near_kx;
-  assign \$46  = below_kx ? \$45  : last_kx;
-  assign \$47  = last_ky ? lim_zero_ky : near_ky;
-  assign \$48  = below_ky ? \$47  : last_ky;
-  assign \$49  = & { \$48 , \$46 , \$44  };
-  assign \$50  = last_j ? lim_zero_j : near_j;
-  assign \$51  = below_j ? \$50  : last_j;
-  assign \$52  = last_gi ? lim_zero_gi : near_gi;
-  assign \$54  = last_kx ? lim_zero_kx : near_kx;
-  assign \$55  = below_kx ? \$54  : last_kx;
-  assign \$56  = last_ky ? lim_zero_ky : near_ky;
-  assign \$57  = below_ky ? \$56  : last_ky;
-  assign \$58  = last_j ? lim_zero_j : near_j;
-  assign \$59  = below_j ? \$58  : last_j;
-  assign \$60  = & { \$59 , \$57 , \$55 , \$53  };
-  assign \$61  = last_ox ? lim_zero_ox : near_ox;
-  assign \$62  = below_ox ? \$61  : last_ox;
-  assign \$63  = last_gi ? lim_zero_gi : near_gi;
-  assign \$65  = last_kx ? lim_zero_kx : near_kx;
-  assign \$66  = below_kx ? \$65  : last_kx;
-  assign \$67  = last_ky ? lim_zero_ky : near_ky;
-  assign \$68  = below_ky ? \$67  : last_ky;
-  assign \$69  = last_j ? lim_zero_j : near_j;
-  assign \$70  = below_j ? \$69  : last_j;
-  assign \$71  = last_ox ? lim_zero_ox : near_ox;
-  assign \$72  = below_ox ? \$71  : last_ox;
-  assign \$73  = & { \$72 , \$70 , \$68 , \$66 , \$64  };
-  assign \$74  = last_oy ? lim_zero_oy : near_oy;
-  assign \$75  = below_oy ? \$74  : last_oy;
-  assign \$76  = waddr + 1'h1;
-  assign \$77  = ~ last_kx;
-  assign \$78  = below_kx & \$77 ;
-  assign \$79  = $signed(ix) + $signed(2'h1);
-  assign \$80  = $signed(tapbase) + $signed(g_step);
-  assign \$81  = ~ last_ky;
-  assign \$82  = below_ky & \$81 ;
-  assign \$83  = $signed(iy) + $signed(2'h1);
-  assign \$84  = $signed(rowbase) + $signed(row_step);
-  assign \$85  = $signed(rowbase) + $signed(row_step);
-  assign \$86  = ~ last_j;
-  assign \$87  = below_j & \$86 ;
-  assign \$88  = goff + goff_step;
-  assign \$89  = ~ last_ox;
-  assign \$90  = below_ox & \$89 ;
-  assign \$91  = $signed(ix0) + $signed({ 1'h0, ix_step });
-  assign \$92  = $signed(ix0) + $signed({ 1'h0, ix_step });
-  assign \$93  = $signed(pixbase) + $signed(sg);
-  assign \$94  = $signed(pixbase) + $signed(sg);
-  assign \$95  = $signed(pixbase) + $signed(sg);
-  assign \$96  = - cmd[107:105];
-  assign \$97  = - cmd[107:105];
-  assign \$98  = ~ last_oy;
-  assign \$99  = below_oy & \$98 ;
-  assign \$100  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
-  assign \$101  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
-  assign \$102  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
-  assign \$103  = $signed(linebase) + $signed(swg);
-  assign \$104  = $signed(linebase) + $signed(swg);
-  assign \$105  = $signed(linebase) + $signed(swg);
-  assign \$106  = $signed(linebase) + $signed(swg);
-  assign \$107  = below_oy & last_oy;
-  assign \$108  = weights_done & params_done;
-  assign \$109  = cmd[111] | \$108 ;
-  assign \$110  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
-  assign \$111  = below_oy ? \$110  : { need[17], need };
-  assign \$112  = $signed({ 1'h0, rows_in }) >= $signed(\$111 );
-  assign \$113  = rows_in == cmd[15:0];
-  assign \$114  = \$112  | \$113 ;
-  assign \$115  = cmd[95:80] - 1'h1;
-  assign \$116  = gin_e - 1'h1;
-  assign \$117  = \$116  == 1'h1;
-  assign \$118  = cmd[99:96] - 1'h1;
-  assign \$119  = \$118  == 1'h1;
-  assign \$120  = cmd[99:96] - 1'h1;
-  assign \$121  = \$120  == 1'h1;
-  assign \$122  = cmd[95:80] - 1'h1;
-  assign \$123  = \$122  == 1'h1;
-  assign \$124  = cmd[63:48] - 1'h1;
-  assign \$126  = cmd[63:48] - 1'h1;
-  assign \$127  = dwp ? \$125  : \$126 ;
-  assign \$128  = dwp ? 4'h8 : 4'h1;
-  assign \$129  = \$127  == \$128 ;
-  assign \$130  = cmd[47:32] - 1'h1;
-  assign \$131  = \$130  == 1'h1;
-  assign \$132  = gin_e - 1'h1;
-  assign \$133  = \$132  == 1'h1;
-  assign \$134  = cmd[99:96] - 1'h1;
-  assign \$135  = \$134  == 1'h1;
-  assign \$136  = cmd[99:96] - 1'h1;
-  assign \$137  = \$136  == 1'h1;
-  assign \$138  = cmd[95:80] - 1'h1;
+  assign \$45  = last_gi ? lim_zero_gi : near_gi;
+  assign \$48  = last_kx ? lim_zero_kx : near_kx;
+  assign \$49  = below_kx ? \$48  : last_kx;
+  assign \$50  = last_gi ? lim_zero_gi : near_gi;
+  assign \$52  = last_kx ? lim_zero_kx : near_kx;
+  assign \$53  = below_kx ? \$52  : last_kx;
+  assign \$54  = & { \$53 , \$51  };
+  assign \$55  = last_ky ? lim_zero_ky : near_ky;
+  assign \$56  = below_ky ? \$55  : last_ky;
+  assign \$57  = last_gi ? lim_zero_gi : near_gi;
+  assign \$59  = last_kx ? lim_zero_kx : near_kx;
+  assign \$60  = below_kx ? \$59  : last_kx;
+  assign \$61  = last_ky ? lim_zero_ky : near_ky;
+  assign \$62  = below_ky ? \$61  : last_ky;
+  assign \$63  = & { \$62 , \$60 , \$58  };
+  assign \$64  = last_j ? lim_zero_j : near_j;
+  assign \$65  = below_j ? \$64  : last_j;
+  assign \$66  = last_gi ? lim_zero_gi : near_gi;
+  assign \$68  = last_kx ? lim_zero_kx : near_kx;
+  assign \$69  = below_kx ? \$68  : last_kx;
+  assign \$70  = last_ky ? lim_zero_ky : near_ky;
+  assign \$71  = below_ky ? \$70  : last_ky;
+  assign \$72  = last_j ? lim_zero_j : near_j;
+  assign \$73  = below_j ? \$72  : last_j;
+  assign \$74  = & { \$73 , \$71 , \$69 , \$67  };
+  assign \$75  = last_ox ? lim_zero_ox : near_ox;
+  assign \$76  = below_ox ? \$75  : last_ox;
+  assign \$77  = last_gi ? lim_zero_gi : near_gi;
+  assign \$79  = last_kx ? lim_zero_kx : near_kx;
+  assign \$80  = below_kx ? \$79  : last_kx;
+  assign \$81  = last_ky ? lim_zero_ky : near_ky;
+  assign \$82  = below_ky ? \$81  : last_ky;
+  assign \$83  = last_j ? lim_zero_j : near_j;
+  assign \$84  = below_j ? \$83  : last_j;
+  assign \$85  = last_ox ? lim_zero_ox : near_ox;
+  assign \$86  = below_ox ? \$85  : last_ox;
+  assign \$87  = & { \$86 , \$84 , \$82 , \$80 , \$78  };
+  assign \$88  = last_oy ? lim_zero_oy : near_oy;
+  assign \$89  = below_oy ? \$88  : last_oy;
+  assign \$90  = waddr + 1'h1;
+  assign \$91  = ~ last_kx;
+  assign \$92  = below_kx & \$91 ;
+  assign \$93  = $signed(ix) + $signed(2'h1);
+  assign \$94  = $signed(tapbase) + $signed(g_step);
+  assign \$95  = ~ last_ky;
+  assign \$96  = below_ky & \$95 ;
+  assign \$97  = $signed(iy) + $signed(2'h1);
+  assign \$98  = $signed(rowbase) + $signed(row_step);
+  assign \$99  = $signed(rowbase) + $signed(row_step);
+  assign \$100  = ~ last_j;
+  assign \$101  = below_j & \$100 ;
+  assign \$102  = goff + goff_step;
+  assign \$103  = ~ last_ox;
+  assign \$104  = below_ox & \$103 ;
+  assign \$105  = $signed({ 1'h0, need_words }) + $signed(sg);
+  assign \$106  = $signed(ix0) + $signed({ 1'h0, ix_step });
+  assign \$107  = $signed(ix0) + $signed({ 1'h0, ix_step });
+  assign \$108  = $signed(pixbase) + $signed(sg);
+  assign \$109  = $signed(pixbase) + $signed(sg);
+  assign \$110  = $signed(pixbase) + $signed(sg);
+  assign \$111  = - cmd[107:105];
+  assign \$112  = - cmd[107:105];
+  assign \$113  = ~ last_oy;
+  assign \$114  = below_oy & \$113 ;
+  assign \$115  = $signed({ 1'h0, need_words_row }) + $signed(swg);
+  assign \$116  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
+  assign \$117  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
+  assign \$118  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
+  assign \$119  = $signed(linebase) + $signed(swg);
+  assign \$120  = $signed(linebase) + $signed(swg);
+  assign \$121  = $signed(linebase) + $signed(swg);
+  assign \$122  = $signed(linebase) + $signed(swg);
+  assign \$123  = below_oy & last_oy;
+  assign \$124  = weights_done & params_done;
+  assign \$125  = cmd[111] | \$124 ;
+  assign \$126  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
+  assign \$127  = below_oy ? \$126  : { need[17], need };
+  assign \$128  = $signed({ 1'h0, rows_in }) >= $signed(\$127 );
+  assign \$129  = rows_in == cmd[15:0];
+  assign \$130  = \$128  | \$129 ;
+  assign \$131  = ~ dwp;
+  assign \$132  = words_in >= need_words_row;
+  assign \$133  = words_in >= need_words;
+  assign \$134  = last_ox ? \$132  : \$133 ;
+  assign \$135  = \$131  & \$134 ;
+  assign \$136  = \$130  | \$135 ;
+  assign \$137  = cmd[95:80] - 1'h1;
+  assign \$138  = gin_e - 1'h1;
   assign \$139  = \$138  == 1'h1;
-  assign \$140  = cmd[63:48] - 1'h1;
-  assign \$142  = cmd[63:48] - 1'h1;
-  assign \$143  = dwp ? \$141  : \$142 ;
-  assign \$144  = dwp ? 4'h8 : 4'h1;
-  assign \$145  = \$143  == \$144 ;
-  assign \$146  = cmd[47:32] - 1'h1;
-  assign \$147  = \$146  == 1'h1;
-  assign \$148  = gin_e == 1'h1;
-  assign \$149  = cmd[99:96] == 1'h1;
-  assign \$150  = cmd[99:96] == 1'h1;
-  assign \$151  = cmd[95:80] == 1'h1;
-  assign \$152  = cmd[63:48] <= 4'h8;
-  assign \$153  = cmd[63:48] == 1'h1;
-  assign \$154  = dwp ? \$152  : \$153 ;
-  assign \$155  = cmd[47:32] == 1'h1;
-  assign \$156  = gin_e - 1'h1;
-  assign \$157  = $signed(\$156 ) - $signed(3'h2);
+  assign \$140  = cmd[99:96] - 1'h1;
+  assign \$141  = \$140  == 1'h1;
+  assign \$142  = cmd[99:96] - 1'h1;
+  assign \$143  = \$142  == 1'h1;
+  assign \$144  = cmd[95:80] - 1'h1;
+  assign \$145  = \$144  == 1'h1;
+  assign \$146  = cmd[63:48] - 1'h1;
+  assign \$148  = cmd[63:48] - 1'h1;
+  assign \$149  = dwp ? \$147  : \$148 ;
+  assign \$150  = dwp ? 4'h8 : 4'h1;
+  assign \$151  = \$149  == \$150 ;
+  assign \$152  = cmd[47:32] - 1'h1;
+  assign \$153  = \$152  == 1'h1;
+  assign \$154  = gin_e - 1'h1;
+  assign \$155  = \$154  == 1'h1;
+  assign \$156  = cmd[99:96] - 1'h1;
+  assign \$157  = \$156  == 1'h1;
   assign \$158  = cmd[99:96] - 1'h1;
-  assign \$159  = $signed(\$158 ) - $signed(3'h2);
-  assign \$160  = cmd[99:96] - 1'h1;
-  assign \$161  = $signed(\$160 ) - $signed(3'h2);
-  assign \$162  = cmd[95:80] - 1'h1;
-  assign \$163  = $signed(\$162 ) - $signed(3'h2);
+  assign \$159  = \$158  == 1'h1;
+  assign \$160  = cmd[95:80] - 1'h1;
+  assign \$161  = \$160  == 1'h1;
+  assign \$162  = cmd[63:48] - 1'h1;
   assign \$164  = cmd[63:48] - 1'h1;
-  assign \$166  = cmd[63:48] - 1'h1;
-  assign \$167  = dwp ? \$165  : \$166 ;
-  assign \$168  = dwp ? 4'h8 : 4'h1;
-  assign \$169  = 2'h2 * \$168 ;
-  assign \$170  = $signed(\$167 ) - $signed({ 1'h0, \$169  });
-  assign \$171  = cmd[47:32] - 1'h1;
-  assign \$172  = $signed(\$171 ) - $signed(3'h2);
-  assign \$173  = gin_e == 1'h1;
-  assign \$174  = cmd[99:96] == 1'h1;
-  assign \$175  = cmd[99:96] == 1'h1;
-  assign \$176  = cmd[95:80] == 1'h1;
-  assign \$177  = cmd[63:48] <= 4'h8;
-  assign \$178  = cmd[63:48] == 1'h1;
-  assign \$179  = dwp ? \$177  : \$178 ;
-  assign \$180  = cmd[47:32] == 1'h1;
-  assign \$181  = gin_e == 1'h1;
-  assign \$183  = gin_e == 1'h1;
-  assign \$184  = cmd[99:96] == 1'h1;
-  assign \$185  = & { \$184 , \$183  };
-  assign \$186  = gin_e == 1'h1;
-  assign \$187  = cmd[99:96] == 1'h1;
-  assign \$188  = cmd[99:96] == 1'h1;
-  assign \$189  = & { \$188 , \$187 , \$186  };
-  assign \$190  = gin_e == 1'h1;
-  assign \$191  = cmd[99:96] == 1'h1;
-  assign \$192  = cmd[99:96] == 1'h1;
-  assign \$193  = cmd[95:80] == 1'h1;
-  assign \$194  = & { \$193 , \$192 , \$191 , \$190  };
+  assign \$165  = dwp ? \$163  : \$164 ;
+  assign \$166  = dwp ? 4'h8 : 4'h1;
+  assign \$167  = \$165  == \$166 ;
+  assign \$168  = cmd[47:32] - 1'h1;
+  assign \$169  = \$168  == 1'h1;
+  assign \$170  = gin_e == 1'h1;
+  assign \$171  = cmd[99:96] == 1'h1;
+  assign \$172  = cmd[99:96] == 1'h1;
+  assign \$173  = cmd[95:80] == 1'h1;
+  assign \$174  = cmd[63:48] <= 4'h8;
+  assign \$175  = cmd[63:48] == 1'h1;
+  assign \$176  = dwp ? \$174  : \$175 ;
+  assign \$177  = cmd[47:32] == 1'h1;
+  assign \$178  = gin_e - 1'h1;
+  assign \$179  = $signed(\$178 ) - $signed(3'h2);
+  assign \$180  = cmd[99:96] - 1'h1;
+  assign \$181  = $signed(\$180 ) - $signed(3'h2);
+  assign \$182  = cmd[99:96] - 1'h1;
+  assign \$183  = $signed(\$182 ) - $signed(3'h2);
+  assign \$184  = cmd[95:80] - 1'h1;
+  assign \$185  = $signed(\$184 ) - $signed(3'h2);
+  assign \$186  = cmd[63:48] - 1'h1;
+  assign \$188  = cmd[63:48] - 1'h1;
+  assign \$189  = dwp ? \$187  : \$188 ;
+  assign \$190  = dwp ? 4'h8 : 4'h1;
+  assign \$191  = 2'h2 * \$190 ;
+  assign \$192  = $signed(\$189 ) - $signed({ 1'h0, \$191  });
+  assign \$193  = cmd[47:32] - 1'h1;
+  assign \$194  = $signed(\$193 ) - $signed(3'h2);
   assign \$195  = gin_e == 1'h1;
   assign \$196  = cmd[99:96] == 1'h1;
   assign \$197  = cmd[99:96] == 1'h1;
@@ -27187,820 +27246,876 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, start, cmd, dw
   assign \$199  = cmd[63:48] <= 4'h8;
   assign \$200  = cmd[63:48] == 1'h1;
   assign \$201  = dwp ? \$199  : \$200 ;
-  assign \$202  = & { \$201 , \$198 , \$197 , \$196 , \$195  };
-  assign \$203  = - cmd[107:105];
-  assign \$204  = - cmd[107:105];
-  assign \$205  = - cmd[104:102];
-  assign \$206  = - cmd[104:102];
-  assign \$207  = cmd[99:96] - cmd[104:102];
-  assign \$208  = dwp ? 16'h0000 : cmd[79:64];
-  assign \$209  = cmd[101:100] == 2'h2;
-  assign \$211  = \$209  ? \$210  : { 1'h0, cmd[79:64] };
-  assign \$212  = dwp ? 17'h00000 : \$211 ;
-  assign \$213  = cmd[101:100] == 2'h2;
-  assign \$215  = \$213  ? \$214  : { 1'h0, ws };
-  assign \$216  = cmd[101:100] == 2'h2;
-  assign \$218  = \$216  ? \$217  : { 1'h0, sizes[11:0] };
-  assign \$219  = dwp ? \$215  : { 5'h00, \$218  };
-  assign \$220  = dwp ? ws : { 5'h00, sizes[11:0] };
-  assign \$221  = dwp ? sizes[143:135] : { 8'h00, dw };
-  assign \$222  = dwp ? 4'h8 : 4'h1;
-  assign \$224  = dwp ? \$223  : { 3'h0, cmd[101:100] };
-  assign \$225  = seq_busy & loaded;
-  assign taps__valid = \$225  & rows_ok;
+  assign \$202  = cmd[47:32] == 1'h1;
+  assign \$203  = gin_e == 1'h1;
+  assign \$205  = gin_e == 1'h1;
+  assign \$206  = cmd[99:96] == 1'h1;
+  assign \$207  = & { \$206 , \$205  };
+  assign \$208  = gin_e == 1'h1;
+  assign \$209  = cmd[99:96] == 1'h1;
+  assign \$210  = cmd[99:96] == 1'h1;
+  assign \$211  = & { \$210 , \$209 , \$208  };
+  assign \$212  = gin_e == 1'h1;
+  assign \$213  = cmd[99:96] == 1'h1;
+  assign \$214  = cmd[99:96] == 1'h1;
+  assign \$215  = cmd[95:80] == 1'h1;
+  assign \$216  = & { \$215 , \$214 , \$213 , \$212  };
+  assign \$217  = gin_e == 1'h1;
+  assign \$218  = cmd[99:96] == 1'h1;
+  assign \$219  = cmd[99:96] == 1'h1;
+  assign \$220  = cmd[95:80] == 1'h1;
+  assign \$221  = cmd[63:48] <= 4'h8;
+  assign \$222  = cmd[63:48] == 1'h1;
+  assign \$223  = dwp ? \$221  : \$222 ;
+  assign \$224  = & { \$223 , \$220 , \$219 , \$218 , \$217  };
+  assign \$225  = - cmd[107:105];
+  assign \$226  = - cmd[107:105];
+  assign \$227  = - cmd[104:102];
+  assign \$228  = - cmd[104:102];
+  assign \$229  = cmd[99:96] - cmd[104:102];
+  assign \$230  = dwp ? 16'h0000 : cmd[79:64];
+  assign \$231  = cmd[101:100] == 2'h2;
+  assign \$233  = \$231  ? \$232  : { 1'h0, cmd[79:64] };
+  assign \$234  = dwp ? 17'h00000 : \$233 ;
+  assign \$235  = cmd[101:100] == 2'h2;
+  assign \$237  = \$235  ? \$236  : { 1'h0, ws };
+  assign \$238  = cmd[101:100] == 2'h2;
+  assign \$240  = \$238  ? \$239  : { 1'h0, sizes[11:0] };
+  assign \$241  = dwp ? \$237  : { 5'h00, \$240  };
+  assign \$242  = dwp ? ws : { 5'h00, sizes[11:0] };
+  assign \$243  = dwp ? sizes[171:163] : { 8'h00, dw };
+  assign \$244  = dwp ? 4'h8 : 4'h1;
+  assign \$246  = dwp ? \$245  : { 3'h0, cmd[101:100] };
+  assign \$247  = seq_busy & loaded;
+  assign taps__valid = \$247  & rows_ok;
   assign issue = taps__valid & taps__ready;
-  assign \$226  = seq_busy & loaded;
-  assign \$227  = ~ issue;
-  assign waiting = \$226  & \$227 ;
-  assign \$228  = $signed(tapbase) + $signed({ 1'h0, gi });
-  assign \$229  = $signed(\$228 ) + $signed({ 1'h0, goff });
-  assign \$230  = ! gi;
-  assign \$231  = ! kx;
-  assign \$232  = \$230  & \$231 ;
-  assign \$233  = ! ky;
-  assign \$234  = \$232  & \$233 ;
-  assign \$235  = last_gi & last_kx;
-  assign \$236  = \$235  & last_ky;
+  assign \$248  = seq_busy & loaded;
+  assign \$249  = ~ issue;
+  assign waiting = \$248  & \$249 ;
+  assign \$250  = $signed(tapbase) + $signed({ 1'h0, gi });
+  assign \$251  = $signed(\$250 ) + $signed({ 1'h0, goff });
+  assign \$252  = ! gi;
+  assign \$253  = ! kx;
+  assign \$254  = \$252  & \$253 ;
+  assign \$255  = ! ky;
+  assign \$256  = \$254  & \$255 ;
+  assign \$257  = last_gi & last_kx;
+  assign \$258  = \$257  & last_ky;
   always @(posedge clk)
     base <= { \$4 [15], \$4  };
   always @(posedge clk)
-    gi <= \$237 ;
+    need_words0 <= { 2'h0, \$9  };
   always @(posedge clk)
-    near_gi <= \$238 ;
+    need_words_row0 <= { 1'h0, \$18  };
   always @(posedge clk)
-    kx <= \$239 ;
+    gi <= \$259 ;
   always @(posedge clk)
-    near_kx <= \$240 ;
+    near_gi <= \$260 ;
   always @(posedge clk)
-    ky <= \$241 ;
+    kx <= \$261 ;
   always @(posedge clk)
-    near_ky <= \$242 ;
+    near_kx <= \$262 ;
   always @(posedge clk)
-    j <= \$243 ;
+    ky <= \$263 ;
   always @(posedge clk)
-    near_j <= \$244 ;
+    near_ky <= \$264 ;
   always @(posedge clk)
-    ox <= \$245 ;
+    j <= \$265 ;
   always @(posedge clk)
-    near_ox <= \$246 ;
+    near_j <= \$266 ;
   always @(posedge clk)
-    oy <= \$247 ;
+    ox <= \$267 ;
   always @(posedge clk)
-    near_oy <= \$248 ;
+    near_ox <= \$268 ;
   always @(posedge clk)
-    last_gi <= \$249 ;
+    oy <= \$269 ;
   always @(posedge clk)
-    below_kx <= \$250 ;
+    near_oy <= \$270 ;
   always @(posedge clk)
-    last_kx <= \$251 ;
+    last_gi <= \$271 ;
   always @(posedge clk)
-    below_ky <= \$252 ;
+    below_kx <= \$272 ;
   always @(posedge clk)
-    last_ky <= \$253 ;
+    last_kx <= \$273 ;
   always @(posedge clk)
-    below_j <= \$254 ;
+    below_ky <= \$274 ;
   always @(posedge clk)
-    last_j <= \$255 ;
+    last_ky <= \$275 ;
   always @(posedge clk)
-    below_ox <= \$256 ;
+    below_j <= \$276 ;
   always @(posedge clk)
-    last_ox <= \$257 ;
+    last_j <= \$277 ;
   always @(posedge clk)
-    below_oy <= \$258 ;
+    below_ox <= \$278 ;
   always @(posedge clk)
-    last_oy <= \$259 ;
+    last_ox <= \$279 ;
   always @(posedge clk)
-    waddr <= \$260 ;
+    below_oy <= \$280 ;
   always @(posedge clk)
-    ix <= \$261 ;
+    last_oy <= \$281 ;
   always @(posedge clk)
-    tapbase <= \$262 ;
+    waddr <= \$282 ;
   always @(posedge clk)
-    iy <= \$263 ;
+    ix <= \$283 ;
   always @(posedge clk)
-    rowbase <= \$264 ;
+    tapbase <= \$284 ;
   always @(posedge clk)
-    goff <= \$265 ;
+    iy <= \$285 ;
   always @(posedge clk)
-    ix0 <= \$266 ;
+    rowbase <= \$286 ;
   always @(posedge clk)
-    pixbase <= \$267 ;
+    goff <= \$287 ;
   always @(posedge clk)
-    iy0 <= \$268 ;
+    need_words <= \$288 ;
   always @(posedge clk)
-    need <= \$269 ;
+    ix0 <= \$289 ;
   always @(posedge clk)
-    linebase <= \$270 ;
+    pixbase <= \$290 ;
   always @(posedge clk)
-    seq_busy <= \$271 ;
+    need_words_row <= \$291 ;
   always @(posedge clk)
-    loaded <= \$272 ;
+    iy0 <= \$292 ;
   always @(posedge clk)
-    rows_ok <= \$273 ;
+    need <= \$293 ;
   always @(posedge clk)
-    last_group <= \$274 ;
+    linebase <= \$294 ;
   always @(posedge clk)
-    lim_inc_gi <= \$275 ;
+    seq_busy <= \$295 ;
   always @(posedge clk)
-    lim_inc_kx <= \$276 ;
+    loaded <= \$296 ;
   always @(posedge clk)
-    lim_inc_ky <= \$277 ;
+    rows_ok <= \$297 ;
   always @(posedge clk)
-    lim_inc_j <= \$278 ;
+    last_group <= \$298 ;
   always @(posedge clk)
-    lim_inc_ox <= \$279 ;
+    lim_inc_gi <= \$299 ;
   always @(posedge clk)
-    lim_inc_oy <= \$280 ;
+    lim_inc_kx <= \$300 ;
   always @(posedge clk)
-    lim_zero_gi <= \$281 ;
+    lim_inc_ky <= \$301 ;
   always @(posedge clk)
-    lim_zero_kx <= \$282 ;
+    lim_inc_j <= \$302 ;
   always @(posedge clk)
-    lim_zero_ky <= \$283 ;
+    lim_inc_ox <= \$303 ;
   always @(posedge clk)
-    lim_zero_j <= \$284 ;
+    lim_inc_oy <= \$304 ;
   always @(posedge clk)
-    lim_zero_ox <= \$285 ;
+    lim_zero_gi <= \$305 ;
   always @(posedge clk)
-    lim_zero_oy <= \$286 ;
+    lim_zero_kx <= \$306 ;
   always @(posedge clk)
-    lim_2inc_gi <= \$287 ;
+    lim_zero_ky <= \$307 ;
   always @(posedge clk)
-    lim_2inc_kx <= \$288 ;
+    lim_zero_j <= \$308 ;
   always @(posedge clk)
-    lim_2inc_ky <= \$289 ;
+    lim_zero_ox <= \$309 ;
   always @(posedge clk)
-    lim_2inc_j <= \$290 ;
+    lim_zero_oy <= \$310 ;
   always @(posedge clk)
-    lim_2inc_ox <= \$291 ;
+    lim_2inc_gi <= \$311 ;
   always @(posedge clk)
-    lim_2inc_oy <= \$292 ;
+    lim_2inc_kx <= \$312 ;
   always @(posedge clk)
-    g_step <= \$293 ;
+    lim_2inc_ky <= \$313 ;
   always @(posedge clk)
-    sg <= \$294 ;
+    lim_2inc_j <= \$314 ;
   always @(posedge clk)
-    swg <= \$295 ;
+    lim_2inc_ox <= \$315 ;
   always @(posedge clk)
-    row_step <= \$296 ;
+    lim_2inc_oy <= \$316 ;
   always @(posedge clk)
-    goff_step <= \$297 ;
+    g_step <= \$317 ;
   always @(posedge clk)
-    ox_step <= \$298 ;
+    sg <= \$318 ;
   always @(posedge clk)
-    ix_step <= \$299 ;
+    swg <= \$319 ;
+  always @(posedge clk)
+    row_step <= \$320 ;
+  always @(posedge clk)
+    goff_step <= \$321 ;
+  always @(posedge clk)
+    ox_step <= \$322 ;
+  always @(posedge clk)
+    ix_step <= \$323 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$237  = gi;
+    \$259  = gi;
     if (issue) begin
-      \$237  = \$6 [10:0];
+      \$259  = \$20 [10:0];
     end
     if (start) begin
-      \$237  = 11'h000;
+      \$259  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$238  = near_gi;
+    \$260  = near_gi;
     if (issue) begin
-      \$238  = \$8 ;
+      \$260  = \$22 ;
     end
     if (start) begin
-      \$238  = \$117 ;
+      \$260  = \$139 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$239  = kx;
-    if (issue) begin
-      if (below_kx) begin
-        \$239  = \$10 [3:0];
-      end
-    end
-    if (start) begin
-      \$239  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$240  = near_kx;
+    \$261  = kx;
     if (issue) begin
       if (below_kx) begin
-        \$240  = \$12 ;
+        \$261  = \$24 [3:0];
       end
     end
     if (start) begin
-      \$240  = \$119 ;
+      \$261  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$241  = ky;
+    \$262  = near_kx;
+    if (issue) begin
+      if (below_kx) begin
+        \$262  = \$26 ;
+      end
+    end
+    if (start) begin
+      \$262  = \$141 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$263  = ky;
     if (issue) begin
       if (below_ky) begin
-        \$241  = \$14 [3:0];
+        \$263  = \$28 [3:0];
       end
     end
     if (start) begin
-      \$241  = 4'h0;
+      \$263  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$242  = near_ky;
+    \$264  = near_ky;
     if (issue) begin
       if (below_ky) begin
-        \$242  = \$16 ;
+        \$264  = \$30 ;
       end
     end
     if (start) begin
-      \$242  = \$121 ;
+      \$264  = \$143 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$243  = j;
+    \$265  = j;
     if (issue) begin
       if (below_j) begin
-        \$243  = \$18 [4:0];
+        \$265  = \$32 [4:0];
       end
     end
     if (start) begin
-      \$243  = 5'h00;
+      \$265  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$244  = near_j;
+    \$266  = near_j;
     if (issue) begin
       if (below_j) begin
-        \$244  = \$20 ;
+        \$266  = \$34 ;
       end
     end
     if (start) begin
-      \$244  = \$123 ;
+      \$266  = \$145 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$245  = ox;
+    \$267  = ox;
     if (issue) begin
       if (below_ox) begin
-        \$245  = \$22 [15:0];
+        \$267  = \$36 [15:0];
       end
     end
     if (start) begin
-      \$245  = 16'h0000;
+      \$267  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$246  = near_ox;
+    \$268  = near_ox;
     if (issue) begin
       if (below_ox) begin
-        \$246  = \$24 ;
+        \$268  = \$38 ;
       end
     end
     if (start) begin
-      \$246  = \$129 ;
+      \$268  = \$151 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$247  = oy;
+    \$269  = oy;
     if (issue) begin
       if (below_oy) begin
-        \$247  = \$26 [15:0];
+        \$269  = \$40 [15:0];
       end
     end
     if (start) begin
-      \$247  = 16'h0000;
+      \$269  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$248  = near_oy;
+    \$270  = near_oy;
     if (issue) begin
       if (below_oy) begin
-        \$248  = \$28 ;
+        \$270  = \$42 ;
       end
     end
     if (start) begin
-      \$248  = \$131 ;
+      \$270  = \$153 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$249  = last_gi;
+    \$271  = last_gi;
     if (issue) begin
-      \$249  = \$30 ;
+      \$271  = \$44 ;
     end
     if (start) begin
-      \$249  = \$173 ;
+      \$271  = \$195 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$250  = below_kx;
+    \$272  = below_kx;
     if (issue) begin
-      \$250  = \$33 ;
+      \$272  = \$47 ;
     end
     if (start) begin
-      \$250  = \$182 ;
+      \$272  = \$204 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$251  = last_kx;
+    \$273  = last_kx;
     if (issue) begin
-      \$251  = \$35 ;
+      \$273  = \$49 ;
     end
     if (start) begin
-      \$251  = \$174 ;
+      \$273  = \$196 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$252  = below_ky;
+    \$274  = below_ky;
     if (issue) begin
-      \$252  = \$40 ;
+      \$274  = \$54 ;
     end
     if (start) begin
-      \$252  = \$185 ;
+      \$274  = \$207 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$253  = last_ky;
+    \$275  = last_ky;
     if (issue) begin
-      \$253  = \$42 ;
+      \$275  = \$56 ;
     end
     if (start) begin
-      \$253  = \$175 ;
+      \$275  = \$197 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$254  = below_j;
+    \$276  = below_j;
     if (issue) begin
-      \$254  = \$49 ;
+      \$276  = \$63 ;
     end
     if (start) begin
-      \$254  = \$189 ;
+      \$276  = \$211 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$255  = last_j;
+    \$277  = last_j;
     if (issue) begin
-      \$255  = \$51 ;
+      \$277  = \$65 ;
     end
     if (start) begin
-      \$255  = \$176 ;
+      \$277  = \$198 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$256  = below_ox;
+    \$278  = below_ox;
     if (issue) begin
-      \$256  = \$60 ;
+      \$278  = \$74 ;
     end
     if (start) begin
-      \$256  = \$194 ;
+      \$278  = \$216 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$257  = last_ox;
+    \$279  = last_ox;
     if (issue) begin
-      \$257  = \$62 ;
+      \$279  = \$76 ;
     end
     if (start) begin
-      \$257  = \$179 ;
+      \$279  = \$201 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$258  = below_oy;
+    \$280  = below_oy;
     if (issue) begin
-      \$258  = \$73 ;
+      \$280  = \$87 ;
     end
     if (start) begin
-      \$258  = \$202 ;
+      \$280  = \$224 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$259  = last_oy;
+    \$281  = last_oy;
     if (issue) begin
-      \$259  = \$75 ;
+      \$281  = \$89 ;
     end
     if (start) begin
-      \$259  = \$180 ;
+      \$281  = \$202 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$260  = waddr;
+    \$282  = waddr;
     if (issue) begin
-      \$260  = \$76 [9:0];
+      \$282  = \$90 [9:0];
       if (below_ox) begin
-        \$260  = 10'h000;
+        \$282  = 10'h000;
       end
     end
     if (start) begin
-      \$260  = 10'h000;
+      \$282  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$261  = ix;
+    \$283  = ix;
     if (issue) begin
-      if (\$78 ) begin
-        \$261  = \$79 [17:0];
+      if (\$92 ) begin
+        \$283  = \$93 [17:0];
       end
       if (below_ky) begin
-        \$261  = ix0;
+        \$283  = ix0;
       end
-      if (\$90 ) begin
-        \$261  = \$92 [17:0];
+      if (\$104 ) begin
+        \$283  = \$107 [17:0];
       end
       if (below_oy) begin
-        \$261  = { \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97  };
+        \$283  = { \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112  };
       end
     end
     if (start) begin
-      \$261  = { \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203  };
+      \$283  = { \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$262  = tapbase;
+    \$284  = tapbase;
     if (issue) begin
-      if (\$78 ) begin
-        \$262  = \$80 [16:0];
+      if (\$92 ) begin
+        \$284  = \$94 [16:0];
       end
-      if (\$82 ) begin
-        \$262  = \$85 [16:0];
+      if (\$96 ) begin
+        \$284  = \$99 [16:0];
       end
-      if (\$87 ) begin
-        \$262  = pixbase;
+      if (\$101 ) begin
+        \$284  = pixbase;
       end
-      if (\$90 ) begin
-        \$262  = \$95 [16:0];
+      if (\$104 ) begin
+        \$284  = \$110 [16:0];
       end
-      if (\$99 ) begin
-        \$262  = \$106 [16:0];
+      if (\$114 ) begin
+        \$284  = \$122 [16:0];
       end
     end
     if (start) begin
-      \$262  = base;
+      \$284  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$263  = iy;
+    \$285  = iy;
     if (issue) begin
-      if (\$82 ) begin
-        \$263  = \$83 [17:0];
+      if (\$96 ) begin
+        \$285  = \$97 [17:0];
       end
       if (below_j) begin
-        \$263  = iy0;
+        \$285  = iy0;
       end
-      if (\$99 ) begin
-        \$263  = \$101 [17:0];
+      if (\$114 ) begin
+        \$285  = \$117 [17:0];
       end
     end
     if (start) begin
-      \$263  = { \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205 [3], \$205  };
+      \$285  = { \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$264  = rowbase;
+    \$286  = rowbase;
     if (issue) begin
-      if (\$82 ) begin
-        \$264  = \$84 [16:0];
+      if (\$96 ) begin
+        \$286  = \$98 [16:0];
       end
-      if (\$87 ) begin
-        \$264  = pixbase;
+      if (\$101 ) begin
+        \$286  = pixbase;
       end
-      if (\$90 ) begin
-        \$264  = \$94 [16:0];
+      if (\$104 ) begin
+        \$286  = \$109 [16:0];
       end
-      if (\$99 ) begin
-        \$264  = \$105 [16:0];
+      if (\$114 ) begin
+        \$286  = \$121 [16:0];
       end
     end
     if (start) begin
-      \$264  = base;
+      \$286  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$265  = goff;
+    \$287  = goff;
     if (issue) begin
-      if (\$87 ) begin
-        \$265  = \$88 [8:0];
+      if (\$101 ) begin
+        \$287  = \$102 [8:0];
       end
       if (below_ox) begin
-        \$265  = 9'h000;
+        \$287  = 9'h000;
       end
     end
     if (start) begin
-      \$265  = 9'h000;
+      \$287  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$266  = ix0;
+    \$288  = need_words;
     if (issue) begin
-      if (\$90 ) begin
-        \$266  = \$91 [17:0];
+      if (\$104 ) begin
+        \$288  = \$105 [19:0];
+      end
+      if (\$114 ) begin
+        \$288  = need_words_row;
+      end
+    end
+    if (start) begin
+      \$288  = need_words0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$289  = ix0;
+    if (issue) begin
+      if (\$104 ) begin
+        \$289  = \$106 [17:0];
       end
       if (below_oy) begin
-        \$266  = { \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96  };
+        \$289  = { \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111  };
       end
     end
     if (start) begin
-      \$266  = { \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204 [3], \$204  };
+      \$289  = { \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$267  = pixbase;
+    \$290  = pixbase;
     if (issue) begin
-      if (\$90 ) begin
-        \$267  = \$93 [16:0];
+      if (\$104 ) begin
+        \$290  = \$108 [16:0];
       end
-      if (\$99 ) begin
-        \$267  = \$104 [16:0];
+      if (\$114 ) begin
+        \$290  = \$120 [16:0];
       end
     end
     if (start) begin
-      \$267  = base;
+      \$290  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$268  = iy0;
+    \$291  = need_words_row;
     if (issue) begin
-      if (\$99 ) begin
-        \$268  = \$100 [17:0];
+      if (\$114 ) begin
+        \$291  = \$115 [19:0];
       end
     end
     if (start) begin
-      \$268  = { \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206 [3], \$206  };
+      \$291  = need_words_row0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$269  = need;
+    \$292  = iy0;
     if (issue) begin
-      if (\$99 ) begin
-        \$269  = \$102 [17:0];
+      if (\$114 ) begin
+        \$292  = \$116 [17:0];
       end
     end
     if (start) begin
-      \$269  = { \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207 [4], \$207  };
+      \$292  = { \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$270  = linebase;
+    \$293  = need;
     if (issue) begin
-      if (\$99 ) begin
-        \$270  = \$103 [16:0];
+      if (\$114 ) begin
+        \$293  = \$118 [17:0];
       end
     end
     if (start) begin
-      \$270  = base;
+      \$293  = { \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$271  = seq_busy;
+    \$294  = linebase;
     if (issue) begin
-      if (\$107 ) begin
-        \$271  = 1'h0;
+      if (\$114 ) begin
+        \$294  = \$119 [16:0];
       end
     end
     if (start) begin
-      \$271  = 1'h1;
+      \$294  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
+    \$295  = seq_busy;
+    if (issue) begin
+      if (\$123 ) begin
+        \$295  = 1'h0;
+      end
+    end
+    if (start) begin
+      \$295  = 1'h1;
     end
     if (rst) begin
-      \$271  = 1'h0;
+      \$295  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$272  = loaded;
+    \$296  = loaded;
     if (run) begin
-      \$272  = \$109 ;
+      \$296  = \$125 ;
     end
     if (start) begin
-      \$272  = 1'h0;
+      \$296  = 1'h0;
     end
     if (rst) begin
-      \$272  = 1'h0;
+      \$296  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$273  = rows_ok;
+    \$297  = rows_ok;
     if (run) begin
-      \$273  = \$114 ;
+      \$297  = \$136 ;
     end
     if (start) begin
-      \$273  = 1'h0;
+      \$297  = 1'h0;
     end
     if (rst) begin
-      \$273  = 1'h0;
+      \$297  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$274  = last_group;
+    \$298  = last_group;
     if (start) begin
-      \$274  = \$115 [4:0];
+      \$298  = \$137 [4:0];
     end
     if (rst) begin
-      \$274  = 5'h00;
+      \$298  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$275  = lim_inc_gi;
+    \$299  = lim_inc_gi;
     if (start) begin
-      \$275  = \$133 ;
+      \$299  = \$155 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$276  = lim_inc_kx;
+    \$300  = lim_inc_kx;
     if (start) begin
-      \$276  = \$135 ;
+      \$300  = \$157 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$277  = lim_inc_ky;
+    \$301  = lim_inc_ky;
     if (start) begin
-      \$277  = \$137 ;
+      \$301  = \$159 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$278  = lim_inc_j;
+    \$302  = lim_inc_j;
     if (start) begin
-      \$278  = \$139 ;
+      \$302  = \$161 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$279  = lim_inc_ox;
+    \$303  = lim_inc_ox;
     if (start) begin
-      \$279  = \$145 ;
+      \$303  = \$167 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$280  = lim_inc_oy;
+    \$304  = lim_inc_oy;
     if (start) begin
-      \$280  = \$147 ;
+      \$304  = \$169 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$281  = lim_zero_gi;
+    \$305  = lim_zero_gi;
     if (start) begin
-      \$281  = \$148 ;
+      \$305  = \$170 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$282  = lim_zero_kx;
+    \$306  = lim_zero_kx;
     if (start) begin
-      \$282  = \$149 ;
+      \$306  = \$171 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$283  = lim_zero_ky;
+    \$307  = lim_zero_ky;
     if (start) begin
-      \$283  = \$150 ;
+      \$307  = \$172 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$284  = lim_zero_j;
+    \$308  = lim_zero_j;
     if (start) begin
-      \$284  = \$151 ;
+      \$308  = \$173 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$285  = lim_zero_ox;
+    \$309  = lim_zero_ox;
     if (start) begin
-      \$285  = \$154 ;
+      \$309  = \$176 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$286  = lim_zero_oy;
+    \$310  = lim_zero_oy;
     if (start) begin
-      \$286  = \$155 ;
+      \$310  = \$177 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$287  = lim_2inc_gi;
+    \$311  = lim_2inc_gi;
     if (start) begin
-      \$287  = \$157 [12:0];
+      \$311  = \$179 [12:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$288  = lim_2inc_kx;
+    \$312  = lim_2inc_kx;
     if (start) begin
-      \$288  = \$159 ;
+      \$312  = \$181 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$289  = lim_2inc_ky;
+    \$313  = lim_2inc_ky;
     if (start) begin
-      \$289  = \$161 ;
+      \$313  = \$183 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$290  = lim_2inc_j;
+    \$314  = lim_2inc_j;
     if (start) begin
-      \$290  = \$163 [6:0];
+      \$314  = \$185 [6:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$291  = lim_2inc_ox;
+    \$315  = lim_2inc_ox;
     if (start) begin
-      \$291  = \$170 ;
+      \$315  = \$192 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$292  = lim_2inc_oy;
+    \$316  = lim_2inc_oy;
     if (start) begin
-      \$292  = \$172 ;
+      \$316  = \$194 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$293  = g_step;
+    \$317  = g_step;
     if (start) begin
-      \$293  = { 1'h0, \$208  };
+      \$317  = { 1'h0, \$230  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$294  = sg;
+    \$318  = sg;
     if (start) begin
-      \$294  = \$212 ;
+      \$318  = \$234 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$295  = swg;
+    \$319  = swg;
     if (start) begin
-      \$295  = \$219 [16:0];
+      \$319  = \$241 [16:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$296  = row_step;
+    \$320  = row_step;
     if (start) begin
-      \$296  = \$220 ;
+      \$320  = \$242 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$297  = goff_step;
+    \$321  = goff_step;
     if (start) begin
-      \$297  = \$221 ;
+      \$321  = \$243 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$298  = ox_step;
+    \$322  = ox_step;
     if (start) begin
-      \$298  = \$222 ;
+      \$322  = \$244 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
-    \$299  = ix_step;
+    \$323  = ix_step;
     if (start) begin
-      \$299  = \$224 ;
+      \$323  = \$246 ;
     end
   end
   assign \sizes.wg  = sizes[11:0];
@@ -28012,9 +28127,11 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, start, cmd, dw
   assign \sizes.n_w  = sizes[106:98];
   assign \sizes.pt_wg  = sizes[120:107];
   assign \sizes.pl_g  = sizes[134:121];
-  assign \sizes.plane  = sizes[143:135];
-  assign \sizes.n_dw  = sizes[152:144];
-  assign \sizes.pt_ws  = sizes[163:153];
+  assign \sizes.kr_wg  = sizes[148:135];
+  assign \sizes.c0_g  = sizes[162:149];
+  assign \sizes.plane  = sizes[171:163];
+  assign \sizes.n_dw  = sizes[180:172];
+  assign \sizes.pt_ws  = sizes[191:181];
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -28035,34 +28152,37 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, start, cmd, dw
   assign \taps__payload.waddr  = taps__payload[62:53];
   assign \taps__payload.first  = taps__payload[63];
   assign \taps__payload.last  = taps__payload[64];
-  assign taps__payload[64] = \$236 ;
-  assign taps__payload[63] = \$234 ;
+  assign taps__payload[64] = \$258 ;
+  assign taps__payload[63] = \$256 ;
   assign taps__payload[62:53] = waddr;
   assign taps__payload[52:35] = iy;
   assign taps__payload[34:17] = ix;
-  assign taps__payload[16:0] = \$229 [16:0];
-  assign \$30  = \$29 ;
-  assign \$32  = \$31 ;
-  assign \$33  = \$31 ;
-  assign \$37  = \$36 ;
+  assign taps__payload[16:0] = \$251 [16:0];
+  assign \$7  = { cmd[79:64], 1'h0 };
+  assign \$12  = { cmd[79:64], 1'h0 };
+  assign \$16  = { sizes[11:0], 1'h0 };
   assign \$44  = \$43 ;
-  assign \$53  = \$52 ;
-  assign \$64  = \$63 ;
-  assign \$125 [2:0] = 3'h0;
-  assign \$125 [16:3] = \$124 [16:3];
-  assign \$141 [2:0] = 3'h0;
-  assign \$141 [16:3] = \$140 [16:3];
-  assign \$165 [2:0] = 3'h0;
-  assign \$165 [16:3] = \$164 [16:3];
-  assign \$182  = \$181 ;
-  assign \$210  = { cmd[79:64], 1'h0 };
-  assign \$214  = { ws, 1'h0 };
-  assign \$217  = { sizes[11:0], 1'h0 };
-  assign \$223  = { cmd[101:100], 3'h0 };
+  assign \$46  = \$45 ;
+  assign \$47  = \$45 ;
+  assign \$51  = \$50 ;
+  assign \$58  = \$57 ;
+  assign \$67  = \$66 ;
+  assign \$78  = \$77 ;
+  assign \$147 [2:0] = 3'h0;
+  assign \$147 [16:3] = \$146 [16:3];
+  assign \$163 [2:0] = 3'h0;
+  assign \$163 [16:3] = \$162 [16:3];
+  assign \$187 [2:0] = 3'h0;
+  assign \$187 [16:3] = \$186 [16:3];
+  assign \$204  = \$203 ;
+  assign \$232  = { cmd[79:64], 1'h0 };
+  assign \$236  = { ws, 1'h0 };
+  assign \$239  = { sizes[11:0], 1'h0 };
+  assign \$245  = { cmd[101:100], 3'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, cfg__ready, accept, busy, sizing, run, sizes_ready, sizes
+module \psc_core.setup (cfg__valid, clk, rst, sizes_ready, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, cfg__ready, accept, busy, sizing, run, sizes
 , loaded, inputs_done, mac_valid, cfg__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire \$1 ;
@@ -28272,9 +28392,11 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, er
   wire rst;
   output run;
   reg run;
-  input [163:0] sizes;
-  wire [163:0] sizes;
+  input [191:0] sizes;
+  wire [191:0] sizes;
+  wire [13:0] \sizes.c0_g ;
   wire [11:0] \sizes.kk ;
+  wire [13:0] \sizes.kr_wg ;
   wire [8:0] \sizes.n_dw ;
   wire [11:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
@@ -28351,7 +28473,7 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, er
   assign \$57  = \$52  | \$56 ;
   assign \$58  = dwc ? 12'h100 : 12'h800;
   assign \$59  = sizes[23:12] > \$58 ;
-  assign \$60  = sizes[152:144] > 9'h100;
+  assign \$60  = sizes[180:172] > 9'h100;
   assign \$61  = dwp & \$60 ;
   assign \$62  = \$59  | \$61 ;
   assign \$63  = ~ cmd[111];
@@ -28715,9 +28837,11 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, er
   assign \sizes.n_w  = sizes[106:98];
   assign \sizes.pt_wg  = sizes[120:107];
   assign \sizes.pl_g  = sizes[134:121];
-  assign \sizes.plane  = sizes[143:135];
-  assign \sizes.n_dw  = sizes[152:144];
-  assign \sizes.pt_ws  = sizes[163:153];
+  assign \sizes.kr_wg  = sizes[148:135];
+  assign \sizes.c0_g  = sizes[162:149];
+  assign \sizes.plane  = sizes[171:163];
+  assign \sizes.n_dw  = sizes[180:172];
+  assign \sizes.pt_ws  = sizes[191:181];
   assign \cfg__payload.in_h  = cfg__payload[15:0];
   assign \cfg__payload.in_w  = cfg__payload[31:16];
   assign \cfg__payload.out_h  = cfg__payload[47:32];
@@ -28742,13 +28866,51 @@ module \psc_core.setup (cfg__valid, clk, rst, outputs_done, start, done, cmd, er
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$161 (rst, ws, cmd, gin_e, gout_o, clear, enable, ready, sizes, clk);
+module \psc_core.sizes$163 (rst, ws, ready, cmd, gin_e, gout_o, clear, enable, sizes, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$19  = 0;
   wire \$1 ;
   wire \$10 ;
+  reg [191:0] \$100 ;
+  reg \$101 ;
+  reg \$102 ;
+  reg \$103 ;
+  reg \$104 ;
+  reg \$105 ;
+  reg [15:0] \$106 ;
+  reg [13:0] \$107 ;
+  reg [13:0] \$108 ;
+  reg \$109 ;
   wire [4:0] \$11 ;
+  reg \$110 ;
+  reg \$111 ;
+  reg \$112 ;
+  reg [2:0] \$113 ;
+  reg \$114 ;
+  reg \$115 ;
+  reg \$116 ;
+  reg [21:0] \$117 ;
+  reg [24:0] \$118 ;
+  reg [24:0] \$119 ;
   wire [5:0] \$12 ;
+  reg \$120 ;
+  reg \$121 ;
+  reg \$122 ;
+  reg \$123 ;
+  reg [1:0] \$124 ;
+  reg \$125 ;
+  reg \$126 ;
+  reg \$127 ;
+  reg \$128 ;
+  reg \$129 ;
   wire [17:0] \$13 ;
+  reg [15:0] \$130 ;
+  reg [13:0] \$131 ;
+  reg [13:0] \$132 ;
+  reg \$133 ;
+  reg \$134 ;
+  reg \$135 ;
+  reg \$136 ;
+  reg [2:0] \$137 ;
   wire \$14 ;
   wire [2:0] \$15 ;
   wire [17:0] \$16 ;
@@ -28757,97 +28919,113 @@ module \psc_core.sizes$161 (rst, ws, cmd, gin_e, gout_o, clear, enable, ready, s
   wire \$19 ;
   wire \$2 ;
   wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
+  wire [3:0] \$21 ;
+  wire [4:0] \$22 ;
+  wire [5:0] \$23 ;
+  wire [4:0] \$24 ;
+  wire [5:0] \$25 ;
+  wire [4:0] \$26 ;
   wire \$27 ;
-  wire \$28 ;
+  wire [15:0] \$28 ;
   wire \$29 ;
   wire [4:0] \$3 ;
   wire \$30 ;
   wire \$31 ;
-  wire [4:0] \$32 ;
+  wire \$32 ;
   wire \$33 ;
   wire \$34 ;
-  wire [11:0] \$35 ;
+  wire \$35 ;
   wire \$36 ;
   wire \$37 ;
-  wire [11:0] \$38 ;
-  wire [24:0] \$39 ;
+  wire \$38 ;
+  wire \$39 ;
   wire [5:0] \$4 ;
-  wire [24:0] \$40 ;
-  wire \$41 ;
+  wire \$40 ;
+  wire [3:0] \$41 ;
   wire \$42 ;
-  wire [11:0] \$43 ;
-  wire \$44 ;
+  wire \$43 ;
+  wire [11:0] \$44 ;
   wire \$45 ;
-  wire [11:0] \$46 ;
-  wire \$47 ;
-  wire \$48 ;
-  wire [8:0] \$49 ;
+  wire \$46 ;
+  wire [11:0] \$47 ;
+  wire [13:0] \$48 ;
+  wire \$49 ;
   wire [17:0] \$5 ;
   wire \$50 ;
-  wire \$51 ;
+  wire [10:0] \$51 ;
   wire [13:0] \$52 ;
-  wire \$53 ;
-  wire \$54 ;
-  wire [13:0] \$55 ;
+  wire [15:0] \$53 ;
+  wire [14:0] \$54 ;
+  wire \$55 ;
   wire \$56 ;
   wire \$57 ;
-  wire [8:0] \$58 ;
+  wire \$58 ;
   wire \$59 ;
   wire \$6 ;
   wire \$60 ;
-  wire [8:0] \$61 ;
-  wire \$62 ;
-  wire \$63 ;
-  wire [10:0] \$64 ;
-  wire [15:0] \$65 ;
-  wire [25:0] \$66 ;
-  wire \$67 ;
-  wire \$68 ;
-  wire \$69 ;
+  wire \$61 ;
+  wire [2:0] \$62 ;
+  wire [24:0] \$63 ;
+  wire [24:0] \$64 ;
+  wire \$65 ;
+  wire \$66 ;
+  wire [13:0] \$67 ;
+  wire [21:0] \$68 ;
+  wire [25:0] \$69 ;
   wire [2:0] \$7 ;
-  reg \$70 ;
-  reg \$71 ;
-  reg \$72 ;
-  reg \$73 ;
-  reg \$74 ;
-  reg \$75 ;
-  reg \$76 ;
-  reg \$77 ;
-  reg \$78 ;
-  reg \$79 ;
+  wire \$70 ;
+  wire \$71 ;
+  wire \$72 ;
+  wire \$73 ;
+  wire \$74 ;
+  wire \$75 ;
+  wire \$76 ;
+  wire \$77 ;
+  wire \$78 ;
+  wire \$79 ;
   wire [17:0] \$8 ;
-  reg \$80 ;
-  reg \$81 ;
-  reg [15:0] \$82 ;
-  reg [24:0] \$83 ;
-  reg [24:0] \$84 ;
-  reg \$85 ;
-  reg \$86 ;
-  reg \$87 ;
-  reg \$88 ;
-  reg [3:0] \$89 ;
+  wire \$80 ;
+  wire [3:0] \$81 ;
+  wire \$82 ;
+  wire \$83 ;
+  wire [11:0] \$84 ;
+  wire \$85 ;
+  wire \$86 ;
+  wire [8:0] \$87 ;
+  wire \$88 ;
+  wire \$89 ;
   wire [18:0] \$9 ;
-  reg [163:0] \$90 ;
-  reg a_zero = 1'h0;
-  reg a_zero_0 = 1'h0;
-  reg a_zero_1 = 1'h0;
-  reg a_zero_10 = 1'h0;
-  reg a_zero_11 = 1'h0;
-  reg a_zero_2 = 1'h0;
-  reg a_zero_3 = 1'h0;
-  reg a_zero_4 = 1'h0;
-  reg a_zero_5 = 1'h0;
-  reg a_zero_6 = 1'h0;
-  reg a_zero_7 = 1'h0;
-  reg a_zero_8 = 1'h0;
-  reg a_zero_9 = 1'h0;
-  reg b_big = 1'h0;
+  wire [8:0] \$90 ;
+  wire \$91 ;
+  wire \$92 ;
+  wire [8:0] \$93 ;
+  wire [13:0] \$94 ;
+  wire [15:0] \$95 ;
+  wire [14:0] \$96 ;
+  wire \$97 ;
+  wire \$98 ;
+  wire \$99 ;
+  wire [2:0] \$signal ;
+  wire [2:0] \$signal$5 ;
+  reg a_zero0 = 1'h0;
+  reg a_zero0_0 = 1'h0;
+  reg a_zero0_1 = 1'h0;
+  reg a_zero0_2 = 1'h0;
+  reg a_zero0_3 = 1'h0;
+  reg a_zero0_4 = 1'h0;
+  reg a_zero1 = 1'h0;
+  reg a_zero1_0 = 1'h0;
+  reg a_zero1_1 = 1'h0;
+  reg a_zero1_2 = 1'h0;
+  reg a_zero2 = 1'h0;
+  reg a_zero2_0 = 1'h0;
+  reg a_zero2_1 = 1'h0;
+  reg a_zero2_2 = 1'h0;
+  reg a_zero2_3 = 1'h0;
+  reg a_zero2_4 = 1'h0;
+  reg b_big0 = 1'h0;
+  reg b_big1 = 1'h0;
+  reg b_big2 = 1'h0;
   input clear;
   wire clear;
   input clk;
@@ -28884,19 +29062,35 @@ module \psc_core.sizes$161 (rst, ws, cmd, gin_e, gout_o, clear, enable, ready, s
   wire [15:0] gin_e;
   input [21:0] gout_o;
   wire [21:0] gout_o;
-  reg [15:0] mul_a = 16'h0000;
-  reg [24:0] mul_b = 25'h0000000;
-  reg mul_run = 1'h0;
-  wire [25:0] mul_sum;
-  reg ovf = 1'h0;
-  reg [24:0] prod = 25'h0000000;
+  wire [11:0] kk;
+  wire [2:0] kl;
+  reg [15:0] mul_a0 = 16'h0000;
+  reg [21:0] mul_a1 = 22'h000000;
+  reg [15:0] mul_a2 = 16'h0000;
+  reg [13:0] mul_b0 = 14'h0000;
+  reg [24:0] mul_b1 = 25'h0000000;
+  reg [13:0] mul_b2 = 14'h0000;
+  reg mul_run0 = 1'h0;
+  reg mul_run1 = 1'h0;
+  reg mul_run2 = 1'h0;
+  wire [14:0] mul_sum0;
+  wire [25:0] mul_sum1;
+  wire [14:0] mul_sum2;
+  reg ovf0 = 1'h0;
+  reg ovf1 = 1'h0;
+  reg ovf2 = 1'h0;
+  reg [13:0] prod0 = 14'h0000;
+  reg [24:0] prod1 = 25'h0000000;
+  reg [13:0] prod2 = 14'h0000;
   output ready;
-  reg ready;
+  wire ready;
   input rst;
   wire rst;
-  output [163:0] sizes;
-  reg [163:0] sizes = 164'h00000000000000000000000000000000000000000;
+  output [191:0] sizes;
+  reg [191:0] sizes = 192'h000000000000000000000000000000000000000000000000;
+  wire [13:0] \sizes.c0_g ;
   wire [11:0] \sizes.kk ;
+  wire [13:0] \sizes.kr_wg ;
   wire [8:0] \sizes.n_dw ;
   wire [11:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
@@ -28908,110 +29102,11 @@ module \psc_core.sizes$161 (rst, ws, cmd, gin_e, gout_o, clear, enable, ready, s
   wire [10:0] \sizes.pt_ws ;
   wire [11:0] \sizes.red ;
   wire [11:0] \sizes.wg ;
-  reg [3:0] step = 4'h0;
+  reg [2:0] step0 = 3'h0;
+  reg [1:0] step1 = 2'h0;
+  reg [2:0] step2 = 3'h0;
   output [16:0] ws;
   wire [16:0] ws;
-  assign \$10  = cmd[101:100] == 2'h2;
-  assign \$11  = \$10  ? 5'h10 : 5'h08;
-  assign \$12  = \$11  - 1'h1;
-  assign \$13  = $signed({ 1'h0, cmd[31:16] }) + $signed(\$12 );
-  assign \$14  = cmd[101:100] == 2'h2;
-  assign \$15  = \$14  ? 3'h4 : 3'h3;
-  assign \$16  = $signed(\$13 ) >>> \$15 ;
-  assign \$17  = \$1  ? \$9  : { \$16 [17], \$16  };
-  assign mul_sum = prod + mul_b;
-  assign \$18  = ~ mul_run;
-  assign \$19  = ! cmd[31:16];
-  assign \$20  = ! cmd[15:0];
-  assign \$21  = ! cmd[63:48];
-  assign \$22  = ! cmd[47:32];
-  assign \$23  = ! cmd[99:96];
-  assign \$24  = ! gin_e;
-  assign \$25  = ! cmd[95:80];
-  assign \$26  = ! cmd[104:102];
-  assign \$27  = ! cmd[107:105];
-  assign \$28  = ! cmd[15:0];
-  assign \$29  = ! cmd[79:64];
-  assign \$30  = ! cmd[104:102];
-  assign \$31  = ~ mul_run;
-  assign \$32  = step + 1'h1;
-  assign \$33  = | prod[24:12];
-  assign \$34  = ovf | \$33 ;
-  assign \$35  = \$34  ? 12'hfff : prod[11:0];
-  assign \$36  = | prod[24:12];
-  assign \$37  = ovf | \$36 ;
-  assign \$38  = \$37  ? 12'hfff : prod[11:0];
-  assign \$39  = ovf ? 25'h1ffffff : prod;
-  assign \$40  = ovf ? 25'h1ffffff : prod;
-  assign \$41  = | prod[24:12];
-  assign \$42  = ovf | \$41 ;
-  assign \$43  = \$42  ? 12'hfff : prod[11:0];
-  assign \$44  = | prod[24:12];
-  assign \$45  = ovf | \$44 ;
-  assign \$46  = \$45  ? 12'hfff : prod[11:0];
-  assign \$47  = | prod[24:9];
-  assign \$48  = ovf | \$47 ;
-  assign \$49  = \$48  ? 9'h1ff : prod[8:0];
-  assign \$50  = | prod[24:14];
-  assign \$51  = ovf | \$50 ;
-  assign \$52  = \$51  ? 14'h3fff : prod[13:0];
-  assign \$53  = | prod[24:14];
-  assign \$54  = ovf | \$53 ;
-  assign \$55  = \$54  ? 14'h3fff : prod[13:0];
-  assign \$56  = | prod[24:9];
-  assign \$57  = ovf | \$56 ;
-  assign \$58  = \$57  ? 9'h1ff : prod[8:0];
-  assign \$59  = | prod[24:9];
-  assign \$60  = ovf | \$59 ;
-  assign \$61  = \$60  ? 9'h1ff : prod[8:0];
-  assign \$62  = | prod[24:11];
-  assign \$63  = ovf | \$62 ;
-  assign \$64  = \$63  ? 11'h7ff : prod[10:0];
-  assign \$67  = b_big | mul_b[24];
-  assign \$68  = ! mul_a[15:1];
-  assign \$69  = b_big | mul_sum[25];
-  always @(posedge clk)
-    a_zero_0 <= \$70 ;
-  always @(posedge clk)
-    a_zero_1 <= \$71 ;
-  always @(posedge clk)
-    a_zero_2 <= \$72 ;
-  always @(posedge clk)
-    a_zero_3 <= \$73 ;
-  always @(posedge clk)
-    a_zero_4 <= \$74 ;
-  always @(posedge clk)
-    a_zero_5 <= \$75 ;
-  always @(posedge clk)
-    a_zero_6 <= \$76 ;
-  always @(posedge clk)
-    a_zero_7 <= \$77 ;
-  always @(posedge clk)
-    a_zero_8 <= \$78 ;
-  always @(posedge clk)
-    a_zero_9 <= \$79 ;
-  always @(posedge clk)
-    a_zero_10 <= \$80 ;
-  always @(posedge clk)
-    a_zero_11 <= \$81 ;
-  always @(posedge clk)
-    mul_a <= \$82 ;
-  always @(posedge clk)
-    mul_b <= \$83 ;
-  always @(posedge clk)
-    prod <= \$84 ;
-  always @(posedge clk)
-    ovf <= \$85 ;
-  always @(posedge clk)
-    a_zero <= \$86 ;
-  always @(posedge clk)
-    b_big <= \$87 ;
-  always @(posedge clk)
-    mul_run <= \$88 ;
-  always @(posedge clk)
-    step <= \$89 ;
-  always @(posedge clk)
-    sizes <= \$90 ;
   assign \$1  = cmd[101:100] == 2'h2;
   assign \$2  = cmd[101:100] == 2'h2;
   assign \$3  = \$2  ? 5'h10 : 5'h08;
@@ -29020,475 +29115,926 @@ module \psc_core.sizes$161 (rst, ws, cmd, gin_e, gout_o, clear, enable, ready, s
   assign \$6  = cmd[101:100] == 2'h2;
   assign \$7  = \$6  ? 3'h4 : 3'h3;
   assign \$8  = $signed(\$5 ) >>> \$7 ;
+  assign \$10  = cmd[101:100] == 2'h2;
+  assign \$11  = \$10  ? 5'h10 : 5'h08;
+  assign \$12  = \$11  - 1'h1;
+  assign \$13  = $signed({ 1'h0, cmd[31:16] }) + $signed(\$12 );
+  assign \$14  = cmd[101:100] == 2'h2;
+  assign \$15  = \$14  ? 3'h4 : 3'h3;
+  assign \$16  = $signed(\$13 ) >>> \$15 ;
+  assign \$17  = \$1  ? \$9  : { \$16 [17], \$16  };
+  assign \$18  = cmd[99:96] == 3'h7;
+  assign \$19  = cmd[99:96] == 3'h5;
+  assign \$20  = cmd[99:96] == 2'h3;
+  assign \$21  = \$20  ? 4'h9 : 4'h1;
+  assign \$22  = \$19  ? 5'h19 : { 1'h0, \$21  };
+  assign \$23  = \$18  ? 6'h31 : { 1'h0, \$22  };
+  assign \$24  = cmd[99:96] - 1'h1;
+  assign \$25  = $signed(\$24 ) - $signed({ 1'h0, cmd[104:102] });
+  assign \$26  = cmd[99:96] - cmd[107:105];
+  assign \$27  = cmd[31:16] < \$26 [2:0];
+  assign \$28  = \$27  ? cmd[31:16] : { 13'h0000, \$26 [2:0] };
+  assign mul_sum0 = prod0 + mul_b0;
+  assign mul_sum1 = prod1 + mul_b1;
+  assign mul_sum2 = prod2 + mul_b2;
+  assign \$29  = step0 == 3'h5;
+  assign \$30  = step1 == 2'h3;
+  assign \$31  = step2 == 3'h5;
+  assign \$32  = & { \$31 , \$30 , \$29  };
+  assign ready = enable & \$32 ;
+  assign \$33  = ! cmd[79:64];
+  assign \$34  = ! cmd[15:0];
+  assign \$35  = ! cmd[104:102];
+  assign \$36  = ! cmd[104:102];
+  assign \$37  = ! \$25 [2:0];
+  assign \$38  = ~ mul_run0;
+  assign \$39  = | cmd[31:30];
+  assign \$40  = | \$17 [16:14];
+  assign \$41  = step0 + 1'h1;
+  assign \$42  = | prod0[13:12];
+  assign \$43  = ovf0 | \$42 ;
+  assign \$44  = \$43  ? 12'hfff : prod0[11:0];
+  assign \$45  = | prod0[13:12];
+  assign \$46  = ovf0 | \$45 ;
+  assign \$47  = \$46  ? 12'hfff : prod0[11:0];
+  assign \$48  = ovf0 ? 14'h3fff : prod0;
+  assign \$49  = | prod0[13:11];
+  assign \$50  = ovf0 | \$49 ;
+  assign \$51  = \$50  ? 11'h7ff : prod0[10:0];
+  assign \$52  = ovf0 ? 14'h3fff : prod0;
+  assign \$55  = b_big0 | mul_b0[13];
+  assign \$56  = ! mul_a0[15:1];
+  assign \$57  = b_big0 | mul_sum0[14];
+  assign \$58  = ! gout_o;
+  assign \$59  = ! cmd[47:32];
+  assign \$60  = ! cmd[107:105];
+  assign \$61  = ~ mul_run1;
+  assign \$62  = step1 + 1'h1;
+  assign \$63  = ovf1 ? 25'h1ffffff : prod1;
+  assign \$64  = ovf1 ? 25'h1ffffff : prod1;
+  assign \$65  = | prod1[24:14];
+  assign \$66  = ovf1 | \$65 ;
+  assign \$67  = \$66  ? 14'h3fff : prod1[13:0];
+  assign \$70  = b_big1 | mul_b1[24];
+  assign \$71  = ! mul_a1[21:1];
+  assign \$72  = b_big1 | mul_sum1[25];
+  assign \$73  = ! gin_e;
+  assign \$74  = ! cmd[95:80];
+  assign \$75  = ! cmd[15:0];
+  assign \$76  = ! cmd[79:64];
+  assign \$77  = ! \$28 [2:0];
+  assign \$78  = ~ mul_run2;
+  assign \$79  = | \$17 [16:14];
+  assign \$80  = | cmd[79:78];
+  assign \$81  = step2 + 1'h1;
+  assign \$82  = | prod2[13:12];
+  assign \$83  = ovf2 | \$82 ;
+  assign \$84  = \$83  ? 12'hfff : prod2[11:0];
+  assign \$85  = | prod2[13:9];
+  assign \$86  = ovf2 | \$85 ;
+  assign \$87  = \$86  ? 9'h1ff : prod2[8:0];
+  assign \$88  = | prod2[13:9];
+  assign \$89  = ovf2 | \$88 ;
+  assign \$90  = \$89  ? 9'h1ff : prod2[8:0];
+  assign \$91  = | prod2[13:9];
+  assign \$92  = ovf2 | \$91 ;
+  assign \$93  = \$92  ? 9'h1ff : prod2[8:0];
+  assign \$94  = ovf2 ? 14'h3fff : prod2;
+  assign \$97  = b_big2 | mul_b2[13];
+  assign \$98  = ! mul_a2[15:1];
+  assign \$99  = b_big2 | mul_sum2[14];
+  always @(posedge clk)
+    sizes <= \$100 ;
+  always @(posedge clk)
+    a_zero0_0 <= \$101 ;
+  always @(posedge clk)
+    a_zero0_1 <= \$102 ;
+  always @(posedge clk)
+    a_zero0_2 <= \$103 ;
+  always @(posedge clk)
+    a_zero0_3 <= \$104 ;
+  always @(posedge clk)
+    a_zero0_4 <= \$105 ;
+  always @(posedge clk)
+    mul_a0 <= \$106 ;
+  always @(posedge clk)
+    mul_b0 <= \$107 ;
+  always @(posedge clk)
+    prod0 <= \$108 ;
+  always @(posedge clk)
+    ovf0 <= \$109 ;
+  always @(posedge clk)
+    a_zero0 <= \$110 ;
+  always @(posedge clk)
+    b_big0 <= \$111 ;
+  always @(posedge clk)
+    mul_run0 <= \$112 ;
+  always @(posedge clk)
+    step0 <= \$113 ;
+  always @(posedge clk)
+    a_zero1_0 <= \$114 ;
+  always @(posedge clk)
+    a_zero1_1 <= \$115 ;
+  always @(posedge clk)
+    a_zero1_2 <= \$116 ;
+  always @(posedge clk)
+    mul_a1 <= \$117 ;
+  always @(posedge clk)
+    mul_b1 <= \$118 ;
+  always @(posedge clk)
+    prod1 <= \$119 ;
+  always @(posedge clk)
+    ovf1 <= \$120 ;
+  always @(posedge clk)
+    a_zero1 <= \$121 ;
+  always @(posedge clk)
+    b_big1 <= \$122 ;
+  always @(posedge clk)
+    mul_run1 <= \$123 ;
+  always @(posedge clk)
+    step1 <= \$124 ;
+  always @(posedge clk)
+    a_zero2_0 <= \$125 ;
+  always @(posedge clk)
+    a_zero2_1 <= \$126 ;
+  always @(posedge clk)
+    a_zero2_2 <= \$127 ;
+  always @(posedge clk)
+    a_zero2_3 <= \$128 ;
+  always @(posedge clk)
+    a_zero2_4 <= \$129 ;
+  always @(posedge clk)
+    mul_a2 <= \$130 ;
+  always @(posedge clk)
+    mul_b2 <= \$131 ;
+  always @(posedge clk)
+    prod2 <= \$132 ;
+  always @(posedge clk)
+    ovf2 <= \$133 ;
+  always @(posedge clk)
+    a_zero2 <= \$134 ;
+  always @(posedge clk)
+    b_big2 <= \$135 ;
+  always @(posedge clk)
+    mul_run2 <= \$136 ;
+  always @(posedge clk)
+    step2 <= \$137 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    ready = 1'h0;
+    \$100  = sizes;
     if (enable) begin
-      if (\$18 ) begin
-        (* full_case = 32'd1 *)
-        casez (step)
-          4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              /* empty */;
-          4'h3:
-              /* empty */;
-          4'h4:
-              /* empty */;
-          4'h5:
-              /* empty */;
-          4'h6:
-              /* empty */;
-          4'h7:
-              /* empty */;
-          4'h8:
-              /* empty */;
-          4'h9:
-              /* empty */;
-          4'ha:
-              /* empty */;
-          4'hb:
-              /* empty */;
-          default:
-              ready = 1'h1;
+      \$100 [85:74] = { 6'h00, \$23  };
+    end
+    if (enable) begin
+      if (\$38 ) begin
+      end else if (a_zero0) begin
+        casez (step0)
+          3'h0:
+              \$100 [11:0] = \$44 ;
+          3'h1:
+              \$100 [23:12] = \$47 ;
+          3'h2:
+              \$100 [120:107] = \$48 ;
+          3'h3:
+              \$100 [191:181] = \$51 ;
+          3'h4:
+              \$100 [148:135] = \$52 ;
+        endcase
+      end
+      if (\$61 ) begin
+      end else if (a_zero1) begin
+        casez (step1)
+          2'h0:
+              \$100 [48:24] = \$63 ;
+          2'h1:
+              \$100 [73:49] = \$64 ;
+          2'h2:
+              \$100 [134:121] = \$67 ;
+        endcase
+      end
+      if (\$78 ) begin
+      end else if (a_zero2) begin
+        casez (step2)
+          3'h0:
+              \$100 [97:86] = \$84 ;
+          3'h1:
+              \$100 [106:98] = \$87 ;
+          3'h2:
+              \$100 [171:163] = \$90 ;
+          3'h3:
+              \$100 [180:172] = \$93 ;
+          3'h4:
+              \$100 [162:149] = \$94 ;
         endcase
       end
     end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$70  = \$19 ;
     if (rst) begin
-      \$70  = 1'h0;
+      \$100  = 192'h000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$71  = \$20 ;
+    \$101  = \$33 ;
     if (rst) begin
-      \$71  = 1'h0;
+      \$101  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$72  = \$21 ;
+    \$102  = \$34 ;
     if (rst) begin
-      \$72  = 1'h0;
+      \$102  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$73  = \$22 ;
+    \$103  = \$35 ;
     if (rst) begin
-      \$73  = 1'h0;
+      \$103  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$74  = \$23 ;
+    \$104  = \$36 ;
     if (rst) begin
-      \$74  = 1'h0;
+      \$104  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$75  = \$24 ;
+    \$105  = \$37 ;
     if (rst) begin
-      \$75  = 1'h0;
+      \$105  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$76  = \$25 ;
-    if (rst) begin
-      \$76  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$77  = \$26 ;
-    if (rst) begin
-      \$77  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$78  = \$27 ;
-    if (rst) begin
-      \$78  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$79  = \$28 ;
-    if (rst) begin
-      \$79  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$80  = \$29 ;
-    if (rst) begin
-      \$80  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$81  = \$30 ;
-    if (rst) begin
-      \$81  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$82  = mul_a;
+    \$106  = mul_a0;
     if (enable) begin
       (* full_case = 32'd1 *)
-      if (\$31 ) begin
-        casez (step)
-          4'h0:
-              \$82  = cmd[31:16];
-          4'h1:
-              \$82  = cmd[15:0];
-          4'h2:
-              \$82  = cmd[63:48];
-          4'h3:
-              \$82  = cmd[47:32];
-          4'h4:
-              \$82  = { 12'h000, cmd[99:96] };
-          4'h5:
-              \$82  = gin_e;
-          4'h6:
-              \$82  = cmd[95:80];
-          4'h7:
-              \$82  = { 13'h0000, cmd[104:102] };
-          4'h8:
-              \$82  = { 13'h0000, cmd[107:105] };
-          4'h9:
-              \$82  = cmd[15:0];
-          4'ha:
-              \$82  = cmd[79:64];
-          4'hb:
-              \$82  = { 13'h0000, cmd[104:102] };
+      if (\$38 ) begin
+        casez (step0)
+          3'h0:
+              \$106  = cmd[79:64];
+          3'h1:
+              \$106  = cmd[15:0];
+          3'h2:
+              \$106  = { 13'h0000, cmd[104:102] };
+          3'h3:
+              \$106  = { 13'h0000, cmd[104:102] };
+          3'h4:
+              \$106  = { 13'h0000, \$25 [2:0] };
         endcase
-      end else if (a_zero) begin
+      end else if (a_zero0) begin
       end else begin
-        \$82  = \$65 ;
+        \$106  = \$53 ;
       end
     end
     if (rst) begin
-      \$82  = 16'h0000;
+      \$106  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$83  = mul_b;
+    \$107  = mul_b0;
     if (enable) begin
       (* full_case = 32'd1 *)
-      if (\$31 ) begin
-        casez (step)
-          4'h0:
-              \$83  = { 9'h000, cmd[79:64] };
-          4'h1:
-              \$83  = { 13'h0000, sizes[11:0] };
-          4'h2:
-              \$83  = { 3'h0, gout_o };
-          4'h3:
-              \$83  = sizes[48:24];
-          4'h4:
-              \$83  = { 21'h000000, cmd[99:96] };
-          4'h5:
-              \$83  = { 13'h0000, sizes[85:74] };
-          4'h6:
-              \$83  = { 13'h0000, sizes[97:86] };
-          4'h7:
-              \$83  = { 13'h0000, sizes[11:0] };
-          4'h8:
-              \$83  = { 9'h000, cmd[79:64] };
-          4'h9:
-              \$83  = { 8'h00, \$17 [16:0] };
-          4'ha:
-              \$83  = { 16'h0000, sizes[143:135] };
-          4'hb:
-              \$83  = { 8'h00, \$17 [16:0] };
+      if (\$38 ) begin
+        casez (step0)
+          3'h0:
+              \$107  = cmd[29:16];
+          3'h1:
+              \$107  = { 2'h0, sizes[11:0] };
+          3'h2:
+              \$107  = { 2'h0, sizes[11:0] };
+          3'h3:
+              \$107  = \$17 [13:0];
+          3'h4:
+              \$107  = { 2'h0, sizes[11:0] };
         endcase
-      end else if (a_zero) begin
+      end else if (a_zero0) begin
       end else begin
-        \$83  = \$66 [24:0];
+        \$107  = \$54 [13:0];
       end
     end
     if (rst) begin
-      \$83  = 25'h0000000;
+      \$107  = 14'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$84  = prod;
+    \$108  = prod0;
     if (enable) begin
       (* full_case = 32'd1 *)
-      if (\$31 ) begin
-        casez (step)
-          4'h0:
-              \$84  = 25'h0000000;
-          4'h1:
-              \$84  = 25'h0000000;
-          4'h2:
-              \$84  = 25'h0000000;
-          4'h3:
-              \$84  = 25'h0000000;
-          4'h4:
-              \$84  = 25'h0000000;
-          4'h5:
-              \$84  = 25'h0000000;
-          4'h6:
-              \$84  = 25'h0000000;
-          4'h7:
-              \$84  = 25'h0000000;
-          4'h8:
-              \$84  = 25'h0000000;
-          4'h9:
-              \$84  = 25'h0000000;
-          4'ha:
-              \$84  = 25'h0000000;
-          4'hb:
-              \$84  = 25'h0000000;
+      if (\$38 ) begin
+        casez (step0)
+          3'h0:
+              \$108  = 14'h0000;
+          3'h1:
+              \$108  = 14'h0000;
+          3'h2:
+              \$108  = 14'h0000;
+          3'h3:
+              \$108  = 14'h0000;
+          3'h4:
+              \$108  = 14'h0000;
         endcase
-      end else if (a_zero) begin
+      end else if (a_zero0) begin
       end else begin
-        if (mul_a[0]) begin
-          \$84  = mul_sum[24:0];
+        if (mul_a0[0]) begin
+          \$108  = mul_sum0[13:0];
         end
       end
     end
     if (rst) begin
-      \$84  = 25'h0000000;
+      \$108  = 14'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$85  = ovf;
+    \$109  = ovf0;
     if (enable) begin
       (* full_case = 32'd1 *)
-      if (\$31 ) begin
-        casez (step)
-          4'h0:
-              \$85  = 1'h0;
-          4'h1:
-              \$85  = 1'h0;
-          4'h2:
-              \$85  = 1'h0;
-          4'h3:
-              \$85  = 1'h0;
-          4'h4:
-              \$85  = 1'h0;
-          4'h5:
-              \$85  = 1'h0;
-          4'h6:
-              \$85  = 1'h0;
-          4'h7:
-              \$85  = 1'h0;
-          4'h8:
-              \$85  = 1'h0;
-          4'h9:
-              \$85  = 1'h0;
-          4'ha:
-              \$85  = 1'h0;
-          4'hb:
-              \$85  = 1'h0;
+      if (\$38 ) begin
+        casez (step0)
+          3'h0:
+              \$109  = 1'h0;
+          3'h1:
+              \$109  = 1'h0;
+          3'h2:
+              \$109  = 1'h0;
+          3'h3:
+              \$109  = 1'h0;
+          3'h4:
+              \$109  = 1'h0;
         endcase
-      end else if (a_zero) begin
+      end else if (a_zero0) begin
       end else begin
-        if (mul_a[0]) begin
-          if (\$69 ) begin
-            \$85  = 1'h1;
+        if (mul_a0[0]) begin
+          if (\$57 ) begin
+            \$109  = 1'h1;
           end
         end
       end
     end
     if (rst) begin
-      \$85  = 1'h0;
+      \$109  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$86  = a_zero;
+    \$110  = a_zero0;
     if (enable) begin
       (* full_case = 32'd1 *)
-      if (\$31 ) begin
-        casez (step)
-          4'h0:
-              \$86  = 1'h0;
-          4'h1:
-              \$86  = a_zero_1;
-          4'h2:
-              \$86  = a_zero_2;
-          4'h3:
-              \$86  = a_zero_3;
-          4'h4:
-              \$86  = a_zero_4;
-          4'h5:
-              \$86  = a_zero_5;
-          4'h6:
-              \$86  = a_zero_6;
-          4'h7:
-              \$86  = a_zero_7;
-          4'h8:
-              \$86  = a_zero_8;
-          4'h9:
-              \$86  = a_zero_9;
-          4'ha:
-              \$86  = a_zero_10;
-          4'hb:
-              \$86  = a_zero_11;
+      if (\$38 ) begin
+        casez (step0)
+          3'h0:
+              \$110  = 1'h0;
+          3'h1:
+              \$110  = a_zero0_1;
+          3'h2:
+              \$110  = a_zero0_2;
+          3'h3:
+              \$110  = a_zero0_3;
+          3'h4:
+              \$110  = a_zero0_4;
         endcase
-      end else if (a_zero) begin
+      end else if (a_zero0) begin
       end else begin
-        \$86  = \$68 ;
+        \$110  = \$56 ;
       end
     end
     if (rst) begin
-      \$86  = 1'h0;
+      \$110  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$87  = b_big;
+    \$111  = b_big0;
     if (enable) begin
       (* full_case = 32'd1 *)
-      if (\$31 ) begin
-        casez (step)
-          4'h0:
-              \$87  = 1'h0;
-          4'h1:
-              \$87  = 1'h0;
-          4'h2:
-              \$87  = 1'h0;
-          4'h3:
-              \$87  = 1'h0;
-          4'h4:
-              \$87  = 1'h0;
-          4'h5:
-              \$87  = 1'h0;
-          4'h6:
-              \$87  = 1'h0;
-          4'h7:
-              \$87  = 1'h0;
-          4'h8:
-              \$87  = 1'h0;
-          4'h9:
-              \$87  = 1'h0;
-          4'ha:
-              \$87  = 1'h0;
-          4'hb:
-              \$87  = 1'h0;
+      if (\$38 ) begin
+        casez (step0)
+          3'h0:
+              \$111  = \$39 ;
+          3'h1:
+              \$111  = 1'h0;
+          3'h2:
+              \$111  = 1'h0;
+          3'h3:
+              \$111  = \$40 ;
+          3'h4:
+              \$111  = 1'h0;
         endcase
-      end else if (a_zero) begin
+      end else if (a_zero0) begin
       end else begin
-        \$87  = \$67 ;
+        \$111  = \$55 ;
       end
     end
     if (rst) begin
-      \$87  = 1'h0;
+      \$111  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$88  = mul_run;
+    \$112  = mul_run0;
     if (enable) begin
-      if (\$31 ) begin
-        casez (step)
-          4'h0:
-              \$88  = 1'h1;
-          4'h1:
-              \$88  = 1'h1;
-          4'h2:
-              \$88  = 1'h1;
-          4'h3:
-              \$88  = 1'h1;
-          4'h4:
-              \$88  = 1'h1;
-          4'h5:
-              \$88  = 1'h1;
-          4'h6:
-              \$88  = 1'h1;
-          4'h7:
-              \$88  = 1'h1;
-          4'h8:
-              \$88  = 1'h1;
-          4'h9:
-              \$88  = 1'h1;
-          4'ha:
-              \$88  = 1'h1;
-          4'hb:
-              \$88  = 1'h1;
+      if (\$38 ) begin
+        casez (step0)
+          3'h0:
+              \$112  = 1'h1;
+          3'h1:
+              \$112  = 1'h1;
+          3'h2:
+              \$112  = 1'h1;
+          3'h3:
+              \$112  = 1'h1;
+          3'h4:
+              \$112  = 1'h1;
         endcase
-      end else if (a_zero) begin
-        \$88  = 1'h0;
+      end else if (a_zero0) begin
+        \$112  = 1'h0;
       end
     end
     if (clear) begin
-      \$88  = 1'h0;
+      \$112  = 1'h0;
     end
     if (rst) begin
-      \$88  = 1'h0;
+      \$112  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$89  = step;
+    \$113  = step0;
     if (enable) begin
-      if (\$31 ) begin
-      end else if (a_zero) begin
-        \$89  = \$32 [3:0];
+      if (\$38 ) begin
+      end else if (a_zero0) begin
+        \$113  = \$41 [2:0];
       end
     end
     if (clear) begin
-      \$89  = 4'h0;
+      \$113  = 3'h0;
     end
     if (rst) begin
-      \$89  = 4'h0;
+      \$113  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
-    \$90  = sizes;
+    \$114  = \$58 ;
+    if (rst) begin
+      \$114  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$115  = \$59 ;
+    if (rst) begin
+      \$115  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$116  = \$60 ;
+    if (rst) begin
+      \$116  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$117  = mul_a1;
     if (enable) begin
-      if (\$31 ) begin
-      end else if (a_zero) begin
-        casez (step)
-          4'h0:
-              \$90 [11:0] = \$35 ;
-          4'h1:
-              \$90 [23:12] = \$38 ;
-          4'h2:
-              \$90 [48:24] = \$39 ;
-          4'h3:
-              \$90 [73:49] = \$40 ;
-          4'h4:
-              \$90 [85:74] = \$43 ;
-          4'h5:
-              \$90 [97:86] = \$46 ;
-          4'h6:
-              \$90 [106:98] = \$49 ;
-          4'h7:
-              \$90 [120:107] = \$52 ;
-          4'h8:
-              \$90 [134:121] = \$55 ;
-          4'h9:
-              \$90 [143:135] = \$58 ;
-          4'ha:
-              \$90 [152:144] = \$61 ;
-          4'hb:
-              \$90 [163:153] = \$64 ;
+      (* full_case = 32'd1 *)
+      if (\$61 ) begin
+        casez (step1)
+          2'h0:
+              \$117  = gout_o;
+          2'h1:
+              \$117  = { 6'h00, cmd[47:32] };
+          2'h2:
+              \$117  = { 19'h00000, cmd[107:105] };
         endcase
+      end else if (a_zero1) begin
+      end else begin
+        \$117  = \$68 ;
       end
     end
     if (rst) begin
-      \$90  = 164'h00000000000000000000000000000000000000000;
+      \$117  = 22'h000000;
     end
   end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$118  = mul_b1;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$61 ) begin
+        casez (step1)
+          2'h0:
+              \$118  = { 9'h000, cmd[63:48] };
+          2'h1:
+              \$118  = sizes[48:24];
+          2'h2:
+              \$118  = { 9'h000, cmd[79:64] };
+        endcase
+      end else if (a_zero1) begin
+      end else begin
+        \$118  = \$69 [24:0];
+      end
+    end
+    if (rst) begin
+      \$118  = 25'h0000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$119  = prod1;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$61 ) begin
+        casez (step1)
+          2'h0:
+              \$119  = 25'h0000000;
+          2'h1:
+              \$119  = 25'h0000000;
+          2'h2:
+              \$119  = 25'h0000000;
+        endcase
+      end else if (a_zero1) begin
+      end else begin
+        if (mul_a1[0]) begin
+          \$119  = mul_sum1[24:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$119  = 25'h0000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$120  = ovf1;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$61 ) begin
+        casez (step1)
+          2'h0:
+              \$120  = 1'h0;
+          2'h1:
+              \$120  = 1'h0;
+          2'h2:
+              \$120  = 1'h0;
+        endcase
+      end else if (a_zero1) begin
+      end else begin
+        if (mul_a1[0]) begin
+          if (\$72 ) begin
+            \$120  = 1'h1;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$120  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$121  = a_zero1;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$61 ) begin
+        casez (step1)
+          2'h0:
+              \$121  = 1'h0;
+          2'h1:
+              \$121  = a_zero1_1;
+          2'h2:
+              \$121  = a_zero1_2;
+        endcase
+      end else if (a_zero1) begin
+      end else begin
+        \$121  = \$71 ;
+      end
+    end
+    if (rst) begin
+      \$121  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$122  = b_big1;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$61 ) begin
+        casez (step1)
+          2'h0:
+              \$122  = 1'h0;
+          2'h1:
+              \$122  = 1'h0;
+          2'h2:
+              \$122  = 1'h0;
+        endcase
+      end else if (a_zero1) begin
+      end else begin
+        \$122  = \$70 ;
+      end
+    end
+    if (rst) begin
+      \$122  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$123  = mul_run1;
+    if (enable) begin
+      if (\$61 ) begin
+        casez (step1)
+          2'h0:
+              \$123  = 1'h1;
+          2'h1:
+              \$123  = 1'h1;
+          2'h2:
+              \$123  = 1'h1;
+        endcase
+      end else if (a_zero1) begin
+        \$123  = 1'h0;
+      end
+    end
+    if (clear) begin
+      \$123  = 1'h0;
+    end
+    if (rst) begin
+      \$123  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$124  = step1;
+    if (enable) begin
+      if (\$61 ) begin
+      end else if (a_zero1) begin
+        \$124  = \$62 [1:0];
+      end
+    end
+    if (clear) begin
+      \$124  = 2'h0;
+    end
+    if (rst) begin
+      \$124  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$125  = \$73 ;
+    if (rst) begin
+      \$125  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$126  = \$74 ;
+    if (rst) begin
+      \$126  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$127  = \$75 ;
+    if (rst) begin
+      \$127  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$128  = \$76 ;
+    if (rst) begin
+      \$128  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$129  = \$77 ;
+    if (rst) begin
+      \$129  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$130  = mul_a2;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$78 ) begin
+        casez (step2)
+          3'h0:
+              \$130  = gin_e;
+          3'h1:
+              \$130  = cmd[95:80];
+          3'h2:
+              \$130  = cmd[15:0];
+          3'h3:
+              \$130  = cmd[79:64];
+          3'h4:
+              \$130  = { 13'h0000, \$28 [2:0] };
+        endcase
+      end else if (a_zero2) begin
+      end else begin
+        \$130  = \$95 ;
+      end
+    end
+    if (rst) begin
+      \$130  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$131  = mul_b2;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$78 ) begin
+        casez (step2)
+          3'h0:
+              \$131  = { 8'h00, \$23  };
+          3'h1:
+              \$131  = { 2'h0, sizes[97:86] };
+          3'h2:
+              \$131  = \$17 [13:0];
+          3'h3:
+              \$131  = { 5'h00, sizes[171:163] };
+          3'h4:
+              \$131  = cmd[77:64];
+        endcase
+      end else if (a_zero2) begin
+      end else begin
+        \$131  = \$96 [13:0];
+      end
+    end
+    if (rst) begin
+      \$131  = 14'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$132  = prod2;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$78 ) begin
+        casez (step2)
+          3'h0:
+              \$132  = 14'h0000;
+          3'h1:
+              \$132  = 14'h0000;
+          3'h2:
+              \$132  = 14'h0000;
+          3'h3:
+              \$132  = 14'h0000;
+          3'h4:
+              \$132  = 14'h0000;
+        endcase
+      end else if (a_zero2) begin
+      end else begin
+        if (mul_a2[0]) begin
+          \$132  = mul_sum2[13:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$132  = 14'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$133  = ovf2;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$78 ) begin
+        casez (step2)
+          3'h0:
+              \$133  = 1'h0;
+          3'h1:
+              \$133  = 1'h0;
+          3'h2:
+              \$133  = 1'h0;
+          3'h3:
+              \$133  = 1'h0;
+          3'h4:
+              \$133  = 1'h0;
+        endcase
+      end else if (a_zero2) begin
+      end else begin
+        if (mul_a2[0]) begin
+          if (\$99 ) begin
+            \$133  = 1'h1;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$133  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$134  = a_zero2;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$78 ) begin
+        casez (step2)
+          3'h0:
+              \$134  = 1'h0;
+          3'h1:
+              \$134  = a_zero2_1;
+          3'h2:
+              \$134  = a_zero2_2;
+          3'h3:
+              \$134  = a_zero2_3;
+          3'h4:
+              \$134  = a_zero2_4;
+        endcase
+      end else if (a_zero2) begin
+      end else begin
+        \$134  = \$98 ;
+      end
+    end
+    if (rst) begin
+      \$134  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$135  = b_big2;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$78 ) begin
+        casez (step2)
+          3'h0:
+              \$135  = 1'h0;
+          3'h1:
+              \$135  = 1'h0;
+          3'h2:
+              \$135  = \$79 ;
+          3'h3:
+              \$135  = 1'h0;
+          3'h4:
+              \$135  = \$80 ;
+        endcase
+      end else if (a_zero2) begin
+      end else begin
+        \$135  = \$97 ;
+      end
+    end
+    if (rst) begin
+      \$135  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$136  = mul_run2;
+    if (enable) begin
+      if (\$78 ) begin
+        casez (step2)
+          3'h0:
+              \$136  = 1'h1;
+          3'h1:
+              \$136  = 1'h1;
+          3'h2:
+              \$136  = 1'h1;
+          3'h3:
+              \$136  = 1'h1;
+          3'h4:
+              \$136  = 1'h1;
+        endcase
+      end else if (a_zero2) begin
+        \$136  = 1'h0;
+      end
+    end
+    if (clear) begin
+      \$136  = 1'h0;
+    end
+    if (rst) begin
+      \$136  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$19 ) begin end
+    \$137  = step2;
+    if (enable) begin
+      if (\$78 ) begin
+      end else if (a_zero2) begin
+        \$137  = \$81 [2:0];
+      end
+    end
+    if (clear) begin
+      \$137  = 3'h0;
+    end
+    if (rst) begin
+      \$137  = 3'h0;
+    end
+  end
+  assign kk = { 6'h00, \$23  };
+  assign \$signal  = \$25 [2:0];
+  assign kl = \$26 [2:0];
+  assign \$signal$5  = \$28 [2:0];
   assign ws = \$17 [16:0];
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
@@ -29513,12 +30059,18 @@ module \psc_core.sizes$161 (rst, ws, cmd, gin_e, gout_o, clear, enable, ready, s
   assign \sizes.n_w  = sizes[106:98];
   assign \sizes.pt_wg  = sizes[120:107];
   assign \sizes.pl_g  = sizes[134:121];
-  assign \sizes.plane  = sizes[143:135];
-  assign \sizes.n_dw  = sizes[152:144];
-  assign \sizes.pt_ws  = sizes[163:153];
+  assign \sizes.kr_wg  = sizes[148:135];
+  assign \sizes.c0_g  = sizes[162:149];
+  assign \sizes.plane  = sizes[171:163];
+  assign \sizes.n_dw  = sizes[180:172];
+  assign \sizes.pt_ws  = sizes[191:181];
   assign \$9  = { \$8 , 1'h0 };
-  assign \$65  = { 1'h0, mul_a[15:1] };
-  assign \$66  = { mul_b, 1'h0 };
+  assign \$53  = { 1'h0, mul_a0[15:1] };
+  assign \$54  = { mul_b0, 1'h0 };
+  assign \$68  = { 1'h0, mul_a1[21:1] };
+  assign \$69  = { mul_b1, 1'h0 };
+  assign \$95  = { 1'h0, mul_a2[15:1] };
+  assign \$96  = { mul_b2, 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)

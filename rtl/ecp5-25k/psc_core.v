@@ -103,11 +103,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire act_out__valid;
   wire all_sent;
   wire beat;
-  wire \beat$159 ;
+  wire \beat$161 ;
   output busy;
   wire busy;
-  wire \busy$155 ;
-  wire \busy$156 ;
+  wire \busy$157 ;
+  wire \busy$158 ;
   input [113:0] cfg__payload;
   wire [113:0] cfg__payload;
   wire [113:0] \cfg__payload$23 ;
@@ -166,7 +166,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire cfg__valid;
   wire \cfg__valid$25 ;
   wire clear;
-  wire \clear$154 ;
+  wire \clear$156 ;
   input clk;
   wire clk;
   wire [113:0] cmd;
@@ -330,10 +330,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [31:0] cycles_total;
   output done;
   wire done;
-  wire \done$144 ;
   wire \done$146 ;
-  wire \done$150 ;
-  wire \done$162 ;
+  wire \done$148 ;
+  wire \done$152 ;
+  wire \done$164 ;
   wire dw;
   wire \dw$102 ;
   wire \dw$127 ;
@@ -349,7 +349,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire enable;
   output error;
   wire error;
-  wire \error$163 ;
+  wire \error$165 ;
   wire [15:0] gin_e;
   wire [15:0] \gin_e$105 ;
   wire [15:0] \gin_e$89 ;
@@ -571,7 +571,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [5:0] last_group;
   wire [1:0] level;
   wire loaded;
-  wire \loaded$148 ;
+  wire \loaded$150 ;
   wire mac_valid;
   wire [24:0] n_out;
   wire [55:0] o__payload;
@@ -826,10 +826,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \run$136 ;
   wire \run$138 ;
   wire \run$140 ;
-  wire \run$157 ;
-  wire [174:0] sizes;
-  wire [174:0] \sizes$106 ;
+  wire \run$159 ;
+  wire [204:0] sizes;
+  wire [204:0] \sizes$106 ;
+  wire [14:0] \sizes$106.c0_g ;
   wire [11:0] \sizes$106.kk ;
+  wire [14:0] \sizes$106.kr_wg ;
   wire [10:0] \sizes$106.n_dw ;
   wire [12:0] \sizes$106.n_in ;
   wire [24:0] \sizes$106.n_out ;
@@ -841,8 +843,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [12:0] \sizes$106.pt_ws ;
   wire [11:0] \sizes$106.red ;
   wire [12:0] \sizes$106.wg ;
-  wire [174:0] \sizes$116 ;
+  wire [204:0] \sizes$116 ;
+  wire [14:0] \sizes$116.c0_g ;
   wire [11:0] \sizes$116.kk ;
+  wire [14:0] \sizes$116.kr_wg ;
   wire [10:0] \sizes$116.n_dw ;
   wire [12:0] \sizes$116.n_in ;
   wire [24:0] \sizes$116.n_out ;
@@ -854,8 +858,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [12:0] \sizes$116.pt_ws ;
   wire [11:0] \sizes$116.red ;
   wire [12:0] \sizes$116.wg ;
-  wire [174:0] \sizes$97 ;
+  wire [204:0] \sizes$97 ;
+  wire [14:0] \sizes$97.c0_g ;
   wire [11:0] \sizes$97.kk ;
+  wire [14:0] \sizes$97.kr_wg ;
   wire [10:0] \sizes$97.n_dw ;
   wire [12:0] \sizes$97.n_in ;
   wire [24:0] \sizes$97.n_out ;
@@ -867,7 +873,9 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [12:0] \sizes$97.pt_ws ;
   wire [11:0] \sizes$97.red ;
   wire [12:0] \sizes$97.wg ;
+  wire [14:0] \sizes.c0_g ;
   wire [11:0] \sizes.kk ;
+  wire [14:0] \sizes.kr_wg ;
   wire [10:0] \sizes.n_dw ;
   wire [12:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
@@ -904,7 +912,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire w_en;
   wire w_rdy;
   wire waiting;
-  wire \waiting$161 ;
+  wire \waiting$163 ;
   wire [10:0] weights__addr;
   wire [447:0] weights__data;
   wire [111:0] \weights__data[0] ;
@@ -979,6 +987,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   input weights__valid;
   wire weights__valid;
   wire weights_done;
+  wire [12:0] words_in;
+  wire [12:0] \words_in$144 ;
   wire [16:0] ws;
   wire [16:0] \ws$108 ;
   wire [16:0] \ws$117 ;
@@ -1053,7 +1063,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .rst(rst),
     .run(run),
     .sizes(sizes),
-    .start(start)
+    .start(start),
+    .words_in(words_in)
   );
   \psc_core.out  out (
     .all_sent(outputs_done),
@@ -1106,7 +1117,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .taps__ready(taps__ready),
     .taps__valid(\i__valid$39 ),
     .waiting(waiting),
-    .weights_done(weights_done)
+    .weights_done(weights_done),
+    .words_in(words_in)
   );
   \psc_core.setup  setup (
     .accept(clear),
@@ -1135,7 +1147,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .sizing(enable),
     .start(start)
   );
-  \psc_core.sizes$170  \sizes$170  (
+  \psc_core.sizes$172  \sizes$172  (
     .clear(clear),
     .clk(clk),
     .cmd(cmd),
@@ -1264,19 +1276,20 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \start$139  = start;
   assign \run$140  = run;
   assign \rows_in$142  = rows_in;
-  assign \done$144  = weights_done;
-  assign \done$146  = params_done;
-  assign \loaded$148  = loaded;
-  assign \done$150  = inputs_done;
+  assign \words_in$144  = words_in;
+  assign \done$146  = weights_done;
+  assign \done$148  = params_done;
+  assign \loaded$150  = loaded;
+  assign \done$152  = inputs_done;
   assign all_sent = outputs_done;
-  assign \clear$154  = clear;
-  assign \busy$155  = busy;
-  assign \busy$156  = busy;
-  assign \run$157  = run;
-  assign \beat$159  = beat;
-  assign \waiting$161  = waiting;
-  assign \done$162  = done;
-  assign \error$163  = error;
+  assign \clear$156  = clear;
+  assign \busy$157  = busy;
+  assign \busy$158  = busy;
+  assign \run$159  = run;
+  assign \beat$161  = beat;
+  assign \waiting$163  = waiting;
+  assign \done$164  = done;
+  assign \error$165  = error;
   assign total = cycles_total;
   assign compute = cycles_compute;
   assign stall = cycles_stall;
@@ -1817,9 +1830,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \sizes.n_w  = sizes[109:100];
   assign \sizes.pt_wg  = sizes[124:110];
   assign \sizes.pl_g  = sizes[139:125];
-  assign \sizes.plane  = sizes[150:140];
-  assign \sizes.n_dw  = sizes[161:151];
-  assign \sizes.pt_ws  = sizes[174:162];
+  assign \sizes.kr_wg  = sizes[154:140];
+  assign \sizes.c0_g  = sizes[169:155];
+  assign \sizes.plane  = sizes[180:170];
+  assign \sizes.n_dw  = sizes[191:181];
+  assign \sizes.pt_ws  = sizes[204:192];
   assign \sizes$97.wg  = sizes[12:0];
   assign \sizes$97.n_in  = sizes[25:13];
   assign \sizes$97.ow  = sizes[50:26];
@@ -1829,9 +1844,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \sizes$97.n_w  = sizes[109:100];
   assign \sizes$97.pt_wg  = sizes[124:110];
   assign \sizes$97.pl_g  = sizes[139:125];
-  assign \sizes$97.plane  = sizes[150:140];
-  assign \sizes$97.n_dw  = sizes[161:151];
-  assign \sizes$97.pt_ws  = sizes[174:162];
+  assign \sizes$97.kr_wg  = sizes[154:140];
+  assign \sizes$97.c0_g  = sizes[169:155];
+  assign \sizes$97.plane  = sizes[180:170];
+  assign \sizes$97.n_dw  = sizes[191:181];
+  assign \sizes$97.pt_ws  = sizes[204:192];
   assign \cmd$100.in_h  = cmd[15:0];
   assign \cmd$100.in_w  = cmd[31:16];
   assign \cmd$100.out_h  = cmd[47:32];
@@ -1855,9 +1872,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \sizes$106.n_w  = sizes[109:100];
   assign \sizes$106.pt_wg  = sizes[124:110];
   assign \sizes$106.pl_g  = sizes[139:125];
-  assign \sizes$106.plane  = sizes[150:140];
-  assign \sizes$106.n_dw  = sizes[161:151];
-  assign \sizes$106.pt_ws  = sizes[174:162];
+  assign \sizes$106.kr_wg  = sizes[154:140];
+  assign \sizes$106.c0_g  = sizes[169:155];
+  assign \sizes$106.plane  = sizes[180:170];
+  assign \sizes$106.n_dw  = sizes[191:181];
+  assign \sizes$106.pt_ws  = sizes[204:192];
   assign \cmd$109.in_h  = cmd[15:0];
   assign \cmd$109.in_w  = cmd[31:16];
   assign \cmd$109.out_h  = cmd[47:32];
@@ -1895,9 +1914,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \sizes$116.n_w  = sizes[109:100];
   assign \sizes$116.pt_wg  = sizes[124:110];
   assign \sizes$116.pl_g  = sizes[139:125];
-  assign \sizes$116.plane  = sizes[150:140];
-  assign \sizes$116.n_dw  = sizes[161:151];
-  assign \sizes$116.pt_ws  = sizes[174:162];
+  assign \sizes$116.kr_wg  = sizes[154:140];
+  assign \sizes$116.c0_g  = sizes[169:155];
+  assign \sizes$116.plane  = sizes[180:170];
+  assign \sizes$116.n_dw  = sizes[191:181];
+  assign \sizes$116.pt_ws  = sizes[204:192];
   assign \cmd$122.in_h  = cmd[15:0];
   assign \cmd$122.in_w  = cmd[31:16];
   assign \cmd$122.out_h  = cmd[47:32];
@@ -2528,7 +2549,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$2982$800 (i__payload[801:800]),
+    .\port$3092$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[335:224]),
@@ -2541,7 +2562,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$87 ),
     .mask(\mask$16 ),
-    .\port$2982$800 (i__payload[801:800]),
+    .\port$3092$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[447:336]),
@@ -2554,7 +2575,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$88 ),
     .mask(\mask$26 ),
-    .\port$2982$800 (i__payload[801:800]),
+    .\port$3092$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[559:448]),
@@ -2566,7 +2587,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$89 ),
     .mask(\mask$36 ),
-    .\port$2982$768 (i__payload[801:768]),
+    .\port$3092$768 (i__payload[801:768]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[671:560]),
@@ -3186,7 +3207,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2982$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3092$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -3438,8 +3459,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2982$800 ;
-  wire [1:0] \port$2982$800 ;
+  input [1:0] \port$3092$800 ;
+  wire [1:0] \port$3092$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3496,7 +3517,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2982$800 [0];
+  assign \$2  = valid & \port$3092$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -3591,154 +3612,154 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$767$0 (\$64 ),
-    .\port$767$1 (\$65 ),
-    .\port$767$10 (\$74 ),
-    .\port$767$11 (\$75 ),
-    .\port$767$12 (\$76 ),
-    .\port$767$13 (\$77 ),
-    .\port$767$14 (\$78 ),
-    .\port$767$15 (\$79 ),
-    .\port$767$2 (\$66 ),
-    .\port$767$3 (\$67 ),
-    .\port$767$4 (\$68 ),
-    .\port$767$5 (\$69 ),
-    .\port$767$6 (\$70 ),
-    .\port$767$7 (\$71 ),
-    .\port$767$8 (\$72 ),
-    .\port$767$9 (\$73 )
+    .\port$838$0 (\$64 ),
+    .\port$838$1 (\$65 ),
+    .\port$838$10 (\$74 ),
+    .\port$838$11 (\$75 ),
+    .\port$838$12 (\$76 ),
+    .\port$838$13 (\$77 ),
+    .\port$838$14 (\$78 ),
+    .\port$838$15 (\$79 ),
+    .\port$838$2 (\$66 ),
+    .\port$838$3 (\$67 ),
+    .\port$838$4 (\$68 ),
+    .\port$838$5 (\$69 ),
+    .\port$838$6 (\$70 ),
+    .\port$838$7 (\$71 ),
+    .\port$838$8 (\$72 ),
+    .\port$838$9 (\$73 )
   );
   \psc_core.dp.pe_0.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$768$0 (\$80 ),
-    .\port$768$1 (\$81 ),
-    .\port$768$10 (\$90 ),
-    .\port$768$11 (\$91 ),
-    .\port$768$12 (\$92 ),
-    .\port$768$13 (\$93 ),
-    .\port$768$14 (\$94 ),
-    .\port$768$15 (\$95 ),
-    .\port$768$2 (\$82 ),
-    .\port$768$3 (\$83 ),
-    .\port$768$4 (\$84 ),
-    .\port$768$5 (\$85 ),
-    .\port$768$6 (\$86 ),
-    .\port$768$7 (\$87 ),
-    .\port$768$8 (\$88 ),
-    .\port$768$9 (\$89 )
+    .\port$839$0 (\$80 ),
+    .\port$839$1 (\$81 ),
+    .\port$839$10 (\$90 ),
+    .\port$839$11 (\$91 ),
+    .\port$839$12 (\$92 ),
+    .\port$839$13 (\$93 ),
+    .\port$839$14 (\$94 ),
+    .\port$839$15 (\$95 ),
+    .\port$839$2 (\$82 ),
+    .\port$839$3 (\$83 ),
+    .\port$839$4 (\$84 ),
+    .\port$839$5 (\$85 ),
+    .\port$839$6 (\$86 ),
+    .\port$839$7 (\$87 ),
+    .\port$839$8 (\$88 ),
+    .\port$839$9 (\$89 )
   );
   \psc_core.dp.pe_0.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$769$0 (\$96 ),
-    .\port$769$1 (\$97 ),
-    .\port$769$10 (\$106 ),
-    .\port$769$11 (\$107 ),
-    .\port$769$12 (\$108 ),
-    .\port$769$13 (\$109 ),
-    .\port$769$14 (\$110 ),
-    .\port$769$15 (\$111 ),
-    .\port$769$2 (\$98 ),
-    .\port$769$3 (\$99 ),
-    .\port$769$4 (\$100 ),
-    .\port$769$5 (\$101 ),
-    .\port$769$6 (\$102 ),
-    .\port$769$7 (\$103 ),
-    .\port$769$8 (\$104 ),
-    .\port$769$9 (\$105 )
+    .\port$840$0 (\$96 ),
+    .\port$840$1 (\$97 ),
+    .\port$840$10 (\$106 ),
+    .\port$840$11 (\$107 ),
+    .\port$840$12 (\$108 ),
+    .\port$840$13 (\$109 ),
+    .\port$840$14 (\$110 ),
+    .\port$840$15 (\$111 ),
+    .\port$840$2 (\$98 ),
+    .\port$840$3 (\$99 ),
+    .\port$840$4 (\$100 ),
+    .\port$840$5 (\$101 ),
+    .\port$840$6 (\$102 ),
+    .\port$840$7 (\$103 ),
+    .\port$840$8 (\$104 ),
+    .\port$840$9 (\$105 )
   );
   \psc_core.dp.pe_0.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$770$0 (\$112 ),
-    .\port$770$1 (\$113 ),
-    .\port$770$10 (\$122 ),
-    .\port$770$11 (\$123 ),
-    .\port$770$12 (\$124 ),
-    .\port$770$13 (\$125 ),
-    .\port$770$14 (\$126 ),
-    .\port$770$15 (\$127 ),
-    .\port$770$2 (\$114 ),
-    .\port$770$3 (\$115 ),
-    .\port$770$4 (\$116 ),
-    .\port$770$5 (\$117 ),
-    .\port$770$6 (\$118 ),
-    .\port$770$7 (\$119 ),
-    .\port$770$8 (\$120 ),
-    .\port$770$9 (\$121 )
+    .\port$841$0 (\$112 ),
+    .\port$841$1 (\$113 ),
+    .\port$841$10 (\$122 ),
+    .\port$841$11 (\$123 ),
+    .\port$841$12 (\$124 ),
+    .\port$841$13 (\$125 ),
+    .\port$841$14 (\$126 ),
+    .\port$841$15 (\$127 ),
+    .\port$841$2 (\$114 ),
+    .\port$841$3 (\$115 ),
+    .\port$841$4 (\$116 ),
+    .\port$841$5 (\$117 ),
+    .\port$841$6 (\$118 ),
+    .\port$841$7 (\$119 ),
+    .\port$841$8 (\$120 ),
+    .\port$841$9 (\$121 )
   );
   \psc_core.dp.pe_0.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$771$0 (\$128 ),
-    .\port$771$1 (\$129 ),
-    .\port$771$10 (\$138 ),
-    .\port$771$11 (\$139 ),
-    .\port$771$12 (\$140 ),
-    .\port$771$13 (\$141 ),
-    .\port$771$14 (\$142 ),
-    .\port$771$15 (\$143 ),
-    .\port$771$2 (\$130 ),
-    .\port$771$3 (\$131 ),
-    .\port$771$4 (\$132 ),
-    .\port$771$5 (\$133 ),
-    .\port$771$6 (\$134 ),
-    .\port$771$7 (\$135 ),
-    .\port$771$8 (\$136 ),
-    .\port$771$9 (\$137 )
+    .\port$842$0 (\$128 ),
+    .\port$842$1 (\$129 ),
+    .\port$842$10 (\$138 ),
+    .\port$842$11 (\$139 ),
+    .\port$842$12 (\$140 ),
+    .\port$842$13 (\$141 ),
+    .\port$842$14 (\$142 ),
+    .\port$842$15 (\$143 ),
+    .\port$842$2 (\$130 ),
+    .\port$842$3 (\$131 ),
+    .\port$842$4 (\$132 ),
+    .\port$842$5 (\$133 ),
+    .\port$842$6 (\$134 ),
+    .\port$842$7 (\$135 ),
+    .\port$842$8 (\$136 ),
+    .\port$842$9 (\$137 )
   );
   \psc_core.dp.pe_0.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$772$0 (\$144 ),
-    .\port$772$1 (\$145 ),
-    .\port$772$10 (\$154 ),
-    .\port$772$11 (\$155 ),
-    .\port$772$12 (\$156 ),
-    .\port$772$13 (\$157 ),
-    .\port$772$14 (\$158 ),
-    .\port$772$15 (\$159 ),
-    .\port$772$2 (\$146 ),
-    .\port$772$3 (\$147 ),
-    .\port$772$4 (\$148 ),
-    .\port$772$5 (\$149 ),
-    .\port$772$6 (\$150 ),
-    .\port$772$7 (\$151 ),
-    .\port$772$8 (\$152 ),
-    .\port$772$9 (\$153 )
+    .\port$843$0 (\$144 ),
+    .\port$843$1 (\$145 ),
+    .\port$843$10 (\$154 ),
+    .\port$843$11 (\$155 ),
+    .\port$843$12 (\$156 ),
+    .\port$843$13 (\$157 ),
+    .\port$843$14 (\$158 ),
+    .\port$843$15 (\$159 ),
+    .\port$843$2 (\$146 ),
+    .\port$843$3 (\$147 ),
+    .\port$843$4 (\$148 ),
+    .\port$843$5 (\$149 ),
+    .\port$843$6 (\$150 ),
+    .\port$843$7 (\$151 ),
+    .\port$843$8 (\$152 ),
+    .\port$843$9 (\$153 )
   );
   \psc_core.dp.pe_0.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$773$0 (\$160 ),
-    .\port$773$1 (\$161 ),
-    .\port$773$10 (\$170 ),
-    .\port$773$11 (\$171 ),
-    .\port$773$12 (\$172 ),
-    .\port$773$13 (\$173 ),
-    .\port$773$14 (\$174 ),
-    .\port$773$15 (\$175 ),
-    .\port$773$2 (\$162 ),
-    .\port$773$3 (\$163 ),
-    .\port$773$4 (\$164 ),
-    .\port$773$5 (\$165 ),
-    .\port$773$6 (\$166 ),
-    .\port$773$7 (\$167 ),
-    .\port$773$8 (\$168 ),
-    .\port$773$9 (\$169 )
+    .\port$844$0 (\$160 ),
+    .\port$844$1 (\$161 ),
+    .\port$844$10 (\$170 ),
+    .\port$844$11 (\$171 ),
+    .\port$844$12 (\$172 ),
+    .\port$844$13 (\$173 ),
+    .\port$844$14 (\$174 ),
+    .\port$844$15 (\$175 ),
+    .\port$844$2 (\$162 ),
+    .\port$844$3 (\$163 ),
+    .\port$844$4 (\$164 ),
+    .\port$844$5 (\$165 ),
+    .\port$844$6 (\$166 ),
+    .\port$844$7 (\$167 ),
+    .\port$844$8 (\$168 ),
+    .\port$844$9 (\$169 )
   );
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
@@ -3759,7 +3780,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2982$800 [0];
+      \$37  = \port$3092$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -3769,7 +3790,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2982$800 [1];
+      \$38  = \port$3092$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -4023,8 +4044,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2982$800 [0];
-  assign last = \port$2982$800 [1];
+  assign first = \port$3092$800 [0];
+  assign last = \port$3092$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -4084,7 +4105,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_0 (\port$767$0 , \port$767$1 , \port$767$2 , \port$767$3 , \port$767$4 , \port$767$5 , \port$767$6 , \port$767$7 , \port$767$8 , \port$767$9 , \port$767$10 , \port$767$11 , \port$767$12 , \port$767$13 , \port$767$14 , \port$767$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_0 (\port$838$0 , \port$838$1 , \port$838$2 , \port$838$3 , \port$838$4 , \port$838$5 , \port$838$6 , \port$838$7 , \port$838$8 , \port$838$9 , \port$838$10 , \port$838$11 , \port$838$12 , \port$838$13 , \port$838$14 , \port$838$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4133,38 +4154,38 @@ module \psc_core.dp.pe_0.mul_0 (\port$767$0 , \port$767$1 , \port$767$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$767$0 ;
-  wire \port$767$0 ;
-  output \port$767$1 ;
-  wire \port$767$1 ;
-  output \port$767$10 ;
-  wire \port$767$10 ;
-  output \port$767$11 ;
-  wire \port$767$11 ;
-  output \port$767$12 ;
-  wire \port$767$12 ;
-  output \port$767$13 ;
-  wire \port$767$13 ;
-  output \port$767$14 ;
-  wire \port$767$14 ;
-  output \port$767$15 ;
-  wire \port$767$15 ;
-  output \port$767$2 ;
-  wire \port$767$2 ;
-  output \port$767$3 ;
-  wire \port$767$3 ;
-  output \port$767$4 ;
-  wire \port$767$4 ;
-  output \port$767$5 ;
-  wire \port$767$5 ;
-  output \port$767$6 ;
-  wire \port$767$6 ;
-  output \port$767$7 ;
-  wire \port$767$7 ;
-  output \port$767$8 ;
-  wire \port$767$8 ;
-  output \port$767$9 ;
-  wire \port$767$9 ;
+  output \port$838$0 ;
+  wire \port$838$0 ;
+  output \port$838$1 ;
+  wire \port$838$1 ;
+  output \port$838$10 ;
+  wire \port$838$10 ;
+  output \port$838$11 ;
+  wire \port$838$11 ;
+  output \port$838$12 ;
+  wire \port$838$12 ;
+  output \port$838$13 ;
+  wire \port$838$13 ;
+  output \port$838$14 ;
+  wire \port$838$14 ;
+  output \port$838$15 ;
+  wire \port$838$15 ;
+  output \port$838$2 ;
+  wire \port$838$2 ;
+  output \port$838$3 ;
+  wire \port$838$3 ;
+  output \port$838$4 ;
+  wire \port$838$4 ;
+  output \port$838$5 ;
+  wire \port$838$5 ;
+  output \port$838$6 ;
+  wire \port$838$6 ;
+  output \port$838$7 ;
+  wire \port$838$7 ;
+  output \port$838$8 ;
+  wire \port$838$8 ;
+  output \port$838$9 ;
+  wire \port$838$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -4288,26 +4309,26 @@ module \psc_core.dp.pe_0.mul_0 (\port$767$0 , \port$767$1 , \port$767$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$767$0  = \$1 ;
-  assign \port$767$1  = \$2 ;
-  assign \port$767$2  = \$3 ;
-  assign \port$767$3  = \$4 ;
-  assign \port$767$4  = \$5 ;
-  assign \port$767$5  = \$6 ;
-  assign \port$767$6  = \$7 ;
-  assign \port$767$7  = \$8 ;
-  assign \port$767$8  = \$9 ;
-  assign \port$767$9  = \$10 ;
-  assign \port$767$10  = \$11 ;
-  assign \port$767$11  = \$12 ;
-  assign \port$767$12  = \$13 ;
-  assign \port$767$13  = \$14 ;
-  assign \port$767$14  = \$15 ;
-  assign \port$767$15  = \$16 ;
+  assign \port$838$0  = \$1 ;
+  assign \port$838$1  = \$2 ;
+  assign \port$838$2  = \$3 ;
+  assign \port$838$3  = \$4 ;
+  assign \port$838$4  = \$5 ;
+  assign \port$838$5  = \$6 ;
+  assign \port$838$6  = \$7 ;
+  assign \port$838$7  = \$8 ;
+  assign \port$838$8  = \$9 ;
+  assign \port$838$9  = \$10 ;
+  assign \port$838$10  = \$11 ;
+  assign \port$838$11  = \$12 ;
+  assign \port$838$12  = \$13 ;
+  assign \port$838$13  = \$14 ;
+  assign \port$838$14  = \$15 ;
+  assign \port$838$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_1 (\port$768$0 , \port$768$1 , \port$768$2 , \port$768$3 , \port$768$4 , \port$768$5 , \port$768$6 , \port$768$7 , \port$768$8 , \port$768$9 , \port$768$10 , \port$768$11 , \port$768$12 , \port$768$13 , \port$768$14 , \port$768$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_1 (\port$839$0 , \port$839$1 , \port$839$2 , \port$839$3 , \port$839$4 , \port$839$5 , \port$839$6 , \port$839$7 , \port$839$8 , \port$839$9 , \port$839$10 , \port$839$11 , \port$839$12 , \port$839$13 , \port$839$14 , \port$839$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4356,38 +4377,38 @@ module \psc_core.dp.pe_0.mul_1 (\port$768$0 , \port$768$1 , \port$768$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$768$0 ;
-  wire \port$768$0 ;
-  output \port$768$1 ;
-  wire \port$768$1 ;
-  output \port$768$10 ;
-  wire \port$768$10 ;
-  output \port$768$11 ;
-  wire \port$768$11 ;
-  output \port$768$12 ;
-  wire \port$768$12 ;
-  output \port$768$13 ;
-  wire \port$768$13 ;
-  output \port$768$14 ;
-  wire \port$768$14 ;
-  output \port$768$15 ;
-  wire \port$768$15 ;
-  output \port$768$2 ;
-  wire \port$768$2 ;
-  output \port$768$3 ;
-  wire \port$768$3 ;
-  output \port$768$4 ;
-  wire \port$768$4 ;
-  output \port$768$5 ;
-  wire \port$768$5 ;
-  output \port$768$6 ;
-  wire \port$768$6 ;
-  output \port$768$7 ;
-  wire \port$768$7 ;
-  output \port$768$8 ;
-  wire \port$768$8 ;
-  output \port$768$9 ;
-  wire \port$768$9 ;
+  output \port$839$0 ;
+  wire \port$839$0 ;
+  output \port$839$1 ;
+  wire \port$839$1 ;
+  output \port$839$10 ;
+  wire \port$839$10 ;
+  output \port$839$11 ;
+  wire \port$839$11 ;
+  output \port$839$12 ;
+  wire \port$839$12 ;
+  output \port$839$13 ;
+  wire \port$839$13 ;
+  output \port$839$14 ;
+  wire \port$839$14 ;
+  output \port$839$15 ;
+  wire \port$839$15 ;
+  output \port$839$2 ;
+  wire \port$839$2 ;
+  output \port$839$3 ;
+  wire \port$839$3 ;
+  output \port$839$4 ;
+  wire \port$839$4 ;
+  output \port$839$5 ;
+  wire \port$839$5 ;
+  output \port$839$6 ;
+  wire \port$839$6 ;
+  output \port$839$7 ;
+  wire \port$839$7 ;
+  output \port$839$8 ;
+  wire \port$839$8 ;
+  output \port$839$9 ;
+  wire \port$839$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -4511,26 +4532,26 @@ module \psc_core.dp.pe_0.mul_1 (\port$768$0 , \port$768$1 , \port$768$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$768$0  = \$1 ;
-  assign \port$768$1  = \$2 ;
-  assign \port$768$2  = \$3 ;
-  assign \port$768$3  = \$4 ;
-  assign \port$768$4  = \$5 ;
-  assign \port$768$5  = \$6 ;
-  assign \port$768$6  = \$7 ;
-  assign \port$768$7  = \$8 ;
-  assign \port$768$8  = \$9 ;
-  assign \port$768$9  = \$10 ;
-  assign \port$768$10  = \$11 ;
-  assign \port$768$11  = \$12 ;
-  assign \port$768$12  = \$13 ;
-  assign \port$768$13  = \$14 ;
-  assign \port$768$14  = \$15 ;
-  assign \port$768$15  = \$16 ;
+  assign \port$839$0  = \$1 ;
+  assign \port$839$1  = \$2 ;
+  assign \port$839$2  = \$3 ;
+  assign \port$839$3  = \$4 ;
+  assign \port$839$4  = \$5 ;
+  assign \port$839$5  = \$6 ;
+  assign \port$839$6  = \$7 ;
+  assign \port$839$7  = \$8 ;
+  assign \port$839$8  = \$9 ;
+  assign \port$839$9  = \$10 ;
+  assign \port$839$10  = \$11 ;
+  assign \port$839$11  = \$12 ;
+  assign \port$839$12  = \$13 ;
+  assign \port$839$13  = \$14 ;
+  assign \port$839$14  = \$15 ;
+  assign \port$839$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_2 (\port$769$0 , \port$769$1 , \port$769$2 , \port$769$3 , \port$769$4 , \port$769$5 , \port$769$6 , \port$769$7 , \port$769$8 , \port$769$9 , \port$769$10 , \port$769$11 , \port$769$12 , \port$769$13 , \port$769$14 , \port$769$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_2 (\port$840$0 , \port$840$1 , \port$840$2 , \port$840$3 , \port$840$4 , \port$840$5 , \port$840$6 , \port$840$7 , \port$840$8 , \port$840$9 , \port$840$10 , \port$840$11 , \port$840$12 , \port$840$13 , \port$840$14 , \port$840$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4579,38 +4600,38 @@ module \psc_core.dp.pe_0.mul_2 (\port$769$0 , \port$769$1 , \port$769$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$769$0 ;
-  wire \port$769$0 ;
-  output \port$769$1 ;
-  wire \port$769$1 ;
-  output \port$769$10 ;
-  wire \port$769$10 ;
-  output \port$769$11 ;
-  wire \port$769$11 ;
-  output \port$769$12 ;
-  wire \port$769$12 ;
-  output \port$769$13 ;
-  wire \port$769$13 ;
-  output \port$769$14 ;
-  wire \port$769$14 ;
-  output \port$769$15 ;
-  wire \port$769$15 ;
-  output \port$769$2 ;
-  wire \port$769$2 ;
-  output \port$769$3 ;
-  wire \port$769$3 ;
-  output \port$769$4 ;
-  wire \port$769$4 ;
-  output \port$769$5 ;
-  wire \port$769$5 ;
-  output \port$769$6 ;
-  wire \port$769$6 ;
-  output \port$769$7 ;
-  wire \port$769$7 ;
-  output \port$769$8 ;
-  wire \port$769$8 ;
-  output \port$769$9 ;
-  wire \port$769$9 ;
+  output \port$840$0 ;
+  wire \port$840$0 ;
+  output \port$840$1 ;
+  wire \port$840$1 ;
+  output \port$840$10 ;
+  wire \port$840$10 ;
+  output \port$840$11 ;
+  wire \port$840$11 ;
+  output \port$840$12 ;
+  wire \port$840$12 ;
+  output \port$840$13 ;
+  wire \port$840$13 ;
+  output \port$840$14 ;
+  wire \port$840$14 ;
+  output \port$840$15 ;
+  wire \port$840$15 ;
+  output \port$840$2 ;
+  wire \port$840$2 ;
+  output \port$840$3 ;
+  wire \port$840$3 ;
+  output \port$840$4 ;
+  wire \port$840$4 ;
+  output \port$840$5 ;
+  wire \port$840$5 ;
+  output \port$840$6 ;
+  wire \port$840$6 ;
+  output \port$840$7 ;
+  wire \port$840$7 ;
+  output \port$840$8 ;
+  wire \port$840$8 ;
+  output \port$840$9 ;
+  wire \port$840$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -4734,26 +4755,26 @@ module \psc_core.dp.pe_0.mul_2 (\port$769$0 , \port$769$1 , \port$769$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$769$0  = \$1 ;
-  assign \port$769$1  = \$2 ;
-  assign \port$769$2  = \$3 ;
-  assign \port$769$3  = \$4 ;
-  assign \port$769$4  = \$5 ;
-  assign \port$769$5  = \$6 ;
-  assign \port$769$6  = \$7 ;
-  assign \port$769$7  = \$8 ;
-  assign \port$769$8  = \$9 ;
-  assign \port$769$9  = \$10 ;
-  assign \port$769$10  = \$11 ;
-  assign \port$769$11  = \$12 ;
-  assign \port$769$12  = \$13 ;
-  assign \port$769$13  = \$14 ;
-  assign \port$769$14  = \$15 ;
-  assign \port$769$15  = \$16 ;
+  assign \port$840$0  = \$1 ;
+  assign \port$840$1  = \$2 ;
+  assign \port$840$2  = \$3 ;
+  assign \port$840$3  = \$4 ;
+  assign \port$840$4  = \$5 ;
+  assign \port$840$5  = \$6 ;
+  assign \port$840$6  = \$7 ;
+  assign \port$840$7  = \$8 ;
+  assign \port$840$8  = \$9 ;
+  assign \port$840$9  = \$10 ;
+  assign \port$840$10  = \$11 ;
+  assign \port$840$11  = \$12 ;
+  assign \port$840$12  = \$13 ;
+  assign \port$840$13  = \$14 ;
+  assign \port$840$14  = \$15 ;
+  assign \port$840$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_3 (\port$770$0 , \port$770$1 , \port$770$2 , \port$770$3 , \port$770$4 , \port$770$5 , \port$770$6 , \port$770$7 , \port$770$8 , \port$770$9 , \port$770$10 , \port$770$11 , \port$770$12 , \port$770$13 , \port$770$14 , \port$770$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_3 (\port$841$0 , \port$841$1 , \port$841$2 , \port$841$3 , \port$841$4 , \port$841$5 , \port$841$6 , \port$841$7 , \port$841$8 , \port$841$9 , \port$841$10 , \port$841$11 , \port$841$12 , \port$841$13 , \port$841$14 , \port$841$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4802,38 +4823,38 @@ module \psc_core.dp.pe_0.mul_3 (\port$770$0 , \port$770$1 , \port$770$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$770$0 ;
-  wire \port$770$0 ;
-  output \port$770$1 ;
-  wire \port$770$1 ;
-  output \port$770$10 ;
-  wire \port$770$10 ;
-  output \port$770$11 ;
-  wire \port$770$11 ;
-  output \port$770$12 ;
-  wire \port$770$12 ;
-  output \port$770$13 ;
-  wire \port$770$13 ;
-  output \port$770$14 ;
-  wire \port$770$14 ;
-  output \port$770$15 ;
-  wire \port$770$15 ;
-  output \port$770$2 ;
-  wire \port$770$2 ;
-  output \port$770$3 ;
-  wire \port$770$3 ;
-  output \port$770$4 ;
-  wire \port$770$4 ;
-  output \port$770$5 ;
-  wire \port$770$5 ;
-  output \port$770$6 ;
-  wire \port$770$6 ;
-  output \port$770$7 ;
-  wire \port$770$7 ;
-  output \port$770$8 ;
-  wire \port$770$8 ;
-  output \port$770$9 ;
-  wire \port$770$9 ;
+  output \port$841$0 ;
+  wire \port$841$0 ;
+  output \port$841$1 ;
+  wire \port$841$1 ;
+  output \port$841$10 ;
+  wire \port$841$10 ;
+  output \port$841$11 ;
+  wire \port$841$11 ;
+  output \port$841$12 ;
+  wire \port$841$12 ;
+  output \port$841$13 ;
+  wire \port$841$13 ;
+  output \port$841$14 ;
+  wire \port$841$14 ;
+  output \port$841$15 ;
+  wire \port$841$15 ;
+  output \port$841$2 ;
+  wire \port$841$2 ;
+  output \port$841$3 ;
+  wire \port$841$3 ;
+  output \port$841$4 ;
+  wire \port$841$4 ;
+  output \port$841$5 ;
+  wire \port$841$5 ;
+  output \port$841$6 ;
+  wire \port$841$6 ;
+  output \port$841$7 ;
+  wire \port$841$7 ;
+  output \port$841$8 ;
+  wire \port$841$8 ;
+  output \port$841$9 ;
+  wire \port$841$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -4957,26 +4978,26 @@ module \psc_core.dp.pe_0.mul_3 (\port$770$0 , \port$770$1 , \port$770$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$770$0  = \$1 ;
-  assign \port$770$1  = \$2 ;
-  assign \port$770$2  = \$3 ;
-  assign \port$770$3  = \$4 ;
-  assign \port$770$4  = \$5 ;
-  assign \port$770$5  = \$6 ;
-  assign \port$770$6  = \$7 ;
-  assign \port$770$7  = \$8 ;
-  assign \port$770$8  = \$9 ;
-  assign \port$770$9  = \$10 ;
-  assign \port$770$10  = \$11 ;
-  assign \port$770$11  = \$12 ;
-  assign \port$770$12  = \$13 ;
-  assign \port$770$13  = \$14 ;
-  assign \port$770$14  = \$15 ;
-  assign \port$770$15  = \$16 ;
+  assign \port$841$0  = \$1 ;
+  assign \port$841$1  = \$2 ;
+  assign \port$841$2  = \$3 ;
+  assign \port$841$3  = \$4 ;
+  assign \port$841$4  = \$5 ;
+  assign \port$841$5  = \$6 ;
+  assign \port$841$6  = \$7 ;
+  assign \port$841$7  = \$8 ;
+  assign \port$841$8  = \$9 ;
+  assign \port$841$9  = \$10 ;
+  assign \port$841$10  = \$11 ;
+  assign \port$841$11  = \$12 ;
+  assign \port$841$12  = \$13 ;
+  assign \port$841$13  = \$14 ;
+  assign \port$841$14  = \$15 ;
+  assign \port$841$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_4 (\port$771$0 , \port$771$1 , \port$771$2 , \port$771$3 , \port$771$4 , \port$771$5 , \port$771$6 , \port$771$7 , \port$771$8 , \port$771$9 , \port$771$10 , \port$771$11 , \port$771$12 , \port$771$13 , \port$771$14 , \port$771$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_4 (\port$842$0 , \port$842$1 , \port$842$2 , \port$842$3 , \port$842$4 , \port$842$5 , \port$842$6 , \port$842$7 , \port$842$8 , \port$842$9 , \port$842$10 , \port$842$11 , \port$842$12 , \port$842$13 , \port$842$14 , \port$842$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5025,38 +5046,38 @@ module \psc_core.dp.pe_0.mul_4 (\port$771$0 , \port$771$1 , \port$771$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$771$0 ;
-  wire \port$771$0 ;
-  output \port$771$1 ;
-  wire \port$771$1 ;
-  output \port$771$10 ;
-  wire \port$771$10 ;
-  output \port$771$11 ;
-  wire \port$771$11 ;
-  output \port$771$12 ;
-  wire \port$771$12 ;
-  output \port$771$13 ;
-  wire \port$771$13 ;
-  output \port$771$14 ;
-  wire \port$771$14 ;
-  output \port$771$15 ;
-  wire \port$771$15 ;
-  output \port$771$2 ;
-  wire \port$771$2 ;
-  output \port$771$3 ;
-  wire \port$771$3 ;
-  output \port$771$4 ;
-  wire \port$771$4 ;
-  output \port$771$5 ;
-  wire \port$771$5 ;
-  output \port$771$6 ;
-  wire \port$771$6 ;
-  output \port$771$7 ;
-  wire \port$771$7 ;
-  output \port$771$8 ;
-  wire \port$771$8 ;
-  output \port$771$9 ;
-  wire \port$771$9 ;
+  output \port$842$0 ;
+  wire \port$842$0 ;
+  output \port$842$1 ;
+  wire \port$842$1 ;
+  output \port$842$10 ;
+  wire \port$842$10 ;
+  output \port$842$11 ;
+  wire \port$842$11 ;
+  output \port$842$12 ;
+  wire \port$842$12 ;
+  output \port$842$13 ;
+  wire \port$842$13 ;
+  output \port$842$14 ;
+  wire \port$842$14 ;
+  output \port$842$15 ;
+  wire \port$842$15 ;
+  output \port$842$2 ;
+  wire \port$842$2 ;
+  output \port$842$3 ;
+  wire \port$842$3 ;
+  output \port$842$4 ;
+  wire \port$842$4 ;
+  output \port$842$5 ;
+  wire \port$842$5 ;
+  output \port$842$6 ;
+  wire \port$842$6 ;
+  output \port$842$7 ;
+  wire \port$842$7 ;
+  output \port$842$8 ;
+  wire \port$842$8 ;
+  output \port$842$9 ;
+  wire \port$842$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -5180,26 +5201,26 @@ module \psc_core.dp.pe_0.mul_4 (\port$771$0 , \port$771$1 , \port$771$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$771$0  = \$1 ;
-  assign \port$771$1  = \$2 ;
-  assign \port$771$2  = \$3 ;
-  assign \port$771$3  = \$4 ;
-  assign \port$771$4  = \$5 ;
-  assign \port$771$5  = \$6 ;
-  assign \port$771$6  = \$7 ;
-  assign \port$771$7  = \$8 ;
-  assign \port$771$8  = \$9 ;
-  assign \port$771$9  = \$10 ;
-  assign \port$771$10  = \$11 ;
-  assign \port$771$11  = \$12 ;
-  assign \port$771$12  = \$13 ;
-  assign \port$771$13  = \$14 ;
-  assign \port$771$14  = \$15 ;
-  assign \port$771$15  = \$16 ;
+  assign \port$842$0  = \$1 ;
+  assign \port$842$1  = \$2 ;
+  assign \port$842$2  = \$3 ;
+  assign \port$842$3  = \$4 ;
+  assign \port$842$4  = \$5 ;
+  assign \port$842$5  = \$6 ;
+  assign \port$842$6  = \$7 ;
+  assign \port$842$7  = \$8 ;
+  assign \port$842$8  = \$9 ;
+  assign \port$842$9  = \$10 ;
+  assign \port$842$10  = \$11 ;
+  assign \port$842$11  = \$12 ;
+  assign \port$842$12  = \$13 ;
+  assign \port$842$13  = \$14 ;
+  assign \port$842$14  = \$15 ;
+  assign \port$842$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_5 (\port$772$0 , \port$772$1 , \port$772$2 , \port$772$3 , \port$772$4 , \port$772$5 , \port$772$6 , \port$772$7 , \port$772$8 , \port$772$9 , \port$772$10 , \port$772$11 , \port$772$12 , \port$772$13 , \port$772$14 , \port$772$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_5 (\port$843$0 , \port$843$1 , \port$843$2 , \port$843$3 , \port$843$4 , \port$843$5 , \port$843$6 , \port$843$7 , \port$843$8 , \port$843$9 , \port$843$10 , \port$843$11 , \port$843$12 , \port$843$13 , \port$843$14 , \port$843$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5248,38 +5269,38 @@ module \psc_core.dp.pe_0.mul_5 (\port$772$0 , \port$772$1 , \port$772$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$772$0 ;
-  wire \port$772$0 ;
-  output \port$772$1 ;
-  wire \port$772$1 ;
-  output \port$772$10 ;
-  wire \port$772$10 ;
-  output \port$772$11 ;
-  wire \port$772$11 ;
-  output \port$772$12 ;
-  wire \port$772$12 ;
-  output \port$772$13 ;
-  wire \port$772$13 ;
-  output \port$772$14 ;
-  wire \port$772$14 ;
-  output \port$772$15 ;
-  wire \port$772$15 ;
-  output \port$772$2 ;
-  wire \port$772$2 ;
-  output \port$772$3 ;
-  wire \port$772$3 ;
-  output \port$772$4 ;
-  wire \port$772$4 ;
-  output \port$772$5 ;
-  wire \port$772$5 ;
-  output \port$772$6 ;
-  wire \port$772$6 ;
-  output \port$772$7 ;
-  wire \port$772$7 ;
-  output \port$772$8 ;
-  wire \port$772$8 ;
-  output \port$772$9 ;
-  wire \port$772$9 ;
+  output \port$843$0 ;
+  wire \port$843$0 ;
+  output \port$843$1 ;
+  wire \port$843$1 ;
+  output \port$843$10 ;
+  wire \port$843$10 ;
+  output \port$843$11 ;
+  wire \port$843$11 ;
+  output \port$843$12 ;
+  wire \port$843$12 ;
+  output \port$843$13 ;
+  wire \port$843$13 ;
+  output \port$843$14 ;
+  wire \port$843$14 ;
+  output \port$843$15 ;
+  wire \port$843$15 ;
+  output \port$843$2 ;
+  wire \port$843$2 ;
+  output \port$843$3 ;
+  wire \port$843$3 ;
+  output \port$843$4 ;
+  wire \port$843$4 ;
+  output \port$843$5 ;
+  wire \port$843$5 ;
+  output \port$843$6 ;
+  wire \port$843$6 ;
+  output \port$843$7 ;
+  wire \port$843$7 ;
+  output \port$843$8 ;
+  wire \port$843$8 ;
+  output \port$843$9 ;
+  wire \port$843$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -5403,26 +5424,26 @@ module \psc_core.dp.pe_0.mul_5 (\port$772$0 , \port$772$1 , \port$772$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$772$0  = \$1 ;
-  assign \port$772$1  = \$2 ;
-  assign \port$772$2  = \$3 ;
-  assign \port$772$3  = \$4 ;
-  assign \port$772$4  = \$5 ;
-  assign \port$772$5  = \$6 ;
-  assign \port$772$6  = \$7 ;
-  assign \port$772$7  = \$8 ;
-  assign \port$772$8  = \$9 ;
-  assign \port$772$9  = \$10 ;
-  assign \port$772$10  = \$11 ;
-  assign \port$772$11  = \$12 ;
-  assign \port$772$12  = \$13 ;
-  assign \port$772$13  = \$14 ;
-  assign \port$772$14  = \$15 ;
-  assign \port$772$15  = \$16 ;
+  assign \port$843$0  = \$1 ;
+  assign \port$843$1  = \$2 ;
+  assign \port$843$2  = \$3 ;
+  assign \port$843$3  = \$4 ;
+  assign \port$843$4  = \$5 ;
+  assign \port$843$5  = \$6 ;
+  assign \port$843$6  = \$7 ;
+  assign \port$843$7  = \$8 ;
+  assign \port$843$8  = \$9 ;
+  assign \port$843$9  = \$10 ;
+  assign \port$843$10  = \$11 ;
+  assign \port$843$11  = \$12 ;
+  assign \port$843$12  = \$13 ;
+  assign \port$843$13  = \$14 ;
+  assign \port$843$14  = \$15 ;
+  assign \port$843$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_6 (\port$773$0 , \port$773$1 , \port$773$2 , \port$773$3 , \port$773$4 , \port$773$5 , \port$773$6 , \port$773$7 , \port$773$8 , \port$773$9 , \port$773$10 , \port$773$11 , \port$773$12 , \port$773$13 , \port$773$14 , \port$773$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_6 (\port$844$0 , \port$844$1 , \port$844$2 , \port$844$3 , \port$844$4 , \port$844$5 , \port$844$6 , \port$844$7 , \port$844$8 , \port$844$9 , \port$844$10 , \port$844$11 , \port$844$12 , \port$844$13 , \port$844$14 , \port$844$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5471,38 +5492,38 @@ module \psc_core.dp.pe_0.mul_6 (\port$773$0 , \port$773$1 , \port$773$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$773$0 ;
-  wire \port$773$0 ;
-  output \port$773$1 ;
-  wire \port$773$1 ;
-  output \port$773$10 ;
-  wire \port$773$10 ;
-  output \port$773$11 ;
-  wire \port$773$11 ;
-  output \port$773$12 ;
-  wire \port$773$12 ;
-  output \port$773$13 ;
-  wire \port$773$13 ;
-  output \port$773$14 ;
-  wire \port$773$14 ;
-  output \port$773$15 ;
-  wire \port$773$15 ;
-  output \port$773$2 ;
-  wire \port$773$2 ;
-  output \port$773$3 ;
-  wire \port$773$3 ;
-  output \port$773$4 ;
-  wire \port$773$4 ;
-  output \port$773$5 ;
-  wire \port$773$5 ;
-  output \port$773$6 ;
-  wire \port$773$6 ;
-  output \port$773$7 ;
-  wire \port$773$7 ;
-  output \port$773$8 ;
-  wire \port$773$8 ;
-  output \port$773$9 ;
-  wire \port$773$9 ;
+  output \port$844$0 ;
+  wire \port$844$0 ;
+  output \port$844$1 ;
+  wire \port$844$1 ;
+  output \port$844$10 ;
+  wire \port$844$10 ;
+  output \port$844$11 ;
+  wire \port$844$11 ;
+  output \port$844$12 ;
+  wire \port$844$12 ;
+  output \port$844$13 ;
+  wire \port$844$13 ;
+  output \port$844$14 ;
+  wire \port$844$14 ;
+  output \port$844$15 ;
+  wire \port$844$15 ;
+  output \port$844$2 ;
+  wire \port$844$2 ;
+  output \port$844$3 ;
+  wire \port$844$3 ;
+  output \port$844$4 ;
+  wire \port$844$4 ;
+  output \port$844$5 ;
+  wire \port$844$5 ;
+  output \port$844$6 ;
+  wire \port$844$6 ;
+  output \port$844$7 ;
+  wire \port$844$7 ;
+  output \port$844$8 ;
+  wire \port$844$8 ;
+  output \port$844$9 ;
+  wire \port$844$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -5626,22 +5647,22 @@ module \psc_core.dp.pe_0.mul_6 (\port$773$0 , \port$773$1 , \port$773$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$773$0  = \$1 ;
-  assign \port$773$1  = \$2 ;
-  assign \port$773$2  = \$3 ;
-  assign \port$773$3  = \$4 ;
-  assign \port$773$4  = \$5 ;
-  assign \port$773$5  = \$6 ;
-  assign \port$773$6  = \$7 ;
-  assign \port$773$7  = \$8 ;
-  assign \port$773$8  = \$9 ;
-  assign \port$773$9  = \$10 ;
-  assign \port$773$10  = \$11 ;
-  assign \port$773$11  = \$12 ;
-  assign \port$773$12  = \$13 ;
-  assign \port$773$13  = \$14 ;
-  assign \port$773$14  = \$15 ;
-  assign \port$773$15  = \$16 ;
+  assign \port$844$0  = \$1 ;
+  assign \port$844$1  = \$2 ;
+  assign \port$844$2  = \$3 ;
+  assign \port$844$3  = \$4 ;
+  assign \port$844$4  = \$5 ;
+  assign \port$844$5  = \$6 ;
+  assign \port$844$6  = \$7 ;
+  assign \port$844$7  = \$8 ;
+  assign \port$844$8  = \$9 ;
+  assign \port$844$9  = \$10 ;
+  assign \port$844$10  = \$11 ;
+  assign \port$844$11  = \$12 ;
+  assign \port$844$12  = \$13 ;
+  assign \port$844$13  = \$14 ;
+  assign \port$844$14  = \$15 ;
+  assign \port$844$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -5704,7 +5725,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2982$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3092$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -5954,8 +5975,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2982$800 ;
-  wire [1:0] \port$2982$800 ;
+  input [1:0] \port$3092$800 ;
+  wire [1:0] \port$3092$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6012,7 +6033,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2982$800 [0];
+  assign \$2  = valid & \port$3092$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -6107,154 +6128,154 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$847$0 (\$64 ),
-    .\port$847$1 (\$65 ),
-    .\port$847$10 (\$74 ),
-    .\port$847$11 (\$75 ),
-    .\port$847$12 (\$76 ),
-    .\port$847$13 (\$77 ),
-    .\port$847$14 (\$78 ),
-    .\port$847$15 (\$79 ),
-    .\port$847$2 (\$66 ),
-    .\port$847$3 (\$67 ),
-    .\port$847$4 (\$68 ),
-    .\port$847$5 (\$69 ),
-    .\port$847$6 (\$70 ),
-    .\port$847$7 (\$71 ),
-    .\port$847$8 (\$72 ),
-    .\port$847$9 (\$73 )
+    .\port$918$0 (\$64 ),
+    .\port$918$1 (\$65 ),
+    .\port$918$10 (\$74 ),
+    .\port$918$11 (\$75 ),
+    .\port$918$12 (\$76 ),
+    .\port$918$13 (\$77 ),
+    .\port$918$14 (\$78 ),
+    .\port$918$15 (\$79 ),
+    .\port$918$2 (\$66 ),
+    .\port$918$3 (\$67 ),
+    .\port$918$4 (\$68 ),
+    .\port$918$5 (\$69 ),
+    .\port$918$6 (\$70 ),
+    .\port$918$7 (\$71 ),
+    .\port$918$8 (\$72 ),
+    .\port$918$9 (\$73 )
   );
   \psc_core.dp.pe_1.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$848$0 (\$80 ),
-    .\port$848$1 (\$81 ),
-    .\port$848$10 (\$90 ),
-    .\port$848$11 (\$91 ),
-    .\port$848$12 (\$92 ),
-    .\port$848$13 (\$93 ),
-    .\port$848$14 (\$94 ),
-    .\port$848$15 (\$95 ),
-    .\port$848$2 (\$82 ),
-    .\port$848$3 (\$83 ),
-    .\port$848$4 (\$84 ),
-    .\port$848$5 (\$85 ),
-    .\port$848$6 (\$86 ),
-    .\port$848$7 (\$87 ),
-    .\port$848$8 (\$88 ),
-    .\port$848$9 (\$89 )
+    .\port$919$0 (\$80 ),
+    .\port$919$1 (\$81 ),
+    .\port$919$10 (\$90 ),
+    .\port$919$11 (\$91 ),
+    .\port$919$12 (\$92 ),
+    .\port$919$13 (\$93 ),
+    .\port$919$14 (\$94 ),
+    .\port$919$15 (\$95 ),
+    .\port$919$2 (\$82 ),
+    .\port$919$3 (\$83 ),
+    .\port$919$4 (\$84 ),
+    .\port$919$5 (\$85 ),
+    .\port$919$6 (\$86 ),
+    .\port$919$7 (\$87 ),
+    .\port$919$8 (\$88 ),
+    .\port$919$9 (\$89 )
   );
   \psc_core.dp.pe_1.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$849$0 (\$96 ),
-    .\port$849$1 (\$97 ),
-    .\port$849$10 (\$106 ),
-    .\port$849$11 (\$107 ),
-    .\port$849$12 (\$108 ),
-    .\port$849$13 (\$109 ),
-    .\port$849$14 (\$110 ),
-    .\port$849$15 (\$111 ),
-    .\port$849$2 (\$98 ),
-    .\port$849$3 (\$99 ),
-    .\port$849$4 (\$100 ),
-    .\port$849$5 (\$101 ),
-    .\port$849$6 (\$102 ),
-    .\port$849$7 (\$103 ),
-    .\port$849$8 (\$104 ),
-    .\port$849$9 (\$105 )
+    .\port$920$0 (\$96 ),
+    .\port$920$1 (\$97 ),
+    .\port$920$10 (\$106 ),
+    .\port$920$11 (\$107 ),
+    .\port$920$12 (\$108 ),
+    .\port$920$13 (\$109 ),
+    .\port$920$14 (\$110 ),
+    .\port$920$15 (\$111 ),
+    .\port$920$2 (\$98 ),
+    .\port$920$3 (\$99 ),
+    .\port$920$4 (\$100 ),
+    .\port$920$5 (\$101 ),
+    .\port$920$6 (\$102 ),
+    .\port$920$7 (\$103 ),
+    .\port$920$8 (\$104 ),
+    .\port$920$9 (\$105 )
   );
   \psc_core.dp.pe_1.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$850$0 (\$112 ),
-    .\port$850$1 (\$113 ),
-    .\port$850$10 (\$122 ),
-    .\port$850$11 (\$123 ),
-    .\port$850$12 (\$124 ),
-    .\port$850$13 (\$125 ),
-    .\port$850$14 (\$126 ),
-    .\port$850$15 (\$127 ),
-    .\port$850$2 (\$114 ),
-    .\port$850$3 (\$115 ),
-    .\port$850$4 (\$116 ),
-    .\port$850$5 (\$117 ),
-    .\port$850$6 (\$118 ),
-    .\port$850$7 (\$119 ),
-    .\port$850$8 (\$120 ),
-    .\port$850$9 (\$121 )
+    .\port$921$0 (\$112 ),
+    .\port$921$1 (\$113 ),
+    .\port$921$10 (\$122 ),
+    .\port$921$11 (\$123 ),
+    .\port$921$12 (\$124 ),
+    .\port$921$13 (\$125 ),
+    .\port$921$14 (\$126 ),
+    .\port$921$15 (\$127 ),
+    .\port$921$2 (\$114 ),
+    .\port$921$3 (\$115 ),
+    .\port$921$4 (\$116 ),
+    .\port$921$5 (\$117 ),
+    .\port$921$6 (\$118 ),
+    .\port$921$7 (\$119 ),
+    .\port$921$8 (\$120 ),
+    .\port$921$9 (\$121 )
   );
   \psc_core.dp.pe_1.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$851$0 (\$128 ),
-    .\port$851$1 (\$129 ),
-    .\port$851$10 (\$138 ),
-    .\port$851$11 (\$139 ),
-    .\port$851$12 (\$140 ),
-    .\port$851$13 (\$141 ),
-    .\port$851$14 (\$142 ),
-    .\port$851$15 (\$143 ),
-    .\port$851$2 (\$130 ),
-    .\port$851$3 (\$131 ),
-    .\port$851$4 (\$132 ),
-    .\port$851$5 (\$133 ),
-    .\port$851$6 (\$134 ),
-    .\port$851$7 (\$135 ),
-    .\port$851$8 (\$136 ),
-    .\port$851$9 (\$137 )
+    .\port$922$0 (\$128 ),
+    .\port$922$1 (\$129 ),
+    .\port$922$10 (\$138 ),
+    .\port$922$11 (\$139 ),
+    .\port$922$12 (\$140 ),
+    .\port$922$13 (\$141 ),
+    .\port$922$14 (\$142 ),
+    .\port$922$15 (\$143 ),
+    .\port$922$2 (\$130 ),
+    .\port$922$3 (\$131 ),
+    .\port$922$4 (\$132 ),
+    .\port$922$5 (\$133 ),
+    .\port$922$6 (\$134 ),
+    .\port$922$7 (\$135 ),
+    .\port$922$8 (\$136 ),
+    .\port$922$9 (\$137 )
   );
   \psc_core.dp.pe_1.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$852$0 (\$144 ),
-    .\port$852$1 (\$145 ),
-    .\port$852$10 (\$154 ),
-    .\port$852$11 (\$155 ),
-    .\port$852$12 (\$156 ),
-    .\port$852$13 (\$157 ),
-    .\port$852$14 (\$158 ),
-    .\port$852$15 (\$159 ),
-    .\port$852$2 (\$146 ),
-    .\port$852$3 (\$147 ),
-    .\port$852$4 (\$148 ),
-    .\port$852$5 (\$149 ),
-    .\port$852$6 (\$150 ),
-    .\port$852$7 (\$151 ),
-    .\port$852$8 (\$152 ),
-    .\port$852$9 (\$153 )
+    .\port$923$0 (\$144 ),
+    .\port$923$1 (\$145 ),
+    .\port$923$10 (\$154 ),
+    .\port$923$11 (\$155 ),
+    .\port$923$12 (\$156 ),
+    .\port$923$13 (\$157 ),
+    .\port$923$14 (\$158 ),
+    .\port$923$15 (\$159 ),
+    .\port$923$2 (\$146 ),
+    .\port$923$3 (\$147 ),
+    .\port$923$4 (\$148 ),
+    .\port$923$5 (\$149 ),
+    .\port$923$6 (\$150 ),
+    .\port$923$7 (\$151 ),
+    .\port$923$8 (\$152 ),
+    .\port$923$9 (\$153 )
   );
   \psc_core.dp.pe_1.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$853$0 (\$160 ),
-    .\port$853$1 (\$161 ),
-    .\port$853$10 (\$170 ),
-    .\port$853$11 (\$171 ),
-    .\port$853$12 (\$172 ),
-    .\port$853$13 (\$173 ),
-    .\port$853$14 (\$174 ),
-    .\port$853$15 (\$175 ),
-    .\port$853$2 (\$162 ),
-    .\port$853$3 (\$163 ),
-    .\port$853$4 (\$164 ),
-    .\port$853$5 (\$165 ),
-    .\port$853$6 (\$166 ),
-    .\port$853$7 (\$167 ),
-    .\port$853$8 (\$168 ),
-    .\port$853$9 (\$169 )
+    .\port$924$0 (\$160 ),
+    .\port$924$1 (\$161 ),
+    .\port$924$10 (\$170 ),
+    .\port$924$11 (\$171 ),
+    .\port$924$12 (\$172 ),
+    .\port$924$13 (\$173 ),
+    .\port$924$14 (\$174 ),
+    .\port$924$15 (\$175 ),
+    .\port$924$2 (\$162 ),
+    .\port$924$3 (\$163 ),
+    .\port$924$4 (\$164 ),
+    .\port$924$5 (\$165 ),
+    .\port$924$6 (\$166 ),
+    .\port$924$7 (\$167 ),
+    .\port$924$8 (\$168 ),
+    .\port$924$9 (\$169 )
   );
   \psc_core.dp.pe_1.wsu  wsu (
     .mask(mask),
@@ -6275,7 +6296,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2982$800 [0];
+      \$37  = \port$3092$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -6285,7 +6306,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2982$800 [1];
+      \$38  = \port$3092$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -6539,8 +6560,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2982$800 [0];
-  assign last = \port$2982$800 [1];
+  assign first = \port$3092$800 [0];
+  assign last = \port$3092$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -6600,7 +6621,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_0 (\port$847$0 , \port$847$1 , \port$847$2 , \port$847$3 , \port$847$4 , \port$847$5 , \port$847$6 , \port$847$7 , \port$847$8 , \port$847$9 , \port$847$10 , \port$847$11 , \port$847$12 , \port$847$13 , \port$847$14 , \port$847$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_0 (\port$918$0 , \port$918$1 , \port$918$2 , \port$918$3 , \port$918$4 , \port$918$5 , \port$918$6 , \port$918$7 , \port$918$8 , \port$918$9 , \port$918$10 , \port$918$11 , \port$918$12 , \port$918$13 , \port$918$14 , \port$918$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -6649,38 +6670,38 @@ module \psc_core.dp.pe_1.mul_0 (\port$847$0 , \port$847$1 , \port$847$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$847$0 ;
-  wire \port$847$0 ;
-  output \port$847$1 ;
-  wire \port$847$1 ;
-  output \port$847$10 ;
-  wire \port$847$10 ;
-  output \port$847$11 ;
-  wire \port$847$11 ;
-  output \port$847$12 ;
-  wire \port$847$12 ;
-  output \port$847$13 ;
-  wire \port$847$13 ;
-  output \port$847$14 ;
-  wire \port$847$14 ;
-  output \port$847$15 ;
-  wire \port$847$15 ;
-  output \port$847$2 ;
-  wire \port$847$2 ;
-  output \port$847$3 ;
-  wire \port$847$3 ;
-  output \port$847$4 ;
-  wire \port$847$4 ;
-  output \port$847$5 ;
-  wire \port$847$5 ;
-  output \port$847$6 ;
-  wire \port$847$6 ;
-  output \port$847$7 ;
-  wire \port$847$7 ;
-  output \port$847$8 ;
-  wire \port$847$8 ;
-  output \port$847$9 ;
-  wire \port$847$9 ;
+  output \port$918$0 ;
+  wire \port$918$0 ;
+  output \port$918$1 ;
+  wire \port$918$1 ;
+  output \port$918$10 ;
+  wire \port$918$10 ;
+  output \port$918$11 ;
+  wire \port$918$11 ;
+  output \port$918$12 ;
+  wire \port$918$12 ;
+  output \port$918$13 ;
+  wire \port$918$13 ;
+  output \port$918$14 ;
+  wire \port$918$14 ;
+  output \port$918$15 ;
+  wire \port$918$15 ;
+  output \port$918$2 ;
+  wire \port$918$2 ;
+  output \port$918$3 ;
+  wire \port$918$3 ;
+  output \port$918$4 ;
+  wire \port$918$4 ;
+  output \port$918$5 ;
+  wire \port$918$5 ;
+  output \port$918$6 ;
+  wire \port$918$6 ;
+  output \port$918$7 ;
+  wire \port$918$7 ;
+  output \port$918$8 ;
+  wire \port$918$8 ;
+  output \port$918$9 ;
+  wire \port$918$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -6804,26 +6825,26 @@ module \psc_core.dp.pe_1.mul_0 (\port$847$0 , \port$847$1 , \port$847$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$847$0  = \$1 ;
-  assign \port$847$1  = \$2 ;
-  assign \port$847$2  = \$3 ;
-  assign \port$847$3  = \$4 ;
-  assign \port$847$4  = \$5 ;
-  assign \port$847$5  = \$6 ;
-  assign \port$847$6  = \$7 ;
-  assign \port$847$7  = \$8 ;
-  assign \port$847$8  = \$9 ;
-  assign \port$847$9  = \$10 ;
-  assign \port$847$10  = \$11 ;
-  assign \port$847$11  = \$12 ;
-  assign \port$847$12  = \$13 ;
-  assign \port$847$13  = \$14 ;
-  assign \port$847$14  = \$15 ;
-  assign \port$847$15  = \$16 ;
+  assign \port$918$0  = \$1 ;
+  assign \port$918$1  = \$2 ;
+  assign \port$918$2  = \$3 ;
+  assign \port$918$3  = \$4 ;
+  assign \port$918$4  = \$5 ;
+  assign \port$918$5  = \$6 ;
+  assign \port$918$6  = \$7 ;
+  assign \port$918$7  = \$8 ;
+  assign \port$918$8  = \$9 ;
+  assign \port$918$9  = \$10 ;
+  assign \port$918$10  = \$11 ;
+  assign \port$918$11  = \$12 ;
+  assign \port$918$12  = \$13 ;
+  assign \port$918$13  = \$14 ;
+  assign \port$918$14  = \$15 ;
+  assign \port$918$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_1 (\port$848$0 , \port$848$1 , \port$848$2 , \port$848$3 , \port$848$4 , \port$848$5 , \port$848$6 , \port$848$7 , \port$848$8 , \port$848$9 , \port$848$10 , \port$848$11 , \port$848$12 , \port$848$13 , \port$848$14 , \port$848$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_1 (\port$919$0 , \port$919$1 , \port$919$2 , \port$919$3 , \port$919$4 , \port$919$5 , \port$919$6 , \port$919$7 , \port$919$8 , \port$919$9 , \port$919$10 , \port$919$11 , \port$919$12 , \port$919$13 , \port$919$14 , \port$919$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -6872,38 +6893,38 @@ module \psc_core.dp.pe_1.mul_1 (\port$848$0 , \port$848$1 , \port$848$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$848$0 ;
-  wire \port$848$0 ;
-  output \port$848$1 ;
-  wire \port$848$1 ;
-  output \port$848$10 ;
-  wire \port$848$10 ;
-  output \port$848$11 ;
-  wire \port$848$11 ;
-  output \port$848$12 ;
-  wire \port$848$12 ;
-  output \port$848$13 ;
-  wire \port$848$13 ;
-  output \port$848$14 ;
-  wire \port$848$14 ;
-  output \port$848$15 ;
-  wire \port$848$15 ;
-  output \port$848$2 ;
-  wire \port$848$2 ;
-  output \port$848$3 ;
-  wire \port$848$3 ;
-  output \port$848$4 ;
-  wire \port$848$4 ;
-  output \port$848$5 ;
-  wire \port$848$5 ;
-  output \port$848$6 ;
-  wire \port$848$6 ;
-  output \port$848$7 ;
-  wire \port$848$7 ;
-  output \port$848$8 ;
-  wire \port$848$8 ;
-  output \port$848$9 ;
-  wire \port$848$9 ;
+  output \port$919$0 ;
+  wire \port$919$0 ;
+  output \port$919$1 ;
+  wire \port$919$1 ;
+  output \port$919$10 ;
+  wire \port$919$10 ;
+  output \port$919$11 ;
+  wire \port$919$11 ;
+  output \port$919$12 ;
+  wire \port$919$12 ;
+  output \port$919$13 ;
+  wire \port$919$13 ;
+  output \port$919$14 ;
+  wire \port$919$14 ;
+  output \port$919$15 ;
+  wire \port$919$15 ;
+  output \port$919$2 ;
+  wire \port$919$2 ;
+  output \port$919$3 ;
+  wire \port$919$3 ;
+  output \port$919$4 ;
+  wire \port$919$4 ;
+  output \port$919$5 ;
+  wire \port$919$5 ;
+  output \port$919$6 ;
+  wire \port$919$6 ;
+  output \port$919$7 ;
+  wire \port$919$7 ;
+  output \port$919$8 ;
+  wire \port$919$8 ;
+  output \port$919$9 ;
+  wire \port$919$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -7027,26 +7048,26 @@ module \psc_core.dp.pe_1.mul_1 (\port$848$0 , \port$848$1 , \port$848$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$848$0  = \$1 ;
-  assign \port$848$1  = \$2 ;
-  assign \port$848$2  = \$3 ;
-  assign \port$848$3  = \$4 ;
-  assign \port$848$4  = \$5 ;
-  assign \port$848$5  = \$6 ;
-  assign \port$848$6  = \$7 ;
-  assign \port$848$7  = \$8 ;
-  assign \port$848$8  = \$9 ;
-  assign \port$848$9  = \$10 ;
-  assign \port$848$10  = \$11 ;
-  assign \port$848$11  = \$12 ;
-  assign \port$848$12  = \$13 ;
-  assign \port$848$13  = \$14 ;
-  assign \port$848$14  = \$15 ;
-  assign \port$848$15  = \$16 ;
+  assign \port$919$0  = \$1 ;
+  assign \port$919$1  = \$2 ;
+  assign \port$919$2  = \$3 ;
+  assign \port$919$3  = \$4 ;
+  assign \port$919$4  = \$5 ;
+  assign \port$919$5  = \$6 ;
+  assign \port$919$6  = \$7 ;
+  assign \port$919$7  = \$8 ;
+  assign \port$919$8  = \$9 ;
+  assign \port$919$9  = \$10 ;
+  assign \port$919$10  = \$11 ;
+  assign \port$919$11  = \$12 ;
+  assign \port$919$12  = \$13 ;
+  assign \port$919$13  = \$14 ;
+  assign \port$919$14  = \$15 ;
+  assign \port$919$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_2 (\port$849$0 , \port$849$1 , \port$849$2 , \port$849$3 , \port$849$4 , \port$849$5 , \port$849$6 , \port$849$7 , \port$849$8 , \port$849$9 , \port$849$10 , \port$849$11 , \port$849$12 , \port$849$13 , \port$849$14 , \port$849$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_2 (\port$920$0 , \port$920$1 , \port$920$2 , \port$920$3 , \port$920$4 , \port$920$5 , \port$920$6 , \port$920$7 , \port$920$8 , \port$920$9 , \port$920$10 , \port$920$11 , \port$920$12 , \port$920$13 , \port$920$14 , \port$920$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7095,38 +7116,38 @@ module \psc_core.dp.pe_1.mul_2 (\port$849$0 , \port$849$1 , \port$849$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$849$0 ;
-  wire \port$849$0 ;
-  output \port$849$1 ;
-  wire \port$849$1 ;
-  output \port$849$10 ;
-  wire \port$849$10 ;
-  output \port$849$11 ;
-  wire \port$849$11 ;
-  output \port$849$12 ;
-  wire \port$849$12 ;
-  output \port$849$13 ;
-  wire \port$849$13 ;
-  output \port$849$14 ;
-  wire \port$849$14 ;
-  output \port$849$15 ;
-  wire \port$849$15 ;
-  output \port$849$2 ;
-  wire \port$849$2 ;
-  output \port$849$3 ;
-  wire \port$849$3 ;
-  output \port$849$4 ;
-  wire \port$849$4 ;
-  output \port$849$5 ;
-  wire \port$849$5 ;
-  output \port$849$6 ;
-  wire \port$849$6 ;
-  output \port$849$7 ;
-  wire \port$849$7 ;
-  output \port$849$8 ;
-  wire \port$849$8 ;
-  output \port$849$9 ;
-  wire \port$849$9 ;
+  output \port$920$0 ;
+  wire \port$920$0 ;
+  output \port$920$1 ;
+  wire \port$920$1 ;
+  output \port$920$10 ;
+  wire \port$920$10 ;
+  output \port$920$11 ;
+  wire \port$920$11 ;
+  output \port$920$12 ;
+  wire \port$920$12 ;
+  output \port$920$13 ;
+  wire \port$920$13 ;
+  output \port$920$14 ;
+  wire \port$920$14 ;
+  output \port$920$15 ;
+  wire \port$920$15 ;
+  output \port$920$2 ;
+  wire \port$920$2 ;
+  output \port$920$3 ;
+  wire \port$920$3 ;
+  output \port$920$4 ;
+  wire \port$920$4 ;
+  output \port$920$5 ;
+  wire \port$920$5 ;
+  output \port$920$6 ;
+  wire \port$920$6 ;
+  output \port$920$7 ;
+  wire \port$920$7 ;
+  output \port$920$8 ;
+  wire \port$920$8 ;
+  output \port$920$9 ;
+  wire \port$920$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -7250,26 +7271,26 @@ module \psc_core.dp.pe_1.mul_2 (\port$849$0 , \port$849$1 , \port$849$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$849$0  = \$1 ;
-  assign \port$849$1  = \$2 ;
-  assign \port$849$2  = \$3 ;
-  assign \port$849$3  = \$4 ;
-  assign \port$849$4  = \$5 ;
-  assign \port$849$5  = \$6 ;
-  assign \port$849$6  = \$7 ;
-  assign \port$849$7  = \$8 ;
-  assign \port$849$8  = \$9 ;
-  assign \port$849$9  = \$10 ;
-  assign \port$849$10  = \$11 ;
-  assign \port$849$11  = \$12 ;
-  assign \port$849$12  = \$13 ;
-  assign \port$849$13  = \$14 ;
-  assign \port$849$14  = \$15 ;
-  assign \port$849$15  = \$16 ;
+  assign \port$920$0  = \$1 ;
+  assign \port$920$1  = \$2 ;
+  assign \port$920$2  = \$3 ;
+  assign \port$920$3  = \$4 ;
+  assign \port$920$4  = \$5 ;
+  assign \port$920$5  = \$6 ;
+  assign \port$920$6  = \$7 ;
+  assign \port$920$7  = \$8 ;
+  assign \port$920$8  = \$9 ;
+  assign \port$920$9  = \$10 ;
+  assign \port$920$10  = \$11 ;
+  assign \port$920$11  = \$12 ;
+  assign \port$920$12  = \$13 ;
+  assign \port$920$13  = \$14 ;
+  assign \port$920$14  = \$15 ;
+  assign \port$920$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_3 (\port$850$0 , \port$850$1 , \port$850$2 , \port$850$3 , \port$850$4 , \port$850$5 , \port$850$6 , \port$850$7 , \port$850$8 , \port$850$9 , \port$850$10 , \port$850$11 , \port$850$12 , \port$850$13 , \port$850$14 , \port$850$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_3 (\port$921$0 , \port$921$1 , \port$921$2 , \port$921$3 , \port$921$4 , \port$921$5 , \port$921$6 , \port$921$7 , \port$921$8 , \port$921$9 , \port$921$10 , \port$921$11 , \port$921$12 , \port$921$13 , \port$921$14 , \port$921$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7318,38 +7339,38 @@ module \psc_core.dp.pe_1.mul_3 (\port$850$0 , \port$850$1 , \port$850$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$850$0 ;
-  wire \port$850$0 ;
-  output \port$850$1 ;
-  wire \port$850$1 ;
-  output \port$850$10 ;
-  wire \port$850$10 ;
-  output \port$850$11 ;
-  wire \port$850$11 ;
-  output \port$850$12 ;
-  wire \port$850$12 ;
-  output \port$850$13 ;
-  wire \port$850$13 ;
-  output \port$850$14 ;
-  wire \port$850$14 ;
-  output \port$850$15 ;
-  wire \port$850$15 ;
-  output \port$850$2 ;
-  wire \port$850$2 ;
-  output \port$850$3 ;
-  wire \port$850$3 ;
-  output \port$850$4 ;
-  wire \port$850$4 ;
-  output \port$850$5 ;
-  wire \port$850$5 ;
-  output \port$850$6 ;
-  wire \port$850$6 ;
-  output \port$850$7 ;
-  wire \port$850$7 ;
-  output \port$850$8 ;
-  wire \port$850$8 ;
-  output \port$850$9 ;
-  wire \port$850$9 ;
+  output \port$921$0 ;
+  wire \port$921$0 ;
+  output \port$921$1 ;
+  wire \port$921$1 ;
+  output \port$921$10 ;
+  wire \port$921$10 ;
+  output \port$921$11 ;
+  wire \port$921$11 ;
+  output \port$921$12 ;
+  wire \port$921$12 ;
+  output \port$921$13 ;
+  wire \port$921$13 ;
+  output \port$921$14 ;
+  wire \port$921$14 ;
+  output \port$921$15 ;
+  wire \port$921$15 ;
+  output \port$921$2 ;
+  wire \port$921$2 ;
+  output \port$921$3 ;
+  wire \port$921$3 ;
+  output \port$921$4 ;
+  wire \port$921$4 ;
+  output \port$921$5 ;
+  wire \port$921$5 ;
+  output \port$921$6 ;
+  wire \port$921$6 ;
+  output \port$921$7 ;
+  wire \port$921$7 ;
+  output \port$921$8 ;
+  wire \port$921$8 ;
+  output \port$921$9 ;
+  wire \port$921$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -7473,26 +7494,26 @@ module \psc_core.dp.pe_1.mul_3 (\port$850$0 , \port$850$1 , \port$850$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$850$0  = \$1 ;
-  assign \port$850$1  = \$2 ;
-  assign \port$850$2  = \$3 ;
-  assign \port$850$3  = \$4 ;
-  assign \port$850$4  = \$5 ;
-  assign \port$850$5  = \$6 ;
-  assign \port$850$6  = \$7 ;
-  assign \port$850$7  = \$8 ;
-  assign \port$850$8  = \$9 ;
-  assign \port$850$9  = \$10 ;
-  assign \port$850$10  = \$11 ;
-  assign \port$850$11  = \$12 ;
-  assign \port$850$12  = \$13 ;
-  assign \port$850$13  = \$14 ;
-  assign \port$850$14  = \$15 ;
-  assign \port$850$15  = \$16 ;
+  assign \port$921$0  = \$1 ;
+  assign \port$921$1  = \$2 ;
+  assign \port$921$2  = \$3 ;
+  assign \port$921$3  = \$4 ;
+  assign \port$921$4  = \$5 ;
+  assign \port$921$5  = \$6 ;
+  assign \port$921$6  = \$7 ;
+  assign \port$921$7  = \$8 ;
+  assign \port$921$8  = \$9 ;
+  assign \port$921$9  = \$10 ;
+  assign \port$921$10  = \$11 ;
+  assign \port$921$11  = \$12 ;
+  assign \port$921$12  = \$13 ;
+  assign \port$921$13  = \$14 ;
+  assign \port$921$14  = \$15 ;
+  assign \port$921$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_4 (\port$851$0 , \port$851$1 , \port$851$2 , \port$851$3 , \port$851$4 , \port$851$5 , \port$851$6 , \port$851$7 , \port$851$8 , \port$851$9 , \port$851$10 , \port$851$11 , \port$851$12 , \port$851$13 , \port$851$14 , \port$851$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_4 (\port$922$0 , \port$922$1 , \port$922$2 , \port$922$3 , \port$922$4 , \port$922$5 , \port$922$6 , \port$922$7 , \port$922$8 , \port$922$9 , \port$922$10 , \port$922$11 , \port$922$12 , \port$922$13 , \port$922$14 , \port$922$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7541,38 +7562,38 @@ module \psc_core.dp.pe_1.mul_4 (\port$851$0 , \port$851$1 , \port$851$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$851$0 ;
-  wire \port$851$0 ;
-  output \port$851$1 ;
-  wire \port$851$1 ;
-  output \port$851$10 ;
-  wire \port$851$10 ;
-  output \port$851$11 ;
-  wire \port$851$11 ;
-  output \port$851$12 ;
-  wire \port$851$12 ;
-  output \port$851$13 ;
-  wire \port$851$13 ;
-  output \port$851$14 ;
-  wire \port$851$14 ;
-  output \port$851$15 ;
-  wire \port$851$15 ;
-  output \port$851$2 ;
-  wire \port$851$2 ;
-  output \port$851$3 ;
-  wire \port$851$3 ;
-  output \port$851$4 ;
-  wire \port$851$4 ;
-  output \port$851$5 ;
-  wire \port$851$5 ;
-  output \port$851$6 ;
-  wire \port$851$6 ;
-  output \port$851$7 ;
-  wire \port$851$7 ;
-  output \port$851$8 ;
-  wire \port$851$8 ;
-  output \port$851$9 ;
-  wire \port$851$9 ;
+  output \port$922$0 ;
+  wire \port$922$0 ;
+  output \port$922$1 ;
+  wire \port$922$1 ;
+  output \port$922$10 ;
+  wire \port$922$10 ;
+  output \port$922$11 ;
+  wire \port$922$11 ;
+  output \port$922$12 ;
+  wire \port$922$12 ;
+  output \port$922$13 ;
+  wire \port$922$13 ;
+  output \port$922$14 ;
+  wire \port$922$14 ;
+  output \port$922$15 ;
+  wire \port$922$15 ;
+  output \port$922$2 ;
+  wire \port$922$2 ;
+  output \port$922$3 ;
+  wire \port$922$3 ;
+  output \port$922$4 ;
+  wire \port$922$4 ;
+  output \port$922$5 ;
+  wire \port$922$5 ;
+  output \port$922$6 ;
+  wire \port$922$6 ;
+  output \port$922$7 ;
+  wire \port$922$7 ;
+  output \port$922$8 ;
+  wire \port$922$8 ;
+  output \port$922$9 ;
+  wire \port$922$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -7696,26 +7717,26 @@ module \psc_core.dp.pe_1.mul_4 (\port$851$0 , \port$851$1 , \port$851$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$851$0  = \$1 ;
-  assign \port$851$1  = \$2 ;
-  assign \port$851$2  = \$3 ;
-  assign \port$851$3  = \$4 ;
-  assign \port$851$4  = \$5 ;
-  assign \port$851$5  = \$6 ;
-  assign \port$851$6  = \$7 ;
-  assign \port$851$7  = \$8 ;
-  assign \port$851$8  = \$9 ;
-  assign \port$851$9  = \$10 ;
-  assign \port$851$10  = \$11 ;
-  assign \port$851$11  = \$12 ;
-  assign \port$851$12  = \$13 ;
-  assign \port$851$13  = \$14 ;
-  assign \port$851$14  = \$15 ;
-  assign \port$851$15  = \$16 ;
+  assign \port$922$0  = \$1 ;
+  assign \port$922$1  = \$2 ;
+  assign \port$922$2  = \$3 ;
+  assign \port$922$3  = \$4 ;
+  assign \port$922$4  = \$5 ;
+  assign \port$922$5  = \$6 ;
+  assign \port$922$6  = \$7 ;
+  assign \port$922$7  = \$8 ;
+  assign \port$922$8  = \$9 ;
+  assign \port$922$9  = \$10 ;
+  assign \port$922$10  = \$11 ;
+  assign \port$922$11  = \$12 ;
+  assign \port$922$12  = \$13 ;
+  assign \port$922$13  = \$14 ;
+  assign \port$922$14  = \$15 ;
+  assign \port$922$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_5 (\port$852$0 , \port$852$1 , \port$852$2 , \port$852$3 , \port$852$4 , \port$852$5 , \port$852$6 , \port$852$7 , \port$852$8 , \port$852$9 , \port$852$10 , \port$852$11 , \port$852$12 , \port$852$13 , \port$852$14 , \port$852$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_5 (\port$923$0 , \port$923$1 , \port$923$2 , \port$923$3 , \port$923$4 , \port$923$5 , \port$923$6 , \port$923$7 , \port$923$8 , \port$923$9 , \port$923$10 , \port$923$11 , \port$923$12 , \port$923$13 , \port$923$14 , \port$923$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7764,38 +7785,38 @@ module \psc_core.dp.pe_1.mul_5 (\port$852$0 , \port$852$1 , \port$852$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$852$0 ;
-  wire \port$852$0 ;
-  output \port$852$1 ;
-  wire \port$852$1 ;
-  output \port$852$10 ;
-  wire \port$852$10 ;
-  output \port$852$11 ;
-  wire \port$852$11 ;
-  output \port$852$12 ;
-  wire \port$852$12 ;
-  output \port$852$13 ;
-  wire \port$852$13 ;
-  output \port$852$14 ;
-  wire \port$852$14 ;
-  output \port$852$15 ;
-  wire \port$852$15 ;
-  output \port$852$2 ;
-  wire \port$852$2 ;
-  output \port$852$3 ;
-  wire \port$852$3 ;
-  output \port$852$4 ;
-  wire \port$852$4 ;
-  output \port$852$5 ;
-  wire \port$852$5 ;
-  output \port$852$6 ;
-  wire \port$852$6 ;
-  output \port$852$7 ;
-  wire \port$852$7 ;
-  output \port$852$8 ;
-  wire \port$852$8 ;
-  output \port$852$9 ;
-  wire \port$852$9 ;
+  output \port$923$0 ;
+  wire \port$923$0 ;
+  output \port$923$1 ;
+  wire \port$923$1 ;
+  output \port$923$10 ;
+  wire \port$923$10 ;
+  output \port$923$11 ;
+  wire \port$923$11 ;
+  output \port$923$12 ;
+  wire \port$923$12 ;
+  output \port$923$13 ;
+  wire \port$923$13 ;
+  output \port$923$14 ;
+  wire \port$923$14 ;
+  output \port$923$15 ;
+  wire \port$923$15 ;
+  output \port$923$2 ;
+  wire \port$923$2 ;
+  output \port$923$3 ;
+  wire \port$923$3 ;
+  output \port$923$4 ;
+  wire \port$923$4 ;
+  output \port$923$5 ;
+  wire \port$923$5 ;
+  output \port$923$6 ;
+  wire \port$923$6 ;
+  output \port$923$7 ;
+  wire \port$923$7 ;
+  output \port$923$8 ;
+  wire \port$923$8 ;
+  output \port$923$9 ;
+  wire \port$923$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -7919,26 +7940,26 @@ module \psc_core.dp.pe_1.mul_5 (\port$852$0 , \port$852$1 , \port$852$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$852$0  = \$1 ;
-  assign \port$852$1  = \$2 ;
-  assign \port$852$2  = \$3 ;
-  assign \port$852$3  = \$4 ;
-  assign \port$852$4  = \$5 ;
-  assign \port$852$5  = \$6 ;
-  assign \port$852$6  = \$7 ;
-  assign \port$852$7  = \$8 ;
-  assign \port$852$8  = \$9 ;
-  assign \port$852$9  = \$10 ;
-  assign \port$852$10  = \$11 ;
-  assign \port$852$11  = \$12 ;
-  assign \port$852$12  = \$13 ;
-  assign \port$852$13  = \$14 ;
-  assign \port$852$14  = \$15 ;
-  assign \port$852$15  = \$16 ;
+  assign \port$923$0  = \$1 ;
+  assign \port$923$1  = \$2 ;
+  assign \port$923$2  = \$3 ;
+  assign \port$923$3  = \$4 ;
+  assign \port$923$4  = \$5 ;
+  assign \port$923$5  = \$6 ;
+  assign \port$923$6  = \$7 ;
+  assign \port$923$7  = \$8 ;
+  assign \port$923$8  = \$9 ;
+  assign \port$923$9  = \$10 ;
+  assign \port$923$10  = \$11 ;
+  assign \port$923$11  = \$12 ;
+  assign \port$923$12  = \$13 ;
+  assign \port$923$13  = \$14 ;
+  assign \port$923$14  = \$15 ;
+  assign \port$923$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_6 (\port$853$0 , \port$853$1 , \port$853$2 , \port$853$3 , \port$853$4 , \port$853$5 , \port$853$6 , \port$853$7 , \port$853$8 , \port$853$9 , \port$853$10 , \port$853$11 , \port$853$12 , \port$853$13 , \port$853$14 , \port$853$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_6 (\port$924$0 , \port$924$1 , \port$924$2 , \port$924$3 , \port$924$4 , \port$924$5 , \port$924$6 , \port$924$7 , \port$924$8 , \port$924$9 , \port$924$10 , \port$924$11 , \port$924$12 , \port$924$13 , \port$924$14 , \port$924$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7987,38 +8008,38 @@ module \psc_core.dp.pe_1.mul_6 (\port$853$0 , \port$853$1 , \port$853$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$853$0 ;
-  wire \port$853$0 ;
-  output \port$853$1 ;
-  wire \port$853$1 ;
-  output \port$853$10 ;
-  wire \port$853$10 ;
-  output \port$853$11 ;
-  wire \port$853$11 ;
-  output \port$853$12 ;
-  wire \port$853$12 ;
-  output \port$853$13 ;
-  wire \port$853$13 ;
-  output \port$853$14 ;
-  wire \port$853$14 ;
-  output \port$853$15 ;
-  wire \port$853$15 ;
-  output \port$853$2 ;
-  wire \port$853$2 ;
-  output \port$853$3 ;
-  wire \port$853$3 ;
-  output \port$853$4 ;
-  wire \port$853$4 ;
-  output \port$853$5 ;
-  wire \port$853$5 ;
-  output \port$853$6 ;
-  wire \port$853$6 ;
-  output \port$853$7 ;
-  wire \port$853$7 ;
-  output \port$853$8 ;
-  wire \port$853$8 ;
-  output \port$853$9 ;
-  wire \port$853$9 ;
+  output \port$924$0 ;
+  wire \port$924$0 ;
+  output \port$924$1 ;
+  wire \port$924$1 ;
+  output \port$924$10 ;
+  wire \port$924$10 ;
+  output \port$924$11 ;
+  wire \port$924$11 ;
+  output \port$924$12 ;
+  wire \port$924$12 ;
+  output \port$924$13 ;
+  wire \port$924$13 ;
+  output \port$924$14 ;
+  wire \port$924$14 ;
+  output \port$924$15 ;
+  wire \port$924$15 ;
+  output \port$924$2 ;
+  wire \port$924$2 ;
+  output \port$924$3 ;
+  wire \port$924$3 ;
+  output \port$924$4 ;
+  wire \port$924$4 ;
+  output \port$924$5 ;
+  wire \port$924$5 ;
+  output \port$924$6 ;
+  wire \port$924$6 ;
+  output \port$924$7 ;
+  wire \port$924$7 ;
+  output \port$924$8 ;
+  wire \port$924$8 ;
+  output \port$924$9 ;
+  wire \port$924$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -8142,22 +8163,22 @@ module \psc_core.dp.pe_1.mul_6 (\port$853$0 , \port$853$1 , \port$853$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$853$0  = \$1 ;
-  assign \port$853$1  = \$2 ;
-  assign \port$853$2  = \$3 ;
-  assign \port$853$3  = \$4 ;
-  assign \port$853$4  = \$5 ;
-  assign \port$853$5  = \$6 ;
-  assign \port$853$6  = \$7 ;
-  assign \port$853$7  = \$8 ;
-  assign \port$853$8  = \$9 ;
-  assign \port$853$9  = \$10 ;
-  assign \port$853$10  = \$11 ;
-  assign \port$853$11  = \$12 ;
-  assign \port$853$12  = \$13 ;
-  assign \port$853$13  = \$14 ;
-  assign \port$853$14  = \$15 ;
-  assign \port$853$15  = \$16 ;
+  assign \port$924$0  = \$1 ;
+  assign \port$924$1  = \$2 ;
+  assign \port$924$2  = \$3 ;
+  assign \port$924$3  = \$4 ;
+  assign \port$924$4  = \$5 ;
+  assign \port$924$5  = \$6 ;
+  assign \port$924$6  = \$7 ;
+  assign \port$924$7  = \$8 ;
+  assign \port$924$8  = \$9 ;
+  assign \port$924$9  = \$10 ;
+  assign \port$924$10  = \$11 ;
+  assign \port$924$11  = \$12 ;
+  assign \port$924$12  = \$13 ;
+  assign \port$924$13  = \$14 ;
+  assign \port$924$14  = \$15 ;
+  assign \port$924$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -8220,7 +8241,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2982$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3092$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -8470,8 +8491,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$2982$800 ;
-  wire [1:0] \port$2982$800 ;
+  input [1:0] \port$3092$800 ;
+  wire [1:0] \port$3092$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8528,7 +8549,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2982$800 [0];
+  assign \$2  = valid & \port$3092$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -8623,154 +8644,154 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$927$0 (\$64 ),
-    .\port$927$1 (\$65 ),
-    .\port$927$10 (\$74 ),
-    .\port$927$11 (\$75 ),
-    .\port$927$12 (\$76 ),
-    .\port$927$13 (\$77 ),
-    .\port$927$14 (\$78 ),
-    .\port$927$15 (\$79 ),
-    .\port$927$2 (\$66 ),
-    .\port$927$3 (\$67 ),
-    .\port$927$4 (\$68 ),
-    .\port$927$5 (\$69 ),
-    .\port$927$6 (\$70 ),
-    .\port$927$7 (\$71 ),
-    .\port$927$8 (\$72 ),
-    .\port$927$9 (\$73 )
+    .\port$998$0 (\$64 ),
+    .\port$998$1 (\$65 ),
+    .\port$998$10 (\$74 ),
+    .\port$998$11 (\$75 ),
+    .\port$998$12 (\$76 ),
+    .\port$998$13 (\$77 ),
+    .\port$998$14 (\$78 ),
+    .\port$998$15 (\$79 ),
+    .\port$998$2 (\$66 ),
+    .\port$998$3 (\$67 ),
+    .\port$998$4 (\$68 ),
+    .\port$998$5 (\$69 ),
+    .\port$998$6 (\$70 ),
+    .\port$998$7 (\$71 ),
+    .\port$998$8 (\$72 ),
+    .\port$998$9 (\$73 )
   );
   \psc_core.dp.pe_2.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$928$0 (\$80 ),
-    .\port$928$1 (\$81 ),
-    .\port$928$10 (\$90 ),
-    .\port$928$11 (\$91 ),
-    .\port$928$12 (\$92 ),
-    .\port$928$13 (\$93 ),
-    .\port$928$14 (\$94 ),
-    .\port$928$15 (\$95 ),
-    .\port$928$2 (\$82 ),
-    .\port$928$3 (\$83 ),
-    .\port$928$4 (\$84 ),
-    .\port$928$5 (\$85 ),
-    .\port$928$6 (\$86 ),
-    .\port$928$7 (\$87 ),
-    .\port$928$8 (\$88 ),
-    .\port$928$9 (\$89 )
+    .\port$999$0 (\$80 ),
+    .\port$999$1 (\$81 ),
+    .\port$999$10 (\$90 ),
+    .\port$999$11 (\$91 ),
+    .\port$999$12 (\$92 ),
+    .\port$999$13 (\$93 ),
+    .\port$999$14 (\$94 ),
+    .\port$999$15 (\$95 ),
+    .\port$999$2 (\$82 ),
+    .\port$999$3 (\$83 ),
+    .\port$999$4 (\$84 ),
+    .\port$999$5 (\$85 ),
+    .\port$999$6 (\$86 ),
+    .\port$999$7 (\$87 ),
+    .\port$999$8 (\$88 ),
+    .\port$999$9 (\$89 )
   );
   \psc_core.dp.pe_2.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$929$0 (\$96 ),
-    .\port$929$1 (\$97 ),
-    .\port$929$10 (\$106 ),
-    .\port$929$11 (\$107 ),
-    .\port$929$12 (\$108 ),
-    .\port$929$13 (\$109 ),
-    .\port$929$14 (\$110 ),
-    .\port$929$15 (\$111 ),
-    .\port$929$2 (\$98 ),
-    .\port$929$3 (\$99 ),
-    .\port$929$4 (\$100 ),
-    .\port$929$5 (\$101 ),
-    .\port$929$6 (\$102 ),
-    .\port$929$7 (\$103 ),
-    .\port$929$8 (\$104 ),
-    .\port$929$9 (\$105 )
+    .\port$1000$0 (\$96 ),
+    .\port$1000$1 (\$97 ),
+    .\port$1000$10 (\$106 ),
+    .\port$1000$11 (\$107 ),
+    .\port$1000$12 (\$108 ),
+    .\port$1000$13 (\$109 ),
+    .\port$1000$14 (\$110 ),
+    .\port$1000$15 (\$111 ),
+    .\port$1000$2 (\$98 ),
+    .\port$1000$3 (\$99 ),
+    .\port$1000$4 (\$100 ),
+    .\port$1000$5 (\$101 ),
+    .\port$1000$6 (\$102 ),
+    .\port$1000$7 (\$103 ),
+    .\port$1000$8 (\$104 ),
+    .\port$1000$9 (\$105 )
   );
   \psc_core.dp.pe_2.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$930$0 (\$112 ),
-    .\port$930$1 (\$113 ),
-    .\port$930$10 (\$122 ),
-    .\port$930$11 (\$123 ),
-    .\port$930$12 (\$124 ),
-    .\port$930$13 (\$125 ),
-    .\port$930$14 (\$126 ),
-    .\port$930$15 (\$127 ),
-    .\port$930$2 (\$114 ),
-    .\port$930$3 (\$115 ),
-    .\port$930$4 (\$116 ),
-    .\port$930$5 (\$117 ),
-    .\port$930$6 (\$118 ),
-    .\port$930$7 (\$119 ),
-    .\port$930$8 (\$120 ),
-    .\port$930$9 (\$121 )
+    .\port$1001$0 (\$112 ),
+    .\port$1001$1 (\$113 ),
+    .\port$1001$10 (\$122 ),
+    .\port$1001$11 (\$123 ),
+    .\port$1001$12 (\$124 ),
+    .\port$1001$13 (\$125 ),
+    .\port$1001$14 (\$126 ),
+    .\port$1001$15 (\$127 ),
+    .\port$1001$2 (\$114 ),
+    .\port$1001$3 (\$115 ),
+    .\port$1001$4 (\$116 ),
+    .\port$1001$5 (\$117 ),
+    .\port$1001$6 (\$118 ),
+    .\port$1001$7 (\$119 ),
+    .\port$1001$8 (\$120 ),
+    .\port$1001$9 (\$121 )
   );
   \psc_core.dp.pe_2.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$931$0 (\$128 ),
-    .\port$931$1 (\$129 ),
-    .\port$931$10 (\$138 ),
-    .\port$931$11 (\$139 ),
-    .\port$931$12 (\$140 ),
-    .\port$931$13 (\$141 ),
-    .\port$931$14 (\$142 ),
-    .\port$931$15 (\$143 ),
-    .\port$931$2 (\$130 ),
-    .\port$931$3 (\$131 ),
-    .\port$931$4 (\$132 ),
-    .\port$931$5 (\$133 ),
-    .\port$931$6 (\$134 ),
-    .\port$931$7 (\$135 ),
-    .\port$931$8 (\$136 ),
-    .\port$931$9 (\$137 )
+    .\port$1002$0 (\$128 ),
+    .\port$1002$1 (\$129 ),
+    .\port$1002$10 (\$138 ),
+    .\port$1002$11 (\$139 ),
+    .\port$1002$12 (\$140 ),
+    .\port$1002$13 (\$141 ),
+    .\port$1002$14 (\$142 ),
+    .\port$1002$15 (\$143 ),
+    .\port$1002$2 (\$130 ),
+    .\port$1002$3 (\$131 ),
+    .\port$1002$4 (\$132 ),
+    .\port$1002$5 (\$133 ),
+    .\port$1002$6 (\$134 ),
+    .\port$1002$7 (\$135 ),
+    .\port$1002$8 (\$136 ),
+    .\port$1002$9 (\$137 )
   );
   \psc_core.dp.pe_2.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$932$0 (\$144 ),
-    .\port$932$1 (\$145 ),
-    .\port$932$10 (\$154 ),
-    .\port$932$11 (\$155 ),
-    .\port$932$12 (\$156 ),
-    .\port$932$13 (\$157 ),
-    .\port$932$14 (\$158 ),
-    .\port$932$15 (\$159 ),
-    .\port$932$2 (\$146 ),
-    .\port$932$3 (\$147 ),
-    .\port$932$4 (\$148 ),
-    .\port$932$5 (\$149 ),
-    .\port$932$6 (\$150 ),
-    .\port$932$7 (\$151 ),
-    .\port$932$8 (\$152 ),
-    .\port$932$9 (\$153 )
+    .\port$1003$0 (\$144 ),
+    .\port$1003$1 (\$145 ),
+    .\port$1003$10 (\$154 ),
+    .\port$1003$11 (\$155 ),
+    .\port$1003$12 (\$156 ),
+    .\port$1003$13 (\$157 ),
+    .\port$1003$14 (\$158 ),
+    .\port$1003$15 (\$159 ),
+    .\port$1003$2 (\$146 ),
+    .\port$1003$3 (\$147 ),
+    .\port$1003$4 (\$148 ),
+    .\port$1003$5 (\$149 ),
+    .\port$1003$6 (\$150 ),
+    .\port$1003$7 (\$151 ),
+    .\port$1003$8 (\$152 ),
+    .\port$1003$9 (\$153 )
   );
   \psc_core.dp.pe_2.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$933$0 (\$160 ),
-    .\port$933$1 (\$161 ),
-    .\port$933$10 (\$170 ),
-    .\port$933$11 (\$171 ),
-    .\port$933$12 (\$172 ),
-    .\port$933$13 (\$173 ),
-    .\port$933$14 (\$174 ),
-    .\port$933$15 (\$175 ),
-    .\port$933$2 (\$162 ),
-    .\port$933$3 (\$163 ),
-    .\port$933$4 (\$164 ),
-    .\port$933$5 (\$165 ),
-    .\port$933$6 (\$166 ),
-    .\port$933$7 (\$167 ),
-    .\port$933$8 (\$168 ),
-    .\port$933$9 (\$169 )
+    .\port$1004$0 (\$160 ),
+    .\port$1004$1 (\$161 ),
+    .\port$1004$10 (\$170 ),
+    .\port$1004$11 (\$171 ),
+    .\port$1004$12 (\$172 ),
+    .\port$1004$13 (\$173 ),
+    .\port$1004$14 (\$174 ),
+    .\port$1004$15 (\$175 ),
+    .\port$1004$2 (\$162 ),
+    .\port$1004$3 (\$163 ),
+    .\port$1004$4 (\$164 ),
+    .\port$1004$5 (\$165 ),
+    .\port$1004$6 (\$166 ),
+    .\port$1004$7 (\$167 ),
+    .\port$1004$8 (\$168 ),
+    .\port$1004$9 (\$169 )
   );
   \psc_core.dp.pe_2.wsu  wsu (
     .mask(mask),
@@ -8791,7 +8812,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2982$800 [0];
+      \$37  = \port$3092$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -8801,7 +8822,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2982$800 [1];
+      \$38  = \port$3092$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -9055,8 +9076,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2982$800 [0];
-  assign last = \port$2982$800 [1];
+  assign first = \port$3092$800 [0];
+  assign last = \port$3092$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9116,7 +9137,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$2982$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_0 (\port$927$0 , \port$927$1 , \port$927$2 , \port$927$3 , \port$927$4 , \port$927$5 , \port$927$6 , \port$927$7 , \port$927$8 , \port$927$9 , \port$927$10 , \port$927$11 , \port$927$12 , \port$927$13 , \port$927$14 , \port$927$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_0 (\port$998$0 , \port$998$1 , \port$998$2 , \port$998$3 , \port$998$4 , \port$998$5 , \port$998$6 , \port$998$7 , \port$998$8 , \port$998$9 , \port$998$10 , \port$998$11 , \port$998$12 , \port$998$13 , \port$998$14 , \port$998$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9165,38 +9186,38 @@ module \psc_core.dp.pe_2.mul_0 (\port$927$0 , \port$927$1 , \port$927$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$927$0 ;
-  wire \port$927$0 ;
-  output \port$927$1 ;
-  wire \port$927$1 ;
-  output \port$927$10 ;
-  wire \port$927$10 ;
-  output \port$927$11 ;
-  wire \port$927$11 ;
-  output \port$927$12 ;
-  wire \port$927$12 ;
-  output \port$927$13 ;
-  wire \port$927$13 ;
-  output \port$927$14 ;
-  wire \port$927$14 ;
-  output \port$927$15 ;
-  wire \port$927$15 ;
-  output \port$927$2 ;
-  wire \port$927$2 ;
-  output \port$927$3 ;
-  wire \port$927$3 ;
-  output \port$927$4 ;
-  wire \port$927$4 ;
-  output \port$927$5 ;
-  wire \port$927$5 ;
-  output \port$927$6 ;
-  wire \port$927$6 ;
-  output \port$927$7 ;
-  wire \port$927$7 ;
-  output \port$927$8 ;
-  wire \port$927$8 ;
-  output \port$927$9 ;
-  wire \port$927$9 ;
+  output \port$998$0 ;
+  wire \port$998$0 ;
+  output \port$998$1 ;
+  wire \port$998$1 ;
+  output \port$998$10 ;
+  wire \port$998$10 ;
+  output \port$998$11 ;
+  wire \port$998$11 ;
+  output \port$998$12 ;
+  wire \port$998$12 ;
+  output \port$998$13 ;
+  wire \port$998$13 ;
+  output \port$998$14 ;
+  wire \port$998$14 ;
+  output \port$998$15 ;
+  wire \port$998$15 ;
+  output \port$998$2 ;
+  wire \port$998$2 ;
+  output \port$998$3 ;
+  wire \port$998$3 ;
+  output \port$998$4 ;
+  wire \port$998$4 ;
+  output \port$998$5 ;
+  wire \port$998$5 ;
+  output \port$998$6 ;
+  wire \port$998$6 ;
+  output \port$998$7 ;
+  wire \port$998$7 ;
+  output \port$998$8 ;
+  wire \port$998$8 ;
+  output \port$998$9 ;
+  wire \port$998$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9320,26 +9341,26 @@ module \psc_core.dp.pe_2.mul_0 (\port$927$0 , \port$927$1 , \port$927$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$927$0  = \$1 ;
-  assign \port$927$1  = \$2 ;
-  assign \port$927$2  = \$3 ;
-  assign \port$927$3  = \$4 ;
-  assign \port$927$4  = \$5 ;
-  assign \port$927$5  = \$6 ;
-  assign \port$927$6  = \$7 ;
-  assign \port$927$7  = \$8 ;
-  assign \port$927$8  = \$9 ;
-  assign \port$927$9  = \$10 ;
-  assign \port$927$10  = \$11 ;
-  assign \port$927$11  = \$12 ;
-  assign \port$927$12  = \$13 ;
-  assign \port$927$13  = \$14 ;
-  assign \port$927$14  = \$15 ;
-  assign \port$927$15  = \$16 ;
+  assign \port$998$0  = \$1 ;
+  assign \port$998$1  = \$2 ;
+  assign \port$998$2  = \$3 ;
+  assign \port$998$3  = \$4 ;
+  assign \port$998$4  = \$5 ;
+  assign \port$998$5  = \$6 ;
+  assign \port$998$6  = \$7 ;
+  assign \port$998$7  = \$8 ;
+  assign \port$998$8  = \$9 ;
+  assign \port$998$9  = \$10 ;
+  assign \port$998$10  = \$11 ;
+  assign \port$998$11  = \$12 ;
+  assign \port$998$12  = \$13 ;
+  assign \port$998$13  = \$14 ;
+  assign \port$998$14  = \$15 ;
+  assign \port$998$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_1 (\port$928$0 , \port$928$1 , \port$928$2 , \port$928$3 , \port$928$4 , \port$928$5 , \port$928$6 , \port$928$7 , \port$928$8 , \port$928$9 , \port$928$10 , \port$928$11 , \port$928$12 , \port$928$13 , \port$928$14 , \port$928$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_1 (\port$999$0 , \port$999$1 , \port$999$2 , \port$999$3 , \port$999$4 , \port$999$5 , \port$999$6 , \port$999$7 , \port$999$8 , \port$999$9 , \port$999$10 , \port$999$11 , \port$999$12 , \port$999$13 , \port$999$14 , \port$999$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9388,38 +9409,38 @@ module \psc_core.dp.pe_2.mul_1 (\port$928$0 , \port$928$1 , \port$928$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$928$0 ;
-  wire \port$928$0 ;
-  output \port$928$1 ;
-  wire \port$928$1 ;
-  output \port$928$10 ;
-  wire \port$928$10 ;
-  output \port$928$11 ;
-  wire \port$928$11 ;
-  output \port$928$12 ;
-  wire \port$928$12 ;
-  output \port$928$13 ;
-  wire \port$928$13 ;
-  output \port$928$14 ;
-  wire \port$928$14 ;
-  output \port$928$15 ;
-  wire \port$928$15 ;
-  output \port$928$2 ;
-  wire \port$928$2 ;
-  output \port$928$3 ;
-  wire \port$928$3 ;
-  output \port$928$4 ;
-  wire \port$928$4 ;
-  output \port$928$5 ;
-  wire \port$928$5 ;
-  output \port$928$6 ;
-  wire \port$928$6 ;
-  output \port$928$7 ;
-  wire \port$928$7 ;
-  output \port$928$8 ;
-  wire \port$928$8 ;
-  output \port$928$9 ;
-  wire \port$928$9 ;
+  output \port$999$0 ;
+  wire \port$999$0 ;
+  output \port$999$1 ;
+  wire \port$999$1 ;
+  output \port$999$10 ;
+  wire \port$999$10 ;
+  output \port$999$11 ;
+  wire \port$999$11 ;
+  output \port$999$12 ;
+  wire \port$999$12 ;
+  output \port$999$13 ;
+  wire \port$999$13 ;
+  output \port$999$14 ;
+  wire \port$999$14 ;
+  output \port$999$15 ;
+  wire \port$999$15 ;
+  output \port$999$2 ;
+  wire \port$999$2 ;
+  output \port$999$3 ;
+  wire \port$999$3 ;
+  output \port$999$4 ;
+  wire \port$999$4 ;
+  output \port$999$5 ;
+  wire \port$999$5 ;
+  output \port$999$6 ;
+  wire \port$999$6 ;
+  output \port$999$7 ;
+  wire \port$999$7 ;
+  output \port$999$8 ;
+  wire \port$999$8 ;
+  output \port$999$9 ;
+  wire \port$999$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9543,26 +9564,26 @@ module \psc_core.dp.pe_2.mul_1 (\port$928$0 , \port$928$1 , \port$928$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$928$0  = \$1 ;
-  assign \port$928$1  = \$2 ;
-  assign \port$928$2  = \$3 ;
-  assign \port$928$3  = \$4 ;
-  assign \port$928$4  = \$5 ;
-  assign \port$928$5  = \$6 ;
-  assign \port$928$6  = \$7 ;
-  assign \port$928$7  = \$8 ;
-  assign \port$928$8  = \$9 ;
-  assign \port$928$9  = \$10 ;
-  assign \port$928$10  = \$11 ;
-  assign \port$928$11  = \$12 ;
-  assign \port$928$12  = \$13 ;
-  assign \port$928$13  = \$14 ;
-  assign \port$928$14  = \$15 ;
-  assign \port$928$15  = \$16 ;
+  assign \port$999$0  = \$1 ;
+  assign \port$999$1  = \$2 ;
+  assign \port$999$2  = \$3 ;
+  assign \port$999$3  = \$4 ;
+  assign \port$999$4  = \$5 ;
+  assign \port$999$5  = \$6 ;
+  assign \port$999$6  = \$7 ;
+  assign \port$999$7  = \$8 ;
+  assign \port$999$8  = \$9 ;
+  assign \port$999$9  = \$10 ;
+  assign \port$999$10  = \$11 ;
+  assign \port$999$11  = \$12 ;
+  assign \port$999$12  = \$13 ;
+  assign \port$999$13  = \$14 ;
+  assign \port$999$14  = \$15 ;
+  assign \port$999$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_2 (\port$929$0 , \port$929$1 , \port$929$2 , \port$929$3 , \port$929$4 , \port$929$5 , \port$929$6 , \port$929$7 , \port$929$8 , \port$929$9 , \port$929$10 , \port$929$11 , \port$929$12 , \port$929$13 , \port$929$14 , \port$929$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_2 (\port$1000$0 , \port$1000$1 , \port$1000$2 , \port$1000$3 , \port$1000$4 , \port$1000$5 , \port$1000$6 , \port$1000$7 , \port$1000$8 , \port$1000$9 , \port$1000$10 , \port$1000$11 , \port$1000$12 , \port$1000$13 , \port$1000$14 , \port$1000$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9611,38 +9632,38 @@ module \psc_core.dp.pe_2.mul_2 (\port$929$0 , \port$929$1 , \port$929$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$929$0 ;
-  wire \port$929$0 ;
-  output \port$929$1 ;
-  wire \port$929$1 ;
-  output \port$929$10 ;
-  wire \port$929$10 ;
-  output \port$929$11 ;
-  wire \port$929$11 ;
-  output \port$929$12 ;
-  wire \port$929$12 ;
-  output \port$929$13 ;
-  wire \port$929$13 ;
-  output \port$929$14 ;
-  wire \port$929$14 ;
-  output \port$929$15 ;
-  wire \port$929$15 ;
-  output \port$929$2 ;
-  wire \port$929$2 ;
-  output \port$929$3 ;
-  wire \port$929$3 ;
-  output \port$929$4 ;
-  wire \port$929$4 ;
-  output \port$929$5 ;
-  wire \port$929$5 ;
-  output \port$929$6 ;
-  wire \port$929$6 ;
-  output \port$929$7 ;
-  wire \port$929$7 ;
-  output \port$929$8 ;
-  wire \port$929$8 ;
-  output \port$929$9 ;
-  wire \port$929$9 ;
+  output \port$1000$0 ;
+  wire \port$1000$0 ;
+  output \port$1000$1 ;
+  wire \port$1000$1 ;
+  output \port$1000$10 ;
+  wire \port$1000$10 ;
+  output \port$1000$11 ;
+  wire \port$1000$11 ;
+  output \port$1000$12 ;
+  wire \port$1000$12 ;
+  output \port$1000$13 ;
+  wire \port$1000$13 ;
+  output \port$1000$14 ;
+  wire \port$1000$14 ;
+  output \port$1000$15 ;
+  wire \port$1000$15 ;
+  output \port$1000$2 ;
+  wire \port$1000$2 ;
+  output \port$1000$3 ;
+  wire \port$1000$3 ;
+  output \port$1000$4 ;
+  wire \port$1000$4 ;
+  output \port$1000$5 ;
+  wire \port$1000$5 ;
+  output \port$1000$6 ;
+  wire \port$1000$6 ;
+  output \port$1000$7 ;
+  wire \port$1000$7 ;
+  output \port$1000$8 ;
+  wire \port$1000$8 ;
+  output \port$1000$9 ;
+  wire \port$1000$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9766,26 +9787,26 @@ module \psc_core.dp.pe_2.mul_2 (\port$929$0 , \port$929$1 , \port$929$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$929$0  = \$1 ;
-  assign \port$929$1  = \$2 ;
-  assign \port$929$2  = \$3 ;
-  assign \port$929$3  = \$4 ;
-  assign \port$929$4  = \$5 ;
-  assign \port$929$5  = \$6 ;
-  assign \port$929$6  = \$7 ;
-  assign \port$929$7  = \$8 ;
-  assign \port$929$8  = \$9 ;
-  assign \port$929$9  = \$10 ;
-  assign \port$929$10  = \$11 ;
-  assign \port$929$11  = \$12 ;
-  assign \port$929$12  = \$13 ;
-  assign \port$929$13  = \$14 ;
-  assign \port$929$14  = \$15 ;
-  assign \port$929$15  = \$16 ;
+  assign \port$1000$0  = \$1 ;
+  assign \port$1000$1  = \$2 ;
+  assign \port$1000$2  = \$3 ;
+  assign \port$1000$3  = \$4 ;
+  assign \port$1000$4  = \$5 ;
+  assign \port$1000$5  = \$6 ;
+  assign \port$1000$6  = \$7 ;
+  assign \port$1000$7  = \$8 ;
+  assign \port$1000$8  = \$9 ;
+  assign \port$1000$9  = \$10 ;
+  assign \port$1000$10  = \$11 ;
+  assign \port$1000$11  = \$12 ;
+  assign \port$1000$12  = \$13 ;
+  assign \port$1000$13  = \$14 ;
+  assign \port$1000$14  = \$15 ;
+  assign \port$1000$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_3 (\port$930$0 , \port$930$1 , \port$930$2 , \port$930$3 , \port$930$4 , \port$930$5 , \port$930$6 , \port$930$7 , \port$930$8 , \port$930$9 , \port$930$10 , \port$930$11 , \port$930$12 , \port$930$13 , \port$930$14 , \port$930$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_3 (\port$1001$0 , \port$1001$1 , \port$1001$2 , \port$1001$3 , \port$1001$4 , \port$1001$5 , \port$1001$6 , \port$1001$7 , \port$1001$8 , \port$1001$9 , \port$1001$10 , \port$1001$11 , \port$1001$12 , \port$1001$13 , \port$1001$14 , \port$1001$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9834,38 +9855,38 @@ module \psc_core.dp.pe_2.mul_3 (\port$930$0 , \port$930$1 , \port$930$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$930$0 ;
-  wire \port$930$0 ;
-  output \port$930$1 ;
-  wire \port$930$1 ;
-  output \port$930$10 ;
-  wire \port$930$10 ;
-  output \port$930$11 ;
-  wire \port$930$11 ;
-  output \port$930$12 ;
-  wire \port$930$12 ;
-  output \port$930$13 ;
-  wire \port$930$13 ;
-  output \port$930$14 ;
-  wire \port$930$14 ;
-  output \port$930$15 ;
-  wire \port$930$15 ;
-  output \port$930$2 ;
-  wire \port$930$2 ;
-  output \port$930$3 ;
-  wire \port$930$3 ;
-  output \port$930$4 ;
-  wire \port$930$4 ;
-  output \port$930$5 ;
-  wire \port$930$5 ;
-  output \port$930$6 ;
-  wire \port$930$6 ;
-  output \port$930$7 ;
-  wire \port$930$7 ;
-  output \port$930$8 ;
-  wire \port$930$8 ;
-  output \port$930$9 ;
-  wire \port$930$9 ;
+  output \port$1001$0 ;
+  wire \port$1001$0 ;
+  output \port$1001$1 ;
+  wire \port$1001$1 ;
+  output \port$1001$10 ;
+  wire \port$1001$10 ;
+  output \port$1001$11 ;
+  wire \port$1001$11 ;
+  output \port$1001$12 ;
+  wire \port$1001$12 ;
+  output \port$1001$13 ;
+  wire \port$1001$13 ;
+  output \port$1001$14 ;
+  wire \port$1001$14 ;
+  output \port$1001$15 ;
+  wire \port$1001$15 ;
+  output \port$1001$2 ;
+  wire \port$1001$2 ;
+  output \port$1001$3 ;
+  wire \port$1001$3 ;
+  output \port$1001$4 ;
+  wire \port$1001$4 ;
+  output \port$1001$5 ;
+  wire \port$1001$5 ;
+  output \port$1001$6 ;
+  wire \port$1001$6 ;
+  output \port$1001$7 ;
+  wire \port$1001$7 ;
+  output \port$1001$8 ;
+  wire \port$1001$8 ;
+  output \port$1001$9 ;
+  wire \port$1001$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9989,26 +10010,26 @@ module \psc_core.dp.pe_2.mul_3 (\port$930$0 , \port$930$1 , \port$930$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$930$0  = \$1 ;
-  assign \port$930$1  = \$2 ;
-  assign \port$930$2  = \$3 ;
-  assign \port$930$3  = \$4 ;
-  assign \port$930$4  = \$5 ;
-  assign \port$930$5  = \$6 ;
-  assign \port$930$6  = \$7 ;
-  assign \port$930$7  = \$8 ;
-  assign \port$930$8  = \$9 ;
-  assign \port$930$9  = \$10 ;
-  assign \port$930$10  = \$11 ;
-  assign \port$930$11  = \$12 ;
-  assign \port$930$12  = \$13 ;
-  assign \port$930$13  = \$14 ;
-  assign \port$930$14  = \$15 ;
-  assign \port$930$15  = \$16 ;
+  assign \port$1001$0  = \$1 ;
+  assign \port$1001$1  = \$2 ;
+  assign \port$1001$2  = \$3 ;
+  assign \port$1001$3  = \$4 ;
+  assign \port$1001$4  = \$5 ;
+  assign \port$1001$5  = \$6 ;
+  assign \port$1001$6  = \$7 ;
+  assign \port$1001$7  = \$8 ;
+  assign \port$1001$8  = \$9 ;
+  assign \port$1001$9  = \$10 ;
+  assign \port$1001$10  = \$11 ;
+  assign \port$1001$11  = \$12 ;
+  assign \port$1001$12  = \$13 ;
+  assign \port$1001$13  = \$14 ;
+  assign \port$1001$14  = \$15 ;
+  assign \port$1001$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_4 (\port$931$0 , \port$931$1 , \port$931$2 , \port$931$3 , \port$931$4 , \port$931$5 , \port$931$6 , \port$931$7 , \port$931$8 , \port$931$9 , \port$931$10 , \port$931$11 , \port$931$12 , \port$931$13 , \port$931$14 , \port$931$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_4 (\port$1002$0 , \port$1002$1 , \port$1002$2 , \port$1002$3 , \port$1002$4 , \port$1002$5 , \port$1002$6 , \port$1002$7 , \port$1002$8 , \port$1002$9 , \port$1002$10 , \port$1002$11 , \port$1002$12 , \port$1002$13 , \port$1002$14 , \port$1002$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10057,38 +10078,38 @@ module \psc_core.dp.pe_2.mul_4 (\port$931$0 , \port$931$1 , \port$931$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$931$0 ;
-  wire \port$931$0 ;
-  output \port$931$1 ;
-  wire \port$931$1 ;
-  output \port$931$10 ;
-  wire \port$931$10 ;
-  output \port$931$11 ;
-  wire \port$931$11 ;
-  output \port$931$12 ;
-  wire \port$931$12 ;
-  output \port$931$13 ;
-  wire \port$931$13 ;
-  output \port$931$14 ;
-  wire \port$931$14 ;
-  output \port$931$15 ;
-  wire \port$931$15 ;
-  output \port$931$2 ;
-  wire \port$931$2 ;
-  output \port$931$3 ;
-  wire \port$931$3 ;
-  output \port$931$4 ;
-  wire \port$931$4 ;
-  output \port$931$5 ;
-  wire \port$931$5 ;
-  output \port$931$6 ;
-  wire \port$931$6 ;
-  output \port$931$7 ;
-  wire \port$931$7 ;
-  output \port$931$8 ;
-  wire \port$931$8 ;
-  output \port$931$9 ;
-  wire \port$931$9 ;
+  output \port$1002$0 ;
+  wire \port$1002$0 ;
+  output \port$1002$1 ;
+  wire \port$1002$1 ;
+  output \port$1002$10 ;
+  wire \port$1002$10 ;
+  output \port$1002$11 ;
+  wire \port$1002$11 ;
+  output \port$1002$12 ;
+  wire \port$1002$12 ;
+  output \port$1002$13 ;
+  wire \port$1002$13 ;
+  output \port$1002$14 ;
+  wire \port$1002$14 ;
+  output \port$1002$15 ;
+  wire \port$1002$15 ;
+  output \port$1002$2 ;
+  wire \port$1002$2 ;
+  output \port$1002$3 ;
+  wire \port$1002$3 ;
+  output \port$1002$4 ;
+  wire \port$1002$4 ;
+  output \port$1002$5 ;
+  wire \port$1002$5 ;
+  output \port$1002$6 ;
+  wire \port$1002$6 ;
+  output \port$1002$7 ;
+  wire \port$1002$7 ;
+  output \port$1002$8 ;
+  wire \port$1002$8 ;
+  output \port$1002$9 ;
+  wire \port$1002$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -10212,26 +10233,26 @@ module \psc_core.dp.pe_2.mul_4 (\port$931$0 , \port$931$1 , \port$931$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$931$0  = \$1 ;
-  assign \port$931$1  = \$2 ;
-  assign \port$931$2  = \$3 ;
-  assign \port$931$3  = \$4 ;
-  assign \port$931$4  = \$5 ;
-  assign \port$931$5  = \$6 ;
-  assign \port$931$6  = \$7 ;
-  assign \port$931$7  = \$8 ;
-  assign \port$931$8  = \$9 ;
-  assign \port$931$9  = \$10 ;
-  assign \port$931$10  = \$11 ;
-  assign \port$931$11  = \$12 ;
-  assign \port$931$12  = \$13 ;
-  assign \port$931$13  = \$14 ;
-  assign \port$931$14  = \$15 ;
-  assign \port$931$15  = \$16 ;
+  assign \port$1002$0  = \$1 ;
+  assign \port$1002$1  = \$2 ;
+  assign \port$1002$2  = \$3 ;
+  assign \port$1002$3  = \$4 ;
+  assign \port$1002$4  = \$5 ;
+  assign \port$1002$5  = \$6 ;
+  assign \port$1002$6  = \$7 ;
+  assign \port$1002$7  = \$8 ;
+  assign \port$1002$8  = \$9 ;
+  assign \port$1002$9  = \$10 ;
+  assign \port$1002$10  = \$11 ;
+  assign \port$1002$11  = \$12 ;
+  assign \port$1002$12  = \$13 ;
+  assign \port$1002$13  = \$14 ;
+  assign \port$1002$14  = \$15 ;
+  assign \port$1002$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_5 (\port$932$0 , \port$932$1 , \port$932$2 , \port$932$3 , \port$932$4 , \port$932$5 , \port$932$6 , \port$932$7 , \port$932$8 , \port$932$9 , \port$932$10 , \port$932$11 , \port$932$12 , \port$932$13 , \port$932$14 , \port$932$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_5 (\port$1003$0 , \port$1003$1 , \port$1003$2 , \port$1003$3 , \port$1003$4 , \port$1003$5 , \port$1003$6 , \port$1003$7 , \port$1003$8 , \port$1003$9 , \port$1003$10 , \port$1003$11 , \port$1003$12 , \port$1003$13 , \port$1003$14 , \port$1003$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10280,38 +10301,38 @@ module \psc_core.dp.pe_2.mul_5 (\port$932$0 , \port$932$1 , \port$932$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$932$0 ;
-  wire \port$932$0 ;
-  output \port$932$1 ;
-  wire \port$932$1 ;
-  output \port$932$10 ;
-  wire \port$932$10 ;
-  output \port$932$11 ;
-  wire \port$932$11 ;
-  output \port$932$12 ;
-  wire \port$932$12 ;
-  output \port$932$13 ;
-  wire \port$932$13 ;
-  output \port$932$14 ;
-  wire \port$932$14 ;
-  output \port$932$15 ;
-  wire \port$932$15 ;
-  output \port$932$2 ;
-  wire \port$932$2 ;
-  output \port$932$3 ;
-  wire \port$932$3 ;
-  output \port$932$4 ;
-  wire \port$932$4 ;
-  output \port$932$5 ;
-  wire \port$932$5 ;
-  output \port$932$6 ;
-  wire \port$932$6 ;
-  output \port$932$7 ;
-  wire \port$932$7 ;
-  output \port$932$8 ;
-  wire \port$932$8 ;
-  output \port$932$9 ;
-  wire \port$932$9 ;
+  output \port$1003$0 ;
+  wire \port$1003$0 ;
+  output \port$1003$1 ;
+  wire \port$1003$1 ;
+  output \port$1003$10 ;
+  wire \port$1003$10 ;
+  output \port$1003$11 ;
+  wire \port$1003$11 ;
+  output \port$1003$12 ;
+  wire \port$1003$12 ;
+  output \port$1003$13 ;
+  wire \port$1003$13 ;
+  output \port$1003$14 ;
+  wire \port$1003$14 ;
+  output \port$1003$15 ;
+  wire \port$1003$15 ;
+  output \port$1003$2 ;
+  wire \port$1003$2 ;
+  output \port$1003$3 ;
+  wire \port$1003$3 ;
+  output \port$1003$4 ;
+  wire \port$1003$4 ;
+  output \port$1003$5 ;
+  wire \port$1003$5 ;
+  output \port$1003$6 ;
+  wire \port$1003$6 ;
+  output \port$1003$7 ;
+  wire \port$1003$7 ;
+  output \port$1003$8 ;
+  wire \port$1003$8 ;
+  output \port$1003$9 ;
+  wire \port$1003$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -10435,26 +10456,26 @@ module \psc_core.dp.pe_2.mul_5 (\port$932$0 , \port$932$1 , \port$932$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$932$0  = \$1 ;
-  assign \port$932$1  = \$2 ;
-  assign \port$932$2  = \$3 ;
-  assign \port$932$3  = \$4 ;
-  assign \port$932$4  = \$5 ;
-  assign \port$932$5  = \$6 ;
-  assign \port$932$6  = \$7 ;
-  assign \port$932$7  = \$8 ;
-  assign \port$932$8  = \$9 ;
-  assign \port$932$9  = \$10 ;
-  assign \port$932$10  = \$11 ;
-  assign \port$932$11  = \$12 ;
-  assign \port$932$12  = \$13 ;
-  assign \port$932$13  = \$14 ;
-  assign \port$932$14  = \$15 ;
-  assign \port$932$15  = \$16 ;
+  assign \port$1003$0  = \$1 ;
+  assign \port$1003$1  = \$2 ;
+  assign \port$1003$2  = \$3 ;
+  assign \port$1003$3  = \$4 ;
+  assign \port$1003$4  = \$5 ;
+  assign \port$1003$5  = \$6 ;
+  assign \port$1003$6  = \$7 ;
+  assign \port$1003$7  = \$8 ;
+  assign \port$1003$8  = \$9 ;
+  assign \port$1003$9  = \$10 ;
+  assign \port$1003$10  = \$11 ;
+  assign \port$1003$11  = \$12 ;
+  assign \port$1003$12  = \$13 ;
+  assign \port$1003$13  = \$14 ;
+  assign \port$1003$14  = \$15 ;
+  assign \port$1003$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_6 (\port$933$0 , \port$933$1 , \port$933$2 , \port$933$3 , \port$933$4 , \port$933$5 , \port$933$6 , \port$933$7 , \port$933$8 , \port$933$9 , \port$933$10 , \port$933$11 , \port$933$12 , \port$933$13 , \port$933$14 , \port$933$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_6 (\port$1004$0 , \port$1004$1 , \port$1004$2 , \port$1004$3 , \port$1004$4 , \port$1004$5 , \port$1004$6 , \port$1004$7 , \port$1004$8 , \port$1004$9 , \port$1004$10 , \port$1004$11 , \port$1004$12 , \port$1004$13 , \port$1004$14 , \port$1004$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10503,38 +10524,38 @@ module \psc_core.dp.pe_2.mul_6 (\port$933$0 , \port$933$1 , \port$933$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$933$0 ;
-  wire \port$933$0 ;
-  output \port$933$1 ;
-  wire \port$933$1 ;
-  output \port$933$10 ;
-  wire \port$933$10 ;
-  output \port$933$11 ;
-  wire \port$933$11 ;
-  output \port$933$12 ;
-  wire \port$933$12 ;
-  output \port$933$13 ;
-  wire \port$933$13 ;
-  output \port$933$14 ;
-  wire \port$933$14 ;
-  output \port$933$15 ;
-  wire \port$933$15 ;
-  output \port$933$2 ;
-  wire \port$933$2 ;
-  output \port$933$3 ;
-  wire \port$933$3 ;
-  output \port$933$4 ;
-  wire \port$933$4 ;
-  output \port$933$5 ;
-  wire \port$933$5 ;
-  output \port$933$6 ;
-  wire \port$933$6 ;
-  output \port$933$7 ;
-  wire \port$933$7 ;
-  output \port$933$8 ;
-  wire \port$933$8 ;
-  output \port$933$9 ;
-  wire \port$933$9 ;
+  output \port$1004$0 ;
+  wire \port$1004$0 ;
+  output \port$1004$1 ;
+  wire \port$1004$1 ;
+  output \port$1004$10 ;
+  wire \port$1004$10 ;
+  output \port$1004$11 ;
+  wire \port$1004$11 ;
+  output \port$1004$12 ;
+  wire \port$1004$12 ;
+  output \port$1004$13 ;
+  wire \port$1004$13 ;
+  output \port$1004$14 ;
+  wire \port$1004$14 ;
+  output \port$1004$15 ;
+  wire \port$1004$15 ;
+  output \port$1004$2 ;
+  wire \port$1004$2 ;
+  output \port$1004$3 ;
+  wire \port$1004$3 ;
+  output \port$1004$4 ;
+  wire \port$1004$4 ;
+  output \port$1004$5 ;
+  wire \port$1004$5 ;
+  output \port$1004$6 ;
+  wire \port$1004$6 ;
+  output \port$1004$7 ;
+  wire \port$1004$7 ;
+  output \port$1004$8 ;
+  wire \port$1004$8 ;
+  output \port$1004$9 ;
+  wire \port$1004$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -10658,22 +10679,22 @@ module \psc_core.dp.pe_2.mul_6 (\port$933$0 , \port$933$1 , \port$933$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$933$0  = \$1 ;
-  assign \port$933$1  = \$2 ;
-  assign \port$933$2  = \$3 ;
-  assign \port$933$3  = \$4 ;
-  assign \port$933$4  = \$5 ;
-  assign \port$933$5  = \$6 ;
-  assign \port$933$6  = \$7 ;
-  assign \port$933$7  = \$8 ;
-  assign \port$933$8  = \$9 ;
-  assign \port$933$9  = \$10 ;
-  assign \port$933$10  = \$11 ;
-  assign \port$933$11  = \$12 ;
-  assign \port$933$12  = \$13 ;
-  assign \port$933$13  = \$14 ;
-  assign \port$933$14  = \$15 ;
-  assign \port$933$15  = \$16 ;
+  assign \port$1004$0  = \$1 ;
+  assign \port$1004$1  = \$2 ;
+  assign \port$1004$2  = \$3 ;
+  assign \port$1004$3  = \$4 ;
+  assign \port$1004$4  = \$5 ;
+  assign \port$1004$5  = \$6 ;
+  assign \port$1004$6  = \$7 ;
+  assign \port$1004$7  = \$8 ;
+  assign \port$1004$8  = \$9 ;
+  assign \port$1004$9  = \$10 ;
+  assign \port$1004$10  = \$11 ;
+  assign \port$1004$11  = \$12 ;
+  assign \port$1004$12  = \$13 ;
+  assign \port$1004$13  = \$14 ;
+  assign \port$1004$14  = \$15 ;
+  assign \port$1004$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -10736,7 +10757,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, \port$2982$768 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, \port$3092$768 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -10985,8 +11006,8 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2982$768 , valid, en, lane_acc, a
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [33:0] \port$2982$768 ;
-  wire [33:0] \port$2982$768 ;
+  input [33:0] \port$3092$768 ;
+  wire [33:0] \port$3092$768 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -11043,7 +11064,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2982$768 , valid, en, lane_acc, a
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$2982$768 [32];
+  assign \$2  = valid & \port$3092$768 [32];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -11138,154 +11159,154 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2982$768 , valid, en, lane_acc, a
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$1007$0 (\$64 ),
-    .\port$1007$1 (\$65 ),
-    .\port$1007$10 (\$74 ),
-    .\port$1007$11 (\$75 ),
-    .\port$1007$12 (\$76 ),
-    .\port$1007$13 (\$77 ),
-    .\port$1007$14 (\$78 ),
-    .\port$1007$15 (\$79 ),
-    .\port$1007$2 (\$66 ),
-    .\port$1007$3 (\$67 ),
-    .\port$1007$4 (\$68 ),
-    .\port$1007$5 (\$69 ),
-    .\port$1007$6 (\$70 ),
-    .\port$1007$7 (\$71 ),
-    .\port$1007$8 (\$72 ),
-    .\port$1007$9 (\$73 )
+    .\port$1078$0 (\$64 ),
+    .\port$1078$1 (\$65 ),
+    .\port$1078$10 (\$74 ),
+    .\port$1078$11 (\$75 ),
+    .\port$1078$12 (\$76 ),
+    .\port$1078$13 (\$77 ),
+    .\port$1078$14 (\$78 ),
+    .\port$1078$15 (\$79 ),
+    .\port$1078$2 (\$66 ),
+    .\port$1078$3 (\$67 ),
+    .\port$1078$4 (\$68 ),
+    .\port$1078$5 (\$69 ),
+    .\port$1078$6 (\$70 ),
+    .\port$1078$7 (\$71 ),
+    .\port$1078$8 (\$72 ),
+    .\port$1078$9 (\$73 )
   );
   \psc_core.dp.pe_3.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$1008$0 (\$80 ),
-    .\port$1008$1 (\$81 ),
-    .\port$1008$10 (\$90 ),
-    .\port$1008$11 (\$91 ),
-    .\port$1008$12 (\$92 ),
-    .\port$1008$13 (\$93 ),
-    .\port$1008$14 (\$94 ),
-    .\port$1008$15 (\$95 ),
-    .\port$1008$2 (\$82 ),
-    .\port$1008$3 (\$83 ),
-    .\port$1008$4 (\$84 ),
-    .\port$1008$5 (\$85 ),
-    .\port$1008$6 (\$86 ),
-    .\port$1008$7 (\$87 ),
-    .\port$1008$8 (\$88 ),
-    .\port$1008$9 (\$89 )
+    .\port$1079$0 (\$80 ),
+    .\port$1079$1 (\$81 ),
+    .\port$1079$10 (\$90 ),
+    .\port$1079$11 (\$91 ),
+    .\port$1079$12 (\$92 ),
+    .\port$1079$13 (\$93 ),
+    .\port$1079$14 (\$94 ),
+    .\port$1079$15 (\$95 ),
+    .\port$1079$2 (\$82 ),
+    .\port$1079$3 (\$83 ),
+    .\port$1079$4 (\$84 ),
+    .\port$1079$5 (\$85 ),
+    .\port$1079$6 (\$86 ),
+    .\port$1079$7 (\$87 ),
+    .\port$1079$8 (\$88 ),
+    .\port$1079$9 (\$89 )
   );
   \psc_core.dp.pe_3.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$1009$0 (\$96 ),
-    .\port$1009$1 (\$97 ),
-    .\port$1009$10 (\$106 ),
-    .\port$1009$11 (\$107 ),
-    .\port$1009$12 (\$108 ),
-    .\port$1009$13 (\$109 ),
-    .\port$1009$14 (\$110 ),
-    .\port$1009$15 (\$111 ),
-    .\port$1009$2 (\$98 ),
-    .\port$1009$3 (\$99 ),
-    .\port$1009$4 (\$100 ),
-    .\port$1009$5 (\$101 ),
-    .\port$1009$6 (\$102 ),
-    .\port$1009$7 (\$103 ),
-    .\port$1009$8 (\$104 ),
-    .\port$1009$9 (\$105 )
+    .\port$1080$0 (\$96 ),
+    .\port$1080$1 (\$97 ),
+    .\port$1080$10 (\$106 ),
+    .\port$1080$11 (\$107 ),
+    .\port$1080$12 (\$108 ),
+    .\port$1080$13 (\$109 ),
+    .\port$1080$14 (\$110 ),
+    .\port$1080$15 (\$111 ),
+    .\port$1080$2 (\$98 ),
+    .\port$1080$3 (\$99 ),
+    .\port$1080$4 (\$100 ),
+    .\port$1080$5 (\$101 ),
+    .\port$1080$6 (\$102 ),
+    .\port$1080$7 (\$103 ),
+    .\port$1080$8 (\$104 ),
+    .\port$1080$9 (\$105 )
   );
   \psc_core.dp.pe_3.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$1010$0 (\$112 ),
-    .\port$1010$1 (\$113 ),
-    .\port$1010$10 (\$122 ),
-    .\port$1010$11 (\$123 ),
-    .\port$1010$12 (\$124 ),
-    .\port$1010$13 (\$125 ),
-    .\port$1010$14 (\$126 ),
-    .\port$1010$15 (\$127 ),
-    .\port$1010$2 (\$114 ),
-    .\port$1010$3 (\$115 ),
-    .\port$1010$4 (\$116 ),
-    .\port$1010$5 (\$117 ),
-    .\port$1010$6 (\$118 ),
-    .\port$1010$7 (\$119 ),
-    .\port$1010$8 (\$120 ),
-    .\port$1010$9 (\$121 )
+    .\port$1081$0 (\$112 ),
+    .\port$1081$1 (\$113 ),
+    .\port$1081$10 (\$122 ),
+    .\port$1081$11 (\$123 ),
+    .\port$1081$12 (\$124 ),
+    .\port$1081$13 (\$125 ),
+    .\port$1081$14 (\$126 ),
+    .\port$1081$15 (\$127 ),
+    .\port$1081$2 (\$114 ),
+    .\port$1081$3 (\$115 ),
+    .\port$1081$4 (\$116 ),
+    .\port$1081$5 (\$117 ),
+    .\port$1081$6 (\$118 ),
+    .\port$1081$7 (\$119 ),
+    .\port$1081$8 (\$120 ),
+    .\port$1081$9 (\$121 )
   );
   \psc_core.dp.pe_3.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$1011$0 (\$128 ),
-    .\port$1011$1 (\$129 ),
-    .\port$1011$10 (\$138 ),
-    .\port$1011$11 (\$139 ),
-    .\port$1011$12 (\$140 ),
-    .\port$1011$13 (\$141 ),
-    .\port$1011$14 (\$142 ),
-    .\port$1011$15 (\$143 ),
-    .\port$1011$2 (\$130 ),
-    .\port$1011$3 (\$131 ),
-    .\port$1011$4 (\$132 ),
-    .\port$1011$5 (\$133 ),
-    .\port$1011$6 (\$134 ),
-    .\port$1011$7 (\$135 ),
-    .\port$1011$8 (\$136 ),
-    .\port$1011$9 (\$137 )
+    .\port$1082$0 (\$128 ),
+    .\port$1082$1 (\$129 ),
+    .\port$1082$10 (\$138 ),
+    .\port$1082$11 (\$139 ),
+    .\port$1082$12 (\$140 ),
+    .\port$1082$13 (\$141 ),
+    .\port$1082$14 (\$142 ),
+    .\port$1082$15 (\$143 ),
+    .\port$1082$2 (\$130 ),
+    .\port$1082$3 (\$131 ),
+    .\port$1082$4 (\$132 ),
+    .\port$1082$5 (\$133 ),
+    .\port$1082$6 (\$134 ),
+    .\port$1082$7 (\$135 ),
+    .\port$1082$8 (\$136 ),
+    .\port$1082$9 (\$137 )
   );
   \psc_core.dp.pe_3.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$1012$0 (\$144 ),
-    .\port$1012$1 (\$145 ),
-    .\port$1012$10 (\$154 ),
-    .\port$1012$11 (\$155 ),
-    .\port$1012$12 (\$156 ),
-    .\port$1012$13 (\$157 ),
-    .\port$1012$14 (\$158 ),
-    .\port$1012$15 (\$159 ),
-    .\port$1012$2 (\$146 ),
-    .\port$1012$3 (\$147 ),
-    .\port$1012$4 (\$148 ),
-    .\port$1012$5 (\$149 ),
-    .\port$1012$6 (\$150 ),
-    .\port$1012$7 (\$151 ),
-    .\port$1012$8 (\$152 ),
-    .\port$1012$9 (\$153 )
+    .\port$1083$0 (\$144 ),
+    .\port$1083$1 (\$145 ),
+    .\port$1083$10 (\$154 ),
+    .\port$1083$11 (\$155 ),
+    .\port$1083$12 (\$156 ),
+    .\port$1083$13 (\$157 ),
+    .\port$1083$14 (\$158 ),
+    .\port$1083$15 (\$159 ),
+    .\port$1083$2 (\$146 ),
+    .\port$1083$3 (\$147 ),
+    .\port$1083$4 (\$148 ),
+    .\port$1083$5 (\$149 ),
+    .\port$1083$6 (\$150 ),
+    .\port$1083$7 (\$151 ),
+    .\port$1083$8 (\$152 ),
+    .\port$1083$9 (\$153 )
   );
   \psc_core.dp.pe_3.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$1013$0 (\$160 ),
-    .\port$1013$1 (\$161 ),
-    .\port$1013$10 (\$170 ),
-    .\port$1013$11 (\$171 ),
-    .\port$1013$12 (\$172 ),
-    .\port$1013$13 (\$173 ),
-    .\port$1013$14 (\$174 ),
-    .\port$1013$15 (\$175 ),
-    .\port$1013$2 (\$162 ),
-    .\port$1013$3 (\$163 ),
-    .\port$1013$4 (\$164 ),
-    .\port$1013$5 (\$165 ),
-    .\port$1013$6 (\$166 ),
-    .\port$1013$7 (\$167 ),
-    .\port$1013$8 (\$168 ),
-    .\port$1013$9 (\$169 )
+    .\port$1084$0 (\$160 ),
+    .\port$1084$1 (\$161 ),
+    .\port$1084$10 (\$170 ),
+    .\port$1084$11 (\$171 ),
+    .\port$1084$12 (\$172 ),
+    .\port$1084$13 (\$173 ),
+    .\port$1084$14 (\$174 ),
+    .\port$1084$15 (\$175 ),
+    .\port$1084$2 (\$162 ),
+    .\port$1084$3 (\$163 ),
+    .\port$1084$4 (\$164 ),
+    .\port$1084$5 (\$165 ),
+    .\port$1084$6 (\$166 ),
+    .\port$1084$7 (\$167 ),
+    .\port$1084$8 (\$168 ),
+    .\port$1084$9 (\$169 )
   );
   \psc_core.dp.pe_3.wsu  wsu (
     .mask(mask),
@@ -11306,7 +11327,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2982$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$2982$768 [32];
+      \$37  = \port$3092$768 [32];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -11316,7 +11337,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2982$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$2982$768 [33];
+      \$38  = \port$3092$768 [33];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -11327,7 +11348,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2982$768 , valid, en, lane_acc, a
     \$39  = b1;
     if (en) begin
       if (\$2 ) begin
-        \$39  = \port$2982$768 [31:0];
+        \$39  = \port$3092$768 [31:0];
       end
     end
   end
@@ -11570,9 +11591,9 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2982$768 , valid, en, lane_acc, a
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$2982$768 [32];
-  assign last = \port$2982$768 [33];
-  assign bias = \port$2982$768 [31:0];
+  assign first = \port$3092$768 [32];
+  assign last = \port$3092$768 [33];
+  assign bias = \port$3092$768 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -11632,7 +11653,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$2982$768 , valid, en, lane_acc, a
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_0 (\port$1007$0 , \port$1007$1 , \port$1007$2 , \port$1007$3 , \port$1007$4 , \port$1007$5 , \port$1007$6 , \port$1007$7 , \port$1007$8 , \port$1007$9 , \port$1007$10 , \port$1007$11 , \port$1007$12 , \port$1007$13 , \port$1007$14 , \port$1007$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_0 (\port$1078$0 , \port$1078$1 , \port$1078$2 , \port$1078$3 , \port$1078$4 , \port$1078$5 , \port$1078$6 , \port$1078$7 , \port$1078$8 , \port$1078$9 , \port$1078$10 , \port$1078$11 , \port$1078$12 , \port$1078$13 , \port$1078$14 , \port$1078$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -11681,38 +11702,38 @@ module \psc_core.dp.pe_3.mul_0 (\port$1007$0 , \port$1007$1 , \port$1007$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1007$0 ;
-  wire \port$1007$0 ;
-  output \port$1007$1 ;
-  wire \port$1007$1 ;
-  output \port$1007$10 ;
-  wire \port$1007$10 ;
-  output \port$1007$11 ;
-  wire \port$1007$11 ;
-  output \port$1007$12 ;
-  wire \port$1007$12 ;
-  output \port$1007$13 ;
-  wire \port$1007$13 ;
-  output \port$1007$14 ;
-  wire \port$1007$14 ;
-  output \port$1007$15 ;
-  wire \port$1007$15 ;
-  output \port$1007$2 ;
-  wire \port$1007$2 ;
-  output \port$1007$3 ;
-  wire \port$1007$3 ;
-  output \port$1007$4 ;
-  wire \port$1007$4 ;
-  output \port$1007$5 ;
-  wire \port$1007$5 ;
-  output \port$1007$6 ;
-  wire \port$1007$6 ;
-  output \port$1007$7 ;
-  wire \port$1007$7 ;
-  output \port$1007$8 ;
-  wire \port$1007$8 ;
-  output \port$1007$9 ;
-  wire \port$1007$9 ;
+  output \port$1078$0 ;
+  wire \port$1078$0 ;
+  output \port$1078$1 ;
+  wire \port$1078$1 ;
+  output \port$1078$10 ;
+  wire \port$1078$10 ;
+  output \port$1078$11 ;
+  wire \port$1078$11 ;
+  output \port$1078$12 ;
+  wire \port$1078$12 ;
+  output \port$1078$13 ;
+  wire \port$1078$13 ;
+  output \port$1078$14 ;
+  wire \port$1078$14 ;
+  output \port$1078$15 ;
+  wire \port$1078$15 ;
+  output \port$1078$2 ;
+  wire \port$1078$2 ;
+  output \port$1078$3 ;
+  wire \port$1078$3 ;
+  output \port$1078$4 ;
+  wire \port$1078$4 ;
+  output \port$1078$5 ;
+  wire \port$1078$5 ;
+  output \port$1078$6 ;
+  wire \port$1078$6 ;
+  output \port$1078$7 ;
+  wire \port$1078$7 ;
+  output \port$1078$8 ;
+  wire \port$1078$8 ;
+  output \port$1078$9 ;
+  wire \port$1078$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -11836,26 +11857,26 @@ module \psc_core.dp.pe_3.mul_0 (\port$1007$0 , \port$1007$1 , \port$1007$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1007$0  = \$1 ;
-  assign \port$1007$1  = \$2 ;
-  assign \port$1007$2  = \$3 ;
-  assign \port$1007$3  = \$4 ;
-  assign \port$1007$4  = \$5 ;
-  assign \port$1007$5  = \$6 ;
-  assign \port$1007$6  = \$7 ;
-  assign \port$1007$7  = \$8 ;
-  assign \port$1007$8  = \$9 ;
-  assign \port$1007$9  = \$10 ;
-  assign \port$1007$10  = \$11 ;
-  assign \port$1007$11  = \$12 ;
-  assign \port$1007$12  = \$13 ;
-  assign \port$1007$13  = \$14 ;
-  assign \port$1007$14  = \$15 ;
-  assign \port$1007$15  = \$16 ;
+  assign \port$1078$0  = \$1 ;
+  assign \port$1078$1  = \$2 ;
+  assign \port$1078$2  = \$3 ;
+  assign \port$1078$3  = \$4 ;
+  assign \port$1078$4  = \$5 ;
+  assign \port$1078$5  = \$6 ;
+  assign \port$1078$6  = \$7 ;
+  assign \port$1078$7  = \$8 ;
+  assign \port$1078$8  = \$9 ;
+  assign \port$1078$9  = \$10 ;
+  assign \port$1078$10  = \$11 ;
+  assign \port$1078$11  = \$12 ;
+  assign \port$1078$12  = \$13 ;
+  assign \port$1078$13  = \$14 ;
+  assign \port$1078$14  = \$15 ;
+  assign \port$1078$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_1 (\port$1008$0 , \port$1008$1 , \port$1008$2 , \port$1008$3 , \port$1008$4 , \port$1008$5 , \port$1008$6 , \port$1008$7 , \port$1008$8 , \port$1008$9 , \port$1008$10 , \port$1008$11 , \port$1008$12 , \port$1008$13 , \port$1008$14 , \port$1008$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_1 (\port$1079$0 , \port$1079$1 , \port$1079$2 , \port$1079$3 , \port$1079$4 , \port$1079$5 , \port$1079$6 , \port$1079$7 , \port$1079$8 , \port$1079$9 , \port$1079$10 , \port$1079$11 , \port$1079$12 , \port$1079$13 , \port$1079$14 , \port$1079$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -11904,38 +11925,38 @@ module \psc_core.dp.pe_3.mul_1 (\port$1008$0 , \port$1008$1 , \port$1008$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1008$0 ;
-  wire \port$1008$0 ;
-  output \port$1008$1 ;
-  wire \port$1008$1 ;
-  output \port$1008$10 ;
-  wire \port$1008$10 ;
-  output \port$1008$11 ;
-  wire \port$1008$11 ;
-  output \port$1008$12 ;
-  wire \port$1008$12 ;
-  output \port$1008$13 ;
-  wire \port$1008$13 ;
-  output \port$1008$14 ;
-  wire \port$1008$14 ;
-  output \port$1008$15 ;
-  wire \port$1008$15 ;
-  output \port$1008$2 ;
-  wire \port$1008$2 ;
-  output \port$1008$3 ;
-  wire \port$1008$3 ;
-  output \port$1008$4 ;
-  wire \port$1008$4 ;
-  output \port$1008$5 ;
-  wire \port$1008$5 ;
-  output \port$1008$6 ;
-  wire \port$1008$6 ;
-  output \port$1008$7 ;
-  wire \port$1008$7 ;
-  output \port$1008$8 ;
-  wire \port$1008$8 ;
-  output \port$1008$9 ;
-  wire \port$1008$9 ;
+  output \port$1079$0 ;
+  wire \port$1079$0 ;
+  output \port$1079$1 ;
+  wire \port$1079$1 ;
+  output \port$1079$10 ;
+  wire \port$1079$10 ;
+  output \port$1079$11 ;
+  wire \port$1079$11 ;
+  output \port$1079$12 ;
+  wire \port$1079$12 ;
+  output \port$1079$13 ;
+  wire \port$1079$13 ;
+  output \port$1079$14 ;
+  wire \port$1079$14 ;
+  output \port$1079$15 ;
+  wire \port$1079$15 ;
+  output \port$1079$2 ;
+  wire \port$1079$2 ;
+  output \port$1079$3 ;
+  wire \port$1079$3 ;
+  output \port$1079$4 ;
+  wire \port$1079$4 ;
+  output \port$1079$5 ;
+  wire \port$1079$5 ;
+  output \port$1079$6 ;
+  wire \port$1079$6 ;
+  output \port$1079$7 ;
+  wire \port$1079$7 ;
+  output \port$1079$8 ;
+  wire \port$1079$8 ;
+  output \port$1079$9 ;
+  wire \port$1079$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -12059,26 +12080,26 @@ module \psc_core.dp.pe_3.mul_1 (\port$1008$0 , \port$1008$1 , \port$1008$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1008$0  = \$1 ;
-  assign \port$1008$1  = \$2 ;
-  assign \port$1008$2  = \$3 ;
-  assign \port$1008$3  = \$4 ;
-  assign \port$1008$4  = \$5 ;
-  assign \port$1008$5  = \$6 ;
-  assign \port$1008$6  = \$7 ;
-  assign \port$1008$7  = \$8 ;
-  assign \port$1008$8  = \$9 ;
-  assign \port$1008$9  = \$10 ;
-  assign \port$1008$10  = \$11 ;
-  assign \port$1008$11  = \$12 ;
-  assign \port$1008$12  = \$13 ;
-  assign \port$1008$13  = \$14 ;
-  assign \port$1008$14  = \$15 ;
-  assign \port$1008$15  = \$16 ;
+  assign \port$1079$0  = \$1 ;
+  assign \port$1079$1  = \$2 ;
+  assign \port$1079$2  = \$3 ;
+  assign \port$1079$3  = \$4 ;
+  assign \port$1079$4  = \$5 ;
+  assign \port$1079$5  = \$6 ;
+  assign \port$1079$6  = \$7 ;
+  assign \port$1079$7  = \$8 ;
+  assign \port$1079$8  = \$9 ;
+  assign \port$1079$9  = \$10 ;
+  assign \port$1079$10  = \$11 ;
+  assign \port$1079$11  = \$12 ;
+  assign \port$1079$12  = \$13 ;
+  assign \port$1079$13  = \$14 ;
+  assign \port$1079$14  = \$15 ;
+  assign \port$1079$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_2 (\port$1009$0 , \port$1009$1 , \port$1009$2 , \port$1009$3 , \port$1009$4 , \port$1009$5 , \port$1009$6 , \port$1009$7 , \port$1009$8 , \port$1009$9 , \port$1009$10 , \port$1009$11 , \port$1009$12 , \port$1009$13 , \port$1009$14 , \port$1009$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_2 (\port$1080$0 , \port$1080$1 , \port$1080$2 , \port$1080$3 , \port$1080$4 , \port$1080$5 , \port$1080$6 , \port$1080$7 , \port$1080$8 , \port$1080$9 , \port$1080$10 , \port$1080$11 , \port$1080$12 , \port$1080$13 , \port$1080$14 , \port$1080$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12127,38 +12148,38 @@ module \psc_core.dp.pe_3.mul_2 (\port$1009$0 , \port$1009$1 , \port$1009$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1009$0 ;
-  wire \port$1009$0 ;
-  output \port$1009$1 ;
-  wire \port$1009$1 ;
-  output \port$1009$10 ;
-  wire \port$1009$10 ;
-  output \port$1009$11 ;
-  wire \port$1009$11 ;
-  output \port$1009$12 ;
-  wire \port$1009$12 ;
-  output \port$1009$13 ;
-  wire \port$1009$13 ;
-  output \port$1009$14 ;
-  wire \port$1009$14 ;
-  output \port$1009$15 ;
-  wire \port$1009$15 ;
-  output \port$1009$2 ;
-  wire \port$1009$2 ;
-  output \port$1009$3 ;
-  wire \port$1009$3 ;
-  output \port$1009$4 ;
-  wire \port$1009$4 ;
-  output \port$1009$5 ;
-  wire \port$1009$5 ;
-  output \port$1009$6 ;
-  wire \port$1009$6 ;
-  output \port$1009$7 ;
-  wire \port$1009$7 ;
-  output \port$1009$8 ;
-  wire \port$1009$8 ;
-  output \port$1009$9 ;
-  wire \port$1009$9 ;
+  output \port$1080$0 ;
+  wire \port$1080$0 ;
+  output \port$1080$1 ;
+  wire \port$1080$1 ;
+  output \port$1080$10 ;
+  wire \port$1080$10 ;
+  output \port$1080$11 ;
+  wire \port$1080$11 ;
+  output \port$1080$12 ;
+  wire \port$1080$12 ;
+  output \port$1080$13 ;
+  wire \port$1080$13 ;
+  output \port$1080$14 ;
+  wire \port$1080$14 ;
+  output \port$1080$15 ;
+  wire \port$1080$15 ;
+  output \port$1080$2 ;
+  wire \port$1080$2 ;
+  output \port$1080$3 ;
+  wire \port$1080$3 ;
+  output \port$1080$4 ;
+  wire \port$1080$4 ;
+  output \port$1080$5 ;
+  wire \port$1080$5 ;
+  output \port$1080$6 ;
+  wire \port$1080$6 ;
+  output \port$1080$7 ;
+  wire \port$1080$7 ;
+  output \port$1080$8 ;
+  wire \port$1080$8 ;
+  output \port$1080$9 ;
+  wire \port$1080$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -12282,26 +12303,26 @@ module \psc_core.dp.pe_3.mul_2 (\port$1009$0 , \port$1009$1 , \port$1009$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1009$0  = \$1 ;
-  assign \port$1009$1  = \$2 ;
-  assign \port$1009$2  = \$3 ;
-  assign \port$1009$3  = \$4 ;
-  assign \port$1009$4  = \$5 ;
-  assign \port$1009$5  = \$6 ;
-  assign \port$1009$6  = \$7 ;
-  assign \port$1009$7  = \$8 ;
-  assign \port$1009$8  = \$9 ;
-  assign \port$1009$9  = \$10 ;
-  assign \port$1009$10  = \$11 ;
-  assign \port$1009$11  = \$12 ;
-  assign \port$1009$12  = \$13 ;
-  assign \port$1009$13  = \$14 ;
-  assign \port$1009$14  = \$15 ;
-  assign \port$1009$15  = \$16 ;
+  assign \port$1080$0  = \$1 ;
+  assign \port$1080$1  = \$2 ;
+  assign \port$1080$2  = \$3 ;
+  assign \port$1080$3  = \$4 ;
+  assign \port$1080$4  = \$5 ;
+  assign \port$1080$5  = \$6 ;
+  assign \port$1080$6  = \$7 ;
+  assign \port$1080$7  = \$8 ;
+  assign \port$1080$8  = \$9 ;
+  assign \port$1080$9  = \$10 ;
+  assign \port$1080$10  = \$11 ;
+  assign \port$1080$11  = \$12 ;
+  assign \port$1080$12  = \$13 ;
+  assign \port$1080$13  = \$14 ;
+  assign \port$1080$14  = \$15 ;
+  assign \port$1080$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_3 (\port$1010$0 , \port$1010$1 , \port$1010$2 , \port$1010$3 , \port$1010$4 , \port$1010$5 , \port$1010$6 , \port$1010$7 , \port$1010$8 , \port$1010$9 , \port$1010$10 , \port$1010$11 , \port$1010$12 , \port$1010$13 , \port$1010$14 , \port$1010$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_3 (\port$1081$0 , \port$1081$1 , \port$1081$2 , \port$1081$3 , \port$1081$4 , \port$1081$5 , \port$1081$6 , \port$1081$7 , \port$1081$8 , \port$1081$9 , \port$1081$10 , \port$1081$11 , \port$1081$12 , \port$1081$13 , \port$1081$14 , \port$1081$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12350,38 +12371,38 @@ module \psc_core.dp.pe_3.mul_3 (\port$1010$0 , \port$1010$1 , \port$1010$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1010$0 ;
-  wire \port$1010$0 ;
-  output \port$1010$1 ;
-  wire \port$1010$1 ;
-  output \port$1010$10 ;
-  wire \port$1010$10 ;
-  output \port$1010$11 ;
-  wire \port$1010$11 ;
-  output \port$1010$12 ;
-  wire \port$1010$12 ;
-  output \port$1010$13 ;
-  wire \port$1010$13 ;
-  output \port$1010$14 ;
-  wire \port$1010$14 ;
-  output \port$1010$15 ;
-  wire \port$1010$15 ;
-  output \port$1010$2 ;
-  wire \port$1010$2 ;
-  output \port$1010$3 ;
-  wire \port$1010$3 ;
-  output \port$1010$4 ;
-  wire \port$1010$4 ;
-  output \port$1010$5 ;
-  wire \port$1010$5 ;
-  output \port$1010$6 ;
-  wire \port$1010$6 ;
-  output \port$1010$7 ;
-  wire \port$1010$7 ;
-  output \port$1010$8 ;
-  wire \port$1010$8 ;
-  output \port$1010$9 ;
-  wire \port$1010$9 ;
+  output \port$1081$0 ;
+  wire \port$1081$0 ;
+  output \port$1081$1 ;
+  wire \port$1081$1 ;
+  output \port$1081$10 ;
+  wire \port$1081$10 ;
+  output \port$1081$11 ;
+  wire \port$1081$11 ;
+  output \port$1081$12 ;
+  wire \port$1081$12 ;
+  output \port$1081$13 ;
+  wire \port$1081$13 ;
+  output \port$1081$14 ;
+  wire \port$1081$14 ;
+  output \port$1081$15 ;
+  wire \port$1081$15 ;
+  output \port$1081$2 ;
+  wire \port$1081$2 ;
+  output \port$1081$3 ;
+  wire \port$1081$3 ;
+  output \port$1081$4 ;
+  wire \port$1081$4 ;
+  output \port$1081$5 ;
+  wire \port$1081$5 ;
+  output \port$1081$6 ;
+  wire \port$1081$6 ;
+  output \port$1081$7 ;
+  wire \port$1081$7 ;
+  output \port$1081$8 ;
+  wire \port$1081$8 ;
+  output \port$1081$9 ;
+  wire \port$1081$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -12505,26 +12526,26 @@ module \psc_core.dp.pe_3.mul_3 (\port$1010$0 , \port$1010$1 , \port$1010$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1010$0  = \$1 ;
-  assign \port$1010$1  = \$2 ;
-  assign \port$1010$2  = \$3 ;
-  assign \port$1010$3  = \$4 ;
-  assign \port$1010$4  = \$5 ;
-  assign \port$1010$5  = \$6 ;
-  assign \port$1010$6  = \$7 ;
-  assign \port$1010$7  = \$8 ;
-  assign \port$1010$8  = \$9 ;
-  assign \port$1010$9  = \$10 ;
-  assign \port$1010$10  = \$11 ;
-  assign \port$1010$11  = \$12 ;
-  assign \port$1010$12  = \$13 ;
-  assign \port$1010$13  = \$14 ;
-  assign \port$1010$14  = \$15 ;
-  assign \port$1010$15  = \$16 ;
+  assign \port$1081$0  = \$1 ;
+  assign \port$1081$1  = \$2 ;
+  assign \port$1081$2  = \$3 ;
+  assign \port$1081$3  = \$4 ;
+  assign \port$1081$4  = \$5 ;
+  assign \port$1081$5  = \$6 ;
+  assign \port$1081$6  = \$7 ;
+  assign \port$1081$7  = \$8 ;
+  assign \port$1081$8  = \$9 ;
+  assign \port$1081$9  = \$10 ;
+  assign \port$1081$10  = \$11 ;
+  assign \port$1081$11  = \$12 ;
+  assign \port$1081$12  = \$13 ;
+  assign \port$1081$13  = \$14 ;
+  assign \port$1081$14  = \$15 ;
+  assign \port$1081$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_4 (\port$1011$0 , \port$1011$1 , \port$1011$2 , \port$1011$3 , \port$1011$4 , \port$1011$5 , \port$1011$6 , \port$1011$7 , \port$1011$8 , \port$1011$9 , \port$1011$10 , \port$1011$11 , \port$1011$12 , \port$1011$13 , \port$1011$14 , \port$1011$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_4 (\port$1082$0 , \port$1082$1 , \port$1082$2 , \port$1082$3 , \port$1082$4 , \port$1082$5 , \port$1082$6 , \port$1082$7 , \port$1082$8 , \port$1082$9 , \port$1082$10 , \port$1082$11 , \port$1082$12 , \port$1082$13 , \port$1082$14 , \port$1082$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12573,38 +12594,38 @@ module \psc_core.dp.pe_3.mul_4 (\port$1011$0 , \port$1011$1 , \port$1011$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1011$0 ;
-  wire \port$1011$0 ;
-  output \port$1011$1 ;
-  wire \port$1011$1 ;
-  output \port$1011$10 ;
-  wire \port$1011$10 ;
-  output \port$1011$11 ;
-  wire \port$1011$11 ;
-  output \port$1011$12 ;
-  wire \port$1011$12 ;
-  output \port$1011$13 ;
-  wire \port$1011$13 ;
-  output \port$1011$14 ;
-  wire \port$1011$14 ;
-  output \port$1011$15 ;
-  wire \port$1011$15 ;
-  output \port$1011$2 ;
-  wire \port$1011$2 ;
-  output \port$1011$3 ;
-  wire \port$1011$3 ;
-  output \port$1011$4 ;
-  wire \port$1011$4 ;
-  output \port$1011$5 ;
-  wire \port$1011$5 ;
-  output \port$1011$6 ;
-  wire \port$1011$6 ;
-  output \port$1011$7 ;
-  wire \port$1011$7 ;
-  output \port$1011$8 ;
-  wire \port$1011$8 ;
-  output \port$1011$9 ;
-  wire \port$1011$9 ;
+  output \port$1082$0 ;
+  wire \port$1082$0 ;
+  output \port$1082$1 ;
+  wire \port$1082$1 ;
+  output \port$1082$10 ;
+  wire \port$1082$10 ;
+  output \port$1082$11 ;
+  wire \port$1082$11 ;
+  output \port$1082$12 ;
+  wire \port$1082$12 ;
+  output \port$1082$13 ;
+  wire \port$1082$13 ;
+  output \port$1082$14 ;
+  wire \port$1082$14 ;
+  output \port$1082$15 ;
+  wire \port$1082$15 ;
+  output \port$1082$2 ;
+  wire \port$1082$2 ;
+  output \port$1082$3 ;
+  wire \port$1082$3 ;
+  output \port$1082$4 ;
+  wire \port$1082$4 ;
+  output \port$1082$5 ;
+  wire \port$1082$5 ;
+  output \port$1082$6 ;
+  wire \port$1082$6 ;
+  output \port$1082$7 ;
+  wire \port$1082$7 ;
+  output \port$1082$8 ;
+  wire \port$1082$8 ;
+  output \port$1082$9 ;
+  wire \port$1082$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -12728,26 +12749,26 @@ module \psc_core.dp.pe_3.mul_4 (\port$1011$0 , \port$1011$1 , \port$1011$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1011$0  = \$1 ;
-  assign \port$1011$1  = \$2 ;
-  assign \port$1011$2  = \$3 ;
-  assign \port$1011$3  = \$4 ;
-  assign \port$1011$4  = \$5 ;
-  assign \port$1011$5  = \$6 ;
-  assign \port$1011$6  = \$7 ;
-  assign \port$1011$7  = \$8 ;
-  assign \port$1011$8  = \$9 ;
-  assign \port$1011$9  = \$10 ;
-  assign \port$1011$10  = \$11 ;
-  assign \port$1011$11  = \$12 ;
-  assign \port$1011$12  = \$13 ;
-  assign \port$1011$13  = \$14 ;
-  assign \port$1011$14  = \$15 ;
-  assign \port$1011$15  = \$16 ;
+  assign \port$1082$0  = \$1 ;
+  assign \port$1082$1  = \$2 ;
+  assign \port$1082$2  = \$3 ;
+  assign \port$1082$3  = \$4 ;
+  assign \port$1082$4  = \$5 ;
+  assign \port$1082$5  = \$6 ;
+  assign \port$1082$6  = \$7 ;
+  assign \port$1082$7  = \$8 ;
+  assign \port$1082$8  = \$9 ;
+  assign \port$1082$9  = \$10 ;
+  assign \port$1082$10  = \$11 ;
+  assign \port$1082$11  = \$12 ;
+  assign \port$1082$12  = \$13 ;
+  assign \port$1082$13  = \$14 ;
+  assign \port$1082$14  = \$15 ;
+  assign \port$1082$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_5 (\port$1012$0 , \port$1012$1 , \port$1012$2 , \port$1012$3 , \port$1012$4 , \port$1012$5 , \port$1012$6 , \port$1012$7 , \port$1012$8 , \port$1012$9 , \port$1012$10 , \port$1012$11 , \port$1012$12 , \port$1012$13 , \port$1012$14 , \port$1012$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_5 (\port$1083$0 , \port$1083$1 , \port$1083$2 , \port$1083$3 , \port$1083$4 , \port$1083$5 , \port$1083$6 , \port$1083$7 , \port$1083$8 , \port$1083$9 , \port$1083$10 , \port$1083$11 , \port$1083$12 , \port$1083$13 , \port$1083$14 , \port$1083$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12796,38 +12817,38 @@ module \psc_core.dp.pe_3.mul_5 (\port$1012$0 , \port$1012$1 , \port$1012$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1012$0 ;
-  wire \port$1012$0 ;
-  output \port$1012$1 ;
-  wire \port$1012$1 ;
-  output \port$1012$10 ;
-  wire \port$1012$10 ;
-  output \port$1012$11 ;
-  wire \port$1012$11 ;
-  output \port$1012$12 ;
-  wire \port$1012$12 ;
-  output \port$1012$13 ;
-  wire \port$1012$13 ;
-  output \port$1012$14 ;
-  wire \port$1012$14 ;
-  output \port$1012$15 ;
-  wire \port$1012$15 ;
-  output \port$1012$2 ;
-  wire \port$1012$2 ;
-  output \port$1012$3 ;
-  wire \port$1012$3 ;
-  output \port$1012$4 ;
-  wire \port$1012$4 ;
-  output \port$1012$5 ;
-  wire \port$1012$5 ;
-  output \port$1012$6 ;
-  wire \port$1012$6 ;
-  output \port$1012$7 ;
-  wire \port$1012$7 ;
-  output \port$1012$8 ;
-  wire \port$1012$8 ;
-  output \port$1012$9 ;
-  wire \port$1012$9 ;
+  output \port$1083$0 ;
+  wire \port$1083$0 ;
+  output \port$1083$1 ;
+  wire \port$1083$1 ;
+  output \port$1083$10 ;
+  wire \port$1083$10 ;
+  output \port$1083$11 ;
+  wire \port$1083$11 ;
+  output \port$1083$12 ;
+  wire \port$1083$12 ;
+  output \port$1083$13 ;
+  wire \port$1083$13 ;
+  output \port$1083$14 ;
+  wire \port$1083$14 ;
+  output \port$1083$15 ;
+  wire \port$1083$15 ;
+  output \port$1083$2 ;
+  wire \port$1083$2 ;
+  output \port$1083$3 ;
+  wire \port$1083$3 ;
+  output \port$1083$4 ;
+  wire \port$1083$4 ;
+  output \port$1083$5 ;
+  wire \port$1083$5 ;
+  output \port$1083$6 ;
+  wire \port$1083$6 ;
+  output \port$1083$7 ;
+  wire \port$1083$7 ;
+  output \port$1083$8 ;
+  wire \port$1083$8 ;
+  output \port$1083$9 ;
+  wire \port$1083$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -12951,26 +12972,26 @@ module \psc_core.dp.pe_3.mul_5 (\port$1012$0 , \port$1012$1 , \port$1012$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1012$0  = \$1 ;
-  assign \port$1012$1  = \$2 ;
-  assign \port$1012$2  = \$3 ;
-  assign \port$1012$3  = \$4 ;
-  assign \port$1012$4  = \$5 ;
-  assign \port$1012$5  = \$6 ;
-  assign \port$1012$6  = \$7 ;
-  assign \port$1012$7  = \$8 ;
-  assign \port$1012$8  = \$9 ;
-  assign \port$1012$9  = \$10 ;
-  assign \port$1012$10  = \$11 ;
-  assign \port$1012$11  = \$12 ;
-  assign \port$1012$12  = \$13 ;
-  assign \port$1012$13  = \$14 ;
-  assign \port$1012$14  = \$15 ;
-  assign \port$1012$15  = \$16 ;
+  assign \port$1083$0  = \$1 ;
+  assign \port$1083$1  = \$2 ;
+  assign \port$1083$2  = \$3 ;
+  assign \port$1083$3  = \$4 ;
+  assign \port$1083$4  = \$5 ;
+  assign \port$1083$5  = \$6 ;
+  assign \port$1083$6  = \$7 ;
+  assign \port$1083$7  = \$8 ;
+  assign \port$1083$8  = \$9 ;
+  assign \port$1083$9  = \$10 ;
+  assign \port$1083$10  = \$11 ;
+  assign \port$1083$11  = \$12 ;
+  assign \port$1083$12  = \$13 ;
+  assign \port$1083$13  = \$14 ;
+  assign \port$1083$14  = \$15 ;
+  assign \port$1083$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_6 (\port$1013$0 , \port$1013$1 , \port$1013$2 , \port$1013$3 , \port$1013$4 , \port$1013$5 , \port$1013$6 , \port$1013$7 , \port$1013$8 , \port$1013$9 , \port$1013$10 , \port$1013$11 , \port$1013$12 , \port$1013$13 , \port$1013$14 , \port$1013$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_6 (\port$1084$0 , \port$1084$1 , \port$1084$2 , \port$1084$3 , \port$1084$4 , \port$1084$5 , \port$1084$6 , \port$1084$7 , \port$1084$8 , \port$1084$9 , \port$1084$10 , \port$1084$11 , \port$1084$12 , \port$1084$13 , \port$1084$14 , \port$1084$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -13019,38 +13040,38 @@ module \psc_core.dp.pe_3.mul_6 (\port$1013$0 , \port$1013$1 , \port$1013$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1013$0 ;
-  wire \port$1013$0 ;
-  output \port$1013$1 ;
-  wire \port$1013$1 ;
-  output \port$1013$10 ;
-  wire \port$1013$10 ;
-  output \port$1013$11 ;
-  wire \port$1013$11 ;
-  output \port$1013$12 ;
-  wire \port$1013$12 ;
-  output \port$1013$13 ;
-  wire \port$1013$13 ;
-  output \port$1013$14 ;
-  wire \port$1013$14 ;
-  output \port$1013$15 ;
-  wire \port$1013$15 ;
-  output \port$1013$2 ;
-  wire \port$1013$2 ;
-  output \port$1013$3 ;
-  wire \port$1013$3 ;
-  output \port$1013$4 ;
-  wire \port$1013$4 ;
-  output \port$1013$5 ;
-  wire \port$1013$5 ;
-  output \port$1013$6 ;
-  wire \port$1013$6 ;
-  output \port$1013$7 ;
-  wire \port$1013$7 ;
-  output \port$1013$8 ;
-  wire \port$1013$8 ;
-  output \port$1013$9 ;
-  wire \port$1013$9 ;
+  output \port$1084$0 ;
+  wire \port$1084$0 ;
+  output \port$1084$1 ;
+  wire \port$1084$1 ;
+  output \port$1084$10 ;
+  wire \port$1084$10 ;
+  output \port$1084$11 ;
+  wire \port$1084$11 ;
+  output \port$1084$12 ;
+  wire \port$1084$12 ;
+  output \port$1084$13 ;
+  wire \port$1084$13 ;
+  output \port$1084$14 ;
+  wire \port$1084$14 ;
+  output \port$1084$15 ;
+  wire \port$1084$15 ;
+  output \port$1084$2 ;
+  wire \port$1084$2 ;
+  output \port$1084$3 ;
+  wire \port$1084$3 ;
+  output \port$1084$4 ;
+  wire \port$1084$4 ;
+  output \port$1084$5 ;
+  wire \port$1084$5 ;
+  output \port$1084$6 ;
+  wire \port$1084$6 ;
+  output \port$1084$7 ;
+  wire \port$1084$7 ;
+  output \port$1084$8 ;
+  wire \port$1084$8 ;
+  output \port$1084$9 ;
+  wire \port$1084$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -13174,22 +13195,22 @@ module \psc_core.dp.pe_3.mul_6 (\port$1013$0 , \port$1013$1 , \port$1013$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1013$0  = \$1 ;
-  assign \port$1013$1  = \$2 ;
-  assign \port$1013$2  = \$3 ;
-  assign \port$1013$3  = \$4 ;
-  assign \port$1013$4  = \$5 ;
-  assign \port$1013$5  = \$6 ;
-  assign \port$1013$6  = \$7 ;
-  assign \port$1013$7  = \$8 ;
-  assign \port$1013$8  = \$9 ;
-  assign \port$1013$9  = \$10 ;
-  assign \port$1013$10  = \$11 ;
-  assign \port$1013$11  = \$12 ;
-  assign \port$1013$12  = \$13 ;
-  assign \port$1013$13  = \$14 ;
-  assign \port$1013$14  = \$15 ;
-  assign \port$1013$15  = \$16 ;
+  assign \port$1084$0  = \$1 ;
+  assign \port$1084$1  = \$2 ;
+  assign \port$1084$2  = \$3 ;
+  assign \port$1084$3  = \$4 ;
+  assign \port$1084$4  = \$5 ;
+  assign \port$1084$5  = \$6 ;
+  assign \port$1084$6  = \$7 ;
+  assign \port$1084$7  = \$8 ;
+  assign \port$1084$8  = \$9 ;
+  assign \port$1084$9  = \$10 ;
+  assign \port$1084$10  = \$11 ;
+  assign \port$1084$11  = \$12 ;
+  assign \port$1084$12  = \$13 ;
+  assign \port$1084$13  = \$14 ;
+  assign \port$1084$14  = \$15 ;
+  assign \port$1084$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -14401,7 +14422,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, read__addr, i__ready, read__data, done, rows_in, i__payload);
+module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, read__addr, i__ready, read__data, words_in, done, rows_in, i__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -14443,46 +14464,38 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
   wire [12:0] \$8 ;
   wire \$9 ;
   wire [9:0] \$signature__addr ;
-  wire [9:0] \$signature__addr$12 ;
-  wire [9:0] \$signature__addr$15 ;
-  wire [9:0] \$signature__addr$18 ;
-  wire [9:0] \$signature__addr$26 ;
-  wire [9:0] \$signature__addr$29 ;
-  wire [9:0] \$signature__addr$31 ;
-  wire [9:0] \$signature__addr$33 ;
+  wire [9:0] \$signature__addr$13 ;
+  wire [9:0] \$signature__addr$16 ;
+  wire [9:0] \$signature__addr$19 ;
+  wire [9:0] \$signature__addr$27 ;
+  wire [9:0] \$signature__addr$30 ;
+  wire [9:0] \$signature__addr$32 ;
+  wire [9:0] \$signature__addr$34 ;
   wire [55:0] \$signature__data ;
-  wire [55:0] \$signature__data$11 ;
-  wire [7:0] \$signature__data$11[0] ;
-  wire [7:0] \$signature__data$11[1] ;
-  wire [7:0] \$signature__data$11[2] ;
-  wire [7:0] \$signature__data$11[3] ;
-  wire [7:0] \$signature__data$11[4] ;
-  wire [7:0] \$signature__data$11[5] ;
-  wire [7:0] \$signature__data$11[6] ;
-  wire [55:0] \$signature__data$14 ;
-  wire [7:0] \$signature__data$14[0] ;
-  wire [7:0] \$signature__data$14[1] ;
-  wire [7:0] \$signature__data$14[2] ;
-  wire [7:0] \$signature__data$14[3] ;
-  wire [7:0] \$signature__data$14[4] ;
-  wire [7:0] \$signature__data$14[5] ;
-  wire [7:0] \$signature__data$14[6] ;
-  wire [55:0] \$signature__data$17 ;
-  wire [7:0] \$signature__data$17[0] ;
-  wire [7:0] \$signature__data$17[1] ;
-  wire [7:0] \$signature__data$17[2] ;
-  wire [7:0] \$signature__data$17[3] ;
-  wire [7:0] \$signature__data$17[4] ;
-  wire [7:0] \$signature__data$17[5] ;
-  wire [7:0] \$signature__data$17[6] ;
-  wire [55:0] \$signature__data$35 ;
-  wire [7:0] \$signature__data$35[0] ;
-  wire [7:0] \$signature__data$35[1] ;
-  wire [7:0] \$signature__data$35[2] ;
-  wire [7:0] \$signature__data$35[3] ;
-  wire [7:0] \$signature__data$35[4] ;
-  wire [7:0] \$signature__data$35[5] ;
-  wire [7:0] \$signature__data$35[6] ;
+  wire [55:0] \$signature__data$12 ;
+  wire [7:0] \$signature__data$12[0] ;
+  wire [7:0] \$signature__data$12[1] ;
+  wire [7:0] \$signature__data$12[2] ;
+  wire [7:0] \$signature__data$12[3] ;
+  wire [7:0] \$signature__data$12[4] ;
+  wire [7:0] \$signature__data$12[5] ;
+  wire [7:0] \$signature__data$12[6] ;
+  wire [55:0] \$signature__data$15 ;
+  wire [7:0] \$signature__data$15[0] ;
+  wire [7:0] \$signature__data$15[1] ;
+  wire [7:0] \$signature__data$15[2] ;
+  wire [7:0] \$signature__data$15[3] ;
+  wire [7:0] \$signature__data$15[4] ;
+  wire [7:0] \$signature__data$15[5] ;
+  wire [7:0] \$signature__data$15[6] ;
+  wire [55:0] \$signature__data$18 ;
+  wire [7:0] \$signature__data$18[0] ;
+  wire [7:0] \$signature__data$18[1] ;
+  wire [7:0] \$signature__data$18[2] ;
+  wire [7:0] \$signature__data$18[3] ;
+  wire [7:0] \$signature__data$18[4] ;
+  wire [7:0] \$signature__data$18[5] ;
+  wire [7:0] \$signature__data$18[6] ;
   wire [55:0] \$signature__data$36 ;
   wire [7:0] \$signature__data$36[0] ;
   wire [7:0] \$signature__data$36[1] ;
@@ -14507,6 +14520,14 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
   wire [7:0] \$signature__data$38[4] ;
   wire [7:0] \$signature__data$38[5] ;
   wire [7:0] \$signature__data$38[6] ;
+  wire [55:0] \$signature__data$39 ;
+  wire [7:0] \$signature__data$39[0] ;
+  wire [7:0] \$signature__data$39[1] ;
+  wire [7:0] \$signature__data$39[2] ;
+  wire [7:0] \$signature__data$39[3] ;
+  wire [7:0] \$signature__data$39[4] ;
+  wire [7:0] \$signature__data$39[5] ;
+  wire [7:0] \$signature__data$39[6] ;
   wire [7:0] \$signature__data[0] ;
   wire [7:0] \$signature__data[1] ;
   wire [7:0] \$signature__data[2] ;
@@ -14515,13 +14536,13 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
   wire [7:0] \$signature__data[5] ;
   wire [7:0] \$signature__data[6] ;
   wire \$signature__en ;
-  wire \$signature__en$13 ;
-  wire \$signature__en$16 ;
-  wire \$signature__en$19 ;
-  wire \$signature__en$24 ;
-  wire \$signature__en$28 ;
-  wire \$signature__en$30 ;
-  wire \$signature__en$32 ;
+  wire \$signature__en$14 ;
+  wire \$signature__en$17 ;
+  wire \$signature__en$20 ;
+  wire \$signature__en$25 ;
+  wire \$signature__en$29 ;
+  wire \$signature__en$31 ;
+  wire \$signature__en$33 ;
   input clk;
   wire clk;
   reg [11:0] col_cnt = 12'h000;
@@ -14544,7 +14565,8 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
   reg i__ready;
   input i__valid;
   wire i__valid;
-  reg [12:0] in_cnt = 13'h0000;
+  (* init = 13'h0000 *)
+  wire [12:0] in_cnt;
   reg [1:0] lb = 2'h0;
   reg [15:0] lgi = 16'h0000;
   reg [10:0] lgoff = 11'h000;
@@ -14603,9 +14625,11 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
   wire rst;
   input run;
   wire run;
-  input [174:0] sizes;
-  wire [174:0] sizes;
+  input [204:0] sizes;
+  wire [204:0] sizes;
+  wire [14:0] \sizes.c0_g ;
   wire [11:0] \sizes.kk ;
+  wire [14:0] \sizes.kr_wg ;
   wire [10:0] \sizes.n_dw ;
   wire [12:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
@@ -14620,6 +14644,8 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
   input start;
   wire start;
   reg [11:0] wg_m1 = 12'h000;
+  output [12:0] words_in;
+  reg [12:0] words_in = 13'h0000;
   reg [55:0] inbuf_0 [1023:0];
   initial begin
     inbuf_0[0] = 56'h00000000000000;
@@ -15657,7 +15683,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
       _0_ <= inbuf_0[read__addr[9:0]];
     end
   end
-  assign \$signature__data$35  = _0_;
+  assign \$signature__data$36  = _0_;
   reg [55:0] inbuf_1 [1023:0];
   initial begin
     inbuf_1[0] = 56'h00000000000000;
@@ -16686,7 +16712,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
     inbuf_1[1023] = 56'h00000000000000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$13 )
+    if (\$signature__en$14 )
       inbuf_1[\$8 [9:0]] <= i__payload;
   end
   reg [55:0] _1_;
@@ -16695,7 +16721,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
       _1_ <= inbuf_1[read__addr[19:10]];
     end
   end
-  assign \$signature__data$36  = _1_;
+  assign \$signature__data$37  = _1_;
   reg [55:0] inbuf_2 [1023:0];
   initial begin
     inbuf_2[0] = 56'h00000000000000;
@@ -17724,7 +17750,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
     inbuf_2[1023] = 56'h00000000000000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$16 )
+    if (\$signature__en$17 )
       inbuf_2[\$12 [9:0]] <= i__payload;
   end
   reg [55:0] _2_;
@@ -17733,7 +17759,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
       _2_ <= inbuf_2[read__addr[29:20]];
     end
   end
-  assign \$signature__data$37  = _2_;
+  assign \$signature__data$38  = _2_;
   reg [55:0] inbuf_3 [1023:0];
   initial begin
     inbuf_3[0] = 56'h00000000000000;
@@ -18762,7 +18788,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
     inbuf_3[1023] = 56'h00000000000000;
   end
   always @(posedge clk) begin
-    if (\$signature__en$19 )
+    if (\$signature__en$20 )
       inbuf_3[\$16 [9:0]] <= i__payload;
   end
   reg [55:0] _3_;
@@ -18771,7 +18797,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
       _3_ <= inbuf_3[read__addr[39:30]];
     end
   end
-  assign \$signature__data$38  = _3_;
+  assign \$signature__data$39  = _3_;
   always @(posedge clk)
     rows_in <= \$35 ;
   always @(posedge clk)
@@ -18787,34 +18813,34 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
   assign \$2  = lb == 2'h3;
   assign \$3  = \$1  | \$2 ;
   assign count = fire & \$3 ;
-  assign \$4  = dwc ? in_cnt : { 3'h0, in_cnt[9:0] };
+  assign \$4  = dwc ? words_in : { 3'h0, words_in[9:0] };
   assign \$5  = ! lb;
-  assign \$6  = ! in_cnt[12:10];
+  assign \$6  = ! words_in[12:10];
   assign \$7  = dwc ? \$5  : \$6 ;
   assign \$signature__en  = fire & \$7 ;
-  assign \$8  = dwc ? in_cnt : { 3'h0, in_cnt[9:0] };
+  assign \$8  = dwc ? words_in : { 3'h0, words_in[9:0] };
   assign \$9  = lb == 1'h1;
-  assign \$10  = in_cnt[12:10] == 1'h1;
+  assign \$10  = words_in[12:10] == 1'h1;
   assign \$11  = dwc ? \$9  : \$10 ;
-  assign \$signature__en$13  = fire & \$11 ;
-  assign \$12  = dwc ? in_cnt : { 3'h0, in_cnt[9:0] };
+  assign \$signature__en$14  = fire & \$11 ;
+  assign \$12  = dwc ? words_in : { 3'h0, words_in[9:0] };
   assign \$13  = lb == 2'h2;
-  assign \$14  = in_cnt[12:10] == 2'h2;
+  assign \$14  = words_in[12:10] == 2'h2;
   assign \$15  = dwc ? \$13  : \$14 ;
-  assign \$signature__en$16  = fire & \$15 ;
-  assign \$16  = dwc ? in_cnt : { 3'h0, in_cnt[9:0] };
+  assign \$signature__en$17  = fire & \$15 ;
+  assign \$16  = dwc ? words_in : { 3'h0, words_in[9:0] };
   assign \$17  = lb == 2'h3;
-  assign \$18  = in_cnt[12:10] == 2'h3;
+  assign \$18  = words_in[12:10] == 2'h3;
   assign \$19  = dwc ? \$17  : \$18 ;
-  assign \$signature__en$19  = fire & \$19 ;
+  assign \$signature__en$20  = fire & \$19 ;
   assign \$20  = ~ done;
   assign \$21  = sizes[12:0] - 1'h1;
   assign \$22  = sizes[25:13] - 1'h1;
   assign \$23  = lb == 2'h3;
   assign \$24  = lb + 1'h1;
   assign \$25  = \$23  ? 3'h0 : \$24 ;
-  assign \$26  = in_cnt + 1'h1;
-  assign \$27  = in_cnt == n_in_m1;
+  assign \$26  = words_in + 1'h1;
+  assign \$27  = words_in == n_in_m1;
   assign \$28  = col_cnt == wg_m1;
   assign \$29  = rows_in + 1'h1;
   assign \$30  = col_cnt + 1'h1;
@@ -18825,7 +18851,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
   always @(posedge clk)
     lb <= \$31 ;
   always @(posedge clk)
-    in_cnt <= \$32 ;
+    words_in <= \$32 ;
   always @(posedge clk)
     done <= \$33 ;
   always @(posedge clk)
@@ -18909,7 +18935,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$32  = in_cnt;
+    \$32  = words_in;
     if (run) begin
       if (count) begin
         \$32  = \$26 [12:0];
@@ -18957,23 +18983,24 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
       \$34  = 12'h000;
     end
   end
+  assign in_cnt = words_in;
   assign \$signature__data  = i__payload;
   assign \$signature__addr  = \$4 [9:0];
-  assign \$signature__data$11  = i__payload;
-  assign \$signature__addr$12  = \$8 [9:0];
-  assign \$signature__data$14  = i__payload;
-  assign \$signature__addr$15  = \$12 [9:0];
-  assign \$signature__data$17  = i__payload;
-  assign \$signature__addr$18  = \$16 [9:0];
+  assign \$signature__data$12  = i__payload;
+  assign \$signature__addr$13  = \$8 [9:0];
+  assign \$signature__data$15  = i__payload;
+  assign \$signature__addr$16  = \$12 [9:0];
+  assign \$signature__data$18  = i__payload;
+  assign \$signature__addr$19  = \$16 [9:0];
   assign rows = rows_in;
-  assign \$signature__en$24  = read__en;
-  assign \$signature__addr$26  = read__addr[9:0];
-  assign \$signature__en$28  = read__en;
-  assign \$signature__addr$29  = read__addr[19:10];
-  assign \$signature__en$30  = read__en;
-  assign \$signature__addr$31  = read__addr[29:20];
-  assign \$signature__en$32  = read__en;
-  assign \$signature__addr$33  = read__addr[39:30];
+  assign \$signature__en$25  = read__en;
+  assign \$signature__addr$27  = read__addr[9:0];
+  assign \$signature__en$29  = read__en;
+  assign \$signature__addr$30  = read__addr[19:10];
+  assign \$signature__en$31  = read__en;
+  assign \$signature__addr$32  = read__addr[29:20];
+  assign \$signature__en$33  = read__en;
+  assign \$signature__addr$34  = read__addr[39:30];
   assign \$signature__data[0]  = i__payload[7:0];
   assign \$signature__data[1]  = i__payload[15:8];
   assign \$signature__data[2]  = i__payload[23:16];
@@ -18988,27 +19015,27 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
   assign \i__payload[4]  = i__payload[39:32];
   assign \i__payload[5]  = i__payload[47:40];
   assign \i__payload[6]  = i__payload[55:48];
-  assign \$signature__data$11[0]  = i__payload[7:0];
-  assign \$signature__data$11[1]  = i__payload[15:8];
-  assign \$signature__data$11[2]  = i__payload[23:16];
-  assign \$signature__data$11[3]  = i__payload[31:24];
-  assign \$signature__data$11[4]  = i__payload[39:32];
-  assign \$signature__data$11[5]  = i__payload[47:40];
-  assign \$signature__data$11[6]  = i__payload[55:48];
-  assign \$signature__data$14[0]  = i__payload[7:0];
-  assign \$signature__data$14[1]  = i__payload[15:8];
-  assign \$signature__data$14[2]  = i__payload[23:16];
-  assign \$signature__data$14[3]  = i__payload[31:24];
-  assign \$signature__data$14[4]  = i__payload[39:32];
-  assign \$signature__data$14[5]  = i__payload[47:40];
-  assign \$signature__data$14[6]  = i__payload[55:48];
-  assign \$signature__data$17[0]  = i__payload[7:0];
-  assign \$signature__data$17[1]  = i__payload[15:8];
-  assign \$signature__data$17[2]  = i__payload[23:16];
-  assign \$signature__data$17[3]  = i__payload[31:24];
-  assign \$signature__data$17[4]  = i__payload[39:32];
-  assign \$signature__data$17[5]  = i__payload[47:40];
-  assign \$signature__data$17[6]  = i__payload[55:48];
+  assign \$signature__data$12[0]  = i__payload[7:0];
+  assign \$signature__data$12[1]  = i__payload[15:8];
+  assign \$signature__data$12[2]  = i__payload[23:16];
+  assign \$signature__data$12[3]  = i__payload[31:24];
+  assign \$signature__data$12[4]  = i__payload[39:32];
+  assign \$signature__data$12[5]  = i__payload[47:40];
+  assign \$signature__data$12[6]  = i__payload[55:48];
+  assign \$signature__data$15[0]  = i__payload[7:0];
+  assign \$signature__data$15[1]  = i__payload[15:8];
+  assign \$signature__data$15[2]  = i__payload[23:16];
+  assign \$signature__data$15[3]  = i__payload[31:24];
+  assign \$signature__data$15[4]  = i__payload[39:32];
+  assign \$signature__data$15[5]  = i__payload[47:40];
+  assign \$signature__data$15[6]  = i__payload[55:48];
+  assign \$signature__data$18[0]  = i__payload[7:0];
+  assign \$signature__data$18[1]  = i__payload[15:8];
+  assign \$signature__data$18[2]  = i__payload[23:16];
+  assign \$signature__data$18[3]  = i__payload[31:24];
+  assign \$signature__data$18[4]  = i__payload[39:32];
+  assign \$signature__data$18[5]  = i__payload[47:40];
+  assign \$signature__data$18[6]  = i__payload[55:48];
   assign \read__addr.addr  = read__addr[39:0];
   assign \read__addr.addr[0]  = read__addr[9:0];
   assign \read__addr.addr[1]  = read__addr[19:10];
@@ -19047,13 +19074,6 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
   assign \read__data[3][4]  = read__data[207:200];
   assign \read__data[3][5]  = read__data[215:208];
   assign \read__data[3][6]  = read__data[223:216];
-  assign \$signature__data$35[0]  = \$signature__data$35 [7:0];
-  assign \$signature__data$35[1]  = \$signature__data$35 [15:8];
-  assign \$signature__data$35[2]  = \$signature__data$35 [23:16];
-  assign \$signature__data$35[3]  = \$signature__data$35 [31:24];
-  assign \$signature__data$35[4]  = \$signature__data$35 [39:32];
-  assign \$signature__data$35[5]  = \$signature__data$35 [47:40];
-  assign \$signature__data$35[6]  = \$signature__data$35 [55:48];
   assign \$signature__data$36[0]  = \$signature__data$36 [7:0];
   assign \$signature__data$36[1]  = \$signature__data$36 [15:8];
   assign \$signature__data$36[2]  = \$signature__data$36 [23:16];
@@ -19075,6 +19095,13 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
   assign \$signature__data$38[4]  = \$signature__data$38 [39:32];
   assign \$signature__data$38[5]  = \$signature__data$38 [47:40];
   assign \$signature__data$38[6]  = \$signature__data$38 [55:48];
+  assign \$signature__data$39[0]  = \$signature__data$39 [7:0];
+  assign \$signature__data$39[1]  = \$signature__data$39 [15:8];
+  assign \$signature__data$39[2]  = \$signature__data$39 [23:16];
+  assign \$signature__data$39[3]  = \$signature__data$39 [31:24];
+  assign \$signature__data$39[4]  = \$signature__data$39 [39:32];
+  assign \$signature__data$39[5]  = \$signature__data$39 [47:40];
+  assign \$signature__data$39[6]  = \$signature__data$39 [55:48];
   assign \sizes.wg  = sizes[12:0];
   assign \sizes.n_in  = sizes[25:13];
   assign \sizes.ow  = sizes[50:26];
@@ -19084,13 +19111,15 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
   assign \sizes.n_w  = sizes[109:100];
   assign \sizes.pt_wg  = sizes[124:110];
   assign \sizes.pl_g  = sizes[139:125];
-  assign \sizes.plane  = sizes[150:140];
-  assign \sizes.n_dw  = sizes[161:151];
-  assign \sizes.pt_ws  = sizes[174:162];
-  assign read__data[223:168] = \$signature__data$38 ;
-  assign read__data[167:112] = \$signature__data$37 ;
-  assign read__data[111:56] = \$signature__data$36 ;
-  assign read__data[55:0] = \$signature__data$35 ;
+  assign \sizes.kr_wg  = sizes[154:140];
+  assign \sizes.c0_g  = sizes[169:155];
+  assign \sizes.plane  = sizes[180:170];
+  assign \sizes.n_dw  = sizes[191:181];
+  assign \sizes.pt_ws  = sizes[204:192];
+  assign read__data[223:168] = \$signature__data$39 ;
+  assign read__data[167:112] = \$signature__data$38 ;
+  assign read__data[111:56] = \$signature__data$37 ;
+  assign read__data[55:0] = \$signature__data$36 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -25272,111 +25301,111 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dwp, gin_e, run, sizes, loaded, taps__payload, rows_in, weights_done, params_done, clk);
+module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dwp, gin_e, run, sizes, loaded, taps__payload, words_in, rows_in, weights_done, params_done, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire [13:0] \$1 ;
-  wire [4:0] \$10 ;
-  wire [18:0] \$100 ;
-  wire [18:0] \$101 ;
-  wire [18:0] \$102 ;
-  wire [18:0] \$103 ;
-  wire [18:0] \$104 ;
-  wire [18:0] \$105 ;
+  wire [15:0] \$10 ;
+  wire \$100 ;
+  wire \$101 ;
+  wire [11:0] \$102 ;
+  wire \$103 ;
+  wire \$104 ;
+  wire [22:0] \$105 ;
   wire [18:0] \$106 ;
-  wire \$107 ;
-  wire \$108 ;
-  wire \$109 ;
+  wire [18:0] \$107 ;
+  wire [18:0] \$108 ;
+  wire [18:0] \$109 ;
   wire \$11 ;
   wire [18:0] \$110 ;
-  wire [18:0] \$111 ;
-  wire \$112 ;
+  wire [3:0] \$111 ;
+  wire [3:0] \$112 ;
   wire \$113 ;
   wire \$114 ;
-  wire [16:0] \$115 ;
-  wire [16:0] \$116 ;
-  wire \$117 ;
-  wire [4:0] \$118 ;
-  wire \$119 ;
-  wire \$12 ;
-  wire [4:0] \$120 ;
-  wire \$121 ;
-  wire [16:0] \$122 ;
+  wire [22:0] \$115 ;
+  wire [18:0] \$116 ;
+  wire [18:0] \$117 ;
+  wire [18:0] \$118 ;
+  wire [18:0] \$119 ;
+  wire [16:0] \$12 ;
+  wire [18:0] \$120 ;
+  wire [18:0] \$121 ;
+  wire [18:0] \$122 ;
   wire \$123 ;
-  wire [16:0] \$124 ;
-  wire [16:0] \$125 ;
-  wire [16:0] \$126 ;
-  wire [2:0] \$127 ;
+  wire \$124 ;
+  wire \$125 ;
+  wire [18:0] \$126 ;
+  wire [18:0] \$127 ;
   wire \$128 ;
-  wire [16:0] \$129 ;
-  wire [4:0] \$13 ;
+  wire \$129 ;
+  wire [16:0] \$13 ;
   wire \$130 ;
-  wire [16:0] \$131 ;
+  wire \$131 ;
   wire \$132 ;
-  wire [4:0] \$133 ;
+  wire \$133 ;
   wire \$134 ;
-  wire [4:0] \$135 ;
+  wire \$135 ;
   wire \$136 ;
   wire [16:0] \$137 ;
-  wire \$138 ;
-  wire [16:0] \$139 ;
-  wire [4:0] \$14 ;
-  wire [16:0] \$140 ;
-  wire [16:0] \$141 ;
-  wire [2:0] \$142 ;
+  wire [16:0] \$138 ;
+  wire \$139 ;
+  wire [17:0] \$14 ;
+  wire [4:0] \$140 ;
+  wire \$141 ;
+  wire [4:0] \$142 ;
   wire \$143 ;
   wire [16:0] \$144 ;
   wire \$145 ;
-  wire \$146 ;
-  wire \$147 ;
-  wire \$148 ;
-  wire \$149 ;
+  wire [16:0] \$146 ;
+  wire [16:0] \$147 ;
+  wire [16:0] \$148 ;
+  wire [2:0] \$149 ;
   wire \$15 ;
   wire \$150 ;
-  wire \$151 ;
+  wire [16:0] \$151 ;
   wire \$152 ;
-  wire \$153 ;
-  wire [16:0] \$154 ;
-  wire [17:0] \$155 ;
-  wire [4:0] \$156 ;
-  wire [5:0] \$157 ;
-  wire [4:0] \$158 ;
-  wire [5:0] \$159 ;
-  wire \$16 ;
-  wire [16:0] \$160 ;
-  wire [17:0] \$161 ;
+  wire [16:0] \$153 ;
+  wire \$154 ;
+  wire [4:0] \$155 ;
+  wire \$156 ;
+  wire [4:0] \$157 ;
+  wire \$158 ;
+  wire [16:0] \$159 ;
+  wire [13:0] \$16 ;
+  wire \$160 ;
+  wire [16:0] \$161 ;
   wire [16:0] \$162 ;
   wire [16:0] \$163 ;
-  wire [16:0] \$164 ;
-  wire [2:0] \$165 ;
-  wire [4:0] \$166 ;
-  wire [17:0] \$167 ;
-  wire [16:0] \$168 ;
-  wire [17:0] \$169 ;
-  wire [6:0] \$17 ;
+  wire [2:0] \$164 ;
+  wire \$165 ;
+  wire [16:0] \$166 ;
+  wire \$167 ;
+  wire \$168 ;
+  wire \$169 ;
+  wire [13:0] \$17 ;
   wire \$170 ;
   wire \$171 ;
   wire \$172 ;
   wire \$173 ;
   wire \$174 ;
   wire \$175 ;
-  wire \$176 ;
-  wire \$177 ;
-  wire \$178 ;
-  wire \$179 ;
-  wire [6:0] \$18 ;
-  wire \$180 ;
-  wire \$181 ;
-  wire \$182 ;
-  wire \$183 ;
-  wire \$184 ;
-  wire \$185 ;
-  wire \$186 ;
-  wire \$187 ;
-  wire \$188 ;
-  wire \$189 ;
-  wire \$19 ;
-  wire \$190 ;
-  wire \$191 ;
+  wire [16:0] \$176 ;
+  wire [17:0] \$177 ;
+  wire [4:0] \$178 ;
+  wire [5:0] \$179 ;
+  wire [18:0] \$18 ;
+  wire [4:0] \$180 ;
+  wire [5:0] \$181 ;
+  wire [16:0] \$182 ;
+  wire [17:0] \$183 ;
+  wire [16:0] \$184 ;
+  wire [16:0] \$185 ;
+  wire [16:0] \$186 ;
+  wire [2:0] \$187 ;
+  wire [4:0] \$188 ;
+  wire [17:0] \$189 ;
+  wire [12:0] \$19 ;
+  wire [16:0] \$190 ;
+  wire [17:0] \$191 ;
   wire \$192 ;
   wire \$193 ;
   wire \$194 ;
@@ -25386,86 +25415,86 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   wire \$198 ;
   wire \$199 ;
   wire [15:0] \$2 ;
-  wire \$20 ;
-  wire [3:0] \$200 ;
-  wire [3:0] \$201 ;
-  wire [3:0] \$202 ;
-  wire [3:0] \$203 ;
-  wire [4:0] \$204 ;
-  wire [15:0] \$205 ;
+  wire [12:0] \$20 ;
+  wire \$200 ;
+  wire \$201 ;
+  wire \$202 ;
+  wire \$203 ;
+  wire \$204 ;
+  wire \$205 ;
   wire \$206 ;
-  wire [16:0] \$207 ;
-  wire [16:0] \$208 ;
-  wire [16:0] \$209 ;
-  wire [16:0] \$21 ;
+  wire \$207 ;
+  wire \$208 ;
+  wire \$209 ;
+  wire \$21 ;
   wire \$210 ;
-  wire [17:0] \$211 ;
-  wire [17:0] \$212 ;
+  wire \$211 ;
+  wire \$212 ;
   wire \$213 ;
-  wire [13:0] \$214 ;
-  wire [13:0] \$215 ;
-  wire [17:0] \$216 ;
-  wire [16:0] \$217 ;
-  wire [10:0] \$218 ;
-  wire [2:0] \$219 ;
-  wire [16:0] \$22 ;
-  wire [4:0] \$220 ;
-  wire [4:0] \$221 ;
-  wire \$222 ;
-  wire \$223 ;
-  wire \$224 ;
-  wire [18:0] \$225 ;
-  wire [19:0] \$226 ;
-  wire \$227 ;
+  wire \$214 ;
+  wire \$215 ;
+  wire \$216 ;
+  wire \$217 ;
+  wire \$218 ;
+  wire \$219 ;
+  wire \$22 ;
+  wire \$220 ;
+  wire \$221 ;
+  wire [3:0] \$222 ;
+  wire [3:0] \$223 ;
+  wire [3:0] \$224 ;
+  wire [3:0] \$225 ;
+  wire [4:0] \$226 ;
+  wire [15:0] \$227 ;
   wire \$228 ;
-  wire \$229 ;
-  wire \$23 ;
-  wire \$230 ;
-  wire \$231 ;
+  wire [16:0] \$229 ;
+  wire [4:0] \$23 ;
+  wire [16:0] \$230 ;
+  wire [16:0] \$231 ;
   wire \$232 ;
-  wire \$233 ;
-  reg [11:0] \$234 ;
-  reg \$235 ;
-  reg [3:0] \$236 ;
-  reg \$237 ;
-  reg [3:0] \$238 ;
-  reg \$239 ;
-  wire \$24 ;
-  reg [5:0] \$240 ;
-  reg \$241 ;
-  reg [15:0] \$242 ;
-  reg \$243 ;
-  reg [15:0] \$244 ;
-  reg \$245 ;
-  reg \$246 ;
-  reg \$247 ;
-  reg \$248 ;
-  reg \$249 ;
-  wire [16:0] \$25 ;
-  reg \$250 ;
-  reg \$251 ;
-  reg \$252 ;
-  reg \$253 ;
-  reg \$254 ;
-  reg \$255 ;
-  reg \$256 ;
-  reg [10:0] \$257 ;
-  reg [17:0] \$258 ;
-  reg [17:0] \$259 ;
-  wire [16:0] \$26 ;
-  reg [17:0] \$260 ;
-  reg [17:0] \$261 ;
-  reg [10:0] \$262 ;
-  reg [17:0] \$263 ;
-  reg [17:0] \$264 ;
-  reg [17:0] \$265 ;
-  reg [17:0] \$266 ;
-  reg [17:0] \$267 ;
+  wire [17:0] \$233 ;
+  wire [17:0] \$234 ;
+  wire \$235 ;
+  wire [13:0] \$236 ;
+  wire [13:0] \$237 ;
+  wire [17:0] \$238 ;
+  wire [16:0] \$239 ;
+  wire [4:0] \$24 ;
+  wire [10:0] \$240 ;
+  wire [2:0] \$241 ;
+  wire [4:0] \$242 ;
+  wire [4:0] \$243 ;
+  wire \$244 ;
+  wire \$245 ;
+  wire \$246 ;
+  wire [18:0] \$247 ;
+  wire [19:0] \$248 ;
+  wire \$249 ;
+  wire \$25 ;
+  wire \$250 ;
+  wire \$251 ;
+  wire \$252 ;
+  wire \$253 ;
+  wire \$254 ;
+  wire \$255 ;
+  reg [11:0] \$256 ;
+  reg \$257 ;
+  reg [3:0] \$258 ;
+  reg \$259 ;
+  wire \$26 ;
+  reg [3:0] \$260 ;
+  reg \$261 ;
+  reg [5:0] \$262 ;
+  reg \$263 ;
+  reg [15:0] \$264 ;
+  reg \$265 ;
+  reg [15:0] \$266 ;
+  reg \$267 ;
   reg \$268 ;
   reg \$269 ;
-  wire \$27 ;
+  wire [4:0] \$27 ;
   reg \$270 ;
-  reg [5:0] \$271 ;
+  reg \$271 ;
   reg \$272 ;
   reg \$273 ;
   reg \$274 ;
@@ -25473,39 +25502,63 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   reg \$276 ;
   reg \$277 ;
   reg \$278 ;
-  reg \$279 ;
-  wire \$28 ;
-  reg \$280 ;
-  reg \$281 ;
-  reg \$282 ;
-  reg \$283 ;
-  reg [13:0] \$284 ;
-  reg [5:0] \$285 ;
-  reg [5:0] \$286 ;
-  reg [7:0] \$287 ;
-  reg [17:0] \$288 ;
+  reg [10:0] \$279 ;
+  wire [4:0] \$28 ;
+  reg [17:0] \$280 ;
+  reg [17:0] \$281 ;
+  reg [17:0] \$282 ;
+  reg [17:0] \$283 ;
+  reg [10:0] \$284 ;
+  reg [20:0] \$285 ;
+  reg [17:0] \$286 ;
+  reg [17:0] \$287 ;
+  reg [20:0] \$288 ;
   reg [17:0] \$289 ;
   wire \$29 ;
   reg [17:0] \$290 ;
   reg [17:0] \$291 ;
-  reg [17:0] \$292 ;
-  reg [17:0] \$293 ;
-  reg [10:0] \$294 ;
-  reg [2:0] \$295 ;
-  reg [3:0] \$296 ;
+  reg \$292 ;
+  reg \$293 ;
+  reg \$294 ;
+  reg [5:0] \$295 ;
+  reg \$296 ;
+  reg \$297 ;
+  reg \$298 ;
+  reg \$299 ;
   wire [16:0] \$3 ;
   wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
+  reg \$300 ;
+  reg \$301 ;
+  reg \$302 ;
+  reg \$303 ;
+  reg \$304 ;
+  reg \$305 ;
+  reg \$306 ;
+  reg \$307 ;
+  reg [13:0] \$308 ;
+  reg [5:0] \$309 ;
+  wire [6:0] \$31 ;
+  reg [5:0] \$310 ;
+  reg [7:0] \$311 ;
+  reg [17:0] \$312 ;
+  reg [17:0] \$313 ;
+  reg [17:0] \$314 ;
+  reg [17:0] \$315 ;
+  reg [17:0] \$316 ;
+  reg [17:0] \$317 ;
+  reg [10:0] \$318 ;
+  reg [2:0] \$319 ;
+  wire [6:0] \$32 ;
+  reg [3:0] \$320 ;
   wire \$33 ;
   wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
+  wire [16:0] \$35 ;
+  wire [16:0] \$36 ;
   wire \$37 ;
   wire \$38 ;
-  wire \$39 ;
+  wire [16:0] \$39 ;
   wire [16:0] \$4 ;
-  wire \$40 ;
+  wire [16:0] \$40 ;
   wire \$41 ;
   wire \$42 ;
   wire \$43 ;
@@ -25515,7 +25568,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   wire \$47 ;
   wire \$48 ;
   wire \$49 ;
-  wire [12:0] \$5 ;
+  wire [15:0] \$5 ;
   wire \$50 ;
   wire \$51 ;
   wire \$52 ;
@@ -25526,7 +25579,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   wire \$57 ;
   wire \$58 ;
   wire \$59 ;
-  wire [12:0] \$6 ;
+  wire \$6 ;
   wire \$60 ;
   wire \$61 ;
   wire \$62 ;
@@ -25537,39 +25590,39 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   wire \$67 ;
   wire \$68 ;
   wire \$69 ;
-  wire \$7 ;
+  wire [16:0] \$7 ;
   wire \$70 ;
   wire \$71 ;
   wire \$72 ;
   wire \$73 ;
   wire \$74 ;
   wire \$75 ;
-  wire [11:0] \$76 ;
+  wire \$76 ;
   wire \$77 ;
   wire \$78 ;
-  wire [18:0] \$79 ;
-  wire \$8 ;
-  wire [18:0] \$80 ;
+  wire \$79 ;
+  wire [16:0] \$8 ;
+  wire \$80 ;
   wire \$81 ;
   wire \$82 ;
-  wire [18:0] \$83 ;
-  wire [18:0] \$84 ;
-  wire [18:0] \$85 ;
+  wire \$83 ;
+  wire \$84 ;
+  wire \$85 ;
   wire \$86 ;
   wire \$87 ;
-  wire [11:0] \$88 ;
+  wire \$88 ;
   wire \$89 ;
-  wire [4:0] \$9 ;
-  wire \$90 ;
-  wire [18:0] \$91 ;
-  wire [18:0] \$92 ;
+  wire [17:0] \$9 ;
+  wire [11:0] \$90 ;
+  wire \$91 ;
+  wire \$92 ;
   wire [18:0] \$93 ;
   wire [18:0] \$94 ;
-  wire [18:0] \$95 ;
-  wire [3:0] \$96 ;
-  wire [3:0] \$97 ;
-  wire \$98 ;
-  wire \$99 ;
+  wire \$95 ;
+  wire \$96 ;
+  wire [18:0] \$97 ;
+  wire [18:0] \$98 ;
+  wire [18:0] \$99 ;
   reg [17:0] base = 18'h00000;
   reg below_j = 1'h0;
   reg below_kx = 1'h0;
@@ -25658,6 +25711,10 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   reg near_ox = 1'h0;
   reg near_oy = 1'h0;
   reg [17:0] need = 18'h00000;
+  reg [20:0] need_words = 21'h000000;
+  reg [20:0] need_words0 = 21'h000000;
+  reg [20:0] need_words_row = 21'h000000;
+  reg [20:0] need_words_row0 = 21'h000000;
   reg [15:0] ox = 16'h0000;
   reg [2:0] ox_step = 3'h0;
   reg [15:0] oy = 16'h0000;
@@ -25675,9 +25732,11 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   wire run;
   reg seq_busy = 1'h0;
   reg [17:0] sg = 18'h00000;
-  input [174:0] sizes;
-  wire [174:0] sizes;
+  input [204:0] sizes;
+  wire [204:0] sizes;
+  wire [14:0] \sizes.c0_g ;
   wire [11:0] \sizes.kk ;
+  wire [14:0] \sizes.kr_wg ;
   wire [10:0] \sizes.n_dw ;
   wire [12:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
@@ -25710,190 +25769,190 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   wire waiting;
   input weights_done;
   wire weights_done;
+  input [12:0] words_in;
+  wire [12:0] words_in;
   wire [16:0] ws;
-  assign \$1  = - sizes[174:162];
+  assign \$1  = - sizes[204:192];
   assign \$2  = - sizes[124:110];
   assign \$3  = $signed(\$2 ) - $signed({ 1'h0, sizes[139:125] });
   assign \$4  = dwp ? { \$1 [13], \$1 [13], \$1 [13], \$1  } : \$3 ;
-  assign \$5  = gi + 1'h1;
-  assign \$6  = last_gi ? 13'h0000 : \$5 ;
-  assign \$7  = gi == lim_2inc_gi;
-  assign \$8  = last_gi ? lim_inc_gi : \$7 ;
-  assign \$9  = kx + 1'h1;
-  assign \$10  = last_kx ? 5'h00 : \$9 ;
-  assign \$11  = kx == lim_2inc_kx;
-  assign \$12  = last_kx ? lim_inc_kx : \$11 ;
-  assign \$13  = ky + 1'h1;
-  assign \$14  = last_ky ? 5'h00 : \$13 ;
-  assign \$15  = ky == lim_2inc_ky;
-  assign \$16  = last_ky ? lim_inc_ky : \$15 ;
-  assign \$17  = j + 1'h1;
-  assign \$18  = last_j ? 7'h00 : \$17 ;
-  assign \$19  = j == lim_2inc_j;
-  assign \$20  = last_j ? lim_inc_j : \$19 ;
-  assign \$21  = ox + ox_step;
-  assign \$22  = last_ox ? 17'h00000 : \$21 ;
-  assign \$23  = ox == lim_2inc_ox;
-  assign \$24  = last_ox ? lim_inc_ox : \$23 ;
-  assign \$25  = oy + 1'h1;
-  assign \$26  = last_oy ? 17'h00000 : \$25 ;
-  assign \$27  = oy == lim_2inc_oy;
-  assign \$28  = last_oy ? lim_inc_oy : \$27 ;
-  assign \$29  = last_gi ? lim_zero_gi : near_gi;
-  assign \$31  = last_gi ? lim_zero_gi : near_gi;
-  assign \$34  = last_kx ? lim_zero_kx : near_kx;
-  assign \$35  = below_kx ? \$34  : last_kx;
-  assign \$36  = last_gi ? lim_zero_gi : near_gi;
-  assign \$38  = last_kx ? lim_zero_kx : near_kx;
-  assign \$39  = below_kx ? \$38  : last_kx;
-  assign \$40  = & { \$39 , \$37  };
-  assign \$41  = last_ky ? lim_zero_ky : near_ky;
-  assign \$42  = below_ky ? \$41  : last_ky;
+  assign \$5  = sizes[154:140] + sizes[169:155];
+  assign \$6  = cmd[101:100] == 2'h2;
+  assign \$8  = \$6  ? \$7  : { 1'h0, cmd[79:64] };
+  assign \$9  = \$5  + \$8 ;
+  assign \$10  = sizes[154:140] + sizes[169:155];
+  assign \$11  = cmd[101:100] == 2'h2;
+  assign \$13  = \$11  ? \$12  : { 1'h0, cmd[79:64] };
+  assign \$14  = \$10  + \$13 ;
+  assign \$15  = cmd[101:100] == 2'h2;
+  assign \$17  = \$15  ? \$16  : { 1'h0, sizes[12:0] };
+  assign \$18  = \$14  + \$17 ;
+  assign \$19  = gi + 1'h1;
+  assign \$20  = last_gi ? 13'h0000 : \$19 ;
+  assign \$21  = gi == lim_2inc_gi;
+  assign \$22  = last_gi ? lim_inc_gi : \$21 ;
+  assign \$23  = kx + 1'h1;
+  assign \$24  = last_kx ? 5'h00 : \$23 ;
+  assign \$25  = kx == lim_2inc_kx;
+  assign \$26  = last_kx ? lim_inc_kx : \$25 ;
+  assign \$27  = ky + 1'h1;
+  assign \$28  = last_ky ? 5'h00 : \$27 ;
+  assign \$29  = ky == lim_2inc_ky;
+  assign \$30  = last_ky ? lim_inc_ky : \$29 ;
+  assign \$31  = j + 1'h1;
+  assign \$32  = last_j ? 7'h00 : \$31 ;
+  assign \$33  = j == lim_2inc_j;
+  assign \$34  = last_j ? lim_inc_j : \$33 ;
+  assign \$35  = ox + ox_step;
+  assign \$36  = last_ox ? 17'h00000 : \$35 ;
+  assign \$37  = ox == lim_2inc_ox;
+  assign \$38  = last_ox ? lim_inc_ox : \$37 ;
+  assign \$39  = oy + 1'h1;
+  assign \$40  = last_oy ? 17'h00000 : \$39 ;
+  assign \$41  = oy == lim_2inc_oy;
+  assign \$42  = last_oy ? lim_inc_oy : \$41 ;
   assign \$43  = last_gi ? lim_zero_gi : near_gi;
-  assign \$45  = last_kx ? lim_zero_kx : near_kx;
-  assign \$46  = below_kx ? \$45  : last_kx;
-  assign \$47  = last_ky ? lim_zero_ky : near_ky;
-  assign \$48  = below_ky ? \$47  : last_ky;
-  assign \$49  = & { \$48 , \$46 , \$44  };
-  assign \$50  = last_j ? lim_zero_j : near_j;
-  assign \$51  = below_j ? \$50  : last_j;
-  assign \$52  = last_gi ? lim_zero_gi : near_gi;
-  assign \$54  = last_kx ? lim_zero_kx : near_kx;
-  assign \$55  = below_kx ? \$54  : last_kx;
-  assign \$56  = last_ky ? lim_zero_ky : near_ky;
-  assign \$57  = below_ky ? \$56  : last_ky;
-  assign \$58  = last_j ? lim_zero_j : near_j;
-  assign \$59  = below_j ? \$58  : last_j;
-  assign \$60  = & { \$59 , \$57 , \$55 , \$53  };
-  assign \$61  = last_ox ? lim_zero_ox : near_ox;
-  assign \$62  = below_ox ? \$61  : last_ox;
-  assign \$63  = last_gi ? lim_zero_gi : near_gi;
-  assign \$65  = last_kx ? lim_zero_kx : near_kx;
-  assign \$66  = below_kx ? \$65  : last_kx;
-  assign \$67  = last_ky ? lim_zero_ky : near_ky;
-  assign \$68  = below_ky ? \$67  : last_ky;
-  assign \$69  = last_j ? lim_zero_j : near_j;
-  assign \$70  = below_j ? \$69  : last_j;
-  assign \$71  = last_ox ? lim_zero_ox : near_ox;
-  assign \$72  = below_ox ? \$71  : last_ox;
-  assign \$73  = & { \$72 , \$70 , \$68 , \$66 , \$64  };
-  assign \$74  = last_oy ? lim_zero_oy : near_oy;
-  assign \$75  = below_oy ? \$74  : last_oy;
-  assign \$76  = waddr + 1'h1;
-  assign \$77  = ~ last_kx;
-  assign \$78  = below_kx & \$77 ;
-  assign \$79  = $signed(ix) + $signed(2'h1);
-  assign \$80  = $signed(tapbase) + $signed(g_step);
-  assign \$81  = ~ last_ky;
-  assign \$82  = below_ky & \$81 ;
-  assign \$83  = $signed(iy) + $signed(2'h1);
-  assign \$84  = $signed(rowbase) + $signed(row_step);
-  assign \$85  = $signed(rowbase) + $signed(row_step);
-  assign \$86  = ~ last_j;
-  assign \$87  = below_j & \$86 ;
-  assign \$88  = goff + goff_step;
-  assign \$89  = ~ last_ox;
-  assign \$90  = below_ox & \$89 ;
-  assign \$91  = $signed(ix0) + $signed({ 1'h0, ix_step });
-  assign \$92  = $signed(ix0) + $signed({ 1'h0, ix_step });
-  assign \$93  = $signed(pixbase) + $signed(sg);
-  assign \$94  = $signed(pixbase) + $signed(sg);
-  assign \$95  = $signed(pixbase) + $signed(sg);
-  assign \$96  = - cmd[107:105];
-  assign \$97  = - cmd[107:105];
-  assign \$98  = ~ last_oy;
-  assign \$99  = below_oy & \$98 ;
-  assign \$100  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
-  assign \$101  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
-  assign \$102  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
-  assign \$103  = $signed(linebase) + $signed(swg);
-  assign \$104  = $signed(linebase) + $signed(swg);
-  assign \$105  = $signed(linebase) + $signed(swg);
-  assign \$106  = $signed(linebase) + $signed(swg);
-  assign \$107  = below_oy & last_oy;
-  assign \$108  = weights_done & params_done;
-  assign \$109  = cmd[111] | \$108 ;
-  assign \$110  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
-  assign \$111  = below_oy ? \$110  : { need[17], need };
-  assign \$112  = $signed({ 1'h0, rows_in }) >= $signed(\$111 );
-  assign \$113  = rows_in == cmd[15:0];
-  assign \$114  = \$112  | \$113 ;
-  assign \$115  = cmd[95:80] - 1'h1;
-  assign \$116  = gin_e - 1'h1;
-  assign \$117  = \$116  == 1'h1;
-  assign \$118  = cmd[99:96] - 1'h1;
-  assign \$119  = \$118  == 1'h1;
-  assign \$120  = cmd[99:96] - 1'h1;
-  assign \$121  = \$120  == 1'h1;
-  assign \$122  = cmd[95:80] - 1'h1;
-  assign \$123  = \$122  == 1'h1;
-  assign \$124  = cmd[63:48] - 1'h1;
-  assign \$125  = cmd[63:48] - 1'h1;
-  assign \$126  = dwp ? \$124  : \$125 ;
-  assign \$127  = dwp ? 3'h4 : 3'h1;
-  assign \$128  = \$126  == \$127 ;
-  assign \$129  = cmd[47:32] - 1'h1;
-  assign \$130  = \$129  == 1'h1;
-  assign \$131  = gin_e - 1'h1;
-  assign \$132  = \$131  == 1'h1;
-  assign \$133  = cmd[99:96] - 1'h1;
-  assign \$134  = \$133  == 1'h1;
-  assign \$135  = cmd[99:96] - 1'h1;
-  assign \$136  = \$135  == 1'h1;
+  assign \$45  = last_gi ? lim_zero_gi : near_gi;
+  assign \$48  = last_kx ? lim_zero_kx : near_kx;
+  assign \$49  = below_kx ? \$48  : last_kx;
+  assign \$50  = last_gi ? lim_zero_gi : near_gi;
+  assign \$52  = last_kx ? lim_zero_kx : near_kx;
+  assign \$53  = below_kx ? \$52  : last_kx;
+  assign \$54  = & { \$53 , \$51  };
+  assign \$55  = last_ky ? lim_zero_ky : near_ky;
+  assign \$56  = below_ky ? \$55  : last_ky;
+  assign \$57  = last_gi ? lim_zero_gi : near_gi;
+  assign \$59  = last_kx ? lim_zero_kx : near_kx;
+  assign \$60  = below_kx ? \$59  : last_kx;
+  assign \$61  = last_ky ? lim_zero_ky : near_ky;
+  assign \$62  = below_ky ? \$61  : last_ky;
+  assign \$63  = & { \$62 , \$60 , \$58  };
+  assign \$64  = last_j ? lim_zero_j : near_j;
+  assign \$65  = below_j ? \$64  : last_j;
+  assign \$66  = last_gi ? lim_zero_gi : near_gi;
+  assign \$68  = last_kx ? lim_zero_kx : near_kx;
+  assign \$69  = below_kx ? \$68  : last_kx;
+  assign \$70  = last_ky ? lim_zero_ky : near_ky;
+  assign \$71  = below_ky ? \$70  : last_ky;
+  assign \$72  = last_j ? lim_zero_j : near_j;
+  assign \$73  = below_j ? \$72  : last_j;
+  assign \$74  = & { \$73 , \$71 , \$69 , \$67  };
+  assign \$75  = last_ox ? lim_zero_ox : near_ox;
+  assign \$76  = below_ox ? \$75  : last_ox;
+  assign \$77  = last_gi ? lim_zero_gi : near_gi;
+  assign \$79  = last_kx ? lim_zero_kx : near_kx;
+  assign \$80  = below_kx ? \$79  : last_kx;
+  assign \$81  = last_ky ? lim_zero_ky : near_ky;
+  assign \$82  = below_ky ? \$81  : last_ky;
+  assign \$83  = last_j ? lim_zero_j : near_j;
+  assign \$84  = below_j ? \$83  : last_j;
+  assign \$85  = last_ox ? lim_zero_ox : near_ox;
+  assign \$86  = below_ox ? \$85  : last_ox;
+  assign \$87  = & { \$86 , \$84 , \$82 , \$80 , \$78  };
+  assign \$88  = last_oy ? lim_zero_oy : near_oy;
+  assign \$89  = below_oy ? \$88  : last_oy;
+  assign \$90  = waddr + 1'h1;
+  assign \$91  = ~ last_kx;
+  assign \$92  = below_kx & \$91 ;
+  assign \$93  = $signed(ix) + $signed(2'h1);
+  assign \$94  = $signed(tapbase) + $signed(g_step);
+  assign \$95  = ~ last_ky;
+  assign \$96  = below_ky & \$95 ;
+  assign \$97  = $signed(iy) + $signed(2'h1);
+  assign \$98  = $signed(rowbase) + $signed(row_step);
+  assign \$99  = $signed(rowbase) + $signed(row_step);
+  assign \$100  = ~ last_j;
+  assign \$101  = below_j & \$100 ;
+  assign \$102  = goff + goff_step;
+  assign \$103  = ~ last_ox;
+  assign \$104  = below_ox & \$103 ;
+  assign \$105  = $signed({ 1'h0, need_words }) + $signed(sg);
+  assign \$106  = $signed(ix0) + $signed({ 1'h0, ix_step });
+  assign \$107  = $signed(ix0) + $signed({ 1'h0, ix_step });
+  assign \$108  = $signed(pixbase) + $signed(sg);
+  assign \$109  = $signed(pixbase) + $signed(sg);
+  assign \$110  = $signed(pixbase) + $signed(sg);
+  assign \$111  = - cmd[107:105];
+  assign \$112  = - cmd[107:105];
+  assign \$113  = ~ last_oy;
+  assign \$114  = below_oy & \$113 ;
+  assign \$115  = $signed({ 1'h0, need_words_row }) + $signed(swg);
+  assign \$116  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
+  assign \$117  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
+  assign \$118  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
+  assign \$119  = $signed(linebase) + $signed(swg);
+  assign \$120  = $signed(linebase) + $signed(swg);
+  assign \$121  = $signed(linebase) + $signed(swg);
+  assign \$122  = $signed(linebase) + $signed(swg);
+  assign \$123  = below_oy & last_oy;
+  assign \$124  = weights_done & params_done;
+  assign \$125  = cmd[111] | \$124 ;
+  assign \$126  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
+  assign \$127  = below_oy ? \$126  : { need[17], need };
+  assign \$128  = $signed({ 1'h0, rows_in }) >= $signed(\$127 );
+  assign \$129  = rows_in == cmd[15:0];
+  assign \$130  = \$128  | \$129 ;
+  assign \$131  = ~ dwp;
+  assign \$132  = words_in >= need_words_row;
+  assign \$133  = words_in >= need_words;
+  assign \$134  = last_ox ? \$132  : \$133 ;
+  assign \$135  = \$131  & \$134 ;
+  assign \$136  = \$130  | \$135 ;
   assign \$137  = cmd[95:80] - 1'h1;
-  assign \$138  = \$137  == 1'h1;
-  assign \$139  = cmd[63:48] - 1'h1;
-  assign \$140  = cmd[63:48] - 1'h1;
-  assign \$141  = dwp ? \$139  : \$140 ;
-  assign \$142  = dwp ? 3'h4 : 3'h1;
-  assign \$143  = \$141  == \$142 ;
-  assign \$144  = cmd[47:32] - 1'h1;
+  assign \$138  = gin_e - 1'h1;
+  assign \$139  = \$138  == 1'h1;
+  assign \$140  = cmd[99:96] - 1'h1;
+  assign \$141  = \$140  == 1'h1;
+  assign \$142  = cmd[99:96] - 1'h1;
+  assign \$143  = \$142  == 1'h1;
+  assign \$144  = cmd[95:80] - 1'h1;
   assign \$145  = \$144  == 1'h1;
-  assign \$146  = gin_e == 1'h1;
-  assign \$147  = cmd[99:96] == 1'h1;
-  assign \$148  = cmd[99:96] == 1'h1;
-  assign \$149  = cmd[95:80] == 1'h1;
-  assign \$150  = cmd[63:48] <= 3'h4;
-  assign \$151  = cmd[63:48] == 1'h1;
-  assign \$152  = dwp ? \$150  : \$151 ;
-  assign \$153  = cmd[47:32] == 1'h1;
-  assign \$154  = gin_e - 1'h1;
-  assign \$155  = $signed(\$154 ) - $signed(3'h2);
-  assign \$156  = cmd[99:96] - 1'h1;
-  assign \$157  = $signed(\$156 ) - $signed(3'h2);
-  assign \$158  = cmd[99:96] - 1'h1;
-  assign \$159  = $signed(\$158 ) - $signed(3'h2);
-  assign \$160  = cmd[95:80] - 1'h1;
-  assign \$161  = $signed(\$160 ) - $signed(3'h2);
+  assign \$146  = cmd[63:48] - 1'h1;
+  assign \$147  = cmd[63:48] - 1'h1;
+  assign \$148  = dwp ? \$146  : \$147 ;
+  assign \$149  = dwp ? 3'h4 : 3'h1;
+  assign \$150  = \$148  == \$149 ;
+  assign \$151  = cmd[47:32] - 1'h1;
+  assign \$152  = \$151  == 1'h1;
+  assign \$153  = gin_e - 1'h1;
+  assign \$154  = \$153  == 1'h1;
+  assign \$155  = cmd[99:96] - 1'h1;
+  assign \$156  = \$155  == 1'h1;
+  assign \$157  = cmd[99:96] - 1'h1;
+  assign \$158  = \$157  == 1'h1;
+  assign \$159  = cmd[95:80] - 1'h1;
+  assign \$160  = \$159  == 1'h1;
+  assign \$161  = cmd[63:48] - 1'h1;
   assign \$162  = cmd[63:48] - 1'h1;
-  assign \$163  = cmd[63:48] - 1'h1;
-  assign \$164  = dwp ? \$162  : \$163 ;
-  assign \$165  = dwp ? 3'h4 : 3'h1;
-  assign \$166  = 2'h2 * \$165 ;
-  assign \$167  = $signed(\$164 ) - $signed({ 1'h0, \$166  });
-  assign \$168  = cmd[47:32] - 1'h1;
-  assign \$169  = $signed(\$168 ) - $signed(3'h2);
-  assign \$170  = gin_e == 1'h1;
-  assign \$171  = cmd[99:96] == 1'h1;
-  assign \$172  = cmd[99:96] == 1'h1;
-  assign \$173  = cmd[95:80] == 1'h1;
-  assign \$174  = cmd[63:48] <= 3'h4;
-  assign \$175  = cmd[63:48] == 1'h1;
-  assign \$176  = dwp ? \$174  : \$175 ;
-  assign \$177  = cmd[47:32] == 1'h1;
-  assign \$178  = gin_e == 1'h1;
-  assign \$180  = gin_e == 1'h1;
-  assign \$181  = cmd[99:96] == 1'h1;
-  assign \$182  = & { \$181 , \$180  };
-  assign \$183  = gin_e == 1'h1;
-  assign \$184  = cmd[99:96] == 1'h1;
-  assign \$185  = cmd[99:96] == 1'h1;
-  assign \$186  = & { \$185 , \$184 , \$183  };
-  assign \$187  = gin_e == 1'h1;
-  assign \$188  = cmd[99:96] == 1'h1;
-  assign \$189  = cmd[99:96] == 1'h1;
-  assign \$190  = cmd[95:80] == 1'h1;
-  assign \$191  = & { \$190 , \$189 , \$188 , \$187  };
+  assign \$163  = dwp ? \$161  : \$162 ;
+  assign \$164  = dwp ? 3'h4 : 3'h1;
+  assign \$165  = \$163  == \$164 ;
+  assign \$166  = cmd[47:32] - 1'h1;
+  assign \$167  = \$166  == 1'h1;
+  assign \$168  = gin_e == 1'h1;
+  assign \$169  = cmd[99:96] == 1'h1;
+  assign \$170  = cmd[99:96] == 1'h1;
+  assign \$171  = cmd[95:80] == 1'h1;
+  assign \$172  = cmd[63:48] <= 3'h4;
+  assign \$173  = cmd[63:48] == 1'h1;
+  assign \$174  = dwp ? \$172  : \$173 ;
+  assign \$175  = cmd[47:32] == 1'h1;
+  assign \$176  = gin_e - 1'h1;
+  assign \$177  = $signed(\$176 ) - $signed(3'h2);
+  assign \$178  = cmd[99:96] - 1'h1;
+  assign \$179  = $signed(\$178 ) - $signed(3'h2);
+  assign \$180  = cmd[99:96] - 1'h1;
+  assign \$181  = $signed(\$180 ) - $signed(3'h2);
+  assign \$182  = cmd[95:80] - 1'h1;
+  assign \$183  = $signed(\$182 ) - $signed(3'h2);
+  assign \$184  = cmd[63:48] - 1'h1;
+  assign \$185  = cmd[63:48] - 1'h1;
+  assign \$186  = dwp ? \$184  : \$185 ;
+  assign \$187  = dwp ? 3'h4 : 3'h1;
+  assign \$188  = 2'h2 * \$187 ;
+  assign \$189  = $signed(\$186 ) - $signed({ 1'h0, \$188  });
+  assign \$190  = cmd[47:32] - 1'h1;
+  assign \$191  = $signed(\$190 ) - $signed(3'h2);
   assign \$192  = gin_e == 1'h1;
   assign \$193  = cmd[99:96] == 1'h1;
   assign \$194  = cmd[99:96] == 1'h1;
@@ -25901,819 +25960,875 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   assign \$196  = cmd[63:48] <= 3'h4;
   assign \$197  = cmd[63:48] == 1'h1;
   assign \$198  = dwp ? \$196  : \$197 ;
-  assign \$199  = & { \$198 , \$195 , \$194 , \$193 , \$192  };
-  assign \$200  = - cmd[107:105];
-  assign \$201  = - cmd[107:105];
-  assign \$202  = - cmd[104:102];
-  assign \$203  = - cmd[104:102];
-  assign \$204  = cmd[99:96] - cmd[104:102];
-  assign \$205  = dwp ? 16'h0000 : cmd[79:64];
-  assign \$206  = cmd[101:100] == 2'h2;
-  assign \$208  = \$206  ? \$207  : { 1'h0, cmd[79:64] };
-  assign \$209  = dwp ? 17'h00000 : \$208 ;
-  assign \$210  = cmd[101:100] == 2'h2;
-  assign \$213  = cmd[101:100] == 2'h2;
-  assign \$215  = \$213  ? \$214  : { 1'h0, sizes[12:0] };
-  assign \$216  = dwp ? 18'h00000 : { 4'h0, \$215  };
-  assign \$217  = dwp ? 17'h00000 : { 4'h0, sizes[12:0] };
-  assign \$218  = dwp ? sizes[150:140] : { 10'h000, dw };
-  assign \$219  = dwp ? 3'h4 : 3'h1;
-  assign \$221  = dwp ? \$220  : { 3'h0, cmd[101:100] };
-  assign \$222  = seq_busy & loaded;
-  assign taps__valid = \$222  & rows_ok;
+  assign \$199  = cmd[47:32] == 1'h1;
+  assign \$200  = gin_e == 1'h1;
+  assign \$202  = gin_e == 1'h1;
+  assign \$203  = cmd[99:96] == 1'h1;
+  assign \$204  = & { \$203 , \$202  };
+  assign \$205  = gin_e == 1'h1;
+  assign \$206  = cmd[99:96] == 1'h1;
+  assign \$207  = cmd[99:96] == 1'h1;
+  assign \$208  = & { \$207 , \$206 , \$205  };
+  assign \$209  = gin_e == 1'h1;
+  assign \$210  = cmd[99:96] == 1'h1;
+  assign \$211  = cmd[99:96] == 1'h1;
+  assign \$212  = cmd[95:80] == 1'h1;
+  assign \$213  = & { \$212 , \$211 , \$210 , \$209  };
+  assign \$214  = gin_e == 1'h1;
+  assign \$215  = cmd[99:96] == 1'h1;
+  assign \$216  = cmd[99:96] == 1'h1;
+  assign \$217  = cmd[95:80] == 1'h1;
+  assign \$218  = cmd[63:48] <= 3'h4;
+  assign \$219  = cmd[63:48] == 1'h1;
+  assign \$220  = dwp ? \$218  : \$219 ;
+  assign \$221  = & { \$220 , \$217 , \$216 , \$215 , \$214  };
+  assign \$222  = - cmd[107:105];
+  assign \$223  = - cmd[107:105];
+  assign \$224  = - cmd[104:102];
+  assign \$225  = - cmd[104:102];
+  assign \$226  = cmd[99:96] - cmd[104:102];
+  assign \$227  = dwp ? 16'h0000 : cmd[79:64];
+  assign \$228  = cmd[101:100] == 2'h2;
+  assign \$230  = \$228  ? \$229  : { 1'h0, cmd[79:64] };
+  assign \$231  = dwp ? 17'h00000 : \$230 ;
+  assign \$232  = cmd[101:100] == 2'h2;
+  assign \$235  = cmd[101:100] == 2'h2;
+  assign \$237  = \$235  ? \$236  : { 1'h0, sizes[12:0] };
+  assign \$238  = dwp ? 18'h00000 : { 4'h0, \$237  };
+  assign \$239  = dwp ? 17'h00000 : { 4'h0, sizes[12:0] };
+  assign \$240  = dwp ? sizes[180:170] : { 10'h000, dw };
+  assign \$241  = dwp ? 3'h4 : 3'h1;
+  assign \$243  = dwp ? \$242  : { 3'h0, cmd[101:100] };
+  assign \$244  = seq_busy & loaded;
+  assign taps__valid = \$244  & rows_ok;
   assign issue = taps__valid & taps__ready;
-  assign \$223  = seq_busy & loaded;
-  assign \$224  = ~ issue;
-  assign waiting = \$223  & \$224 ;
-  assign \$225  = $signed(tapbase) + $signed({ 1'h0, gi });
-  assign \$226  = $signed(\$225 ) + $signed({ 1'h0, goff });
-  assign \$227  = ! gi;
-  assign \$228  = ! kx;
-  assign \$229  = \$227  & \$228 ;
-  assign \$230  = ! ky;
-  assign \$231  = \$229  & \$230 ;
-  assign \$232  = last_gi & last_kx;
-  assign \$233  = \$232  & last_ky;
+  assign \$245  = seq_busy & loaded;
+  assign \$246  = ~ issue;
+  assign waiting = \$245  & \$246 ;
+  assign \$247  = $signed(tapbase) + $signed({ 1'h0, gi });
+  assign \$248  = $signed(\$247 ) + $signed({ 1'h0, goff });
+  assign \$249  = ! gi;
+  assign \$250  = ! kx;
+  assign \$251  = \$249  & \$250 ;
+  assign \$252  = ! ky;
+  assign \$253  = \$251  & \$252 ;
+  assign \$254  = last_gi & last_kx;
+  assign \$255  = \$254  & last_ky;
   always @(posedge clk)
     base <= { \$4 [16], \$4  };
   always @(posedge clk)
-    gi <= \$234 ;
+    need_words0 <= { 3'h0, \$9  };
   always @(posedge clk)
-    near_gi <= \$235 ;
+    need_words_row0 <= { 2'h0, \$18  };
   always @(posedge clk)
-    kx <= \$236 ;
+    gi <= \$256 ;
   always @(posedge clk)
-    near_kx <= \$237 ;
+    near_gi <= \$257 ;
   always @(posedge clk)
-    ky <= \$238 ;
+    kx <= \$258 ;
   always @(posedge clk)
-    near_ky <= \$239 ;
+    near_kx <= \$259 ;
   always @(posedge clk)
-    j <= \$240 ;
+    ky <= \$260 ;
   always @(posedge clk)
-    near_j <= \$241 ;
+    near_ky <= \$261 ;
   always @(posedge clk)
-    ox <= \$242 ;
+    j <= \$262 ;
   always @(posedge clk)
-    near_ox <= \$243 ;
+    near_j <= \$263 ;
   always @(posedge clk)
-    oy <= \$244 ;
+    ox <= \$264 ;
   always @(posedge clk)
-    near_oy <= \$245 ;
+    near_ox <= \$265 ;
   always @(posedge clk)
-    last_gi <= \$246 ;
+    oy <= \$266 ;
   always @(posedge clk)
-    below_kx <= \$247 ;
+    near_oy <= \$267 ;
   always @(posedge clk)
-    last_kx <= \$248 ;
+    last_gi <= \$268 ;
   always @(posedge clk)
-    below_ky <= \$249 ;
+    below_kx <= \$269 ;
   always @(posedge clk)
-    last_ky <= \$250 ;
+    last_kx <= \$270 ;
   always @(posedge clk)
-    below_j <= \$251 ;
+    below_ky <= \$271 ;
   always @(posedge clk)
-    last_j <= \$252 ;
+    last_ky <= \$272 ;
   always @(posedge clk)
-    below_ox <= \$253 ;
+    below_j <= \$273 ;
   always @(posedge clk)
-    last_ox <= \$254 ;
+    last_j <= \$274 ;
   always @(posedge clk)
-    below_oy <= \$255 ;
+    below_ox <= \$275 ;
   always @(posedge clk)
-    last_oy <= \$256 ;
+    last_ox <= \$276 ;
   always @(posedge clk)
-    waddr <= \$257 ;
+    below_oy <= \$277 ;
   always @(posedge clk)
-    ix <= \$258 ;
+    last_oy <= \$278 ;
   always @(posedge clk)
-    tapbase <= \$259 ;
+    waddr <= \$279 ;
   always @(posedge clk)
-    iy <= \$260 ;
+    ix <= \$280 ;
   always @(posedge clk)
-    rowbase <= \$261 ;
+    tapbase <= \$281 ;
   always @(posedge clk)
-    goff <= \$262 ;
+    iy <= \$282 ;
   always @(posedge clk)
-    ix0 <= \$263 ;
+    rowbase <= \$283 ;
   always @(posedge clk)
-    pixbase <= \$264 ;
+    goff <= \$284 ;
   always @(posedge clk)
-    iy0 <= \$265 ;
+    need_words <= \$285 ;
   always @(posedge clk)
-    need <= \$266 ;
+    ix0 <= \$286 ;
   always @(posedge clk)
-    linebase <= \$267 ;
+    pixbase <= \$287 ;
   always @(posedge clk)
-    seq_busy <= \$268 ;
+    need_words_row <= \$288 ;
   always @(posedge clk)
-    loaded <= \$269 ;
+    iy0 <= \$289 ;
   always @(posedge clk)
-    rows_ok <= \$270 ;
+    need <= \$290 ;
   always @(posedge clk)
-    last_group <= \$271 ;
+    linebase <= \$291 ;
   always @(posedge clk)
-    lim_inc_gi <= \$272 ;
+    seq_busy <= \$292 ;
   always @(posedge clk)
-    lim_inc_kx <= \$273 ;
+    loaded <= \$293 ;
   always @(posedge clk)
-    lim_inc_ky <= \$274 ;
+    rows_ok <= \$294 ;
   always @(posedge clk)
-    lim_inc_j <= \$275 ;
+    last_group <= \$295 ;
   always @(posedge clk)
-    lim_inc_ox <= \$276 ;
+    lim_inc_gi <= \$296 ;
   always @(posedge clk)
-    lim_inc_oy <= \$277 ;
+    lim_inc_kx <= \$297 ;
   always @(posedge clk)
-    lim_zero_gi <= \$278 ;
+    lim_inc_ky <= \$298 ;
   always @(posedge clk)
-    lim_zero_kx <= \$279 ;
+    lim_inc_j <= \$299 ;
   always @(posedge clk)
-    lim_zero_ky <= \$280 ;
+    lim_inc_ox <= \$300 ;
   always @(posedge clk)
-    lim_zero_j <= \$281 ;
+    lim_inc_oy <= \$301 ;
   always @(posedge clk)
-    lim_zero_ox <= \$282 ;
+    lim_zero_gi <= \$302 ;
   always @(posedge clk)
-    lim_zero_oy <= \$283 ;
+    lim_zero_kx <= \$303 ;
   always @(posedge clk)
-    lim_2inc_gi <= \$284 ;
+    lim_zero_ky <= \$304 ;
   always @(posedge clk)
-    lim_2inc_kx <= \$285 ;
+    lim_zero_j <= \$305 ;
   always @(posedge clk)
-    lim_2inc_ky <= \$286 ;
+    lim_zero_ox <= \$306 ;
   always @(posedge clk)
-    lim_2inc_j <= \$287 ;
+    lim_zero_oy <= \$307 ;
   always @(posedge clk)
-    lim_2inc_ox <= \$288 ;
+    lim_2inc_gi <= \$308 ;
   always @(posedge clk)
-    lim_2inc_oy <= \$289 ;
+    lim_2inc_kx <= \$309 ;
   always @(posedge clk)
-    g_step <= \$290 ;
+    lim_2inc_ky <= \$310 ;
   always @(posedge clk)
-    sg <= \$291 ;
+    lim_2inc_j <= \$311 ;
   always @(posedge clk)
-    swg <= \$292 ;
+    lim_2inc_ox <= \$312 ;
   always @(posedge clk)
-    row_step <= \$293 ;
+    lim_2inc_oy <= \$313 ;
   always @(posedge clk)
-    goff_step <= \$294 ;
+    g_step <= \$314 ;
   always @(posedge clk)
-    ox_step <= \$295 ;
+    sg <= \$315 ;
   always @(posedge clk)
-    ix_step <= \$296 ;
+    swg <= \$316 ;
+  always @(posedge clk)
+    row_step <= \$317 ;
+  always @(posedge clk)
+    goff_step <= \$318 ;
+  always @(posedge clk)
+    ox_step <= \$319 ;
+  always @(posedge clk)
+    ix_step <= \$320 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$234  = gi;
+    \$256  = gi;
     if (issue) begin
-      \$234  = \$6 [11:0];
+      \$256  = \$20 [11:0];
     end
     if (start) begin
-      \$234  = 12'h000;
+      \$256  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$235  = near_gi;
+    \$257  = near_gi;
     if (issue) begin
-      \$235  = \$8 ;
+      \$257  = \$22 ;
     end
     if (start) begin
-      \$235  = \$117 ;
+      \$257  = \$139 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$236  = kx;
-    if (issue) begin
-      if (below_kx) begin
-        \$236  = \$10 [3:0];
-      end
-    end
-    if (start) begin
-      \$236  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$237  = near_kx;
+    \$258  = kx;
     if (issue) begin
       if (below_kx) begin
-        \$237  = \$12 ;
+        \$258  = \$24 [3:0];
       end
     end
     if (start) begin
-      \$237  = \$119 ;
+      \$258  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$238  = ky;
+    \$259  = near_kx;
+    if (issue) begin
+      if (below_kx) begin
+        \$259  = \$26 ;
+      end
+    end
+    if (start) begin
+      \$259  = \$141 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$260  = ky;
     if (issue) begin
       if (below_ky) begin
-        \$238  = \$14 [3:0];
+        \$260  = \$28 [3:0];
       end
     end
     if (start) begin
-      \$238  = 4'h0;
+      \$260  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$239  = near_ky;
+    \$261  = near_ky;
     if (issue) begin
       if (below_ky) begin
-        \$239  = \$16 ;
+        \$261  = \$30 ;
       end
     end
     if (start) begin
-      \$239  = \$121 ;
+      \$261  = \$143 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$240  = j;
+    \$262  = j;
     if (issue) begin
       if (below_j) begin
-        \$240  = \$18 [5:0];
+        \$262  = \$32 [5:0];
       end
     end
     if (start) begin
-      \$240  = 6'h00;
+      \$262  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$241  = near_j;
+    \$263  = near_j;
     if (issue) begin
       if (below_j) begin
-        \$241  = \$20 ;
+        \$263  = \$34 ;
       end
     end
     if (start) begin
-      \$241  = \$123 ;
+      \$263  = \$145 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$242  = ox;
+    \$264  = ox;
     if (issue) begin
       if (below_ox) begin
-        \$242  = \$22 [15:0];
+        \$264  = \$36 [15:0];
       end
     end
     if (start) begin
-      \$242  = 16'h0000;
+      \$264  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$243  = near_ox;
+    \$265  = near_ox;
     if (issue) begin
       if (below_ox) begin
-        \$243  = \$24 ;
+        \$265  = \$38 ;
       end
     end
     if (start) begin
-      \$243  = \$128 ;
+      \$265  = \$150 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$244  = oy;
+    \$266  = oy;
     if (issue) begin
       if (below_oy) begin
-        \$244  = \$26 [15:0];
+        \$266  = \$40 [15:0];
       end
     end
     if (start) begin
-      \$244  = 16'h0000;
+      \$266  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$245  = near_oy;
+    \$267  = near_oy;
     if (issue) begin
       if (below_oy) begin
-        \$245  = \$28 ;
+        \$267  = \$42 ;
       end
     end
     if (start) begin
-      \$245  = \$130 ;
+      \$267  = \$152 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$246  = last_gi;
+    \$268  = last_gi;
     if (issue) begin
-      \$246  = \$30 ;
+      \$268  = \$44 ;
     end
     if (start) begin
-      \$246  = \$170 ;
+      \$268  = \$192 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$247  = below_kx;
+    \$269  = below_kx;
     if (issue) begin
-      \$247  = \$33 ;
+      \$269  = \$47 ;
     end
     if (start) begin
-      \$247  = \$179 ;
+      \$269  = \$201 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$248  = last_kx;
+    \$270  = last_kx;
     if (issue) begin
-      \$248  = \$35 ;
+      \$270  = \$49 ;
     end
     if (start) begin
-      \$248  = \$171 ;
+      \$270  = \$193 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$249  = below_ky;
+    \$271  = below_ky;
     if (issue) begin
-      \$249  = \$40 ;
+      \$271  = \$54 ;
     end
     if (start) begin
-      \$249  = \$182 ;
+      \$271  = \$204 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$250  = last_ky;
+    \$272  = last_ky;
     if (issue) begin
-      \$250  = \$42 ;
+      \$272  = \$56 ;
     end
     if (start) begin
-      \$250  = \$172 ;
+      \$272  = \$194 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$251  = below_j;
+    \$273  = below_j;
     if (issue) begin
-      \$251  = \$49 ;
+      \$273  = \$63 ;
     end
     if (start) begin
-      \$251  = \$186 ;
+      \$273  = \$208 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$252  = last_j;
+    \$274  = last_j;
     if (issue) begin
-      \$252  = \$51 ;
+      \$274  = \$65 ;
     end
     if (start) begin
-      \$252  = \$173 ;
+      \$274  = \$195 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$253  = below_ox;
+    \$275  = below_ox;
     if (issue) begin
-      \$253  = \$60 ;
+      \$275  = \$74 ;
     end
     if (start) begin
-      \$253  = \$191 ;
+      \$275  = \$213 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$254  = last_ox;
+    \$276  = last_ox;
     if (issue) begin
-      \$254  = \$62 ;
+      \$276  = \$76 ;
     end
     if (start) begin
-      \$254  = \$176 ;
+      \$276  = \$198 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$255  = below_oy;
+    \$277  = below_oy;
     if (issue) begin
-      \$255  = \$73 ;
+      \$277  = \$87 ;
     end
     if (start) begin
-      \$255  = \$199 ;
+      \$277  = \$221 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$256  = last_oy;
+    \$278  = last_oy;
     if (issue) begin
-      \$256  = \$75 ;
+      \$278  = \$89 ;
     end
     if (start) begin
-      \$256  = \$177 ;
+      \$278  = \$199 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$257  = waddr;
+    \$279  = waddr;
     if (issue) begin
-      \$257  = \$76 [10:0];
+      \$279  = \$90 [10:0];
       if (below_ox) begin
-        \$257  = 11'h000;
+        \$279  = 11'h000;
       end
     end
     if (start) begin
-      \$257  = 11'h000;
+      \$279  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$258  = ix;
+    \$280  = ix;
     if (issue) begin
-      if (\$78 ) begin
-        \$258  = \$79 [17:0];
+      if (\$92 ) begin
+        \$280  = \$93 [17:0];
       end
       if (below_ky) begin
-        \$258  = ix0;
+        \$280  = ix0;
       end
-      if (\$90 ) begin
-        \$258  = \$92 [17:0];
+      if (\$104 ) begin
+        \$280  = \$107 [17:0];
       end
       if (below_oy) begin
-        \$258  = { \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97  };
+        \$280  = { \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112  };
       end
     end
     if (start) begin
-      \$258  = { \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200  };
+      \$280  = { \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$259  = tapbase;
+    \$281  = tapbase;
     if (issue) begin
-      if (\$78 ) begin
-        \$259  = \$80 [17:0];
+      if (\$92 ) begin
+        \$281  = \$94 [17:0];
       end
-      if (\$82 ) begin
-        \$259  = \$85 [17:0];
+      if (\$96 ) begin
+        \$281  = \$99 [17:0];
       end
-      if (\$87 ) begin
-        \$259  = pixbase;
+      if (\$101 ) begin
+        \$281  = pixbase;
       end
-      if (\$90 ) begin
-        \$259  = \$95 [17:0];
+      if (\$104 ) begin
+        \$281  = \$110 [17:0];
       end
-      if (\$99 ) begin
-        \$259  = \$106 [17:0];
+      if (\$114 ) begin
+        \$281  = \$122 [17:0];
       end
     end
     if (start) begin
-      \$259  = base;
+      \$281  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$260  = iy;
+    \$282  = iy;
     if (issue) begin
-      if (\$82 ) begin
-        \$260  = \$83 [17:0];
+      if (\$96 ) begin
+        \$282  = \$97 [17:0];
       end
       if (below_j) begin
-        \$260  = iy0;
+        \$282  = iy0;
       end
-      if (\$99 ) begin
-        \$260  = \$101 [17:0];
+      if (\$114 ) begin
+        \$282  = \$117 [17:0];
       end
     end
     if (start) begin
-      \$260  = { \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202  };
+      \$282  = { \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$261  = rowbase;
+    \$283  = rowbase;
     if (issue) begin
-      if (\$82 ) begin
-        \$261  = \$84 [17:0];
+      if (\$96 ) begin
+        \$283  = \$98 [17:0];
       end
-      if (\$87 ) begin
-        \$261  = pixbase;
+      if (\$101 ) begin
+        \$283  = pixbase;
       end
-      if (\$90 ) begin
-        \$261  = \$94 [17:0];
+      if (\$104 ) begin
+        \$283  = \$109 [17:0];
       end
-      if (\$99 ) begin
-        \$261  = \$105 [17:0];
+      if (\$114 ) begin
+        \$283  = \$121 [17:0];
       end
     end
     if (start) begin
-      \$261  = base;
+      \$283  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$262  = goff;
+    \$284  = goff;
     if (issue) begin
-      if (\$87 ) begin
-        \$262  = \$88 [10:0];
+      if (\$101 ) begin
+        \$284  = \$102 [10:0];
       end
       if (below_ox) begin
-        \$262  = 11'h000;
+        \$284  = 11'h000;
       end
     end
     if (start) begin
-      \$262  = 11'h000;
+      \$284  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$263  = ix0;
+    \$285  = need_words;
     if (issue) begin
-      if (\$90 ) begin
-        \$263  = \$91 [17:0];
+      if (\$104 ) begin
+        \$285  = \$105 [20:0];
+      end
+      if (\$114 ) begin
+        \$285  = need_words_row;
+      end
+    end
+    if (start) begin
+      \$285  = need_words0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$286  = ix0;
+    if (issue) begin
+      if (\$104 ) begin
+        \$286  = \$106 [17:0];
       end
       if (below_oy) begin
-        \$263  = { \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96  };
+        \$286  = { \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111  };
       end
     end
     if (start) begin
-      \$263  = { \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201  };
+      \$286  = { \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$264  = pixbase;
+    \$287  = pixbase;
     if (issue) begin
-      if (\$90 ) begin
-        \$264  = \$93 [17:0];
+      if (\$104 ) begin
+        \$287  = \$108 [17:0];
       end
-      if (\$99 ) begin
-        \$264  = \$104 [17:0];
+      if (\$114 ) begin
+        \$287  = \$120 [17:0];
       end
     end
     if (start) begin
-      \$264  = base;
+      \$287  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$265  = iy0;
+    \$288  = need_words_row;
     if (issue) begin
-      if (\$99 ) begin
-        \$265  = \$100 [17:0];
+      if (\$114 ) begin
+        \$288  = \$115 [20:0];
       end
     end
     if (start) begin
-      \$265  = { \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203  };
+      \$288  = need_words_row0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$266  = need;
+    \$289  = iy0;
     if (issue) begin
-      if (\$99 ) begin
-        \$266  = \$102 [17:0];
+      if (\$114 ) begin
+        \$289  = \$116 [17:0];
       end
     end
     if (start) begin
-      \$266  = { \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204  };
+      \$289  = { \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$267  = linebase;
+    \$290  = need;
     if (issue) begin
-      if (\$99 ) begin
-        \$267  = \$103 [17:0];
+      if (\$114 ) begin
+        \$290  = \$118 [17:0];
       end
     end
     if (start) begin
-      \$267  = base;
+      \$290  = { \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$268  = seq_busy;
+    \$291  = linebase;
     if (issue) begin
-      if (\$107 ) begin
-        \$268  = 1'h0;
+      if (\$114 ) begin
+        \$291  = \$119 [17:0];
       end
     end
     if (start) begin
-      \$268  = 1'h1;
+      \$291  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$292  = seq_busy;
+    if (issue) begin
+      if (\$123 ) begin
+        \$292  = 1'h0;
+      end
+    end
+    if (start) begin
+      \$292  = 1'h1;
     end
     if (rst) begin
-      \$268  = 1'h0;
+      \$292  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$269  = loaded;
+    \$293  = loaded;
     if (run) begin
-      \$269  = \$109 ;
+      \$293  = \$125 ;
     end
     if (start) begin
-      \$269  = 1'h0;
+      \$293  = 1'h0;
     end
     if (rst) begin
-      \$269  = 1'h0;
+      \$293  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$270  = rows_ok;
+    \$294  = rows_ok;
     if (run) begin
-      \$270  = \$114 ;
+      \$294  = \$136 ;
     end
     if (start) begin
-      \$270  = 1'h0;
+      \$294  = 1'h0;
     end
     if (rst) begin
-      \$270  = 1'h0;
+      \$294  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$271  = last_group;
+    \$295  = last_group;
     if (start) begin
-      \$271  = \$115 [5:0];
+      \$295  = \$137 [5:0];
     end
     if (rst) begin
-      \$271  = 6'h00;
+      \$295  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$272  = lim_inc_gi;
+    \$296  = lim_inc_gi;
     if (start) begin
-      \$272  = \$132 ;
+      \$296  = \$154 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$273  = lim_inc_kx;
+    \$297  = lim_inc_kx;
     if (start) begin
-      \$273  = \$134 ;
+      \$297  = \$156 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$274  = lim_inc_ky;
+    \$298  = lim_inc_ky;
     if (start) begin
-      \$274  = \$136 ;
+      \$298  = \$158 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$275  = lim_inc_j;
+    \$299  = lim_inc_j;
     if (start) begin
-      \$275  = \$138 ;
+      \$299  = \$160 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$276  = lim_inc_ox;
+    \$300  = lim_inc_ox;
     if (start) begin
-      \$276  = \$143 ;
+      \$300  = \$165 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$277  = lim_inc_oy;
+    \$301  = lim_inc_oy;
     if (start) begin
-      \$277  = \$145 ;
+      \$301  = \$167 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$278  = lim_zero_gi;
+    \$302  = lim_zero_gi;
     if (start) begin
-      \$278  = \$146 ;
+      \$302  = \$168 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$279  = lim_zero_kx;
+    \$303  = lim_zero_kx;
     if (start) begin
-      \$279  = \$147 ;
+      \$303  = \$169 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$280  = lim_zero_ky;
+    \$304  = lim_zero_ky;
     if (start) begin
-      \$280  = \$148 ;
+      \$304  = \$170 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$281  = lim_zero_j;
+    \$305  = lim_zero_j;
     if (start) begin
-      \$281  = \$149 ;
+      \$305  = \$171 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$282  = lim_zero_ox;
+    \$306  = lim_zero_ox;
     if (start) begin
-      \$282  = \$152 ;
+      \$306  = \$174 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$283  = lim_zero_oy;
+    \$307  = lim_zero_oy;
     if (start) begin
-      \$283  = \$153 ;
+      \$307  = \$175 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$284  = lim_2inc_gi;
+    \$308  = lim_2inc_gi;
     if (start) begin
-      \$284  = \$155 [13:0];
+      \$308  = \$177 [13:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$285  = lim_2inc_kx;
+    \$309  = lim_2inc_kx;
     if (start) begin
-      \$285  = \$157 ;
+      \$309  = \$179 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$286  = lim_2inc_ky;
+    \$310  = lim_2inc_ky;
     if (start) begin
-      \$286  = \$159 ;
+      \$310  = \$181 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$287  = lim_2inc_j;
+    \$311  = lim_2inc_j;
     if (start) begin
-      \$287  = \$161 [7:0];
+      \$311  = \$183 [7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$288  = lim_2inc_ox;
+    \$312  = lim_2inc_ox;
     if (start) begin
-      \$288  = \$167 ;
+      \$312  = \$189 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$289  = lim_2inc_oy;
+    \$313  = lim_2inc_oy;
     if (start) begin
-      \$289  = \$169 ;
+      \$313  = \$191 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$290  = g_step;
+    \$314  = g_step;
     if (start) begin
-      \$290  = { 2'h0, \$205  };
+      \$314  = { 2'h0, \$227  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$291  = sg;
+    \$315  = sg;
     if (start) begin
-      \$291  = { 1'h0, \$209  };
+      \$315  = { 1'h0, \$231  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$292  = swg;
+    \$316  = swg;
     if (start) begin
-      \$292  = \$216 ;
+      \$316  = \$238 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$293  = row_step;
+    \$317  = row_step;
     if (start) begin
-      \$293  = { 1'h0, \$217  };
+      \$317  = { 1'h0, \$239  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$294  = goff_step;
+    \$318  = goff_step;
     if (start) begin
-      \$294  = \$218 ;
+      \$318  = \$240 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$295  = ox_step;
+    \$319  = ox_step;
     if (start) begin
-      \$295  = \$219 ;
+      \$319  = \$241 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$296  = ix_step;
+    \$320  = ix_step;
     if (start) begin
-      \$296  = \$221 [3:0];
+      \$320  = \$243 [3:0];
     end
   end
   assign ws = 17'h00000;
@@ -26726,9 +26841,11 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   assign \sizes.n_w  = sizes[109:100];
   assign \sizes.pt_wg  = sizes[124:110];
   assign \sizes.pl_g  = sizes[139:125];
-  assign \sizes.plane  = sizes[150:140];
-  assign \sizes.n_dw  = sizes[161:151];
-  assign \sizes.pt_ws  = sizes[174:162];
+  assign \sizes.kr_wg  = sizes[154:140];
+  assign \sizes.c0_g  = sizes[169:155];
+  assign \sizes.plane  = sizes[180:170];
+  assign \sizes.n_dw  = sizes[191:181];
+  assign \sizes.pt_ws  = sizes[204:192];
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -26749,30 +26866,33 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   assign \taps__payload.waddr  = taps__payload[64:54];
   assign \taps__payload.first  = taps__payload[65];
   assign \taps__payload.last  = taps__payload[66];
-  assign taps__payload[66] = \$233 ;
-  assign taps__payload[65] = \$231 ;
+  assign taps__payload[66] = \$255 ;
+  assign taps__payload[65] = \$253 ;
   assign taps__payload[64:54] = waddr;
   assign taps__payload[53:36] = iy;
   assign taps__payload[35:18] = ix;
-  assign taps__payload[17:0] = \$226 [17:0];
-  assign \$30  = \$29 ;
-  assign \$32  = \$31 ;
-  assign \$33  = \$31 ;
-  assign \$37  = \$36 ;
+  assign taps__payload[17:0] = \$248 [17:0];
+  assign \$7  = { cmd[79:64], 1'h0 };
+  assign \$12  = { cmd[79:64], 1'h0 };
+  assign \$16  = { sizes[12:0], 1'h0 };
   assign \$44  = \$43 ;
-  assign \$53  = \$52 ;
-  assign \$64  = \$63 ;
-  assign \$179  = \$178 ;
-  assign \$207  = { cmd[79:64], 1'h0 };
-  assign \$211  = 18'h00000;
-  assign \$214  = { sizes[12:0], 1'h0 };
-  assign \$220  = { 1'h0, cmd[101:100], 2'h0 };
-  assign \$212  = 18'h00000;
+  assign \$46  = \$45 ;
+  assign \$47  = \$45 ;
+  assign \$51  = \$50 ;
+  assign \$58  = \$57 ;
+  assign \$67  = \$66 ;
+  assign \$78  = \$77 ;
+  assign \$201  = \$200 ;
+  assign \$229  = { cmd[79:64], 1'h0 };
+  assign \$233  = 18'h00000;
+  assign \$236  = { sizes[12:0], 1'h0 };
+  assign \$242  = { 1'h0, cmd[101:100], 2'h0 };
+  assign \$234  = 18'h00000;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, cfg__ready, accept, busy, sizing, run, sizes
-, sizes_ready, loaded, inputs_done, cfg__payload);
+module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, cfg__ready, accept, busy, sizing, run
+, sizes, loaded, inputs_done, cfg__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$15  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -26985,9 +27105,11 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   wire rst;
   output run;
   reg run;
-  input [174:0] sizes;
-  wire [174:0] sizes;
+  input [204:0] sizes;
+  wire [204:0] sizes;
+  wire [14:0] \sizes.c0_g ;
   wire [11:0] \sizes.kk ;
+  wire [14:0] \sizes.kr_wg ;
   wire [10:0] \sizes.n_dw ;
   wire [12:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
@@ -27064,7 +27186,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   assign \$57  = \$52  | \$56 ;
   assign \$58  = dwc ? 13'h0400 : 13'h1000;
   assign \$59  = sizes[25:13] > \$58 ;
-  assign \$60  = sizes[161:151] > 11'h400;
+  assign \$60  = sizes[191:181] > 11'h400;
   assign \$61  = dwp & \$60 ;
   assign \$62  = \$59  | \$61 ;
   assign \$63  = ~ cmd[111];
@@ -27431,9 +27553,11 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   assign \sizes.n_w  = sizes[109:100];
   assign \sizes.pt_wg  = sizes[124:110];
   assign \sizes.pl_g  = sizes[139:125];
-  assign \sizes.plane  = sizes[150:140];
-  assign \sizes.n_dw  = sizes[161:151];
-  assign \sizes.pt_ws  = sizes[174:162];
+  assign \sizes.kr_wg  = sizes[154:140];
+  assign \sizes.c0_g  = sizes[169:155];
+  assign \sizes.plane  = sizes[180:170];
+  assign \sizes.n_dw  = sizes[191:181];
+  assign \sizes.pt_ws  = sizes[204:192];
   assign \cfg__payload.in_h  = cfg__payload[15:0];
   assign \cfg__payload.in_w  = cfg__payload[31:16];
   assign \cfg__payload.out_h  = cfg__payload[47:32];
@@ -27459,77 +27583,129 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$170 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready, clk);
+module \psc_core.sizes$172 (rst, ready, cmd, gin_e, gout_o, clear, enable, sizes, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
   wire \$1 ;
   wire \$10 ;
-  wire [4:0] \$11 ;
+  reg \$100 ;
+  reg \$101 ;
+  reg \$102 ;
+  reg [1:0] \$103 ;
+  wire [15:0] \$11 ;
   wire \$12 ;
   wire \$13 ;
-  wire [12:0] \$14 ;
+  wire \$14 ;
   wire \$15 ;
   wire \$16 ;
-  wire [12:0] \$17 ;
-  wire [24:0] \$18 ;
-  wire [24:0] \$19 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
   wire \$2 ;
   wire \$20 ;
   wire \$21 ;
-  wire [11:0] \$22 ;
+  wire [3:0] \$22 ;
   wire \$23 ;
   wire \$24 ;
-  wire [11:0] \$25 ;
+  wire [12:0] \$25 ;
   wire \$26 ;
   wire \$27 ;
-  wire [9:0] \$28 ;
-  wire \$29 ;
+  wire [12:0] \$28 ;
+  wire [14:0] \$29 ;
   wire \$3 ;
-  wire \$30 ;
-  wire [14:0] \$31 ;
-  wire \$32 ;
+  wire [14:0] \$30 ;
+  wire [15:0] \$31 ;
+  wire [15:0] \$32 ;
   wire \$33 ;
-  wire [14:0] \$34 ;
-  wire [15:0] \$35 ;
-  wire [25:0] \$36 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
   wire \$37 ;
   wire \$38 ;
   wire \$39 ;
-  wire \$4 ;
-  wire \$40 ;
-  reg \$41 ;
-  reg \$42 ;
-  reg \$43 ;
-  reg \$44 ;
-  reg \$45 ;
-  reg \$46 ;
-  reg \$47 ;
-  reg \$48 ;
-  reg \$49 ;
-  wire \$5 ;
-  reg [15:0] \$50 ;
-  reg [24:0] \$51 ;
-  reg [24:0] \$52 ;
-  reg \$53 ;
-  reg \$54 ;
-  reg \$55 ;
-  reg \$56 ;
-  reg [3:0] \$57 ;
-  reg [174:0] \$58 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  reg a_zero = 1'h0;
-  reg a_zero_0 = 1'h0;
-  reg a_zero_1 = 1'h0;
-  reg a_zero_2 = 1'h0;
-  reg a_zero_3 = 1'h0;
-  reg a_zero_4 = 1'h0;
-  reg a_zero_5 = 1'h0;
-  reg a_zero_6 = 1'h0;
-  reg a_zero_7 = 1'h0;
-  reg a_zero_8 = 1'h0;
-  reg b_big = 1'h0;
+  wire [3:0] \$4 ;
+  wire [2:0] \$40 ;
+  wire [24:0] \$41 ;
+  wire [24:0] \$42 ;
+  wire \$43 ;
+  wire \$44 ;
+  wire [14:0] \$45 ;
+  wire [21:0] \$46 ;
+  wire [25:0] \$47 ;
+  wire \$48 ;
+  wire \$49 ;
+  wire [4:0] \$5 ;
+  wire \$50 ;
+  wire \$51 ;
+  wire \$52 ;
+  wire \$53 ;
+  wire \$54 ;
+  wire \$55 ;
+  wire [2:0] \$56 ;
+  wire \$57 ;
+  wire \$58 ;
+  wire [11:0] \$59 ;
+  wire [5:0] \$6 ;
+  wire \$60 ;
+  wire \$61 ;
+  wire [9:0] \$62 ;
+  wire [14:0] \$63 ;
+  wire [15:0] \$64 ;
+  wire [15:0] \$65 ;
+  wire \$66 ;
+  wire \$67 ;
+  wire \$68 ;
+  reg [204:0] \$69 ;
+  wire [4:0] \$7 ;
+  reg \$70 ;
+  reg \$71 ;
+  reg \$72 ;
+  reg \$73 ;
+  reg [15:0] \$74 ;
+  reg [14:0] \$75 ;
+  reg [14:0] \$76 ;
+  reg \$77 ;
+  reg \$78 ;
+  reg \$79 ;
+  wire [5:0] \$8 ;
+  reg \$80 ;
+  reg [2:0] \$81 ;
+  reg \$82 ;
+  reg \$83 ;
+  reg \$84 ;
+  reg [21:0] \$85 ;
+  reg [24:0] \$86 ;
+  reg [24:0] \$87 ;
+  reg \$88 ;
+  reg \$89 ;
+  wire [4:0] \$9 ;
+  reg \$90 ;
+  reg \$91 ;
+  reg [1:0] \$92 ;
+  reg \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg [15:0] \$96 ;
+  reg [14:0] \$97 ;
+  reg [14:0] \$98 ;
+  reg \$99 ;
+  wire [2:0] \$signal ;
+  wire [2:0] \$signal$4 ;
+  reg a_zero0 = 1'h0;
+  reg a_zero0_0 = 1'h0;
+  reg a_zero0_1 = 1'h0;
+  reg a_zero0_2 = 1'h0;
+  reg a_zero0_3 = 1'h0;
+  reg a_zero1 = 1'h0;
+  reg a_zero1_0 = 1'h0;
+  reg a_zero1_1 = 1'h0;
+  reg a_zero1_2 = 1'h0;
+  reg a_zero2 = 1'h0;
+  reg a_zero2_0 = 1'h0;
+  reg a_zero2_1 = 1'h0;
+  reg a_zero2_2 = 1'h0;
+  reg b_big0 = 1'h0;
+  reg b_big1 = 1'h0;
+  reg b_big2 = 1'h0;
   input clear;
   wire clear;
   input clk;
@@ -27566,19 +27742,35 @@ module \psc_core.sizes$170 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
   wire [15:0] gin_e;
   input [21:0] gout_o;
   wire [21:0] gout_o;
-  reg [15:0] mul_a = 16'h0000;
-  reg [24:0] mul_b = 25'h0000000;
-  reg mul_run = 1'h0;
-  wire [25:0] mul_sum;
-  reg ovf = 1'h0;
-  reg [24:0] prod = 25'h0000000;
+  wire [11:0] kk;
+  wire [2:0] kl;
+  reg [15:0] mul_a0 = 16'h0000;
+  reg [21:0] mul_a1 = 22'h000000;
+  reg [15:0] mul_a2 = 16'h0000;
+  reg [14:0] mul_b0 = 15'h0000;
+  reg [24:0] mul_b1 = 25'h0000000;
+  reg [14:0] mul_b2 = 15'h0000;
+  reg mul_run0 = 1'h0;
+  reg mul_run1 = 1'h0;
+  reg mul_run2 = 1'h0;
+  wire [15:0] mul_sum0;
+  wire [25:0] mul_sum1;
+  wire [15:0] mul_sum2;
+  reg ovf0 = 1'h0;
+  reg ovf1 = 1'h0;
+  reg ovf2 = 1'h0;
+  reg [14:0] prod0 = 15'h0000;
+  reg [24:0] prod1 = 25'h0000000;
+  reg [14:0] prod2 = 15'h0000;
   output ready;
-  reg ready;
+  wire ready;
   input rst;
   wire rst;
-  output [174:0] sizes;
-  reg [174:0] sizes = 175'h00000000000000000000000000000000000000000000;
+  output [204:0] sizes;
+  reg [204:0] sizes = 205'h0000000000000000000000000000000000000000000000000000;
+  wire [14:0] \sizes.c0_g ;
   wire [11:0] \sizes.kk ;
+  wire [14:0] \sizes.kr_wg ;
   wire [10:0] \sizes.n_dw ;
   wire [12:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
@@ -27590,476 +27782,830 @@ module \psc_core.sizes$170 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
   wire [12:0] \sizes.pt_ws ;
   wire [11:0] \sizes.red ;
   wire [12:0] \sizes.wg ;
-  reg [3:0] step = 4'h0;
+  reg [2:0] step0 = 3'h0;
+  reg [1:0] step1 = 2'h0;
+  reg [1:0] step2 = 2'h0;
+  assign \$1  = cmd[99:96] == 3'h7;
+  assign \$2  = cmd[99:96] == 3'h5;
+  assign \$3  = cmd[99:96] == 2'h3;
+  assign \$4  = \$3  ? 4'h9 : 4'h1;
+  assign \$5  = \$2  ? 5'h19 : { 1'h0, \$4  };
+  assign \$6  = \$1  ? 6'h31 : { 1'h0, \$5  };
+  assign \$7  = cmd[99:96] - 1'h1;
+  assign \$8  = $signed(\$7 ) - $signed({ 1'h0, cmd[104:102] });
+  assign \$9  = cmd[99:96] - cmd[107:105];
+  assign \$10  = cmd[31:16] < \$9 [2:0];
+  assign \$11  = \$10  ? cmd[31:16] : { 13'h0000, \$9 [2:0] };
+  assign mul_sum0 = prod0 + mul_b0;
+  assign mul_sum1 = prod1 + mul_b1;
+  assign mul_sum2 = prod2 + mul_b2;
+  assign \$12  = step0 == 3'h4;
+  assign \$13  = step1 == 2'h3;
+  assign \$14  = step2 == 2'h3;
+  assign \$15  = & { \$14 , \$13 , \$12  };
+  assign ready = enable & \$15 ;
+  assign \$16  = ! cmd[79:64];
+  assign \$17  = ! cmd[15:0];
+  assign \$18  = ! cmd[104:102];
+  assign \$19  = ! \$8 [2:0];
+  assign \$20  = ~ mul_run0;
+  assign \$22  = step0 + 1'h1;
+  assign \$23  = | prod0[14:13];
+  assign \$24  = ovf0 | \$23 ;
+  assign \$25  = \$24  ? 13'h1fff : prod0[12:0];
+  assign \$26  = | prod0[14:13];
+  assign \$27  = ovf0 | \$26 ;
+  assign \$28  = \$27  ? 13'h1fff : prod0[12:0];
+  assign \$29  = ovf0 ? 15'h7fff : prod0;
+  assign \$30  = ovf0 ? 15'h7fff : prod0;
+  assign \$33  = b_big0 | mul_b0[14];
+  assign \$34  = ! mul_a0[15:1];
+  assign \$35  = b_big0 | mul_sum0[15];
+  assign \$36  = ! gout_o;
+  assign \$37  = ! cmd[47:32];
+  assign \$38  = ! cmd[107:105];
+  assign \$39  = ~ mul_run1;
+  assign \$40  = step1 + 1'h1;
+  assign \$41  = ovf1 ? 25'h1ffffff : prod1;
+  assign \$42  = ovf1 ? 25'h1ffffff : prod1;
+  assign \$43  = | prod1[24:15];
+  assign \$44  = ovf1 | \$43 ;
+  assign \$45  = \$44  ? 15'h7fff : prod1[14:0];
+  assign \$48  = b_big1 | mul_b1[24];
+  assign \$49  = ! mul_a1[21:1];
+  assign \$50  = b_big1 | mul_sum1[25];
+  assign \$51  = ! gin_e;
+  assign \$52  = ! cmd[95:80];
+  assign \$53  = ! \$11 [2:0];
+  assign \$54  = ~ mul_run2;
+  assign \$56  = step2 + 1'h1;
+  assign \$57  = | prod2[14:12];
+  assign \$58  = ovf2 | \$57 ;
+  assign \$59  = \$58  ? 12'hfff : prod2[11:0];
+  assign \$60  = | prod2[14:10];
+  assign \$61  = ovf2 | \$60 ;
+  assign \$62  = \$61  ? 10'h3ff : prod2[9:0];
+  assign \$63  = ovf2 ? 15'h7fff : prod2;
+  assign \$66  = b_big2 | mul_b2[14];
+  assign \$67  = ! mul_a2[15:1];
+  assign \$68  = b_big2 | mul_sum2[15];
   always @(posedge clk)
-    a_zero_0 <= \$41 ;
+    sizes <= \$69 ;
   always @(posedge clk)
-    a_zero_1 <= \$42 ;
+    a_zero0_0 <= \$70 ;
   always @(posedge clk)
-    a_zero_2 <= \$43 ;
+    a_zero0_1 <= \$71 ;
   always @(posedge clk)
-    a_zero_3 <= \$44 ;
+    a_zero0_2 <= \$72 ;
   always @(posedge clk)
-    a_zero_4 <= \$45 ;
+    a_zero0_3 <= \$73 ;
   always @(posedge clk)
-    a_zero_5 <= \$46 ;
+    mul_a0 <= \$74 ;
   always @(posedge clk)
-    a_zero_6 <= \$47 ;
+    mul_b0 <= \$75 ;
   always @(posedge clk)
-    a_zero_7 <= \$48 ;
+    prod0 <= \$76 ;
   always @(posedge clk)
-    a_zero_8 <= \$49 ;
+    ovf0 <= \$77 ;
   always @(posedge clk)
-    mul_a <= \$50 ;
+    a_zero0 <= \$78 ;
   always @(posedge clk)
-    mul_b <= \$51 ;
+    b_big0 <= \$79 ;
   always @(posedge clk)
-    prod <= \$52 ;
+    mul_run0 <= \$80 ;
   always @(posedge clk)
-    ovf <= \$53 ;
+    step0 <= \$81 ;
   always @(posedge clk)
-    a_zero <= \$54 ;
+    a_zero1_0 <= \$82 ;
   always @(posedge clk)
-    b_big <= \$55 ;
+    a_zero1_1 <= \$83 ;
   always @(posedge clk)
-    mul_run <= \$56 ;
+    a_zero1_2 <= \$84 ;
   always @(posedge clk)
-    step <= \$57 ;
+    mul_a1 <= \$85 ;
   always @(posedge clk)
-    sizes <= \$58 ;
-  assign \$1  = ! cmd[31:16];
-  assign \$2  = ! cmd[15:0];
-  assign \$3  = ! cmd[63:48];
-  assign \$4  = ! cmd[47:32];
-  assign \$5  = ! cmd[99:96];
-  assign \$6  = ! gin_e;
-  assign \$7  = ! cmd[95:80];
-  assign \$8  = ! cmd[104:102];
-  assign \$9  = ! cmd[107:105];
-  assign \$10  = ~ mul_run;
-  assign \$11  = step + 1'h1;
-  assign \$12  = | prod[24:13];
-  assign \$13  = ovf | \$12 ;
-  assign \$14  = \$13  ? 13'h1fff : prod[12:0];
-  assign \$15  = | prod[24:13];
-  assign \$16  = ovf | \$15 ;
-  assign \$17  = \$16  ? 13'h1fff : prod[12:0];
-  assign \$18  = ovf ? 25'h1ffffff : prod;
-  assign \$19  = ovf ? 25'h1ffffff : prod;
-  assign \$20  = | prod[24:12];
-  assign \$21  = ovf | \$20 ;
-  assign \$22  = \$21  ? 12'hfff : prod[11:0];
-  assign \$23  = | prod[24:12];
-  assign \$24  = ovf | \$23 ;
-  assign \$25  = \$24  ? 12'hfff : prod[11:0];
-  assign \$26  = | prod[24:10];
-  assign \$27  = ovf | \$26 ;
-  assign \$28  = \$27  ? 10'h3ff : prod[9:0];
-  assign \$29  = | prod[24:15];
-  assign \$30  = ovf | \$29 ;
-  assign \$31  = \$30  ? 15'h7fff : prod[14:0];
-  assign \$32  = | prod[24:15];
-  assign \$33  = ovf | \$32 ;
-  assign \$34  = \$33  ? 15'h7fff : prod[14:0];
-  assign \$37  = b_big | mul_b[24];
-  assign \$38  = ! mul_a[15:1];
-  assign \$39  = b_big | mul_sum[25];
-  assign mul_sum = prod + mul_b;
-  assign \$40  = ~ mul_run;
+    mul_b1 <= \$86 ;
+  always @(posedge clk)
+    prod1 <= \$87 ;
+  always @(posedge clk)
+    ovf1 <= \$88 ;
+  always @(posedge clk)
+    a_zero1 <= \$89 ;
+  always @(posedge clk)
+    b_big1 <= \$90 ;
+  always @(posedge clk)
+    mul_run1 <= \$91 ;
+  always @(posedge clk)
+    step1 <= \$92 ;
+  always @(posedge clk)
+    a_zero2_0 <= \$93 ;
+  always @(posedge clk)
+    a_zero2_1 <= \$94 ;
+  always @(posedge clk)
+    a_zero2_2 <= \$95 ;
+  always @(posedge clk)
+    mul_a2 <= \$96 ;
+  always @(posedge clk)
+    mul_b2 <= \$97 ;
+  always @(posedge clk)
+    prod2 <= \$98 ;
+  always @(posedge clk)
+    ovf2 <= \$99 ;
+  always @(posedge clk)
+    a_zero2 <= \$100 ;
+  always @(posedge clk)
+    b_big2 <= \$101 ;
+  always @(posedge clk)
+    mul_run2 <= \$102 ;
+  always @(posedge clk)
+    step2 <= \$103 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$41  = \$1 ;
-    if (rst) begin
-      \$41  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$42  = \$2 ;
-    if (rst) begin
-      \$42  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$43  = \$3 ;
-    if (rst) begin
-      \$43  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$44  = \$4 ;
-    if (rst) begin
-      \$44  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$45  = \$5 ;
-    if (rst) begin
-      \$45  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$46  = \$6 ;
-    if (rst) begin
-      \$46  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$47  = \$7 ;
-    if (rst) begin
-      \$47  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$48  = \$8 ;
-    if (rst) begin
-      \$48  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$49  = \$9 ;
-    if (rst) begin
-      \$49  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$50  = mul_a;
+    \$69  = sizes;
     if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$10 ) begin
-        casez (step)
-          4'h0:
-              \$50  = cmd[31:16];
-          4'h1:
-              \$50  = cmd[15:0];
-          4'h2:
-              \$50  = cmd[63:48];
-          4'h3:
-              \$50  = cmd[47:32];
-          4'h4:
-              \$50  = { 12'h000, cmd[99:96] };
-          4'h5:
-              \$50  = gin_e;
-          4'h6:
-              \$50  = cmd[95:80];
-          4'h7:
-              \$50  = { 13'h0000, cmd[104:102] };
-          4'h8:
-              \$50  = { 13'h0000, cmd[107:105] };
+      \$69 [87:76] = { 6'h00, \$6  };
+    end
+    if (enable) begin
+      if (\$20 ) begin
+      end else if (a_zero0) begin
+        casez (step0)
+          3'h0:
+              \$69 [12:0] = \$25 ;
+          3'h1:
+              \$69 [25:13] = \$28 ;
+          3'h2:
+              \$69 [124:110] = \$29 ;
+          3'h3:
+              \$69 [154:140] = \$30 ;
         endcase
-      end else if (a_zero) begin
-      end else begin
-        \$50  = \$35 ;
+      end
+      if (\$39 ) begin
+      end else if (a_zero1) begin
+        casez (step1)
+          2'h0:
+              \$69 [50:26] = \$41 ;
+          2'h1:
+              \$69 [75:51] = \$42 ;
+          2'h2:
+              \$69 [139:125] = \$45 ;
+        endcase
+      end
+      if (\$54 ) begin
+      end else if (a_zero2) begin
+        casez (step2)
+          2'h0:
+              \$69 [99:88] = \$59 ;
+          2'h1:
+              \$69 [109:100] = \$62 ;
+          2'h2:
+              \$69 [169:155] = \$63 ;
+        endcase
       end
     end
     if (rst) begin
-      \$50  = 16'h0000;
+      \$69  = 205'h0000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$51  = mul_b;
+    \$70  = \$16 ;
+    if (rst) begin
+      \$70  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$71  = \$17 ;
+    if (rst) begin
+      \$71  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$72  = \$18 ;
+    if (rst) begin
+      \$72  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$73  = \$19 ;
+    if (rst) begin
+      \$73  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$74  = mul_a0;
     if (enable) begin
       (* full_case = 32'd1 *)
-      if (\$10 ) begin
-        casez (step)
-          4'h0:
-              \$51  = { 9'h000, cmd[79:64] };
-          4'h1:
-              \$51  = { 12'h000, sizes[12:0] };
-          4'h2:
-              \$51  = { 3'h0, gout_o };
-          4'h3:
-              \$51  = sizes[50:26];
-          4'h4:
-              \$51  = { 21'h000000, cmd[99:96] };
-          4'h5:
-              \$51  = { 13'h0000, sizes[87:76] };
-          4'h6:
-              \$51  = { 13'h0000, sizes[99:88] };
-          4'h7:
-              \$51  = { 12'h000, sizes[12:0] };
-          4'h8:
-              \$51  = { 9'h000, cmd[79:64] };
+      if (\$20 ) begin
+        casez (step0)
+          3'h0:
+              \$74  = cmd[79:64];
+          3'h1:
+              \$74  = cmd[15:0];
+          3'h2:
+              \$74  = { 13'h0000, cmd[104:102] };
+          3'h3:
+              \$74  = { 13'h0000, \$8 [2:0] };
         endcase
-      end else if (a_zero) begin
+      end else if (a_zero0) begin
       end else begin
-        \$51  = \$36 [24:0];
+        \$74  = \$31 ;
       end
     end
     if (rst) begin
-      \$51  = 25'h0000000;
+      \$74  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$52  = prod;
+    \$75  = mul_b0;
     if (enable) begin
       (* full_case = 32'd1 *)
-      if (\$10 ) begin
-        casez (step)
-          4'h0:
-              \$52  = 25'h0000000;
-          4'h1:
-              \$52  = 25'h0000000;
-          4'h2:
-              \$52  = 25'h0000000;
-          4'h3:
-              \$52  = 25'h0000000;
-          4'h4:
-              \$52  = 25'h0000000;
-          4'h5:
-              \$52  = 25'h0000000;
-          4'h6:
-              \$52  = 25'h0000000;
-          4'h7:
-              \$52  = 25'h0000000;
-          4'h8:
-              \$52  = 25'h0000000;
+      if (\$20 ) begin
+        casez (step0)
+          3'h0:
+              \$75  = cmd[30:16];
+          3'h1:
+              \$75  = { 2'h0, sizes[12:0] };
+          3'h2:
+              \$75  = { 2'h0, sizes[12:0] };
+          3'h3:
+              \$75  = { 2'h0, sizes[12:0] };
         endcase
-      end else if (a_zero) begin
+      end else if (a_zero0) begin
       end else begin
-        if (mul_a[0]) begin
-          \$52  = mul_sum[24:0];
+        \$75  = \$32 [14:0];
+      end
+    end
+    if (rst) begin
+      \$75  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$76  = prod0;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$20 ) begin
+        casez (step0)
+          3'h0:
+              \$76  = 15'h0000;
+          3'h1:
+              \$76  = 15'h0000;
+          3'h2:
+              \$76  = 15'h0000;
+          3'h3:
+              \$76  = 15'h0000;
+        endcase
+      end else if (a_zero0) begin
+      end else begin
+        if (mul_a0[0]) begin
+          \$76  = mul_sum0[14:0];
         end
       end
     end
     if (rst) begin
-      \$52  = 25'h0000000;
+      \$76  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$53  = ovf;
+    \$77  = ovf0;
     if (enable) begin
       (* full_case = 32'd1 *)
-      if (\$10 ) begin
-        casez (step)
-          4'h0:
-              \$53  = 1'h0;
-          4'h1:
-              \$53  = 1'h0;
-          4'h2:
-              \$53  = 1'h0;
-          4'h3:
-              \$53  = 1'h0;
-          4'h4:
-              \$53  = 1'h0;
-          4'h5:
-              \$53  = 1'h0;
-          4'h6:
-              \$53  = 1'h0;
-          4'h7:
-              \$53  = 1'h0;
-          4'h8:
-              \$53  = 1'h0;
+      if (\$20 ) begin
+        casez (step0)
+          3'h0:
+              \$77  = 1'h0;
+          3'h1:
+              \$77  = 1'h0;
+          3'h2:
+              \$77  = 1'h0;
+          3'h3:
+              \$77  = 1'h0;
         endcase
-      end else if (a_zero) begin
+      end else if (a_zero0) begin
       end else begin
-        if (mul_a[0]) begin
-          if (\$39 ) begin
-            \$53  = 1'h1;
+        if (mul_a0[0]) begin
+          if (\$35 ) begin
+            \$77  = 1'h1;
           end
         end
       end
     end
     if (rst) begin
-      \$53  = 1'h0;
+      \$77  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$54  = a_zero;
+    \$78  = a_zero0;
     if (enable) begin
       (* full_case = 32'd1 *)
-      if (\$10 ) begin
-        casez (step)
-          4'h0:
-              \$54  = 1'h0;
-          4'h1:
-              \$54  = a_zero_1;
-          4'h2:
-              \$54  = a_zero_2;
-          4'h3:
-              \$54  = a_zero_3;
-          4'h4:
-              \$54  = a_zero_4;
-          4'h5:
-              \$54  = a_zero_5;
-          4'h6:
-              \$54  = a_zero_6;
-          4'h7:
-              \$54  = a_zero_7;
-          4'h8:
-              \$54  = a_zero_8;
+      if (\$20 ) begin
+        casez (step0)
+          3'h0:
+              \$78  = 1'h0;
+          3'h1:
+              \$78  = a_zero0_1;
+          3'h2:
+              \$78  = a_zero0_2;
+          3'h3:
+              \$78  = a_zero0_3;
         endcase
-      end else if (a_zero) begin
+      end else if (a_zero0) begin
       end else begin
-        \$54  = \$38 ;
+        \$78  = \$34 ;
       end
     end
     if (rst) begin
-      \$54  = 1'h0;
+      \$78  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$55  = b_big;
+    \$79  = b_big0;
     if (enable) begin
       (* full_case = 32'd1 *)
-      if (\$10 ) begin
-        casez (step)
-          4'h0:
-              \$55  = 1'h0;
-          4'h1:
-              \$55  = 1'h0;
-          4'h2:
-              \$55  = 1'h0;
-          4'h3:
-              \$55  = 1'h0;
-          4'h4:
-              \$55  = 1'h0;
-          4'h5:
-              \$55  = 1'h0;
-          4'h6:
-              \$55  = 1'h0;
-          4'h7:
-              \$55  = 1'h0;
-          4'h8:
-              \$55  = 1'h0;
+      if (\$20 ) begin
+        casez (step0)
+          3'h0:
+              \$79  = \$21 ;
+          3'h1:
+              \$79  = 1'h0;
+          3'h2:
+              \$79  = 1'h0;
+          3'h3:
+              \$79  = 1'h0;
         endcase
-      end else if (a_zero) begin
+      end else if (a_zero0) begin
       end else begin
-        \$55  = \$37 ;
+        \$79  = \$33 ;
       end
     end
     if (rst) begin
-      \$55  = 1'h0;
+      \$79  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$56  = mul_run;
+    \$80  = mul_run0;
     if (enable) begin
-      if (\$10 ) begin
-        casez (step)
-          4'h0:
-              \$56  = 1'h1;
-          4'h1:
-              \$56  = 1'h1;
-          4'h2:
-              \$56  = 1'h1;
-          4'h3:
-              \$56  = 1'h1;
-          4'h4:
-              \$56  = 1'h1;
-          4'h5:
-              \$56  = 1'h1;
-          4'h6:
-              \$56  = 1'h1;
-          4'h7:
-              \$56  = 1'h1;
-          4'h8:
-              \$56  = 1'h1;
+      if (\$20 ) begin
+        casez (step0)
+          3'h0:
+              \$80  = 1'h1;
+          3'h1:
+              \$80  = 1'h1;
+          3'h2:
+              \$80  = 1'h1;
+          3'h3:
+              \$80  = 1'h1;
         endcase
-      end else if (a_zero) begin
-        \$56  = 1'h0;
+      end else if (a_zero0) begin
+        \$80  = 1'h0;
       end
     end
     if (clear) begin
-      \$56  = 1'h0;
+      \$80  = 1'h0;
     end
     if (rst) begin
-      \$56  = 1'h0;
+      \$80  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$57  = step;
+    \$81  = step0;
     if (enable) begin
-      if (\$10 ) begin
-      end else if (a_zero) begin
-        \$57  = \$11 [3:0];
+      if (\$20 ) begin
+      end else if (a_zero0) begin
+        \$81  = \$22 [2:0];
       end
     end
     if (clear) begin
-      \$57  = 4'h0;
+      \$81  = 3'h0;
     end
     if (rst) begin
-      \$57  = 4'h0;
+      \$81  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$58  = sizes;
-    if (enable) begin
-      if (\$10 ) begin
-      end else if (a_zero) begin
-        casez (step)
-          4'h0:
-              \$58 [12:0] = \$14 ;
-          4'h1:
-              \$58 [25:13] = \$17 ;
-          4'h2:
-              \$58 [50:26] = \$18 ;
-          4'h3:
-              \$58 [75:51] = \$19 ;
-          4'h4:
-              \$58 [87:76] = \$22 ;
-          4'h5:
-              \$58 [99:88] = \$25 ;
-          4'h6:
-              \$58 [109:100] = \$28 ;
-          4'h7:
-              \$58 [124:110] = \$31 ;
-          4'h8:
-              \$58 [139:125] = \$34 ;
-        endcase
-      end
-    end
+    \$82  = \$36 ;
     if (rst) begin
-      \$58  = 175'h00000000000000000000000000000000000000000000;
+      \$82  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    ready = 1'h0;
-    if (enable) begin
-      if (\$40 ) begin
-        (* full_case = 32'd1 *)
-        casez (step)
-          4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              /* empty */;
-          4'h3:
-              /* empty */;
-          4'h4:
-              /* empty */;
-          4'h5:
-              /* empty */;
-          4'h6:
-              /* empty */;
-          4'h7:
-              /* empty */;
-          4'h8:
-              /* empty */;
-          default:
-              ready = 1'h1;
-        endcase
-      end
+    \$83  = \$37 ;
+    if (rst) begin
+      \$83  = 1'h0;
     end
   end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$84  = \$38 ;
+    if (rst) begin
+      \$84  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$85  = mul_a1;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$39 ) begin
+        casez (step1)
+          2'h0:
+              \$85  = gout_o;
+          2'h1:
+              \$85  = { 6'h00, cmd[47:32] };
+          2'h2:
+              \$85  = { 19'h00000, cmd[107:105] };
+        endcase
+      end else if (a_zero1) begin
+      end else begin
+        \$85  = \$46 ;
+      end
+    end
+    if (rst) begin
+      \$85  = 22'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$86  = mul_b1;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$39 ) begin
+        casez (step1)
+          2'h0:
+              \$86  = { 9'h000, cmd[63:48] };
+          2'h1:
+              \$86  = sizes[50:26];
+          2'h2:
+              \$86  = { 9'h000, cmd[79:64] };
+        endcase
+      end else if (a_zero1) begin
+      end else begin
+        \$86  = \$47 [24:0];
+      end
+    end
+    if (rst) begin
+      \$86  = 25'h0000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$87  = prod1;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$39 ) begin
+        casez (step1)
+          2'h0:
+              \$87  = 25'h0000000;
+          2'h1:
+              \$87  = 25'h0000000;
+          2'h2:
+              \$87  = 25'h0000000;
+        endcase
+      end else if (a_zero1) begin
+      end else begin
+        if (mul_a1[0]) begin
+          \$87  = mul_sum1[24:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$87  = 25'h0000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$88  = ovf1;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$39 ) begin
+        casez (step1)
+          2'h0:
+              \$88  = 1'h0;
+          2'h1:
+              \$88  = 1'h0;
+          2'h2:
+              \$88  = 1'h0;
+        endcase
+      end else if (a_zero1) begin
+      end else begin
+        if (mul_a1[0]) begin
+          if (\$50 ) begin
+            \$88  = 1'h1;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$88  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$89  = a_zero1;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$39 ) begin
+        casez (step1)
+          2'h0:
+              \$89  = 1'h0;
+          2'h1:
+              \$89  = a_zero1_1;
+          2'h2:
+              \$89  = a_zero1_2;
+        endcase
+      end else if (a_zero1) begin
+      end else begin
+        \$89  = \$49 ;
+      end
+    end
+    if (rst) begin
+      \$89  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$90  = b_big1;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$39 ) begin
+        casez (step1)
+          2'h0:
+              \$90  = 1'h0;
+          2'h1:
+              \$90  = 1'h0;
+          2'h2:
+              \$90  = 1'h0;
+        endcase
+      end else if (a_zero1) begin
+      end else begin
+        \$90  = \$48 ;
+      end
+    end
+    if (rst) begin
+      \$90  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$91  = mul_run1;
+    if (enable) begin
+      if (\$39 ) begin
+        casez (step1)
+          2'h0:
+              \$91  = 1'h1;
+          2'h1:
+              \$91  = 1'h1;
+          2'h2:
+              \$91  = 1'h1;
+        endcase
+      end else if (a_zero1) begin
+        \$91  = 1'h0;
+      end
+    end
+    if (clear) begin
+      \$91  = 1'h0;
+    end
+    if (rst) begin
+      \$91  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$92  = step1;
+    if (enable) begin
+      if (\$39 ) begin
+      end else if (a_zero1) begin
+        \$92  = \$40 [1:0];
+      end
+    end
+    if (clear) begin
+      \$92  = 2'h0;
+    end
+    if (rst) begin
+      \$92  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$93  = \$51 ;
+    if (rst) begin
+      \$93  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$94  = \$52 ;
+    if (rst) begin
+      \$94  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$95  = \$53 ;
+    if (rst) begin
+      \$95  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$96  = mul_a2;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$54 ) begin
+        casez (step2)
+          2'h0:
+              \$96  = gin_e;
+          2'h1:
+              \$96  = cmd[95:80];
+          2'h2:
+              \$96  = { 13'h0000, \$11 [2:0] };
+        endcase
+      end else if (a_zero2) begin
+      end else begin
+        \$96  = \$64 ;
+      end
+    end
+    if (rst) begin
+      \$96  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$97  = mul_b2;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$54 ) begin
+        casez (step2)
+          2'h0:
+              \$97  = { 9'h000, \$6  };
+          2'h1:
+              \$97  = { 3'h0, sizes[99:88] };
+          2'h2:
+              \$97  = cmd[78:64];
+        endcase
+      end else if (a_zero2) begin
+      end else begin
+        \$97  = \$65 [14:0];
+      end
+    end
+    if (rst) begin
+      \$97  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$98  = prod2;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$54 ) begin
+        casez (step2)
+          2'h0:
+              \$98  = 15'h0000;
+          2'h1:
+              \$98  = 15'h0000;
+          2'h2:
+              \$98  = 15'h0000;
+        endcase
+      end else if (a_zero2) begin
+      end else begin
+        if (mul_a2[0]) begin
+          \$98  = mul_sum2[14:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$98  = 15'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$99  = ovf2;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$54 ) begin
+        casez (step2)
+          2'h0:
+              \$99  = 1'h0;
+          2'h1:
+              \$99  = 1'h0;
+          2'h2:
+              \$99  = 1'h0;
+        endcase
+      end else if (a_zero2) begin
+      end else begin
+        if (mul_a2[0]) begin
+          if (\$68 ) begin
+            \$99  = 1'h1;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$99  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$100  = a_zero2;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$54 ) begin
+        casez (step2)
+          2'h0:
+              \$100  = 1'h0;
+          2'h1:
+              \$100  = a_zero2_1;
+          2'h2:
+              \$100  = a_zero2_2;
+        endcase
+      end else if (a_zero2) begin
+      end else begin
+        \$100  = \$67 ;
+      end
+    end
+    if (rst) begin
+      \$100  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$101  = b_big2;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$54 ) begin
+        casez (step2)
+          2'h0:
+              \$101  = 1'h0;
+          2'h1:
+              \$101  = 1'h0;
+          2'h2:
+              \$101  = \$55 ;
+        endcase
+      end else if (a_zero2) begin
+      end else begin
+        \$101  = \$66 ;
+      end
+    end
+    if (rst) begin
+      \$101  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$102  = mul_run2;
+    if (enable) begin
+      if (\$54 ) begin
+        casez (step2)
+          2'h0:
+              \$102  = 1'h1;
+          2'h1:
+              \$102  = 1'h1;
+          2'h2:
+              \$102  = 1'h1;
+        endcase
+      end else if (a_zero2) begin
+        \$102  = 1'h0;
+      end
+    end
+    if (clear) begin
+      \$102  = 1'h0;
+    end
+    if (rst) begin
+      \$102  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    \$103  = step2;
+    if (enable) begin
+      if (\$54 ) begin
+      end else if (a_zero2) begin
+        \$103  = \$56 [1:0];
+      end
+    end
+    if (clear) begin
+      \$103  = 2'h0;
+    end
+    if (rst) begin
+      \$103  = 2'h0;
+    end
+  end
+  assign kk = { 6'h00, \$6  };
+  assign \$signal  = \$8 [2:0];
+  assign kl = \$9 [2:0];
+  assign \$signal$4  = \$11 [2:0];
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -28083,11 +28629,19 @@ module \psc_core.sizes$170 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
   assign \sizes.n_w  = sizes[109:100];
   assign \sizes.pt_wg  = sizes[124:110];
   assign \sizes.pl_g  = sizes[139:125];
-  assign \sizes.plane  = sizes[150:140];
-  assign \sizes.n_dw  = sizes[161:151];
-  assign \sizes.pt_ws  = sizes[174:162];
-  assign \$35  = { 1'h0, mul_a[15:1] };
-  assign \$36  = { mul_b, 1'h0 };
+  assign \sizes.kr_wg  = sizes[154:140];
+  assign \sizes.c0_g  = sizes[169:155];
+  assign \sizes.plane  = sizes[180:170];
+  assign \sizes.n_dw  = sizes[191:181];
+  assign \sizes.pt_ws  = sizes[204:192];
+  assign \$31  = { 1'h0, mul_a0[15:1] };
+  assign \$32  = { mul_b0, 1'h0 };
+  assign \$46  = { 1'h0, mul_a1[21:1] };
+  assign \$47  = { mul_b1, 1'h0 };
+  assign \$64  = { 1'h0, mul_a2[15:1] };
+  assign \$65  = { mul_b2, 1'h0 };
+  assign \$21  = cmd[31];
+  assign \$55  = cmd[79];
 endmodule
 
 (* generator = "Amaranth" *)

@@ -112,11 +112,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire act_out__valid;
   wire all_sent;
   wire beat;
-  wire \beat$157 ;
+  wire \beat$159 ;
   output busy;
   wire busy;
-  wire \busy$153 ;
-  wire \busy$154 ;
+  wire \busy$155 ;
+  wire \busy$156 ;
   input [113:0] cfg__payload;
   wire [113:0] cfg__payload;
   wire [113:0] \cfg__payload$23 ;
@@ -175,7 +175,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire cfg__valid;
   wire \cfg__valid$25 ;
   wire clear;
-  wire \clear$152 ;
+  wire \clear$154 ;
   input clk;
   wire clk;
   wire [113:0] cmd;
@@ -339,10 +339,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [31:0] cycles_total;
   output done;
   wire done;
-  wire \done$142 ;
   wire \done$144 ;
-  wire \done$148 ;
-  wire \done$160 ;
+  wire \done$146 ;
+  wire \done$150 ;
+  wire \done$162 ;
   wire dw;
   wire \dw$102 ;
   wire dwc;
@@ -356,7 +356,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire enable;
   output error;
   wire error;
-  wire \error$161 ;
+  wire \error$163 ;
   wire [15:0] gin_e;
   wire [15:0] \gin_e$105 ;
   wire [15:0] \gin_e$89 ;
@@ -485,7 +485,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [5:0] last_group;
   wire [1:0] level;
   wire loaded;
-  wire \loaded$146 ;
+  wire \loaded$148 ;
   wire mac_valid;
   wire [24:0] n_out;
   wire [26:0] o__payload;
@@ -632,10 +632,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \run$134 ;
   wire \run$136 ;
   wire \run$138 ;
-  wire \run$155 ;
-  wire [187:0] sizes;
-  wire [187:0] \sizes$106 ;
+  wire \run$157 ;
+  wire [221:0] sizes;
+  wire [221:0] \sizes$106 ;
+  wire [16:0] \sizes$106.c0_g ;
   wire [8:0] \sizes$106.kk ;
+  wire [16:0] \sizes$106.kr_wg ;
   wire [14:0] \sizes$106.n_dw ;
   wire [14:0] \sizes$106.n_in ;
   wire [24:0] \sizes$106.n_out ;
@@ -647,8 +649,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [16:0] \sizes$106.pt_ws ;
   wire [8:0] \sizes$106.red ;
   wire [14:0] \sizes$106.wg ;
-  wire [187:0] \sizes$116 ;
+  wire [221:0] \sizes$116 ;
+  wire [16:0] \sizes$116.c0_g ;
   wire [8:0] \sizes$116.kk ;
+  wire [16:0] \sizes$116.kr_wg ;
   wire [14:0] \sizes$116.n_dw ;
   wire [14:0] \sizes$116.n_in ;
   wire [24:0] \sizes$116.n_out ;
@@ -660,8 +664,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [16:0] \sizes$116.pt_ws ;
   wire [8:0] \sizes$116.red ;
   wire [14:0] \sizes$116.wg ;
-  wire [187:0] \sizes$97 ;
+  wire [221:0] \sizes$97 ;
+  wire [16:0] \sizes$97.c0_g ;
   wire [8:0] \sizes$97.kk ;
+  wire [16:0] \sizes$97.kr_wg ;
   wire [14:0] \sizes$97.n_dw ;
   wire [14:0] \sizes$97.n_in ;
   wire [24:0] \sizes$97.n_out ;
@@ -673,7 +679,9 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [16:0] \sizes$97.pt_ws ;
   wire [8:0] \sizes$97.red ;
   wire [14:0] \sizes$97.wg ;
+  wire [16:0] \sizes.c0_g ;
   wire [8:0] \sizes.kk ;
+  wire [16:0] \sizes.kr_wg ;
   wire [14:0] \sizes.n_dw ;
   wire [14:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
@@ -710,7 +718,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire w_en;
   wire w_rdy;
   wire waiting;
-  wire \waiting$159 ;
+  wire \waiting$161 ;
   wire [9:0] weights__addr;
   wire [255:0] weights__data;
   wire [127:0] \weights__data[0] ;
@@ -757,6 +765,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   input weights__valid;
   wire weights__valid;
   wire weights_done;
+  wire [14:0] words_in;
+  wire [14:0] \words_in$142 ;
   wire [16:0] ws;
   wire [16:0] \ws$108 ;
   wire [16:0] \ws$117 ;
@@ -805,11 +815,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .i__ready(taps__ready),
     .o__payload(\i__payload$47 ),
     .o__ready(\o__ready$49 ),
-    .\port$526$0 (\$7 ),
-    .\port$548$0 (\$8 ),
-    .\port$549$0 (\$9 ),
-    .\port$550$0 (\$10 ),
-    .\port$551$0 (\$11 ),
+    .\port$578$0 (\$7 ),
+    .\port$600$0 (\$8 ),
+    .\port$601$0 (\$9 ),
+    .\port$602$0 (\$10 ),
+    .\port$603$0 (\$11 ),
     .rst(rst),
     .v1(\i__valid$51 ),
     .w_data(\i__payload$41 ),
@@ -822,10 +832,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .done(inputs_done),
     .i__ready(act_in__ready),
     .i__valid(act_in__valid),
-    .\port$548$0 (\$8 ),
-    .\port$549$0 (\$9 ),
-    .\port$550$0 (\$10 ),
-    .\port$551$0 (\$11 ),
+    .\port$600$0 (\$8 ),
+    .\port$601$0 (\$9 ),
+    .\port$602$0 (\$10 ),
+    .\port$603$0 (\$11 ),
     .read__addr(\$7 [13:0]),
     .read__en(read__en),
     .rows_in(rows_in),
@@ -914,7 +924,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .sizing(enable),
     .start(start)
   );
-  \psc_core.sizes$168  \sizes$168  (
+  \psc_core.sizes$170  \sizes$170  (
     .clear(clear),
     .clk(clk),
     .cmd(cmd),
@@ -928,8 +938,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   \psc_core.sums  sums (
     .clk(clk),
     .level(level),
-    .\port$1445$0 (\$12 ),
-    .\port$1515$0 (\$13 ),
+    .\port$1532$0 (\$12 ),
+    .\port$1602$0 (\$13 ),
     .r_data(\i__payload$63 ),
     .r_en(r_en),
     .r_rdy(\i__valid$59 ),
@@ -1047,19 +1057,21 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \start$137  = start;
   assign \run$138  = run;
   assign \rows_in$140  = rows_in;
-  assign \done$142  = weights_done;
-  assign \done$144  = params_done;
-  assign \loaded$146  = loaded;
-  assign \done$148  = inputs_done;
+  assign words_in = 15'h0000;
+  assign \words_in$142  = 15'h0000;
+  assign \done$144  = weights_done;
+  assign \done$146  = params_done;
+  assign \loaded$148  = loaded;
+  assign \done$150  = inputs_done;
   assign all_sent = outputs_done;
-  assign \clear$152  = clear;
-  assign \busy$153  = busy;
-  assign \busy$154  = busy;
-  assign \run$155  = run;
-  assign \beat$157  = beat;
-  assign \waiting$159  = waiting;
-  assign \done$160  = done;
-  assign \error$161  = error;
+  assign \clear$154  = clear;
+  assign \busy$155  = busy;
+  assign \busy$156  = busy;
+  assign \run$157  = run;
+  assign \beat$159  = beat;
+  assign \waiting$161  = waiting;
+  assign \done$162  = done;
+  assign \error$163  = error;
   assign total = cycles_total;
   assign compute = cycles_compute;
   assign stall = cycles_stall;
@@ -1370,9 +1382,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \sizes.n_w  = sizes[106:98];
   assign \sizes.pt_wg  = sizes[123:107];
   assign \sizes.pl_g  = sizes[140:124];
-  assign \sizes.plane  = sizes[155:141];
-  assign \sizes.n_dw  = sizes[170:156];
-  assign \sizes.pt_ws  = sizes[187:171];
+  assign \sizes.kr_wg  = sizes[157:141];
+  assign \sizes.c0_g  = sizes[174:158];
+  assign \sizes.plane  = sizes[189:175];
+  assign \sizes.n_dw  = sizes[204:190];
+  assign \sizes.pt_ws  = sizes[221:205];
   assign \sizes$97.wg  = sizes[14:0];
   assign \sizes$97.n_in  = sizes[29:15];
   assign \sizes$97.ow  = sizes[54:30];
@@ -1382,9 +1396,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \sizes$97.n_w  = sizes[106:98];
   assign \sizes$97.pt_wg  = sizes[123:107];
   assign \sizes$97.pl_g  = sizes[140:124];
-  assign \sizes$97.plane  = sizes[155:141];
-  assign \sizes$97.n_dw  = sizes[170:156];
-  assign \sizes$97.pt_ws  = sizes[187:171];
+  assign \sizes$97.kr_wg  = sizes[157:141];
+  assign \sizes$97.c0_g  = sizes[174:158];
+  assign \sizes$97.plane  = sizes[189:175];
+  assign \sizes$97.n_dw  = sizes[204:190];
+  assign \sizes$97.pt_ws  = sizes[221:205];
   assign \cmd$100.in_h  = cmd[15:0];
   assign \cmd$100.in_w  = cmd[31:16];
   assign \cmd$100.out_h  = cmd[47:32];
@@ -1408,9 +1424,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \sizes$106.n_w  = sizes[106:98];
   assign \sizes$106.pt_wg  = sizes[123:107];
   assign \sizes$106.pl_g  = sizes[140:124];
-  assign \sizes$106.plane  = sizes[155:141];
-  assign \sizes$106.n_dw  = sizes[170:156];
-  assign \sizes$106.pt_ws  = sizes[187:171];
+  assign \sizes$106.kr_wg  = sizes[157:141];
+  assign \sizes$106.c0_g  = sizes[174:158];
+  assign \sizes$106.plane  = sizes[189:175];
+  assign \sizes$106.n_dw  = sizes[204:190];
+  assign \sizes$106.pt_ws  = sizes[221:205];
   assign \cmd$109.in_h  = cmd[15:0];
   assign \cmd$109.in_w  = cmd[31:16];
   assign \cmd$109.out_h  = cmd[47:32];
@@ -1448,9 +1466,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \sizes$116.n_w  = sizes[106:98];
   assign \sizes$116.pt_wg  = sizes[123:107];
   assign \sizes$116.pl_g  = sizes[140:124];
-  assign \sizes$116.plane  = sizes[155:141];
-  assign \sizes$116.n_dw  = sizes[170:156];
-  assign \sizes$116.pt_ws  = sizes[187:171];
+  assign \sizes$116.kr_wg  = sizes[157:141];
+  assign \sizes$116.c0_g  = sizes[174:158];
+  assign \sizes$116.plane  = sizes[189:175];
+  assign \sizes$116.n_dw  = sizes[204:190];
+  assign \sizes$116.pt_ws  = sizes[221:205];
   assign \cmd$122.in_h  = cmd[15:0];
   assign \cmd$122.in_w  = cmd[31:16];
   assign \cmd$122.out_h  = cmd[47:32];
@@ -1775,8 +1795,8 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1321$0 (i__payload[191:0]),
-    .\port$1321$374 (i__payload[375:374]),
+    .\port$1408$0 (i__payload[191:0]),
+    .\port$1408$374 (i__payload[375:374]),
     .rst(rst),
     .valid(valid)
   );
@@ -1785,7 +1805,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1321$347 (i__payload[375:347]),
+    .\port$1408$347 (i__payload[375:347]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[319:192]),
@@ -1893,7 +1913,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, en, \port$1321$0 , bias, \port$1321$374 , valid, mask, acc_valid, acc, clk);
+module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, mask, acc_valid, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
@@ -2009,10 +2029,10 @@ module \psc_core.dp.pe_0 (rst, en, \port$1321$0 , bias, \port$1321$374 , valid, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [191:0] \port$1321$0 ;
-  wire [191:0] \port$1321$0 ;
-  input [1:0] \port$1321$374 ;
-  wire [1:0] \port$1321$374 ;
+  input [191:0] \port$1408$0 ;
+  wire [191:0] \port$1408$0 ;
+  input [1:0] \port$1408$374 ;
+  wire [1:0] \port$1408$374 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -2097,7 +2117,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1321$0 , bias, \port$1321$374 , valid, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1321$374 [0];
+  assign \$1  = valid & \port$1408$374 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -2175,7 +2195,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1321$0 , bias, \port$1321$374 , valid, 
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
     .w(w),
-    .words(\port$1321$0 [191:64])
+    .words(\port$1408$0 [191:64])
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
@@ -2282,7 +2302,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1321$0 , bias, \port$1321$374 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1321$374 [0];
+      \$17  = \port$1408$374 [0];
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -2292,7 +2312,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1321$0 , bias, \port$1321$374 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1321$374 [1];
+      \$18  = \port$1408$374 [1];
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -2424,44 +2444,44 @@ module \psc_core.dp.pe_0 (rst, en, \port$1321$0 , bias, \port$1321$374 , valid, 
       end
     end
   end
-  assign words = \port$1321$0 [191:64];
-  assign \words$1  = \port$1321$0 [191:64];
+  assign words = \port$1408$0 [191:64];
+  assign \words$1  = \port$1408$0 [191:64];
   assign \mask$3  = mask;
   assign \en$5  = en;
-  assign x = \port$1321$0 [63:0];
+  assign x = \port$1408$0 [63:0];
   assign \en$12  = en;
   assign \en$16  = en;
   assign \en$20  = en;
   assign \acc$25  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1321$374 [0];
-  assign last = \port$1321$374 [1];
-  assign \words[0]  = \port$1321$0 [79:64];
-  assign \words[1]  = \port$1321$0 [95:80];
-  assign \words[2]  = \port$1321$0 [111:96];
-  assign \words[3]  = \port$1321$0 [127:112];
-  assign \words[4]  = \port$1321$0 [143:128];
-  assign \words[5]  = \port$1321$0 [159:144];
-  assign \words[6]  = \port$1321$0 [175:160];
-  assign \words[7]  = \port$1321$0 [191:176];
-  assign \words$1[0]  = \port$1321$0 [79:64];
-  assign \words$1[1]  = \port$1321$0 [95:80];
-  assign \words$1[2]  = \port$1321$0 [111:96];
-  assign \words$1[3]  = \port$1321$0 [127:112];
-  assign \words$1[4]  = \port$1321$0 [143:128];
-  assign \words$1[5]  = \port$1321$0 [159:144];
-  assign \words$1[6]  = \port$1321$0 [175:160];
-  assign \words$1[7]  = \port$1321$0 [191:176];
+  assign first = \port$1408$374 [0];
+  assign last = \port$1408$374 [1];
+  assign \words[0]  = \port$1408$0 [79:64];
+  assign \words[1]  = \port$1408$0 [95:80];
+  assign \words[2]  = \port$1408$0 [111:96];
+  assign \words[3]  = \port$1408$0 [127:112];
+  assign \words[4]  = \port$1408$0 [143:128];
+  assign \words[5]  = \port$1408$0 [159:144];
+  assign \words[6]  = \port$1408$0 [175:160];
+  assign \words[7]  = \port$1408$0 [191:176];
+  assign \words$1[0]  = \port$1408$0 [79:64];
+  assign \words$1[1]  = \port$1408$0 [95:80];
+  assign \words$1[2]  = \port$1408$0 [111:96];
+  assign \words$1[3]  = \port$1408$0 [127:112];
+  assign \words$1[4]  = \port$1408$0 [143:128];
+  assign \words$1[5]  = \port$1408$0 [159:144];
+  assign \words$1[6]  = \port$1408$0 [175:160];
+  assign \words$1[7]  = \port$1408$0 [191:176];
   assign \a[0]  = a[7:0];
   assign \a[1]  = a[15:8];
-  assign \x[0]  = \port$1321$0 [7:0];
-  assign \x[1]  = \port$1321$0 [15:8];
-  assign \x[2]  = \port$1321$0 [23:16];
-  assign \x[3]  = \port$1321$0 [31:24];
-  assign \x[4]  = \port$1321$0 [39:32];
-  assign \x[5]  = \port$1321$0 [47:40];
-  assign \x[6]  = \port$1321$0 [55:48];
-  assign \x[7]  = \port$1321$0 [63:56];
+  assign \x[0]  = \port$1408$0 [7:0];
+  assign \x[1]  = \port$1408$0 [15:8];
+  assign \x[2]  = \port$1408$0 [23:16];
+  assign \x[3]  = \port$1408$0 [31:24];
+  assign \x[4]  = \port$1408$0 [39:32];
+  assign \x[5]  = \port$1408$0 [47:40];
+  assign \x[6]  = \port$1408$0 [55:48];
+  assign \x[7]  = \port$1408$0 [63:56];
   assign \b[0]  = b[7:0];
   assign \b[1]  = b[15:8];
   assign \w[0]  = w[7:0];
@@ -2502,16 +2522,16 @@ module \psc_core.dp.pe_0 (rst, en, \port$1321$0 , bias, \port$1321$374 , valid, 
   assign \p$23[1]  = \p$23 [31:16];
   assign \b$22 [15:8] = w[63:56];
   assign \b$22 [7:0] = w[55:48];
-  assign \a$21 [15:8] = \port$1321$0 [63:56];
-  assign \a$21 [7:0] = \port$1321$0 [55:48];
+  assign \a$21 [15:8] = \port$1408$0 [63:56];
+  assign \a$21 [7:0] = \port$1408$0 [55:48];
   assign \b$18 [15:8] = w[47:40];
   assign \b$18 [7:0] = w[39:32];
-  assign \a$17 [15:8] = \port$1321$0 [47:40];
-  assign \a$17 [7:0] = \port$1321$0 [39:32];
+  assign \a$17 [15:8] = \port$1408$0 [47:40];
+  assign \a$17 [7:0] = \port$1408$0 [39:32];
   assign \b$14 [15:8] = w[31:24];
   assign \b$14 [7:0] = w[23:16];
-  assign \a$13 [15:8] = \port$1321$0 [31:24];
-  assign \a$13 [7:0] = \port$1321$0 [23:16];
+  assign \a$13 [15:8] = \port$1408$0 [31:24];
+  assign \a$13 [7:0] = \port$1408$0 [23:16];
   assign products[127:112] = \p$23 [31:16];
   assign products[111:96] = \p$23 [15:0];
   assign products[95:80] = \p$19 [31:16];
@@ -2522,8 +2542,8 @@ module \psc_core.dp.pe_0 (rst, en, \port$1321$0 , bias, \port$1321$374 , valid, 
   assign products[15:0] = p[15:0];
   assign b[15:8] = w[15:8];
   assign b[7:0] = w[7:0];
-  assign a[15:8] = \port$1321$0 [15:8];
-  assign a[7:0] = \port$1321$0 [7:0];
+  assign a[15:8] = \port$1408$0 [15:8];
+  assign a[7:0] = \port$1408$0 [7:0];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2969,7 +2989,7 @@ module \psc_core.dp.pe_0.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, en, x, words, \port$1321$347 , valid, mask, acc, clk);
+module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire \$1 ;
   wire [16:0] \$10 ;
@@ -3083,8 +3103,8 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1321$347 , valid, mask, acc, 
   wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [28:0] \port$1321$347 ;
-  wire [28:0] \port$1321$347 ;
+  input [28:0] \port$1408$347 ;
+  wire [28:0] \port$1408$347 ;
   wire [127:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3171,7 +3191,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1321$347 , valid, mask, acc, 
   always @(posedge clk)
     acc <= \$42 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1321$347 [27];
+  assign \$1  = valid & \port$1408$347 [27];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -3356,7 +3376,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1321$347 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$17  = f1;
     if (en) begin
-      \$17  = \port$1321$347 [27];
+      \$17  = \port$1408$347 [27];
     end
     if (rst) begin
       \$17  = 1'h0;
@@ -3366,7 +3386,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1321$347 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$18  = l1;
     if (en) begin
-      \$18  = \port$1321$347 [28];
+      \$18  = \port$1408$347 [28];
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -3377,7 +3397,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1321$347 , valid, mask, acc, 
     \$19  = b1;
     if (en) begin
       if (\$1 ) begin
-        \$19  = \port$1321$347 [26:0];
+        \$19  = \port$1408$347 [26:0];
       end
     end
   end
@@ -3506,9 +3526,9 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1321$347 , valid, mask, acc, 
   assign \en$20  = en;
   assign \acc$25  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1321$347 [27];
-  assign last = \port$1321$347 [28];
-  assign bias = \port$1321$347 [26:0];
+  assign first = \port$1408$347 [27];
+  assign last = \port$1408$347 [28];
+  assign bias = \port$1408$347 [26:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -4074,7 +4094,7 @@ module \psc_core.dp.sign_mask (mask, x);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$526$0 , \port$548$0 , \port$549$0 , \port$550$0 , \port$551$0 , weights__data, o__ready, w_data, o__payload, v1, clk);
+module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$578$0 , \port$600$0 , \port$601$0 , \port$602$0 , \port$603$0 , weights__data, o__ready, w_data, o__payload, v1, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire \$1 ;
   wire [63:0] \$2 ;
@@ -4188,16 +4208,16 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$526$0 , \port$548
   (* init = 1'h0 *)
   wire o__valid;
   reg padr1 = 1'h0;
-  output [23:0] \port$526$0 ;
-  wire [23:0] \port$526$0 ;
-  input [15:0] \port$548$0 ;
-  wire [15:0] \port$548$0 ;
-  input [15:0] \port$549$0 ;
-  wire [15:0] \port$549$0 ;
-  input [15:0] \port$550$0 ;
-  wire [15:0] \port$550$0 ;
-  input [15:0] \port$551$0 ;
-  wire [15:0] \port$551$0 ;
+  output [23:0] \port$578$0 ;
+  wire [23:0] \port$578$0 ;
+  input [15:0] \port$600$0 ;
+  wire [15:0] \port$600$0 ;
+  input [15:0] \port$601$0 ;
+  wire [15:0] \port$601$0 ;
+  input [15:0] \port$602$0 ;
+  wire [15:0] \port$602$0 ;
+  input [15:0] \port$603$0 ;
+  wire [15:0] \port$603$0 ;
   wire [26:0] r_data;
   wire r_en;
   wire r_rdy;
@@ -4304,8 +4324,8 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$526$0 , \port$548
   assign inputs__en = adv1;
   assign weights__addr = r_data[23:14];
   assign weights__en = adv1;
-  assign inputs__data = { \port$551$0 , \port$550$0 , \port$549$0 , \port$548$0  };
-  assign \port$526$0  = r_data[23:0];
+  assign inputs__data = { \port$603$0 , \port$602$0 , \port$601$0 , \port$600$0  };
+  assign \port$578$0  = r_data[23:0];
   assign \i__payload.addr  = w_data[13:0];
   assign \i__payload.addr[0]  = w_data[13:0];
   assign \i__payload.waddr  = w_data[23:14];
@@ -4380,14 +4400,14 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$526$0 , \port$548
   assign \beat$18.bias[1]  = \beat$18 [373:347];
   assign \beat$18.first  = \beat$18 [374];
   assign \beat$18.last  = \beat$18 [375];
-  assign \inputs__data[0]  = \port$548$0 [7:0];
-  assign \inputs__data[1]  = \port$548$0 [15:8];
-  assign \inputs__data[2]  = \port$549$0 [7:0];
-  assign \inputs__data[3]  = \port$549$0 [15:8];
-  assign \inputs__data[4]  = \port$550$0 [7:0];
-  assign \inputs__data[5]  = \port$550$0 [15:8];
-  assign \inputs__data[6]  = \port$551$0 [7:0];
-  assign \inputs__data[7]  = \port$551$0 [15:8];
+  assign \inputs__data[0]  = \port$600$0 [7:0];
+  assign \inputs__data[1]  = \port$600$0 [15:8];
+  assign \inputs__data[2]  = \port$601$0 [7:0];
+  assign \inputs__data[3]  = \port$601$0 [15:8];
+  assign \inputs__data[4]  = \port$602$0 [7:0];
+  assign \inputs__data[5]  = \port$602$0 [15:8];
+  assign \inputs__data[6]  = \port$603$0 [7:0];
+  assign \inputs__data[7]  = \port$603$0 [15:8];
   assign \weights__data[0]  = weights__data[127:0];
   assign \weights__data[0][0]  = weights__data[15:0];
   assign \weights__data[0][1]  = weights__data[31:16];
@@ -4410,7 +4430,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$526$0 , \port$548
   assign \beat$18 [374] = first1;
   assign \beat$18 [373:320] = 54'h00000000000000;
   assign \beat$18 [319:64] = weights__data;
-  assign \beat$18 [63:0] = { \port$551$0 , \port$550$0 , \port$549$0 , \port$548$0  };
+  assign \beat$18 [63:0] = { \port$603$0 , \port$602$0 , \port$601$0 , \port$600$0  };
   assign o__payload[375] = \beat$18 [375];
   assign o__payload[374] = \beat$18 [374];
   assign o__payload[373:320] = \beat$18 [373:320];
@@ -4543,7 +4563,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$548$0 , \port$549$0 , \port$550$0 , \port$551$0 , start, run, sizes, i__ready, done, data);
+module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$600$0 , \port$601$0 , \port$602$0 , \port$603$0 , start, run, sizes, i__ready, done, data);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire \$1 ;
   reg [14:0] \$10 ;
@@ -4600,14 +4620,14 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   reg [14:0] lrow = 15'h0000;
   reg [15:0] lx = 16'h0000;
   reg [14:0] n_in_m1 = 15'h0000;
-  output [15:0] \port$548$0 ;
-  wire [15:0] \port$548$0 ;
-  output [15:0] \port$549$0 ;
-  wire [15:0] \port$549$0 ;
-  output [15:0] \port$550$0 ;
-  wire [15:0] \port$550$0 ;
-  output [15:0] \port$551$0 ;
-  wire [15:0] \port$551$0 ;
+  output [15:0] \port$600$0 ;
+  wire [15:0] \port$600$0 ;
+  output [15:0] \port$601$0 ;
+  wire [15:0] \port$601$0 ;
+  output [15:0] \port$602$0 ;
+  wire [15:0] \port$602$0 ;
+  output [15:0] \port$603$0 ;
+  wire [15:0] \port$603$0 ;
   wire [63:0] rdata;
   input [13:0] read__addr;
   wire [13:0] read__addr;
@@ -4631,9 +4651,11 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   wire rst;
   input run;
   wire run;
-  input [187:0] sizes;
-  wire [187:0] sizes;
+  input [221:0] sizes;
+  wire [221:0] sizes;
+  wire [16:0] \sizes.c0_g ;
   wire [8:0] \sizes.kk ;
+  wire [16:0] \sizes.kr_wg ;
   wire [14:0] \sizes.n_dw ;
   wire [14:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
@@ -4828,10 +4850,10 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   assign we = fire;
   assign read__data = { \$22 , \$21 , \$20 , \$19  };
   assign rdata = { \$22 , \$21 , \$20 , \$19  };
-  assign \port$548$0  = \$19 ;
-  assign \port$549$0  = \$20 ;
-  assign \port$550$0  = \$21 ;
-  assign \port$551$0  = \$22 ;
+  assign \port$600$0  = \$19 ;
+  assign \port$601$0  = \$20 ;
+  assign \port$602$0  = \$21 ;
+  assign \port$603$0  = \$22 ;
   assign \i__payload[0]  = data[7:0];
   assign \i__payload[1]  = data[15:8];
   assign \i__payload[2]  = data[23:16];
@@ -4859,9 +4881,11 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   assign \sizes.n_w  = sizes[106:98];
   assign \sizes.pt_wg  = sizes[123:107];
   assign \sizes.pl_g  = sizes[140:124];
-  assign \sizes.plane  = sizes[155:141];
-  assign \sizes.n_dw  = sizes[170:156];
-  assign \sizes.pt_ws  = sizes[187:171];
+  assign \sizes.kr_wg  = sizes[157:141];
+  assign \sizes.c0_g  = sizes[174:158];
+  assign \sizes.plane  = sizes[189:175];
+  assign \sizes.n_dw  = sizes[204:190];
+  assign \sizes.pt_ws  = sizes[221:205];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -7118,106 +7142,106 @@ endmodule
 module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cmd, dw, dwp, gin_e, run, sizes, loaded, taps__payload, weights_done, params_done, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
   wire [17:0] \$1 ;
-  wire [4:0] \$10 ;
-  wire [18:0] \$100 ;
-  wire [18:0] \$101 ;
-  wire [18:0] \$102 ;
-  wire [20:0] \$103 ;
-  wire [20:0] \$104 ;
-  wire [20:0] \$105 ;
-  wire [20:0] \$106 ;
-  wire \$107 ;
-  wire \$108 ;
-  wire \$109 ;
+  wire [17:0] \$10 ;
+  wire \$100 ;
+  wire \$101 ;
+  wire [15:0] \$102 ;
+  wire \$103 ;
+  wire \$104 ;
+  wire [24:0] \$105 ;
+  wire [18:0] \$106 ;
+  wire [18:0] \$107 ;
+  wire [20:0] \$108 ;
+  wire [20:0] \$109 ;
   wire \$11 ;
-  wire [18:0] \$110 ;
-  wire [18:0] \$111 ;
-  wire \$112 ;
+  wire [20:0] \$110 ;
+  wire [3:0] \$111 ;
+  wire [3:0] \$112 ;
   wire \$113 ;
   wire \$114 ;
-  wire [16:0] \$115 ;
-  wire [16:0] \$116 ;
-  wire \$117 ;
-  wire [4:0] \$118 ;
-  wire \$119 ;
-  wire \$12 ;
-  wire [4:0] \$120 ;
-  wire \$121 ;
-  wire [16:0] \$122 ;
+  wire [24:0] \$115 ;
+  wire [18:0] \$116 ;
+  wire [18:0] \$117 ;
+  wire [18:0] \$118 ;
+  wire [20:0] \$119 ;
+  wire [16:0] \$12 ;
+  wire [20:0] \$120 ;
+  wire [20:0] \$121 ;
+  wire [20:0] \$122 ;
   wire \$123 ;
-  wire [16:0] \$124 ;
-  wire [16:0] \$125 ;
-  wire [16:0] \$126 ;
-  wire [1:0] \$127 ;
+  wire \$124 ;
+  wire \$125 ;
+  wire [18:0] \$126 ;
+  wire [18:0] \$127 ;
   wire \$128 ;
-  wire [16:0] \$129 ;
-  wire [4:0] \$13 ;
+  wire \$129 ;
+  wire [16:0] \$13 ;
   wire \$130 ;
-  wire [16:0] \$131 ;
-  wire \$132 ;
-  wire [4:0] \$133 ;
+  wire \$131 ;
+  wire [16:0] \$132 ;
+  wire [16:0] \$133 ;
   wire \$134 ;
   wire [4:0] \$135 ;
   wire \$136 ;
-  wire [16:0] \$137 ;
+  wire [4:0] \$137 ;
   wire \$138 ;
   wire [16:0] \$139 ;
-  wire [4:0] \$14 ;
-  wire [16:0] \$140 ;
+  wire [18:0] \$14 ;
+  wire \$140 ;
   wire [16:0] \$141 ;
-  wire [1:0] \$142 ;
-  wire \$143 ;
-  wire [16:0] \$144 ;
+  wire [16:0] \$142 ;
+  wire [16:0] \$143 ;
+  wire [1:0] \$144 ;
   wire \$145 ;
-  wire \$146 ;
+  wire [16:0] \$146 ;
   wire \$147 ;
-  wire \$148 ;
+  wire [16:0] \$148 ;
   wire \$149 ;
   wire \$15 ;
-  wire \$150 ;
+  wire [4:0] \$150 ;
   wire \$151 ;
-  wire \$152 ;
+  wire [4:0] \$152 ;
   wire \$153 ;
   wire [16:0] \$154 ;
-  wire [17:0] \$155 ;
-  wire [4:0] \$156 ;
-  wire [5:0] \$157 ;
-  wire [4:0] \$158 ;
-  wire [5:0] \$159 ;
-  wire \$16 ;
-  wire [16:0] \$160 ;
-  wire [17:0] \$161 ;
-  wire [16:0] \$162 ;
-  wire [16:0] \$163 ;
-  wire [16:0] \$164 ;
-  wire [1:0] \$165 ;
-  wire [3:0] \$166 ;
-  wire [17:0] \$167 ;
-  wire [16:0] \$168 ;
-  wire [17:0] \$169 ;
-  wire [6:0] \$17 ;
+  wire \$155 ;
+  wire [16:0] \$156 ;
+  wire [16:0] \$157 ;
+  wire [16:0] \$158 ;
+  wire [1:0] \$159 ;
+  wire [15:0] \$16 ;
+  wire \$160 ;
+  wire [16:0] \$161 ;
+  wire \$162 ;
+  wire \$163 ;
+  wire \$164 ;
+  wire \$165 ;
+  wire \$166 ;
+  wire \$167 ;
+  wire \$168 ;
+  wire \$169 ;
+  wire [15:0] \$17 ;
   wire \$170 ;
-  wire \$171 ;
-  wire \$172 ;
-  wire \$173 ;
-  wire \$174 ;
-  wire \$175 ;
-  wire \$176 ;
-  wire \$177 ;
-  wire \$178 ;
-  wire \$179 ;
-  wire [6:0] \$18 ;
-  wire \$180 ;
-  wire \$181 ;
-  wire \$182 ;
-  wire \$183 ;
-  wire \$184 ;
-  wire \$185 ;
-  wire \$186 ;
+  wire [16:0] \$171 ;
+  wire [17:0] \$172 ;
+  wire [4:0] \$173 ;
+  wire [5:0] \$174 ;
+  wire [4:0] \$175 ;
+  wire [5:0] \$176 ;
+  wire [16:0] \$177 ;
+  wire [17:0] \$178 ;
+  wire [16:0] \$179 ;
+  wire [19:0] \$18 ;
+  wire [16:0] \$180 ;
+  wire [16:0] \$181 ;
+  wire [1:0] \$182 ;
+  wire [3:0] \$183 ;
+  wire [17:0] \$184 ;
+  wire [16:0] \$185 ;
+  wire [17:0] \$186 ;
   wire \$187 ;
   wire \$188 ;
   wire \$189 ;
-  wire \$19 ;
+  wire [8:0] \$19 ;
   wire \$190 ;
   wire \$191 ;
   wire \$192 ;
@@ -7229,126 +7253,145 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   wire \$198 ;
   wire \$199 ;
   wire [17:0] \$2 ;
-  wire \$20 ;
-  wire [3:0] \$200 ;
-  wire [3:0] \$201 ;
-  wire [3:0] \$202 ;
-  wire [3:0] \$203 ;
-  wire [4:0] \$204 ;
-  wire [15:0] \$205 ;
+  wire [8:0] \$20 ;
+  wire \$200 ;
+  wire \$201 ;
+  wire \$202 ;
+  wire \$203 ;
+  wire \$204 ;
+  wire \$205 ;
   wire \$206 ;
-  wire [16:0] \$207 ;
-  wire [16:0] \$208 ;
-  wire [16:0] \$209 ;
-  wire [16:0] \$21 ;
+  wire \$207 ;
+  wire \$208 ;
+  wire \$209 ;
+  wire \$21 ;
   wire \$210 ;
-  wire [17:0] \$211 ;
-  wire [17:0] \$212 ;
+  wire \$211 ;
+  wire \$212 ;
   wire \$213 ;
-  wire [15:0] \$214 ;
-  wire [15:0] \$215 ;
-  wire [17:0] \$216 ;
-  wire [16:0] \$217 ;
-  wire [14:0] \$218 ;
-  wire [1:0] \$219 ;
-  wire [16:0] \$22 ;
-  wire [2:0] \$220 ;
-  wire [2:0] \$221 ;
-  wire \$222 ;
+  wire \$214 ;
+  wire \$215 ;
+  wire \$216 ;
+  wire [3:0] \$217 ;
+  wire [3:0] \$218 ;
+  wire [3:0] \$219 ;
+  wire \$22 ;
+  wire [3:0] \$220 ;
+  wire [4:0] \$221 ;
+  wire [15:0] \$222 ;
   wire \$223 ;
-  wire \$224 ;
-  wire [20:0] \$225 ;
-  wire [21:0] \$226 ;
+  wire [16:0] \$224 ;
+  wire [16:0] \$225 ;
+  wire [16:0] \$226 ;
   wire \$227 ;
-  wire \$228 ;
-  wire \$229 ;
-  wire \$23 ;
+  wire [17:0] \$228 ;
+  wire [17:0] \$229 ;
+  wire [4:0] \$23 ;
   wire \$230 ;
-  wire \$231 ;
-  wire \$232 ;
-  wire \$233 ;
-  reg [7:0] \$234 ;
-  reg \$235 ;
-  reg [3:0] \$236 ;
-  reg \$237 ;
-  reg [3:0] \$238 ;
-  reg \$239 ;
-  wire \$24 ;
-  reg [5:0] \$240 ;
-  reg \$241 ;
-  reg [15:0] \$242 ;
-  reg \$243 ;
-  reg [15:0] \$244 ;
-  reg \$245 ;
-  reg \$246 ;
-  reg \$247 ;
-  reg \$248 ;
-  reg \$249 ;
-  wire [16:0] \$25 ;
-  reg \$250 ;
-  reg \$251 ;
+  wire [15:0] \$231 ;
+  wire [15:0] \$232 ;
+  wire [17:0] \$233 ;
+  wire [16:0] \$234 ;
+  wire [14:0] \$235 ;
+  wire [1:0] \$236 ;
+  wire [2:0] \$237 ;
+  wire [2:0] \$238 ;
+  wire \$239 ;
+  wire [4:0] \$24 ;
+  wire \$240 ;
+  wire \$241 ;
+  wire [20:0] \$242 ;
+  wire [21:0] \$243 ;
+  wire \$244 ;
+  wire \$245 ;
+  wire \$246 ;
+  wire \$247 ;
+  wire \$248 ;
+  wire \$249 ;
+  wire \$25 ;
+  wire \$250 ;
+  reg [7:0] \$251 ;
   reg \$252 ;
-  reg \$253 ;
+  reg [3:0] \$253 ;
   reg \$254 ;
-  reg \$255 ;
+  reg [3:0] \$255 ;
   reg \$256 ;
-  reg [9:0] \$257 ;
-  reg [17:0] \$258 ;
-  reg [19:0] \$259 ;
-  wire [16:0] \$26 ;
-  reg [17:0] \$260 ;
-  reg [19:0] \$261 ;
-  reg [14:0] \$262 ;
-  reg [17:0] \$263 ;
-  reg [19:0] \$264 ;
-  reg [17:0] \$265 ;
-  reg [17:0] \$266 ;
-  reg [19:0] \$267 ;
+  reg [5:0] \$257 ;
+  reg \$258 ;
+  reg [15:0] \$259 ;
+  wire \$26 ;
+  reg \$260 ;
+  reg [15:0] \$261 ;
+  reg \$262 ;
+  reg \$263 ;
+  reg \$264 ;
+  reg \$265 ;
+  reg \$266 ;
+  reg \$267 ;
   reg \$268 ;
   reg \$269 ;
-  wire \$27 ;
+  wire [4:0] \$27 ;
   reg \$270 ;
-  reg [5:0] \$271 ;
+  reg \$271 ;
   reg \$272 ;
   reg \$273 ;
-  reg \$274 ;
-  reg \$275 ;
-  reg \$276 ;
-  reg \$277 ;
-  reg \$278 ;
-  reg \$279 ;
-  wire \$28 ;
-  reg \$280 ;
-  reg \$281 ;
-  reg \$282 ;
-  reg \$283 ;
-  reg [9:0] \$284 ;
-  reg [5:0] \$285 ;
-  reg [5:0] \$286 ;
-  reg [7:0] \$287 ;
-  reg [17:0] \$288 ;
-  reg [17:0] \$289 ;
+  reg [9:0] \$274 ;
+  reg [17:0] \$275 ;
+  reg [19:0] \$276 ;
+  reg [17:0] \$277 ;
+  reg [19:0] \$278 ;
+  reg [14:0] \$279 ;
+  wire [4:0] \$28 ;
+  reg [22:0] \$280 ;
+  reg [17:0] \$281 ;
+  reg [19:0] \$282 ;
+  reg [22:0] \$283 ;
+  reg [17:0] \$284 ;
+  reg [17:0] \$285 ;
+  reg [19:0] \$286 ;
+  reg \$287 ;
+  reg \$288 ;
+  reg \$289 ;
   wire \$29 ;
-  reg [19:0] \$290 ;
-  reg [19:0] \$291 ;
-  reg [19:0] \$292 ;
-  reg [19:0] \$293 ;
-  reg [14:0] \$294 ;
-  reg [1:0] \$295 ;
-  reg [2:0] \$296 ;
+  reg [5:0] \$290 ;
+  reg \$291 ;
+  reg \$292 ;
+  reg \$293 ;
+  reg \$294 ;
+  reg \$295 ;
+  reg \$296 ;
+  reg \$297 ;
+  reg \$298 ;
+  reg \$299 ;
   wire [18:0] \$3 ;
   wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
+  reg \$300 ;
+  reg \$301 ;
+  reg \$302 ;
+  reg [9:0] \$303 ;
+  reg [5:0] \$304 ;
+  reg [5:0] \$305 ;
+  reg [7:0] \$306 ;
+  reg [17:0] \$307 ;
+  reg [17:0] \$308 ;
+  reg [19:0] \$309 ;
+  wire [6:0] \$31 ;
+  reg [19:0] \$310 ;
+  reg [19:0] \$311 ;
+  reg [19:0] \$312 ;
+  reg [14:0] \$313 ;
+  reg [1:0] \$314 ;
+  reg [2:0] \$315 ;
+  wire [6:0] \$32 ;
   wire \$33 ;
   wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
+  wire [16:0] \$35 ;
+  wire [16:0] \$36 ;
   wire \$37 ;
   wire \$38 ;
-  wire \$39 ;
+  wire [16:0] \$39 ;
   wire [18:0] \$4 ;
-  wire \$40 ;
+  wire [16:0] \$40 ;
   wire \$41 ;
   wire \$42 ;
   wire \$43 ;
@@ -7358,7 +7401,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   wire \$47 ;
   wire \$48 ;
   wire \$49 ;
-  wire [8:0] \$5 ;
+  wire [17:0] \$5 ;
   wire \$50 ;
   wire \$51 ;
   wire \$52 ;
@@ -7369,7 +7412,7 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   wire \$57 ;
   wire \$58 ;
   wire \$59 ;
-  wire [8:0] \$6 ;
+  wire \$6 ;
   wire \$60 ;
   wire \$61 ;
   wire \$62 ;
@@ -7380,39 +7423,39 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   wire \$67 ;
   wire \$68 ;
   wire \$69 ;
-  wire \$7 ;
+  wire [16:0] \$7 ;
   wire \$70 ;
   wire \$71 ;
   wire \$72 ;
   wire \$73 ;
   wire \$74 ;
   wire \$75 ;
-  wire [10:0] \$76 ;
+  wire \$76 ;
   wire \$77 ;
   wire \$78 ;
-  wire [18:0] \$79 ;
-  wire \$8 ;
-  wire [20:0] \$80 ;
+  wire \$79 ;
+  wire [16:0] \$8 ;
+  wire \$80 ;
   wire \$81 ;
   wire \$82 ;
-  wire [18:0] \$83 ;
-  wire [20:0] \$84 ;
-  wire [20:0] \$85 ;
+  wire \$83 ;
+  wire \$84 ;
+  wire \$85 ;
   wire \$86 ;
   wire \$87 ;
-  wire [15:0] \$88 ;
+  wire \$88 ;
   wire \$89 ;
-  wire [4:0] \$9 ;
-  wire \$90 ;
-  wire [18:0] \$91 ;
-  wire [18:0] \$92 ;
-  wire [20:0] \$93 ;
+  wire [18:0] \$9 ;
+  wire [10:0] \$90 ;
+  wire \$91 ;
+  wire \$92 ;
+  wire [18:0] \$93 ;
   wire [20:0] \$94 ;
-  wire [20:0] \$95 ;
-  wire [3:0] \$96 ;
-  wire [3:0] \$97 ;
-  wire \$98 ;
-  wire \$99 ;
+  wire \$95 ;
+  wire \$96 ;
+  wire [18:0] \$97 ;
+  wire [20:0] \$98 ;
+  wire [20:0] \$99 ;
   reg [19:0] base = 20'h00000;
   reg below_j = 1'h0;
   reg below_kx = 1'h0;
@@ -7501,6 +7544,10 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   reg near_ox = 1'h0;
   reg near_oy = 1'h0;
   reg [17:0] need = 18'h00000;
+  reg [22:0] need_words = 23'h000000;
+  reg [22:0] need_words0 = 23'h000000;
+  reg [22:0] need_words_row = 23'h000000;
+  reg [22:0] need_words_row0 = 23'h000000;
   reg [15:0] ox = 16'h0000;
   reg [1:0] ox_step = 2'h0;
   reg [15:0] oy = 16'h0000;
@@ -7518,9 +7565,11 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   wire run;
   reg seq_busy = 1'h0;
   reg [19:0] sg = 20'h00000;
-  input [187:0] sizes;
-  wire [187:0] sizes;
+  input [221:0] sizes;
+  wire [221:0] sizes;
+  wire [16:0] \sizes.c0_g ;
   wire [8:0] \sizes.kk ;
+  wire [16:0] \sizes.kr_wg ;
   wire [14:0] \sizes.n_dw ;
   wire [14:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
@@ -7554,1009 +7603,1057 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   input weights_done;
   wire weights_done;
   wire [16:0] ws;
-  assign \$1  = - sizes[187:171];
+  assign \$1  = - sizes[221:205];
   assign \$2  = - sizes[123:107];
   assign \$3  = $signed(\$2 ) - $signed({ 1'h0, sizes[140:124] });
   assign \$4  = dwp ? { \$1 [17], \$1  } : \$3 ;
-  assign \$5  = gi + 1'h1;
-  assign \$6  = last_gi ? 9'h000 : \$5 ;
-  assign \$7  = gi == lim_2inc_gi;
-  assign \$8  = last_gi ? lim_inc_gi : \$7 ;
-  assign \$9  = kx + 1'h1;
-  assign \$10  = last_kx ? 5'h00 : \$9 ;
-  assign \$11  = kx == lim_2inc_kx;
-  assign \$12  = last_kx ? lim_inc_kx : \$11 ;
-  assign \$13  = ky + 1'h1;
-  assign \$14  = last_ky ? 5'h00 : \$13 ;
-  assign \$15  = ky == lim_2inc_ky;
-  assign \$16  = last_ky ? lim_inc_ky : \$15 ;
-  assign \$17  = j + 1'h1;
-  assign \$18  = last_j ? 7'h00 : \$17 ;
-  assign \$19  = j == lim_2inc_j;
-  assign \$20  = last_j ? lim_inc_j : \$19 ;
-  assign \$21  = ox + ox_step;
-  assign \$22  = last_ox ? 17'h00000 : \$21 ;
-  assign \$23  = ox == lim_2inc_ox;
-  assign \$24  = last_ox ? lim_inc_ox : \$23 ;
-  assign \$25  = oy + 1'h1;
-  assign \$26  = last_oy ? 17'h00000 : \$25 ;
-  assign \$27  = oy == lim_2inc_oy;
-  assign \$28  = last_oy ? lim_inc_oy : \$27 ;
-  assign \$29  = last_gi ? lim_zero_gi : near_gi;
-  assign \$31  = last_gi ? lim_zero_gi : near_gi;
-  assign \$34  = last_kx ? lim_zero_kx : near_kx;
-  assign \$35  = below_kx ? \$34  : last_kx;
-  assign \$36  = last_gi ? lim_zero_gi : near_gi;
-  assign \$38  = last_kx ? lim_zero_kx : near_kx;
-  assign \$39  = below_kx ? \$38  : last_kx;
-  assign \$40  = & { \$39 , \$37  };
-  assign \$41  = last_ky ? lim_zero_ky : near_ky;
-  assign \$42  = below_ky ? \$41  : last_ky;
+  assign \$5  = sizes[157:141] + sizes[174:158];
+  assign \$6  = cmd[101:100] == 2'h2;
+  assign \$8  = \$6  ? \$7  : { 1'h0, cmd[79:64] };
+  assign \$9  = \$5  + \$8 ;
+  assign \$10  = sizes[157:141] + sizes[174:158];
+  assign \$11  = cmd[101:100] == 2'h2;
+  assign \$13  = \$11  ? \$12  : { 1'h0, cmd[79:64] };
+  assign \$14  = \$10  + \$13 ;
+  assign \$15  = cmd[101:100] == 2'h2;
+  assign \$17  = \$15  ? \$16  : { 1'h0, sizes[14:0] };
+  assign \$18  = \$14  + \$17 ;
+  assign \$19  = gi + 1'h1;
+  assign \$20  = last_gi ? 9'h000 : \$19 ;
+  assign \$21  = gi == lim_2inc_gi;
+  assign \$22  = last_gi ? lim_inc_gi : \$21 ;
+  assign \$23  = kx + 1'h1;
+  assign \$24  = last_kx ? 5'h00 : \$23 ;
+  assign \$25  = kx == lim_2inc_kx;
+  assign \$26  = last_kx ? lim_inc_kx : \$25 ;
+  assign \$27  = ky + 1'h1;
+  assign \$28  = last_ky ? 5'h00 : \$27 ;
+  assign \$29  = ky == lim_2inc_ky;
+  assign \$30  = last_ky ? lim_inc_ky : \$29 ;
+  assign \$31  = j + 1'h1;
+  assign \$32  = last_j ? 7'h00 : \$31 ;
+  assign \$33  = j == lim_2inc_j;
+  assign \$34  = last_j ? lim_inc_j : \$33 ;
+  assign \$35  = ox + ox_step;
+  assign \$36  = last_ox ? 17'h00000 : \$35 ;
+  assign \$37  = ox == lim_2inc_ox;
+  assign \$38  = last_ox ? lim_inc_ox : \$37 ;
+  assign \$39  = oy + 1'h1;
+  assign \$40  = last_oy ? 17'h00000 : \$39 ;
+  assign \$41  = oy == lim_2inc_oy;
+  assign \$42  = last_oy ? lim_inc_oy : \$41 ;
   assign \$43  = last_gi ? lim_zero_gi : near_gi;
-  assign \$45  = last_kx ? lim_zero_kx : near_kx;
-  assign \$46  = below_kx ? \$45  : last_kx;
-  assign \$47  = last_ky ? lim_zero_ky : near_ky;
-  assign \$48  = below_ky ? \$47  : last_ky;
-  assign \$49  = & { \$48 , \$46 , \$44  };
-  assign \$50  = last_j ? lim_zero_j : near_j;
-  assign \$51  = below_j ? \$50  : last_j;
-  assign \$52  = last_gi ? lim_zero_gi : near_gi;
-  assign \$54  = last_kx ? lim_zero_kx : near_kx;
-  assign \$55  = below_kx ? \$54  : last_kx;
-  assign \$56  = last_ky ? lim_zero_ky : near_ky;
-  assign \$57  = below_ky ? \$56  : last_ky;
-  assign \$58  = last_j ? lim_zero_j : near_j;
-  assign \$59  = below_j ? \$58  : last_j;
-  assign \$60  = & { \$59 , \$57 , \$55 , \$53  };
-  assign \$61  = last_ox ? lim_zero_ox : near_ox;
-  assign \$62  = below_ox ? \$61  : last_ox;
-  assign \$63  = last_gi ? lim_zero_gi : near_gi;
-  assign \$65  = last_kx ? lim_zero_kx : near_kx;
-  assign \$66  = below_kx ? \$65  : last_kx;
-  assign \$67  = last_ky ? lim_zero_ky : near_ky;
-  assign \$68  = below_ky ? \$67  : last_ky;
-  assign \$69  = last_j ? lim_zero_j : near_j;
-  assign \$70  = below_j ? \$69  : last_j;
-  assign \$71  = last_ox ? lim_zero_ox : near_ox;
-  assign \$72  = below_ox ? \$71  : last_ox;
-  assign \$73  = & { \$72 , \$70 , \$68 , \$66 , \$64  };
-  assign \$74  = last_oy ? lim_zero_oy : near_oy;
-  assign \$75  = below_oy ? \$74  : last_oy;
-  assign \$76  = waddr + 1'h1;
-  assign \$77  = ~ last_kx;
-  assign \$78  = below_kx & \$77 ;
-  assign \$79  = $signed(ix) + $signed(2'h1);
-  assign \$80  = $signed(tapbase) + $signed(g_step);
-  assign \$81  = ~ last_ky;
-  assign \$82  = below_ky & \$81 ;
-  assign \$83  = $signed(iy) + $signed(2'h1);
-  assign \$84  = $signed(rowbase) + $signed(row_step);
-  assign \$85  = $signed(rowbase) + $signed(row_step);
-  assign \$86  = ~ last_j;
-  assign \$87  = below_j & \$86 ;
-  assign \$88  = goff + goff_step;
-  assign \$89  = ~ last_ox;
-  assign \$90  = below_ox & \$89 ;
-  assign \$91  = $signed(ix0) + $signed({ 1'h0, ix_step });
-  assign \$92  = $signed(ix0) + $signed({ 1'h0, ix_step });
-  assign \$93  = $signed(pixbase) + $signed(sg);
-  assign \$94  = $signed(pixbase) + $signed(sg);
-  assign \$95  = $signed(pixbase) + $signed(sg);
-  assign \$96  = - cmd[107:105];
-  assign \$97  = - cmd[107:105];
-  assign \$98  = ~ last_oy;
-  assign \$99  = below_oy & \$98 ;
-  assign \$100  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
-  assign \$101  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
-  assign \$102  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
-  assign \$103  = $signed(linebase) + $signed(swg);
-  assign \$104  = $signed(linebase) + $signed(swg);
-  assign \$105  = $signed(linebase) + $signed(swg);
-  assign \$106  = $signed(linebase) + $signed(swg);
-  assign \$107  = below_oy & last_oy;
-  assign \$108  = weights_done & params_done;
-  assign \$109  = cmd[111] | \$108 ;
-  assign \$110  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
-  assign \$111  = below_oy ? \$110  : { need[17], need };
-  assign \$112  = $signed({ 1'h0, rows_in }) >= $signed(\$111 );
-  assign \$113  = rows_in == cmd[15:0];
-  assign \$114  = \$112  | \$113 ;
-  assign \$115  = cmd[95:80] - 1'h1;
-  assign \$116  = gin_e - 1'h1;
-  assign \$117  = \$116  == 1'h1;
-  assign \$118  = cmd[99:96] - 1'h1;
-  assign \$119  = \$118  == 1'h1;
-  assign \$120  = cmd[99:96] - 1'h1;
-  assign \$121  = \$120  == 1'h1;
-  assign \$122  = cmd[95:80] - 1'h1;
-  assign \$123  = \$122  == 1'h1;
-  assign \$124  = cmd[63:48] - 1'h1;
-  assign \$125  = cmd[63:48] - 1'h1;
-  assign \$126  = dwp ? \$124  : \$125 ;
-  assign \$127  = dwp ? 2'h2 : 2'h1;
-  assign \$128  = \$126  == \$127 ;
-  assign \$129  = cmd[47:32] - 1'h1;
-  assign \$130  = \$129  == 1'h1;
-  assign \$131  = gin_e - 1'h1;
-  assign \$132  = \$131  == 1'h1;
-  assign \$133  = cmd[99:96] - 1'h1;
+  assign \$45  = last_gi ? lim_zero_gi : near_gi;
+  assign \$48  = last_kx ? lim_zero_kx : near_kx;
+  assign \$49  = below_kx ? \$48  : last_kx;
+  assign \$50  = last_gi ? lim_zero_gi : near_gi;
+  assign \$52  = last_kx ? lim_zero_kx : near_kx;
+  assign \$53  = below_kx ? \$52  : last_kx;
+  assign \$54  = & { \$53 , \$51  };
+  assign \$55  = last_ky ? lim_zero_ky : near_ky;
+  assign \$56  = below_ky ? \$55  : last_ky;
+  assign \$57  = last_gi ? lim_zero_gi : near_gi;
+  assign \$59  = last_kx ? lim_zero_kx : near_kx;
+  assign \$60  = below_kx ? \$59  : last_kx;
+  assign \$61  = last_ky ? lim_zero_ky : near_ky;
+  assign \$62  = below_ky ? \$61  : last_ky;
+  assign \$63  = & { \$62 , \$60 , \$58  };
+  assign \$64  = last_j ? lim_zero_j : near_j;
+  assign \$65  = below_j ? \$64  : last_j;
+  assign \$66  = last_gi ? lim_zero_gi : near_gi;
+  assign \$68  = last_kx ? lim_zero_kx : near_kx;
+  assign \$69  = below_kx ? \$68  : last_kx;
+  assign \$70  = last_ky ? lim_zero_ky : near_ky;
+  assign \$71  = below_ky ? \$70  : last_ky;
+  assign \$72  = last_j ? lim_zero_j : near_j;
+  assign \$73  = below_j ? \$72  : last_j;
+  assign \$74  = & { \$73 , \$71 , \$69 , \$67  };
+  assign \$75  = last_ox ? lim_zero_ox : near_ox;
+  assign \$76  = below_ox ? \$75  : last_ox;
+  assign \$77  = last_gi ? lim_zero_gi : near_gi;
+  assign \$79  = last_kx ? lim_zero_kx : near_kx;
+  assign \$80  = below_kx ? \$79  : last_kx;
+  assign \$81  = last_ky ? lim_zero_ky : near_ky;
+  assign \$82  = below_ky ? \$81  : last_ky;
+  assign \$83  = last_j ? lim_zero_j : near_j;
+  assign \$84  = below_j ? \$83  : last_j;
+  assign \$85  = last_ox ? lim_zero_ox : near_ox;
+  assign \$86  = below_ox ? \$85  : last_ox;
+  assign \$87  = & { \$86 , \$84 , \$82 , \$80 , \$78  };
+  assign \$88  = last_oy ? lim_zero_oy : near_oy;
+  assign \$89  = below_oy ? \$88  : last_oy;
+  assign \$90  = waddr + 1'h1;
+  assign \$91  = ~ last_kx;
+  assign \$92  = below_kx & \$91 ;
+  assign \$93  = $signed(ix) + $signed(2'h1);
+  assign \$94  = $signed(tapbase) + $signed(g_step);
+  assign \$95  = ~ last_ky;
+  assign \$96  = below_ky & \$95 ;
+  assign \$97  = $signed(iy) + $signed(2'h1);
+  assign \$98  = $signed(rowbase) + $signed(row_step);
+  assign \$99  = $signed(rowbase) + $signed(row_step);
+  assign \$100  = ~ last_j;
+  assign \$101  = below_j & \$100 ;
+  assign \$102  = goff + goff_step;
+  assign \$103  = ~ last_ox;
+  assign \$104  = below_ox & \$103 ;
+  assign \$105  = $signed({ 1'h0, need_words }) + $signed(sg);
+  assign \$106  = $signed(ix0) + $signed({ 1'h0, ix_step });
+  assign \$107  = $signed(ix0) + $signed({ 1'h0, ix_step });
+  assign \$108  = $signed(pixbase) + $signed(sg);
+  assign \$109  = $signed(pixbase) + $signed(sg);
+  assign \$110  = $signed(pixbase) + $signed(sg);
+  assign \$111  = - cmd[107:105];
+  assign \$112  = - cmd[107:105];
+  assign \$113  = ~ last_oy;
+  assign \$114  = below_oy & \$113 ;
+  assign \$115  = $signed({ 1'h0, need_words_row }) + $signed(swg);
+  assign \$116  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
+  assign \$117  = $signed(iy0) + $signed({ 1'h0, cmd[101:100] });
+  assign \$118  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
+  assign \$119  = $signed(linebase) + $signed(swg);
+  assign \$120  = $signed(linebase) + $signed(swg);
+  assign \$121  = $signed(linebase) + $signed(swg);
+  assign \$122  = $signed(linebase) + $signed(swg);
+  assign \$123  = below_oy & last_oy;
+  assign \$124  = weights_done & params_done;
+  assign \$125  = cmd[111] | \$124 ;
+  assign \$126  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
+  assign \$127  = below_oy ? \$126  : { need[17], need };
+  assign \$128  = $signed({ 1'h0, rows_in }) >= $signed(\$127 );
+  assign \$129  = rows_in == cmd[15:0];
+  assign \$130  = \$128  | \$129 ;
+  assign \$132  = cmd[95:80] - 1'h1;
+  assign \$133  = gin_e - 1'h1;
   assign \$134  = \$133  == 1'h1;
   assign \$135  = cmd[99:96] - 1'h1;
   assign \$136  = \$135  == 1'h1;
-  assign \$137  = cmd[95:80] - 1'h1;
+  assign \$137  = cmd[99:96] - 1'h1;
   assign \$138  = \$137  == 1'h1;
-  assign \$139  = cmd[63:48] - 1'h1;
-  assign \$140  = cmd[63:48] - 1'h1;
-  assign \$141  = dwp ? \$139  : \$140 ;
-  assign \$142  = dwp ? 2'h2 : 2'h1;
-  assign \$143  = \$141  == \$142 ;
-  assign \$144  = cmd[47:32] - 1'h1;
-  assign \$145  = \$144  == 1'h1;
-  assign \$146  = gin_e == 1'h1;
-  assign \$147  = cmd[99:96] == 1'h1;
-  assign \$148  = cmd[99:96] == 1'h1;
-  assign \$149  = cmd[95:80] == 1'h1;
-  assign \$150  = cmd[63:48] <= 2'h2;
-  assign \$151  = cmd[63:48] == 1'h1;
-  assign \$152  = dwp ? \$150  : \$151 ;
-  assign \$153  = cmd[47:32] == 1'h1;
-  assign \$154  = gin_e - 1'h1;
-  assign \$155  = $signed(\$154 ) - $signed(3'h2);
-  assign \$156  = cmd[99:96] - 1'h1;
-  assign \$157  = $signed(\$156 ) - $signed(3'h2);
-  assign \$158  = cmd[99:96] - 1'h1;
-  assign \$159  = $signed(\$158 ) - $signed(3'h2);
-  assign \$160  = cmd[95:80] - 1'h1;
-  assign \$161  = $signed(\$160 ) - $signed(3'h2);
-  assign \$162  = cmd[63:48] - 1'h1;
-  assign \$163  = cmd[63:48] - 1'h1;
-  assign \$164  = dwp ? \$162  : \$163 ;
-  assign \$165  = dwp ? 2'h2 : 2'h1;
-  assign \$166  = 2'h2 * \$165 ;
-  assign \$167  = $signed(\$164 ) - $signed({ 1'h0, \$166  });
-  assign \$168  = cmd[47:32] - 1'h1;
-  assign \$169  = $signed(\$168 ) - $signed(3'h2);
-  assign \$170  = gin_e == 1'h1;
-  assign \$171  = cmd[99:96] == 1'h1;
-  assign \$172  = cmd[99:96] == 1'h1;
-  assign \$173  = cmd[95:80] == 1'h1;
-  assign \$174  = cmd[63:48] <= 2'h2;
-  assign \$175  = cmd[63:48] == 1'h1;
-  assign \$176  = dwp ? \$174  : \$175 ;
-  assign \$177  = cmd[47:32] == 1'h1;
-  assign \$178  = gin_e == 1'h1;
-  assign \$180  = gin_e == 1'h1;
-  assign \$181  = cmd[99:96] == 1'h1;
-  assign \$182  = & { \$181 , \$180  };
-  assign \$183  = gin_e == 1'h1;
-  assign \$184  = cmd[99:96] == 1'h1;
-  assign \$185  = cmd[99:96] == 1'h1;
-  assign \$186  = & { \$185 , \$184 , \$183  };
+  assign \$139  = cmd[95:80] - 1'h1;
+  assign \$140  = \$139  == 1'h1;
+  assign \$141  = cmd[63:48] - 1'h1;
+  assign \$142  = cmd[63:48] - 1'h1;
+  assign \$143  = dwp ? \$141  : \$142 ;
+  assign \$144  = dwp ? 2'h2 : 2'h1;
+  assign \$145  = \$143  == \$144 ;
+  assign \$146  = cmd[47:32] - 1'h1;
+  assign \$147  = \$146  == 1'h1;
+  assign \$148  = gin_e - 1'h1;
+  assign \$149  = \$148  == 1'h1;
+  assign \$150  = cmd[99:96] - 1'h1;
+  assign \$151  = \$150  == 1'h1;
+  assign \$152  = cmd[99:96] - 1'h1;
+  assign \$153  = \$152  == 1'h1;
+  assign \$154  = cmd[95:80] - 1'h1;
+  assign \$155  = \$154  == 1'h1;
+  assign \$156  = cmd[63:48] - 1'h1;
+  assign \$157  = cmd[63:48] - 1'h1;
+  assign \$158  = dwp ? \$156  : \$157 ;
+  assign \$159  = dwp ? 2'h2 : 2'h1;
+  assign \$160  = \$158  == \$159 ;
+  assign \$161  = cmd[47:32] - 1'h1;
+  assign \$162  = \$161  == 1'h1;
+  assign \$163  = gin_e == 1'h1;
+  assign \$164  = cmd[99:96] == 1'h1;
+  assign \$165  = cmd[99:96] == 1'h1;
+  assign \$166  = cmd[95:80] == 1'h1;
+  assign \$167  = cmd[63:48] <= 2'h2;
+  assign \$168  = cmd[63:48] == 1'h1;
+  assign \$169  = dwp ? \$167  : \$168 ;
+  assign \$170  = cmd[47:32] == 1'h1;
+  assign \$171  = gin_e - 1'h1;
+  assign \$172  = $signed(\$171 ) - $signed(3'h2);
+  assign \$173  = cmd[99:96] - 1'h1;
+  assign \$174  = $signed(\$173 ) - $signed(3'h2);
+  assign \$175  = cmd[99:96] - 1'h1;
+  assign \$176  = $signed(\$175 ) - $signed(3'h2);
+  assign \$177  = cmd[95:80] - 1'h1;
+  assign \$178  = $signed(\$177 ) - $signed(3'h2);
+  assign \$179  = cmd[63:48] - 1'h1;
+  assign \$180  = cmd[63:48] - 1'h1;
+  assign \$181  = dwp ? \$179  : \$180 ;
+  assign \$182  = dwp ? 2'h2 : 2'h1;
+  assign \$183  = 2'h2 * \$182 ;
+  assign \$184  = $signed(\$181 ) - $signed({ 1'h0, \$183  });
+  assign \$185  = cmd[47:32] - 1'h1;
+  assign \$186  = $signed(\$185 ) - $signed(3'h2);
   assign \$187  = gin_e == 1'h1;
   assign \$188  = cmd[99:96] == 1'h1;
   assign \$189  = cmd[99:96] == 1'h1;
   assign \$190  = cmd[95:80] == 1'h1;
-  assign \$191  = & { \$190 , \$189 , \$188 , \$187  };
-  assign \$192  = gin_e == 1'h1;
-  assign \$193  = cmd[99:96] == 1'h1;
-  assign \$194  = cmd[99:96] == 1'h1;
-  assign \$195  = cmd[95:80] == 1'h1;
-  assign \$196  = cmd[63:48] <= 2'h2;
-  assign \$197  = cmd[63:48] == 1'h1;
-  assign \$198  = dwp ? \$196  : \$197 ;
-  assign \$199  = & { \$198 , \$195 , \$194 , \$193 , \$192  };
-  assign \$200  = - cmd[107:105];
-  assign \$201  = - cmd[107:105];
-  assign \$202  = - cmd[104:102];
-  assign \$203  = - cmd[104:102];
-  assign \$204  = cmd[99:96] - cmd[104:102];
-  assign \$205  = dwp ? 16'h0000 : cmd[79:64];
-  assign \$206  = cmd[101:100] == 2'h2;
-  assign \$208  = \$206  ? \$207  : { 1'h0, cmd[79:64] };
-  assign \$209  = dwp ? 17'h00000 : \$208 ;
-  assign \$210  = cmd[101:100] == 2'h2;
-  assign \$213  = cmd[101:100] == 2'h2;
-  assign \$215  = \$213  ? \$214  : { 1'h0, sizes[14:0] };
-  assign \$216  = dwp ? 18'h00000 : { 2'h0, \$215  };
-  assign \$217  = dwp ? 17'h00000 : { 2'h0, sizes[14:0] };
-  assign \$218  = dwp ? sizes[155:141] : { 14'h0000, dw };
-  assign \$219  = dwp ? 2'h2 : 2'h1;
-  assign \$221  = dwp ? \$220  : { 1'h0, cmd[101:100] };
-  assign \$222  = seq_busy & loaded;
-  assign taps__valid = \$222  & rows_ok;
+  assign \$191  = cmd[63:48] <= 2'h2;
+  assign \$192  = cmd[63:48] == 1'h1;
+  assign \$193  = dwp ? \$191  : \$192 ;
+  assign \$194  = cmd[47:32] == 1'h1;
+  assign \$195  = gin_e == 1'h1;
+  assign \$197  = gin_e == 1'h1;
+  assign \$198  = cmd[99:96] == 1'h1;
+  assign \$199  = & { \$198 , \$197  };
+  assign \$200  = gin_e == 1'h1;
+  assign \$201  = cmd[99:96] == 1'h1;
+  assign \$202  = cmd[99:96] == 1'h1;
+  assign \$203  = & { \$202 , \$201 , \$200  };
+  assign \$204  = gin_e == 1'h1;
+  assign \$205  = cmd[99:96] == 1'h1;
+  assign \$206  = cmd[99:96] == 1'h1;
+  assign \$207  = cmd[95:80] == 1'h1;
+  assign \$208  = & { \$207 , \$206 , \$205 , \$204  };
+  assign \$209  = gin_e == 1'h1;
+  assign \$210  = cmd[99:96] == 1'h1;
+  assign \$211  = cmd[99:96] == 1'h1;
+  assign \$212  = cmd[95:80] == 1'h1;
+  assign \$213  = cmd[63:48] <= 2'h2;
+  assign \$214  = cmd[63:48] == 1'h1;
+  assign \$215  = dwp ? \$213  : \$214 ;
+  assign \$216  = & { \$215 , \$212 , \$211 , \$210 , \$209  };
+  assign \$217  = - cmd[107:105];
+  assign \$218  = - cmd[107:105];
+  assign \$219  = - cmd[104:102];
+  assign \$220  = - cmd[104:102];
+  assign \$221  = cmd[99:96] - cmd[104:102];
+  assign \$222  = dwp ? 16'h0000 : cmd[79:64];
+  assign \$223  = cmd[101:100] == 2'h2;
+  assign \$225  = \$223  ? \$224  : { 1'h0, cmd[79:64] };
+  assign \$226  = dwp ? 17'h00000 : \$225 ;
+  assign \$227  = cmd[101:100] == 2'h2;
+  assign \$230  = cmd[101:100] == 2'h2;
+  assign \$232  = \$230  ? \$231  : { 1'h0, sizes[14:0] };
+  assign \$233  = dwp ? 18'h00000 : { 2'h0, \$232  };
+  assign \$234  = dwp ? 17'h00000 : { 2'h0, sizes[14:0] };
+  assign \$235  = dwp ? sizes[189:175] : { 14'h0000, dw };
+  assign \$236  = dwp ? 2'h2 : 2'h1;
+  assign \$238  = dwp ? \$237  : { 1'h0, cmd[101:100] };
+  assign \$239  = seq_busy & loaded;
+  assign taps__valid = \$239  & rows_ok;
   assign issue = taps__valid & taps__ready;
-  assign \$223  = seq_busy & loaded;
-  assign \$224  = ~ issue;
-  assign waiting = \$223  & \$224 ;
-  assign \$225  = $signed(tapbase) + $signed({ 1'h0, gi });
-  assign \$226  = $signed(\$225 ) + $signed({ 1'h0, goff });
-  assign \$227  = ! gi;
-  assign \$228  = ! kx;
-  assign \$229  = \$227  & \$228 ;
-  assign \$230  = ! ky;
-  assign \$231  = \$229  & \$230 ;
-  assign \$232  = last_gi & last_kx;
-  assign \$233  = \$232  & last_ky;
+  assign \$240  = seq_busy & loaded;
+  assign \$241  = ~ issue;
+  assign waiting = \$240  & \$241 ;
+  assign \$242  = $signed(tapbase) + $signed({ 1'h0, gi });
+  assign \$243  = $signed(\$242 ) + $signed({ 1'h0, goff });
+  assign \$244  = ! gi;
+  assign \$245  = ! kx;
+  assign \$246  = \$244  & \$245 ;
+  assign \$247  = ! ky;
+  assign \$248  = \$246  & \$247 ;
+  assign \$249  = last_gi & last_kx;
+  assign \$250  = \$249  & last_ky;
   always @(posedge clk)
     base <= { \$4 [18], \$4  };
   always @(posedge clk)
-    gi <= \$234 ;
+    need_words0 <= { 4'h0, \$9  };
   always @(posedge clk)
-    near_gi <= \$235 ;
+    need_words_row0 <= { 3'h0, \$18  };
   always @(posedge clk)
-    kx <= \$236 ;
+    gi <= \$251 ;
   always @(posedge clk)
-    near_kx <= \$237 ;
+    near_gi <= \$252 ;
   always @(posedge clk)
-    ky <= \$238 ;
+    kx <= \$253 ;
   always @(posedge clk)
-    near_ky <= \$239 ;
+    near_kx <= \$254 ;
   always @(posedge clk)
-    j <= \$240 ;
+    ky <= \$255 ;
   always @(posedge clk)
-    near_j <= \$241 ;
+    near_ky <= \$256 ;
   always @(posedge clk)
-    ox <= \$242 ;
+    j <= \$257 ;
   always @(posedge clk)
-    near_ox <= \$243 ;
+    near_j <= \$258 ;
   always @(posedge clk)
-    oy <= \$244 ;
+    ox <= \$259 ;
   always @(posedge clk)
-    near_oy <= \$245 ;
+    near_ox <= \$260 ;
   always @(posedge clk)
-    last_gi <= \$246 ;
+    oy <= \$261 ;
   always @(posedge clk)
-    below_kx <= \$247 ;
+    near_oy <= \$262 ;
   always @(posedge clk)
-    last_kx <= \$248 ;
+    last_gi <= \$263 ;
   always @(posedge clk)
-    below_ky <= \$249 ;
+    below_kx <= \$264 ;
   always @(posedge clk)
-    last_ky <= \$250 ;
+    last_kx <= \$265 ;
   always @(posedge clk)
-    below_j <= \$251 ;
+    below_ky <= \$266 ;
   always @(posedge clk)
-    last_j <= \$252 ;
+    last_ky <= \$267 ;
   always @(posedge clk)
-    below_ox <= \$253 ;
+    below_j <= \$268 ;
   always @(posedge clk)
-    last_ox <= \$254 ;
+    last_j <= \$269 ;
   always @(posedge clk)
-    below_oy <= \$255 ;
+    below_ox <= \$270 ;
   always @(posedge clk)
-    last_oy <= \$256 ;
+    last_ox <= \$271 ;
   always @(posedge clk)
-    waddr <= \$257 ;
+    below_oy <= \$272 ;
   always @(posedge clk)
-    ix <= \$258 ;
+    last_oy <= \$273 ;
   always @(posedge clk)
-    tapbase <= \$259 ;
+    waddr <= \$274 ;
   always @(posedge clk)
-    iy <= \$260 ;
+    ix <= \$275 ;
   always @(posedge clk)
-    rowbase <= \$261 ;
+    tapbase <= \$276 ;
   always @(posedge clk)
-    goff <= \$262 ;
+    iy <= \$277 ;
   always @(posedge clk)
-    ix0 <= \$263 ;
+    rowbase <= \$278 ;
   always @(posedge clk)
-    pixbase <= \$264 ;
+    goff <= \$279 ;
   always @(posedge clk)
-    iy0 <= \$265 ;
+    need_words <= \$280 ;
   always @(posedge clk)
-    need <= \$266 ;
+    ix0 <= \$281 ;
   always @(posedge clk)
-    linebase <= \$267 ;
+    pixbase <= \$282 ;
   always @(posedge clk)
-    seq_busy <= \$268 ;
+    need_words_row <= \$283 ;
   always @(posedge clk)
-    loaded <= \$269 ;
+    iy0 <= \$284 ;
   always @(posedge clk)
-    rows_ok <= \$270 ;
+    need <= \$285 ;
   always @(posedge clk)
-    last_group <= \$271 ;
+    linebase <= \$286 ;
   always @(posedge clk)
-    lim_inc_gi <= \$272 ;
+    seq_busy <= \$287 ;
   always @(posedge clk)
-    lim_inc_kx <= \$273 ;
+    loaded <= \$288 ;
   always @(posedge clk)
-    lim_inc_ky <= \$274 ;
+    rows_ok <= \$289 ;
   always @(posedge clk)
-    lim_inc_j <= \$275 ;
+    last_group <= \$290 ;
   always @(posedge clk)
-    lim_inc_ox <= \$276 ;
+    lim_inc_gi <= \$291 ;
   always @(posedge clk)
-    lim_inc_oy <= \$277 ;
+    lim_inc_kx <= \$292 ;
   always @(posedge clk)
-    lim_zero_gi <= \$278 ;
+    lim_inc_ky <= \$293 ;
   always @(posedge clk)
-    lim_zero_kx <= \$279 ;
+    lim_inc_j <= \$294 ;
   always @(posedge clk)
-    lim_zero_ky <= \$280 ;
+    lim_inc_ox <= \$295 ;
   always @(posedge clk)
-    lim_zero_j <= \$281 ;
+    lim_inc_oy <= \$296 ;
   always @(posedge clk)
-    lim_zero_ox <= \$282 ;
+    lim_zero_gi <= \$297 ;
   always @(posedge clk)
-    lim_zero_oy <= \$283 ;
+    lim_zero_kx <= \$298 ;
   always @(posedge clk)
-    lim_2inc_gi <= \$284 ;
+    lim_zero_ky <= \$299 ;
   always @(posedge clk)
-    lim_2inc_kx <= \$285 ;
+    lim_zero_j <= \$300 ;
   always @(posedge clk)
-    lim_2inc_ky <= \$286 ;
+    lim_zero_ox <= \$301 ;
   always @(posedge clk)
-    lim_2inc_j <= \$287 ;
+    lim_zero_oy <= \$302 ;
   always @(posedge clk)
-    lim_2inc_ox <= \$288 ;
+    lim_2inc_gi <= \$303 ;
   always @(posedge clk)
-    lim_2inc_oy <= \$289 ;
+    lim_2inc_kx <= \$304 ;
   always @(posedge clk)
-    g_step <= \$290 ;
+    lim_2inc_ky <= \$305 ;
   always @(posedge clk)
-    sg <= \$291 ;
+    lim_2inc_j <= \$306 ;
   always @(posedge clk)
-    swg <= \$292 ;
+    lim_2inc_ox <= \$307 ;
   always @(posedge clk)
-    row_step <= \$293 ;
+    lim_2inc_oy <= \$308 ;
   always @(posedge clk)
-    goff_step <= \$294 ;
+    g_step <= \$309 ;
   always @(posedge clk)
-    ox_step <= \$295 ;
+    sg <= \$310 ;
   always @(posedge clk)
-    ix_step <= \$296 ;
+    swg <= \$311 ;
+  always @(posedge clk)
+    row_step <= \$312 ;
+  always @(posedge clk)
+    goff_step <= \$313 ;
+  always @(posedge clk)
+    ox_step <= \$314 ;
+  always @(posedge clk)
+    ix_step <= \$315 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$234  = gi;
+    \$251  = gi;
     if (issue) begin
-      \$234  = \$6 [7:0];
+      \$251  = \$20 [7:0];
     end
     if (start) begin
-      \$234  = 8'h00;
+      \$251  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$235  = near_gi;
+    \$252  = near_gi;
     if (issue) begin
-      \$235  = \$8 ;
+      \$252  = \$22 ;
     end
     if (start) begin
-      \$235  = \$117 ;
+      \$252  = \$134 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$236  = kx;
-    if (issue) begin
-      if (below_kx) begin
-        \$236  = \$10 [3:0];
-      end
-    end
-    if (start) begin
-      \$236  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$237  = near_kx;
+    \$253  = kx;
     if (issue) begin
       if (below_kx) begin
-        \$237  = \$12 ;
+        \$253  = \$24 [3:0];
       end
     end
     if (start) begin
-      \$237  = \$119 ;
+      \$253  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$238  = ky;
+    \$254  = near_kx;
+    if (issue) begin
+      if (below_kx) begin
+        \$254  = \$26 ;
+      end
+    end
+    if (start) begin
+      \$254  = \$136 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$255  = ky;
     if (issue) begin
       if (below_ky) begin
-        \$238  = \$14 [3:0];
+        \$255  = \$28 [3:0];
       end
     end
     if (start) begin
-      \$238  = 4'h0;
+      \$255  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$239  = near_ky;
+    \$256  = near_ky;
     if (issue) begin
       if (below_ky) begin
-        \$239  = \$16 ;
+        \$256  = \$30 ;
       end
     end
     if (start) begin
-      \$239  = \$121 ;
+      \$256  = \$138 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$240  = j;
+    \$257  = j;
     if (issue) begin
       if (below_j) begin
-        \$240  = \$18 [5:0];
+        \$257  = \$32 [5:0];
       end
     end
     if (start) begin
-      \$240  = 6'h00;
+      \$257  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$241  = near_j;
+    \$258  = near_j;
     if (issue) begin
       if (below_j) begin
-        \$241  = \$20 ;
+        \$258  = \$34 ;
       end
     end
     if (start) begin
-      \$241  = \$123 ;
+      \$258  = \$140 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$242  = ox;
+    \$259  = ox;
     if (issue) begin
       if (below_ox) begin
-        \$242  = \$22 [15:0];
+        \$259  = \$36 [15:0];
       end
     end
     if (start) begin
-      \$242  = 16'h0000;
+      \$259  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$243  = near_ox;
+    \$260  = near_ox;
     if (issue) begin
       if (below_ox) begin
-        \$243  = \$24 ;
+        \$260  = \$38 ;
       end
     end
     if (start) begin
-      \$243  = \$128 ;
+      \$260  = \$145 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$244  = oy;
+    \$261  = oy;
     if (issue) begin
       if (below_oy) begin
-        \$244  = \$26 [15:0];
+        \$261  = \$40 [15:0];
       end
     end
     if (start) begin
-      \$244  = 16'h0000;
+      \$261  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$245  = near_oy;
+    \$262  = near_oy;
     if (issue) begin
       if (below_oy) begin
-        \$245  = \$28 ;
+        \$262  = \$42 ;
       end
     end
     if (start) begin
-      \$245  = \$130 ;
+      \$262  = \$147 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$246  = last_gi;
+    \$263  = last_gi;
     if (issue) begin
-      \$246  = \$30 ;
+      \$263  = \$44 ;
     end
     if (start) begin
-      \$246  = \$170 ;
+      \$263  = \$187 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$247  = below_kx;
+    \$264  = below_kx;
     if (issue) begin
-      \$247  = \$33 ;
+      \$264  = \$47 ;
     end
     if (start) begin
-      \$247  = \$179 ;
+      \$264  = \$196 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$248  = last_kx;
+    \$265  = last_kx;
     if (issue) begin
-      \$248  = \$35 ;
+      \$265  = \$49 ;
     end
     if (start) begin
-      \$248  = \$171 ;
+      \$265  = \$188 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$249  = below_ky;
+    \$266  = below_ky;
     if (issue) begin
-      \$249  = \$40 ;
+      \$266  = \$54 ;
     end
     if (start) begin
-      \$249  = \$182 ;
+      \$266  = \$199 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$250  = last_ky;
+    \$267  = last_ky;
     if (issue) begin
-      \$250  = \$42 ;
+      \$267  = \$56 ;
     end
     if (start) begin
-      \$250  = \$172 ;
+      \$267  = \$189 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$251  = below_j;
+    \$268  = below_j;
     if (issue) begin
-      \$251  = \$49 ;
+      \$268  = \$63 ;
     end
     if (start) begin
-      \$251  = \$186 ;
+      \$268  = \$203 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$252  = last_j;
+    \$269  = last_j;
     if (issue) begin
-      \$252  = \$51 ;
+      \$269  = \$65 ;
     end
     if (start) begin
-      \$252  = \$173 ;
+      \$269  = \$190 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$253  = below_ox;
+    \$270  = below_ox;
     if (issue) begin
-      \$253  = \$60 ;
+      \$270  = \$74 ;
     end
     if (start) begin
-      \$253  = \$191 ;
+      \$270  = \$208 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$254  = last_ox;
+    \$271  = last_ox;
     if (issue) begin
-      \$254  = \$62 ;
+      \$271  = \$76 ;
     end
     if (start) begin
-      \$254  = \$176 ;
+      \$271  = \$193 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$255  = below_oy;
+    \$272  = below_oy;
     if (issue) begin
-      \$255  = \$73 ;
+      \$272  = \$87 ;
     end
     if (start) begin
-      \$255  = \$199 ;
+      \$272  = \$216 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$256  = last_oy;
+    \$273  = last_oy;
     if (issue) begin
-      \$256  = \$75 ;
+      \$273  = \$89 ;
     end
     if (start) begin
-      \$256  = \$177 ;
+      \$273  = \$194 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$257  = waddr;
+    \$274  = waddr;
     if (issue) begin
-      \$257  = \$76 [9:0];
+      \$274  = \$90 [9:0];
       if (below_ox) begin
-        \$257  = 10'h000;
+        \$274  = 10'h000;
       end
     end
     if (start) begin
-      \$257  = 10'h000;
+      \$274  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$258  = ix;
+    \$275  = ix;
     if (issue) begin
-      if (\$78 ) begin
-        \$258  = \$79 [17:0];
+      if (\$92 ) begin
+        \$275  = \$93 [17:0];
       end
       if (below_ky) begin
-        \$258  = ix0;
+        \$275  = ix0;
       end
-      if (\$90 ) begin
-        \$258  = \$92 [17:0];
+      if (\$104 ) begin
+        \$275  = \$107 [17:0];
       end
       if (below_oy) begin
-        \$258  = { \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97 [3], \$97  };
+        \$275  = { \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112  };
       end
     end
     if (start) begin
-      \$258  = { \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200 [3], \$200  };
+      \$275  = { \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$259  = tapbase;
+    \$276  = tapbase;
     if (issue) begin
-      if (\$78 ) begin
-        \$259  = \$80 [19:0];
+      if (\$92 ) begin
+        \$276  = \$94 [19:0];
       end
-      if (\$82 ) begin
-        \$259  = \$85 [19:0];
+      if (\$96 ) begin
+        \$276  = \$99 [19:0];
       end
-      if (\$87 ) begin
-        \$259  = pixbase;
+      if (\$101 ) begin
+        \$276  = pixbase;
       end
-      if (\$90 ) begin
-        \$259  = \$95 [19:0];
+      if (\$104 ) begin
+        \$276  = \$110 [19:0];
       end
-      if (\$99 ) begin
-        \$259  = \$106 [19:0];
+      if (\$114 ) begin
+        \$276  = \$122 [19:0];
       end
     end
     if (start) begin
-      \$259  = base;
+      \$276  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$260  = iy;
+    \$277  = iy;
     if (issue) begin
-      if (\$82 ) begin
-        \$260  = \$83 [17:0];
+      if (\$96 ) begin
+        \$277  = \$97 [17:0];
       end
       if (below_j) begin
-        \$260  = iy0;
+        \$277  = iy0;
       end
-      if (\$99 ) begin
-        \$260  = \$101 [17:0];
+      if (\$114 ) begin
+        \$277  = \$117 [17:0];
       end
     end
     if (start) begin
-      \$260  = { \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202 [3], \$202  };
+      \$277  = { \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$261  = rowbase;
+    \$278  = rowbase;
     if (issue) begin
-      if (\$82 ) begin
-        \$261  = \$84 [19:0];
+      if (\$96 ) begin
+        \$278  = \$98 [19:0];
       end
-      if (\$87 ) begin
-        \$261  = pixbase;
+      if (\$101 ) begin
+        \$278  = pixbase;
       end
-      if (\$90 ) begin
-        \$261  = \$94 [19:0];
+      if (\$104 ) begin
+        \$278  = \$109 [19:0];
       end
-      if (\$99 ) begin
-        \$261  = \$105 [19:0];
+      if (\$114 ) begin
+        \$278  = \$121 [19:0];
       end
     end
     if (start) begin
-      \$261  = base;
+      \$278  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$262  = goff;
+    \$279  = goff;
     if (issue) begin
-      if (\$87 ) begin
-        \$262  = \$88 [14:0];
+      if (\$101 ) begin
+        \$279  = \$102 [14:0];
       end
       if (below_ox) begin
-        \$262  = 15'h0000;
+        \$279  = 15'h0000;
       end
     end
     if (start) begin
-      \$262  = 15'h0000;
+      \$279  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$263  = ix0;
+    \$280  = need_words;
     if (issue) begin
-      if (\$90 ) begin
-        \$263  = \$91 [17:0];
+      if (\$104 ) begin
+        \$280  = \$105 [22:0];
+      end
+      if (\$114 ) begin
+        \$280  = need_words_row;
+      end
+    end
+    if (start) begin
+      \$280  = need_words0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$281  = ix0;
+    if (issue) begin
+      if (\$104 ) begin
+        \$281  = \$106 [17:0];
       end
       if (below_oy) begin
-        \$263  = { \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96 [3], \$96  };
+        \$281  = { \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111  };
       end
     end
     if (start) begin
-      \$263  = { \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201 [3], \$201  };
+      \$281  = { \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$264  = pixbase;
+    \$282  = pixbase;
     if (issue) begin
-      if (\$90 ) begin
-        \$264  = \$93 [19:0];
+      if (\$104 ) begin
+        \$282  = \$108 [19:0];
       end
-      if (\$99 ) begin
-        \$264  = \$104 [19:0];
+      if (\$114 ) begin
+        \$282  = \$120 [19:0];
       end
     end
     if (start) begin
-      \$264  = base;
+      \$282  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$265  = iy0;
+    \$283  = need_words_row;
     if (issue) begin
-      if (\$99 ) begin
-        \$265  = \$100 [17:0];
+      if (\$114 ) begin
+        \$283  = \$115 [22:0];
       end
     end
     if (start) begin
-      \$265  = { \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203 [3], \$203  };
+      \$283  = need_words_row0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$266  = need;
+    \$284  = iy0;
     if (issue) begin
-      if (\$99 ) begin
-        \$266  = \$102 [17:0];
+      if (\$114 ) begin
+        \$284  = \$116 [17:0];
       end
     end
     if (start) begin
-      \$266  = { \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204 [4], \$204  };
+      \$284  = { \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$267  = linebase;
+    \$285  = need;
     if (issue) begin
-      if (\$99 ) begin
-        \$267  = \$103 [19:0];
+      if (\$114 ) begin
+        \$285  = \$118 [17:0];
       end
     end
     if (start) begin
-      \$267  = base;
+      \$285  = { \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$268  = seq_busy;
+    \$286  = linebase;
     if (issue) begin
-      if (\$107 ) begin
-        \$268  = 1'h0;
+      if (\$114 ) begin
+        \$286  = \$119 [19:0];
       end
     end
     if (start) begin
-      \$268  = 1'h1;
+      \$286  = base;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$287  = seq_busy;
+    if (issue) begin
+      if (\$123 ) begin
+        \$287  = 1'h0;
+      end
+    end
+    if (start) begin
+      \$287  = 1'h1;
     end
     if (rst) begin
-      \$268  = 1'h0;
+      \$287  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$269  = loaded;
+    \$288  = loaded;
     if (run) begin
-      \$269  = \$109 ;
+      \$288  = \$125 ;
     end
     if (start) begin
-      \$269  = 1'h0;
+      \$288  = 1'h0;
     end
     if (rst) begin
-      \$269  = 1'h0;
+      \$288  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$270  = rows_ok;
+    \$289  = rows_ok;
     if (run) begin
-      \$270  = \$114 ;
+      \$289  = \$131 ;
     end
     if (start) begin
-      \$270  = 1'h0;
+      \$289  = 1'h0;
     end
     if (rst) begin
-      \$270  = 1'h0;
+      \$289  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$271  = last_group;
+    \$290  = last_group;
     if (start) begin
-      \$271  = \$115 [5:0];
+      \$290  = \$132 [5:0];
     end
     if (rst) begin
-      \$271  = 6'h00;
+      \$290  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$272  = lim_inc_gi;
+    \$291  = lim_inc_gi;
     if (start) begin
-      \$272  = \$132 ;
+      \$291  = \$149 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$273  = lim_inc_kx;
+    \$292  = lim_inc_kx;
     if (start) begin
-      \$273  = \$134 ;
+      \$292  = \$151 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$274  = lim_inc_ky;
+    \$293  = lim_inc_ky;
     if (start) begin
-      \$274  = \$136 ;
+      \$293  = \$153 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$275  = lim_inc_j;
+    \$294  = lim_inc_j;
     if (start) begin
-      \$275  = \$138 ;
+      \$294  = \$155 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$276  = lim_inc_ox;
+    \$295  = lim_inc_ox;
     if (start) begin
-      \$276  = \$143 ;
+      \$295  = \$160 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$277  = lim_inc_oy;
+    \$296  = lim_inc_oy;
     if (start) begin
-      \$277  = \$145 ;
+      \$296  = \$162 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$278  = lim_zero_gi;
+    \$297  = lim_zero_gi;
     if (start) begin
-      \$278  = \$146 ;
+      \$297  = \$163 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$279  = lim_zero_kx;
+    \$298  = lim_zero_kx;
     if (start) begin
-      \$279  = \$147 ;
+      \$298  = \$164 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$280  = lim_zero_ky;
+    \$299  = lim_zero_ky;
     if (start) begin
-      \$280  = \$148 ;
+      \$299  = \$165 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$281  = lim_zero_j;
+    \$300  = lim_zero_j;
     if (start) begin
-      \$281  = \$149 ;
+      \$300  = \$166 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$282  = lim_zero_ox;
+    \$301  = lim_zero_ox;
     if (start) begin
-      \$282  = \$152 ;
+      \$301  = \$169 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$283  = lim_zero_oy;
+    \$302  = lim_zero_oy;
     if (start) begin
-      \$283  = \$153 ;
+      \$302  = \$170 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$284  = lim_2inc_gi;
+    \$303  = lim_2inc_gi;
     if (start) begin
-      \$284  = \$155 [9:0];
+      \$303  = \$172 [9:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$285  = lim_2inc_kx;
+    \$304  = lim_2inc_kx;
     if (start) begin
-      \$285  = \$157 ;
+      \$304  = \$174 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$286  = lim_2inc_ky;
+    \$305  = lim_2inc_ky;
     if (start) begin
-      \$286  = \$159 ;
+      \$305  = \$176 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$287  = lim_2inc_j;
+    \$306  = lim_2inc_j;
     if (start) begin
-      \$287  = \$161 [7:0];
+      \$306  = \$178 [7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$288  = lim_2inc_ox;
+    \$307  = lim_2inc_ox;
     if (start) begin
-      \$288  = \$167 ;
+      \$307  = \$184 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$289  = lim_2inc_oy;
+    \$308  = lim_2inc_oy;
     if (start) begin
-      \$289  = \$169 ;
+      \$308  = \$186 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$290  = g_step;
+    \$309  = g_step;
     if (start) begin
-      \$290  = { 4'h0, \$205  };
+      \$309  = { 4'h0, \$222  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$291  = sg;
+    \$310  = sg;
     if (start) begin
-      \$291  = { 3'h0, \$209  };
+      \$310  = { 3'h0, \$226  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$292  = swg;
+    \$311  = swg;
     if (start) begin
-      \$292  = { 2'h0, \$216  };
+      \$311  = { 2'h0, \$233  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$293  = row_step;
+    \$312  = row_step;
     if (start) begin
-      \$293  = { 3'h0, \$217  };
+      \$312  = { 3'h0, \$234  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$294  = goff_step;
+    \$313  = goff_step;
     if (start) begin
-      \$294  = \$218 ;
+      \$313  = \$235 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$295  = ox_step;
+    \$314  = ox_step;
     if (start) begin
-      \$295  = \$219 ;
+      \$314  = \$236 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$296  = ix_step;
+    \$315  = ix_step;
     if (start) begin
-      \$296  = \$221 ;
+      \$315  = \$238 ;
     end
   end
   assign ws = 17'h00000;
@@ -8569,9 +8666,11 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   assign \sizes.n_w  = sizes[106:98];
   assign \sizes.pt_wg  = sizes[123:107];
   assign \sizes.pl_g  = sizes[140:124];
-  assign \sizes.plane  = sizes[155:141];
-  assign \sizes.n_dw  = sizes[170:156];
-  assign \sizes.pt_ws  = sizes[187:171];
+  assign \sizes.kr_wg  = sizes[157:141];
+  assign \sizes.c0_g  = sizes[174:158];
+  assign \sizes.plane  = sizes[189:175];
+  assign \sizes.n_dw  = sizes[204:190];
+  assign \sizes.pt_ws  = sizes[221:205];
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -8592,30 +8691,34 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   assign \taps__payload.waddr  = taps__payload[65:56];
   assign \taps__payload.first  = taps__payload[66];
   assign \taps__payload.last  = taps__payload[67];
-  assign taps__payload[67] = \$233 ;
-  assign taps__payload[66] = \$231 ;
+  assign taps__payload[67] = \$250 ;
+  assign taps__payload[66] = \$248 ;
   assign taps__payload[65:56] = waddr;
   assign taps__payload[55:38] = iy;
   assign taps__payload[37:20] = ix;
-  assign taps__payload[19:0] = \$226 [19:0];
-  assign \$30  = \$29 ;
-  assign \$32  = \$31 ;
-  assign \$33  = \$31 ;
-  assign \$37  = \$36 ;
+  assign taps__payload[19:0] = \$243 [19:0];
+  assign \$7  = { cmd[79:64], 1'h0 };
+  assign \$12  = { cmd[79:64], 1'h0 };
+  assign \$16  = { sizes[14:0], 1'h0 };
   assign \$44  = \$43 ;
-  assign \$53  = \$52 ;
-  assign \$64  = \$63 ;
-  assign \$179  = \$178 ;
-  assign \$207  = { cmd[79:64], 1'h0 };
-  assign \$211  = 18'h00000;
-  assign \$214  = { sizes[14:0], 1'h0 };
-  assign \$220  = { cmd[101:100], 1'h0 };
-  assign \$212  = 18'h00000;
+  assign \$46  = \$45 ;
+  assign \$47  = \$45 ;
+  assign \$51  = \$50 ;
+  assign \$58  = \$57 ;
+  assign \$67  = \$66 ;
+  assign \$78  = \$77 ;
+  assign \$131  = \$130 ;
+  assign \$196  = \$195 ;
+  assign \$224  = { cmd[79:64], 1'h0 };
+  assign \$228  = 18'h00000;
+  assign \$231  = { sizes[14:0], 1'h0 };
+  assign \$237  = { cmd[101:100], 1'h0 };
+  assign \$229  = 18'h00000;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, cfg__ready, accept, busy, sizing, run, sizes
-, sizes_ready, loaded, inputs_done, cfg__payload);
+module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, cfg__ready, accept, busy, sizing, run
+, sizes, loaded, inputs_done, cfg__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -8824,9 +8927,11 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   wire rst;
   output run;
   reg run;
-  input [187:0] sizes;
-  wire [187:0] sizes;
+  input [221:0] sizes;
+  wire [221:0] sizes;
+  wire [16:0] \sizes.c0_g ;
   wire [8:0] \sizes.kk ;
+  wire [16:0] \sizes.kr_wg ;
   wire [14:0] \sizes.n_dw ;
   wire [14:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
@@ -8901,7 +9006,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   assign \$56  = \$53  & \$55 ;
   assign \$57  = \$52  | \$56 ;
   assign \$59  = sizes[29:15] > 15'h4000;
-  assign \$60  = sizes[170:156] > 15'h4000;
+  assign \$60  = sizes[204:190] > 15'h4000;
   assign \$61  = dwp & \$60 ;
   assign \$62  = \$59  | \$61 ;
   assign \$63  = ~ cmd[111];
@@ -9265,9 +9370,11 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   assign \sizes.n_w  = sizes[106:98];
   assign \sizes.pt_wg  = sizes[123:107];
   assign \sizes.pl_g  = sizes[140:124];
-  assign \sizes.plane  = sizes[155:141];
-  assign \sizes.n_dw  = sizes[170:156];
-  assign \sizes.pt_ws  = sizes[187:171];
+  assign \sizes.kr_wg  = sizes[157:141];
+  assign \sizes.c0_g  = sizes[174:158];
+  assign \sizes.plane  = sizes[189:175];
+  assign \sizes.n_dw  = sizes[204:190];
+  assign \sizes.pt_ws  = sizes[221:205];
   assign \cfg__payload.in_h  = cfg__payload[15:0];
   assign \cfg__payload.in_w  = cfg__payload[31:16];
   assign \cfg__payload.out_h  = cfg__payload[47:32];
@@ -9294,77 +9401,115 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready, clk);
+module \psc_core.sizes$170 (rst, ready, cmd, gin_e, gout_o, clear, enable, sizes, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire \$1 ;
   wire \$10 ;
-  wire [4:0] \$11 ;
+  wire [15:0] \$11 ;
   wire \$12 ;
   wire \$13 ;
-  wire [14:0] \$14 ;
+  wire \$14 ;
   wire \$15 ;
   wire \$16 ;
-  wire [14:0] \$17 ;
-  wire [24:0] \$18 ;
-  wire [24:0] \$19 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
   wire \$2 ;
-  wire \$20 ;
+  wire [2:0] \$20 ;
   wire \$21 ;
-  wire [8:0] \$22 ;
-  wire \$23 ;
+  wire \$22 ;
+  wire [14:0] \$23 ;
   wire \$24 ;
-  wire [8:0] \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire [8:0] \$28 ;
-  wire \$29 ;
+  wire \$25 ;
+  wire [14:0] \$26 ;
+  wire [16:0] \$27 ;
+  wire [15:0] \$28 ;
+  wire [17:0] \$29 ;
   wire \$3 ;
   wire \$30 ;
-  wire [16:0] \$31 ;
+  wire \$31 ;
   wire \$32 ;
   wire \$33 ;
-  wire [16:0] \$34 ;
-  wire [15:0] \$35 ;
-  wire [25:0] \$36 ;
-  wire \$37 ;
-  wire \$38 ;
-  wire \$39 ;
-  wire \$4 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire [2:0] \$37 ;
+  wire [24:0] \$38 ;
+  wire [24:0] \$39 ;
+  wire [3:0] \$4 ;
   wire \$40 ;
-  reg \$41 ;
-  reg \$42 ;
-  reg \$43 ;
-  reg \$44 ;
-  reg \$45 ;
-  reg \$46 ;
-  reg \$47 ;
-  reg \$48 ;
-  reg \$49 ;
-  wire \$5 ;
-  reg [15:0] \$50 ;
-  reg [24:0] \$51 ;
-  reg [24:0] \$52 ;
-  reg \$53 ;
-  reg \$54 ;
-  reg \$55 ;
-  reg \$56 ;
-  reg [3:0] \$57 ;
-  reg [187:0] \$58 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  reg a_zero = 1'h0;
-  reg a_zero_0 = 1'h0;
-  reg a_zero_1 = 1'h0;
-  reg a_zero_2 = 1'h0;
-  reg a_zero_3 = 1'h0;
-  reg a_zero_4 = 1'h0;
-  reg a_zero_5 = 1'h0;
-  reg a_zero_6 = 1'h0;
-  reg a_zero_7 = 1'h0;
-  reg a_zero_8 = 1'h0;
-  reg b_big = 1'h0;
+  wire \$41 ;
+  wire [16:0] \$42 ;
+  wire [21:0] \$43 ;
+  wire [25:0] \$44 ;
+  wire \$45 ;
+  wire \$46 ;
+  wire \$47 ;
+  wire \$48 ;
+  wire \$49 ;
+  wire [4:0] \$5 ;
+  wire \$50 ;
+  wire [2:0] \$51 ;
+  wire [8:0] \$52 ;
+  wire [8:0] \$53 ;
+  wire [15:0] \$54 ;
+  wire [9:0] \$55 ;
+  wire \$56 ;
+  wire \$57 ;
+  wire \$58 ;
+  reg [221:0] \$59 ;
+  wire [5:0] \$6 ;
+  reg \$60 ;
+  reg \$61 ;
+  reg \$62 ;
+  reg [15:0] \$63 ;
+  reg [16:0] \$64 ;
+  reg [16:0] \$65 ;
+  reg \$66 ;
+  reg \$67 ;
+  reg \$68 ;
+  reg \$69 ;
+  wire [4:0] \$7 ;
+  reg [1:0] \$70 ;
+  reg \$71 ;
+  reg \$72 ;
+  reg \$73 ;
+  reg [21:0] \$74 ;
+  reg [24:0] \$75 ;
+  reg [24:0] \$76 ;
+  reg \$77 ;
+  reg \$78 ;
+  reg \$79 ;
+  wire [5:0] \$8 ;
+  reg \$80 ;
+  reg [1:0] \$81 ;
+  reg \$82 ;
+  reg \$83 ;
+  reg [15:0] \$84 ;
+  reg [8:0] \$85 ;
+  reg [8:0] \$86 ;
+  reg \$87 ;
+  reg \$88 ;
+  reg \$89 ;
+  wire [4:0] \$9 ;
+  reg \$90 ;
+  reg [1:0] \$91 ;
+  wire [2:0] \$signal ;
+  wire [2:0] \$signal$4 ;
+  reg a_zero0 = 1'h0;
+  reg a_zero0_0 = 1'h0;
+  reg a_zero0_1 = 1'h0;
+  reg a_zero0_2 = 1'h0;
+  reg a_zero1 = 1'h0;
+  reg a_zero1_0 = 1'h0;
+  reg a_zero1_1 = 1'h0;
+  reg a_zero1_2 = 1'h0;
+  reg a_zero2 = 1'h0;
+  reg a_zero2_0 = 1'h0;
+  reg a_zero2_1 = 1'h0;
+  reg b_big0 = 1'h0;
+  reg b_big1 = 1'h0;
+  reg b_big2 = 1'h0;
   input clear;
   wire clear;
   input clk;
@@ -9401,19 +9546,35 @@ module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
   wire [15:0] gin_e;
   input [21:0] gout_o;
   wire [21:0] gout_o;
-  reg [15:0] mul_a = 16'h0000;
-  reg [24:0] mul_b = 25'h0000000;
-  reg mul_run = 1'h0;
-  wire [25:0] mul_sum;
-  reg ovf = 1'h0;
-  reg [24:0] prod = 25'h0000000;
+  wire [8:0] kk;
+  wire [2:0] kl;
+  reg [15:0] mul_a0 = 16'h0000;
+  reg [21:0] mul_a1 = 22'h000000;
+  reg [15:0] mul_a2 = 16'h0000;
+  reg [16:0] mul_b0 = 17'h00000;
+  reg [24:0] mul_b1 = 25'h0000000;
+  reg [8:0] mul_b2 = 9'h000;
+  reg mul_run0 = 1'h0;
+  reg mul_run1 = 1'h0;
+  reg mul_run2 = 1'h0;
+  wire [17:0] mul_sum0;
+  wire [25:0] mul_sum1;
+  wire [9:0] mul_sum2;
+  reg ovf0 = 1'h0;
+  reg ovf1 = 1'h0;
+  reg ovf2 = 1'h0;
+  reg [16:0] prod0 = 17'h00000;
+  reg [24:0] prod1 = 25'h0000000;
+  reg [8:0] prod2 = 9'h000;
   output ready;
-  reg ready;
+  wire ready;
   input rst;
   wire rst;
-  output [187:0] sizes;
-  reg [187:0] sizes = 188'h00000000000000000000000000000000000000000000000;
+  output [221:0] sizes;
+  reg [221:0] sizes = 222'h00000000000000000000000000000000000000000000000000000000;
+  wire [16:0] \sizes.c0_g ;
   wire [8:0] \sizes.kk ;
+  wire [16:0] \sizes.kr_wg ;
   wire [14:0] \sizes.n_dw ;
   wire [14:0] \sizes.n_in ;
   wire [24:0] \sizes.n_out ;
@@ -9425,476 +9586,772 @@ module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
   wire [16:0] \sizes.pt_ws ;
   wire [8:0] \sizes.red ;
   wire [14:0] \sizes.wg ;
-  reg [3:0] step = 4'h0;
+  reg [1:0] step0 = 2'h0;
+  reg [1:0] step1 = 2'h0;
+  reg [1:0] step2 = 2'h0;
+  assign \$9  = cmd[99:96] - cmd[107:105];
+  assign \$10  = cmd[31:16] < \$9 [2:0];
+  assign \$11  = \$10  ? cmd[31:16] : { 13'h0000, \$9 [2:0] };
+  assign mul_sum0 = prod0 + mul_b0;
+  assign mul_sum1 = prod1 + mul_b1;
+  assign mul_sum2 = prod2 + mul_b2;
+  assign \$12  = step0 == 2'h3;
+  assign \$13  = step1 == 2'h3;
+  assign \$14  = step2 == 2'h2;
+  assign \$15  = & { \$14 , \$13 , \$12  };
+  assign ready = enable & \$15 ;
+  assign \$16  = ! cmd[79:64];
+  assign \$17  = ! cmd[15:0];
+  assign \$18  = ! cmd[104:102];
+  assign \$19  = ~ mul_run0;
+  assign \$20  = step0 + 1'h1;
+  assign \$21  = | prod0[16:15];
+  assign \$22  = ovf0 | \$21 ;
+  assign \$23  = \$22  ? 15'h7fff : prod0[14:0];
+  assign \$24  = | prod0[16:15];
+  assign \$25  = ovf0 | \$24 ;
+  assign \$26  = \$25  ? 15'h7fff : prod0[14:0];
+  assign \$27  = ovf0 ? 17'h1ffff : prod0;
+  assign \$30  = b_big0 | mul_b0[16];
+  assign \$31  = ! mul_a0[15:1];
+  assign \$32  = b_big0 | mul_sum0[17];
+  assign \$33  = ! gout_o;
+  assign \$34  = ! cmd[47:32];
+  assign \$35  = ! cmd[107:105];
+  assign \$36  = ~ mul_run1;
+  assign \$37  = step1 + 1'h1;
+  assign \$38  = ovf1 ? 25'h1ffffff : prod1;
+  assign \$39  = ovf1 ? 25'h1ffffff : prod1;
+  assign \$40  = | prod1[24:17];
+  assign \$41  = ovf1 | \$40 ;
+  assign \$42  = \$41  ? 17'h1ffff : prod1[16:0];
+  assign \$45  = b_big1 | mul_b1[24];
+  assign \$46  = ! mul_a1[21:1];
+  assign \$47  = b_big1 | mul_sum1[25];
+  assign \$48  = ! gin_e;
+  assign \$49  = ! cmd[95:80];
+  assign \$50  = ~ mul_run2;
+  assign \$51  = step2 + 1'h1;
+  assign \$52  = ovf2 ? 9'h1ff : prod2;
+  assign \$53  = ovf2 ? 9'h1ff : prod2;
+  assign \$56  = b_big2 | mul_b2[8];
+  assign \$57  = ! mul_a2[15:1];
+  assign \$58  = b_big2 | mul_sum2[9];
   always @(posedge clk)
-    a_zero_0 <= \$41 ;
+    sizes <= \$59 ;
   always @(posedge clk)
-    a_zero_1 <= \$42 ;
+    a_zero0_0 <= \$60 ;
   always @(posedge clk)
-    a_zero_2 <= \$43 ;
+    a_zero0_1 <= \$61 ;
   always @(posedge clk)
-    a_zero_3 <= \$44 ;
+    a_zero0_2 <= \$62 ;
   always @(posedge clk)
-    a_zero_4 <= \$45 ;
+    mul_a0 <= \$63 ;
   always @(posedge clk)
-    a_zero_5 <= \$46 ;
+    mul_b0 <= \$64 ;
   always @(posedge clk)
-    a_zero_6 <= \$47 ;
+    prod0 <= \$65 ;
   always @(posedge clk)
-    a_zero_7 <= \$48 ;
+    ovf0 <= \$66 ;
   always @(posedge clk)
-    a_zero_8 <= \$49 ;
+    a_zero0 <= \$67 ;
   always @(posedge clk)
-    mul_a <= \$50 ;
+    b_big0 <= \$68 ;
   always @(posedge clk)
-    mul_b <= \$51 ;
+    mul_run0 <= \$69 ;
   always @(posedge clk)
-    prod <= \$52 ;
+    step0 <= \$70 ;
   always @(posedge clk)
-    ovf <= \$53 ;
+    a_zero1_0 <= \$71 ;
   always @(posedge clk)
-    a_zero <= \$54 ;
+    a_zero1_1 <= \$72 ;
   always @(posedge clk)
-    b_big <= \$55 ;
+    a_zero1_2 <= \$73 ;
   always @(posedge clk)
-    mul_run <= \$56 ;
+    mul_a1 <= \$74 ;
   always @(posedge clk)
-    step <= \$57 ;
+    mul_b1 <= \$75 ;
   always @(posedge clk)
-    sizes <= \$58 ;
-  assign \$1  = ! cmd[31:16];
-  assign \$2  = ! cmd[15:0];
-  assign \$3  = ! cmd[63:48];
-  assign \$4  = ! cmd[47:32];
-  assign \$5  = ! cmd[99:96];
-  assign \$6  = ! gin_e;
-  assign \$7  = ! cmd[95:80];
-  assign \$8  = ! cmd[104:102];
-  assign \$9  = ! cmd[107:105];
-  assign \$10  = ~ mul_run;
-  assign \$11  = step + 1'h1;
-  assign \$12  = | prod[24:15];
-  assign \$13  = ovf | \$12 ;
-  assign \$14  = \$13  ? 15'h7fff : prod[14:0];
-  assign \$15  = | prod[24:15];
-  assign \$16  = ovf | \$15 ;
-  assign \$17  = \$16  ? 15'h7fff : prod[14:0];
-  assign \$18  = ovf ? 25'h1ffffff : prod;
-  assign \$19  = ovf ? 25'h1ffffff : prod;
-  assign \$20  = | prod[24:9];
-  assign \$21  = ovf | \$20 ;
-  assign \$22  = \$21  ? 9'h1ff : prod[8:0];
-  assign \$23  = | prod[24:9];
-  assign \$24  = ovf | \$23 ;
-  assign \$25  = \$24  ? 9'h1ff : prod[8:0];
-  assign \$26  = | prod[24:9];
-  assign \$27  = ovf | \$26 ;
-  assign \$28  = \$27  ? 9'h1ff : prod[8:0];
-  assign \$29  = | prod[24:17];
-  assign \$30  = ovf | \$29 ;
-  assign \$31  = \$30  ? 17'h1ffff : prod[16:0];
-  assign \$32  = | prod[24:17];
-  assign \$33  = ovf | \$32 ;
-  assign \$34  = \$33  ? 17'h1ffff : prod[16:0];
-  assign \$37  = b_big | mul_b[24];
-  assign \$38  = ! mul_a[15:1];
-  assign \$39  = b_big | mul_sum[25];
-  assign mul_sum = prod + mul_b;
-  assign \$40  = ~ mul_run;
+    prod1 <= \$76 ;
+  always @(posedge clk)
+    ovf1 <= \$77 ;
+  always @(posedge clk)
+    a_zero1 <= \$78 ;
+  always @(posedge clk)
+    b_big1 <= \$79 ;
+  always @(posedge clk)
+    mul_run1 <= \$80 ;
+  always @(posedge clk)
+    step1 <= \$81 ;
+  always @(posedge clk)
+    a_zero2_0 <= \$82 ;
+  always @(posedge clk)
+    a_zero2_1 <= \$83 ;
+  always @(posedge clk)
+    mul_a2 <= \$84 ;
+  always @(posedge clk)
+    mul_b2 <= \$85 ;
+  always @(posedge clk)
+    prod2 <= \$86 ;
+  always @(posedge clk)
+    ovf2 <= \$87 ;
+  always @(posedge clk)
+    a_zero2 <= \$88 ;
+  always @(posedge clk)
+    b_big2 <= \$89 ;
+  always @(posedge clk)
+    mul_run2 <= \$90 ;
+  always @(posedge clk)
+    step2 <= \$91 ;
+  assign \$1  = cmd[99:96] == 3'h7;
+  assign \$2  = cmd[99:96] == 3'h5;
+  assign \$3  = cmd[99:96] == 2'h3;
+  assign \$4  = \$3  ? 4'h9 : 4'h1;
+  assign \$5  = \$2  ? 5'h19 : { 1'h0, \$4  };
+  assign \$6  = \$1  ? 6'h31 : { 1'h0, \$5  };
+  assign \$7  = cmd[99:96] - 1'h1;
+  assign \$8  = $signed(\$7 ) - $signed({ 1'h0, cmd[104:102] });
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$41  = \$1 ;
-    if (rst) begin
-      \$41  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$42  = \$2 ;
-    if (rst) begin
-      \$42  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$43  = \$3 ;
-    if (rst) begin
-      \$43  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$44  = \$4 ;
-    if (rst) begin
-      \$44  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$45  = \$5 ;
-    if (rst) begin
-      \$45  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$46  = \$6 ;
-    if (rst) begin
-      \$46  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$47  = \$7 ;
-    if (rst) begin
-      \$47  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$48  = \$8 ;
-    if (rst) begin
-      \$48  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$49  = \$9 ;
-    if (rst) begin
-      \$49  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$50  = mul_a;
+    \$59  = sizes;
     if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$10 ) begin
-        casez (step)
-          4'h0:
-              \$50  = cmd[31:16];
-          4'h1:
-              \$50  = cmd[15:0];
-          4'h2:
-              \$50  = cmd[63:48];
-          4'h3:
-              \$50  = cmd[47:32];
-          4'h4:
-              \$50  = { 12'h000, cmd[99:96] };
-          4'h5:
-              \$50  = gin_e;
-          4'h6:
-              \$50  = cmd[95:80];
-          4'h7:
-              \$50  = { 13'h0000, cmd[104:102] };
-          4'h8:
-              \$50  = { 13'h0000, cmd[107:105] };
+      \$59 [88:80] = { 3'h0, \$6  };
+    end
+    if (enable) begin
+      if (\$19 ) begin
+      end else if (a_zero0) begin
+        casez (step0)
+          2'h0:
+              \$59 [14:0] = \$23 ;
+          2'h1:
+              \$59 [29:15] = \$26 ;
+          2'h2:
+              \$59 [123:107] = \$27 ;
         endcase
-      end else if (a_zero) begin
-      end else begin
-        \$50  = \$35 ;
+      end
+      if (\$36 ) begin
+      end else if (a_zero1) begin
+        casez (step1)
+          2'h0:
+              \$59 [54:30] = \$38 ;
+          2'h1:
+              \$59 [79:55] = \$39 ;
+          2'h2:
+              \$59 [140:124] = \$42 ;
+        endcase
+      end
+      if (\$50 ) begin
+      end else if (a_zero2) begin
+        casez (step2)
+          2'h0:
+              \$59 [97:89] = \$52 ;
+          2'h1:
+              \$59 [106:98] = \$53 ;
+        endcase
       end
     end
     if (rst) begin
-      \$50  = 16'h0000;
+      \$59  = 222'h00000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$51  = mul_b;
+    \$60  = \$16 ;
+    if (rst) begin
+      \$60  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$61  = \$17 ;
+    if (rst) begin
+      \$61  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$62  = \$18 ;
+    if (rst) begin
+      \$62  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$63  = mul_a0;
     if (enable) begin
       (* full_case = 32'd1 *)
-      if (\$10 ) begin
-        casez (step)
-          4'h0:
-              \$51  = { 9'h000, cmd[79:64] };
-          4'h1:
-              \$51  = { 10'h000, sizes[14:0] };
-          4'h2:
-              \$51  = { 3'h0, gout_o };
-          4'h3:
-              \$51  = sizes[54:30];
-          4'h4:
-              \$51  = { 21'h000000, cmd[99:96] };
-          4'h5:
-              \$51  = { 16'h0000, sizes[88:80] };
-          4'h6:
-              \$51  = { 16'h0000, sizes[97:89] };
-          4'h7:
-              \$51  = { 10'h000, sizes[14:0] };
-          4'h8:
-              \$51  = { 9'h000, cmd[79:64] };
+      if (\$19 ) begin
+        casez (step0)
+          2'h0:
+              \$63  = cmd[79:64];
+          2'h1:
+              \$63  = cmd[15:0];
+          2'h2:
+              \$63  = { 13'h0000, cmd[104:102] };
         endcase
-      end else if (a_zero) begin
+      end else if (a_zero0) begin
       end else begin
-        \$51  = \$36 [24:0];
+        \$63  = \$28 ;
       end
     end
     if (rst) begin
-      \$51  = 25'h0000000;
+      \$63  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$52  = prod;
+    \$64  = mul_b0;
     if (enable) begin
       (* full_case = 32'd1 *)
-      if (\$10 ) begin
-        casez (step)
-          4'h0:
-              \$52  = 25'h0000000;
-          4'h1:
-              \$52  = 25'h0000000;
-          4'h2:
-              \$52  = 25'h0000000;
-          4'h3:
-              \$52  = 25'h0000000;
-          4'h4:
-              \$52  = 25'h0000000;
-          4'h5:
-              \$52  = 25'h0000000;
-          4'h6:
-              \$52  = 25'h0000000;
-          4'h7:
-              \$52  = 25'h0000000;
-          4'h8:
-              \$52  = 25'h0000000;
+      if (\$19 ) begin
+        casez (step0)
+          2'h0:
+              \$64  = { 1'h0, cmd[31:16] };
+          2'h1:
+              \$64  = { 2'h0, sizes[14:0] };
+          2'h2:
+              \$64  = { 2'h0, sizes[14:0] };
         endcase
-      end else if (a_zero) begin
+      end else if (a_zero0) begin
       end else begin
-        if (mul_a[0]) begin
-          \$52  = mul_sum[24:0];
+        \$64  = \$29 [16:0];
+      end
+    end
+    if (rst) begin
+      \$64  = 17'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$65  = prod0;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$19 ) begin
+        casez (step0)
+          2'h0:
+              \$65  = 17'h00000;
+          2'h1:
+              \$65  = 17'h00000;
+          2'h2:
+              \$65  = 17'h00000;
+        endcase
+      end else if (a_zero0) begin
+      end else begin
+        if (mul_a0[0]) begin
+          \$65  = mul_sum0[16:0];
         end
       end
     end
     if (rst) begin
-      \$52  = 25'h0000000;
+      \$65  = 17'h00000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$53  = ovf;
+    \$66  = ovf0;
     if (enable) begin
       (* full_case = 32'd1 *)
-      if (\$10 ) begin
-        casez (step)
-          4'h0:
-              \$53  = 1'h0;
-          4'h1:
-              \$53  = 1'h0;
-          4'h2:
-              \$53  = 1'h0;
-          4'h3:
-              \$53  = 1'h0;
-          4'h4:
-              \$53  = 1'h0;
-          4'h5:
-              \$53  = 1'h0;
-          4'h6:
-              \$53  = 1'h0;
-          4'h7:
-              \$53  = 1'h0;
-          4'h8:
-              \$53  = 1'h0;
+      if (\$19 ) begin
+        casez (step0)
+          2'h0:
+              \$66  = 1'h0;
+          2'h1:
+              \$66  = 1'h0;
+          2'h2:
+              \$66  = 1'h0;
         endcase
-      end else if (a_zero) begin
+      end else if (a_zero0) begin
       end else begin
-        if (mul_a[0]) begin
-          if (\$39 ) begin
-            \$53  = 1'h1;
+        if (mul_a0[0]) begin
+          if (\$32 ) begin
+            \$66  = 1'h1;
           end
         end
       end
     end
     if (rst) begin
-      \$53  = 1'h0;
+      \$66  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$54  = a_zero;
+    \$67  = a_zero0;
     if (enable) begin
       (* full_case = 32'd1 *)
-      if (\$10 ) begin
-        casez (step)
-          4'h0:
-              \$54  = 1'h0;
-          4'h1:
-              \$54  = a_zero_1;
-          4'h2:
-              \$54  = a_zero_2;
-          4'h3:
-              \$54  = a_zero_3;
-          4'h4:
-              \$54  = a_zero_4;
-          4'h5:
-              \$54  = a_zero_5;
-          4'h6:
-              \$54  = a_zero_6;
-          4'h7:
-              \$54  = a_zero_7;
-          4'h8:
-              \$54  = a_zero_8;
+      if (\$19 ) begin
+        casez (step0)
+          2'h0:
+              \$67  = 1'h0;
+          2'h1:
+              \$67  = a_zero0_1;
+          2'h2:
+              \$67  = a_zero0_2;
         endcase
-      end else if (a_zero) begin
+      end else if (a_zero0) begin
       end else begin
-        \$54  = \$38 ;
+        \$67  = \$31 ;
       end
     end
     if (rst) begin
-      \$54  = 1'h0;
+      \$67  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$55  = b_big;
+    \$68  = b_big0;
     if (enable) begin
       (* full_case = 32'd1 *)
-      if (\$10 ) begin
-        casez (step)
-          4'h0:
-              \$55  = 1'h0;
-          4'h1:
-              \$55  = 1'h0;
-          4'h2:
-              \$55  = 1'h0;
-          4'h3:
-              \$55  = 1'h0;
-          4'h4:
-              \$55  = 1'h0;
-          4'h5:
-              \$55  = 1'h0;
-          4'h6:
-              \$55  = 1'h0;
-          4'h7:
-              \$55  = 1'h0;
-          4'h8:
-              \$55  = 1'h0;
+      if (\$19 ) begin
+        casez (step0)
+          2'h0:
+              \$68  = 1'h0;
+          2'h1:
+              \$68  = 1'h0;
+          2'h2:
+              \$68  = 1'h0;
         endcase
-      end else if (a_zero) begin
+      end else if (a_zero0) begin
       end else begin
-        \$55  = \$37 ;
+        \$68  = \$30 ;
       end
     end
     if (rst) begin
-      \$55  = 1'h0;
+      \$68  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$56  = mul_run;
+    \$69  = mul_run0;
     if (enable) begin
-      if (\$10 ) begin
-        casez (step)
-          4'h0:
-              \$56  = 1'h1;
-          4'h1:
-              \$56  = 1'h1;
-          4'h2:
-              \$56  = 1'h1;
-          4'h3:
-              \$56  = 1'h1;
-          4'h4:
-              \$56  = 1'h1;
-          4'h5:
-              \$56  = 1'h1;
-          4'h6:
-              \$56  = 1'h1;
-          4'h7:
-              \$56  = 1'h1;
-          4'h8:
-              \$56  = 1'h1;
+      if (\$19 ) begin
+        casez (step0)
+          2'h0:
+              \$69  = 1'h1;
+          2'h1:
+              \$69  = 1'h1;
+          2'h2:
+              \$69  = 1'h1;
         endcase
-      end else if (a_zero) begin
-        \$56  = 1'h0;
+      end else if (a_zero0) begin
+        \$69  = 1'h0;
       end
     end
     if (clear) begin
-      \$56  = 1'h0;
+      \$69  = 1'h0;
     end
     if (rst) begin
-      \$56  = 1'h0;
+      \$69  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$57  = step;
+    \$70  = step0;
     if (enable) begin
-      if (\$10 ) begin
-      end else if (a_zero) begin
-        \$57  = \$11 [3:0];
+      if (\$19 ) begin
+      end else if (a_zero0) begin
+        \$70  = \$20 [1:0];
       end
     end
     if (clear) begin
-      \$57  = 4'h0;
+      \$70  = 2'h0;
     end
     if (rst) begin
-      \$57  = 4'h0;
+      \$70  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$58  = sizes;
-    if (enable) begin
-      if (\$10 ) begin
-      end else if (a_zero) begin
-        casez (step)
-          4'h0:
-              \$58 [14:0] = \$14 ;
-          4'h1:
-              \$58 [29:15] = \$17 ;
-          4'h2:
-              \$58 [54:30] = \$18 ;
-          4'h3:
-              \$58 [79:55] = \$19 ;
-          4'h4:
-              \$58 [88:80] = \$22 ;
-          4'h5:
-              \$58 [97:89] = \$25 ;
-          4'h6:
-              \$58 [106:98] = \$28 ;
-          4'h7:
-              \$58 [123:107] = \$31 ;
-          4'h8:
-              \$58 [140:124] = \$34 ;
-        endcase
-      end
-    end
+    \$71  = \$33 ;
     if (rst) begin
-      \$58  = 188'h00000000000000000000000000000000000000000000000;
+      \$71  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    ready = 1'h0;
-    if (enable) begin
-      if (\$40 ) begin
-        (* full_case = 32'd1 *)
-        casez (step)
-          4'h0:
-              /* empty */;
-          4'h1:
-              /* empty */;
-          4'h2:
-              /* empty */;
-          4'h3:
-              /* empty */;
-          4'h4:
-              /* empty */;
-          4'h5:
-              /* empty */;
-          4'h6:
-              /* empty */;
-          4'h7:
-              /* empty */;
-          4'h8:
-              /* empty */;
-          default:
-              ready = 1'h1;
-        endcase
-      end
+    \$72  = \$34 ;
+    if (rst) begin
+      \$72  = 1'h0;
     end
   end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$73  = \$35 ;
+    if (rst) begin
+      \$73  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$74  = mul_a1;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$36 ) begin
+        casez (step1)
+          2'h0:
+              \$74  = gout_o;
+          2'h1:
+              \$74  = { 6'h00, cmd[47:32] };
+          2'h2:
+              \$74  = { 19'h00000, cmd[107:105] };
+        endcase
+      end else if (a_zero1) begin
+      end else begin
+        \$74  = \$43 ;
+      end
+    end
+    if (rst) begin
+      \$74  = 22'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$75  = mul_b1;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$36 ) begin
+        casez (step1)
+          2'h0:
+              \$75  = { 9'h000, cmd[63:48] };
+          2'h1:
+              \$75  = sizes[54:30];
+          2'h2:
+              \$75  = { 9'h000, cmd[79:64] };
+        endcase
+      end else if (a_zero1) begin
+      end else begin
+        \$75  = \$44 [24:0];
+      end
+    end
+    if (rst) begin
+      \$75  = 25'h0000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$76  = prod1;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$36 ) begin
+        casez (step1)
+          2'h0:
+              \$76  = 25'h0000000;
+          2'h1:
+              \$76  = 25'h0000000;
+          2'h2:
+              \$76  = 25'h0000000;
+        endcase
+      end else if (a_zero1) begin
+      end else begin
+        if (mul_a1[0]) begin
+          \$76  = mul_sum1[24:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$76  = 25'h0000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$77  = ovf1;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$36 ) begin
+        casez (step1)
+          2'h0:
+              \$77  = 1'h0;
+          2'h1:
+              \$77  = 1'h0;
+          2'h2:
+              \$77  = 1'h0;
+        endcase
+      end else if (a_zero1) begin
+      end else begin
+        if (mul_a1[0]) begin
+          if (\$47 ) begin
+            \$77  = 1'h1;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$77  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$78  = a_zero1;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$36 ) begin
+        casez (step1)
+          2'h0:
+              \$78  = 1'h0;
+          2'h1:
+              \$78  = a_zero1_1;
+          2'h2:
+              \$78  = a_zero1_2;
+        endcase
+      end else if (a_zero1) begin
+      end else begin
+        \$78  = \$46 ;
+      end
+    end
+    if (rst) begin
+      \$78  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$79  = b_big1;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$36 ) begin
+        casez (step1)
+          2'h0:
+              \$79  = 1'h0;
+          2'h1:
+              \$79  = 1'h0;
+          2'h2:
+              \$79  = 1'h0;
+        endcase
+      end else if (a_zero1) begin
+      end else begin
+        \$79  = \$45 ;
+      end
+    end
+    if (rst) begin
+      \$79  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$80  = mul_run1;
+    if (enable) begin
+      if (\$36 ) begin
+        casez (step1)
+          2'h0:
+              \$80  = 1'h1;
+          2'h1:
+              \$80  = 1'h1;
+          2'h2:
+              \$80  = 1'h1;
+        endcase
+      end else if (a_zero1) begin
+        \$80  = 1'h0;
+      end
+    end
+    if (clear) begin
+      \$80  = 1'h0;
+    end
+    if (rst) begin
+      \$80  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$81  = step1;
+    if (enable) begin
+      if (\$36 ) begin
+      end else if (a_zero1) begin
+        \$81  = \$37 [1:0];
+      end
+    end
+    if (clear) begin
+      \$81  = 2'h0;
+    end
+    if (rst) begin
+      \$81  = 2'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$82  = \$48 ;
+    if (rst) begin
+      \$82  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$83  = \$49 ;
+    if (rst) begin
+      \$83  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$84  = mul_a2;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$50 ) begin
+        casez (step2)
+          2'h0:
+              \$84  = gin_e;
+          2'h1:
+              \$84  = cmd[95:80];
+        endcase
+      end else if (a_zero2) begin
+      end else begin
+        \$84  = \$54 ;
+      end
+    end
+    if (rst) begin
+      \$84  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$85  = mul_b2;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$50 ) begin
+        casez (step2)
+          2'h0:
+              \$85  = { 3'h0, \$6  };
+          2'h1:
+              \$85  = sizes[97:89];
+        endcase
+      end else if (a_zero2) begin
+      end else begin
+        \$85  = \$55 [8:0];
+      end
+    end
+    if (rst) begin
+      \$85  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$86  = prod2;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$50 ) begin
+        casez (step2)
+          2'h0:
+              \$86  = 9'h000;
+          2'h1:
+              \$86  = 9'h000;
+        endcase
+      end else if (a_zero2) begin
+      end else begin
+        if (mul_a2[0]) begin
+          \$86  = mul_sum2[8:0];
+        end
+      end
+    end
+    if (rst) begin
+      \$86  = 9'h000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$87  = ovf2;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$50 ) begin
+        casez (step2)
+          2'h0:
+              \$87  = 1'h0;
+          2'h1:
+              \$87  = 1'h0;
+        endcase
+      end else if (a_zero2) begin
+      end else begin
+        if (mul_a2[0]) begin
+          if (\$58 ) begin
+            \$87  = 1'h1;
+          end
+        end
+      end
+    end
+    if (rst) begin
+      \$87  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$88  = a_zero2;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$50 ) begin
+        casez (step2)
+          2'h0:
+              \$88  = 1'h0;
+          2'h1:
+              \$88  = a_zero2_1;
+        endcase
+      end else if (a_zero2) begin
+      end else begin
+        \$88  = \$57 ;
+      end
+    end
+    if (rst) begin
+      \$88  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$89  = b_big2;
+    if (enable) begin
+      (* full_case = 32'd1 *)
+      if (\$50 ) begin
+        casez (step2)
+          2'h0:
+              \$89  = 1'h0;
+          2'h1:
+              \$89  = 1'h0;
+        endcase
+      end else if (a_zero2) begin
+      end else begin
+        \$89  = \$56 ;
+      end
+    end
+    if (rst) begin
+      \$89  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$90  = mul_run2;
+    if (enable) begin
+      if (\$50 ) begin
+        casez (step2)
+          2'h0:
+              \$90  = 1'h1;
+          2'h1:
+              \$90  = 1'h1;
+        endcase
+      end else if (a_zero2) begin
+        \$90  = 1'h0;
+      end
+    end
+    if (clear) begin
+      \$90  = 1'h0;
+    end
+    if (rst) begin
+      \$90  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$91  = step2;
+    if (enable) begin
+      if (\$50 ) begin
+      end else if (a_zero2) begin
+        \$91  = \$51 [1:0];
+      end
+    end
+    if (clear) begin
+      \$91  = 2'h0;
+    end
+    if (rst) begin
+      \$91  = 2'h0;
+    end
+  end
+  assign kk = { 3'h0, \$6  };
+  assign \$signal  = \$8 [2:0];
+  assign kl = \$9 [2:0];
+  assign \$signal$4  = \$11 [2:0];
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -9918,15 +10375,21 @@ module \psc_core.sizes$168 (rst, cmd, gin_e, gout_o, clear, enable, sizes, ready
   assign \sizes.n_w  = sizes[106:98];
   assign \sizes.pt_wg  = sizes[123:107];
   assign \sizes.pl_g  = sizes[140:124];
-  assign \sizes.plane  = sizes[155:141];
-  assign \sizes.n_dw  = sizes[170:156];
-  assign \sizes.pt_ws  = sizes[187:171];
-  assign \$35  = { 1'h0, mul_a[15:1] };
-  assign \$36  = { mul_b, 1'h0 };
+  assign \sizes.kr_wg  = sizes[157:141];
+  assign \sizes.c0_g  = sizes[174:158];
+  assign \sizes.plane  = sizes[189:175];
+  assign \sizes.n_dw  = sizes[204:190];
+  assign \sizes.pt_ws  = sizes[221:205];
+  assign \$28  = { 1'h0, mul_a0[15:1] };
+  assign \$29  = { mul_b0, 1'h0 };
+  assign \$43  = { 1'h0, mul_a1[21:1] };
+  assign \$44  = { mul_b1, 1'h0 };
+  assign \$54  = { 1'h0, mul_a2[15:1] };
+  assign \$55  = { mul_b2, 1'h0 };
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1445$0 , \port$1515$0 , level, clk);
+module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1532$0 , \port$1602$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$15  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -9951,10 +10414,10 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1445$0 , \po
   wire consume;
   output [1:0] level;
   reg [1:0] level = 2'h0;
-  input [26:0] \port$1445$0 ;
-  wire [26:0] \port$1445$0 ;
-  input [26:0] \port$1515$0 ;
-  wire [26:0] \port$1515$0 ;
+  input [26:0] \port$1532$0 ;
+  wire [26:0] \port$1532$0 ;
+  input [26:0] \port$1602$0 ;
+  wire [26:0] \port$1602$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [53:0] r_data;
@@ -9986,7 +10449,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1445$0 , \po
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1515$0 , \port$1445$0  };
+      storage[w_port__addr] <= { \port$1602$0 , \port$1532$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -10048,8 +10511,8 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1445$0 , \po
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1515$0 , \port$1445$0  };
-  assign w_data = { \port$1515$0 , \port$1445$0  };
+  assign w_port__data = { \port$1602$0 , \port$1532$0  };
+  assign w_data = { \port$1602$0 , \port$1532$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule

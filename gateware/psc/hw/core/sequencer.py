@@ -192,6 +192,8 @@ class Sequencer(wiring.Component):
             row_end = s["below"][5]          # the beat ends an output row
             words_ok = ~self.dwp & Mux(s["flags"][4], self.words_in >= s["nwr"],
                                        self.words_in >= s["nwa"])
+            if cc.fmap_ram == "spram":
+                words_ok = 0                 # it never reads while it loads
             m.d.sync += [
                 self.loaded.eq(self.cmd.keep | (self.weights_done & self.params_done)),
                 s["rows_ok"].eq((self.rows_in >= Mux(row_end, s["need"] + self.cmd.stride,
