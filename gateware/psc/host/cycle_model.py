@@ -13,13 +13,16 @@ The model follows the core's docstring, stage by stage:
 * setup: the derived sizes by the shift-and-add multipliers, their chains
   side by side (:func:`~psc.hw.core.setup.setup_cycles`);
 * loading: the weights and parameters arrive on their own streams at one
-  beat per cycle; the first beat waits for the longer of the two, and for
-  the input words its first output row needs (all of the tile's input on a
-  ``fmap_ram="spram"`` build, which loads before it computes);
-* compute, output row by output row: a row starts when the input rows it
-  needs have arrived, and lasts the longer of its MAC beats and the
-  requantiser's time for its output beats (``Requantizer.rate_of`` cycles
-  each), as the array stalls behind a slower requantiser;
+  beat per cycle; the first beat waits for the longer of the two (and for
+  all of the tile's input on a ``fmap_ram="spram"`` build, which loads
+  before it computes);
+* compute, output pixel by output pixel: a pixel starts when the input rows
+  its output row needs have arrived or the input words up to the next
+  pixel's window (a row's last pixel: the next row's second pixel's), and
+  lasts the longer of its MAC beats and the requantiser's time for its
+  output beats (``Requantizer.rate_of`` cycles each), as the array stalls
+  behind a slower requantiser (a depthwise layer on a ``depthwise="pixels"``
+  build: output row by output row, on its input rows);
 * the pipeline's latency after the last beat (the MAC array's, the
   requantiser's for a command that makes outputs, the read register's) and
   a few cycles of handshakes.

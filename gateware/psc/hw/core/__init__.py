@@ -129,8 +129,9 @@ class PSCConvCore(wiring.Component):
     with ``sums_fifo``). The
     sequencer issues one beat per cycle from a cycle after the weights and
     parameters are loaded and the input rows its output row needs have
-    arrived (so loading the input overlaps the computation),
-    unless ``act_out`` stalls. Setup computes the command's derived sizes
+    arrived, or (on a build whose input buffer is block RAM) the input
+    words up to the next pixel's window (so loading the input overlaps the
+    computation), unless ``act_out`` stalls. Setup computes the command's derived sizes
     with a few shift-and-add multipliers side by side (one cycle per
     significant bit of each factor, :func:`~psc.hw.core.setup.setup_cycles`
     in all, some ten cycles) into registers sized by what the build can
@@ -138,7 +139,7 @@ class PSCConvCore(wiring.Component):
     largest value, which is above the limit it is checked against, so a
     command with huge fields is refused, never wrapped into one that passes.
     A command costs about
-    ``setup + weights + params + first input rows
+    ``setup + weights + params + first input words
     + out_h*out_w*gout*K*K*gin' + latency`` cycles.
 
     Status: ``busy`` from a command's acceptance to its end; ``done`` is a
