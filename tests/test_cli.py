@@ -58,7 +58,7 @@ def test_handlers_get_parsed_values_and_the_preset(calls):
     assert n_kw == {"seed": 0}
     cli.main(["build", "--board", "ulx3s", "--seeds", "3", "--workers", "0"])
     assert {k: calls[-1][2][k] for k in ("seed", "seeds", "workers")} == {
-        "seed": 1, "seeds": 3, "workers": 0}
+        "seed": None, "seeds": 3, "workers": 0}
     cli.main(["compare", "--target", "ecp5-25k", "--cycles", "none"])
     assert calls[-1][2]["levels"] == synth.LEVELS and calls[-1][2]["cycles_layers"] == ()
     # a preset, target or board names the bench's build

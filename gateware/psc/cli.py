@@ -582,7 +582,7 @@ def _build(args):
         if getattr(args, option) is not None and args.seeds is None:
             raise _BadOption(f"psc build: --{option} needs --seeds")
     return board.main(args.board, config, baud=args.baud,
-                      build_dir=args.build_dir, seed=1 if args.seed is None else args.seed,
+                      build_dir=args.build_dir, seed=args.seed,
                       as_json=args.json,
                       core_hz=core_hz, mode=args.mode, seeds=args.seeds,
                       scheduler=args.scheduler, workers=args.workers)
@@ -607,7 +607,8 @@ def _add_build(sub):
                    help="build directory, not under /tmp (default build/board/<board>, "
                         "build/board/<board>-network)")
     p.add_argument("--seed", type=_int_at_least(0),
-                   help="nextpnr placer seed (default 1)")
+                   help="nextpnr placer seed (default: the board's for the mode, "
+                        "psc.flow.board.BOARDS: icebreaker 2, ulx3s 1, ulx3s network 2)")
     p.add_argument("--seeds", type=_int_at_least(1), metavar="N",
                    help="build seeds 1..N, each in <build dir>/seed<N>, as tasks on a Dask "
                         "cluster (--scheduler, --workers), and print each seed's Fmax and "

@@ -62,6 +62,8 @@ class Board:
     ``core_hz``); :attr:`pll` holds the tile mode's settings and
     :attr:`clk_hz` the frequency its design really runs at,
     :meth:`pll_for` and :meth:`clk_hz_for` those of either mode.
+    ``seeds`` maps a mode to its default nextpnr placer seed (1 when absent):
+    one whose build meets the board's clock with the current design.
     """
     name: str
     platform: str          # "module:Class" in amaranth_boards
@@ -71,6 +73,12 @@ class Board:
     device: str
     capacity_cells: tuple  # nextpnr cell types shown in the report
     network_hz: float | None = None
+    seeds: tuple = ()      # (mode, seed) pairs
+
+    def default_seed(self, mode="tile"):
+        """The placer seed a build in ``mode`` uses unless told another."""
+        _check_mode(mode)
+        return dict(self.seeds).get(mode, 1)
 
     def requested_hz(self, mode="tile"):
         """The clock asked of the PLL in ``mode`` (:data:`MODES`)."""
@@ -107,11 +115,11 @@ BOARDS = {
     "icebreaker": Board("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform",
                         12e6, 33e6, "ice40", "iCE40UP5K-SG48",
                         ("ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_DSP", "ICESTORM_SPRAM",
-                         "ICESTORM_PLL", "SB_IO")),
+                         "ICESTORM_PLL", "SB_IO"), seeds=(("tile", 2),)),
     "ulx3s": Board("ulx3s", "amaranth_boards.ulx3s:ULX3S_25F_Platform", 25e6, 100e6,
                    "ecp5", "LFE5U-25F-CABGA381",
                    ("TRELLIS_COMB", "TRELLIS_FF", "DP16KD", "MULT18X18D", "EHXPLLL",
-                    "TRELLIS_IO"), network_hz=85e6),
+                    "TRELLIS_IO"), network_hz=85e6, seeds=(("network", 2),)),
 }
 
 
@@ -187,12 +195,13 @@ def default_build_dir(board, mode="tile"):
     return build_root() / "board" / (board if mode == "tile" else f"{board}-{mode}")
 
 
-def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, config=None, core_hz=None,
+def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=None, config=None, core_hz=None,
           log=None, mode="tile"):
     """Build the bitstream of ``board`` in ``mode`` (:data:`MODES`) with its PLL at
     ``core_hz`` (default: the board's clock of ``mode``); returns a report dict.
 
-    Keys: ``board``, ``mode``, ``device``, ``config`` (repr of the core configuration, or in
+    Keys: ``board``, ``mode``, ``seed`` (the placer seed, by default the board's for
+    ``mode``: :meth:`Board.default_seed`), ``device``, ``config`` (repr of the core configuration, or in
     network mode of the engine's),
     ``baud``, ``divisor``, ``osc_mhz`` (the board oscillator),
     ``pll_requested_mhz``, ``clk_mhz`` (the PLL's achieved frequency, the
@@ -208,6 +217,7 @@ def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, config=None, core
     b = _check_board(board)
     bc = bridge_config(board, baud, config, core_hz, mode)
     pll = board_pll(board, core_hz, mode)
+    seed = b.default_seed(mode) if seed is None else seed
     options = _build_options(b, bc.core, seed)
     build_dir = check_not_tmp("build_dir", build_dir or default_build_dir(board, mode))
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +249,7 @@ def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, config=None, core
         dsp = (check.registered, check.total)
         found = toolchain.icetime(build_dir, f"{NAME}.asc", pcf=f"{NAME}.pcf", clk_mhz=clk_mhz)
         icetime = found.mhz if found else None
-    return {"board": board, "mode": mode, "device": b.device,
+    return {"board": board, "mode": mode, "seed": seed, "device": b.device,
             "config": repr(bc.engine if mode == "network" else bc.core), "baud": baud,
             "dsp_registered": dsp, "icetime_mhz": icetime,
             "icetime_met": None if icetime is None else icetime >= clk_mhz,
@@ -343,7 +353,7 @@ def format_seeds(reports):
     return "\n".join(lines)
 
 
-def main(board, config=None, *, baud=DEFAULT_BAUD, build_dir=None, seed=1, as_json=False,
+def main(board, config=None, *, baud=DEFAULT_BAUD, build_dir=None, seed=None, as_json=False,
          core_hz=None, mode="tile", seeds=None, scheduler=None, workers=None):
     """``psc build`` (parser in :mod:`psc.cli`): build ``board`` with ``config`` (default: its
     preset) and its PLL at ``core_hz`` (default: the board's), print the report (JSON with
