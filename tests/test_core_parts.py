@@ -26,7 +26,7 @@ from psc.hw.core import (KIND_DEPTHWISE, KIND_STANDARD, MAX_OUTPUTS, CoreConfig,
 from psc.hw.core.buffers import LoadBuffer
 from psc.hw.core.fetch import Fetch
 from psc.hw.core.input_buffer import InputAddressMap, InputBuffer
-from psc.hw.core.layouts import fetch_layout, output_groups, sizes_layout
+from psc.hw.core.layouts import bank_count, fetch_layout, output_groups, sizes_layout
 from psc.hw.core.output import OutputStage
 from psc.hw.core.sequencer import Sequencer
 from psc.hw.requantize import Requantizer
@@ -220,7 +220,7 @@ def _accepted_commands(cc, n, seed):
                     out_w=max(1, (in_w + pl - k) // stride + 1))
         sizes, _ = _sizes(cc, f)
         gin_e = 1 if kind == KIND_DEPTHWISE else gin
-        bank = cc.fmap_depth // (cc.pe.rows if cc.pe.depthwise != "diagonal" else 1)
+        bank = cc.fmap_depth // bank_count(cc)
         if (sizes["n_in"] <= bank and sizes["n_dw"] <= bank and sizes["n_w"] <= cc.weight_depth
                 and gin_e * k * k * cc.pe.lanes <= cc.pe.max_reduction
                 and output_groups(cc, kind, gout) <= cc.param_depth):
