@@ -13,8 +13,11 @@ Simulated time stands still while the host thinks: when the board is idle
 nothing, the bench waits for the host without advancing the clock. So the
 cycles the bench counts are the board's and the line's, as with a host that
 answers at once. It records every *turn* (from the first byte the host sends
-after such a wait to the next wait): its first and last cycle and the bytes each
-way, in ``turns.jsonl`` of the run directory.
+after such a wait to the next wait, once the board has answered): its first and
+last cycle and the bytes each way, in ``turns.jsonl`` of the run directory. Host
+bytes that arrive before the board has answered belong to the turn they follow,
+so a frame that reaches the socket in several TCP segments (the host writes long
+frames in pieces, and under load they can arrive bit times apart) is one turn.
 
 Job (``PSC_JOB``, JSON): ``divisor``, ``port_file`` (where the bench writes the
 port it listens on), ``stop_file`` (the host creates it when done), ``turns``
@@ -84,13 +87,17 @@ async def _run(dut, job, connections):
             continue
         conn, _ = server.accept()
         turn = None
+        held = None                  # a quiet turn the board has not answered yet
         quiet = 0                    # bit times with the board idle and nothing on the lines
         idle_since = now()
 
         def close(end):
             turn["end"] = end
+            if not turn["out"]:
+                return turn          # held: the host's next bytes continue it
             log.write(json.dumps(turn) + "\n")
             log.flush()
+            return None
 
         while True:
             idle = (not writing and not busy_writing[0] and not pins.rx_bytes
@@ -99,7 +106,7 @@ async def _run(dut, job, connections):
                 idle_since = now()
             quiet = quiet + 1 if idle else 0
             if turn is not None and quiet > 20:
-                close(idle_since)
+                held = close(idle_since)
                 turn = None
             block = turn is None
             ready, _, _ = select.select([conn], [], [], 0.2 if block else 0)
@@ -107,11 +114,13 @@ async def _run(dut, job, connections):
                 data = conn.recv(65536)
                 if not data:
                     break            # the host closed the port
-                if turn is not None and quiet >= 2:
-                    close(idle_since)  # the host answered a finished exchange
+                # the host answers a finished exchange: the board idle since it last sent
+                # (the host reads its last byte, so it can answer a bit time later at once)
+                if turn is not None and turn["out"] and quiet:
+                    close(idle_since)
                     turn = None
                 if turn is None:
-                    turn = {"start": now(), "in": 0, "out": 0}
+                    turn, held = held or {"start": now(), "in": 0, "out": 0}, None
                     quiet = 0
                 turn["in"] += len(data)
                 writing.extend(data)
@@ -127,7 +136,9 @@ async def _run(dut, job, connections):
                     turn["out"] += len(out)
                 conn.sendall(out)
         if turn is not None:
-            close(idle_since if quiet else now())
+            held = close(idle_since if quiet else now())
+        if held is not None:
+            log.write(json.dumps(held) + "\n")
         conn.close()
         connections.append({"end": now()})
     log.close()
