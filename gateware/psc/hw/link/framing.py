@@ -66,11 +66,15 @@ class FrameReceiver(wiring.Component):
         limit = self._timeout * self._divisor
         if limit:
             idle = Signal(range(limit))
+            # `idle == limit - 1`, kept as a flag a cycle ahead: `reading` comes from the
+            # parser's state, so a compare of the count would sit between that state and
+            # its next one
+            last = Signal()
             with m.If(self.reading & ~fifo.r_rdy):
-                m.d.sync += idle.eq(idle + 1)
-                m.d.comb += self.timed_out.eq(idle == limit - 1)
+                m.d.sync += [idle.eq(idle + 1), last.eq(idle == limit - 2)]
+                m.d.comb += self.timed_out.eq(last)
             with m.Else():
-                m.d.sync += idle.eq(0)
+                m.d.sync += [idle.eq(0), last.eq(0)]
         return m
 
 
@@ -127,6 +131,9 @@ class ReplyTransmitter(wiring.Component):
         idx = Signal(range(most + 1))
         idx_q = Signal.like(idx)            # `idx` a cycle late, with `group`
         left = Signal(range(most + 1))      # bytes left in the frame
+        # `left == 0` as a flag of its own: it decides `reply_ack` and `words.ready`, which
+        # lead into the bridge's state, so no compare of the count should sit in front
+        done = Signal(init=1)
         group = Signal(32)
         fresh = Signal()
         frames = {1: [Const(b, 8) for b in ident],
@@ -139,25 +146,26 @@ class ReplyTransmitter(wiring.Component):
                      group.eq(Mux(mode == 1, groups(frames[1]).word_select(idx[2:], 32),
                                   groups(frames[2]).word_select(idx[2:], 32)))]
         m.d.comb += [utx.i.payload.eq(Mux(mode == 0, sh[:8], group.word_select(idx_q[:2], 8))),
-                     utx.i.valid.eq((left != 0) & (fresh | (mode == 0)))]
+                     utx.i.valid.eq(~done & (fresh | (mode == 0)))]
         with m.If(utx.i.valid & utx.i.ready):
-            m.d.sync += [sh.eq(sh >> 8), idx.eq(idx + 1), left.eq(left - 1), fresh.eq(0)]
+            m.d.sync += [sh.eq(sh >> 8), idx.eq(idx + 1), left.eq(left - 1), fresh.eq(0),
+                         done.eq(left == 1)]
 
         with m.If(self.owed_none):
             m.d.comb += [self.words.ready.eq(1), self.extra.eq(self.words.valid)]
-        with m.Elif(left == 0):
+        with m.Elif(done):
             m.d.comb += self.words.ready.eq(1)
             with m.If(self.words.valid):
-                m.d.sync += [sh.eq(self.words.payload), mode.eq(0), left.eq(nb),
+                m.d.sync += [sh.eq(self.words.payload), mode.eq(0), left.eq(nb), done.eq(0),
                              self.real.eq(self.real + 1)]
             with m.Elif(self.pad):
                 m.d.comb += self.short.eq(1)
-                m.d.sync += [sh.eq(0), mode.eq(0), left.eq(nb)]
+                m.d.sync += [sh.eq(0), mode.eq(0), left.eq(nb), done.eq(0)]
             with m.If(self.words.valid | self.pad):
                 m.d.sync += [owed.eq(owed - 1), self.owed_none.eq(owed == 1)]
-        with m.If((left == 0) & ~self.words.valid & (self.reply != 0)):
+        with m.If(done & ~self.words.valid & (self.reply != 0)):
             m.d.comb += self.reply_ack.eq(1)
-            m.d.sync += [mode.eq(self.reply), idx.eq(0), fresh.eq(0)]
+            m.d.sync += [mode.eq(self.reply), idx.eq(0), fresh.eq(0), done.eq(0)]
             with m.If(self.reply == 1):
                 m.d.sync += left.eq(len(ident))
             with m.Else():
