@@ -198,6 +198,7 @@ def _residual(rng, output):
 
 @pytest.mark.parametrize("name, output, op_values", [("ice40-up5k", "f", 1),
                                                       ("ecp5-25k", "logits", 1),
+                                                      ("ecp5-25k", "logits", 3),
                                                       ("tiny", "f", 2)])
 def test_engine_runs_every_op_of_a_residual_network(name, output, op_values):
     """Stem, depthwise, pointwise, residual add, pooling, flatten and classifier, all on the
@@ -258,7 +259,7 @@ def _edge_ops_net(rng, c, h, w):
 
 
 @pytest.mark.parametrize("name, op_values", [("tiny", 1), ("ice40-up5k", 1), ("ice40-up5k", 2),
-                                            ("ecp5-25k", 1)])
+                                            ("ecp5-25k", 1), ("ecp5-25k", 2), ("ecp5-25k", 4)])
 @pytest.mark.parametrize("words, hw", [(1, (1, 1)), (1, (1, 2)), (2, (1, 1)), (2, (2, 1))])
 def test_adds_and_poolings_of_one_or_two_words(name, op_values, words, hw):
     """An add of ``n`` words and a pooling of ``n`` pixels for ``n`` of 1 and 2, over one and

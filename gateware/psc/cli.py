@@ -355,10 +355,10 @@ def _add_program(sub):
     p.add_argument("--pnr", type=_int_at_least(1), metavar="SEEDS",
                    help="with --synth, place and route with nextpnr for seeds 1..SEEDS and "
                         "print the Fmax (median) and the critical path")
-    p.add_argument("--op-values", type=_int_at_least(1), default=1, metavar="N",
+    p.add_argument("--op-values", type=_int_at_least(1), metavar="N",
                    help="activations per beat the engine's add and pooling unit sends "
-                        "through the core's requantiser, a divisor of lanes at most rows "
-                        "(default 1)")
+                        "through the core's requantiser, at most rows (default: the "
+                        "target's, psc.presets.OP_VALUES, else 1)")
     p.add_argument("--layers", action="store_true",
                    help="with --run, also each convolution's cycles on the core alone")
     p.add_argument("--board", choices=sorted(BOARDS),

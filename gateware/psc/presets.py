@@ -35,7 +35,8 @@ runs exactly the core its target's figures were measured on.
 
 from psc.config import CoreConfig, PSCConfig
 
-__all__ = ["PRESETS", "TARGETS", "BOARDS", "DEFAULT_BAUD", "preset"]
+__all__ = ["PRESETS", "TARGETS", "BOARDS", "ENGINES", "OP_VALUES", "DEFAULT_BAUD", "preset",
+           "board_engine", "op_values"]
 
 PRESETS = {
     "default": CoreConfig(),
@@ -62,6 +63,12 @@ BOARDS = {"icebreaker": "ice40-up5k", "ulx3s": "ecp5-25k"}
 #: beside the board's preset; ``psc build --mode network``). The iCEBreaker has none: the
 #: UP5K's block RAM and SPRAM already hold its core's buffers.
 ENGINES = {"ulx3s": {"act_depth": 1024, "cmd_depth": 64, "param_store_depth": 256}}
+#: Target -> activations per beat of its network engine's add and pooling unit
+#: (:attr:`psc.hw.network.EngineConfig.op_values`; 1 where not listed). The ECP5's
+#: requantiser rows are pipelined, so a second value per beat halves the adds' time, for
+#: two more LUT multipliers per value of an add; the UP5K's is digit-serial and its engine
+#: already over its device.
+OP_VALUES = {"ecp5-25k": 2}
 
 #: UART baud rate of the board builds and the serial driver.
 DEFAULT_BAUD = 1_000_000
@@ -88,4 +95,10 @@ def board_engine(board):
         raise ValueError(f"network mode is built for {', '.join(ENGINES)}, not for board "
                          f"{board!r}: its device has no memory left for the engine "
                          f"(use the tile-mode build)")
-    return EngineConfig(preset(board), **ENGINES[board])
+    return EngineConfig(preset(board), op_values=op_values(preset(board)), **ENGINES[board])
+
+
+def op_values(config):
+    """The :attr:`~psc.hw.network.EngineConfig.op_values` of a network engine around core
+    ``config``: :data:`OP_VALUES` of the target that ships exactly that core, else 1."""
+    return next((OP_VALUES.get(t, 1) for t, p in TARGETS.items() if PRESETS[p] == config), 1)

@@ -48,6 +48,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from psc import presets
 from psc.config import CoreConfig
 from psc.host.scheduler import LayerError, LayerPlan, Window, plan_layer, unroll, validate
 from psc.hw.core import KIND_DEPTHWISE, config_layout, param_layout, weight_layout
@@ -365,10 +366,11 @@ class Program:
         arr = np.array(words, dtype=object).reshape(h, w, groups)
         return unpack_activations(arr, c, self.config.lanes, self.config.pe.act_width)
 
-    def engine_config(self, op_values=1, weight_store=None):
+    def engine_config(self, op_values=None, weight_store=None):
         """The :class:`psc.hw.network.EngineConfig` whose memories hold exactly this program,
         its add and pooling unit sending ``op_values`` activations per beat through the
-        core's requantiser. The weight blocks go to the core's own weight buffer where
+        core's requantiser (None: the shipped target's, :func:`psc.presets.op_values`).
+        The weight blocks go to the core's own weight buffer where
         they fit it (``weight_store`` None) or ``weight_store`` is False, else to a weight
         store of exactly their number
         (:attr:`~psc.hw.network.EngineConfig.weight_store_depth`)."""
@@ -382,7 +384,8 @@ class Program:
                             cmd_depth=len(image["instructions"]),
                             param_store_depth=max(1, len(image["params"])),
                             weight_store_depth=max(1, blocks) if weight_store else 0,
-                            op_values=op_values)
+                            op_values=presets.op_values(self.config) if op_values is None
+                            else op_values)
 
     def check_engine(self, engine_config):
         """Raise :class:`NetworkFitError` unless ``engine_config``'s memories (a
@@ -424,7 +427,7 @@ class Program:
         cmd = [w for ins in image["instructions"] for w in instruction_words(engine_config, ins)]
         return cmd, list(image["weights"]), list(image["params"])
 
-    def simulate(self, images, *, target="verilator", stall=0.0, seed=0, op_values=1):
+    def simulate(self, images, *, target="verilator", stall=0.0, seed=0, op_values=None):
         """Run ``images`` on a simulated :class:`psc.hw.network.NetworkEngine` holding this
         program: the stores loaded once, then per image its input in, every layer on chip,
         its output out (:mod:`psc.host.engine_bench`, random pauses of probability

@@ -76,7 +76,8 @@ class EngineConfig:
     op_values : int
         Activations per requantiser beat of the add and pooling unit
         (:class:`~psc.hw.network.op_unit.OpUnit`, which uses the core's requantiser
-        between commands), a divisor of ``core.lanes`` at most ``core.rows``.
+        between commands), from 1 to ``core.rows``; a word of ``core.lanes``
+        activations takes ``ceil(lanes / op_values)`` beats.
     """
     core: CoreConfig
     act_depth: int = 1024
@@ -96,10 +97,9 @@ class EngineConfig:
             check_int(name, getattr(self, name), 1, 1 << 20)
         check_int("weight_store_depth", self.weight_store_depth, 0, 1 << 20)
         check_int("op_values", self.op_values, 1)
-        if self.core.lanes % self.op_values or self.op_values > self.core.rows:
-            raise ValueError(f"op_values must divide lanes={self.core.lanes} and be at most "
-                             f"rows={self.core.rows} (activations per beat of the core's "
-                             f"requantiser), not {self.op_values}")
+        if self.op_values > self.core.rows:
+            raise ValueError(f"op_values must be at most rows={self.core.rows} (activations "
+                             f"per beat of the core's requantiser), not {self.op_values}")
 
     def key(self):
         """A short name of this build, for directories: the core's key and the memories."""

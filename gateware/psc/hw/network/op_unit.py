@@ -53,8 +53,10 @@ class OpUnit(wiring.Component):
     addr_width : int
         The activation memory's address width.
     values : int
-        Activations per requantiser beat, a divisor of ``lanes`` and at most ``rows``
-        (the requantiser's rows): 1 (two narrow multipliers) up to that.
+        Activations per requantiser beat, at most ``rows`` (the requantiser's rows): 1
+        (two narrow multipliers) up to that. A word takes ``ceil(lanes / values)``
+        beats; when ``values`` does not divide ``lanes``, its last beat carries the
+        remaining lanes and zeros, whose results are dropped.
 
     Members
     -------
@@ -73,8 +75,8 @@ class OpUnit(wiring.Component):
         results back.
     busy : Out(1)
 
-    Throughput: ``values`` activations per requantiser beat (``lanes / values`` beats
-    per word), one beat per cycle on a build whose requantiser is pipelined; an add
+    Throughput: ``values`` activations per requantiser beat (``ceil(lanes / values)``
+    beats per word), one beat per cycle on a build whose requantiser is pipelined; an add
     reads two words per output word (so an add takes at least two cycles per word), a
     pooling one word per cycle into its ``lanes`` running sums. On a build whose
     requantiser is digit-serial (``requant_mult_bits = k``), it takes a beat every
@@ -85,11 +87,9 @@ class OpUnit(wiring.Component):
     def __init__(self, config, addr_width, values=1):
         self.config, self.addr_width = config, addr_width
         pe = config.pe
-        if (not isinstance(values, int) or values < 1 or pe.lanes % values
-                or values > pe.rows):
-            raise ValueError(f"values must be a positive divisor of lanes={pe.lanes} at most "
-                             f"rows={pe.rows} (activations per requantiser beat), "
-                             f"not {values!r}")
+        if not isinstance(values, int) or not 1 <= values <= pe.rows:
+            raise ValueError(f"values must be an integer from 1 to rows={pe.rows} "
+                             f"(activations per requantiser beat), not {values!r}")
         self.values = values
         # Sums as wide as their worst case, no wider: a pooling sum of up to 2**cw
         # activations, an add's two products of an activation and an unsigned multiplier.
@@ -188,24 +188,26 @@ class OpUnit(wiring.Component):
 
         # --- values: `values` activations per beat into the requantiser -------------------
         P = self.values
-        chunks = lanes // P
+        chunks = -(-lanes // P)
+        pad = chunks * P - lanes                # lanes of zeros after a word's last
         chunk = Signal(range(chunks))
         entry_a, entry_b, entry_end = fifo.r_data[:width], fifo.r_data[width:2 * width], \
             fifo.r_data[-1]
         sums = [Signal(signed(self._sum_width), name=f"sum{i}") for i in range(lanes)]
+        padded = sums + [Const(0, signed(self._sum_width))] * pad
         draining = Signal()                     # gap: the group's sums go to the requantiser
         last_chunk = chunk == chunks - 1
 
         def value(word, i):
             return word.word_select(i, aw).as_signed()
 
-        a_c = entry_a.word_select(chunk, P * aw)
-        b_c = entry_b.word_select(chunk, P * aw)
+        a_c = Cat(entry_a, Const(0, pad * aw)).word_select(chunk, P * aw)
+        b_c = Cat(entry_b, Const(0, pad * aw)).word_select(chunk, P * aw)
         sums_c = [Signal(signed(self._sum_width), name=f"sum_c{i}") for i in range(P)]
         with m.Switch(chunk):
             for c in range(chunks):
                 with m.Case(c):
-                    m.d.comb += [sums_c[i].eq(sums[c * P + i]) for i in range(P)]
+                    m.d.comb += [sums_c[i].eq(padded[c * P + i]) for i in range(P)]
         # Register stages in front of the requantiser: A, the values picked (a lane
         # multiplexer); B, the add's products (the pooling's sum passes); C, what the
         # requantiser takes.
@@ -330,18 +332,18 @@ class OpUnit(wiring.Component):
 
         # --- words: lanes activations collected, then written ------------------------------
         out_chunk = Signal(range(chunks))
-        out_word = Signal(width)
+        out_word = Signal(chunks * P * aw)      # the word's beats, the padding's results last
         out_k = Signal(cw)                      # the word written next
         out_g = Signal(cw)                      # its group (add: k mod groups)
         total = Mux(gap, d.groups, d.n)
         writing = Signal()
         y = self.rq_o.payload.as_value()
         rq_o = self.rq_o
-        full = Signal(width)
+        full = Signal(chunks * P * aw)
         out_last = out_chunk == chunks - 1
         m.d.comb += [rq_o.ready.eq(1), full.eq(Cat(out_word[P * aw:], y) if chunks > 1 else y)]
         m.d.comb += [self.write_addr.eq(d.dst + out_k),
-                     self.write_data.eq(full),
+                     self.write_data.eq(full[:width]),
                      self.write_mask.eq(Mux(out_g + 1 == d.groups, d.last_mask,
                                             (1 << lanes) - 1)),
                      self.write_en.eq(rq_o.valid & out_last & writing)]
