@@ -4,6 +4,8 @@ own generators (psc.host.network_link) under Verilator: a program loaded once, i
 bit-exact with the golden network, and each fault answered with a clear status and
 followed by a correct inference."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -106,14 +108,45 @@ def test_network_mode_through_the_uart_pins():
                                       want[-1 if name == "reloaded" else 0], err_msg=name)
 
 
-def test_psc_network_run_on_a_simulated_board():
+class _Pieces:
+    """A host transport that writes each frame in two pieces, its first 5 bytes (not yet an
+    INFER's head, so the board waits idle) and then, after a pause, the rest."""
+
+    def __init__(self, transport):
+        self.transport = transport
+
+    def write(self, data):
+        self.transport.write(data[:5])
+        self.transport.flush()
+        time.sleep(0.2)
+        if data[5:]:
+            self.transport.write(data[5:])
+
+    def flush(self):
+        self.transport.flush()
+
+    def read(self, n):
+        return self.transport.read(n)
+
+    @property
+    def in_waiting(self):
+        return self.transport.in_waiting
+
+
+@pytest.mark.parametrize("pieces", [False, True])
+def test_psc_network_run_on_a_simulated_board(pieces, monkeypatch):
     """``psc.network.run(target="serial:socket://...")`` on a simulated board (the network
     bridge under Verilator, its serial port a TCP socket opened by pyserial): the host
     code finds protocol 5, loads the program, runs the images on chip, equal to the golden
     network; a second run finds the program already loaded. The exchanges' cycles come
-    back from the bench: one INFER exchange per image, longer than the engine's run."""
+    back from the bench: one INFER exchange per image, longer than the engine's run, also
+    when each of the host's frames reaches the socket in two pieces a pause apart."""
     from psc import network
     from psc.host.board_sim import SimulatedBoard
+    if pieces:
+        drive = serial_link.drive
+        monkeypatch.setattr(serial_link, "drive",
+                            lambda gen, transport, **kw: drive(gen, _Pieces(transport), **kw))
     prog, rng = _program()
     net, cc = prog.net, prog.config
     images = rng.integers(-128, 128, size=(2,) + net.input_shape)
