@@ -12,7 +12,7 @@ from psc.host.scheduler import plan_layer
 from psc.model.checks import BadTypeError
 from psc.model.network import Layer, Network
 from psc.onnx_import import import_onnx
-from psc.presets import PRESETS
+from psc.presets import OP_VALUES, PRESETS, board_engine
 from test_network import residual_net
 
 
@@ -138,6 +138,10 @@ def test_an_engine_too_small_is_refused_naming_each_memory():
     prog = compile_network(net, PRESETS["ecp5-25k"])
     ec = prog.engine_config()
     prog.check_engine(ec)
+    # the shipped target's engine values per op beat; any other core's, one
+    assert ec.op_values == OP_VALUES["ecp5-25k"] == board_engine("ulx3s").op_values
+    assert compile_network(net, PRESETS["ecp5-25k"].replace(psum_depth=256)) \
+        .engine_config().op_values == 1
     small = EngineConfig(ec.core.replace(weight_depth=256), act_depth=64,
                          cmd_depth=ec.cmd_depth, param_store_depth=ec.param_store_depth)
     prog = compile_network(net, small.core)
