@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from psc.host.program import compile_network
+from psc.host.network_link import link_program
 from psc.model.mobilenet import BOARD_MBV2, board_mbv2, mobilenet_v2
 from psc.presets import board_engine
 
@@ -23,7 +23,7 @@ def test_the_board_network_fits_the_ulx3s_engine_and_its_activations_spread():
     net = board_mbv2()
     assert net.input_shape == (3, BOARD_MBV2["size"], BOARD_MBV2["size"])
     ec = board_engine("ulx3s")
-    compile_network(net, ec.core, unroll_input=False).check_engine(ec)
+    link_program(net, ec.core).check_engine(ec)
     x = np.random.default_rng(5).integers(-128, 128, size=(3,) + net.input_shape)
     tensors = net.run(x, keep=True)
     for name, t in tensors.items():

@@ -17,13 +17,15 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import ClockDomain, Module
+from amaranth.hdl import ClockDomain, Module, Mux, Signal
 from amaranth.sim import Simulator
 
 from psc import data
-from psc.host.program import (ActivationMemory as Model, ConvStep, NetworkFitError,
-                              compile_network, gather_fields, scatter_fields)
-from psc.hw.network import ActivationMemory, Gather, Scatter
+from psc.host.program import (ActivationMemory as Model, ConvStep, NetworkFitError, Region,
+                              UnrollStep, compile_network, gather_fields, scatter_fields,
+                              unroll_fields)
+from psc.hw.network import ActivationMemory, Gather, Scatter, Unroll
+from psc.model.network import Layer
 from psc.model.packing import pack_lanes, pack_payload
 from psc.onnx_import import import_onnx
 from psc.presets import PRESETS
@@ -193,5 +195,112 @@ def test_units_convert_to_verilog(name):
     from amaranth.back import verilog
     cc = PRESETS[name]
     mem = ActivationMemory(cc, 1024)
-    for unit in (mem, Gather(cc, mem.addr_width), Scatter(cc, mem.addr_width)):
+    for unit in (mem, Gather(cc, mem.addr_width), Scatter(cc, mem.addr_width),
+                 Unroll(cc, mem.addr_width)):
         assert "module" in verilog.convert(unit, name=type(unit).__name__.lower())
+
+
+def _unroll_step(cc, c, h, w, k, stride, pad, src, dst, rng):
+    """An :class:`UnrollStep` of a ``c``-channel ``h x w`` input at word ``src`` for a
+    ``k x k`` stem, its unrolled tensor at word ``dst``."""
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    wt = rng.integers(-128, 128, size=(4, c, k, k))
+    layer = Layer.conv("stem", "image", "a", wt, wt, np.zeros(4, dtype=np.int64), 1, 0,
+                       stride=stride, padding=pad)
+    return UnrollStep("stem/unroll", Region(src, (c, h, w), 1),
+                      Region(dst, (k * k * c, ho, wo), -(-k * k * c // cc.lanes)), layer)
+
+
+def _run_unrolls(cc, depth, steps, seed, reset_after=None):
+    """Fill the memory with random values, run each unroll (the first one first stopped by a
+    reset ``reset_after`` cycles in, then run again), read the whole memory back and
+    compare it with the model's."""
+    m = Module()
+    m.domains.sync = cd = ClockDomain()
+    m.submodules.mem = mem = ActivationMemory(cc, depth)
+    m.submodules.unroll = u = Unroll(cc, mem.addr_width)
+    tb = {n: Signal.like(getattr(mem, n)) for n in (
+        "read_addr", "read_en", "write_addr", "write_lane", "write_data", "write_mask",
+        "write_en")}
+    m.d.comb += u.read_data.eq(mem.read_data)
+    for name, sig in tb.items():
+        m.d.comb += getattr(mem, name).eq(Mux(u.busy, getattr(u, name), sig))
+    rng = np.random.default_rng(seed)
+    model = Model(depth, cc.lanes, cc.pe.act_width)
+    aw = cc.pe.act_width
+    model.values[:] = rng.integers(-(1 << (aw - 1)), 1 << (aw - 1), size=model.values.shape)
+    init = [int(v) for v in pack_lanes(model.values, aw)]
+    for step in steps:
+        model.unroll(step, cc)
+    want = [int(v) for v in pack_lanes(model.values, aw)]
+    got = []
+
+    async def job(ctx, step, stop=None):
+        fields = unroll_fields(step, cc.lanes)
+        ctx.set(u.start.payload.as_value(), pack_payload(u.start.payload.shape(), fields))
+        ctx.set(u.start.valid, 1)
+        await ctx.tick().until(u.start.ready)
+        ctx.set(u.start.valid, 0)
+        if stop is not None:
+            await ctx.tick().repeat(stop)
+            ctx.set(cd.rst, 1)
+            await ctx.tick()
+            ctx.set(cd.rst, 0)
+            assert not ctx.get(u.busy)
+            return
+        cycles = 0
+        while ctx.get(u.busy):
+            await ctx.tick()
+            cycles += 1
+        assert cycles <= step.cycles + 4, (cycles, step.cycles)
+
+    async def bench(ctx):
+        ctx.set(tb["write_mask"], (1 << cc.lanes) - 1)
+        for addr, word in enumerate(init):
+            ctx.set(tb["write_addr"], addr)
+            ctx.set(tb["write_data"], word)
+            ctx.set(tb["write_en"], 1)
+            await ctx.tick()
+        ctx.set(tb["write_en"], 0)
+        if reset_after is not None:
+            await job(ctx, steps[0], reset_after)
+        for step in steps:
+            await job(ctx, step)
+        await ctx.tick().repeat(2)
+        ctx.set(tb["read_en"], 1)
+        for addr in range(depth):
+            ctx.set(tb["read_addr"], addr)
+            await ctx.tick()
+            got.append(ctx.get(mem.read_data))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    bad = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
+    assert bad is None, (f"word {bad} after the unrolls {[unroll_fields(s, cc.lanes) for s in steps]}: "
+                         f"{got[bad]:#x}, the model's {want[bad]:#x}")
+
+
+@pytest.mark.parametrize("c, h, w, k, stride, pad", [
+    (1, 8, 8, 3, 1, 1),          # the digits stem
+    (3, 9, 7, 3, 2, 1),          # a MobileNet stem, odd sizes: padding on one side only
+    (2, 7, 6, 5, 2, 2),
+    (5, 5, 4, 3, 1, 0),          # writes that run on into the next word
+    (7, 3, 5, 1, 1, 0),          # whole words
+])
+def test_unroll_equals_the_model(c, h, w, k, stride, pad):
+    """The unroll unit's writes, on the ECP5 build's two-bank memory, against the model's:
+    the whole memory read back, so a write outside the unrolled tensor's channels fails."""
+    cc = PRESETS["ecp5-25k"]
+    rng = np.random.default_rng(c * 100 + k)
+    step = _unroll_step(cc, c, h, w, k, stride, pad, 2, 2 + h * w, rng)
+    _run_unrolls(cc, 2 * (-(-(step.dst.end + 1) // 2)), [step], seed=k + c)
+
+
+def test_reset_in_the_middle_of_an_unroll():
+    cc = PRESETS["ecp5-25k"]
+    rng = np.random.default_rng(2)
+    steps = [_unroll_step(cc, 3, 6, 6, 3, 1, 1, 0, 36, rng),
+             _unroll_step(cc, 1, 4, 5, 3, 2, 0, 190, 210, rng)]
+    _run_unrolls(cc, 220, steps, seed=3, reset_after=17)

@@ -1,4 +1,4 @@
-"""Network mode over the UART (protocol version 5): the host's frames and ID parsing, and
+"""Network mode over the UART (protocol version 6): the host's frames and ID parsing, and
 the network bridge (psc.hw.link.network_bridge) driven through its UART pins by the host's
 own generators (psc.host.network_link) under Verilator: a program loaded once, inferences
 bit-exact with the golden network, and each fault answered with a clear status and
@@ -34,17 +34,19 @@ def test_frames_end_with_their_crc():
     n_in, n_out = prog.io_counts
     assert (image.n_in, image.n_out) == (n_in, n_out) and image.program
     ready = image.frames[-1]
-    assert ready[0] == network_bridge.OP["READY"] and len(ready) == 1 + 12 + 2
+    assert ready[0] == network_bridge.OP["READY"] and len(ready) == 1 + 13 + 2
     infer = nl.infer_frame(prog, rng.integers(-128, 128, size=prog.net.input_shape), ec)
     ib, _ = network_bridge.io_bytes(ec)
-    assert len(infer) == 1 + 8 + n_in * ib + 2
+    # 2 input channels on 4 rows: a beat's 2 bytes of padding stay off the line
+    assert (ib, image.in_bytes, ready[-3]) == (4, 2, 2)
+    assert len(infer) == 1 + 9 + n_in * image.in_bytes + 2 and infer[9] == 2
     # the identifier follows the stores: another program has another one
     other, _ = _program(seed=2)
     assert nl.network_image(other, other.engine_config()).program != image.program
 
 
 def test_id_of_a_network_board():
-    """A version 5 ID carries the engine's memories: the host rebuilds its EngineConfig; a
+    """A version 6 ID carries the engine's memories: the host rebuilds its EngineConfig; a
     tile-mode board is refused by network mode and a network-mode board by tile mode."""
     prog, _ = _program()
     ec = prog.engine_config()
@@ -160,7 +162,7 @@ def test_psc_network_run_on_a_simulated_board(pieces, monkeypatch):
     np.testing.assert_array_equal(second.outputs, want[:1])
     assert first.totals["loaded"] and not second.totals["loaded"]
     assert {row["where"] for row in first.layers} == {"chip"}
-    as_run = compile_network(net, cc, unroll_input=False)      # as network.run compiles it
+    as_run = nl.link_program(net, cc)
     size = len(nl.infer_frame(as_run, images[0], bc.engine)) + 1
     infers = [t for t in board.turns if t["in"] == size]
     assert len(infers) == 3

@@ -7,7 +7,7 @@ import pytest
 
 from psc import data
 from psc.host.program import (ActivationMemory, ConvStep, NetworkFitError, OpStep,
-                              compile_network)
+                              UnrollStep, compile_network)
 from psc.host.scheduler import plan_layer
 from psc.model.checks import BadTypeError
 from psc.model.network import Layer, Network
@@ -31,13 +31,16 @@ def _networks():
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_gathers_are_the_tiles_inputs(name):
     """Every tile's input gathered from the stored tensor is the words the host packs for it,
-    on every mapping (diagonal, pixels and channels depthwise, split reductions, an unrolled
-    stem); every live tensor has its own words."""
+    on every mapping (diagonal, pixels and channels depthwise, split reductions, a stem
+    unrolled by the host or on chip); every live tensor has its own words."""
     cc = PRESETS[name]
     for label, (net, images) in _networks().items():
         prog = compile_network(net, cc)
         ref = net.run(images[:1], keep=True)
-        for i, step in enumerate(prog.steps):
+        unrolls = [s for s in prog.steps if isinstance(s, UnrollStep)]
+        steps = [s for s in prog.steps if not isinstance(s, UnrollStep)]
+        assert len(steps) == len(net.layers) and len(unrolls) <= 1
+        for i, step in enumerate(steps):
             live = [prog.regions[t] for t in _live(net, i)]
             spans = sorted((r.base, r.end) for r in {(r.base, r.end): r for r in live}.values())
             assert all(e <= b for (_, e), (b, _) in zip(spans, spans[1:])), (label, step.name)
@@ -46,11 +49,17 @@ def test_gathers_are_the_tiles_inputs(name):
                 continue
             layer = net.layers[i]
             x = ref[layer.inputs[0]][0]
-            unrolled = prog.unrolled_input and i == 0
-            real = plan_layer(x, **layer.conv_args(), config=cc, unroll_stem=unrolled)
+            unrolled = (prog.unrolled_input or unrolls) and i == 0
+            real = plan_layer(x, **layer.conv_args(), config=cc, unroll_stem=bool(unrolled))
             assert [t.fields for t in real.tiles] == [t.fields for t in step.plan.tiles]
             mem = ActivationMemory(prog.act_words, cc.lanes, cc.pe.act_width)
-            mem.store(step.src, prog.input_words(x) if unrolled else x)
+            if unrolled and unrolls:
+                # the unroll unit's writes from the stored input: the host's unrolled words
+                mem.store(unrolls[0].src, x)
+                mem.unroll(unrolls[0], cc)
+                assert unrolls[0].dst is step.src
+            else:
+                mem.store(step.src, prog.input_words(x) if unrolled else x)
             for j, (t, want) in enumerate(zip(step.plan.tiles, real.tiles)):
                 assert mem.gather(step.src, t.window) == want.acts, (label, step.name, j)
 

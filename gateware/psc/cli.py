@@ -601,7 +601,7 @@ def _add_build(sub):
                    help=f"UART baud rate (default {DEFAULT_BAUD})")
     p.add_argument("--mode", choices=["tile", "network"], default="tile",
                    help="tile: the host sends every tile (protocol 3); network: the board "
-                        "holds a whole network and runs it on chip (protocol 5; ulx3s only). "
+                        "holds a whole network and runs it on chip (protocol 6; ulx3s only). "
                         "Default tile")
     p.add_argument("--build-dir", metavar="DIR", type=_tool_directory,
                    help="build directory, not under /tmp (default build/board/<board>, "

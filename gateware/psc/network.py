@@ -130,7 +130,7 @@ def run(net, images, target="golden", *, config=None, feed="core", stall=0.0, se
         network-mode bridge (:func:`psc.host.network_link.network_session`: the
         program is loaded unless the board holds it already, and refused before
         anything is sent if it does not fit). ``"auto"`` is ``"network"`` on a
-        board built for network mode (it answers PING with protocol 5), else
+        board built for network mode (it answers PING with protocol 6), else
         ``"layers"``. In network mode ``layers`` has one row per layer, ``where``
         ``"chip"``, and ``totals`` the engine's ``cycles`` per inference (median),
         ``compute``, ``utilisation``, and ``window`` (the cycles after the input was
@@ -243,16 +243,14 @@ def _network_rows(net, cycles, compute, cc, program):
 
 def _run_network_on_board(net, x, target, link):
     """Network mode on the board behind ``link`` (a :class:`psc.host.serial_link.SerialLink`)."""
-    from psc.host.network_link import network_session
-    from psc.host.program import compile_network
+    from psc.host.network_link import link_program, network_session
     from psc.host.serial_link import drive
     if link.ident["version"] != NETWORK_VERSION:
         from psc.host.serial_link import LinkError
         raise LinkError(f"mode 'network' needs a board built for network mode (psc build "
                         f"--mode network); the board on {target} runs protocol "
                         f"{link.ident['version']} (tile mode)")
-    # over the link the input's bytes cost more than the stem's cycles: send it as it is
-    program = compile_network(net, link.config, unroll_input=False)
+    program = link_program(net, link.config)
     outputs, statuses, loaded = drive(network_session(program, x, link.config), link.transport)
     cycles = float(np.median([s["cycles"] for s in statuses]))
     compute = float(np.median([s["compute"] for s in statuses]))

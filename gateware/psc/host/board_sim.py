@@ -142,8 +142,7 @@ def measure(net, images, bridge_config, clk_hz, *, target="verilator"):
     (the array's utilisation over them).
     """
     from psc import network
-    from psc.host.network_link import infer_frame
-    from psc.host.program import compile_network
+    from psc.host.network_link import infer_frame, link_program
     bc = bridge_config
     net_mode = isinstance(bc, NetworkBridgeConfig)
     cc = bc.core
@@ -154,7 +153,7 @@ def measure(net, images, bridge_config, clk_hz, *, target="verilator"):
     macs = sum(net.macs(layer) for layer in net.layers if layer.op == "conv")
     out = {"mode": "network" if net_mode else "tile", "outputs": run.outputs}
     if net_mode:
-        program = compile_network(net, cc, unroll_input=False)    # as network.run compiles it
+        program = link_program(net, cc)
         size = len(infer_frame(program, xs[0], bc.engine)) + 1
         infers = [t for t in board.turns if t["in"] == size][-len(xs):]
         loads = [t for t in board.turns if t["in"] > size]

@@ -5,7 +5,7 @@ pins (:mod:`psc.host.cocotb_uart`); like :mod:`psc.host.engine_bench` the bench
 knows nothing of networks. Job (``PSC_JOB``, JSON, made by
 :func:`psc.host.sim.run_link_job`): the UART ``divisor``, ``frame_timeout``
 (bit times), the program's ``load`` frames (hex), its ``program`` identifier,
-``n_in``, ``n_out``, ``out_bytes``, the INFER frames of the images
+``n_in``, ``n_out``, ``in_bytes``, ``out_bytes``, the INFER frames of the images
 (``infers``, hex), and ``faults`` (bool). Result (``PSC_RESULT``):
 
 * ``ident``: the parsed ID frame;
@@ -53,7 +53,7 @@ async def _run(dut, job, steps):
     cocotb.start_soon(Clock(dut.clk, PERIOD_NS, unit="ns").start())
     div = job["divisor"]
     image = nl.NetworkImage(tuple(bytes.fromhex(f) for f in job["load"]), job["program"],
-                            job["n_in"], job["n_out"], job["out_bytes"])
+                            job["n_in"], job["n_out"], job["in_bytes"], job["out_bytes"])
     infers = [bytes.fromhex(f) for f in job["infers"]]
     dut.rst.value = 1
     pins = UartPins(dut, div, idle_limit=job["idle_limit"], period_ns=PERIOD_NS)
@@ -86,7 +86,7 @@ async def _run(dut, job, steps):
         silence = (job["frame_timeout"] + 40) * div
         # a corrupted byte in the input: the CRC catches it; then a clean inference
         bad = bytearray(infers[0])
-        bad[9] ^= 0x10
+        bad[10] ^= 0x10                  # the first input byte, after the head
         _, error = await _attempt(nl.infer_exchange(bytes(bad), image), pins)
         faults["corrupted"] = {"error": error, "status": await status(),
                                "next": await infer(infers[0])}

@@ -1,4 +1,4 @@
-"""Host driver of network mode (:mod:`psc.hw.link.network_bridge`, protocol version 5).
+"""Host driver of network mode (:mod:`psc.hw.link.network_bridge`, protocol version 6).
 
 Written like :mod:`psc.host.serial_link`, whose transport drivers (:func:`~psc.host.serial_link.drive`
 over pyserial, the cocotb bench over simulated pins) run these generators too:
@@ -13,7 +13,8 @@ over pyserial, the cocotb bench over simulated pins) run these generators too:
 * :func:`infer_exchange` sends one input and reads its output words and the
   status: the run's cycles and compute cycles;
 * :func:`network_session` does all three, loading only when the board does not
-  already hold the program.
+  already hold the program;
+* :func:`link_program` compiles a network as it runs over a link.
 
 A status that reports a corrupted or lost frame (``CRC_ERROR``, ``RX_ERROR``,
 ``BAD_OPCODE``), a refused load or an inference with no program is a
@@ -30,7 +31,7 @@ from psc.hw.link.network_bridge import (COUNT_WIDTH, CRC, ENGINE_ID_FIELDS, FLAG
 from psc.hw.network.engine import EngineConfig
 from psc.model.checks import check_int
 
-__all__ = ["engine_of", "frame", "NetworkImage", "network_image", "infer_frame",
+__all__ = ["link_program", "input_bytes", "engine_of", "frame", "NetworkImage", "network_image", "infer_frame",
            "parse_status", "status_exchange", "load_exchange", "infer_exchange",
            "network_session", "MAX_LOAD_WORDS", "TROUBLE"]
 
@@ -49,6 +50,14 @@ def _u(value, nbytes):
 def frame(body):
     """``body`` (opcode first) followed by its CRC, most significant byte first."""
     return bytes(body) + _crc.compute(bytes(body)).to_bytes(2, "big")
+
+
+def link_program(net, config):
+    """``net`` compiled for network mode on the build ``config`` as it runs over a link: a
+    stem's input unrolled on chip only, where the build can (over the link the input's
+    bytes cost more than the stem's cycles: the host sends the input as it is)."""
+    from psc.host.program import compile_network
+    return compile_network(net, config, unroll_input="chip")
 
 
 def engine_of(ident, config=None):
@@ -80,12 +89,23 @@ def _store_frames(stores, engine_config):
 class NetworkImage:
     """What the host sends to load a program and run it: the LOAD and READY ``frames``, the
     ``program`` identifier the board then reports, the counts of one inference (``n_in``
-    beats, ``n_out`` words) and ``out_bytes`` per output word."""
+    beats, ``n_out`` words), ``in_bytes`` per input beat on the line and ``out_bytes``
+    per output word."""
     frames: tuple
     program: int
     n_in: int
     n_out: int
+    in_bytes: int
     out_bytes: int
+
+
+def input_bytes(program, engine_config):
+    """Bytes of each input beat on the line: those of the input's channels where it has
+    fewer than ``rows`` (a beat's other values are padding), else the whole beat's."""
+    cc = engine_config.core
+    c = program.regions[program.net.input].shape[0]
+    ib, _ = io_bytes(engine_config)
+    return -(-c * cc.pe.act_width // 8) if c < cc.rows else ib
 
 
 def network_image(program, engine_config):
@@ -98,8 +118,11 @@ def network_image(program, engine_config):
         if n >= 1 << COUNT_WIDTH:
             raise ValueError(f"the network's {n} {name} exceed the protocol's "
                              f"{(1 << COUNT_WIDTH) - 1}")
-    ready = frame(bytes([OP["READY"]]) + _u(pid, 4) + _u(n_in, 4) + _u(n_out, 4))
-    return NetworkImage(tuple(stores) + (ready,), pid, n_in, n_out, io_bytes(engine_config)[1])
+    in_bytes = input_bytes(program, engine_config)
+    ready = frame(bytes([OP["READY"]]) + _u(pid, 4) + _u(n_in, 4) + _u(n_out, 4)
+                  + _u(in_bytes, 1))
+    return NetworkImage(tuple(stores) + (ready,), pid, n_in, n_out, in_bytes,
+                        io_bytes(engine_config)[1])
 
 
 def infer_frame(program, image, engine_config):
@@ -109,8 +132,11 @@ def infer_frame(program, image, engine_config):
     if len(beats) != n_in:
         raise ValueError(f"the image makes {len(beats)} input beats, the program takes {n_in}")
     ib, _ = io_bytes(engine_config)
-    return frame(bytes([OP["INFER"]]) + _u(n_in, 4) + _u(n_out, 4)
-                 + b"".join(_u(b, ib) for b in beats))
+    n = input_bytes(program, engine_config)
+    # the bytes left out are the beats' padding channels, zero
+    assert all(b >> (8 * n) == 0 for b in beats), "an input beat's padding is not zero"
+    return frame(bytes([OP["INFER"]]) + _u(n_in, 4) + _u(n_out, 4) + _u(n, 1)
+                 + b"".join(_u(b, ib)[:n] for b in beats))
 
 
 def parse_status(data):
@@ -214,7 +240,8 @@ def simulate_link(program, images, *, engine_config=None, divisor=4, frame_timeo
     bound = idle_limit or 4 * program.cycle_bound() + 100 * divisor
     job = {"divisor": divisor, "frame_timeout": frame_timeout, "idle_limit": int(bound),
            "load": [f.hex() for f in image.frames], "program": image.program,
-           "n_in": image.n_in, "n_out": image.n_out, "out_bytes": image.out_bytes,
+           "n_in": image.n_in, "n_out": image.n_out, "in_bytes": image.in_bytes,
+           "out_bytes": image.out_bytes,
            "infers": [infer_frame(program, x, ec).hex() for x in xs], "faults": bool(faults)}
     res = run_link_job(job, bc, target=target)["steps"][0]
     res["outputs"] = [program.output_from_words(r["words"]) for r in res["images"]]

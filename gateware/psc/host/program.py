@@ -29,9 +29,11 @@ needs, before anything is sent:
 
 Only the network's first layer may read its input unrolled (a stem with few
 channels running as a pointwise layer over its im2col input,
-:func:`psc.host.scheduler.unroll`): the host sends that input already
-unrolled (:meth:`Program.input_words`). Every other convolution reads
-windows of a stored tensor.
+:func:`psc.host.scheduler.unroll`): an :class:`UnrollStep` builds that
+input on chip from the stored one (:class:`psc.hw.network.Unroll`), or,
+on a build whose activation memory cannot place it, the host sends it
+already unrolled (:meth:`Program.input_words`). Every other convolution
+reads windows of a stored tensor.
 
 :meth:`Program.run` executes the program on a simulated core with an
 :class:`ActivationMemory` per image doing the gathers and scatters, the
@@ -52,13 +54,19 @@ from psc import presets
 from psc.config import CoreConfig
 from psc.host.scheduler import LayerError, LayerPlan, Window, plan_layer, unroll, validate
 from psc.hw.core import KIND_DEPTHWISE, config_layout, param_layout, weight_layout
+from psc.hw.network.unroll import unrolls_on_chip
 from psc.model.checks import BadTypeError, check_bool, check_int, show
 from psc.model.network import Network
 from psc.model.packing import (channel_groups, pack_activations, pack_lanes, pack_payload,
                                unpack_activations, unpack_lanes)
 
-__all__ = ["NetworkFitError", "Region", "ConvStep", "OpStep", "Program", "ActivationMemory",
-           "compile_network", "describe", "gather_fields", "scatter_fields"]
+__all__ = ["NetworkFitError", "Region", "ConvStep", "OpStep", "UnrollStep", "Program",
+           "ActivationMemory", "compile_network", "describe", "gather_fields", "scatter_fields",
+           "unroll_fields", "UNROLL_INPUT"]
+
+#: How :func:`compile_network` may unroll a stem's input: where it pays, on chip where the
+#: build can, else by the host (True); only on chip ("chip"); never (False).
+UNROLL_INPUT = (True, "chip", False)
 
 
 class NetworkFitError(LayerError):
@@ -93,6 +101,23 @@ class ConvStep:
     src: Region
     dst: Region
     plan: LayerPlan
+
+
+@dataclass
+class UnrollStep:
+    """The network's input in region ``src`` unrolled on chip into region ``dst`` for the
+    first layer, ``layer`` (a :class:`psc.model.network.Layer`: its kernel, stride and
+    padding), which reads it as a pointwise layer."""
+    name: str
+    src: Region
+    dst: Region
+    layer: object
+
+    @property
+    def cycles(self):
+        """The unroll unit's cycles: one per input pixel read."""
+        _, ho, wo = self.dst.shape
+        return ho * wo * self.layer.conv_args()["w_pos"].shape[-1] ** 2
 
 
 @dataclass
@@ -151,6 +176,12 @@ class ActivationMemory:
         shape = vals.shape[:2] + (window.groups, self.lanes)
         return [int(v) for v in pack_lanes(vals.reshape(shape), self.act_width).reshape(-1)]
 
+    def unroll(self, step, config):
+        """Write the unrolled input of :class:`UnrollStep` ``step`` into its region, as
+        :class:`psc.hw.network.Unroll` does: every channel of every pixel, the padding
+        lanes left alone."""
+        self.store(step.dst, _unrolled(step.layer, self.load(step.src), config))
+
     def scatter(self, region, plan, tile, words):
         """Write ``tile``'s output ``words`` (beats of ``rows`` activations) into ``region``,
         dropping padding channels."""
@@ -208,6 +239,29 @@ def scatter_fields(region, plan, tile):
             "n_b": tile.n_out // (oh * ow), "n_x": ow, "n_y": oh, "valid": c1 - c0}
 
 
+def unroll_fields(step, lanes):
+    """The :class:`psc.hw.network.Unroll` descriptor (a dict of
+    :func:`psc.hw.network.unroll_layout`'s fields) of :class:`UnrollStep` ``step``, all
+    zero for None."""
+    if step is None:
+        return {k: 0 for k in ("src", "lead", "w", "h", "k", "stride", "pad", "row_stride", "n_x",
+                               "n_y", "dst", "dst_step", "c")}
+    src, dst = step.src, step.dst
+    c, h, w = src.shape
+    args = step.layer.conv_args()
+    k, s, p = args["w_pos"].shape[-1], args["stride"], args["padding"]
+    _, ho, wo = dst.shape
+    assert src.groups == 1 and c <= lanes, (src, lanes)
+    return {"src": src.base, "lead": p * w + p, "w": w, "h": h, "k": k, "stride": s,
+            "pad": p, "row_stride": s * w, "n_x": wo, "n_y": ho, "dst": dst.base,
+            "dst_step": dst.groups, "c": c}
+
+
+def _unrolled(layer, x, config):
+    """``x`` unrolled for the network's first layer ``layer`` (:func:`unroll`)."""
+    return unroll(validate(x, config=config, **layer.conv_args())).x
+
+
 def _op_fields(step, lanes):
     """The :class:`psc.hw.network.OpUnit` descriptor of an add or pooling ``step`` (all
     zero for None)."""
@@ -234,7 +288,8 @@ class Program:
     ----------
     net : psc.model.network.Network
     config : psc.config.CoreConfig
-    steps : list of :class:`ConvStep` and :class:`OpStep`, in execution order
+    steps : list of :class:`UnrollStep`, :class:`ConvStep` and :class:`OpStep`, in execution
+        order
     regions : dict
         Tensor name to :class:`Region`.
     act_words : int
@@ -245,7 +300,7 @@ class Program:
     steps: list
     regions: dict
     act_words: int
-    #: the first layer reads the input unrolled (:meth:`input_words`)
+    #: the host sends the input unrolled for the first layer (:meth:`input_words`)
     unrolled_input: bool = False
 
     # --- what it needs --------------------------------------------------------
@@ -293,7 +348,8 @@ class Program:
     def engine_image(self):
         """The program as :class:`psc.hw.network.NetworkEngine` runs it: a dict with
         ``instructions`` (dicts of :func:`psc.hw.network.engine.instruction_layout`'s
-        fields: ``INPUT``, one ``CONV`` per tile, ``OUTPUT``, ``END``), ``weights`` and
+        fields: ``INPUT``, an ``UNROLL``, one ``CONV`` per tile, an ``OP`` per add or
+        pooling, ``OUTPUT``, ``END``), ``weights`` and
         ``params`` (the stores' words, every tile's own in order) and ``act_words``.
 
         Raises :class:`NetworkFitError` for a step the engine does not run yet (an add
@@ -308,10 +364,12 @@ class Program:
                                  "valid")}
         zero_cfg = {name: 0 for name, _ in config_layout(cc)}
         zero_op = _op_fields(None, cc.lanes)
+        zero_u = unroll_fields(None, cc.lanes)
 
         def ins(op, **fields):
             out = {"op": OPCODES[op], "cfg": zero_cfg, "w_off": 0, "w_n": 0, "p_off": 0,
-                   "p_n": 0, "gather": zero_g, "scatter": zero_s, "out": 0, "eltwise": zero_op}
+                   "p_n": 0, "gather": zero_g, "scatter": zero_s, "out": 0, "eltwise": zero_op,
+                   "unroll": zero_u}
             out.update(fields)
             return out
 
@@ -322,6 +380,9 @@ class Program:
             "n_b": channel_groups(c, cc.rows), "n_x": w, "n_y": h, "valid": c})]
         weights, params, w_off = [], [], 0
         for step in self.steps:
+            if isinstance(step, UnrollStep):
+                instructions.append(ins("UNROLL", unroll=unroll_fields(step, cc.lanes)))
+                continue
             if isinstance(step, OpStep):
                 if step.op != "flatten":
                     instructions.append(ins("OP", eltwise=_op_fields(step, cc.lanes)))
@@ -414,7 +475,9 @@ class Program:
         ops = sum(s.srcs[0].words * (2 * cc.lanes + 4) for s in self.steps
                   if isinstance(s, OpStep))
         weights = sum(len(t.weights) for t in tiles)     # streamed from a weight store
-        return sum(t.cycle_bound for t in tiles) + ops + weights + 64 * len(tiles) + 10_000
+        unrolls = sum(s.cycles + 16 for s in self.steps if isinstance(s, UnrollStep))
+        return (sum(t.cycle_bound for t in tiles) + ops + unrolls + weights + 64 * len(tiles)
+                + 10_000)
 
     def store_words(self, engine_config):
         """The words the engine's stores hold for this program, from address 0, for each
@@ -470,10 +533,9 @@ class Program:
 
     def input_words(self, image):
         """The network's input as the host writes it to its region: ``image`` ``(C, H, W)``,
-        or its unrolled form when the first layer reads it unrolled."""
+        or its unrolled form when the host unrolls it for the first layer."""
         if self.unrolled_input:
-            layer = self.net.layers[0]
-            return unroll(validate(image, config=self.config, **layer.conv_args())).x
+            return _unrolled(self.net.layers[0], image, self.config)
         return image
 
     def run(self, images, *, target="verilator", stall=0.0, seed=0):
@@ -498,6 +560,10 @@ class Program:
             mem.store(self.regions[net.input], self.input_words(x))
         layers = []
         for step in self.steps:
+            if isinstance(step, UnrollStep):
+                for mem in mems:
+                    mem.unroll(step, cc)
+                continue
             if isinstance(step, OpStep):
                 for mem in mems:
                     step_inputs = [mem.load(r) for r in step.srcs]
@@ -559,10 +625,14 @@ class _Allocator:
 def compile_network(net, config, *, unroll_input=True):
     """Compile ``net`` for network mode on the build ``config``; returns a :class:`Program`.
 
-    With ``unroll_input`` a first layer with few input channels (the stem) reads its
-    input unrolled (im2col, :func:`psc.host.plan_layer`'s ``unroll_stem``), which keeps
-    the array busier but makes the input the host sends ``k * k`` times larger; over a
-    serial link, where the input's bytes take longer than the layer, leave it off.
+    ``unroll_input`` (one of :data:`UNROLL_INPUT`): a first layer with few input
+    channels (the stem) may read its input unrolled (im2col, :func:`psc.host.plan_layer`'s
+    ``unroll_stem``), which keeps the array busier. The unroll runs on chip (an
+    :class:`UnrollStep`) where the build's activation memory writes a pixel's
+    channels from any lane (``lanes`` not a multiple of ``rows``) and the input has at
+    most ``lanes`` channels; otherwise, with ``True``, the host sends the input
+    unrolled, ``k * k / stride**2`` times larger (over a serial link, where the
+    input's bytes take longer than the layer, use ``"chip"``).
 
     Raises :class:`NetworkFitError` for what network mode cannot run (a
     flatten of a map larger than 1 x 1, whose order differs from the stored
@@ -573,7 +643,11 @@ def compile_network(net, config, *, unroll_input=True):
         raise BadTypeError(f"net must be a psc.model.network.Network, not {show(net)}")
     if not isinstance(config, CoreConfig):
         raise BadTypeError(f"config must be a psc.config.CoreConfig, not {show(config)}")
+    if not any(unroll_input is v for v in UNROLL_INPUT):
+        raise ValueError(f"unroll_input must be one of {', '.join(map(repr, UNROLL_INPUT))}, "
+                         f"not {unroll_input!r}")
     lanes = config.lanes
+    on_chip = unrolls_on_chip(config) and net.shapes[net.input][0] <= lanes
     alias = {}
     for layer in net.layers:
         if layer.op == "flatten":
@@ -588,7 +662,7 @@ def compile_network(net, config, *, unroll_input=True):
     for i, layer in enumerate(net.layers):
         if layer.op == "conv":
             # only the first layer, alone on the network's input, may read it unrolled
-            on_input = (unroll_input and i == 0
+            on_input = (bool(unroll_input) and (on_chip or unroll_input is True) and i == 0
                         and sum(net.input in l.inputs for l in net.layers) == 1)
             x = np.zeros(net.shapes[layer.inputs[0]], dtype=np.int64)
             try:
@@ -607,27 +681,39 @@ def compile_network(net, config, *, unroll_input=True):
         groups = channel_groups(c, lanes)
         return Region(mem.take(h * w * groups), tuple(shape), groups)
 
-    # an unrolled first layer's input is stored unrolled, as the host sends it
-    regions[net.input] = region(net.shapes[net.input] if first is None else
-                                unroll(validate(np.zeros(net.shapes[net.input], dtype=np.int64),
-                                                config=config,
-                                                **net.layers[0].conv_args())).x.shape)
     steps = []
+    unrolled_shape = None if first is None else _unrolled(
+        net.layers[0], np.zeros(net.shapes[net.input], dtype=np.int64), config).shape
+    if first is not None and not on_chip:
+        # the host unrolls: the input is stored unrolled, as the host sends it
+        regions[net.input] = region(unrolled_shape)
+    else:
+        regions[net.input] = region(net.shapes[net.input])
+    stored = dict(regions)         # tensor -> the region its readers read
     for i, layer in enumerate(net.layers):
-        srcs = tuple(regions[alias.get(t, t)] for t in layer.inputs)
+        srcs = tuple(stored[alias.get(t, t)] for t in layer.inputs)
+        if i == 0 and first is not None and on_chip:
+            # the stem's input unrolled on chip into a region of its own, which the stem
+            # reads in place of the input's (freed after the unroll)
+            raw = srcs[0]
+            srcs = (region(unrolled_shape),)
+            steps.append(UnrollStep(f"{layer.name}/unroll", raw, srcs[0], layer))
+            mem.free(raw.base)
+            stored[net.input] = srcs[0]
         if layer.op == "flatten":
-            regions[layer.output] = replace(srcs[0], shape=net.shapes[layer.output])
+            regions[layer.output] = stored[layer.output] = replace(
+                srcs[0], shape=net.shapes[layer.output])
             steps.append(OpStep(layer.name, "flatten", srcs, regions[layer.output], layer.attrs))
             continue
-        dst = regions[layer.output] = region(net.shapes[layer.output])
+        dst = regions[layer.output] = stored[layer.output] = region(net.shapes[layer.output])
         if layer.op == "conv":
             steps.append(ConvStep(layer.name, srcs[0], dst, plans[i]))
         else:
             steps.append(OpStep(layer.name, layer.op, srcs, dst, layer.attrs))
         for t in {alias.get(t, t) for t in layer.inputs}:
             if last[t] == i:
-                mem.free(regions[t].base)
-    return Program(net, config, steps, regions, mem.high, first is not None)
+                mem.free(stored[t].base)
+    return Program(net, config, steps, regions, mem.high, first is not None and not on_chip)
 
 
 def describe(program):
@@ -641,6 +727,11 @@ def describe(program):
     for name, r in program.regions.items():
         note = " (unrolled input)" if name == net.input and program.unrolled_input else ""
         lines.append(f"{name:<16} {str(r.shape):<18} {r.words:>7}  [{r.base}, {r.end}){note}")
+    for s in program.steps:
+        if isinstance(s, UnrollStep):
+            r = s.dst
+            lines.append(f"{'(unrolled)':<16} {str(r.shape):<18} {r.words:>7}  "
+                         f"[{r.base}, {r.end}) (the input unrolled on chip for {s.layer.name})")
     lines += [f"activation memory: {f['act_words']} words ({f['act_bytes']} bytes)",
               f"commands, weights, parameters: {f['commands']} commands, {f['weight_beats']} "
               f"weight blocks, {f['param_beats']} parameter words ({f['store_bytes']} bytes)",

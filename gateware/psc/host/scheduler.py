@@ -315,21 +315,25 @@ def choose_kind(layer, unroll_stem=True):
 
 def unroll(layer):
     """A standard layer as the equivalent pointwise layer over its unrolled input (im2col):
-    input channel ``(c*K + ky)*K + kx`` at output pixel ``(oy, ox)`` is the zero-padded
+    input channel ``(ky*K + kx)*C + c`` at output pixel ``(oy, ox)`` is the zero-padded
     input's ``x[c, oy*s + ky, ox*s + kx]``, and its weights are ``w[:, c, ky, kx]``. Every
-    product is the same, so the sums, and the outputs, are bit-exact."""
+    product is the same, so the sums, and the outputs, are bit-exact. A kernel position's
+    ``C`` channels are consecutive, so that network mode's unroll unit
+    (:class:`psc.hw.network.Unroll`) writes each input pixel it reads in one write."""
     c, _, _ = layer.x.shape
     k, s, p = layer.k, layer.stride, layer.padding
     ho, wo = layer.out_hw
     xp = np.pad(layer.x, ((0, 0), (p, p), (p, p)))
-    cols = np.empty((c, k, k, ho, wo), dtype=np.int64)
+    cols = np.empty((k, k, c, ho, wo), dtype=np.int64)
     for ky in range(k):
         for kx in range(k):
-            cols[:, ky, kx] = xp[:, ky:ky + s * (ho - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s]
+            cols[ky, kx] = xp[:, ky:ky + s * (ho - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s]
     cout = layer.w_pos.shape[0]
-    return Layer(**{**layer.__dict__, "x": cols.reshape(c * k * k, ho, wo),
-                    "w_pos": layer.w_pos.reshape(cout, c * k * k, 1, 1),
-                    "w_neg": layer.w_neg.reshape(cout, c * k * k, 1, 1),
+
+    def flat(w):
+        return w.transpose(0, 2, 3, 1).reshape(cout, k * k * c, 1, 1)
+    return Layer(**{**layer.__dict__, "x": cols.reshape(k * k * c, ho, wo),
+                    "w_pos": flat(layer.w_pos), "w_neg": flat(layer.w_neg),
                     "stride": 1, "padding": 0})
 
 

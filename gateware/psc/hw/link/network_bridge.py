@@ -5,7 +5,7 @@ instructions, every weight block and parameter word) into the engine's on-chip
 stores; an inference is then one frame of input beats in and the output's words
 back, every layer running on chip. The host side is :mod:`psc.host.serial_link`.
 
-Protocol (version 5)
+Protocol (version 6)
 --------------------
 
 All multi-byte fields are little-endian except the CRC. The frames that carry
@@ -18,8 +18,10 @@ command    opcode   fields after the opcode                                     
 =========  =======  ===========================================================  ============
 PING       ``P``    none                                                         ID frame
 LOAD       ``L``    ``sel`` (u8), ``addr`` (u32), ``n`` (u16), ``n`` words, CRC  none
-READY      ``R``    ``program`` (u32), ``n_in`` (u32), ``n_out`` (u32), CRC      none
-INFER      ``I``    ``n_in`` (u32), ``n_out`` (u32), ``n_in`` input beats, CRC   ``n_out`` words
+READY      ``R``    ``program`` (u32), ``n_in`` (u32), ``n_out`` (u32),          none
+                    ``in_bytes`` (u8), CRC
+INFER      ``I``    ``n_in`` (u32), ``n_out`` (u32), ``in_bytes`` (u8),         ``n_out`` words
+                    ``n_in`` input beats, CRC
 STATUS     ``S``    none                                                         status frame
 =========  =======  ===========================================================  ============
 
@@ -31,10 +33,14 @@ STATUS     ``S``    none                                                        
   dropped, flag ``LOAD_REFUSED``), spoils the load.
 * READY ends a load: with a good CRC and no spoilt LOAD since the last READY,
   the board holds program ``program`` (an identifier the host chooses, reported
-  in every status frame) whose input is ``n_in`` beats and output ``n_out`` words.
-* INFER runs the program on ``n_in`` input beats (``ceil(rows * act_width / 8)``
-  bytes each: the input's pixels in raster order, ``rows`` channels per beat).
-  Its ``n_in`` and ``n_out`` must be the program's; if they are not, or no
+  in every status frame) whose input is ``n_in`` beats of ``in_bytes`` bytes and
+  output ``n_out`` words.
+* INFER runs the program on ``n_in`` input beats (the input's pixels in raster
+  order, ``rows`` channels per beat), each sent as the first ``in_bytes`` of
+  its ``ceil(rows * act_width / 8)`` bytes (:func:`io_bytes`), the rest zero:
+  an input with fewer channels than ``rows`` sends only its own (an
+  ``in_bytes`` of 0 or past a beat's bytes means a whole beat).
+  Its ``n_in``, ``n_out`` and ``in_bytes`` must be the program's; if they are not, or no
   program is held, nothing runs (flag ``NOT_LOADED``) and the beats are dropped.
   Either way exactly ``n_out`` output words (``ceil(lanes * act_width / 8)``
   bytes each) come back, padded with zero words (flag ``SHORT``) when the run
@@ -68,7 +74,7 @@ input beats faster than the UART brings them.
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Const, Module, ResetInserter, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal
 from amaranth.lib import crc, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -84,7 +90,7 @@ __all__ = ["NetworkBridgeConfig", "NetworkBridge", "PROTOCOL_VERSION", "OP", "FL
            "ENGINE_ID_FIELDS", "ID_BYTES", "STATUS_BYTES", "CRC", "load_bytes", "io_bytes",
            "engine_id_values", "id_frame", "COUNT_WIDTH"]
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 OP = {"PING": TILE_OP["PING"], "STATUS": TILE_OP["STATUS"], "LOAD": ord("L"),
       "READY": ord("R"), "INFER": ord("I")}
 FLAGS = {"BUSY": 0, "ERROR": 1, "DONE": 2, "DROPPED": 3, "SHORT": 4, "EXTRA": 5,
@@ -162,7 +168,7 @@ class NetworkBridgeConfig:
 
 
 class NetworkBridge(wiring.Component):
-    """The :class:`~psc.hw.network.NetworkEngine` behind a UART speaking protocol version 5.
+    """The :class:`~psc.hw.network.NetworkEngine` behind a UART speaking protocol version 6.
 
     Latency/throughput: bounded by the UART (``10 * divisor`` cycles per byte);
     see the module docstring for the protocol.
@@ -219,6 +225,10 @@ class NetworkBridge(wiring.Component):
         program = Signal(32)
         prog_in = Signal(COUNT_WIDTH)
         prog_out = Signal(COUNT_WIDTH)
+        # an input beat's bytes on the line, and the zero bytes the board adds above them
+        prog_bytes = Signal(range(ib + 1))
+        in_bytes = Signal(range(ib + 1), init=ib)
+        in_pad = Signal(range(ib))
         m.d.comb += self.loaded.eq(loaded)
         # the engine's start, a cycle after the frame's head is checked: the check's compares
         # would otherwise lead into the engine's state. The input's first beat is a byte away.
@@ -245,7 +255,7 @@ class NetworkBridge(wiring.Component):
 
         # --- parser: bytes shift in at the top of `sh`; a field of n bytes read last sits,
         # little-endian, in its top n bytes (a static slice).
-        maxb = max(14, max(lb), ib)
+        maxb = max(15, max(lb), ib)
         sh = Signal(8 * maxb)
 
         def top(nbytes):
@@ -272,13 +282,17 @@ class NetworkBridge(wiring.Component):
                 m.d.comb += [tx.arm.eq(1), tx.expect.eq(0)]
                 m.next = "OP"
 
-        def beat_or_crc(last):
-            """Read the next input beat, or the CRC after the ``last`` one."""
+        def whole_beat(n):
+            """An ``in_bytes`` field: 0 or past a beat's bytes is a whole beat."""
+            return Mux((n == 0) | (n > ib), ib, n)
+
+        def beat_or_crc(last, n_bytes=in_bytes):
+            """Read the next input beat (``n_bytes``), or the CRC after the ``last`` one."""
             with m.If(last):
                 m.d.sync += left.eq(2)
                 m.next = "INFER_CRC"
             with m.Else():
-                m.d.sync += left.eq(ib)
+                m.d.sync += left.eq(n_bytes)
                 m.next = "INFER_READ"
 
         # An input beat waits in a register for the engine: its valid comes from a flip-flop,
@@ -310,10 +324,10 @@ class NetworkBridge(wiring.Component):
                             m.d.sync += [left.eq(7), loaded.eq(0)]
                             m.next = "LOAD_HEAD"
                         with m.Case(OP["READY"]):
-                            m.d.sync += left.eq(14)
+                            m.d.sync += left.eq(15)
                             m.next = "READY_READ"
                         with m.Case(OP["INFER"]):
-                            m.d.sync += left.eq(8)
+                            m.d.sync += left.eq(9)
                             m.next = "INFER_HEAD"
                         with m.Default():
                             m.d.sync += f["BAD_OPCODE"].eq(1)
@@ -379,10 +393,11 @@ class NetworkBridge(wiring.Component):
             with m.State("READY_READ"):
                 read("READY_CHECK")
             with m.State("READY_CHECK"):
-                fields = top(14)
+                fields = top(15)
                 with m.If(check.match_detected):
                     m.d.sync += [loaded.eq(~spoilt), program.eq(fields[:32]),
                                  prog_in.eq(fields[32:64]), prog_out.eq(fields[64:96])]
+                    m.d.sync += prog_bytes.eq(whole_beat(fields[96:104]))
                 with m.Else():
                     m.d.sync += [f["CRC_ERROR"].eq(1), loaded.eq(0)]
                 m.d.sync += spoilt.eq(0)
@@ -392,20 +407,27 @@ class NetworkBridge(wiring.Component):
             with m.State("INFER_HEAD"):
                 read("INFER_START")
             with m.State("INFER_START"):
-                n_in, n_out = top(8)[:COUNT_WIDTH], top(8)[32:32 + COUNT_WIDTH]
+                head = top(9)
+                n_in, n_out = head[:COUNT_WIDTH], head[32:32 + COUNT_WIDTH]
+                n_bytes = whole_beat(head[64:72])
                 m.d.comb += [tx.arm.eq(1), tx.expect.eq(n_out)]
-                m.d.sync += [count.eq(n_in)] + [f[n].eq(0) for n in (
-                    "DONE", "DROPPED", "SHORT", "EXTRA", "CRC_ERROR", "NOT_LOADED")]
-                with m.If(loaded & ~engine.busy & (n_in == prog_in) & (n_out == prog_out)):
+                m.d.sync += [count.eq(n_in), in_bytes.eq(n_bytes), in_pad.eq(ib - n_bytes)] + [
+                    f[n].eq(0) for n in (
+                        "DONE", "DROPPED", "SHORT", "EXTRA", "CRC_ERROR", "NOT_LOADED")]
+                with m.If(loaded & ~engine.busy & (n_in == prog_in) & (n_out == prog_out)
+                          & (n_bytes == prog_bytes)):
                     m.d.sync += run.eq(1)
                 with m.Else():
                     m.d.sync += f["NOT_LOADED"].eq(1)
-                beat_or_crc(n_in == 0)
+                beat_or_crc(n_in == 0, n_bytes)
             with m.State("INFER_READ"):
                 read("INFER_SEND")
             with m.State("INFER_SEND"):
                 with m.If(~beat_valid | beat_taken):
-                    m.d.sync += [beat_valid.eq(1), engine.host_in.payload.eq(top(ib)),
+                    # the beat's bytes read last sit at the top: moved down past the
+                    # bytes the line did not carry, zeros above them
+                    m.d.sync += [beat_valid.eq(1),
+                                 engine.host_in.payload.eq(top(ib) >> (in_pad * 8)),
                                  count.eq(count - 1)]
                     beat_or_crc(count == 1)
             with m.State("INFER_CRC"):

@@ -10,6 +10,8 @@ executes the instructions from address 0 to the first ``END``:
 
 * ``INPUT``: the host's beats (``rows`` activations each, the input tensor's
   pixels in raster order) are scattered into the input's region;
+* ``UNROLL``: the input unrolled (im2col) into a region of its own for a stem
+  that reads it as a pointwise layer (:class:`~psc.hw.network.unroll.Unroll`);
 * ``CONV``: one tile: its command to the core (which reads its weights from
   its own weight buffer, holding the whole network's, from the tile's first
   block on; or, with a weight store, takes them streamed from there), its
@@ -41,13 +43,14 @@ from psc.hw.network.act_memory import ActivationMemory
 from psc.hw.network.gather import Gather, gather_layout
 from psc.hw.network.op_unit import OpUnit, op_layout
 from psc.hw.network.scatter import Scatter, scatter_layout
+from psc.hw.network.unroll import Unroll, unroll_layout, unrolls_on_chip
 from psc.model.checks import BadTypeError, check_int, show
 
 __all__ = ["EngineConfig", "NetworkEngine", "OPCODES", "CMD_WORD", "instruction_layout",
            "instruction_words", "load_layout"]
 
 #: Instruction opcodes.
-OPCODES = {"END": 0, "INPUT": 1, "CONV": 2, "OUTPUT": 3, "OP": 4}
+OPCODES = {"END": 0, "INPUT": 1, "CONV": 2, "OUTPUT": 3, "OP": 4, "UNROLL": 5}
 
 
 def _width(depth):
@@ -123,7 +126,9 @@ def instruction_layout(config):
     store its blocks ``[w_off, w_off + w_n)`` there, ``w_n`` 0 for a command that keeps
     the last ones), its parameter words ``[p_off, p_off + p_n)`` of the parameter store,
     the ``gather`` and ``scatter`` descriptors and ``out`` (the tile makes output beats);
-    ``INPUT`` uses ``scatter``, ``OUTPUT`` ``gather``, ``OP`` ``eltwise``."""
+    ``INPUT`` uses ``scatter``, ``OUTPUT`` ``gather``, ``OP`` ``eltwise``, ``UNROLL``
+    ``unroll`` (a field only of a build with the unroll unit,
+    :func:`~psc.hw.network.unroll.unrolls_on_chip`)."""
     cc, aw = config.core, config.act_addr_width
     weights = {"w_off": _width(config.weight_blocks)}
     if config.weight_store_depth:
@@ -135,6 +140,7 @@ def instruction_layout(config):
         "p_off": _width(config.param_store_depth), "p_n": _width(config.param_store_depth) + 1,
         "gather": gather_layout(cc, aw), "scatter": scatter_layout(cc, aw), "out": 1,
         "eltwise": op_layout(cc, aw),
+        **({"unroll": unroll_layout(cc, aw)} if unrolls_on_chip(cc) else {}),
     })
 
 
@@ -240,7 +246,7 @@ class NetworkEngine(wiring.Component):
 
     #: The submodules that are units of their own (``psc program --synth --units`` counts
     #: each apart).
-    UNITS = ("core", "act", "gather", "scatter", "op_unit")
+    UNITS = ("core", "act", "gather", "scatter", "op_unit", "unroll")
 
     def __init__(self, config):
         if not isinstance(config, EngineConfig):
@@ -269,9 +275,15 @@ class NetworkEngine(wiring.Component):
         m.submodules.gather = gather = Gather(cc, act.addr_width)
         m.submodules.scatter = scatter = Scatter(cc, act.addr_width)
         m.submodules.op_unit = op = OpUnit(cc, act.addr_width, ec.op_values)
-        # the memory's ports: the op unit's during an OP, else the gather's and the scatter's
+        # the memory's ports: the op unit's during an OP, the unroll's during an UNROLL, else
+        # the gather's and the scatter's
         op_active = Signal()               # registered with the routing below
+        unroll_active = Signal()
         m.d.comb += [gather.read_data.eq(act.read_data), op.read_data.eq(act.read_data)]
+        unroll = None
+        if unrolls_on_chip(cc):
+            m.submodules.unroll = unroll = Unroll(cc, act.addr_width)
+            m.d.comb += unroll.read_data.eq(act.read_data)
         # and the core's requantiser, idle during an OP (the core runs no command then)
         wiring.connect(m, op.rq_i, core.rq_i)
         wiring.connect(m, core.rq_o, op.rq_o)
@@ -280,6 +292,11 @@ class NetworkEngine(wiring.Component):
             m.d.comb += [act.read_addr.eq(op.read_addr), act.read_en.eq(op.read_en)]
             for name in ("addr", "data", "mask", "en"):
                 m.d.comb += getattr(act, f"write_{name}").eq(getattr(op, f"write_{name}"))
+        if unroll is not None:
+            with m.Elif(unroll_active):
+                m.d.comb += [act.read_addr.eq(unroll.read_addr), act.read_en.eq(unroll.read_en)]
+                for name in ("addr", "lane", "data", "mask", "en"):
+                    m.d.comb += getattr(act, f"write_{name}").eq(getattr(unroll, f"write_{name}"))
         with m.Else():
             m.d.comb += [act.read_addr.eq(gather.read_addr), act.read_en.eq(gather.read_en)]
             for name in ("addr", "lane", "data", "mask", "en"):
@@ -366,6 +383,8 @@ class NetworkEngine(wiring.Component):
             wiring.connect(m, core.act_out, scatter.act_out)
         m.d.comb += [gather.start.payload.eq(ins.gather), scatter.start.payload.eq(ins.scatter),
                      op.start.payload.eq(ins.eltwise), core.cfg.payload.eq(ins.cfg)]
+        if unroll is not None:
+            m.d.comb += unroll.start.payload.eq(ins.unroll)
         m.d.comb += [params.off.eq(ins.p_off), params.n.eq(ins.p_n)]
         if streamed:
             m.d.comb += [readers["weights"].off.eq(ins.w_off), readers["weights"].n.eq(ins.w_n)]
@@ -387,7 +406,8 @@ class NetworkEngine(wiring.Component):
                 # the units start now and move beats from the next cycle on
                 m.d.sync += [to_host.eq(ins.op == OPCODES["OUTPUT"]),
                              from_host.eq(ins.op == OPCODES["INPUT"]),
-                             op_active.eq(ins.op == OPCODES["OP"])]
+                             op_active.eq(ins.op == OPCODES["OP"]),
+                             unroll_active.eq(ins.op == OPCODES["UNROLL"])]
                 with m.Switch(ins.op):
                     with m.Case(OPCODES["INPUT"]):
                         m.d.comb += scatter.start.valid.eq(1)
@@ -398,6 +418,10 @@ class NetworkEngine(wiring.Component):
                     with m.Case(OPCODES["OP"]):
                         m.d.comb += op.start.valid.eq(1)
                         m.next = "WAIT"
+                    if unroll is not None:
+                        with m.Case(OPCODES["UNROLL"]):
+                            m.d.comb += unroll.start.valid.eq(1)
+                            m.next = "WAIT"
                     with m.Case(OPCODES["CONV"]):
                         m.d.comb += [gather.start.valid.eq(1), scatter.start.valid.eq(ins.out),
                                      *(r.start.eq(1) for r in readers.values())]
@@ -412,7 +436,8 @@ class NetworkEngine(wiring.Component):
                     m.next = "WAIT"
             with m.State("WAIT"):
                 m.d.comb += inputting.eq(from_host)
-                units_idle = (~gather.busy & ~scatter.busy & ~op.busy
+                units = [gather, scatter, op] + ([unroll] if unroll is not None else [])
+                units_idle = (~Cat(u.busy for u in units).any()
                               & ~Cat(r.busy for r in readers.values()).any())
                 with m.If(ins.op == OPCODES["CONV"]):
                     with m.If(core_ended & core.error):
