@@ -11,7 +11,7 @@ import pytest
 from amaranth.hdl import ClockDomain, Module
 from amaranth.sim import Simulator
 
-from psc.host.program import compile_network
+from psc.host.program import UnrollStep, compile_network
 from psc.hw.network.engine import NetworkEngine, instruction_words
 from psc.model.network import Layer, Network
 from psc.model.packing import pack_payload
@@ -33,12 +33,14 @@ def conv_net(rng, cin=2, c=8, cout=6, size=5):
     return Network("x", (cin, size, size), layers, "y")
 
 
-def _run_engine(cc, net, images, seed, reset_at=None, edit=None, op_values=1, weight_store=None):
+def _run_engine(cc, net, images, seed, reset_at=None, edit=None, op_values=1, weight_store=None,
+                unroll_input=True):
     """Load the network's program into an engine, run ``images`` through it; returns the
     program and, per image, ``(output words, error, cycles)``. ``edit`` may change the
     program's image before it is loaded; ``reset_at`` first abandons a run by a reset after
-    that many input beats; ``weight_store`` as :meth:`Program.engine_config` takes it."""
-    prog = compile_network(net, cc)
+    that many input beats; ``weight_store`` as :meth:`Program.engine_config` takes it,
+    ``unroll_input`` as :func:`compile_network`."""
+    prog = compile_network(net, cc, unroll_input=unroll_input)
     image = prog.engine_image()
     if edit:
         edit(image)
@@ -196,19 +198,22 @@ def _residual(rng, output):
     return Network("image", net.input_shape, layers, output)
 
 
-@pytest.mark.parametrize("name, output, op_values", [("ice40-up5k", "f", 1),
-                                                      ("ecp5-25k", "logits", 1),
-                                                      ("ecp5-25k", "logits", 3),
-                                                      ("tiny", "f", 2)])
-def test_engine_runs_every_op_of_a_residual_network(name, output, op_values):
-    """Stem, depthwise, pointwise, residual add, pooling, flatten and classifier, all on the
+@pytest.mark.parametrize("name, output, op_values, unroll", [("ice40-up5k", "f", 1, True),
+                                                              ("ecp5-25k", "logits", 1, True),
+                                                              ("ecp5-25k", "logits", 3, "chip"),
+                                                              ("tiny", "f", 2, True)])
+def test_engine_runs_every_op_of_a_residual_network(name, output, op_values, unroll):
+    """Stem (its input unrolled by the host, or on the ECP5 build by the engine),
+    depthwise, pointwise, residual add, pooling, flatten and classifier, all on the
     engine: the outputs (the pooled vector, or the logits) are the golden network's."""
     rng = np.random.default_rng(7)
     net = _residual(rng, output)
     images = rng.integers(-128, 128, size=(2,) + net.input_shape)
     want = net.run(images)
     assert len(np.unique(want)) >= want.size // 2      # few saturated or repeated values
-    prog, results = _run_engine(_simulable(name), net, images, seed=6, op_values=op_values)
+    prog, results = _run_engine(_simulable(name), net, images, seed=6, op_values=op_values,
+                                unroll_input=unroll)
+    assert any(isinstance(s, UnrollStep) for s in prog.steps) == (unroll == "chip")
     for i, (words, error, cycles) in enumerate(results):
         assert not error and cycles > 0
         np.testing.assert_array_equal(prog.output_from_words(words), want[i],
@@ -218,13 +223,15 @@ def test_engine_runs_every_op_of_a_residual_network(name, output, op_values):
 def test_the_digits_network_on_the_ecp5_engine_under_verilator():
     """The shipped digits network, stores loaded once, two images through the ECP5 build's
     engine with its real multiplier cells (Verilator), random pauses on the host's
-    streams: the outputs are the golden network's."""
+    streams, its stem's input unrolled on chip as over a link: the outputs are the
+    golden network's."""
     from psc import data
     from psc.onnx_import import import_onnx
     net = import_onnx(data.path("digits_psc.onnx"))
     _, _, x, _ = data.digits_split(0)
     images = net.quantize_input(x[:2])
-    prog = compile_network(net, PRESETS["ecp5-25k"])
+    prog = compile_network(net, PRESETS["ecp5-25k"], unroll_input="chip")
+    assert isinstance(prog.steps[0], UnrollStep)
     out, report = prog.simulate(images, target="verilator", stall=0.2, seed=3)
     np.testing.assert_array_equal(out, net.run(images))
     assert 0 < report["utilisation"] < 1 and len(report["per_image"]) == 2

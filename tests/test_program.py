@@ -2,6 +2,8 @@
 replace the host's packing, and whole networks run from one activation memory on the
 simulated core, bit for bit against the golden network."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -34,8 +36,9 @@ def test_gathers_are_the_tiles_inputs(name):
     on every mapping (diagonal, pixels and channels depthwise, split reductions, a stem
     unrolled by the host or on chip); every live tensor has its own words."""
     cc = PRESETS[name]
-    for label, (net, images) in _networks().items():
-        prog = compile_network(net, cc)
+    for (label, (net, images)), unroll in itertools.product(_networks().items(),
+                                                            (True, "chip")):
+        prog = compile_network(net, cc, unroll_input=unroll)
         ref = net.run(images[:1], keep=True)
         unrolls = [s for s in prog.steps if isinstance(s, UnrollStep)]
         steps = [s for s in prog.steps if not isinstance(s, UnrollStep)]
@@ -166,3 +169,24 @@ def test_an_engine_too_small_is_refused_naming_each_memory():
     with pytest.raises(ValueError, match=r"op_values must be at most rows=4 \(activations "
                                          r"per beat of the core's requantiser\), not 7"):
         prog.engine_config(op_values=7)
+
+
+def test_where_the_stem_input_is_unrolled():
+    """``unroll_input``: the host (True) or the engine ("chip", on the ECP5 build's two-bank
+    memory only: the UP5K's stem then reads its input as it is) or nobody (False); the
+    host's input is the image itself unless the host unrolls it."""
+    net, images = _digits()
+    for name, unroll, host, chip in (("ecp5-25k", True, True, False),
+                                     ("ecp5-25k", "chip", False, True),
+                                     ("ecp5-25k", False, False, False),
+                                     ("ice40-up5k", "chip", False, False)):
+        prog = compile_network(net, PRESETS[name], unroll_input=unroll)
+        steps = [s for s in prog.steps if isinstance(s, UnrollStep)]
+        assert (prog.unrolled_input, len(steps)) == (host, int(chip)), (name, unroll)
+        assert (prog.input_words(images[0]).shape == images[0].shape) == (not host)
+        if chip:
+            assert steps[0].src is prog.regions[net.input]
+            assert prog.steps[1].src is steps[0].dst and steps[0].dst.shape[0] == 9
+    with pytest.raises(ValueError, match=r"unroll_input must be one of True, 'chip', False, "
+                                         r"not 'host'"):
+        compile_network(net, PRESETS["ecp5-25k"], unroll_input="host")

@@ -64,8 +64,8 @@ __all__ = ["NetworkFitError", "Region", "ConvStep", "OpStep", "UnrollStep", "Pro
            "ActivationMemory", "compile_network", "describe", "gather_fields", "scatter_fields",
            "unroll_fields", "UNROLL_INPUT"]
 
-#: How :func:`compile_network` may unroll a stem's input: where it pays, on chip where the
-#: build can, else by the host (True); only on chip ("chip"); never (False).
+#: How :func:`compile_network` may unroll a stem's input, where it pays: by the host (True),
+#: on chip where the build can ("chip"), never (False).
 UNROLL_INPUT = (True, "chip", False)
 
 
@@ -627,12 +627,14 @@ def compile_network(net, config, *, unroll_input=True):
 
     ``unroll_input`` (one of :data:`UNROLL_INPUT`): a first layer with few input
     channels (the stem) may read its input unrolled (im2col, :func:`psc.host.plan_layer`'s
-    ``unroll_stem``), which keeps the array busier. The unroll runs on chip (an
-    :class:`UnrollStep`) where the build's activation memory writes a pixel's
-    channels from any lane (``lanes`` not a multiple of ``rows``) and the input has at
-    most ``lanes`` channels; otherwise, with ``True``, the host sends the input
-    unrolled, ``k * k / stride**2`` times larger (over a serial link, where the
-    input's bytes take longer than the layer, use ``"chip"``).
+    ``unroll_stem``), which keeps the array busier. With ``True`` the host sends the
+    input unrolled, ``k * k / stride**2`` times larger, which costs nothing where the
+    input arrives a beat per cycle. With ``"chip"`` the engine unrolls the stored input
+    (an :class:`UnrollStep`, one input pixel per cycle) where the build's activation
+    memory writes a pixel's channels from any lane (``lanes`` not a multiple of
+    ``rows``) and the input has at most ``lanes`` channels, else the stem reads the
+    input as it is: for a serial link, where the input's bytes take longer than the
+    layer.
 
     Raises :class:`NetworkFitError` for what network mode cannot run (a
     flatten of a map larger than 1 x 1, whose order differs from the stored
@@ -647,7 +649,8 @@ def compile_network(net, config, *, unroll_input=True):
         raise ValueError(f"unroll_input must be one of {', '.join(map(repr, UNROLL_INPUT))}, "
                          f"not {unroll_input!r}")
     lanes = config.lanes
-    on_chip = unrolls_on_chip(config) and net.shapes[net.input][0] <= lanes
+    on_chip = (unroll_input == "chip" and unrolls_on_chip(config)
+               and net.shapes[net.input][0] <= lanes)
     alias = {}
     for layer in net.layers:
         if layer.op == "flatten":

@@ -152,14 +152,17 @@ CMD_WORD = 32
 def instruction_words(config, fields=None):
     """The command-store words of one instruction (``fields``: a dict of
     :func:`instruction_layout`'s fields; ``w_n`` is dropped where the build has no weight
-    store), first word first; without ``fields``, how many there are."""
+    store, ``unroll`` where it has no unroll unit), first word first; without ``fields``,
+    how many there are."""
     il = instruction_layout(config)
     n = -(-il.size // CMD_WORD)
     if fields is None:
         return n
     from psc.model.packing import pack_payload
     names = {name for name, _ in il}
-    bits = pack_payload(il, {k: v for k, v in fields.items() if k in names or k != "w_n"})
+    # the fields only some builds have: a program's image always carries them
+    bits = pack_payload(il, {k: v for k, v in fields.items()
+                             if k in names or k not in ("w_n", "unroll")})
     return [(bits >> (CMD_WORD * i)) & ((1 << CMD_WORD) - 1) for i in range(n)]
 
 
