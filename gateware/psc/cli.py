@@ -175,6 +175,7 @@ def _bench(args):
 def _program(args):
     """Compile a network for network mode (psc.host.program); run it with --run."""
     from psc import data
+    from psc.host.network_link import link_program
     from psc.host.program import compile_network, describe
     from psc.model.network import Network
     from psc.onnx_import import import_onnx
@@ -190,7 +191,8 @@ def _program(args):
     else:
         path = args.network or data.path("digits_psc.onnx")
         net = import_onnx(path) if str(path).endswith(".onnx") else Network.load(path)
-    prog = compile_network(net, config)
+    # a board runs the program as its link compiles it (the stem's input unrolled on chip)
+    prog = link_program(net, config) if args.board else compile_network(net, config)
     print("\n".join(describe(prog)))
     if not args.board:
         # the engine psc program builds (--run, --synth); a board's has its own memories
