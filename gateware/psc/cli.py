@@ -47,6 +47,9 @@ class _Parser(argparse.ArgumentParser):
 
 #: Options that override one field of a subcommand's base configuration
 #: (:meth:`psc.config.CoreConfig.replace`); the field is the option's name with ``_``.
+#: psc program --unroll: compile_network's unroll_input for each choice.
+UNROLL_CHOICES = {"host": True, "chip": "chip", "none": False}
+
 _OVERRIDES = {
     "lanes": dict(type=int, metavar="N", help="lanes (Tn, activations per beat)"),
     "rows": dict(type=int, metavar="N", help="rows (Tm, output channels per beat)"),
@@ -192,7 +195,8 @@ def _program(args):
         path = args.network or data.path("digits_psc.onnx")
         net = import_onnx(path) if str(path).endswith(".onnx") else Network.load(path)
     # a board runs the program as its link compiles it (the stem's input unrolled on chip)
-    prog = link_program(net, config) if args.board else compile_network(net, config)
+    prog = (link_program(net, config) if args.board else
+            compile_network(net, config, unroll_input=UNROLL_CHOICES[args.unroll]))
     print("\n".join(describe(prog)))
     if not args.board:
         # the engine psc program builds (--run, --synth); a board's has its own memories
@@ -363,6 +367,10 @@ def _add_program(sub):
                         "target's, psc.presets.OP_VALUES, else 1)")
     p.add_argument("--layers", action="store_true",
                    help="with --run, also each convolution's cycles on the core alone")
+    p.add_argument("--unroll", choices=list(UNROLL_CHOICES), default="host",
+                   help="who unrolls a stem's input (psc.host.program.compile_network's "
+                        "unroll_input): the host (default), the engine (chip: as a board does "
+                        "over its link, and --board always) or none")
     p.add_argument("--board", choices=sorted(BOARDS),
                    help="whole-board simulation: the board's network-mode build (psc build "
                         "--mode network) driven by psc.network.run through its UART at the "
