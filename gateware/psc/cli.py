@@ -45,11 +45,11 @@ class _Parser(argparse.ArgumentParser):
         raise _BadOption(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
-#: Options that override one field of a subcommand's base configuration
-#: (:meth:`psc.config.CoreConfig.replace`); the field is the option's name with ``_``.
 #: psc program --unroll: compile_network's unroll_input for each choice.
 UNROLL_CHOICES = {"host": True, "chip": "chip", "none": False}
 
+#: Options that override one field of a subcommand's base configuration
+#: (:meth:`psc.config.CoreConfig.replace`); the field is the option's name with ``_``.
 _OVERRIDES = {
     "lanes": dict(type=int, metavar="N", help="lanes (Tn, activations per beat)"),
     "rows": dict(type=int, metavar="N", help="rows (Tm, output channels per beat)"),

@@ -31,8 +31,8 @@ from psc.hw.link.network_bridge import (COUNT_WIDTH, CRC, ENGINE_ID_FIELDS, FLAG
 from psc.hw.network.engine import EngineConfig
 from psc.model.checks import check_int
 
-__all__ = ["link_program", "input_bytes", "engine_of", "frame", "NetworkImage", "network_image", "infer_frame",
-           "parse_status", "status_exchange", "load_exchange", "infer_exchange",
+__all__ = ["link_program", "input_bytes", "engine_of", "frame", "NetworkImage",
+           "network_image", "infer_frame", "parse_status", "status_exchange", "load_exchange", "infer_exchange",
            "network_session", "MAX_LOAD_WORDS", "TROUBLE"]
 
 #: Words per LOAD frame: a frame with a bad CRC is resent whole, so keep them short.

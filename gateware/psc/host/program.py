@@ -29,11 +29,11 @@ needs, before anything is sent:
 
 Only the network's first layer may read its input unrolled (a stem with few
 channels running as a pointwise layer over its im2col input,
-:func:`psc.host.scheduler.unroll`): an :class:`UnrollStep` builds that
-input on chip from the stored one (:class:`psc.hw.network.Unroll`), or,
-on a build whose activation memory cannot place it, the host sends it
-already unrolled (:meth:`Program.input_words`). Every other convolution
-reads windows of a stored tensor.
+:func:`psc.host.scheduler.unroll`): the host sends that input already
+unrolled (:meth:`Program.input_words`), or, over a link, an
+:class:`UnrollStep` builds it on chip from the stored input
+(:class:`psc.hw.network.Unroll`; :func:`compile_network`'s ``unroll_input``).
+Every other convolution reads windows of a stored tensor.
 
 :meth:`Program.run` executes the program on a simulated core with an
 :class:`ActivationMemory` per image doing the gathers and scatters, the
@@ -665,7 +665,7 @@ def compile_network(net, config, *, unroll_input=True):
     for i, layer in enumerate(net.layers):
         if layer.op == "conv":
             # only the first layer, alone on the network's input, may read it unrolled
-            on_input = (bool(unroll_input) and (on_chip or unroll_input is True) and i == 0
+            on_input = ((on_chip or unroll_input is True) and i == 0
                         and sum(net.input in l.inputs for l in net.layers) == 1)
             x = np.zeros(net.shapes[layer.inputs[0]], dtype=np.int64)
             try:

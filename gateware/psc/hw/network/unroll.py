@@ -74,7 +74,7 @@ class Unroll(wiring.Component):
         Reads or writes of the unroll are still to come.
 
     Throughput one input pixel per cycle, ``n_x * n_y * k * k`` cycles; the last write
-    is presented three cycles after the last read is issued (the read, its register,
+    is presented two cycles after the last read is issued (the read, its register,
     the write).
     """
 
