@@ -33,27 +33,8 @@ def _check(layer, y, label):
                           f"{tuple(bad[0])}: core {y[tuple(bad[0])]}, golden {ref[tuple(bad[0])]}")
 
 
-# Icarus runs the named cases on the 8 x 8 build slowly (many minutes): opt-in there
-# (pytest -m soak); the other benches here cover Icarus in the default suite.
-# Session scope: xdist may interleave other modules' tests with this group's on its worker,
-# and a module fixture would then run every case again.
-@pytest.fixture(scope="session",
-                params=["verilator", pytest.param("icarus", marks=pytest.mark.soak)])
-def named(request):
-    """Run every named case in one simulation per target; name -> (layer, y, counters)."""
-    names = sorted(core_cases.CASES)
-    layers = [core_cases.make(n) for n in names]
-    results = host.run_layers(layers, config=DEFAULT, target=request.param, stall=STALL, seed=7)
-    return request.param, {n: (l, y, c) for n, l, (y, c) in zip(names, layers, results)}
-
-
-@pytest.mark.parametrize("name", sorted(core_cases.CASES))
-@pytest.mark.xdist_group("core_named")   # one worker builds the fixture
-def test_named_case(named, name):
-    target, res = named
-    layer, y, counters = res[name]
-    _check(layer, y, f"{name} on {target}")
-    # Every beat of the reduction entered the MAC array exactly once.
+def _beats_of(layer, y):
+    """Beats a named case's layer puts through the MAC array on the default build."""
     k = layer["w_pos"].shape[-1]
     cin, cout = layer["x"].shape[0], layer["w_pos"].shape[0]
     ho, wo = y.shape[1:]
@@ -66,7 +47,29 @@ def test_named_case(named, name):
         # block of rows neighbouring output pixels
         assert DEFAULT.pe.depthwise == "pixels"
         wo = -(-wo // DEFAULT.rows)
-    assert counters["compute"] == ho * wo * -(-cout // DEFAULT.rows) * k * k * gin
+    return ho * wo * -(-cout // DEFAULT.rows) * k * k * gin
+
+
+# Icarus runs the named cases on the 8 x 8 build slowly (many minutes): opt-in there
+# (pytest -m soak); the other benches here cover Icarus in the default suite. One test runs
+# every case in one simulation (a test per case would build and run it on every xdist worker
+# that gets one) and reports each case that fails.
+@pytest.mark.parametrize("target", SOAK_ICARUS)
+def test_named_cases(target):
+    names = sorted(core_cases.CASES)
+    layers = [core_cases.make(n) for n in names]
+    results = host.run_layers(layers, config=DEFAULT, target=target, stall=STALL, seed=7)
+    failed = []
+    for name, layer, (y, counters) in zip(names, layers, results):
+        try:
+            _check(layer, y, f"{name} on {target}")
+            # every beat of the reduction entered the MAC array exactly once
+            beats = _beats_of(layer, y)
+            assert counters["compute"] == beats, (
+                f"{name} on {target}: {counters['compute']} beats, {beats} expected")
+        except AssertionError as e:
+            failed.append(str(e))
+    assert not failed, f"{len(failed)} of {len(names)} cases failed:\n" + "\n".join(failed)
 
 
 def _tiled_layers():

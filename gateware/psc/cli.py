@@ -618,7 +618,11 @@ def _add_build(sub):
                         "build/board/<board>-network)")
     p.add_argument("--seed", type=_int_at_least(0),
                    help="nextpnr placer seed (default: the board's for the mode, "
-                        "psc.flow.board.BOARDS: icebreaker 2, ulx3s 1, ulx3s network 2)")
+                        "psc.flow.board.BOARDS: "
+                        + ", ".join(f"{n}{'' if mode == 'tile' else ' ' + mode} "
+                                    f"{b.default_seed(mode)}"
+                                    for n, b in board.BOARDS.items() for mode in board.MODES
+                                    if mode == "tile" or b.network_hz) + ")")
     p.add_argument("--seeds", type=_int_at_least(1), metavar="N",
                    help="build seeds 1..N, each in <build dir>/seed<N>, as tasks on a Dask "
                         "cluster (--scheduler, --workers), and print each seed's Fmax and "
