@@ -103,6 +103,7 @@ def test_bench_mobilenet_v2_layer_list():
     (["program", "--run", "modelsim"], ["psc program", "--run", "'modelsim'"]),
     (["program", "--target", "tiny", "--synth"], ["psc program", "--synth", "'tiny'"]),
     (["program", "--units"], ["psc program", "--units needs --synth"]),
+    (["program", "--trace"], ["psc program", "--trace needs --run"]),
     (["build", "--board", "icebreaker", "--mode", "network"],
      ["psc build", "network mode is built for ulx3s", "'icebreaker'"]),
     (["program", "--board", "icebreaker"], ["psc program", "'icebreaker'", "--tile"]),

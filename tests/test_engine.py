@@ -11,7 +11,7 @@ import pytest
 from amaranth.hdl import ClockDomain, Module
 from amaranth.sim import Simulator
 
-from psc.host.program import UnrollStep, compile_network
+from psc.host.program import ConvStep, UnrollStep, compile_network
 from psc.hw.network.engine import NetworkEngine, instruction_words
 from psc.model.network import Layer, Network
 from psc.model.packing import pack_payload
@@ -232,9 +232,23 @@ def test_the_digits_network_on_the_ecp5_engine_under_verilator():
     images = net.quantize_input(x[:2])
     prog = compile_network(net, PRESETS["ecp5-25k"], unroll_input="chip")
     assert isinstance(prog.steps[0], UnrollStep)
-    out, report = prog.simulate(images, target="verilator", stall=0.2, seed=3)
+    out, report = prog.simulate(images, target="verilator", stall=0.2, seed=3, trace=True)
     np.testing.assert_array_equal(out, net.run(images))
     assert 0 < report["utilisation"] < 1 and len(report["per_image"]) == 2
+    _check_trace(prog, report)
+
+
+def _check_trace(prog, report):
+    """The trace of the first image accounts for its every cycle and beat, step by step."""
+    rows = report["trace"]
+    convs = [s.name for s in prog.steps if isinstance(s, ConvStep)]
+    assert [r["name"] for r in rows if r["beats"]] == convs
+    assert rows[0]["name"] == "input" and rows[-1]["name"] == "output"
+    assert sum(r["cycles"] for r in rows) == report["per_image"][0]
+    assert sum(r["beats"] for r in rows) == report["compute"]
+    for r in rows:
+        assert r["instructions"] >= 1 and r["cycles"] >= r["beats"] + r["setup"] + r["drain"]
+        assert (r["ideal"] > 0) == (r["name"] in convs) and r["ideal"] <= r["beats"], r
 
 
 def test_a_residual_network_on_the_engine_under_icarus():
@@ -244,8 +258,9 @@ def test_a_residual_network_on_the_engine_under_icarus():
     net = _residual(rng, "logits")
     images = rng.integers(-128, 128, size=(1,) + net.input_shape)
     prog = compile_network(net, PRESETS["tiny"])
-    out, _ = prog.simulate(images, target="icarus", stall=0.3, seed=2)
+    out, report = prog.simulate(images, target="icarus", stall=0.3, seed=2, trace=True)
     np.testing.assert_array_equal(out, net.run(images))
+    _check_trace(prog, report)
 
 
 def _edge_ops_net(rng, c, h, w):

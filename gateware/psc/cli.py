@@ -185,6 +185,8 @@ def _program(args):
     for option in ("units", "pnr"):
         if getattr(args, option) and not args.synth:
             raise _BadOption(f"psc program: --{option} needs --synth")
+    if args.trace and not args.run:
+        raise _BadOption("psc program: --trace needs --run")
     if args.board and args.preset == "default":
         args.preset = args.board          # the board's own build
     config = _configured(args, args.preset)
@@ -232,9 +234,11 @@ def _program(args):
         if not exact:
             return 1
     out, report = prog.simulate(images, target=args.run, seed=args.seed,
-                                op_values=args.op_values)
+                                op_values=args.op_values, trace=args.trace)
     exact = np.array_equal(out, want)
     cc = prog.config
+    if args.trace:
+        print("\n".join(_trace_lines(report["trace"])))
     print(f"\nnetwork engine on {args.run}: {report['cycles']:.0f} cycles per inference (input "
           f"in to output out, median of {len(images)} images), {report['macs']} MACs, array "
           f"utilisation {report['utilisation']:.1%}; {report['window']:.0f} cycles after the "
@@ -242,6 +246,30 @@ def _program(args):
           f"{report['macs'] / (cc.rows * cc.lanes) / report['window']:.1%} over them; outputs "
           f"{'bit-exact with' if exact else 'DIFFER from'} the golden network")
     return 0 if exact else 1
+
+
+def _trace_lines(rows):
+    """``psc program --trace``'s table of :meth:`psc.host.program.Program.trace_rows`."""
+    lines = ["\nwhere the first image's cycles go (a convolution's setup: its tiles' cycles "
+             "before their first beat into the array; drain: after their last; gaps: between "
+             "their beats; array: its MACs over the array's per cycle)",
+             f"{'step':<22} {'instr':>5} {'cycles':>7} {'beats':>7} {'setup':>6} {'drain':>6} "
+             f"{'gaps':>6} {'array':>6}"]
+    for r in rows:
+        line = f"{r['name']:<22} {r['instructions']:>5} {r['cycles']:>7}"
+        if r["beats"]:
+            gaps = r["cycles"] - r["setup"] - r["drain"] - r["beats"]
+            line += (f" {r['beats']:>7} {r['setup']:>6} {r['drain']:>6} {gaps:>6} "
+                     f"{r['ideal'] / r['cycles']:>6.1%}")
+        lines.append(line)
+    total = {k: sum(r[k] for r in rows) for k in ("instructions", "cycles", "beats", "setup",
+                                                   "drain", "ideal")}
+    conv = sum(r["cycles"] for r in rows if r["beats"])
+    lines.append(f"{'all':<22} {total['instructions']:>5} {total['cycles']:>7} "
+                 f"{total['beats']:>7} {total['setup']:>6} {total['drain']:>6} "
+                 f"{conv - total['setup'] - total['drain'] - total['beats']:>6} "
+                 f"{total['ideal'] / total['cycles']:>6.1%}")
+    return lines
 
 
 def _program_board(args, net, images, want):
@@ -367,6 +395,10 @@ def _add_program(sub):
                         "target's, psc.presets.OP_VALUES, else 1)")
     p.add_argument("--layers", action="store_true",
                    help="with --run, also each convolution's cycles on the core alone")
+    p.add_argument("--trace", action="store_true",
+                   help="with --run, also where the engine's cycles go, step by step: each "
+                        "convolution's beats into the array and the cycles before its first "
+                        "beat, after its last and between its beats")
     p.add_argument("--unroll", choices=list(UNROLL_CHOICES), default="host",
                    help="who unrolls a stem's input (psc.host.program.compile_network's "
                         "unroll_input): the host (default), the engine (chip: as a board does "

@@ -6,7 +6,9 @@ and the number of output words) on the engine: every store word through
 ``load``, then per image a ``run`` pulse, the beats into ``host_in`` and the
 words out of ``host_out``, with random pauses of probability ``stall`` on
 both streams, until ``done``. It writes per image the output words, ``error``
-``cycles``, ``window`` and ``compute`` to ``PSC_RESULT``.
+``cycles``, ``window`` and ``compute`` to ``PSC_RESULT``; with ``trace`` in the job, also
+per image the cycles each instruction started, had its first and last beat into the MAC
+array, and its beats (:meth:`psc.host.program.Program.simulate`'s ``trace``).
 """
 
 import random
@@ -56,10 +58,13 @@ async def _run(dut, job, results):
         dut.run.value = 0
         host_in.send_many(image["beats"])
         cycles = 0
+        trace = [] if job.get("trace") else None
         while True:
             await RisingEdge(clk)
             cycles += 1
             await ReadOnly()
+            if trace is not None:
+                _trace(dut, cycles, trace)
             if read_int(dut.done):
                 break
             if cycles > job["max_cycles"]:
@@ -70,4 +75,24 @@ async def _run(dut, job, results):
             raise AssertionError(str(host_out.errors[0]))
         results.append({"outputs": list(words), "error": read_int(dut.error),
                         "cycles": read_int(dut.cycles), "compute": read_int(dut.compute),
-                        "window": read_int(dut.window)})
+                        "window": read_int(dut.window),
+                        **({"trace": {"instructions": trace, "cycles": cycles}}
+                           if trace is not None else {})})
+
+
+#: The encoding of the engine's ``START`` state in its Verilog ``fsm_state`` (Amaranth numbers
+#: a state machine's states in the order they are defined: IDLE, FETCH, START, ...).
+_START = 2
+
+
+def _trace(dut, cycle, trace):
+    """One cycle of the job's ``trace``: an instruction starts in its ``START`` state
+    (``[start, first beat, last beat, beats]``, cycles counted from the ``run`` pulse), and
+    the core's beat into the MAC array (its cycle counters' ``beat``) is the instruction's."""
+    if read_int(dut.fsm_state) == _START:
+        trace.append([cycle, None, None, 0])
+    if trace and read_int(dut.core.counters.beat):
+        step = trace[-1]
+        step[1] = cycle if step[1] is None else step[1]
+        step[2] = cycle
+        step[3] += 1

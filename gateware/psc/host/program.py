@@ -349,7 +349,9 @@ class Program:
         """The program as :class:`psc.hw.network.NetworkEngine` runs it: a dict with
         ``instructions`` (dicts of :func:`psc.hw.network.engine.instruction_layout`'s
         fields: ``INPUT``, an ``UNROLL``, one ``CONV`` per tile, an ``OP`` per add or
-        pooling, ``OUTPUT``, ``END``), ``weights`` and
+        pooling, ``OUTPUT``, ``END``), ``steps`` (per instruction the name of the step it
+        belongs to: ``"input"``, a layer's, ``"output"`` for ``OUTPUT`` and ``END``),
+        ``weights`` and
         ``params`` (the stores' words, every tile's own in order) and ``act_words``.
 
         Raises :class:`NetworkFitError` for a step the engine does not run yet (an add
@@ -378,15 +380,19 @@ class Program:
         instructions = [ins("INPUT", scatter={
             "addr": src.base, "lane": 0, "pixel_step": src.groups, "row_step": w * src.groups,
             "n_b": channel_groups(c, cc.rows), "n_x": w, "n_y": h, "valid": c})]
+        names = ["input"]
         weights, params, w_off = [], [], 0
         for step in self.steps:
             if isinstance(step, UnrollStep):
                 instructions.append(ins("UNROLL", unroll=unroll_fields(step, cc.lanes)))
+                names.append(step.name)
                 continue
             if isinstance(step, OpStep):
                 if step.op != "flatten":
                     instructions.append(ins("OP", eltwise=_op_fields(step, cc.lanes)))
+                    names.append(step.name)
                 continue
+            names += [step.name] * len(step.plan.tiles)
             for tile in step.plan.tiles:
                 if tile.weights:       # a tile that keeps its weights reads the last ones
                     w_off = len(weights)
@@ -404,7 +410,9 @@ class Program:
         instructions += [ins("OUTPUT", gather=gather_fields(out, Window(0, c, out.groups, 0, h,
                                                                         0, w), cc.lanes)),
                          ins("END")]
-        return {"instructions": instructions, "weights": weights, "params": params,
+        names += ["output", "output"]        # END: the run's last cycle
+        return {"instructions": instructions, "steps": names, "weights": weights,
+                "params": params,
                 "act_words": self.act_words + self.act_words % 2}
 
     @property
@@ -490,7 +498,8 @@ class Program:
         cmd = [w for ins in image["instructions"] for w in instruction_words(engine_config, ins)]
         return cmd, list(image["weights"]), list(image["params"])
 
-    def simulate(self, images, *, target="verilator", stall=0.0, seed=0, op_values=None):
+    def simulate(self, images, *, target="verilator", stall=0.0, seed=0, op_values=None,
+                 trace=False):
         """Run ``images`` on a simulated :class:`psc.hw.network.NetworkEngine` holding this
         program: the stores loaded once, then per image its input in, every layer on chip,
         its output out (:mod:`psc.host.engine_bench`, random pauses of probability
@@ -501,7 +510,8 @@ class Program:
         inference, ``cycles`` (median over the images, from ``run`` to ``done``: input
         in, every layer, output out), ``window`` (those after the input was received),
         ``compute`` (median cycles with a beat entering the MAC array), ``macs`` and ``utilisation`` (``macs / (rows * lanes)`` over
-        ``cycles``).
+        ``cycles``). With ``trace``, ``trace`` too: where the first image's cycles went,
+        step by step (:meth:`trace_rows`).
         """
         from psc.host.sim import run_engine_job
         from psc.hw.network.engine import load_layout
@@ -514,7 +524,8 @@ class Program:
         out_words = self.regions[self.net.output].words
         job = {"seed": int(seed), "stall": float(stall),
                "max_cycles": int(self.cycle_bound() * (1 + 8 * stall)), "loads": loads,
-               "images": [{"beats": self.input_beats(x), "n_out": out_words} for x in xs]}
+               "images": [{"beats": self.input_beats(x), "n_out": out_words} for x in xs],
+               "trace": bool(trace)}
         res = run_engine_job(job, ec, target=target)["images"]
         for i, r in enumerate(res):
             if r["error"] or len(r["outputs"]) != out_words:
@@ -523,11 +534,47 @@ class Program:
         outs = np.stack([self.output_from_words(r["outputs"]) for r in res])
         cycles = float(np.median([r["cycles"] for r in res]))
         macs = sum(s.plan.macs for s in self.steps if isinstance(s, ConvStep))
-        return outs, {"cycles": cycles, "macs": macs,
-                      "compute": float(np.median([r["compute"] for r in res])),
-                      "window": float(np.median([r["window"] for r in res])),
-                      "utilisation": macs / (cc.rows * cc.lanes) / cycles,
-                      "per_image": [r["cycles"] for r in res]}
+        report = {"cycles": cycles, "macs": macs,
+                  "compute": float(np.median([r["compute"] for r in res])),
+                  "window": float(np.median([r["window"] for r in res])),
+                  "utilisation": macs / (cc.rows * cc.lanes) / cycles,
+                  "per_image": [r["cycles"] for r in res]}
+        if trace:
+            report["trace"] = self.trace_rows(**res[0]["trace"])
+        return outs, report
+
+    def trace_rows(self, instructions, cycles):
+        """Where a run's ``cycles`` went, step by step: ``instructions`` holds per instruction
+        (:meth:`engine_image`'s order) the cycle it started, the cycles of its first and
+        last beat into the MAC array (``None`` without beats) and its beats, counted from
+        the ``run`` pulse (:mod:`psc.host.engine_bench`'s trace). An instruction lasts until
+        the next one starts (the first also holds the fetch before it, the ``END`` ends the
+        run). Returns per step, in order, a dict: ``name``, ``instructions``, ``cycles``,
+        ``beats``, ``setup`` (cycles of its instructions before their first beat),
+        ``drain`` (after their last beat, the next instruction's fetch included) and
+        ``ideal`` (its MACs over the array's, 0 for a step without).
+        """
+        names = self.engine_image()["steps"]
+        if len(instructions) != len(names):
+            raise RuntimeError(f"the trace has {len(instructions)} instructions, the program "
+                               f"{len(names)}")
+        macs = {s.name: s.plan.macs for s in self.steps if isinstance(s, ConvStep)}
+        ends = [s[0] for s in instructions[1:]] + [cycles]
+        rows = []
+        for i, (name, (start, first, last, beats), end) in enumerate(zip(names, instructions, ends)):
+            start = 0 if i == 0 else start
+            if not rows or rows[-1]["name"] != name:
+                rows.append({"name": name, "instructions": 0, "cycles": 0, "beats": 0,
+                             "setup": 0, "drain": 0,
+                             "ideal": macs.get(name, 0) / (self.config.rows * self.config.lanes)})
+            row = rows[-1]
+            row["instructions"] += 1
+            row["cycles"] += end - start
+            row["beats"] += beats
+            if beats:
+                row["setup"] += first - start
+                row["drain"] += end - 1 - last
+        return rows
 
     # --- running it ------------------------------------------------------------
 
