@@ -15,7 +15,7 @@ import pytest
 
 from psc.build_dir import build_root
 from psc.flow import board, toolchain
-from psc.presets import preset
+from psc.presets import board_core, preset
 from psc.hw.link.board_top import BoardTop
 from psc.hw.link.bridge import ID_BYTES, id_frame
 from psc.hw.link.uart import divisor_for
@@ -99,8 +99,11 @@ def test_network_mode_board_top():
     b = board.BOARDS["ulx3s"]
     bc = board.bridge_config("ulx3s", mode="network")
     assert isinstance(bc, network_bridge.NetworkBridgeConfig)
+    # the network engine: 8 lanes x 3 rows (24 of the 28 MULT18X18D), the rest the preset's
+    assert bc.engine.core == board_core("ulx3s", "network") != preset("ulx3s")
+    assert (bc.engine.core.lanes, bc.engine.core.rows) == (8, 3)
+    assert bc.engine.core.replace(lanes=7, rows=4, fmap_depth=4096) == preset("ulx3s")
     # each mode's UART divisor from its own clock
-    assert bc.engine.core == preset("ulx3s")
     assert bc.divisor == divisor_for(b.clk_hz_for("network"), board.DEFAULT_BAUD)
     assert board.bridge_config("ulx3s").divisor == divisor_for(b.clk_hz, board.DEFAULT_BAUD)
     assert board.board_pll("ulx3s", mode="network") == b.pll_for("network")

@@ -337,12 +337,21 @@ def test_id_check_refuses_fields_beyond_the_array_size(other):
         serial_link.board_config(ident, other)
 
 
+def test_digest_lookup_knows_the_network_mode_cores():
+    """A board's network-mode core is looked up by its digest like a preset."""
+    from psc.presets import board_core, shipped_cores
+    core = board_core("ulx3s", "network")
+    assert serial_link.preset_for_digest(core.digest()) == ("ulx3s network", core)
+    assert serial_link.preset_for_digest(PRESETS["ecp5-25k"].digest())[0] == "ecp5-25k"
+    assert len({c.digest() for c in shipped_cores().values()}) == len(shipped_cores())
+
+
 def test_digest_lookup_refuses_an_unknown_build():
     """With no configuration, a board whose digest is no preset's is refused (never a
     configuration guessed from the readable fields), before any tile is sent."""
     unknown = SIM_CONFIG.replace(requant_mult_bits=4)
     assert all(unknown.digest() != c.digest() for c in PRESETS.values())
-    msg = rf"board reports build digest {unknown.digest():#010x}, which matches no preset.*pass config="
+    msg = rf"board reports build digest {unknown.digest():#010x}, which matches no shipped core.*pass config="
     with pytest.raises(serial_link.LinkError, match=msg):
         serial_link.preset_for_digest(unknown.digest())
     fake = FakeBoard(unknown, ident=id_frame(unknown, 4))

@@ -123,10 +123,11 @@ def _add_overrides(p, names, whose):
 
 
 def _configured(args, base):
-    """Preset ``base`` with the overrides given on the command line (validated by the config)."""
+    """Preset ``base`` (a name, or a :class:`~psc.config.CoreConfig`) with the overrides given
+    on the command line (validated by the config)."""
     changes = {k: getattr(args, k) for k in args.overrides if getattr(args, k) is not None}
     try:
-        return preset(base).replace(**changes)
+        return (preset(base) if isinstance(base, str) else base).replace(**changes)
     except ValueError as e:
         raise _BadOption(f"psc {args.command}: {e}") from e
 
@@ -189,7 +190,9 @@ def _program(args):
         raise _BadOption("psc program: --trace needs --run")
     if args.board and args.preset == "default":
         args.preset = args.board          # the board's own build
-    config = _configured(args, args.preset)
+    # a board with a network-mode build: that build's core
+    config = _configured(args, presets.board_core(args.preset, "network")
+                         if args.preset in presets.ENGINES else args.preset)
     if args.network == "mbv2":
         from psc.model.mobilenet import board_mbv2
         net = board_mbv2(args.seed)
@@ -374,7 +377,8 @@ def _add_program(sub):
                         "(psc.model.mobilenet.board_mbv2)")
     p.add_argument("--preset", "--target", dest="preset", default="default",
                    choices=sorted(PRESETS) + sorted(BOARDS),
-                   help="the build: a preset, synthesis target or board (default: default)")
+                   help="the build: a preset, synthesis target or board (a board's "
+                        "network-mode build where it has one; default: default)")
     _add_overrides(p, ("lanes", "rows", "depthwise", "weight-depth", "fmap-depth"),
                    "the preset's")
     p.add_argument("--run", choices=list(SIMULATORS), metavar="SIM",
@@ -440,7 +444,8 @@ def _add_bench(sub):
                         f"'resnet' ResNet-18/34's wide 3x3 layers and a stride-2 shortcut")
     p.add_argument("--preset", "--target", dest="preset", default="default",
                    choices=sorted(PRESETS) + sorted(BOARDS),
-                   help="the build: a preset, synthesis target or board (default: default)")
+                   help="the build: a preset, synthesis target or board (a board's "
+                        "network-mode build where it has one; default: default)")
     _add_overrides(p, ("lanes", "rows", "depthwise"), "the preset's")
     p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.set_defaults(func=_bench)
@@ -614,7 +619,8 @@ def _add_soak(sub):
 
 def _build(args):
     """Build a board's bitstream (psc.flow.board)."""
-    config = _configured(args, args.board)
+    config = _configured(args, args.board if args.mode == "tile"
+                         else _checked("build", presets.board_core, args.board, args.mode))
     core_hz = None if args.clock is None else args.clock * 1e6
     _checked("build", board.bridge_config, args.board, args.baud, config, core_hz, args.mode)
     if args.seeds is not None and args.seed is not None:
@@ -638,7 +644,11 @@ def _add_build(sub):
                                    "clock, and the bitstream path.")
     p.add_argument("--board", required=True, choices=list(BOARDS),
                    help="board; it runs the preset of its synthesis target ("
-                        + ", ".join(f"{b}: {t}" for b, t in BOARDS.items()) + ")")
+                        + ", ".join(f"{b}: {t}" for b, t in BOARDS.items()) + "), in network "
+                        "mode with the changes of psc.presets.ENGINES ("
+                        + ", ".join(f"{b}: {c['lanes']} lanes x {c['rows']} rows"
+                                    for b, c in ((b, e.get("core", {}))
+                                                 for b, e in presets.ENGINES.items())) + ")")
     p.add_argument("--baud", type=_int_at_least(1), default=DEFAULT_BAUD,
                    help=f"UART baud rate (default {DEFAULT_BAUD})")
     p.add_argument("--mode", choices=["tile", "network"], default="tile",

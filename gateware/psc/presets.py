@@ -31,12 +31,16 @@ runs exactly the core its target's figures were measured on.
   row, a partial-sum buffer of 512 beats. Depthwise layers run on the whole
   array with ``depthwise="channels"`` (28 channels of one pixel per beat;
   the input buffer is four banks of 1024 lane words).
+
+A board's network-mode build (:data:`ENGINES`) may change its preset's
+array to suit whole networks; :func:`board_core` gives the core of either
+mode, :func:`shipped_cores` every core a build ships.
 """
 
 from psc.config import CoreConfig, PSCConfig
 
 __all__ = ["PRESETS", "TARGETS", "BOARDS", "ENGINES", "OP_VALUES", "DEFAULT_BAUD", "preset",
-           "board_engine", "op_values"]
+           "board_engine", "board_core", "shipped_cores", "op_values"]
 
 PRESETS = {
     "default": CoreConfig(),
@@ -59,10 +63,16 @@ TARGETS = {"ice40-up5k": "ice40-up5k", "ecp5-25k": "ecp5-25k"}
 #: Board -> the synthesis target whose preset it runs (``psc build --board``).
 BOARDS = {"icebreaker": "ice40-up5k", "ulx3s": "ecp5-25k"}
 
-#: Board -> the memories of its network-mode build (:class:`psc.hw.network.EngineConfig`
-#: beside the board's preset; ``psc build --mode network``). The iCEBreaker has none: the
-#: UP5K's block RAM and SPRAM already hold its core's buffers.
-ENGINES = {"ulx3s": {"act_depth": 1024, "cmd_depth": 64, "param_store_depth": 256}}
+#: Board -> its network-mode build (``psc build --mode network``): ``core``, the changes to
+#: the board's preset (:meth:`psc.config.CoreConfig.replace`), and the engine's memories
+#: (:class:`psc.hw.network.EngineConfig`). The ULX3S's network engine runs its 28
+#: MULT18X18D as 8 lanes x 3 rows (24 MACs): networks' channel counts are mostly multiples
+#: of 8, which 7 lanes pad by up to a seventh and more, while its tile mode keeps 7 x 4 for
+#: the tile-mode bench layers (``depthwise="channels"`` needs an input bank per row, so
+#: ``fmap_depth`` is 3 x 1024). The iCEBreaker has none: the UP5K's block RAM and SPRAM
+#: already hold its core's buffers.
+ENGINES = {"ulx3s": {"core": {"lanes": 8, "rows": 3, "fmap_depth": 3072},
+                     "act_depth": 1024, "cmd_depth": 64, "param_store_depth": 256}}
 #: Target -> activations per beat of its network engine's add and pooling unit
 #: (:attr:`psc.hw.network.EngineConfig.op_values`; 1 where not listed). The ECP5's
 #: requantiser rows are pipelined, so a second value per beat halves the adds' time, for
@@ -95,10 +105,39 @@ def board_engine(board):
         raise ValueError(f"network mode is built for {', '.join(ENGINES)}, not for board "
                          f"{board!r}: its device has no memory left for the engine "
                          f"(use the tile-mode build)")
-    return EngineConfig(preset(board), op_values=op_values(preset(board)), **ENGINES[board])
+    memories = {k: v for k, v in ENGINES[board].items() if k != "core"}
+    return EngineConfig(board_core(board, "network"), op_values=OP_VALUES.get(BOARDS[board], 1),
+                        **memories)
+
+
+def board_core(board, mode="tile"):
+    """The :class:`~psc.config.CoreConfig` of ``board``'s build in ``mode`` (``"tile"``: its
+    preset; ``"network"``: its preset with :data:`ENGINES`' changes)."""
+    base = preset(board)
+    if mode == "network":
+        if board not in ENGINES:
+            board_engine(board)             # the error that says why
+        return base.replace(**ENGINES[board].get("core", {}))
+    return base
+
+
+def shipped_cores():
+    """Name -> :class:`~psc.config.CoreConfig` of every core a build ships: the presets, then
+    each board's network-mode core (``"<board> network"``) where it differs from them."""
+    cores = dict(PRESETS)
+    for board in ENGINES:
+        core = board_core(board, "network")
+        if core not in cores.values():
+            cores[f"{board} network"] = core
+    return cores
 
 
 def op_values(config):
     """The :attr:`~psc.hw.network.EngineConfig.op_values` of a network engine around core
-    ``config``: :data:`OP_VALUES` of the target that ships exactly that core, else 1."""
+    ``config``: :data:`OP_VALUES` of the target whose preset, or whose board's network-mode
+    core, is exactly that core; else 1."""
+    for board, target in BOARDS.items():
+        if config == PRESETS[TARGETS[target]] or (board in ENGINES
+                                                  and config == board_core(board, "network")):
+            return OP_VALUES.get(target, 1)
     return next((OP_VALUES.get(t, 1) for t, p in TARGETS.items() if PRESETS[p] == config), 1)

@@ -20,7 +20,7 @@ The ID check (:func:`board_config`): the board reports the digest of its
 whole core configuration (:meth:`psc.config.CoreConfig.digest`). A host
 that plans for a configuration must have the same digest, or it is refused
 before any tile is sent (the readable fields of the ID name what differs);
-a host that names none runs the shipped preset (:data:`psc.presets.PRESETS`)
+a host that names none runs the shipped core (:func:`psc.presets.shipped_cores`)
 with the board's digest, and refuses a board that runs none of them. The
 host never builds a configuration from the readable fields: a build that
 differs in something they do not carry would be driven with the wrong
@@ -41,7 +41,7 @@ from psc.hw.link.bridge import (FLAGS, ID_BYTES, ID_FIELDS, ID_HEADER_BYTES, ID_
 from psc.hw.link.network_bridge import ENGINE_ID_FIELDS, ID_BYTES as NETWORK_ID_BYTES
 from psc.hw.link.network_bridge import PROTOCOL_VERSION as NETWORK_VERSION
 from psc.model.checks import BadTypeError, check_int, check_real, show
-from psc.presets import DEFAULT_BAUD, PRESETS
+from psc.presets import DEFAULT_BAUD, PRESETS, shipped_cores
 
 __all__ = ["LinkError", "Write", "Read", "parse_id", "preset_for_digest", "check_id",
            "board_config", "encode_tile", "parse_status", "ping_exchange", "tile_exchange",
@@ -138,13 +138,15 @@ def _readable(config):
 
 
 def preset_for_digest(digest):
-    """``(name, config)`` of the shipped preset (:data:`psc.presets.PRESETS`) with build
-    digest ``digest``; raises :class:`LinkError` when none has it."""
-    for name, config in PRESETS.items():
+    """``(name, config)`` of the shipped core (:func:`psc.presets.shipped_cores`: a preset or
+    a board's network-mode core) with build digest ``digest``; raises :class:`LinkError`
+    when none has it."""
+    cores = shipped_cores()
+    for name, config in cores.items():
         if config.digest() == digest:
             return name, config
-    raise LinkError(f"board reports build digest {digest:#010x}, which matches no preset "
-                    f"({', '.join(PRESETS)}); pass config= (the configuration it was built with)")
+    raise LinkError(f"board reports build digest {digest:#010x}, which matches no shipped core "
+                    f"({', '.join(cores)}); pass config= (the configuration it was built with)")
 
 
 def check_id(ident, config):
@@ -156,8 +158,10 @@ def check_id(ident, config):
     host = _readable(config)
     diff = [f"{k}: board {ident[k]!r}, host {v!r}" for k, v in host.items() if ident[k] != v]
     what = "; ".join(diff) if diff else "no readable field differs"
-    shipped = next((name for name, c in PRESETS.items() if c.digest() == ident["digest"]), None)
-    runs = f"; the board runs preset {shipped!r}" if shipped else ""
+    shipped = next((name for name, c in shipped_cores().items()
+                    if c.digest() == ident["digest"]), None)
+    runs = (f"; the board runs {'preset ' if shipped in PRESETS else ''}{shipped!r}" if shipped
+            else "")
     raise LinkError(f"the board's build (digest {ident['digest']:#010x}) is not the host's "
                     f"configuration (digest {want:#010x}): {what}{runs}")
 
