@@ -15,7 +15,7 @@ from psc.host.program import ConvStep, UnrollStep, compile_network
 from psc.hw.network.engine import NetworkEngine, instruction_words
 from psc.model.network import Layer, Network
 from psc.model.packing import pack_payload
-from psc.presets import PRESETS
+from psc.presets import PRESETS, board_core
 from test_network import residual_net
 
 
@@ -221,16 +221,17 @@ def test_engine_runs_every_op_of_a_residual_network(name, output, op_values, unr
 
 
 def test_the_digits_network_on_the_ecp5_engine_under_verilator():
-    """The shipped digits network, stores loaded once, two images through the ECP5 build's
-    engine with its real multiplier cells (Verilator), random pauses on the host's
-    streams, its stem's input unrolled on chip as over a link: the outputs are the
-    golden network's."""
+    """The shipped digits network, stores loaded once, two images through the ULX3S's
+    network-mode engine (the ECP5 core as 8 x 3) with its real multiplier cells
+    (Verilator), random pauses on the host's streams, its stem's input unrolled on chip
+    as over a link: the outputs are the golden network's. (The ``ecp5-25k`` preset's
+    7 x 4 engine runs the residual network below.)"""
     from psc import data
     from psc.onnx_import import import_onnx
     net = import_onnx(data.path("digits_psc.onnx"))
     _, _, x, _ = data.digits_split(0)
     images = net.quantize_input(x[:2])
-    prog = compile_network(net, PRESETS["ecp5-25k"], unroll_input="chip")
+    prog = compile_network(net, board_core("ulx3s", "network"), unroll_input="chip")
     assert isinstance(prog.steps[0], UnrollStep)
     out, report = prog.simulate(images, target="verilator", stall=0.2, seed=3, trace=True)
     np.testing.assert_array_equal(out, net.run(images))
