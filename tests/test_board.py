@@ -103,6 +103,12 @@ def test_network_mode_board_top():
     assert bc.engine.core == board_core("ulx3s", "network") != preset("ulx3s")
     assert (bc.engine.core.lanes, bc.engine.core.rows) == (8, 3)
     assert bc.engine.core.replace(lanes=7, rows=4, fmap_depth=4096) == preset("ulx3s")
+    assert board_core("ulx3s") == preset("ulx3s")
+    with pytest.raises(ValueError, match="mode must be 'tile' or 'network', not 'fast'"):
+        board_core("ulx3s", "fast")
+    with pytest.raises(ValueError, match="network mode is built for ulx3s, not for board "
+                                         "'icebreaker'"):
+        board_core("icebreaker", "network")
     # each mode's UART divisor from its own clock
     assert bc.divisor == divisor_for(b.clk_hz_for("network"), board.DEFAULT_BAUD)
     assert board.bridge_config("ulx3s").divisor == divisor_for(b.clk_hz, board.DEFAULT_BAUD)

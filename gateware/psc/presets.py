@@ -65,11 +65,11 @@ BOARDS = {"icebreaker": "ice40-up5k", "ulx3s": "ecp5-25k"}
 
 #: Board -> its network-mode build (``psc build --mode network``): ``core``, the changes to
 #: the board's preset (:meth:`psc.config.CoreConfig.replace`), and the engine's memories
-#: (:class:`psc.hw.network.EngineConfig`). The ULX3S's network engine runs its 28
-#: MULT18X18D as 8 lanes x 3 rows (24 MACs): networks' channel counts are mostly multiples
-#: of 8, which 7 lanes pad by up to a seventh and more, while its tile mode keeps 7 x 4 for
-#: the tile-mode bench layers (``depthwise="channels"`` needs an input bank per row, so
-#: ``fmap_depth`` is 3 x 1024). The iCEBreaker has none: the UP5K's block RAM and SPRAM
+#: (:class:`psc.hw.network.EngineConfig`). The ULX3S's network engine runs 24 of its 28
+#: MULT18X18D as 8 lanes x 3 rows: networks' channel counts are mostly multiples of 8,
+#: which 7 lanes pad (16 channels take 21 lanes), while its tile mode keeps the preset's
+#: 7 x 4 (``depthwise="channels"`` needs an input bank per row, so ``fmap_depth`` is
+#: 3 x 1024). The iCEBreaker has none: the UP5K's block RAM and SPRAM
 #: already hold its core's buffers.
 ENGINES = {"ulx3s": {"core": {"lanes": 8, "rows": 3, "fmap_depth": 3072},
                      "act_depth": 1024, "cmd_depth": 64, "param_store_depth": 256}}
@@ -113,6 +113,8 @@ def board_engine(board):
 def board_core(board, mode="tile"):
     """The :class:`~psc.config.CoreConfig` of ``board``'s build in ``mode`` (``"tile"``: its
     preset; ``"network"``: its preset with :data:`ENGINES`' changes)."""
+    if mode not in ("tile", "network"):
+        raise ValueError(f"mode must be 'tile' or 'network', not {mode!r}")
     base = preset(board)
     if mode == "network":
         if board not in ENGINES:
@@ -136,8 +138,7 @@ def op_values(config):
     """The :attr:`~psc.hw.network.EngineConfig.op_values` of a network engine around core
     ``config``: :data:`OP_VALUES` of the target whose preset, or whose board's network-mode
     core, is exactly that core; else 1."""
-    for board, target in BOARDS.items():
-        if config == PRESETS[TARGETS[target]] or (board in ENGINES
-                                                  and config == board_core(board, "network")):
-            return OP_VALUES.get(target, 1)
+    for board in ENGINES:
+        if config == board_core(board, "network"):
+            return OP_VALUES.get(BOARDS[board], 1)
     return next((OP_VALUES.get(t, 1) for t, p in TARGETS.items() if PRESETS[p] == config), 1)
