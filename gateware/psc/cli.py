@@ -444,8 +444,7 @@ def _add_bench(sub):
                         f"'resnet' ResNet-18/34's wide 3x3 layers and a stride-2 shortcut")
     p.add_argument("--preset", "--target", dest="preset", default="default",
                    choices=sorted(PRESETS) + sorted(BOARDS),
-                   help="the build: a preset, synthesis target or board (a board's "
-                        "network-mode build where it has one; default: default)")
+                   help="the build: a preset, synthesis target or board (default: default)")
     _add_overrides(p, ("lanes", "rows", "depthwise"), "the preset's")
     p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.set_defaults(func=_bench)
