@@ -225,7 +225,7 @@ def test_the_digits_network_on_the_ecp5_engine_under_verilator():
     network-mode engine (the ECP5 core as 8 x 3) with its real multiplier cells
     (Verilator), random pauses on the host's streams, its stem's input unrolled on chip
     as over a link: the outputs are the golden network's. (The ``ecp5-25k`` preset's
-    7 x 4 engine runs the residual network below.)"""
+    7 x 4 engine runs the residual network above.)"""
     from psc import data
     from psc.onnx_import import import_onnx
     net = import_onnx(data.path("digits_psc.onnx"))

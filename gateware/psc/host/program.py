@@ -561,7 +561,8 @@ class Program:
         macs = {s.name: s.plan.macs for s in self.steps if isinstance(s, ConvStep)}
         ends = [s[0] for s in instructions[1:]] + [cycles]
         rows = []
-        for i, (name, (start, first, last, beats), end) in enumerate(zip(names, instructions, ends)):
+        for i, (name, (start, first, last, beats), end) in enumerate(
+                zip(names, instructions, ends)):
             start = 0 if i == 0 else start
             if not rows or rows[-1]["name"] != name:
                 rows.append({"name": name, "instructions": 0, "cycles": 0, "beats": 0,
