@@ -91,7 +91,7 @@ def test_board_top_elaborates(name):
 
 
 def test_network_mode_board_top():
-    """``psc build --board ulx3s --mode network``: the network bridge (protocol 6) holding
+    """``psc build --board ulx3s --mode network``: the network bridge (protocol 7) holding
     the board's engine, a third LED for a loaded program, the wide multiplies of the add
     and pooling unit built from LUTs (the hard multipliers are the array's); the iCEBreaker
     has no network-mode build, and says so."""

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from amaranth.hdl import Module
 from amaranth.lib import wiring
+from amaranth.lib.wiring import In
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
@@ -30,7 +31,8 @@ from psc.hw.core.layouts import bank_count, fetch_layout, output_groups, sizes_l
 from psc.hw.core.output import OutputStage
 from psc.hw.core.sequencer import Sequencer
 from psc.hw.requantize import Requantizer
-from psc.hw.core.setup import CommandSetup, CycleCounters, DerivedSizes, setup_cycles
+from psc.hw.core.setup import (CommandSetup, CycleCounters, DerivedSizes, derived_sizes,
+                               given_sizes_layout, setup_cycles, size_factors)
 from psc.model import golden
 from psc.model.packing import pack_payload
 from psc.presets import preset
@@ -60,24 +62,10 @@ def _fields(**kw):
 
 
 def _sizes(cc, f):
-    """The derived sizes of command ``f``, in Python (what DerivedSizes must compute)."""
-    R = cc.pe.rows
-    dw = f["kind"] == KIND_DEPTHWISE
-    gin_e = 1 if dw else f["gin"]
-    s = f["stride"]
-    ws = -(-f["in_w"] // (s * R)) * s if cc.pe.depthwise == "pixels" else 0
-    sizes = {"wg": f["in_w"] * f["gin"], "kk": f["k"] ** 2,
-             "ow": f["out_w"] * output_groups(cc, f["kind"], f["gout"])}
-    sizes.update(n_in=f["in_h"] * sizes["wg"], n_out=f["out_h"] * sizes["ow"],
-                 red=gin_e * sizes["kk"], pt_wg=f["pad_top"] * sizes["wg"],
-                 pl_g=f["pad_left"] * f["gin"], kr_wg=(f["k"] - 1 - f["pad_top"]) * sizes["wg"],
-                 c0_g=min(f["in_w"], f["k"] - f["pad_left"]) * f["gin"])
-    sizes["n_w"] = f["gout"] * sizes["red"]
-    plane = f["in_h"] * ws
-    sizes.update(plane=plane, n_dw=f["gin"] * plane, pt_ws=f["pad_top"] * ws)
-    layout = sizes_layout(cc)
-    # a product that does not fit its field saturates to the field's all-ones value
-    return {n: min(v, (1 << layout[n].shape.width) - 1) for n, v in sizes.items()}, ws
+    """The derived sizes of command ``f`` (the model DerivedSizes must match; 0 for those
+    the build does not use) and its ``ws``."""
+    sizes = dict({name: 0 for name, _ in sizes_layout(cc)}, **derived_sizes(cc, f))
+    return sizes, size_factors(cc, f).get("ws", 0)
 
 
 def _set_command(ctx, part, cc, f, *, with_sizes=True):
@@ -105,17 +93,20 @@ def _set_command(ctx, part, cc, f, *, with_sizes=True):
 # --- command setup -------------------------------------------------------------------
 
 class _Control(wiring.Component):
-    """CommandSetup with its DerivedSizes, wired as in the core."""
+    """CommandSetup with its DerivedSizes, wired as in the core (with ``given``, the sizes
+    from :attr:`given`, as the core's ``cfg_sizes``)."""
 
-    def __init__(self, cc):
+    def __init__(self, cc, given=False):
         self.setup = CommandSetup(cc)
-        self.sizes = DerivedSizes(cc)
-        super().__init__({})
+        self.sizes = DerivedSizes(cc, given=given)
+        super().__init__({"given": In(given_sizes_layout(cc))} if given else {})
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.setup = setup = self.setup
         m.submodules.sizes = sizes = self.sizes
+        if "given" in self.signature.members:
+            m.d.comb += sizes.given.eq(self.given)
         m.d.comb += [
             sizes.cmd.eq(setup.cmd), sizes.gin_e.eq(setup.gin_e), sizes.gout_o.eq(setup.gout_o),
             sizes.clear.eq(setup.accept), sizes.enable.eq(setup.sizing),
@@ -228,17 +219,21 @@ def _accepted_commands(cc, n, seed):
     return out
 
 
+@pytest.mark.parametrize("given", [False, True], ids=["computed", "given"])
 @pytest.mark.parametrize("cc", [DIAG, PIX, preset("ecp5-25k")], ids=["diag", "pixels", "ecp5"])
-def test_sizes_and_setup_cycles(cc):
+def test_sizes_and_setup_cycles(cc, given):
     """Every derived size of random accepted commands, and the setup's cycles: the start
-    comes ``setup_cycles + 3`` cycles after the command is taken (the chains, the cycle
-    that sees them ready, the check and the start)."""
-    dut = _Control(cc)
+    comes ``setup_cycles + 3`` cycles after the command is taken (the chains, or with
+    ``given`` the one cycle that stores the sizes given with the command; the cycle that
+    sees them ready, the check and the start)."""
+    dut = _Control(cc, given)
     setup = dut.setup
 
     async def bench(ctx):
         for f in _accepted_commands(cc, 12, seed=hash(cc.pe.depthwise) & 0xFFFF):
             expect, _ = _sizes(cc, f)
+            if given:
+                ctx.set(dut.given, given_sizes_layout(cc).const(derived_sizes(cc, f)))
             ctx.set(setup.cfg.payload, config_layout(cc).const(f))
             ctx.set(setup.cfg.valid, 1)
             await ctx.tick()
@@ -251,7 +246,7 @@ def test_sizes_and_setup_cycles(cc):
             sizes = ctx.get(setup.sizes)
             got = {n: getattr(sizes, n) for n in expect}
             assert got == expect, f"command {f}"
-            assert cycles == setup_cycles(cc, f) + 3, f"command {f}: {cycles} cycles"
+            assert cycles == setup_cycles(cc, f, given=given) + 3, f"command {f}: {cycles} cycles"
             await ctx.tick()
             for port in (setup.outputs_done, setup.inputs_done, setup.loaded):
                 ctx.set(port, 1)
@@ -264,19 +259,25 @@ def test_sizes_and_setup_cycles(cc):
     _run(dut, bench)
 
 
-def test_sizes_saturate():
-    """Huge fields saturate their products, never wrap: refused, with all-ones sizes."""
-    dut = _Control(DIAG)
+@pytest.mark.parametrize("given", [False, True], ids=["computed", "given"])
+def test_sizes_saturate(given):
+    """Huge fields saturate their products, never wrap: refused, with all-ones sizes, each
+    as :func:`derived_sizes` has it (so that sizes a host gives are refused alike)."""
+    dut = _Control(DIAG, given)
     setup = dut.setup
     huge = dict(GOOD, in_h=0xFFFF, in_w=0xFFFF, gin=0xFFFF, out_h=0xFFFF, out_w=0xFFFF,
-                gout=0xFFFF)
+                gout=0xFFFF, pad_top=2)
     layout = sizes_layout(DIAG)
+    expect = derived_sizes(DIAG, huge)
 
     async def bench(ctx):
+        if given:
+            ctx.set(dut.given, given_sizes_layout(DIAG).const(expect))
         started, error, sizes = await _command(ctx, setup, DIAG, huge)
         assert (started, error) == (False, 1)
         for name in ("wg", "n_in", "ow", "n_out", "n_w", "pl_g"):
             assert getattr(sizes, name) == (1 << layout[name].shape.width) - 1, name
+        assert {n: getattr(sizes, n) for n in expect} == expect
 
     _run(dut, bench)
 

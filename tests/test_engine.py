@@ -34,17 +34,18 @@ def conv_net(rng, cin=2, c=8, cout=6, size=5):
 
 
 def _run_engine(cc, net, images, seed, reset_at=None, edit=None, op_values=1, weight_store=None,
-                unroll_input=True):
+                unroll_input=True, given_sizes=False):
     """Load the network's program into an engine, run ``images`` through it; returns the
     program and, per image, ``(output words, error, cycles)``. ``edit`` may change the
     program's image before it is loaded; ``reset_at`` first abandons a run by a reset after
     that many input beats; ``weight_store`` as :meth:`Program.engine_config` takes it,
-    ``unroll_input`` as :func:`compile_network`."""
+    ``unroll_input`` as :func:`compile_network`, ``given_sizes`` as
+    :meth:`Program.engine_config`."""
     prog = compile_network(net, cc, unroll_input=unroll_input)
     image = prog.engine_image()
     if edit:
         edit(image)
-    ec = prog.engine_config(op_values, weight_store)
+    ec = prog.engine_config(op_values, weight_store, given_sizes)
     prog.check_engine(ec)
     dut = NetworkEngine(ec)
     top = Module()
@@ -198,21 +199,23 @@ def _residual(rng, output):
     return Network("image", net.input_shape, layers, output)
 
 
-@pytest.mark.parametrize("name, output, op_values, unroll", [("ice40-up5k", "f", 1, True),
-                                                              ("ecp5-25k", "logits", 1, True),
-                                                              ("ecp5-25k", "logits", 3, "chip"),
-                                                              ("tiny", "f", 2, True)])
-def test_engine_runs_every_op_of_a_residual_network(name, output, op_values, unroll):
+@pytest.mark.parametrize("name, output, op_values, unroll, given",
+                         [("ice40-up5k", "f", 1, True, False),
+                          ("ecp5-25k", "logits", 1, True, False),
+                          ("ecp5-25k", "logits", 3, "chip", True),
+                          ("tiny", "f", 2, True, True)])
+def test_engine_runs_every_op_of_a_residual_network(name, output, op_values, unroll, given):
     """Stem (its input unrolled by the host, or on the ECP5 build by the engine),
     depthwise, pointwise, residual add, pooling, flatten and classifier, all on the
-    engine: the outputs (the pooled vector, or the logits) are the golden network's."""
+    engine, its instructions carrying their commands' sizes or its cores deriving them:
+    the outputs (the pooled vector, or the logits) are the golden network's."""
     rng = np.random.default_rng(7)
     net = _residual(rng, output)
     images = rng.integers(-128, 128, size=(2,) + net.input_shape)
     want = net.run(images)
     assert len(np.unique(want)) >= want.size // 2      # few saturated or repeated values
     prog, results = _run_engine(_simulable(name), net, images, seed=6, op_values=op_values,
-                                unroll_input=unroll)
+                                unroll_input=unroll, given_sizes=given)
     assert any(isinstance(s, UnrollStep) for s in prog.steps) == (unroll == "chip")
     for i, (words, error, cycles) in enumerate(results):
         assert not error and cycles > 0

@@ -1,4 +1,4 @@
-"""Network mode over the UART (protocol version 6): the host's frames and ID parsing, and
+"""Network mode over the UART (protocol version 7): the host's frames and ID parsing, and
 the network bridge (psc.hw.link.network_bridge) driven through its UART pins by the host's
 own generators (psc.host.network_link) under Verilator: a program loaded once, inferences
 bit-exact with the golden network, and each fault answered with a clear status and
@@ -46,7 +46,7 @@ def test_frames_end_with_their_crc():
 
 
 def test_id_of_a_network_board():
-    """A version 6 ID carries the engine's memories: the host rebuilds its EngineConfig; a
+    """A version 7 ID carries the engine's memories: the host rebuilds its EngineConfig; a
     tile-mode board is refused by network mode and a network-mode board by tile mode."""
     prog, _ = _program()
     ec = prog.engine_config()
@@ -138,7 +138,7 @@ class _Pieces:
 def test_psc_network_run_on_a_simulated_board(monkeypatch):
     """``psc.network.run(target="serial:socket://...")`` on a simulated board (the network
     bridge under Verilator, its serial port a TCP socket opened by pyserial): the host
-    code finds protocol 6, loads the program, runs the images on chip, equal to the golden
+    code finds protocol 7, loads the program, runs the images on chip, equal to the golden
     network; a second run finds the program already loaded. The exchanges' cycles come
     back from the bench: one INFER exchange per image, longer than the engine's run,
     with each of the host's frames reaching the socket in two pieces a pause apart (as

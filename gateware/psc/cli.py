@@ -205,7 +205,7 @@ def _program(args):
     print("\n".join(describe(prog)))
     if not args.board:
         # the engine psc program builds (--run, --synth); a board's has its own memories
-        ec = prog.engine_config(args.op_values)
+        ec = prog.engine_config(args.op_values, given_sizes=args.given_sizes)
         print(f"weight blocks: a weight store of {ec.weight_store_depth} beside the core's "
               f"{config.weight_depth}-block weight buffer, each command's streamed into it"
               if ec.weight_store_depth else
@@ -237,7 +237,8 @@ def _program(args):
         if not exact:
             return 1
     out, report = prog.simulate(images, target=args.run, seed=args.seed,
-                                op_values=args.op_values, trace=args.trace)
+                                op_values=args.op_values, given_sizes=args.given_sizes,
+                                trace=args.trace)
     exact = np.array_equal(out, want)
     cc = prog.config
     if args.trace:
@@ -323,7 +324,7 @@ def _program_synth(args, prog):
     if target not in TARGETS:
         raise _BadOption(f"psc program: --synth needs a synthesis target ({', '.join(TARGETS)}) "
                          f"or a board, not --target {args.preset!r}")
-    ec = prog.engine_config(args.op_values)
+    ec = prog.engine_config(args.op_values, given_sizes=args.given_sizes)
     build_dir = str(build_root() / "program" / target)
     res = run_yosys(SynthHarness(NetworkEngine(ec)), target, build_dir, 8,
                     ec.core.pe.multiplier)
@@ -397,6 +398,11 @@ def _add_program(sub):
                    help="activations per beat the engine's add and pooling unit sends "
                         "through the core's requantiser, at most rows (default: the "
                         "target's, psc.presets.OP_VALUES, else 1)")
+    p.add_argument("--given-sizes", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the instructions carry their commands' derived sizes, "
+                        "computed on the host, so that the core's setup skips its "
+                        "multipliers (default: as the target's build, "
+                        "psc.presets.given_sizes)")
     p.add_argument("--layers", action="store_true",
                    help="with --run, also each convolution's cycles on the core alone")
     p.add_argument("--trace", action="store_true",
@@ -652,7 +658,7 @@ def _add_build(sub):
                    help=f"UART baud rate (default {DEFAULT_BAUD})")
     p.add_argument("--mode", choices=["tile", "network"], default="tile",
                    help="tile: the host sends every tile (protocol 3); network: the board "
-                        "holds a whole network and runs it on chip (protocol 6; ulx3s only). "
+                        "holds a whole network and runs it on chip (protocol 7; ulx3s only). "
                         "Default tile")
     p.add_argument("--build-dir", metavar="DIR", type=_tool_directory,
                    help="build directory, not under /tmp (default build/board/<board>, "

@@ -130,7 +130,7 @@ def run(net, images, target="golden", *, config=None, feed="core", stall=0.0, se
         network-mode bridge (:func:`psc.host.network_link.network_session`: the
         program is loaded unless the board holds it already, and refused before
         anything is sent if it does not fit). ``"auto"`` is ``"network"`` on a
-        board built for network mode (it answers PING with protocol 6), else
+        board built for network mode (it answers PING with protocol 7), else
         ``"layers"``. In network mode ``layers`` has one row per layer, ``where``
         ``"chip"``, and ``totals`` the engine's ``cycles`` per inference (median),
         ``compute``, ``utilisation``, and ``window`` (the cycles after the input was

@@ -40,7 +40,7 @@ mode, :func:`shipped_cores` every core a build ships.
 from psc.config import CoreConfig, PSCConfig
 
 __all__ = ["PRESETS", "TARGETS", "BOARDS", "ENGINES", "OP_VALUES", "DEFAULT_BAUD", "preset",
-           "board_engine", "board_core", "shipped_cores", "op_values"]
+           "board_engine", "board_core", "shipped_cores", "op_values", "given_sizes"]
 
 PRESETS = {
     "default": CoreConfig(),
@@ -69,10 +69,13 @@ BOARDS = {"icebreaker": "ice40-up5k", "ulx3s": "ecp5-25k"}
 #: MULT18X18D as 8 lanes x 3 rows: networks' channel counts are mostly multiples of 8,
 #: which 7 lanes pad (16 channels take 21 lanes), while its tile mode keeps the preset's
 #: 7 x 4 (``depthwise="channels"`` needs an input bank per row, so ``fmap_depth`` is
-#: 3 x 1024). The iCEBreaker has none: the UP5K's block RAM and SPRAM
-#: already hold its core's buffers.
+#: 3 x 1024). Its instructions carry their commands' derived sizes
+#: (:attr:`~psc.hw.network.EngineConfig.given_sizes`): the command store has block RAM to
+#: spare, and a command's setup then skips its multipliers. The iCEBreaker has
+#: none: the UP5K's block RAM and SPRAM already hold its core's buffers.
 ENGINES = {"ulx3s": {"core": {"lanes": 8, "rows": 3, "fmap_depth": 3072},
-                     "act_depth": 1024, "cmd_depth": 64, "param_store_depth": 256}}
+                     "act_depth": 1024, "cmd_depth": 64, "param_store_depth": 256,
+                     "given_sizes": True}}
 #: Target -> activations per beat of its network engine's add and pooling unit
 #: (:attr:`psc.hw.network.EngineConfig.op_values`; 1 where not listed). The ECP5's
 #: requantiser rows are pipelined, so a second value per beat halves the adds' time, for
@@ -132,6 +135,15 @@ def shipped_cores():
         if core not in cores.values():
             cores[f"{board} network"] = core
     return cores
+
+
+def given_sizes(config):
+    """The :attr:`~psc.hw.network.EngineConfig.given_sizes` of a network engine around core
+    ``config``: :data:`ENGINES`' of the board whose network-mode core is exactly that core;
+    else False."""
+    return any(config == board_core(board, "network") and ENGINES[board].get("given_sizes",
+                                                                             False)
+               for board in ENGINES)
 
 
 def op_values(config):

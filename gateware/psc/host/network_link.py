@@ -1,4 +1,4 @@
-"""Host driver of network mode (:mod:`psc.hw.link.network_bridge`, protocol version 6).
+"""Host driver of network mode (:mod:`psc.hw.link.network_bridge`, protocol version 7).
 
 Written like :mod:`psc.host.serial_link`, whose transport drivers (:func:`~psc.host.serial_link.drive`
 over pyserial, the cocotb bench over simulated pins) run these generators too:
@@ -68,7 +68,9 @@ def engine_of(ident, config=None):
         raise LinkError(f"the board speaks protocol version {ident.get('version')}: tile "
                         f"mode, not network mode (build the network-mode bitstream)")
     core = board_config(ident, config)
-    return EngineConfig(core, **{name: ident[name] for name, _ in ENGINE_ID_FIELDS})
+    fields = {name: ident[name] for name, _ in ENGINE_ID_FIELDS}
+    fields["given_sizes"] = bool(fields["given_sizes"])
+    return EngineConfig(core, **fields)
 
 
 def _store_frames(stores, engine_config):

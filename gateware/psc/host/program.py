@@ -54,6 +54,7 @@ from psc import presets
 from psc.config import CoreConfig
 from psc.host.scheduler import LayerError, LayerPlan, Window, plan_layer, unroll, validate
 from psc.hw.core import KIND_DEPTHWISE, config_layout, param_layout, weight_layout
+from psc.hw.core.setup import derived_sizes, given_sizes_layout
 from psc.hw.network.unroll import unrolls_on_chip
 from psc.model.checks import BadTypeError, check_bool, check_int, show
 from psc.model.network import Network
@@ -367,11 +368,12 @@ class Program:
         zero_cfg = {name: 0 for name, _ in config_layout(cc)}
         zero_op = _op_fields(None, cc.lanes)
         zero_u = unroll_fields(None, cc.lanes)
+        zero_sizes = {name: 0 for name, _ in given_sizes_layout(cc)}
 
         def ins(op, **fields):
             out = {"op": OPCODES[op], "cfg": zero_cfg, "w_off": 0, "w_n": 0, "p_off": 0,
                    "p_n": 0, "gather": zero_g, "scatter": zero_s, "out": 0, "eltwise": zero_op,
-                   "unroll": zero_u}
+                   "unroll": zero_u, "sizes": zero_sizes}
             out.update(fields)
             return out
 
@@ -397,7 +399,8 @@ class Program:
                 if tile.weights:       # a tile that keeps its weights reads the last ones
                     w_off = len(weights)
                 instructions.append(ins(
-                    "CONV", cfg=tile.fields, w_off=w_off, w_n=len(tile.weights),
+                    "CONV", cfg=tile.fields, sizes=derived_sizes(cc, tile.fields),
+                    w_off=w_off, w_n=len(tile.weights),
                     p_off=len(params), p_n=len(tile.params),
                     gather=gather_fields(step.src, tile.window, cc.lanes),
                     scatter=(scatter_fields(step.dst, step.plan, tile) if tile.n_out
@@ -435,10 +438,12 @@ class Program:
         arr = np.array(words, dtype=object).reshape(h, w, groups)
         return unpack_activations(arr, c, self.config.lanes, self.config.pe.act_width)
 
-    def engine_config(self, op_values=None, weight_store=None):
+    def engine_config(self, op_values=None, weight_store=None, given_sizes=None):
         """The :class:`psc.hw.network.EngineConfig` whose memories hold exactly this program,
         its add and pooling unit sending ``op_values`` activations per beat through the
-        core's requantiser (None: the shipped target's, :func:`psc.presets.op_values`).
+        core's requantiser (None: the shipped target's, :func:`psc.presets.op_values`),
+        its instructions carrying their commands' sizes with ``given_sizes`` (None: as the
+        shipped build, :func:`psc.presets.given_sizes`).
         The weight blocks go to the core's own weight buffer where
         they fit it (``weight_store`` None) or ``weight_store`` is False, else to a weight
         store of exactly their number
@@ -454,7 +459,9 @@ class Program:
                             param_store_depth=max(1, len(image["params"])),
                             weight_store_depth=max(1, blocks) if weight_store else 0,
                             op_values=presets.op_values(self.config) if op_values is None
-                            else op_values)
+                            else op_values,
+                            given_sizes=presets.given_sizes(self.config) if given_sizes is None
+                            else given_sizes)
 
     def check_engine(self, engine_config):
         """Raise :class:`NetworkFitError` unless ``engine_config``'s memories (a
@@ -499,11 +506,11 @@ class Program:
         return cmd, list(image["weights"]), list(image["params"])
 
     def simulate(self, images, *, target="verilator", stall=0.0, seed=0, op_values=None,
-                 trace=False):
+                 given_sizes=None, trace=False):
         """Run ``images`` on a simulated :class:`psc.hw.network.NetworkEngine` holding this
         program: the stores loaded once, then per image its input in, every layer on chip,
         its output out (:mod:`psc.host.engine_bench`, random pauses of probability
-        ``stall`` on the host's two streams; ``op_values`` as in
+        ``stall`` on the host's two streams; ``op_values`` and ``given_sizes`` as in
         :meth:`engine_config`).
 
         Returns ``(outputs, report)``: the network's outputs ``(N, ...)`` and, per
@@ -517,7 +524,7 @@ class Program:
         from psc.hw.network.engine import load_layout
         xs = self.net.check_images(images)
         cc = self.config
-        ec = self.engine_config(op_values)
+        ec = self.engine_config(op_values, given_sizes=given_sizes)
         ll = load_layout(ec)
         loads = [pack_payload(ll, {"sel": sel, "addr": i, "data": w})
                  for sel, words in enumerate(self.store_words(ec)) for i, w in enumerate(words)]

@@ -32,7 +32,7 @@ from .layouts import (COUNTER_WIDTH, FIELD_WIDTH, KERNELS, KIND_DEPTHWISE, KIND_
                       weight_layout)
 from .output import OutputStage, lent_requantizer_ports
 from .sequencer import Sequencer
-from .setup import GOUT_O_WIDTH, CommandSetup, CycleCounters, DerivedSizes
+from .setup import GOUT_O_WIDTH, CommandSetup, CycleCounters, DerivedSizes, given_sizes_layout
 
 __all__ = [
     "CoreConfig", "PSCConvCore", "LayerKind", "Part", "KIND_STANDARD", "KIND_DEPTHWISE", "KIND_POINTWISE",
@@ -137,7 +137,8 @@ class PSCConvCore(wiring.Component):
     in all, some ten cycles) into registers sized by what the build can
     hold; a product too big for its register saturates to the register's
     largest value, which is above the limit it is checked against, so a
-    command with huge fields is refused, never wrapped into one that passes.
+    command with huge fields is refused, never wrapped into one that passes
+    (with ``given_sizes`` the sizes come with the command, and setup takes no cycles).
     A command costs about
     ``setup + weights + params + first input words
     + out_h*out_w*gout*K*K*gin' + latency`` cycles.
@@ -172,6 +173,13 @@ class PSCConvCore(wiring.Component):
         another unit while the core is idle, through ``rq_share``, ``rq_i``,
         ``rq_relu`` and ``rq_o`` (:class:`~psc.hw.core.output.OutputStage`,
         ``lent_rows``); with 0 (the default) the core has no such ports.
+    given_sizes : bool
+        Network mode: a command's derived sizes come with it, through ``cfg_sizes``
+        (:func:`~psc.hw.core.setup.given_sizes_layout`, computed by the host with
+        :func:`~psc.hw.core.setup.derived_sizes` and read in the cycle ``cfg`` is taken),
+        instead of from the setup's shift-and-add multipliers, which the core then does
+        not have (:class:`~psc.hw.core.setup.DerivedSizes`, ``given``). The checks are the
+        same, on the sizes given. Without it the core has no such port.
 
     Attributes
     ----------
@@ -185,7 +193,7 @@ class PSCConvCore(wiring.Component):
     """
 
     def __init__(self, config=None, *, dot_product=DotProduct, resident_weights=False,
-                 lent_requantizer_rows=0):
+                 lent_requantizer_rows=0, given_sizes=False):
         if config is None:
             config = CoreConfig()
         if not isinstance(config, CoreConfig):
@@ -218,6 +226,9 @@ class PSCConvCore(wiring.Component):
                                config.pe.rows)
         if self._lent:
             members.update(lent_requantizer_ports(config, self._lent))
+        self._given = bool(given_sizes)
+        if self._given:
+            members["cfg_sizes"] = In(given_sizes_layout(config))
         super().__init__(members)
 
     @property
@@ -228,7 +239,9 @@ class PSCConvCore(wiring.Component):
         m = Module()
         cc = self._config
         m.submodules.setup = setup = CommandSetup(cc)
-        m.submodules.sizes = sizes = DerivedSizes(cc)
+        m.submodules.sizes = sizes = DerivedSizes(cc, given=self._given)
+        if self._given:
+            m.d.comb += sizes.given.eq(self.cfg_sizes)
         m.submodules.counters = counters = CycleCounters()
         m.submodules.seq = seq = Sequencer(cc)
         m.submodules.amap = amap = InputAddressMap(cc)

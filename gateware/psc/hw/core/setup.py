@@ -1,7 +1,7 @@
 """Command setup of the core: accepting a command, its derived sizes, its checks, start and end."""
 
 from amaranth.hdl import Cat, Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from psc.config import CoreConfig
@@ -11,7 +11,7 @@ from .layouts import (COUNTER_WIDTH, FIELD_WIDTH, MAX_OUTPUTS, LayerKind, Part, 
 
 __all__ = ["DerivedSizes", "CommandSetup", "CycleCounters", "GOUT_O_WIDTH", "SIZE_CHAINS",
            "PIXEL_SIZE_CHAINS", "WORD_SIZE_CHAINS", "size_chains", "size_factors",
-           "setup_cycles"]
+           "setup_cycles", "derived_sizes", "given_sizes_layout"]
 
 #: Bits of a command's output beats per pixel (``gout``, times ``lanes`` for a depthwise
 #: layer on a ``depthwise="channels"`` build; ``lanes`` <= 64).
@@ -72,21 +72,62 @@ def size_chains(config):
 def size_factors(config, fields):
     """The factors of :func:`size_chains` of a command with ``fields`` (its
     :func:`~psc.hw.core.layouts.config_layout` fields, by name), as :class:`DerivedSizes`
-    takes them."""
+    takes them: the fields, ``gin_e``, ``gout_o``, ``kk`` (``k * k`` for a ``k`` the
+    checks accept, else 1; in its field's bits), ``k1_pt`` and ``c0`` (from 3 bits, as the gateware's, so a
+    refused command's wrap too) and, on a ``depthwise="pixels"`` build, ``ws``."""
     dw = fields["kind"] == LayerKind.DEPTHWISE
-    return dict(fields, gin_e=1 if dw else fields["gin"],
-                gout_o=output_groups(config, fields["kind"], fields["gout"]),
-                k1_pt=fields["k"] - 1 - fields["pad_top"],
-                c0=min(fields["in_w"], fields["k"] - fields["pad_left"]))
+    k, in_w = fields["k"], fields["in_w"]
+    kl = (k - fields["pad_left"]) & 7
+    kk_mask = (1 << sizes_layout(config)["kk"].shape.width) - 1
+    out = dict(fields, gin_e=1 if dw else fields["gin"],
+               gout_o=output_groups(config, fields["kind"], fields["gout"]),
+               kk={7: 49, 5: 25, 3: 9}.get(k, 1) & kk_mask,
+               k1_pt=(k - 1 - fields["pad_top"]) & 7, c0=min(in_w, kl))
+    if config.pe.depthwise == "pixels":
+        s = 2 if fields["stride"] == 2 else 1
+        out["ws"] = -(-in_w // (s * config.pe.rows)) * s
+    return out
 
 
-def setup_cycles(config, fields):
+def setup_cycles(config, fields, *, given=False):
     """Cycles :class:`DerivedSizes` takes for an accepted command with ``fields``: its
     longest chain, one cycle to load each product, one per significant bit of its factor
-    and one to store it."""
+    and one to store it; with ``given`` sizes (:class:`DerivedSizes`' ``given``), none: they
+    are stored as the command is taken."""
+    if given:
+        return 0
     factors = size_factors(config, fields)
     return max(sum(2 + int(factors[a]).bit_length() for _, a, _ in chain)
                for chain in size_chains(config))
+
+
+def _size_names(config):
+    return ("kk",) + tuple(dst for chain in size_chains(config) for dst, _, _ in chain)
+
+
+def given_sizes_layout(config):
+    """The sizes a ``config`` build computes (``kk`` and the products of
+    :func:`size_chains`), as :class:`DerivedSizes` takes them with ``given``: the fields of
+    :func:`~psc.hw.core.layouts.sizes_layout` it uses, in that order."""
+    layout = sizes_layout(config)
+    return data.StructLayout({name: layout[name].shape for name in _size_names(config)})
+
+
+def derived_sizes(config, fields):
+    """The sizes :class:`DerivedSizes` computes for a command with ``fields``, in Python: a
+    dict of :func:`given_sizes_layout`'s fields. Each product is taken from the
+    saturated earlier ones and saturates as the gateware's does (a product that does not
+    fit its field is the field's all-ones value), so a host that gives the core its sizes
+    gives exactly these, and the core refuses what it would refuse computing them."""
+    layout = sizes_layout(config)
+    factors = size_factors(config, fields)
+    sizes = {"kk": factors["kk"]}
+    for chain in size_chains(config):
+        for dst, a, b in chain:
+            b_value = factors[b] if b in factors else sizes[b]
+            sizes[dst] = min(int(factors[a]) * int(b_value),
+                             (1 << layout[dst].shape.width) - 1)
+    return sizes
 
 
 class DerivedSizes(wiring.Component):
@@ -115,12 +156,21 @@ class DerivedSizes(wiring.Component):
     and group of a depthwise layer on a ``depthwise="pixels"`` build) is
     combinational from ``cmd``.
 
+    With ``given``, the sizes come from whoever sends the command (a network
+    engine's host computes them with :func:`derived_sizes`): ``clear`` stores
+    :attr:`given`, and ``ready`` is ``enable``, so setup takes no cycle of its own
+    (:func:`setup_cycles`) and there are no multipliers.
+
     Parameters
     ----------
     config : CoreConfig
+    given : bool
+        Take the sizes through :attr:`given` instead of computing them.
 
     Attributes
     ----------
+    given : In(given_sizes_layout(config))
+        Only with ``given``: the command's sizes, read in the ``clear`` cycle.
     cmd : In(config_layout())
         The command, held from ``clear`` on.
     gin_e : In(FIELD_WIDTH)
@@ -134,8 +184,11 @@ class DerivedSizes(wiring.Component):
     ready : Out(1)
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, given=False):
         self._config = _check_config(config)
+        if not isinstance(given, bool):
+            raise TypeError(f"given must be a bool, not {given!r}")
+        self._given = given
         super().__init__({
             "cmd": In(config_layout(config)),
             "gin_e": In(FIELD_WIDTH),
@@ -145,6 +198,7 @@ class DerivedSizes(wiring.Component):
             "sizes": Out(sizes_layout(config)),
             "ws": Out(FIELD_WIDTH + 1),
             "ready": Out(1),
+            **({"given": In(given_sizes_layout(config))} if given else {}),
         })
 
     def _ws(self, m):
@@ -160,6 +214,12 @@ class DerivedSizes(wiring.Component):
         m = Module()
         if self._config.pe.depthwise == "pixels":
             self._ws(m)
+        if self._given:
+            with m.If(self.clear):
+                m.d.sync += [getattr(self.sizes, n).eq(getattr(self.given, n))
+                             for n in _size_names(self._config)]
+            m.d.comb += self.ready.eq(self.enable)
+            return m
         k = self.cmd.k
         kk = Signal.like(self.sizes.kk)
         m.d.comb += kk.eq(Mux(k == 7, 49, Mux(k == 5, 25, Mux(k == 3, 9, 1))))

@@ -5,7 +5,7 @@ instructions, every weight block and parameter word) into the engine's on-chip
 stores; an inference is then one frame of input beats in and the output's words
 back, every layer running on chip. The host side is :mod:`psc.host.serial_link`.
 
-Protocol (version 6)
+Protocol (version 7)
 --------------------
 
 All multi-byte fields are little-endian except the CRC. The frames that carry
@@ -90,7 +90,7 @@ __all__ = ["NetworkBridgeConfig", "NetworkBridge", "PROTOCOL_VERSION", "OP", "FL
            "ENGINE_ID_FIELDS", "ID_BYTES", "STATUS_BYTES", "CRC", "load_bytes", "io_bytes",
            "engine_id_values", "id_frame", "COUNT_WIDTH"]
 
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 OP = {"PING": TILE_OP["PING"], "STATUS": TILE_OP["STATUS"], "LOAD": ord("L"),
       "READY": ord("R"), "INFER": ord("I")}
 FLAGS = {"BUSY": 0, "ERROR": 1, "DONE": 2, "DROPPED": 3, "SHORT": 4, "EXTRA": 5,
@@ -99,7 +99,7 @@ FLAGS = {"BUSY": 0, "ERROR": 1, "DONE": 2, "DROPPED": 3, "SHORT": 4, "EXTRA": 5,
 STATUS_BYTES = 23
 #: The engine's fields of the ID frame, after the core's: (name, bytes).
 ENGINE_ID_FIELDS = (("act_depth", 4), ("cmd_depth", 4), ("param_store_depth", 4),
-                    ("weight_store_depth", 4), ("op_values", 1))
+                    ("weight_store_depth", 4), ("op_values", 1), ("given_sizes", 1))
 ID_BYTES = 5 + sum(n for _, n in ID_FIELDS + ENGINE_ID_FIELDS)
 #: The frames' CRC.
 CRC = crc.catalog.CRC16_CCITT_FALSE
@@ -125,7 +125,7 @@ def io_bytes(engine_config):
 
 def engine_id_values(engine_config):
     """The engine's fields of the ID frame (:data:`ENGINE_ID_FIELDS`), as integers."""
-    return {name: getattr(engine_config, name) for name, _ in ENGINE_ID_FIELDS}
+    return {name: int(getattr(engine_config, name)) for name, _ in ENGINE_ID_FIELDS}
 
 
 def id_frame(engine_config, divisor):
@@ -168,7 +168,7 @@ class NetworkBridgeConfig:
 
 
 class NetworkBridge(wiring.Component):
-    """The :class:`~psc.hw.network.NetworkEngine` behind a UART speaking protocol version 6.
+    """The :class:`~psc.hw.network.NetworkEngine` behind a UART speaking protocol version 7.
 
     Latency/throughput: bounded by the UART (``10 * divisor`` cycles per byte);
     see the module docstring for the protocol.

@@ -39,12 +39,13 @@ from amaranth.lib.wiring import In, Out
 from psc.config import CoreConfig
 from psc.hw.core import PSCConvCore, act_in_layout, act_out_layout, config_layout
 from psc.hw.core import param_layout, weight_layout
+from psc.hw.core.setup import given_sizes_layout
 from psc.hw.network.act_memory import ActivationMemory
 from psc.hw.network.gather import Gather, gather_layout
 from psc.hw.network.op_unit import OpUnit, op_layout
 from psc.hw.network.scatter import Scatter, scatter_layout
 from psc.hw.network.unroll import Unroll, unroll_layout, unrolls_on_chip
-from psc.model.checks import BadTypeError, check_int, show
+from psc.model.checks import BadTypeError, check_bool, check_int, show
 
 __all__ = ["EngineConfig", "NetworkEngine", "OPCODES", "CMD_WORD", "instruction_layout",
            "instruction_words", "load_layout"]
@@ -81,6 +82,11 @@ class EngineConfig:
         (:class:`~psc.hw.network.op_unit.OpUnit`, which uses the core's requantiser
         between commands), from 1 to ``core.rows``; a word of ``core.lanes``
         activations takes ``ceil(lanes / op_values)`` beats.
+    given_sizes : bool
+        Each ``CONV`` instruction carries its command's derived sizes, computed by the
+        host (:class:`~psc.hw.core.PSCConvCore`'s ``given_sizes``): the core's setup
+        skips its multipliers (:func:`~psc.hw.core.setup.setup_cycles` per command),
+        for :func:`~psc.hw.core.setup.given_sizes_layout`'s bits more per instruction.
     """
     core: CoreConfig
     act_depth: int = 1024
@@ -88,6 +94,7 @@ class EngineConfig:
     param_store_depth: int = 256
     weight_store_depth: int = 0
     op_values: int = 1
+    given_sizes: bool = False
 
     def __post_init__(self):
         if not isinstance(self.core, CoreConfig):
@@ -100,6 +107,7 @@ class EngineConfig:
             check_int(name, getattr(self, name), 1, 1 << 20)
         check_int("weight_store_depth", self.weight_store_depth, 0, 1 << 20)
         check_int("op_values", self.op_values, 1)
+        check_bool("given_sizes", self.given_sizes)
         if self.op_values > self.core.rows:
             raise ValueError(f"op_values must be at most rows={self.core.rows} (activations "
                              f"per beat of the core's requantiser), not {self.op_values}")
@@ -108,7 +116,7 @@ class EngineConfig:
         """A short name of this build, for directories: the core's key and the memories."""
         return (f"{self.core.key()}_a{self.act_depth}c{self.cmd_depth}p{self.param_store_depth}"
                 + (f"w{self.weight_store_depth}" if self.weight_store_depth else "")
-                + f"v{self.op_values}")
+                + f"v{self.op_values}" + ("s" if self.given_sizes else ""))
 
     @property
     def weight_blocks(self):
@@ -128,7 +136,9 @@ def instruction_layout(config):
     the ``gather`` and ``scatter`` descriptors and ``out`` (the tile makes output beats);
     ``INPUT`` uses ``scatter``, ``OUTPUT`` ``gather``, ``OP`` ``eltwise``, ``UNROLL``
     ``unroll`` (a field only of a build with the unroll unit,
-    :func:`~psc.hw.network.unroll.unrolls_on_chip`)."""
+    :func:`~psc.hw.network.unroll.unrolls_on_chip`); with
+    :attr:`EngineConfig.given_sizes`, ``sizes``: the ``CONV`` command's derived sizes
+    (:func:`~psc.hw.core.setup.derived_sizes`)."""
     cc, aw = config.core, config.act_addr_width
     weights = {"w_off": _width(config.weight_blocks)}
     if config.weight_store_depth:
@@ -141,6 +151,7 @@ def instruction_layout(config):
         "gather": gather_layout(cc, aw), "scatter": scatter_layout(cc, aw), "out": 1,
         "eltwise": op_layout(cc, aw),
         **({"unroll": unroll_layout(cc, aw)} if unrolls_on_chip(cc) else {}),
+        **({"sizes": given_sizes_layout(cc)} if config.given_sizes else {}),
     })
 
 
@@ -152,7 +163,8 @@ CMD_WORD = 32
 def instruction_words(config, fields=None):
     """The command-store words of one instruction (``fields``: a dict of
     :func:`instruction_layout`'s fields; ``w_n`` is dropped where the build has no weight
-    store, ``unroll`` where it has no unroll unit), first word first; without ``fields``,
+    store, ``unroll`` where it has no unroll unit, ``sizes`` where it computes them on
+    chip), first word first; without ``fields``,
     how many there are."""
     il = instruction_layout(config)
     n = -(-il.size // CMD_WORD)
@@ -162,7 +174,7 @@ def instruction_words(config, fields=None):
     names = {name for name, _ in il}
     # the fields only some builds have: a program's image always carries them
     bits = pack_payload(il, {k: v for k, v in fields.items()
-                             if k in names or k not in ("w_n", "unroll")})
+                             if k in names or k not in ("w_n", "unroll", "sizes")})
     return [(bits >> (CMD_WORD * i)) & ((1 << CMD_WORD) - 1) for i in range(n)]
 
 
@@ -273,7 +285,8 @@ class NetworkEngine(wiring.Component):
         il = instruction_layout(ec)
         streamed = bool(ec.weight_store_depth)
         m.submodules.core = core = PSCConvCore(cc, resident_weights=not streamed,
-                                               lent_requantizer_rows=ec.op_values)
+                                               lent_requantizer_rows=ec.op_values,
+                                               given_sizes=ec.given_sizes)
         m.submodules.act = act = ActivationMemory(cc, ec.act_depth)
         m.submodules.gather = gather = Gather(cc, act.addr_width)
         m.submodules.scatter = scatter = Scatter(cc, act.addr_width)
@@ -386,6 +399,8 @@ class NetworkEngine(wiring.Component):
             wiring.connect(m, core.act_out, scatter.act_out)
         m.d.comb += [gather.start.payload.eq(ins.gather), scatter.start.payload.eq(ins.scatter),
                      op.start.payload.eq(ins.eltwise), core.cfg.payload.eq(ins.cfg)]
+        if ec.given_sizes:
+            m.d.comb += core.cfg_sizes.eq(ins.sizes)
         if unroll is not None:
             m.d.comb += unroll.start.payload.eq(ins.unroll)
         m.d.comb += [params.off.eq(ins.p_off), params.n.eq(ins.p_n)]
