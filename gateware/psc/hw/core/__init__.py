@@ -20,7 +20,7 @@ from amaranth.lib.wiring import In, Out
 
 from psc.config import CoreConfig
 from psc.hw.dot_product import DotProduct, output_layout
-from psc.model.checks import check_int
+from psc.model.checks import check_bool, check_int
 
 from .buffers import LoadBuffer
 from .fetch import Fetch
@@ -226,7 +226,7 @@ class PSCConvCore(wiring.Component):
                                config.pe.rows)
         if self._lent:
             members.update(lent_requantizer_ports(config, self._lent))
-        self._given = bool(given_sizes)
+        self._given = check_bool("given_sizes", given_sizes)
         if self._given:
             members["cfg_sizes"] = In(given_sizes_layout(config))
         super().__init__(members)

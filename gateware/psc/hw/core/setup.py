@@ -5,6 +5,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from psc.config import CoreConfig
+from psc.model.checks import check_bool
 
 from .layouts import (COUNTER_WIDTH, FIELD_WIDTH, MAX_OUTPUTS, LayerKind, Part, bank_count,
                       config_layout, output_groups, sizes_layout)
@@ -186,9 +187,7 @@ class DerivedSizes(wiring.Component):
 
     def __init__(self, config, *, given=False):
         self._config = _check_config(config)
-        if not isinstance(given, bool):
-            raise TypeError(f"given must be a bool, not {given!r}")
-        self._given = given
+        self._given = check_bool("given", given)
         super().__init__({
             "cmd": In(config_layout(config)),
             "gin_e": In(FIELD_WIDTH),
