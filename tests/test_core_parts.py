@@ -325,8 +325,12 @@ def _expected_taps(cc, f, sizes, ws):
     return taps
 
 
-def _collect_taps(cc, f, *, p_ready=1.0, seed=0):
-    dut = Sequencer(cc)
+def _collect_taps(cc, f, *, p_ready=1.0, seed=0, params_arriving=False):
+    """The taps the sequencer issues for command ``f``. With ``params_arriving`` the
+    parameter words arrive one by one at random (``params_in``, then ``params_done``),
+    and each tap is checked to issue only once its output group's word is in (a
+    depthwise layer's: once every word is)."""
+    dut = Sequencer(cc, early_params=params_arriving)
     sizes, ws = _sizes(cc, f)
     got = []
     n = len(_expected_taps(cc, f, sizes, ws))
@@ -341,12 +345,22 @@ def _collect_taps(cc, f, *, p_ready=1.0, seed=0):
         ctx.set(dut.run, 1)
         ctx.set(dut.rows_in, f["in_h"])
         ctx.set(dut.weights_done, 1)
-        ctx.set(dut.params_done, 1)
+        params = 0 if params_arriving else f["gout"]
+        ctx.set(dut.params_in, params)
+        ctx.set(dut.params_done, params == f["gout"])
+        per_group = f["k"] ** 2 * (1 if f["kind"] == KIND_DEPTHWISE else f["gin"])
         for _ in range(20 * n + 20):
             ctx.set(dut.taps.ready, rng.random() < p_ready)
             if ctx.get(dut.taps.valid) and ctx.get(dut.taps.ready):
                 t = ctx.get(dut.taps.payload)
+                need = f["gout"] if f["kind"] == KIND_DEPTHWISE else t.waddr // per_group + 1
+                assert params >= need, (f"tap {len(got)} of group {t.waddr // per_group} "
+                                        f"issued with {params} parameter words in")
                 got.append((t.ix, t.iy, t.lin, t.waddr, t.first, t.last))
+            if params < f["gout"] and rng.random() < 0.3:
+                params += 1
+                ctx.set(dut.params_in, params)
+                ctx.set(dut.params_done, params == f["gout"])
             await ctx.tick()
         assert not ctx.get(dut.taps.valid), "the sequencer issued more taps than the command has"
 
@@ -369,6 +383,7 @@ def _plan_fields(cc, cin, cout, h, w, k, stride, padding, groups=1):
 @pytest.mark.parametrize("case", [
     (DIAG, 3, 4, 5, 6, 3, 2, 1, 1),       # standard, stride 2, padding
     (DIAG, 4, 2, 4, 5, 1, 1, 0, 1),       # pointwise
+    (DIAG, 2, 24, 3, 3, 1, 1, 0, 1),      # pointwise, a new output group every tap
     (DIAG, 3, 3, 4, 4, 3, 1, 1, 3),       # depthwise, block-diagonal
     (PIX, 4, 4, 3, 7, 3, 2, 1, 4),        # depthwise on the whole array
 ])
@@ -382,12 +397,13 @@ def test_sequencer_order_matches_scheduler(case):
         assert len(tile.acts) == f["in_h"] * f["in_w"] * f["gin"]
         if not f["keep"]:
             assert len(tile.weights) == f["gout"] * f["k"] ** 2 * gin_e
-        got, want = _collect_taps(cc, f)
-        assert len(got) == len(want)
-        for i, (g, e) in enumerate(zip(got, want)):
-            if e[2] is None:
-                g, e = g[:2] + g[3:], e[:2] + e[3:]
-            assert g == e, f"tap {i}: got (ix, iy, lin, waddr, first, last) {g}, expected {e}"
+        for arriving in (False, True):
+            got, want = _collect_taps(cc, f, params_arriving=arriving)
+            assert len(got) == len(want)
+            for i, (g, e) in enumerate(zip(got, want)):
+                if e[2] is None:
+                    g, e = g[:2] + g[3:], e[:2] + e[3:]
+                assert g == e, f"tap {i}: got (ix, iy, lin, waddr, first, last) {g}, expected {e}"
 
 
 def test_sequencer_one_tap_per_cycle_under_backpressure():

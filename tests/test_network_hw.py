@@ -211,10 +211,13 @@ def _unroll_step(cc, c, h, w, k, stride, pad, src, dst, rng):
                       Region(dst, (k * k * c, ho, wo), -(-k * k * c // cc.lanes)), layer)
 
 
-def _run_unrolls(cc, depth, steps, seed, reset_after=None):
+def _run_unrolls(cc, depth, steps, seed, reset_after=None, arriving=False):
     """Fill the memory with random values, run each unroll (the first one first stopped by a
     reset ``reset_after`` cycles in, then run again), read the whole memory back and
-    compare it with the model's."""
+    compare it with the model's. With ``arriving`` the input's rows are reported stored
+    one by one at random intervals and ``pause`` is raised at random, as while the input
+    arrives: a read of a row not yet reported, or a write after a pause has had its two
+    cycles, fails."""
     m = Module()
     m.domains.sync = cd = ClockDomain()
     m.submodules.mem = mem = ActivationMemory(cc, depth)
@@ -237,6 +240,9 @@ def _run_unrolls(cc, depth, steps, seed, reset_after=None):
 
     async def job(ctx, step, stop=None):
         fields = unroll_fields(step, cc.lanes)
+        _, h, w = step.src.shape
+        ctx.set(u.rows_in, 0 if arriving else h)
+        ctx.set(u.pause, 0)
         ctx.set(u.start.payload.as_value(), pack_payload(u.start.payload.shape(), fields))
         ctx.set(u.start.valid, 1)
         await ctx.tick().until(u.start.ready)
@@ -248,11 +254,25 @@ def _run_unrolls(cc, depth, steps, seed, reset_after=None):
             ctx.set(cd.rst, 0)
             assert not ctx.get(u.busy)
             return
-        cycles = 0
+        cycles, rows, paused = 0, 0 if arriving else h, [0, 0, 0]
         while ctx.get(u.busy):
+            if arriving:
+                # a read must be of a stored row: rows_in counts them
+                if ctx.get(u.read_en):
+                    row = (ctx.get(u.read_addr) - step.src.base) // w
+                    inside = 0 <= ctx.get(u.read_addr) - step.src.base < h * w
+                    assert not inside or row < rows, (cycles, row, rows)
+                assert not (paused[1] and ctx.get(u.write_en)), cycles
+                if rows < h and rng.random() < 0.05:
+                    rows += 1
+                    ctx.set(u.rows_in, rows)
+                p = int(rng.random() < 0.3)
+                ctx.set(u.pause, p)
+                paused = [p] + paused[:2]
             await ctx.tick()
             cycles += 1
-        assert cycles <= step.cycles + 4, (cycles, step.cycles)
+        if not arriving:
+            assert cycles <= step.cycles + 4, (cycles, step.cycles)
 
     async def bench(ctx):
         ctx.set(tb["write_mask"], (1 << cc.lanes) - 1)
@@ -289,13 +309,15 @@ def _run_unrolls(cc, depth, steps, seed, reset_after=None):
     (5, 5, 4, 3, 1, 0),          # writes that run on into the next word
     (7, 3, 5, 1, 1, 0),          # whole words
 ])
-def test_unroll_equals_the_model(c, h, w, k, stride, pad):
+@pytest.mark.parametrize("arriving", [False, True])
+def test_unroll_equals_the_model(c, h, w, k, stride, pad, arriving):
     """The unroll unit's writes, on the ECP5 build's two-bank memory, against the model's:
-    the whole memory read back, so a write outside the unrolled tensor's channels fails."""
+    the whole memory read back, so a write outside the unrolled tensor's channels fails;
+    with its input all stored, or arriving row by row under random pauses."""
     cc = PRESETS["ecp5-25k"]
     rng = np.random.default_rng(c * 100 + k)
     step = _unroll_step(cc, c, h, w, k, stride, pad, 2, 2 + h * w, rng)
-    _run_unrolls(cc, 2 * (-(-(step.dst.end + 1) // 2)), [step], seed=k + c)
+    _run_unrolls(cc, 2 * (-(-(step.dst.end + 1) // 2)), [step], seed=k + c, arriving=arriving)
 
 
 def test_reset_in_the_middle_of_an_unroll():

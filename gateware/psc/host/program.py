@@ -116,9 +116,10 @@ class UnrollStep:
 
     @property
     def cycles(self):
-        """The unroll unit's cycles: one per input pixel read."""
+        """The unroll unit's cycles with its input all stored: one per input pixel read
+        and one per output row."""
         _, ho, wo = self.dst.shape
-        return ho * wo * self.layer.conv_args()["w_pos"].shape[-1] ** 2
+        return ho * wo * self.layer.conv_args()["w_pos"].shape[-1] ** 2 + ho
 
 
 @dataclass
@@ -349,7 +350,8 @@ class Program:
     def engine_image(self):
         """The program as :class:`psc.hw.network.NetworkEngine` runs it: a dict with
         ``instructions`` (dicts of :func:`psc.hw.network.engine.instruction_layout`'s
-        fields: ``INPUT``, an ``UNROLL``, one ``CONV`` per tile, an ``OP`` per add or
+        fields: ``INPUT`` (``INPUT_UNROLL`` where the engine unrolls the input), one
+        ``CONV`` per tile, an ``OP`` per add or
         pooling, ``OUTPUT``, ``END``), ``steps`` (per instruction the name of the step it
         belongs to: ``"input"``, a layer's, ``"output"`` for ``OUTPUT`` and ``END``),
         ``weights`` and
@@ -386,8 +388,9 @@ class Program:
         weights, params, w_off = [], [], 0
         for step in self.steps:
             if isinstance(step, UnrollStep):
-                instructions.append(ins("UNROLL", unroll=unroll_fields(step, cc.lanes)))
-                names.append(step.name)
+                # the first step, run as the input arrives: part of the input's instruction
+                instructions[0].update(op=OPCODES["INPUT_UNROLL"],
+                                       unroll=unroll_fields(step, cc.lanes))
                 continue
             if isinstance(step, OpStep):
                 if step.op != "flatten":

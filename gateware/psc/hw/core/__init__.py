@@ -180,6 +180,11 @@ class PSCConvCore(wiring.Component):
         instead of from the setup's shift-and-add multipliers, which the core then does
         not have (:class:`~psc.hw.core.setup.DerivedSizes`, ``given``). The checks are the
         same, on the sizes given. Without it the core has no such port.
+    early_params : bool
+        Network mode, where the parameters stream from a store on chip beside the
+        input: a command's taps of an output group issue once that group's parameter
+        word has arrived (a depthwise layer's: once all have), not once every word of
+        the command has (:class:`~psc.hw.core.sequencer.Sequencer`).
 
     Attributes
     ----------
@@ -193,7 +198,7 @@ class PSCConvCore(wiring.Component):
     """
 
     def __init__(self, config=None, *, dot_product=DotProduct, resident_weights=False,
-                 lent_requantizer_rows=0, given_sizes=False):
+                 lent_requantizer_rows=0, given_sizes=False, early_params=False):
         if config is None:
             config = CoreConfig()
         if not isinstance(config, CoreConfig):
@@ -227,6 +232,7 @@ class PSCConvCore(wiring.Component):
         if self._lent:
             members.update(lent_requantizer_ports(config, self._lent))
         self._given = check_bool("given_sizes", given_sizes)
+        self._early_params = check_bool("early_params", early_params)
         if self._given:
             members["cfg_sizes"] = In(given_sizes_layout(config))
         super().__init__(members)
@@ -243,7 +249,7 @@ class PSCConvCore(wiring.Component):
         if self._given:
             m.d.comb += sizes.given.eq(self.cfg_sizes)
         m.submodules.counters = counters = CycleCounters()
-        m.submodules.seq = seq = Sequencer(cc)
+        m.submodules.seq = seq = Sequencer(cc, early_params=self._early_params)
         m.submodules.amap = amap = InputAddressMap(cc)
         m.submodules.fetch = fetch = Fetch(cc)
         m.submodules.ibuf = ibuf = InputBuffer(cc)
@@ -334,6 +340,7 @@ class PSCConvCore(wiring.Component):
         m.d.comb += [
             seq.rows_in.eq(ibuf.rows_in), seq.words_in.eq(ibuf.words_in),
             seq.weights_done.eq(wbuf.done), seq.params_done.eq(pbuf.done),
+            seq.params_in.eq(pbuf.arrived),
             setup.loaded.eq(seq.loaded), setup.inputs_done.eq(ibuf.done),
             setup.outputs_done.eq(out.all_sent), setup.mac_valid.eq(sums_valid),
         ]

@@ -1,6 +1,6 @@
 """The core's weight and parameter buffers, each with its loader."""
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -42,6 +42,9 @@ class LoadBuffer(wiring.Component):
     count : In(count_width)
         Words of the command (at most ``depth``: the command checks refuse more).
     done : Out(1)
+    arrived : Out(range(depth + 1))
+        Words taken since the last ``start`` (unchanged with ``keep``; 0 with ``resident``):
+        word ``n`` may be read once ``arrived > n``.
     read : In(read_signature(read_addr_width, shape))
     base, write_addr, write_data, write_en : In
         With ``resident``: the buffer holds words written through ``write_*`` (a whole
@@ -65,6 +68,7 @@ class LoadBuffer(wiring.Component):
             "keep": In(1),
             "count": In(count_width),
             "done": Out(1),
+            "arrived": Out(range(depth + 1)),
             "read": In(read_signature(read_addr_width, shape)),
         }
         if self._resident:
@@ -88,7 +92,7 @@ class LoadBuffer(wiring.Component):
                 self.read.data.eq(rp.data), self.done.eq(1),
             ]
             return m
-        cnt = Signal(range(self._depth + 1))
+        cnt = self.arrived
         m.d.comb += [
             wp.addr.eq(cnt),
             wp.data.eq(self.i.payload),

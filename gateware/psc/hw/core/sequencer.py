@@ -5,6 +5,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from psc.config import CoreConfig
+from psc.model.checks import check_bool
 
 from .layouts import (FIELD_WIDTH, address_width, bank_count, config_layout, sizes_layout,
                       tap_layout, weight_address_width)
@@ -34,7 +35,11 @@ class Sequencer(wiring.Component):
     command's start values (``cmd`` and ``sizes`` final from the cycle
     before: the first address is registered from them);
     while ``run``, ``loaded`` follows ``keep | (weights_done &
-    params_done)`` and ``rows_ok`` whether the input rows the current
+    params_done)`` (with ``early_params``: the weights loaded and the
+    parameter word of the current output group arrived, ``params_in``; a
+    layer other than depthwise then issues a group's taps without waiting
+    for the later groups' words, which the output stage reads only after
+    them) and ``rows_ok`` whether the input rows the current
     output row needs have arrived (``rows_in``) or the input words the next
     pixel needs (``words_in``; on the last pixel of an output row, those of
     the next row's second pixel; not for a depthwise layer on a
@@ -47,6 +52,8 @@ class Sequencer(wiring.Component):
     Parameters
     ----------
     config : CoreConfig
+    early_params : bool
+        See :class:`~psc.hw.core.PSCConvCore`.
 
     Attributes
     ----------
@@ -67,16 +74,19 @@ class Sequencer(wiring.Component):
         Input words arrived (bank words, as ``sizes.n_in``; 0 on a build that does not
         read while it loads).
     weights_done, params_done : In(1)
+    params_in : In(range(config.param_depth + 1))
+        Parameter words arrived (read only with ``early_params``).
     taps : Out(stream.Signature(tap_layout(config)))
     loaded, waiting : Out(1)
     last_group : Out(range(config.param_depth))
         ``gout - 1`` of the running command (the group counter's last value).
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, early_params=False):
         if not isinstance(config, CoreConfig):
             raise TypeError(f"config must be a psc.hw.core.CoreConfig, not {config!r}")
         self._config = config
+        self._early = check_bool("early_params", early_params)
         super().__init__({
             "start": In(1),
             "run": In(1),
@@ -90,6 +100,7 @@ class Sequencer(wiring.Component):
             "words_in": In(range(config.fmap_depth + 1)),
             "weights_done": In(1),
             "params_done": In(1),
+            "params_in": In(range(config.param_depth + 1)),
             "taps": Out(stream.Signature(tap_layout(config))),
             "loaded": Out(1),
             "waiting": Out(1),
@@ -194,8 +205,14 @@ class Sequencer(wiring.Component):
                                        self.words_in >= s["nwa"])
             if cc.fmap_ram == "spram":
                 words_ok = 0                 # it never reads while it loads
+            params_ok = self.params_done
+            if self._early:
+                # a cycle late too: `j` moves at most one group per cycle, so the word of
+                # the group after the current one is asked for (a depthwise layer's group
+                # drains as several output groups on a "channels" build: it waits for all)
+                params_ok |= ~self.dw & (self.params_in > s["j"] + 1)
             m.d.sync += [
-                self.loaded.eq(self.cmd.keep | (self.weights_done & self.params_done)),
+                self.loaded.eq(self.cmd.keep | (self.weights_done & params_ok)),
                 s["rows_ok"].eq((self.rows_in >= Mux(row_end, s["need"] + self.cmd.stride,
                                                      s["need"]))
                                 | (self.rows_in == self.cmd.in_h) | words_ok),

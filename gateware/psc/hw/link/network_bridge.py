@@ -50,9 +50,10 @@ STATUS     ``S``    none                                                        
 * Status frame, :data:`STATUS_BYTES` bytes, sent once the engine is idle and
   every owed word has left: ``S``, flags (u16, :data:`FLAGS`), the program held
   (u32, 0 for none), the output words the run made (u32), the run's cycles
-  (u32, from the input's first beat awaited to the output's last word), those
-  after the input was received (u32: every layer and the output) and its
-  compute cycles (u32, cycles in which a beat entered the MAC array). Flags: bit
+  (u32, from the input's first beat awaited to the output's last word leaving the
+  engine), those after the input was received (u32: every layer and the output's
+  words handed to the bridge's output FIFO, :attr:`NetworkBridgeConfig.out_fifo_depth`)
+  and its compute cycles (u32, cycles in which a beat entered the MAC array). Flags: bit
   0 ``BUSY``, 1 ``ERROR`` (the engine stopped at a command the core refused), 2
   ``DONE``, 3 ``DROPPED``, 4 ``SHORT``, 5 ``EXTRA``, 6 ``RX_ERROR`` (framing error,
   overrun, full receive FIFO, or a frame abandoned after ``frame_timeout`` bit
@@ -76,6 +77,7 @@ from dataclasses import dataclass
 
 from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal
 from amaranth.lib import crc, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from psc.hw.core import act_in_layout, act_out_layout, param_layout, weight_layout
@@ -150,10 +152,16 @@ class NetworkBridgeConfig:
         Bit times of silence in the middle of a frame after which it is
         abandoned (flag ``RX_ERROR``; an inference it belonged to is aborted).
         0 disables it. Default 50000 (50 ms at 1 Mbaud).
+    out_fifo_depth : int
+        Output words held between the engine and the UART, so that an output of at
+        most this many words leaves the engine as fast as it makes them instead of at
+        the line's pace (a classifier's output is a few words). 0: none, the engine
+        waits for the line. Default 16.
     """
     engine: EngineConfig
     divisor: int = 104
     frame_timeout: int = 50_000
+    out_fifo_depth: int = 16
 
     def __post_init__(self):
         if not isinstance(self.engine, EngineConfig):
@@ -161,6 +169,10 @@ class NetworkBridgeConfig:
                                f"not {show(self.engine)}")
         UARTConfig(self.divisor)
         check_frame_timeout(self.frame_timeout)
+        if (not isinstance(self.out_fifo_depth, int) or isinstance(self.out_fifo_depth, bool)
+                or self.out_fifo_depth < 0):
+            raise ValueError(f"out_fifo_depth must be a non-negative integer, "
+                             f"not {self.out_fifo_depth!r}")
 
     @property
     def core(self):
@@ -214,7 +226,17 @@ class NetworkBridge(wiring.Component):
         m.submodules.crc = check = crc.Processor(CRC(data_width=8))
         m.d.comb += [rx.rx.eq(self.rx), self.tx.eq(tx.tx), self.busy.eq(engine.busy),
                      self.error.eq(engine.error)]
-        wiring.connect(m, engine.host_out, tx.words)
+        if bc.out_fifo_depth:
+            # emptied at each INFER's start and at an abort: no word of an earlier run is
+            # sent as one of the next
+            out_fifo = SyncFIFOBuffered(width=8 * ob, depth=bc.out_fifo_depth)
+            m.submodules.out_fifo = ResetInserter(abort | tx.arm)(out_fifo)
+            wiring.connect(m, engine.host_out, out_fifo.w_stream)
+            wiring.connect(m, out_fifo.r_stream, tx.words)
+            out_held = out_fifo.level != 0
+        else:
+            wiring.connect(m, engine.host_out, tx.words)
+            out_held = Const(0)
 
         # --- state reported in the status frame -----------------------------------------
         f = {name: Signal(name=f"f_{name.lower()}") for name in (
@@ -337,7 +359,7 @@ class NetworkBridge(wiring.Component):
                     m.next = "OP"
             with m.State("SYNC"):
                 # the status follows the last owed word, once the engine has stopped
-                with m.If(~engine.busy & ~engine.host_out.valid):
+                with m.If(~engine.busy & ~engine.host_out.valid & ~out_held):
                     with m.If(tx.owed_none):
                         m.d.comb += tx.reply.eq(2)
                         with m.If(tx.reply_ack):

@@ -10,8 +10,13 @@ executes the instructions from address 0 to the first ``END``:
 
 * ``INPUT``: the host's beats (``rows`` activations each, the input tensor's
   pixels in raster order) are scattered into the input's region;
-* ``UNROLL``: the input unrolled (im2col) into a region of its own for a stem
-  that reads it as a pointwise layer (:class:`~psc.hw.network.unroll.Unroll`);
+* ``INPUT_UNROLL``: an ``INPUT`` whose tensor is also unrolled (im2col) into
+  a region of its own for a stem that reads it as a pointwise layer
+  (:class:`~psc.hw.network.unroll.Unroll`), each output row as soon as the input
+  rows it reads are stored: the host's beats come slower than the unroll's
+  reads, so over a serial link the unroll ends soon after the input. A beat
+  from the host takes the memory's write port before the unroll (which pauses
+  for it);
 * ``CONV``: one tile: its command to the core (which reads its weights from
   its own weight buffer, holding the whole network's, from the tile's first
   block on; or, with a weight store, takes them streamed from there), its
@@ -31,7 +36,7 @@ A command the core refuses stops the run with ``error`` set.
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Module, Shape, Signal
+from amaranth.hdl import Cat, Module, Mux, Shape, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -51,7 +56,7 @@ __all__ = ["EngineConfig", "NetworkEngine", "OPCODES", "CMD_WORD", "instruction_
            "instruction_words", "load_layout"]
 
 #: Instruction opcodes.
-OPCODES = {"END": 0, "INPUT": 1, "CONV": 2, "OUTPUT": 3, "OP": 4, "UNROLL": 5}
+OPCODES = {"END": 0, "INPUT": 1, "CONV": 2, "OUTPUT": 3, "OP": 4, "INPUT_UNROLL": 5}
 
 
 def _width(depth):
@@ -74,7 +79,7 @@ class EngineConfig:
         (``core.weight_depth`` of them), written once and read in place, so no weight
         moves during an inference. Otherwise a weight store of this many blocks beside
         the core, from which each command's blocks are streamed into the core's weight
-        buffer before it runs (one block every two cycles), so that a network may have more
+        buffer before it runs (one block per cycle), so that a network may have more
         blocks than the core's buffer holds (the core's buffer then bounds one
         command's, as in tile mode).
     op_values : int
@@ -134,8 +139,8 @@ def instruction_layout(config):
     store its blocks ``[w_off, w_off + w_n)`` there, ``w_n`` 0 for a command that keeps
     the last ones), its parameter words ``[p_off, p_off + p_n)`` of the parameter store,
     the ``gather`` and ``scatter`` descriptors and ``out`` (the tile makes output beats);
-    ``INPUT`` uses ``scatter``, ``OUTPUT`` ``gather``, ``OP`` ``eltwise``, ``UNROLL``
-    ``unroll`` (a field only of a build with the unroll unit,
+    ``INPUT`` uses ``scatter``, ``OUTPUT`` ``gather``, ``OP`` ``eltwise``,
+    ``INPUT_UNROLL`` ``scatter`` and ``unroll`` (a field only of a build with the unroll unit,
     :func:`~psc.hw.network.unroll.unrolls_on_chip`); with
     :attr:`EngineConfig.given_sizes`, ``sizes``: the ``CONV`` command's derived sizes
     (:func:`~psc.hw.core.setup.derived_sizes`)."""
@@ -193,10 +198,10 @@ def load_layout(config):
 class _StoreReader(wiring.Component):
     """Words ``[off, off + n)`` of a memory read port (latency 1) as a stream of ``shape``
     (``start`` loads ``off`` and ``n``). The read port's own register is the stream's
-    payload: the next word is read when the one it holds has been taken, so a stalled
-    consumer loses nothing and no FIFO is needed. One word every two cycles: the read
-    waits for a registered "taken", so that the consumer's ready reaches no memory
-    enable or address in the same cycle."""
+    payload: the next word is read in a cycle in which the one it holds is taken (or it
+    holds none), so a stalled consumer loses nothing, no FIFO is needed and a consumer
+    that is always ready takes a word per cycle. The consumer's ``ready`` reaches the
+    read port's enable through one gate: the core's buffers drive it from flip-flops."""
 
     def __init__(self, shape, addr_width):
         super().__init__({"off": In(addr_width), "n": In(addr_width + 1), "start": In(1),
@@ -207,14 +212,12 @@ class _StoreReader(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         left = Signal.like(self.n)
+        free = Signal()                      # the port's register may take the next word
         issue = Signal()
-        m.d.comb += [issue.eq(~self.o.valid & (left != 0)), self.en.eq(~self.o.valid),
-                     self.o.payload.eq(self.data)]
-        with m.If(self.o.valid):
-            with m.If(self.o.ready):
-                m.d.sync += self.o.valid.eq(0)
-        with m.Else():
-            m.d.sync += self.o.valid.eq(issue)
+        m.d.comb += [free.eq(~self.o.valid | self.o.ready), issue.eq(free & (left != 0)),
+                     self.en.eq(free), self.o.payload.eq(self.data)]
+        with m.If(free):
+            m.d.sync += self.o.valid.eq(left != 0)
         with m.If(self.start):
             m.d.sync += [self.addr.eq(self.off), left.eq(self.n), self.o.valid.eq(0)]
         with m.Elif(issue):
@@ -286,13 +289,14 @@ class NetworkEngine(wiring.Component):
         streamed = bool(ec.weight_store_depth)
         m.submodules.core = core = PSCConvCore(cc, resident_weights=not streamed,
                                                lent_requantizer_rows=ec.op_values,
-                                               given_sizes=ec.given_sizes)
+                                               given_sizes=ec.given_sizes, early_params=True)
         m.submodules.act = act = ActivationMemory(cc, ec.act_depth)
         m.submodules.gather = gather = Gather(cc, act.addr_width)
         m.submodules.scatter = scatter = Scatter(cc, act.addr_width)
         m.submodules.op_unit = op = OpUnit(cc, act.addr_width, ec.op_values)
-        # the memory's ports: the op unit's during an OP, the unroll's during an UNROLL, else
-        # the gather's and the scatter's
+        # the memory's ports: the op unit's during an OP; during an INPUT_UNROLL the
+        # unroll's read port, and the write port the unroll's in a cycle it writes, else
+        # the scatter's (which then waits); else the gather's and the scatter's
         op_active = Signal()               # registered with the routing below
         unroll_active = Signal()
         m.d.comb += [gather.read_data.eq(act.read_data), op.read_data.eq(act.read_data)]
@@ -312,7 +316,9 @@ class NetworkEngine(wiring.Component):
             with m.Elif(unroll_active):
                 m.d.comb += [act.read_addr.eq(unroll.read_addr), act.read_en.eq(unroll.read_en)]
                 for name in ("addr", "lane", "data", "mask", "en"):
-                    m.d.comb += getattr(act, f"write_{name}").eq(getattr(unroll, f"write_{name}"))
+                    m.d.comb += getattr(act, f"write_{name}").eq(
+                        Mux(unroll.write_en, getattr(unroll, f"write_{name}"),
+                            getattr(scatter, f"write_{name}")))
         with m.Else():
             m.d.comb += [act.read_addr.eq(gather.read_addr), act.read_en.eq(gather.read_en)]
             for name in ("addr", "lane", "data", "mask", "en"):
@@ -393,8 +399,22 @@ class NetworkEngine(wiring.Component):
             wiring.connect(m, gather.act_in, wiring.flipped(self.host_out))
         with m.Else():
             wiring.connect(m, gather.act_in, core.act_in)
+        # During an INPUT_UNROLL a host beat waits while the unroll writes, and the unroll
+        # pauses (registered) while a beat waits, so that neither starves. `rows_in`: the
+        # input rows stored, which the unroll's rows wait for.
+        hold = Signal()
+        if unroll is not None:
+            rows_in = Signal.like(unroll.rows_in)
+            pause = Signal()
+            m.d.comb += [hold.eq(unroll_active & unroll.write_en), unroll.rows_in.eq(rows_in),
+                         unroll.pause.eq(pause)]
+            m.d.sync += pause.eq(unroll_active & self.host_in.valid)
+            with m.If(unroll_active & scatter.row_end):
+                m.d.sync += rows_in.eq(rows_in + 1)
         with m.If(from_host):
-            wiring.connect(m, wiring.flipped(self.host_in), scatter.act_out)
+            m.d.comb += [scatter.act_out.payload.eq(self.host_in.payload),
+                         scatter.act_out.valid.eq(self.host_in.valid & ~hold),
+                         self.host_in.ready.eq(scatter.act_out.ready & ~hold)]
         with m.Else():
             wiring.connect(m, core.act_out, scatter.act_out)
         m.d.comb += [gather.start.payload.eq(ins.gather), scatter.start.payload.eq(ins.scatter),
@@ -423,9 +443,10 @@ class NetworkEngine(wiring.Component):
             with m.State("START"):
                 # the units start now and move beats from the next cycle on
                 m.d.sync += [to_host.eq(ins.op == OPCODES["OUTPUT"]),
-                             from_host.eq(ins.op == OPCODES["INPUT"]),
+                             from_host.eq((ins.op == OPCODES["INPUT"])
+                                          | (ins.op == OPCODES["INPUT_UNROLL"])),
                              op_active.eq(ins.op == OPCODES["OP"]),
-                             unroll_active.eq(ins.op == OPCODES["UNROLL"])]
+                             unroll_active.eq(ins.op == OPCODES["INPUT_UNROLL"])]
                 with m.Switch(ins.op):
                     with m.Case(OPCODES["INPUT"]):
                         m.d.comb += scatter.start.valid.eq(1)
@@ -437,8 +458,9 @@ class NetworkEngine(wiring.Component):
                         m.d.comb += op.start.valid.eq(1)
                         m.next = "WAIT"
                     if unroll is not None:
-                        with m.Case(OPCODES["UNROLL"]):
-                            m.d.comb += unroll.start.valid.eq(1)
+                        with m.Case(OPCODES["INPUT_UNROLL"]):
+                            m.d.comb += [scatter.start.valid.eq(1), unroll.start.valid.eq(1)]
+                            m.d.sync += rows_in.eq(0)
                             m.next = "WAIT"
                     with m.Case(OPCODES["CONV"]):
                         m.d.comb += [gather.start.valid.eq(1), scatter.start.valid.eq(ins.out),
@@ -453,7 +475,8 @@ class NetworkEngine(wiring.Component):
                 with m.If(core.cfg.ready):
                     m.next = "WAIT"
             with m.State("WAIT"):
-                m.d.comb += inputting.eq(from_host)
+                # until the input's last beat is stored (an unroll may run on after it)
+                m.d.comb += inputting.eq(from_host & scatter.busy)
                 units = [gather, scatter, op] + ([unroll] if unroll is not None else [])
                 units_idle = (~Cat(u.busy for u in units).any()
                               & ~Cat(r.busy for r in readers.values()).any())

@@ -50,6 +50,8 @@ class Scatter(wiring.Component):
         The memory's write port.
     busy : Out(1)
         Beats of the tile are still to come.
+    row_end : Out(1)
+        The beat taken in this cycle is the last of a row of pixels.
 
     Latency: a beat is written in the cycle it is taken.
     """
@@ -63,7 +65,7 @@ class Scatter(wiring.Component):
             "act_out": In(stream.Signature(act_out_layout(config))),
             "write_addr": Out(addr_width), "write_lane": Out(range(config.lanes)),
             "write_data": Out(rows * aw), "write_mask": Out(rows), "write_en": Out(1),
-            "busy": Out(1),
+            "busy": Out(1), "row_end": Out(1),
         })
 
     def elaborate(self, platform):
@@ -94,7 +96,7 @@ class Scatter(wiring.Component):
         m.d.comb += [self.act_out.ready.eq(self.busy), take.eq(self.act_out.valid & self.busy),
                      self.write_addr.eq(word), self.write_lane.eq(lane),
                      self.write_data.eq(self.act_out.payload), self.write_en.eq(take)]
-        m.d.comb += self.write_mask.eq(mask)
+        m.d.comb += [self.write_mask.eq(mask), self.row_end.eq(take & b.last & x.last)]
         with m.If(take):
             with m.If(~b.last):
                 # the next beat's channels: rows lanes on, into the next word past its last

@@ -55,6 +55,11 @@ class Unroll(wiring.Component):
     ox)*dst_step``. A write of ``c`` channels from any lane runs on into the next word,
     so the memory must have two banks (``lanes`` not a multiple of ``rows``).
 
+    It may run while the input arrives: an output row's reads wait until
+    ``rows_in`` input rows are stored (every row its window reaches, or all ``h``),
+    and ``pause`` holds the walk so that the writer of the input gets the memory's
+    write port (the unroll writes nothing from two cycles after ``pause`` rises).
+
     Parameters
     ----------
     config : psc.config.CoreConfig
@@ -70,12 +75,17 @@ class Unroll(wiring.Component):
         The memory's read port (latency 1).
     write_addr, write_lane, write_data, write_mask, write_en : Out
         The memory's write port.
+    rows_in : In(count)
+        Input rows stored (``h`` when the input is all there).
+    pause : In(1)
+        Hold the walk: no read is issued in the next cycle.
     busy : Out(1)
         Reads or writes of the unroll are still to come.
 
-    Throughput one input pixel per cycle, ``n_x * n_y * k * k`` cycles; the last write
-    is presented two cycles after the last read is issued (the read, its register,
-    the write).
+    Throughput one input pixel per cycle while neither ``pause`` nor missing rows
+    hold it, and a cycle more per output row: ``n_x * n_y * k * k + n_y`` cycles; the
+    last write is presented two cycles after the last read is issued (the read, its
+    register, the write).
     """
 
     def __init__(self, config, addr_width):
@@ -88,6 +98,7 @@ class Unroll(wiring.Component):
             "read_data": In(lanes * aw),
             "write_addr": Out(addr_width), "write_lane": Out(range(lanes)),
             "write_data": Out(lanes * aw), "write_mask": Out(lanes), "write_en": Out(1),
+            "rows_in": In(loop_widths(config, addr_width)[0]), "pause": In(1),
             "busy": Out(1),
         })
 
@@ -111,6 +122,14 @@ class Unroll(wiring.Component):
         lane = Signal(range(lanes))
         mask = Signal(lanes)
         running = Signal()
+        # input rows the output row's windows reach (`cy + k`, at most `h`), and whether
+        # they are stored: registered, and cleared for the cycle after a row ends, when
+        # `need` has just moved on
+        need = Signal(count + KERNEL_BITS + 1)
+        rows_ok = Signal()
+        advance = Signal()
+        m.d.sync += rows_ok.eq((self.rows_in >= need) | (self.rows_in == d.h))
+        m.d.comb += advance.eq(running & rows_ok & ~self.pause)
 
         m.d.comb += self.start.ready.eq(~self.busy)
         with m.If(self.start.valid & self.start.ready):
@@ -122,13 +141,14 @@ class Unroll(wiring.Component):
                          *(r.eq(p.src - p.lead) for r in (addr, krow, corner, rcorner)),
                          iy.eq(-pad), ix.eq(-pad), cy.eq(-pad), cx.eq(-pad),
                          word.eq(p.dst), pix.eq(p.dst), lane.eq(0),
+                         need.eq(p.k - pad), rows_ok.eq(0),
                          mask.eq(Cat(p.c > i for i in range(lanes)))]
 
         # every cycle of the walk reads; a pixel in the padding is written as zeros
         inside = Signal()
         m.d.comb += [inside.eq((iy >= 0) & (iy < d.h) & (ix >= 0) & (ix < d.w)),
-                     self.read_addr.eq(addr), self.read_en.eq(running)]
-        with m.If(running):
+                     self.read_addr.eq(addr), self.read_en.eq(advance)]
+        with m.If(advance):
             with m.If(kx.last & ky.last):
                 m.d.sync += [pix.eq(pix + d.dst_step), word.eq(pix + d.dst_step), lane.eq(0)]
             with m.Elif(lane + d.c >= lanes):
@@ -152,7 +172,8 @@ class Unroll(wiring.Component):
                         nxt = rcorner + d.row_stride
                         m.d.sync += [*x.restart(), rcorner.eq(nxt), corner.eq(nxt),
                                      krow.eq(nxt), addr.eq(nxt), ix.eq(-d.pad), cx.eq(-d.pad),
-                                     cy.eq(cy + d.stride), iy.eq(cy + d.stride)]
+                                     cy.eq(cy + d.stride), iy.eq(cy + d.stride),
+                                     need.eq(need + d.stride), rows_ok.eq(0)]
                         with m.If(~y.last):
                             m.d.sync += y.step()
                         with m.Else():
@@ -165,7 +186,7 @@ class Unroll(wiring.Component):
         q_valid, q_inside = Signal(), Signal()
         q_word, q_lane = Signal(width), Signal(range(lanes))
         q = Signal(lanes * aw)
-        m.d.sync += [r_valid.eq(running), r_inside.eq(inside), r_word.eq(word), r_lane.eq(lane),
+        m.d.sync += [r_valid.eq(advance), r_inside.eq(inside), r_word.eq(word), r_lane.eq(lane),
                      q_valid.eq(r_valid), q_inside.eq(r_inside), q_word.eq(r_word),
                      q_lane.eq(r_lane), q.eq(self.read_data)]
         m.d.comb += [self.write_addr.eq(q_word), self.write_lane.eq(q_lane),
