@@ -335,6 +335,9 @@ class OpUnit(wiring.Component):
         out_word = Signal(chunks * P * aw)      # the word's beats, the padding's results last
         out_k = Signal(cw)                      # the word written next
         out_g = Signal(cw)                      # its group (add: k mod groups)
+        # `out_g` is the last group: a flip-flop, so that the write mask is a multiplexer
+        # of registers in front of the memory (a compare there limits an ECP5 build)
+        out_g_last = Signal()
         total = Mux(gap, d.groups, d.n)
         writing = Signal()
         y = self.rq_o.payload.as_value()
@@ -344,15 +347,15 @@ class OpUnit(wiring.Component):
         m.d.comb += [rq_o.ready.eq(1), full.eq(Cat(out_word[P * aw:], y) if chunks > 1 else y)]
         m.d.comb += [self.write_addr.eq(d.dst + out_k),
                      self.write_data.eq(full[:width]),
-                     self.write_mask.eq(Mux(out_g + 1 == d.groups, d.last_mask,
-                                            (1 << lanes) - 1)),
+                     self.write_mask.eq(Mux(out_g_last, d.last_mask, (1 << lanes) - 1)),
                      self.write_en.eq(rq_o.valid & out_last & writing)]
         with m.If(rq_o.valid):
             m.d.sync += out_word.eq(full)
             m.d.sync += out_chunk.eq(Mux(out_last, 0, out_chunk + 1))
             with m.If(out_last):
-                m.d.sync += [out_k.eq(out_k + 1),
-                             out_g.eq(Mux(out_g + 1 == d.groups, 0, out_g + 1))]
+                m.d.sync += [out_k.eq(out_k + 1), out_g.eq(Mux(out_g_last, 0, out_g + 1)),
+                             out_g_last.eq(Mux(out_g_last, d.groups == 1,
+                                               out_g + 2 == d.groups))]
                 with m.If(out_k + 1 == total):
                     m.d.sync += writing.eq(0)
 
@@ -365,6 +368,6 @@ class OpUnit(wiring.Component):
                          room.eq(self.fifo_depth - 1),
                          addr_a.eq(p.a), addr_b.eq(p.b), second.eq(0), chunk.eq(0),
                          draining.eq(0), out_chunk.eq(0), pva.eq(0), pvb.eq(0), pvc.eq(0),
-                         out_k.eq(0), out_g.eq(0)] + restart
+                         out_k.eq(0), out_g.eq(0), out_g_last.eq(p.groups == 1)] + restart
             m.d.sync += [s.eq(0) for s in sums]
         return m
