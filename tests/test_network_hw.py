@@ -200,6 +200,18 @@ def test_units_convert_to_verilog(name):
         assert "module" in verilog.convert(unit, name=type(unit).__name__.lower())
 
 
+@pytest.mark.parametrize("name", ["ice40-up5k", "ecp5-25k"])
+def test_the_engine_names_its_units(name):
+    """``NetworkEngine.units`` (what ``psc program --synth --units`` keeps apart) are its
+    submodules: the UP5K's engine has no unroll unit."""
+    from amaranth.hdl import Fragment
+    from psc.hw.network.engine import EngineConfig, NetworkEngine
+    engine = NetworkEngine(EngineConfig(PRESETS[name]))
+    names = {sub[1] for sub in Fragment.get(engine, None).subfragments}
+    assert set(engine.units) <= names
+    assert ("unroll" in engine.units) == (name == "ecp5-25k")
+
+
 def _unroll_step(cc, c, h, w, k, stride, pad, src, dst, rng):
     """An :class:`UnrollStep` of a ``c``-channel ``h x w`` input at word ``src`` for a
     ``k x k`` stem, its unrolled tensor at word ``dst``."""

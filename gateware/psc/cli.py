@@ -333,8 +333,9 @@ def _program_synth(args, prog):
           + ", ".join(f"{v} {k}" for k, v in dut.items()))
     if args.units:
         # a second run that keeps each unit's hierarchy, so that each can be counted
-        units = run_yosys(SynthHarness(NetworkEngine(ec)), target, build_dir + "-units", 8,
-                          ec.core.pe.multiplier, keep=NetworkEngine.UNITS)
+        engine = NetworkEngine(ec)
+        units = run_yosys(SynthHarness(engine), target, build_dir + "-units", 8,
+                          ec.core.pe.multiplier, keep=engine.units)
         key = next(iter(dut))
         print(f"by unit (hierarchy kept, {units['dut'][key]} {key} in all; 'rest' is the "
               f"sequencer, the stores and their readers):")

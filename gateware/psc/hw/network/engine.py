@@ -257,14 +257,17 @@ class NetworkEngine(wiring.Component):
         its commands' ``cycles_compute``): ``compute / cycles`` is the array's
         utilisation over the run.
     window : Out(32)
-        Cycles of the last run after its input was received (``cycles`` less those of
-        the ``INPUT`` instruction, which waits on the host's beats): every layer and the
-        output sent.
+        Cycles of the last run after its input was received (``cycles`` less those in
+        which the input instruction waits on the host's beats): every layer, an unroll's
+        tail and the output sent.
     """
 
-    #: The submodules that are units of their own (``psc program --synth --units`` counts
-    #: each apart).
-    UNITS = ("core", "act", "gather", "scatter", "op_unit", "unroll")
+    @property
+    def units(self):
+        """The submodules that are units of their own (``psc program --synth --units`` counts
+        each apart); ``unroll`` only on a build that has it."""
+        return ("core", "act", "gather", "scatter", "op_unit") + (
+            ("unroll",) if unrolls_on_chip(self.config.core) else ())
 
     def __init__(self, config):
         if not isinstance(config, EngineConfig):
