@@ -110,6 +110,28 @@ def test_network_mode_through_the_uart_pins():
                                       want[-1 if name == "reloaded" else 0], err_msg=name)
 
 
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "16"])
+def test_a_bad_output_fifo_depth_is_refused(bad):
+    with pytest.raises(ValueError, match=f"out_fifo_depth must be a non-negative integer, "
+                                         f"not {bad!r}"):
+        network_bridge.NetworkBridgeConfig(_program()[0].engine_config(), out_fifo_depth=bad)
+
+
+@pytest.mark.parametrize("depth", [0, 1])
+def test_network_mode_with_a_small_output_fifo_or_none(depth):
+    """The bridge without its output FIFO (the engine waits for the line) and with one word
+    of it (the engine waits for the FIFO): the same outputs, every word sent once."""
+    prog, rng = _program()
+    images = rng.integers(-128, 128, size=(2,) + prog.net.input_shape)
+    assert prog.io_counts[1] > 1
+    want = prog.net.run(images)
+    res = nl.simulate_link(prog, images, out_fifo_depth=depth)
+    for i, (out, r) in enumerate(zip(res["outputs"], res["images"])):
+        np.testing.assert_array_equal(out, want[i], err_msg=f"image {i}")
+        assert r["status"]["flags"] == ["DONE", "LOADED"], r["status"]
+        assert r["status"]["outputs"] == prog.io_counts[1]
+
+
 class _Pieces:
     """A host transport that writes each frame in two pieces, its first 5 bytes (not yet an
     INFER's head, so the board waits idle) and then, after a pause, the rest."""

@@ -34,7 +34,7 @@ BENCH = "psc.host.socket_bench"
 
 def _key(bc):
     if isinstance(bc, NetworkBridgeConfig):
-        return f"net_{bc.engine.key()}_d{bc.divisor}t{bc.frame_timeout}"
+        return f"net_{bc.key()}"
     return f"tile_{bc.core.key()}_d{bc.divisor}t{bc.frame_timeout}"
 
 

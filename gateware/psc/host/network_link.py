@@ -222,21 +222,22 @@ def network_session(program, images, config=None):
 
 
 def simulate_link(program, images, *, engine_config=None, divisor=4, frame_timeout=200,
-                  target="verilator", faults=False, idle_limit=None):
+                  out_fifo_depth=16, target="verilator", faults=False, idle_limit=None):
     """Run ``images`` in network mode through the UART pins of a simulated
     :class:`~psc.hw.link.network_bridge.NetworkBridge` (:mod:`psc.host.link_bench`): PING,
     the program loaded, then each image, driven by this module's generators.
 
     ``engine_config`` defaults to the smallest that holds the program
     (:meth:`~psc.host.program.Program.engine_config`); ``divisor`` is the UART's clock
-    cycles per bit. With ``faults`` the bench also plays the faults it knows
+    cycles per bit, ``out_fifo_depth`` the bridge's output FIFO's words. With ``faults`` the bench also plays the faults it knows
     (see :mod:`psc.host.link_bench`). Returns the bench's result with ``outputs``, the
     network's output per image, added (and ``next``'s outputs in each fault).
     """
     from psc.host.sim import run_link_job
     from psc.hw.link.network_bridge import NetworkBridgeConfig
     ec = engine_config or program.engine_config()
-    bc = NetworkBridgeConfig(ec, divisor=divisor, frame_timeout=frame_timeout)
+    bc = NetworkBridgeConfig(ec, divisor=divisor, frame_timeout=frame_timeout,
+                             out_fifo_depth=out_fifo_depth)
     xs = program.net.check_images(images)
     image = network_image(program, ec)
     bound = idle_limit or 4 * program.cycle_bound() + 100 * divisor

@@ -375,5 +375,5 @@ def run_link_job(job, bridge_config, *, target="verilator", waves=None, keep_dir
     from psc.hw.link.network_bridge import NetworkBridge
     bc = bridge_config
     return _run_top("link", LINK_TOPLEVEL, LINK_BENCH, NetworkBridge(bc), bc,
-                    f"{bc.engine.key()}_d{bc.divisor}t{bc.frame_timeout}", job, target, waves,
+                    bc.key(), job, target, waves,
                     keep_dir)

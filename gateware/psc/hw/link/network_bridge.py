@@ -178,6 +178,11 @@ class NetworkBridgeConfig:
     def core(self):
         return self.engine.core
 
+    def key(self):
+        """A short name of this configuration, for build directories."""
+        return (f"{self.engine.key()}_d{self.divisor}t{self.frame_timeout}"
+                + (f"o{self.out_fifo_depth}" if self.out_fifo_depth != 16 else ""))
+
 
 class NetworkBridge(wiring.Component):
     """The :class:`~psc.hw.network.NetworkEngine` behind a UART speaking protocol version 7.
