@@ -232,10 +232,14 @@ class NetworkBridge(wiring.Component):
         m.d.comb += [rx.rx.eq(self.rx), self.tx.eq(tx.tx), self.busy.eq(engine.busy),
                      self.error.eq(engine.error)]
         if bc.out_fifo_depth:
-            # emptied at each INFER's start and at an abort: no word of an earlier run is
-            # sent as one of the next
+            # emptied after each INFER's start and after an abort, so that no word of an
+            # earlier run is sent as one of the next; through a register, as the engine's
+            # reset: the arm comes from the parser's state (the engine's first word is
+            # many cycles after either)
             out_fifo = SyncFIFOBuffered(width=8 * ob, depth=bc.out_fifo_depth)
-            m.submodules.out_fifo = ResetInserter(abort | tx.arm)(out_fifo)
+            out_clear = Signal()
+            m.d.sync += out_clear.eq(abort | tx.arm)
+            m.submodules.out_fifo = ResetInserter(out_clear)(out_fifo)
             wiring.connect(m, engine.host_out, out_fifo.w_stream)
             wiring.connect(m, out_fifo.r_stream, tx.words)
             out_held = out_fifo.level != 0
