@@ -96,12 +96,13 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   output act_out__valid;
   wire act_out__valid;
   wire all_sent;
+  wire [5:0] arrived;
   wire beat;
-  wire \beat$154 ;
+  wire \beat$156 ;
   output busy;
   wire busy;
-  wire \busy$150 ;
-  wire \busy$151 ;
+  wire \busy$152 ;
+  wire \busy$153 ;
   input [113:0] cfg__payload;
   wire [113:0] cfg__payload;
   wire [113:0] \cfg__payload$23 ;
@@ -160,7 +161,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire cfg__valid;
   wire \cfg__valid$25 ;
   wire clear;
-  wire \clear$149 ;
+  wire \clear$151 ;
   input clk;
   wire clk;
   wire [113:0] cmd;
@@ -326,8 +327,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire done;
   wire \done$139 ;
   wire \done$141 ;
-  wire \done$145 ;
-  wire \done$157 ;
+  wire \done$147 ;
+  wire \done$159 ;
   wire dw;
   wire \dw$121 ;
   wire \dw$96 ;
@@ -342,7 +343,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire enable;
   output error;
   wire error;
-  wire \error$158 ;
+  wire \error$160 ;
   wire [15:0] gin_e;
   wire [15:0] \gin_e$83 ;
   wire [15:0] \gin_e$99 ;
@@ -754,7 +755,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [4:0] last_go;
   wire [4:0] last_group;
   wire loaded;
-  wire \loaded$143 ;
+  wire \loaded$145 ;
   wire mac_valid;
   wire [24:0] n_out;
   wire [89:0] o__payload;
@@ -1022,6 +1023,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   input params__valid;
   wire params__valid;
   wire params_done;
+  wire [5:0] params_in;
   wire [69:0] read__addr;
   wire [9:0] \read__addr$68 ;
   wire [4:0] \read__addr$74 ;
@@ -1224,7 +1226,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \run$129 ;
   wire \run$131 ;
   wire \run$133 ;
-  wire \run$152 ;
+  wire \run$154 ;
   wire [191:0] sizes;
   wire [191:0] \sizes$100 ;
   wire [13:0] \sizes$100.c0_g ;
@@ -1305,7 +1307,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire taps__valid;
   wire [31:0] total;
   wire waiting;
-  wire \waiting$156 ;
+  wire \waiting$158 ;
   wire [9:0] weights__addr;
   wire [1023:0] weights__data;
   wire [127:0] \weights__data[0] ;
@@ -1552,6 +1554,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .start(start)
   );
   \psc_core.pbuf  pbuf (
+    .arrived(params_in),
     .clk(clk),
     .count(gout_o),
     .done(params_done),
@@ -1614,7 +1617,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .sizing(enable),
     .start(start)
   );
-  \psc_core.sizes$163  \sizes$163  (
+  \psc_core.sizes$165  \sizes$165  (
     .clear(clear),
     .clk(clk),
     .cmd(cmd),
@@ -1724,18 +1727,19 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \words_in$137  = words_in;
   assign \done$139  = weights_done;
   assign \done$141  = params_done;
-  assign \loaded$143  = loaded;
-  assign \done$145  = inputs_done;
+  assign arrived = params_in;
+  assign \loaded$145  = loaded;
+  assign \done$147  = inputs_done;
   assign all_sent = outputs_done;
   assign mac_valid = \i__valid$57 ;
-  assign \clear$149  = clear;
-  assign \busy$150  = busy;
-  assign \busy$151  = busy;
-  assign \run$152  = run;
-  assign \beat$154  = beat;
-  assign \waiting$156  = waiting;
-  assign \done$157  = done;
-  assign \error$158  = error;
+  assign \clear$151  = clear;
+  assign \busy$152  = busy;
+  assign \busy$153  = busy;
+  assign \run$154  = run;
+  assign \beat$156  = beat;
+  assign \waiting$158  = waiting;
+  assign \done$159  = done;
+  assign \error$160  = error;
   assign total = cycles_total;
   assign compute = cycles_compute;
   assign stall = cycles_stall;
@@ -26208,7 +26212,7 @@ module \psc_core.out.rq (rst, i__valid, o__ready, en, relu, i__payload, o__valid
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, count, run, i__ready, done, rp__addr, wp__data);
+module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, count, run, i__ready, arrived, done, rp__addr, wp__data);
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -26222,9 +26226,10 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   wire [6:0] \$7 ;
   wire \$8 ;
   wire \$9 ;
+  output [5:0] arrived;
+  reg [5:0] arrived = 6'h00;
   input clk;
   wire clk;
-  reg [5:0] cnt = 6'h00;
   input [21:0] count;
   wire [21:0] count;
   output done;
@@ -26400,7 +26405,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   end
   always @(posedge clk) begin
     if (wp__en)
-      mem[cnt[4:0]] <= wp__data;
+      mem[arrived[4:0]] <= wp__data;
   end
   reg [431:0] _0_;
   always @(posedge clk) begin
@@ -26414,13 +26419,13 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   assign \$3  = \$1  & \$2 ;
   assign \$4  = i__valid & i__ready;
   assign \$5  = i__valid & i__ready;
-  assign \$6  = cnt + 1'h1;
-  assign \$7  = cnt + 1'h1;
+  assign \$6  = arrived + 1'h1;
+  assign \$7  = arrived + 1'h1;
   assign \$8  = \$7  == count;
   assign \$9  = ~ keep;
   assign \$10  = start & \$9 ;
   always @(posedge clk)
-    cnt <= \$11 ;
+    arrived <= \$11 ;
   always @(posedge clk)
     done <= \$12 ;
   always @* begin
@@ -26439,7 +26444,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$11  = cnt;
+    \$11  = arrived;
     if (run) begin
       if (\$5 ) begin
         \$11  = \$6 [5:0];
@@ -26467,7 +26472,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
       \$12  = 1'h0;
     end
   end
-  assign wp__addr = cnt[4:0];
+  assign wp__addr = arrived[4:0];
   assign i__payload = wp__data;
   assign read__addr = rp__addr;
   assign read__en = rp__en;
@@ -28866,7 +28871,7 @@ module \psc_core.setup (cfg__valid, clk, rst, sizes_ready, outputs_done, start, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$163 (rst, ws, ready, cmd, gin_e, gout_o, clear, enable, sizes, clk);
+module \psc_core.sizes$165 (rst, ws, ready, cmd, gin_e, gout_o, clear, enable, sizes, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$19  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -30088,9 +30093,9 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   wire [9:0] \$7 ;
   wire \$8 ;
   wire \$9 ;
+  reg [8:0] arrived = 9'h000;
   input clk;
   wire clk;
-  reg [8:0] cnt = 9'h000;
   input [8:0] count;
   wire [8:0] count;
   output done;
@@ -30670,7 +30675,7 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   end
   always @(posedge clk) begin
     if (wp__en)
-      mem[cnt[7:0]] <= wp__data;
+      mem[arrived[7:0]] <= wp__data;
   end
   reg [1023:0] _0_;
   always @(posedge clk) begin
@@ -30684,13 +30689,13 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   assign \$3  = \$1  & \$2 ;
   assign \$4  = i__valid & i__ready;
   assign \$5  = i__valid & i__ready;
-  assign \$6  = cnt + 1'h1;
-  assign \$7  = cnt + 1'h1;
+  assign \$6  = arrived + 1'h1;
+  assign \$7  = arrived + 1'h1;
   assign \$8  = \$7  == count;
   assign \$9  = ~ keep;
   assign \$10  = start & \$9 ;
   always @(posedge clk)
-    cnt <= \$11 ;
+    arrived <= \$11 ;
   always @(posedge clk)
     done <= \$12 ;
   always @* begin
@@ -30709,7 +30714,7 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$20 ) begin end
-    \$11  = cnt;
+    \$11  = arrived;
     if (run) begin
       if (\$5 ) begin
         \$11  = \$6 [8:0];
@@ -30737,7 +30742,7 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
       \$12  = 1'h0;
     end
   end
-  assign wp__addr = cnt[7:0];
+  assign wp__addr = arrived[7:0];
   assign i__payload = wp__data;
   assign rp__addr = read__addr[7:0];
   assign read__en = rp__en;

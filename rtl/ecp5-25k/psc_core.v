@@ -102,12 +102,13 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   output act_out__valid;
   wire act_out__valid;
   wire all_sent;
+  wire [6:0] arrived;
   wire beat;
-  wire \beat$161 ;
+  wire \beat$163 ;
   output busy;
   wire busy;
-  wire \busy$157 ;
-  wire \busy$158 ;
+  wire \busy$159 ;
+  wire \busy$160 ;
   input [113:0] cfg__payload;
   wire [113:0] cfg__payload;
   wire [113:0] \cfg__payload$23 ;
@@ -166,7 +167,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire cfg__valid;
   wire \cfg__valid$25 ;
   wire clear;
-  wire \clear$156 ;
+  wire \clear$158 ;
   input clk;
   wire clk;
   wire [113:0] cmd;
@@ -332,8 +333,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire done;
   wire \done$146 ;
   wire \done$148 ;
-  wire \done$152 ;
-  wire \done$164 ;
+  wire \done$154 ;
+  wire \done$166 ;
   wire dw;
   wire \dw$102 ;
   wire \dw$127 ;
@@ -349,7 +350,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire enable;
   output error;
   wire error;
-  wire \error$165 ;
+  wire \error$167 ;
   wire [15:0] gin_e;
   wire [15:0] \gin_e$105 ;
   wire [15:0] \gin_e$89 ;
@@ -571,7 +572,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [5:0] last_group;
   wire [1:0] level;
   wire loaded;
-  wire \loaded$150 ;
+  wire \loaded$152 ;
   wire mac_valid;
   wire [24:0] n_out;
   wire [55:0] o__payload;
@@ -718,6 +719,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   input params__valid;
   wire params__valid;
   wire params_done;
+  wire [6:0] params_in;
   wire [127:0] r_data;
   wire r_en;
   wire r_rdy;
@@ -826,7 +828,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \run$136 ;
   wire \run$138 ;
   wire \run$140 ;
-  wire \run$159 ;
+  wire \run$161 ;
   wire [204:0] sizes;
   wire [204:0] \sizes$106 ;
   wire [14:0] \sizes$106.c0_g ;
@@ -912,7 +914,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire w_en;
   wire w_rdy;
   wire waiting;
-  wire \waiting$163 ;
+  wire \waiting$165 ;
   wire [10:0] weights__addr;
   wire [447:0] weights__data;
   wire [111:0] \weights__data[0] ;
@@ -1086,6 +1088,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .start(start)
   );
   \psc_core.pbuf  pbuf (
+    .arrived(params_in),
     .clk(clk),
     .count(gout_o),
     .done(params_done),
@@ -1147,7 +1150,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .sizing(enable),
     .start(start)
   );
-  \psc_core.sizes$172  \sizes$172  (
+  \psc_core.sizes$174  \sizes$174  (
     .clear(clear),
     .clk(clk),
     .cmd(cmd),
@@ -1279,17 +1282,18 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \words_in$144  = words_in;
   assign \done$146  = weights_done;
   assign \done$148  = params_done;
-  assign \loaded$150  = loaded;
-  assign \done$152  = inputs_done;
+  assign arrived = params_in;
+  assign \loaded$152  = loaded;
+  assign \done$154  = inputs_done;
   assign all_sent = outputs_done;
-  assign \clear$156  = clear;
-  assign \busy$157  = busy;
-  assign \busy$158  = busy;
-  assign \run$159  = run;
-  assign \beat$161  = beat;
-  assign \waiting$163  = waiting;
-  assign \done$164  = done;
-  assign \error$165  = error;
+  assign \clear$158  = clear;
+  assign \busy$159  = busy;
+  assign \busy$160  = busy;
+  assign \run$161  = run;
+  assign \beat$163  = beat;
+  assign \waiting$165  = waiting;
+  assign \done$166  = done;
+  assign \error$167  = error;
   assign total = cycles_total;
   assign compute = cycles_compute;
   assign stall = cycles_stall;
@@ -24990,7 +24994,7 @@ module \psc_core.out.rq (rst, i__valid, o__ready, en, relu, i__payload, o__valid
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, count, run, i__ready, done, rp__addr, wp__data);
+module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, count, run, i__ready, arrived, done, rp__addr, wp__data);
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -25004,9 +25008,10 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   wire [7:0] \$7 ;
   wire \$8 ;
   wire \$9 ;
+  output [6:0] arrived;
+  reg [6:0] arrived = 7'h00;
   input clk;
   wire clk;
-  reg [6:0] cnt = 7'h00;
   input [21:0] count;
   wire [21:0] count;
   output done;
@@ -25166,7 +25171,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   end
   always @(posedge clk) begin
     if (wp__en)
-      mem[cnt[5:0]] <= wp__data;
+      mem[arrived[5:0]] <= wp__data;
   end
   reg [215:0] _0_;
   always @(posedge clk) begin
@@ -25180,13 +25185,13 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   assign \$3  = \$1  & \$2 ;
   assign \$4  = i__valid & i__ready;
   assign \$5  = i__valid & i__ready;
-  assign \$6  = cnt + 1'h1;
-  assign \$7  = cnt + 1'h1;
+  assign \$6  = arrived + 1'h1;
+  assign \$7  = arrived + 1'h1;
   assign \$8  = \$7  == count;
   assign \$9  = ~ keep;
   assign \$10  = start & \$9 ;
   always @(posedge clk)
-    cnt <= \$11 ;
+    arrived <= \$11 ;
   always @(posedge clk)
     done <= \$12 ;
   always @* begin
@@ -25205,7 +25210,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$11  = cnt;
+    \$11  = arrived;
     if (run) begin
       if (\$5 ) begin
         \$11  = \$6 [6:0];
@@ -25233,7 +25238,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
       \$12  = 1'h0;
     end
   end
-  assign wp__addr = cnt[5:0];
+  assign wp__addr = arrived[5:0];
   assign i__payload = wp__data;
   assign read__addr = rp__addr;
   assign read__en = rp__en;
@@ -27583,7 +27588,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$172 (rst, ready, cmd, gin_e, gout_o, clear, enable, sizes, clk);
+module \psc_core.sizes$174 (rst, ready, cmd, gin_e, gout_o, clear, enable, sizes, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -28784,9 +28789,9 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   wire [10:0] \$7 ;
   wire \$8 ;
   wire \$9 ;
+  reg [9:0] arrived = 10'h000;
   input clk;
   wire clk;
-  reg [9:0] cnt = 10'h000;
   input [9:0] count;
   wire [9:0] count;
   output done;
@@ -29462,7 +29467,7 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   end
   always @(posedge clk) begin
     if (wp__en)
-      mem[cnt[8:0]] <= wp__data;
+      mem[arrived[8:0]] <= wp__data;
   end
   reg [447:0] _0_;
   always @(posedge clk) begin
@@ -29476,13 +29481,13 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   assign \$3  = \$1  & \$2 ;
   assign \$4  = i__valid & i__ready;
   assign \$5  = i__valid & i__ready;
-  assign \$6  = cnt + 1'h1;
-  assign \$7  = cnt + 1'h1;
+  assign \$6  = arrived + 1'h1;
+  assign \$7  = arrived + 1'h1;
   assign \$8  = \$7  == count;
   assign \$9  = ~ keep;
   assign \$10  = start & \$9 ;
   always @(posedge clk)
-    cnt <= \$11 ;
+    arrived <= \$11 ;
   always @(posedge clk)
     done <= \$12 ;
   always @* begin
@@ -29501,7 +29506,7 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$11  = cnt;
+    \$11  = arrived;
     if (run) begin
       if (\$5 ) begin
         \$11  = \$6 [9:0];
@@ -29529,7 +29534,7 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
       \$12  = 1'h0;
     end
   end
-  assign wp__addr = cnt[8:0];
+  assign wp__addr = arrived[8:0];
   assign i__payload = wp__data;
   assign rp__addr = read__addr[8:0];
   assign read__en = rp__en;

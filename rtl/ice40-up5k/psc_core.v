@@ -111,12 +111,13 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   output act_out__valid;
   wire act_out__valid;
   wire all_sent;
+  wire [6:0] arrived;
   wire beat;
-  wire \beat$159 ;
+  wire \beat$161 ;
   output busy;
   wire busy;
-  wire \busy$155 ;
-  wire \busy$156 ;
+  wire \busy$157 ;
+  wire \busy$158 ;
   input [113:0] cfg__payload;
   wire [113:0] cfg__payload;
   wire [113:0] \cfg__payload$23 ;
@@ -175,7 +176,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire cfg__valid;
   wire \cfg__valid$25 ;
   wire clear;
-  wire \clear$154 ;
+  wire \clear$156 ;
   input clk;
   wire clk;
   wire [113:0] cmd;
@@ -341,8 +342,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire done;
   wire \done$144 ;
   wire \done$146 ;
-  wire \done$150 ;
-  wire \done$162 ;
+  wire \done$152 ;
+  wire \done$164 ;
   wire dw;
   wire \dw$102 ;
   wire dwc;
@@ -356,7 +357,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire enable;
   output error;
   wire error;
-  wire \error$163 ;
+  wire \error$165 ;
   wire [15:0] gin_e;
   wire [15:0] \gin_e$105 ;
   wire [15:0] \gin_e$89 ;
@@ -485,7 +486,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [5:0] last_group;
   wire [1:0] level;
   wire loaded;
-  wire \loaded$148 ;
+  wire \loaded$150 ;
   wire mac_valid;
   wire [24:0] n_out;
   wire [26:0] o__payload;
@@ -572,6 +573,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   input params__valid;
   wire params__valid;
   wire params_done;
+  wire [6:0] params_in;
   wire [53:0] r_data;
   wire r_en;
   wire r_rdy;
@@ -632,7 +634,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \run$134 ;
   wire \run$136 ;
   wire \run$138 ;
-  wire \run$157 ;
+  wire \run$159 ;
   wire [221:0] sizes;
   wire [221:0] \sizes$106 ;
   wire [16:0] \sizes$106.c0_g ;
@@ -718,7 +720,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire w_en;
   wire w_rdy;
   wire waiting;
-  wire \waiting$161 ;
+  wire \waiting$163 ;
   wire [9:0] weights__addr;
   wire [255:0] weights__data;
   wire [127:0] \weights__data[0] ;
@@ -864,6 +866,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .start(start)
   );
   \psc_core.pbuf  pbuf (
+    .arrived(params_in),
     .clk(clk),
     .count(gout_o),
     .done(params_done),
@@ -924,7 +927,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .sizing(enable),
     .start(start)
   );
-  \psc_core.sizes$170  \sizes$170  (
+  \psc_core.sizes$172  \sizes$172  (
     .clear(clear),
     .clk(clk),
     .cmd(cmd),
@@ -1061,17 +1064,18 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \words_in$142  = 15'h0000;
   assign \done$144  = weights_done;
   assign \done$146  = params_done;
-  assign \loaded$148  = loaded;
-  assign \done$150  = inputs_done;
+  assign arrived = params_in;
+  assign \loaded$150  = loaded;
+  assign \done$152  = inputs_done;
   assign all_sent = outputs_done;
-  assign \clear$154  = clear;
-  assign \busy$155  = busy;
-  assign \busy$156  = busy;
-  assign \run$157  = run;
-  assign \beat$159  = beat;
-  assign \waiting$161  = waiting;
-  assign \done$162  = done;
-  assign \error$163  = error;
+  assign \clear$156  = clear;
+  assign \busy$157  = busy;
+  assign \busy$158  = busy;
+  assign \run$159  = run;
+  assign \beat$161  = beat;
+  assign \waiting$163  = waiting;
+  assign \done$164  = done;
+  assign \error$165  = error;
   assign total = cycles_total;
   assign compute = cycles_compute;
   assign stall = cycles_stall;
@@ -6876,7 +6880,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, count, run, i__ready, done, rp__addr, wp__data);
+module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, count, run, i__ready, arrived, done, rp__addr, wp__data);
   reg \$auto$verilog_backend.cc:2355:dump_module$11  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -6890,9 +6894,10 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   wire [7:0] \$7 ;
   wire \$8 ;
   wire \$9 ;
+  output [6:0] arrived;
+  reg [6:0] arrived = 7'h00;
   input clk;
   wire clk;
-  reg [6:0] cnt = 7'h00;
   input [21:0] count;
   wire [21:0] count;
   output done;
@@ -7028,7 +7033,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   end
   always @(posedge clk) begin
     if (wp__en)
-      mem[cnt[5:0]] <= wp__data;
+      mem[arrived[5:0]] <= wp__data;
   end
   reg [97:0] _0_;
   always @(posedge clk) begin
@@ -7042,13 +7047,13 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   assign \$3  = \$1  & \$2 ;
   assign \$4  = i__valid & i__ready;
   assign \$5  = i__valid & i__ready;
-  assign \$6  = cnt + 1'h1;
-  assign \$7  = cnt + 1'h1;
+  assign \$6  = arrived + 1'h1;
+  assign \$7  = arrived + 1'h1;
   assign \$8  = \$7  == count;
   assign \$9  = ~ keep;
   assign \$10  = start & \$9 ;
   always @(posedge clk)
-    cnt <= \$11 ;
+    arrived <= \$11 ;
   always @(posedge clk)
     done <= \$12 ;
   always @* begin
@@ -7067,7 +7072,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$11  = cnt;
+    \$11  = arrived;
     if (run) begin
       if (\$5 ) begin
         \$11  = \$6 [6:0];
@@ -7095,7 +7100,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
       \$12  = 1'h0;
     end
   end
-  assign wp__addr = cnt[5:0];
+  assign wp__addr = arrived[5:0];
   assign i__payload = wp__data;
   assign read__addr = rp__addr;
   assign read__en = rp__en;
@@ -9401,7 +9406,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$170 (rst, ready, cmd, gin_e, gout_o, clear, enable, sizes, clk);
+module \psc_core.sizes$172 (rst, ready, cmd, gin_e, gout_o, clear, enable, sizes, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -10532,9 +10537,9 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   wire [9:0] \$7 ;
   wire \$8 ;
   wire \$9 ;
+  reg [8:0] arrived = 9'h000;
   input clk;
   wire clk;
-  reg [8:0] cnt = 9'h000;
   input [8:0] count;
   wire [8:0] count;
   output done;
@@ -10898,7 +10903,7 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   end
   always @(posedge clk) begin
     if (wp__en)
-      mem[cnt[7:0]] <= wp__data;
+      mem[arrived[7:0]] <= wp__data;
   end
   reg [255:0] _0_;
   always @(posedge clk) begin
@@ -10912,13 +10917,13 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   assign \$3  = \$1  & \$2 ;
   assign \$4  = i__valid & i__ready;
   assign \$5  = i__valid & i__ready;
-  assign \$6  = cnt + 1'h1;
-  assign \$7  = cnt + 1'h1;
+  assign \$6  = arrived + 1'h1;
+  assign \$7  = arrived + 1'h1;
   assign \$8  = \$7  == count;
   assign \$9  = ~ keep;
   assign \$10  = start & \$9 ;
   always @(posedge clk)
-    cnt <= \$11 ;
+    arrived <= \$11 ;
   always @(posedge clk)
     done <= \$12 ;
   always @* begin
@@ -10937,7 +10942,7 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
-    \$11  = cnt;
+    \$11  = arrived;
     if (run) begin
       if (\$5 ) begin
         \$11  = \$6 [8:0];
@@ -10965,7 +10970,7 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
       \$12  = 1'h0;
     end
   end
-  assign wp__addr = cnt[7:0];
+  assign wp__addr = arrived[7:0];
   assign i__payload = wp__data;
   assign rp__addr = read__addr[7:0];
   assign read__en = rp__en;
