@@ -112,8 +112,7 @@ def test_network_mode_through_the_uart_pins():
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "16"])
 def test_a_bad_output_fifo_depth_is_refused(bad):
-    with pytest.raises(ValueError, match=f"out_fifo_depth must be a non-negative integer, "
-                                         f"not {bad!r}"):
+    with pytest.raises(ValueError, match="out_fifo_depth must be an integer >= 0, not "):
         network_bridge.NetworkBridgeConfig(_program()[0].engine_config(), out_fifo_depth=bad)
 
 

@@ -229,8 +229,8 @@ def simulate_link(program, images, *, engine_config=None, divisor=4, frame_timeo
 
     ``engine_config`` defaults to the smallest that holds the program
     (:meth:`~psc.host.program.Program.engine_config`); ``divisor`` is the UART's clock
-    cycles per bit, ``out_fifo_depth`` the bridge's output FIFO's words. With ``faults`` the bench also plays the faults it knows
-    (see :mod:`psc.host.link_bench`). Returns the bench's result with ``outputs``, the
+    cycles per bit, ``out_fifo_depth`` the words of the bridge's output FIFO. With
+    ``faults`` the bench also plays the faults it knows (see :mod:`psc.host.link_bench`). Returns the bench's result with ``outputs``, the
     network's output per image, added (and ``next``'s outputs in each fault).
     """
     from psc.host.sim import run_link_job

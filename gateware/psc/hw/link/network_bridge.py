@@ -86,7 +86,7 @@ from psc.hw.link.bridge import (ID_FIELDS, OP as TILE_OP, RX_FIFO_DEPTH, check_f
 from psc.hw.link.framing import FrameReceiver, ReplyTransmitter
 from psc.hw.link.uart import UARTConfig
 from psc.hw.network.engine import CMD_WORD, EngineConfig, NetworkEngine
-from psc.model.checks import BadTypeError, show
+from psc.model.checks import BadTypeError, check_int, show
 
 __all__ = ["NetworkBridgeConfig", "NetworkBridge", "PROTOCOL_VERSION", "OP", "FLAGS",
            "ENGINE_ID_FIELDS", "ID_BYTES", "STATUS_BYTES", "CRC", "load_bytes", "io_bytes",
@@ -169,10 +169,7 @@ class NetworkBridgeConfig:
                                f"not {show(self.engine)}")
         UARTConfig(self.divisor)
         check_frame_timeout(self.frame_timeout)
-        if (not isinstance(self.out_fifo_depth, int) or isinstance(self.out_fifo_depth, bool)
-                or self.out_fifo_depth < 0):
-            raise ValueError(f"out_fifo_depth must be a non-negative integer, "
-                             f"not {self.out_fifo_depth!r}")
+        check_int("out_fifo_depth", self.out_fifo_depth, 0)
 
     @property
     def core(self):
@@ -181,7 +178,7 @@ class NetworkBridgeConfig:
     def key(self):
         """A short name of this configuration, for build directories."""
         return (f"{self.engine.key()}_d{self.divisor}t{self.frame_timeout}"
-                + (f"o{self.out_fifo_depth}" if self.out_fifo_depth != 16 else ""))
+                f"o{self.out_fifo_depth}")
 
 
 class NetworkBridge(wiring.Component):
