@@ -63,7 +63,7 @@ from psc.model.packing import (channel_groups, pack_activations, pack_lanes, pac
 
 __all__ = ["NetworkFitError", "Region", "ConvStep", "OpStep", "UnrollStep", "Program",
            "ActivationMemory", "compile_network", "describe", "gather_fields", "scatter_fields",
-           "unroll_fields", "UNROLL_INPUT"]
+           "unroll_fields", "op_fields", "UNROLL_INPUT"]
 
 #: How :func:`compile_network` may unroll a stem's input, where it pays: by the host (True),
 #: on chip where the build can ("chip"), never (False).
@@ -264,7 +264,7 @@ def _unrolled(layer, x, config):
     return unroll(validate(x, config=config, **layer.conv_args())).x
 
 
-def _op_fields(step, lanes):
+def op_fields(step, lanes):
     """The :class:`psc.hw.network.OpUnit` descriptor of an add or pooling ``step`` (all
     zero for None)."""
     from psc.hw.network.op_unit import OP_MODES
@@ -368,7 +368,7 @@ class Program:
         zero_s = {k: 0 for k in ("addr", "lane", "pixel_step", "row_step", "n_b", "n_x", "n_y",
                                  "valid")}
         zero_cfg = {name: 0 for name, _ in config_layout(cc)}
-        zero_op = _op_fields(None, cc.lanes)
+        zero_op = op_fields(None, cc.lanes)
         zero_u = unroll_fields(None, cc.lanes)
         zero_sizes = {name: 0 for name, _ in given_sizes_layout(cc)}
 
@@ -394,7 +394,7 @@ class Program:
                 continue
             if isinstance(step, OpStep):
                 if step.op != "flatten":
-                    instructions.append(ins("OP", eltwise=_op_fields(step, cc.lanes)))
+                    instructions.append(ins("OP", eltwise=op_fields(step, cc.lanes)))
                     names.append(step.name)
                 continue
             names += [step.name] * len(step.plan.tiles)
