@@ -38,10 +38,10 @@
 module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__valid, i__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
-  wire [4:0] \$10 ;
-  wire \$11 ;
-  reg [3:0] \$12 ;
-  reg [20:0] \$13 ;
+  wire \$10 ;
+  reg [3:0] \$11 ;
+  reg \$12 ;
+  reg \$13 ;
   reg [20:0] \$14 ;
   reg [20:0] \$15 ;
   reg [20:0] \$16 ;
@@ -111,16 +111,17 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
   reg [20:0] \$74 ;
   reg [20:0] \$75 ;
   reg [20:0] \$76 ;
-  wire \$8 ;
+  reg [20:0] \$77 ;
+  wire [4:0] \$8 ;
   wire \$9 ;
   wire [31:0] acc;
-  wire [31:0] \acc$103 ;
   wire [31:0] \acc$104 ;
   wire [31:0] \acc$105 ;
   wire [31:0] \acc$106 ;
   wire [31:0] \acc$107 ;
   wire [31:0] \acc$108 ;
   wire [31:0] \acc$109 ;
+  wire [31:0] \acc$110 ;
   wire acc_valid;
   wire [31:0] bias;
   wire [31:0] \bias$25 ;
@@ -198,6 +199,7 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
   reg [20:0] drain_9 = 21'h000000;
   input dw;
   wire dw;
+  reg empty = 1'h1;
   wire en;
   wire \en$19 ;
   wire \en$29 ;
@@ -380,24 +382,6 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
   input i__valid;
   wire i__valid;
   wire [167:0] lane_acc;
-  wire [167:0] \lane_acc$167 ;
-  wire [20:0] \lane_acc$167[0] ;
-  wire [20:0] \lane_acc$167[1] ;
-  wire [20:0] \lane_acc$167[2] ;
-  wire [20:0] \lane_acc$167[3] ;
-  wire [20:0] \lane_acc$167[4] ;
-  wire [20:0] \lane_acc$167[5] ;
-  wire [20:0] \lane_acc$167[6] ;
-  wire [20:0] \lane_acc$167[7] ;
-  wire [167:0] \lane_acc$168 ;
-  wire [20:0] \lane_acc$168[0] ;
-  wire [20:0] \lane_acc$168[1] ;
-  wire [20:0] \lane_acc$168[2] ;
-  wire [20:0] \lane_acc$168[3] ;
-  wire [20:0] \lane_acc$168[4] ;
-  wire [20:0] \lane_acc$168[5] ;
-  wire [20:0] \lane_acc$168[6] ;
-  wire [20:0] \lane_acc$168[7] ;
   wire [167:0] \lane_acc$169 ;
   wire [20:0] \lane_acc$169[0] ;
   wire [20:0] \lane_acc$169[1] ;
@@ -443,6 +427,24 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
   wire [20:0] \lane_acc$173[5] ;
   wire [20:0] \lane_acc$173[6] ;
   wire [20:0] \lane_acc$173[7] ;
+  wire [167:0] \lane_acc$174 ;
+  wire [20:0] \lane_acc$174[0] ;
+  wire [20:0] \lane_acc$174[1] ;
+  wire [20:0] \lane_acc$174[2] ;
+  wire [20:0] \lane_acc$174[3] ;
+  wire [20:0] \lane_acc$174[4] ;
+  wire [20:0] \lane_acc$174[5] ;
+  wire [20:0] \lane_acc$174[6] ;
+  wire [20:0] \lane_acc$174[7] ;
+  wire [167:0] \lane_acc$175 ;
+  wire [20:0] \lane_acc$175[0] ;
+  wire [20:0] \lane_acc$175[1] ;
+  wire [20:0] \lane_acc$175[2] ;
+  wire [20:0] \lane_acc$175[3] ;
+  wire [20:0] \lane_acc$175[4] ;
+  wire [20:0] \lane_acc$175[5] ;
+  wire [20:0] \lane_acc$175[6] ;
+  wire [20:0] \lane_acc$175[7] ;
   wire [20:0] \lane_acc[0] ;
   wire [20:0] \lane_acc[1] ;
   wire [20:0] \lane_acc[2] ;
@@ -491,6 +493,7 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
   wire o__ready;
   output o__valid;
   reg o__valid;
+  reg one = 1'h0;
   input rst;
   wire rst;
   wire valid;
@@ -718,147 +721,150 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
   wire [7:0] \x[6] ;
   wire [7:0] \x[7] ;
   always @(posedge clk)
-    drain_3 <= \$16 ;
+    drain_1 <= \$15 ;
   always @(posedge clk)
-    drain_4 <= \$17 ;
+    drain_2 <= \$16 ;
   always @(posedge clk)
-    drain_5 <= \$18 ;
+    drain_3 <= \$17 ;
   always @(posedge clk)
-    drain_6 <= \$19 ;
+    drain_4 <= \$18 ;
   always @(posedge clk)
-    drain_7 <= \$20 ;
+    drain_5 <= \$19 ;
   always @(posedge clk)
-    drain_8 <= \$21 ;
+    drain_6 <= \$20 ;
   always @(posedge clk)
-    drain_9 <= \$22 ;
+    drain_7 <= \$21 ;
   always @(posedge clk)
-    drain_10 <= \$23 ;
+    drain_8 <= \$22 ;
   always @(posedge clk)
-    drain_11 <= \$24 ;
+    drain_9 <= \$23 ;
   always @(posedge clk)
-    drain_12 <= \$25 ;
+    drain_10 <= \$24 ;
   always @(posedge clk)
-    drain_13 <= \$26 ;
+    drain_11 <= \$25 ;
   always @(posedge clk)
-    drain_14 <= \$27 ;
+    drain_12 <= \$26 ;
   always @(posedge clk)
-    drain_15 <= \$28 ;
+    drain_13 <= \$27 ;
   always @(posedge clk)
-    drain_16 <= \$29 ;
+    drain_14 <= \$28 ;
   always @(posedge clk)
-    drain_17 <= \$30 ;
+    drain_15 <= \$29 ;
   always @(posedge clk)
-    drain_18 <= \$31 ;
+    drain_16 <= \$30 ;
   always @(posedge clk)
-    drain_19 <= \$32 ;
+    drain_17 <= \$31 ;
   always @(posedge clk)
-    drain_20 <= \$33 ;
+    drain_18 <= \$32 ;
   always @(posedge clk)
-    drain_21 <= \$34 ;
+    drain_19 <= \$33 ;
   always @(posedge clk)
-    drain_22 <= \$35 ;
+    drain_20 <= \$34 ;
   always @(posedge clk)
-    drain_23 <= \$36 ;
+    drain_21 <= \$35 ;
   always @(posedge clk)
-    drain_24 <= \$37 ;
+    drain_22 <= \$36 ;
   always @(posedge clk)
-    drain_25 <= \$38 ;
+    drain_23 <= \$37 ;
   always @(posedge clk)
-    drain_26 <= \$39 ;
+    drain_24 <= \$38 ;
   always @(posedge clk)
-    drain_27 <= \$40 ;
+    drain_25 <= \$39 ;
   always @(posedge clk)
-    drain_28 <= \$41 ;
+    drain_26 <= \$40 ;
   always @(posedge clk)
-    drain_29 <= \$42 ;
+    drain_27 <= \$41 ;
   always @(posedge clk)
-    drain_30 <= \$43 ;
+    drain_28 <= \$42 ;
   always @(posedge clk)
-    drain_31 <= \$44 ;
+    drain_29 <= \$43 ;
   always @(posedge clk)
-    drain_32 <= \$45 ;
+    drain_30 <= \$44 ;
   always @(posedge clk)
-    drain_33 <= \$46 ;
+    drain_31 <= \$45 ;
   always @(posedge clk)
-    drain_34 <= \$47 ;
+    drain_32 <= \$46 ;
   always @(posedge clk)
-    drain_35 <= \$48 ;
+    drain_33 <= \$47 ;
   always @(posedge clk)
-    drain_36 <= \$49 ;
+    drain_34 <= \$48 ;
   always @(posedge clk)
-    drain_37 <= \$50 ;
+    drain_35 <= \$49 ;
   always @(posedge clk)
-    drain_38 <= \$51 ;
+    drain_36 <= \$50 ;
   always @(posedge clk)
-    drain_39 <= \$52 ;
+    drain_37 <= \$51 ;
   always @(posedge clk)
-    drain_40 <= \$53 ;
+    drain_38 <= \$52 ;
   always @(posedge clk)
-    drain_41 <= \$54 ;
+    drain_39 <= \$53 ;
   always @(posedge clk)
-    drain_42 <= \$55 ;
+    drain_40 <= \$54 ;
   always @(posedge clk)
-    drain_43 <= \$56 ;
+    drain_41 <= \$55 ;
   always @(posedge clk)
-    drain_44 <= \$57 ;
+    drain_42 <= \$56 ;
   always @(posedge clk)
-    drain_45 <= \$58 ;
+    drain_43 <= \$57 ;
   always @(posedge clk)
-    drain_46 <= \$59 ;
+    drain_44 <= \$58 ;
   always @(posedge clk)
-    drain_47 <= \$60 ;
+    drain_45 <= \$59 ;
   always @(posedge clk)
-    drain_48 <= \$61 ;
+    drain_46 <= \$60 ;
   always @(posedge clk)
-    drain_49 <= \$62 ;
+    drain_47 <= \$61 ;
   always @(posedge clk)
-    drain_50 <= \$63 ;
+    drain_48 <= \$62 ;
   always @(posedge clk)
-    drain_51 <= \$64 ;
+    drain_49 <= \$63 ;
   always @(posedge clk)
-    drain_52 <= \$65 ;
+    drain_50 <= \$64 ;
   always @(posedge clk)
-    drain_53 <= \$66 ;
+    drain_51 <= \$65 ;
   always @(posedge clk)
-    drain_54 <= \$67 ;
+    drain_52 <= \$66 ;
   always @(posedge clk)
-    drain_55 <= \$68 ;
+    drain_53 <= \$67 ;
   always @(posedge clk)
-    drain_56 <= \$69 ;
+    drain_54 <= \$68 ;
   always @(posedge clk)
-    drain_57 <= \$70 ;
+    drain_55 <= \$69 ;
   always @(posedge clk)
-    drain_58 <= \$71 ;
+    drain_56 <= \$70 ;
   always @(posedge clk)
-    drain_59 <= \$72 ;
+    drain_57 <= \$71 ;
   always @(posedge clk)
-    drain_60 <= \$73 ;
+    drain_58 <= \$72 ;
   always @(posedge clk)
-    drain_61 <= \$74 ;
+    drain_59 <= \$73 ;
   always @(posedge clk)
-    drain_62 <= \$75 ;
+    drain_60 <= \$74 ;
   always @(posedge clk)
-    drain_63 <= \$76 ;
-  assign \$1  = ! left;
-  assign \$2  = left == 1'h1;
-  assign \$3  = \$2  & o__ready;
-  assign free = \$1  | \$3 ;
-  assign \$4  = ~ lane_valid;
-  assign \$5  = \$4  | free;
-  assign \$6  = | left;
-  assign \$7  = ~ o__valid;
-  assign \$8  = \$7  | o__ready;
-  assign \$9  = o__valid & o__ready;
-  assign \$10  = left - 1'h1;
-  assign \$11  = lane_valid & free;
+    drain_61 <= \$75 ;
   always @(posedge clk)
-    left <= \$12 ;
+    drain_62 <= \$76 ;
   always @(posedge clk)
-    drain_0 <= \$13 ;
+    drain_63 <= \$77 ;
+  assign \$1  = one & o__ready;
+  assign free = empty | \$1 ;
+  assign \$2  = ~ lane_valid;
+  assign \$3  = \$2  | free;
+  assign \$4  = ~ empty;
+  assign \$5  = ~ o__valid;
+  assign \$6  = \$5  | o__ready;
+  assign \$7  = o__valid & o__ready;
+  assign \$8  = left - 1'h1;
+  assign \$9  = left == 2'h2;
+  assign \$10  = lane_valid & free;
   always @(posedge clk)
-    drain_1 <= \$14 ;
+    left <= \$11 ;
   always @(posedge clk)
-    drain_2 <= \$15 ;
+    empty <= \$12 ;
+  always @(posedge clk)
+    one <= \$13 ;
+  always @(posedge clk)
+    drain_0 <= \$14 ;
   \dot_product.pe_0  pe_0 (
     .acc(acc),
     .acc_valid(acc_valid),
@@ -875,11 +881,11 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     .x(i__payload[63:0])
   );
   \dot_product.pe_1  pe_1 (
-    .acc(\acc$103 ),
+    .acc(\acc$104 ),
     .bias(i__payload[1599:1568]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$167 ),
+    .lane_acc(\lane_acc$169 ),
     .mask(\mask$22 ),
     .\port$0$1794 (i__payload[1793:1792]),
     .rst(rst),
@@ -888,11 +894,11 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     .x(i__payload[127:64])
   );
   \dot_product.pe_2  pe_2 (
-    .acc(\acc$104 ),
+    .acc(\acc$105 ),
     .bias(i__payload[1631:1600]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$168 ),
+    .lane_acc(\lane_acc$170 ),
     .mask(\mask$32 ),
     .\port$0$1794 (i__payload[1793:1792]),
     .rst(rst),
@@ -901,11 +907,11 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     .x(i__payload[191:128])
   );
   \dot_product.pe_3  pe_3 (
-    .acc(\acc$105 ),
+    .acc(\acc$106 ),
     .bias(i__payload[1663:1632]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$169 ),
+    .lane_acc(\lane_acc$171 ),
     .mask(\mask$42 ),
     .\port$0$1794 (i__payload[1793:1792]),
     .rst(rst),
@@ -914,11 +920,11 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     .x(i__payload[255:192])
   );
   \dot_product.pe_4  pe_4 (
-    .acc(\acc$106 ),
+    .acc(\acc$107 ),
     .bias(i__payload[1695:1664]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$170 ),
+    .lane_acc(\lane_acc$172 ),
     .mask(\mask$52 ),
     .\port$0$1794 (i__payload[1793:1792]),
     .rst(rst),
@@ -927,11 +933,11 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     .x(i__payload[319:256])
   );
   \dot_product.pe_5  pe_5 (
-    .acc(\acc$107 ),
+    .acc(\acc$108 ),
     .bias(i__payload[1727:1696]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$171 ),
+    .lane_acc(\lane_acc$173 ),
     .mask(\mask$62 ),
     .\port$0$1794 (i__payload[1793:1792]),
     .rst(rst),
@@ -940,11 +946,11 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     .x(i__payload[383:320])
   );
   \dot_product.pe_6  pe_6 (
-    .acc(\acc$108 ),
+    .acc(\acc$109 ),
     .bias(i__payload[1759:1728]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$172 ),
+    .lane_acc(\lane_acc$174 ),
     .mask(\mask$72 ),
     .\port$0$1794 (i__payload[1793:1792]),
     .rst(rst),
@@ -953,10 +959,10 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     .x(i__payload[447:384])
   );
   \dot_product.pe_7  pe_7 (
-    .acc(\acc$109 ),
+    .acc(\acc$110 ),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$173 ),
+    .lane_acc(\lane_acc$175 ),
     .mask(\mask$82 ),
     .\port$0$1762 (i__payload[1793:1760]),
     .rst(rst),
@@ -998,709 +1004,733 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$16  = drain_3;
+    \$15  = drain_1;
     if (dw) begin
-      if (\$9 ) begin
-        \$16  = drain_11;
+      if (\$7 ) begin
+        \$15  = drain_9;
       end
-      if (\$11 ) begin
-        \$16  = lane_acc[83:63];
+      if (\$10 ) begin
+        \$15  = lane_acc[41:21];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$17  = drain_4;
+    \$16  = drain_2;
     if (dw) begin
-      if (\$9 ) begin
-        \$17  = drain_12;
+      if (\$7 ) begin
+        \$16  = drain_10;
       end
-      if (\$11 ) begin
-        \$17  = lane_acc[104:84];
+      if (\$10 ) begin
+        \$16  = lane_acc[62:42];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$18  = drain_5;
+    \$17  = drain_3;
     if (dw) begin
-      if (\$9 ) begin
-        \$18  = drain_13;
+      if (\$7 ) begin
+        \$17  = drain_11;
       end
-      if (\$11 ) begin
-        \$18  = lane_acc[125:105];
+      if (\$10 ) begin
+        \$17  = lane_acc[83:63];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$19  = drain_6;
+    \$18  = drain_4;
     if (dw) begin
-      if (\$9 ) begin
-        \$19  = drain_14;
+      if (\$7 ) begin
+        \$18  = drain_12;
       end
-      if (\$11 ) begin
-        \$19  = lane_acc[146:126];
+      if (\$10 ) begin
+        \$18  = lane_acc[104:84];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$20  = drain_7;
+    \$19  = drain_5;
     if (dw) begin
-      if (\$9 ) begin
-        \$20  = drain_15;
+      if (\$7 ) begin
+        \$19  = drain_13;
       end
-      if (\$11 ) begin
-        \$20  = lane_acc[167:147];
+      if (\$10 ) begin
+        \$19  = lane_acc[125:105];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$21  = drain_8;
+    \$20  = drain_6;
     if (dw) begin
-      if (\$9 ) begin
-        \$21  = drain_16;
+      if (\$7 ) begin
+        \$20  = drain_14;
       end
-      if (\$11 ) begin
-        \$21  = \lane_acc$167 [20:0];
+      if (\$10 ) begin
+        \$20  = lane_acc[146:126];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$22  = drain_9;
+    \$21  = drain_7;
     if (dw) begin
-      if (\$9 ) begin
-        \$22  = drain_17;
+      if (\$7 ) begin
+        \$21  = drain_15;
       end
-      if (\$11 ) begin
-        \$22  = \lane_acc$167 [41:21];
+      if (\$10 ) begin
+        \$21  = lane_acc[167:147];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$23  = drain_10;
+    \$22  = drain_8;
     if (dw) begin
-      if (\$9 ) begin
-        \$23  = drain_18;
+      if (\$7 ) begin
+        \$22  = drain_16;
       end
-      if (\$11 ) begin
-        \$23  = \lane_acc$167 [62:42];
+      if (\$10 ) begin
+        \$22  = \lane_acc$169 [20:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$24  = drain_11;
+    \$23  = drain_9;
     if (dw) begin
-      if (\$9 ) begin
-        \$24  = drain_19;
+      if (\$7 ) begin
+        \$23  = drain_17;
       end
-      if (\$11 ) begin
-        \$24  = \lane_acc$167 [83:63];
+      if (\$10 ) begin
+        \$23  = \lane_acc$169 [41:21];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$25  = drain_12;
+    \$24  = drain_10;
     if (dw) begin
-      if (\$9 ) begin
-        \$25  = drain_20;
+      if (\$7 ) begin
+        \$24  = drain_18;
       end
-      if (\$11 ) begin
-        \$25  = \lane_acc$167 [104:84];
+      if (\$10 ) begin
+        \$24  = \lane_acc$169 [62:42];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$26  = drain_13;
+    \$25  = drain_11;
     if (dw) begin
-      if (\$9 ) begin
-        \$26  = drain_21;
+      if (\$7 ) begin
+        \$25  = drain_19;
       end
-      if (\$11 ) begin
-        \$26  = \lane_acc$167 [125:105];
+      if (\$10 ) begin
+        \$25  = \lane_acc$169 [83:63];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$27  = drain_14;
+    \$26  = drain_12;
     if (dw) begin
-      if (\$9 ) begin
-        \$27  = drain_22;
+      if (\$7 ) begin
+        \$26  = drain_20;
       end
-      if (\$11 ) begin
-        \$27  = \lane_acc$167 [146:126];
+      if (\$10 ) begin
+        \$26  = \lane_acc$169 [104:84];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$28  = drain_15;
+    \$27  = drain_13;
     if (dw) begin
-      if (\$9 ) begin
-        \$28  = drain_23;
+      if (\$7 ) begin
+        \$27  = drain_21;
       end
-      if (\$11 ) begin
-        \$28  = \lane_acc$167 [167:147];
+      if (\$10 ) begin
+        \$27  = \lane_acc$169 [125:105];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$29  = drain_16;
+    \$28  = drain_14;
     if (dw) begin
-      if (\$9 ) begin
-        \$29  = drain_24;
+      if (\$7 ) begin
+        \$28  = drain_22;
       end
-      if (\$11 ) begin
-        \$29  = \lane_acc$168 [20:0];
+      if (\$10 ) begin
+        \$28  = \lane_acc$169 [146:126];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$30  = drain_17;
+    \$29  = drain_15;
     if (dw) begin
-      if (\$9 ) begin
-        \$30  = drain_25;
+      if (\$7 ) begin
+        \$29  = drain_23;
       end
-      if (\$11 ) begin
-        \$30  = \lane_acc$168 [41:21];
+      if (\$10 ) begin
+        \$29  = \lane_acc$169 [167:147];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$31  = drain_18;
+    \$30  = drain_16;
     if (dw) begin
-      if (\$9 ) begin
-        \$31  = drain_26;
+      if (\$7 ) begin
+        \$30  = drain_24;
       end
-      if (\$11 ) begin
-        \$31  = \lane_acc$168 [62:42];
+      if (\$10 ) begin
+        \$30  = \lane_acc$170 [20:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$32  = drain_19;
+    \$31  = drain_17;
     if (dw) begin
-      if (\$9 ) begin
-        \$32  = drain_27;
+      if (\$7 ) begin
+        \$31  = drain_25;
       end
-      if (\$11 ) begin
-        \$32  = \lane_acc$168 [83:63];
+      if (\$10 ) begin
+        \$31  = \lane_acc$170 [41:21];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$33  = drain_20;
+    \$32  = drain_18;
     if (dw) begin
-      if (\$9 ) begin
-        \$33  = drain_28;
+      if (\$7 ) begin
+        \$32  = drain_26;
       end
-      if (\$11 ) begin
-        \$33  = \lane_acc$168 [104:84];
+      if (\$10 ) begin
+        \$32  = \lane_acc$170 [62:42];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$34  = drain_21;
+    \$33  = drain_19;
     if (dw) begin
-      if (\$9 ) begin
-        \$34  = drain_29;
+      if (\$7 ) begin
+        \$33  = drain_27;
       end
-      if (\$11 ) begin
-        \$34  = \lane_acc$168 [125:105];
+      if (\$10 ) begin
+        \$33  = \lane_acc$170 [83:63];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$35  = drain_22;
+    \$34  = drain_20;
     if (dw) begin
-      if (\$9 ) begin
-        \$35  = drain_30;
+      if (\$7 ) begin
+        \$34  = drain_28;
       end
-      if (\$11 ) begin
-        \$35  = \lane_acc$168 [146:126];
+      if (\$10 ) begin
+        \$34  = \lane_acc$170 [104:84];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$36  = drain_23;
+    \$35  = drain_21;
     if (dw) begin
-      if (\$9 ) begin
-        \$36  = drain_31;
+      if (\$7 ) begin
+        \$35  = drain_29;
       end
-      if (\$11 ) begin
-        \$36  = \lane_acc$168 [167:147];
+      if (\$10 ) begin
+        \$35  = \lane_acc$170 [125:105];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$37  = drain_24;
+    \$36  = drain_22;
     if (dw) begin
-      if (\$9 ) begin
-        \$37  = drain_32;
+      if (\$7 ) begin
+        \$36  = drain_30;
       end
-      if (\$11 ) begin
-        \$37  = \lane_acc$169 [20:0];
+      if (\$10 ) begin
+        \$36  = \lane_acc$170 [146:126];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$38  = drain_25;
+    \$37  = drain_23;
     if (dw) begin
-      if (\$9 ) begin
-        \$38  = drain_33;
+      if (\$7 ) begin
+        \$37  = drain_31;
       end
-      if (\$11 ) begin
-        \$38  = \lane_acc$169 [41:21];
+      if (\$10 ) begin
+        \$37  = \lane_acc$170 [167:147];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$39  = drain_26;
+    \$38  = drain_24;
     if (dw) begin
-      if (\$9 ) begin
-        \$39  = drain_34;
+      if (\$7 ) begin
+        \$38  = drain_32;
       end
-      if (\$11 ) begin
-        \$39  = \lane_acc$169 [62:42];
+      if (\$10 ) begin
+        \$38  = \lane_acc$171 [20:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$40  = drain_27;
+    \$39  = drain_25;
     if (dw) begin
-      if (\$9 ) begin
-        \$40  = drain_35;
+      if (\$7 ) begin
+        \$39  = drain_33;
       end
-      if (\$11 ) begin
-        \$40  = \lane_acc$169 [83:63];
+      if (\$10 ) begin
+        \$39  = \lane_acc$171 [41:21];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$41  = drain_28;
+    \$40  = drain_26;
     if (dw) begin
-      if (\$9 ) begin
-        \$41  = drain_36;
+      if (\$7 ) begin
+        \$40  = drain_34;
       end
-      if (\$11 ) begin
-        \$41  = \lane_acc$169 [104:84];
+      if (\$10 ) begin
+        \$40  = \lane_acc$171 [62:42];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$42  = drain_29;
+    \$41  = drain_27;
     if (dw) begin
-      if (\$9 ) begin
-        \$42  = drain_37;
+      if (\$7 ) begin
+        \$41  = drain_35;
       end
-      if (\$11 ) begin
-        \$42  = \lane_acc$169 [125:105];
+      if (\$10 ) begin
+        \$41  = \lane_acc$171 [83:63];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$43  = drain_30;
+    \$42  = drain_28;
     if (dw) begin
-      if (\$9 ) begin
-        \$43  = drain_38;
+      if (\$7 ) begin
+        \$42  = drain_36;
       end
-      if (\$11 ) begin
-        \$43  = \lane_acc$169 [146:126];
+      if (\$10 ) begin
+        \$42  = \lane_acc$171 [104:84];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$44  = drain_31;
+    \$43  = drain_29;
     if (dw) begin
-      if (\$9 ) begin
-        \$44  = drain_39;
+      if (\$7 ) begin
+        \$43  = drain_37;
       end
-      if (\$11 ) begin
-        \$44  = \lane_acc$169 [167:147];
+      if (\$10 ) begin
+        \$43  = \lane_acc$171 [125:105];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$45  = drain_32;
+    \$44  = drain_30;
     if (dw) begin
-      if (\$9 ) begin
-        \$45  = drain_40;
+      if (\$7 ) begin
+        \$44  = drain_38;
       end
-      if (\$11 ) begin
-        \$45  = \lane_acc$170 [20:0];
+      if (\$10 ) begin
+        \$44  = \lane_acc$171 [146:126];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$46  = drain_33;
+    \$45  = drain_31;
     if (dw) begin
-      if (\$9 ) begin
-        \$46  = drain_41;
+      if (\$7 ) begin
+        \$45  = drain_39;
       end
-      if (\$11 ) begin
-        \$46  = \lane_acc$170 [41:21];
+      if (\$10 ) begin
+        \$45  = \lane_acc$171 [167:147];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$47  = drain_34;
+    \$46  = drain_32;
     if (dw) begin
-      if (\$9 ) begin
-        \$47  = drain_42;
+      if (\$7 ) begin
+        \$46  = drain_40;
       end
-      if (\$11 ) begin
-        \$47  = \lane_acc$170 [62:42];
+      if (\$10 ) begin
+        \$46  = \lane_acc$172 [20:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$48  = drain_35;
+    \$47  = drain_33;
     if (dw) begin
-      if (\$9 ) begin
-        \$48  = drain_43;
+      if (\$7 ) begin
+        \$47  = drain_41;
       end
-      if (\$11 ) begin
-        \$48  = \lane_acc$170 [83:63];
+      if (\$10 ) begin
+        \$47  = \lane_acc$172 [41:21];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$49  = drain_36;
+    \$48  = drain_34;
     if (dw) begin
-      if (\$9 ) begin
-        \$49  = drain_44;
+      if (\$7 ) begin
+        \$48  = drain_42;
       end
-      if (\$11 ) begin
-        \$49  = \lane_acc$170 [104:84];
+      if (\$10 ) begin
+        \$48  = \lane_acc$172 [62:42];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$50  = drain_37;
+    \$49  = drain_35;
     if (dw) begin
-      if (\$9 ) begin
-        \$50  = drain_45;
+      if (\$7 ) begin
+        \$49  = drain_43;
       end
-      if (\$11 ) begin
-        \$50  = \lane_acc$170 [125:105];
+      if (\$10 ) begin
+        \$49  = \lane_acc$172 [83:63];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$51  = drain_38;
+    \$50  = drain_36;
     if (dw) begin
-      if (\$9 ) begin
-        \$51  = drain_46;
+      if (\$7 ) begin
+        \$50  = drain_44;
       end
-      if (\$11 ) begin
-        \$51  = \lane_acc$170 [146:126];
+      if (\$10 ) begin
+        \$50  = \lane_acc$172 [104:84];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$52  = drain_39;
+    \$51  = drain_37;
     if (dw) begin
-      if (\$9 ) begin
-        \$52  = drain_47;
+      if (\$7 ) begin
+        \$51  = drain_45;
       end
-      if (\$11 ) begin
-        \$52  = \lane_acc$170 [167:147];
+      if (\$10 ) begin
+        \$51  = \lane_acc$172 [125:105];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$53  = drain_40;
+    \$52  = drain_38;
     if (dw) begin
-      if (\$9 ) begin
-        \$53  = drain_48;
+      if (\$7 ) begin
+        \$52  = drain_46;
       end
-      if (\$11 ) begin
-        \$53  = \lane_acc$171 [20:0];
+      if (\$10 ) begin
+        \$52  = \lane_acc$172 [146:126];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$54  = drain_41;
+    \$53  = drain_39;
     if (dw) begin
-      if (\$9 ) begin
-        \$54  = drain_49;
+      if (\$7 ) begin
+        \$53  = drain_47;
       end
-      if (\$11 ) begin
-        \$54  = \lane_acc$171 [41:21];
+      if (\$10 ) begin
+        \$53  = \lane_acc$172 [167:147];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$55  = drain_42;
+    \$54  = drain_40;
     if (dw) begin
-      if (\$9 ) begin
-        \$55  = drain_50;
+      if (\$7 ) begin
+        \$54  = drain_48;
       end
-      if (\$11 ) begin
-        \$55  = \lane_acc$171 [62:42];
+      if (\$10 ) begin
+        \$54  = \lane_acc$173 [20:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$56  = drain_43;
+    \$55  = drain_41;
     if (dw) begin
-      if (\$9 ) begin
-        \$56  = drain_51;
+      if (\$7 ) begin
+        \$55  = drain_49;
       end
-      if (\$11 ) begin
-        \$56  = \lane_acc$171 [83:63];
+      if (\$10 ) begin
+        \$55  = \lane_acc$173 [41:21];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$57  = drain_44;
+    \$56  = drain_42;
     if (dw) begin
-      if (\$9 ) begin
-        \$57  = drain_52;
+      if (\$7 ) begin
+        \$56  = drain_50;
       end
-      if (\$11 ) begin
-        \$57  = \lane_acc$171 [104:84];
+      if (\$10 ) begin
+        \$56  = \lane_acc$173 [62:42];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$58  = drain_45;
+    \$57  = drain_43;
     if (dw) begin
-      if (\$9 ) begin
-        \$58  = drain_53;
+      if (\$7 ) begin
+        \$57  = drain_51;
       end
-      if (\$11 ) begin
-        \$58  = \lane_acc$171 [125:105];
+      if (\$10 ) begin
+        \$57  = \lane_acc$173 [83:63];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$59  = drain_46;
+    \$58  = drain_44;
     if (dw) begin
-      if (\$9 ) begin
-        \$59  = drain_54;
+      if (\$7 ) begin
+        \$58  = drain_52;
       end
-      if (\$11 ) begin
-        \$59  = \lane_acc$171 [146:126];
+      if (\$10 ) begin
+        \$58  = \lane_acc$173 [104:84];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$60  = drain_47;
+    \$59  = drain_45;
     if (dw) begin
-      if (\$9 ) begin
-        \$60  = drain_55;
+      if (\$7 ) begin
+        \$59  = drain_53;
       end
-      if (\$11 ) begin
-        \$60  = \lane_acc$171 [167:147];
+      if (\$10 ) begin
+        \$59  = \lane_acc$173 [125:105];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$61  = drain_48;
+    \$60  = drain_46;
     if (dw) begin
-      if (\$9 ) begin
-        \$61  = drain_56;
+      if (\$7 ) begin
+        \$60  = drain_54;
       end
-      if (\$11 ) begin
-        \$61  = \lane_acc$172 [20:0];
+      if (\$10 ) begin
+        \$60  = \lane_acc$173 [146:126];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$62  = drain_49;
+    \$61  = drain_47;
     if (dw) begin
-      if (\$9 ) begin
-        \$62  = drain_57;
+      if (\$7 ) begin
+        \$61  = drain_55;
       end
-      if (\$11 ) begin
-        \$62  = \lane_acc$172 [41:21];
+      if (\$10 ) begin
+        \$61  = \lane_acc$173 [167:147];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$63  = drain_50;
+    \$62  = drain_48;
     if (dw) begin
-      if (\$9 ) begin
-        \$63  = drain_58;
+      if (\$7 ) begin
+        \$62  = drain_56;
       end
-      if (\$11 ) begin
-        \$63  = \lane_acc$172 [62:42];
+      if (\$10 ) begin
+        \$62  = \lane_acc$174 [20:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$64  = drain_51;
+    \$63  = drain_49;
     if (dw) begin
-      if (\$9 ) begin
-        \$64  = drain_59;
+      if (\$7 ) begin
+        \$63  = drain_57;
       end
-      if (\$11 ) begin
-        \$64  = \lane_acc$172 [83:63];
+      if (\$10 ) begin
+        \$63  = \lane_acc$174 [41:21];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$65  = drain_52;
+    \$64  = drain_50;
     if (dw) begin
-      if (\$9 ) begin
-        \$65  = drain_60;
+      if (\$7 ) begin
+        \$64  = drain_58;
       end
-      if (\$11 ) begin
-        \$65  = \lane_acc$172 [104:84];
+      if (\$10 ) begin
+        \$64  = \lane_acc$174 [62:42];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$66  = drain_53;
+    \$65  = drain_51;
     if (dw) begin
-      if (\$9 ) begin
-        \$66  = drain_61;
+      if (\$7 ) begin
+        \$65  = drain_59;
       end
-      if (\$11 ) begin
-        \$66  = \lane_acc$172 [125:105];
+      if (\$10 ) begin
+        \$65  = \lane_acc$174 [83:63];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$67  = drain_54;
+    \$66  = drain_52;
     if (dw) begin
-      if (\$9 ) begin
-        \$67  = drain_62;
+      if (\$7 ) begin
+        \$66  = drain_60;
       end
-      if (\$11 ) begin
-        \$67  = \lane_acc$172 [146:126];
+      if (\$10 ) begin
+        \$66  = \lane_acc$174 [104:84];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$68  = drain_55;
+    \$67  = drain_53;
     if (dw) begin
-      if (\$9 ) begin
-        \$68  = drain_63;
+      if (\$7 ) begin
+        \$67  = drain_61;
       end
-      if (\$11 ) begin
-        \$68  = \lane_acc$172 [167:147];
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$69  = drain_56;
-    if (dw) begin
-      if (\$11 ) begin
-        \$69  = \lane_acc$173 [20:0];
+      if (\$10 ) begin
+        \$67  = \lane_acc$174 [125:105];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$70  = drain_57;
+    \$68  = drain_54;
     if (dw) begin
-      if (\$11 ) begin
-        \$70  = \lane_acc$173 [41:21];
+      if (\$7 ) begin
+        \$68  = drain_62;
+      end
+      if (\$10 ) begin
+        \$68  = \lane_acc$174 [146:126];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$71  = drain_58;
+    \$69  = drain_55;
     if (dw) begin
-      if (\$11 ) begin
-        \$71  = \lane_acc$173 [62:42];
+      if (\$7 ) begin
+        \$69  = drain_63;
+      end
+      if (\$10 ) begin
+        \$69  = \lane_acc$174 [167:147];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$72  = drain_59;
+    \$70  = drain_56;
     if (dw) begin
-      if (\$11 ) begin
-        \$72  = \lane_acc$173 [83:63];
+      if (\$10 ) begin
+        \$70  = \lane_acc$175 [20:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$73  = drain_60;
+    \$71  = drain_57;
     if (dw) begin
-      if (\$11 ) begin
-        \$73  = \lane_acc$173 [104:84];
+      if (\$10 ) begin
+        \$71  = \lane_acc$175 [41:21];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$74  = drain_61;
+    \$72  = drain_58;
     if (dw) begin
-      if (\$11 ) begin
-        \$74  = \lane_acc$173 [125:105];
+      if (\$10 ) begin
+        \$72  = \lane_acc$175 [62:42];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$75  = drain_62;
+    \$73  = drain_59;
     if (dw) begin
-      if (\$11 ) begin
-        \$75  = \lane_acc$173 [146:126];
+      if (\$10 ) begin
+        \$73  = \lane_acc$175 [83:63];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$76  = drain_63;
+    \$74  = drain_60;
     if (dw) begin
-      if (\$11 ) begin
-        \$76  = \lane_acc$173 [167:147];
+      if (\$10 ) begin
+        \$74  = \lane_acc$175 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$75  = drain_61;
+    if (dw) begin
+      if (\$10 ) begin
+        \$75  = \lane_acc$175 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$76  = drain_62;
+    if (dw) begin
+      if (\$10 ) begin
+        \$76  = \lane_acc$175 [146:126];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
+    \$77  = drain_63;
+    if (dw) begin
+      if (\$10 ) begin
+        \$77  = \lane_acc$175 [167:147];
       end
     end
   end
@@ -1708,16 +1738,16 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
     (* full_case = 32'd1 *)
     if (dw) begin
-      i__ready = \$5 ;
+      i__ready = \$3 ;
     end else begin
-      i__ready = \$8 ;
+      i__ready = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
     (* full_case = 32'd1 *)
     if (dw) begin
-      o__valid = \$6 ;
+      o__valid = \$4 ;
     end else begin
       o__valid = acc_valid;
     end
@@ -1735,57 +1765,63 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
       o__payload[223:192] = { drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6[20], drain_6 };
       o__payload[255:224] = { drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7[20], drain_7 };
     end else begin
-      o__payload = { \acc$109 , \acc$108 , \acc$107 , \acc$106 , \acc$105 , \acc$104 , \acc$103 , acc };
+      o__payload = { \acc$110 , \acc$109 , \acc$108 , \acc$107 , \acc$106 , \acc$105 , \acc$104 , acc };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$12  = left;
+    \$11  = left;
     if (dw) begin
-      if (\$9 ) begin
-        \$12  = \$10 [3:0];
+      if (\$7 ) begin
+        \$11  = \$8 [3:0];
       end
-      if (\$11 ) begin
-        \$12  = 4'h8;
+      if (\$10 ) begin
+        \$11  = 4'h8;
       end
     end
     if (rst) begin
-      \$12  = 4'h0;
+      \$11  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$13  = drain_0;
+    \$12  = empty;
     if (dw) begin
-      if (\$9 ) begin
-        \$13  = drain_8;
+      if (\$7 ) begin
+        \$12  = one;
       end
-      if (\$11 ) begin
-        \$13  = lane_acc[20:0];
+      if (\$10 ) begin
+        \$12  = 1'h0;
       end
+    end
+    if (rst) begin
+      \$12  = 1'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$14  = drain_1;
+    \$13  = one;
     if (dw) begin
-      if (\$9 ) begin
-        \$14  = drain_9;
+      if (\$7 ) begin
+        \$13  = \$9 ;
       end
-      if (\$11 ) begin
-        \$14  = lane_acc[41:21];
+      if (\$10 ) begin
+        \$13  = 1'h0;
       end
+    end
+    if (rst) begin
+      \$13  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$1 ) begin end
-    \$15  = drain_2;
+    \$14  = drain_0;
     if (dw) begin
-      if (\$9 ) begin
-        \$15  = drain_10;
+      if (\$7 ) begin
+        \$14  = drain_8;
       end
-      if (\$11 ) begin
-        \$15  = lane_acc[62:42];
+      if (\$10 ) begin
+        \$14  = lane_acc[20:0];
       end
     end
   end
@@ -2227,22 +2263,6 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
   assign \lane_acc[5]  = lane_acc[125:105];
   assign \lane_acc[6]  = lane_acc[146:126];
   assign \lane_acc[7]  = lane_acc[167:147];
-  assign \lane_acc$167[0]  = \lane_acc$167 [20:0];
-  assign \lane_acc$167[1]  = \lane_acc$167 [41:21];
-  assign \lane_acc$167[2]  = \lane_acc$167 [62:42];
-  assign \lane_acc$167[3]  = \lane_acc$167 [83:63];
-  assign \lane_acc$167[4]  = \lane_acc$167 [104:84];
-  assign \lane_acc$167[5]  = \lane_acc$167 [125:105];
-  assign \lane_acc$167[6]  = \lane_acc$167 [146:126];
-  assign \lane_acc$167[7]  = \lane_acc$167 [167:147];
-  assign \lane_acc$168[0]  = \lane_acc$168 [20:0];
-  assign \lane_acc$168[1]  = \lane_acc$168 [41:21];
-  assign \lane_acc$168[2]  = \lane_acc$168 [62:42];
-  assign \lane_acc$168[3]  = \lane_acc$168 [83:63];
-  assign \lane_acc$168[4]  = \lane_acc$168 [104:84];
-  assign \lane_acc$168[5]  = \lane_acc$168 [125:105];
-  assign \lane_acc$168[6]  = \lane_acc$168 [146:126];
-  assign \lane_acc$168[7]  = \lane_acc$168 [167:147];
   assign \lane_acc$169[0]  = \lane_acc$169 [20:0];
   assign \lane_acc$169[1]  = \lane_acc$169 [41:21];
   assign \lane_acc$169[2]  = \lane_acc$169 [62:42];
@@ -2283,6 +2303,22 @@ module dot_product(i__valid, o__ready, dw, clk, rst, i__ready, o__payload, o__va
   assign \lane_acc$173[5]  = \lane_acc$173 [125:105];
   assign \lane_acc$173[6]  = \lane_acc$173 [146:126];
   assign \lane_acc$173[7]  = \lane_acc$173 [167:147];
+  assign \lane_acc$174[0]  = \lane_acc$174 [20:0];
+  assign \lane_acc$174[1]  = \lane_acc$174 [41:21];
+  assign \lane_acc$174[2]  = \lane_acc$174 [62:42];
+  assign \lane_acc$174[3]  = \lane_acc$174 [83:63];
+  assign \lane_acc$174[4]  = \lane_acc$174 [104:84];
+  assign \lane_acc$174[5]  = \lane_acc$174 [125:105];
+  assign \lane_acc$174[6]  = \lane_acc$174 [146:126];
+  assign \lane_acc$174[7]  = \lane_acc$174 [167:147];
+  assign \lane_acc$175[0]  = \lane_acc$175 [20:0];
+  assign \lane_acc$175[1]  = \lane_acc$175 [41:21];
+  assign \lane_acc$175[2]  = \lane_acc$175 [62:42];
+  assign \lane_acc$175[3]  = \lane_acc$175 [83:63];
+  assign \lane_acc$175[4]  = \lane_acc$175 [104:84];
+  assign \lane_acc$175[5]  = \lane_acc$175 [125:105];
+  assign \lane_acc$175[6]  = \lane_acc$175 [146:126];
+  assign \lane_acc$175[7]  = \lane_acc$175 [167:147];
 endmodule
 
 (* generator = "Amaranth" *)

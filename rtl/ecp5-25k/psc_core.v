@@ -2147,10 +2147,10 @@ endmodule
 module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o__payload, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
-  wire [3:0] \$10 ;
-  wire \$11 ;
-  reg [2:0] \$12 ;
-  reg [20:0] \$13 ;
+  wire \$10 ;
+  reg [2:0] \$11 ;
+  reg \$12 ;
+  reg \$13 ;
   reg [20:0] \$14 ;
   reg [20:0] \$15 ;
   reg [20:0] \$16 ;
@@ -2181,15 +2181,16 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
   reg [20:0] \$39 ;
   wire \$4 ;
   reg [20:0] \$40 ;
+  reg [20:0] \$41 ;
   wire \$5 ;
   wire \$6 ;
   wire \$7 ;
-  wire \$8 ;
+  wire [3:0] \$8 ;
   wire \$9 ;
   wire [31:0] acc;
-  wire [31:0] \acc$57 ;
   wire [31:0] \acc$58 ;
   wire [31:0] \acc$59 ;
+  wire [31:0] \acc$60 ;
   wire acc_valid;
   wire [31:0] bias;
   wire [31:0] \bias$19 ;
@@ -2227,6 +2228,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
   reg [20:0] drain_9 = 21'h000000;
   input dw;
   wire dw;
+  reg empty = 1'h1;
   wire en;
   wire \en$13 ;
   wire \en$23 ;
@@ -2316,22 +2318,6 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
   reg i__ready;
   wire i__valid;
   wire [146:0] lane_acc;
-  wire [146:0] \lane_acc$87 ;
-  wire [20:0] \lane_acc$87[0] ;
-  wire [20:0] \lane_acc$87[1] ;
-  wire [20:0] \lane_acc$87[2] ;
-  wire [20:0] \lane_acc$87[3] ;
-  wire [20:0] \lane_acc$87[4] ;
-  wire [20:0] \lane_acc$87[5] ;
-  wire [20:0] \lane_acc$87[6] ;
-  wire [146:0] \lane_acc$88 ;
-  wire [20:0] \lane_acc$88[0] ;
-  wire [20:0] \lane_acc$88[1] ;
-  wire [20:0] \lane_acc$88[2] ;
-  wire [20:0] \lane_acc$88[3] ;
-  wire [20:0] \lane_acc$88[4] ;
-  wire [20:0] \lane_acc$88[5] ;
-  wire [20:0] \lane_acc$88[6] ;
   wire [146:0] \lane_acc$89 ;
   wire [20:0] \lane_acc$89[0] ;
   wire [20:0] \lane_acc$89[1] ;
@@ -2340,6 +2326,22 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
   wire [20:0] \lane_acc$89[4] ;
   wire [20:0] \lane_acc$89[5] ;
   wire [20:0] \lane_acc$89[6] ;
+  wire [146:0] \lane_acc$90 ;
+  wire [20:0] \lane_acc$90[0] ;
+  wire [20:0] \lane_acc$90[1] ;
+  wire [20:0] \lane_acc$90[2] ;
+  wire [20:0] \lane_acc$90[3] ;
+  wire [20:0] \lane_acc$90[4] ;
+  wire [20:0] \lane_acc$90[5] ;
+  wire [20:0] \lane_acc$90[6] ;
+  wire [146:0] \lane_acc$91 ;
+  wire [20:0] \lane_acc$91[0] ;
+  wire [20:0] \lane_acc$91[1] ;
+  wire [20:0] \lane_acc$91[2] ;
+  wire [20:0] \lane_acc$91[3] ;
+  wire [20:0] \lane_acc$91[4] ;
+  wire [20:0] \lane_acc$91[5] ;
+  wire [20:0] \lane_acc$91[6] ;
   wire [20:0] \lane_acc[0] ;
   wire [20:0] \lane_acc[1] ;
   wire [20:0] \lane_acc[2] ;
@@ -2371,6 +2373,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
   wire o__ready;
   output o__valid;
   reg o__valid;
+  reg one = 1'h0;
   input rst;
   wire rst;
   input valid;
@@ -2475,75 +2478,78 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
   wire [7:0] \x[5] ;
   wire [7:0] \x[6] ;
   always @(posedge clk)
-    drain_21 <= \$34 ;
+    drain_19 <= \$33 ;
   always @(posedge clk)
-    drain_22 <= \$35 ;
+    drain_20 <= \$34 ;
   always @(posedge clk)
-    drain_23 <= \$36 ;
+    drain_21 <= \$35 ;
   always @(posedge clk)
-    drain_24 <= \$37 ;
+    drain_22 <= \$36 ;
   always @(posedge clk)
-    drain_25 <= \$38 ;
+    drain_23 <= \$37 ;
   always @(posedge clk)
-    drain_26 <= \$39 ;
+    drain_24 <= \$38 ;
   always @(posedge clk)
-    drain_27 <= \$40 ;
-  assign \$1  = ! left;
-  assign \$2  = left == 1'h1;
-  assign \$3  = \$2  & o__ready;
-  assign free = \$1  | \$3 ;
-  assign \$4  = ~ lane_valid;
-  assign \$5  = \$4  | free;
-  assign \$6  = | left;
-  assign \$7  = ~ o__valid;
-  assign \$8  = \$7  | o__ready;
-  assign \$9  = o__valid & o__ready;
-  assign \$10  = left - 1'h1;
-  assign \$11  = lane_valid & free;
+    drain_25 <= \$39 ;
   always @(posedge clk)
-    left <= \$12 ;
+    drain_26 <= \$40 ;
   always @(posedge clk)
-    drain_0 <= \$13 ;
+    drain_27 <= \$41 ;
+  assign \$1  = one & o__ready;
+  assign free = empty | \$1 ;
+  assign \$2  = ~ lane_valid;
+  assign \$3  = \$2  | free;
+  assign \$4  = ~ empty;
+  assign \$5  = ~ o__valid;
+  assign \$6  = \$5  | o__ready;
+  assign \$7  = o__valid & o__ready;
+  assign \$8  = left - 1'h1;
+  assign \$9  = left == 2'h2;
+  assign \$10  = lane_valid & free;
   always @(posedge clk)
-    drain_1 <= \$14 ;
+    left <= \$11 ;
   always @(posedge clk)
-    drain_2 <= \$15 ;
+    empty <= \$12 ;
   always @(posedge clk)
-    drain_3 <= \$16 ;
+    one <= \$13 ;
   always @(posedge clk)
-    drain_4 <= \$17 ;
+    drain_0 <= \$14 ;
   always @(posedge clk)
-    drain_5 <= \$18 ;
+    drain_1 <= \$15 ;
   always @(posedge clk)
-    drain_6 <= \$19 ;
+    drain_2 <= \$16 ;
   always @(posedge clk)
-    drain_7 <= \$20 ;
+    drain_3 <= \$17 ;
   always @(posedge clk)
-    drain_8 <= \$21 ;
+    drain_4 <= \$18 ;
   always @(posedge clk)
-    drain_9 <= \$22 ;
+    drain_5 <= \$19 ;
   always @(posedge clk)
-    drain_10 <= \$23 ;
+    drain_6 <= \$20 ;
   always @(posedge clk)
-    drain_11 <= \$24 ;
+    drain_7 <= \$21 ;
   always @(posedge clk)
-    drain_12 <= \$25 ;
+    drain_8 <= \$22 ;
   always @(posedge clk)
-    drain_13 <= \$26 ;
+    drain_9 <= \$23 ;
   always @(posedge clk)
-    drain_14 <= \$27 ;
+    drain_10 <= \$24 ;
   always @(posedge clk)
-    drain_15 <= \$28 ;
+    drain_11 <= \$25 ;
   always @(posedge clk)
-    drain_16 <= \$29 ;
+    drain_12 <= \$26 ;
   always @(posedge clk)
-    drain_17 <= \$30 ;
+    drain_13 <= \$27 ;
   always @(posedge clk)
-    drain_18 <= \$31 ;
+    drain_14 <= \$28 ;
   always @(posedge clk)
-    drain_19 <= \$32 ;
+    drain_15 <= \$29 ;
   always @(posedge clk)
-    drain_20 <= \$33 ;
+    drain_16 <= \$30 ;
+  always @(posedge clk)
+    drain_17 <= \$31 ;
+  always @(posedge clk)
+    drain_18 <= \$32 ;
   \psc_core.dp.pe_0  pe_0 (
     .acc(acc),
     .acc_valid(acc_valid),
@@ -2553,45 +2559,45 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$3092$800 (i__payload[801:800]),
+    .\port$3091$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[335:224]),
     .x(i__payload[55:0])
   );
   \psc_core.dp.pe_1  pe_1 (
-    .acc(\acc$57 ),
+    .acc(\acc$58 ),
     .bias(i__payload[735:704]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$87 ),
+    .lane_acc(\lane_acc$89 ),
     .mask(\mask$16 ),
-    .\port$3092$800 (i__payload[801:800]),
+    .\port$3091$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[447:336]),
     .x(i__payload[111:56])
   );
   \psc_core.dp.pe_2  pe_2 (
-    .acc(\acc$58 ),
+    .acc(\acc$59 ),
     .bias(i__payload[767:736]),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$88 ),
+    .lane_acc(\lane_acc$90 ),
     .mask(\mask$26 ),
-    .\port$3092$800 (i__payload[801:800]),
+    .\port$3091$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[559:448]),
     .x(i__payload[167:112])
   );
   \psc_core.dp.pe_3  pe_3 (
-    .acc(\acc$59 ),
+    .acc(\acc$60 ),
     .clk(clk),
     .en(i__ready),
-    .lane_acc(\lane_acc$89 ),
+    .lane_acc(\lane_acc$91 ),
     .mask(\mask$36 ),
-    .\port$3092$768 (i__payload[801:768]),
+    .\port$3091$768 (i__payload[801:768]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[671:560]),
@@ -2615,73 +2621,97 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$34  = drain_21;
+    \$33  = drain_19;
     if (dw) begin
-      if (\$9 ) begin
-        \$34  = drain_25;
+      if (\$7 ) begin
+        \$33  = drain_23;
       end
-      if (\$11 ) begin
-        \$34  = \lane_acc$89 [20:0];
+      if (\$10 ) begin
+        \$33  = \lane_acc$90 [125:105];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$35  = drain_22;
+    \$34  = drain_20;
     if (dw) begin
-      if (\$9 ) begin
-        \$35  = drain_26;
+      if (\$7 ) begin
+        \$34  = drain_24;
       end
-      if (\$11 ) begin
-        \$35  = \lane_acc$89 [41:21];
+      if (\$10 ) begin
+        \$34  = \lane_acc$90 [146:126];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$36  = drain_23;
+    \$35  = drain_21;
     if (dw) begin
-      if (\$9 ) begin
-        \$36  = drain_27;
+      if (\$7 ) begin
+        \$35  = drain_25;
       end
-      if (\$11 ) begin
-        \$36  = \lane_acc$89 [62:42];
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$37  = drain_24;
-    if (dw) begin
-      if (\$11 ) begin
-        \$37  = \lane_acc$89 [83:63];
+      if (\$10 ) begin
+        \$35  = \lane_acc$91 [20:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$38  = drain_25;
+    \$36  = drain_22;
     if (dw) begin
-      if (\$11 ) begin
-        \$38  = \lane_acc$89 [104:84];
+      if (\$7 ) begin
+        \$36  = drain_26;
+      end
+      if (\$10 ) begin
+        \$36  = \lane_acc$91 [41:21];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$39  = drain_26;
+    \$37  = drain_23;
     if (dw) begin
-      if (\$11 ) begin
-        \$39  = \lane_acc$89 [125:105];
+      if (\$7 ) begin
+        \$37  = drain_27;
+      end
+      if (\$10 ) begin
+        \$37  = \lane_acc$91 [62:42];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$40  = drain_27;
+    \$38  = drain_24;
     if (dw) begin
-      if (\$11 ) begin
-        \$40  = \lane_acc$89 [146:126];
+      if (\$10 ) begin
+        \$38  = \lane_acc$91 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$39  = drain_25;
+    if (dw) begin
+      if (\$10 ) begin
+        \$39  = \lane_acc$91 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$40  = drain_26;
+    if (dw) begin
+      if (\$10 ) begin
+        \$40  = \lane_acc$91 [125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$41  = drain_27;
+    if (dw) begin
+      if (\$10 ) begin
+        \$41  = \lane_acc$91 [146:126];
       end
     end
   end
@@ -2689,16 +2719,16 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     (* full_case = 32'd1 *)
     if (dw) begin
-      i__ready = \$5 ;
+      i__ready = \$3 ;
     end else begin
-      i__ready = \$8 ;
+      i__ready = \$6 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     (* full_case = 32'd1 *)
     if (dw) begin
-      o__valid = \$6 ;
+      o__valid = \$4 ;
     end else begin
       o__valid = acc_valid;
     end
@@ -2712,273 +2742,279 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
       o__payload[95:64] = { drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2[20], drain_2 };
       o__payload[127:96] = { drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3[20], drain_3 };
     end else begin
-      o__payload = { \acc$59 , \acc$58 , \acc$57 , acc };
+      o__payload = { \acc$60 , \acc$59 , \acc$58 , acc };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$12  = left;
+    \$11  = left;
     if (dw) begin
-      if (\$9 ) begin
-        \$12  = \$10 [2:0];
+      if (\$7 ) begin
+        \$11  = \$8 [2:0];
       end
-      if (\$11 ) begin
-        \$12  = 3'h7;
+      if (\$10 ) begin
+        \$11  = 3'h7;
       end
     end
     if (rst) begin
-      \$12  = 3'h0;
+      \$11  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$13  = drain_0;
+    \$12  = empty;
     if (dw) begin
-      if (\$9 ) begin
-        \$13  = drain_4;
+      if (\$7 ) begin
+        \$12  = one;
       end
-      if (\$11 ) begin
-        \$13  = lane_acc[20:0];
+      if (\$10 ) begin
+        \$12  = 1'h0;
       end
+    end
+    if (rst) begin
+      \$12  = 1'h1;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$14  = drain_1;
+    \$13  = one;
     if (dw) begin
-      if (\$9 ) begin
-        \$14  = drain_5;
+      if (\$7 ) begin
+        \$13  = \$9 ;
       end
-      if (\$11 ) begin
-        \$14  = lane_acc[41:21];
+      if (\$10 ) begin
+        \$13  = 1'h0;
       end
+    end
+    if (rst) begin
+      \$13  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$15  = drain_2;
+    \$14  = drain_0;
     if (dw) begin
-      if (\$9 ) begin
-        \$15  = drain_6;
+      if (\$7 ) begin
+        \$14  = drain_4;
       end
-      if (\$11 ) begin
-        \$15  = lane_acc[62:42];
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$16  = drain_3;
-    if (dw) begin
-      if (\$9 ) begin
-        \$16  = drain_7;
-      end
-      if (\$11 ) begin
-        \$16  = lane_acc[83:63];
+      if (\$10 ) begin
+        \$14  = lane_acc[20:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$17  = drain_4;
+    \$15  = drain_1;
     if (dw) begin
-      if (\$9 ) begin
-        \$17  = drain_8;
+      if (\$7 ) begin
+        \$15  = drain_5;
       end
-      if (\$11 ) begin
-        \$17  = lane_acc[104:84];
+      if (\$10 ) begin
+        \$15  = lane_acc[41:21];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$18  = drain_5;
+    \$16  = drain_2;
     if (dw) begin
-      if (\$9 ) begin
-        \$18  = drain_9;
+      if (\$7 ) begin
+        \$16  = drain_6;
       end
-      if (\$11 ) begin
-        \$18  = lane_acc[125:105];
+      if (\$10 ) begin
+        \$16  = lane_acc[62:42];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$19  = drain_6;
+    \$17  = drain_3;
     if (dw) begin
-      if (\$9 ) begin
-        \$19  = drain_10;
+      if (\$7 ) begin
+        \$17  = drain_7;
       end
-      if (\$11 ) begin
-        \$19  = lane_acc[146:126];
+      if (\$10 ) begin
+        \$17  = lane_acc[83:63];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$20  = drain_7;
+    \$18  = drain_4;
     if (dw) begin
-      if (\$9 ) begin
-        \$20  = drain_11;
+      if (\$7 ) begin
+        \$18  = drain_8;
       end
-      if (\$11 ) begin
-        \$20  = \lane_acc$87 [20:0];
+      if (\$10 ) begin
+        \$18  = lane_acc[104:84];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$21  = drain_8;
+    \$19  = drain_5;
     if (dw) begin
-      if (\$9 ) begin
-        \$21  = drain_12;
+      if (\$7 ) begin
+        \$19  = drain_9;
       end
-      if (\$11 ) begin
-        \$21  = \lane_acc$87 [41:21];
+      if (\$10 ) begin
+        \$19  = lane_acc[125:105];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$22  = drain_9;
+    \$20  = drain_6;
     if (dw) begin
-      if (\$9 ) begin
-        \$22  = drain_13;
+      if (\$7 ) begin
+        \$20  = drain_10;
       end
-      if (\$11 ) begin
-        \$22  = \lane_acc$87 [62:42];
+      if (\$10 ) begin
+        \$20  = lane_acc[146:126];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$23  = drain_10;
+    \$21  = drain_7;
     if (dw) begin
-      if (\$9 ) begin
-        \$23  = drain_14;
+      if (\$7 ) begin
+        \$21  = drain_11;
       end
-      if (\$11 ) begin
-        \$23  = \lane_acc$87 [83:63];
+      if (\$10 ) begin
+        \$21  = \lane_acc$89 [20:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$24  = drain_11;
+    \$22  = drain_8;
     if (dw) begin
-      if (\$9 ) begin
-        \$24  = drain_15;
+      if (\$7 ) begin
+        \$22  = drain_12;
       end
-      if (\$11 ) begin
-        \$24  = \lane_acc$87 [104:84];
+      if (\$10 ) begin
+        \$22  = \lane_acc$89 [41:21];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$25  = drain_12;
+    \$23  = drain_9;
     if (dw) begin
-      if (\$9 ) begin
-        \$25  = drain_16;
+      if (\$7 ) begin
+        \$23  = drain_13;
       end
-      if (\$11 ) begin
-        \$25  = \lane_acc$87 [125:105];
+      if (\$10 ) begin
+        \$23  = \lane_acc$89 [62:42];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$26  = drain_13;
+    \$24  = drain_10;
     if (dw) begin
-      if (\$9 ) begin
-        \$26  = drain_17;
+      if (\$7 ) begin
+        \$24  = drain_14;
       end
-      if (\$11 ) begin
-        \$26  = \lane_acc$87 [146:126];
+      if (\$10 ) begin
+        \$24  = \lane_acc$89 [83:63];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$27  = drain_14;
+    \$25  = drain_11;
     if (dw) begin
-      if (\$9 ) begin
-        \$27  = drain_18;
+      if (\$7 ) begin
+        \$25  = drain_15;
       end
-      if (\$11 ) begin
-        \$27  = \lane_acc$88 [20:0];
+      if (\$10 ) begin
+        \$25  = \lane_acc$89 [104:84];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$28  = drain_15;
+    \$26  = drain_12;
     if (dw) begin
-      if (\$9 ) begin
-        \$28  = drain_19;
+      if (\$7 ) begin
+        \$26  = drain_16;
       end
-      if (\$11 ) begin
-        \$28  = \lane_acc$88 [41:21];
+      if (\$10 ) begin
+        \$26  = \lane_acc$89 [125:105];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$29  = drain_16;
+    \$27  = drain_13;
     if (dw) begin
-      if (\$9 ) begin
-        \$29  = drain_20;
+      if (\$7 ) begin
+        \$27  = drain_17;
       end
-      if (\$11 ) begin
-        \$29  = \lane_acc$88 [62:42];
+      if (\$10 ) begin
+        \$27  = \lane_acc$89 [146:126];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$30  = drain_17;
+    \$28  = drain_14;
     if (dw) begin
-      if (\$9 ) begin
-        \$30  = drain_21;
+      if (\$7 ) begin
+        \$28  = drain_18;
       end
-      if (\$11 ) begin
-        \$30  = \lane_acc$88 [83:63];
+      if (\$10 ) begin
+        \$28  = \lane_acc$90 [20:0];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$31  = drain_18;
+    \$29  = drain_15;
     if (dw) begin
-      if (\$9 ) begin
-        \$31  = drain_22;
+      if (\$7 ) begin
+        \$29  = drain_19;
       end
-      if (\$11 ) begin
-        \$31  = \lane_acc$88 [104:84];
+      if (\$10 ) begin
+        \$29  = \lane_acc$90 [41:21];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$32  = drain_19;
+    \$30  = drain_16;
     if (dw) begin
-      if (\$9 ) begin
-        \$32  = drain_23;
+      if (\$7 ) begin
+        \$30  = drain_20;
       end
-      if (\$11 ) begin
-        \$32  = \lane_acc$88 [125:105];
+      if (\$10 ) begin
+        \$30  = \lane_acc$90 [62:42];
       end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$33  = drain_20;
+    \$31  = drain_17;
     if (dw) begin
-      if (\$9 ) begin
-        \$33  = drain_24;
+      if (\$7 ) begin
+        \$31  = drain_21;
       end
-      if (\$11 ) begin
-        \$33  = \lane_acc$88 [146:126];
+      if (\$10 ) begin
+        \$31  = \lane_acc$90 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$32  = drain_18;
+    if (dw) begin
+      if (\$7 ) begin
+        \$32  = drain_22;
+      end
+      if (\$10 ) begin
+        \$32  = \lane_acc$90 [104:84];
       end
     end
   end
@@ -3187,20 +3223,6 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
   assign \lane_acc[4]  = lane_acc[104:84];
   assign \lane_acc[5]  = lane_acc[125:105];
   assign \lane_acc[6]  = lane_acc[146:126];
-  assign \lane_acc$87[0]  = \lane_acc$87 [20:0];
-  assign \lane_acc$87[1]  = \lane_acc$87 [41:21];
-  assign \lane_acc$87[2]  = \lane_acc$87 [62:42];
-  assign \lane_acc$87[3]  = \lane_acc$87 [83:63];
-  assign \lane_acc$87[4]  = \lane_acc$87 [104:84];
-  assign \lane_acc$87[5]  = \lane_acc$87 [125:105];
-  assign \lane_acc$87[6]  = \lane_acc$87 [146:126];
-  assign \lane_acc$88[0]  = \lane_acc$88 [20:0];
-  assign \lane_acc$88[1]  = \lane_acc$88 [41:21];
-  assign \lane_acc$88[2]  = \lane_acc$88 [62:42];
-  assign \lane_acc$88[3]  = \lane_acc$88 [83:63];
-  assign \lane_acc$88[4]  = \lane_acc$88 [104:84];
-  assign \lane_acc$88[5]  = \lane_acc$88 [125:105];
-  assign \lane_acc$88[6]  = \lane_acc$88 [146:126];
   assign \lane_acc$89[0]  = \lane_acc$89 [20:0];
   assign \lane_acc$89[1]  = \lane_acc$89 [41:21];
   assign \lane_acc$89[2]  = \lane_acc$89 [62:42];
@@ -3208,10 +3230,24 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
   assign \lane_acc$89[4]  = \lane_acc$89 [104:84];
   assign \lane_acc$89[5]  = \lane_acc$89 [125:105];
   assign \lane_acc$89[6]  = \lane_acc$89 [146:126];
+  assign \lane_acc$90[0]  = \lane_acc$90 [20:0];
+  assign \lane_acc$90[1]  = \lane_acc$90 [41:21];
+  assign \lane_acc$90[2]  = \lane_acc$90 [62:42];
+  assign \lane_acc$90[3]  = \lane_acc$90 [83:63];
+  assign \lane_acc$90[4]  = \lane_acc$90 [104:84];
+  assign \lane_acc$90[5]  = \lane_acc$90 [125:105];
+  assign \lane_acc$90[6]  = \lane_acc$90 [146:126];
+  assign \lane_acc$91[0]  = \lane_acc$91 [20:0];
+  assign \lane_acc$91[1]  = \lane_acc$91 [41:21];
+  assign \lane_acc$91[2]  = \lane_acc$91 [62:42];
+  assign \lane_acc$91[3]  = \lane_acc$91 [83:63];
+  assign \lane_acc$91[4]  = \lane_acc$91 [104:84];
+  assign \lane_acc$91[5]  = \lane_acc$91 [125:105];
+  assign \lane_acc$91[6]  = \lane_acc$91 [146:126];
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3092$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3091$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -3463,8 +3499,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$3092$800 ;
-  wire [1:0] \port$3092$800 ;
+  input [1:0] \port$3091$800 ;
+  wire [1:0] \port$3091$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3521,7 +3557,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$3092$800 [0];
+  assign \$2  = valid & \port$3091$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -3616,154 +3652,154 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$838$0 (\$64 ),
-    .\port$838$1 (\$65 ),
-    .\port$838$10 (\$74 ),
-    .\port$838$11 (\$75 ),
-    .\port$838$12 (\$76 ),
-    .\port$838$13 (\$77 ),
-    .\port$838$14 (\$78 ),
-    .\port$838$15 (\$79 ),
-    .\port$838$2 (\$66 ),
-    .\port$838$3 (\$67 ),
-    .\port$838$4 (\$68 ),
-    .\port$838$5 (\$69 ),
-    .\port$838$6 (\$70 ),
-    .\port$838$7 (\$71 ),
-    .\port$838$8 (\$72 ),
-    .\port$838$9 (\$73 )
+    .\port$837$0 (\$64 ),
+    .\port$837$1 (\$65 ),
+    .\port$837$10 (\$74 ),
+    .\port$837$11 (\$75 ),
+    .\port$837$12 (\$76 ),
+    .\port$837$13 (\$77 ),
+    .\port$837$14 (\$78 ),
+    .\port$837$15 (\$79 ),
+    .\port$837$2 (\$66 ),
+    .\port$837$3 (\$67 ),
+    .\port$837$4 (\$68 ),
+    .\port$837$5 (\$69 ),
+    .\port$837$6 (\$70 ),
+    .\port$837$7 (\$71 ),
+    .\port$837$8 (\$72 ),
+    .\port$837$9 (\$73 )
   );
   \psc_core.dp.pe_0.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$839$0 (\$80 ),
-    .\port$839$1 (\$81 ),
-    .\port$839$10 (\$90 ),
-    .\port$839$11 (\$91 ),
-    .\port$839$12 (\$92 ),
-    .\port$839$13 (\$93 ),
-    .\port$839$14 (\$94 ),
-    .\port$839$15 (\$95 ),
-    .\port$839$2 (\$82 ),
-    .\port$839$3 (\$83 ),
-    .\port$839$4 (\$84 ),
-    .\port$839$5 (\$85 ),
-    .\port$839$6 (\$86 ),
-    .\port$839$7 (\$87 ),
-    .\port$839$8 (\$88 ),
-    .\port$839$9 (\$89 )
+    .\port$838$0 (\$80 ),
+    .\port$838$1 (\$81 ),
+    .\port$838$10 (\$90 ),
+    .\port$838$11 (\$91 ),
+    .\port$838$12 (\$92 ),
+    .\port$838$13 (\$93 ),
+    .\port$838$14 (\$94 ),
+    .\port$838$15 (\$95 ),
+    .\port$838$2 (\$82 ),
+    .\port$838$3 (\$83 ),
+    .\port$838$4 (\$84 ),
+    .\port$838$5 (\$85 ),
+    .\port$838$6 (\$86 ),
+    .\port$838$7 (\$87 ),
+    .\port$838$8 (\$88 ),
+    .\port$838$9 (\$89 )
   );
   \psc_core.dp.pe_0.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$840$0 (\$96 ),
-    .\port$840$1 (\$97 ),
-    .\port$840$10 (\$106 ),
-    .\port$840$11 (\$107 ),
-    .\port$840$12 (\$108 ),
-    .\port$840$13 (\$109 ),
-    .\port$840$14 (\$110 ),
-    .\port$840$15 (\$111 ),
-    .\port$840$2 (\$98 ),
-    .\port$840$3 (\$99 ),
-    .\port$840$4 (\$100 ),
-    .\port$840$5 (\$101 ),
-    .\port$840$6 (\$102 ),
-    .\port$840$7 (\$103 ),
-    .\port$840$8 (\$104 ),
-    .\port$840$9 (\$105 )
+    .\port$839$0 (\$96 ),
+    .\port$839$1 (\$97 ),
+    .\port$839$10 (\$106 ),
+    .\port$839$11 (\$107 ),
+    .\port$839$12 (\$108 ),
+    .\port$839$13 (\$109 ),
+    .\port$839$14 (\$110 ),
+    .\port$839$15 (\$111 ),
+    .\port$839$2 (\$98 ),
+    .\port$839$3 (\$99 ),
+    .\port$839$4 (\$100 ),
+    .\port$839$5 (\$101 ),
+    .\port$839$6 (\$102 ),
+    .\port$839$7 (\$103 ),
+    .\port$839$8 (\$104 ),
+    .\port$839$9 (\$105 )
   );
   \psc_core.dp.pe_0.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$841$0 (\$112 ),
-    .\port$841$1 (\$113 ),
-    .\port$841$10 (\$122 ),
-    .\port$841$11 (\$123 ),
-    .\port$841$12 (\$124 ),
-    .\port$841$13 (\$125 ),
-    .\port$841$14 (\$126 ),
-    .\port$841$15 (\$127 ),
-    .\port$841$2 (\$114 ),
-    .\port$841$3 (\$115 ),
-    .\port$841$4 (\$116 ),
-    .\port$841$5 (\$117 ),
-    .\port$841$6 (\$118 ),
-    .\port$841$7 (\$119 ),
-    .\port$841$8 (\$120 ),
-    .\port$841$9 (\$121 )
+    .\port$840$0 (\$112 ),
+    .\port$840$1 (\$113 ),
+    .\port$840$10 (\$122 ),
+    .\port$840$11 (\$123 ),
+    .\port$840$12 (\$124 ),
+    .\port$840$13 (\$125 ),
+    .\port$840$14 (\$126 ),
+    .\port$840$15 (\$127 ),
+    .\port$840$2 (\$114 ),
+    .\port$840$3 (\$115 ),
+    .\port$840$4 (\$116 ),
+    .\port$840$5 (\$117 ),
+    .\port$840$6 (\$118 ),
+    .\port$840$7 (\$119 ),
+    .\port$840$8 (\$120 ),
+    .\port$840$9 (\$121 )
   );
   \psc_core.dp.pe_0.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$842$0 (\$128 ),
-    .\port$842$1 (\$129 ),
-    .\port$842$10 (\$138 ),
-    .\port$842$11 (\$139 ),
-    .\port$842$12 (\$140 ),
-    .\port$842$13 (\$141 ),
-    .\port$842$14 (\$142 ),
-    .\port$842$15 (\$143 ),
-    .\port$842$2 (\$130 ),
-    .\port$842$3 (\$131 ),
-    .\port$842$4 (\$132 ),
-    .\port$842$5 (\$133 ),
-    .\port$842$6 (\$134 ),
-    .\port$842$7 (\$135 ),
-    .\port$842$8 (\$136 ),
-    .\port$842$9 (\$137 )
+    .\port$841$0 (\$128 ),
+    .\port$841$1 (\$129 ),
+    .\port$841$10 (\$138 ),
+    .\port$841$11 (\$139 ),
+    .\port$841$12 (\$140 ),
+    .\port$841$13 (\$141 ),
+    .\port$841$14 (\$142 ),
+    .\port$841$15 (\$143 ),
+    .\port$841$2 (\$130 ),
+    .\port$841$3 (\$131 ),
+    .\port$841$4 (\$132 ),
+    .\port$841$5 (\$133 ),
+    .\port$841$6 (\$134 ),
+    .\port$841$7 (\$135 ),
+    .\port$841$8 (\$136 ),
+    .\port$841$9 (\$137 )
   );
   \psc_core.dp.pe_0.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$843$0 (\$144 ),
-    .\port$843$1 (\$145 ),
-    .\port$843$10 (\$154 ),
-    .\port$843$11 (\$155 ),
-    .\port$843$12 (\$156 ),
-    .\port$843$13 (\$157 ),
-    .\port$843$14 (\$158 ),
-    .\port$843$15 (\$159 ),
-    .\port$843$2 (\$146 ),
-    .\port$843$3 (\$147 ),
-    .\port$843$4 (\$148 ),
-    .\port$843$5 (\$149 ),
-    .\port$843$6 (\$150 ),
-    .\port$843$7 (\$151 ),
-    .\port$843$8 (\$152 ),
-    .\port$843$9 (\$153 )
+    .\port$842$0 (\$144 ),
+    .\port$842$1 (\$145 ),
+    .\port$842$10 (\$154 ),
+    .\port$842$11 (\$155 ),
+    .\port$842$12 (\$156 ),
+    .\port$842$13 (\$157 ),
+    .\port$842$14 (\$158 ),
+    .\port$842$15 (\$159 ),
+    .\port$842$2 (\$146 ),
+    .\port$842$3 (\$147 ),
+    .\port$842$4 (\$148 ),
+    .\port$842$5 (\$149 ),
+    .\port$842$6 (\$150 ),
+    .\port$842$7 (\$151 ),
+    .\port$842$8 (\$152 ),
+    .\port$842$9 (\$153 )
   );
   \psc_core.dp.pe_0.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$844$0 (\$160 ),
-    .\port$844$1 (\$161 ),
-    .\port$844$10 (\$170 ),
-    .\port$844$11 (\$171 ),
-    .\port$844$12 (\$172 ),
-    .\port$844$13 (\$173 ),
-    .\port$844$14 (\$174 ),
-    .\port$844$15 (\$175 ),
-    .\port$844$2 (\$162 ),
-    .\port$844$3 (\$163 ),
-    .\port$844$4 (\$164 ),
-    .\port$844$5 (\$165 ),
-    .\port$844$6 (\$166 ),
-    .\port$844$7 (\$167 ),
-    .\port$844$8 (\$168 ),
-    .\port$844$9 (\$169 )
+    .\port$843$0 (\$160 ),
+    .\port$843$1 (\$161 ),
+    .\port$843$10 (\$170 ),
+    .\port$843$11 (\$171 ),
+    .\port$843$12 (\$172 ),
+    .\port$843$13 (\$173 ),
+    .\port$843$14 (\$174 ),
+    .\port$843$15 (\$175 ),
+    .\port$843$2 (\$162 ),
+    .\port$843$3 (\$163 ),
+    .\port$843$4 (\$164 ),
+    .\port$843$5 (\$165 ),
+    .\port$843$6 (\$166 ),
+    .\port$843$7 (\$167 ),
+    .\port$843$8 (\$168 ),
+    .\port$843$9 (\$169 )
   );
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
@@ -3784,7 +3820,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$3092$800 [0];
+      \$37  = \port$3091$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -3794,7 +3830,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$3092$800 [1];
+      \$38  = \port$3091$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -4048,8 +4084,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$3092$800 [0];
-  assign last = \port$3092$800 [1];
+  assign first = \port$3091$800 [0];
+  assign last = \port$3091$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -4109,7 +4145,230 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_0 (\port$838$0 , \port$838$1 , \port$838$2 , \port$838$3 , \port$838$4 , \port$838$5 , \port$838$6 , \port$838$7 , \port$838$8 , \port$838$9 , \port$838$10 , \port$838$11 , \port$838$12 , \port$838$13 , \port$838$14 , \port$838$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_0 (\port$837$0 , \port$837$1 , \port$837$2 , \port$837$3 , \port$837$4 , \port$837$5 , \port$837$6 , \port$837$7 , \port$837$8 , \port$837$9 , \port$837$10 , \port$837$11 , \port$837$12 , \port$837$13 , \port$837$14 , \port$837$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$837$0 ;
+  wire \port$837$0 ;
+  output \port$837$1 ;
+  wire \port$837$1 ;
+  output \port$837$10 ;
+  wire \port$837$10 ;
+  output \port$837$11 ;
+  wire \port$837$11 ;
+  output \port$837$12 ;
+  wire \port$837$12 ;
+  output \port$837$13 ;
+  wire \port$837$13 ;
+  output \port$837$14 ;
+  wire \port$837$14 ;
+  output \port$837$15 ;
+  wire \port$837$15 ;
+  output \port$837$2 ;
+  wire \port$837$2 ;
+  output \port$837$3 ;
+  wire \port$837$3 ;
+  output \port$837$4 ;
+  wire \port$837$4 ;
+  output \port$837$5 ;
+  wire \port$837$5 ;
+  output \port$837$6 ;
+  wire \port$837$6 ;
+  output \port$837$7 ;
+  wire \port$837$7 ;
+  output \port$837$8 ;
+  wire \port$837$8 ;
+  output \port$837$9 ;
+  wire \port$837$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$837$0  = \$1 ;
+  assign \port$837$1  = \$2 ;
+  assign \port$837$2  = \$3 ;
+  assign \port$837$3  = \$4 ;
+  assign \port$837$4  = \$5 ;
+  assign \port$837$5  = \$6 ;
+  assign \port$837$6  = \$7 ;
+  assign \port$837$7  = \$8 ;
+  assign \port$837$8  = \$9 ;
+  assign \port$837$9  = \$10 ;
+  assign \port$837$10  = \$11 ;
+  assign \port$837$11  = \$12 ;
+  assign \port$837$12  = \$13 ;
+  assign \port$837$13  = \$14 ;
+  assign \port$837$14  = \$15 ;
+  assign \port$837$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_0.mul_1 (\port$838$0 , \port$838$1 , \port$838$2 , \port$838$3 , \port$838$4 , \port$838$5 , \port$838$6 , \port$838$7 , \port$838$8 , \port$838$9 , \port$838$10 , \port$838$11 , \port$838$12 , \port$838$13 , \port$838$14 , \port$838$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4332,7 +4591,7 @@ module \psc_core.dp.pe_0.mul_0 (\port$838$0 , \port$838$1 , \port$838$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_1 (\port$839$0 , \port$839$1 , \port$839$2 , \port$839$3 , \port$839$4 , \port$839$5 , \port$839$6 , \port$839$7 , \port$839$8 , \port$839$9 , \port$839$10 , \port$839$11 , \port$839$12 , \port$839$13 , \port$839$14 , \port$839$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_2 (\port$839$0 , \port$839$1 , \port$839$2 , \port$839$3 , \port$839$4 , \port$839$5 , \port$839$6 , \port$839$7 , \port$839$8 , \port$839$9 , \port$839$10 , \port$839$11 , \port$839$12 , \port$839$13 , \port$839$14 , \port$839$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4555,7 +4814,7 @@ module \psc_core.dp.pe_0.mul_1 (\port$839$0 , \port$839$1 , \port$839$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_2 (\port$840$0 , \port$840$1 , \port$840$2 , \port$840$3 , \port$840$4 , \port$840$5 , \port$840$6 , \port$840$7 , \port$840$8 , \port$840$9 , \port$840$10 , \port$840$11 , \port$840$12 , \port$840$13 , \port$840$14 , \port$840$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_3 (\port$840$0 , \port$840$1 , \port$840$2 , \port$840$3 , \port$840$4 , \port$840$5 , \port$840$6 , \port$840$7 , \port$840$8 , \port$840$9 , \port$840$10 , \port$840$11 , \port$840$12 , \port$840$13 , \port$840$14 , \port$840$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4778,7 +5037,7 @@ module \psc_core.dp.pe_0.mul_2 (\port$840$0 , \port$840$1 , \port$840$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_3 (\port$841$0 , \port$841$1 , \port$841$2 , \port$841$3 , \port$841$4 , \port$841$5 , \port$841$6 , \port$841$7 , \port$841$8 , \port$841$9 , \port$841$10 , \port$841$11 , \port$841$12 , \port$841$13 , \port$841$14 , \port$841$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_4 (\port$841$0 , \port$841$1 , \port$841$2 , \port$841$3 , \port$841$4 , \port$841$5 , \port$841$6 , \port$841$7 , \port$841$8 , \port$841$9 , \port$841$10 , \port$841$11 , \port$841$12 , \port$841$13 , \port$841$14 , \port$841$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5001,7 +5260,7 @@ module \psc_core.dp.pe_0.mul_3 (\port$841$0 , \port$841$1 , \port$841$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_4 (\port$842$0 , \port$842$1 , \port$842$2 , \port$842$3 , \port$842$4 , \port$842$5 , \port$842$6 , \port$842$7 , \port$842$8 , \port$842$9 , \port$842$10 , \port$842$11 , \port$842$12 , \port$842$13 , \port$842$14 , \port$842$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_5 (\port$842$0 , \port$842$1 , \port$842$2 , \port$842$3 , \port$842$4 , \port$842$5 , \port$842$6 , \port$842$7 , \port$842$8 , \port$842$9 , \port$842$10 , \port$842$11 , \port$842$12 , \port$842$13 , \port$842$14 , \port$842$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5224,7 +5483,7 @@ module \psc_core.dp.pe_0.mul_4 (\port$842$0 , \port$842$1 , \port$842$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_5 (\port$843$0 , \port$843$1 , \port$843$2 , \port$843$3 , \port$843$4 , \port$843$5 , \port$843$6 , \port$843$7 , \port$843$8 , \port$843$9 , \port$843$10 , \port$843$11 , \port$843$12 , \port$843$13 , \port$843$14 , \port$843$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_6 (\port$843$0 , \port$843$1 , \port$843$2 , \port$843$3 , \port$843$4 , \port$843$5 , \port$843$6 , \port$843$7 , \port$843$8 , \port$843$9 , \port$843$10 , \port$843$11 , \port$843$12 , \port$843$13 , \port$843$14 , \port$843$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5447,229 +5706,6 @@ module \psc_core.dp.pe_0.mul_5 (\port$843$0 , \port$843$1 , \port$843$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_6 (\port$844$0 , \port$844$1 , \port$844$2 , \port$844$3 , \port$844$4 , \port$844$5 , \port$844$6 , \port$844$7 , \port$844$8 , \port$844$9 , \port$844$10 , \port$844$11 , \port$844$12 , \port$844$13 , \port$844$14 , \port$844$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$844$0 ;
-  wire \port$844$0 ;
-  output \port$844$1 ;
-  wire \port$844$1 ;
-  output \port$844$10 ;
-  wire \port$844$10 ;
-  output \port$844$11 ;
-  wire \port$844$11 ;
-  output \port$844$12 ;
-  wire \port$844$12 ;
-  output \port$844$13 ;
-  wire \port$844$13 ;
-  output \port$844$14 ;
-  wire \port$844$14 ;
-  output \port$844$15 ;
-  wire \port$844$15 ;
-  output \port$844$2 ;
-  wire \port$844$2 ;
-  output \port$844$3 ;
-  wire \port$844$3 ;
-  output \port$844$4 ;
-  wire \port$844$4 ;
-  output \port$844$5 ;
-  wire \port$844$5 ;
-  output \port$844$6 ;
-  wire \port$844$6 ;
-  output \port$844$7 ;
-  wire \port$844$7 ;
-  output \port$844$8 ;
-  wire \port$844$8 ;
-  output \port$844$9 ;
-  wire \port$844$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$844$0  = \$1 ;
-  assign \port$844$1  = \$2 ;
-  assign \port$844$2  = \$3 ;
-  assign \port$844$3  = \$4 ;
-  assign \port$844$4  = \$5 ;
-  assign \port$844$5  = \$6 ;
-  assign \port$844$6  = \$7 ;
-  assign \port$844$7  = \$8 ;
-  assign \port$844$8  = \$9 ;
-  assign \port$844$9  = \$10 ;
-  assign \port$844$10  = \$11 ;
-  assign \port$844$11  = \$12 ;
-  assign \port$844$12  = \$13 ;
-  assign \port$844$13  = \$14 ;
-  assign \port$844$14  = \$15 ;
-  assign \port$844$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
 module \psc_core.dp.pe_0.wsu (w, mask, words);
   wire [7:0] \$1 ;
   wire [7:0] \$2 ;
@@ -5729,7 +5765,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3092$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3091$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -5979,8 +6015,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$3092$800 ;
-  wire [1:0] \port$3092$800 ;
+  input [1:0] \port$3091$800 ;
+  wire [1:0] \port$3091$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6037,7 +6073,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$3092$800 [0];
+  assign \$2  = valid & \port$3091$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -6132,154 +6168,154 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$918$0 (\$64 ),
-    .\port$918$1 (\$65 ),
-    .\port$918$10 (\$74 ),
-    .\port$918$11 (\$75 ),
-    .\port$918$12 (\$76 ),
-    .\port$918$13 (\$77 ),
-    .\port$918$14 (\$78 ),
-    .\port$918$15 (\$79 ),
-    .\port$918$2 (\$66 ),
-    .\port$918$3 (\$67 ),
-    .\port$918$4 (\$68 ),
-    .\port$918$5 (\$69 ),
-    .\port$918$6 (\$70 ),
-    .\port$918$7 (\$71 ),
-    .\port$918$8 (\$72 ),
-    .\port$918$9 (\$73 )
+    .\port$917$0 (\$64 ),
+    .\port$917$1 (\$65 ),
+    .\port$917$10 (\$74 ),
+    .\port$917$11 (\$75 ),
+    .\port$917$12 (\$76 ),
+    .\port$917$13 (\$77 ),
+    .\port$917$14 (\$78 ),
+    .\port$917$15 (\$79 ),
+    .\port$917$2 (\$66 ),
+    .\port$917$3 (\$67 ),
+    .\port$917$4 (\$68 ),
+    .\port$917$5 (\$69 ),
+    .\port$917$6 (\$70 ),
+    .\port$917$7 (\$71 ),
+    .\port$917$8 (\$72 ),
+    .\port$917$9 (\$73 )
   );
   \psc_core.dp.pe_1.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$919$0 (\$80 ),
-    .\port$919$1 (\$81 ),
-    .\port$919$10 (\$90 ),
-    .\port$919$11 (\$91 ),
-    .\port$919$12 (\$92 ),
-    .\port$919$13 (\$93 ),
-    .\port$919$14 (\$94 ),
-    .\port$919$15 (\$95 ),
-    .\port$919$2 (\$82 ),
-    .\port$919$3 (\$83 ),
-    .\port$919$4 (\$84 ),
-    .\port$919$5 (\$85 ),
-    .\port$919$6 (\$86 ),
-    .\port$919$7 (\$87 ),
-    .\port$919$8 (\$88 ),
-    .\port$919$9 (\$89 )
+    .\port$918$0 (\$80 ),
+    .\port$918$1 (\$81 ),
+    .\port$918$10 (\$90 ),
+    .\port$918$11 (\$91 ),
+    .\port$918$12 (\$92 ),
+    .\port$918$13 (\$93 ),
+    .\port$918$14 (\$94 ),
+    .\port$918$15 (\$95 ),
+    .\port$918$2 (\$82 ),
+    .\port$918$3 (\$83 ),
+    .\port$918$4 (\$84 ),
+    .\port$918$5 (\$85 ),
+    .\port$918$6 (\$86 ),
+    .\port$918$7 (\$87 ),
+    .\port$918$8 (\$88 ),
+    .\port$918$9 (\$89 )
   );
   \psc_core.dp.pe_1.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$920$0 (\$96 ),
-    .\port$920$1 (\$97 ),
-    .\port$920$10 (\$106 ),
-    .\port$920$11 (\$107 ),
-    .\port$920$12 (\$108 ),
-    .\port$920$13 (\$109 ),
-    .\port$920$14 (\$110 ),
-    .\port$920$15 (\$111 ),
-    .\port$920$2 (\$98 ),
-    .\port$920$3 (\$99 ),
-    .\port$920$4 (\$100 ),
-    .\port$920$5 (\$101 ),
-    .\port$920$6 (\$102 ),
-    .\port$920$7 (\$103 ),
-    .\port$920$8 (\$104 ),
-    .\port$920$9 (\$105 )
+    .\port$919$0 (\$96 ),
+    .\port$919$1 (\$97 ),
+    .\port$919$10 (\$106 ),
+    .\port$919$11 (\$107 ),
+    .\port$919$12 (\$108 ),
+    .\port$919$13 (\$109 ),
+    .\port$919$14 (\$110 ),
+    .\port$919$15 (\$111 ),
+    .\port$919$2 (\$98 ),
+    .\port$919$3 (\$99 ),
+    .\port$919$4 (\$100 ),
+    .\port$919$5 (\$101 ),
+    .\port$919$6 (\$102 ),
+    .\port$919$7 (\$103 ),
+    .\port$919$8 (\$104 ),
+    .\port$919$9 (\$105 )
   );
   \psc_core.dp.pe_1.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$921$0 (\$112 ),
-    .\port$921$1 (\$113 ),
-    .\port$921$10 (\$122 ),
-    .\port$921$11 (\$123 ),
-    .\port$921$12 (\$124 ),
-    .\port$921$13 (\$125 ),
-    .\port$921$14 (\$126 ),
-    .\port$921$15 (\$127 ),
-    .\port$921$2 (\$114 ),
-    .\port$921$3 (\$115 ),
-    .\port$921$4 (\$116 ),
-    .\port$921$5 (\$117 ),
-    .\port$921$6 (\$118 ),
-    .\port$921$7 (\$119 ),
-    .\port$921$8 (\$120 ),
-    .\port$921$9 (\$121 )
+    .\port$920$0 (\$112 ),
+    .\port$920$1 (\$113 ),
+    .\port$920$10 (\$122 ),
+    .\port$920$11 (\$123 ),
+    .\port$920$12 (\$124 ),
+    .\port$920$13 (\$125 ),
+    .\port$920$14 (\$126 ),
+    .\port$920$15 (\$127 ),
+    .\port$920$2 (\$114 ),
+    .\port$920$3 (\$115 ),
+    .\port$920$4 (\$116 ),
+    .\port$920$5 (\$117 ),
+    .\port$920$6 (\$118 ),
+    .\port$920$7 (\$119 ),
+    .\port$920$8 (\$120 ),
+    .\port$920$9 (\$121 )
   );
   \psc_core.dp.pe_1.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$922$0 (\$128 ),
-    .\port$922$1 (\$129 ),
-    .\port$922$10 (\$138 ),
-    .\port$922$11 (\$139 ),
-    .\port$922$12 (\$140 ),
-    .\port$922$13 (\$141 ),
-    .\port$922$14 (\$142 ),
-    .\port$922$15 (\$143 ),
-    .\port$922$2 (\$130 ),
-    .\port$922$3 (\$131 ),
-    .\port$922$4 (\$132 ),
-    .\port$922$5 (\$133 ),
-    .\port$922$6 (\$134 ),
-    .\port$922$7 (\$135 ),
-    .\port$922$8 (\$136 ),
-    .\port$922$9 (\$137 )
+    .\port$921$0 (\$128 ),
+    .\port$921$1 (\$129 ),
+    .\port$921$10 (\$138 ),
+    .\port$921$11 (\$139 ),
+    .\port$921$12 (\$140 ),
+    .\port$921$13 (\$141 ),
+    .\port$921$14 (\$142 ),
+    .\port$921$15 (\$143 ),
+    .\port$921$2 (\$130 ),
+    .\port$921$3 (\$131 ),
+    .\port$921$4 (\$132 ),
+    .\port$921$5 (\$133 ),
+    .\port$921$6 (\$134 ),
+    .\port$921$7 (\$135 ),
+    .\port$921$8 (\$136 ),
+    .\port$921$9 (\$137 )
   );
   \psc_core.dp.pe_1.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$923$0 (\$144 ),
-    .\port$923$1 (\$145 ),
-    .\port$923$10 (\$154 ),
-    .\port$923$11 (\$155 ),
-    .\port$923$12 (\$156 ),
-    .\port$923$13 (\$157 ),
-    .\port$923$14 (\$158 ),
-    .\port$923$15 (\$159 ),
-    .\port$923$2 (\$146 ),
-    .\port$923$3 (\$147 ),
-    .\port$923$4 (\$148 ),
-    .\port$923$5 (\$149 ),
-    .\port$923$6 (\$150 ),
-    .\port$923$7 (\$151 ),
-    .\port$923$8 (\$152 ),
-    .\port$923$9 (\$153 )
+    .\port$922$0 (\$144 ),
+    .\port$922$1 (\$145 ),
+    .\port$922$10 (\$154 ),
+    .\port$922$11 (\$155 ),
+    .\port$922$12 (\$156 ),
+    .\port$922$13 (\$157 ),
+    .\port$922$14 (\$158 ),
+    .\port$922$15 (\$159 ),
+    .\port$922$2 (\$146 ),
+    .\port$922$3 (\$147 ),
+    .\port$922$4 (\$148 ),
+    .\port$922$5 (\$149 ),
+    .\port$922$6 (\$150 ),
+    .\port$922$7 (\$151 ),
+    .\port$922$8 (\$152 ),
+    .\port$922$9 (\$153 )
   );
   \psc_core.dp.pe_1.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$924$0 (\$160 ),
-    .\port$924$1 (\$161 ),
-    .\port$924$10 (\$170 ),
-    .\port$924$11 (\$171 ),
-    .\port$924$12 (\$172 ),
-    .\port$924$13 (\$173 ),
-    .\port$924$14 (\$174 ),
-    .\port$924$15 (\$175 ),
-    .\port$924$2 (\$162 ),
-    .\port$924$3 (\$163 ),
-    .\port$924$4 (\$164 ),
-    .\port$924$5 (\$165 ),
-    .\port$924$6 (\$166 ),
-    .\port$924$7 (\$167 ),
-    .\port$924$8 (\$168 ),
-    .\port$924$9 (\$169 )
+    .\port$923$0 (\$160 ),
+    .\port$923$1 (\$161 ),
+    .\port$923$10 (\$170 ),
+    .\port$923$11 (\$171 ),
+    .\port$923$12 (\$172 ),
+    .\port$923$13 (\$173 ),
+    .\port$923$14 (\$174 ),
+    .\port$923$15 (\$175 ),
+    .\port$923$2 (\$162 ),
+    .\port$923$3 (\$163 ),
+    .\port$923$4 (\$164 ),
+    .\port$923$5 (\$165 ),
+    .\port$923$6 (\$166 ),
+    .\port$923$7 (\$167 ),
+    .\port$923$8 (\$168 ),
+    .\port$923$9 (\$169 )
   );
   \psc_core.dp.pe_1.wsu  wsu (
     .mask(mask),
@@ -6300,7 +6336,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$3092$800 [0];
+      \$37  = \port$3091$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -6310,7 +6346,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$3092$800 [1];
+      \$38  = \port$3091$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -6564,8 +6600,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$3092$800 [0];
-  assign last = \port$3092$800 [1];
+  assign first = \port$3091$800 [0];
+  assign last = \port$3091$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -6625,7 +6661,230 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_0 (\port$918$0 , \port$918$1 , \port$918$2 , \port$918$3 , \port$918$4 , \port$918$5 , \port$918$6 , \port$918$7 , \port$918$8 , \port$918$9 , \port$918$10 , \port$918$11 , \port$918$12 , \port$918$13 , \port$918$14 , \port$918$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_0 (\port$917$0 , \port$917$1 , \port$917$2 , \port$917$3 , \port$917$4 , \port$917$5 , \port$917$6 , \port$917$7 , \port$917$8 , \port$917$9 , \port$917$10 , \port$917$11 , \port$917$12 , \port$917$13 , \port$917$14 , \port$917$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$917$0 ;
+  wire \port$917$0 ;
+  output \port$917$1 ;
+  wire \port$917$1 ;
+  output \port$917$10 ;
+  wire \port$917$10 ;
+  output \port$917$11 ;
+  wire \port$917$11 ;
+  output \port$917$12 ;
+  wire \port$917$12 ;
+  output \port$917$13 ;
+  wire \port$917$13 ;
+  output \port$917$14 ;
+  wire \port$917$14 ;
+  output \port$917$15 ;
+  wire \port$917$15 ;
+  output \port$917$2 ;
+  wire \port$917$2 ;
+  output \port$917$3 ;
+  wire \port$917$3 ;
+  output \port$917$4 ;
+  wire \port$917$4 ;
+  output \port$917$5 ;
+  wire \port$917$5 ;
+  output \port$917$6 ;
+  wire \port$917$6 ;
+  output \port$917$7 ;
+  wire \port$917$7 ;
+  output \port$917$8 ;
+  wire \port$917$8 ;
+  output \port$917$9 ;
+  wire \port$917$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$917$0  = \$1 ;
+  assign \port$917$1  = \$2 ;
+  assign \port$917$2  = \$3 ;
+  assign \port$917$3  = \$4 ;
+  assign \port$917$4  = \$5 ;
+  assign \port$917$5  = \$6 ;
+  assign \port$917$6  = \$7 ;
+  assign \port$917$7  = \$8 ;
+  assign \port$917$8  = \$9 ;
+  assign \port$917$9  = \$10 ;
+  assign \port$917$10  = \$11 ;
+  assign \port$917$11  = \$12 ;
+  assign \port$917$12  = \$13 ;
+  assign \port$917$13  = \$14 ;
+  assign \port$917$14  = \$15 ;
+  assign \port$917$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_1.mul_1 (\port$918$0 , \port$918$1 , \port$918$2 , \port$918$3 , \port$918$4 , \port$918$5 , \port$918$6 , \port$918$7 , \port$918$8 , \port$918$9 , \port$918$10 , \port$918$11 , \port$918$12 , \port$918$13 , \port$918$14 , \port$918$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -6848,7 +7107,7 @@ module \psc_core.dp.pe_1.mul_0 (\port$918$0 , \port$918$1 , \port$918$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_1 (\port$919$0 , \port$919$1 , \port$919$2 , \port$919$3 , \port$919$4 , \port$919$5 , \port$919$6 , \port$919$7 , \port$919$8 , \port$919$9 , \port$919$10 , \port$919$11 , \port$919$12 , \port$919$13 , \port$919$14 , \port$919$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_2 (\port$919$0 , \port$919$1 , \port$919$2 , \port$919$3 , \port$919$4 , \port$919$5 , \port$919$6 , \port$919$7 , \port$919$8 , \port$919$9 , \port$919$10 , \port$919$11 , \port$919$12 , \port$919$13 , \port$919$14 , \port$919$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7071,7 +7330,7 @@ module \psc_core.dp.pe_1.mul_1 (\port$919$0 , \port$919$1 , \port$919$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_2 (\port$920$0 , \port$920$1 , \port$920$2 , \port$920$3 , \port$920$4 , \port$920$5 , \port$920$6 , \port$920$7 , \port$920$8 , \port$920$9 , \port$920$10 , \port$920$11 , \port$920$12 , \port$920$13 , \port$920$14 , \port$920$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_3 (\port$920$0 , \port$920$1 , \port$920$2 , \port$920$3 , \port$920$4 , \port$920$5 , \port$920$6 , \port$920$7 , \port$920$8 , \port$920$9 , \port$920$10 , \port$920$11 , \port$920$12 , \port$920$13 , \port$920$14 , \port$920$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7294,7 +7553,7 @@ module \psc_core.dp.pe_1.mul_2 (\port$920$0 , \port$920$1 , \port$920$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_3 (\port$921$0 , \port$921$1 , \port$921$2 , \port$921$3 , \port$921$4 , \port$921$5 , \port$921$6 , \port$921$7 , \port$921$8 , \port$921$9 , \port$921$10 , \port$921$11 , \port$921$12 , \port$921$13 , \port$921$14 , \port$921$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_4 (\port$921$0 , \port$921$1 , \port$921$2 , \port$921$3 , \port$921$4 , \port$921$5 , \port$921$6 , \port$921$7 , \port$921$8 , \port$921$9 , \port$921$10 , \port$921$11 , \port$921$12 , \port$921$13 , \port$921$14 , \port$921$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7517,7 +7776,7 @@ module \psc_core.dp.pe_1.mul_3 (\port$921$0 , \port$921$1 , \port$921$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_4 (\port$922$0 , \port$922$1 , \port$922$2 , \port$922$3 , \port$922$4 , \port$922$5 , \port$922$6 , \port$922$7 , \port$922$8 , \port$922$9 , \port$922$10 , \port$922$11 , \port$922$12 , \port$922$13 , \port$922$14 , \port$922$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_5 (\port$922$0 , \port$922$1 , \port$922$2 , \port$922$3 , \port$922$4 , \port$922$5 , \port$922$6 , \port$922$7 , \port$922$8 , \port$922$9 , \port$922$10 , \port$922$11 , \port$922$12 , \port$922$13 , \port$922$14 , \port$922$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7740,7 +7999,7 @@ module \psc_core.dp.pe_1.mul_4 (\port$922$0 , \port$922$1 , \port$922$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_5 (\port$923$0 , \port$923$1 , \port$923$2 , \port$923$3 , \port$923$4 , \port$923$5 , \port$923$6 , \port$923$7 , \port$923$8 , \port$923$9 , \port$923$10 , \port$923$11 , \port$923$12 , \port$923$13 , \port$923$14 , \port$923$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_6 (\port$923$0 , \port$923$1 , \port$923$2 , \port$923$3 , \port$923$4 , \port$923$5 , \port$923$6 , \port$923$7 , \port$923$8 , \port$923$9 , \port$923$10 , \port$923$11 , \port$923$12 , \port$923$13 , \port$923$14 , \port$923$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7963,229 +8222,6 @@ module \psc_core.dp.pe_1.mul_5 (\port$923$0 , \port$923$1 , \port$923$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_6 (\port$924$0 , \port$924$1 , \port$924$2 , \port$924$3 , \port$924$4 , \port$924$5 , \port$924$6 , \port$924$7 , \port$924$8 , \port$924$9 , \port$924$10 , \port$924$11 , \port$924$12 , \port$924$13 , \port$924$14 , \port$924$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$924$0 ;
-  wire \port$924$0 ;
-  output \port$924$1 ;
-  wire \port$924$1 ;
-  output \port$924$10 ;
-  wire \port$924$10 ;
-  output \port$924$11 ;
-  wire \port$924$11 ;
-  output \port$924$12 ;
-  wire \port$924$12 ;
-  output \port$924$13 ;
-  wire \port$924$13 ;
-  output \port$924$14 ;
-  wire \port$924$14 ;
-  output \port$924$15 ;
-  wire \port$924$15 ;
-  output \port$924$2 ;
-  wire \port$924$2 ;
-  output \port$924$3 ;
-  wire \port$924$3 ;
-  output \port$924$4 ;
-  wire \port$924$4 ;
-  output \port$924$5 ;
-  wire \port$924$5 ;
-  output \port$924$6 ;
-  wire \port$924$6 ;
-  output \port$924$7 ;
-  wire \port$924$7 ;
-  output \port$924$8 ;
-  wire \port$924$8 ;
-  output \port$924$9 ;
-  wire \port$924$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$924$0  = \$1 ;
-  assign \port$924$1  = \$2 ;
-  assign \port$924$2  = \$3 ;
-  assign \port$924$3  = \$4 ;
-  assign \port$924$4  = \$5 ;
-  assign \port$924$5  = \$6 ;
-  assign \port$924$6  = \$7 ;
-  assign \port$924$7  = \$8 ;
-  assign \port$924$8  = \$9 ;
-  assign \port$924$9  = \$10 ;
-  assign \port$924$10  = \$11 ;
-  assign \port$924$11  = \$12 ;
-  assign \port$924$12  = \$13 ;
-  assign \port$924$13  = \$14 ;
-  assign \port$924$14  = \$15 ;
-  assign \port$924$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
 module \psc_core.dp.pe_1.wsu (w, mask, words);
   wire [7:0] \$1 ;
   wire [7:0] \$2 ;
@@ -8245,7 +8281,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3092$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3091$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -8495,8 +8531,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$3092$800 ;
-  wire [1:0] \port$3092$800 ;
+  input [1:0] \port$3091$800 ;
+  wire [1:0] \port$3091$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8553,7 +8589,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$3092$800 [0];
+  assign \$2  = valid & \port$3091$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -8648,154 +8684,154 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$998$0 (\$64 ),
-    .\port$998$1 (\$65 ),
-    .\port$998$10 (\$74 ),
-    .\port$998$11 (\$75 ),
-    .\port$998$12 (\$76 ),
-    .\port$998$13 (\$77 ),
-    .\port$998$14 (\$78 ),
-    .\port$998$15 (\$79 ),
-    .\port$998$2 (\$66 ),
-    .\port$998$3 (\$67 ),
-    .\port$998$4 (\$68 ),
-    .\port$998$5 (\$69 ),
-    .\port$998$6 (\$70 ),
-    .\port$998$7 (\$71 ),
-    .\port$998$8 (\$72 ),
-    .\port$998$9 (\$73 )
+    .\port$997$0 (\$64 ),
+    .\port$997$1 (\$65 ),
+    .\port$997$10 (\$74 ),
+    .\port$997$11 (\$75 ),
+    .\port$997$12 (\$76 ),
+    .\port$997$13 (\$77 ),
+    .\port$997$14 (\$78 ),
+    .\port$997$15 (\$79 ),
+    .\port$997$2 (\$66 ),
+    .\port$997$3 (\$67 ),
+    .\port$997$4 (\$68 ),
+    .\port$997$5 (\$69 ),
+    .\port$997$6 (\$70 ),
+    .\port$997$7 (\$71 ),
+    .\port$997$8 (\$72 ),
+    .\port$997$9 (\$73 )
   );
   \psc_core.dp.pe_2.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$999$0 (\$80 ),
-    .\port$999$1 (\$81 ),
-    .\port$999$10 (\$90 ),
-    .\port$999$11 (\$91 ),
-    .\port$999$12 (\$92 ),
-    .\port$999$13 (\$93 ),
-    .\port$999$14 (\$94 ),
-    .\port$999$15 (\$95 ),
-    .\port$999$2 (\$82 ),
-    .\port$999$3 (\$83 ),
-    .\port$999$4 (\$84 ),
-    .\port$999$5 (\$85 ),
-    .\port$999$6 (\$86 ),
-    .\port$999$7 (\$87 ),
-    .\port$999$8 (\$88 ),
-    .\port$999$9 (\$89 )
+    .\port$998$0 (\$80 ),
+    .\port$998$1 (\$81 ),
+    .\port$998$10 (\$90 ),
+    .\port$998$11 (\$91 ),
+    .\port$998$12 (\$92 ),
+    .\port$998$13 (\$93 ),
+    .\port$998$14 (\$94 ),
+    .\port$998$15 (\$95 ),
+    .\port$998$2 (\$82 ),
+    .\port$998$3 (\$83 ),
+    .\port$998$4 (\$84 ),
+    .\port$998$5 (\$85 ),
+    .\port$998$6 (\$86 ),
+    .\port$998$7 (\$87 ),
+    .\port$998$8 (\$88 ),
+    .\port$998$9 (\$89 )
   );
   \psc_core.dp.pe_2.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$1000$0 (\$96 ),
-    .\port$1000$1 (\$97 ),
-    .\port$1000$10 (\$106 ),
-    .\port$1000$11 (\$107 ),
-    .\port$1000$12 (\$108 ),
-    .\port$1000$13 (\$109 ),
-    .\port$1000$14 (\$110 ),
-    .\port$1000$15 (\$111 ),
-    .\port$1000$2 (\$98 ),
-    .\port$1000$3 (\$99 ),
-    .\port$1000$4 (\$100 ),
-    .\port$1000$5 (\$101 ),
-    .\port$1000$6 (\$102 ),
-    .\port$1000$7 (\$103 ),
-    .\port$1000$8 (\$104 ),
-    .\port$1000$9 (\$105 )
+    .\port$999$0 (\$96 ),
+    .\port$999$1 (\$97 ),
+    .\port$999$10 (\$106 ),
+    .\port$999$11 (\$107 ),
+    .\port$999$12 (\$108 ),
+    .\port$999$13 (\$109 ),
+    .\port$999$14 (\$110 ),
+    .\port$999$15 (\$111 ),
+    .\port$999$2 (\$98 ),
+    .\port$999$3 (\$99 ),
+    .\port$999$4 (\$100 ),
+    .\port$999$5 (\$101 ),
+    .\port$999$6 (\$102 ),
+    .\port$999$7 (\$103 ),
+    .\port$999$8 (\$104 ),
+    .\port$999$9 (\$105 )
   );
   \psc_core.dp.pe_2.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$1001$0 (\$112 ),
-    .\port$1001$1 (\$113 ),
-    .\port$1001$10 (\$122 ),
-    .\port$1001$11 (\$123 ),
-    .\port$1001$12 (\$124 ),
-    .\port$1001$13 (\$125 ),
-    .\port$1001$14 (\$126 ),
-    .\port$1001$15 (\$127 ),
-    .\port$1001$2 (\$114 ),
-    .\port$1001$3 (\$115 ),
-    .\port$1001$4 (\$116 ),
-    .\port$1001$5 (\$117 ),
-    .\port$1001$6 (\$118 ),
-    .\port$1001$7 (\$119 ),
-    .\port$1001$8 (\$120 ),
-    .\port$1001$9 (\$121 )
+    .\port$1000$0 (\$112 ),
+    .\port$1000$1 (\$113 ),
+    .\port$1000$10 (\$122 ),
+    .\port$1000$11 (\$123 ),
+    .\port$1000$12 (\$124 ),
+    .\port$1000$13 (\$125 ),
+    .\port$1000$14 (\$126 ),
+    .\port$1000$15 (\$127 ),
+    .\port$1000$2 (\$114 ),
+    .\port$1000$3 (\$115 ),
+    .\port$1000$4 (\$116 ),
+    .\port$1000$5 (\$117 ),
+    .\port$1000$6 (\$118 ),
+    .\port$1000$7 (\$119 ),
+    .\port$1000$8 (\$120 ),
+    .\port$1000$9 (\$121 )
   );
   \psc_core.dp.pe_2.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$1002$0 (\$128 ),
-    .\port$1002$1 (\$129 ),
-    .\port$1002$10 (\$138 ),
-    .\port$1002$11 (\$139 ),
-    .\port$1002$12 (\$140 ),
-    .\port$1002$13 (\$141 ),
-    .\port$1002$14 (\$142 ),
-    .\port$1002$15 (\$143 ),
-    .\port$1002$2 (\$130 ),
-    .\port$1002$3 (\$131 ),
-    .\port$1002$4 (\$132 ),
-    .\port$1002$5 (\$133 ),
-    .\port$1002$6 (\$134 ),
-    .\port$1002$7 (\$135 ),
-    .\port$1002$8 (\$136 ),
-    .\port$1002$9 (\$137 )
+    .\port$1001$0 (\$128 ),
+    .\port$1001$1 (\$129 ),
+    .\port$1001$10 (\$138 ),
+    .\port$1001$11 (\$139 ),
+    .\port$1001$12 (\$140 ),
+    .\port$1001$13 (\$141 ),
+    .\port$1001$14 (\$142 ),
+    .\port$1001$15 (\$143 ),
+    .\port$1001$2 (\$130 ),
+    .\port$1001$3 (\$131 ),
+    .\port$1001$4 (\$132 ),
+    .\port$1001$5 (\$133 ),
+    .\port$1001$6 (\$134 ),
+    .\port$1001$7 (\$135 ),
+    .\port$1001$8 (\$136 ),
+    .\port$1001$9 (\$137 )
   );
   \psc_core.dp.pe_2.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$1003$0 (\$144 ),
-    .\port$1003$1 (\$145 ),
-    .\port$1003$10 (\$154 ),
-    .\port$1003$11 (\$155 ),
-    .\port$1003$12 (\$156 ),
-    .\port$1003$13 (\$157 ),
-    .\port$1003$14 (\$158 ),
-    .\port$1003$15 (\$159 ),
-    .\port$1003$2 (\$146 ),
-    .\port$1003$3 (\$147 ),
-    .\port$1003$4 (\$148 ),
-    .\port$1003$5 (\$149 ),
-    .\port$1003$6 (\$150 ),
-    .\port$1003$7 (\$151 ),
-    .\port$1003$8 (\$152 ),
-    .\port$1003$9 (\$153 )
+    .\port$1002$0 (\$144 ),
+    .\port$1002$1 (\$145 ),
+    .\port$1002$10 (\$154 ),
+    .\port$1002$11 (\$155 ),
+    .\port$1002$12 (\$156 ),
+    .\port$1002$13 (\$157 ),
+    .\port$1002$14 (\$158 ),
+    .\port$1002$15 (\$159 ),
+    .\port$1002$2 (\$146 ),
+    .\port$1002$3 (\$147 ),
+    .\port$1002$4 (\$148 ),
+    .\port$1002$5 (\$149 ),
+    .\port$1002$6 (\$150 ),
+    .\port$1002$7 (\$151 ),
+    .\port$1002$8 (\$152 ),
+    .\port$1002$9 (\$153 )
   );
   \psc_core.dp.pe_2.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$1004$0 (\$160 ),
-    .\port$1004$1 (\$161 ),
-    .\port$1004$10 (\$170 ),
-    .\port$1004$11 (\$171 ),
-    .\port$1004$12 (\$172 ),
-    .\port$1004$13 (\$173 ),
-    .\port$1004$14 (\$174 ),
-    .\port$1004$15 (\$175 ),
-    .\port$1004$2 (\$162 ),
-    .\port$1004$3 (\$163 ),
-    .\port$1004$4 (\$164 ),
-    .\port$1004$5 (\$165 ),
-    .\port$1004$6 (\$166 ),
-    .\port$1004$7 (\$167 ),
-    .\port$1004$8 (\$168 ),
-    .\port$1004$9 (\$169 )
+    .\port$1003$0 (\$160 ),
+    .\port$1003$1 (\$161 ),
+    .\port$1003$10 (\$170 ),
+    .\port$1003$11 (\$171 ),
+    .\port$1003$12 (\$172 ),
+    .\port$1003$13 (\$173 ),
+    .\port$1003$14 (\$174 ),
+    .\port$1003$15 (\$175 ),
+    .\port$1003$2 (\$162 ),
+    .\port$1003$3 (\$163 ),
+    .\port$1003$4 (\$164 ),
+    .\port$1003$5 (\$165 ),
+    .\port$1003$6 (\$166 ),
+    .\port$1003$7 (\$167 ),
+    .\port$1003$8 (\$168 ),
+    .\port$1003$9 (\$169 )
   );
   \psc_core.dp.pe_2.wsu  wsu (
     .mask(mask),
@@ -8816,7 +8852,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$3092$800 [0];
+      \$37  = \port$3091$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -8826,7 +8862,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$3092$800 [1];
+      \$38  = \port$3091$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -9080,8 +9116,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$3092$800 [0];
-  assign last = \port$3092$800 [1];
+  assign first = \port$3091$800 [0];
+  assign last = \port$3091$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9141,7 +9177,230 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3092$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_0 (\port$998$0 , \port$998$1 , \port$998$2 , \port$998$3 , \port$998$4 , \port$998$5 , \port$998$6 , \port$998$7 , \port$998$8 , \port$998$9 , \port$998$10 , \port$998$11 , \port$998$12 , \port$998$13 , \port$998$14 , \port$998$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_0 (\port$997$0 , \port$997$1 , \port$997$2 , \port$997$3 , \port$997$4 , \port$997$5 , \port$997$6 , \port$997$7 , \port$997$8 , \port$997$9 , \port$997$10 , \port$997$11 , \port$997$12 , \port$997$13 , \port$997$14 , \port$997$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$997$0 ;
+  wire \port$997$0 ;
+  output \port$997$1 ;
+  wire \port$997$1 ;
+  output \port$997$10 ;
+  wire \port$997$10 ;
+  output \port$997$11 ;
+  wire \port$997$11 ;
+  output \port$997$12 ;
+  wire \port$997$12 ;
+  output \port$997$13 ;
+  wire \port$997$13 ;
+  output \port$997$14 ;
+  wire \port$997$14 ;
+  output \port$997$15 ;
+  wire \port$997$15 ;
+  output \port$997$2 ;
+  wire \port$997$2 ;
+  output \port$997$3 ;
+  wire \port$997$3 ;
+  output \port$997$4 ;
+  wire \port$997$4 ;
+  output \port$997$5 ;
+  wire \port$997$5 ;
+  output \port$997$6 ;
+  wire \port$997$6 ;
+  output \port$997$7 ;
+  wire \port$997$7 ;
+  output \port$997$8 ;
+  wire \port$997$8 ;
+  output \port$997$9 ;
+  wire \port$997$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$997$0  = \$1 ;
+  assign \port$997$1  = \$2 ;
+  assign \port$997$2  = \$3 ;
+  assign \port$997$3  = \$4 ;
+  assign \port$997$4  = \$5 ;
+  assign \port$997$5  = \$6 ;
+  assign \port$997$6  = \$7 ;
+  assign \port$997$7  = \$8 ;
+  assign \port$997$8  = \$9 ;
+  assign \port$997$9  = \$10 ;
+  assign \port$997$10  = \$11 ;
+  assign \port$997$11  = \$12 ;
+  assign \port$997$12  = \$13 ;
+  assign \port$997$13  = \$14 ;
+  assign \port$997$14  = \$15 ;
+  assign \port$997$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_2.mul_1 (\port$998$0 , \port$998$1 , \port$998$2 , \port$998$3 , \port$998$4 , \port$998$5 , \port$998$6 , \port$998$7 , \port$998$8 , \port$998$9 , \port$998$10 , \port$998$11 , \port$998$12 , \port$998$13 , \port$998$14 , \port$998$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9364,7 +9623,7 @@ module \psc_core.dp.pe_2.mul_0 (\port$998$0 , \port$998$1 , \port$998$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_1 (\port$999$0 , \port$999$1 , \port$999$2 , \port$999$3 , \port$999$4 , \port$999$5 , \port$999$6 , \port$999$7 , \port$999$8 , \port$999$9 , \port$999$10 , \port$999$11 , \port$999$12 , \port$999$13 , \port$999$14 , \port$999$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_2 (\port$999$0 , \port$999$1 , \port$999$2 , \port$999$3 , \port$999$4 , \port$999$5 , \port$999$6 , \port$999$7 , \port$999$8 , \port$999$9 , \port$999$10 , \port$999$11 , \port$999$12 , \port$999$13 , \port$999$14 , \port$999$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9587,7 +9846,7 @@ module \psc_core.dp.pe_2.mul_1 (\port$999$0 , \port$999$1 , \port$999$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_2 (\port$1000$0 , \port$1000$1 , \port$1000$2 , \port$1000$3 , \port$1000$4 , \port$1000$5 , \port$1000$6 , \port$1000$7 , \port$1000$8 , \port$1000$9 , \port$1000$10 , \port$1000$11 , \port$1000$12 , \port$1000$13 , \port$1000$14 , \port$1000$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_3 (\port$1000$0 , \port$1000$1 , \port$1000$2 , \port$1000$3 , \port$1000$4 , \port$1000$5 , \port$1000$6 , \port$1000$7 , \port$1000$8 , \port$1000$9 , \port$1000$10 , \port$1000$11 , \port$1000$12 , \port$1000$13 , \port$1000$14 , \port$1000$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9810,7 +10069,7 @@ module \psc_core.dp.pe_2.mul_2 (\port$1000$0 , \port$1000$1 , \port$1000$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_3 (\port$1001$0 , \port$1001$1 , \port$1001$2 , \port$1001$3 , \port$1001$4 , \port$1001$5 , \port$1001$6 , \port$1001$7 , \port$1001$8 , \port$1001$9 , \port$1001$10 , \port$1001$11 , \port$1001$12 , \port$1001$13 , \port$1001$14 , \port$1001$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_4 (\port$1001$0 , \port$1001$1 , \port$1001$2 , \port$1001$3 , \port$1001$4 , \port$1001$5 , \port$1001$6 , \port$1001$7 , \port$1001$8 , \port$1001$9 , \port$1001$10 , \port$1001$11 , \port$1001$12 , \port$1001$13 , \port$1001$14 , \port$1001$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10033,7 +10292,7 @@ module \psc_core.dp.pe_2.mul_3 (\port$1001$0 , \port$1001$1 , \port$1001$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_4 (\port$1002$0 , \port$1002$1 , \port$1002$2 , \port$1002$3 , \port$1002$4 , \port$1002$5 , \port$1002$6 , \port$1002$7 , \port$1002$8 , \port$1002$9 , \port$1002$10 , \port$1002$11 , \port$1002$12 , \port$1002$13 , \port$1002$14 , \port$1002$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_5 (\port$1002$0 , \port$1002$1 , \port$1002$2 , \port$1002$3 , \port$1002$4 , \port$1002$5 , \port$1002$6 , \port$1002$7 , \port$1002$8 , \port$1002$9 , \port$1002$10 , \port$1002$11 , \port$1002$12 , \port$1002$13 , \port$1002$14 , \port$1002$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10256,7 +10515,7 @@ module \psc_core.dp.pe_2.mul_4 (\port$1002$0 , \port$1002$1 , \port$1002$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_5 (\port$1003$0 , \port$1003$1 , \port$1003$2 , \port$1003$3 , \port$1003$4 , \port$1003$5 , \port$1003$6 , \port$1003$7 , \port$1003$8 , \port$1003$9 , \port$1003$10 , \port$1003$11 , \port$1003$12 , \port$1003$13 , \port$1003$14 , \port$1003$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_6 (\port$1003$0 , \port$1003$1 , \port$1003$2 , \port$1003$3 , \port$1003$4 , \port$1003$5 , \port$1003$6 , \port$1003$7 , \port$1003$8 , \port$1003$9 , \port$1003$10 , \port$1003$11 , \port$1003$12 , \port$1003$13 , \port$1003$14 , \port$1003$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10479,229 +10738,6 @@ module \psc_core.dp.pe_2.mul_5 (\port$1003$0 , \port$1003$1 , \port$1003$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_6 (\port$1004$0 , \port$1004$1 , \port$1004$2 , \port$1004$3 , \port$1004$4 , \port$1004$5 , \port$1004$6 , \port$1004$7 , \port$1004$8 , \port$1004$9 , \port$1004$10 , \port$1004$11 , \port$1004$12 , \port$1004$13 , \port$1004$14 , \port$1004$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$1004$0 ;
-  wire \port$1004$0 ;
-  output \port$1004$1 ;
-  wire \port$1004$1 ;
-  output \port$1004$10 ;
-  wire \port$1004$10 ;
-  output \port$1004$11 ;
-  wire \port$1004$11 ;
-  output \port$1004$12 ;
-  wire \port$1004$12 ;
-  output \port$1004$13 ;
-  wire \port$1004$13 ;
-  output \port$1004$14 ;
-  wire \port$1004$14 ;
-  output \port$1004$15 ;
-  wire \port$1004$15 ;
-  output \port$1004$2 ;
-  wire \port$1004$2 ;
-  output \port$1004$3 ;
-  wire \port$1004$3 ;
-  output \port$1004$4 ;
-  wire \port$1004$4 ;
-  output \port$1004$5 ;
-  wire \port$1004$5 ;
-  output \port$1004$6 ;
-  wire \port$1004$6 ;
-  output \port$1004$7 ;
-  wire \port$1004$7 ;
-  output \port$1004$8 ;
-  wire \port$1004$8 ;
-  output \port$1004$9 ;
-  wire \port$1004$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1004$0  = \$1 ;
-  assign \port$1004$1  = \$2 ;
-  assign \port$1004$2  = \$3 ;
-  assign \port$1004$3  = \$4 ;
-  assign \port$1004$4  = \$5 ;
-  assign \port$1004$5  = \$6 ;
-  assign \port$1004$6  = \$7 ;
-  assign \port$1004$7  = \$8 ;
-  assign \port$1004$8  = \$9 ;
-  assign \port$1004$9  = \$10 ;
-  assign \port$1004$10  = \$11 ;
-  assign \port$1004$11  = \$12 ;
-  assign \port$1004$12  = \$13 ;
-  assign \port$1004$13  = \$14 ;
-  assign \port$1004$14  = \$15 ;
-  assign \port$1004$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
 module \psc_core.dp.pe_2.wsu (w, mask, words);
   wire [7:0] \$1 ;
   wire [7:0] \$2 ;
@@ -10761,7 +10797,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, \port$3092$768 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, \port$3091$768 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -11010,8 +11046,8 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3092$768 , valid, en, lane_acc, a
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [33:0] \port$3092$768 ;
-  wire [33:0] \port$3092$768 ;
+  input [33:0] \port$3091$768 ;
+  wire [33:0] \port$3091$768 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -11068,7 +11104,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3092$768 , valid, en, lane_acc, a
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$3092$768 [32];
+  assign \$2  = valid & \port$3091$768 [32];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -11163,154 +11199,154 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3092$768 , valid, en, lane_acc, a
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$1078$0 (\$64 ),
-    .\port$1078$1 (\$65 ),
-    .\port$1078$10 (\$74 ),
-    .\port$1078$11 (\$75 ),
-    .\port$1078$12 (\$76 ),
-    .\port$1078$13 (\$77 ),
-    .\port$1078$14 (\$78 ),
-    .\port$1078$15 (\$79 ),
-    .\port$1078$2 (\$66 ),
-    .\port$1078$3 (\$67 ),
-    .\port$1078$4 (\$68 ),
-    .\port$1078$5 (\$69 ),
-    .\port$1078$6 (\$70 ),
-    .\port$1078$7 (\$71 ),
-    .\port$1078$8 (\$72 ),
-    .\port$1078$9 (\$73 )
+    .\port$1077$0 (\$64 ),
+    .\port$1077$1 (\$65 ),
+    .\port$1077$10 (\$74 ),
+    .\port$1077$11 (\$75 ),
+    .\port$1077$12 (\$76 ),
+    .\port$1077$13 (\$77 ),
+    .\port$1077$14 (\$78 ),
+    .\port$1077$15 (\$79 ),
+    .\port$1077$2 (\$66 ),
+    .\port$1077$3 (\$67 ),
+    .\port$1077$4 (\$68 ),
+    .\port$1077$5 (\$69 ),
+    .\port$1077$6 (\$70 ),
+    .\port$1077$7 (\$71 ),
+    .\port$1077$8 (\$72 ),
+    .\port$1077$9 (\$73 )
   );
   \psc_core.dp.pe_3.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$1079$0 (\$80 ),
-    .\port$1079$1 (\$81 ),
-    .\port$1079$10 (\$90 ),
-    .\port$1079$11 (\$91 ),
-    .\port$1079$12 (\$92 ),
-    .\port$1079$13 (\$93 ),
-    .\port$1079$14 (\$94 ),
-    .\port$1079$15 (\$95 ),
-    .\port$1079$2 (\$82 ),
-    .\port$1079$3 (\$83 ),
-    .\port$1079$4 (\$84 ),
-    .\port$1079$5 (\$85 ),
-    .\port$1079$6 (\$86 ),
-    .\port$1079$7 (\$87 ),
-    .\port$1079$8 (\$88 ),
-    .\port$1079$9 (\$89 )
+    .\port$1078$0 (\$80 ),
+    .\port$1078$1 (\$81 ),
+    .\port$1078$10 (\$90 ),
+    .\port$1078$11 (\$91 ),
+    .\port$1078$12 (\$92 ),
+    .\port$1078$13 (\$93 ),
+    .\port$1078$14 (\$94 ),
+    .\port$1078$15 (\$95 ),
+    .\port$1078$2 (\$82 ),
+    .\port$1078$3 (\$83 ),
+    .\port$1078$4 (\$84 ),
+    .\port$1078$5 (\$85 ),
+    .\port$1078$6 (\$86 ),
+    .\port$1078$7 (\$87 ),
+    .\port$1078$8 (\$88 ),
+    .\port$1078$9 (\$89 )
   );
   \psc_core.dp.pe_3.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$1080$0 (\$96 ),
-    .\port$1080$1 (\$97 ),
-    .\port$1080$10 (\$106 ),
-    .\port$1080$11 (\$107 ),
-    .\port$1080$12 (\$108 ),
-    .\port$1080$13 (\$109 ),
-    .\port$1080$14 (\$110 ),
-    .\port$1080$15 (\$111 ),
-    .\port$1080$2 (\$98 ),
-    .\port$1080$3 (\$99 ),
-    .\port$1080$4 (\$100 ),
-    .\port$1080$5 (\$101 ),
-    .\port$1080$6 (\$102 ),
-    .\port$1080$7 (\$103 ),
-    .\port$1080$8 (\$104 ),
-    .\port$1080$9 (\$105 )
+    .\port$1079$0 (\$96 ),
+    .\port$1079$1 (\$97 ),
+    .\port$1079$10 (\$106 ),
+    .\port$1079$11 (\$107 ),
+    .\port$1079$12 (\$108 ),
+    .\port$1079$13 (\$109 ),
+    .\port$1079$14 (\$110 ),
+    .\port$1079$15 (\$111 ),
+    .\port$1079$2 (\$98 ),
+    .\port$1079$3 (\$99 ),
+    .\port$1079$4 (\$100 ),
+    .\port$1079$5 (\$101 ),
+    .\port$1079$6 (\$102 ),
+    .\port$1079$7 (\$103 ),
+    .\port$1079$8 (\$104 ),
+    .\port$1079$9 (\$105 )
   );
   \psc_core.dp.pe_3.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$1081$0 (\$112 ),
-    .\port$1081$1 (\$113 ),
-    .\port$1081$10 (\$122 ),
-    .\port$1081$11 (\$123 ),
-    .\port$1081$12 (\$124 ),
-    .\port$1081$13 (\$125 ),
-    .\port$1081$14 (\$126 ),
-    .\port$1081$15 (\$127 ),
-    .\port$1081$2 (\$114 ),
-    .\port$1081$3 (\$115 ),
-    .\port$1081$4 (\$116 ),
-    .\port$1081$5 (\$117 ),
-    .\port$1081$6 (\$118 ),
-    .\port$1081$7 (\$119 ),
-    .\port$1081$8 (\$120 ),
-    .\port$1081$9 (\$121 )
+    .\port$1080$0 (\$112 ),
+    .\port$1080$1 (\$113 ),
+    .\port$1080$10 (\$122 ),
+    .\port$1080$11 (\$123 ),
+    .\port$1080$12 (\$124 ),
+    .\port$1080$13 (\$125 ),
+    .\port$1080$14 (\$126 ),
+    .\port$1080$15 (\$127 ),
+    .\port$1080$2 (\$114 ),
+    .\port$1080$3 (\$115 ),
+    .\port$1080$4 (\$116 ),
+    .\port$1080$5 (\$117 ),
+    .\port$1080$6 (\$118 ),
+    .\port$1080$7 (\$119 ),
+    .\port$1080$8 (\$120 ),
+    .\port$1080$9 (\$121 )
   );
   \psc_core.dp.pe_3.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$1082$0 (\$128 ),
-    .\port$1082$1 (\$129 ),
-    .\port$1082$10 (\$138 ),
-    .\port$1082$11 (\$139 ),
-    .\port$1082$12 (\$140 ),
-    .\port$1082$13 (\$141 ),
-    .\port$1082$14 (\$142 ),
-    .\port$1082$15 (\$143 ),
-    .\port$1082$2 (\$130 ),
-    .\port$1082$3 (\$131 ),
-    .\port$1082$4 (\$132 ),
-    .\port$1082$5 (\$133 ),
-    .\port$1082$6 (\$134 ),
-    .\port$1082$7 (\$135 ),
-    .\port$1082$8 (\$136 ),
-    .\port$1082$9 (\$137 )
+    .\port$1081$0 (\$128 ),
+    .\port$1081$1 (\$129 ),
+    .\port$1081$10 (\$138 ),
+    .\port$1081$11 (\$139 ),
+    .\port$1081$12 (\$140 ),
+    .\port$1081$13 (\$141 ),
+    .\port$1081$14 (\$142 ),
+    .\port$1081$15 (\$143 ),
+    .\port$1081$2 (\$130 ),
+    .\port$1081$3 (\$131 ),
+    .\port$1081$4 (\$132 ),
+    .\port$1081$5 (\$133 ),
+    .\port$1081$6 (\$134 ),
+    .\port$1081$7 (\$135 ),
+    .\port$1081$8 (\$136 ),
+    .\port$1081$9 (\$137 )
   );
   \psc_core.dp.pe_3.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$1083$0 (\$144 ),
-    .\port$1083$1 (\$145 ),
-    .\port$1083$10 (\$154 ),
-    .\port$1083$11 (\$155 ),
-    .\port$1083$12 (\$156 ),
-    .\port$1083$13 (\$157 ),
-    .\port$1083$14 (\$158 ),
-    .\port$1083$15 (\$159 ),
-    .\port$1083$2 (\$146 ),
-    .\port$1083$3 (\$147 ),
-    .\port$1083$4 (\$148 ),
-    .\port$1083$5 (\$149 ),
-    .\port$1083$6 (\$150 ),
-    .\port$1083$7 (\$151 ),
-    .\port$1083$8 (\$152 ),
-    .\port$1083$9 (\$153 )
+    .\port$1082$0 (\$144 ),
+    .\port$1082$1 (\$145 ),
+    .\port$1082$10 (\$154 ),
+    .\port$1082$11 (\$155 ),
+    .\port$1082$12 (\$156 ),
+    .\port$1082$13 (\$157 ),
+    .\port$1082$14 (\$158 ),
+    .\port$1082$15 (\$159 ),
+    .\port$1082$2 (\$146 ),
+    .\port$1082$3 (\$147 ),
+    .\port$1082$4 (\$148 ),
+    .\port$1082$5 (\$149 ),
+    .\port$1082$6 (\$150 ),
+    .\port$1082$7 (\$151 ),
+    .\port$1082$8 (\$152 ),
+    .\port$1082$9 (\$153 )
   );
   \psc_core.dp.pe_3.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$1084$0 (\$160 ),
-    .\port$1084$1 (\$161 ),
-    .\port$1084$10 (\$170 ),
-    .\port$1084$11 (\$171 ),
-    .\port$1084$12 (\$172 ),
-    .\port$1084$13 (\$173 ),
-    .\port$1084$14 (\$174 ),
-    .\port$1084$15 (\$175 ),
-    .\port$1084$2 (\$162 ),
-    .\port$1084$3 (\$163 ),
-    .\port$1084$4 (\$164 ),
-    .\port$1084$5 (\$165 ),
-    .\port$1084$6 (\$166 ),
-    .\port$1084$7 (\$167 ),
-    .\port$1084$8 (\$168 ),
-    .\port$1084$9 (\$169 )
+    .\port$1083$0 (\$160 ),
+    .\port$1083$1 (\$161 ),
+    .\port$1083$10 (\$170 ),
+    .\port$1083$11 (\$171 ),
+    .\port$1083$12 (\$172 ),
+    .\port$1083$13 (\$173 ),
+    .\port$1083$14 (\$174 ),
+    .\port$1083$15 (\$175 ),
+    .\port$1083$2 (\$162 ),
+    .\port$1083$3 (\$163 ),
+    .\port$1083$4 (\$164 ),
+    .\port$1083$5 (\$165 ),
+    .\port$1083$6 (\$166 ),
+    .\port$1083$7 (\$167 ),
+    .\port$1083$8 (\$168 ),
+    .\port$1083$9 (\$169 )
   );
   \psc_core.dp.pe_3.wsu  wsu (
     .mask(mask),
@@ -11331,7 +11367,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3092$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$3092$768 [32];
+      \$37  = \port$3091$768 [32];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -11341,7 +11377,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3092$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$3092$768 [33];
+      \$38  = \port$3091$768 [33];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -11352,7 +11388,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3092$768 , valid, en, lane_acc, a
     \$39  = b1;
     if (en) begin
       if (\$2 ) begin
-        \$39  = \port$3092$768 [31:0];
+        \$39  = \port$3091$768 [31:0];
       end
     end
   end
@@ -11595,9 +11631,9 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3092$768 , valid, en, lane_acc, a
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$3092$768 [32];
-  assign last = \port$3092$768 [33];
-  assign bias = \port$3092$768 [31:0];
+  assign first = \port$3091$768 [32];
+  assign last = \port$3091$768 [33];
+  assign bias = \port$3091$768 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -11657,7 +11693,230 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3092$768 , valid, en, lane_acc, a
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_0 (\port$1078$0 , \port$1078$1 , \port$1078$2 , \port$1078$3 , \port$1078$4 , \port$1078$5 , \port$1078$6 , \port$1078$7 , \port$1078$8 , \port$1078$9 , \port$1078$10 , \port$1078$11 , \port$1078$12 , \port$1078$13 , \port$1078$14 , \port$1078$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_0 (\port$1077$0 , \port$1077$1 , \port$1077$2 , \port$1077$3 , \port$1077$4 , \port$1077$5 , \port$1077$6 , \port$1077$7 , \port$1077$8 , \port$1077$9 , \port$1077$10 , \port$1077$11 , \port$1077$12 , \port$1077$13 , \port$1077$14 , \port$1077$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$1077$0 ;
+  wire \port$1077$0 ;
+  output \port$1077$1 ;
+  wire \port$1077$1 ;
+  output \port$1077$10 ;
+  wire \port$1077$10 ;
+  output \port$1077$11 ;
+  wire \port$1077$11 ;
+  output \port$1077$12 ;
+  wire \port$1077$12 ;
+  output \port$1077$13 ;
+  wire \port$1077$13 ;
+  output \port$1077$14 ;
+  wire \port$1077$14 ;
+  output \port$1077$15 ;
+  wire \port$1077$15 ;
+  output \port$1077$2 ;
+  wire \port$1077$2 ;
+  output \port$1077$3 ;
+  wire \port$1077$3 ;
+  output \port$1077$4 ;
+  wire \port$1077$4 ;
+  output \port$1077$5 ;
+  wire \port$1077$5 ;
+  output \port$1077$6 ;
+  wire \port$1077$6 ;
+  output \port$1077$7 ;
+  wire \port$1077$7 ;
+  output \port$1077$8 ;
+  wire \port$1077$8 ;
+  output \port$1077$9 ;
+  wire \port$1077$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$1077$0  = \$1 ;
+  assign \port$1077$1  = \$2 ;
+  assign \port$1077$2  = \$3 ;
+  assign \port$1077$3  = \$4 ;
+  assign \port$1077$4  = \$5 ;
+  assign \port$1077$5  = \$6 ;
+  assign \port$1077$6  = \$7 ;
+  assign \port$1077$7  = \$8 ;
+  assign \port$1077$8  = \$9 ;
+  assign \port$1077$9  = \$10 ;
+  assign \port$1077$10  = \$11 ;
+  assign \port$1077$11  = \$12 ;
+  assign \port$1077$12  = \$13 ;
+  assign \port$1077$13  = \$14 ;
+  assign \port$1077$14  = \$15 ;
+  assign \port$1077$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_3.mul_1 (\port$1078$0 , \port$1078$1 , \port$1078$2 , \port$1078$3 , \port$1078$4 , \port$1078$5 , \port$1078$6 , \port$1078$7 , \port$1078$8 , \port$1078$9 , \port$1078$10 , \port$1078$11 , \port$1078$12 , \port$1078$13 , \port$1078$14 , \port$1078$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -11880,7 +12139,7 @@ module \psc_core.dp.pe_3.mul_0 (\port$1078$0 , \port$1078$1 , \port$1078$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_1 (\port$1079$0 , \port$1079$1 , \port$1079$2 , \port$1079$3 , \port$1079$4 , \port$1079$5 , \port$1079$6 , \port$1079$7 , \port$1079$8 , \port$1079$9 , \port$1079$10 , \port$1079$11 , \port$1079$12 , \port$1079$13 , \port$1079$14 , \port$1079$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_2 (\port$1079$0 , \port$1079$1 , \port$1079$2 , \port$1079$3 , \port$1079$4 , \port$1079$5 , \port$1079$6 , \port$1079$7 , \port$1079$8 , \port$1079$9 , \port$1079$10 , \port$1079$11 , \port$1079$12 , \port$1079$13 , \port$1079$14 , \port$1079$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12103,7 +12362,7 @@ module \psc_core.dp.pe_3.mul_1 (\port$1079$0 , \port$1079$1 , \port$1079$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_2 (\port$1080$0 , \port$1080$1 , \port$1080$2 , \port$1080$3 , \port$1080$4 , \port$1080$5 , \port$1080$6 , \port$1080$7 , \port$1080$8 , \port$1080$9 , \port$1080$10 , \port$1080$11 , \port$1080$12 , \port$1080$13 , \port$1080$14 , \port$1080$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_3 (\port$1080$0 , \port$1080$1 , \port$1080$2 , \port$1080$3 , \port$1080$4 , \port$1080$5 , \port$1080$6 , \port$1080$7 , \port$1080$8 , \port$1080$9 , \port$1080$10 , \port$1080$11 , \port$1080$12 , \port$1080$13 , \port$1080$14 , \port$1080$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12326,7 +12585,7 @@ module \psc_core.dp.pe_3.mul_2 (\port$1080$0 , \port$1080$1 , \port$1080$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_3 (\port$1081$0 , \port$1081$1 , \port$1081$2 , \port$1081$3 , \port$1081$4 , \port$1081$5 , \port$1081$6 , \port$1081$7 , \port$1081$8 , \port$1081$9 , \port$1081$10 , \port$1081$11 , \port$1081$12 , \port$1081$13 , \port$1081$14 , \port$1081$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_4 (\port$1081$0 , \port$1081$1 , \port$1081$2 , \port$1081$3 , \port$1081$4 , \port$1081$5 , \port$1081$6 , \port$1081$7 , \port$1081$8 , \port$1081$9 , \port$1081$10 , \port$1081$11 , \port$1081$12 , \port$1081$13 , \port$1081$14 , \port$1081$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12549,7 +12808,7 @@ module \psc_core.dp.pe_3.mul_3 (\port$1081$0 , \port$1081$1 , \port$1081$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_4 (\port$1082$0 , \port$1082$1 , \port$1082$2 , \port$1082$3 , \port$1082$4 , \port$1082$5 , \port$1082$6 , \port$1082$7 , \port$1082$8 , \port$1082$9 , \port$1082$10 , \port$1082$11 , \port$1082$12 , \port$1082$13 , \port$1082$14 , \port$1082$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_5 (\port$1082$0 , \port$1082$1 , \port$1082$2 , \port$1082$3 , \port$1082$4 , \port$1082$5 , \port$1082$6 , \port$1082$7 , \port$1082$8 , \port$1082$9 , \port$1082$10 , \port$1082$11 , \port$1082$12 , \port$1082$13 , \port$1082$14 , \port$1082$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12772,7 +13031,7 @@ module \psc_core.dp.pe_3.mul_4 (\port$1082$0 , \port$1082$1 , \port$1082$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_5 (\port$1083$0 , \port$1083$1 , \port$1083$2 , \port$1083$3 , \port$1083$4 , \port$1083$5 , \port$1083$6 , \port$1083$7 , \port$1083$8 , \port$1083$9 , \port$1083$10 , \port$1083$11 , \port$1083$12 , \port$1083$13 , \port$1083$14 , \port$1083$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_6 (\port$1083$0 , \port$1083$1 , \port$1083$2 , \port$1083$3 , \port$1083$4 , \port$1083$5 , \port$1083$6 , \port$1083$7 , \port$1083$8 , \port$1083$9 , \port$1083$10 , \port$1083$11 , \port$1083$12 , \port$1083$13 , \port$1083$14 , \port$1083$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12992,229 +13251,6 @@ module \psc_core.dp.pe_3.mul_5 (\port$1083$0 , \port$1083$1 , \port$1083$2 , \po
   assign \port$1083$13  = \$14 ;
   assign \port$1083$14  = \$15 ;
   assign \port$1083$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_6 (\port$1084$0 , \port$1084$1 , \port$1084$2 , \port$1084$3 , \port$1084$4 , \port$1084$5 , \port$1084$6 , \port$1084$7 , \port$1084$8 , \port$1084$9 , \port$1084$10 , \port$1084$11 , \port$1084$12 , \port$1084$13 , \port$1084$14 , \port$1084$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$1084$0 ;
-  wire \port$1084$0 ;
-  output \port$1084$1 ;
-  wire \port$1084$1 ;
-  output \port$1084$10 ;
-  wire \port$1084$10 ;
-  output \port$1084$11 ;
-  wire \port$1084$11 ;
-  output \port$1084$12 ;
-  wire \port$1084$12 ;
-  output \port$1084$13 ;
-  wire \port$1084$13 ;
-  output \port$1084$14 ;
-  wire \port$1084$14 ;
-  output \port$1084$15 ;
-  wire \port$1084$15 ;
-  output \port$1084$2 ;
-  wire \port$1084$2 ;
-  output \port$1084$3 ;
-  wire \port$1084$3 ;
-  output \port$1084$4 ;
-  wire \port$1084$4 ;
-  output \port$1084$5 ;
-  wire \port$1084$5 ;
-  output \port$1084$6 ;
-  wire \port$1084$6 ;
-  output \port$1084$7 ;
-  wire \port$1084$7 ;
-  output \port$1084$8 ;
-  wire \port$1084$8 ;
-  output \port$1084$9 ;
-  wire \port$1084$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1084$0  = \$1 ;
-  assign \port$1084$1  = \$2 ;
-  assign \port$1084$2  = \$3 ;
-  assign \port$1084$3  = \$4 ;
-  assign \port$1084$4  = \$5 ;
-  assign \port$1084$5  = \$6 ;
-  assign \port$1084$6  = \$7 ;
-  assign \port$1084$7  = \$8 ;
-  assign \port$1084$8  = \$9 ;
-  assign \port$1084$9  = \$10 ;
-  assign \port$1084$10  = \$11 ;
-  assign \port$1084$11  = \$12 ;
-  assign \port$1084$12  = \$13 ;
-  assign \port$1084$13  = \$14 ;
-  assign \port$1084$14  = \$15 ;
-  assign \port$1084$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)

@@ -192,19 +192,23 @@ class DotProduct(wiring.Component):
         bank = [Signal(signed(c.dw_acc_width), reset_less=True, name=f"drain_{i}")
                 for i in range(n)]
         left = Signal(range(c.lanes + 1))           # beats still in the bank
+        # `left == 0` and `left == 1` as flip-flops: the array's enable, which fans out to
+        # every PE and back through the fetch, is then one gate from registers and o.ready
+        empty = Signal(init=1)
+        one = Signal()
         free = Signal()
-        m.d.comb += free.eq((left == 0) | ((left == 1) & self.o.ready))
+        m.d.comb += free.eq(empty | (one & self.o.ready))
         with m.If(self.dw):
             m.d.comb += [
                 en.eq(~pes[0].lane_valid | free),
-                self.o.valid.eq(left != 0),
+                self.o.valid.eq(~empty),
                 *(self.o.payload[r].eq(bank[r]) for r in range(c.rows)),
             ]
             with m.If(self.o.valid & self.o.ready):
-                m.d.sync += left.eq(left - 1)
+                m.d.sync += [left.eq(left - 1), empty.eq(one), one.eq(left == 2)]
                 m.d.sync += [bank[i].eq(bank[i + c.rows]) for i in range(n - c.rows)]
             with m.If(pes[0].lane_valid & free):
-                m.d.sync += left.eq(c.lanes)
+                m.d.sync += [left.eq(c.lanes), empty.eq(0), one.eq(c.lanes == 1)]
                 m.d.sync += [bank[r * c.lanes + lane].eq(pes[r].lane_acc[lane])
                              for r in range(c.rows) for lane in range(c.lanes)]
         with m.Else():

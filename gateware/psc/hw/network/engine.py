@@ -412,7 +412,12 @@ class NetworkEngine(wiring.Component):
             m.d.comb += [hold.eq(unroll_active & unroll.write_en), unroll.rows_in.eq(rows_in),
                          unroll.pause.eq(pause)]
             m.d.sync += pause.eq(unroll_active & self.host_in.valid)
-            with m.If(unroll_active & scatter.row_end):
+            # counted a cycle late (the unroll then waits a cycle more for a row): the row's
+            # end comes from the host beat's acceptance through the scatter's position
+            # compare, too long a path to end in an adder
+            row_end = Signal()
+            m.d.sync += row_end.eq(unroll_active & scatter.row_end)
+            with m.If(row_end):
                 m.d.sync += rows_in.eq(rows_in + 1)
         with m.If(from_host):
             m.d.comb += [scatter.act_out.payload.eq(self.host_in.payload),
@@ -432,6 +437,10 @@ class NetworkEngine(wiring.Component):
         else:
             m.d.comb += core.weight_base.eq(ins.w_off)
 
+        # the instruction's opcode decoded as it is fetched: decoded in START, it would sit in
+        # front of every unit's start
+        is_op = {name: Signal(name=f"is_{name.lower()}") for name in OPCODES
+                 if name != "END" and (name != "INPUT_UNROLL" or unroll is not None)}
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.run):
@@ -441,38 +450,39 @@ class NetworkEngine(wiring.Component):
                     m.next = "FETCH"
             with m.State("FETCH"):
                 with m.If(nxt_valid):
-                    m.d.sync += [raw.eq(nxt), nxt_valid.eq(0), core_ended.eq(0)]
+                    m.d.sync += [raw.eq(nxt), nxt_valid.eq(0), core_ended.eq(0),
+                                 *(f.eq(il(nxt[:il.size]).op == OPCODES[name])
+                                   for name, f in is_op.items())]
                     m.next = "START"
             with m.State("START"):
                 # the units start now and move beats from the next cycle on
-                m.d.sync += [to_host.eq(ins.op == OPCODES["OUTPUT"]),
-                             from_host.eq((ins.op == OPCODES["INPUT"])
-                                          | (ins.op == OPCODES["INPUT_UNROLL"])),
-                             op_active.eq(ins.op == OPCODES["OP"]),
-                             unroll_active.eq(ins.op == OPCODES["INPUT_UNROLL"])]
-                with m.Switch(ins.op):
-                    with m.Case(OPCODES["INPUT"]):
-                        m.d.comb += scatter.start.valid.eq(1)
+                m.d.sync += [to_host.eq(is_op["OUTPUT"]),
+                             from_host.eq(is_op["INPUT"] | is_op.get("INPUT_UNROLL", 0)),
+                             op_active.eq(is_op["OP"]),
+                             unroll_active.eq(is_op.get("INPUT_UNROLL", 0))]
+                with m.If(is_op["INPUT"]):
+                    m.d.comb += scatter.start.valid.eq(1)
+                    m.next = "WAIT"
+                with m.Elif(is_op["OUTPUT"]):
+                    m.d.comb += gather.start.valid.eq(1)
+                    m.next = "WAIT"
+                with m.Elif(is_op["OP"]):
+                    m.d.comb += op.start.valid.eq(1)
+                    m.next = "WAIT"
+                if unroll is not None:
+                    with m.Elif(is_op["INPUT_UNROLL"]):
+                        m.d.comb += [scatter.start.valid.eq(1), unroll.start.valid.eq(1)]
+                        m.d.sync += rows_in.eq(0)
                         m.next = "WAIT"
-                    with m.Case(OPCODES["OUTPUT"]):
-                        m.d.comb += gather.start.valid.eq(1)
-                        m.next = "WAIT"
-                    with m.Case(OPCODES["OP"]):
-                        m.d.comb += op.start.valid.eq(1)
-                        m.next = "WAIT"
-                    if unroll is not None:
-                        with m.Case(OPCODES["INPUT_UNROLL"]):
-                            m.d.comb += [scatter.start.valid.eq(1), unroll.start.valid.eq(1)]
-                            m.d.sync += rows_in.eq(0)
-                            m.next = "WAIT"
-                    with m.Case(OPCODES["CONV"]):
-                        m.d.comb += [gather.start.valid.eq(1), scatter.start.valid.eq(ins.out),
-                                     *(r.start.eq(1) for r in readers.values())]
-                        m.next = "CFG"
-                    with m.Default():
-                        m.d.sync += self.busy.eq(0)
-                        m.d.comb += self.done.eq(1)
-                        m.next = "IDLE"
+                with m.Elif(is_op["CONV"]):
+                    m.d.comb += [gather.start.valid.eq(1), scatter.start.valid.eq(ins.out),
+                                 *(r.start.eq(1) for r in readers.values())]
+                    m.next = "CFG"
+                with m.Else():
+                    # END, or an opcode the build does not run
+                    m.d.sync += self.busy.eq(0)
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
             with m.State("CFG"):
                 m.d.comb += core.cfg.valid.eq(1)
                 with m.If(core.cfg.ready):
@@ -483,7 +493,7 @@ class NetworkEngine(wiring.Component):
                 units = [gather, scatter, op] + ([unroll] if unroll is not None else [])
                 units_idle = (~Cat(u.busy for u in units).any()
                               & ~Cat(r.busy for r in readers.values()).any())
-                with m.If(ins.op == OPCODES["CONV"]):
+                with m.If(is_op["CONV"]):
                     with m.If(core_ended & core.error):
                         m.d.sync += [self.busy.eq(0), self.error.eq(1)]
                         m.d.comb += self.done.eq(1)
