@@ -236,8 +236,9 @@ class NetworkEngine(wiring.Component):
     Members
     -------
     load : In(stream.Signature(load_layout(config)))
-        Words written while idle: ``sel`` 0 the command store, 1 the weight store (the
-        core's weight buffer where the build has none), 2 the parameter store;
+        Words written while idle (in the cycle after the one that takes them): ``sel`` 0
+        the command store, 1 the weight store (the core's weight buffer where the build has
+        none), 2 the parameter store;
         ``addr``; ``data`` (the word, low bits).
     run : In(1)
         Pulse: execute the program from instruction 0 (ignored while busy).
@@ -330,23 +331,28 @@ class NetworkEngine(wiring.Component):
         # --- the stores: written by `load` while idle, read by the sequencer ---------------
         stores = {}
         n_words = instruction_words(ec)
-        loading = self.load.valid & self.load.ready
+        # A word is written a cycle after it is taken: a link's parser makes it through
+        # multiplexers, too long a path to end at block RAMs across the device.
+        loaded = Signal(load_layout(ec), reset_less=True)
+        loading = Signal()
+        m.d.sync += [loaded.eq(self.load.payload),
+                     loading.eq(self.load.valid & self.load.ready)]
         kept = [(0, "cmd", CMD_WORD, ec.cmd_depth * n_words),
                 (2, "params", param_layout(cc), ec.param_store_depth)]
         if streamed:
             kept.append((1, "weights", weight_layout(cc), ec.weight_store_depth))
         else:
-            m.d.comb += [core.weight_write_addr.eq(self.load.payload.addr),
-                         core.weight_write_data.eq(self.load.payload.data),
-                         core.weight_write_en.eq(loading & (self.load.payload.sel == 1))]
+            m.d.comb += [core.weight_write_addr.eq(loaded.addr),
+                         core.weight_write_data.eq(loaded.data),
+                         core.weight_write_en.eq(loading & (loaded.sel == 1))]
         for sel, name, shape, depth in kept:
             mem = Memory(shape=shape, depth=depth, init=[])
             m.submodules[f"{name}_store"] = mem
             wp, rp = mem.write_port(), mem.read_port()
-            m.d.comb += [wp.addr.eq(self.load.payload.addr), wp.data.eq(
-                self.load.payload.data[:Shape.cast(shape).width if name == "cmd" else
+            m.d.comb += [wp.addr.eq(loaded.addr), wp.data.eq(
+                loaded.data[:Shape.cast(shape).width if name == "cmd" else
                                        data.Layout.cast(shape).size]),
-                wp.en.eq(loading & (self.load.payload.sel == sel))]
+                wp.en.eq(loading & (loaded.sel == sel))]
             stores[name] = rp
         m.d.comb += self.load.ready.eq(~self.busy)
 
