@@ -85,7 +85,8 @@ def test_network_mode_through_the_uart_pins():
     inferences equal to the golden network; then an inference before any load, a
     corrupted input byte (CRC_ERROR), a truncated INFER (RX_ERROR, its run aborted), a
     reset in the middle of an inference (the program forgotten: NOT_LOADED, then loaded
-    again) and a reload while idle, each followed by a correct inference."""
+    again), a reload while idle and a load with a word for no store (LOAD_REFUSED), each
+    followed by a correct inference."""
     prog, rng = _program()
     images = rng.integers(-128, 128, size=(2,) + prog.net.input_shape)
     want = prog.net.run(images)
@@ -105,7 +106,9 @@ def test_network_mode_through_the_uart_pins():
     assert "RX_ERROR" in f["truncated"]["status"]["flags"]
     assert "holds no program" in f["reset"]["error"]
     assert f["reset"]["status"]["program"] == 0
-    for name in ("corrupted", "truncated", "reset", "reloaded"):
+    assert "LOAD_REFUSED" in f["refused"]["error"]
+    assert "LOADED" not in f["refused"]["status"]["flags"]     # the spoilt load not taken
+    for name in ("corrupted", "truncated", "reset", "reloaded", "refused"):
         np.testing.assert_array_equal(f[name]["next"]["output"],
                                       want[-1 if name == "reloaded" else 0], err_msg=name)
 

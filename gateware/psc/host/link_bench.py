@@ -16,7 +16,8 @@ knows nothing of networks. Job (``PSC_JOB``, JSON, made by
   :class:`~psc.host.serial_link.LinkError` it raised, and a status) and the words
   of a clean inference right after it: an inference before any load, a corrupted
   input byte, a truncated INFER, a reset in the middle of an inference (then the
-  reload it needs) and a reload while idle.
+  reload it needs), a reload while idle and a load with a word for a store the board
+  does not have.
 """
 
 import cocotb
@@ -35,6 +36,11 @@ PERIOD_NS = 10
 @cocotb.test()
 async def run_job(dut):
     await play_job(dut, _run, "steps")
+
+
+def _fields(image):
+    return (image.frames, image.program, image.n_in, image.n_out, image.in_bytes,
+            image.out_bytes)
 
 
 def _flags(status):
@@ -109,6 +115,15 @@ async def _run(dut, job, steps):
         # the program loaded again while idle
         await drive_async(nl.load_exchange(image), pins)
         faults["reloaded"] = {"next": await infer(infers[-1])}
+        # a LOAD to a store the board does not have (3), then the whole load: refused
+        # (LOAD_REFUSED, the program not taken); then a clean load and inference
+        first = image.frames[0][:-2]
+        bad = nl.frame(first[:1] + bytes([3]) + first[2:])
+        _, error = await _attempt(nl.load_exchange(
+            nl.NetworkImage((bad,) + image.frames, *_fields(image)[1:])), pins)
+        after = await status()
+        await drive_async(nl.load_exchange(image), pins)
+        faults["refused"] = {"error": error, "status": after, "next": await infer(infers[0])}
         out["faults"] = faults
     out["framing_errors"] = pins.framing_errors
     steps.append(out)

@@ -338,6 +338,13 @@ class NetworkBridge(wiring.Component):
         with m.If(abort):
             m.d.sync += beat_valid.eq(0)
 
+        # a refused LOAD word is flagged a cycle later: the parser's state then ends at a
+        # flip-flop, not at the flags' enables
+        refused = Signal()
+        m.d.sync += refused.eq(0)
+        with m.If(refused):
+            m.d.sync += [f["LOAD_REFUSED"].eq(1), spoilt.eq(1)]
+
         with m.FSM():
             with m.State("OP"):
                 m.d.comb += rx.take.eq(1)
@@ -402,8 +409,7 @@ class NetworkBridge(wiring.Component):
                             m.d.comb += engine.load.payload.data.eq(top(lb[s]))
                 m.d.comb += engine.load.valid.eq(sel != 3)
                 # the engine takes a word in the cycle it is offered, unless it is running
-                with m.If(~engine.load.ready | (sel == 3)):
-                    m.d.sync += [f["LOAD_REFUSED"].eq(1), spoilt.eq(1)]
+                m.d.sync += refused.eq(~engine.load.ready | (sel == 3))
                 m.d.sync += [addr.eq(addr + 1), count.eq(count - 1)]
                 with m.If(count == 1):
                     m.d.sync += left.eq(2)
