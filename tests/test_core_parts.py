@@ -555,8 +555,8 @@ def test_load_buffer():
 class _FetchBench(wiring.Component):
     """Fetch reading two plain memories (input word a holds 3a + 1, weight block a holds 5a + 2)."""
 
-    def __init__(self, cc):
-        self.fetch = Fetch(cc)
+    def __init__(self, cc, skid=False):
+        self.fetch = Fetch(cc, skid=skid)
         self.cc = cc
         super().__init__({})
 
@@ -574,11 +574,13 @@ class _FetchBench(wiring.Component):
         return m
 
 
-@pytest.mark.parametrize("read_register", [False, True])
-def test_fetch(read_register):
+@pytest.mark.parametrize("read_register, skid", [(False, False), (True, False), (True, True)])
+def test_fetch(read_register, skid):
+    """Every beat in order, padding masked, under random stalls of ``o``; the latency, and
+    (``o`` always ready) a beat per cycle, the same with a skid register."""
     cc = CoreConfig(pe=DIAG.pe, fmap_depth=16, weight_depth=16, param_depth=4,
                     read_register=read_register)
-    dut = _FetchBench(cc)
+    dut = _FetchBench(cc, skid)
     fetch = dut.fetch
     layout = fetch_layout(cc)
     rng = random.Random(4)
@@ -590,7 +592,7 @@ def test_fetch(read_register):
     async def bench(ctx):
         sent = 0
         for cyc in range(400):
-            steady = cyc < 60                # first: o always ready, to see the latency
+            steady = cyc < 24                # first: o always ready, to see the latency
             ctx.set(fetch.o.ready, steady or rng.random() < 0.5)
             ctx.set(fetch.i.valid, sent < len(entries) and (steady or rng.random() < 0.7))
             if sent < len(entries):
@@ -601,6 +603,8 @@ def test_fetch(read_register):
                 got.append((b.x.as_value().value, b.w.as_value().value, b.bias.as_value().value,
                             b.first, b.last))
                 times.setdefault("first_out", cyc)
+                if steady:
+                    times.setdefault("steady", []).append(cyc)
             if ctx.get(fetch.i.valid) and ctx.get(fetch.i.ready):
                 times.setdefault("first_in", cyc)
                 sent += 1
@@ -613,6 +617,9 @@ def test_fetch(read_register):
     got = [(x & mask, w, 0, first, last) for x, w, _, first, last in got]
     assert got == want
     assert times["first_out"] - times["first_in"] == latency
+    # the steady phase sends entries back to back: they leave back to back
+    steady = times["steady"]
+    assert len(steady) > 10 and steady == list(range(steady[0], steady[0] + len(steady)))
 
 
 # --- output --------------------------------------------------------------------------

@@ -816,12 +816,12 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .clk(clk),
     .i__ready(taps__ready),
     .o__payload(\i__payload$47 ),
-    .o__ready(\o__ready$49 ),
     .\port$578$0 (\$7 ),
     .\port$600$0 (\$8 ),
     .\port$601$0 (\$9 ),
     .\port$602$0 (\$10 ),
     .\port$603$0 (\$11 ),
+    .ready(\o__ready$49 ),
     .rst(rst),
     .v1(\i__valid$51 ),
     .w_data(\i__payload$41 ),
@@ -4098,7 +4098,7 @@ module \psc_core.dp.sign_mask (mask, x);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$578$0 , \port$600$0 , \port$601$0 , \port$602$0 , \port$603$0 , weights__data, o__ready, w_data, o__payload, v1, clk);
+module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$578$0 , \port$600$0 , \port$601$0 , \port$602$0 , \port$603$0 , weights__data, ready, w_data, o__payload, v1, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire \$1 ;
   wire [63:0] \$2 ;
@@ -4111,40 +4111,40 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$578$0 , \port$600
   wire adv1;
   output beat;
   wire beat;
-  wire [375:0] \beat$18 ;
-  wire [53:0] \beat$18.bias ;
-  wire [26:0] \beat$18.bias[0] ;
-  wire [26:0] \beat$18.bias[1] ;
-  wire \beat$18.first ;
-  wire \beat$18.last ;
-  wire [255:0] \beat$18.w ;
-  wire [127:0] \beat$18.w[0] ;
-  wire [15:0] \beat$18.w[0][0] ;
-  wire [15:0] \beat$18.w[0][1] ;
-  wire [15:0] \beat$18.w[0][2] ;
-  wire [15:0] \beat$18.w[0][3] ;
-  wire [15:0] \beat$18.w[0][4] ;
-  wire [15:0] \beat$18.w[0][5] ;
-  wire [15:0] \beat$18.w[0][6] ;
-  wire [15:0] \beat$18.w[0][7] ;
-  wire [127:0] \beat$18.w[1] ;
-  wire [15:0] \beat$18.w[1][0] ;
-  wire [15:0] \beat$18.w[1][1] ;
-  wire [15:0] \beat$18.w[1][2] ;
-  wire [15:0] \beat$18.w[1][3] ;
-  wire [15:0] \beat$18.w[1][4] ;
-  wire [15:0] \beat$18.w[1][5] ;
-  wire [15:0] \beat$18.w[1][6] ;
-  wire [15:0] \beat$18.w[1][7] ;
-  wire [63:0] \beat$18.x ;
-  wire [7:0] \beat$18.x[0] ;
-  wire [7:0] \beat$18.x[1] ;
-  wire [7:0] \beat$18.x[2] ;
-  wire [7:0] \beat$18.x[3] ;
-  wire [7:0] \beat$18.x[4] ;
-  wire [7:0] \beat$18.x[5] ;
-  wire [7:0] \beat$18.x[6] ;
-  wire [7:0] \beat$18.x[7] ;
+  wire [375:0] \beat$21 ;
+  wire [53:0] \beat$21.bias ;
+  wire [26:0] \beat$21.bias[0] ;
+  wire [26:0] \beat$21.bias[1] ;
+  wire \beat$21.first ;
+  wire \beat$21.last ;
+  wire [255:0] \beat$21.w ;
+  wire [127:0] \beat$21.w[0] ;
+  wire [15:0] \beat$21.w[0][0] ;
+  wire [15:0] \beat$21.w[0][1] ;
+  wire [15:0] \beat$21.w[0][2] ;
+  wire [15:0] \beat$21.w[0][3] ;
+  wire [15:0] \beat$21.w[0][4] ;
+  wire [15:0] \beat$21.w[0][5] ;
+  wire [15:0] \beat$21.w[0][6] ;
+  wire [15:0] \beat$21.w[0][7] ;
+  wire [127:0] \beat$21.w[1] ;
+  wire [15:0] \beat$21.w[1][0] ;
+  wire [15:0] \beat$21.w[1][1] ;
+  wire [15:0] \beat$21.w[1][2] ;
+  wire [15:0] \beat$21.w[1][3] ;
+  wire [15:0] \beat$21.w[1][4] ;
+  wire [15:0] \beat$21.w[1][5] ;
+  wire [15:0] \beat$21.w[1][6] ;
+  wire [15:0] \beat$21.w[1][7] ;
+  wire [63:0] \beat$21.x ;
+  wire [7:0] \beat$21.x[0] ;
+  wire [7:0] \beat$21.x[1] ;
+  wire [7:0] \beat$21.x[2] ;
+  wire [7:0] \beat$21.x[3] ;
+  wire [7:0] \beat$21.x[4] ;
+  wire [7:0] \beat$21.x[5] ;
+  wire [7:0] \beat$21.x[6] ;
+  wire [7:0] \beat$21.x[7] ;
   input clk;
   wire clk;
   reg first1 = 1'h0;
@@ -4207,10 +4207,43 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$578$0 , \port$600
   wire [7:0] \o__payload.x[5] ;
   wire [7:0] \o__payload.x[6] ;
   wire [7:0] \o__payload.x[7] ;
-  input o__ready;
   wire o__ready;
   (* init = 1'h0 *)
   wire o__valid;
+  wire [375:0] out;
+  wire [53:0] \out.bias ;
+  wire [26:0] \out.bias[0] ;
+  wire [26:0] \out.bias[1] ;
+  wire \out.first ;
+  wire \out.last ;
+  wire [255:0] \out.w ;
+  wire [127:0] \out.w[0] ;
+  wire [15:0] \out.w[0][0] ;
+  wire [15:0] \out.w[0][1] ;
+  wire [15:0] \out.w[0][2] ;
+  wire [15:0] \out.w[0][3] ;
+  wire [15:0] \out.w[0][4] ;
+  wire [15:0] \out.w[0][5] ;
+  wire [15:0] \out.w[0][6] ;
+  wire [15:0] \out.w[0][7] ;
+  wire [127:0] \out.w[1] ;
+  wire [15:0] \out.w[1][0] ;
+  wire [15:0] \out.w[1][1] ;
+  wire [15:0] \out.w[1][2] ;
+  wire [15:0] \out.w[1][3] ;
+  wire [15:0] \out.w[1][4] ;
+  wire [15:0] \out.w[1][5] ;
+  wire [15:0] \out.w[1][6] ;
+  wire [15:0] \out.w[1][7] ;
+  wire [63:0] \out.x ;
+  wire [7:0] \out.x[0] ;
+  wire [7:0] \out.x[1] ;
+  wire [7:0] \out.x[2] ;
+  wire [7:0] \out.x[3] ;
+  wire [7:0] \out.x[4] ;
+  wire [7:0] \out.x[5] ;
+  wire [7:0] \out.x[6] ;
+  wire [7:0] \out.x[7] ;
   reg padr1 = 1'h0;
   output [23:0] \port$578$0 ;
   wire [23:0] \port$578$0 ;
@@ -4225,10 +4258,14 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$578$0 , \port$600
   wire [26:0] r_data;
   wire r_en;
   wire r_rdy;
+  input ready;
+  wire ready;
   input rst;
   wire rst;
   output v1;
   reg v1 = 1'h0;
+  (* init = 1'h0 *)
+  wire valid;
   input [26:0] w_data;
   wire [26:0] w_data;
   input w_en;
@@ -4256,9 +4293,9 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$578$0 , \port$600
   wire [15:0] \weights__data[1][6] ;
   wire [15:0] \weights__data[1][7] ;
   wire weights__en;
-  assign beat = v1 & o__ready;
+  assign beat = v1 & ready;
   assign \$2  = ~ { padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1 };
-  assign \$3  = \beat$18 [63:0] & \$2 ;
+  assign \$3  = \beat$21 [63:0] & \$2 ;
   always @(posedge clk)
     v1 <= \$4 ;
   always @(posedge clk)
@@ -4268,7 +4305,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$578$0 , \port$600
   always @(posedge clk)
     last1 <= \$7 ;
   assign \$1  = ~ v1;
-  assign adv1 = \$1  | o__ready;
+  assign adv1 = \$1  | ready;
   \psc_core.fetch.addr_fifo  addr_fifo (
     .clk(clk),
     .r_data(r_data),
@@ -4319,7 +4356,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$578$0 , \port$600
       \$7  = 1'h0;
     end
   end
-  assign o__valid = v1;
+  assign valid = v1;
   assign i__valid = w_en;
   assign w_rdy = i__ready;
   assign i__payload = w_data;
@@ -4328,6 +4365,9 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$578$0 , \port$600
   assign inputs__en = adv1;
   assign weights__addr = r_data[23:14];
   assign weights__en = adv1;
+  assign o__valid = v1;
+  assign o__ready = ready;
+  assign out = o__payload;
   assign inputs__data = { \port$603$0 , \port$602$0 , \port$601$0 , \port$600$0  };
   assign \port$578$0  = r_data[23:0];
   assign \i__payload.addr  = w_data[13:0];
@@ -4371,39 +4411,72 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$578$0 , \port$600
   assign \o__payload.bias[1]  = o__payload[373:347];
   assign \o__payload.first  = o__payload[374];
   assign \o__payload.last  = o__payload[375];
-  assign \beat$18.x  = \beat$18 [63:0];
-  assign \beat$18.x[0]  = \beat$18 [7:0];
-  assign \beat$18.x[1]  = \beat$18 [15:8];
-  assign \beat$18.x[2]  = \beat$18 [23:16];
-  assign \beat$18.x[3]  = \beat$18 [31:24];
-  assign \beat$18.x[4]  = \beat$18 [39:32];
-  assign \beat$18.x[5]  = \beat$18 [47:40];
-  assign \beat$18.x[6]  = \beat$18 [55:48];
-  assign \beat$18.x[7]  = \beat$18 [63:56];
-  assign \beat$18.w  = \beat$18 [319:64];
-  assign \beat$18.w[0]  = \beat$18 [191:64];
-  assign \beat$18.w[0][0]  = \beat$18 [79:64];
-  assign \beat$18.w[0][1]  = \beat$18 [95:80];
-  assign \beat$18.w[0][2]  = \beat$18 [111:96];
-  assign \beat$18.w[0][3]  = \beat$18 [127:112];
-  assign \beat$18.w[0][4]  = \beat$18 [143:128];
-  assign \beat$18.w[0][5]  = \beat$18 [159:144];
-  assign \beat$18.w[0][6]  = \beat$18 [175:160];
-  assign \beat$18.w[0][7]  = \beat$18 [191:176];
-  assign \beat$18.w[1]  = \beat$18 [319:192];
-  assign \beat$18.w[1][0]  = \beat$18 [207:192];
-  assign \beat$18.w[1][1]  = \beat$18 [223:208];
-  assign \beat$18.w[1][2]  = \beat$18 [239:224];
-  assign \beat$18.w[1][3]  = \beat$18 [255:240];
-  assign \beat$18.w[1][4]  = \beat$18 [271:256];
-  assign \beat$18.w[1][5]  = \beat$18 [287:272];
-  assign \beat$18.w[1][6]  = \beat$18 [303:288];
-  assign \beat$18.w[1][7]  = \beat$18 [319:304];
-  assign \beat$18.bias  = \beat$18 [373:320];
-  assign \beat$18.bias[0]  = \beat$18 [346:320];
-  assign \beat$18.bias[1]  = \beat$18 [373:347];
-  assign \beat$18.first  = \beat$18 [374];
-  assign \beat$18.last  = \beat$18 [375];
+  assign \out.x  = o__payload[63:0];
+  assign \out.x[0]  = o__payload[7:0];
+  assign \out.x[1]  = o__payload[15:8];
+  assign \out.x[2]  = o__payload[23:16];
+  assign \out.x[3]  = o__payload[31:24];
+  assign \out.x[4]  = o__payload[39:32];
+  assign \out.x[5]  = o__payload[47:40];
+  assign \out.x[6]  = o__payload[55:48];
+  assign \out.x[7]  = o__payload[63:56];
+  assign \out.w  = o__payload[319:64];
+  assign \out.w[0]  = o__payload[191:64];
+  assign \out.w[0][0]  = o__payload[79:64];
+  assign \out.w[0][1]  = o__payload[95:80];
+  assign \out.w[0][2]  = o__payload[111:96];
+  assign \out.w[0][3]  = o__payload[127:112];
+  assign \out.w[0][4]  = o__payload[143:128];
+  assign \out.w[0][5]  = o__payload[159:144];
+  assign \out.w[0][6]  = o__payload[175:160];
+  assign \out.w[0][7]  = o__payload[191:176];
+  assign \out.w[1]  = o__payload[319:192];
+  assign \out.w[1][0]  = o__payload[207:192];
+  assign \out.w[1][1]  = o__payload[223:208];
+  assign \out.w[1][2]  = o__payload[239:224];
+  assign \out.w[1][3]  = o__payload[255:240];
+  assign \out.w[1][4]  = o__payload[271:256];
+  assign \out.w[1][5]  = o__payload[287:272];
+  assign \out.w[1][6]  = o__payload[303:288];
+  assign \out.w[1][7]  = o__payload[319:304];
+  assign \out.bias  = o__payload[373:320];
+  assign \out.bias[0]  = o__payload[346:320];
+  assign \out.bias[1]  = o__payload[373:347];
+  assign \out.first  = o__payload[374];
+  assign \out.last  = o__payload[375];
+  assign \beat$21.x  = \beat$21 [63:0];
+  assign \beat$21.x[0]  = \beat$21 [7:0];
+  assign \beat$21.x[1]  = \beat$21 [15:8];
+  assign \beat$21.x[2]  = \beat$21 [23:16];
+  assign \beat$21.x[3]  = \beat$21 [31:24];
+  assign \beat$21.x[4]  = \beat$21 [39:32];
+  assign \beat$21.x[5]  = \beat$21 [47:40];
+  assign \beat$21.x[6]  = \beat$21 [55:48];
+  assign \beat$21.x[7]  = \beat$21 [63:56];
+  assign \beat$21.w  = \beat$21 [319:64];
+  assign \beat$21.w[0]  = \beat$21 [191:64];
+  assign \beat$21.w[0][0]  = \beat$21 [79:64];
+  assign \beat$21.w[0][1]  = \beat$21 [95:80];
+  assign \beat$21.w[0][2]  = \beat$21 [111:96];
+  assign \beat$21.w[0][3]  = \beat$21 [127:112];
+  assign \beat$21.w[0][4]  = \beat$21 [143:128];
+  assign \beat$21.w[0][5]  = \beat$21 [159:144];
+  assign \beat$21.w[0][6]  = \beat$21 [175:160];
+  assign \beat$21.w[0][7]  = \beat$21 [191:176];
+  assign \beat$21.w[1]  = \beat$21 [319:192];
+  assign \beat$21.w[1][0]  = \beat$21 [207:192];
+  assign \beat$21.w[1][1]  = \beat$21 [223:208];
+  assign \beat$21.w[1][2]  = \beat$21 [239:224];
+  assign \beat$21.w[1][3]  = \beat$21 [255:240];
+  assign \beat$21.w[1][4]  = \beat$21 [271:256];
+  assign \beat$21.w[1][5]  = \beat$21 [287:272];
+  assign \beat$21.w[1][6]  = \beat$21 [303:288];
+  assign \beat$21.w[1][7]  = \beat$21 [319:304];
+  assign \beat$21.bias  = \beat$21 [373:320];
+  assign \beat$21.bias[0]  = \beat$21 [346:320];
+  assign \beat$21.bias[1]  = \beat$21 [373:347];
+  assign \beat$21.first  = \beat$21 [374];
+  assign \beat$21.last  = \beat$21 [375];
   assign \inputs__data[0]  = \port$600$0 [7:0];
   assign \inputs__data[1]  = \port$600$0 [15:8];
   assign \inputs__data[2]  = \port$601$0 [7:0];
@@ -4430,15 +4503,15 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$578$0 , \port$600
   assign \weights__data[1][5]  = weights__data[223:208];
   assign \weights__data[1][6]  = weights__data[239:224];
   assign \weights__data[1][7]  = weights__data[255:240];
-  assign \beat$18 [375] = last1;
-  assign \beat$18 [374] = first1;
-  assign \beat$18 [373:320] = 54'h00000000000000;
-  assign \beat$18 [319:64] = weights__data;
-  assign \beat$18 [63:0] = { \port$603$0 , \port$602$0 , \port$601$0 , \port$600$0  };
-  assign o__payload[375] = \beat$18 [375];
-  assign o__payload[374] = \beat$18 [374];
-  assign o__payload[373:320] = \beat$18 [373:320];
-  assign o__payload[319:64] = \beat$18 [319:64];
+  assign \beat$21 [375] = last1;
+  assign \beat$21 [374] = first1;
+  assign \beat$21 [373:320] = 54'h00000000000000;
+  assign \beat$21 [319:64] = weights__data;
+  assign \beat$21 [63:0] = { \port$603$0 , \port$602$0 , \port$601$0 , \port$600$0  };
+  assign o__payload[375] = \beat$21 [375];
+  assign o__payload[374] = \beat$21 [374];
+  assign o__payload[373:320] = \beat$21 [373:320];
+  assign o__payload[319:64] = \beat$21 [319:64];
   assign o__payload[63:0] = \$3 ;
 endmodule
 

@@ -185,6 +185,12 @@ class PSCConvCore(wiring.Component):
         input: a command's taps of an output group issue once that group's parameter
         word has arrived (a depthwise layer's: once all have), not once every word of
         the command has (:class:`~psc.hw.core.sequencer.Sequencer`).
+    fetch_skid : bool
+        A skid register between the fetch and the MAC array
+        (:class:`~psc.hw.core.fetch.Fetch`'s ``skid``): the array's stall no longer runs
+        back into the fetch's FIFO and the buffers' read enables, for a register of one
+        input beat (its activations and weights) and a multiplexer in front of the array.
+        No latency, the same cycles.
 
     Attributes
     ----------
@@ -198,7 +204,8 @@ class PSCConvCore(wiring.Component):
     """
 
     def __init__(self, config=None, *, dot_product=DotProduct, resident_weights=False,
-                 lent_requantizer_rows=0, given_sizes=False, early_params=False):
+                 lent_requantizer_rows=0, given_sizes=False, early_params=False,
+                 fetch_skid=False):
         if config is None:
             config = CoreConfig()
         if not isinstance(config, CoreConfig):
@@ -233,6 +240,7 @@ class PSCConvCore(wiring.Component):
             members.update(lent_requantizer_ports(config, self._lent))
         self._given = check_bool("given_sizes", given_sizes)
         self._early_params = check_bool("early_params", early_params)
+        self._fetch_skid = check_bool("fetch_skid", fetch_skid)
         if self._given:
             members["cfg_sizes"] = In(given_sizes_layout(config))
         super().__init__(members)
@@ -251,7 +259,7 @@ class PSCConvCore(wiring.Component):
         m.submodules.counters = counters = CycleCounters()
         m.submodules.seq = seq = Sequencer(cc, early_params=self._early_params)
         m.submodules.amap = amap = InputAddressMap(cc)
-        m.submodules.fetch = fetch = Fetch(cc)
+        m.submodules.fetch = fetch = Fetch(cc, skid=self._fetch_skid)
         m.submodules.ibuf = ibuf = InputBuffer(cc)
         m.submodules.wbuf = wbuf = LoadBuffer(
             weight_layout(cc), cc.weight_depth,

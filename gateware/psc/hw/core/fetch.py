@@ -37,9 +37,16 @@ class Fetch(wiring.Component):
     read side instead of fanning out into every sequencer register.
     The bias field of :attr:`o` is zero (the bias is added after the array).
 
+    With ``skid``, a skid register on :attr:`o` (no latency: a beat goes straight out
+    while :attr:`o` is ready, and one it does not take waits in the register), so that
+    :attr:`o`'s ready, which comes from the MAC array's enable, ends at the register
+    instead of running on through the fetch's stages into its FIFO and the buffers' read
+    enables: on a large device these sit far from the array. Still one beat per cycle.
+
     Parameters
     ----------
     config : CoreConfig
+    skid : bool
 
     Attributes
     ----------
@@ -56,10 +63,11 @@ class Fetch(wiring.Component):
         (every row takes its own bank's word).
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, skid=False):
         if not isinstance(config, CoreConfig):
             raise TypeError(f"config must be a psc.hw.core.CoreConfig, not {config!r}")
         self._config = config
+        self._skid = bool(skid)
         beat = input_layout(config.pe)
         super().__init__({
             "i": In(stream.Signature(fetch_layout(config))),
@@ -90,6 +98,10 @@ class Fetch(wiring.Component):
         pick = data.ArrayLayout(layout["sel"].shape, pe.rows) if chn else 1
         pick1 = Signal(pick, reset_less=True)
 
+        # the stages' own output (`o` itself, or what enters the skid register)
+        ready = Signal()
+        valid = Signal()
+        out = Signal.like(self.o.payload)
         # What the reads present, padding not yet masked: with read_register
         # the mask comes after the register, so the block RAM's clock-to-out
         # ends at a flip-flop.
@@ -98,8 +110,8 @@ class Fetch(wiring.Component):
             v2 = Signal()
             beat2 = Signal(input_layout(pe), reset_less=True)
             pad2 = Signal.like(padr1, reset_less=True)
-            adv2 = ~v2 | self.o.ready
-            m.d.comb += [adv1.eq(~v1 | adv2), self.o.valid.eq(v2)]
+            adv2 = ~v2 | ready
+            m.d.comb += [adv1.eq(~v1 | adv2), valid.eq(v2)]
             with m.If(adv2):
                 m.d.sync += [v2.eq(v1), beat2.eq(beat), pad2.eq(padr1)]
             beat_o, pad_o = beat2, pad2
@@ -108,7 +120,7 @@ class Fetch(wiring.Component):
                 m.d.sync += pick2.eq(pick1)
             pick_o = pick2
         else:
-            m.d.comb += [adv1.eq(~v1 | self.o.ready), self.o.valid.eq(v1)]
+            m.d.comb += [adv1.eq(~v1 | ready), valid.eq(v1)]
             beat_o, pad_o, pick_o = beat, padr1, pick1
 
         m.d.comb += [
@@ -122,6 +134,19 @@ class Fetch(wiring.Component):
             self.weights.en.eq(adv1),
             self.beat.eq(self.o.valid & self.o.ready),
         ]
+        if self._skid:
+            skid = Signal.like(out, reset_less=True)
+            skid_v = Signal()
+            m.d.comb += [ready.eq(~skid_v), self.o.valid.eq(skid_v | valid),
+                         self.o.payload.eq(Mux(skid_v, skid, out))]
+            with m.If(skid_v):
+                with m.If(self.o.ready):
+                    m.d.sync += skid_v.eq(0)
+            with m.Elif(valid & ~self.o.ready):
+                m.d.sync += [skid_v.eq(1), skid.eq(out)]
+        else:
+            m.d.comb += [ready.eq(self.o.ready), self.o.valid.eq(valid),
+                         self.o.payload.eq(out)]
         if pix:
             m.d.comb += self.inputs.addr.sel.eq(a1.sel)
         if cc.pe.depthwise == "pixels":
@@ -139,7 +164,6 @@ class Fetch(wiring.Component):
         # reset of the PE's input register, which an SB_MAC16 input register
         # cannot absorb, leaving the multiply outside nextpnr's timing.
         word_bits = pe.lanes * pe.act_width
-        out = self.o.payload
         if chn:
             # one padding bit (the rows' words are one pixel's); a non-depthwise beat's
             # shared word from bank sel

@@ -244,6 +244,12 @@ class NetworkBridge(wiring.Component):
             wiring.connect(m, engine.host_out, tx.words)
             out_held = Const(0)
 
+        # the engine stopped and no word of its output waits: registered, as the output
+        # FIFO's level is an adder and a compare in front of the transmitter's count (an
+        # idle engine makes no more words, so a cycle late is still right)
+        quiet = Signal()
+        m.d.sync += quiet.eq(~engine.busy & ~engine.host_out.valid & ~out_held)
+
         # --- state reported in the status frame -----------------------------------------
         f = {name: Signal(name=f"f_{name.lower()}") for name in (
             "DONE", "DROPPED", "RX_ERROR", "BAD_OPCODE", "CRC_ERROR", "NOT_LOADED",
@@ -372,7 +378,7 @@ class NetworkBridge(wiring.Component):
                     m.next = "OP"
             with m.State("SYNC"):
                 # the status follows the last owed word, once the engine has stopped
-                with m.If(~engine.busy & ~engine.host_out.valid & ~out_held):
+                with m.If(quiet):
                     with m.If(tx.owed_none):
                         m.d.comb += tx.reply.eq(2)
                         with m.If(tx.reply_ack):

@@ -291,9 +291,13 @@ class NetworkEngine(wiring.Component):
         cc = ec.core
         il = instruction_layout(ec)
         streamed = bool(ec.weight_store_depth)
+        # A build that registers its buffers' reads for its clock (read_register) also cuts
+        # the array's stall from the fetch: the network build fills its device, and the
+        # array and the buffers end up far apart.
         m.submodules.core = core = PSCConvCore(cc, resident_weights=not streamed,
                                                lent_requantizer_rows=ec.op_values,
-                                               given_sizes=ec.given_sizes, early_params=True)
+                                               given_sizes=ec.given_sizes, early_params=True,
+                                               fetch_skid=cc.read_register)
         m.submodules.act = act = ActivationMemory(cc, ec.act_depth)
         m.submodules.gather = gather = Gather(cc, act.addr_width)
         m.submodules.scatter = scatter = Scatter(cc, act.addr_width)
