@@ -299,14 +299,21 @@ class NetworkBridge(wiring.Component):
         count = Signal(COUNT_WIDTH)          # words or beats still to forward
         sel = Signal(2)
         addr = Signal(32)
-        m.d.comb += [check.data.eq(rx.byte)]
+        # the CRC takes each byte a cycle after it is read: its update then starts at flip-
+        # flops, not at the parser's state; a check waits out that cycle (`crc_valid`)
+        crc_byte = Signal(8)
+        crc_valid = Signal()
+        crc_start = Signal()
+        m.d.sync += [crc_byte.eq(rx.byte), crc_valid.eq(0), crc_start.eq(0)]
+        m.d.comb += [check.data.eq(crc_byte), check.valid.eq(crc_valid),
+                     check.start.eq(crc_start)]
 
         def read(nxt):
             """In a state reading a field: shift a byte in (and into the CRC); go to ``nxt``
             after the last."""
             m.d.comb += [rx.take.eq(1), rx.reading.eq(1)]
             with m.If(rx.ready):
-                m.d.comb += check.valid.eq(1)
+                m.d.sync += crc_valid.eq(1)
                 m.d.sync += [sh.eq(Cat(sh[8:], rx.byte)), left.eq(left - 1)]
                 with m.If(left == 1):
                     m.next = nxt
@@ -355,7 +362,7 @@ class NetworkBridge(wiring.Component):
             with m.State("OP"):
                 m.d.comb += rx.take.eq(1)
                 with m.If(rx.ready):
-                    m.d.comb += [check.start.eq(1), check.valid.eq(1)]
+                    m.d.sync += [crc_start.eq(1), crc_valid.eq(1)]
                     with m.Switch(rx.byte):
                         with m.Case(OP["PING"]):
                             m.next = "PING"
@@ -425,23 +432,25 @@ class NetworkBridge(wiring.Component):
             with m.State("LOAD_CRC"):
                 read("LOAD_CHECK")
             with m.State("LOAD_CHECK"):
-                with m.If(~check.match_detected):
-                    m.d.sync += [f["CRC_ERROR"].eq(1), spoilt.eq(1)]
-                m.next = "OP"
+                with m.If(~crc_valid):
+                    with m.If(~check.match_detected):
+                        m.d.sync += [f["CRC_ERROR"].eq(1), spoilt.eq(1)]
+                    m.next = "OP"
 
             # READY --------------------------------------------------------------------------
             with m.State("READY_READ"):
                 read("READY_CHECK")
             with m.State("READY_CHECK"):
                 fields = top(15)
-                with m.If(check.match_detected):
-                    m.d.sync += [loaded.eq(~spoilt), program.eq(fields[:32]),
-                                 prog_in.eq(fields[32:64]), prog_out.eq(fields[64:96])]
-                    m.d.sync += prog_bytes.eq(whole_beat(fields[96:104]))
-                with m.Else():
-                    m.d.sync += [f["CRC_ERROR"].eq(1), loaded.eq(0)]
-                m.d.sync += spoilt.eq(0)
-                m.next = "OP"
+                with m.If(~crc_valid):
+                    with m.If(check.match_detected):
+                        m.d.sync += [loaded.eq(~spoilt), program.eq(fields[:32]),
+                                     prog_in.eq(fields[32:64]), prog_out.eq(fields[64:96])]
+                        m.d.sync += prog_bytes.eq(whole_beat(fields[96:104]))
+                    with m.Else():
+                        m.d.sync += [f["CRC_ERROR"].eq(1), loaded.eq(0)]
+                    m.d.sync += spoilt.eq(0)
+                    m.next = "OP"
 
             # INFER --------------------------------------------------------------------------
             with m.State("INFER_HEAD"):
@@ -473,7 +482,8 @@ class NetworkBridge(wiring.Component):
             with m.State("INFER_CRC"):
                 read("INFER_CHECK")
             with m.State("INFER_CHECK"):
-                with m.If(~check.match_detected):
-                    m.d.sync += f["CRC_ERROR"].eq(1)
-                m.next = "OP"
+                with m.If(~crc_valid):
+                    with m.If(~check.match_detected):
+                        m.d.sync += f["CRC_ERROR"].eq(1)
+                    m.next = "OP"
         return m
