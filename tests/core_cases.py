@@ -8,6 +8,13 @@ from psc.model.golden only (see :func:`expected`).
 import numpy as np
 
 from psc.flow.soak import golden_output, layer_args
+from psc.presets import PRESETS
+
+
+def simulable(name):
+    """Preset ``name`` with the generic multiplier and block RAM: the Amaranth simulator cannot
+    run the DSP and SPRAM primitives (the Verilator benches do)."""
+    return PRESETS[name].replace(multiplier="generic", fmap_ram="block")
 
 
 # the one generator of random layer arguments (psc.flow.soak), under its short name here

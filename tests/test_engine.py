@@ -16,6 +16,7 @@ from psc.hw.network.engine import NetworkEngine, instruction_words
 from psc.model.network import Layer, Network
 from psc.model.packing import pack_payload
 from psc.presets import PRESETS, board_core
+from core_cases import simulable
 from test_network import residual_net
 
 
@@ -117,18 +118,12 @@ def _run_engine(cc, net, images, seed, reset_at=None, edit=None, op_values=1, we
     return prog, results
 
 
-def _simulable(name):
-    """The preset with the generic multiplier and block RAM: the Amaranth simulator cannot run
-    the DSP and SPRAM primitives (the Verilator benches of the core do)."""
-    return PRESETS[name].replace(multiplier="generic", fmap_ram="block")
-
-
 @pytest.mark.parametrize("name", ["tiny", "ice40-up5k", "ecp5-25k"])
 def test_engine_runs_a_network_from_on_chip_memory(name):
     rng = np.random.default_rng(21)
     net = conv_net(rng)
     images = rng.integers(-128, 128, size=(2,) + net.input_shape)
-    prog, results = _run_engine(_simulable(name), net, images, seed=3)
+    prog, results = _run_engine(simulable(name), net, images, seed=3)
     want = net.run(images)
     assert len(np.unique(want)) > 50            # the outputs are not saturated constants
     for i, (words, error, cycles) in enumerate(results):
@@ -144,7 +139,7 @@ def test_weights_streamed_from_a_weight_store(name):
     blocks streamed from the engine's weight store (some commands keep the last ones)."""
     rng = np.random.default_rng(24)
     net = conv_net(rng, c=16, cout=24) if name == "tiny" else conv_net(rng, c=32, cout=48)
-    cc = _simulable(name)
+    cc = simulable(name)
     prog = compile_network(net, cc)
     blocks = [ins["w_n"] for ins in prog.engine_image()["instructions"] if ins["op"] == 2]
     # more blocks than the core holds, commands that load several (and on the tiny build
@@ -166,7 +161,7 @@ def test_reset_in_the_middle_of_a_run_then_a_clean_run():
     rng = np.random.default_rng(22)
     net = conv_net(rng)
     images = rng.integers(-128, 128, size=(1,) + net.input_shape)
-    prog, results = _run_engine(_simulable("ecp5-25k"), net, images, seed=4, reset_at=30)
+    prog, results = _run_engine(simulable("ecp5-25k"), net, images, seed=4, reset_at=30)
     words, error, _ = results[0]
     assert not error
     np.testing.assert_array_equal(prog.output_from_words(words), net.run(images)[0])
@@ -183,7 +178,7 @@ def test_a_refused_command_stops_the_run_with_error():
         conv = image["instructions"][1]
         conv["cfg"] = dict(conv["cfg"], k=2)
 
-    _, results = _run_engine(_simulable("tiny"), net, images, seed=5, edit=break_first_conv)
+    _, results = _run_engine(simulable("tiny"), net, images, seed=5, edit=break_first_conv)
     assert results[0][:2] == ([], 1)
 
 
@@ -214,7 +209,7 @@ def test_engine_runs_every_op_of_a_residual_network(name, output, op_values, unr
     images = rng.integers(-128, 128, size=(2,) + net.input_shape)
     want = net.run(images)
     assert len(np.unique(want)) >= want.size // 2      # few saturated or repeated values
-    prog, results = _run_engine(_simulable(name), net, images, seed=6, op_values=op_values,
+    prog, results = _run_engine(simulable(name), net, images, seed=6, op_values=op_values,
                                 unroll_input=unroll, given_sizes=given)
     assert any(isinstance(s, UnrollStep) for s in prog.steps) == (unroll == "chip")
     for i, (words, error, cycles) in enumerate(results):
@@ -291,7 +286,7 @@ def test_adds_and_poolings_of_one_or_two_words(name, op_values, words, hw):
     """An add of ``n`` words and a pooling of ``n`` pixels for ``n`` of 1 and 2, over one and
     two words of channels (``words``), the last one partly padding: the op unit's end of
     an operation on its first or second step."""
-    cc = _simulable(name)
+    cc = simulable(name)
     c = cc.lanes - 1 if words == 1 else cc.lanes + 2
     rng = np.random.default_rng(31 + words)
     net = _edge_ops_net(rng, c, *hw)

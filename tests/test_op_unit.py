@@ -34,15 +34,10 @@ from psc.hw.core import PSCConvCore
 from psc.hw.network import ActivationMemory, OpUnit
 from psc.model.network import add, global_avg_pool
 from psc.model.packing import channel_groups, pack_lanes, pack_payload
-from psc.presets import PRESETS
+
+from core_cases import simulable
 
 _PORTS = ("read_addr", "read_en", "write_addr", "write_data", "write_mask", "write_en")
-
-
-def _simulable(name):
-    """The preset with the generic multiplier and block RAM: the Amaranth simulator cannot run
-    the DSP and SPRAM primitives (the core's MAC array; its requantiser has none)."""
-    return PRESETS[name].replace(multiplier="generic", fmap_ram="block")
 
 
 def _top(cc, depth, values):
@@ -117,7 +112,7 @@ def _run(name, values, c, h, w, *, relu=False, seed=0, abort=None):
     stopped by a reset of everything ``cycles`` cycles after its ``writes``-th word is
     written (with ``writes``, at the next cycle with a result at the requantiser's output
     and a beat at its input), then run again."""
-    cc = _simulable(name)
+    cc = simulable(name)
     steps, depth = _steps(cc, c, h, w, relu)
     m, cd, mem, op, core, tb, op_active, (stall_i, stall_o) = _top(cc, depth, values)
     rng = np.random.default_rng(seed)

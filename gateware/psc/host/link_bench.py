@@ -20,6 +20,8 @@ knows nothing of networks. Job (``PSC_JOB``, JSON, made by
   does not have.
 """
 
+import dataclasses
+
 import cocotb
 from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
@@ -36,11 +38,6 @@ PERIOD_NS = 10
 @cocotb.test()
 async def run_job(dut):
     await play_job(dut, _run, "steps")
-
-
-def _fields(image):
-    return (image.frames, image.program, image.n_in, image.n_out, image.in_bytes,
-            image.out_bytes)
 
 
 def _flags(status):
@@ -120,7 +117,7 @@ async def _run(dut, job, steps):
         first = image.frames[0][:-2]
         bad = nl.frame(first[:1] + bytes([3]) + first[2:])
         _, error = await _attempt(nl.load_exchange(
-            nl.NetworkImage((bad,) + image.frames, *_fields(image)[1:])), pins)
+            dataclasses.replace(image, frames=(bad,) + image.frames)), pins)
         after = await status()
         await drive_async(nl.load_exchange(image), pins)
         faults["refused"] = {"error": error, "status": after, "next": await infer(infers[0])}

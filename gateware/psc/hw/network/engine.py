@@ -355,7 +355,7 @@ class NetworkEngine(wiring.Component):
             wp, rp = mem.write_port(), mem.read_port()
             m.d.comb += [wp.addr.eq(loaded.addr), wp.data.eq(
                 loaded.data[:Shape.cast(shape).width if name == "cmd" else
-                                       data.Layout.cast(shape).size]),
+                            data.Layout.cast(shape).size]),
                 wp.en.eq(loading & (loaded.sel == sel))]
             stores[name] = rp
         m.d.comb += self.load.ready.eq(~self.busy)
