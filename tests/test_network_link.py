@@ -14,13 +14,14 @@ from psc.host import serial_link
 from psc.host.program import compile_network
 from psc.hw.link import bridge, network_bridge
 from psc.presets import PRESETS
-from test_engine import _simulable, conv_net
+from core_cases import simulable
+from test_engine import conv_net
 
 
 def _program(name="tiny", seed=1):
     rng = np.random.default_rng(seed)
     net = conv_net(rng)
-    return compile_network(net, _simulable(name)), rng
+    return compile_network(net, simulable(name)), rng
 
 
 def test_frames_end_with_their_crc():
