@@ -259,3 +259,15 @@ def test_reset_in_the_middle_of_an_operation(name, values, abort):
     requantiser): the unit and the requantiser are idle after it, and every operation
     after it (the one abandoned too) is exact."""
     _run(name, values, 9, 2, 3, seed=5 + values, abort=abort)
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 2), (3, 0, 2), (3, 2, 0)])
+def test_an_empty_source_is_refused_before_it_reaches_the_unit(shape):
+    """The unit counts its words and groups down to the last, so a descriptor with none
+    would never end: the descriptor maker refuses an empty source, naming the step."""
+    src = Region(0, shape, max(1, -(-shape[0] // 4)))
+    step = OpStep("pool", "gap", (src,), Region(64, (shape[0], 1, 1), 1),
+                  {"mult": 1, "shift": 0})
+    with pytest.raises(ValueError, match=r"gap 'pool': source shape must have every "
+                                         r"dimension at least 1, not \(" + str(shape[0])):
+        op_fields(step, 4)

@@ -273,6 +273,10 @@ def op_fields(step, lanes):
                                "mult_b", "shift", "relu")}
     src, dst, a = step.srcs[0], step.dst, step.attrs
     c, h, w = src.shape
+    if min(c, h, w) < 1:
+        # the unit counts its words and groups down to the last: none would never end
+        raise ValueError(f"{step.op} {step.name!r}: source shape must have every dimension "
+                         f"at least 1, not {src.shape!r}")
     last = c - (src.groups - 1) * lanes
     fields = {"a": src.base, "dst": dst.base, "groups": src.groups,
               "last_mask": (1 << last) - 1, "shift": a["shift"]}
