@@ -319,8 +319,8 @@ class NetworkBridge(wiring.Component):
                     m.next = nxt
             with m.Elif(rx.timed_out):
                 # the host has given up on this frame: it reads nothing more of it
-                m.d.sync += [f["RX_ERROR"].eq(1), abort.eq(engine.busy)]
-                m.d.comb += [tx.arm.eq(1), tx.expect.eq(0)]
+                m.d.sync += [f["RX_ERROR"].eq(1), abort.eq(engine.busy), arm.eq(1),
+                             expect.eq(0)]
                 m.next = "OP"
 
         def whole_beat(n):
@@ -351,6 +351,17 @@ class NetworkBridge(wiring.Component):
         with m.If(abort):
             m.d.sync += beat_valid.eq(0)
 
+        # The parser's requests to the transmitter, registered: they lead into its byte
+        # count and frame state, which should start at flip-flops, not at the parser's state.
+        # A reply is asked for until it is acknowledged; a request made a cycle late costs a
+        # cycle against the UART's ten bit times a byte.
+        reply = Signal(2)
+        pad = Signal()
+        arm = Signal()
+        expect = Signal.like(tx.expect)
+        m.d.sync += [reply.eq(0), pad.eq(0), arm.eq(0)]
+        m.d.comb += [tx.reply.eq(reply), tx.pad.eq(pad), tx.arm.eq(arm), tx.expect.eq(expect)]
+
         # a refused LOAD word is flagged a cycle later: the parser's state then ends at a
         # flip-flop, not at the flags' enables
         refused = Signal()
@@ -365,6 +376,7 @@ class NetworkBridge(wiring.Component):
                     m.d.sync += [crc_start.eq(1), crc_valid.eq(1)]
                     with m.Switch(rx.byte):
                         with m.Case(OP["PING"]):
+                            m.d.sync += reply.eq(1)
                             m.next = "PING"
                         with m.Case(OP["STATUS"]):
                             m.next = "SYNC"
@@ -380,20 +392,21 @@ class NetworkBridge(wiring.Component):
                         with m.Default():
                             m.d.sync += f["BAD_OPCODE"].eq(1)
             with m.State("PING"):
-                m.d.comb += tx.reply.eq(1)
                 with m.If(tx.reply_ack):
                     m.next = "OP"
+                with m.Else():
+                    m.d.sync += reply.eq(1)
             with m.State("SYNC"):
-                # the status follows the last owed word, once the engine has stopped
-                with m.If(quiet):
-                    with m.If(tx.owed_none):
-                        m.d.comb += tx.reply.eq(2)
-                        with m.If(tx.reply_ack):
-                            m.d.sync += [f[n].eq(0) for n in ("RX_ERROR", "BAD_OPCODE",
-                                                              "CRC_ERROR", "LOAD_REFUSED")]
-                            m.next = "OP"
-                    with m.Else():
-                        m.d.comb += tx.pad.eq(1)
+                # the status follows the last owed word, once the engine has stopped (an
+                # idle engine stays idle and a word owed is never owed again, so a request
+                # a cycle late still holds; a late pad is ignored once none is owed)
+                with m.If(tx.reply_ack):
+                    m.d.sync += [f[n].eq(0) for n in ("RX_ERROR", "BAD_OPCODE",
+                                                      "CRC_ERROR", "LOAD_REFUSED")]
+                    m.next = "OP"
+                with m.Else():
+                    m.d.sync += [reply.eq(Mux(quiet & tx.owed_none, 2, 0)),
+                                 pad.eq(quiet & ~tx.owed_none)]
 
             # LOAD ---------------------------------------------------------------------------
             with m.State("LOAD_HEAD"):
@@ -459,7 +472,7 @@ class NetworkBridge(wiring.Component):
                 head = top(9)
                 n_in, n_out = head[:COUNT_WIDTH], head[32:32 + COUNT_WIDTH]
                 n_bytes = whole_beat(head[64:72])
-                m.d.comb += [tx.arm.eq(1), tx.expect.eq(n_out)]
+                m.d.sync += [arm.eq(1), expect.eq(n_out)]
                 m.d.sync += [count.eq(n_in), in_bytes.eq(n_bytes), in_pad.eq(ib - n_bytes)] + [
                     f[n].eq(0) for n in (
                         "DONE", "DROPPED", "SHORT", "EXTRA", "CRC_ERROR", "NOT_LOADED")]
