@@ -577,7 +577,8 @@ class _FetchBench(wiring.Component):
 @pytest.mark.parametrize("read_register, skid", [(False, False), (True, False), (True, True)])
 def test_fetch(read_register, skid):
     """Every beat in order, padding masked, under random stalls of ``o``; the latency, and
-    (``o`` always ready) a beat per cycle, the same with a skid register."""
+    (``o`` always ready) a beat per cycle, the same with the registered output and its skid
+    register."""
     cc = CoreConfig(pe=DIAG.pe, fmap_depth=16, weight_depth=16, param_depth=4,
                     read_register=read_register)
     dut = _FetchBench(cc, skid)
@@ -587,7 +588,8 @@ def test_fetch(read_register, skid):
     entries = [{"addr": [rng.randrange(16)], "waddr": rng.randrange(16), "pad": rng.random() < 0.3,
                 "first": rng.randrange(2), "last": rng.randrange(2)} for _ in range(40)]
     got, times = [], {}
-    latency = 3 if read_register else 2
+    latency = (3 if read_register else 2) + skid
+    assert fetch.latency == latency
 
     async def bench(ctx):
         sent = 0

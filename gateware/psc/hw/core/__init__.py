@@ -186,11 +186,11 @@ class PSCConvCore(wiring.Component):
         word has arrived (a depthwise layer's: once all have), not once every word of
         the command has (:class:`~psc.hw.core.sequencer.Sequencer`).
     fetch_skid : bool
-        A skid register between the fetch and the MAC array
+        A register stage with a skid register between the fetch and the MAC array
         (:class:`~psc.hw.core.fetch.Fetch`'s ``skid``): the array's stall no longer runs
-        back into the fetch's FIFO and the buffers' read enables, for a register of one
-        input beat (its activations and weights) and a multiplexer in front of the array.
-        No latency, the same cycles.
+        back into the fetch's FIFO and the buffers' read enables, and the array's
+        operands come from flip-flops, for registers of two input beats (activations
+        and weights) and a cycle of latency per command.
 
     Attributes
     ----------

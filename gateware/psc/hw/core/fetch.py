@@ -22,8 +22,8 @@ class Fetch(wiring.Component):
     bits, ``first`` and ``last`` registered together) -> with
     ``read_register``, one more register (1 cycle) -> padding mask -> :attr:`o`.
     A beat therefore leaves on :attr:`o` two cycles after it entered
-    :attr:`i` (three with ``read_register``) when :attr:`o` does not stall;
-    one beat per cycle.
+    :attr:`i` (three with ``read_register``, one more with ``skid``:
+    :attr:`latency`) when :attr:`o` does not stall; one beat per cycle.
 
     On a ``depthwise="channels"`` build the input buffer gives every bank's
     word (:class:`~psc.hw.core.input_buffer.InputBuffer`) and the fetch
@@ -37,11 +37,13 @@ class Fetch(wiring.Component):
     read side instead of fanning out into every sequencer register.
     The bias field of :attr:`o` is zero (the bias is added after the array).
 
-    With ``skid``, a skid register on :attr:`o` (no latency: a beat goes straight out
-    while :attr:`o` is ready, and one it does not take waits in the register), so that
-    :attr:`o`'s ready, which comes from the MAC array's enable, ends at the register
-    instead of running on through the fetch's stages into its FIFO and the buffers' read
-    enables: on a large device these sit far from the array. Still one beat per cycle.
+    With ``skid``, :attr:`o` comes from a register, with a skid register behind it for
+    the beat that arrives while :attr:`o` stalls (one cycle more of latency, still one
+    beat per cycle): :attr:`o`'s ready, which comes from the MAC array's enable, ends at
+    the skid's flag instead of running on through the fetch's stages into its FIFO and
+    the buffers' read enables, and the beat leaves the fetch from flip-flops, so that
+    the bank choice and padding mask are not in front of a long route to the array's
+    multipliers: on a large device these sit far from the buffers.
 
     Parameters
     ----------
@@ -77,6 +79,12 @@ class Fetch(wiring.Component):
             "beat": Out(1),
             **({"dwc": In(1)} if config.pe.depthwise == "channels" else {}),
         })
+
+    @property
+    def latency(self):
+        """Cycles from a beat taken on :attr:`i` to the same beat on :attr:`o` when :attr:`o`
+        does not stall: 2, one more with ``read_register``, one more with ``skid``."""
+        return 2 + self._config.read_register + self._skid
 
     def elaborate(self, platform):
         m = Module()
@@ -137,12 +145,14 @@ class Fetch(wiring.Component):
         if self._skid:
             skid = Signal.like(out, reset_less=True)
             skid_v = Signal()
-            m.d.comb += [ready.eq(~skid_v), self.o.valid.eq(skid_v | valid),
-                         self.o.payload.eq(Mux(skid_v, skid, out))]
-            with m.If(skid_v):
-                with m.If(self.o.ready):
-                    m.d.sync += skid_v.eq(0)
-            with m.Elif(valid & ~self.o.ready):
+            o_reg = Signal.like(out, reset_less=True)
+            o_v = Signal()
+            m.d.comb += [ready.eq(~skid_v), self.o.valid.eq(o_v), self.o.payload.eq(o_reg)]
+            with m.If(self.o.ready | ~o_v):
+                # the output register moves on: the waiting beat first
+                m.d.sync += [o_reg.eq(Mux(skid_v, skid, out)), o_v.eq(skid_v | valid),
+                             skid_v.eq(0)]
+            with m.Elif(valid & ~skid_v):
                 m.d.sync += [skid_v.eq(1), skid.eq(out)]
         else:
             m.d.comb += [ready.eq(self.o.ready), self.o.valid.eq(valid),
