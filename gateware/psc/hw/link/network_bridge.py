@@ -300,13 +300,19 @@ class NetworkBridge(wiring.Component):
         sel = Signal(2)
         addr = Signal(32)
         # the CRC takes each byte a cycle after it is read: its update then starts at flip-
-        # flops, not at the parser's state; a check waits out that cycle (`crc_valid`)
+        # flops, not at the parser's state; and its verdict is registered (`crc_ok`), so
+        # that the residue's compare does not lead into the enables of what a check
+        # accepts. A check waits out both cycles (`crc_settled`).
         crc_byte = Signal(8)
         crc_valid = Signal()
         crc_start = Signal()
-        m.d.sync += [crc_byte.eq(rx.byte), crc_valid.eq(0), crc_start.eq(0)]
+        crc_valid_q = Signal()
+        crc_ok = Signal()
+        crc_settled = Signal()
+        m.d.sync += [crc_byte.eq(rx.byte), crc_valid.eq(0), crc_start.eq(0),
+                     crc_valid_q.eq(crc_valid), crc_ok.eq(check.match_detected)]
         m.d.comb += [check.data.eq(crc_byte), check.valid.eq(crc_valid),
-                     check.start.eq(crc_start)]
+                     check.start.eq(crc_start), crc_settled.eq(~crc_valid & ~crc_valid_q)]
 
         def read(nxt):
             """In a state reading a field: shift a byte in (and into the CRC); go to ``nxt``
@@ -445,8 +451,8 @@ class NetworkBridge(wiring.Component):
             with m.State("LOAD_CRC"):
                 read("LOAD_CHECK")
             with m.State("LOAD_CHECK"):
-                with m.If(~crc_valid):
-                    with m.If(~check.match_detected):
+                with m.If(crc_settled):
+                    with m.If(~crc_ok):
                         m.d.sync += [f["CRC_ERROR"].eq(1), spoilt.eq(1)]
                     m.next = "OP"
 
@@ -455,8 +461,8 @@ class NetworkBridge(wiring.Component):
                 read("READY_CHECK")
             with m.State("READY_CHECK"):
                 fields = top(15)
-                with m.If(~crc_valid):
-                    with m.If(check.match_detected):
+                with m.If(crc_settled):
+                    with m.If(crc_ok):
                         m.d.sync += [loaded.eq(~spoilt), program.eq(fields[:32]),
                                      prog_in.eq(fields[32:64]), prog_out.eq(fields[64:96])]
                         m.d.sync += prog_bytes.eq(whole_beat(fields[96:104]))
@@ -495,8 +501,8 @@ class NetworkBridge(wiring.Component):
             with m.State("INFER_CRC"):
                 read("INFER_CHECK")
             with m.State("INFER_CHECK"):
-                with m.If(~crc_valid):
-                    with m.If(~check.match_detected):
+                with m.If(crc_settled):
+                    with m.If(~crc_ok):
                         m.d.sync += f["CRC_ERROR"].eq(1)
                     m.next = "OP"
         return m
