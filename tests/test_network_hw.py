@@ -33,7 +33,7 @@ from psc.presets import PRESETS
 
 def _top(cc, depth):
     m = Module()
-    m.submodules.mem = mem = ActivationMemory(cc, depth)
+    m.submodules.mem = mem = ActivationMemory(cc, depth, write_register=cc.read_register)
     m.submodules.gather = g = Gather(cc, mem.addr_width)
     m.submodules.scatter = s = Scatter(cc, mem.addr_width)
     m.d.comb += [mem.read_addr.eq(g.read_addr), mem.read_en.eq(g.read_en),
@@ -191,6 +191,41 @@ def test_what_the_units_refuse():
 
 
 @pytest.mark.parametrize("name", ["ice40-up5k", "ecp5-25k"])
+@pytest.mark.parametrize("write_register", [False, True])
+def test_a_write_is_read_back_after_its_latency(name, write_register):
+    """A read issued ``write_latency`` cycles after a write is presented returns the word's
+    old value, one issued a cycle later the new one (the engine relies on both)."""
+    cc = PRESETS[name]
+    mem = ActivationMemory(cc, 8, write_register=write_register)
+    assert mem.write_latency == 1 + write_register
+    seen = {}
+
+    async def bench(ctx):
+        ctx.set(mem.write_mask, (1 << cc.lanes) - 1)
+        ctx.set(mem.write_addr, 3)
+        ctx.set(mem.read_addr, 3)
+        for k in range(1, 5):
+            ctx.set(mem.write_data, k)
+            ctx.set(mem.write_en, 1)
+            await ctx.tick()
+            ctx.set(mem.write_en, 0)
+            for _ in range(k - 1):
+                await ctx.tick()
+            ctx.set(mem.read_en, 1)
+            await ctx.tick()
+            ctx.set(mem.read_en, 0)
+            seen[k] = ctx.get(mem.read_data)
+            await ctx.tick().repeat(4)
+
+    sim = Simulator(mem)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    lat = mem.write_latency
+    assert seen == {k: k if k > lat else k - 1 for k in range(1, 5)}, seen
+
+
+@pytest.mark.parametrize("name", ["ice40-up5k", "ecp5-25k"])
 def test_units_convert_to_verilog(name):
     from amaranth.back import verilog
     cc = PRESETS[name]
@@ -232,7 +267,7 @@ def _run_unrolls(cc, depth, steps, seed, reset_after=None, arriving=False):
     cycles, fails."""
     m = Module()
     m.domains.sync = cd = ClockDomain()
-    m.submodules.mem = mem = ActivationMemory(cc, depth)
+    m.submodules.mem = mem = ActivationMemory(cc, depth, write_register=cc.read_register)
     m.submodules.unroll = u = Unroll(cc, mem.addr_width)
     tb = {n: Signal.like(getattr(mem, n)) for n in (
         "read_addr", "read_en", "write_addr", "write_lane", "write_data", "write_mask",

@@ -47,7 +47,7 @@ def _top(cc, depth, values):
     back."""
     m = Module()
     m.domains.sync = cd = ClockDomain()
-    m.submodules.mem = mem = ActivationMemory(cc, depth)
+    m.submodules.mem = mem = ActivationMemory(cc, depth, write_register=cc.read_register)
     m.submodules.op = op = OpUnit(cc, mem.addr_width, values)
     m.submodules.core = core = PSCConvCore(cc, resident_weights=True,
                                            lent_requantizer_rows=values, early_params=True)

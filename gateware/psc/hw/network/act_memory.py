@@ -12,7 +12,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from psc.config import CoreConfig
-from psc.model.checks import BadTypeError, check_int, show
+from psc.model.checks import BadTypeError, check_bool, check_int, show
 
 __all__ = ["ActivationMemory"]
 
@@ -36,6 +36,10 @@ class ActivationMemory(wiring.Component):
         The build: ``lanes``, ``rows`` and ``act_width``.
     depth : int
         Words, even, at least 2.
+    write_register : bool
+        Register the write as it is presented too, before it is placed in its lanes: the
+        writers' multiplexers and the placement then each have a cycle of their own
+        (:attr:`write_latency` 2), for a build whose units sit far apart.
 
     Members
     -------
@@ -55,12 +59,12 @@ class ActivationMemory(wiring.Component):
         values. An output beat uses the low ``rows`` values; a whole word has
         ``write_lane`` 0. Where ``rows`` divides ``lanes``, ``write_lane`` is a multiple
         of ``rows`` and a write stays in its word (another ``write_lane`` writes from
-        lane 0). The write is registered: it reaches the memory a cycle after it
-        is presented, so a read of its words returns the new values from the second cycle
-        after it on (in the cycle after, the old ones).
+        lane 0). The write is registered: it reaches the memory :attr:`write_latency`
+        cycles after it is presented, so a read of its words returns the new values
+        from ``write_latency + 1`` cycles after it on (before that, the old ones).
     """
 
-    def __init__(self, config, depth):
+    def __init__(self, config, depth, *, write_register=False):
         if not isinstance(config, CoreConfig):
             raise BadTypeError(f"config must be a psc.config.CoreConfig, not {show(config)}")
         depth = check_int("depth", depth, 2)
@@ -70,6 +74,7 @@ class ActivationMemory(wiring.Component):
             raise ValueError(f"an output beat of rows={config.rows} activations must fit "
                              f"the lanes={config.lanes} of a word")
         self.config, self.depth = config, depth
+        self._write_register = check_bool("write_register", write_register)
         lanes, aw = config.lanes, config.pe.act_width
         self.addr_width = max(1, (depth - 1).bit_length())
         super().__init__({
@@ -79,12 +84,30 @@ class ActivationMemory(wiring.Component):
             "write_data": In(lanes * aw), "write_mask": In(lanes), "write_en": In(1),
         })
 
+    @property
+    def write_latency(self):
+        """Cycles from a write presented to the cycle in which the memory holds it: 1, or 2
+        with ``write_register``."""
+        return 1 + self._write_register
+
+    def _write(self, m):
+        """The write as presented, or registered (``write_register``)."""
+        names = ("addr", "lane", "data", "mask", "en")
+        ports = {n: getattr(self, f"write_{n}") for n in names}
+        if not self._write_register:
+            return ports
+        regs = {n: Signal.like(p, name=f"w_{n}", reset_less=n != "en")
+                for n, p in ports.items()}
+        m.d.sync += [regs[n].eq(ports[n]) for n in names]
+        return regs
+
     def elaborate(self, platform):
         m = Module()
         cc = self.config
         lanes, aw = cc.lanes, cc.pe.act_width
+        w = self._write(m)
         if lanes % cc.rows == 0:
-            return self._one_bank(m)
+            return self._one_bank(m, w)
         banks = []
         for b in range(2):
             mem = Memory(shape=unsigned(lanes * aw), depth=self.depth // 2, init=[])
@@ -103,12 +126,12 @@ class ActivationMemory(wiring.Component):
         # to the bank of write_addr's parity, the second to the other bank
         data2 = Signal(2 * lanes * aw)
         mask2 = Signal(2 * lanes)
-        m.d.comb += [data2.eq(self.write_data << (self.write_lane * aw)),
-                     mask2.eq(self.write_mask << self.write_lane)]
+        m.d.comb += [data2.eq(w["data"] << (w["lane"] * aw)),
+                     mask2.eq(w["mask"] << w["lane"])]
         first, second = data2[:lanes * aw], data2[lanes * aw:]
         first_en, second_en = mask2[:lanes], mask2[lanes:]
-        row = self.write_addr[1:]
-        on_odd = self.write_addr[0]
+        row = w["addr"][1:]
+        on_odd = w["addr"][0]
         (_, w0), (_, w1) = banks
         en = Const(0, lanes)
         # even word w: bank 0 row w/2, then bank 1 row w/2; odd word w: bank 1 row w//2,
@@ -118,14 +141,14 @@ class ActivationMemory(wiring.Component):
         m.d.sync += [
             w0.addr.eq(Mux(on_odd, row + 1, row)),
             w0.data.eq(Mux(on_odd, second, first)),
-            w0.en.eq(Mux(self.write_en, Mux(on_odd, second_en, first_en), en)),
+            w0.en.eq(Mux(w["en"], Mux(on_odd, second_en, first_en), en)),
             w1.addr.eq(row),
             w1.data.eq(Mux(on_odd, first, second)),
-            w1.en.eq(Mux(self.write_en, Mux(on_odd, first_en, second_en), en)),
+            w1.en.eq(Mux(w["en"], Mux(on_odd, first_en, second_en), en)),
         ]
         return m
 
-    def _one_bank(self, m):
+    def _one_bank(self, m, w):
         # rows divides lanes: a write never leaves its word, so one bank, and the write
         # placed by a shift of lanes / rows positions (not a two-word window from any lane)
         cc = self.config
@@ -135,14 +158,14 @@ class ActivationMemory(wiring.Component):
         m.d.comb += [rp.addr.eq(self.read_addr), rp.en.eq(self.read_en),
                      self.read_data.eq(rp.data)]
         data, en = Signal(lanes * aw), Signal(lanes)
-        with m.Switch(self.write_lane):
+        with m.Switch(w["lane"]):
             for lane in range(rows, lanes, rows):
                 with m.Case(lane):
-                    m.d.comb += [data.eq(self.write_data << (lane * aw)),
-                                 en.eq(self.write_mask << lane)]
+                    m.d.comb += [data.eq(w["data"] << (lane * aw)),
+                                 en.eq(w["mask"] << lane)]
             with m.Default():
-                m.d.comb += [data.eq(self.write_data), en.eq(self.write_mask)]
+                m.d.comb += [data.eq(w["data"]), en.eq(w["mask"])]
         # registered, as the two banks' ports are
-        m.d.sync += [wp.addr.eq(self.write_addr), wp.data.eq(data),
-                     wp.en.eq(Mux(self.write_en, en, 0))]
+        m.d.sync += [wp.addr.eq(w["addr"]), wp.data.eq(data),
+                     wp.en.eq(Mux(w["en"], en, 0))]
         return m

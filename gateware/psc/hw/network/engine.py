@@ -294,13 +294,16 @@ class NetworkEngine(wiring.Component):
         il = instruction_layout(ec)
         streamed = bool(ec.weight_store_depth)
         # A build that registers its buffers' reads for its clock (read_register) also cuts
-        # the array's stall from the fetch: the network build fills its device, and the
-        # array and the buffers end up far apart.
+        # the array's stall from the fetch, and registers the activation memory's writes
+        # before placing them: the network build fills its device, and the units end up far
+        # apart. (A written word is read no sooner than three cycles on: the next
+        # instruction's first read, or the unroll's after a row's count.)
         m.submodules.core = core = PSCConvCore(cc, resident_weights=not streamed,
                                                lent_requantizer_rows=ec.op_values,
                                                given_sizes=ec.given_sizes, early_params=True,
                                                fetch_skid=cc.read_register)
-        m.submodules.act = act = ActivationMemory(cc, ec.act_depth)
+        m.submodules.act = act = ActivationMemory(cc, ec.act_depth,
+                                                  write_register=cc.read_register)
         m.submodules.gather = gather = Gather(cc, act.addr_width)
         m.submodules.scatter = scatter = Scatter(cc, act.addr_width)
         m.submodules.op_unit = op = OpUnit(cc, act.addr_width, ec.op_values)
