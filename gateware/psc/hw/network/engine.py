@@ -245,7 +245,8 @@ class NetworkEngine(wiring.Component):
         Pulse: execute the program from instruction 0 (ignored while busy).
     host_in : In(stream.Signature(act_out_layout))
         The input's beats for an ``INPUT`` or ``INPUT_UNROLL`` instruction, taken only
-        while one runs, one per cycle, into a FIFO of three beats in front of the scatter.
+        while one runs, one per cycle (on a ``read_register`` build into a FIFO of three
+        beats in front of the scatter).
     host_out : Out(stream.Signature(act_in_layout))
         The output's lane words of an ``OUTPUT`` instruction.
     busy : Out(1)
@@ -420,14 +421,22 @@ class NetworkEngine(wiring.Component):
         # During an INPUT_UNROLL a host beat waits while the unroll writes, and the unroll
         # pauses (registered) while a beat waits, so that neither starves. `rows_in`: the
         # input rows stored, which the unroll's rows wait for.
-        # The host's beats pass a small FIFO on their way to the scatter, so that the
-        # scatter's acceptance, which steps all its address registers, starts at flip-flops
-        # beside it rather than at the link's.
-        m.submodules.host_fifo = host_fifo = SyncFIFOBuffered(
-            width=len(self.host_in.payload.as_value()), depth=3)
-        m.d.comb += [host_fifo.w_data.eq(self.host_in.payload),
-                     host_fifo.w_en.eq(from_host & self.host_in.valid),
-                     self.host_in.ready.eq(from_host & host_fifo.w_rdy)]
+        # On a read_register build the host's beats pass a small FIFO on their way to the
+        # scatter, so that the scatter's acceptance, which steps all its address registers,
+        # starts at flip-flops beside it rather than at the link's.
+        host_valid, host_take = Signal(), Signal()
+        host_data = Signal.like(self.host_in.payload)
+        if cc.read_register:
+            m.submodules.host_fifo = host_fifo = SyncFIFOBuffered(
+                width=len(self.host_in.payload.as_value()), depth=3)
+            m.d.comb += [host_fifo.w_data.eq(self.host_in.payload),
+                         host_fifo.w_en.eq(from_host & self.host_in.valid),
+                         self.host_in.ready.eq(from_host & host_fifo.w_rdy),
+                         host_valid.eq(host_fifo.r_rdy), host_data.eq(host_fifo.r_data),
+                         host_fifo.r_en.eq(host_take)]
+        else:
+            m.d.comb += [host_valid.eq(self.host_in.valid), host_data.eq(self.host_in.payload),
+                         self.host_in.ready.eq(host_take)]
         hold = Signal()
         if unroll is not None:
             rows_in = Signal.like(unroll.rows_in)
@@ -435,7 +444,7 @@ class NetworkEngine(wiring.Component):
             # the unroll writes only while its INPUT_UNROLL runs
             m.d.comb += [hold.eq(unroll.write_en), unroll.rows_in.eq(rows_in),
                          unroll.pause.eq(pause)]
-            m.d.sync += pause.eq(unroll_active & host_fifo.r_rdy)
+            m.d.sync += pause.eq(unroll_active & host_valid)
             # counted a cycle late (the unroll then waits a cycle more for a row): the row's
             # end comes from the host beat's acceptance through the scatter's position
             # compare, too long a path to end in an adder
@@ -444,9 +453,9 @@ class NetworkEngine(wiring.Component):
             with m.If(row_end):
                 m.d.sync += rows_in.eq(rows_in + 1)
         with m.If(from_host):
-            m.d.comb += [scatter.act_out.payload.eq(host_fifo.r_data),
-                         scatter.act_out.valid.eq(host_fifo.r_rdy & ~hold),
-                         host_fifo.r_en.eq(scatter.act_out.ready & ~hold)]
+            m.d.comb += [scatter.act_out.payload.eq(host_data),
+                         scatter.act_out.valid.eq(host_valid & ~hold),
+                         host_take.eq(scatter.act_out.ready & ~hold)]
         with m.Else():
             wiring.connect(m, core.act_out, scatter.act_out)
         m.d.comb += [gather.start.payload.eq(ins.gather), scatter.start.payload.eq(ins.scatter),
