@@ -222,24 +222,38 @@ class OpUnit(wiring.Component):
         rq_i = self.rq_i
         m.d.comb += [adv_c.eq(~pvc | rq_i.ready), rq_i.valid.eq(pvc),
                      self.rq_relu.eq(d.relu & ~gap)]
-        with m.If(adv_c):
-            m.d.sync += pvc.eq(pvb)
         k_bits = pe.requant_mult_bits
         restart = []                            # B's own state, cleared at a start
         if k_bits is None:
             # B as two partial products each of a and b, on the low and the high half of the
             # multiplier (a LUT multiplier of the full width in one cycle limits an ECP5
-            # network build), summed into C; the pooling's sum in a's low one
+            # network build), summed into C; the pooling's sum in a's low one. C has a skid
+            # register (`skv`) for B's value when the requantiser stalls, so that B and A move
+            # on a flag of their own, not on the requantiser's ready through the stages.
             h = (pe.mult_width + 1) // 2
             adv_b = Signal()
             pp = [[Signal(signed(self._acc_width), name=f"pp{i}_{j}") for j in range(4)]
                   for i in range(P)]
             s2 = [Signal(signed(self._acc_width), name=f"s2_{i}") for i in range(P)]
-            m.d.comb += [adv_b.eq(~pvb | adv_c), advance.eq(~pva | adv_b)]
-            with m.If(pvb & adv_c):
-                for i in range(P):
-                    m.d.sync += [s1[i].eq(pp[i][0] + (pp[i][1] << h)),
-                                 s2[i].eq(pp[i][2] + (pp[i][3] << h))]
+            skv = Signal()
+            k1 = [Signal(signed(self._acc_width), name=f"k1_{i}") for i in range(P)]
+            k2 = [Signal(signed(self._acc_width), name=f"k2_{i}") for i in range(P)]
+            new1 = [pp[i][0] + (pp[i][1] << h) for i in range(P)]
+            new2 = [pp[i][2] + (pp[i][3] << h) for i in range(P)]
+            m.d.comb += [adv_b.eq(~pvb | ~skv), advance.eq(~pva | adv_b)]
+            with m.If(adv_c):
+                # C takes the skid's value first, else B's
+                m.d.sync += [pvc.eq(skv | pvb), skv.eq(0)]
+                with m.If(skv):
+                    m.d.sync += [s1[i].eq(k1[i]) for i in range(P)]
+                    m.d.sync += [s2[i].eq(k2[i]) for i in range(P)]
+                with m.Else():
+                    m.d.sync += [s1[i].eq(new1[i]) for i in range(P)]
+                    m.d.sync += [s2[i].eq(new2[i]) for i in range(P)]
+            with m.Elif(pvb & ~skv):
+                m.d.sync += [skv.eq(1)] + [k1[i].eq(new1[i]) for i in range(P)]
+                m.d.sync += [k2[i].eq(new2[i]) for i in range(P)]
+            restart.append(skv.eq(0))
             with m.If(adv_b):
                 m.d.sync += pvb.eq(pva)
             with m.If(pva & adv_b):
@@ -276,6 +290,8 @@ class OpUnit(wiring.Component):
             da = Cat(d.mult_a, Const(0, pad)).word_select(j, k_bits)
             db = Cat(d.mult_b, Const(0, pad)).word_select(j, k_bits)
             m.d.comb += [run.eq(~pvb | adv_c), advance.eq(~pva | (run & (gap | free)))]
+            with m.If(adv_c):
+                m.d.sync += pvc.eq(pvb)
             with m.If(pvb & adv_c):
                 m.d.sync += [s1[i].eq(acc[i]) for i in range(P)]
             with m.If(run):
