@@ -153,7 +153,11 @@ class Fetch(wiring.Component):
                 m.d.sync += [o_reg.eq(Mux(skid_v, skid, out)), o_v.eq(skid_v | valid),
                              skid_v.eq(0)]
             with m.Elif(valid & ~skid_v):
-                m.d.sync += [skid_v.eq(1), skid.eq(out)]
+                m.d.sync += skid_v.eq(1)
+            # an empty skid register follows the stages' output, so that its enable is its
+            # own flag, not the array's ready (a fan-out of a whole beat)
+            with m.If(~skid_v):
+                m.d.sync += skid.eq(out)
         else:
             m.d.comb += [ready.eq(self.o.ready), self.o.valid.eq(valid),
                          self.o.payload.eq(out)]

@@ -251,7 +251,11 @@ class OpUnit(wiring.Component):
                     m.d.sync += [s1[i].eq(new1[i]) for i in range(P)]
                     m.d.sync += [s2[i].eq(new2[i]) for i in range(P)]
             with m.Elif(pvb & ~skv):
-                m.d.sync += [skv.eq(1)] + [k1[i].eq(new1[i]) for i in range(P)]
+                m.d.sync += skv.eq(1)
+            with m.If(~skv):
+                # an empty skid follows B: its enable is its own flag, not the requantiser's
+                # ready
+                m.d.sync += [k1[i].eq(new1[i]) for i in range(P)]
                 m.d.sync += [k2[i].eq(new2[i]) for i in range(P)]
             restart.append(skv.eq(0))
             with m.If(adv_b):
