@@ -119,7 +119,7 @@ BOARDS = {
     "ulx3s": Board("ulx3s", "amaranth_boards.ulx3s:ULX3S_25F_Platform", 25e6, 100e6,
                    "ecp5", "LFE5U-25F-CABGA381",
                    ("TRELLIS_COMB", "TRELLIS_FF", "DP16KD", "MULT18X18D", "EHXPLLL",
-                    "TRELLIS_IO"), network_hz=85e6, seeds=(("network", 3),)),
+                    "TRELLIS_IO")),
 }
 
 
