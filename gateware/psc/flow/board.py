@@ -108,9 +108,10 @@ class Board:
         return self.pll.out_hz
 
 
-# core_hz and network_hz: under the Fmax of each board's builds in that mode over seeds
-# 1-3 (psc build --seed N; the README has the figures), and frequencies the PLL makes
-# exactly in whole MHz, so that the DEFAULT_BAUD divisor is exact too.
+# core_hz and network_hz: clocks that each mode's build meets with its default seed (psc
+# build --seeds 3 gives the spread over seeds; the README has the figures), and
+# frequencies the PLL makes exactly in whole MHz, so that the DEFAULT_BAUD divisor is
+# exact too.
 BOARDS = {
     "icebreaker": Board("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform",
                         12e6, 33e6, "ice40", "iCE40UP5K-SG48",

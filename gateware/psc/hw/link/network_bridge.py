@@ -231,8 +231,7 @@ class NetworkBridge(wiring.Component):
         if bc.out_fifo_depth:
             # emptied after each INFER's start and after an abort, so that no word of an
             # earlier run is sent as one of the next; through a register, as the engine's
-            # reset: the arm comes from the parser's state (the engine's first word is
-            # many cycles after either)
+            # reset (the engine's first word is many cycles after either)
             out_fifo = SyncFIFOBuffered(width=8 * ob, depth=bc.out_fifo_depth)
             out_clear = Signal()
             m.d.sync += out_clear.eq(abort | tx.arm)
