@@ -198,6 +198,25 @@ def test_worker_killed_mid_task(scheduler, tmp_path):
     assert (tmp_path / "died").exists()
 
 
+class _LostThenRecomputed:
+    """A future whose result was lost with its worker after it finished: its status says
+    so while the cluster computes it again; exception() and result() wait for that."""
+    status = "lost"
+
+    def exception(self):
+        return None
+
+    def result(self):
+        return executor._Done(7, False, 0.5)
+
+
+def test_a_result_lost_with_its_worker_is_waited_for():
+    ex = Executor(progress=False, cache=False)
+    task = Task(ex, "lost[0]", None)
+    ex._account(task, _LostThenRecomputed())
+    assert task.result() == 7 and ex.summary().computed == 1
+
+
 def test_local_cluster(tmp_path):
     """The executor's own cluster: two worker processes, not this one."""
     with Executor(workers=2, cache=False, progress=False) as ex:

@@ -505,7 +505,10 @@ class Executor:
         """Settle ``task`` from its finished ``future``: outcome, counts, a progress line."""
         if future is not None:
             try:
-                if future.status == "finished":
+                # not ``future.status``: a result lost with its worker after the future
+                # finished is computed again, and exception() waits for that outcome
+                exc = future.exception()
+                if exc is None:
                     done = future.result()
                     task._outcome = done.value
                     task._cached = done.cached
@@ -513,7 +516,6 @@ class Executor:
                     kind = "cached" if done.cached else "computed"
                     what = "cached" if done.cached else f"computed in {done.seconds:.1f} s"
                 else:
-                    exc = future.exception()
                     tb = "".join(traceback.format_tb(future.traceback()))
                     task._outcome = Failure(task.label, f"{type(exc).__name__}: {exc}", exc, tb)
             except Exception as e:   # cancelled, the scheduler gone, a result that did not unpickle
