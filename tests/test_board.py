@@ -167,12 +167,7 @@ def test_report_shows_the_pll_and_fails_below_it():
             f"{clk:g} MHz PLL clock") in text
     assert "FAIL: below" in board.format_report(_report(clk - 0.01))
     text = board.format_report(_report(200.0, family="ecp5"))
-    assert "(CLKI_DIV=" in text and "FAIL" not in text and "margin" not in text
-    # a margin: the constraint shown, the verdict still against the PLL clock
-    rep = dict(_report(clk + 1), constraint_mhz=round(1.1 * clk, 3))
-    text = board.format_report(rep)
-    assert f"; nextpnr timed at {round(1.1 * clk, 3):g} MHz (margin)" in text
-    assert f"meets the {clk:g} MHz PLL clock" in text
+    assert "(CLKI_DIV=" in text and "FAIL" not in text
 
 
 def test_seeds_build_one_after_the_other_with_their_median(monkeypatch, capsys):
@@ -223,8 +218,6 @@ def test_board_checks():
         board.build("icebreaker", build_dir="/tmp/x")
     with pytest.raises(ValueError, match="seed must be a non-negative integer, not -1"):
         board.build("icebreaker", seed=-1, build_dir=build_root() / "board" / "test_seed")
-    with pytest.raises(ValueError, match=r"margin must be a number in \[0, 1\], not 10"):
-        board.build("icebreaker", margin=10, build_dir=build_root() / "board" / "test_seed")
 
 
 @pytest.mark.slow

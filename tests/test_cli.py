@@ -49,17 +49,16 @@ def test_handlers_get_parsed_values_and_the_preset(calls):
     (_, b_args, b_kw), (_, s_args, s_kw), (_, c_args, c_kw), (_, n_args, n_kw) = calls
     assert b_args == ("icebreaker", presets.preset("icebreaker").replace(rows=1))
     assert b_kw == dict(baud=presets.DEFAULT_BAUD, build_dir=None, seed=4, as_json=True,
-                        core_hz=30e6, mode="tile", seeds=None, scheduler=None, workers=None,
-                        margin=None)
+                        core_hz=30e6, mode="tile", seeds=None, scheduler=None, workers=None)
     assert s_args == ("ecp5-25k", presets.preset("ecp5-25k").replace(tree_stages=2))
     assert s_kw["level"] == "datapath" and s_kw["variant"] == "psc" and s_kw["pnr"] is False
     assert c_args == ("ice40-up5k", presets.preset("ice40-up5k"))
     assert c_kw["levels"] == ("core",) and c_kw["cycles_layers"] == ("fc_256x64", "pw_32x32_16")
     assert n_args == (["fc_256x64"], presets.preset("default").replace(lanes=4, rows=4))
     assert n_kw == {"seed": 0}
-    cli.main(["build", "--board", "ulx3s", "--seeds", "3", "--workers", "0", "--margin", "5"])
-    assert {k: calls[-1][2][k] for k in ("seed", "seeds", "workers", "margin")} == {
-        "seed": None, "seeds": 3, "workers": 0, "margin": 0.05}
+    cli.main(["build", "--board", "ulx3s", "--seeds", "3", "--workers", "0"])
+    assert {k: calls[-1][2][k] for k in ("seed", "seeds", "workers")} == {
+        "seed": None, "seeds": 3, "workers": 0}
     cli.main(["compare", "--target", "ecp5-25k", "--cycles", "none"])
     assert calls[-1][2]["levels"] == synth.LEVELS and calls[-1][2]["cycles_layers"] == ()
     # a preset, target or board names the bench's build
@@ -90,8 +89,6 @@ def test_bench_mobilenet_v2_layer_list():
     (["build", "--board", "icebreaker", "--lanes", "0"], ["psc build", "lanes", "not 0"]),
     (["build", "--board", "arty"], ["psc build", "--board", "'arty'", "icebreaker"]),
     (["build", "--board", "ulx3s", "--rows", "x"], ["psc build", "--rows", "'x'"]),
-    (["build", "--board", "ulx3s", "--margin", "150"],
-     ["psc build", "--margin", "percentage from 0 to 100", "'150'"]),
     (["build", "--board", "ulx3s", "--clock", "0"], ["psc build", "--clock", "above 0", "'0'"]),
     (["build", "--board", "ulx3s", "--clock", "1000"], ["psc build", "out_hz", "400 MHz"]),
     (["synth", "--target", "ice40-up5k", "--lanes", "3"], ["psc synth", "lanes must be even"]),

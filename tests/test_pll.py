@@ -122,14 +122,13 @@ def test_refused_types():
 class _Counter(Elaboratable):
     """A PLLDomain and a counter in ``sync`` on LED 0: a design that needs the domain."""
 
-    def __init__(self, settings, constraint_hz=None):
+    def __init__(self, settings):
         self.settings = settings
-        self.constraint_hz = constraint_hz
 
     def elaborate(self, platform):
         m = Module()
         m.domains.sync = ClockDomain()
-        m.submodules.clock = pll.PLLDomain(self.settings, constraint_hz=self.constraint_hz)
+        m.submodules.clock = pll.PLLDomain(self.settings)
         count = Signal(8)
         m.d.sync += count.eq(count + 1)
         m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
@@ -173,18 +172,6 @@ def test_ecp5_pll_on_the_ulx3s():
     assert 'FREQUENCY PORT "clk25_0__io" 25000000.0 HZ;' in lpf
     # the design's sync domain is the PLL's: no GSR reset synchroniser of the platform's own
     assert "\\GSR" not in files["top.il"]
-
-
-def test_a_constraint_above_the_pll_clock():
-    """``constraint_hz``: nextpnr times the PLL's clock against it; the PLL is unchanged."""
-    from amaranth_boards.ulx3s import ULX3S_25F_Platform
-    settings = pll.ecp5_pll(25e6, 100e6)
-    files = ULX3S_25F_Platform().prepare(_Counter(settings, 110e6), name="top").files
-    assert 'FREQUENCY NET "clock.ecp5.pll_clk" 110000000.0 HZ;' in files["top.lpf"]
-    assert _cell(files["top.il"], "EHXPLLL")[0]["CLKOP_DIV"] == "6"
-    with pytest.raises(ValueError, match=r"constraint_hz must be a number in \[100000000.0, "
-                                         r"200000000.0\], not 90000000.0"):
-        pll.PLLDomain(settings, constraint_hz=90e6)
 
 
 def test_platform_clock_must_match():

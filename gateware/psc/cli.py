@@ -88,17 +88,6 @@ def _mhz(text):
     return value
 
 
-def _percent(text):
-    """An argparse type: a percentage from 0 to 100, returned as a share."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a percentage, not {text!r}") from None
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be a percentage from 0 to 100, not {text!r}")
-    return value / 100
-
-
 def _path_type(check, what):
     """An argparse type: a path that ``check("the path", text)`` accepts (``what`` names it)."""
     def parse(text):
@@ -650,7 +639,7 @@ def _build(args):
                       build_dir=args.build_dir, seed=args.seed,
                       as_json=args.json,
                       core_hz=core_hz, mode=args.mode, seeds=args.seeds,
-                      scheduler=args.scheduler, workers=args.workers, margin=args.margin)
+                      scheduler=args.scheduler, workers=args.workers)
 
 
 def _add_build(sub):
@@ -691,14 +680,6 @@ def _add_build(sub):
                         + ", ".join(f"{n}: {_mode_clocks(b)}" for n, b in board.BOARDS.items())
                         + "); the report gives the frequency the PLL makes and the UART "
                           "divisor follows it")
-    p.add_argument("--margin", type=_percent, metavar="PERCENT",
-                   help="time the design in nextpnr against the PLL clock raised by PERCENT, "
-                        "so that the placer works for slack (default: the board's, "
-                        + ", ".join(f"{n}{'' if mode == 'tile' else ' ' + mode} "
-                                    f"{100 * b.margin(mode):g}%%"
-                                    for n, b in board.BOARDS.items() for mode in board.MODES
-                                    if mode == "tile" or b.network_hz)
-                        + "); the verdict stays against the PLL clock")
     _add_overrides(p, ("lanes", "rows"), "the board's")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_executor_options(p)

@@ -39,7 +39,7 @@ from psc.hw.link.bridge import BridgeConfig
 from psc.hw.link.network_bridge import NetworkBridgeConfig
 from psc.build_dir import build_root, check_not_tmp
 from psc.config import CoreConfig
-from psc.model.checks import BadTypeError, check_int, check_real, show
+from psc.model.checks import BadTypeError, check_int, show
 from psc.flow import toolchain
 from psc.presets import DEFAULT_BAUD, board_engine, preset
 from psc.hw.link.uart import divisor_for
@@ -64,9 +64,6 @@ class Board:
     :meth:`pll_for` and :meth:`clk_hz_for` those of either mode.
     ``seeds`` maps a mode to its default nextpnr placer seed (1 when absent):
     one whose build meets the board's clock with the current design.
-    ``margins`` maps a mode to the share above the PLL's clock that nextpnr
-    is asked to meet (0 when absent; :meth:`margin`): the placer then works
-    for slack, so that the PLL's clock is met over seeds, not on lucky ones.
     """
     name: str
     platform: str          # "module:Class" in amaranth_boards
@@ -77,17 +74,11 @@ class Board:
     capacity_cells: tuple  # nextpnr cell types shown in the report
     network_hz: float | None = None
     seeds: tuple = ()      # (mode, seed) pairs
-    margins: tuple = ()    # (mode, share) pairs
 
     def default_seed(self, mode="tile"):
         """The placer seed a build in ``mode`` uses unless told another."""
         _check_mode(mode)
         return dict(self.seeds).get(mode, 1)
-
-    def margin(self, mode="tile"):
-        """The share above the PLL's clock that nextpnr times ``mode``'s design against."""
-        _check_mode(mode)
-        return dict(self.margins).get(mode, 0.0)
 
     def requested_hz(self, mode="tile"):
         """The clock asked of the PLL in ``mode`` (:data:`MODES`)."""
@@ -206,18 +197,16 @@ def default_build_dir(board, mode="tile"):
 
 
 def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=None, config=None, core_hz=None,
-          log=None, mode="tile", margin=None):
+          log=None, mode="tile"):
     """Build the bitstream of ``board`` in ``mode`` (:data:`MODES`) with its PLL at
-    ``core_hz`` (default: the board's clock of ``mode``), nextpnr timing it against that
-    clock raised by ``margin`` (a share, default the board's: :meth:`Board.margin`);
-    returns a report dict.
+    ``core_hz`` (default: the board's clock of ``mode``); returns a report dict.
 
     Keys: ``board``, ``mode``, ``seed`` (the placer seed, by default the board's for
     ``mode``: :meth:`Board.default_seed`), ``device``, ``config`` (repr of the core configuration, or in
     network mode of the engine's),
     ``baud``, ``divisor``, ``osc_mhz`` (the board oscillator),
     ``pll_requested_mhz``, ``clk_mhz`` (the PLL's achieved frequency, the
-    design's clock), ``constraint_mhz`` (the clock nextpnr timed against), ``pll`` (the settings,
+    design's clock), ``pll`` (the settings,
     :meth:`psc.hw.pll.ICE40PLLSettings.to_dict` or the ECP5 one),
     ``fmax_mhz``, ``timing_met`` (nextpnr's Fmax at least ``clk_mhz``),
     ``fmax_by_clock`` (clock -> ``(mhz, passed, constraint_mhz)``), ``util``
@@ -230,20 +219,18 @@ def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=None, config=None, c
     bc = bridge_config(board, baud, config, core_hz, mode)
     pll = board_pll(board, core_hz, mode)
     seed = b.default_seed(mode) if seed is None else seed
-    margin = b.margin(mode) if margin is None else check_real("margin", margin, 0, 1)
     options = _build_options(b, bc.core, seed)
     build_dir = check_not_tmp("build_dir", build_dir or default_build_dir(board, mode))
     build_dir.mkdir(parents=True, exist_ok=True)
     platform = _platform(b)
     clk_mhz = pll.out_hz / 1e6
-    constraint_hz = pll.out_hz * (1 + margin)
     if log:
         log(f"building {board} ({b.device}), {mode} mode: "
             f"{bc.engine if mode == 'network' else bc.core!r}, PLL {b.osc_hz / 1e6:g} -> "
-            f"{clk_mhz:g} MHz ({pll.describe()}, timed at {constraint_hz / 1e6:g}), baud {baud} (divisor {bc.divisor}) "
+            f"{clk_mhz:g} MHz ({pll.describe()}), baud {baud} (divisor {bc.divisor}) "
             f"in {build_dir}")
     start = time.monotonic()
-    plan = platform.build(BoardTop(bc, pll, constraint_hz), name=NAME, build_dir=str(build_dir),
+    plan = platform.build(BoardTop(bc, pll), name=NAME, build_dir=str(build_dir),
                           do_build=False, **options)
     plan.execute_local(str(build_dir), env=toolchain.tool_env())
     seconds = time.monotonic() - start
@@ -269,7 +256,6 @@ def build(board, *, baud=DEFAULT_BAUD, build_dir=None, seed=None, config=None, c
             "icetime_met": None if icetime is None else icetime >= clk_mhz,
             "divisor": bc.divisor, "osc_mhz": b.osc_hz / 1e6,
             "pll_requested_mhz": pll.requested_hz / 1e6, "clk_mhz": clk_mhz,
-            "constraint_mhz": round(constraint_hz / 1e6, 3),
             "pll": pll.to_dict(), "fmax_mhz": fmax,
             "timing_met": fmax is not None and fmax >= clk_mhz,
             "fmax_by_clock": parsed["fmax"], "util": parsed["util"],
@@ -293,9 +279,7 @@ def format_report(rep):
              f"({rep['device']}, "
              f"{rep['baud']} baud = {rep['divisor']} clocks/bit)",
              f"  clock: PLL {rep['clk_mhz']:g} MHz achieved, {rep['pll_requested_mhz']:g} MHz "
-             f"requested, from the {rep['osc_mhz']:g} MHz oscillator ({dividers})"
-             + (f"; nextpnr timed at {rep['constraint_mhz']:g} MHz (margin)"
-                if rep.get("constraint_mhz", rep["clk_mhz"]) > rep["clk_mhz"] else ""),
+             f"requested, from the {rep['osc_mhz']:g} MHz oscillator ({dividers})",
              f"  core: {rep['config']}"]
     lines.append("  utilisation (nextpnr):")
     for cell in rep["shown_cells"]:
@@ -371,15 +355,14 @@ def format_seeds(reports):
 
 
 def main(board, config=None, *, baud=DEFAULT_BAUD, build_dir=None, seed=None, as_json=False,
-         core_hz=None, mode="tile", seeds=None, scheduler=None, workers=None, margin=None):
+         core_hz=None, mode="tile", seeds=None, scheduler=None, workers=None):
     """``psc build`` (parser in :mod:`psc.cli`): build ``board`` with ``config`` (default: its
-    preset) and its PLL at ``core_hz`` (default: the board's), timed at ``margin`` above it
-    (default the board's), print the report (JSON with
+    preset) and its PLL at ``core_hz`` (default: the board's), print the report (JSON with
     ``as_json``; a missed PLL clock is its FAIL, not an exit status, as for ``psc synth``);
     returns the exit status. With ``seeds``, :func:`build_seeds` for seeds ``1..seeds`` on
     an :class:`~psc.flow.executor.Executor` (``scheduler``, ``workers`` as it takes them;
     ``workers`` 0 without a scheduler: one after the other, here), and their median."""
-    kwargs = dict(baud=baud, config=config, core_hz=core_hz, mode=mode, margin=margin)
+    kwargs = dict(baud=baud, config=config, core_hz=core_hz, mode=mode)
     try:
         if seeds is not None:
             if workers == 0 and scheduler is None:

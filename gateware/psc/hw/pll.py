@@ -28,7 +28,7 @@ from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In
 
-from psc.model.checks import BadTypeError, check_real, show
+from psc.model.checks import BadTypeError, show
 
 __all__ = ["ICE40_LIMITS", "ECP5_LIMITS", "DEFAULT_TOLERANCE", "SETTLE_SECONDS",
            "ICE40PLLSettings", "ECP5PLLSettings", "ice40_pll", "ecp5_pll", "pll_settings",
@@ -431,25 +431,18 @@ class PLLDomain(Elaboratable):
     iCEBreaker, ``clk25`` on the ULX3S), whose frequency must be
     ``settings.in_hz``, builds :class:`ICE40PLL` or :class:`ECP5PLL` by the
     type of ``settings`` and constrains the PLL output to
-    ``settings.out_hz`` for nextpnr, or to ``constraint_hz`` when given: a
-    clock above the PLL's asks nextpnr's timing-driven placer for margin
-    (the design still runs at ``settings.out_hz``). The caller defines the domain
+    ``settings.out_hz`` for nextpnr. The caller defines the domain
     (``m.domains.sync = ClockDomain()`` in the top); a design that defines
     ``sync`` keeps the platform from creating its default one on the same
     pin. Needs a platform; the primitives' classes do not.
     """
 
-    def __init__(self, settings, domain="sync", constraint_hz=None):
+    def __init__(self, settings, domain="sync"):
         if not isinstance(settings, (ICE40PLLSettings, ECP5PLLSettings)):
             raise BadTypeError("settings must be a psc.hw.pll.ICE40PLLSettings or "
                                f"ECP5PLLSettings, not {show(settings)}")
-        if constraint_hz is not None:
-            # from the PLL's clock (nothing timed below what runs) to twice it
-            constraint_hz = check_real("constraint_hz", constraint_hz, settings.out_hz,
-                                       2 * settings.out_hz)
         self.settings = settings
         self.domain = domain
-        self.constraint_hz = settings.out_hz if constraint_hz is None else constraint_hz
 
     def elaborate(self, platform):
         if platform is None or getattr(platform, "default_clk", None) is None:
@@ -466,5 +459,5 @@ class PLLDomain(Elaboratable):
         else:
             m.submodules.clk_buf = buf = io.Buffer("i", pin)
             m.submodules.ecp5 = pll = ECP5PLL(s, buf.i, self.domain)
-        platform.add_clock_constraint(pll.clk, self.constraint_hz)
+        platform.add_clock_constraint(pll.clk, s.out_hz)
         return m

@@ -29,11 +29,9 @@ class BoardTop(Elaboratable):
     resources (amaranth-boards' iCEBreaker and ULX3S have them). LED 0 shows
     the core's ``busy`` (in network mode: an inference runs), LED 1 a refused command
     (``error``); in network mode LED 2, when the board has one, that a program is loaded.
-    ``constraint_hz``, when given, is the clock nextpnr times the design against
-    (:class:`~psc.hw.pll.PLLDomain`).
     """
 
-    def __init__(self, config, pll, constraint_hz=None):
+    def __init__(self, config, pll):
         if not isinstance(config, (BridgeConfig, NetworkBridgeConfig)):
             raise BadTypeError(f"config must be a psc.hw.link.bridge.BridgeConfig or a "
                                f"NetworkBridgeConfig, not {show(config)}")
@@ -42,12 +40,11 @@ class BoardTop(Elaboratable):
                                f"not {show(pll)}")
         self.config = config
         self.pll = pll
-        self.constraint_hz = constraint_hz
 
     def elaborate(self, platform):
         m = Module()
         m.domains.sync = ClockDomain("sync")
-        m.submodules.clock = PLLDomain(self.pll, "sync", self.constraint_hz)
+        m.submodules.clock = PLLDomain(self.pll, "sync")
         network = isinstance(self.config, NetworkBridgeConfig)
         m.submodules.bridge = bridge = (NetworkBridge if network else Bridge)(self.config)
         uart = platform.request("uart", 0, dir={"rx": "-", "tx": "-"})
