@@ -227,7 +227,7 @@ class OpUnit(wiring.Component):
         if k_bits is None:
             # B as two partial products each of a and b, on the low and the high half of the
             # multiplier (a LUT multiplier of the full width in one cycle limits an ECP5
-            # network build), summed into C; the pooling's sum in a's low one. C has a skid
+            # network build), summed into C; the pooling's sum beside them (`gq`). C has a skid
             # register (`skv`) for B's value when the requantiser stalls, so that B and A move
             # on a flag of their own, not on the requantiser's ready through the stages.
             h = (pe.mult_width + 1) // 2
@@ -238,7 +238,9 @@ class OpUnit(wiring.Component):
             skv = Signal()
             k1 = [Signal(signed(self._acc_width), name=f"k1_{i}") for i in range(P)]
             k2 = [Signal(signed(self._acc_width), name=f"k2_{i}") for i in range(P)]
-            new1 = [pp[i][0] + (pp[i][1] << h) for i in range(P)]
+            # a pooling's sum (zero on an add) beside the products (zero on a pooling)
+            gq = [Signal(signed(self._sum_width), name=f"gq{i}") for i in range(P)]
+            new1 = [(pp[i][0] + (pp[i][1] << h)) | gq[i] for i in range(P)]
             new2 = [pp[i][2] + (pp[i][3] << h) for i in range(P)]
             m.d.comb += [adv_b.eq(~pvb | ~skv), advance.eq(~pva | adv_b)]
             with m.If(adv_c):
@@ -261,15 +263,18 @@ class OpUnit(wiring.Component):
             with m.If(adv_b):
                 m.d.sync += pvb.eq(pva)
             with m.If(pva & adv_b):
-                with m.If(gap):
-                    m.d.sync += [pp[i][0].eq(g_r[i]) for i in range(P)]
-                    m.d.sync += [pp[i][j].eq(0) for i in range(P) for j in (1, 2, 3)]
-                with m.Else():
-                    lo, hi = d.mult_a[:h], d.mult_a[h:]
-                    lo_b, hi_b = d.mult_b[:h], d.mult_b[h:]
-                    for i in range(P):
-                        m.d.sync += [pp[i][0].eq(a_r[i] * lo), pp[i][1].eq(a_r[i] * hi),
-                                     pp[i][2].eq(b_r[i] * lo_b), pp[i][3].eq(b_r[i] * hi_b)]
+                lo, hi = d.mult_a[:h], d.mult_a[h:]
+                lo_b, hi_b = d.mult_b[:h], d.mult_b[h:]
+                for i in range(P):
+                    m.d.sync += [pp[i][0].eq(a_r[i] * lo), pp[i][1].eq(a_r[i] * hi),
+                                 pp[i][2].eq(b_r[i] * lo_b), pp[i][3].eq(b_r[i] * hi_b),
+                                 gq[i].eq(g_r[i])]
+            # A pooling clears the products whatever the enable: a synchronous reset over the
+            # enable is the flip-flop's own, so no LUT sits between a product and its register
+            # (the mode holds through an operation). `gq` needs no clear: the pooling's sums
+            # are zero outside a pooling.
+            with m.If(gap):
+                m.d.sync += [pp[i][j].eq(0) for i in range(P) for j in range(4)]
             acc_in = [s1[i] + s2[i] for i in range(P)]
         else:
             # A digit-serial requantiser takes a value in `digits` cycles: B matches it
