@@ -291,13 +291,17 @@ def test_shipped_target_core(name):
     """The synthesis targets' own cores, as synthesised: hand-instantiated DSP cells
     (with their simulation models), 27-bit sums on the UP5K, ``read_register`` on
     ECP5; standard, strided depthwise (one command per output group on the UP5K, the
-    channels mapping on the ECP5) and pointwise layers with stalls, bit-exact on Verilator."""
+    channels mapping on the ECP5), pointwise and fully connected layers (on the ECP5 each
+    computing while its weights load: ``early_weights``) with stalls, bit-exact on
+    Verilator."""
     cc = PRESETS[TARGET_PRESETS[name]]
     r = np.random.default_rng(21)
     layers = [core_cases._layer(r, 10, 9, 7, 6, 3, 1, 1, relu=True),
               core_cases._layer(r, 9, 9, 5, 5, 3, 2, 1, groups=9),
-              core_cases.make("pw_odd")]
-    results = host.run_layers(layers, config=cc, target="verilator", stall=STALL, seed=8)
+              core_cases.make("pw_odd"), core_cases.make("fc")]
+    # stalls heavier than STALL: a tap issued one weight block too early reads a block that
+    # has not arrived only when the weights' stream pauses long enough
+    results = host.run_layers(layers, config=cc, target="verilator", stall=0.5, seed=8)
     for i, (layer, (y, _)) in enumerate(zip(layers, results)):
         _check(layer, y, f"{name} layer {i}")
 

@@ -346,6 +346,13 @@ class CoreConfig:
         single-ported ``SB_SPRAM256KA`` cells, up to four: much deeper, but
         the tile's whole input loads before its first beat). ``"spram"``
         needs one bank (``depthwise="diagonal"``).
+    early_weights : bool
+        A command's taps issue as soon as the weight block each reads has arrived, not
+        once all of the command's blocks have: the first output pixel reads every block
+        in the order they arrive, so a layer whose weights outweigh its MACs per block
+        (fully connected, pointwise on a small map) computes while its weights load
+        instead of after. One comparator in front of the sequencer's issue flag.
+        ``False`` by default.
     """
     pe: PSCConfig = field(default_factory=lambda: PSCConfig(depthwise="pixels"))
     fmap_depth: int = 2048
@@ -355,6 +362,7 @@ class CoreConfig:
     psum_depth: int = 256
     psum_width: int | None = None
     fmap_ram: str = "block"
+    early_weights: bool = False
 
     def __post_init__(self):
         if not isinstance(self.pe, PSCConfig):
@@ -363,6 +371,7 @@ class CoreConfig:
         _check_field(self, "weight_depth", 2, 1 << 20)
         _check_field(self, "param_depth", 2, 1 << 16)
         _check_flag(self, "read_register")
+        _check_flag(self, "early_weights")
         _check_field(self, "psum_depth", 0, 1 << 16)
         if self.psum_width is None:
             object.__setattr__(self, "psum_width", max(32, self.pe.acc_width))
@@ -444,11 +453,16 @@ class CoreConfig:
         return {"pe": self.pe.to_dict(), "fmap_depth": self.fmap_depth,
                 "weight_depth": self.weight_depth, "param_depth": self.param_depth,
                 "read_register": self.read_register, "psum_depth": self.psum_depth,
-                "psum_width": self.psum_width, "fmap_ram": self.fmap_ram}
+                "psum_width": self.psum_width, "fmap_ram": self.fmap_ram,
+                # a field added after builds shipped appears only where it is set, so that
+                # their digests (which a board reports) stay what they were
+                **({"early_weights": True} if self.early_weights else {})}
 
     @classmethod
     def from_dict(cls, d):
         """The configuration :meth:`to_dict` wrote; unknown or missing fields are refused."""
+        if isinstance(d, dict):
+            d = {"early_weights": False, **d}
         return _from_dict(cls, d, {"pe": PSCConfig.from_dict})
 
     def digest(self):

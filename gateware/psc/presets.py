@@ -30,7 +30,9 @@ runs exactly the core its target's figures were measured on.
   stage, a register stage after the buffers, a pipelined requantiser per
   row, a partial-sum buffer of 512 beats. Depthwise layers run on the whole
   array with ``depthwise="channels"`` (28 channels of one pixel per beat;
-  the input buffer is four banks of 1024 lane words).
+  the input buffer is four banks of 1024 lane words); a command computes while
+  its weights load (``early_weights``), so a fully connected layer is not
+  bound by loading its weights before its MACs.
 
 A board's network-mode build (:data:`ENGINES`) may change its preset's
 array to suit whole networks; :func:`board_core` gives the core of either
@@ -54,7 +56,7 @@ PRESETS = {
     "ecp5-25k": CoreConfig(pe=PSCConfig(lanes=7, rows=4, multiplier="ecp5_mult18", tree_stages=1,
                                         depthwise="channels"),
                            fmap_depth=4096, weight_depth=512, param_depth=64, read_register=True,
-                           psum_depth=512),
+                           psum_depth=512, early_weights=True),
 }
 
 #: Synthesis target -> the preset it ships (``psc synth``/``psc compare --target``).
@@ -69,11 +71,12 @@ BOARDS = {"icebreaker": "ice40-up5k", "ulx3s": "ecp5-25k"}
 #: MULT18X18D as 8 lanes x 3 rows: networks' channel counts are mostly multiples of 8,
 #: which 7 lanes pad (16 channels take 21 lanes), while its tile mode keeps the preset's
 #: 7 x 4 (``depthwise="channels"`` needs an input bank per row, so ``fmap_depth`` is
-#: 3 x 1024). Its instructions carry their commands' derived sizes
+#: 3 x 1024; its weights are resident, so no command loads any: no ``early_weights``).
+#: Its instructions carry their commands' derived sizes
 #: (:attr:`~psc.hw.network.EngineConfig.given_sizes`): the command store has block RAM to
 #: spare, and a command's setup then skips its multipliers. The iCEBreaker has
 #: none: the UP5K's block RAM and SPRAM already hold its core's buffers.
-ENGINES = {"ulx3s": {"core": {"lanes": 8, "rows": 3, "fmap_depth": 3072},
+ENGINES = {"ulx3s": {"core": {"lanes": 8, "rows": 3, "fmap_depth": 3072, "early_weights": False},
                      "act_depth": 1024, "cmd_depth": 64, "param_store_depth": 256,
                      "given_sizes": True}}
 #: Target -> activations per beat of its network engine's add and pooling unit

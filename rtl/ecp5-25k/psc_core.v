@@ -25,6 +25,7 @@
 //   psum_depth = 512
 //   psum_width = 32
 //   fmap_ram = 'block'
+//   early_weights = True
 //
 // Latency: MAC array (DotProduct) 5 cycles; requantiser 8 cycles, one beat per 1 cycles.
 // The command's end-to-end timing is in the PSCConvCore docstring.
@@ -103,12 +104,13 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire act_out__valid;
   wire all_sent;
   wire [6:0] arrived;
+  wire [9:0] \arrived$159 ;
   wire beat;
-  wire \beat$163 ;
+  wire \beat$165 ;
   output busy;
   wire busy;
-  wire \busy$159 ;
-  wire \busy$160 ;
+  wire \busy$161 ;
+  wire \busy$162 ;
   input [113:0] cfg__payload;
   wire [113:0] cfg__payload;
   wire [113:0] \cfg__payload$23 ;
@@ -167,7 +169,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire cfg__valid;
   wire \cfg__valid$25 ;
   wire clear;
-  wire \clear$158 ;
+  wire \clear$160 ;
   input clk;
   wire clk;
   wire [113:0] cmd;
@@ -334,7 +336,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \done$146 ;
   wire \done$148 ;
   wire \done$154 ;
-  wire \done$166 ;
+  wire \done$168 ;
   wire dw;
   wire \dw$102 ;
   wire \dw$127 ;
@@ -350,7 +352,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire enable;
   output error;
   wire error;
-  wire \error$167 ;
+  wire \error$169 ;
   wire [15:0] gin_e;
   wire [15:0] \gin_e$105 ;
   wire [15:0] \gin_e$89 ;
@@ -828,7 +830,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \run$136 ;
   wire \run$138 ;
   wire \run$140 ;
-  wire \run$161 ;
+  wire \run$163 ;
   wire [204:0] sizes;
   wire [204:0] \sizes$106 ;
   wire [14:0] \sizes$106.c0_g ;
@@ -914,7 +916,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire w_en;
   wire w_rdy;
   wire waiting;
-  wire \waiting$165 ;
+  wire \waiting$167 ;
   wire [10:0] weights__addr;
   wire [447:0] weights__data;
   wire [111:0] \weights__data[0] ;
@@ -989,6 +991,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   input weights__valid;
   wire weights__valid;
   wire weights_done;
+  wire [9:0] weights_in;
   wire [12:0] words_in;
   wire [12:0] \words_in$144 ;
   wire [16:0] ws;
@@ -1121,6 +1124,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .taps__valid(\i__valid$39 ),
     .waiting(waiting),
     .weights_done(weights_done),
+    .weights_in(weights_in),
     .words_in(words_in)
   );
   \psc_core.setup  setup (
@@ -1150,7 +1154,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .sizing(enable),
     .start(start)
   );
-  \psc_core.sizes$174  \sizes$174  (
+  \psc_core.sizes$176  \sizes$176  (
     .clear(clear),
     .clk(clk),
     .cmd(cmd),
@@ -1173,6 +1177,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .w_rdy(w_rdy)
   );
   \psc_core.wbuf  wbuf (
+    .arrived(weights_in),
     .clk(clk),
     .count(sizes[109:100]),
     .done(weights_done),
@@ -1286,14 +1291,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \loaded$152  = loaded;
   assign \done$154  = inputs_done;
   assign all_sent = outputs_done;
-  assign \clear$158  = clear;
-  assign \busy$159  = busy;
-  assign \busy$160  = busy;
-  assign \run$161  = run;
-  assign \beat$163  = beat;
-  assign \waiting$165  = waiting;
-  assign \done$166  = done;
-  assign \error$167  = error;
+  assign \arrived$159  = weights_in;
+  assign \clear$160  = clear;
+  assign \busy$161  = busy;
+  assign \busy$162  = busy;
+  assign \run$163  = run;
+  assign \beat$165  = beat;
+  assign \waiting$167  = waiting;
+  assign \done$168  = done;
+  assign \error$169  = error;
   assign total = cycles_total;
   assign compute = cycles_compute;
   assign stall = cycles_stall;
@@ -2559,7 +2565,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$3091$800 (i__payload[801:800]),
+    .\port$3094$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[335:224]),
@@ -2572,7 +2578,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$89 ),
     .mask(\mask$16 ),
-    .\port$3091$800 (i__payload[801:800]),
+    .\port$3094$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[447:336]),
@@ -2585,7 +2591,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$90 ),
     .mask(\mask$26 ),
-    .\port$3091$800 (i__payload[801:800]),
+    .\port$3094$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[559:448]),
@@ -2597,7 +2603,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$91 ),
     .mask(\mask$36 ),
-    .\port$3091$768 (i__payload[801:768]),
+    .\port$3094$768 (i__payload[801:768]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[671:560]),
@@ -3247,7 +3253,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3091$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3094$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -3499,8 +3505,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$3091$800 ;
-  wire [1:0] \port$3091$800 ;
+  input [1:0] \port$3094$800 ;
+  wire [1:0] \port$3094$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3557,7 +3563,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$3091$800 [0];
+  assign \$2  = valid & \port$3094$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -3652,154 +3658,154 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$837$0 (\$64 ),
-    .\port$837$1 (\$65 ),
-    .\port$837$10 (\$74 ),
-    .\port$837$11 (\$75 ),
-    .\port$837$12 (\$76 ),
-    .\port$837$13 (\$77 ),
-    .\port$837$14 (\$78 ),
-    .\port$837$15 (\$79 ),
-    .\port$837$2 (\$66 ),
-    .\port$837$3 (\$67 ),
-    .\port$837$4 (\$68 ),
-    .\port$837$5 (\$69 ),
-    .\port$837$6 (\$70 ),
-    .\port$837$7 (\$71 ),
-    .\port$837$8 (\$72 ),
-    .\port$837$9 (\$73 )
+    .\port$840$0 (\$64 ),
+    .\port$840$1 (\$65 ),
+    .\port$840$10 (\$74 ),
+    .\port$840$11 (\$75 ),
+    .\port$840$12 (\$76 ),
+    .\port$840$13 (\$77 ),
+    .\port$840$14 (\$78 ),
+    .\port$840$15 (\$79 ),
+    .\port$840$2 (\$66 ),
+    .\port$840$3 (\$67 ),
+    .\port$840$4 (\$68 ),
+    .\port$840$5 (\$69 ),
+    .\port$840$6 (\$70 ),
+    .\port$840$7 (\$71 ),
+    .\port$840$8 (\$72 ),
+    .\port$840$9 (\$73 )
   );
   \psc_core.dp.pe_0.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$838$0 (\$80 ),
-    .\port$838$1 (\$81 ),
-    .\port$838$10 (\$90 ),
-    .\port$838$11 (\$91 ),
-    .\port$838$12 (\$92 ),
-    .\port$838$13 (\$93 ),
-    .\port$838$14 (\$94 ),
-    .\port$838$15 (\$95 ),
-    .\port$838$2 (\$82 ),
-    .\port$838$3 (\$83 ),
-    .\port$838$4 (\$84 ),
-    .\port$838$5 (\$85 ),
-    .\port$838$6 (\$86 ),
-    .\port$838$7 (\$87 ),
-    .\port$838$8 (\$88 ),
-    .\port$838$9 (\$89 )
+    .\port$841$0 (\$80 ),
+    .\port$841$1 (\$81 ),
+    .\port$841$10 (\$90 ),
+    .\port$841$11 (\$91 ),
+    .\port$841$12 (\$92 ),
+    .\port$841$13 (\$93 ),
+    .\port$841$14 (\$94 ),
+    .\port$841$15 (\$95 ),
+    .\port$841$2 (\$82 ),
+    .\port$841$3 (\$83 ),
+    .\port$841$4 (\$84 ),
+    .\port$841$5 (\$85 ),
+    .\port$841$6 (\$86 ),
+    .\port$841$7 (\$87 ),
+    .\port$841$8 (\$88 ),
+    .\port$841$9 (\$89 )
   );
   \psc_core.dp.pe_0.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$839$0 (\$96 ),
-    .\port$839$1 (\$97 ),
-    .\port$839$10 (\$106 ),
-    .\port$839$11 (\$107 ),
-    .\port$839$12 (\$108 ),
-    .\port$839$13 (\$109 ),
-    .\port$839$14 (\$110 ),
-    .\port$839$15 (\$111 ),
-    .\port$839$2 (\$98 ),
-    .\port$839$3 (\$99 ),
-    .\port$839$4 (\$100 ),
-    .\port$839$5 (\$101 ),
-    .\port$839$6 (\$102 ),
-    .\port$839$7 (\$103 ),
-    .\port$839$8 (\$104 ),
-    .\port$839$9 (\$105 )
+    .\port$842$0 (\$96 ),
+    .\port$842$1 (\$97 ),
+    .\port$842$10 (\$106 ),
+    .\port$842$11 (\$107 ),
+    .\port$842$12 (\$108 ),
+    .\port$842$13 (\$109 ),
+    .\port$842$14 (\$110 ),
+    .\port$842$15 (\$111 ),
+    .\port$842$2 (\$98 ),
+    .\port$842$3 (\$99 ),
+    .\port$842$4 (\$100 ),
+    .\port$842$5 (\$101 ),
+    .\port$842$6 (\$102 ),
+    .\port$842$7 (\$103 ),
+    .\port$842$8 (\$104 ),
+    .\port$842$9 (\$105 )
   );
   \psc_core.dp.pe_0.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$840$0 (\$112 ),
-    .\port$840$1 (\$113 ),
-    .\port$840$10 (\$122 ),
-    .\port$840$11 (\$123 ),
-    .\port$840$12 (\$124 ),
-    .\port$840$13 (\$125 ),
-    .\port$840$14 (\$126 ),
-    .\port$840$15 (\$127 ),
-    .\port$840$2 (\$114 ),
-    .\port$840$3 (\$115 ),
-    .\port$840$4 (\$116 ),
-    .\port$840$5 (\$117 ),
-    .\port$840$6 (\$118 ),
-    .\port$840$7 (\$119 ),
-    .\port$840$8 (\$120 ),
-    .\port$840$9 (\$121 )
+    .\port$843$0 (\$112 ),
+    .\port$843$1 (\$113 ),
+    .\port$843$10 (\$122 ),
+    .\port$843$11 (\$123 ),
+    .\port$843$12 (\$124 ),
+    .\port$843$13 (\$125 ),
+    .\port$843$14 (\$126 ),
+    .\port$843$15 (\$127 ),
+    .\port$843$2 (\$114 ),
+    .\port$843$3 (\$115 ),
+    .\port$843$4 (\$116 ),
+    .\port$843$5 (\$117 ),
+    .\port$843$6 (\$118 ),
+    .\port$843$7 (\$119 ),
+    .\port$843$8 (\$120 ),
+    .\port$843$9 (\$121 )
   );
   \psc_core.dp.pe_0.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$841$0 (\$128 ),
-    .\port$841$1 (\$129 ),
-    .\port$841$10 (\$138 ),
-    .\port$841$11 (\$139 ),
-    .\port$841$12 (\$140 ),
-    .\port$841$13 (\$141 ),
-    .\port$841$14 (\$142 ),
-    .\port$841$15 (\$143 ),
-    .\port$841$2 (\$130 ),
-    .\port$841$3 (\$131 ),
-    .\port$841$4 (\$132 ),
-    .\port$841$5 (\$133 ),
-    .\port$841$6 (\$134 ),
-    .\port$841$7 (\$135 ),
-    .\port$841$8 (\$136 ),
-    .\port$841$9 (\$137 )
+    .\port$844$0 (\$128 ),
+    .\port$844$1 (\$129 ),
+    .\port$844$10 (\$138 ),
+    .\port$844$11 (\$139 ),
+    .\port$844$12 (\$140 ),
+    .\port$844$13 (\$141 ),
+    .\port$844$14 (\$142 ),
+    .\port$844$15 (\$143 ),
+    .\port$844$2 (\$130 ),
+    .\port$844$3 (\$131 ),
+    .\port$844$4 (\$132 ),
+    .\port$844$5 (\$133 ),
+    .\port$844$6 (\$134 ),
+    .\port$844$7 (\$135 ),
+    .\port$844$8 (\$136 ),
+    .\port$844$9 (\$137 )
   );
   \psc_core.dp.pe_0.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$842$0 (\$144 ),
-    .\port$842$1 (\$145 ),
-    .\port$842$10 (\$154 ),
-    .\port$842$11 (\$155 ),
-    .\port$842$12 (\$156 ),
-    .\port$842$13 (\$157 ),
-    .\port$842$14 (\$158 ),
-    .\port$842$15 (\$159 ),
-    .\port$842$2 (\$146 ),
-    .\port$842$3 (\$147 ),
-    .\port$842$4 (\$148 ),
-    .\port$842$5 (\$149 ),
-    .\port$842$6 (\$150 ),
-    .\port$842$7 (\$151 ),
-    .\port$842$8 (\$152 ),
-    .\port$842$9 (\$153 )
+    .\port$845$0 (\$144 ),
+    .\port$845$1 (\$145 ),
+    .\port$845$10 (\$154 ),
+    .\port$845$11 (\$155 ),
+    .\port$845$12 (\$156 ),
+    .\port$845$13 (\$157 ),
+    .\port$845$14 (\$158 ),
+    .\port$845$15 (\$159 ),
+    .\port$845$2 (\$146 ),
+    .\port$845$3 (\$147 ),
+    .\port$845$4 (\$148 ),
+    .\port$845$5 (\$149 ),
+    .\port$845$6 (\$150 ),
+    .\port$845$7 (\$151 ),
+    .\port$845$8 (\$152 ),
+    .\port$845$9 (\$153 )
   );
   \psc_core.dp.pe_0.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$843$0 (\$160 ),
-    .\port$843$1 (\$161 ),
-    .\port$843$10 (\$170 ),
-    .\port$843$11 (\$171 ),
-    .\port$843$12 (\$172 ),
-    .\port$843$13 (\$173 ),
-    .\port$843$14 (\$174 ),
-    .\port$843$15 (\$175 ),
-    .\port$843$2 (\$162 ),
-    .\port$843$3 (\$163 ),
-    .\port$843$4 (\$164 ),
-    .\port$843$5 (\$165 ),
-    .\port$843$6 (\$166 ),
-    .\port$843$7 (\$167 ),
-    .\port$843$8 (\$168 ),
-    .\port$843$9 (\$169 )
+    .\port$846$0 (\$160 ),
+    .\port$846$1 (\$161 ),
+    .\port$846$10 (\$170 ),
+    .\port$846$11 (\$171 ),
+    .\port$846$12 (\$172 ),
+    .\port$846$13 (\$173 ),
+    .\port$846$14 (\$174 ),
+    .\port$846$15 (\$175 ),
+    .\port$846$2 (\$162 ),
+    .\port$846$3 (\$163 ),
+    .\port$846$4 (\$164 ),
+    .\port$846$5 (\$165 ),
+    .\port$846$6 (\$166 ),
+    .\port$846$7 (\$167 ),
+    .\port$846$8 (\$168 ),
+    .\port$846$9 (\$169 )
   );
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
@@ -3820,7 +3826,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$3091$800 [0];
+      \$37  = \port$3094$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -3830,7 +3836,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$3091$800 [1];
+      \$38  = \port$3094$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -4084,8 +4090,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$3091$800 [0];
-  assign last = \port$3091$800 [1];
+  assign first = \port$3094$800 [0];
+  assign last = \port$3094$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -4145,676 +4151,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_0 (\port$837$0 , \port$837$1 , \port$837$2 , \port$837$3 , \port$837$4 , \port$837$5 , \port$837$6 , \port$837$7 , \port$837$8 , \port$837$9 , \port$837$10 , \port$837$11 , \port$837$12 , \port$837$13 , \port$837$14 , \port$837$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$837$0 ;
-  wire \port$837$0 ;
-  output \port$837$1 ;
-  wire \port$837$1 ;
-  output \port$837$10 ;
-  wire \port$837$10 ;
-  output \port$837$11 ;
-  wire \port$837$11 ;
-  output \port$837$12 ;
-  wire \port$837$12 ;
-  output \port$837$13 ;
-  wire \port$837$13 ;
-  output \port$837$14 ;
-  wire \port$837$14 ;
-  output \port$837$15 ;
-  wire \port$837$15 ;
-  output \port$837$2 ;
-  wire \port$837$2 ;
-  output \port$837$3 ;
-  wire \port$837$3 ;
-  output \port$837$4 ;
-  wire \port$837$4 ;
-  output \port$837$5 ;
-  wire \port$837$5 ;
-  output \port$837$6 ;
-  wire \port$837$6 ;
-  output \port$837$7 ;
-  wire \port$837$7 ;
-  output \port$837$8 ;
-  wire \port$837$8 ;
-  output \port$837$9 ;
-  wire \port$837$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$837$0  = \$1 ;
-  assign \port$837$1  = \$2 ;
-  assign \port$837$2  = \$3 ;
-  assign \port$837$3  = \$4 ;
-  assign \port$837$4  = \$5 ;
-  assign \port$837$5  = \$6 ;
-  assign \port$837$6  = \$7 ;
-  assign \port$837$7  = \$8 ;
-  assign \port$837$8  = \$9 ;
-  assign \port$837$9  = \$10 ;
-  assign \port$837$10  = \$11 ;
-  assign \port$837$11  = \$12 ;
-  assign \port$837$12  = \$13 ;
-  assign \port$837$13  = \$14 ;
-  assign \port$837$14  = \$15 ;
-  assign \port$837$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_1 (\port$838$0 , \port$838$1 , \port$838$2 , \port$838$3 , \port$838$4 , \port$838$5 , \port$838$6 , \port$838$7 , \port$838$8 , \port$838$9 , \port$838$10 , \port$838$11 , \port$838$12 , \port$838$13 , \port$838$14 , \port$838$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$838$0 ;
-  wire \port$838$0 ;
-  output \port$838$1 ;
-  wire \port$838$1 ;
-  output \port$838$10 ;
-  wire \port$838$10 ;
-  output \port$838$11 ;
-  wire \port$838$11 ;
-  output \port$838$12 ;
-  wire \port$838$12 ;
-  output \port$838$13 ;
-  wire \port$838$13 ;
-  output \port$838$14 ;
-  wire \port$838$14 ;
-  output \port$838$15 ;
-  wire \port$838$15 ;
-  output \port$838$2 ;
-  wire \port$838$2 ;
-  output \port$838$3 ;
-  wire \port$838$3 ;
-  output \port$838$4 ;
-  wire \port$838$4 ;
-  output \port$838$5 ;
-  wire \port$838$5 ;
-  output \port$838$6 ;
-  wire \port$838$6 ;
-  output \port$838$7 ;
-  wire \port$838$7 ;
-  output \port$838$8 ;
-  wire \port$838$8 ;
-  output \port$838$9 ;
-  wire \port$838$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$838$0  = \$1 ;
-  assign \port$838$1  = \$2 ;
-  assign \port$838$2  = \$3 ;
-  assign \port$838$3  = \$4 ;
-  assign \port$838$4  = \$5 ;
-  assign \port$838$5  = \$6 ;
-  assign \port$838$6  = \$7 ;
-  assign \port$838$7  = \$8 ;
-  assign \port$838$8  = \$9 ;
-  assign \port$838$9  = \$10 ;
-  assign \port$838$10  = \$11 ;
-  assign \port$838$11  = \$12 ;
-  assign \port$838$12  = \$13 ;
-  assign \port$838$13  = \$14 ;
-  assign \port$838$14  = \$15 ;
-  assign \port$838$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_2 (\port$839$0 , \port$839$1 , \port$839$2 , \port$839$3 , \port$839$4 , \port$839$5 , \port$839$6 , \port$839$7 , \port$839$8 , \port$839$9 , \port$839$10 , \port$839$11 , \port$839$12 , \port$839$13 , \port$839$14 , \port$839$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$839$0 ;
-  wire \port$839$0 ;
-  output \port$839$1 ;
-  wire \port$839$1 ;
-  output \port$839$10 ;
-  wire \port$839$10 ;
-  output \port$839$11 ;
-  wire \port$839$11 ;
-  output \port$839$12 ;
-  wire \port$839$12 ;
-  output \port$839$13 ;
-  wire \port$839$13 ;
-  output \port$839$14 ;
-  wire \port$839$14 ;
-  output \port$839$15 ;
-  wire \port$839$15 ;
-  output \port$839$2 ;
-  wire \port$839$2 ;
-  output \port$839$3 ;
-  wire \port$839$3 ;
-  output \port$839$4 ;
-  wire \port$839$4 ;
-  output \port$839$5 ;
-  wire \port$839$5 ;
-  output \port$839$6 ;
-  wire \port$839$6 ;
-  output \port$839$7 ;
-  wire \port$839$7 ;
-  output \port$839$8 ;
-  wire \port$839$8 ;
-  output \port$839$9 ;
-  wire \port$839$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$839$0  = \$1 ;
-  assign \port$839$1  = \$2 ;
-  assign \port$839$2  = \$3 ;
-  assign \port$839$3  = \$4 ;
-  assign \port$839$4  = \$5 ;
-  assign \port$839$5  = \$6 ;
-  assign \port$839$6  = \$7 ;
-  assign \port$839$7  = \$8 ;
-  assign \port$839$8  = \$9 ;
-  assign \port$839$9  = \$10 ;
-  assign \port$839$10  = \$11 ;
-  assign \port$839$11  = \$12 ;
-  assign \port$839$12  = \$13 ;
-  assign \port$839$13  = \$14 ;
-  assign \port$839$14  = \$15 ;
-  assign \port$839$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_3 (\port$840$0 , \port$840$1 , \port$840$2 , \port$840$3 , \port$840$4 , \port$840$5 , \port$840$6 , \port$840$7 , \port$840$8 , \port$840$9 , \port$840$10 , \port$840$11 , \port$840$12 , \port$840$13 , \port$840$14 , \port$840$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_0 (\port$840$0 , \port$840$1 , \port$840$2 , \port$840$3 , \port$840$4 , \port$840$5 , \port$840$6 , \port$840$7 , \port$840$8 , \port$840$9 , \port$840$10 , \port$840$11 , \port$840$12 , \port$840$13 , \port$840$14 , \port$840$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5037,7 +4374,7 @@ module \psc_core.dp.pe_0.mul_3 (\port$840$0 , \port$840$1 , \port$840$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_4 (\port$841$0 , \port$841$1 , \port$841$2 , \port$841$3 , \port$841$4 , \port$841$5 , \port$841$6 , \port$841$7 , \port$841$8 , \port$841$9 , \port$841$10 , \port$841$11 , \port$841$12 , \port$841$13 , \port$841$14 , \port$841$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_1 (\port$841$0 , \port$841$1 , \port$841$2 , \port$841$3 , \port$841$4 , \port$841$5 , \port$841$6 , \port$841$7 , \port$841$8 , \port$841$9 , \port$841$10 , \port$841$11 , \port$841$12 , \port$841$13 , \port$841$14 , \port$841$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5260,7 +4597,7 @@ module \psc_core.dp.pe_0.mul_4 (\port$841$0 , \port$841$1 , \port$841$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_5 (\port$842$0 , \port$842$1 , \port$842$2 , \port$842$3 , \port$842$4 , \port$842$5 , \port$842$6 , \port$842$7 , \port$842$8 , \port$842$9 , \port$842$10 , \port$842$11 , \port$842$12 , \port$842$13 , \port$842$14 , \port$842$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_2 (\port$842$0 , \port$842$1 , \port$842$2 , \port$842$3 , \port$842$4 , \port$842$5 , \port$842$6 , \port$842$7 , \port$842$8 , \port$842$9 , \port$842$10 , \port$842$11 , \port$842$12 , \port$842$13 , \port$842$14 , \port$842$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5483,7 +4820,7 @@ module \psc_core.dp.pe_0.mul_5 (\port$842$0 , \port$842$1 , \port$842$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_6 (\port$843$0 , \port$843$1 , \port$843$2 , \port$843$3 , \port$843$4 , \port$843$5 , \port$843$6 , \port$843$7 , \port$843$8 , \port$843$9 , \port$843$10 , \port$843$11 , \port$843$12 , \port$843$13 , \port$843$14 , \port$843$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_3 (\port$843$0 , \port$843$1 , \port$843$2 , \port$843$3 , \port$843$4 , \port$843$5 , \port$843$6 , \port$843$7 , \port$843$8 , \port$843$9 , \port$843$10 , \port$843$11 , \port$843$12 , \port$843$13 , \port$843$14 , \port$843$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5706,6 +5043,675 @@ module \psc_core.dp.pe_0.mul_6 (\port$843$0 , \port$843$1 , \port$843$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
+module \psc_core.dp.pe_0.mul_4 (\port$844$0 , \port$844$1 , \port$844$2 , \port$844$3 , \port$844$4 , \port$844$5 , \port$844$6 , \port$844$7 , \port$844$8 , \port$844$9 , \port$844$10 , \port$844$11 , \port$844$12 , \port$844$13 , \port$844$14 , \port$844$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$844$0 ;
+  wire \port$844$0 ;
+  output \port$844$1 ;
+  wire \port$844$1 ;
+  output \port$844$10 ;
+  wire \port$844$10 ;
+  output \port$844$11 ;
+  wire \port$844$11 ;
+  output \port$844$12 ;
+  wire \port$844$12 ;
+  output \port$844$13 ;
+  wire \port$844$13 ;
+  output \port$844$14 ;
+  wire \port$844$14 ;
+  output \port$844$15 ;
+  wire \port$844$15 ;
+  output \port$844$2 ;
+  wire \port$844$2 ;
+  output \port$844$3 ;
+  wire \port$844$3 ;
+  output \port$844$4 ;
+  wire \port$844$4 ;
+  output \port$844$5 ;
+  wire \port$844$5 ;
+  output \port$844$6 ;
+  wire \port$844$6 ;
+  output \port$844$7 ;
+  wire \port$844$7 ;
+  output \port$844$8 ;
+  wire \port$844$8 ;
+  output \port$844$9 ;
+  wire \port$844$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$844$0  = \$1 ;
+  assign \port$844$1  = \$2 ;
+  assign \port$844$2  = \$3 ;
+  assign \port$844$3  = \$4 ;
+  assign \port$844$4  = \$5 ;
+  assign \port$844$5  = \$6 ;
+  assign \port$844$6  = \$7 ;
+  assign \port$844$7  = \$8 ;
+  assign \port$844$8  = \$9 ;
+  assign \port$844$9  = \$10 ;
+  assign \port$844$10  = \$11 ;
+  assign \port$844$11  = \$12 ;
+  assign \port$844$12  = \$13 ;
+  assign \port$844$13  = \$14 ;
+  assign \port$844$14  = \$15 ;
+  assign \port$844$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_0.mul_5 (\port$845$0 , \port$845$1 , \port$845$2 , \port$845$3 , \port$845$4 , \port$845$5 , \port$845$6 , \port$845$7 , \port$845$8 , \port$845$9 , \port$845$10 , \port$845$11 , \port$845$12 , \port$845$13 , \port$845$14 , \port$845$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$845$0 ;
+  wire \port$845$0 ;
+  output \port$845$1 ;
+  wire \port$845$1 ;
+  output \port$845$10 ;
+  wire \port$845$10 ;
+  output \port$845$11 ;
+  wire \port$845$11 ;
+  output \port$845$12 ;
+  wire \port$845$12 ;
+  output \port$845$13 ;
+  wire \port$845$13 ;
+  output \port$845$14 ;
+  wire \port$845$14 ;
+  output \port$845$15 ;
+  wire \port$845$15 ;
+  output \port$845$2 ;
+  wire \port$845$2 ;
+  output \port$845$3 ;
+  wire \port$845$3 ;
+  output \port$845$4 ;
+  wire \port$845$4 ;
+  output \port$845$5 ;
+  wire \port$845$5 ;
+  output \port$845$6 ;
+  wire \port$845$6 ;
+  output \port$845$7 ;
+  wire \port$845$7 ;
+  output \port$845$8 ;
+  wire \port$845$8 ;
+  output \port$845$9 ;
+  wire \port$845$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$845$0  = \$1 ;
+  assign \port$845$1  = \$2 ;
+  assign \port$845$2  = \$3 ;
+  assign \port$845$3  = \$4 ;
+  assign \port$845$4  = \$5 ;
+  assign \port$845$5  = \$6 ;
+  assign \port$845$6  = \$7 ;
+  assign \port$845$7  = \$8 ;
+  assign \port$845$8  = \$9 ;
+  assign \port$845$9  = \$10 ;
+  assign \port$845$10  = \$11 ;
+  assign \port$845$11  = \$12 ;
+  assign \port$845$12  = \$13 ;
+  assign \port$845$13  = \$14 ;
+  assign \port$845$14  = \$15 ;
+  assign \port$845$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_0.mul_6 (\port$846$0 , \port$846$1 , \port$846$2 , \port$846$3 , \port$846$4 , \port$846$5 , \port$846$6 , \port$846$7 , \port$846$8 , \port$846$9 , \port$846$10 , \port$846$11 , \port$846$12 , \port$846$13 , \port$846$14 , \port$846$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$846$0 ;
+  wire \port$846$0 ;
+  output \port$846$1 ;
+  wire \port$846$1 ;
+  output \port$846$10 ;
+  wire \port$846$10 ;
+  output \port$846$11 ;
+  wire \port$846$11 ;
+  output \port$846$12 ;
+  wire \port$846$12 ;
+  output \port$846$13 ;
+  wire \port$846$13 ;
+  output \port$846$14 ;
+  wire \port$846$14 ;
+  output \port$846$15 ;
+  wire \port$846$15 ;
+  output \port$846$2 ;
+  wire \port$846$2 ;
+  output \port$846$3 ;
+  wire \port$846$3 ;
+  output \port$846$4 ;
+  wire \port$846$4 ;
+  output \port$846$5 ;
+  wire \port$846$5 ;
+  output \port$846$6 ;
+  wire \port$846$6 ;
+  output \port$846$7 ;
+  wire \port$846$7 ;
+  output \port$846$8 ;
+  wire \port$846$8 ;
+  output \port$846$9 ;
+  wire \port$846$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$846$0  = \$1 ;
+  assign \port$846$1  = \$2 ;
+  assign \port$846$2  = \$3 ;
+  assign \port$846$3  = \$4 ;
+  assign \port$846$4  = \$5 ;
+  assign \port$846$5  = \$6 ;
+  assign \port$846$6  = \$7 ;
+  assign \port$846$7  = \$8 ;
+  assign \port$846$8  = \$9 ;
+  assign \port$846$9  = \$10 ;
+  assign \port$846$10  = \$11 ;
+  assign \port$846$11  = \$12 ;
+  assign \port$846$12  = \$13 ;
+  assign \port$846$13  = \$14 ;
+  assign \port$846$14  = \$15 ;
+  assign \port$846$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
 module \psc_core.dp.pe_0.wsu (w, mask, words);
   wire [7:0] \$1 ;
   wire [7:0] \$2 ;
@@ -5765,7 +5771,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3091$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3094$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -6015,8 +6021,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$3091$800 ;
-  wire [1:0] \port$3091$800 ;
+  input [1:0] \port$3094$800 ;
+  wire [1:0] \port$3094$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6073,7 +6079,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$3091$800 [0];
+  assign \$2  = valid & \port$3094$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -6168,154 +6174,154 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$917$0 (\$64 ),
-    .\port$917$1 (\$65 ),
-    .\port$917$10 (\$74 ),
-    .\port$917$11 (\$75 ),
-    .\port$917$12 (\$76 ),
-    .\port$917$13 (\$77 ),
-    .\port$917$14 (\$78 ),
-    .\port$917$15 (\$79 ),
-    .\port$917$2 (\$66 ),
-    .\port$917$3 (\$67 ),
-    .\port$917$4 (\$68 ),
-    .\port$917$5 (\$69 ),
-    .\port$917$6 (\$70 ),
-    .\port$917$7 (\$71 ),
-    .\port$917$8 (\$72 ),
-    .\port$917$9 (\$73 )
+    .\port$920$0 (\$64 ),
+    .\port$920$1 (\$65 ),
+    .\port$920$10 (\$74 ),
+    .\port$920$11 (\$75 ),
+    .\port$920$12 (\$76 ),
+    .\port$920$13 (\$77 ),
+    .\port$920$14 (\$78 ),
+    .\port$920$15 (\$79 ),
+    .\port$920$2 (\$66 ),
+    .\port$920$3 (\$67 ),
+    .\port$920$4 (\$68 ),
+    .\port$920$5 (\$69 ),
+    .\port$920$6 (\$70 ),
+    .\port$920$7 (\$71 ),
+    .\port$920$8 (\$72 ),
+    .\port$920$9 (\$73 )
   );
   \psc_core.dp.pe_1.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$918$0 (\$80 ),
-    .\port$918$1 (\$81 ),
-    .\port$918$10 (\$90 ),
-    .\port$918$11 (\$91 ),
-    .\port$918$12 (\$92 ),
-    .\port$918$13 (\$93 ),
-    .\port$918$14 (\$94 ),
-    .\port$918$15 (\$95 ),
-    .\port$918$2 (\$82 ),
-    .\port$918$3 (\$83 ),
-    .\port$918$4 (\$84 ),
-    .\port$918$5 (\$85 ),
-    .\port$918$6 (\$86 ),
-    .\port$918$7 (\$87 ),
-    .\port$918$8 (\$88 ),
-    .\port$918$9 (\$89 )
+    .\port$921$0 (\$80 ),
+    .\port$921$1 (\$81 ),
+    .\port$921$10 (\$90 ),
+    .\port$921$11 (\$91 ),
+    .\port$921$12 (\$92 ),
+    .\port$921$13 (\$93 ),
+    .\port$921$14 (\$94 ),
+    .\port$921$15 (\$95 ),
+    .\port$921$2 (\$82 ),
+    .\port$921$3 (\$83 ),
+    .\port$921$4 (\$84 ),
+    .\port$921$5 (\$85 ),
+    .\port$921$6 (\$86 ),
+    .\port$921$7 (\$87 ),
+    .\port$921$8 (\$88 ),
+    .\port$921$9 (\$89 )
   );
   \psc_core.dp.pe_1.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$919$0 (\$96 ),
-    .\port$919$1 (\$97 ),
-    .\port$919$10 (\$106 ),
-    .\port$919$11 (\$107 ),
-    .\port$919$12 (\$108 ),
-    .\port$919$13 (\$109 ),
-    .\port$919$14 (\$110 ),
-    .\port$919$15 (\$111 ),
-    .\port$919$2 (\$98 ),
-    .\port$919$3 (\$99 ),
-    .\port$919$4 (\$100 ),
-    .\port$919$5 (\$101 ),
-    .\port$919$6 (\$102 ),
-    .\port$919$7 (\$103 ),
-    .\port$919$8 (\$104 ),
-    .\port$919$9 (\$105 )
+    .\port$922$0 (\$96 ),
+    .\port$922$1 (\$97 ),
+    .\port$922$10 (\$106 ),
+    .\port$922$11 (\$107 ),
+    .\port$922$12 (\$108 ),
+    .\port$922$13 (\$109 ),
+    .\port$922$14 (\$110 ),
+    .\port$922$15 (\$111 ),
+    .\port$922$2 (\$98 ),
+    .\port$922$3 (\$99 ),
+    .\port$922$4 (\$100 ),
+    .\port$922$5 (\$101 ),
+    .\port$922$6 (\$102 ),
+    .\port$922$7 (\$103 ),
+    .\port$922$8 (\$104 ),
+    .\port$922$9 (\$105 )
   );
   \psc_core.dp.pe_1.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$920$0 (\$112 ),
-    .\port$920$1 (\$113 ),
-    .\port$920$10 (\$122 ),
-    .\port$920$11 (\$123 ),
-    .\port$920$12 (\$124 ),
-    .\port$920$13 (\$125 ),
-    .\port$920$14 (\$126 ),
-    .\port$920$15 (\$127 ),
-    .\port$920$2 (\$114 ),
-    .\port$920$3 (\$115 ),
-    .\port$920$4 (\$116 ),
-    .\port$920$5 (\$117 ),
-    .\port$920$6 (\$118 ),
-    .\port$920$7 (\$119 ),
-    .\port$920$8 (\$120 ),
-    .\port$920$9 (\$121 )
+    .\port$923$0 (\$112 ),
+    .\port$923$1 (\$113 ),
+    .\port$923$10 (\$122 ),
+    .\port$923$11 (\$123 ),
+    .\port$923$12 (\$124 ),
+    .\port$923$13 (\$125 ),
+    .\port$923$14 (\$126 ),
+    .\port$923$15 (\$127 ),
+    .\port$923$2 (\$114 ),
+    .\port$923$3 (\$115 ),
+    .\port$923$4 (\$116 ),
+    .\port$923$5 (\$117 ),
+    .\port$923$6 (\$118 ),
+    .\port$923$7 (\$119 ),
+    .\port$923$8 (\$120 ),
+    .\port$923$9 (\$121 )
   );
   \psc_core.dp.pe_1.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$921$0 (\$128 ),
-    .\port$921$1 (\$129 ),
-    .\port$921$10 (\$138 ),
-    .\port$921$11 (\$139 ),
-    .\port$921$12 (\$140 ),
-    .\port$921$13 (\$141 ),
-    .\port$921$14 (\$142 ),
-    .\port$921$15 (\$143 ),
-    .\port$921$2 (\$130 ),
-    .\port$921$3 (\$131 ),
-    .\port$921$4 (\$132 ),
-    .\port$921$5 (\$133 ),
-    .\port$921$6 (\$134 ),
-    .\port$921$7 (\$135 ),
-    .\port$921$8 (\$136 ),
-    .\port$921$9 (\$137 )
+    .\port$924$0 (\$128 ),
+    .\port$924$1 (\$129 ),
+    .\port$924$10 (\$138 ),
+    .\port$924$11 (\$139 ),
+    .\port$924$12 (\$140 ),
+    .\port$924$13 (\$141 ),
+    .\port$924$14 (\$142 ),
+    .\port$924$15 (\$143 ),
+    .\port$924$2 (\$130 ),
+    .\port$924$3 (\$131 ),
+    .\port$924$4 (\$132 ),
+    .\port$924$5 (\$133 ),
+    .\port$924$6 (\$134 ),
+    .\port$924$7 (\$135 ),
+    .\port$924$8 (\$136 ),
+    .\port$924$9 (\$137 )
   );
   \psc_core.dp.pe_1.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$922$0 (\$144 ),
-    .\port$922$1 (\$145 ),
-    .\port$922$10 (\$154 ),
-    .\port$922$11 (\$155 ),
-    .\port$922$12 (\$156 ),
-    .\port$922$13 (\$157 ),
-    .\port$922$14 (\$158 ),
-    .\port$922$15 (\$159 ),
-    .\port$922$2 (\$146 ),
-    .\port$922$3 (\$147 ),
-    .\port$922$4 (\$148 ),
-    .\port$922$5 (\$149 ),
-    .\port$922$6 (\$150 ),
-    .\port$922$7 (\$151 ),
-    .\port$922$8 (\$152 ),
-    .\port$922$9 (\$153 )
+    .\port$925$0 (\$144 ),
+    .\port$925$1 (\$145 ),
+    .\port$925$10 (\$154 ),
+    .\port$925$11 (\$155 ),
+    .\port$925$12 (\$156 ),
+    .\port$925$13 (\$157 ),
+    .\port$925$14 (\$158 ),
+    .\port$925$15 (\$159 ),
+    .\port$925$2 (\$146 ),
+    .\port$925$3 (\$147 ),
+    .\port$925$4 (\$148 ),
+    .\port$925$5 (\$149 ),
+    .\port$925$6 (\$150 ),
+    .\port$925$7 (\$151 ),
+    .\port$925$8 (\$152 ),
+    .\port$925$9 (\$153 )
   );
   \psc_core.dp.pe_1.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$923$0 (\$160 ),
-    .\port$923$1 (\$161 ),
-    .\port$923$10 (\$170 ),
-    .\port$923$11 (\$171 ),
-    .\port$923$12 (\$172 ),
-    .\port$923$13 (\$173 ),
-    .\port$923$14 (\$174 ),
-    .\port$923$15 (\$175 ),
-    .\port$923$2 (\$162 ),
-    .\port$923$3 (\$163 ),
-    .\port$923$4 (\$164 ),
-    .\port$923$5 (\$165 ),
-    .\port$923$6 (\$166 ),
-    .\port$923$7 (\$167 ),
-    .\port$923$8 (\$168 ),
-    .\port$923$9 (\$169 )
+    .\port$926$0 (\$160 ),
+    .\port$926$1 (\$161 ),
+    .\port$926$10 (\$170 ),
+    .\port$926$11 (\$171 ),
+    .\port$926$12 (\$172 ),
+    .\port$926$13 (\$173 ),
+    .\port$926$14 (\$174 ),
+    .\port$926$15 (\$175 ),
+    .\port$926$2 (\$162 ),
+    .\port$926$3 (\$163 ),
+    .\port$926$4 (\$164 ),
+    .\port$926$5 (\$165 ),
+    .\port$926$6 (\$166 ),
+    .\port$926$7 (\$167 ),
+    .\port$926$8 (\$168 ),
+    .\port$926$9 (\$169 )
   );
   \psc_core.dp.pe_1.wsu  wsu (
     .mask(mask),
@@ -6336,7 +6342,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$3091$800 [0];
+      \$37  = \port$3094$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -6346,7 +6352,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$3091$800 [1];
+      \$38  = \port$3094$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -6600,8 +6606,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$3091$800 [0];
-  assign last = \port$3091$800 [1];
+  assign first = \port$3094$800 [0];
+  assign last = \port$3094$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -6661,676 +6667,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_0 (\port$917$0 , \port$917$1 , \port$917$2 , \port$917$3 , \port$917$4 , \port$917$5 , \port$917$6 , \port$917$7 , \port$917$8 , \port$917$9 , \port$917$10 , \port$917$11 , \port$917$12 , \port$917$13 , \port$917$14 , \port$917$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$917$0 ;
-  wire \port$917$0 ;
-  output \port$917$1 ;
-  wire \port$917$1 ;
-  output \port$917$10 ;
-  wire \port$917$10 ;
-  output \port$917$11 ;
-  wire \port$917$11 ;
-  output \port$917$12 ;
-  wire \port$917$12 ;
-  output \port$917$13 ;
-  wire \port$917$13 ;
-  output \port$917$14 ;
-  wire \port$917$14 ;
-  output \port$917$15 ;
-  wire \port$917$15 ;
-  output \port$917$2 ;
-  wire \port$917$2 ;
-  output \port$917$3 ;
-  wire \port$917$3 ;
-  output \port$917$4 ;
-  wire \port$917$4 ;
-  output \port$917$5 ;
-  wire \port$917$5 ;
-  output \port$917$6 ;
-  wire \port$917$6 ;
-  output \port$917$7 ;
-  wire \port$917$7 ;
-  output \port$917$8 ;
-  wire \port$917$8 ;
-  output \port$917$9 ;
-  wire \port$917$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$917$0  = \$1 ;
-  assign \port$917$1  = \$2 ;
-  assign \port$917$2  = \$3 ;
-  assign \port$917$3  = \$4 ;
-  assign \port$917$4  = \$5 ;
-  assign \port$917$5  = \$6 ;
-  assign \port$917$6  = \$7 ;
-  assign \port$917$7  = \$8 ;
-  assign \port$917$8  = \$9 ;
-  assign \port$917$9  = \$10 ;
-  assign \port$917$10  = \$11 ;
-  assign \port$917$11  = \$12 ;
-  assign \port$917$12  = \$13 ;
-  assign \port$917$13  = \$14 ;
-  assign \port$917$14  = \$15 ;
-  assign \port$917$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_1 (\port$918$0 , \port$918$1 , \port$918$2 , \port$918$3 , \port$918$4 , \port$918$5 , \port$918$6 , \port$918$7 , \port$918$8 , \port$918$9 , \port$918$10 , \port$918$11 , \port$918$12 , \port$918$13 , \port$918$14 , \port$918$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$918$0 ;
-  wire \port$918$0 ;
-  output \port$918$1 ;
-  wire \port$918$1 ;
-  output \port$918$10 ;
-  wire \port$918$10 ;
-  output \port$918$11 ;
-  wire \port$918$11 ;
-  output \port$918$12 ;
-  wire \port$918$12 ;
-  output \port$918$13 ;
-  wire \port$918$13 ;
-  output \port$918$14 ;
-  wire \port$918$14 ;
-  output \port$918$15 ;
-  wire \port$918$15 ;
-  output \port$918$2 ;
-  wire \port$918$2 ;
-  output \port$918$3 ;
-  wire \port$918$3 ;
-  output \port$918$4 ;
-  wire \port$918$4 ;
-  output \port$918$5 ;
-  wire \port$918$5 ;
-  output \port$918$6 ;
-  wire \port$918$6 ;
-  output \port$918$7 ;
-  wire \port$918$7 ;
-  output \port$918$8 ;
-  wire \port$918$8 ;
-  output \port$918$9 ;
-  wire \port$918$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$918$0  = \$1 ;
-  assign \port$918$1  = \$2 ;
-  assign \port$918$2  = \$3 ;
-  assign \port$918$3  = \$4 ;
-  assign \port$918$4  = \$5 ;
-  assign \port$918$5  = \$6 ;
-  assign \port$918$6  = \$7 ;
-  assign \port$918$7  = \$8 ;
-  assign \port$918$8  = \$9 ;
-  assign \port$918$9  = \$10 ;
-  assign \port$918$10  = \$11 ;
-  assign \port$918$11  = \$12 ;
-  assign \port$918$12  = \$13 ;
-  assign \port$918$13  = \$14 ;
-  assign \port$918$14  = \$15 ;
-  assign \port$918$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_2 (\port$919$0 , \port$919$1 , \port$919$2 , \port$919$3 , \port$919$4 , \port$919$5 , \port$919$6 , \port$919$7 , \port$919$8 , \port$919$9 , \port$919$10 , \port$919$11 , \port$919$12 , \port$919$13 , \port$919$14 , \port$919$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$919$0 ;
-  wire \port$919$0 ;
-  output \port$919$1 ;
-  wire \port$919$1 ;
-  output \port$919$10 ;
-  wire \port$919$10 ;
-  output \port$919$11 ;
-  wire \port$919$11 ;
-  output \port$919$12 ;
-  wire \port$919$12 ;
-  output \port$919$13 ;
-  wire \port$919$13 ;
-  output \port$919$14 ;
-  wire \port$919$14 ;
-  output \port$919$15 ;
-  wire \port$919$15 ;
-  output \port$919$2 ;
-  wire \port$919$2 ;
-  output \port$919$3 ;
-  wire \port$919$3 ;
-  output \port$919$4 ;
-  wire \port$919$4 ;
-  output \port$919$5 ;
-  wire \port$919$5 ;
-  output \port$919$6 ;
-  wire \port$919$6 ;
-  output \port$919$7 ;
-  wire \port$919$7 ;
-  output \port$919$8 ;
-  wire \port$919$8 ;
-  output \port$919$9 ;
-  wire \port$919$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$919$0  = \$1 ;
-  assign \port$919$1  = \$2 ;
-  assign \port$919$2  = \$3 ;
-  assign \port$919$3  = \$4 ;
-  assign \port$919$4  = \$5 ;
-  assign \port$919$5  = \$6 ;
-  assign \port$919$6  = \$7 ;
-  assign \port$919$7  = \$8 ;
-  assign \port$919$8  = \$9 ;
-  assign \port$919$9  = \$10 ;
-  assign \port$919$10  = \$11 ;
-  assign \port$919$11  = \$12 ;
-  assign \port$919$12  = \$13 ;
-  assign \port$919$13  = \$14 ;
-  assign \port$919$14  = \$15 ;
-  assign \port$919$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_3 (\port$920$0 , \port$920$1 , \port$920$2 , \port$920$3 , \port$920$4 , \port$920$5 , \port$920$6 , \port$920$7 , \port$920$8 , \port$920$9 , \port$920$10 , \port$920$11 , \port$920$12 , \port$920$13 , \port$920$14 , \port$920$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_0 (\port$920$0 , \port$920$1 , \port$920$2 , \port$920$3 , \port$920$4 , \port$920$5 , \port$920$6 , \port$920$7 , \port$920$8 , \port$920$9 , \port$920$10 , \port$920$11 , \port$920$12 , \port$920$13 , \port$920$14 , \port$920$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7553,7 +6890,7 @@ module \psc_core.dp.pe_1.mul_3 (\port$920$0 , \port$920$1 , \port$920$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_4 (\port$921$0 , \port$921$1 , \port$921$2 , \port$921$3 , \port$921$4 , \port$921$5 , \port$921$6 , \port$921$7 , \port$921$8 , \port$921$9 , \port$921$10 , \port$921$11 , \port$921$12 , \port$921$13 , \port$921$14 , \port$921$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_1 (\port$921$0 , \port$921$1 , \port$921$2 , \port$921$3 , \port$921$4 , \port$921$5 , \port$921$6 , \port$921$7 , \port$921$8 , \port$921$9 , \port$921$10 , \port$921$11 , \port$921$12 , \port$921$13 , \port$921$14 , \port$921$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7776,7 +7113,7 @@ module \psc_core.dp.pe_1.mul_4 (\port$921$0 , \port$921$1 , \port$921$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_5 (\port$922$0 , \port$922$1 , \port$922$2 , \port$922$3 , \port$922$4 , \port$922$5 , \port$922$6 , \port$922$7 , \port$922$8 , \port$922$9 , \port$922$10 , \port$922$11 , \port$922$12 , \port$922$13 , \port$922$14 , \port$922$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_2 (\port$922$0 , \port$922$1 , \port$922$2 , \port$922$3 , \port$922$4 , \port$922$5 , \port$922$6 , \port$922$7 , \port$922$8 , \port$922$9 , \port$922$10 , \port$922$11 , \port$922$12 , \port$922$13 , \port$922$14 , \port$922$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7999,7 +7336,7 @@ module \psc_core.dp.pe_1.mul_5 (\port$922$0 , \port$922$1 , \port$922$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_6 (\port$923$0 , \port$923$1 , \port$923$2 , \port$923$3 , \port$923$4 , \port$923$5 , \port$923$6 , \port$923$7 , \port$923$8 , \port$923$9 , \port$923$10 , \port$923$11 , \port$923$12 , \port$923$13 , \port$923$14 , \port$923$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_3 (\port$923$0 , \port$923$1 , \port$923$2 , \port$923$3 , \port$923$4 , \port$923$5 , \port$923$6 , \port$923$7 , \port$923$8 , \port$923$9 , \port$923$10 , \port$923$11 , \port$923$12 , \port$923$13 , \port$923$14 , \port$923$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -8222,6 +7559,675 @@ module \psc_core.dp.pe_1.mul_6 (\port$923$0 , \port$923$1 , \port$923$2 , \port$
 endmodule
 
 (* generator = "Amaranth" *)
+module \psc_core.dp.pe_1.mul_4 (\port$924$0 , \port$924$1 , \port$924$2 , \port$924$3 , \port$924$4 , \port$924$5 , \port$924$6 , \port$924$7 , \port$924$8 , \port$924$9 , \port$924$10 , \port$924$11 , \port$924$12 , \port$924$13 , \port$924$14 , \port$924$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$924$0 ;
+  wire \port$924$0 ;
+  output \port$924$1 ;
+  wire \port$924$1 ;
+  output \port$924$10 ;
+  wire \port$924$10 ;
+  output \port$924$11 ;
+  wire \port$924$11 ;
+  output \port$924$12 ;
+  wire \port$924$12 ;
+  output \port$924$13 ;
+  wire \port$924$13 ;
+  output \port$924$14 ;
+  wire \port$924$14 ;
+  output \port$924$15 ;
+  wire \port$924$15 ;
+  output \port$924$2 ;
+  wire \port$924$2 ;
+  output \port$924$3 ;
+  wire \port$924$3 ;
+  output \port$924$4 ;
+  wire \port$924$4 ;
+  output \port$924$5 ;
+  wire \port$924$5 ;
+  output \port$924$6 ;
+  wire \port$924$6 ;
+  output \port$924$7 ;
+  wire \port$924$7 ;
+  output \port$924$8 ;
+  wire \port$924$8 ;
+  output \port$924$9 ;
+  wire \port$924$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$924$0  = \$1 ;
+  assign \port$924$1  = \$2 ;
+  assign \port$924$2  = \$3 ;
+  assign \port$924$3  = \$4 ;
+  assign \port$924$4  = \$5 ;
+  assign \port$924$5  = \$6 ;
+  assign \port$924$6  = \$7 ;
+  assign \port$924$7  = \$8 ;
+  assign \port$924$8  = \$9 ;
+  assign \port$924$9  = \$10 ;
+  assign \port$924$10  = \$11 ;
+  assign \port$924$11  = \$12 ;
+  assign \port$924$12  = \$13 ;
+  assign \port$924$13  = \$14 ;
+  assign \port$924$14  = \$15 ;
+  assign \port$924$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_1.mul_5 (\port$925$0 , \port$925$1 , \port$925$2 , \port$925$3 , \port$925$4 , \port$925$5 , \port$925$6 , \port$925$7 , \port$925$8 , \port$925$9 , \port$925$10 , \port$925$11 , \port$925$12 , \port$925$13 , \port$925$14 , \port$925$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$925$0 ;
+  wire \port$925$0 ;
+  output \port$925$1 ;
+  wire \port$925$1 ;
+  output \port$925$10 ;
+  wire \port$925$10 ;
+  output \port$925$11 ;
+  wire \port$925$11 ;
+  output \port$925$12 ;
+  wire \port$925$12 ;
+  output \port$925$13 ;
+  wire \port$925$13 ;
+  output \port$925$14 ;
+  wire \port$925$14 ;
+  output \port$925$15 ;
+  wire \port$925$15 ;
+  output \port$925$2 ;
+  wire \port$925$2 ;
+  output \port$925$3 ;
+  wire \port$925$3 ;
+  output \port$925$4 ;
+  wire \port$925$4 ;
+  output \port$925$5 ;
+  wire \port$925$5 ;
+  output \port$925$6 ;
+  wire \port$925$6 ;
+  output \port$925$7 ;
+  wire \port$925$7 ;
+  output \port$925$8 ;
+  wire \port$925$8 ;
+  output \port$925$9 ;
+  wire \port$925$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$925$0  = \$1 ;
+  assign \port$925$1  = \$2 ;
+  assign \port$925$2  = \$3 ;
+  assign \port$925$3  = \$4 ;
+  assign \port$925$4  = \$5 ;
+  assign \port$925$5  = \$6 ;
+  assign \port$925$6  = \$7 ;
+  assign \port$925$7  = \$8 ;
+  assign \port$925$8  = \$9 ;
+  assign \port$925$9  = \$10 ;
+  assign \port$925$10  = \$11 ;
+  assign \port$925$11  = \$12 ;
+  assign \port$925$12  = \$13 ;
+  assign \port$925$13  = \$14 ;
+  assign \port$925$14  = \$15 ;
+  assign \port$925$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_1.mul_6 (\port$926$0 , \port$926$1 , \port$926$2 , \port$926$3 , \port$926$4 , \port$926$5 , \port$926$6 , \port$926$7 , \port$926$8 , \port$926$9 , \port$926$10 , \port$926$11 , \port$926$12 , \port$926$13 , \port$926$14 , \port$926$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$926$0 ;
+  wire \port$926$0 ;
+  output \port$926$1 ;
+  wire \port$926$1 ;
+  output \port$926$10 ;
+  wire \port$926$10 ;
+  output \port$926$11 ;
+  wire \port$926$11 ;
+  output \port$926$12 ;
+  wire \port$926$12 ;
+  output \port$926$13 ;
+  wire \port$926$13 ;
+  output \port$926$14 ;
+  wire \port$926$14 ;
+  output \port$926$15 ;
+  wire \port$926$15 ;
+  output \port$926$2 ;
+  wire \port$926$2 ;
+  output \port$926$3 ;
+  wire \port$926$3 ;
+  output \port$926$4 ;
+  wire \port$926$4 ;
+  output \port$926$5 ;
+  wire \port$926$5 ;
+  output \port$926$6 ;
+  wire \port$926$6 ;
+  output \port$926$7 ;
+  wire \port$926$7 ;
+  output \port$926$8 ;
+  wire \port$926$8 ;
+  output \port$926$9 ;
+  wire \port$926$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$926$0  = \$1 ;
+  assign \port$926$1  = \$2 ;
+  assign \port$926$2  = \$3 ;
+  assign \port$926$3  = \$4 ;
+  assign \port$926$4  = \$5 ;
+  assign \port$926$5  = \$6 ;
+  assign \port$926$6  = \$7 ;
+  assign \port$926$7  = \$8 ;
+  assign \port$926$8  = \$9 ;
+  assign \port$926$9  = \$10 ;
+  assign \port$926$10  = \$11 ;
+  assign \port$926$11  = \$12 ;
+  assign \port$926$12  = \$13 ;
+  assign \port$926$13  = \$14 ;
+  assign \port$926$14  = \$15 ;
+  assign \port$926$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
 module \psc_core.dp.pe_1.wsu (w, mask, words);
   wire [7:0] \$1 ;
   wire [7:0] \$2 ;
@@ -8281,7 +8287,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3091$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3094$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -8531,8 +8537,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$3091$800 ;
-  wire [1:0] \port$3091$800 ;
+  input [1:0] \port$3094$800 ;
+  wire [1:0] \port$3094$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8589,7 +8595,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$3091$800 [0];
+  assign \$2  = valid & \port$3094$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -8684,154 +8690,154 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$997$0 (\$64 ),
-    .\port$997$1 (\$65 ),
-    .\port$997$10 (\$74 ),
-    .\port$997$11 (\$75 ),
-    .\port$997$12 (\$76 ),
-    .\port$997$13 (\$77 ),
-    .\port$997$14 (\$78 ),
-    .\port$997$15 (\$79 ),
-    .\port$997$2 (\$66 ),
-    .\port$997$3 (\$67 ),
-    .\port$997$4 (\$68 ),
-    .\port$997$5 (\$69 ),
-    .\port$997$6 (\$70 ),
-    .\port$997$7 (\$71 ),
-    .\port$997$8 (\$72 ),
-    .\port$997$9 (\$73 )
+    .\port$1000$0 (\$64 ),
+    .\port$1000$1 (\$65 ),
+    .\port$1000$10 (\$74 ),
+    .\port$1000$11 (\$75 ),
+    .\port$1000$12 (\$76 ),
+    .\port$1000$13 (\$77 ),
+    .\port$1000$14 (\$78 ),
+    .\port$1000$15 (\$79 ),
+    .\port$1000$2 (\$66 ),
+    .\port$1000$3 (\$67 ),
+    .\port$1000$4 (\$68 ),
+    .\port$1000$5 (\$69 ),
+    .\port$1000$6 (\$70 ),
+    .\port$1000$7 (\$71 ),
+    .\port$1000$8 (\$72 ),
+    .\port$1000$9 (\$73 )
   );
   \psc_core.dp.pe_2.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$998$0 (\$80 ),
-    .\port$998$1 (\$81 ),
-    .\port$998$10 (\$90 ),
-    .\port$998$11 (\$91 ),
-    .\port$998$12 (\$92 ),
-    .\port$998$13 (\$93 ),
-    .\port$998$14 (\$94 ),
-    .\port$998$15 (\$95 ),
-    .\port$998$2 (\$82 ),
-    .\port$998$3 (\$83 ),
-    .\port$998$4 (\$84 ),
-    .\port$998$5 (\$85 ),
-    .\port$998$6 (\$86 ),
-    .\port$998$7 (\$87 ),
-    .\port$998$8 (\$88 ),
-    .\port$998$9 (\$89 )
+    .\port$1001$0 (\$80 ),
+    .\port$1001$1 (\$81 ),
+    .\port$1001$10 (\$90 ),
+    .\port$1001$11 (\$91 ),
+    .\port$1001$12 (\$92 ),
+    .\port$1001$13 (\$93 ),
+    .\port$1001$14 (\$94 ),
+    .\port$1001$15 (\$95 ),
+    .\port$1001$2 (\$82 ),
+    .\port$1001$3 (\$83 ),
+    .\port$1001$4 (\$84 ),
+    .\port$1001$5 (\$85 ),
+    .\port$1001$6 (\$86 ),
+    .\port$1001$7 (\$87 ),
+    .\port$1001$8 (\$88 ),
+    .\port$1001$9 (\$89 )
   );
   \psc_core.dp.pe_2.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$999$0 (\$96 ),
-    .\port$999$1 (\$97 ),
-    .\port$999$10 (\$106 ),
-    .\port$999$11 (\$107 ),
-    .\port$999$12 (\$108 ),
-    .\port$999$13 (\$109 ),
-    .\port$999$14 (\$110 ),
-    .\port$999$15 (\$111 ),
-    .\port$999$2 (\$98 ),
-    .\port$999$3 (\$99 ),
-    .\port$999$4 (\$100 ),
-    .\port$999$5 (\$101 ),
-    .\port$999$6 (\$102 ),
-    .\port$999$7 (\$103 ),
-    .\port$999$8 (\$104 ),
-    .\port$999$9 (\$105 )
+    .\port$1002$0 (\$96 ),
+    .\port$1002$1 (\$97 ),
+    .\port$1002$10 (\$106 ),
+    .\port$1002$11 (\$107 ),
+    .\port$1002$12 (\$108 ),
+    .\port$1002$13 (\$109 ),
+    .\port$1002$14 (\$110 ),
+    .\port$1002$15 (\$111 ),
+    .\port$1002$2 (\$98 ),
+    .\port$1002$3 (\$99 ),
+    .\port$1002$4 (\$100 ),
+    .\port$1002$5 (\$101 ),
+    .\port$1002$6 (\$102 ),
+    .\port$1002$7 (\$103 ),
+    .\port$1002$8 (\$104 ),
+    .\port$1002$9 (\$105 )
   );
   \psc_core.dp.pe_2.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$1000$0 (\$112 ),
-    .\port$1000$1 (\$113 ),
-    .\port$1000$10 (\$122 ),
-    .\port$1000$11 (\$123 ),
-    .\port$1000$12 (\$124 ),
-    .\port$1000$13 (\$125 ),
-    .\port$1000$14 (\$126 ),
-    .\port$1000$15 (\$127 ),
-    .\port$1000$2 (\$114 ),
-    .\port$1000$3 (\$115 ),
-    .\port$1000$4 (\$116 ),
-    .\port$1000$5 (\$117 ),
-    .\port$1000$6 (\$118 ),
-    .\port$1000$7 (\$119 ),
-    .\port$1000$8 (\$120 ),
-    .\port$1000$9 (\$121 )
+    .\port$1003$0 (\$112 ),
+    .\port$1003$1 (\$113 ),
+    .\port$1003$10 (\$122 ),
+    .\port$1003$11 (\$123 ),
+    .\port$1003$12 (\$124 ),
+    .\port$1003$13 (\$125 ),
+    .\port$1003$14 (\$126 ),
+    .\port$1003$15 (\$127 ),
+    .\port$1003$2 (\$114 ),
+    .\port$1003$3 (\$115 ),
+    .\port$1003$4 (\$116 ),
+    .\port$1003$5 (\$117 ),
+    .\port$1003$6 (\$118 ),
+    .\port$1003$7 (\$119 ),
+    .\port$1003$8 (\$120 ),
+    .\port$1003$9 (\$121 )
   );
   \psc_core.dp.pe_2.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$1001$0 (\$128 ),
-    .\port$1001$1 (\$129 ),
-    .\port$1001$10 (\$138 ),
-    .\port$1001$11 (\$139 ),
-    .\port$1001$12 (\$140 ),
-    .\port$1001$13 (\$141 ),
-    .\port$1001$14 (\$142 ),
-    .\port$1001$15 (\$143 ),
-    .\port$1001$2 (\$130 ),
-    .\port$1001$3 (\$131 ),
-    .\port$1001$4 (\$132 ),
-    .\port$1001$5 (\$133 ),
-    .\port$1001$6 (\$134 ),
-    .\port$1001$7 (\$135 ),
-    .\port$1001$8 (\$136 ),
-    .\port$1001$9 (\$137 )
+    .\port$1004$0 (\$128 ),
+    .\port$1004$1 (\$129 ),
+    .\port$1004$10 (\$138 ),
+    .\port$1004$11 (\$139 ),
+    .\port$1004$12 (\$140 ),
+    .\port$1004$13 (\$141 ),
+    .\port$1004$14 (\$142 ),
+    .\port$1004$15 (\$143 ),
+    .\port$1004$2 (\$130 ),
+    .\port$1004$3 (\$131 ),
+    .\port$1004$4 (\$132 ),
+    .\port$1004$5 (\$133 ),
+    .\port$1004$6 (\$134 ),
+    .\port$1004$7 (\$135 ),
+    .\port$1004$8 (\$136 ),
+    .\port$1004$9 (\$137 )
   );
   \psc_core.dp.pe_2.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$1002$0 (\$144 ),
-    .\port$1002$1 (\$145 ),
-    .\port$1002$10 (\$154 ),
-    .\port$1002$11 (\$155 ),
-    .\port$1002$12 (\$156 ),
-    .\port$1002$13 (\$157 ),
-    .\port$1002$14 (\$158 ),
-    .\port$1002$15 (\$159 ),
-    .\port$1002$2 (\$146 ),
-    .\port$1002$3 (\$147 ),
-    .\port$1002$4 (\$148 ),
-    .\port$1002$5 (\$149 ),
-    .\port$1002$6 (\$150 ),
-    .\port$1002$7 (\$151 ),
-    .\port$1002$8 (\$152 ),
-    .\port$1002$9 (\$153 )
+    .\port$1005$0 (\$144 ),
+    .\port$1005$1 (\$145 ),
+    .\port$1005$10 (\$154 ),
+    .\port$1005$11 (\$155 ),
+    .\port$1005$12 (\$156 ),
+    .\port$1005$13 (\$157 ),
+    .\port$1005$14 (\$158 ),
+    .\port$1005$15 (\$159 ),
+    .\port$1005$2 (\$146 ),
+    .\port$1005$3 (\$147 ),
+    .\port$1005$4 (\$148 ),
+    .\port$1005$5 (\$149 ),
+    .\port$1005$6 (\$150 ),
+    .\port$1005$7 (\$151 ),
+    .\port$1005$8 (\$152 ),
+    .\port$1005$9 (\$153 )
   );
   \psc_core.dp.pe_2.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$1003$0 (\$160 ),
-    .\port$1003$1 (\$161 ),
-    .\port$1003$10 (\$170 ),
-    .\port$1003$11 (\$171 ),
-    .\port$1003$12 (\$172 ),
-    .\port$1003$13 (\$173 ),
-    .\port$1003$14 (\$174 ),
-    .\port$1003$15 (\$175 ),
-    .\port$1003$2 (\$162 ),
-    .\port$1003$3 (\$163 ),
-    .\port$1003$4 (\$164 ),
-    .\port$1003$5 (\$165 ),
-    .\port$1003$6 (\$166 ),
-    .\port$1003$7 (\$167 ),
-    .\port$1003$8 (\$168 ),
-    .\port$1003$9 (\$169 )
+    .\port$1006$0 (\$160 ),
+    .\port$1006$1 (\$161 ),
+    .\port$1006$10 (\$170 ),
+    .\port$1006$11 (\$171 ),
+    .\port$1006$12 (\$172 ),
+    .\port$1006$13 (\$173 ),
+    .\port$1006$14 (\$174 ),
+    .\port$1006$15 (\$175 ),
+    .\port$1006$2 (\$162 ),
+    .\port$1006$3 (\$163 ),
+    .\port$1006$4 (\$164 ),
+    .\port$1006$5 (\$165 ),
+    .\port$1006$6 (\$166 ),
+    .\port$1006$7 (\$167 ),
+    .\port$1006$8 (\$168 ),
+    .\port$1006$9 (\$169 )
   );
   \psc_core.dp.pe_2.wsu  wsu (
     .mask(mask),
@@ -8852,7 +8858,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$3091$800 [0];
+      \$37  = \port$3094$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -8862,7 +8868,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$3091$800 [1];
+      \$38  = \port$3094$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -9116,8 +9122,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$3091$800 [0];
-  assign last = \port$3091$800 [1];
+  assign first = \port$3094$800 [0];
+  assign last = \port$3094$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9177,676 +9183,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3091$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_0 (\port$997$0 , \port$997$1 , \port$997$2 , \port$997$3 , \port$997$4 , \port$997$5 , \port$997$6 , \port$997$7 , \port$997$8 , \port$997$9 , \port$997$10 , \port$997$11 , \port$997$12 , \port$997$13 , \port$997$14 , \port$997$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$997$0 ;
-  wire \port$997$0 ;
-  output \port$997$1 ;
-  wire \port$997$1 ;
-  output \port$997$10 ;
-  wire \port$997$10 ;
-  output \port$997$11 ;
-  wire \port$997$11 ;
-  output \port$997$12 ;
-  wire \port$997$12 ;
-  output \port$997$13 ;
-  wire \port$997$13 ;
-  output \port$997$14 ;
-  wire \port$997$14 ;
-  output \port$997$15 ;
-  wire \port$997$15 ;
-  output \port$997$2 ;
-  wire \port$997$2 ;
-  output \port$997$3 ;
-  wire \port$997$3 ;
-  output \port$997$4 ;
-  wire \port$997$4 ;
-  output \port$997$5 ;
-  wire \port$997$5 ;
-  output \port$997$6 ;
-  wire \port$997$6 ;
-  output \port$997$7 ;
-  wire \port$997$7 ;
-  output \port$997$8 ;
-  wire \port$997$8 ;
-  output \port$997$9 ;
-  wire \port$997$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$997$0  = \$1 ;
-  assign \port$997$1  = \$2 ;
-  assign \port$997$2  = \$3 ;
-  assign \port$997$3  = \$4 ;
-  assign \port$997$4  = \$5 ;
-  assign \port$997$5  = \$6 ;
-  assign \port$997$6  = \$7 ;
-  assign \port$997$7  = \$8 ;
-  assign \port$997$8  = \$9 ;
-  assign \port$997$9  = \$10 ;
-  assign \port$997$10  = \$11 ;
-  assign \port$997$11  = \$12 ;
-  assign \port$997$12  = \$13 ;
-  assign \port$997$13  = \$14 ;
-  assign \port$997$14  = \$15 ;
-  assign \port$997$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_1 (\port$998$0 , \port$998$1 , \port$998$2 , \port$998$3 , \port$998$4 , \port$998$5 , \port$998$6 , \port$998$7 , \port$998$8 , \port$998$9 , \port$998$10 , \port$998$11 , \port$998$12 , \port$998$13 , \port$998$14 , \port$998$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$998$0 ;
-  wire \port$998$0 ;
-  output \port$998$1 ;
-  wire \port$998$1 ;
-  output \port$998$10 ;
-  wire \port$998$10 ;
-  output \port$998$11 ;
-  wire \port$998$11 ;
-  output \port$998$12 ;
-  wire \port$998$12 ;
-  output \port$998$13 ;
-  wire \port$998$13 ;
-  output \port$998$14 ;
-  wire \port$998$14 ;
-  output \port$998$15 ;
-  wire \port$998$15 ;
-  output \port$998$2 ;
-  wire \port$998$2 ;
-  output \port$998$3 ;
-  wire \port$998$3 ;
-  output \port$998$4 ;
-  wire \port$998$4 ;
-  output \port$998$5 ;
-  wire \port$998$5 ;
-  output \port$998$6 ;
-  wire \port$998$6 ;
-  output \port$998$7 ;
-  wire \port$998$7 ;
-  output \port$998$8 ;
-  wire \port$998$8 ;
-  output \port$998$9 ;
-  wire \port$998$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$998$0  = \$1 ;
-  assign \port$998$1  = \$2 ;
-  assign \port$998$2  = \$3 ;
-  assign \port$998$3  = \$4 ;
-  assign \port$998$4  = \$5 ;
-  assign \port$998$5  = \$6 ;
-  assign \port$998$6  = \$7 ;
-  assign \port$998$7  = \$8 ;
-  assign \port$998$8  = \$9 ;
-  assign \port$998$9  = \$10 ;
-  assign \port$998$10  = \$11 ;
-  assign \port$998$11  = \$12 ;
-  assign \port$998$12  = \$13 ;
-  assign \port$998$13  = \$14 ;
-  assign \port$998$14  = \$15 ;
-  assign \port$998$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_2 (\port$999$0 , \port$999$1 , \port$999$2 , \port$999$3 , \port$999$4 , \port$999$5 , \port$999$6 , \port$999$7 , \port$999$8 , \port$999$9 , \port$999$10 , \port$999$11 , \port$999$12 , \port$999$13 , \port$999$14 , \port$999$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$999$0 ;
-  wire \port$999$0 ;
-  output \port$999$1 ;
-  wire \port$999$1 ;
-  output \port$999$10 ;
-  wire \port$999$10 ;
-  output \port$999$11 ;
-  wire \port$999$11 ;
-  output \port$999$12 ;
-  wire \port$999$12 ;
-  output \port$999$13 ;
-  wire \port$999$13 ;
-  output \port$999$14 ;
-  wire \port$999$14 ;
-  output \port$999$15 ;
-  wire \port$999$15 ;
-  output \port$999$2 ;
-  wire \port$999$2 ;
-  output \port$999$3 ;
-  wire \port$999$3 ;
-  output \port$999$4 ;
-  wire \port$999$4 ;
-  output \port$999$5 ;
-  wire \port$999$5 ;
-  output \port$999$6 ;
-  wire \port$999$6 ;
-  output \port$999$7 ;
-  wire \port$999$7 ;
-  output \port$999$8 ;
-  wire \port$999$8 ;
-  output \port$999$9 ;
-  wire \port$999$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$999$0  = \$1 ;
-  assign \port$999$1  = \$2 ;
-  assign \port$999$2  = \$3 ;
-  assign \port$999$3  = \$4 ;
-  assign \port$999$4  = \$5 ;
-  assign \port$999$5  = \$6 ;
-  assign \port$999$6  = \$7 ;
-  assign \port$999$7  = \$8 ;
-  assign \port$999$8  = \$9 ;
-  assign \port$999$9  = \$10 ;
-  assign \port$999$10  = \$11 ;
-  assign \port$999$11  = \$12 ;
-  assign \port$999$12  = \$13 ;
-  assign \port$999$13  = \$14 ;
-  assign \port$999$14  = \$15 ;
-  assign \port$999$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_3 (\port$1000$0 , \port$1000$1 , \port$1000$2 , \port$1000$3 , \port$1000$4 , \port$1000$5 , \port$1000$6 , \port$1000$7 , \port$1000$8 , \port$1000$9 , \port$1000$10 , \port$1000$11 , \port$1000$12 , \port$1000$13 , \port$1000$14 , \port$1000$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_0 (\port$1000$0 , \port$1000$1 , \port$1000$2 , \port$1000$3 , \port$1000$4 , \port$1000$5 , \port$1000$6 , \port$1000$7 , \port$1000$8 , \port$1000$9 , \port$1000$10 , \port$1000$11 , \port$1000$12 , \port$1000$13 , \port$1000$14 , \port$1000$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10069,7 +9406,7 @@ module \psc_core.dp.pe_2.mul_3 (\port$1000$0 , \port$1000$1 , \port$1000$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_4 (\port$1001$0 , \port$1001$1 , \port$1001$2 , \port$1001$3 , \port$1001$4 , \port$1001$5 , \port$1001$6 , \port$1001$7 , \port$1001$8 , \port$1001$9 , \port$1001$10 , \port$1001$11 , \port$1001$12 , \port$1001$13 , \port$1001$14 , \port$1001$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_1 (\port$1001$0 , \port$1001$1 , \port$1001$2 , \port$1001$3 , \port$1001$4 , \port$1001$5 , \port$1001$6 , \port$1001$7 , \port$1001$8 , \port$1001$9 , \port$1001$10 , \port$1001$11 , \port$1001$12 , \port$1001$13 , \port$1001$14 , \port$1001$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10292,7 +9629,7 @@ module \psc_core.dp.pe_2.mul_4 (\port$1001$0 , \port$1001$1 , \port$1001$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_5 (\port$1002$0 , \port$1002$1 , \port$1002$2 , \port$1002$3 , \port$1002$4 , \port$1002$5 , \port$1002$6 , \port$1002$7 , \port$1002$8 , \port$1002$9 , \port$1002$10 , \port$1002$11 , \port$1002$12 , \port$1002$13 , \port$1002$14 , \port$1002$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_2 (\port$1002$0 , \port$1002$1 , \port$1002$2 , \port$1002$3 , \port$1002$4 , \port$1002$5 , \port$1002$6 , \port$1002$7 , \port$1002$8 , \port$1002$9 , \port$1002$10 , \port$1002$11 , \port$1002$12 , \port$1002$13 , \port$1002$14 , \port$1002$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10515,7 +9852,7 @@ module \psc_core.dp.pe_2.mul_5 (\port$1002$0 , \port$1002$1 , \port$1002$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_6 (\port$1003$0 , \port$1003$1 , \port$1003$2 , \port$1003$3 , \port$1003$4 , \port$1003$5 , \port$1003$6 , \port$1003$7 , \port$1003$8 , \port$1003$9 , \port$1003$10 , \port$1003$11 , \port$1003$12 , \port$1003$13 , \port$1003$14 , \port$1003$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_3 (\port$1003$0 , \port$1003$1 , \port$1003$2 , \port$1003$3 , \port$1003$4 , \port$1003$5 , \port$1003$6 , \port$1003$7 , \port$1003$8 , \port$1003$9 , \port$1003$10 , \port$1003$11 , \port$1003$12 , \port$1003$13 , \port$1003$14 , \port$1003$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10738,6 +10075,675 @@ module \psc_core.dp.pe_2.mul_6 (\port$1003$0 , \port$1003$1 , \port$1003$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
+module \psc_core.dp.pe_2.mul_4 (\port$1004$0 , \port$1004$1 , \port$1004$2 , \port$1004$3 , \port$1004$4 , \port$1004$5 , \port$1004$6 , \port$1004$7 , \port$1004$8 , \port$1004$9 , \port$1004$10 , \port$1004$11 , \port$1004$12 , \port$1004$13 , \port$1004$14 , \port$1004$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$1004$0 ;
+  wire \port$1004$0 ;
+  output \port$1004$1 ;
+  wire \port$1004$1 ;
+  output \port$1004$10 ;
+  wire \port$1004$10 ;
+  output \port$1004$11 ;
+  wire \port$1004$11 ;
+  output \port$1004$12 ;
+  wire \port$1004$12 ;
+  output \port$1004$13 ;
+  wire \port$1004$13 ;
+  output \port$1004$14 ;
+  wire \port$1004$14 ;
+  output \port$1004$15 ;
+  wire \port$1004$15 ;
+  output \port$1004$2 ;
+  wire \port$1004$2 ;
+  output \port$1004$3 ;
+  wire \port$1004$3 ;
+  output \port$1004$4 ;
+  wire \port$1004$4 ;
+  output \port$1004$5 ;
+  wire \port$1004$5 ;
+  output \port$1004$6 ;
+  wire \port$1004$6 ;
+  output \port$1004$7 ;
+  wire \port$1004$7 ;
+  output \port$1004$8 ;
+  wire \port$1004$8 ;
+  output \port$1004$9 ;
+  wire \port$1004$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$1004$0  = \$1 ;
+  assign \port$1004$1  = \$2 ;
+  assign \port$1004$2  = \$3 ;
+  assign \port$1004$3  = \$4 ;
+  assign \port$1004$4  = \$5 ;
+  assign \port$1004$5  = \$6 ;
+  assign \port$1004$6  = \$7 ;
+  assign \port$1004$7  = \$8 ;
+  assign \port$1004$8  = \$9 ;
+  assign \port$1004$9  = \$10 ;
+  assign \port$1004$10  = \$11 ;
+  assign \port$1004$11  = \$12 ;
+  assign \port$1004$12  = \$13 ;
+  assign \port$1004$13  = \$14 ;
+  assign \port$1004$14  = \$15 ;
+  assign \port$1004$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_2.mul_5 (\port$1005$0 , \port$1005$1 , \port$1005$2 , \port$1005$3 , \port$1005$4 , \port$1005$5 , \port$1005$6 , \port$1005$7 , \port$1005$8 , \port$1005$9 , \port$1005$10 , \port$1005$11 , \port$1005$12 , \port$1005$13 , \port$1005$14 , \port$1005$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$1005$0 ;
+  wire \port$1005$0 ;
+  output \port$1005$1 ;
+  wire \port$1005$1 ;
+  output \port$1005$10 ;
+  wire \port$1005$10 ;
+  output \port$1005$11 ;
+  wire \port$1005$11 ;
+  output \port$1005$12 ;
+  wire \port$1005$12 ;
+  output \port$1005$13 ;
+  wire \port$1005$13 ;
+  output \port$1005$14 ;
+  wire \port$1005$14 ;
+  output \port$1005$15 ;
+  wire \port$1005$15 ;
+  output \port$1005$2 ;
+  wire \port$1005$2 ;
+  output \port$1005$3 ;
+  wire \port$1005$3 ;
+  output \port$1005$4 ;
+  wire \port$1005$4 ;
+  output \port$1005$5 ;
+  wire \port$1005$5 ;
+  output \port$1005$6 ;
+  wire \port$1005$6 ;
+  output \port$1005$7 ;
+  wire \port$1005$7 ;
+  output \port$1005$8 ;
+  wire \port$1005$8 ;
+  output \port$1005$9 ;
+  wire \port$1005$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$1005$0  = \$1 ;
+  assign \port$1005$1  = \$2 ;
+  assign \port$1005$2  = \$3 ;
+  assign \port$1005$3  = \$4 ;
+  assign \port$1005$4  = \$5 ;
+  assign \port$1005$5  = \$6 ;
+  assign \port$1005$6  = \$7 ;
+  assign \port$1005$7  = \$8 ;
+  assign \port$1005$8  = \$9 ;
+  assign \port$1005$9  = \$10 ;
+  assign \port$1005$10  = \$11 ;
+  assign \port$1005$11  = \$12 ;
+  assign \port$1005$12  = \$13 ;
+  assign \port$1005$13  = \$14 ;
+  assign \port$1005$14  = \$15 ;
+  assign \port$1005$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_2.mul_6 (\port$1006$0 , \port$1006$1 , \port$1006$2 , \port$1006$3 , \port$1006$4 , \port$1006$5 , \port$1006$6 , \port$1006$7 , \port$1006$8 , \port$1006$9 , \port$1006$10 , \port$1006$11 , \port$1006$12 , \port$1006$13 , \port$1006$14 , \port$1006$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$1006$0 ;
+  wire \port$1006$0 ;
+  output \port$1006$1 ;
+  wire \port$1006$1 ;
+  output \port$1006$10 ;
+  wire \port$1006$10 ;
+  output \port$1006$11 ;
+  wire \port$1006$11 ;
+  output \port$1006$12 ;
+  wire \port$1006$12 ;
+  output \port$1006$13 ;
+  wire \port$1006$13 ;
+  output \port$1006$14 ;
+  wire \port$1006$14 ;
+  output \port$1006$15 ;
+  wire \port$1006$15 ;
+  output \port$1006$2 ;
+  wire \port$1006$2 ;
+  output \port$1006$3 ;
+  wire \port$1006$3 ;
+  output \port$1006$4 ;
+  wire \port$1006$4 ;
+  output \port$1006$5 ;
+  wire \port$1006$5 ;
+  output \port$1006$6 ;
+  wire \port$1006$6 ;
+  output \port$1006$7 ;
+  wire \port$1006$7 ;
+  output \port$1006$8 ;
+  wire \port$1006$8 ;
+  output \port$1006$9 ;
+  wire \port$1006$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$1006$0  = \$1 ;
+  assign \port$1006$1  = \$2 ;
+  assign \port$1006$2  = \$3 ;
+  assign \port$1006$3  = \$4 ;
+  assign \port$1006$4  = \$5 ;
+  assign \port$1006$5  = \$6 ;
+  assign \port$1006$6  = \$7 ;
+  assign \port$1006$7  = \$8 ;
+  assign \port$1006$8  = \$9 ;
+  assign \port$1006$9  = \$10 ;
+  assign \port$1006$10  = \$11 ;
+  assign \port$1006$11  = \$12 ;
+  assign \port$1006$12  = \$13 ;
+  assign \port$1006$13  = \$14 ;
+  assign \port$1006$14  = \$15 ;
+  assign \port$1006$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
 module \psc_core.dp.pe_2.wsu (w, mask, words);
   wire [7:0] \$1 ;
   wire [7:0] \$2 ;
@@ -10797,7 +10803,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, \port$3091$768 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, \port$3094$768 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -11046,8 +11052,8 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3091$768 , valid, en, lane_acc, a
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [33:0] \port$3091$768 ;
-  wire [33:0] \port$3091$768 ;
+  input [33:0] \port$3094$768 ;
+  wire [33:0] \port$3094$768 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -11104,7 +11110,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3091$768 , valid, en, lane_acc, a
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$3091$768 [32];
+  assign \$2  = valid & \port$3094$768 [32];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -11199,154 +11205,154 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3091$768 , valid, en, lane_acc, a
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$1077$0 (\$64 ),
-    .\port$1077$1 (\$65 ),
-    .\port$1077$10 (\$74 ),
-    .\port$1077$11 (\$75 ),
-    .\port$1077$12 (\$76 ),
-    .\port$1077$13 (\$77 ),
-    .\port$1077$14 (\$78 ),
-    .\port$1077$15 (\$79 ),
-    .\port$1077$2 (\$66 ),
-    .\port$1077$3 (\$67 ),
-    .\port$1077$4 (\$68 ),
-    .\port$1077$5 (\$69 ),
-    .\port$1077$6 (\$70 ),
-    .\port$1077$7 (\$71 ),
-    .\port$1077$8 (\$72 ),
-    .\port$1077$9 (\$73 )
+    .\port$1080$0 (\$64 ),
+    .\port$1080$1 (\$65 ),
+    .\port$1080$10 (\$74 ),
+    .\port$1080$11 (\$75 ),
+    .\port$1080$12 (\$76 ),
+    .\port$1080$13 (\$77 ),
+    .\port$1080$14 (\$78 ),
+    .\port$1080$15 (\$79 ),
+    .\port$1080$2 (\$66 ),
+    .\port$1080$3 (\$67 ),
+    .\port$1080$4 (\$68 ),
+    .\port$1080$5 (\$69 ),
+    .\port$1080$6 (\$70 ),
+    .\port$1080$7 (\$71 ),
+    .\port$1080$8 (\$72 ),
+    .\port$1080$9 (\$73 )
   );
   \psc_core.dp.pe_3.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$1078$0 (\$80 ),
-    .\port$1078$1 (\$81 ),
-    .\port$1078$10 (\$90 ),
-    .\port$1078$11 (\$91 ),
-    .\port$1078$12 (\$92 ),
-    .\port$1078$13 (\$93 ),
-    .\port$1078$14 (\$94 ),
-    .\port$1078$15 (\$95 ),
-    .\port$1078$2 (\$82 ),
-    .\port$1078$3 (\$83 ),
-    .\port$1078$4 (\$84 ),
-    .\port$1078$5 (\$85 ),
-    .\port$1078$6 (\$86 ),
-    .\port$1078$7 (\$87 ),
-    .\port$1078$8 (\$88 ),
-    .\port$1078$9 (\$89 )
+    .\port$1081$0 (\$80 ),
+    .\port$1081$1 (\$81 ),
+    .\port$1081$10 (\$90 ),
+    .\port$1081$11 (\$91 ),
+    .\port$1081$12 (\$92 ),
+    .\port$1081$13 (\$93 ),
+    .\port$1081$14 (\$94 ),
+    .\port$1081$15 (\$95 ),
+    .\port$1081$2 (\$82 ),
+    .\port$1081$3 (\$83 ),
+    .\port$1081$4 (\$84 ),
+    .\port$1081$5 (\$85 ),
+    .\port$1081$6 (\$86 ),
+    .\port$1081$7 (\$87 ),
+    .\port$1081$8 (\$88 ),
+    .\port$1081$9 (\$89 )
   );
   \psc_core.dp.pe_3.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$1079$0 (\$96 ),
-    .\port$1079$1 (\$97 ),
-    .\port$1079$10 (\$106 ),
-    .\port$1079$11 (\$107 ),
-    .\port$1079$12 (\$108 ),
-    .\port$1079$13 (\$109 ),
-    .\port$1079$14 (\$110 ),
-    .\port$1079$15 (\$111 ),
-    .\port$1079$2 (\$98 ),
-    .\port$1079$3 (\$99 ),
-    .\port$1079$4 (\$100 ),
-    .\port$1079$5 (\$101 ),
-    .\port$1079$6 (\$102 ),
-    .\port$1079$7 (\$103 ),
-    .\port$1079$8 (\$104 ),
-    .\port$1079$9 (\$105 )
+    .\port$1082$0 (\$96 ),
+    .\port$1082$1 (\$97 ),
+    .\port$1082$10 (\$106 ),
+    .\port$1082$11 (\$107 ),
+    .\port$1082$12 (\$108 ),
+    .\port$1082$13 (\$109 ),
+    .\port$1082$14 (\$110 ),
+    .\port$1082$15 (\$111 ),
+    .\port$1082$2 (\$98 ),
+    .\port$1082$3 (\$99 ),
+    .\port$1082$4 (\$100 ),
+    .\port$1082$5 (\$101 ),
+    .\port$1082$6 (\$102 ),
+    .\port$1082$7 (\$103 ),
+    .\port$1082$8 (\$104 ),
+    .\port$1082$9 (\$105 )
   );
   \psc_core.dp.pe_3.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$1080$0 (\$112 ),
-    .\port$1080$1 (\$113 ),
-    .\port$1080$10 (\$122 ),
-    .\port$1080$11 (\$123 ),
-    .\port$1080$12 (\$124 ),
-    .\port$1080$13 (\$125 ),
-    .\port$1080$14 (\$126 ),
-    .\port$1080$15 (\$127 ),
-    .\port$1080$2 (\$114 ),
-    .\port$1080$3 (\$115 ),
-    .\port$1080$4 (\$116 ),
-    .\port$1080$5 (\$117 ),
-    .\port$1080$6 (\$118 ),
-    .\port$1080$7 (\$119 ),
-    .\port$1080$8 (\$120 ),
-    .\port$1080$9 (\$121 )
+    .\port$1083$0 (\$112 ),
+    .\port$1083$1 (\$113 ),
+    .\port$1083$10 (\$122 ),
+    .\port$1083$11 (\$123 ),
+    .\port$1083$12 (\$124 ),
+    .\port$1083$13 (\$125 ),
+    .\port$1083$14 (\$126 ),
+    .\port$1083$15 (\$127 ),
+    .\port$1083$2 (\$114 ),
+    .\port$1083$3 (\$115 ),
+    .\port$1083$4 (\$116 ),
+    .\port$1083$5 (\$117 ),
+    .\port$1083$6 (\$118 ),
+    .\port$1083$7 (\$119 ),
+    .\port$1083$8 (\$120 ),
+    .\port$1083$9 (\$121 )
   );
   \psc_core.dp.pe_3.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$1081$0 (\$128 ),
-    .\port$1081$1 (\$129 ),
-    .\port$1081$10 (\$138 ),
-    .\port$1081$11 (\$139 ),
-    .\port$1081$12 (\$140 ),
-    .\port$1081$13 (\$141 ),
-    .\port$1081$14 (\$142 ),
-    .\port$1081$15 (\$143 ),
-    .\port$1081$2 (\$130 ),
-    .\port$1081$3 (\$131 ),
-    .\port$1081$4 (\$132 ),
-    .\port$1081$5 (\$133 ),
-    .\port$1081$6 (\$134 ),
-    .\port$1081$7 (\$135 ),
-    .\port$1081$8 (\$136 ),
-    .\port$1081$9 (\$137 )
+    .\port$1084$0 (\$128 ),
+    .\port$1084$1 (\$129 ),
+    .\port$1084$10 (\$138 ),
+    .\port$1084$11 (\$139 ),
+    .\port$1084$12 (\$140 ),
+    .\port$1084$13 (\$141 ),
+    .\port$1084$14 (\$142 ),
+    .\port$1084$15 (\$143 ),
+    .\port$1084$2 (\$130 ),
+    .\port$1084$3 (\$131 ),
+    .\port$1084$4 (\$132 ),
+    .\port$1084$5 (\$133 ),
+    .\port$1084$6 (\$134 ),
+    .\port$1084$7 (\$135 ),
+    .\port$1084$8 (\$136 ),
+    .\port$1084$9 (\$137 )
   );
   \psc_core.dp.pe_3.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$1082$0 (\$144 ),
-    .\port$1082$1 (\$145 ),
-    .\port$1082$10 (\$154 ),
-    .\port$1082$11 (\$155 ),
-    .\port$1082$12 (\$156 ),
-    .\port$1082$13 (\$157 ),
-    .\port$1082$14 (\$158 ),
-    .\port$1082$15 (\$159 ),
-    .\port$1082$2 (\$146 ),
-    .\port$1082$3 (\$147 ),
-    .\port$1082$4 (\$148 ),
-    .\port$1082$5 (\$149 ),
-    .\port$1082$6 (\$150 ),
-    .\port$1082$7 (\$151 ),
-    .\port$1082$8 (\$152 ),
-    .\port$1082$9 (\$153 )
+    .\port$1085$0 (\$144 ),
+    .\port$1085$1 (\$145 ),
+    .\port$1085$10 (\$154 ),
+    .\port$1085$11 (\$155 ),
+    .\port$1085$12 (\$156 ),
+    .\port$1085$13 (\$157 ),
+    .\port$1085$14 (\$158 ),
+    .\port$1085$15 (\$159 ),
+    .\port$1085$2 (\$146 ),
+    .\port$1085$3 (\$147 ),
+    .\port$1085$4 (\$148 ),
+    .\port$1085$5 (\$149 ),
+    .\port$1085$6 (\$150 ),
+    .\port$1085$7 (\$151 ),
+    .\port$1085$8 (\$152 ),
+    .\port$1085$9 (\$153 )
   );
   \psc_core.dp.pe_3.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$1083$0 (\$160 ),
-    .\port$1083$1 (\$161 ),
-    .\port$1083$10 (\$170 ),
-    .\port$1083$11 (\$171 ),
-    .\port$1083$12 (\$172 ),
-    .\port$1083$13 (\$173 ),
-    .\port$1083$14 (\$174 ),
-    .\port$1083$15 (\$175 ),
-    .\port$1083$2 (\$162 ),
-    .\port$1083$3 (\$163 ),
-    .\port$1083$4 (\$164 ),
-    .\port$1083$5 (\$165 ),
-    .\port$1083$6 (\$166 ),
-    .\port$1083$7 (\$167 ),
-    .\port$1083$8 (\$168 ),
-    .\port$1083$9 (\$169 )
+    .\port$1086$0 (\$160 ),
+    .\port$1086$1 (\$161 ),
+    .\port$1086$10 (\$170 ),
+    .\port$1086$11 (\$171 ),
+    .\port$1086$12 (\$172 ),
+    .\port$1086$13 (\$173 ),
+    .\port$1086$14 (\$174 ),
+    .\port$1086$15 (\$175 ),
+    .\port$1086$2 (\$162 ),
+    .\port$1086$3 (\$163 ),
+    .\port$1086$4 (\$164 ),
+    .\port$1086$5 (\$165 ),
+    .\port$1086$6 (\$166 ),
+    .\port$1086$7 (\$167 ),
+    .\port$1086$8 (\$168 ),
+    .\port$1086$9 (\$169 )
   );
   \psc_core.dp.pe_3.wsu  wsu (
     .mask(mask),
@@ -11367,7 +11373,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3091$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$3091$768 [32];
+      \$37  = \port$3094$768 [32];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -11377,7 +11383,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3091$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$3091$768 [33];
+      \$38  = \port$3094$768 [33];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -11388,7 +11394,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3091$768 , valid, en, lane_acc, a
     \$39  = b1;
     if (en) begin
       if (\$2 ) begin
-        \$39  = \port$3091$768 [31:0];
+        \$39  = \port$3094$768 [31:0];
       end
     end
   end
@@ -11631,9 +11637,9 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3091$768 , valid, en, lane_acc, a
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$3091$768 [32];
-  assign last = \port$3091$768 [33];
-  assign bias = \port$3091$768 [31:0];
+  assign first = \port$3094$768 [32];
+  assign last = \port$3094$768 [33];
+  assign bias = \port$3094$768 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -11693,676 +11699,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3091$768 , valid, en, lane_acc, a
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_0 (\port$1077$0 , \port$1077$1 , \port$1077$2 , \port$1077$3 , \port$1077$4 , \port$1077$5 , \port$1077$6 , \port$1077$7 , \port$1077$8 , \port$1077$9 , \port$1077$10 , \port$1077$11 , \port$1077$12 , \port$1077$13 , \port$1077$14 , \port$1077$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$1077$0 ;
-  wire \port$1077$0 ;
-  output \port$1077$1 ;
-  wire \port$1077$1 ;
-  output \port$1077$10 ;
-  wire \port$1077$10 ;
-  output \port$1077$11 ;
-  wire \port$1077$11 ;
-  output \port$1077$12 ;
-  wire \port$1077$12 ;
-  output \port$1077$13 ;
-  wire \port$1077$13 ;
-  output \port$1077$14 ;
-  wire \port$1077$14 ;
-  output \port$1077$15 ;
-  wire \port$1077$15 ;
-  output \port$1077$2 ;
-  wire \port$1077$2 ;
-  output \port$1077$3 ;
-  wire \port$1077$3 ;
-  output \port$1077$4 ;
-  wire \port$1077$4 ;
-  output \port$1077$5 ;
-  wire \port$1077$5 ;
-  output \port$1077$6 ;
-  wire \port$1077$6 ;
-  output \port$1077$7 ;
-  wire \port$1077$7 ;
-  output \port$1077$8 ;
-  wire \port$1077$8 ;
-  output \port$1077$9 ;
-  wire \port$1077$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1077$0  = \$1 ;
-  assign \port$1077$1  = \$2 ;
-  assign \port$1077$2  = \$3 ;
-  assign \port$1077$3  = \$4 ;
-  assign \port$1077$4  = \$5 ;
-  assign \port$1077$5  = \$6 ;
-  assign \port$1077$6  = \$7 ;
-  assign \port$1077$7  = \$8 ;
-  assign \port$1077$8  = \$9 ;
-  assign \port$1077$9  = \$10 ;
-  assign \port$1077$10  = \$11 ;
-  assign \port$1077$11  = \$12 ;
-  assign \port$1077$12  = \$13 ;
-  assign \port$1077$13  = \$14 ;
-  assign \port$1077$14  = \$15 ;
-  assign \port$1077$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_1 (\port$1078$0 , \port$1078$1 , \port$1078$2 , \port$1078$3 , \port$1078$4 , \port$1078$5 , \port$1078$6 , \port$1078$7 , \port$1078$8 , \port$1078$9 , \port$1078$10 , \port$1078$11 , \port$1078$12 , \port$1078$13 , \port$1078$14 , \port$1078$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$1078$0 ;
-  wire \port$1078$0 ;
-  output \port$1078$1 ;
-  wire \port$1078$1 ;
-  output \port$1078$10 ;
-  wire \port$1078$10 ;
-  output \port$1078$11 ;
-  wire \port$1078$11 ;
-  output \port$1078$12 ;
-  wire \port$1078$12 ;
-  output \port$1078$13 ;
-  wire \port$1078$13 ;
-  output \port$1078$14 ;
-  wire \port$1078$14 ;
-  output \port$1078$15 ;
-  wire \port$1078$15 ;
-  output \port$1078$2 ;
-  wire \port$1078$2 ;
-  output \port$1078$3 ;
-  wire \port$1078$3 ;
-  output \port$1078$4 ;
-  wire \port$1078$4 ;
-  output \port$1078$5 ;
-  wire \port$1078$5 ;
-  output \port$1078$6 ;
-  wire \port$1078$6 ;
-  output \port$1078$7 ;
-  wire \port$1078$7 ;
-  output \port$1078$8 ;
-  wire \port$1078$8 ;
-  output \port$1078$9 ;
-  wire \port$1078$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1078$0  = \$1 ;
-  assign \port$1078$1  = \$2 ;
-  assign \port$1078$2  = \$3 ;
-  assign \port$1078$3  = \$4 ;
-  assign \port$1078$4  = \$5 ;
-  assign \port$1078$5  = \$6 ;
-  assign \port$1078$6  = \$7 ;
-  assign \port$1078$7  = \$8 ;
-  assign \port$1078$8  = \$9 ;
-  assign \port$1078$9  = \$10 ;
-  assign \port$1078$10  = \$11 ;
-  assign \port$1078$11  = \$12 ;
-  assign \port$1078$12  = \$13 ;
-  assign \port$1078$13  = \$14 ;
-  assign \port$1078$14  = \$15 ;
-  assign \port$1078$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_2 (\port$1079$0 , \port$1079$1 , \port$1079$2 , \port$1079$3 , \port$1079$4 , \port$1079$5 , \port$1079$6 , \port$1079$7 , \port$1079$8 , \port$1079$9 , \port$1079$10 , \port$1079$11 , \port$1079$12 , \port$1079$13 , \port$1079$14 , \port$1079$15 , a, en, b, clk);
-  wire \$1 ;
-  wire \$10 ;
-  wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire \$26 ;
-  wire \$27 ;
-  wire \$28 ;
-  wire \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$4 ;
-  wire \$5 ;
-  wire \$6 ;
-  wire \$7 ;
-  wire \$8 ;
-  wire \$9 ;
-  input [7:0] a;
-  wire [7:0] a;
-  wire [17:0] a18;
-  input [7:0] b;
-  wire [7:0] b;
-  wire [17:0] b18;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [15:0] p;
-  wire [35:0] p36;
-  output \port$1079$0 ;
-  wire \port$1079$0 ;
-  output \port$1079$1 ;
-  wire \port$1079$1 ;
-  output \port$1079$10 ;
-  wire \port$1079$10 ;
-  output \port$1079$11 ;
-  wire \port$1079$11 ;
-  output \port$1079$12 ;
-  wire \port$1079$12 ;
-  output \port$1079$13 ;
-  wire \port$1079$13 ;
-  output \port$1079$14 ;
-  wire \port$1079$14 ;
-  output \port$1079$15 ;
-  wire \port$1079$15 ;
-  output \port$1079$2 ;
-  wire \port$1079$2 ;
-  output \port$1079$3 ;
-  wire \port$1079$3 ;
-  output \port$1079$4 ;
-  wire \port$1079$4 ;
-  output \port$1079$5 ;
-  wire \port$1079$5 ;
-  output \port$1079$6 ;
-  wire \port$1079$6 ;
-  output \port$1079$7 ;
-  wire \port$1079$7 ;
-  output \port$1079$8 ;
-  wire \port$1079$8 ;
-  output \port$1079$9 ;
-  wire \port$1079$9 ;
-  MULT18X18D #(
-    .CAS_MATCH_REG("FALSE"),
-    .GSR("DISABLED"),
-    .HIGHSPEED_CLK("NONE"),
-    .MULT_BYPASS("DISABLED"),
-    .REG_INPUTA_CE("CE0"),
-    .REG_INPUTA_CLK("CLK0"),
-    .REG_INPUTA_RST("RST0"),
-    .REG_INPUTB_CE("CE0"),
-    .REG_INPUTB_CLK("CLK0"),
-    .REG_INPUTB_RST("RST0"),
-    .REG_INPUTC_CLK("NONE"),
-    .REG_OUTPUT_CE("CE0"),
-    .REG_OUTPUT_CLK("CLK0"),
-    .REG_OUTPUT_RST("RST0"),
-    .REG_PIPELINE_CE("CE0"),
-    .REG_PIPELINE_CLK("CLK0"),
-    .REG_PIPELINE_RST("RST0"),
-    .RESETMODE("SYNC"),
-    .SOURCEB_MODE("B_SHIFT")
-  ) mult (
-    .A0(a[0]),
-    .A1(a[1]),
-    .A10(a[7]),
-    .A11(a[7]),
-    .A12(a[7]),
-    .A13(a[7]),
-    .A14(a[7]),
-    .A15(a[7]),
-    .A16(a[7]),
-    .A17(a[7]),
-    .A2(a[2]),
-    .A3(a[3]),
-    .A4(a[4]),
-    .A5(a[5]),
-    .A6(a[6]),
-    .A7(a[7]),
-    .A8(a[7]),
-    .A9(a[7]),
-    .B0(b[0]),
-    .B1(b[1]),
-    .B10(b[7]),
-    .B11(b[7]),
-    .B12(b[7]),
-    .B13(b[7]),
-    .B14(b[7]),
-    .B15(b[7]),
-    .B16(b[7]),
-    .B17(b[7]),
-    .B2(b[2]),
-    .B3(b[3]),
-    .B4(b[4]),
-    .B5(b[5]),
-    .B6(b[6]),
-    .B7(b[7]),
-    .B8(b[7]),
-    .B9(b[7]),
-    .C0(1'h0),
-    .C1(1'h0),
-    .C10(1'h0),
-    .C11(1'h0),
-    .C12(1'h0),
-    .C13(1'h0),
-    .C14(1'h0),
-    .C15(1'h0),
-    .C16(1'h0),
-    .C17(1'h0),
-    .C2(1'h0),
-    .C3(1'h0),
-    .C4(1'h0),
-    .C5(1'h0),
-    .C6(1'h0),
-    .C7(1'h0),
-    .C8(1'h0),
-    .C9(1'h0),
-    .CE0(en),
-    .CLK0(clk),
-    .P0(\$1 ),
-    .P1(\$2 ),
-    .P10(\$11 ),
-    .P11(\$12 ),
-    .P12(\$13 ),
-    .P13(\$14 ),
-    .P14(\$15 ),
-    .P15(\$16 ),
-    .P16(\$17 ),
-    .P17(\$18 ),
-    .P18(\$19 ),
-    .P19(\$20 ),
-    .P2(\$3 ),
-    .P20(\$21 ),
-    .P21(\$22 ),
-    .P22(\$23 ),
-    .P23(\$24 ),
-    .P24(\$25 ),
-    .P25(\$26 ),
-    .P26(\$27 ),
-    .P27(\$28 ),
-    .P28(\$29 ),
-    .P29(\$30 ),
-    .P3(\$4 ),
-    .P30(\$31 ),
-    .P31(\$32 ),
-    .P32(\$33 ),
-    .P33(\$34 ),
-    .P34(\$35 ),
-    .P35(\$36 ),
-    .P4(\$5 ),
-    .P5(\$6 ),
-    .P6(\$7 ),
-    .P7(\$8 ),
-    .P8(\$9 ),
-    .P9(\$10 ),
-    .RST0(1'h0),
-    .SIGNEDA(1'h1),
-    .SIGNEDB(1'h1),
-    .SOURCEA(1'h0),
-    .SOURCEB(1'h0)
-  );
-  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
-  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
-  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1079$0  = \$1 ;
-  assign \port$1079$1  = \$2 ;
-  assign \port$1079$2  = \$3 ;
-  assign \port$1079$3  = \$4 ;
-  assign \port$1079$4  = \$5 ;
-  assign \port$1079$5  = \$6 ;
-  assign \port$1079$6  = \$7 ;
-  assign \port$1079$7  = \$8 ;
-  assign \port$1079$8  = \$9 ;
-  assign \port$1079$9  = \$10 ;
-  assign \port$1079$10  = \$11 ;
-  assign \port$1079$11  = \$12 ;
-  assign \port$1079$12  = \$13 ;
-  assign \port$1079$13  = \$14 ;
-  assign \port$1079$14  = \$15 ;
-  assign \port$1079$15  = \$16 ;
-endmodule
-
-(* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_3 (\port$1080$0 , \port$1080$1 , \port$1080$2 , \port$1080$3 , \port$1080$4 , \port$1080$5 , \port$1080$6 , \port$1080$7 , \port$1080$8 , \port$1080$9 , \port$1080$10 , \port$1080$11 , \port$1080$12 , \port$1080$13 , \port$1080$14 , \port$1080$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_0 (\port$1080$0 , \port$1080$1 , \port$1080$2 , \port$1080$3 , \port$1080$4 , \port$1080$5 , \port$1080$6 , \port$1080$7 , \port$1080$8 , \port$1080$9 , \port$1080$10 , \port$1080$11 , \port$1080$12 , \port$1080$13 , \port$1080$14 , \port$1080$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12585,7 +11922,7 @@ module \psc_core.dp.pe_3.mul_3 (\port$1080$0 , \port$1080$1 , \port$1080$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_4 (\port$1081$0 , \port$1081$1 , \port$1081$2 , \port$1081$3 , \port$1081$4 , \port$1081$5 , \port$1081$6 , \port$1081$7 , \port$1081$8 , \port$1081$9 , \port$1081$10 , \port$1081$11 , \port$1081$12 , \port$1081$13 , \port$1081$14 , \port$1081$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_1 (\port$1081$0 , \port$1081$1 , \port$1081$2 , \port$1081$3 , \port$1081$4 , \port$1081$5 , \port$1081$6 , \port$1081$7 , \port$1081$8 , \port$1081$9 , \port$1081$10 , \port$1081$11 , \port$1081$12 , \port$1081$13 , \port$1081$14 , \port$1081$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12808,7 +12145,7 @@ module \psc_core.dp.pe_3.mul_4 (\port$1081$0 , \port$1081$1 , \port$1081$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_5 (\port$1082$0 , \port$1082$1 , \port$1082$2 , \port$1082$3 , \port$1082$4 , \port$1082$5 , \port$1082$6 , \port$1082$7 , \port$1082$8 , \port$1082$9 , \port$1082$10 , \port$1082$11 , \port$1082$12 , \port$1082$13 , \port$1082$14 , \port$1082$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_2 (\port$1082$0 , \port$1082$1 , \port$1082$2 , \port$1082$3 , \port$1082$4 , \port$1082$5 , \port$1082$6 , \port$1082$7 , \port$1082$8 , \port$1082$9 , \port$1082$10 , \port$1082$11 , \port$1082$12 , \port$1082$13 , \port$1082$14 , \port$1082$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -13031,7 +12368,7 @@ module \psc_core.dp.pe_3.mul_5 (\port$1082$0 , \port$1082$1 , \port$1082$2 , \po
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_6 (\port$1083$0 , \port$1083$1 , \port$1083$2 , \port$1083$3 , \port$1083$4 , \port$1083$5 , \port$1083$6 , \port$1083$7 , \port$1083$8 , \port$1083$9 , \port$1083$10 , \port$1083$11 , \port$1083$12 , \port$1083$13 , \port$1083$14 , \port$1083$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_3 (\port$1083$0 , \port$1083$1 , \port$1083$2 , \port$1083$3 , \port$1083$4 , \port$1083$5 , \port$1083$6 , \port$1083$7 , \port$1083$8 , \port$1083$9 , \port$1083$10 , \port$1083$11 , \port$1083$12 , \port$1083$13 , \port$1083$14 , \port$1083$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -13251,6 +12588,675 @@ module \psc_core.dp.pe_3.mul_6 (\port$1083$0 , \port$1083$1 , \port$1083$2 , \po
   assign \port$1083$13  = \$14 ;
   assign \port$1083$14  = \$15 ;
   assign \port$1083$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_3.mul_4 (\port$1084$0 , \port$1084$1 , \port$1084$2 , \port$1084$3 , \port$1084$4 , \port$1084$5 , \port$1084$6 , \port$1084$7 , \port$1084$8 , \port$1084$9 , \port$1084$10 , \port$1084$11 , \port$1084$12 , \port$1084$13 , \port$1084$14 , \port$1084$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$1084$0 ;
+  wire \port$1084$0 ;
+  output \port$1084$1 ;
+  wire \port$1084$1 ;
+  output \port$1084$10 ;
+  wire \port$1084$10 ;
+  output \port$1084$11 ;
+  wire \port$1084$11 ;
+  output \port$1084$12 ;
+  wire \port$1084$12 ;
+  output \port$1084$13 ;
+  wire \port$1084$13 ;
+  output \port$1084$14 ;
+  wire \port$1084$14 ;
+  output \port$1084$15 ;
+  wire \port$1084$15 ;
+  output \port$1084$2 ;
+  wire \port$1084$2 ;
+  output \port$1084$3 ;
+  wire \port$1084$3 ;
+  output \port$1084$4 ;
+  wire \port$1084$4 ;
+  output \port$1084$5 ;
+  wire \port$1084$5 ;
+  output \port$1084$6 ;
+  wire \port$1084$6 ;
+  output \port$1084$7 ;
+  wire \port$1084$7 ;
+  output \port$1084$8 ;
+  wire \port$1084$8 ;
+  output \port$1084$9 ;
+  wire \port$1084$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$1084$0  = \$1 ;
+  assign \port$1084$1  = \$2 ;
+  assign \port$1084$2  = \$3 ;
+  assign \port$1084$3  = \$4 ;
+  assign \port$1084$4  = \$5 ;
+  assign \port$1084$5  = \$6 ;
+  assign \port$1084$6  = \$7 ;
+  assign \port$1084$7  = \$8 ;
+  assign \port$1084$8  = \$9 ;
+  assign \port$1084$9  = \$10 ;
+  assign \port$1084$10  = \$11 ;
+  assign \port$1084$11  = \$12 ;
+  assign \port$1084$12  = \$13 ;
+  assign \port$1084$13  = \$14 ;
+  assign \port$1084$14  = \$15 ;
+  assign \port$1084$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_3.mul_5 (\port$1085$0 , \port$1085$1 , \port$1085$2 , \port$1085$3 , \port$1085$4 , \port$1085$5 , \port$1085$6 , \port$1085$7 , \port$1085$8 , \port$1085$9 , \port$1085$10 , \port$1085$11 , \port$1085$12 , \port$1085$13 , \port$1085$14 , \port$1085$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$1085$0 ;
+  wire \port$1085$0 ;
+  output \port$1085$1 ;
+  wire \port$1085$1 ;
+  output \port$1085$10 ;
+  wire \port$1085$10 ;
+  output \port$1085$11 ;
+  wire \port$1085$11 ;
+  output \port$1085$12 ;
+  wire \port$1085$12 ;
+  output \port$1085$13 ;
+  wire \port$1085$13 ;
+  output \port$1085$14 ;
+  wire \port$1085$14 ;
+  output \port$1085$15 ;
+  wire \port$1085$15 ;
+  output \port$1085$2 ;
+  wire \port$1085$2 ;
+  output \port$1085$3 ;
+  wire \port$1085$3 ;
+  output \port$1085$4 ;
+  wire \port$1085$4 ;
+  output \port$1085$5 ;
+  wire \port$1085$5 ;
+  output \port$1085$6 ;
+  wire \port$1085$6 ;
+  output \port$1085$7 ;
+  wire \port$1085$7 ;
+  output \port$1085$8 ;
+  wire \port$1085$8 ;
+  output \port$1085$9 ;
+  wire \port$1085$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$1085$0  = \$1 ;
+  assign \port$1085$1  = \$2 ;
+  assign \port$1085$2  = \$3 ;
+  assign \port$1085$3  = \$4 ;
+  assign \port$1085$4  = \$5 ;
+  assign \port$1085$5  = \$6 ;
+  assign \port$1085$6  = \$7 ;
+  assign \port$1085$7  = \$8 ;
+  assign \port$1085$8  = \$9 ;
+  assign \port$1085$9  = \$10 ;
+  assign \port$1085$10  = \$11 ;
+  assign \port$1085$11  = \$12 ;
+  assign \port$1085$12  = \$13 ;
+  assign \port$1085$13  = \$14 ;
+  assign \port$1085$14  = \$15 ;
+  assign \port$1085$15  = \$16 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.dp.pe_3.mul_6 (\port$1086$0 , \port$1086$1 , \port$1086$2 , \port$1086$3 , \port$1086$4 , \port$1086$5 , \port$1086$6 , \port$1086$7 , \port$1086$8 , \port$1086$9 , \port$1086$10 , \port$1086$11 , \port$1086$12 , \port$1086$13 , \port$1086$14 , \port$1086$15 , a, en, b, clk);
+  wire \$1 ;
+  wire \$10 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire \$13 ;
+  wire \$14 ;
+  wire \$15 ;
+  wire \$16 ;
+  wire \$17 ;
+  wire \$18 ;
+  wire \$19 ;
+  wire \$2 ;
+  wire \$20 ;
+  wire \$21 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire \$24 ;
+  wire \$25 ;
+  wire \$26 ;
+  wire \$27 ;
+  wire \$28 ;
+  wire \$29 ;
+  wire \$3 ;
+  wire \$30 ;
+  wire \$31 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire \$36 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire \$8 ;
+  wire \$9 ;
+  input [7:0] a;
+  wire [7:0] a;
+  wire [17:0] a18;
+  input [7:0] b;
+  wire [7:0] b;
+  wire [17:0] b18;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  wire [15:0] p;
+  wire [35:0] p36;
+  output \port$1086$0 ;
+  wire \port$1086$0 ;
+  output \port$1086$1 ;
+  wire \port$1086$1 ;
+  output \port$1086$10 ;
+  wire \port$1086$10 ;
+  output \port$1086$11 ;
+  wire \port$1086$11 ;
+  output \port$1086$12 ;
+  wire \port$1086$12 ;
+  output \port$1086$13 ;
+  wire \port$1086$13 ;
+  output \port$1086$14 ;
+  wire \port$1086$14 ;
+  output \port$1086$15 ;
+  wire \port$1086$15 ;
+  output \port$1086$2 ;
+  wire \port$1086$2 ;
+  output \port$1086$3 ;
+  wire \port$1086$3 ;
+  output \port$1086$4 ;
+  wire \port$1086$4 ;
+  output \port$1086$5 ;
+  wire \port$1086$5 ;
+  output \port$1086$6 ;
+  wire \port$1086$6 ;
+  output \port$1086$7 ;
+  wire \port$1086$7 ;
+  output \port$1086$8 ;
+  wire \port$1086$8 ;
+  output \port$1086$9 ;
+  wire \port$1086$9 ;
+  MULT18X18D #(
+    .CAS_MATCH_REG("FALSE"),
+    .GSR("DISABLED"),
+    .HIGHSPEED_CLK("NONE"),
+    .MULT_BYPASS("DISABLED"),
+    .REG_INPUTA_CE("CE0"),
+    .REG_INPUTA_CLK("CLK0"),
+    .REG_INPUTA_RST("RST0"),
+    .REG_INPUTB_CE("CE0"),
+    .REG_INPUTB_CLK("CLK0"),
+    .REG_INPUTB_RST("RST0"),
+    .REG_INPUTC_CLK("NONE"),
+    .REG_OUTPUT_CE("CE0"),
+    .REG_OUTPUT_CLK("CLK0"),
+    .REG_OUTPUT_RST("RST0"),
+    .REG_PIPELINE_CE("CE0"),
+    .REG_PIPELINE_CLK("CLK0"),
+    .REG_PIPELINE_RST("RST0"),
+    .RESETMODE("SYNC"),
+    .SOURCEB_MODE("B_SHIFT")
+  ) mult (
+    .A0(a[0]),
+    .A1(a[1]),
+    .A10(a[7]),
+    .A11(a[7]),
+    .A12(a[7]),
+    .A13(a[7]),
+    .A14(a[7]),
+    .A15(a[7]),
+    .A16(a[7]),
+    .A17(a[7]),
+    .A2(a[2]),
+    .A3(a[3]),
+    .A4(a[4]),
+    .A5(a[5]),
+    .A6(a[6]),
+    .A7(a[7]),
+    .A8(a[7]),
+    .A9(a[7]),
+    .B0(b[0]),
+    .B1(b[1]),
+    .B10(b[7]),
+    .B11(b[7]),
+    .B12(b[7]),
+    .B13(b[7]),
+    .B14(b[7]),
+    .B15(b[7]),
+    .B16(b[7]),
+    .B17(b[7]),
+    .B2(b[2]),
+    .B3(b[3]),
+    .B4(b[4]),
+    .B5(b[5]),
+    .B6(b[6]),
+    .B7(b[7]),
+    .B8(b[7]),
+    .B9(b[7]),
+    .C0(1'h0),
+    .C1(1'h0),
+    .C10(1'h0),
+    .C11(1'h0),
+    .C12(1'h0),
+    .C13(1'h0),
+    .C14(1'h0),
+    .C15(1'h0),
+    .C16(1'h0),
+    .C17(1'h0),
+    .C2(1'h0),
+    .C3(1'h0),
+    .C4(1'h0),
+    .C5(1'h0),
+    .C6(1'h0),
+    .C7(1'h0),
+    .C8(1'h0),
+    .C9(1'h0),
+    .CE0(en),
+    .CLK0(clk),
+    .P0(\$1 ),
+    .P1(\$2 ),
+    .P10(\$11 ),
+    .P11(\$12 ),
+    .P12(\$13 ),
+    .P13(\$14 ),
+    .P14(\$15 ),
+    .P15(\$16 ),
+    .P16(\$17 ),
+    .P17(\$18 ),
+    .P18(\$19 ),
+    .P19(\$20 ),
+    .P2(\$3 ),
+    .P20(\$21 ),
+    .P21(\$22 ),
+    .P22(\$23 ),
+    .P23(\$24 ),
+    .P24(\$25 ),
+    .P25(\$26 ),
+    .P26(\$27 ),
+    .P27(\$28 ),
+    .P28(\$29 ),
+    .P29(\$30 ),
+    .P3(\$4 ),
+    .P30(\$31 ),
+    .P31(\$32 ),
+    .P32(\$33 ),
+    .P33(\$34 ),
+    .P34(\$35 ),
+    .P35(\$36 ),
+    .P4(\$5 ),
+    .P5(\$6 ),
+    .P6(\$7 ),
+    .P7(\$8 ),
+    .P8(\$9 ),
+    .P9(\$10 ),
+    .RST0(1'h0),
+    .SIGNEDA(1'h1),
+    .SIGNEDB(1'h1),
+    .SOURCEA(1'h0),
+    .SOURCEB(1'h0)
+  );
+  assign a18 = { a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a[7], a };
+  assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
+  assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
+  assign \port$1086$0  = \$1 ;
+  assign \port$1086$1  = \$2 ;
+  assign \port$1086$2  = \$3 ;
+  assign \port$1086$3  = \$4 ;
+  assign \port$1086$4  = \$5 ;
+  assign \port$1086$5  = \$6 ;
+  assign \port$1086$6  = \$7 ;
+  assign \port$1086$7  = \$8 ;
+  assign \port$1086$8  = \$9 ;
+  assign \port$1086$9  = \$10 ;
+  assign \port$1086$10  = \$11 ;
+  assign \port$1086$11  = \$12 ;
+  assign \port$1086$12  = \$13 ;
+  assign \port$1086$13  = \$14 ;
+  assign \port$1086$14  = \$15 ;
+  assign \port$1086$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -25495,7 +25501,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dwp, gin_e, run, sizes, loaded, taps__payload, words_in, rows_in, weights_done, params_done, clk);
+module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dwp, gin_e, run, sizes, loaded, taps__payload, words_in, rows_in, weights_in, weights_done, params_done, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire [13:0] \$1 ;
   wire [15:0] \$10 ;
@@ -25525,56 +25531,56 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   wire [18:0] \$121 ;
   wire [18:0] \$122 ;
   wire \$123 ;
-  wire \$124 ;
+  wire [11:0] \$124 ;
   wire \$125 ;
-  wire [18:0] \$126 ;
-  wire [18:0] \$127 ;
+  wire \$126 ;
+  wire \$127 ;
   wire \$128 ;
-  wire \$129 ;
+  wire [18:0] \$129 ;
   wire [16:0] \$13 ;
-  wire \$130 ;
+  wire [18:0] \$130 ;
   wire \$131 ;
   wire \$132 ;
   wire \$133 ;
   wire \$134 ;
   wire \$135 ;
   wire \$136 ;
-  wire [16:0] \$137 ;
-  wire [16:0] \$138 ;
+  wire \$137 ;
+  wire \$138 ;
   wire \$139 ;
   wire [17:0] \$14 ;
-  wire [4:0] \$140 ;
-  wire \$141 ;
-  wire [4:0] \$142 ;
-  wire \$143 ;
-  wire [16:0] \$144 ;
-  wire \$145 ;
-  wire [16:0] \$146 ;
+  wire [16:0] \$140 ;
+  wire [16:0] \$141 ;
+  wire \$142 ;
+  wire [4:0] \$143 ;
+  wire \$144 ;
+  wire [4:0] \$145 ;
+  wire \$146 ;
   wire [16:0] \$147 ;
-  wire [16:0] \$148 ;
-  wire [2:0] \$149 ;
+  wire \$148 ;
+  wire [16:0] \$149 ;
   wire \$15 ;
-  wire \$150 ;
+  wire [16:0] \$150 ;
   wire [16:0] \$151 ;
-  wire \$152 ;
-  wire [16:0] \$153 ;
-  wire \$154 ;
-  wire [4:0] \$155 ;
-  wire \$156 ;
-  wire [4:0] \$157 ;
-  wire \$158 ;
-  wire [16:0] \$159 ;
+  wire [2:0] \$152 ;
+  wire \$153 ;
+  wire [16:0] \$154 ;
+  wire \$155 ;
+  wire [16:0] \$156 ;
+  wire \$157 ;
+  wire [4:0] \$158 ;
+  wire \$159 ;
   wire [13:0] \$16 ;
-  wire \$160 ;
-  wire [16:0] \$161 ;
+  wire [4:0] \$160 ;
+  wire \$161 ;
   wire [16:0] \$162 ;
-  wire [16:0] \$163 ;
-  wire [2:0] \$164 ;
-  wire \$165 ;
+  wire \$163 ;
+  wire [16:0] \$164 ;
+  wire [16:0] \$165 ;
   wire [16:0] \$166 ;
-  wire \$167 ;
+  wire [2:0] \$167 ;
   wire \$168 ;
-  wire \$169 ;
+  wire [16:0] \$169 ;
   wire [13:0] \$17 ;
   wire \$170 ;
   wire \$171 ;
@@ -25582,27 +25588,27 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   wire \$173 ;
   wire \$174 ;
   wire \$175 ;
-  wire [16:0] \$176 ;
-  wire [17:0] \$177 ;
-  wire [4:0] \$178 ;
-  wire [5:0] \$179 ;
+  wire \$176 ;
+  wire \$177 ;
+  wire \$178 ;
+  wire [16:0] \$179 ;
   wire [18:0] \$18 ;
-  wire [4:0] \$180 ;
-  wire [5:0] \$181 ;
-  wire [16:0] \$182 ;
-  wire [17:0] \$183 ;
-  wire [16:0] \$184 ;
+  wire [17:0] \$180 ;
+  wire [4:0] \$181 ;
+  wire [5:0] \$182 ;
+  wire [4:0] \$183 ;
+  wire [5:0] \$184 ;
   wire [16:0] \$185 ;
-  wire [16:0] \$186 ;
-  wire [2:0] \$187 ;
-  wire [4:0] \$188 ;
-  wire [17:0] \$189 ;
+  wire [17:0] \$186 ;
+  wire [16:0] \$187 ;
+  wire [16:0] \$188 ;
+  wire [16:0] \$189 ;
   wire [12:0] \$19 ;
-  wire [16:0] \$190 ;
-  wire [17:0] \$191 ;
-  wire \$192 ;
-  wire \$193 ;
-  wire \$194 ;
+  wire [2:0] \$190 ;
+  wire [4:0] \$191 ;
+  wire [17:0] \$192 ;
+  wire [16:0] \$193 ;
+  wire [17:0] \$194 ;
   wire \$195 ;
   wire \$196 ;
   wire \$197 ;
@@ -25634,58 +25640,58 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   wire \$22 ;
   wire \$220 ;
   wire \$221 ;
-  wire [3:0] \$222 ;
-  wire [3:0] \$223 ;
-  wire [3:0] \$224 ;
+  wire \$222 ;
+  wire \$223 ;
+  wire \$224 ;
   wire [3:0] \$225 ;
-  wire [4:0] \$226 ;
-  wire [15:0] \$227 ;
-  wire \$228 ;
-  wire [16:0] \$229 ;
+  wire [3:0] \$226 ;
+  wire [3:0] \$227 ;
+  wire [3:0] \$228 ;
+  wire [4:0] \$229 ;
   wire [4:0] \$23 ;
-  wire [16:0] \$230 ;
-  wire [16:0] \$231 ;
-  wire \$232 ;
-  wire [17:0] \$233 ;
-  wire [17:0] \$234 ;
+  wire [15:0] \$230 ;
+  wire \$231 ;
+  wire [16:0] \$232 ;
+  wire [16:0] \$233 ;
+  wire [16:0] \$234 ;
   wire \$235 ;
-  wire [13:0] \$236 ;
-  wire [13:0] \$237 ;
-  wire [17:0] \$238 ;
-  wire [16:0] \$239 ;
+  wire [17:0] \$236 ;
+  wire [17:0] \$237 ;
+  wire \$238 ;
+  wire [13:0] \$239 ;
   wire [4:0] \$24 ;
-  wire [10:0] \$240 ;
-  wire [2:0] \$241 ;
-  wire [4:0] \$242 ;
-  wire [4:0] \$243 ;
-  wire \$244 ;
-  wire \$245 ;
-  wire \$246 ;
-  wire [18:0] \$247 ;
-  wire [19:0] \$248 ;
+  wire [13:0] \$240 ;
+  wire [17:0] \$241 ;
+  wire [16:0] \$242 ;
+  wire [10:0] \$243 ;
+  wire [2:0] \$244 ;
+  wire [4:0] \$245 ;
+  wire [4:0] \$246 ;
+  wire \$247 ;
+  wire \$248 ;
   wire \$249 ;
   wire \$25 ;
-  wire \$250 ;
-  wire \$251 ;
+  wire [18:0] \$250 ;
+  wire [19:0] \$251 ;
   wire \$252 ;
   wire \$253 ;
   wire \$254 ;
   wire \$255 ;
-  reg [11:0] \$256 ;
-  reg \$257 ;
-  reg [3:0] \$258 ;
-  reg \$259 ;
+  wire \$256 ;
+  wire \$257 ;
+  wire \$258 ;
+  reg [11:0] \$259 ;
   wire \$26 ;
-  reg [3:0] \$260 ;
-  reg \$261 ;
-  reg [5:0] \$262 ;
-  reg \$263 ;
-  reg [15:0] \$264 ;
-  reg \$265 ;
-  reg [15:0] \$266 ;
-  reg \$267 ;
+  reg \$260 ;
+  reg [3:0] \$261 ;
+  reg \$262 ;
+  reg [3:0] \$263 ;
+  reg \$264 ;
+  reg [5:0] \$265 ;
+  reg \$266 ;
+  reg [15:0] \$267 ;
   reg \$268 ;
-  reg \$269 ;
+  reg [15:0] \$269 ;
   wire [4:0] \$27 ;
   reg \$270 ;
   reg \$271 ;
@@ -25696,28 +25702,28 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   reg \$276 ;
   reg \$277 ;
   reg \$278 ;
-  reg [10:0] \$279 ;
+  reg \$279 ;
   wire [4:0] \$28 ;
-  reg [17:0] \$280 ;
-  reg [17:0] \$281 ;
-  reg [17:0] \$282 ;
+  reg \$280 ;
+  reg \$281 ;
+  reg [10:0] \$282 ;
   reg [17:0] \$283 ;
-  reg [10:0] \$284 ;
-  reg [20:0] \$285 ;
+  reg [17:0] \$284 ;
+  reg [17:0] \$285 ;
   reg [17:0] \$286 ;
-  reg [17:0] \$287 ;
+  reg [10:0] \$287 ;
   reg [20:0] \$288 ;
   reg [17:0] \$289 ;
   wire \$29 ;
   reg [17:0] \$290 ;
-  reg [17:0] \$291 ;
-  reg \$292 ;
-  reg \$293 ;
-  reg \$294 ;
-  reg [5:0] \$295 ;
+  reg [20:0] \$291 ;
+  reg [17:0] \$292 ;
+  reg [17:0] \$293 ;
+  reg [17:0] \$294 ;
+  reg \$295 ;
   reg \$296 ;
   reg \$297 ;
-  reg \$298 ;
+  reg [5:0] \$298 ;
   reg \$299 ;
   wire [16:0] \$3 ;
   wire \$30 ;
@@ -25729,21 +25735,24 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   reg \$305 ;
   reg \$306 ;
   reg \$307 ;
-  reg [13:0] \$308 ;
-  reg [5:0] \$309 ;
+  reg \$308 ;
+  reg \$309 ;
   wire [6:0] \$31 ;
-  reg [5:0] \$310 ;
-  reg [7:0] \$311 ;
-  reg [17:0] \$312 ;
-  reg [17:0] \$313 ;
-  reg [17:0] \$314 ;
+  reg \$310 ;
+  reg [13:0] \$311 ;
+  reg [5:0] \$312 ;
+  reg [5:0] \$313 ;
+  reg [7:0] \$314 ;
   reg [17:0] \$315 ;
   reg [17:0] \$316 ;
   reg [17:0] \$317 ;
-  reg [10:0] \$318 ;
-  reg [2:0] \$319 ;
+  reg [17:0] \$318 ;
+  reg [17:0] \$319 ;
   wire [6:0] \$32 ;
-  reg [3:0] \$320 ;
+  reg [17:0] \$320 ;
+  reg [10:0] \$321 ;
+  reg [2:0] \$322 ;
+  reg [3:0] \$323 ;
   wire \$33 ;
   wire \$34 ;
   wire [16:0] \$35 ;
@@ -25963,6 +25972,8 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   wire waiting;
   input weights_done;
   wire weights_done;
+  input [9:0] weights_in;
+  wire [9:0] weights_in;
   input [12:0] words_in;
   wire [12:0] words_in;
   wire [16:0] ws;
@@ -26079,135 +26090,138 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   assign \$121  = $signed(linebase) + $signed(swg);
   assign \$122  = $signed(linebase) + $signed(swg);
   assign \$123  = below_oy & last_oy;
-  assign \$124  = weights_done & params_done;
-  assign \$125  = cmd[111] | \$124 ;
-  assign \$126  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
-  assign \$127  = below_oy ? \$126  : { need[17], need };
-  assign \$128  = $signed({ 1'h0, rows_in }) >= $signed(\$127 );
-  assign \$129  = rows_in == cmd[15:0];
-  assign \$130  = \$128  | \$129 ;
-  assign \$131  = ~ dwp;
-  assign \$132  = words_in >= need_words_row;
-  assign \$133  = words_in >= need_words;
-  assign \$134  = last_ox ? \$132  : \$133 ;
-  assign \$135  = \$131  & \$134 ;
-  assign \$136  = \$130  | \$135 ;
-  assign \$137  = cmd[95:80] - 1'h1;
-  assign \$138  = gin_e - 1'h1;
-  assign \$139  = \$138  == 1'h1;
-  assign \$140  = cmd[99:96] - 1'h1;
-  assign \$141  = \$140  == 1'h1;
-  assign \$142  = cmd[99:96] - 1'h1;
-  assign \$143  = \$142  == 1'h1;
-  assign \$144  = cmd[95:80] - 1'h1;
-  assign \$145  = \$144  == 1'h1;
-  assign \$146  = cmd[63:48] - 1'h1;
-  assign \$147  = cmd[63:48] - 1'h1;
-  assign \$148  = dwp ? \$146  : \$147 ;
-  assign \$149  = dwp ? 3'h4 : 3'h1;
-  assign \$150  = \$148  == \$149 ;
-  assign \$151  = cmd[47:32] - 1'h1;
-  assign \$152  = \$151  == 1'h1;
-  assign \$153  = gin_e - 1'h1;
-  assign \$154  = \$153  == 1'h1;
-  assign \$155  = cmd[99:96] - 1'h1;
-  assign \$156  = \$155  == 1'h1;
-  assign \$157  = cmd[99:96] - 1'h1;
-  assign \$158  = \$157  == 1'h1;
-  assign \$159  = cmd[95:80] - 1'h1;
-  assign \$160  = \$159  == 1'h1;
-  assign \$161  = cmd[63:48] - 1'h1;
-  assign \$162  = cmd[63:48] - 1'h1;
-  assign \$163  = dwp ? \$161  : \$162 ;
-  assign \$164  = dwp ? 3'h4 : 3'h1;
-  assign \$165  = \$163  == \$164 ;
-  assign \$166  = cmd[47:32] - 1'h1;
-  assign \$167  = \$166  == 1'h1;
-  assign \$168  = gin_e == 1'h1;
-  assign \$169  = cmd[99:96] == 1'h1;
-  assign \$170  = cmd[99:96] == 1'h1;
-  assign \$171  = cmd[95:80] == 1'h1;
-  assign \$172  = cmd[63:48] <= 3'h4;
-  assign \$173  = cmd[63:48] == 1'h1;
-  assign \$174  = dwp ? \$172  : \$173 ;
-  assign \$175  = cmd[47:32] == 1'h1;
-  assign \$176  = gin_e - 1'h1;
-  assign \$177  = $signed(\$176 ) - $signed(3'h2);
-  assign \$178  = cmd[99:96] - 1'h1;
-  assign \$179  = $signed(\$178 ) - $signed(3'h2);
-  assign \$180  = cmd[99:96] - 1'h1;
-  assign \$181  = $signed(\$180 ) - $signed(3'h2);
-  assign \$182  = cmd[95:80] - 1'h1;
-  assign \$183  = $signed(\$182 ) - $signed(3'h2);
-  assign \$184  = cmd[63:48] - 1'h1;
-  assign \$185  = cmd[63:48] - 1'h1;
-  assign \$186  = dwp ? \$184  : \$185 ;
-  assign \$187  = dwp ? 3'h4 : 3'h1;
-  assign \$188  = 2'h2 * \$187 ;
-  assign \$189  = $signed(\$186 ) - $signed({ 1'h0, \$188  });
-  assign \$190  = cmd[47:32] - 1'h1;
-  assign \$191  = $signed(\$190 ) - $signed(3'h2);
-  assign \$192  = gin_e == 1'h1;
-  assign \$193  = cmd[99:96] == 1'h1;
-  assign \$194  = cmd[99:96] == 1'h1;
-  assign \$195  = cmd[95:80] == 1'h1;
-  assign \$196  = cmd[63:48] <= 3'h4;
-  assign \$197  = cmd[63:48] == 1'h1;
-  assign \$198  = dwp ? \$196  : \$197 ;
-  assign \$199  = cmd[47:32] == 1'h1;
-  assign \$200  = gin_e == 1'h1;
-  assign \$202  = gin_e == 1'h1;
-  assign \$203  = cmd[99:96] == 1'h1;
-  assign \$204  = & { \$203 , \$202  };
+  assign \$124  = waddr + 1'h1;
+  assign \$125  = weights_in > \$124 ;
+  assign \$126  = weights_done | \$125 ;
+  assign \$127  = \$126  & params_done;
+  assign \$128  = cmd[111] | \$127 ;
+  assign \$129  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
+  assign \$130  = below_oy ? \$129  : { need[17], need };
+  assign \$131  = $signed({ 1'h0, rows_in }) >= $signed(\$130 );
+  assign \$132  = rows_in == cmd[15:0];
+  assign \$133  = \$131  | \$132 ;
+  assign \$134  = ~ dwp;
+  assign \$135  = words_in >= need_words_row;
+  assign \$136  = words_in >= need_words;
+  assign \$137  = last_ox ? \$135  : \$136 ;
+  assign \$138  = \$134  & \$137 ;
+  assign \$139  = \$133  | \$138 ;
+  assign \$140  = cmd[95:80] - 1'h1;
+  assign \$141  = gin_e - 1'h1;
+  assign \$142  = \$141  == 1'h1;
+  assign \$143  = cmd[99:96] - 1'h1;
+  assign \$144  = \$143  == 1'h1;
+  assign \$145  = cmd[99:96] - 1'h1;
+  assign \$146  = \$145  == 1'h1;
+  assign \$147  = cmd[95:80] - 1'h1;
+  assign \$148  = \$147  == 1'h1;
+  assign \$149  = cmd[63:48] - 1'h1;
+  assign \$150  = cmd[63:48] - 1'h1;
+  assign \$151  = dwp ? \$149  : \$150 ;
+  assign \$152  = dwp ? 3'h4 : 3'h1;
+  assign \$153  = \$151  == \$152 ;
+  assign \$154  = cmd[47:32] - 1'h1;
+  assign \$155  = \$154  == 1'h1;
+  assign \$156  = gin_e - 1'h1;
+  assign \$157  = \$156  == 1'h1;
+  assign \$158  = cmd[99:96] - 1'h1;
+  assign \$159  = \$158  == 1'h1;
+  assign \$160  = cmd[99:96] - 1'h1;
+  assign \$161  = \$160  == 1'h1;
+  assign \$162  = cmd[95:80] - 1'h1;
+  assign \$163  = \$162  == 1'h1;
+  assign \$164  = cmd[63:48] - 1'h1;
+  assign \$165  = cmd[63:48] - 1'h1;
+  assign \$166  = dwp ? \$164  : \$165 ;
+  assign \$167  = dwp ? 3'h4 : 3'h1;
+  assign \$168  = \$166  == \$167 ;
+  assign \$169  = cmd[47:32] - 1'h1;
+  assign \$170  = \$169  == 1'h1;
+  assign \$171  = gin_e == 1'h1;
+  assign \$172  = cmd[99:96] == 1'h1;
+  assign \$173  = cmd[99:96] == 1'h1;
+  assign \$174  = cmd[95:80] == 1'h1;
+  assign \$175  = cmd[63:48] <= 3'h4;
+  assign \$176  = cmd[63:48] == 1'h1;
+  assign \$177  = dwp ? \$175  : \$176 ;
+  assign \$178  = cmd[47:32] == 1'h1;
+  assign \$179  = gin_e - 1'h1;
+  assign \$180  = $signed(\$179 ) - $signed(3'h2);
+  assign \$181  = cmd[99:96] - 1'h1;
+  assign \$182  = $signed(\$181 ) - $signed(3'h2);
+  assign \$183  = cmd[99:96] - 1'h1;
+  assign \$184  = $signed(\$183 ) - $signed(3'h2);
+  assign \$185  = cmd[95:80] - 1'h1;
+  assign \$186  = $signed(\$185 ) - $signed(3'h2);
+  assign \$187  = cmd[63:48] - 1'h1;
+  assign \$188  = cmd[63:48] - 1'h1;
+  assign \$189  = dwp ? \$187  : \$188 ;
+  assign \$190  = dwp ? 3'h4 : 3'h1;
+  assign \$191  = 2'h2 * \$190 ;
+  assign \$192  = $signed(\$189 ) - $signed({ 1'h0, \$191  });
+  assign \$193  = cmd[47:32] - 1'h1;
+  assign \$194  = $signed(\$193 ) - $signed(3'h2);
+  assign \$195  = gin_e == 1'h1;
+  assign \$196  = cmd[99:96] == 1'h1;
+  assign \$197  = cmd[99:96] == 1'h1;
+  assign \$198  = cmd[95:80] == 1'h1;
+  assign \$199  = cmd[63:48] <= 3'h4;
+  assign \$200  = cmd[63:48] == 1'h1;
+  assign \$201  = dwp ? \$199  : \$200 ;
+  assign \$202  = cmd[47:32] == 1'h1;
+  assign \$203  = gin_e == 1'h1;
   assign \$205  = gin_e == 1'h1;
   assign \$206  = cmd[99:96] == 1'h1;
-  assign \$207  = cmd[99:96] == 1'h1;
-  assign \$208  = & { \$207 , \$206 , \$205  };
-  assign \$209  = gin_e == 1'h1;
+  assign \$207  = & { \$206 , \$205  };
+  assign \$208  = gin_e == 1'h1;
+  assign \$209  = cmd[99:96] == 1'h1;
   assign \$210  = cmd[99:96] == 1'h1;
-  assign \$211  = cmd[99:96] == 1'h1;
-  assign \$212  = cmd[95:80] == 1'h1;
-  assign \$213  = & { \$212 , \$211 , \$210 , \$209  };
-  assign \$214  = gin_e == 1'h1;
-  assign \$215  = cmd[99:96] == 1'h1;
-  assign \$216  = cmd[99:96] == 1'h1;
-  assign \$217  = cmd[95:80] == 1'h1;
-  assign \$218  = cmd[63:48] <= 3'h4;
-  assign \$219  = cmd[63:48] == 1'h1;
-  assign \$220  = dwp ? \$218  : \$219 ;
-  assign \$221  = & { \$220 , \$217 , \$216 , \$215 , \$214  };
-  assign \$222  = - cmd[107:105];
-  assign \$223  = - cmd[107:105];
-  assign \$224  = - cmd[104:102];
-  assign \$225  = - cmd[104:102];
-  assign \$226  = cmd[99:96] - cmd[104:102];
-  assign \$227  = dwp ? 16'h0000 : cmd[79:64];
-  assign \$228  = cmd[101:100] == 2'h2;
-  assign \$230  = \$228  ? \$229  : { 1'h0, cmd[79:64] };
-  assign \$231  = dwp ? 17'h00000 : \$230 ;
-  assign \$232  = cmd[101:100] == 2'h2;
+  assign \$211  = & { \$210 , \$209 , \$208  };
+  assign \$212  = gin_e == 1'h1;
+  assign \$213  = cmd[99:96] == 1'h1;
+  assign \$214  = cmd[99:96] == 1'h1;
+  assign \$215  = cmd[95:80] == 1'h1;
+  assign \$216  = & { \$215 , \$214 , \$213 , \$212  };
+  assign \$217  = gin_e == 1'h1;
+  assign \$218  = cmd[99:96] == 1'h1;
+  assign \$219  = cmd[99:96] == 1'h1;
+  assign \$220  = cmd[95:80] == 1'h1;
+  assign \$221  = cmd[63:48] <= 3'h4;
+  assign \$222  = cmd[63:48] == 1'h1;
+  assign \$223  = dwp ? \$221  : \$222 ;
+  assign \$224  = & { \$223 , \$220 , \$219 , \$218 , \$217  };
+  assign \$225  = - cmd[107:105];
+  assign \$226  = - cmd[107:105];
+  assign \$227  = - cmd[104:102];
+  assign \$228  = - cmd[104:102];
+  assign \$229  = cmd[99:96] - cmd[104:102];
+  assign \$230  = dwp ? 16'h0000 : cmd[79:64];
+  assign \$231  = cmd[101:100] == 2'h2;
+  assign \$233  = \$231  ? \$232  : { 1'h0, cmd[79:64] };
+  assign \$234  = dwp ? 17'h00000 : \$233 ;
   assign \$235  = cmd[101:100] == 2'h2;
-  assign \$237  = \$235  ? \$236  : { 1'h0, sizes[12:0] };
-  assign \$238  = dwp ? 18'h00000 : { 4'h0, \$237  };
-  assign \$239  = dwp ? 17'h00000 : { 4'h0, sizes[12:0] };
-  assign \$240  = dwp ? sizes[180:170] : { 10'h000, dw };
-  assign \$241  = dwp ? 3'h4 : 3'h1;
-  assign \$243  = dwp ? \$242  : { 3'h0, cmd[101:100] };
-  assign \$244  = seq_busy & loaded;
-  assign taps__valid = \$244  & rows_ok;
+  assign \$238  = cmd[101:100] == 2'h2;
+  assign \$240  = \$238  ? \$239  : { 1'h0, sizes[12:0] };
+  assign \$241  = dwp ? 18'h00000 : { 4'h0, \$240  };
+  assign \$242  = dwp ? 17'h00000 : { 4'h0, sizes[12:0] };
+  assign \$243  = dwp ? sizes[180:170] : { 10'h000, dw };
+  assign \$244  = dwp ? 3'h4 : 3'h1;
+  assign \$246  = dwp ? \$245  : { 3'h0, cmd[101:100] };
+  assign \$247  = seq_busy & loaded;
+  assign taps__valid = \$247  & rows_ok;
   assign issue = taps__valid & taps__ready;
-  assign \$245  = seq_busy & loaded;
-  assign \$246  = ~ issue;
-  assign waiting = \$245  & \$246 ;
-  assign \$247  = $signed(tapbase) + $signed({ 1'h0, gi });
-  assign \$248  = $signed(\$247 ) + $signed({ 1'h0, goff });
-  assign \$249  = ! gi;
-  assign \$250  = ! kx;
-  assign \$251  = \$249  & \$250 ;
-  assign \$252  = ! ky;
-  assign \$253  = \$251  & \$252 ;
-  assign \$254  = last_gi & last_kx;
-  assign \$255  = \$254  & last_ky;
+  assign \$248  = seq_busy & loaded;
+  assign \$249  = ~ issue;
+  assign waiting = \$248  & \$249 ;
+  assign \$250  = $signed(tapbase) + $signed({ 1'h0, gi });
+  assign \$251  = $signed(\$250 ) + $signed({ 1'h0, goff });
+  assign \$252  = ! gi;
+  assign \$253  = ! kx;
+  assign \$254  = \$252  & \$253 ;
+  assign \$255  = ! ky;
+  assign \$256  = \$254  & \$255 ;
+  assign \$257  = last_gi & last_kx;
+  assign \$258  = \$257  & last_ky;
   always @(posedge clk)
     base <= { \$4 [16], \$4  };
   always @(posedge clk)
@@ -26215,814 +26229,814 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   always @(posedge clk)
     need_words_row0 <= { 2'h0, \$18  };
   always @(posedge clk)
-    gi <= \$256 ;
+    gi <= \$259 ;
   always @(posedge clk)
-    near_gi <= \$257 ;
+    near_gi <= \$260 ;
   always @(posedge clk)
-    kx <= \$258 ;
+    kx <= \$261 ;
   always @(posedge clk)
-    near_kx <= \$259 ;
+    near_kx <= \$262 ;
   always @(posedge clk)
-    ky <= \$260 ;
+    ky <= \$263 ;
   always @(posedge clk)
-    near_ky <= \$261 ;
+    near_ky <= \$264 ;
   always @(posedge clk)
-    j <= \$262 ;
+    j <= \$265 ;
   always @(posedge clk)
-    near_j <= \$263 ;
+    near_j <= \$266 ;
   always @(posedge clk)
-    ox <= \$264 ;
+    ox <= \$267 ;
   always @(posedge clk)
-    near_ox <= \$265 ;
+    near_ox <= \$268 ;
   always @(posedge clk)
-    oy <= \$266 ;
+    oy <= \$269 ;
   always @(posedge clk)
-    near_oy <= \$267 ;
+    near_oy <= \$270 ;
   always @(posedge clk)
-    last_gi <= \$268 ;
+    last_gi <= \$271 ;
   always @(posedge clk)
-    below_kx <= \$269 ;
+    below_kx <= \$272 ;
   always @(posedge clk)
-    last_kx <= \$270 ;
+    last_kx <= \$273 ;
   always @(posedge clk)
-    below_ky <= \$271 ;
+    below_ky <= \$274 ;
   always @(posedge clk)
-    last_ky <= \$272 ;
+    last_ky <= \$275 ;
   always @(posedge clk)
-    below_j <= \$273 ;
+    below_j <= \$276 ;
   always @(posedge clk)
-    last_j <= \$274 ;
+    last_j <= \$277 ;
   always @(posedge clk)
-    below_ox <= \$275 ;
+    below_ox <= \$278 ;
   always @(posedge clk)
-    last_ox <= \$276 ;
+    last_ox <= \$279 ;
   always @(posedge clk)
-    below_oy <= \$277 ;
+    below_oy <= \$280 ;
   always @(posedge clk)
-    last_oy <= \$278 ;
+    last_oy <= \$281 ;
   always @(posedge clk)
-    waddr <= \$279 ;
+    waddr <= \$282 ;
   always @(posedge clk)
-    ix <= \$280 ;
+    ix <= \$283 ;
   always @(posedge clk)
-    tapbase <= \$281 ;
+    tapbase <= \$284 ;
   always @(posedge clk)
-    iy <= \$282 ;
+    iy <= \$285 ;
   always @(posedge clk)
-    rowbase <= \$283 ;
+    rowbase <= \$286 ;
   always @(posedge clk)
-    goff <= \$284 ;
+    goff <= \$287 ;
   always @(posedge clk)
-    need_words <= \$285 ;
+    need_words <= \$288 ;
   always @(posedge clk)
-    ix0 <= \$286 ;
+    ix0 <= \$289 ;
   always @(posedge clk)
-    pixbase <= \$287 ;
+    pixbase <= \$290 ;
   always @(posedge clk)
-    need_words_row <= \$288 ;
+    need_words_row <= \$291 ;
   always @(posedge clk)
-    iy0 <= \$289 ;
+    iy0 <= \$292 ;
   always @(posedge clk)
-    need <= \$290 ;
+    need <= \$293 ;
   always @(posedge clk)
-    linebase <= \$291 ;
+    linebase <= \$294 ;
   always @(posedge clk)
-    seq_busy <= \$292 ;
+    seq_busy <= \$295 ;
   always @(posedge clk)
-    loaded <= \$293 ;
+    loaded <= \$296 ;
   always @(posedge clk)
-    rows_ok <= \$294 ;
+    rows_ok <= \$297 ;
   always @(posedge clk)
-    last_group <= \$295 ;
+    last_group <= \$298 ;
   always @(posedge clk)
-    lim_inc_gi <= \$296 ;
+    lim_inc_gi <= \$299 ;
   always @(posedge clk)
-    lim_inc_kx <= \$297 ;
+    lim_inc_kx <= \$300 ;
   always @(posedge clk)
-    lim_inc_ky <= \$298 ;
+    lim_inc_ky <= \$301 ;
   always @(posedge clk)
-    lim_inc_j <= \$299 ;
+    lim_inc_j <= \$302 ;
   always @(posedge clk)
-    lim_inc_ox <= \$300 ;
+    lim_inc_ox <= \$303 ;
   always @(posedge clk)
-    lim_inc_oy <= \$301 ;
+    lim_inc_oy <= \$304 ;
   always @(posedge clk)
-    lim_zero_gi <= \$302 ;
+    lim_zero_gi <= \$305 ;
   always @(posedge clk)
-    lim_zero_kx <= \$303 ;
+    lim_zero_kx <= \$306 ;
   always @(posedge clk)
-    lim_zero_ky <= \$304 ;
+    lim_zero_ky <= \$307 ;
   always @(posedge clk)
-    lim_zero_j <= \$305 ;
+    lim_zero_j <= \$308 ;
   always @(posedge clk)
-    lim_zero_ox <= \$306 ;
+    lim_zero_ox <= \$309 ;
   always @(posedge clk)
-    lim_zero_oy <= \$307 ;
+    lim_zero_oy <= \$310 ;
   always @(posedge clk)
-    lim_2inc_gi <= \$308 ;
+    lim_2inc_gi <= \$311 ;
   always @(posedge clk)
-    lim_2inc_kx <= \$309 ;
+    lim_2inc_kx <= \$312 ;
   always @(posedge clk)
-    lim_2inc_ky <= \$310 ;
+    lim_2inc_ky <= \$313 ;
   always @(posedge clk)
-    lim_2inc_j <= \$311 ;
+    lim_2inc_j <= \$314 ;
   always @(posedge clk)
-    lim_2inc_ox <= \$312 ;
+    lim_2inc_ox <= \$315 ;
   always @(posedge clk)
-    lim_2inc_oy <= \$313 ;
+    lim_2inc_oy <= \$316 ;
   always @(posedge clk)
-    g_step <= \$314 ;
+    g_step <= \$317 ;
   always @(posedge clk)
-    sg <= \$315 ;
+    sg <= \$318 ;
   always @(posedge clk)
-    swg <= \$316 ;
+    swg <= \$319 ;
   always @(posedge clk)
-    row_step <= \$317 ;
+    row_step <= \$320 ;
   always @(posedge clk)
-    goff_step <= \$318 ;
+    goff_step <= \$321 ;
   always @(posedge clk)
-    ox_step <= \$319 ;
+    ox_step <= \$322 ;
   always @(posedge clk)
-    ix_step <= \$320 ;
+    ix_step <= \$323 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$256  = gi;
+    \$259  = gi;
     if (issue) begin
-      \$256  = \$20 [11:0];
+      \$259  = \$20 [11:0];
     end
     if (start) begin
-      \$256  = 12'h000;
+      \$259  = 12'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$257  = near_gi;
+    \$260  = near_gi;
     if (issue) begin
-      \$257  = \$22 ;
+      \$260  = \$22 ;
     end
     if (start) begin
-      \$257  = \$139 ;
+      \$260  = \$142 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$258  = kx;
-    if (issue) begin
-      if (below_kx) begin
-        \$258  = \$24 [3:0];
-      end
-    end
-    if (start) begin
-      \$258  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$259  = near_kx;
+    \$261  = kx;
     if (issue) begin
       if (below_kx) begin
-        \$259  = \$26 ;
+        \$261  = \$24 [3:0];
       end
     end
     if (start) begin
-      \$259  = \$141 ;
+      \$261  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$260  = ky;
+    \$262  = near_kx;
+    if (issue) begin
+      if (below_kx) begin
+        \$262  = \$26 ;
+      end
+    end
+    if (start) begin
+      \$262  = \$144 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$263  = ky;
     if (issue) begin
       if (below_ky) begin
-        \$260  = \$28 [3:0];
+        \$263  = \$28 [3:0];
       end
     end
     if (start) begin
-      \$260  = 4'h0;
+      \$263  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$261  = near_ky;
+    \$264  = near_ky;
     if (issue) begin
       if (below_ky) begin
-        \$261  = \$30 ;
+        \$264  = \$30 ;
       end
     end
     if (start) begin
-      \$261  = \$143 ;
+      \$264  = \$146 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$262  = j;
+    \$265  = j;
     if (issue) begin
       if (below_j) begin
-        \$262  = \$32 [5:0];
+        \$265  = \$32 [5:0];
       end
     end
     if (start) begin
-      \$262  = 6'h00;
+      \$265  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$263  = near_j;
+    \$266  = near_j;
     if (issue) begin
       if (below_j) begin
-        \$263  = \$34 ;
+        \$266  = \$34 ;
       end
     end
     if (start) begin
-      \$263  = \$145 ;
+      \$266  = \$148 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$264  = ox;
+    \$267  = ox;
     if (issue) begin
       if (below_ox) begin
-        \$264  = \$36 [15:0];
+        \$267  = \$36 [15:0];
       end
     end
     if (start) begin
-      \$264  = 16'h0000;
+      \$267  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$265  = near_ox;
+    \$268  = near_ox;
     if (issue) begin
       if (below_ox) begin
-        \$265  = \$38 ;
+        \$268  = \$38 ;
       end
     end
     if (start) begin
-      \$265  = \$150 ;
+      \$268  = \$153 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$266  = oy;
+    \$269  = oy;
     if (issue) begin
       if (below_oy) begin
-        \$266  = \$40 [15:0];
+        \$269  = \$40 [15:0];
       end
     end
     if (start) begin
-      \$266  = 16'h0000;
+      \$269  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$267  = near_oy;
+    \$270  = near_oy;
     if (issue) begin
       if (below_oy) begin
-        \$267  = \$42 ;
+        \$270  = \$42 ;
       end
     end
     if (start) begin
-      \$267  = \$152 ;
+      \$270  = \$155 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$268  = last_gi;
+    \$271  = last_gi;
     if (issue) begin
-      \$268  = \$44 ;
+      \$271  = \$44 ;
     end
     if (start) begin
-      \$268  = \$192 ;
+      \$271  = \$195 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$269  = below_kx;
+    \$272  = below_kx;
     if (issue) begin
-      \$269  = \$47 ;
+      \$272  = \$47 ;
     end
     if (start) begin
-      \$269  = \$201 ;
+      \$272  = \$204 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$270  = last_kx;
+    \$273  = last_kx;
     if (issue) begin
-      \$270  = \$49 ;
+      \$273  = \$49 ;
     end
     if (start) begin
-      \$270  = \$193 ;
+      \$273  = \$196 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$271  = below_ky;
+    \$274  = below_ky;
     if (issue) begin
-      \$271  = \$54 ;
+      \$274  = \$54 ;
     end
     if (start) begin
-      \$271  = \$204 ;
+      \$274  = \$207 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$272  = last_ky;
+    \$275  = last_ky;
     if (issue) begin
-      \$272  = \$56 ;
+      \$275  = \$56 ;
     end
     if (start) begin
-      \$272  = \$194 ;
+      \$275  = \$197 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$273  = below_j;
+    \$276  = below_j;
     if (issue) begin
-      \$273  = \$63 ;
+      \$276  = \$63 ;
     end
     if (start) begin
-      \$273  = \$208 ;
+      \$276  = \$211 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$274  = last_j;
+    \$277  = last_j;
     if (issue) begin
-      \$274  = \$65 ;
+      \$277  = \$65 ;
     end
     if (start) begin
-      \$274  = \$195 ;
+      \$277  = \$198 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$275  = below_ox;
+    \$278  = below_ox;
     if (issue) begin
-      \$275  = \$74 ;
+      \$278  = \$74 ;
     end
     if (start) begin
-      \$275  = \$213 ;
+      \$278  = \$216 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$276  = last_ox;
+    \$279  = last_ox;
     if (issue) begin
-      \$276  = \$76 ;
+      \$279  = \$76 ;
     end
     if (start) begin
-      \$276  = \$198 ;
+      \$279  = \$201 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$277  = below_oy;
+    \$280  = below_oy;
     if (issue) begin
-      \$277  = \$87 ;
+      \$280  = \$87 ;
     end
     if (start) begin
-      \$277  = \$221 ;
+      \$280  = \$224 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$278  = last_oy;
+    \$281  = last_oy;
     if (issue) begin
-      \$278  = \$89 ;
+      \$281  = \$89 ;
     end
     if (start) begin
-      \$278  = \$199 ;
+      \$281  = \$202 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$279  = waddr;
+    \$282  = waddr;
     if (issue) begin
-      \$279  = \$90 [10:0];
+      \$282  = \$90 [10:0];
       if (below_ox) begin
-        \$279  = 11'h000;
+        \$282  = 11'h000;
       end
     end
     if (start) begin
-      \$279  = 11'h000;
+      \$282  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$280  = ix;
+    \$283  = ix;
     if (issue) begin
       if (\$92 ) begin
-        \$280  = \$93 [17:0];
+        \$283  = \$93 [17:0];
       end
       if (below_ky) begin
-        \$280  = ix0;
+        \$283  = ix0;
       end
       if (\$104 ) begin
-        \$280  = \$107 [17:0];
+        \$283  = \$107 [17:0];
       end
       if (below_oy) begin
-        \$280  = { \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112  };
+        \$283  = { \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112  };
       end
     end
     if (start) begin
-      \$280  = { \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222  };
+      \$283  = { \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$281  = tapbase;
+    \$284  = tapbase;
     if (issue) begin
       if (\$92 ) begin
-        \$281  = \$94 [17:0];
+        \$284  = \$94 [17:0];
       end
       if (\$96 ) begin
-        \$281  = \$99 [17:0];
+        \$284  = \$99 [17:0];
       end
       if (\$101 ) begin
-        \$281  = pixbase;
+        \$284  = pixbase;
       end
       if (\$104 ) begin
-        \$281  = \$110 [17:0];
+        \$284  = \$110 [17:0];
       end
       if (\$114 ) begin
-        \$281  = \$122 [17:0];
+        \$284  = \$122 [17:0];
       end
     end
     if (start) begin
-      \$281  = base;
+      \$284  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$282  = iy;
+    \$285  = iy;
     if (issue) begin
       if (\$96 ) begin
-        \$282  = \$97 [17:0];
+        \$285  = \$97 [17:0];
       end
       if (below_j) begin
-        \$282  = iy0;
+        \$285  = iy0;
       end
       if (\$114 ) begin
-        \$282  = \$117 [17:0];
+        \$285  = \$117 [17:0];
       end
     end
     if (start) begin
-      \$282  = { \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224 [3], \$224  };
+      \$285  = { \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227 [3], \$227  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$283  = rowbase;
+    \$286  = rowbase;
     if (issue) begin
       if (\$96 ) begin
-        \$283  = \$98 [17:0];
+        \$286  = \$98 [17:0];
       end
       if (\$101 ) begin
-        \$283  = pixbase;
+        \$286  = pixbase;
       end
       if (\$104 ) begin
-        \$283  = \$109 [17:0];
+        \$286  = \$109 [17:0];
       end
       if (\$114 ) begin
-        \$283  = \$121 [17:0];
+        \$286  = \$121 [17:0];
       end
     end
     if (start) begin
-      \$283  = base;
+      \$286  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$284  = goff;
+    \$287  = goff;
     if (issue) begin
       if (\$101 ) begin
-        \$284  = \$102 [10:0];
+        \$287  = \$102 [10:0];
       end
       if (below_ox) begin
-        \$284  = 11'h000;
+        \$287  = 11'h000;
       end
     end
     if (start) begin
-      \$284  = 11'h000;
+      \$287  = 11'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$285  = need_words;
+    \$288  = need_words;
     if (issue) begin
       if (\$104 ) begin
-        \$285  = \$105 [20:0];
+        \$288  = \$105 [20:0];
       end
       if (\$114 ) begin
-        \$285  = need_words_row;
+        \$288  = need_words_row;
       end
     end
     if (start) begin
-      \$285  = need_words0;
+      \$288  = need_words0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$286  = ix0;
+    \$289  = ix0;
     if (issue) begin
       if (\$104 ) begin
-        \$286  = \$106 [17:0];
+        \$289  = \$106 [17:0];
       end
       if (below_oy) begin
-        \$286  = { \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111  };
+        \$289  = { \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111  };
       end
     end
     if (start) begin
-      \$286  = { \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223  };
+      \$289  = { \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226 [3], \$226  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$287  = pixbase;
+    \$290  = pixbase;
     if (issue) begin
       if (\$104 ) begin
-        \$287  = \$108 [17:0];
+        \$290  = \$108 [17:0];
       end
       if (\$114 ) begin
-        \$287  = \$120 [17:0];
+        \$290  = \$120 [17:0];
       end
     end
     if (start) begin
-      \$287  = base;
+      \$290  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$288  = need_words_row;
+    \$291  = need_words_row;
     if (issue) begin
       if (\$114 ) begin
-        \$288  = \$115 [20:0];
+        \$291  = \$115 [20:0];
       end
     end
     if (start) begin
-      \$288  = need_words_row0;
+      \$291  = need_words_row0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$289  = iy0;
+    \$292  = iy0;
     if (issue) begin
       if (\$114 ) begin
-        \$289  = \$116 [17:0];
+        \$292  = \$116 [17:0];
       end
     end
     if (start) begin
-      \$289  = { \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225 [3], \$225  };
+      \$292  = { \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228 [3], \$228  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$290  = need;
+    \$293  = need;
     if (issue) begin
       if (\$114 ) begin
-        \$290  = \$118 [17:0];
+        \$293  = \$118 [17:0];
       end
     end
     if (start) begin
-      \$290  = { \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226 [4], \$226  };
+      \$293  = { \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229 [4], \$229  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$291  = linebase;
+    \$294  = linebase;
     if (issue) begin
       if (\$114 ) begin
-        \$291  = \$119 [17:0];
+        \$294  = \$119 [17:0];
       end
     end
     if (start) begin
-      \$291  = base;
+      \$294  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$292  = seq_busy;
+    \$295  = seq_busy;
     if (issue) begin
       if (\$123 ) begin
-        \$292  = 1'h0;
+        \$295  = 1'h0;
       end
     end
     if (start) begin
-      \$292  = 1'h1;
+      \$295  = 1'h1;
     end
     if (rst) begin
-      \$292  = 1'h0;
+      \$295  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$293  = loaded;
+    \$296  = loaded;
     if (run) begin
-      \$293  = \$125 ;
+      \$296  = \$128 ;
     end
     if (start) begin
-      \$293  = 1'h0;
+      \$296  = 1'h0;
     end
     if (rst) begin
-      \$293  = 1'h0;
+      \$296  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$294  = rows_ok;
+    \$297  = rows_ok;
     if (run) begin
-      \$294  = \$136 ;
+      \$297  = \$139 ;
     end
     if (start) begin
-      \$294  = 1'h0;
+      \$297  = 1'h0;
     end
     if (rst) begin
-      \$294  = 1'h0;
+      \$297  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$295  = last_group;
+    \$298  = last_group;
     if (start) begin
-      \$295  = \$137 [5:0];
+      \$298  = \$140 [5:0];
     end
     if (rst) begin
-      \$295  = 6'h00;
+      \$298  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$296  = lim_inc_gi;
+    \$299  = lim_inc_gi;
     if (start) begin
-      \$296  = \$154 ;
+      \$299  = \$157 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$297  = lim_inc_kx;
+    \$300  = lim_inc_kx;
     if (start) begin
-      \$297  = \$156 ;
+      \$300  = \$159 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$298  = lim_inc_ky;
+    \$301  = lim_inc_ky;
     if (start) begin
-      \$298  = \$158 ;
+      \$301  = \$161 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$299  = lim_inc_j;
+    \$302  = lim_inc_j;
     if (start) begin
-      \$299  = \$160 ;
+      \$302  = \$163 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$300  = lim_inc_ox;
+    \$303  = lim_inc_ox;
     if (start) begin
-      \$300  = \$165 ;
+      \$303  = \$168 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$301  = lim_inc_oy;
-    if (start) begin
-      \$301  = \$167 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$302  = lim_zero_gi;
-    if (start) begin
-      \$302  = \$168 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$303  = lim_zero_kx;
-    if (start) begin
-      \$303  = \$169 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$304  = lim_zero_ky;
+    \$304  = lim_inc_oy;
     if (start) begin
       \$304  = \$170 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$305  = lim_zero_j;
+    \$305  = lim_zero_gi;
     if (start) begin
       \$305  = \$171 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$306  = lim_zero_ox;
+    \$306  = lim_zero_kx;
     if (start) begin
-      \$306  = \$174 ;
+      \$306  = \$172 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$307  = lim_zero_oy;
+    \$307  = lim_zero_ky;
     if (start) begin
-      \$307  = \$175 ;
+      \$307  = \$173 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$308  = lim_2inc_gi;
+    \$308  = lim_zero_j;
     if (start) begin
-      \$308  = \$177 [13:0];
+      \$308  = \$174 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$309  = lim_2inc_kx;
+    \$309  = lim_zero_ox;
     if (start) begin
-      \$309  = \$179 ;
+      \$309  = \$177 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$310  = lim_2inc_ky;
+    \$310  = lim_zero_oy;
     if (start) begin
-      \$310  = \$181 ;
+      \$310  = \$178 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$311  = lim_2inc_j;
+    \$311  = lim_2inc_gi;
     if (start) begin
-      \$311  = \$183 [7:0];
+      \$311  = \$180 [13:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$312  = lim_2inc_ox;
+    \$312  = lim_2inc_kx;
     if (start) begin
-      \$312  = \$189 ;
+      \$312  = \$182 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$313  = lim_2inc_oy;
+    \$313  = lim_2inc_ky;
     if (start) begin
-      \$313  = \$191 ;
+      \$313  = \$184 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$314  = g_step;
+    \$314  = lim_2inc_j;
     if (start) begin
-      \$314  = { 2'h0, \$227  };
+      \$314  = \$186 [7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$315  = sg;
+    \$315  = lim_2inc_ox;
     if (start) begin
-      \$315  = { 1'h0, \$231  };
+      \$315  = \$192 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$316  = swg;
+    \$316  = lim_2inc_oy;
     if (start) begin
-      \$316  = \$238 ;
+      \$316  = \$194 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$317  = row_step;
+    \$317  = g_step;
     if (start) begin
-      \$317  = { 1'h0, \$239  };
+      \$317  = { 2'h0, \$230  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$318  = goff_step;
+    \$318  = sg;
     if (start) begin
-      \$318  = \$240 ;
+      \$318  = { 1'h0, \$234  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$319  = ox_step;
+    \$319  = swg;
     if (start) begin
       \$319  = \$241 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$320  = ix_step;
+    \$320  = row_step;
     if (start) begin
-      \$320  = \$243 [3:0];
+      \$320  = { 1'h0, \$242  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$321  = goff_step;
+    if (start) begin
+      \$321  = \$243 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$322  = ox_step;
+    if (start) begin
+      \$322  = \$244 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$323  = ix_step;
+    if (start) begin
+      \$323  = \$246 [3:0];
     end
   end
   assign ws = 17'h00000;
@@ -27060,12 +27074,12 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   assign \taps__payload.waddr  = taps__payload[64:54];
   assign \taps__payload.first  = taps__payload[65];
   assign \taps__payload.last  = taps__payload[66];
-  assign taps__payload[66] = \$255 ;
-  assign taps__payload[65] = \$253 ;
+  assign taps__payload[66] = \$258 ;
+  assign taps__payload[65] = \$256 ;
   assign taps__payload[64:54] = waddr;
   assign taps__payload[53:36] = iy;
   assign taps__payload[35:18] = ix;
-  assign taps__payload[17:0] = \$248 [17:0];
+  assign taps__payload[17:0] = \$251 [17:0];
   assign \$7  = { cmd[79:64], 1'h0 };
   assign \$12  = { cmd[79:64], 1'h0 };
   assign \$16  = { sizes[12:0], 1'h0 };
@@ -27076,12 +27090,12 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
   assign \$58  = \$57 ;
   assign \$67  = \$66 ;
   assign \$78  = \$77 ;
-  assign \$201  = \$200 ;
-  assign \$229  = { cmd[79:64], 1'h0 };
-  assign \$233  = 18'h00000;
-  assign \$236  = { sizes[12:0], 1'h0 };
-  assign \$242  = { 1'h0, cmd[101:100], 2'h0 };
-  assign \$234  = 18'h00000;
+  assign \$204  = \$203 ;
+  assign \$232  = { cmd[79:64], 1'h0 };
+  assign \$236  = 18'h00000;
+  assign \$239  = { sizes[12:0], 1'h0 };
+  assign \$245  = { 1'h0, cmd[101:100], 2'h0 };
+  assign \$237  = 18'h00000;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -27777,7 +27791,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$174 (rst, ready, cmd, gin_e, gout_o, clear, enable, sizes, clk);
+module \psc_core.sizes$176 (rst, ready, cmd, gin_e, gout_o, clear, enable, sizes, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -28964,7 +28978,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, leve
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start, keep, run, count, i__ready, done, wp__data);
+module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start, keep, run, count, i__ready, arrived, done, wp__data);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -28978,6 +28992,7 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   wire [10:0] \$7 ;
   wire \$8 ;
   wire \$9 ;
+  output [9:0] arrived;
   reg [9:0] arrived = 10'h000;
   input clk;
   wire clk;

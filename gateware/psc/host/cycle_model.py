@@ -15,7 +15,8 @@ The model follows the core's docstring, stage by stage:
 * loading: the weights and parameters arrive on their own streams at one
   beat per cycle; the first beat waits for the longer of the two (and for
   all of the tile's input on a ``fmap_ram="spram"`` build, which loads
-  before it computes);
+  before it computes), or with ``early_weights`` for the parameters, the
+  first output pixel then ending no sooner than its weights have arrived;
 * compute, output pixel by output pixel: a pixel starts when the input rows
   its output row needs have arrived or the input words up to the next
   pixel's window (a row's last pixel: the next row's second pixel's), and
@@ -66,19 +67,23 @@ def tile_cycles(config, fields, n_weights, n_params, n_acts, n_out):
     # stream words per input row (a depthwise group on a channels build is rows lane words)
     words_per_row = fields["in_w"] * fields["gin"] * (rows if channels else 1)
     spram = config.fmap_ram == "spram"
-    t = max(n_weights, n_params, n_acts if spram else 0)
+    # with early weights the first output pixel reads the blocks as they arrive (two cycles
+    # behind), and ends no sooner than the last of them
+    early = config.early_weights
+    t = max(0 if early else n_weights, n_params, n_acts if spram else 0)
+    first = n_weights + 2 if early else 0
     row_time = max(row_beats, row_requant, row_drain)
     pixel_time = row_time / out_cols
     # stream words per input pixel
     word = words_per_row // fields["in_w"]
     for oy in range(fields["out_h"]):
         if spram:
-            t += row_time
+            t = max(t + row_time, first)
             continue
         rows_needed = oy * stride - fields["pad_top"] + k
         full = min(fields["in_h"], rows_needed) * words_per_row
         if pixels:
-            t = max(t, full) + row_time
+            t = max(max(t, full) + row_time, first)
             continue
         # Pixel by pixel: each waits for its rows or for the words of the next pixel
         # (the row's last for the next row's second pixel's)
@@ -87,7 +92,7 @@ def tile_cycles(config, fields, n_weights, n_params, n_acts, n_out):
         for ox in range(out_cols):
             ahead = (ox + 1) * stride * word if ox + 1 < out_cols else stride * (words_per_row
                                                                                  + word)
-            t = max(t, min(full, base + ahead)) + pixel_time
+            t = max(max(t, min(full, base + ahead)) + pixel_time, first)
     latency = (pe_latency(pe) + (Requantizer.latency_of(pe) if n_out else 0)
                + 2 * config.read_register + config.sums_fifo + _HANDSHAKES
                + _SPRAM_TURNAROUND * spram)

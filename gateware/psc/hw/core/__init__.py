@@ -128,7 +128,9 @@ class PSCConvCore(wiring.Component):
     sequencer when nothing stalls (two more with ``read_register``, one more
     with ``sums_fifo``). The
     sequencer issues one beat per cycle from a cycle after the weights and
-    parameters are loaded and the input rows its output row needs have
+    parameters are loaded (with ``config.early_weights``: the beat's weight block and
+    the next one; the first output pixel reads every block, in the order they
+    arrive, so it computes while they load) and the input rows its output row needs have
     arrived, or (on a build whose input buffer is block RAM) the input
     words up to the next pixel's window (so loading the input overlaps the
     computation), unless ``act_out`` stalls. Setup computes the command's derived sizes
@@ -167,7 +169,7 @@ class PSCConvCore(wiring.Component):
         ``weight_write_data`` and ``weight_write_en`` while the core is idle; a command
         takes no :attr:`weights` and reads its blocks from ``weight_base`` on. The
         other ports and the command are unchanged; without it the core has no such
-        ports.
+        ports. ``config.early_weights`` then changes nothing (no command loads weights).
     lent_requantizer_rows : int
         Network mode: the first rows of the output stage's requantiser are lent to
         another unit while the core is idle, through ``rq_share``, ``rq_i``,
@@ -257,7 +259,10 @@ class PSCConvCore(wiring.Component):
         if self._given:
             m.d.comb += sizes.given.eq(self.cfg_sizes)
         m.submodules.counters = counters = CycleCounters()
-        m.submodules.seq = seq = Sequencer(cc, early_params=self._early_params)
+        # resident weights never load during a command
+        early_weights = cc.early_weights and not self._resident
+        m.submodules.seq = seq = Sequencer(cc, early_params=self._early_params,
+                                           early_weights=early_weights)
         m.submodules.amap = amap = InputAddressMap(cc)
         m.submodules.fetch = fetch = Fetch(cc, skid=self._fetch_skid)
         m.submodules.ibuf = ibuf = InputBuffer(cc)
@@ -352,6 +357,8 @@ class PSCConvCore(wiring.Component):
             setup.loaded.eq(seq.loaded), setup.inputs_done.eq(ibuf.done),
             setup.outputs_done.eq(out.all_sent), setup.mac_valid.eq(sums_valid),
         ]
+        if early_weights:
+            m.d.comb += seq.weights_in.eq(wbuf.arrived)
         # Status.
         m.d.comb += [
             counters.clear.eq(setup.accept), counters.busy.eq(setup.busy),

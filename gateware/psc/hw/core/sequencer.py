@@ -39,7 +39,8 @@ class Sequencer(wiring.Component):
     parameter word of the current output group arrived, ``params_in``; a
     layer other than depthwise then issues a group's taps without waiting
     for the later groups' words, which the output stage reads only after
-    them) and ``rows_ok`` whether the input rows the current
+    them; with ``early_weights``: the weight block of the tap after the current
+    one arrived, ``weights_in``, or all of them) and ``rows_ok`` whether the input rows the current
     output row needs have arrived (``rows_in``) or the input words the next
     pixel needs (``words_in``; on the last pixel of an output row, those of
     the next row's second pixel; not for a depthwise layer on a
@@ -54,6 +55,8 @@ class Sequencer(wiring.Component):
     config : CoreConfig
     early_params : bool
         See :class:`~psc.hw.core.PSCConvCore`.
+    early_weights : bool
+        See :attr:`~psc.config.CoreConfig.early_weights`.
 
     Attributes
     ----------
@@ -74,6 +77,8 @@ class Sequencer(wiring.Component):
         Input words arrived (bank words, as ``sizes.n_in``; 0 on a build that does not
         read while it loads).
     weights_done, params_done : In(1)
+    weights_in : In(range(config.weight_depth + 1))
+        Weight blocks arrived (read only with ``early_weights``).
     params_in : In(range(config.param_depth + 1))
         Parameter words arrived (read only with ``early_params``).
     taps : Out(stream.Signature(tap_layout(config)))
@@ -82,11 +87,12 @@ class Sequencer(wiring.Component):
         ``gout - 1`` of the running command (the group counter's last value).
     """
 
-    def __init__(self, config, *, early_params=False):
+    def __init__(self, config, *, early_params=False, early_weights=False):
         if not isinstance(config, CoreConfig):
             raise TypeError(f"config must be a psc.hw.core.CoreConfig, not {config!r}")
         self._config = config
         self._early = check_bool("early_params", early_params)
+        self._early_weights = check_bool("early_weights", early_weights)
         super().__init__({
             "start": In(1),
             "run": In(1),
@@ -100,6 +106,7 @@ class Sequencer(wiring.Component):
             "words_in": In(range(config.fmap_depth + 1)),
             "weights_done": In(1),
             "params_done": In(1),
+            "weights_in": In(range(config.weight_depth + 1)),
             "params_in": In(range(config.param_depth + 1)),
             "taps": Out(stream.Signature(tap_layout(config))),
             "loaded": Out(1),
@@ -211,8 +218,14 @@ class Sequencer(wiring.Component):
                 # the group after the current one is asked for (a depthwise layer's group
                 # drains as several output groups on a "channels" build: it waits for all)
                 params_ok |= ~self.dw & (self.params_in > s["j"] + 1)
+            weights_ok = self.weights_done
+            if self._early_weights:
+                # a cycle late too, so the block after the current tap's: the first output
+                # pixel reads the blocks in the order they arrive, the later pixels all of
+                # them again, arrived by then
+                weights_ok |= self.weights_in > s["waddr"] + 1
             m.d.sync += [
-                self.loaded.eq(self.cmd.keep | (self.weights_done & params_ok)),
+                self.loaded.eq(self.cmd.keep | (weights_ok & params_ok)),
                 s["rows_ok"].eq((self.rows_in >= Mux(row_end, s["need"] + self.cmd.stride,
                                                      s["need"]))
                                 | (self.rows_in == self.cmd.in_h) | words_ok),
