@@ -25,7 +25,6 @@
 //   psum_depth = 256
 //   psum_width = 32
 //   fmap_ram = 'block'
-//   early_weights = False
 //
 // Latency: MAC array (DotProduct) 3 cycles, depthwise pixels mode 4; requantiser 8 cycles, one beat per 1 cycles.
 // The command's end-to-end timing is in the PSCConvCore docstring.

@@ -25,7 +25,6 @@
 //   psum_depth = 256
 //   psum_width = 32
 //   fmap_ram = 'spram'
-//   early_weights = False
 //
 // Latency: MAC array (DotProduct) 6 cycles; requantiser 11 cycles, one beat per 8 cycles.
 // The command's end-to-end timing is in the PSCConvCore docstring.
