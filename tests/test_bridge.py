@@ -28,8 +28,8 @@ from psc.build_dir import build_root
 from psc import host
 from psc.host import sim
 from psc.host import serial_link
-from psc.hw.link.bridge import (Bridge, BridgeConfig, FLAGS, ID_BYTES, OP, PROTOCOL_VERSION,
-                                beat_bytes, id_frame)
+from psc.hw.link.bridge import (Bridge, BridgeConfig, DIGEST_ONLY_FIELDS, FLAGS, ID_BYTES, OP,
+                                PROTOCOL_VERSION, beat_bytes, id_frame)
 from psc.presets import PRESETS
 from psc.hw.link.uart import UARTConfig, UARTReceiver, UARTTransmitter, divisor_for
 
@@ -318,7 +318,8 @@ def test_id_frame_carries_every_field(name):
     assert ident.pop("digest") == config.digest() and ident.pop("divisor") == 12
     assert ident.pop("version") == PROTOCOL_VERSION
     assert ident == {**config.pe.to_dict(),
-                     **{k: v for k, v in config.to_dict().items() if k != "pe"}}
+                     **{k: v for k, v in config.to_dict().items()
+                        if k != "pe" and k not in DIGEST_ONLY_FIELDS}}
     assert serial_link.preset_for_digest(config.digest()) == (name, config)
     assert serial_link.board_config(serial_link.parse_id(id_frame(config, 12))) is config
 
@@ -496,3 +497,15 @@ def test_bridge_layer_through_uart_pins(target):
     assert serial_link.board_config(res["ident_after_partial"]) is SIM_CONFIG
     flags = set(res["status_after_partial"]["flags"])
     assert "RX_ERROR" in flags and "BAD_OPCODE" not in flags
+
+
+def test_a_board_without_early_weights_is_refused_by_its_digest():
+    """``early_weights`` is not among the ID frame's readable fields (it changes no beat):
+    a host whose configuration differs from the board's only there is refused by the digest,
+    naming the preset the board runs."""
+    board = PRESETS["ecp5-25k"]
+    host = board.replace(early_weights=False)
+    ident = serial_link.parse_id(id_frame(board, 4))
+    with pytest.raises(serial_link.LinkError,
+                       match=r"no readable field differs; the board runs preset 'ecp5-25k'"):
+        serial_link.board_config(ident, host)

@@ -124,3 +124,17 @@ def test_pack_payload_places_bits_as_amaranth_does(seed):
                    layouts.act_out_layout(cc), instruction_layout(EngineConfig(cc))):
         value = _random_value(layout, rng)
         assert pack_payload(layout, value) == layout.const(value).as_value().value, layout
+
+
+def test_early_weights_is_in_the_dict_only_where_set():
+    """A field added after builds shipped: ``to_dict`` writes ``early_weights`` only where it
+    is set, so that the digests of builds without it stay what their boards report, and a
+    dict without it reads as ``False``."""
+    from psc.config import CoreConfig
+    plain, early = CoreConfig(), CoreConfig(early_weights=True)
+    assert "early_weights" not in plain.to_dict() and early.to_dict()["early_weights"] is True
+    assert CoreConfig.from_dict(plain.to_dict()) == plain
+    assert CoreConfig.from_dict(early.to_dict()) == early
+    assert plain.digest() != early.digest()
+    with pytest.raises(ValueError, match="early_weights must be True or False, not 1"):
+        CoreConfig(early_weights=1)
