@@ -99,10 +99,12 @@ def test_network_mode_board_top():
     b = board.BOARDS["ulx3s"]
     bc = board.bridge_config("ulx3s", mode="network")
     assert isinstance(bc, network_bridge.NetworkBridgeConfig)
-    # the network engine: 8 lanes x 3 rows (24 of the 28 MULT18X18D), the rest the preset's
+    # the network engine: 8 lanes x 3 rows (24 of the 28 MULT18X18D), its weights resident (no
+    # early_weights), the rest the preset's
     assert bc.engine.core == board_core("ulx3s", "network") != preset("ulx3s")
     assert (bc.engine.core.lanes, bc.engine.core.rows) == (8, 3)
-    assert bc.engine.core.replace(lanes=7, rows=4, fmap_depth=4096) == preset("ulx3s")
+    assert bc.engine.core.replace(lanes=7, rows=4, fmap_depth=4096,
+                                  early_weights=True) == preset("ulx3s")
     assert board_core("ulx3s") == preset("ulx3s")
     with pytest.raises(ValueError, match="mode must be 'tile' or 'network', not 'fast'"):
         board_core("ulx3s", "fast")
