@@ -39,9 +39,9 @@ class Sequencer(wiring.Component):
     parameter word of the current output group arrived, ``params_in``; a
     layer other than depthwise then issues a group's taps without waiting
     for the later groups' words, which the output stage reads only after
-    them; with ``early_weights``: the weight block of the tap after the current
-    one arrived, ``weights_in``, or all of them) and ``rows_ok`` whether the input rows the current
-    output row needs have arrived (``rows_in``) or the input words the next
+    them; with ``early_weights``: the weight block of the tap after the
+    current one arrived, ``weights_in``, or all of them) and ``rows_ok``
+    whether the input rows the current output row needs have arrived (``rows_in``) or the input words the next
     pixel needs (``words_in``; on the last pixel of an output row, those of
     the next row's second pixel; not for a depthwise layer on a
     ``depthwise="pixels"`` build), both one cycle late (which only delays an
