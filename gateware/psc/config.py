@@ -460,7 +460,8 @@ class CoreConfig:
 
     @classmethod
     def from_dict(cls, d):
-        """The configuration :meth:`to_dict` wrote; unknown or missing fields are refused."""
+        """The configuration :meth:`to_dict` wrote; unknown or missing fields are refused
+        (but ``early_weights``, which :meth:`to_dict` writes only where it is set)."""
         if isinstance(d, dict):
             d = {"early_weights": False, **d}
         return _from_dict(cls, d, {"pe": PSCConfig.from_dict})
