@@ -41,11 +41,11 @@ class Sequencer(wiring.Component):
     for the later groups' words, which the output stage reads only after
     them; with ``early_weights``: the weight block of the tap after the
     current one arrived, ``weights_in``, or all of them) and ``rows_ok``
-    whether the input rows the current output row needs have arrived (``rows_in``) or the input words the next
-    pixel needs (``words_in``; on the last pixel of an output row, those of
-    the next row's second pixel; not for a depthwise layer on a
-    ``depthwise="pixels"`` build), both one cycle late (which only delays an
-    issue). ``taps.valid`` is a few flip-flops: the
+    whether the input rows the current output row needs have arrived
+    (``rows_in``) or the input words the next pixel needs (``words_in``; on
+    the last pixel of an output row, those of the next row's second pixel;
+    not for a depthwise layer on a ``depthwise="pixels"`` build), both one
+    cycle late (which only delays an issue). ``taps.valid`` is a few flip-flops: the
     sequencer has beats left, ``loaded`` and ``rows_ok``; a tap moves on
     ``taps.ready`` (one per cycle at most, no latency). ``waiting`` is high
     in a cycle with beats left and weights loaded in which no tap moves.
