@@ -7,6 +7,7 @@ import pytest
 
 import core_cases
 from psc import host
+from psc.host.cycle_model import tiles_cycles
 from psc.hw.core import Part
 from psc.presets import PRESETS, TARGETS as TARGET_PRESETS
 
@@ -169,3 +170,44 @@ def test_resnet18_cifar_full_size_on_the_shipped_builds(name):
     results = host.run_layers(layers, config=cc, target="verilator", stall=0.1, seed=18)
     for shape, layer, (y, _) in zip(resnet18_cifar_shapes(), layers, results):
         _check(layer, y, f"{name} ResNet-18 {shape}")
+
+
+def _mapped(layer, cc):
+    layer = host.scheduler.validate(**layer, config=cc)
+    return host.scheduler.choose_kind(layer)
+
+
+@pytest.mark.parametrize("name", ["tiny", *sorted(TARGET_PRESETS)])
+def test_the_cost_of_a_cut_is_the_cycle_model_of_its_tiles(name):
+    # the scheduler chooses a cut by its commands' fields and word counts alone: they must
+    # give the cycles of the tiles it then emits
+    cc = PRESETS[TARGET_PRESETS.get(name, name)]
+    sched = host.scheduler
+    layers = _split_layers(4) + _resnet_sample(np.random.default_rng(4), cc)
+    layers.append(core_cases._layer(np.random.default_rng(4), 20, 20, 9, 9, 3, 2, 1,
+                                    groups=20))
+    for layer in layers:
+        kind, mapped = _mapped(layer, cc)
+        bands = sched.cut_bands(mapped)
+        tiles = sched.emit_tiles(mapped, kind, *sched.pack(mapped), bands)
+        assert sched._bands_cycles(mapped, kind, bands) == tiles_cycles(cc, tiles)
+
+
+@pytest.mark.parametrize("name", sorted(TARGET_PRESETS))
+def test_a_long_fully_connected_layer_is_cut_to_load_its_input_less_often(name):
+    # MobileNetV2's classifier: its weights fill the weight buffer many times over, so a cut
+    # of whole reductions (a few output groups per command) loads the whole input for each;
+    # chunks of the reduction let each command cover more output groups
+    cc = PRESETS[TARGET_PRESETS[name]]
+    sched = host.scheduler
+    layer = core_cases._layer(np.random.default_rng(1), 1280, 1000, 1, 1, 1)
+    kind, mapped = _mapped(layer, cc)
+    bands = sched.cut_bands(mapped)
+    whole = sched._cut(mapped, [(0, sched._groups_in(mapped))],
+                       cc.weight_depth // sched._groups_in(mapped))
+    assert len(bands[0][2]) > 1 and len(bands) < len(whole)
+    assert sched._bands_cycles(mapped, kind, bands) < sched._bands_cycles(mapped, kind, whole)
+    plan = host.plan_layer(**layer, config=cc)
+    assert _placed_once(plan)
+    assert all(len(t.weights) <= cc.weight_depth and t.n_out <= cc.psum_depth
+               for t in plan.tiles)

@@ -21,7 +21,10 @@ go in the output tensor.
    group;
 4. :func:`cut_bands` chooses the output-channel chunks and, inside a chunk,
    the band of output rows and columns whose input footprint fits the input
-   buffer and whose output beats the command can count;
+   buffer and whose output beats the command can count; where a layer has
+   more than one way to cut it (a reduction split over input chunks), the
+   one whose commands the cycle model (:mod:`psc.host.cycle_model`) finds
+   fastest;
 5. :func:`emit_tiles` makes the tiles: each carries its own zero padding
    (``pad_top``/``pad_left`` and its output size); the first tile of a chunk
    loads the chunk's weights and parameters, the following ones reuse them
@@ -38,6 +41,7 @@ channel group larger than a buffer.
 """
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -46,7 +50,7 @@ from psc.hw.core import (KERNELS, STRIDES, FIELD_WIDTH, MAX_OUTPUTS, KIND_STANDA
                          weight_layout)
 from psc.hw.core.layouts import output_groups
 from psc.hw.pe import pe_latency
-from psc.host.cycle_model import tiles_cycles
+from psc.host.cycle_model import tile_cycles, tiles_cycles
 from psc.hw.requantize import Requantizer
 from psc.model.checks import (check_bool, check_dims, check_int, check_signed, per_channel, show,
                               signed_range)
@@ -301,16 +305,17 @@ def choose_kind(layer, unroll_stem=True):
         layer = Layer(**{**layer.__dict__, "depthwise": False, "diagonal": True})
     elif unroll_stem and not layer.depthwise and layer.k > 1 and _unroll_pays(layer):
         layer = unroll(layer)
+    return _kind_of(layer), layer
+
+
+def _kind_of(layer):
+    """The command kind of a mapped layer (:func:`choose_kind`)."""
     _, h, w = layer.x.shape
     if layer.depthwise:
-        kind = KIND_DEPTHWISE
-    elif layer.k == 1 and h == 1 and w == 1:
-        kind = KIND_FC
-    elif layer.k == 1:
-        kind = KIND_POINTWISE
-    else:
-        kind = KIND_STANDARD
-    return kind, layer
+        return KIND_DEPTHWISE
+    if layer.k == 1 and h == 1 and w == 1:
+        return KIND_FC
+    return KIND_POINTWISE if layer.k == 1 else KIND_STANDARD
 
 
 def unroll(layer):
@@ -558,22 +563,6 @@ def _band(layer, g_t, gc, max_beats):
     return band_h, band_w
 
 
-def _split_cost(layer, chunks, gc, band_h, band_w):
-    """Estimated cycles of a split layer cut into ``gc`` output groups per command and
-    bands of ``band_h x band_w``: per command its setup, weight and parameter loads, the
-    input before the first beat (its first ``K`` rows, as the rest loads while the
-    array computes; all of it with ``fmap_ram="spram"``) and the MAC beats."""
-    k, stride = layer.k, layer.stride
-    ho, wo = layer.out_hw
-    gout = channel_groups(layer.w_pos.shape[0], layer.config.rows)
-    n_cmd_out = -(-gout // gc) * -(-ho // band_h) * -(-wo // band_w)
-    iw = (band_w - 1) * stride + k
-    ih = k if layer.config.fmap_ram == "block" else (band_h - 1) * stride + k
-    per = sum(64 + gc * (k * k * (g1 - g0) * (1 + band_h * band_w) + 1) + ih * iw * (g1 - g0)
-              for g0, g1 in chunks)
-    return n_cmd_out * per
-
-
 def cut_bands(layer):
     """Step 4: the chunks of output groups and input groups and their output bands.
 
@@ -583,51 +572,69 @@ def cut_bands(layer):
     depthwise layer ``[(0, j1 - j0)]``, its own channels), and the largest
     output band whose input fits the input buffer and whose beats the
     command can count (and, for a split reduction, hold as partial sums).
-    A split reduction's number of input chunks (from the fewest that fit up)
-    and output-group chunk are the pair with the fewest estimated cycles
-    (:func:`_split_cost`): smaller input chunks leave room for larger bands,
-    over which each command's setup and weight load is spread.
+
+    Where the output groups do not fit one chunk, or the reduction does not
+    fit one command, and the build has a partial-sum buffer, the number of
+    input chunks and the output-group chunk are the pair whose commands take
+    the fewest cycles by the cycle model (:func:`_bands_cycles`). Smaller
+    input chunks leave room for more output groups per command and larger
+    bands, over which each command's setup and input load is spread: a fully
+    connected layer whose weights fill the weight buffer many times over
+    loads its input once per chunk of output groups, not once per command.
     """
     cc = layer.config
     k = layer.k
     chunks = split_reduction(layer)
-    gin = max(g1 - g0 for g0, g1 in chunks)
     gout = _out_groups(layer)
-    per_group = k * k * gin
     if layer.diagonal:
         # one output group per command, whose input is its own channels only
-        chunk = 1
-    elif layer.depthwise:
-        chunk = min(gout, cc.param_depth // _beats_per_group(layer),
-                    cc.weight_depth // per_group)
+        return _cut(layer, chunks, 1)
+    if layer.depthwise:
+        per_group = k * k
+        chunk = min(gout, cc.param_depth // _beats_per_group(layer), cc.weight_depth // per_group)
         while chunk > 1 and _footprint(layer, 1, 1, chunk) > cc.fmap_depth:
             chunk -= 1
         if _footprint(layer, 1, 1, chunk) > cc.fmap_depth:
             raise LayerError(f"kernel {k}x{k} does not fit this build even for one channel "
                              f"group: {_footprint(layer, 1, 1, 1)} input words "
                              f"(fmap_depth={cc.fmap_depth})")
-    elif len(chunks) == 1:
-        chunk = min(gout, cc.param_depth, cc.weight_depth // per_group)
-    else:
-        best = None
-        for n in range(len(chunks), min(_groups_in(layer), 4 * len(chunks)) + 1):
-            cand = split_reduction(layer, n)
-            g_n = max(g1 - g0 for g0, g1 in cand)
-            top = min(gout, cc.param_depth, cc.weight_depth // (k * k * g_n), cc.psum_depth)
-            for gc in range(1, top + 1):
-                cost = _split_cost(layer, cand, gc, *_band(layer, g_n, gc, cc.psum_depth))
-                if best is None or cost < best[0]:
-                    best = (cost, cand, gc)
-        _, chunks, chunk = best
+        return _cut(layer, chunks, chunk)
+    gin = _groups_in(layer)
+    chunk = min(gout, cc.param_depth, cc.weight_depth // (k * k * gin))
+    if len(chunks) == 1 and (chunk == gout or not cc.psum_depth):
+        return _cut(layer, chunks, chunk)
+    kind = _kind_of(layer)
+    memo, best = {}, None
+    sizes = {}                              # each input chunk size from its fewest chunks
+    for n in range(len(chunks), gin + 1):
+        sizes.setdefault(-(-gin // n), n)
+    for g_n, n in sizes.items():
+        cand = split_reduction(layer, n)
+        top = min(gout, cc.param_depth, cc.weight_depth // (k * k * g_n),
+                  cc.psum_depth if n > 1 else gout)
+        # output chunks of balanced sizes, from the fewest that fit
+        for gc in sorted({-(-gout // m) for m in range(-(-gout // top), gout + 1)}):
+            cost = _bands_cycles(layer, kind, _cut(layer, cand, gc), memo)
+            if best is None or cost < best[0]:
+                best = (cost, cand, gc)
+    return _cut(layer, *best[1:])
+
+
+def _cut(layer, chunks, chunk):
+    """:func:`cut_bands`'s list for input ``chunks`` and ``chunk`` output groups per command."""
+    cc = layer.config
+    gout = _out_groups(layer)
+    max_beats = MAX_OUTPUTS if len(chunks) == 1 else min(MAX_OUTPUTS, cc.psum_depth)
+    bands = {}                              # of each chunk size (all but the last are equal)
     out = []
     for j0 in range(0, gout, chunk):
         j1 = min(gout, j0 + chunk)
         gc = j1 - j0
         in_chunks = [(0, gc)] if layer.depthwise else chunks
-        g_t = max(g1 - g0 for g0, g1 in in_chunks)
-        max_beats = MAX_OUTPUTS if len(in_chunks) == 1 else min(MAX_OUTPUTS, cc.psum_depth)
-        out.append((j0, j1, in_chunks,
-                    *_band(layer, g_t, gc * _beats_per_group(layer), max_beats)))
+        if gc not in bands:
+            g_t = max(g1 - g0 for g0, g1 in in_chunks)
+            bands[gc] = _band(layer, g_t, gc * _beats_per_group(layer), max_beats)
+        out.append((j0, j1, in_chunks, *bands[gc]))
     return out
 
 
@@ -661,8 +668,21 @@ def cycle_bound(config, fields, n_loaded):
     return setup + n_loaded + beats + n_out * Requantizer.rate_of(pe) + latency
 
 
-def emit_tiles(layer, kind, weights, params, bands):
-    """Step 5: the :class:`Tile` commands of every chunk and output band, in stream order.
+class _Command(NamedTuple):
+    """One command of :func:`_commands`, before its words are attached."""
+    fields: dict
+    window: Window
+    groups_out: tuple       # its output groups [j0, j1)
+    groups_in: tuple        # its input groups [g0, g1) of each output group's reduction
+    load: bool              # it loads its weights and parameters (not ``keep``)
+    n_out: int
+    place: tuple
+
+
+def _commands(layer, kind, bands):
+    """The commands of ``bands`` (:func:`cut_bands`) in stream order, as :class:`_Command`:
+    their fields and geometry without their words, which :func:`emit_tiles` attaches and
+    :func:`_bands_cycles` only counts.
 
     A band whose reduction is one chunk is one command (``part`` ``WHOLE``);
     the following bands of the same output groups reuse its weights and
@@ -675,8 +695,6 @@ def emit_tiles(layer, kind, weights, params, bands):
     _, h, w = layer.x.shape
     cout = layer.w_pos.shape[0]
     ho, wo = layer.out_hw
-    cl = config_layout(cc)
-    tiles = []
     chn = _channels(layer)
     per_p = _beats_per_group(layer)              # parameter words (output beats) per group
     per = rows * per_p                           # channels of one command group
@@ -690,7 +708,6 @@ def emit_tiles(layer, kind, weights, params, bands):
         split = len(in_chunks) > 1
         parts = ([Part.WHOLE] if not split else
                  [Part.FIRST] + [Part.MIDDLE] * (len(in_chunks) - 2) + [Part.LAST])
-        pwords = params[j0 * per_p:j1 * per_p]
         first = True
         for oy0 in range(0, ho, band_h):
             oy1 = min(ho, oy0 + band_h)
@@ -701,12 +718,11 @@ def emit_tiles(layer, kind, weights, params, bands):
                 q0, q1 = max(0, left), min(w, (ox1 - 1) * stride - padding + k)
                 beats = (oy1 - oy0) * (ox1 - ox0) * (j1 - j0) * per_p
                 for (g0, g1), part in zip(in_chunks, parts):
-                    load = first or split
                     fields = {
                         "in_h": r1 - r0, "in_w": q1 - q0, "out_h": oy1 - oy0,
                         "out_w": ox1 - ox0, "gin": g1 - g0, "gout": j1 - j0, "k": k,
                         "stride": stride, "pad_top": r0 - top, "pad_left": q0 - left,
-                        "kind": kind, "relu": int(layer.relu), "keep": int(not load),
+                        "kind": kind, "relu": int(layer.relu), "keep": int(not (first or split)),
                         "part": part,
                     }
                     for name in ("in_h", "in_w", "out_h", "out_w", "gin", "gout"):
@@ -714,23 +730,73 @@ def emit_tiles(layer, kind, weights, params, bands):
                             raise LayerError(f"{name}={fields[name]} does not fit the "
                                              f"command's {FIELD_WIDTH}-bit field")
                     if layer.depthwise:
-                        wwords = [wd for j in range(j0, j1) for tap in weights[j] for wd in tap]
                         window = Window(lo, hi, dw_groups, r0, r1, q0, q1)
                     else:
-                        wwords = [wd for j in range(j0, j1) for tap in weights[j]
-                                  for wd in tap[g0:g1]]
                         window = Window(lo + g0 * lanes, hi, g1 - g0, r0, r1, q0, q1)
-                    acts = window.words(layer.x, lanes, cc.pe.act_width)
-                    n_loaded = 1 + acts.size + (len(wwords) + len(pwords) if load else 0)
-                    n_out = beats if part in (Part.WHOLE, Part.LAST) else 0
-                    tiles.append(Tile(
-                        cfg=pack_payload(cl, fields),
-                        weights=wwords if load else [], params=pwords if load else [],
-                        acts=[int(v) for v in acts.reshape(-1)],
-                        n_out=n_out, fields=fields, window=window,
-                        place=(c0, c1, oy0, oy1, ox0, ox1),
-                        cycle_bound=cycle_bound(cc, fields, n_loaded)))
+                    yield _Command(fields, window, (j0, j1), (g0, g1), first or split,
+                                   beats if part in (Part.WHOLE, Part.LAST) else 0,
+                                   (c0, c1, oy0, oy1, ox0, ox1))
                 first = False
+
+
+def _loaded(layer, cmd):
+    """Weight blocks and parameter words ``cmd`` (a :class:`_Command`) loads."""
+    if not cmd.load:
+        return 0, 0
+    j0, j1 = cmd.groups_out
+    g0, g1 = cmd.groups_in
+    per_group = layer.k ** 2 * (1 if layer.depthwise else g1 - g0)
+    return (j1 - j0) * per_group, (j1 - j0) * _beats_per_group(layer)
+
+
+def _bands_cycles(layer, kind, bands, memo=None):
+    """Predicted cycles (:func:`~psc.host.cycle_model.tile_cycles`) of the commands of
+    ``bands``, from their fields and word counts alone: the scheduler's cost of a cut.
+    ``memo`` (a dict) keeps each distinct command's cycles across calls."""
+    memo = {} if memo is None else memo
+    # chunks of as many output groups (and channels) have the same commands: count each once
+    per = layer.config.rows * _beats_per_group(layer)
+    cout = layer.w_pos.shape[0]
+    same = {}
+    for band in bands:
+        j0, j1, chunks, band_h, band_w = band
+        shape = (j1 - j0, min(cout, j1 * per) - j0 * per, tuple(chunks), band_h, band_w)
+        same.setdefault(shape, [band, 0])[1] += 1
+    total = 0
+    for band, times in same.values():
+        for cmd in _commands(layer, kind, [band]):
+            win = cmd.window
+            counts = (*_loaded(layer, cmd), (win.r1 - win.r0) * (win.q1 - win.q0) * win.groups,
+                      cmd.n_out)
+            key = (*cmd.fields.values(), *counts)
+            if key not in memo:
+                memo[key] = tile_cycles(layer.config, cmd.fields, *counts)
+            total += times * memo[key]
+    return total
+
+
+def emit_tiles(layer, kind, weights, params, bands):
+    """Step 5: the :class:`Tile` commands of every chunk and output band, in stream order
+    (:func:`_commands`), with their words: ``weights`` and ``params`` from :func:`pack`,
+    the input lane words of each command's window."""
+    cc = layer.config
+    cl = config_layout(cc)
+    per_p = _beats_per_group(layer)
+    tiles = []
+    for cmd in _commands(layer, kind, bands):
+        (j0, j1), (g0, g1) = cmd.groups_out, cmd.groups_in
+        wwords, pwords = [], []
+        if cmd.load:
+            pwords = params[j0 * per_p:j1 * per_p]
+            wwords = [wd for j in range(j0, j1) for tap in weights[j]
+                      for wd in (tap if layer.depthwise else tap[g0:g1])]
+        acts = cmd.window.words(layer.x, cc.lanes, cc.pe.act_width)
+        n_loaded = 1 + acts.size + len(wwords) + len(pwords)
+        tiles.append(Tile(
+            cfg=pack_payload(cl, cmd.fields), weights=wwords, params=pwords,
+            acts=[int(v) for v in acts.reshape(-1)], n_out=cmd.n_out, fields=cmd.fields,
+            window=cmd.window, place=cmd.place,
+            cycle_bound=cycle_bound(cc, cmd.fields, n_loaded)))
     return tiles
 
 
