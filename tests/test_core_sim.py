@@ -75,7 +75,7 @@ def test_named_cases(target):
 def _tiled_layers():
     r = np.random.default_rng(11)
     return [
-        core_cases._layer(r, 6, 22, 9, 11, 3, 1, 1),                  # chunks, row and column bands
+        core_cases._layer(r, 6, 22, 9, 11, 3, 1, 1),            # chunks, row and column bands
         core_cases._layer(r, 20, 20, 12, 12, 3, 2, 1, groups=20),     # depthwise, chunks
         core_cases._layer(r, 8, 8, 10, 10, 1, relu=True),              # pointwise, bands
         core_cases._layer(r, 5, 6, 11, 9, 5, 2, 2, weights="ili"),    # 5x5 s2, split reduction
