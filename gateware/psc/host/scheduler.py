@@ -598,25 +598,34 @@ def cut_bands(layer):
             raise LayerError(f"kernel {k}x{k} does not fit this build even for one channel "
                              f"group: {_footprint(layer, 1, 1, 1)} input words "
                              f"(fmap_depth={cc.fmap_depth})")
-        return _cut(layer, chunks, chunk)
+        return _fastest(layer, [(chunks, chunk)])
     gin = _groups_in(layer)
     chunk = min(gout, cc.param_depth, cc.weight_depth // (k * k * gin))
     if len(chunks) == 1 and (chunk == gout or not cc.psum_depth):
         return _cut(layer, chunks, chunk)
-    kind = _kind_of(layer)
-    memo, best = {}, None
+    options = []
     sizes = {}                              # each input chunk size from its fewest chunks
     for n in range(len(chunks), gin + 1):
         sizes.setdefault(-(-gin // n), n)
     for g_n, n in sizes.items():
-        cand = split_reduction(layer, n)
-        top = min(gout, cc.param_depth, cc.weight_depth // (k * k * g_n),
-                  cc.psum_depth if n > 1 else gout)
-        # output chunks of balanced sizes, from the fewest that fit
+        options.append((split_reduction(layer, n),
+                        min(gout, cc.param_depth, cc.weight_depth // (k * k * g_n),
+                            cc.psum_depth if n > 1 else gout)))
+    return _fastest(layer, options)
+
+
+def _fastest(layer, options):
+    """The cut with the fewest cycles (:func:`_bands_cycles`) over ``options``, pairs
+    of input chunks and the most output groups a command over them may take: for each,
+    output chunks of balanced sizes, from the fewest that fit to one group each."""
+    kind = _kind_of(layer)
+    gout = _out_groups(layer)
+    memo, best = {}, None
+    for chunks, top in options:
         for gc in sorted({-(-gout // m) for m in range(-(-gout // top), gout + 1)}):
-            cost = _bands_cycles(layer, kind, _cut(layer, cand, gc), memo)
+            cost = _bands_cycles(layer, kind, _cut(layer, chunks, gc), memo)
             if best is None or cost < best[0]:
-                best = (cost, cand, gc)
+                best = (cost, chunks, gc)
     return _cut(layer, *best[1:])
 
 
