@@ -581,6 +581,9 @@ def cut_bands(layer):
     bands, over which each command's setup and input load is spread: a fully
     connected layer whose weights fill the weight buffer many times over
     loads its input once per chunk of output groups, not once per command.
+    A depthwise layer's chunk of channel groups is chosen the same way, from
+    one group to the most that fit: fewer groups per command leave room for
+    taller bands, whose input rows are loaded once.
     """
     cc = layer.config
     k = layer.k
