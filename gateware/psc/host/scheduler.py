@@ -22,9 +22,9 @@ go in the output tensor.
 4. :func:`cut_bands` chooses the output-channel chunks and, inside a chunk,
    the band of output rows and columns whose input footprint fits the input
    buffer and whose output beats the command can count; where a layer has
-   more than one way to cut it (a reduction split over input chunks), the
-   one whose commands the cycle model (:mod:`psc.host.cycle_model`) finds
-   fastest;
+   more than one way to cut it (a reduction split over input chunks, a
+   depthwise layer's chunk of channel groups), the one whose commands the
+   cycle model (:mod:`psc.host.cycle_model`) finds fastest;
 5. :func:`emit_tiles` makes the tiles: each carries its own zero padding
    (``pad_top``/``pad_left`` and its output size); the first tile of a chunk
    loads the chunk's weights and parameters, the following ones reuse them
