@@ -291,8 +291,8 @@ def test_host_never_plans_more_outputs_than_the_core_counts():
 def test_shipped_target_core(name):
     """The synthesis targets' own cores, as synthesised: hand-instantiated DSP cells
     (with their simulation models), 27-bit sums on the UP5K, ``read_register`` on
-    ECP5; standard, strided depthwise (one command per output group on the UP5K, the
-    channels mapping on the ECP5), pointwise and fully connected layers (on the ECP5 each
+    ECP5; standard, strided depthwise (diagonal commands of several output groups on the
+    UP5K, the channels mapping on the ECP5), pointwise and fully connected layers (on the ECP5 each
     computing while its weights load: ``early_weights``) with stalls, bit-exact on
     Verilator."""
     cc = PRESETS[TARGET_PRESETS[name]]

@@ -12,8 +12,8 @@ go in the output tensor.
    (:class:`LayerError` names the limit, before anything is sent);
 2. :func:`choose_kind` picks the core's command kind (standard, depthwise,
    pointwise, fully connected); a depthwise layer on a build with
-   ``lanes != rows`` runs as standard commands, one per output group, each
-   over its own ``rows`` input channels with diagonal weights (correct, a
+   ``lanes != rows`` runs as standard commands with diagonal weights, each
+   over the output groups whose channels one input lane word holds (a
    fraction of the array busy); a standard layer with few input channels
    (a stem) runs as a pointwise layer over its unrolled input (:func:`unroll`)
    when that fills more lanes;
@@ -103,8 +103,8 @@ class Window:
 
     Every tile's input is such a window, whatever the mapping: all input groups of a
     standard layer from a group ``g0``, a depthwise chunk's own channels (with padding
-    groups on a ``depthwise="channels"`` build), a diagonal command's ``rows`` channels
-    from lane 0. So the tile's acts are a gather from the input stored channels-last,
+    groups on a ``depthwise="channels"`` build), a diagonal command's channels from the
+    start of their lane word (:func:`_diagonal_span`). So the tile's acts are a gather from the input stored channels-last,
     which a sequencer on the board can do as well as the host (:meth:`words`).
     """
     c_lo: int
@@ -203,8 +203,8 @@ class Layer:
     groups: int
     relu: bool
     depthwise: bool
-    # a depthwise layer run as standard commands, one per output group, each over the
-    # input channels of its own group only (choose_kind)
+    # a depthwise layer run as standard commands with diagonal weights, each over the
+    # input channels of its own groups only (choose_kind)
     diagonal: bool = False
 
     @property
@@ -294,8 +294,8 @@ def choose_kind(layer, unroll_stem=True):
 
     A depthwise layer the build cannot map (``lanes != rows`` on a build
     without ``depthwise="channels"``) comes back as
-    a standard one marked ``diagonal``: one command per output group over
-    that group's own channels. A standard layer whose input channels leave
+    a standard one marked ``diagonal``: each command covers the output groups
+    of one input lane word (:func:`_diagonal_span`) over their own channels. A standard layer whose input channels leave
     most lanes idle (a network's stem: 3 channels on 8 lanes) comes back as
     a pointwise layer over its unrolled input (:func:`unroll`) when that is
     estimated to take fewer cycles (:func:`_unroll_pays`) and ``unroll_stem`` allows it.
@@ -390,15 +390,23 @@ def _out_groups(layer):
     return channel_groups(layer.w_pos.shape[0], layer.config.rows * _beats_per_group(layer))
 
 
+def _diagonal_span(config):
+    """The channels of a diagonal command's input word: ``lanes`` where a lane word holds
+    whole output groups (``lanes % rows == 0``), so one command covers its
+    ``lanes // rows`` groups and loads their input once, else ``rows`` (one group per
+    command). Channel ``c`` sits at lane ``c % span`` of its command's input."""
+    return config.lanes if config.lanes % config.rows == 0 else config.rows
+
+
 def _groups_in(layer):
-    """Input channel groups of one reduction: 1 for depthwise, the lane groups of one
-    output group's ``rows`` channels for a depthwise layer run as standard commands
+    """Input channel groups of one reduction: 1 for depthwise, the lane groups of the
+    :func:`_diagonal_span` channels of a depthwise layer run as standard commands
     (``diagonal``), else every input group."""
     cc = layer.config
     if layer.depthwise:
         return 1
     if layer.diagonal:
-        return channel_groups(cc.rows, cc.lanes)
+        return channel_groups(_diagonal_span(cc), cc.lanes)
     return channel_groups(layer.x.shape[0], cc.lanes)
 
 
@@ -421,17 +429,18 @@ def pack(layer):
         return _pack_channels(layer, wl, pl)
     gin, gout = channel_groups(cin, lanes), channel_groups(cout, rows)
     if layer.diagonal:
-        # output group j reads only its own channels, x[j*rows:(j+1)*rows] packed from
-        # lane 0 (emit_tiles), so its input groups are its own
+        # a command reads only its own channels, packed from the start of their span
+        # (_commands), so its input groups are those of one span
         gin = _groups_in(layer)
     # zero-padded weights as (gout, K, K, gin, rows, lanes) blocks
     wp = np.zeros((gout * rows, gin * lanes, k, k), dtype=np.int64)
     wn = np.zeros_like(wp)
     if layer.diagonal:
-        # row r's weight sits at input channel r of the group's slice
+        # output channel c's weight sits at its input channel's lane of the span
+        span = _diagonal_span(cc)
         for c in range(cout):
-            wp[c, c % rows] = layer.w_pos[c, 0]
-            wn[c, c % rows] = layer.w_neg[c, 0]
+            wp[c, c % span] = layer.w_pos[c, 0]
+            wn[c, c % span] = layer.w_neg[c, 0]
     elif layer.depthwise:
         for c in range(cin):
             wp[c, c] = layer.w_pos[c, 0]
@@ -590,8 +599,12 @@ def cut_bands(layer):
     chunks = split_reduction(layer)
     gout = _out_groups(layer)
     if layer.diagonal:
-        # one output group per command, whose input is its own channels only
-        return _cut(layer, chunks, 1)
+        # the output groups of one span per command (or a divisor of them, to keep the
+        # commands aligned to spans), whose input is their own channels only
+        per = _diagonal_span(cc) // cc.rows
+        sizes = [d for d in range(1, per + 1) if per % d == 0 and d * k * k <= cc.weight_depth
+                 and d * _beats_per_group(layer) <= cc.param_depth]
+        return _fastest(layer, [(chunks, d) for d in sizes], balanced=False)
     if layer.depthwise:
         per_group = k * k
         chunk = min(gout, cc.param_depth // _beats_per_group(layer), cc.weight_depth // per_group)
@@ -617,15 +630,18 @@ def cut_bands(layer):
     return _fastest(layer, options)
 
 
-def _fastest(layer, options):
+def _fastest(layer, options, balanced=True):
     """The cut with the fewest cycles (:func:`_bands_cycles`) over ``options``, pairs
     of input chunks and the most output groups a command over them may take: for each,
-    output chunks of balanced sizes, from the fewest that fit to one group each."""
+    output chunks of balanced sizes, from the fewest that fit to one group each (or,
+    not ``balanced``, that many groups only)."""
     kind = _kind_of(layer)
     gout = _out_groups(layer)
     memo, best = {}, None
     for chunks, top in options:
-        for gc in sorted({-(-gout // m) for m in range(-(-gout // top), gout + 1)}):
+        sizes = ({-(-gout // m) for m in range(-(-gout // top), gout + 1)} if balanced
+                 else {top})
+        for gc in sorted(sizes):
             cost = _bands_cycles(layer, kind, _cut(layer, chunks, gc), memo)
             if best is None or cost < best[0]:
                 best = (cost, chunks, gc)
@@ -712,10 +728,12 @@ def _commands(layer, kind, bands):
     per = rows * per_p                           # channels of one command group
     for j0, j1, in_chunks, band_h, band_w in bands:
         c0, c1 = j0 * per, min(cout, j1 * per)
-        # a depthwise or diagonal command reads its own channels (a diagonal one from lane 0,
-        # zero-padded to the rows its weights cover; a channels one every group's rows lane
-        # words, its padding channels zero); a standard one every input channel
+        # a depthwise or diagonal command reads its own channels (a diagonal one from the
+        # start of their span, as pack places the weights; a channels one every group's rows
+        # lane words, its padding channels zero); a standard one every input channel
         lo, hi = (c0, c1) if layer.depthwise or layer.diagonal else (0, layer.x.shape[0])
+        if layer.diagonal:
+            lo = c0 - c0 % _diagonal_span(cc)
         dw_groups = channel_groups((j1 - j0) * per if chn else c1 - c0, lanes)
         split = len(in_chunks) > 1
         parts = ([Part.WHOLE] if not split else
