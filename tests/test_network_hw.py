@@ -9,8 +9,8 @@ random stalls of ``act_in``, and each word is compared with the model's. On the 
 build, the UP5K's (diagonal depthwise; and each one-word window again from lanes 2, 4
 and 6, as a diagonal command of one output group on a build whose ``rows`` do not divide
 its ``lanes`` reads) and the ECP5's (channels depthwise, padding channels, 7 lanes x 4
-rows: beats that run on into the next word). Last, the whole memory is read back, so a write to a lane the model leaves alone
-(a padding channel) fails too.
+rows: beats that run on into the next word). Last, the whole memory is read back, so a
+write to a lane the model leaves alone (a padding channel) fails too.
 """
 
 import dataclasses

@@ -104,8 +104,9 @@ class Window:
     Every tile's input is such a window, whatever the mapping: all input groups of a
     standard layer from a group ``g0``, a depthwise chunk's own channels (with padding
     groups on a ``depthwise="channels"`` build), a diagonal command's channels from the
-    start of their lane word (:func:`_diagonal_span`). So the tile's acts are a gather from the input stored channels-last,
-    which a sequencer on the board can do as well as the host (:meth:`words`).
+    start of their lane word (:func:`_diagonal_span`). So the tile's acts are a gather
+    from the input stored channels-last, which a sequencer on the board can do as well as
+    the host (:meth:`words`).
     """
     c_lo: int
     c_hi: int
@@ -295,8 +296,8 @@ def choose_kind(layer, unroll_stem=True):
     A depthwise layer the build cannot map (``lanes != rows`` on a build
     without ``depthwise="channels"``) comes back as
     a standard one marked ``diagonal``: each command covers the output groups
-    of one input lane word (:func:`_diagonal_span`) over their own channels. A standard layer whose input channels leave
-    most lanes idle (a network's stem: 3 channels on 8 lanes) comes back as
+    of one input lane word (:func:`_diagonal_span`) over their own channels. A
+    standard layer whose input channels leave most lanes idle (a network's stem: 3 channels on 8 lanes) comes back as
     a pointwise layer over its unrolled input (:func:`unroll`) when that is
     estimated to take fewer cycles (:func:`_unroll_pays`) and ``unroll_stem`` allows it.
     """
