@@ -294,12 +294,13 @@ def choose_kind(layer, unroll_stem=True):
     """Step 2: the command kind of ``layer``; returns ``(kind, layer)``.
 
     A depthwise layer the build cannot map (``lanes != rows`` on a build
-    without ``depthwise="channels"``) comes back as
-    a standard one marked ``diagonal``: each command covers the output groups
-    of one input lane word (:func:`_diagonal_span`) over their own channels. A
-    standard layer whose input channels leave most lanes idle (a network's stem: 3 channels on 8 lanes) comes back as
-    a pointwise layer over its unrolled input (:func:`unroll`) when that is
-    estimated to take fewer cycles (:func:`_unroll_pays`) and ``unroll_stem`` allows it.
+    without ``depthwise="channels"``) comes back as a standard one marked
+    ``diagonal``: each command covers the output groups of one input lane
+    word (:func:`_diagonal_span`) over their own channels. A standard layer
+    whose input channels leave most lanes idle (a network's stem: 3 channels
+    on 8 lanes) comes back as a pointwise layer over its unrolled input
+    (:func:`unroll`) when that is estimated to take fewer cycles
+    (:func:`_unroll_pays`) and ``unroll_stem`` allows it.
     """
     pe = layer.config.pe
     if layer.depthwise and pe.lanes != pe.rows and pe.depthwise != "channels":
