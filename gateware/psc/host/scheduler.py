@@ -604,9 +604,9 @@ def cut_bands(layer):
         # the output groups of one span per command (or a divisor of them, to keep the
         # commands aligned to spans), whose input is their own channels only
         per = _diagonal_span(cc) // cc.rows
-        sizes = [d for d in range(1, per + 1) if per % d == 0 and d * k * k <= cc.weight_depth
-                 and d * _beats_per_group(layer) <= cc.param_depth]
-        return _fastest(layer, [(chunks, d) for d in sizes], balanced=False)
+        return _fastest(layer, [(chunks, d) for d in range(1, per + 1)
+                                if per % d == 0 and d * k * k <= cc.weight_depth
+                                and d * _beats_per_group(layer) <= cc.param_depth])
     if layer.depthwise:
         per_group = k * k
         chunk = min(gout, cc.param_depth // _beats_per_group(layer), cc.weight_depth // per_group)
@@ -616,37 +616,37 @@ def cut_bands(layer):
             raise LayerError(f"kernel {k}x{k} does not fit this build even for one channel "
                              f"group: {_footprint(layer, 1, 1, 1)} input words "
                              f"(fmap_depth={cc.fmap_depth})")
-        return _fastest(layer, [(chunks, chunk)])
+        return _fastest(layer, [(chunks, gc) for gc in _balanced(gout, chunk)])
     gin = _groups_in(layer)
     chunk = min(gout, cc.param_depth, cc.weight_depth // (k * k * gin))
     if len(chunks) == 1 and (chunk == gout or not cc.psum_depth):
         return _cut(layer, chunks, chunk)
-    options = []
+    cuts = []
     sizes = {}                              # each input chunk size from its fewest chunks
     for n in range(len(chunks), gin + 1):
         sizes.setdefault(-(-gin // n), n)
     for g_n, n in sizes.items():
-        options.append((split_reduction(layer, n),
-                        min(gout, cc.param_depth, cc.weight_depth // (k * k * g_n),
-                            cc.psum_depth if n > 1 else gout)))
-    return _fastest(layer, options)
+        top = min(gout, cc.param_depth, cc.weight_depth // (k * k * g_n),
+                  cc.psum_depth if n > 1 else gout)
+        cuts += [(split_reduction(layer, n), gc) for gc in _balanced(gout, top)]
+    return _fastest(layer, cuts)
 
 
-def _fastest(layer, options, balanced=True):
-    """The cut with the fewest cycles (:func:`_bands_cycles`) over ``options``, pairs
-    of input chunks and the most output groups a command over them may take: for each,
-    output chunks of balanced sizes, from the fewest that fit to one group each (or,
-    not ``balanced``, that many groups only)."""
+def _balanced(gout, top):
+    """Output groups per command of balanced chunks of ``gout`` groups, from the fewest
+    chunks of at most ``top`` groups to one group each."""
+    return sorted({-(-gout // m) for m in range(-(-gout // top), gout + 1)})
+
+
+def _fastest(layer, cuts):
+    """The cut with the fewest cycles (:func:`_bands_cycles`) among ``cuts``, pairs of
+    input chunks and output groups per command (:func:`_cut`)."""
     kind = _kind_of(layer)
-    gout = _out_groups(layer)
     memo, best = {}, None
-    for chunks, top in options:
-        sizes = ({-(-gout // m) for m in range(-(-gout // top), gout + 1)} if balanced
-                 else {top})
-        for gc in sorted(sizes):
-            cost = _bands_cycles(layer, kind, _cut(layer, chunks, gc), memo)
-            if best is None or cost < best[0]:
-                best = (cost, chunks, gc)
+    for chunks, gc in cuts:
+        cost = _bands_cycles(layer, kind, _cut(layer, chunks, gc), memo)
+        if best is None or cost < best[0]:
+            best = (cost, chunks, gc)
     return _cut(layer, *best[1:])
 
 
@@ -733,9 +733,9 @@ def _commands(layer, kind, bands):
         # a depthwise or diagonal command reads its own channels (a diagonal one from the
         # start of their span, as pack places the weights; a channels one every group's rows
         # lane words, its padding channels zero); a standard one every input channel
-        lo, hi = (c0, c1) if layer.depthwise or layer.diagonal else (0, layer.x.shape[0])
+        lo, hi = (c0, c1) if layer.depthwise else (0, layer.x.shape[0])
         if layer.diagonal:
-            lo = c0 - c0 % _diagonal_span(cc)
+            lo, hi = c0 - c0 % _diagonal_span(cc), c1
         dw_groups = channel_groups((j1 - j0) * per if chn else c1 - c0, lanes)
         split = len(in_chunks) > 1
         parts = ([Part.WHOLE] if not split else
