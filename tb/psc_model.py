@@ -20,7 +20,8 @@ from psc.model.packing import pack_payload
 from psc.config import PSCConfig
 
 __all__ = ["Reduction", "Stimulus", "weight_words", "config_from_env",
-           "config_env", "component_from_env", "signed_range"]
+           "config_env", "component_from_env", "signed_range", "requant_vectors",
+           "requant_expected"]
 
 
 def signed_range(width):
@@ -290,3 +291,53 @@ class Stimulus:
         out.append(self._finish(x, np.full(shape, w_hi), self.weights(beats)[1], np.zeros(R, np.int64),
                                 f"{beats} beats of max positive products"))
         return out
+
+
+# --- requantiser stimulus ------------------------------------------------------
+
+def requant_vectors(cfg, n, seed):
+    """``n`` beats of (acc, mult, shift), ``rows`` each, for a requantiser of ``cfg``
+    (:class:`~psc.hw.requantize.Requantizer`): corners first (extreme sums against
+    ``M = 0`` / max and ``S = 0`` / around the product's width / 62), then random, then
+    results near the saturation bounds and zero."""
+    rng = np.random.default_rng(seed)
+    rows, aw, mw = cfg.rows, cfg.acc_width, cfg.mult_width
+    amin, amax, mmax = -(1 << (aw - 1)), (1 << (aw - 1)) - 1, (1 << mw) - 1
+    pw = aw + mw + 1
+    acc = rng.integers(amin, amax + 1, size=(n, rows))
+    mult = rng.integers(0, mmax + 1, size=(n, rows))
+    shift = rng.integers(0, min(pw + 3, 63), size=(n, rows))
+    # corners, cycled over the rows: extreme accumulators against M = 0 / max
+    # and S = 0 / just below, at and above the product width / 62
+    corner_acc = [amin, amax, 0, -1, 1, amin + 1]
+    corner_mult = [0, mmax, 1, mmax - 1 if mmax > 1 else 1]
+    corner_shift = sorted({0, 1, pw - 2, pw - 1, pw, pw + 1, 62})
+    corners = [(a, mu, s) for a in corner_acc for mu in corner_mult for s in corner_shift]
+    # corner k goes to beat k // rows, row k % rows, within the first half of the beats
+    for k, (a, mu, s) in enumerate(corners[:(n // 2) * rows]):
+        acc[k // rows, k % rows], mult[k // rows, k % rows], shift[k // rows, k % rows] = a, mu, s
+    # results near the saturation bounds: small accumulators, moderate shifts
+    band = slice(n // 2, n // 2 + n // 4)
+    acc[band] = rng.integers(-(1 << min(aw - 1, 12)), 1 << min(aw - 1, 12),
+                             size=acc[band].shape)
+    shift[band] = rng.integers(0, min(mw + 6, 62), size=shift[band].shape)
+    # results on and next to the saturation bounds and zero: pick y, M, S and
+    # the accumulators whose product lands within a few units of y * 2**S
+    lo, hi = -(1 << (cfg.act_width - 1)), (1 << (cfg.act_width - 1)) - 1
+    for b in range(n // 2 + n // 4, n):
+        for r in range(rows):
+            y = int(rng.choice([lo - 1, lo, lo + 1, -1, 0, 1, hi - 1, hi, hi + 1]))
+            mu = int(rng.integers(1, mmax + 1))
+            s = int(rng.integers(0, 8))
+            a = (y << s) // mu + int(rng.integers(-2, 3))
+            if amin <= a <= amax:
+                acc[b, r], mult[b, r], shift[b, r] = a, mu, s
+    return acc, mult, shift
+
+
+def requant_expected(cfg, acc, mult, shift, relu):
+    """Each beat of :func:`requant_vectors` requantised by :func:`psc.model.golden.requantize`."""
+    return np.stack([
+        golden.requantize(acc[i].reshape(-1, 1, 1), mult[i], shift[i], act_width=cfg.act_width,
+                          relu=relu, mult_width=cfg.mult_width)[:, 0, 0]
+        for i in range(len(acc))])

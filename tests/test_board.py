@@ -71,13 +71,12 @@ def test_board_top_elaborates(name):
              "ecp5": f"CLKFB_DIV {b.pll.to_dict().get('clkfb_div')}"}[b.family]
     assert re.search(rf"parameter \\{first}\n", il)
     ys = files[f"{board.NAME}.ys"]
-    opts = toolchain.synth_options(b.family, bc.core.pe.multiplier)
+    opts = toolchain.synth_options(b.family, bc.core.pe.hand_dsps)
     assert f"synth_{b.family} {opts} " in ys and "-no-rw-check" in opts
     # in two halves around splitnets, as psc synth runs it (YosysHQ/yosys#4349)
     assert ys.index("-run :map_luts") < ys.index("\nsplitnets\n") < ys.index("-run map_luts:")
     # -dsp infers SB_MAC16, but would rewrite the hand-instantiated dual 8x8 ones
-    assert ("-dsp" in opts.split()) == (b.family == "ice40"
-                                        and bc.core.pe.multiplier == "generic")
+    assert ("-dsp" in opts.split()) == (b.family == "ice40" and not bc.core.pe.hand_dsps)
     assert toolchain.NO_RW_CHECK in ys
     script = files[f"build_{board.NAME}.sh"]
     assert f"--seed 3 --timing-allow-fail --report {board.NAME}.report.json" in script

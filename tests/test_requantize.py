@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from psc import golden
 from psc.config import PSCConfig
 from psc.hw.requantize import Requantizer, requant_input_layout
+from tb.psc_model import requant_expected, requant_vectors
 
 CONFIGS = {
     "default": PSCConfig(rows=3),
@@ -34,50 +34,6 @@ CONFIGS = {
     "serial1": PSCConfig(rows=1, act_width=4, weight_width=4, acc_width=17, mult_width=9,
                          max_reduction=64, requant_mult_bits=1),
 }
-
-
-def _vectors(cfg, n, seed):
-    """``n`` beats of (acc, mult, shift), ``rows`` each, corners first, then random."""
-    rng = np.random.default_rng(seed)
-    rows, aw, mw = cfg.rows, cfg.acc_width, cfg.mult_width
-    amin, amax, mmax = -(1 << (aw - 1)), (1 << (aw - 1)) - 1, (1 << mw) - 1
-    pw = aw + mw + 1
-    acc = rng.integers(amin, amax + 1, size=(n, rows))
-    mult = rng.integers(0, mmax + 1, size=(n, rows))
-    shift = rng.integers(0, min(pw + 3, 63), size=(n, rows))
-    # corners, cycled over the rows: extreme accumulators against M = 0 / max
-    # and S = 0 / just below, at and above the product width / 62
-    corner_acc = [amin, amax, 0, -1, 1, amin + 1]
-    corner_mult = [0, mmax, 1, mmax - 1 if mmax > 1 else 1]
-    corner_shift = sorted({0, 1, pw - 2, pw - 1, pw, pw + 1, 62})
-    corners = [(a, mu, s) for a in corner_acc for mu in corner_mult for s in corner_shift]
-    # corner k goes to beat k // rows, row k % rows, within the first half of the beats
-    for k, (a, mu, s) in enumerate(corners[:(n // 2) * rows]):
-        acc[k // rows, k % rows], mult[k // rows, k % rows], shift[k // rows, k % rows] = a, mu, s
-    # results near the saturation bounds: small accumulators, moderate shifts
-    band = slice(n // 2, n // 2 + n // 4)
-    acc[band] = rng.integers(-(1 << min(aw - 1, 12)), 1 << min(aw - 1, 12),
-                             size=acc[band].shape)
-    shift[band] = rng.integers(0, min(mw + 6, 62), size=shift[band].shape)
-    # results on and next to the saturation bounds and zero: pick y, M, S and
-    # the accumulators whose product lands within a few units of y * 2**S
-    lo, hi = -(1 << (cfg.act_width - 1)), (1 << (cfg.act_width - 1)) - 1
-    for b in range(n // 2 + n // 4, n):
-        for r in range(rows):
-            y = int(rng.choice([lo - 1, lo, lo + 1, -1, 0, 1, hi - 1, hi, hi + 1]))
-            mu = int(rng.integers(1, mmax + 1))
-            s = int(rng.integers(0, 8))
-            a = (y << s) // mu + int(rng.integers(-2, 3))
-            if amin <= a <= amax:
-                acc[b, r], mult[b, r], shift[b, r] = a, mu, s
-    return acc, mult, shift
-
-
-def _reference(cfg, acc, mult, shift, relu):
-    return np.stack([
-        golden.requantize(acc[i].reshape(-1, 1, 1), mult[i], shift[i], act_width=cfg.act_width,
-                          relu=relu, mult_width=cfg.mult_width)[:, 0, 0]
-        for i in range(len(acc))])
 
 
 def _run(cfg, acc, mult, shift, relu, *, p_valid=1.0, p_ready=1.0, seed=0):
@@ -121,9 +77,9 @@ def _run(cfg, acc, mult, shift, relu, *, p_valid=1.0, p_ready=1.0, seed=0):
 @pytest.mark.parametrize("relu", [False, True])
 def test_matches_golden_with_stalls(name, relu):
     cfg = CONFIGS[name]
-    acc, mult, shift = _vectors(cfg, 120, seed=2 * list(CONFIGS).index(name) + relu)
+    acc, mult, shift = requant_vectors(cfg, 120, seed=2 * list(CONFIGS).index(name) + relu)
     got, _, _, _ = _run(cfg, acc, mult, shift, relu, p_valid=0.8, p_ready=0.6, seed=5)
-    ref = _reference(cfg, acc, mult, shift, relu)
+    ref = requant_expected(cfg, acc, mult, shift, relu)
     assert got.shape == ref.shape
     bad = np.argwhere(got != ref)
     assert not len(bad), (
@@ -139,19 +95,19 @@ def test_latency_and_throughput(name):
     a full stream with no stalls is accepted at one beat per ``cycles_per_beat`` cycles
     (``rows / requantizers * ceil(mult_width / requant_mult_bits)``)."""
     cfg = CONFIGS[name]
-    acc, mult, shift = _vectors(cfg, 1, seed=1)
+    acc, mult, shift = requant_vectors(cfg, 1, seed=1)
     _, accepted, emitted, dut = _run(cfg, acc, mult, shift, False)
     assert emitted[0] - accepted[0] == dut.latency
     n = dut.cycles_per_beat
     d = 1 if cfg.requant_mult_bits is None else -(-cfg.mult_width // cfg.requant_mult_bits)
     assert n == cfg.rows // cfg.requant_parallel * d
-    acc, mult, shift = _vectors(cfg, 24, seed=2)
+    acc, mult, shift = requant_vectors(cfg, 24, seed=2)
     got, accepted, emitted, _ = _run(cfg, acc, mult, shift, True)
     # steady state (the first beat is taken into the serialiser's hold register
     # sooner when the multiply is digit-serial)
     assert np.diff(accepted).tolist()[1:] == [n] * 22
     assert np.diff(emitted).tolist() == [n] * 23
-    assert np.array_equal(got, _reference(cfg, acc, mult, shift, True))
+    assert np.array_equal(got, requant_expected(cfg, acc, mult, shift, True))
 
 
 @pytest.mark.soak
@@ -182,7 +138,7 @@ def test_shared_input_ready_ignores_output_ready(name):
     cfg = CONFIGS[name]
     dut = Requantizer(cfg)
     layout = requant_input_layout(cfg)
-    acc, mult, shift = _vectors(cfg, 12, seed=4)
+    acc, mult, shift = requant_vectors(cfg, 12, seed=4)
     rng = np.random.default_rng(6)
     seen = set()
 
@@ -210,3 +166,88 @@ def test_shared_input_ready_ignores_output_ready(name):
     sim.add_testbench(bench)
     sim.run()
     assert seen == {0, 1}
+
+
+# --- the SB_MAC16 multiply (requant_multiplier="ice40_mac16"), on Icarus and Verilator ------
+
+#: Requantisers on SB_MAC16, which only the Verilog simulators run (with Yosys's model of the
+#: cell): two 16-bit halves of a 32-bit sum, one row per requantiser; a time-shared one on
+#: 27-bit sums (an 11-bit signed top half); one 16-bit half only (no sum of the halves).
+MAC16 = {
+    "mac16": PSCConfig(rows=2, requant_multiplier="ice40_mac16"),
+    "mac16_shared": PSCConfig(rows=3, requantizers=1, acc_width=27, max_reduction=2048,
+                              requant_multiplier="ice40_mac16"),
+    "mac16_narrow": PSCConfig(rows=2, act_width=4, weight_width=4, acc_width=16, mult_width=9,
+                              max_reduction=64, requant_multiplier="ice40_mac16"),
+}
+
+
+class _SwappedHalves(Requantizer):
+    """Broken on purpose: the bottom half of each sum taken as signed, the top as unsigned."""
+
+    @staticmethod
+    def _mac16(a_signed):
+        from psc.hw.ice40_mul import Ice40Mul16
+        return Ice40Mul16(not a_signed)
+
+
+def _mac16_bench(export_verilog, name, sim, make=Requantizer):
+    from psc.hw.ice40_mul import sb_mac16_sim_model
+    from tb.psc_model import config_env
+    from tb.runner import run_cocotb
+    from conftest import write_if_changed
+    from psc.build_dir import build_root
+    cfg = MAC16[name]
+    tag = f"requant-{name}-{make.__name__.lower()}"
+    src = export_verilog(lambda: make(cfg), "requantizer", tag)
+    model = build_root() / "rtl" / "ice40" / "sb_mac16_sim.v"
+    write_if_changed(model, sb_mac16_sim_model())
+    env = config_env(cfg, "psc.hw.requantize:Requantizer", latency=Requantizer.latency_of(cfg))
+    return run_cocotb("requantizer", [src, model], "tb.test_requantize", sim, env=env, tag=tag)
+
+
+@pytest.mark.parametrize("name,sim", [("mac16", "icarus"), ("mac16_shared", "icarus"),
+                                      ("mac16_narrow", "icarus"), ("mac16_shared", "verilator")])
+def test_mac16_matches_golden(export_verilog, name, sim):
+    """Every output of the SB_MAC16 requantiser against the model, under stalls and relu; its
+    latency and throughput as its properties state; reset with beats in flight."""
+    _mac16_bench(export_verilog, name, sim)
+
+
+def test_mac16_bench_catches_a_broken_multiply(export_verilog):
+    """The bench fails, naming the beat's inputs, when a half's signedness is wrong."""
+    from psc.host.sim import SimulationFailed
+    with pytest.raises(SimulationFailed, match=r"acc=\["):
+        _mac16_bench(export_verilog, "mac16", "icarus", make=_SwappedHalves)
+
+
+@pytest.mark.parametrize("changes,match", [
+    (dict(requant_multiplier="dsp"),
+     r"requant_multiplier must be one of 'adds', 'ice40_mac16', not 'dsp'"),
+    (dict(requant_multiplier="ice40_mac16", requant_mult_bits=4),
+     r"requant_mult_bits must be None with requant_multiplier='ice40_mac16' .*, not 4"),
+    (dict(requant_multiplier="ice40_mac16", mult_width=17),
+     r"mult_width must be at most 16 with requant_multiplier='ice40_mac16' .*, not 17"),
+    (dict(requant_multiplier="ice40_mac16", acc_width=33),
+     r"acc_width must be at most 32 with requant_multiplier='ice40_mac16' .*, not 33"),
+    (dict(requant_multiplier="ice40_mac16", multiplier="ecp5_mult18"),
+     r"requant_multiplier='ice40_mac16' builds for iCE40, multiplier='ecp5_mult18' for ECP5"),
+])
+def test_mac16_config_checks(changes, match):
+    with pytest.raises(ValueError, match=match):
+        PSCConfig(**changes)
+
+
+def test_mac16_config_in_a_core():
+    """A core's requantiser takes its partial sums (``psum_width`` bits): at most 32 on
+    SB_MAC16; the field is written into a configuration's dict only where it is set."""
+    from psc.config import CoreConfig
+    pe = PSCConfig(requant_multiplier="ice40_mac16")
+    with pytest.raises(ValueError, match=r"psum_width must be at most 32 with "
+                                         r"requant_multiplier='ice40_mac16' .*, not 40"):
+        CoreConfig(pe=pe, psum_width=40)
+    assert CoreConfig(pe=pe, psum_depth=0, psum_width=40).requant_config.acc_width == 32
+    assert "requant_multiplier" not in PSCConfig().to_dict()
+    assert PSCConfig.from_dict(pe.to_dict()) == pe
+    assert PSCConfig.from_dict(PSCConfig().to_dict()) == PSCConfig()
+    assert pe.hand_dsps and not PSCConfig().hand_dsps

@@ -194,7 +194,7 @@ def test_check_dsp_registers():
 
 def test_yosys_script_unchanged():
     """The script behind the README's figures, command for command (UP5K preset: dual 8x8)."""
-    assert toolchain.yosys_script("ice40", 8, "ice40_dual8x8").splitlines() == [
+    assert toolchain.yosys_script("ice40", 8, True).splitlines() == [
         "read_rtlil top.il",
         "hierarchy -top top",
         "setattr -mod -set keep_hierarchy 1 top.dut",
@@ -209,7 +209,7 @@ def test_yosys_script_unchanged():
     ]
     generic = toolchain.yosys_script("ice40", 8)
     assert "synth_ice40 -dsp -no-rw-check -top top -run :map_luts" in generic
-    ecp5 = toolchain.yosys_script("ecp5", 18, "ecp5_mult18")
+    ecp5 = toolchain.yosys_script("ecp5", 18, True)
     assert "synth_ecp5 -no-rw-check -top top -run :map_luts" in ecp5
     assert toolchain.NO_RW_CHECK in ecp5.splitlines()
     assert toolchain.nextpnr_options(2, "r.json") == [

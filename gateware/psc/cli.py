@@ -327,7 +327,7 @@ def _program_synth(args, prog):
     ec = prog.engine_config(args.op_values, given_sizes=args.given_sizes)
     build_dir = str(build_root() / "program" / target)
     res = run_yosys(SynthHarness(NetworkEngine(ec)), target, build_dir, 8,
-                    ec.core.pe.multiplier)
+                    ec.core.pe.hand_dsps)
     dut = res["dut"]
     print(f"\nnetwork engine for {target} (Yosys, {res['seconds']:.0f} s): "
           + ", ".join(f"{v} {k}" for k, v in dut.items()))
@@ -335,7 +335,7 @@ def _program_synth(args, prog):
         # a second run that keeps each unit's hierarchy, so that each can be counted
         engine = NetworkEngine(ec)
         units = run_yosys(SynthHarness(engine), target, build_dir + "-units", 8,
-                          ec.core.pe.multiplier, keep=engine.units)
+                          ec.core.pe.hand_dsps, keep=engine.units)
         key = next(iter(dut))
         print(f"by unit (hierarchy kept, {units['dut'][key]} {key} in all; 'rest' is the "
               f"sequencer, the stores and their readers):")

@@ -6,12 +6,14 @@ from dataclasses import dataclass, field, fields, replace
 
 from psc.model.checks import BadTypeError, check_bool, check_choice, check_int, show
 
-__all__ = ["PSCConfig", "CoreConfig", "required_acc_width", "MULTIPLIERS", "DEPTHWISE_MODES",
-           "FMAP_RAMS",
+__all__ = ["PSCConfig", "CoreConfig", "required_acc_width", "MULTIPLIERS", "REQUANT_MULTIPLIERS",
+           "DEPTHWISE_MODES", "FMAP_RAMS",
            "DW_MAX_REDUCTION", "MAX_VALUE_WIDTH"]
 
 #: Multiplier implementations :attr:`PSCConfig.multiplier` accepts.
 MULTIPLIERS = ("generic", "ice40_dual8x8", "ecp5_mult18")
+#: Requantiser multipliers :attr:`PSCConfig.requant_multiplier` accepts.
+REQUANT_MULTIPLIERS = ("adds", "ice40_mac16")
 
 #: Depthwise mappings :attr:`PSCConfig.depthwise` accepts.
 DEPTHWISE_MODES = ("diagonal", "pixels", "channels")
@@ -47,6 +49,12 @@ def _check_range(name, value, lo, hi):
 def _check_field(config, name, lo, hi):
     # A numpy integer is accepted and stored as an int, so to_dict stays plain JSON.
     object.__setattr__(config, name, check_int(name, getattr(config, name), lo, hi))
+
+
+def _check_mac16_width(name, value, most):
+    if value > most:
+        raise ValueError(f"{name} must be at most {most} with requant_multiplier='ice40_mac16' "
+                         f"(two SB_MAC16 16x16 products per value), not {value!r}")
 
 
 def _check_flag(config, name):
@@ -123,6 +131,18 @@ class PSCConfig:
         ``rows / requantizers * ceil(mult_width / k)`` cycles; that costs no
         cycles when a layer's reduction (``K*K*ceil(Cin/lanes)`` beats) is at
         least that long (:attr:`psc.hw.requantize.Requantizer.cycles_per_beat`).
+    requant_multiplier : str
+        How each requantiser multiplies its sum by ``M``. ``"adds"`` (the
+        default): written as shifted adds in the fabric, never mapped to a
+        hard multiplier, which the MAC array keeps. ``"ice40_mac16"``: two
+        hand-instantiated iCE40 ``SB_MAC16`` in their 16x16 mode per
+        requantiser, fully registered, one for each 16-bit half of the sum
+        (:class:`~psc.hw.ice40_mul.Ice40Mul16`), so a requantiser takes one
+        value per cycle in a few LUTs; the array then has two DSPs fewer per
+        requantiser. It needs ``mult_width <= 16``, the requantiser's sums
+        at most 32 bits (``acc_width``, and a core's ``psum_width``) and
+        ``requant_mult_bits=None``, and builds only for iCE40 (and
+        simulators given Yosys's ``cells_sim.v``).
     depthwise : str
         How the core maps a depthwise layer on the array. ``"diagonal"``
         (the default, no extra hardware): as a convolution with
@@ -156,6 +176,7 @@ class PSCConfig:
     requantizers: int | None = None
     requant_mult_bits: int | None = None
     depthwise: str = "diagonal"
+    requant_multiplier: str = "adds"
 
     def __post_init__(self):
         _check_field(self, "act_width", 2, 32)
@@ -190,6 +211,17 @@ class PSCConfig:
                                  f"not {self.requantizers!r}")
         if self.requant_mult_bits is not None:
             _check_field(self, "requant_mult_bits", 1, self.mult_width)
+        check_choice("requant_multiplier", self.requant_multiplier, REQUANT_MULTIPLIERS)
+        if self.requant_multiplier == "ice40_mac16":
+            if self.requant_mult_bits is not None:
+                raise ValueError(f"requant_mult_bits must be None with "
+                                 f"requant_multiplier='ice40_mac16' (the SB_MAC16 takes all of M "
+                                 f"at once), not {self.requant_mult_bits!r}")
+            if self.multiplier == "ecp5_mult18":
+                raise ValueError("requant_multiplier='ice40_mac16' builds for iCE40, "
+                                 "multiplier='ecp5_mult18' for ECP5: not both")
+            _check_mac16_width("mult_width", self.mult_width, 16)
+            _check_mac16_width("acc_width", self.acc_width, 32)
         check_choice("depthwise", self.depthwise, DEPTHWISE_MODES)
         if self.depthwise == "pixels" and (self.lanes != self.rows or self.rows < 2
                                            or self.rows & (self.rows - 1)):
@@ -235,6 +267,12 @@ class PSCConfig:
         return 2 * self.weight_width if self.psc else self.weight_width
 
     @property
+    def hand_dsps(self):
+        """The build instantiates DSP cells by hand (:attr:`multiplier` or
+        :attr:`requant_multiplier`), which synthesis must neither infer nor rewrite."""
+        return self.multiplier != "generic" or self.requant_multiplier != "adds"
+
+    @property
     def requant_parallel(self):
         """Requantisers in parallel: :attr:`requantizers`, or ``rows`` when it is ``None``."""
         return self.rows if self.requantizers is None else self.requantizers
@@ -261,12 +299,20 @@ class PSCConfig:
         return replace(self, **changes)
 
     def to_dict(self):
-        """Every field, as plain JSON-serialisable values; :meth:`from_dict` inverts it."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Every field, as plain JSON-serialisable values; :meth:`from_dict` inverts it.
+        ``requant_multiplier``, added after builds shipped, appears only where it is not
+        ``"adds"``, so that their digests (which a board reports) stay what they were."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if d["requant_multiplier"] == "adds":
+            del d["requant_multiplier"]
+        return d
 
     @classmethod
     def from_dict(cls, d):
-        """The configuration :meth:`to_dict` wrote; unknown or missing fields are refused."""
+        """The configuration :meth:`to_dict` wrote; unknown or missing fields are refused
+        (but ``requant_multiplier``, which :meth:`to_dict` writes only where it is set)."""
+        if isinstance(d, dict):
+            d = {"requant_multiplier": "adds", **d}
         return _from_dict(cls, d)
 
 
@@ -376,6 +422,8 @@ class CoreConfig:
         if self.psum_width is None:
             object.__setattr__(self, "psum_width", max(32, self.pe.acc_width))
         _check_field(self, "psum_width", 8, 64)
+        if self.pe.requant_multiplier == "ice40_mac16" and self.psum_depth:
+            _check_mac16_width("psum_width", self.psum_width, 32)
         if self.psum_depth and self.psum_width < self.pe.acc_width:
             raise ValueError(f"psum_width must be at least acc_width ({self.pe.acc_width}), "
                              f"not {self.psum_width!r}")

@@ -175,7 +175,7 @@ def _platform(board):
 
 def _build_options(board, core, seed):
     """The overrides of amaranth's build script for ``core`` on ``board`` (a :class:`Board`)."""
-    synth = toolchain.synth_options(board.family, core.pe.multiplier)
+    synth = toolchain.synth_options(board.family, core.pe.hand_dsps)
     # amaranth's script runs `synth_<family> <synth_opts> -top <name>`: its first half, then
     # `script_after_synth` the rest (toolchain.synth_in_halves)
     rest = toolchain.synth_in_halves(board.family, synth, NAME)[1:]

@@ -219,7 +219,7 @@ def _resources(target, cells_by_type):
 def _yosys_script(target, config):
     pe = config.pe
     return toolchain.yosys_script(TARGETS[target].family, max(pe.act_width, pe.weight_width),
-                                  pe.multiplier)
+                                  pe.hand_dsps)
 
 
 def _yosys_digest(il, script):
@@ -271,11 +271,11 @@ def _yosys_counts(target, build_dir, seconds, keep=()):
     return out
 
 
-def run_yosys(top, target, build_dir, array_width=8, multiplier="generic", keep=()):
+def run_yosys(top, target, build_dir, array_width=8, hand_dsps=False, keep=()):
     """Write ``top.il``, synthesise it for ``target`` in ``build_dir``.
 
     The script is :func:`psc.flow.toolchain.yosys_script` (``array_width``,
-    ``multiplier`` and ``keep`` as there). Returns ``{"dut": resources,
+    ``hand_dsps`` and ``keep`` as there). Returns ``{"dut": resources,
     "harness": resources, "total": resources, "cells": {...}, "lut_mults":
     [...], "seconds": float}``; resources are the keys of
     ``TARGETS[target].cells`` counted from Yosys' ``stat -json``. With
@@ -286,7 +286,7 @@ def run_yosys(top, target, build_dir, array_width=8, multiplier="generic", keep=
     """
     t = _check_target(target)
     il = rtlil.convert(top, name="top")
-    script = toolchain.yosys_script(t.family, array_width, multiplier, keep)
+    script = toolchain.yosys_script(t.family, array_width, hand_dsps, keep)
     return _yosys_counts(target, build_dir, _yosys_run(il, script, build_dir), keep)
 
 
@@ -544,7 +544,7 @@ def synthesize(target, variant="psc", *, level="core", config=None, seeds=3, bui
     dut = top.dut
     say(f"[{target}/{level}/{variant}] yosys ...")
     syn = run_yosys(top, target, build_dir, max(config.pe.act_width, config.pe.weight_width),
-                    multiplier=config.pe.multiplier)
+                    hand_dsps=config.pe.hand_dsps)
     say(f"[{target}/{level}/{variant}]   " + (f"{syn['seconds']:.0f} s" if syn["seconds"]
                                               else "netlist reused (same RTLIL and script)"))
     netlist = toolchain.read_netlist(os.path.join(build_dir, "top.json"))

@@ -138,11 +138,12 @@ def run(cmd, cwd, log):
 
 # -- Yosys --------------------------------------------------------------------------------------
 
-def synth_options(family, multiplier="generic"):
-    """Options of Yosys' ``synth_<family>`` for a MAC array built with ``multiplier``.
+def synth_options(family, hand_dsps=False):
+    """Options of Yosys' ``synth_<family>`` for a design whose DSP cells are instantiated
+    by hand (``hand_dsps``, :attr:`psc.config.PSCConfig.hand_dsps`) or inferred.
 
-    iCE40 infers SB_MAC16 (``-dsp``) only for the ``generic`` multiplier: with
-    hand-instantiated SB_MAC16 (``ice40_dual8x8``) nothing is left to infer,
+    iCE40 infers SB_MAC16 (``-dsp``) only when none is instantiated by hand: with
+    hand-instantiated SB_MAC16 (``ice40_dual8x8``, ``ice40_mac16``) nothing is left to infer,
     and Yosys 0.70's ``ice40_dsp`` pass (run by ``-dsp``) rewrites every
     SB_MAC16 it finds, hand-made ones included, to ``A_REG=B_REG=0`` and a
     combinational output, i.e. an untimed multiply. Both families skip the
@@ -150,7 +151,7 @@ def synth_options(family, multiplier="generic"):
     :data:`NO_RW_CHECK` for the ports it does not reach).
     """
     opts = _SYNTH_OPTIONS[_check_family(family)]
-    if multiplier != "generic":
+    if hand_dsps:
         opts = " ".join(o for o in opts.split() if o != "-dsp")
     return opts
 
@@ -172,7 +173,7 @@ def lut_multiplies(array_width, listing=None):
             + [f"techmap -map +/techmap.v {wide}"])
 
 
-def yosys_script(family, array_width, multiplier="generic", keep=()):
+def yosys_script(family, array_width, hand_dsps=False, keep=()):
     """The Yosys script ``psc synth`` runs on ``top.il``, writing ``top.json`` and ``stat.json``.
 
     Beyond ``synth_<family>`` (:func:`synth_options`) it marks the design
@@ -191,7 +192,7 @@ def yosys_script(family, array_width, multiplier="generic", keep=()):
         f"setattr -mod -set keep_hierarchy 1 {kept}",
         *script_after_read(family),
         *lut_multiplies(array_width, "lut_mults.txt"),
-        *synth_in_halves(family, synth_options(family, multiplier), "top", "-json top.json"),
+        *synth_in_halves(family, synth_options(family, hand_dsps), "top", "-json top.json"),
         "tee -q -o stat.json stat -json",
         "",
     ])

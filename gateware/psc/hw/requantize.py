@@ -5,6 +5,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from psc.config import PSCConfig
+from psc.hw.ice40_mul import Ice40Mul16
 
 __all__ = ["Requantizer", "SHIFT_WIDTH", "requant_input_layout"]
 
@@ -191,6 +192,9 @@ class Requantizer(wiring.Component):
         Rectify the outputs (held constant during a layer).
     """
 
+    #: The SB_MAC16 product of ``requant_multiplier="ice40_mac16"`` (a bench swaps it).
+    _mac16 = Ice40Mul16
+
     def __init__(self, config):
         if not isinstance(config, PSCConfig):
             raise TypeError(f"config must be a psc.config.PSCConfig, not {config!r}")
@@ -239,7 +243,10 @@ class Requantizer(wiring.Component):
         """:attr:`latency` of a requantiser of ``config``, without building one."""
         c, self = config, cls
         d = self._digits_serial(c)
-        if d > 1:
+        if c.requant_multiplier == "ice40_mac16":
+            # the DSPs' three registers, the halves' sum, two shift stages, saturation
+            unit = Ice40Mul16.LATENCY + (c.acc_width > ACC_DIGIT) + 2 + 1
+        elif d > 1:
             # input, d partial products (the last one through every level of the
             # partial product's adder tree), last accumulate, two shift stages, saturation
             unit = 1 + d + (self._pp_stages(c) - 1) + 1 + 2 + 1
@@ -281,6 +288,10 @@ class Requantizer(wiring.Component):
             m.d.sync += [valid[k + 1].eq(valid[k]) for k in range(stages)]
 
         for r in range(c.rows):
+            if c.requant_multiplier == "ice40_mac16":
+                prod, s = self._mac16_product(m, en, reg, r)
+                self._tail(m, en, reg, prod[:pw], s, r)
+                continue
             # stage 1: inputs as received
             acc = reg(self.i.payload.acc[r], f"acc_{r}")
             mult = reg(self.i.payload.mult[r], f"mult_{r}")
@@ -302,6 +313,28 @@ class Requantizer(wiring.Component):
             assert k0 == 0
             self._tail(m, en, reg, prod[:pw], s, r)
         return m
+
+    def _mac16_product(self, m, en, reg, r):
+        """Row ``r``'s ``acc * M`` on SB_MAC16 (``requant_multiplier="ice40_mac16"``), and
+        its ``S`` delayed to match: one :class:`~psc.hw.ice40_mul.Ice40Mul16` per 16-bit
+        half of ``acc`` (the top one signed), whose input, product and output registers
+        are stages 1-3, then the halves' sum (stage 4) when there are two."""
+        c = self._config
+        terms = []
+        for lo, piece in _digits(self.i.payload.acc[r], c.acc_width, ACC_DIGIT, True):
+            mul = self._mac16(a_signed=piece.shape().signed)
+            m.submodules[f"mac{lo}_{r}"] = mul
+            m.d.comb += [mul.a.eq(piece), mul.b.eq(self.i.payload.mult[r]), mul.en.eq(en)]
+            terms.append((lo, mul.p))
+        s = self.i.payload.shift[r]
+        for k in range(Ice40Mul16.LATENCY):
+            s = reg(s, f"s{1 + k}_{r}")
+        if len(terms) > 1:
+            terms = [(w, reg(v, f"msum_{w}_{r}")) for w, v in _tree_level(terms)]
+            s = reg(s, f"s{1 + Ice40Mul16.LATENCY}_{r}")
+        (k0, prod), = terms
+        assert k0 == 0
+        return prod, s
 
     def _tail(self, m, en, reg, prod, s, r):
         """Shift, round, saturate and rectify ``prod`` by ``s`` into ``o.payload[r]`` (3 stages).
