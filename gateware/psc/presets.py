@@ -12,19 +12,25 @@ runs exactly the core its target's figures were measured on.
 * ``tiny``: 4 x 4 with small buffers, so that the host scheduler cuts even
   small layers into several tiles and splits their reductions; the test
   build for tiling.
-* ``ice40-up5k``: 16 MACs per cycle on the UP5K's 8 SB_MAC16 (two signed
-  8x8 products each, hand-instantiated, fully registered), two registers in
-  the adder tree, one time-shared digit-serial requantiser (4 bits of the
-  multiplier per cycle, in LUTs), the input buffer in the four single-ported
-  SPRAMs (16384 lane words of 64 bits; a tile's input loads before it
-  computes) and the block RAMs for the weights (256 blocks of 256 bits: 16
-  block RAMs), the parameters, the partial sums (256 beats of two 32-bit
-  sums) and the UART bridge. The 256 weight blocks bound one command's
-  reduction to 256 * 8 = 2048 products, so ``max_reduction=2048`` and the
-  27-bit accumulator that holds them (``required_acc_width(8, 8, 2048)``);
-  longer reductions are split and summed in the partial-sum buffer. 8 x 2
-  has no square shape, so the scheduler runs a depthwise layer as one
-  standard command per output group.
+* ``ice40-up5k``: 6 lanes x 2 rows, 12 MACs per cycle on six of the
+  UP5K's 8 SB_MAC16 (two signed 8x8 products each, hand-instantiated, fully
+  registered), two registers in the adder tree, and one time-shared
+  requantiser multiplying on the other two in their 16x16 mode
+  (``requant_multiplier="ice40_mac16"``: one value per cycle, so an output
+  beat of 2 channels takes 2 cycles). A requantiser in LUTs as fast would
+  not fit beside the UART bridge, and a digit-serial one (8 cycles per beat)
+  bounds every layer whose reduction is shorter than that: ``psc explore``
+  measures the alternatives. The input buffer is in three of the four
+  single-ported SPRAMs (16384 lane words of 48 bits; a tile's input loads
+  before it computes), the block RAMs hold the weights (256 blocks of 192
+  bits: 12 block RAMs), the parameters, the partial sums (256 beats of two
+  32-bit sums) and the UART bridge. The 256 weight blocks bound one
+  command's reduction to 256 * 6 = 1536 products, so ``max_reduction=1536``
+  and the 26-bit accumulator that holds them (``required_acc_width(8, 8,
+  1536)``); longer reductions are split and summed in the partial-sum
+  buffer. The input buffer's one port gives one lane word per cycle, so the
+  scheduler runs a depthwise layer as standard commands with diagonal
+  weights, each over the three output groups of one input lane word.
 * ``ecp5-25k``: 7 lanes x 4 rows on all 28 MULT18X18D of the LFE5U-25F,
   hand-instantiated with their registers (``ecp5_mult18``), one adder-tree
   stage, a register stage after the buffers, a pipelined requantiser per
@@ -48,9 +54,10 @@ PRESETS = {
     "default": CoreConfig(),
     "tiny": CoreConfig(pe=PSCConfig(lanes=4, rows=4), fmap_depth=64, weight_depth=64, param_depth=4,
                        psum_depth=16),
-    "ice40-up5k": CoreConfig(pe=PSCConfig(lanes=8, rows=2, multiplier="ice40_dual8x8",
-                                          tree_stages=2, requantizers=1, requant_mult_bits=4,
-                                          max_reduction=2048, acc_width=27),
+    "ice40-up5k": CoreConfig(pe=PSCConfig(lanes=6, rows=2, multiplier="ice40_dual8x8",
+                                          tree_stages=2, requantizers=1,
+                                          requant_multiplier="ice40_mac16",
+                                          max_reduction=1536, acc_width=26),
                              fmap_depth=16384, weight_depth=256, param_depth=64, psum_depth=256,
                              fmap_ram="spram"),
     "ecp5-25k": CoreConfig(pe=PSCConfig(lanes=7, rows=4, multiplier="ecp5_mult18", tree_stages=1,

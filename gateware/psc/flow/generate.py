@@ -30,8 +30,9 @@ Tops (:data:`TOPS`) and their modules:
   those exist only inside an amaranth-boards platform build (``psc build``),
   whose toolchain-specific output is not a portable module.
 
-Cores that hand-instantiate DSP cells (``multiplier="ice40_dual8x8"``: SB_MAC16;
-``"ecp5_mult18"``: MULT18X18D) keep them as instances; the file then needs
+Cores that hand-instantiate DSP cells (``multiplier="ice40_dual8x8"`` and
+``requant_multiplier="ice40_mac16"``: SB_MAC16; ``multiplier="ecp5_mult18"``:
+MULT18X18D) keep them as instances; the file then needs
 the cell's simulation model (:func:`sim_models`) to be linted or simulated,
 which its header says.
 

@@ -163,6 +163,15 @@ class Requantizer(wiring.Component):
     input beat and a one-cycle partial product. With ``k=8`` it was ~990
     LUT4 at ~28 MHz, fully pipelined ~1490 LUT4.
 
+    On SB_MAC16 (``config.requant_multiplier = "ice40_mac16"``) each row
+    multiplies on two :class:`~psc.hw.ice40_mul.Ice40Mul16`, one per 16-bit
+    half of ``acc`` (the top half signed; one DSP when ``acc`` has at most 16
+    bits): their input, product and output registers are stages 1-3, the
+    halves' sum (``(hi << 16) + lo``, the low 16 bits passing through) stage
+    4, then the three stages of shift, rounding and saturation (6-8 in the
+    table above): latency 7 (6 with one half),
+    one beat per cycle, and no multiplier in the fabric.
+
     With ``config.requantizers = q < rows`` (time-shared requantisers) the
     beat's rows are fed, ``q`` at a time, straight from ``i.payload`` to a
     ``q``-row Requantizer as above (no copy of the beat: the stream
@@ -226,6 +235,15 @@ class Requantizer(wiring.Component):
     def rate_of(cls, config):
         """:attr:`cycles_per_beat` of a requantiser of ``config``, without building one."""
         return config.rows // config.requant_parallel * cls._digits_serial(config)
+
+    @classmethod
+    def dsps_of(cls, config):
+        """Hard multipliers the requantisers of ``config`` take: two SB_MAC16 per
+        requantiser with ``requant_multiplier="ice40_mac16"`` (one per 16-bit half of the
+        sum), else none."""
+        if config.requant_multiplier != "ice40_mac16":
+            return 0
+        return config.requant_parallel * -(-config.acc_width // ACC_DIGIT)
 
     @staticmethod
     def _pp_stages(config):
