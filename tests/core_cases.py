@@ -12,9 +12,11 @@ from psc.presets import PRESETS
 
 
 def simulable(name):
-    """Preset ``name`` with the generic multiplier and block RAM: the Amaranth simulator cannot
-    run the DSP and SPRAM primitives (the Verilator benches do)."""
-    return PRESETS[name].replace(multiplier="generic", fmap_ram="block")
+    """Preset ``name`` with the generic multiplier, the requantiser's multiply in LUTs (as
+    fast: one value per cycle) and block RAM: the Amaranth simulator cannot run the DSP and
+    SPRAM primitives (the Verilator benches do)."""
+    return PRESETS[name].replace(multiplier="generic", requant_multiplier="adds",
+                                 fmap_ram="block")
 
 
 # the one generator of random layer arguments (psc.flow.soak), under its short name here

@@ -317,9 +317,8 @@ def test_id_frame_carries_every_field(name):
     ident = serial_link.parse_id(id_frame(config, 12))
     assert ident.pop("digest") == config.digest() and ident.pop("divisor") == 12
     assert ident.pop("version") == PROTOCOL_VERSION
-    assert ident == {**config.pe.to_dict(),
-                     **{k: v for k, v in config.to_dict().items()
-                        if k != "pe" and k not in DIGEST_ONLY_FIELDS}}
+    assert ident == {k: v for k, v in {**config.pe.to_dict(), **config.to_dict()}.items()
+                     if k != "pe" and k not in DIGEST_ONLY_FIELDS}
     assert serial_link.preset_for_digest(config.digest()) == (name, config)
     assert serial_link.board_config(serial_link.parse_id(id_frame(config, 12))) is config
 

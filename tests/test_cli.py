@@ -130,7 +130,7 @@ def test_program_prints_the_memory_map_and_footprint(capsys):
     """No simulation: the shipped digits network compiled for network mode on the UP5K build."""
     assert cli.main(["program", "--target", "ice40-up5k"]) == 0
     out = capsys.readouterr().out
-    assert "(unrolled input)" in out and "activation memory: 768 words" in out, out
-    assert "23 commands" in out, out
-    # 944 weight blocks against the preset's 256-block buffer: a weight store
-    assert "a weight store of 944 beside the core's 256-block weight buffer" in out, out
+    assert "(unrolled input)" in out and "activation memory: 1088 words" in out, out
+    assert "29 commands" in out, out
+    # 1111 weight blocks against the preset's 256-block buffer: a weight store
+    assert "a weight store of 1111 beside the core's 256-block weight buffer" in out, out

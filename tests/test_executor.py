@@ -258,7 +258,8 @@ def test_unreachable_scheduler(monkeypatch):
 def test_cli_scheduler_and_workers(capsys):
     """``--scheduler`` is checked before any work; ``--workers 0`` runs in this process."""
     argv = ["synth", "--target", "ice40-up5k", "--level", "datapath", "--lanes", "2",
-            "--rows", "1", "--multiplier", "generic", "--no-pnr", "--json"]
+            "--rows", "1", "--multiplier", "generic", "--requant-multiplier", "adds", "--no-pnr",
+            "--json"]
     assert cli.main(argv + ["--scheduler", "nowhere"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("psc synth: scheduler must be a Dask scheduler address") and \

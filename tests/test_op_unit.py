@@ -105,6 +105,11 @@ def _apply(model, step, cc):
     return y
 
 
+#: 8 x 2 with one time-shared digit-serial requantiser (4 bits of M per cycle): an operation
+#: waits for the requantiser, whose beats take 8 cycles.
+SERIAL = simulable("ice40-up5k").replace(lanes=8, requant_mult_bits=4)
+
+
 def _run(name, values, c, h, w, *, relu=False, seed=0, abort=None):
     """Fill the memory (and the model) with random values, run the steps of :func:`_steps`
     one by one with random stalls, and after each read the whole memory back and compare
@@ -112,7 +117,7 @@ def _run(name, values, c, h, w, *, relu=False, seed=0, abort=None):
     stopped by a reset of everything ``cycles`` cycles after its ``writes``-th word is
     written (with ``writes``, at the next cycle with a result at the requantiser's output
     and a beat at its input), then run again."""
-    cc = simulable(name)
+    cc = SERIAL if name == "serial" else simulable(name)
     steps, depth = _steps(cc, c, h, w, relu)
     m, cd, mem, op, core, tb, op_active, (stall_i, stall_o) = _top(cc, depth, values)
     rng = np.random.default_rng(seed)
@@ -238,8 +243,9 @@ def _run(name, values, c, h, w, *, relu=False, seed=0, abort=None):
     ("tiny", 2, 7, 2, 3, True),
     ("tiny", 3, 5, 3, 3, False),          # 3 values a beat: a word's last beat one lane
     ("tiny", 4, 3, 2, 2, True),           # a word a beat; one word a pixel, one lane padding
-    ("ice40-up5k", 1, 11, 2, 3, True),    # 8 lanes, a digit-serial requantiser
-    ("ice40-up5k", 2, 5, 3, 2, False),    # one word a pixel, 3 lanes of it padding
+    ("serial", 1, 11, 2, 3, True),        # 8 lanes, a digit-serial requantiser
+    ("ice40-up5k", 1, 11, 2, 3, True),    # 6 lanes: 2 words a pixel, the last 1 lane padding
+    ("ice40-up5k", 2, 5, 3, 2, False),    # one word a pixel, 1 lane of it padding
     ("ecp5-25k", 3, 10, 3, 2, False),     # 7 lanes: two banks, 3 values a beat
     ("ecp5-25k", 4, 16, 2, 2, True),      # 3 words a pixel, the last 2 of 7 lanes
 ])

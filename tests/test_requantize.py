@@ -173,12 +173,13 @@ def test_shared_input_ready_ignores_output_ready(name):
 #: Requantisers on SB_MAC16, which only the Verilog simulators run (with Yosys's model of the
 #: cell): two 16-bit halves of a 32-bit sum, one row per requantiser; a time-shared one on
 #: 27-bit sums (an 11-bit signed top half); one 16-bit half only (no sum of the halves).
+DUAL = "ice40_dual8x8"
 MAC16 = {
-    "mac16": PSCConfig(rows=2, requant_multiplier="ice40_mac16"),
+    "mac16": PSCConfig(rows=2, requant_multiplier="ice40_mac16", multiplier=DUAL),
     "mac16_shared": PSCConfig(rows=3, requantizers=1, acc_width=27, max_reduction=2048,
-                              requant_multiplier="ice40_mac16"),
+                              requant_multiplier="ice40_mac16", multiplier=DUAL),
     "mac16_narrow": PSCConfig(rows=2, act_width=4, weight_width=4, acc_width=16, mult_width=9,
-                              max_reduction=64, requant_multiplier="ice40_mac16"),
+                              max_reduction=64, requant_multiplier="ice40_mac16", multiplier=DUAL),
 }
 
 
@@ -224,14 +225,17 @@ def test_mac16_bench_catches_a_broken_multiply(export_verilog):
 @pytest.mark.parametrize("changes,match", [
     (dict(requant_multiplier="dsp"),
      r"requant_multiplier must be one of 'adds', 'ice40_mac16', not 'dsp'"),
-    (dict(requant_multiplier="ice40_mac16", requant_mult_bits=4),
+    (dict(requant_multiplier="ice40_mac16", multiplier=DUAL, requant_mult_bits=4),
      r"requant_mult_bits must be None with requant_multiplier='ice40_mac16' .*, not 4"),
-    (dict(requant_multiplier="ice40_mac16", mult_width=17),
+    (dict(requant_multiplier="ice40_mac16", multiplier=DUAL, mult_width=17),
      r"mult_width must be at most 16 with requant_multiplier='ice40_mac16' .*, not 17"),
-    (dict(requant_multiplier="ice40_mac16", acc_width=33),
+    (dict(requant_multiplier="ice40_mac16", multiplier=DUAL, acc_width=33),
      r"acc_width must be at most 32 with requant_multiplier='ice40_mac16' .*, not 33"),
     (dict(requant_multiplier="ice40_mac16", multiplier="ecp5_mult18"),
-     r"requant_multiplier='ice40_mac16' builds for iCE40, multiplier='ecp5_mult18' for ECP5"),
+     r"requant_multiplier='ice40_mac16' needs .* \(multiplier='ice40_dual8x8'\), not "
+     r"multiplier='ecp5_mult18'"),
+    (dict(requant_multiplier="ice40_mac16", multiplier="generic"),
+     r"requant_multiplier='ice40_mac16' needs .*, not multiplier='generic'"),
 ])
 def test_mac16_config_checks(changes, match):
     with pytest.raises(ValueError, match=match):
@@ -242,7 +246,7 @@ def test_mac16_config_in_a_core():
     """A core's requantiser takes its partial sums (``psum_width`` bits): at most 32 on
     SB_MAC16; the field is written into a configuration's dict only where it is set."""
     from psc.config import CoreConfig
-    pe = PSCConfig(requant_multiplier="ice40_mac16")
+    pe = PSCConfig(requant_multiplier="ice40_mac16", multiplier=DUAL)
     with pytest.raises(ValueError, match=r"psum_width must be at most 32 with "
                                          r"requant_multiplier='ice40_mac16' .*, not 40"):
         CoreConfig(pe=pe, psum_width=40)

@@ -23,6 +23,7 @@ from amaranth.hdl import Fragment, Module, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from psc.hw.requantize import Requantizer
 from psc import presets
 from psc.flow import synth, toolchain
 from psc.cli import main as psc_main
@@ -223,7 +224,7 @@ def test_cli_json_round_trip():
     with redirect_stdout(out):
         code = psc_main(["synth", "--target", "ice40-up5k", "--level", "datapath",
                          "--variant", "baseline", "--lanes", "2", "--rows", "1",
-                         "--multiplier", "generic", "--no-pnr",
+                         "--multiplier", "generic", "--requant-multiplier", "adds", "--no-pnr",
                          "--json", "--build-dir", _build_root("cli")])
     assert code == 0
     rep = json.loads(out.getvalue())
@@ -270,8 +271,9 @@ def test_build_dut_and_validation():
     for name in presets.TARGETS:
         cc = presets.preset(name)
         assert isinstance(cc, CoreConfig)
-        per_dsp = 2 if cc.pe.multiplier == "ice40_dual8x8" else 1
-        assert cc.lanes * cc.rows == per_dsp * synth.TARGETS[name].capacity["mult"]
+        array = cc.lanes * cc.rows // (2 if cc.pe.multiplier == "ice40_dual8x8" else 1)
+        rq = Requantizer.dsps_of(cc.requant_config)
+        assert array + rq == synth.TARGETS[name].capacity["mult"]
         # every variant of every shipped configuration builds at both levels
         for variant in synth.VARIANTS:
             for level in synth.LEVELS:

@@ -29,7 +29,7 @@ from psc.flow import board, explore, generate, soak, synth
 from psc.host import SERIAL_PREFIX, TARGETS as SIMULATORS, bench
 from psc.host.serial_link import check_port, parse_target
 from psc.model import golden
-from psc.config import DEPTHWISE_MODES, MULTIPLIERS
+from psc.config import DEPTHWISE_MODES, MULTIPLIERS, REQUANT_MULTIPLIERS
 from psc import presets
 from psc.presets import BOARDS, DEFAULT_BAUD, PRESETS, TARGETS, preset
 
@@ -56,6 +56,8 @@ _OVERRIDES = {
     # the ranges of these are the configuration's, checked by it with its own message
     "depthwise": dict(choices=DEPTHWISE_MODES, help="depthwise mapping (PSCConfig.depthwise)"),
     "multiplier": dict(choices=MULTIPLIERS, help="PSCConfig.multiplier"),
+    "requant-multiplier": dict(choices=REQUANT_MULTIPLIERS,
+                               help="PSCConfig.requant_multiplier"),
     "tree-stages": dict(type=int, metavar="N", help="PSCConfig.tree_stages"),
     "fmap-depth": dict(type=int, metavar="N", help="fmap_depth"),
     "weight-depth": dict(type=int, metavar="N", help="weight_depth"),
@@ -464,8 +466,8 @@ def _add_synth_options(p, name):
     p.add_argument("--seeds", type=_int_at_least(0), default=3, metavar="N",
                    help="place-and-route seeds; Fmax is their median (default 3)")
     p.add_argument("--no-pnr", action="store_true", help="Yosys only: resources, no Fmax")
-    _add_overrides(p, ("lanes", "rows", "multiplier", "tree-stages", "fmap-depth",
-                       "weight-depth", "param-depth"), "the target's")
+    _add_overrides(p, ("lanes", "rows", "multiplier", "requant-multiplier", "tree-stages",
+                       "fmap-depth", "weight-depth", "param-depth"), "the target's")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object instead of the table")
     p.add_argument("--build-dir", metavar="DIR", type=_tool_directory,
@@ -797,6 +799,10 @@ def main(argv=None):
         elif field == "depthwise":
             p.add_argument(flag, choices=list(DEPTHWISE_MODES),
                            help="depthwise mapping (psc.config.PSCConfig.depthwise)")
+        elif field == "requant_multiplier":
+            p.add_argument(flag, choices=list(REQUANT_MULTIPLIERS),
+                           help="how the requantiser multiplies "
+                                "(psc.config.PSCConfig.requant_multiplier)")
         else:
             p.add_argument(flag, type=kind, metavar="N", help=helps[field])
     p.add_argument("--read-register", action="store_const", const=True,

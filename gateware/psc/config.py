@@ -141,8 +141,10 @@ class PSCConfig:
         value per cycle in a few LUTs; the array then has two DSPs fewer per
         requantiser. It needs ``mult_width <= 16``, the requantiser's sums
         at most 32 bits (``acc_width``, and a core's ``psum_width``) and
-        ``requant_mult_bits=None``, and builds only for iCE40 (and
-        simulators given Yosys's ``cells_sim.v``).
+        ``requant_mult_bits=None`` and ``multiplier="ice40_dual8x8"`` (Yosys's
+        ``-dsp``, which a generic multiplier needs, rewrites hand-instantiated
+        SB_MAC16), and builds only for iCE40 (and simulators given Yosys's
+        ``cells_sim.v``).
     depthwise : str
         How the core maps a depthwise layer on the array. ``"diagonal"``
         (the default, no extra hardware): as a convolution with
@@ -217,9 +219,11 @@ class PSCConfig:
                 raise ValueError(f"requant_mult_bits must be None with "
                                  f"requant_multiplier='ice40_mac16' (the SB_MAC16 takes all of M "
                                  f"at once), not {self.requant_mult_bits!r}")
-            if self.multiplier == "ecp5_mult18":
-                raise ValueError("requant_multiplier='ice40_mac16' builds for iCE40, "
-                                 "multiplier='ecp5_mult18' for ECP5: not both")
+            if self.multiplier != "ice40_dual8x8":
+                # a generic multiplier needs synth_ice40 -dsp, which rewrites hand-made SB_MAC16
+                raise ValueError(f"requant_multiplier='ice40_mac16' needs the array's SB_MAC16 "
+                                 f"instantiated by hand too (multiplier='ice40_dual8x8'), not "
+                                 f"multiplier={self.multiplier!r}")
             _check_mac16_width("mult_width", self.mult_width, 16)
             _check_mac16_width("acc_width", self.acc_width, 32)
         check_choice("depthwise", self.depthwise, DEPTHWISE_MODES)

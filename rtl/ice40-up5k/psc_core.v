@@ -7,17 +7,18 @@
 // Configuration (psc.config.CoreConfig): preset 'ice40-up5k' and the command's overrides
 //   pe.act_width = 8
 //   pe.weight_width = 8
-//   pe.acc_width = 27
+//   pe.acc_width = 26
 //   pe.mult_width = 16
-//   pe.lanes = 8
+//   pe.lanes = 6
 //   pe.rows = 2
-//   pe.max_reduction = 2048
+//   pe.max_reduction = 1536
 //   pe.psc = True
 //   pe.multiplier = 'ice40_dual8x8'
 //   pe.tree_stages = 2
 //   pe.requantizers = 1
-//   pe.requant_mult_bits = 4
+//   pe.requant_mult_bits = None
 //   pe.depthwise = 'diagonal'
+//   pe.requant_multiplier = 'ice40_mac16'
 //   fmap_depth = 16384
 //   weight_depth = 256
 //   param_depth = 64
@@ -26,7 +27,7 @@
 //   psum_width = 32
 //   fmap_ram = 'spram'
 //
-// Latency: MAC array (DotProduct) 6 cycles; requantiser 11 cycles, one beat per 8 cycles.
+// Latency: MAC array (DotProduct) 6 cycles; requantiser 8 cycles, one beat per 2 cycles.
 // The command's end-to-end timing is in the PSCConvCore docstring.
 //
 // Ports (psc.hw.core.PSCConvCore; payloads LSB first):
@@ -45,15 +46,15 @@
 //   cfg__payload[110:110]  relu: unsigned(1)
 //   cfg__payload[111:111]  keep: unsigned(1)
 //   cfg__payload[113:112]  part: unsigned(2)
-// weights: stream in (weights__payload, weights__valid, weights__ready), payload 256 bits
-//   2 x 8 x unsigned(16), index 0 lowest
-//   word w[r][l] (row r, lane l) is weights__payload[(r * 8 + l) * 16 +: 16], {W-, W+} with W+ low
-// params: stream in (params__payload, params__valid, params__ready), payload 98 bits
-//   params__payload[53:0]  bias: 2 x signed(27), index 0 lowest
-//   params__payload[85:54]  mult: 2 x unsigned(16), index 0 lowest
-//   params__payload[97:86]  shift: 2 x unsigned(6), index 0 lowest
-// act_in: stream in (act_in__payload, act_in__valid, act_in__ready), payload 64 bits
-//   8 x signed(8), index 0 lowest
+// weights: stream in (weights__payload, weights__valid, weights__ready), payload 192 bits
+//   2 x 6 x unsigned(16), index 0 lowest
+//   word w[r][l] (row r, lane l) is weights__payload[(r * 6 + l) * 16 +: 16], {W-, W+} with W+ low
+// params: stream in (params__payload, params__valid, params__ready), payload 96 bits
+//   params__payload[51:0]  bias: 2 x signed(26), index 0 lowest
+//   params__payload[83:52]  mult: 2 x unsigned(16), index 0 lowest
+//   params__payload[95:84]  shift: 2 x unsigned(6), index 0 lowest
+// act_in: stream in (act_in__payload, act_in__valid, act_in__ready), payload 48 bits
+//   6 x signed(8), index 0 lowest
 // act_out: stream out (act_out__payload, act_out__valid, act_out__ready), payload 16 bits
 //   2 x signed(8), index 0 lowest
 // busy, done, error: out 1 bit each
@@ -76,9 +77,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire [15:0] \$10 ;
-  wire [15:0] \$11 ;
-  wire [26:0] \$12 ;
-  wire [26:0] \$13 ;
+  wire [25:0] \$11 ;
+  wire [25:0] \$12 ;
   wire [2:0] \$2 ;
   wire \$3 ;
   wire [3:0] \$4 ;
@@ -88,16 +88,14 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \$8 ;
   wire [15:0] \$9 ;
   wire accept;
-  input [63:0] act_in__payload;
-  wire [63:0] act_in__payload;
+  input [47:0] act_in__payload;
+  wire [47:0] act_in__payload;
   wire [7:0] \act_in__payload[0] ;
   wire [7:0] \act_in__payload[1] ;
   wire [7:0] \act_in__payload[2] ;
   wire [7:0] \act_in__payload[3] ;
   wire [7:0] \act_in__payload[4] ;
   wire [7:0] \act_in__payload[5] ;
-  wire [7:0] \act_in__payload[6] ;
-  wire [7:0] \act_in__payload[7] ;
   output act_in__ready;
   wire act_in__ready;
   input act_in__valid;
@@ -363,30 +361,26 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [15:0] \gin_e$89 ;
   wire [21:0] gout_o;
   wire [21:0] \gout_o$91 ;
-  wire [63:0] i__payload;
-  wire [255:0] \i__payload$29 ;
-  wire [127:0] \i__payload$29[0] ;
+  wire [47:0] i__payload;
+  wire [191:0] \i__payload$29 ;
+  wire [95:0] \i__payload$29[0] ;
   wire [15:0] \i__payload$29[0][0] ;
   wire [15:0] \i__payload$29[0][1] ;
   wire [15:0] \i__payload$29[0][2] ;
   wire [15:0] \i__payload$29[0][3] ;
   wire [15:0] \i__payload$29[0][4] ;
   wire [15:0] \i__payload$29[0][5] ;
-  wire [15:0] \i__payload$29[0][6] ;
-  wire [15:0] \i__payload$29[0][7] ;
-  wire [127:0] \i__payload$29[1] ;
+  wire [95:0] \i__payload$29[1] ;
   wire [15:0] \i__payload$29[1][0] ;
   wire [15:0] \i__payload$29[1][1] ;
   wire [15:0] \i__payload$29[1][2] ;
   wire [15:0] \i__payload$29[1][3] ;
   wire [15:0] \i__payload$29[1][4] ;
   wire [15:0] \i__payload$29[1][5] ;
-  wire [15:0] \i__payload$29[1][6] ;
-  wire [15:0] \i__payload$29[1][7] ;
-  wire [97:0] \i__payload$32 ;
-  wire [53:0] \i__payload$32.bias ;
-  wire [26:0] \i__payload$32.bias[0] ;
-  wire [26:0] \i__payload$32.bias[1] ;
+  wire [95:0] \i__payload$32 ;
+  wire [51:0] \i__payload$32.bias ;
+  wire [25:0] \i__payload$32.bias[0] ;
+  wire [25:0] \i__payload$32.bias[1] ;
   wire [31:0] \i__payload$32.mult ;
   wire [15:0] \i__payload$32.mult[0] ;
   wire [15:0] \i__payload$32.mult[1] ;
@@ -407,51 +401,43 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \i__payload$41.last ;
   wire \i__payload$41.pad ;
   wire [9:0] \i__payload$41.waddr ;
-  wire [375:0] \i__payload$47 ;
-  wire [53:0] \i__payload$47.bias ;
-  wire [26:0] \i__payload$47.bias[0] ;
-  wire [26:0] \i__payload$47.bias[1] ;
+  wire [293:0] \i__payload$47 ;
+  wire [51:0] \i__payload$47.bias ;
+  wire [25:0] \i__payload$47.bias[0] ;
+  wire [25:0] \i__payload$47.bias[1] ;
   wire \i__payload$47.first ;
   wire \i__payload$47.last ;
-  wire [255:0] \i__payload$47.w ;
-  wire [127:0] \i__payload$47.w[0] ;
+  wire [191:0] \i__payload$47.w ;
+  wire [95:0] \i__payload$47.w[0] ;
   wire [15:0] \i__payload$47.w[0][0] ;
   wire [15:0] \i__payload$47.w[0][1] ;
   wire [15:0] \i__payload$47.w[0][2] ;
   wire [15:0] \i__payload$47.w[0][3] ;
   wire [15:0] \i__payload$47.w[0][4] ;
   wire [15:0] \i__payload$47.w[0][5] ;
-  wire [15:0] \i__payload$47.w[0][6] ;
-  wire [15:0] \i__payload$47.w[0][7] ;
-  wire [127:0] \i__payload$47.w[1] ;
+  wire [95:0] \i__payload$47.w[1] ;
   wire [15:0] \i__payload$47.w[1][0] ;
   wire [15:0] \i__payload$47.w[1][1] ;
   wire [15:0] \i__payload$47.w[1][2] ;
   wire [15:0] \i__payload$47.w[1][3] ;
   wire [15:0] \i__payload$47.w[1][4] ;
   wire [15:0] \i__payload$47.w[1][5] ;
-  wire [15:0] \i__payload$47.w[1][6] ;
-  wire [15:0] \i__payload$47.w[1][7] ;
-  wire [63:0] \i__payload$47.x ;
+  wire [47:0] \i__payload$47.x ;
   wire [7:0] \i__payload$47.x[0] ;
   wire [7:0] \i__payload$47.x[1] ;
   wire [7:0] \i__payload$47.x[2] ;
   wire [7:0] \i__payload$47.x[3] ;
   wire [7:0] \i__payload$47.x[4] ;
   wire [7:0] \i__payload$47.x[5] ;
-  wire [7:0] \i__payload$47.x[6] ;
-  wire [7:0] \i__payload$47.x[7] ;
-  wire [53:0] \i__payload$63 ;
-  wire [26:0] \i__payload$63[0] ;
-  wire [26:0] \i__payload$63[1] ;
+  wire [51:0] \i__payload$63 ;
+  wire [25:0] \i__payload$63[0] ;
+  wire [25:0] \i__payload$63[1] ;
   wire [7:0] \i__payload[0] ;
   wire [7:0] \i__payload[1] ;
   wire [7:0] \i__payload[2] ;
   wire [7:0] \i__payload[3] ;
   wire [7:0] \i__payload[4] ;
   wire [7:0] \i__payload[5] ;
-  wire [7:0] \i__payload[6] ;
-  wire [7:0] \i__payload[7] ;
   wire i__ready;
   wire \i__ready$30 ;
   wire \i__ready$33 ;
@@ -469,15 +455,13 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [13:0] inputs__addr;
   wire [13:0] \inputs__addr.addr ;
   wire [13:0] \inputs__addr.addr[0] ;
-  wire [63:0] inputs__data;
+  wire [47:0] inputs__data;
   wire [7:0] \inputs__data[0] ;
   wire [7:0] \inputs__data[1] ;
   wire [7:0] \inputs__data[2] ;
   wire [7:0] \inputs__data[3] ;
   wire [7:0] \inputs__data[4] ;
   wire [7:0] \inputs__data[5] ;
-  wire [7:0] \inputs__data[6] ;
-  wire [7:0] \inputs__data[7] ;
   wire inputs__en;
   wire inputs_done;
   wire keep;
@@ -490,43 +474,37 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire mac_valid;
   wire [24:0] n_out;
   wire [26:0] o__payload;
-  wire [375:0] \o__payload$48 ;
-  wire [53:0] \o__payload$48.bias ;
-  wire [26:0] \o__payload$48.bias[0] ;
-  wire [26:0] \o__payload$48.bias[1] ;
+  wire [293:0] \o__payload$48 ;
+  wire [51:0] \o__payload$48.bias ;
+  wire [25:0] \o__payload$48.bias[0] ;
+  wire [25:0] \o__payload$48.bias[1] ;
   wire \o__payload$48.first ;
   wire \o__payload$48.last ;
-  wire [255:0] \o__payload$48.w ;
-  wire [127:0] \o__payload$48.w[0] ;
+  wire [191:0] \o__payload$48.w ;
+  wire [95:0] \o__payload$48.w[0] ;
   wire [15:0] \o__payload$48.w[0][0] ;
   wire [15:0] \o__payload$48.w[0][1] ;
   wire [15:0] \o__payload$48.w[0][2] ;
   wire [15:0] \o__payload$48.w[0][3] ;
   wire [15:0] \o__payload$48.w[0][4] ;
   wire [15:0] \o__payload$48.w[0][5] ;
-  wire [15:0] \o__payload$48.w[0][6] ;
-  wire [15:0] \o__payload$48.w[0][7] ;
-  wire [127:0] \o__payload$48.w[1] ;
+  wire [95:0] \o__payload$48.w[1] ;
   wire [15:0] \o__payload$48.w[1][0] ;
   wire [15:0] \o__payload$48.w[1][1] ;
   wire [15:0] \o__payload$48.w[1][2] ;
   wire [15:0] \o__payload$48.w[1][3] ;
   wire [15:0] \o__payload$48.w[1][4] ;
   wire [15:0] \o__payload$48.w[1][5] ;
-  wire [15:0] \o__payload$48.w[1][6] ;
-  wire [15:0] \o__payload$48.w[1][7] ;
-  wire [63:0] \o__payload$48.x ;
+  wire [47:0] \o__payload$48.x ;
   wire [7:0] \o__payload$48.x[0] ;
   wire [7:0] \o__payload$48.x[1] ;
   wire [7:0] \o__payload$48.x[2] ;
   wire [7:0] \o__payload$48.x[3] ;
   wire [7:0] \o__payload$48.x[4] ;
   wire [7:0] \o__payload$48.x[5] ;
-  wire [7:0] \o__payload$48.x[6] ;
-  wire [7:0] \o__payload$48.x[7] ;
-  wire [53:0] \o__payload$58 ;
-  wire [26:0] \o__payload$58[0] ;
-  wire [26:0] \o__payload$58[1] ;
+  wire [51:0] \o__payload$58 ;
+  wire [25:0] \o__payload$58[0] ;
+  wire [25:0] \o__payload$58[1] ;
   wire [15:0] \o__payload$65 ;
   wire [7:0] \o__payload$65[0] ;
   wire [7:0] \o__payload$65[1] ;
@@ -546,10 +524,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \o__valid$67 ;
   wire outputs_done;
   wire [5:0] params__addr;
-  wire [97:0] params__data;
-  wire [53:0] \params__data.bias ;
-  wire [26:0] \params__data.bias[0] ;
-  wire [26:0] \params__data.bias[1] ;
+  wire [95:0] params__data;
+  wire [51:0] \params__data.bias ;
+  wire [25:0] \params__data.bias[0] ;
+  wire [25:0] \params__data.bias[1] ;
   wire [31:0] \params__data.mult ;
   wire [15:0] \params__data.mult[0] ;
   wire [15:0] \params__data.mult[1] ;
@@ -557,11 +535,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [5:0] \params__data.shift[0] ;
   wire [5:0] \params__data.shift[1] ;
   wire params__en;
-  input [97:0] params__payload;
-  wire [97:0] params__payload;
-  wire [53:0] \params__payload.bias ;
-  wire [26:0] \params__payload.bias[0] ;
-  wire [26:0] \params__payload.bias[1] ;
+  input [95:0] params__payload;
+  wire [95:0] params__payload;
+  wire [51:0] \params__payload.bias ;
+  wire [25:0] \params__payload.bias[0] ;
+  wire [25:0] \params__payload.bias[1] ;
   wire [31:0] \params__payload.mult ;
   wire [15:0] \params__payload.mult[0] ;
   wire [15:0] \params__payload.mult[1] ;
@@ -574,7 +552,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire params__valid;
   wire params_done;
   wire [6:0] params_in;
-  wire [53:0] r_data;
+  wire [51:0] r_data;
   wire r_en;
   wire r_rdy;
   wire [13:0] read__addr;
@@ -582,30 +560,26 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [5:0] \read__addr$80 ;
   wire [13:0] \read__addr.addr ;
   wire [13:0] \read__addr.addr[0] ;
-  wire [63:0] read__data;
-  wire [255:0] \read__data$77 ;
-  wire [127:0] \read__data$77[0] ;
+  wire [47:0] read__data;
+  wire [191:0] \read__data$77 ;
+  wire [95:0] \read__data$77[0] ;
   wire [15:0] \read__data$77[0][0] ;
   wire [15:0] \read__data$77[0][1] ;
   wire [15:0] \read__data$77[0][2] ;
   wire [15:0] \read__data$77[0][3] ;
   wire [15:0] \read__data$77[0][4] ;
   wire [15:0] \read__data$77[0][5] ;
-  wire [15:0] \read__data$77[0][6] ;
-  wire [15:0] \read__data$77[0][7] ;
-  wire [127:0] \read__data$77[1] ;
+  wire [95:0] \read__data$77[1] ;
   wire [15:0] \read__data$77[1][0] ;
   wire [15:0] \read__data$77[1][1] ;
   wire [15:0] \read__data$77[1][2] ;
   wire [15:0] \read__data$77[1][3] ;
   wire [15:0] \read__data$77[1][4] ;
   wire [15:0] \read__data$77[1][5] ;
-  wire [15:0] \read__data$77[1][6] ;
-  wire [15:0] \read__data$77[1][7] ;
-  wire [97:0] \read__data$83 ;
-  wire [53:0] \read__data$83.bias ;
-  wire [26:0] \read__data$83.bias[0] ;
-  wire [26:0] \read__data$83.bias[1] ;
+  wire [95:0] \read__data$83 ;
+  wire [51:0] \read__data$83.bias ;
+  wire [25:0] \read__data$83.bias[0] ;
+  wire [25:0] \read__data$83.bias[1] ;
   wire [31:0] \read__data$83.mult ;
   wire [15:0] \read__data$83.mult[0] ;
   wire [15:0] \read__data$83.mult[1] ;
@@ -618,8 +592,6 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [7:0] \read__data[3] ;
   wire [7:0] \read__data[4] ;
   wire [7:0] \read__data[5] ;
-  wire [7:0] \read__data[6] ;
-  wire [7:0] \read__data[7] ;
   wire read__en;
   wire \read__en$78 ;
   wire \read__en$84 ;
@@ -716,52 +688,44 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire taps__ready;
   wire taps__valid;
   wire [31:0] total;
-  wire [53:0] w_data;
+  wire [51:0] w_data;
   wire w_en;
   wire w_rdy;
   wire waiting;
   wire \waiting$163 ;
   wire [9:0] weights__addr;
-  wire [255:0] weights__data;
-  wire [127:0] \weights__data[0] ;
+  wire [191:0] weights__data;
+  wire [95:0] \weights__data[0] ;
   wire [15:0] \weights__data[0][0] ;
   wire [15:0] \weights__data[0][1] ;
   wire [15:0] \weights__data[0][2] ;
   wire [15:0] \weights__data[0][3] ;
   wire [15:0] \weights__data[0][4] ;
   wire [15:0] \weights__data[0][5] ;
-  wire [15:0] \weights__data[0][6] ;
-  wire [15:0] \weights__data[0][7] ;
-  wire [127:0] \weights__data[1] ;
+  wire [95:0] \weights__data[1] ;
   wire [15:0] \weights__data[1][0] ;
   wire [15:0] \weights__data[1][1] ;
   wire [15:0] \weights__data[1][2] ;
   wire [15:0] \weights__data[1][3] ;
   wire [15:0] \weights__data[1][4] ;
   wire [15:0] \weights__data[1][5] ;
-  wire [15:0] \weights__data[1][6] ;
-  wire [15:0] \weights__data[1][7] ;
   wire weights__en;
-  input [255:0] weights__payload;
-  wire [255:0] weights__payload;
-  wire [127:0] \weights__payload[0] ;
+  input [191:0] weights__payload;
+  wire [191:0] weights__payload;
+  wire [95:0] \weights__payload[0] ;
   wire [15:0] \weights__payload[0][0] ;
   wire [15:0] \weights__payload[0][1] ;
   wire [15:0] \weights__payload[0][2] ;
   wire [15:0] \weights__payload[0][3] ;
   wire [15:0] \weights__payload[0][4] ;
   wire [15:0] \weights__payload[0][5] ;
-  wire [15:0] \weights__payload[0][6] ;
-  wire [15:0] \weights__payload[0][7] ;
-  wire [127:0] \weights__payload[1] ;
+  wire [95:0] \weights__payload[1] ;
   wire [15:0] \weights__payload[1][0] ;
   wire [15:0] \weights__payload[1][1] ;
   wire [15:0] \weights__payload[1][2] ;
   wire [15:0] \weights__payload[1][3] ;
   wire [15:0] \weights__payload[1][4] ;
   wire [15:0] \weights__payload[1][5] ;
-  wire [15:0] \weights__payload[1][6] ;
-  wire [15:0] \weights__payload[1][7] ;
   output weights__ready;
   wire weights__ready;
   input weights__valid;
@@ -800,8 +764,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .waiting(waiting)
   );
   \psc_core.dp  dp (
-    .acc(\$12 ),
-    .\acc$27 (\$13 ),
+    .acc(\$11 ),
+    .\acc$27 (\$12 ),
     .clk(clk),
     .i__payload(\i__payload$47 ),
     .i__ready(\o__ready$49 ),
@@ -816,11 +780,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .clk(clk),
     .i__ready(taps__ready),
     .o__payload(\i__payload$47 ),
-    .\port$578$0 (\$7 ),
-    .\port$600$0 (\$8 ),
-    .\port$601$0 (\$9 ),
-    .\port$602$0 (\$10 ),
-    .\port$603$0 (\$11 ),
+    .\port$580$0 (\$7 ),
+    .\port$602$0 (\$8 ),
+    .\port$603$0 (\$9 ),
+    .\port$604$0 (\$10 ),
     .ready(\o__ready$49 ),
     .rst(rst),
     .v1(\i__valid$51 ),
@@ -834,10 +797,9 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .done(inputs_done),
     .i__ready(act_in__ready),
     .i__valid(act_in__valid),
-    .\port$600$0 (\$8 ),
-    .\port$601$0 (\$9 ),
-    .\port$602$0 (\$10 ),
-    .\port$603$0 (\$11 ),
+    .\port$602$0 (\$8 ),
+    .\port$603$0 (\$9 ),
+    .\port$604$0 (\$10 ),
     .read__addr(\$7 [13:0]),
     .read__en(read__en),
     .rows_in(rows_in),
@@ -941,8 +903,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   \psc_core.sums  sums (
     .clk(clk),
     .level(level),
-    .\port$1532$0 (\$12 ),
-    .\port$1602$0 (\$13 ),
+    .\port$1485$0 (\$11 ),
+    .\port$1550$0 (\$12 ),
     .r_data(\i__payload$63 ),
     .r_en(r_en),
     .r_rdy(\i__valid$59 ),
@@ -997,8 +959,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \o__valid$52  = \i__valid$51 ;
   assign \o__valid$54  = w_en;
   assign sums_room = \o__ready$55 ;
-  assign w_data = { \$13 , \$12  };
-  assign \o__payload$58  = { \$13 , \$12  };
+  assign w_data = { \$12 , \$11  };
+  assign \o__payload$58  = { \$12 , \$11  };
   assign r_rdy = \i__valid$59 ;
   assign \i__ready$62  = r_en;
   assign r_data = \i__payload$63 ;
@@ -1007,8 +969,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \o__valid$67  = act_out__valid;
   assign read__addr = \$7 [13:0];
   assign inputs__addr = \$7 [13:0];
-  assign inputs__data = { \$11 , \$10 , \$9 , \$8  };
-  assign read__data = { \$11 , \$10 , \$9 , \$8  };
+  assign inputs__data = { \$10 , \$9 , \$8  };
+  assign read__data = { \$10 , \$9 , \$8  };
   assign inputs__en = read__en;
   assign \read__addr$74  = \$7 [23:14];
   assign weights__addr = \$7 [23:14];
@@ -1093,41 +1055,35 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cfg__payload.relu  = cfg__payload[110];
   assign \cfg__payload.keep  = cfg__payload[111];
   assign \cfg__payload.part  = cfg__payload[113:112];
-  assign \weights__payload[0]  = weights__payload[127:0];
+  assign \weights__payload[0]  = weights__payload[95:0];
   assign \weights__payload[0][0]  = weights__payload[15:0];
   assign \weights__payload[0][1]  = weights__payload[31:16];
   assign \weights__payload[0][2]  = weights__payload[47:32];
   assign \weights__payload[0][3]  = weights__payload[63:48];
   assign \weights__payload[0][4]  = weights__payload[79:64];
   assign \weights__payload[0][5]  = weights__payload[95:80];
-  assign \weights__payload[0][6]  = weights__payload[111:96];
-  assign \weights__payload[0][7]  = weights__payload[127:112];
-  assign \weights__payload[1]  = weights__payload[255:128];
-  assign \weights__payload[1][0]  = weights__payload[143:128];
-  assign \weights__payload[1][1]  = weights__payload[159:144];
-  assign \weights__payload[1][2]  = weights__payload[175:160];
-  assign \weights__payload[1][3]  = weights__payload[191:176];
-  assign \weights__payload[1][4]  = weights__payload[207:192];
-  assign \weights__payload[1][5]  = weights__payload[223:208];
-  assign \weights__payload[1][6]  = weights__payload[239:224];
-  assign \weights__payload[1][7]  = weights__payload[255:240];
-  assign \params__payload.bias  = params__payload[53:0];
-  assign \params__payload.bias[0]  = params__payload[26:0];
-  assign \params__payload.bias[1]  = params__payload[53:27];
-  assign \params__payload.mult  = params__payload[85:54];
-  assign \params__payload.mult[0]  = params__payload[69:54];
-  assign \params__payload.mult[1]  = params__payload[85:70];
-  assign \params__payload.shift  = params__payload[97:86];
-  assign \params__payload.shift[0]  = params__payload[91:86];
-  assign \params__payload.shift[1]  = params__payload[97:92];
+  assign \weights__payload[1]  = weights__payload[191:96];
+  assign \weights__payload[1][0]  = weights__payload[111:96];
+  assign \weights__payload[1][1]  = weights__payload[127:112];
+  assign \weights__payload[1][2]  = weights__payload[143:128];
+  assign \weights__payload[1][3]  = weights__payload[159:144];
+  assign \weights__payload[1][4]  = weights__payload[175:160];
+  assign \weights__payload[1][5]  = weights__payload[191:176];
+  assign \params__payload.bias  = params__payload[51:0];
+  assign \params__payload.bias[0]  = params__payload[25:0];
+  assign \params__payload.bias[1]  = params__payload[51:26];
+  assign \params__payload.mult  = params__payload[83:52];
+  assign \params__payload.mult[0]  = params__payload[67:52];
+  assign \params__payload.mult[1]  = params__payload[83:68];
+  assign \params__payload.shift  = params__payload[95:84];
+  assign \params__payload.shift[0]  = params__payload[89:84];
+  assign \params__payload.shift[1]  = params__payload[95:90];
   assign \act_in__payload[0]  = act_in__payload[7:0];
   assign \act_in__payload[1]  = act_in__payload[15:8];
   assign \act_in__payload[2]  = act_in__payload[23:16];
   assign \act_in__payload[3]  = act_in__payload[31:24];
   assign \act_in__payload[4]  = act_in__payload[39:32];
   assign \act_in__payload[5]  = act_in__payload[47:40];
-  assign \act_in__payload[6]  = act_in__payload[55:48];
-  assign \act_in__payload[7]  = act_in__payload[63:56];
   assign \act_out__payload[0]  = act_out__payload[7:0];
   assign \act_out__payload[1]  = act_out__payload[15:8];
   assign \cfg__payload$23.in_h  = cfg__payload[15:0];
@@ -1150,35 +1106,29 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \i__payload[3]  = act_in__payload[31:24];
   assign \i__payload[4]  = act_in__payload[39:32];
   assign \i__payload[5]  = act_in__payload[47:40];
-  assign \i__payload[6]  = act_in__payload[55:48];
-  assign \i__payload[7]  = act_in__payload[63:56];
-  assign \i__payload$29[0]  = weights__payload[127:0];
+  assign \i__payload$29[0]  = weights__payload[95:0];
   assign \i__payload$29[0][0]  = weights__payload[15:0];
   assign \i__payload$29[0][1]  = weights__payload[31:16];
   assign \i__payload$29[0][2]  = weights__payload[47:32];
   assign \i__payload$29[0][3]  = weights__payload[63:48];
   assign \i__payload$29[0][4]  = weights__payload[79:64];
   assign \i__payload$29[0][5]  = weights__payload[95:80];
-  assign \i__payload$29[0][6]  = weights__payload[111:96];
-  assign \i__payload$29[0][7]  = weights__payload[127:112];
-  assign \i__payload$29[1]  = weights__payload[255:128];
-  assign \i__payload$29[1][0]  = weights__payload[143:128];
-  assign \i__payload$29[1][1]  = weights__payload[159:144];
-  assign \i__payload$29[1][2]  = weights__payload[175:160];
-  assign \i__payload$29[1][3]  = weights__payload[191:176];
-  assign \i__payload$29[1][4]  = weights__payload[207:192];
-  assign \i__payload$29[1][5]  = weights__payload[223:208];
-  assign \i__payload$29[1][6]  = weights__payload[239:224];
-  assign \i__payload$29[1][7]  = weights__payload[255:240];
-  assign \i__payload$32.bias  = params__payload[53:0];
-  assign \i__payload$32.bias[0]  = params__payload[26:0];
-  assign \i__payload$32.bias[1]  = params__payload[53:27];
-  assign \i__payload$32.mult  = params__payload[85:54];
-  assign \i__payload$32.mult[0]  = params__payload[69:54];
-  assign \i__payload$32.mult[1]  = params__payload[85:70];
-  assign \i__payload$32.shift  = params__payload[97:86];
-  assign \i__payload$32.shift[0]  = params__payload[91:86];
-  assign \i__payload$32.shift[1]  = params__payload[97:92];
+  assign \i__payload$29[1]  = weights__payload[191:96];
+  assign \i__payload$29[1][0]  = weights__payload[111:96];
+  assign \i__payload$29[1][1]  = weights__payload[127:112];
+  assign \i__payload$29[1][2]  = weights__payload[143:128];
+  assign \i__payload$29[1][3]  = weights__payload[159:144];
+  assign \i__payload$29[1][4]  = weights__payload[175:160];
+  assign \i__payload$29[1][5]  = weights__payload[191:176];
+  assign \i__payload$32.bias  = params__payload[51:0];
+  assign \i__payload$32.bias[0]  = params__payload[25:0];
+  assign \i__payload$32.bias[1]  = params__payload[51:26];
+  assign \i__payload$32.mult  = params__payload[83:52];
+  assign \i__payload$32.mult[0]  = params__payload[67:52];
+  assign \i__payload$32.mult[1]  = params__payload[83:68];
+  assign \i__payload$32.shift  = params__payload[95:84];
+  assign \i__payload$32.shift[0]  = params__payload[89:84];
+  assign \i__payload$32.shift[1]  = params__payload[95:90];
   assign \i__payload$35.lin  = \i__payload$35 [19:0];
   assign \i__payload$35.ix  = \i__payload$35 [37:20];
   assign \i__payload$35.iy  = \i__payload$35 [55:38];
@@ -1203,76 +1153,64 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \o__payload.pad  = \i__payload$41 [24];
   assign \o__payload.first  = \i__payload$41 [25];
   assign \o__payload.last  = \i__payload$41 [26];
-  assign \i__payload$47.x  = \i__payload$47 [63:0];
+  assign \i__payload$47.x  = \i__payload$47 [47:0];
   assign \i__payload$47.x[0]  = \i__payload$47 [7:0];
   assign \i__payload$47.x[1]  = \i__payload$47 [15:8];
   assign \i__payload$47.x[2]  = \i__payload$47 [23:16];
   assign \i__payload$47.x[3]  = \i__payload$47 [31:24];
   assign \i__payload$47.x[4]  = \i__payload$47 [39:32];
   assign \i__payload$47.x[5]  = \i__payload$47 [47:40];
-  assign \i__payload$47.x[6]  = \i__payload$47 [55:48];
-  assign \i__payload$47.x[7]  = \i__payload$47 [63:56];
-  assign \i__payload$47.w  = \i__payload$47 [319:64];
-  assign \i__payload$47.w[0]  = \i__payload$47 [191:64];
-  assign \i__payload$47.w[0][0]  = \i__payload$47 [79:64];
-  assign \i__payload$47.w[0][1]  = \i__payload$47 [95:80];
-  assign \i__payload$47.w[0][2]  = \i__payload$47 [111:96];
-  assign \i__payload$47.w[0][3]  = \i__payload$47 [127:112];
-  assign \i__payload$47.w[0][4]  = \i__payload$47 [143:128];
-  assign \i__payload$47.w[0][5]  = \i__payload$47 [159:144];
-  assign \i__payload$47.w[0][6]  = \i__payload$47 [175:160];
-  assign \i__payload$47.w[0][7]  = \i__payload$47 [191:176];
-  assign \i__payload$47.w[1]  = \i__payload$47 [319:192];
-  assign \i__payload$47.w[1][0]  = \i__payload$47 [207:192];
-  assign \i__payload$47.w[1][1]  = \i__payload$47 [223:208];
-  assign \i__payload$47.w[1][2]  = \i__payload$47 [239:224];
-  assign \i__payload$47.w[1][3]  = \i__payload$47 [255:240];
-  assign \i__payload$47.w[1][4]  = \i__payload$47 [271:256];
-  assign \i__payload$47.w[1][5]  = \i__payload$47 [287:272];
-  assign \i__payload$47.w[1][6]  = \i__payload$47 [303:288];
-  assign \i__payload$47.w[1][7]  = \i__payload$47 [319:304];
-  assign \i__payload$47.bias  = \i__payload$47 [373:320];
-  assign \i__payload$47.bias[0]  = \i__payload$47 [346:320];
-  assign \i__payload$47.bias[1]  = \i__payload$47 [373:347];
-  assign \i__payload$47.first  = \i__payload$47 [374];
-  assign \i__payload$47.last  = \i__payload$47 [375];
-  assign \o__payload$48.x  = \i__payload$47 [63:0];
+  assign \i__payload$47.w  = \i__payload$47 [239:48];
+  assign \i__payload$47.w[0]  = \i__payload$47 [143:48];
+  assign \i__payload$47.w[0][0]  = \i__payload$47 [63:48];
+  assign \i__payload$47.w[0][1]  = \i__payload$47 [79:64];
+  assign \i__payload$47.w[0][2]  = \i__payload$47 [95:80];
+  assign \i__payload$47.w[0][3]  = \i__payload$47 [111:96];
+  assign \i__payload$47.w[0][4]  = \i__payload$47 [127:112];
+  assign \i__payload$47.w[0][5]  = \i__payload$47 [143:128];
+  assign \i__payload$47.w[1]  = \i__payload$47 [239:144];
+  assign \i__payload$47.w[1][0]  = \i__payload$47 [159:144];
+  assign \i__payload$47.w[1][1]  = \i__payload$47 [175:160];
+  assign \i__payload$47.w[1][2]  = \i__payload$47 [191:176];
+  assign \i__payload$47.w[1][3]  = \i__payload$47 [207:192];
+  assign \i__payload$47.w[1][4]  = \i__payload$47 [223:208];
+  assign \i__payload$47.w[1][5]  = \i__payload$47 [239:224];
+  assign \i__payload$47.bias  = \i__payload$47 [291:240];
+  assign \i__payload$47.bias[0]  = \i__payload$47 [265:240];
+  assign \i__payload$47.bias[1]  = \i__payload$47 [291:266];
+  assign \i__payload$47.first  = \i__payload$47 [292];
+  assign \i__payload$47.last  = \i__payload$47 [293];
+  assign \o__payload$48.x  = \i__payload$47 [47:0];
   assign \o__payload$48.x[0]  = \i__payload$47 [7:0];
   assign \o__payload$48.x[1]  = \i__payload$47 [15:8];
   assign \o__payload$48.x[2]  = \i__payload$47 [23:16];
   assign \o__payload$48.x[3]  = \i__payload$47 [31:24];
   assign \o__payload$48.x[4]  = \i__payload$47 [39:32];
   assign \o__payload$48.x[5]  = \i__payload$47 [47:40];
-  assign \o__payload$48.x[6]  = \i__payload$47 [55:48];
-  assign \o__payload$48.x[7]  = \i__payload$47 [63:56];
-  assign \o__payload$48.w  = \i__payload$47 [319:64];
-  assign \o__payload$48.w[0]  = \i__payload$47 [191:64];
-  assign \o__payload$48.w[0][0]  = \i__payload$47 [79:64];
-  assign \o__payload$48.w[0][1]  = \i__payload$47 [95:80];
-  assign \o__payload$48.w[0][2]  = \i__payload$47 [111:96];
-  assign \o__payload$48.w[0][3]  = \i__payload$47 [127:112];
-  assign \o__payload$48.w[0][4]  = \i__payload$47 [143:128];
-  assign \o__payload$48.w[0][5]  = \i__payload$47 [159:144];
-  assign \o__payload$48.w[0][6]  = \i__payload$47 [175:160];
-  assign \o__payload$48.w[0][7]  = \i__payload$47 [191:176];
-  assign \o__payload$48.w[1]  = \i__payload$47 [319:192];
-  assign \o__payload$48.w[1][0]  = \i__payload$47 [207:192];
-  assign \o__payload$48.w[1][1]  = \i__payload$47 [223:208];
-  assign \o__payload$48.w[1][2]  = \i__payload$47 [239:224];
-  assign \o__payload$48.w[1][3]  = \i__payload$47 [255:240];
-  assign \o__payload$48.w[1][4]  = \i__payload$47 [271:256];
-  assign \o__payload$48.w[1][5]  = \i__payload$47 [287:272];
-  assign \o__payload$48.w[1][6]  = \i__payload$47 [303:288];
-  assign \o__payload$48.w[1][7]  = \i__payload$47 [319:304];
-  assign \o__payload$48.bias  = \i__payload$47 [373:320];
-  assign \o__payload$48.bias[0]  = \i__payload$47 [346:320];
-  assign \o__payload$48.bias[1]  = \i__payload$47 [373:347];
-  assign \o__payload$48.first  = \i__payload$47 [374];
-  assign \o__payload$48.last  = \i__payload$47 [375];
-  assign \o__payload$58[0]  = \$12 ;
-  assign \o__payload$58[1]  = \$13 ;
-  assign \i__payload$63[0]  = \i__payload$63 [26:0];
-  assign \i__payload$63[1]  = \i__payload$63 [53:27];
+  assign \o__payload$48.w  = \i__payload$47 [239:48];
+  assign \o__payload$48.w[0]  = \i__payload$47 [143:48];
+  assign \o__payload$48.w[0][0]  = \i__payload$47 [63:48];
+  assign \o__payload$48.w[0][1]  = \i__payload$47 [79:64];
+  assign \o__payload$48.w[0][2]  = \i__payload$47 [95:80];
+  assign \o__payload$48.w[0][3]  = \i__payload$47 [111:96];
+  assign \o__payload$48.w[0][4]  = \i__payload$47 [127:112];
+  assign \o__payload$48.w[0][5]  = \i__payload$47 [143:128];
+  assign \o__payload$48.w[1]  = \i__payload$47 [239:144];
+  assign \o__payload$48.w[1][0]  = \i__payload$47 [159:144];
+  assign \o__payload$48.w[1][1]  = \i__payload$47 [175:160];
+  assign \o__payload$48.w[1][2]  = \i__payload$47 [191:176];
+  assign \o__payload$48.w[1][3]  = \i__payload$47 [207:192];
+  assign \o__payload$48.w[1][4]  = \i__payload$47 [223:208];
+  assign \o__payload$48.w[1][5]  = \i__payload$47 [239:224];
+  assign \o__payload$48.bias  = \i__payload$47 [291:240];
+  assign \o__payload$48.bias[0]  = \i__payload$47 [265:240];
+  assign \o__payload$48.bias[1]  = \i__payload$47 [291:266];
+  assign \o__payload$48.first  = \i__payload$47 [292];
+  assign \o__payload$48.last  = \i__payload$47 [293];
+  assign \o__payload$58[0]  = \$11 ;
+  assign \o__payload$58[1]  = \$12 ;
+  assign \i__payload$63[0]  = \i__payload$63 [25:0];
+  assign \i__payload$63[1]  = \i__payload$63 [51:26];
   assign \o__payload$65[0]  = act_out__payload[7:0];
   assign \o__payload$65[1]  = act_out__payload[15:8];
   assign \read__addr.addr  = \$7 [13:0];
@@ -1285,70 +1223,58 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \inputs__data[3]  = \$9 [15:8];
   assign \inputs__data[4]  = \$10 [7:0];
   assign \inputs__data[5]  = \$10 [15:8];
-  assign \inputs__data[6]  = \$11 [7:0];
-  assign \inputs__data[7]  = \$11 [15:8];
   assign \read__data[0]  = \$8 [7:0];
   assign \read__data[1]  = \$8 [15:8];
   assign \read__data[2]  = \$9 [7:0];
   assign \read__data[3]  = \$9 [15:8];
   assign \read__data[4]  = \$10 [7:0];
   assign \read__data[5]  = \$10 [15:8];
-  assign \read__data[6]  = \$11 [7:0];
-  assign \read__data[7]  = \$11 [15:8];
-  assign \weights__data[0]  = weights__data[127:0];
+  assign \weights__data[0]  = weights__data[95:0];
   assign \weights__data[0][0]  = weights__data[15:0];
   assign \weights__data[0][1]  = weights__data[31:16];
   assign \weights__data[0][2]  = weights__data[47:32];
   assign \weights__data[0][3]  = weights__data[63:48];
   assign \weights__data[0][4]  = weights__data[79:64];
   assign \weights__data[0][5]  = weights__data[95:80];
-  assign \weights__data[0][6]  = weights__data[111:96];
-  assign \weights__data[0][7]  = weights__data[127:112];
-  assign \weights__data[1]  = weights__data[255:128];
-  assign \weights__data[1][0]  = weights__data[143:128];
-  assign \weights__data[1][1]  = weights__data[159:144];
-  assign \weights__data[1][2]  = weights__data[175:160];
-  assign \weights__data[1][3]  = weights__data[191:176];
-  assign \weights__data[1][4]  = weights__data[207:192];
-  assign \weights__data[1][5]  = weights__data[223:208];
-  assign \weights__data[1][6]  = weights__data[239:224];
-  assign \weights__data[1][7]  = weights__data[255:240];
-  assign \read__data$77[0]  = weights__data[127:0];
+  assign \weights__data[1]  = weights__data[191:96];
+  assign \weights__data[1][0]  = weights__data[111:96];
+  assign \weights__data[1][1]  = weights__data[127:112];
+  assign \weights__data[1][2]  = weights__data[143:128];
+  assign \weights__data[1][3]  = weights__data[159:144];
+  assign \weights__data[1][4]  = weights__data[175:160];
+  assign \weights__data[1][5]  = weights__data[191:176];
+  assign \read__data$77[0]  = weights__data[95:0];
   assign \read__data$77[0][0]  = weights__data[15:0];
   assign \read__data$77[0][1]  = weights__data[31:16];
   assign \read__data$77[0][2]  = weights__data[47:32];
   assign \read__data$77[0][3]  = weights__data[63:48];
   assign \read__data$77[0][4]  = weights__data[79:64];
   assign \read__data$77[0][5]  = weights__data[95:80];
-  assign \read__data$77[0][6]  = weights__data[111:96];
-  assign \read__data$77[0][7]  = weights__data[127:112];
-  assign \read__data$77[1]  = weights__data[255:128];
-  assign \read__data$77[1][0]  = weights__data[143:128];
-  assign \read__data$77[1][1]  = weights__data[159:144];
-  assign \read__data$77[1][2]  = weights__data[175:160];
-  assign \read__data$77[1][3]  = weights__data[191:176];
-  assign \read__data$77[1][4]  = weights__data[207:192];
-  assign \read__data$77[1][5]  = weights__data[223:208];
-  assign \read__data$77[1][6]  = weights__data[239:224];
-  assign \read__data$77[1][7]  = weights__data[255:240];
-  assign \params__data.bias  = params__data[53:0];
-  assign \params__data.bias[0]  = params__data[26:0];
-  assign \params__data.bias[1]  = params__data[53:27];
-  assign \params__data.mult  = params__data[85:54];
-  assign \params__data.mult[0]  = params__data[69:54];
-  assign \params__data.mult[1]  = params__data[85:70];
-  assign \params__data.shift  = params__data[97:86];
-  assign \params__data.shift[0]  = params__data[91:86];
-  assign \params__data.shift[1]  = params__data[97:92];
-  assign \read__data$83.bias  = params__data[53:0];
-  assign \read__data$83.bias[0]  = params__data[26:0];
-  assign \read__data$83.bias[1]  = params__data[53:27];
-  assign \read__data$83.mult  = params__data[85:54];
-  assign \read__data$83.mult[0]  = params__data[69:54];
-  assign \read__data$83.mult[1]  = params__data[85:70];
-  assign \read__data$83.shift  = params__data[97:86];
-  assign \read__data$83.shift[0]  = params__data[91:86];
-  assign \read__data$83.shift[1]  = params__data[97:92];
+  assign \read__data$77[1]  = weights__data[191:96];
+  assign \read__data$77[1][0]  = weights__data[111:96];
+  assign \read__data$77[1][1]  = weights__data[127:112];
+  assign \read__data$77[1][2]  = weights__data[143:128];
+  assign \read__data$77[1][3]  = weights__data[159:144];
+  assign \read__data$77[1][4]  = weights__data[175:160];
+  assign \read__data$77[1][5]  = weights__data[191:176];
+  assign \params__data.bias  = params__data[51:0];
+  assign \params__data.bias[0]  = params__data[25:0];
+  assign \params__data.bias[1]  = params__data[51:26];
+  assign \params__data.mult  = params__data[83:52];
+  assign \params__data.mult[0]  = params__data[67:52];
+  assign \params__data.mult[1]  = params__data[83:68];
+  assign \params__data.shift  = params__data[95:84];
+  assign \params__data.shift[0]  = params__data[89:84];
+  assign \params__data.shift[1]  = params__data[95:90];
+  assign \read__data$83.bias  = params__data[51:0];
+  assign \read__data$83.bias[0]  = params__data[25:0];
+  assign \read__data$83.bias[1]  = params__data[51:26];
+  assign \read__data$83.mult  = params__data[83:52];
+  assign \read__data$83.mult[0]  = params__data[67:52];
+  assign \read__data$83.mult[1]  = params__data[83:68];
+  assign \read__data$83.shift  = params__data[95:84];
+  assign \read__data$83.shift[0]  = params__data[89:84];
+  assign \read__data$83.shift[1]  = params__data[95:90];
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -1676,13 +1602,13 @@ endmodule
 (* generator = "Amaranth" *)
 module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, \acc$27 , clk);
   wire \$1 ;
-  output [26:0] acc;
-  wire [26:0] acc;
-  output [26:0] \acc$27 ;
-  wire [26:0] \acc$27 ;
+  output [25:0] acc;
+  wire [25:0] acc;
+  output [25:0] \acc$27 ;
+  wire [25:0] \acc$27 ;
   wire acc_valid;
-  wire [26:0] bias;
-  wire [26:0] \bias$17 ;
+  wire [25:0] bias;
+  wire [25:0] \bias$17 ;
   input clk;
   wire clk;
   wire en;
@@ -1690,52 +1616,46 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
   wire \en$21 ;
   wire first;
   wire \first$19 ;
-  input [375:0] i__payload;
-  wire [375:0] i__payload;
-  wire [53:0] \i__payload.bias ;
-  wire [26:0] \i__payload.bias[0] ;
-  wire [26:0] \i__payload.bias[1] ;
+  input [293:0] i__payload;
+  wire [293:0] i__payload;
+  wire [51:0] \i__payload.bias ;
+  wire [25:0] \i__payload.bias[0] ;
+  wire [25:0] \i__payload.bias[1] ;
   wire \i__payload.first ;
   wire \i__payload.last ;
-  wire [255:0] \i__payload.w ;
-  wire [127:0] \i__payload.w[0] ;
+  wire [191:0] \i__payload.w ;
+  wire [95:0] \i__payload.w[0] ;
   wire [15:0] \i__payload.w[0][0] ;
   wire [15:0] \i__payload.w[0][1] ;
   wire [15:0] \i__payload.w[0][2] ;
   wire [15:0] \i__payload.w[0][3] ;
   wire [15:0] \i__payload.w[0][4] ;
   wire [15:0] \i__payload.w[0][5] ;
-  wire [15:0] \i__payload.w[0][6] ;
-  wire [15:0] \i__payload.w[0][7] ;
-  wire [127:0] \i__payload.w[1] ;
+  wire [95:0] \i__payload.w[1] ;
   wire [15:0] \i__payload.w[1][0] ;
   wire [15:0] \i__payload.w[1][1] ;
   wire [15:0] \i__payload.w[1][2] ;
   wire [15:0] \i__payload.w[1][3] ;
   wire [15:0] \i__payload.w[1][4] ;
   wire [15:0] \i__payload.w[1][5] ;
-  wire [15:0] \i__payload.w[1][6] ;
-  wire [15:0] \i__payload.w[1][7] ;
-  wire [63:0] \i__payload.x ;
+  wire [47:0] \i__payload.x ;
   wire [7:0] \i__payload.x[0] ;
   wire [7:0] \i__payload.x[1] ;
   wire [7:0] \i__payload.x[2] ;
   wire [7:0] \i__payload.x[3] ;
   wire [7:0] \i__payload.x[4] ;
   wire [7:0] \i__payload.x[5] ;
-  wire [7:0] \i__payload.x[6] ;
-  wire [7:0] \i__payload.x[7] ;
   output i__ready;
   wire i__ready;
   wire i__valid;
   wire last;
   wire \last$20 ;
-  wire [7:0] mask;
-  wire [7:0] \mask$15 ;
-  wire [7:0] \mask$6 ;
-  wire [53:0] o__payload;
-  wire [26:0] \o__payload[0] ;
-  wire [26:0] \o__payload[1] ;
+  wire [5:0] mask;
+  wire [5:0] \mask$15 ;
+  wire [5:0] \mask$6 ;
+  wire [51:0] o__payload;
+  wire [25:0] \o__payload[0] ;
+  wire [25:0] \o__payload[1] ;
   input o__ready;
   wire o__ready;
   output o__valid;
@@ -1745,62 +1665,52 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
   input valid;
   wire valid;
   wire \valid$18 ;
-  wire [127:0] words;
-  wire [127:0] \words$16 ;
+  wire [95:0] words;
+  wire [95:0] \words$16 ;
   wire [15:0] \words$16[0] ;
   wire [15:0] \words$16[1] ;
   wire [15:0] \words$16[2] ;
   wire [15:0] \words$16[3] ;
   wire [15:0] \words$16[4] ;
   wire [15:0] \words$16[5] ;
-  wire [15:0] \words$16[6] ;
-  wire [15:0] \words$16[7] ;
   wire [15:0] \words[0] ;
   wire [15:0] \words[1] ;
   wire [15:0] \words[2] ;
   wire [15:0] \words[3] ;
   wire [15:0] \words[4] ;
   wire [15:0] \words[5] ;
-  wire [15:0] \words[6] ;
-  wire [15:0] \words[7] ;
-  wire [63:0] x;
-  wire [63:0] \x$14 ;
+  wire [47:0] x;
+  wire [47:0] \x$14 ;
   wire [7:0] \x$14[0] ;
   wire [7:0] \x$14[1] ;
   wire [7:0] \x$14[2] ;
   wire [7:0] \x$14[3] ;
   wire [7:0] \x$14[4] ;
   wire [7:0] \x$14[5] ;
-  wire [7:0] \x$14[6] ;
-  wire [7:0] \x$14[7] ;
-  wire [63:0] \x$4 ;
+  wire [47:0] \x$4 ;
   wire [7:0] \x$4[0] ;
   wire [7:0] \x$4[1] ;
   wire [7:0] \x$4[2] ;
   wire [7:0] \x$4[3] ;
   wire [7:0] \x$4[4] ;
   wire [7:0] \x$4[5] ;
-  wire [7:0] \x$4[6] ;
-  wire [7:0] \x$4[7] ;
   wire [7:0] \x[0] ;
   wire [7:0] \x[1] ;
   wire [7:0] \x[2] ;
   wire [7:0] \x[3] ;
   wire [7:0] \x[4] ;
   wire [7:0] \x[5] ;
-  wire [7:0] \x[6] ;
-  wire [7:0] \x[7] ;
   assign \$1  = ~ o__valid;
   assign i__ready = \$1  | o__ready;
   \psc_core.dp.pe_0  pe_0 (
     .acc(acc),
     .acc_valid(o__valid),
-    .bias(i__payload[346:320]),
+    .bias(i__payload[265:240]),
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1408$0 (i__payload[191:0]),
-    .\port$1408$374 (i__payload[375:374]),
+    .\port$1365$0 (i__payload[143:0]),
+    .\port$1365$292 (i__payload[293:292]),
     .rst(rst),
     .valid(valid)
   );
@@ -1809,33 +1719,33 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1408$347 (i__payload[375:347]),
+    .\port$1365$266 (i__payload[293:266]),
     .rst(rst),
     .valid(valid),
-    .words(i__payload[319:192]),
-    .x(i__payload[63:0])
+    .words(i__payload[239:144]),
+    .x(i__payload[47:0])
   );
   \psc_core.dp.sign_mask  sign_mask (
     .mask(mask),
-    .x(i__payload[63:0])
+    .x(i__payload[47:0])
   );
   assign en = i__ready;
-  assign x = i__payload[63:0];
-  assign \x$4  = i__payload[63:0];
+  assign x = i__payload[47:0];
+  assign \x$4  = i__payload[47:0];
   assign \mask$6  = mask;
-  assign words = i__payload[191:64];
-  assign bias = i__payload[346:320];
+  assign words = i__payload[143:48];
+  assign bias = i__payload[265:240];
   assign i__valid = valid;
-  assign first = i__payload[374];
-  assign last = i__payload[375];
+  assign first = i__payload[292];
+  assign last = i__payload[293];
   assign \en$13  = i__ready;
-  assign \x$14  = i__payload[63:0];
+  assign \x$14  = i__payload[47:0];
   assign \mask$15  = mask;
-  assign \words$16  = i__payload[319:192];
-  assign \bias$17  = i__payload[373:347];
+  assign \words$16  = i__payload[239:144];
+  assign \bias$17  = i__payload[291:266];
   assign \valid$18  = valid;
-  assign \first$19  = i__payload[374];
-  assign \last$20  = i__payload[375];
+  assign \first$19  = i__payload[292];
+  assign \last$20  = i__payload[293];
   assign \en$21  = i__ready;
   assign acc_valid = o__valid;
   assign o__payload = { \acc$27 , acc };
@@ -1845,117 +1755,98 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
   assign \x[3]  = i__payload[31:24];
   assign \x[4]  = i__payload[39:32];
   assign \x[5]  = i__payload[47:40];
-  assign \x[6]  = i__payload[55:48];
-  assign \x[7]  = i__payload[63:56];
-  assign \i__payload.x  = i__payload[63:0];
+  assign \i__payload.x  = i__payload[47:0];
   assign \i__payload.x[0]  = i__payload[7:0];
   assign \i__payload.x[1]  = i__payload[15:8];
   assign \i__payload.x[2]  = i__payload[23:16];
   assign \i__payload.x[3]  = i__payload[31:24];
   assign \i__payload.x[4]  = i__payload[39:32];
   assign \i__payload.x[5]  = i__payload[47:40];
-  assign \i__payload.x[6]  = i__payload[55:48];
-  assign \i__payload.x[7]  = i__payload[63:56];
-  assign \i__payload.w  = i__payload[319:64];
-  assign \i__payload.w[0]  = i__payload[191:64];
-  assign \i__payload.w[0][0]  = i__payload[79:64];
-  assign \i__payload.w[0][1]  = i__payload[95:80];
-  assign \i__payload.w[0][2]  = i__payload[111:96];
-  assign \i__payload.w[0][3]  = i__payload[127:112];
-  assign \i__payload.w[0][4]  = i__payload[143:128];
-  assign \i__payload.w[0][5]  = i__payload[159:144];
-  assign \i__payload.w[0][6]  = i__payload[175:160];
-  assign \i__payload.w[0][7]  = i__payload[191:176];
-  assign \i__payload.w[1]  = i__payload[319:192];
-  assign \i__payload.w[1][0]  = i__payload[207:192];
-  assign \i__payload.w[1][1]  = i__payload[223:208];
-  assign \i__payload.w[1][2]  = i__payload[239:224];
-  assign \i__payload.w[1][3]  = i__payload[255:240];
-  assign \i__payload.w[1][4]  = i__payload[271:256];
-  assign \i__payload.w[1][5]  = i__payload[287:272];
-  assign \i__payload.w[1][6]  = i__payload[303:288];
-  assign \i__payload.w[1][7]  = i__payload[319:304];
-  assign \i__payload.bias  = i__payload[373:320];
-  assign \i__payload.bias[0]  = i__payload[346:320];
-  assign \i__payload.bias[1]  = i__payload[373:347];
-  assign \i__payload.first  = i__payload[374];
-  assign \i__payload.last  = i__payload[375];
+  assign \i__payload.w  = i__payload[239:48];
+  assign \i__payload.w[0]  = i__payload[143:48];
+  assign \i__payload.w[0][0]  = i__payload[63:48];
+  assign \i__payload.w[0][1]  = i__payload[79:64];
+  assign \i__payload.w[0][2]  = i__payload[95:80];
+  assign \i__payload.w[0][3]  = i__payload[111:96];
+  assign \i__payload.w[0][4]  = i__payload[127:112];
+  assign \i__payload.w[0][5]  = i__payload[143:128];
+  assign \i__payload.w[1]  = i__payload[239:144];
+  assign \i__payload.w[1][0]  = i__payload[159:144];
+  assign \i__payload.w[1][1]  = i__payload[175:160];
+  assign \i__payload.w[1][2]  = i__payload[191:176];
+  assign \i__payload.w[1][3]  = i__payload[207:192];
+  assign \i__payload.w[1][4]  = i__payload[223:208];
+  assign \i__payload.w[1][5]  = i__payload[239:224];
+  assign \i__payload.bias  = i__payload[291:240];
+  assign \i__payload.bias[0]  = i__payload[265:240];
+  assign \i__payload.bias[1]  = i__payload[291:266];
+  assign \i__payload.first  = i__payload[292];
+  assign \i__payload.last  = i__payload[293];
   assign \x$4[0]  = i__payload[7:0];
   assign \x$4[1]  = i__payload[15:8];
   assign \x$4[2]  = i__payload[23:16];
   assign \x$4[3]  = i__payload[31:24];
   assign \x$4[4]  = i__payload[39:32];
   assign \x$4[5]  = i__payload[47:40];
-  assign \x$4[6]  = i__payload[55:48];
-  assign \x$4[7]  = i__payload[63:56];
-  assign \words[0]  = i__payload[79:64];
-  assign \words[1]  = i__payload[95:80];
-  assign \words[2]  = i__payload[111:96];
-  assign \words[3]  = i__payload[127:112];
-  assign \words[4]  = i__payload[143:128];
-  assign \words[5]  = i__payload[159:144];
-  assign \words[6]  = i__payload[175:160];
-  assign \words[7]  = i__payload[191:176];
+  assign \words[0]  = i__payload[63:48];
+  assign \words[1]  = i__payload[79:64];
+  assign \words[2]  = i__payload[95:80];
+  assign \words[3]  = i__payload[111:96];
+  assign \words[4]  = i__payload[127:112];
+  assign \words[5]  = i__payload[143:128];
   assign \x$14[0]  = i__payload[7:0];
   assign \x$14[1]  = i__payload[15:8];
   assign \x$14[2]  = i__payload[23:16];
   assign \x$14[3]  = i__payload[31:24];
   assign \x$14[4]  = i__payload[39:32];
   assign \x$14[5]  = i__payload[47:40];
-  assign \x$14[6]  = i__payload[55:48];
-  assign \x$14[7]  = i__payload[63:56];
-  assign \words$16[0]  = i__payload[207:192];
-  assign \words$16[1]  = i__payload[223:208];
-  assign \words$16[2]  = i__payload[239:224];
-  assign \words$16[3]  = i__payload[255:240];
-  assign \words$16[4]  = i__payload[271:256];
-  assign \words$16[5]  = i__payload[287:272];
-  assign \words$16[6]  = i__payload[303:288];
-  assign \words$16[7]  = i__payload[319:304];
+  assign \words$16[0]  = i__payload[159:144];
+  assign \words$16[1]  = i__payload[175:160];
+  assign \words$16[2]  = i__payload[191:176];
+  assign \words$16[3]  = i__payload[207:192];
+  assign \words$16[4]  = i__payload[223:208];
+  assign \words$16[5]  = i__payload[239:224];
   assign \o__payload[0]  = acc;
   assign \o__payload[1]  = \acc$27 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, mask, acc_valid, acc, clk);
+module \psc_core.dp.pe_0 (rst, en, \port$1365$0 , bias, \port$1365$292 , valid, mask, acc_valid, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
-  wire [16:0] \$10 ;
-  wire [17:0] \$11 ;
-  wire [17:0] \$12 ;
-  wire [18:0] \$13 ;
-  wire \$14 ;
-  wire [27:0] \$15 ;
+  wire [17:0] \$10 ;
+  wire [18:0] \$11 ;
+  wire \$12 ;
+  wire [26:0] \$13 ;
+  reg \$14 ;
+  reg \$15 ;
   reg \$16 ;
-  reg \$17 ;
+  reg [25:0] \$17 ;
   reg \$18 ;
-  reg [26:0] \$19 ;
+  reg \$19 ;
   wire \$2 ;
   reg \$20 ;
-  reg \$21 ;
+  reg [25:0] \$21 ;
   reg \$22 ;
-  reg [26:0] \$23 ;
+  reg \$23 ;
   reg \$24 ;
-  reg \$25 ;
+  reg [25:0] \$25 ;
   reg \$26 ;
-  reg [26:0] \$27 ;
+  reg \$27 ;
   reg \$28 ;
-  reg \$29 ;
+  reg [25:0] \$29 ;
   wire \$3 ;
   reg \$30 ;
-  reg [26:0] \$31 ;
+  reg \$31 ;
   reg \$32 ;
-  reg \$33 ;
+  reg [25:0] \$33 ;
   reg \$34 ;
-  reg [26:0] \$35 ;
-  reg \$36 ;
+  reg [16:0] \$35 ;
+  reg [16:0] \$36 ;
   reg [16:0] \$37 ;
-  reg [16:0] \$38 ;
-  reg [16:0] \$39 ;
+  reg [18:0] \$38 ;
+  reg [25:0] \$39 ;
   wire \$4 ;
-  reg [16:0] \$40 ;
-  reg [18:0] \$41 ;
-  reg [26:0] \$42 ;
   wire \$5 ;
   wire \$6 ;
   wire [16:0] \$7 ;
@@ -1968,15 +1859,12 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
   wire [15:0] \a$17 ;
   wire [7:0] \a$17[0] ;
   wire [7:0] \a$17[1] ;
-  wire [15:0] \a$21 ;
-  wire [7:0] \a$21[0] ;
-  wire [7:0] \a$21[1] ;
   wire [7:0] \a[0] ;
   wire [7:0] \a[1] ;
-  output [26:0] acc;
-  reg [26:0] acc = 27'h0000000;
-  (* init = 27'h0000000 *)
-  wire [26:0] \acc$25 ;
+  output [25:0] acc;
+  reg [25:0] acc = 26'h0000000;
+  (* init = 26'h0000000 *)
+  wire [25:0] \acc$21 ;
   output acc_valid;
   reg acc_valid = 1'h0;
   wire [15:0] b;
@@ -1986,25 +1874,21 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
   wire [15:0] \b$18 ;
   wire [7:0] \b$18[0] ;
   wire [7:0] \b$18[1] ;
-  wire [15:0] \b$22 ;
-  wire [7:0] \b$22[0] ;
-  wire [7:0] \b$22[1] ;
-  reg [26:0] b1 = 27'h0000000;
-  reg [26:0] b2 = 27'h0000000;
-  reg [26:0] b3 = 27'h0000000;
-  reg [26:0] b4 = 27'h0000000;
-  reg [26:0] b5 = 27'h0000000;
+  reg [25:0] b1 = 26'h0000000;
+  reg [25:0] b2 = 26'h0000000;
+  reg [25:0] b3 = 26'h0000000;
+  reg [25:0] b4 = 26'h0000000;
+  reg [25:0] b5 = 26'h0000000;
   wire [7:0] \b[0] ;
   wire [7:0] \b[1] ;
-  input [26:0] bias;
-  wire [26:0] bias;
+  input [25:0] bias;
+  wire [25:0] bias;
   input clk;
   wire clk;
   input en;
   wire en;
   wire \en$12 ;
   wire \en$16 ;
-  wire \en$20 ;
   wire \en$5 ;
   reg f1 = 1'h0;
   reg f2 = 1'h0;
@@ -2018,9 +1902,9 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
   reg l4 = 1'h0;
   reg l5 = 1'h0;
   wire last;
-  input [7:0] mask;
-  wire [7:0] mask;
-  wire [7:0] \mask$3 ;
+  input [5:0] mask;
+  wire [5:0] mask;
+  wire [5:0] \mask$3 ;
   wire [31:0] p;
   wire [31:0] \p$15 ;
   wire [15:0] \p$15[0] ;
@@ -2028,32 +1912,26 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
   wire [31:0] \p$19 ;
   wire [15:0] \p$19[0] ;
   wire [15:0] \p$19[1] ;
-  wire [31:0] \p$23 ;
-  wire [15:0] \p$23[0] ;
-  wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [191:0] \port$1408$0 ;
-  wire [191:0] \port$1408$0 ;
-  input [1:0] \port$1408$374 ;
-  wire [1:0] \port$1408$374 ;
-  wire [127:0] products;
+  input [143:0] \port$1365$0 ;
+  wire [143:0] \port$1365$0 ;
+  input [1:0] \port$1365$292 ;
+  wire [1:0] \port$1365$292 ;
+  wire [95:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
   wire [15:0] \products[2] ;
   wire [15:0] \products[3] ;
   wire [15:0] \products[4] ;
   wire [15:0] \products[5] ;
-  wire [15:0] \products[6] ;
-  wire [15:0] \products[7] ;
   input rst;
   wire rst;
-  wire [26:0] start;
-  wire [26:0] tree;
+  wire [25:0] start;
+  wire [25:0] tree;
   reg [16:0] tree0_0 = 17'h00000;
   reg [16:0] tree0_1 = 17'h00000;
   reg [16:0] tree0_2 = 17'h00000;
-  reg [16:0] tree0_3 = 17'h00000;
   reg [18:0] tree1_0 = 19'h00000;
   reg v1 = 1'h0;
   reg v2 = 1'h0;
@@ -2062,66 +1940,50 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
   reg v5 = 1'h0;
   input valid;
   wire valid;
-  wire [63:0] w;
+  wire [47:0] w;
   wire [7:0] \w[0] ;
   wire [7:0] \w[1] ;
   wire [7:0] \w[2] ;
   wire [7:0] \w[3] ;
   wire [7:0] \w[4] ;
   wire [7:0] \w[5] ;
-  wire [7:0] \w[6] ;
-  wire [7:0] \w[7] ;
-  wire [127:0] words;
-  wire [127:0] \words$1 ;
+  wire [95:0] words;
+  wire [95:0] \words$1 ;
   wire [15:0] \words$1[0] ;
   wire [15:0] \words$1[1] ;
   wire [15:0] \words$1[2] ;
   wire [15:0] \words$1[3] ;
   wire [15:0] \words$1[4] ;
   wire [15:0] \words$1[5] ;
-  wire [15:0] \words$1[6] ;
-  wire [15:0] \words$1[7] ;
   wire [15:0] \words[0] ;
   wire [15:0] \words[1] ;
   wire [15:0] \words[2] ;
   wire [15:0] \words[3] ;
   wire [15:0] \words[4] ;
   wire [15:0] \words[5] ;
-  wire [15:0] \words[6] ;
-  wire [15:0] \words[7] ;
-  wire [63:0] x;
+  wire [47:0] x;
   wire [7:0] \x[0] ;
   wire [7:0] \x[1] ;
   wire [7:0] \x[2] ;
   wire [7:0] \x[3] ;
   wire [7:0] \x[4] ;
   wire [7:0] \x[5] ;
-  wire [7:0] \x[6] ;
-  wire [7:0] \x[7] ;
   always @(posedge clk)
-    v5 <= \$32 ;
+    b5 <= \$33 ;
   always @(posedge clk)
-    f5 <= \$33 ;
+    acc_valid <= \$34 ;
   always @(posedge clk)
-    l5 <= \$34 ;
+    tree0_0 <= \$35 ;
   always @(posedge clk)
-    b5 <= \$35 ;
+    tree0_1 <= \$36 ;
   always @(posedge clk)
-    acc_valid <= \$36 ;
+    tree0_2 <= \$37 ;
   always @(posedge clk)
-    tree0_0 <= \$37 ;
+    tree1_0 <= \$38 ;
   always @(posedge clk)
-    tree0_1 <= \$38 ;
-  always @(posedge clk)
-    tree0_2 <= \$39 ;
-  always @(posedge clk)
-    tree0_3 <= \$40 ;
-  always @(posedge clk)
-    tree1_0 <= \$41 ;
-  always @(posedge clk)
-    acc <= \$42 ;
+    acc <= \$39 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1408$374 [0];
+  assign \$1  = valid & \port$1365$292 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -2130,44 +1992,48 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
   assign \$7  = $signed(products[15:0]) + $signed(products[31:16]);
   assign \$8  = $signed(products[47:32]) + $signed(products[63:48]);
   assign \$9  = $signed(products[79:64]) + $signed(products[95:80]);
-  assign \$10  = $signed(products[111:96]) + $signed(products[127:112]);
-  assign \$11  = $signed(tree0_0) + $signed(tree0_1);
-  assign \$12  = $signed(tree0_2) + $signed(tree0_3);
-  assign \$13  = $signed(\$11 ) + $signed(\$12 );
-  assign \$14  = en & v5;
-  assign \$15  = $signed(start) + $signed(tree1_0);
+  assign \$10  = $signed(tree0_0) + $signed(tree0_1);
+  assign \$11  = $signed(\$10 ) + $signed(tree0_2);
+  assign \$12  = en & v5;
+  assign \$13  = $signed(start) + $signed(tree1_0);
   always @(posedge clk)
-    v1 <= \$16 ;
+    v1 <= \$14 ;
   always @(posedge clk)
-    f1 <= \$17 ;
+    f1 <= \$15 ;
   always @(posedge clk)
-    l1 <= \$18 ;
+    l1 <= \$16 ;
   always @(posedge clk)
-    b1 <= \$19 ;
+    b1 <= \$17 ;
   always @(posedge clk)
-    v2 <= \$20 ;
+    v2 <= \$18 ;
   always @(posedge clk)
-    f2 <= \$21 ;
+    f2 <= \$19 ;
   always @(posedge clk)
-    l2 <= \$22 ;
+    l2 <= \$20 ;
   always @(posedge clk)
-    b2 <= \$23 ;
+    b2 <= \$21 ;
   always @(posedge clk)
-    v3 <= \$24 ;
+    v3 <= \$22 ;
   always @(posedge clk)
-    f3 <= \$25 ;
+    f3 <= \$23 ;
   always @(posedge clk)
-    l3 <= \$26 ;
+    l3 <= \$24 ;
   always @(posedge clk)
-    b3 <= \$27 ;
+    b3 <= \$25 ;
   always @(posedge clk)
-    v4 <= \$28 ;
+    v4 <= \$26 ;
   always @(posedge clk)
-    f4 <= \$29 ;
+    f4 <= \$27 ;
   always @(posedge clk)
-    l4 <= \$30 ;
+    l4 <= \$28 ;
   always @(posedge clk)
-    b4 <= \$31 ;
+    b4 <= \$29 ;
+  always @(posedge clk)
+    v5 <= \$30 ;
+  always @(posedge clk)
+    f5 <= \$31 ;
+  always @(posedge clk)
+    l5 <= \$32 ;
   \psc_core.dp.pe_0.mul_0  mul_0 (
     .a(a),
     .b(b),
@@ -2189,43 +2055,16 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
     .en(en),
     .p(\p$19 )
   );
-  \psc_core.dp.pe_0.mul_3  mul_3 (
-    .a(\a$21 ),
-    .b(\b$22 ),
-    .clk(clk),
-    .en(en),
-    .p(\p$23 )
-  );
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
     .w(w),
-    .words(\port$1408$0 [191:64])
+    .words(\port$1365$0 [143:48])
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$32  = v5;
+    \$34  = acc_valid;
     if (en) begin
-      \$32  = v4;
-    end
-    if (rst) begin
-      \$32  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$33  = f5;
-    if (en) begin
-      \$33  = f4;
-    end
-    if (rst) begin
-      \$33  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$34  = l5;
-    if (en) begin
-      \$34  = l4;
+      \$34  = \$6 ;
     end
     if (rst) begin
       \$34  = 1'h0;
@@ -2233,70 +2072,64 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$35  = b5;
+    \$35  = tree0_0;
     if (en) begin
-      if (\$5 ) begin
-        \$35  = b4;
-      end
+      \$35  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$36  = acc_valid;
+    \$36  = tree0_1;
     if (en) begin
-      \$36  = \$6 ;
+      \$36  = \$8 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$37  = tree0_2;
+    if (en) begin
+      \$37  = \$9 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$38  = tree1_0;
+    if (en) begin
+      \$38  = \$11 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$39  = acc;
+    if (\$12 ) begin
+      \$39  = \$13 [25:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$14  = v1;
+    if (en) begin
+      \$14  = valid;
     end
     if (rst) begin
-      \$36  = 1'h0;
+      \$14  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$37  = tree0_0;
+    \$15  = f1;
     if (en) begin
-      \$37  = \$7 ;
+      \$15  = \port$1365$292 [0];
+    end
+    if (rst) begin
+      \$15  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$38  = tree0_1;
+    \$16  = l1;
     if (en) begin
-      \$38  = \$8 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$39  = tree0_2;
-    if (en) begin
-      \$39  = \$9 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$40  = tree0_3;
-    if (en) begin
-      \$40  = \$10 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$41  = tree1_0;
-    if (en) begin
-      \$41  = \$13 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$42  = acc;
-    if (\$14 ) begin
-      \$42  = \$15 [26:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$16  = v1;
-    if (en) begin
-      \$16  = valid;
+      \$16  = \port$1365$292 [1];
     end
     if (rst) begin
       \$16  = 1'h0;
@@ -2304,19 +2137,18 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$17  = f1;
+    \$17  = b1;
     if (en) begin
-      \$17  = \port$1408$374 [0];
-    end
-    if (rst) begin
-      \$17  = 1'h0;
+      if (\$1 ) begin
+        \$17  = bias;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$18  = l1;
+    \$18  = v2;
     if (en) begin
-      \$18  = \port$1408$374 [1];
+      \$18  = v1;
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -2324,18 +2156,19 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$19  = b1;
+    \$19  = f2;
     if (en) begin
-      if (\$1 ) begin
-        \$19  = bias;
-      end
+      \$19  = f1;
+    end
+    if (rst) begin
+      \$19  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$20  = v2;
+    \$20  = l2;
     if (en) begin
-      \$20  = v1;
+      \$20  = l1;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -2343,19 +2176,18 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$21  = f2;
+    \$21  = b2;
     if (en) begin
-      \$21  = f1;
-    end
-    if (rst) begin
-      \$21  = 1'h0;
+      if (\$2 ) begin
+        \$21  = b1;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$22  = l2;
+    \$22  = v3;
     if (en) begin
-      \$22  = l1;
+      \$22  = v2;
     end
     if (rst) begin
       \$22  = 1'h0;
@@ -2363,18 +2195,19 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$23  = b2;
+    \$23  = f3;
     if (en) begin
-      if (\$2 ) begin
-        \$23  = b1;
-      end
+      \$23  = f2;
+    end
+    if (rst) begin
+      \$23  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$24  = v3;
+    \$24  = l3;
     if (en) begin
-      \$24  = v2;
+      \$24  = l2;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -2382,19 +2215,18 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$25  = f3;
+    \$25  = b3;
     if (en) begin
-      \$25  = f2;
-    end
-    if (rst) begin
-      \$25  = 1'h0;
+      if (\$3 ) begin
+        \$25  = b2;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$26  = l3;
+    \$26  = v4;
     if (en) begin
-      \$26  = l2;
+      \$26  = v3;
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -2402,18 +2234,19 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$27  = b3;
+    \$27  = f4;
     if (en) begin
-      if (\$3 ) begin
-        \$27  = b2;
-      end
+      \$27  = f3;
+    end
+    if (rst) begin
+      \$27  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$28  = v4;
+    \$28  = l4;
     if (en) begin
-      \$28  = v3;
+      \$28  = l3;
     end
     if (rst) begin
       \$28  = 1'h0;
@@ -2421,19 +2254,18 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$29  = f4;
+    \$29  = b4;
     if (en) begin
-      \$29  = f3;
-    end
-    if (rst) begin
-      \$29  = 1'h0;
+      if (\$4 ) begin
+        \$29  = b3;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$30  = l4;
+    \$30  = v5;
     if (en) begin
-      \$30  = l3;
+      \$30  = v4;
     end
     if (rst) begin
       \$30  = 1'h0;
@@ -2441,51 +2273,64 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$31  = b4;
+    \$31  = f5;
     if (en) begin
-      if (\$4 ) begin
-        \$31  = b3;
+      \$31  = f4;
+    end
+    if (rst) begin
+      \$31  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$32  = l5;
+    if (en) begin
+      \$32  = l4;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$33  = b5;
+    if (en) begin
+      if (\$5 ) begin
+        \$33  = b4;
       end
     end
   end
-  assign words = \port$1408$0 [191:64];
-  assign \words$1  = \port$1408$0 [191:64];
+  assign words = \port$1365$0 [143:48];
+  assign \words$1  = \port$1365$0 [143:48];
   assign \mask$3  = mask;
   assign \en$5  = en;
-  assign x = \port$1408$0 [63:0];
+  assign x = \port$1365$0 [47:0];
   assign \en$12  = en;
   assign \en$16  = en;
-  assign \en$20  = en;
-  assign \acc$25  = acc;
-  assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1408$374 [0];
-  assign last = \port$1408$374 [1];
-  assign \words[0]  = \port$1408$0 [79:64];
-  assign \words[1]  = \port$1408$0 [95:80];
-  assign \words[2]  = \port$1408$0 [111:96];
-  assign \words[3]  = \port$1408$0 [127:112];
-  assign \words[4]  = \port$1408$0 [143:128];
-  assign \words[5]  = \port$1408$0 [159:144];
-  assign \words[6]  = \port$1408$0 [175:160];
-  assign \words[7]  = \port$1408$0 [191:176];
-  assign \words$1[0]  = \port$1408$0 [79:64];
-  assign \words$1[1]  = \port$1408$0 [95:80];
-  assign \words$1[2]  = \port$1408$0 [111:96];
-  assign \words$1[3]  = \port$1408$0 [127:112];
-  assign \words$1[4]  = \port$1408$0 [143:128];
-  assign \words$1[5]  = \port$1408$0 [159:144];
-  assign \words$1[6]  = \port$1408$0 [175:160];
-  assign \words$1[7]  = \port$1408$0 [191:176];
+  assign \acc$21  = acc;
+  assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
+  assign first = \port$1365$292 [0];
+  assign last = \port$1365$292 [1];
+  assign \words[0]  = \port$1365$0 [63:48];
+  assign \words[1]  = \port$1365$0 [79:64];
+  assign \words[2]  = \port$1365$0 [95:80];
+  assign \words[3]  = \port$1365$0 [111:96];
+  assign \words[4]  = \port$1365$0 [127:112];
+  assign \words[5]  = \port$1365$0 [143:128];
+  assign \words$1[0]  = \port$1365$0 [63:48];
+  assign \words$1[1]  = \port$1365$0 [79:64];
+  assign \words$1[2]  = \port$1365$0 [95:80];
+  assign \words$1[3]  = \port$1365$0 [111:96];
+  assign \words$1[4]  = \port$1365$0 [127:112];
+  assign \words$1[5]  = \port$1365$0 [143:128];
   assign \a[0]  = a[7:0];
   assign \a[1]  = a[15:8];
-  assign \x[0]  = \port$1408$0 [7:0];
-  assign \x[1]  = \port$1408$0 [15:8];
-  assign \x[2]  = \port$1408$0 [23:16];
-  assign \x[3]  = \port$1408$0 [31:24];
-  assign \x[4]  = \port$1408$0 [39:32];
-  assign \x[5]  = \port$1408$0 [47:40];
-  assign \x[6]  = \port$1408$0 [55:48];
-  assign \x[7]  = \port$1408$0 [63:56];
+  assign \x[0]  = \port$1365$0 [7:0];
+  assign \x[1]  = \port$1365$0 [15:8];
+  assign \x[2]  = \port$1365$0 [23:16];
+  assign \x[3]  = \port$1365$0 [31:24];
+  assign \x[4]  = \port$1365$0 [39:32];
+  assign \x[5]  = \port$1365$0 [47:40];
   assign \b[0]  = b[7:0];
   assign \b[1]  = b[15:8];
   assign \w[0]  = w[7:0];
@@ -2494,16 +2339,12 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
   assign \w[3]  = w[31:24];
   assign \w[4]  = w[39:32];
   assign \w[5]  = w[47:40];
-  assign \w[6]  = w[55:48];
-  assign \w[7]  = w[63:56];
   assign \products[0]  = products[15:0];
   assign \products[1]  = products[31:16];
   assign \products[2]  = products[47:32];
   assign \products[3]  = products[63:48];
   assign \products[4]  = products[79:64];
   assign \products[5]  = products[95:80];
-  assign \products[6]  = products[111:96];
-  assign \products[7]  = products[127:112];
   assign \p[0]  = p[15:0];
   assign \p[1]  = p[31:16];
   assign \a$13[0]  = \a$13 [7:0];
@@ -2518,26 +2359,14 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
   assign \b$18[1]  = \b$18 [15:8];
   assign \p$19[0]  = \p$19 [15:0];
   assign \p$19[1]  = \p$19 [31:16];
-  assign \a$21[0]  = \a$21 [7:0];
-  assign \a$21[1]  = \a$21 [15:8];
-  assign \b$22[0]  = \b$22 [7:0];
-  assign \b$22[1]  = \b$22 [15:8];
-  assign \p$23[0]  = \p$23 [15:0];
-  assign \p$23[1]  = \p$23 [31:16];
-  assign \b$22 [15:8] = w[63:56];
-  assign \b$22 [7:0] = w[55:48];
-  assign \a$21 [15:8] = \port$1408$0 [63:56];
-  assign \a$21 [7:0] = \port$1408$0 [55:48];
   assign \b$18 [15:8] = w[47:40];
   assign \b$18 [7:0] = w[39:32];
-  assign \a$17 [15:8] = \port$1408$0 [47:40];
-  assign \a$17 [7:0] = \port$1408$0 [39:32];
+  assign \a$17 [15:8] = \port$1365$0 [47:40];
+  assign \a$17 [7:0] = \port$1365$0 [39:32];
   assign \b$14 [15:8] = w[31:24];
   assign \b$14 [7:0] = w[23:16];
-  assign \a$13 [15:8] = \port$1408$0 [31:24];
-  assign \a$13 [7:0] = \port$1408$0 [23:16];
-  assign products[127:112] = \p$23 [31:16];
-  assign products[111:96] = \p$23 [15:0];
+  assign \a$13 [15:8] = \port$1365$0 [31:24];
+  assign \a$13 [7:0] = \port$1365$0 [23:16];
   assign products[95:80] = \p$19 [31:16];
   assign products[79:64] = \p$19 [15:0];
   assign products[63:48] = \p$15 [31:16];
@@ -2546,8 +2375,8 @@ module \psc_core.dp.pe_0 (rst, en, \port$1408$0 , bias, \port$1408$374 , valid, 
   assign products[15:0] = p[15:0];
   assign b[15:8] = w[15:8];
   assign b[7:0] = w[7:0];
-  assign a[15:8] = \port$1408$0 [15:8];
-  assign a[7:0] = \port$1408$0 [7:0];
+  assign a[15:8] = \port$1365$0 [15:8];
+  assign a[7:0] = \port$1365$0 [7:0];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2833,100 +2662,6 @@ module \psc_core.dp.pe_0.mul_2 (en, a, b, p, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_3 (en, a, b, p, clk);
-  wire \$1 ;
-  wire \$2 ;
-  wire \$3 ;
-  input [15:0] a;
-  wire [15:0] a;
-  wire [7:0] a0_byte;
-  wire [7:0] a1_byte;
-  wire [7:0] \a[0] ;
-  wire [7:0] \a[1] ;
-  wire [15:0] a_word;
-  input [15:0] b;
-  wire [15:0] b;
-  wire [7:0] b0_byte;
-  wire [7:0] b1_byte;
-  wire [7:0] \b[0] ;
-  wire [7:0] \b[1] ;
-  wire [15:0] b_word;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [31:0] o_word;
-  output [31:0] p;
-  wire [31:0] p;
-  wire [15:0] \p[0] ;
-  wire [15:0] \p[1] ;
-  SB_MAC16 #(
-    .A_REG(1'h1),
-    .A_SIGNED(1'h1),
-    .BOTADDSUB_CARRYSELECT(2'h0),
-    .BOTADDSUB_LOWERINPUT(2'h1),
-    .BOTADDSUB_UPPERINPUT(1'h1),
-    .BOTOUTPUT_SELECT(2'h1),
-    .BOT_8x8_MULT_REG(1'h1),
-    .B_REG(1'h1),
-    .B_SIGNED(1'h1),
-    .C_REG(1'h0),
-    .D_REG(1'h0),
-    .MODE_8x8(1'h1),
-    .NEG_TRIGGER(1'h0),
-    .PIPELINE_16x16_MULT_REG1(1'h0),
-    .PIPELINE_16x16_MULT_REG2(1'h0),
-    .TOPADDSUB_CARRYSELECT(2'h0),
-    .TOPADDSUB_LOWERINPUT(2'h1),
-    .TOPADDSUB_UPPERINPUT(1'h1),
-    .TOPOUTPUT_SELECT(2'h1),
-    .TOP_8x8_MULT_REG(1'h1)
-  ) mac (
-    .A(a),
-    .ACCUMCI(1'h0),
-    .ACCUMCO(\$2 ),
-    .ADDSUBBOT(1'h0),
-    .ADDSUBTOP(1'h0),
-    .AHOLD(1'h0),
-    .B(b),
-    .BHOLD(1'h0),
-    .C(16'h0000),
-    .CE(en),
-    .CHOLD(1'h0),
-    .CI(1'h0),
-    .CLK(clk),
-    .CO(\$1 ),
-    .D(16'h0000),
-    .DHOLD(1'h0),
-    .IRSTBOT(1'h0),
-    .IRSTTOP(1'h0),
-    .O(o_word),
-    .OHOLDBOT(1'h0),
-    .OHOLDTOP(1'h0),
-    .OLOADBOT(1'h0),
-    .OLOADTOP(1'h0),
-    .ORSTBOT(1'h0),
-    .ORSTTOP(1'h0),
-    .SIGNEXTIN(1'h0),
-    .SIGNEXTOUT(\$3 )
-  );
-  assign a0_byte = a[7:0];
-  assign a1_byte = a[15:8];
-  assign b0_byte = b[7:0];
-  assign b1_byte = b[15:8];
-  assign a_word = a;
-  assign b_word = b;
-  assign \a[0]  = a[7:0];
-  assign \a[1]  = a[15:8];
-  assign \b[0]  = b[7:0];
-  assign \b[1]  = b[15:8];
-  assign \p[0]  = p[15:0];
-  assign \p[1]  = p[31:16];
-  assign p[31:16] = o_word[31:16];
-  assign p[15:0] = o_word[15:0];
-endmodule
-
-(* generator = "Amaranth" *)
 module \psc_core.dp.pe_0.wsu (mask, w, words);
   wire [7:0] \$1 ;
   wire [7:0] \$2 ;
@@ -2934,56 +2669,42 @@ module \psc_core.dp.pe_0.wsu (mask, w, words);
   wire [7:0] \$4 ;
   wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  wire [7:0] \$8 ;
-  input [7:0] mask;
-  wire [7:0] mask;
-  output [63:0] w;
-  wire [63:0] w;
+  input [5:0] mask;
+  wire [5:0] mask;
+  output [47:0] w;
+  wire [47:0] w;
   wire [7:0] \w[0] ;
   wire [7:0] \w[1] ;
   wire [7:0] \w[2] ;
   wire [7:0] \w[3] ;
   wire [7:0] \w[4] ;
   wire [7:0] \w[5] ;
-  wire [7:0] \w[6] ;
-  wire [7:0] \w[7] ;
-  input [127:0] words;
-  wire [127:0] words;
+  input [95:0] words;
+  wire [95:0] words;
   wire [15:0] \words[0] ;
   wire [15:0] \words[1] ;
   wire [15:0] \words[2] ;
   wire [15:0] \words[3] ;
   wire [15:0] \words[4] ;
   wire [15:0] \words[5] ;
-  wire [15:0] \words[6] ;
-  wire [15:0] \words[7] ;
-  assign \$2  = mask[1] ? words[31:24] : words[23:16];
-  assign \$3  = mask[2] ? words[47:40] : words[39:32];
   assign \$4  = mask[3] ? words[63:56] : words[55:48];
   assign \$5  = mask[4] ? words[79:72] : words[71:64];
   assign \$6  = mask[5] ? words[95:88] : words[87:80];
-  assign \$7  = mask[6] ? words[111:104] : words[103:96];
-  assign \$8  = mask[7] ? words[127:120] : words[119:112];
   assign \$1  = mask[0] ? words[15:8] : words[7:0];
+  assign \$2  = mask[1] ? words[31:24] : words[23:16];
+  assign \$3  = mask[2] ? words[47:40] : words[39:32];
   assign \w[0]  = w[7:0];
   assign \w[1]  = w[15:8];
   assign \w[2]  = w[23:16];
   assign \w[3]  = w[31:24];
   assign \w[4]  = w[39:32];
   assign \w[5]  = w[47:40];
-  assign \w[6]  = w[55:48];
-  assign \w[7]  = w[63:56];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
   assign \words[3]  = words[63:48];
   assign \words[4]  = words[79:64];
   assign \words[5]  = words[95:80];
-  assign \words[6]  = words[111:96];
-  assign \words[7]  = words[127:112];
-  assign w[63:56] = \$8 ;
-  assign w[55:48] = \$7 ;
   assign w[47:40] = \$6 ;
   assign w[39:32] = \$5 ;
   assign w[31:24] = \$4 ;
@@ -2993,45 +2714,42 @@ module \psc_core.dp.pe_0.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, clk);
+module \psc_core.dp.pe_1 (rst, en, x, words, \port$1365$266 , valid, mask, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire \$1 ;
-  wire [16:0] \$10 ;
-  wire [17:0] \$11 ;
-  wire [17:0] \$12 ;
-  wire [18:0] \$13 ;
-  wire \$14 ;
-  wire [27:0] \$15 ;
+  wire [17:0] \$10 ;
+  wire [18:0] \$11 ;
+  wire \$12 ;
+  wire [26:0] \$13 ;
+  reg \$14 ;
+  reg \$15 ;
   reg \$16 ;
-  reg \$17 ;
+  reg [25:0] \$17 ;
   reg \$18 ;
-  reg [26:0] \$19 ;
+  reg \$19 ;
   wire \$2 ;
   reg \$20 ;
-  reg \$21 ;
+  reg [25:0] \$21 ;
   reg \$22 ;
-  reg [26:0] \$23 ;
+  reg \$23 ;
   reg \$24 ;
-  reg \$25 ;
+  reg [25:0] \$25 ;
   reg \$26 ;
-  reg [26:0] \$27 ;
+  reg \$27 ;
   reg \$28 ;
-  reg \$29 ;
+  reg [25:0] \$29 ;
   wire \$3 ;
   reg \$30 ;
-  reg [26:0] \$31 ;
+  reg \$31 ;
   reg \$32 ;
-  reg \$33 ;
+  reg [25:0] \$33 ;
   reg \$34 ;
-  reg [26:0] \$35 ;
-  reg \$36 ;
+  reg [16:0] \$35 ;
+  reg [16:0] \$36 ;
   reg [16:0] \$37 ;
-  reg [16:0] \$38 ;
-  reg [16:0] \$39 ;
+  reg [18:0] \$38 ;
+  reg [25:0] \$39 ;
   wire \$4 ;
-  reg [16:0] \$40 ;
-  reg [18:0] \$41 ;
-  reg [26:0] \$42 ;
   wire \$5 ;
   wire \$6 ;
   wire [16:0] \$7 ;
@@ -3044,15 +2762,12 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   wire [15:0] \a$17 ;
   wire [7:0] \a$17[0] ;
   wire [7:0] \a$17[1] ;
-  wire [15:0] \a$21 ;
-  wire [7:0] \a$21[0] ;
-  wire [7:0] \a$21[1] ;
   wire [7:0] \a[0] ;
   wire [7:0] \a[1] ;
-  output [26:0] acc;
-  reg [26:0] acc = 27'h0000000;
-  (* init = 27'h0000000 *)
-  wire [26:0] \acc$25 ;
+  output [25:0] acc;
+  reg [25:0] acc = 26'h0000000;
+  (* init = 26'h0000000 *)
+  wire [25:0] \acc$21 ;
   reg acc_valid = 1'h0;
   wire [15:0] b;
   wire [15:0] \b$14 ;
@@ -3061,24 +2776,20 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   wire [15:0] \b$18 ;
   wire [7:0] \b$18[0] ;
   wire [7:0] \b$18[1] ;
-  wire [15:0] \b$22 ;
-  wire [7:0] \b$22[0] ;
-  wire [7:0] \b$22[1] ;
-  reg [26:0] b1 = 27'h0000000;
-  reg [26:0] b2 = 27'h0000000;
-  reg [26:0] b3 = 27'h0000000;
-  reg [26:0] b4 = 27'h0000000;
-  reg [26:0] b5 = 27'h0000000;
+  reg [25:0] b1 = 26'h0000000;
+  reg [25:0] b2 = 26'h0000000;
+  reg [25:0] b3 = 26'h0000000;
+  reg [25:0] b4 = 26'h0000000;
+  reg [25:0] b5 = 26'h0000000;
   wire [7:0] \b[0] ;
   wire [7:0] \b[1] ;
-  wire [26:0] bias;
+  wire [25:0] bias;
   input clk;
   wire clk;
   input en;
   wire en;
   wire \en$12 ;
   wire \en$16 ;
-  wire \en$20 ;
   wire \en$5 ;
   reg f1 = 1'h0;
   reg f2 = 1'h0;
@@ -3092,9 +2803,9 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   reg l4 = 1'h0;
   reg l5 = 1'h0;
   wire last;
-  input [7:0] mask;
-  wire [7:0] mask;
-  wire [7:0] \mask$3 ;
+  input [5:0] mask;
+  wire [5:0] mask;
+  wire [5:0] \mask$3 ;
   wire [31:0] p;
   wire [31:0] \p$15 ;
   wire [15:0] \p$15[0] ;
@@ -3102,30 +2813,24 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   wire [31:0] \p$19 ;
   wire [15:0] \p$19[0] ;
   wire [15:0] \p$19[1] ;
-  wire [31:0] \p$23 ;
-  wire [15:0] \p$23[0] ;
-  wire [15:0] \p$23[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [28:0] \port$1408$347 ;
-  wire [28:0] \port$1408$347 ;
-  wire [127:0] products;
+  input [27:0] \port$1365$266 ;
+  wire [27:0] \port$1365$266 ;
+  wire [95:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
   wire [15:0] \products[2] ;
   wire [15:0] \products[3] ;
   wire [15:0] \products[4] ;
   wire [15:0] \products[5] ;
-  wire [15:0] \products[6] ;
-  wire [15:0] \products[7] ;
   input rst;
   wire rst;
-  wire [26:0] start;
-  wire [26:0] tree;
+  wire [25:0] start;
+  wire [25:0] tree;
   reg [16:0] tree0_0 = 17'h00000;
   reg [16:0] tree0_1 = 17'h00000;
   reg [16:0] tree0_2 = 17'h00000;
-  reg [16:0] tree0_3 = 17'h00000;
   reg [18:0] tree1_0 = 19'h00000;
   reg v1 = 1'h0;
   reg v2 = 1'h0;
@@ -3134,68 +2839,52 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   reg v5 = 1'h0;
   input valid;
   wire valid;
-  wire [63:0] w;
+  wire [47:0] w;
   wire [7:0] \w[0] ;
   wire [7:0] \w[1] ;
   wire [7:0] \w[2] ;
   wire [7:0] \w[3] ;
   wire [7:0] \w[4] ;
   wire [7:0] \w[5] ;
-  wire [7:0] \w[6] ;
-  wire [7:0] \w[7] ;
-  input [127:0] words;
-  wire [127:0] words;
-  wire [127:0] \words$1 ;
+  input [95:0] words;
+  wire [95:0] words;
+  wire [95:0] \words$1 ;
   wire [15:0] \words$1[0] ;
   wire [15:0] \words$1[1] ;
   wire [15:0] \words$1[2] ;
   wire [15:0] \words$1[3] ;
   wire [15:0] \words$1[4] ;
   wire [15:0] \words$1[5] ;
-  wire [15:0] \words$1[6] ;
-  wire [15:0] \words$1[7] ;
   wire [15:0] \words[0] ;
   wire [15:0] \words[1] ;
   wire [15:0] \words[2] ;
   wire [15:0] \words[3] ;
   wire [15:0] \words[4] ;
   wire [15:0] \words[5] ;
-  wire [15:0] \words[6] ;
-  wire [15:0] \words[7] ;
-  input [63:0] x;
-  wire [63:0] x;
+  input [47:0] x;
+  wire [47:0] x;
   wire [7:0] \x[0] ;
   wire [7:0] \x[1] ;
   wire [7:0] \x[2] ;
   wire [7:0] \x[3] ;
   wire [7:0] \x[4] ;
   wire [7:0] \x[5] ;
-  wire [7:0] \x[6] ;
-  wire [7:0] \x[7] ;
   always @(posedge clk)
-    v5 <= \$32 ;
+    b5 <= \$33 ;
   always @(posedge clk)
-    f5 <= \$33 ;
+    acc_valid <= \$34 ;
   always @(posedge clk)
-    l5 <= \$34 ;
+    tree0_0 <= \$35 ;
   always @(posedge clk)
-    b5 <= \$35 ;
+    tree0_1 <= \$36 ;
   always @(posedge clk)
-    acc_valid <= \$36 ;
+    tree0_2 <= \$37 ;
   always @(posedge clk)
-    tree0_0 <= \$37 ;
+    tree1_0 <= \$38 ;
   always @(posedge clk)
-    tree0_1 <= \$38 ;
-  always @(posedge clk)
-    tree0_2 <= \$39 ;
-  always @(posedge clk)
-    tree0_3 <= \$40 ;
-  always @(posedge clk)
-    tree1_0 <= \$41 ;
-  always @(posedge clk)
-    acc <= \$42 ;
+    acc <= \$39 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1408$347 [27];
+  assign \$1  = valid & \port$1365$266 [26];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -3204,44 +2893,48 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   assign \$7  = $signed(products[15:0]) + $signed(products[31:16]);
   assign \$8  = $signed(products[47:32]) + $signed(products[63:48]);
   assign \$9  = $signed(products[79:64]) + $signed(products[95:80]);
-  assign \$10  = $signed(products[111:96]) + $signed(products[127:112]);
-  assign \$11  = $signed(tree0_0) + $signed(tree0_1);
-  assign \$12  = $signed(tree0_2) + $signed(tree0_3);
-  assign \$13  = $signed(\$11 ) + $signed(\$12 );
-  assign \$14  = en & v5;
-  assign \$15  = $signed(start) + $signed(tree1_0);
+  assign \$10  = $signed(tree0_0) + $signed(tree0_1);
+  assign \$11  = $signed(\$10 ) + $signed(tree0_2);
+  assign \$12  = en & v5;
+  assign \$13  = $signed(start) + $signed(tree1_0);
   always @(posedge clk)
-    v1 <= \$16 ;
+    v1 <= \$14 ;
   always @(posedge clk)
-    f1 <= \$17 ;
+    f1 <= \$15 ;
   always @(posedge clk)
-    l1 <= \$18 ;
+    l1 <= \$16 ;
   always @(posedge clk)
-    b1 <= \$19 ;
+    b1 <= \$17 ;
   always @(posedge clk)
-    v2 <= \$20 ;
+    v2 <= \$18 ;
   always @(posedge clk)
-    f2 <= \$21 ;
+    f2 <= \$19 ;
   always @(posedge clk)
-    l2 <= \$22 ;
+    l2 <= \$20 ;
   always @(posedge clk)
-    b2 <= \$23 ;
+    b2 <= \$21 ;
   always @(posedge clk)
-    v3 <= \$24 ;
+    v3 <= \$22 ;
   always @(posedge clk)
-    f3 <= \$25 ;
+    f3 <= \$23 ;
   always @(posedge clk)
-    l3 <= \$26 ;
+    l3 <= \$24 ;
   always @(posedge clk)
-    b3 <= \$27 ;
+    b3 <= \$25 ;
   always @(posedge clk)
-    v4 <= \$28 ;
+    v4 <= \$26 ;
   always @(posedge clk)
-    f4 <= \$29 ;
+    f4 <= \$27 ;
   always @(posedge clk)
-    l4 <= \$30 ;
+    l4 <= \$28 ;
   always @(posedge clk)
-    b4 <= \$31 ;
+    b4 <= \$29 ;
+  always @(posedge clk)
+    v5 <= \$30 ;
+  always @(posedge clk)
+    f5 <= \$31 ;
+  always @(posedge clk)
+    l5 <= \$32 ;
   \psc_core.dp.pe_1.mul_0  mul_0 (
     .a(a),
     .b(b),
@@ -3263,13 +2956,6 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
     .en(en),
     .p(\p$19 )
   );
-  \psc_core.dp.pe_1.mul_3  mul_3 (
-    .a(\a$21 ),
-    .b(\b$22 ),
-    .clk(clk),
-    .en(en),
-    .p(\p$23 )
-  );
   \psc_core.dp.pe_1.wsu  wsu (
     .mask(mask),
     .w(w),
@@ -3277,29 +2963,9 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$32  = v5;
+    \$34  = acc_valid;
     if (en) begin
-      \$32  = v4;
-    end
-    if (rst) begin
-      \$32  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$33  = f5;
-    if (en) begin
-      \$33  = f4;
-    end
-    if (rst) begin
-      \$33  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$34  = l5;
-    if (en) begin
-      \$34  = l4;
+      \$34  = \$6 ;
     end
     if (rst) begin
       \$34  = 1'h0;
@@ -3307,70 +2973,64 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$35  = b5;
+    \$35  = tree0_0;
     if (en) begin
-      if (\$5 ) begin
-        \$35  = b4;
-      end
+      \$35  = \$7 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$36  = acc_valid;
+    \$36  = tree0_1;
     if (en) begin
-      \$36  = \$6 ;
+      \$36  = \$8 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$37  = tree0_2;
+    if (en) begin
+      \$37  = \$9 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$38  = tree1_0;
+    if (en) begin
+      \$38  = \$11 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$39  = acc;
+    if (\$12 ) begin
+      \$39  = \$13 [25:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$14  = v1;
+    if (en) begin
+      \$14  = valid;
     end
     if (rst) begin
-      \$36  = 1'h0;
+      \$14  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$37  = tree0_0;
+    \$15  = f1;
     if (en) begin
-      \$37  = \$7 ;
+      \$15  = \port$1365$266 [26];
+    end
+    if (rst) begin
+      \$15  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$38  = tree0_1;
+    \$16  = l1;
     if (en) begin
-      \$38  = \$8 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$39  = tree0_2;
-    if (en) begin
-      \$39  = \$9 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$40  = tree0_3;
-    if (en) begin
-      \$40  = \$10 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$41  = tree1_0;
-    if (en) begin
-      \$41  = \$13 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$42  = acc;
-    if (\$14 ) begin
-      \$42  = \$15 [26:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$16  = v1;
-    if (en) begin
-      \$16  = valid;
+      \$16  = \port$1365$266 [27];
     end
     if (rst) begin
       \$16  = 1'h0;
@@ -3378,19 +3038,18 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$17  = f1;
+    \$17  = b1;
     if (en) begin
-      \$17  = \port$1408$347 [27];
-    end
-    if (rst) begin
-      \$17  = 1'h0;
+      if (\$1 ) begin
+        \$17  = \port$1365$266 [25:0];
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$18  = l1;
+    \$18  = v2;
     if (en) begin
-      \$18  = \port$1408$347 [28];
+      \$18  = v1;
     end
     if (rst) begin
       \$18  = 1'h0;
@@ -3398,18 +3057,19 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$19  = b1;
+    \$19  = f2;
     if (en) begin
-      if (\$1 ) begin
-        \$19  = \port$1408$347 [26:0];
-      end
+      \$19  = f1;
+    end
+    if (rst) begin
+      \$19  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$20  = v2;
+    \$20  = l2;
     if (en) begin
-      \$20  = v1;
+      \$20  = l1;
     end
     if (rst) begin
       \$20  = 1'h0;
@@ -3417,19 +3077,18 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$21  = f2;
+    \$21  = b2;
     if (en) begin
-      \$21  = f1;
-    end
-    if (rst) begin
-      \$21  = 1'h0;
+      if (\$2 ) begin
+        \$21  = b1;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$22  = l2;
+    \$22  = v3;
     if (en) begin
-      \$22  = l1;
+      \$22  = v2;
     end
     if (rst) begin
       \$22  = 1'h0;
@@ -3437,18 +3096,19 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$23  = b2;
+    \$23  = f3;
     if (en) begin
-      if (\$2 ) begin
-        \$23  = b1;
-      end
+      \$23  = f2;
+    end
+    if (rst) begin
+      \$23  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$24  = v3;
+    \$24  = l3;
     if (en) begin
-      \$24  = v2;
+      \$24  = l2;
     end
     if (rst) begin
       \$24  = 1'h0;
@@ -3456,19 +3116,18 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25  = f3;
+    \$25  = b3;
     if (en) begin
-      \$25  = f2;
-    end
-    if (rst) begin
-      \$25  = 1'h0;
+      if (\$3 ) begin
+        \$25  = b2;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$26  = l3;
+    \$26  = v4;
     if (en) begin
-      \$26  = l2;
+      \$26  = v3;
     end
     if (rst) begin
       \$26  = 1'h0;
@@ -3476,18 +3135,19 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$27  = b3;
+    \$27  = f4;
     if (en) begin
-      if (\$3 ) begin
-        \$27  = b2;
-      end
+      \$27  = f3;
+    end
+    if (rst) begin
+      \$27  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$28  = v4;
+    \$28  = l4;
     if (en) begin
-      \$28  = v3;
+      \$28  = l3;
     end
     if (rst) begin
       \$28  = 1'h0;
@@ -3495,19 +3155,18 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$29  = f4;
+    \$29  = b4;
     if (en) begin
-      \$29  = f3;
-    end
-    if (rst) begin
-      \$29  = 1'h0;
+      if (\$4 ) begin
+        \$29  = b3;
+      end
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$30  = l4;
+    \$30  = v5;
     if (en) begin
-      \$30  = l3;
+      \$30  = v4;
     end
     if (rst) begin
       \$30  = 1'h0;
@@ -3515,10 +3174,30 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$31  = b4;
+    \$31  = f5;
     if (en) begin
-      if (\$4 ) begin
-        \$31  = b3;
+      \$31  = f4;
+    end
+    if (rst) begin
+      \$31  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$32  = l5;
+    if (en) begin
+      \$32  = l4;
+    end
+    if (rst) begin
+      \$32  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$33  = b5;
+    if (en) begin
+      if (\$5 ) begin
+        \$33  = b4;
       end
     end
   end
@@ -3527,28 +3206,23 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   assign \en$5  = en;
   assign \en$12  = en;
   assign \en$16  = en;
-  assign \en$20  = en;
-  assign \acc$25  = acc;
-  assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1408$347 [27];
-  assign last = \port$1408$347 [28];
-  assign bias = \port$1408$347 [26:0];
+  assign \acc$21  = acc;
+  assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
+  assign first = \port$1365$266 [26];
+  assign last = \port$1365$266 [27];
+  assign bias = \port$1365$266 [25:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
   assign \words[3]  = words[63:48];
   assign \words[4]  = words[79:64];
   assign \words[5]  = words[95:80];
-  assign \words[6]  = words[111:96];
-  assign \words[7]  = words[127:112];
   assign \words$1[0]  = words[15:0];
   assign \words$1[1]  = words[31:16];
   assign \words$1[2]  = words[47:32];
   assign \words$1[3]  = words[63:48];
   assign \words$1[4]  = words[79:64];
   assign \words$1[5]  = words[95:80];
-  assign \words$1[6]  = words[111:96];
-  assign \words$1[7]  = words[127:112];
   assign \a[0]  = a[7:0];
   assign \a[1]  = a[15:8];
   assign \x[0]  = x[7:0];
@@ -3557,8 +3231,6 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   assign \x[3]  = x[31:24];
   assign \x[4]  = x[39:32];
   assign \x[5]  = x[47:40];
-  assign \x[6]  = x[55:48];
-  assign \x[7]  = x[63:56];
   assign \b[0]  = b[7:0];
   assign \b[1]  = b[15:8];
   assign \w[0]  = w[7:0];
@@ -3567,16 +3239,12 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   assign \w[3]  = w[31:24];
   assign \w[4]  = w[39:32];
   assign \w[5]  = w[47:40];
-  assign \w[6]  = w[55:48];
-  assign \w[7]  = w[63:56];
   assign \products[0]  = products[15:0];
   assign \products[1]  = products[31:16];
   assign \products[2]  = products[47:32];
   assign \products[3]  = products[63:48];
   assign \products[4]  = products[79:64];
   assign \products[5]  = products[95:80];
-  assign \products[6]  = products[111:96];
-  assign \products[7]  = products[127:112];
   assign \p[0]  = p[15:0];
   assign \p[1]  = p[31:16];
   assign \a$13[0]  = \a$13 [7:0];
@@ -3591,16 +3259,6 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   assign \b$18[1]  = \b$18 [15:8];
   assign \p$19[0]  = \p$19 [15:0];
   assign \p$19[1]  = \p$19 [31:16];
-  assign \a$21[0]  = \a$21 [7:0];
-  assign \a$21[1]  = \a$21 [15:8];
-  assign \b$22[0]  = \b$22 [7:0];
-  assign \b$22[1]  = \b$22 [15:8];
-  assign \p$23[0]  = \p$23 [15:0];
-  assign \p$23[1]  = \p$23 [31:16];
-  assign \b$22 [15:8] = w[63:56];
-  assign \b$22 [7:0] = w[55:48];
-  assign \a$21 [15:8] = x[63:56];
-  assign \a$21 [7:0] = x[55:48];
   assign \b$18 [15:8] = w[47:40];
   assign \b$18 [7:0] = w[39:32];
   assign \a$17 [15:8] = x[47:40];
@@ -3609,8 +3267,6 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1408$347 , valid, mask, acc, 
   assign \b$14 [7:0] = w[23:16];
   assign \a$13 [15:8] = x[31:24];
   assign \a$13 [7:0] = x[23:16];
-  assign products[127:112] = \p$23 [31:16];
-  assign products[111:96] = \p$23 [15:0];
   assign products[95:80] = \p$19 [31:16];
   assign products[79:64] = \p$19 [15:0];
   assign products[63:48] = \p$15 [31:16];
@@ -3906,100 +3562,6 @@ module \psc_core.dp.pe_1.mul_2 (en, a, b, p, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_3 (en, a, b, p, clk);
-  wire \$1 ;
-  wire \$2 ;
-  wire \$3 ;
-  input [15:0] a;
-  wire [15:0] a;
-  wire [7:0] a0_byte;
-  wire [7:0] a1_byte;
-  wire [7:0] \a[0] ;
-  wire [7:0] \a[1] ;
-  wire [15:0] a_word;
-  input [15:0] b;
-  wire [15:0] b;
-  wire [7:0] b0_byte;
-  wire [7:0] b1_byte;
-  wire [7:0] \b[0] ;
-  wire [7:0] \b[1] ;
-  wire [15:0] b_word;
-  input clk;
-  wire clk;
-  input en;
-  wire en;
-  wire [31:0] o_word;
-  output [31:0] p;
-  wire [31:0] p;
-  wire [15:0] \p[0] ;
-  wire [15:0] \p[1] ;
-  SB_MAC16 #(
-    .A_REG(1'h1),
-    .A_SIGNED(1'h1),
-    .BOTADDSUB_CARRYSELECT(2'h0),
-    .BOTADDSUB_LOWERINPUT(2'h1),
-    .BOTADDSUB_UPPERINPUT(1'h1),
-    .BOTOUTPUT_SELECT(2'h1),
-    .BOT_8x8_MULT_REG(1'h1),
-    .B_REG(1'h1),
-    .B_SIGNED(1'h1),
-    .C_REG(1'h0),
-    .D_REG(1'h0),
-    .MODE_8x8(1'h1),
-    .NEG_TRIGGER(1'h0),
-    .PIPELINE_16x16_MULT_REG1(1'h0),
-    .PIPELINE_16x16_MULT_REG2(1'h0),
-    .TOPADDSUB_CARRYSELECT(2'h0),
-    .TOPADDSUB_LOWERINPUT(2'h1),
-    .TOPADDSUB_UPPERINPUT(1'h1),
-    .TOPOUTPUT_SELECT(2'h1),
-    .TOP_8x8_MULT_REG(1'h1)
-  ) mac (
-    .A(a),
-    .ACCUMCI(1'h0),
-    .ACCUMCO(\$2 ),
-    .ADDSUBBOT(1'h0),
-    .ADDSUBTOP(1'h0),
-    .AHOLD(1'h0),
-    .B(b),
-    .BHOLD(1'h0),
-    .C(16'h0000),
-    .CE(en),
-    .CHOLD(1'h0),
-    .CI(1'h0),
-    .CLK(clk),
-    .CO(\$1 ),
-    .D(16'h0000),
-    .DHOLD(1'h0),
-    .IRSTBOT(1'h0),
-    .IRSTTOP(1'h0),
-    .O(o_word),
-    .OHOLDBOT(1'h0),
-    .OHOLDTOP(1'h0),
-    .OLOADBOT(1'h0),
-    .OLOADTOP(1'h0),
-    .ORSTBOT(1'h0),
-    .ORSTTOP(1'h0),
-    .SIGNEXTIN(1'h0),
-    .SIGNEXTOUT(\$3 )
-  );
-  assign a0_byte = a[7:0];
-  assign a1_byte = a[15:8];
-  assign b0_byte = b[7:0];
-  assign b1_byte = b[15:8];
-  assign a_word = a;
-  assign b_word = b;
-  assign \a[0]  = a[7:0];
-  assign \a[1]  = a[15:8];
-  assign \b[0]  = b[7:0];
-  assign \b[1]  = b[15:8];
-  assign \p[0]  = p[15:0];
-  assign \p[1]  = p[31:16];
-  assign p[31:16] = o_word[31:16];
-  assign p[15:0] = o_word[15:0];
-endmodule
-
-(* generator = "Amaranth" *)
 module \psc_core.dp.pe_1.wsu (mask, w, words);
   wire [7:0] \$1 ;
   wire [7:0] \$2 ;
@@ -4007,56 +3569,42 @@ module \psc_core.dp.pe_1.wsu (mask, w, words);
   wire [7:0] \$4 ;
   wire [7:0] \$5 ;
   wire [7:0] \$6 ;
-  wire [7:0] \$7 ;
-  wire [7:0] \$8 ;
-  input [7:0] mask;
-  wire [7:0] mask;
-  output [63:0] w;
-  wire [63:0] w;
+  input [5:0] mask;
+  wire [5:0] mask;
+  output [47:0] w;
+  wire [47:0] w;
   wire [7:0] \w[0] ;
   wire [7:0] \w[1] ;
   wire [7:0] \w[2] ;
   wire [7:0] \w[3] ;
   wire [7:0] \w[4] ;
   wire [7:0] \w[5] ;
-  wire [7:0] \w[6] ;
-  wire [7:0] \w[7] ;
-  input [127:0] words;
-  wire [127:0] words;
+  input [95:0] words;
+  wire [95:0] words;
   wire [15:0] \words[0] ;
   wire [15:0] \words[1] ;
   wire [15:0] \words[2] ;
   wire [15:0] \words[3] ;
   wire [15:0] \words[4] ;
   wire [15:0] \words[5] ;
-  wire [15:0] \words[6] ;
-  wire [15:0] \words[7] ;
-  assign \$2  = mask[1] ? words[31:24] : words[23:16];
-  assign \$3  = mask[2] ? words[47:40] : words[39:32];
   assign \$4  = mask[3] ? words[63:56] : words[55:48];
   assign \$5  = mask[4] ? words[79:72] : words[71:64];
   assign \$6  = mask[5] ? words[95:88] : words[87:80];
-  assign \$7  = mask[6] ? words[111:104] : words[103:96];
-  assign \$8  = mask[7] ? words[127:120] : words[119:112];
   assign \$1  = mask[0] ? words[15:8] : words[7:0];
+  assign \$2  = mask[1] ? words[31:24] : words[23:16];
+  assign \$3  = mask[2] ? words[47:40] : words[39:32];
   assign \w[0]  = w[7:0];
   assign \w[1]  = w[15:8];
   assign \w[2]  = w[23:16];
   assign \w[3]  = w[31:24];
   assign \w[4]  = w[39:32];
   assign \w[5]  = w[47:40];
-  assign \w[6]  = w[55:48];
-  assign \w[7]  = w[63:56];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
   assign \words[3]  = words[63:48];
   assign \words[4]  = words[79:64];
   assign \words[5]  = words[95:80];
-  assign \words[6]  = words[111:96];
-  assign \words[7]  = words[127:112];
-  assign w[63:56] = \$8 ;
-  assign w[55:48] = \$7 ;
   assign w[47:40] = \$6 ;
   assign w[39:32] = \$5 ;
   assign w[31:24] = \$4 ;
@@ -4067,28 +3615,22 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.dp.sign_mask (mask, x);
-  output [7:0] mask;
-  wire [7:0] mask;
-  input [63:0] x;
-  wire [63:0] x;
+  output [5:0] mask;
+  wire [5:0] mask;
+  input [47:0] x;
+  wire [47:0] x;
   wire [7:0] \x[0] ;
   wire [7:0] \x[1] ;
   wire [7:0] \x[2] ;
   wire [7:0] \x[3] ;
   wire [7:0] \x[4] ;
   wire [7:0] \x[5] ;
-  wire [7:0] \x[6] ;
-  wire [7:0] \x[7] ;
   assign \x[0]  = x[7:0];
   assign \x[1]  = x[15:8];
   assign \x[2]  = x[23:16];
   assign \x[3]  = x[31:24];
   assign \x[4]  = x[39:32];
   assign \x[5]  = x[47:40];
-  assign \x[6]  = x[55:48];
-  assign \x[7]  = x[63:56];
-  assign mask[7] = x[63];
-  assign mask[6] = x[55];
   assign mask[5] = x[47];
   assign mask[4] = x[39];
   assign mask[3] = x[31];
@@ -4098,11 +3640,11 @@ module \psc_core.dp.sign_mask (mask, x);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$578$0 , \port$600$0 , \port$601$0 , \port$602$0 , \port$603$0 , weights__data, ready, w_data, o__payload, v1, clk);
+module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$580$0 , \port$602$0 , \port$603$0 , \port$604$0 , weights__data, ready, w_data, o__payload, v1, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire \$1 ;
-  wire [63:0] \$2 ;
-  wire [63:0] \$3 ;
+  wire [47:0] \$2 ;
+  wire [47:0] \$3 ;
   reg \$4 ;
   reg \$5 ;
   reg \$6 ;
@@ -4111,40 +3653,34 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$578$0 , \port$600
   wire adv1;
   output beat;
   wire beat;
-  wire [375:0] \beat$21 ;
-  wire [53:0] \beat$21.bias ;
-  wire [26:0] \beat$21.bias[0] ;
-  wire [26:0] \beat$21.bias[1] ;
+  wire [293:0] \beat$21 ;
+  wire [51:0] \beat$21.bias ;
+  wire [25:0] \beat$21.bias[0] ;
+  wire [25:0] \beat$21.bias[1] ;
   wire \beat$21.first ;
   wire \beat$21.last ;
-  wire [255:0] \beat$21.w ;
-  wire [127:0] \beat$21.w[0] ;
+  wire [191:0] \beat$21.w ;
+  wire [95:0] \beat$21.w[0] ;
   wire [15:0] \beat$21.w[0][0] ;
   wire [15:0] \beat$21.w[0][1] ;
   wire [15:0] \beat$21.w[0][2] ;
   wire [15:0] \beat$21.w[0][3] ;
   wire [15:0] \beat$21.w[0][4] ;
   wire [15:0] \beat$21.w[0][5] ;
-  wire [15:0] \beat$21.w[0][6] ;
-  wire [15:0] \beat$21.w[0][7] ;
-  wire [127:0] \beat$21.w[1] ;
+  wire [95:0] \beat$21.w[1] ;
   wire [15:0] \beat$21.w[1][0] ;
   wire [15:0] \beat$21.w[1][1] ;
   wire [15:0] \beat$21.w[1][2] ;
   wire [15:0] \beat$21.w[1][3] ;
   wire [15:0] \beat$21.w[1][4] ;
   wire [15:0] \beat$21.w[1][5] ;
-  wire [15:0] \beat$21.w[1][6] ;
-  wire [15:0] \beat$21.w[1][7] ;
-  wire [63:0] \beat$21.x ;
+  wire [47:0] \beat$21.x ;
   wire [7:0] \beat$21.x[0] ;
   wire [7:0] \beat$21.x[1] ;
   wire [7:0] \beat$21.x[2] ;
   wire [7:0] \beat$21.x[3] ;
   wire [7:0] \beat$21.x[4] ;
   wire [7:0] \beat$21.x[5] ;
-  wire [7:0] \beat$21.x[6] ;
-  wire [7:0] \beat$21.x[7] ;
   input clk;
   wire clk;
   reg first1 = 1'h0;
@@ -4161,100 +3697,84 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$578$0 , \port$600
   wire [13:0] inputs__addr;
   wire [13:0] \inputs__addr.addr ;
   wire [13:0] \inputs__addr.addr[0] ;
-  wire [63:0] inputs__data;
+  wire [47:0] inputs__data;
   wire [7:0] \inputs__data[0] ;
   wire [7:0] \inputs__data[1] ;
   wire [7:0] \inputs__data[2] ;
   wire [7:0] \inputs__data[3] ;
   wire [7:0] \inputs__data[4] ;
   wire [7:0] \inputs__data[5] ;
-  wire [7:0] \inputs__data[6] ;
-  wire [7:0] \inputs__data[7] ;
   wire inputs__en;
   reg last1 = 1'h0;
-  output [375:0] o__payload;
-  wire [375:0] o__payload;
-  wire [53:0] \o__payload.bias ;
-  wire [26:0] \o__payload.bias[0] ;
-  wire [26:0] \o__payload.bias[1] ;
+  output [293:0] o__payload;
+  wire [293:0] o__payload;
+  wire [51:0] \o__payload.bias ;
+  wire [25:0] \o__payload.bias[0] ;
+  wire [25:0] \o__payload.bias[1] ;
   wire \o__payload.first ;
   wire \o__payload.last ;
-  wire [255:0] \o__payload.w ;
-  wire [127:0] \o__payload.w[0] ;
+  wire [191:0] \o__payload.w ;
+  wire [95:0] \o__payload.w[0] ;
   wire [15:0] \o__payload.w[0][0] ;
   wire [15:0] \o__payload.w[0][1] ;
   wire [15:0] \o__payload.w[0][2] ;
   wire [15:0] \o__payload.w[0][3] ;
   wire [15:0] \o__payload.w[0][4] ;
   wire [15:0] \o__payload.w[0][5] ;
-  wire [15:0] \o__payload.w[0][6] ;
-  wire [15:0] \o__payload.w[0][7] ;
-  wire [127:0] \o__payload.w[1] ;
+  wire [95:0] \o__payload.w[1] ;
   wire [15:0] \o__payload.w[1][0] ;
   wire [15:0] \o__payload.w[1][1] ;
   wire [15:0] \o__payload.w[1][2] ;
   wire [15:0] \o__payload.w[1][3] ;
   wire [15:0] \o__payload.w[1][4] ;
   wire [15:0] \o__payload.w[1][5] ;
-  wire [15:0] \o__payload.w[1][6] ;
-  wire [15:0] \o__payload.w[1][7] ;
-  wire [63:0] \o__payload.x ;
+  wire [47:0] \o__payload.x ;
   wire [7:0] \o__payload.x[0] ;
   wire [7:0] \o__payload.x[1] ;
   wire [7:0] \o__payload.x[2] ;
   wire [7:0] \o__payload.x[3] ;
   wire [7:0] \o__payload.x[4] ;
   wire [7:0] \o__payload.x[5] ;
-  wire [7:0] \o__payload.x[6] ;
-  wire [7:0] \o__payload.x[7] ;
   wire o__ready;
   (* init = 1'h0 *)
   wire o__valid;
-  wire [375:0] out;
-  wire [53:0] \out.bias ;
-  wire [26:0] \out.bias[0] ;
-  wire [26:0] \out.bias[1] ;
+  wire [293:0] out;
+  wire [51:0] \out.bias ;
+  wire [25:0] \out.bias[0] ;
+  wire [25:0] \out.bias[1] ;
   wire \out.first ;
   wire \out.last ;
-  wire [255:0] \out.w ;
-  wire [127:0] \out.w[0] ;
+  wire [191:0] \out.w ;
+  wire [95:0] \out.w[0] ;
   wire [15:0] \out.w[0][0] ;
   wire [15:0] \out.w[0][1] ;
   wire [15:0] \out.w[0][2] ;
   wire [15:0] \out.w[0][3] ;
   wire [15:0] \out.w[0][4] ;
   wire [15:0] \out.w[0][5] ;
-  wire [15:0] \out.w[0][6] ;
-  wire [15:0] \out.w[0][7] ;
-  wire [127:0] \out.w[1] ;
+  wire [95:0] \out.w[1] ;
   wire [15:0] \out.w[1][0] ;
   wire [15:0] \out.w[1][1] ;
   wire [15:0] \out.w[1][2] ;
   wire [15:0] \out.w[1][3] ;
   wire [15:0] \out.w[1][4] ;
   wire [15:0] \out.w[1][5] ;
-  wire [15:0] \out.w[1][6] ;
-  wire [15:0] \out.w[1][7] ;
-  wire [63:0] \out.x ;
+  wire [47:0] \out.x ;
   wire [7:0] \out.x[0] ;
   wire [7:0] \out.x[1] ;
   wire [7:0] \out.x[2] ;
   wire [7:0] \out.x[3] ;
   wire [7:0] \out.x[4] ;
   wire [7:0] \out.x[5] ;
-  wire [7:0] \out.x[6] ;
-  wire [7:0] \out.x[7] ;
   reg padr1 = 1'h0;
-  output [23:0] \port$578$0 ;
-  wire [23:0] \port$578$0 ;
-  input [15:0] \port$600$0 ;
-  wire [15:0] \port$600$0 ;
-  input [15:0] \port$601$0 ;
-  wire [15:0] \port$601$0 ;
+  output [23:0] \port$580$0 ;
+  wire [23:0] \port$580$0 ;
   input [15:0] \port$602$0 ;
   wire [15:0] \port$602$0 ;
   input [15:0] \port$603$0 ;
   wire [15:0] \port$603$0 ;
+  input [15:0] \port$604$0 ;
+  wire [15:0] \port$604$0 ;
   wire [26:0] r_data;
   wire r_en;
   wire r_rdy;
@@ -4272,30 +3792,26 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$578$0 , \port$600
   wire w_en;
   wire w_rdy;
   wire [9:0] weights__addr;
-  input [255:0] weights__data;
-  wire [255:0] weights__data;
-  wire [127:0] \weights__data[0] ;
+  input [191:0] weights__data;
+  wire [191:0] weights__data;
+  wire [95:0] \weights__data[0] ;
   wire [15:0] \weights__data[0][0] ;
   wire [15:0] \weights__data[0][1] ;
   wire [15:0] \weights__data[0][2] ;
   wire [15:0] \weights__data[0][3] ;
   wire [15:0] \weights__data[0][4] ;
   wire [15:0] \weights__data[0][5] ;
-  wire [15:0] \weights__data[0][6] ;
-  wire [15:0] \weights__data[0][7] ;
-  wire [127:0] \weights__data[1] ;
+  wire [95:0] \weights__data[1] ;
   wire [15:0] \weights__data[1][0] ;
   wire [15:0] \weights__data[1][1] ;
   wire [15:0] \weights__data[1][2] ;
   wire [15:0] \weights__data[1][3] ;
   wire [15:0] \weights__data[1][4] ;
   wire [15:0] \weights__data[1][5] ;
-  wire [15:0] \weights__data[1][6] ;
-  wire [15:0] \weights__data[1][7] ;
   wire weights__en;
   assign beat = v1 & ready;
-  assign \$2  = ~ { padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1 };
-  assign \$3  = \beat$21 [63:0] & \$2 ;
+  assign \$2  = ~ { padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1, padr1 };
+  assign \$3  = \beat$21 [47:0] & \$2 ;
   always @(posedge clk)
     v1 <= \$4 ;
   always @(posedge clk)
@@ -4368,8 +3884,8 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$578$0 , \port$600
   assign o__valid = v1;
   assign o__ready = ready;
   assign out = o__payload;
-  assign inputs__data = { \port$603$0 , \port$602$0 , \port$601$0 , \port$600$0  };
-  assign \port$578$0  = r_data[23:0];
+  assign inputs__data = { \port$604$0 , \port$603$0 , \port$602$0  };
+  assign \port$580$0  = r_data[23:0];
   assign \i__payload.addr  = w_data[13:0];
   assign \i__payload.addr[0]  = w_data[13:0];
   assign \i__payload.waddr  = w_data[23:14];
@@ -4378,141 +3894,117 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$578$0 , \port$600
   assign \i__payload.last  = w_data[26];
   assign \inputs__addr.addr  = r_data[13:0];
   assign \inputs__addr.addr[0]  = r_data[13:0];
-  assign \o__payload.x  = o__payload[63:0];
+  assign \o__payload.x  = o__payload[47:0];
   assign \o__payload.x[0]  = o__payload[7:0];
   assign \o__payload.x[1]  = o__payload[15:8];
   assign \o__payload.x[2]  = o__payload[23:16];
   assign \o__payload.x[3]  = o__payload[31:24];
   assign \o__payload.x[4]  = o__payload[39:32];
   assign \o__payload.x[5]  = o__payload[47:40];
-  assign \o__payload.x[6]  = o__payload[55:48];
-  assign \o__payload.x[7]  = o__payload[63:56];
-  assign \o__payload.w  = o__payload[319:64];
-  assign \o__payload.w[0]  = o__payload[191:64];
-  assign \o__payload.w[0][0]  = o__payload[79:64];
-  assign \o__payload.w[0][1]  = o__payload[95:80];
-  assign \o__payload.w[0][2]  = o__payload[111:96];
-  assign \o__payload.w[0][3]  = o__payload[127:112];
-  assign \o__payload.w[0][4]  = o__payload[143:128];
-  assign \o__payload.w[0][5]  = o__payload[159:144];
-  assign \o__payload.w[0][6]  = o__payload[175:160];
-  assign \o__payload.w[0][7]  = o__payload[191:176];
-  assign \o__payload.w[1]  = o__payload[319:192];
-  assign \o__payload.w[1][0]  = o__payload[207:192];
-  assign \o__payload.w[1][1]  = o__payload[223:208];
-  assign \o__payload.w[1][2]  = o__payload[239:224];
-  assign \o__payload.w[1][3]  = o__payload[255:240];
-  assign \o__payload.w[1][4]  = o__payload[271:256];
-  assign \o__payload.w[1][5]  = o__payload[287:272];
-  assign \o__payload.w[1][6]  = o__payload[303:288];
-  assign \o__payload.w[1][7]  = o__payload[319:304];
-  assign \o__payload.bias  = o__payload[373:320];
-  assign \o__payload.bias[0]  = o__payload[346:320];
-  assign \o__payload.bias[1]  = o__payload[373:347];
-  assign \o__payload.first  = o__payload[374];
-  assign \o__payload.last  = o__payload[375];
-  assign \out.x  = o__payload[63:0];
+  assign \o__payload.w  = o__payload[239:48];
+  assign \o__payload.w[0]  = o__payload[143:48];
+  assign \o__payload.w[0][0]  = o__payload[63:48];
+  assign \o__payload.w[0][1]  = o__payload[79:64];
+  assign \o__payload.w[0][2]  = o__payload[95:80];
+  assign \o__payload.w[0][3]  = o__payload[111:96];
+  assign \o__payload.w[0][4]  = o__payload[127:112];
+  assign \o__payload.w[0][5]  = o__payload[143:128];
+  assign \o__payload.w[1]  = o__payload[239:144];
+  assign \o__payload.w[1][0]  = o__payload[159:144];
+  assign \o__payload.w[1][1]  = o__payload[175:160];
+  assign \o__payload.w[1][2]  = o__payload[191:176];
+  assign \o__payload.w[1][3]  = o__payload[207:192];
+  assign \o__payload.w[1][4]  = o__payload[223:208];
+  assign \o__payload.w[1][5]  = o__payload[239:224];
+  assign \o__payload.bias  = o__payload[291:240];
+  assign \o__payload.bias[0]  = o__payload[265:240];
+  assign \o__payload.bias[1]  = o__payload[291:266];
+  assign \o__payload.first  = o__payload[292];
+  assign \o__payload.last  = o__payload[293];
+  assign \out.x  = o__payload[47:0];
   assign \out.x[0]  = o__payload[7:0];
   assign \out.x[1]  = o__payload[15:8];
   assign \out.x[2]  = o__payload[23:16];
   assign \out.x[3]  = o__payload[31:24];
   assign \out.x[4]  = o__payload[39:32];
   assign \out.x[5]  = o__payload[47:40];
-  assign \out.x[6]  = o__payload[55:48];
-  assign \out.x[7]  = o__payload[63:56];
-  assign \out.w  = o__payload[319:64];
-  assign \out.w[0]  = o__payload[191:64];
-  assign \out.w[0][0]  = o__payload[79:64];
-  assign \out.w[0][1]  = o__payload[95:80];
-  assign \out.w[0][2]  = o__payload[111:96];
-  assign \out.w[0][3]  = o__payload[127:112];
-  assign \out.w[0][4]  = o__payload[143:128];
-  assign \out.w[0][5]  = o__payload[159:144];
-  assign \out.w[0][6]  = o__payload[175:160];
-  assign \out.w[0][7]  = o__payload[191:176];
-  assign \out.w[1]  = o__payload[319:192];
-  assign \out.w[1][0]  = o__payload[207:192];
-  assign \out.w[1][1]  = o__payload[223:208];
-  assign \out.w[1][2]  = o__payload[239:224];
-  assign \out.w[1][3]  = o__payload[255:240];
-  assign \out.w[1][4]  = o__payload[271:256];
-  assign \out.w[1][5]  = o__payload[287:272];
-  assign \out.w[1][6]  = o__payload[303:288];
-  assign \out.w[1][7]  = o__payload[319:304];
-  assign \out.bias  = o__payload[373:320];
-  assign \out.bias[0]  = o__payload[346:320];
-  assign \out.bias[1]  = o__payload[373:347];
-  assign \out.first  = o__payload[374];
-  assign \out.last  = o__payload[375];
-  assign \beat$21.x  = \beat$21 [63:0];
+  assign \out.w  = o__payload[239:48];
+  assign \out.w[0]  = o__payload[143:48];
+  assign \out.w[0][0]  = o__payload[63:48];
+  assign \out.w[0][1]  = o__payload[79:64];
+  assign \out.w[0][2]  = o__payload[95:80];
+  assign \out.w[0][3]  = o__payload[111:96];
+  assign \out.w[0][4]  = o__payload[127:112];
+  assign \out.w[0][5]  = o__payload[143:128];
+  assign \out.w[1]  = o__payload[239:144];
+  assign \out.w[1][0]  = o__payload[159:144];
+  assign \out.w[1][1]  = o__payload[175:160];
+  assign \out.w[1][2]  = o__payload[191:176];
+  assign \out.w[1][3]  = o__payload[207:192];
+  assign \out.w[1][4]  = o__payload[223:208];
+  assign \out.w[1][5]  = o__payload[239:224];
+  assign \out.bias  = o__payload[291:240];
+  assign \out.bias[0]  = o__payload[265:240];
+  assign \out.bias[1]  = o__payload[291:266];
+  assign \out.first  = o__payload[292];
+  assign \out.last  = o__payload[293];
+  assign \beat$21.x  = \beat$21 [47:0];
   assign \beat$21.x[0]  = \beat$21 [7:0];
   assign \beat$21.x[1]  = \beat$21 [15:8];
   assign \beat$21.x[2]  = \beat$21 [23:16];
   assign \beat$21.x[3]  = \beat$21 [31:24];
   assign \beat$21.x[4]  = \beat$21 [39:32];
   assign \beat$21.x[5]  = \beat$21 [47:40];
-  assign \beat$21.x[6]  = \beat$21 [55:48];
-  assign \beat$21.x[7]  = \beat$21 [63:56];
-  assign \beat$21.w  = \beat$21 [319:64];
-  assign \beat$21.w[0]  = \beat$21 [191:64];
-  assign \beat$21.w[0][0]  = \beat$21 [79:64];
-  assign \beat$21.w[0][1]  = \beat$21 [95:80];
-  assign \beat$21.w[0][2]  = \beat$21 [111:96];
-  assign \beat$21.w[0][3]  = \beat$21 [127:112];
-  assign \beat$21.w[0][4]  = \beat$21 [143:128];
-  assign \beat$21.w[0][5]  = \beat$21 [159:144];
-  assign \beat$21.w[0][6]  = \beat$21 [175:160];
-  assign \beat$21.w[0][7]  = \beat$21 [191:176];
-  assign \beat$21.w[1]  = \beat$21 [319:192];
-  assign \beat$21.w[1][0]  = \beat$21 [207:192];
-  assign \beat$21.w[1][1]  = \beat$21 [223:208];
-  assign \beat$21.w[1][2]  = \beat$21 [239:224];
-  assign \beat$21.w[1][3]  = \beat$21 [255:240];
-  assign \beat$21.w[1][4]  = \beat$21 [271:256];
-  assign \beat$21.w[1][5]  = \beat$21 [287:272];
-  assign \beat$21.w[1][6]  = \beat$21 [303:288];
-  assign \beat$21.w[1][7]  = \beat$21 [319:304];
-  assign \beat$21.bias  = \beat$21 [373:320];
-  assign \beat$21.bias[0]  = \beat$21 [346:320];
-  assign \beat$21.bias[1]  = \beat$21 [373:347];
-  assign \beat$21.first  = \beat$21 [374];
-  assign \beat$21.last  = \beat$21 [375];
-  assign \inputs__data[0]  = \port$600$0 [7:0];
-  assign \inputs__data[1]  = \port$600$0 [15:8];
-  assign \inputs__data[2]  = \port$601$0 [7:0];
-  assign \inputs__data[3]  = \port$601$0 [15:8];
-  assign \inputs__data[4]  = \port$602$0 [7:0];
-  assign \inputs__data[5]  = \port$602$0 [15:8];
-  assign \inputs__data[6]  = \port$603$0 [7:0];
-  assign \inputs__data[7]  = \port$603$0 [15:8];
-  assign \weights__data[0]  = weights__data[127:0];
+  assign \beat$21.w  = \beat$21 [239:48];
+  assign \beat$21.w[0]  = \beat$21 [143:48];
+  assign \beat$21.w[0][0]  = \beat$21 [63:48];
+  assign \beat$21.w[0][1]  = \beat$21 [79:64];
+  assign \beat$21.w[0][2]  = \beat$21 [95:80];
+  assign \beat$21.w[0][3]  = \beat$21 [111:96];
+  assign \beat$21.w[0][4]  = \beat$21 [127:112];
+  assign \beat$21.w[0][5]  = \beat$21 [143:128];
+  assign \beat$21.w[1]  = \beat$21 [239:144];
+  assign \beat$21.w[1][0]  = \beat$21 [159:144];
+  assign \beat$21.w[1][1]  = \beat$21 [175:160];
+  assign \beat$21.w[1][2]  = \beat$21 [191:176];
+  assign \beat$21.w[1][3]  = \beat$21 [207:192];
+  assign \beat$21.w[1][4]  = \beat$21 [223:208];
+  assign \beat$21.w[1][5]  = \beat$21 [239:224];
+  assign \beat$21.bias  = \beat$21 [291:240];
+  assign \beat$21.bias[0]  = \beat$21 [265:240];
+  assign \beat$21.bias[1]  = \beat$21 [291:266];
+  assign \beat$21.first  = \beat$21 [292];
+  assign \beat$21.last  = \beat$21 [293];
+  assign \inputs__data[0]  = \port$602$0 [7:0];
+  assign \inputs__data[1]  = \port$602$0 [15:8];
+  assign \inputs__data[2]  = \port$603$0 [7:0];
+  assign \inputs__data[3]  = \port$603$0 [15:8];
+  assign \inputs__data[4]  = \port$604$0 [7:0];
+  assign \inputs__data[5]  = \port$604$0 [15:8];
+  assign \weights__data[0]  = weights__data[95:0];
   assign \weights__data[0][0]  = weights__data[15:0];
   assign \weights__data[0][1]  = weights__data[31:16];
   assign \weights__data[0][2]  = weights__data[47:32];
   assign \weights__data[0][3]  = weights__data[63:48];
   assign \weights__data[0][4]  = weights__data[79:64];
   assign \weights__data[0][5]  = weights__data[95:80];
-  assign \weights__data[0][6]  = weights__data[111:96];
-  assign \weights__data[0][7]  = weights__data[127:112];
-  assign \weights__data[1]  = weights__data[255:128];
-  assign \weights__data[1][0]  = weights__data[143:128];
-  assign \weights__data[1][1]  = weights__data[159:144];
-  assign \weights__data[1][2]  = weights__data[175:160];
-  assign \weights__data[1][3]  = weights__data[191:176];
-  assign \weights__data[1][4]  = weights__data[207:192];
-  assign \weights__data[1][5]  = weights__data[223:208];
-  assign \weights__data[1][6]  = weights__data[239:224];
-  assign \weights__data[1][7]  = weights__data[255:240];
-  assign \beat$21 [375] = last1;
-  assign \beat$21 [374] = first1;
-  assign \beat$21 [373:320] = 54'h00000000000000;
-  assign \beat$21 [319:64] = weights__data;
-  assign \beat$21 [63:0] = { \port$603$0 , \port$602$0 , \port$601$0 , \port$600$0  };
-  assign o__payload[375] = \beat$21 [375];
-  assign o__payload[374] = \beat$21 [374];
-  assign o__payload[373:320] = \beat$21 [373:320];
-  assign o__payload[319:64] = \beat$21 [319:64];
-  assign o__payload[63:0] = \$3 ;
+  assign \weights__data[1]  = weights__data[191:96];
+  assign \weights__data[1][0]  = weights__data[111:96];
+  assign \weights__data[1][1]  = weights__data[127:112];
+  assign \weights__data[1][2]  = weights__data[143:128];
+  assign \weights__data[1][3]  = weights__data[159:144];
+  assign \weights__data[1][4]  = weights__data[175:160];
+  assign \weights__data[1][5]  = weights__data[191:176];
+  assign \beat$21 [293] = last1;
+  assign \beat$21 [292] = first1;
+  assign \beat$21 [291:240] = 52'h0000000000000;
+  assign \beat$21 [239:48] = weights__data;
+  assign \beat$21 [47:0] = { \port$604$0 , \port$603$0 , \port$602$0  };
+  assign o__payload[293] = \beat$21 [293];
+  assign o__payload[292] = \beat$21 [292];
+  assign o__payload[291:240] = \beat$21 [291:240];
+  assign o__payload[239:48] = \beat$21 [239:48];
+  assign o__payload[47:0] = \$3 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -4640,7 +4132,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$600$0 , \port$601$0 , \port$602$0 , \port$603$0 , start, run, sizes, i__ready, done, data);
+module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$602$0 , \port$603$0 , \port$604$0 , start, run, sizes, i__ready, done, data);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire \$1 ;
   reg [14:0] \$10 ;
@@ -4656,7 +4148,6 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   wire \$2 ;
   wire [15:0] \$20 ;
   wire [15:0] \$21 ;
-  wire [15:0] \$22 ;
   wire [15:0] \$3 ;
   wire [15:0] \$4 ;
   wire [15:0] \$5 ;
@@ -4670,22 +4161,20 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   wire clk;
   reg [13:0] col_cnt = 14'h0000;
   wire count;
-  input [63:0] data;
-  wire [63:0] data;
+  input [47:0] data;
+  wire [47:0] data;
   output done;
   reg done = 1'h0;
   wire en;
   wire \en$17 ;
   wire fire;
-  wire [63:0] i__payload;
+  wire [47:0] i__payload;
   wire [7:0] \i__payload[0] ;
   wire [7:0] \i__payload[1] ;
   wire [7:0] \i__payload[2] ;
   wire [7:0] \i__payload[3] ;
   wire [7:0] \i__payload[4] ;
   wire [7:0] \i__payload[5] ;
-  wire [7:0] \i__payload[6] ;
-  wire [7:0] \i__payload[7] ;
   output i__ready;
   reg i__ready;
   input i__valid;
@@ -4697,28 +4186,24 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   reg [14:0] lrow = 15'h0000;
   reg [15:0] lx = 16'h0000;
   reg [14:0] n_in_m1 = 15'h0000;
-  output [15:0] \port$600$0 ;
-  wire [15:0] \port$600$0 ;
-  output [15:0] \port$601$0 ;
-  wire [15:0] \port$601$0 ;
   output [15:0] \port$602$0 ;
   wire [15:0] \port$602$0 ;
   output [15:0] \port$603$0 ;
   wire [15:0] \port$603$0 ;
-  wire [63:0] rdata;
+  output [15:0] \port$604$0 ;
+  wire [15:0] \port$604$0 ;
+  wire [47:0] rdata;
   input [13:0] read__addr;
   wire [13:0] read__addr;
   wire [13:0] \read__addr.addr ;
   wire [13:0] \read__addr.addr[0] ;
-  wire [63:0] read__data;
+  wire [47:0] read__data;
   wire [7:0] \read__data[0] ;
   wire [7:0] \read__data[1] ;
   wire [7:0] \read__data[2] ;
   wire [7:0] \read__data[3] ;
   wire [7:0] \read__data[4] ;
   wire [7:0] \read__data[5] ;
-  wire [7:0] \read__data[6] ;
-  wire [7:0] \read__data[7] ;
   input read__en;
   wire read__en;
   reg [14:0] rows = 15'h0000;
@@ -4746,7 +4231,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   wire [14:0] \sizes.wg ;
   input start;
   wire start;
-  wire [63:0] wdata;
+  wire [47:0] wdata;
   wire we;
   reg [13:0] wg_m1 = 14'h0000;
   assign fire = i__valid & i__ready;
@@ -4791,7 +4276,6 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     .dataout_0_0(\$19 ),
     .dataout_0_1(\$20 ),
     .dataout_0_2(\$21 ),
-    .dataout_0_3(\$22 ),
     .select_0(\en$17 ),
     .we(fire)
   );
@@ -4925,20 +4409,17 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   assign en = fire;
   assign wdata = data;
   assign we = fire;
-  assign read__data = { \$22 , \$21 , \$20 , \$19  };
-  assign rdata = { \$22 , \$21 , \$20 , \$19  };
-  assign \port$600$0  = \$19 ;
-  assign \port$601$0  = \$20 ;
-  assign \port$602$0  = \$21 ;
-  assign \port$603$0  = \$22 ;
+  assign read__data = { \$21 , \$20 , \$19  };
+  assign rdata = { \$21 , \$20 , \$19  };
+  assign \port$602$0  = \$19 ;
+  assign \port$603$0  = \$20 ;
+  assign \port$604$0  = \$21 ;
   assign \i__payload[0]  = data[7:0];
   assign \i__payload[1]  = data[15:8];
   assign \i__payload[2]  = data[23:16];
   assign \i__payload[3]  = data[31:24];
   assign \i__payload[4]  = data[39:32];
   assign \i__payload[5]  = data[47:40];
-  assign \i__payload[6]  = data[55:48];
-  assign \i__payload[7]  = data[63:56];
   assign \read__addr.addr  = read__addr;
   assign \read__addr.addr[0]  = read__addr;
   assign \read__data[0]  = \$19 [7:0];
@@ -4947,8 +4428,6 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   assign \read__data[3]  = \$20 [15:8];
   assign \read__data[4]  = \$21 [7:0];
   assign \read__data[5]  = \$21 [15:8];
-  assign \read__data[6]  = \$22 [7:0];
-  assign \read__data[7]  = \$22 [15:8];
   assign \sizes.wg  = sizes[14:0];
   assign \sizes.n_in  = sizes[29:15];
   assign \sizes.ow  = sizes[54:30];
@@ -4966,27 +4445,25 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.ibuf.inbuf (clk, we, address, select_0, dataout_0_0, dataout_0_1, dataout_0_2, dataout_0_3, datain);
+module \psc_core.ibuf.inbuf (clk, we, address, select_0, dataout_0_0, dataout_0_1, dataout_0_2, datain);
   wire [13:0] addr;
   input [13:0] address;
   wire [13:0] address;
   input clk;
   wire clk;
-  input [63:0] datain;
-  wire [63:0] datain;
+  input [47:0] datain;
+  wire [47:0] datain;
   output [15:0] dataout_0_0;
   wire [15:0] dataout_0_0;
   output [15:0] dataout_0_1;
   wire [15:0] dataout_0_1;
   output [15:0] dataout_0_2;
   wire [15:0] dataout_0_2;
-  output [15:0] dataout_0_3;
-  wire [15:0] dataout_0_3;
   wire en;
-  wire [63:0] rdata;
+  wire [47:0] rdata;
   input select_0;
   wire select_0;
-  wire [63:0] wdata;
+  wire [47:0] wdata;
   input we;
   wire we;
   SB_SPRAM256KA spram_0_0 (
@@ -5025,22 +4502,10 @@ module \psc_core.ibuf.inbuf (clk, we, address, select_0, dataout_0_0, dataout_0_
     .STANDBY(1'h0),
     .WREN(we)
   );
-  SB_SPRAM256KA spram_0_3 (
-    .ADDRESS(address),
-    .CHIPSELECT(select_0),
-    .CLOCK(clk),
-    .DATAIN(datain[63:48]),
-    .DATAOUT(dataout_0_3),
-    .MASKWREN(4'hf),
-    .POWEROFF(1'h1),
-    .SLEEP(1'h0),
-    .STANDBY(1'h0),
-    .WREN(we)
-  );
   assign addr = address;
   assign wdata = datain;
   assign en = select_0;
-  assign rdata = { dataout_0_3, dataout_0_2, dataout_0_1, dataout_0_0 };
+  assign rdata = { dataout_0_2, dataout_0_1, dataout_0_0 };
 endmodule
 
 (* generator = "Amaranth" *)
@@ -5085,7 +4550,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   reg \$42 ;
   reg [15:0] \$43 ;
   reg \$44 ;
-  reg [53:0] \$45 ;
+  reg [51:0] \$45 ;
   reg [5:0] \$46 ;
   reg [23:0] \$47 ;
   reg \$48 ;
@@ -5095,9 +4560,9 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire \$7 ;
   wire \$8 ;
   wire [31:0] \$9 ;
-  reg [53:0] accj = 54'h00000000000000;
-  wire [26:0] \accj[0] ;
-  wire [26:0] \accj[1] ;
+  reg [51:0] accj = 52'h0000000000000;
+  wire [25:0] \accj[0] ;
+  wire [25:0] \accj[1] ;
   output all_sent;
   wire all_sent;
   input clk;
@@ -5132,10 +4597,10 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire dwp;
   wire en_j;
   wire [107:0] i__payload;
-  input [53:0] \i__payload$38 ;
-  wire [53:0] \i__payload$38 ;
-  wire [26:0] \i__payload$38[0] ;
-  wire [26:0] \i__payload$38[1] ;
+  input [51:0] \i__payload$38 ;
+  wire [51:0] \i__payload$38 ;
+  wire [25:0] \i__payload$38[0] ;
+  wire [25:0] \i__payload$38[1] ;
   wire [63:0] \i__payload.acc ;
   wire [31:0] \i__payload.acc[0] ;
   wire [31:0] \i__payload.acc[1] ;
@@ -5174,11 +4639,11 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   reg [15:0] oxo = 16'h0000;
   output [5:0] params__addr;
   reg [5:0] params__addr = 6'h00;
-  input [97:0] params__data;
-  wire [97:0] params__data;
-  wire [53:0] \params__data.bias ;
-  wire [26:0] \params__data.bias[0] ;
-  wire [26:0] \params__data.bias[1] ;
+  input [95:0] params__data;
+  wire [95:0] params__data;
+  wire [51:0] \params__data.bias ;
+  wire [25:0] \params__data.bias[0] ;
+  wire [25:0] \params__data.bias[1] ;
   wire [31:0] \params__data.mult ;
   wire [15:0] \params__data.mult[0] ;
   wire [15:0] \params__data.mult[1] ;
@@ -5517,13 +4982,13 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   assign \$6  = cmd[113:112] == 2'h2;
   assign \$7  = cmd[113:112] == 2'h3;
   assign \$8  = \$6  | \$7 ;
-  assign \$9  = \$8  ? ps_rd__data[31:0] : { params__data[26], params__data[26], params__data[26], params__data[26], params__data[26], params__data[26:0] };
-  assign \$10  = $signed(accj[26:0]) + $signed(\$9 );
+  assign \$9  = \$8  ? ps_rd__data[31:0] : { params__data[25], params__data[25], params__data[25], params__data[25], params__data[25], params__data[25], params__data[25:0] };
+  assign \$10  = $signed(accj[25:0]) + $signed(\$9 );
   assign \$11  = cmd[113:112] == 2'h2;
   assign \$12  = cmd[113:112] == 2'h3;
   assign \$13  = \$11  | \$12 ;
-  assign \$14  = \$13  ? ps_rd__data[63:32] : { params__data[53], params__data[53], params__data[53], params__data[53], params__data[53], params__data[53:27] };
-  assign \$15  = $signed(accj[53:27]) + $signed(\$14 );
+  assign \$14  = \$13  ? ps_rd__data[63:32] : { params__data[51], params__data[51], params__data[51], params__data[51], params__data[51], params__data[51], params__data[51:26] };
+  assign \$15  = $signed(accj[51:26]) + $signed(\$14 );
   assign \$16  = cmd[113:112] == 1'h1;
   assign \$17  = cmd[113:112] == 2'h2;
   assign \$18  = \$16  | \$17 ;
@@ -5628,7 +5093,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
       \$45  = \i__payload$38 ;
     end
     if (rst) begin
-      \$45  = 54'h00000000000000;
+      \$45  = 52'h0000000000000;
     end
   end
   always @* begin
@@ -5705,17 +5170,17 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   assign \cmd.part  = cmd[113:112];
   assign \total[0]  = total[31:0];
   assign \total[1]  = total[63:32];
-  assign \accj[0]  = accj[26:0];
-  assign \accj[1]  = accj[53:27];
-  assign \params__data.bias  = params__data[53:0];
-  assign \params__data.bias[0]  = params__data[26:0];
-  assign \params__data.bias[1]  = params__data[53:27];
-  assign \params__data.mult  = params__data[85:54];
-  assign \params__data.mult[0]  = params__data[69:54];
-  assign \params__data.mult[1]  = params__data[85:70];
-  assign \params__data.shift  = params__data[97:86];
-  assign \params__data.shift[0]  = params__data[91:86];
-  assign \params__data.shift[1]  = params__data[97:92];
+  assign \accj[0]  = accj[25:0];
+  assign \accj[1]  = accj[51:26];
+  assign \params__data.bias  = params__data[51:0];
+  assign \params__data.bias[0]  = params__data[25:0];
+  assign \params__data.bias[1]  = params__data[51:26];
+  assign \params__data.mult  = params__data[83:52];
+  assign \params__data.mult[0]  = params__data[67:52];
+  assign \params__data.mult[1]  = params__data[83:68];
+  assign \params__data.shift  = params__data[95:84];
+  assign \params__data.shift[0]  = params__data[89:84];
+  assign \params__data.shift[1]  = params__data[95:90];
   assign \ps_rd__data[0]  = ps_rd__data[31:0];
   assign \ps_rd__data[1]  = ps_rd__data[63:32];
   assign \i__payload.acc  = i__payload[63:0];
@@ -5735,10 +5200,10 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   assign \o__payload$28[1]  = \o__payload$28 [15:8];
   assign \skid[0]  = skid[7:0];
   assign \skid[1]  = skid[15:8];
-  assign \i__payload$38[0]  = \i__payload$38 [26:0];
-  assign \i__payload$38[1]  = \i__payload$38 [53:27];
-  assign i__payload[107:96] = params__data[97:86];
-  assign i__payload[95:64] = params__data[85:54];
+  assign \i__payload$38[0]  = \i__payload$38 [25:0];
+  assign \i__payload$38[1]  = \i__payload$38 [51:26];
+  assign i__payload[107:96] = params__data[95:84];
+  assign i__payload[95:64] = params__data[83:52];
   assign i__payload[63:0] = total;
   assign total[63:32] = \$15 [31:0];
   assign total[31:0] = \$10 [31:0];
@@ -5838,8 +5303,8 @@ module \psc_core.out.rq (rst, i__valid, \o__ready$14 , i__ready, relu, \i__paylo
     phase_o <= \$19 ;
   \psc_core.out.rq.inner  inner (
     .clk(clk),
+    .en(\i__ready$5 ),
     .i__payload(i__payload),
-    .i__ready(\i__ready$5 ),
     .i__valid(i__valid),
     .o__payload(o__payload),
     .o__ready(o__ready),
@@ -5955,10 +5420,10 @@ module \psc_core.out.rq (rst, i__valid, \o__ready$14 , i__ready, relu, \i__paylo
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__payload, o__valid, o__payload, clk);
+module \psc_core.out.rq.inner (rst, i__valid, o__ready, en, relu, i__payload, o__valid, o__payload, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire \$1 ;
-  wire [10:0] \$10 ;
+  wire [31:0] \$10 ;
   wire \$100 ;
   wire \$101 ;
   wire \$102 ;
@@ -5969,7 +5434,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire \$107 ;
   wire \$108 ;
   wire \$109 ;
-  wire [10:0] \$11 ;
+  wire [33:0] \$11 ;
   wire \$110 ;
   wire \$111 ;
   wire \$112 ;
@@ -5980,7 +5445,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire \$117 ;
   wire \$118 ;
   wire \$119 ;
-  wire [7:0] \$12 ;
+  wire \$12 ;
   wire \$120 ;
   wire \$121 ;
   wire \$122 ;
@@ -6002,7 +5467,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire \$137 ;
   wire \$138 ;
   wire \$139 ;
-  wire [2:0] \$14 ;
+  wire \$14 ;
   wire \$140 ;
   wire \$141 ;
   wire \$142 ;
@@ -6046,7 +5511,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire \$177 ;
   wire \$178 ;
   wire \$179 ;
-  wire [15:0] \$18 ;
+  wire \$18 ;
   wire \$180 ;
   wire \$181 ;
   wire \$182 ;
@@ -6057,7 +5522,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire \$187 ;
   wire \$188 ;
   wire \$189 ;
-  wire [31:0] \$19 ;
+  wire \$19 ;
   wire \$190 ;
   wire \$191 ;
   wire \$192 ;
@@ -6069,7 +5534,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire \$198 ;
   wire \$199 ;
   wire \$2 ;
-  wire [31:0] \$20 ;
+  wire \$20 ;
   wire \$200 ;
   wire \$201 ;
   wire \$202 ;
@@ -6080,7 +5545,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire \$207 ;
   wire \$208 ;
   wire \$209 ;
-  wire [31:0] \$21 ;
+  wire \$21 ;
   wire \$210 ;
   wire \$211 ;
   wire \$212 ;
@@ -6091,7 +5556,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire \$217 ;
   wire \$218 ;
   wire \$219 ;
-  wire [31:0] \$22 ;
+  wire \$22 ;
   wire \$220 ;
   wire \$221 ;
   wire \$222 ;
@@ -6102,7 +5567,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire \$227 ;
   wire \$228 ;
   wire \$229 ;
-  wire [32:0] \$23 ;
+  wire \$23 ;
   wire \$230 ;
   wire \$231 ;
   wire \$232 ;
@@ -6113,7 +5578,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire \$237 ;
   wire \$238 ;
   wire \$239 ;
-  wire [31:0] \$24 ;
+  wire \$24 ;
   wire \$240 ;
   wire \$241 ;
   wire \$242 ;
@@ -6124,7 +5589,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire \$247 ;
   wire \$248 ;
   wire \$249 ;
-  wire [31:0] \$25 ;
+  wire \$25 ;
   wire \$250 ;
   wire \$251 ;
   wire \$252 ;
@@ -6132,67 +5597,35 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire \$254 ;
   wire \$255 ;
   wire \$256 ;
-  wire \$257 ;
-  wire \$258 ;
-  wire \$259 ;
-  wire [31:0] \$26 ;
-  wire \$260 ;
-  wire \$261 ;
-  wire \$262 ;
-  wire \$263 ;
-  wire \$264 ;
-  wire \$265 ;
-  wire \$266 ;
-  wire \$267 ;
-  wire \$268 ;
-  wire \$269 ;
-  wire [31:0] \$27 ;
-  wire \$270 ;
-  wire \$271 ;
-  wire \$272 ;
-  wire \$273 ;
-  wire \$274 ;
-  wire \$275 ;
-  wire \$276 ;
-  wire \$277 ;
-  wire [7:0] \$278 ;
-  reg \$279 ;
-  wire [32:0] \$28 ;
-  reg [1:0] \$280 ;
-  reg \$281 ;
-  reg \$282 ;
-  reg \$283 ;
-  reg \$284 ;
-  reg \$285 ;
-  reg \$286 ;
-  reg \$287 ;
-  reg \$288 ;
-  reg \$289 ;
-  wire [33:0] \$29 ;
-  reg \$290 ;
-  reg [31:0] \$291 ;
-  reg [15:0] \$292 ;
-  reg [5:0] \$293 ;
-  reg [33:0] \$294 ;
-  reg [33:0] \$295 ;
-  reg [5:0] \$296 ;
-  reg [36:0] \$297 ;
-  reg [5:0] \$298 ;
-  reg [36:0] \$299 ;
+  wire [7:0] \$257 ;
+  reg \$258 ;
+  reg \$259 ;
+  wire \$26 ;
+  reg \$260 ;
+  reg \$261 ;
+  reg \$262 ;
+  reg \$263 ;
+  reg \$264 ;
+  reg [5:0] \$265 ;
+  reg [5:0] \$266 ;
+  reg [5:0] \$267 ;
+  reg [49:0] \$268 ;
+  reg [5:0] \$269 ;
+  wire \$27 ;
+  reg [15:0] \$270 ;
+  reg \$271 ;
+  reg \$272 ;
+  reg [2:0] \$273 ;
+  reg [8:0] \$274 ;
+  reg \$275 ;
+  reg \$276 ;
+  reg [7:0] \$277 ;
+  wire \$28 ;
+  wire \$29 ;
   wire \$3 ;
-  wire [34:0] \$30 ;
-  reg [15:0] \$300 ;
-  reg [5:0] \$301 ;
-  reg [15:0] \$302 ;
-  reg \$303 ;
-  reg \$304 ;
-  reg [2:0] \$305 ;
-  reg [8:0] \$306 ;
-  reg \$307 ;
-  reg \$308 ;
-  reg [7:0] \$309 ;
+  wire \$30 ;
   wire \$31 ;
-  wire [37:0] \$32 ;
+  wire \$32 ;
   wire \$33 ;
   wire \$34 ;
   wire \$35 ;
@@ -6200,7 +5633,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire \$37 ;
   wire \$38 ;
   wire \$39 ;
-  wire [36:0] \$4 ;
+  wire \$4 ;
   wire \$40 ;
   wire \$41 ;
   wire \$42 ;
@@ -6233,7 +5666,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire \$67 ;
   wire \$68 ;
   wire \$69 ;
-  wire \$7 ;
+  wire [10:0] \$7 ;
   wire \$70 ;
   wire \$71 ;
   wire \$72 ;
@@ -6244,7 +5677,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire \$77 ;
   wire \$78 ;
   wire \$79 ;
-  wire \$8 ;
+  wire [10:0] \$8 ;
   wire \$80 ;
   wire \$81 ;
   wire \$82 ;
@@ -6255,7 +5688,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire \$87 ;
   wire \$88 ;
   wire \$89 ;
-  wire \$9 ;
+  wire [7:0] \$9 ;
   wire \$90 ;
   wire \$91 ;
   wire \$92 ;
@@ -6266,14 +5699,19 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire \$97 ;
   wire \$98 ;
   wire \$99 ;
-  reg [31:0] acc_0 = 32'd0;
-  reg busy = 1'h0;
+  wire [15:0] a;
+  wire [15:0] \a$8 ;
+  wire [15:0] b;
+  wire [15:0] \b$9 ;
   input clk;
   wire clk;
   reg [15:0] coarse_0 = 16'h0000;
   reg csign_0 = 1'h0;
   reg cwide_0 = 1'h0;
+  output en;
   wire en;
+  wire \en$10 ;
+  wire \en$7 ;
   input [53:0] i__payload;
   wire [53:0] i__payload;
   wire [31:0] \i__payload.acc ;
@@ -6282,12 +5720,10 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire [15:0] \i__payload.mult[0] ;
   wire [5:0] \i__payload.shift ;
   wire [5:0] \i__payload.shift[0] ;
-  output i__ready;
   wire i__ready;
   input i__valid;
   wire i__valid;
-  wire last;
-  reg [15:0] mult_0 = 16'h0000;
+  reg [49:0] msum_0_0 = 50'h0000000000000;
   output [7:0] o__payload;
   reg [7:0] o__payload = 8'h00;
   wire [7:0] \o__payload[0] ;
@@ -6295,647 +5731,507 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   wire o__ready;
   output o__valid;
   reg o__valid = 1'h0;
-  reg [36:0] p_hi_0 = 37'h0000000000;
-  reg [15:0] p_lo_0 = 16'h0000;
-  reg p_v = 1'h0;
-  reg [33:0] pp0_0_0 = 34'h000000000;
-  reg [33:0] pp0_2_0 = 34'h000000000;
-  reg [36:0] pp1_0_0 = 37'h0000000000;
-  reg pp_first0 = 1'h0;
-  reg pp_first1 = 1'h0;
-  reg pp_last0 = 1'h0;
-  reg pp_last1 = 1'h0;
-  reg pp_v0 = 1'h0;
-  reg pp_v1 = 1'h0;
+  wire [31:0] p;
+  wire [31:0] \p$29 ;
   input relu;
   wire relu;
   input rst;
   wire rst;
   reg [5:0] s1_0 = 6'h00;
-  reg [5:0] s2_0_0 = 6'h00;
-  reg [5:0] s2_1_0 = 6'h00;
+  reg [5:0] s2_0 = 6'h00;
   reg [5:0] s3_0 = 6'h00;
+  reg [5:0] s4_0 = 6'h00;
   reg [2:0] sfine_0 = 3'h0;
-  reg [1:0] step = 2'h0;
   reg [8:0] t_0 = 9'h000;
-  wire [37:0] total_0;
   reg tsign_0 = 1'h0;
   reg twide_0 = 1'h0;
+  reg v1 = 1'h0;
+  reg v2 = 1'h0;
+  reg v3 = 1'h0;
+  reg v4 = 1'h0;
   reg v5 = 1'h0;
   reg v6 = 1'h0;
   wire [7:0] y_0;
   assign \$1  = ~ o__valid;
   assign en = \$1  | o__ready;
-  assign last = step == 2'h3;
-  assign \$2  = ~ busy;
-  assign \$3  = \$2  | last;
-  assign i__ready = en & \$3 ;
-  assign \$4  = pp_first1 ? 37'h0000000000 : p_hi_0;
-  assign total_0 = $signed(\$4 ) + $signed(pp1_0_0);
-  assign \$5  = $signed({ tsign_0, t_0 }) < $signed(10'h2ff);
-  assign \$6  = twide_0 ? tsign_0 : \$5 ;
-  assign \$7  = ~ tsign_0;
-  assign \$8  = $signed({ tsign_0, t_0 }) > $signed(9'h0fe);
-  assign \$9  = twide_0 ? \$7  : \$8 ;
-  assign \$10  = $signed({ tsign_0, t_0 }) + $signed(2'h1);
-  assign \$12  = \$9  ? 8'h7f : \$11 [7:0];
-  assign y_0 = \$6  ? 8'h80 : \$12 ;
-  assign \$13  = i__valid & i__ready;
-  assign \$14  = step + 1'h1;
-  assign \$15  = ! step;
-  assign \$16  = pp_v1 & pp_last1;
-  assign \$17  = i__valid & i__ready;
-  assign \$19  = mult_0[0] ? acc_0 : 32'd0;
-  assign \$20  = mult_0[0] ? acc_0 : 32'd0;
-  assign \$22  = mult_0[1] ? acc_0 : 32'd0;
-  assign \$23  = $signed(\$21 ) + $signed(\$22 );
-  assign \$24  = mult_0[2] ? acc_0 : 32'd0;
-  assign \$25  = mult_0[2] ? acc_0 : 32'd0;
-  assign \$27  = mult_0[3] ? acc_0 : 32'd0;
-  assign \$28  = $signed(\$26 ) + $signed(\$27 );
-  assign \$30  = $signed(\$29 ) + $signed(pp0_2_0);
-  assign \$31  = en & pp_v1;
-  assign \$33  = s3_0[5] ? p_hi_0[32] : p_hi_0[7];
-  assign \$34  = s3_0[5] ? p_hi_0[23] : p_lo_0[7];
-  assign \$35  = s3_0[4] ? \$33  : \$34 ;
-  assign \$36  = s3_0[5] ? p_hi_0[31] : p_lo_0[15];
-  assign \$37  = s3_0[5] ? p_hi_0[15] : 1'h0;
-  assign \$38  = s3_0[4] ? \$36  : \$37 ;
-  assign \$39  = s3_0[3] ? \$35  : \$38 ;
-  assign \$40  = s3_0[5] ? p_hi_0[32] : p_hi_0[8];
-  assign \$41  = s3_0[5] ? p_hi_0[24] : p_lo_0[8];
-  assign \$42  = s3_0[4] ? \$40  : \$41 ;
-  assign \$43  = s3_0[5] ? p_hi_0[32] : p_hi_0[0];
-  assign \$44  = s3_0[5] ? p_hi_0[16] : p_lo_0[0];
-  assign \$45  = s3_0[4] ? \$43  : \$44 ;
-  assign \$46  = s3_0[3] ? \$42  : \$45 ;
-  assign \$47  = s3_0[5] ? p_hi_0[32] : p_hi_0[9];
-  assign \$48  = s3_0[5] ? p_hi_0[25] : p_lo_0[9];
-  assign \$49  = s3_0[4] ? \$47  : \$48 ;
-  assign \$50  = s3_0[5] ? p_hi_0[32] : p_hi_0[1];
-  assign \$51  = s3_0[5] ? p_hi_0[17] : p_lo_0[1];
-  assign \$52  = s3_0[4] ? \$50  : \$51 ;
-  assign \$53  = s3_0[3] ? \$49  : \$52 ;
-  assign \$54  = s3_0[5] ? p_hi_0[32] : p_hi_0[10];
-  assign \$55  = s3_0[5] ? p_hi_0[26] : p_lo_0[10];
-  assign \$56  = s3_0[4] ? \$54  : \$55 ;
-  assign \$57  = s3_0[5] ? p_hi_0[32] : p_hi_0[2];
-  assign \$58  = s3_0[5] ? p_hi_0[18] : p_lo_0[2];
-  assign \$59  = s3_0[4] ? \$57  : \$58 ;
-  assign \$60  = s3_0[3] ? \$56  : \$59 ;
-  assign \$61  = s3_0[5] ? p_hi_0[32] : p_hi_0[11];
-  assign \$62  = s3_0[5] ? p_hi_0[27] : p_lo_0[11];
-  assign \$63  = s3_0[4] ? \$61  : \$62 ;
-  assign \$64  = s3_0[5] ? p_hi_0[32] : p_hi_0[3];
-  assign \$65  = s3_0[5] ? p_hi_0[19] : p_lo_0[3];
-  assign \$66  = s3_0[4] ? \$64  : \$65 ;
-  assign \$67  = s3_0[3] ? \$63  : \$66 ;
-  assign \$68  = s3_0[5] ? p_hi_0[32] : p_hi_0[12];
-  assign \$69  = s3_0[5] ? p_hi_0[28] : p_lo_0[12];
-  assign \$70  = s3_0[4] ? \$68  : \$69 ;
-  assign \$71  = s3_0[5] ? p_hi_0[32] : p_hi_0[4];
-  assign \$72  = s3_0[5] ? p_hi_0[20] : p_lo_0[4];
-  assign \$73  = s3_0[4] ? \$71  : \$72 ;
-  assign \$74  = s3_0[3] ? \$70  : \$73 ;
-  assign \$75  = s3_0[5] ? p_hi_0[32] : p_hi_0[13];
-  assign \$76  = s3_0[5] ? p_hi_0[29] : p_lo_0[13];
-  assign \$77  = s3_0[4] ? \$75  : \$76 ;
-  assign \$78  = s3_0[5] ? p_hi_0[32] : p_hi_0[5];
-  assign \$79  = s3_0[5] ? p_hi_0[21] : p_lo_0[5];
-  assign \$80  = s3_0[4] ? \$78  : \$79 ;
-  assign \$81  = s3_0[3] ? \$77  : \$80 ;
-  assign \$82  = s3_0[5] ? p_hi_0[32] : p_hi_0[14];
-  assign \$83  = s3_0[5] ? p_hi_0[30] : p_lo_0[14];
-  assign \$84  = s3_0[4] ? \$82  : \$83 ;
-  assign \$85  = s3_0[5] ? p_hi_0[32] : p_hi_0[6];
-  assign \$86  = s3_0[5] ? p_hi_0[22] : p_lo_0[6];
-  assign \$87  = s3_0[4] ? \$85  : \$86 ;
-  assign \$88  = s3_0[3] ? \$84  : \$87 ;
-  assign \$89  = s3_0[5] ? p_hi_0[32] : p_hi_0[15];
-  assign \$90  = s3_0[5] ? p_hi_0[31] : p_lo_0[15];
-  assign \$91  = s3_0[4] ? \$89  : \$90 ;
-  assign \$92  = s3_0[5] ? p_hi_0[32] : p_hi_0[7];
-  assign \$93  = s3_0[5] ? p_hi_0[23] : p_lo_0[7];
-  assign \$94  = s3_0[4] ? \$92  : \$93 ;
-  assign \$95  = s3_0[3] ? \$91  : \$94 ;
-  assign \$96  = s3_0[5] ? p_hi_0[32] : p_hi_0[16];
-  assign \$97  = s3_0[5] ? p_hi_0[32] : p_hi_0[0];
-  assign \$98  = s3_0[4] ? \$96  : \$97 ;
-  assign \$99  = s3_0[5] ? p_hi_0[32] : p_hi_0[8];
-  assign \$100  = s3_0[5] ? p_hi_0[24] : p_lo_0[8];
-  assign \$101  = s3_0[4] ? \$99  : \$100 ;
-  assign \$102  = s3_0[3] ? \$98  : \$101 ;
-  assign \$103  = s3_0[5] ? p_hi_0[32] : p_hi_0[17];
-  assign \$104  = s3_0[5] ? p_hi_0[32] : p_hi_0[1];
-  assign \$105  = s3_0[4] ? \$103  : \$104 ;
-  assign \$106  = s3_0[5] ? p_hi_0[32] : p_hi_0[9];
-  assign \$107  = s3_0[5] ? p_hi_0[25] : p_lo_0[9];
-  assign \$108  = s3_0[4] ? \$106  : \$107 ;
-  assign \$109  = s3_0[3] ? \$105  : \$108 ;
-  assign \$110  = s3_0[5] ? p_hi_0[32] : p_hi_0[18];
-  assign \$111  = s3_0[5] ? p_hi_0[32] : p_hi_0[2];
-  assign \$112  = s3_0[4] ? \$110  : \$111 ;
-  assign \$113  = s3_0[5] ? p_hi_0[32] : p_hi_0[10];
-  assign \$114  = s3_0[5] ? p_hi_0[26] : p_lo_0[10];
-  assign \$115  = s3_0[4] ? \$113  : \$114 ;
-  assign \$116  = s3_0[3] ? \$112  : \$115 ;
-  assign \$117  = s3_0[5] ? p_hi_0[32] : p_hi_0[19];
-  assign \$118  = s3_0[5] ? p_hi_0[32] : p_hi_0[3];
-  assign \$119  = s3_0[4] ? \$117  : \$118 ;
-  assign \$120  = s3_0[5] ? p_hi_0[32] : p_hi_0[11];
-  assign \$121  = s3_0[5] ? p_hi_0[27] : p_lo_0[11];
-  assign \$122  = s3_0[4] ? \$120  : \$121 ;
-  assign \$123  = s3_0[3] ? \$119  : \$122 ;
-  assign \$124  = s3_0[5] ? p_hi_0[32] : p_hi_0[20];
-  assign \$125  = s3_0[5] ? p_hi_0[32] : p_hi_0[4];
-  assign \$126  = s3_0[4] ? \$124  : \$125 ;
-  assign \$127  = s3_0[5] ? p_hi_0[32] : p_hi_0[12];
-  assign \$128  = s3_0[5] ? p_hi_0[28] : p_lo_0[12];
-  assign \$129  = s3_0[4] ? \$127  : \$128 ;
-  assign \$130  = s3_0[3] ? \$126  : \$129 ;
-  assign \$131  = s3_0[5] ? p_hi_0[32] : p_hi_0[21];
-  assign \$132  = s3_0[5] ? p_hi_0[32] : p_hi_0[5];
-  assign \$133  = s3_0[4] ? \$131  : \$132 ;
-  assign \$134  = s3_0[5] ? p_hi_0[32] : p_hi_0[13];
-  assign \$135  = s3_0[5] ? p_hi_0[29] : p_lo_0[13];
-  assign \$136  = s3_0[4] ? \$134  : \$135 ;
-  assign \$137  = s3_0[3] ? \$133  : \$136 ;
-  assign \$138  = s3_0[5] ? p_hi_0[32] : p_hi_0[22];
-  assign \$139  = s3_0[5] ? p_hi_0[32] : p_hi_0[6];
-  assign \$140  = s3_0[4] ? \$138  : \$139 ;
-  assign \$141  = s3_0[5] ? p_hi_0[32] : p_hi_0[14];
-  assign \$142  = s3_0[5] ? p_hi_0[30] : p_lo_0[14];
-  assign \$143  = s3_0[4] ? \$141  : \$142 ;
-  assign \$144  = s3_0[3] ? \$140  : \$143 ;
-  assign \$145  = ~ s3_0[5];
-  assign \$146  = $signed(p_hi_0[31:23]) != $signed(p_hi_0[32]);
-  assign \$147  = \$145  & \$146 ;
-  assign \$149  = ~ s3_0[4];
-  assign \$150  = s3_0[5] ? p_hi_0[32] : p_hi_0[7];
-  assign \$151  = s3_0[5] ? p_hi_0[32] : p_hi_0[8];
-  assign \$152  = s3_0[5] ? p_hi_0[32] : p_hi_0[9];
-  assign \$153  = s3_0[5] ? p_hi_0[32] : p_hi_0[10];
-  assign \$154  = s3_0[5] ? p_hi_0[32] : p_hi_0[11];
-  assign \$155  = s3_0[5] ? p_hi_0[32] : p_hi_0[12];
-  assign \$156  = s3_0[5] ? p_hi_0[32] : p_hi_0[13];
-  assign \$157  = s3_0[5] ? p_hi_0[32] : p_hi_0[14];
-  assign \$158  = s3_0[5] ? p_hi_0[32] : p_hi_0[15];
-  assign \$159  = s3_0[5] ? p_hi_0[32] : p_hi_0[16];
-  assign \$160  = s3_0[5] ? p_hi_0[32] : p_hi_0[17];
-  assign \$161  = s3_0[5] ? p_hi_0[32] : p_hi_0[18];
-  assign \$162  = s3_0[5] ? p_hi_0[32] : p_hi_0[19];
-  assign \$163  = s3_0[5] ? p_hi_0[32] : p_hi_0[20];
-  assign \$164  = s3_0[5] ? p_hi_0[32] : p_hi_0[21];
-  assign \$165  = s3_0[5] ? p_hi_0[32] : p_hi_0[22];
-  assign \$166  = $signed({ \$165 , \$164 , \$163 , \$162 , \$161 , \$160 , \$159 , \$158 , \$157 , \$156 , \$155 , \$154 , \$153 , \$152 , \$151 , \$150  }) != $signed(p_hi_0[32]);
-  assign \$167  = \$149  & \$166 ;
-  assign \$168  = \$148  | \$167 ;
-  assign \$169  = ~ s3_0[3];
-  assign \$170  = s3_0[5] ? p_hi_0[32] : p_hi_0[15];
-  assign \$171  = s3_0[5] ? p_hi_0[31] : p_lo_0[15];
-  assign \$172  = s3_0[4] ? \$170  : \$171 ;
-  assign \$173  = s3_0[5] ? p_hi_0[32] : p_hi_0[16];
-  assign \$174  = s3_0[5] ? p_hi_0[32] : p_hi_0[0];
-  assign \$175  = s3_0[4] ? \$173  : \$174 ;
-  assign \$176  = s3_0[5] ? p_hi_0[32] : p_hi_0[17];
-  assign \$177  = s3_0[5] ? p_hi_0[32] : p_hi_0[1];
-  assign \$178  = s3_0[4] ? \$176  : \$177 ;
-  assign \$179  = s3_0[5] ? p_hi_0[32] : p_hi_0[18];
-  assign \$180  = s3_0[5] ? p_hi_0[32] : p_hi_0[2];
-  assign \$181  = s3_0[4] ? \$179  : \$180 ;
-  assign \$182  = s3_0[5] ? p_hi_0[32] : p_hi_0[19];
-  assign \$183  = s3_0[5] ? p_hi_0[32] : p_hi_0[3];
-  assign \$184  = s3_0[4] ? \$182  : \$183 ;
-  assign \$185  = s3_0[5] ? p_hi_0[32] : p_hi_0[20];
-  assign \$186  = s3_0[5] ? p_hi_0[32] : p_hi_0[4];
-  assign \$187  = s3_0[4] ? \$185  : \$186 ;
-  assign \$188  = s3_0[5] ? p_hi_0[32] : p_hi_0[21];
-  assign \$189  = s3_0[5] ? p_hi_0[32] : p_hi_0[5];
-  assign \$190  = s3_0[4] ? \$188  : \$189 ;
-  assign \$191  = s3_0[5] ? p_hi_0[32] : p_hi_0[22];
-  assign \$192  = s3_0[5] ? p_hi_0[32] : p_hi_0[6];
-  assign \$193  = s3_0[4] ? \$191  : \$192 ;
-  assign \$194  = $signed({ \$193 , \$190 , \$187 , \$184 , \$181 , \$178 , \$175 , \$172  }) != $signed(p_hi_0[32]);
-  assign \$195  = \$169  & \$194 ;
-  assign \$196  = \$168  | \$195 ;
-  assign \$197  = sfine_0[2] ? coarse_0[7] : coarse_0[3];
-  assign \$198  = sfine_0[2] ? coarse_0[5] : coarse_0[1];
+  assign \$2  = $signed({ tsign_0, t_0 }) < $signed(10'h2ff);
+  assign \$3  = twide_0 ? tsign_0 : \$2 ;
+  assign \$4  = ~ tsign_0;
+  assign \$5  = $signed({ tsign_0, t_0 }) > $signed(9'h0fe);
+  assign \$6  = twide_0 ? \$4  : \$5 ;
+  assign \$7  = $signed({ tsign_0, t_0 }) + $signed(2'h1);
+  assign \$9  = \$6  ? 8'h7f : \$8 [7:0];
+  assign y_0 = \$3  ? 8'h80 : \$9 ;
+  assign \$11  = $signed({ 1'h0, \$10  }) + $signed(\p$29 );
+  assign \$12  = s4_0[5] ? msum_0_0[48] : msum_0_0[23];
+  assign \$13  = s4_0[5] ? msum_0_0[39] : msum_0_0[7];
+  assign \$14  = s4_0[4] ? \$12  : \$13 ;
+  assign \$15  = s4_0[5] ? msum_0_0[47] : msum_0_0[15];
+  assign \$16  = s4_0[5] ? msum_0_0[31] : 1'h0;
+  assign \$17  = s4_0[4] ? \$15  : \$16 ;
+  assign \$18  = s4_0[3] ? \$14  : \$17 ;
+  assign \$19  = s4_0[5] ? msum_0_0[48] : msum_0_0[24];
+  assign \$20  = s4_0[5] ? msum_0_0[40] : msum_0_0[8];
+  assign \$21  = s4_0[4] ? \$19  : \$20 ;
+  assign \$22  = s4_0[5] ? msum_0_0[48] : msum_0_0[16];
+  assign \$23  = s4_0[5] ? msum_0_0[32] : msum_0_0[0];
+  assign \$24  = s4_0[4] ? \$22  : \$23 ;
+  assign \$25  = s4_0[3] ? \$21  : \$24 ;
+  assign \$26  = s4_0[5] ? msum_0_0[48] : msum_0_0[25];
+  assign \$27  = s4_0[5] ? msum_0_0[41] : msum_0_0[9];
+  assign \$28  = s4_0[4] ? \$26  : \$27 ;
+  assign \$29  = s4_0[5] ? msum_0_0[48] : msum_0_0[17];
+  assign \$30  = s4_0[5] ? msum_0_0[33] : msum_0_0[1];
+  assign \$31  = s4_0[4] ? \$29  : \$30 ;
+  assign \$32  = s4_0[3] ? \$28  : \$31 ;
+  assign \$33  = s4_0[5] ? msum_0_0[48] : msum_0_0[26];
+  assign \$34  = s4_0[5] ? msum_0_0[42] : msum_0_0[10];
+  assign \$35  = s4_0[4] ? \$33  : \$34 ;
+  assign \$36  = s4_0[5] ? msum_0_0[48] : msum_0_0[18];
+  assign \$37  = s4_0[5] ? msum_0_0[34] : msum_0_0[2];
+  assign \$38  = s4_0[4] ? \$36  : \$37 ;
+  assign \$39  = s4_0[3] ? \$35  : \$38 ;
+  assign \$40  = s4_0[5] ? msum_0_0[48] : msum_0_0[27];
+  assign \$41  = s4_0[5] ? msum_0_0[43] : msum_0_0[11];
+  assign \$42  = s4_0[4] ? \$40  : \$41 ;
+  assign \$43  = s4_0[5] ? msum_0_0[48] : msum_0_0[19];
+  assign \$44  = s4_0[5] ? msum_0_0[35] : msum_0_0[3];
+  assign \$45  = s4_0[4] ? \$43  : \$44 ;
+  assign \$46  = s4_0[3] ? \$42  : \$45 ;
+  assign \$47  = s4_0[5] ? msum_0_0[48] : msum_0_0[28];
+  assign \$48  = s4_0[5] ? msum_0_0[44] : msum_0_0[12];
+  assign \$49  = s4_0[4] ? \$47  : \$48 ;
+  assign \$50  = s4_0[5] ? msum_0_0[48] : msum_0_0[20];
+  assign \$51  = s4_0[5] ? msum_0_0[36] : msum_0_0[4];
+  assign \$52  = s4_0[4] ? \$50  : \$51 ;
+  assign \$53  = s4_0[3] ? \$49  : \$52 ;
+  assign \$54  = s4_0[5] ? msum_0_0[48] : msum_0_0[29];
+  assign \$55  = s4_0[5] ? msum_0_0[45] : msum_0_0[13];
+  assign \$56  = s4_0[4] ? \$54  : \$55 ;
+  assign \$57  = s4_0[5] ? msum_0_0[48] : msum_0_0[21];
+  assign \$58  = s4_0[5] ? msum_0_0[37] : msum_0_0[5];
+  assign \$59  = s4_0[4] ? \$57  : \$58 ;
+  assign \$60  = s4_0[3] ? \$56  : \$59 ;
+  assign \$61  = s4_0[5] ? msum_0_0[48] : msum_0_0[30];
+  assign \$62  = s4_0[5] ? msum_0_0[46] : msum_0_0[14];
+  assign \$63  = s4_0[4] ? \$61  : \$62 ;
+  assign \$64  = s4_0[5] ? msum_0_0[48] : msum_0_0[22];
+  assign \$65  = s4_0[5] ? msum_0_0[38] : msum_0_0[6];
+  assign \$66  = s4_0[4] ? \$64  : \$65 ;
+  assign \$67  = s4_0[3] ? \$63  : \$66 ;
+  assign \$68  = s4_0[5] ? msum_0_0[48] : msum_0_0[31];
+  assign \$69  = s4_0[5] ? msum_0_0[47] : msum_0_0[15];
+  assign \$70  = s4_0[4] ? \$68  : \$69 ;
+  assign \$71  = s4_0[5] ? msum_0_0[48] : msum_0_0[23];
+  assign \$72  = s4_0[5] ? msum_0_0[39] : msum_0_0[7];
+  assign \$73  = s4_0[4] ? \$71  : \$72 ;
+  assign \$74  = s4_0[3] ? \$70  : \$73 ;
+  assign \$75  = s4_0[5] ? msum_0_0[48] : msum_0_0[32];
+  assign \$76  = s4_0[5] ? msum_0_0[48] : msum_0_0[16];
+  assign \$77  = s4_0[4] ? \$75  : \$76 ;
+  assign \$78  = s4_0[5] ? msum_0_0[48] : msum_0_0[24];
+  assign \$79  = s4_0[5] ? msum_0_0[40] : msum_0_0[8];
+  assign \$80  = s4_0[4] ? \$78  : \$79 ;
+  assign \$81  = s4_0[3] ? \$77  : \$80 ;
+  assign \$82  = s4_0[5] ? msum_0_0[48] : msum_0_0[33];
+  assign \$83  = s4_0[5] ? msum_0_0[48] : msum_0_0[17];
+  assign \$84  = s4_0[4] ? \$82  : \$83 ;
+  assign \$85  = s4_0[5] ? msum_0_0[48] : msum_0_0[25];
+  assign \$86  = s4_0[5] ? msum_0_0[41] : msum_0_0[9];
+  assign \$87  = s4_0[4] ? \$85  : \$86 ;
+  assign \$88  = s4_0[3] ? \$84  : \$87 ;
+  assign \$89  = s4_0[5] ? msum_0_0[48] : msum_0_0[34];
+  assign \$90  = s4_0[5] ? msum_0_0[48] : msum_0_0[18];
+  assign \$91  = s4_0[4] ? \$89  : \$90 ;
+  assign \$92  = s4_0[5] ? msum_0_0[48] : msum_0_0[26];
+  assign \$93  = s4_0[5] ? msum_0_0[42] : msum_0_0[10];
+  assign \$94  = s4_0[4] ? \$92  : \$93 ;
+  assign \$95  = s4_0[3] ? \$91  : \$94 ;
+  assign \$96  = s4_0[5] ? msum_0_0[48] : msum_0_0[35];
+  assign \$97  = s4_0[5] ? msum_0_0[48] : msum_0_0[19];
+  assign \$98  = s4_0[4] ? \$96  : \$97 ;
+  assign \$99  = s4_0[5] ? msum_0_0[48] : msum_0_0[27];
+  assign \$100  = s4_0[5] ? msum_0_0[43] : msum_0_0[11];
+  assign \$101  = s4_0[4] ? \$99  : \$100 ;
+  assign \$102  = s4_0[3] ? \$98  : \$101 ;
+  assign \$103  = s4_0[5] ? msum_0_0[48] : msum_0_0[36];
+  assign \$104  = s4_0[5] ? msum_0_0[48] : msum_0_0[20];
+  assign \$105  = s4_0[4] ? \$103  : \$104 ;
+  assign \$106  = s4_0[5] ? msum_0_0[48] : msum_0_0[28];
+  assign \$107  = s4_0[5] ? msum_0_0[44] : msum_0_0[12];
+  assign \$108  = s4_0[4] ? \$106  : \$107 ;
+  assign \$109  = s4_0[3] ? \$105  : \$108 ;
+  assign \$110  = s4_0[5] ? msum_0_0[48] : msum_0_0[37];
+  assign \$111  = s4_0[5] ? msum_0_0[48] : msum_0_0[21];
+  assign \$112  = s4_0[4] ? \$110  : \$111 ;
+  assign \$113  = s4_0[5] ? msum_0_0[48] : msum_0_0[29];
+  assign \$114  = s4_0[5] ? msum_0_0[45] : msum_0_0[13];
+  assign \$115  = s4_0[4] ? \$113  : \$114 ;
+  assign \$116  = s4_0[3] ? \$112  : \$115 ;
+  assign \$117  = s4_0[5] ? msum_0_0[48] : msum_0_0[38];
+  assign \$118  = s4_0[5] ? msum_0_0[48] : msum_0_0[22];
+  assign \$119  = s4_0[4] ? \$117  : \$118 ;
+  assign \$120  = s4_0[5] ? msum_0_0[48] : msum_0_0[30];
+  assign \$121  = s4_0[5] ? msum_0_0[46] : msum_0_0[14];
+  assign \$122  = s4_0[4] ? \$120  : \$121 ;
+  assign \$123  = s4_0[3] ? \$119  : \$122 ;
+  assign \$124  = ~ s4_0[5];
+  assign \$125  = $signed(msum_0_0[47:39]) != $signed(msum_0_0[48]);
+  assign \$126  = \$124  & \$125 ;
+  assign \$128  = ~ s4_0[4];
+  assign \$129  = s4_0[5] ? msum_0_0[48] : msum_0_0[23];
+  assign \$130  = s4_0[5] ? msum_0_0[48] : msum_0_0[24];
+  assign \$131  = s4_0[5] ? msum_0_0[48] : msum_0_0[25];
+  assign \$132  = s4_0[5] ? msum_0_0[48] : msum_0_0[26];
+  assign \$133  = s4_0[5] ? msum_0_0[48] : msum_0_0[27];
+  assign \$134  = s4_0[5] ? msum_0_0[48] : msum_0_0[28];
+  assign \$135  = s4_0[5] ? msum_0_0[48] : msum_0_0[29];
+  assign \$136  = s4_0[5] ? msum_0_0[48] : msum_0_0[30];
+  assign \$137  = s4_0[5] ? msum_0_0[48] : msum_0_0[31];
+  assign \$138  = s4_0[5] ? msum_0_0[48] : msum_0_0[32];
+  assign \$139  = s4_0[5] ? msum_0_0[48] : msum_0_0[33];
+  assign \$140  = s4_0[5] ? msum_0_0[48] : msum_0_0[34];
+  assign \$141  = s4_0[5] ? msum_0_0[48] : msum_0_0[35];
+  assign \$142  = s4_0[5] ? msum_0_0[48] : msum_0_0[36];
+  assign \$143  = s4_0[5] ? msum_0_0[48] : msum_0_0[37];
+  assign \$144  = s4_0[5] ? msum_0_0[48] : msum_0_0[38];
+  assign \$145  = $signed({ \$144 , \$143 , \$142 , \$141 , \$140 , \$139 , \$138 , \$137 , \$136 , \$135 , \$134 , \$133 , \$132 , \$131 , \$130 , \$129  }) != $signed(msum_0_0[48]);
+  assign \$146  = \$128  & \$145 ;
+  assign \$147  = \$127  | \$146 ;
+  assign \$148  = ~ s4_0[3];
+  assign \$149  = s4_0[5] ? msum_0_0[48] : msum_0_0[31];
+  assign \$150  = s4_0[5] ? msum_0_0[47] : msum_0_0[15];
+  assign \$151  = s4_0[4] ? \$149  : \$150 ;
+  assign \$152  = s4_0[5] ? msum_0_0[48] : msum_0_0[32];
+  assign \$153  = s4_0[5] ? msum_0_0[48] : msum_0_0[16];
+  assign \$154  = s4_0[4] ? \$152  : \$153 ;
+  assign \$155  = s4_0[5] ? msum_0_0[48] : msum_0_0[33];
+  assign \$156  = s4_0[5] ? msum_0_0[48] : msum_0_0[17];
+  assign \$157  = s4_0[4] ? \$155  : \$156 ;
+  assign \$158  = s4_0[5] ? msum_0_0[48] : msum_0_0[34];
+  assign \$159  = s4_0[5] ? msum_0_0[48] : msum_0_0[18];
+  assign \$160  = s4_0[4] ? \$158  : \$159 ;
+  assign \$161  = s4_0[5] ? msum_0_0[48] : msum_0_0[35];
+  assign \$162  = s4_0[5] ? msum_0_0[48] : msum_0_0[19];
+  assign \$163  = s4_0[4] ? \$161  : \$162 ;
+  assign \$164  = s4_0[5] ? msum_0_0[48] : msum_0_0[36];
+  assign \$165  = s4_0[5] ? msum_0_0[48] : msum_0_0[20];
+  assign \$166  = s4_0[4] ? \$164  : \$165 ;
+  assign \$167  = s4_0[5] ? msum_0_0[48] : msum_0_0[37];
+  assign \$168  = s4_0[5] ? msum_0_0[48] : msum_0_0[21];
+  assign \$169  = s4_0[4] ? \$167  : \$168 ;
+  assign \$170  = s4_0[5] ? msum_0_0[48] : msum_0_0[38];
+  assign \$171  = s4_0[5] ? msum_0_0[48] : msum_0_0[22];
+  assign \$172  = s4_0[4] ? \$170  : \$171 ;
+  assign \$173  = $signed({ \$172 , \$169 , \$166 , \$163 , \$160 , \$157 , \$154 , \$151  }) != $signed(msum_0_0[48]);
+  assign \$174  = \$148  & \$173 ;
+  assign \$175  = \$147  | \$174 ;
+  assign \$176  = sfine_0[2] ? coarse_0[7] : coarse_0[3];
+  assign \$177  = sfine_0[2] ? coarse_0[5] : coarse_0[1];
+  assign \$178  = sfine_0[1] ? \$176  : \$177 ;
+  assign \$179  = sfine_0[2] ? coarse_0[6] : coarse_0[2];
+  assign \$180  = sfine_0[2] ? coarse_0[4] : coarse_0[0];
+  assign \$181  = sfine_0[1] ? \$179  : \$180 ;
+  assign \$182  = sfine_0[0] ? \$178  : \$181 ;
+  assign \$183  = sfine_0[2] ? coarse_0[8] : coarse_0[4];
+  assign \$184  = sfine_0[2] ? coarse_0[6] : coarse_0[2];
+  assign \$185  = sfine_0[1] ? \$183  : \$184 ;
+  assign \$186  = sfine_0[2] ? coarse_0[7] : coarse_0[3];
+  assign \$187  = sfine_0[2] ? coarse_0[5] : coarse_0[1];
+  assign \$188  = sfine_0[1] ? \$186  : \$187 ;
+  assign \$189  = sfine_0[0] ? \$185  : \$188 ;
+  assign \$190  = sfine_0[2] ? coarse_0[9] : coarse_0[5];
+  assign \$191  = sfine_0[2] ? coarse_0[7] : coarse_0[3];
+  assign \$192  = sfine_0[1] ? \$190  : \$191 ;
+  assign \$193  = sfine_0[2] ? coarse_0[8] : coarse_0[4];
+  assign \$194  = sfine_0[2] ? coarse_0[6] : coarse_0[2];
+  assign \$195  = sfine_0[1] ? \$193  : \$194 ;
+  assign \$196  = sfine_0[0] ? \$192  : \$195 ;
+  assign \$197  = sfine_0[2] ? coarse_0[10] : coarse_0[6];
+  assign \$198  = sfine_0[2] ? coarse_0[8] : coarse_0[4];
   assign \$199  = sfine_0[1] ? \$197  : \$198 ;
-  assign \$200  = sfine_0[2] ? coarse_0[6] : coarse_0[2];
-  assign \$201  = sfine_0[2] ? coarse_0[4] : coarse_0[0];
+  assign \$200  = sfine_0[2] ? coarse_0[9] : coarse_0[5];
+  assign \$201  = sfine_0[2] ? coarse_0[7] : coarse_0[3];
   assign \$202  = sfine_0[1] ? \$200  : \$201 ;
   assign \$203  = sfine_0[0] ? \$199  : \$202 ;
-  assign \$204  = sfine_0[2] ? coarse_0[8] : coarse_0[4];
-  assign \$205  = sfine_0[2] ? coarse_0[6] : coarse_0[2];
+  assign \$204  = sfine_0[2] ? coarse_0[11] : coarse_0[7];
+  assign \$205  = sfine_0[2] ? coarse_0[9] : coarse_0[5];
   assign \$206  = sfine_0[1] ? \$204  : \$205 ;
-  assign \$207  = sfine_0[2] ? coarse_0[7] : coarse_0[3];
-  assign \$208  = sfine_0[2] ? coarse_0[5] : coarse_0[1];
+  assign \$207  = sfine_0[2] ? coarse_0[10] : coarse_0[6];
+  assign \$208  = sfine_0[2] ? coarse_0[8] : coarse_0[4];
   assign \$209  = sfine_0[1] ? \$207  : \$208 ;
   assign \$210  = sfine_0[0] ? \$206  : \$209 ;
-  assign \$211  = sfine_0[2] ? coarse_0[9] : coarse_0[5];
-  assign \$212  = sfine_0[2] ? coarse_0[7] : coarse_0[3];
+  assign \$211  = sfine_0[2] ? coarse_0[12] : coarse_0[8];
+  assign \$212  = sfine_0[2] ? coarse_0[10] : coarse_0[6];
   assign \$213  = sfine_0[1] ? \$211  : \$212 ;
-  assign \$214  = sfine_0[2] ? coarse_0[8] : coarse_0[4];
-  assign \$215  = sfine_0[2] ? coarse_0[6] : coarse_0[2];
+  assign \$214  = sfine_0[2] ? coarse_0[11] : coarse_0[7];
+  assign \$215  = sfine_0[2] ? coarse_0[9] : coarse_0[5];
   assign \$216  = sfine_0[1] ? \$214  : \$215 ;
   assign \$217  = sfine_0[0] ? \$213  : \$216 ;
-  assign \$218  = sfine_0[2] ? coarse_0[10] : coarse_0[6];
-  assign \$219  = sfine_0[2] ? coarse_0[8] : coarse_0[4];
+  assign \$218  = sfine_0[2] ? coarse_0[13] : coarse_0[9];
+  assign \$219  = sfine_0[2] ? coarse_0[11] : coarse_0[7];
   assign \$220  = sfine_0[1] ? \$218  : \$219 ;
-  assign \$221  = sfine_0[2] ? coarse_0[9] : coarse_0[5];
-  assign \$222  = sfine_0[2] ? coarse_0[7] : coarse_0[3];
+  assign \$221  = sfine_0[2] ? coarse_0[12] : coarse_0[8];
+  assign \$222  = sfine_0[2] ? coarse_0[10] : coarse_0[6];
   assign \$223  = sfine_0[1] ? \$221  : \$222 ;
   assign \$224  = sfine_0[0] ? \$220  : \$223 ;
-  assign \$225  = sfine_0[2] ? coarse_0[11] : coarse_0[7];
-  assign \$226  = sfine_0[2] ? coarse_0[9] : coarse_0[5];
+  assign \$225  = sfine_0[2] ? coarse_0[14] : coarse_0[10];
+  assign \$226  = sfine_0[2] ? coarse_0[12] : coarse_0[8];
   assign \$227  = sfine_0[1] ? \$225  : \$226 ;
-  assign \$228  = sfine_0[2] ? coarse_0[10] : coarse_0[6];
-  assign \$229  = sfine_0[2] ? coarse_0[8] : coarse_0[4];
+  assign \$228  = sfine_0[2] ? coarse_0[13] : coarse_0[9];
+  assign \$229  = sfine_0[2] ? coarse_0[11] : coarse_0[7];
   assign \$230  = sfine_0[1] ? \$228  : \$229 ;
   assign \$231  = sfine_0[0] ? \$227  : \$230 ;
-  assign \$232  = sfine_0[2] ? coarse_0[12] : coarse_0[8];
-  assign \$233  = sfine_0[2] ? coarse_0[10] : coarse_0[6];
+  assign \$232  = sfine_0[2] ? coarse_0[15] : coarse_0[11];
+  assign \$233  = sfine_0[2] ? coarse_0[13] : coarse_0[9];
   assign \$234  = sfine_0[1] ? \$232  : \$233 ;
-  assign \$235  = sfine_0[2] ? coarse_0[11] : coarse_0[7];
-  assign \$236  = sfine_0[2] ? coarse_0[9] : coarse_0[5];
+  assign \$235  = sfine_0[2] ? coarse_0[14] : coarse_0[10];
+  assign \$236  = sfine_0[2] ? coarse_0[12] : coarse_0[8];
   assign \$237  = sfine_0[1] ? \$235  : \$236 ;
   assign \$238  = sfine_0[0] ? \$234  : \$237 ;
-  assign \$239  = sfine_0[2] ? coarse_0[13] : coarse_0[9];
-  assign \$240  = sfine_0[2] ? coarse_0[11] : coarse_0[7];
-  assign \$241  = sfine_0[1] ? \$239  : \$240 ;
-  assign \$242  = sfine_0[2] ? coarse_0[12] : coarse_0[8];
-  assign \$243  = sfine_0[2] ? coarse_0[10] : coarse_0[6];
-  assign \$244  = sfine_0[1] ? \$242  : \$243 ;
-  assign \$245  = sfine_0[0] ? \$241  : \$244 ;
-  assign \$246  = sfine_0[2] ? coarse_0[14] : coarse_0[10];
-  assign \$247  = sfine_0[2] ? coarse_0[12] : coarse_0[8];
-  assign \$248  = sfine_0[1] ? \$246  : \$247 ;
-  assign \$249  = sfine_0[2] ? coarse_0[13] : coarse_0[9];
-  assign \$250  = sfine_0[2] ? coarse_0[11] : coarse_0[7];
-  assign \$251  = sfine_0[1] ? \$249  : \$250 ;
-  assign \$252  = sfine_0[0] ? \$248  : \$251 ;
-  assign \$253  = sfine_0[2] ? coarse_0[15] : coarse_0[11];
-  assign \$254  = sfine_0[2] ? coarse_0[13] : coarse_0[9];
-  assign \$255  = sfine_0[1] ? \$253  : \$254 ;
-  assign \$256  = sfine_0[2] ? coarse_0[14] : coarse_0[10];
-  assign \$257  = sfine_0[2] ? coarse_0[12] : coarse_0[8];
-  assign \$258  = sfine_0[1] ? \$256  : \$257 ;
-  assign \$259  = sfine_0[0] ? \$255  : \$258 ;
-  assign \$260  = ~ sfine_0[2];
-  assign \$261  = $signed(coarse_0[15:12]) != $signed(csign_0);
-  assign \$262  = \$260  & \$261 ;
-  assign \$263  = cwide_0 | \$262 ;
-  assign \$264  = ~ sfine_0[1];
-  assign \$265  = sfine_0[2] ? coarse_0[14] : coarse_0[10];
-  assign \$266  = sfine_0[2] ? coarse_0[15] : coarse_0[11];
-  assign \$267  = $signed({ \$266 , \$265  }) != $signed(csign_0);
-  assign \$268  = \$264  & \$267 ;
-  assign \$269  = \$263  | \$268 ;
-  assign \$270  = ~ sfine_0[0];
-  assign \$271  = sfine_0[2] ? coarse_0[15] : coarse_0[11];
-  assign \$272  = sfine_0[2] ? coarse_0[13] : coarse_0[9];
-  assign \$273  = sfine_0[1] ? \$271  : \$272 ;
-  assign \$274  = \$273  != csign_0;
-  assign \$275  = \$270  & \$274 ;
-  assign \$276  = \$269  | \$275 ;
-  assign \$277  = relu & y_0[7];
-  assign \$278  = \$277  ? 8'h00 : y_0;
+  assign \$239  = ~ sfine_0[2];
+  assign \$240  = $signed(coarse_0[15:12]) != $signed(csign_0);
+  assign \$241  = \$239  & \$240 ;
+  assign \$242  = cwide_0 | \$241 ;
+  assign \$243  = ~ sfine_0[1];
+  assign \$244  = sfine_0[2] ? coarse_0[14] : coarse_0[10];
+  assign \$245  = sfine_0[2] ? coarse_0[15] : coarse_0[11];
+  assign \$246  = $signed({ \$245 , \$244  }) != $signed(csign_0);
+  assign \$247  = \$243  & \$246 ;
+  assign \$248  = \$242  | \$247 ;
+  assign \$249  = ~ sfine_0[0];
+  assign \$250  = sfine_0[2] ? coarse_0[15] : coarse_0[11];
+  assign \$251  = sfine_0[2] ? coarse_0[13] : coarse_0[9];
+  assign \$252  = sfine_0[1] ? \$250  : \$251 ;
+  assign \$253  = \$252  != csign_0;
+  assign \$254  = \$249  & \$253 ;
+  assign \$255  = \$248  | \$254 ;
+  assign \$256  = relu & y_0[7];
+  assign \$257  = \$256  ? 8'h00 : y_0;
   always @(posedge clk)
-    busy <= \$279 ;
+    v1 <= \$258 ;
   always @(posedge clk)
-    step <= \$280 ;
+    v2 <= \$259 ;
   always @(posedge clk)
-    pp_v0 <= \$281 ;
+    v3 <= \$260 ;
   always @(posedge clk)
-    pp_first0 <= \$282 ;
+    v4 <= \$261 ;
   always @(posedge clk)
-    pp_last0 <= \$283 ;
+    v5 <= \$262 ;
   always @(posedge clk)
-    pp_v1 <= \$284 ;
+    v6 <= \$263 ;
   always @(posedge clk)
-    pp_first1 <= \$285 ;
+    o__valid <= \$264 ;
   always @(posedge clk)
-    pp_last1 <= \$286 ;
+    s1_0 <= \$265 ;
   always @(posedge clk)
-    p_v <= \$287 ;
+    s2_0 <= \$266 ;
   always @(posedge clk)
-    v5 <= \$288 ;
+    s3_0 <= \$267 ;
   always @(posedge clk)
-    v6 <= \$289 ;
+    msum_0_0 <= \$268 ;
   always @(posedge clk)
-    o__valid <= \$290 ;
+    s4_0 <= \$269 ;
   always @(posedge clk)
-    acc_0 <= \$291 ;
+    coarse_0 <= \$270 ;
   always @(posedge clk)
-    mult_0 <= \$292 ;
+    csign_0 <= \$271 ;
   always @(posedge clk)
-    s1_0 <= \$293 ;
+    cwide_0 <= \$272 ;
   always @(posedge clk)
-    pp0_0_0 <= \$294 ;
+    sfine_0 <= \$273 ;
   always @(posedge clk)
-    pp0_2_0 <= \$295 ;
+    t_0 <= \$274 ;
   always @(posedge clk)
-    s2_0_0 <= \$296 ;
+    tsign_0 <= \$275 ;
   always @(posedge clk)
-    pp1_0_0 <= \$297 ;
+    twide_0 <= \$276 ;
   always @(posedge clk)
-    s2_1_0 <= \$298 ;
-  always @(posedge clk)
-    p_hi_0 <= \$299 ;
-  always @(posedge clk)
-    p_lo_0 <= \$300 ;
-  always @(posedge clk)
-    s3_0 <= \$301 ;
-  always @(posedge clk)
-    coarse_0 <= \$302 ;
-  always @(posedge clk)
-    csign_0 <= \$303 ;
-  always @(posedge clk)
-    cwide_0 <= \$304 ;
-  always @(posedge clk)
-    sfine_0 <= \$305 ;
-  always @(posedge clk)
-    t_0 <= \$306 ;
-  always @(posedge clk)
-    tsign_0 <= \$307 ;
-  always @(posedge clk)
-    twide_0 <= \$308 ;
-  always @(posedge clk)
-    o__payload <= \$309 ;
+    o__payload <= \$277 ;
+  \psc_core.out.rq.inner.mac0_0  mac0_0 (
+    .a(i__payload[15:0]),
+    .b(i__payload[47:32]),
+    .clk(clk),
+    .en(en),
+    .p(p)
+  );
+  \psc_core.out.rq.inner.mac16_0  mac16_0 (
+    .clk(clk),
+    .en(en),
+    .p(\p$29 ),
+    .\port$1579$16 (i__payload[47:16])
+  );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$279  = busy;
+    \$258  = v1;
     if (en) begin
-      if (\$13 ) begin
-        \$279  = 1'h1;
-      end else if (busy) begin
-        if (last) begin
-          \$279  = 1'h0;
-        end
-      end
+      \$258  = i__valid;
     end
     if (rst) begin
-      \$279  = 1'h0;
+      \$258  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$280  = step;
+    \$259  = v2;
     if (en) begin
-      if (\$13 ) begin
-        \$280  = 2'h0;
-      end else if (busy) begin
-        \$280  = \$14 [1:0];
-      end
+      \$259  = v1;
     end
     if (rst) begin
-      \$280  = 2'h0;
+      \$259  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$281  = pp_v0;
+    \$260  = v3;
     if (en) begin
-      \$281  = busy;
+      \$260  = v2;
     end
     if (rst) begin
-      \$281  = 1'h0;
+      \$260  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$282  = pp_first0;
+    \$261  = v4;
     if (en) begin
-      \$282  = \$15 ;
+      \$261  = v3;
     end
     if (rst) begin
-      \$282  = 1'h0;
+      \$261  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$283  = pp_last0;
+    \$262  = v5;
     if (en) begin
-      \$283  = last;
+      \$262  = v4;
     end
     if (rst) begin
-      \$283  = 1'h0;
+      \$262  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$284  = pp_v1;
+    \$263  = v6;
     if (en) begin
-      \$284  = pp_v0;
+      \$263  = v5;
     end
     if (rst) begin
-      \$284  = 1'h0;
+      \$263  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$285  = pp_first1;
+    \$264  = o__valid;
     if (en) begin
-      \$285  = pp_first0;
+      \$264  = v6;
     end
     if (rst) begin
-      \$285  = 1'h0;
+      \$264  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$286  = pp_last1;
+    \$265  = s1_0;
     if (en) begin
-      \$286  = pp_last0;
+      \$265  = i__payload[53:48];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$266  = s2_0;
+    if (en) begin
+      \$266  = s1_0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$267  = s3_0;
+    if (en) begin
+      \$267  = s2_0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$268  = msum_0_0;
+    if (en) begin
+      \$268  = { \$11 , p[15:0] };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$269  = s4_0;
+    if (en) begin
+      \$269  = s3_0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$270  = coarse_0;
+    if (en) begin
+      \$270  = { \$123 , \$116 , \$109 , \$102 , \$95 , \$88 , \$81 , \$74 , \$67 , \$60 , \$53 , \$46 , \$39 , \$32 , \$25 , \$18  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$271  = csign_0;
+    if (en) begin
+      \$271  = msum_0_0[48];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$272  = cwide_0;
+    if (en) begin
+      \$272  = \$175 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$273  = sfine_0;
+    if (en) begin
+      \$273  = s4_0[2:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$274  = t_0;
+    if (en) begin
+      \$274  = { \$238 , \$231 , \$224 , \$217 , \$210 , \$203 , \$196 , \$189 , \$182  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$275  = tsign_0;
+    if (en) begin
+      \$275  = csign_0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$276  = twide_0;
+    if (en) begin
+      \$276  = \$255 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    \$277  = o__payload;
+    if (en) begin
+      \$277  = \$257 ;
     end
     if (rst) begin
-      \$286  = 1'h0;
+      \$277  = 8'h00;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$287  = p_v;
-    if (en) begin
-      \$287  = \$16 ;
-    end
-    if (rst) begin
-      \$287  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$288  = v5;
-    if (en) begin
-      \$288  = p_v;
-    end
-    if (rst) begin
-      \$288  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$289  = v6;
-    if (en) begin
-      \$289  = v5;
-    end
-    if (rst) begin
-      \$289  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$290  = o__valid;
-    if (en) begin
-      \$290  = v6;
-    end
-    if (rst) begin
-      \$290  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$291  = acc_0;
-    if (en) begin
-      if (\$17 ) begin
-        \$291  = i__payload[31:0];
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$292  = mult_0;
-    if (en) begin
-      if (\$17 ) begin
-        \$292  = i__payload[47:32];
-      end else if (busy) begin
-        \$292  = \$18 ;
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$293  = s1_0;
-    if (en) begin
-      if (\$17 ) begin
-        \$293  = i__payload[53:48];
-      end
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$294  = pp0_0_0;
-    if (en) begin
-      \$294  = { \$23 , \$19 [0] };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$295  = pp0_2_0;
-    if (en) begin
-      \$295  = { \$28 , \$24 [0] };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$296  = s2_0_0;
-    if (en) begin
-      \$296  = s1_0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$297  = pp1_0_0;
-    if (en) begin
-      \$297  = { \$30 , pp0_0_0[1:0] };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$298  = s2_1_0;
-    if (en) begin
-      \$298  = s2_0_0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$299  = p_hi_0;
-    if (\$31 ) begin
-      \$299  = \$32 [36:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$300  = p_lo_0;
-    if (\$31 ) begin
-      \$300  = { total_0[3:0], p_lo_0[15:4] };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$301  = s3_0;
-    if (\$31 ) begin
-      \$301  = s2_1_0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$302  = coarse_0;
-    if (en) begin
-      \$302  = { \$144 , \$137 , \$130 , \$123 , \$116 , \$109 , \$102 , \$95 , \$88 , \$81 , \$74 , \$67 , \$60 , \$53 , \$46 , \$39  };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$303  = csign_0;
-    if (en) begin
-      \$303  = p_hi_0[32];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$304  = cwide_0;
-    if (en) begin
-      \$304  = \$196 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$305  = sfine_0;
-    if (en) begin
-      \$305  = s3_0[2:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$306  = t_0;
-    if (en) begin
-      \$306  = { \$259 , \$252 , \$245 , \$238 , \$231 , \$224 , \$217 , \$210 , \$203  };
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$307  = tsign_0;
-    if (en) begin
-      \$307  = csign_0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$308  = twide_0;
-    if (en) begin
-      \$308  = \$276 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
-    \$309  = o__payload;
-    if (en) begin
-      \$309  = \$278 ;
-    end
-    if (rst) begin
-      \$309  = 8'h00;
-    end
-  end
+  assign i__ready = en;
+  assign a = i__payload[15:0];
+  assign b = i__payload[47:32];
+  assign \en$7  = en;
+  assign \a$8  = i__payload[31:16];
+  assign \b$9  = i__payload[47:32];
+  assign \en$10  = en;
   assign \i__payload.acc  = i__payload[31:0];
   assign \i__payload.acc[0]  = i__payload[31:0];
   assign \i__payload.mult  = i__payload[47:32];
@@ -6943,13 +6239,145 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, i__ready, relu, i__paylo
   assign \i__payload.shift  = i__payload[53:48];
   assign \i__payload.shift[0]  = i__payload[53:48];
   assign \o__payload[0]  = o__payload;
-  assign \$11  = { \$10 [10], \$10 [10:1] };
-  assign \$18  = { 4'h0, mult_0[15:4] };
-  assign \$21  = { \$20 [31], \$20 [31:1] };
-  assign \$26  = { \$25 [31], \$25 [31:1] };
-  assign \$29  = { pp0_0_0[33], pp0_0_0[33], pp0_0_0[33:2] };
-  assign \$32  = { total_0[37], total_0[37], total_0[37], total_0[37], total_0[37:4] };
-  assign \$148  = \$147 ;
+  assign \$8  = { \$7 [10], \$7 [10:1] };
+  assign \$10  = { 16'h0000, p[31:16] };
+  assign \$127  = \$126 ;
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.out.rq.inner.mac0_0 (en, p, a, b, clk);
+  wire \$1 ;
+  wire \$2 ;
+  wire \$3 ;
+  input [15:0] a;
+  wire [15:0] a;
+  input [15:0] b;
+  wire [15:0] b;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  output [31:0] p;
+  wire [31:0] p;
+  SB_MAC16 #(
+    .A_REG(1'h1),
+    .A_SIGNED(1'h0),
+    .BOTADDSUB_CARRYSELECT(2'h0),
+    .BOTADDSUB_LOWERINPUT(2'h2),
+    .BOTADDSUB_UPPERINPUT(1'h1),
+    .BOTOUTPUT_SELECT(2'h1),
+    .BOT_8x8_MULT_REG(1'h0),
+    .B_REG(1'h1),
+    .B_SIGNED(1'h0),
+    .C_REG(1'h0),
+    .D_REG(1'h0),
+    .MODE_8x8(1'h0),
+    .NEG_TRIGGER(1'h0),
+    .PIPELINE_16x16_MULT_REG1(1'h0),
+    .PIPELINE_16x16_MULT_REG2(1'h1),
+    .TOPADDSUB_CARRYSELECT(2'h0),
+    .TOPADDSUB_LOWERINPUT(2'h2),
+    .TOPADDSUB_UPPERINPUT(1'h1),
+    .TOPOUTPUT_SELECT(2'h1),
+    .TOP_8x8_MULT_REG(1'h0)
+  ) mac (
+    .A(a),
+    .ACCUMCI(1'h0),
+    .ACCUMCO(\$2 ),
+    .ADDSUBBOT(1'h0),
+    .ADDSUBTOP(1'h0),
+    .AHOLD(1'h0),
+    .B(b),
+    .BHOLD(1'h0),
+    .C(16'h0000),
+    .CE(en),
+    .CHOLD(1'h0),
+    .CI(1'h0),
+    .CLK(clk),
+    .CO(\$1 ),
+    .D(16'h0000),
+    .DHOLD(1'h0),
+    .IRSTBOT(1'h0),
+    .IRSTTOP(1'h0),
+    .O(p),
+    .OHOLDBOT(1'h0),
+    .OHOLDTOP(1'h0),
+    .OLOADBOT(1'h0),
+    .OLOADTOP(1'h0),
+    .ORSTBOT(1'h0),
+    .ORSTTOP(1'h0),
+    .SIGNEXTIN(1'h0),
+    .SIGNEXTOUT(\$3 )
+  );
+endmodule
+
+(* generator = "Amaranth" *)
+module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1579$16 , clk);
+  wire \$1 ;
+  wire \$2 ;
+  wire \$3 ;
+  wire [15:0] a;
+  wire [15:0] b;
+  input clk;
+  wire clk;
+  input en;
+  wire en;
+  output [31:0] p;
+  wire [31:0] p;
+  input [31:0] \port$1579$16 ;
+  wire [31:0] \port$1579$16 ;
+  SB_MAC16 #(
+    .A_REG(1'h1),
+    .A_SIGNED(1'h1),
+    .BOTADDSUB_CARRYSELECT(2'h0),
+    .BOTADDSUB_LOWERINPUT(2'h2),
+    .BOTADDSUB_UPPERINPUT(1'h1),
+    .BOTOUTPUT_SELECT(2'h1),
+    .BOT_8x8_MULT_REG(1'h0),
+    .B_REG(1'h1),
+    .B_SIGNED(1'h0),
+    .C_REG(1'h0),
+    .D_REG(1'h0),
+    .MODE_8x8(1'h0),
+    .NEG_TRIGGER(1'h0),
+    .PIPELINE_16x16_MULT_REG1(1'h0),
+    .PIPELINE_16x16_MULT_REG2(1'h1),
+    .TOPADDSUB_CARRYSELECT(2'h0),
+    .TOPADDSUB_LOWERINPUT(2'h2),
+    .TOPADDSUB_UPPERINPUT(1'h1),
+    .TOPOUTPUT_SELECT(2'h1),
+    .TOP_8x8_MULT_REG(1'h0)
+  ) mac (
+    .A(\port$1579$16 [15:0]),
+    .ACCUMCI(1'h0),
+    .ACCUMCO(\$2 ),
+    .ADDSUBBOT(1'h0),
+    .ADDSUBTOP(1'h0),
+    .AHOLD(1'h0),
+    .B(\port$1579$16 [31:16]),
+    .BHOLD(1'h0),
+    .C(16'h0000),
+    .CE(en),
+    .CHOLD(1'h0),
+    .CI(1'h0),
+    .CLK(clk),
+    .CO(\$1 ),
+    .D(16'h0000),
+    .DHOLD(1'h0),
+    .IRSTBOT(1'h0),
+    .IRSTTOP(1'h0),
+    .O(p),
+    .OHOLDBOT(1'h0),
+    .OHOLDTOP(1'h0),
+    .OLOADBOT(1'h0),
+    .OLOADTOP(1'h0),
+    .ORSTBOT(1'h0),
+    .ORSTTOP(1'h0),
+    .SIGNEXTIN(1'h0),
+    .SIGNEXTOUT(\$3 )
+  );
+  assign a = \port$1579$16 [15:0];
+  assign b = \port$1579$16 [31:16];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -6975,10 +6403,10 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   wire [21:0] count;
   output done;
   reg done = 1'h0;
-  wire [97:0] i__payload;
-  wire [53:0] \i__payload.bias ;
-  wire [26:0] \i__payload.bias[0] ;
-  wire [26:0] \i__payload.bias[1] ;
+  wire [95:0] i__payload;
+  wire [51:0] \i__payload.bias ;
+  wire [25:0] \i__payload.bias[0] ;
+  wire [25:0] \i__payload.bias[1] ;
   wire [31:0] \i__payload.mult ;
   wire [15:0] \i__payload.mult[0] ;
   wire [15:0] \i__payload.mult[1] ;
@@ -6992,11 +6420,11 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   input keep;
   wire keep;
   wire [5:0] read__addr;
-  output [97:0] read__data;
-  wire [97:0] read__data;
-  wire [53:0] \read__data.bias ;
-  wire [26:0] \read__data.bias[0] ;
-  wire [26:0] \read__data.bias[1] ;
+  output [95:0] read__data;
+  wire [95:0] read__data;
+  wire [51:0] \read__data.bias ;
+  wire [25:0] \read__data.bias[0] ;
+  wire [25:0] \read__data.bias[1] ;
   wire [31:0] \read__data.mult ;
   wire [15:0] \read__data.mult[0] ;
   wire [15:0] \read__data.mult[1] ;
@@ -7006,10 +6434,10 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   wire read__en;
   input [5:0] rp__addr;
   wire [5:0] rp__addr;
-  wire [97:0] rp__data;
-  wire [53:0] \rp__data.bias ;
-  wire [26:0] \rp__data.bias[0] ;
-  wire [26:0] \rp__data.bias[1] ;
+  wire [95:0] rp__data;
+  wire [51:0] \rp__data.bias ;
+  wire [25:0] \rp__data.bias[0] ;
+  wire [25:0] \rp__data.bias[1] ;
   wire [31:0] \rp__data.mult ;
   wire [15:0] \rp__data.mult[0] ;
   wire [15:0] \rp__data.mult[1] ;
@@ -7025,11 +6453,11 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   input start;
   wire start;
   wire [5:0] wp__addr;
-  input [97:0] wp__data;
-  wire [97:0] wp__data;
-  wire [53:0] \wp__data.bias ;
-  wire [26:0] \wp__data.bias[0] ;
-  wire [26:0] \wp__data.bias[1] ;
+  input [95:0] wp__data;
+  wire [95:0] wp__data;
+  wire [51:0] \wp__data.bias ;
+  wire [25:0] \wp__data.bias[0] ;
+  wire [25:0] \wp__data.bias[1] ;
   wire [31:0] \wp__data.mult ;
   wire [15:0] \wp__data.mult[0] ;
   wire [15:0] \wp__data.mult[1] ;
@@ -7037,78 +6465,78 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   wire [5:0] \wp__data.shift[0] ;
   wire [5:0] \wp__data.shift[1] ;
   reg wp__en;
-  reg [97:0] mem [63:0];
+  reg [95:0] mem [63:0];
   initial begin
-    mem[0] = 98'h0000000000000000000000000;
-    mem[1] = 98'h0000000000000000000000000;
-    mem[2] = 98'h0000000000000000000000000;
-    mem[3] = 98'h0000000000000000000000000;
-    mem[4] = 98'h0000000000000000000000000;
-    mem[5] = 98'h0000000000000000000000000;
-    mem[6] = 98'h0000000000000000000000000;
-    mem[7] = 98'h0000000000000000000000000;
-    mem[8] = 98'h0000000000000000000000000;
-    mem[9] = 98'h0000000000000000000000000;
-    mem[10] = 98'h0000000000000000000000000;
-    mem[11] = 98'h0000000000000000000000000;
-    mem[12] = 98'h0000000000000000000000000;
-    mem[13] = 98'h0000000000000000000000000;
-    mem[14] = 98'h0000000000000000000000000;
-    mem[15] = 98'h0000000000000000000000000;
-    mem[16] = 98'h0000000000000000000000000;
-    mem[17] = 98'h0000000000000000000000000;
-    mem[18] = 98'h0000000000000000000000000;
-    mem[19] = 98'h0000000000000000000000000;
-    mem[20] = 98'h0000000000000000000000000;
-    mem[21] = 98'h0000000000000000000000000;
-    mem[22] = 98'h0000000000000000000000000;
-    mem[23] = 98'h0000000000000000000000000;
-    mem[24] = 98'h0000000000000000000000000;
-    mem[25] = 98'h0000000000000000000000000;
-    mem[26] = 98'h0000000000000000000000000;
-    mem[27] = 98'h0000000000000000000000000;
-    mem[28] = 98'h0000000000000000000000000;
-    mem[29] = 98'h0000000000000000000000000;
-    mem[30] = 98'h0000000000000000000000000;
-    mem[31] = 98'h0000000000000000000000000;
-    mem[32] = 98'h0000000000000000000000000;
-    mem[33] = 98'h0000000000000000000000000;
-    mem[34] = 98'h0000000000000000000000000;
-    mem[35] = 98'h0000000000000000000000000;
-    mem[36] = 98'h0000000000000000000000000;
-    mem[37] = 98'h0000000000000000000000000;
-    mem[38] = 98'h0000000000000000000000000;
-    mem[39] = 98'h0000000000000000000000000;
-    mem[40] = 98'h0000000000000000000000000;
-    mem[41] = 98'h0000000000000000000000000;
-    mem[42] = 98'h0000000000000000000000000;
-    mem[43] = 98'h0000000000000000000000000;
-    mem[44] = 98'h0000000000000000000000000;
-    mem[45] = 98'h0000000000000000000000000;
-    mem[46] = 98'h0000000000000000000000000;
-    mem[47] = 98'h0000000000000000000000000;
-    mem[48] = 98'h0000000000000000000000000;
-    mem[49] = 98'h0000000000000000000000000;
-    mem[50] = 98'h0000000000000000000000000;
-    mem[51] = 98'h0000000000000000000000000;
-    mem[52] = 98'h0000000000000000000000000;
-    mem[53] = 98'h0000000000000000000000000;
-    mem[54] = 98'h0000000000000000000000000;
-    mem[55] = 98'h0000000000000000000000000;
-    mem[56] = 98'h0000000000000000000000000;
-    mem[57] = 98'h0000000000000000000000000;
-    mem[58] = 98'h0000000000000000000000000;
-    mem[59] = 98'h0000000000000000000000000;
-    mem[60] = 98'h0000000000000000000000000;
-    mem[61] = 98'h0000000000000000000000000;
-    mem[62] = 98'h0000000000000000000000000;
-    mem[63] = 98'h0000000000000000000000000;
+    mem[0] = 96'h000000000000000000000000;
+    mem[1] = 96'h000000000000000000000000;
+    mem[2] = 96'h000000000000000000000000;
+    mem[3] = 96'h000000000000000000000000;
+    mem[4] = 96'h000000000000000000000000;
+    mem[5] = 96'h000000000000000000000000;
+    mem[6] = 96'h000000000000000000000000;
+    mem[7] = 96'h000000000000000000000000;
+    mem[8] = 96'h000000000000000000000000;
+    mem[9] = 96'h000000000000000000000000;
+    mem[10] = 96'h000000000000000000000000;
+    mem[11] = 96'h000000000000000000000000;
+    mem[12] = 96'h000000000000000000000000;
+    mem[13] = 96'h000000000000000000000000;
+    mem[14] = 96'h000000000000000000000000;
+    mem[15] = 96'h000000000000000000000000;
+    mem[16] = 96'h000000000000000000000000;
+    mem[17] = 96'h000000000000000000000000;
+    mem[18] = 96'h000000000000000000000000;
+    mem[19] = 96'h000000000000000000000000;
+    mem[20] = 96'h000000000000000000000000;
+    mem[21] = 96'h000000000000000000000000;
+    mem[22] = 96'h000000000000000000000000;
+    mem[23] = 96'h000000000000000000000000;
+    mem[24] = 96'h000000000000000000000000;
+    mem[25] = 96'h000000000000000000000000;
+    mem[26] = 96'h000000000000000000000000;
+    mem[27] = 96'h000000000000000000000000;
+    mem[28] = 96'h000000000000000000000000;
+    mem[29] = 96'h000000000000000000000000;
+    mem[30] = 96'h000000000000000000000000;
+    mem[31] = 96'h000000000000000000000000;
+    mem[32] = 96'h000000000000000000000000;
+    mem[33] = 96'h000000000000000000000000;
+    mem[34] = 96'h000000000000000000000000;
+    mem[35] = 96'h000000000000000000000000;
+    mem[36] = 96'h000000000000000000000000;
+    mem[37] = 96'h000000000000000000000000;
+    mem[38] = 96'h000000000000000000000000;
+    mem[39] = 96'h000000000000000000000000;
+    mem[40] = 96'h000000000000000000000000;
+    mem[41] = 96'h000000000000000000000000;
+    mem[42] = 96'h000000000000000000000000;
+    mem[43] = 96'h000000000000000000000000;
+    mem[44] = 96'h000000000000000000000000;
+    mem[45] = 96'h000000000000000000000000;
+    mem[46] = 96'h000000000000000000000000;
+    mem[47] = 96'h000000000000000000000000;
+    mem[48] = 96'h000000000000000000000000;
+    mem[49] = 96'h000000000000000000000000;
+    mem[50] = 96'h000000000000000000000000;
+    mem[51] = 96'h000000000000000000000000;
+    mem[52] = 96'h000000000000000000000000;
+    mem[53] = 96'h000000000000000000000000;
+    mem[54] = 96'h000000000000000000000000;
+    mem[55] = 96'h000000000000000000000000;
+    mem[56] = 96'h000000000000000000000000;
+    mem[57] = 96'h000000000000000000000000;
+    mem[58] = 96'h000000000000000000000000;
+    mem[59] = 96'h000000000000000000000000;
+    mem[60] = 96'h000000000000000000000000;
+    mem[61] = 96'h000000000000000000000000;
+    mem[62] = 96'h000000000000000000000000;
+    mem[63] = 96'h000000000000000000000000;
   end
   always @(posedge clk) begin
     if (wp__en)
       mem[arrived[5:0]] <= wp__data;
   end
-  reg [97:0] _0_;
+  reg [95:0] _0_;
   always @(posedge clk) begin
     if (rp__en) begin
       _0_ <= mem[rp__addr];
@@ -7178,42 +6606,42 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   assign read__addr = rp__addr;
   assign read__en = rp__en;
   assign rp__data = read__data;
-  assign \wp__data.bias  = wp__data[53:0];
-  assign \wp__data.bias[0]  = wp__data[26:0];
-  assign \wp__data.bias[1]  = wp__data[53:27];
-  assign \wp__data.mult  = wp__data[85:54];
-  assign \wp__data.mult[0]  = wp__data[69:54];
-  assign \wp__data.mult[1]  = wp__data[85:70];
-  assign \wp__data.shift  = wp__data[97:86];
-  assign \wp__data.shift[0]  = wp__data[91:86];
-  assign \wp__data.shift[1]  = wp__data[97:92];
-  assign \i__payload.bias  = wp__data[53:0];
-  assign \i__payload.bias[0]  = wp__data[26:0];
-  assign \i__payload.bias[1]  = wp__data[53:27];
-  assign \i__payload.mult  = wp__data[85:54];
-  assign \i__payload.mult[0]  = wp__data[69:54];
-  assign \i__payload.mult[1]  = wp__data[85:70];
-  assign \i__payload.shift  = wp__data[97:86];
-  assign \i__payload.shift[0]  = wp__data[91:86];
-  assign \i__payload.shift[1]  = wp__data[97:92];
-  assign \read__data.bias  = read__data[53:0];
-  assign \read__data.bias[0]  = read__data[26:0];
-  assign \read__data.bias[1]  = read__data[53:27];
-  assign \read__data.mult  = read__data[85:54];
-  assign \read__data.mult[0]  = read__data[69:54];
-  assign \read__data.mult[1]  = read__data[85:70];
-  assign \read__data.shift  = read__data[97:86];
-  assign \read__data.shift[0]  = read__data[91:86];
-  assign \read__data.shift[1]  = read__data[97:92];
-  assign \rp__data.bias  = read__data[53:0];
-  assign \rp__data.bias[0]  = read__data[26:0];
-  assign \rp__data.bias[1]  = read__data[53:27];
-  assign \rp__data.mult  = read__data[85:54];
-  assign \rp__data.mult[0]  = read__data[69:54];
-  assign \rp__data.mult[1]  = read__data[85:70];
-  assign \rp__data.shift  = read__data[97:86];
-  assign \rp__data.shift[0]  = read__data[91:86];
-  assign \rp__data.shift[1]  = read__data[97:92];
+  assign \wp__data.bias  = wp__data[51:0];
+  assign \wp__data.bias[0]  = wp__data[25:0];
+  assign \wp__data.bias[1]  = wp__data[51:26];
+  assign \wp__data.mult  = wp__data[83:52];
+  assign \wp__data.mult[0]  = wp__data[67:52];
+  assign \wp__data.mult[1]  = wp__data[83:68];
+  assign \wp__data.shift  = wp__data[95:84];
+  assign \wp__data.shift[0]  = wp__data[89:84];
+  assign \wp__data.shift[1]  = wp__data[95:90];
+  assign \i__payload.bias  = wp__data[51:0];
+  assign \i__payload.bias[0]  = wp__data[25:0];
+  assign \i__payload.bias[1]  = wp__data[51:26];
+  assign \i__payload.mult  = wp__data[83:52];
+  assign \i__payload.mult[0]  = wp__data[67:52];
+  assign \i__payload.mult[1]  = wp__data[83:68];
+  assign \i__payload.shift  = wp__data[95:84];
+  assign \i__payload.shift[0]  = wp__data[89:84];
+  assign \i__payload.shift[1]  = wp__data[95:90];
+  assign \read__data.bias  = read__data[51:0];
+  assign \read__data.bias[0]  = read__data[25:0];
+  assign \read__data.bias[1]  = read__data[51:26];
+  assign \read__data.mult  = read__data[83:52];
+  assign \read__data.mult[0]  = read__data[67:52];
+  assign \read__data.mult[1]  = read__data[83:68];
+  assign \read__data.shift  = read__data[95:84];
+  assign \read__data.shift[0]  = read__data[89:84];
+  assign \read__data.shift[1]  = read__data[95:90];
+  assign \rp__data.bias  = read__data[51:0];
+  assign \rp__data.bias[0]  = read__data[25:0];
+  assign \rp__data.bias[1]  = read__data[51:26];
+  assign \rp__data.mult  = read__data[83:52];
+  assign \rp__data.mult[0]  = read__data[67:52];
+  assign \rp__data.mult[1]  = read__data[83:68];
+  assign \rp__data.shift  = read__data[95:84];
+  assign \rp__data.shift[0]  = read__data[89:84];
+  assign \rp__data.shift[1]  = read__data[95:90];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -8800,21 +8228,23 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire \$1 ;
   wire \$10 ;
-  reg \$100 ;
-  reg \$101 ;
+  wire \$100 ;
+  wire \$101 ;
   reg \$102 ;
   reg \$103 ;
-  reg [113:0] \$104 ;
+  reg \$104 ;
   reg \$105 ;
-  reg \$106 ;
+  reg [113:0] \$106 ;
   reg \$107 ;
   reg \$108 ;
-  reg [15:0] \$109 ;
+  reg \$109 ;
   wire \$11 ;
-  reg [21:0] \$110 ;
-  reg [2:0] \$111 ;
-  reg [5:0] \$112 ;
-  reg \$113 ;
+  reg \$110 ;
+  reg [15:0] \$111 ;
+  reg [21:0] \$112 ;
+  reg [2:0] \$113 ;
+  reg [5:0] \$114 ;
+  reg \$115 ;
   wire \$12 ;
   wire \$13 ;
   wire \$14 ;
@@ -8894,14 +8324,14 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   wire [15:0] \$81 ;
   wire \$82 ;
   wire \$83 ;
-  wire [18:0] \$84 ;
+  wire [16:0] \$84 ;
   wire [18:0] \$85 ;
-  wire \$86 ;
-  wire \$87 ;
-  wire [22:0] \$88 ;
+  wire [19:0] \$86 ;
+  wire [19:0] \$87 ;
+  wire \$88 ;
   wire \$89 ;
   wire \$9 ;
-  wire \$90 ;
+  wire [22:0] \$90 ;
   wire \$91 ;
   wire \$92 ;
   wire \$93 ;
@@ -9105,127 +8535,94 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   assign \$80  = cfg__payload[109:108] == 1'h1;
   assign \$81  = \$80  ? 16'h0001 : cfg__payload[79:64];
   assign \$82  = cfg__payload[109:108] == 1'h1;
-  assign \$86  = bad_fields | bad_sizes;
-  assign \$87  = ~ \$86 ;
-  assign \$88  = gout_o - 1'h1;
-  assign \$89  = ~ start;
-  assign \$90  = outputs_done & inputs_done;
-  assign \$91  = fin & loaded;
-  assign \$92  = dwp & mac_valid;
-  assign \$93  = ~ \$92 ;
-  assign \$94  = \$91  & \$93 ;
-  assign \$95  = ! fsm_state;
-  assign \$96  = fsm_state == 1'h1;
-  assign \$97  = fsm_state == 2'h2;
-  assign \$98  = fsm_state == 2'h3;
-  assign \$99  = fsm_state == 3'h4;
+  assign \$86  = \$84  + \$85 ;
+  assign \$88  = bad_fields | bad_sizes;
+  assign \$89  = ~ \$88 ;
+  assign \$90  = gout_o - 1'h1;
+  assign \$91  = ~ start;
+  assign \$92  = outputs_done & inputs_done;
+  assign \$93  = fin & loaded;
+  assign \$94  = dwp & mac_valid;
+  assign \$95  = ~ \$94 ;
+  assign \$96  = \$93  & \$95 ;
+  assign \$97  = ! fsm_state;
+  assign \$98  = fsm_state == 1'h1;
+  assign \$99  = fsm_state == 2'h2;
+  assign \$100  = fsm_state == 2'h3;
+  assign \$101  = fsm_state == 3'h4;
   always @(posedge clk)
-    start <= \$100 ;
+    start <= \$102 ;
   always @(posedge clk)
-    bad_fields <= \$101 ;
+    bad_fields <= \$103 ;
   always @(posedge clk)
-    bad_sizes <= \$102 ;
+    bad_sizes <= \$104 ;
   always @(posedge clk)
-    done <= \$103 ;
+    done <= \$105 ;
   always @(posedge clk)
-    cmd <= \$104 ;
+    cmd <= \$106 ;
   always @(posedge clk)
-    error <= \$105 ;
+    error <= \$107 ;
   always @(posedge clk)
-    dw <= \$106 ;
+    dw <= \$108 ;
   always @(posedge clk)
-    dwp <= \$107 ;
+    dwp <= \$109 ;
   always @(posedge clk)
-    dwc <= \$108 ;
+    dwc <= \$110 ;
   always @(posedge clk)
-    gin_e <= \$109 ;
+    gin_e <= \$111 ;
   always @(posedge clk)
-    gout_o <= \$110 ;
+    gout_o <= \$112 ;
   always @(posedge clk)
-    fsm_state <= \$111 ;
+    fsm_state <= \$113 ;
   always @(posedge clk)
-    last_go <= \$112 ;
+    last_go <= \$114 ;
   always @(posedge clk)
-    fin <= \$113 ;
+    fin <= \$115 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$100  = 1'h0;
+    \$102  = 1'h0;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$100  = \$87 ;
+          \$102  = \$89 ;
     endcase
-    if (rst) begin
-      \$100  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$101  = \$57 ;
-    if (rst) begin
-      \$101  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$102  = \$74 ;
     if (rst) begin
       \$102  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$103  = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (\$89 ) begin
-            \$103  = 1'h1;
-          end
-      3'h4:
-          if (\$94 ) begin
-            \$103  = 1'h1;
-          end
-    endcase
+    \$103  = \$57 ;
     if (rst) begin
       \$103  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$104  = cmd;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$104  = cfg__payload;
-          end
-    endcase
+    \$104  = \$74 ;
     if (rst) begin
-      \$104  = 114'h00000000000000000000000000000;
+      \$104  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$105  = error;
+    \$105  = 1'h0;
     casez (fsm_state)
       3'h0:
-          if (cfg__valid) begin
-            \$105  = 1'h0;
-          end
+          /* empty */;
       3'h1:
           /* empty */;
       3'h2:
           /* empty */;
       3'h3:
-          if (\$89 ) begin
+          if (\$91 ) begin
+            \$105  = 1'h1;
+          end
+      3'h4:
+          if (\$96 ) begin
             \$105  = 1'h1;
           end
     endcase
@@ -9235,24 +8632,32 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$106  = dw;
+    \$106  = cmd;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$106  = \$75 ;
+            \$106  = cfg__payload;
           end
     endcase
     if (rst) begin
-      \$106  = 1'h0;
+      \$106  = 114'h00000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$107  = dwp;
+    \$107  = error;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$107  = \$77 ;
+            \$107  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (\$91 ) begin
+            \$107  = 1'h1;
           end
     endcase
     if (rst) begin
@@ -9261,11 +8666,11 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$108  = dwc;
+    \$108  = dw;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$108  = \$79 ;
+            \$108  = \$75 ;
           end
     endcase
     if (rst) begin
@@ -9274,78 +8679,104 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$109  = gin_e;
+    \$109  = dwp;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$109  = \$81 ;
+            \$109  = \$77 ;
           end
     endcase
     if (rst) begin
-      \$109  = 16'h0000;
+      \$109  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$110  = gout_o;
+    \$110  = dwc;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$110  = { 3'h0, \$85  };
+            \$110  = \$79 ;
           end
     endcase
     if (rst) begin
-      \$110  = 22'h000000;
+      \$110  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$111  = fsm_state;
+    \$111  = gin_e;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$111  = 3'h1;
+            \$111  = \$81 ;
+          end
+    endcase
+    if (rst) begin
+      \$111  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$112  = gout_o;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$112  = { 2'h0, \$87  };
+          end
+    endcase
+    if (rst) begin
+      \$112  = 22'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$113  = fsm_state;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$113  = 3'h1;
           end
       3'h1:
           if (sizes_ready) begin
-            \$111  = 3'h2;
+            \$113  = 3'h2;
           end
       3'h2:
-          \$111  = 3'h3;
+          \$113  = 3'h3;
       3'h3:
           (* full_case = 32'd1 *)
-          if (\$89 ) begin
-            \$111  = 3'h0;
+          if (\$91 ) begin
+            \$113  = 3'h0;
           end else begin
-            \$111  = 3'h4;
+            \$113  = 3'h4;
           end
       3'h4:
-          if (\$94 ) begin
-            \$111  = 3'h0;
+          if (\$96 ) begin
+            \$113  = 3'h0;
           end
     endcase
     if (rst) begin
-      \$111  = 3'h0;
+      \$113  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$112  = last_go;
+    \$114  = last_go;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$112  = \$88 [5:0];
+          \$114  = \$90 [5:0];
     endcase
     if (rst) begin
-      \$112  = 6'h00;
+      \$114  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$113  = fin;
+    \$115  = fin;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -9355,15 +8786,15 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
           /* empty */;
       3'h3:
           (* full_case = 32'd1 *)
-          if (\$89 ) begin
+          if (\$91 ) begin
           end else begin
-            \$113  = 1'h0;
+            \$115  = 1'h0;
           end
       3'h4:
-          \$113  = \$90 ;
+          \$115  = \$92 ;
     endcase
     if (rst) begin
-      \$113  = 1'h0;
+      \$115  = 1'h0;
     end
   end
   always @* begin
@@ -9474,8 +8905,9 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   assign \$77  = 1'h0;
   assign \$79  = 1'h0;
   assign \$83  = 1'h0;
-  assign \$84  = { cfg__payload[95:80], 3'h0 };
-  assign \$85  = { 3'h0, cfg__payload[95:80] };
+  assign \$84  = { cfg__payload[95:80], 1'h0 };
+  assign \$85  = { 1'h0, cfg__payload[95:80], 2'h0 };
+  assign \$87  = { 4'h0, cfg__payload[95:80] };
 endmodule
 
 (* generator = "Amaranth" *)
@@ -10467,7 +9899,7 @@ module \psc_core.sizes$172 (rst, ready, cmd, gin_e, gout_o, clear, enable, sizes
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1532$0 , \port$1602$0 , level, clk);
+module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1485$0 , \port$1550$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$15  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -10492,42 +9924,42 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1532$0 , \po
   wire consume;
   output [1:0] level;
   reg [1:0] level = 2'h0;
-  input [26:0] \port$1532$0 ;
-  wire [26:0] \port$1532$0 ;
-  input [26:0] \port$1602$0 ;
-  wire [26:0] \port$1602$0 ;
+  input [25:0] \port$1485$0 ;
+  wire [25:0] \port$1485$0 ;
+  input [25:0] \port$1550$0 ;
+  wire [25:0] \port$1550$0 ;
   (* init = 1'h0 *)
   wire produce;
-  output [53:0] r_data;
-  wire [53:0] r_data;
+  output [51:0] r_data;
+  wire [51:0] r_data;
   input r_en;
   wire r_en;
   (* init = 2'h0 *)
   wire [1:0] r_level;
   reg r_port__addr = 1'h0;
-  wire [53:0] r_port__data;
+  wire [51:0] r_port__data;
   output r_rdy;
   wire r_rdy;
   input rst;
   wire rst;
-  wire [53:0] w_data;
+  wire [51:0] w_data;
   input w_en;
   wire w_en;
   (* init = 2'h0 *)
   wire [1:0] w_level;
   reg w_port__addr = 1'h0;
-  wire [53:0] w_port__data;
+  wire [51:0] w_port__data;
   wire w_port__en;
   output w_rdy;
   wire w_rdy;
-  reg [53:0] storage [1:0];
+  reg [51:0] storage [1:0];
   initial begin
-    storage[0] = 54'h00000000000000;
-    storage[1] = 54'h00000000000000;
+    storage[0] = 52'h0000000000000;
+    storage[1] = 52'h0000000000000;
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1602$0 , \port$1532$0  };
+      storage[w_port__addr] <= { \port$1550$0 , \port$1485$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -10589,8 +10021,8 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1532$0 , \po
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1602$0 , \port$1532$0  };
-  assign w_data = { \port$1602$0 , \port$1532$0  };
+  assign w_port__data = { \port$1550$0 , \port$1485$0  };
+  assign w_data = { \port$1550$0 , \port$1485$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
@@ -10617,25 +10049,21 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   wire [8:0] count;
   output done;
   reg done = 1'h0;
-  wire [255:0] i__payload;
-  wire [127:0] \i__payload[0] ;
+  wire [191:0] i__payload;
+  wire [95:0] \i__payload[0] ;
   wire [15:0] \i__payload[0][0] ;
   wire [15:0] \i__payload[0][1] ;
   wire [15:0] \i__payload[0][2] ;
   wire [15:0] \i__payload[0][3] ;
   wire [15:0] \i__payload[0][4] ;
   wire [15:0] \i__payload[0][5] ;
-  wire [15:0] \i__payload[0][6] ;
-  wire [15:0] \i__payload[0][7] ;
-  wire [127:0] \i__payload[1] ;
+  wire [95:0] \i__payload[1] ;
   wire [15:0] \i__payload[1][0] ;
   wire [15:0] \i__payload[1][1] ;
   wire [15:0] \i__payload[1][2] ;
   wire [15:0] \i__payload[1][3] ;
   wire [15:0] \i__payload[1][4] ;
   wire [15:0] \i__payload[1][5] ;
-  wire [15:0] \i__payload[1][6] ;
-  wire [15:0] \i__payload[1][7] ;
   output i__ready;
   reg i__ready;
   input i__valid;
@@ -10644,47 +10072,39 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   wire keep;
   input [9:0] read__addr;
   wire [9:0] read__addr;
-  output [255:0] read__data;
-  wire [255:0] read__data;
-  wire [127:0] \read__data[0] ;
+  output [191:0] read__data;
+  wire [191:0] read__data;
+  wire [95:0] \read__data[0] ;
   wire [15:0] \read__data[0][0] ;
   wire [15:0] \read__data[0][1] ;
   wire [15:0] \read__data[0][2] ;
   wire [15:0] \read__data[0][3] ;
   wire [15:0] \read__data[0][4] ;
   wire [15:0] \read__data[0][5] ;
-  wire [15:0] \read__data[0][6] ;
-  wire [15:0] \read__data[0][7] ;
-  wire [127:0] \read__data[1] ;
+  wire [95:0] \read__data[1] ;
   wire [15:0] \read__data[1][0] ;
   wire [15:0] \read__data[1][1] ;
   wire [15:0] \read__data[1][2] ;
   wire [15:0] \read__data[1][3] ;
   wire [15:0] \read__data[1][4] ;
   wire [15:0] \read__data[1][5] ;
-  wire [15:0] \read__data[1][6] ;
-  wire [15:0] \read__data[1][7] ;
   wire read__en;
   wire [7:0] rp__addr;
-  wire [255:0] rp__data;
-  wire [127:0] \rp__data[0] ;
+  wire [191:0] rp__data;
+  wire [95:0] \rp__data[0] ;
   wire [15:0] \rp__data[0][0] ;
   wire [15:0] \rp__data[0][1] ;
   wire [15:0] \rp__data[0][2] ;
   wire [15:0] \rp__data[0][3] ;
   wire [15:0] \rp__data[0][4] ;
   wire [15:0] \rp__data[0][5] ;
-  wire [15:0] \rp__data[0][6] ;
-  wire [15:0] \rp__data[0][7] ;
-  wire [127:0] \rp__data[1] ;
+  wire [95:0] \rp__data[1] ;
   wire [15:0] \rp__data[1][0] ;
   wire [15:0] \rp__data[1][1] ;
   wire [15:0] \rp__data[1][2] ;
   wire [15:0] \rp__data[1][3] ;
   wire [15:0] \rp__data[1][4] ;
   wire [15:0] \rp__data[1][5] ;
-  wire [15:0] \rp__data[1][6] ;
-  wire [15:0] \rp__data[1][7] ;
   input rp__en;
   wire rp__en;
   input rst;
@@ -10694,291 +10114,287 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   input start;
   wire start;
   wire [7:0] wp__addr;
-  input [255:0] wp__data;
-  wire [255:0] wp__data;
-  wire [127:0] \wp__data[0] ;
+  input [191:0] wp__data;
+  wire [191:0] wp__data;
+  wire [95:0] \wp__data[0] ;
   wire [15:0] \wp__data[0][0] ;
   wire [15:0] \wp__data[0][1] ;
   wire [15:0] \wp__data[0][2] ;
   wire [15:0] \wp__data[0][3] ;
   wire [15:0] \wp__data[0][4] ;
   wire [15:0] \wp__data[0][5] ;
-  wire [15:0] \wp__data[0][6] ;
-  wire [15:0] \wp__data[0][7] ;
-  wire [127:0] \wp__data[1] ;
+  wire [95:0] \wp__data[1] ;
   wire [15:0] \wp__data[1][0] ;
   wire [15:0] \wp__data[1][1] ;
   wire [15:0] \wp__data[1][2] ;
   wire [15:0] \wp__data[1][3] ;
   wire [15:0] \wp__data[1][4] ;
   wire [15:0] \wp__data[1][5] ;
-  wire [15:0] \wp__data[1][6] ;
-  wire [15:0] \wp__data[1][7] ;
   reg wp__en;
-  reg [255:0] mem [255:0];
+  reg [191:0] mem [255:0];
   initial begin
-    mem[0] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[1] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[2] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[3] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[4] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[5] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[6] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[7] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[8] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[9] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[10] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[11] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[12] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[13] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[14] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[15] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[16] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[17] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[18] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[19] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[20] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[21] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[22] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[23] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[24] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[25] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[26] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[27] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[28] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[29] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[30] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[31] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[32] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[33] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[34] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[35] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[36] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[37] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[38] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[39] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[40] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[41] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[42] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[43] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[44] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[45] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[46] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[47] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[48] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[49] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[50] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[51] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[52] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[53] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[54] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[55] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[56] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[57] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[58] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[59] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[60] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[61] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[62] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[63] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[64] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[65] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[66] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[67] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[68] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[69] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[70] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[71] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[72] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[73] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[74] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[75] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[76] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[77] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[78] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[79] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[80] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[81] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[82] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[83] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[84] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[85] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[86] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[87] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[88] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[89] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[90] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[91] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[92] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[93] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[94] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[95] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[96] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[97] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[98] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[99] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[100] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[101] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[102] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[103] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[104] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[105] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[106] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[107] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[108] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[109] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[110] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[111] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[112] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[113] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[114] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[115] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[116] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[117] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[118] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[119] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[120] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[121] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[122] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[123] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[124] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[125] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[126] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[127] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[128] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[129] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[130] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[131] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[132] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[133] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[134] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[135] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[136] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[137] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[138] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[139] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[140] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[141] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[142] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[143] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[144] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[145] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[146] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[147] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[148] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[149] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[150] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[151] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[152] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[153] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[154] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[155] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[156] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[157] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[158] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[159] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[160] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[161] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[162] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[163] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[164] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[165] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[166] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[167] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[168] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[169] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[170] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[171] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[172] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[173] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[174] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[175] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[176] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[177] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[178] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[179] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[180] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[181] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[182] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[183] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[184] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[185] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[186] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[187] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[188] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[189] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[190] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[191] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[192] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[193] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[194] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[195] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[196] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[197] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[198] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[199] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[200] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[201] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[202] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[203] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[204] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[205] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[206] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[207] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[208] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[209] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[210] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[211] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[212] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[213] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[214] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[215] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[216] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[217] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[218] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[219] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[220] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[221] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[222] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[223] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[224] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[225] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[226] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[227] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[228] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[229] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[230] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[231] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[232] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[233] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[234] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[235] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[236] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[237] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[238] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[239] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[240] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[241] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[242] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[243] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[244] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[245] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[246] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[247] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[248] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[249] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[250] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[251] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[252] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[253] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[254] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
-    mem[255] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+    mem[0] = 192'h000000000000000000000000000000000000000000000000;
+    mem[1] = 192'h000000000000000000000000000000000000000000000000;
+    mem[2] = 192'h000000000000000000000000000000000000000000000000;
+    mem[3] = 192'h000000000000000000000000000000000000000000000000;
+    mem[4] = 192'h000000000000000000000000000000000000000000000000;
+    mem[5] = 192'h000000000000000000000000000000000000000000000000;
+    mem[6] = 192'h000000000000000000000000000000000000000000000000;
+    mem[7] = 192'h000000000000000000000000000000000000000000000000;
+    mem[8] = 192'h000000000000000000000000000000000000000000000000;
+    mem[9] = 192'h000000000000000000000000000000000000000000000000;
+    mem[10] = 192'h000000000000000000000000000000000000000000000000;
+    mem[11] = 192'h000000000000000000000000000000000000000000000000;
+    mem[12] = 192'h000000000000000000000000000000000000000000000000;
+    mem[13] = 192'h000000000000000000000000000000000000000000000000;
+    mem[14] = 192'h000000000000000000000000000000000000000000000000;
+    mem[15] = 192'h000000000000000000000000000000000000000000000000;
+    mem[16] = 192'h000000000000000000000000000000000000000000000000;
+    mem[17] = 192'h000000000000000000000000000000000000000000000000;
+    mem[18] = 192'h000000000000000000000000000000000000000000000000;
+    mem[19] = 192'h000000000000000000000000000000000000000000000000;
+    mem[20] = 192'h000000000000000000000000000000000000000000000000;
+    mem[21] = 192'h000000000000000000000000000000000000000000000000;
+    mem[22] = 192'h000000000000000000000000000000000000000000000000;
+    mem[23] = 192'h000000000000000000000000000000000000000000000000;
+    mem[24] = 192'h000000000000000000000000000000000000000000000000;
+    mem[25] = 192'h000000000000000000000000000000000000000000000000;
+    mem[26] = 192'h000000000000000000000000000000000000000000000000;
+    mem[27] = 192'h000000000000000000000000000000000000000000000000;
+    mem[28] = 192'h000000000000000000000000000000000000000000000000;
+    mem[29] = 192'h000000000000000000000000000000000000000000000000;
+    mem[30] = 192'h000000000000000000000000000000000000000000000000;
+    mem[31] = 192'h000000000000000000000000000000000000000000000000;
+    mem[32] = 192'h000000000000000000000000000000000000000000000000;
+    mem[33] = 192'h000000000000000000000000000000000000000000000000;
+    mem[34] = 192'h000000000000000000000000000000000000000000000000;
+    mem[35] = 192'h000000000000000000000000000000000000000000000000;
+    mem[36] = 192'h000000000000000000000000000000000000000000000000;
+    mem[37] = 192'h000000000000000000000000000000000000000000000000;
+    mem[38] = 192'h000000000000000000000000000000000000000000000000;
+    mem[39] = 192'h000000000000000000000000000000000000000000000000;
+    mem[40] = 192'h000000000000000000000000000000000000000000000000;
+    mem[41] = 192'h000000000000000000000000000000000000000000000000;
+    mem[42] = 192'h000000000000000000000000000000000000000000000000;
+    mem[43] = 192'h000000000000000000000000000000000000000000000000;
+    mem[44] = 192'h000000000000000000000000000000000000000000000000;
+    mem[45] = 192'h000000000000000000000000000000000000000000000000;
+    mem[46] = 192'h000000000000000000000000000000000000000000000000;
+    mem[47] = 192'h000000000000000000000000000000000000000000000000;
+    mem[48] = 192'h000000000000000000000000000000000000000000000000;
+    mem[49] = 192'h000000000000000000000000000000000000000000000000;
+    mem[50] = 192'h000000000000000000000000000000000000000000000000;
+    mem[51] = 192'h000000000000000000000000000000000000000000000000;
+    mem[52] = 192'h000000000000000000000000000000000000000000000000;
+    mem[53] = 192'h000000000000000000000000000000000000000000000000;
+    mem[54] = 192'h000000000000000000000000000000000000000000000000;
+    mem[55] = 192'h000000000000000000000000000000000000000000000000;
+    mem[56] = 192'h000000000000000000000000000000000000000000000000;
+    mem[57] = 192'h000000000000000000000000000000000000000000000000;
+    mem[58] = 192'h000000000000000000000000000000000000000000000000;
+    mem[59] = 192'h000000000000000000000000000000000000000000000000;
+    mem[60] = 192'h000000000000000000000000000000000000000000000000;
+    mem[61] = 192'h000000000000000000000000000000000000000000000000;
+    mem[62] = 192'h000000000000000000000000000000000000000000000000;
+    mem[63] = 192'h000000000000000000000000000000000000000000000000;
+    mem[64] = 192'h000000000000000000000000000000000000000000000000;
+    mem[65] = 192'h000000000000000000000000000000000000000000000000;
+    mem[66] = 192'h000000000000000000000000000000000000000000000000;
+    mem[67] = 192'h000000000000000000000000000000000000000000000000;
+    mem[68] = 192'h000000000000000000000000000000000000000000000000;
+    mem[69] = 192'h000000000000000000000000000000000000000000000000;
+    mem[70] = 192'h000000000000000000000000000000000000000000000000;
+    mem[71] = 192'h000000000000000000000000000000000000000000000000;
+    mem[72] = 192'h000000000000000000000000000000000000000000000000;
+    mem[73] = 192'h000000000000000000000000000000000000000000000000;
+    mem[74] = 192'h000000000000000000000000000000000000000000000000;
+    mem[75] = 192'h000000000000000000000000000000000000000000000000;
+    mem[76] = 192'h000000000000000000000000000000000000000000000000;
+    mem[77] = 192'h000000000000000000000000000000000000000000000000;
+    mem[78] = 192'h000000000000000000000000000000000000000000000000;
+    mem[79] = 192'h000000000000000000000000000000000000000000000000;
+    mem[80] = 192'h000000000000000000000000000000000000000000000000;
+    mem[81] = 192'h000000000000000000000000000000000000000000000000;
+    mem[82] = 192'h000000000000000000000000000000000000000000000000;
+    mem[83] = 192'h000000000000000000000000000000000000000000000000;
+    mem[84] = 192'h000000000000000000000000000000000000000000000000;
+    mem[85] = 192'h000000000000000000000000000000000000000000000000;
+    mem[86] = 192'h000000000000000000000000000000000000000000000000;
+    mem[87] = 192'h000000000000000000000000000000000000000000000000;
+    mem[88] = 192'h000000000000000000000000000000000000000000000000;
+    mem[89] = 192'h000000000000000000000000000000000000000000000000;
+    mem[90] = 192'h000000000000000000000000000000000000000000000000;
+    mem[91] = 192'h000000000000000000000000000000000000000000000000;
+    mem[92] = 192'h000000000000000000000000000000000000000000000000;
+    mem[93] = 192'h000000000000000000000000000000000000000000000000;
+    mem[94] = 192'h000000000000000000000000000000000000000000000000;
+    mem[95] = 192'h000000000000000000000000000000000000000000000000;
+    mem[96] = 192'h000000000000000000000000000000000000000000000000;
+    mem[97] = 192'h000000000000000000000000000000000000000000000000;
+    mem[98] = 192'h000000000000000000000000000000000000000000000000;
+    mem[99] = 192'h000000000000000000000000000000000000000000000000;
+    mem[100] = 192'h000000000000000000000000000000000000000000000000;
+    mem[101] = 192'h000000000000000000000000000000000000000000000000;
+    mem[102] = 192'h000000000000000000000000000000000000000000000000;
+    mem[103] = 192'h000000000000000000000000000000000000000000000000;
+    mem[104] = 192'h000000000000000000000000000000000000000000000000;
+    mem[105] = 192'h000000000000000000000000000000000000000000000000;
+    mem[106] = 192'h000000000000000000000000000000000000000000000000;
+    mem[107] = 192'h000000000000000000000000000000000000000000000000;
+    mem[108] = 192'h000000000000000000000000000000000000000000000000;
+    mem[109] = 192'h000000000000000000000000000000000000000000000000;
+    mem[110] = 192'h000000000000000000000000000000000000000000000000;
+    mem[111] = 192'h000000000000000000000000000000000000000000000000;
+    mem[112] = 192'h000000000000000000000000000000000000000000000000;
+    mem[113] = 192'h000000000000000000000000000000000000000000000000;
+    mem[114] = 192'h000000000000000000000000000000000000000000000000;
+    mem[115] = 192'h000000000000000000000000000000000000000000000000;
+    mem[116] = 192'h000000000000000000000000000000000000000000000000;
+    mem[117] = 192'h000000000000000000000000000000000000000000000000;
+    mem[118] = 192'h000000000000000000000000000000000000000000000000;
+    mem[119] = 192'h000000000000000000000000000000000000000000000000;
+    mem[120] = 192'h000000000000000000000000000000000000000000000000;
+    mem[121] = 192'h000000000000000000000000000000000000000000000000;
+    mem[122] = 192'h000000000000000000000000000000000000000000000000;
+    mem[123] = 192'h000000000000000000000000000000000000000000000000;
+    mem[124] = 192'h000000000000000000000000000000000000000000000000;
+    mem[125] = 192'h000000000000000000000000000000000000000000000000;
+    mem[126] = 192'h000000000000000000000000000000000000000000000000;
+    mem[127] = 192'h000000000000000000000000000000000000000000000000;
+    mem[128] = 192'h000000000000000000000000000000000000000000000000;
+    mem[129] = 192'h000000000000000000000000000000000000000000000000;
+    mem[130] = 192'h000000000000000000000000000000000000000000000000;
+    mem[131] = 192'h000000000000000000000000000000000000000000000000;
+    mem[132] = 192'h000000000000000000000000000000000000000000000000;
+    mem[133] = 192'h000000000000000000000000000000000000000000000000;
+    mem[134] = 192'h000000000000000000000000000000000000000000000000;
+    mem[135] = 192'h000000000000000000000000000000000000000000000000;
+    mem[136] = 192'h000000000000000000000000000000000000000000000000;
+    mem[137] = 192'h000000000000000000000000000000000000000000000000;
+    mem[138] = 192'h000000000000000000000000000000000000000000000000;
+    mem[139] = 192'h000000000000000000000000000000000000000000000000;
+    mem[140] = 192'h000000000000000000000000000000000000000000000000;
+    mem[141] = 192'h000000000000000000000000000000000000000000000000;
+    mem[142] = 192'h000000000000000000000000000000000000000000000000;
+    mem[143] = 192'h000000000000000000000000000000000000000000000000;
+    mem[144] = 192'h000000000000000000000000000000000000000000000000;
+    mem[145] = 192'h000000000000000000000000000000000000000000000000;
+    mem[146] = 192'h000000000000000000000000000000000000000000000000;
+    mem[147] = 192'h000000000000000000000000000000000000000000000000;
+    mem[148] = 192'h000000000000000000000000000000000000000000000000;
+    mem[149] = 192'h000000000000000000000000000000000000000000000000;
+    mem[150] = 192'h000000000000000000000000000000000000000000000000;
+    mem[151] = 192'h000000000000000000000000000000000000000000000000;
+    mem[152] = 192'h000000000000000000000000000000000000000000000000;
+    mem[153] = 192'h000000000000000000000000000000000000000000000000;
+    mem[154] = 192'h000000000000000000000000000000000000000000000000;
+    mem[155] = 192'h000000000000000000000000000000000000000000000000;
+    mem[156] = 192'h000000000000000000000000000000000000000000000000;
+    mem[157] = 192'h000000000000000000000000000000000000000000000000;
+    mem[158] = 192'h000000000000000000000000000000000000000000000000;
+    mem[159] = 192'h000000000000000000000000000000000000000000000000;
+    mem[160] = 192'h000000000000000000000000000000000000000000000000;
+    mem[161] = 192'h000000000000000000000000000000000000000000000000;
+    mem[162] = 192'h000000000000000000000000000000000000000000000000;
+    mem[163] = 192'h000000000000000000000000000000000000000000000000;
+    mem[164] = 192'h000000000000000000000000000000000000000000000000;
+    mem[165] = 192'h000000000000000000000000000000000000000000000000;
+    mem[166] = 192'h000000000000000000000000000000000000000000000000;
+    mem[167] = 192'h000000000000000000000000000000000000000000000000;
+    mem[168] = 192'h000000000000000000000000000000000000000000000000;
+    mem[169] = 192'h000000000000000000000000000000000000000000000000;
+    mem[170] = 192'h000000000000000000000000000000000000000000000000;
+    mem[171] = 192'h000000000000000000000000000000000000000000000000;
+    mem[172] = 192'h000000000000000000000000000000000000000000000000;
+    mem[173] = 192'h000000000000000000000000000000000000000000000000;
+    mem[174] = 192'h000000000000000000000000000000000000000000000000;
+    mem[175] = 192'h000000000000000000000000000000000000000000000000;
+    mem[176] = 192'h000000000000000000000000000000000000000000000000;
+    mem[177] = 192'h000000000000000000000000000000000000000000000000;
+    mem[178] = 192'h000000000000000000000000000000000000000000000000;
+    mem[179] = 192'h000000000000000000000000000000000000000000000000;
+    mem[180] = 192'h000000000000000000000000000000000000000000000000;
+    mem[181] = 192'h000000000000000000000000000000000000000000000000;
+    mem[182] = 192'h000000000000000000000000000000000000000000000000;
+    mem[183] = 192'h000000000000000000000000000000000000000000000000;
+    mem[184] = 192'h000000000000000000000000000000000000000000000000;
+    mem[185] = 192'h000000000000000000000000000000000000000000000000;
+    mem[186] = 192'h000000000000000000000000000000000000000000000000;
+    mem[187] = 192'h000000000000000000000000000000000000000000000000;
+    mem[188] = 192'h000000000000000000000000000000000000000000000000;
+    mem[189] = 192'h000000000000000000000000000000000000000000000000;
+    mem[190] = 192'h000000000000000000000000000000000000000000000000;
+    mem[191] = 192'h000000000000000000000000000000000000000000000000;
+    mem[192] = 192'h000000000000000000000000000000000000000000000000;
+    mem[193] = 192'h000000000000000000000000000000000000000000000000;
+    mem[194] = 192'h000000000000000000000000000000000000000000000000;
+    mem[195] = 192'h000000000000000000000000000000000000000000000000;
+    mem[196] = 192'h000000000000000000000000000000000000000000000000;
+    mem[197] = 192'h000000000000000000000000000000000000000000000000;
+    mem[198] = 192'h000000000000000000000000000000000000000000000000;
+    mem[199] = 192'h000000000000000000000000000000000000000000000000;
+    mem[200] = 192'h000000000000000000000000000000000000000000000000;
+    mem[201] = 192'h000000000000000000000000000000000000000000000000;
+    mem[202] = 192'h000000000000000000000000000000000000000000000000;
+    mem[203] = 192'h000000000000000000000000000000000000000000000000;
+    mem[204] = 192'h000000000000000000000000000000000000000000000000;
+    mem[205] = 192'h000000000000000000000000000000000000000000000000;
+    mem[206] = 192'h000000000000000000000000000000000000000000000000;
+    mem[207] = 192'h000000000000000000000000000000000000000000000000;
+    mem[208] = 192'h000000000000000000000000000000000000000000000000;
+    mem[209] = 192'h000000000000000000000000000000000000000000000000;
+    mem[210] = 192'h000000000000000000000000000000000000000000000000;
+    mem[211] = 192'h000000000000000000000000000000000000000000000000;
+    mem[212] = 192'h000000000000000000000000000000000000000000000000;
+    mem[213] = 192'h000000000000000000000000000000000000000000000000;
+    mem[214] = 192'h000000000000000000000000000000000000000000000000;
+    mem[215] = 192'h000000000000000000000000000000000000000000000000;
+    mem[216] = 192'h000000000000000000000000000000000000000000000000;
+    mem[217] = 192'h000000000000000000000000000000000000000000000000;
+    mem[218] = 192'h000000000000000000000000000000000000000000000000;
+    mem[219] = 192'h000000000000000000000000000000000000000000000000;
+    mem[220] = 192'h000000000000000000000000000000000000000000000000;
+    mem[221] = 192'h000000000000000000000000000000000000000000000000;
+    mem[222] = 192'h000000000000000000000000000000000000000000000000;
+    mem[223] = 192'h000000000000000000000000000000000000000000000000;
+    mem[224] = 192'h000000000000000000000000000000000000000000000000;
+    mem[225] = 192'h000000000000000000000000000000000000000000000000;
+    mem[226] = 192'h000000000000000000000000000000000000000000000000;
+    mem[227] = 192'h000000000000000000000000000000000000000000000000;
+    mem[228] = 192'h000000000000000000000000000000000000000000000000;
+    mem[229] = 192'h000000000000000000000000000000000000000000000000;
+    mem[230] = 192'h000000000000000000000000000000000000000000000000;
+    mem[231] = 192'h000000000000000000000000000000000000000000000000;
+    mem[232] = 192'h000000000000000000000000000000000000000000000000;
+    mem[233] = 192'h000000000000000000000000000000000000000000000000;
+    mem[234] = 192'h000000000000000000000000000000000000000000000000;
+    mem[235] = 192'h000000000000000000000000000000000000000000000000;
+    mem[236] = 192'h000000000000000000000000000000000000000000000000;
+    mem[237] = 192'h000000000000000000000000000000000000000000000000;
+    mem[238] = 192'h000000000000000000000000000000000000000000000000;
+    mem[239] = 192'h000000000000000000000000000000000000000000000000;
+    mem[240] = 192'h000000000000000000000000000000000000000000000000;
+    mem[241] = 192'h000000000000000000000000000000000000000000000000;
+    mem[242] = 192'h000000000000000000000000000000000000000000000000;
+    mem[243] = 192'h000000000000000000000000000000000000000000000000;
+    mem[244] = 192'h000000000000000000000000000000000000000000000000;
+    mem[245] = 192'h000000000000000000000000000000000000000000000000;
+    mem[246] = 192'h000000000000000000000000000000000000000000000000;
+    mem[247] = 192'h000000000000000000000000000000000000000000000000;
+    mem[248] = 192'h000000000000000000000000000000000000000000000000;
+    mem[249] = 192'h000000000000000000000000000000000000000000000000;
+    mem[250] = 192'h000000000000000000000000000000000000000000000000;
+    mem[251] = 192'h000000000000000000000000000000000000000000000000;
+    mem[252] = 192'h000000000000000000000000000000000000000000000000;
+    mem[253] = 192'h000000000000000000000000000000000000000000000000;
+    mem[254] = 192'h000000000000000000000000000000000000000000000000;
+    mem[255] = 192'h000000000000000000000000000000000000000000000000;
   end
   always @(posedge clk) begin
     if (wp__en)
       mem[arrived[7:0]] <= wp__data;
   end
-  reg [255:0] _0_;
+  reg [191:0] _0_;
   always @(posedge clk) begin
     if (rp__en) begin
       _0_ <= mem[read__addr[7:0]];
@@ -11048,76 +10464,60 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   assign rp__addr = read__addr[7:0];
   assign read__en = rp__en;
   assign rp__data = read__data;
-  assign \wp__data[0]  = wp__data[127:0];
+  assign \wp__data[0]  = wp__data[95:0];
   assign \wp__data[0][0]  = wp__data[15:0];
   assign \wp__data[0][1]  = wp__data[31:16];
   assign \wp__data[0][2]  = wp__data[47:32];
   assign \wp__data[0][3]  = wp__data[63:48];
   assign \wp__data[0][4]  = wp__data[79:64];
   assign \wp__data[0][5]  = wp__data[95:80];
-  assign \wp__data[0][6]  = wp__data[111:96];
-  assign \wp__data[0][7]  = wp__data[127:112];
-  assign \wp__data[1]  = wp__data[255:128];
-  assign \wp__data[1][0]  = wp__data[143:128];
-  assign \wp__data[1][1]  = wp__data[159:144];
-  assign \wp__data[1][2]  = wp__data[175:160];
-  assign \wp__data[1][3]  = wp__data[191:176];
-  assign \wp__data[1][4]  = wp__data[207:192];
-  assign \wp__data[1][5]  = wp__data[223:208];
-  assign \wp__data[1][6]  = wp__data[239:224];
-  assign \wp__data[1][7]  = wp__data[255:240];
-  assign \i__payload[0]  = wp__data[127:0];
+  assign \wp__data[1]  = wp__data[191:96];
+  assign \wp__data[1][0]  = wp__data[111:96];
+  assign \wp__data[1][1]  = wp__data[127:112];
+  assign \wp__data[1][2]  = wp__data[143:128];
+  assign \wp__data[1][3]  = wp__data[159:144];
+  assign \wp__data[1][4]  = wp__data[175:160];
+  assign \wp__data[1][5]  = wp__data[191:176];
+  assign \i__payload[0]  = wp__data[95:0];
   assign \i__payload[0][0]  = wp__data[15:0];
   assign \i__payload[0][1]  = wp__data[31:16];
   assign \i__payload[0][2]  = wp__data[47:32];
   assign \i__payload[0][3]  = wp__data[63:48];
   assign \i__payload[0][4]  = wp__data[79:64];
   assign \i__payload[0][5]  = wp__data[95:80];
-  assign \i__payload[0][6]  = wp__data[111:96];
-  assign \i__payload[0][7]  = wp__data[127:112];
-  assign \i__payload[1]  = wp__data[255:128];
-  assign \i__payload[1][0]  = wp__data[143:128];
-  assign \i__payload[1][1]  = wp__data[159:144];
-  assign \i__payload[1][2]  = wp__data[175:160];
-  assign \i__payload[1][3]  = wp__data[191:176];
-  assign \i__payload[1][4]  = wp__data[207:192];
-  assign \i__payload[1][5]  = wp__data[223:208];
-  assign \i__payload[1][6]  = wp__data[239:224];
-  assign \i__payload[1][7]  = wp__data[255:240];
-  assign \read__data[0]  = read__data[127:0];
+  assign \i__payload[1]  = wp__data[191:96];
+  assign \i__payload[1][0]  = wp__data[111:96];
+  assign \i__payload[1][1]  = wp__data[127:112];
+  assign \i__payload[1][2]  = wp__data[143:128];
+  assign \i__payload[1][3]  = wp__data[159:144];
+  assign \i__payload[1][4]  = wp__data[175:160];
+  assign \i__payload[1][5]  = wp__data[191:176];
+  assign \read__data[0]  = read__data[95:0];
   assign \read__data[0][0]  = read__data[15:0];
   assign \read__data[0][1]  = read__data[31:16];
   assign \read__data[0][2]  = read__data[47:32];
   assign \read__data[0][3]  = read__data[63:48];
   assign \read__data[0][4]  = read__data[79:64];
   assign \read__data[0][5]  = read__data[95:80];
-  assign \read__data[0][6]  = read__data[111:96];
-  assign \read__data[0][7]  = read__data[127:112];
-  assign \read__data[1]  = read__data[255:128];
-  assign \read__data[1][0]  = read__data[143:128];
-  assign \read__data[1][1]  = read__data[159:144];
-  assign \read__data[1][2]  = read__data[175:160];
-  assign \read__data[1][3]  = read__data[191:176];
-  assign \read__data[1][4]  = read__data[207:192];
-  assign \read__data[1][5]  = read__data[223:208];
-  assign \read__data[1][6]  = read__data[239:224];
-  assign \read__data[1][7]  = read__data[255:240];
-  assign \rp__data[0]  = read__data[127:0];
+  assign \read__data[1]  = read__data[191:96];
+  assign \read__data[1][0]  = read__data[111:96];
+  assign \read__data[1][1]  = read__data[127:112];
+  assign \read__data[1][2]  = read__data[143:128];
+  assign \read__data[1][3]  = read__data[159:144];
+  assign \read__data[1][4]  = read__data[175:160];
+  assign \read__data[1][5]  = read__data[191:176];
+  assign \rp__data[0]  = read__data[95:0];
   assign \rp__data[0][0]  = read__data[15:0];
   assign \rp__data[0][1]  = read__data[31:16];
   assign \rp__data[0][2]  = read__data[47:32];
   assign \rp__data[0][3]  = read__data[63:48];
   assign \rp__data[0][4]  = read__data[79:64];
   assign \rp__data[0][5]  = read__data[95:80];
-  assign \rp__data[0][6]  = read__data[111:96];
-  assign \rp__data[0][7]  = read__data[127:112];
-  assign \rp__data[1]  = read__data[255:128];
-  assign \rp__data[1][0]  = read__data[143:128];
-  assign \rp__data[1][1]  = read__data[159:144];
-  assign \rp__data[1][2]  = read__data[175:160];
-  assign \rp__data[1][3]  = read__data[191:176];
-  assign \rp__data[1][4]  = read__data[207:192];
-  assign \rp__data[1][5]  = read__data[223:208];
-  assign \rp__data[1][6]  = read__data[239:224];
-  assign \rp__data[1][7]  = read__data[255:240];
+  assign \rp__data[1]  = read__data[191:96];
+  assign \rp__data[1][0]  = read__data[111:96];
+  assign \rp__data[1][1]  = read__data[127:112];
+  assign \rp__data[1][2]  = read__data[143:128];
+  assign \rp__data[1][3]  = read__data[159:144];
+  assign \rp__data[1][4]  = read__data[175:160];
+  assign \rp__data[1][5]  = read__data[191:176];
 endmodule

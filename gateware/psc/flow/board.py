@@ -116,7 +116,7 @@ BOARDS = {
     "icebreaker": Board("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform",
                         12e6, 33e6, "ice40", "iCE40UP5K-SG48",
                         ("ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_DSP", "ICESTORM_SPRAM",
-                         "ICESTORM_PLL", "SB_IO"), seeds=(("tile", 2),)),
+                         "ICESTORM_PLL", "SB_IO")),
     "ulx3s": Board("ulx3s", "amaranth_boards.ulx3s:ULX3S_25F_Platform", 25e6, 100e6,
                    "ecp5", "LFE5U-25F-CABGA381",
                    ("TRELLIS_COMB", "TRELLIS_FF", "DP16KD", "MULT18X18D", "EHXPLLL",

@@ -64,11 +64,13 @@ FIELDS = tuple(sorted({f.name for f in dc_fields(PSCConfig)}
 #: The space ``psc explore --target T`` sweeps without ``--space``: around the shipped preset
 #: (whose values are among those tried, so the shipped point is one of the points).
 DEFAULT_SPACES = {
-    # the requantiser's throughput (one time-shared unit, 4 or 8 multiplier bits per
-    # cycle, or one per row) against its LUTs, and the adder tree's registers
+    # the requantiser against the array: on two of the 8 SB_MAC16 (one value per cycle)
+    # beside a 6 x 2 array, or in LUTs (all of M per cycle, or 4 or 8 of its bits) beside
+    # a 6 x 2 or an 8 x 2 array on all of them
     "ice40-up5k": {"base": "ice40-up5k",
-                   "vary": {"requantizers": [1, 2], "requant_mult_bits": [4, 8],
-                            "tree_stages": [1, 2]}},
+                   "vary": {"shape": [[6, 2], [8, 2]],
+                            "requant_multiplier": ["ice40_mac16", "adds"],
+                            "requant_mult_bits": [None, 4, 8]}},
     # the array's shape on the 28 multipliers (7x4 and 4x7 use all, 8x3 24) and the
     # adder tree's registers
     "ecp5-25k": {"base": "ecp5-25k",

@@ -116,10 +116,10 @@ ID_FIELDS = (("digest", 4),
              ("multiplier", 1), ("depthwise", 1), ("tree_stages", 1), ("requantizers", 1),
              ("requant_mult_bits", 1), ("read_register", 1), ("psum_depth", 4),
              ("psum_width", 1), ("fmap_ram", 1))
-#: Fields of :class:`~psc.config.CoreConfig` that the ID frame carries only in its digest: they
-#: change the core's timing, not a beat's format (a host that names one the board was built
-#: without is still refused, by the digest).
-DIGEST_ONLY_FIELDS = ("early_weights",)
+#: Fields of :class:`~psc.config.CoreConfig` (and of its ``pe``) that the ID frame carries only
+#: in its digest: they change the core's timing or cells, not a beat's format (a host that names
+#: one the board was built without is still refused, by the digest).
+DIGEST_ONLY_FIELDS = ("early_weights", "requant_multiplier")
 #: ``P``, ``PSC`` and the protocol version: what a host reads before it knows the frame's length.
 ID_HEADER_BYTES = 1 + len(ID_MAGIC) + 1
 ID_BYTES = ID_HEADER_BYTES + sum(n for _, n in ID_FIELDS)
