@@ -30,7 +30,9 @@ runs exactly the core its target's figures were measured on.
   1536)``); longer reductions are split and summed in the partial-sum
   buffer. The input buffer's one port gives one lane word per cycle, so the
   scheduler runs a depthwise layer as standard commands with diagonal
-  weights, each over the three output groups of one input lane word.
+  weights, each over the three output groups of one input lane word. A
+  command computes while its weights load (``early_weights``), as on the
+  ECP5.
 * ``ecp5-25k``: 7 lanes x 4 rows on all 28 MULT18X18D of the LFE5U-25F,
   hand-instantiated with their registers (``ecp5_mult18``), one adder-tree
   stage, a register stage after the buffers, a pipelined requantiser per
@@ -59,7 +61,7 @@ PRESETS = {
                                           requant_multiplier="ice40_mac16",
                                           max_reduction=1536, acc_width=26),
                              fmap_depth=16384, weight_depth=256, param_depth=64, psum_depth=256,
-                             fmap_ram="spram"),
+                             fmap_ram="spram", early_weights=True),
     "ecp5-25k": CoreConfig(pe=PSCConfig(lanes=7, rows=4, multiplier="ecp5_mult18", tree_stages=1,
                                         depthwise="channels"),
                            fmap_depth=4096, weight_depth=512, param_depth=64, read_register=True,

@@ -26,6 +26,7 @@
 //   psum_depth = 256
 //   psum_width = 32
 //   fmap_ram = 'spram'
+//   early_weights = True
 //
 // Latency: MAC array (DotProduct) 6 cycles; requantiser 8 cycles, one beat per 2 cycles.
 // The command's end-to-end timing is in the PSCConvCore docstring.
@@ -110,12 +111,13 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire act_out__valid;
   wire all_sent;
   wire [6:0] arrived;
+  wire [8:0] \arrived$157 ;
   wire beat;
-  wire \beat$161 ;
+  wire \beat$163 ;
   output busy;
   wire busy;
-  wire \busy$157 ;
-  wire \busy$158 ;
+  wire \busy$159 ;
+  wire \busy$160 ;
   input [113:0] cfg__payload;
   wire [113:0] cfg__payload;
   wire [113:0] \cfg__payload$23 ;
@@ -174,7 +176,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire cfg__valid;
   wire \cfg__valid$25 ;
   wire clear;
-  wire \clear$156 ;
+  wire \clear$158 ;
   input clk;
   wire clk;
   wire [113:0] cmd;
@@ -341,7 +343,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \done$144 ;
   wire \done$146 ;
   wire \done$152 ;
-  wire \done$164 ;
+  wire \done$166 ;
   wire dw;
   wire \dw$102 ;
   wire dwc;
@@ -355,7 +357,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire enable;
   output error;
   wire error;
-  wire \error$165 ;
+  wire \error$167 ;
   wire [15:0] gin_e;
   wire [15:0] \gin_e$105 ;
   wire [15:0] \gin_e$89 ;
@@ -606,7 +608,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \run$134 ;
   wire \run$136 ;
   wire \run$138 ;
-  wire \run$159 ;
+  wire \run$161 ;
   wire [221:0] sizes;
   wire [221:0] \sizes$106 ;
   wire [16:0] \sizes$106.c0_g ;
@@ -692,7 +694,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire w_en;
   wire w_rdy;
   wire waiting;
-  wire \waiting$163 ;
+  wire \waiting$165 ;
   wire [9:0] weights__addr;
   wire [191:0] weights__data;
   wire [95:0] \weights__data[0] ;
@@ -731,6 +733,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   input weights__valid;
   wire weights__valid;
   wire weights_done;
+  wire [8:0] weights_in;
   wire [14:0] words_in;
   wire [14:0] \words_in$142 ;
   wire [16:0] ws;
@@ -780,10 +783,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .clk(clk),
     .i__ready(taps__ready),
     .o__payload(\i__payload$47 ),
-    .\port$580$0 (\$7 ),
-    .\port$602$0 (\$8 ),
-    .\port$603$0 (\$9 ),
-    .\port$604$0 (\$10 ),
+    .\port$583$0 (\$7 ),
+    .\port$605$0 (\$8 ),
+    .\port$606$0 (\$9 ),
+    .\port$607$0 (\$10 ),
     .ready(\o__ready$49 ),
     .rst(rst),
     .v1(\i__valid$51 ),
@@ -797,9 +800,9 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .done(inputs_done),
     .i__ready(act_in__ready),
     .i__valid(act_in__valid),
-    .\port$602$0 (\$8 ),
-    .\port$603$0 (\$9 ),
-    .\port$604$0 (\$10 ),
+    .\port$605$0 (\$8 ),
+    .\port$606$0 (\$9 ),
+    .\port$607$0 (\$10 ),
     .read__addr(\$7 [13:0]),
     .read__en(read__en),
     .rows_in(rows_in),
@@ -860,7 +863,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .taps__ready(taps__ready),
     .taps__valid(\i__valid$39 ),
     .waiting(waiting),
-    .weights_done(weights_done)
+    .weights_done(weights_done),
+    .weights_in(weights_in)
   );
   \psc_core.setup  setup (
     .accept(clear),
@@ -889,7 +893,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .sizing(enable),
     .start(start)
   );
-  \psc_core.sizes$172  \sizes$172  (
+  \psc_core.sizes$174  \sizes$174  (
     .clear(clear),
     .clk(clk),
     .cmd(cmd),
@@ -903,8 +907,8 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   \psc_core.sums  sums (
     .clk(clk),
     .level(level),
-    .\port$1485$0 (\$11 ),
-    .\port$1550$0 (\$12 ),
+    .\port$1488$0 (\$11 ),
+    .\port$1553$0 (\$12 ),
     .r_data(\i__payload$63 ),
     .r_en(r_en),
     .r_rdy(\i__valid$59 ),
@@ -913,6 +917,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .w_rdy(w_rdy)
   );
   \psc_core.wbuf  wbuf (
+    .arrived(weights_in),
     .clk(clk),
     .count(sizes[106:98]),
     .done(weights_done),
@@ -1030,14 +1035,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \loaded$150  = loaded;
   assign \done$152  = inputs_done;
   assign all_sent = outputs_done;
-  assign \clear$156  = clear;
-  assign \busy$157  = busy;
-  assign \busy$158  = busy;
-  assign \run$159  = run;
-  assign \beat$161  = beat;
-  assign \waiting$163  = waiting;
-  assign \done$164  = done;
-  assign \error$165  = error;
+  assign \arrived$157  = weights_in;
+  assign \clear$158  = clear;
+  assign \busy$159  = busy;
+  assign \busy$160  = busy;
+  assign \run$161  = run;
+  assign \beat$163  = beat;
+  assign \waiting$165  = waiting;
+  assign \done$166  = done;
+  assign \error$167  = error;
   assign total = cycles_total;
   assign compute = cycles_compute;
   assign stall = cycles_stall;
@@ -1709,8 +1715,8 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1365$0 (i__payload[143:0]),
-    .\port$1365$292 (i__payload[293:292]),
+    .\port$1368$0 (i__payload[143:0]),
+    .\port$1368$292 (i__payload[293:292]),
     .rst(rst),
     .valid(valid)
   );
@@ -1719,7 +1725,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .clk(clk),
     .en(i__ready),
     .mask(mask),
-    .\port$1365$266 (i__payload[293:266]),
+    .\port$1368$266 (i__payload[293:266]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[239:144]),
@@ -1811,7 +1817,7 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, en, \port$1365$0 , bias, \port$1365$292 , valid, mask, acc_valid, acc, clk);
+module \psc_core.dp.pe_0 (rst, en, \port$1368$0 , bias, \port$1368$292 , valid, mask, acc_valid, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
   wire [17:0] \$10 ;
@@ -1914,10 +1920,10 @@ module \psc_core.dp.pe_0 (rst, en, \port$1365$0 , bias, \port$1365$292 , valid, 
   wire [15:0] \p$19[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [143:0] \port$1365$0 ;
-  wire [143:0] \port$1365$0 ;
-  input [1:0] \port$1365$292 ;
-  wire [1:0] \port$1365$292 ;
+  input [143:0] \port$1368$0 ;
+  wire [143:0] \port$1368$0 ;
+  input [1:0] \port$1368$292 ;
+  wire [1:0] \port$1368$292 ;
   wire [95:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -1983,7 +1989,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1365$0 , bias, \port$1365$292 , valid, 
   always @(posedge clk)
     acc <= \$39 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1365$292 [0];
+  assign \$1  = valid & \port$1368$292 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -2058,7 +2064,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1365$0 , bias, \port$1365$292 , valid, 
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
     .w(w),
-    .words(\port$1365$0 [143:48])
+    .words(\port$1368$0 [143:48])
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
@@ -2119,7 +2125,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1365$0 , bias, \port$1365$292 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$15  = f1;
     if (en) begin
-      \$15  = \port$1365$292 [0];
+      \$15  = \port$1368$292 [0];
     end
     if (rst) begin
       \$15  = 1'h0;
@@ -2129,7 +2135,7 @@ module \psc_core.dp.pe_0 (rst, en, \port$1365$0 , bias, \port$1365$292 , valid, 
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$16  = l1;
     if (en) begin
-      \$16  = \port$1365$292 [1];
+      \$16  = \port$1368$292 [1];
     end
     if (rst) begin
       \$16  = 1'h0;
@@ -2300,37 +2306,37 @@ module \psc_core.dp.pe_0 (rst, en, \port$1365$0 , bias, \port$1365$292 , valid, 
       end
     end
   end
-  assign words = \port$1365$0 [143:48];
-  assign \words$1  = \port$1365$0 [143:48];
+  assign words = \port$1368$0 [143:48];
+  assign \words$1  = \port$1368$0 [143:48];
   assign \mask$3  = mask;
   assign \en$5  = en;
-  assign x = \port$1365$0 [47:0];
+  assign x = \port$1368$0 [47:0];
   assign \en$12  = en;
   assign \en$16  = en;
   assign \acc$21  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1365$292 [0];
-  assign last = \port$1365$292 [1];
-  assign \words[0]  = \port$1365$0 [63:48];
-  assign \words[1]  = \port$1365$0 [79:64];
-  assign \words[2]  = \port$1365$0 [95:80];
-  assign \words[3]  = \port$1365$0 [111:96];
-  assign \words[4]  = \port$1365$0 [127:112];
-  assign \words[5]  = \port$1365$0 [143:128];
-  assign \words$1[0]  = \port$1365$0 [63:48];
-  assign \words$1[1]  = \port$1365$0 [79:64];
-  assign \words$1[2]  = \port$1365$0 [95:80];
-  assign \words$1[3]  = \port$1365$0 [111:96];
-  assign \words$1[4]  = \port$1365$0 [127:112];
-  assign \words$1[5]  = \port$1365$0 [143:128];
+  assign first = \port$1368$292 [0];
+  assign last = \port$1368$292 [1];
+  assign \words[0]  = \port$1368$0 [63:48];
+  assign \words[1]  = \port$1368$0 [79:64];
+  assign \words[2]  = \port$1368$0 [95:80];
+  assign \words[3]  = \port$1368$0 [111:96];
+  assign \words[4]  = \port$1368$0 [127:112];
+  assign \words[5]  = \port$1368$0 [143:128];
+  assign \words$1[0]  = \port$1368$0 [63:48];
+  assign \words$1[1]  = \port$1368$0 [79:64];
+  assign \words$1[2]  = \port$1368$0 [95:80];
+  assign \words$1[3]  = \port$1368$0 [111:96];
+  assign \words$1[4]  = \port$1368$0 [127:112];
+  assign \words$1[5]  = \port$1368$0 [143:128];
   assign \a[0]  = a[7:0];
   assign \a[1]  = a[15:8];
-  assign \x[0]  = \port$1365$0 [7:0];
-  assign \x[1]  = \port$1365$0 [15:8];
-  assign \x[2]  = \port$1365$0 [23:16];
-  assign \x[3]  = \port$1365$0 [31:24];
-  assign \x[4]  = \port$1365$0 [39:32];
-  assign \x[5]  = \port$1365$0 [47:40];
+  assign \x[0]  = \port$1368$0 [7:0];
+  assign \x[1]  = \port$1368$0 [15:8];
+  assign \x[2]  = \port$1368$0 [23:16];
+  assign \x[3]  = \port$1368$0 [31:24];
+  assign \x[4]  = \port$1368$0 [39:32];
+  assign \x[5]  = \port$1368$0 [47:40];
   assign \b[0]  = b[7:0];
   assign \b[1]  = b[15:8];
   assign \w[0]  = w[7:0];
@@ -2361,12 +2367,12 @@ module \psc_core.dp.pe_0 (rst, en, \port$1365$0 , bias, \port$1365$292 , valid, 
   assign \p$19[1]  = \p$19 [31:16];
   assign \b$18 [15:8] = w[47:40];
   assign \b$18 [7:0] = w[39:32];
-  assign \a$17 [15:8] = \port$1365$0 [47:40];
-  assign \a$17 [7:0] = \port$1365$0 [39:32];
+  assign \a$17 [15:8] = \port$1368$0 [47:40];
+  assign \a$17 [7:0] = \port$1368$0 [39:32];
   assign \b$14 [15:8] = w[31:24];
   assign \b$14 [7:0] = w[23:16];
-  assign \a$13 [15:8] = \port$1365$0 [31:24];
-  assign \a$13 [7:0] = \port$1365$0 [23:16];
+  assign \a$13 [15:8] = \port$1368$0 [31:24];
+  assign \a$13 [7:0] = \port$1368$0 [23:16];
   assign products[95:80] = \p$19 [31:16];
   assign products[79:64] = \p$19 [15:0];
   assign products[63:48] = \p$15 [31:16];
@@ -2375,8 +2381,8 @@ module \psc_core.dp.pe_0 (rst, en, \port$1365$0 , bias, \port$1365$292 , valid, 
   assign products[15:0] = p[15:0];
   assign b[15:8] = w[15:8];
   assign b[7:0] = w[7:0];
-  assign a[15:8] = \port$1365$0 [15:8];
-  assign a[7:0] = \port$1365$0 [7:0];
+  assign a[15:8] = \port$1368$0 [15:8];
+  assign a[7:0] = \port$1368$0 [7:0];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2714,7 +2720,7 @@ module \psc_core.dp.pe_0.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, en, x, words, \port$1365$266 , valid, mask, acc, clk);
+module \psc_core.dp.pe_1 (rst, en, x, words, \port$1368$266 , valid, mask, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire \$1 ;
   wire [17:0] \$10 ;
@@ -2815,8 +2821,8 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1365$266 , valid, mask, acc, 
   wire [15:0] \p$19[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [27:0] \port$1365$266 ;
-  wire [27:0] \port$1365$266 ;
+  input [27:0] \port$1368$266 ;
+  wire [27:0] \port$1368$266 ;
   wire [95:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -2884,7 +2890,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1365$266 , valid, mask, acc, 
   always @(posedge clk)
     acc <= \$39 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1365$266 [26];
+  assign \$1  = valid & \port$1368$266 [26];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -3020,7 +3026,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1365$266 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$15  = f1;
     if (en) begin
-      \$15  = \port$1365$266 [26];
+      \$15  = \port$1368$266 [26];
     end
     if (rst) begin
       \$15  = 1'h0;
@@ -3030,7 +3036,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1365$266 , valid, mask, acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$16  = l1;
     if (en) begin
-      \$16  = \port$1365$266 [27];
+      \$16  = \port$1368$266 [27];
     end
     if (rst) begin
       \$16  = 1'h0;
@@ -3041,7 +3047,7 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1365$266 , valid, mask, acc, 
     \$17  = b1;
     if (en) begin
       if (\$1 ) begin
-        \$17  = \port$1365$266 [25:0];
+        \$17  = \port$1368$266 [25:0];
       end
     end
   end
@@ -3208,9 +3214,9 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1365$266 , valid, mask, acc, 
   assign \en$16  = en;
   assign \acc$21  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1365$266 [26];
-  assign last = \port$1365$266 [27];
-  assign bias = \port$1365$266 [25:0];
+  assign first = \port$1368$266 [26];
+  assign last = \port$1368$266 [27];
+  assign bias = \port$1368$266 [25:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -3640,7 +3646,7 @@ module \psc_core.dp.sign_mask (mask, x);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$580$0 , \port$602$0 , \port$603$0 , \port$604$0 , weights__data, ready, w_data, o__payload, v1, clk);
+module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$583$0 , \port$605$0 , \port$606$0 , \port$607$0 , weights__data, ready, w_data, o__payload, v1, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire \$1 ;
   wire [47:0] \$2 ;
@@ -3767,14 +3773,14 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$580$0 , \port$602
   wire [7:0] \out.x[4] ;
   wire [7:0] \out.x[5] ;
   reg padr1 = 1'h0;
-  output [23:0] \port$580$0 ;
-  wire [23:0] \port$580$0 ;
-  input [15:0] \port$602$0 ;
-  wire [15:0] \port$602$0 ;
-  input [15:0] \port$603$0 ;
-  wire [15:0] \port$603$0 ;
-  input [15:0] \port$604$0 ;
-  wire [15:0] \port$604$0 ;
+  output [23:0] \port$583$0 ;
+  wire [23:0] \port$583$0 ;
+  input [15:0] \port$605$0 ;
+  wire [15:0] \port$605$0 ;
+  input [15:0] \port$606$0 ;
+  wire [15:0] \port$606$0 ;
+  input [15:0] \port$607$0 ;
+  wire [15:0] \port$607$0 ;
   wire [26:0] r_data;
   wire r_en;
   wire r_rdy;
@@ -3884,8 +3890,8 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$580$0 , \port$602
   assign o__valid = v1;
   assign o__ready = ready;
   assign out = o__payload;
-  assign inputs__data = { \port$604$0 , \port$603$0 , \port$602$0  };
-  assign \port$580$0  = r_data[23:0];
+  assign inputs__data = { \port$607$0 , \port$606$0 , \port$605$0  };
+  assign \port$583$0  = r_data[23:0];
   assign \i__payload.addr  = w_data[13:0];
   assign \i__payload.addr[0]  = w_data[13:0];
   assign \i__payload.waddr  = w_data[23:14];
@@ -3975,12 +3981,12 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$580$0 , \port$602
   assign \beat$21.bias[1]  = \beat$21 [291:266];
   assign \beat$21.first  = \beat$21 [292];
   assign \beat$21.last  = \beat$21 [293];
-  assign \inputs__data[0]  = \port$602$0 [7:0];
-  assign \inputs__data[1]  = \port$602$0 [15:8];
-  assign \inputs__data[2]  = \port$603$0 [7:0];
-  assign \inputs__data[3]  = \port$603$0 [15:8];
-  assign \inputs__data[4]  = \port$604$0 [7:0];
-  assign \inputs__data[5]  = \port$604$0 [15:8];
+  assign \inputs__data[0]  = \port$605$0 [7:0];
+  assign \inputs__data[1]  = \port$605$0 [15:8];
+  assign \inputs__data[2]  = \port$606$0 [7:0];
+  assign \inputs__data[3]  = \port$606$0 [15:8];
+  assign \inputs__data[4]  = \port$607$0 [7:0];
+  assign \inputs__data[5]  = \port$607$0 [15:8];
   assign \weights__data[0]  = weights__data[95:0];
   assign \weights__data[0][0]  = weights__data[15:0];
   assign \weights__data[0][1]  = weights__data[31:16];
@@ -3999,7 +4005,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$580$0 , \port$602
   assign \beat$21 [292] = first1;
   assign \beat$21 [291:240] = 52'h0000000000000;
   assign \beat$21 [239:48] = weights__data;
-  assign \beat$21 [47:0] = { \port$604$0 , \port$603$0 , \port$602$0  };
+  assign \beat$21 [47:0] = { \port$607$0 , \port$606$0 , \port$605$0  };
   assign o__payload[293] = \beat$21 [293];
   assign o__payload[292] = \beat$21 [292];
   assign o__payload[291:240] = \beat$21 [291:240];
@@ -4132,7 +4138,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$602$0 , \port$603$0 , \port$604$0 , start, run, sizes, i__ready, done, data);
+module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$605$0 , \port$606$0 , \port$607$0 , start, run, sizes, i__ready, done, data);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire \$1 ;
   reg [14:0] \$10 ;
@@ -4186,12 +4192,12 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   reg [14:0] lrow = 15'h0000;
   reg [15:0] lx = 16'h0000;
   reg [14:0] n_in_m1 = 15'h0000;
-  output [15:0] \port$602$0 ;
-  wire [15:0] \port$602$0 ;
-  output [15:0] \port$603$0 ;
-  wire [15:0] \port$603$0 ;
-  output [15:0] \port$604$0 ;
-  wire [15:0] \port$604$0 ;
+  output [15:0] \port$605$0 ;
+  wire [15:0] \port$605$0 ;
+  output [15:0] \port$606$0 ;
+  wire [15:0] \port$606$0 ;
+  output [15:0] \port$607$0 ;
+  wire [15:0] \port$607$0 ;
   wire [47:0] rdata;
   input [13:0] read__addr;
   wire [13:0] read__addr;
@@ -4411,9 +4417,9 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   assign we = fire;
   assign read__data = { \$21 , \$20 , \$19  };
   assign rdata = { \$21 , \$20 , \$19  };
-  assign \port$602$0  = \$19 ;
-  assign \port$603$0  = \$20 ;
-  assign \port$604$0  = \$21 ;
+  assign \port$605$0  = \$19 ;
+  assign \port$606$0  = \$20 ;
+  assign \port$607$0  = \$21 ;
   assign \i__payload[0]  = data[7:0];
   assign \i__payload[1]  = data[15:8];
   assign \i__payload[2]  = data[23:16];
@@ -6059,7 +6065,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, en, relu, i__payload, o_
     .clk(clk),
     .en(en),
     .p(\p$29 ),
-    .\port$1579$16 (i__payload[47:16])
+    .\port$1582$16 (i__payload[47:16])
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
@@ -6312,7 +6318,7 @@ module \psc_core.out.rq.inner.mac0_0 (en, p, a, b, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1579$16 , clk);
+module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1582$16 , clk);
   wire \$1 ;
   wire \$2 ;
   wire \$3 ;
@@ -6324,8 +6330,8 @@ module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1579$16 , clk);
   wire en;
   output [31:0] p;
   wire [31:0] p;
-  input [31:0] \port$1579$16 ;
-  wire [31:0] \port$1579$16 ;
+  input [31:0] \port$1582$16 ;
+  wire [31:0] \port$1582$16 ;
   SB_MAC16 #(
     .A_REG(1'h1),
     .A_SIGNED(1'h1),
@@ -6348,13 +6354,13 @@ module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1579$16 , clk);
     .TOPOUTPUT_SELECT(2'h1),
     .TOP_8x8_MULT_REG(1'h0)
   ) mac (
-    .A(\port$1579$16 [15:0]),
+    .A(\port$1582$16 [15:0]),
     .ACCUMCI(1'h0),
     .ACCUMCO(\$2 ),
     .ADDSUBBOT(1'h0),
     .ADDSUBTOP(1'h0),
     .AHOLD(1'h0),
-    .B(\port$1579$16 [31:16]),
+    .B(\port$1582$16 [31:16]),
     .BHOLD(1'h0),
     .C(16'h0000),
     .CE(en),
@@ -6376,8 +6382,8 @@ module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1579$16 , clk);
     .SIGNEXTIN(1'h0),
     .SIGNEXTOUT(\$3 )
   );
-  assign a = \port$1579$16 [15:0];
-  assign b = \port$1579$16 [31:16];
+  assign a = \port$1582$16 [15:0];
+  assign b = \port$1582$16 [31:16];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -6645,7 +6651,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cmd, dw, dwp, gin_e, run, sizes, loaded, taps__payload, weights_done, params_done, clk);
+module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cmd, dw, dwp, gin_e, run, sizes, loaded, taps__payload, weights_in, weights_done, params_done, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
@@ -6675,51 +6681,51 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   wire [20:0] \$121 ;
   wire [20:0] \$122 ;
   wire \$123 ;
-  wire \$124 ;
+  wire [10:0] \$124 ;
   wire \$125 ;
-  wire [18:0] \$126 ;
-  wire [18:0] \$127 ;
+  wire \$126 ;
+  wire \$127 ;
   wire \$128 ;
-  wire \$129 ;
+  wire [18:0] \$129 ;
   wire [16:0] \$13 ;
-  wire \$130 ;
+  wire [18:0] \$130 ;
   wire \$131 ;
-  wire [16:0] \$132 ;
-  wire [16:0] \$133 ;
+  wire \$132 ;
+  wire \$133 ;
   wire \$134 ;
-  wire [4:0] \$135 ;
-  wire \$136 ;
-  wire [4:0] \$137 ;
-  wire \$138 ;
-  wire [16:0] \$139 ;
+  wire [16:0] \$135 ;
+  wire [16:0] \$136 ;
+  wire \$137 ;
+  wire [4:0] \$138 ;
+  wire \$139 ;
   wire [18:0] \$14 ;
-  wire \$140 ;
-  wire [16:0] \$141 ;
+  wire [4:0] \$140 ;
+  wire \$141 ;
   wire [16:0] \$142 ;
-  wire [16:0] \$143 ;
-  wire [1:0] \$144 ;
-  wire \$145 ;
+  wire \$143 ;
+  wire [16:0] \$144 ;
+  wire [16:0] \$145 ;
   wire [16:0] \$146 ;
-  wire \$147 ;
-  wire [16:0] \$148 ;
-  wire \$149 ;
+  wire [1:0] \$147 ;
+  wire \$148 ;
+  wire [16:0] \$149 ;
   wire \$15 ;
-  wire [4:0] \$150 ;
-  wire \$151 ;
-  wire [4:0] \$152 ;
-  wire \$153 ;
-  wire [16:0] \$154 ;
-  wire \$155 ;
-  wire [16:0] \$156 ;
+  wire \$150 ;
+  wire [16:0] \$151 ;
+  wire \$152 ;
+  wire [4:0] \$153 ;
+  wire \$154 ;
+  wire [4:0] \$155 ;
+  wire \$156 ;
   wire [16:0] \$157 ;
-  wire [16:0] \$158 ;
-  wire [1:0] \$159 ;
+  wire \$158 ;
+  wire [16:0] \$159 ;
   wire [15:0] \$16 ;
-  wire \$160 ;
+  wire [16:0] \$160 ;
   wire [16:0] \$161 ;
-  wire \$162 ;
+  wire [1:0] \$162 ;
   wire \$163 ;
-  wire \$164 ;
+  wire [16:0] \$164 ;
   wire \$165 ;
   wire \$166 ;
   wire \$167 ;
@@ -6727,26 +6733,26 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   wire \$169 ;
   wire [15:0] \$17 ;
   wire \$170 ;
-  wire [16:0] \$171 ;
-  wire [17:0] \$172 ;
-  wire [4:0] \$173 ;
-  wire [5:0] \$174 ;
-  wire [4:0] \$175 ;
-  wire [5:0] \$176 ;
-  wire [16:0] \$177 ;
-  wire [17:0] \$178 ;
-  wire [16:0] \$179 ;
+  wire \$171 ;
+  wire \$172 ;
+  wire \$173 ;
+  wire [16:0] \$174 ;
+  wire [17:0] \$175 ;
+  wire [4:0] \$176 ;
+  wire [5:0] \$177 ;
+  wire [4:0] \$178 ;
+  wire [5:0] \$179 ;
   wire [19:0] \$18 ;
   wire [16:0] \$180 ;
-  wire [16:0] \$181 ;
-  wire [1:0] \$182 ;
-  wire [3:0] \$183 ;
-  wire [17:0] \$184 ;
-  wire [16:0] \$185 ;
-  wire [17:0] \$186 ;
-  wire \$187 ;
-  wire \$188 ;
-  wire \$189 ;
+  wire [17:0] \$181 ;
+  wire [16:0] \$182 ;
+  wire [16:0] \$183 ;
+  wire [16:0] \$184 ;
+  wire [1:0] \$185 ;
+  wire [3:0] \$186 ;
+  wire [17:0] \$187 ;
+  wire [16:0] \$188 ;
+  wire [17:0] \$189 ;
   wire [8:0] \$19 ;
   wire \$190 ;
   wire \$191 ;
@@ -6778,59 +6784,59 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   wire \$214 ;
   wire \$215 ;
   wire \$216 ;
-  wire [3:0] \$217 ;
-  wire [3:0] \$218 ;
-  wire [3:0] \$219 ;
+  wire \$217 ;
+  wire \$218 ;
+  wire \$219 ;
   wire \$22 ;
   wire [3:0] \$220 ;
-  wire [4:0] \$221 ;
-  wire [15:0] \$222 ;
-  wire \$223 ;
-  wire [16:0] \$224 ;
-  wire [16:0] \$225 ;
-  wire [16:0] \$226 ;
-  wire \$227 ;
-  wire [17:0] \$228 ;
-  wire [17:0] \$229 ;
+  wire [3:0] \$221 ;
+  wire [3:0] \$222 ;
+  wire [3:0] \$223 ;
+  wire [4:0] \$224 ;
+  wire [15:0] \$225 ;
+  wire \$226 ;
+  wire [16:0] \$227 ;
+  wire [16:0] \$228 ;
+  wire [16:0] \$229 ;
   wire [4:0] \$23 ;
   wire \$230 ;
-  wire [15:0] \$231 ;
-  wire [15:0] \$232 ;
-  wire [17:0] \$233 ;
-  wire [16:0] \$234 ;
-  wire [14:0] \$235 ;
-  wire [1:0] \$236 ;
-  wire [2:0] \$237 ;
-  wire [2:0] \$238 ;
-  wire \$239 ;
+  wire [17:0] \$231 ;
+  wire [17:0] \$232 ;
+  wire \$233 ;
+  wire [15:0] \$234 ;
+  wire [15:0] \$235 ;
+  wire [17:0] \$236 ;
+  wire [16:0] \$237 ;
+  wire [14:0] \$238 ;
+  wire [1:0] \$239 ;
   wire [4:0] \$24 ;
-  wire \$240 ;
-  wire \$241 ;
-  wire [20:0] \$242 ;
-  wire [21:0] \$243 ;
+  wire [2:0] \$240 ;
+  wire [2:0] \$241 ;
+  wire \$242 ;
+  wire \$243 ;
   wire \$244 ;
-  wire \$245 ;
-  wire \$246 ;
+  wire [20:0] \$245 ;
+  wire [21:0] \$246 ;
   wire \$247 ;
   wire \$248 ;
   wire \$249 ;
   wire \$25 ;
   wire \$250 ;
-  reg [7:0] \$251 ;
-  reg \$252 ;
-  reg [3:0] \$253 ;
-  reg \$254 ;
-  reg [3:0] \$255 ;
-  reg \$256 ;
-  reg [5:0] \$257 ;
-  reg \$258 ;
-  reg [15:0] \$259 ;
+  wire \$251 ;
+  wire \$252 ;
+  wire \$253 ;
+  reg [7:0] \$254 ;
+  reg \$255 ;
+  reg [3:0] \$256 ;
+  reg \$257 ;
+  reg [3:0] \$258 ;
+  reg \$259 ;
   wire \$26 ;
-  reg \$260 ;
-  reg [15:0] \$261 ;
-  reg \$262 ;
+  reg [5:0] \$260 ;
+  reg \$261 ;
+  reg [15:0] \$262 ;
   reg \$263 ;
-  reg \$264 ;
+  reg [15:0] \$264 ;
   reg \$265 ;
   reg \$266 ;
   reg \$267 ;
@@ -6841,28 +6847,28 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   reg \$271 ;
   reg \$272 ;
   reg \$273 ;
-  reg [9:0] \$274 ;
-  reg [17:0] \$275 ;
-  reg [19:0] \$276 ;
-  reg [17:0] \$277 ;
-  reg [19:0] \$278 ;
-  reg [14:0] \$279 ;
+  reg \$274 ;
+  reg \$275 ;
+  reg \$276 ;
+  reg [9:0] \$277 ;
+  reg [17:0] \$278 ;
+  reg [19:0] \$279 ;
   wire [4:0] \$28 ;
-  reg [22:0] \$280 ;
-  reg [17:0] \$281 ;
-  reg [19:0] \$282 ;
+  reg [17:0] \$280 ;
+  reg [19:0] \$281 ;
+  reg [14:0] \$282 ;
   reg [22:0] \$283 ;
   reg [17:0] \$284 ;
-  reg [17:0] \$285 ;
-  reg [19:0] \$286 ;
-  reg \$287 ;
-  reg \$288 ;
-  reg \$289 ;
+  reg [19:0] \$285 ;
+  reg [22:0] \$286 ;
+  reg [17:0] \$287 ;
+  reg [17:0] \$288 ;
+  reg [19:0] \$289 ;
   wire \$29 ;
-  reg [5:0] \$290 ;
+  reg \$290 ;
   reg \$291 ;
   reg \$292 ;
-  reg \$293 ;
+  reg [5:0] \$293 ;
   reg \$294 ;
   reg \$295 ;
   reg \$296 ;
@@ -6874,20 +6880,23 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   reg \$300 ;
   reg \$301 ;
   reg \$302 ;
-  reg [9:0] \$303 ;
-  reg [5:0] \$304 ;
-  reg [5:0] \$305 ;
-  reg [7:0] \$306 ;
-  reg [17:0] \$307 ;
-  reg [17:0] \$308 ;
-  reg [19:0] \$309 ;
+  reg \$303 ;
+  reg \$304 ;
+  reg \$305 ;
+  reg [9:0] \$306 ;
+  reg [5:0] \$307 ;
+  reg [5:0] \$308 ;
+  reg [7:0] \$309 ;
   wire [6:0] \$31 ;
-  reg [19:0] \$310 ;
-  reg [19:0] \$311 ;
+  reg [17:0] \$310 ;
+  reg [17:0] \$311 ;
   reg [19:0] \$312 ;
-  reg [14:0] \$313 ;
-  reg [1:0] \$314 ;
-  reg [2:0] \$315 ;
+  reg [19:0] \$313 ;
+  reg [19:0] \$314 ;
+  reg [19:0] \$315 ;
+  reg [14:0] \$316 ;
+  reg [1:0] \$317 ;
+  reg [2:0] \$318 ;
   wire [6:0] \$32 ;
   wire \$33 ;
   wire \$34 ;
@@ -7108,6 +7117,8 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   wire waiting;
   input weights_done;
   wire weights_done;
+  input [8:0] weights_in;
+  wire [8:0] weights_in;
   wire [16:0] ws;
   assign \$1  = - sizes[221:205];
   assign \$2  = - sizes[123:107];
@@ -7222,129 +7233,132 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   assign \$121  = $signed(linebase) + $signed(swg);
   assign \$122  = $signed(linebase) + $signed(swg);
   assign \$123  = below_oy & last_oy;
-  assign \$124  = weights_done & params_done;
-  assign \$125  = cmd[111] | \$124 ;
-  assign \$126  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
-  assign \$127  = below_oy ? \$126  : { need[17], need };
-  assign \$128  = $signed({ 1'h0, rows_in }) >= $signed(\$127 );
-  assign \$129  = rows_in == cmd[15:0];
-  assign \$130  = \$128  | \$129 ;
-  assign \$132  = cmd[95:80] - 1'h1;
-  assign \$133  = gin_e - 1'h1;
-  assign \$134  = \$133  == 1'h1;
-  assign \$135  = cmd[99:96] - 1'h1;
-  assign \$136  = \$135  == 1'h1;
-  assign \$137  = cmd[99:96] - 1'h1;
-  assign \$138  = \$137  == 1'h1;
-  assign \$139  = cmd[95:80] - 1'h1;
-  assign \$140  = \$139  == 1'h1;
-  assign \$141  = cmd[63:48] - 1'h1;
-  assign \$142  = cmd[63:48] - 1'h1;
-  assign \$143  = dwp ? \$141  : \$142 ;
-  assign \$144  = dwp ? 2'h2 : 2'h1;
-  assign \$145  = \$143  == \$144 ;
-  assign \$146  = cmd[47:32] - 1'h1;
-  assign \$147  = \$146  == 1'h1;
-  assign \$148  = gin_e - 1'h1;
-  assign \$149  = \$148  == 1'h1;
-  assign \$150  = cmd[99:96] - 1'h1;
-  assign \$151  = \$150  == 1'h1;
-  assign \$152  = cmd[99:96] - 1'h1;
-  assign \$153  = \$152  == 1'h1;
-  assign \$154  = cmd[95:80] - 1'h1;
-  assign \$155  = \$154  == 1'h1;
-  assign \$156  = cmd[63:48] - 1'h1;
-  assign \$157  = cmd[63:48] - 1'h1;
-  assign \$158  = dwp ? \$156  : \$157 ;
-  assign \$159  = dwp ? 2'h2 : 2'h1;
-  assign \$160  = \$158  == \$159 ;
-  assign \$161  = cmd[47:32] - 1'h1;
-  assign \$162  = \$161  == 1'h1;
-  assign \$163  = gin_e == 1'h1;
-  assign \$164  = cmd[99:96] == 1'h1;
-  assign \$165  = cmd[99:96] == 1'h1;
-  assign \$166  = cmd[95:80] == 1'h1;
-  assign \$167  = cmd[63:48] <= 2'h2;
-  assign \$168  = cmd[63:48] == 1'h1;
-  assign \$169  = dwp ? \$167  : \$168 ;
-  assign \$170  = cmd[47:32] == 1'h1;
-  assign \$171  = gin_e - 1'h1;
-  assign \$172  = $signed(\$171 ) - $signed(3'h2);
-  assign \$173  = cmd[99:96] - 1'h1;
-  assign \$174  = $signed(\$173 ) - $signed(3'h2);
-  assign \$175  = cmd[99:96] - 1'h1;
-  assign \$176  = $signed(\$175 ) - $signed(3'h2);
-  assign \$177  = cmd[95:80] - 1'h1;
-  assign \$178  = $signed(\$177 ) - $signed(3'h2);
-  assign \$179  = cmd[63:48] - 1'h1;
-  assign \$180  = cmd[63:48] - 1'h1;
-  assign \$181  = dwp ? \$179  : \$180 ;
-  assign \$182  = dwp ? 2'h2 : 2'h1;
-  assign \$183  = 2'h2 * \$182 ;
-  assign \$184  = $signed(\$181 ) - $signed({ 1'h0, \$183  });
-  assign \$185  = cmd[47:32] - 1'h1;
-  assign \$186  = $signed(\$185 ) - $signed(3'h2);
-  assign \$187  = gin_e == 1'h1;
-  assign \$188  = cmd[99:96] == 1'h1;
-  assign \$189  = cmd[99:96] == 1'h1;
-  assign \$190  = cmd[95:80] == 1'h1;
-  assign \$191  = cmd[63:48] <= 2'h2;
-  assign \$192  = cmd[63:48] == 1'h1;
-  assign \$193  = dwp ? \$191  : \$192 ;
-  assign \$194  = cmd[47:32] == 1'h1;
-  assign \$195  = gin_e == 1'h1;
-  assign \$197  = gin_e == 1'h1;
-  assign \$198  = cmd[99:96] == 1'h1;
-  assign \$199  = & { \$198 , \$197  };
+  assign \$124  = waddr + 1'h1;
+  assign \$125  = weights_in > \$124 ;
+  assign \$126  = weights_done | \$125 ;
+  assign \$127  = \$126  & params_done;
+  assign \$128  = cmd[111] | \$127 ;
+  assign \$129  = $signed(need) + $signed({ 1'h0, cmd[101:100] });
+  assign \$130  = below_oy ? \$129  : { need[17], need };
+  assign \$131  = $signed({ 1'h0, rows_in }) >= $signed(\$130 );
+  assign \$132  = rows_in == cmd[15:0];
+  assign \$133  = \$131  | \$132 ;
+  assign \$135  = cmd[95:80] - 1'h1;
+  assign \$136  = gin_e - 1'h1;
+  assign \$137  = \$136  == 1'h1;
+  assign \$138  = cmd[99:96] - 1'h1;
+  assign \$139  = \$138  == 1'h1;
+  assign \$140  = cmd[99:96] - 1'h1;
+  assign \$141  = \$140  == 1'h1;
+  assign \$142  = cmd[95:80] - 1'h1;
+  assign \$143  = \$142  == 1'h1;
+  assign \$144  = cmd[63:48] - 1'h1;
+  assign \$145  = cmd[63:48] - 1'h1;
+  assign \$146  = dwp ? \$144  : \$145 ;
+  assign \$147  = dwp ? 2'h2 : 2'h1;
+  assign \$148  = \$146  == \$147 ;
+  assign \$149  = cmd[47:32] - 1'h1;
+  assign \$150  = \$149  == 1'h1;
+  assign \$151  = gin_e - 1'h1;
+  assign \$152  = \$151  == 1'h1;
+  assign \$153  = cmd[99:96] - 1'h1;
+  assign \$154  = \$153  == 1'h1;
+  assign \$155  = cmd[99:96] - 1'h1;
+  assign \$156  = \$155  == 1'h1;
+  assign \$157  = cmd[95:80] - 1'h1;
+  assign \$158  = \$157  == 1'h1;
+  assign \$159  = cmd[63:48] - 1'h1;
+  assign \$160  = cmd[63:48] - 1'h1;
+  assign \$161  = dwp ? \$159  : \$160 ;
+  assign \$162  = dwp ? 2'h2 : 2'h1;
+  assign \$163  = \$161  == \$162 ;
+  assign \$164  = cmd[47:32] - 1'h1;
+  assign \$165  = \$164  == 1'h1;
+  assign \$166  = gin_e == 1'h1;
+  assign \$167  = cmd[99:96] == 1'h1;
+  assign \$168  = cmd[99:96] == 1'h1;
+  assign \$169  = cmd[95:80] == 1'h1;
+  assign \$170  = cmd[63:48] <= 2'h2;
+  assign \$171  = cmd[63:48] == 1'h1;
+  assign \$172  = dwp ? \$170  : \$171 ;
+  assign \$173  = cmd[47:32] == 1'h1;
+  assign \$174  = gin_e - 1'h1;
+  assign \$175  = $signed(\$174 ) - $signed(3'h2);
+  assign \$176  = cmd[99:96] - 1'h1;
+  assign \$177  = $signed(\$176 ) - $signed(3'h2);
+  assign \$178  = cmd[99:96] - 1'h1;
+  assign \$179  = $signed(\$178 ) - $signed(3'h2);
+  assign \$180  = cmd[95:80] - 1'h1;
+  assign \$181  = $signed(\$180 ) - $signed(3'h2);
+  assign \$182  = cmd[63:48] - 1'h1;
+  assign \$183  = cmd[63:48] - 1'h1;
+  assign \$184  = dwp ? \$182  : \$183 ;
+  assign \$185  = dwp ? 2'h2 : 2'h1;
+  assign \$186  = 2'h2 * \$185 ;
+  assign \$187  = $signed(\$184 ) - $signed({ 1'h0, \$186  });
+  assign \$188  = cmd[47:32] - 1'h1;
+  assign \$189  = $signed(\$188 ) - $signed(3'h2);
+  assign \$190  = gin_e == 1'h1;
+  assign \$191  = cmd[99:96] == 1'h1;
+  assign \$192  = cmd[99:96] == 1'h1;
+  assign \$193  = cmd[95:80] == 1'h1;
+  assign \$194  = cmd[63:48] <= 2'h2;
+  assign \$195  = cmd[63:48] == 1'h1;
+  assign \$196  = dwp ? \$194  : \$195 ;
+  assign \$197  = cmd[47:32] == 1'h1;
+  assign \$198  = gin_e == 1'h1;
   assign \$200  = gin_e == 1'h1;
   assign \$201  = cmd[99:96] == 1'h1;
-  assign \$202  = cmd[99:96] == 1'h1;
-  assign \$203  = & { \$202 , \$201 , \$200  };
-  assign \$204  = gin_e == 1'h1;
+  assign \$202  = & { \$201 , \$200  };
+  assign \$203  = gin_e == 1'h1;
+  assign \$204  = cmd[99:96] == 1'h1;
   assign \$205  = cmd[99:96] == 1'h1;
-  assign \$206  = cmd[99:96] == 1'h1;
-  assign \$207  = cmd[95:80] == 1'h1;
-  assign \$208  = & { \$207 , \$206 , \$205 , \$204  };
-  assign \$209  = gin_e == 1'h1;
-  assign \$210  = cmd[99:96] == 1'h1;
-  assign \$211  = cmd[99:96] == 1'h1;
-  assign \$212  = cmd[95:80] == 1'h1;
-  assign \$213  = cmd[63:48] <= 2'h2;
-  assign \$214  = cmd[63:48] == 1'h1;
-  assign \$215  = dwp ? \$213  : \$214 ;
-  assign \$216  = & { \$215 , \$212 , \$211 , \$210 , \$209  };
-  assign \$217  = - cmd[107:105];
-  assign \$218  = - cmd[107:105];
-  assign \$219  = - cmd[104:102];
-  assign \$220  = - cmd[104:102];
-  assign \$221  = cmd[99:96] - cmd[104:102];
-  assign \$222  = dwp ? 16'h0000 : cmd[79:64];
-  assign \$223  = cmd[101:100] == 2'h2;
-  assign \$225  = \$223  ? \$224  : { 1'h0, cmd[79:64] };
-  assign \$226  = dwp ? 17'h00000 : \$225 ;
-  assign \$227  = cmd[101:100] == 2'h2;
+  assign \$206  = & { \$205 , \$204 , \$203  };
+  assign \$207  = gin_e == 1'h1;
+  assign \$208  = cmd[99:96] == 1'h1;
+  assign \$209  = cmd[99:96] == 1'h1;
+  assign \$210  = cmd[95:80] == 1'h1;
+  assign \$211  = & { \$210 , \$209 , \$208 , \$207  };
+  assign \$212  = gin_e == 1'h1;
+  assign \$213  = cmd[99:96] == 1'h1;
+  assign \$214  = cmd[99:96] == 1'h1;
+  assign \$215  = cmd[95:80] == 1'h1;
+  assign \$216  = cmd[63:48] <= 2'h2;
+  assign \$217  = cmd[63:48] == 1'h1;
+  assign \$218  = dwp ? \$216  : \$217 ;
+  assign \$219  = & { \$218 , \$215 , \$214 , \$213 , \$212  };
+  assign \$220  = - cmd[107:105];
+  assign \$221  = - cmd[107:105];
+  assign \$222  = - cmd[104:102];
+  assign \$223  = - cmd[104:102];
+  assign \$224  = cmd[99:96] - cmd[104:102];
+  assign \$225  = dwp ? 16'h0000 : cmd[79:64];
+  assign \$226  = cmd[101:100] == 2'h2;
+  assign \$228  = \$226  ? \$227  : { 1'h0, cmd[79:64] };
+  assign \$229  = dwp ? 17'h00000 : \$228 ;
   assign \$230  = cmd[101:100] == 2'h2;
-  assign \$232  = \$230  ? \$231  : { 1'h0, sizes[14:0] };
-  assign \$233  = dwp ? 18'h00000 : { 2'h0, \$232  };
-  assign \$234  = dwp ? 17'h00000 : { 2'h0, sizes[14:0] };
-  assign \$235  = dwp ? sizes[189:175] : { 14'h0000, dw };
-  assign \$236  = dwp ? 2'h2 : 2'h1;
-  assign \$238  = dwp ? \$237  : { 1'h0, cmd[101:100] };
-  assign \$239  = seq_busy & loaded;
-  assign taps__valid = \$239  & rows_ok;
+  assign \$233  = cmd[101:100] == 2'h2;
+  assign \$235  = \$233  ? \$234  : { 1'h0, sizes[14:0] };
+  assign \$236  = dwp ? 18'h00000 : { 2'h0, \$235  };
+  assign \$237  = dwp ? 17'h00000 : { 2'h0, sizes[14:0] };
+  assign \$238  = dwp ? sizes[189:175] : { 14'h0000, dw };
+  assign \$239  = dwp ? 2'h2 : 2'h1;
+  assign \$241  = dwp ? \$240  : { 1'h0, cmd[101:100] };
+  assign \$242  = seq_busy & loaded;
+  assign taps__valid = \$242  & rows_ok;
   assign issue = taps__valid & taps__ready;
-  assign \$240  = seq_busy & loaded;
-  assign \$241  = ~ issue;
-  assign waiting = \$240  & \$241 ;
-  assign \$242  = $signed(tapbase) + $signed({ 1'h0, gi });
-  assign \$243  = $signed(\$242 ) + $signed({ 1'h0, goff });
-  assign \$244  = ! gi;
-  assign \$245  = ! kx;
-  assign \$246  = \$244  & \$245 ;
-  assign \$247  = ! ky;
-  assign \$248  = \$246  & \$247 ;
-  assign \$249  = last_gi & last_kx;
-  assign \$250  = \$249  & last_ky;
+  assign \$243  = seq_busy & loaded;
+  assign \$244  = ~ issue;
+  assign waiting = \$243  & \$244 ;
+  assign \$245  = $signed(tapbase) + $signed({ 1'h0, gi });
+  assign \$246  = $signed(\$245 ) + $signed({ 1'h0, goff });
+  assign \$247  = ! gi;
+  assign \$248  = ! kx;
+  assign \$249  = \$247  & \$248 ;
+  assign \$250  = ! ky;
+  assign \$251  = \$249  & \$250 ;
+  assign \$252  = last_gi & last_kx;
+  assign \$253  = \$252  & last_ky;
   always @(posedge clk)
     base <= { \$4 [18], \$4  };
   always @(posedge clk)
@@ -7352,814 +7366,814 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   always @(posedge clk)
     need_words_row0 <= { 3'h0, \$18  };
   always @(posedge clk)
-    gi <= \$251 ;
+    gi <= \$254 ;
   always @(posedge clk)
-    near_gi <= \$252 ;
+    near_gi <= \$255 ;
   always @(posedge clk)
-    kx <= \$253 ;
+    kx <= \$256 ;
   always @(posedge clk)
-    near_kx <= \$254 ;
+    near_kx <= \$257 ;
   always @(posedge clk)
-    ky <= \$255 ;
+    ky <= \$258 ;
   always @(posedge clk)
-    near_ky <= \$256 ;
+    near_ky <= \$259 ;
   always @(posedge clk)
-    j <= \$257 ;
+    j <= \$260 ;
   always @(posedge clk)
-    near_j <= \$258 ;
+    near_j <= \$261 ;
   always @(posedge clk)
-    ox <= \$259 ;
+    ox <= \$262 ;
   always @(posedge clk)
-    near_ox <= \$260 ;
+    near_ox <= \$263 ;
   always @(posedge clk)
-    oy <= \$261 ;
+    oy <= \$264 ;
   always @(posedge clk)
-    near_oy <= \$262 ;
+    near_oy <= \$265 ;
   always @(posedge clk)
-    last_gi <= \$263 ;
+    last_gi <= \$266 ;
   always @(posedge clk)
-    below_kx <= \$264 ;
+    below_kx <= \$267 ;
   always @(posedge clk)
-    last_kx <= \$265 ;
+    last_kx <= \$268 ;
   always @(posedge clk)
-    below_ky <= \$266 ;
+    below_ky <= \$269 ;
   always @(posedge clk)
-    last_ky <= \$267 ;
+    last_ky <= \$270 ;
   always @(posedge clk)
-    below_j <= \$268 ;
+    below_j <= \$271 ;
   always @(posedge clk)
-    last_j <= \$269 ;
+    last_j <= \$272 ;
   always @(posedge clk)
-    below_ox <= \$270 ;
+    below_ox <= \$273 ;
   always @(posedge clk)
-    last_ox <= \$271 ;
+    last_ox <= \$274 ;
   always @(posedge clk)
-    below_oy <= \$272 ;
+    below_oy <= \$275 ;
   always @(posedge clk)
-    last_oy <= \$273 ;
+    last_oy <= \$276 ;
   always @(posedge clk)
-    waddr <= \$274 ;
+    waddr <= \$277 ;
   always @(posedge clk)
-    ix <= \$275 ;
+    ix <= \$278 ;
   always @(posedge clk)
-    tapbase <= \$276 ;
+    tapbase <= \$279 ;
   always @(posedge clk)
-    iy <= \$277 ;
+    iy <= \$280 ;
   always @(posedge clk)
-    rowbase <= \$278 ;
+    rowbase <= \$281 ;
   always @(posedge clk)
-    goff <= \$279 ;
+    goff <= \$282 ;
   always @(posedge clk)
-    need_words <= \$280 ;
+    need_words <= \$283 ;
   always @(posedge clk)
-    ix0 <= \$281 ;
+    ix0 <= \$284 ;
   always @(posedge clk)
-    pixbase <= \$282 ;
+    pixbase <= \$285 ;
   always @(posedge clk)
-    need_words_row <= \$283 ;
+    need_words_row <= \$286 ;
   always @(posedge clk)
-    iy0 <= \$284 ;
+    iy0 <= \$287 ;
   always @(posedge clk)
-    need <= \$285 ;
+    need <= \$288 ;
   always @(posedge clk)
-    linebase <= \$286 ;
+    linebase <= \$289 ;
   always @(posedge clk)
-    seq_busy <= \$287 ;
+    seq_busy <= \$290 ;
   always @(posedge clk)
-    loaded <= \$288 ;
+    loaded <= \$291 ;
   always @(posedge clk)
-    rows_ok <= \$289 ;
+    rows_ok <= \$292 ;
   always @(posedge clk)
-    last_group <= \$290 ;
+    last_group <= \$293 ;
   always @(posedge clk)
-    lim_inc_gi <= \$291 ;
+    lim_inc_gi <= \$294 ;
   always @(posedge clk)
-    lim_inc_kx <= \$292 ;
+    lim_inc_kx <= \$295 ;
   always @(posedge clk)
-    lim_inc_ky <= \$293 ;
+    lim_inc_ky <= \$296 ;
   always @(posedge clk)
-    lim_inc_j <= \$294 ;
+    lim_inc_j <= \$297 ;
   always @(posedge clk)
-    lim_inc_ox <= \$295 ;
+    lim_inc_ox <= \$298 ;
   always @(posedge clk)
-    lim_inc_oy <= \$296 ;
+    lim_inc_oy <= \$299 ;
   always @(posedge clk)
-    lim_zero_gi <= \$297 ;
+    lim_zero_gi <= \$300 ;
   always @(posedge clk)
-    lim_zero_kx <= \$298 ;
+    lim_zero_kx <= \$301 ;
   always @(posedge clk)
-    lim_zero_ky <= \$299 ;
+    lim_zero_ky <= \$302 ;
   always @(posedge clk)
-    lim_zero_j <= \$300 ;
+    lim_zero_j <= \$303 ;
   always @(posedge clk)
-    lim_zero_ox <= \$301 ;
+    lim_zero_ox <= \$304 ;
   always @(posedge clk)
-    lim_zero_oy <= \$302 ;
+    lim_zero_oy <= \$305 ;
   always @(posedge clk)
-    lim_2inc_gi <= \$303 ;
+    lim_2inc_gi <= \$306 ;
   always @(posedge clk)
-    lim_2inc_kx <= \$304 ;
+    lim_2inc_kx <= \$307 ;
   always @(posedge clk)
-    lim_2inc_ky <= \$305 ;
+    lim_2inc_ky <= \$308 ;
   always @(posedge clk)
-    lim_2inc_j <= \$306 ;
+    lim_2inc_j <= \$309 ;
   always @(posedge clk)
-    lim_2inc_ox <= \$307 ;
+    lim_2inc_ox <= \$310 ;
   always @(posedge clk)
-    lim_2inc_oy <= \$308 ;
+    lim_2inc_oy <= \$311 ;
   always @(posedge clk)
-    g_step <= \$309 ;
+    g_step <= \$312 ;
   always @(posedge clk)
-    sg <= \$310 ;
+    sg <= \$313 ;
   always @(posedge clk)
-    swg <= \$311 ;
+    swg <= \$314 ;
   always @(posedge clk)
-    row_step <= \$312 ;
+    row_step <= \$315 ;
   always @(posedge clk)
-    goff_step <= \$313 ;
+    goff_step <= \$316 ;
   always @(posedge clk)
-    ox_step <= \$314 ;
+    ox_step <= \$317 ;
   always @(posedge clk)
-    ix_step <= \$315 ;
+    ix_step <= \$318 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$251  = gi;
+    \$254  = gi;
     if (issue) begin
-      \$251  = \$20 [7:0];
+      \$254  = \$20 [7:0];
     end
     if (start) begin
-      \$251  = 8'h00;
+      \$254  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$252  = near_gi;
+    \$255  = near_gi;
     if (issue) begin
-      \$252  = \$22 ;
+      \$255  = \$22 ;
     end
     if (start) begin
-      \$252  = \$134 ;
+      \$255  = \$137 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$253  = kx;
-    if (issue) begin
-      if (below_kx) begin
-        \$253  = \$24 [3:0];
-      end
-    end
-    if (start) begin
-      \$253  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$254  = near_kx;
+    \$256  = kx;
     if (issue) begin
       if (below_kx) begin
-        \$254  = \$26 ;
+        \$256  = \$24 [3:0];
       end
     end
     if (start) begin
-      \$254  = \$136 ;
+      \$256  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$255  = ky;
+    \$257  = near_kx;
+    if (issue) begin
+      if (below_kx) begin
+        \$257  = \$26 ;
+      end
+    end
+    if (start) begin
+      \$257  = \$139 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$258  = ky;
     if (issue) begin
       if (below_ky) begin
-        \$255  = \$28 [3:0];
+        \$258  = \$28 [3:0];
       end
     end
     if (start) begin
-      \$255  = 4'h0;
+      \$258  = 4'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$256  = near_ky;
+    \$259  = near_ky;
     if (issue) begin
       if (below_ky) begin
-        \$256  = \$30 ;
+        \$259  = \$30 ;
       end
     end
     if (start) begin
-      \$256  = \$138 ;
+      \$259  = \$141 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$257  = j;
+    \$260  = j;
     if (issue) begin
       if (below_j) begin
-        \$257  = \$32 [5:0];
+        \$260  = \$32 [5:0];
       end
     end
     if (start) begin
-      \$257  = 6'h00;
+      \$260  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$258  = near_j;
+    \$261  = near_j;
     if (issue) begin
       if (below_j) begin
-        \$258  = \$34 ;
+        \$261  = \$34 ;
       end
     end
     if (start) begin
-      \$258  = \$140 ;
+      \$261  = \$143 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$259  = ox;
+    \$262  = ox;
     if (issue) begin
       if (below_ox) begin
-        \$259  = \$36 [15:0];
+        \$262  = \$36 [15:0];
       end
     end
     if (start) begin
-      \$259  = 16'h0000;
+      \$262  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$260  = near_ox;
+    \$263  = near_ox;
     if (issue) begin
       if (below_ox) begin
-        \$260  = \$38 ;
+        \$263  = \$38 ;
       end
     end
     if (start) begin
-      \$260  = \$145 ;
+      \$263  = \$148 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$261  = oy;
+    \$264  = oy;
     if (issue) begin
       if (below_oy) begin
-        \$261  = \$40 [15:0];
+        \$264  = \$40 [15:0];
       end
     end
     if (start) begin
-      \$261  = 16'h0000;
+      \$264  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$262  = near_oy;
+    \$265  = near_oy;
     if (issue) begin
       if (below_oy) begin
-        \$262  = \$42 ;
+        \$265  = \$42 ;
       end
     end
     if (start) begin
-      \$262  = \$147 ;
+      \$265  = \$150 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$263  = last_gi;
+    \$266  = last_gi;
     if (issue) begin
-      \$263  = \$44 ;
+      \$266  = \$44 ;
     end
     if (start) begin
-      \$263  = \$187 ;
+      \$266  = \$190 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$264  = below_kx;
+    \$267  = below_kx;
     if (issue) begin
-      \$264  = \$47 ;
+      \$267  = \$47 ;
     end
     if (start) begin
-      \$264  = \$196 ;
+      \$267  = \$199 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$265  = last_kx;
+    \$268  = last_kx;
     if (issue) begin
-      \$265  = \$49 ;
+      \$268  = \$49 ;
     end
     if (start) begin
-      \$265  = \$188 ;
+      \$268  = \$191 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$266  = below_ky;
+    \$269  = below_ky;
     if (issue) begin
-      \$266  = \$54 ;
+      \$269  = \$54 ;
     end
     if (start) begin
-      \$266  = \$199 ;
+      \$269  = \$202 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$267  = last_ky;
+    \$270  = last_ky;
     if (issue) begin
-      \$267  = \$56 ;
+      \$270  = \$56 ;
     end
     if (start) begin
-      \$267  = \$189 ;
+      \$270  = \$192 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$268  = below_j;
+    \$271  = below_j;
     if (issue) begin
-      \$268  = \$63 ;
+      \$271  = \$63 ;
     end
     if (start) begin
-      \$268  = \$203 ;
+      \$271  = \$206 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$269  = last_j;
+    \$272  = last_j;
     if (issue) begin
-      \$269  = \$65 ;
+      \$272  = \$65 ;
     end
     if (start) begin
-      \$269  = \$190 ;
+      \$272  = \$193 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$270  = below_ox;
+    \$273  = below_ox;
     if (issue) begin
-      \$270  = \$74 ;
+      \$273  = \$74 ;
     end
     if (start) begin
-      \$270  = \$208 ;
+      \$273  = \$211 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$271  = last_ox;
+    \$274  = last_ox;
     if (issue) begin
-      \$271  = \$76 ;
+      \$274  = \$76 ;
     end
     if (start) begin
-      \$271  = \$193 ;
+      \$274  = \$196 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$272  = below_oy;
+    \$275  = below_oy;
     if (issue) begin
-      \$272  = \$87 ;
+      \$275  = \$87 ;
     end
     if (start) begin
-      \$272  = \$216 ;
+      \$275  = \$219 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$273  = last_oy;
+    \$276  = last_oy;
     if (issue) begin
-      \$273  = \$89 ;
+      \$276  = \$89 ;
     end
     if (start) begin
-      \$273  = \$194 ;
+      \$276  = \$197 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$274  = waddr;
+    \$277  = waddr;
     if (issue) begin
-      \$274  = \$90 [9:0];
+      \$277  = \$90 [9:0];
       if (below_ox) begin
-        \$274  = 10'h000;
+        \$277  = 10'h000;
       end
     end
     if (start) begin
-      \$274  = 10'h000;
+      \$277  = 10'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$275  = ix;
+    \$278  = ix;
     if (issue) begin
       if (\$92 ) begin
-        \$275  = \$93 [17:0];
+        \$278  = \$93 [17:0];
       end
       if (below_ky) begin
-        \$275  = ix0;
+        \$278  = ix0;
       end
       if (\$104 ) begin
-        \$275  = \$107 [17:0];
+        \$278  = \$107 [17:0];
       end
       if (below_oy) begin
-        \$275  = { \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112  };
+        \$278  = { \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112  };
       end
     end
     if (start) begin
-      \$275  = { \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217 [3], \$217  };
+      \$278  = { \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$276  = tapbase;
+    \$279  = tapbase;
     if (issue) begin
       if (\$92 ) begin
-        \$276  = \$94 [19:0];
+        \$279  = \$94 [19:0];
       end
       if (\$96 ) begin
-        \$276  = \$99 [19:0];
+        \$279  = \$99 [19:0];
       end
       if (\$101 ) begin
-        \$276  = pixbase;
+        \$279  = pixbase;
       end
       if (\$104 ) begin
-        \$276  = \$110 [19:0];
+        \$279  = \$110 [19:0];
       end
       if (\$114 ) begin
-        \$276  = \$122 [19:0];
+        \$279  = \$122 [19:0];
       end
     end
     if (start) begin
-      \$276  = base;
+      \$279  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$277  = iy;
+    \$280  = iy;
     if (issue) begin
       if (\$96 ) begin
-        \$277  = \$97 [17:0];
+        \$280  = \$97 [17:0];
       end
       if (below_j) begin
-        \$277  = iy0;
+        \$280  = iy0;
       end
       if (\$114 ) begin
-        \$277  = \$117 [17:0];
+        \$280  = \$117 [17:0];
       end
     end
     if (start) begin
-      \$277  = { \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219 [3], \$219  };
+      \$280  = { \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$278  = rowbase;
+    \$281  = rowbase;
     if (issue) begin
       if (\$96 ) begin
-        \$278  = \$98 [19:0];
+        \$281  = \$98 [19:0];
       end
       if (\$101 ) begin
-        \$278  = pixbase;
+        \$281  = pixbase;
       end
       if (\$104 ) begin
-        \$278  = \$109 [19:0];
+        \$281  = \$109 [19:0];
       end
       if (\$114 ) begin
-        \$278  = \$121 [19:0];
+        \$281  = \$121 [19:0];
       end
     end
     if (start) begin
-      \$278  = base;
+      \$281  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$279  = goff;
+    \$282  = goff;
     if (issue) begin
       if (\$101 ) begin
-        \$279  = \$102 [14:0];
+        \$282  = \$102 [14:0];
       end
       if (below_ox) begin
-        \$279  = 15'h0000;
+        \$282  = 15'h0000;
       end
     end
     if (start) begin
-      \$279  = 15'h0000;
+      \$282  = 15'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$280  = need_words;
+    \$283  = need_words;
     if (issue) begin
       if (\$104 ) begin
-        \$280  = \$105 [22:0];
+        \$283  = \$105 [22:0];
       end
       if (\$114 ) begin
-        \$280  = need_words_row;
+        \$283  = need_words_row;
       end
     end
     if (start) begin
-      \$280  = need_words0;
+      \$283  = need_words0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$281  = ix0;
+    \$284  = ix0;
     if (issue) begin
       if (\$104 ) begin
-        \$281  = \$106 [17:0];
+        \$284  = \$106 [17:0];
       end
       if (below_oy) begin
-        \$281  = { \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111  };
+        \$284  = { \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111  };
       end
     end
     if (start) begin
-      \$281  = { \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218 [3], \$218  };
+      \$284  = { \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$282  = pixbase;
+    \$285  = pixbase;
     if (issue) begin
       if (\$104 ) begin
-        \$282  = \$108 [19:0];
+        \$285  = \$108 [19:0];
       end
       if (\$114 ) begin
-        \$282  = \$120 [19:0];
+        \$285  = \$120 [19:0];
       end
     end
     if (start) begin
-      \$282  = base;
+      \$285  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$283  = need_words_row;
+    \$286  = need_words_row;
     if (issue) begin
       if (\$114 ) begin
-        \$283  = \$115 [22:0];
+        \$286  = \$115 [22:0];
       end
     end
     if (start) begin
-      \$283  = need_words_row0;
+      \$286  = need_words_row0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$284  = iy0;
+    \$287  = iy0;
     if (issue) begin
       if (\$114 ) begin
-        \$284  = \$116 [17:0];
+        \$287  = \$116 [17:0];
       end
     end
     if (start) begin
-      \$284  = { \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220  };
+      \$287  = { \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$285  = need;
+    \$288  = need;
     if (issue) begin
       if (\$114 ) begin
-        \$285  = \$118 [17:0];
+        \$288  = \$118 [17:0];
       end
     end
     if (start) begin
-      \$285  = { \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221 [4], \$221  };
+      \$288  = { \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$286  = linebase;
+    \$289  = linebase;
     if (issue) begin
       if (\$114 ) begin
-        \$286  = \$119 [19:0];
+        \$289  = \$119 [19:0];
       end
     end
     if (start) begin
-      \$286  = base;
+      \$289  = base;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$287  = seq_busy;
+    \$290  = seq_busy;
     if (issue) begin
       if (\$123 ) begin
-        \$287  = 1'h0;
+        \$290  = 1'h0;
       end
     end
     if (start) begin
-      \$287  = 1'h1;
+      \$290  = 1'h1;
     end
     if (rst) begin
-      \$287  = 1'h0;
+      \$290  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$288  = loaded;
+    \$291  = loaded;
     if (run) begin
-      \$288  = \$125 ;
+      \$291  = \$128 ;
     end
     if (start) begin
-      \$288  = 1'h0;
+      \$291  = 1'h0;
     end
     if (rst) begin
-      \$288  = 1'h0;
+      \$291  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$289  = rows_ok;
+    \$292  = rows_ok;
     if (run) begin
-      \$289  = \$131 ;
+      \$292  = \$134 ;
     end
     if (start) begin
-      \$289  = 1'h0;
+      \$292  = 1'h0;
     end
     if (rst) begin
-      \$289  = 1'h0;
+      \$292  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$290  = last_group;
+    \$293  = last_group;
     if (start) begin
-      \$290  = \$132 [5:0];
+      \$293  = \$135 [5:0];
     end
     if (rst) begin
-      \$290  = 6'h00;
+      \$293  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$291  = lim_inc_gi;
+    \$294  = lim_inc_gi;
     if (start) begin
-      \$291  = \$149 ;
+      \$294  = \$152 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$292  = lim_inc_kx;
+    \$295  = lim_inc_kx;
     if (start) begin
-      \$292  = \$151 ;
+      \$295  = \$154 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$293  = lim_inc_ky;
+    \$296  = lim_inc_ky;
     if (start) begin
-      \$293  = \$153 ;
+      \$296  = \$156 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$294  = lim_inc_j;
+    \$297  = lim_inc_j;
     if (start) begin
-      \$294  = \$155 ;
+      \$297  = \$158 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$295  = lim_inc_ox;
+    \$298  = lim_inc_ox;
     if (start) begin
-      \$295  = \$160 ;
+      \$298  = \$163 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$296  = lim_inc_oy;
-    if (start) begin
-      \$296  = \$162 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$297  = lim_zero_gi;
-    if (start) begin
-      \$297  = \$163 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$298  = lim_zero_kx;
-    if (start) begin
-      \$298  = \$164 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$299  = lim_zero_ky;
+    \$299  = lim_inc_oy;
     if (start) begin
       \$299  = \$165 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$300  = lim_zero_j;
+    \$300  = lim_zero_gi;
     if (start) begin
       \$300  = \$166 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$301  = lim_zero_ox;
+    \$301  = lim_zero_kx;
     if (start) begin
-      \$301  = \$169 ;
+      \$301  = \$167 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$302  = lim_zero_oy;
+    \$302  = lim_zero_ky;
     if (start) begin
-      \$302  = \$170 ;
+      \$302  = \$168 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$303  = lim_2inc_gi;
+    \$303  = lim_zero_j;
     if (start) begin
-      \$303  = \$172 [9:0];
+      \$303  = \$169 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$304  = lim_2inc_kx;
+    \$304  = lim_zero_ox;
     if (start) begin
-      \$304  = \$174 ;
+      \$304  = \$172 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$305  = lim_2inc_ky;
+    \$305  = lim_zero_oy;
     if (start) begin
-      \$305  = \$176 ;
+      \$305  = \$173 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$306  = lim_2inc_j;
+    \$306  = lim_2inc_gi;
     if (start) begin
-      \$306  = \$178 [7:0];
+      \$306  = \$175 [9:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$307  = lim_2inc_ox;
+    \$307  = lim_2inc_kx;
     if (start) begin
-      \$307  = \$184 ;
+      \$307  = \$177 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$308  = lim_2inc_oy;
+    \$308  = lim_2inc_ky;
     if (start) begin
-      \$308  = \$186 ;
+      \$308  = \$179 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$309  = g_step;
+    \$309  = lim_2inc_j;
     if (start) begin
-      \$309  = { 4'h0, \$222  };
+      \$309  = \$181 [7:0];
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$310  = sg;
+    \$310  = lim_2inc_ox;
     if (start) begin
-      \$310  = { 3'h0, \$226  };
+      \$310  = \$187 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$311  = swg;
+    \$311  = lim_2inc_oy;
     if (start) begin
-      \$311  = { 2'h0, \$233  };
+      \$311  = \$189 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$312  = row_step;
+    \$312  = g_step;
     if (start) begin
-      \$312  = { 3'h0, \$234  };
+      \$312  = { 4'h0, \$225  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$313  = goff_step;
+    \$313  = sg;
     if (start) begin
-      \$313  = \$235 ;
+      \$313  = { 3'h0, \$229  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$314  = ox_step;
+    \$314  = swg;
     if (start) begin
-      \$314  = \$236 ;
+      \$314  = { 2'h0, \$236  };
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$315  = ix_step;
+    \$315  = row_step;
     if (start) begin
-      \$315  = \$238 ;
+      \$315  = { 3'h0, \$237  };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$316  = goff_step;
+    if (start) begin
+      \$316  = \$238 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$317  = ox_step;
+    if (start) begin
+      \$317  = \$239 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
+    \$318  = ix_step;
+    if (start) begin
+      \$318  = \$241 ;
     end
   end
   assign ws = 17'h00000;
@@ -8197,12 +8211,12 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   assign \taps__payload.waddr  = taps__payload[65:56];
   assign \taps__payload.first  = taps__payload[66];
   assign \taps__payload.last  = taps__payload[67];
-  assign taps__payload[67] = \$250 ;
-  assign taps__payload[66] = \$248 ;
+  assign taps__payload[67] = \$253 ;
+  assign taps__payload[66] = \$251 ;
   assign taps__payload[65:56] = waddr;
   assign taps__payload[55:38] = iy;
   assign taps__payload[37:20] = ix;
-  assign taps__payload[19:0] = \$243 [19:0];
+  assign taps__payload[19:0] = \$246 [19:0];
   assign \$7  = { cmd[79:64], 1'h0 };
   assign \$12  = { cmd[79:64], 1'h0 };
   assign \$16  = { sizes[14:0], 1'h0 };
@@ -8213,13 +8227,13 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   assign \$58  = \$57 ;
   assign \$67  = \$66 ;
   assign \$78  = \$77 ;
-  assign \$131  = \$130 ;
-  assign \$196  = \$195 ;
-  assign \$224  = { cmd[79:64], 1'h0 };
-  assign \$228  = 18'h00000;
-  assign \$231  = { sizes[14:0], 1'h0 };
-  assign \$237  = { cmd[101:100], 1'h0 };
-  assign \$229  = 18'h00000;
+  assign \$134  = \$133 ;
+  assign \$199  = \$198 ;
+  assign \$227  = { cmd[79:64], 1'h0 };
+  assign \$231  = 18'h00000;
+  assign \$234  = { sizes[14:0], 1'h0 };
+  assign \$240  = { cmd[101:100], 1'h0 };
+  assign \$232  = 18'h00000;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -8911,7 +8925,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$172 (rst, ready, cmd, gin_e, gout_o, clear, enable, sizes, clk);
+module \psc_core.sizes$174 (rst, ready, cmd, gin_e, gout_o, clear, enable, sizes, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -9899,7 +9913,7 @@ module \psc_core.sizes$172 (rst, ready, cmd, gin_e, gout_o, clear, enable, sizes
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1485$0 , \port$1550$0 , level, clk);
+module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1488$0 , \port$1553$0 , level, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$15  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -9924,10 +9938,10 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1485$0 , \po
   wire consume;
   output [1:0] level;
   reg [1:0] level = 2'h0;
-  input [25:0] \port$1485$0 ;
-  wire [25:0] \port$1485$0 ;
-  input [25:0] \port$1550$0 ;
-  wire [25:0] \port$1550$0 ;
+  input [25:0] \port$1488$0 ;
+  wire [25:0] \port$1488$0 ;
+  input [25:0] \port$1553$0 ;
+  wire [25:0] \port$1553$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [51:0] r_data;
@@ -9959,7 +9973,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1485$0 , \po
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1550$0 , \port$1485$0  };
+      storage[w_port__addr] <= { \port$1553$0 , \port$1488$0  };
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -10021,14 +10035,14 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1485$0 , \po
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1550$0 , \port$1485$0  };
-  assign w_data = { \port$1550$0 , \port$1485$0  };
+  assign w_port__data = { \port$1553$0 , \port$1488$0  };
+  assign w_data = { \port$1553$0 , \port$1488$0  };
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start, keep, run, count, i__ready, done, wp__data);
+module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start, keep, run, count, i__ready, arrived, done, wp__data);
   reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
   wire \$1 ;
   wire \$10 ;
@@ -10042,6 +10056,7 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   wire [9:0] \$7 ;
   wire \$8 ;
   wire \$9 ;
+  output [8:0] arrived;
   reg [8:0] arrived = 9'h000;
   input clk;
   wire clk;
