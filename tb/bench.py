@@ -13,7 +13,23 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-__all__ = ["BaseTB", "bench_rng", "first_in_out"]
+__all__ = ["BaseTB", "bench_rng", "first_in_out", "STALL_PATTERNS"]
+
+
+def _patterns():
+    from psc.host.cocotb_stream import cycle_pause, random_pause
+    return [
+        ("no stalls", None, None),
+        ("random 30%/30%", lambda: random_pause(0.3), lambda: random_pause(0.3)),
+        ("heavy backpressure", lambda: random_pause(0.1), lambda: random_pause(0.8)),
+        ("bursty input", lambda: cycle_pause((1, 1, 1, 0, 0, 0, 0, 0)),
+         lambda: random_pause(0.2)),
+    ]
+
+
+#: ``(name, idle factory, backpressure factory)``: the input-gap and output-stall patterns a
+#: stream bench runs (:meth:`BaseTB.use_pattern`); ``None`` is no pause.
+STALL_PATTERNS = _patterns()
 
 
 def bench_rng(salt=0):
@@ -44,6 +60,23 @@ class BaseTB:
     def set_backpressure_generator(self, generator=None):
         """Ready stalls on the output (``True`` = ready low this cycle)."""
         self.sink.set_pause_generator(generator)
+
+    def use_pattern(self, pattern):
+        """Input gaps and output stalls of one of :data:`STALL_PATTERNS` from now on."""
+        name, idle, stall = pattern
+        self.log.info("stall pattern: %s", name)
+        self.set_idle_generator(idle() if idle else None)
+        self.set_backpressure_generator(stall() if stall else None)
+
+    async def reset_in_flight(self, beats_in):
+        """Wait until ``beats_in`` input beats were taken (at most 100 cycles), then reset:
+        the bench's queued beats are cut off with results in flight."""
+        for _ in range(100):
+            await RisingEdge(self.dut.clk)
+            if self.source.count >= beats_in:
+                break
+        assert not self.source.idle, "every input beat went in before the reset"
+        await self.reset()
 
     async def cycles(self, n):
         for _ in range(n):

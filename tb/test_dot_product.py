@@ -12,10 +12,10 @@ import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from psc.model import packing
-from tb.bench import BaseTB, bench_rng, first_in_out
+from tb.bench import STALL_PATTERNS, BaseTB, bench_rng, first_in_out
 from tb.psc_model import Stimulus, component_from_env, config_from_env
 from tb.scoreboard import Scoreboard
-from psc.host.cocotb_stream import StreamDriver, StreamMonitor, cycle_pause, random_pause
+from psc.host.cocotb_stream import StreamDriver, StreamMonitor, random_pause
 
 
 class TB(BaseTB):
@@ -60,27 +60,13 @@ def _cfg_name(cfg):
             f"act={cfg.act_width} w={cfg.weight_width} acc={cfg.acc_width}")
 
 
-STALLS = [
-    ("no stalls", None, None),
-    ("random 30%/30%", lambda: random_pause(0.3), lambda: random_pause(0.3)),
-    ("heavy backpressure", lambda: random_pause(0.1), lambda: random_pause(0.8)),
-    ("bursty input", lambda: cycle_pause((1, 1, 1, 0, 0, 0, 0, 0)), lambda: random_pause(0.2)),
-]
-
-
-def _gen(factory):
-    return factory() if factory is not None else None
-
-
 @cocotb.test()
 async def dot_random(dut):
     """Random reductions of random lengths under every stall pattern."""
     tb = TB(dut, salt=1)
     await tb.reset()
-    for name, idle, stall in STALLS:
-        tb.log.info("stall pattern: %s", name)
-        tb.set_idle_generator(_gen(idle))
-        tb.set_backpressure_generator(_gen(stall))
+    for pattern in STALL_PATTERNS:
+        tb.use_pattern(pattern)
         for _ in range(25):
             tb.send(tb.stim.random())
         await tb.finish()
@@ -136,12 +122,7 @@ async def dot_reset_in_flight(dut):
         tb.set_backpressure_generator(stall)
         tb.send(tb.stim.random(beats=2))      # complete: its result is in the pipeline or stalled
         tb.send(tb.stim.random(beats=12))     # cut off by the reset
-        for _ in range(100):
-            await RisingEdge(dut.clk)
-            if tb.source.count >= 6:
-                break
-        assert not tb.source.idle, "the reduction finished before the reset"
-        await tb.reset()
+        await tb.reset_in_flight(6)
         tb.set_backpressure_generator(random_pause(0.3))
         tb.send(tb.stim.random(beats=3))
         tb.send(tb.stim.random(beats=1))

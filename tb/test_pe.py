@@ -11,7 +11,6 @@ as the backpressure, and the monitor checks that a stalled result holds.
 import os
 
 import cocotb
-from cocotb.triggers import RisingEdge
 
 from psc.model import packing
 from tb.bench import BaseTB, bench_rng, first_in_out
@@ -102,12 +101,7 @@ async def pe_reset_in_flight(dut):
         tb.set_backpressure_generator(stall)
         tb.send(tb.stim.random(beats=2))
         tb.send(tb.stim.random(beats=10))
-        for _ in range(100):
-            await RisingEdge(dut.clk)
-            if tb.source.count >= 5:
-                break
-        assert not tb.source.idle
-        await tb.reset()
+        await tb.reset_in_flight(5)
         tb.send(tb.stim.random(beats=3))
         tb.send(tb.stim.random(beats=1))
         await tb.finish()

@@ -13,9 +13,9 @@ import os
 import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from psc.host.cocotb_stream import StreamDriver, StreamMonitor, cycle_pause, random_pause
+from psc.host.cocotb_stream import StreamDriver, StreamMonitor, random_pause
 from psc.model import packing
-from tb.bench import BaseTB, bench_rng, first_in_out
+from tb.bench import STALL_PATTERNS, BaseTB, bench_rng, first_in_out
 from tb.psc_model import component_from_env, config_from_env, requant_expected, requant_vectors
 from tb.scoreboard import Scoreboard
 
@@ -61,14 +61,6 @@ class TB(BaseTB):
             self.source.send(self.layout.const(beat).as_value().value)
 
 
-STALLS = [
-    ("no stalls", None, None),
-    ("random 30%/30%", lambda: random_pause(0.3), lambda: random_pause(0.3)),
-    ("heavy backpressure", lambda: random_pause(0.1), lambda: random_pause(0.8)),
-    ("bursty input", lambda: cycle_pause((1, 1, 1, 0, 0, 0, 0, 0)), lambda: random_pause(0.2)),
-]
-
-
 @cocotb.test()
 async def requant_random(dut):
     """Corners and random beats, with and without relu, under every stall pattern."""
@@ -76,10 +68,8 @@ async def requant_random(dut):
     await tb.reset()
     for relu in (0, 1):
         tb.set_relu(relu)
-        for name, idle, stall in STALLS:
-            tb.log.info("relu=%d, stall pattern: %s", relu, name)
-            tb.set_idle_generator(idle() if idle else None)
-            tb.set_backpressure_generator(stall() if stall else None)
+        for pattern in STALL_PATTERNS:
+            tb.use_pattern(pattern)
             tb.send(60)
             await tb.finish()
     assert tb.sink.stalls > 0, "backpressure never stalled the output"
@@ -120,12 +110,7 @@ async def requant_reset_in_flight(dut):
     for stall in (None, random_pause(0.5), random_pause(1.0)):
         tb.set_backpressure_generator(stall)
         tb.send(20)
-        for _ in range(100):
-            await RisingEdge(dut.clk)
-            if tb.source.count >= 6:
-                break
-        assert not tb.source.idle, "every beat went in before the reset"
-        await tb.reset()
+        await tb.reset_in_flight(6)
         tb.set_backpressure_generator(random_pause(0.3))
         tb.send(8)
         await tb.finish()

@@ -290,11 +290,11 @@ def test_host_never_plans_more_outputs_than_the_core_counts():
 @pytest.mark.parametrize("name", sorted(TARGET_PRESETS))
 def test_shipped_target_core(name):
     """The synthesis targets' own cores, as synthesised: hand-instantiated DSP cells
-    (with their simulation models), 27-bit sums on the UP5K, ``read_register`` on
-    ECP5; standard, strided depthwise (diagonal commands of several output groups on the
-    UP5K, the channels mapping on the ECP5), pointwise and fully connected layers (on the
-    ECP5 each computing while its weights load: ``early_weights``) with stalls, bit-exact
-    on Verilator."""
+    (with their simulation models; on the UP5K the requantiser's SB_MAC16 too), 26-bit
+    accumulators on the UP5K, ``read_register`` on ECP5; standard, strided depthwise
+    (diagonal commands of several output groups on the UP5K, the channels mapping on the
+    ECP5), pointwise and fully connected layers (each computing while its weights load:
+    ``early_weights``) with stalls, bit-exact on Verilator."""
     cc = PRESETS[TARGET_PRESETS[name]]
     r = np.random.default_rng(21)
     layers = [core_cases._layer(r, 10, 9, 7, 6, 3, 1, 1, relu=True),

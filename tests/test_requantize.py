@@ -115,8 +115,8 @@ def test_core_with_digit_serial_requantizer():
     """The whole core (Verilator, random stalls) with digit-serial requantisers
     (``requant_mult_bits=4``: 2 rows per requantiser x 4 digits = 8 cycles per output
     beat): outputs equal the golden model, including a pointwise layer that the
-    requantiser throttles. (The UP5K target's core, one requantiser with 27-bit sums,
-    runs in tests/test_core_sim.py::test_shipped_target_core.)"""
+    requantiser throttles. (The UP5K target's core, one requantiser on SB_MAC16, runs in
+    tests/test_core_sim.py::test_shipped_target_core.)"""
     import core_cases
     from psc import host
     from psc.hw.core import CoreConfig
