@@ -672,7 +672,8 @@ def _config_text(config, level="core"):
     text = (f"lanes={pe['lanes']} rows={pe['rows']} act={pe['act_width']}b "
             f"weight={pe['weight_width']}b acc={pe['acc_width']}b")
     for key, default in (("multiplier", "generic"), ("tree_stages", 0), ("requantizers", None),
-                         ("requant_mult_bits", None), ("depthwise", "diagonal")):
+                         ("requant_mult_bits", None), ("requant_multiplier", "adds"),
+                         ("depthwise", "diagonal")):
         if key.startswith("requant") and level != "core":
             continue                    # not part of the MAC array
         if pe.get(key, default) != default:
