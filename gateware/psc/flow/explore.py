@@ -28,9 +28,8 @@ Space files (``--space FILE``, TOML or JSON)::
 
     base = "ice40-up5k"          # a preset (default: the target's)
     [vary]                       # field -> values; "shape" is [lanes, rows] pairs
-    requantizers = [1, 2]
-    requant_mult_bits = [4, 8]
-    shape = [[8, 2], [4, 4]]
+    shape = [[6, 2], [4, 2]]
+    tree_stages = [1, 2]
 
 Fields are those of :class:`~psc.config.CoreConfig` and
 :class:`~psc.config.PSCConfig` (:data:`FIELDS`). On a ``depthwise="channels"``
