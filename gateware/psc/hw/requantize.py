@@ -191,7 +191,7 @@ class Requantizer(wiring.Component):
     ----------
     config : psc.config.PSCConfig
         ``act_width``, ``acc_width``, ``mult_width``, ``rows``,
-        ``requantizers`` and ``requant_mult_bits`` are used.
+        ``requantizers``, ``requant_mult_bits`` and ``requant_multiplier`` are used.
 
     Attributes
     ----------
