@@ -17,10 +17,10 @@ runs exactly the core its target's figures were measured on.
   registered), two registers in the adder tree, and one time-shared
   requantiser multiplying on the other two in their 16x16 mode
   (``requant_multiplier="ice40_mac16"``: one value per cycle, so an output
-  beat of 2 channels takes 2 cycles). A requantiser in LUTs as fast would
-  not fit beside the UART bridge, and a digit-serial one (8 cycles per beat)
-  bounds every layer whose reduction is shorter than that: ``psc explore``
-  measures the alternatives. The input buffer is in three of the four
+  beat of 2 channels takes 2 cycles). A requantiser in LUTs as fast costs
+  far more LUTs, and a digit-serial one (8 cycles per beat at 4 bits of the
+  multiplier) bounds every layer whose reduction is shorter than that:
+  ``psc explore`` measures the alternatives. The input buffer is in three of the four
   single-ported SPRAMs (16384 lane words of 48 bits; a tile's input loads
   before it computes), the block RAMs hold the weights (256 blocks of 192
   bits: 12 block RAMs), the parameters, the partial sums (256 beats of two
@@ -91,8 +91,8 @@ ENGINES = {"ulx3s": {"core": {"lanes": 8, "rows": 3, "fmap_depth": 3072, "early_
 #: Target -> activations per beat of its network engine's add and pooling unit
 #: (:attr:`psc.hw.network.EngineConfig.op_values`; 1 where not listed). The ECP5's
 #: requantiser rows are pipelined, so a second value per beat halves the adds' time, for
-#: two more LUT multipliers per value of an add; the UP5K's is digit-serial and its engine
-#: already over its device.
+#: two more LUT multipliers per value of an add; the UP5K's engine is already over its
+#: device's logic cells.
 OP_VALUES = {"ecp5-25k": 2}
 
 #: UART baud rate of the board builds and the serial driver.
