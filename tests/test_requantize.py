@@ -193,18 +193,16 @@ class _SwappedHalves(Requantizer):
 
 
 def _mac16_bench(export_verilog, name, sim, make=Requantizer):
-    from psc.hw.ice40_mul import sb_mac16_sim_model
+    from psc.host.sim import dsp_models
     from tb.psc_model import config_env
     from tb.runner import run_cocotb
-    from conftest import write_if_changed
-    from psc.build_dir import build_root
     cfg = MAC16[name]
     tag = f"requant-{name}-{make.__name__.lower()}"
     src = export_verilog(lambda: make(cfg), "requantizer", tag)
-    model = build_root() / "rtl" / "ice40" / "sb_mac16_sim.v"
-    write_if_changed(model, sb_mac16_sim_model())
+    models = dsp_models(cfg, src.parent)          # Yosys's SB_MAC16, as the config asks
     env = config_env(cfg, "psc.hw.requantize:Requantizer", latency=Requantizer.latency_of(cfg))
-    return run_cocotb("requantizer", [src, model], "tb.test_requantize", sim, env=env, tag=tag)
+    return run_cocotb("requantizer", [src, *models], "tb.test_requantize", sim, env=env,
+                      tag=tag)
 
 
 @pytest.mark.parametrize("name,sim", [("mac16", "icarus"), ("mac16_shared", "icarus"),
@@ -255,3 +253,10 @@ def test_mac16_config_in_a_core():
     assert PSCConfig.from_dict(pe.to_dict()) == pe
     assert PSCConfig.from_dict(PSCConfig().to_dict()) == PSCConfig()
     assert pe.hand_dsps and not PSCConfig().hand_dsps
+
+
+def test_mac16_multiplier_refuses_a_non_bool():
+    from psc.hw.ice40_mul import Ice40Mul16
+    from psc.model.checks import BadTypeError
+    with pytest.raises(BadTypeError, match=r"a_signed must be True or False, not 1"):
+        Ice40Mul16(1)

@@ -66,15 +66,17 @@ class HardMultiplier(wiring.Component):
 def sim_models(pe_config):
     """``{file name: Verilog text}`` of the simulation models of the cells that a build
     instantiates by hand: the DSP cells of ``pe_config``'s multiplier (none for
-    ``"generic"``) and requantiser multiplier (none for ``"adds"``) and, given a :class:`~psc.config.CoreConfig` with
-    ``fmap_ram="spram"``, the ``SB_SPRAM256KA`` of its input buffer."""
+    ``"generic"``) and requantiser multiplier (none for ``"adds"``) and, given a
+    :class:`~psc.config.CoreConfig` with ``fmap_ram="spram"``, the ``SB_SPRAM256KA`` of its
+    input buffer."""
     if hasattr(pe_config, "fmap_ram"):
         models = sim_models(pe_config.pe)
         if pe_config.fmap_ram == "spram":
             from psc.hw.spram import sb_spram256ka_sim_model
             models["sb_spram256ka_sim.v"] = sb_spram256ka_sim_model()
         return models
-    if "ice40_dual8x8" == pe_config.multiplier or "ice40_mac16" == pe_config.requant_multiplier:
+    # (requant_multiplier="ice40_mac16" takes SB_MAC16 too, and needs this multiplier)
+    if pe_config.multiplier == "ice40_dual8x8":
         from psc.hw.ice40_mul import sb_mac16_sim_model
         return {"sb_mac16_sim.v": sb_mac16_sim_model()}
     if pe_config.multiplier == "ecp5_mult18":

@@ -9,6 +9,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from psc.hw.hard_mul import HardMultiplier
+from psc.model.checks import check_bool
 
 __all__ = ["Ice40DualMul", "Ice40Mul16", "SB_MAC16_PARAMS", "SB_MAC16_16X16_PARAMS",
            "sb_mac16_sim_model"]
@@ -187,7 +188,7 @@ class Ice40Mul16(wiring.Component):
     LATENCY = 3
 
     def __init__(self, a_signed):
-        self._a_signed = bool(a_signed)
+        self._a_signed = check_bool("a_signed", a_signed)
         shape = signed if self._a_signed else unsigned
         super().__init__({"a": In(shape(16)), "b": In(unsigned(16)), "en": In(1),
                           "p": Out(shape(32))})
