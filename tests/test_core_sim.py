@@ -231,6 +231,29 @@ def test_depthwise_channels_build(target):
     assert plans[0].kind == KIND_DEPTHWISE and len(plans[0].tiles) > 2
 
 
+# depthwise='shifted' on the UP5K's 6 lanes x 2 rows with small buffers: two pixels per
+# beat from one input word (no banks), groups of 6 channels of 3 output groups each, tiles
+# over groups and bands, odd widths (a block's second pixel dropped), padding channels,
+# stride 2, 5x5, 1x1 (the drain holds the array), standard and pointwise layers between
+TINY_SHF = CoreConfig(pe=PSCConfig(lanes=6, rows=2, depthwise="shifted"), fmap_depth=256,
+                      weight_depth=96, param_depth=16, psum_depth=16)
+
+
+@pytest.mark.parametrize("target", SOAK_ICARUS)
+def test_depthwise_shifted_build(target):
+    r = np.random.default_rng(14)
+    layers = [
+        core_cases._layer(r, 26, 26, 9, 11, 3, 1, 1, groups=26, relu=True),  # chunks + bands
+        core_cases._layer(r, 5, 7, 6, 7, 3, 1, 1),                            # standard between
+        core_cases._layer(r, 7, 7, 11, 13, 3, 2, 1, groups=7),                # stride 2
+        core_cases._layer(r, 13, 13, 7, 6, 5, 1, 2, groups=13, weights="ini"),  # 5x5
+        core_cases._layer(r, 3, 3, 5, 5, 1, 1, 0, groups=3),                  # 1x1: drain holds
+        core_cases._layer(r, 9, 6, 5, 7, 1, relu=True),                       # pointwise
+    ]
+    plans = _reset_then_layers(TINY_SHF, layers, target, "shifted")
+    assert plans[0].kind == KIND_DEPTHWISE and len(plans[0].tiles) > 2
+
+
 def _overflowing_commands():
     """Commands whose derived sizes overflow the core's registers (DEFAULT: 12-bit input-word
     and reduction sizes, 9-bit weight-block count, 25-bit output count, 25-bit setup adder).

@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""The depthwise datapath (``depthwise="pixels"`` and ``"channels"``): per-lane accumulators
+"""The depthwise datapath (``depthwise="pixels"``, ``"channels"`` and ``"shifted"``): per-lane accumulators
 and the drain of :class:`psc.hw.dot_product.DotProduct` (and of the naive datapath,
 :class:`psc.hw.naive.NaiveDotProduct`), in the Amaranth simulator against
 :func:`psc.model.golden.psc_conv2d` (every lane of every row is its own 1x1 problem).
@@ -22,11 +22,25 @@ CONFIGS = {
     "p4plain": PSCConfig(lanes=4, rows=4, depthwise="pixels", psc=False),
     "c4x3": PSCConfig(lanes=4, rows=3, depthwise="channels"),
     "c2x4t1": PSCConfig(lanes=2, rows=4, depthwise="channels", tree_stages=1),
+    "s6x2": PSCConfig(lanes=6, rows=2, depthwise="shifted"),
+    "s8x4t1": PSCConfig(lanes=8, rows=4, depthwise="shifted", tree_stages=1),
 }
 
 
+def drain_order(config):
+    """``(row, lane)`` of each value of a reduction's output beats, in order: row by row
+    (``"pixels"``, ``"channels"``), or lane group by lane group, then row by row
+    (``"shifted"``: each group of ``rows`` channels leaves pixel by pixel)."""
+    rows, lanes = config.rows, config.lanes
+    if config.depthwise == "shifted":
+        return [(r, p * rows + i) for p in range(lanes // rows) for r in range(rows)
+                for i in range(rows)]
+    return [(r, lane) for r in range(rows) for lane in range(lanes)]
+
+
 class DwReduction:
-    """A depthwise reduction: ``n`` beats, a lane word per row per beat."""
+    """A depthwise reduction: ``n`` beats, a lane word per row per beat (the same word in
+    every row on a ``"shifted"`` build)."""
 
     def __init__(self, x, w_pos, w_neg):
         self.x = np.asarray(x, dtype=np.int64)            # (n, rows, lanes)
@@ -34,9 +48,8 @@ class DwReduction:
         self.w_neg = np.asarray(w_neg, dtype=np.int64)
 
     def expected(self, config):
-        """The ``lanes`` output beats: the rows' lane accumulators, row by row, in beats of
-        ``rows`` (beat r is row r's lanes when ``lanes == rows``), each the 1x1 problem of
-        its own products."""
+        """The ``lanes`` output beats: the rows' lane accumulators in :func:`drain_order`, in
+        beats of ``rows``, each the 1x1 problem of its own products."""
         n, rows, lanes = self.x.shape
         out = np.zeros((rows, lanes), dtype=np.int64)
         widths = dict(act_width=config.act_width, weight_width=config.weight_width,
@@ -50,7 +63,7 @@ class DwReduction:
                     out[r, lane] = golden.psc_conv2d(x, wp, wn, **widths)[0, 0, 0]
                 else:
                     out[r, lane] = golden.conv2d(x, wp, **widths)[0, 0, 0]
-        return out.reshape(lanes, rows)
+        return np.array([out[r, lane] for r, lane in drain_order(config)]).reshape(lanes, rows)
 
     def payloads(self, config):
         layout = input_layout(config)
@@ -61,7 +74,7 @@ class DwReduction:
             else:
                 words = packing.pack_lanes(self.w_pos[b][..., None], config.weight_width)
             yield packing.pack_payload(layout, {
-                "x": self.x[b], "w": words, "bias": np.zeros(config.rows, dtype=np.int64),
+                "x": self.x[b] if config.row_words else self.x[b][0], "w": words, "bias": np.zeros(config.rows, dtype=np.int64),
                 "first": int(b == 0), "last": int(b == n - 1)})
 
 
@@ -70,6 +83,8 @@ def random_dw(rng, config, beats, corner=None):
     wlo, whi = lo_hi(config.weight_width)
     shape = (beats, config.rows, config.lanes)
     x = rng.integers(alo, ahi + 1, size=shape)
+    if not config.row_words:
+        x[:] = x[:, :1]      # one word for every row
     wp = rng.integers(wlo, whi + 1, size=shape)
     wn = rng.integers(wlo, whi + 1, size=shape) if config.psc else wp
     if corner == "min":      # the largest sum a 7x7 window can make
@@ -77,7 +92,7 @@ def random_dw(rng, config, beats, corner=None):
     return DwReduction(x, wp, wn)
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS) + ["c4x3naive"])
+@pytest.mark.parametrize("name", sorted(CONFIGS) + ["c4x3naive", "s6x2naive"])
 @pytest.mark.parametrize("p_gap,p_stall", [(0.0, 0.0), (0.3, 0.4)])
 def test_depthwise_mode_matches_golden(name, p_gap, p_stall):
     """Every lane of every row accumulates alone; ``lanes`` output beats per reduction, in

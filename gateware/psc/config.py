@@ -16,7 +16,7 @@ MULTIPLIERS = ("generic", "ice40_dual8x8", "ecp5_mult18")
 REQUANT_MULTIPLIERS = ("adds", "ice40_mac16")
 
 #: Depthwise mappings :attr:`PSCConfig.depthwise` accepts.
-DEPTHWISE_MODES = ("diagonal", "pixels", "channels")
+DEPTHWISE_MODES = ("diagonal", "pixels", "channels", "shifted")
 #: Where a core's input buffer can live (:attr:`CoreConfig.fmap_ram`).
 FMAP_RAMS = ("block", "spram")
 #: Largest depthwise reduction (one 7x7 window of one channel); sizes the per-lane accumulators.
@@ -163,7 +163,16 @@ class PSCConfig:
         same accumulators and drain registers as ``"pixels"`` and one lane
         word per row per beat (the core banks its input buffer by channel
         group); a layer's channels are padded to a multiple of
-        ``rows * lanes``.
+        ``rows * lanes``. ``"shifted"``: lanes are channels, rows are ``rows``
+        neighbouring output pixels that share one input word per beat, each
+        row's kernel shifted by the stride (row ``r`` applies tap ``kx - r*s``
+        of the word at column ``kx``), and every multiplier keeps its own
+        accumulator. A kernel row then takes ``K + (rows-1)*s`` beats for
+        ``rows`` pixels, so the array works ``K / (K + (rows-1)*s)`` of the
+        time, with one input buffer port and no banks (a single-ported
+        SPRAM). It costs the same accumulators and drain registers as
+        ``"pixels"`` and needs ``lanes`` a multiple of ``rows``, ``rows`` 2
+        or 4.
     """
     act_width: int = 8
     weight_width: int = 8
@@ -231,6 +240,9 @@ class PSCConfig:
                                            or self.rows & (self.rows - 1)):
             raise ValueError(f"depthwise='pixels' needs lanes == rows, a power of two >= 2, "
                              f"not lanes={self.lanes!r}, rows={self.rows!r}")
+        if self.depthwise == "shifted" and (self.rows not in (2, 4) or self.lanes % self.rows):
+            raise ValueError(f"depthwise='shifted' needs rows 2 or 4 and lanes a multiple of "
+                             f"rows, not lanes={self.lanes!r}, rows={self.rows!r}")
         if self.depthwise == "channels" and self.rows < 2:
             raise ValueError(f"depthwise='channels' needs rows >= 2 (one lane group per row), "
                              f"not rows={self.rows!r}")
@@ -261,7 +273,7 @@ class PSCConfig:
         adds both's parts and a margin for the command word, stream handshakes,
         clock and reset. Tests check it against every top's ports.
         """
-        x_words = self.rows if self.lane_accumulators else 1
+        x_words = self.rows if self.row_words else 1
         return (x_words * self.lanes * self.act_width + self.rows * self.lanes * self.word_width
                 + self.rows * (self.acc_width + self.mult_width + _SHIFT_BITS) + _CONTROL_BITS)
 
@@ -283,9 +295,20 @@ class PSCConfig:
 
     @property
     def lane_accumulators(self):
-        """Whether depthwise layers run on per-lane accumulators, each row with its own lane
-        word (``depthwise`` ``"pixels"`` or ``"channels"``)."""
+        """Whether depthwise layers run on per-lane accumulators (``depthwise`` ``"pixels"``,
+        ``"channels"`` or ``"shifted"``)."""
+        return self.depthwise in ("pixels", "channels", "shifted")
+
+    @property
+    def row_words(self):
+        """Whether each row takes its own lane word in a depthwise beat (``depthwise``
+        ``"pixels"`` or ``"channels"``; ``"shifted"`` rows share one)."""
         return self.depthwise in ("pixels", "channels")
+
+    def kernel_span(self, k, stride):
+        """Input columns one depthwise reduction reads per kernel row: ``k``, or with
+        ``depthwise="shifted"`` ``k + (rows-1)*stride`` (the ``rows`` pixels' windows)."""
+        return k + (self.rows - 1) * stride if self.depthwise == "shifted" else k
 
     @property
     def dw_acc_width(self):
@@ -435,7 +458,7 @@ class CoreConfig:
             raise ValueError(f"fmap_ram must be one of {FMAP_RAMS}, not {self.fmap_ram!r}")
         if self.fmap_ram == "spram":
             from psc.hw.spram import UP5K_SPRAMS, spram_cells
-            if self.pe.lane_accumulators:
+            if self.pe.row_words:
                 raise ValueError(f"fmap_ram='spram' needs one input bank, so not "
                                  f"depthwise={self.pe.depthwise!r}")
             cells = spram_cells(self.pe.lanes * self.pe.act_width, self.fmap_depth)

@@ -23,7 +23,7 @@ The model follows the core's docstring, stage by stage:
   lasts the longer of its MAC beats and the requantiser's time for its
   output beats (``Requantizer.rate_of`` cycles each), as the array stalls
   behind a slower requantiser (a depthwise layer on a ``depthwise="pixels"``
-  build: output row by output row, on its input rows);
+  or ``"shifted"`` build: output row by output row, on its input rows);
 * the pipeline's latency after the last beat (the MAC array's, the
   requantiser's for a command that makes outputs, the read register's) and
   a few cycles of handshakes.
@@ -55,15 +55,19 @@ def tile_cycles(config, fields, n_weights, n_params, n_acts, n_out):
     pe = config.pe
     rows, k, stride = pe.rows, fields["k"], fields["stride"]
     depthwise = fields["kind"] == KIND_DEPTHWISE
-    pixels = depthwise and pe.depthwise == "pixels" and rows > 1
+    # blocks of rows pixels: depthwise on a pixels or shifted build
+    pixels = depthwise and pe.depthwise in ("pixels", "shifted") and rows > 1
     channels = depthwise and pe.depthwise == "channels"
     gin_e = 1 if depthwise else fields["gin"]
     out_cols = -(-fields["out_w"] // rows) if pixels else fields["out_w"]
-    row_beats = out_cols * fields["gout"] * k * k * gin_e
+    # a shifted build's kernel row spans the block's windows
+    span = pe.kernel_span(k, stride) if depthwise else k
+    row_beats = out_cols * fields["gout"] * k * span * gin_e
     gout_o = output_groups(config, fields["kind"], fields["gout"])
     row_requant = fields["out_w"] * gout_o * Requantizer.rate_of(pe) if n_out else 0
     # per-lane accumulators drain lanes beats per reduction, one per cycle
-    row_drain = out_cols * fields["gout"] * pe.lanes if pixels or channels else 0
+    row_drain = (out_cols * fields["gout"] * pe.lanes
+                 if pe.lane_accumulators and depthwise and rows > 1 else 0)
     # stream words per input row (a depthwise group on a channels build is rows lane words)
     words_per_row = fields["in_w"] * fields["gin"] * (rows if channels else 1)
     spram = config.fmap_ram == "spram"

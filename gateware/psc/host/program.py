@@ -220,16 +220,18 @@ def scatter_fields(region, plan, tile):
     (``plan`` a :class:`~psc.host.scheduler.LayerPlan`) into ``region``.
 
     Raises :class:`NetworkFitError` for a tile whose beats are not in pixel order (a
-    depthwise tile of a ``depthwise="pixels"`` build, which sends blocks of pixels), or
+    depthwise tile of a ``depthwise="pixels"`` or ``"shifted"`` build, which sends blocks
+    of pixels), or
     whose first channel is not a multiple of ``rows`` where ``rows`` divides ``lanes``
     (see :class:`psc.hw.network.ActivationMemory`).
     """
     cc = plan.config
     c0, c1, oy0, oy1, ox0, ox1 = tile.place
     oh, ow = oy1 - oy0, ox1 - ox0
-    if plan.kind == KIND_DEPTHWISE and cc.pe.depthwise == "pixels":
-        raise NetworkFitError("a depthwise tile on a depthwise='pixels' build sends its beats "
-                              "in blocks of pixels; the scatter writes them in pixel order")
+    if plan.kind == KIND_DEPTHWISE and cc.pe.depthwise in ("pixels", "shifted"):
+        raise NetworkFitError(f"a depthwise tile on a depthwise={cc.pe.depthwise!r} build "
+                              f"sends its beats in blocks of pixels; the scatter writes them "
+                              f"in pixel order")
     if cc.lanes % cc.rows == 0 and c0 % cc.rows:
         # such a build's activation memory places a beat at a multiple of rows only
         raise NetworkFitError(f"a tile's output from channel {c0}: with rows={cc.rows} "

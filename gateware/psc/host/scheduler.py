@@ -158,14 +158,15 @@ class LayerPlan:
         beat ``b`` is channel ``c[b, i]`` of output pixel ``(oy[b, i], ox[b, i])``, and is
         a padding channel to drop where ``keep`` is False. Beats are pixel-major with the
         pixel's groups of ``rows`` channels in order, except on a ``depthwise="pixels"``
-        build, whose depthwise tiles send blocks of ``rows`` neighbouring pixels.
+        or ``"shifted"`` build, whose depthwise tiles send blocks of ``rows`` neighbouring
+        pixels.
         """
         rows = self.config.rows
         c0, c1, oy0, oy1, ox0, ox1 = tile.place
         oh, ow = oy1 - oy0, ox1 - ox0
         per_pixel = tile.n_out // (oh * ow)
         pos = np.arange(tile.n_out)     # each beat's index in pixel-major order
-        if self.kind == KIND_DEPTHWISE and self.config.pe.depthwise == "pixels":
+        if self.kind == KIND_DEPTHWISE and self.config.pe.depthwise in ("pixels", "shifted"):
             pos[_pixel_block_order(oh, ow, per_pixel, rows)] = np.arange(tile.n_out)
         pixel, group = np.divmod(pos, per_pixel)
         c = (c0 + group * rows)[:, None] + np.arange(rows)
@@ -176,7 +177,7 @@ class LayerPlan:
 
 def _pixel_block_order(oh, ow, gc, rows):
     """Beat index of each channels-last output word ``(oy, ox, j)`` of a depthwise tile on a
-    ``depthwise="pixels"`` build, which sends blocks of ``rows`` neighbouring pixels:
+    ``depthwise="pixels"`` or ``"shifted"`` build, which sends blocks of ``rows`` neighbouring pixels:
     ``(oy, ox // rows, j, ox % rows)``, without the pixels past ``ow``."""
     idx = np.zeros((oh, ow, gc), dtype=np.int64)
     beat = 0
@@ -294,7 +295,7 @@ def choose_kind(layer, unroll_stem=True):
     """Step 2: the command kind of ``layer``; returns ``(kind, layer)``.
 
     A depthwise layer the build cannot map (``lanes != rows`` on a build
-    without ``depthwise="channels"``) comes back as a standard one marked
+    without ``depthwise="channels"`` or ``"shifted"``) comes back as a standard one marked
     ``diagonal``: each command covers the output groups of one input lane
     word (:func:`_diagonal_span`) over their own channels. A standard layer
     whose input channels leave most lanes idle (a network's stem: 3 channels
@@ -303,7 +304,7 @@ def choose_kind(layer, unroll_stem=True):
     (:func:`_unroll_pays`) and ``unroll_stem`` allows it.
     """
     pe = layer.config.pe
-    if layer.depthwise and pe.lanes != pe.rows and pe.depthwise != "channels":
+    if layer.depthwise and pe.lanes != pe.rows and pe.depthwise not in ("channels", "shifted"):
         layer = Layer(**{**layer.__dict__, "depthwise": False, "diagonal": True})
     elif unroll_stem and not layer.depthwise and layer.k > 1 and _unroll_pays(layer):
         layer = unroll(layer)
@@ -380,10 +381,28 @@ def _channels(layer):
     return layer.depthwise and layer.config.pe.depthwise == "channels"
 
 
+def _shifted(layer):
+    """A depthwise layer on a ``depthwise="shifted"`` build: its command's groups are of
+    ``lanes`` channels (one lane word), each making ``lanes / rows`` output beats per pixel;
+    a reduction is ``K`` kernel rows of :func:`_span` beats for ``rows`` pixels."""
+    return layer.depthwise and layer.config.pe.depthwise == "shifted"
+
+
+def _span(layer):
+    """Beats of one kernel row of a reduction: ``K``, or the ``rows`` pixels' windows
+    (``K + (rows-1)*stride``) of a depthwise layer on a ``"shifted"`` build."""
+    return layer.config.pe.kernel_span(layer.k, layer.stride) if layer.depthwise else layer.k
+
+
 def _beats_per_group(layer):
     """Output beats (and parameter words) per pixel of one of the command's groups: ``lanes``
-    for a depthwise layer on a channels build (a group of ``rows * lanes`` channels), else 1."""
-    return layer.config.lanes if _channels(layer) else 1
+    for a depthwise layer on a channels build (a group of ``rows * lanes`` channels),
+    ``lanes / rows`` on a shifted build (a group of ``lanes`` channels), else 1."""
+    if _channels(layer):
+        return layer.config.lanes
+    if _shifted(layer):
+        return layer.config.lanes // layer.config.rows
+    return 1
 
 
 def _out_groups(layer):
@@ -429,6 +448,8 @@ def pack(layer):
     wl, pl = weight_layout(cc), param_layout(cc)
     if _channels(layer):
         return _pack_channels(layer, wl, pl)
+    if _shifted(layer):
+        return _pack_shifted(layer, wl, pl)
     gin, gout = channel_groups(cin, lanes), channel_groups(cout, rows)
     if layer.diagonal:
         # a command reads only its own channels, packed from the start of their span
@@ -500,6 +521,32 @@ def _pack_channels(layer, wl, pl):
                                          pe.weight_width) if pe.psc else wp[j, :, :, ky, kx])]
                 for ky in range(k) for kx in range(k)] for j in range(gout)]
     return weights, _pack_params(layer, pl, gout * lanes)
+
+
+def _pack_shifted(layer, wl, pl):
+    """:func:`pack` of a depthwise layer on a ``depthwise="shifted"`` build: group ``j``
+    (``lanes`` channels) has a block per kernel row ``ky`` and input column ``u`` of the
+    ``rows`` pixels' windows (:func:`_span`), row ``r`` lane ``l`` holding tap ``(ky, u -
+    r*stride)`` of channel ``j*lanes + l`` (zero outside the kernel), and ``lanes / rows``
+    parameter words."""
+    pe = layer.config.pe
+    lanes, rows, k, s = pe.lanes, pe.rows, layer.k, layer.stride
+    gout = _out_groups(layer)
+    cout = layer.w_pos.shape[0]
+    span = _span(layer)
+    blocks = []
+    for w in (layer.w_pos, layer.w_neg):
+        full = np.zeros((gout * lanes, k, k), dtype=np.int64)
+        full[:cout] = w[:, 0]
+        b = np.zeros((gout, k, span, rows, lanes), dtype=np.int64)
+        for r in range(rows):
+            # row r's pixel is r*stride columns to the right: its taps start there
+            b[:, :, r * s:r * s + k, r, :] = full.reshape(gout, lanes, k, k).transpose(0, 2, 3, 1)
+        blocks.append(b)
+    words = parify(*blocks, pe.weight_width) if pe.psc else blocks[0]
+    weights = [[[pack_payload(wl, words[j, ky, u])] for ky in range(k) for u in range(span)]
+               for j in range(gout)]
+    return weights, _pack_params(layer, pl, gout * lanes // rows)
 
 
 def _footprint(layer, band_h, band_w, groups):
@@ -608,7 +655,11 @@ def cut_bands(layer):
                                 if per % d == 0 and d * k * k <= cc.weight_depth
                                 and d * _beats_per_group(layer) <= cc.param_depth])
     if layer.depthwise:
-        per_group = k * k
+        per_group = k * _span(layer)
+        if per_group > cc.pe.max_reduction // cc.lanes:
+            raise LayerError(f"a depthwise {k}x{k} reduction of {per_group} beats of "
+                             f"{cc.lanes} lanes does not fit max_reduction="
+                             f"{cc.pe.max_reduction}")
         chunk = min(gout, cc.param_depth // _beats_per_group(layer), cc.weight_depth // per_group)
         while chunk > 1 and _footprint(layer, 1, 1, chunk) > cc.fmap_depth:
             chunk -= 1
@@ -676,15 +727,17 @@ def cycle_bound(config, fields, n_loaded):
     by a shift-and-add of at most ``FIELD_WIDTH + 1`` steps), ``n_loaded``
     stream beats (weights, parameters and input words, taken one per
     cycle), the MAC beats (a depthwise tile on a ``depthwise="pixels"``
-    build issues ``K*K`` beats per block of ``rows`` pixels and group, any
-    other ``K*K*gin'`` per output beat), every output through the
+    build issues ``K*K`` beats per block of ``rows`` pixels and group, on a
+    ``"shifted"`` build ``K * (K + (rows-1)*stride)``, any other
+    ``K*K*gin'`` per output beat), every output through the
     requantiser at its rate, and the pipeline's latency. A watchdog set from
     it trips on a hang, never on a slow but valid tile; the stalls a bench
     adds scale it.
     """
     pe = config.pe
-    k2 = fields["k"] ** 2
-    pix = fields["kind"] == KIND_DEPTHWISE and pe.depthwise == "pixels" and pe.rows > 1
+    dw = fields["kind"] == KIND_DEPTHWISE
+    k2 = fields["k"] * (pe.kernel_span(fields["k"], fields["stride"]) if dw else fields["k"])
+    pix = dw and pe.depthwise in ("pixels", "shifted") and pe.rows > 1
     if pix:
         beats = fields["out_h"] * -(-fields["out_w"] // pe.rows) * fields["gout"] * k2
     else:
@@ -777,7 +830,7 @@ def _loaded(layer, cmd):
         return 0, 0
     j0, j1 = cmd.groups_out
     g0, g1 = cmd.groups_in
-    per_group = layer.k ** 2 * (1 if layer.depthwise else g1 - g0)
+    per_group = layer.k * _span(layer) * (1 if layer.depthwise else g1 - g0)
     return (j1 - j0) * per_group, (j1 - j0) * _beats_per_group(layer)
 
 

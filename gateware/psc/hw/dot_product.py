@@ -22,7 +22,7 @@ def input_layout(config):
     c = _check_config(config)
     x = data.ArrayLayout(signed(c.act_width), c.lanes)
     return data.StructLayout({
-        "x": data.ArrayLayout(x, c.rows) if c.lane_accumulators else x,
+        "x": data.ArrayLayout(x, c.rows) if c.row_words else x,
         "w": data.ArrayLayout(data.ArrayLayout(unsigned(c.word_width), c.lanes), c.rows),
         "bias": data.ArrayLayout(signed(c.acc_width), c.rows),
         "first": 1,
@@ -67,15 +67,21 @@ class DotProduct(wiring.Component):
     of ``n`` beats takes ``n`` cycles, so back-to-back one-beat reductions
     produce one output per cycle.
 
-    Depthwise mode (builds with ``depthwise="pixels"`` or ``"channels"``,
+    Depthwise mode (builds with ``depthwise="pixels"``, ``"channels"`` or ``"shifted"``,
     while ``dw`` is high): every row gets its own lane word ``x[r]`` (in
-    other layers the core gives every row the same word), each multiplier
+    other layers the core gives every row the same word; ``"shifted"`` has one
+    word for every row in all layers), each multiplier
     accumulates alone (:attr:`~psc.hw.pe.PSCMac.lane_acc`, no bias) and a
     reduction gives ``lanes`` output beats of ``rows`` values each: the
     ``rows * lanes`` lane accumulators read row by row, lane by lane, cut
     into beats of ``rows`` (sign-extended). With ``a[r*lanes + l] = sum over
     beats b of Wsel[r][l] * x[r][l]``, beat ``i`` is ``a[i*rows:(i+1)*rows]``
-    (when ``lanes == rows``, beat ``r`` is row ``r``'s accumulators).
+    (when ``lanes == rows``, beat ``r`` is row ``r``'s accumulators). With
+    ``depthwise="shifted"`` (rows are pixels of one word, ``q = lanes / rows``
+    beats per row) the beats go lane group by lane group, row by row: beat
+    ``p*rows + r`` is ``a[r*lanes + p*rows : r*lanes + (p+1)*rows]``, so each
+    output group of ``rows`` channels leaves as ``rows`` consecutive beats,
+    pixel by pixel (the order of ``"pixels"``).
 
     A finished reduction is copied into a drain register bank that sends
     one beat per cycle, so the next reductions go on while it drains; the
@@ -131,6 +137,14 @@ class DotProduct(wiring.Component):
         """
         return pe_latency(self._config) - self._config.tree_stages + 1
 
+    def _drain_order(self):
+        """``(row, lane)`` of each drain register, in the order the beats leave."""
+        c = self._config
+        if c.depthwise == "shifted":
+            return [(r, p * c.rows + i) for p in range(c.lanes // c.rows)
+                    for r in range(c.rows) for i in range(c.rows)]
+        return [(r, lane) for r in range(c.rows) for lane in range(c.lanes)]
+
     #: The row's multiply-accumulate unit (:class:`~psc.hw.naive.NaiveDotProduct` swaps it).
     _mac = PSCMac
 
@@ -146,7 +160,7 @@ class DotProduct(wiring.Component):
         m = Module()
         c = self._config
         p = self.i.payload
-        per_row = c.lane_accumulators
+        per_row = c.row_words
 
         en = Signal()
         m.d.comb += self.i.ready.eq(en)
@@ -175,7 +189,7 @@ class DotProduct(wiring.Component):
             ]
 
         # Every PE sees the same control, so their acc_valid (lane_valid) are equal.
-        if not per_row:
+        if not c.lane_accumulators:
             m.d.comb += [
                 en.eq(~self.o.valid | self.o.ready),
                 self.o.valid.eq(pes[0].acc_valid),
@@ -209,8 +223,8 @@ class DotProduct(wiring.Component):
                 m.d.sync += [bank[i].eq(bank[i + c.rows]) for i in range(n - c.rows)]
             with m.If(pes[0].lane_valid & free):
                 m.d.sync += [left.eq(c.lanes), empty.eq(0), one.eq(c.lanes == 1)]
-                m.d.sync += [bank[r * c.lanes + lane].eq(pes[r].lane_acc[lane])
-                             for r in range(c.rows) for lane in range(c.lanes)]
+                m.d.sync += [bank[i].eq(pes[r].lane_acc[lane])
+                             for i, (r, lane) in enumerate(self._drain_order())]
         with m.Else():
             m.d.comb += [
                 en.eq(~self.o.valid | self.o.ready),

@@ -337,10 +337,16 @@ class PSCConvCore(wiring.Component):
             ibuf.ws.eq(sizes.ws),
             wbuf.keep.eq(cmd.keep), wbuf.count.eq(sizes.sizes.n_w),
             pbuf.keep.eq(cmd.keep), pbuf.count.eq(setup.gout_o),
-            out.cmd.eq(cmd), out.dwp.eq(setup.dwp), out.n_out.eq(sizes.sizes.n_out),
+            out.cmd.eq(cmd),
+            out.dwp.eq(setup.dws if cc.pe.depthwise == "shifted" else setup.dwp),
+            out.n_out.eq(sizes.sizes.n_out),
             out.last_group.eq(setup.last_go),
         ]
-        if cc.pe.lane_accumulators:
+        if cc.pe.depthwise == "shifted":
+            # a shifted depthwise layer runs on the lane accumulators, its beats in blocks of
+            # pixels as on a pixels build
+            m.d.comb += [seq.dws.eq(setup.dws), dp.dw.eq(setup.dws)]
+        elif cc.pe.lane_accumulators:
             m.d.comb += dp.dw.eq(setup.dwp | setup.dwc)
         if cc.pe.depthwise == "channels":
             m.d.comb += fetch.dwc.eq(setup.dwc)

@@ -130,10 +130,13 @@ def act_in_layout(config):
 def output_groups(config, kind, gout):
     """Output beats per output pixel of a command of ``kind`` with ``gout`` groups: ``gout``,
     or ``gout * lanes`` for a depthwise command on a ``depthwise="channels"`` build (whose
-    groups are of ``rows * lanes`` channels; also its parameter words)."""
+    groups are of ``rows * lanes`` channels; also its parameter words), ``gout * lanes /
+    rows`` on a ``depthwise="shifted"`` build (groups of ``lanes`` channels)."""
     pe = _pe(config)
     if kind == KIND_DEPTHWISE and pe.depthwise == "channels":
         return gout * pe.lanes
+    if kind == KIND_DEPTHWISE and pe.depthwise == "shifted":
+        return gout * (pe.lanes // pe.rows)
     return gout
 
 
@@ -156,7 +159,7 @@ def _channels(cc):
 def bank_count(cc):
     """Input buffer banks: ``rows`` on a ``depthwise="pixels"`` or ``"channels"`` build,
     else one."""
-    return cc.pe.rows if cc.pe.lane_accumulators else 1
+    return cc.pe.rows if cc.pe.row_words else 1
 
 
 def address_width(cc):

@@ -34,8 +34,8 @@ class OutputStage(wiring.Component):
 
     Each sum beat (:attr:`i`) belongs to output group ``j``, which a counter
     follows (``0 .. last_group``, one step per beat, or per ``rows`` beats
-    for a depthwise layer on a ``depthwise="pixels"`` build, whose beats
-    are one row each; on a ``depthwise="channels"`` build a depthwise
+    for a depthwise layer on a ``depthwise="pixels"`` or ``"shifted"`` build, whose
+    beats are one pixel each; on a ``depthwise="channels"`` build a depthwise
     reduction's ``lanes`` beats are ``lanes`` groups, one step each). The beat and the parameter read of its group
     (:attr:`params`, one cycle) are registered together; with
     ``read_register`` they are registered once more before the bias add (a
@@ -102,6 +102,8 @@ class OutputStage(wiring.Component):
     cmd : In(config_layout())
         The running command (``out_w``, ``relu``).
     dwp : In(1)
+        A depthwise layer whose beats come in blocks of ``rows`` pixels (a
+        ``depthwise="pixels"`` or ``"shifted"`` build).
     last_group : In(range(config.param_depth))
     n_out : In(sizes_layout(config)["n_out"].shape)
     all_sent : Out(1)
@@ -135,7 +137,7 @@ class OutputStage(wiring.Component):
         cc = self._config
         pe = cc.pe
         R = pe.rows
-        pix = pe.depthwise == "pixels"
+        pix = pe.depthwise in ("pixels", "shifted")
         cmd, dwp = self.cmd, self.dwp
         m.submodules.rq = rq = Requantizer(cc.requant_config)
         sw = cc.sum_width

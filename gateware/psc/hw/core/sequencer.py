@@ -18,8 +18,10 @@ class Sequencer(wiring.Component):
 
     Loop nest, outermost first: output row ``oy``, output column ``ox``
     (stepped by ``rows`` for a depthwise layer on a ``depthwise="pixels"``
-    build), output group ``j``, kernel row ``ky``, kernel column ``kx``,
-    input group ``gi`` (``gin' = 1`` for depthwise). Each tap carries the
+    or ``"shifted"`` build), output group ``j``, kernel row ``ky``, kernel
+    column ``kx`` (over ``K + (rows-1)*stride`` input columns for a depthwise
+    layer on a ``"shifted"`` build: the ``rows`` pixels' windows), input
+    group ``gi`` (``gin' = 1`` for depthwise). Each tap carries the
     linear input word address, the input coordinates (padding is decided
     downstream, from them), the weight block address and ``first``/``last``
     of a reduction.
@@ -64,8 +66,9 @@ class Sequencer(wiring.Component):
         The start cycle of a command that passed its checks.
     run : In(1)
     cmd : In(config_layout())
-    dw, dwp : In(1)
-        Depthwise; depthwise on a ``depthwise="pixels"`` build.
+    dw, dwp, dws : In(1)
+        Depthwise; depthwise on a ``depthwise="pixels"`` build; on a ``"shifted"`` build
+        (``dws`` only on such a build).
     gin_e : In(FIELD_WIDTH)
         Input groups per reduction.
     sizes : In(sizes_layout(config))
@@ -99,6 +102,7 @@ class Sequencer(wiring.Component):
             "cmd": In(config_layout(config)),
             "dw": In(1),
             "dwp": In(1),
+            **({"dws": In(1)} if config.pe.depthwise == "shifted" else {}),
             "gin_e": In(FIELD_WIDTH),
             "sizes": In(sizes_layout(config)),
             "ws": In(FIELD_WIDTH + 1),
@@ -208,7 +212,9 @@ class Sequencer(wiring.Component):
             # Or words: the next pixel's, or on a row's last pixel the next row's second
             # pixel's (a bound for every pixel until then).
             row_end = s["below"][5]          # the beat ends an output row
-            words_ok = ~self.dwp & Mux(s["flags"][4], self.words_in >= s["nwr"],
+            # (shifted depthwise: the window of a block of pixels is wider; whole rows)
+            no_words = self.dwp | self.dws if cc.pe.depthwise == "shifted" else self.dwp
+            words_ok = ~no_words & Mux(s["flags"][4], self.words_in >= s["nwr"],
                                        self.words_in >= s["nwa"])
             if cc.fmap_ram == "spram":
                 words_ok = 0                 # it never reads while it loads
@@ -320,16 +326,23 @@ class Sequencer(wiring.Component):
         """Start values of a command."""
         cmd, sz, dwp, ws = self.cmd, self.sizes, self.dwp, self.ws
         R = self._config.pe.rows
-        pix = self._config.pe.depthwise == "pixels"
+        mode = self._config.pe.depthwise
+        blocks = mode in ("pixels", "shifted")
         lgr = R.bit_length() - 1
         base = s["base"]
-        last_ox_blk = (cmd.out_w - 1) & ~(R - 1) if pix else cmd.out_w - 1
+        # a depthwise layer on a pixels or shifted build: blocks of R output columns
+        blk = dwp | self.dws if mode == "shifted" else dwp
+        last_ox_blk = (cmd.out_w - 1) & ~(R - 1) if blocks else cmd.out_w - 1
+        # shifted: a kernel row spans the R pixels' windows, k + (R-1)*stride columns
+        lim_kx = (Mux(self.dws, cmd.k - 1 + Mux(cmd.stride == 2, 2 * (R - 1), R - 1), cmd.k - 1)
+                  if mode == "shifted" else cmd.k - 1)
         # each counter starts at 0: last when its limit is 0
-        first_flags = (self.gin_e == 1, cmd.k == 1, cmd.k == 1, cmd.gout == 1,
-                       Mux(dwp, cmd.out_w <= R, cmd.out_w == 1), cmd.out_h == 1)
-        lim_ox = Mux(dwp, last_ox_blk, cmd.out_w - 1)
-        lims = (self.gin_e - 1, cmd.k - 1, cmd.k - 1, cmd.gout - 1, lim_ox, cmd.out_h - 1)
-        incs = (1, 1, 1, 1, Mux(dwp, R, 1), 1)
+        first_kx = Mux(self.dws, 0, cmd.k == 1) if mode == "shifted" else cmd.k == 1
+        first_flags = (self.gin_e == 1, first_kx, cmd.k == 1, cmd.gout == 1,
+                       Mux(blk, cmd.out_w <= R, cmd.out_w == 1), cmd.out_h == 1)
+        lim_ox = Mux(blk, last_ox_blk, cmd.out_w - 1)
+        lims = (self.gin_e - 1, lim_kx, cmd.k - 1, cmd.gout - 1, lim_ox, cmd.out_h - 1)
+        incs = (1, 1, 1, 1, Mux(blk, R, 1), 1)
         m.d.sync += [
             s["lim_j"].eq(lims[3]),
             *(r.eq(lim == inc) for r, lim, inc in zip(s["near"], lims, incs)),
@@ -347,11 +360,15 @@ class Sequencer(wiring.Component):
             *(s[n].eq(base) for n in ("tapbase", "rowbase", "pixbase", "linebase")),
             s["nwa"].eq(s["nwa0"]), s["nwr"].eq(s["nwr0"]),
             s["g_step"].eq(Mux(dwp, 0, cmd.gin)),
-            s["sg"].eq(Mux(dwp, 0, Mux(cmd.stride == 2, cmd.gin << 1, cmd.gin))),
+            s["sg"].eq(Mux(dwp, 0, Mux(self.dws, Mux(cmd.stride == 2, cmd.gin << (lgr + 1),
+                                                     cmd.gin << lgr),
+                                       Mux(cmd.stride == 2, cmd.gin << 1, cmd.gin)))
+                       if mode == "shifted" else
+                       Mux(dwp, 0, Mux(cmd.stride == 2, cmd.gin << 1, cmd.gin))),
             s["swg"].eq(Mux(dwp, Mux(cmd.stride == 2, ws << 1, ws),
                             Mux(cmd.stride == 2, sz.wg << 1, sz.wg))),
             s["row_step"].eq(Mux(dwp, ws, sz.wg)),
             s["goff_step"].eq(Mux(dwp, sz.plane, self.dw)),
-            s["ox_step"].eq(Mux(dwp, R, 1)),
-            s["ix_step"].eq(Mux(dwp, cmd.stride << lgr, cmd.stride)),
+            s["ox_step"].eq(Mux(blk, R, 1)),
+            s["ix_step"].eq(Mux(blk, cmd.stride << lgr, cmd.stride)),
         ]

@@ -70,6 +70,14 @@ def size_chains(config):
     return chains
 
 
+def _kk(pe, k, stride, dw):
+    """Beats of one reduction per input group: ``k * k``, or ``k`` kernel rows of
+    :meth:`~psc.config.PSCConfig.kernel_span` beats for a depthwise command (more on a
+    ``depthwise="shifted"`` build); a ``k`` the checks refuse counts as 1."""
+    k = k if k in (3, 5, 7) else 1
+    return k * pe.kernel_span(k, 2 if stride == 2 else 1) if dw else k * k
+
+
 def size_factors(config, fields):
     """The factors of :func:`size_chains` of a command with ``fields`` (its
     :func:`~psc.hw.core.layouts.config_layout` fields, by name), as :class:`DerivedSizes`
@@ -82,7 +90,7 @@ def size_factors(config, fields):
     kk_mask = (1 << sizes_layout(config)["kk"].shape.width) - 1
     out = dict(fields, gin_e=1 if dw else fields["gin"],
                gout_o=output_groups(config, fields["kind"], fields["gout"]),
-               kk={7: 49, 5: 25, 3: 9}.get(k, 1) & kk_mask,
+               kk=_kk(config.pe, k, fields["stride"], dw) & kk_mask,
                k1_pt=(k - 1 - fields["pad_top"]) & 7, c0=min(in_w, kl))
     if config.pe.depthwise == "pixels":
         s = 2 if fields["stride"] == 2 else 1
@@ -152,7 +160,8 @@ class DerivedSizes(wiring.Component):
     rises (combinationally, while ``enable``) when the last product of every
     chain is stored (a chain's first product takes one cycle more when its
     factor is 0: a refused command); ``sizes`` then holds every size of the
-    command until the next ``clear``. ``kk`` is looked up from ``k`` (any
+    command until the next ``clear``. ``kk`` is looked up from ``k`` (and, for
+    a depthwise command on a ``depthwise="shifted"`` build, the stride; any
     value for a ``k`` the checks refuse); ``ws`` (bank words per input row
     and group of a depthwise layer on a ``depthwise="pixels"`` build) is
     combinational from ``cmd``.
@@ -221,7 +230,18 @@ class DerivedSizes(wiring.Component):
             return m
         k = self.cmd.k
         kk = Signal.like(self.sizes.kk)
-        m.d.comb += kk.eq(Mux(k == 7, 49, Mux(k == 5, 25, Mux(k == 3, 9, 1))))
+        pe = self._config.pe
+
+        def table(dw, stride):
+            return Mux(k == 7, _kk(pe, 7, stride, dw),
+                       Mux(k == 5, _kk(pe, 5, stride, dw),
+                           Mux(k == 3, _kk(pe, 3, stride, dw), _kk(pe, 1, stride, dw))))
+        if pe.depthwise == "shifted":
+            dw = self.cmd.kind == LayerKind.DEPTHWISE
+            m.d.comb += kk.eq(Mux(dw, Mux(self.cmd.stride == 2, table(True, 2), table(True, 1)),
+                                  table(False, 1)))
+        else:
+            m.d.comb += kk.eq(table(False, 1))
         with m.If(self.enable):
             m.d.sync += self.sizes.kk.eq(kk)
         operands = {n: getattr(self.cmd, n) for n in ("gin", "gout", "in_w", "in_h", "out_w",
@@ -314,7 +334,7 @@ class CommandSetup(wiring.Component):
     Checks (``error`` when one fails): ``k`` in {1, 3, 5, 7}; ``stride`` in
     {1, 2}; ``pad_top``, ``pad_left`` < ``k``; every size >= 1; pointwise/FC
     need ``k = 1`` (FC also a 1x1 map); depthwise needs ``gin = gout`` and a
-    build with ``lanes = rows`` or ``depthwise="channels"``; the input, weight
+    build with ``lanes = rows`` or ``depthwise="channels"`` or ``"shifted"``; the input, weight
     and parameter words fit their buffers (a depthwise layer's input words on
     a ``"channels"`` build: one bank's) (the weights only when not ``keep``); a reduction fits
     ``max_reduction``; at most :data:`~psc.hw.core.layouts.MAX_OUTPUTS` output beats;
@@ -330,14 +350,15 @@ class CommandSetup(wiring.Component):
     cfg : In(stream.Signature(config_layout()))
     cmd : Out(config_layout())
         The command, registered when taken and held until the next one.
-    dw, dwp, dwc : Out(1)
+    dw, dwp, dwc, dws : Out(1)
         The command is depthwise; depthwise on a ``depthwise="pixels"``
-        build; on a ``depthwise="channels"`` build.
+        build; on a ``depthwise="channels"`` build; on a ``depthwise="shifted"`` build
+        (``dws`` only on such a build).
     gin_e : Out(FIELD_WIDTH)
         Input groups per reduction (``1`` for depthwise, else ``gin``).
     gout_o : Out(GOUT_O_WIDTH)
         Output beats (parameter groups) per output pixel: ``gout``, or
-        ``gout * lanes`` when ``dwc``.
+        ``gout * lanes`` when ``dwc``, ``gout * lanes / rows`` when ``dws``.
     last_go : Out(range(config.param_depth))
         ``gout_o - 1`` (registered; the output stage's group counter wraps there).
     accept : Out(1)
@@ -363,6 +384,7 @@ class CommandSetup(wiring.Component):
             "dw": Out(1),
             "dwp": Out(1),
             "dwc": Out(1),
+            **({"dws": Out(1)} if config.pe.depthwise == "shifted" else {}),
             "gin_e": Out(FIELD_WIDTH),
             "gout_o": Out(GOUT_O_WIDTH),
             "last_go": Out(range(config.param_depth)),
@@ -400,7 +422,7 @@ class CommandSetup(wiring.Component):
                                             | (cmd.out_h != 1) | (cmd.out_w != 1)))
             | ((cmd.kind == LayerKind.DEPTHWISE)
                & ((cmd.gin != cmd.gout)
-                  | (pe.lanes != pe.rows and pe.depthwise != "channels")))
+                  | (pe.lanes != pe.rows and pe.depthwise not in ("channels", "shifted"))))
             | (self.gout_o > cc.param_depth)
             | ((cmd.part != Part.WHOLE) & ((cmd.kind == LayerKind.DEPTHWISE)
                                            | (cc.psum_depth == 0)))
@@ -421,6 +443,7 @@ class CommandSetup(wiring.Component):
         pe = self._config.pe
         pix = pe.depthwise == "pixels"
         chn = pe.depthwise == "channels"
+        shf = pe.depthwise == "shifted"
         # The two halves of the checks, registered every cycle: in CHECK they
         # hold the checks of the command and of its final sizes (which are
         # final in the last SETUP cycle), so no wide OR of comparators sits in
@@ -437,6 +460,10 @@ class CommandSetup(wiring.Component):
         m.d.sync += [bad_fields.eq(fields), bad_sizes.eq(sizes)]
         m.d.sync += self.done.eq(0)
         payload = self.cfg.payload
+        gout_o = payload.gout
+        if shf:
+            gout_o = Mux(payload.kind == LayerKind.DEPTHWISE,
+                         _times(payload.gout, pe.lanes // pe.rows), payload.gout)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += [self.cfg.ready.eq(1), self.accept.eq(self.cfg.valid)]
@@ -448,8 +475,10 @@ class CommandSetup(wiring.Component):
                         self.dwc.eq(chn & (payload.kind == LayerKind.DEPTHWISE)),
                         self.gin_e.eq(Mux(payload.kind == LayerKind.DEPTHWISE, 1, payload.gin)),
                         self.gout_o.eq(Mux(chn & (payload.kind == LayerKind.DEPTHWISE),
-                                           _times(payload.gout, pe.lanes), payload.gout)),
+                                           _times(payload.gout, pe.lanes), gout_o)),
                     ]
+                    if shf:
+                        m.d.sync += self.dws.eq(payload.kind == LayerKind.DEPTHWISE)
                     m.next = "SETUP"
             with m.State("SETUP"):
                 m.d.comb += [self.busy.eq(1), self.sizing.eq(1)]
@@ -479,7 +508,8 @@ class CommandSetup(wiring.Component):
                 # pixels: the beats of columns past out_w still in the MAC
                 # array's drain are dropped first, so the next command starts clean.)
                 m.d.sync += fin.eq(self.outputs_done & self.inputs_done)
-                with m.If(fin & self.loaded & ~(self.dwp & self.mac_valid)):
+                blocks = self.dwp | self.dws if shf else self.dwp
+                with m.If(fin & self.loaded & ~(blocks & self.mac_valid)):
                     m.d.sync += self.done.eq(1)
                     m.next = "IDLE"
         return m
