@@ -234,9 +234,10 @@ def test_depthwise_channels_build(target):
 # depthwise='shifted' on the UP5K's 6 lanes x 2 rows with small buffers: two pixels per
 # beat from one input word (no banks), groups of 6 channels of 3 output groups each, tiles
 # over groups and bands, odd widths (a block's second pixel dropped), padding channels,
-# stride 2, 5x5, 1x1 (the drain holds the array), standard and pointwise layers between
+# stride 2, 5x5, 1x1 (the drain holds the array), standard and pointwise layers between;
+# each command beat carries its derived sizes (given_sizes)
 TINY_SHF = CoreConfig(pe=PSCConfig(lanes=6, rows=2, depthwise="shifted"), fmap_depth=256,
-                      weight_depth=96, param_depth=16, psum_depth=16)
+                      weight_depth=96, param_depth=16, psum_depth=16, given_sizes=True)
 
 
 @pytest.mark.parametrize("target", SOAK_ICARUS)

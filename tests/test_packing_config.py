@@ -138,3 +138,47 @@ def test_early_weights_is_in_the_dict_only_where_set():
     assert plain.digest() != early.digest()
     with pytest.raises(ValueError, match="early_weights must be True or False, not 1"):
         CoreConfig(early_weights=1)
+
+
+def test_given_sizes_is_in_the_dict_only_where_set():
+    """As ``early_weights``: ``given_sizes`` appears in ``to_dict`` only where it is set."""
+    from psc.config import CoreConfig
+    plain, given = CoreConfig(), CoreConfig(given_sizes=True)
+    assert "given_sizes" not in plain.to_dict() and given.to_dict()["given_sizes"] is True
+    assert CoreConfig.from_dict(given.to_dict()) == given
+    assert plain.digest() != given.digest()
+    with pytest.raises(ValueError, match="given_sizes must be True or False, not 1"):
+        CoreConfig(given_sizes=1)
+
+
+def test_given_sizes_command_beat_carries_the_derived_sizes():
+    """On a ``given_sizes`` build a command beat is the command, then its derived sizes as
+    the core would compute them (the bridge and the simulators send it as it is)."""
+    from psc.config import CoreConfig
+    from psc.host import encode_command
+    from psc.hw.core import command_layout, config_layout
+    from psc.hw.core.setup import derived_sizes, given_sizes_layout
+    from psc.hw.link.bridge import beat_bytes
+    from psc.model.packing import pack_payload
+    plain, given = CoreConfig(), CoreConfig(given_sizes=True)
+    fields = dict(in_h=9, in_w=11, out_h=9, out_w=11, gin=3, gout=2, k=3, stride=1, pad_top=1,
+                  pad_left=1, kind=0, relu=0, keep=0, part=0)
+    word = encode_command(given, **fields)
+    bits = config_layout(given).size
+    assert word & ((1 << bits) - 1) == encode_command(plain, **fields)
+    assert word >> bits == pack_payload(given_sizes_layout(given), derived_sizes(given, fields))
+    assert command_layout(plain) == config_layout(plain)
+    assert beat_bytes(given)["cfg"] == -(-command_layout(given).size // 8)
+
+
+def test_given_sizes_come_one_way_only():
+    """A core whose command beats carry their sizes takes no ``cfg_sizes`` port too, and a
+    network engine around it must carry the sizes in its instructions."""
+    from psc.config import CoreConfig
+    from psc.hw.core import PSCConvCore
+    from psc.hw.network.engine import EngineConfig
+    cc = CoreConfig(given_sizes=True)
+    with pytest.raises(ValueError, match="given_sizes must be False with config.given_sizes"):
+        PSCConvCore(cc, given_sizes=True)
+    with pytest.raises(ValueError, match="given_sizes must be True for a core whose commands"):
+        EngineConfig(cc, given_sizes=False)

@@ -418,7 +418,7 @@ class CoreConfig:
         output rows compute) or ``"spram"`` (the iCE40 UltraPlus's
         single-ported ``SB_SPRAM256KA`` cells, up to four: much deeper, but
         the tile's whole input loads before its first beat). ``"spram"``
-        needs one bank (``depthwise="diagonal"``).
+        needs one bank (``depthwise`` ``"diagonal"`` or ``"shifted"``).
     early_weights : bool
         A command's taps issue as soon as the weight block each reads has arrived, not
         once all of the command's blocks have: the first output pixel reads every block
@@ -426,6 +426,10 @@ class CoreConfig:
         (fully connected, pointwise on a small map) computes while its weights load
         instead of after. One comparator in front of the sequencer's issue flag.
         ``False`` by default.
+    given_sizes : bool
+        Each command beat carries the command's derived sizes, computed by the host
+        (:func:`~psc.hw.core.setup.command_layout`), so the core has no shift-and-add
+        multipliers to compute them and its setup takes no cycles. ``False`` by default.
     """
     pe: PSCConfig = field(default_factory=lambda: PSCConfig(depthwise="pixels"))
     fmap_depth: int = 2048
@@ -436,6 +440,7 @@ class CoreConfig:
     psum_width: int | None = None
     fmap_ram: str = "block"
     early_weights: bool = False
+    given_sizes: bool = False
 
     def __post_init__(self):
         if not isinstance(self.pe, PSCConfig):
@@ -445,6 +450,7 @@ class CoreConfig:
         _check_field(self, "param_depth", 2, 1 << 16)
         _check_flag(self, "read_register")
         _check_flag(self, "early_weights")
+        _check_flag(self, "given_sizes")
         _check_field(self, "psum_depth", 0, 1 << 16)
         if self.psum_width is None:
             object.__setattr__(self, "psum_width", max(32, self.pe.acc_width))
@@ -531,14 +537,16 @@ class CoreConfig:
                 "psum_width": self.psum_width, "fmap_ram": self.fmap_ram,
                 # a field added after builds shipped appears only where it is set, so that
                 # their digests (which a board reports) stay what they were
-                **({"early_weights": True} if self.early_weights else {})}
+                **({"early_weights": True} if self.early_weights else {}),
+                **({"given_sizes": True} if self.given_sizes else {})}
 
     @classmethod
     def from_dict(cls, d):
         """The configuration :meth:`to_dict` wrote; unknown or missing fields are refused
-        (but ``early_weights``, which :meth:`to_dict` writes only where it is set)."""
+        (but ``early_weights`` and ``given_sizes``, which :meth:`to_dict` writes only where
+        they are set)."""
         if isinstance(d, dict):
-            d = {"early_weights": False, **d}
+            d = {"early_weights": False, "given_sizes": False, **d}
         return _from_dict(cls, d, {"pe": PSCConfig.from_dict})
 
     def digest(self):

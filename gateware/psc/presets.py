@@ -151,9 +151,10 @@ def shipped_cores():
 
 def given_sizes(config):
     """The :attr:`~psc.hw.network.EngineConfig.given_sizes` of a network engine around core
-    ``config``: :data:`ENGINES`' of the board whose network-mode core is exactly that core;
-    else False."""
-    return any(config == board_core(board, "network") and ENGINES[board].get("given_sizes",
+    ``config``: True for a core whose commands carry their sizes
+    (:attr:`~psc.config.CoreConfig.given_sizes`), else :data:`ENGINES`' of the board whose
+    network-mode core is exactly that core; else False."""
+    return config.given_sizes or any(config == board_core(board, "network") and ENGINES[board].get("given_sizes",
                                                                              False)
                for board in ENGINES)
 

@@ -366,7 +366,7 @@ def _dot_product_ports(pe):
 def _core_ports(cc):
     pe = cc.pe
     lines = ["", "Ports (psc.hw.core.PSCConvCore; payloads LSB first):"]
-    lines += _stream_lines("cfg", "in", hw_core.config_layout(cc))
+    lines += _stream_lines("cfg", "in", hw_core.command_layout(cc))
     lines += _stream_lines("weights", "in", hw_core.weight_layout(cc))
     lines += [f"  word w[r][l] (row r, lane l) is weights__payload[(r * {pe.lanes} + l) * "
               f"{pe.word_width} +: {pe.word_width}]"

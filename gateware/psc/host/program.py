@@ -733,8 +733,9 @@ def compile_network(net, config, *, unroll_input=True):
                         and sum(net.input in l.inputs for l in net.layers) == 1)
             x = np.zeros(net.shapes[layer.inputs[0]], dtype=np.int64)
             try:
+                # the scatter writes output beats in pixel order
                 plans[i] = plan_layer(x, **layer.conv_args(), config=config,
-                                      unroll_stem=on_input)
+                                      unroll_stem=on_input, pixel_order=True)
             except LayerError as e:
                 raise type(e)(f"layer {layer.name!r}: {e}") from None
     first = plans.get(0)

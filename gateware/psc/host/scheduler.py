@@ -46,8 +46,9 @@ from typing import NamedTuple
 import numpy as np
 
 from psc.hw.core import (KERNELS, STRIDES, FIELD_WIDTH, MAX_OUTPUTS, KIND_STANDARD, KIND_DEPTHWISE,
-                         KIND_POINTWISE, KIND_FC, CoreConfig, Part, config_layout, param_layout,
+                         KIND_POINTWISE, KIND_FC, CoreConfig, Part, command_layout, param_layout,
                          weight_layout)
+from psc.hw.core.setup import command_fields
 from psc.hw.core.layouts import output_groups
 from psc.hw.pe import pe_latency
 from psc.host.cycle_model import tile_cycles, tiles_cycles
@@ -291,11 +292,13 @@ def validate(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, groups=
                  depthwise=depthwise)
 
 
-def choose_kind(layer, unroll_stem=True):
+def choose_kind(layer, unroll_stem=True, pixel_order=False):
     """Step 2: the command kind of ``layer``; returns ``(kind, layer)``.
 
     A depthwise layer the build cannot map (``lanes != rows`` on a build
-    without ``depthwise="channels"`` or ``"shifted"``) comes back as a standard one marked
+    without ``depthwise="channels"`` or ``"shifted"``, or any on a ``"shifted"``
+    build when ``pixel_order`` asks for output beats in pixel order, which a
+    shifted depthwise command sends in blocks of pixels) comes back as a standard one marked
     ``diagonal``: each command covers the output groups of one input lane
     word (:func:`_diagonal_span`) over their own channels. A standard layer
     whose input channels leave most lanes idle (a network's stem: 3 channels
@@ -304,7 +307,8 @@ def choose_kind(layer, unroll_stem=True):
     (:func:`_unroll_pays`) and ``unroll_stem`` allows it.
     """
     pe = layer.config.pe
-    if layer.depthwise and pe.lanes != pe.rows and pe.depthwise not in ("channels", "shifted"):
+    if layer.depthwise and ((pe.lanes != pe.rows and pe.depthwise not in ("channels", "shifted"))
+                            or (pixel_order and pe.depthwise == "shifted")):
         layer = Layer(**{**layer.__dict__, "depthwise": False, "diagonal": True})
     elif unroll_stem and not layer.depthwise and layer.k > 1 and _unroll_pays(layer):
         layer = unroll(layer)
@@ -865,7 +869,7 @@ def emit_tiles(layer, kind, weights, params, bands):
     (:func:`_commands`), with their words: ``weights`` and ``params`` from :func:`pack`,
     the input lane words of each command's window."""
     cc = layer.config
-    cl = config_layout(cc)
+    cl = command_layout(cc)
     per_p = _beats_per_group(layer)
     tiles = []
     for cmd in _commands(layer, kind, bands):
@@ -878,7 +882,7 @@ def emit_tiles(layer, kind, weights, params, bands):
         acts = cmd.window.words(layer.x, cc.lanes, cc.pe.act_width)
         n_loaded = 1 + acts.size + len(wwords) + len(pwords)
         tiles.append(Tile(
-            cfg=pack_payload(cl, cmd.fields), weights=wwords, params=pwords,
+            cfg=pack_payload(cl, command_fields(cc, cmd.fields)), weights=wwords, params=pwords,
             acts=[int(v) for v in acts.reshape(-1)], n_out=cmd.n_out, fields=cmd.fields,
             window=cmd.window, place=cmd.place,
             cycle_bound=cycle_bound(cc, cmd.fields, n_loaded)))
@@ -886,21 +890,25 @@ def emit_tiles(layer, kind, weights, params, bands):
 
 
 def plan_layer(x, w_pos, w_neg, bias, mult, shift, *, stride=1, padding=0, groups=1, relu=False,
-               config=None, unroll_stem=True):
+               config=None, unroll_stem=True, pixel_order=False):
     """Check a layer against the build and cut it into :class:`Tile` commands.
 
     Arguments as :func:`psc.host.run_layer`; ``unroll_stem=False`` keeps a
     standard layer standard (its tiles then read windows of ``x`` itself,
-    which network mode needs of every layer but the first). Returns a
+    which network mode needs of every layer but the first); ``pixel_order=True``
+    makes every tile send its output beats in pixel order, as network mode's
+    scatter writes them (a depthwise layer on a ``depthwise="shifted"`` build
+    then runs as diagonal commands). Returns a
     :class:`LayerPlan`, whose ``meta["unrolled"]`` says whether its tiles
     read the unrolled input (:func:`unroll`). Raises :class:`LayerError`
     naming the limit for anything the build cannot run, before anything is
     sent.
     """
     check_bool("unroll_stem", unroll_stem)
+    check_bool("pixel_order", pixel_order)
     layer = validate(x, w_pos, w_neg, bias, mult, shift, stride=stride, padding=padding,
                      groups=groups, relu=relu, config=config)
-    kind, mapped = choose_kind(layer, unroll_stem)
+    kind, mapped = choose_kind(layer, unroll_stem, pixel_order)
     weights, params = pack(mapped)
     tiles = emit_tiles(mapped, kind, weights, params, cut_bands(mapped))
     cin, h, w = layer.x.shape
@@ -920,4 +928,4 @@ def encode_command(config=None, **fields):
                 "stride": 1, "pad_top": 0, "pad_left": 0, "kind": KIND_STANDARD, "relu": 0,
                 "keep": 0, "part": Part.WHOLE}
     defaults.update(fields)
-    return pack_payload(config_layout(cc), defaults)
+    return pack_payload(command_layout(cc), command_fields(cc, defaults))

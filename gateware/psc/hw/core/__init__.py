@@ -32,13 +32,15 @@ from .layouts import (COUNTER_WIDTH, FIELD_WIDTH, KERNELS, KIND_DEPTHWISE, KIND_
                       weight_layout)
 from .output import OutputStage, lent_requantizer_ports
 from .sequencer import Sequencer
-from .setup import GOUT_O_WIDTH, CommandSetup, CycleCounters, DerivedSizes, given_sizes_layout
+from .setup import (GOUT_O_WIDTH, CommandSetup, CycleCounters, DerivedSizes, command_layout,
+                    given_sizes_layout)
 
 __all__ = [
     "CoreConfig", "PSCConvCore", "LayerKind", "Part", "KIND_STANDARD", "KIND_DEPTHWISE", "KIND_POINTWISE",
     "KIND_FC", "KERNELS", "STRIDES", "FIELD_WIDTH", "COUNTER_WIDTH", "OUTPUT_COUNT_WIDTH",
     "MAX_OUTPUTS",
-    "config_layout", "weight_layout", "param_layout", "act_in_layout", "act_out_layout",
+    "config_layout", "command_layout", "weight_layout", "param_layout", "act_in_layout",
+    "act_out_layout",
 ]
 
 
@@ -176,7 +178,8 @@ class PSCConvCore(wiring.Component):
         ``rq_relu`` and ``rq_o`` (:class:`~psc.hw.core.output.OutputStage`,
         ``lent_rows``); with 0 (the default) the core has no such ports.
     given_sizes : bool
-        Network mode: a command's derived sizes come with it, through ``cfg_sizes``
+        Network mode (a build whose ``config.given_sizes`` carries them in the command
+        beat instead must leave it False): a command's derived sizes come with it, through ``cfg_sizes``
         (:func:`~psc.hw.core.setup.given_sizes_layout`, computed by the host with
         :func:`~psc.hw.core.setup.derived_sizes` and read in the cycle ``cfg`` is taken),
         instead of from the setup's shift-and-add multipliers, which the core then does
@@ -196,7 +199,7 @@ class PSCConvCore(wiring.Component):
 
     Attributes
     ----------
-    cfg : In(stream.Signature(config_layout()))
+    cfg : In(stream.Signature(command_layout(config)))
     weights : In(stream.Signature(weight_layout(config)))
     params : In(stream.Signature(param_layout(config)))
     act_in : In(stream.Signature(act_in_layout(config)))
@@ -218,7 +221,7 @@ class PSCConvCore(wiring.Component):
         self._config = config
         self._dot_product = dot_product
         members = {
-            "cfg": In(stream.Signature(config_layout(config))),
+            "cfg": In(stream.Signature(command_layout(config))),
             "weights": In(stream.Signature(weight_layout(config))),
             "params": In(stream.Signature(param_layout(config))),
             "act_in": In(stream.Signature(act_in_layout(config))),
@@ -241,6 +244,9 @@ class PSCConvCore(wiring.Component):
         if self._lent:
             members.update(lent_requantizer_ports(config, self._lent))
         self._given = check_bool("given_sizes", given_sizes)
+        if self._given and config.given_sizes:
+            raise ValueError("given_sizes must be False with config.given_sizes (the sizes "
+                             "come in the command beat, not through cfg_sizes)")
         self._early_params = check_bool("early_params", early_params)
         self._fetch_skid = check_bool("fetch_skid", fetch_skid)
         if self._given:
@@ -255,9 +261,11 @@ class PSCConvCore(wiring.Component):
         m = Module()
         cc = self._config
         m.submodules.setup = setup = CommandSetup(cc)
-        m.submodules.sizes = sizes = DerivedSizes(cc, given=self._given)
+        m.submodules.sizes = sizes = DerivedSizes(cc, given=self._given or cc.given_sizes)
         if self._given:
             m.d.comb += sizes.given.eq(self.cfg_sizes)
+        if cc.given_sizes:
+            m.d.comb += sizes.given.eq(self.cfg.payload.sizes)
         m.submodules.counters = counters = CycleCounters()
         # resident weights never load during a command
         early_weights = cc.early_weights and not self._resident

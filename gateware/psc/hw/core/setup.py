@@ -12,7 +12,8 @@ from .layouts import (COUNTER_WIDTH, FIELD_WIDTH, MAX_OUTPUTS, LayerKind, Part, 
 
 __all__ = ["DerivedSizes", "CommandSetup", "CycleCounters", "GOUT_O_WIDTH", "SIZE_CHAINS",
            "PIXEL_SIZE_CHAINS", "WORD_SIZE_CHAINS", "size_chains", "size_factors",
-           "setup_cycles", "derived_sizes", "given_sizes_layout"]
+           "setup_cycles", "derived_sizes", "given_sizes_layout", "command_layout",
+           "command_fields"]
 
 #: Bits of a command's output beats per pixel (``gout``, times ``lanes`` for a depthwise
 #: layer on a ``depthwise="channels"`` build; ``lanes`` <= 64).
@@ -101,9 +102,10 @@ def size_factors(config, fields):
 def setup_cycles(config, fields, *, given=False):
     """Cycles :class:`DerivedSizes` takes for an accepted command with ``fields``: its
     longest chain, one cycle to load each product, one per significant bit of its factor
-    and one to store it; with ``given`` sizes (:class:`DerivedSizes`' ``given``), none: they
-    are stored as the command is taken."""
-    if given:
+    and one to store it; with ``given`` sizes (:class:`DerivedSizes`' ``given``, or a
+    build with :attr:`~psc.config.CoreConfig.given_sizes`), none: they are stored as the
+    command is taken."""
+    if given or config.given_sizes:
         return 0
     factors = size_factors(config, fields)
     return max(sum(2 + int(factors[a]).bit_length() for _, a, _ in chain)
@@ -120,6 +122,25 @@ def given_sizes_layout(config):
     :func:`~psc.hw.core.layouts.sizes_layout` it uses, in that order."""
     layout = sizes_layout(config)
     return data.StructLayout({name: layout[name].shape for name in _size_names(config)})
+
+
+def command_layout(config):
+    """Payload of :attr:`~psc.hw.core.PSCConvCore.cfg`: a command
+    (:func:`~psc.hw.core.layouts.config_layout`), and on a build with
+    :attr:`~psc.config.CoreConfig.given_sizes` its derived sizes after it (field ``sizes``,
+    :func:`given_sizes_layout`, as :func:`derived_sizes` computes them)."""
+    layout = config_layout(config)
+    if not config.given_sizes:
+        return layout
+    return data.StructLayout({**{name: f.shape for name, f in layout},
+                              "sizes": given_sizes_layout(config)})
+
+
+def command_fields(config, fields):
+    """The values of a :func:`command_layout` beat of the command with ``fields`` (a dict of
+    :func:`~psc.hw.core.layouts.config_layout`'s fields): ``fields``, with the derived sizes
+    on a :attr:`~psc.config.CoreConfig.given_sizes` build."""
+    return {**fields, "sizes": derived_sizes(config, fields)} if config.given_sizes else fields
 
 
 def derived_sizes(config, fields):
@@ -347,7 +368,7 @@ class CommandSetup(wiring.Component):
 
     Attributes
     ----------
-    cfg : In(stream.Signature(config_layout()))
+    cfg : In(stream.Signature(command_layout(config)))
     cmd : Out(config_layout())
         The command, registered when taken and held until the next one.
     dw, dwp, dwc, dws : Out(1)
@@ -379,7 +400,7 @@ class CommandSetup(wiring.Component):
     def __init__(self, config):
         self._config = _check_config(config)
         super().__init__({
-            "cfg": In(stream.Signature(config_layout(config))),
+            "cfg": In(stream.Signature(command_layout(config))),
             "cmd": Out(config_layout(config)),
             "dw": Out(1),
             "dwp": Out(1),
@@ -469,7 +490,10 @@ class CommandSetup(wiring.Component):
                 m.d.comb += [self.cfg.ready.eq(1), self.accept.eq(self.cfg.valid)]
                 with m.If(self.cfg.valid):
                     m.d.sync += [
-                        self.cmd.eq(payload), self.error.eq(0),
+                        # (on a given_sizes build, the command part of the beat)
+                        self.cmd.eq(payload.as_value()[:self.cmd.shape().size]
+                                    if self._config.given_sizes else payload),
+                        self.error.eq(0),
                         self.dw.eq(payload.kind == LayerKind.DEPTHWISE),
                         self.dwp.eq(pix & (payload.kind == LayerKind.DEPTHWISE)),
                         self.dwc.eq(chn & (payload.kind == LayerKind.DEPTHWISE)),

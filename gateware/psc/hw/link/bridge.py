@@ -10,8 +10,10 @@ Protocol (version 3)
 All multi-byte fields are little-endian. A *beat* is one payload of a core
 stream, the same packed integer :func:`psc.host.plan_layer` puts in a
 :class:`~psc.host.Tile`, sent in ``ceil(width / 8)`` bytes (``width`` the
-stream's payload width for the build). Host to board, one opcode byte then
-its fields:
+stream's payload width for the build; a command beat is
+:func:`psc.hw.core.command_layout`'s, which on a build with
+:attr:`~psc.config.CoreConfig.given_sizes` carries the command's derived sizes after
+it). Host to board, one opcode byte then its fields:
 
 =========  =======  ============================================  ==========================
 command    opcode   fields after the opcode                       reply
@@ -92,7 +94,7 @@ from amaranth.lib.wiring import In, Out
 
 from psc.config import DEPTHWISE_MODES, FMAP_RAMS, MULTIPLIERS
 from psc.hw.core import (OUTPUT_COUNT_WIDTH, CoreConfig, PSCConvCore, act_in_layout,
-                         act_out_layout, config_layout, param_layout, weight_layout)
+                         act_out_layout, command_layout, param_layout, weight_layout)
 from psc.hw.link.framing import FrameReceiver, ReplyTransmitter
 from psc.hw.link.uart import UARTConfig
 
@@ -117,9 +119,10 @@ ID_FIELDS = (("digest", 4),
              ("requant_mult_bits", 1), ("read_register", 1), ("psum_depth", 4),
              ("psum_width", 1), ("fmap_ram", 1))
 #: Fields of :class:`~psc.config.CoreConfig` (and of its ``pe``) that the ID frame carries only
-#: in its digest: they change the core's timing or cells, not a beat's format (a host that names
-#: one the board was built without is still refused, by the digest).
-DIGEST_ONLY_FIELDS = ("early_weights", "requant_multiplier")
+#: in its digest: they change the core's timing or cells, or (``given_sizes``) the length of a
+#: command beat, which a host derives from its own configuration (a host that names one the
+#: board was built without is refused, by the digest, before it sends a command).
+DIGEST_ONLY_FIELDS = ("early_weights", "requant_multiplier", "given_sizes")
 #: ``P``, ``PSC`` and the protocol version: what a host reads before it knows the frame's length.
 ID_HEADER_BYTES = 1 + len(ID_MAGIC) + 1
 ID_BYTES = ID_HEADER_BYTES + sum(n for _, n in ID_FIELDS)
@@ -134,7 +137,7 @@ def _nbytes(bits):
 
 def beat_bytes(config):
     """Bytes per beat of each stream for ``config``: dict ``cfg, weights, params, acts, out``."""
-    return {"cfg": _nbytes(config_layout(config).size),
+    return {"cfg": _nbytes(command_layout(config).size),
             "weights": _nbytes(weight_layout(config).size),
             "params": _nbytes(param_layout(config).size),
             "acts": _nbytes(act_in_layout(config).size),

@@ -114,6 +114,9 @@ class EngineConfig:
         check_int("weight_store_depth", self.weight_store_depth, 0, 1 << 20)
         check_int("op_values", self.op_values, 1)
         check_bool("given_sizes", self.given_sizes)
+        if self.core.given_sizes and not self.given_sizes:
+            raise ValueError("given_sizes must be True for a core whose commands carry their "
+                             "sizes (core.given_sizes)")
         if self.op_values > self.core.rows:
             raise ValueError(f"op_values must be at most rows={self.core.rows} (activations "
                              f"per beat of the core's requantiser), not {self.op_values}")
@@ -299,7 +302,10 @@ class NetworkEngine(wiring.Component):
         # before placing them: the network build fills its device, and the units end up far
         # apart. (A written word is read no sooner than three cycles on: the next
         # instruction's first read, or the unroll's after a row's count.)
-        m.submodules.core = core = PSCConvCore(cc, resident_weights=not streamed,
+        # the instructions carry the sizes beside the command (a core whose command beats
+        # carry them gets them the same way here)
+        m.submodules.core = core = PSCConvCore(cc.replace(given_sizes=False),
+                                               resident_weights=not streamed,
                                                lent_requantizer_rows=ec.op_values,
                                                given_sizes=ec.given_sizes, early_params=True,
                                                fetch_skid=cc.read_register)
