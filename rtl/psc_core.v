@@ -4484,7 +4484,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$5591$1792 (i__payload[1793:1792]),
+    .\port$5594$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[639:512]),
@@ -4497,7 +4497,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$169 ),
     .mask(\mask$16 ),
-    .\port$5591$1792 (i__payload[1793:1792]),
+    .\port$5594$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[767:640]),
@@ -4510,7 +4510,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$170 ),
     .mask(\mask$26 ),
-    .\port$5591$1792 (i__payload[1793:1792]),
+    .\port$5594$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[895:768]),
@@ -4523,7 +4523,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$171 ),
     .mask(\mask$36 ),
-    .\port$5591$1792 (i__payload[1793:1792]),
+    .\port$5594$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1023:896]),
@@ -4536,7 +4536,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$172 ),
     .mask(\mask$46 ),
-    .\port$5591$1792 (i__payload[1793:1792]),
+    .\port$5594$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1151:1024]),
@@ -4549,7 +4549,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$173 ),
     .mask(\mask$56 ),
-    .\port$5591$1792 (i__payload[1793:1792]),
+    .\port$5594$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1279:1152]),
@@ -4562,7 +4562,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$174 ),
     .mask(\mask$66 ),
-    .\port$5591$1792 (i__payload[1793:1792]),
+    .\port$5594$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1407:1280]),
@@ -4574,7 +4574,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$175 ),
     .mask(\mask$76 ),
-    .\port$5591$1760 (i__payload[1793:1760]),
+    .\port$5594$1760 (i__payload[1793:1760]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1535:1408]),
@@ -5932,7 +5932,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5591$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5594$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -6044,8 +6044,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5591$1792 ;
-  wire [1:0] \port$5591$1792 ;
+  input [1:0] \port$5594$1792 ;
+  wire [1:0] \port$5594$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6193,7 +6193,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5591$1792 [0];
+  assign \$16  = valid & \port$5594$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6256,7 +6256,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5591$1792 [0];
+      \$50  = \port$5594$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6266,7 +6266,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5591$1792 [1];
+      \$51  = \port$5594$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6407,8 +6407,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5591$1792 [0];
-  assign last = \port$5591$1792 [1];
+  assign first = \port$5594$1792 [0];
+  assign last = \port$5594$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -6550,7 +6550,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5591$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5594$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -6660,8 +6660,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5591$1792 ;
-  wire [1:0] \port$5591$1792 ;
+  input [1:0] \port$5594$1792 ;
+  wire [1:0] \port$5594$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6809,7 +6809,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5591$1792 [0];
+  assign \$16  = valid & \port$5594$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6872,7 +6872,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5591$1792 [0];
+      \$50  = \port$5594$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6882,7 +6882,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5591$1792 [1];
+      \$51  = \port$5594$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -7023,8 +7023,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5591$1792 [0];
-  assign last = \port$5591$1792 [1];
+  assign first = \port$5594$1792 [0];
+  assign last = \port$5594$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7166,7 +7166,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5591$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5594$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7276,8 +7276,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5591$1792 ;
-  wire [1:0] \port$5591$1792 ;
+  input [1:0] \port$5594$1792 ;
+  wire [1:0] \port$5594$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7425,7 +7425,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5591$1792 [0];
+  assign \$16  = valid & \port$5594$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -7488,7 +7488,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5591$1792 [0];
+      \$50  = \port$5594$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -7498,7 +7498,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5591$1792 [1];
+      \$51  = \port$5594$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -7639,8 +7639,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5591$1792 [0];
-  assign last = \port$5591$1792 [1];
+  assign first = \port$5594$1792 [0];
+  assign last = \port$5594$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7782,7 +7782,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5591$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5594$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7892,8 +7892,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5591$1792 ;
-  wire [1:0] \port$5591$1792 ;
+  input [1:0] \port$5594$1792 ;
+  wire [1:0] \port$5594$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8041,7 +8041,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5591$1792 [0];
+  assign \$16  = valid & \port$5594$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8104,7 +8104,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5591$1792 [0];
+      \$50  = \port$5594$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8114,7 +8114,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5591$1792 [1];
+      \$51  = \port$5594$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8255,8 +8255,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5591$1792 [0];
-  assign last = \port$5591$1792 [1];
+  assign first = \port$5594$1792 [0];
+  assign last = \port$5594$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8398,7 +8398,7 @@ module \psc_core.dp.pe_3.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5591$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5594$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -8508,8 +8508,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5591$1792 ;
-  wire [1:0] \port$5591$1792 ;
+  input [1:0] \port$5594$1792 ;
+  wire [1:0] \port$5594$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8657,7 +8657,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5591$1792 [0];
+  assign \$16  = valid & \port$5594$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8720,7 +8720,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5591$1792 [0];
+      \$50  = \port$5594$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8730,7 +8730,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5591$1792 [1];
+      \$51  = \port$5594$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8871,8 +8871,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5591$1792 [0];
-  assign last = \port$5591$1792 [1];
+  assign first = \port$5594$1792 [0];
+  assign last = \port$5594$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9014,7 +9014,7 @@ module \psc_core.dp.pe_4.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5591$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5594$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9124,8 +9124,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5591$1792 ;
-  wire [1:0] \port$5591$1792 ;
+  input [1:0] \port$5594$1792 ;
+  wire [1:0] \port$5594$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9273,7 +9273,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5591$1792 [0];
+  assign \$16  = valid & \port$5594$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9336,7 +9336,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5591$1792 [0];
+      \$50  = \port$5594$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9346,7 +9346,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5591$1792 [1];
+      \$51  = \port$5594$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -9487,8 +9487,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5591$1792 [0];
-  assign last = \port$5591$1792 [1];
+  assign first = \port$5594$1792 [0];
+  assign last = \port$5594$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9630,7 +9630,7 @@ module \psc_core.dp.pe_5.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5591$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5594$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9740,8 +9740,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5591$1792 ;
-  wire [1:0] \port$5591$1792 ;
+  input [1:0] \port$5594$1792 ;
+  wire [1:0] \port$5594$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9889,7 +9889,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5591$1792 [0];
+  assign \$16  = valid & \port$5594$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9952,7 +9952,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5591$1792 [0];
+      \$50  = \port$5594$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9962,7 +9962,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5591$1792 [1];
+      \$51  = \port$5594$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -10103,8 +10103,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5591$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5591$1792 [0];
-  assign last = \port$5591$1792 [1];
+  assign first = \port$5594$1792 [0];
+  assign last = \port$5594$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -10246,7 +10246,7 @@ module \psc_core.dp.pe_6.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_7 (rst, x, words, \port$5591$1760 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_7 (rst, x, words, \port$5594$1760 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -10355,8 +10355,8 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5591$1760 , valid, en, lane_acc, 
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [33:0] \port$5591$1760 ;
-  wire [33:0] \port$5591$1760 ;
+  input [33:0] \port$5594$1760 ;
+  wire [33:0] \port$5594$1760 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -10504,7 +10504,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5591$1760 , valid, en, lane_acc, 
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5591$1760 [32];
+  assign \$16  = valid & \port$5594$1760 [32];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -10567,7 +10567,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5591$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5591$1760 [32];
+      \$50  = \port$5594$1760 [32];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -10577,7 +10577,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5591$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5591$1760 [33];
+      \$51  = \port$5594$1760 [33];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -10588,7 +10588,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5591$1760 , valid, en, lane_acc, 
     \$52  = b1;
     if (en) begin
       if (\$16 ) begin
-        \$52  = \port$5591$1760 [31:0];
+        \$52  = \port$5594$1760 [31:0];
       end
     end
   end
@@ -10718,9 +10718,9 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5591$1760 , valid, en, lane_acc, 
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5591$1760 [32];
-  assign last = \port$5591$1760 [33];
-  assign bias = \port$5591$1760 [31:0];
+  assign first = \port$5594$1760 [32];
+  assign last = \port$5594$1760 [33];
+  assign bias = \port$5594$1760 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -16399,35 +16399,39 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire \$63 ;
   wire \$64 ;
   wire \$65 ;
-  wire \$66 ;
+  wire [5:0] \$66 ;
   wire [5:0] \$67 ;
-  wire [5:0] \$68 ;
-  wire \$69 ;
+  wire \$68 ;
+  wire [5:0] \$69 ;
   wire \$7 ;
-  wire [3:0] \$70 ;
+  wire \$70 ;
   wire \$71 ;
   wire \$72 ;
-  wire \$73 ;
-  wire [16:0] \$74 ;
+  wire [3:0] \$73 ;
+  wire \$74 ;
   wire \$75 ;
   wire [16:0] \$76 ;
-  wire [16:0] \$77 ;
-  wire \$78 ;
-  wire \$79 ;
+  wire \$77 ;
+  wire [16:0] \$78 ;
+  wire [16:0] \$79 ;
   wire \$8 ;
   wire \$80 ;
-  wire [24:0] \$81 ;
-  reg [7:0] \$82 ;
-  reg [7:0] \$83 ;
-  reg \$84 ;
-  reg [63:0] \$85 ;
-  reg \$86 ;
-  reg [255:0] \$87 ;
-  reg [4:0] \$88 ;
-  reg [2:0] \$89 ;
+  wire \$81 ;
+  wire \$82 ;
+  wire [24:0] \$83 ;
+  wire \$84 ;
+  reg [7:0] \$85 ;
+  reg [7:0] \$86 ;
+  reg \$87 ;
+  reg [63:0] \$88 ;
+  reg \$89 ;
   wire \$9 ;
-  reg [15:0] \$90 ;
-  reg [23:0] \$91 ;
+  reg [255:0] \$90 ;
+  reg [4:0] \$91 ;
+  reg \$92 ;
+  reg [2:0] \$93 ;
+  reg [15:0] \$94 ;
+  reg [23:0] \$95 ;
   reg [255:0] accj = 256'h0000000000000000000000000000000000000000000000000000000000000000;
   wire [31:0] \accj[0] ;
   wire [31:0] \accj[1] ;
@@ -16518,6 +16522,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire keep_o;
   input [4:0] last_group;
   wire [4:0] last_group;
+  reg last_jo = 1'h0;
   input [24:0] n_out;
   wire [24:0] n_out;
   output [63:0] o__payload;
@@ -16905,6 +16910,10 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   assign ps_rd__data = _0_;
+  assign \$4  = ~ vj;
+  assign \$5  = \$4  | i__ready;
+  assign \$6  = cmd[113:112] == 1'h1;
+  assign \$7  = cmd[113:112] == 2'h2;
   assign \$8  = \$6  | \$7 ;
   assign ps_rd__en = \$5  | \$8 ;
   assign \$9  = cmd[113:112] == 2'h2;
@@ -16970,50 +16979,51 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   assign \$63  = ro == 3'h7;
   assign \$64  = \$62  | \$63 ;
   assign \$65  = \i__valid$39  & \$64 ;
-  assign \$66  = params__addr == last_group;
-  assign \$67  = params__addr + 1'h1;
-  assign \$68  = \$66  ? 6'h00 : \$67 ;
-  assign \$69  = \i__valid$39  & dwp;
-  assign \$70  = ro + 1'h1;
-  assign \$71  = ro == 3'h7;
-  assign \$72  = params__addr == last_group;
-  assign \$73  = \$71  & \$72 ;
-  assign \$74  = oxo + 4'h8;
-  assign \$75  = \$74  >= cmd[63:48];
+  assign \$66  = params__addr + 1'h1;
+  assign \$67  = last_jo ? 6'h00 : \$66 ;
+  assign \$68  = ! last_group;
+  assign \$69  = params__addr + 1'h1;
+  assign \$70  = \$69  == last_group;
+  assign \$71  = last_jo ? \$68  : \$70 ;
+  assign \$72  = \i__valid$39  & dwp;
+  assign \$73  = ro + 1'h1;
+  assign \$74  = ro == 3'h7;
+  assign \$75  = \$74  & last_jo;
   assign \$76  = oxo + 4'h8;
-  assign \$77  = \$75  ? 17'h00000 : \$76 ;
-  assign \$78  = o__valid & \o__ready$40 ;
-  assign \$79  = \$78  | stored;
-  assign \$80  = run & \$79 ;
-  assign \$81  = out_cnt + 1'h1;
+  assign \$77  = \$76  >= cmd[63:48];
+  assign \$78  = oxo + 4'h8;
+  assign \$79  = \$77  ? 17'h00000 : \$78 ;
+  assign \$80  = o__valid & \o__ready$40 ;
+  assign \$81  = \$80  | stored;
+  assign \$82  = run & \$81 ;
+  assign \$83  = out_cnt + 1'h1;
+  assign \$84  = ! last_group;
   always @(posedge clk)
-    ps_wr__addr <= \$82 ;
+    ps_wr__addr <= \$85 ;
   always @(posedge clk)
-    ps_rd__addr <= \$83 ;
+    ps_rd__addr <= \$86 ;
   always @(posedge clk)
-    skid_v <= \$84 ;
+    skid_v <= \$87 ;
   always @(posedge clk)
-    skid <= \$85 ;
+    skid <= \$88 ;
   always @(posedge clk)
-    vj <= \$86 ;
+    vj <= \$89 ;
   always @(posedge clk)
-    accj <= \$87 ;
+    accj <= \$90 ;
   always @(posedge clk)
-    params__addr <= \$88 ;
+    params__addr <= \$91 ;
   always @(posedge clk)
-    ro <= \$89 ;
+    last_jo <= \$92 ;
   always @(posedge clk)
-    oxo <= \$90 ;
+    ro <= \$93 ;
   always @(posedge clk)
-    out_cnt <= \$91 ;
+    oxo <= \$94 ;
+  always @(posedge clk)
+    out_cnt <= \$95 ;
   assign \$1  = ~ dwp;
   assign \$2  = oxo + ro;
   assign \$3  = \$2  < cmd[63:48];
   assign keep_o = \$1  | \$3 ;
-  assign \$4  = ~ vj;
-  assign \$5  = \$4  | i__ready;
-  assign \$6  = cmd[113:112] == 1'h1;
-  assign \$7  = cmd[113:112] == 2'h2;
   \psc_core.out.rq  rq (
     .clk(clk),
     .en(i__ready),
@@ -17027,130 +17037,145 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$82  = ps_wr__addr;
+    \$85  = ps_wr__addr;
     if (stored) begin
-      \$82  = \$56 [7:0];
+      \$85  = \$56 [7:0];
     end
     if (start) begin
-      \$82  = 8'h00;
+      \$85  = 8'h00;
     end
     if (rst) begin
-      \$82  = 8'h00;
+      \$85  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$83  = ps_rd__addr;
+    \$86  = ps_rd__addr;
     if (\$57 ) begin
-      \$83  = \$58 [7:0];
+      \$86  = \$58 [7:0];
     end
     if (start) begin
-      \$83  = 8'h00;
+      \$86  = 8'h00;
     end
     if (rst) begin
-      \$83  = 8'h00;
+      \$86  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$84  = skid_v;
+    \$87  = skid_v;
     if (skid_v) begin
       if (\o__ready$40 ) begin
-        \$84  = 1'h0;
+        \$87  = 1'h0;
       end
     end else if (\$60 ) begin
-      \$84  = 1'h1;
+      \$87  = 1'h1;
     end
     if (rst) begin
-      \$84  = 1'h0;
+      \$87  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$85  = skid;
+    \$88  = skid;
     if (skid_v) begin
     end else if (\$60 ) begin
-      \$85  = \o__payload$31 ;
+      \$88  = \o__payload$31 ;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$86  = vj;
+    \$89  = vj;
     if (ps_rd__en) begin
-      \$86  = \$61 ;
+      \$89  = \$61 ;
     end
     if (rst) begin
-      \$86  = 1'h0;
+      \$89  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$87  = accj;
+    \$90  = accj;
     if (ps_rd__en) begin
-      \$87  = \i__payload$41 ;
+      \$90  = \i__payload$41 ;
     end
     if (rst) begin
-      \$87  = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+      \$90  = 256'h0000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$88  = params__addr;
+    \$91  = params__addr;
     if (ps_rd__en) begin
       if (\$65 ) begin
-        \$88  = \$68 [4:0];
+        \$91  = \$67 [4:0];
       end
     end
     if (start) begin
-      \$88  = 5'h00;
+      \$91  = 5'h00;
     end
     if (rst) begin
-      \$88  = 5'h00;
+      \$91  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$89  = ro;
+    \$92  = last_jo;
     if (ps_rd__en) begin
-      if (\$69 ) begin
-        \$89  = \$70 [2:0];
+      if (\$65 ) begin
+        \$92  = \$71 ;
       end
     end
     if (start) begin
-      \$89  = 3'h0;
+      \$92  = \$84 ;
     end
     if (rst) begin
-      \$89  = 3'h0;
+      \$92  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$90  = oxo;
+    \$93  = ro;
     if (ps_rd__en) begin
-      if (\$69 ) begin
-        if (\$73 ) begin
-          \$90  = \$77 [15:0];
+      if (\$72 ) begin
+        \$93  = \$73 [2:0];
+      end
+    end
+    if (start) begin
+      \$93  = 3'h0;
+    end
+    if (rst) begin
+      \$93  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$94  = oxo;
+    if (ps_rd__en) begin
+      if (\$72 ) begin
+        if (\$75 ) begin
+          \$94  = \$79 [15:0];
         end
       end
     end
     if (start) begin
-      \$90  = 16'h0000;
+      \$94  = 16'h0000;
     end
     if (rst) begin
-      \$90  = 16'h0000;
+      \$94  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$91  = out_cnt;
-    if (\$80 ) begin
-      \$91  = \$81 [23:0];
+    \$95  = out_cnt;
+    if (\$82 ) begin
+      \$95  = \$83 [23:0];
     end
     if (start) begin
-      \$91  = 24'h000000;
+      \$95  = 24'h000000;
     end
     if (rst) begin
-      \$91  = 24'h000000;
+      \$95  = 24'h000000;
     end
   end
   assign ridx = ps_rd__addr;

@@ -316,7 +316,7 @@ def test_shipped_target_core(name):
     """The synthesis targets' own cores, as synthesised: hand-instantiated DSP cells
     (with their simulation models; on the UP5K the requantiser's SB_MAC16 too), 26-bit
     accumulators on the UP5K, ``read_register`` on ECP5; standard, strided depthwise
-    (diagonal commands of several output groups on the UP5K, the channels mapping on the
+    (the shifted mapping on the UP5K, its commands carrying their sizes; the channels mapping on the
     ECP5), pointwise and fully connected layers (each computing while its weights load:
     ``early_weights``) with stalls, bit-exact on Verilator."""
     cc = PRESETS[TARGET_PRESETS[name]]

@@ -28,11 +28,13 @@ runs exactly the core its target's figures were measured on.
   command's reduction to 256 * 6 = 1536 products, so ``max_reduction=1536``
   and the 26-bit accumulator that holds them (``required_acc_width(8, 8,
   1536)``); longer reductions are split and summed in the partial-sum
-  buffer. The input buffer's one port gives one lane word per cycle, so the
-  scheduler runs a depthwise layer as standard commands with diagonal
-  weights, each over the three output groups of one input lane word. A
-  command computes while its weights load (``early_weights``), as on the
-  ECP5.
+  buffer. The input buffer's one port gives one lane word per cycle, so a
+  depthwise layer runs with ``depthwise="shifted"``: the two rows compute two
+  neighbouring output pixels from the same input word, each with its kernel
+  shifted by the stride, on per-lane accumulators. A command computes while
+  its weights load (``early_weights``), as on the ECP5, and carries its
+  derived sizes (``given_sizes``), so the core has no size multipliers and,
+  with the UART bridge, fits the iCEBreaker's logic cells.
 * ``ecp5-25k``: 7 lanes x 4 rows on all 28 MULT18X18D of the LFE5U-25F,
   hand-instantiated with their registers (``ecp5_mult18``), one adder-tree
   stage, a register stage after the buffers, a pipelined requantiser per
@@ -59,9 +61,10 @@ PRESETS = {
     "ice40-up5k": CoreConfig(pe=PSCConfig(lanes=6, rows=2, multiplier="ice40_dual8x8",
                                           tree_stages=2, requantizers=1,
                                           requant_multiplier="ice40_mac16",
-                                          max_reduction=1536, acc_width=26),
+                                          max_reduction=1536, acc_width=26,
+                                          depthwise="shifted"),
                              fmap_depth=16384, weight_depth=256, param_depth=64, psum_depth=256,
-                             fmap_ram="spram", early_weights=True),
+                             fmap_ram="spram", early_weights=True, given_sizes=True),
     "ecp5-25k": CoreConfig(pe=PSCConfig(lanes=7, rows=4, multiplier="ecp5_mult18", tree_stages=1,
                                         depthwise="channels"),
                            fmap_depth=4096, weight_depth=512, param_depth=64, read_register=True,

@@ -17,7 +17,7 @@
 //   pe.tree_stages = 2
 //   pe.requantizers = 1
 //   pe.requant_mult_bits = None
-//   pe.depthwise = 'diagonal'
+//   pe.depthwise = 'shifted'
 //   pe.requant_multiplier = 'ice40_mac16'
 //   fmap_depth = 16384
 //   weight_depth = 256
@@ -27,12 +27,13 @@
 //   psum_width = 32
 //   fmap_ram = 'spram'
 //   early_weights = True
+//   given_sizes = True
 //
 // Latency: MAC array (DotProduct) 6 cycles; requantiser 8 cycles, one beat per 2 cycles.
 // The command's end-to-end timing is in the PSCConvCore docstring.
 //
 // Ports (psc.hw.core.PSCConvCore; payloads LSB first):
-// cfg: stream in (cfg__payload, cfg__valid, cfg__ready), payload 114 bits
+// cfg: stream in (cfg__payload, cfg__valid, cfg__ready), payload 255 bits
 //   cfg__payload[15:0]  in_h: unsigned(16)
 //   cfg__payload[31:16]  in_w: unsigned(16)
 //   cfg__payload[47:32]  out_h: unsigned(16)
@@ -47,6 +48,7 @@
 //   cfg__payload[110:110]  relu: unsigned(1)
 //   cfg__payload[111:111]  keep: unsigned(1)
 //   cfg__payload[113:112]  part: unsigned(2)
+//   cfg__payload[254:114]  sizes: unsigned(141)
 // weights: stream in (weights__payload, weights__valid, weights__ready), payload 192 bits
 //   2 x 6 x unsigned(16), index 0 lowest
 //   word w[r][l] (row r, lane l) is weights__payload[(r * 6 + l) * 16 +: 16], {W-, W+} with W+ low
@@ -78,8 +80,6 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire \$1 ;
   wire [15:0] \$10 ;
-  wire [25:0] \$11 ;
-  wire [25:0] \$12 ;
   wire [2:0] \$2 ;
   wire \$3 ;
   wire [3:0] \$4 ;
@@ -111,40 +111,50 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire act_out__valid;
   wire all_sent;
   wire [6:0] arrived;
-  wire [8:0] \arrived$157 ;
+  wire [8:0] \arrived$161 ;
   wire beat;
-  wire \beat$163 ;
+  wire \beat$167 ;
   output busy;
   wire busy;
-  wire \busy$159 ;
-  wire \busy$160 ;
-  input [113:0] cfg__payload;
-  wire [113:0] cfg__payload;
-  wire [113:0] \cfg__payload$23 ;
-  wire [15:0] \cfg__payload$23.gin ;
-  wire [15:0] \cfg__payload$23.gout ;
-  wire [15:0] \cfg__payload$23.in_h ;
-  wire [15:0] \cfg__payload$23.in_w ;
-  wire [3:0] \cfg__payload$23.k ;
-  wire \cfg__payload$23.keep ;
+  wire \busy$163 ;
+  wire \busy$164 ;
+  input [254:0] cfg__payload;
+  wire [254:0] cfg__payload;
+  wire [254:0] \cfg__payload$24 ;
+  wire [15:0] \cfg__payload$24.gin ;
+  wire [15:0] \cfg__payload$24.gout ;
+  wire [15:0] \cfg__payload$24.in_h ;
+  wire [15:0] \cfg__payload$24.in_w ;
+  wire [3:0] \cfg__payload$24.k ;
+  wire \cfg__payload$24.keep ;
   (* enum_base_type = "LayerKind" *)
   (* enum_value_00 = "STANDARD" *)
   (* enum_value_01 = "DEPTHWISE" *)
   (* enum_value_10 = "POINTWISE" *)
   (* enum_value_11 = "FC" *)
-  wire [1:0] \cfg__payload$23.kind ;
-  wire [15:0] \cfg__payload$23.out_h ;
-  wire [15:0] \cfg__payload$23.out_w ;
-  wire [2:0] \cfg__payload$23.pad_left ;
-  wire [2:0] \cfg__payload$23.pad_top ;
+  wire [1:0] \cfg__payload$24.kind ;
+  wire [15:0] \cfg__payload$24.out_h ;
+  wire [15:0] \cfg__payload$24.out_w ;
+  wire [2:0] \cfg__payload$24.pad_left ;
+  wire [2:0] \cfg__payload$24.pad_top ;
   (* enum_base_type = "Part" *)
   (* enum_value_00 = "WHOLE" *)
   (* enum_value_01 = "FIRST" *)
   (* enum_value_10 = "MIDDLE" *)
   (* enum_value_11 = "LAST" *)
-  wire [1:0] \cfg__payload$23.part ;
-  wire \cfg__payload$23.relu ;
-  wire [1:0] \cfg__payload$23.stride ;
+  wire [1:0] \cfg__payload$24.part ;
+  wire \cfg__payload$24.relu ;
+  wire [140:0] \cfg__payload$24.sizes ;
+  wire [8:0] \cfg__payload$24.sizes.kk ;
+  wire [14:0] \cfg__payload$24.sizes.n_in ;
+  wire [24:0] \cfg__payload$24.sizes.n_out ;
+  wire [8:0] \cfg__payload$24.sizes.n_w ;
+  wire [24:0] \cfg__payload$24.sizes.ow ;
+  wire [16:0] \cfg__payload$24.sizes.pl_g ;
+  wire [16:0] \cfg__payload$24.sizes.pt_wg ;
+  wire [8:0] \cfg__payload$24.sizes.red ;
+  wire [14:0] \cfg__payload$24.sizes.wg ;
+  wire [1:0] \cfg__payload$24.stride ;
   wire [15:0] \cfg__payload.gin ;
   wire [15:0] \cfg__payload.gout ;
   wire [15:0] \cfg__payload.in_h ;
@@ -168,143 +178,153 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   (* enum_value_11 = "LAST" *)
   wire [1:0] \cfg__payload.part ;
   wire \cfg__payload.relu ;
+  wire [140:0] \cfg__payload.sizes ;
+  wire [8:0] \cfg__payload.sizes.kk ;
+  wire [14:0] \cfg__payload.sizes.n_in ;
+  wire [24:0] \cfg__payload.sizes.n_out ;
+  wire [8:0] \cfg__payload.sizes.n_w ;
+  wire [24:0] \cfg__payload.sizes.ow ;
+  wire [16:0] \cfg__payload.sizes.pl_g ;
+  wire [16:0] \cfg__payload.sizes.pt_wg ;
+  wire [8:0] \cfg__payload.sizes.red ;
+  wire [14:0] \cfg__payload.sizes.wg ;
   wire [1:0] \cfg__payload.stride ;
   output cfg__ready;
   wire cfg__ready;
-  wire \cfg__ready$24 ;
+  wire \cfg__ready$25 ;
   input cfg__valid;
   wire cfg__valid;
-  wire \cfg__valid$25 ;
+  wire \cfg__valid$26 ;
   wire clear;
-  wire \clear$158 ;
+  wire \clear$162 ;
   input clk;
   wire clk;
   wire [113:0] cmd;
-  wire [113:0] \cmd$100 ;
-  wire [15:0] \cmd$100.gin ;
-  wire [15:0] \cmd$100.gout ;
-  wire [15:0] \cmd$100.in_h ;
-  wire [15:0] \cmd$100.in_w ;
-  wire [3:0] \cmd$100.k ;
-  wire \cmd$100.keep ;
+  wire [113:0] \cmd$101 ;
+  wire [15:0] \cmd$101.gin ;
+  wire [15:0] \cmd$101.gout ;
+  wire [15:0] \cmd$101.in_h ;
+  wire [15:0] \cmd$101.in_w ;
+  wire [3:0] \cmd$101.k ;
+  wire \cmd$101.keep ;
   (* enum_base_type = "LayerKind" *)
   (* enum_value_00 = "STANDARD" *)
   (* enum_value_01 = "DEPTHWISE" *)
   (* enum_value_10 = "POINTWISE" *)
   (* enum_value_11 = "FC" *)
-  wire [1:0] \cmd$100.kind ;
-  wire [15:0] \cmd$100.out_h ;
-  wire [15:0] \cmd$100.out_w ;
-  wire [2:0] \cmd$100.pad_left ;
-  wire [2:0] \cmd$100.pad_top ;
+  wire [1:0] \cmd$101.kind ;
+  wire [15:0] \cmd$101.out_h ;
+  wire [15:0] \cmd$101.out_w ;
+  wire [2:0] \cmd$101.pad_left ;
+  wire [2:0] \cmd$101.pad_top ;
   (* enum_base_type = "Part" *)
   (* enum_value_00 = "WHOLE" *)
   (* enum_value_01 = "FIRST" *)
   (* enum_value_10 = "MIDDLE" *)
   (* enum_value_11 = "LAST" *)
-  wire [1:0] \cmd$100.part ;
-  wire \cmd$100.relu ;
-  wire [1:0] \cmd$100.stride ;
-  wire [113:0] \cmd$109 ;
-  wire [15:0] \cmd$109.gin ;
-  wire [15:0] \cmd$109.gout ;
-  wire [15:0] \cmd$109.in_h ;
-  wire [15:0] \cmd$109.in_w ;
-  wire [3:0] \cmd$109.k ;
-  wire \cmd$109.keep ;
+  wire [1:0] \cmd$101.part ;
+  wire \cmd$101.relu ;
+  wire [1:0] \cmd$101.stride ;
+  wire [113:0] \cmd$110 ;
+  wire [15:0] \cmd$110.gin ;
+  wire [15:0] \cmd$110.gout ;
+  wire [15:0] \cmd$110.in_h ;
+  wire [15:0] \cmd$110.in_w ;
+  wire [3:0] \cmd$110.k ;
+  wire \cmd$110.keep ;
   (* enum_base_type = "LayerKind" *)
   (* enum_value_00 = "STANDARD" *)
   (* enum_value_01 = "DEPTHWISE" *)
   (* enum_value_10 = "POINTWISE" *)
   (* enum_value_11 = "FC" *)
-  wire [1:0] \cmd$109.kind ;
-  wire [15:0] \cmd$109.out_h ;
-  wire [15:0] \cmd$109.out_w ;
-  wire [2:0] \cmd$109.pad_left ;
-  wire [2:0] \cmd$109.pad_top ;
+  wire [1:0] \cmd$110.kind ;
+  wire [15:0] \cmd$110.out_h ;
+  wire [15:0] \cmd$110.out_w ;
+  wire [2:0] \cmd$110.pad_left ;
+  wire [2:0] \cmd$110.pad_top ;
   (* enum_base_type = "Part" *)
   (* enum_value_00 = "WHOLE" *)
   (* enum_value_01 = "FIRST" *)
   (* enum_value_10 = "MIDDLE" *)
   (* enum_value_11 = "LAST" *)
-  wire [1:0] \cmd$109.part ;
-  wire \cmd$109.relu ;
-  wire [1:0] \cmd$109.stride ;
-  wire [113:0] \cmd$113 ;
-  wire [15:0] \cmd$113.gin ;
-  wire [15:0] \cmd$113.gout ;
-  wire [15:0] \cmd$113.in_h ;
-  wire [15:0] \cmd$113.in_w ;
-  wire [3:0] \cmd$113.k ;
-  wire \cmd$113.keep ;
+  wire [1:0] \cmd$110.part ;
+  wire \cmd$110.relu ;
+  wire [1:0] \cmd$110.stride ;
+  wire [113:0] \cmd$114 ;
+  wire [15:0] \cmd$114.gin ;
+  wire [15:0] \cmd$114.gout ;
+  wire [15:0] \cmd$114.in_h ;
+  wire [15:0] \cmd$114.in_w ;
+  wire [3:0] \cmd$114.k ;
+  wire \cmd$114.keep ;
   (* enum_base_type = "LayerKind" *)
   (* enum_value_00 = "STANDARD" *)
   (* enum_value_01 = "DEPTHWISE" *)
   (* enum_value_10 = "POINTWISE" *)
   (* enum_value_11 = "FC" *)
-  wire [1:0] \cmd$113.kind ;
-  wire [15:0] \cmd$113.out_h ;
-  wire [15:0] \cmd$113.out_w ;
-  wire [2:0] \cmd$113.pad_left ;
-  wire [2:0] \cmd$113.pad_top ;
+  wire [1:0] \cmd$114.kind ;
+  wire [15:0] \cmd$114.out_h ;
+  wire [15:0] \cmd$114.out_w ;
+  wire [2:0] \cmd$114.pad_left ;
+  wire [2:0] \cmd$114.pad_top ;
   (* enum_base_type = "Part" *)
   (* enum_value_00 = "WHOLE" *)
   (* enum_value_01 = "FIRST" *)
   (* enum_value_10 = "MIDDLE" *)
   (* enum_value_11 = "LAST" *)
-  wire [1:0] \cmd$113.part ;
-  wire \cmd$113.relu ;
-  wire [1:0] \cmd$113.stride ;
-  wire [113:0] \cmd$122 ;
-  wire [15:0] \cmd$122.gin ;
-  wire [15:0] \cmd$122.gout ;
-  wire [15:0] \cmd$122.in_h ;
-  wire [15:0] \cmd$122.in_w ;
-  wire [3:0] \cmd$122.k ;
-  wire \cmd$122.keep ;
+  wire [1:0] \cmd$114.part ;
+  wire \cmd$114.relu ;
+  wire [1:0] \cmd$114.stride ;
+  wire [113:0] \cmd$123 ;
+  wire [15:0] \cmd$123.gin ;
+  wire [15:0] \cmd$123.gout ;
+  wire [15:0] \cmd$123.in_h ;
+  wire [15:0] \cmd$123.in_w ;
+  wire [3:0] \cmd$123.k ;
+  wire \cmd$123.keep ;
   (* enum_base_type = "LayerKind" *)
   (* enum_value_00 = "STANDARD" *)
   (* enum_value_01 = "DEPTHWISE" *)
   (* enum_value_10 = "POINTWISE" *)
   (* enum_value_11 = "FC" *)
-  wire [1:0] \cmd$122.kind ;
-  wire [15:0] \cmd$122.out_h ;
-  wire [15:0] \cmd$122.out_w ;
-  wire [2:0] \cmd$122.pad_left ;
-  wire [2:0] \cmd$122.pad_top ;
+  wire [1:0] \cmd$123.kind ;
+  wire [15:0] \cmd$123.out_h ;
+  wire [15:0] \cmd$123.out_w ;
+  wire [2:0] \cmd$123.pad_left ;
+  wire [2:0] \cmd$123.pad_top ;
   (* enum_base_type = "Part" *)
   (* enum_value_00 = "WHOLE" *)
   (* enum_value_01 = "FIRST" *)
   (* enum_value_10 = "MIDDLE" *)
   (* enum_value_11 = "LAST" *)
-  wire [1:0] \cmd$122.part ;
-  wire \cmd$122.relu ;
-  wire [1:0] \cmd$122.stride ;
-  wire [113:0] \cmd$87 ;
-  wire [15:0] \cmd$87.gin ;
-  wire [15:0] \cmd$87.gout ;
-  wire [15:0] \cmd$87.in_h ;
-  wire [15:0] \cmd$87.in_w ;
-  wire [3:0] \cmd$87.k ;
-  wire \cmd$87.keep ;
+  wire [1:0] \cmd$123.part ;
+  wire \cmd$123.relu ;
+  wire [1:0] \cmd$123.stride ;
+  wire [113:0] \cmd$88 ;
+  wire [15:0] \cmd$88.gin ;
+  wire [15:0] \cmd$88.gout ;
+  wire [15:0] \cmd$88.in_h ;
+  wire [15:0] \cmd$88.in_w ;
+  wire [3:0] \cmd$88.k ;
+  wire \cmd$88.keep ;
   (* enum_base_type = "LayerKind" *)
   (* enum_value_00 = "STANDARD" *)
   (* enum_value_01 = "DEPTHWISE" *)
   (* enum_value_10 = "POINTWISE" *)
   (* enum_value_11 = "FC" *)
-  wire [1:0] \cmd$87.kind ;
-  wire [15:0] \cmd$87.out_h ;
-  wire [15:0] \cmd$87.out_w ;
-  wire [2:0] \cmd$87.pad_left ;
-  wire [2:0] \cmd$87.pad_top ;
+  wire [1:0] \cmd$88.kind ;
+  wire [15:0] \cmd$88.out_h ;
+  wire [15:0] \cmd$88.out_w ;
+  wire [2:0] \cmd$88.pad_left ;
+  wire [2:0] \cmd$88.pad_top ;
   (* enum_base_type = "Part" *)
   (* enum_value_00 = "WHOLE" *)
   (* enum_value_01 = "FIRST" *)
   (* enum_value_10 = "MIDDLE" *)
   (* enum_value_11 = "LAST" *)
-  wire [1:0] \cmd$87.part ;
-  wire \cmd$87.relu ;
-  wire [1:0] \cmd$87.stride ;
+  wire [1:0] \cmd$88.part ;
+  wire \cmd$88.relu ;
+  wire [1:0] \cmd$88.stride ;
   wire [15:0] \cmd.gin ;
   wire [15:0] \cmd.gout ;
   wire [15:0] \cmd.in_h ;
@@ -331,7 +351,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [1:0] \cmd.stride ;
   wire [31:0] compute;
   wire [8:0] count;
-  wire [21:0] \count$121 ;
+  wire [21:0] \count$122 ;
   output [31:0] cycles_compute;
   wire [31:0] cycles_compute;
   output [31:0] cycles_stall;
@@ -340,100 +360,113 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [31:0] cycles_total;
   output done;
   wire done;
-  wire \done$144 ;
-  wire \done$146 ;
-  wire \done$152 ;
-  wire \done$166 ;
+  wire \done$148 ;
+  wire \done$150 ;
+  wire \done$156 ;
+  wire \done$170 ;
   wire dw;
-  wire \dw$102 ;
+  wire \dw$103 ;
+  wire \dw$130 ;
   wire dwc;
-  wire \dwc$112 ;
-  wire \dwc$115 ;
+  wire \dwc$113 ;
+  wire \dwc$116 ;
   wire dwp;
-  wire \dwp$104 ;
-  wire \dwp$110 ;
-  wire \dwp$114 ;
-  wire \dwp$123 ;
+  wire \dwp$105 ;
+  wire \dwp$111 ;
+  wire \dwp$115 ;
+  wire \dwp$124 ;
+  wire dws;
+  wire \dws$129 ;
   wire enable;
   output error;
   wire error;
-  wire \error$167 ;
+  wire \error$171 ;
   wire [15:0] gin_e;
-  wire [15:0] \gin_e$105 ;
-  wire [15:0] \gin_e$89 ;
+  wire [15:0] \gin_e$106 ;
+  wire [15:0] \gin_e$90 ;
+  wire [140:0] given;
+  wire [8:0] \given.kk ;
+  wire [14:0] \given.n_in ;
+  wire [24:0] \given.n_out ;
+  wire [8:0] \given.n_w ;
+  wire [24:0] \given.ow ;
+  wire [16:0] \given.pl_g ;
+  wire [16:0] \given.pt_wg ;
+  wire [8:0] \given.red ;
+  wire [14:0] \given.wg ;
   wire [21:0] gout_o;
-  wire [21:0] \gout_o$91 ;
+  wire [21:0] \gout_o$92 ;
   wire [47:0] i__payload;
-  wire [191:0] \i__payload$29 ;
-  wire [95:0] \i__payload$29[0] ;
-  wire [15:0] \i__payload$29[0][0] ;
-  wire [15:0] \i__payload$29[0][1] ;
-  wire [15:0] \i__payload$29[0][2] ;
-  wire [15:0] \i__payload$29[0][3] ;
-  wire [15:0] \i__payload$29[0][4] ;
-  wire [15:0] \i__payload$29[0][5] ;
-  wire [95:0] \i__payload$29[1] ;
-  wire [15:0] \i__payload$29[1][0] ;
-  wire [15:0] \i__payload$29[1][1] ;
-  wire [15:0] \i__payload$29[1][2] ;
-  wire [15:0] \i__payload$29[1][3] ;
-  wire [15:0] \i__payload$29[1][4] ;
-  wire [15:0] \i__payload$29[1][5] ;
-  wire [95:0] \i__payload$32 ;
-  wire [51:0] \i__payload$32.bias ;
-  wire [25:0] \i__payload$32.bias[0] ;
-  wire [25:0] \i__payload$32.bias[1] ;
-  wire [31:0] \i__payload$32.mult ;
-  wire [15:0] \i__payload$32.mult[0] ;
-  wire [15:0] \i__payload$32.mult[1] ;
-  wire [11:0] \i__payload$32.shift ;
-  wire [5:0] \i__payload$32.shift[0] ;
-  wire [5:0] \i__payload$32.shift[1] ;
-  wire [67:0] \i__payload$35 ;
-  wire \i__payload$35.first ;
-  wire [17:0] \i__payload$35.ix ;
-  wire [17:0] \i__payload$35.iy ;
-  wire \i__payload$35.last ;
-  wire [19:0] \i__payload$35.lin ;
-  wire [9:0] \i__payload$35.waddr ;
-  wire [26:0] \i__payload$41 ;
-  wire [13:0] \i__payload$41.addr ;
-  wire [13:0] \i__payload$41.addr[0] ;
-  wire \i__payload$41.first ;
-  wire \i__payload$41.last ;
-  wire \i__payload$41.pad ;
-  wire [9:0] \i__payload$41.waddr ;
-  wire [293:0] \i__payload$47 ;
-  wire [51:0] \i__payload$47.bias ;
-  wire [25:0] \i__payload$47.bias[0] ;
-  wire [25:0] \i__payload$47.bias[1] ;
-  wire \i__payload$47.first ;
-  wire \i__payload$47.last ;
-  wire [191:0] \i__payload$47.w ;
-  wire [95:0] \i__payload$47.w[0] ;
-  wire [15:0] \i__payload$47.w[0][0] ;
-  wire [15:0] \i__payload$47.w[0][1] ;
-  wire [15:0] \i__payload$47.w[0][2] ;
-  wire [15:0] \i__payload$47.w[0][3] ;
-  wire [15:0] \i__payload$47.w[0][4] ;
-  wire [15:0] \i__payload$47.w[0][5] ;
-  wire [95:0] \i__payload$47.w[1] ;
-  wire [15:0] \i__payload$47.w[1][0] ;
-  wire [15:0] \i__payload$47.w[1][1] ;
-  wire [15:0] \i__payload$47.w[1][2] ;
-  wire [15:0] \i__payload$47.w[1][3] ;
-  wire [15:0] \i__payload$47.w[1][4] ;
-  wire [15:0] \i__payload$47.w[1][5] ;
-  wire [47:0] \i__payload$47.x ;
-  wire [7:0] \i__payload$47.x[0] ;
-  wire [7:0] \i__payload$47.x[1] ;
-  wire [7:0] \i__payload$47.x[2] ;
-  wire [7:0] \i__payload$47.x[3] ;
-  wire [7:0] \i__payload$47.x[4] ;
-  wire [7:0] \i__payload$47.x[5] ;
-  wire [51:0] \i__payload$63 ;
-  wire [25:0] \i__payload$63[0] ;
-  wire [25:0] \i__payload$63[1] ;
+  wire [191:0] \i__payload$30 ;
+  wire [95:0] \i__payload$30[0] ;
+  wire [15:0] \i__payload$30[0][0] ;
+  wire [15:0] \i__payload$30[0][1] ;
+  wire [15:0] \i__payload$30[0][2] ;
+  wire [15:0] \i__payload$30[0][3] ;
+  wire [15:0] \i__payload$30[0][4] ;
+  wire [15:0] \i__payload$30[0][5] ;
+  wire [95:0] \i__payload$30[1] ;
+  wire [15:0] \i__payload$30[1][0] ;
+  wire [15:0] \i__payload$30[1][1] ;
+  wire [15:0] \i__payload$30[1][2] ;
+  wire [15:0] \i__payload$30[1][3] ;
+  wire [15:0] \i__payload$30[1][4] ;
+  wire [15:0] \i__payload$30[1][5] ;
+  wire [95:0] \i__payload$33 ;
+  wire [51:0] \i__payload$33.bias ;
+  wire [25:0] \i__payload$33.bias[0] ;
+  wire [25:0] \i__payload$33.bias[1] ;
+  wire [31:0] \i__payload$33.mult ;
+  wire [15:0] \i__payload$33.mult[0] ;
+  wire [15:0] \i__payload$33.mult[1] ;
+  wire [11:0] \i__payload$33.shift ;
+  wire [5:0] \i__payload$33.shift[0] ;
+  wire [5:0] \i__payload$33.shift[1] ;
+  wire [67:0] \i__payload$36 ;
+  wire \i__payload$36.first ;
+  wire [17:0] \i__payload$36.ix ;
+  wire [17:0] \i__payload$36.iy ;
+  wire \i__payload$36.last ;
+  wire [19:0] \i__payload$36.lin ;
+  wire [9:0] \i__payload$36.waddr ;
+  wire [26:0] \i__payload$42 ;
+  wire [13:0] \i__payload$42.addr ;
+  wire [13:0] \i__payload$42.addr[0] ;
+  wire \i__payload$42.first ;
+  wire \i__payload$42.last ;
+  wire \i__payload$42.pad ;
+  wire [9:0] \i__payload$42.waddr ;
+  wire [293:0] \i__payload$48 ;
+  wire [51:0] \i__payload$48.bias ;
+  wire [25:0] \i__payload$48.bias[0] ;
+  wire [25:0] \i__payload$48.bias[1] ;
+  wire \i__payload$48.first ;
+  wire \i__payload$48.last ;
+  wire [191:0] \i__payload$48.w ;
+  wire [95:0] \i__payload$48.w[0] ;
+  wire [15:0] \i__payload$48.w[0][0] ;
+  wire [15:0] \i__payload$48.w[0][1] ;
+  wire [15:0] \i__payload$48.w[0][2] ;
+  wire [15:0] \i__payload$48.w[0][3] ;
+  wire [15:0] \i__payload$48.w[0][4] ;
+  wire [15:0] \i__payload$48.w[0][5] ;
+  wire [95:0] \i__payload$48.w[1] ;
+  wire [15:0] \i__payload$48.w[1][0] ;
+  wire [15:0] \i__payload$48.w[1][1] ;
+  wire [15:0] \i__payload$48.w[1][2] ;
+  wire [15:0] \i__payload$48.w[1][3] ;
+  wire [15:0] \i__payload$48.w[1][4] ;
+  wire [15:0] \i__payload$48.w[1][5] ;
+  wire [47:0] \i__payload$48.x ;
+  wire [7:0] \i__payload$48.x[0] ;
+  wire [7:0] \i__payload$48.x[1] ;
+  wire [7:0] \i__payload$48.x[2] ;
+  wire [7:0] \i__payload$48.x[3] ;
+  wire [7:0] \i__payload$48.x[4] ;
+  wire [7:0] \i__payload$48.x[5] ;
+  wire [51:0] \i__payload$64 ;
+  wire [25:0] \i__payload$64[0] ;
+  wire [25:0] \i__payload$64[1] ;
   wire [7:0] \i__payload[0] ;
   wire [7:0] \i__payload[1] ;
   wire [7:0] \i__payload[2] ;
@@ -441,19 +474,19 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [7:0] \i__payload[4] ;
   wire [7:0] \i__payload[5] ;
   wire i__ready;
-  wire \i__ready$30 ;
-  wire \i__ready$33 ;
-  wire \i__ready$38 ;
-  wire \i__ready$44 ;
-  wire \i__ready$50 ;
-  wire \i__ready$62 ;
+  wire \i__ready$31 ;
+  wire \i__ready$34 ;
+  wire \i__ready$39 ;
+  wire \i__ready$45 ;
+  wire \i__ready$51 ;
+  wire \i__ready$63 ;
   wire i__valid;
-  wire \i__valid$31 ;
-  wire \i__valid$34 ;
-  wire \i__valid$39 ;
-  wire \i__valid$45 ;
-  wire \i__valid$51 ;
-  wire \i__valid$59 ;
+  wire \i__valid$32 ;
+  wire \i__valid$35 ;
+  wire \i__valid$40 ;
+  wire \i__valid$46 ;
+  wire \i__valid$52 ;
+  wire \i__valid$60 ;
   wire [13:0] inputs__addr;
   wire [13:0] \inputs__addr.addr ;
   wire [13:0] \inputs__addr.addr[0] ;
@@ -467,49 +500,49 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire inputs__en;
   wire inputs_done;
   wire keep;
-  wire \keep$120 ;
+  wire \keep$121 ;
   wire [5:0] last_go;
   wire [5:0] last_group;
   wire [1:0] level;
   wire loaded;
-  wire \loaded$150 ;
+  wire \loaded$154 ;
   wire mac_valid;
   wire [24:0] n_out;
   wire [26:0] o__payload;
-  wire [293:0] \o__payload$48 ;
-  wire [51:0] \o__payload$48.bias ;
-  wire [25:0] \o__payload$48.bias[0] ;
-  wire [25:0] \o__payload$48.bias[1] ;
-  wire \o__payload$48.first ;
-  wire \o__payload$48.last ;
-  wire [191:0] \o__payload$48.w ;
-  wire [95:0] \o__payload$48.w[0] ;
-  wire [15:0] \o__payload$48.w[0][0] ;
-  wire [15:0] \o__payload$48.w[0][1] ;
-  wire [15:0] \o__payload$48.w[0][2] ;
-  wire [15:0] \o__payload$48.w[0][3] ;
-  wire [15:0] \o__payload$48.w[0][4] ;
-  wire [15:0] \o__payload$48.w[0][5] ;
-  wire [95:0] \o__payload$48.w[1] ;
-  wire [15:0] \o__payload$48.w[1][0] ;
-  wire [15:0] \o__payload$48.w[1][1] ;
-  wire [15:0] \o__payload$48.w[1][2] ;
-  wire [15:0] \o__payload$48.w[1][3] ;
-  wire [15:0] \o__payload$48.w[1][4] ;
-  wire [15:0] \o__payload$48.w[1][5] ;
-  wire [47:0] \o__payload$48.x ;
-  wire [7:0] \o__payload$48.x[0] ;
-  wire [7:0] \o__payload$48.x[1] ;
-  wire [7:0] \o__payload$48.x[2] ;
-  wire [7:0] \o__payload$48.x[3] ;
-  wire [7:0] \o__payload$48.x[4] ;
-  wire [7:0] \o__payload$48.x[5] ;
-  wire [51:0] \o__payload$58 ;
-  wire [25:0] \o__payload$58[0] ;
-  wire [25:0] \o__payload$58[1] ;
-  wire [15:0] \o__payload$65 ;
-  wire [7:0] \o__payload$65[0] ;
-  wire [7:0] \o__payload$65[1] ;
+  wire [293:0] \o__payload$49 ;
+  wire [51:0] \o__payload$49.bias ;
+  wire [25:0] \o__payload$49.bias[0] ;
+  wire [25:0] \o__payload$49.bias[1] ;
+  wire \o__payload$49.first ;
+  wire \o__payload$49.last ;
+  wire [191:0] \o__payload$49.w ;
+  wire [95:0] \o__payload$49.w[0] ;
+  wire [15:0] \o__payload$49.w[0][0] ;
+  wire [15:0] \o__payload$49.w[0][1] ;
+  wire [15:0] \o__payload$49.w[0][2] ;
+  wire [15:0] \o__payload$49.w[0][3] ;
+  wire [15:0] \o__payload$49.w[0][4] ;
+  wire [15:0] \o__payload$49.w[0][5] ;
+  wire [95:0] \o__payload$49.w[1] ;
+  wire [15:0] \o__payload$49.w[1][0] ;
+  wire [15:0] \o__payload$49.w[1][1] ;
+  wire [15:0] \o__payload$49.w[1][2] ;
+  wire [15:0] \o__payload$49.w[1][3] ;
+  wire [15:0] \o__payload$49.w[1][4] ;
+  wire [15:0] \o__payload$49.w[1][5] ;
+  wire [47:0] \o__payload$49.x ;
+  wire [7:0] \o__payload$49.x[0] ;
+  wire [7:0] \o__payload$49.x[1] ;
+  wire [7:0] \o__payload$49.x[2] ;
+  wire [7:0] \o__payload$49.x[3] ;
+  wire [7:0] \o__payload$49.x[4] ;
+  wire [7:0] \o__payload$49.x[5] ;
+  wire [51:0] \o__payload$59 ;
+  wire [25:0] \o__payload$59[0] ;
+  wire [25:0] \o__payload$59[1] ;
+  wire [15:0] \o__payload$66 ;
+  wire [7:0] \o__payload$66[0] ;
+  wire [7:0] \o__payload$66[1] ;
   wire [13:0] \o__payload.addr ;
   wire [13:0] \o__payload.addr[0] ;
   wire \o__payload.first ;
@@ -517,13 +550,13 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire \o__payload.pad ;
   wire [9:0] \o__payload.waddr ;
   wire o__ready;
-  wire \o__ready$49 ;
-  reg \o__ready$55  = 1'h1;
-  wire \o__ready$66 ;
+  wire \o__ready$50 ;
+  reg \o__ready$56  = 1'h1;
+  wire \o__ready$67 ;
   wire o__valid;
-  wire \o__valid$52 ;
-  wire \o__valid$54 ;
-  wire \o__valid$67 ;
+  wire \o__valid$53 ;
+  wire \o__valid$55 ;
+  wire \o__valid$68 ;
   wire outputs_done;
   wire [5:0] params__addr;
   wire [95:0] params__data;
@@ -558,36 +591,36 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire r_en;
   wire r_rdy;
   wire [13:0] read__addr;
-  wire [9:0] \read__addr$74 ;
-  wire [5:0] \read__addr$80 ;
+  wire [9:0] \read__addr$75 ;
+  wire [5:0] \read__addr$81 ;
   wire [13:0] \read__addr.addr ;
   wire [13:0] \read__addr.addr[0] ;
   wire [47:0] read__data;
-  wire [191:0] \read__data$77 ;
-  wire [95:0] \read__data$77[0] ;
-  wire [15:0] \read__data$77[0][0] ;
-  wire [15:0] \read__data$77[0][1] ;
-  wire [15:0] \read__data$77[0][2] ;
-  wire [15:0] \read__data$77[0][3] ;
-  wire [15:0] \read__data$77[0][4] ;
-  wire [15:0] \read__data$77[0][5] ;
-  wire [95:0] \read__data$77[1] ;
-  wire [15:0] \read__data$77[1][0] ;
-  wire [15:0] \read__data$77[1][1] ;
-  wire [15:0] \read__data$77[1][2] ;
-  wire [15:0] \read__data$77[1][3] ;
-  wire [15:0] \read__data$77[1][4] ;
-  wire [15:0] \read__data$77[1][5] ;
-  wire [95:0] \read__data$83 ;
-  wire [51:0] \read__data$83.bias ;
-  wire [25:0] \read__data$83.bias[0] ;
-  wire [25:0] \read__data$83.bias[1] ;
-  wire [31:0] \read__data$83.mult ;
-  wire [15:0] \read__data$83.mult[0] ;
-  wire [15:0] \read__data$83.mult[1] ;
-  wire [11:0] \read__data$83.shift ;
-  wire [5:0] \read__data$83.shift[0] ;
-  wire [5:0] \read__data$83.shift[1] ;
+  wire [191:0] \read__data$78 ;
+  wire [95:0] \read__data$78[0] ;
+  wire [15:0] \read__data$78[0][0] ;
+  wire [15:0] \read__data$78[0][1] ;
+  wire [15:0] \read__data$78[0][2] ;
+  wire [15:0] \read__data$78[0][3] ;
+  wire [15:0] \read__data$78[0][4] ;
+  wire [15:0] \read__data$78[0][5] ;
+  wire [95:0] \read__data$78[1] ;
+  wire [15:0] \read__data$78[1][0] ;
+  wire [15:0] \read__data$78[1][1] ;
+  wire [15:0] \read__data$78[1][2] ;
+  wire [15:0] \read__data$78[1][3] ;
+  wire [15:0] \read__data$78[1][4] ;
+  wire [15:0] \read__data$78[1][5] ;
+  wire [95:0] \read__data$84 ;
+  wire [51:0] \read__data$84.bias ;
+  wire [25:0] \read__data$84.bias[0] ;
+  wire [25:0] \read__data$84.bias[1] ;
+  wire [31:0] \read__data$84.mult ;
+  wire [15:0] \read__data$84.mult[0] ;
+  wire [15:0] \read__data$84.mult[1] ;
+  wire [11:0] \read__data$84.shift ;
+  wire [5:0] \read__data$84.shift[0] ;
+  wire [5:0] \read__data$84.shift[1] ;
   wire [7:0] \read__data[0] ;
   wire [7:0] \read__data[1] ;
   wire [7:0] \read__data[2] ;
@@ -595,66 +628,66 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire [7:0] \read__data[4] ;
   wire [7:0] \read__data[5] ;
   wire read__en;
-  wire \read__en$78 ;
-  wire \read__en$84 ;
+  wire \read__en$79 ;
+  wire \read__en$85 ;
   wire ready;
   wire [14:0] rows_in;
-  wire [14:0] \rows_in$140 ;
+  wire [14:0] \rows_in$144 ;
   input rst;
   wire rst;
   wire run;
-  wire \run$130 ;
-  wire \run$132 ;
   wire \run$134 ;
   wire \run$136 ;
   wire \run$138 ;
-  wire \run$161 ;
+  wire \run$140 ;
+  wire \run$142 ;
+  wire \run$165 ;
   wire [221:0] sizes;
-  wire [221:0] \sizes$106 ;
-  wire [16:0] \sizes$106.c0_g ;
-  wire [8:0] \sizes$106.kk ;
-  wire [16:0] \sizes$106.kr_wg ;
-  wire [14:0] \sizes$106.n_dw ;
-  wire [14:0] \sizes$106.n_in ;
-  wire [24:0] \sizes$106.n_out ;
-  wire [8:0] \sizes$106.n_w ;
-  wire [24:0] \sizes$106.ow ;
-  wire [16:0] \sizes$106.pl_g ;
-  wire [14:0] \sizes$106.plane ;
-  wire [16:0] \sizes$106.pt_wg ;
-  wire [16:0] \sizes$106.pt_ws ;
-  wire [8:0] \sizes$106.red ;
-  wire [14:0] \sizes$106.wg ;
-  wire [221:0] \sizes$116 ;
-  wire [16:0] \sizes$116.c0_g ;
-  wire [8:0] \sizes$116.kk ;
-  wire [16:0] \sizes$116.kr_wg ;
-  wire [14:0] \sizes$116.n_dw ;
-  wire [14:0] \sizes$116.n_in ;
-  wire [24:0] \sizes$116.n_out ;
-  wire [8:0] \sizes$116.n_w ;
-  wire [24:0] \sizes$116.ow ;
-  wire [16:0] \sizes$116.pl_g ;
-  wire [14:0] \sizes$116.plane ;
-  wire [16:0] \sizes$116.pt_wg ;
-  wire [16:0] \sizes$116.pt_ws ;
-  wire [8:0] \sizes$116.red ;
-  wire [14:0] \sizes$116.wg ;
-  wire [221:0] \sizes$97 ;
-  wire [16:0] \sizes$97.c0_g ;
-  wire [8:0] \sizes$97.kk ;
-  wire [16:0] \sizes$97.kr_wg ;
-  wire [14:0] \sizes$97.n_dw ;
-  wire [14:0] \sizes$97.n_in ;
-  wire [24:0] \sizes$97.n_out ;
-  wire [8:0] \sizes$97.n_w ;
-  wire [24:0] \sizes$97.ow ;
-  wire [16:0] \sizes$97.pl_g ;
-  wire [14:0] \sizes$97.plane ;
-  wire [16:0] \sizes$97.pt_wg ;
-  wire [16:0] \sizes$97.pt_ws ;
-  wire [8:0] \sizes$97.red ;
-  wire [14:0] \sizes$97.wg ;
+  wire [221:0] \sizes$107 ;
+  wire [16:0] \sizes$107.c0_g ;
+  wire [8:0] \sizes$107.kk ;
+  wire [16:0] \sizes$107.kr_wg ;
+  wire [14:0] \sizes$107.n_dw ;
+  wire [14:0] \sizes$107.n_in ;
+  wire [24:0] \sizes$107.n_out ;
+  wire [8:0] \sizes$107.n_w ;
+  wire [24:0] \sizes$107.ow ;
+  wire [16:0] \sizes$107.pl_g ;
+  wire [14:0] \sizes$107.plane ;
+  wire [16:0] \sizes$107.pt_wg ;
+  wire [16:0] \sizes$107.pt_ws ;
+  wire [8:0] \sizes$107.red ;
+  wire [14:0] \sizes$107.wg ;
+  wire [221:0] \sizes$117 ;
+  wire [16:0] \sizes$117.c0_g ;
+  wire [8:0] \sizes$117.kk ;
+  wire [16:0] \sizes$117.kr_wg ;
+  wire [14:0] \sizes$117.n_dw ;
+  wire [14:0] \sizes$117.n_in ;
+  wire [24:0] \sizes$117.n_out ;
+  wire [8:0] \sizes$117.n_w ;
+  wire [24:0] \sizes$117.ow ;
+  wire [16:0] \sizes$117.pl_g ;
+  wire [14:0] \sizes$117.plane ;
+  wire [16:0] \sizes$117.pt_wg ;
+  wire [16:0] \sizes$117.pt_ws ;
+  wire [8:0] \sizes$117.red ;
+  wire [14:0] \sizes$117.wg ;
+  wire [221:0] \sizes$98 ;
+  wire [16:0] \sizes$98.c0_g ;
+  wire [8:0] \sizes$98.kk ;
+  wire [16:0] \sizes$98.kr_wg ;
+  wire [14:0] \sizes$98.n_dw ;
+  wire [14:0] \sizes$98.n_in ;
+  wire [24:0] \sizes$98.n_out ;
+  wire [8:0] \sizes$98.n_w ;
+  wire [24:0] \sizes$98.ow ;
+  wire [16:0] \sizes$98.pl_g ;
+  wire [14:0] \sizes$98.plane ;
+  wire [16:0] \sizes$98.pt_wg ;
+  wire [16:0] \sizes$98.pt_ws ;
+  wire [8:0] \sizes$98.red ;
+  wire [14:0] \sizes$98.wg ;
   wire [16:0] \sizes.c0_g ;
   wire [8:0] \sizes.kk ;
   wire [16:0] \sizes.kr_wg ;
@@ -673,11 +706,11 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire sizing;
   wire [31:0] stall;
   wire start;
-  wire \start$128 ;
-  wire \start$131 ;
-  wire \start$133 ;
+  wire \start$132 ;
   wire \start$135 ;
   wire \start$137 ;
+  wire \start$139 ;
+  wire \start$141 ;
   (* init = 1'h1 *)
   wire sums_room;
   wire [67:0] taps__payload;
@@ -694,7 +727,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire w_en;
   wire w_rdy;
   wire waiting;
-  wire \waiting$165 ;
+  wire \waiting$169 ;
   wire [9:0] weights__addr;
   wire [191:0] weights__data;
   wire [95:0] \weights__data[0] ;
@@ -735,24 +768,24 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   wire weights_done;
   wire [8:0] weights_in;
   wire [14:0] words_in;
-  wire [14:0] \words_in$142 ;
+  wire [14:0] \words_in$146 ;
   wire [16:0] ws;
-  wire [16:0] \ws$108 ;
-  wire [16:0] \ws$117 ;
-  assign mac_valid = w_en | \i__valid$59 ;
+  wire [16:0] \ws$109 ;
+  wire [16:0] \ws$118 ;
+  assign mac_valid = w_en | \i__valid$60 ;
   assign \$1  = w_en & w_rdy;
   assign \$2  = level + \$1 ;
-  assign \$3  = r_en & \i__valid$59 ;
+  assign \$3  = r_en & \i__valid$60 ;
   assign \$4  = \$2  - \$3 ;
   assign \$5  = \$4  != 2'h2;
   always @(posedge clk)
-    \o__ready$55  <= \$6 ;
+    \o__ready$56  <= \$6 ;
   \psc_core.amap  amap (
     .cmd(cmd),
-    .i__payload(\i__payload$35 ),
+    .i__payload(\i__payload$36 ),
     .i__ready(taps__ready),
-    .o__payload(\i__payload$41 ),
-    .o__valid(\i__valid$39 )
+    .o__payload(\i__payload$42 ),
+    .o__valid(\i__valid$40 )
   );
   \psc_core.counters  counters (
     .beat(beat),
@@ -767,31 +800,31 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .waiting(waiting)
   );
   \psc_core.dp  dp (
-    .acc(\$11 ),
-    .\acc$27 (\$12 ),
     .clk(clk),
-    .i__payload(\i__payload$47 ),
-    .i__ready(\o__ready$49 ),
-    .o__ready(\o__ready$55 ),
+    .dw(\dwp$124 ),
+    .i__payload(\i__payload$48 ),
+    .i__ready(\o__ready$50 ),
+    .o__payload(w_data),
+    .o__ready(\o__ready$56 ),
     .o__valid(w_en),
     .rst(rst),
-    .valid(\i__valid$51 )
+    .valid(\i__valid$52 )
   );
   \psc_core.fetch  fetch (
     .adv1(read__en),
     .beat(beat),
     .clk(clk),
     .i__ready(taps__ready),
-    .o__payload(\i__payload$47 ),
-    .\port$583$0 (\$7 ),
-    .\port$605$0 (\$8 ),
-    .\port$606$0 (\$9 ),
-    .\port$607$0 (\$10 ),
-    .ready(\o__ready$49 ),
+    .o__payload(\i__payload$48 ),
+    .\port$521$0 (\$7 ),
+    .\port$543$0 (\$8 ),
+    .\port$544$0 (\$9 ),
+    .\port$545$0 (\$10 ),
+    .ready(\o__ready$50 ),
     .rst(rst),
-    .v1(\i__valid$51 ),
-    .w_data(\i__payload$41 ),
-    .w_en(\i__valid$39 ),
+    .v1(\i__valid$52 ),
+    .w_data(\i__payload$42 ),
+    .w_en(\i__valid$40 ),
     .weights__data(weights__data)
   );
   \psc_core.ibuf  ibuf (
@@ -800,9 +833,9 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .done(inputs_done),
     .i__ready(act_in__ready),
     .i__valid(act_in__valid),
-    .\port$605$0 (\$8 ),
-    .\port$606$0 (\$9 ),
-    .\port$607$0 (\$10 ),
+    .\port$543$0 (\$8 ),
+    .\port$544$0 (\$9 ),
+    .\port$545$0 (\$10 ),
     .read__addr(\$7 [13:0]),
     .read__en(read__en),
     .rows_in(rows_in),
@@ -815,15 +848,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .all_sent(outputs_done),
     .clk(clk),
     .cmd(cmd),
-    .dwp(dwp),
-    .\i__payload$38 (\i__payload$63 ),
-    .\i__valid$36 (\i__valid$59 ),
+    .dwp(\dwp$124 ),
+    .\i__payload$41 (\i__payload$64 ),
+    .\i__valid$39 (\i__valid$60 ),
     .last_group(last_group),
     .n_out(sizes[79:55]),
     .o__payload(act_out__payload),
-    .\o__ready$37 (act_out__ready),
+    .\o__ready$40 (act_out__ready),
     .o__valid(act_out__valid),
-    .params__addr(\read__addr$80 ),
+    .params__addr(\read__addr$81 ),
     .params__data(params__data),
     .ps_rd__en(r_en),
     .rst(rst),
@@ -839,7 +872,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .i__valid(params__valid),
     .keep(cmd[111]),
     .read__data(params__data),
-    .rp__addr(\read__addr$80 ),
+    .rp__addr(\read__addr$81 ),
     .rp__en(r_en),
     .rst(rst),
     .run(run),
@@ -851,6 +884,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .cmd(cmd),
     .dw(dw),
     .dwp(dwp),
+    .dws(\dwp$124 ),
     .gin_e(gin_e),
     .loaded(loaded),
     .params_done(params_done),
@@ -859,9 +893,9 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .run(run),
     .sizes(sizes),
     .start(start),
-    .taps__payload(\i__payload$35 ),
+    .taps__payload(\i__payload$36 ),
     .taps__ready(taps__ready),
-    .taps__valid(\i__valid$39 ),
+    .taps__valid(\i__valid$40 ),
     .waiting(waiting),
     .weights_done(weights_done),
     .weights_in(weights_in)
@@ -878,6 +912,7 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .dw(dw),
     .dwc(dwc),
     .dwp(dwp),
+    .dws(\dwp$124 ),
     .error(error),
     .gin_e(gin_e),
     .gout_o(gout_o),
@@ -889,31 +924,26 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .rst(rst),
     .run(run),
     .sizes(sizes),
-    .sizes_ready(sizes_ready),
-    .sizing(enable),
+    .sizes_ready(enable),
     .start(start)
   );
-  \psc_core.sizes$174  \sizes$174  (
+  \psc_core.sizes$178  \sizes$178  (
     .clear(clear),
     .clk(clk),
-    .cmd(cmd),
-    .enable(enable),
-    .gin_e(gin_e),
-    .gout_o(gout_o),
-    .ready(sizes_ready),
+    .given(cfg__payload[254:114]),
+    .ready(enable),
     .rst(rst),
     .sizes(sizes)
   );
   \psc_core.sums  sums (
     .clk(clk),
     .level(level),
-    .\port$1488$0 (\$11 ),
-    .\port$1553$0 (\$12 ),
-    .r_data(\i__payload$63 ),
+    .r_data(\i__payload$64 ),
     .r_en(r_en),
-    .r_rdy(\i__valid$59 ),
+    .r_rdy(\i__valid$60 ),
     .rst(rst),
     .w_en(w_en),
+    .w_port__data(w_data),
     .w_rdy(w_rdy)
   );
   \psc_core.wbuf  wbuf (
@@ -939,111 +969,114 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
       \$6  = 1'h1;
     end
   end
-  assign \cfg__payload$23  = cfg__payload;
-  assign \cfg__ready$24  = cfg__ready;
-  assign \cfg__valid$25  = cfg__valid;
+  assign given = cfg__payload[254:114];
+  assign \cfg__payload$24  = cfg__payload;
+  assign \cfg__ready$25  = cfg__ready;
+  assign \cfg__valid$26  = cfg__valid;
   assign i__payload = act_in__payload;
   assign i__ready = act_in__ready;
   assign i__valid = act_in__valid;
-  assign \i__payload$29  = weights__payload;
-  assign \i__ready$30  = weights__ready;
-  assign \i__valid$31  = weights__valid;
-  assign \i__payload$32  = params__payload;
-  assign \i__ready$33  = params__ready;
-  assign \i__valid$34  = params__valid;
-  assign taps__payload = \i__payload$35 ;
-  assign \i__ready$38  = taps__ready;
-  assign taps__valid = \i__valid$39 ;
-  assign o__payload = \i__payload$41 ;
+  assign \i__payload$30  = weights__payload;
+  assign \i__ready$31  = weights__ready;
+  assign \i__valid$32  = weights__valid;
+  assign \i__payload$33  = params__payload;
+  assign \i__ready$34  = params__ready;
+  assign \i__valid$35  = params__valid;
+  assign taps__payload = \i__payload$36 ;
+  assign \i__ready$39  = taps__ready;
+  assign taps__valid = \i__valid$40 ;
+  assign o__payload = \i__payload$42 ;
   assign o__ready = taps__ready;
-  assign \i__ready$44  = taps__ready;
-  assign \i__valid$45  = \i__valid$39 ;
-  assign o__valid = \i__valid$39 ;
-  assign \o__payload$48  = \i__payload$47 ;
-  assign \i__ready$50  = \o__ready$49 ;
-  assign \o__valid$52  = \i__valid$51 ;
-  assign \o__valid$54  = w_en;
-  assign sums_room = \o__ready$55 ;
-  assign w_data = { \$12 , \$11  };
-  assign \o__payload$58  = { \$12 , \$11  };
-  assign r_rdy = \i__valid$59 ;
-  assign \i__ready$62  = r_en;
-  assign r_data = \i__payload$63 ;
-  assign \o__payload$65  = act_out__payload;
-  assign \o__ready$66  = act_out__ready;
-  assign \o__valid$67  = act_out__valid;
+  assign \i__ready$45  = taps__ready;
+  assign \i__valid$46  = \i__valid$40 ;
+  assign o__valid = \i__valid$40 ;
+  assign \o__payload$49  = \i__payload$48 ;
+  assign \i__ready$51  = \o__ready$50 ;
+  assign \o__valid$53  = \i__valid$52 ;
+  assign \o__valid$55  = w_en;
+  assign sums_room = \o__ready$56 ;
+  assign \o__payload$59  = w_data;
+  assign r_rdy = \i__valid$60 ;
+  assign \i__ready$63  = r_en;
+  assign r_data = \i__payload$64 ;
+  assign \o__payload$66  = act_out__payload;
+  assign \o__ready$67  = act_out__ready;
+  assign \o__valid$68  = act_out__valid;
   assign read__addr = \$7 [13:0];
   assign inputs__addr = \$7 [13:0];
   assign inputs__data = { \$10 , \$9 , \$8  };
   assign read__data = { \$10 , \$9 , \$8  };
   assign inputs__en = read__en;
-  assign \read__addr$74  = \$7 [23:14];
+  assign \read__addr$75  = \$7 [23:14];
   assign weights__addr = \$7 [23:14];
-  assign \read__data$77  = weights__data;
-  assign \read__en$78  = read__en;
+  assign \read__data$78  = weights__data;
+  assign \read__en$79  = read__en;
   assign weights__en = read__en;
-  assign params__addr = \read__addr$80 ;
-  assign \read__data$83  = params__data;
-  assign \read__en$84  = r_en;
+  assign params__addr = \read__addr$81 ;
+  assign \read__data$84  = params__data;
+  assign \read__en$85  = r_en;
   assign params__en = r_en;
-  assign \cmd$87  = cmd;
-  assign \gin_e$89  = gin_e;
-  assign \gout_o$91  = gout_o;
+  assign \cmd$88  = cmd;
+  assign \gin_e$90  = gin_e;
+  assign \gout_o$92  = gout_o;
   assign accept = clear;
   assign sizing = enable;
-  assign \sizes$97  = sizes;
-  assign ready = sizes_ready;
-  assign \cmd$100  = cmd;
-  assign \dw$102  = dw;
-  assign \dwp$104  = dwp;
-  assign \gin_e$105  = gin_e;
-  assign \sizes$106  = sizes;
+  assign \sizes$98  = sizes;
+  assign sizes_ready = enable;
+  assign ready = enable;
+  assign \cmd$101  = cmd;
+  assign \dw$103  = dw;
+  assign \dwp$105  = dwp;
+  assign \gin_e$106  = gin_e;
+  assign \sizes$107  = sizes;
   assign ws = 17'h00000;
-  assign \ws$108  = 17'h00000;
-  assign \cmd$109  = cmd;
-  assign \dwp$110  = dwp;
-  assign \dwc$112  = dwc;
-  assign \cmd$113  = cmd;
-  assign \dwp$114  = dwp;
-  assign \dwc$115  = dwc;
-  assign \sizes$116  = sizes;
-  assign \ws$117  = 17'h00000;
+  assign \ws$109  = 17'h00000;
+  assign \cmd$110  = cmd;
+  assign \dwp$111  = dwp;
+  assign \dwc$113  = dwc;
+  assign \cmd$114  = cmd;
+  assign \dwp$115  = dwp;
+  assign \dwc$116  = dwc;
+  assign \sizes$117  = sizes;
+  assign \ws$118  = 17'h00000;
   assign keep = cmd[111];
   assign count = sizes[106:98];
-  assign \keep$120  = cmd[111];
-  assign \count$121  = gout_o;
-  assign \cmd$122  = cmd;
-  assign \dwp$123  = dwp;
+  assign \keep$121  = cmd[111];
+  assign \count$122  = gout_o;
+  assign \cmd$123  = cmd;
+  assign dws = \dwp$124 ;
   assign n_out = sizes[79:55];
   assign last_go = last_group;
-  assign \start$128  = start;
-  assign \run$130  = run;
-  assign \start$131  = start;
-  assign \run$132  = run;
-  assign \start$133  = start;
+  assign \dws$129  = \dwp$124 ;
+  assign \dw$130  = \dwp$124 ;
+  assign \start$132  = start;
   assign \run$134  = run;
   assign \start$135  = start;
   assign \run$136  = run;
   assign \start$137  = start;
   assign \run$138  = run;
-  assign \rows_in$140  = rows_in;
+  assign \start$139  = start;
+  assign \run$140  = run;
+  assign \start$141  = start;
+  assign \run$142  = run;
+  assign \rows_in$144  = rows_in;
   assign words_in = 15'h0000;
-  assign \words_in$142  = 15'h0000;
-  assign \done$144  = weights_done;
-  assign \done$146  = params_done;
+  assign \words_in$146  = 15'h0000;
+  assign \done$148  = weights_done;
+  assign \done$150  = params_done;
   assign arrived = params_in;
-  assign \loaded$150  = loaded;
-  assign \done$152  = inputs_done;
+  assign \loaded$154  = loaded;
+  assign \done$156  = inputs_done;
   assign all_sent = outputs_done;
-  assign \arrived$157  = weights_in;
-  assign \clear$158  = clear;
-  assign \busy$159  = busy;
-  assign \busy$160  = busy;
-  assign \run$161  = run;
-  assign \beat$163  = beat;
-  assign \waiting$165  = waiting;
-  assign \done$166  = done;
-  assign \error$167  = error;
+  assign \arrived$161  = weights_in;
+  assign \clear$162  = clear;
+  assign \busy$163  = busy;
+  assign \busy$164  = busy;
+  assign \run$165  = run;
+  assign \beat$167  = beat;
+  assign \waiting$169  = waiting;
+  assign \done$170  = done;
+  assign \error$171  = error;
   assign total = cycles_total;
   assign compute = cycles_compute;
   assign stall = cycles_stall;
@@ -1061,6 +1094,16 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cfg__payload.relu  = cfg__payload[110];
   assign \cfg__payload.keep  = cfg__payload[111];
   assign \cfg__payload.part  = cfg__payload[113:112];
+  assign \cfg__payload.sizes  = cfg__payload[254:114];
+  assign \cfg__payload.sizes.kk  = cfg__payload[122:114];
+  assign \cfg__payload.sizes.wg  = cfg__payload[137:123];
+  assign \cfg__payload.sizes.n_in  = cfg__payload[152:138];
+  assign \cfg__payload.sizes.pt_wg  = cfg__payload[169:153];
+  assign \cfg__payload.sizes.ow  = cfg__payload[194:170];
+  assign \cfg__payload.sizes.n_out  = cfg__payload[219:195];
+  assign \cfg__payload.sizes.pl_g  = cfg__payload[236:220];
+  assign \cfg__payload.sizes.red  = cfg__payload[245:237];
+  assign \cfg__payload.sizes.n_w  = cfg__payload[254:246];
   assign \weights__payload[0]  = weights__payload[95:0];
   assign \weights__payload[0][0]  = weights__payload[15:0];
   assign \weights__payload[0][1]  = weights__payload[31:16];
@@ -1092,133 +1135,152 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \act_in__payload[5]  = act_in__payload[47:40];
   assign \act_out__payload[0]  = act_out__payload[7:0];
   assign \act_out__payload[1]  = act_out__payload[15:8];
-  assign \cfg__payload$23.in_h  = cfg__payload[15:0];
-  assign \cfg__payload$23.in_w  = cfg__payload[31:16];
-  assign \cfg__payload$23.out_h  = cfg__payload[47:32];
-  assign \cfg__payload$23.out_w  = cfg__payload[63:48];
-  assign \cfg__payload$23.gin  = cfg__payload[79:64];
-  assign \cfg__payload$23.gout  = cfg__payload[95:80];
-  assign \cfg__payload$23.k  = cfg__payload[99:96];
-  assign \cfg__payload$23.stride  = cfg__payload[101:100];
-  assign \cfg__payload$23.pad_top  = cfg__payload[104:102];
-  assign \cfg__payload$23.pad_left  = cfg__payload[107:105];
-  assign \cfg__payload$23.kind  = cfg__payload[109:108];
-  assign \cfg__payload$23.relu  = cfg__payload[110];
-  assign \cfg__payload$23.keep  = cfg__payload[111];
-  assign \cfg__payload$23.part  = cfg__payload[113:112];
+  assign \given.kk  = cfg__payload[122:114];
+  assign \given.wg  = cfg__payload[137:123];
+  assign \given.n_in  = cfg__payload[152:138];
+  assign \given.pt_wg  = cfg__payload[169:153];
+  assign \given.ow  = cfg__payload[194:170];
+  assign \given.n_out  = cfg__payload[219:195];
+  assign \given.pl_g  = cfg__payload[236:220];
+  assign \given.red  = cfg__payload[245:237];
+  assign \given.n_w  = cfg__payload[254:246];
+  assign \cfg__payload$24.in_h  = cfg__payload[15:0];
+  assign \cfg__payload$24.in_w  = cfg__payload[31:16];
+  assign \cfg__payload$24.out_h  = cfg__payload[47:32];
+  assign \cfg__payload$24.out_w  = cfg__payload[63:48];
+  assign \cfg__payload$24.gin  = cfg__payload[79:64];
+  assign \cfg__payload$24.gout  = cfg__payload[95:80];
+  assign \cfg__payload$24.k  = cfg__payload[99:96];
+  assign \cfg__payload$24.stride  = cfg__payload[101:100];
+  assign \cfg__payload$24.pad_top  = cfg__payload[104:102];
+  assign \cfg__payload$24.pad_left  = cfg__payload[107:105];
+  assign \cfg__payload$24.kind  = cfg__payload[109:108];
+  assign \cfg__payload$24.relu  = cfg__payload[110];
+  assign \cfg__payload$24.keep  = cfg__payload[111];
+  assign \cfg__payload$24.part  = cfg__payload[113:112];
+  assign \cfg__payload$24.sizes  = cfg__payload[254:114];
+  assign \cfg__payload$24.sizes.kk  = cfg__payload[122:114];
+  assign \cfg__payload$24.sizes.wg  = cfg__payload[137:123];
+  assign \cfg__payload$24.sizes.n_in  = cfg__payload[152:138];
+  assign \cfg__payload$24.sizes.pt_wg  = cfg__payload[169:153];
+  assign \cfg__payload$24.sizes.ow  = cfg__payload[194:170];
+  assign \cfg__payload$24.sizes.n_out  = cfg__payload[219:195];
+  assign \cfg__payload$24.sizes.pl_g  = cfg__payload[236:220];
+  assign \cfg__payload$24.sizes.red  = cfg__payload[245:237];
+  assign \cfg__payload$24.sizes.n_w  = cfg__payload[254:246];
   assign \i__payload[0]  = act_in__payload[7:0];
   assign \i__payload[1]  = act_in__payload[15:8];
   assign \i__payload[2]  = act_in__payload[23:16];
   assign \i__payload[3]  = act_in__payload[31:24];
   assign \i__payload[4]  = act_in__payload[39:32];
   assign \i__payload[5]  = act_in__payload[47:40];
-  assign \i__payload$29[0]  = weights__payload[95:0];
-  assign \i__payload$29[0][0]  = weights__payload[15:0];
-  assign \i__payload$29[0][1]  = weights__payload[31:16];
-  assign \i__payload$29[0][2]  = weights__payload[47:32];
-  assign \i__payload$29[0][3]  = weights__payload[63:48];
-  assign \i__payload$29[0][4]  = weights__payload[79:64];
-  assign \i__payload$29[0][5]  = weights__payload[95:80];
-  assign \i__payload$29[1]  = weights__payload[191:96];
-  assign \i__payload$29[1][0]  = weights__payload[111:96];
-  assign \i__payload$29[1][1]  = weights__payload[127:112];
-  assign \i__payload$29[1][2]  = weights__payload[143:128];
-  assign \i__payload$29[1][3]  = weights__payload[159:144];
-  assign \i__payload$29[1][4]  = weights__payload[175:160];
-  assign \i__payload$29[1][5]  = weights__payload[191:176];
-  assign \i__payload$32.bias  = params__payload[51:0];
-  assign \i__payload$32.bias[0]  = params__payload[25:0];
-  assign \i__payload$32.bias[1]  = params__payload[51:26];
-  assign \i__payload$32.mult  = params__payload[83:52];
-  assign \i__payload$32.mult[0]  = params__payload[67:52];
-  assign \i__payload$32.mult[1]  = params__payload[83:68];
-  assign \i__payload$32.shift  = params__payload[95:84];
-  assign \i__payload$32.shift[0]  = params__payload[89:84];
-  assign \i__payload$32.shift[1]  = params__payload[95:90];
-  assign \i__payload$35.lin  = \i__payload$35 [19:0];
-  assign \i__payload$35.ix  = \i__payload$35 [37:20];
-  assign \i__payload$35.iy  = \i__payload$35 [55:38];
-  assign \i__payload$35.waddr  = \i__payload$35 [65:56];
-  assign \i__payload$35.first  = \i__payload$35 [66];
-  assign \i__payload$35.last  = \i__payload$35 [67];
-  assign \taps__payload.lin  = \i__payload$35 [19:0];
-  assign \taps__payload.ix  = \i__payload$35 [37:20];
-  assign \taps__payload.iy  = \i__payload$35 [55:38];
-  assign \taps__payload.waddr  = \i__payload$35 [65:56];
-  assign \taps__payload.first  = \i__payload$35 [66];
-  assign \taps__payload.last  = \i__payload$35 [67];
-  assign \i__payload$41.addr  = \i__payload$41 [13:0];
-  assign \i__payload$41.addr[0]  = \i__payload$41 [13:0];
-  assign \i__payload$41.waddr  = \i__payload$41 [23:14];
-  assign \i__payload$41.pad  = \i__payload$41 [24];
-  assign \i__payload$41.first  = \i__payload$41 [25];
-  assign \i__payload$41.last  = \i__payload$41 [26];
-  assign \o__payload.addr  = \i__payload$41 [13:0];
-  assign \o__payload.addr[0]  = \i__payload$41 [13:0];
-  assign \o__payload.waddr  = \i__payload$41 [23:14];
-  assign \o__payload.pad  = \i__payload$41 [24];
-  assign \o__payload.first  = \i__payload$41 [25];
-  assign \o__payload.last  = \i__payload$41 [26];
-  assign \i__payload$47.x  = \i__payload$47 [47:0];
-  assign \i__payload$47.x[0]  = \i__payload$47 [7:0];
-  assign \i__payload$47.x[1]  = \i__payload$47 [15:8];
-  assign \i__payload$47.x[2]  = \i__payload$47 [23:16];
-  assign \i__payload$47.x[3]  = \i__payload$47 [31:24];
-  assign \i__payload$47.x[4]  = \i__payload$47 [39:32];
-  assign \i__payload$47.x[5]  = \i__payload$47 [47:40];
-  assign \i__payload$47.w  = \i__payload$47 [239:48];
-  assign \i__payload$47.w[0]  = \i__payload$47 [143:48];
-  assign \i__payload$47.w[0][0]  = \i__payload$47 [63:48];
-  assign \i__payload$47.w[0][1]  = \i__payload$47 [79:64];
-  assign \i__payload$47.w[0][2]  = \i__payload$47 [95:80];
-  assign \i__payload$47.w[0][3]  = \i__payload$47 [111:96];
-  assign \i__payload$47.w[0][4]  = \i__payload$47 [127:112];
-  assign \i__payload$47.w[0][5]  = \i__payload$47 [143:128];
-  assign \i__payload$47.w[1]  = \i__payload$47 [239:144];
-  assign \i__payload$47.w[1][0]  = \i__payload$47 [159:144];
-  assign \i__payload$47.w[1][1]  = \i__payload$47 [175:160];
-  assign \i__payload$47.w[1][2]  = \i__payload$47 [191:176];
-  assign \i__payload$47.w[1][3]  = \i__payload$47 [207:192];
-  assign \i__payload$47.w[1][4]  = \i__payload$47 [223:208];
-  assign \i__payload$47.w[1][5]  = \i__payload$47 [239:224];
-  assign \i__payload$47.bias  = \i__payload$47 [291:240];
-  assign \i__payload$47.bias[0]  = \i__payload$47 [265:240];
-  assign \i__payload$47.bias[1]  = \i__payload$47 [291:266];
-  assign \i__payload$47.first  = \i__payload$47 [292];
-  assign \i__payload$47.last  = \i__payload$47 [293];
-  assign \o__payload$48.x  = \i__payload$47 [47:0];
-  assign \o__payload$48.x[0]  = \i__payload$47 [7:0];
-  assign \o__payload$48.x[1]  = \i__payload$47 [15:8];
-  assign \o__payload$48.x[2]  = \i__payload$47 [23:16];
-  assign \o__payload$48.x[3]  = \i__payload$47 [31:24];
-  assign \o__payload$48.x[4]  = \i__payload$47 [39:32];
-  assign \o__payload$48.x[5]  = \i__payload$47 [47:40];
-  assign \o__payload$48.w  = \i__payload$47 [239:48];
-  assign \o__payload$48.w[0]  = \i__payload$47 [143:48];
-  assign \o__payload$48.w[0][0]  = \i__payload$47 [63:48];
-  assign \o__payload$48.w[0][1]  = \i__payload$47 [79:64];
-  assign \o__payload$48.w[0][2]  = \i__payload$47 [95:80];
-  assign \o__payload$48.w[0][3]  = \i__payload$47 [111:96];
-  assign \o__payload$48.w[0][4]  = \i__payload$47 [127:112];
-  assign \o__payload$48.w[0][5]  = \i__payload$47 [143:128];
-  assign \o__payload$48.w[1]  = \i__payload$47 [239:144];
-  assign \o__payload$48.w[1][0]  = \i__payload$47 [159:144];
-  assign \o__payload$48.w[1][1]  = \i__payload$47 [175:160];
-  assign \o__payload$48.w[1][2]  = \i__payload$47 [191:176];
-  assign \o__payload$48.w[1][3]  = \i__payload$47 [207:192];
-  assign \o__payload$48.w[1][4]  = \i__payload$47 [223:208];
-  assign \o__payload$48.w[1][5]  = \i__payload$47 [239:224];
-  assign \o__payload$48.bias  = \i__payload$47 [291:240];
-  assign \o__payload$48.bias[0]  = \i__payload$47 [265:240];
-  assign \o__payload$48.bias[1]  = \i__payload$47 [291:266];
-  assign \o__payload$48.first  = \i__payload$47 [292];
-  assign \o__payload$48.last  = \i__payload$47 [293];
-  assign \o__payload$58[0]  = \$11 ;
-  assign \o__payload$58[1]  = \$12 ;
-  assign \i__payload$63[0]  = \i__payload$63 [25:0];
-  assign \i__payload$63[1]  = \i__payload$63 [51:26];
-  assign \o__payload$65[0]  = act_out__payload[7:0];
-  assign \o__payload$65[1]  = act_out__payload[15:8];
+  assign \i__payload$30[0]  = weights__payload[95:0];
+  assign \i__payload$30[0][0]  = weights__payload[15:0];
+  assign \i__payload$30[0][1]  = weights__payload[31:16];
+  assign \i__payload$30[0][2]  = weights__payload[47:32];
+  assign \i__payload$30[0][3]  = weights__payload[63:48];
+  assign \i__payload$30[0][4]  = weights__payload[79:64];
+  assign \i__payload$30[0][5]  = weights__payload[95:80];
+  assign \i__payload$30[1]  = weights__payload[191:96];
+  assign \i__payload$30[1][0]  = weights__payload[111:96];
+  assign \i__payload$30[1][1]  = weights__payload[127:112];
+  assign \i__payload$30[1][2]  = weights__payload[143:128];
+  assign \i__payload$30[1][3]  = weights__payload[159:144];
+  assign \i__payload$30[1][4]  = weights__payload[175:160];
+  assign \i__payload$30[1][5]  = weights__payload[191:176];
+  assign \i__payload$33.bias  = params__payload[51:0];
+  assign \i__payload$33.bias[0]  = params__payload[25:0];
+  assign \i__payload$33.bias[1]  = params__payload[51:26];
+  assign \i__payload$33.mult  = params__payload[83:52];
+  assign \i__payload$33.mult[0]  = params__payload[67:52];
+  assign \i__payload$33.mult[1]  = params__payload[83:68];
+  assign \i__payload$33.shift  = params__payload[95:84];
+  assign \i__payload$33.shift[0]  = params__payload[89:84];
+  assign \i__payload$33.shift[1]  = params__payload[95:90];
+  assign \i__payload$36.lin  = \i__payload$36 [19:0];
+  assign \i__payload$36.ix  = \i__payload$36 [37:20];
+  assign \i__payload$36.iy  = \i__payload$36 [55:38];
+  assign \i__payload$36.waddr  = \i__payload$36 [65:56];
+  assign \i__payload$36.first  = \i__payload$36 [66];
+  assign \i__payload$36.last  = \i__payload$36 [67];
+  assign \taps__payload.lin  = \i__payload$36 [19:0];
+  assign \taps__payload.ix  = \i__payload$36 [37:20];
+  assign \taps__payload.iy  = \i__payload$36 [55:38];
+  assign \taps__payload.waddr  = \i__payload$36 [65:56];
+  assign \taps__payload.first  = \i__payload$36 [66];
+  assign \taps__payload.last  = \i__payload$36 [67];
+  assign \i__payload$42.addr  = \i__payload$42 [13:0];
+  assign \i__payload$42.addr[0]  = \i__payload$42 [13:0];
+  assign \i__payload$42.waddr  = \i__payload$42 [23:14];
+  assign \i__payload$42.pad  = \i__payload$42 [24];
+  assign \i__payload$42.first  = \i__payload$42 [25];
+  assign \i__payload$42.last  = \i__payload$42 [26];
+  assign \o__payload.addr  = \i__payload$42 [13:0];
+  assign \o__payload.addr[0]  = \i__payload$42 [13:0];
+  assign \o__payload.waddr  = \i__payload$42 [23:14];
+  assign \o__payload.pad  = \i__payload$42 [24];
+  assign \o__payload.first  = \i__payload$42 [25];
+  assign \o__payload.last  = \i__payload$42 [26];
+  assign \i__payload$48.x  = \i__payload$48 [47:0];
+  assign \i__payload$48.x[0]  = \i__payload$48 [7:0];
+  assign \i__payload$48.x[1]  = \i__payload$48 [15:8];
+  assign \i__payload$48.x[2]  = \i__payload$48 [23:16];
+  assign \i__payload$48.x[3]  = \i__payload$48 [31:24];
+  assign \i__payload$48.x[4]  = \i__payload$48 [39:32];
+  assign \i__payload$48.x[5]  = \i__payload$48 [47:40];
+  assign \i__payload$48.w  = \i__payload$48 [239:48];
+  assign \i__payload$48.w[0]  = \i__payload$48 [143:48];
+  assign \i__payload$48.w[0][0]  = \i__payload$48 [63:48];
+  assign \i__payload$48.w[0][1]  = \i__payload$48 [79:64];
+  assign \i__payload$48.w[0][2]  = \i__payload$48 [95:80];
+  assign \i__payload$48.w[0][3]  = \i__payload$48 [111:96];
+  assign \i__payload$48.w[0][4]  = \i__payload$48 [127:112];
+  assign \i__payload$48.w[0][5]  = \i__payload$48 [143:128];
+  assign \i__payload$48.w[1]  = \i__payload$48 [239:144];
+  assign \i__payload$48.w[1][0]  = \i__payload$48 [159:144];
+  assign \i__payload$48.w[1][1]  = \i__payload$48 [175:160];
+  assign \i__payload$48.w[1][2]  = \i__payload$48 [191:176];
+  assign \i__payload$48.w[1][3]  = \i__payload$48 [207:192];
+  assign \i__payload$48.w[1][4]  = \i__payload$48 [223:208];
+  assign \i__payload$48.w[1][5]  = \i__payload$48 [239:224];
+  assign \i__payload$48.bias  = \i__payload$48 [291:240];
+  assign \i__payload$48.bias[0]  = \i__payload$48 [265:240];
+  assign \i__payload$48.bias[1]  = \i__payload$48 [291:266];
+  assign \i__payload$48.first  = \i__payload$48 [292];
+  assign \i__payload$48.last  = \i__payload$48 [293];
+  assign \o__payload$49.x  = \i__payload$48 [47:0];
+  assign \o__payload$49.x[0]  = \i__payload$48 [7:0];
+  assign \o__payload$49.x[1]  = \i__payload$48 [15:8];
+  assign \o__payload$49.x[2]  = \i__payload$48 [23:16];
+  assign \o__payload$49.x[3]  = \i__payload$48 [31:24];
+  assign \o__payload$49.x[4]  = \i__payload$48 [39:32];
+  assign \o__payload$49.x[5]  = \i__payload$48 [47:40];
+  assign \o__payload$49.w  = \i__payload$48 [239:48];
+  assign \o__payload$49.w[0]  = \i__payload$48 [143:48];
+  assign \o__payload$49.w[0][0]  = \i__payload$48 [63:48];
+  assign \o__payload$49.w[0][1]  = \i__payload$48 [79:64];
+  assign \o__payload$49.w[0][2]  = \i__payload$48 [95:80];
+  assign \o__payload$49.w[0][3]  = \i__payload$48 [111:96];
+  assign \o__payload$49.w[0][4]  = \i__payload$48 [127:112];
+  assign \o__payload$49.w[0][5]  = \i__payload$48 [143:128];
+  assign \o__payload$49.w[1]  = \i__payload$48 [239:144];
+  assign \o__payload$49.w[1][0]  = \i__payload$48 [159:144];
+  assign \o__payload$49.w[1][1]  = \i__payload$48 [175:160];
+  assign \o__payload$49.w[1][2]  = \i__payload$48 [191:176];
+  assign \o__payload$49.w[1][3]  = \i__payload$48 [207:192];
+  assign \o__payload$49.w[1][4]  = \i__payload$48 [223:208];
+  assign \o__payload$49.w[1][5]  = \i__payload$48 [239:224];
+  assign \o__payload$49.bias  = \i__payload$48 [291:240];
+  assign \o__payload$49.bias[0]  = \i__payload$48 [265:240];
+  assign \o__payload$49.bias[1]  = \i__payload$48 [291:266];
+  assign \o__payload$49.first  = \i__payload$48 [292];
+  assign \o__payload$49.last  = \i__payload$48 [293];
+  assign \o__payload$59[0]  = w_data[25:0];
+  assign \o__payload$59[1]  = w_data[51:26];
+  assign \i__payload$64[0]  = \i__payload$64 [25:0];
+  assign \i__payload$64[1]  = \i__payload$64 [51:26];
+  assign \o__payload$66[0]  = act_out__payload[7:0];
+  assign \o__payload$66[1]  = act_out__payload[15:8];
   assign \read__addr.addr  = \$7 [13:0];
   assign \read__addr.addr[0]  = \$7 [13:0];
   assign \inputs__addr.addr  = \$7 [13:0];
@@ -1249,20 +1311,20 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \weights__data[1][3]  = weights__data[159:144];
   assign \weights__data[1][4]  = weights__data[175:160];
   assign \weights__data[1][5]  = weights__data[191:176];
-  assign \read__data$77[0]  = weights__data[95:0];
-  assign \read__data$77[0][0]  = weights__data[15:0];
-  assign \read__data$77[0][1]  = weights__data[31:16];
-  assign \read__data$77[0][2]  = weights__data[47:32];
-  assign \read__data$77[0][3]  = weights__data[63:48];
-  assign \read__data$77[0][4]  = weights__data[79:64];
-  assign \read__data$77[0][5]  = weights__data[95:80];
-  assign \read__data$77[1]  = weights__data[191:96];
-  assign \read__data$77[1][0]  = weights__data[111:96];
-  assign \read__data$77[1][1]  = weights__data[127:112];
-  assign \read__data$77[1][2]  = weights__data[143:128];
-  assign \read__data$77[1][3]  = weights__data[159:144];
-  assign \read__data$77[1][4]  = weights__data[175:160];
-  assign \read__data$77[1][5]  = weights__data[191:176];
+  assign \read__data$78[0]  = weights__data[95:0];
+  assign \read__data$78[0][0]  = weights__data[15:0];
+  assign \read__data$78[0][1]  = weights__data[31:16];
+  assign \read__data$78[0][2]  = weights__data[47:32];
+  assign \read__data$78[0][3]  = weights__data[63:48];
+  assign \read__data$78[0][4]  = weights__data[79:64];
+  assign \read__data$78[0][5]  = weights__data[95:80];
+  assign \read__data$78[1]  = weights__data[191:96];
+  assign \read__data$78[1][0]  = weights__data[111:96];
+  assign \read__data$78[1][1]  = weights__data[127:112];
+  assign \read__data$78[1][2]  = weights__data[143:128];
+  assign \read__data$78[1][3]  = weights__data[159:144];
+  assign \read__data$78[1][4]  = weights__data[175:160];
+  assign \read__data$78[1][5]  = weights__data[191:176];
   assign \params__data.bias  = params__data[51:0];
   assign \params__data.bias[0]  = params__data[25:0];
   assign \params__data.bias[1]  = params__data[51:26];
@@ -1272,15 +1334,15 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \params__data.shift  = params__data[95:84];
   assign \params__data.shift[0]  = params__data[89:84];
   assign \params__data.shift[1]  = params__data[95:90];
-  assign \read__data$83.bias  = params__data[51:0];
-  assign \read__data$83.bias[0]  = params__data[25:0];
-  assign \read__data$83.bias[1]  = params__data[51:26];
-  assign \read__data$83.mult  = params__data[83:52];
-  assign \read__data$83.mult[0]  = params__data[67:52];
-  assign \read__data$83.mult[1]  = params__data[83:68];
-  assign \read__data$83.shift  = params__data[95:84];
-  assign \read__data$83.shift[0]  = params__data[89:84];
-  assign \read__data$83.shift[1]  = params__data[95:90];
+  assign \read__data$84.bias  = params__data[51:0];
+  assign \read__data$84.bias[0]  = params__data[25:0];
+  assign \read__data$84.bias[1]  = params__data[51:26];
+  assign \read__data$84.mult  = params__data[83:52];
+  assign \read__data$84.mult[0]  = params__data[67:52];
+  assign \read__data$84.mult[1]  = params__data[83:68];
+  assign \read__data$84.shift  = params__data[95:84];
+  assign \read__data$84.shift[0]  = params__data[89:84];
+  assign \read__data$84.shift[1]  = params__data[95:90];
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -1295,20 +1357,20 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
   assign \cmd.part  = cmd[113:112];
-  assign \cmd$87.in_h  = cmd[15:0];
-  assign \cmd$87.in_w  = cmd[31:16];
-  assign \cmd$87.out_h  = cmd[47:32];
-  assign \cmd$87.out_w  = cmd[63:48];
-  assign \cmd$87.gin  = cmd[79:64];
-  assign \cmd$87.gout  = cmd[95:80];
-  assign \cmd$87.k  = cmd[99:96];
-  assign \cmd$87.stride  = cmd[101:100];
-  assign \cmd$87.pad_top  = cmd[104:102];
-  assign \cmd$87.pad_left  = cmd[107:105];
-  assign \cmd$87.kind  = cmd[109:108];
-  assign \cmd$87.relu  = cmd[110];
-  assign \cmd$87.keep  = cmd[111];
-  assign \cmd$87.part  = cmd[113:112];
+  assign \cmd$88.in_h  = cmd[15:0];
+  assign \cmd$88.in_w  = cmd[31:16];
+  assign \cmd$88.out_h  = cmd[47:32];
+  assign \cmd$88.out_w  = cmd[63:48];
+  assign \cmd$88.gin  = cmd[79:64];
+  assign \cmd$88.gout  = cmd[95:80];
+  assign \cmd$88.k  = cmd[99:96];
+  assign \cmd$88.stride  = cmd[101:100];
+  assign \cmd$88.pad_top  = cmd[104:102];
+  assign \cmd$88.pad_left  = cmd[107:105];
+  assign \cmd$88.kind  = cmd[109:108];
+  assign \cmd$88.relu  = cmd[110];
+  assign \cmd$88.keep  = cmd[111];
+  assign \cmd$88.part  = cmd[113:112];
   assign \sizes.wg  = sizes[14:0];
   assign \sizes.n_in  = sizes[29:15];
   assign \sizes.ow  = sizes[54:30];
@@ -1323,104 +1385,104 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
   assign \sizes.plane  = sizes[189:175];
   assign \sizes.n_dw  = sizes[204:190];
   assign \sizes.pt_ws  = sizes[221:205];
-  assign \sizes$97.wg  = sizes[14:0];
-  assign \sizes$97.n_in  = sizes[29:15];
-  assign \sizes$97.ow  = sizes[54:30];
-  assign \sizes$97.n_out  = sizes[79:55];
-  assign \sizes$97.kk  = sizes[88:80];
-  assign \sizes$97.red  = sizes[97:89];
-  assign \sizes$97.n_w  = sizes[106:98];
-  assign \sizes$97.pt_wg  = sizes[123:107];
-  assign \sizes$97.pl_g  = sizes[140:124];
-  assign \sizes$97.kr_wg  = sizes[157:141];
-  assign \sizes$97.c0_g  = sizes[174:158];
-  assign \sizes$97.plane  = sizes[189:175];
-  assign \sizes$97.n_dw  = sizes[204:190];
-  assign \sizes$97.pt_ws  = sizes[221:205];
-  assign \cmd$100.in_h  = cmd[15:0];
-  assign \cmd$100.in_w  = cmd[31:16];
-  assign \cmd$100.out_h  = cmd[47:32];
-  assign \cmd$100.out_w  = cmd[63:48];
-  assign \cmd$100.gin  = cmd[79:64];
-  assign \cmd$100.gout  = cmd[95:80];
-  assign \cmd$100.k  = cmd[99:96];
-  assign \cmd$100.stride  = cmd[101:100];
-  assign \cmd$100.pad_top  = cmd[104:102];
-  assign \cmd$100.pad_left  = cmd[107:105];
-  assign \cmd$100.kind  = cmd[109:108];
-  assign \cmd$100.relu  = cmd[110];
-  assign \cmd$100.keep  = cmd[111];
-  assign \cmd$100.part  = cmd[113:112];
-  assign \sizes$106.wg  = sizes[14:0];
-  assign \sizes$106.n_in  = sizes[29:15];
-  assign \sizes$106.ow  = sizes[54:30];
-  assign \sizes$106.n_out  = sizes[79:55];
-  assign \sizes$106.kk  = sizes[88:80];
-  assign \sizes$106.red  = sizes[97:89];
-  assign \sizes$106.n_w  = sizes[106:98];
-  assign \sizes$106.pt_wg  = sizes[123:107];
-  assign \sizes$106.pl_g  = sizes[140:124];
-  assign \sizes$106.kr_wg  = sizes[157:141];
-  assign \sizes$106.c0_g  = sizes[174:158];
-  assign \sizes$106.plane  = sizes[189:175];
-  assign \sizes$106.n_dw  = sizes[204:190];
-  assign \sizes$106.pt_ws  = sizes[221:205];
-  assign \cmd$109.in_h  = cmd[15:0];
-  assign \cmd$109.in_w  = cmd[31:16];
-  assign \cmd$109.out_h  = cmd[47:32];
-  assign \cmd$109.out_w  = cmd[63:48];
-  assign \cmd$109.gin  = cmd[79:64];
-  assign \cmd$109.gout  = cmd[95:80];
-  assign \cmd$109.k  = cmd[99:96];
-  assign \cmd$109.stride  = cmd[101:100];
-  assign \cmd$109.pad_top  = cmd[104:102];
-  assign \cmd$109.pad_left  = cmd[107:105];
-  assign \cmd$109.kind  = cmd[109:108];
-  assign \cmd$109.relu  = cmd[110];
-  assign \cmd$109.keep  = cmd[111];
-  assign \cmd$109.part  = cmd[113:112];
-  assign \cmd$113.in_h  = cmd[15:0];
-  assign \cmd$113.in_w  = cmd[31:16];
-  assign \cmd$113.out_h  = cmd[47:32];
-  assign \cmd$113.out_w  = cmd[63:48];
-  assign \cmd$113.gin  = cmd[79:64];
-  assign \cmd$113.gout  = cmd[95:80];
-  assign \cmd$113.k  = cmd[99:96];
-  assign \cmd$113.stride  = cmd[101:100];
-  assign \cmd$113.pad_top  = cmd[104:102];
-  assign \cmd$113.pad_left  = cmd[107:105];
-  assign \cmd$113.kind  = cmd[109:108];
-  assign \cmd$113.relu  = cmd[110];
-  assign \cmd$113.keep  = cmd[111];
-  assign \cmd$113.part  = cmd[113:112];
-  assign \sizes$116.wg  = sizes[14:0];
-  assign \sizes$116.n_in  = sizes[29:15];
-  assign \sizes$116.ow  = sizes[54:30];
-  assign \sizes$116.n_out  = sizes[79:55];
-  assign \sizes$116.kk  = sizes[88:80];
-  assign \sizes$116.red  = sizes[97:89];
-  assign \sizes$116.n_w  = sizes[106:98];
-  assign \sizes$116.pt_wg  = sizes[123:107];
-  assign \sizes$116.pl_g  = sizes[140:124];
-  assign \sizes$116.kr_wg  = sizes[157:141];
-  assign \sizes$116.c0_g  = sizes[174:158];
-  assign \sizes$116.plane  = sizes[189:175];
-  assign \sizes$116.n_dw  = sizes[204:190];
-  assign \sizes$116.pt_ws  = sizes[221:205];
-  assign \cmd$122.in_h  = cmd[15:0];
-  assign \cmd$122.in_w  = cmd[31:16];
-  assign \cmd$122.out_h  = cmd[47:32];
-  assign \cmd$122.out_w  = cmd[63:48];
-  assign \cmd$122.gin  = cmd[79:64];
-  assign \cmd$122.gout  = cmd[95:80];
-  assign \cmd$122.k  = cmd[99:96];
-  assign \cmd$122.stride  = cmd[101:100];
-  assign \cmd$122.pad_top  = cmd[104:102];
-  assign \cmd$122.pad_left  = cmd[107:105];
-  assign \cmd$122.kind  = cmd[109:108];
-  assign \cmd$122.relu  = cmd[110];
-  assign \cmd$122.keep  = cmd[111];
-  assign \cmd$122.part  = cmd[113:112];
+  assign \sizes$98.wg  = sizes[14:0];
+  assign \sizes$98.n_in  = sizes[29:15];
+  assign \sizes$98.ow  = sizes[54:30];
+  assign \sizes$98.n_out  = sizes[79:55];
+  assign \sizes$98.kk  = sizes[88:80];
+  assign \sizes$98.red  = sizes[97:89];
+  assign \sizes$98.n_w  = sizes[106:98];
+  assign \sizes$98.pt_wg  = sizes[123:107];
+  assign \sizes$98.pl_g  = sizes[140:124];
+  assign \sizes$98.kr_wg  = sizes[157:141];
+  assign \sizes$98.c0_g  = sizes[174:158];
+  assign \sizes$98.plane  = sizes[189:175];
+  assign \sizes$98.n_dw  = sizes[204:190];
+  assign \sizes$98.pt_ws  = sizes[221:205];
+  assign \cmd$101.in_h  = cmd[15:0];
+  assign \cmd$101.in_w  = cmd[31:16];
+  assign \cmd$101.out_h  = cmd[47:32];
+  assign \cmd$101.out_w  = cmd[63:48];
+  assign \cmd$101.gin  = cmd[79:64];
+  assign \cmd$101.gout  = cmd[95:80];
+  assign \cmd$101.k  = cmd[99:96];
+  assign \cmd$101.stride  = cmd[101:100];
+  assign \cmd$101.pad_top  = cmd[104:102];
+  assign \cmd$101.pad_left  = cmd[107:105];
+  assign \cmd$101.kind  = cmd[109:108];
+  assign \cmd$101.relu  = cmd[110];
+  assign \cmd$101.keep  = cmd[111];
+  assign \cmd$101.part  = cmd[113:112];
+  assign \sizes$107.wg  = sizes[14:0];
+  assign \sizes$107.n_in  = sizes[29:15];
+  assign \sizes$107.ow  = sizes[54:30];
+  assign \sizes$107.n_out  = sizes[79:55];
+  assign \sizes$107.kk  = sizes[88:80];
+  assign \sizes$107.red  = sizes[97:89];
+  assign \sizes$107.n_w  = sizes[106:98];
+  assign \sizes$107.pt_wg  = sizes[123:107];
+  assign \sizes$107.pl_g  = sizes[140:124];
+  assign \sizes$107.kr_wg  = sizes[157:141];
+  assign \sizes$107.c0_g  = sizes[174:158];
+  assign \sizes$107.plane  = sizes[189:175];
+  assign \sizes$107.n_dw  = sizes[204:190];
+  assign \sizes$107.pt_ws  = sizes[221:205];
+  assign \cmd$110.in_h  = cmd[15:0];
+  assign \cmd$110.in_w  = cmd[31:16];
+  assign \cmd$110.out_h  = cmd[47:32];
+  assign \cmd$110.out_w  = cmd[63:48];
+  assign \cmd$110.gin  = cmd[79:64];
+  assign \cmd$110.gout  = cmd[95:80];
+  assign \cmd$110.k  = cmd[99:96];
+  assign \cmd$110.stride  = cmd[101:100];
+  assign \cmd$110.pad_top  = cmd[104:102];
+  assign \cmd$110.pad_left  = cmd[107:105];
+  assign \cmd$110.kind  = cmd[109:108];
+  assign \cmd$110.relu  = cmd[110];
+  assign \cmd$110.keep  = cmd[111];
+  assign \cmd$110.part  = cmd[113:112];
+  assign \cmd$114.in_h  = cmd[15:0];
+  assign \cmd$114.in_w  = cmd[31:16];
+  assign \cmd$114.out_h  = cmd[47:32];
+  assign \cmd$114.out_w  = cmd[63:48];
+  assign \cmd$114.gin  = cmd[79:64];
+  assign \cmd$114.gout  = cmd[95:80];
+  assign \cmd$114.k  = cmd[99:96];
+  assign \cmd$114.stride  = cmd[101:100];
+  assign \cmd$114.pad_top  = cmd[104:102];
+  assign \cmd$114.pad_left  = cmd[107:105];
+  assign \cmd$114.kind  = cmd[109:108];
+  assign \cmd$114.relu  = cmd[110];
+  assign \cmd$114.keep  = cmd[111];
+  assign \cmd$114.part  = cmd[113:112];
+  assign \sizes$117.wg  = sizes[14:0];
+  assign \sizes$117.n_in  = sizes[29:15];
+  assign \sizes$117.ow  = sizes[54:30];
+  assign \sizes$117.n_out  = sizes[79:55];
+  assign \sizes$117.kk  = sizes[88:80];
+  assign \sizes$117.red  = sizes[97:89];
+  assign \sizes$117.n_w  = sizes[106:98];
+  assign \sizes$117.pt_wg  = sizes[123:107];
+  assign \sizes$117.pl_g  = sizes[140:124];
+  assign \sizes$117.kr_wg  = sizes[157:141];
+  assign \sizes$117.c0_g  = sizes[174:158];
+  assign \sizes$117.plane  = sizes[189:175];
+  assign \sizes$117.n_dw  = sizes[204:190];
+  assign \sizes$117.pt_ws  = sizes[221:205];
+  assign \cmd$123.in_h  = cmd[15:0];
+  assign \cmd$123.in_w  = cmd[31:16];
+  assign \cmd$123.out_h  = cmd[47:32];
+  assign \cmd$123.out_w  = cmd[63:48];
+  assign \cmd$123.gin  = cmd[79:64];
+  assign \cmd$123.gout  = cmd[95:80];
+  assign \cmd$123.k  = cmd[99:96];
+  assign \cmd$123.stride  = cmd[101:100];
+  assign \cmd$123.pad_top  = cmd[104:102];
+  assign \cmd$123.pad_left  = cmd[107:105];
+  assign \cmd$123.kind  = cmd[109:108];
+  assign \cmd$123.relu  = cmd[110];
+  assign \cmd$123.keep  = cmd[111];
+  assign \cmd$123.part  = cmd[113:112];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -1606,22 +1668,61 @@ module \psc_core.counters (rst, waiting, beat, clear, busy, run, total, compute,
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, \acc$27 , clk);
+module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o__payload, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire \$1 ;
-  output [25:0] acc;
+  wire \$10 ;
+  reg [2:0] \$11 ;
+  reg \$12 ;
+  reg \$13 ;
+  reg [20:0] \$14 ;
+  reg [20:0] \$15 ;
+  reg [20:0] \$16 ;
+  reg [20:0] \$17 ;
+  reg [20:0] \$18 ;
+  reg [20:0] \$19 ;
+  wire \$2 ;
+  reg [20:0] \$20 ;
+  reg [20:0] \$21 ;
+  reg [20:0] \$22 ;
+  reg [20:0] \$23 ;
+  reg [20:0] \$24 ;
+  reg [20:0] \$25 ;
+  wire \$3 ;
+  wire \$4 ;
+  wire \$5 ;
+  wire \$6 ;
+  wire \$7 ;
+  wire [3:0] \$8 ;
+  wire \$9 ;
   wire [25:0] acc;
-  output [25:0] \acc$27 ;
-  wire [25:0] \acc$27 ;
+  wire [25:0] \acc$34 ;
   wire acc_valid;
   wire [25:0] bias;
   wire [25:0] \bias$17 ;
   input clk;
   wire clk;
+  reg [20:0] drain_0 = 21'h000000;
+  reg [20:0] drain_1 = 21'h000000;
+  reg [20:0] drain_10 = 21'h000000;
+  reg [20:0] drain_11 = 21'h000000;
+  reg [20:0] drain_2 = 21'h000000;
+  reg [20:0] drain_3 = 21'h000000;
+  reg [20:0] drain_4 = 21'h000000;
+  reg [20:0] drain_5 = 21'h000000;
+  reg [20:0] drain_6 = 21'h000000;
+  reg [20:0] drain_7 = 21'h000000;
+  reg [20:0] drain_8 = 21'h000000;
+  reg [20:0] drain_9 = 21'h000000;
+  input dw;
+  wire dw;
+  reg empty = 1'h1;
   wire en;
   wire \en$13 ;
   wire \en$21 ;
   wire first;
   wire \first$19 ;
+  wire free;
   input [293:0] i__payload;
   wire [293:0] i__payload;
   wire [51:0] \i__payload.bias ;
@@ -1652,20 +1753,38 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
   wire [7:0] \i__payload.x[4] ;
   wire [7:0] \i__payload.x[5] ;
   output i__ready;
-  wire i__ready;
+  reg i__ready;
   wire i__valid;
+  wire [125:0] lane_acc;
+  wire [125:0] \lane_acc$49 ;
+  wire [20:0] \lane_acc$49[0] ;
+  wire [20:0] \lane_acc$49[1] ;
+  wire [20:0] \lane_acc$49[2] ;
+  wire [20:0] \lane_acc$49[3] ;
+  wire [20:0] \lane_acc$49[4] ;
+  wire [20:0] \lane_acc$49[5] ;
+  wire [20:0] \lane_acc[0] ;
+  wire [20:0] \lane_acc[1] ;
+  wire [20:0] \lane_acc[2] ;
+  wire [20:0] \lane_acc[3] ;
+  wire [20:0] \lane_acc[4] ;
+  wire [20:0] \lane_acc[5] ;
+  wire lane_valid;
   wire last;
   wire \last$20 ;
+  reg [2:0] left = 3'h0;
   wire [5:0] mask;
   wire [5:0] \mask$15 ;
   wire [5:0] \mask$6 ;
-  wire [51:0] o__payload;
+  output [51:0] o__payload;
+  reg [51:0] o__payload;
   wire [25:0] \o__payload[0] ;
   wire [25:0] \o__payload[1] ;
   input o__ready;
   wire o__ready;
   output o__valid;
-  wire o__valid;
+  reg o__valid;
+  reg one = 1'h0;
   input rst;
   wire rst;
   input valid;
@@ -1706,26 +1825,68 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
   wire [7:0] \x[3] ;
   wire [7:0] \x[4] ;
   wire [7:0] \x[5] ;
-  assign \$1  = ~ o__valid;
-  assign i__ready = \$1  | o__ready;
+  assign \$1  = one & o__ready;
+  assign free = empty | \$1 ;
+  assign \$2  = ~ lane_valid;
+  assign \$3  = \$2  | free;
+  assign \$4  = ~ empty;
+  assign \$5  = ~ o__valid;
+  assign \$6  = \$5  | o__ready;
+  assign \$7  = o__valid & o__ready;
+  assign \$8  = left - 1'h1;
+  assign \$9  = left == 2'h2;
+  assign \$10  = lane_valid & free;
+  always @(posedge clk)
+    left <= \$11 ;
+  always @(posedge clk)
+    empty <= \$12 ;
+  always @(posedge clk)
+    one <= \$13 ;
+  always @(posedge clk)
+    drain_0 <= \$14 ;
+  always @(posedge clk)
+    drain_1 <= \$15 ;
+  always @(posedge clk)
+    drain_2 <= \$16 ;
+  always @(posedge clk)
+    drain_3 <= \$17 ;
+  always @(posedge clk)
+    drain_4 <= \$18 ;
+  always @(posedge clk)
+    drain_5 <= \$19 ;
+  always @(posedge clk)
+    drain_6 <= \$20 ;
+  always @(posedge clk)
+    drain_7 <= \$21 ;
+  always @(posedge clk)
+    drain_8 <= \$22 ;
+  always @(posedge clk)
+    drain_9 <= \$23 ;
+  always @(posedge clk)
+    drain_10 <= \$24 ;
+  always @(posedge clk)
+    drain_11 <= \$25 ;
   \psc_core.dp.pe_0  pe_0 (
     .acc(acc),
-    .acc_valid(o__valid),
+    .acc_valid(acc_valid),
     .bias(i__payload[265:240]),
     .clk(clk),
     .en(i__ready),
+    .lane_acc(lane_acc),
+    .lane_valid(lane_valid),
     .mask(mask),
-    .\port$1368$0 (i__payload[143:0]),
-    .\port$1368$292 (i__payload[293:292]),
+    .\port$1345$0 (i__payload[143:0]),
+    .\port$1345$292 (i__payload[293:292]),
     .rst(rst),
     .valid(valid)
   );
   \psc_core.dp.pe_1  pe_1 (
-    .acc(\acc$27 ),
+    .acc(\acc$34 ),
     .clk(clk),
     .en(i__ready),
+    .lane_acc(\lane_acc$49 ),
     .mask(mask),
-    .\port$1368$266 (i__payload[293:266]),
+    .\port$1345$266 (i__payload[293:266]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[239:144]),
@@ -1735,6 +1896,217 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
     .mask(mask),
     .x(i__payload[47:0])
   );
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    (* full_case = 32'd1 *)
+    if (dw) begin
+      i__ready = \$3 ;
+    end else begin
+      i__ready = \$6 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    (* full_case = 32'd1 *)
+    if (dw) begin
+      o__valid = \$4 ;
+    end else begin
+      o__valid = acc_valid;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    (* full_case = 32'd1 *)
+    if (dw) begin
+      o__payload[25:0] = { drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0[20], drain_0 };
+      o__payload[51:26] = { drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1[20], drain_1 };
+    end else begin
+      o__payload = { \acc$34 , acc };
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$11  = left;
+    if (dw) begin
+      if (\$7 ) begin
+        \$11  = \$8 [2:0];
+      end
+      if (\$10 ) begin
+        \$11  = 3'h6;
+      end
+    end
+    if (rst) begin
+      \$11  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$12  = empty;
+    if (dw) begin
+      if (\$7 ) begin
+        \$12  = one;
+      end
+      if (\$10 ) begin
+        \$12  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$12  = 1'h1;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$13  = one;
+    if (dw) begin
+      if (\$7 ) begin
+        \$13  = \$9 ;
+      end
+      if (\$10 ) begin
+        \$13  = 1'h0;
+      end
+    end
+    if (rst) begin
+      \$13  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$14  = drain_0;
+    if (dw) begin
+      if (\$7 ) begin
+        \$14  = drain_2;
+      end
+      if (\$10 ) begin
+        \$14  = lane_acc[20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$15  = drain_1;
+    if (dw) begin
+      if (\$7 ) begin
+        \$15  = drain_3;
+      end
+      if (\$10 ) begin
+        \$15  = lane_acc[41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$16  = drain_2;
+    if (dw) begin
+      if (\$7 ) begin
+        \$16  = drain_4;
+      end
+      if (\$10 ) begin
+        \$16  = \lane_acc$49 [20:0];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$17  = drain_3;
+    if (dw) begin
+      if (\$7 ) begin
+        \$17  = drain_5;
+      end
+      if (\$10 ) begin
+        \$17  = \lane_acc$49 [41:21];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$18  = drain_4;
+    if (dw) begin
+      if (\$7 ) begin
+        \$18  = drain_6;
+      end
+      if (\$10 ) begin
+        \$18  = lane_acc[62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$19  = drain_5;
+    if (dw) begin
+      if (\$7 ) begin
+        \$19  = drain_7;
+      end
+      if (\$10 ) begin
+        \$19  = lane_acc[83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$20  = drain_6;
+    if (dw) begin
+      if (\$7 ) begin
+        \$20  = drain_8;
+      end
+      if (\$10 ) begin
+        \$20  = \lane_acc$49 [62:42];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$21  = drain_7;
+    if (dw) begin
+      if (\$7 ) begin
+        \$21  = drain_9;
+      end
+      if (\$10 ) begin
+        \$21  = \lane_acc$49 [83:63];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$22  = drain_8;
+    if (dw) begin
+      if (\$7 ) begin
+        \$22  = drain_10;
+      end
+      if (\$10 ) begin
+        \$22  = lane_acc[104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$23  = drain_9;
+    if (dw) begin
+      if (\$7 ) begin
+        \$23  = drain_11;
+      end
+      if (\$10 ) begin
+        \$23  = lane_acc[125:105];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$24  = drain_10;
+    if (dw) begin
+      if (\$10 ) begin
+        \$24  = \lane_acc$49 [104:84];
+      end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
+    \$25  = drain_11;
+    if (dw) begin
+      if (\$10 ) begin
+        \$25  = \lane_acc$49 [125:105];
+      end
+    end
+  end
   assign en = i__ready;
   assign x = i__payload[47:0];
   assign \x$4  = i__payload[47:0];
@@ -1753,8 +2125,6 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
   assign \first$19  = i__payload[292];
   assign \last$20  = i__payload[293];
   assign \en$21  = i__ready;
-  assign acc_valid = o__valid;
-  assign o__payload = { \acc$27 , acc };
   assign \x[0]  = i__payload[7:0];
   assign \x[1]  = i__payload[15:8];
   assign \x[2]  = i__payload[23:16];
@@ -1812,49 +2182,87 @@ module \psc_core.dp (rst, i__ready, o__ready, i__payload, valid, o__valid, acc, 
   assign \words$16[3]  = i__payload[207:192];
   assign \words$16[4]  = i__payload[223:208];
   assign \words$16[5]  = i__payload[239:224];
-  assign \o__payload[0]  = acc;
-  assign \o__payload[1]  = \acc$27 ;
+  assign \o__payload[0]  = o__payload[25:0];
+  assign \o__payload[1]  = o__payload[51:26];
+  assign \lane_acc[0]  = lane_acc[20:0];
+  assign \lane_acc[1]  = lane_acc[41:21];
+  assign \lane_acc[2]  = lane_acc[62:42];
+  assign \lane_acc[3]  = lane_acc[83:63];
+  assign \lane_acc[4]  = lane_acc[104:84];
+  assign \lane_acc[5]  = lane_acc[125:105];
+  assign \lane_acc$49[0]  = \lane_acc$49 [20:0];
+  assign \lane_acc$49[1]  = \lane_acc$49 [41:21];
+  assign \lane_acc$49[2]  = \lane_acc$49 [62:42];
+  assign \lane_acc$49[3]  = \lane_acc$49 [83:63];
+  assign \lane_acc$49[4]  = \lane_acc$49 [104:84];
+  assign \lane_acc$49[5]  = \lane_acc$49 [125:105];
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, en, \port$1368$0 , bias, \port$1368$292 , valid, mask, acc_valid, acc, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
+module \psc_core.dp.pe_0 (rst, \port$1345$0 , bias, \port$1345$292 , valid, en, mask, lane_acc, acc_valid, acc, lane_valid, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire \$1 ;
   wire [17:0] \$10 ;
   wire [18:0] \$11 ;
   wire \$12 ;
   wire [26:0] \$13 ;
-  reg \$14 ;
-  reg \$15 ;
-  reg \$16 ;
-  reg [25:0] \$17 ;
-  reg \$18 ;
-  reg \$19 ;
+  wire \$14 ;
+  wire [20:0] \$15 ;
+  wire [21:0] \$16 ;
+  wire \$17 ;
+  wire [20:0] \$18 ;
+  wire [21:0] \$19 ;
   wire \$2 ;
-  reg \$20 ;
-  reg [25:0] \$21 ;
-  reg \$22 ;
-  reg \$23 ;
-  reg \$24 ;
-  reg [25:0] \$25 ;
-  reg \$26 ;
-  reg \$27 ;
-  reg \$28 ;
-  reg [25:0] \$29 ;
+  wire \$20 ;
+  wire [20:0] \$21 ;
+  wire [21:0] \$22 ;
+  wire \$23 ;
+  wire [20:0] \$24 ;
+  wire [21:0] \$25 ;
+  wire \$26 ;
+  wire [20:0] \$27 ;
+  wire [21:0] \$28 ;
+  wire \$29 ;
   wire \$3 ;
-  reg \$30 ;
-  reg \$31 ;
-  reg \$32 ;
-  reg [25:0] \$33 ;
+  wire [20:0] \$30 ;
+  wire [21:0] \$31 ;
+  wire \$32 ;
+  reg \$33 ;
   reg \$34 ;
-  reg [16:0] \$35 ;
-  reg [16:0] \$36 ;
-  reg [16:0] \$37 ;
-  reg [18:0] \$38 ;
-  reg [25:0] \$39 ;
+  reg \$35 ;
+  reg [25:0] \$36 ;
+  reg \$37 ;
+  reg \$38 ;
+  reg \$39 ;
   wire \$4 ;
+  reg [25:0] \$40 ;
+  reg \$41 ;
+  reg \$42 ;
+  reg \$43 ;
+  reg [25:0] \$44 ;
+  reg \$45 ;
+  reg \$46 ;
+  reg \$47 ;
+  reg [25:0] \$48 ;
+  reg \$49 ;
   wire \$5 ;
+  reg \$50 ;
+  reg \$51 ;
+  reg [25:0] \$52 ;
+  reg \$53 ;
+  reg [16:0] \$54 ;
+  reg [16:0] \$55 ;
+  reg [16:0] \$56 ;
+  reg [18:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [20:0] \$59 ;
   wire \$6 ;
+  reg [20:0] \$60 ;
+  reg [20:0] \$61 ;
+  reg [20:0] \$62 ;
+  reg [20:0] \$63 ;
+  reg [20:0] \$64 ;
+  reg \$65 ;
   wire [16:0] \$7 ;
   wire [16:0] \$8 ;
   wire [16:0] \$9 ;
@@ -1907,6 +2315,22 @@ module \psc_core.dp.pe_0 (rst, en, \port$1368$0 , bias, \port$1368$292 , valid, 
   reg l3 = 1'h0;
   reg l4 = 1'h0;
   reg l5 = 1'h0;
+  output [125:0] lane_acc;
+  wire [125:0] lane_acc;
+  wire [20:0] \lane_acc[0] ;
+  wire [20:0] \lane_acc[1] ;
+  wire [20:0] \lane_acc[2] ;
+  wire [20:0] \lane_acc[3] ;
+  wire [20:0] \lane_acc[4] ;
+  wire [20:0] \lane_acc[5] ;
+  reg [20:0] lane_acc_0 = 21'h000000;
+  reg [20:0] lane_acc_1 = 21'h000000;
+  reg [20:0] lane_acc_2 = 21'h000000;
+  reg [20:0] lane_acc_3 = 21'h000000;
+  reg [20:0] lane_acc_4 = 21'h000000;
+  reg [20:0] lane_acc_5 = 21'h000000;
+  output lane_valid;
+  reg lane_valid = 1'h0;
   wire last;
   input [5:0] mask;
   wire [5:0] mask;
@@ -1920,10 +2344,10 @@ module \psc_core.dp.pe_0 (rst, en, \port$1368$0 , bias, \port$1368$292 , valid, 
   wire [15:0] \p$19[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [143:0] \port$1368$0 ;
-  wire [143:0] \port$1368$0 ;
-  input [1:0] \port$1368$292 ;
-  wire [1:0] \port$1368$292 ;
+  input [143:0] \port$1345$0 ;
+  wire [143:0] \port$1345$0 ;
+  input [1:0] \port$1345$292 ;
+  wire [1:0] \port$1345$292 ;
   wire [95:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -1975,21 +2399,73 @@ module \psc_core.dp.pe_0 (rst, en, \port$1368$0 , bias, \port$1368$292 , valid, 
   wire [7:0] \x[4] ;
   wire [7:0] \x[5] ;
   always @(posedge clk)
-    b5 <= \$33 ;
+    v1 <= \$33 ;
   always @(posedge clk)
-    acc_valid <= \$34 ;
+    f1 <= \$34 ;
   always @(posedge clk)
-    tree0_0 <= \$35 ;
+    l1 <= \$35 ;
   always @(posedge clk)
-    tree0_1 <= \$36 ;
+    b1 <= \$36 ;
   always @(posedge clk)
-    tree0_2 <= \$37 ;
+    v2 <= \$37 ;
   always @(posedge clk)
-    tree1_0 <= \$38 ;
+    f2 <= \$38 ;
   always @(posedge clk)
-    acc <= \$39 ;
+    l2 <= \$39 ;
+  always @(posedge clk)
+    b2 <= \$40 ;
+  always @(posedge clk)
+    v3 <= \$41 ;
+  always @(posedge clk)
+    f3 <= \$42 ;
+  always @(posedge clk)
+    l3 <= \$43 ;
+  always @(posedge clk)
+    b3 <= \$44 ;
+  always @(posedge clk)
+    v4 <= \$45 ;
+  always @(posedge clk)
+    f4 <= \$46 ;
+  always @(posedge clk)
+    l4 <= \$47 ;
+  always @(posedge clk)
+    b4 <= \$48 ;
+  always @(posedge clk)
+    v5 <= \$49 ;
+  always @(posedge clk)
+    f5 <= \$50 ;
+  always @(posedge clk)
+    l5 <= \$51 ;
+  always @(posedge clk)
+    b5 <= \$52 ;
+  always @(posedge clk)
+    acc_valid <= \$53 ;
+  always @(posedge clk)
+    tree0_0 <= \$54 ;
+  always @(posedge clk)
+    tree0_1 <= \$55 ;
+  always @(posedge clk)
+    tree0_2 <= \$56 ;
+  always @(posedge clk)
+    tree1_0 <= \$57 ;
+  always @(posedge clk)
+    acc <= \$58 ;
+  always @(posedge clk)
+    lane_acc_0 <= \$59 ;
+  always @(posedge clk)
+    lane_acc_1 <= \$60 ;
+  always @(posedge clk)
+    lane_acc_2 <= \$61 ;
+  always @(posedge clk)
+    lane_acc_3 <= \$62 ;
+  always @(posedge clk)
+    lane_acc_4 <= \$63 ;
+  always @(posedge clk)
+    lane_acc_5 <= \$64 ;
+  always @(posedge clk)
+    lane_valid <= \$65 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1368$292 [0];
+  assign \$1  = valid & \port$1345$292 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -2002,44 +2478,25 @@ module \psc_core.dp.pe_0 (rst, en, \port$1368$0 , bias, \port$1368$292 , valid, 
   assign \$11  = $signed(\$10 ) + $signed(tree0_2);
   assign \$12  = en & v5;
   assign \$13  = $signed(start) + $signed(tree1_0);
-  always @(posedge clk)
-    v1 <= \$14 ;
-  always @(posedge clk)
-    f1 <= \$15 ;
-  always @(posedge clk)
-    l1 <= \$16 ;
-  always @(posedge clk)
-    b1 <= \$17 ;
-  always @(posedge clk)
-    v2 <= \$18 ;
-  always @(posedge clk)
-    f2 <= \$19 ;
-  always @(posedge clk)
-    l2 <= \$20 ;
-  always @(posedge clk)
-    b2 <= \$21 ;
-  always @(posedge clk)
-    v3 <= \$22 ;
-  always @(posedge clk)
-    f3 <= \$23 ;
-  always @(posedge clk)
-    l3 <= \$24 ;
-  always @(posedge clk)
-    b3 <= \$25 ;
-  always @(posedge clk)
-    v4 <= \$26 ;
-  always @(posedge clk)
-    f4 <= \$27 ;
-  always @(posedge clk)
-    l4 <= \$28 ;
-  always @(posedge clk)
-    b4 <= \$29 ;
-  always @(posedge clk)
-    v5 <= \$30 ;
-  always @(posedge clk)
-    f5 <= \$31 ;
-  always @(posedge clk)
-    l5 <= \$32 ;
+  assign \$14  = en & v3;
+  assign \$15  = f3 ? 21'h000000 : lane_acc_0;
+  assign \$16  = $signed(\$15 ) + $signed(products[15:0]);
+  assign \$17  = en & v3;
+  assign \$18  = f3 ? 21'h000000 : lane_acc_1;
+  assign \$19  = $signed(\$18 ) + $signed(products[31:16]);
+  assign \$20  = en & v3;
+  assign \$21  = f3 ? 21'h000000 : lane_acc_2;
+  assign \$22  = $signed(\$21 ) + $signed(products[47:32]);
+  assign \$23  = en & v3;
+  assign \$24  = f3 ? 21'h000000 : lane_acc_3;
+  assign \$25  = $signed(\$24 ) + $signed(products[63:48]);
+  assign \$26  = en & v3;
+  assign \$27  = f3 ? 21'h000000 : lane_acc_4;
+  assign \$28  = $signed(\$27 ) + $signed(products[79:64]);
+  assign \$29  = en & v3;
+  assign \$30  = f3 ? 21'h000000 : lane_acc_5;
+  assign \$31  = $signed(\$30 ) + $signed(products[95:80]);
+  assign \$32  = v3 & l3;
   \psc_core.dp.pe_0.mul_0  mul_0 (
     .a(a),
     .b(b),
@@ -2064,279 +2521,331 @@ module \psc_core.dp.pe_0 (rst, en, \port$1368$0 , bias, \port$1368$292 , valid, 
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
     .w(w),
-    .words(\port$1368$0 [143:48])
+    .words(\port$1345$0 [143:48])
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$34  = acc_valid;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$33  = v1;
     if (en) begin
-      \$34  = \$6 ;
+      \$33  = valid;
+    end
+    if (rst) begin
+      \$33  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$34  = f1;
+    if (en) begin
+      \$34  = \port$1345$292 [0];
     end
     if (rst) begin
       \$34  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$35  = tree0_0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$35  = l1;
     if (en) begin
-      \$35  = \$7 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$36  = tree0_1;
-    if (en) begin
-      \$36  = \$8 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$37  = tree0_2;
-    if (en) begin
-      \$37  = \$9 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$38  = tree1_0;
-    if (en) begin
-      \$38  = \$11 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$39  = acc;
-    if (\$12 ) begin
-      \$39  = \$13 [25:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$14  = v1;
-    if (en) begin
-      \$14  = valid;
+      \$35  = \port$1345$292 [1];
     end
     if (rst) begin
-      \$14  = 1'h0;
+      \$35  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$15  = f1;
-    if (en) begin
-      \$15  = \port$1368$292 [0];
-    end
-    if (rst) begin
-      \$15  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$16  = l1;
-    if (en) begin
-      \$16  = \port$1368$292 [1];
-    end
-    if (rst) begin
-      \$16  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$17  = b1;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$36  = b1;
     if (en) begin
       if (\$1 ) begin
-        \$17  = bias;
+        \$36  = bias;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$18  = v2;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$37  = v2;
     if (en) begin
-      \$18  = v1;
+      \$37  = v1;
     end
     if (rst) begin
-      \$18  = 1'h0;
+      \$37  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$19  = f2;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$38  = f2;
     if (en) begin
-      \$19  = f1;
+      \$38  = f1;
     end
     if (rst) begin
-      \$19  = 1'h0;
+      \$38  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$20  = l2;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$39  = l2;
     if (en) begin
-      \$20  = l1;
+      \$39  = l1;
     end
     if (rst) begin
-      \$20  = 1'h0;
+      \$39  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$21  = b2;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$40  = b2;
     if (en) begin
       if (\$2 ) begin
-        \$21  = b1;
+        \$40  = b1;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$22  = v3;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$41  = v3;
     if (en) begin
-      \$22  = v2;
+      \$41  = v2;
     end
     if (rst) begin
-      \$22  = 1'h0;
+      \$41  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$23  = f3;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$42  = f3;
     if (en) begin
-      \$23  = f2;
+      \$42  = f2;
     end
     if (rst) begin
-      \$23  = 1'h0;
+      \$42  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$24  = l3;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$43  = l3;
     if (en) begin
-      \$24  = l2;
+      \$43  = l2;
     end
     if (rst) begin
-      \$24  = 1'h0;
+      \$43  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$25  = b3;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$44  = b3;
     if (en) begin
       if (\$3 ) begin
-        \$25  = b2;
+        \$44  = b2;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$26  = v4;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$45  = v4;
     if (en) begin
-      \$26  = v3;
+      \$45  = v3;
     end
     if (rst) begin
-      \$26  = 1'h0;
+      \$45  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$27  = f4;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$46  = f4;
     if (en) begin
-      \$27  = f3;
+      \$46  = f3;
     end
     if (rst) begin
-      \$27  = 1'h0;
+      \$46  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$28  = l4;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$47  = l4;
     if (en) begin
-      \$28  = l3;
+      \$47  = l3;
     end
     if (rst) begin
-      \$28  = 1'h0;
+      \$47  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$29  = b4;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$48  = b4;
     if (en) begin
       if (\$4 ) begin
-        \$29  = b3;
+        \$48  = b3;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$30  = v5;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$49  = v5;
     if (en) begin
-      \$30  = v4;
+      \$49  = v4;
     end
     if (rst) begin
-      \$30  = 1'h0;
+      \$49  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$31  = f5;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$50  = f5;
     if (en) begin
-      \$31  = f4;
+      \$50  = f4;
     end
     if (rst) begin
-      \$31  = 1'h0;
+      \$50  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$32  = l5;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$51  = l5;
     if (en) begin
-      \$32  = l4;
+      \$51  = l4;
     end
     if (rst) begin
-      \$32  = 1'h0;
+      \$51  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
-    \$33  = b5;
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$52  = b5;
     if (en) begin
       if (\$5 ) begin
-        \$33  = b4;
+        \$52  = b4;
       end
     end
   end
-  assign words = \port$1368$0 [143:48];
-  assign \words$1  = \port$1368$0 [143:48];
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$53  = acc_valid;
+    if (en) begin
+      \$53  = \$6 ;
+    end
+    if (rst) begin
+      \$53  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$54  = tree0_0;
+    if (en) begin
+      \$54  = \$7 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$55  = tree0_1;
+    if (en) begin
+      \$55  = \$8 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$56  = tree0_2;
+    if (en) begin
+      \$56  = \$9 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$57  = tree1_0;
+    if (en) begin
+      \$57  = \$11 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$58  = acc;
+    if (\$12 ) begin
+      \$58  = \$13 [25:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$59  = lane_acc_0;
+    if (\$14 ) begin
+      \$59  = \$16 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$60  = lane_acc_1;
+    if (\$17 ) begin
+      \$60  = \$19 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$61  = lane_acc_2;
+    if (\$20 ) begin
+      \$61  = \$22 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$62  = lane_acc_3;
+    if (\$23 ) begin
+      \$62  = \$25 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$63  = lane_acc_4;
+    if (\$26 ) begin
+      \$63  = \$28 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$64  = lane_acc_5;
+    if (\$29 ) begin
+      \$64  = \$31 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
+    \$65  = lane_valid;
+    if (en) begin
+      \$65  = \$32 ;
+    end
+    if (rst) begin
+      \$65  = 1'h0;
+    end
+  end
+  assign words = \port$1345$0 [143:48];
+  assign \words$1  = \port$1345$0 [143:48];
   assign \mask$3  = mask;
   assign \en$5  = en;
-  assign x = \port$1368$0 [47:0];
+  assign x = \port$1345$0 [47:0];
   assign \en$12  = en;
   assign \en$16  = en;
   assign \acc$21  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1368$292 [0];
-  assign last = \port$1368$292 [1];
-  assign \words[0]  = \port$1368$0 [63:48];
-  assign \words[1]  = \port$1368$0 [79:64];
-  assign \words[2]  = \port$1368$0 [95:80];
-  assign \words[3]  = \port$1368$0 [111:96];
-  assign \words[4]  = \port$1368$0 [127:112];
-  assign \words[5]  = \port$1368$0 [143:128];
-  assign \words$1[0]  = \port$1368$0 [63:48];
-  assign \words$1[1]  = \port$1368$0 [79:64];
-  assign \words$1[2]  = \port$1368$0 [95:80];
-  assign \words$1[3]  = \port$1368$0 [111:96];
-  assign \words$1[4]  = \port$1368$0 [127:112];
-  assign \words$1[5]  = \port$1368$0 [143:128];
+  assign first = \port$1345$292 [0];
+  assign last = \port$1345$292 [1];
+  assign \words[0]  = \port$1345$0 [63:48];
+  assign \words[1]  = \port$1345$0 [79:64];
+  assign \words[2]  = \port$1345$0 [95:80];
+  assign \words[3]  = \port$1345$0 [111:96];
+  assign \words[4]  = \port$1345$0 [127:112];
+  assign \words[5]  = \port$1345$0 [143:128];
+  assign \words$1[0]  = \port$1345$0 [63:48];
+  assign \words$1[1]  = \port$1345$0 [79:64];
+  assign \words$1[2]  = \port$1345$0 [95:80];
+  assign \words$1[3]  = \port$1345$0 [111:96];
+  assign \words$1[4]  = \port$1345$0 [127:112];
+  assign \words$1[5]  = \port$1345$0 [143:128];
   assign \a[0]  = a[7:0];
   assign \a[1]  = a[15:8];
-  assign \x[0]  = \port$1368$0 [7:0];
-  assign \x[1]  = \port$1368$0 [15:8];
-  assign \x[2]  = \port$1368$0 [23:16];
-  assign \x[3]  = \port$1368$0 [31:24];
-  assign \x[4]  = \port$1368$0 [39:32];
-  assign \x[5]  = \port$1368$0 [47:40];
+  assign \x[0]  = \port$1345$0 [7:0];
+  assign \x[1]  = \port$1345$0 [15:8];
+  assign \x[2]  = \port$1345$0 [23:16];
+  assign \x[3]  = \port$1345$0 [31:24];
+  assign \x[4]  = \port$1345$0 [39:32];
+  assign \x[5]  = \port$1345$0 [47:40];
   assign \b[0]  = b[7:0];
   assign \b[1]  = b[15:8];
   assign \w[0]  = w[7:0];
@@ -2365,14 +2874,26 @@ module \psc_core.dp.pe_0 (rst, en, \port$1368$0 , bias, \port$1368$292 , valid, 
   assign \b$18[1]  = \b$18 [15:8];
   assign \p$19[0]  = \p$19 [15:0];
   assign \p$19[1]  = \p$19 [31:16];
+  assign \lane_acc[0]  = lane_acc[20:0];
+  assign \lane_acc[1]  = lane_acc[41:21];
+  assign \lane_acc[2]  = lane_acc[62:42];
+  assign \lane_acc[3]  = lane_acc[83:63];
+  assign \lane_acc[4]  = lane_acc[104:84];
+  assign \lane_acc[5]  = lane_acc[125:105];
+  assign lane_acc[125:105] = lane_acc_5;
+  assign lane_acc[104:84] = lane_acc_4;
+  assign lane_acc[83:63] = lane_acc_3;
+  assign lane_acc[62:42] = lane_acc_2;
+  assign lane_acc[41:21] = lane_acc_1;
+  assign lane_acc[20:0] = lane_acc_0;
   assign \b$18 [15:8] = w[47:40];
   assign \b$18 [7:0] = w[39:32];
-  assign \a$17 [15:8] = \port$1368$0 [47:40];
-  assign \a$17 [7:0] = \port$1368$0 [39:32];
+  assign \a$17 [15:8] = \port$1345$0 [47:40];
+  assign \a$17 [7:0] = \port$1345$0 [39:32];
   assign \b$14 [15:8] = w[31:24];
   assign \b$14 [7:0] = w[23:16];
-  assign \a$13 [15:8] = \port$1368$0 [31:24];
-  assign \a$13 [7:0] = \port$1368$0 [23:16];
+  assign \a$13 [15:8] = \port$1345$0 [31:24];
+  assign \a$13 [7:0] = \port$1345$0 [23:16];
   assign products[95:80] = \p$19 [31:16];
   assign products[79:64] = \p$19 [15:0];
   assign products[63:48] = \p$15 [31:16];
@@ -2381,8 +2902,8 @@ module \psc_core.dp.pe_0 (rst, en, \port$1368$0 , bias, \port$1368$292 , valid, 
   assign products[15:0] = p[15:0];
   assign b[15:8] = w[15:8];
   assign b[7:0] = w[7:0];
-  assign a[15:8] = \port$1368$0 [15:8];
-  assign a[7:0] = \port$1368$0 [7:0];
+  assign a[15:8] = \port$1345$0 [15:8];
+  assign a[7:0] = \port$1345$0 [7:0];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -2720,44 +3241,70 @@ module \psc_core.dp.pe_0.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, en, x, words, \port$1368$266 , valid, mask, acc, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
+module \psc_core.dp.pe_1 (rst, x, words, \port$1345$266 , valid, en, mask, lane_acc, acc, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire \$1 ;
   wire [17:0] \$10 ;
   wire [18:0] \$11 ;
   wire \$12 ;
   wire [26:0] \$13 ;
-  reg \$14 ;
-  reg \$15 ;
-  reg \$16 ;
-  reg [25:0] \$17 ;
-  reg \$18 ;
-  reg \$19 ;
+  wire \$14 ;
+  wire [20:0] \$15 ;
+  wire [21:0] \$16 ;
+  wire \$17 ;
+  wire [20:0] \$18 ;
+  wire [21:0] \$19 ;
   wire \$2 ;
-  reg \$20 ;
-  reg [25:0] \$21 ;
-  reg \$22 ;
-  reg \$23 ;
-  reg \$24 ;
-  reg [25:0] \$25 ;
-  reg \$26 ;
-  reg \$27 ;
-  reg \$28 ;
-  reg [25:0] \$29 ;
+  wire \$20 ;
+  wire [20:0] \$21 ;
+  wire [21:0] \$22 ;
+  wire \$23 ;
+  wire [20:0] \$24 ;
+  wire [21:0] \$25 ;
+  wire \$26 ;
+  wire [20:0] \$27 ;
+  wire [21:0] \$28 ;
+  wire \$29 ;
   wire \$3 ;
-  reg \$30 ;
-  reg \$31 ;
-  reg \$32 ;
-  reg [25:0] \$33 ;
+  wire [20:0] \$30 ;
+  wire [21:0] \$31 ;
+  wire \$32 ;
+  reg \$33 ;
   reg \$34 ;
-  reg [16:0] \$35 ;
-  reg [16:0] \$36 ;
-  reg [16:0] \$37 ;
-  reg [18:0] \$38 ;
-  reg [25:0] \$39 ;
+  reg \$35 ;
+  reg [25:0] \$36 ;
+  reg \$37 ;
+  reg \$38 ;
+  reg \$39 ;
   wire \$4 ;
+  reg [25:0] \$40 ;
+  reg \$41 ;
+  reg \$42 ;
+  reg \$43 ;
+  reg [25:0] \$44 ;
+  reg \$45 ;
+  reg \$46 ;
+  reg \$47 ;
+  reg [25:0] \$48 ;
+  reg \$49 ;
   wire \$5 ;
+  reg \$50 ;
+  reg \$51 ;
+  reg [25:0] \$52 ;
+  reg \$53 ;
+  reg [16:0] \$54 ;
+  reg [16:0] \$55 ;
+  reg [16:0] \$56 ;
+  reg [18:0] \$57 ;
+  reg [25:0] \$58 ;
+  reg [20:0] \$59 ;
   wire \$6 ;
+  reg [20:0] \$60 ;
+  reg [20:0] \$61 ;
+  reg [20:0] \$62 ;
+  reg [20:0] \$63 ;
+  reg [20:0] \$64 ;
+  reg \$65 ;
   wire [16:0] \$7 ;
   wire [16:0] \$8 ;
   wire [16:0] \$9 ;
@@ -2808,6 +3355,21 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1368$266 , valid, mask, acc, 
   reg l3 = 1'h0;
   reg l4 = 1'h0;
   reg l5 = 1'h0;
+  output [125:0] lane_acc;
+  wire [125:0] lane_acc;
+  wire [20:0] \lane_acc[0] ;
+  wire [20:0] \lane_acc[1] ;
+  wire [20:0] \lane_acc[2] ;
+  wire [20:0] \lane_acc[3] ;
+  wire [20:0] \lane_acc[4] ;
+  wire [20:0] \lane_acc[5] ;
+  reg [20:0] lane_acc_0 = 21'h000000;
+  reg [20:0] lane_acc_1 = 21'h000000;
+  reg [20:0] lane_acc_2 = 21'h000000;
+  reg [20:0] lane_acc_3 = 21'h000000;
+  reg [20:0] lane_acc_4 = 21'h000000;
+  reg [20:0] lane_acc_5 = 21'h000000;
+  reg lane_valid = 1'h0;
   wire last;
   input [5:0] mask;
   wire [5:0] mask;
@@ -2821,8 +3383,8 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1368$266 , valid, mask, acc, 
   wire [15:0] \p$19[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [27:0] \port$1368$266 ;
-  wire [27:0] \port$1368$266 ;
+  input [27:0] \port$1345$266 ;
+  wire [27:0] \port$1345$266 ;
   wire [95:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -2876,21 +3438,73 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1368$266 , valid, mask, acc, 
   wire [7:0] \x[4] ;
   wire [7:0] \x[5] ;
   always @(posedge clk)
-    b5 <= \$33 ;
+    v1 <= \$33 ;
   always @(posedge clk)
-    acc_valid <= \$34 ;
+    f1 <= \$34 ;
   always @(posedge clk)
-    tree0_0 <= \$35 ;
+    l1 <= \$35 ;
   always @(posedge clk)
-    tree0_1 <= \$36 ;
+    b1 <= \$36 ;
   always @(posedge clk)
-    tree0_2 <= \$37 ;
+    v2 <= \$37 ;
   always @(posedge clk)
-    tree1_0 <= \$38 ;
+    f2 <= \$38 ;
   always @(posedge clk)
-    acc <= \$39 ;
+    l2 <= \$39 ;
+  always @(posedge clk)
+    b2 <= \$40 ;
+  always @(posedge clk)
+    v3 <= \$41 ;
+  always @(posedge clk)
+    f3 <= \$42 ;
+  always @(posedge clk)
+    l3 <= \$43 ;
+  always @(posedge clk)
+    b3 <= \$44 ;
+  always @(posedge clk)
+    v4 <= \$45 ;
+  always @(posedge clk)
+    f4 <= \$46 ;
+  always @(posedge clk)
+    l4 <= \$47 ;
+  always @(posedge clk)
+    b4 <= \$48 ;
+  always @(posedge clk)
+    v5 <= \$49 ;
+  always @(posedge clk)
+    f5 <= \$50 ;
+  always @(posedge clk)
+    l5 <= \$51 ;
+  always @(posedge clk)
+    b5 <= \$52 ;
+  always @(posedge clk)
+    acc_valid <= \$53 ;
+  always @(posedge clk)
+    tree0_0 <= \$54 ;
+  always @(posedge clk)
+    tree0_1 <= \$55 ;
+  always @(posedge clk)
+    tree0_2 <= \$56 ;
+  always @(posedge clk)
+    tree1_0 <= \$57 ;
+  always @(posedge clk)
+    acc <= \$58 ;
+  always @(posedge clk)
+    lane_acc_0 <= \$59 ;
+  always @(posedge clk)
+    lane_acc_1 <= \$60 ;
+  always @(posedge clk)
+    lane_acc_2 <= \$61 ;
+  always @(posedge clk)
+    lane_acc_3 <= \$62 ;
+  always @(posedge clk)
+    lane_acc_4 <= \$63 ;
+  always @(posedge clk)
+    lane_acc_5 <= \$64 ;
+  always @(posedge clk)
+    lane_valid <= \$65 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1368$266 [26];
+  assign \$1  = valid & \port$1345$266 [26];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -2903,44 +3517,25 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1368$266 , valid, mask, acc, 
   assign \$11  = $signed(\$10 ) + $signed(tree0_2);
   assign \$12  = en & v5;
   assign \$13  = $signed(start) + $signed(tree1_0);
-  always @(posedge clk)
-    v1 <= \$14 ;
-  always @(posedge clk)
-    f1 <= \$15 ;
-  always @(posedge clk)
-    l1 <= \$16 ;
-  always @(posedge clk)
-    b1 <= \$17 ;
-  always @(posedge clk)
-    v2 <= \$18 ;
-  always @(posedge clk)
-    f2 <= \$19 ;
-  always @(posedge clk)
-    l2 <= \$20 ;
-  always @(posedge clk)
-    b2 <= \$21 ;
-  always @(posedge clk)
-    v3 <= \$22 ;
-  always @(posedge clk)
-    f3 <= \$23 ;
-  always @(posedge clk)
-    l3 <= \$24 ;
-  always @(posedge clk)
-    b3 <= \$25 ;
-  always @(posedge clk)
-    v4 <= \$26 ;
-  always @(posedge clk)
-    f4 <= \$27 ;
-  always @(posedge clk)
-    l4 <= \$28 ;
-  always @(posedge clk)
-    b4 <= \$29 ;
-  always @(posedge clk)
-    v5 <= \$30 ;
-  always @(posedge clk)
-    f5 <= \$31 ;
-  always @(posedge clk)
-    l5 <= \$32 ;
+  assign \$14  = en & v3;
+  assign \$15  = f3 ? 21'h000000 : lane_acc_0;
+  assign \$16  = $signed(\$15 ) + $signed(products[15:0]);
+  assign \$17  = en & v3;
+  assign \$18  = f3 ? 21'h000000 : lane_acc_1;
+  assign \$19  = $signed(\$18 ) + $signed(products[31:16]);
+  assign \$20  = en & v3;
+  assign \$21  = f3 ? 21'h000000 : lane_acc_2;
+  assign \$22  = $signed(\$21 ) + $signed(products[47:32]);
+  assign \$23  = en & v3;
+  assign \$24  = f3 ? 21'h000000 : lane_acc_3;
+  assign \$25  = $signed(\$24 ) + $signed(products[63:48]);
+  assign \$26  = en & v3;
+  assign \$27  = f3 ? 21'h000000 : lane_acc_4;
+  assign \$28  = $signed(\$27 ) + $signed(products[79:64]);
+  assign \$29  = en & v3;
+  assign \$30  = f3 ? 21'h000000 : lane_acc_5;
+  assign \$31  = $signed(\$30 ) + $signed(products[95:80]);
+  assign \$32  = v3 & l3;
   \psc_core.dp.pe_1.mul_0  mul_0 (
     .a(a),
     .b(b),
@@ -2968,243 +3563,295 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1368$266 , valid, mask, acc, 
     .words(words)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$34  = acc_valid;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$33  = v1;
     if (en) begin
-      \$34  = \$6 ;
+      \$33  = valid;
+    end
+    if (rst) begin
+      \$33  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$34  = f1;
+    if (en) begin
+      \$34  = \port$1345$266 [26];
     end
     if (rst) begin
       \$34  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$35  = tree0_0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$35  = l1;
     if (en) begin
-      \$35  = \$7 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$36  = tree0_1;
-    if (en) begin
-      \$36  = \$8 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$37  = tree0_2;
-    if (en) begin
-      \$37  = \$9 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$38  = tree1_0;
-    if (en) begin
-      \$38  = \$11 ;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$39  = acc;
-    if (\$12 ) begin
-      \$39  = \$13 [25:0];
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$14  = v1;
-    if (en) begin
-      \$14  = valid;
+      \$35  = \port$1345$266 [27];
     end
     if (rst) begin
-      \$14  = 1'h0;
+      \$35  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$15  = f1;
-    if (en) begin
-      \$15  = \port$1368$266 [26];
-    end
-    if (rst) begin
-      \$15  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$16  = l1;
-    if (en) begin
-      \$16  = \port$1368$266 [27];
-    end
-    if (rst) begin
-      \$16  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$17  = b1;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$36  = b1;
     if (en) begin
       if (\$1 ) begin
-        \$17  = \port$1368$266 [25:0];
+        \$36  = \port$1345$266 [25:0];
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$18  = v2;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$37  = v2;
     if (en) begin
-      \$18  = v1;
+      \$37  = v1;
     end
     if (rst) begin
-      \$18  = 1'h0;
+      \$37  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$19  = f2;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$38  = f2;
     if (en) begin
-      \$19  = f1;
+      \$38  = f1;
     end
     if (rst) begin
-      \$19  = 1'h0;
+      \$38  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$20  = l2;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$39  = l2;
     if (en) begin
-      \$20  = l1;
+      \$39  = l1;
     end
     if (rst) begin
-      \$20  = 1'h0;
+      \$39  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$21  = b2;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$40  = b2;
     if (en) begin
       if (\$2 ) begin
-        \$21  = b1;
+        \$40  = b1;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$22  = v3;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$41  = v3;
     if (en) begin
-      \$22  = v2;
+      \$41  = v2;
     end
     if (rst) begin
-      \$22  = 1'h0;
+      \$41  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$23  = f3;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$42  = f3;
     if (en) begin
-      \$23  = f2;
+      \$42  = f2;
     end
     if (rst) begin
-      \$23  = 1'h0;
+      \$42  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$24  = l3;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$43  = l3;
     if (en) begin
-      \$24  = l2;
+      \$43  = l2;
     end
     if (rst) begin
-      \$24  = 1'h0;
+      \$43  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$25  = b3;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$44  = b3;
     if (en) begin
       if (\$3 ) begin
-        \$25  = b2;
+        \$44  = b2;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$26  = v4;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$45  = v4;
     if (en) begin
-      \$26  = v3;
+      \$45  = v3;
     end
     if (rst) begin
-      \$26  = 1'h0;
+      \$45  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$27  = f4;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$46  = f4;
     if (en) begin
-      \$27  = f3;
+      \$46  = f3;
     end
     if (rst) begin
-      \$27  = 1'h0;
+      \$46  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$28  = l4;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$47  = l4;
     if (en) begin
-      \$28  = l3;
+      \$47  = l3;
     end
     if (rst) begin
-      \$28  = 1'h0;
+      \$47  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$29  = b4;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$48  = b4;
     if (en) begin
       if (\$4 ) begin
-        \$29  = b3;
+        \$48  = b3;
       end
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$30  = v5;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$49  = v5;
     if (en) begin
-      \$30  = v4;
+      \$49  = v4;
     end
     if (rst) begin
-      \$30  = 1'h0;
+      \$49  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$31  = f5;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$50  = f5;
     if (en) begin
-      \$31  = f4;
+      \$50  = f4;
     end
     if (rst) begin
-      \$31  = 1'h0;
+      \$50  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$32  = l5;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$51  = l5;
     if (en) begin
-      \$32  = l4;
+      \$51  = l4;
     end
     if (rst) begin
-      \$32  = 1'h0;
+      \$51  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
-    \$33  = b5;
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$52  = b5;
     if (en) begin
       if (\$5 ) begin
-        \$33  = b4;
+        \$52  = b4;
       end
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$53  = acc_valid;
+    if (en) begin
+      \$53  = \$6 ;
+    end
+    if (rst) begin
+      \$53  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$54  = tree0_0;
+    if (en) begin
+      \$54  = \$7 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$55  = tree0_1;
+    if (en) begin
+      \$55  = \$8 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$56  = tree0_2;
+    if (en) begin
+      \$56  = \$9 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$57  = tree1_0;
+    if (en) begin
+      \$57  = \$11 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$58  = acc;
+    if (\$12 ) begin
+      \$58  = \$13 [25:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$59  = lane_acc_0;
+    if (\$14 ) begin
+      \$59  = \$16 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$60  = lane_acc_1;
+    if (\$17 ) begin
+      \$60  = \$19 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$61  = lane_acc_2;
+    if (\$20 ) begin
+      \$61  = \$22 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$62  = lane_acc_3;
+    if (\$23 ) begin
+      \$62  = \$25 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$63  = lane_acc_4;
+    if (\$26 ) begin
+      \$63  = \$28 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$64  = lane_acc_5;
+    if (\$29 ) begin
+      \$64  = \$31 [20:0];
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    \$65  = lane_valid;
+    if (en) begin
+      \$65  = \$32 ;
+    end
+    if (rst) begin
+      \$65  = 1'h0;
     end
   end
   assign \words$1  = words;
@@ -3214,9 +3861,9 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1368$266 , valid, mask, acc, 
   assign \en$16  = en;
   assign \acc$21  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1368$266 [26];
-  assign last = \port$1368$266 [27];
-  assign bias = \port$1368$266 [25:0];
+  assign first = \port$1345$266 [26];
+  assign last = \port$1345$266 [27];
+  assign bias = \port$1345$266 [25:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -3265,6 +3912,18 @@ module \psc_core.dp.pe_1 (rst, en, x, words, \port$1368$266 , valid, mask, acc, 
   assign \b$18[1]  = \b$18 [15:8];
   assign \p$19[0]  = \p$19 [15:0];
   assign \p$19[1]  = \p$19 [31:16];
+  assign \lane_acc[0]  = lane_acc[20:0];
+  assign \lane_acc[1]  = lane_acc[41:21];
+  assign \lane_acc[2]  = lane_acc[62:42];
+  assign \lane_acc[3]  = lane_acc[83:63];
+  assign \lane_acc[4]  = lane_acc[104:84];
+  assign \lane_acc[5]  = lane_acc[125:105];
+  assign lane_acc[125:105] = lane_acc_5;
+  assign lane_acc[104:84] = lane_acc_4;
+  assign lane_acc[83:63] = lane_acc_3;
+  assign lane_acc[62:42] = lane_acc_2;
+  assign lane_acc[41:21] = lane_acc_1;
+  assign lane_acc[20:0] = lane_acc_0;
   assign \b$18 [15:8] = w[47:40];
   assign \b$18 [7:0] = w[39:32];
   assign \a$17 [15:8] = x[47:40];
@@ -3646,8 +4305,8 @@ module \psc_core.dp.sign_mask (mask, x);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$583$0 , \port$605$0 , \port$606$0 , \port$607$0 , weights__data, ready, w_data, o__payload, v1, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
+module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$521$0 , \port$543$0 , \port$544$0 , \port$545$0 , weights__data, w_data, o__payload, v1, ready, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire \$1 ;
   wire [47:0] \$2 ;
   wire [47:0] \$3 ;
@@ -3773,14 +4432,14 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$583$0 , \port$605
   wire [7:0] \out.x[4] ;
   wire [7:0] \out.x[5] ;
   reg padr1 = 1'h0;
-  output [23:0] \port$583$0 ;
-  wire [23:0] \port$583$0 ;
-  input [15:0] \port$605$0 ;
-  wire [15:0] \port$605$0 ;
-  input [15:0] \port$606$0 ;
-  wire [15:0] \port$606$0 ;
-  input [15:0] \port$607$0 ;
-  wire [15:0] \port$607$0 ;
+  output [23:0] \port$521$0 ;
+  wire [23:0] \port$521$0 ;
+  input [15:0] \port$543$0 ;
+  wire [15:0] \port$543$0 ;
+  input [15:0] \port$544$0 ;
+  wire [15:0] \port$544$0 ;
+  input [15:0] \port$545$0 ;
+  wire [15:0] \port$545$0 ;
   wire [26:0] r_data;
   wire r_en;
   wire r_rdy;
@@ -3839,7 +4498,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$583$0 , \port$605
     .w_rdy(i__ready)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$4  = v1;
     if (adv1) begin
       \$4  = r_rdy;
@@ -3849,7 +4508,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$583$0 , \port$605
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$5  = padr1;
     if (adv1) begin
       \$5  = r_data[24];
@@ -3859,7 +4518,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$583$0 , \port$605
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$6  = first1;
     if (adv1) begin
       \$6  = r_data[25];
@@ -3869,7 +4528,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$583$0 , \port$605
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$7  = last1;
     if (adv1) begin
       \$7  = r_data[26];
@@ -3890,8 +4549,8 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$583$0 , \port$605
   assign o__valid = v1;
   assign o__ready = ready;
   assign out = o__payload;
-  assign inputs__data = { \port$607$0 , \port$606$0 , \port$605$0  };
-  assign \port$583$0  = r_data[23:0];
+  assign inputs__data = { \port$545$0 , \port$544$0 , \port$543$0  };
+  assign \port$521$0  = r_data[23:0];
   assign \i__payload.addr  = w_data[13:0];
   assign \i__payload.addr[0]  = w_data[13:0];
   assign \i__payload.waddr  = w_data[23:14];
@@ -3981,12 +4640,12 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$583$0 , \port$605
   assign \beat$21.bias[1]  = \beat$21 [291:266];
   assign \beat$21.first  = \beat$21 [292];
   assign \beat$21.last  = \beat$21 [293];
-  assign \inputs__data[0]  = \port$605$0 [7:0];
-  assign \inputs__data[1]  = \port$605$0 [15:8];
-  assign \inputs__data[2]  = \port$606$0 [7:0];
-  assign \inputs__data[3]  = \port$606$0 [15:8];
-  assign \inputs__data[4]  = \port$607$0 [7:0];
-  assign \inputs__data[5]  = \port$607$0 [15:8];
+  assign \inputs__data[0]  = \port$543$0 [7:0];
+  assign \inputs__data[1]  = \port$543$0 [15:8];
+  assign \inputs__data[2]  = \port$544$0 [7:0];
+  assign \inputs__data[3]  = \port$544$0 [15:8];
+  assign \inputs__data[4]  = \port$545$0 [7:0];
+  assign \inputs__data[5]  = \port$545$0 [15:8];
   assign \weights__data[0]  = weights__data[95:0];
   assign \weights__data[0][0]  = weights__data[15:0];
   assign \weights__data[0][1]  = weights__data[31:16];
@@ -4005,7 +4664,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$583$0 , \port$605
   assign \beat$21 [292] = first1;
   assign \beat$21 [291:240] = 52'h0000000000000;
   assign \beat$21 [239:48] = weights__data;
-  assign \beat$21 [47:0] = { \port$607$0 , \port$606$0 , \port$605$0  };
+  assign \beat$21 [47:0] = { \port$545$0 , \port$544$0 , \port$543$0  };
   assign o__payload[293] = \beat$21 [293];
   assign o__payload[292] = \beat$21 [292];
   assign o__payload[291:240] = \beat$21 [291:240];
@@ -4015,7 +4674,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port__data, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4097,7 +4756,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -4107,7 +4766,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -4117,7 +4776,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -4138,8 +4797,8 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$605$0 , \port$606$0 , \port$607$0 , start, run, sizes, i__ready, done, data);
-  reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
+module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$543$0 , \port$544$0 , \port$545$0 , start, run, sizes, i__ready, done, data);
+  reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire \$1 ;
   reg [14:0] \$10 ;
   reg \$11 ;
@@ -4192,12 +4851,12 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   reg [14:0] lrow = 15'h0000;
   reg [15:0] lx = 16'h0000;
   reg [14:0] n_in_m1 = 15'h0000;
-  output [15:0] \port$605$0 ;
-  wire [15:0] \port$605$0 ;
-  output [15:0] \port$606$0 ;
-  wire [15:0] \port$606$0 ;
-  output [15:0] \port$607$0 ;
-  wire [15:0] \port$607$0 ;
+  output [15:0] \port$543$0 ;
+  wire [15:0] \port$543$0 ;
+  output [15:0] \port$544$0 ;
+  wire [15:0] \port$544$0 ;
+  output [15:0] \port$545$0 ;
+  wire [15:0] \port$545$0 ;
   wire [47:0] rdata;
   input [13:0] read__addr;
   wire [13:0] read__addr;
@@ -4286,14 +4945,14 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     .we(fire)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     i__ready = 1'h0;
     if (run) begin
       i__ready = \$1 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$10  = in_cnt;
     if (run) begin
       if (fire) begin
@@ -4308,7 +4967,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$11  = done;
     if (run) begin
       if (fire) begin
@@ -4323,7 +4982,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$12  = col_cnt;
     if (run) begin
       if (fire) begin
@@ -4343,7 +5002,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$13  = rows;
     if (run) begin
       if (fire) begin
@@ -4360,7 +5019,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$14  = lx;
     if (start) begin
       \$14  = 16'h0000;
@@ -4370,7 +5029,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$15  = lgi;
     if (start) begin
       \$15  = 16'h0000;
@@ -4380,7 +5039,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$16  = lrow;
     if (start) begin
       \$16  = 15'h0000;
@@ -4390,7 +5049,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$17  = lgoff;
     if (start) begin
       \$17  = 15'h0000;
@@ -4400,7 +5059,7 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$18  = lb;
     if (start) begin
       \$18  = 1'h0;
@@ -4417,9 +5076,9 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   assign we = fire;
   assign read__data = { \$21 , \$20 , \$19  };
   assign rdata = { \$21 , \$20 , \$19  };
-  assign \port$605$0  = \$19 ;
-  assign \port$606$0  = \$20 ;
-  assign \port$607$0  = \$21 ;
+  assign \port$543$0  = \$19 ;
+  assign \port$544$0  = \$20 ;
+  assign \port$545$0  = \$21 ;
   assign \i__payload[0]  = data[7:0];
   assign \i__payload[1]  = data[15:8];
   assign \i__payload[2]  = data[23:16];
@@ -4515,57 +5174,73 @@ module \psc_core.ibuf.inbuf (clk, we, address, select_0, dataout_0_0, dataout_0_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, all_sent, \i__valid$36 , \i__payload$38 , start, cmd, dwp, last_group, run, n_out, params__addr, \o__ready$37 );
-  reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
+module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, all_sent, \i__valid$39 , \i__payload$41 , start, cmd, dwp, last_group, run, n_out, params__addr, \o__ready$40 );
+  reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire \$1 ;
-  wire [32:0] \$10 ;
+  wire \$10 ;
   wire \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire [31:0] \$14 ;
-  wire [32:0] \$15 ;
+  wire [31:0] \$12 ;
+  wire [32:0] \$13 ;
+  wire \$14 ;
+  wire \$15 ;
   wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
+  wire [31:0] \$17 ;
+  wire [32:0] \$18 ;
   wire \$19 ;
-  wire \$2 ;
+  wire [16:0] \$2 ;
   wire \$20 ;
   wire \$21 ;
   wire \$22 ;
-  wire [8:0] \$23 ;
+  wire \$23 ;
   wire \$24 ;
-  wire [8:0] \$25 ;
-  wire \$26 ;
+  wire \$25 ;
+  wire [8:0] \$26 ;
   wire \$27 ;
-  wire \$28 ;
+  wire [8:0] \$28 ;
   wire \$29 ;
   wire \$3 ;
   wire \$30 ;
   wire \$31 ;
   wire \$32 ;
   wire \$33 ;
-  wire [6:0] \$34 ;
-  wire [6:0] \$35 ;
-  wire \$36 ;
-  wire \$37 ;
+  wire \$34 ;
+  wire \$35 ;
+  wire [6:0] \$36 ;
+  wire [6:0] \$37 ;
   wire \$38 ;
-  wire [24:0] \$39 ;
+  wire [6:0] \$39 ;
   wire \$4 ;
-  reg [7:0] \$40 ;
-  reg [7:0] \$41 ;
-  reg \$42 ;
-  reg [15:0] \$43 ;
-  reg \$44 ;
-  reg [51:0] \$45 ;
-  reg [5:0] \$46 ;
-  reg [23:0] \$47 ;
-  reg \$48 ;
-  reg [15:0] \$49 ;
+  wire \$40 ;
+  wire \$41 ;
+  wire \$42 ;
+  wire [1:0] \$43 ;
+  wire \$44 ;
+  wire \$45 ;
+  wire [16:0] \$46 ;
+  wire \$47 ;
+  wire [16:0] \$48 ;
+  wire [16:0] \$49 ;
   wire \$5 ;
+  wire \$50 ;
+  wire \$51 ;
+  wire \$52 ;
+  wire [24:0] \$53 ;
+  wire \$54 ;
+  reg [7:0] \$55 ;
+  reg [7:0] \$56 ;
+  reg \$57 ;
+  reg [15:0] \$58 ;
+  reg \$59 ;
   wire \$6 ;
+  reg [51:0] \$60 ;
+  reg [5:0] \$61 ;
+  reg \$62 ;
+  reg \$63 ;
+  reg [15:0] \$64 ;
+  reg [23:0] \$65 ;
   wire \$7 ;
   wire \$8 ;
-  wire [31:0] \$9 ;
+  wire \$9 ;
   reg [51:0] accj = 52'h0000000000000;
   wire [25:0] \accj[0] ;
   wire [25:0] \accj[1] ;
@@ -4603,10 +5278,10 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire dwp;
   wire en_j;
   wire [107:0] i__payload;
-  input [51:0] \i__payload$38 ;
-  wire [51:0] \i__payload$38 ;
-  wire [25:0] \i__payload$38[0] ;
-  wire [25:0] \i__payload$38[1] ;
+  input [51:0] \i__payload$41 ;
+  wire [51:0] \i__payload$41 ;
+  wire [25:0] \i__payload$41[0] ;
+  wire [25:0] \i__payload$41[1] ;
   wire [63:0] \i__payload.acc ;
   wire [31:0] \i__payload.acc[0] ;
   wire [31:0] \i__payload.acc[1] ;
@@ -4617,30 +5292,31 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire [5:0] \i__payload.shift[0] ;
   wire [5:0] \i__payload.shift[1] ;
   wire i__ready;
-  wire \i__ready$18 ;
+  wire \i__ready$21 ;
   wire i__valid;
-  input \i__valid$36 ;
-  wire \i__valid$36 ;
+  input \i__valid$39 ;
+  wire \i__valid$39 ;
   (* init = 6'h00 *)
   wire [5:0] jo;
   wire keep_o;
   input [5:0] last_group;
   wire [5:0] last_group;
+  reg last_jo = 1'h0;
   input [24:0] n_out;
   wire [24:0] n_out;
   output [15:0] o__payload;
   wire [15:0] o__payload;
-  wire [15:0] \o__payload$28 ;
-  wire [7:0] \o__payload$28[0] ;
-  wire [7:0] \o__payload$28[1] ;
+  wire [15:0] \o__payload$31 ;
+  wire [7:0] \o__payload$31[0] ;
+  wire [7:0] \o__payload$31[1] ;
   wire [7:0] \o__payload[0] ;
   wire [7:0] \o__payload[1] ;
   wire o__ready;
-  input \o__ready$37 ;
-  wire \o__ready$37 ;
+  input \o__ready$40 ;
+  wire \o__ready$40 ;
   output o__valid;
   wire o__valid;
-  wire \o__valid$26 ;
+  wire \o__valid$29 ;
   reg [23:0] out_cnt = 24'h000000;
   reg [15:0] oxo = 16'h0000;
   output [5:0] params__addr;
@@ -4959,204 +5635,248 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
     end
   end
   assign ps_rd__data = _0_;
+  assign \$27  = ps_rd__en & \i__valid$39 ;
+  assign \$28  = ps_rd__addr + 1'h1;
+  assign \$29  = ~ \o__ready$40 ;
+  assign \$30  = \o__valid$29  & \$29 ;
+  assign \$31  = \i__valid$39  & keep_o;
+  assign \$32  = ~ dwp;
+  assign \$34  = \$32  | \$33 ;
+  assign \$35  = \i__valid$39  & \$34 ;
+  assign \$36  = params__addr + 1'h1;
+  assign \$37  = last_jo ? 7'h00 : \$36 ;
+  assign \$38  = ! last_group;
+  assign \$39  = params__addr + 1'h1;
+  assign \$40  = \$39  == last_group;
+  assign \$41  = last_jo ? \$38  : \$40 ;
+  assign \$42  = \i__valid$39  & dwp;
+  assign \$43  = ro + 1'h1;
+  assign \$45  = \$44  & last_jo;
+  assign \$46  = oxo + 2'h2;
+  assign \$47  = \$46  >= cmd[63:48];
+  assign \$48  = oxo + 2'h2;
+  assign \$49  = \$47  ? 17'h00000 : \$48 ;
+  assign \$50  = o__valid & \o__ready$40 ;
+  assign \$51  = \$50  | stored;
+  assign \$52  = run & \$51 ;
+  assign \$53  = out_cnt + 1'h1;
+  assign \$54  = ! last_group;
   always @(posedge clk)
-    ps_wr__addr <= \$40 ;
+    ps_wr__addr <= \$55 ;
   always @(posedge clk)
-    ps_rd__addr <= \$41 ;
+    ps_rd__addr <= \$56 ;
   always @(posedge clk)
-    skid_v <= \$42 ;
+    skid_v <= \$57 ;
   always @(posedge clk)
-    skid <= \$43 ;
+    skid <= \$58 ;
   always @(posedge clk)
-    vj <= \$44 ;
+    vj <= \$59 ;
   always @(posedge clk)
-    accj <= \$45 ;
+    accj <= \$60 ;
   always @(posedge clk)
-    params__addr <= \$46 ;
+    params__addr <= \$61 ;
   always @(posedge clk)
-    out_cnt <= \$47 ;
+    last_jo <= \$62 ;
   always @(posedge clk)
-    ro <= \$48 ;
+    ro <= \$63 ;
   always @(posedge clk)
-    oxo <= \$49 ;
-  assign \$1  = ~ vj;
-  assign \$2  = \$1  | i__ready;
-  assign \$3  = cmd[113:112] == 1'h1;
-  assign \$4  = cmd[113:112] == 2'h2;
-  assign \$5  = \$3  | \$4 ;
-  assign ps_rd__en = \$2  | \$5 ;
-  assign \$6  = cmd[113:112] == 2'h2;
-  assign \$7  = cmd[113:112] == 2'h3;
+    oxo <= \$64 ;
+  always @(posedge clk)
+    out_cnt <= \$65 ;
+  assign \$1  = ~ dwp;
+  assign \$2  = oxo + ro;
+  assign \$3  = \$2  < cmd[63:48];
+  assign keep_o = \$1  | \$3 ;
+  assign \$4  = ~ vj;
+  assign \$5  = \$4  | i__ready;
+  assign \$6  = cmd[113:112] == 1'h1;
+  assign \$7  = cmd[113:112] == 2'h2;
   assign \$8  = \$6  | \$7 ;
-  assign \$9  = \$8  ? ps_rd__data[31:0] : { params__data[25], params__data[25], params__data[25], params__data[25], params__data[25], params__data[25], params__data[25:0] };
-  assign \$10  = $signed(accj[25:0]) + $signed(\$9 );
-  assign \$11  = cmd[113:112] == 2'h2;
-  assign \$12  = cmd[113:112] == 2'h3;
-  assign \$13  = \$11  | \$12 ;
-  assign \$14  = \$13  ? ps_rd__data[63:32] : { params__data[51], params__data[51], params__data[51], params__data[51], params__data[51], params__data[51], params__data[51:26] };
-  assign \$15  = $signed(accj[51:26]) + $signed(\$14 );
-  assign \$16  = cmd[113:112] == 1'h1;
-  assign \$17  = cmd[113:112] == 2'h2;
-  assign \$18  = \$16  | \$17 ;
-  assign stored = vj & \$18 ;
+  assign ps_rd__en = \$5  | \$8 ;
+  assign \$9  = cmd[113:112] == 2'h2;
+  assign \$10  = cmd[113:112] == 2'h3;
+  assign \$11  = \$9  | \$10 ;
+  assign \$12  = \$11  ? ps_rd__data[31:0] : { params__data[25], params__data[25], params__data[25], params__data[25], params__data[25], params__data[25], params__data[25:0] };
+  assign \$13  = $signed(accj[25:0]) + $signed(\$12 );
+  assign \$14  = cmd[113:112] == 2'h2;
+  assign \$15  = cmd[113:112] == 2'h3;
+  assign \$16  = \$14  | \$15 ;
+  assign \$17  = \$16  ? ps_rd__data[63:32] : { params__data[51], params__data[51], params__data[51], params__data[51], params__data[51], params__data[51], params__data[51:26] };
+  assign \$18  = $signed(accj[51:26]) + $signed(\$17 );
   assign \$19  = cmd[113:112] == 1'h1;
   assign \$20  = cmd[113:112] == 2'h2;
   assign \$21  = \$19  | \$20 ;
-  assign \$22  = ~ \$21 ;
-  assign i__valid = vj & \$22 ;
-  assign o__valid = skid_v | \o__valid$26 ;
-  assign o__payload = skid_v ? skid : \o__payload$28 ;
+  assign stored = vj & \$21 ;
+  assign \$22  = cmd[113:112] == 1'h1;
+  assign \$23  = cmd[113:112] == 2'h2;
+  assign \$24  = \$22  | \$23 ;
+  assign \$25  = ~ \$24 ;
+  assign i__valid = vj & \$25 ;
+  assign o__valid = skid_v | \o__valid$29 ;
+  assign o__payload = skid_v ? skid : \o__payload$31 ;
   assign o__ready = ~ skid_v;
   assign all_sent = out_cnt == n_out;
-  assign \$23  = ps_wr__addr + 1'h1;
-  assign \$24  = ps_rd__en & \i__valid$36 ;
-  assign \$25  = ps_rd__addr + 1'h1;
-  assign \$26  = ~ \o__ready$37 ;
-  assign \$27  = \o__valid$26  & \$26 ;
-  assign \$29  = ~ dwp;
-  assign \$31  = \$29  | \$30 ;
-  assign \$32  = \i__valid$36  & \$31 ;
-  assign \$33  = params__addr == last_group;
-  assign \$34  = params__addr + 1'h1;
-  assign \$35  = \$33  ? 7'h00 : \$34 ;
-  assign \$36  = o__valid & \o__ready$37 ;
-  assign \$37  = \$36  | stored;
-  assign \$38  = run & \$37 ;
-  assign \$39  = out_cnt + 1'h1;
+  assign \$26  = ps_wr__addr + 1'h1;
   \psc_core.out.rq  rq (
     .clk(clk),
     .\i__payload$8 (i__payload),
     .i__ready(i__ready),
     .i__valid(i__valid),
-    .\o__payload$18 (\o__payload$28 ),
+    .\o__payload$18 (\o__payload$31 ),
     .\o__ready$14 (o__ready),
-    .o__valid(\o__valid$26 ),
+    .o__valid(\o__valid$29 ),
     .relu(cmd[110]),
     .rst(rst)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$40  = ps_wr__addr;
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$55  = ps_wr__addr;
     if (stored) begin
-      \$40  = \$23 [7:0];
+      \$55  = \$26 [7:0];
     end
     if (start) begin
-      \$40  = 8'h00;
+      \$55  = 8'h00;
     end
     if (rst) begin
-      \$40  = 8'h00;
+      \$55  = 8'h00;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$41  = ps_rd__addr;
-    if (\$24 ) begin
-      \$41  = \$25 [7:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$56  = ps_rd__addr;
+    if (\$27 ) begin
+      \$56  = \$28 [7:0];
     end
     if (start) begin
-      \$41  = 8'h00;
+      \$56  = 8'h00;
     end
     if (rst) begin
-      \$41  = 8'h00;
+      \$56  = 8'h00;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$42  = skid_v;
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$57  = skid_v;
     if (skid_v) begin
-      if (\o__ready$37 ) begin
-        \$42  = 1'h0;
+      if (\o__ready$40 ) begin
+        \$57  = 1'h0;
       end
-    end else if (\$27 ) begin
-      \$42  = 1'h1;
+    end else if (\$30 ) begin
+      \$57  = 1'h1;
     end
     if (rst) begin
-      \$42  = 1'h0;
+      \$57  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$43  = skid;
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$58  = skid;
     if (skid_v) begin
-    end else if (\$27 ) begin
-      \$43  = \o__payload$28 ;
+    end else if (\$30 ) begin
+      \$58  = \o__payload$31 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$44  = vj;
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$59  = vj;
     if (ps_rd__en) begin
-      \$44  = \$28 ;
+      \$59  = \$31 ;
     end
     if (rst) begin
-      \$44  = 1'h0;
+      \$59  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$45  = accj;
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$60  = accj;
     if (ps_rd__en) begin
-      \$45  = \i__payload$38 ;
+      \$60  = \i__payload$41 ;
     end
     if (rst) begin
-      \$45  = 52'h0000000000000;
+      \$60  = 52'h0000000000000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$46  = params__addr;
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$61  = params__addr;
     if (ps_rd__en) begin
-      if (\$32 ) begin
-        \$46  = \$35 [5:0];
+      if (\$35 ) begin
+        \$61  = \$37 [5:0];
       end
     end
     if (start) begin
-      \$46  = 6'h00;
+      \$61  = 6'h00;
     end
     if (rst) begin
-      \$46  = 6'h00;
+      \$61  = 6'h00;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$47  = out_cnt;
-    if (\$38 ) begin
-      \$47  = \$39 [23:0];
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$62  = last_jo;
+    if (ps_rd__en) begin
+      if (\$35 ) begin
+        \$62  = \$41 ;
+      end
     end
     if (start) begin
-      \$47  = 24'h000000;
+      \$62  = \$54 ;
     end
     if (rst) begin
-      \$47  = 24'h000000;
+      \$62  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$48  = ro;
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$63  = ro;
+    if (ps_rd__en) begin
+      if (\$42 ) begin
+        \$63  = \$43 [0];
+      end
+    end
     if (start) begin
-      \$48  = 1'h0;
+      \$63  = 1'h0;
     end
     if (rst) begin
-      \$48  = 1'h0;
+      \$63  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
-    \$49  = oxo;
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$64  = oxo;
+    if (ps_rd__en) begin
+      if (\$42 ) begin
+        if (\$45 ) begin
+          \$64  = \$49 [15:0];
+        end
+      end
+    end
     if (start) begin
-      \$49  = 16'h0000;
+      \$64  = 16'h0000;
     end
     if (rst) begin
-      \$49  = 16'h0000;
+      \$64  = 16'h0000;
     end
   end
-  assign keep_o = 1'h1;
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$65  = out_cnt;
+    if (\$52 ) begin
+      \$65  = \$53 [23:0];
+    end
+    if (start) begin
+      \$65  = 24'h000000;
+    end
+    if (rst) begin
+      \$65  = 24'h000000;
+    end
+  end
   assign ridx = ps_rd__addr;
   assign en_j = ps_rd__en;
   assign widx = ps_wr__addr;
   assign ps_wr__data = total;
   assign ps_wr__en = stored;
-  assign \i__ready$18  = ps_rd__en;
+  assign \i__ready$21  = ps_rd__en;
   assign jo = params__addr;
   assign params__en = ps_rd__en;
   assign relu = cmd[110];
@@ -5202,24 +5922,24 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   assign \ps_wr__data[1]  = total[63:32];
   assign \o__payload[0]  = o__payload[7:0];
   assign \o__payload[1]  = o__payload[15:8];
-  assign \o__payload$28[0]  = \o__payload$28 [7:0];
-  assign \o__payload$28[1]  = \o__payload$28 [15:8];
+  assign \o__payload$31[0]  = \o__payload$31 [7:0];
+  assign \o__payload$31[1]  = \o__payload$31 [15:8];
   assign \skid[0]  = skid[7:0];
   assign \skid[1]  = skid[15:8];
-  assign \i__payload$38[0]  = \i__payload$38 [25:0];
-  assign \i__payload$38[1]  = \i__payload$38 [51:26];
+  assign \i__payload$41[0]  = \i__payload$41 [25:0];
+  assign \i__payload$41[1]  = \i__payload$41 [51:26];
   assign i__payload[107:96] = params__data[95:84];
   assign i__payload[95:64] = params__data[83:52];
   assign i__payload[63:0] = total;
-  assign total[63:32] = \$15 [31:0];
-  assign total[31:0] = \$10 [31:0];
-  assign \$28  = \i__valid$36 ;
-  assign \$30  = ro;
+  assign total[63:32] = \$18 [31:0];
+  assign total[31:0] = \$13 [31:0];
+  assign \$33  = ro;
+  assign \$44  = ro;
 endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.out.rq (rst, i__valid, \o__ready$14 , i__ready, relu, \i__payload$8 , o__valid, \o__payload$18 , clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5319,7 +6039,7 @@ module \psc_core.out.rq (rst, i__valid, \o__ready$14 , i__ready, relu, \i__paylo
     .rst(rst)
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     (* full_case = 32'd1 *)
     casez (phase_i)
       1'h0:
@@ -5337,7 +6057,7 @@ module \psc_core.out.rq (rst, i__valid, \o__ready$14 , i__ready, relu, \i__paylo
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$15  = phase_i;
     if (\$5 ) begin
       \$15  = \$8 [0];
@@ -5347,7 +6067,7 @@ module \psc_core.out.rq (rst, i__valid, \o__ready$14 , i__ready, relu, \i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$16  = o__valid;
     if (\$9 ) begin
       \$16  = 1'h0;
@@ -5362,7 +6082,7 @@ module \psc_core.out.rq (rst, i__valid, \o__ready$14 , i__ready, relu, \i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$17  = part;
     if (\$10 ) begin
       casez (phase_o)
@@ -5375,7 +6095,7 @@ module \psc_core.out.rq (rst, i__valid, \o__ready$14 , i__ready, relu, \i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$18  = \o__payload$18 ;
     if (\$10 ) begin
       if (\$11 ) begin
@@ -5388,7 +6108,7 @@ module \psc_core.out.rq (rst, i__valid, \o__ready$14 , i__ready, relu, \i__paylo
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$19  = phase_o;
     if (\$10 ) begin
       \$19  = \$14 [0];
@@ -5427,7 +6147,7 @@ endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.out.rq.inner (rst, i__valid, o__ready, en, relu, i__payload, o__valid, o__payload, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$11  = 0;
   wire \$1 ;
   wire [31:0] \$10 ;
   wire \$100 ;
@@ -6065,10 +6785,10 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, en, relu, i__payload, o_
     .clk(clk),
     .en(en),
     .p(\p$29 ),
-    .\port$1582$16 (i__payload[47:16])
+    .\port$1626$16 (i__payload[47:16])
   );
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$258  = v1;
     if (en) begin
       \$258  = i__valid;
@@ -6078,7 +6798,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, en, relu, i__payload, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$259  = v2;
     if (en) begin
       \$259  = v1;
@@ -6088,7 +6808,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, en, relu, i__payload, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$260  = v3;
     if (en) begin
       \$260  = v2;
@@ -6098,7 +6818,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, en, relu, i__payload, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$261  = v4;
     if (en) begin
       \$261  = v3;
@@ -6108,7 +6828,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, en, relu, i__payload, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$262  = v5;
     if (en) begin
       \$262  = v4;
@@ -6118,7 +6838,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, en, relu, i__payload, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$263  = v6;
     if (en) begin
       \$263  = v5;
@@ -6128,7 +6848,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, en, relu, i__payload, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$264  = o__valid;
     if (en) begin
       \$264  = v6;
@@ -6138,91 +6858,91 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, en, relu, i__payload, o_
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$265  = s1_0;
     if (en) begin
       \$265  = i__payload[53:48];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$266  = s2_0;
     if (en) begin
       \$266  = s1_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$267  = s3_0;
     if (en) begin
       \$267  = s2_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$268  = msum_0_0;
     if (en) begin
       \$268  = { \$11 , p[15:0] };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$269  = s4_0;
     if (en) begin
       \$269  = s3_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$270  = coarse_0;
     if (en) begin
       \$270  = { \$123 , \$116 , \$109 , \$102 , \$95 , \$88 , \$81 , \$74 , \$67 , \$60 , \$53 , \$46 , \$39 , \$32 , \$25 , \$18  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$271  = csign_0;
     if (en) begin
       \$271  = msum_0_0[48];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$272  = cwide_0;
     if (en) begin
       \$272  = \$175 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$273  = sfine_0;
     if (en) begin
       \$273  = s4_0[2:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$274  = t_0;
     if (en) begin
       \$274  = { \$238 , \$231 , \$224 , \$217 , \$210 , \$203 , \$196 , \$189 , \$182  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$275  = tsign_0;
     if (en) begin
       \$275  = csign_0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$276  = twide_0;
     if (en) begin
       \$276  = \$255 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
     \$277  = o__payload;
     if (en) begin
       \$277  = \$257 ;
@@ -6318,7 +7038,7 @@ module \psc_core.out.rq.inner.mac0_0 (en, p, a, b, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1582$16 , clk);
+module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1626$16 , clk);
   wire \$1 ;
   wire \$2 ;
   wire \$3 ;
@@ -6330,8 +7050,8 @@ module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1582$16 , clk);
   wire en;
   output [31:0] p;
   wire [31:0] p;
-  input [31:0] \port$1582$16 ;
-  wire [31:0] \port$1582$16 ;
+  input [31:0] \port$1626$16 ;
+  wire [31:0] \port$1626$16 ;
   SB_MAC16 #(
     .A_REG(1'h1),
     .A_SIGNED(1'h1),
@@ -6354,13 +7074,13 @@ module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1582$16 , clk);
     .TOPOUTPUT_SELECT(2'h1),
     .TOP_8x8_MULT_REG(1'h0)
   ) mac (
-    .A(\port$1582$16 [15:0]),
+    .A(\port$1626$16 [15:0]),
     .ACCUMCI(1'h0),
     .ACCUMCO(\$2 ),
     .ADDSUBBOT(1'h0),
     .ADDSUBTOP(1'h0),
     .AHOLD(1'h0),
-    .B(\port$1582$16 [31:16]),
+    .B(\port$1626$16 [31:16]),
     .BHOLD(1'h0),
     .C(16'h0000),
     .CE(en),
@@ -6382,13 +7102,13 @@ module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1582$16 , clk);
     .SIGNEXTIN(1'h0),
     .SIGNEXTOUT(\$3 )
   );
-  assign a = \port$1582$16 [15:0];
-  assign b = \port$1582$16 [31:16];
+  assign a = \port$1626$16 [15:0];
+  assign b = \port$1626$16 [31:16];
 endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, count, run, i__ready, arrived, done, rp__addr, wp__data);
-  reg \$auto$verilog_backend.cc:2355:dump_module$11  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
   wire \$1 ;
   wire \$10 ;
   reg [6:0] \$11 ;
@@ -6564,21 +7284,21 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
   always @(posedge clk)
     done <= \$12 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     i__ready = 1'h0;
     if (run) begin
       i__ready = \$3 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     wp__en = 1'h0;
     if (run) begin
       wp__en = \$4 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$11  = arrived;
     if (run) begin
       if (\$5 ) begin
@@ -6593,7 +7313,7 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
     \$12  = done;
     if (run) begin
       if (\$5 ) begin
@@ -6651,8 +7371,8 @@ module \psc_core.pbuf (i__valid, clk, rst, read__data, rp__en, start, keep, coun
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cmd, dw, dwp, gin_e, run, sizes, loaded, taps__payload, weights_in, weights_done, params_done, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$12  = 0;
+module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cmd, dw, dwp, gin_e, dws, run, sizes, loaded, taps__payload, weights_in, weights_done, params_done, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
   wire [17:0] \$1 ;
   wire [17:0] \$10 ;
   wire \$100 ;
@@ -6699,124 +7419,124 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   wire [4:0] \$138 ;
   wire \$139 ;
   wire [18:0] \$14 ;
-  wire [4:0] \$140 ;
-  wire \$141 ;
-  wire [16:0] \$142 ;
-  wire \$143 ;
-  wire [16:0] \$144 ;
-  wire [16:0] \$145 ;
-  wire [16:0] \$146 ;
-  wire [1:0] \$147 ;
+  wire [1:0] \$140 ;
+  wire [5:0] \$141 ;
+  wire [4:0] \$142 ;
+  wire [5:0] \$143 ;
+  wire \$144 ;
+  wire [4:0] \$145 ;
+  wire \$146 ;
+  wire [16:0] \$147 ;
   wire \$148 ;
-  wire [16:0] \$149 ;
+  wire \$149 ;
   wire \$15 ;
-  wire \$150 ;
+  wire [16:0] \$150 ;
   wire [16:0] \$151 ;
-  wire \$152 ;
-  wire [4:0] \$153 ;
+  wire [16:0] \$152 ;
+  wire [16:0] \$153 ;
   wire \$154 ;
-  wire [4:0] \$155 ;
+  wire [1:0] \$155 ;
   wire \$156 ;
   wire [16:0] \$157 ;
   wire \$158 ;
   wire [16:0] \$159 ;
   wire [15:0] \$16 ;
-  wire [16:0] \$160 ;
-  wire [16:0] \$161 ;
-  wire [1:0] \$162 ;
-  wire \$163 ;
-  wire [16:0] \$164 ;
-  wire \$165 ;
-  wire \$166 ;
+  wire \$160 ;
+  wire [4:0] \$161 ;
+  wire \$162 ;
+  wire [1:0] \$163 ;
+  wire [5:0] \$164 ;
+  wire [4:0] \$165 ;
+  wire [5:0] \$166 ;
   wire \$167 ;
-  wire \$168 ;
+  wire [4:0] \$168 ;
   wire \$169 ;
   wire [15:0] \$17 ;
-  wire \$170 ;
+  wire [16:0] \$170 ;
   wire \$171 ;
   wire \$172 ;
-  wire \$173 ;
+  wire [16:0] \$173 ;
   wire [16:0] \$174 ;
-  wire [17:0] \$175 ;
-  wire [4:0] \$176 ;
-  wire [5:0] \$177 ;
-  wire [4:0] \$178 ;
-  wire [5:0] \$179 ;
+  wire [16:0] \$175 ;
+  wire [16:0] \$176 ;
+  wire \$177 ;
+  wire [1:0] \$178 ;
+  wire \$179 ;
   wire [19:0] \$18 ;
   wire [16:0] \$180 ;
-  wire [17:0] \$181 ;
-  wire [16:0] \$182 ;
-  wire [16:0] \$183 ;
-  wire [16:0] \$184 ;
-  wire [1:0] \$185 ;
-  wire [3:0] \$186 ;
-  wire [17:0] \$187 ;
-  wire [16:0] \$188 ;
-  wire [17:0] \$189 ;
+  wire \$181 ;
+  wire \$182 ;
+  wire \$183 ;
+  wire \$184 ;
+  wire \$185 ;
+  wire \$186 ;
+  wire \$187 ;
+  wire \$188 ;
+  wire \$189 ;
   wire [8:0] \$19 ;
   wire \$190 ;
   wire \$191 ;
-  wire \$192 ;
-  wire \$193 ;
-  wire \$194 ;
+  wire [16:0] \$192 ;
+  wire [17:0] \$193 ;
+  wire [4:0] \$194 ;
   wire \$195 ;
-  wire \$196 ;
-  wire \$197 ;
-  wire \$198 ;
-  wire \$199 ;
+  wire [1:0] \$196 ;
+  wire [5:0] \$197 ;
+  wire [4:0] \$198 ;
+  wire [5:0] \$199 ;
   wire [17:0] \$2 ;
   wire [8:0] \$20 ;
-  wire \$200 ;
-  wire \$201 ;
-  wire \$202 ;
-  wire \$203 ;
-  wire \$204 ;
+  wire [6:0] \$200 ;
+  wire [4:0] \$201 ;
+  wire [5:0] \$202 ;
+  wire [16:0] \$203 ;
+  wire [17:0] \$204 ;
   wire \$205 ;
-  wire \$206 ;
-  wire \$207 ;
-  wire \$208 ;
-  wire \$209 ;
+  wire [16:0] \$206 ;
+  wire [16:0] \$207 ;
+  wire [16:0] \$208 ;
+  wire [16:0] \$209 ;
   wire \$21 ;
   wire \$210 ;
-  wire \$211 ;
-  wire \$212 ;
-  wire \$213 ;
-  wire \$214 ;
-  wire \$215 ;
+  wire [1:0] \$211 ;
+  wire [3:0] \$212 ;
+  wire [17:0] \$213 ;
+  wire [16:0] \$214 ;
+  wire [17:0] \$215 ;
   wire \$216 ;
   wire \$217 ;
   wire \$218 ;
   wire \$219 ;
   wire \$22 ;
-  wire [3:0] \$220 ;
-  wire [3:0] \$221 ;
-  wire [3:0] \$222 ;
-  wire [3:0] \$223 ;
-  wire [4:0] \$224 ;
-  wire [15:0] \$225 ;
+  wire \$220 ;
+  wire \$221 ;
+  wire \$222 ;
+  wire \$223 ;
+  wire \$224 ;
+  wire \$225 ;
   wire \$226 ;
-  wire [16:0] \$227 ;
-  wire [16:0] \$228 ;
-  wire [16:0] \$229 ;
+  wire \$227 ;
+  wire \$228 ;
+  wire \$229 ;
   wire [4:0] \$23 ;
   wire \$230 ;
-  wire [17:0] \$231 ;
-  wire [17:0] \$232 ;
+  wire \$231 ;
+  wire \$232 ;
   wire \$233 ;
-  wire [15:0] \$234 ;
-  wire [15:0] \$235 ;
-  wire [17:0] \$236 ;
-  wire [16:0] \$237 ;
-  wire [14:0] \$238 ;
-  wire [1:0] \$239 ;
+  wire \$234 ;
+  wire \$235 ;
+  wire \$236 ;
+  wire \$237 ;
+  wire \$238 ;
+  wire \$239 ;
   wire [4:0] \$24 ;
-  wire [2:0] \$240 ;
-  wire [2:0] \$241 ;
+  wire \$240 ;
+  wire \$241 ;
   wire \$242 ;
   wire \$243 ;
   wire \$244 ;
-  wire [20:0] \$245 ;
-  wire [21:0] \$246 ;
+  wire \$245 ;
+  wire \$246 ;
   wire \$247 ;
   wire \$248 ;
   wire \$249 ;
@@ -6824,83 +7544,123 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   wire \$250 ;
   wire \$251 ;
   wire \$252 ;
-  wire \$253 ;
-  reg [7:0] \$254 ;
-  reg \$255 ;
-  reg [3:0] \$256 ;
-  reg \$257 ;
-  reg [3:0] \$258 ;
-  reg \$259 ;
+  wire [3:0] \$253 ;
+  wire [3:0] \$254 ;
+  wire [3:0] \$255 ;
+  wire [3:0] \$256 ;
+  wire [4:0] \$257 ;
+  wire [15:0] \$258 ;
+  wire \$259 ;
   wire \$26 ;
-  reg [5:0] \$260 ;
-  reg \$261 ;
-  reg [15:0] \$262 ;
-  reg \$263 ;
-  reg [15:0] \$264 ;
-  reg \$265 ;
-  reg \$266 ;
-  reg \$267 ;
-  reg \$268 ;
-  reg \$269 ;
+  wire [18:0] \$260 ;
+  wire [16:0] \$261 ;
+  wire [18:0] \$262 ;
+  wire \$263 ;
+  wire [16:0] \$264 ;
+  wire [16:0] \$265 ;
+  wire [18:0] \$266 ;
+  wire [18:0] \$267 ;
+  wire \$268 ;
+  wire [17:0] \$269 ;
   wire [4:0] \$27 ;
-  reg \$270 ;
-  reg \$271 ;
-  reg \$272 ;
-  reg \$273 ;
-  reg \$274 ;
-  reg \$275 ;
-  reg \$276 ;
-  reg [9:0] \$277 ;
-  reg [17:0] \$278 ;
-  reg [19:0] \$279 ;
+  wire [17:0] \$270 ;
+  wire \$271 ;
+  wire [15:0] \$272 ;
+  wire [15:0] \$273 ;
+  wire [17:0] \$274 ;
+  wire [16:0] \$275 ;
+  wire [14:0] \$276 ;
+  wire \$277 ;
+  wire [1:0] \$278 ;
+  wire \$279 ;
   wire [4:0] \$28 ;
-  reg [17:0] \$280 ;
-  reg [19:0] \$281 ;
-  reg [14:0] \$282 ;
-  reg [22:0] \$283 ;
-  reg [17:0] \$284 ;
-  reg [19:0] \$285 ;
-  reg [22:0] \$286 ;
-  reg [17:0] \$287 ;
-  reg [17:0] \$288 ;
-  reg [19:0] \$289 ;
+  wire [2:0] \$280 ;
+  wire [2:0] \$281 ;
+  wire \$282 ;
+  wire \$283 ;
+  wire \$284 ;
+  wire [20:0] \$285 ;
+  wire [21:0] \$286 ;
+  wire \$287 ;
+  wire \$288 ;
+  wire \$289 ;
   wire \$29 ;
-  reg \$290 ;
-  reg \$291 ;
-  reg \$292 ;
-  reg [5:0] \$293 ;
-  reg \$294 ;
+  wire \$290 ;
+  wire \$291 ;
+  wire \$292 ;
+  wire \$293 ;
+  reg [7:0] \$294 ;
   reg \$295 ;
-  reg \$296 ;
+  reg [3:0] \$296 ;
   reg \$297 ;
-  reg \$298 ;
+  reg [3:0] \$298 ;
   reg \$299 ;
   wire [18:0] \$3 ;
   wire \$30 ;
-  reg \$300 ;
+  reg [5:0] \$300 ;
   reg \$301 ;
-  reg \$302 ;
+  reg [15:0] \$302 ;
   reg \$303 ;
-  reg \$304 ;
+  reg [15:0] \$304 ;
   reg \$305 ;
-  reg [9:0] \$306 ;
-  reg [5:0] \$307 ;
-  reg [5:0] \$308 ;
-  reg [7:0] \$309 ;
+  reg \$306 ;
+  reg \$307 ;
+  reg \$308 ;
+  reg \$309 ;
   wire [6:0] \$31 ;
-  reg [17:0] \$310 ;
-  reg [17:0] \$311 ;
-  reg [19:0] \$312 ;
-  reg [19:0] \$313 ;
-  reg [19:0] \$314 ;
-  reg [19:0] \$315 ;
-  reg [14:0] \$316 ;
-  reg [1:0] \$317 ;
-  reg [2:0] \$318 ;
+  reg \$310 ;
+  reg \$311 ;
+  reg \$312 ;
+  reg \$313 ;
+  reg \$314 ;
+  reg \$315 ;
+  reg \$316 ;
+  reg [9:0] \$317 ;
+  reg [17:0] \$318 ;
+  reg [19:0] \$319 ;
   wire [6:0] \$32 ;
+  reg [17:0] \$320 ;
+  reg [19:0] \$321 ;
+  reg [14:0] \$322 ;
+  reg [22:0] \$323 ;
+  reg [17:0] \$324 ;
+  reg [19:0] \$325 ;
+  reg [22:0] \$326 ;
+  reg [17:0] \$327 ;
+  reg [17:0] \$328 ;
+  reg [19:0] \$329 ;
   wire \$33 ;
+  reg \$330 ;
+  reg \$331 ;
+  reg \$332 ;
+  reg [5:0] \$333 ;
+  reg \$334 ;
+  reg \$335 ;
+  reg \$336 ;
+  reg \$337 ;
+  reg \$338 ;
+  reg \$339 ;
   wire \$34 ;
+  reg \$340 ;
+  reg \$341 ;
+  reg \$342 ;
+  reg \$343 ;
+  reg \$344 ;
+  reg \$345 ;
+  reg [9:0] \$346 ;
+  reg [5:0] \$347 ;
+  reg [5:0] \$348 ;
+  reg [7:0] \$349 ;
   wire [16:0] \$35 ;
+  reg [17:0] \$350 ;
+  reg [17:0] \$351 ;
+  reg [19:0] \$352 ;
+  reg [19:0] \$353 ;
+  reg [19:0] \$354 ;
+  reg [19:0] \$355 ;
+  reg [14:0] \$356 ;
+  reg [1:0] \$357 ;
+  reg [2:0] \$358 ;
   wire [16:0] \$36 ;
   wire \$37 ;
   wire \$38 ;
@@ -7009,6 +7769,8 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   wire dw;
   input dwp;
   wire dwp;
+  input dws;
+  wire dws;
   reg [19:0] g_step = 20'h00000;
   reg [7:0] gi = 8'h00;
   input [15:0] gin_e;
@@ -7247,118 +8009,153 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   assign \$136  = gin_e - 1'h1;
   assign \$137  = \$136  == 1'h1;
   assign \$138  = cmd[99:96] - 1'h1;
-  assign \$139  = \$138  == 1'h1;
-  assign \$140  = cmd[99:96] - 1'h1;
-  assign \$141  = \$140  == 1'h1;
-  assign \$142  = cmd[95:80] - 1'h1;
-  assign \$143  = \$142  == 1'h1;
-  assign \$144  = cmd[63:48] - 1'h1;
-  assign \$145  = cmd[63:48] - 1'h1;
-  assign \$146  = dwp ? \$144  : \$145 ;
-  assign \$147  = dwp ? 2'h2 : 2'h1;
-  assign \$148  = \$146  == \$147 ;
-  assign \$149  = cmd[47:32] - 1'h1;
-  assign \$150  = \$149  == 1'h1;
-  assign \$151  = gin_e - 1'h1;
-  assign \$152  = \$151  == 1'h1;
-  assign \$153  = cmd[99:96] - 1'h1;
-  assign \$154  = \$153  == 1'h1;
-  assign \$155  = cmd[99:96] - 1'h1;
-  assign \$156  = \$155  == 1'h1;
-  assign \$157  = cmd[95:80] - 1'h1;
+  assign \$139  = cmd[101:100] == 2'h2;
+  assign \$140  = \$139  ? 2'h2 : 2'h1;
+  assign \$141  = $signed(\$138 ) + $signed({ 1'h0, \$140  });
+  assign \$142  = cmd[99:96] - 1'h1;
+  assign \$143  = dws ? \$141  : { \$142 [4], \$142  };
+  assign \$144  = \$143  == 1'h1;
+  assign \$145  = cmd[99:96] - 1'h1;
+  assign \$146  = \$145  == 1'h1;
+  assign \$147  = cmd[95:80] - 1'h1;
+  assign \$148  = \$147  == 1'h1;
+  assign \$149  = dwp | dws;
+  assign \$150  = cmd[63:48] - 1'h1;
+  assign \$152  = cmd[63:48] - 1'h1;
+  assign \$153  = \$149  ? \$151  : \$152 ;
+  assign \$154  = dwp | dws;
+  assign \$155  = \$154  ? 2'h2 : 2'h1;
+  assign \$156  = \$153  == \$155 ;
+  assign \$157  = cmd[47:32] - 1'h1;
   assign \$158  = \$157  == 1'h1;
-  assign \$159  = cmd[63:48] - 1'h1;
-  assign \$160  = cmd[63:48] - 1'h1;
-  assign \$161  = dwp ? \$159  : \$160 ;
-  assign \$162  = dwp ? 2'h2 : 2'h1;
-  assign \$163  = \$161  == \$162 ;
-  assign \$164  = cmd[47:32] - 1'h1;
-  assign \$165  = \$164  == 1'h1;
-  assign \$166  = gin_e == 1'h1;
-  assign \$167  = cmd[99:96] == 1'h1;
-  assign \$168  = cmd[99:96] == 1'h1;
-  assign \$169  = cmd[95:80] == 1'h1;
-  assign \$170  = cmd[63:48] <= 2'h2;
-  assign \$171  = cmd[63:48] == 1'h1;
-  assign \$172  = dwp ? \$170  : \$171 ;
-  assign \$173  = cmd[47:32] == 1'h1;
-  assign \$174  = gin_e - 1'h1;
-  assign \$175  = $signed(\$174 ) - $signed(3'h2);
-  assign \$176  = cmd[99:96] - 1'h1;
-  assign \$177  = $signed(\$176 ) - $signed(3'h2);
-  assign \$178  = cmd[99:96] - 1'h1;
-  assign \$179  = $signed(\$178 ) - $signed(3'h2);
-  assign \$180  = cmd[95:80] - 1'h1;
-  assign \$181  = $signed(\$180 ) - $signed(3'h2);
-  assign \$182  = cmd[63:48] - 1'h1;
-  assign \$183  = cmd[63:48] - 1'h1;
-  assign \$184  = dwp ? \$182  : \$183 ;
-  assign \$185  = dwp ? 2'h2 : 2'h1;
-  assign \$186  = 2'h2 * \$185 ;
-  assign \$187  = $signed(\$184 ) - $signed({ 1'h0, \$186  });
-  assign \$188  = cmd[47:32] - 1'h1;
-  assign \$189  = $signed(\$188 ) - $signed(3'h2);
-  assign \$190  = gin_e == 1'h1;
-  assign \$191  = cmd[99:96] == 1'h1;
-  assign \$192  = cmd[99:96] == 1'h1;
-  assign \$193  = cmd[95:80] == 1'h1;
-  assign \$194  = cmd[63:48] <= 2'h2;
-  assign \$195  = cmd[63:48] == 1'h1;
-  assign \$196  = dwp ? \$194  : \$195 ;
-  assign \$197  = cmd[47:32] == 1'h1;
-  assign \$198  = gin_e == 1'h1;
-  assign \$200  = gin_e == 1'h1;
-  assign \$201  = cmd[99:96] == 1'h1;
-  assign \$202  = & { \$201 , \$200  };
-  assign \$203  = gin_e == 1'h1;
-  assign \$204  = cmd[99:96] == 1'h1;
-  assign \$205  = cmd[99:96] == 1'h1;
-  assign \$206  = & { \$205 , \$204 , \$203  };
-  assign \$207  = gin_e == 1'h1;
-  assign \$208  = cmd[99:96] == 1'h1;
-  assign \$209  = cmd[99:96] == 1'h1;
-  assign \$210  = cmd[95:80] == 1'h1;
-  assign \$211  = & { \$210 , \$209 , \$208 , \$207  };
-  assign \$212  = gin_e == 1'h1;
-  assign \$213  = cmd[99:96] == 1'h1;
-  assign \$214  = cmd[99:96] == 1'h1;
-  assign \$215  = cmd[95:80] == 1'h1;
-  assign \$216  = cmd[63:48] <= 2'h2;
-  assign \$217  = cmd[63:48] == 1'h1;
-  assign \$218  = dwp ? \$216  : \$217 ;
-  assign \$219  = & { \$218 , \$215 , \$214 , \$213 , \$212  };
-  assign \$220  = - cmd[107:105];
-  assign \$221  = - cmd[107:105];
-  assign \$222  = - cmd[104:102];
-  assign \$223  = - cmd[104:102];
-  assign \$224  = cmd[99:96] - cmd[104:102];
-  assign \$225  = dwp ? 16'h0000 : cmd[79:64];
-  assign \$226  = cmd[101:100] == 2'h2;
-  assign \$228  = \$226  ? \$227  : { 1'h0, cmd[79:64] };
-  assign \$229  = dwp ? 17'h00000 : \$228 ;
-  assign \$230  = cmd[101:100] == 2'h2;
-  assign \$233  = cmd[101:100] == 2'h2;
-  assign \$235  = \$233  ? \$234  : { 1'h0, sizes[14:0] };
-  assign \$236  = dwp ? 18'h00000 : { 2'h0, \$235  };
-  assign \$237  = dwp ? 17'h00000 : { 2'h0, sizes[14:0] };
-  assign \$238  = dwp ? sizes[189:175] : { 14'h0000, dw };
-  assign \$239  = dwp ? 2'h2 : 2'h1;
-  assign \$241  = dwp ? \$240  : { 1'h0, cmd[101:100] };
-  assign \$242  = seq_busy & loaded;
-  assign taps__valid = \$242  & rows_ok;
+  assign \$159  = gin_e - 1'h1;
+  assign \$160  = \$159  == 1'h1;
+  assign \$161  = cmd[99:96] - 1'h1;
+  assign \$162  = cmd[101:100] == 2'h2;
+  assign \$163  = \$162  ? 2'h2 : 2'h1;
+  assign \$164  = $signed(\$161 ) + $signed({ 1'h0, \$163  });
+  assign \$165  = cmd[99:96] - 1'h1;
+  assign \$166  = dws ? \$164  : { \$165 [4], \$165  };
+  assign \$167  = \$166  == 1'h1;
+  assign \$168  = cmd[99:96] - 1'h1;
+  assign \$169  = \$168  == 1'h1;
+  assign \$170  = cmd[95:80] - 1'h1;
+  assign \$171  = \$170  == 1'h1;
+  assign \$172  = dwp | dws;
+  assign \$173  = cmd[63:48] - 1'h1;
+  assign \$175  = cmd[63:48] - 1'h1;
+  assign \$176  = \$172  ? \$174  : \$175 ;
+  assign \$177  = dwp | dws;
+  assign \$178  = \$177  ? 2'h2 : 2'h1;
+  assign \$179  = \$176  == \$178 ;
+  assign \$180  = cmd[47:32] - 1'h1;
+  assign \$181  = \$180  == 1'h1;
+  assign \$182  = gin_e == 1'h1;
+  assign \$183  = cmd[99:96] == 1'h1;
+  assign \$184  = dws ? 1'h0 : \$183 ;
+  assign \$185  = cmd[99:96] == 1'h1;
+  assign \$186  = cmd[95:80] == 1'h1;
+  assign \$187  = dwp | dws;
+  assign \$188  = cmd[63:48] <= 2'h2;
+  assign \$189  = cmd[63:48] == 1'h1;
+  assign \$190  = \$187  ? \$188  : \$189 ;
+  assign \$191  = cmd[47:32] == 1'h1;
+  assign \$192  = gin_e - 1'h1;
+  assign \$193  = $signed(\$192 ) - $signed(3'h2);
+  assign \$194  = cmd[99:96] - 1'h1;
+  assign \$195  = cmd[101:100] == 2'h2;
+  assign \$196  = \$195  ? 2'h2 : 2'h1;
+  assign \$197  = $signed(\$194 ) + $signed({ 1'h0, \$196  });
+  assign \$198  = cmd[99:96] - 1'h1;
+  assign \$199  = dws ? \$197  : { \$198 [4], \$198  };
+  assign \$200  = $signed(\$199 ) - $signed(3'h2);
+  assign \$201  = cmd[99:96] - 1'h1;
+  assign \$202  = $signed(\$201 ) - $signed(3'h2);
+  assign \$203  = cmd[95:80] - 1'h1;
+  assign \$204  = $signed(\$203 ) - $signed(3'h2);
+  assign \$205  = dwp | dws;
+  assign \$206  = cmd[63:48] - 1'h1;
+  assign \$208  = cmd[63:48] - 1'h1;
+  assign \$209  = \$205  ? \$207  : \$208 ;
+  assign \$210  = dwp | dws;
+  assign \$211  = \$210  ? 2'h2 : 2'h1;
+  assign \$212  = 2'h2 * \$211 ;
+  assign \$213  = $signed(\$209 ) - $signed({ 1'h0, \$212  });
+  assign \$214  = cmd[47:32] - 1'h1;
+  assign \$215  = $signed(\$214 ) - $signed(3'h2);
+  assign \$216  = gin_e == 1'h1;
+  assign \$217  = cmd[99:96] == 1'h1;
+  assign \$218  = dws ? 1'h0 : \$217 ;
+  assign \$219  = cmd[99:96] == 1'h1;
+  assign \$220  = cmd[95:80] == 1'h1;
+  assign \$221  = dwp | dws;
+  assign \$222  = cmd[63:48] <= 2'h2;
+  assign \$223  = cmd[63:48] == 1'h1;
+  assign \$224  = \$221  ? \$222  : \$223 ;
+  assign \$225  = cmd[47:32] == 1'h1;
+  assign \$226  = gin_e == 1'h1;
+  assign \$228  = gin_e == 1'h1;
+  assign \$229  = cmd[99:96] == 1'h1;
+  assign \$230  = dws ? 1'h0 : \$229 ;
+  assign \$231  = & { \$230 , \$228  };
+  assign \$232  = gin_e == 1'h1;
+  assign \$233  = cmd[99:96] == 1'h1;
+  assign \$234  = dws ? 1'h0 : \$233 ;
+  assign \$235  = cmd[99:96] == 1'h1;
+  assign \$236  = & { \$235 , \$234 , \$232  };
+  assign \$237  = gin_e == 1'h1;
+  assign \$238  = cmd[99:96] == 1'h1;
+  assign \$239  = dws ? 1'h0 : \$238 ;
+  assign \$240  = cmd[99:96] == 1'h1;
+  assign \$241  = cmd[95:80] == 1'h1;
+  assign \$242  = & { \$241 , \$240 , \$239 , \$237  };
+  assign \$243  = gin_e == 1'h1;
+  assign \$244  = cmd[99:96] == 1'h1;
+  assign \$245  = dws ? 1'h0 : \$244 ;
+  assign \$246  = cmd[99:96] == 1'h1;
+  assign \$247  = cmd[95:80] == 1'h1;
+  assign \$248  = dwp | dws;
+  assign \$249  = cmd[63:48] <= 2'h2;
+  assign \$250  = cmd[63:48] == 1'h1;
+  assign \$251  = \$248  ? \$249  : \$250 ;
+  assign \$252  = & { \$251 , \$247 , \$246 , \$245 , \$243  };
+  assign \$253  = - cmd[107:105];
+  assign \$254  = - cmd[107:105];
+  assign \$255  = - cmd[104:102];
+  assign \$256  = - cmd[104:102];
+  assign \$257  = cmd[99:96] - cmd[104:102];
+  assign \$258  = dwp ? 16'h0000 : cmd[79:64];
+  assign \$259  = cmd[101:100] == 2'h2;
+  assign \$262  = \$259  ? \$260  : { 2'h0, \$261  };
+  assign \$263  = cmd[101:100] == 2'h2;
+  assign \$265  = \$263  ? \$264  : { 1'h0, cmd[79:64] };
+  assign \$266  = dws ? \$262  : { 2'h0, \$265  };
+  assign \$267  = dwp ? 19'h00000 : \$266 ;
+  assign \$268  = cmd[101:100] == 2'h2;
+  assign \$271  = cmd[101:100] == 2'h2;
+  assign \$273  = \$271  ? \$272  : { 1'h0, sizes[14:0] };
+  assign \$274  = dwp ? 18'h00000 : { 2'h0, \$273  };
+  assign \$275  = dwp ? 17'h00000 : { 2'h0, sizes[14:0] };
+  assign \$276  = dwp ? sizes[189:175] : { 14'h0000, dw };
+  assign \$277  = dwp | dws;
+  assign \$278  = \$277  ? 2'h2 : 2'h1;
+  assign \$279  = dwp | dws;
+  assign \$281  = \$279  ? \$280  : { 1'h0, cmd[101:100] };
+  assign \$282  = seq_busy & loaded;
+  assign taps__valid = \$282  & rows_ok;
   assign issue = taps__valid & taps__ready;
-  assign \$243  = seq_busy & loaded;
-  assign \$244  = ~ issue;
-  assign waiting = \$243  & \$244 ;
-  assign \$245  = $signed(tapbase) + $signed({ 1'h0, gi });
-  assign \$246  = $signed(\$245 ) + $signed({ 1'h0, goff });
-  assign \$247  = ! gi;
-  assign \$248  = ! kx;
-  assign \$249  = \$247  & \$248 ;
-  assign \$250  = ! ky;
-  assign \$251  = \$249  & \$250 ;
-  assign \$252  = last_gi & last_kx;
-  assign \$253  = \$252  & last_ky;
+  assign \$283  = seq_busy & loaded;
+  assign \$284  = ~ issue;
+  assign waiting = \$283  & \$284 ;
+  assign \$285  = $signed(tapbase) + $signed({ 1'h0, gi });
+  assign \$286  = $signed(\$285 ) + $signed({ 1'h0, goff });
+  assign \$287  = ! gi;
+  assign \$288  = ! kx;
+  assign \$289  = \$287  & \$288 ;
+  assign \$290  = ! ky;
+  assign \$291  = \$289  & \$290 ;
+  assign \$292  = last_gi & last_kx;
+  assign \$293  = \$292  & last_ky;
   always @(posedge clk)
     base <= { \$4 [18], \$4  };
   always @(posedge clk)
@@ -7366,814 +8163,814 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   always @(posedge clk)
     need_words_row0 <= { 3'h0, \$18  };
   always @(posedge clk)
-    gi <= \$254 ;
+    gi <= \$294 ;
   always @(posedge clk)
-    near_gi <= \$255 ;
+    near_gi <= \$295 ;
   always @(posedge clk)
-    kx <= \$256 ;
+    kx <= \$296 ;
   always @(posedge clk)
-    near_kx <= \$257 ;
+    near_kx <= \$297 ;
   always @(posedge clk)
-    ky <= \$258 ;
+    ky <= \$298 ;
   always @(posedge clk)
-    near_ky <= \$259 ;
+    near_ky <= \$299 ;
   always @(posedge clk)
-    j <= \$260 ;
+    j <= \$300 ;
   always @(posedge clk)
-    near_j <= \$261 ;
+    near_j <= \$301 ;
   always @(posedge clk)
-    ox <= \$262 ;
+    ox <= \$302 ;
   always @(posedge clk)
-    near_ox <= \$263 ;
+    near_ox <= \$303 ;
   always @(posedge clk)
-    oy <= \$264 ;
+    oy <= \$304 ;
   always @(posedge clk)
-    near_oy <= \$265 ;
+    near_oy <= \$305 ;
   always @(posedge clk)
-    last_gi <= \$266 ;
+    last_gi <= \$306 ;
   always @(posedge clk)
-    below_kx <= \$267 ;
+    below_kx <= \$307 ;
   always @(posedge clk)
-    last_kx <= \$268 ;
+    last_kx <= \$308 ;
   always @(posedge clk)
-    below_ky <= \$269 ;
+    below_ky <= \$309 ;
   always @(posedge clk)
-    last_ky <= \$270 ;
+    last_ky <= \$310 ;
   always @(posedge clk)
-    below_j <= \$271 ;
+    below_j <= \$311 ;
   always @(posedge clk)
-    last_j <= \$272 ;
+    last_j <= \$312 ;
   always @(posedge clk)
-    below_ox <= \$273 ;
+    below_ox <= \$313 ;
   always @(posedge clk)
-    last_ox <= \$274 ;
+    last_ox <= \$314 ;
   always @(posedge clk)
-    below_oy <= \$275 ;
+    below_oy <= \$315 ;
   always @(posedge clk)
-    last_oy <= \$276 ;
+    last_oy <= \$316 ;
   always @(posedge clk)
-    waddr <= \$277 ;
+    waddr <= \$317 ;
   always @(posedge clk)
-    ix <= \$278 ;
+    ix <= \$318 ;
   always @(posedge clk)
-    tapbase <= \$279 ;
+    tapbase <= \$319 ;
   always @(posedge clk)
-    iy <= \$280 ;
+    iy <= \$320 ;
   always @(posedge clk)
-    rowbase <= \$281 ;
+    rowbase <= \$321 ;
   always @(posedge clk)
-    goff <= \$282 ;
+    goff <= \$322 ;
   always @(posedge clk)
-    need_words <= \$283 ;
+    need_words <= \$323 ;
   always @(posedge clk)
-    ix0 <= \$284 ;
+    ix0 <= \$324 ;
   always @(posedge clk)
-    pixbase <= \$285 ;
+    pixbase <= \$325 ;
   always @(posedge clk)
-    need_words_row <= \$286 ;
+    need_words_row <= \$326 ;
   always @(posedge clk)
-    iy0 <= \$287 ;
+    iy0 <= \$327 ;
   always @(posedge clk)
-    need <= \$288 ;
+    need <= \$328 ;
   always @(posedge clk)
-    linebase <= \$289 ;
+    linebase <= \$329 ;
   always @(posedge clk)
-    seq_busy <= \$290 ;
+    seq_busy <= \$330 ;
   always @(posedge clk)
-    loaded <= \$291 ;
+    loaded <= \$331 ;
   always @(posedge clk)
-    rows_ok <= \$292 ;
+    rows_ok <= \$332 ;
   always @(posedge clk)
-    last_group <= \$293 ;
+    last_group <= \$333 ;
   always @(posedge clk)
-    lim_inc_gi <= \$294 ;
+    lim_inc_gi <= \$334 ;
   always @(posedge clk)
-    lim_inc_kx <= \$295 ;
+    lim_inc_kx <= \$335 ;
   always @(posedge clk)
-    lim_inc_ky <= \$296 ;
+    lim_inc_ky <= \$336 ;
   always @(posedge clk)
-    lim_inc_j <= \$297 ;
+    lim_inc_j <= \$337 ;
   always @(posedge clk)
-    lim_inc_ox <= \$298 ;
+    lim_inc_ox <= \$338 ;
   always @(posedge clk)
-    lim_inc_oy <= \$299 ;
+    lim_inc_oy <= \$339 ;
   always @(posedge clk)
-    lim_zero_gi <= \$300 ;
+    lim_zero_gi <= \$340 ;
   always @(posedge clk)
-    lim_zero_kx <= \$301 ;
+    lim_zero_kx <= \$341 ;
   always @(posedge clk)
-    lim_zero_ky <= \$302 ;
+    lim_zero_ky <= \$342 ;
   always @(posedge clk)
-    lim_zero_j <= \$303 ;
+    lim_zero_j <= \$343 ;
   always @(posedge clk)
-    lim_zero_ox <= \$304 ;
+    lim_zero_ox <= \$344 ;
   always @(posedge clk)
-    lim_zero_oy <= \$305 ;
+    lim_zero_oy <= \$345 ;
   always @(posedge clk)
-    lim_2inc_gi <= \$306 ;
+    lim_2inc_gi <= \$346 ;
   always @(posedge clk)
-    lim_2inc_kx <= \$307 ;
+    lim_2inc_kx <= \$347 ;
   always @(posedge clk)
-    lim_2inc_ky <= \$308 ;
+    lim_2inc_ky <= \$348 ;
   always @(posedge clk)
-    lim_2inc_j <= \$309 ;
+    lim_2inc_j <= \$349 ;
   always @(posedge clk)
-    lim_2inc_ox <= \$310 ;
+    lim_2inc_ox <= \$350 ;
   always @(posedge clk)
-    lim_2inc_oy <= \$311 ;
+    lim_2inc_oy <= \$351 ;
   always @(posedge clk)
-    g_step <= \$312 ;
+    g_step <= \$352 ;
   always @(posedge clk)
-    sg <= \$313 ;
+    sg <= \$353 ;
   always @(posedge clk)
-    swg <= \$314 ;
+    swg <= \$354 ;
   always @(posedge clk)
-    row_step <= \$315 ;
+    row_step <= \$355 ;
   always @(posedge clk)
-    goff_step <= \$316 ;
+    goff_step <= \$356 ;
   always @(posedge clk)
-    ox_step <= \$317 ;
+    ox_step <= \$357 ;
   always @(posedge clk)
-    ix_step <= \$318 ;
+    ix_step <= \$358 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$254  = gi;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$294  = gi;
     if (issue) begin
-      \$254  = \$20 [7:0];
+      \$294  = \$20 [7:0];
     end
     if (start) begin
-      \$254  = 8'h00;
+      \$294  = 8'h00;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$255  = near_gi;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$295  = near_gi;
     if (issue) begin
-      \$255  = \$22 ;
+      \$295  = \$22 ;
     end
     if (start) begin
-      \$255  = \$137 ;
+      \$295  = \$137 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$256  = kx;
-    if (issue) begin
-      if (below_kx) begin
-        \$256  = \$24 [3:0];
-      end
-    end
-    if (start) begin
-      \$256  = 4'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$257  = near_kx;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$296  = kx;
     if (issue) begin
       if (below_kx) begin
-        \$257  = \$26 ;
+        \$296  = \$24 [3:0];
       end
     end
     if (start) begin
-      \$257  = \$139 ;
+      \$296  = 4'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$258  = ky;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$297  = near_kx;
+    if (issue) begin
+      if (below_kx) begin
+        \$297  = \$26 ;
+      end
+    end
+    if (start) begin
+      \$297  = \$144 ;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$298  = ky;
     if (issue) begin
       if (below_ky) begin
-        \$258  = \$28 [3:0];
+        \$298  = \$28 [3:0];
       end
     end
     if (start) begin
-      \$258  = 4'h0;
+      \$298  = 4'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$259  = near_ky;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$299  = near_ky;
     if (issue) begin
       if (below_ky) begin
-        \$259  = \$30 ;
+        \$299  = \$30 ;
       end
     end
     if (start) begin
-      \$259  = \$141 ;
+      \$299  = \$146 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$260  = j;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$300  = j;
     if (issue) begin
       if (below_j) begin
-        \$260  = \$32 [5:0];
+        \$300  = \$32 [5:0];
       end
     end
     if (start) begin
-      \$260  = 6'h00;
+      \$300  = 6'h00;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$261  = near_j;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$301  = near_j;
     if (issue) begin
       if (below_j) begin
-        \$261  = \$34 ;
+        \$301  = \$34 ;
       end
     end
     if (start) begin
-      \$261  = \$143 ;
+      \$301  = \$148 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$262  = ox;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$302  = ox;
     if (issue) begin
       if (below_ox) begin
-        \$262  = \$36 [15:0];
+        \$302  = \$36 [15:0];
       end
     end
     if (start) begin
-      \$262  = 16'h0000;
+      \$302  = 16'h0000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$263  = near_ox;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$303  = near_ox;
     if (issue) begin
       if (below_ox) begin
-        \$263  = \$38 ;
+        \$303  = \$38 ;
       end
     end
     if (start) begin
-      \$263  = \$148 ;
+      \$303  = \$156 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$264  = oy;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$304  = oy;
     if (issue) begin
       if (below_oy) begin
-        \$264  = \$40 [15:0];
+        \$304  = \$40 [15:0];
       end
     end
     if (start) begin
-      \$264  = 16'h0000;
+      \$304  = 16'h0000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$265  = near_oy;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$305  = near_oy;
     if (issue) begin
       if (below_oy) begin
-        \$265  = \$42 ;
+        \$305  = \$42 ;
       end
     end
     if (start) begin
-      \$265  = \$150 ;
+      \$305  = \$158 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$266  = last_gi;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$306  = last_gi;
     if (issue) begin
-      \$266  = \$44 ;
+      \$306  = \$44 ;
     end
     if (start) begin
-      \$266  = \$190 ;
+      \$306  = \$216 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$267  = below_kx;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$307  = below_kx;
     if (issue) begin
-      \$267  = \$47 ;
+      \$307  = \$47 ;
     end
     if (start) begin
-      \$267  = \$199 ;
+      \$307  = \$227 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$268  = last_kx;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$308  = last_kx;
     if (issue) begin
-      \$268  = \$49 ;
+      \$308  = \$49 ;
     end
     if (start) begin
-      \$268  = \$191 ;
+      \$308  = \$218 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$269  = below_ky;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$309  = below_ky;
     if (issue) begin
-      \$269  = \$54 ;
+      \$309  = \$54 ;
     end
     if (start) begin
-      \$269  = \$202 ;
+      \$309  = \$231 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$270  = last_ky;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$310  = last_ky;
     if (issue) begin
-      \$270  = \$56 ;
+      \$310  = \$56 ;
     end
     if (start) begin
-      \$270  = \$192 ;
+      \$310  = \$219 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$271  = below_j;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$311  = below_j;
     if (issue) begin
-      \$271  = \$63 ;
+      \$311  = \$63 ;
     end
     if (start) begin
-      \$271  = \$206 ;
+      \$311  = \$236 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$272  = last_j;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$312  = last_j;
     if (issue) begin
-      \$272  = \$65 ;
+      \$312  = \$65 ;
     end
     if (start) begin
-      \$272  = \$193 ;
+      \$312  = \$220 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$273  = below_ox;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$313  = below_ox;
     if (issue) begin
-      \$273  = \$74 ;
+      \$313  = \$74 ;
     end
     if (start) begin
-      \$273  = \$211 ;
+      \$313  = \$242 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$274  = last_ox;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$314  = last_ox;
     if (issue) begin
-      \$274  = \$76 ;
+      \$314  = \$76 ;
     end
     if (start) begin
-      \$274  = \$196 ;
+      \$314  = \$224 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$275  = below_oy;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$315  = below_oy;
     if (issue) begin
-      \$275  = \$87 ;
+      \$315  = \$87 ;
     end
     if (start) begin
-      \$275  = \$219 ;
+      \$315  = \$252 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$276  = last_oy;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$316  = last_oy;
     if (issue) begin
-      \$276  = \$89 ;
+      \$316  = \$89 ;
     end
     if (start) begin
-      \$276  = \$197 ;
+      \$316  = \$225 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$277  = waddr;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$317  = waddr;
     if (issue) begin
-      \$277  = \$90 [9:0];
+      \$317  = \$90 [9:0];
       if (below_ox) begin
-        \$277  = 10'h000;
+        \$317  = 10'h000;
       end
     end
     if (start) begin
-      \$277  = 10'h000;
+      \$317  = 10'h000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$278  = ix;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$318  = ix;
     if (issue) begin
       if (\$92 ) begin
-        \$278  = \$93 [17:0];
+        \$318  = \$93 [17:0];
       end
       if (below_ky) begin
-        \$278  = ix0;
+        \$318  = ix0;
       end
       if (\$104 ) begin
-        \$278  = \$107 [17:0];
+        \$318  = \$107 [17:0];
       end
       if (below_oy) begin
-        \$278  = { \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112  };
+        \$318  = { \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112 [3], \$112  };
       end
     end
     if (start) begin
-      \$278  = { \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220 [3], \$220  };
+      \$318  = { \$253 [3], \$253 [3], \$253 [3], \$253 [3], \$253 [3], \$253 [3], \$253 [3], \$253 [3], \$253 [3], \$253 [3], \$253 [3], \$253 [3], \$253 [3], \$253 [3], \$253  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$279  = tapbase;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$319  = tapbase;
     if (issue) begin
       if (\$92 ) begin
-        \$279  = \$94 [19:0];
+        \$319  = \$94 [19:0];
       end
       if (\$96 ) begin
-        \$279  = \$99 [19:0];
+        \$319  = \$99 [19:0];
       end
       if (\$101 ) begin
-        \$279  = pixbase;
+        \$319  = pixbase;
       end
       if (\$104 ) begin
-        \$279  = \$110 [19:0];
+        \$319  = \$110 [19:0];
       end
       if (\$114 ) begin
-        \$279  = \$122 [19:0];
+        \$319  = \$122 [19:0];
       end
     end
     if (start) begin
-      \$279  = base;
+      \$319  = base;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$280  = iy;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$320  = iy;
     if (issue) begin
       if (\$96 ) begin
-        \$280  = \$97 [17:0];
+        \$320  = \$97 [17:0];
       end
       if (below_j) begin
-        \$280  = iy0;
+        \$320  = iy0;
       end
       if (\$114 ) begin
-        \$280  = \$117 [17:0];
+        \$320  = \$117 [17:0];
       end
     end
     if (start) begin
-      \$280  = { \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222 [3], \$222  };
+      \$320  = { \$255 [3], \$255 [3], \$255 [3], \$255 [3], \$255 [3], \$255 [3], \$255 [3], \$255 [3], \$255 [3], \$255 [3], \$255 [3], \$255 [3], \$255 [3], \$255 [3], \$255  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$281  = rowbase;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$321  = rowbase;
     if (issue) begin
       if (\$96 ) begin
-        \$281  = \$98 [19:0];
+        \$321  = \$98 [19:0];
       end
       if (\$101 ) begin
-        \$281  = pixbase;
+        \$321  = pixbase;
       end
       if (\$104 ) begin
-        \$281  = \$109 [19:0];
+        \$321  = \$109 [19:0];
       end
       if (\$114 ) begin
-        \$281  = \$121 [19:0];
+        \$321  = \$121 [19:0];
       end
     end
     if (start) begin
-      \$281  = base;
+      \$321  = base;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$282  = goff;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$322  = goff;
     if (issue) begin
       if (\$101 ) begin
-        \$282  = \$102 [14:0];
+        \$322  = \$102 [14:0];
       end
       if (below_ox) begin
-        \$282  = 15'h0000;
+        \$322  = 15'h0000;
       end
     end
     if (start) begin
-      \$282  = 15'h0000;
+      \$322  = 15'h0000;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$283  = need_words;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$323  = need_words;
     if (issue) begin
       if (\$104 ) begin
-        \$283  = \$105 [22:0];
+        \$323  = \$105 [22:0];
       end
       if (\$114 ) begin
-        \$283  = need_words_row;
+        \$323  = need_words_row;
       end
     end
     if (start) begin
-      \$283  = need_words0;
+      \$323  = need_words0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$284  = ix0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$324  = ix0;
     if (issue) begin
       if (\$104 ) begin
-        \$284  = \$106 [17:0];
+        \$324  = \$106 [17:0];
       end
       if (below_oy) begin
-        \$284  = { \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111  };
+        \$324  = { \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111 [3], \$111  };
       end
     end
     if (start) begin
-      \$284  = { \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221 [3], \$221  };
+      \$324  = { \$254 [3], \$254 [3], \$254 [3], \$254 [3], \$254 [3], \$254 [3], \$254 [3], \$254 [3], \$254 [3], \$254 [3], \$254 [3], \$254 [3], \$254 [3], \$254 [3], \$254  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$285  = pixbase;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$325  = pixbase;
     if (issue) begin
       if (\$104 ) begin
-        \$285  = \$108 [19:0];
+        \$325  = \$108 [19:0];
       end
       if (\$114 ) begin
-        \$285  = \$120 [19:0];
+        \$325  = \$120 [19:0];
       end
     end
     if (start) begin
-      \$285  = base;
+      \$325  = base;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$286  = need_words_row;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$326  = need_words_row;
     if (issue) begin
       if (\$114 ) begin
-        \$286  = \$115 [22:0];
+        \$326  = \$115 [22:0];
       end
     end
     if (start) begin
-      \$286  = need_words_row0;
+      \$326  = need_words_row0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$287  = iy0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$327  = iy0;
     if (issue) begin
       if (\$114 ) begin
-        \$287  = \$116 [17:0];
+        \$327  = \$116 [17:0];
       end
     end
     if (start) begin
-      \$287  = { \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223 [3], \$223  };
+      \$327  = { \$256 [3], \$256 [3], \$256 [3], \$256 [3], \$256 [3], \$256 [3], \$256 [3], \$256 [3], \$256 [3], \$256 [3], \$256 [3], \$256 [3], \$256 [3], \$256 [3], \$256  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$288  = need;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$328  = need;
     if (issue) begin
       if (\$114 ) begin
-        \$288  = \$118 [17:0];
+        \$328  = \$118 [17:0];
       end
     end
     if (start) begin
-      \$288  = { \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224 [4], \$224  };
+      \$328  = { \$257 [4], \$257 [4], \$257 [4], \$257 [4], \$257 [4], \$257 [4], \$257 [4], \$257 [4], \$257 [4], \$257 [4], \$257 [4], \$257 [4], \$257 [4], \$257  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$289  = linebase;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$329  = linebase;
     if (issue) begin
       if (\$114 ) begin
-        \$289  = \$119 [19:0];
+        \$329  = \$119 [19:0];
       end
     end
     if (start) begin
-      \$289  = base;
+      \$329  = base;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$290  = seq_busy;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$330  = seq_busy;
     if (issue) begin
       if (\$123 ) begin
-        \$290  = 1'h0;
+        \$330  = 1'h0;
       end
     end
     if (start) begin
-      \$290  = 1'h1;
+      \$330  = 1'h1;
     end
     if (rst) begin
-      \$290  = 1'h0;
+      \$330  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$291  = loaded;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$331  = loaded;
     if (run) begin
-      \$291  = \$128 ;
+      \$331  = \$128 ;
     end
     if (start) begin
-      \$291  = 1'h0;
+      \$331  = 1'h0;
     end
     if (rst) begin
-      \$291  = 1'h0;
+      \$331  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$292  = rows_ok;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$332  = rows_ok;
     if (run) begin
-      \$292  = \$134 ;
+      \$332  = \$134 ;
     end
     if (start) begin
-      \$292  = 1'h0;
+      \$332  = 1'h0;
     end
     if (rst) begin
-      \$292  = 1'h0;
+      \$332  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$293  = last_group;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$333  = last_group;
     if (start) begin
-      \$293  = \$135 [5:0];
+      \$333  = \$135 [5:0];
     end
     if (rst) begin
-      \$293  = 6'h00;
+      \$333  = 6'h00;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$294  = lim_inc_gi;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$334  = lim_inc_gi;
     if (start) begin
-      \$294  = \$152 ;
+      \$334  = \$160 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$295  = lim_inc_kx;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$335  = lim_inc_kx;
     if (start) begin
-      \$295  = \$154 ;
+      \$335  = \$167 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$296  = lim_inc_ky;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$336  = lim_inc_ky;
     if (start) begin
-      \$296  = \$156 ;
+      \$336  = \$169 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$297  = lim_inc_j;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$337  = lim_inc_j;
     if (start) begin
-      \$297  = \$158 ;
+      \$337  = \$171 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$298  = lim_inc_ox;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$338  = lim_inc_ox;
     if (start) begin
-      \$298  = \$163 ;
+      \$338  = \$179 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$299  = lim_inc_oy;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$339  = lim_inc_oy;
     if (start) begin
-      \$299  = \$165 ;
+      \$339  = \$181 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$300  = lim_zero_gi;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$340  = lim_zero_gi;
     if (start) begin
-      \$300  = \$166 ;
+      \$340  = \$182 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$301  = lim_zero_kx;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$341  = lim_zero_kx;
     if (start) begin
-      \$301  = \$167 ;
+      \$341  = \$184 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$302  = lim_zero_ky;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$342  = lim_zero_ky;
     if (start) begin
-      \$302  = \$168 ;
+      \$342  = \$185 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$303  = lim_zero_j;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$343  = lim_zero_j;
     if (start) begin
-      \$303  = \$169 ;
+      \$343  = \$186 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$304  = lim_zero_ox;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$344  = lim_zero_ox;
     if (start) begin
-      \$304  = \$172 ;
+      \$344  = \$190 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$305  = lim_zero_oy;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$345  = lim_zero_oy;
     if (start) begin
-      \$305  = \$173 ;
+      \$345  = \$191 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$306  = lim_2inc_gi;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$346  = lim_2inc_gi;
     if (start) begin
-      \$306  = \$175 [9:0];
+      \$346  = \$193 [9:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$307  = lim_2inc_kx;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$347  = lim_2inc_kx;
     if (start) begin
-      \$307  = \$177 ;
+      \$347  = \$200 [5:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$308  = lim_2inc_ky;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$348  = lim_2inc_ky;
     if (start) begin
-      \$308  = \$179 ;
+      \$348  = \$202 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$309  = lim_2inc_j;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$349  = lim_2inc_j;
     if (start) begin
-      \$309  = \$181 [7:0];
+      \$349  = \$204 [7:0];
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$310  = lim_2inc_ox;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$350  = lim_2inc_ox;
     if (start) begin
-      \$310  = \$187 ;
+      \$350  = \$213 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$311  = lim_2inc_oy;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$351  = lim_2inc_oy;
     if (start) begin
-      \$311  = \$189 ;
+      \$351  = \$215 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$312  = g_step;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$352  = g_step;
     if (start) begin
-      \$312  = { 4'h0, \$225  };
+      \$352  = { 4'h0, \$258  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$313  = sg;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$353  = sg;
     if (start) begin
-      \$313  = { 3'h0, \$229  };
+      \$353  = { 1'h0, \$267  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$314  = swg;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$354  = swg;
     if (start) begin
-      \$314  = { 2'h0, \$236  };
+      \$354  = { 2'h0, \$274  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$315  = row_step;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$355  = row_step;
     if (start) begin
-      \$315  = { 3'h0, \$237  };
+      \$355  = { 3'h0, \$275  };
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$316  = goff_step;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$356  = goff_step;
     if (start) begin
-      \$316  = \$238 ;
+      \$356  = \$276 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$317  = ox_step;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$357  = ox_step;
     if (start) begin
-      \$317  = \$239 ;
+      \$357  = \$278 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$12 ) begin end
-    \$318  = ix_step;
+    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    \$358  = ix_step;
     if (start) begin
-      \$318  = \$241 ;
+      \$358  = \$281 ;
     end
   end
   assign ws = 17'h00000;
@@ -8211,12 +9008,12 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   assign \taps__payload.waddr  = taps__payload[65:56];
   assign \taps__payload.first  = taps__payload[66];
   assign \taps__payload.last  = taps__payload[67];
-  assign taps__payload[67] = \$253 ;
-  assign taps__payload[66] = \$251 ;
+  assign taps__payload[67] = \$293 ;
+  assign taps__payload[66] = \$291 ;
   assign taps__payload[65:56] = waddr;
   assign taps__payload[55:38] = iy;
   assign taps__payload[37:20] = ix;
-  assign taps__payload[19:0] = \$246 [19:0];
+  assign taps__payload[19:0] = \$286 [19:0];
   assign \$7  = { cmd[79:64], 1'h0 };
   assign \$12  = { cmd[79:64], 1'h0 };
   assign \$16  = { sizes[14:0], 1'h0 };
@@ -8228,38 +9025,54 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
   assign \$67  = \$66 ;
   assign \$78  = \$77 ;
   assign \$134  = \$133 ;
-  assign \$199  = \$198 ;
-  assign \$227  = { cmd[79:64], 1'h0 };
-  assign \$231  = 18'h00000;
-  assign \$234  = { sizes[14:0], 1'h0 };
-  assign \$240  = { cmd[101:100], 1'h0 };
-  assign \$232  = 18'h00000;
+  assign \$151 [0] = 1'h0;
+  assign \$151 [16:1] = \$150 [16:1];
+  assign \$174 [0] = 1'h0;
+  assign \$174 [16:1] = \$173 [16:1];
+  assign \$207 [0] = 1'h0;
+  assign \$207 [16:1] = \$206 [16:1];
+  assign \$227  = \$226 ;
+  assign \$260  = { 1'h0, cmd[79:64], 2'h0 };
+  assign \$261  = { cmd[79:64], 1'h0 };
+  assign \$264  = { cmd[79:64], 1'h0 };
+  assign \$269  = 18'h00000;
+  assign \$272  = { sizes[14:0], 1'h0 };
+  assign \$280  = { cmd[101:100], 1'h0 };
+  assign \$270  = 18'h00000;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, cfg__ready, accept, busy, sizing, run
+module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, dws, last_go, cfg__ready, accept, busy, sizes_ready, run
 , sizes, loaded, inputs_done, cfg__payload);
-  reg \$auto$verilog_backend.cc:2355:dump_module$13  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$100 ;
   wire \$101 ;
-  reg \$102 ;
-  reg \$103 ;
-  reg \$104 ;
-  reg \$105 ;
-  reg [113:0] \$106 ;
-  reg \$107 ;
-  reg \$108 ;
+  wire \$102 ;
+  wire \$103 ;
+  wire \$104 ;
+  wire \$105 ;
+  wire \$106 ;
+  wire \$107 ;
+  wire \$108 ;
   reg \$109 ;
   wire \$11 ;
   reg \$110 ;
-  reg [15:0] \$111 ;
-  reg [21:0] \$112 ;
-  reg [2:0] \$113 ;
-  reg [5:0] \$114 ;
+  reg \$111 ;
+  reg \$112 ;
+  reg [113:0] \$113 ;
+  reg \$114 ;
   reg \$115 ;
+  reg \$116 ;
+  reg \$117 ;
+  reg [15:0] \$118 ;
+  reg [21:0] \$119 ;
   wire \$12 ;
+  reg \$120 ;
+  reg [2:0] \$121 ;
+  reg [5:0] \$122 ;
+  reg \$123 ;
   wire \$13 ;
   wire \$14 ;
   wire \$15 ;
@@ -8341,17 +9154,17 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   wire [16:0] \$84 ;
   wire [18:0] \$85 ;
   wire [19:0] \$86 ;
-  wire [19:0] \$87 ;
-  wire \$88 ;
-  wire \$89 ;
+  wire \$87 ;
+  wire [16:0] \$88 ;
+  wire [16:0] \$89 ;
   wire \$9 ;
-  wire [22:0] \$90 ;
-  wire \$91 ;
-  wire \$92 ;
+  wire [17:0] \$90 ;
+  wire [17:0] \$91 ;
+  wire [19:0] \$92 ;
   wire \$93 ;
   wire \$94 ;
   wire \$95 ;
-  wire \$96 ;
+  wire [22:0] \$96 ;
   wire \$97 ;
   wire \$98 ;
   wire \$99 ;
@@ -8361,8 +9174,8 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   reg bad_sizes = 1'h0;
   output busy;
   reg busy;
-  input [113:0] cfg__payload;
-  wire [113:0] cfg__payload;
+  input [254:0] cfg__payload;
+  wire [254:0] cfg__payload;
   wire [15:0] \cfg__payload.gin ;
   wire [15:0] \cfg__payload.gout ;
   wire [15:0] \cfg__payload.in_h ;
@@ -8386,6 +9199,16 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   (* enum_value_11 = "LAST" *)
   wire [1:0] \cfg__payload.part ;
   wire \cfg__payload.relu ;
+  wire [140:0] \cfg__payload.sizes ;
+  wire [8:0] \cfg__payload.sizes.kk ;
+  wire [14:0] \cfg__payload.sizes.n_in ;
+  wire [24:0] \cfg__payload.sizes.n_out ;
+  wire [8:0] \cfg__payload.sizes.n_w ;
+  wire [24:0] \cfg__payload.sizes.ow ;
+  wire [16:0] \cfg__payload.sizes.pl_g ;
+  wire [16:0] \cfg__payload.sizes.pt_wg ;
+  wire [8:0] \cfg__payload.sizes.red ;
+  wire [14:0] \cfg__payload.sizes.wg ;
   wire [1:0] \cfg__payload.stride ;
   output cfg__ready;
   reg cfg__ready;
@@ -8427,6 +9250,8 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   reg dwc = 1'h0;
   output dwp;
   reg dwp = 1'h0;
+  output dws;
+  reg dws = 1'h0;
   output error;
   reg error = 1'h0;
   reg fin = 1'h0;
@@ -8465,14 +9290,13 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   wire [16:0] \sizes.pt_ws ;
   wire [8:0] \sizes.red ;
   wire [14:0] \sizes.wg ;
-  input sizes_ready;
-  wire sizes_ready;
-  output sizing;
-  reg sizing;
+  output sizes_ready;
+  reg sizes_ready;
+  wire sizing;
   output start;
   reg start = 1'h0;
   (* init = 1'h0 *)
-  wire \start$24 ;
+  wire \start$25 ;
   assign \$1  = cmd[99:96] == 1'h1;
   assign \$2  = cmd[99:96] == 2'h3;
   assign \$3  = \$1  | \$2 ;
@@ -8520,6 +9344,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   assign \$45  = \$35  | \$44 ;
   assign \$46  = cmd[109:108] == 1'h1;
   assign \$47  = cmd[79:64] != cmd[95:80];
+  assign \$49  = \$46  & \$48 ;
   assign \$50  = \$45  | \$49 ;
   assign \$51  = gout_o > 7'h40;
   assign \$52  = \$50  | \$51 ;
@@ -8550,247 +9375,87 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   assign \$81  = \$80  ? 16'h0001 : cfg__payload[79:64];
   assign \$82  = cfg__payload[109:108] == 1'h1;
   assign \$86  = \$84  + \$85 ;
-  assign \$88  = bad_fields | bad_sizes;
-  assign \$89  = ~ \$88 ;
-  assign \$90  = gout_o - 1'h1;
-  assign \$91  = ~ start;
-  assign \$92  = outputs_done & inputs_done;
-  assign \$93  = fin & loaded;
-  assign \$94  = dwp & mac_valid;
+  assign \$87  = cfg__payload[109:108] == 1'h1;
+  assign \$90  = \$88  + \$89 ;
+  assign \$91  = \$87  ? \$90  : { 2'h0, cfg__payload[95:80] };
+  assign \$93  = cfg__payload[109:108] == 1'h1;
+  assign \$94  = bad_fields | bad_sizes;
   assign \$95  = ~ \$94 ;
-  assign \$96  = \$93  & \$95 ;
-  assign \$97  = ! fsm_state;
-  assign \$98  = fsm_state == 1'h1;
-  assign \$99  = fsm_state == 2'h2;
-  assign \$100  = fsm_state == 2'h3;
-  assign \$101  = fsm_state == 3'h4;
+  assign \$96  = gout_o - 1'h1;
+  assign \$97  = ~ start;
+  assign \$98  = outputs_done & inputs_done;
+  assign \$99  = fin & loaded;
+  assign \$100  = dwp | dws;
+  assign \$101  = \$100  & mac_valid;
+  assign \$102  = ~ \$101 ;
+  assign \$103  = \$99  & \$102 ;
+  assign \$104  = ! fsm_state;
+  assign \$105  = fsm_state == 1'h1;
+  assign \$106  = fsm_state == 2'h2;
+  assign \$107  = fsm_state == 2'h3;
+  assign \$108  = fsm_state == 3'h4;
   always @(posedge clk)
-    start <= \$102 ;
+    start <= \$109 ;
   always @(posedge clk)
-    bad_fields <= \$103 ;
+    bad_fields <= \$110 ;
   always @(posedge clk)
-    bad_sizes <= \$104 ;
+    bad_sizes <= \$111 ;
   always @(posedge clk)
-    done <= \$105 ;
+    done <= \$112 ;
   always @(posedge clk)
-    cmd <= \$106 ;
+    cmd <= \$113 ;
   always @(posedge clk)
-    error <= \$107 ;
+    error <= \$114 ;
   always @(posedge clk)
-    dw <= \$108 ;
+    dw <= \$115 ;
   always @(posedge clk)
-    dwp <= \$109 ;
+    dwp <= \$116 ;
   always @(posedge clk)
-    dwc <= \$110 ;
+    dwc <= \$117 ;
   always @(posedge clk)
-    gin_e <= \$111 ;
+    gin_e <= \$118 ;
   always @(posedge clk)
-    gout_o <= \$112 ;
+    gout_o <= \$119 ;
   always @(posedge clk)
-    fsm_state <= \$113 ;
+    dws <= \$120 ;
   always @(posedge clk)
-    last_go <= \$114 ;
+    fsm_state <= \$121 ;
   always @(posedge clk)
-    fin <= \$115 ;
+    last_go <= \$122 ;
+  always @(posedge clk)
+    fin <= \$123 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$102  = 1'h0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$109  = 1'h0;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$102  = \$89 ;
-    endcase
-    if (rst) begin
-      \$102  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$103  = \$57 ;
-    if (rst) begin
-      \$103  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$104  = \$74 ;
-    if (rst) begin
-      \$104  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$105  = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (\$91 ) begin
-            \$105  = 1'h1;
-          end
-      3'h4:
-          if (\$96 ) begin
-            \$105  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$105  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$106  = cmd;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$106  = cfg__payload;
-          end
-    endcase
-    if (rst) begin
-      \$106  = 114'h00000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$107  = error;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$107  = 1'h0;
-          end
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          if (\$91 ) begin
-            \$107  = 1'h1;
-          end
-    endcase
-    if (rst) begin
-      \$107  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$108  = dw;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$108  = \$75 ;
-          end
-    endcase
-    if (rst) begin
-      \$108  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$109  = dwp;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$109  = \$77 ;
-          end
+          \$109  = \$95 ;
     endcase
     if (rst) begin
       \$109  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$110  = dwc;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$110  = \$79 ;
-          end
-    endcase
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$110  = \$57 ;
     if (rst) begin
       \$110  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$111  = gin_e;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$111  = \$81 ;
-          end
-    endcase
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$111  = \$74 ;
     if (rst) begin
-      \$111  = 16'h0000;
+      \$111  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$112  = gout_o;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$112  = { 2'h0, \$87  };
-          end
-    endcase
-    if (rst) begin
-      \$112  = 22'h000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$113  = fsm_state;
-    casez (fsm_state)
-      3'h0:
-          if (cfg__valid) begin
-            \$113  = 3'h1;
-          end
-      3'h1:
-          if (sizes_ready) begin
-            \$113  = 3'h2;
-          end
-      3'h2:
-          \$113  = 3'h3;
-      3'h3:
-          (* full_case = 32'd1 *)
-          if (\$91 ) begin
-            \$113  = 3'h0;
-          end else begin
-            \$113  = 3'h4;
-          end
-      3'h4:
-          if (\$96 ) begin
-            \$113  = 3'h0;
-          end
-    endcase
-    if (rst) begin
-      \$113  = 3'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$114  = last_go;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          \$114  = \$90 [5:0];
-    endcase
-    if (rst) begin
-      \$114  = 6'h00;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    \$115  = fin;
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$112  = 1'h0;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -8799,20 +9464,200 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
       3'h2:
           /* empty */;
       3'h3:
-          (* full_case = 32'd1 *)
-          if (\$91 ) begin
-          end else begin
-            \$115  = 1'h0;
+          if (\$97 ) begin
+            \$112  = 1'h1;
           end
       3'h4:
-          \$115  = \$92 ;
+          if (\$103 ) begin
+            \$112  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$112  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$113  = cmd;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$113  = cfg__payload[113:0];
+          end
+    endcase
+    if (rst) begin
+      \$113  = 114'h00000000000000000000000000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$114  = error;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$114  = 1'h0;
+          end
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          if (\$97 ) begin
+            \$114  = 1'h1;
+          end
+    endcase
+    if (rst) begin
+      \$114  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$115  = dw;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$115  = \$75 ;
+          end
     endcase
     if (rst) begin
       \$115  = 1'h0;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$116  = dwp;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$116  = \$77 ;
+          end
+    endcase
+    if (rst) begin
+      \$116  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$117  = dwc;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$117  = \$79 ;
+          end
+    endcase
+    if (rst) begin
+      \$117  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$118  = gin_e;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$118  = \$81 ;
+          end
+    endcase
+    if (rst) begin
+      \$118  = 16'h0000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$119  = gout_o;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$119  = { 2'h0, \$92  };
+          end
+    endcase
+    if (rst) begin
+      \$119  = 22'h000000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$120  = dws;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$120  = \$93 ;
+          end
+    endcase
+    if (rst) begin
+      \$120  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$121  = fsm_state;
+    casez (fsm_state)
+      3'h0:
+          if (cfg__valid) begin
+            \$121  = 3'h1;
+          end
+      3'h1:
+          if (sizes_ready) begin
+            \$121  = 3'h2;
+          end
+      3'h2:
+          \$121  = 3'h3;
+      3'h3:
+          (* full_case = 32'd1 *)
+          if (\$97 ) begin
+            \$121  = 3'h0;
+          end else begin
+            \$121  = 3'h4;
+          end
+      3'h4:
+          if (\$103 ) begin
+            \$121  = 3'h0;
+          end
+    endcase
+    if (rst) begin
+      \$121  = 3'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$122  = last_go;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          \$122  = \$96 [5:0];
+    endcase
+    if (rst) begin
+      \$122  = 6'h00;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$123  = fin;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          (* full_case = 32'd1 *)
+          if (\$97 ) begin
+          end else begin
+            \$123  = 1'h0;
+          end
+      3'h4:
+          \$123  = \$98 ;
+    endcase
+    if (rst) begin
+      \$123  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     cfg__ready = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -8820,7 +9665,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     accept = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -8828,7 +9673,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     busy = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -8844,17 +9689,17 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
-    sizing = 1'h0;
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    sizes_ready = 1'h0;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
-          sizing = 1'h1;
+          sizes_ready = 1'h1;
     endcase
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$13 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
     run = 1'h0;
     casez (fsm_state)
       3'h0:
@@ -8869,7 +9714,8 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
           run = 1'h1;
     endcase
   end
-  assign \start$24  = start;
+  assign \start$25  = start;
+  assign sizing = sizes_ready;
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -8912,8 +9758,17 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   assign \cfg__payload.relu  = cfg__payload[110];
   assign \cfg__payload.keep  = cfg__payload[111];
   assign \cfg__payload.part  = cfg__payload[113:112];
-  assign \$48  = 1'h1;
-  assign \$49  = \$46 ;
+  assign \cfg__payload.sizes  = cfg__payload[254:114];
+  assign \cfg__payload.sizes.kk  = cfg__payload[122:114];
+  assign \cfg__payload.sizes.wg  = cfg__payload[137:123];
+  assign \cfg__payload.sizes.n_in  = cfg__payload[152:138];
+  assign \cfg__payload.sizes.pt_wg  = cfg__payload[169:153];
+  assign \cfg__payload.sizes.ow  = cfg__payload[194:170];
+  assign \cfg__payload.sizes.n_out  = cfg__payload[219:195];
+  assign \cfg__payload.sizes.pl_g  = cfg__payload[236:220];
+  assign \cfg__payload.sizes.red  = cfg__payload[245:237];
+  assign \cfg__payload.sizes.n_w  = cfg__payload[254:246];
+  assign \$48  = \$47 ;
   assign \$55  = \$54 ;
   assign \$58  = 15'h4000;
   assign \$77  = 1'h0;
@@ -8921,176 +9776,32 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   assign \$83  = 1'h0;
   assign \$84  = { cfg__payload[95:80], 1'h0 };
   assign \$85  = { 1'h0, cfg__payload[95:80], 2'h0 };
-  assign \$87  = { 4'h0, cfg__payload[95:80] };
+  assign \$88  = { 1'h0, cfg__payload[95:80] };
+  assign \$89  = { cfg__payload[95:80], 1'h0 };
+  assign \$92  = { 2'h0, \$91  };
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sizes$174 (rst, ready, cmd, gin_e, gout_o, clear, enable, sizes, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
-  wire \$1 ;
-  wire \$10 ;
-  wire [15:0] \$11 ;
-  wire \$12 ;
-  wire \$13 ;
-  wire \$14 ;
-  wire \$15 ;
-  wire \$16 ;
-  wire \$17 ;
-  wire \$18 ;
-  wire \$19 ;
-  wire \$2 ;
-  wire [2:0] \$20 ;
-  wire \$21 ;
-  wire \$22 ;
-  wire [14:0] \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire [14:0] \$26 ;
-  wire [16:0] \$27 ;
-  wire [15:0] \$28 ;
-  wire [17:0] \$29 ;
-  wire \$3 ;
-  wire \$30 ;
-  wire \$31 ;
-  wire \$32 ;
-  wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire [2:0] \$37 ;
-  wire [24:0] \$38 ;
-  wire [24:0] \$39 ;
-  wire [3:0] \$4 ;
-  wire \$40 ;
-  wire \$41 ;
-  wire [16:0] \$42 ;
-  wire [21:0] \$43 ;
-  wire [25:0] \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire \$47 ;
-  wire \$48 ;
-  wire \$49 ;
-  wire [4:0] \$5 ;
-  wire \$50 ;
-  wire [2:0] \$51 ;
-  wire [8:0] \$52 ;
-  wire [8:0] \$53 ;
-  wire [15:0] \$54 ;
-  wire [9:0] \$55 ;
-  wire \$56 ;
-  wire \$57 ;
-  wire \$58 ;
-  reg [221:0] \$59 ;
-  wire [5:0] \$6 ;
-  reg \$60 ;
-  reg \$61 ;
-  reg \$62 ;
-  reg [15:0] \$63 ;
-  reg [16:0] \$64 ;
-  reg [16:0] \$65 ;
-  reg \$66 ;
-  reg \$67 ;
-  reg \$68 ;
-  reg \$69 ;
-  wire [4:0] \$7 ;
-  reg [1:0] \$70 ;
-  reg \$71 ;
-  reg \$72 ;
-  reg \$73 ;
-  reg [21:0] \$74 ;
-  reg [24:0] \$75 ;
-  reg [24:0] \$76 ;
-  reg \$77 ;
-  reg \$78 ;
-  reg \$79 ;
-  wire [5:0] \$8 ;
-  reg \$80 ;
-  reg [1:0] \$81 ;
-  reg \$82 ;
-  reg \$83 ;
-  reg [15:0] \$84 ;
-  reg [8:0] \$85 ;
-  reg [8:0] \$86 ;
-  reg \$87 ;
-  reg \$88 ;
-  reg \$89 ;
-  wire [4:0] \$9 ;
-  reg \$90 ;
-  reg [1:0] \$91 ;
-  wire [2:0] \$signal ;
-  wire [2:0] \$signal$4 ;
-  reg a_zero0 = 1'h0;
-  reg a_zero0_0 = 1'h0;
-  reg a_zero0_1 = 1'h0;
-  reg a_zero0_2 = 1'h0;
-  reg a_zero1 = 1'h0;
-  reg a_zero1_0 = 1'h0;
-  reg a_zero1_1 = 1'h0;
-  reg a_zero1_2 = 1'h0;
-  reg a_zero2 = 1'h0;
-  reg a_zero2_0 = 1'h0;
-  reg a_zero2_1 = 1'h0;
-  reg b_big0 = 1'h0;
-  reg b_big1 = 1'h0;
-  reg b_big2 = 1'h0;
+module \psc_core.sizes$178 (clk, rst, clear, ready, sizes, given);
+  reg \$auto$verilog_backend.cc:2355:dump_module$15  = 0;
+  reg [221:0] \$1 ;
   input clear;
   wire clear;
   input clk;
   wire clk;
-  input [113:0] cmd;
-  wire [113:0] cmd;
-  wire [15:0] \cmd.gin ;
-  wire [15:0] \cmd.gout ;
-  wire [15:0] \cmd.in_h ;
-  wire [15:0] \cmd.in_w ;
-  wire [3:0] \cmd.k ;
-  wire \cmd.keep ;
-  (* enum_base_type = "LayerKind" *)
-  (* enum_value_00 = "STANDARD" *)
-  (* enum_value_01 = "DEPTHWISE" *)
-  (* enum_value_10 = "POINTWISE" *)
-  (* enum_value_11 = "FC" *)
-  wire [1:0] \cmd.kind ;
-  wire [15:0] \cmd.out_h ;
-  wire [15:0] \cmd.out_w ;
-  wire [2:0] \cmd.pad_left ;
-  wire [2:0] \cmd.pad_top ;
-  (* enum_base_type = "Part" *)
-  (* enum_value_00 = "WHOLE" *)
-  (* enum_value_01 = "FIRST" *)
-  (* enum_value_10 = "MIDDLE" *)
-  (* enum_value_11 = "LAST" *)
-  wire [1:0] \cmd.part ;
-  wire \cmd.relu ;
-  wire [1:0] \cmd.stride ;
-  input enable;
   wire enable;
-  input [15:0] gin_e;
-  wire [15:0] gin_e;
-  input [21:0] gout_o;
-  wire [21:0] gout_o;
-  wire [8:0] kk;
-  wire [2:0] kl;
-  reg [15:0] mul_a0 = 16'h0000;
-  reg [21:0] mul_a1 = 22'h000000;
-  reg [15:0] mul_a2 = 16'h0000;
-  reg [16:0] mul_b0 = 17'h00000;
-  reg [24:0] mul_b1 = 25'h0000000;
-  reg [8:0] mul_b2 = 9'h000;
-  reg mul_run0 = 1'h0;
-  reg mul_run1 = 1'h0;
-  reg mul_run2 = 1'h0;
-  wire [17:0] mul_sum0;
-  wire [25:0] mul_sum1;
-  wire [9:0] mul_sum2;
-  reg ovf0 = 1'h0;
-  reg ovf1 = 1'h0;
-  reg ovf2 = 1'h0;
-  reg [16:0] prod0 = 17'h00000;
-  reg [24:0] prod1 = 25'h0000000;
-  reg [8:0] prod2 = 9'h000;
-  output ready;
+  input [140:0] given;
+  wire [140:0] given;
+  wire [8:0] \given.kk ;
+  wire [14:0] \given.n_in ;
+  wire [24:0] \given.n_out ;
+  wire [8:0] \given.n_w ;
+  wire [24:0] \given.ow ;
+  wire [16:0] \given.pl_g ;
+  wire [16:0] \given.pt_wg ;
+  wire [8:0] \given.red ;
+  wire [14:0] \given.wg ;
+  input ready;
   wire ready;
   input rst;
   wire rst;
@@ -9110,786 +9821,27 @@ module \psc_core.sizes$174 (rst, ready, cmd, gin_e, gout_o, clear, enable, sizes
   wire [16:0] \sizes.pt_ws ;
   wire [8:0] \sizes.red ;
   wire [14:0] \sizes.wg ;
-  reg [1:0] step0 = 2'h0;
-  reg [1:0] step1 = 2'h0;
-  reg [1:0] step2 = 2'h0;
-  assign \$9  = cmd[99:96] - cmd[107:105];
-  assign \$10  = cmd[31:16] < \$9 [2:0];
-  assign \$11  = \$10  ? cmd[31:16] : { 13'h0000, \$9 [2:0] };
-  assign mul_sum0 = prod0 + mul_b0;
-  assign mul_sum1 = prod1 + mul_b1;
-  assign mul_sum2 = prod2 + mul_b2;
-  assign \$12  = step0 == 2'h3;
-  assign \$13  = step1 == 2'h3;
-  assign \$14  = step2 == 2'h2;
-  assign \$15  = & { \$14 , \$13 , \$12  };
-  assign ready = enable & \$15 ;
-  assign \$16  = ! cmd[79:64];
-  assign \$17  = ! cmd[15:0];
-  assign \$18  = ! cmd[104:102];
-  assign \$19  = ~ mul_run0;
-  assign \$20  = step0 + 1'h1;
-  assign \$21  = | prod0[16:15];
-  assign \$22  = ovf0 | \$21 ;
-  assign \$23  = \$22  ? 15'h7fff : prod0[14:0];
-  assign \$24  = | prod0[16:15];
-  assign \$25  = ovf0 | \$24 ;
-  assign \$26  = \$25  ? 15'h7fff : prod0[14:0];
-  assign \$27  = ovf0 ? 17'h1ffff : prod0;
-  assign \$30  = b_big0 | mul_b0[16];
-  assign \$31  = ! mul_a0[15:1];
-  assign \$32  = b_big0 | mul_sum0[17];
-  assign \$33  = ! gout_o;
-  assign \$34  = ! cmd[47:32];
-  assign \$35  = ! cmd[107:105];
-  assign \$36  = ~ mul_run1;
-  assign \$37  = step1 + 1'h1;
-  assign \$38  = ovf1 ? 25'h1ffffff : prod1;
-  assign \$39  = ovf1 ? 25'h1ffffff : prod1;
-  assign \$40  = | prod1[24:17];
-  assign \$41  = ovf1 | \$40 ;
-  assign \$42  = \$41  ? 17'h1ffff : prod1[16:0];
-  assign \$45  = b_big1 | mul_b1[24];
-  assign \$46  = ! mul_a1[21:1];
-  assign \$47  = b_big1 | mul_sum1[25];
-  assign \$48  = ! gin_e;
-  assign \$49  = ! cmd[95:80];
-  assign \$50  = ~ mul_run2;
-  assign \$51  = step2 + 1'h1;
-  assign \$52  = ovf2 ? 9'h1ff : prod2;
-  assign \$53  = ovf2 ? 9'h1ff : prod2;
-  assign \$56  = b_big2 | mul_b2[8];
-  assign \$57  = ! mul_a2[15:1];
-  assign \$58  = b_big2 | mul_sum2[9];
   always @(posedge clk)
-    sizes <= \$59 ;
-  always @(posedge clk)
-    a_zero0_0 <= \$60 ;
-  always @(posedge clk)
-    a_zero0_1 <= \$61 ;
-  always @(posedge clk)
-    a_zero0_2 <= \$62 ;
-  always @(posedge clk)
-    mul_a0 <= \$63 ;
-  always @(posedge clk)
-    mul_b0 <= \$64 ;
-  always @(posedge clk)
-    prod0 <= \$65 ;
-  always @(posedge clk)
-    ovf0 <= \$66 ;
-  always @(posedge clk)
-    a_zero0 <= \$67 ;
-  always @(posedge clk)
-    b_big0 <= \$68 ;
-  always @(posedge clk)
-    mul_run0 <= \$69 ;
-  always @(posedge clk)
-    step0 <= \$70 ;
-  always @(posedge clk)
-    a_zero1_0 <= \$71 ;
-  always @(posedge clk)
-    a_zero1_1 <= \$72 ;
-  always @(posedge clk)
-    a_zero1_2 <= \$73 ;
-  always @(posedge clk)
-    mul_a1 <= \$74 ;
-  always @(posedge clk)
-    mul_b1 <= \$75 ;
-  always @(posedge clk)
-    prod1 <= \$76 ;
-  always @(posedge clk)
-    ovf1 <= \$77 ;
-  always @(posedge clk)
-    a_zero1 <= \$78 ;
-  always @(posedge clk)
-    b_big1 <= \$79 ;
-  always @(posedge clk)
-    mul_run1 <= \$80 ;
-  always @(posedge clk)
-    step1 <= \$81 ;
-  always @(posedge clk)
-    a_zero2_0 <= \$82 ;
-  always @(posedge clk)
-    a_zero2_1 <= \$83 ;
-  always @(posedge clk)
-    mul_a2 <= \$84 ;
-  always @(posedge clk)
-    mul_b2 <= \$85 ;
-  always @(posedge clk)
-    prod2 <= \$86 ;
-  always @(posedge clk)
-    ovf2 <= \$87 ;
-  always @(posedge clk)
-    a_zero2 <= \$88 ;
-  always @(posedge clk)
-    b_big2 <= \$89 ;
-  always @(posedge clk)
-    mul_run2 <= \$90 ;
-  always @(posedge clk)
-    step2 <= \$91 ;
-  assign \$1  = cmd[99:96] == 3'h7;
-  assign \$2  = cmd[99:96] == 3'h5;
-  assign \$3  = cmd[99:96] == 2'h3;
-  assign \$4  = \$3  ? 4'h9 : 4'h1;
-  assign \$5  = \$2  ? 5'h19 : { 1'h0, \$4  };
-  assign \$6  = \$1  ? 6'h31 : { 1'h0, \$5  };
-  assign \$7  = cmd[99:96] - 1'h1;
-  assign \$8  = $signed(\$7 ) - $signed({ 1'h0, cmd[104:102] });
+    sizes <= \$1 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$59  = sizes;
-    if (enable) begin
-      \$59 [88:80] = { 3'h0, \$6  };
-    end
-    if (enable) begin
-      if (\$19 ) begin
-      end else if (a_zero0) begin
-        casez (step0)
-          2'h0:
-              \$59 [14:0] = \$23 ;
-          2'h1:
-              \$59 [29:15] = \$26 ;
-          2'h2:
-              \$59 [123:107] = \$27 ;
-        endcase
-      end
-      if (\$36 ) begin
-      end else if (a_zero1) begin
-        casez (step1)
-          2'h0:
-              \$59 [54:30] = \$38 ;
-          2'h1:
-              \$59 [79:55] = \$39 ;
-          2'h2:
-              \$59 [140:124] = \$42 ;
-        endcase
-      end
-      if (\$50 ) begin
-      end else if (a_zero2) begin
-        casez (step2)
-          2'h0:
-              \$59 [97:89] = \$52 ;
-          2'h1:
-              \$59 [106:98] = \$53 ;
-        endcase
-      end
-    end
-    if (rst) begin
-      \$59  = 222'h00000000000000000000000000000000000000000000000000000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$60  = \$16 ;
-    if (rst) begin
-      \$60  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$61  = \$17 ;
-    if (rst) begin
-      \$61  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$62  = \$18 ;
-    if (rst) begin
-      \$62  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$63  = mul_a0;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$19 ) begin
-        casez (step0)
-          2'h0:
-              \$63  = cmd[79:64];
-          2'h1:
-              \$63  = cmd[15:0];
-          2'h2:
-              \$63  = { 13'h0000, cmd[104:102] };
-        endcase
-      end else if (a_zero0) begin
-      end else begin
-        \$63  = \$28 ;
-      end
-    end
-    if (rst) begin
-      \$63  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$64  = mul_b0;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$19 ) begin
-        casez (step0)
-          2'h0:
-              \$64  = { 1'h0, cmd[31:16] };
-          2'h1:
-              \$64  = { 2'h0, sizes[14:0] };
-          2'h2:
-              \$64  = { 2'h0, sizes[14:0] };
-        endcase
-      end else if (a_zero0) begin
-      end else begin
-        \$64  = \$29 [16:0];
-      end
-    end
-    if (rst) begin
-      \$64  = 17'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$65  = prod0;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$19 ) begin
-        casez (step0)
-          2'h0:
-              \$65  = 17'h00000;
-          2'h1:
-              \$65  = 17'h00000;
-          2'h2:
-              \$65  = 17'h00000;
-        endcase
-      end else if (a_zero0) begin
-      end else begin
-        if (mul_a0[0]) begin
-          \$65  = mul_sum0[16:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$65  = 17'h00000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$66  = ovf0;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$19 ) begin
-        casez (step0)
-          2'h0:
-              \$66  = 1'h0;
-          2'h1:
-              \$66  = 1'h0;
-          2'h2:
-              \$66  = 1'h0;
-        endcase
-      end else if (a_zero0) begin
-      end else begin
-        if (mul_a0[0]) begin
-          if (\$32 ) begin
-            \$66  = 1'h1;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$66  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$67  = a_zero0;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$19 ) begin
-        casez (step0)
-          2'h0:
-              \$67  = 1'h0;
-          2'h1:
-              \$67  = a_zero0_1;
-          2'h2:
-              \$67  = a_zero0_2;
-        endcase
-      end else if (a_zero0) begin
-      end else begin
-        \$67  = \$31 ;
-      end
-    end
-    if (rst) begin
-      \$67  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$68  = b_big0;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$19 ) begin
-        casez (step0)
-          2'h0:
-              \$68  = 1'h0;
-          2'h1:
-              \$68  = 1'h0;
-          2'h2:
-              \$68  = 1'h0;
-        endcase
-      end else if (a_zero0) begin
-      end else begin
-        \$68  = \$30 ;
-      end
-    end
-    if (rst) begin
-      \$68  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$69  = mul_run0;
-    if (enable) begin
-      if (\$19 ) begin
-        casez (step0)
-          2'h0:
-              \$69  = 1'h1;
-          2'h1:
-              \$69  = 1'h1;
-          2'h2:
-              \$69  = 1'h1;
-        endcase
-      end else if (a_zero0) begin
-        \$69  = 1'h0;
-      end
-    end
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    \$1  = sizes;
     if (clear) begin
-      \$69  = 1'h0;
+      \$1 [88:80] = given[8:0];
+      \$1 [14:0] = given[23:9];
+      \$1 [29:15] = given[38:24];
+      \$1 [123:107] = given[55:39];
+      \$1 [54:30] = given[80:56];
+      \$1 [79:55] = given[105:81];
+      \$1 [140:124] = given[122:106];
+      \$1 [97:89] = given[131:123];
+      \$1 [106:98] = given[140:132];
     end
     if (rst) begin
-      \$69  = 1'h0;
+      \$1  = 222'h00000000000000000000000000000000000000000000000000000000;
     end
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$70  = step0;
-    if (enable) begin
-      if (\$19 ) begin
-      end else if (a_zero0) begin
-        \$70  = \$20 [1:0];
-      end
-    end
-    if (clear) begin
-      \$70  = 2'h0;
-    end
-    if (rst) begin
-      \$70  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$71  = \$33 ;
-    if (rst) begin
-      \$71  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$72  = \$34 ;
-    if (rst) begin
-      \$72  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$73  = \$35 ;
-    if (rst) begin
-      \$73  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$74  = mul_a1;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$36 ) begin
-        casez (step1)
-          2'h0:
-              \$74  = gout_o;
-          2'h1:
-              \$74  = { 6'h00, cmd[47:32] };
-          2'h2:
-              \$74  = { 19'h00000, cmd[107:105] };
-        endcase
-      end else if (a_zero1) begin
-      end else begin
-        \$74  = \$43 ;
-      end
-    end
-    if (rst) begin
-      \$74  = 22'h000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$75  = mul_b1;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$36 ) begin
-        casez (step1)
-          2'h0:
-              \$75  = { 9'h000, cmd[63:48] };
-          2'h1:
-              \$75  = sizes[54:30];
-          2'h2:
-              \$75  = { 9'h000, cmd[79:64] };
-        endcase
-      end else if (a_zero1) begin
-      end else begin
-        \$75  = \$44 [24:0];
-      end
-    end
-    if (rst) begin
-      \$75  = 25'h0000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$76  = prod1;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$36 ) begin
-        casez (step1)
-          2'h0:
-              \$76  = 25'h0000000;
-          2'h1:
-              \$76  = 25'h0000000;
-          2'h2:
-              \$76  = 25'h0000000;
-        endcase
-      end else if (a_zero1) begin
-      end else begin
-        if (mul_a1[0]) begin
-          \$76  = mul_sum1[24:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$76  = 25'h0000000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$77  = ovf1;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$36 ) begin
-        casez (step1)
-          2'h0:
-              \$77  = 1'h0;
-          2'h1:
-              \$77  = 1'h0;
-          2'h2:
-              \$77  = 1'h0;
-        endcase
-      end else if (a_zero1) begin
-      end else begin
-        if (mul_a1[0]) begin
-          if (\$47 ) begin
-            \$77  = 1'h1;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$77  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$78  = a_zero1;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$36 ) begin
-        casez (step1)
-          2'h0:
-              \$78  = 1'h0;
-          2'h1:
-              \$78  = a_zero1_1;
-          2'h2:
-              \$78  = a_zero1_2;
-        endcase
-      end else if (a_zero1) begin
-      end else begin
-        \$78  = \$46 ;
-      end
-    end
-    if (rst) begin
-      \$78  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$79  = b_big1;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$36 ) begin
-        casez (step1)
-          2'h0:
-              \$79  = 1'h0;
-          2'h1:
-              \$79  = 1'h0;
-          2'h2:
-              \$79  = 1'h0;
-        endcase
-      end else if (a_zero1) begin
-      end else begin
-        \$79  = \$45 ;
-      end
-    end
-    if (rst) begin
-      \$79  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$80  = mul_run1;
-    if (enable) begin
-      if (\$36 ) begin
-        casez (step1)
-          2'h0:
-              \$80  = 1'h1;
-          2'h1:
-              \$80  = 1'h1;
-          2'h2:
-              \$80  = 1'h1;
-        endcase
-      end else if (a_zero1) begin
-        \$80  = 1'h0;
-      end
-    end
-    if (clear) begin
-      \$80  = 1'h0;
-    end
-    if (rst) begin
-      \$80  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$81  = step1;
-    if (enable) begin
-      if (\$36 ) begin
-      end else if (a_zero1) begin
-        \$81  = \$37 [1:0];
-      end
-    end
-    if (clear) begin
-      \$81  = 2'h0;
-    end
-    if (rst) begin
-      \$81  = 2'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$82  = \$48 ;
-    if (rst) begin
-      \$82  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$83  = \$49 ;
-    if (rst) begin
-      \$83  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$84  = mul_a2;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$50 ) begin
-        casez (step2)
-          2'h0:
-              \$84  = gin_e;
-          2'h1:
-              \$84  = cmd[95:80];
-        endcase
-      end else if (a_zero2) begin
-      end else begin
-        \$84  = \$54 ;
-      end
-    end
-    if (rst) begin
-      \$84  = 16'h0000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$85  = mul_b2;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$50 ) begin
-        casez (step2)
-          2'h0:
-              \$85  = { 3'h0, \$6  };
-          2'h1:
-              \$85  = sizes[97:89];
-        endcase
-      end else if (a_zero2) begin
-      end else begin
-        \$85  = \$55 [8:0];
-      end
-    end
-    if (rst) begin
-      \$85  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$86  = prod2;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$50 ) begin
-        casez (step2)
-          2'h0:
-              \$86  = 9'h000;
-          2'h1:
-              \$86  = 9'h000;
-        endcase
-      end else if (a_zero2) begin
-      end else begin
-        if (mul_a2[0]) begin
-          \$86  = mul_sum2[8:0];
-        end
-      end
-    end
-    if (rst) begin
-      \$86  = 9'h000;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$87  = ovf2;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$50 ) begin
-        casez (step2)
-          2'h0:
-              \$87  = 1'h0;
-          2'h1:
-              \$87  = 1'h0;
-        endcase
-      end else if (a_zero2) begin
-      end else begin
-        if (mul_a2[0]) begin
-          if (\$58 ) begin
-            \$87  = 1'h1;
-          end
-        end
-      end
-    end
-    if (rst) begin
-      \$87  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$88  = a_zero2;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$50 ) begin
-        casez (step2)
-          2'h0:
-              \$88  = 1'h0;
-          2'h1:
-              \$88  = a_zero2_1;
-        endcase
-      end else if (a_zero2) begin
-      end else begin
-        \$88  = \$57 ;
-      end
-    end
-    if (rst) begin
-      \$88  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$89  = b_big2;
-    if (enable) begin
-      (* full_case = 32'd1 *)
-      if (\$50 ) begin
-        casez (step2)
-          2'h0:
-              \$89  = 1'h0;
-          2'h1:
-              \$89  = 1'h0;
-        endcase
-      end else if (a_zero2) begin
-      end else begin
-        \$89  = \$56 ;
-      end
-    end
-    if (rst) begin
-      \$89  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$90  = mul_run2;
-    if (enable) begin
-      if (\$50 ) begin
-        casez (step2)
-          2'h0:
-              \$90  = 1'h1;
-          2'h1:
-              \$90  = 1'h1;
-        endcase
-      end else if (a_zero2) begin
-        \$90  = 1'h0;
-      end
-    end
-    if (clear) begin
-      \$90  = 1'h0;
-    end
-    if (rst) begin
-      \$90  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$91  = step2;
-    if (enable) begin
-      if (\$50 ) begin
-      end else if (a_zero2) begin
-        \$91  = \$51 [1:0];
-      end
-    end
-    if (clear) begin
-      \$91  = 2'h0;
-    end
-    if (rst) begin
-      \$91  = 2'h0;
-    end
-  end
-  assign kk = { 3'h0, \$6  };
-  assign \$signal  = \$8 [2:0];
-  assign kl = \$9 [2:0];
-  assign \$signal$4  = \$11 [2:0];
-  assign \cmd.in_h  = cmd[15:0];
-  assign \cmd.in_w  = cmd[31:16];
-  assign \cmd.out_h  = cmd[47:32];
-  assign \cmd.out_w  = cmd[63:48];
-  assign \cmd.gin  = cmd[79:64];
-  assign \cmd.gout  = cmd[95:80];
-  assign \cmd.k  = cmd[99:96];
-  assign \cmd.stride  = cmd[101:100];
-  assign \cmd.pad_top  = cmd[104:102];
-  assign \cmd.pad_left  = cmd[107:105];
-  assign \cmd.kind  = cmd[109:108];
-  assign \cmd.relu  = cmd[110];
-  assign \cmd.keep  = cmd[111];
-  assign \cmd.part  = cmd[113:112];
+  assign enable = ready;
   assign \sizes.wg  = sizes[14:0];
   assign \sizes.n_in  = sizes[29:15];
   assign \sizes.ow  = sizes[54:30];
@@ -9904,17 +9856,20 @@ module \psc_core.sizes$174 (rst, ready, cmd, gin_e, gout_o, clear, enable, sizes
   assign \sizes.plane  = sizes[189:175];
   assign \sizes.n_dw  = sizes[204:190];
   assign \sizes.pt_ws  = sizes[221:205];
-  assign \$28  = { 1'h0, mul_a0[15:1] };
-  assign \$29  = { mul_b0, 1'h0 };
-  assign \$43  = { 1'h0, mul_a1[21:1] };
-  assign \$44  = { mul_b1, 1'h0 };
-  assign \$54  = { 1'h0, mul_a2[15:1] };
-  assign \$55  = { mul_b2, 1'h0 };
+  assign \given.kk  = given[8:0];
+  assign \given.wg  = given[23:9];
+  assign \given.n_in  = given[38:24];
+  assign \given.pt_wg  = given[55:39];
+  assign \given.ow  = given[80:56];
+  assign \given.n_out  = given[105:81];
+  assign \given.pl_g  = given[122:106];
+  assign \given.red  = given[131:123];
+  assign \given.n_w  = given[140:132];
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1488$0 , \port$1553$0 , level, clk);
-  reg \$auto$verilog_backend.cc:2355:dump_module$15  = 0;
+module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, w_port__data, level, clk);
+  reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9938,10 +9893,6 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1488$0 , \po
   wire consume;
   output [1:0] level;
   reg [1:0] level = 2'h0;
-  input [25:0] \port$1488$0 ;
-  wire [25:0] \port$1488$0 ;
-  input [25:0] \port$1553$0 ;
-  wire [25:0] \port$1553$0 ;
   (* init = 1'h0 *)
   wire produce;
   output [51:0] r_data;
@@ -9962,6 +9913,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1488$0 , \po
   (* init = 2'h0 *)
   wire [1:0] w_level;
   reg w_port__addr = 1'h0;
+  input [51:0] w_port__data;
   wire [51:0] w_port__data;
   wire w_port__en;
   output w_rdy;
@@ -9973,7 +9925,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1488$0 , \po
   end
   always @(posedge clk) begin
     if (w_port__en)
-      storage[w_port__addr] <= { \port$1553$0 , \port$1488$0  };
+      storage[w_port__addr] <= w_port__data;
   end
   assign r_data = storage[r_port__addr];
   assign w_rdy = level != 2'h2;
@@ -10000,7 +9952,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1488$0 , \po
   always @(posedge clk)
     level <= \$17 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$15  = w_port__addr;
     if (\$1 ) begin
       \$15  = \$2 [0];
@@ -10010,7 +9962,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1488$0 , \po
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$16  = r_port__addr;
     if (\$3 ) begin
       \$16  = \$4 [0];
@@ -10020,7 +9972,7 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1488$0 , \po
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
     \$17  = level;
     if (\$8 ) begin
       \$17  = \$9 [1:0];
@@ -10035,15 +9987,14 @@ module \psc_core.sums (rst, r_en, w_rdy, r_rdy, r_data, w_en, \port$1488$0 , \po
   assign w_level = level;
   assign r_level = level;
   assign produce = w_port__addr;
-  assign w_port__data = { \port$1553$0 , \port$1488$0  };
-  assign w_data = { \port$1553$0 , \port$1488$0  };
+  assign w_data = w_port__data;
   assign consume = r_port__addr;
   assign r_port__data = r_data;
 endmodule
 
 (* generator = "Amaranth" *)
 module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start, keep, run, count, i__ready, arrived, done, wp__data);
-  reg \$auto$verilog_backend.cc:2355:dump_module$16  = 0;
+  reg \$auto$verilog_backend.cc:2355:dump_module$17  = 0;
   wire \$1 ;
   wire \$10 ;
   reg [8:0] \$11 ;
@@ -10431,21 +10382,21 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
   always @(posedge clk)
     done <= \$12 ;
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
     i__ready = 1'h0;
     if (run) begin
       i__ready = \$3 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
     wp__en = 1'h0;
     if (run) begin
       wp__en = \$4 ;
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
     \$11  = arrived;
     if (run) begin
       if (\$5 ) begin
@@ -10460,7 +10411,7 @@ module \psc_core.wbuf (i__valid, clk, rst, rp__en, read__addr, read__data, start
     end
   end
   always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$16 ) begin end
+    if (\$auto$verilog_backend.cc:2355:dump_module$17 ) begin end
     \$12  = done;
     if (run) begin
       if (\$5 ) begin

@@ -115,6 +115,22 @@ class PSCConvCore(wiring.Component):
     channels-last order (``gout * lanes`` output beats and parameter words
     per pixel), so the output is the ordinary one.
 
+    Depthwise layers on a ``depthwise="shifted"`` build use the whole array
+    from one input word per beat, with no banks (a single-ported buffer):
+    lanes are the ``lanes`` channels of group ``j`` (``gin = gout`` counts
+    such groups), row ``r`` computes output pixel ``ox + r`` and every
+    multiplier keeps its own accumulator. The sequencer steps ``ox`` by
+    ``rows`` and, per kernel row ``ky``, walks the ``U = K + (rows-1)*s``
+    input columns that the block's windows cover: the beat of column ``u``
+    reads pixel ``(oy*s - pad_top + ky, ox*s - pad_left + u)`` once, for
+    every row, and weight block ``(j, ky, u)`` holds tap ``(ky, u - r*s)``
+    of the group's channels in row ``r`` (zero outside the kernel), so
+    ``K*U`` beats make ``rows`` pixels. Each reduction leaves as ``lanes``
+    beats of ``rows`` channels, each group of ``rows`` channels pixel by
+    pixel, so the output order is that of a pixels build, ``(oy, ox //
+    rows, j', ox % rows)`` over the ``gout * lanes / rows`` output groups
+    ``j'`` (also the parameter words), pixels past ``out_w`` dropped.
+
     Pipeline: sequencer counters -> a two-entry FIFO of buffer addresses (1
     cycle; it lets the sequencer's issue condition be a few registers, not
     the MAC array's ready) -> buffer reads (synchronous, 1 cycle; one

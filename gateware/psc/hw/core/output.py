@@ -154,6 +154,10 @@ class OutputStage(wiring.Component):
         ro = Signal(range(R))                # dw pixels: row (pixel) of the beat
         oxo = Signal(FIELD_WIDTH)            # dw pixels: first pixel of the beat's block
         last_jo = jo == self.last_group
+        if pix:
+            # a flag of its own on a build whose depthwise beats come in pixel blocks: with the
+            # block's row it enables the block counter, behind the stage's enable
+            last_jo = Signal(name="last_jo")
         m.d.comb += keep_o.eq(~dwp | (oxo + ro < cmd.out_w) if pix else 1)
         sums = data.ArrayLayout(signed(sw), R)
         if cc.psum_depth:
@@ -239,6 +243,9 @@ class OutputStage(wiring.Component):
             m.d.sync += [vj.eq(self.i.valid & keep_o), accj.eq(self.i.payload)]
             with m.If(self.i.valid & (~dwp | (ro == R - 1))):
                 m.d.sync += jo.eq(Mux(last_jo, 0, jo + 1))
+                if pix:
+                    m.d.sync += last_jo.eq(Mux(last_jo, self.last_group == 0,
+                                               jo + 1 == self.last_group))
             if pix:
                 with m.If(self.i.valid & dwp):
                     m.d.sync += ro.eq(ro + 1)
@@ -251,6 +258,8 @@ class OutputStage(wiring.Component):
         m.d.comb += self.all_sent.eq(out_cnt == self.n_out)
         with m.If(self.start):
             m.d.sync += [ro.eq(0), oxo.eq(0), out_cnt.eq(0), jo.eq(0)]
+            if pix:
+                m.d.sync += last_jo.eq(self.last_group == 0)
             if cc.psum_depth:
                 m.d.sync += [ridx.eq(0), widx.eq(0)]
         return m

@@ -315,6 +315,18 @@ class Bridge(wiring.Component):
                 m.d.sync += f_rx.eq(1)
                 m.next = "OP"
 
+        # Registered: the status may go out once the core has ended its command and every
+        # expected beat has left (or is to be padded). Each term, once true in SYNC, stays
+        # true until the next CFG, so a cycle late is only later; the core's state and the
+        # transmitter's count then end at a flip-flop, not in the reply's handshake.
+        idle = Signal()
+        owed_none = Signal()
+        m.d.sync += [idle.eq(~core.busy & ~core.act_out.valid), owed_none.eq(tx.owed_none)]
+        # The transmitter's acceptance of a reply, a cycle late: the state moves on from a
+        # flip-flop, not through the handshake (which starts from the core's output valid).
+        # Asked again in that cycle, the transmitter, busy with the frame, does not accept.
+        acked = Signal()
+        m.d.sync += acked.eq(tx.reply_ack)
         with m.FSM():
             with m.State("OP"):
                 m.d.comb += rx.take.eq(1)
@@ -340,15 +352,15 @@ class Bridge(wiring.Component):
                         m.next = "OP"
             with m.State("PING"):
                 m.d.comb += tx.reply.eq(1)
-                with m.If(tx.reply_ack):
+                with m.If(acked):
                     m.next = "OP"
             with m.State("SYNC"):
                 # The status frame follows the last output beat: wait for the core
                 # to end the command and for every expected beat to be sent.
-                with m.If(~core.busy & ~core.act_out.valid):
-                    with m.If(tx.owed_none):
+                with m.If(idle):
+                    with m.If(owed_none):
                         m.d.comb += tx.reply.eq(2)
-                        with m.If(tx.reply_ack):
+                        with m.If(acked):
                             m.d.sync += [f_rx.eq(0), f_badop.eq(0)]
                             m.next = "OP"
                     with m.Else():
