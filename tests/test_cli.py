@@ -39,7 +39,7 @@ def _one_line_error(capsys, *words):
 
 
 def test_handlers_get_parsed_values_and_the_preset(calls):
-    assert cli.main(["build", "--board", "icebreaker", "--rows", "1", "--seed", "4", "--json",
+    assert cli.main(["build", "--board", "icebreaker", "--lanes", "4", "--seed", "4", "--json",
                      "--clock", "30"]) == 0
     assert cli.main(["synth", "--target", "ecp5-25k", "--level", "datapath", "--no-pnr",
                      "--tree-stages", "2"]) == 0
@@ -47,7 +47,7 @@ def test_handlers_get_parsed_values_and_the_preset(calls):
                      "--cycles", "fc_256x64,pw_32x32_16"]) == 0
     assert cli.main(["bench", "fc_256x64", "--lanes", "4", "--rows", "4"]) == 0
     (_, b_args, b_kw), (_, s_args, s_kw), (_, c_args, c_kw), (_, n_args, n_kw) = calls
-    assert b_args == ("icebreaker", presets.preset("icebreaker").replace(rows=1))
+    assert b_args == ("icebreaker", presets.preset("icebreaker").replace(lanes=4))
     assert b_kw == dict(baud=presets.DEFAULT_BAUD, build_dir=None, seed=4, as_json=True,
                         core_hz=30e6, mode="tile", seeds=None, scheduler=None, workers=None)
     assert s_args == ("ecp5-25k", presets.preset("ecp5-25k").replace(tree_stages=2))
@@ -65,8 +65,8 @@ def test_handlers_get_parsed_values_and_the_preset(calls):
     # (one layer: the handler checks every layer it names against the build first)
     assert cli.main(["bench", "mbv2_stem", "--target", "ecp5-25k"]) == 0
     assert calls[-1][1] == (["mbv2_stem"], presets.preset("ecp5-25k"))
-    assert cli.main(["bench", "mbv2_fc", "--preset", "icebreaker", "--rows", "1"]) == 0
-    assert calls[-1][1] == (["mbv2_fc"], presets.preset("ice40-up5k").replace(rows=1))
+    assert cli.main(["bench", "mbv2_fc", "--preset", "icebreaker", "--lanes", "4"]) == 0
+    assert calls[-1][1] == (["mbv2_fc"], presets.preset("ice40-up5k").replace(lanes=4))
 
 
 def test_bench_mobilenet_v2_layer_list():

@@ -35,7 +35,7 @@ def conv_net(rng, cin=2, c=8, cout=6, size=5):
 
 
 def _run_engine(cc, net, images, seed, reset_at=None, edit=None, op_values=1, weight_store=None,
-                unroll_input=True, given_sizes=False):
+                unroll_input=True, given_sizes=None):
     """Load the network's program into an engine, run ``images`` through it; returns the
     program and, per image, ``(output words, error, cycles)``. ``edit`` may change the
     program's image before it is loaded; ``reset_at`` first abandons a run by a reset after
@@ -198,7 +198,7 @@ def _residual(rng, output):
 
 
 @pytest.mark.parametrize("name, output, op_values, unroll, given",
-                         [("ice40-up5k", "f", 1, True, False),
+                         [("ice40-up5k", "f", 1, True, True),
                           ("ecp5-25k", "logits", 1, True, False),
                           ("ecp5-25k", "logits", 3, "chip", True),
                           ("tiny", "f", 2, True, True)])

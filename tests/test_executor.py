@@ -258,7 +258,7 @@ def test_unreachable_scheduler(monkeypatch):
 def test_cli_scheduler_and_workers(capsys):
     """``--scheduler`` is checked before any work; ``--workers 0`` runs in this process."""
     argv = ["synth", "--target", "ice40-up5k", "--level", "datapath", "--lanes", "2",
-            "--rows", "1", "--multiplier", "generic", "--requant-multiplier", "adds", "--no-pnr",
+            "--rows", "2", "--multiplier", "generic", "--requant-multiplier", "adds", "--no-pnr",
             "--json"]
     assert cli.main(argv + ["--scheduler", "nowhere"]) == 2
     err = capsys.readouterr().err.strip()
@@ -268,7 +268,7 @@ def test_cli_scheduler_and_workers(capsys):
     assert "--workers" in capsys.readouterr().err
     assert cli.main(argv + ["--workers", "0", "--build-dir", _build_root("cli")]) == 0
     out = capsys.readouterr()
-    assert json.loads(out.out)["mult"] == 2 and "[tasks" not in out.err
+    assert json.loads(out.out)["mult"] == 4 and "[tasks" not in out.err
 
 def test_synthesize_equals_serial(scheduler, tmp_path):
     """Yosys (no P&R) of the tiny MAC array through the executor: the serial report."""

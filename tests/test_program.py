@@ -53,7 +53,8 @@ def test_gathers_are_the_tiles_inputs(name):
             layer = net.layers[i]
             x = ref[layer.inputs[0]][0]
             unrolled = (prog.unrolled_input or unrolls) and i == 0
-            real = plan_layer(x, **layer.conv_args(), config=cc, unroll_stem=bool(unrolled))
+            real = plan_layer(x, **layer.conv_args(), config=cc, unroll_stem=bool(unrolled),
+                              pixel_order=True)
             assert [t.fields for t in real.tiles] == [t.fields for t in step.plan.tiles]
             mem = ActivationMemory(prog.act_words, cc.lanes, cc.pe.act_width)
             if unrolled and unrolls:

@@ -223,14 +223,14 @@ def test_cli_json_round_trip():
     out = io.StringIO()
     with redirect_stdout(out):
         code = psc_main(["synth", "--target", "ice40-up5k", "--level", "datapath",
-                         "--variant", "baseline", "--lanes", "2", "--rows", "1",
+                         "--variant", "baseline", "--lanes", "2", "--rows", "2",
                          "--multiplier", "generic", "--requant-multiplier", "adds", "--no-pnr",
                          "--json", "--build-dir", _build_root("cli")])
     assert code == 0
     rep = json.loads(out.getvalue())
     assert set(synth.REPORT_KEYS) <= set(rep)
     assert rep["variant"] == "baseline" and rep["config"]["pe"]["psc"] is False
-    assert rep["mult"] == 2 and rep["config"]["pe"]["lanes"] == 2
+    assert rep["mult"] == 4 and rep["config"]["pe"]["lanes"] == 2
 
 
 def test_cli_rejects_tmp_build_dir(capsys):

@@ -25,9 +25,10 @@ DW_MAX_REDUCTION = 49
 #: numbers the bits of a cell's output with 16 bits, and fails on an assertion beyond.
 MAX_VALUE_WIDTH = 1 << 16
 # Bits of a requantisation shift (0..62) and a margin for a top's command word (about
-# 112 bits), stream handshakes, clock and reset, in PSCConfig.input_bits.
+# 112 bits, and as many again for its derived sizes with CoreConfig.given_sizes), stream
+# handshakes, clock and reset, in PSCConfig.input_bits.
 _SHIFT_BITS = 6
-_CONTROL_BITS = 256
+_CONTROL_BITS = 512
 
 
 def required_acc_width(act_width, weight_width, max_reduction):

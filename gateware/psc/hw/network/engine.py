@@ -88,11 +88,12 @@ class EngineConfig:
         (:class:`~psc.hw.network.op_unit.OpUnit`, which uses the core's requantiser
         between commands), from 1 to ``core.rows``; a word of ``core.lanes``
         activations takes ``ceil(lanes / op_values)`` beats.
-    given_sizes : bool
+    given_sizes : bool or None
         Each ``CONV`` instruction carries its command's derived sizes, computed by the
         host (:class:`~psc.hw.core.PSCConvCore`'s ``given_sizes``): the core's setup
         skips its multipliers (:func:`~psc.hw.core.setup.setup_cycles` per command),
         for :func:`~psc.hw.core.setup.given_sizes_layout`'s bits more per instruction.
+        ``None`` (the default): as the core, ``core.given_sizes``, which needs it.
     """
     core: CoreConfig
     act_depth: int = 1024
@@ -100,7 +101,7 @@ class EngineConfig:
     param_store_depth: int = 256
     weight_store_depth: int = 0
     op_values: int = 1
-    given_sizes: bool = False
+    given_sizes: bool | None = None
 
     def __post_init__(self):
         if not isinstance(self.core, CoreConfig):
@@ -113,6 +114,8 @@ class EngineConfig:
             check_int(name, getattr(self, name), 1, 1 << 20)
         check_int("weight_store_depth", self.weight_store_depth, 0, 1 << 20)
         check_int("op_values", self.op_values, 1)
+        if self.given_sizes is None:
+            object.__setattr__(self, "given_sizes", self.core.given_sizes)
         check_bool("given_sizes", self.given_sizes)
         if self.core.given_sizes and not self.given_sizes:
             raise ValueError("given_sizes must be True for a core whose commands carry their "
