@@ -77,6 +77,9 @@ def test_config_defaults_and_derived_widths():
     (dict(psc=1), r"psc must be True or False, not 1"),
     (dict(acc_width=24), r"acc_width must be at least 30 to hold 16384 products.*not 24"),
     (dict(max_reduction=0), r"max_reduction must be an integer in \[1, 16777216\], not 0"),
+    (dict(depthwise="shifted", lanes=6, rows=3),
+     r"depthwise='shifted' needs rows 2 or 4 and lanes a multiple of rows, not lanes=6, rows=3"),
+    (dict(depthwise="shifted", lanes=6, rows=4), r"not lanes=6, rows=4"),
 ])
 def test_config_refuses_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
