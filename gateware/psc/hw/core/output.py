@@ -153,11 +153,9 @@ class OutputStage(wiring.Component):
         keep_o = Signal()                    # dw pixels: the beat's pixel is inside out_w
         ro = Signal(range(R))                # dw pixels: row (pixel) of the beat
         oxo = Signal(FIELD_WIDTH)            # dw pixels: first pixel of the beat's block
-        last_jo = jo == self.last_group
-        if pix:
-            # a flag of its own on a build whose depthwise beats come in pixel blocks: with the
-            # block's row it enables the block counter, behind the stage's enable
-            last_jo = Signal(name="last_jo")
+        # a flag of its own on a build whose depthwise beats come in pixel blocks: with the
+        # block's row it enables the block counter, behind the stage's enable
+        last_jo = Signal(name="last_jo") if pix else jo == self.last_group
         m.d.comb += keep_o.eq(~dwp | (oxo + ro < cmd.out_w) if pix else 1)
         sums = data.ArrayLayout(signed(sw), R)
         if cc.psum_depth:
