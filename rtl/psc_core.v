@@ -3562,7 +3562,7 @@ module \psc_core.amap (i__ready, cmd, dwp, i__payload, o__payload, o__valid);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.counters (rst, waiting, beat, clear, busy, run, total, compute, stall, clk);
+module \psc_core.counters (rst, waiting, beat, run, clear, busy, total, compute, stall, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$1  = 0;
   wire [32:0] \$1 ;
   wire \$2 ;
@@ -4484,7 +4484,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$5594$1792 (i__payload[1793:1792]),
+    .\port$5579$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[639:512]),
@@ -4497,7 +4497,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$169 ),
     .mask(\mask$16 ),
-    .\port$5594$1792 (i__payload[1793:1792]),
+    .\port$5579$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[767:640]),
@@ -4510,7 +4510,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$170 ),
     .mask(\mask$26 ),
-    .\port$5594$1792 (i__payload[1793:1792]),
+    .\port$5579$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[895:768]),
@@ -4523,7 +4523,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$171 ),
     .mask(\mask$36 ),
-    .\port$5594$1792 (i__payload[1793:1792]),
+    .\port$5579$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1023:896]),
@@ -4536,7 +4536,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$172 ),
     .mask(\mask$46 ),
-    .\port$5594$1792 (i__payload[1793:1792]),
+    .\port$5579$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1151:1024]),
@@ -4549,7 +4549,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$173 ),
     .mask(\mask$56 ),
-    .\port$5594$1792 (i__payload[1793:1792]),
+    .\port$5579$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1279:1152]),
@@ -4562,7 +4562,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$174 ),
     .mask(\mask$66 ),
-    .\port$5594$1792 (i__payload[1793:1792]),
+    .\port$5579$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1407:1280]),
@@ -4574,7 +4574,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$175 ),
     .mask(\mask$76 ),
-    .\port$5594$1760 (i__payload[1793:1760]),
+    .\port$5579$1760 (i__payload[1793:1760]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1535:1408]),
@@ -5932,7 +5932,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5594$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5579$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -6044,8 +6044,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5594$1792 ;
-  wire [1:0] \port$5594$1792 ;
+  input [1:0] \port$5579$1792 ;
+  wire [1:0] \port$5579$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6193,7 +6193,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5594$1792 [0];
+  assign \$16  = valid & \port$5579$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6256,7 +6256,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5594$1792 [0];
+      \$50  = \port$5579$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6266,7 +6266,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5594$1792 [1];
+      \$51  = \port$5579$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6407,8 +6407,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5594$1792 [0];
-  assign last = \port$5594$1792 [1];
+  assign first = \port$5579$1792 [0];
+  assign last = \port$5579$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -6550,7 +6550,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5594$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5579$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -6660,8 +6660,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5594$1792 ;
-  wire [1:0] \port$5594$1792 ;
+  input [1:0] \port$5579$1792 ;
+  wire [1:0] \port$5579$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6809,7 +6809,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5594$1792 [0];
+  assign \$16  = valid & \port$5579$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6872,7 +6872,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5594$1792 [0];
+      \$50  = \port$5579$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6882,7 +6882,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5594$1792 [1];
+      \$51  = \port$5579$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -7023,8 +7023,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5594$1792 [0];
-  assign last = \port$5594$1792 [1];
+  assign first = \port$5579$1792 [0];
+  assign last = \port$5579$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7166,7 +7166,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5594$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5579$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7276,8 +7276,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5594$1792 ;
-  wire [1:0] \port$5594$1792 ;
+  input [1:0] \port$5579$1792 ;
+  wire [1:0] \port$5579$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7425,7 +7425,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5594$1792 [0];
+  assign \$16  = valid & \port$5579$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -7488,7 +7488,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5594$1792 [0];
+      \$50  = \port$5579$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -7498,7 +7498,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5594$1792 [1];
+      \$51  = \port$5579$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -7639,8 +7639,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5594$1792 [0];
-  assign last = \port$5594$1792 [1];
+  assign first = \port$5579$1792 [0];
+  assign last = \port$5579$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7782,7 +7782,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5594$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5579$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7892,8 +7892,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5594$1792 ;
-  wire [1:0] \port$5594$1792 ;
+  input [1:0] \port$5579$1792 ;
+  wire [1:0] \port$5579$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8041,7 +8041,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5594$1792 [0];
+  assign \$16  = valid & \port$5579$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8104,7 +8104,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5594$1792 [0];
+      \$50  = \port$5579$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8114,7 +8114,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5594$1792 [1];
+      \$51  = \port$5579$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8255,8 +8255,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5594$1792 [0];
-  assign last = \port$5594$1792 [1];
+  assign first = \port$5579$1792 [0];
+  assign last = \port$5579$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8398,7 +8398,7 @@ module \psc_core.dp.pe_3.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5594$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5579$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -8508,8 +8508,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5594$1792 ;
-  wire [1:0] \port$5594$1792 ;
+  input [1:0] \port$5579$1792 ;
+  wire [1:0] \port$5579$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8657,7 +8657,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5594$1792 [0];
+  assign \$16  = valid & \port$5579$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8720,7 +8720,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5594$1792 [0];
+      \$50  = \port$5579$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8730,7 +8730,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5594$1792 [1];
+      \$51  = \port$5579$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8871,8 +8871,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5594$1792 [0];
-  assign last = \port$5594$1792 [1];
+  assign first = \port$5579$1792 [0];
+  assign last = \port$5579$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9014,7 +9014,7 @@ module \psc_core.dp.pe_4.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5594$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5579$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9124,8 +9124,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5594$1792 ;
-  wire [1:0] \port$5594$1792 ;
+  input [1:0] \port$5579$1792 ;
+  wire [1:0] \port$5579$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9273,7 +9273,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5594$1792 [0];
+  assign \$16  = valid & \port$5579$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9336,7 +9336,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5594$1792 [0];
+      \$50  = \port$5579$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9346,7 +9346,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5594$1792 [1];
+      \$51  = \port$5579$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -9487,8 +9487,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5594$1792 [0];
-  assign last = \port$5594$1792 [1];
+  assign first = \port$5579$1792 [0];
+  assign last = \port$5579$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9630,7 +9630,7 @@ module \psc_core.dp.pe_5.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5594$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5579$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9740,8 +9740,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5594$1792 ;
-  wire [1:0] \port$5594$1792 ;
+  input [1:0] \port$5579$1792 ;
+  wire [1:0] \port$5579$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9889,7 +9889,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5594$1792 [0];
+  assign \$16  = valid & \port$5579$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9952,7 +9952,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5594$1792 [0];
+      \$50  = \port$5579$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9962,7 +9962,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5594$1792 [1];
+      \$51  = \port$5579$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -10103,8 +10103,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5594$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5594$1792 [0];
-  assign last = \port$5594$1792 [1];
+  assign first = \port$5579$1792 [0];
+  assign last = \port$5579$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -10246,7 +10246,7 @@ module \psc_core.dp.pe_6.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_7 (rst, x, words, \port$5594$1760 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_7 (rst, x, words, \port$5579$1760 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -10355,8 +10355,8 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5594$1760 , valid, en, lane_acc, 
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [33:0] \port$5594$1760 ;
-  wire [33:0] \port$5594$1760 ;
+  input [33:0] \port$5579$1760 ;
+  wire [33:0] \port$5579$1760 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -10504,7 +10504,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5594$1760 , valid, en, lane_acc, 
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5594$1760 [32];
+  assign \$16  = valid & \port$5579$1760 [32];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -10567,7 +10567,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5594$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5594$1760 [32];
+      \$50  = \port$5579$1760 [32];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -10577,7 +10577,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5594$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5594$1760 [33];
+      \$51  = \port$5579$1760 [33];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -10588,7 +10588,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5594$1760 , valid, en, lane_acc, 
     \$52  = b1;
     if (en) begin
       if (\$16 ) begin
-        \$52  = \port$5594$1760 [31:0];
+        \$52  = \port$5579$1760 [31:0];
       end
     end
   end
@@ -10718,9 +10718,9 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5594$1760 , valid, en, lane_acc, 
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5594$1760 [32];
-  assign last = \port$5594$1760 [33];
-  assign bias = \port$5594$1760 [31:0];
+  assign first = \port$5579$1760 [32];
+  assign last = \port$5579$1760 [33];
+  assign bias = \port$5579$1760 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -28569,26 +28569,12 @@ module \psc_core.seq (rst, ws, taps__valid, waiting, taps__ready, start, cmd, dw
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.setup (cfg__valid, clk, rst, sizes_ready, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, cfg__ready, accept, busy, sizing, run, sizes
+module \psc_core.setup (cfg__valid, clk, rst, sizes_ready, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, run, cfg__ready, accept, busy, sizing, sizes
 , loaded, inputs_done, mac_valid, cfg__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$18  = 0;
   wire \$1 ;
   wire \$10 ;
-  reg \$100 ;
-  reg \$101 ;
-  reg \$102 ;
-  reg \$103 ;
-  reg [113:0] \$104 ;
-  reg \$105 ;
-  reg \$106 ;
-  reg \$107 ;
-  reg \$108 ;
-  reg [15:0] \$109 ;
   wire \$11 ;
-  reg [21:0] \$110 ;
-  reg [2:0] \$111 ;
-  reg [4:0] \$112 ;
-  reg \$113 ;
   wire \$12 ;
   wire \$13 ;
   wire \$14 ;
@@ -28629,7 +28615,7 @@ module \psc_core.setup (cfg__valid, clk, rst, sizes_ready, outputs_done, start, 
   wire \$46 ;
   wire \$47 ;
   wire \$48 ;
-  wire \$49 ;
+  wire [11:0] \$49 ;
   wire \$5 ;
   wire \$50 ;
   wire \$51 ;
@@ -28639,7 +28625,7 @@ module \psc_core.setup (cfg__valid, clk, rst, sizes_ready, outputs_done, start, 
   wire \$55 ;
   wire \$56 ;
   wire \$57 ;
-  wire [11:0] \$58 ;
+  wire \$58 ;
   wire \$59 ;
   wire \$6 ;
   wire \$60 ;
@@ -28649,15 +28635,15 @@ module \psc_core.setup (cfg__valid, clk, rst, sizes_ready, outputs_done, start, 
   wire \$64 ;
   wire \$65 ;
   wire \$66 ;
-  wire \$67 ;
+  wire [15:0] \$67 ;
   wire \$68 ;
   wire \$69 ;
   wire \$7 ;
-  wire \$70 ;
-  wire \$71 ;
+  wire [18:0] \$70 ;
+  wire [18:0] \$71 ;
   wire \$72 ;
   wire \$73 ;
-  wire \$74 ;
+  wire [22:0] \$74 ;
   wire \$75 ;
   wire \$76 ;
   wire \$77 ;
@@ -28665,30 +28651,29 @@ module \psc_core.setup (cfg__valid, clk, rst, sizes_ready, outputs_done, start, 
   wire \$79 ;
   wire \$8 ;
   wire \$80 ;
-  wire [15:0] \$81 ;
+  wire \$81 ;
   wire \$82 ;
   wire \$83 ;
-  wire [18:0] \$84 ;
-  wire [18:0] \$85 ;
-  wire \$86 ;
-  wire \$87 ;
-  wire [22:0] \$88 ;
-  wire \$89 ;
+  wire \$84 ;
+  wire \$85 ;
+  reg [19:0] \$86 ;
+  reg \$87 ;
+  reg \$88 ;
+  reg [113:0] \$89 ;
   wire \$9 ;
-  wire \$90 ;
-  wire \$91 ;
-  wire \$92 ;
-  wire \$93 ;
-  wire \$94 ;
-  wire \$95 ;
-  wire \$96 ;
-  wire \$97 ;
-  wire \$98 ;
-  wire \$99 ;
+  reg \$90 ;
+  reg \$91 ;
+  reg \$92 ;
+  reg \$93 ;
+  reg [15:0] \$94 ;
+  reg [21:0] \$95 ;
+  reg [2:0] \$96 ;
+  reg [4:0] \$97 ;
+  reg \$98 ;
+  reg \$99 ;
   output accept;
   reg accept;
-  reg bad_fields = 1'h0;
-  reg bad_sizes = 1'h0;
+  reg [19:0] bad = 20'h00000;
   output busy;
   reg busy;
   input [113:0] cfg__payload;
@@ -28778,7 +28763,9 @@ module \psc_core.setup (cfg__valid, clk, rst, sizes_ready, outputs_done, start, 
   input rst;
   wire rst;
   output run;
-  reg run;
+  reg run = 1'h0;
+  (* init = 1'h0 *)
+  wire \run$25 ;
   input [191:0] sizes;
   wire [191:0] sizes;
   wire [13:0] \sizes.c0_g ;
@@ -28815,146 +28802,125 @@ module \psc_core.setup (cfg__valid, clk, rst, sizes_ready, outputs_done, start, 
   assign \$10  = cmd[101:100] == 2'h2;
   assign \$11  = \$9  | \$10 ;
   assign \$12  = ~ \$11 ;
-  assign \$13  = \$8  | \$12 ;
-  assign \$14  = cmd[104:102] >= cmd[99:96];
-  assign \$15  = \$13  | \$14 ;
-  assign \$16  = cmd[107:105] >= cmd[99:96];
+  assign \$13  = cmd[104:102] >= cmd[99:96];
+  assign \$14  = cmd[107:105] >= cmd[99:96];
+  assign \$15  = ! cmd[15:0];
+  assign \$16  = ! cmd[31:16];
   assign \$17  = \$15  | \$16 ;
-  assign \$18  = ! cmd[15:0];
-  assign \$19  = \$17  | \$18 ;
-  assign \$20  = ! cmd[31:16];
-  assign \$21  = \$19  | \$20 ;
-  assign \$22  = ! cmd[47:32];
+  assign \$18  = ! cmd[47:32];
+  assign \$19  = ! cmd[63:48];
+  assign \$20  = \$18  | \$19 ;
+  assign \$21  = ! cmd[79:64];
+  assign \$22  = ! cmd[95:80];
   assign \$23  = \$21  | \$22 ;
-  assign \$24  = ! cmd[63:48];
-  assign \$25  = \$23  | \$24 ;
-  assign \$26  = ! cmd[79:64];
-  assign \$27  = \$25  | \$26 ;
-  assign \$28  = ! cmd[95:80];
-  assign \$29  = \$27  | \$28 ;
-  assign \$30  = cmd[109:108] == 2'h2;
-  assign \$31  = cmd[109:108] == 2'h3;
+  assign \$24  = cmd[109:108] == 2'h2;
+  assign \$25  = cmd[109:108] == 2'h3;
+  assign \$26  = \$24  | \$25 ;
+  assign \$27  = cmd[99:96] != 1'h1;
+  assign \$28  = \$26  & \$27 ;
+  assign \$29  = cmd[109:108] == 2'h3;
+  assign \$30  = cmd[15:0] != 1'h1;
+  assign \$31  = cmd[31:16] != 1'h1;
   assign \$32  = \$30  | \$31 ;
-  assign \$33  = cmd[99:96] != 1'h1;
-  assign \$34  = \$32  & \$33 ;
-  assign \$35  = \$29  | \$34 ;
-  assign \$36  = cmd[109:108] == 2'h3;
-  assign \$37  = cmd[15:0] != 1'h1;
-  assign \$38  = cmd[31:16] != 1'h1;
-  assign \$39  = \$37  | \$38 ;
-  assign \$40  = cmd[47:32] != 1'h1;
-  assign \$41  = \$39  | \$40 ;
-  assign \$42  = cmd[63:48] != 1'h1;
-  assign \$43  = \$41  | \$42 ;
-  assign \$44  = \$36  & \$43 ;
-  assign \$45  = \$35  | \$44 ;
+  assign \$33  = \$29  & \$32 ;
+  assign \$34  = cmd[109:108] == 2'h3;
+  assign \$35  = cmd[47:32] != 1'h1;
+  assign \$36  = cmd[63:48] != 1'h1;
+  assign \$37  = \$35  | \$36 ;
+  assign \$38  = \$34  & \$37 ;
+  assign \$39  = cmd[109:108] == 1'h1;
+  assign \$40  = cmd[79:64] != cmd[95:80];
+  assign \$41  = \$39  & \$40 ;
+  assign \$42  = cmd[109:108] == 1'h1;
+  assign \$44  = gout_o > 6'h20;
+  assign \$45  = | cmd[113:112];
   assign \$46  = cmd[109:108] == 1'h1;
-  assign \$47  = cmd[79:64] != cmd[95:80];
-  assign \$49  = \$46  & \$48 ;
-  assign \$50  = \$45  | \$49 ;
-  assign \$51  = gout_o > 6'h20;
-  assign \$52  = \$50  | \$51 ;
-  assign \$53  = | cmd[113:112];
-  assign \$54  = cmd[109:108] == 1'h1;
-  assign \$56  = \$53  & \$55 ;
-  assign \$57  = \$52  | \$56 ;
-  assign \$58  = dwc ? 12'h100 : 12'h800;
-  assign \$59  = sizes[23:12] > \$58 ;
-  assign \$60  = sizes[180:172] > 9'h100;
-  assign \$61  = dwp & \$60 ;
-  assign \$62  = \$59  | \$61 ;
-  assign \$63  = ~ cmd[111];
-  assign \$64  = sizes[106:98] > 9'h100;
-  assign \$65  = \$63  & \$64 ;
-  assign \$66  = \$62  | \$65 ;
-  assign \$67  = sizes[97:86] > 12'h800;
-  assign \$68  = \$66  | \$67 ;
-  assign \$69  = sizes[73:49] > 24'hffffff;
-  assign \$70  = \$68  | \$69 ;
-  assign \$71  = | cmd[113:112];
-  assign \$72  = sizes[73:49] > 9'h100;
-  assign \$73  = \$71  & \$72 ;
-  assign \$74  = \$70  | \$73 ;
-  assign \$75  = cfg__payload[109:108] == 1'h1;
-  assign \$76  = cfg__payload[109:108] == 1'h1;
-  assign \$78  = cfg__payload[109:108] == 1'h1;
-  assign \$80  = cfg__payload[109:108] == 1'h1;
-  assign \$81  = \$80  ? 16'h0001 : cfg__payload[79:64];
-  assign \$82  = cfg__payload[109:108] == 1'h1;
-  assign \$86  = bad_fields | bad_sizes;
-  assign \$87  = ~ \$86 ;
-  assign \$88  = gout_o - 1'h1;
-  assign \$89  = ~ start;
-  assign \$90  = outputs_done & inputs_done;
-  assign \$91  = fin & loaded;
-  assign \$92  = dwp & mac_valid;
-  assign \$93  = ~ \$92 ;
-  assign \$94  = \$91  & \$93 ;
-  assign \$95  = ! fsm_state;
-  assign \$96  = fsm_state == 1'h1;
-  assign \$97  = fsm_state == 2'h2;
-  assign \$98  = fsm_state == 2'h3;
-  assign \$99  = fsm_state == 3'h4;
+  assign \$48  = \$45  & \$47 ;
+  assign \$49  = dwc ? 12'h100 : 12'h800;
+  assign \$50  = sizes[23:12] > \$49 ;
+  assign \$51  = sizes[180:172] > 9'h100;
+  assign \$52  = dwp & \$51 ;
+  assign \$53  = ~ cmd[111];
+  assign \$54  = sizes[106:98] > 9'h100;
+  assign \$55  = \$53  & \$54 ;
+  assign \$56  = sizes[97:86] > 12'h800;
+  assign \$57  = sizes[73:49] > 24'hffffff;
+  assign \$58  = | cmd[113:112];
+  assign \$59  = sizes[73:49] > 9'h100;
+  assign \$60  = \$58  & \$59 ;
+  assign \$61  = cfg__payload[109:108] == 1'h1;
+  assign \$62  = cfg__payload[109:108] == 1'h1;
+  assign \$64  = cfg__payload[109:108] == 1'h1;
+  assign \$66  = cfg__payload[109:108] == 1'h1;
+  assign \$67  = \$66  ? 16'h0001 : cfg__payload[79:64];
+  assign \$68  = cfg__payload[109:108] == 1'h1;
+  assign \$72  = | bad;
+  assign \$73  = ~ \$72 ;
+  assign \$74  = gout_o - 1'h1;
+  assign \$75  = ~ start;
+  assign \$76  = outputs_done & inputs_done;
+  assign \$77  = fin & loaded;
+  assign \$78  = dwp & mac_valid;
+  assign \$79  = ~ \$78 ;
+  assign \$80  = \$77  & \$79 ;
+  assign \$81  = ! fsm_state;
+  assign \$82  = fsm_state == 1'h1;
+  assign \$83  = fsm_state == 2'h2;
+  assign \$84  = fsm_state == 2'h3;
+  assign \$85  = fsm_state == 3'h4;
   always @(posedge clk)
-    start <= \$100 ;
+    bad <= \$86 ;
   always @(posedge clk)
-    bad_fields <= \$101 ;
+    start <= \$87 ;
   always @(posedge clk)
-    bad_sizes <= \$102 ;
+    done <= \$88 ;
   always @(posedge clk)
-    done <= \$103 ;
+    cmd <= \$89 ;
   always @(posedge clk)
-    cmd <= \$104 ;
+    error <= \$90 ;
   always @(posedge clk)
-    error <= \$105 ;
+    dw <= \$91 ;
   always @(posedge clk)
-    dw <= \$106 ;
+    dwp <= \$92 ;
   always @(posedge clk)
-    dwp <= \$107 ;
+    dwc <= \$93 ;
   always @(posedge clk)
-    dwc <= \$108 ;
+    gin_e <= \$94 ;
   always @(posedge clk)
-    gin_e <= \$109 ;
+    gout_o <= \$95 ;
   always @(posedge clk)
-    gout_o <= \$110 ;
+    fsm_state <= \$96 ;
   always @(posedge clk)
-    fsm_state <= \$111 ;
+    last_go <= \$97 ;
   always @(posedge clk)
-    last_go <= \$112 ;
+    fin <= \$98 ;
   always @(posedge clk)
-    fin <= \$113 ;
+    run <= \$99 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$100  = 1'h0;
+    \$86  = { \$60 , \$57 , \$56 , \$55 , \$52 , \$50 , \$48 , \$44 , \$43 , \$41 , \$38 , \$33 , \$28 , \$23 , \$20 , \$17 , \$14 , \$13 , \$12 , \$8  };
+    if (rst) begin
+      \$86  = 20'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$87  = 1'h0;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$100  = \$87 ;
+          \$87  = \$73 ;
     endcase
     if (rst) begin
-      \$100  = 1'h0;
+      \$87  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$101  = \$57 ;
-    if (rst) begin
-      \$101  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$102  = \$74 ;
-    if (rst) begin
-      \$102  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$103  = 1'h0;
+    \$88  = 1'h0;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -28963,165 +28929,165 @@ module \psc_core.setup (cfg__valid, clk, rst, sizes_ready, outputs_done, start, 
       3'h2:
           /* empty */;
       3'h3:
-          if (\$89 ) begin
-            \$103  = 1'h1;
+          if (\$75 ) begin
+            \$88  = 1'h1;
           end
       3'h4:
-          if (\$94 ) begin
-            \$103  = 1'h1;
+          if (\$80 ) begin
+            \$88  = 1'h1;
           end
     endcase
     if (rst) begin
-      \$103  = 1'h0;
+      \$88  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$104  = cmd;
+    \$89  = cmd;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$104  = cfg__payload;
+            \$89  = cfg__payload;
           end
     endcase
     if (rst) begin
-      \$104  = 114'h00000000000000000000000000000;
+      \$89  = 114'h00000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$105  = error;
+    \$90  = error;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$105  = 1'h0;
+            \$90  = 1'h0;
           end
       3'h1:
           /* empty */;
       3'h2:
           /* empty */;
       3'h3:
-          if (\$89 ) begin
-            \$105  = 1'h1;
+          if (\$75 ) begin
+            \$90  = 1'h1;
           end
     endcase
     if (rst) begin
-      \$105  = 1'h0;
+      \$90  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$106  = dw;
+    \$91  = dw;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$106  = \$75 ;
+            \$91  = \$61 ;
           end
     endcase
     if (rst) begin
-      \$106  = 1'h0;
+      \$91  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$107  = dwp;
+    \$92  = dwp;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$107  = \$77 ;
+            \$92  = \$63 ;
           end
     endcase
     if (rst) begin
-      \$107  = 1'h0;
+      \$92  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$108  = dwc;
+    \$93  = dwc;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$108  = \$79 ;
+            \$93  = \$65 ;
           end
     endcase
     if (rst) begin
-      \$108  = 1'h0;
+      \$93  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$109  = gin_e;
+    \$94  = gin_e;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$109  = \$81 ;
+            \$94  = \$67 ;
           end
     endcase
     if (rst) begin
-      \$109  = 16'h0000;
+      \$94  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$110  = gout_o;
+    \$95  = gout_o;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$110  = { 3'h0, \$85  };
+            \$95  = { 3'h0, \$71  };
           end
     endcase
     if (rst) begin
-      \$110  = 22'h000000;
+      \$95  = 22'h000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$111  = fsm_state;
+    \$96  = fsm_state;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$111  = 3'h1;
+            \$96  = 3'h1;
           end
       3'h1:
           if (sizes_ready) begin
-            \$111  = 3'h2;
+            \$96  = 3'h2;
           end
       3'h2:
-          \$111  = 3'h3;
+          \$96  = 3'h3;
       3'h3:
           (* full_case = 32'd1 *)
-          if (\$89 ) begin
-            \$111  = 3'h0;
+          if (\$75 ) begin
+            \$96  = 3'h0;
           end else begin
-            \$111  = 3'h4;
+            \$96  = 3'h4;
           end
       3'h4:
-          if (\$94 ) begin
-            \$111  = 3'h0;
+          if (\$80 ) begin
+            \$96  = 3'h0;
           end
     endcase
     if (rst) begin
-      \$111  = 3'h0;
+      \$96  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$112  = last_go;
+    \$97  = last_go;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$112  = \$88 [4:0];
+          \$97  = \$74 [4:0];
     endcase
     if (rst) begin
-      \$112  = 5'h00;
+      \$97  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    \$113  = fin;
+    \$98  = fin;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -29131,15 +29097,40 @@ module \psc_core.setup (cfg__valid, clk, rst, sizes_ready, outputs_done, start, 
           /* empty */;
       3'h3:
           (* full_case = 32'd1 *)
-          if (\$89 ) begin
+          if (\$75 ) begin
           end else begin
-            \$113  = 1'h0;
+            \$98  = 1'h0;
           end
       3'h4:
-          \$113  = \$90 ;
+          \$98  = \$76 ;
     endcase
     if (rst) begin
-      \$113  = 1'h0;
+      \$98  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
+    \$99  = run;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          (* full_case = 32'd1 *)
+          if (\$75 ) begin
+          end else begin
+            \$99  = 1'h1;
+          end
+      3'h4:
+          if (\$80 ) begin
+            \$99  = 1'h0;
+          end
+    endcase
+    if (rst) begin
+      \$99  = 1'h0;
     end
   end
   always @* begin
@@ -29184,23 +29175,8 @@ module \psc_core.setup (cfg__valid, clk, rst, sizes_ready, outputs_done, start, 
           sizing = 1'h1;
     endcase
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$18 ) begin end
-    run = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          run = 1'h1;
-    endcase
-  end
   assign \start$24  = start;
+  assign \run$25  = run;
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -29243,13 +29219,13 @@ module \psc_core.setup (cfg__valid, clk, rst, sizes_ready, outputs_done, start, 
   assign \cfg__payload.relu  = cfg__payload[110];
   assign \cfg__payload.keep  = cfg__payload[111];
   assign \cfg__payload.part  = cfg__payload[113:112];
-  assign \$48  = \$47 ;
-  assign \$55  = \$54 ;
-  assign \$77  = \$76 ;
-  assign \$79  = 1'h0;
-  assign \$83  = 1'h0;
-  assign \$84  = { cfg__payload[95:80], 3'h0 };
-  assign \$85  = { 3'h0, cfg__payload[95:80] };
+  assign \$43  = 1'h0;
+  assign \$47  = \$46 ;
+  assign \$63  = \$62 ;
+  assign \$65  = 1'h0;
+  assign \$69  = 1'h0;
+  assign \$70  = { cfg__payload[95:80], 3'h0 };
+  assign \$71  = { 3'h0, cfg__payload[95:80] };
 endmodule
 
 (* generator = "Amaranth" *)

@@ -2067,7 +2067,7 @@ module \psc_core.amap (i__ready, cmd, dwc, i__payload, o__payload, o__valid);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.counters (rst, waiting, beat, clear, busy, run, total, compute, stall, clk);
+module \psc_core.counters (rst, waiting, beat, run, clear, busy, total, compute, stall, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire [32:0] \$1 ;
   wire \$2 ;
@@ -2565,7 +2565,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$3094$800 (i__payload[801:800]),
+    .\port$3079$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[335:224]),
@@ -2578,7 +2578,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$89 ),
     .mask(\mask$16 ),
-    .\port$3094$800 (i__payload[801:800]),
+    .\port$3079$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[447:336]),
@@ -2591,7 +2591,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$90 ),
     .mask(\mask$26 ),
-    .\port$3094$800 (i__payload[801:800]),
+    .\port$3079$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[559:448]),
@@ -2603,7 +2603,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$91 ),
     .mask(\mask$36 ),
-    .\port$3094$768 (i__payload[801:768]),
+    .\port$3079$768 (i__payload[801:768]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[671:560]),
@@ -3253,7 +3253,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3094$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3079$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -3505,8 +3505,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$3094$800 ;
-  wire [1:0] \port$3094$800 ;
+  input [1:0] \port$3079$800 ;
+  wire [1:0] \port$3079$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3563,7 +3563,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$3094$800 [0];
+  assign \$2  = valid & \port$3079$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -3658,154 +3658,154 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$840$0 (\$64 ),
-    .\port$840$1 (\$65 ),
-    .\port$840$10 (\$74 ),
-    .\port$840$11 (\$75 ),
-    .\port$840$12 (\$76 ),
-    .\port$840$13 (\$77 ),
-    .\port$840$14 (\$78 ),
-    .\port$840$15 (\$79 ),
-    .\port$840$2 (\$66 ),
-    .\port$840$3 (\$67 ),
-    .\port$840$4 (\$68 ),
-    .\port$840$5 (\$69 ),
-    .\port$840$6 (\$70 ),
-    .\port$840$7 (\$71 ),
-    .\port$840$8 (\$72 ),
-    .\port$840$9 (\$73 )
+    .\port$826$0 (\$64 ),
+    .\port$826$1 (\$65 ),
+    .\port$826$10 (\$74 ),
+    .\port$826$11 (\$75 ),
+    .\port$826$12 (\$76 ),
+    .\port$826$13 (\$77 ),
+    .\port$826$14 (\$78 ),
+    .\port$826$15 (\$79 ),
+    .\port$826$2 (\$66 ),
+    .\port$826$3 (\$67 ),
+    .\port$826$4 (\$68 ),
+    .\port$826$5 (\$69 ),
+    .\port$826$6 (\$70 ),
+    .\port$826$7 (\$71 ),
+    .\port$826$8 (\$72 ),
+    .\port$826$9 (\$73 )
   );
   \psc_core.dp.pe_0.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$841$0 (\$80 ),
-    .\port$841$1 (\$81 ),
-    .\port$841$10 (\$90 ),
-    .\port$841$11 (\$91 ),
-    .\port$841$12 (\$92 ),
-    .\port$841$13 (\$93 ),
-    .\port$841$14 (\$94 ),
-    .\port$841$15 (\$95 ),
-    .\port$841$2 (\$82 ),
-    .\port$841$3 (\$83 ),
-    .\port$841$4 (\$84 ),
-    .\port$841$5 (\$85 ),
-    .\port$841$6 (\$86 ),
-    .\port$841$7 (\$87 ),
-    .\port$841$8 (\$88 ),
-    .\port$841$9 (\$89 )
+    .\port$827$0 (\$80 ),
+    .\port$827$1 (\$81 ),
+    .\port$827$10 (\$90 ),
+    .\port$827$11 (\$91 ),
+    .\port$827$12 (\$92 ),
+    .\port$827$13 (\$93 ),
+    .\port$827$14 (\$94 ),
+    .\port$827$15 (\$95 ),
+    .\port$827$2 (\$82 ),
+    .\port$827$3 (\$83 ),
+    .\port$827$4 (\$84 ),
+    .\port$827$5 (\$85 ),
+    .\port$827$6 (\$86 ),
+    .\port$827$7 (\$87 ),
+    .\port$827$8 (\$88 ),
+    .\port$827$9 (\$89 )
   );
   \psc_core.dp.pe_0.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$842$0 (\$96 ),
-    .\port$842$1 (\$97 ),
-    .\port$842$10 (\$106 ),
-    .\port$842$11 (\$107 ),
-    .\port$842$12 (\$108 ),
-    .\port$842$13 (\$109 ),
-    .\port$842$14 (\$110 ),
-    .\port$842$15 (\$111 ),
-    .\port$842$2 (\$98 ),
-    .\port$842$3 (\$99 ),
-    .\port$842$4 (\$100 ),
-    .\port$842$5 (\$101 ),
-    .\port$842$6 (\$102 ),
-    .\port$842$7 (\$103 ),
-    .\port$842$8 (\$104 ),
-    .\port$842$9 (\$105 )
+    .\port$828$0 (\$96 ),
+    .\port$828$1 (\$97 ),
+    .\port$828$10 (\$106 ),
+    .\port$828$11 (\$107 ),
+    .\port$828$12 (\$108 ),
+    .\port$828$13 (\$109 ),
+    .\port$828$14 (\$110 ),
+    .\port$828$15 (\$111 ),
+    .\port$828$2 (\$98 ),
+    .\port$828$3 (\$99 ),
+    .\port$828$4 (\$100 ),
+    .\port$828$5 (\$101 ),
+    .\port$828$6 (\$102 ),
+    .\port$828$7 (\$103 ),
+    .\port$828$8 (\$104 ),
+    .\port$828$9 (\$105 )
   );
   \psc_core.dp.pe_0.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$843$0 (\$112 ),
-    .\port$843$1 (\$113 ),
-    .\port$843$10 (\$122 ),
-    .\port$843$11 (\$123 ),
-    .\port$843$12 (\$124 ),
-    .\port$843$13 (\$125 ),
-    .\port$843$14 (\$126 ),
-    .\port$843$15 (\$127 ),
-    .\port$843$2 (\$114 ),
-    .\port$843$3 (\$115 ),
-    .\port$843$4 (\$116 ),
-    .\port$843$5 (\$117 ),
-    .\port$843$6 (\$118 ),
-    .\port$843$7 (\$119 ),
-    .\port$843$8 (\$120 ),
-    .\port$843$9 (\$121 )
+    .\port$829$0 (\$112 ),
+    .\port$829$1 (\$113 ),
+    .\port$829$10 (\$122 ),
+    .\port$829$11 (\$123 ),
+    .\port$829$12 (\$124 ),
+    .\port$829$13 (\$125 ),
+    .\port$829$14 (\$126 ),
+    .\port$829$15 (\$127 ),
+    .\port$829$2 (\$114 ),
+    .\port$829$3 (\$115 ),
+    .\port$829$4 (\$116 ),
+    .\port$829$5 (\$117 ),
+    .\port$829$6 (\$118 ),
+    .\port$829$7 (\$119 ),
+    .\port$829$8 (\$120 ),
+    .\port$829$9 (\$121 )
   );
   \psc_core.dp.pe_0.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$844$0 (\$128 ),
-    .\port$844$1 (\$129 ),
-    .\port$844$10 (\$138 ),
-    .\port$844$11 (\$139 ),
-    .\port$844$12 (\$140 ),
-    .\port$844$13 (\$141 ),
-    .\port$844$14 (\$142 ),
-    .\port$844$15 (\$143 ),
-    .\port$844$2 (\$130 ),
-    .\port$844$3 (\$131 ),
-    .\port$844$4 (\$132 ),
-    .\port$844$5 (\$133 ),
-    .\port$844$6 (\$134 ),
-    .\port$844$7 (\$135 ),
-    .\port$844$8 (\$136 ),
-    .\port$844$9 (\$137 )
+    .\port$830$0 (\$128 ),
+    .\port$830$1 (\$129 ),
+    .\port$830$10 (\$138 ),
+    .\port$830$11 (\$139 ),
+    .\port$830$12 (\$140 ),
+    .\port$830$13 (\$141 ),
+    .\port$830$14 (\$142 ),
+    .\port$830$15 (\$143 ),
+    .\port$830$2 (\$130 ),
+    .\port$830$3 (\$131 ),
+    .\port$830$4 (\$132 ),
+    .\port$830$5 (\$133 ),
+    .\port$830$6 (\$134 ),
+    .\port$830$7 (\$135 ),
+    .\port$830$8 (\$136 ),
+    .\port$830$9 (\$137 )
   );
   \psc_core.dp.pe_0.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$845$0 (\$144 ),
-    .\port$845$1 (\$145 ),
-    .\port$845$10 (\$154 ),
-    .\port$845$11 (\$155 ),
-    .\port$845$12 (\$156 ),
-    .\port$845$13 (\$157 ),
-    .\port$845$14 (\$158 ),
-    .\port$845$15 (\$159 ),
-    .\port$845$2 (\$146 ),
-    .\port$845$3 (\$147 ),
-    .\port$845$4 (\$148 ),
-    .\port$845$5 (\$149 ),
-    .\port$845$6 (\$150 ),
-    .\port$845$7 (\$151 ),
-    .\port$845$8 (\$152 ),
-    .\port$845$9 (\$153 )
+    .\port$831$0 (\$144 ),
+    .\port$831$1 (\$145 ),
+    .\port$831$10 (\$154 ),
+    .\port$831$11 (\$155 ),
+    .\port$831$12 (\$156 ),
+    .\port$831$13 (\$157 ),
+    .\port$831$14 (\$158 ),
+    .\port$831$15 (\$159 ),
+    .\port$831$2 (\$146 ),
+    .\port$831$3 (\$147 ),
+    .\port$831$4 (\$148 ),
+    .\port$831$5 (\$149 ),
+    .\port$831$6 (\$150 ),
+    .\port$831$7 (\$151 ),
+    .\port$831$8 (\$152 ),
+    .\port$831$9 (\$153 )
   );
   \psc_core.dp.pe_0.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$846$0 (\$160 ),
-    .\port$846$1 (\$161 ),
-    .\port$846$10 (\$170 ),
-    .\port$846$11 (\$171 ),
-    .\port$846$12 (\$172 ),
-    .\port$846$13 (\$173 ),
-    .\port$846$14 (\$174 ),
-    .\port$846$15 (\$175 ),
-    .\port$846$2 (\$162 ),
-    .\port$846$3 (\$163 ),
-    .\port$846$4 (\$164 ),
-    .\port$846$5 (\$165 ),
-    .\port$846$6 (\$166 ),
-    .\port$846$7 (\$167 ),
-    .\port$846$8 (\$168 ),
-    .\port$846$9 (\$169 )
+    .\port$832$0 (\$160 ),
+    .\port$832$1 (\$161 ),
+    .\port$832$10 (\$170 ),
+    .\port$832$11 (\$171 ),
+    .\port$832$12 (\$172 ),
+    .\port$832$13 (\$173 ),
+    .\port$832$14 (\$174 ),
+    .\port$832$15 (\$175 ),
+    .\port$832$2 (\$162 ),
+    .\port$832$3 (\$163 ),
+    .\port$832$4 (\$164 ),
+    .\port$832$5 (\$165 ),
+    .\port$832$6 (\$166 ),
+    .\port$832$7 (\$167 ),
+    .\port$832$8 (\$168 ),
+    .\port$832$9 (\$169 )
   );
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
@@ -3826,7 +3826,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$3094$800 [0];
+      \$37  = \port$3079$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -3836,7 +3836,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$3094$800 [1];
+      \$38  = \port$3079$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -4090,8 +4090,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$3094$800 [0];
-  assign last = \port$3094$800 [1];
+  assign first = \port$3079$800 [0];
+  assign last = \port$3079$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -4151,7 +4151,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_0 (\port$840$0 , \port$840$1 , \port$840$2 , \port$840$3 , \port$840$4 , \port$840$5 , \port$840$6 , \port$840$7 , \port$840$8 , \port$840$9 , \port$840$10 , \port$840$11 , \port$840$12 , \port$840$13 , \port$840$14 , \port$840$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_0 (\port$826$0 , \port$826$1 , \port$826$2 , \port$826$3 , \port$826$4 , \port$826$5 , \port$826$6 , \port$826$7 , \port$826$8 , \port$826$9 , \port$826$10 , \port$826$11 , \port$826$12 , \port$826$13 , \port$826$14 , \port$826$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4200,38 +4200,38 @@ module \psc_core.dp.pe_0.mul_0 (\port$840$0 , \port$840$1 , \port$840$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$840$0 ;
-  wire \port$840$0 ;
-  output \port$840$1 ;
-  wire \port$840$1 ;
-  output \port$840$10 ;
-  wire \port$840$10 ;
-  output \port$840$11 ;
-  wire \port$840$11 ;
-  output \port$840$12 ;
-  wire \port$840$12 ;
-  output \port$840$13 ;
-  wire \port$840$13 ;
-  output \port$840$14 ;
-  wire \port$840$14 ;
-  output \port$840$15 ;
-  wire \port$840$15 ;
-  output \port$840$2 ;
-  wire \port$840$2 ;
-  output \port$840$3 ;
-  wire \port$840$3 ;
-  output \port$840$4 ;
-  wire \port$840$4 ;
-  output \port$840$5 ;
-  wire \port$840$5 ;
-  output \port$840$6 ;
-  wire \port$840$6 ;
-  output \port$840$7 ;
-  wire \port$840$7 ;
-  output \port$840$8 ;
-  wire \port$840$8 ;
-  output \port$840$9 ;
-  wire \port$840$9 ;
+  output \port$826$0 ;
+  wire \port$826$0 ;
+  output \port$826$1 ;
+  wire \port$826$1 ;
+  output \port$826$10 ;
+  wire \port$826$10 ;
+  output \port$826$11 ;
+  wire \port$826$11 ;
+  output \port$826$12 ;
+  wire \port$826$12 ;
+  output \port$826$13 ;
+  wire \port$826$13 ;
+  output \port$826$14 ;
+  wire \port$826$14 ;
+  output \port$826$15 ;
+  wire \port$826$15 ;
+  output \port$826$2 ;
+  wire \port$826$2 ;
+  output \port$826$3 ;
+  wire \port$826$3 ;
+  output \port$826$4 ;
+  wire \port$826$4 ;
+  output \port$826$5 ;
+  wire \port$826$5 ;
+  output \port$826$6 ;
+  wire \port$826$6 ;
+  output \port$826$7 ;
+  wire \port$826$7 ;
+  output \port$826$8 ;
+  wire \port$826$8 ;
+  output \port$826$9 ;
+  wire \port$826$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -4355,26 +4355,26 @@ module \psc_core.dp.pe_0.mul_0 (\port$840$0 , \port$840$1 , \port$840$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$840$0  = \$1 ;
-  assign \port$840$1  = \$2 ;
-  assign \port$840$2  = \$3 ;
-  assign \port$840$3  = \$4 ;
-  assign \port$840$4  = \$5 ;
-  assign \port$840$5  = \$6 ;
-  assign \port$840$6  = \$7 ;
-  assign \port$840$7  = \$8 ;
-  assign \port$840$8  = \$9 ;
-  assign \port$840$9  = \$10 ;
-  assign \port$840$10  = \$11 ;
-  assign \port$840$11  = \$12 ;
-  assign \port$840$12  = \$13 ;
-  assign \port$840$13  = \$14 ;
-  assign \port$840$14  = \$15 ;
-  assign \port$840$15  = \$16 ;
+  assign \port$826$0  = \$1 ;
+  assign \port$826$1  = \$2 ;
+  assign \port$826$2  = \$3 ;
+  assign \port$826$3  = \$4 ;
+  assign \port$826$4  = \$5 ;
+  assign \port$826$5  = \$6 ;
+  assign \port$826$6  = \$7 ;
+  assign \port$826$7  = \$8 ;
+  assign \port$826$8  = \$9 ;
+  assign \port$826$9  = \$10 ;
+  assign \port$826$10  = \$11 ;
+  assign \port$826$11  = \$12 ;
+  assign \port$826$12  = \$13 ;
+  assign \port$826$13  = \$14 ;
+  assign \port$826$14  = \$15 ;
+  assign \port$826$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_1 (\port$841$0 , \port$841$1 , \port$841$2 , \port$841$3 , \port$841$4 , \port$841$5 , \port$841$6 , \port$841$7 , \port$841$8 , \port$841$9 , \port$841$10 , \port$841$11 , \port$841$12 , \port$841$13 , \port$841$14 , \port$841$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_1 (\port$827$0 , \port$827$1 , \port$827$2 , \port$827$3 , \port$827$4 , \port$827$5 , \port$827$6 , \port$827$7 , \port$827$8 , \port$827$9 , \port$827$10 , \port$827$11 , \port$827$12 , \port$827$13 , \port$827$14 , \port$827$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4423,38 +4423,38 @@ module \psc_core.dp.pe_0.mul_1 (\port$841$0 , \port$841$1 , \port$841$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$841$0 ;
-  wire \port$841$0 ;
-  output \port$841$1 ;
-  wire \port$841$1 ;
-  output \port$841$10 ;
-  wire \port$841$10 ;
-  output \port$841$11 ;
-  wire \port$841$11 ;
-  output \port$841$12 ;
-  wire \port$841$12 ;
-  output \port$841$13 ;
-  wire \port$841$13 ;
-  output \port$841$14 ;
-  wire \port$841$14 ;
-  output \port$841$15 ;
-  wire \port$841$15 ;
-  output \port$841$2 ;
-  wire \port$841$2 ;
-  output \port$841$3 ;
-  wire \port$841$3 ;
-  output \port$841$4 ;
-  wire \port$841$4 ;
-  output \port$841$5 ;
-  wire \port$841$5 ;
-  output \port$841$6 ;
-  wire \port$841$6 ;
-  output \port$841$7 ;
-  wire \port$841$7 ;
-  output \port$841$8 ;
-  wire \port$841$8 ;
-  output \port$841$9 ;
-  wire \port$841$9 ;
+  output \port$827$0 ;
+  wire \port$827$0 ;
+  output \port$827$1 ;
+  wire \port$827$1 ;
+  output \port$827$10 ;
+  wire \port$827$10 ;
+  output \port$827$11 ;
+  wire \port$827$11 ;
+  output \port$827$12 ;
+  wire \port$827$12 ;
+  output \port$827$13 ;
+  wire \port$827$13 ;
+  output \port$827$14 ;
+  wire \port$827$14 ;
+  output \port$827$15 ;
+  wire \port$827$15 ;
+  output \port$827$2 ;
+  wire \port$827$2 ;
+  output \port$827$3 ;
+  wire \port$827$3 ;
+  output \port$827$4 ;
+  wire \port$827$4 ;
+  output \port$827$5 ;
+  wire \port$827$5 ;
+  output \port$827$6 ;
+  wire \port$827$6 ;
+  output \port$827$7 ;
+  wire \port$827$7 ;
+  output \port$827$8 ;
+  wire \port$827$8 ;
+  output \port$827$9 ;
+  wire \port$827$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -4578,26 +4578,26 @@ module \psc_core.dp.pe_0.mul_1 (\port$841$0 , \port$841$1 , \port$841$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$841$0  = \$1 ;
-  assign \port$841$1  = \$2 ;
-  assign \port$841$2  = \$3 ;
-  assign \port$841$3  = \$4 ;
-  assign \port$841$4  = \$5 ;
-  assign \port$841$5  = \$6 ;
-  assign \port$841$6  = \$7 ;
-  assign \port$841$7  = \$8 ;
-  assign \port$841$8  = \$9 ;
-  assign \port$841$9  = \$10 ;
-  assign \port$841$10  = \$11 ;
-  assign \port$841$11  = \$12 ;
-  assign \port$841$12  = \$13 ;
-  assign \port$841$13  = \$14 ;
-  assign \port$841$14  = \$15 ;
-  assign \port$841$15  = \$16 ;
+  assign \port$827$0  = \$1 ;
+  assign \port$827$1  = \$2 ;
+  assign \port$827$2  = \$3 ;
+  assign \port$827$3  = \$4 ;
+  assign \port$827$4  = \$5 ;
+  assign \port$827$5  = \$6 ;
+  assign \port$827$6  = \$7 ;
+  assign \port$827$7  = \$8 ;
+  assign \port$827$8  = \$9 ;
+  assign \port$827$9  = \$10 ;
+  assign \port$827$10  = \$11 ;
+  assign \port$827$11  = \$12 ;
+  assign \port$827$12  = \$13 ;
+  assign \port$827$13  = \$14 ;
+  assign \port$827$14  = \$15 ;
+  assign \port$827$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_2 (\port$842$0 , \port$842$1 , \port$842$2 , \port$842$3 , \port$842$4 , \port$842$5 , \port$842$6 , \port$842$7 , \port$842$8 , \port$842$9 , \port$842$10 , \port$842$11 , \port$842$12 , \port$842$13 , \port$842$14 , \port$842$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_2 (\port$828$0 , \port$828$1 , \port$828$2 , \port$828$3 , \port$828$4 , \port$828$5 , \port$828$6 , \port$828$7 , \port$828$8 , \port$828$9 , \port$828$10 , \port$828$11 , \port$828$12 , \port$828$13 , \port$828$14 , \port$828$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4646,38 +4646,38 @@ module \psc_core.dp.pe_0.mul_2 (\port$842$0 , \port$842$1 , \port$842$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$842$0 ;
-  wire \port$842$0 ;
-  output \port$842$1 ;
-  wire \port$842$1 ;
-  output \port$842$10 ;
-  wire \port$842$10 ;
-  output \port$842$11 ;
-  wire \port$842$11 ;
-  output \port$842$12 ;
-  wire \port$842$12 ;
-  output \port$842$13 ;
-  wire \port$842$13 ;
-  output \port$842$14 ;
-  wire \port$842$14 ;
-  output \port$842$15 ;
-  wire \port$842$15 ;
-  output \port$842$2 ;
-  wire \port$842$2 ;
-  output \port$842$3 ;
-  wire \port$842$3 ;
-  output \port$842$4 ;
-  wire \port$842$4 ;
-  output \port$842$5 ;
-  wire \port$842$5 ;
-  output \port$842$6 ;
-  wire \port$842$6 ;
-  output \port$842$7 ;
-  wire \port$842$7 ;
-  output \port$842$8 ;
-  wire \port$842$8 ;
-  output \port$842$9 ;
-  wire \port$842$9 ;
+  output \port$828$0 ;
+  wire \port$828$0 ;
+  output \port$828$1 ;
+  wire \port$828$1 ;
+  output \port$828$10 ;
+  wire \port$828$10 ;
+  output \port$828$11 ;
+  wire \port$828$11 ;
+  output \port$828$12 ;
+  wire \port$828$12 ;
+  output \port$828$13 ;
+  wire \port$828$13 ;
+  output \port$828$14 ;
+  wire \port$828$14 ;
+  output \port$828$15 ;
+  wire \port$828$15 ;
+  output \port$828$2 ;
+  wire \port$828$2 ;
+  output \port$828$3 ;
+  wire \port$828$3 ;
+  output \port$828$4 ;
+  wire \port$828$4 ;
+  output \port$828$5 ;
+  wire \port$828$5 ;
+  output \port$828$6 ;
+  wire \port$828$6 ;
+  output \port$828$7 ;
+  wire \port$828$7 ;
+  output \port$828$8 ;
+  wire \port$828$8 ;
+  output \port$828$9 ;
+  wire \port$828$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -4801,26 +4801,26 @@ module \psc_core.dp.pe_0.mul_2 (\port$842$0 , \port$842$1 , \port$842$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$842$0  = \$1 ;
-  assign \port$842$1  = \$2 ;
-  assign \port$842$2  = \$3 ;
-  assign \port$842$3  = \$4 ;
-  assign \port$842$4  = \$5 ;
-  assign \port$842$5  = \$6 ;
-  assign \port$842$6  = \$7 ;
-  assign \port$842$7  = \$8 ;
-  assign \port$842$8  = \$9 ;
-  assign \port$842$9  = \$10 ;
-  assign \port$842$10  = \$11 ;
-  assign \port$842$11  = \$12 ;
-  assign \port$842$12  = \$13 ;
-  assign \port$842$13  = \$14 ;
-  assign \port$842$14  = \$15 ;
-  assign \port$842$15  = \$16 ;
+  assign \port$828$0  = \$1 ;
+  assign \port$828$1  = \$2 ;
+  assign \port$828$2  = \$3 ;
+  assign \port$828$3  = \$4 ;
+  assign \port$828$4  = \$5 ;
+  assign \port$828$5  = \$6 ;
+  assign \port$828$6  = \$7 ;
+  assign \port$828$7  = \$8 ;
+  assign \port$828$8  = \$9 ;
+  assign \port$828$9  = \$10 ;
+  assign \port$828$10  = \$11 ;
+  assign \port$828$11  = \$12 ;
+  assign \port$828$12  = \$13 ;
+  assign \port$828$13  = \$14 ;
+  assign \port$828$14  = \$15 ;
+  assign \port$828$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_3 (\port$843$0 , \port$843$1 , \port$843$2 , \port$843$3 , \port$843$4 , \port$843$5 , \port$843$6 , \port$843$7 , \port$843$8 , \port$843$9 , \port$843$10 , \port$843$11 , \port$843$12 , \port$843$13 , \port$843$14 , \port$843$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_3 (\port$829$0 , \port$829$1 , \port$829$2 , \port$829$3 , \port$829$4 , \port$829$5 , \port$829$6 , \port$829$7 , \port$829$8 , \port$829$9 , \port$829$10 , \port$829$11 , \port$829$12 , \port$829$13 , \port$829$14 , \port$829$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -4869,38 +4869,38 @@ module \psc_core.dp.pe_0.mul_3 (\port$843$0 , \port$843$1 , \port$843$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$843$0 ;
-  wire \port$843$0 ;
-  output \port$843$1 ;
-  wire \port$843$1 ;
-  output \port$843$10 ;
-  wire \port$843$10 ;
-  output \port$843$11 ;
-  wire \port$843$11 ;
-  output \port$843$12 ;
-  wire \port$843$12 ;
-  output \port$843$13 ;
-  wire \port$843$13 ;
-  output \port$843$14 ;
-  wire \port$843$14 ;
-  output \port$843$15 ;
-  wire \port$843$15 ;
-  output \port$843$2 ;
-  wire \port$843$2 ;
-  output \port$843$3 ;
-  wire \port$843$3 ;
-  output \port$843$4 ;
-  wire \port$843$4 ;
-  output \port$843$5 ;
-  wire \port$843$5 ;
-  output \port$843$6 ;
-  wire \port$843$6 ;
-  output \port$843$7 ;
-  wire \port$843$7 ;
-  output \port$843$8 ;
-  wire \port$843$8 ;
-  output \port$843$9 ;
-  wire \port$843$9 ;
+  output \port$829$0 ;
+  wire \port$829$0 ;
+  output \port$829$1 ;
+  wire \port$829$1 ;
+  output \port$829$10 ;
+  wire \port$829$10 ;
+  output \port$829$11 ;
+  wire \port$829$11 ;
+  output \port$829$12 ;
+  wire \port$829$12 ;
+  output \port$829$13 ;
+  wire \port$829$13 ;
+  output \port$829$14 ;
+  wire \port$829$14 ;
+  output \port$829$15 ;
+  wire \port$829$15 ;
+  output \port$829$2 ;
+  wire \port$829$2 ;
+  output \port$829$3 ;
+  wire \port$829$3 ;
+  output \port$829$4 ;
+  wire \port$829$4 ;
+  output \port$829$5 ;
+  wire \port$829$5 ;
+  output \port$829$6 ;
+  wire \port$829$6 ;
+  output \port$829$7 ;
+  wire \port$829$7 ;
+  output \port$829$8 ;
+  wire \port$829$8 ;
+  output \port$829$9 ;
+  wire \port$829$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -5024,26 +5024,26 @@ module \psc_core.dp.pe_0.mul_3 (\port$843$0 , \port$843$1 , \port$843$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$843$0  = \$1 ;
-  assign \port$843$1  = \$2 ;
-  assign \port$843$2  = \$3 ;
-  assign \port$843$3  = \$4 ;
-  assign \port$843$4  = \$5 ;
-  assign \port$843$5  = \$6 ;
-  assign \port$843$6  = \$7 ;
-  assign \port$843$7  = \$8 ;
-  assign \port$843$8  = \$9 ;
-  assign \port$843$9  = \$10 ;
-  assign \port$843$10  = \$11 ;
-  assign \port$843$11  = \$12 ;
-  assign \port$843$12  = \$13 ;
-  assign \port$843$13  = \$14 ;
-  assign \port$843$14  = \$15 ;
-  assign \port$843$15  = \$16 ;
+  assign \port$829$0  = \$1 ;
+  assign \port$829$1  = \$2 ;
+  assign \port$829$2  = \$3 ;
+  assign \port$829$3  = \$4 ;
+  assign \port$829$4  = \$5 ;
+  assign \port$829$5  = \$6 ;
+  assign \port$829$6  = \$7 ;
+  assign \port$829$7  = \$8 ;
+  assign \port$829$8  = \$9 ;
+  assign \port$829$9  = \$10 ;
+  assign \port$829$10  = \$11 ;
+  assign \port$829$11  = \$12 ;
+  assign \port$829$12  = \$13 ;
+  assign \port$829$13  = \$14 ;
+  assign \port$829$14  = \$15 ;
+  assign \port$829$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_4 (\port$844$0 , \port$844$1 , \port$844$2 , \port$844$3 , \port$844$4 , \port$844$5 , \port$844$6 , \port$844$7 , \port$844$8 , \port$844$9 , \port$844$10 , \port$844$11 , \port$844$12 , \port$844$13 , \port$844$14 , \port$844$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_4 (\port$830$0 , \port$830$1 , \port$830$2 , \port$830$3 , \port$830$4 , \port$830$5 , \port$830$6 , \port$830$7 , \port$830$8 , \port$830$9 , \port$830$10 , \port$830$11 , \port$830$12 , \port$830$13 , \port$830$14 , \port$830$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5092,38 +5092,38 @@ module \psc_core.dp.pe_0.mul_4 (\port$844$0 , \port$844$1 , \port$844$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$844$0 ;
-  wire \port$844$0 ;
-  output \port$844$1 ;
-  wire \port$844$1 ;
-  output \port$844$10 ;
-  wire \port$844$10 ;
-  output \port$844$11 ;
-  wire \port$844$11 ;
-  output \port$844$12 ;
-  wire \port$844$12 ;
-  output \port$844$13 ;
-  wire \port$844$13 ;
-  output \port$844$14 ;
-  wire \port$844$14 ;
-  output \port$844$15 ;
-  wire \port$844$15 ;
-  output \port$844$2 ;
-  wire \port$844$2 ;
-  output \port$844$3 ;
-  wire \port$844$3 ;
-  output \port$844$4 ;
-  wire \port$844$4 ;
-  output \port$844$5 ;
-  wire \port$844$5 ;
-  output \port$844$6 ;
-  wire \port$844$6 ;
-  output \port$844$7 ;
-  wire \port$844$7 ;
-  output \port$844$8 ;
-  wire \port$844$8 ;
-  output \port$844$9 ;
-  wire \port$844$9 ;
+  output \port$830$0 ;
+  wire \port$830$0 ;
+  output \port$830$1 ;
+  wire \port$830$1 ;
+  output \port$830$10 ;
+  wire \port$830$10 ;
+  output \port$830$11 ;
+  wire \port$830$11 ;
+  output \port$830$12 ;
+  wire \port$830$12 ;
+  output \port$830$13 ;
+  wire \port$830$13 ;
+  output \port$830$14 ;
+  wire \port$830$14 ;
+  output \port$830$15 ;
+  wire \port$830$15 ;
+  output \port$830$2 ;
+  wire \port$830$2 ;
+  output \port$830$3 ;
+  wire \port$830$3 ;
+  output \port$830$4 ;
+  wire \port$830$4 ;
+  output \port$830$5 ;
+  wire \port$830$5 ;
+  output \port$830$6 ;
+  wire \port$830$6 ;
+  output \port$830$7 ;
+  wire \port$830$7 ;
+  output \port$830$8 ;
+  wire \port$830$8 ;
+  output \port$830$9 ;
+  wire \port$830$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -5247,26 +5247,26 @@ module \psc_core.dp.pe_0.mul_4 (\port$844$0 , \port$844$1 , \port$844$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$844$0  = \$1 ;
-  assign \port$844$1  = \$2 ;
-  assign \port$844$2  = \$3 ;
-  assign \port$844$3  = \$4 ;
-  assign \port$844$4  = \$5 ;
-  assign \port$844$5  = \$6 ;
-  assign \port$844$6  = \$7 ;
-  assign \port$844$7  = \$8 ;
-  assign \port$844$8  = \$9 ;
-  assign \port$844$9  = \$10 ;
-  assign \port$844$10  = \$11 ;
-  assign \port$844$11  = \$12 ;
-  assign \port$844$12  = \$13 ;
-  assign \port$844$13  = \$14 ;
-  assign \port$844$14  = \$15 ;
-  assign \port$844$15  = \$16 ;
+  assign \port$830$0  = \$1 ;
+  assign \port$830$1  = \$2 ;
+  assign \port$830$2  = \$3 ;
+  assign \port$830$3  = \$4 ;
+  assign \port$830$4  = \$5 ;
+  assign \port$830$5  = \$6 ;
+  assign \port$830$6  = \$7 ;
+  assign \port$830$7  = \$8 ;
+  assign \port$830$8  = \$9 ;
+  assign \port$830$9  = \$10 ;
+  assign \port$830$10  = \$11 ;
+  assign \port$830$11  = \$12 ;
+  assign \port$830$12  = \$13 ;
+  assign \port$830$13  = \$14 ;
+  assign \port$830$14  = \$15 ;
+  assign \port$830$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_5 (\port$845$0 , \port$845$1 , \port$845$2 , \port$845$3 , \port$845$4 , \port$845$5 , \port$845$6 , \port$845$7 , \port$845$8 , \port$845$9 , \port$845$10 , \port$845$11 , \port$845$12 , \port$845$13 , \port$845$14 , \port$845$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_5 (\port$831$0 , \port$831$1 , \port$831$2 , \port$831$3 , \port$831$4 , \port$831$5 , \port$831$6 , \port$831$7 , \port$831$8 , \port$831$9 , \port$831$10 , \port$831$11 , \port$831$12 , \port$831$13 , \port$831$14 , \port$831$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5315,38 +5315,38 @@ module \psc_core.dp.pe_0.mul_5 (\port$845$0 , \port$845$1 , \port$845$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$845$0 ;
-  wire \port$845$0 ;
-  output \port$845$1 ;
-  wire \port$845$1 ;
-  output \port$845$10 ;
-  wire \port$845$10 ;
-  output \port$845$11 ;
-  wire \port$845$11 ;
-  output \port$845$12 ;
-  wire \port$845$12 ;
-  output \port$845$13 ;
-  wire \port$845$13 ;
-  output \port$845$14 ;
-  wire \port$845$14 ;
-  output \port$845$15 ;
-  wire \port$845$15 ;
-  output \port$845$2 ;
-  wire \port$845$2 ;
-  output \port$845$3 ;
-  wire \port$845$3 ;
-  output \port$845$4 ;
-  wire \port$845$4 ;
-  output \port$845$5 ;
-  wire \port$845$5 ;
-  output \port$845$6 ;
-  wire \port$845$6 ;
-  output \port$845$7 ;
-  wire \port$845$7 ;
-  output \port$845$8 ;
-  wire \port$845$8 ;
-  output \port$845$9 ;
-  wire \port$845$9 ;
+  output \port$831$0 ;
+  wire \port$831$0 ;
+  output \port$831$1 ;
+  wire \port$831$1 ;
+  output \port$831$10 ;
+  wire \port$831$10 ;
+  output \port$831$11 ;
+  wire \port$831$11 ;
+  output \port$831$12 ;
+  wire \port$831$12 ;
+  output \port$831$13 ;
+  wire \port$831$13 ;
+  output \port$831$14 ;
+  wire \port$831$14 ;
+  output \port$831$15 ;
+  wire \port$831$15 ;
+  output \port$831$2 ;
+  wire \port$831$2 ;
+  output \port$831$3 ;
+  wire \port$831$3 ;
+  output \port$831$4 ;
+  wire \port$831$4 ;
+  output \port$831$5 ;
+  wire \port$831$5 ;
+  output \port$831$6 ;
+  wire \port$831$6 ;
+  output \port$831$7 ;
+  wire \port$831$7 ;
+  output \port$831$8 ;
+  wire \port$831$8 ;
+  output \port$831$9 ;
+  wire \port$831$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -5470,26 +5470,26 @@ module \psc_core.dp.pe_0.mul_5 (\port$845$0 , \port$845$1 , \port$845$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$845$0  = \$1 ;
-  assign \port$845$1  = \$2 ;
-  assign \port$845$2  = \$3 ;
-  assign \port$845$3  = \$4 ;
-  assign \port$845$4  = \$5 ;
-  assign \port$845$5  = \$6 ;
-  assign \port$845$6  = \$7 ;
-  assign \port$845$7  = \$8 ;
-  assign \port$845$8  = \$9 ;
-  assign \port$845$9  = \$10 ;
-  assign \port$845$10  = \$11 ;
-  assign \port$845$11  = \$12 ;
-  assign \port$845$12  = \$13 ;
-  assign \port$845$13  = \$14 ;
-  assign \port$845$14  = \$15 ;
-  assign \port$845$15  = \$16 ;
+  assign \port$831$0  = \$1 ;
+  assign \port$831$1  = \$2 ;
+  assign \port$831$2  = \$3 ;
+  assign \port$831$3  = \$4 ;
+  assign \port$831$4  = \$5 ;
+  assign \port$831$5  = \$6 ;
+  assign \port$831$6  = \$7 ;
+  assign \port$831$7  = \$8 ;
+  assign \port$831$8  = \$9 ;
+  assign \port$831$9  = \$10 ;
+  assign \port$831$10  = \$11 ;
+  assign \port$831$11  = \$12 ;
+  assign \port$831$12  = \$13 ;
+  assign \port$831$13  = \$14 ;
+  assign \port$831$14  = \$15 ;
+  assign \port$831$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0.mul_6 (\port$846$0 , \port$846$1 , \port$846$2 , \port$846$3 , \port$846$4 , \port$846$5 , \port$846$6 , \port$846$7 , \port$846$8 , \port$846$9 , \port$846$10 , \port$846$11 , \port$846$12 , \port$846$13 , \port$846$14 , \port$846$15 , a, en, b, clk);
+module \psc_core.dp.pe_0.mul_6 (\port$832$0 , \port$832$1 , \port$832$2 , \port$832$3 , \port$832$4 , \port$832$5 , \port$832$6 , \port$832$7 , \port$832$8 , \port$832$9 , \port$832$10 , \port$832$11 , \port$832$12 , \port$832$13 , \port$832$14 , \port$832$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -5538,38 +5538,38 @@ module \psc_core.dp.pe_0.mul_6 (\port$846$0 , \port$846$1 , \port$846$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$846$0 ;
-  wire \port$846$0 ;
-  output \port$846$1 ;
-  wire \port$846$1 ;
-  output \port$846$10 ;
-  wire \port$846$10 ;
-  output \port$846$11 ;
-  wire \port$846$11 ;
-  output \port$846$12 ;
-  wire \port$846$12 ;
-  output \port$846$13 ;
-  wire \port$846$13 ;
-  output \port$846$14 ;
-  wire \port$846$14 ;
-  output \port$846$15 ;
-  wire \port$846$15 ;
-  output \port$846$2 ;
-  wire \port$846$2 ;
-  output \port$846$3 ;
-  wire \port$846$3 ;
-  output \port$846$4 ;
-  wire \port$846$4 ;
-  output \port$846$5 ;
-  wire \port$846$5 ;
-  output \port$846$6 ;
-  wire \port$846$6 ;
-  output \port$846$7 ;
-  wire \port$846$7 ;
-  output \port$846$8 ;
-  wire \port$846$8 ;
-  output \port$846$9 ;
-  wire \port$846$9 ;
+  output \port$832$0 ;
+  wire \port$832$0 ;
+  output \port$832$1 ;
+  wire \port$832$1 ;
+  output \port$832$10 ;
+  wire \port$832$10 ;
+  output \port$832$11 ;
+  wire \port$832$11 ;
+  output \port$832$12 ;
+  wire \port$832$12 ;
+  output \port$832$13 ;
+  wire \port$832$13 ;
+  output \port$832$14 ;
+  wire \port$832$14 ;
+  output \port$832$15 ;
+  wire \port$832$15 ;
+  output \port$832$2 ;
+  wire \port$832$2 ;
+  output \port$832$3 ;
+  wire \port$832$3 ;
+  output \port$832$4 ;
+  wire \port$832$4 ;
+  output \port$832$5 ;
+  wire \port$832$5 ;
+  output \port$832$6 ;
+  wire \port$832$6 ;
+  output \port$832$7 ;
+  wire \port$832$7 ;
+  output \port$832$8 ;
+  wire \port$832$8 ;
+  output \port$832$9 ;
+  wire \port$832$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -5693,22 +5693,22 @@ module \psc_core.dp.pe_0.mul_6 (\port$846$0 , \port$846$1 , \port$846$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$846$0  = \$1 ;
-  assign \port$846$1  = \$2 ;
-  assign \port$846$2  = \$3 ;
-  assign \port$846$3  = \$4 ;
-  assign \port$846$4  = \$5 ;
-  assign \port$846$5  = \$6 ;
-  assign \port$846$6  = \$7 ;
-  assign \port$846$7  = \$8 ;
-  assign \port$846$8  = \$9 ;
-  assign \port$846$9  = \$10 ;
-  assign \port$846$10  = \$11 ;
-  assign \port$846$11  = \$12 ;
-  assign \port$846$12  = \$13 ;
-  assign \port$846$13  = \$14 ;
-  assign \port$846$14  = \$15 ;
-  assign \port$846$15  = \$16 ;
+  assign \port$832$0  = \$1 ;
+  assign \port$832$1  = \$2 ;
+  assign \port$832$2  = \$3 ;
+  assign \port$832$3  = \$4 ;
+  assign \port$832$4  = \$5 ;
+  assign \port$832$5  = \$6 ;
+  assign \port$832$6  = \$7 ;
+  assign \port$832$7  = \$8 ;
+  assign \port$832$8  = \$9 ;
+  assign \port$832$9  = \$10 ;
+  assign \port$832$10  = \$11 ;
+  assign \port$832$11  = \$12 ;
+  assign \port$832$12  = \$13 ;
+  assign \port$832$13  = \$14 ;
+  assign \port$832$14  = \$15 ;
+  assign \port$832$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -5771,7 +5771,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3094$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3079$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -6021,8 +6021,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$3094$800 ;
-  wire [1:0] \port$3094$800 ;
+  input [1:0] \port$3079$800 ;
+  wire [1:0] \port$3079$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6079,7 +6079,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$3094$800 [0];
+  assign \$2  = valid & \port$3079$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -6174,154 +6174,154 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$920$0 (\$64 ),
-    .\port$920$1 (\$65 ),
-    .\port$920$10 (\$74 ),
-    .\port$920$11 (\$75 ),
-    .\port$920$12 (\$76 ),
-    .\port$920$13 (\$77 ),
-    .\port$920$14 (\$78 ),
-    .\port$920$15 (\$79 ),
-    .\port$920$2 (\$66 ),
-    .\port$920$3 (\$67 ),
-    .\port$920$4 (\$68 ),
-    .\port$920$5 (\$69 ),
-    .\port$920$6 (\$70 ),
-    .\port$920$7 (\$71 ),
-    .\port$920$8 (\$72 ),
-    .\port$920$9 (\$73 )
+    .\port$906$0 (\$64 ),
+    .\port$906$1 (\$65 ),
+    .\port$906$10 (\$74 ),
+    .\port$906$11 (\$75 ),
+    .\port$906$12 (\$76 ),
+    .\port$906$13 (\$77 ),
+    .\port$906$14 (\$78 ),
+    .\port$906$15 (\$79 ),
+    .\port$906$2 (\$66 ),
+    .\port$906$3 (\$67 ),
+    .\port$906$4 (\$68 ),
+    .\port$906$5 (\$69 ),
+    .\port$906$6 (\$70 ),
+    .\port$906$7 (\$71 ),
+    .\port$906$8 (\$72 ),
+    .\port$906$9 (\$73 )
   );
   \psc_core.dp.pe_1.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$921$0 (\$80 ),
-    .\port$921$1 (\$81 ),
-    .\port$921$10 (\$90 ),
-    .\port$921$11 (\$91 ),
-    .\port$921$12 (\$92 ),
-    .\port$921$13 (\$93 ),
-    .\port$921$14 (\$94 ),
-    .\port$921$15 (\$95 ),
-    .\port$921$2 (\$82 ),
-    .\port$921$3 (\$83 ),
-    .\port$921$4 (\$84 ),
-    .\port$921$5 (\$85 ),
-    .\port$921$6 (\$86 ),
-    .\port$921$7 (\$87 ),
-    .\port$921$8 (\$88 ),
-    .\port$921$9 (\$89 )
+    .\port$907$0 (\$80 ),
+    .\port$907$1 (\$81 ),
+    .\port$907$10 (\$90 ),
+    .\port$907$11 (\$91 ),
+    .\port$907$12 (\$92 ),
+    .\port$907$13 (\$93 ),
+    .\port$907$14 (\$94 ),
+    .\port$907$15 (\$95 ),
+    .\port$907$2 (\$82 ),
+    .\port$907$3 (\$83 ),
+    .\port$907$4 (\$84 ),
+    .\port$907$5 (\$85 ),
+    .\port$907$6 (\$86 ),
+    .\port$907$7 (\$87 ),
+    .\port$907$8 (\$88 ),
+    .\port$907$9 (\$89 )
   );
   \psc_core.dp.pe_1.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$922$0 (\$96 ),
-    .\port$922$1 (\$97 ),
-    .\port$922$10 (\$106 ),
-    .\port$922$11 (\$107 ),
-    .\port$922$12 (\$108 ),
-    .\port$922$13 (\$109 ),
-    .\port$922$14 (\$110 ),
-    .\port$922$15 (\$111 ),
-    .\port$922$2 (\$98 ),
-    .\port$922$3 (\$99 ),
-    .\port$922$4 (\$100 ),
-    .\port$922$5 (\$101 ),
-    .\port$922$6 (\$102 ),
-    .\port$922$7 (\$103 ),
-    .\port$922$8 (\$104 ),
-    .\port$922$9 (\$105 )
+    .\port$908$0 (\$96 ),
+    .\port$908$1 (\$97 ),
+    .\port$908$10 (\$106 ),
+    .\port$908$11 (\$107 ),
+    .\port$908$12 (\$108 ),
+    .\port$908$13 (\$109 ),
+    .\port$908$14 (\$110 ),
+    .\port$908$15 (\$111 ),
+    .\port$908$2 (\$98 ),
+    .\port$908$3 (\$99 ),
+    .\port$908$4 (\$100 ),
+    .\port$908$5 (\$101 ),
+    .\port$908$6 (\$102 ),
+    .\port$908$7 (\$103 ),
+    .\port$908$8 (\$104 ),
+    .\port$908$9 (\$105 )
   );
   \psc_core.dp.pe_1.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$923$0 (\$112 ),
-    .\port$923$1 (\$113 ),
-    .\port$923$10 (\$122 ),
-    .\port$923$11 (\$123 ),
-    .\port$923$12 (\$124 ),
-    .\port$923$13 (\$125 ),
-    .\port$923$14 (\$126 ),
-    .\port$923$15 (\$127 ),
-    .\port$923$2 (\$114 ),
-    .\port$923$3 (\$115 ),
-    .\port$923$4 (\$116 ),
-    .\port$923$5 (\$117 ),
-    .\port$923$6 (\$118 ),
-    .\port$923$7 (\$119 ),
-    .\port$923$8 (\$120 ),
-    .\port$923$9 (\$121 )
+    .\port$909$0 (\$112 ),
+    .\port$909$1 (\$113 ),
+    .\port$909$10 (\$122 ),
+    .\port$909$11 (\$123 ),
+    .\port$909$12 (\$124 ),
+    .\port$909$13 (\$125 ),
+    .\port$909$14 (\$126 ),
+    .\port$909$15 (\$127 ),
+    .\port$909$2 (\$114 ),
+    .\port$909$3 (\$115 ),
+    .\port$909$4 (\$116 ),
+    .\port$909$5 (\$117 ),
+    .\port$909$6 (\$118 ),
+    .\port$909$7 (\$119 ),
+    .\port$909$8 (\$120 ),
+    .\port$909$9 (\$121 )
   );
   \psc_core.dp.pe_1.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$924$0 (\$128 ),
-    .\port$924$1 (\$129 ),
-    .\port$924$10 (\$138 ),
-    .\port$924$11 (\$139 ),
-    .\port$924$12 (\$140 ),
-    .\port$924$13 (\$141 ),
-    .\port$924$14 (\$142 ),
-    .\port$924$15 (\$143 ),
-    .\port$924$2 (\$130 ),
-    .\port$924$3 (\$131 ),
-    .\port$924$4 (\$132 ),
-    .\port$924$5 (\$133 ),
-    .\port$924$6 (\$134 ),
-    .\port$924$7 (\$135 ),
-    .\port$924$8 (\$136 ),
-    .\port$924$9 (\$137 )
+    .\port$910$0 (\$128 ),
+    .\port$910$1 (\$129 ),
+    .\port$910$10 (\$138 ),
+    .\port$910$11 (\$139 ),
+    .\port$910$12 (\$140 ),
+    .\port$910$13 (\$141 ),
+    .\port$910$14 (\$142 ),
+    .\port$910$15 (\$143 ),
+    .\port$910$2 (\$130 ),
+    .\port$910$3 (\$131 ),
+    .\port$910$4 (\$132 ),
+    .\port$910$5 (\$133 ),
+    .\port$910$6 (\$134 ),
+    .\port$910$7 (\$135 ),
+    .\port$910$8 (\$136 ),
+    .\port$910$9 (\$137 )
   );
   \psc_core.dp.pe_1.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$925$0 (\$144 ),
-    .\port$925$1 (\$145 ),
-    .\port$925$10 (\$154 ),
-    .\port$925$11 (\$155 ),
-    .\port$925$12 (\$156 ),
-    .\port$925$13 (\$157 ),
-    .\port$925$14 (\$158 ),
-    .\port$925$15 (\$159 ),
-    .\port$925$2 (\$146 ),
-    .\port$925$3 (\$147 ),
-    .\port$925$4 (\$148 ),
-    .\port$925$5 (\$149 ),
-    .\port$925$6 (\$150 ),
-    .\port$925$7 (\$151 ),
-    .\port$925$8 (\$152 ),
-    .\port$925$9 (\$153 )
+    .\port$911$0 (\$144 ),
+    .\port$911$1 (\$145 ),
+    .\port$911$10 (\$154 ),
+    .\port$911$11 (\$155 ),
+    .\port$911$12 (\$156 ),
+    .\port$911$13 (\$157 ),
+    .\port$911$14 (\$158 ),
+    .\port$911$15 (\$159 ),
+    .\port$911$2 (\$146 ),
+    .\port$911$3 (\$147 ),
+    .\port$911$4 (\$148 ),
+    .\port$911$5 (\$149 ),
+    .\port$911$6 (\$150 ),
+    .\port$911$7 (\$151 ),
+    .\port$911$8 (\$152 ),
+    .\port$911$9 (\$153 )
   );
   \psc_core.dp.pe_1.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$926$0 (\$160 ),
-    .\port$926$1 (\$161 ),
-    .\port$926$10 (\$170 ),
-    .\port$926$11 (\$171 ),
-    .\port$926$12 (\$172 ),
-    .\port$926$13 (\$173 ),
-    .\port$926$14 (\$174 ),
-    .\port$926$15 (\$175 ),
-    .\port$926$2 (\$162 ),
-    .\port$926$3 (\$163 ),
-    .\port$926$4 (\$164 ),
-    .\port$926$5 (\$165 ),
-    .\port$926$6 (\$166 ),
-    .\port$926$7 (\$167 ),
-    .\port$926$8 (\$168 ),
-    .\port$926$9 (\$169 )
+    .\port$912$0 (\$160 ),
+    .\port$912$1 (\$161 ),
+    .\port$912$10 (\$170 ),
+    .\port$912$11 (\$171 ),
+    .\port$912$12 (\$172 ),
+    .\port$912$13 (\$173 ),
+    .\port$912$14 (\$174 ),
+    .\port$912$15 (\$175 ),
+    .\port$912$2 (\$162 ),
+    .\port$912$3 (\$163 ),
+    .\port$912$4 (\$164 ),
+    .\port$912$5 (\$165 ),
+    .\port$912$6 (\$166 ),
+    .\port$912$7 (\$167 ),
+    .\port$912$8 (\$168 ),
+    .\port$912$9 (\$169 )
   );
   \psc_core.dp.pe_1.wsu  wsu (
     .mask(mask),
@@ -6342,7 +6342,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$3094$800 [0];
+      \$37  = \port$3079$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -6352,7 +6352,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$3094$800 [1];
+      \$38  = \port$3079$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -6606,8 +6606,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$3094$800 [0];
-  assign last = \port$3094$800 [1];
+  assign first = \port$3079$800 [0];
+  assign last = \port$3079$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -6667,7 +6667,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_0 (\port$920$0 , \port$920$1 , \port$920$2 , \port$920$3 , \port$920$4 , \port$920$5 , \port$920$6 , \port$920$7 , \port$920$8 , \port$920$9 , \port$920$10 , \port$920$11 , \port$920$12 , \port$920$13 , \port$920$14 , \port$920$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_0 (\port$906$0 , \port$906$1 , \port$906$2 , \port$906$3 , \port$906$4 , \port$906$5 , \port$906$6 , \port$906$7 , \port$906$8 , \port$906$9 , \port$906$10 , \port$906$11 , \port$906$12 , \port$906$13 , \port$906$14 , \port$906$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -6716,38 +6716,38 @@ module \psc_core.dp.pe_1.mul_0 (\port$920$0 , \port$920$1 , \port$920$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$920$0 ;
-  wire \port$920$0 ;
-  output \port$920$1 ;
-  wire \port$920$1 ;
-  output \port$920$10 ;
-  wire \port$920$10 ;
-  output \port$920$11 ;
-  wire \port$920$11 ;
-  output \port$920$12 ;
-  wire \port$920$12 ;
-  output \port$920$13 ;
-  wire \port$920$13 ;
-  output \port$920$14 ;
-  wire \port$920$14 ;
-  output \port$920$15 ;
-  wire \port$920$15 ;
-  output \port$920$2 ;
-  wire \port$920$2 ;
-  output \port$920$3 ;
-  wire \port$920$3 ;
-  output \port$920$4 ;
-  wire \port$920$4 ;
-  output \port$920$5 ;
-  wire \port$920$5 ;
-  output \port$920$6 ;
-  wire \port$920$6 ;
-  output \port$920$7 ;
-  wire \port$920$7 ;
-  output \port$920$8 ;
-  wire \port$920$8 ;
-  output \port$920$9 ;
-  wire \port$920$9 ;
+  output \port$906$0 ;
+  wire \port$906$0 ;
+  output \port$906$1 ;
+  wire \port$906$1 ;
+  output \port$906$10 ;
+  wire \port$906$10 ;
+  output \port$906$11 ;
+  wire \port$906$11 ;
+  output \port$906$12 ;
+  wire \port$906$12 ;
+  output \port$906$13 ;
+  wire \port$906$13 ;
+  output \port$906$14 ;
+  wire \port$906$14 ;
+  output \port$906$15 ;
+  wire \port$906$15 ;
+  output \port$906$2 ;
+  wire \port$906$2 ;
+  output \port$906$3 ;
+  wire \port$906$3 ;
+  output \port$906$4 ;
+  wire \port$906$4 ;
+  output \port$906$5 ;
+  wire \port$906$5 ;
+  output \port$906$6 ;
+  wire \port$906$6 ;
+  output \port$906$7 ;
+  wire \port$906$7 ;
+  output \port$906$8 ;
+  wire \port$906$8 ;
+  output \port$906$9 ;
+  wire \port$906$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -6871,26 +6871,26 @@ module \psc_core.dp.pe_1.mul_0 (\port$920$0 , \port$920$1 , \port$920$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$920$0  = \$1 ;
-  assign \port$920$1  = \$2 ;
-  assign \port$920$2  = \$3 ;
-  assign \port$920$3  = \$4 ;
-  assign \port$920$4  = \$5 ;
-  assign \port$920$5  = \$6 ;
-  assign \port$920$6  = \$7 ;
-  assign \port$920$7  = \$8 ;
-  assign \port$920$8  = \$9 ;
-  assign \port$920$9  = \$10 ;
-  assign \port$920$10  = \$11 ;
-  assign \port$920$11  = \$12 ;
-  assign \port$920$12  = \$13 ;
-  assign \port$920$13  = \$14 ;
-  assign \port$920$14  = \$15 ;
-  assign \port$920$15  = \$16 ;
+  assign \port$906$0  = \$1 ;
+  assign \port$906$1  = \$2 ;
+  assign \port$906$2  = \$3 ;
+  assign \port$906$3  = \$4 ;
+  assign \port$906$4  = \$5 ;
+  assign \port$906$5  = \$6 ;
+  assign \port$906$6  = \$7 ;
+  assign \port$906$7  = \$8 ;
+  assign \port$906$8  = \$9 ;
+  assign \port$906$9  = \$10 ;
+  assign \port$906$10  = \$11 ;
+  assign \port$906$11  = \$12 ;
+  assign \port$906$12  = \$13 ;
+  assign \port$906$13  = \$14 ;
+  assign \port$906$14  = \$15 ;
+  assign \port$906$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_1 (\port$921$0 , \port$921$1 , \port$921$2 , \port$921$3 , \port$921$4 , \port$921$5 , \port$921$6 , \port$921$7 , \port$921$8 , \port$921$9 , \port$921$10 , \port$921$11 , \port$921$12 , \port$921$13 , \port$921$14 , \port$921$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_1 (\port$907$0 , \port$907$1 , \port$907$2 , \port$907$3 , \port$907$4 , \port$907$5 , \port$907$6 , \port$907$7 , \port$907$8 , \port$907$9 , \port$907$10 , \port$907$11 , \port$907$12 , \port$907$13 , \port$907$14 , \port$907$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -6939,38 +6939,38 @@ module \psc_core.dp.pe_1.mul_1 (\port$921$0 , \port$921$1 , \port$921$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$921$0 ;
-  wire \port$921$0 ;
-  output \port$921$1 ;
-  wire \port$921$1 ;
-  output \port$921$10 ;
-  wire \port$921$10 ;
-  output \port$921$11 ;
-  wire \port$921$11 ;
-  output \port$921$12 ;
-  wire \port$921$12 ;
-  output \port$921$13 ;
-  wire \port$921$13 ;
-  output \port$921$14 ;
-  wire \port$921$14 ;
-  output \port$921$15 ;
-  wire \port$921$15 ;
-  output \port$921$2 ;
-  wire \port$921$2 ;
-  output \port$921$3 ;
-  wire \port$921$3 ;
-  output \port$921$4 ;
-  wire \port$921$4 ;
-  output \port$921$5 ;
-  wire \port$921$5 ;
-  output \port$921$6 ;
-  wire \port$921$6 ;
-  output \port$921$7 ;
-  wire \port$921$7 ;
-  output \port$921$8 ;
-  wire \port$921$8 ;
-  output \port$921$9 ;
-  wire \port$921$9 ;
+  output \port$907$0 ;
+  wire \port$907$0 ;
+  output \port$907$1 ;
+  wire \port$907$1 ;
+  output \port$907$10 ;
+  wire \port$907$10 ;
+  output \port$907$11 ;
+  wire \port$907$11 ;
+  output \port$907$12 ;
+  wire \port$907$12 ;
+  output \port$907$13 ;
+  wire \port$907$13 ;
+  output \port$907$14 ;
+  wire \port$907$14 ;
+  output \port$907$15 ;
+  wire \port$907$15 ;
+  output \port$907$2 ;
+  wire \port$907$2 ;
+  output \port$907$3 ;
+  wire \port$907$3 ;
+  output \port$907$4 ;
+  wire \port$907$4 ;
+  output \port$907$5 ;
+  wire \port$907$5 ;
+  output \port$907$6 ;
+  wire \port$907$6 ;
+  output \port$907$7 ;
+  wire \port$907$7 ;
+  output \port$907$8 ;
+  wire \port$907$8 ;
+  output \port$907$9 ;
+  wire \port$907$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -7094,26 +7094,26 @@ module \psc_core.dp.pe_1.mul_1 (\port$921$0 , \port$921$1 , \port$921$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$921$0  = \$1 ;
-  assign \port$921$1  = \$2 ;
-  assign \port$921$2  = \$3 ;
-  assign \port$921$3  = \$4 ;
-  assign \port$921$4  = \$5 ;
-  assign \port$921$5  = \$6 ;
-  assign \port$921$6  = \$7 ;
-  assign \port$921$7  = \$8 ;
-  assign \port$921$8  = \$9 ;
-  assign \port$921$9  = \$10 ;
-  assign \port$921$10  = \$11 ;
-  assign \port$921$11  = \$12 ;
-  assign \port$921$12  = \$13 ;
-  assign \port$921$13  = \$14 ;
-  assign \port$921$14  = \$15 ;
-  assign \port$921$15  = \$16 ;
+  assign \port$907$0  = \$1 ;
+  assign \port$907$1  = \$2 ;
+  assign \port$907$2  = \$3 ;
+  assign \port$907$3  = \$4 ;
+  assign \port$907$4  = \$5 ;
+  assign \port$907$5  = \$6 ;
+  assign \port$907$6  = \$7 ;
+  assign \port$907$7  = \$8 ;
+  assign \port$907$8  = \$9 ;
+  assign \port$907$9  = \$10 ;
+  assign \port$907$10  = \$11 ;
+  assign \port$907$11  = \$12 ;
+  assign \port$907$12  = \$13 ;
+  assign \port$907$13  = \$14 ;
+  assign \port$907$14  = \$15 ;
+  assign \port$907$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_2 (\port$922$0 , \port$922$1 , \port$922$2 , \port$922$3 , \port$922$4 , \port$922$5 , \port$922$6 , \port$922$7 , \port$922$8 , \port$922$9 , \port$922$10 , \port$922$11 , \port$922$12 , \port$922$13 , \port$922$14 , \port$922$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_2 (\port$908$0 , \port$908$1 , \port$908$2 , \port$908$3 , \port$908$4 , \port$908$5 , \port$908$6 , \port$908$7 , \port$908$8 , \port$908$9 , \port$908$10 , \port$908$11 , \port$908$12 , \port$908$13 , \port$908$14 , \port$908$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7162,38 +7162,38 @@ module \psc_core.dp.pe_1.mul_2 (\port$922$0 , \port$922$1 , \port$922$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$922$0 ;
-  wire \port$922$0 ;
-  output \port$922$1 ;
-  wire \port$922$1 ;
-  output \port$922$10 ;
-  wire \port$922$10 ;
-  output \port$922$11 ;
-  wire \port$922$11 ;
-  output \port$922$12 ;
-  wire \port$922$12 ;
-  output \port$922$13 ;
-  wire \port$922$13 ;
-  output \port$922$14 ;
-  wire \port$922$14 ;
-  output \port$922$15 ;
-  wire \port$922$15 ;
-  output \port$922$2 ;
-  wire \port$922$2 ;
-  output \port$922$3 ;
-  wire \port$922$3 ;
-  output \port$922$4 ;
-  wire \port$922$4 ;
-  output \port$922$5 ;
-  wire \port$922$5 ;
-  output \port$922$6 ;
-  wire \port$922$6 ;
-  output \port$922$7 ;
-  wire \port$922$7 ;
-  output \port$922$8 ;
-  wire \port$922$8 ;
-  output \port$922$9 ;
-  wire \port$922$9 ;
+  output \port$908$0 ;
+  wire \port$908$0 ;
+  output \port$908$1 ;
+  wire \port$908$1 ;
+  output \port$908$10 ;
+  wire \port$908$10 ;
+  output \port$908$11 ;
+  wire \port$908$11 ;
+  output \port$908$12 ;
+  wire \port$908$12 ;
+  output \port$908$13 ;
+  wire \port$908$13 ;
+  output \port$908$14 ;
+  wire \port$908$14 ;
+  output \port$908$15 ;
+  wire \port$908$15 ;
+  output \port$908$2 ;
+  wire \port$908$2 ;
+  output \port$908$3 ;
+  wire \port$908$3 ;
+  output \port$908$4 ;
+  wire \port$908$4 ;
+  output \port$908$5 ;
+  wire \port$908$5 ;
+  output \port$908$6 ;
+  wire \port$908$6 ;
+  output \port$908$7 ;
+  wire \port$908$7 ;
+  output \port$908$8 ;
+  wire \port$908$8 ;
+  output \port$908$9 ;
+  wire \port$908$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -7317,26 +7317,26 @@ module \psc_core.dp.pe_1.mul_2 (\port$922$0 , \port$922$1 , \port$922$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$922$0  = \$1 ;
-  assign \port$922$1  = \$2 ;
-  assign \port$922$2  = \$3 ;
-  assign \port$922$3  = \$4 ;
-  assign \port$922$4  = \$5 ;
-  assign \port$922$5  = \$6 ;
-  assign \port$922$6  = \$7 ;
-  assign \port$922$7  = \$8 ;
-  assign \port$922$8  = \$9 ;
-  assign \port$922$9  = \$10 ;
-  assign \port$922$10  = \$11 ;
-  assign \port$922$11  = \$12 ;
-  assign \port$922$12  = \$13 ;
-  assign \port$922$13  = \$14 ;
-  assign \port$922$14  = \$15 ;
-  assign \port$922$15  = \$16 ;
+  assign \port$908$0  = \$1 ;
+  assign \port$908$1  = \$2 ;
+  assign \port$908$2  = \$3 ;
+  assign \port$908$3  = \$4 ;
+  assign \port$908$4  = \$5 ;
+  assign \port$908$5  = \$6 ;
+  assign \port$908$6  = \$7 ;
+  assign \port$908$7  = \$8 ;
+  assign \port$908$8  = \$9 ;
+  assign \port$908$9  = \$10 ;
+  assign \port$908$10  = \$11 ;
+  assign \port$908$11  = \$12 ;
+  assign \port$908$12  = \$13 ;
+  assign \port$908$13  = \$14 ;
+  assign \port$908$14  = \$15 ;
+  assign \port$908$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_3 (\port$923$0 , \port$923$1 , \port$923$2 , \port$923$3 , \port$923$4 , \port$923$5 , \port$923$6 , \port$923$7 , \port$923$8 , \port$923$9 , \port$923$10 , \port$923$11 , \port$923$12 , \port$923$13 , \port$923$14 , \port$923$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_3 (\port$909$0 , \port$909$1 , \port$909$2 , \port$909$3 , \port$909$4 , \port$909$5 , \port$909$6 , \port$909$7 , \port$909$8 , \port$909$9 , \port$909$10 , \port$909$11 , \port$909$12 , \port$909$13 , \port$909$14 , \port$909$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7385,38 +7385,38 @@ module \psc_core.dp.pe_1.mul_3 (\port$923$0 , \port$923$1 , \port$923$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$923$0 ;
-  wire \port$923$0 ;
-  output \port$923$1 ;
-  wire \port$923$1 ;
-  output \port$923$10 ;
-  wire \port$923$10 ;
-  output \port$923$11 ;
-  wire \port$923$11 ;
-  output \port$923$12 ;
-  wire \port$923$12 ;
-  output \port$923$13 ;
-  wire \port$923$13 ;
-  output \port$923$14 ;
-  wire \port$923$14 ;
-  output \port$923$15 ;
-  wire \port$923$15 ;
-  output \port$923$2 ;
-  wire \port$923$2 ;
-  output \port$923$3 ;
-  wire \port$923$3 ;
-  output \port$923$4 ;
-  wire \port$923$4 ;
-  output \port$923$5 ;
-  wire \port$923$5 ;
-  output \port$923$6 ;
-  wire \port$923$6 ;
-  output \port$923$7 ;
-  wire \port$923$7 ;
-  output \port$923$8 ;
-  wire \port$923$8 ;
-  output \port$923$9 ;
-  wire \port$923$9 ;
+  output \port$909$0 ;
+  wire \port$909$0 ;
+  output \port$909$1 ;
+  wire \port$909$1 ;
+  output \port$909$10 ;
+  wire \port$909$10 ;
+  output \port$909$11 ;
+  wire \port$909$11 ;
+  output \port$909$12 ;
+  wire \port$909$12 ;
+  output \port$909$13 ;
+  wire \port$909$13 ;
+  output \port$909$14 ;
+  wire \port$909$14 ;
+  output \port$909$15 ;
+  wire \port$909$15 ;
+  output \port$909$2 ;
+  wire \port$909$2 ;
+  output \port$909$3 ;
+  wire \port$909$3 ;
+  output \port$909$4 ;
+  wire \port$909$4 ;
+  output \port$909$5 ;
+  wire \port$909$5 ;
+  output \port$909$6 ;
+  wire \port$909$6 ;
+  output \port$909$7 ;
+  wire \port$909$7 ;
+  output \port$909$8 ;
+  wire \port$909$8 ;
+  output \port$909$9 ;
+  wire \port$909$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -7540,26 +7540,26 @@ module \psc_core.dp.pe_1.mul_3 (\port$923$0 , \port$923$1 , \port$923$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$923$0  = \$1 ;
-  assign \port$923$1  = \$2 ;
-  assign \port$923$2  = \$3 ;
-  assign \port$923$3  = \$4 ;
-  assign \port$923$4  = \$5 ;
-  assign \port$923$5  = \$6 ;
-  assign \port$923$6  = \$7 ;
-  assign \port$923$7  = \$8 ;
-  assign \port$923$8  = \$9 ;
-  assign \port$923$9  = \$10 ;
-  assign \port$923$10  = \$11 ;
-  assign \port$923$11  = \$12 ;
-  assign \port$923$12  = \$13 ;
-  assign \port$923$13  = \$14 ;
-  assign \port$923$14  = \$15 ;
-  assign \port$923$15  = \$16 ;
+  assign \port$909$0  = \$1 ;
+  assign \port$909$1  = \$2 ;
+  assign \port$909$2  = \$3 ;
+  assign \port$909$3  = \$4 ;
+  assign \port$909$4  = \$5 ;
+  assign \port$909$5  = \$6 ;
+  assign \port$909$6  = \$7 ;
+  assign \port$909$7  = \$8 ;
+  assign \port$909$8  = \$9 ;
+  assign \port$909$9  = \$10 ;
+  assign \port$909$10  = \$11 ;
+  assign \port$909$11  = \$12 ;
+  assign \port$909$12  = \$13 ;
+  assign \port$909$13  = \$14 ;
+  assign \port$909$14  = \$15 ;
+  assign \port$909$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_4 (\port$924$0 , \port$924$1 , \port$924$2 , \port$924$3 , \port$924$4 , \port$924$5 , \port$924$6 , \port$924$7 , \port$924$8 , \port$924$9 , \port$924$10 , \port$924$11 , \port$924$12 , \port$924$13 , \port$924$14 , \port$924$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_4 (\port$910$0 , \port$910$1 , \port$910$2 , \port$910$3 , \port$910$4 , \port$910$5 , \port$910$6 , \port$910$7 , \port$910$8 , \port$910$9 , \port$910$10 , \port$910$11 , \port$910$12 , \port$910$13 , \port$910$14 , \port$910$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7608,38 +7608,38 @@ module \psc_core.dp.pe_1.mul_4 (\port$924$0 , \port$924$1 , \port$924$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$924$0 ;
-  wire \port$924$0 ;
-  output \port$924$1 ;
-  wire \port$924$1 ;
-  output \port$924$10 ;
-  wire \port$924$10 ;
-  output \port$924$11 ;
-  wire \port$924$11 ;
-  output \port$924$12 ;
-  wire \port$924$12 ;
-  output \port$924$13 ;
-  wire \port$924$13 ;
-  output \port$924$14 ;
-  wire \port$924$14 ;
-  output \port$924$15 ;
-  wire \port$924$15 ;
-  output \port$924$2 ;
-  wire \port$924$2 ;
-  output \port$924$3 ;
-  wire \port$924$3 ;
-  output \port$924$4 ;
-  wire \port$924$4 ;
-  output \port$924$5 ;
-  wire \port$924$5 ;
-  output \port$924$6 ;
-  wire \port$924$6 ;
-  output \port$924$7 ;
-  wire \port$924$7 ;
-  output \port$924$8 ;
-  wire \port$924$8 ;
-  output \port$924$9 ;
-  wire \port$924$9 ;
+  output \port$910$0 ;
+  wire \port$910$0 ;
+  output \port$910$1 ;
+  wire \port$910$1 ;
+  output \port$910$10 ;
+  wire \port$910$10 ;
+  output \port$910$11 ;
+  wire \port$910$11 ;
+  output \port$910$12 ;
+  wire \port$910$12 ;
+  output \port$910$13 ;
+  wire \port$910$13 ;
+  output \port$910$14 ;
+  wire \port$910$14 ;
+  output \port$910$15 ;
+  wire \port$910$15 ;
+  output \port$910$2 ;
+  wire \port$910$2 ;
+  output \port$910$3 ;
+  wire \port$910$3 ;
+  output \port$910$4 ;
+  wire \port$910$4 ;
+  output \port$910$5 ;
+  wire \port$910$5 ;
+  output \port$910$6 ;
+  wire \port$910$6 ;
+  output \port$910$7 ;
+  wire \port$910$7 ;
+  output \port$910$8 ;
+  wire \port$910$8 ;
+  output \port$910$9 ;
+  wire \port$910$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -7763,26 +7763,26 @@ module \psc_core.dp.pe_1.mul_4 (\port$924$0 , \port$924$1 , \port$924$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$924$0  = \$1 ;
-  assign \port$924$1  = \$2 ;
-  assign \port$924$2  = \$3 ;
-  assign \port$924$3  = \$4 ;
-  assign \port$924$4  = \$5 ;
-  assign \port$924$5  = \$6 ;
-  assign \port$924$6  = \$7 ;
-  assign \port$924$7  = \$8 ;
-  assign \port$924$8  = \$9 ;
-  assign \port$924$9  = \$10 ;
-  assign \port$924$10  = \$11 ;
-  assign \port$924$11  = \$12 ;
-  assign \port$924$12  = \$13 ;
-  assign \port$924$13  = \$14 ;
-  assign \port$924$14  = \$15 ;
-  assign \port$924$15  = \$16 ;
+  assign \port$910$0  = \$1 ;
+  assign \port$910$1  = \$2 ;
+  assign \port$910$2  = \$3 ;
+  assign \port$910$3  = \$4 ;
+  assign \port$910$4  = \$5 ;
+  assign \port$910$5  = \$6 ;
+  assign \port$910$6  = \$7 ;
+  assign \port$910$7  = \$8 ;
+  assign \port$910$8  = \$9 ;
+  assign \port$910$9  = \$10 ;
+  assign \port$910$10  = \$11 ;
+  assign \port$910$11  = \$12 ;
+  assign \port$910$12  = \$13 ;
+  assign \port$910$13  = \$14 ;
+  assign \port$910$14  = \$15 ;
+  assign \port$910$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_5 (\port$925$0 , \port$925$1 , \port$925$2 , \port$925$3 , \port$925$4 , \port$925$5 , \port$925$6 , \port$925$7 , \port$925$8 , \port$925$9 , \port$925$10 , \port$925$11 , \port$925$12 , \port$925$13 , \port$925$14 , \port$925$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_5 (\port$911$0 , \port$911$1 , \port$911$2 , \port$911$3 , \port$911$4 , \port$911$5 , \port$911$6 , \port$911$7 , \port$911$8 , \port$911$9 , \port$911$10 , \port$911$11 , \port$911$12 , \port$911$13 , \port$911$14 , \port$911$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -7831,38 +7831,38 @@ module \psc_core.dp.pe_1.mul_5 (\port$925$0 , \port$925$1 , \port$925$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$925$0 ;
-  wire \port$925$0 ;
-  output \port$925$1 ;
-  wire \port$925$1 ;
-  output \port$925$10 ;
-  wire \port$925$10 ;
-  output \port$925$11 ;
-  wire \port$925$11 ;
-  output \port$925$12 ;
-  wire \port$925$12 ;
-  output \port$925$13 ;
-  wire \port$925$13 ;
-  output \port$925$14 ;
-  wire \port$925$14 ;
-  output \port$925$15 ;
-  wire \port$925$15 ;
-  output \port$925$2 ;
-  wire \port$925$2 ;
-  output \port$925$3 ;
-  wire \port$925$3 ;
-  output \port$925$4 ;
-  wire \port$925$4 ;
-  output \port$925$5 ;
-  wire \port$925$5 ;
-  output \port$925$6 ;
-  wire \port$925$6 ;
-  output \port$925$7 ;
-  wire \port$925$7 ;
-  output \port$925$8 ;
-  wire \port$925$8 ;
-  output \port$925$9 ;
-  wire \port$925$9 ;
+  output \port$911$0 ;
+  wire \port$911$0 ;
+  output \port$911$1 ;
+  wire \port$911$1 ;
+  output \port$911$10 ;
+  wire \port$911$10 ;
+  output \port$911$11 ;
+  wire \port$911$11 ;
+  output \port$911$12 ;
+  wire \port$911$12 ;
+  output \port$911$13 ;
+  wire \port$911$13 ;
+  output \port$911$14 ;
+  wire \port$911$14 ;
+  output \port$911$15 ;
+  wire \port$911$15 ;
+  output \port$911$2 ;
+  wire \port$911$2 ;
+  output \port$911$3 ;
+  wire \port$911$3 ;
+  output \port$911$4 ;
+  wire \port$911$4 ;
+  output \port$911$5 ;
+  wire \port$911$5 ;
+  output \port$911$6 ;
+  wire \port$911$6 ;
+  output \port$911$7 ;
+  wire \port$911$7 ;
+  output \port$911$8 ;
+  wire \port$911$8 ;
+  output \port$911$9 ;
+  wire \port$911$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -7986,26 +7986,26 @@ module \psc_core.dp.pe_1.mul_5 (\port$925$0 , \port$925$1 , \port$925$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$925$0  = \$1 ;
-  assign \port$925$1  = \$2 ;
-  assign \port$925$2  = \$3 ;
-  assign \port$925$3  = \$4 ;
-  assign \port$925$4  = \$5 ;
-  assign \port$925$5  = \$6 ;
-  assign \port$925$6  = \$7 ;
-  assign \port$925$7  = \$8 ;
-  assign \port$925$8  = \$9 ;
-  assign \port$925$9  = \$10 ;
-  assign \port$925$10  = \$11 ;
-  assign \port$925$11  = \$12 ;
-  assign \port$925$12  = \$13 ;
-  assign \port$925$13  = \$14 ;
-  assign \port$925$14  = \$15 ;
-  assign \port$925$15  = \$16 ;
+  assign \port$911$0  = \$1 ;
+  assign \port$911$1  = \$2 ;
+  assign \port$911$2  = \$3 ;
+  assign \port$911$3  = \$4 ;
+  assign \port$911$4  = \$5 ;
+  assign \port$911$5  = \$6 ;
+  assign \port$911$6  = \$7 ;
+  assign \port$911$7  = \$8 ;
+  assign \port$911$8  = \$9 ;
+  assign \port$911$9  = \$10 ;
+  assign \port$911$10  = \$11 ;
+  assign \port$911$11  = \$12 ;
+  assign \port$911$12  = \$13 ;
+  assign \port$911$13  = \$14 ;
+  assign \port$911$14  = \$15 ;
+  assign \port$911$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1.mul_6 (\port$926$0 , \port$926$1 , \port$926$2 , \port$926$3 , \port$926$4 , \port$926$5 , \port$926$6 , \port$926$7 , \port$926$8 , \port$926$9 , \port$926$10 , \port$926$11 , \port$926$12 , \port$926$13 , \port$926$14 , \port$926$15 , a, en, b, clk);
+module \psc_core.dp.pe_1.mul_6 (\port$912$0 , \port$912$1 , \port$912$2 , \port$912$3 , \port$912$4 , \port$912$5 , \port$912$6 , \port$912$7 , \port$912$8 , \port$912$9 , \port$912$10 , \port$912$11 , \port$912$12 , \port$912$13 , \port$912$14 , \port$912$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -8054,38 +8054,38 @@ module \psc_core.dp.pe_1.mul_6 (\port$926$0 , \port$926$1 , \port$926$2 , \port$
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$926$0 ;
-  wire \port$926$0 ;
-  output \port$926$1 ;
-  wire \port$926$1 ;
-  output \port$926$10 ;
-  wire \port$926$10 ;
-  output \port$926$11 ;
-  wire \port$926$11 ;
-  output \port$926$12 ;
-  wire \port$926$12 ;
-  output \port$926$13 ;
-  wire \port$926$13 ;
-  output \port$926$14 ;
-  wire \port$926$14 ;
-  output \port$926$15 ;
-  wire \port$926$15 ;
-  output \port$926$2 ;
-  wire \port$926$2 ;
-  output \port$926$3 ;
-  wire \port$926$3 ;
-  output \port$926$4 ;
-  wire \port$926$4 ;
-  output \port$926$5 ;
-  wire \port$926$5 ;
-  output \port$926$6 ;
-  wire \port$926$6 ;
-  output \port$926$7 ;
-  wire \port$926$7 ;
-  output \port$926$8 ;
-  wire \port$926$8 ;
-  output \port$926$9 ;
-  wire \port$926$9 ;
+  output \port$912$0 ;
+  wire \port$912$0 ;
+  output \port$912$1 ;
+  wire \port$912$1 ;
+  output \port$912$10 ;
+  wire \port$912$10 ;
+  output \port$912$11 ;
+  wire \port$912$11 ;
+  output \port$912$12 ;
+  wire \port$912$12 ;
+  output \port$912$13 ;
+  wire \port$912$13 ;
+  output \port$912$14 ;
+  wire \port$912$14 ;
+  output \port$912$15 ;
+  wire \port$912$15 ;
+  output \port$912$2 ;
+  wire \port$912$2 ;
+  output \port$912$3 ;
+  wire \port$912$3 ;
+  output \port$912$4 ;
+  wire \port$912$4 ;
+  output \port$912$5 ;
+  wire \port$912$5 ;
+  output \port$912$6 ;
+  wire \port$912$6 ;
+  output \port$912$7 ;
+  wire \port$912$7 ;
+  output \port$912$8 ;
+  wire \port$912$8 ;
+  output \port$912$9 ;
+  wire \port$912$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -8209,22 +8209,22 @@ module \psc_core.dp.pe_1.mul_6 (\port$926$0 , \port$926$1 , \port$926$2 , \port$
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$926$0  = \$1 ;
-  assign \port$926$1  = \$2 ;
-  assign \port$926$2  = \$3 ;
-  assign \port$926$3  = \$4 ;
-  assign \port$926$4  = \$5 ;
-  assign \port$926$5  = \$6 ;
-  assign \port$926$6  = \$7 ;
-  assign \port$926$7  = \$8 ;
-  assign \port$926$8  = \$9 ;
-  assign \port$926$9  = \$10 ;
-  assign \port$926$10  = \$11 ;
-  assign \port$926$11  = \$12 ;
-  assign \port$926$12  = \$13 ;
-  assign \port$926$13  = \$14 ;
-  assign \port$926$14  = \$15 ;
-  assign \port$926$15  = \$16 ;
+  assign \port$912$0  = \$1 ;
+  assign \port$912$1  = \$2 ;
+  assign \port$912$2  = \$3 ;
+  assign \port$912$3  = \$4 ;
+  assign \port$912$4  = \$5 ;
+  assign \port$912$5  = \$6 ;
+  assign \port$912$6  = \$7 ;
+  assign \port$912$7  = \$8 ;
+  assign \port$912$8  = \$9 ;
+  assign \port$912$9  = \$10 ;
+  assign \port$912$10  = \$11 ;
+  assign \port$912$11  = \$12 ;
+  assign \port$912$12  = \$13 ;
+  assign \port$912$13  = \$14 ;
+  assign \port$912$14  = \$15 ;
+  assign \port$912$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -8287,7 +8287,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3094$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3079$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -8537,8 +8537,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$3094$800 ;
-  wire [1:0] \port$3094$800 ;
+  input [1:0] \port$3079$800 ;
+  wire [1:0] \port$3079$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8595,7 +8595,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$3094$800 [0];
+  assign \$2  = valid & \port$3079$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -8690,154 +8690,154 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$1000$0 (\$64 ),
-    .\port$1000$1 (\$65 ),
-    .\port$1000$10 (\$74 ),
-    .\port$1000$11 (\$75 ),
-    .\port$1000$12 (\$76 ),
-    .\port$1000$13 (\$77 ),
-    .\port$1000$14 (\$78 ),
-    .\port$1000$15 (\$79 ),
-    .\port$1000$2 (\$66 ),
-    .\port$1000$3 (\$67 ),
-    .\port$1000$4 (\$68 ),
-    .\port$1000$5 (\$69 ),
-    .\port$1000$6 (\$70 ),
-    .\port$1000$7 (\$71 ),
-    .\port$1000$8 (\$72 ),
-    .\port$1000$9 (\$73 )
+    .\port$986$0 (\$64 ),
+    .\port$986$1 (\$65 ),
+    .\port$986$10 (\$74 ),
+    .\port$986$11 (\$75 ),
+    .\port$986$12 (\$76 ),
+    .\port$986$13 (\$77 ),
+    .\port$986$14 (\$78 ),
+    .\port$986$15 (\$79 ),
+    .\port$986$2 (\$66 ),
+    .\port$986$3 (\$67 ),
+    .\port$986$4 (\$68 ),
+    .\port$986$5 (\$69 ),
+    .\port$986$6 (\$70 ),
+    .\port$986$7 (\$71 ),
+    .\port$986$8 (\$72 ),
+    .\port$986$9 (\$73 )
   );
   \psc_core.dp.pe_2.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$1001$0 (\$80 ),
-    .\port$1001$1 (\$81 ),
-    .\port$1001$10 (\$90 ),
-    .\port$1001$11 (\$91 ),
-    .\port$1001$12 (\$92 ),
-    .\port$1001$13 (\$93 ),
-    .\port$1001$14 (\$94 ),
-    .\port$1001$15 (\$95 ),
-    .\port$1001$2 (\$82 ),
-    .\port$1001$3 (\$83 ),
-    .\port$1001$4 (\$84 ),
-    .\port$1001$5 (\$85 ),
-    .\port$1001$6 (\$86 ),
-    .\port$1001$7 (\$87 ),
-    .\port$1001$8 (\$88 ),
-    .\port$1001$9 (\$89 )
+    .\port$987$0 (\$80 ),
+    .\port$987$1 (\$81 ),
+    .\port$987$10 (\$90 ),
+    .\port$987$11 (\$91 ),
+    .\port$987$12 (\$92 ),
+    .\port$987$13 (\$93 ),
+    .\port$987$14 (\$94 ),
+    .\port$987$15 (\$95 ),
+    .\port$987$2 (\$82 ),
+    .\port$987$3 (\$83 ),
+    .\port$987$4 (\$84 ),
+    .\port$987$5 (\$85 ),
+    .\port$987$6 (\$86 ),
+    .\port$987$7 (\$87 ),
+    .\port$987$8 (\$88 ),
+    .\port$987$9 (\$89 )
   );
   \psc_core.dp.pe_2.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$1002$0 (\$96 ),
-    .\port$1002$1 (\$97 ),
-    .\port$1002$10 (\$106 ),
-    .\port$1002$11 (\$107 ),
-    .\port$1002$12 (\$108 ),
-    .\port$1002$13 (\$109 ),
-    .\port$1002$14 (\$110 ),
-    .\port$1002$15 (\$111 ),
-    .\port$1002$2 (\$98 ),
-    .\port$1002$3 (\$99 ),
-    .\port$1002$4 (\$100 ),
-    .\port$1002$5 (\$101 ),
-    .\port$1002$6 (\$102 ),
-    .\port$1002$7 (\$103 ),
-    .\port$1002$8 (\$104 ),
-    .\port$1002$9 (\$105 )
+    .\port$988$0 (\$96 ),
+    .\port$988$1 (\$97 ),
+    .\port$988$10 (\$106 ),
+    .\port$988$11 (\$107 ),
+    .\port$988$12 (\$108 ),
+    .\port$988$13 (\$109 ),
+    .\port$988$14 (\$110 ),
+    .\port$988$15 (\$111 ),
+    .\port$988$2 (\$98 ),
+    .\port$988$3 (\$99 ),
+    .\port$988$4 (\$100 ),
+    .\port$988$5 (\$101 ),
+    .\port$988$6 (\$102 ),
+    .\port$988$7 (\$103 ),
+    .\port$988$8 (\$104 ),
+    .\port$988$9 (\$105 )
   );
   \psc_core.dp.pe_2.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$1003$0 (\$112 ),
-    .\port$1003$1 (\$113 ),
-    .\port$1003$10 (\$122 ),
-    .\port$1003$11 (\$123 ),
-    .\port$1003$12 (\$124 ),
-    .\port$1003$13 (\$125 ),
-    .\port$1003$14 (\$126 ),
-    .\port$1003$15 (\$127 ),
-    .\port$1003$2 (\$114 ),
-    .\port$1003$3 (\$115 ),
-    .\port$1003$4 (\$116 ),
-    .\port$1003$5 (\$117 ),
-    .\port$1003$6 (\$118 ),
-    .\port$1003$7 (\$119 ),
-    .\port$1003$8 (\$120 ),
-    .\port$1003$9 (\$121 )
+    .\port$989$0 (\$112 ),
+    .\port$989$1 (\$113 ),
+    .\port$989$10 (\$122 ),
+    .\port$989$11 (\$123 ),
+    .\port$989$12 (\$124 ),
+    .\port$989$13 (\$125 ),
+    .\port$989$14 (\$126 ),
+    .\port$989$15 (\$127 ),
+    .\port$989$2 (\$114 ),
+    .\port$989$3 (\$115 ),
+    .\port$989$4 (\$116 ),
+    .\port$989$5 (\$117 ),
+    .\port$989$6 (\$118 ),
+    .\port$989$7 (\$119 ),
+    .\port$989$8 (\$120 ),
+    .\port$989$9 (\$121 )
   );
   \psc_core.dp.pe_2.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$1004$0 (\$128 ),
-    .\port$1004$1 (\$129 ),
-    .\port$1004$10 (\$138 ),
-    .\port$1004$11 (\$139 ),
-    .\port$1004$12 (\$140 ),
-    .\port$1004$13 (\$141 ),
-    .\port$1004$14 (\$142 ),
-    .\port$1004$15 (\$143 ),
-    .\port$1004$2 (\$130 ),
-    .\port$1004$3 (\$131 ),
-    .\port$1004$4 (\$132 ),
-    .\port$1004$5 (\$133 ),
-    .\port$1004$6 (\$134 ),
-    .\port$1004$7 (\$135 ),
-    .\port$1004$8 (\$136 ),
-    .\port$1004$9 (\$137 )
+    .\port$990$0 (\$128 ),
+    .\port$990$1 (\$129 ),
+    .\port$990$10 (\$138 ),
+    .\port$990$11 (\$139 ),
+    .\port$990$12 (\$140 ),
+    .\port$990$13 (\$141 ),
+    .\port$990$14 (\$142 ),
+    .\port$990$15 (\$143 ),
+    .\port$990$2 (\$130 ),
+    .\port$990$3 (\$131 ),
+    .\port$990$4 (\$132 ),
+    .\port$990$5 (\$133 ),
+    .\port$990$6 (\$134 ),
+    .\port$990$7 (\$135 ),
+    .\port$990$8 (\$136 ),
+    .\port$990$9 (\$137 )
   );
   \psc_core.dp.pe_2.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$1005$0 (\$144 ),
-    .\port$1005$1 (\$145 ),
-    .\port$1005$10 (\$154 ),
-    .\port$1005$11 (\$155 ),
-    .\port$1005$12 (\$156 ),
-    .\port$1005$13 (\$157 ),
-    .\port$1005$14 (\$158 ),
-    .\port$1005$15 (\$159 ),
-    .\port$1005$2 (\$146 ),
-    .\port$1005$3 (\$147 ),
-    .\port$1005$4 (\$148 ),
-    .\port$1005$5 (\$149 ),
-    .\port$1005$6 (\$150 ),
-    .\port$1005$7 (\$151 ),
-    .\port$1005$8 (\$152 ),
-    .\port$1005$9 (\$153 )
+    .\port$991$0 (\$144 ),
+    .\port$991$1 (\$145 ),
+    .\port$991$10 (\$154 ),
+    .\port$991$11 (\$155 ),
+    .\port$991$12 (\$156 ),
+    .\port$991$13 (\$157 ),
+    .\port$991$14 (\$158 ),
+    .\port$991$15 (\$159 ),
+    .\port$991$2 (\$146 ),
+    .\port$991$3 (\$147 ),
+    .\port$991$4 (\$148 ),
+    .\port$991$5 (\$149 ),
+    .\port$991$6 (\$150 ),
+    .\port$991$7 (\$151 ),
+    .\port$991$8 (\$152 ),
+    .\port$991$9 (\$153 )
   );
   \psc_core.dp.pe_2.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$1006$0 (\$160 ),
-    .\port$1006$1 (\$161 ),
-    .\port$1006$10 (\$170 ),
-    .\port$1006$11 (\$171 ),
-    .\port$1006$12 (\$172 ),
-    .\port$1006$13 (\$173 ),
-    .\port$1006$14 (\$174 ),
-    .\port$1006$15 (\$175 ),
-    .\port$1006$2 (\$162 ),
-    .\port$1006$3 (\$163 ),
-    .\port$1006$4 (\$164 ),
-    .\port$1006$5 (\$165 ),
-    .\port$1006$6 (\$166 ),
-    .\port$1006$7 (\$167 ),
-    .\port$1006$8 (\$168 ),
-    .\port$1006$9 (\$169 )
+    .\port$992$0 (\$160 ),
+    .\port$992$1 (\$161 ),
+    .\port$992$10 (\$170 ),
+    .\port$992$11 (\$171 ),
+    .\port$992$12 (\$172 ),
+    .\port$992$13 (\$173 ),
+    .\port$992$14 (\$174 ),
+    .\port$992$15 (\$175 ),
+    .\port$992$2 (\$162 ),
+    .\port$992$3 (\$163 ),
+    .\port$992$4 (\$164 ),
+    .\port$992$5 (\$165 ),
+    .\port$992$6 (\$166 ),
+    .\port$992$7 (\$167 ),
+    .\port$992$8 (\$168 ),
+    .\port$992$9 (\$169 )
   );
   \psc_core.dp.pe_2.wsu  wsu (
     .mask(mask),
@@ -8858,7 +8858,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$3094$800 [0];
+      \$37  = \port$3079$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -8868,7 +8868,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$3094$800 [1];
+      \$38  = \port$3079$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -9122,8 +9122,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$3094$800 [0];
-  assign last = \port$3094$800 [1];
+  assign first = \port$3079$800 [0];
+  assign last = \port$3079$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9183,7 +9183,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3094$800 , valid, en, lane_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_0 (\port$1000$0 , \port$1000$1 , \port$1000$2 , \port$1000$3 , \port$1000$4 , \port$1000$5 , \port$1000$6 , \port$1000$7 , \port$1000$8 , \port$1000$9 , \port$1000$10 , \port$1000$11 , \port$1000$12 , \port$1000$13 , \port$1000$14 , \port$1000$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_0 (\port$986$0 , \port$986$1 , \port$986$2 , \port$986$3 , \port$986$4 , \port$986$5 , \port$986$6 , \port$986$7 , \port$986$8 , \port$986$9 , \port$986$10 , \port$986$11 , \port$986$12 , \port$986$13 , \port$986$14 , \port$986$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9232,38 +9232,38 @@ module \psc_core.dp.pe_2.mul_0 (\port$1000$0 , \port$1000$1 , \port$1000$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1000$0 ;
-  wire \port$1000$0 ;
-  output \port$1000$1 ;
-  wire \port$1000$1 ;
-  output \port$1000$10 ;
-  wire \port$1000$10 ;
-  output \port$1000$11 ;
-  wire \port$1000$11 ;
-  output \port$1000$12 ;
-  wire \port$1000$12 ;
-  output \port$1000$13 ;
-  wire \port$1000$13 ;
-  output \port$1000$14 ;
-  wire \port$1000$14 ;
-  output \port$1000$15 ;
-  wire \port$1000$15 ;
-  output \port$1000$2 ;
-  wire \port$1000$2 ;
-  output \port$1000$3 ;
-  wire \port$1000$3 ;
-  output \port$1000$4 ;
-  wire \port$1000$4 ;
-  output \port$1000$5 ;
-  wire \port$1000$5 ;
-  output \port$1000$6 ;
-  wire \port$1000$6 ;
-  output \port$1000$7 ;
-  wire \port$1000$7 ;
-  output \port$1000$8 ;
-  wire \port$1000$8 ;
-  output \port$1000$9 ;
-  wire \port$1000$9 ;
+  output \port$986$0 ;
+  wire \port$986$0 ;
+  output \port$986$1 ;
+  wire \port$986$1 ;
+  output \port$986$10 ;
+  wire \port$986$10 ;
+  output \port$986$11 ;
+  wire \port$986$11 ;
+  output \port$986$12 ;
+  wire \port$986$12 ;
+  output \port$986$13 ;
+  wire \port$986$13 ;
+  output \port$986$14 ;
+  wire \port$986$14 ;
+  output \port$986$15 ;
+  wire \port$986$15 ;
+  output \port$986$2 ;
+  wire \port$986$2 ;
+  output \port$986$3 ;
+  wire \port$986$3 ;
+  output \port$986$4 ;
+  wire \port$986$4 ;
+  output \port$986$5 ;
+  wire \port$986$5 ;
+  output \port$986$6 ;
+  wire \port$986$6 ;
+  output \port$986$7 ;
+  wire \port$986$7 ;
+  output \port$986$8 ;
+  wire \port$986$8 ;
+  output \port$986$9 ;
+  wire \port$986$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9387,26 +9387,26 @@ module \psc_core.dp.pe_2.mul_0 (\port$1000$0 , \port$1000$1 , \port$1000$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1000$0  = \$1 ;
-  assign \port$1000$1  = \$2 ;
-  assign \port$1000$2  = \$3 ;
-  assign \port$1000$3  = \$4 ;
-  assign \port$1000$4  = \$5 ;
-  assign \port$1000$5  = \$6 ;
-  assign \port$1000$6  = \$7 ;
-  assign \port$1000$7  = \$8 ;
-  assign \port$1000$8  = \$9 ;
-  assign \port$1000$9  = \$10 ;
-  assign \port$1000$10  = \$11 ;
-  assign \port$1000$11  = \$12 ;
-  assign \port$1000$12  = \$13 ;
-  assign \port$1000$13  = \$14 ;
-  assign \port$1000$14  = \$15 ;
-  assign \port$1000$15  = \$16 ;
+  assign \port$986$0  = \$1 ;
+  assign \port$986$1  = \$2 ;
+  assign \port$986$2  = \$3 ;
+  assign \port$986$3  = \$4 ;
+  assign \port$986$4  = \$5 ;
+  assign \port$986$5  = \$6 ;
+  assign \port$986$6  = \$7 ;
+  assign \port$986$7  = \$8 ;
+  assign \port$986$8  = \$9 ;
+  assign \port$986$9  = \$10 ;
+  assign \port$986$10  = \$11 ;
+  assign \port$986$11  = \$12 ;
+  assign \port$986$12  = \$13 ;
+  assign \port$986$13  = \$14 ;
+  assign \port$986$14  = \$15 ;
+  assign \port$986$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_1 (\port$1001$0 , \port$1001$1 , \port$1001$2 , \port$1001$3 , \port$1001$4 , \port$1001$5 , \port$1001$6 , \port$1001$7 , \port$1001$8 , \port$1001$9 , \port$1001$10 , \port$1001$11 , \port$1001$12 , \port$1001$13 , \port$1001$14 , \port$1001$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_1 (\port$987$0 , \port$987$1 , \port$987$2 , \port$987$3 , \port$987$4 , \port$987$5 , \port$987$6 , \port$987$7 , \port$987$8 , \port$987$9 , \port$987$10 , \port$987$11 , \port$987$12 , \port$987$13 , \port$987$14 , \port$987$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9455,38 +9455,38 @@ module \psc_core.dp.pe_2.mul_1 (\port$1001$0 , \port$1001$1 , \port$1001$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1001$0 ;
-  wire \port$1001$0 ;
-  output \port$1001$1 ;
-  wire \port$1001$1 ;
-  output \port$1001$10 ;
-  wire \port$1001$10 ;
-  output \port$1001$11 ;
-  wire \port$1001$11 ;
-  output \port$1001$12 ;
-  wire \port$1001$12 ;
-  output \port$1001$13 ;
-  wire \port$1001$13 ;
-  output \port$1001$14 ;
-  wire \port$1001$14 ;
-  output \port$1001$15 ;
-  wire \port$1001$15 ;
-  output \port$1001$2 ;
-  wire \port$1001$2 ;
-  output \port$1001$3 ;
-  wire \port$1001$3 ;
-  output \port$1001$4 ;
-  wire \port$1001$4 ;
-  output \port$1001$5 ;
-  wire \port$1001$5 ;
-  output \port$1001$6 ;
-  wire \port$1001$6 ;
-  output \port$1001$7 ;
-  wire \port$1001$7 ;
-  output \port$1001$8 ;
-  wire \port$1001$8 ;
-  output \port$1001$9 ;
-  wire \port$1001$9 ;
+  output \port$987$0 ;
+  wire \port$987$0 ;
+  output \port$987$1 ;
+  wire \port$987$1 ;
+  output \port$987$10 ;
+  wire \port$987$10 ;
+  output \port$987$11 ;
+  wire \port$987$11 ;
+  output \port$987$12 ;
+  wire \port$987$12 ;
+  output \port$987$13 ;
+  wire \port$987$13 ;
+  output \port$987$14 ;
+  wire \port$987$14 ;
+  output \port$987$15 ;
+  wire \port$987$15 ;
+  output \port$987$2 ;
+  wire \port$987$2 ;
+  output \port$987$3 ;
+  wire \port$987$3 ;
+  output \port$987$4 ;
+  wire \port$987$4 ;
+  output \port$987$5 ;
+  wire \port$987$5 ;
+  output \port$987$6 ;
+  wire \port$987$6 ;
+  output \port$987$7 ;
+  wire \port$987$7 ;
+  output \port$987$8 ;
+  wire \port$987$8 ;
+  output \port$987$9 ;
+  wire \port$987$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9610,26 +9610,26 @@ module \psc_core.dp.pe_2.mul_1 (\port$1001$0 , \port$1001$1 , \port$1001$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1001$0  = \$1 ;
-  assign \port$1001$1  = \$2 ;
-  assign \port$1001$2  = \$3 ;
-  assign \port$1001$3  = \$4 ;
-  assign \port$1001$4  = \$5 ;
-  assign \port$1001$5  = \$6 ;
-  assign \port$1001$6  = \$7 ;
-  assign \port$1001$7  = \$8 ;
-  assign \port$1001$8  = \$9 ;
-  assign \port$1001$9  = \$10 ;
-  assign \port$1001$10  = \$11 ;
-  assign \port$1001$11  = \$12 ;
-  assign \port$1001$12  = \$13 ;
-  assign \port$1001$13  = \$14 ;
-  assign \port$1001$14  = \$15 ;
-  assign \port$1001$15  = \$16 ;
+  assign \port$987$0  = \$1 ;
+  assign \port$987$1  = \$2 ;
+  assign \port$987$2  = \$3 ;
+  assign \port$987$3  = \$4 ;
+  assign \port$987$4  = \$5 ;
+  assign \port$987$5  = \$6 ;
+  assign \port$987$6  = \$7 ;
+  assign \port$987$7  = \$8 ;
+  assign \port$987$8  = \$9 ;
+  assign \port$987$9  = \$10 ;
+  assign \port$987$10  = \$11 ;
+  assign \port$987$11  = \$12 ;
+  assign \port$987$12  = \$13 ;
+  assign \port$987$13  = \$14 ;
+  assign \port$987$14  = \$15 ;
+  assign \port$987$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_2 (\port$1002$0 , \port$1002$1 , \port$1002$2 , \port$1002$3 , \port$1002$4 , \port$1002$5 , \port$1002$6 , \port$1002$7 , \port$1002$8 , \port$1002$9 , \port$1002$10 , \port$1002$11 , \port$1002$12 , \port$1002$13 , \port$1002$14 , \port$1002$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_2 (\port$988$0 , \port$988$1 , \port$988$2 , \port$988$3 , \port$988$4 , \port$988$5 , \port$988$6 , \port$988$7 , \port$988$8 , \port$988$9 , \port$988$10 , \port$988$11 , \port$988$12 , \port$988$13 , \port$988$14 , \port$988$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9678,38 +9678,38 @@ module \psc_core.dp.pe_2.mul_2 (\port$1002$0 , \port$1002$1 , \port$1002$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1002$0 ;
-  wire \port$1002$0 ;
-  output \port$1002$1 ;
-  wire \port$1002$1 ;
-  output \port$1002$10 ;
-  wire \port$1002$10 ;
-  output \port$1002$11 ;
-  wire \port$1002$11 ;
-  output \port$1002$12 ;
-  wire \port$1002$12 ;
-  output \port$1002$13 ;
-  wire \port$1002$13 ;
-  output \port$1002$14 ;
-  wire \port$1002$14 ;
-  output \port$1002$15 ;
-  wire \port$1002$15 ;
-  output \port$1002$2 ;
-  wire \port$1002$2 ;
-  output \port$1002$3 ;
-  wire \port$1002$3 ;
-  output \port$1002$4 ;
-  wire \port$1002$4 ;
-  output \port$1002$5 ;
-  wire \port$1002$5 ;
-  output \port$1002$6 ;
-  wire \port$1002$6 ;
-  output \port$1002$7 ;
-  wire \port$1002$7 ;
-  output \port$1002$8 ;
-  wire \port$1002$8 ;
-  output \port$1002$9 ;
-  wire \port$1002$9 ;
+  output \port$988$0 ;
+  wire \port$988$0 ;
+  output \port$988$1 ;
+  wire \port$988$1 ;
+  output \port$988$10 ;
+  wire \port$988$10 ;
+  output \port$988$11 ;
+  wire \port$988$11 ;
+  output \port$988$12 ;
+  wire \port$988$12 ;
+  output \port$988$13 ;
+  wire \port$988$13 ;
+  output \port$988$14 ;
+  wire \port$988$14 ;
+  output \port$988$15 ;
+  wire \port$988$15 ;
+  output \port$988$2 ;
+  wire \port$988$2 ;
+  output \port$988$3 ;
+  wire \port$988$3 ;
+  output \port$988$4 ;
+  wire \port$988$4 ;
+  output \port$988$5 ;
+  wire \port$988$5 ;
+  output \port$988$6 ;
+  wire \port$988$6 ;
+  output \port$988$7 ;
+  wire \port$988$7 ;
+  output \port$988$8 ;
+  wire \port$988$8 ;
+  output \port$988$9 ;
+  wire \port$988$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -9833,26 +9833,26 @@ module \psc_core.dp.pe_2.mul_2 (\port$1002$0 , \port$1002$1 , \port$1002$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1002$0  = \$1 ;
-  assign \port$1002$1  = \$2 ;
-  assign \port$1002$2  = \$3 ;
-  assign \port$1002$3  = \$4 ;
-  assign \port$1002$4  = \$5 ;
-  assign \port$1002$5  = \$6 ;
-  assign \port$1002$6  = \$7 ;
-  assign \port$1002$7  = \$8 ;
-  assign \port$1002$8  = \$9 ;
-  assign \port$1002$9  = \$10 ;
-  assign \port$1002$10  = \$11 ;
-  assign \port$1002$11  = \$12 ;
-  assign \port$1002$12  = \$13 ;
-  assign \port$1002$13  = \$14 ;
-  assign \port$1002$14  = \$15 ;
-  assign \port$1002$15  = \$16 ;
+  assign \port$988$0  = \$1 ;
+  assign \port$988$1  = \$2 ;
+  assign \port$988$2  = \$3 ;
+  assign \port$988$3  = \$4 ;
+  assign \port$988$4  = \$5 ;
+  assign \port$988$5  = \$6 ;
+  assign \port$988$6  = \$7 ;
+  assign \port$988$7  = \$8 ;
+  assign \port$988$8  = \$9 ;
+  assign \port$988$9  = \$10 ;
+  assign \port$988$10  = \$11 ;
+  assign \port$988$11  = \$12 ;
+  assign \port$988$12  = \$13 ;
+  assign \port$988$13  = \$14 ;
+  assign \port$988$14  = \$15 ;
+  assign \port$988$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_3 (\port$1003$0 , \port$1003$1 , \port$1003$2 , \port$1003$3 , \port$1003$4 , \port$1003$5 , \port$1003$6 , \port$1003$7 , \port$1003$8 , \port$1003$9 , \port$1003$10 , \port$1003$11 , \port$1003$12 , \port$1003$13 , \port$1003$14 , \port$1003$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_3 (\port$989$0 , \port$989$1 , \port$989$2 , \port$989$3 , \port$989$4 , \port$989$5 , \port$989$6 , \port$989$7 , \port$989$8 , \port$989$9 , \port$989$10 , \port$989$11 , \port$989$12 , \port$989$13 , \port$989$14 , \port$989$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -9901,38 +9901,38 @@ module \psc_core.dp.pe_2.mul_3 (\port$1003$0 , \port$1003$1 , \port$1003$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1003$0 ;
-  wire \port$1003$0 ;
-  output \port$1003$1 ;
-  wire \port$1003$1 ;
-  output \port$1003$10 ;
-  wire \port$1003$10 ;
-  output \port$1003$11 ;
-  wire \port$1003$11 ;
-  output \port$1003$12 ;
-  wire \port$1003$12 ;
-  output \port$1003$13 ;
-  wire \port$1003$13 ;
-  output \port$1003$14 ;
-  wire \port$1003$14 ;
-  output \port$1003$15 ;
-  wire \port$1003$15 ;
-  output \port$1003$2 ;
-  wire \port$1003$2 ;
-  output \port$1003$3 ;
-  wire \port$1003$3 ;
-  output \port$1003$4 ;
-  wire \port$1003$4 ;
-  output \port$1003$5 ;
-  wire \port$1003$5 ;
-  output \port$1003$6 ;
-  wire \port$1003$6 ;
-  output \port$1003$7 ;
-  wire \port$1003$7 ;
-  output \port$1003$8 ;
-  wire \port$1003$8 ;
-  output \port$1003$9 ;
-  wire \port$1003$9 ;
+  output \port$989$0 ;
+  wire \port$989$0 ;
+  output \port$989$1 ;
+  wire \port$989$1 ;
+  output \port$989$10 ;
+  wire \port$989$10 ;
+  output \port$989$11 ;
+  wire \port$989$11 ;
+  output \port$989$12 ;
+  wire \port$989$12 ;
+  output \port$989$13 ;
+  wire \port$989$13 ;
+  output \port$989$14 ;
+  wire \port$989$14 ;
+  output \port$989$15 ;
+  wire \port$989$15 ;
+  output \port$989$2 ;
+  wire \port$989$2 ;
+  output \port$989$3 ;
+  wire \port$989$3 ;
+  output \port$989$4 ;
+  wire \port$989$4 ;
+  output \port$989$5 ;
+  wire \port$989$5 ;
+  output \port$989$6 ;
+  wire \port$989$6 ;
+  output \port$989$7 ;
+  wire \port$989$7 ;
+  output \port$989$8 ;
+  wire \port$989$8 ;
+  output \port$989$9 ;
+  wire \port$989$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -10056,26 +10056,26 @@ module \psc_core.dp.pe_2.mul_3 (\port$1003$0 , \port$1003$1 , \port$1003$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1003$0  = \$1 ;
-  assign \port$1003$1  = \$2 ;
-  assign \port$1003$2  = \$3 ;
-  assign \port$1003$3  = \$4 ;
-  assign \port$1003$4  = \$5 ;
-  assign \port$1003$5  = \$6 ;
-  assign \port$1003$6  = \$7 ;
-  assign \port$1003$7  = \$8 ;
-  assign \port$1003$8  = \$9 ;
-  assign \port$1003$9  = \$10 ;
-  assign \port$1003$10  = \$11 ;
-  assign \port$1003$11  = \$12 ;
-  assign \port$1003$12  = \$13 ;
-  assign \port$1003$13  = \$14 ;
-  assign \port$1003$14  = \$15 ;
-  assign \port$1003$15  = \$16 ;
+  assign \port$989$0  = \$1 ;
+  assign \port$989$1  = \$2 ;
+  assign \port$989$2  = \$3 ;
+  assign \port$989$3  = \$4 ;
+  assign \port$989$4  = \$5 ;
+  assign \port$989$5  = \$6 ;
+  assign \port$989$6  = \$7 ;
+  assign \port$989$7  = \$8 ;
+  assign \port$989$8  = \$9 ;
+  assign \port$989$9  = \$10 ;
+  assign \port$989$10  = \$11 ;
+  assign \port$989$11  = \$12 ;
+  assign \port$989$12  = \$13 ;
+  assign \port$989$13  = \$14 ;
+  assign \port$989$14  = \$15 ;
+  assign \port$989$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_4 (\port$1004$0 , \port$1004$1 , \port$1004$2 , \port$1004$3 , \port$1004$4 , \port$1004$5 , \port$1004$6 , \port$1004$7 , \port$1004$8 , \port$1004$9 , \port$1004$10 , \port$1004$11 , \port$1004$12 , \port$1004$13 , \port$1004$14 , \port$1004$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_4 (\port$990$0 , \port$990$1 , \port$990$2 , \port$990$3 , \port$990$4 , \port$990$5 , \port$990$6 , \port$990$7 , \port$990$8 , \port$990$9 , \port$990$10 , \port$990$11 , \port$990$12 , \port$990$13 , \port$990$14 , \port$990$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10124,38 +10124,38 @@ module \psc_core.dp.pe_2.mul_4 (\port$1004$0 , \port$1004$1 , \port$1004$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1004$0 ;
-  wire \port$1004$0 ;
-  output \port$1004$1 ;
-  wire \port$1004$1 ;
-  output \port$1004$10 ;
-  wire \port$1004$10 ;
-  output \port$1004$11 ;
-  wire \port$1004$11 ;
-  output \port$1004$12 ;
-  wire \port$1004$12 ;
-  output \port$1004$13 ;
-  wire \port$1004$13 ;
-  output \port$1004$14 ;
-  wire \port$1004$14 ;
-  output \port$1004$15 ;
-  wire \port$1004$15 ;
-  output \port$1004$2 ;
-  wire \port$1004$2 ;
-  output \port$1004$3 ;
-  wire \port$1004$3 ;
-  output \port$1004$4 ;
-  wire \port$1004$4 ;
-  output \port$1004$5 ;
-  wire \port$1004$5 ;
-  output \port$1004$6 ;
-  wire \port$1004$6 ;
-  output \port$1004$7 ;
-  wire \port$1004$7 ;
-  output \port$1004$8 ;
-  wire \port$1004$8 ;
-  output \port$1004$9 ;
-  wire \port$1004$9 ;
+  output \port$990$0 ;
+  wire \port$990$0 ;
+  output \port$990$1 ;
+  wire \port$990$1 ;
+  output \port$990$10 ;
+  wire \port$990$10 ;
+  output \port$990$11 ;
+  wire \port$990$11 ;
+  output \port$990$12 ;
+  wire \port$990$12 ;
+  output \port$990$13 ;
+  wire \port$990$13 ;
+  output \port$990$14 ;
+  wire \port$990$14 ;
+  output \port$990$15 ;
+  wire \port$990$15 ;
+  output \port$990$2 ;
+  wire \port$990$2 ;
+  output \port$990$3 ;
+  wire \port$990$3 ;
+  output \port$990$4 ;
+  wire \port$990$4 ;
+  output \port$990$5 ;
+  wire \port$990$5 ;
+  output \port$990$6 ;
+  wire \port$990$6 ;
+  output \port$990$7 ;
+  wire \port$990$7 ;
+  output \port$990$8 ;
+  wire \port$990$8 ;
+  output \port$990$9 ;
+  wire \port$990$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -10279,26 +10279,26 @@ module \psc_core.dp.pe_2.mul_4 (\port$1004$0 , \port$1004$1 , \port$1004$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1004$0  = \$1 ;
-  assign \port$1004$1  = \$2 ;
-  assign \port$1004$2  = \$3 ;
-  assign \port$1004$3  = \$4 ;
-  assign \port$1004$4  = \$5 ;
-  assign \port$1004$5  = \$6 ;
-  assign \port$1004$6  = \$7 ;
-  assign \port$1004$7  = \$8 ;
-  assign \port$1004$8  = \$9 ;
-  assign \port$1004$9  = \$10 ;
-  assign \port$1004$10  = \$11 ;
-  assign \port$1004$11  = \$12 ;
-  assign \port$1004$12  = \$13 ;
-  assign \port$1004$13  = \$14 ;
-  assign \port$1004$14  = \$15 ;
-  assign \port$1004$15  = \$16 ;
+  assign \port$990$0  = \$1 ;
+  assign \port$990$1  = \$2 ;
+  assign \port$990$2  = \$3 ;
+  assign \port$990$3  = \$4 ;
+  assign \port$990$4  = \$5 ;
+  assign \port$990$5  = \$6 ;
+  assign \port$990$6  = \$7 ;
+  assign \port$990$7  = \$8 ;
+  assign \port$990$8  = \$9 ;
+  assign \port$990$9  = \$10 ;
+  assign \port$990$10  = \$11 ;
+  assign \port$990$11  = \$12 ;
+  assign \port$990$12  = \$13 ;
+  assign \port$990$13  = \$14 ;
+  assign \port$990$14  = \$15 ;
+  assign \port$990$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_5 (\port$1005$0 , \port$1005$1 , \port$1005$2 , \port$1005$3 , \port$1005$4 , \port$1005$5 , \port$1005$6 , \port$1005$7 , \port$1005$8 , \port$1005$9 , \port$1005$10 , \port$1005$11 , \port$1005$12 , \port$1005$13 , \port$1005$14 , \port$1005$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_5 (\port$991$0 , \port$991$1 , \port$991$2 , \port$991$3 , \port$991$4 , \port$991$5 , \port$991$6 , \port$991$7 , \port$991$8 , \port$991$9 , \port$991$10 , \port$991$11 , \port$991$12 , \port$991$13 , \port$991$14 , \port$991$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10347,38 +10347,38 @@ module \psc_core.dp.pe_2.mul_5 (\port$1005$0 , \port$1005$1 , \port$1005$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1005$0 ;
-  wire \port$1005$0 ;
-  output \port$1005$1 ;
-  wire \port$1005$1 ;
-  output \port$1005$10 ;
-  wire \port$1005$10 ;
-  output \port$1005$11 ;
-  wire \port$1005$11 ;
-  output \port$1005$12 ;
-  wire \port$1005$12 ;
-  output \port$1005$13 ;
-  wire \port$1005$13 ;
-  output \port$1005$14 ;
-  wire \port$1005$14 ;
-  output \port$1005$15 ;
-  wire \port$1005$15 ;
-  output \port$1005$2 ;
-  wire \port$1005$2 ;
-  output \port$1005$3 ;
-  wire \port$1005$3 ;
-  output \port$1005$4 ;
-  wire \port$1005$4 ;
-  output \port$1005$5 ;
-  wire \port$1005$5 ;
-  output \port$1005$6 ;
-  wire \port$1005$6 ;
-  output \port$1005$7 ;
-  wire \port$1005$7 ;
-  output \port$1005$8 ;
-  wire \port$1005$8 ;
-  output \port$1005$9 ;
-  wire \port$1005$9 ;
+  output \port$991$0 ;
+  wire \port$991$0 ;
+  output \port$991$1 ;
+  wire \port$991$1 ;
+  output \port$991$10 ;
+  wire \port$991$10 ;
+  output \port$991$11 ;
+  wire \port$991$11 ;
+  output \port$991$12 ;
+  wire \port$991$12 ;
+  output \port$991$13 ;
+  wire \port$991$13 ;
+  output \port$991$14 ;
+  wire \port$991$14 ;
+  output \port$991$15 ;
+  wire \port$991$15 ;
+  output \port$991$2 ;
+  wire \port$991$2 ;
+  output \port$991$3 ;
+  wire \port$991$3 ;
+  output \port$991$4 ;
+  wire \port$991$4 ;
+  output \port$991$5 ;
+  wire \port$991$5 ;
+  output \port$991$6 ;
+  wire \port$991$6 ;
+  output \port$991$7 ;
+  wire \port$991$7 ;
+  output \port$991$8 ;
+  wire \port$991$8 ;
+  output \port$991$9 ;
+  wire \port$991$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -10502,26 +10502,26 @@ module \psc_core.dp.pe_2.mul_5 (\port$1005$0 , \port$1005$1 , \port$1005$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1005$0  = \$1 ;
-  assign \port$1005$1  = \$2 ;
-  assign \port$1005$2  = \$3 ;
-  assign \port$1005$3  = \$4 ;
-  assign \port$1005$4  = \$5 ;
-  assign \port$1005$5  = \$6 ;
-  assign \port$1005$6  = \$7 ;
-  assign \port$1005$7  = \$8 ;
-  assign \port$1005$8  = \$9 ;
-  assign \port$1005$9  = \$10 ;
-  assign \port$1005$10  = \$11 ;
-  assign \port$1005$11  = \$12 ;
-  assign \port$1005$12  = \$13 ;
-  assign \port$1005$13  = \$14 ;
-  assign \port$1005$14  = \$15 ;
-  assign \port$1005$15  = \$16 ;
+  assign \port$991$0  = \$1 ;
+  assign \port$991$1  = \$2 ;
+  assign \port$991$2  = \$3 ;
+  assign \port$991$3  = \$4 ;
+  assign \port$991$4  = \$5 ;
+  assign \port$991$5  = \$6 ;
+  assign \port$991$6  = \$7 ;
+  assign \port$991$7  = \$8 ;
+  assign \port$991$8  = \$9 ;
+  assign \port$991$9  = \$10 ;
+  assign \port$991$10  = \$11 ;
+  assign \port$991$11  = \$12 ;
+  assign \port$991$12  = \$13 ;
+  assign \port$991$13  = \$14 ;
+  assign \port$991$14  = \$15 ;
+  assign \port$991$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2.mul_6 (\port$1006$0 , \port$1006$1 , \port$1006$2 , \port$1006$3 , \port$1006$4 , \port$1006$5 , \port$1006$6 , \port$1006$7 , \port$1006$8 , \port$1006$9 , \port$1006$10 , \port$1006$11 , \port$1006$12 , \port$1006$13 , \port$1006$14 , \port$1006$15 , a, en, b, clk);
+module \psc_core.dp.pe_2.mul_6 (\port$992$0 , \port$992$1 , \port$992$2 , \port$992$3 , \port$992$4 , \port$992$5 , \port$992$6 , \port$992$7 , \port$992$8 , \port$992$9 , \port$992$10 , \port$992$11 , \port$992$12 , \port$992$13 , \port$992$14 , \port$992$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -10570,38 +10570,38 @@ module \psc_core.dp.pe_2.mul_6 (\port$1006$0 , \port$1006$1 , \port$1006$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1006$0 ;
-  wire \port$1006$0 ;
-  output \port$1006$1 ;
-  wire \port$1006$1 ;
-  output \port$1006$10 ;
-  wire \port$1006$10 ;
-  output \port$1006$11 ;
-  wire \port$1006$11 ;
-  output \port$1006$12 ;
-  wire \port$1006$12 ;
-  output \port$1006$13 ;
-  wire \port$1006$13 ;
-  output \port$1006$14 ;
-  wire \port$1006$14 ;
-  output \port$1006$15 ;
-  wire \port$1006$15 ;
-  output \port$1006$2 ;
-  wire \port$1006$2 ;
-  output \port$1006$3 ;
-  wire \port$1006$3 ;
-  output \port$1006$4 ;
-  wire \port$1006$4 ;
-  output \port$1006$5 ;
-  wire \port$1006$5 ;
-  output \port$1006$6 ;
-  wire \port$1006$6 ;
-  output \port$1006$7 ;
-  wire \port$1006$7 ;
-  output \port$1006$8 ;
-  wire \port$1006$8 ;
-  output \port$1006$9 ;
-  wire \port$1006$9 ;
+  output \port$992$0 ;
+  wire \port$992$0 ;
+  output \port$992$1 ;
+  wire \port$992$1 ;
+  output \port$992$10 ;
+  wire \port$992$10 ;
+  output \port$992$11 ;
+  wire \port$992$11 ;
+  output \port$992$12 ;
+  wire \port$992$12 ;
+  output \port$992$13 ;
+  wire \port$992$13 ;
+  output \port$992$14 ;
+  wire \port$992$14 ;
+  output \port$992$15 ;
+  wire \port$992$15 ;
+  output \port$992$2 ;
+  wire \port$992$2 ;
+  output \port$992$3 ;
+  wire \port$992$3 ;
+  output \port$992$4 ;
+  wire \port$992$4 ;
+  output \port$992$5 ;
+  wire \port$992$5 ;
+  output \port$992$6 ;
+  wire \port$992$6 ;
+  output \port$992$7 ;
+  wire \port$992$7 ;
+  output \port$992$8 ;
+  wire \port$992$8 ;
+  output \port$992$9 ;
+  wire \port$992$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -10725,22 +10725,22 @@ module \psc_core.dp.pe_2.mul_6 (\port$1006$0 , \port$1006$1 , \port$1006$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1006$0  = \$1 ;
-  assign \port$1006$1  = \$2 ;
-  assign \port$1006$2  = \$3 ;
-  assign \port$1006$3  = \$4 ;
-  assign \port$1006$4  = \$5 ;
-  assign \port$1006$5  = \$6 ;
-  assign \port$1006$6  = \$7 ;
-  assign \port$1006$7  = \$8 ;
-  assign \port$1006$8  = \$9 ;
-  assign \port$1006$9  = \$10 ;
-  assign \port$1006$10  = \$11 ;
-  assign \port$1006$11  = \$12 ;
-  assign \port$1006$12  = \$13 ;
-  assign \port$1006$13  = \$14 ;
-  assign \port$1006$14  = \$15 ;
-  assign \port$1006$15  = \$16 ;
+  assign \port$992$0  = \$1 ;
+  assign \port$992$1  = \$2 ;
+  assign \port$992$2  = \$3 ;
+  assign \port$992$3  = \$4 ;
+  assign \port$992$4  = \$5 ;
+  assign \port$992$5  = \$6 ;
+  assign \port$992$6  = \$7 ;
+  assign \port$992$7  = \$8 ;
+  assign \port$992$8  = \$9 ;
+  assign \port$992$9  = \$10 ;
+  assign \port$992$10  = \$11 ;
+  assign \port$992$11  = \$12 ;
+  assign \port$992$12  = \$13 ;
+  assign \port$992$13  = \$14 ;
+  assign \port$992$14  = \$15 ;
+  assign \port$992$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -10803,7 +10803,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, \port$3094$768 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, \port$3079$768 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -11052,8 +11052,8 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3094$768 , valid, en, lane_acc, a
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [33:0] \port$3094$768 ;
-  wire [33:0] \port$3094$768 ;
+  input [33:0] \port$3079$768 ;
+  wire [33:0] \port$3079$768 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -11110,7 +11110,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3094$768 , valid, en, lane_acc, a
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$3094$768 [32];
+  assign \$2  = valid & \port$3079$768 [32];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -11205,154 +11205,154 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3094$768 , valid, en, lane_acc, a
     .b(w[7:0]),
     .clk(clk),
     .en(en),
-    .\port$1080$0 (\$64 ),
-    .\port$1080$1 (\$65 ),
-    .\port$1080$10 (\$74 ),
-    .\port$1080$11 (\$75 ),
-    .\port$1080$12 (\$76 ),
-    .\port$1080$13 (\$77 ),
-    .\port$1080$14 (\$78 ),
-    .\port$1080$15 (\$79 ),
-    .\port$1080$2 (\$66 ),
-    .\port$1080$3 (\$67 ),
-    .\port$1080$4 (\$68 ),
-    .\port$1080$5 (\$69 ),
-    .\port$1080$6 (\$70 ),
-    .\port$1080$7 (\$71 ),
-    .\port$1080$8 (\$72 ),
-    .\port$1080$9 (\$73 )
+    .\port$1066$0 (\$64 ),
+    .\port$1066$1 (\$65 ),
+    .\port$1066$10 (\$74 ),
+    .\port$1066$11 (\$75 ),
+    .\port$1066$12 (\$76 ),
+    .\port$1066$13 (\$77 ),
+    .\port$1066$14 (\$78 ),
+    .\port$1066$15 (\$79 ),
+    .\port$1066$2 (\$66 ),
+    .\port$1066$3 (\$67 ),
+    .\port$1066$4 (\$68 ),
+    .\port$1066$5 (\$69 ),
+    .\port$1066$6 (\$70 ),
+    .\port$1066$7 (\$71 ),
+    .\port$1066$8 (\$72 ),
+    .\port$1066$9 (\$73 )
   );
   \psc_core.dp.pe_3.mul_1  mul_1 (
     .a(x[15:8]),
     .b(w[15:8]),
     .clk(clk),
     .en(en),
-    .\port$1081$0 (\$80 ),
-    .\port$1081$1 (\$81 ),
-    .\port$1081$10 (\$90 ),
-    .\port$1081$11 (\$91 ),
-    .\port$1081$12 (\$92 ),
-    .\port$1081$13 (\$93 ),
-    .\port$1081$14 (\$94 ),
-    .\port$1081$15 (\$95 ),
-    .\port$1081$2 (\$82 ),
-    .\port$1081$3 (\$83 ),
-    .\port$1081$4 (\$84 ),
-    .\port$1081$5 (\$85 ),
-    .\port$1081$6 (\$86 ),
-    .\port$1081$7 (\$87 ),
-    .\port$1081$8 (\$88 ),
-    .\port$1081$9 (\$89 )
+    .\port$1067$0 (\$80 ),
+    .\port$1067$1 (\$81 ),
+    .\port$1067$10 (\$90 ),
+    .\port$1067$11 (\$91 ),
+    .\port$1067$12 (\$92 ),
+    .\port$1067$13 (\$93 ),
+    .\port$1067$14 (\$94 ),
+    .\port$1067$15 (\$95 ),
+    .\port$1067$2 (\$82 ),
+    .\port$1067$3 (\$83 ),
+    .\port$1067$4 (\$84 ),
+    .\port$1067$5 (\$85 ),
+    .\port$1067$6 (\$86 ),
+    .\port$1067$7 (\$87 ),
+    .\port$1067$8 (\$88 ),
+    .\port$1067$9 (\$89 )
   );
   \psc_core.dp.pe_3.mul_2  mul_2 (
     .a(x[23:16]),
     .b(w[23:16]),
     .clk(clk),
     .en(en),
-    .\port$1082$0 (\$96 ),
-    .\port$1082$1 (\$97 ),
-    .\port$1082$10 (\$106 ),
-    .\port$1082$11 (\$107 ),
-    .\port$1082$12 (\$108 ),
-    .\port$1082$13 (\$109 ),
-    .\port$1082$14 (\$110 ),
-    .\port$1082$15 (\$111 ),
-    .\port$1082$2 (\$98 ),
-    .\port$1082$3 (\$99 ),
-    .\port$1082$4 (\$100 ),
-    .\port$1082$5 (\$101 ),
-    .\port$1082$6 (\$102 ),
-    .\port$1082$7 (\$103 ),
-    .\port$1082$8 (\$104 ),
-    .\port$1082$9 (\$105 )
+    .\port$1068$0 (\$96 ),
+    .\port$1068$1 (\$97 ),
+    .\port$1068$10 (\$106 ),
+    .\port$1068$11 (\$107 ),
+    .\port$1068$12 (\$108 ),
+    .\port$1068$13 (\$109 ),
+    .\port$1068$14 (\$110 ),
+    .\port$1068$15 (\$111 ),
+    .\port$1068$2 (\$98 ),
+    .\port$1068$3 (\$99 ),
+    .\port$1068$4 (\$100 ),
+    .\port$1068$5 (\$101 ),
+    .\port$1068$6 (\$102 ),
+    .\port$1068$7 (\$103 ),
+    .\port$1068$8 (\$104 ),
+    .\port$1068$9 (\$105 )
   );
   \psc_core.dp.pe_3.mul_3  mul_3 (
     .a(x[31:24]),
     .b(w[31:24]),
     .clk(clk),
     .en(en),
-    .\port$1083$0 (\$112 ),
-    .\port$1083$1 (\$113 ),
-    .\port$1083$10 (\$122 ),
-    .\port$1083$11 (\$123 ),
-    .\port$1083$12 (\$124 ),
-    .\port$1083$13 (\$125 ),
-    .\port$1083$14 (\$126 ),
-    .\port$1083$15 (\$127 ),
-    .\port$1083$2 (\$114 ),
-    .\port$1083$3 (\$115 ),
-    .\port$1083$4 (\$116 ),
-    .\port$1083$5 (\$117 ),
-    .\port$1083$6 (\$118 ),
-    .\port$1083$7 (\$119 ),
-    .\port$1083$8 (\$120 ),
-    .\port$1083$9 (\$121 )
+    .\port$1069$0 (\$112 ),
+    .\port$1069$1 (\$113 ),
+    .\port$1069$10 (\$122 ),
+    .\port$1069$11 (\$123 ),
+    .\port$1069$12 (\$124 ),
+    .\port$1069$13 (\$125 ),
+    .\port$1069$14 (\$126 ),
+    .\port$1069$15 (\$127 ),
+    .\port$1069$2 (\$114 ),
+    .\port$1069$3 (\$115 ),
+    .\port$1069$4 (\$116 ),
+    .\port$1069$5 (\$117 ),
+    .\port$1069$6 (\$118 ),
+    .\port$1069$7 (\$119 ),
+    .\port$1069$8 (\$120 ),
+    .\port$1069$9 (\$121 )
   );
   \psc_core.dp.pe_3.mul_4  mul_4 (
     .a(x[39:32]),
     .b(w[39:32]),
     .clk(clk),
     .en(en),
-    .\port$1084$0 (\$128 ),
-    .\port$1084$1 (\$129 ),
-    .\port$1084$10 (\$138 ),
-    .\port$1084$11 (\$139 ),
-    .\port$1084$12 (\$140 ),
-    .\port$1084$13 (\$141 ),
-    .\port$1084$14 (\$142 ),
-    .\port$1084$15 (\$143 ),
-    .\port$1084$2 (\$130 ),
-    .\port$1084$3 (\$131 ),
-    .\port$1084$4 (\$132 ),
-    .\port$1084$5 (\$133 ),
-    .\port$1084$6 (\$134 ),
-    .\port$1084$7 (\$135 ),
-    .\port$1084$8 (\$136 ),
-    .\port$1084$9 (\$137 )
+    .\port$1070$0 (\$128 ),
+    .\port$1070$1 (\$129 ),
+    .\port$1070$10 (\$138 ),
+    .\port$1070$11 (\$139 ),
+    .\port$1070$12 (\$140 ),
+    .\port$1070$13 (\$141 ),
+    .\port$1070$14 (\$142 ),
+    .\port$1070$15 (\$143 ),
+    .\port$1070$2 (\$130 ),
+    .\port$1070$3 (\$131 ),
+    .\port$1070$4 (\$132 ),
+    .\port$1070$5 (\$133 ),
+    .\port$1070$6 (\$134 ),
+    .\port$1070$7 (\$135 ),
+    .\port$1070$8 (\$136 ),
+    .\port$1070$9 (\$137 )
   );
   \psc_core.dp.pe_3.mul_5  mul_5 (
     .a(x[47:40]),
     .b(w[47:40]),
     .clk(clk),
     .en(en),
-    .\port$1085$0 (\$144 ),
-    .\port$1085$1 (\$145 ),
-    .\port$1085$10 (\$154 ),
-    .\port$1085$11 (\$155 ),
-    .\port$1085$12 (\$156 ),
-    .\port$1085$13 (\$157 ),
-    .\port$1085$14 (\$158 ),
-    .\port$1085$15 (\$159 ),
-    .\port$1085$2 (\$146 ),
-    .\port$1085$3 (\$147 ),
-    .\port$1085$4 (\$148 ),
-    .\port$1085$5 (\$149 ),
-    .\port$1085$6 (\$150 ),
-    .\port$1085$7 (\$151 ),
-    .\port$1085$8 (\$152 ),
-    .\port$1085$9 (\$153 )
+    .\port$1071$0 (\$144 ),
+    .\port$1071$1 (\$145 ),
+    .\port$1071$10 (\$154 ),
+    .\port$1071$11 (\$155 ),
+    .\port$1071$12 (\$156 ),
+    .\port$1071$13 (\$157 ),
+    .\port$1071$14 (\$158 ),
+    .\port$1071$15 (\$159 ),
+    .\port$1071$2 (\$146 ),
+    .\port$1071$3 (\$147 ),
+    .\port$1071$4 (\$148 ),
+    .\port$1071$5 (\$149 ),
+    .\port$1071$6 (\$150 ),
+    .\port$1071$7 (\$151 ),
+    .\port$1071$8 (\$152 ),
+    .\port$1071$9 (\$153 )
   );
   \psc_core.dp.pe_3.mul_6  mul_6 (
     .a(x[55:48]),
     .b(w[55:48]),
     .clk(clk),
     .en(en),
-    .\port$1086$0 (\$160 ),
-    .\port$1086$1 (\$161 ),
-    .\port$1086$10 (\$170 ),
-    .\port$1086$11 (\$171 ),
-    .\port$1086$12 (\$172 ),
-    .\port$1086$13 (\$173 ),
-    .\port$1086$14 (\$174 ),
-    .\port$1086$15 (\$175 ),
-    .\port$1086$2 (\$162 ),
-    .\port$1086$3 (\$163 ),
-    .\port$1086$4 (\$164 ),
-    .\port$1086$5 (\$165 ),
-    .\port$1086$6 (\$166 ),
-    .\port$1086$7 (\$167 ),
-    .\port$1086$8 (\$168 ),
-    .\port$1086$9 (\$169 )
+    .\port$1072$0 (\$160 ),
+    .\port$1072$1 (\$161 ),
+    .\port$1072$10 (\$170 ),
+    .\port$1072$11 (\$171 ),
+    .\port$1072$12 (\$172 ),
+    .\port$1072$13 (\$173 ),
+    .\port$1072$14 (\$174 ),
+    .\port$1072$15 (\$175 ),
+    .\port$1072$2 (\$162 ),
+    .\port$1072$3 (\$163 ),
+    .\port$1072$4 (\$164 ),
+    .\port$1072$5 (\$165 ),
+    .\port$1072$6 (\$166 ),
+    .\port$1072$7 (\$167 ),
+    .\port$1072$8 (\$168 ),
+    .\port$1072$9 (\$169 )
   );
   \psc_core.dp.pe_3.wsu  wsu (
     .mask(mask),
@@ -11373,7 +11373,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3094$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$3094$768 [32];
+      \$37  = \port$3079$768 [32];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -11383,7 +11383,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3094$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$3094$768 [33];
+      \$38  = \port$3079$768 [33];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -11394,7 +11394,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3094$768 , valid, en, lane_acc, a
     \$39  = b1;
     if (en) begin
       if (\$2 ) begin
-        \$39  = \port$3094$768 [31:0];
+        \$39  = \port$3079$768 [31:0];
       end
     end
   end
@@ -11637,9 +11637,9 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3094$768 , valid, en, lane_acc, a
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$3094$768 [32];
-  assign last = \port$3094$768 [33];
-  assign bias = \port$3094$768 [31:0];
+  assign first = \port$3079$768 [32];
+  assign last = \port$3079$768 [33];
+  assign bias = \port$3079$768 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -11699,7 +11699,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3094$768 , valid, en, lane_acc, a
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_0 (\port$1080$0 , \port$1080$1 , \port$1080$2 , \port$1080$3 , \port$1080$4 , \port$1080$5 , \port$1080$6 , \port$1080$7 , \port$1080$8 , \port$1080$9 , \port$1080$10 , \port$1080$11 , \port$1080$12 , \port$1080$13 , \port$1080$14 , \port$1080$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_0 (\port$1066$0 , \port$1066$1 , \port$1066$2 , \port$1066$3 , \port$1066$4 , \port$1066$5 , \port$1066$6 , \port$1066$7 , \port$1066$8 , \port$1066$9 , \port$1066$10 , \port$1066$11 , \port$1066$12 , \port$1066$13 , \port$1066$14 , \port$1066$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -11748,38 +11748,38 @@ module \psc_core.dp.pe_3.mul_0 (\port$1080$0 , \port$1080$1 , \port$1080$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1080$0 ;
-  wire \port$1080$0 ;
-  output \port$1080$1 ;
-  wire \port$1080$1 ;
-  output \port$1080$10 ;
-  wire \port$1080$10 ;
-  output \port$1080$11 ;
-  wire \port$1080$11 ;
-  output \port$1080$12 ;
-  wire \port$1080$12 ;
-  output \port$1080$13 ;
-  wire \port$1080$13 ;
-  output \port$1080$14 ;
-  wire \port$1080$14 ;
-  output \port$1080$15 ;
-  wire \port$1080$15 ;
-  output \port$1080$2 ;
-  wire \port$1080$2 ;
-  output \port$1080$3 ;
-  wire \port$1080$3 ;
-  output \port$1080$4 ;
-  wire \port$1080$4 ;
-  output \port$1080$5 ;
-  wire \port$1080$5 ;
-  output \port$1080$6 ;
-  wire \port$1080$6 ;
-  output \port$1080$7 ;
-  wire \port$1080$7 ;
-  output \port$1080$8 ;
-  wire \port$1080$8 ;
-  output \port$1080$9 ;
-  wire \port$1080$9 ;
+  output \port$1066$0 ;
+  wire \port$1066$0 ;
+  output \port$1066$1 ;
+  wire \port$1066$1 ;
+  output \port$1066$10 ;
+  wire \port$1066$10 ;
+  output \port$1066$11 ;
+  wire \port$1066$11 ;
+  output \port$1066$12 ;
+  wire \port$1066$12 ;
+  output \port$1066$13 ;
+  wire \port$1066$13 ;
+  output \port$1066$14 ;
+  wire \port$1066$14 ;
+  output \port$1066$15 ;
+  wire \port$1066$15 ;
+  output \port$1066$2 ;
+  wire \port$1066$2 ;
+  output \port$1066$3 ;
+  wire \port$1066$3 ;
+  output \port$1066$4 ;
+  wire \port$1066$4 ;
+  output \port$1066$5 ;
+  wire \port$1066$5 ;
+  output \port$1066$6 ;
+  wire \port$1066$6 ;
+  output \port$1066$7 ;
+  wire \port$1066$7 ;
+  output \port$1066$8 ;
+  wire \port$1066$8 ;
+  output \port$1066$9 ;
+  wire \port$1066$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -11903,26 +11903,26 @@ module \psc_core.dp.pe_3.mul_0 (\port$1080$0 , \port$1080$1 , \port$1080$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1080$0  = \$1 ;
-  assign \port$1080$1  = \$2 ;
-  assign \port$1080$2  = \$3 ;
-  assign \port$1080$3  = \$4 ;
-  assign \port$1080$4  = \$5 ;
-  assign \port$1080$5  = \$6 ;
-  assign \port$1080$6  = \$7 ;
-  assign \port$1080$7  = \$8 ;
-  assign \port$1080$8  = \$9 ;
-  assign \port$1080$9  = \$10 ;
-  assign \port$1080$10  = \$11 ;
-  assign \port$1080$11  = \$12 ;
-  assign \port$1080$12  = \$13 ;
-  assign \port$1080$13  = \$14 ;
-  assign \port$1080$14  = \$15 ;
-  assign \port$1080$15  = \$16 ;
+  assign \port$1066$0  = \$1 ;
+  assign \port$1066$1  = \$2 ;
+  assign \port$1066$2  = \$3 ;
+  assign \port$1066$3  = \$4 ;
+  assign \port$1066$4  = \$5 ;
+  assign \port$1066$5  = \$6 ;
+  assign \port$1066$6  = \$7 ;
+  assign \port$1066$7  = \$8 ;
+  assign \port$1066$8  = \$9 ;
+  assign \port$1066$9  = \$10 ;
+  assign \port$1066$10  = \$11 ;
+  assign \port$1066$11  = \$12 ;
+  assign \port$1066$12  = \$13 ;
+  assign \port$1066$13  = \$14 ;
+  assign \port$1066$14  = \$15 ;
+  assign \port$1066$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_1 (\port$1081$0 , \port$1081$1 , \port$1081$2 , \port$1081$3 , \port$1081$4 , \port$1081$5 , \port$1081$6 , \port$1081$7 , \port$1081$8 , \port$1081$9 , \port$1081$10 , \port$1081$11 , \port$1081$12 , \port$1081$13 , \port$1081$14 , \port$1081$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_1 (\port$1067$0 , \port$1067$1 , \port$1067$2 , \port$1067$3 , \port$1067$4 , \port$1067$5 , \port$1067$6 , \port$1067$7 , \port$1067$8 , \port$1067$9 , \port$1067$10 , \port$1067$11 , \port$1067$12 , \port$1067$13 , \port$1067$14 , \port$1067$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -11971,38 +11971,38 @@ module \psc_core.dp.pe_3.mul_1 (\port$1081$0 , \port$1081$1 , \port$1081$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1081$0 ;
-  wire \port$1081$0 ;
-  output \port$1081$1 ;
-  wire \port$1081$1 ;
-  output \port$1081$10 ;
-  wire \port$1081$10 ;
-  output \port$1081$11 ;
-  wire \port$1081$11 ;
-  output \port$1081$12 ;
-  wire \port$1081$12 ;
-  output \port$1081$13 ;
-  wire \port$1081$13 ;
-  output \port$1081$14 ;
-  wire \port$1081$14 ;
-  output \port$1081$15 ;
-  wire \port$1081$15 ;
-  output \port$1081$2 ;
-  wire \port$1081$2 ;
-  output \port$1081$3 ;
-  wire \port$1081$3 ;
-  output \port$1081$4 ;
-  wire \port$1081$4 ;
-  output \port$1081$5 ;
-  wire \port$1081$5 ;
-  output \port$1081$6 ;
-  wire \port$1081$6 ;
-  output \port$1081$7 ;
-  wire \port$1081$7 ;
-  output \port$1081$8 ;
-  wire \port$1081$8 ;
-  output \port$1081$9 ;
-  wire \port$1081$9 ;
+  output \port$1067$0 ;
+  wire \port$1067$0 ;
+  output \port$1067$1 ;
+  wire \port$1067$1 ;
+  output \port$1067$10 ;
+  wire \port$1067$10 ;
+  output \port$1067$11 ;
+  wire \port$1067$11 ;
+  output \port$1067$12 ;
+  wire \port$1067$12 ;
+  output \port$1067$13 ;
+  wire \port$1067$13 ;
+  output \port$1067$14 ;
+  wire \port$1067$14 ;
+  output \port$1067$15 ;
+  wire \port$1067$15 ;
+  output \port$1067$2 ;
+  wire \port$1067$2 ;
+  output \port$1067$3 ;
+  wire \port$1067$3 ;
+  output \port$1067$4 ;
+  wire \port$1067$4 ;
+  output \port$1067$5 ;
+  wire \port$1067$5 ;
+  output \port$1067$6 ;
+  wire \port$1067$6 ;
+  output \port$1067$7 ;
+  wire \port$1067$7 ;
+  output \port$1067$8 ;
+  wire \port$1067$8 ;
+  output \port$1067$9 ;
+  wire \port$1067$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -12126,26 +12126,26 @@ module \psc_core.dp.pe_3.mul_1 (\port$1081$0 , \port$1081$1 , \port$1081$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1081$0  = \$1 ;
-  assign \port$1081$1  = \$2 ;
-  assign \port$1081$2  = \$3 ;
-  assign \port$1081$3  = \$4 ;
-  assign \port$1081$4  = \$5 ;
-  assign \port$1081$5  = \$6 ;
-  assign \port$1081$6  = \$7 ;
-  assign \port$1081$7  = \$8 ;
-  assign \port$1081$8  = \$9 ;
-  assign \port$1081$9  = \$10 ;
-  assign \port$1081$10  = \$11 ;
-  assign \port$1081$11  = \$12 ;
-  assign \port$1081$12  = \$13 ;
-  assign \port$1081$13  = \$14 ;
-  assign \port$1081$14  = \$15 ;
-  assign \port$1081$15  = \$16 ;
+  assign \port$1067$0  = \$1 ;
+  assign \port$1067$1  = \$2 ;
+  assign \port$1067$2  = \$3 ;
+  assign \port$1067$3  = \$4 ;
+  assign \port$1067$4  = \$5 ;
+  assign \port$1067$5  = \$6 ;
+  assign \port$1067$6  = \$7 ;
+  assign \port$1067$7  = \$8 ;
+  assign \port$1067$8  = \$9 ;
+  assign \port$1067$9  = \$10 ;
+  assign \port$1067$10  = \$11 ;
+  assign \port$1067$11  = \$12 ;
+  assign \port$1067$12  = \$13 ;
+  assign \port$1067$13  = \$14 ;
+  assign \port$1067$14  = \$15 ;
+  assign \port$1067$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_2 (\port$1082$0 , \port$1082$1 , \port$1082$2 , \port$1082$3 , \port$1082$4 , \port$1082$5 , \port$1082$6 , \port$1082$7 , \port$1082$8 , \port$1082$9 , \port$1082$10 , \port$1082$11 , \port$1082$12 , \port$1082$13 , \port$1082$14 , \port$1082$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_2 (\port$1068$0 , \port$1068$1 , \port$1068$2 , \port$1068$3 , \port$1068$4 , \port$1068$5 , \port$1068$6 , \port$1068$7 , \port$1068$8 , \port$1068$9 , \port$1068$10 , \port$1068$11 , \port$1068$12 , \port$1068$13 , \port$1068$14 , \port$1068$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12194,38 +12194,38 @@ module \psc_core.dp.pe_3.mul_2 (\port$1082$0 , \port$1082$1 , \port$1082$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1082$0 ;
-  wire \port$1082$0 ;
-  output \port$1082$1 ;
-  wire \port$1082$1 ;
-  output \port$1082$10 ;
-  wire \port$1082$10 ;
-  output \port$1082$11 ;
-  wire \port$1082$11 ;
-  output \port$1082$12 ;
-  wire \port$1082$12 ;
-  output \port$1082$13 ;
-  wire \port$1082$13 ;
-  output \port$1082$14 ;
-  wire \port$1082$14 ;
-  output \port$1082$15 ;
-  wire \port$1082$15 ;
-  output \port$1082$2 ;
-  wire \port$1082$2 ;
-  output \port$1082$3 ;
-  wire \port$1082$3 ;
-  output \port$1082$4 ;
-  wire \port$1082$4 ;
-  output \port$1082$5 ;
-  wire \port$1082$5 ;
-  output \port$1082$6 ;
-  wire \port$1082$6 ;
-  output \port$1082$7 ;
-  wire \port$1082$7 ;
-  output \port$1082$8 ;
-  wire \port$1082$8 ;
-  output \port$1082$9 ;
-  wire \port$1082$9 ;
+  output \port$1068$0 ;
+  wire \port$1068$0 ;
+  output \port$1068$1 ;
+  wire \port$1068$1 ;
+  output \port$1068$10 ;
+  wire \port$1068$10 ;
+  output \port$1068$11 ;
+  wire \port$1068$11 ;
+  output \port$1068$12 ;
+  wire \port$1068$12 ;
+  output \port$1068$13 ;
+  wire \port$1068$13 ;
+  output \port$1068$14 ;
+  wire \port$1068$14 ;
+  output \port$1068$15 ;
+  wire \port$1068$15 ;
+  output \port$1068$2 ;
+  wire \port$1068$2 ;
+  output \port$1068$3 ;
+  wire \port$1068$3 ;
+  output \port$1068$4 ;
+  wire \port$1068$4 ;
+  output \port$1068$5 ;
+  wire \port$1068$5 ;
+  output \port$1068$6 ;
+  wire \port$1068$6 ;
+  output \port$1068$7 ;
+  wire \port$1068$7 ;
+  output \port$1068$8 ;
+  wire \port$1068$8 ;
+  output \port$1068$9 ;
+  wire \port$1068$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -12349,26 +12349,26 @@ module \psc_core.dp.pe_3.mul_2 (\port$1082$0 , \port$1082$1 , \port$1082$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1082$0  = \$1 ;
-  assign \port$1082$1  = \$2 ;
-  assign \port$1082$2  = \$3 ;
-  assign \port$1082$3  = \$4 ;
-  assign \port$1082$4  = \$5 ;
-  assign \port$1082$5  = \$6 ;
-  assign \port$1082$6  = \$7 ;
-  assign \port$1082$7  = \$8 ;
-  assign \port$1082$8  = \$9 ;
-  assign \port$1082$9  = \$10 ;
-  assign \port$1082$10  = \$11 ;
-  assign \port$1082$11  = \$12 ;
-  assign \port$1082$12  = \$13 ;
-  assign \port$1082$13  = \$14 ;
-  assign \port$1082$14  = \$15 ;
-  assign \port$1082$15  = \$16 ;
+  assign \port$1068$0  = \$1 ;
+  assign \port$1068$1  = \$2 ;
+  assign \port$1068$2  = \$3 ;
+  assign \port$1068$3  = \$4 ;
+  assign \port$1068$4  = \$5 ;
+  assign \port$1068$5  = \$6 ;
+  assign \port$1068$6  = \$7 ;
+  assign \port$1068$7  = \$8 ;
+  assign \port$1068$8  = \$9 ;
+  assign \port$1068$9  = \$10 ;
+  assign \port$1068$10  = \$11 ;
+  assign \port$1068$11  = \$12 ;
+  assign \port$1068$12  = \$13 ;
+  assign \port$1068$13  = \$14 ;
+  assign \port$1068$14  = \$15 ;
+  assign \port$1068$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_3 (\port$1083$0 , \port$1083$1 , \port$1083$2 , \port$1083$3 , \port$1083$4 , \port$1083$5 , \port$1083$6 , \port$1083$7 , \port$1083$8 , \port$1083$9 , \port$1083$10 , \port$1083$11 , \port$1083$12 , \port$1083$13 , \port$1083$14 , \port$1083$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_3 (\port$1069$0 , \port$1069$1 , \port$1069$2 , \port$1069$3 , \port$1069$4 , \port$1069$5 , \port$1069$6 , \port$1069$7 , \port$1069$8 , \port$1069$9 , \port$1069$10 , \port$1069$11 , \port$1069$12 , \port$1069$13 , \port$1069$14 , \port$1069$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12417,38 +12417,38 @@ module \psc_core.dp.pe_3.mul_3 (\port$1083$0 , \port$1083$1 , \port$1083$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1083$0 ;
-  wire \port$1083$0 ;
-  output \port$1083$1 ;
-  wire \port$1083$1 ;
-  output \port$1083$10 ;
-  wire \port$1083$10 ;
-  output \port$1083$11 ;
-  wire \port$1083$11 ;
-  output \port$1083$12 ;
-  wire \port$1083$12 ;
-  output \port$1083$13 ;
-  wire \port$1083$13 ;
-  output \port$1083$14 ;
-  wire \port$1083$14 ;
-  output \port$1083$15 ;
-  wire \port$1083$15 ;
-  output \port$1083$2 ;
-  wire \port$1083$2 ;
-  output \port$1083$3 ;
-  wire \port$1083$3 ;
-  output \port$1083$4 ;
-  wire \port$1083$4 ;
-  output \port$1083$5 ;
-  wire \port$1083$5 ;
-  output \port$1083$6 ;
-  wire \port$1083$6 ;
-  output \port$1083$7 ;
-  wire \port$1083$7 ;
-  output \port$1083$8 ;
-  wire \port$1083$8 ;
-  output \port$1083$9 ;
-  wire \port$1083$9 ;
+  output \port$1069$0 ;
+  wire \port$1069$0 ;
+  output \port$1069$1 ;
+  wire \port$1069$1 ;
+  output \port$1069$10 ;
+  wire \port$1069$10 ;
+  output \port$1069$11 ;
+  wire \port$1069$11 ;
+  output \port$1069$12 ;
+  wire \port$1069$12 ;
+  output \port$1069$13 ;
+  wire \port$1069$13 ;
+  output \port$1069$14 ;
+  wire \port$1069$14 ;
+  output \port$1069$15 ;
+  wire \port$1069$15 ;
+  output \port$1069$2 ;
+  wire \port$1069$2 ;
+  output \port$1069$3 ;
+  wire \port$1069$3 ;
+  output \port$1069$4 ;
+  wire \port$1069$4 ;
+  output \port$1069$5 ;
+  wire \port$1069$5 ;
+  output \port$1069$6 ;
+  wire \port$1069$6 ;
+  output \port$1069$7 ;
+  wire \port$1069$7 ;
+  output \port$1069$8 ;
+  wire \port$1069$8 ;
+  output \port$1069$9 ;
+  wire \port$1069$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -12572,26 +12572,26 @@ module \psc_core.dp.pe_3.mul_3 (\port$1083$0 , \port$1083$1 , \port$1083$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1083$0  = \$1 ;
-  assign \port$1083$1  = \$2 ;
-  assign \port$1083$2  = \$3 ;
-  assign \port$1083$3  = \$4 ;
-  assign \port$1083$4  = \$5 ;
-  assign \port$1083$5  = \$6 ;
-  assign \port$1083$6  = \$7 ;
-  assign \port$1083$7  = \$8 ;
-  assign \port$1083$8  = \$9 ;
-  assign \port$1083$9  = \$10 ;
-  assign \port$1083$10  = \$11 ;
-  assign \port$1083$11  = \$12 ;
-  assign \port$1083$12  = \$13 ;
-  assign \port$1083$13  = \$14 ;
-  assign \port$1083$14  = \$15 ;
-  assign \port$1083$15  = \$16 ;
+  assign \port$1069$0  = \$1 ;
+  assign \port$1069$1  = \$2 ;
+  assign \port$1069$2  = \$3 ;
+  assign \port$1069$3  = \$4 ;
+  assign \port$1069$4  = \$5 ;
+  assign \port$1069$5  = \$6 ;
+  assign \port$1069$6  = \$7 ;
+  assign \port$1069$7  = \$8 ;
+  assign \port$1069$8  = \$9 ;
+  assign \port$1069$9  = \$10 ;
+  assign \port$1069$10  = \$11 ;
+  assign \port$1069$11  = \$12 ;
+  assign \port$1069$12  = \$13 ;
+  assign \port$1069$13  = \$14 ;
+  assign \port$1069$14  = \$15 ;
+  assign \port$1069$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_4 (\port$1084$0 , \port$1084$1 , \port$1084$2 , \port$1084$3 , \port$1084$4 , \port$1084$5 , \port$1084$6 , \port$1084$7 , \port$1084$8 , \port$1084$9 , \port$1084$10 , \port$1084$11 , \port$1084$12 , \port$1084$13 , \port$1084$14 , \port$1084$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_4 (\port$1070$0 , \port$1070$1 , \port$1070$2 , \port$1070$3 , \port$1070$4 , \port$1070$5 , \port$1070$6 , \port$1070$7 , \port$1070$8 , \port$1070$9 , \port$1070$10 , \port$1070$11 , \port$1070$12 , \port$1070$13 , \port$1070$14 , \port$1070$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12640,38 +12640,38 @@ module \psc_core.dp.pe_3.mul_4 (\port$1084$0 , \port$1084$1 , \port$1084$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1084$0 ;
-  wire \port$1084$0 ;
-  output \port$1084$1 ;
-  wire \port$1084$1 ;
-  output \port$1084$10 ;
-  wire \port$1084$10 ;
-  output \port$1084$11 ;
-  wire \port$1084$11 ;
-  output \port$1084$12 ;
-  wire \port$1084$12 ;
-  output \port$1084$13 ;
-  wire \port$1084$13 ;
-  output \port$1084$14 ;
-  wire \port$1084$14 ;
-  output \port$1084$15 ;
-  wire \port$1084$15 ;
-  output \port$1084$2 ;
-  wire \port$1084$2 ;
-  output \port$1084$3 ;
-  wire \port$1084$3 ;
-  output \port$1084$4 ;
-  wire \port$1084$4 ;
-  output \port$1084$5 ;
-  wire \port$1084$5 ;
-  output \port$1084$6 ;
-  wire \port$1084$6 ;
-  output \port$1084$7 ;
-  wire \port$1084$7 ;
-  output \port$1084$8 ;
-  wire \port$1084$8 ;
-  output \port$1084$9 ;
-  wire \port$1084$9 ;
+  output \port$1070$0 ;
+  wire \port$1070$0 ;
+  output \port$1070$1 ;
+  wire \port$1070$1 ;
+  output \port$1070$10 ;
+  wire \port$1070$10 ;
+  output \port$1070$11 ;
+  wire \port$1070$11 ;
+  output \port$1070$12 ;
+  wire \port$1070$12 ;
+  output \port$1070$13 ;
+  wire \port$1070$13 ;
+  output \port$1070$14 ;
+  wire \port$1070$14 ;
+  output \port$1070$15 ;
+  wire \port$1070$15 ;
+  output \port$1070$2 ;
+  wire \port$1070$2 ;
+  output \port$1070$3 ;
+  wire \port$1070$3 ;
+  output \port$1070$4 ;
+  wire \port$1070$4 ;
+  output \port$1070$5 ;
+  wire \port$1070$5 ;
+  output \port$1070$6 ;
+  wire \port$1070$6 ;
+  output \port$1070$7 ;
+  wire \port$1070$7 ;
+  output \port$1070$8 ;
+  wire \port$1070$8 ;
+  output \port$1070$9 ;
+  wire \port$1070$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -12795,26 +12795,26 @@ module \psc_core.dp.pe_3.mul_4 (\port$1084$0 , \port$1084$1 , \port$1084$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1084$0  = \$1 ;
-  assign \port$1084$1  = \$2 ;
-  assign \port$1084$2  = \$3 ;
-  assign \port$1084$3  = \$4 ;
-  assign \port$1084$4  = \$5 ;
-  assign \port$1084$5  = \$6 ;
-  assign \port$1084$6  = \$7 ;
-  assign \port$1084$7  = \$8 ;
-  assign \port$1084$8  = \$9 ;
-  assign \port$1084$9  = \$10 ;
-  assign \port$1084$10  = \$11 ;
-  assign \port$1084$11  = \$12 ;
-  assign \port$1084$12  = \$13 ;
-  assign \port$1084$13  = \$14 ;
-  assign \port$1084$14  = \$15 ;
-  assign \port$1084$15  = \$16 ;
+  assign \port$1070$0  = \$1 ;
+  assign \port$1070$1  = \$2 ;
+  assign \port$1070$2  = \$3 ;
+  assign \port$1070$3  = \$4 ;
+  assign \port$1070$4  = \$5 ;
+  assign \port$1070$5  = \$6 ;
+  assign \port$1070$6  = \$7 ;
+  assign \port$1070$7  = \$8 ;
+  assign \port$1070$8  = \$9 ;
+  assign \port$1070$9  = \$10 ;
+  assign \port$1070$10  = \$11 ;
+  assign \port$1070$11  = \$12 ;
+  assign \port$1070$12  = \$13 ;
+  assign \port$1070$13  = \$14 ;
+  assign \port$1070$14  = \$15 ;
+  assign \port$1070$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_5 (\port$1085$0 , \port$1085$1 , \port$1085$2 , \port$1085$3 , \port$1085$4 , \port$1085$5 , \port$1085$6 , \port$1085$7 , \port$1085$8 , \port$1085$9 , \port$1085$10 , \port$1085$11 , \port$1085$12 , \port$1085$13 , \port$1085$14 , \port$1085$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_5 (\port$1071$0 , \port$1071$1 , \port$1071$2 , \port$1071$3 , \port$1071$4 , \port$1071$5 , \port$1071$6 , \port$1071$7 , \port$1071$8 , \port$1071$9 , \port$1071$10 , \port$1071$11 , \port$1071$12 , \port$1071$13 , \port$1071$14 , \port$1071$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -12863,38 +12863,38 @@ module \psc_core.dp.pe_3.mul_5 (\port$1085$0 , \port$1085$1 , \port$1085$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1085$0 ;
-  wire \port$1085$0 ;
-  output \port$1085$1 ;
-  wire \port$1085$1 ;
-  output \port$1085$10 ;
-  wire \port$1085$10 ;
-  output \port$1085$11 ;
-  wire \port$1085$11 ;
-  output \port$1085$12 ;
-  wire \port$1085$12 ;
-  output \port$1085$13 ;
-  wire \port$1085$13 ;
-  output \port$1085$14 ;
-  wire \port$1085$14 ;
-  output \port$1085$15 ;
-  wire \port$1085$15 ;
-  output \port$1085$2 ;
-  wire \port$1085$2 ;
-  output \port$1085$3 ;
-  wire \port$1085$3 ;
-  output \port$1085$4 ;
-  wire \port$1085$4 ;
-  output \port$1085$5 ;
-  wire \port$1085$5 ;
-  output \port$1085$6 ;
-  wire \port$1085$6 ;
-  output \port$1085$7 ;
-  wire \port$1085$7 ;
-  output \port$1085$8 ;
-  wire \port$1085$8 ;
-  output \port$1085$9 ;
-  wire \port$1085$9 ;
+  output \port$1071$0 ;
+  wire \port$1071$0 ;
+  output \port$1071$1 ;
+  wire \port$1071$1 ;
+  output \port$1071$10 ;
+  wire \port$1071$10 ;
+  output \port$1071$11 ;
+  wire \port$1071$11 ;
+  output \port$1071$12 ;
+  wire \port$1071$12 ;
+  output \port$1071$13 ;
+  wire \port$1071$13 ;
+  output \port$1071$14 ;
+  wire \port$1071$14 ;
+  output \port$1071$15 ;
+  wire \port$1071$15 ;
+  output \port$1071$2 ;
+  wire \port$1071$2 ;
+  output \port$1071$3 ;
+  wire \port$1071$3 ;
+  output \port$1071$4 ;
+  wire \port$1071$4 ;
+  output \port$1071$5 ;
+  wire \port$1071$5 ;
+  output \port$1071$6 ;
+  wire \port$1071$6 ;
+  output \port$1071$7 ;
+  wire \port$1071$7 ;
+  output \port$1071$8 ;
+  wire \port$1071$8 ;
+  output \port$1071$9 ;
+  wire \port$1071$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -13018,26 +13018,26 @@ module \psc_core.dp.pe_3.mul_5 (\port$1085$0 , \port$1085$1 , \port$1085$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1085$0  = \$1 ;
-  assign \port$1085$1  = \$2 ;
-  assign \port$1085$2  = \$3 ;
-  assign \port$1085$3  = \$4 ;
-  assign \port$1085$4  = \$5 ;
-  assign \port$1085$5  = \$6 ;
-  assign \port$1085$6  = \$7 ;
-  assign \port$1085$7  = \$8 ;
-  assign \port$1085$8  = \$9 ;
-  assign \port$1085$9  = \$10 ;
-  assign \port$1085$10  = \$11 ;
-  assign \port$1085$11  = \$12 ;
-  assign \port$1085$12  = \$13 ;
-  assign \port$1085$13  = \$14 ;
-  assign \port$1085$14  = \$15 ;
-  assign \port$1085$15  = \$16 ;
+  assign \port$1071$0  = \$1 ;
+  assign \port$1071$1  = \$2 ;
+  assign \port$1071$2  = \$3 ;
+  assign \port$1071$3  = \$4 ;
+  assign \port$1071$4  = \$5 ;
+  assign \port$1071$5  = \$6 ;
+  assign \port$1071$6  = \$7 ;
+  assign \port$1071$7  = \$8 ;
+  assign \port$1071$8  = \$9 ;
+  assign \port$1071$9  = \$10 ;
+  assign \port$1071$10  = \$11 ;
+  assign \port$1071$11  = \$12 ;
+  assign \port$1071$12  = \$13 ;
+  assign \port$1071$13  = \$14 ;
+  assign \port$1071$14  = \$15 ;
+  assign \port$1071$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3.mul_6 (\port$1086$0 , \port$1086$1 , \port$1086$2 , \port$1086$3 , \port$1086$4 , \port$1086$5 , \port$1086$6 , \port$1086$7 , \port$1086$8 , \port$1086$9 , \port$1086$10 , \port$1086$11 , \port$1086$12 , \port$1086$13 , \port$1086$14 , \port$1086$15 , a, en, b, clk);
+module \psc_core.dp.pe_3.mul_6 (\port$1072$0 , \port$1072$1 , \port$1072$2 , \port$1072$3 , \port$1072$4 , \port$1072$5 , \port$1072$6 , \port$1072$7 , \port$1072$8 , \port$1072$9 , \port$1072$10 , \port$1072$11 , \port$1072$12 , \port$1072$13 , \port$1072$14 , \port$1072$15 , a, en, b, clk);
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
@@ -13086,38 +13086,38 @@ module \psc_core.dp.pe_3.mul_6 (\port$1086$0 , \port$1086$1 , \port$1086$2 , \po
   wire en;
   wire [15:0] p;
   wire [35:0] p36;
-  output \port$1086$0 ;
-  wire \port$1086$0 ;
-  output \port$1086$1 ;
-  wire \port$1086$1 ;
-  output \port$1086$10 ;
-  wire \port$1086$10 ;
-  output \port$1086$11 ;
-  wire \port$1086$11 ;
-  output \port$1086$12 ;
-  wire \port$1086$12 ;
-  output \port$1086$13 ;
-  wire \port$1086$13 ;
-  output \port$1086$14 ;
-  wire \port$1086$14 ;
-  output \port$1086$15 ;
-  wire \port$1086$15 ;
-  output \port$1086$2 ;
-  wire \port$1086$2 ;
-  output \port$1086$3 ;
-  wire \port$1086$3 ;
-  output \port$1086$4 ;
-  wire \port$1086$4 ;
-  output \port$1086$5 ;
-  wire \port$1086$5 ;
-  output \port$1086$6 ;
-  wire \port$1086$6 ;
-  output \port$1086$7 ;
-  wire \port$1086$7 ;
-  output \port$1086$8 ;
-  wire \port$1086$8 ;
-  output \port$1086$9 ;
-  wire \port$1086$9 ;
+  output \port$1072$0 ;
+  wire \port$1072$0 ;
+  output \port$1072$1 ;
+  wire \port$1072$1 ;
+  output \port$1072$10 ;
+  wire \port$1072$10 ;
+  output \port$1072$11 ;
+  wire \port$1072$11 ;
+  output \port$1072$12 ;
+  wire \port$1072$12 ;
+  output \port$1072$13 ;
+  wire \port$1072$13 ;
+  output \port$1072$14 ;
+  wire \port$1072$14 ;
+  output \port$1072$15 ;
+  wire \port$1072$15 ;
+  output \port$1072$2 ;
+  wire \port$1072$2 ;
+  output \port$1072$3 ;
+  wire \port$1072$3 ;
+  output \port$1072$4 ;
+  wire \port$1072$4 ;
+  output \port$1072$5 ;
+  wire \port$1072$5 ;
+  output \port$1072$6 ;
+  wire \port$1072$6 ;
+  output \port$1072$7 ;
+  wire \port$1072$7 ;
+  output \port$1072$8 ;
+  wire \port$1072$8 ;
+  output \port$1072$9 ;
+  wire \port$1072$9 ;
   MULT18X18D #(
     .CAS_MATCH_REG("FALSE"),
     .GSR("DISABLED"),
@@ -13241,22 +13241,22 @@ module \psc_core.dp.pe_3.mul_6 (\port$1086$0 , \port$1086$1 , \port$1086$2 , \po
   assign b18 = { b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b[7], b };
   assign p = { \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
   assign p36 = { \$36 , \$35 , \$34 , \$33 , \$32 , \$31 , \$30 , \$29 , \$28 , \$27 , \$26 , \$25 , \$24 , \$23 , \$22 , \$21 , \$20 , \$19 , \$18 , \$17 , \$16 , \$15 , \$14 , \$13 , \$12 , \$11 , \$10 , \$9 , \$8 , \$7 , \$6 , \$5 , \$4 , \$3 , \$2 , \$1  };
-  assign \port$1086$0  = \$1 ;
-  assign \port$1086$1  = \$2 ;
-  assign \port$1086$2  = \$3 ;
-  assign \port$1086$3  = \$4 ;
-  assign \port$1086$4  = \$5 ;
-  assign \port$1086$5  = \$6 ;
-  assign \port$1086$6  = \$7 ;
-  assign \port$1086$7  = \$8 ;
-  assign \port$1086$8  = \$9 ;
-  assign \port$1086$9  = \$10 ;
-  assign \port$1086$10  = \$11 ;
-  assign \port$1086$11  = \$12 ;
-  assign \port$1086$12  = \$13 ;
-  assign \port$1086$13  = \$14 ;
-  assign \port$1086$14  = \$15 ;
-  assign \port$1086$15  = \$16 ;
+  assign \port$1072$0  = \$1 ;
+  assign \port$1072$1  = \$2 ;
+  assign \port$1072$2  = \$3 ;
+  assign \port$1072$3  = \$4 ;
+  assign \port$1072$4  = \$5 ;
+  assign \port$1072$5  = \$6 ;
+  assign \port$1072$6  = \$7 ;
+  assign \port$1072$7  = \$8 ;
+  assign \port$1072$8  = \$9 ;
+  assign \port$1072$9  = \$10 ;
+  assign \port$1072$10  = \$11 ;
+  assign \port$1072$11  = \$12 ;
+  assign \port$1072$12  = \$13 ;
+  assign \port$1072$13  = \$14 ;
+  assign \port$1072$14  = \$15 ;
+  assign \port$1072$15  = \$16 ;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -27099,30 +27099,16 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, start, cmd, dw, dw
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, cfg__ready, accept, busy, sizing, run
+module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, last_go, run, cfg__ready, accept, busy, sizing
 , sizes, loaded, inputs_done, cfg__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$15  = 0;
   wire \$1 ;
   wire \$10 ;
-  wire \$100 ;
-  wire \$101 ;
-  wire \$102 ;
-  wire \$103 ;
-  reg \$104 ;
-  reg \$105 ;
-  reg \$106 ;
-  reg \$107 ;
-  reg [113:0] \$108 ;
-  reg \$109 ;
+  reg [2:0] \$100 ;
+  reg [5:0] \$101 ;
+  reg \$102 ;
+  reg \$103 ;
   wire \$11 ;
-  reg \$110 ;
-  reg \$111 ;
-  reg \$112 ;
-  reg [15:0] \$113 ;
-  reg [21:0] \$114 ;
-  reg [2:0] \$115 ;
-  reg [5:0] \$116 ;
-  reg \$117 ;
   wire \$12 ;
   wire \$13 ;
   wire \$14 ;
@@ -27163,7 +27149,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   wire \$46 ;
   wire \$47 ;
   wire \$48 ;
-  wire \$49 ;
+  wire [12:0] \$49 ;
   wire \$5 ;
   wire \$50 ;
   wire \$51 ;
@@ -27173,7 +27159,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   wire \$55 ;
   wire \$56 ;
   wire \$57 ;
-  wire [12:0] \$58 ;
+  wire \$58 ;
   wire \$59 ;
   wire \$6 ;
   wire \$60 ;
@@ -27183,46 +27169,45 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   wire \$64 ;
   wire \$65 ;
   wire \$66 ;
-  wire \$67 ;
+  wire [15:0] \$67 ;
   wire \$68 ;
   wire \$69 ;
   wire \$7 ;
-  wire \$70 ;
-  wire \$71 ;
-  wire \$72 ;
-  wire \$73 ;
-  wire \$74 ;
-  wire \$75 ;
+  wire [16:0] \$70 ;
+  wire [16:0] \$71 ;
+  wire [17:0] \$72 ;
+  wire [18:0] \$73 ;
+  wire [19:0] \$74 ;
+  wire [19:0] \$75 ;
   wire \$76 ;
   wire \$77 ;
-  wire \$78 ;
+  wire [22:0] \$78 ;
   wire \$79 ;
   wire \$8 ;
   wire \$80 ;
-  wire [15:0] \$81 ;
+  wire \$81 ;
   wire \$82 ;
   wire \$83 ;
-  wire [16:0] \$84 ;
-  wire [16:0] \$85 ;
-  wire [17:0] \$86 ;
-  wire [18:0] \$87 ;
-  wire [19:0] \$88 ;
-  wire [19:0] \$89 ;
+  wire \$84 ;
+  wire \$85 ;
+  wire \$86 ;
+  wire \$87 ;
+  wire \$88 ;
+  wire \$89 ;
   wire \$9 ;
-  wire \$90 ;
-  wire \$91 ;
-  wire [22:0] \$92 ;
-  wire \$93 ;
-  wire \$94 ;
-  wire \$95 ;
-  wire \$96 ;
-  wire \$97 ;
-  wire \$98 ;
-  wire \$99 ;
+  reg [19:0] \$90 ;
+  reg \$91 ;
+  reg \$92 ;
+  reg [113:0] \$93 ;
+  reg \$94 ;
+  reg \$95 ;
+  reg \$96 ;
+  reg \$97 ;
+  reg [15:0] \$98 ;
+  reg [21:0] \$99 ;
   output accept;
   reg accept;
-  reg bad_fields = 1'h0;
-  reg bad_sizes = 1'h0;
+  reg [19:0] bad = 20'h00000;
   output busy;
   reg busy;
   input [113:0] cfg__payload;
@@ -27312,7 +27297,9 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   input rst;
   wire rst;
   output run;
-  reg run;
+  reg run = 1'h0;
+  (* init = 1'h0 *)
+  wire \run$25 ;
   input [204:0] sizes;
   wire [204:0] sizes;
   wire [14:0] \sizes.c0_g ;
@@ -27349,149 +27336,128 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   assign \$10  = cmd[101:100] == 2'h2;
   assign \$11  = \$9  | \$10 ;
   assign \$12  = ~ \$11 ;
-  assign \$13  = \$8  | \$12 ;
-  assign \$14  = cmd[104:102] >= cmd[99:96];
-  assign \$15  = \$13  | \$14 ;
-  assign \$16  = cmd[107:105] >= cmd[99:96];
+  assign \$13  = cmd[104:102] >= cmd[99:96];
+  assign \$14  = cmd[107:105] >= cmd[99:96];
+  assign \$15  = ! cmd[15:0];
+  assign \$16  = ! cmd[31:16];
   assign \$17  = \$15  | \$16 ;
-  assign \$18  = ! cmd[15:0];
-  assign \$19  = \$17  | \$18 ;
-  assign \$20  = ! cmd[31:16];
-  assign \$21  = \$19  | \$20 ;
-  assign \$22  = ! cmd[47:32];
+  assign \$18  = ! cmd[47:32];
+  assign \$19  = ! cmd[63:48];
+  assign \$20  = \$18  | \$19 ;
+  assign \$21  = ! cmd[79:64];
+  assign \$22  = ! cmd[95:80];
   assign \$23  = \$21  | \$22 ;
-  assign \$24  = ! cmd[63:48];
-  assign \$25  = \$23  | \$24 ;
-  assign \$26  = ! cmd[79:64];
-  assign \$27  = \$25  | \$26 ;
-  assign \$28  = ! cmd[95:80];
-  assign \$29  = \$27  | \$28 ;
-  assign \$30  = cmd[109:108] == 2'h2;
-  assign \$31  = cmd[109:108] == 2'h3;
+  assign \$24  = cmd[109:108] == 2'h2;
+  assign \$25  = cmd[109:108] == 2'h3;
+  assign \$26  = \$24  | \$25 ;
+  assign \$27  = cmd[99:96] != 1'h1;
+  assign \$28  = \$26  & \$27 ;
+  assign \$29  = cmd[109:108] == 2'h3;
+  assign \$30  = cmd[15:0] != 1'h1;
+  assign \$31  = cmd[31:16] != 1'h1;
   assign \$32  = \$30  | \$31 ;
-  assign \$33  = cmd[99:96] != 1'h1;
-  assign \$34  = \$32  & \$33 ;
-  assign \$35  = \$29  | \$34 ;
-  assign \$36  = cmd[109:108] == 2'h3;
-  assign \$37  = cmd[15:0] != 1'h1;
-  assign \$38  = cmd[31:16] != 1'h1;
-  assign \$39  = \$37  | \$38 ;
-  assign \$40  = cmd[47:32] != 1'h1;
-  assign \$41  = \$39  | \$40 ;
-  assign \$42  = cmd[63:48] != 1'h1;
-  assign \$43  = \$41  | \$42 ;
-  assign \$44  = \$36  & \$43 ;
-  assign \$45  = \$35  | \$44 ;
+  assign \$33  = \$29  & \$32 ;
+  assign \$34  = cmd[109:108] == 2'h3;
+  assign \$35  = cmd[47:32] != 1'h1;
+  assign \$36  = cmd[63:48] != 1'h1;
+  assign \$37  = \$35  | \$36 ;
+  assign \$38  = \$34  & \$37 ;
+  assign \$39  = cmd[109:108] == 1'h1;
+  assign \$40  = cmd[79:64] != cmd[95:80];
+  assign \$41  = \$39  & \$40 ;
+  assign \$42  = cmd[109:108] == 1'h1;
+  assign \$44  = gout_o > 7'h40;
+  assign \$45  = | cmd[113:112];
   assign \$46  = cmd[109:108] == 1'h1;
-  assign \$47  = cmd[79:64] != cmd[95:80];
-  assign \$49  = \$46  & \$48 ;
-  assign \$50  = \$45  | \$49 ;
-  assign \$51  = gout_o > 7'h40;
-  assign \$52  = \$50  | \$51 ;
-  assign \$53  = | cmd[113:112];
-  assign \$54  = cmd[109:108] == 1'h1;
-  assign \$56  = \$53  & \$55 ;
-  assign \$57  = \$52  | \$56 ;
-  assign \$58  = dwc ? 13'h0400 : 13'h1000;
-  assign \$59  = sizes[25:13] > \$58 ;
-  assign \$60  = sizes[191:181] > 11'h400;
-  assign \$61  = dwp & \$60 ;
-  assign \$62  = \$59  | \$61 ;
-  assign \$63  = ~ cmd[111];
-  assign \$64  = sizes[109:100] > 10'h200;
-  assign \$65  = \$63  & \$64 ;
-  assign \$66  = \$62  | \$65 ;
-  assign \$67  = sizes[99:88] > 12'h924;
-  assign \$68  = \$66  | \$67 ;
-  assign \$69  = sizes[75:51] > 24'hffffff;
-  assign \$70  = \$68  | \$69 ;
-  assign \$71  = | cmd[113:112];
-  assign \$72  = sizes[75:51] > 10'h200;
-  assign \$73  = \$71  & \$72 ;
-  assign \$74  = \$70  | \$73 ;
-  assign \$75  = cfg__payload[109:108] == 1'h1;
-  assign \$76  = cfg__payload[109:108] == 1'h1;
-  assign \$78  = cfg__payload[109:108] == 1'h1;
-  assign \$80  = cfg__payload[109:108] == 1'h1;
-  assign \$81  = \$80  ? 16'h0001 : cfg__payload[79:64];
-  assign \$82  = cfg__payload[109:108] == 1'h1;
-  assign \$86  = \$84  + \$85 ;
-  assign \$88  = \$86  + \$87 ;
-  assign \$89  = \$83  ? \$88  : { 4'h0, cfg__payload[95:80] };
-  assign \$90  = bad_fields | bad_sizes;
-  assign \$91  = ~ \$90 ;
-  assign \$92  = gout_o - 1'h1;
-  assign \$93  = ~ start;
-  assign \$94  = outputs_done & inputs_done;
-  assign \$95  = fin & loaded;
-  assign \$96  = dwp & mac_valid;
-  assign \$97  = ~ \$96 ;
-  assign \$98  = \$95  & \$97 ;
-  assign \$99  = ! fsm_state;
-  assign \$100  = fsm_state == 1'h1;
-  assign \$101  = fsm_state == 2'h2;
-  assign \$102  = fsm_state == 2'h3;
-  assign \$103  = fsm_state == 3'h4;
+  assign \$48  = \$45  & \$47 ;
+  assign \$49  = dwc ? 13'h0400 : 13'h1000;
+  assign \$50  = sizes[25:13] > \$49 ;
+  assign \$51  = sizes[191:181] > 11'h400;
+  assign \$52  = dwp & \$51 ;
+  assign \$53  = ~ cmd[111];
+  assign \$54  = sizes[109:100] > 10'h200;
+  assign \$55  = \$53  & \$54 ;
+  assign \$56  = sizes[99:88] > 12'h924;
+  assign \$57  = sizes[75:51] > 24'hffffff;
+  assign \$58  = | cmd[113:112];
+  assign \$59  = sizes[75:51] > 10'h200;
+  assign \$60  = \$58  & \$59 ;
+  assign \$61  = cfg__payload[109:108] == 1'h1;
+  assign \$62  = cfg__payload[109:108] == 1'h1;
+  assign \$64  = cfg__payload[109:108] == 1'h1;
+  assign \$66  = cfg__payload[109:108] == 1'h1;
+  assign \$67  = \$66  ? 16'h0001 : cfg__payload[79:64];
+  assign \$68  = cfg__payload[109:108] == 1'h1;
+  assign \$72  = \$70  + \$71 ;
+  assign \$74  = \$72  + \$73 ;
+  assign \$75  = \$69  ? \$74  : { 4'h0, cfg__payload[95:80] };
+  assign \$76  = | bad;
+  assign \$77  = ~ \$76 ;
+  assign \$78  = gout_o - 1'h1;
+  assign \$79  = ~ start;
+  assign \$80  = outputs_done & inputs_done;
+  assign \$81  = fin & loaded;
+  assign \$82  = dwp & mac_valid;
+  assign \$83  = ~ \$82 ;
+  assign \$84  = \$81  & \$83 ;
+  assign \$85  = ! fsm_state;
+  assign \$86  = fsm_state == 1'h1;
+  assign \$87  = fsm_state == 2'h2;
+  assign \$88  = fsm_state == 2'h3;
+  assign \$89  = fsm_state == 3'h4;
   always @(posedge clk)
-    start <= \$104 ;
+    bad <= \$90 ;
   always @(posedge clk)
-    bad_fields <= \$105 ;
+    start <= \$91 ;
   always @(posedge clk)
-    bad_sizes <= \$106 ;
+    done <= \$92 ;
   always @(posedge clk)
-    done <= \$107 ;
+    cmd <= \$93 ;
   always @(posedge clk)
-    cmd <= \$108 ;
+    error <= \$94 ;
   always @(posedge clk)
-    error <= \$109 ;
+    dw <= \$95 ;
   always @(posedge clk)
-    dw <= \$110 ;
+    dwp <= \$96 ;
   always @(posedge clk)
-    dwp <= \$111 ;
+    dwc <= \$97 ;
   always @(posedge clk)
-    dwc <= \$112 ;
+    gin_e <= \$98 ;
   always @(posedge clk)
-    gin_e <= \$113 ;
+    gout_o <= \$99 ;
   always @(posedge clk)
-    gout_o <= \$114 ;
+    fsm_state <= \$100 ;
   always @(posedge clk)
-    fsm_state <= \$115 ;
+    last_go <= \$101 ;
   always @(posedge clk)
-    last_go <= \$116 ;
+    fin <= \$102 ;
   always @(posedge clk)
-    fin <= \$117 ;
+    run <= \$103 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$104  = 1'h0;
+    \$90  = { \$60 , \$57 , \$56 , \$55 , \$52 , \$50 , \$48 , \$44 , \$43 , \$41 , \$38 , \$33 , \$28 , \$23 , \$20 , \$17 , \$14 , \$13 , \$12 , \$8  };
+    if (rst) begin
+      \$90  = 20'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    \$91  = 1'h0;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$104  = \$91 ;
+          \$91  = \$77 ;
     endcase
     if (rst) begin
-      \$104  = 1'h0;
+      \$91  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$105  = \$57 ;
-    if (rst) begin
-      \$105  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$106  = \$74 ;
-    if (rst) begin
-      \$106  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$107  = 1'h0;
+    \$92  = 1'h0;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -27500,165 +27466,165 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
       3'h2:
           /* empty */;
       3'h3:
-          if (\$93 ) begin
-            \$107  = 1'h1;
+          if (\$79 ) begin
+            \$92  = 1'h1;
           end
       3'h4:
-          if (\$98 ) begin
-            \$107  = 1'h1;
+          if (\$84 ) begin
+            \$92  = 1'h1;
           end
     endcase
     if (rst) begin
-      \$107  = 1'h0;
+      \$92  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$108  = cmd;
+    \$93  = cmd;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$108  = cfg__payload;
+            \$93  = cfg__payload;
           end
     endcase
     if (rst) begin
-      \$108  = 114'h00000000000000000000000000000;
+      \$93  = 114'h00000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$109  = error;
+    \$94  = error;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$109  = 1'h0;
+            \$94  = 1'h0;
           end
       3'h1:
           /* empty */;
       3'h2:
           /* empty */;
       3'h3:
-          if (\$93 ) begin
-            \$109  = 1'h1;
+          if (\$79 ) begin
+            \$94  = 1'h1;
           end
     endcase
     if (rst) begin
-      \$109  = 1'h0;
+      \$94  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$110  = dw;
+    \$95  = dw;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$110  = \$75 ;
+            \$95  = \$61 ;
           end
     endcase
     if (rst) begin
-      \$110  = 1'h0;
+      \$95  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$111  = dwp;
+    \$96  = dwp;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$111  = \$77 ;
+            \$96  = \$63 ;
           end
     endcase
     if (rst) begin
-      \$111  = 1'h0;
+      \$96  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$112  = dwc;
+    \$97  = dwc;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$112  = \$79 ;
+            \$97  = \$65 ;
           end
     endcase
     if (rst) begin
-      \$112  = 1'h0;
+      \$97  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$113  = gin_e;
+    \$98  = gin_e;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$113  = \$81 ;
+            \$98  = \$67 ;
           end
     endcase
     if (rst) begin
-      \$113  = 16'h0000;
+      \$98  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$114  = gout_o;
+    \$99  = gout_o;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$114  = { 2'h0, \$89  };
+            \$99  = { 2'h0, \$75  };
           end
     endcase
     if (rst) begin
-      \$114  = 22'h000000;
+      \$99  = 22'h000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$115  = fsm_state;
+    \$100  = fsm_state;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$115  = 3'h1;
+            \$100  = 3'h1;
           end
       3'h1:
           if (sizes_ready) begin
-            \$115  = 3'h2;
+            \$100  = 3'h2;
           end
       3'h2:
-          \$115  = 3'h3;
+          \$100  = 3'h3;
       3'h3:
           (* full_case = 32'd1 *)
-          if (\$93 ) begin
-            \$115  = 3'h0;
+          if (\$79 ) begin
+            \$100  = 3'h0;
           end else begin
-            \$115  = 3'h4;
+            \$100  = 3'h4;
           end
       3'h4:
-          if (\$98 ) begin
-            \$115  = 3'h0;
+          if (\$84 ) begin
+            \$100  = 3'h0;
           end
     endcase
     if (rst) begin
-      \$115  = 3'h0;
+      \$100  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$116  = last_go;
+    \$101  = last_go;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$116  = \$92 [5:0];
+          \$101  = \$78 [5:0];
     endcase
     if (rst) begin
-      \$116  = 6'h00;
+      \$101  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    \$117  = fin;
+    \$102  = fin;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -27668,15 +27634,40 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
           /* empty */;
       3'h3:
           (* full_case = 32'd1 *)
-          if (\$93 ) begin
+          if (\$79 ) begin
           end else begin
-            \$117  = 1'h0;
+            \$102  = 1'h0;
           end
       3'h4:
-          \$117  = \$94 ;
+          \$102  = \$80 ;
     endcase
     if (rst) begin
-      \$117  = 1'h0;
+      \$102  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
+    \$103  = run;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          (* full_case = 32'd1 *)
+          if (\$79 ) begin
+          end else begin
+            \$103  = 1'h1;
+          end
+      3'h4:
+          if (\$84 ) begin
+            \$103  = 1'h0;
+          end
+    endcase
+    if (rst) begin
+      \$103  = 1'h0;
     end
   end
   always @* begin
@@ -27721,23 +27712,8 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
           sizing = 1'h1;
     endcase
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$15 ) begin end
-    run = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          run = 1'h1;
-    endcase
-  end
   assign \start$24  = start;
+  assign \run$25  = run;
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
   assign \cmd.out_h  = cmd[47:32];
@@ -27780,14 +27756,14 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, sizes_ready, outputs_do
   assign \cfg__payload.relu  = cfg__payload[110];
   assign \cfg__payload.keep  = cfg__payload[111];
   assign \cfg__payload.part  = cfg__payload[113:112];
-  assign \$48  = \$47 ;
-  assign \$55  = \$54 ;
-  assign \$77  = 1'h0;
-  assign \$79  = \$78 ;
-  assign \$83  = \$82 ;
-  assign \$84  = { 1'h0, cfg__payload[95:80] };
-  assign \$85  = { cfg__payload[95:80], 1'h0 };
-  assign \$87  = { 1'h0, cfg__payload[95:80], 2'h0 };
+  assign \$43  = 1'h0;
+  assign \$47  = \$46 ;
+  assign \$63  = 1'h0;
+  assign \$65  = \$64 ;
+  assign \$69  = \$68 ;
+  assign \$70  = { 1'h0, cfg__payload[95:80] };
+  assign \$71  = { cfg__payload[95:80], 1'h0 };
+  assign \$73  = { 1'h0, cfg__payload[95:80], 2'h0 };
 endmodule
 
 (* generator = "Amaranth" *)

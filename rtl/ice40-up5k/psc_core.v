@@ -816,10 +816,10 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .clk(clk),
     .i__ready(taps__ready),
     .o__payload(\i__payload$48 ),
-    .\port$521$0 (\$7 ),
-    .\port$543$0 (\$8 ),
-    .\port$544$0 (\$9 ),
-    .\port$545$0 (\$10 ),
+    .\port$507$0 (\$7 ),
+    .\port$529$0 (\$8 ),
+    .\port$530$0 (\$9 ),
+    .\port$531$0 (\$10 ),
     .ready(\o__ready$50 ),
     .rst(rst),
     .v1(\i__valid$52 ),
@@ -833,9 +833,9 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .done(inputs_done),
     .i__ready(act_in__ready),
     .i__valid(act_in__valid),
-    .\port$543$0 (\$8 ),
-    .\port$544$0 (\$9 ),
-    .\port$545$0 (\$10 ),
+    .\port$529$0 (\$8 ),
+    .\port$530$0 (\$9 ),
+    .\port$531$0 (\$10 ),
     .read__addr(\$7 [13:0]),
     .read__en(read__en),
     .rows_in(rows_in),
@@ -1585,7 +1585,7 @@ module \psc_core.amap (i__ready, cmd, i__payload, o__payload, o__valid);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.counters (rst, waiting, beat, clear, busy, run, total, compute, stall, clk);
+module \psc_core.counters (rst, waiting, beat, run, clear, busy, total, compute, stall, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$2  = 0;
   wire [32:0] \$1 ;
   wire \$2 ;
@@ -1875,8 +1875,8 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$1345$0 (i__payload[143:0]),
-    .\port$1345$292 (i__payload[293:292]),
+    .\port$1330$0 (i__payload[143:0]),
+    .\port$1330$292 (i__payload[293:292]),
     .rst(rst),
     .valid(valid)
   );
@@ -1886,7 +1886,7 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$49 ),
     .mask(mask),
-    .\port$1345$266 (i__payload[293:266]),
+    .\port$1330$266 (i__payload[293:266]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[239:144]),
@@ -2199,7 +2199,7 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, \port$1345$0 , bias, \port$1345$292 , valid, en, mask, lane_acc, acc_valid, acc, lane_valid, clk);
+module \psc_core.dp.pe_0 (rst, \port$1330$0 , bias, \port$1330$292 , valid, en, mask, lane_acc, acc_valid, acc, lane_valid, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire \$1 ;
   wire [17:0] \$10 ;
@@ -2344,10 +2344,10 @@ module \psc_core.dp.pe_0 (rst, \port$1345$0 , bias, \port$1345$292 , valid, en, 
   wire [15:0] \p$19[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [143:0] \port$1345$0 ;
-  wire [143:0] \port$1345$0 ;
-  input [1:0] \port$1345$292 ;
-  wire [1:0] \port$1345$292 ;
+  input [143:0] \port$1330$0 ;
+  wire [143:0] \port$1330$0 ;
+  input [1:0] \port$1330$292 ;
+  wire [1:0] \port$1330$292 ;
   wire [95:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -2465,7 +2465,7 @@ module \psc_core.dp.pe_0 (rst, \port$1345$0 , bias, \port$1345$292 , valid, en, 
   always @(posedge clk)
     lane_valid <= \$65 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1345$292 [0];
+  assign \$1  = valid & \port$1330$292 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -2521,7 +2521,7 @@ module \psc_core.dp.pe_0 (rst, \port$1345$0 , bias, \port$1345$292 , valid, en, 
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
     .w(w),
-    .words(\port$1345$0 [143:48])
+    .words(\port$1330$0 [143:48])
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
@@ -2537,7 +2537,7 @@ module \psc_core.dp.pe_0 (rst, \port$1345$0 , bias, \port$1345$292 , valid, en, 
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$34  = f1;
     if (en) begin
-      \$34  = \port$1345$292 [0];
+      \$34  = \port$1330$292 [0];
     end
     if (rst) begin
       \$34  = 1'h0;
@@ -2547,7 +2547,7 @@ module \psc_core.dp.pe_0 (rst, \port$1345$0 , bias, \port$1345$292 , valid, en, 
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$35  = l1;
     if (en) begin
-      \$35  = \port$1345$292 [1];
+      \$35  = \port$1330$292 [1];
     end
     if (rst) begin
       \$35  = 1'h0;
@@ -2815,37 +2815,37 @@ module \psc_core.dp.pe_0 (rst, \port$1345$0 , bias, \port$1345$292 , valid, en, 
       \$65  = 1'h0;
     end
   end
-  assign words = \port$1345$0 [143:48];
-  assign \words$1  = \port$1345$0 [143:48];
+  assign words = \port$1330$0 [143:48];
+  assign \words$1  = \port$1330$0 [143:48];
   assign \mask$3  = mask;
   assign \en$5  = en;
-  assign x = \port$1345$0 [47:0];
+  assign x = \port$1330$0 [47:0];
   assign \en$12  = en;
   assign \en$16  = en;
   assign \acc$21  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1345$292 [0];
-  assign last = \port$1345$292 [1];
-  assign \words[0]  = \port$1345$0 [63:48];
-  assign \words[1]  = \port$1345$0 [79:64];
-  assign \words[2]  = \port$1345$0 [95:80];
-  assign \words[3]  = \port$1345$0 [111:96];
-  assign \words[4]  = \port$1345$0 [127:112];
-  assign \words[5]  = \port$1345$0 [143:128];
-  assign \words$1[0]  = \port$1345$0 [63:48];
-  assign \words$1[1]  = \port$1345$0 [79:64];
-  assign \words$1[2]  = \port$1345$0 [95:80];
-  assign \words$1[3]  = \port$1345$0 [111:96];
-  assign \words$1[4]  = \port$1345$0 [127:112];
-  assign \words$1[5]  = \port$1345$0 [143:128];
+  assign first = \port$1330$292 [0];
+  assign last = \port$1330$292 [1];
+  assign \words[0]  = \port$1330$0 [63:48];
+  assign \words[1]  = \port$1330$0 [79:64];
+  assign \words[2]  = \port$1330$0 [95:80];
+  assign \words[3]  = \port$1330$0 [111:96];
+  assign \words[4]  = \port$1330$0 [127:112];
+  assign \words[5]  = \port$1330$0 [143:128];
+  assign \words$1[0]  = \port$1330$0 [63:48];
+  assign \words$1[1]  = \port$1330$0 [79:64];
+  assign \words$1[2]  = \port$1330$0 [95:80];
+  assign \words$1[3]  = \port$1330$0 [111:96];
+  assign \words$1[4]  = \port$1330$0 [127:112];
+  assign \words$1[5]  = \port$1330$0 [143:128];
   assign \a[0]  = a[7:0];
   assign \a[1]  = a[15:8];
-  assign \x[0]  = \port$1345$0 [7:0];
-  assign \x[1]  = \port$1345$0 [15:8];
-  assign \x[2]  = \port$1345$0 [23:16];
-  assign \x[3]  = \port$1345$0 [31:24];
-  assign \x[4]  = \port$1345$0 [39:32];
-  assign \x[5]  = \port$1345$0 [47:40];
+  assign \x[0]  = \port$1330$0 [7:0];
+  assign \x[1]  = \port$1330$0 [15:8];
+  assign \x[2]  = \port$1330$0 [23:16];
+  assign \x[3]  = \port$1330$0 [31:24];
+  assign \x[4]  = \port$1330$0 [39:32];
+  assign \x[5]  = \port$1330$0 [47:40];
   assign \b[0]  = b[7:0];
   assign \b[1]  = b[15:8];
   assign \w[0]  = w[7:0];
@@ -2888,12 +2888,12 @@ module \psc_core.dp.pe_0 (rst, \port$1345$0 , bias, \port$1345$292 , valid, en, 
   assign lane_acc[20:0] = lane_acc_0;
   assign \b$18 [15:8] = w[47:40];
   assign \b$18 [7:0] = w[39:32];
-  assign \a$17 [15:8] = \port$1345$0 [47:40];
-  assign \a$17 [7:0] = \port$1345$0 [39:32];
+  assign \a$17 [15:8] = \port$1330$0 [47:40];
+  assign \a$17 [7:0] = \port$1330$0 [39:32];
   assign \b$14 [15:8] = w[31:24];
   assign \b$14 [7:0] = w[23:16];
-  assign \a$13 [15:8] = \port$1345$0 [31:24];
-  assign \a$13 [7:0] = \port$1345$0 [23:16];
+  assign \a$13 [15:8] = \port$1330$0 [31:24];
+  assign \a$13 [7:0] = \port$1330$0 [23:16];
   assign products[95:80] = \p$19 [31:16];
   assign products[79:64] = \p$19 [15:0];
   assign products[63:48] = \p$15 [31:16];
@@ -2902,8 +2902,8 @@ module \psc_core.dp.pe_0 (rst, \port$1345$0 , bias, \port$1345$292 , valid, en, 
   assign products[15:0] = p[15:0];
   assign b[15:8] = w[15:8];
   assign b[7:0] = w[7:0];
-  assign a[15:8] = \port$1345$0 [15:8];
-  assign a[7:0] = \port$1345$0 [7:0];
+  assign a[15:8] = \port$1330$0 [15:8];
+  assign a[7:0] = \port$1330$0 [7:0];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -3241,7 +3241,7 @@ module \psc_core.dp.pe_0.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, \port$1345$266 , valid, en, mask, lane_acc, acc, clk);
+module \psc_core.dp.pe_1 (rst, x, words, \port$1330$266 , valid, en, mask, lane_acc, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire \$1 ;
   wire [17:0] \$10 ;
@@ -3383,8 +3383,8 @@ module \psc_core.dp.pe_1 (rst, x, words, \port$1345$266 , valid, en, mask, lane_
   wire [15:0] \p$19[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [27:0] \port$1345$266 ;
-  wire [27:0] \port$1345$266 ;
+  input [27:0] \port$1330$266 ;
+  wire [27:0] \port$1330$266 ;
   wire [95:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3504,7 +3504,7 @@ module \psc_core.dp.pe_1 (rst, x, words, \port$1345$266 , valid, en, mask, lane_
   always @(posedge clk)
     lane_valid <= \$65 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1345$266 [26];
+  assign \$1  = valid & \port$1330$266 [26];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -3576,7 +3576,7 @@ module \psc_core.dp.pe_1 (rst, x, words, \port$1345$266 , valid, en, mask, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$34  = f1;
     if (en) begin
-      \$34  = \port$1345$266 [26];
+      \$34  = \port$1330$266 [26];
     end
     if (rst) begin
       \$34  = 1'h0;
@@ -3586,7 +3586,7 @@ module \psc_core.dp.pe_1 (rst, x, words, \port$1345$266 , valid, en, mask, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$35  = l1;
     if (en) begin
-      \$35  = \port$1345$266 [27];
+      \$35  = \port$1330$266 [27];
     end
     if (rst) begin
       \$35  = 1'h0;
@@ -3597,7 +3597,7 @@ module \psc_core.dp.pe_1 (rst, x, words, \port$1345$266 , valid, en, mask, lane_
     \$36  = b1;
     if (en) begin
       if (\$1 ) begin
-        \$36  = \port$1345$266 [25:0];
+        \$36  = \port$1330$266 [25:0];
       end
     end
   end
@@ -3861,9 +3861,9 @@ module \psc_core.dp.pe_1 (rst, x, words, \port$1345$266 , valid, en, mask, lane_
   assign \en$16  = en;
   assign \acc$21  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1345$266 [26];
-  assign last = \port$1345$266 [27];
-  assign bias = \port$1345$266 [25:0];
+  assign first = \port$1330$266 [26];
+  assign last = \port$1330$266 [27];
+  assign bias = \port$1330$266 [25:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -4305,7 +4305,7 @@ module \psc_core.dp.sign_mask (mask, x);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$521$0 , \port$543$0 , \port$544$0 , \port$545$0 , weights__data, w_data, o__payload, v1, ready, clk);
+module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$507$0 , \port$529$0 , \port$530$0 , \port$531$0 , weights__data, w_data, o__payload, v1, ready, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire \$1 ;
   wire [47:0] \$2 ;
@@ -4432,14 +4432,14 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$521$0 , \port$543
   wire [7:0] \out.x[4] ;
   wire [7:0] \out.x[5] ;
   reg padr1 = 1'h0;
-  output [23:0] \port$521$0 ;
-  wire [23:0] \port$521$0 ;
-  input [15:0] \port$543$0 ;
-  wire [15:0] \port$543$0 ;
-  input [15:0] \port$544$0 ;
-  wire [15:0] \port$544$0 ;
-  input [15:0] \port$545$0 ;
-  wire [15:0] \port$545$0 ;
+  output [23:0] \port$507$0 ;
+  wire [23:0] \port$507$0 ;
+  input [15:0] \port$529$0 ;
+  wire [15:0] \port$529$0 ;
+  input [15:0] \port$530$0 ;
+  wire [15:0] \port$530$0 ;
+  input [15:0] \port$531$0 ;
+  wire [15:0] \port$531$0 ;
   wire [26:0] r_data;
   wire r_en;
   wire r_rdy;
@@ -4549,8 +4549,8 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$521$0 , \port$543
   assign o__valid = v1;
   assign o__ready = ready;
   assign out = o__payload;
-  assign inputs__data = { \port$545$0 , \port$544$0 , \port$543$0  };
-  assign \port$521$0  = r_data[23:0];
+  assign inputs__data = { \port$531$0 , \port$530$0 , \port$529$0  };
+  assign \port$507$0  = r_data[23:0];
   assign \i__payload.addr  = w_data[13:0];
   assign \i__payload.addr[0]  = w_data[13:0];
   assign \i__payload.waddr  = w_data[23:14];
@@ -4640,12 +4640,12 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$521$0 , \port$543
   assign \beat$21.bias[1]  = \beat$21 [291:266];
   assign \beat$21.first  = \beat$21 [292];
   assign \beat$21.last  = \beat$21 [293];
-  assign \inputs__data[0]  = \port$543$0 [7:0];
-  assign \inputs__data[1]  = \port$543$0 [15:8];
-  assign \inputs__data[2]  = \port$544$0 [7:0];
-  assign \inputs__data[3]  = \port$544$0 [15:8];
-  assign \inputs__data[4]  = \port$545$0 [7:0];
-  assign \inputs__data[5]  = \port$545$0 [15:8];
+  assign \inputs__data[0]  = \port$529$0 [7:0];
+  assign \inputs__data[1]  = \port$529$0 [15:8];
+  assign \inputs__data[2]  = \port$530$0 [7:0];
+  assign \inputs__data[3]  = \port$530$0 [15:8];
+  assign \inputs__data[4]  = \port$531$0 [7:0];
+  assign \inputs__data[5]  = \port$531$0 [15:8];
   assign \weights__data[0]  = weights__data[95:0];
   assign \weights__data[0][0]  = weights__data[15:0];
   assign \weights__data[0][1]  = weights__data[31:16];
@@ -4664,7 +4664,7 @@ module \psc_core.fetch (rst, w_en, adv1, beat, i__ready, \port$521$0 , \port$543
   assign \beat$21 [292] = first1;
   assign \beat$21 [291:240] = 52'h0000000000000;
   assign \beat$21 [239:48] = weights__data;
-  assign \beat$21 [47:0] = { \port$545$0 , \port$544$0 , \port$543$0  };
+  assign \beat$21 [47:0] = { \port$531$0 , \port$530$0 , \port$529$0  };
   assign o__payload[293] = \beat$21 [293];
   assign o__payload[292] = \beat$21 [292];
   assign o__payload[291:240] = \beat$21 [291:240];
@@ -4797,7 +4797,7 @@ module \psc_core.fetch.addr_fifo (rst, w_en, r_en, w_rdy, r_rdy, r_data, w_port_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$543$0 , \port$544$0 , \port$545$0 , start, run, sizes, i__ready, done, data);
+module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$529$0 , \port$530$0 , \port$531$0 , start, run, sizes, i__ready, done, data);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire \$1 ;
   reg [14:0] \$10 ;
@@ -4851,12 +4851,12 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   reg [14:0] lrow = 15'h0000;
   reg [15:0] lx = 16'h0000;
   reg [14:0] n_in_m1 = 15'h0000;
-  output [15:0] \port$543$0 ;
-  wire [15:0] \port$543$0 ;
-  output [15:0] \port$544$0 ;
-  wire [15:0] \port$544$0 ;
-  output [15:0] \port$545$0 ;
-  wire [15:0] \port$545$0 ;
+  output [15:0] \port$529$0 ;
+  wire [15:0] \port$529$0 ;
+  output [15:0] \port$530$0 ;
+  wire [15:0] \port$530$0 ;
+  output [15:0] \port$531$0 ;
+  wire [15:0] \port$531$0 ;
   wire [47:0] rdata;
   input [13:0] read__addr;
   wire [13:0] read__addr;
@@ -5076,9 +5076,9 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, read__addr, rows_in, \port$
   assign we = fire;
   assign read__data = { \$21 , \$20 , \$19  };
   assign rdata = { \$21 , \$20 , \$19  };
-  assign \port$543$0  = \$19 ;
-  assign \port$544$0  = \$20 ;
-  assign \port$545$0  = \$21 ;
+  assign \port$529$0  = \$19 ;
+  assign \port$530$0  = \$20 ;
+  assign \port$531$0  = \$21 ;
   assign \i__payload[0]  = data[7:0];
   assign \i__payload[1]  = data[15:8];
   assign \i__payload[2]  = data[23:16];
@@ -6785,7 +6785,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, en, relu, i__payload, o_
     .clk(clk),
     .en(en),
     .p(\p$29 ),
-    .\port$1626$16 (i__payload[47:16])
+    .\port$1611$16 (i__payload[47:16])
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
@@ -7038,7 +7038,7 @@ module \psc_core.out.rq.inner.mac0_0 (en, p, a, b, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1626$16 , clk);
+module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1611$16 , clk);
   wire \$1 ;
   wire \$2 ;
   wire \$3 ;
@@ -7050,8 +7050,8 @@ module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1626$16 , clk);
   wire en;
   output [31:0] p;
   wire [31:0] p;
-  input [31:0] \port$1626$16 ;
-  wire [31:0] \port$1626$16 ;
+  input [31:0] \port$1611$16 ;
+  wire [31:0] \port$1611$16 ;
   SB_MAC16 #(
     .A_REG(1'h1),
     .A_SIGNED(1'h1),
@@ -7074,13 +7074,13 @@ module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1626$16 , clk);
     .TOPOUTPUT_SELECT(2'h1),
     .TOP_8x8_MULT_REG(1'h0)
   ) mac (
-    .A(\port$1626$16 [15:0]),
+    .A(\port$1611$16 [15:0]),
     .ACCUMCI(1'h0),
     .ACCUMCO(\$2 ),
     .ADDSUBBOT(1'h0),
     .ADDSUBTOP(1'h0),
     .AHOLD(1'h0),
-    .B(\port$1626$16 [31:16]),
+    .B(\port$1611$16 [31:16]),
     .BHOLD(1'h0),
     .C(16'h0000),
     .CE(en),
@@ -7102,8 +7102,8 @@ module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1626$16 , clk);
     .SIGNEXTIN(1'h0),
     .SIGNEXTOUT(\$3 )
   );
-  assign a = \port$1626$16 [15:0];
-  assign b = \port$1626$16 [31:16];
+  assign a = \port$1611$16 [15:0];
+  assign b = \port$1611$16 [31:16];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -9042,37 +9042,23 @@ module \psc_core.seq (rst, taps__valid, waiting, taps__ready, rows_in, start, cm
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, dws, last_go, cfg__ready, accept, busy, sizes_ready, run
+module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, done, cmd, error, dw, dwp, dwc, gin_e, gout_o, dws, last_go, run, cfg__ready, accept, busy, sizes_ready
 , sizes, loaded, inputs_done, cfg__payload);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire \$1 ;
   wire \$10 ;
-  wire \$100 ;
-  wire \$101 ;
-  wire \$102 ;
-  wire \$103 ;
-  wire \$104 ;
-  wire \$105 ;
-  wire \$106 ;
-  wire \$107 ;
-  wire \$108 ;
+  reg \$100 ;
+  reg \$101 ;
+  reg \$102 ;
+  reg [15:0] \$103 ;
+  reg [21:0] \$104 ;
+  reg \$105 ;
+  reg [2:0] \$106 ;
+  reg [5:0] \$107 ;
+  reg \$108 ;
   reg \$109 ;
   wire \$11 ;
-  reg \$110 ;
-  reg \$111 ;
-  reg \$112 ;
-  reg [113:0] \$113 ;
-  reg \$114 ;
-  reg \$115 ;
-  reg \$116 ;
-  reg \$117 ;
-  reg [15:0] \$118 ;
-  reg [21:0] \$119 ;
   wire \$12 ;
-  reg \$120 ;
-  reg [2:0] \$121 ;
-  reg [5:0] \$122 ;
-  reg \$123 ;
   wire \$13 ;
   wire \$14 ;
   wire \$15 ;
@@ -9112,7 +9098,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   wire \$46 ;
   wire \$47 ;
   wire \$48 ;
-  wire \$49 ;
+  wire [14:0] \$49 ;
   wire \$5 ;
   wire \$50 ;
   wire \$51 ;
@@ -9122,7 +9108,7 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   wire \$55 ;
   wire \$56 ;
   wire \$57 ;
-  wire [14:0] \$58 ;
+  wire \$58 ;
   wire \$59 ;
   wire \$6 ;
   wire \$60 ;
@@ -9132,46 +9118,45 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   wire \$64 ;
   wire \$65 ;
   wire \$66 ;
-  wire \$67 ;
+  wire [15:0] \$67 ;
   wire \$68 ;
   wire \$69 ;
   wire \$7 ;
-  wire \$70 ;
-  wire \$71 ;
-  wire \$72 ;
+  wire [16:0] \$70 ;
+  wire [18:0] \$71 ;
+  wire [19:0] \$72 ;
   wire \$73 ;
-  wire \$74 ;
-  wire \$75 ;
-  wire \$76 ;
-  wire \$77 ;
-  wire \$78 ;
+  wire [16:0] \$74 ;
+  wire [16:0] \$75 ;
+  wire [17:0] \$76 ;
+  wire [17:0] \$77 ;
+  wire [19:0] \$78 ;
   wire \$79 ;
   wire \$8 ;
   wire \$80 ;
-  wire [15:0] \$81 ;
-  wire \$82 ;
+  wire \$81 ;
+  wire [22:0] \$82 ;
   wire \$83 ;
-  wire [16:0] \$84 ;
-  wire [18:0] \$85 ;
-  wire [19:0] \$86 ;
+  wire \$84 ;
+  wire \$85 ;
+  wire \$86 ;
   wire \$87 ;
-  wire [16:0] \$88 ;
-  wire [16:0] \$89 ;
+  wire \$88 ;
+  wire \$89 ;
   wire \$9 ;
-  wire [17:0] \$90 ;
-  wire [17:0] \$91 ;
-  wire [19:0] \$92 ;
+  wire \$90 ;
+  wire \$91 ;
+  wire \$92 ;
   wire \$93 ;
   wire \$94 ;
-  wire \$95 ;
-  wire [22:0] \$96 ;
-  wire \$97 ;
-  wire \$98 ;
-  wire \$99 ;
+  reg [19:0] \$95 ;
+  reg \$96 ;
+  reg \$97 ;
+  reg [113:0] \$98 ;
+  reg \$99 ;
   output accept;
   reg accept;
-  reg bad_fields = 1'h0;
-  reg bad_sizes = 1'h0;
+  reg [19:0] bad = 20'h00000;
   output busy;
   reg busy;
   input [254:0] cfg__payload;
@@ -9273,7 +9258,9 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   input rst;
   wire rst;
   output run;
-  reg run;
+  reg run = 1'h0;
+  (* init = 1'h0 *)
+  wire \run$26 ;
   input [221:0] sizes;
   wire [221:0] sizes;
   wire [16:0] \sizes.c0_g ;
@@ -9309,153 +9296,132 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   assign \$10  = cmd[101:100] == 2'h2;
   assign \$11  = \$9  | \$10 ;
   assign \$12  = ~ \$11 ;
-  assign \$13  = \$8  | \$12 ;
-  assign \$14  = cmd[104:102] >= cmd[99:96];
-  assign \$15  = \$13  | \$14 ;
-  assign \$16  = cmd[107:105] >= cmd[99:96];
+  assign \$13  = cmd[104:102] >= cmd[99:96];
+  assign \$14  = cmd[107:105] >= cmd[99:96];
+  assign \$15  = ! cmd[15:0];
+  assign \$16  = ! cmd[31:16];
   assign \$17  = \$15  | \$16 ;
-  assign \$18  = ! cmd[15:0];
-  assign \$19  = \$17  | \$18 ;
-  assign \$20  = ! cmd[31:16];
-  assign \$21  = \$19  | \$20 ;
-  assign \$22  = ! cmd[47:32];
+  assign \$18  = ! cmd[47:32];
+  assign \$19  = ! cmd[63:48];
+  assign \$20  = \$18  | \$19 ;
+  assign \$21  = ! cmd[79:64];
+  assign \$22  = ! cmd[95:80];
   assign \$23  = \$21  | \$22 ;
-  assign \$24  = ! cmd[63:48];
-  assign \$25  = \$23  | \$24 ;
-  assign \$26  = ! cmd[79:64];
-  assign \$27  = \$25  | \$26 ;
-  assign \$28  = ! cmd[95:80];
-  assign \$29  = \$27  | \$28 ;
-  assign \$30  = cmd[109:108] == 2'h2;
-  assign \$31  = cmd[109:108] == 2'h3;
+  assign \$24  = cmd[109:108] == 2'h2;
+  assign \$25  = cmd[109:108] == 2'h3;
+  assign \$26  = \$24  | \$25 ;
+  assign \$27  = cmd[99:96] != 1'h1;
+  assign \$28  = \$26  & \$27 ;
+  assign \$29  = cmd[109:108] == 2'h3;
+  assign \$30  = cmd[15:0] != 1'h1;
+  assign \$31  = cmd[31:16] != 1'h1;
   assign \$32  = \$30  | \$31 ;
-  assign \$33  = cmd[99:96] != 1'h1;
-  assign \$34  = \$32  & \$33 ;
-  assign \$35  = \$29  | \$34 ;
-  assign \$36  = cmd[109:108] == 2'h3;
-  assign \$37  = cmd[15:0] != 1'h1;
-  assign \$38  = cmd[31:16] != 1'h1;
-  assign \$39  = \$37  | \$38 ;
-  assign \$40  = cmd[47:32] != 1'h1;
-  assign \$41  = \$39  | \$40 ;
-  assign \$42  = cmd[63:48] != 1'h1;
-  assign \$43  = \$41  | \$42 ;
-  assign \$44  = \$36  & \$43 ;
-  assign \$45  = \$35  | \$44 ;
+  assign \$33  = \$29  & \$32 ;
+  assign \$34  = cmd[109:108] == 2'h3;
+  assign \$35  = cmd[47:32] != 1'h1;
+  assign \$36  = cmd[63:48] != 1'h1;
+  assign \$37  = \$35  | \$36 ;
+  assign \$38  = \$34  & \$37 ;
+  assign \$39  = cmd[109:108] == 1'h1;
+  assign \$40  = cmd[79:64] != cmd[95:80];
+  assign \$41  = \$39  & \$40 ;
+  assign \$42  = cmd[109:108] == 1'h1;
+  assign \$44  = gout_o > 7'h40;
+  assign \$45  = | cmd[113:112];
   assign \$46  = cmd[109:108] == 1'h1;
-  assign \$47  = cmd[79:64] != cmd[95:80];
-  assign \$49  = \$46  & \$48 ;
-  assign \$50  = \$45  | \$49 ;
-  assign \$51  = gout_o > 7'h40;
-  assign \$52  = \$50  | \$51 ;
-  assign \$53  = | cmd[113:112];
-  assign \$54  = cmd[109:108] == 1'h1;
-  assign \$56  = \$53  & \$55 ;
-  assign \$57  = \$52  | \$56 ;
-  assign \$59  = sizes[29:15] > 15'h4000;
-  assign \$60  = sizes[204:190] > 15'h4000;
-  assign \$61  = dwp & \$60 ;
-  assign \$62  = \$59  | \$61 ;
-  assign \$63  = ~ cmd[111];
-  assign \$64  = sizes[106:98] > 9'h100;
-  assign \$65  = \$63  & \$64 ;
-  assign \$66  = \$62  | \$65 ;
-  assign \$67  = sizes[97:89] > 9'h100;
-  assign \$68  = \$66  | \$67 ;
-  assign \$69  = sizes[79:55] > 24'hffffff;
-  assign \$70  = \$68  | \$69 ;
-  assign \$71  = | cmd[113:112];
-  assign \$72  = sizes[79:55] > 9'h100;
-  assign \$73  = \$71  & \$72 ;
-  assign \$74  = \$70  | \$73 ;
-  assign \$75  = cfg__payload[109:108] == 1'h1;
-  assign \$76  = cfg__payload[109:108] == 1'h1;
-  assign \$78  = cfg__payload[109:108] == 1'h1;
-  assign \$80  = cfg__payload[109:108] == 1'h1;
-  assign \$81  = \$80  ? 16'h0001 : cfg__payload[79:64];
-  assign \$82  = cfg__payload[109:108] == 1'h1;
-  assign \$86  = \$84  + \$85 ;
-  assign \$87  = cfg__payload[109:108] == 1'h1;
-  assign \$90  = \$88  + \$89 ;
-  assign \$91  = \$87  ? \$90  : { 2'h0, cfg__payload[95:80] };
-  assign \$93  = cfg__payload[109:108] == 1'h1;
-  assign \$94  = bad_fields | bad_sizes;
-  assign \$95  = ~ \$94 ;
-  assign \$96  = gout_o - 1'h1;
-  assign \$97  = ~ start;
-  assign \$98  = outputs_done & inputs_done;
-  assign \$99  = fin & loaded;
-  assign \$100  = dwp | dws;
-  assign \$101  = \$100  & mac_valid;
-  assign \$102  = ~ \$101 ;
-  assign \$103  = \$99  & \$102 ;
-  assign \$104  = ! fsm_state;
-  assign \$105  = fsm_state == 1'h1;
-  assign \$106  = fsm_state == 2'h2;
-  assign \$107  = fsm_state == 2'h3;
-  assign \$108  = fsm_state == 3'h4;
+  assign \$48  = \$45  & \$47 ;
+  assign \$50  = sizes[29:15] > 15'h4000;
+  assign \$51  = sizes[204:190] > 15'h4000;
+  assign \$52  = dwp & \$51 ;
+  assign \$53  = ~ cmd[111];
+  assign \$54  = sizes[106:98] > 9'h100;
+  assign \$55  = \$53  & \$54 ;
+  assign \$56  = sizes[97:89] > 9'h100;
+  assign \$57  = sizes[79:55] > 24'hffffff;
+  assign \$58  = | cmd[113:112];
+  assign \$59  = sizes[79:55] > 9'h100;
+  assign \$60  = \$58  & \$59 ;
+  assign \$61  = cfg__payload[109:108] == 1'h1;
+  assign \$62  = cfg__payload[109:108] == 1'h1;
+  assign \$64  = cfg__payload[109:108] == 1'h1;
+  assign \$66  = cfg__payload[109:108] == 1'h1;
+  assign \$67  = \$66  ? 16'h0001 : cfg__payload[79:64];
+  assign \$68  = cfg__payload[109:108] == 1'h1;
+  assign \$72  = \$70  + \$71 ;
+  assign \$73  = cfg__payload[109:108] == 1'h1;
+  assign \$76  = \$74  + \$75 ;
+  assign \$77  = \$73  ? \$76  : { 2'h0, cfg__payload[95:80] };
+  assign \$79  = cfg__payload[109:108] == 1'h1;
+  assign \$80  = | bad;
+  assign \$81  = ~ \$80 ;
+  assign \$82  = gout_o - 1'h1;
+  assign \$83  = ~ start;
+  assign \$84  = outputs_done & inputs_done;
+  assign \$85  = fin & loaded;
+  assign \$86  = dwp | dws;
+  assign \$87  = \$86  & mac_valid;
+  assign \$88  = ~ \$87 ;
+  assign \$89  = \$85  & \$88 ;
+  assign \$90  = ! fsm_state;
+  assign \$91  = fsm_state == 1'h1;
+  assign \$92  = fsm_state == 2'h2;
+  assign \$93  = fsm_state == 2'h3;
+  assign \$94  = fsm_state == 3'h4;
   always @(posedge clk)
-    start <= \$109 ;
+    bad <= \$95 ;
   always @(posedge clk)
-    bad_fields <= \$110 ;
+    start <= \$96 ;
   always @(posedge clk)
-    bad_sizes <= \$111 ;
+    done <= \$97 ;
   always @(posedge clk)
-    done <= \$112 ;
+    cmd <= \$98 ;
   always @(posedge clk)
-    cmd <= \$113 ;
+    error <= \$99 ;
   always @(posedge clk)
-    error <= \$114 ;
+    dw <= \$100 ;
   always @(posedge clk)
-    dw <= \$115 ;
+    dwp <= \$101 ;
   always @(posedge clk)
-    dwp <= \$116 ;
+    dwc <= \$102 ;
   always @(posedge clk)
-    dwc <= \$117 ;
+    gin_e <= \$103 ;
   always @(posedge clk)
-    gin_e <= \$118 ;
+    gout_o <= \$104 ;
   always @(posedge clk)
-    gout_o <= \$119 ;
+    dws <= \$105 ;
   always @(posedge clk)
-    dws <= \$120 ;
+    fsm_state <= \$106 ;
   always @(posedge clk)
-    fsm_state <= \$121 ;
+    last_go <= \$107 ;
   always @(posedge clk)
-    last_go <= \$122 ;
+    fin <= \$108 ;
   always @(posedge clk)
-    fin <= \$123 ;
+    run <= \$109 ;
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$109  = 1'h0;
+    \$95  = { \$60 , \$57 , \$56 , \$55 , \$52 , \$50 , \$48 , \$44 , \$43 , \$41 , \$38 , \$33 , \$28 , \$23 , \$20 , \$17 , \$14 , \$13 , \$12 , \$8  };
+    if (rst) begin
+      \$95  = 20'h00000;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$96  = 1'h0;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$109  = \$95 ;
+          \$96  = \$81 ;
     endcase
     if (rst) begin
-      \$109  = 1'h0;
+      \$96  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$110  = \$57 ;
-    if (rst) begin
-      \$110  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$111  = \$74 ;
-    if (rst) begin
-      \$111  = 1'h0;
-    end
-  end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$112  = 1'h0;
+    \$97  = 1'h0;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -9464,178 +9430,178 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
       3'h2:
           /* empty */;
       3'h3:
-          if (\$97 ) begin
-            \$112  = 1'h1;
+          if (\$83 ) begin
+            \$97  = 1'h1;
           end
       3'h4:
-          if (\$103 ) begin
-            \$112  = 1'h1;
+          if (\$89 ) begin
+            \$97  = 1'h1;
           end
     endcase
     if (rst) begin
-      \$112  = 1'h0;
+      \$97  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$113  = cmd;
+    \$98  = cmd;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$113  = cfg__payload[113:0];
+            \$98  = cfg__payload[113:0];
           end
     endcase
     if (rst) begin
-      \$113  = 114'h00000000000000000000000000000;
+      \$98  = 114'h00000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$114  = error;
+    \$99  = error;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$114  = 1'h0;
+            \$99  = 1'h0;
           end
       3'h1:
           /* empty */;
       3'h2:
           /* empty */;
       3'h3:
-          if (\$97 ) begin
-            \$114  = 1'h1;
+          if (\$83 ) begin
+            \$99  = 1'h1;
           end
     endcase
     if (rst) begin
-      \$114  = 1'h0;
+      \$99  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$115  = dw;
+    \$100  = dw;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$115  = \$75 ;
+            \$100  = \$61 ;
           end
     endcase
     if (rst) begin
-      \$115  = 1'h0;
+      \$100  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$116  = dwp;
+    \$101  = dwp;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$116  = \$77 ;
+            \$101  = \$63 ;
           end
     endcase
     if (rst) begin
-      \$116  = 1'h0;
+      \$101  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$117  = dwc;
+    \$102  = dwc;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$117  = \$79 ;
+            \$102  = \$65 ;
           end
     endcase
     if (rst) begin
-      \$117  = 1'h0;
+      \$102  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$118  = gin_e;
+    \$103  = gin_e;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$118  = \$81 ;
+            \$103  = \$67 ;
           end
     endcase
     if (rst) begin
-      \$118  = 16'h0000;
+      \$103  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$119  = gout_o;
+    \$104  = gout_o;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$119  = { 2'h0, \$92  };
+            \$104  = { 2'h0, \$78  };
           end
     endcase
     if (rst) begin
-      \$119  = 22'h000000;
+      \$104  = 22'h000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$120  = dws;
+    \$105  = dws;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$120  = \$93 ;
+            \$105  = \$79 ;
           end
     endcase
     if (rst) begin
-      \$120  = 1'h0;
+      \$105  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$121  = fsm_state;
+    \$106  = fsm_state;
     casez (fsm_state)
       3'h0:
           if (cfg__valid) begin
-            \$121  = 3'h1;
+            \$106  = 3'h1;
           end
       3'h1:
           if (sizes_ready) begin
-            \$121  = 3'h2;
+            \$106  = 3'h2;
           end
       3'h2:
-          \$121  = 3'h3;
+          \$106  = 3'h3;
       3'h3:
           (* full_case = 32'd1 *)
-          if (\$97 ) begin
-            \$121  = 3'h0;
+          if (\$83 ) begin
+            \$106  = 3'h0;
           end else begin
-            \$121  = 3'h4;
+            \$106  = 3'h4;
           end
       3'h4:
-          if (\$103 ) begin
-            \$121  = 3'h0;
+          if (\$89 ) begin
+            \$106  = 3'h0;
           end
     endcase
     if (rst) begin
-      \$121  = 3'h0;
+      \$106  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$122  = last_go;
+    \$107  = last_go;
     casez (fsm_state)
       3'h0:
           /* empty */;
       3'h1:
           /* empty */;
       3'h2:
-          \$122  = \$96 [5:0];
+          \$107  = \$82 [5:0];
     endcase
     if (rst) begin
-      \$122  = 6'h00;
+      \$107  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$123  = fin;
+    \$108  = fin;
     casez (fsm_state)
       3'h0:
           /* empty */;
@@ -9645,15 +9611,40 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
           /* empty */;
       3'h3:
           (* full_case = 32'd1 *)
-          if (\$97 ) begin
+          if (\$83 ) begin
           end else begin
-            \$123  = 1'h0;
+            \$108  = 1'h0;
           end
       3'h4:
-          \$123  = \$98 ;
+          \$108  = \$84 ;
     endcase
     if (rst) begin
-      \$123  = 1'h0;
+      \$108  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$109  = run;
+    casez (fsm_state)
+      3'h0:
+          /* empty */;
+      3'h1:
+          /* empty */;
+      3'h2:
+          /* empty */;
+      3'h3:
+          (* full_case = 32'd1 *)
+          if (\$83 ) begin
+          end else begin
+            \$109  = 1'h1;
+          end
+      3'h4:
+          if (\$89 ) begin
+            \$109  = 1'h0;
+          end
+    endcase
+    if (rst) begin
+      \$109  = 1'h0;
     end
   end
   always @* begin
@@ -9698,23 +9689,8 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
           sizes_ready = 1'h1;
     endcase
   end
-  always @* begin
-    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    run = 1'h0;
-    casez (fsm_state)
-      3'h0:
-          /* empty */;
-      3'h1:
-          /* empty */;
-      3'h2:
-          /* empty */;
-      3'h3:
-          /* empty */;
-      3'h4:
-          run = 1'h1;
-    endcase
-  end
   assign \start$25  = start;
+  assign \run$26  = run;
   assign sizing = sizes_ready;
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
@@ -9768,17 +9744,17 @@ module \psc_core.setup (cfg__valid, clk, rst, mac_valid, outputs_done, start, do
   assign \cfg__payload.sizes.pl_g  = cfg__payload[236:220];
   assign \cfg__payload.sizes.red  = cfg__payload[245:237];
   assign \cfg__payload.sizes.n_w  = cfg__payload[254:246];
-  assign \$48  = \$47 ;
-  assign \$55  = \$54 ;
-  assign \$58  = 15'h4000;
-  assign \$77  = 1'h0;
-  assign \$79  = 1'h0;
-  assign \$83  = 1'h0;
-  assign \$84  = { cfg__payload[95:80], 1'h0 };
-  assign \$85  = { 1'h0, cfg__payload[95:80], 2'h0 };
-  assign \$88  = { 1'h0, cfg__payload[95:80] };
-  assign \$89  = { cfg__payload[95:80], 1'h0 };
-  assign \$92  = { 2'h0, \$91  };
+  assign \$43  = 1'h0;
+  assign \$47  = \$46 ;
+  assign \$49  = 15'h4000;
+  assign \$63  = 1'h0;
+  assign \$65  = 1'h0;
+  assign \$69  = 1'h0;
+  assign \$70  = { cfg__payload[95:80], 1'h0 };
+  assign \$71  = { 1'h0, cfg__payload[95:80], 2'h0 };
+  assign \$74  = { 1'h0, cfg__payload[95:80] };
+  assign \$75  = { cfg__payload[95:80], 1'h0 };
+  assign \$78  = { 2'h0, \$77  };
 endmodule
 
 (* generator = "Amaranth" *)

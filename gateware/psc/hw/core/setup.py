@@ -425,39 +425,36 @@ class CommandSetup(wiring.Component):
         })
 
     def _bad(self):
-        """The checks, as two terms: the command's fields alone, and its sizes.
-
-        Each is high when the command must be refused for that reason.
-        """
+        """The checks, as a list of terms: each is high when the command must be refused for
+        that reason. The command's fields come first, then its sizes."""
         cc, pe = self._config, self._config.pe
         cmd, s, k = self.cmd, self.sizes, self.cmd.k
         red_max = pe.max_reduction // pe.lanes
-        fields = (
-            ~((k == 1) | (k == 3) | (k == 5) | (k == 7))
-            | ~((cmd.stride == 1) | (cmd.stride == 2))
-            | (cmd.pad_top >= k) | (cmd.pad_left >= k)
-            | (cmd.in_h == 0) | (cmd.in_w == 0) | (cmd.out_h == 0) | (cmd.out_w == 0)
-            | (cmd.gin == 0) | (cmd.gout == 0)
-            | (((cmd.kind == LayerKind.POINTWISE) | (cmd.kind == LayerKind.FC)) & (k != 1))
-            | ((cmd.kind == LayerKind.FC) & ((cmd.in_h != 1) | (cmd.in_w != 1)
-                                            | (cmd.out_h != 1) | (cmd.out_w != 1)))
-            | ((cmd.kind == LayerKind.DEPTHWISE)
-               & ((cmd.gin != cmd.gout)
-                  | (pe.lanes != pe.rows and pe.depthwise not in ("channels", "shifted"))))
-            | (self.gout_o > cc.param_depth)
-            | ((cmd.part != Part.WHOLE) & ((cmd.kind == LayerKind.DEPTHWISE)
-                                           | (cc.psum_depth == 0)))
-        )
-        sizes = (
-            (s.n_in > Mux(self.dwc, cc.fmap_depth // bank_count(cc), cc.fmap_depth))
-            | (self.dwp & (s.n_dw > cc.fmap_depth // bank_count(cc)))
-            | (~cmd.keep & (s.n_w > cc.weight_depth))
+        chunk = cmd.part != Part.WHOLE
+        return [
+            ~((k == 1) | (k == 3) | (k == 5) | (k == 7)),
+            ~((cmd.stride == 1) | (cmd.stride == 2)),
+            cmd.pad_top >= k,
+            cmd.pad_left >= k,
+            (cmd.in_h == 0) | (cmd.in_w == 0),
+            (cmd.out_h == 0) | (cmd.out_w == 0),
+            (cmd.gin == 0) | (cmd.gout == 0),
+            ((cmd.kind == LayerKind.POINTWISE) | (cmd.kind == LayerKind.FC)) & (k != 1),
+            (cmd.kind == LayerKind.FC) & ((cmd.in_h != 1) | (cmd.in_w != 1)),
+            (cmd.kind == LayerKind.FC) & ((cmd.out_h != 1) | (cmd.out_w != 1)),
+            (cmd.kind == LayerKind.DEPTHWISE) & (cmd.gin != cmd.gout),
+            (cmd.kind == LayerKind.DEPTHWISE)
+            & (pe.lanes != pe.rows and pe.depthwise not in ("channels", "shifted")),
+            self.gout_o > cc.param_depth,
+            chunk & ((cmd.kind == LayerKind.DEPTHWISE) | (cc.psum_depth == 0)),
+            s.n_in > Mux(self.dwc, cc.fmap_depth // bank_count(cc), cc.fmap_depth),
+            self.dwp & (s.n_dw > cc.fmap_depth // bank_count(cc)),
+            ~cmd.keep & (s.n_w > cc.weight_depth),
             # red * lanes > max_reduction, without the multiply
-            | (s.red > red_max)
-            | (s.n_out > MAX_OUTPUTS)
-            | ((cmd.part != Part.WHOLE) & (s.n_out > cc.psum_depth))
-        )
-        return fields, sizes
+            s.red > red_max,
+            s.n_out > MAX_OUTPUTS,
+            chunk & (s.n_out > cc.psum_depth),
+        ]
 
     def elaborate(self, platform):
         m = Module()
@@ -465,20 +462,24 @@ class CommandSetup(wiring.Component):
         pix = pe.depthwise == "pixels"
         chn = pe.depthwise == "channels"
         shf = pe.depthwise == "shifted"
-        # The two halves of the checks, registered every cycle: in CHECK they
-        # hold the checks of the command and of its final sizes (which are
-        # final in the last SETUP cycle), so no wide OR of comparators sits in
-        # front of a register.
-        bad_fields = Signal()
-        bad_sizes = Signal()
+        # Every check term has its own flip-flop, written every cycle: in CHECK they
+        # hold the checks of the command and of its final sizes (which are final in
+        # the last SETUP cycle). The terms' comparators and the OR of their verdicts
+        # are then a cycle apart; the command register fans out into the whole core,
+        # so one wide OR of comparators behind it would gather from across the die.
+        terms = self._bad()
+        bad = Signal(len(terms))
+        m.d.sync += bad.eq(Cat(*terms))
         # high in START when the checks passed (low there: the command is refused): `start`
         # comes from this flip-flop, not through the state's decode
         start = Signal()
         m.d.sync += start.eq(0)
         m.d.comb += self.start.eq(start)
         fin = Signal()                       # every output sent, every input word taken
-        fields, sizes = self._bad()
-        m.d.sync += [bad_fields.eq(fields), bad_sizes.eq(sizes)]
+        # high in RUN: `run` gates every buffer's write enable, so it comes from this
+        # flip-flop rather than through the state's decode
+        run = Signal()
+        m.d.comb += self.run.eq(run)
         m.d.sync += self.done.eq(0)
         payload = self.cfg.payload
         gout_o = payload.gout
@@ -512,7 +513,7 @@ class CommandSetup(wiring.Component):
                 # the verdict goes through a register before it decides which of
                 # the many start values get written.
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [start.eq(~(bad_fields | bad_sizes)),
+                m.d.sync += [start.eq(~bad.any()),
                              self.last_go.eq(self.gout_o - 1)]
                 m.next = "START"
             with m.State("START"):
@@ -521,10 +522,10 @@ class CommandSetup(wiring.Component):
                     m.d.sync += [self.error.eq(1), self.done.eq(1)]
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.sync += fin.eq(0)
+                    m.d.sync += [fin.eq(0), run.eq(1)]
                     m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += [self.busy.eq(1), self.run.eq(1)]
+                m.d.comb += self.busy.eq(1)
                 # A command ends when every output has left and every input word
                 # has arrived (a stride-2 layer may not read its last rows, but
                 # they are part of this command's stream); registered, so the
@@ -534,7 +535,7 @@ class CommandSetup(wiring.Component):
                 m.d.sync += fin.eq(self.outputs_done & self.inputs_done)
                 blocks = self.dwp | self.dws if shf else self.dwp
                 with m.If(fin & self.loaded & ~(blocks & self.mac_valid)):
-                    m.d.sync += self.done.eq(1)
+                    m.d.sync += [self.done.eq(1), run.eq(0)]
                     m.next = "IDLE"
         return m
 
