@@ -310,6 +310,7 @@ def test_network_on_verilator_equals_golden(name):
     _check_on_core(name)
 
 
+@pytest.mark.soak      # two whole-network simulations; the next test covers the feed
 def test_golden_feed_runs_every_layer_in_one_simulation_with_the_same_result():
     net = residual_net(np.random.default_rng(7))
     x = rand((3, 1, 6, 6), rng=np.random.default_rng(8))

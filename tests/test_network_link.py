@@ -120,7 +120,7 @@ def test_a_bad_output_fifo_depth_is_refused(bad):
         network_bridge.NetworkBridgeConfig(_program()[0].engine_config(), out_fifo_depth=bad)
 
 
-@pytest.mark.parametrize("depth", [0, 1])
+@pytest.mark.parametrize("depth", [0, pytest.param(1, marks=pytest.mark.soak)])
 def test_network_mode_with_a_small_output_fifo_or_none(depth):
     """The bridge without its output FIFO (the engine waits for the line) and with one word
     of it (the engine waits for the FIFO): the same outputs, every word sent once."""
