@@ -1539,16 +1539,16 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .clk(clk),
     .cmd(cmd),
     .dwp(dwp),
-    .\i__payload$41 (\i__payload$53 ),
-    .\i__valid$39 (\i__valid$57 ),
+    .en_j(\o__ready$55 ),
+    .i__payload(\i__payload$53 ),
+    .i__valid(\i__valid$57 ),
+    .jo(\read__addr$74 ),
     .last_group(last_group),
     .n_out(sizes[73:49]),
-    .o__payload(act_out__payload),
-    .\o__ready$40 (act_out__ready),
-    .o__valid(act_out__valid),
-    .params__addr(\read__addr$74 ),
+    .\o__payload$44 (act_out__payload),
+    .o__ready(act_out__ready),
+    .\o__valid$26 (act_out__valid),
     .params__data(params__data),
-    .ps_rd__en(\o__ready$55 ),
     .rst(rst),
     .run(run),
     .start(start)
@@ -4484,7 +4484,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$5579$1792 (i__payload[1793:1792]),
+    .\port$5552$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[639:512]),
@@ -4497,7 +4497,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$169 ),
     .mask(\mask$16 ),
-    .\port$5579$1792 (i__payload[1793:1792]),
+    .\port$5552$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[767:640]),
@@ -4510,7 +4510,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$170 ),
     .mask(\mask$26 ),
-    .\port$5579$1792 (i__payload[1793:1792]),
+    .\port$5552$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[895:768]),
@@ -4523,7 +4523,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$171 ),
     .mask(\mask$36 ),
-    .\port$5579$1792 (i__payload[1793:1792]),
+    .\port$5552$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1023:896]),
@@ -4536,7 +4536,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$172 ),
     .mask(\mask$46 ),
-    .\port$5579$1792 (i__payload[1793:1792]),
+    .\port$5552$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1151:1024]),
@@ -4549,7 +4549,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$173 ),
     .mask(\mask$56 ),
-    .\port$5579$1792 (i__payload[1793:1792]),
+    .\port$5552$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1279:1152]),
@@ -4562,7 +4562,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$174 ),
     .mask(\mask$66 ),
-    .\port$5579$1792 (i__payload[1793:1792]),
+    .\port$5552$1792 (i__payload[1793:1792]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1407:1280]),
@@ -4574,7 +4574,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$175 ),
     .mask(\mask$76 ),
-    .\port$5579$1760 (i__payload[1793:1760]),
+    .\port$5552$1760 (i__payload[1793:1760]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[1535:1408]),
@@ -5932,7 +5932,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5579$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5552$1792 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$3  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -6044,8 +6044,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5579$1792 ;
-  wire [1:0] \port$5579$1792 ;
+  input [1:0] \port$5552$1792 ;
+  wire [1:0] \port$5552$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6193,7 +6193,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5579$1792 [0];
+  assign \$16  = valid & \port$5552$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6256,7 +6256,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5579$1792 [0];
+      \$50  = \port$5552$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6266,7 +6266,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$3 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5579$1792 [1];
+      \$51  = \port$5552$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -6407,8 +6407,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5579$1792 [0];
-  assign last = \port$5579$1792 [1];
+  assign first = \port$5552$1792 [0];
+  assign last = \port$5552$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -6550,7 +6550,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5579$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5552$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -6660,8 +6660,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5579$1792 ;
-  wire [1:0] \port$5579$1792 ;
+  input [1:0] \port$5552$1792 ;
+  wire [1:0] \port$5552$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6809,7 +6809,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5579$1792 [0];
+  assign \$16  = valid & \port$5552$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -6872,7 +6872,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5579$1792 [0];
+      \$50  = \port$5552$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -6882,7 +6882,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5579$1792 [1];
+      \$51  = \port$5552$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -7023,8 +7023,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5579$1792 [0];
-  assign last = \port$5579$1792 [1];
+  assign first = \port$5552$1792 [0];
+  assign last = \port$5552$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7166,7 +7166,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5579$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5552$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7276,8 +7276,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5579$1792 ;
-  wire [1:0] \port$5579$1792 ;
+  input [1:0] \port$5552$1792 ;
+  wire [1:0] \port$5552$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -7425,7 +7425,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5579$1792 [0];
+  assign \$16  = valid & \port$5552$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -7488,7 +7488,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5579$1792 [0];
+      \$50  = \port$5552$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -7498,7 +7498,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5579$1792 [1];
+      \$51  = \port$5552$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -7639,8 +7639,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5579$1792 [0];
-  assign last = \port$5579$1792 [1];
+  assign first = \port$5552$1792 [0];
+  assign last = \port$5552$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -7782,7 +7782,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5579$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5552$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -7892,8 +7892,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5579$1792 ;
-  wire [1:0] \port$5579$1792 ;
+  input [1:0] \port$5552$1792 ;
+  wire [1:0] \port$5552$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8041,7 +8041,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5579$1792 [0];
+  assign \$16  = valid & \port$5552$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8104,7 +8104,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5579$1792 [0];
+      \$50  = \port$5552$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8114,7 +8114,7 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5579$1792 [1];
+      \$51  = \port$5552$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8255,8 +8255,8 @@ module \psc_core.dp.pe_3 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5579$1792 [0];
-  assign last = \port$5579$1792 [1];
+  assign first = \port$5552$1792 [0];
+  assign last = \port$5552$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8398,7 +8398,7 @@ module \psc_core.dp.pe_3.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5579$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5552$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -8508,8 +8508,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5579$1792 ;
-  wire [1:0] \port$5579$1792 ;
+  input [1:0] \port$5552$1792 ;
+  wire [1:0] \port$5552$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8657,7 +8657,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5579$1792 [0];
+  assign \$16  = valid & \port$5552$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -8720,7 +8720,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5579$1792 [0];
+      \$50  = \port$5552$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -8730,7 +8730,7 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5579$1792 [1];
+      \$51  = \port$5552$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -8871,8 +8871,8 @@ module \psc_core.dp.pe_4 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5579$1792 [0];
-  assign last = \port$5579$1792 [1];
+  assign first = \port$5552$1792 [0];
+  assign last = \port$5552$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9014,7 +9014,7 @@ module \psc_core.dp.pe_4.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5579$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5552$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$8  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9124,8 +9124,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5579$1792 ;
-  wire [1:0] \port$5579$1792 ;
+  input [1:0] \port$5552$1792 ;
+  wire [1:0] \port$5552$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9273,7 +9273,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5579$1792 [0];
+  assign \$16  = valid & \port$5552$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9336,7 +9336,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5579$1792 [0];
+      \$50  = \port$5552$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9346,7 +9346,7 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$8 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5579$1792 [1];
+      \$51  = \port$5552$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -9487,8 +9487,8 @@ module \psc_core.dp.pe_5 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5579$1792 [0];
-  assign last = \port$5579$1792 [1];
+  assign first = \port$5552$1792 [0];
+  assign last = \port$5552$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -9630,7 +9630,7 @@ module \psc_core.dp.pe_5.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5579$1792 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5552$1792 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -9740,8 +9740,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [1:0] \port$5579$1792 ;
-  wire [1:0] \port$5579$1792 ;
+  input [1:0] \port$5552$1792 ;
+  wire [1:0] \port$5552$1792 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -9889,7 +9889,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5579$1792 [0];
+  assign \$16  = valid & \port$5552$1792 [0];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -9952,7 +9952,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5579$1792 [0];
+      \$50  = \port$5552$1792 [0];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -9962,7 +9962,7 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5579$1792 [1];
+      \$51  = \port$5552$1792 [1];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -10103,8 +10103,8 @@ module \psc_core.dp.pe_6 (rst, x, words, bias, \port$5579$1792 , valid, en, lane
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5579$1792 [0];
-  assign last = \port$5579$1792 [1];
+  assign first = \port$5552$1792 [0];
+  assign last = \port$5552$1792 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -10246,7 +10246,7 @@ module \psc_core.dp.pe_6.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_7 (rst, x, words, \port$5579$1760 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_7 (rst, x, words, \port$5552$1760 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$10  = 0;
   wire [16:0] \$1 ;
   wire [15:0] \$10 ;
@@ -10355,8 +10355,8 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5579$1760 , valid, en, lane_acc, 
   input [7:0] mask;
   wire [7:0] mask;
   wire [7:0] \mask$3 ;
-  input [33:0] \port$5579$1760 ;
-  wire [33:0] \port$5579$1760 ;
+  input [33:0] \port$5552$1760 ;
+  wire [33:0] \port$5552$1760 ;
   reg [127:0] products = 128'h00000000000000000000000000000000;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -10504,7 +10504,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5579$1760 , valid, en, lane_acc, 
   assign \$13  = $signed(x1[47:40]) * $signed(w1[47:40]);
   assign \$14  = $signed(x1[55:48]) * $signed(w1[55:48]);
   assign \$15  = $signed(x1[63:56]) * $signed(w1[63:56]);
-  assign \$16  = valid & \port$5579$1760 [32];
+  assign \$16  = valid & \port$5552$1760 [32];
   assign \$17  = v1 & f1;
   assign \$18  = v2 & l2;
   assign \$19  = en & v2;
@@ -10567,7 +10567,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5579$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$50  = f1;
     if (en) begin
-      \$50  = \port$5579$1760 [32];
+      \$50  = \port$5552$1760 [32];
     end
     if (rst) begin
       \$50  = 1'h0;
@@ -10577,7 +10577,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5579$1760 , valid, en, lane_acc, 
     if (\$auto$verilog_backend.cc:2355:dump_module$10 ) begin end
     \$51  = l1;
     if (en) begin
-      \$51  = \port$5579$1760 [33];
+      \$51  = \port$5552$1760 [33];
     end
     if (rst) begin
       \$51  = 1'h0;
@@ -10588,7 +10588,7 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5579$1760 , valid, en, lane_acc, 
     \$52  = b1;
     if (en) begin
       if (\$16 ) begin
-        \$52  = \port$5579$1760 [31:0];
+        \$52  = \port$5552$1760 [31:0];
       end
     end
   end
@@ -10718,9 +10718,9 @@ module \psc_core.dp.pe_7 (rst, x, words, \port$5579$1760 , valid, en, lane_acc, 
   assign \mask$3  = mask;
   assign \acc$5  = acc;
   assign tree = { \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7 [18], \$7  };
-  assign first = \port$5579$1760 [32];
-  assign last = \port$5579$1760 [33];
-  assign bias = \port$5579$1760 [31:0];
+  assign first = \port$5552$1760 [32];
+  assign last = \port$5552$1760 [33];
+  assign bias = \port$5552$1760 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -16335,103 +16335,78 @@ module \psc_core.ibuf (i__valid, clk, rst, ws, read__en, start, cmd, dwp, run, s
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, all_sent, start, cmd, dwp, last_group, run, n_out, \i__valid$39 , \i__payload$41 , params__addr, \o__ready$40 );
+module \psc_core.out (clk, rst, params__data, en_j, \o__valid$26 , \o__payload$44 , all_sent, start, cmd, dwp, last_group, run, n_out, i__valid, i__payload, jo, o__ready);
   reg \$auto$verilog_backend.cc:2355:dump_module$14  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
-  wire [31:0] \$12 ;
-  wire [32:0] \$13 ;
+  wire \$12 ;
+  wire \$13 ;
   wire \$14 ;
   wire \$15 ;
   wire \$16 ;
-  wire [31:0] \$17 ;
-  wire [32:0] \$18 ;
+  wire [5:0] \$17 ;
+  wire [5:0] \$18 ;
   wire \$19 ;
-  wire [16:0] \$2 ;
-  wire \$20 ;
+  wire \$2 ;
+  wire [5:0] \$20 ;
   wire \$21 ;
-  wire [31:0] \$22 ;
-  wire [32:0] \$23 ;
-  wire \$24 ;
+  wire \$22 ;
+  wire \$23 ;
+  wire [3:0] \$24 ;
   wire \$25 ;
   wire \$26 ;
-  wire [31:0] \$27 ;
-  wire [32:0] \$28 ;
-  wire \$29 ;
+  wire [16:0] \$27 ;
+  wire \$28 ;
+  wire [16:0] \$29 ;
   wire \$3 ;
-  wire \$30 ;
+  wire [16:0] \$30 ;
   wire \$31 ;
-  wire [31:0] \$32 ;
-  wire [32:0] \$33 ;
-  wire \$34 ;
+  wire \$32 ;
+  wire \$33 ;
+  wire [24:0] \$34 ;
   wire \$35 ;
   wire \$36 ;
-  wire [31:0] \$37 ;
-  wire [32:0] \$38 ;
+  wire [16:0] \$37 ;
+  wire \$38 ;
   wire \$39 ;
   wire \$4 ;
   wire \$40 ;
-  wire \$41 ;
-  wire [31:0] \$42 ;
-  wire [32:0] \$43 ;
-  wire \$44 ;
-  wire \$45 ;
-  wire \$46 ;
+  wire [31:0] \$41 ;
+  wire [32:0] \$42 ;
+  wire [31:0] \$43 ;
+  wire [32:0] \$44 ;
+  wire [31:0] \$45 ;
+  wire [32:0] \$46 ;
   wire [31:0] \$47 ;
   wire [32:0] \$48 ;
-  wire \$49 ;
+  wire [31:0] \$49 ;
   wire \$5 ;
-  wire \$50 ;
-  wire \$51 ;
-  wire \$52 ;
-  wire \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire [8:0] \$56 ;
+  wire [32:0] \$50 ;
+  wire [31:0] \$51 ;
+  wire [32:0] \$52 ;
+  wire [31:0] \$53 ;
+  wire [32:0] \$54 ;
+  wire [31:0] \$55 ;
+  wire [32:0] \$56 ;
   wire \$57 ;
-  wire [8:0] \$58 ;
-  wire \$59 ;
+  reg \$58 ;
+  reg \$59 ;
   wire \$6 ;
-  wire \$60 ;
-  wire \$61 ;
-  wire \$62 ;
-  wire \$63 ;
-  wire \$64 ;
-  wire \$65 ;
-  wire [5:0] \$66 ;
-  wire [5:0] \$67 ;
-  wire \$68 ;
-  wire [5:0] \$69 ;
-  wire \$7 ;
-  wire \$70 ;
-  wire \$71 ;
-  wire \$72 ;
-  wire [3:0] \$73 ;
-  wire \$74 ;
-  wire \$75 ;
-  wire [16:0] \$76 ;
-  wire \$77 ;
-  wire [16:0] \$78 ;
-  wire [16:0] \$79 ;
+  reg [7:0] \$60 ;
+  reg [7:0] \$61 ;
+  reg \$62 ;
+  reg [63:0] \$63 ;
+  reg \$64 ;
+  reg [255:0] \$65 ;
+  reg [4:0] \$66 ;
+  reg \$67 ;
+  reg [2:0] \$68 ;
+  reg [15:0] \$69 ;
+  wire [8:0] \$7 ;
+  reg [23:0] \$70 ;
   wire \$8 ;
-  wire \$80 ;
-  wire \$81 ;
-  wire \$82 ;
-  wire [24:0] \$83 ;
-  wire \$84 ;
-  reg [7:0] \$85 ;
-  reg [7:0] \$86 ;
-  reg \$87 ;
-  reg [63:0] \$88 ;
-  reg \$89 ;
-  wire \$9 ;
-  reg [255:0] \$90 ;
-  reg [4:0] \$91 ;
-  reg \$92 ;
-  reg [2:0] \$93 ;
-  reg [15:0] \$94 ;
-  reg [23:0] \$95 ;
+  wire [8:0] \$9 ;
   reg [255:0] accj = 256'h0000000000000000000000000000000000000000000000000000000000000000;
   wire [31:0] \accj[0] ;
   wire [31:0] \accj[1] ;
@@ -16441,6 +16416,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire [31:0] \accj[5] ;
   wire [31:0] \accj[6] ;
   wire [31:0] \accj[7] ;
+  reg add_psum = 1'h0;
   output all_sent;
   wire all_sent;
   input clk;
@@ -16473,69 +16449,70 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire [1:0] \cmd.stride ;
   input dwp;
   wire dwp;
+  output en_j;
   wire en_j;
-  wire [431:0] i__payload;
-  input [255:0] \i__payload$41 ;
-  wire [255:0] \i__payload$41 ;
-  wire [31:0] \i__payload$41[0] ;
-  wire [31:0] \i__payload$41[1] ;
-  wire [31:0] \i__payload$41[2] ;
-  wire [31:0] \i__payload$41[3] ;
-  wire [31:0] \i__payload$41[4] ;
-  wire [31:0] \i__payload$41[5] ;
-  wire [31:0] \i__payload$41[6] ;
-  wire [31:0] \i__payload$41[7] ;
-  wire [255:0] \i__payload.acc ;
-  wire [31:0] \i__payload.acc[0] ;
-  wire [31:0] \i__payload.acc[1] ;
-  wire [31:0] \i__payload.acc[2] ;
-  wire [31:0] \i__payload.acc[3] ;
-  wire [31:0] \i__payload.acc[4] ;
-  wire [31:0] \i__payload.acc[5] ;
-  wire [31:0] \i__payload.acc[6] ;
-  wire [31:0] \i__payload.acc[7] ;
-  wire [127:0] \i__payload.mult ;
-  wire [15:0] \i__payload.mult[0] ;
-  wire [15:0] \i__payload.mult[1] ;
-  wire [15:0] \i__payload.mult[2] ;
-  wire [15:0] \i__payload.mult[3] ;
-  wire [15:0] \i__payload.mult[4] ;
-  wire [15:0] \i__payload.mult[5] ;
-  wire [15:0] \i__payload.mult[6] ;
-  wire [15:0] \i__payload.mult[7] ;
-  wire [47:0] \i__payload.shift ;
-  wire [5:0] \i__payload.shift[0] ;
-  wire [5:0] \i__payload.shift[1] ;
-  wire [5:0] \i__payload.shift[2] ;
-  wire [5:0] \i__payload.shift[3] ;
-  wire [5:0] \i__payload.shift[4] ;
-  wire [5:0] \i__payload.shift[5] ;
-  wire [5:0] \i__payload.shift[6] ;
-  wire [5:0] \i__payload.shift[7] ;
+  input [255:0] i__payload;
+  wire [255:0] i__payload;
+  wire [431:0] \i__payload$35 ;
+  wire [255:0] \i__payload$35.acc ;
+  wire [31:0] \i__payload$35.acc[0] ;
+  wire [31:0] \i__payload$35.acc[1] ;
+  wire [31:0] \i__payload$35.acc[2] ;
+  wire [31:0] \i__payload$35.acc[3] ;
+  wire [31:0] \i__payload$35.acc[4] ;
+  wire [31:0] \i__payload$35.acc[5] ;
+  wire [31:0] \i__payload$35.acc[6] ;
+  wire [31:0] \i__payload$35.acc[7] ;
+  wire [127:0] \i__payload$35.mult ;
+  wire [15:0] \i__payload$35.mult[0] ;
+  wire [15:0] \i__payload$35.mult[1] ;
+  wire [15:0] \i__payload$35.mult[2] ;
+  wire [15:0] \i__payload$35.mult[3] ;
+  wire [15:0] \i__payload$35.mult[4] ;
+  wire [15:0] \i__payload$35.mult[5] ;
+  wire [15:0] \i__payload$35.mult[6] ;
+  wire [15:0] \i__payload$35.mult[7] ;
+  wire [47:0] \i__payload$35.shift ;
+  wire [5:0] \i__payload$35.shift[0] ;
+  wire [5:0] \i__payload$35.shift[1] ;
+  wire [5:0] \i__payload$35.shift[2] ;
+  wire [5:0] \i__payload$35.shift[3] ;
+  wire [5:0] \i__payload$35.shift[4] ;
+  wire [5:0] \i__payload$35.shift[5] ;
+  wire [5:0] \i__payload$35.shift[6] ;
+  wire [5:0] \i__payload$35.shift[7] ;
+  wire [31:0] \i__payload[0] ;
+  wire [31:0] \i__payload[1] ;
+  wire [31:0] \i__payload[2] ;
+  wire [31:0] \i__payload[3] ;
+  wire [31:0] \i__payload[4] ;
+  wire [31:0] \i__payload[5] ;
+  wire [31:0] \i__payload[6] ;
+  wire [31:0] \i__payload[7] ;
   wire i__ready;
-  wire \i__ready$21 ;
+  wire \i__ready$39 ;
+  input i__valid;
   wire i__valid;
-  input \i__valid$39 ;
-  wire \i__valid$39 ;
-  (* init = 5'h00 *)
-  wire [4:0] jo;
+  wire \i__valid$42 ;
+  output [4:0] jo;
+  reg [4:0] jo = 5'h00;
   wire keep_o;
   input [4:0] last_group;
   wire [4:0] last_group;
   reg last_jo = 1'h0;
   input [24:0] n_out;
   wire [24:0] n_out;
-  output [63:0] o__payload;
   wire [63:0] o__payload;
-  wire [63:0] \o__payload$31 ;
-  wire [7:0] \o__payload$31[0] ;
-  wire [7:0] \o__payload$31[1] ;
-  wire [7:0] \o__payload$31[2] ;
-  wire [7:0] \o__payload$31[3] ;
-  wire [7:0] \o__payload$31[4] ;
-  wire [7:0] \o__payload$31[5] ;
-  wire [7:0] \o__payload$31[6] ;
-  wire [7:0] \o__payload$31[7] ;
+  output [63:0] \o__payload$44 ;
+  wire [63:0] \o__payload$44 ;
+  wire [7:0] \o__payload$44[0] ;
+  wire [7:0] \o__payload$44[1] ;
+  wire [7:0] \o__payload$44[2] ;
+  wire [7:0] \o__payload$44[3] ;
+  wire [7:0] \o__payload$44[4] ;
+  wire [7:0] \o__payload$44[5] ;
+  wire [7:0] \o__payload$44[6] ;
+  wire [7:0] \o__payload$44[7] ;
   wire [7:0] \o__payload[0] ;
   wire [7:0] \o__payload[1] ;
   wire [7:0] \o__payload[2] ;
@@ -16544,16 +16521,16 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire [7:0] \o__payload[5] ;
   wire [7:0] \o__payload[6] ;
   wire [7:0] \o__payload[7] ;
+  input o__ready;
   wire o__ready;
-  input \o__ready$40 ;
-  wire \o__ready$40 ;
-  output o__valid;
+  wire \o__ready$45 ;
   wire o__valid;
-  wire \o__valid$29 ;
+  output \o__valid$26 ;
+  wire \o__valid$26 ;
   reg [23:0] out_cnt = 24'h000000;
   reg [15:0] oxo = 16'h0000;
-  output [4:0] params__addr;
-  reg [4:0] params__addr = 5'h00;
+  (* init = 5'h00 *)
+  wire [4:0] params__addr;
   input [431:0] params__data;
   wire [431:0] params__data;
   wire [255:0] \params__data.bias ;
@@ -16584,7 +16561,8 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire [5:0] \params__data.shift[6] ;
   wire [5:0] \params__data.shift[7] ;
   wire params__en;
-  reg [7:0] ps_rd__addr = 8'h00;
+  (* init = 8'h00 *)
+  wire [7:0] ps_rd__addr;
   wire [255:0] ps_rd__data;
   wire [31:0] \ps_rd__data[0] ;
   wire [31:0] \ps_rd__data[1] ;
@@ -16594,9 +16572,9 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire [31:0] \ps_rd__data[5] ;
   wire [31:0] \ps_rd__data[6] ;
   wire [31:0] \ps_rd__data[7] ;
-  output ps_rd__en;
   wire ps_rd__en;
-  reg [7:0] ps_wr__addr = 8'h00;
+  (* init = 8'h00 *)
+  wire [7:0] ps_wr__addr;
   wire [255:0] ps_wr__data;
   wire [31:0] \ps_wr__data[0] ;
   wire [31:0] \ps_wr__data[1] ;
@@ -16608,8 +16586,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire [31:0] \ps_wr__data[7] ;
   wire ps_wr__en;
   wire relu;
-  (* init = 8'h00 *)
-  wire [7:0] ridx;
+  reg [7:0] ridx = 8'h00;
   reg [2:0] ro = 3'h0;
   input rst;
   wire rst;
@@ -16627,6 +16604,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   reg skid_v = 1'h0;
   input start;
   wire start;
+  reg store = 1'h0;
   wire stored;
   wire [255:0] total;
   wire [31:0] \total[0] ;
@@ -16638,8 +16616,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire [31:0] \total[6] ;
   wire [31:0] \total[7] ;
   reg vj = 1'h0;
-  (* init = 8'h00 *)
-  wire [7:0] widx;
+  reg [7:0] widx = 8'h00;
   reg [255:0] psum [255:0];
   initial begin
     psum[0] = 256'h0000000000000000000000000000000000000000000000000000000000000000;
@@ -16901,291 +16878,282 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   end
   always @(posedge clk) begin
     if (stored)
-      psum[ps_wr__addr] <= total;
+      psum[widx] <= total;
   end
   reg [255:0] _0_;
   always @(posedge clk) begin
-    if (ps_rd__en) begin
-      _0_ <= psum[ps_rd__addr];
+    if (en_j) begin
+      _0_ <= psum[ridx];
     end
   end
   assign ps_rd__data = _0_;
-  assign \$4  = ~ vj;
-  assign \$5  = \$4  | i__ready;
-  assign \$6  = cmd[113:112] == 1'h1;
-  assign \$7  = cmd[113:112] == 2'h2;
-  assign \$8  = \$6  | \$7 ;
-  assign ps_rd__en = \$5  | \$8 ;
-  assign \$9  = cmd[113:112] == 2'h2;
-  assign \$10  = cmd[113:112] == 2'h3;
-  assign \$11  = \$9  | \$10 ;
-  assign \$12  = \$11  ? ps_rd__data[31:0] : params__data[31:0];
-  assign \$13  = $signed(accj[31:0]) + $signed(\$12 );
-  assign \$14  = cmd[113:112] == 2'h2;
-  assign \$15  = cmd[113:112] == 2'h3;
-  assign \$16  = \$14  | \$15 ;
-  assign \$17  = \$16  ? ps_rd__data[63:32] : params__data[63:32];
-  assign \$18  = $signed(accj[63:32]) + $signed(\$17 );
-  assign \$19  = cmd[113:112] == 2'h2;
-  assign \$20  = cmd[113:112] == 2'h3;
-  assign \$21  = \$19  | \$20 ;
-  assign \$22  = \$21  ? ps_rd__data[95:64] : params__data[95:64];
-  assign \$23  = $signed(accj[95:64]) + $signed(\$22 );
-  assign \$24  = cmd[113:112] == 2'h2;
-  assign \$25  = cmd[113:112] == 2'h3;
-  assign \$26  = \$24  | \$25 ;
-  assign \$27  = \$26  ? ps_rd__data[127:96] : params__data[127:96];
-  assign \$28  = $signed(accj[127:96]) + $signed(\$27 );
-  assign \$29  = cmd[113:112] == 2'h2;
-  assign \$30  = cmd[113:112] == 2'h3;
-  assign \$31  = \$29  | \$30 ;
-  assign \$32  = \$31  ? ps_rd__data[159:128] : params__data[159:128];
-  assign \$33  = $signed(accj[159:128]) + $signed(\$32 );
-  assign \$34  = cmd[113:112] == 2'h2;
-  assign \$35  = cmd[113:112] == 2'h3;
-  assign \$36  = \$34  | \$35 ;
-  assign \$37  = \$36  ? ps_rd__data[191:160] : params__data[191:160];
-  assign \$38  = $signed(accj[191:160]) + $signed(\$37 );
-  assign \$39  = cmd[113:112] == 2'h2;
-  assign \$40  = cmd[113:112] == 2'h3;
-  assign \$41  = \$39  | \$40 ;
-  assign \$42  = \$41  ? ps_rd__data[223:192] : params__data[223:192];
-  assign \$43  = $signed(accj[223:192]) + $signed(\$42 );
-  assign \$44  = cmd[113:112] == 2'h2;
-  assign \$45  = cmd[113:112] == 2'h3;
-  assign \$46  = \$44  | \$45 ;
-  assign \$47  = \$46  ? ps_rd__data[255:224] : params__data[255:224];
-  assign \$48  = $signed(accj[255:224]) + $signed(\$47 );
-  assign \$49  = cmd[113:112] == 1'h1;
-  assign \$50  = cmd[113:112] == 2'h2;
-  assign \$51  = \$49  | \$50 ;
-  assign stored = vj & \$51 ;
-  assign \$52  = cmd[113:112] == 1'h1;
-  assign \$53  = cmd[113:112] == 2'h2;
-  assign \$54  = \$52  | \$53 ;
-  assign \$55  = ~ \$54 ;
-  assign i__valid = vj & \$55 ;
-  assign o__valid = skid_v | \o__valid$29 ;
-  assign o__payload = skid_v ? skid : \o__payload$31 ;
-  assign o__ready = ~ skid_v;
+  assign \$30  = \$28  ? 17'h00000 : \$29 ;
+  assign \$31  = \o__valid$26  & o__ready;
+  assign \$32  = \$31  | stored;
+  assign \$33  = run & \$32 ;
+  assign \$34  = out_cnt + 1'h1;
+  assign \$35  = ! last_group;
+  assign \$36  = ~ dwp;
+  assign \$37  = oxo + ro;
+  assign \$38  = \$37  < cmd[63:48];
+  assign keep_o = \$36  | \$38 ;
+  assign \$39  = ~ vj;
+  assign \$40  = \$39  | i__ready;
+  assign en_j = \$40  | store;
+  assign \$41  = add_psum ? ps_rd__data[31:0] : params__data[31:0];
+  assign \$42  = $signed(accj[31:0]) + $signed(\$41 );
+  assign \$43  = add_psum ? ps_rd__data[63:32] : params__data[63:32];
+  assign \$44  = $signed(accj[63:32]) + $signed(\$43 );
+  assign \$45  = add_psum ? ps_rd__data[95:64] : params__data[95:64];
+  assign \$46  = $signed(accj[95:64]) + $signed(\$45 );
+  assign \$47  = add_psum ? ps_rd__data[127:96] : params__data[127:96];
+  assign \$48  = $signed(accj[127:96]) + $signed(\$47 );
+  assign \$49  = add_psum ? ps_rd__data[159:128] : params__data[159:128];
+  assign \$50  = $signed(accj[159:128]) + $signed(\$49 );
+  assign \$51  = add_psum ? ps_rd__data[191:160] : params__data[191:160];
+  assign \$52  = $signed(accj[191:160]) + $signed(\$51 );
+  assign \$53  = add_psum ? ps_rd__data[223:192] : params__data[223:192];
+  assign \$54  = $signed(accj[223:192]) + $signed(\$53 );
+  assign \$55  = add_psum ? ps_rd__data[255:224] : params__data[255:224];
+  assign \$56  = $signed(accj[255:224]) + $signed(\$55 );
+  assign stored = vj & store;
+  assign \$57  = ~ store;
+  assign \i__valid$42  = vj & \$57 ;
+  assign \o__valid$26  = skid_v | o__valid;
+  assign \o__payload$44  = skid_v ? skid : o__payload;
+  assign \o__ready$45  = ~ skid_v;
   assign all_sent = out_cnt == n_out;
-  assign \$56  = ps_wr__addr + 1'h1;
-  assign \$57  = ps_rd__en & \i__valid$39 ;
-  assign \$58  = ps_rd__addr + 1'h1;
-  assign \$59  = ~ \o__ready$40 ;
-  assign \$60  = \o__valid$29  & \$59 ;
-  assign \$61  = \i__valid$39  & keep_o;
-  assign \$62  = ~ dwp;
-  assign \$63  = ro == 3'h7;
-  assign \$64  = \$62  | \$63 ;
-  assign \$65  = \i__valid$39  & \$64 ;
-  assign \$66  = params__addr + 1'h1;
-  assign \$67  = last_jo ? 6'h00 : \$66 ;
-  assign \$68  = ! last_group;
-  assign \$69  = params__addr + 1'h1;
-  assign \$70  = \$69  == last_group;
-  assign \$71  = last_jo ? \$68  : \$70 ;
-  assign \$72  = \i__valid$39  & dwp;
-  assign \$73  = ro + 1'h1;
-  assign \$74  = ro == 3'h7;
-  assign \$75  = \$74  & last_jo;
-  assign \$76  = oxo + 4'h8;
-  assign \$77  = \$76  >= cmd[63:48];
-  assign \$78  = oxo + 4'h8;
-  assign \$79  = \$77  ? 17'h00000 : \$78 ;
-  assign \$80  = o__valid & \o__ready$40 ;
-  assign \$81  = \$80  | stored;
-  assign \$82  = run & \$81 ;
-  assign \$83  = out_cnt + 1'h1;
-  assign \$84  = ! last_group;
   always @(posedge clk)
-    ps_wr__addr <= \$85 ;
+    store <= \$58 ;
   always @(posedge clk)
-    ps_rd__addr <= \$86 ;
+    add_psum <= \$59 ;
   always @(posedge clk)
-    skid_v <= \$87 ;
+    widx <= \$60 ;
   always @(posedge clk)
-    skid <= \$88 ;
+    ridx <= \$61 ;
   always @(posedge clk)
-    vj <= \$89 ;
+    skid_v <= \$62 ;
   always @(posedge clk)
-    accj <= \$90 ;
+    skid <= \$63 ;
   always @(posedge clk)
-    params__addr <= \$91 ;
+    vj <= \$64 ;
   always @(posedge clk)
-    last_jo <= \$92 ;
+    accj <= \$65 ;
   always @(posedge clk)
-    ro <= \$93 ;
+    jo <= \$66 ;
   always @(posedge clk)
-    oxo <= \$94 ;
+    last_jo <= \$67 ;
   always @(posedge clk)
-    out_cnt <= \$95 ;
-  assign \$1  = ~ dwp;
-  assign \$2  = oxo + ro;
-  assign \$3  = \$2  < cmd[63:48];
-  assign keep_o = \$1  | \$3 ;
+    ro <= \$68 ;
+  always @(posedge clk)
+    oxo <= \$69 ;
+  always @(posedge clk)
+    out_cnt <= \$70 ;
+  assign \$1  = cmd[113:112] == 1'h1;
+  assign \$2  = cmd[113:112] == 2'h2;
+  assign \$3  = \$1  | \$2 ;
+  assign \$4  = cmd[113:112] == 2'h2;
+  assign \$5  = cmd[113:112] == 2'h3;
+  assign \$6  = \$4  | \$5 ;
+  assign \$7  = widx + 1'h1;
+  assign \$8  = en_j & i__valid;
+  assign \$9  = ridx + 1'h1;
+  assign \$10  = ~ o__ready;
+  assign \$11  = o__valid & \$10 ;
+  assign \$12  = i__valid & keep_o;
+  assign \$13  = ~ dwp;
+  assign \$14  = ro == 3'h7;
+  assign \$15  = \$13  | \$14 ;
+  assign \$16  = i__valid & \$15 ;
+  assign \$17  = jo + 1'h1;
+  assign \$18  = last_jo ? 6'h00 : \$17 ;
+  assign \$19  = ! last_group;
+  assign \$20  = jo + 1'h1;
+  assign \$21  = \$20  == last_group;
+  assign \$22  = last_jo ? \$19  : \$21 ;
+  assign \$23  = i__valid & dwp;
+  assign \$24  = ro + 1'h1;
+  assign \$25  = ro == 3'h7;
+  assign \$26  = \$25  & last_jo;
+  assign \$27  = oxo + 4'h8;
+  assign \$28  = \$27  >= cmd[63:48];
+  assign \$29  = oxo + 4'h8;
   \psc_core.out.rq  rq (
     .clk(clk),
     .en(i__ready),
-    .i__payload(i__payload),
-    .i__valid(i__valid),
-    .o__payload(\o__payload$31 ),
-    .o__ready(o__ready),
-    .o__valid(\o__valid$29 ),
+    .i__payload(\i__payload$35 ),
+    .i__valid(\i__valid$42 ),
+    .o__payload(o__payload),
+    .o__ready(\o__ready$45 ),
+    .o__valid(o__valid),
     .relu(cmd[110]),
     .rst(rst)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$85  = ps_wr__addr;
+    \$58  = \$3 ;
+    if (rst) begin
+      \$58  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$59  = \$6 ;
+    if (rst) begin
+      \$59  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
+    \$60  = widx;
     if (stored) begin
-      \$85  = \$56 [7:0];
+      \$60  = \$7 [7:0];
     end
     if (start) begin
-      \$85  = 8'h00;
+      \$60  = 8'h00;
     end
     if (rst) begin
-      \$85  = 8'h00;
+      \$60  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$86  = ps_rd__addr;
-    if (\$57 ) begin
-      \$86  = \$58 [7:0];
+    \$61  = ridx;
+    if (\$8 ) begin
+      \$61  = \$9 [7:0];
     end
     if (start) begin
-      \$86  = 8'h00;
+      \$61  = 8'h00;
     end
     if (rst) begin
-      \$86  = 8'h00;
+      \$61  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$87  = skid_v;
+    \$62  = skid_v;
     if (skid_v) begin
-      if (\o__ready$40 ) begin
-        \$87  = 1'h0;
+      if (o__ready) begin
+        \$62  = 1'h0;
       end
-    end else if (\$60 ) begin
-      \$87  = 1'h1;
+    end else if (\$11 ) begin
+      \$62  = 1'h1;
     end
     if (rst) begin
-      \$87  = 1'h0;
+      \$62  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$88  = skid;
+    \$63  = skid;
     if (skid_v) begin
-    end else if (\$60 ) begin
-      \$88  = \o__payload$31 ;
+    end else if (\$11 ) begin
+      \$63  = o__payload;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$89  = vj;
-    if (ps_rd__en) begin
-      \$89  = \$61 ;
+    \$64  = vj;
+    if (en_j) begin
+      \$64  = \$12 ;
     end
     if (rst) begin
-      \$89  = 1'h0;
+      \$64  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$90  = accj;
-    if (ps_rd__en) begin
-      \$90  = \i__payload$41 ;
+    \$65  = accj;
+    if (en_j) begin
+      \$65  = i__payload;
     end
     if (rst) begin
-      \$90  = 256'h0000000000000000000000000000000000000000000000000000000000000000;
+      \$65  = 256'h0000000000000000000000000000000000000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$91  = params__addr;
-    if (ps_rd__en) begin
-      if (\$65 ) begin
-        \$91  = \$67 [4:0];
+    \$66  = jo;
+    if (en_j) begin
+      if (\$16 ) begin
+        \$66  = \$18 [4:0];
       end
     end
     if (start) begin
-      \$91  = 5'h00;
+      \$66  = 5'h00;
     end
     if (rst) begin
-      \$91  = 5'h00;
+      \$66  = 5'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$92  = last_jo;
-    if (ps_rd__en) begin
-      if (\$65 ) begin
-        \$92  = \$71 ;
+    \$67  = last_jo;
+    if (en_j) begin
+      if (\$16 ) begin
+        \$67  = \$22 ;
       end
     end
     if (start) begin
-      \$92  = \$84 ;
+      \$67  = \$35 ;
     end
     if (rst) begin
-      \$92  = 1'h0;
+      \$67  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$93  = ro;
-    if (ps_rd__en) begin
-      if (\$72 ) begin
-        \$93  = \$73 [2:0];
+    \$68  = ro;
+    if (en_j) begin
+      if (\$23 ) begin
+        \$68  = \$24 [2:0];
       end
     end
     if (start) begin
-      \$93  = 3'h0;
+      \$68  = 3'h0;
     end
     if (rst) begin
-      \$93  = 3'h0;
+      \$68  = 3'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$94  = oxo;
-    if (ps_rd__en) begin
-      if (\$72 ) begin
-        if (\$75 ) begin
-          \$94  = \$79 [15:0];
+    \$69  = oxo;
+    if (en_j) begin
+      if (\$23 ) begin
+        if (\$26 ) begin
+          \$69  = \$30 [15:0];
         end
       end
     end
     if (start) begin
-      \$94  = 16'h0000;
+      \$69  = 16'h0000;
     end
     if (rst) begin
-      \$94  = 16'h0000;
+      \$69  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$14 ) begin end
-    \$95  = out_cnt;
-    if (\$82 ) begin
-      \$95  = \$83 [23:0];
+    \$70  = out_cnt;
+    if (\$33 ) begin
+      \$70  = \$34 [23:0];
     end
     if (start) begin
-      \$95  = 24'h000000;
+      \$70  = 24'h000000;
     end
     if (rst) begin
-      \$95  = 24'h000000;
+      \$70  = 24'h000000;
     end
   end
-  assign ridx = ps_rd__addr;
-  assign en_j = ps_rd__en;
-  assign widx = ps_wr__addr;
+  assign ps_rd__addr = ridx;
+  assign ps_rd__en = en_j;
+  assign ps_wr__addr = widx;
   assign ps_wr__data = total;
   assign ps_wr__en = stored;
-  assign \i__ready$21  = ps_rd__en;
-  assign jo = params__addr;
-  assign params__en = ps_rd__en;
+  assign \i__ready$39  = en_j;
+  assign params__addr = jo;
+  assign params__en = en_j;
   assign relu = cmd[110];
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
@@ -17201,14 +17169,22 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
   assign \cmd.part  = cmd[113:112];
-  assign \total[0]  = total[31:0];
-  assign \total[1]  = total[63:32];
-  assign \total[2]  = total[95:64];
-  assign \total[3]  = total[127:96];
-  assign \total[4]  = total[159:128];
-  assign \total[5]  = total[191:160];
-  assign \total[6]  = total[223:192];
-  assign \total[7]  = total[255:224];
+  assign \skid[0]  = skid[7:0];
+  assign \skid[1]  = skid[15:8];
+  assign \skid[2]  = skid[23:16];
+  assign \skid[3]  = skid[31:24];
+  assign \skid[4]  = skid[39:32];
+  assign \skid[5]  = skid[47:40];
+  assign \skid[6]  = skid[55:48];
+  assign \skid[7]  = skid[63:56];
+  assign \o__payload[0]  = o__payload[7:0];
+  assign \o__payload[1]  = o__payload[15:8];
+  assign \o__payload[2]  = o__payload[23:16];
+  assign \o__payload[3]  = o__payload[31:24];
+  assign \o__payload[4]  = o__payload[39:32];
+  assign \o__payload[5]  = o__payload[47:40];
+  assign \o__payload[6]  = o__payload[55:48];
+  assign \o__payload[7]  = o__payload[63:56];
   assign \accj[0]  = accj[31:0];
   assign \accj[1]  = accj[63:32];
   assign \accj[2]  = accj[95:64];
@@ -17217,6 +17193,22 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   assign \accj[5]  = accj[191:160];
   assign \accj[6]  = accj[223:192];
   assign \accj[7]  = accj[255:224];
+  assign \i__payload[0]  = i__payload[31:0];
+  assign \i__payload[1]  = i__payload[63:32];
+  assign \i__payload[2]  = i__payload[95:64];
+  assign \i__payload[3]  = i__payload[127:96];
+  assign \i__payload[4]  = i__payload[159:128];
+  assign \i__payload[5]  = i__payload[191:160];
+  assign \i__payload[6]  = i__payload[223:192];
+  assign \i__payload[7]  = i__payload[255:224];
+  assign \total[0]  = total[31:0];
+  assign \total[1]  = total[63:32];
+  assign \total[2]  = total[95:64];
+  assign \total[3]  = total[127:96];
+  assign \total[4]  = total[159:128];
+  assign \total[5]  = total[191:160];
+  assign \total[6]  = total[223:192];
+  assign \total[7]  = total[255:224];
   assign \params__data.bias  = params__data[255:0];
   assign \params__data.bias[0]  = params__data[31:0];
   assign \params__data.bias[1]  = params__data[63:32];
@@ -17252,33 +17244,33 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   assign \ps_rd__data[5]  = ps_rd__data[191:160];
   assign \ps_rd__data[6]  = ps_rd__data[223:192];
   assign \ps_rd__data[7]  = ps_rd__data[255:224];
-  assign \i__payload.acc  = i__payload[255:0];
-  assign \i__payload.acc[0]  = i__payload[31:0];
-  assign \i__payload.acc[1]  = i__payload[63:32];
-  assign \i__payload.acc[2]  = i__payload[95:64];
-  assign \i__payload.acc[3]  = i__payload[127:96];
-  assign \i__payload.acc[4]  = i__payload[159:128];
-  assign \i__payload.acc[5]  = i__payload[191:160];
-  assign \i__payload.acc[6]  = i__payload[223:192];
-  assign \i__payload.acc[7]  = i__payload[255:224];
-  assign \i__payload.mult  = i__payload[383:256];
-  assign \i__payload.mult[0]  = i__payload[271:256];
-  assign \i__payload.mult[1]  = i__payload[287:272];
-  assign \i__payload.mult[2]  = i__payload[303:288];
-  assign \i__payload.mult[3]  = i__payload[319:304];
-  assign \i__payload.mult[4]  = i__payload[335:320];
-  assign \i__payload.mult[5]  = i__payload[351:336];
-  assign \i__payload.mult[6]  = i__payload[367:352];
-  assign \i__payload.mult[7]  = i__payload[383:368];
-  assign \i__payload.shift  = i__payload[431:384];
-  assign \i__payload.shift[0]  = i__payload[389:384];
-  assign \i__payload.shift[1]  = i__payload[395:390];
-  assign \i__payload.shift[2]  = i__payload[401:396];
-  assign \i__payload.shift[3]  = i__payload[407:402];
-  assign \i__payload.shift[4]  = i__payload[413:408];
-  assign \i__payload.shift[5]  = i__payload[419:414];
-  assign \i__payload.shift[6]  = i__payload[425:420];
-  assign \i__payload.shift[7]  = i__payload[431:426];
+  assign \i__payload$35.acc  = \i__payload$35 [255:0];
+  assign \i__payload$35.acc[0]  = \i__payload$35 [31:0];
+  assign \i__payload$35.acc[1]  = \i__payload$35 [63:32];
+  assign \i__payload$35.acc[2]  = \i__payload$35 [95:64];
+  assign \i__payload$35.acc[3]  = \i__payload$35 [127:96];
+  assign \i__payload$35.acc[4]  = \i__payload$35 [159:128];
+  assign \i__payload$35.acc[5]  = \i__payload$35 [191:160];
+  assign \i__payload$35.acc[6]  = \i__payload$35 [223:192];
+  assign \i__payload$35.acc[7]  = \i__payload$35 [255:224];
+  assign \i__payload$35.mult  = \i__payload$35 [383:256];
+  assign \i__payload$35.mult[0]  = \i__payload$35 [271:256];
+  assign \i__payload$35.mult[1]  = \i__payload$35 [287:272];
+  assign \i__payload$35.mult[2]  = \i__payload$35 [303:288];
+  assign \i__payload$35.mult[3]  = \i__payload$35 [319:304];
+  assign \i__payload$35.mult[4]  = \i__payload$35 [335:320];
+  assign \i__payload$35.mult[5]  = \i__payload$35 [351:336];
+  assign \i__payload$35.mult[6]  = \i__payload$35 [367:352];
+  assign \i__payload$35.mult[7]  = \i__payload$35 [383:368];
+  assign \i__payload$35.shift  = \i__payload$35 [431:384];
+  assign \i__payload$35.shift[0]  = \i__payload$35 [389:384];
+  assign \i__payload$35.shift[1]  = \i__payload$35 [395:390];
+  assign \i__payload$35.shift[2]  = \i__payload$35 [401:396];
+  assign \i__payload$35.shift[3]  = \i__payload$35 [407:402];
+  assign \i__payload$35.shift[4]  = \i__payload$35 [413:408];
+  assign \i__payload$35.shift[5]  = \i__payload$35 [419:414];
+  assign \i__payload$35.shift[6]  = \i__payload$35 [425:420];
+  assign \i__payload$35.shift[7]  = \i__payload$35 [431:426];
   assign \ps_wr__data[0]  = total[31:0];
   assign \ps_wr__data[1]  = total[63:32];
   assign \ps_wr__data[2]  = total[95:64];
@@ -17287,49 +17279,25 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   assign \ps_wr__data[5]  = total[191:160];
   assign \ps_wr__data[6]  = total[223:192];
   assign \ps_wr__data[7]  = total[255:224];
-  assign \o__payload[0]  = o__payload[7:0];
-  assign \o__payload[1]  = o__payload[15:8];
-  assign \o__payload[2]  = o__payload[23:16];
-  assign \o__payload[3]  = o__payload[31:24];
-  assign \o__payload[4]  = o__payload[39:32];
-  assign \o__payload[5]  = o__payload[47:40];
-  assign \o__payload[6]  = o__payload[55:48];
-  assign \o__payload[7]  = o__payload[63:56];
-  assign \o__payload$31[0]  = \o__payload$31 [7:0];
-  assign \o__payload$31[1]  = \o__payload$31 [15:8];
-  assign \o__payload$31[2]  = \o__payload$31 [23:16];
-  assign \o__payload$31[3]  = \o__payload$31 [31:24];
-  assign \o__payload$31[4]  = \o__payload$31 [39:32];
-  assign \o__payload$31[5]  = \o__payload$31 [47:40];
-  assign \o__payload$31[6]  = \o__payload$31 [55:48];
-  assign \o__payload$31[7]  = \o__payload$31 [63:56];
-  assign \skid[0]  = skid[7:0];
-  assign \skid[1]  = skid[15:8];
-  assign \skid[2]  = skid[23:16];
-  assign \skid[3]  = skid[31:24];
-  assign \skid[4]  = skid[39:32];
-  assign \skid[5]  = skid[47:40];
-  assign \skid[6]  = skid[55:48];
-  assign \skid[7]  = skid[63:56];
-  assign \i__payload$41[0]  = \i__payload$41 [31:0];
-  assign \i__payload$41[1]  = \i__payload$41 [63:32];
-  assign \i__payload$41[2]  = \i__payload$41 [95:64];
-  assign \i__payload$41[3]  = \i__payload$41 [127:96];
-  assign \i__payload$41[4]  = \i__payload$41 [159:128];
-  assign \i__payload$41[5]  = \i__payload$41 [191:160];
-  assign \i__payload$41[6]  = \i__payload$41 [223:192];
-  assign \i__payload$41[7]  = \i__payload$41 [255:224];
-  assign i__payload[431:384] = params__data[431:384];
-  assign i__payload[383:256] = params__data[383:256];
-  assign i__payload[255:0] = total;
-  assign total[255:224] = \$48 [31:0];
-  assign total[223:192] = \$43 [31:0];
-  assign total[191:160] = \$38 [31:0];
-  assign total[159:128] = \$33 [31:0];
-  assign total[127:96] = \$28 [31:0];
-  assign total[95:64] = \$23 [31:0];
-  assign total[63:32] = \$18 [31:0];
-  assign total[31:0] = \$13 [31:0];
+  assign \o__payload$44[0]  = \o__payload$44 [7:0];
+  assign \o__payload$44[1]  = \o__payload$44 [15:8];
+  assign \o__payload$44[2]  = \o__payload$44 [23:16];
+  assign \o__payload$44[3]  = \o__payload$44 [31:24];
+  assign \o__payload$44[4]  = \o__payload$44 [39:32];
+  assign \o__payload$44[5]  = \o__payload$44 [47:40];
+  assign \o__payload$44[6]  = \o__payload$44 [55:48];
+  assign \o__payload$44[7]  = \o__payload$44 [63:56];
+  assign \i__payload$35 [431:384] = params__data[431:384];
+  assign \i__payload$35 [383:256] = params__data[383:256];
+  assign \i__payload$35 [255:0] = total;
+  assign total[255:224] = \$56 [31:0];
+  assign total[223:192] = \$54 [31:0];
+  assign total[191:160] = \$52 [31:0];
+  assign total[159:128] = \$50 [31:0];
+  assign total[127:96] = \$48 [31:0];
+  assign total[95:64] = \$46 [31:0];
+  assign total[63:32] = \$44 [31:0];
+  assign total[31:0] = \$42 [31:0];
 endmodule
 
 (* generator = "Amaranth" *)

@@ -1076,16 +1076,16 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .clk(clk),
     .cmd(cmd),
     .dwp(dwp),
-    .\i__payload$42 (\i__payload$63 ),
-    .\i__valid$40 (\i__valid$59 ),
+    .en_j(r_en),
+    .i__payload(\i__payload$63 ),
+    .i__valid(\i__valid$59 ),
+    .jo(\read__addr$80 ),
     .last_group(last_group),
     .n_out(sizes[75:51]),
-    .o__payload(act_out__payload),
-    .\o__ready$41 (act_out__ready),
-    .o__valid(act_out__valid),
-    .params__addr(\read__addr$80 ),
+    .\o__payload$47 (act_out__payload),
+    .o__ready(act_out__ready),
+    .\o__valid$31 (act_out__valid),
     .params__data(params__data),
-    .ps_rd__en(r_en),
     .rst(rst),
     .run(run),
     .start(start)
@@ -2565,7 +2565,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$3079$800 (i__payload[801:800]),
+    .\port$3058$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[335:224]),
@@ -2578,7 +2578,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$89 ),
     .mask(\mask$16 ),
-    .\port$3079$800 (i__payload[801:800]),
+    .\port$3058$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[447:336]),
@@ -2591,7 +2591,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$90 ),
     .mask(\mask$26 ),
-    .\port$3079$800 (i__payload[801:800]),
+    .\port$3058$800 (i__payload[801:800]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[559:448]),
@@ -2603,7 +2603,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$91 ),
     .mask(\mask$36 ),
-    .\port$3079$768 (i__payload[801:768]),
+    .\port$3058$768 (i__payload[801:768]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[671:560]),
@@ -3253,7 +3253,7 @@ module \psc_core.dp (rst, dw, o__ready, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3079$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
+module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3058$800 , valid, en, lane_acc, acc_valid, acc, lane_valid, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -3505,8 +3505,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3079$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$3079$800 ;
-  wire [1:0] \port$3079$800 ;
+  input [1:0] \port$3058$800 ;
+  wire [1:0] \port$3058$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3563,7 +3563,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3079$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$3079$800 [0];
+  assign \$2  = valid & \port$3058$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -3826,7 +3826,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3079$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$3079$800 [0];
+      \$37  = \port$3058$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -3836,7 +3836,7 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3079$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$3079$800 [1];
+      \$38  = \port$3058$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -4090,8 +4090,8 @@ module \psc_core.dp.pe_0 (rst, x, words, bias, \port$3079$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$3079$800 [0];
-  assign last = \port$3079$800 [1];
+  assign first = \port$3058$800 [0];
+  assign last = \port$3058$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -5771,7 +5771,7 @@ module \psc_core.dp.pe_0.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3079$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3058$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -6021,8 +6021,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3079$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$3079$800 ;
-  wire [1:0] \port$3079$800 ;
+  input [1:0] \port$3058$800 ;
+  wire [1:0] \port$3058$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -6079,7 +6079,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3079$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$3079$800 [0];
+  assign \$2  = valid & \port$3058$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -6342,7 +6342,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3079$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$3079$800 [0];
+      \$37  = \port$3058$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -6352,7 +6352,7 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3079$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$3079$800 [1];
+      \$38  = \port$3058$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -6606,8 +6606,8 @@ module \psc_core.dp.pe_1 (rst, x, words, bias, \port$3079$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$3079$800 [0];
-  assign last = \port$3079$800 [1];
+  assign first = \port$3058$800 [0];
+  assign last = \port$3058$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -8287,7 +8287,7 @@ module \psc_core.dp.pe_1.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3079$800 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3058$800 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$6  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -8537,8 +8537,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3079$800 , valid, en, lane_
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [1:0] \port$3079$800 ;
-  wire [1:0] \port$3079$800 ;
+  input [1:0] \port$3058$800 ;
+  wire [1:0] \port$3058$800 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -8595,7 +8595,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3079$800 , valid, en, lane_
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$3079$800 [0];
+  assign \$2  = valid & \port$3058$800 [0];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -8858,7 +8858,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3079$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$3079$800 [0];
+      \$37  = \port$3058$800 [0];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -8868,7 +8868,7 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3079$800 , valid, en, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$6 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$3079$800 [1];
+      \$38  = \port$3058$800 [1];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -9122,8 +9122,8 @@ module \psc_core.dp.pe_2 (rst, x, words, bias, \port$3079$800 , valid, en, lane_
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$3079$800 [0];
-  assign last = \port$3079$800 [1];
+  assign first = \port$3058$800 [0];
+  assign last = \port$3058$800 [1];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -10803,7 +10803,7 @@ module \psc_core.dp.pe_2.wsu (w, mask, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_3 (rst, x, words, \port$3079$768 , valid, en, lane_acc, acc, mask, clk);
+module \psc_core.dp.pe_3 (rst, x, words, \port$3058$768 , valid, en, lane_acc, acc, mask, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$7  = 0;
   wire [18:0] \$1 ;
   wire [16:0] \$10 ;
@@ -11052,8 +11052,8 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3079$768 , valid, en, lane_acc, a
   wire [15:0] \p$27 ;
   wire [15:0] \p$31 ;
   wire [15:0] \p$35 ;
-  input [33:0] \port$3079$768 ;
-  wire [33:0] \port$3079$768 ;
+  input [33:0] \port$3058$768 ;
+  wire [33:0] \port$3058$768 ;
   wire [111:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -11110,7 +11110,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3079$768 , valid, en, lane_acc, a
   wire [7:0] \x[6] ;
   assign \$1  = $signed(tree0_0) + $signed(tree0_1);
   assign start = f4 ? b4 : acc;
-  assign \$2  = valid & \port$3079$768 [32];
+  assign \$2  = valid & \port$3058$768 [32];
   assign \$3  = v1 & f1;
   assign \$4  = v2 & f2;
   assign \$5  = v3 & f3;
@@ -11373,7 +11373,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3079$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$37  = f1;
     if (en) begin
-      \$37  = \port$3079$768 [32];
+      \$37  = \port$3058$768 [32];
     end
     if (rst) begin
       \$37  = 1'h0;
@@ -11383,7 +11383,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3079$768 , valid, en, lane_acc, a
     if (\$auto$verilog_backend.cc:2355:dump_module$7 ) begin end
     \$38  = l1;
     if (en) begin
-      \$38  = \port$3079$768 [33];
+      \$38  = \port$3058$768 [33];
     end
     if (rst) begin
       \$38  = 1'h0;
@@ -11394,7 +11394,7 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3079$768 , valid, en, lane_acc, a
     \$39  = b1;
     if (en) begin
       if (\$2 ) begin
-        \$39  = \port$3079$768 [31:0];
+        \$39  = \port$3058$768 [31:0];
       end
     end
   end
@@ -11637,9 +11637,9 @@ module \psc_core.dp.pe_3 (rst, x, words, \port$3079$768 , valid, en, lane_acc, a
   assign \p$35  = { \$175 , \$174 , \$173 , \$172 , \$171 , \$170 , \$169 , \$168 , \$167 , \$166 , \$165 , \$164 , \$163 , \$162 , \$161 , \$160  };
   assign \acc$37  = acc;
   assign tree = { \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1 [18], \$1  };
-  assign first = \port$3079$768 [32];
-  assign last = \port$3079$768 [33];
-  assign bias = \port$3079$768 [31:0];
+  assign first = \port$3058$768 [32];
+  assign last = \port$3058$768 [33];
+  assign bias = \port$3058$768 [31:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -19322,83 +19322,64 @@ module \psc_core.ibuf (i__valid, clk, rst, read__en, start, dwc, run, sizes, rea
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, all_sent, \i__valid$40 , \i__payload$42 , start, cmd, dwp, last_group, run, n_out, params__addr, \o__ready$41 );
+module \psc_core.out (clk, rst, params__data, en_j, \o__valid$31 , \o__payload$47 , all_sent, i__valid, i__payload, start, cmd, dwp, last_group, run, n_out, jo, o__ready);
   reg \$auto$verilog_backend.cc:2355:dump_module$11  = 0;
   wire \$1 ;
   wire \$10 ;
-  wire [31:0] \$11 ;
-  wire [32:0] \$12 ;
-  wire \$13 ;
+  wire \$11 ;
+  wire \$12 ;
+  wire [9:0] \$13 ;
   wire \$14 ;
-  wire \$15 ;
-  wire [31:0] \$16 ;
-  wire [32:0] \$17 ;
+  wire [9:0] \$15 ;
+  wire \$16 ;
+  wire \$17 ;
   wire \$18 ;
   wire \$19 ;
   wire \$2 ;
   wire \$20 ;
-  wire [31:0] \$21 ;
-  wire [32:0] \$22 ;
+  wire \$21 ;
+  wire \$22 ;
   wire \$23 ;
-  wire \$24 ;
-  wire \$25 ;
-  wire [31:0] \$26 ;
-  wire [32:0] \$27 ;
+  wire [6:0] \$24 ;
+  wire [6:0] \$25 ;
+  wire \$26 ;
+  wire \$27 ;
   wire \$28 ;
-  wire \$29 ;
+  wire [24:0] \$29 ;
   wire \$3 ;
   wire \$30 ;
   wire \$31 ;
   wire \$32 ;
   wire \$33 ;
-  wire \$34 ;
-  wire \$35 ;
-  wire \$36 ;
-  wire \$37 ;
-  wire \$38 ;
-  wire \$39 ;
+  wire [31:0] \$34 ;
+  wire [32:0] \$35 ;
+  wire [31:0] \$36 ;
+  wire [32:0] \$37 ;
+  wire [31:0] \$38 ;
+  wire [32:0] \$39 ;
   wire \$4 ;
-  wire \$40 ;
-  wire \$41 ;
+  wire [31:0] \$40 ;
+  wire [32:0] \$41 ;
   wire \$42 ;
-  wire \$43 ;
-  wire \$44 ;
-  wire \$45 ;
-  wire \$46 ;
-  wire [9:0] \$47 ;
-  wire \$48 ;
-  wire [9:0] \$49 ;
+  reg \$43 ;
+  reg \$44 ;
+  reg \$45 ;
+  reg [127:0] \$46 ;
+  reg [215:0] \$47 ;
+  reg [127:0] \$48 ;
+  reg [8:0] \$49 ;
   wire \$5 ;
-  wire \$50 ;
-  wire \$51 ;
-  wire \$52 ;
-  wire \$53 ;
-  wire \$54 ;
-  wire \$55 ;
-  wire \$56 ;
-  wire \$57 ;
-  wire [6:0] \$58 ;
-  wire [6:0] \$59 ;
+  reg [8:0] \$50 ;
+  reg \$51 ;
+  reg [31:0] \$52 ;
+  reg \$53 ;
+  reg [127:0] \$54 ;
+  reg [5:0] \$55 ;
+  reg [23:0] \$56 ;
+  reg [1:0] \$57 ;
+  reg [15:0] \$58 ;
   wire \$6 ;
-  wire \$60 ;
-  wire \$61 ;
-  wire \$62 ;
-  wire [24:0] \$63 ;
-  reg \$64 ;
-  reg [127:0] \$65 ;
-  reg [215:0] \$66 ;
-  reg [127:0] \$67 ;
-  reg [8:0] \$68 ;
-  reg [8:0] \$69 ;
   wire \$7 ;
-  reg \$70 ;
-  reg [31:0] \$71 ;
-  reg \$72 ;
-  reg [127:0] \$73 ;
-  reg [5:0] \$74 ;
-  reg [23:0] \$75 ;
-  reg [1:0] \$76 ;
-  reg [15:0] \$77 ;
   wire \$8 ;
   wire \$9 ;
   reg [127:0] accb = 128'h00000000000000000000000000000000;
@@ -19411,6 +19392,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire [31:0] \accj[1] ;
   wire [31:0] \accj[2] ;
   wire [31:0] \accj[3] ;
+  reg add_psum = 1'h0;
   output all_sent;
   wire all_sent;
   input clk;
@@ -19443,62 +19425,63 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire [1:0] \cmd.stride ;
   input dwp;
   wire dwp;
+  output en_j;
   wire en_j;
-  wire [215:0] i__payload;
-  input [127:0] \i__payload$42 ;
-  wire [127:0] \i__payload$42 ;
-  wire [31:0] \i__payload$42[0] ;
-  wire [31:0] \i__payload$42[1] ;
-  wire [31:0] \i__payload$42[2] ;
-  wire [31:0] \i__payload$42[3] ;
-  wire [127:0] \i__payload.acc ;
-  wire [31:0] \i__payload.acc[0] ;
-  wire [31:0] \i__payload.acc[1] ;
-  wire [31:0] \i__payload.acc[2] ;
-  wire [31:0] \i__payload.acc[3] ;
-  wire [63:0] \i__payload.mult ;
-  wire [15:0] \i__payload.mult[0] ;
-  wire [15:0] \i__payload.mult[1] ;
-  wire [15:0] \i__payload.mult[2] ;
-  wire [15:0] \i__payload.mult[3] ;
-  wire [23:0] \i__payload.shift ;
-  wire [5:0] \i__payload.shift[0] ;
-  wire [5:0] \i__payload.shift[1] ;
-  wire [5:0] \i__payload.shift[2] ;
-  wire [5:0] \i__payload.shift[3] ;
+  input [127:0] i__payload;
+  wire [127:0] i__payload;
+  wire [215:0] \i__payload$38 ;
+  wire [127:0] \i__payload$38.acc ;
+  wire [31:0] \i__payload$38.acc[0] ;
+  wire [31:0] \i__payload$38.acc[1] ;
+  wire [31:0] \i__payload$38.acc[2] ;
+  wire [31:0] \i__payload$38.acc[3] ;
+  wire [63:0] \i__payload$38.mult ;
+  wire [15:0] \i__payload$38.mult[0] ;
+  wire [15:0] \i__payload$38.mult[1] ;
+  wire [15:0] \i__payload$38.mult[2] ;
+  wire [15:0] \i__payload$38.mult[3] ;
+  wire [23:0] \i__payload$38.shift ;
+  wire [5:0] \i__payload$38.shift[0] ;
+  wire [5:0] \i__payload$38.shift[1] ;
+  wire [5:0] \i__payload$38.shift[2] ;
+  wire [5:0] \i__payload$38.shift[3] ;
+  wire [31:0] \i__payload[0] ;
+  wire [31:0] \i__payload[1] ;
+  wire [31:0] \i__payload[2] ;
+  wire [31:0] \i__payload[3] ;
   wire i__ready;
-  wire \i__ready$19 ;
+  wire \i__ready$42 ;
+  input i__valid;
   wire i__valid;
-  input \i__valid$40 ;
-  wire \i__valid$40 ;
-  (* init = 6'h00 *)
-  wire [5:0] jo;
+  wire \i__valid$45 ;
+  output [5:0] jo;
+  reg [5:0] jo = 6'h00;
   wire keep_o;
   input [5:0] last_group;
   wire [5:0] last_group;
   input [24:0] n_out;
   wire [24:0] n_out;
-  output [31:0] o__payload;
   wire [31:0] o__payload;
-  wire [31:0] \o__payload$29 ;
-  wire [7:0] \o__payload$29[0] ;
-  wire [7:0] \o__payload$29[1] ;
-  wire [7:0] \o__payload$29[2] ;
-  wire [7:0] \o__payload$29[3] ;
+  output [31:0] \o__payload$47 ;
+  wire [31:0] \o__payload$47 ;
+  wire [7:0] \o__payload$47[0] ;
+  wire [7:0] \o__payload$47[1] ;
+  wire [7:0] \o__payload$47[2] ;
+  wire [7:0] \o__payload$47[3] ;
   wire [7:0] \o__payload[0] ;
   wire [7:0] \o__payload[1] ;
   wire [7:0] \o__payload[2] ;
   wire [7:0] \o__payload[3] ;
+  input o__ready;
   wire o__ready;
-  input \o__ready$41 ;
-  wire \o__ready$41 ;
-  output o__valid;
+  wire \o__ready$48 ;
   wire o__valid;
-  wire \o__valid$27 ;
+  output \o__valid$31 ;
+  wire \o__valid$31 ;
   reg [23:0] out_cnt = 24'h000000;
   reg [15:0] oxo = 16'h0000;
-  output [5:0] params__addr;
-  reg [5:0] params__addr = 6'h00;
+  (* init = 6'h00 *)
+  wire [5:0] params__addr;
   input [215:0] params__data;
   wire [215:0] params__data;
   wire [127:0] \params__data.bias ;
@@ -19533,15 +19516,16 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire [5:0] \pb.shift[1] ;
   wire [5:0] \pb.shift[2] ;
   wire [5:0] \pb.shift[3] ;
-  reg [8:0] ps_rd__addr = 9'h000;
+  (* init = 9'h000 *)
+  wire [8:0] ps_rd__addr;
   wire [127:0] ps_rd__data;
   wire [31:0] \ps_rd__data[0] ;
   wire [31:0] \ps_rd__data[1] ;
   wire [31:0] \ps_rd__data[2] ;
   wire [31:0] \ps_rd__data[3] ;
-  output ps_rd__en;
   wire ps_rd__en;
-  reg [8:0] ps_wr__addr = 9'h000;
+  (* init = 9'h000 *)
+  wire [8:0] ps_wr__addr;
   wire [127:0] ps_wr__data;
   wire [31:0] \ps_wr__data[0] ;
   wire [31:0] \ps_wr__data[1] ;
@@ -19554,8 +19538,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire [31:0] \psb[2] ;
   wire [31:0] \psb[3] ;
   wire relu;
-  (* init = 9'h000 *)
-  wire [8:0] ridx;
+  reg [8:0] ridx = 9'h000;
   reg [1:0] ro = 2'h0;
   input rst;
   wire rst;
@@ -19569,6 +19552,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   reg skid_v = 1'h0;
   input start;
   wire start;
+  reg store = 1'h0;
   wire stored;
   wire [127:0] total;
   wire [31:0] \total[0] ;
@@ -19577,8 +19561,7 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire [31:0] \total[3] ;
   reg vb = 1'h0;
   reg vj = 1'h0;
-  (* init = 9'h000 *)
-  wire [8:0] widx;
+  reg [8:0] widx = 9'h000;
   reg [127:0] psum [511:0];
   initial begin
     psum[0] = 128'h00000000000000000000000000000000;
@@ -20096,279 +20079,276 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   end
   always @(posedge clk) begin
     if (stored)
-      psum[ps_wr__addr] <= total;
+      psum[widx] <= total;
   end
   reg [127:0] _0_;
   always @(posedge clk) begin
-    if (ps_rd__en) begin
-      _0_ <= psum[ps_rd__addr];
+    if (en_j) begin
+      _0_ <= psum[ridx];
     end
   end
   assign ps_rd__data = _0_;
-  assign \$22  = $signed(accb[95:64]) + $signed(\$21 );
-  assign \$23  = cmd[113:112] == 2'h2;
-  assign \$24  = cmd[113:112] == 2'h3;
-  assign \$25  = \$23  | \$24 ;
-  assign \$26  = \$25  ? psb[127:96] : pb[127:96];
-  assign \$27  = $signed(accb[127:96]) + $signed(\$26 );
-  assign \$28  = cmd[113:112] == 1'h1;
-  assign \$29  = cmd[113:112] == 2'h2;
-  assign \$30  = \$28  | \$29 ;
-  assign stored = vb & \$30 ;
-  assign \$31  = cmd[113:112] == 1'h1;
-  assign \$32  = cmd[113:112] == 2'h2;
-  assign \$33  = \$31  | \$32 ;
-  assign \$34  = ~ \$33 ;
-  assign i__valid = vb & \$34 ;
-  assign o__valid = skid_v | \o__valid$27 ;
-  assign o__payload = skid_v ? skid : \o__payload$29 ;
-  assign o__ready = ~ skid_v;
+  assign \$41  = $signed(accb[127:96]) + $signed(\$40 );
+  assign stored = vb & store;
+  assign \$42  = ~ store;
+  assign \i__valid$45  = vb & \$42 ;
+  assign \o__valid$31  = skid_v | o__valid;
+  assign \o__payload$47  = skid_v ? skid : o__payload;
+  assign \o__ready$48  = ~ skid_v;
   assign all_sent = out_cnt == n_out;
-  assign \$35  = ~ vb;
-  assign \$36  = \$35  | i__ready;
-  assign \$37  = cmd[113:112] == 1'h1;
-  assign \$38  = cmd[113:112] == 2'h2;
-  assign \$39  = \$37  | \$38 ;
-  assign \$40  = \$36  | \$39 ;
-  assign \$41  = ~ vb;
-  assign \$42  = \$41  | i__ready;
-  assign \$43  = cmd[113:112] == 1'h1;
-  assign \$44  = cmd[113:112] == 2'h2;
-  assign \$45  = \$43  | \$44 ;
-  assign \$46  = \$42  | \$45 ;
-  assign \$47  = ps_wr__addr + 1'h1;
-  assign \$48  = ps_rd__en & \i__valid$40 ;
-  assign \$49  = ps_rd__addr + 1'h1;
-  assign \$50  = ~ \o__ready$41 ;
-  assign \$51  = \o__valid$27  & \$50 ;
-  assign \$53  = ~ dwp;
-  assign \$54  = ro == 2'h3;
-  assign \$55  = \$53  | \$54 ;
-  assign \$56  = \i__valid$40  & \$55 ;
-  assign \$57  = params__addr == last_group;
-  assign \$58  = params__addr + 1'h1;
-  assign \$59  = \$57  ? 7'h00 : \$58 ;
-  assign \$60  = o__valid & \o__ready$41 ;
-  assign \$61  = \$60  | stored;
-  assign \$62  = run & \$61 ;
-  assign \$63  = out_cnt + 1'h1;
   always @(posedge clk)
-    vb <= \$64 ;
+    store <= \$43 ;
   always @(posedge clk)
-    accb <= \$65 ;
+    add_psum <= \$44 ;
   always @(posedge clk)
-    pb <= \$66 ;
+    vb <= \$45 ;
   always @(posedge clk)
-    psb <= \$67 ;
+    accb <= \$46 ;
   always @(posedge clk)
-    ps_wr__addr <= \$68 ;
+    pb <= \$47 ;
   always @(posedge clk)
-    ps_rd__addr <= \$69 ;
+    psb <= \$48 ;
   always @(posedge clk)
-    skid_v <= \$70 ;
+    widx <= \$49 ;
   always @(posedge clk)
-    skid <= \$71 ;
+    ridx <= \$50 ;
   always @(posedge clk)
-    vj <= \$72 ;
+    skid_v <= \$51 ;
   always @(posedge clk)
-    accj <= \$73 ;
+    skid <= \$52 ;
   always @(posedge clk)
-    params__addr <= \$74 ;
+    vj <= \$53 ;
   always @(posedge clk)
-    out_cnt <= \$75 ;
+    accj <= \$54 ;
   always @(posedge clk)
-    ro <= \$76 ;
+    jo <= \$55 ;
   always @(posedge clk)
-    oxo <= \$77 ;
-  assign \$1  = ~ vj;
-  assign \$2  = ~ vb;
-  assign \$3  = \$2  | i__ready;
-  assign \$4  = cmd[113:112] == 1'h1;
-  assign \$5  = cmd[113:112] == 2'h2;
+    out_cnt <= \$56 ;
+  always @(posedge clk)
+    ro <= \$57 ;
+  always @(posedge clk)
+    oxo <= \$58 ;
+  assign \$1  = cmd[113:112] == 1'h1;
+  assign \$2  = cmd[113:112] == 2'h2;
+  assign \$3  = \$1  | \$2 ;
+  assign \$4  = cmd[113:112] == 2'h2;
+  assign \$5  = cmd[113:112] == 2'h3;
   assign \$6  = \$4  | \$5 ;
-  assign \$7  = \$3  | \$6 ;
-  assign ps_rd__en = \$1  | \$7 ;
-  assign \$8  = cmd[113:112] == 2'h2;
-  assign \$9  = cmd[113:112] == 2'h3;
-  assign \$10  = \$8  | \$9 ;
-  assign \$11  = \$10  ? psb[31:0] : pb[31:0];
-  assign \$12  = $signed(accb[31:0]) + $signed(\$11 );
-  assign \$13  = cmd[113:112] == 2'h2;
-  assign \$14  = cmd[113:112] == 2'h3;
-  assign \$15  = \$13  | \$14 ;
-  assign \$16  = \$15  ? psb[63:32] : pb[63:32];
-  assign \$17  = $signed(accb[63:32]) + $signed(\$16 );
-  assign \$18  = cmd[113:112] == 2'h2;
-  assign \$19  = cmd[113:112] == 2'h3;
-  assign \$20  = \$18  | \$19 ;
-  assign \$21  = \$20  ? psb[95:64] : pb[95:64];
+  assign \$7  = ~ vb;
+  assign \$8  = \$7  | i__ready;
+  assign \$9  = \$8  | store;
+  assign \$10  = ~ vb;
+  assign \$11  = \$10  | i__ready;
+  assign \$12  = \$11  | store;
+  assign \$13  = widx + 1'h1;
+  assign \$14  = en_j & i__valid;
+  assign \$15  = ridx + 1'h1;
+  assign \$16  = ~ o__ready;
+  assign \$17  = o__valid & \$16 ;
+  assign \$19  = ~ dwp;
+  assign \$20  = ro == 2'h3;
+  assign \$21  = \$19  | \$20 ;
+  assign \$22  = i__valid & \$21 ;
+  assign \$23  = jo == last_group;
+  assign \$24  = jo + 1'h1;
+  assign \$25  = \$23  ? 7'h00 : \$24 ;
+  assign \$26  = \o__valid$31  & o__ready;
+  assign \$27  = \$26  | stored;
+  assign \$28  = run & \$27 ;
+  assign \$29  = out_cnt + 1'h1;
+  assign \$30  = ~ vj;
+  assign \$31  = ~ vb;
+  assign \$32  = \$31  | i__ready;
+  assign \$33  = \$32  | store;
+  assign en_j = \$30  | \$33 ;
+  assign \$34  = add_psum ? psb[31:0] : pb[31:0];
+  assign \$35  = $signed(accb[31:0]) + $signed(\$34 );
+  assign \$36  = add_psum ? psb[63:32] : pb[63:32];
+  assign \$37  = $signed(accb[63:32]) + $signed(\$36 );
+  assign \$38  = add_psum ? psb[95:64] : pb[95:64];
+  assign \$39  = $signed(accb[95:64]) + $signed(\$38 );
+  assign \$40  = add_psum ? psb[127:96] : pb[127:96];
   \psc_core.out.rq  rq (
     .clk(clk),
     .en(i__ready),
-    .i__payload(i__payload),
-    .i__valid(i__valid),
-    .o__payload(\o__payload$29 ),
-    .o__ready(o__ready),
-    .o__valid(\o__valid$27 ),
+    .i__payload(\i__payload$38 ),
+    .i__valid(\i__valid$45 ),
+    .o__payload(o__payload),
+    .o__ready(\o__ready$48 ),
+    .o__valid(o__valid),
     .relu(cmd[110]),
     .rst(rst)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$64  = vb;
-    if (\$40 ) begin
-      \$64  = vj;
+    \$43  = \$3 ;
+    if (rst) begin
+      \$43  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$44  = \$6 ;
+    if (rst) begin
+      \$44  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
+    \$45  = vb;
+    if (\$9 ) begin
+      \$45  = vj;
     end
     if (rst) begin
-      \$64  = 1'h0;
+      \$45  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$65  = accb;
-    if (\$40 ) begin
-      \$65  = accj;
+    \$46  = accb;
+    if (\$9 ) begin
+      \$46  = accj;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$66  = pb;
-    if (\$40 ) begin
-      \$66  = params__data;
+    \$47  = pb;
+    if (\$9 ) begin
+      \$47  = params__data;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$67  = psb;
-    if (\$46 ) begin
-      \$67  = ps_rd__data;
+    \$48  = psb;
+    if (\$12 ) begin
+      \$48  = ps_rd__data;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$68  = ps_wr__addr;
+    \$49  = widx;
     if (stored) begin
-      \$68  = \$47 [8:0];
+      \$49  = \$13 [8:0];
     end
     if (start) begin
-      \$68  = 9'h000;
+      \$49  = 9'h000;
     end
     if (rst) begin
-      \$68  = 9'h000;
+      \$49  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$69  = ps_rd__addr;
-    if (\$48 ) begin
-      \$69  = \$49 [8:0];
+    \$50  = ridx;
+    if (\$14 ) begin
+      \$50  = \$15 [8:0];
     end
     if (start) begin
-      \$69  = 9'h000;
+      \$50  = 9'h000;
     end
     if (rst) begin
-      \$69  = 9'h000;
+      \$50  = 9'h000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$70  = skid_v;
+    \$51  = skid_v;
     if (skid_v) begin
-      if (\o__ready$41 ) begin
-        \$70  = 1'h0;
+      if (o__ready) begin
+        \$51  = 1'h0;
       end
-    end else if (\$51 ) begin
-      \$70  = 1'h1;
+    end else if (\$17 ) begin
+      \$51  = 1'h1;
     end
     if (rst) begin
-      \$70  = 1'h0;
+      \$51  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$71  = skid;
+    \$52  = skid;
     if (skid_v) begin
-    end else if (\$51 ) begin
-      \$71  = \o__payload$29 ;
+    end else if (\$17 ) begin
+      \$52  = o__payload;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$72  = vj;
-    if (ps_rd__en) begin
-      \$72  = \$52 ;
+    \$53  = vj;
+    if (en_j) begin
+      \$53  = \$18 ;
     end
     if (rst) begin
-      \$72  = 1'h0;
+      \$53  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$73  = accj;
-    if (ps_rd__en) begin
-      \$73  = \i__payload$42 ;
+    \$54  = accj;
+    if (en_j) begin
+      \$54  = i__payload;
     end
     if (rst) begin
-      \$73  = 128'h00000000000000000000000000000000;
+      \$54  = 128'h00000000000000000000000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$74  = params__addr;
-    if (ps_rd__en) begin
-      if (\$56 ) begin
-        \$74  = \$59 [5:0];
+    \$55  = jo;
+    if (en_j) begin
+      if (\$22 ) begin
+        \$55  = \$25 [5:0];
       end
     end
     if (start) begin
-      \$74  = 6'h00;
+      \$55  = 6'h00;
     end
     if (rst) begin
-      \$74  = 6'h00;
+      \$55  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$75  = out_cnt;
-    if (\$62 ) begin
-      \$75  = \$63 [23:0];
+    \$56  = out_cnt;
+    if (\$28 ) begin
+      \$56  = \$29 [23:0];
     end
     if (start) begin
-      \$75  = 24'h000000;
+      \$56  = 24'h000000;
     end
     if (rst) begin
-      \$75  = 24'h000000;
+      \$56  = 24'h000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$76  = ro;
+    \$57  = ro;
     if (start) begin
-      \$76  = 2'h0;
+      \$57  = 2'h0;
     end
     if (rst) begin
-      \$76  = 2'h0;
+      \$57  = 2'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
-    \$77  = oxo;
+    \$58  = oxo;
     if (start) begin
-      \$77  = 16'h0000;
+      \$58  = 16'h0000;
     end
     if (rst) begin
-      \$77  = 16'h0000;
+      \$58  = 16'h0000;
     end
   end
   assign keep_o = 1'h1;
-  assign ridx = ps_rd__addr;
-  assign en_j = ps_rd__en;
-  assign widx = ps_wr__addr;
+  assign ps_rd__addr = ridx;
+  assign ps_rd__en = en_j;
+  assign ps_wr__addr = widx;
   assign ps_wr__data = total;
   assign ps_wr__en = stored;
-  assign \i__ready$19  = ps_rd__en;
-  assign jo = params__addr;
-  assign params__en = ps_rd__en;
+  assign \i__ready$42  = en_j;
+  assign params__addr = jo;
+  assign params__en = en_j;
   assign relu = cmd[110];
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
@@ -20384,14 +20364,14 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
   assign \cmd.part  = cmd[113:112];
-  assign \total[0]  = total[31:0];
-  assign \total[1]  = total[63:32];
-  assign \total[2]  = total[95:64];
-  assign \total[3]  = total[127:96];
   assign \accb[0]  = accb[31:0];
   assign \accb[1]  = accb[63:32];
   assign \accb[2]  = accb[95:64];
   assign \accb[3]  = accb[127:96];
+  assign \accj[0]  = accj[31:0];
+  assign \accj[1]  = accj[63:32];
+  assign \accj[2]  = accj[95:64];
+  assign \accj[3]  = accj[127:96];
   assign \pb.bias  = pb[127:0];
   assign \pb.bias[0]  = pb[31:0];
   assign \pb.bias[1]  = pb[63:32];
@@ -20407,45 +20387,6 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   assign \pb.shift[1]  = pb[203:198];
   assign \pb.shift[2]  = pb[209:204];
   assign \pb.shift[3]  = pb[215:210];
-  assign \psb[0]  = psb[31:0];
-  assign \psb[1]  = psb[63:32];
-  assign \psb[2]  = psb[95:64];
-  assign \psb[3]  = psb[127:96];
-  assign \i__payload.acc  = i__payload[127:0];
-  assign \i__payload.acc[0]  = i__payload[31:0];
-  assign \i__payload.acc[1]  = i__payload[63:32];
-  assign \i__payload.acc[2]  = i__payload[95:64];
-  assign \i__payload.acc[3]  = i__payload[127:96];
-  assign \i__payload.mult  = i__payload[191:128];
-  assign \i__payload.mult[0]  = i__payload[143:128];
-  assign \i__payload.mult[1]  = i__payload[159:144];
-  assign \i__payload.mult[2]  = i__payload[175:160];
-  assign \i__payload.mult[3]  = i__payload[191:176];
-  assign \i__payload.shift  = i__payload[215:192];
-  assign \i__payload.shift[0]  = i__payload[197:192];
-  assign \i__payload.shift[1]  = i__payload[203:198];
-  assign \i__payload.shift[2]  = i__payload[209:204];
-  assign \i__payload.shift[3]  = i__payload[215:210];
-  assign \ps_wr__data[0]  = total[31:0];
-  assign \ps_wr__data[1]  = total[63:32];
-  assign \ps_wr__data[2]  = total[95:64];
-  assign \ps_wr__data[3]  = total[127:96];
-  assign \o__payload[0]  = o__payload[7:0];
-  assign \o__payload[1]  = o__payload[15:8];
-  assign \o__payload[2]  = o__payload[23:16];
-  assign \o__payload[3]  = o__payload[31:24];
-  assign \o__payload$29[0]  = \o__payload$29 [7:0];
-  assign \o__payload$29[1]  = \o__payload$29 [15:8];
-  assign \o__payload$29[2]  = \o__payload$29 [23:16];
-  assign \o__payload$29[3]  = \o__payload$29 [31:24];
-  assign \skid[0]  = skid[7:0];
-  assign \skid[1]  = skid[15:8];
-  assign \skid[2]  = skid[23:16];
-  assign \skid[3]  = skid[31:24];
-  assign \accj[0]  = accj[31:0];
-  assign \accj[1]  = accj[63:32];
-  assign \accj[2]  = accj[95:64];
-  assign \accj[3]  = accj[127:96];
   assign \params__data.bias  = params__data[127:0];
   assign \params__data.bias[0]  = params__data[31:0];
   assign \params__data.bias[1]  = params__data[63:32];
@@ -20461,22 +20402,61 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   assign \params__data.shift[1]  = params__data[203:198];
   assign \params__data.shift[2]  = params__data[209:204];
   assign \params__data.shift[3]  = params__data[215:210];
+  assign \psb[0]  = psb[31:0];
+  assign \psb[1]  = psb[63:32];
+  assign \psb[2]  = psb[95:64];
+  assign \psb[3]  = psb[127:96];
   assign \ps_rd__data[0]  = ps_rd__data[31:0];
   assign \ps_rd__data[1]  = ps_rd__data[63:32];
   assign \ps_rd__data[2]  = ps_rd__data[95:64];
   assign \ps_rd__data[3]  = ps_rd__data[127:96];
-  assign \i__payload$42[0]  = \i__payload$42 [31:0];
-  assign \i__payload$42[1]  = \i__payload$42 [63:32];
-  assign \i__payload$42[2]  = \i__payload$42 [95:64];
-  assign \i__payload$42[3]  = \i__payload$42 [127:96];
-  assign i__payload[215:192] = pb[215:192];
-  assign i__payload[191:128] = pb[191:128];
-  assign i__payload[127:0] = total;
-  assign total[127:96] = \$27 [31:0];
-  assign total[95:64] = \$22 [31:0];
-  assign total[63:32] = \$17 [31:0];
-  assign total[31:0] = \$12 [31:0];
-  assign \$52  = \i__valid$40 ;
+  assign \skid[0]  = skid[7:0];
+  assign \skid[1]  = skid[15:8];
+  assign \skid[2]  = skid[23:16];
+  assign \skid[3]  = skid[31:24];
+  assign \o__payload[0]  = o__payload[7:0];
+  assign \o__payload[1]  = o__payload[15:8];
+  assign \o__payload[2]  = o__payload[23:16];
+  assign \o__payload[3]  = o__payload[31:24];
+  assign \i__payload[0]  = i__payload[31:0];
+  assign \i__payload[1]  = i__payload[63:32];
+  assign \i__payload[2]  = i__payload[95:64];
+  assign \i__payload[3]  = i__payload[127:96];
+  assign \total[0]  = total[31:0];
+  assign \total[1]  = total[63:32];
+  assign \total[2]  = total[95:64];
+  assign \total[3]  = total[127:96];
+  assign \i__payload$38.acc  = \i__payload$38 [127:0];
+  assign \i__payload$38.acc[0]  = \i__payload$38 [31:0];
+  assign \i__payload$38.acc[1]  = \i__payload$38 [63:32];
+  assign \i__payload$38.acc[2]  = \i__payload$38 [95:64];
+  assign \i__payload$38.acc[3]  = \i__payload$38 [127:96];
+  assign \i__payload$38.mult  = \i__payload$38 [191:128];
+  assign \i__payload$38.mult[0]  = \i__payload$38 [143:128];
+  assign \i__payload$38.mult[1]  = \i__payload$38 [159:144];
+  assign \i__payload$38.mult[2]  = \i__payload$38 [175:160];
+  assign \i__payload$38.mult[3]  = \i__payload$38 [191:176];
+  assign \i__payload$38.shift  = \i__payload$38 [215:192];
+  assign \i__payload$38.shift[0]  = \i__payload$38 [197:192];
+  assign \i__payload$38.shift[1]  = \i__payload$38 [203:198];
+  assign \i__payload$38.shift[2]  = \i__payload$38 [209:204];
+  assign \i__payload$38.shift[3]  = \i__payload$38 [215:210];
+  assign \ps_wr__data[0]  = total[31:0];
+  assign \ps_wr__data[1]  = total[63:32];
+  assign \ps_wr__data[2]  = total[95:64];
+  assign \ps_wr__data[3]  = total[127:96];
+  assign \o__payload$47[0]  = \o__payload$47 [7:0];
+  assign \o__payload$47[1]  = \o__payload$47 [15:8];
+  assign \o__payload$47[2]  = \o__payload$47 [23:16];
+  assign \o__payload$47[3]  = \o__payload$47 [31:24];
+  assign \i__payload$38 [215:192] = pb[215:192];
+  assign \i__payload$38 [191:128] = pb[191:128];
+  assign \i__payload$38 [127:0] = total;
+  assign total[127:96] = \$41 [31:0];
+  assign total[95:64] = \$39 [31:0];
+  assign total[63:32] = \$37 [31:0];
+  assign total[31:0] = \$35 [31:0];
+  assign \$18  = i__valid;
 endmodule
 
 (* generator = "Amaranth" *)

@@ -849,16 +849,16 @@ module psc_core(cfg__valid, weights__payload, weights__valid, params__payload, p
     .clk(clk),
     .cmd(cmd),
     .dwp(\dwp$124 ),
-    .\i__payload$41 (\i__payload$64 ),
-    .\i__valid$39 (\i__valid$60 ),
+    .en_j(r_en),
+    .i__payload(\i__payload$64 ),
+    .i__valid(\i__valid$60 ),
+    .jo(\read__addr$81 ),
     .last_group(last_group),
     .n_out(sizes[79:55]),
-    .o__payload(act_out__payload),
-    .\o__ready$40 (act_out__ready),
-    .o__valid(act_out__valid),
-    .params__addr(\read__addr$81 ),
+    .\o__payload$44 (act_out__payload),
+    .o__ready(act_out__ready),
+    .\o__valid$26 (act_out__valid),
     .params__data(params__data),
-    .ps_rd__en(r_en),
     .rst(rst),
     .run(run),
     .start(start)
@@ -1875,8 +1875,8 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
     .lane_acc(lane_acc),
     .lane_valid(lane_valid),
     .mask(mask),
-    .\port$1330$0 (i__payload[143:0]),
-    .\port$1330$292 (i__payload[293:292]),
+    .\port$1321$0 (i__payload[143:0]),
+    .\port$1321$292 (i__payload[293:292]),
     .rst(rst),
     .valid(valid)
   );
@@ -1886,7 +1886,7 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
     .en(i__ready),
     .lane_acc(\lane_acc$49 ),
     .mask(mask),
-    .\port$1330$266 (i__payload[293:266]),
+    .\port$1321$266 (i__payload[293:266]),
     .rst(rst),
     .valid(valid),
     .words(i__payload[239:144]),
@@ -2199,7 +2199,7 @@ module \psc_core.dp (rst, o__ready, dw, i__payload, valid, i__ready, o__valid, o
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_0 (rst, \port$1330$0 , bias, \port$1330$292 , valid, en, mask, lane_acc, acc_valid, acc, lane_valid, clk);
+module \psc_core.dp.pe_0 (rst, \port$1321$0 , bias, \port$1321$292 , valid, en, mask, lane_acc, acc_valid, acc, lane_valid, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$4  = 0;
   wire \$1 ;
   wire [17:0] \$10 ;
@@ -2344,10 +2344,10 @@ module \psc_core.dp.pe_0 (rst, \port$1330$0 , bias, \port$1330$292 , valid, en, 
   wire [15:0] \p$19[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [143:0] \port$1330$0 ;
-  wire [143:0] \port$1330$0 ;
-  input [1:0] \port$1330$292 ;
-  wire [1:0] \port$1330$292 ;
+  input [143:0] \port$1321$0 ;
+  wire [143:0] \port$1321$0 ;
+  input [1:0] \port$1321$292 ;
+  wire [1:0] \port$1321$292 ;
   wire [95:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -2465,7 +2465,7 @@ module \psc_core.dp.pe_0 (rst, \port$1330$0 , bias, \port$1330$292 , valid, en, 
   always @(posedge clk)
     lane_valid <= \$65 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1330$292 [0];
+  assign \$1  = valid & \port$1321$292 [0];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -2521,7 +2521,7 @@ module \psc_core.dp.pe_0 (rst, \port$1330$0 , bias, \port$1330$292 , valid, en, 
   \psc_core.dp.pe_0.wsu  wsu (
     .mask(mask),
     .w(w),
-    .words(\port$1330$0 [143:48])
+    .words(\port$1321$0 [143:48])
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
@@ -2537,7 +2537,7 @@ module \psc_core.dp.pe_0 (rst, \port$1330$0 , bias, \port$1330$292 , valid, en, 
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$34  = f1;
     if (en) begin
-      \$34  = \port$1330$292 [0];
+      \$34  = \port$1321$292 [0];
     end
     if (rst) begin
       \$34  = 1'h0;
@@ -2547,7 +2547,7 @@ module \psc_core.dp.pe_0 (rst, \port$1330$0 , bias, \port$1330$292 , valid, en, 
     if (\$auto$verilog_backend.cc:2355:dump_module$4 ) begin end
     \$35  = l1;
     if (en) begin
-      \$35  = \port$1330$292 [1];
+      \$35  = \port$1321$292 [1];
     end
     if (rst) begin
       \$35  = 1'h0;
@@ -2815,37 +2815,37 @@ module \psc_core.dp.pe_0 (rst, \port$1330$0 , bias, \port$1330$292 , valid, en, 
       \$65  = 1'h0;
     end
   end
-  assign words = \port$1330$0 [143:48];
-  assign \words$1  = \port$1330$0 [143:48];
+  assign words = \port$1321$0 [143:48];
+  assign \words$1  = \port$1321$0 [143:48];
   assign \mask$3  = mask;
   assign \en$5  = en;
-  assign x = \port$1330$0 [47:0];
+  assign x = \port$1321$0 [47:0];
   assign \en$12  = en;
   assign \en$16  = en;
   assign \acc$21  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1330$292 [0];
-  assign last = \port$1330$292 [1];
-  assign \words[0]  = \port$1330$0 [63:48];
-  assign \words[1]  = \port$1330$0 [79:64];
-  assign \words[2]  = \port$1330$0 [95:80];
-  assign \words[3]  = \port$1330$0 [111:96];
-  assign \words[4]  = \port$1330$0 [127:112];
-  assign \words[5]  = \port$1330$0 [143:128];
-  assign \words$1[0]  = \port$1330$0 [63:48];
-  assign \words$1[1]  = \port$1330$0 [79:64];
-  assign \words$1[2]  = \port$1330$0 [95:80];
-  assign \words$1[3]  = \port$1330$0 [111:96];
-  assign \words$1[4]  = \port$1330$0 [127:112];
-  assign \words$1[5]  = \port$1330$0 [143:128];
+  assign first = \port$1321$292 [0];
+  assign last = \port$1321$292 [1];
+  assign \words[0]  = \port$1321$0 [63:48];
+  assign \words[1]  = \port$1321$0 [79:64];
+  assign \words[2]  = \port$1321$0 [95:80];
+  assign \words[3]  = \port$1321$0 [111:96];
+  assign \words[4]  = \port$1321$0 [127:112];
+  assign \words[5]  = \port$1321$0 [143:128];
+  assign \words$1[0]  = \port$1321$0 [63:48];
+  assign \words$1[1]  = \port$1321$0 [79:64];
+  assign \words$1[2]  = \port$1321$0 [95:80];
+  assign \words$1[3]  = \port$1321$0 [111:96];
+  assign \words$1[4]  = \port$1321$0 [127:112];
+  assign \words$1[5]  = \port$1321$0 [143:128];
   assign \a[0]  = a[7:0];
   assign \a[1]  = a[15:8];
-  assign \x[0]  = \port$1330$0 [7:0];
-  assign \x[1]  = \port$1330$0 [15:8];
-  assign \x[2]  = \port$1330$0 [23:16];
-  assign \x[3]  = \port$1330$0 [31:24];
-  assign \x[4]  = \port$1330$0 [39:32];
-  assign \x[5]  = \port$1330$0 [47:40];
+  assign \x[0]  = \port$1321$0 [7:0];
+  assign \x[1]  = \port$1321$0 [15:8];
+  assign \x[2]  = \port$1321$0 [23:16];
+  assign \x[3]  = \port$1321$0 [31:24];
+  assign \x[4]  = \port$1321$0 [39:32];
+  assign \x[5]  = \port$1321$0 [47:40];
   assign \b[0]  = b[7:0];
   assign \b[1]  = b[15:8];
   assign \w[0]  = w[7:0];
@@ -2888,12 +2888,12 @@ module \psc_core.dp.pe_0 (rst, \port$1330$0 , bias, \port$1330$292 , valid, en, 
   assign lane_acc[20:0] = lane_acc_0;
   assign \b$18 [15:8] = w[47:40];
   assign \b$18 [7:0] = w[39:32];
-  assign \a$17 [15:8] = \port$1330$0 [47:40];
-  assign \a$17 [7:0] = \port$1330$0 [39:32];
+  assign \a$17 [15:8] = \port$1321$0 [47:40];
+  assign \a$17 [7:0] = \port$1321$0 [39:32];
   assign \b$14 [15:8] = w[31:24];
   assign \b$14 [7:0] = w[23:16];
-  assign \a$13 [15:8] = \port$1330$0 [31:24];
-  assign \a$13 [7:0] = \port$1330$0 [23:16];
+  assign \a$13 [15:8] = \port$1321$0 [31:24];
+  assign \a$13 [7:0] = \port$1321$0 [23:16];
   assign products[95:80] = \p$19 [31:16];
   assign products[79:64] = \p$19 [15:0];
   assign products[63:48] = \p$15 [31:16];
@@ -2902,8 +2902,8 @@ module \psc_core.dp.pe_0 (rst, \port$1330$0 , bias, \port$1330$292 , valid, en, 
   assign products[15:0] = p[15:0];
   assign b[15:8] = w[15:8];
   assign b[7:0] = w[7:0];
-  assign a[15:8] = \port$1330$0 [15:8];
-  assign a[7:0] = \port$1330$0 [7:0];
+  assign a[15:8] = \port$1321$0 [15:8];
+  assign a[7:0] = \port$1321$0 [7:0];
 endmodule
 
 (* generator = "Amaranth" *)
@@ -3241,7 +3241,7 @@ module \psc_core.dp.pe_0.wsu (mask, w, words);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.dp.pe_1 (rst, x, words, \port$1330$266 , valid, en, mask, lane_acc, acc, clk);
+module \psc_core.dp.pe_1 (rst, x, words, \port$1321$266 , valid, en, mask, lane_acc, acc, clk);
   reg \$auto$verilog_backend.cc:2355:dump_module$5  = 0;
   wire \$1 ;
   wire [17:0] \$10 ;
@@ -3383,8 +3383,8 @@ module \psc_core.dp.pe_1 (rst, x, words, \port$1330$266 , valid, en, mask, lane_
   wire [15:0] \p$19[1] ;
   wire [15:0] \p[0] ;
   wire [15:0] \p[1] ;
-  input [27:0] \port$1330$266 ;
-  wire [27:0] \port$1330$266 ;
+  input [27:0] \port$1321$266 ;
+  wire [27:0] \port$1321$266 ;
   wire [95:0] products;
   wire [15:0] \products[0] ;
   wire [15:0] \products[1] ;
@@ -3504,7 +3504,7 @@ module \psc_core.dp.pe_1 (rst, x, words, \port$1330$266 , valid, en, mask, lane_
   always @(posedge clk)
     lane_valid <= \$65 ;
   assign start = f5 ? b5 : acc;
-  assign \$1  = valid & \port$1330$266 [26];
+  assign \$1  = valid & \port$1321$266 [26];
   assign \$2  = v1 & f1;
   assign \$3  = v2 & f2;
   assign \$4  = v3 & f3;
@@ -3576,7 +3576,7 @@ module \psc_core.dp.pe_1 (rst, x, words, \port$1330$266 , valid, en, mask, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$34  = f1;
     if (en) begin
-      \$34  = \port$1330$266 [26];
+      \$34  = \port$1321$266 [26];
     end
     if (rst) begin
       \$34  = 1'h0;
@@ -3586,7 +3586,7 @@ module \psc_core.dp.pe_1 (rst, x, words, \port$1330$266 , valid, en, mask, lane_
     if (\$auto$verilog_backend.cc:2355:dump_module$5 ) begin end
     \$35  = l1;
     if (en) begin
-      \$35  = \port$1330$266 [27];
+      \$35  = \port$1321$266 [27];
     end
     if (rst) begin
       \$35  = 1'h0;
@@ -3597,7 +3597,7 @@ module \psc_core.dp.pe_1 (rst, x, words, \port$1330$266 , valid, en, mask, lane_
     \$36  = b1;
     if (en) begin
       if (\$1 ) begin
-        \$36  = \port$1330$266 [25:0];
+        \$36  = \port$1321$266 [25:0];
       end
     end
   end
@@ -3861,9 +3861,9 @@ module \psc_core.dp.pe_1 (rst, x, words, \port$1330$266 , valid, en, mask, lane_
   assign \en$16  = en;
   assign \acc$21  = acc;
   assign tree = { tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0[18], tree1_0 };
-  assign first = \port$1330$266 [26];
-  assign last = \port$1330$266 [27];
-  assign bias = \port$1330$266 [25:0];
+  assign first = \port$1321$266 [26];
+  assign last = \port$1321$266 [27];
+  assign bias = \port$1321$266 [25:0];
   assign \words[0]  = words[15:0];
   assign \words[1]  = words[31:16];
   assign \words[2]  = words[47:32];
@@ -5174,76 +5174,70 @@ module \psc_core.ibuf.inbuf (clk, we, address, select_0, dataout_0_0, dataout_0_
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, all_sent, \i__valid$39 , \i__payload$41 , start, cmd, dwp, last_group, run, n_out, params__addr, \o__ready$40 );
+module \psc_core.out (clk, rst, params__data, en_j, \o__valid$26 , \o__payload$44 , all_sent, i__valid, i__payload, start, cmd, dwp, last_group, run, n_out, jo, o__ready);
   reg \$auto$verilog_backend.cc:2355:dump_module$9  = 0;
   wire \$1 ;
   wire \$10 ;
   wire \$11 ;
-  wire [31:0] \$12 ;
-  wire [32:0] \$13 ;
+  wire \$12 ;
+  wire \$13 ;
   wire \$14 ;
   wire \$15 ;
   wire \$16 ;
-  wire [31:0] \$17 ;
-  wire [32:0] \$18 ;
+  wire [6:0] \$17 ;
+  wire [6:0] \$18 ;
   wire \$19 ;
-  wire [16:0] \$2 ;
-  wire \$20 ;
+  wire \$2 ;
+  wire [6:0] \$20 ;
   wire \$21 ;
   wire \$22 ;
   wire \$23 ;
-  wire \$24 ;
+  wire [1:0] \$24 ;
   wire \$25 ;
-  wire [8:0] \$26 ;
-  wire \$27 ;
-  wire [8:0] \$28 ;
-  wire \$29 ;
+  wire \$26 ;
+  wire [16:0] \$27 ;
+  wire \$28 ;
+  wire [16:0] \$29 ;
   wire \$3 ;
-  wire \$30 ;
+  wire [16:0] \$30 ;
   wire \$31 ;
   wire \$32 ;
   wire \$33 ;
-  wire \$34 ;
+  wire [24:0] \$34 ;
   wire \$35 ;
-  wire [6:0] \$36 ;
-  wire [6:0] \$37 ;
+  wire \$36 ;
+  wire [16:0] \$37 ;
   wire \$38 ;
-  wire [6:0] \$39 ;
+  wire \$39 ;
   wire \$4 ;
   wire \$40 ;
-  wire \$41 ;
-  wire \$42 ;
-  wire [1:0] \$43 ;
-  wire \$44 ;
+  wire [31:0] \$41 ;
+  wire [32:0] \$42 ;
+  wire [31:0] \$43 ;
+  wire [32:0] \$44 ;
   wire \$45 ;
-  wire [16:0] \$46 ;
-  wire \$47 ;
-  wire [16:0] \$48 ;
-  wire [16:0] \$49 ;
+  reg \$46 ;
+  reg \$47 ;
+  reg [7:0] \$48 ;
+  reg [7:0] \$49 ;
   wire \$5 ;
-  wire \$50 ;
-  wire \$51 ;
-  wire \$52 ;
-  wire [24:0] \$53 ;
-  wire \$54 ;
-  reg [7:0] \$55 ;
-  reg [7:0] \$56 ;
-  reg \$57 ;
-  reg [15:0] \$58 ;
-  reg \$59 ;
+  reg \$50 ;
+  reg [15:0] \$51 ;
+  reg \$52 ;
+  reg [51:0] \$53 ;
+  reg [5:0] \$54 ;
+  reg \$55 ;
+  reg \$56 ;
+  reg [15:0] \$57 ;
+  reg [23:0] \$58 ;
   wire \$6 ;
-  reg [51:0] \$60 ;
-  reg [5:0] \$61 ;
-  reg \$62 ;
-  reg \$63 ;
-  reg [15:0] \$64 ;
-  reg [23:0] \$65 ;
-  wire \$7 ;
+  wire [8:0] \$7 ;
   wire \$8 ;
-  wire \$9 ;
+  wire [8:0] \$9 ;
   reg [51:0] accj = 52'h0000000000000;
   wire [25:0] \accj[0] ;
   wire [25:0] \accj[1] ;
+  reg add_psum = 1'h0;
   output all_sent;
   wire all_sent;
   input clk;
@@ -5276,51 +5270,52 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire [1:0] \cmd.stride ;
   input dwp;
   wire dwp;
+  output en_j;
   wire en_j;
-  wire [107:0] i__payload;
-  input [51:0] \i__payload$41 ;
-  wire [51:0] \i__payload$41 ;
-  wire [25:0] \i__payload$41[0] ;
-  wire [25:0] \i__payload$41[1] ;
-  wire [63:0] \i__payload.acc ;
-  wire [31:0] \i__payload.acc[0] ;
-  wire [31:0] \i__payload.acc[1] ;
-  wire [31:0] \i__payload.mult ;
-  wire [15:0] \i__payload.mult[0] ;
-  wire [15:0] \i__payload.mult[1] ;
-  wire [11:0] \i__payload.shift ;
-  wire [5:0] \i__payload.shift[0] ;
-  wire [5:0] \i__payload.shift[1] ;
+  input [51:0] i__payload;
+  wire [51:0] i__payload;
+  wire [107:0] \i__payload$35 ;
+  wire [63:0] \i__payload$35.acc ;
+  wire [31:0] \i__payload$35.acc[0] ;
+  wire [31:0] \i__payload$35.acc[1] ;
+  wire [31:0] \i__payload$35.mult ;
+  wire [15:0] \i__payload$35.mult[0] ;
+  wire [15:0] \i__payload$35.mult[1] ;
+  wire [11:0] \i__payload$35.shift ;
+  wire [5:0] \i__payload$35.shift[0] ;
+  wire [5:0] \i__payload$35.shift[1] ;
+  wire [25:0] \i__payload[0] ;
+  wire [25:0] \i__payload[1] ;
   wire i__ready;
-  wire \i__ready$21 ;
+  wire \i__ready$39 ;
+  input i__valid;
   wire i__valid;
-  input \i__valid$39 ;
-  wire \i__valid$39 ;
-  (* init = 6'h00 *)
-  wire [5:0] jo;
+  wire \i__valid$42 ;
+  output [5:0] jo;
+  reg [5:0] jo = 6'h00;
   wire keep_o;
   input [5:0] last_group;
   wire [5:0] last_group;
   reg last_jo = 1'h0;
   input [24:0] n_out;
   wire [24:0] n_out;
-  output [15:0] o__payload;
   wire [15:0] o__payload;
-  wire [15:0] \o__payload$31 ;
-  wire [7:0] \o__payload$31[0] ;
-  wire [7:0] \o__payload$31[1] ;
+  output [15:0] \o__payload$44 ;
+  wire [15:0] \o__payload$44 ;
+  wire [7:0] \o__payload$44[0] ;
+  wire [7:0] \o__payload$44[1] ;
   wire [7:0] \o__payload[0] ;
   wire [7:0] \o__payload[1] ;
+  input o__ready;
   wire o__ready;
-  input \o__ready$40 ;
-  wire \o__ready$40 ;
-  output o__valid;
+  wire \o__ready$45 ;
   wire o__valid;
-  wire \o__valid$29 ;
+  output \o__valid$26 ;
+  wire \o__valid$26 ;
   reg [23:0] out_cnt = 24'h000000;
   reg [15:0] oxo = 16'h0000;
-  output [5:0] params__addr;
-  reg [5:0] params__addr = 6'h00;
+  (* init = 6'h00 *)
+  wire [5:0] params__addr;
   input [95:0] params__data;
   wire [95:0] params__data;
   wire [51:0] \params__data.bias ;
@@ -5333,20 +5328,20 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   wire [5:0] \params__data.shift[0] ;
   wire [5:0] \params__data.shift[1] ;
   wire params__en;
-  reg [7:0] ps_rd__addr = 8'h00;
+  (* init = 8'h00 *)
+  wire [7:0] ps_rd__addr;
   wire [63:0] ps_rd__data;
   wire [31:0] \ps_rd__data[0] ;
   wire [31:0] \ps_rd__data[1] ;
-  output ps_rd__en;
   wire ps_rd__en;
-  reg [7:0] ps_wr__addr = 8'h00;
+  (* init = 8'h00 *)
+  wire [7:0] ps_wr__addr;
   wire [63:0] ps_wr__data;
   wire [31:0] \ps_wr__data[0] ;
   wire [31:0] \ps_wr__data[1] ;
   wire ps_wr__en;
   wire relu;
-  (* init = 8'h00 *)
-  wire [7:0] ridx;
+  reg [7:0] ridx = 8'h00;
   reg ro = 1'h0;
   input rst;
   wire rst;
@@ -5358,13 +5353,13 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   reg skid_v = 1'h0;
   input start;
   wire start;
+  reg store = 1'h0;
   wire stored;
   wire [63:0] total;
   wire [31:0] \total[0] ;
   wire [31:0] \total[1] ;
   reg vj = 1'h0;
-  (* init = 8'h00 *)
-  wire [7:0] widx;
+  reg [7:0] widx = 8'h00;
   reg [63:0] psum [255:0];
   initial begin
     psum[0] = 64'h0000000000000000;
@@ -5626,259 +5621,268 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   end
   always @(posedge clk) begin
     if (stored)
-      psum[ps_wr__addr] <= total;
+      psum[widx] <= total;
   end
   reg [63:0] _0_;
   always @(posedge clk) begin
-    if (ps_rd__en) begin
-      _0_ <= psum[ps_rd__addr];
+    if (en_j) begin
+      _0_ <= psum[ridx];
     end
   end
   assign ps_rd__data = _0_;
-  assign \$27  = ps_rd__en & \i__valid$39 ;
-  assign \$28  = ps_rd__addr + 1'h1;
-  assign \$29  = ~ \o__ready$40 ;
-  assign \$30  = \o__valid$29  & \$29 ;
-  assign \$31  = \i__valid$39  & keep_o;
-  assign \$32  = ~ dwp;
-  assign \$34  = \$32  | \$33 ;
-  assign \$35  = \i__valid$39  & \$34 ;
-  assign \$36  = params__addr + 1'h1;
-  assign \$37  = last_jo ? 7'h00 : \$36 ;
-  assign \$38  = ! last_group;
-  assign \$39  = params__addr + 1'h1;
-  assign \$40  = \$39  == last_group;
-  assign \$41  = last_jo ? \$38  : \$40 ;
-  assign \$42  = \i__valid$39  & dwp;
-  assign \$43  = ro + 1'h1;
-  assign \$45  = \$44  & last_jo;
-  assign \$46  = oxo + 2'h2;
-  assign \$47  = \$46  >= cmd[63:48];
-  assign \$48  = oxo + 2'h2;
-  assign \$49  = \$47  ? 17'h00000 : \$48 ;
-  assign \$50  = o__valid & \o__ready$40 ;
-  assign \$51  = \$50  | stored;
-  assign \$52  = run & \$51 ;
-  assign \$53  = out_cnt + 1'h1;
-  assign \$54  = ! last_group;
-  always @(posedge clk)
-    ps_wr__addr <= \$55 ;
-  always @(posedge clk)
-    ps_rd__addr <= \$56 ;
-  always @(posedge clk)
-    skid_v <= \$57 ;
-  always @(posedge clk)
-    skid <= \$58 ;
-  always @(posedge clk)
-    vj <= \$59 ;
-  always @(posedge clk)
-    accj <= \$60 ;
-  always @(posedge clk)
-    params__addr <= \$61 ;
-  always @(posedge clk)
-    last_jo <= \$62 ;
-  always @(posedge clk)
-    ro <= \$63 ;
-  always @(posedge clk)
-    oxo <= \$64 ;
-  always @(posedge clk)
-    out_cnt <= \$65 ;
-  assign \$1  = ~ dwp;
-  assign \$2  = oxo + ro;
-  assign \$3  = \$2  < cmd[63:48];
-  assign keep_o = \$1  | \$3 ;
-  assign \$4  = ~ vj;
-  assign \$5  = \$4  | i__ready;
-  assign \$6  = cmd[113:112] == 1'h1;
-  assign \$7  = cmd[113:112] == 2'h2;
-  assign \$8  = \$6  | \$7 ;
-  assign ps_rd__en = \$5  | \$8 ;
-  assign \$9  = cmd[113:112] == 2'h2;
-  assign \$10  = cmd[113:112] == 2'h3;
-  assign \$11  = \$9  | \$10 ;
-  assign \$12  = \$11  ? ps_rd__data[31:0] : { params__data[25], params__data[25], params__data[25], params__data[25], params__data[25], params__data[25], params__data[25:0] };
-  assign \$13  = $signed(accj[25:0]) + $signed(\$12 );
-  assign \$14  = cmd[113:112] == 2'h2;
-  assign \$15  = cmd[113:112] == 2'h3;
-  assign \$16  = \$14  | \$15 ;
-  assign \$17  = \$16  ? ps_rd__data[63:32] : { params__data[51], params__data[51], params__data[51], params__data[51], params__data[51], params__data[51], params__data[51:26] };
-  assign \$18  = $signed(accj[51:26]) + $signed(\$17 );
-  assign \$19  = cmd[113:112] == 1'h1;
-  assign \$20  = cmd[113:112] == 2'h2;
-  assign \$21  = \$19  | \$20 ;
-  assign stored = vj & \$21 ;
-  assign \$22  = cmd[113:112] == 1'h1;
-  assign \$23  = cmd[113:112] == 2'h2;
-  assign \$24  = \$22  | \$23 ;
-  assign \$25  = ~ \$24 ;
-  assign i__valid = vj & \$25 ;
-  assign o__valid = skid_v | \o__valid$29 ;
-  assign o__payload = skid_v ? skid : \o__payload$31 ;
-  assign o__ready = ~ skid_v;
+  assign en_j = \$40  | store;
+  assign \$41  = add_psum ? ps_rd__data[31:0] : { params__data[25], params__data[25], params__data[25], params__data[25], params__data[25], params__data[25], params__data[25:0] };
+  assign \$42  = $signed(accj[25:0]) + $signed(\$41 );
+  assign \$43  = add_psum ? ps_rd__data[63:32] : { params__data[51], params__data[51], params__data[51], params__data[51], params__data[51], params__data[51], params__data[51:26] };
+  assign \$44  = $signed(accj[51:26]) + $signed(\$43 );
+  assign stored = vj & store;
+  assign \$45  = ~ store;
+  assign \i__valid$42  = vj & \$45 ;
+  assign \o__valid$26  = skid_v | o__valid;
+  assign \o__payload$44  = skid_v ? skid : o__payload;
+  assign \o__ready$45  = ~ skid_v;
   assign all_sent = out_cnt == n_out;
-  assign \$26  = ps_wr__addr + 1'h1;
+  always @(posedge clk)
+    store <= \$46 ;
+  always @(posedge clk)
+    add_psum <= \$47 ;
+  always @(posedge clk)
+    widx <= \$48 ;
+  always @(posedge clk)
+    ridx <= \$49 ;
+  always @(posedge clk)
+    skid_v <= \$50 ;
+  always @(posedge clk)
+    skid <= \$51 ;
+  always @(posedge clk)
+    vj <= \$52 ;
+  always @(posedge clk)
+    accj <= \$53 ;
+  always @(posedge clk)
+    jo <= \$54 ;
+  always @(posedge clk)
+    last_jo <= \$55 ;
+  always @(posedge clk)
+    ro <= \$56 ;
+  always @(posedge clk)
+    oxo <= \$57 ;
+  always @(posedge clk)
+    out_cnt <= \$58 ;
+  assign \$1  = cmd[113:112] == 1'h1;
+  assign \$2  = cmd[113:112] == 2'h2;
+  assign \$3  = \$1  | \$2 ;
+  assign \$4  = cmd[113:112] == 2'h2;
+  assign \$5  = cmd[113:112] == 2'h3;
+  assign \$6  = \$4  | \$5 ;
+  assign \$7  = widx + 1'h1;
+  assign \$8  = en_j & i__valid;
+  assign \$9  = ridx + 1'h1;
+  assign \$10  = ~ o__ready;
+  assign \$11  = o__valid & \$10 ;
+  assign \$12  = i__valid & keep_o;
+  assign \$13  = ~ dwp;
+  assign \$15  = \$13  | \$14 ;
+  assign \$16  = i__valid & \$15 ;
+  assign \$17  = jo + 1'h1;
+  assign \$18  = last_jo ? 7'h00 : \$17 ;
+  assign \$19  = ! last_group;
+  assign \$20  = jo + 1'h1;
+  assign \$21  = \$20  == last_group;
+  assign \$22  = last_jo ? \$19  : \$21 ;
+  assign \$23  = i__valid & dwp;
+  assign \$24  = ro + 1'h1;
+  assign \$26  = \$25  & last_jo;
+  assign \$27  = oxo + 2'h2;
+  assign \$28  = \$27  >= cmd[63:48];
+  assign \$29  = oxo + 2'h2;
+  assign \$30  = \$28  ? 17'h00000 : \$29 ;
+  assign \$31  = \o__valid$26  & o__ready;
+  assign \$32  = \$31  | stored;
+  assign \$33  = run & \$32 ;
+  assign \$34  = out_cnt + 1'h1;
+  assign \$35  = ! last_group;
+  assign \$36  = ~ dwp;
+  assign \$37  = oxo + ro;
+  assign \$38  = \$37  < cmd[63:48];
+  assign keep_o = \$36  | \$38 ;
+  assign \$39  = ~ vj;
+  assign \$40  = \$39  | i__ready;
   \psc_core.out.rq  rq (
     .clk(clk),
-    .\i__payload$8 (i__payload),
+    .\i__payload$8 (\i__payload$35 ),
     .i__ready(i__ready),
-    .i__valid(i__valid),
-    .\o__payload$18 (\o__payload$31 ),
-    .\o__ready$14 (o__ready),
-    .o__valid(\o__valid$29 ),
+    .i__valid(\i__valid$42 ),
+    .\o__payload$18 (o__payload),
+    .\o__ready$14 (\o__ready$45 ),
+    .o__valid(o__valid),
     .relu(cmd[110]),
     .rst(rst)
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$55  = ps_wr__addr;
+    \$46  = \$3 ;
+    if (rst) begin
+      \$46  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$47  = \$6 ;
+    if (rst) begin
+      \$47  = 1'h0;
+    end
+  end
+  always @* begin
+    if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
+    \$48  = widx;
     if (stored) begin
-      \$55  = \$26 [7:0];
+      \$48  = \$7 [7:0];
     end
     if (start) begin
-      \$55  = 8'h00;
+      \$48  = 8'h00;
     end
     if (rst) begin
-      \$55  = 8'h00;
+      \$48  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$56  = ps_rd__addr;
-    if (\$27 ) begin
-      \$56  = \$28 [7:0];
+    \$49  = ridx;
+    if (\$8 ) begin
+      \$49  = \$9 [7:0];
     end
     if (start) begin
-      \$56  = 8'h00;
+      \$49  = 8'h00;
     end
     if (rst) begin
-      \$56  = 8'h00;
+      \$49  = 8'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$57  = skid_v;
+    \$50  = skid_v;
     if (skid_v) begin
-      if (\o__ready$40 ) begin
-        \$57  = 1'h0;
+      if (o__ready) begin
+        \$50  = 1'h0;
       end
-    end else if (\$30 ) begin
-      \$57  = 1'h1;
+    end else if (\$11 ) begin
+      \$50  = 1'h1;
     end
     if (rst) begin
-      \$57  = 1'h0;
+      \$50  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$58  = skid;
+    \$51  = skid;
     if (skid_v) begin
-    end else if (\$30 ) begin
-      \$58  = \o__payload$31 ;
+    end else if (\$11 ) begin
+      \$51  = o__payload;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$59  = vj;
-    if (ps_rd__en) begin
-      \$59  = \$31 ;
+    \$52  = vj;
+    if (en_j) begin
+      \$52  = \$12 ;
     end
     if (rst) begin
-      \$59  = 1'h0;
+      \$52  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$60  = accj;
-    if (ps_rd__en) begin
-      \$60  = \i__payload$41 ;
+    \$53  = accj;
+    if (en_j) begin
+      \$53  = i__payload;
     end
     if (rst) begin
-      \$60  = 52'h0000000000000;
+      \$53  = 52'h0000000000000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$61  = params__addr;
-    if (ps_rd__en) begin
-      if (\$35 ) begin
-        \$61  = \$37 [5:0];
+    \$54  = jo;
+    if (en_j) begin
+      if (\$16 ) begin
+        \$54  = \$18 [5:0];
       end
     end
     if (start) begin
-      \$61  = 6'h00;
+      \$54  = 6'h00;
     end
     if (rst) begin
-      \$61  = 6'h00;
+      \$54  = 6'h00;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$62  = last_jo;
-    if (ps_rd__en) begin
-      if (\$35 ) begin
-        \$62  = \$41 ;
+    \$55  = last_jo;
+    if (en_j) begin
+      if (\$16 ) begin
+        \$55  = \$22 ;
       end
     end
     if (start) begin
-      \$62  = \$54 ;
+      \$55  = \$35 ;
     end
     if (rst) begin
-      \$62  = 1'h0;
+      \$55  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$63  = ro;
-    if (ps_rd__en) begin
-      if (\$42 ) begin
-        \$63  = \$43 [0];
+    \$56  = ro;
+    if (en_j) begin
+      if (\$23 ) begin
+        \$56  = \$24 [0];
       end
     end
     if (start) begin
-      \$63  = 1'h0;
+      \$56  = 1'h0;
     end
     if (rst) begin
-      \$63  = 1'h0;
+      \$56  = 1'h0;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$64  = oxo;
-    if (ps_rd__en) begin
-      if (\$42 ) begin
-        if (\$45 ) begin
-          \$64  = \$49 [15:0];
+    \$57  = oxo;
+    if (en_j) begin
+      if (\$23 ) begin
+        if (\$26 ) begin
+          \$57  = \$30 [15:0];
         end
       end
     end
     if (start) begin
-      \$64  = 16'h0000;
+      \$57  = 16'h0000;
     end
     if (rst) begin
-      \$64  = 16'h0000;
+      \$57  = 16'h0000;
     end
   end
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$9 ) begin end
-    \$65  = out_cnt;
-    if (\$52 ) begin
-      \$65  = \$53 [23:0];
+    \$58  = out_cnt;
+    if (\$33 ) begin
+      \$58  = \$34 [23:0];
     end
     if (start) begin
-      \$65  = 24'h000000;
+      \$58  = 24'h000000;
     end
     if (rst) begin
-      \$65  = 24'h000000;
+      \$58  = 24'h000000;
     end
   end
-  assign ridx = ps_rd__addr;
-  assign en_j = ps_rd__en;
-  assign widx = ps_wr__addr;
+  assign ps_rd__addr = ridx;
+  assign ps_rd__en = en_j;
+  assign ps_wr__addr = widx;
   assign ps_wr__data = total;
   assign ps_wr__en = stored;
-  assign \i__ready$21  = ps_rd__en;
-  assign jo = params__addr;
-  assign params__en = ps_rd__en;
+  assign \i__ready$39  = en_j;
+  assign params__addr = jo;
+  assign params__en = en_j;
   assign relu = cmd[110];
   assign \cmd.in_h  = cmd[15:0];
   assign \cmd.in_w  = cmd[31:16];
@@ -5894,10 +5898,16 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   assign \cmd.relu  = cmd[110];
   assign \cmd.keep  = cmd[111];
   assign \cmd.part  = cmd[113:112];
-  assign \total[0]  = total[31:0];
-  assign \total[1]  = total[63:32];
+  assign \skid[0]  = skid[7:0];
+  assign \skid[1]  = skid[15:8];
+  assign \o__payload[0]  = o__payload[7:0];
+  assign \o__payload[1]  = o__payload[15:8];
   assign \accj[0]  = accj[25:0];
   assign \accj[1]  = accj[51:26];
+  assign \i__payload[0]  = i__payload[25:0];
+  assign \i__payload[1]  = i__payload[51:26];
+  assign \total[0]  = total[31:0];
+  assign \total[1]  = total[63:32];
   assign \params__data.bias  = params__data[51:0];
   assign \params__data.bias[0]  = params__data[25:0];
   assign \params__data.bias[1]  = params__data[51:26];
@@ -5909,32 +5919,26 @@ module \psc_core.out (clk, rst, params__data, ps_rd__en, o__valid, o__payload, a
   assign \params__data.shift[1]  = params__data[95:90];
   assign \ps_rd__data[0]  = ps_rd__data[31:0];
   assign \ps_rd__data[1]  = ps_rd__data[63:32];
-  assign \i__payload.acc  = i__payload[63:0];
-  assign \i__payload.acc[0]  = i__payload[31:0];
-  assign \i__payload.acc[1]  = i__payload[63:32];
-  assign \i__payload.mult  = i__payload[95:64];
-  assign \i__payload.mult[0]  = i__payload[79:64];
-  assign \i__payload.mult[1]  = i__payload[95:80];
-  assign \i__payload.shift  = i__payload[107:96];
-  assign \i__payload.shift[0]  = i__payload[101:96];
-  assign \i__payload.shift[1]  = i__payload[107:102];
+  assign \i__payload$35.acc  = \i__payload$35 [63:0];
+  assign \i__payload$35.acc[0]  = \i__payload$35 [31:0];
+  assign \i__payload$35.acc[1]  = \i__payload$35 [63:32];
+  assign \i__payload$35.mult  = \i__payload$35 [95:64];
+  assign \i__payload$35.mult[0]  = \i__payload$35 [79:64];
+  assign \i__payload$35.mult[1]  = \i__payload$35 [95:80];
+  assign \i__payload$35.shift  = \i__payload$35 [107:96];
+  assign \i__payload$35.shift[0]  = \i__payload$35 [101:96];
+  assign \i__payload$35.shift[1]  = \i__payload$35 [107:102];
   assign \ps_wr__data[0]  = total[31:0];
   assign \ps_wr__data[1]  = total[63:32];
-  assign \o__payload[0]  = o__payload[7:0];
-  assign \o__payload[1]  = o__payload[15:8];
-  assign \o__payload$31[0]  = \o__payload$31 [7:0];
-  assign \o__payload$31[1]  = \o__payload$31 [15:8];
-  assign \skid[0]  = skid[7:0];
-  assign \skid[1]  = skid[15:8];
-  assign \i__payload$41[0]  = \i__payload$41 [25:0];
-  assign \i__payload$41[1]  = \i__payload$41 [51:26];
-  assign i__payload[107:96] = params__data[95:84];
-  assign i__payload[95:64] = params__data[83:52];
-  assign i__payload[63:0] = total;
-  assign total[63:32] = \$18 [31:0];
-  assign total[31:0] = \$13 [31:0];
-  assign \$33  = ro;
-  assign \$44  = ro;
+  assign \o__payload$44[0]  = \o__payload$44 [7:0];
+  assign \o__payload$44[1]  = \o__payload$44 [15:8];
+  assign \i__payload$35 [107:96] = params__data[95:84];
+  assign \i__payload$35 [95:64] = params__data[83:52];
+  assign \i__payload$35 [63:0] = total;
+  assign total[63:32] = \$44 [31:0];
+  assign total[31:0] = \$42 [31:0];
+  assign \$14  = ro;
+  assign \$25  = ro;
 endmodule
 
 (* generator = "Amaranth" *)
@@ -6785,7 +6789,7 @@ module \psc_core.out.rq.inner (rst, i__valid, o__ready, en, relu, i__payload, o_
     .clk(clk),
     .en(en),
     .p(\p$29 ),
-    .\port$1611$16 (i__payload[47:16])
+    .\port$1606$16 (i__payload[47:16])
   );
   always @* begin
     if (\$auto$verilog_backend.cc:2355:dump_module$11 ) begin end
@@ -7038,7 +7042,7 @@ module \psc_core.out.rq.inner.mac0_0 (en, p, a, b, clk);
 endmodule
 
 (* generator = "Amaranth" *)
-module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1611$16 , clk);
+module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1606$16 , clk);
   wire \$1 ;
   wire \$2 ;
   wire \$3 ;
@@ -7050,8 +7054,8 @@ module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1611$16 , clk);
   wire en;
   output [31:0] p;
   wire [31:0] p;
-  input [31:0] \port$1611$16 ;
-  wire [31:0] \port$1611$16 ;
+  input [31:0] \port$1606$16 ;
+  wire [31:0] \port$1606$16 ;
   SB_MAC16 #(
     .A_REG(1'h1),
     .A_SIGNED(1'h1),
@@ -7074,13 +7078,13 @@ module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1611$16 , clk);
     .TOPOUTPUT_SELECT(2'h1),
     .TOP_8x8_MULT_REG(1'h0)
   ) mac (
-    .A(\port$1611$16 [15:0]),
+    .A(\port$1606$16 [15:0]),
     .ACCUMCI(1'h0),
     .ACCUMCO(\$2 ),
     .ADDSUBBOT(1'h0),
     .ADDSUBTOP(1'h0),
     .AHOLD(1'h0),
-    .B(\port$1611$16 [31:16]),
+    .B(\port$1606$16 [31:16]),
     .BHOLD(1'h0),
     .C(16'h0000),
     .CE(en),
@@ -7102,8 +7106,8 @@ module \psc_core.out.rq.inner.mac16_0 (en, p, \port$1611$16 , clk);
     .SIGNEXTIN(1'h0),
     .SIGNEXTOUT(\$3 )
   );
-  assign a = \port$1611$16 [15:0];
-  assign b = \port$1611$16 [31:16];
+  assign a = \port$1606$16 [15:0];
+  assign b = \port$1606$16 [31:16];
 endmodule
 
 (* generator = "Amaranth" *)

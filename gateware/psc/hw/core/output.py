@@ -142,9 +142,14 @@ class OutputStage(wiring.Component):
         m.submodules.rq = rq = Requantizer(cc.requant_config)
         sw = cc.sum_width
         part = cmd.part
-        # FIRST/MIDDLE store; MIDDLE/LAST add the stored sums instead of the bias
-        store = (part == Part.FIRST) | (part == Part.MIDDLE)
-        add_psum = (part == Part.MIDDLE) | (part == Part.LAST)
+        # FIRST/MIDDLE store; MIDDLE/LAST add the stored sums instead of the bias. Decoded
+        # into flip-flops (the command is held for cycles before its first output): the
+        # command register fans out over the whole core, and `store` leads into the
+        # requantiser's handshake and its multipliers' enables.
+        store = Signal()
+        add_psum = Signal()
+        m.d.sync += [store.eq((part == Part.FIRST) | (part == Part.MIDDLE)),
+                     add_psum.eq((part == Part.MIDDLE) | (part == Part.LAST))]
 
         jo = Signal(range(cc.param_depth))   # < gout <= param_depth
         vj = Signal()
