@@ -94,7 +94,7 @@ def _set_command(ctx, part, cc, f, *, with_sizes=True):
 
 class _Control(wiring.Component):
     """CommandSetup with its DerivedSizes, wired as in the core (with ``given``, the sizes
-    from :attr:`given`, as the core's ``cfg_sizes``)."""
+    from :attr:`given`, as a :attr:`~psc.config.CoreConfig.given_sizes` core's command beat)."""
 
     def __init__(self, cc, given=False):
         self.setup = CommandSetup(cc)

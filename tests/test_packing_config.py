@@ -175,13 +175,13 @@ def test_given_sizes_command_beat_carries_the_derived_sizes():
 
 
 def test_given_sizes_come_one_way_only():
-    """A core whose command beats carry their sizes takes no ``cfg_sizes`` port too, and a
-    network engine around it must carry the sizes in its instructions."""
+    """The sizes reach a core in its command beat only; a network engine around a core whose
+    commands carry them must carry them in its instructions."""
     from psc.config import CoreConfig
     from psc.hw.core import PSCConvCore
     from psc.hw.network.engine import EngineConfig
     cc = CoreConfig(given_sizes=True)
-    with pytest.raises(ValueError, match="given_sizes must be False with config.given_sizes"):
+    with pytest.raises(TypeError, match="given_sizes"):
         PSCConvCore(cc, given_sizes=True)
     with pytest.raises(ValueError, match="given_sizes must be True for a core whose commands"):
         EngineConfig(cc, given_sizes=False)

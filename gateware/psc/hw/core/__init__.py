@@ -32,8 +32,7 @@ from .layouts import (COUNTER_WIDTH, FIELD_WIDTH, KERNELS, KIND_DEPTHWISE, KIND_
                       weight_layout)
 from .output import OutputStage, lent_requantizer_ports
 from .sequencer import Sequencer
-from .setup import (GOUT_O_WIDTH, CommandSetup, CycleCounters, DerivedSizes, command_layout,
-                    given_sizes_layout)
+from .setup import GOUT_O_WIDTH, CommandSetup, CycleCounters, DerivedSizes, command_layout
 
 __all__ = [
     "CoreConfig", "PSCConvCore", "LayerKind", "Part", "KIND_STANDARD", "KIND_DEPTHWISE", "KIND_POINTWISE",
@@ -193,14 +192,6 @@ class PSCConvCore(wiring.Component):
         another unit while the core is idle, through ``rq_share``, ``rq_i``,
         ``rq_relu`` and ``rq_o`` (:class:`~psc.hw.core.output.OutputStage`,
         ``lent_rows``); with 0 (the default) the core has no such ports.
-    given_sizes : bool
-        Network mode (a build whose ``config.given_sizes`` carries them in the command
-        beat instead must leave it False): a command's derived sizes come with it, through ``cfg_sizes``
-        (:func:`~psc.hw.core.setup.given_sizes_layout`, computed by the host with
-        :func:`~psc.hw.core.setup.derived_sizes` and read in the cycle ``cfg`` is taken),
-        instead of from the setup's shift-and-add multipliers, which the core then does
-        not have (:class:`~psc.hw.core.setup.DerivedSizes`, ``given``). The checks are the
-        same, on the sizes given. Without it the core has no such port.
     early_params : bool
         Network mode, where the parameters stream from a store on chip beside the
         input: a command's taps of an output group issue once that group's parameter
@@ -225,7 +216,7 @@ class PSCConvCore(wiring.Component):
     """
 
     def __init__(self, config=None, *, dot_product=DotProduct, resident_weights=False,
-                 lent_requantizer_rows=0, given_sizes=False, early_params=False,
+                 lent_requantizer_rows=0, early_params=False,
                  fetch_skid=False):
         if config is None:
             config = CoreConfig()
@@ -259,14 +250,8 @@ class PSCConvCore(wiring.Component):
                                config.pe.rows)
         if self._lent:
             members.update(lent_requantizer_ports(config, self._lent))
-        self._given = check_bool("given_sizes", given_sizes)
-        if self._given and config.given_sizes:
-            raise ValueError("given_sizes must be False with config.given_sizes (the sizes "
-                             "come in the command beat, not through cfg_sizes)")
         self._early_params = check_bool("early_params", early_params)
         self._fetch_skid = check_bool("fetch_skid", fetch_skid)
-        if self._given:
-            members["cfg_sizes"] = In(given_sizes_layout(config))
         super().__init__(members)
 
     @property
@@ -277,9 +262,7 @@ class PSCConvCore(wiring.Component):
         m = Module()
         cc = self._config
         m.submodules.setup = setup = CommandSetup(cc)
-        m.submodules.sizes = sizes = DerivedSizes(cc, given=self._given or cc.given_sizes)
-        if self._given:
-            m.d.comb += sizes.given.eq(self.cfg_sizes)
+        m.submodules.sizes = sizes = DerivedSizes(cc, given=cc.given_sizes)
         if cc.given_sizes:
             m.d.comb += sizes.given.eq(self.cfg.payload.sizes)
         m.submodules.counters = counters = CycleCounters()

@@ -90,8 +90,9 @@ class EngineConfig:
         activations takes ``ceil(lanes / op_values)`` beats.
     given_sizes : bool or None
         Each ``CONV`` instruction carries its command's derived sizes, computed by the
-        host (:class:`~psc.hw.core.PSCConvCore`'s ``given_sizes``): the core's setup
-        skips its multipliers (:func:`~psc.hw.core.setup.setup_cycles` per command),
+        host, and the engine's core is built with
+        :attr:`~psc.config.CoreConfig.given_sizes` (the instruction's ``cfg`` and
+        ``sizes`` are its command beat): the core's setup skips its multipliers (:func:`~psc.hw.core.setup.setup_cycles` per command),
         for :func:`~psc.hw.core.setup.given_sizes_layout`'s bits more per instruction.
         ``None`` (the default): as the core, ``core.given_sizes``, which needs it.
     """
@@ -305,13 +306,11 @@ class NetworkEngine(wiring.Component):
         # before placing them: the network build fills its device, and the units end up far
         # apart. (A written word is read no sooner than three cycles on: the next
         # instruction's first read, or the unroll's after a row's count.)
-        # the instructions carry the sizes beside the command (a core whose command beats
-        # carry them gets them the same way here)
-        m.submodules.core = core = PSCConvCore(cc.replace(given_sizes=False),
+        # with given sizes, an instruction's `cfg` and `sizes` make the core's command beat
+        m.submodules.core = core = PSCConvCore(cc.replace(given_sizes=ec.given_sizes),
                                                resident_weights=not streamed,
                                                lent_requantizer_rows=ec.op_values,
-                                               given_sizes=ec.given_sizes, early_params=True,
-                                               fetch_skid=cc.read_register)
+                                               early_params=True, fetch_skid=cc.read_register)
         m.submodules.act = act = ActivationMemory(cc, ec.act_depth,
                                                   write_register=cc.read_register)
         m.submodules.gather = gather = Gather(cc, act.addr_width)
@@ -468,9 +467,8 @@ class NetworkEngine(wiring.Component):
         with m.Else():
             wiring.connect(m, core.act_out, scatter.act_out)
         m.d.comb += [gather.start.payload.eq(ins.gather), scatter.start.payload.eq(ins.scatter),
-                     op.start.payload.eq(ins.eltwise), core.cfg.payload.eq(ins.cfg)]
-        if ec.given_sizes:
-            m.d.comb += core.cfg_sizes.eq(ins.sizes)
+                     op.start.payload.eq(ins.eltwise),
+                     core.cfg.payload.eq(Cat(ins.cfg, ins.sizes) if ec.given_sizes else ins.cfg)]
         if unroll is not None:
             m.d.comb += unroll.start.payload.eq(ins.unroll)
         m.d.comb += [params.off.eq(ins.p_off), params.n.eq(ins.p_n)]
