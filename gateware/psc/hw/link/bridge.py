@@ -327,6 +327,14 @@ class Bridge(wiring.Component):
         # Asked again in that cycle, the transmitter, busy with the frame, does not accept.
         acked = Signal()
         m.d.sync += acked.eq(tx.reply_ack)
+        # The requests to the transmitter, a cycle late from flip-flops set in the state that
+        # makes them, so that the state's decode does not lead into the transmitter's word
+        # and count registers. A request held a cycle too long does nothing: the
+        # transmitter pads only while words are owed and is busy with a reply it accepted.
+        pad = Signal()
+        reply = Signal(2)
+        m.d.sync += [pad.eq(0), reply.eq(0)]
+        m.d.comb += [tx.pad.eq(pad), tx.reply.eq(reply)]
         with m.FSM():
             with m.State("OP"):
                 m.d.comb += rx.take.eq(1)
@@ -351,20 +359,22 @@ class Bridge(wiring.Component):
                         m.d.sync += f_badop.eq(1)
                         m.next = "OP"
             with m.State("PING"):
-                m.d.comb += tx.reply.eq(1)
                 with m.If(acked):
                     m.next = "OP"
+                with m.Else():
+                    m.d.sync += reply.eq(1)
             with m.State("SYNC"):
                 # The status frame follows the last output beat: wait for the core
                 # to end the command and for every expected beat to be sent.
                 with m.If(idle):
                     with m.If(owed_none):
-                        m.d.comb += tx.reply.eq(2)
                         with m.If(acked):
                             m.d.sync += [f_rx.eq(0), f_badop.eq(0)]
                             m.next = "OP"
+                        with m.Else():
+                            m.d.sync += reply.eq(2)
                     with m.Else():
-                        m.d.comb += tx.pad.eq(1)
+                        m.d.sync += pad.eq(1)
             with m.State("CFG_READ"):
                 read_byte("CFG_SEND")
             with m.State("CFG_SEND"):
