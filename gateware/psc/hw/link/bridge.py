@@ -89,7 +89,7 @@ byte count), not from a wide compare.
 from dataclasses import dataclass, field
 
 from amaranth.hdl import Cat, Const, Module, Signal
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from psc.config import DEPTHWISE_MODES, FMAP_RAMS, MULTIPLIERS
@@ -335,29 +335,35 @@ class Bridge(wiring.Component):
         reply = Signal(2)
         m.d.sync += [pad.eq(0), reply.eq(0)]
         m.d.comb += [tx.pad.eq(pad), tx.reply.eq(reply)]
+        is_op = Signal(data.StructLayout({"ping": 1, "status": 1, "cfg": 1, "stream": 1}))
+        m.d.sync += is_op.eq(Cat(op == OP["PING"], op == OP["STATUS"], op == OP["CFG"],
+                                 Cat(op == code for code in streams).any()))
         with m.FSM():
             with m.State("OP"):
                 m.d.comb += rx.take.eq(1)
                 with m.If(rx.ready):
                     m.d.sync += op.eq(byte)
-                    m.next = "DISPATCH"
+                    m.next = "DECODE"
+            with m.State("DECODE"):
+                # the opcode is decoded from its register into flags (`is_op`, written every
+                # cycle), and the next state acts on the flags: the receive FIFO's block RAM
+                # output, or the opcode's compares, in front of the state and the flags limit
+                # a UP5K build
+                m.next = "DISPATCH"
             with m.State("DISPATCH"):
-                # the opcode is decoded from its register: the receive FIFO's block RAM
-                # output through the decode into the state and the flags limits a UP5K build
-                with m.Switch(op):
-                    with m.Case(OP["PING"]):
-                        m.next = "PING"
-                    with m.Case(OP["STATUS"]):
-                        m.next = "SYNC"
-                    with m.Case(OP["CFG"]):
-                        m.d.sync += left.eq(nb["cfg"] + 4)
-                        m.next = "CFG_READ"
-                    with m.Case(*streams):
-                        m.d.sync += left.eq(2)
-                        m.next = "COUNT"
-                    with m.Default():
-                        m.d.sync += f_badop.eq(1)
-                        m.next = "OP"
+                with m.If(is_op.ping):
+                    m.next = "PING"
+                with m.Elif(is_op.status):
+                    m.next = "SYNC"
+                with m.Elif(is_op.cfg):
+                    m.d.sync += left.eq(nb["cfg"] + 4)
+                    m.next = "CFG_READ"
+                with m.Elif(is_op.stream):
+                    m.d.sync += left.eq(2)
+                    m.next = "COUNT"
+                with m.Else():
+                    m.d.sync += f_badop.eq(1)
+                    m.next = "OP"
             with m.State("PING"):
                 with m.If(acked):
                     m.next = "OP"
