@@ -92,5 +92,9 @@ async def _run(dut, job, out):
         await ClockCycles(dut.clk, (job["frame_timeout"] + 20) * job["divisor"])
         out["ident_after_partial"] = await drive_async(serial_link.ping_exchange(), pins)
         out["status_after_partial"] = await drive_async(_status(), pins)
+        # an opcode the bridge does not know: flagged in the next status, then forgotten
+        await pins.write(bytes([job["bad_opcode"]]))
+        out["status_after_bad_opcode"] = await drive_async(_status(), pins)
+        out["ident_after_bad_opcode"] = await drive_async(serial_link.ping_exchange(), pins)
     out["framing_errors"] = pins.framing_errors
     out["cycles"] = (get_sim_time("ns") - start) // 10

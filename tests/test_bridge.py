@@ -435,7 +435,9 @@ def _run_bench(target, plans, refused=None, wrong_configs=()):
            "refused": refused.as_json() if refused else None,
            "frame_timeout": SIM_FRAME_TIMEOUT,
            # a WEIGHTS frame cut short after 3 of its 5 x 32 bytes
-           "partial": bytes([OP["WEIGHTS"], 5, 0, 1, 2, 3]).hex()}
+           "partial": bytes([OP["WEIGHTS"], 5, 0, 1, 2, 3]).hex(),
+           "bad_opcode": ord("Z")}
+    assert ord("Z") not in OP.values()
     (run_dir / "job.json").write_text(json.dumps(job))
     result = run_dir / "result.json"
     try:
@@ -496,6 +498,10 @@ def test_bridge_layer_through_uart_pins(target):
     assert serial_link.board_config(res["ident_after_partial"]) is SIM_CONFIG
     flags = set(res["status_after_partial"]["flags"])
     assert "RX_ERROR" in flags and "BAD_OPCODE" not in flags
+    # an unknown opcode is flagged once (the status that reports it clears it); PING still works
+    assert set(res["status_after_bad_opcode"]["flags"]) >= {"BAD_OPCODE"}
+    assert "RX_ERROR" not in res["status_after_bad_opcode"]["flags"]
+    assert serial_link.board_config(res["ident_after_bad_opcode"]) is SIM_CONFIG
 
 
 def test_a_board_without_early_weights_is_refused_by_its_digest():
