@@ -338,6 +338,15 @@ class Bridge(wiring.Component):
         is_op = Signal(data.StructLayout({"ping": 1, "status": 1, "cfg": 1, "stream": 1}))
         m.d.sync += is_op.eq(Cat(op == OP["PING"], op == OP["STATUS"], op == OP["CFG"],
                                  Cat(op == code for code in streams).any()))
+        # The beats offered to the core (a command, or a beat of the frame's stream) are
+        # valid from flip-flops set a cycle after the state that sends them is entered:
+        # the state's decode would otherwise run into the core's handshakes and on to
+        # every register a beat loads there.
+        offer_cfg = Signal()
+        offer_beat = Signal()
+        m.d.comb += core.cfg.valid.eq(offer_cfg)
+        for i, (s, _) in enumerate(streams.values()):
+            m.d.comb += s.valid.eq(offer_beat & sel[i])
         with m.FSM():
             with m.State("OP"):
                 m.d.comb += rx.take.eq(1)
@@ -384,8 +393,9 @@ class Bridge(wiring.Component):
             with m.State("CFG_READ"):
                 read_byte("CFG_SEND")
             with m.State("CFG_SEND"):
-                m.d.comb += core.cfg.valid.eq(1)
-                with m.If(core.cfg.ready):
+                m.d.sync += offer_cfg.eq(1)
+                with m.If(offer_cfg & core.cfg.ready):
+                    m.d.sync += offer_cfg.eq(0)
                     m.d.comb += [tx.arm.eq(1),
                                  tx.expect.eq(top(nb["cfg"] + 4)[:OUTPUT_COUNT_WIDTH])]
                     m.d.sync += [f_dropped.eq(0), f_short.eq(0), f_extra.eq(0), f_done.eq(0)]
@@ -410,15 +420,15 @@ class Bridge(wiring.Component):
                 # The core's ready is deep logic: it only moves the state on, and the
                 # count steps in the next state (a cycle per beat, against a byte's
                 # 10 * divisor).
+                m.d.sync += offer_beat.eq(1)
                 accepted = Cat(sel[i] & s.ready for i, (s, _) in enumerate(streams.values()))
-                for i, (s, _) in enumerate(streams.values()):
-                    m.d.comb += s.valid.eq(sel[i])
-                with m.If(accepted.any()):
+                with m.If(offer_beat & accepted.any()):
+                    m.d.sync += offer_beat.eq(0)
                     m.next = "BEAT_TAKEN"
-                with m.Elif(~core.busy):
+                with m.Elif(offer_beat & ~core.busy):
                     # An idle core takes no data: the beat belongs to a refused
                     # command; drop it rather than hang.
-                    m.d.sync += f_dropped.eq(1)
+                    m.d.sync += [f_dropped.eq(1), offer_beat.eq(0)]
                     m.next = "BEAT_TAKEN"
             with m.State("BEAT_TAKEN"):
                 m.d.sync += count.eq(count - 1)
