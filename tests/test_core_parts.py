@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from amaranth.hdl import Module
 from amaranth.lib import wiring
-from amaranth.lib.wiring import In
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
@@ -31,8 +30,8 @@ from psc.hw.core.layouts import bank_count, fetch_layout, output_groups, sizes_l
 from psc.hw.core.output import OutputStage
 from psc.hw.core.sequencer import Sequencer
 from psc.hw.requantize import Requantizer
-from psc.hw.core.setup import (CommandSetup, CycleCounters, DerivedSizes, derived_sizes,
-                               given_sizes_layout, setup_cycles, size_factors)
+from psc.hw.core.setup import (CommandSetup, CycleCounters, DerivedSizes, command_fields,
+                               command_layout, derived_sizes, setup_cycles, size_factors)
 from psc.model import golden
 from psc.model.packing import pack_payload
 from psc.presets import preset
@@ -93,20 +92,21 @@ def _set_command(ctx, part, cc, f, *, with_sizes=True):
 # --- command setup -------------------------------------------------------------------
 
 class _Control(wiring.Component):
-    """CommandSetup with its DerivedSizes, wired as in the core (with ``given``, the sizes
-    from :attr:`given`, as a :attr:`~psc.config.CoreConfig.given_sizes` core's command beat)."""
+    """CommandSetup with its DerivedSizes, wired as in the core (on a
+    :attr:`~psc.config.CoreConfig.given_sizes` build, the sizes from the command beat)."""
 
-    def __init__(self, cc, given=False):
+    def __init__(self, cc):
+        self.given = cc.given_sizes
         self.setup = CommandSetup(cc)
-        self.sizes = DerivedSizes(cc, given=given)
-        super().__init__({"given": In(given_sizes_layout(cc))} if given else {})
+        self.sizes = DerivedSizes(cc)
+        super().__init__({})
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.setup = setup = self.setup
         m.submodules.sizes = sizes = self.sizes
-        if "given" in self.signature.members:
-            m.d.comb += sizes.given.eq(self.given)
+        if self.given:
+            m.d.comb += sizes.given.eq(setup.cfg.payload.sizes)
         m.d.comb += [
             sizes.cmd.eq(setup.cmd), sizes.gin_e.eq(setup.gin_e), sizes.gout_o.eq(setup.gout_o),
             sizes.clear.eq(setup.accept), sizes.enable.eq(setup.sizing),
@@ -117,7 +117,7 @@ class _Control(wiring.Component):
 
 async def _command(ctx, setup, cc, f, *, timeout=2000):
     """Send command ``f``; returns (started, error, sizes) at its start or refusal."""
-    ctx.set(setup.cfg.payload, config_layout(cc).const(f))
+    ctx.set(setup.cfg.payload, command_layout(cc).const(command_fields(cc, f)))
     ctx.set(setup.cfg.valid, 1)
     assert ctx.get(setup.cfg.ready), "setup not idle"
     await ctx.tick()
@@ -226,15 +226,14 @@ def test_sizes_and_setup_cycles(cc, given):
     comes ``setup_cycles + 3`` cycles after the command is taken (the chains, or with
     ``given`` the one cycle that stores the sizes given with the command; the cycle that
     sees them ready, the check and the start)."""
-    dut = _Control(cc, given)
+    cc = cc.replace(given_sizes=given)
+    dut = _Control(cc)
     setup = dut.setup
 
     async def bench(ctx):
         for f in _accepted_commands(cc, 12, seed=hash(cc.pe.depthwise) & 0xFFFF):
             expect, _ = _sizes(cc, f)
-            if given:
-                ctx.set(dut.given, given_sizes_layout(cc).const(derived_sizes(cc, f)))
-            ctx.set(setup.cfg.payload, config_layout(cc).const(f))
+            ctx.set(setup.cfg.payload, command_layout(cc).const(command_fields(cc, f)))
             ctx.set(setup.cfg.valid, 1)
             await ctx.tick()
             ctx.set(setup.cfg.valid, 0)
@@ -246,7 +245,7 @@ def test_sizes_and_setup_cycles(cc, given):
             sizes = ctx.get(setup.sizes)
             got = {n: getattr(sizes, n) for n in expect}
             assert got == expect, f"command {f}"
-            assert cycles == setup_cycles(cc, f, given=given) + 3, f"command {f}: {cycles} cycles"
+            assert cycles == setup_cycles(cc, f) + 3, f"command {f}: {cycles} cycles"
             await ctx.tick()
             for port in (setup.outputs_done, setup.inputs_done, setup.loaded):
                 ctx.set(port, 1)
@@ -263,17 +262,16 @@ def test_sizes_and_setup_cycles(cc, given):
 def test_sizes_saturate(given):
     """Huge fields saturate their products, never wrap: refused, with all-ones sizes, each
     as :func:`derived_sizes` has it (so that sizes a host gives are refused alike)."""
-    dut = _Control(DIAG, given)
+    cc = DIAG.replace(given_sizes=given)
+    dut = _Control(cc)
     setup = dut.setup
     huge = dict(GOOD, in_h=0xFFFF, in_w=0xFFFF, gin=0xFFFF, out_h=0xFFFF, out_w=0xFFFF,
                 gout=0xFFFF, pad_top=2)
-    layout = sizes_layout(DIAG)
-    expect = derived_sizes(DIAG, huge)
+    layout = sizes_layout(cc)
+    expect = derived_sizes(cc, huge)
 
     async def bench(ctx):
-        if given:
-            ctx.set(dut.given, given_sizes_layout(DIAG).const(expect))
-        started, error, sizes = await _command(ctx, setup, DIAG, huge)
+        started, error, sizes = await _command(ctx, setup, cc, huge)
         assert (started, error) == (False, 1)
         for name in ("wg", "n_in", "ow", "n_out", "n_w", "pl_g"):
             assert getattr(sizes, name) == (1 << layout[name].shape.width) - 1, name

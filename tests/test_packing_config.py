@@ -175,13 +175,10 @@ def test_given_sizes_command_beat_carries_the_derived_sizes():
 
 
 def test_given_sizes_come_one_way_only():
-    """The sizes reach a core in its command beat only; a network engine around a core whose
-    commands carry them must carry them in its instructions."""
+    """A network engine around a core whose commands carry their sizes must carry them in its
+    instructions (they reach the core in its command beat)."""
     from psc.config import CoreConfig
-    from psc.hw.core import PSCConvCore
     from psc.hw.network.engine import EngineConfig
     cc = CoreConfig(given_sizes=True)
-    with pytest.raises(TypeError, match="given_sizes"):
-        PSCConvCore(cc, given_sizes=True)
     with pytest.raises(ValueError, match="given_sizes must be True for a core whose commands"):
         EngineConfig(cc, given_sizes=False)

@@ -262,7 +262,7 @@ class PSCConvCore(wiring.Component):
         m = Module()
         cc = self._config
         m.submodules.setup = setup = CommandSetup(cc)
-        m.submodules.sizes = sizes = DerivedSizes(cc, given=cc.given_sizes)
+        m.submodules.sizes = sizes = DerivedSizes(cc)
         if cc.given_sizes:
             m.d.comb += sizes.given.eq(self.cfg.payload.sizes)
         m.submodules.counters = counters = CycleCounters()

@@ -5,7 +5,6 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from psc.config import CoreConfig
-from psc.model.checks import check_bool
 
 from .layouts import (COUNTER_WIDTH, FIELD_WIDTH, MAX_OUTPUTS, LayerKind, Part, bank_count,
                       config_layout, output_groups, sizes_layout)
@@ -99,13 +98,12 @@ def size_factors(config, fields):
     return out
 
 
-def setup_cycles(config, fields, *, given=False):
+def setup_cycles(config, fields):
     """Cycles :class:`DerivedSizes` takes for an accepted command with ``fields``: its
     longest chain, one cycle to load each product, one per significant bit of its factor
-    and one to store it; with ``given`` sizes (:class:`DerivedSizes`' ``given``, or a
-    build with :attr:`~psc.config.CoreConfig.given_sizes`), none: they are stored as the
-    command is taken."""
-    if given or config.given_sizes:
+    and one to store it; on a build with :attr:`~psc.config.CoreConfig.given_sizes`, none:
+    the sizes are stored as the command is taken."""
+    if config.given_sizes:
         return 0
     factors = size_factors(config, fields)
     return max(sum(2 + int(factors[a]).bit_length() for _, a, _ in chain)
@@ -118,7 +116,8 @@ def _size_names(config):
 
 def given_sizes_layout(config):
     """The sizes a ``config`` build computes (``kk`` and the products of
-    :func:`size_chains`), as :class:`DerivedSizes` takes them with ``given``: the fields of
+    :func:`size_chains`), as :class:`DerivedSizes` takes them on a
+    :attr:`~psc.config.CoreConfig.given_sizes` build: the fields of
     :func:`~psc.hw.core.layouts.sizes_layout` it uses, in that order."""
     layout = sizes_layout(config)
     return data.StructLayout({name: layout[name].shape for name in _size_names(config)})
@@ -187,21 +186,19 @@ class DerivedSizes(wiring.Component):
     and group of a depthwise layer on a ``depthwise="pixels"`` build) is
     combinational from ``cmd``.
 
-    With ``given``, the sizes come from whoever sends the command (a network
-    engine's host computes them with :func:`derived_sizes`): ``clear`` stores
+    On a :attr:`~psc.config.CoreConfig.given_sizes` build the sizes come with the
+    command (the host computes them with :func:`derived_sizes`): ``clear`` stores
     :attr:`given`, and ``ready`` is ``enable``, so setup takes no cycle of its own
     (:func:`setup_cycles`) and there are no multipliers.
 
     Parameters
     ----------
     config : CoreConfig
-    given : bool
-        Take the sizes through :attr:`given` instead of computing them.
 
     Attributes
     ----------
     given : In(given_sizes_layout(config))
-        Only with ``given``: the command's sizes, read in the ``clear`` cycle.
+        Only with ``config.given_sizes``: the command's sizes, read in the ``clear`` cycle.
     cmd : In(config_layout())
         The command, held from ``clear`` on.
     gin_e : In(FIELD_WIDTH)
@@ -215,9 +212,9 @@ class DerivedSizes(wiring.Component):
     ready : Out(1)
     """
 
-    def __init__(self, config, *, given=False):
+    def __init__(self, config):
         self._config = _check_config(config)
-        self._given = check_bool("given", given)
+        self._given = config.given_sizes
         super().__init__({
             "cmd": In(config_layout(config)),
             "gin_e": In(FIELD_WIDTH),
@@ -227,7 +224,7 @@ class DerivedSizes(wiring.Component):
             "sizes": Out(sizes_layout(config)),
             "ws": Out(FIELD_WIDTH + 1),
             "ready": Out(1),
-            **({"given": In(given_sizes_layout(config))} if given else {}),
+            **({"given": In(given_sizes_layout(config))} if self._given else {}),
         })
 
     def _ws(self, m):

@@ -92,8 +92,8 @@ class EngineConfig:
         Each ``CONV`` instruction carries its command's derived sizes, computed by the
         host, and the engine's core is built with
         :attr:`~psc.config.CoreConfig.given_sizes` (the instruction's ``cfg`` and
-        ``sizes`` are its command beat): the core's setup skips its multipliers (:func:`~psc.hw.core.setup.setup_cycles` per command),
-        for :func:`~psc.hw.core.setup.given_sizes_layout`'s bits more per instruction.
+        ``sizes`` are its command beat): the core's setup skips its multipliers
+        (:func:`~psc.hw.core.setup.setup_cycles` per command), for :func:`~psc.hw.core.setup.given_sizes_layout`'s bits more per instruction.
         ``None`` (the default): as the core, ``core.given_sizes``, which needs it.
     """
     core: CoreConfig
