@@ -433,10 +433,12 @@ def _add_program(sub):
 
 def _bench_layer(text):
     if not (text in bench.BENCH_LAYERS or text in bench.MBV2_LAYERS
-            or text in bench.RESNET_LAYERS or text in bench.LAYER_SETS):
+            or text in bench.RESNET_LAYERS or text in bench.FILL_LAYERS
+            or text in bench.LAYER_SETS):
         raise argparse.ArgumentTypeError(
             f"must be one of {', '.join(bench.BENCH_LAYERS)}, {', '.join(bench.LAYER_SETS)} or "
-            f"one of their layers (mbv2_stem ... mbv2_fc, {', '.join(bench.RESNET_LAYERS)}), "
+            f"one of their layers (mbv2_stem ... mbv2_fc, "
+            f"{', '.join([*bench.RESNET_LAYERS, *bench.FILL_LAYERS])}), "
             f"not {text!r}")
     return text
 
@@ -450,7 +452,8 @@ def _add_bench(sub):
     p.add_argument("layers", nargs="*", metavar="LAYER", type=_bench_layer,
                    help=f"bench layers to run (default: all of {', '.join(bench.BENCH_LAYERS)}); "
                         f"'mbv2' runs MobileNetV2 0.35 at 96x96, layer by layer, with its total; "
-                        f"'resnet' ResNet-18/34's wide 3x3 layers and a stride-2 shortcut")
+                        f"'resnet' ResNet-18/34's wide 3x3 layers and a stride-2 shortcut; "
+                        f"'fill' layers whose channels fill the shipped builds' lanes and rows")
     p.add_argument("--preset", "--target", dest="preset", default="default",
                    choices=sorted(PRESETS) + sorted(BOARDS),
                    help="the build: a preset, synthesis target or board (default: default)")

@@ -19,7 +19,7 @@ from psc.hw.core import CoreConfig
 from psc.host import plan_layer, run_layers
 from psc.host.scheduler import LayerError
 
-__all__ = ["BENCH_LAYERS", "MBV2_LAYERS", "RESNET_LAYERS", "LAYER_SETS", "mobilenet_v2_layers", "check", "bench",
+__all__ = ["BENCH_LAYERS", "MBV2_LAYERS", "RESNET_LAYERS", "FILL_LAYERS", "LAYER_SETS", "mobilenet_v2_layers", "check", "bench",
            "format_table"]
 
 
@@ -88,9 +88,16 @@ RESNET_LAYERS = {
     "resnet_1x1_s2_256_512": ("ResNet shortcut 1x1 s2, 256->512, 14x14",
                               lambda r: _layer(r, 256, 512, 14, 1, 2, 0)),
 }
+#: Layers whose channels fill both shipped builds' lanes and rows (84 is a multiple of
+#: 6, 7, 2 and 4), so that only the mapping and the memories, not padding channels, show
+#: in their utilisation (``psc bench fill``).
+FILL_LAYERS = {
+    "fill_3x3_84_8": ("standard 3x3 s1 p1, 84->84, 8x8", lambda r: _layer(r, 84, 84, 8, 3, 1, 1)),
+    "fill_1x1_84_16": ("pointwise 1x1, 84->84, 16x16", lambda r: _layer(r, 84, 84, 16, 1)),
+}
 #: Names the bench takes for a list of layers.
-LAYER_SETS = {"mbv2": list(MBV2_LAYERS), "resnet": list(RESNET_LAYERS)}
-_ALL_LAYERS = {**BENCH_LAYERS, **MBV2_LAYERS, **RESNET_LAYERS}
+LAYER_SETS = {"mbv2": list(MBV2_LAYERS), "resnet": list(RESNET_LAYERS), "fill": list(FILL_LAYERS)}
+_ALL_LAYERS = {**BENCH_LAYERS, **MBV2_LAYERS, **RESNET_LAYERS, **FILL_LAYERS}
 
 
 def _expand(names):
